@@ -1,0 +1,112 @@
+"""CIFAR-style ResNet of depth 6n+2 (He et al. 2016, section 4.2) with 2 input channels.
+
+The same architecture serves the paper's initial net and its boundary net: the input is a
+two-channel patch (gray A, gray B), the output two logits (class 1: the centre pixel is
+focused in A).
+
+The net is split into a fully convolutional ``trunk`` and a ``head`` (global average
+pooling + linear layer) so that fusion can run the trunk once over a whole image and
+replace the global pooling by a sliding-window average (see ``bafusion.fusion``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class ResNetSpec:
+    """What defines the architecture; stored beside every model file."""
+
+    depth: int = 56
+    in_channels: int = 2
+    num_classes: int = 2
+    widths: tuple[int, int, int] = (16, 32, 64)
+
+    def __post_init__(self) -> None:
+        if self.depth < 8 or (self.depth - 2) % 6 != 0:
+            raise ValueError(f"ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, ...), got {self.depth}")
+
+    @property
+    def blocks_per_stage(self) -> int:
+        return (self.depth - 2) // 6
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        d["arch"] = "cifar_resnet"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ResNetSpec":
+        if d.get("arch", "cifar_resnet") != "cifar_resnet":
+            raise ValueError(f"unknown architecture {d.get('arch')!r}")
+        return cls(
+            depth=int(d["depth"]),
+            in_channels=int(d.get("in_channels", 2)),
+            num_classes=int(d.get("num_classes", 2)),
+            widths=tuple(int(w) for w in d.get("widths", (16, 32, 64))),  # type: ignore[arg-type]
+        )
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module
+        if stride != 1 or cin != cout:
+            # Option B of the ResNet paper (1x1 projection), the common CIFAR variant in torch.
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2): 3x3 conv, three stages of n blocks (16/32/64 channels, strides 1/2/2),
+    global average pooling, linear classifier. Total stride of the trunk: 4."""
+
+    stride = 4
+
+    def __init__(self, spec: ResNetSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        w1, w2, w3 = spec.widths
+        n = spec.blocks_per_stage
+        layers: list[nn.Module] = [
+            nn.Conv2d(spec.in_channels, w1, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(w1),
+            nn.ReLU(inplace=True),
+        ]
+        cin = w1
+        for width, stride in ((w1, 1), (w2, 2), (w3, 2)):
+            for i in range(n):
+                layers.append(BasicBlock(cin, width, stride if i == 0 else 1))
+                cin = width
+        self.trunk = nn.Sequential(*layers)
+        self.fc = nn.Linear(w3, spec.num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.trunk(x)
+        return self.fc(f.mean(dim=(2, 3)))
+
+
+def build_model(depth: int = 56, in_channels: int = 2, num_classes: int = 2) -> CifarResNet:
+    return CifarResNet(ResNetSpec(depth=depth, in_channels=in_channels, num_classes=num_classes))
