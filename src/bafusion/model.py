@@ -11,6 +11,8 @@ replace the global pooling by a sliding-window average (see ``bafusion.fusion``)
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import asdict, dataclass
 
 import torch
@@ -110,3 +112,83 @@ class CifarResNet(nn.Module):
 
 def build_model(depth: int = 56, in_channels: int = 2, num_classes: int = 2) -> CifarResNet:
     return CifarResNet(ResNetSpec(depth=depth, in_channels=in_channels, num_classes=num_classes))
+
+
+# --------------------------------------------------------------------------------------
+# Model files: ``<name>.pt`` holds a plain state_dict, ``<name>.json`` beside it the
+# architecture (``ResNetSpec.to_dict()``) under "arch" plus whatever else the trainer
+# records (patch size, params, metrics) under other keys.
+# --------------------------------------------------------------------------------------
+
+
+class ModelFileError(RuntimeError):
+    """A model file is missing, unreadable, or of another architecture."""
+
+
+def save_model(net: CifarResNet, path: "str | os.PathLike[str]", meta: dict | None = None) -> None:
+    """Write ``path`` (a .pt state_dict) and ``path`` with suffix .json, each atomically."""
+    import json
+    import os
+    from pathlib import Path
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    info = dict(meta or {})
+    info["arch"] = net.spec.to_dict()
+    tmp = p.with_name(p.name + ".part")
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
+    os.replace(tmp, p)
+    jp = p.with_suffix(".json")
+    tmpj = jp.with_name(jp.name + ".part")
+    tmpj.write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmpj, jp)
+
+
+def read_model_meta(path: "str | os.PathLike[str]") -> dict:
+    import json
+    from pathlib import Path
+
+    jp = Path(path).with_suffix(".json")
+    if not jp.exists():
+        raise ModelFileError(f"{jp}: missing model description (expected beside {Path(path).name})")
+    try:
+        meta = json.loads(jp.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"{jp}: unreadable model description: {e}") from e
+    if "arch" not in meta:
+        raise ModelFileError(f"{jp}: no 'arch' entry: not a bafusion model description")
+    return meta
+
+
+def load_model(
+    path: "str | os.PathLike[str]", expect: ResNetSpec | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[CifarResNet, dict]:
+    """Load a model saved by :func:`save_model` with ``weights_only=True``.
+
+    Raises :class:`ModelFileError` naming the file when it is missing, unreadable, of an
+    unknown architecture, of another architecture than ``expect``, or when its weights do
+    not fit the architecture its description names.
+    """
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise ModelFileError(f"{p}: model file not found")
+    meta = read_model_meta(p)
+    try:
+        spec = ResNetSpec.from_dict(meta["arch"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise ModelFileError(f"{p}: unsupported architecture {meta['arch']!r}: {e}") from e
+    if expect is not None and spec != expect:
+        raise ModelFileError(f"{p}: architecture {spec.to_dict()} does not match the expected {expect.to_dict()}")
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+        raise ModelFileError(f"{p}: unreadable model file: {e}") from e
+    net = CifarResNet(spec)
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise ModelFileError(f"{p}: weights do not fit the architecture {spec.to_dict()}: {str(e)[:500]}") from e
+    net.eval()
+    return net, meta
