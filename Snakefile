@@ -1,0 +1,18 @@
+# bafusion: boundary-aware multi-focus image fusion (Ma, Zhang, Liu, Liao, ICME 2019).
+# Thin top level: params.yaml is the config, the rules live in workflow/rules/.
+#   snakemake --cores 8 patches            # data pipeline up to the HDF5 patch sets
+#   snakemake --cores 8 train_boundary     # ... and the nets
+#   snakemake --cores 8 --profile workflow/profiles/local
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.patches.output,
+        rules.testset.output,

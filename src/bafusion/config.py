@@ -1,0 +1,160 @@
+"""params.yaml: loading, presets (the paper's configuration) and the sample-count arithmetic."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bafusion.errors import InputFileError, UserError
+from bafusion.patches import AUGMENTATION_FACTOR
+
+
+def load_params(path: str | os.PathLike[str] = "params.yaml") -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise InputFileError(p, "params file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise InputFileError(p, f"invalid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise InputFileError(p, "params file must hold a mapping at the top level")
+    return data
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in override.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in resources.files("bafusion.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    f = resources.files("bafusion.presets") / f"{name}.yaml"
+    if not f.is_file():
+        raise UserError(f"unknown preset {name!r} (available: {', '.join(preset_names())})")
+    return yaml.safe_load(f.read_text()) or {}
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _hydra_value(v: Any) -> str:
+    """A value in the override grammar that ``dvc exp run -S`` parses back to the same YAML."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_hydra_value(x) for x in v) + "]"
+    if isinstance(v, str):
+        return v if v and all(c.isalnum() or c in "._/-" for c in v) else json.dumps(v)
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def dvc_set_args(overrides: Mapping[str, Any]) -> list[str]:
+    """``{"data": {"backgrounds": 700}}`` -> ``["-S", "data.backgrounds=700"]``."""
+    args: list[str] = []
+    for k, v in flatten(overrides).items():
+        args += ["-S", f"{k}={_hydra_value(v)}"]
+    return args
+
+
+def apply_overrides_to_file(path: str | os.PathLike[str], overrides: Mapping[str, Any]) -> None:
+    """Write ``overrides`` into a params file in place, keeping its comments and order."""
+    from ruamel.yaml import YAML
+
+    from bafusion.atomic import atomic_file
+
+    p = Path(path)
+    ry = YAML()
+    ry.preserve_quotes = True
+    doc = ry.load(p.read_text())
+    for key, value in flatten(overrides).items():
+        node = doc
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if part not in node or not isinstance(node[part], Mapping):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    with atomic_file(p) as tmp, open(tmp, "w") as fh:
+        ry.dump(doc, fh)
+
+
+def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Pairs, base patches and effective (x12 augmented) samples that a configuration makes.
+
+    Foreground and background numbers come from ``data.foregrounds``/``data.backgrounds``
+    when set (> 0); otherwise from the source itself (all images it has, less held-out ones).
+    ``available`` reports what the source really has, when it can be read.
+    """
+    from bafusion.sources import select
+
+    data = params.get("data", {}) or {}
+    pat = params.get("patches", {}) or {}
+    n_cfg = {"foregrounds": int(data.get("foregrounds", 0) or 0), "backgrounds": int(data.get("backgrounds", 0) or 0)}
+    available: dict[str, int | None] = {"foregrounds": None, "backgrounds": None}
+    note = None
+    try:
+        unlimited = dict(data, foregrounds=0, backgrounds=0)
+        sel = select(unlimited, int(params.get("seed", 0)))
+        available = {"foregrounds": len(sel.train_foregrounds), "backgrounds": len(sel.train_backgrounds)}
+    except UserError as e:
+        note = f"source not readable here ({e}); counting from the configured numbers"
+    n: dict[str, int] = {}
+    for k in ("foregrounds", "backgrounds"):
+        if n_cfg[k]:
+            n[k] = n_cfg[k]
+        elif available[k] is not None:
+            n[k] = int(available[k])  # type: ignore[arg-type]
+        else:
+            raise UserError(f"data.{k} is 0 (= all) and the source cannot be read: cannot count")
+    pairs = n["foregrounds"] * n["backgrounds"]
+    per_pair = int(pat.get("per_pair", 10))
+    base = pairs * per_pair
+    boundary_max = pairs * int(pat.get("boundary_per_pair", 0))
+    out: dict[str, Any] = {
+        "foregrounds": n["foregrounds"],
+        "backgrounds": n["backgrounds"],
+        "available": available,
+        "pairs": pairs,
+        "patches_per_pair": per_pair,
+        "base_patches": base,
+        "augmentation_factor": AUGMENTATION_FACTOR,
+        "effective_samples": base * AUGMENTATION_FACTOR,
+        "boundary_patches_at_most": boundary_max,
+        "boundary_effective_samples_at_most": boundary_max * AUGMENTATION_FACTOR,
+    }
+    if note:
+        out["note"] = note
+    short = [k for k in ("foregrounds", "backgrounds") if available[k] is not None and n_cfg[k] > int(available[k] or 0)]
+    if short:
+        real = 1
+        for k in ("foregrounds", "backgrounds"):
+            real *= min(n[k], int(available[k])) if available[k] is not None else n[k]
+        out["note"] = (
+            f"the source has fewer {' and '.join(short)} than configured "
+            f"({', '.join(f'{k}: {available[k]}' for k in short)}): a run here would make {real:,} pairs"
+        )
+    return out

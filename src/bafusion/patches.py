@@ -1,0 +1,248 @@
+"""The ``patches`` step: two-channel gray patches with focus labels, stored in HDF5.
+
+For each composited pair:
+
+- ``per_pair`` random centres (uniform over positions whose patch lies inside the image);
+  label 1 when the matte at the centre is >= ``label_threshold`` (the centre is focused in
+  A), else 0.
+- ``boundary_per_pair`` boundary patches: random centres drawn among the positions whose
+  patch holds at least ``min_focused`` focused and ``min_defocused`` defocused pixels (a
+  pixel is focused when its matte value is >= ``label_threshold``). Random centres give
+  few of them, so they are sampled deliberately from that set.
+
+A patch "centred" at (r, c) covers rows r - p//2 .. r - p//2 + p - 1 (and likewise columns).
+Pairs are split train/validation by pair (``val_fraction`` of the pairs, a seeded
+permutation), so no pair is on both sides. Each pair's centres come from a generator
+seeded by (seed, pair id): the result does not depend on shard order.
+
+Output: ``initial.h5`` (all random patches) and ``boundary.h5`` (the boundary patches),
+each with groups ``train`` and ``val`` holding ``x`` uint8 (N, 2, p, p) (channel 0 = A,
+channel 1 = B; chunked, gzip), ``y`` uint8 (N,), ``pair`` int64 (N,), ``centre`` int32
+(N, 2); root attributes ``patch``, ``seed``, ``kind``, ``params`` (JSON), ``code_version``.
+The x12 augmentation (rotations, flips, channel swap) is applied on the fly by
+:mod:`bafusion.augment`, not stored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from bafusion import __version__
+from bafusion.atomic import atomic_file
+from bafusion.errors import InputFileError, UserError
+
+SETS = ("initial", "boundary")
+SPLITS = ("train", "val")
+AUGMENTATION_FACTOR = 12  # 6 geometric variants (4 rotations, 2 flips) x channel swap
+
+
+@dataclass(frozen=True)
+class PatchOptions:
+    patch: int = 32
+    per_pair: int = 10
+    boundary_per_pair: int = 10
+    min_focused: float = 0.1
+    min_defocused: float = 0.1
+    label_threshold: float = 0.5
+    val_fraction: float = 0.15
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.patch < 4:
+            raise UserError(f"patch must be >= 4, got {self.patch}")
+        if self.per_pair < 0 or self.boundary_per_pair < 0:
+            raise UserError("patches.per_pair and patches.boundary_per_pair must be >= 0")
+        if not (0 <= self.min_focused <= 1 and 0 <= self.min_defocused <= 1 and self.min_focused + self.min_defocused <= 1):
+            raise UserError("patches.min_focused and min_defocused must be fractions summing to at most 1")
+        if not 0 <= self.val_fraction < 1:
+            raise UserError(f"patches.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+    @property
+    def threshold_u8(self) -> int:
+        """Matte values (uint8) at or above this count as focused in A."""
+        return int(np.ceil(self.label_threshold * 255.0 - 1e-9))
+
+
+def window_fraction(mask: np.ndarray, p: int) -> np.ndarray:
+    """Fraction of True pixels in every p x p window, indexed by the window's top-left corner:
+    shape (H - p + 1, W - p + 1). Integral image, O(H W)."""
+    m = mask.astype(np.int64)
+    ii = np.zeros((m.shape[0] + 1, m.shape[1] + 1), np.int64)
+    ii[1:, 1:] = m.cumsum(0).cumsum(1)
+    s = ii[p:, p:] - ii[:-p, p:] - ii[p:, :-p] + ii[:-p, :-p]
+    return s / float(p * p)
+
+
+def random_corners(rng: np.random.Generator, shape: tuple[int, int], p: int, n: int) -> np.ndarray:
+    h, w = shape
+    r = rng.integers(0, h - p + 1, size=n)
+    c = rng.integers(0, w - p + 1, size=n)
+    return np.stack([r, c], axis=1)
+
+
+def boundary_corners(
+    rng: np.random.Generator, frac: np.ndarray, n: int, min_focused: float, min_defocused: float
+) -> np.ndarray:
+    """Up to ``n`` distinct top-left corners whose window meets both fractions."""
+    ok = np.flatnonzero((frac >= min_focused - 1e-12) & (1.0 - frac >= min_defocused - 1e-12))
+    if ok.size == 0 or n == 0:
+        return np.zeros((0, 2), np.int64)
+    pick = rng.choice(ok, size=min(n, ok.size), replace=False)
+    pick.sort()
+    return np.stack(np.unravel_index(pick, frac.shape), axis=1).astype(np.int64)
+
+
+def crop(A: np.ndarray, B: np.ndarray, corners: np.ndarray, p: int) -> np.ndarray:
+    """(N, 2, p, p) uint8 patches at the given top-left corners."""
+    out = np.empty((len(corners), 2, p, p), np.uint8)
+    for k, (r, c) in enumerate(corners):
+        out[k, 0] = A[r : r + p, c : c + p]
+        out[k, 1] = B[r : r + p, c : c + p]
+    return out
+
+
+def split_pairs(pair_ids: np.ndarray, val_fraction: float, seed: int) -> set[int]:
+    """The validation pairs: a seeded permutation's first round(val_fraction * n) pairs
+    (at least one when there are two or more pairs and val_fraction > 0)."""
+    ids = np.sort(np.asarray(pair_ids, np.int64))
+    n_val = int(round(val_fraction * len(ids)))
+    if val_fraction > 0 and len(ids) >= 2:
+        n_val = min(max(n_val, 1), len(ids) - 1)
+    perm = np.random.default_rng([int(seed), 7]).permutation(len(ids))
+    return {int(ids[i]) for i in perm[:n_val]}
+
+
+class _Appender:
+    """Grow chunked, compressed datasets of one split group as patches arrive."""
+
+    def __init__(self, g: h5py.Group, p: int) -> None:
+        kw: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True, "track_times": False}
+        self.x = g.create_dataset("x", shape=(0, 2, p, p), maxshape=(None, 2, p, p), dtype=np.uint8, chunks=(64, 2, p, p), **kw)
+        self.y = g.create_dataset("y", shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(4096,), **kw)
+        self.pair = g.create_dataset("pair", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,), **kw)
+        self.centre = g.create_dataset("centre", shape=(0, 2), maxshape=(None, 2), dtype=np.int32, chunks=(4096, 2), **kw)
+
+    def append(self, x: np.ndarray, y: np.ndarray, pair: np.ndarray, centre: np.ndarray) -> None:
+        n0, n = self.x.shape[0], len(x)
+        if n == 0:
+            return
+        for d, v in ((self.x, x), (self.y, y), (self.pair, pair), (self.centre, centre)):
+            d.resize(n0 + n, axis=0)
+            d[n0 : n0 + n] = v
+
+
+def _iter_pairs(shard_files: list[Path]):
+    """Yield (pair id, A, B, matte) for every composited pair, in shard and group order."""
+    for f in shard_files:
+        f = Path(f)
+        if not f.exists():
+            raise InputFileError(f, "composite shard missing: run the composite step first")
+        try:
+            h5 = h5py.File(f, "r")
+        except OSError as e:
+            raise InputFileError(f, f"unreadable HDF5 file: {e}") from e
+        with h5:
+            for name in h5.keys():
+                g = h5[name]
+                matte = g["matte"][()]
+                pairs = g["pair"][()]
+                for k in range(len(pairs)):
+                    yield int(pairs[k]), g["A"][k], g["B"][k], matte
+
+
+def _all_pair_ids(shard_files: list[Path]) -> np.ndarray:
+    ids = []
+    for f in shard_files:
+        try:
+            with h5py.File(f, "r") as h5:
+                for name in h5.keys():
+                    ids.append(h5[name]["pair"][()])
+        except OSError as e:
+            raise InputFileError(f, f"unreadable HDF5 file: {e}") from e
+    return np.concatenate(ids) if ids else np.zeros(0, np.int64)
+
+
+def run_patches(shard_files: list[Path], opts: PatchOptions, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Write ``initial.h5`` and ``boundary.h5`` into ``out_dir``; return counts."""
+    out_dir = Path(out_dir)
+    shard_files = [Path(f) for f in sorted(shard_files)]
+    p = opts.patch
+    all_ids = _all_pair_ids(shard_files)
+    if all_ids.size == 0:
+        raise UserError("no composited pairs found in " + ", ".join(str(f) for f in shard_files))
+    val_pairs = split_pairs(all_ids, opts.val_fraction, opts.seed)
+    counts = {s: {sp: 0 for sp in SPLITS} for s in SETS}
+    labels = {s: {sp: 0 for sp in SPLITS} for s in SETS}
+    attrs = {
+        "patch": p,
+        "seed": opts.seed,
+        "params": json.dumps(asdict(opts), sort_keys=True),
+        "code_version": __version__,
+    }
+    thr = opts.threshold_u8
+    with atomic_file(out_dir / "initial.h5") as t_init, atomic_file(out_dir / "boundary.h5") as t_bnd:
+        with h5py.File(t_init, "w", track_order=True) as f_init, h5py.File(t_bnd, "w", track_order=True) as f_bnd:
+            files = {"initial": f_init, "boundary": f_bnd}
+            app = {}
+            for s, f in files.items():
+                for k, v in attrs.items():
+                    f.attrs[k] = v
+                f.attrs["kind"] = s
+                app[s] = {sp: _Appender(f.create_group(sp, track_order=True), p) for sp in SPLITS}
+            last_matte_id = None
+            frac = None
+            for pair_id, A, B, matte in tqdm(
+                _iter_pairs(shard_files), total=int(all_ids.size), desc="patches", unit="pair", disable=not progress
+            ):
+                h, w = matte.shape
+                if h < p or w < p:
+                    raise UserError(f"pair {pair_id}: image {w}x{h} is smaller than the patch side {p}")
+                focus = matte >= thr
+                if last_matte_id != id(matte) or frac is None:
+                    frac = window_fraction(focus, p)
+                    last_matte_id = id(matte)
+                rng = np.random.default_rng([int(opts.seed), pair_id, 2])
+                split = "val" if pair_id in val_pairs else "train"
+                for s, corners in (
+                    ("initial", random_corners(rng, (h, w), p, opts.per_pair)),
+                    ("boundary", boundary_corners(rng, frac, opts.boundary_per_pair, opts.min_focused, opts.min_defocused)),
+                ):
+                    centres = corners + p // 2
+                    y = focus[centres[:, 0], centres[:, 1]].astype(np.uint8)
+                    app[s][split].append(crop(A, B, corners, p), y, np.full(len(y), pair_id, np.int64), centres.astype(np.int32))
+                    counts[s][split] += len(y)
+                    labels[s][split] += int(y.sum())
+    summary = {
+        "pairs": int(all_ids.size),
+        "val_pairs": len(val_pairs),
+        "patch": p,
+        "counts": counts,
+        "positives": labels,
+        "augmentation_factor": AUGMENTATION_FACTOR,
+        "effective_samples": {s: {sp: counts[s][sp] * AUGMENTATION_FACTOR for sp in SPLITS} for s in SETS},
+    }
+    return summary
+
+
+def read_split(path: Path, split: str) -> dict[str, np.ndarray]:
+    """Load one split of a patch set into memory (x, y, pair, centre) with clear errors."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(path, "patch set not found")
+    try:
+        with h5py.File(path, "r") as h5:
+            if split not in h5:
+                raise InputFileError(path, f"no '{split}' group (not a bafusion patch set?)")
+            g = h5[split]
+            return {k: g[k][()] for k in ("x", "y", "pair", "centre")}
+    except OSError as e:
+        raise InputFileError(path, f"unreadable HDF5 file: {e}") from e
+    except KeyError as e:
+        raise InputFileError(path, f"missing dataset {e} in group '{split}'") from e

@@ -1,0 +1,221 @@
+"""Subcommands of the data pipeline: prepare, composite, composite-index, testset, patches,
+count and preset. Each is a thin call of the step's module, logged as an MLflow run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bafusion import tracking
+from bafusion.atomic import write_text
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "no_progress", False)
+
+
+def _csv_list(s: str) -> list[str]:
+    return [x for x in (t.strip() for t in s.split(",")) if x]
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from bafusion.prepare import PrepareOptions, run_prepare
+
+    data_cfg: dict[str, Any] = {
+        "source": args.source,
+        "foregrounds": args.foregrounds,
+        "backgrounds": args.backgrounds,
+        "holdout_foregrounds": args.holdout_foregrounds,
+        "holdout_backgrounds": args.holdout_backgrounds,
+        "builtin": {"foregrounds": _csv_list(args.builtin_foregrounds), "backgrounds": _csv_list(args.builtin_backgrounds)},
+        "dir": {"alphamatting": args.alphamatting, "backgrounds": args.backgrounds_dir},
+    }
+    opts = PrepareOptions(scale=args.scale, min_background_side=args.min_background_side)
+    with tracking.stage_run("prepare", {"seed": args.seed, "data": data_cfg, "prepare": vars(opts)}) as run:
+        m = run_prepare(data_cfg, opts, args.seed, Path(args.out), progress=_progress(args))
+        counts = {
+            f"{k}_{s}": sum(1 for e in m[k] if e["split"] == s) for k in ("foregrounds", "backgrounds") for s in ("train", "test")
+        }
+        run.log_metrics(counts)
+    print(json.dumps(counts))
+    return 0
+
+
+def _composite_opts(args: argparse.Namespace):
+    from bafusion.composite import CompositeOptions
+
+    return CompositeOptions(sigma=(args.sigma[0], args.sigma[1]), fit=args.fit, seed=args.seed)
+
+
+def cmd_composite(args: argparse.Namespace) -> int:
+    from bafusion.composite import run_shard
+
+    opts = _composite_opts(args)
+    params = {"composite": {"sigma": list(opts.sigma), "fit": opts.fit, "shards": args.shards}, "seed": args.seed}
+    with tracking.stage_run("composite", params, tags={"shard": args.shard}) as run:
+        t0 = time.perf_counter()
+        n = run_shard(Path(args.prepared), args.shard, args.shards, opts, Path(args.out), progress=_progress(args))
+        dt = time.perf_counter() - t0
+        run.log_metrics({"pairs": n, "pairs_per_s": n / dt if dt > 0 else 0.0})
+    print(f"shard {args.shard}/{args.shards}: {n} pairs -> {args.out}")
+    return 0
+
+
+def cmd_composite_index(args: argparse.Namespace) -> int:
+    from bafusion.composite import write_index
+
+    index = write_index([Path(f) for f in args.shards], Path(args.out))
+    print(f"{index['pairs']} composited pairs in {len(index['shards'])} shards")
+    return 0
+
+
+def cmd_testset(args: argparse.Namespace) -> int:
+    from bafusion.composite import make_testset
+
+    opts = _composite_opts(args)
+    with tracking.stage_run("testset", {"composite": {"sigma": list(opts.sigma), "fit": opts.fit}, "seed": args.seed}) as run:
+        index = make_testset(Path(args.prepared), opts, Path(args.out), progress=_progress(args))
+        run.log_metric("pairs", len(index["pairs"]))
+    print(f"{len(index['pairs'])} test pairs -> {args.out}")
+    return 0
+
+
+def cmd_patches(args: argparse.Namespace) -> int:
+    from bafusion.patches import PatchOptions, run_patches
+
+    opts = PatchOptions(
+        patch=args.patch,
+        per_pair=args.per_pair,
+        boundary_per_pair=args.boundary_per_pair,
+        min_focused=args.min_focused,
+        min_defocused=args.min_defocused,
+        label_threshold=args.label_threshold,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+    )
+    with tracking.stage_run("patches", {"patch": opts.patch, "seed": opts.seed, "patches": vars(opts)}) as run:
+        t0 = time.perf_counter()
+        summary = run_patches([Path(f) for f in args.shards], opts, Path(args.out), progress=_progress(args))
+        dt = time.perf_counter() - t0
+        flat = {k.replace(".", "_"): v for k, v in tracking.flatten(summary).items() if isinstance(v, (int, float))}
+        flat["pairs_per_s"] = summary["pairs"] / dt if dt > 0 else 0.0
+        run.log_metrics(flat)
+    if args.summary:
+        write_text(args.summary, json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    c = summary["counts"]
+    print(
+        f"{summary['pairs']} pairs ({summary['val_pairs']} for validation): "
+        f"initial {c['initial']['train']}+{c['initial']['val']}, boundary {c['boundary']['train']}+{c['boundary']['val']} "
+        f"patches (x{summary['augmentation_factor']} augmented on the fly)"
+    )
+    return 0
+
+
+def cmd_count(args: argparse.Namespace) -> int:
+    from bafusion.config import count_samples, deep_merge, load_params, load_preset
+
+    params = load_params(args.params)
+    if args.preset:
+        params = deep_merge(params, load_preset(args.preset))
+    c = count_samples(params)
+    if args.format == "json":
+        print(json.dumps(c, indent=1))
+        return 0
+    print(f"foregrounds:        {c['foregrounds']:,}")
+    print(f"backgrounds:        {c['backgrounds']:,}")
+    print(f"pairs:              {c['pairs']:,}")
+    print(f"base patches:       {c['base_patches']:,} ({c['patches_per_pair']} per pair)")
+    print(f"effective samples:  {c['effective_samples']:,} (x{c['augmentation_factor']} augmentation)")
+    print(f"boundary patches:   at most {c['boundary_patches_at_most']:,}")
+    if c.get("note"):
+        print(f"note: {c['note']}")
+    return 0
+
+
+def cmd_preset(args: argparse.Namespace) -> int:
+    from bafusion.config import apply_overrides_to_file, dvc_set_args, load_preset
+
+    preset = load_preset(args.name)
+    if args.apply:
+        apply_overrides_to_file(args.apply, preset)
+        print(f"applied preset {args.name!r} to {args.apply}", file=sys.stderr)
+        return 0
+    if args.format == "yaml":
+        import yaml
+
+        print(yaml.safe_dump(preset, sort_keys=False), end="")
+    else:
+        print(" ".join(dvc_set_args(preset)))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--seed", type=int, default=0, help="random seed (params: seed)")
+    common.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("prepare", parents=[common], help="resize foregrounds + mattes, check backgrounds, write a manifest")
+    p.add_argument("--source", choices=["builtin", "dir"], default="builtin")
+    p.add_argument("--foregrounds", type=int, default=0, help="at most this many training foregrounds (0 = all)")
+    p.add_argument("--backgrounds", type=int, default=0, help="at most this many training backgrounds (0 = all)")
+    p.add_argument("--holdout-foregrounds", type=int, default=0)
+    p.add_argument("--holdout-backgrounds", type=int, default=0)
+    p.add_argument("--builtin-foregrounds", default="", help="comma-separated skimage.data names")
+    p.add_argument("--builtin-backgrounds", default="", help="comma-separated skimage.data names")
+    p.add_argument("--alphamatting", default="", help="folder with input/ and gt/ (source dir)")
+    p.add_argument("--backgrounds-dir", default="", help="folder of background photos (source dir)")
+    p.add_argument("--scale", type=float, default=0.5)
+    p.add_argument("--min-background-side", type=int, default=64)
+    p.add_argument("--out", required=True, help="output folder (e.g. data/prepared)")
+    p.set_defaults(func=cmd_prepare)
+
+    def comp_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--prepared", required=True, help="the prepare step's folder")
+        q.add_argument("--sigma", type=float, nargs=2, default=[1.0, 3.0], metavar=("LO", "HI"))
+        q.add_argument("--fit", choices=["cover", "stretch"], default="cover")
+
+    p = sub.add_parser("composite", parents=[common], help="composite the pairs of one shard into HDF5")
+    comp_args(p)
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--shards", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_composite)
+
+    p = sub.add_parser("composite-index", help="summarise composite shards into a JSON index")
+    p.add_argument("shards", nargs="+")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_composite_index)
+
+    p = sub.add_parser("testset", parents=[common], help="composite the held-out pairs in colour, with their truth")
+    comp_args(p)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_testset)
+
+    p = sub.add_parser("patches", parents=[common], help="sample labelled two-channel patches into HDF5")
+    p.add_argument("shards", nargs="+", help="composite shard files")
+    p.add_argument("--patch", type=int, default=32)
+    p.add_argument("--per-pair", type=int, default=10)
+    p.add_argument("--boundary-per-pair", type=int, default=10)
+    p.add_argument("--min-focused", type=float, default=0.1)
+    p.add_argument("--min-defocused", type=float, default=0.1)
+    p.add_argument("--label-threshold", type=float, default=0.5)
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--out", required=True, help="output folder for initial.h5 and boundary.h5")
+    p.add_argument("--summary", help="also write the counts as JSON here")
+    p.set_defaults(func=cmd_patches)
+
+    p = sub.add_parser("count", help="count pairs and samples a configuration makes, without making them")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--preset", help="apply a preset first (e.g. paper)")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_count)
+
+    p = sub.add_parser("preset", help="print a preset as `dvc exp run -S` arguments, or apply it to params.yaml")
+    p.add_argument("name", help="preset name (paper)")
+    p.add_argument("--apply", metavar="PARAMS", help="write the preset into this params file (comments kept)")
+    p.add_argument("--format", choices=["dvc", "yaml"], default="dvc")
+    p.set_defaults(func=cmd_preset)

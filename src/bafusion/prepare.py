@@ -1,0 +1,129 @@
+"""The ``prepare`` step: resize foregrounds and mattes (the paper halves the alphamatting
+images, which are larger than COCO's), check and normalise backgrounds, write a manifest.
+
+Output folder (written under a temporary name, renamed when complete)::
+
+    manifest.json            what follows, with sizes, origins and train/test split
+    fg/<id>.png              foreground, RGB, resized by ``scale`` (antialiased)
+    matte/<id>.png           its alpha matte, gray, resized the same way
+    bg/<id>.png|.jpg         background, RGB (a plain RGB JPEG is copied byte for byte)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from bafusion.atomic import atomic_dir
+from bafusion.errors import InputFileError, UserError
+from bafusion.images import resize, scaled_size, write_png
+from bafusion.sources import Background, Foreground, check_foreground, select
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    scale: float = 0.5
+    min_background_side: int = 64
+
+
+def prepare_foreground(fg: Foreground, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Load, check and resize one foreground and its matte with the same antialiased filter."""
+    img, matte = check_foreground(fg)
+    if scale != 1.0:
+        size = scaled_size(img.shape, scale)
+        img, matte = resize(img, size), resize(matte, size)
+    return img, matte
+
+
+def _plain_rgb_jpeg(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            return im.format == "JPEG" and im.mode == "RGB" and im.getexif().get(0x0112, 1) == 1
+    except OSError:
+        return False
+
+
+def prepare_background(bg: Background, out_dir: Path, min_side: int) -> dict[str, Any]:
+    img = bg.load_image()
+    h, w = img.shape[:2]
+    if min(h, w) < min_side:
+        raise InputFileError(bg.origin, f"background is {w}x{h}, smaller than prepare.min_background_side={min_side}")
+    if bg.path is not None and _plain_rgb_jpeg(bg.path):
+        name = f"{bg.id}.jpg"
+        shutil.copyfile(bg.path, out_dir / name)
+    else:
+        name = f"{bg.id}.png"
+        write_png(out_dir / name, img)
+    return {"id": bg.id, "image": f"bg/{name}", "height": h, "width": w, "origin": bg.origin}
+
+
+def run_prepare(data_cfg: dict, opts: PrepareOptions, seed: int, out: Path, progress: bool = True) -> dict[str, Any]:
+    """Resolve the data source, write the prepared folder ``out``, return the manifest."""
+    if not 0 < opts.scale <= 4:
+        raise UserError(f"prepare.scale must be in (0, 4], got {opts.scale}")
+    sel = select(data_cfg, seed)
+    if not sel.train_foregrounds:
+        raise UserError("no foregrounds selected for training")
+    if not sel.train_backgrounds:
+        raise UserError("no backgrounds selected for training")
+    ids = [b.id for b in sel.train_backgrounds + sel.test_backgrounds]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise UserError(f"background ids are not unique (same file name with different extensions?): {dup[:5]}")
+    manifest: dict[str, Any] = {
+        "source": data_cfg.get("source", "builtin"),
+        "scale": opts.scale,
+        "seed": seed,
+        "foregrounds": [],
+        "backgrounds": [],
+    }
+    with atomic_dir(out) as tmp:
+        (tmp / "fg").mkdir()
+        (tmp / "matte").mkdir()
+        (tmp / "bg").mkdir()
+        fgs = [(f, "train") for f in sel.train_foregrounds] + [(f, "test") for f in sel.test_foregrounds]
+        for fg, split in tqdm(fgs, desc="prepare foregrounds", unit="img", disable=not progress):
+            img, matte = prepare_foreground(fg, opts.scale)
+            write_png(tmp / "fg" / f"{fg.id}.png", img)
+            write_png(tmp / "matte" / f"{fg.id}.png", matte)
+            manifest["foregrounds"].append(
+                {
+                    "id": fg.id,
+                    "image": f"fg/{fg.id}.png",
+                    "matte": f"matte/{fg.id}.png",
+                    "height": int(img.shape[0]),
+                    "width": int(img.shape[1]),
+                    "origin": fg.origin,
+                    "split": split,
+                }
+            )
+        bgs = [(b, "train") for b in sel.train_backgrounds] + [(b, "test") for b in sel.test_backgrounds]
+        for bg, split in tqdm(bgs, desc="prepare backgrounds", unit="img", disable=not progress):
+            entry = prepare_background(bg, tmp / "bg", opts.min_background_side)
+            entry["split"] = split
+            manifest["backgrounds"].append(entry)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def load_manifest(prepared: Path) -> dict[str, Any]:
+    p = Path(prepared) / MANIFEST
+    if not p.exists():
+        raise InputFileError(p, "manifest not found: run the prepare step first")
+    try:
+        return json.loads(p.read_text())
+    except ValueError as e:
+        raise InputFileError(p, f"corrupt manifest: {e}") from e
+
+
+def entries(manifest: dict[str, Any], kind: str, split: str) -> list[dict[str, Any]]:
+    return [e for e in manifest[kind] if e.get("split", "train") == split]

@@ -1,0 +1,221 @@
+"""Where foregrounds (image + alpha matte) and sharp backgrounds come from.
+
+- ``builtin``: photos that ship inside scikit-image (no network), each foreground given a
+  procedural soft object matte (:mod:`bafusion.mattes`). Deterministic by seed.
+- ``dir``: an alphamatting.com-style folder (``input/GTxx.png`` + ``gt/GTxx.png``) and a
+  folder of background photos (for example COCO-2017 train images).
+
+A source yields :class:`Foreground` and :class:`Background` records whose pixels load
+lazily, so listing a paper-scale folder costs nothing.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bafusion.errors import InputFileError, UserError
+from bafusion.images import list_images, read_matte, read_rgb, resize, scaled_size
+from bafusion.mattes import object_matte
+
+#: Colour photos with a clear subject: builtin foregrounds.
+BUILTIN_FOREGROUNDS: tuple[str, ...] = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "motorcycle",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "retina",
+)
+#: Textured photos: builtin backgrounds.
+BUILTIN_BACKGROUNDS: tuple[str, ...] = (
+    "brick",
+    "grass",
+    "gravel",
+    "camera",
+    "coins",
+    "moon",
+    "page",
+    "text",
+    "clock",
+    "cell",
+)
+#: Builtin photos are first brought to at most this long side (retina is 1411 px).
+BUILTIN_MAX_SIDE = 512
+
+
+@dataclass(frozen=True)
+class Foreground:
+    id: str
+    origin: str
+    load_image: Callable[[], np.ndarray] = field(repr=False, compare=False)
+    load_matte: Callable[[], np.ndarray] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Background:
+    id: str
+    origin: str
+    load_image: Callable[[], np.ndarray] = field(repr=False, compare=False)
+    path: Path | None = None
+
+
+def stable_seed(seed: int, name: str) -> int:
+    """A per-item seed that does not depend on list order or Python's hash randomisation."""
+    return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**32)
+
+
+def _builtin_image(name: str) -> np.ndarray:
+    from skimage import data as skdata
+
+    if name == "motorcycle":
+        img = skdata.stereo_motorcycle()[0]
+    else:
+        try:
+            fn = getattr(skdata, name)
+        except AttributeError as e:
+            raise UserError(f"unknown builtin image {name!r} (scikit-image's skimage.data has no such image)") from e
+        try:
+            img = fn()
+        except ModuleNotFoundError as e:  # images that need pooch + network
+            raise UserError(f"builtin image {name!r} is not bundled with scikit-image offline: {e}") from e
+    img = np.asarray(img)
+    if img.dtype == bool:
+        img = img.astype(np.uint8) * 255
+    if img.dtype != np.uint8:
+        img = np.clip(np.round(img.astype(np.float64) * (255.0 if img.max() <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    img = img[..., :3]
+    h, w = img.shape[:2]
+    if max(h, w) > BUILTIN_MAX_SIDE:
+        img = resize(img, scaled_size((h, w), BUILTIN_MAX_SIDE / max(h, w)))
+    return np.ascontiguousarray(img)
+
+
+def builtin_foregrounds(names: Sequence[str], seed: int) -> list[Foreground]:
+    out = []
+    for name in names:
+        def load_image(n: str = name) -> np.ndarray:
+            return _builtin_image(n)
+
+        def load_matte(n: str = name) -> np.ndarray:
+            h, w = _builtin_image(n).shape[:2]
+            return object_matte((h, w), stable_seed(seed, "matte:" + n))
+
+        out.append(Foreground(id=name, origin=f"skimage.data.{name}", load_image=load_image, load_matte=load_matte))
+    return out
+
+
+def builtin_backgrounds(names: Sequence[str]) -> list[Background]:
+    return [
+        Background(id=n, origin=f"skimage.data.{n}", load_image=lambda n=n: _builtin_image(n)) for n in names
+    ]
+
+
+def dir_foregrounds(root: str | Path) -> list[Foreground]:
+    """``root/input/<id>.<ext>`` with ``root/gt/<id>.<ext>``. A foreground without a matte
+    (or a matte without a foreground) is an error naming the file."""
+    root = Path(root)
+    inp, gt = root / "input", root / "gt"
+    for d in (root, inp, gt):
+        if not d.is_dir():
+            raise InputFileError(d, "folder not found (expected an alphamatting-style folder with input/ and gt/)")
+    images = {p.stem: p for p in list_images(inp)}
+    mattes = {p.stem: p for p in list_images(gt)}
+    if not images:
+        raise InputFileError(inp, "no foreground images found")
+    for stem, p in sorted(images.items()):
+        if stem not in mattes:
+            raise InputFileError(p, f"foreground has no matte (expected {gt / (stem + '.png')})")
+    for stem, p in sorted(mattes.items()):
+        if stem not in images:
+            raise InputFileError(p, f"matte has no foreground image in {inp}")
+    return [
+        Foreground(
+            id=stem,
+            origin=str(images[stem]),
+            load_image=lambda p=images[stem]: read_rgb(p),
+            load_matte=lambda p=mattes[stem]: read_matte(p),
+        )
+        for stem in sorted(images)
+    ]
+
+
+def dir_backgrounds(folder: str | Path) -> list[Background]:
+    d = Path(folder)
+    if not d.is_dir():
+        raise InputFileError(d, "background folder not found")
+    files = list_images(d)
+    if not files:
+        raise InputFileError(d, "background folder holds no images (.png, .jpg, ...)")
+    return [Background(id=p.stem, origin=str(p), load_image=lambda p=p: read_rgb(p), path=p) for p in files]
+
+
+def check_foreground(fg: Foreground) -> tuple[np.ndarray, np.ndarray]:
+    """Load a foreground and its matte; a matte of another size is an error naming both."""
+    img = fg.load_image()
+    matte = fg.load_matte()
+    if matte.shape[:2] != img.shape[:2]:
+        raise InputFileError(
+            fg.origin,
+            f"matte size {matte.shape[1]}x{matte.shape[0]} differs from the image size "
+            f"{img.shape[1]}x{img.shape[0]} (matte of foreground {fg.id!r})",
+        )
+    return img, matte
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The foregrounds and backgrounds the pipeline uses, split into training and held-out."""
+
+    train_foregrounds: list[Foreground]
+    train_backgrounds: list[Background]
+    test_foregrounds: list[Foreground]
+    test_backgrounds: list[Background]
+
+
+def _split(items: list, holdout: int, limit: int, seed: int, what: str) -> tuple[list, list]:
+    if holdout < 0 or limit < 0:
+        raise UserError(f"{what}: holdout and limit must be >= 0")
+    if holdout >= len(items) and holdout > 0:
+        raise UserError(f"{what}: cannot hold out {holdout} of {len(items)} (nothing would be left to train on)")
+    order = np.random.default_rng(stable_seed(seed, "holdout:" + what)).permutation(len(items))
+    held = sorted(int(i) for i in order[:holdout])
+    rest = [x for i, x in enumerate(items) if i not in set(held)]
+    test = [items[i] for i in held]
+    if limit:
+        rest = rest[:limit]
+    return rest, test
+
+
+def select(data_cfg: dict, seed: int) -> Selection:
+    """Resolve ``params.yaml``'s ``data`` section into the items to use."""
+    source = data_cfg.get("source", "builtin")
+    if source == "builtin":
+        b = data_cfg.get("builtin", {}) or {}
+        fgs = builtin_foregrounds(b.get("foregrounds") or BUILTIN_FOREGROUNDS, seed)
+        bgs = builtin_backgrounds(b.get("backgrounds") or BUILTIN_BACKGROUNDS)
+    elif source == "dir":
+        d = data_cfg.get("dir", {}) or {}
+        if not d.get("alphamatting") or not d.get("backgrounds"):
+            raise UserError("data.source 'dir' needs data.dir.alphamatting and data.dir.backgrounds")
+        fgs = dir_foregrounds(d["alphamatting"])
+        bgs = dir_backgrounds(d["backgrounds"])
+    else:
+        raise UserError(f"unknown data.source {source!r} (expected 'builtin' or 'dir')")
+    train_fg, test_fg = _split(
+        fgs, int(data_cfg.get("holdout_foregrounds", 0)), int(data_cfg.get("foregrounds", 0)), seed, "foregrounds"
+    )
+    train_bg, test_bg = _split(
+        bgs, int(data_cfg.get("holdout_backgrounds", 0)), int(data_cfg.get("backgrounds", 0)), seed, "backgrounds"
+    )
+    if bool(test_fg) != bool(test_bg):
+        raise UserError("data.holdout_foregrounds and data.holdout_backgrounds must both be 0 or both be > 0")
+    return Selection(train_fg, train_bg, test_fg, test_bg)

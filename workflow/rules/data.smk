@@ -1,0 +1,106 @@
+# Data: prepare -> composite (sharded by foreground) -> patches; testset from held-out images.
+
+DATA = config["data"]
+SHARDS = range(int(config["composite"]["shards"]))
+
+
+rule prepare:
+    output:
+        directory("data/prepared"),
+    params:
+        source=DATA["source"],
+        foregrounds=DATA.get("foregrounds", 0),
+        backgrounds=DATA.get("backgrounds", 0),
+        holdout_fg=DATA.get("holdout_foregrounds", 0),
+        holdout_bg=DATA.get("holdout_backgrounds", 0),
+        builtin_fg=csv(DATA.get("builtin", {}).get("foregrounds")),
+        builtin_bg=csv(DATA.get("builtin", {}).get("backgrounds")),
+        alphamatting=DATA.get("dir", {}).get("alphamatting", ""),
+        backgrounds_dir=DATA.get("dir", {}).get("backgrounds", ""),
+        scale=config["prepare"]["scale"],
+        min_bg=config["prepare"]["min_background_side"],
+        seed=config["seed"],
+    log:
+        "logs/prepare.log",
+    threads: 1
+    shell:
+        "bafusion prepare --source {params.source} --seed {params.seed}"
+        " --foregrounds {params.foregrounds} --backgrounds {params.backgrounds}"
+        " --holdout-foregrounds {params.holdout_fg} --holdout-backgrounds {params.holdout_bg}"
+        " --builtin-foregrounds '{params.builtin_fg}' --builtin-backgrounds '{params.builtin_bg}'"
+        " --alphamatting '{params.alphamatting}' --backgrounds-dir '{params.backgrounds_dir}'"
+        " --scale {params.scale} --min-background-side {params.min_bg} --out {output} > {log} 2>&1"
+
+
+rule composite_shard:
+    input:
+        rules.prepare.output,
+    output:
+        "data/composite/shard-{shard}.h5",
+    params:
+        shards=len(SHARDS),
+        sigma=" ".join(str(s) for s in config["composite"]["sigma"]),
+        fit=config["composite"]["fit"],
+        seed=config["seed"],
+    log:
+        "logs/composite/shard-{shard}.log",
+    threads: 1
+    shell:
+        "bafusion composite --prepared {input} --shard {wildcards.shard} --shards {params.shards}"
+        " --sigma {params.sigma} --fit {params.fit} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule composite:
+    input:
+        expand(rules.composite_shard.output, shard=SHARDS),
+    output:
+        "data/composite/index.json",
+    log:
+        "logs/composite/index.log",
+    shell:
+        "bafusion composite-index {input} --out {output} > {log} 2>&1"
+
+
+rule testset:
+    input:
+        rules.prepare.output,
+    output:
+        directory("data/testset"),
+    params:
+        sigma=" ".join(str(s) for s in config["composite"]["sigma"]),
+        fit=config["composite"]["fit"],
+        seed=config["seed"],
+    log:
+        "logs/testset.log",
+    threads: 1
+    shell:
+        "bafusion testset --prepared {input} --sigma {params.sigma} --fit {params.fit} --seed {params.seed}"
+        " --out {output} > {log} 2>&1"
+
+
+rule patches:
+    input:
+        index=rules.composite.output,
+        shards=rules.composite.input,
+    output:
+        initial="data/patches/initial.h5",
+        boundary="data/patches/boundary.h5",
+        summary="data/patches/summary.json",
+    params:
+        patch=config["patch"],
+        per_pair=config["patches"]["per_pair"],
+        boundary_per_pair=config["patches"]["boundary_per_pair"],
+        min_focused=config["patches"]["min_focused"],
+        min_defocused=config["patches"]["min_defocused"],
+        label_threshold=config["patches"]["label_threshold"],
+        val_fraction=config["patches"]["val_fraction"],
+        seed=config["seed"],
+    log:
+        "logs/patches.log",
+    threads: 1
+    shell:
+        "bafusion patches {input.shards} --patch {params.patch} --per-pair {params.per_pair}"
+        " --boundary-per-pair {params.boundary_per_pair} --min-focused {params.min_focused}"
+        " --min-defocused {params.min_defocused} --label-threshold {params.label_threshold}"
+        " --val-fraction {params.val_fraction} --seed {params.seed}"
+        " --out data/patches --summary {output.summary} > {log} 2>&1"
