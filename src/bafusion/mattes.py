@@ -25,7 +25,7 @@ def object_matte(
     shape: tuple[int, int],
     seed: int,
     coverage: tuple[float, float] = (0.25, 0.55),
-    edge_px: tuple[float, float] = (0.8, 4.0),
+    edge_px: tuple[float, float] = (0.5, 2.5),
 ) -> np.ndarray:
     """A soft object matte, uint8 (H, W), 255 = foreground.
 

@@ -1,0 +1,74 @@
+"""Compositing: A = FG*GT + blur(BG)*(1-GT), B = blur(FG)*GT + BG*(1-GT)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bafusion.composite import blur, composite_pair_gray, draw_sigma, fit_background
+from bafusion.errors import UserError
+from bafusion.composite import CompositeOptions
+from bafusion.images import to_gray
+
+
+def _hand_made(h: int = 40, w: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    fg = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    bg = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    matte = np.zeros((h, w), np.uint8)
+    matte[:, : w // 2] = 255  # left half: foreground
+    matte[:, w // 2 : w // 2 + 4] = 128  # a soft rim
+    return fg, bg, matte
+
+
+def test_a_is_fg_where_matte_is_one_and_blurred_bg_where_zero() -> None:
+    fg, bg, matte = _hand_made()
+    sigma = 2.0
+    A, B = composite_pair_gray(fg, matte, bg, sigma)
+    fg_g, bg_g = to_gray(fg).astype(int), to_gray(bg).astype(int)
+    blur_bg = to_gray(np.clip(np.round(blur(bg.astype(float), sigma)), 0, 255).astype(np.uint8)).astype(int)
+    blur_fg = to_gray(np.clip(np.round(blur(fg.astype(float), sigma)), 0, 255).astype(np.uint8)).astype(int)
+    one, zero = matte == 255, matte == 0
+    assert np.abs(A[one].astype(int) - fg_g[one]).max() <= 1
+    assert np.abs(A[zero].astype(int) - blur_bg[zero]).max() <= 1
+    assert np.abs(B[one].astype(int) - blur_fg[one]).max() <= 1
+    assert np.abs(B[zero].astype(int) - bg_g[zero]).max() <= 1
+    # The blur really blurs: the noise background loses contrast in A.
+    assert A[zero].std() < 0.6 * bg_g[zero].std()
+
+
+def test_soft_matte_mixes_linearly() -> None:
+    fg = np.full((8, 8, 3), 200, np.uint8)
+    bg = np.full((8, 8, 3), 100, np.uint8)
+    matte = np.full((8, 8), 128, np.uint8)  # alpha ~ 0.502
+    A, B = composite_pair_gray(fg, matte, bg, 1.0)
+    # Flat images are unchanged by blur, so A = B = 200*a + 100*(1-a).
+    expected = 200 * (128 / 255) + 100 * (1 - 128 / 255)
+    assert abs(int(A[4, 4]) - expected) <= 1 and abs(int(B[4, 4]) - expected) <= 1
+
+
+@pytest.mark.parametrize("bg_shape", [(30, 90, 3), (200, 50, 3), (40, 60, 3)])
+def test_fit_cover_keeps_size_and_centre(bg_shape: tuple[int, int, int]) -> None:
+    bg = np.zeros(bg_shape, np.uint8)
+    bg[bg_shape[0] // 2 - 2 : bg_shape[0] // 2 + 2, bg_shape[1] // 2 - 2 : bg_shape[1] // 2 + 2] = 255
+    out = fit_background(bg, (40, 60), "cover")
+    assert out.shape == (40, 60, 3)
+    # The bright centre square stays at the centre.
+    ys, xs = np.nonzero(out[..., 0] > 128)
+    assert abs(ys.mean() - 19.5) < 3 and abs(xs.mean() - 29.5) < 3
+    assert fit_background(bg, (40, 60), "stretch").shape == (40, 60, 3)
+
+
+def test_sigma_is_drawn_per_pair_deterministically() -> None:
+    s = [draw_sigma(0, k, (1.0, 3.0)) for k in range(50)]
+    assert s == [draw_sigma(0, k, (1.0, 3.0)) for k in range(50)]
+    assert all(1.0 <= x <= 3.0 for x in s) and len(set(s)) == 50
+    assert draw_sigma(1, 0, (1.0, 3.0)) != s[0]
+    assert draw_sigma(0, 5, (2.0, 2.0)) == 2.0
+
+
+def test_bad_options_are_rejected() -> None:
+    with pytest.raises(UserError, match="sigma"):
+        CompositeOptions(sigma=(3.0, 1.0))
+    with pytest.raises(UserError, match="fit"):
+        CompositeOptions(fit="tile")

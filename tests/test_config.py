@@ -1,0 +1,96 @@
+"""params.yaml, the paper preset and the count-only mode."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bafusion.cli import main
+from bafusion.config import (
+    apply_overrides_to_file,
+    count_samples,
+    deep_merge,
+    dvc_set_args,
+    flatten,
+    load_params,
+    load_preset,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def paper_params(tmp_path: Path) -> dict:
+    params = deep_merge(load_params(REPO / "params.yaml"), load_preset("paper"))
+    # Count from the configuration, not from whatever folder this machine has.
+    params["data"]["dir"] = {"alphamatting": str(tmp_path / "absent"), "backgrounds": str(tmp_path / "absent")}
+    return params
+
+
+def test_paper_preset_holds_the_papers_numbers(tmp_path: Path) -> None:
+    p = flatten(paper_params(tmp_path))
+    assert p["patch"] == 64
+    assert p["depth"] == 56
+    assert p["data.foregrounds"] == 27 and p["data.backgrounds"] == 700
+    assert p["prepare.scale"] == 0.5
+    assert p["patches.per_pair"] == 10
+    assert p["patches.min_focused"] == 0.1 and p["patches.min_defocused"] == 0.1
+    assert p["patches.val_fraction"] == 0.15
+    for key, value in flatten(load_preset("paper")).items():
+        assert key in flatten(load_params(REPO / "params.yaml")), f"preset key {key} is not in params.yaml"
+        assert p[key] == value
+
+
+def test_count_only_mode_reports_the_papers_scale(tmp_path: Path) -> None:
+    c = count_samples(paper_params(tmp_path))
+    assert c["pairs"] == 18_900
+    assert c["base_patches"] == 189_000
+    assert c["effective_samples"] == 2_268_000
+
+
+def test_count_cli_with_preset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    params = load_params(REPO / "params.yaml")
+    params["data"]["dir"] = {"alphamatting": str(tmp_path / "absent"), "backgrounds": str(tmp_path / "absent")}
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(params))
+    assert main(["count", "--params", str(f), "--preset", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "18,900" in out and "2,268,000" in out
+
+
+def test_count_of_the_builtin_default_matches_its_sources() -> None:
+    c = count_samples(load_params(REPO / "params.yaml"))
+    # 8 builtin foregrounds and 10 backgrounds, 2 of each held out.
+    assert (c["foregrounds"], c["backgrounds"], c["pairs"]) == (6, 8, 48)
+    assert c["effective_samples"] == 48 * load_params(REPO / "params.yaml")["patches"]["per_pair"] * 12
+
+
+def test_dvc_set_args_round_trip_through_the_override_grammar() -> None:
+    args = dvc_set_args({"patch": 64, "composite": {"sigma": [1.0, 3.0], "fit": "cover"}, "x": {"flag": True}})
+    assert args == ["-S", "patch=64", "-S", "composite.sigma=[1.0,3.0]", "-S", "composite.fit=cover", "-S", "x.flag=true"]
+    from omegaconf import OmegaConf  # what DVC's -S parser builds on
+
+    parsed = OmegaConf.from_dotlist([a for a in args if a != "-S"])
+    assert OmegaConf.to_container(parsed) == {"patch": 64, "composite": {"sigma": [1.0, 3.0], "fit": "cover"}, "x": {"flag": True}}
+
+
+def test_preset_apply_keeps_comments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "params.yaml"
+    f.write_text((REPO / "params.yaml").read_text())
+    assert main(["preset", "paper", "--apply", str(f)]) == 0
+    text = f.read_text()
+    assert "# patch side in pixels; paper: 64" in text
+    p = flatten(yaml.safe_load(text))
+    assert p["patch"] == 64 and p["data.backgrounds"] == 700 and p["patches.per_pair"] == 10
+    assert main(["preset", "paper"]) == 0
+    words = shlex.split(capsys.readouterr().out)
+    assert "patch=64" in words and "data.backgrounds=700" in words and words[0] == "-S"
+
+
+def test_apply_overrides_creates_missing_sections(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text("a: 1  # keep me\n")
+    apply_overrides_to_file(f, {"b": {"c": 2}})
+    assert yaml.safe_load(f.read_text()) == {"a": 1, "b": {"c": 2}} and "# keep me" in f.read_text()

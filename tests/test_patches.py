@@ -1,0 +1,107 @@
+"""Patch sampling: labels, boundary fractions, split by pair, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from bafusion.patches import PatchOptions, read_split, run_patches, split_pairs, window_fraction
+
+
+def _write_shard(path: Path, n_fg: int = 3, n_bg: int = 4, h: int = 70, w: int = 90) -> None:
+    """A composite shard like the composite step writes, with blob mattes."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:h, 0:w]
+    with h5py.File(path, "w") as h5:
+        for f in range(n_fg):
+            g = h5.create_group(f"fg{f}")
+            cy, cx, r = 20 + 10 * f, 30 + 8 * f, 18 + 3 * f
+            matte = np.clip(255 * (r - np.hypot(yy - cy, xx - cx) + 0.5), 0, 255).astype(np.uint8)
+            g["matte"] = matte
+            g["A"] = rng.integers(0, 256, (n_bg, h, w), dtype=np.uint8)
+            g["B"] = rng.integers(0, 256, (n_bg, h, w), dtype=np.uint8)
+            g["pair"] = np.arange(n_bg, dtype=np.int64) + f * n_bg
+            g["sigma"] = np.ones(n_bg, np.float32)
+
+
+@pytest.fixture()
+def shard(tmp_path: Path) -> Path:
+    p = tmp_path / "shard-0.h5"
+    _write_shard(p)
+    return p
+
+
+def _mattes(shard: Path) -> dict[int, np.ndarray]:
+    out = {}
+    with h5py.File(shard, "r") as h5:
+        for k in h5:
+            for pid in h5[k]["pair"][()]:
+                out[int(pid)] = (h5[k]["matte"][()], h5[k]["A"][int(pid) % 4], h5[k]["B"][int(pid) % 4])
+    return out
+
+
+def test_labels_patches_and_boundary_fractions(shard: Path, tmp_path: Path) -> None:
+    opts = PatchOptions(patch=16, per_pair=12, boundary_per_pair=9, val_fraction=0.25, seed=1)
+    summary = run_patches([shard], opts, tmp_path / "out", progress=False)
+    src = _mattes(shard)
+    half = opts.patch // 2
+    for kind in ("initial", "boundary"):
+        for split in ("train", "val"):
+            d = read_split(tmp_path / "out" / f"{kind}.h5", split)
+            assert d["x"].shape[1:] == (2, 16, 16) and d["x"].dtype == np.uint8
+            for x, y, pid, (r, c) in zip(d["x"], d["y"], d["pair"], d["centre"]):
+                matte, A, B = src[int(pid)]
+                assert y == (matte[r, c] >= 128)  # label = matte at the centre
+                assert np.array_equal(x[0], A[r - half : r - half + 16, c - half : c - half + 16])
+                assert np.array_equal(x[1], B[r - half : r - half + 16, c - half : c - half + 16])
+                if kind == "boundary":
+                    win = matte[r - half : r - half + 16, c - half : c - half + 16] >= 128
+                    assert win.mean() >= 0.1 and (1 - win.mean()) >= 0.1
+    assert summary["counts"]["initial"]["train"] + summary["counts"]["initial"]["val"] == 12 * 12
+    # Deliberate sampling: every pair here has enough boundary windows for all 9.
+    assert summary["counts"]["boundary"]["train"] + summary["counts"]["boundary"]["val"] == 12 * 9
+
+
+def test_train_and_validation_pairs_are_disjoint(shard: Path, tmp_path: Path) -> None:
+    run_patches([shard], PatchOptions(patch=16, per_pair=5, boundary_per_pair=5, val_fraction=0.25), tmp_path, progress=False)
+    for kind in ("initial", "boundary"):
+        tr = set(read_split(tmp_path / f"{kind}.h5", "train")["pair"].tolist())
+        va = set(read_split(tmp_path / f"{kind}.h5", "val")["pair"].tolist())
+        assert tr and va and not (tr & va)
+        assert len(va) == 3  # round(0.25 * 12)
+
+
+def test_same_seed_same_bytes_other_seed_other_patches(shard: Path, tmp_path: Path) -> None:
+    def digest(d: Path) -> dict[str, str]:
+        return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(d.glob("*.h5"))}
+
+    opts = PatchOptions(patch=16, per_pair=6, boundary_per_pair=6, seed=5)
+    run_patches([shard], opts, tmp_path / "a", progress=False)
+    run_patches([shard], opts, tmp_path / "b", progress=False)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    run_patches([shard], PatchOptions(patch=16, per_pair=6, boundary_per_pair=6, seed=6), tmp_path / "c", progress=False)
+    a = read_split(tmp_path / "a" / "initial.h5", "train")["centre"]
+    c = read_split(tmp_path / "c" / "initial.h5", "train")["centre"]
+    assert a.shape != c.shape or not np.array_equal(a, c)
+
+
+def test_window_fraction_matches_brute_force() -> None:
+    rng = np.random.default_rng(2)
+    mask = rng.random((23, 31)) > 0.6
+    p = 7
+    frac = window_fraction(mask, p)
+    assert frac.shape == (17, 25)
+    for r, c in [(0, 0), (5, 9), (16, 24), (10, 3)]:
+        assert frac[r, c] == pytest.approx(mask[r : r + p, c : c + p].mean())
+
+
+def test_split_pairs_fraction_and_determinism() -> None:
+    ids = np.arange(100)
+    v = split_pairs(ids, 0.15, 0)
+    assert len(v) == 15 and v == split_pairs(ids[::-1], 0.15, 0)
+    assert split_pairs(ids, 0.15, 1) != v
+    assert len(split_pairs(np.arange(3), 0.15, 0)) == 1  # at least one validation pair

@@ -1,0 +1,60 @@
+"""The real workflow end to end on a tiny configuration: Snakemake alone, and DVC driving it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import pytest
+import yaml
+
+from pipeline_project import downstream, make_project, ran_stages, run
+
+pytestmark = pytest.mark.slow
+
+
+def _all_stages(project: Path) -> set[str]:
+    return set(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
+
+
+def test_snakemake_patches_on_its_own(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", git=False)
+    run(["snakemake", "--cores", "2", "patches"], project)
+    with h5py.File(project / "data/patches/initial.h5") as h5:
+        n = h5["train"]["x"].shape[0] + h5["val"]["x"].shape[0]
+        assert h5["train"]["x"].shape[1:] == (2, 16, 16)
+    assert n == 2 * 3 * 6  # 2 training foregrounds x 3 training backgrounds x 6 per pair
+    assert (project / "logs" / "patches.log").exists()
+    assert sorted(p.name for p in (project / "data/composite").glob("shard-*.h5")) == ["shard-0.h5", "shard-1.h5"]
+
+
+def test_dvc_repro_then_nothing_then_only_patches_and_after(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    first = run(["dvc", "repro"], project)
+    assert set(ran_stages(first.stdout)) == _all_stages(project), first.stdout[-3000:]
+    lock1 = (project / "dvc.lock").read_text()
+
+    second = run(["dvc", "repro"], project)
+    assert ran_stages(second.stdout) == [], second.stdout[-3000:]
+
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "first run"], project)
+    exp = run(["dvc", "exp", "run", "-S", "patch=24"], project)
+    assert set(ran_stages(exp.stdout)) == downstream(project / "dvc.yaml", "patches"), exp.stdout[-3000:]
+    with h5py.File(project / "data/patches/boundary.h5") as h5:
+        assert h5.attrs["patch"] == 24 and h5["train"]["x"].shape[2:] == (24, 24)
+
+    # Determinism: a forced re-run with the original params gives the same dvc.lock.
+    run(["git", "checkout", "--", "params.yaml"], project)
+    run(["dvc", "repro", "--force"], project)
+    assert (project / "dvc.lock").read_text() == lock1
+
+    # Every stage logged an MLflow run.
+    from mlflow.tracking import MlflowClient
+
+    from bafusion.tracking import EXPERIMENT, tracking_uri
+
+    client = MlflowClient(tracking_uri())
+    exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    names = {r.data.tags.get("stage") for r in client.search_runs([exp_id])}
+    assert {"prepare", "composite", "testset", "patches"} <= names

@@ -1,0 +1,147 @@
+"""The prepare step and the data sources: outputs, determinism and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bafusion.errors import InputFileError, UserError
+from bafusion.mattes import object_matte
+from bafusion.prepare import PrepareOptions, run_prepare
+from bafusion.sources import select
+
+
+def _img(path: Path, h: int, w: int, seed: int = 0, gray: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a = np.random.default_rng(seed).integers(0, 256, (h, w) if gray else (h, w, 3), dtype=np.uint8)
+    Image.fromarray(a).save(path)
+    return path
+
+
+def _alphamatting(root: Path, n: int = 2, h: int = 80, w: int = 100) -> Path:
+    for i in range(n):
+        _img(root / "input" / f"GT{i:02d}.png", h, w, i)
+        m = np.zeros((h, w), np.uint8)
+        m[:, : w // 2] = 255
+        Image.fromarray(np.repeat(m[..., None], 3, axis=2)).save(root / "gt" / f"GT{i:02d}.png") if (root / "gt").mkdir(
+            exist_ok=True
+        ) is None else None
+    return root
+
+
+def _bgs(folder: Path, n: int = 3) -> Path:
+    for i in range(n):
+        _img(folder / f"{i:012d}.jpg", 90, 120, 10 + i)
+    return folder
+
+
+def _dir_cfg(am: Path, bg: Path, **kw: int) -> dict:
+    return {"source": "dir", "dir": {"alphamatting": str(am), "backgrounds": str(bg)}, **kw}
+
+
+def test_dir_source_halves_foregrounds_and_writes_manifest(tmp_path: Path) -> None:
+    cfg = _dir_cfg(_alphamatting(tmp_path / "am"), _bgs(tmp_path / "bg"))
+    m = run_prepare(cfg, PrepareOptions(scale=0.5), 0, tmp_path / "prepared", progress=False)
+    assert [f["id"] for f in m["foregrounds"]] == ["GT00", "GT01"]
+    fg = np.asarray(Image.open(tmp_path / "prepared" / "fg" / "GT00.png"))
+    matte = np.asarray(Image.open(tmp_path / "prepared" / "matte" / "GT00.png"))
+    assert fg.shape == (40, 50, 3) and matte.shape == (40, 50)
+    assert matte[:, :20].min() == 255 and matte[:, 30:].max() == 0
+    assert len(m["backgrounds"]) == 3
+    # A plain RGB JPEG background is copied byte for byte.
+    src = (tmp_path / "bg" / "000000000000.jpg").read_bytes()
+    assert (tmp_path / "prepared" / "bg" / "000000000000.jpg").read_bytes() == src
+    assert json.loads((tmp_path / "prepared" / "manifest.json").read_text()) == m
+
+
+def test_builtin_source_is_deterministic_with_soft_mattes(tmp_path: Path) -> None:
+    cfg = {
+        "source": "builtin",
+        "builtin": {"foregrounds": ["chelsea", "coffee"], "backgrounds": ["brick", "grass", "camera"]},
+        "holdout_foregrounds": 1,
+        "holdout_backgrounds": 1,
+    }
+    m1 = run_prepare(cfg, PrepareOptions(scale=0.25), 3, tmp_path / "a", progress=False)
+    run_prepare(cfg, PrepareOptions(scale=0.25), 3, tmp_path / "b", progress=False)
+    for f in sorted((tmp_path / "a").rglob("*.png")):
+        assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes(), f
+    splits = {(e["id"], e["split"]) for e in m1["foregrounds"]}
+    assert {s for _, s in splits} == {"train", "test"}
+    matte = object_matte((256, 256), seed=1)
+    soft = ((matte > 10) & (matte < 245)).mean()
+    assert 0.2 < (matte >= 128).mean() < 0.7  # an object, not everything or nothing
+    assert 0.005 < soft < 0.2  # a soft rim, not a hard edge and not a fog
+    assert np.array_equal(matte, object_matte((256, 256), seed=1))
+    assert not np.array_equal(matte, object_matte((256, 256), seed=2))
+
+
+def _assert_no_output(out: Path) -> None:
+    assert not out.exists(), "a failed step left its output behind"
+    assert not list(out.parent.glob(out.name + "*")), "a failed step left a temporary output behind"
+
+
+def test_foreground_without_matte_names_the_file(tmp_path: Path) -> None:
+    am = _alphamatting(tmp_path / "am")
+    (am / "gt" / "GT01.png").unlink()
+    with pytest.raises(InputFileError, match=r"GT01\.png.*no matte"):
+        run_prepare(_dir_cfg(am, _bgs(tmp_path / "bg")), PrepareOptions(), 0, tmp_path / "out" / "prepared", progress=False)
+    _assert_no_output(tmp_path / "out" / "prepared")
+
+
+def test_matte_of_another_size_names_the_file(tmp_path: Path) -> None:
+    am = _alphamatting(tmp_path / "am")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(am / "gt" / "GT01.png")
+    with pytest.raises(InputFileError, match=r"GT01\.png.*matte size 10x10 differs from the image size 100x80"):
+        run_prepare(_dir_cfg(am, _bgs(tmp_path / "bg")), PrepareOptions(), 0, tmp_path / "out" / "prepared", progress=False)
+    _assert_no_output(tmp_path / "out" / "prepared")
+
+
+def test_unreadable_image_names_the_file(tmp_path: Path) -> None:
+    bg = _bgs(tmp_path / "bg")
+    (bg / "000000000001.jpg").write_bytes(b"this is not a jpeg")
+    with pytest.raises(InputFileError, match=r"000000000001\.jpg: unreadable image"):
+        run_prepare(_dir_cfg(_alphamatting(tmp_path / "am"), bg), PrepareOptions(), 0, tmp_path / "out" / "p", progress=False)
+    _assert_no_output(tmp_path / "out" / "p")
+
+
+def test_empty_background_folder_names_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "bg").mkdir()
+    with pytest.raises(InputFileError, match=r"bg: background folder holds no images"):
+        run_prepare(_dir_cfg(_alphamatting(tmp_path / "am"), tmp_path / "bg"), PrepareOptions(), 0, tmp_path / "p", progress=False)
+    _assert_no_output(tmp_path / "p")
+
+
+def test_a_failed_rerun_keeps_the_previous_output(tmp_path: Path) -> None:
+    am, bg = _alphamatting(tmp_path / "am"), _bgs(tmp_path / "bg")
+    out = tmp_path / "prepared"
+    run_prepare(_dir_cfg(am, bg), PrepareOptions(), 0, out, progress=False)
+    before = (out / "manifest.json").read_bytes()
+    (bg / "000000000002.jpg").write_bytes(b"broken")
+    with pytest.raises(InputFileError):
+        run_prepare(_dir_cfg(am, bg), PrepareOptions(), 0, out, progress=False)
+    assert (out / "manifest.json").read_bytes() == before
+    assert not (tmp_path / "prepared.part").exists()
+
+
+def test_cli_prints_one_line_error_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bafusion.cli import main
+
+    rc = main(["prepare", "--source", "dir", "--alphamatting", str(tmp_path / "nope"), "--backgrounds-dir", str(tmp_path),
+               "--out", str(tmp_path / "p"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "nope" in err and "folder not found" in err and "Traceback" not in err
+
+
+def test_holdout_and_limits(tmp_path: Path) -> None:
+    cfg = _dir_cfg(_alphamatting(tmp_path / "am", n=4), _bgs(tmp_path / "bg", n=5), holdout_foregrounds=1,
+                   holdout_backgrounds=2, backgrounds=2)
+    sel = select(cfg, 0)
+    assert len(sel.train_foregrounds) == 3 and len(sel.test_foregrounds) == 1
+    assert len(sel.train_backgrounds) == 2 and len(sel.test_backgrounds) == 2
+    assert not {b.id for b in sel.train_backgrounds} & {b.id for b in sel.test_backgrounds}
+    with pytest.raises(UserError, match="unknown data.source"):
+        select({"source": "ftp"}, 0)
