@@ -84,10 +84,16 @@ def to_gray(rgb: np.ndarray) -> np.ndarray:
 
 
 def resize(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """Antialiased resize (Lanczos for images, the same for mattes: soft edges stay soft)."""
+    """Antialiased (Lanczos) resize of a uint8 gray/RGB image or a float gray image; mattes too,
+    so soft edges stay soft."""
     h, w = size_hw
     if img.shape[:2] == (h, w):
         return img.copy()
+    if img.dtype != np.uint8:  # float gray: resized in float (PIL mode "F"), no rounding
+        if img.ndim != 2:
+            raise ValueError("float images must be gray (H, W)")
+        im = Image.fromarray(img.astype(np.float32), mode="F")
+        return np.asarray(im.resize((w, h), Image.Resampling.LANCZOS, reducing_gap=None), dtype=np.float32).copy()
     im = Image.fromarray(img)
     return np.asarray(im.resize((w, h), Image.Resampling.LANCZOS, reducing_gap=None), dtype=np.uint8).copy()
 
