@@ -18,6 +18,7 @@ from bafusion.errors import UserError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "bafusion.pipeline_cli",
+    "bafusion.acquire",
     "bafusion.train",
     "bafusion.fusion",
     "bafusion.metrics",

@@ -2,21 +2,28 @@
 
 DATA = config["data"]
 SHARDS = range(int(config["composite"]["shards"]))
+# data.source: web downloads (workflow/rules/download.smk) into folders that prepare then
+# reads exactly like data.source: dir.
+WEB = DATA["source"] == "web"
+PREP_FG = rules.download_alphamatting.output[0] if WEB else DATA.get("dir", {}).get("alphamatting", "")
+PREP_BG = rules.download_coco.output[0] if WEB else DATA.get("dir", {}).get("backgrounds", "")
 
 
 rule prepare:
+    input:
+        [PREP_FG, PREP_BG] if WEB else [],
     output:
         directory("data/prepared"),
     params:
-        source=DATA["source"],
+        source="dir" if WEB else DATA["source"],
         foregrounds=DATA.get("foregrounds", 0),
         backgrounds=DATA.get("backgrounds", 0),
         holdout_fg=DATA.get("holdout_foregrounds", 0),
         holdout_bg=DATA.get("holdout_backgrounds", 0),
         builtin_fg=csv(DATA.get("builtin", {}).get("foregrounds")),
         builtin_bg=csv(DATA.get("builtin", {}).get("backgrounds")),
-        alphamatting=DATA.get("dir", {}).get("alphamatting", ""),
-        backgrounds_dir=DATA.get("dir", {}).get("backgrounds", ""),
+        alphamatting=PREP_FG,
+        backgrounds_dir=PREP_BG,
         scale=config["prepare"]["scale"],
         min_bg=config["prepare"]["min_background_side"],
         seed=config["seed"],

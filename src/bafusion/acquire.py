@@ -1,0 +1,615 @@
+"""Acquiring the paper's data from the internet (``data.source: web``), or from a mirror.
+
+Three steps, each a plain function and a ``bafusion`` subcommand:
+
+- :func:`acquire_alphamatting` (``bafusion download-alphamatting``): the alphamatting.com
+  training images and ground-truth mattes, verified against the published SHA-256 values,
+  extracted to ``<out>/input/GTxx.png`` + ``<out>/gt/GTxx.png`` (the ``dir`` source's layout).
+- :func:`acquire_coco` (``bafusion download-coco``): COCO-2017 annotations (md5-verified),
+  candidate selection with pycocotools, images fetched in parallel from their ``coco_url``,
+  the sharpest ``count`` kept (see :mod:`bafusion.coco`), written to ``<out>/<file_name>``
+  with ``<out>/selection.json``.
+- :func:`acquire_eval` (``bafusion download-eval``): the 20 Lytro pairs and the classic pairs
+  listed with their SHA-256 in the packaged ``eval_manifest.json``, from a base URL or a
+  local folder, written to ``<out>/lytro/...`` and ``<out>/classic/...``.
+
+Every step takes a local override (a folder with the same layout, or a ``file://`` URL).
+Downloads are cached under ``cache`` (default :func:`default_cache`, outside the work tree)
+so a rerun fetches nothing that is already present and verified; each output folder is assembled under a
+temporary name and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import hashlib
+import math
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from bafusion.atomic import atomic_dir
+from bafusion.coco import CocoFilter, Ranked, image_url, load_coco, measure, rank_by_sharpness, select_candidates
+from bafusion.download import (
+    Checksum,
+    FetchJob,
+    FetchSummary,
+    extract_zip,
+    fetch,
+    fetch_many,
+    file_digest,
+    join_url,
+    to_url,
+)
+from bafusion.errors import InputFileError, UserError
+from bafusion.sources import dir_foregrounds
+
+ALPHAMATTING_URL = "http://www.alphamatting.com/datasets/zip/"
+#: Published SHA-256 of the alphamatting.com archives (the highres ones are not published
+#: here: pass ``checksums`` or ``allow_unverified``).
+ALPHAMATTING_SHA256: dict[str, str] = {
+    "input_training_lowres.zip": "78d403b0671424cd6e6a01b5489a4d26e53c40b1b9b98ea33f3ee02a09ccb5db",
+    "gt_training_lowres.zip": "686d560ea2b6e920b97485a34b64c24657b049e751cf97b05c962ebd5f1f7569",
+    "trimap_training_lowres.zip": "819a095689057c3747df5d18492b4ef42f13f2d8d58b18de1411938229a3f4b6",
+}
+COCO_ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
+COCO_ANNOTATIONS_CHECKSUM = "md5:f4bbac642086de4f52a3fdda2de5fa2c"
+
+
+def default_cache() -> Path:
+    """The download cache: ``$BAFUSION_CACHE``, else ``$XDG_CACHE_HOME/bafusion/downloads``
+    (``~/.cache/bafusion/downloads``). It lives outside the work tree so that every checkout
+    and every ``dvc exp run --temp`` workspace reuses the verified downloads."""
+    env = os.environ.get("BAFUSION_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "bafusion" / "downloads"
+
+
+EVAL_MANIFEST = "eval_manifest.json"
+EVAL_SETS = ("lytro", "classic")
+RECORD = "download.json"
+
+
+@dataclass(frozen=True)
+class NetOptions:
+    """How to talk to servers: attempts after a failure, backoff base (s), socket timeout
+    (s), parallel downloads, progress bars."""
+
+    retries: int = 4
+    backoff: float = 1.0
+    timeout: float = 60.0
+    workers: int = 8
+    progress: bool = True
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _write_record(folder: Path, record: dict[str, Any], name: str = RECORD) -> None:
+    (folder / name).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# alphamatting.com
+
+
+def alphamatting_archives(resolution: str) -> tuple[str, str]:
+    """The (input, ground truth) archive names for ``lowres`` or ``highres``."""
+    if resolution not in ("lowres", "highres"):
+        raise UserError(f"alphamatting resolution must be 'lowres' or 'highres', got {resolution!r}")
+    return f"input_training_{resolution}.zip", f"gt_training_{resolution}.zip"
+
+
+def acquire_alphamatting(
+    out: str | Path,
+    *,
+    resolution: str = "lowres",
+    base_url: str = ALPHAMATTING_URL,
+    from_dir: str | Path | None = None,
+    checksums: dict[str, str] | None = None,
+    allow_unverified: bool = False,
+    cache: str | Path | None = None,
+    net: NetOptions = NetOptions(),
+) -> dict[str, Any]:
+    """Fetch, verify and extract the alphamatting.com training set into ``out``.
+
+    ``from_dir`` is a local override: a folder holding the two archives, or an already
+    extracted ``input/`` + ``gt/`` folder (checked and copied). ``checksums`` maps archive
+    names to ``"<algorithm>:<hex>"`` and overrides the published values (for a mirror with
+    repacked archives). Returns the record written to ``<out>/download.json``.
+    """
+    out, cache = Path(out), Path(cache) if cache else default_cache()
+    names = alphamatting_archives(resolution)
+    if from_dir:
+        src = Path(from_dir)
+        if not src.is_dir():
+            raise InputFileError(src, "alphamatting folder not found")
+        if (src / "input").is_dir() and (src / "gt").is_dir():
+            fgs = dir_foregrounds(src)  # checks every image has its matte
+            with atomic_dir(out) as tmp:
+                for sub in ("input", "gt"):
+                    shutil.copytree(src / sub, tmp / sub)
+                record = {"source": str(src.resolve()), "foregrounds": len(fgs), "resolution": resolution}
+                _write_record(tmp, record)
+            _log(f"alphamatting: {len(fgs)} foregrounds copied from {src}")
+            return record
+        base_url = to_url(src)
+    summary = FetchSummary()
+    archives: dict[str, Path] = {}
+    digests: dict[str, str] = {}
+    for name in names:
+        expected = (checksums or {}).get(name) or ALPHAMATTING_SHA256.get(name)
+        if not expected and not allow_unverified:
+            raise UserError(
+                f"no published checksum for {name}: pass one (--checksum {name}=sha256:<hex>) or --allow-unverified"
+            )
+        url = join_url(base_url, name)
+        res = fetch(
+            url,
+            cache / "alphamatting" / name,
+            checksum=expected,
+            retries=net.retries,
+            backoff=net.backoff,
+            timeout=net.timeout,
+            progress=net.progress,
+        )
+        summary.add(res)
+        archives[name] = res.path
+        digests[name] = f"sha256:{file_digest(res.path, 'sha256')}" if not expected else str(Checksum.parse(expected))
+        if not expected:
+            _log(f"WARNING: {name} is unverified (no checksum given); its sha256 is {digests[name]}")
+    _log(summary.format("alphamatting archives"))
+    with atomic_dir(out) as tmp:
+        extract_zip(archives[names[0]], tmp / "input")
+        extract_zip(archives[names[1]], tmp / "gt")
+        fgs = dir_foregrounds(tmp)  # every GTxx.png has its matte: the archives fit together
+        record = {
+            "source": base_url,
+            "resolution": resolution,
+            "archives": digests,
+            "foregrounds": len(fgs),
+            "summary": summary.as_dict(),
+        }
+        _write_record(tmp, record)
+    _log(f"alphamatting: {len(fgs)} foregrounds with mattes -> {out}")
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# COCO backgrounds
+
+
+def _image_ok(path: Path) -> None:
+    """Reject a download that is not a complete, decodable image."""
+    with Image.open(path) as im:
+        im.load()
+
+
+def acquire_coco(
+    out: str | Path,
+    *,
+    count: int,
+    oversample: float = 2.0,
+    flt: CocoFilter = CocoFilter(),
+    seed: int = 0,
+    annotations: str | Path | None = None,
+    annotations_url: str = COCO_ANNOTATIONS_URL,
+    annotations_checksum: str | None = COCO_ANNOTATIONS_CHECKSUM,
+    image_base_url: str | None = None,
+    images_dir: str | Path | None = None,
+    min_sharpness: float = 0.0,
+    max_failures: int | None = None,
+    cache: str | Path | None = None,
+    net: NetOptions = NetOptions(),
+) -> dict[str, Any]:
+    """Select, fetch and rank COCO backgrounds; the ``count`` sharpest land in ``out``.
+
+    ``ceil(count * oversample)`` usable candidates (decodable, colour when
+    ``flt.colour_only``) are gathered in the seed's order, topping up after failures or gray
+    photos, then ranked by :func:`bafusion.coco.sharpness`. ``annotations`` (a local zip or
+    JSON) overrides ``annotations_url``; ``image_base_url`` (``<base>/<split>/<file_name>``)
+    or ``images_dir`` (a folder of ``<file_name>``; only the images present there are
+    candidates) override each record's ``coco_url``. More than ``max_failures`` failed
+    downloads (default: 10% of the pool + 10) stop the step.
+    """
+    out, cache = Path(out), Path(cache) if cache else default_cache()
+    if count <= 0:
+        raise UserError(f"coco count must be > 0, got {count}")
+    if oversample < 1.0:
+        raise UserError(f"coco oversample must be >= 1, got {oversample}")
+    pool_size = max(count, math.ceil(count * oversample))
+    max_failures = (pool_size // 10 + 10) if max_failures is None else max_failures
+    summary = FetchSummary()
+
+    if annotations:
+        ann_path = Path(annotations)
+        if not ann_path.is_file():
+            raise InputFileError(ann_path, "COCO annotations file not found")
+        ann_source = str(ann_path.resolve())
+    else:
+        res = fetch(
+            annotations_url,
+            cache / "coco" / Path(annotations_url.rstrip("/")).name,
+            checksum=annotations_checksum or None,
+            retries=net.retries,
+            backoff=net.backoff,
+            timeout=net.timeout,
+            progress=net.progress,
+        )
+        summary.add(res)
+        ann_path, ann_source = res.path, annotations_url
+    _log(f"coco: reading {ann_path} ({flt.split})")
+    coco = load_coco(ann_path, flt)
+    candidates = select_candidates(coco, flt, seed)
+    local: Path | None = Path(images_dir) if images_dir else None
+    if local is not None:
+        if not local.is_dir():
+            raise InputFileError(local, "COCO images folder not found")
+        present = {p.name for p in local.iterdir()}
+        candidates = [r for r in candidates if r["file_name"] in present]
+    _log(f"coco: {len(candidates)} candidate images pass the filters; gathering {pool_size} to keep {count}")
+
+    measured: list[Ranked] = []
+    next_i = 0
+    while True:
+        usable = sum(1 for m in measured if m.colour or not flt.colour_only)
+        need = pool_size - usable
+        if need <= 0 or next_i >= len(candidates):
+            break
+        batch = candidates[next_i : next_i + need]
+        next_i += len(batch)
+        jobs = []
+        for r in batch:
+            url = join_url(str(local), r["file_name"]) if local is not None else image_url(r, flt.split, image_base_url)
+            jobs.append(FetchJob(url, cache / "coco" / flt.split / r["file_name"]))
+        s = fetch_many(
+            jobs,
+            workers=net.workers,
+            retries=net.retries,
+            backoff=net.backoff,
+            timeout=net.timeout,
+            progress=net.progress,
+            desc="coco images",
+            validate=_image_ok,
+        )
+        summary.extend(s)
+        if len(summary.failed) > max_failures:
+            _log(summary.format("coco"))
+            raise UserError(
+                f"coco: {len(summary.failed)} image downloads failed (more than max_failures={max_failures}); "
+                f"first: {summary.failed[0][0]}: {summary.failed[0][1]}"
+            )
+        ok = {r.path for r in s.downloaded + s.skipped}
+        for r, job in zip(batch, jobs):
+            if job.dest not in ok:
+                continue
+            m = measure(job.dest, id=Path(r["file_name"]).stem, meta={"coco_id": r["id"], "url": job.url})
+            measured.append(m)
+    kept, dropped = rank_by_sharpness(measured, count, colour_only=flt.colour_only, min_sharpness=min_sharpness)
+    _log(summary.format("coco"))
+    if len(kept) < count:
+        raise UserError(
+            f"coco: only {len(kept)} usable backgrounds of the {count} requested "
+            f"({len(candidates)} candidates passed the filters, {len(summary.failed)} downloads failed): "
+            "relax the filters or lower the count"
+        )
+    with atomic_dir(out) as tmp:
+        for m in kept:
+            shutil.copyfile(m.path, tmp / m.path.name)
+        record = {
+            "source": {"annotations": ann_source, "images": str(local) if local else (image_base_url or "coco_url")},
+            "params": {
+                "count": count,
+                "oversample": oversample,
+                "pool": pool_size,
+                "seed": seed,
+                "split": flt.split,
+                "min_side": flt.min_side,
+                "colour_only": flt.colour_only,
+                "categories": list(flt.categories),
+                "exclude": list(flt.exclude),
+                "min_sharpness": min_sharpness,
+            },
+            "criterion": "variance of the Laplacian of the gray image at long side <= 512 px; the sharpest are kept",
+            "kept": [
+                {
+                    "file": m.path.name,
+                    "coco_id": m.meta["coco_id"],
+                    "url": m.meta["url"],
+                    "sharpness": round(m.sharpness, 3),
+                    "width": m.width,
+                    "height": m.height,
+                }
+                for m in kept
+            ],
+            "dropped": [
+                {"file": m.path.name, "sharpness": round(m.sharpness, 3), "reason": why} for m, why in dropped
+            ],
+            "summary": summary.as_dict(),
+        }
+        _write_record(tmp, record, "selection.json")
+    sharp = [m.sharpness for m in kept]
+    _log(
+        f"coco: kept {len(kept)} of {len(measured)} measured candidates -> {out} "
+        f"(sharpness {min(sharp):.1f}..{max(sharp):.1f})"
+    )
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation pairs
+
+
+def load_eval_manifest(path: str | Path | None = None) -> dict[str, Any]:
+    """The eval manifest: ``{"files": [{"name", "set", "size", "sha256"}, ...]}`` (the
+    packaged one when ``path`` is None)."""
+    try:
+        if path is None:
+            text = resources.files("bafusion").joinpath(EVAL_MANIFEST).read_text()
+            where = f"bafusion/{EVAL_MANIFEST}"
+        else:
+            text = Path(path).read_text()
+            where = str(path)
+        m = json.loads(text)
+    except FileNotFoundError as e:
+        raise InputFileError(path or EVAL_MANIFEST, "eval manifest not found") from e
+    except ValueError as e:
+        raise InputFileError(path or EVAL_MANIFEST, f"corrupt eval manifest: {e}") from e
+    for f in m.get("files", []):
+        if not {"name", "sha256"} <= set(f) or f["name"].startswith("/") or ".." in f["name"].split("/"):
+            raise InputFileError(where, f"bad manifest entry {f!r}")
+    return m
+
+
+def acquire_eval(
+    out: str | Path,
+    *,
+    base_url: str | None = None,
+    from_dir: str | Path | None = None,
+    sets: tuple[str, ...] = EVAL_SETS,
+    manifest: str | Path | None = None,
+    cache: str | Path | None = None,
+    net: NetOptions = NetOptions(),
+) -> dict[str, Any]:
+    """Fetch the evaluation pairs listed in the manifest, verify their SHA-256, write ``out``.
+
+    The files come from ``<base_url>/<name>`` or, with ``from_dir``, from
+    ``<from_dir>/<name>`` (a folder laid out like the manifest: ``lytro/lytro-01-A.jpg``...).
+    """
+    out, cache = Path(out), Path(cache) if cache else default_cache()
+    m = load_eval_manifest(manifest)
+    if from_dir:
+        if not Path(from_dir).is_dir():
+            raise InputFileError(from_dir, "eval folder not found")
+        base = to_url(from_dir)
+    elif base_url:
+        base = base_url
+    else:
+        raise UserError(
+            "download-eval needs a source: a base URL (--base-url, params download.eval.base_url) "
+            "or a local folder (--from-dir, download.eval.from_dir)"
+        )
+    unknown = sorted(set(sets) - {f.get("set", f["name"].split("/")[0]) for f in m["files"]})
+    if unknown:
+        raise UserError(f"unknown eval set(s) {unknown}; the manifest has {sorted({f['set'] for f in m['files']})}")
+    files = [f for f in m["files"] if f.get("set", f["name"].split("/")[0]) in sets]
+    jobs = [FetchJob(join_url(base, f["name"]), cache / "eval" / f["name"], f"sha256:{f['sha256']}") for f in files]
+    summary = fetch_many(
+        jobs,
+        workers=net.workers,
+        retries=net.retries,
+        backoff=net.backoff,
+        timeout=net.timeout,
+        progress=net.progress,
+        desc="eval pairs",
+    )
+    _log(summary.format("eval pairs"))
+    if summary.failed:
+        url, msg = summary.failed[0]
+        raise UserError(f"{len(summary.failed)} of {len(jobs)} eval files failed; first: {url}: {msg}")
+    with atomic_dir(out) as tmp:
+        for f, job in zip(files, jobs):
+            dest = tmp / f["name"]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(job.dest, dest)
+        record = {"source": base, "sets": list(sets), "files": len(files), "summary": summary.as_dict()}
+        _write_record(tmp, record)
+    _log(f"eval: {len(files)} files -> {out}")
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# A record of what was downloaded (a small file DVC can track while the folders are not)
+
+
+def folder_digest(folder: str | Path) -> tuple[int, str]:
+    """(number of files, sha256 over the sorted (relative path, file sha256) list); hidden
+    files (such as Snakemake's ``.snakemake_timestamp``) are left out."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputFileError(root, "folder not found")
+    h = hashlib.sha256()
+    n = 0
+    files = [
+        q for q in root.rglob("*") if q.is_file() and not any(part.startswith(".") for part in q.relative_to(root).parts)
+    ]
+    for p in sorted(files):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + file_digest(p).encode() + b"\n")
+        n += 1
+    return n, h.hexdigest()
+
+
+def write_download_record(out: str | Path, source: str, folders: dict[str, str | Path]) -> dict[str, Any]:
+    """Write ``out`` (JSON): the data source and, per downloaded folder, its file count and
+    content digest. With ``source`` other than ``web`` it records that nothing was fetched."""
+    from bafusion.atomic import write_text
+
+    record: dict[str, Any] = {"source": source, "folders": {}}
+    for name, folder in sorted(folders.items()):
+        n, digest = folder_digest(folder)
+        record["folders"][name] = {"path": str(folder), "files": n, "sha256": digest}
+    write_text(out, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def _net(args: argparse.Namespace) -> NetOptions:
+    return NetOptions(
+        retries=args.retries, backoff=args.backoff, timeout=args.timeout, workers=args.workers, progress=not args.no_progress
+    )
+
+
+def _csv(s: str | None) -> tuple[str, ...]:
+    return tuple(x for x in (t.strip() for t in (s or "").split(",")) if x)
+
+
+def _checksums(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for it in items or []:
+        name, sep, value = it.partition("=")
+        if not sep or not name or not value:
+            raise UserError(f"--checksum {it!r}: expected NAME=ALGORITHM:HEX")
+        Checksum.parse(value)
+        out[name] = value
+    return out
+
+
+def cmd_download_alphamatting(args: argparse.Namespace) -> int:
+    rec = acquire_alphamatting(
+        args.out,
+        resolution=args.resolution,
+        base_url=args.base_url,
+        from_dir=args.from_dir or None,
+        checksums=_checksums(args.checksum),
+        allow_unverified=args.allow_unverified,
+        cache=args.cache or None,
+        net=_net(args),
+    )
+    print(json.dumps({"foregrounds": rec["foregrounds"], "out": args.out}))
+    return 0
+
+
+def cmd_download_coco(args: argparse.Namespace) -> int:
+    flt = CocoFilter(
+        split=args.split,
+        min_side=args.min_side,
+        colour_only=not args.allow_gray,
+        categories=_csv(args.categories),
+        exclude=_csv(args.exclude_categories),
+    )
+    rec = acquire_coco(
+        args.out,
+        count=args.count,
+        oversample=args.oversample,
+        flt=flt,
+        seed=args.seed,
+        annotations=args.annotations or None,
+        annotations_url=args.annotations_url,
+        annotations_checksum=args.annotations_checksum,
+        image_base_url=args.image_base_url or None,
+        images_dir=args.images_dir or None,
+        min_sharpness=args.min_sharpness,
+        max_failures=args.max_failures,
+        cache=args.cache or None,
+        net=_net(args),
+    )
+    print(json.dumps({"kept": len(rec["kept"]), "dropped": len(rec["dropped"]), "out": args.out}))
+    return 0
+
+
+def cmd_download_eval(args: argparse.Namespace) -> int:
+    rec = acquire_eval(
+        args.out,
+        base_url=args.base_url or None,
+        from_dir=args.from_dir or None,
+        sets=_csv(args.sets) or EVAL_SETS,
+        manifest=args.manifest or None,
+        cache=args.cache or None,
+        net=_net(args),
+    )
+    print(json.dumps({"files": rec["files"], "out": args.out}))
+    return 0
+
+
+def cmd_download_record(args: argparse.Namespace) -> int:
+    folders = {}
+    for item in args.folders:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item).name, item
+        folders[name] = path
+    rec = write_download_record(args.out, args.source, folders)
+    print(json.dumps({k: v["files"] for k, v in rec["folders"].items()}))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``download-alphamatting``, ``download-coco``, ``download-eval`` and ``download-record``."""
+    net = argparse.ArgumentParser(add_help=False)
+    net.add_argument(
+        "--cache", default="", help=f"download cache folder (default $BAFUSION_CACHE or {default_cache()})"
+    )
+    net.add_argument("--retries", type=int, default=4, help="further attempts after a failed one (default %(default)s)")
+    net.add_argument(
+        "--backoff", type=float, default=1.0, help="seconds before the first retry, doubling (default %(default)s)"
+    )
+    net.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds (default %(default)s)")
+    net.add_argument("--workers", type=int, default=8, help="parallel downloads of small files (default %(default)s)")
+    net.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser(
+        "download-alphamatting", parents=[net], help="fetch + verify + extract the alphamatting.com training set"
+    )
+    p.add_argument("--out", required=True, help="output folder (gets input/ and gt/)")
+    p.add_argument("--resolution", choices=["lowres", "highres"], default="lowres")
+    p.add_argument("--base-url", default=ALPHAMATTING_URL, help="where the archives are (a mirror, file:// URL or folder)")
+    p.add_argument("--from-dir", default="", help="local override: folder with the archives, or with input/ and gt/")
+    p.add_argument("--checksum", action="append", metavar="NAME=ALGO:HEX", help="override an archive's checksum")
+    p.add_argument("--allow-unverified", action="store_true", help="accept archives without a known checksum")
+    p.set_defaults(func=cmd_download_alphamatting)
+
+    p = sub.add_parser("download-coco", parents=[net], help="select, fetch and rank COCO-2017 backgrounds")
+    p.add_argument("--out", required=True, help="output folder of background photos")
+    p.add_argument("--count", type=int, required=True, help="backgrounds to keep (paper: 700)")
+    p.add_argument("--oversample", type=float, default=2.0, help="candidates ranked per kept image (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="train2017")
+    p.add_argument("--min-side", type=int, default=256, help="smallest allowed min(width, height)")
+    p.add_argument("--allow-gray", action="store_true", help="keep gray photos too")
+    p.add_argument("--categories", default="", help="comma-separated COCO category names; an image needs one")
+    p.add_argument("--exclude-categories", default="", help="comma-separated COCO category names to avoid")
+    p.add_argument("--min-sharpness", type=float, default=0.0, help="absolute floor for the Laplacian variance")
+    p.add_argument("--max-failures", type=int, default=None, help="failed image downloads tolerated")
+    p.add_argument("--annotations", default="", help="local override: annotations zip or COCO JSON")
+    p.add_argument("--annotations-url", default=COCO_ANNOTATIONS_URL)
+    p.add_argument("--annotations-checksum", default=COCO_ANNOTATIONS_CHECKSUM, help="'' to skip the check")
+    p.add_argument("--image-base-url", default="", help="mirror: images at <base>/<split>/<file_name>")
+    p.add_argument("--images-dir", default="", help="local override: folder of <file_name> images")
+    p.set_defaults(func=cmd_download_coco)
+
+    p = sub.add_parser("download-eval", parents=[net], help="fetch + verify the Lytro and classic evaluation pairs")
+    p.add_argument("--out", required=True, help="output folder (gets lytro/ and classic/)")
+    p.add_argument("--base-url", default="", help="where the files are: <base>/<set>/<file>")
+    p.add_argument("--from-dir", default="", help="local override: folder laid out like the manifest")
+    p.add_argument("--sets", default=",".join(EVAL_SETS), help="comma-separated: lytro, classic")
+    p.add_argument("--manifest", default="", help="another manifest (default: the packaged one)")
+    p.set_defaults(func=cmd_download_eval)
+
+    p = sub.add_parser("download-record", help="write a JSON record (file counts, digests) of downloaded folders")
+    p.add_argument("--out", required=True, help="the record file (e.g. data/download/record.json)")
+    p.add_argument("--source", required=True, help="params data.source (builtin, dir or web)")
+    p.add_argument("folders", nargs="*", metavar="[NAME=]FOLDER", help="downloaded folders to describe")
+    p.set_defaults(func=cmd_download_record)

@@ -1,0 +1,589 @@
+"""Fetching files safely: HTTP(S) or ``file://`` downloads with Range resume, retries with
+exponential backoff, checksum verification, a thread pool for many small files, and zip
+extraction that refuses members landing outside the target.
+
+Guarantees:
+
+- A download is written to ``<dest>.part`` and renamed to ``<dest>`` only once it is
+  complete and its checksum (when one is given) matches. A checksum mismatch deletes the
+  part and raises :class:`DownloadError` naming the URL, the expected and the actual digest.
+- An interrupted transfer (connection dropped, short body, timeout) is retried and resumes
+  from the bytes already on disk with an HTTP ``Range`` request; a server that ignores
+  ``Range`` (answers 200) makes it start over. A ``.part`` left by a killed process, or by
+  a transfer that still failed after the last retry, is resumed the same way by the next
+  call (a resumed file whose checksum does not match is fetched once more from zero).
+- HTTP 5xx, 408 and 429 answers and network errors are retried ``retries`` times, waiting
+  ``backoff * 2**attempt`` seconds (at most ``MAX_BACKOFF``); other 4xx answers fail at once.
+- A file already present whose checksum matches is not fetched again ("skipped").
+- :func:`extract_zip` extracts into a temporary folder beside the target and renames it
+  into place only when every member is extracted; members with absolute paths, ``..``
+  components, drive letters or symlink/special-file modes are refused before anything is
+  written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import os
+import shutil
+import socket
+import stat
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+from bafusion import __version__
+from bafusion.atomic import part_path
+from bafusion.errors import UserError
+
+#: Bytes read per chunk while streaming a download.
+CHUNK = 1 << 16
+#: HTTP status codes worth retrying (server trouble, rate limiting, request timeout).
+RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+USER_AGENT = f"bafusion/{__version__} (+https://github.com/; dataset fetcher)"
+HASH_ALGORITHMS = ("sha256", "md5", "sha1", "sha512")
+#: Longest wait between two attempts, in seconds.
+MAX_BACKOFF = 120.0
+
+
+class DownloadError(UserError):
+    """A download that failed for good: the message names the URL and what went wrong."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url = url
+        self.problem = problem
+        super().__init__(f"{url}: {problem}")
+
+
+class ChecksumError(DownloadError):
+    """The bytes fetched from ``url`` do not have the expected digest."""
+
+    def __init__(self, url: str, algorithm: str, expected: str, actual: str) -> None:
+        self.algorithm, self.expected, self.actual = algorithm, expected, actual
+        super().__init__(url, f"{algorithm} mismatch: expected {expected}, got {actual} (the download was deleted)")
+
+
+class _Retryable(Exception):
+    """A transient failure: the attempt may be repeated (resuming if bytes were kept)."""
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """An expected digest, written ``"<algorithm>:<hex>"`` (e.g. ``"sha256:78d4..."``)."""
+
+    algorithm: str
+    hexdigest: str
+
+    @classmethod
+    def parse(cls, text: str | Checksum | None) -> Checksum | None:
+        if text is None or isinstance(text, Checksum):
+            return text
+        text = text.strip()
+        if not text:
+            return None
+        algo, sep, value = text.partition(":")
+        if not sep:  # a bare hex digest: guess the algorithm from its length
+            value = algo
+            algo = {64: "sha256", 32: "md5", 40: "sha1", 128: "sha512"}.get(len(value), "")
+        algo = algo.lower()
+        if algo not in HASH_ALGORITHMS:
+            raise UserError(f"checksum {text!r}: expected '<algorithm>:<hex>' with algorithm in {HASH_ALGORITHMS}")
+        value = value.lower()
+        if not value or any(c not in "0123456789abcdef" for c in value):
+            raise UserError(f"checksum {text!r}: the digest is not hexadecimal")
+        return cls(algo, value)
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hexdigest}"
+
+
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in chunks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(path: str | os.PathLike[str], checksum: Checksum | None) -> bool:
+    """True when ``path`` exists and matches ``checksum`` (any existing file when it is None)."""
+    p = Path(path)
+    if not p.is_file():
+        return False
+    return checksum is None or file_digest(p, checksum.algorithm) == checksum.hexdigest
+
+
+def to_url(location: str | os.PathLike[str]) -> str:
+    """A URL for ``location``: http(s)/file URLs are kept, a local path becomes ``file://``."""
+    s = os.fspath(location)
+    scheme = urllib.parse.urlsplit(s).scheme.lower()
+    if scheme in ("http", "https", "file"):
+        return s
+    return Path(s).resolve().as_uri()
+
+
+def join_url(base: str, name: str) -> str:
+    """``base`` (URL or local folder) joined with a relative ``name`` (``/``-separated)."""
+    base = to_url(base)
+    return base.rstrip("/") + "/" + urllib.parse.quote(name.lstrip("/"))
+
+
+@dataclass
+class FetchResult:
+    """What :func:`fetch` did: ``status`` is ``downloaded`` or ``skipped`` (already verified)."""
+
+    url: str
+    path: Path
+    status: str
+    bytes: int = 0
+    digest: str = ""
+    resumed_from: int = 0
+
+
+@dataclass
+class FetchSummary:
+    """Downloaded, skipped (already present and verified) and failed files of a batch."""
+
+    downloaded: list[FetchResult] = field(default_factory=list)
+    skipped: list[FetchResult] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (url, message)
+
+    def add(self, result: FetchResult) -> None:
+        (self.downloaded if result.status == "downloaded" else self.skipped).append(result)
+
+    def extend(self, other: FetchSummary) -> None:
+        self.downloaded += other.downloaded
+        self.skipped += other.skipped
+        self.failed += other.failed
+
+    @property
+    def bytes(self) -> int:
+        return sum(r.bytes for r in self.downloaded)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "downloaded": len(self.downloaded),
+            "skipped": len(self.skipped),
+            "failed": len(self.failed),
+            "bytes_downloaded": self.bytes,
+            "failures": [{"url": u, "error": m} for u, m in self.failed],
+        }
+
+    def format(self, what: str = "files") -> str:
+        lines = [
+            f"{what}: {len(self.downloaded)} downloaded ({human_bytes(self.bytes)}), "
+            f"{len(self.skipped)} skipped (already present and verified), {len(self.failed)} failed"
+        ]
+        for url, msg in self.failed[:20]:
+            lines.append(f"  FAILED {url}: {msg}")
+        if len(self.failed) > 20:
+            lines.append(f"  ... and {len(self.failed) - 20} more failures")
+        return "\n".join(lines)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def _bar(total: int | None, desc: str, initial: int, enabled: bool) -> tqdm:
+    """A byte progress bar: bytes, rate and (when the size is known) ETA."""
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not enabled,
+        leave=False,
+        mininterval=0.2 if sys.stderr.isatty() else 5.0,
+        file=sys.stderr,
+    )
+
+
+def _content_range_total(value: str | None) -> int | None:
+    """Total size from ``Content-Range: bytes a-b/total`` (None when absent or ``*``)."""
+    if not value or "/" not in value:
+        return None
+    tail = value.rsplit("/", 1)[1].strip()
+    return int(tail) if tail.isdigit() else None
+
+
+def _range_start(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        unit, rng = value.strip().split(" ", 1)
+        return int(rng.split("-", 1)[0]) if unit.lower() == "bytes" else None
+    except ValueError:
+        return None
+
+
+def _attempt(
+    url: str, part: Path, timeout: float, bar_desc: str | None, progress: bool, headers: dict[str, str]
+) -> tuple[int, int]:
+    """One HTTP(S) attempt, appending to ``part`` from its current size.
+
+    Returns ``(resumed_from, total_size)``. Raises :class:`_Retryable` for transient trouble
+    (the bytes received so far stay in ``part``) and :class:`DownloadError` for final errors.
+    """
+    have = part.stat().st_size if part.exists() else 0
+    req_headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
+    if have:
+        req_headers["Range"] = f"bytes={have}-"
+    req = urllib.request.Request(url, headers=req_headers)
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        with contextlib.suppress(Exception):
+            e.close()
+        if e.code == 416 and have:
+            # Range not satisfiable: the part is probably already whole. The caller verifies it.
+            total = _content_range_total(e.headers.get("Content-Range"))
+            if total is None or total == have:
+                return have, have
+            part.unlink()
+            raise _Retryable(f"HTTP 416 for a stale partial file of {have} bytes (size is {total}); restarting")
+        if e.code in RETRY_STATUS:
+            raise _Retryable(f"HTTP {e.code} {e.reason}") from e
+        raise DownloadError(url, f"HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", e)
+        raise _Retryable(f"{e.__class__.__name__}: {reason}") from e
+    with resp:
+        status = getattr(resp, "status", 200) or 200
+        length = resp.headers.get("Content-Length")
+        length_i = int(length) if length and length.isdigit() else None
+        start = 0
+        if have and status == 206:
+            start = _range_start(resp.headers.get("Content-Range"))
+            if start != have:
+                part.unlink()
+                got = resp.headers.get("Content-Range")
+                raise _Retryable(f"server answered Range bytes={have}- with {got!r}; restarting")
+            total = _content_range_total(resp.headers.get("Content-Range"))
+            if total is None and length_i is not None:
+                total = have + length_i
+        else:  # a full body: start over (file:// and servers that ignore Range land here)
+            have = 0
+            total = length_i
+        mode = "ab" if start else "wb"
+        received = 0
+        with open(part, mode) as f, _bar(total, bar_desc or "", start, progress and bar_desc is not None) as bar:
+            try:
+                while True:
+                    chunk = resp.read(CHUNK)
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+            except (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException, OSError) as e:
+                raise _Retryable(f"transfer interrupted after {start + received} bytes ({e.__class__.__name__}: {e})") from e
+        size = start + received
+        if total is not None and size < total:
+            raise _Retryable(f"connection closed after {size} of {total} bytes")
+        if total is not None and size > total:
+            part.unlink()
+            raise _Retryable(f"received {size} bytes, more than the announced {total}; restarting")
+        return start, size
+
+
+def fetch(
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    checksum: str | Checksum | None = None,
+    retries: int = 4,
+    backoff: float = 1.0,
+    timeout: float = 60.0,
+    progress: bool = True,
+    desc: str | None = None,
+    validate: Callable[[Path], None] | None = None,
+    headers: dict[str, str] | None = None,
+) -> FetchResult:
+    """Download ``url`` (http, https, file, or a local path) to ``dest``.
+
+    ``checksum`` is ``"<algorithm>:<hex>"``; with it, an existing ``dest`` that matches is
+    skipped, and a download that does not match is deleted and reported. ``validate`` (e.g.
+    an image decoder) is called on the completed ``.part`` and may raise to reject it.
+    ``retries`` further attempts follow a failed one after ``backoff * 2**attempt`` seconds.
+    """
+    ck = Checksum.parse(checksum)
+    dest = Path(dest)
+    url = to_url(url)
+    if verify(dest, ck) and (ck is not None or dest.stat().st_size > 0):
+        return FetchResult(url, dest, "skipped", 0, ck.hexdigest if ck else "")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = part_path(dest)
+    label = desc if desc is not None else dest.name
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme == "file":
+        src = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
+        if not src.is_file():
+            raise DownloadError(url, f"local file not found: {src}")
+        try:
+            shutil.copyfile(src, part)
+        except OSError as e:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            raise DownloadError(url, f"cannot copy {src}: {e}") from e
+        resumed, size = 0, part.stat().st_size
+    else:
+        resumed, size, attempt = 0, 0, 0
+        initial = part.stat().st_size if part.exists() else 0
+        restarted_after_mismatch = False
+        while True:
+            try:
+                resumed, size = _attempt(url, part, timeout, label if progress else None, progress, headers or {})
+                if ck is not None and resumed:
+                    actual = file_digest(part, ck.algorithm)
+                    if actual != ck.hexdigest and not restarted_after_mismatch:
+                        # The kept bytes may come from another version of the file: start over once.
+                        part.unlink()
+                        restarted_after_mismatch = True
+                        continue
+                break
+            except _Retryable as e:
+                if attempt >= retries:
+                    kept = part.stat().st_size if part.exists() else 0
+                    if kept:  # keep the bytes: the next run resumes from them
+                        hint = f"; {kept} bytes kept in {part}, a rerun resumes from there"
+                    else:
+                        hint = ""
+                        with contextlib.suppress(FileNotFoundError):
+                            part.unlink()
+                    raise DownloadError(url, f"failed after {attempt + 1} attempts: {e}{hint}") from None
+                time.sleep(min(MAX_BACKOFF, max(0.0, backoff) * (2**attempt)))
+                attempt += 1
+            except BaseException:
+                # Keep the bytes of an interrupted run (KeyboardInterrupt) for resuming;
+                # final errors leave nothing behind.
+                if not isinstance(sys.exc_info()[1], KeyboardInterrupt):
+                    with contextlib.suppress(FileNotFoundError):
+                        part.unlink()
+                raise
+    digest = ""
+    if ck is not None:
+        digest = file_digest(part, ck.algorithm)
+        if digest != ck.hexdigest:
+            part.unlink()
+            raise ChecksumError(url, ck.algorithm, ck.hexdigest, digest)
+    if validate is not None:
+        try:
+            validate(part)
+        except Exception as e:
+            part.unlink()
+            raise DownloadError(url, f"downloaded file rejected: {e}") from e
+    os.replace(part, dest)
+    if scheme == "file":
+        return FetchResult(url, dest, "downloaded", size, digest, 0)
+    return FetchResult(url, dest, "downloaded", max(0, size - min(initial, resumed)), digest, min(initial, resumed))
+
+
+@dataclass(frozen=True)
+class FetchJob:
+    url: str
+    dest: Path
+    checksum: str | None = None
+
+
+def fetch_many(
+    jobs: Sequence[FetchJob],
+    *,
+    workers: int = 4,
+    retries: int = 4,
+    backoff: float = 1.0,
+    timeout: float = 60.0,
+    progress: bool = True,
+    desc: str = "download",
+    validate: Callable[[Path], None] | None = None,
+) -> FetchSummary:
+    """Fetch many (small) files with a thread pool; failures are collected, not raised.
+
+    One progress bar counts files (with ETA) and shows the bytes and the byte rate.
+    """
+    summary = FetchSummary()
+    lock = threading.Lock()
+    t0 = time.monotonic()
+    with tqdm(
+        total=len(jobs),
+        desc=desc,
+        unit="file",
+        disable=not progress,
+        mininterval=0.2 if sys.stderr.isatty() else 5.0,
+        file=sys.stderr,
+    ) as bar:
+
+        def one(job: FetchJob) -> FetchResult:
+            return fetch(
+                job.url,
+                job.dest,
+                checksum=job.checksum,
+                retries=retries,
+                backoff=backoff,
+                timeout=timeout,
+                progress=False,
+                validate=validate,
+            )
+
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="fetch") as pool:
+            futures = {pool.submit(one, job): job for job in jobs}
+            for fut in as_completed(futures):
+                job = futures[fut]
+                try:
+                    res = fut.result()
+                except UserError as e:
+                    with lock:
+                        summary.failed.append((job.url, getattr(e, "problem", str(e))))
+                except OSError as e:
+                    with lock:
+                        summary.failed.append((job.url, f"{e.__class__.__name__}: {e}"))
+                else:
+                    with lock:
+                        summary.add(res)
+                bar.update(1)
+                dt = max(time.monotonic() - t0, 1e-6)
+                bar.set_postfix_str(f"{human_bytes(summary.bytes)}, {human_bytes(summary.bytes / dt)}/s", refresh=False)
+    summary.failed.sort()
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Safe zip extraction
+
+
+def _member_problem(info: zipfile.ZipInfo) -> str | None:
+    """Why a zip member must not be extracted (None when it is safe)."""
+    name = info.filename
+    if "\x00" in name:
+        return "NUL byte in the member name"
+    norm = name.replace("\\", "/")
+    if norm.startswith("/") or PurePosixPath(norm).is_absolute():
+        return "absolute path"
+    if len(norm) >= 2 and norm[1] == ":":
+        return "drive letter in the path"
+    if any(part == ".." for part in norm.split("/")):
+        return "'..' in the path (would land outside the target)"
+    ftype = stat.S_IFMT(info.external_attr >> 16)  # 0 when the archiver stored no Unix mode
+    if ftype == stat.S_IFLNK:
+        return "symbolic link"
+    if ftype and ftype not in (stat.S_IFREG, stat.S_IFDIR):
+        return "special file (device, fifo or socket)"
+    return None
+
+
+def _clean_name(name: str) -> str:
+    name = name.replace("\\", "/")
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def check_zip(archive: str | os.PathLike[str]) -> list[zipfile.ZipInfo]:
+    """The members of ``archive`` after checking every one is safe to extract; raises
+    :class:`UserError` naming the archive and the first unsafe member otherwise."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UserError(f"{archive}: not a readable zip archive ({e})") from e
+    for info in infos:
+        problem = _member_problem(info)
+        if problem:
+            raise UserError(f"{archive}: refusing to extract member {info.filename!r}: {problem}")
+    return infos
+
+
+def extract_zip(
+    archive: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    *,
+    members: Callable[[str], bool] | None = None,
+    strip_single_top: bool = True,
+) -> list[Path]:
+    """Extract ``archive`` to the folder ``target`` (replacing it) safely and atomically.
+
+    Every member is checked first (see :func:`check_zip`); extraction goes to a temporary
+    folder beside ``target``, renamed into place only when complete. With
+    ``strip_single_top``, an archive whose members all live in one top folder is extracted
+    without it. ``members`` selects members by name. Returns the extracted files.
+    """
+    archive, target = Path(archive), Path(target)
+    infos = [i for i in check_zip(archive) if not i.is_dir() and (members is None or members(i.filename))]
+    names = [_clean_name(i.filename) for i in infos]
+    prefix = ""
+    if strip_single_top and names:
+        tops = {n.split("/", 1)[0] for n in names}
+        if len(tops) == 1 and all("/" in n for n in names):
+            prefix = tops.pop() + "/"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.extract-{os.getpid()}-{threading.get_ident()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    out: list[Path] = []
+    try:
+        tmp.mkdir()
+        root = tmp.resolve()
+        with zipfile.ZipFile(archive) as zf:
+            for info, name in zip(infos, names):
+                rel = name[len(prefix):]
+                if not rel:
+                    continue
+                dest = (root / rel).resolve()
+                if root not in dest.parents:  # belt and braces after _member_problem
+                    raise UserError(f"{archive}: refusing to extract member {info.filename!r}: lands outside the target")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(dest, "xb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                out.append(target / rel)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except zipfile.BadZipFile as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{archive}: corrupt zip archive ({e})") from e
+    except FileExistsError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{archive}: member {e.filename} occurs twice") from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_zip_member(archive: str | os.PathLike[str], name: str) -> bytes:
+    """The bytes of one member (by exact name or by basename when unique), naming the archive on error."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = zf.namelist()
+            if name not in names:
+                hits = [n for n in names if n.rsplit("/", 1)[-1] == name.rsplit("/", 1)[-1]]
+                if len(hits) != 1:
+                    more = " ..." if len(names) > 10 else ""
+                    raise UserError(f"{archive}: no member {name!r} (it holds {names[:10]}{more})")
+                name = hits[0]
+            return zf.read(name)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UserError(f"{archive}: not a readable zip archive ({e})") from e

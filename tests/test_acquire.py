@@ -1,0 +1,380 @@
+"""bafusion.acquire end to end against a local HTTP server on 127.0.0.1: alphamatting
+archives, COCO annotations + images, evaluation pairs; and the local overrides."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_coco import blur, coco_dataset
+from test_download import LocalServer, make_zip, sha256
+
+from bafusion import acquire
+from bafusion.acquire import NetOptions, acquire_alphamatting, acquire_coco, acquire_eval, load_eval_manifest
+from bafusion.coco import CocoFilter
+from bafusion.download import ChecksumError, DownloadError
+from bafusion.errors import InputFileError, UserError
+from bafusion.sources import _builtin_image, dir_backgrounds, dir_foregrounds
+
+NET = NetOptions(retries=1, backoff=0.01, timeout=10.0, workers=3, progress=False)
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpeg_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def zip_of(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def alphamatting_zips(n: int = 3, drop_gt: str | None = None) -> dict[str, bytes]:
+    """Tiny stand-ins for the two lowres archives: the input archive is flat, the gt archive
+    keeps its files in a top folder (both layouts must extract to the same place)."""
+    rng = np.random.default_rng(0)
+    inputs, gts = {}, {}
+    for i in range(1, n + 1):
+        img = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+        matte = np.repeat(rng.integers(0, 256, (24, 32, 1), dtype=np.uint8), 3, axis=2)  # R=G=B like alphamatting
+        inputs[f"GT{i:02d}.png"] = png_bytes(img)
+        if f"GT{i:02d}" != drop_gt:
+            gts[f"gt_training_lowres/GT{i:02d}.png"] = png_bytes(matte)
+    return {"input_training_lowres.zip": zip_of(inputs), "gt_training_lowres.zip": zip_of(gts)}
+
+
+def serve_alphamatting(server: LocalServer, zips: dict[str, bytes]) -> dict[str, str]:
+    for name, data in zips.items():
+        server.files[f"datasets/zip/{name}"] = data
+    return {name: sha256(data) for name, data in zips.items()}
+
+
+@pytest.fixture
+def server():
+    with LocalServer() as s:
+        yield s
+
+
+def test_alphamatting_happy_path_then_skipped(server: LocalServer, tmp_path: Path) -> None:
+    sums = serve_alphamatting(server, alphamatting_zips())
+    out, cache = tmp_path / "data" / "alphamatting", tmp_path / "cache"
+    rec = acquire_alphamatting(out, base_url=server.url("datasets/zip/"), checksums=sums, cache=cache, net=NET)
+    assert rec["foregrounds"] == 3 and rec["summary"]["downloaded"] == 2
+    fgs = dir_foregrounds(out)  # the dir source reads it
+    assert [f.id for f in fgs] == ["GT01", "GT02", "GT03"]
+    assert sorted(p.name for p in (out / "gt").iterdir()) == ["GT01.png", "GT02.png", "GT03.png"]
+    assert fgs[0].load_matte().shape == (24, 32)
+    n = len(server.requests)
+    rec2 = acquire_alphamatting(out, base_url=server.url("datasets/zip/"), checksums=sums, cache=cache, net=NET)
+    assert len(server.requests) == n and rec2["summary"]["skipped"] == 2  # verified cache, no network
+    assert sorted(p.name for p in out.parent.iterdir()) == ["alphamatting"]
+
+
+def test_alphamatting_published_checksum_is_enforced(server: LocalServer, tmp_path: Path) -> None:
+    serve_alphamatting(server, alphamatting_zips())  # our tiny zips are not the published ones
+    out, cache = tmp_path / "am", tmp_path / "cache"
+    with pytest.raises(ChecksumError) as e:
+        acquire_alphamatting(out, base_url=server.url("datasets/zip/"), cache=cache, net=NET)
+    assert server.url("datasets/zip/input_training_lowres.zip") in str(e.value)
+    assert acquire.ALPHAMATTING_SHA256["input_training_lowres.zip"] in str(e.value)
+    assert not out.exists()
+    assert list((cache / "alphamatting").iterdir()) == []
+
+
+def test_alphamatting_missing_matte_leaves_no_output(server: LocalServer, tmp_path: Path) -> None:
+    sums = serve_alphamatting(server, alphamatting_zips(drop_gt="GT02"))
+    out = tmp_path / "am"
+    with pytest.raises(InputFileError, match="GT02"):
+        acquire_alphamatting(out, base_url=server.url("datasets/zip/"), checksums=sums, cache=tmp_path / "c", net=NET)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_alphamatting_zip_slip_is_refused(server: LocalServer, tmp_path: Path) -> None:
+    zips = alphamatting_zips()
+    evil = make_zip(tmp_path / "evil.zip", {"GT01.png": b"x", "../../escaped.png": b"x"}).read_bytes()
+    zips["input_training_lowres.zip"] = evil
+    sums = serve_alphamatting(server, zips)
+    work = tmp_path / "work"
+    with pytest.raises(UserError, match="refusing to extract member '../../escaped.png'"):
+        acquire_alphamatting(work / "am", base_url=server.url("datasets/zip/"), checksums=sums, cache=tmp_path / "c", net=NET)
+    assert not (work / "am").exists() and not (tmp_path / "escaped.png").exists()
+    assert list(work.iterdir()) == []
+
+
+def test_alphamatting_local_overrides(tmp_path: Path) -> None:
+    zips = alphamatting_zips()
+    sums = {n: sha256(d) for n, d in zips.items()}
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for name, data in zips.items():
+        (mirror / name).write_bytes(data)
+    a = acquire_alphamatting(tmp_path / "a", from_dir=mirror, checksums=sums, cache=tmp_path / "c1", net=NET)
+    b = acquire_alphamatting(tmp_path / "b", base_url=mirror.as_uri() + "/", checksums=sums, cache=tmp_path / "c2", net=NET)
+    c = acquire_alphamatting(tmp_path / "c", from_dir=tmp_path / "a", cache=tmp_path / "c3", net=NET)  # extracted layout
+    assert a["foregrounds"] == b["foregrounds"] == c["foregrounds"] == 3
+    for d in "abc":
+        assert (tmp_path / d / "gt" / "GT03.png").read_bytes() == (tmp_path / "a" / "gt" / "GT03.png").read_bytes()
+
+
+def test_alphamatting_highres_needs_a_checksum(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no published checksum for input_training_highres.zip"):
+        acquire_alphamatting(tmp_path / "am", resolution="highres", base_url=str(tmp_path), cache=tmp_path / "c", net=NET)
+
+
+# ---------------------------------------------------------------------------------------------
+# COCO
+
+
+SHARP = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle")
+
+
+def serve_coco(server: LocalServer) -> tuple[dict[str, str], str]:
+    """Ten COCO records served by ``server``: 5 sharp colour photos, 2 blurred copies, 1 gray,
+    1 too small, 1 that always answers HTTP 500. Returns (file name -> kind, annotations md5)."""
+    data = coco_dataset(10, base_url=server.base)
+    kinds: dict[str, str] = {}
+    crops = {n: _builtin_image(n)[:240, :320] for n in SHARP}
+    plan = list(SHARP) + ["blur:astronaut", "blur:coffee", "gray", "small", "broken"]
+    for rec, what in zip(data["images"], plan):
+        fn = rec["file_name"]
+        if what.startswith("blur:"):
+            arr = blur(crops[what[5:]], 2.0)
+        elif what == "gray":
+            arr = np.repeat(crops["coffee"].mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
+        elif what == "small":
+            arr = crops["rocket"][:60, :80]
+        else:
+            arr = crops.get(what, crops["chelsea"])
+        rec["height"], rec["width"] = arr.shape[:2]
+        kinds[fn] = what.split(":")[0] if ":" in what else ("sharp" if what in SHARP else what)
+        if what == "broken":
+            server.fail[f"train2017/{fn}"] = [500] * 100
+        else:
+            server.files[f"train2017/{fn}"] = jpeg_bytes(arr)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("annotations/instances_train2017.json", json.dumps(data))
+        caps = {"images": data["images"], "annotations": [], "info": {}, "licenses": []}
+        zf.writestr("annotations/captions_train2017.json", json.dumps(caps))
+    server.files["annotations/annotations_trainval2017.zip"] = buf.getvalue()
+    return kinds, "md5:" + hashlib.md5(buf.getvalue()).hexdigest()
+
+
+def cli(argv: list[str]) -> int:
+    """Run one of acquire's subcommands the way ``bafusion`` does."""
+    parser = argparse.ArgumentParser(prog="bafusion")
+    sub = parser.add_subparsers(dest="command", required=True)
+    acquire.register(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+def test_coco_end_to_end_through_the_cli(server: LocalServer, tmp_path: Path) -> None:
+    kinds, md5 = serve_coco(server)
+    common = [
+        "--count", "3", "--oversample", "3", "--min-side", "100", "--seed", "1",
+        "--annotations-url", server.url("annotations/annotations_trainval2017.zip"),
+        "--annotations-checksum", md5, "--cache", str(tmp_path / "cache"),
+        "--retries", "1", "--backoff", "0.01", "--workers", "3", "--no-progress",
+    ]  # fmt: skip
+    assert cli(["download-coco", "--out", str(tmp_path / "bg"), *common]) == 0
+    kept = sorted(p.name for p in (tmp_path / "bg").glob("*.jpg"))
+    assert len(kept) == 3 and all(kinds[k] == "sharp" for k in kept)
+    sel = json.loads((tmp_path / "bg" / "selection.json").read_text())
+    assert sorted(k["file"] for k in sel["kept"]) == kept
+    reasons = {d["file"]: d["reason"] for d in sel["dropped"]}
+    gray = [fn for fn, k in kinds.items() if k == "gray"][0]
+    assert reasons.get(gray) == "gray"
+    assert all(reasons[fn] == "less sharp than the kept images" for fn, k in kinds.items() if k == "blur" and fn in reasons)
+    assert not any(kinds[d] == "small" for d in reasons)  # filtered before download
+    broken = [fn for fn, k in kinds.items() if k == "broken"][0]
+    # a pool of 9 takes every candidate: the broken one was retried once, then reported
+    assert sel["summary"]["failed"] == 1
+    assert sel["summary"]["failures"][0]["url"] == server.url(f"train2017/{broken}")
+    assert "HTTP 500" in sel["summary"]["failures"][0]["error"]
+    assert len(server.requests_for(f"train2017/{broken}")) == 2
+    assert len(sel["kept"]) + len(sel["dropped"]) == 8  # 5 sharp + 2 blurred + 1 gray measured
+    assert sum(1 for fn in reasons if kinds[fn] == "blur") == 2
+    assert [b.id for b in dir_backgrounds(tmp_path / "bg")] == [Path(k).stem for k in kept]
+
+    # the same seed gives the same selection, from the verified cache (no image re-fetched)
+    before = {p for p, _ in server.requests if p.endswith(".jpg") and p.split("/")[-1] != broken}
+    n_before = sum(1 for p, _ in server.requests if p.split("/")[-1] != broken)
+    assert cli(["download-coco", "--out", str(tmp_path / "bg2"), *common]) == 0
+    assert sorted(p.name for p in (tmp_path / "bg2").glob("*.jpg")) == kept
+    assert sum(1 for p, _ in server.requests if p.split("/")[-1] != broken) == n_before
+    assert before  # images did come from the server the first time
+
+
+def test_coco_annotation_checksum_mismatch(server: LocalServer, tmp_path: Path) -> None:
+    serve_coco(server)
+    with pytest.raises(ChecksumError, match="md5 mismatch"):
+        acquire_coco(
+            tmp_path / "bg",
+            count=2,
+            annotations_url=server.url("annotations/annotations_trainval2017.zip"),
+            cache=tmp_path / "cache",
+            net=NET,
+        )  # the official md5 does not match the test's zip
+    assert not (tmp_path / "bg").exists()
+    assert list((tmp_path / "cache" / "coco").iterdir()) == []
+
+
+def test_coco_local_override_and_too_few(tmp_path: Path) -> None:
+    imgs = tmp_path / "train2017"
+    imgs.mkdir()
+    data = coco_dataset(12)
+    for rec in data["images"][:6]:  # only half of the images are present locally
+        name = SHARP[rec["id"] % len(SHARP)]
+        arr = _builtin_image(name)[: rec["height"] // 2, : rec["width"] // 2]
+        (imgs / rec["file_name"]).write_bytes(jpeg_bytes(arr))
+    ann = tmp_path / "instances_train2017.json"
+    ann.write_text(json.dumps(data))
+    flt = CocoFilter(min_side=100)
+    rec = acquire_coco(tmp_path / "bg", count=2, flt=flt, annotations=ann, images_dir=imgs, cache=tmp_path / "c", net=NET)
+    assert len(rec["kept"]) == 2 and all(k["url"].startswith("file://") for k in rec["kept"])
+    with pytest.raises(UserError, match="only 5 usable backgrounds of the 6 requested"):
+        # ids 1-6 are present locally; id 5 (200x150) fails min_side=151: 5 candidates for 6
+        acquire_coco(
+            tmp_path / "bg3", count=6, flt=CocoFilter(min_side=151), annotations=ann, images_dir=imgs,
+            cache=tmp_path / "c", net=NET,
+        )  # fmt: skip
+    assert not (tmp_path / "bg3").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation pairs
+
+
+def test_eval_from_server_with_its_manifest(server: LocalServer, tmp_path: Path) -> None:
+    files = {
+        "lytro/lytro-01-A.jpg": jpeg_bytes(_builtin_image("coffee")[:40, :40]),
+        "lytro/lytro-01-B.jpg": jpeg_bytes(_builtin_image("chelsea")[:40, :40]),
+        "classic/g01-clock-A.png": png_bytes(np.zeros((8, 8), np.uint8)),
+        "classic/g01-clock-B.png": png_bytes(np.full((8, 8), 9, np.uint8)),
+    }
+    for name, data in files.items():
+        server.files[f"mfif/{name}"] = data
+    manifest = tmp_path / "manifest.json"
+    entries = [{"name": n, "set": n.split("/")[0], "sha256": hashlib.sha256(d).hexdigest()} for n, d in files.items()]
+    manifest.write_text(json.dumps({"files": entries}))
+    out = tmp_path / "eval"
+    assert cli(["download-eval", "--out", str(out), "--base-url", server.url("mfif/"), "--manifest", str(manifest),
+                "--cache", str(tmp_path / "cache"), "--no-progress", "--retries", "0"]) == 0  # fmt: skip
+    for name, data in files.items():
+        assert (out / name).read_bytes() == data
+    rec = acquire_eval(tmp_path / "lytro-only", base_url=server.url("mfif/"), manifest=manifest, sets=("lytro",),
+                       cache=tmp_path / "cache", net=NET)  # fmt: skip
+    assert rec["summary"]["skipped"] == 2 and not (tmp_path / "lytro-only" / "classic").exists()
+
+    server.files["mfif/lytro/lytro-01-B.jpg"] = b"tampered"
+    with pytest.raises(UserError) as e:
+        acquire_eval(tmp_path / "eval2", base_url=server.url("mfif/"), manifest=manifest, cache=tmp_path / "c2", net=NET)
+    assert server.url("mfif/lytro/lytro-01-B.jpg") in str(e.value) and "sha256 mismatch" in str(e.value)
+    assert not (tmp_path / "eval2").exists()
+
+
+def test_eval_needs_a_source_and_known_sets(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="needs a source"):
+        acquire_eval(tmp_path / "e", cache=tmp_path / "c", net=NET)
+    with pytest.raises(UserError, match="unknown eval set"):
+        acquire_eval(tmp_path / "e", base_url="http://127.0.0.1:9/", sets=("nope",), cache=tmp_path / "c", net=NET)
+
+
+def test_packaged_eval_manifest() -> None:
+    m = load_eval_manifest()
+    names = [f["name"] for f in m["files"]]
+    assert len([n for n in names if n.startswith("lytro/")]) == 40  # 20 pairs
+    assert {f"lytro/lytro-{i:02d}-{s}.jpg" for i in range(1, 21) for s in "AB"} <= set(names)
+    for pair in ("g01-clock", "g03-lab", "books", "flower"):  # the paper's four classic scenes
+        assert any(n.startswith(f"classic/{pair}-A") for n in names)
+    assert all(len(f["sha256"]) == 64 for f in m["files"])
+
+
+def test_eval_from_shared_folder_matches_the_manifest(shared_data: Path, tmp_path: Path) -> None:
+    src = shared_data / "eval"
+    if not src.is_dir():
+        pytest.skip(f"{src} not found")
+    rec = acquire_eval(tmp_path / "eval", from_dir=src, cache=tmp_path / "c", net=NET)
+    assert rec["files"] == 64
+    assert (tmp_path / "eval" / "lytro" / "lytro-20-B.jpg").read_bytes() == (src / "lytro" / "lytro-20-B.jpg").read_bytes()
+
+
+def test_alphamatting_shared_archives_if_present(shared_data: Path) -> None:
+    """When the real archives are at hand, their digests are the published ones."""
+    from bafusion.download import file_digest
+
+    found = [p for p in shared_data.rglob("*_training_lowres.zip")]
+    if not found:
+        pytest.skip("no alphamatting archives in the shared data")
+    for p in found:
+        assert file_digest(p) == acquire.ALPHAMATTING_SHA256[p.name]
+
+
+def test_download_error_names_url(server: LocalServer, tmp_path: Path) -> None:
+    server.fail["datasets/zip/input_training_lowres.zip"] = [503] * 5
+    with pytest.raises(DownloadError) as e:
+        acquire_alphamatting(tmp_path / "am", base_url=server.url("datasets/zip/"), cache=tmp_path / "c", net=NET)
+    assert "input_training_lowres.zip" in str(e.value) and "503" in str(e.value)
+    assert not (tmp_path / "am").exists()
+
+
+def test_download_record(tmp_path: Path) -> None:
+    d = tmp_path / "bg"
+    d.mkdir()
+    (d / "a.jpg").write_bytes(b"1")
+    (d / ".snakemake_timestamp").write_bytes(b"")
+    assert cli(["download-record", "--source", "web", "--out", str(tmp_path / "r.json"), f"backgrounds={d}"]) == 0
+    rec = json.loads((tmp_path / "r.json").read_text())
+    assert rec["source"] == "web" and rec["folders"]["backgrounds"]["files"] == 1
+    first = rec["folders"]["backgrounds"]["sha256"]
+    (d / "a.jpg").write_bytes(b"2")  # other content, other digest
+    acquire.write_download_record(tmp_path / "r.json", "web", {"backgrounds": d})
+    assert json.loads((tmp_path / "r.json").read_text())["folders"]["backgrounds"]["sha256"] != first
+    assert cli(["download-record", "--source", "builtin", "--out", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text()) == {"source": "builtin", "folders": {}}
+
+
+def test_default_cache_honours_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BAFUSION_CACHE", str(tmp_path / "c"))
+    assert acquire.default_cache() == tmp_path / "c"
+    monkeypatch.delenv("BAFUSION_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert acquire.default_cache() == tmp_path / "xdg" / "bafusion" / "downloads"
+
+
+def test_real_alphamatting_images_round_trip(shared_data: Path, server: LocalServer, tmp_path: Path) -> None:
+    """The 27 real foregrounds, zipped like the official archives and served, come out as a
+    folder the dir source reads, byte for byte."""
+    src = shared_data / "train" / "alphamatting"
+    if not (src / "input").is_dir():
+        pytest.skip(f"{src} not found")
+    zips = {}
+    for sub, name in (("input", "input_training_lowres.zip"), ("gt", "gt_training_lowres.zip")):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+            for p in sorted((src / sub).glob("*.png")):
+                zf.write(p, p.name)
+        zips[name] = buf.getvalue()
+    sums = serve_alphamatting(server, zips)
+    out = tmp_path / "am"
+    rec = acquire_alphamatting(out, base_url=server.url("datasets/zip/"), checksums=sums, cache=tmp_path / "c", net=NET)
+    assert rec["foregrounds"] == len(list((src / "input").glob("*.png"))) == 27
+    assert (out / "gt" / "GT27.png").read_bytes() == (src / "gt" / "GT27.png").read_bytes()

@@ -1,0 +1,353 @@
+"""bafusion.download against a local threaded HTTP server on 127.0.0.1 (no internet).
+
+``LocalServer`` is also used by test_coco.py and test_acquire.py (``from test_download import
+LocalServer``)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from bafusion.download import (
+    Checksum,
+    ChecksumError,
+    DownloadError,
+    FetchJob,
+    check_zip,
+    extract_zip,
+    fetch,
+    fetch_many,
+    join_url,
+)
+from bafusion.errors import UserError
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that gave up (timeout test) breaks the pipe: expected, not worth a traceback."""
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
+class LocalServer:
+    """A threaded HTTP server on 127.0.0.1 (port 0) serving ``files`` (path -> bytes).
+
+    Scripted misbehaviour, consumed one request at a time per path:
+    ``fail[path]``: HTTP statuses to answer first; ``truncate[path]``: cut the connection
+    after this many body bytes; ``delay[path]``: seconds to wait before answering.
+    ``honour_range`` False makes it ignore ``Range`` (answer 200 with the whole file).
+    Every request is recorded as ``(path, Range header or None)``.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.fail: dict[str, list[int]] = {}
+        self.truncate: dict[str, list[int]] = {}
+        self.delay: dict[str, list[float]] = {}
+        self.honour_range = True
+        self.requests: list[tuple[str, str | None]] = []
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # keep test output clean
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                path = self.path.split("?", 1)[0].lstrip("/")
+                rng = self.headers.get("Range")
+                with owner.lock:
+                    owner.requests.append((path, rng))
+                    fail = owner.fail.get(path, [])
+                    status = fail.pop(0) if fail else None
+                    cut = owner.truncate.get(path, [])
+                    cut_at = cut.pop(0) if cut else None
+                    dl = owner.delay.get(path, [])
+                    wait = dl.pop(0) if dl else 0.0
+                if wait:
+                    time.sleep(wait)
+                if status is not None:
+                    self.send_error(status)
+                    return
+                if path not in owner.files:
+                    self.send_error(404)
+                    return
+                body = owner.files[path]
+                start = 0
+                if rng and owner.honour_range and rng.startswith("bytes=") and rng.endswith("-"):
+                    start = int(rng[len("bytes=") : -1])
+                    if start >= len(body):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                payload = body[start:]
+                if cut_at is not None:
+                    self.wfile.write(payload[:cut_at])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(payload)
+
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def requests_for(self, path: str) -> list[str | None]:
+        return [r for p, r in self.requests if p == path]
+
+    def __enter__(self) -> LocalServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[LocalServer]:
+    with LocalServer() as s:
+        yield s
+
+
+def sha256(b: bytes) -> str:
+    return "sha256:" + hashlib.sha256(b).hexdigest()
+
+
+PAYLOAD = os.urandom(300_000)  # several chunks of download.CHUNK
+
+
+def test_fetch_verifies_then_skips(server: LocalServer, tmp_path: Path) -> None:
+    server.files["a.bin"] = PAYLOAD
+    dest = tmp_path / "x" / "a.bin"
+    r = fetch(server.url("a.bin"), dest, checksum=sha256(PAYLOAD), progress=False)
+    assert r.status == "downloaded" and r.bytes == len(PAYLOAD)
+    assert dest.read_bytes() == PAYLOAD
+    assert not (tmp_path / "x" / "a.bin.part").exists()
+    r2 = fetch(server.url("a.bin"), dest, checksum=sha256(PAYLOAD), progress=False)
+    assert r2.status == "skipped"
+    assert len(server.requests) == 1  # the second call did not touch the network
+
+
+def test_interrupted_download_resumes_with_range(server: LocalServer, tmp_path: Path) -> None:
+    server.files["big.bin"] = PAYLOAD
+    server.truncate["big.bin"] = [100_000]  # the first answer dies after 100,000 bytes
+    dest = tmp_path / "big.bin"
+    r = fetch(server.url("big.bin"), dest, checksum=sha256(PAYLOAD), backoff=0.01, progress=False)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.requests_for("big.bin") == [None, "bytes=100000-"]
+    assert r.status == "downloaded"
+
+
+def test_part_left_by_a_killed_run_is_resumed(server: LocalServer, tmp_path: Path) -> None:
+    server.files["big.bin"] = PAYLOAD
+    dest = tmp_path / "big.bin"
+    (tmp_path / "big.bin.part").write_bytes(PAYLOAD[:123_456])
+    r = fetch(server.url("big.bin"), dest, checksum=sha256(PAYLOAD), progress=False)
+    assert server.requests_for("big.bin") == ["bytes=123456-"]
+    assert dest.read_bytes() == PAYLOAD
+    assert r.resumed_from == 123_456 and r.bytes == len(PAYLOAD) - 123_456
+
+
+def test_stale_part_of_another_file_restarts_once(server: LocalServer, tmp_path: Path) -> None:
+    server.files["big.bin"] = PAYLOAD
+    (tmp_path / "big.bin.part").write_bytes(b"\0" * 1000)  # not a prefix of PAYLOAD
+    fetch(server.url("big.bin"), tmp_path / "big.bin", checksum=sha256(PAYLOAD), progress=False)
+    assert server.requests_for("big.bin") == ["bytes=1000-", None]
+    assert (tmp_path / "big.bin").read_bytes() == PAYLOAD
+
+
+def test_failed_transfer_keeps_its_bytes_for_the_next_run(server: LocalServer, tmp_path: Path) -> None:
+    server.files["big.bin"] = PAYLOAD
+    server.truncate["big.bin"] = [50_000, 50_000]  # both attempts of the first run break
+    dest = tmp_path / "big.bin"
+    with pytest.raises(DownloadError, match="rerun resumes"):
+        fetch(server.url("big.bin"), dest, checksum=sha256(PAYLOAD), retries=1, backoff=0.01, progress=False)
+    assert not dest.exists() and (tmp_path / "big.bin.part").stat().st_size == 100_000
+    fetch(server.url("big.bin"), dest, checksum=sha256(PAYLOAD), progress=False)
+    assert server.requests_for("big.bin") == [None, "bytes=50000-", "bytes=100000-"]
+    assert dest.read_bytes() == PAYLOAD and not (tmp_path / "big.bin.part").exists()
+
+
+def test_server_ignoring_range_restarts_from_zero(server: LocalServer, tmp_path: Path) -> None:
+    server.files["big.bin"] = PAYLOAD
+    server.honour_range = False
+    (tmp_path / "big.bin.part").write_bytes(PAYLOAD[:5000])
+    fetch(server.url("big.bin"), tmp_path / "big.bin", checksum=sha256(PAYLOAD), progress=False)
+    assert (tmp_path / "big.bin").read_bytes() == PAYLOAD
+
+
+def test_wrong_checksum_fails_and_leaves_nothing(server: LocalServer, tmp_path: Path) -> None:
+    server.files["a.bin"] = PAYLOAD
+    wrong = "sha256:" + "0" * 64
+    with pytest.raises(ChecksumError) as e:
+        fetch(server.url("a.bin"), tmp_path / "a.bin", checksum=wrong, progress=False)
+    msg = str(e.value)
+    assert server.url("a.bin") in msg and "0" * 64 in msg and hashlib.sha256(PAYLOAD).hexdigest() in msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_http_500_is_retried_then_reported(server: LocalServer, tmp_path: Path) -> None:
+    server.fail["a.bin"] = [500] * 10
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError) as e:
+        fetch(server.url("a.bin"), tmp_path / "a.bin", retries=2, backoff=0.01, progress=False)
+    assert len(server.requests_for("a.bin")) == 3  # one attempt + 2 retries
+    assert server.url("a.bin") in str(e.value) and "HTTP 500" in str(e.value) and "3 attempts" in str(e.value)
+    assert time.monotonic() - t0 < 5
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_transient_500_then_success(server: LocalServer, tmp_path: Path) -> None:
+    server.files["a.bin"] = PAYLOAD
+    server.fail["a.bin"] = [500, 503]
+    fetch(server.url("a.bin"), tmp_path / "a.bin", checksum=sha256(PAYLOAD), retries=3, backoff=0.01, progress=False)
+    assert (tmp_path / "a.bin").read_bytes() == PAYLOAD
+    assert len(server.requests_for("a.bin")) == 3
+
+
+def test_404_is_not_retried(server: LocalServer, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        fetch(server.url("missing.bin"), tmp_path / "m.bin", retries=3, backoff=0.01, progress=False)
+    assert len(server.requests_for("missing.bin")) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_timeout_is_retried(server: LocalServer, tmp_path: Path) -> None:
+    server.files["a.bin"] = b"hello"
+    server.delay["a.bin"] = [1.5]
+    fetch(server.url("a.bin"), tmp_path / "a.bin", checksum=sha256(b"hello"), timeout=0.3, backoff=0.01, progress=False)
+    assert (tmp_path / "a.bin").read_bytes() == b"hello"
+    assert len(server.requests_for("a.bin")) == 2
+
+
+def test_file_url_and_plain_path(tmp_path: Path) -> None:
+    src = tmp_path / "src dir" / "f.bin"
+    src.parent.mkdir()
+    src.write_bytes(b"local bytes")
+    fetch(src.as_uri(), tmp_path / "a" / "f.bin", checksum=sha256(b"local bytes"), progress=False)
+    fetch(str(src), tmp_path / "b" / "f.bin", checksum=sha256(b"local bytes"), progress=False)
+    fetch(join_url(str(src.parent), "f.bin"), tmp_path / "c" / "f.bin", progress=False)
+    for d in "abc":
+        assert (tmp_path / d / "f.bin").read_bytes() == b"local bytes"
+    with pytest.raises(ChecksumError):
+        fetch(src.as_uri(), tmp_path / "d" / "f.bin", checksum=sha256(b"other"), progress=False)
+    assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_fetch_many_summary(server: LocalServer, tmp_path: Path) -> None:
+    for i in range(4):
+        server.files[f"f{i}"] = bytes([i]) * 1000
+    (tmp_path / "f0").write_bytes(bytes([0]) * 1000)  # already present and verified
+    jobs = [FetchJob(server.url(f"f{i}"), tmp_path / f"f{i}", sha256(bytes([i]) * 1000)) for i in range(4)]
+    jobs.append(FetchJob(server.url("nope"), tmp_path / "nope"))
+    s = fetch_many(jobs, workers=3, retries=1, backoff=0.01, progress=False)
+    assert len(s.downloaded) == 3 and len(s.skipped) == 1 and len(s.failed) == 1
+    assert s.failed[0][0] == server.url("nope") and "404" in s.failed[0][1]
+    assert s.bytes == 3000
+    text = s.format("files")
+    assert "3 downloaded" in text and "1 skipped" in text and "1 failed" in text and server.url("nope") in text
+
+
+def test_checksum_parse() -> None:
+    assert Checksum.parse("MD5:ABCDEF0123456789abcdef0123456789") == Checksum("md5", "abcdef0123456789abcdef0123456789")
+    assert Checksum.parse("a" * 64) == Checksum("sha256", "a" * 64)
+    assert Checksum.parse("") is None
+    with pytest.raises(UserError):
+        Checksum.parse("crc:1234")
+    with pytest.raises(UserError):
+        Checksum.parse("sha256:xyz")
+
+
+# ---------------------------------------------------------------------------------------------
+# zip extraction
+
+
+def make_zip(path: Path, members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+        for name, target in (symlinks or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, target)
+    return path
+
+
+def test_extract_zip_strips_top_folder(tmp_path: Path) -> None:
+    z = make_zip(tmp_path / "a.zip", {"top/GT01.png": b"1", "top/sub/GT02.png": b"2"})
+    target = tmp_path / "out" / "input"
+    files = extract_zip(z, target)
+    assert sorted(p.relative_to(target).as_posix() for p in files) == ["GT01.png", "sub/GT02.png"]
+    assert (target / "GT01.png").read_bytes() == b"1"
+    # re-extracting replaces the folder whole, and leaves no temporary folders behind
+    z2 = make_zip(tmp_path / "b.zip", {"GT03.png": b"3"})
+    extract_zip(z2, target)
+    assert sorted(p.name for p in target.iterdir()) == ["GT03.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["input"]
+
+
+@pytest.mark.parametrize(
+    "members,symlinks",
+    [
+        ({"ok.png": b"1", "../evil.txt": b"x"}, None),
+        ({"ok.png": b"1", "a/../../evil.txt": b"x"}, None),
+        ({"ok.png": b"1", "/tmp/evil-abs.txt": b"x"}, None),
+        ({"ok.png": b"1", "C:/evil.txt": b"x"}, None),
+        ({"ok.png": b"1"}, {"link.png": "/etc/passwd"}),
+    ],
+)
+def test_zip_slip_is_refused(tmp_path: Path, members: dict[str, bytes], symlinks: dict[str, str] | None) -> None:
+    z = make_zip(tmp_path / "evil.zip", members, symlinks)
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(UserError, match="refusing to extract member"):
+        extract_zip(z, work / "target")
+    assert list(work.iterdir()) == []  # no target, no temporary folder
+    assert not (tmp_path / "evil.txt").exists()
+    with pytest.raises(UserError):
+        check_zip(z)
+
+
+def test_corrupt_zip_names_the_archive(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(UserError, match="bad.zip"):
+        extract_zip(bad, tmp_path / "t")
+    assert not (tmp_path / "t").exists()
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()

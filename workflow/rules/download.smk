@@ -1,0 +1,122 @@
+# Downloads for `data.source: web`: the alphamatting.com training set, COCO-2017 backgrounds
+# (selected with pycocotools, ranked by sharpness) and the evaluation pairs. Each rule calls a
+# `bafusion download-*` command; verified downloads are cached outside the work tree
+# (download.cache, default $BAFUSION_CACHE or ~/.cache/bafusion/downloads), so a rerun, another
+# checkout or a `dvc exp run --temp` workspace fetches nothing twice.
+#
+# `download` writes data/download/record.json in every configuration (file counts and content
+# digests of the downloaded folders when data.source is web, just the source otherwise), so a
+# DVC stage can track it without the builtin quick run ever touching the network.
+
+DOWNLOAD = config.get("download", {}) or {}
+DL_AM = DOWNLOAD.get("alphamatting", {}) or {}
+DL_COCO = DOWNLOAD.get("coco", {}) or {}
+DL_EVAL = DOWNLOAD.get("eval", {}) or {}
+DL_WEB = config["data"].get("source") == "web"
+
+
+def download_net_args():
+    net = DOWNLOAD.get("net", {}) or {}
+    cache = DOWNLOAD.get("cache") or ""
+    args = [
+        f"--retries {int(net.get('retries', 4))}",
+        f"--backoff {float(net.get('backoff', 1.0))}",
+        f"--timeout {float(net.get('timeout', 60))}",
+        f"--workers {int(net.get('workers', 8))}",
+    ]
+    if cache:
+        args.append(f"--cache '{cache}'")
+    return " ".join(args)
+
+
+def coco_count():
+    """download.coco.count, else the backgrounds prepare will use (train + held out), else 700."""
+    data = config["data"]
+    return int(DL_COCO.get("count") or 0) or (
+        int(data.get("backgrounds", 0) or 0) + int(data.get("holdout_backgrounds", 0) or 0)
+    ) or 700
+
+
+rule download_alphamatting:
+    output:
+        directory("data/download/alphamatting"),
+    params:
+        resolution=DL_AM.get("resolution", "lowres"),
+        base_url=DL_AM.get("base_url") or "http://www.alphamatting.com/datasets/zip/",
+        from_dir=DL_AM.get("from_dir") or "",
+        checksums=" ".join(f"--checksum '{k}={v}'" for k, v in (DL_AM.get("checksums") or {}).items()),
+        net=download_net_args(),
+    log:
+        "logs/download/alphamatting.log",
+    threads: 1
+    shell:
+        "bafusion download-alphamatting --out {output} --resolution {params.resolution}"
+        " --base-url '{params.base_url}' --from-dir '{params.from_dir}' {params.checksums} {params.net}"
+        " > {log} 2>&1"
+
+
+rule download_coco:
+    output:
+        directory("data/download/coco"),
+    params:
+        n=coco_count(),
+        oversample=DL_COCO.get("oversample", 2.0),
+        seed=config["seed"],
+        split=DL_COCO.get("split", "train2017"),
+        min_side=DL_COCO.get("min_side", 256),
+        gray="" if DL_COCO.get("colour_only", True) else "--allow-gray",
+        categories=",".join(DL_COCO.get("categories") or []),
+        exclude=",".join(DL_COCO.get("exclude_categories") or []),
+        min_sharpness=DL_COCO.get("min_sharpness", 0.0),
+        annotations=DL_COCO.get("annotations") or "",
+        annotations_url=DL_COCO.get("annotations_url")
+        or "http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
+        annotations_checksum=DL_COCO.get("annotations_checksum", "md5:f4bbac642086de4f52a3fdda2de5fa2c") or "",
+        image_base_url=DL_COCO.get("image_base_url") or "",
+        images_dir=DL_COCO.get("images_dir") or "",
+        net=download_net_args(),
+    log:
+        "logs/download/coco.log",
+    threads: int((DOWNLOAD.get("net", {}) or {}).get("workers", 8))
+    shell:
+        "bafusion download-coco --out {output} --count {params.n} --oversample {params.oversample}"
+        " --seed {params.seed} --split {params.split} --min-side {params.min_side} {params.gray}"
+        " --categories '{params.categories}' --exclude-categories '{params.exclude}'"
+        " --min-sharpness {params.min_sharpness} --annotations '{params.annotations}'"
+        " --annotations-url '{params.annotations_url}' --annotations-checksum '{params.annotations_checksum}'"
+        " --image-base-url '{params.image_base_url}' --images-dir '{params.images_dir}' {params.net}"
+        " > {log} 2>&1"
+
+
+rule download_eval:
+    output:
+        directory("data/download/eval"),
+    params:
+        base_url=DL_EVAL.get("base_url") or "",
+        from_dir=DL_EVAL.get("from_dir") or "",
+        sets=",".join(DL_EVAL.get("sets") or ["lytro", "classic"]),
+        net=download_net_args(),
+    log:
+        "logs/download/eval.log",
+    threads: 1
+    shell:
+        "bafusion download-eval --out {output} --base-url '{params.base_url}' --from-dir '{params.from_dir}'"
+        " --sets '{params.sets}' {params.net} > {log} 2>&1"
+
+
+rule download:
+    input:
+        **(
+            {"alphamatting": rules.download_alphamatting.output[0], "backgrounds": rules.download_coco.output[0]}
+            if DL_WEB
+            else {}
+        ),
+    output:
+        "data/download/record.json",
+    params:
+        source=config["data"].get("source", "builtin"),
+        folders=lambda wildcards, input: " ".join(f"{k}={v}" for k, v in input.items()),
+    log:
+        "logs/download/record.log",
+    shell:
+        "bafusion download-record --source {params.source} --out {output} {params.folders} > {log} 2>&1"
