@@ -10,10 +10,12 @@ configfile: "params.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:
     default_target: True
     input:
-        rules.patches.output,
         rules.testset.output,
+        rules.train_initial.output,
+        rules.train_boundary.output,

@@ -34,6 +34,10 @@ def test_dvc_repro_then_nothing_then_only_patches_and_after(tmp_path: Path) -> N
     assert set(ran_stages(first.stdout)) == _all_stages(project), first.stdout[-3000:]
     lock1 = (project / "dvc.lock").read_text()
 
+    shown = run(["dvc", "exp", "show", "--json"], project).stdout
+    for key in ('"val_acc"', '"train_initial.json"', '"train_boundary.json"', '"effective_samples"'):
+        assert key in shown, f"dvc exp show lacks {key}"
+
     second = run(["dvc", "repro"], project)
     assert ran_stages(second.stdout) == [], second.stdout[-3000:]
 

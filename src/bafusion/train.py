@@ -1,0 +1,763 @@
+"""Training of the initial net and the boundary net (section 3 of the paper).
+
+``bafusion train --net initial --patches data/patches/initial.h5 --out data/models/initial.pt
+--params params.yaml`` trains a CIFAR ResNet (``depth`` from the parameters) on the patch set
+with the x12 augmentation of :mod:`bafusion.augment`: SGD with momentum, softmax
+cross-entropy, step decay of the learning rate (``MultiStepLR``), validation after every
+epoch. The final model is the epoch with the best validation accuracy, written with
+:func:`bafusion.model.save_model`.
+
+Outputs (all written atomically):
+
+- ``--out`` (+ ``.json``): the best model and its description;
+- ``--checkpoints`` (default ``data/checkpoints/<net>/``): ``last.pt`` (full training state:
+  weights, optimizer, scheduler, loader position, RNG states, history) and ``best.pt``
+  (weights of the best epoch so far);
+- ``--metrics`` (default ``data/metrics/train_<net>.json``) for ``dvc metrics``;
+- ``--plots`` (default ``data/plots/train_<net>.csv``): one row per epoch for ``dvc plots``;
+- an MLflow run ``train_<net>`` with the flattened parameters, per-epoch metrics (step =
+  epoch) and the model as an artifact.
+
+Resuming: ``last.pt`` is written at every epoch end (and every ``checkpoint_every`` steps
+when that is > 0). Running the same command again after a kill continues from it; with a
+fixed seed the final weights equal those of an uninterrupted run (on CPU exactly; on GPU
+with ``deterministic: true``). A checkpoint written for other parameters or another patch
+set (see :func:`fingerprint`) is ignored, and training starts afresh.
+
+Devices: ``device: auto`` picks cuda, then mps, then cpu. On CUDA, ``amp: auto`` trains
+under bf16 autocast and ``channels_last: auto`` uses the channels-last memory format;
+``compile: true`` wraps the net in ``torch.compile``. ``nproc > 1`` (or ``auto`` = the
+number of GPUs) runs ``nproc`` processes with DistributedDataParallel (NCCL on GPUs, gloo
+on CPU): the command re-launches itself under ``torch.distributed.run`` unless it already
+runs under ``torchrun``. ``batch`` is the global batch, split evenly over the processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bafusion import tracking
+from bafusion.atomic import atomic_file, write_text
+from bafusion.augment import INPUT_SCALE, N_VARIANTS, AugmentedLoader, load_split, read_attrs
+from bafusion.errors import InputFileError, UserError
+from bafusion.model import CifarResNet, ResNetSpec, build_model, save_model
+
+NETS = ("initial", "boundary")
+CHECKPOINT_FORMAT = 1
+ABORT_ENV = "BAFUSION_TRAIN_ABORT_AT_STEP"  # test hook: simulate a kill after that global step
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (``seed``/``patch``/``depth`` are top-level
+    parameters, the rest the ``train:`` section, optionally overridden per net by
+    ``train.initial:`` / ``train.boundary:``)."""
+
+    seed: int = 0
+    patch: int = 32
+    depth: int = 20
+    # Defaults: the embedded quick run (paper values in params.yaml's comments).
+    epochs: int = 3
+    batch: int = 32
+    lr: float = 0.01
+    milestones: list[int] = field(default_factory=lambda: [2])
+    gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    samples_per_epoch: int = 1536  # 0: all N*12 augmented samples every epoch
+    val_samples: int = 512  # 0: the whole validation split
+    val_batch: int = 256
+    device: str = "auto"
+    amp: str | bool = "auto"
+    channels_last: str | bool = "auto"
+    compile: bool = False
+    deterministic: bool = False
+    nproc: int | str = 1
+    threads: int = 0  # 0: torch's default
+    checkpoint_every: int = 0  # steps; 0: only at epoch ends
+
+    # Keys that do not change the trained weights (on a given device) and so may differ
+    # between a checkpoint and the run resuming from it.
+    # (The number of processes enters the fingerprint as the actual world size.)
+    RUNTIME_KEYS = ("device", "threads", "checkpoint_every", "compile", "val_batch", "nproc")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def resolve_config(params: Mapping[str, Any], net: str) -> TrainConfig:
+    """Build the :class:`TrainConfig` of ``net`` from the parameter dict (params.yaml)."""
+    if net not in NETS:
+        raise UserError(f"--net must be one of {', '.join(NETS)}, got {net!r}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values: dict[str, Any] = {}
+    for k in ("seed", "patch", "depth"):
+        if k in params:
+            values[k] = params[k]
+    section = dict(params.get("train") or {})
+    per_net = {n: section.pop(n, None) or {} for n in NETS}
+    for source, d in (("train", section), (f"train.{net}", per_net[net])):
+        for k, v in d.items():
+            if k in ("seed", "patch", "depth"):
+                raise UserError(f"{source}.{k}: {k} is a top-level parameter, not a training one")
+            if k not in fields:
+                known = sorted(fields - {"seed", "patch", "depth"})
+                raise UserError(f"unknown parameter {source}.{k} (known: {', '.join(known)})")
+            values[k] = v
+    try:
+        cfg = TrainConfig(**values)
+        cfg.seed, cfg.patch, cfg.depth, cfg.epochs, cfg.batch = (
+            int(cfg.seed), int(cfg.patch), int(cfg.depth), int(cfg.epochs), int(cfg.batch))
+        cfg.lr, cfg.gamma, cfg.momentum, cfg.weight_decay = (
+            float(cfg.lr), float(cfg.gamma), float(cfg.momentum), float(cfg.weight_decay))
+        cfg.milestones = [int(m) for m in (cfg.milestones or [])]
+        cfg.samples_per_epoch, cfg.val_samples, cfg.val_batch = (
+            int(cfg.samples_per_epoch or 0), int(cfg.val_samples or 0), int(cfg.val_batch))
+        cfg.threads, cfg.checkpoint_every = int(cfg.threads or 0), int(cfg.checkpoint_every or 0)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"bad training parameter: {e}") from e
+    if cfg.epochs < 1 or cfg.batch < 1 or cfg.lr <= 0:
+        raise UserError(f"train.epochs, train.batch and train.lr must be positive (got {cfg.epochs}, {cfg.batch}, {cfg.lr})")
+    try:
+        ResNetSpec(depth=cfg.depth)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    return cfg
+
+
+def load_params(path: str | os.PathLike[str] | None, json_text: str | None = None,
+                overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Parameters from a YAML file and/or a JSON string (the latter wins), then ``key.sub=value``
+    overrides (values parsed as YAML)."""
+    import yaml
+
+    params: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.exists():
+            raise InputFileError(p, "parameter file not found")
+        try:
+            params = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InputFileError(p, f"not valid YAML: {e}") from e
+        if not isinstance(params, dict):
+            raise InputFileError(p, "expected a mapping at the top level")
+    if json_text:
+        try:
+            extra = json.loads(json_text)
+        except ValueError as e:
+            raise UserError(f"--params-json is not valid JSON: {e}") from e
+        params = _merge(params, extra)
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        d = params
+        parts = key.split(".")
+        for k in parts[:-1]:
+            d = d.setdefault(k, {})
+        d[parts[-1]] = value
+    return params
+
+
+def _merge(a: dict, b: Mapping) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Devices and processes
+# --------------------------------------------------------------------------------------
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> cuda (``cuda:<local_rank>``), then mps, then cpu; else the named device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"train.device={name!r} but CUDA is not available")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"train.device={name!r} but MPS is not available")
+    return dev
+
+
+def resolve_nproc(nproc: int | str, device: str) -> int:
+    if nproc in ("auto", None, 0):
+        if device in ("auto", "cuda") and torch.cuda.is_available():
+            return max(torch.cuda.device_count(), 1)
+        return 1
+    try:
+        n = int(nproc)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"train.nproc must be a positive integer or 'auto', got {nproc!r}") from e
+    if n < 1:
+        raise UserError(f"train.nproc must be >= 1, got {n}")
+    return n
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def dist_from_env() -> Dist:
+    return Dist(
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def _auto_flag(value: str | bool, device: torch.device) -> bool:
+    if isinstance(value, bool):
+        return value
+    v = str(value).lower()
+    if v == "auto":
+        return device.type == "cuda"
+    return v in ("1", "true", "yes", "on")
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------
+
+
+def fingerprint(cfg: TrainConfig, net: str, patches: Path, world_size: int) -> str:
+    """Identity of a run: the weight-relevant parameters, the net, the number of processes,
+    the training code (source of this module, ``augment`` and ``model``: a fixed trainer must
+    not resume a checkpoint of the old one), and the patch set (its root attributes, its size,
+    and a hash of its labels and of a strided sample of its patches)."""
+    import h5py
+
+    from bafusion import augment, model
+
+    d = {k: v for k, v in cfg.to_dict().items() if k not in TrainConfig.RUNTIME_KEYS}
+    h = hashlib.sha256()
+    h.update(json.dumps({"cfg": d, "net": net, "world": world_size}, sort_keys=True, default=str).encode())
+    for mod in (sys.modules[__name__], augment, model):
+        with contextlib.suppress(OSError, TypeError):
+            h.update(Path(mod.__file__ or "").read_bytes())
+    h.update(json.dumps(read_attrs(patches), sort_keys=True, default=str).encode())
+    h.update(str(patches.stat().st_size).encode())
+    with h5py.File(patches, "r") as f:
+        for split in ("train", "val"):
+            if split in f and "y" in f[split] and "x" in f[split]:
+                y = np.asarray(f[split]["y"][...])
+                h.update(y.tobytes())
+                n = len(y)
+                if n:
+                    step = max(1, n // 64)
+                    h.update(np.asarray(f[split]["x"][0:n:step]).tobytes())
+    return h.hexdigest()
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    st: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        st["cuda"] = torch.cuda.get_rng_state(device)
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    st["numpy"] = {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                   "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+    version, internal, gauss = random.getstate()
+    st["python"] = {"version": int(version), "state": list(internal), "gauss": gauss}
+    return st
+
+
+def _set_rng_state(st: Mapping[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(st["torch"])
+    if device.type == "cuda" and "cuda" in st:
+        torch.cuda.set_rng_state(st["cuda"], device)
+    n = st["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = st["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` under a temporary name, then rename (a kill never leaves half a file)."""
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+        raise InputFileError(path, f"unreadable checkpoint ({e}); delete it to start afresh") from e
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise InputFileError(path, "not a bafusion training checkpoint; delete it to start afresh")
+    return state
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+# --------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Paths:
+    out: Path
+    checkpoints: Path
+    metrics: Path
+    plots: Path
+
+
+def default_paths(net: str, out: str | os.PathLike[str]) -> Paths:
+    return Paths(
+        out=Path(out),
+        checkpoints=Path("data/checkpoints") / net,
+        metrics=Path("data/metrics") / f"train_{net}.json",
+        plots=Path("data/plots") / f"train_{net}.csv",
+    )
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               amp: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step; returns the summed loss and the number of correct predictions (tensors on
+    ``device``, not synchronised, so the host never waits for the device)."""
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        return loss.detach() * y.shape[0], (logits.argmax(1) == y).sum()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: AugmentedLoader, amp: bool, device: torch.device,
+             dist: Dist) -> tuple[float, float, int]:
+    """Mean loss, accuracy and count over the loader (summed over all processes); NaN when empty."""
+    was = model.training
+    model.eval()
+    tot = torch.zeros(3, dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+    for x, y in loader:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        tot[0] += F.cross_entropy(logits.float(), y, reduction="sum").to(tot.dtype)
+        tot[1] += (logits.argmax(1) == y).sum()
+        tot[2] += y.shape[0]
+    if dist.active:
+        torch.distributed.all_reduce(tot)
+    model.train(was)
+    n = int(tot[2].item())
+    if n == 0:
+        return math.nan, math.nan, 0
+    return float(tot[0] / n), float(tot[1] / n), n
+
+
+class _NoRun:
+    def log_metric(self, *a: Any, **k: Any) -> None: ...
+    def log_metrics(self, *a: Any, **k: Any) -> None: ...
+    def log_artifact(self, *a: Any, **k: Any) -> None: ...
+    def set_tag(self, *a: Any, **k: Any) -> None: ...
+
+
+CSV_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "samples_per_s",
+              "epoch_time_s", "samples_seen")
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+    write_text(path, buf.getvalue())
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def _better(acc: float, best: float) -> bool:
+    if math.isnan(acc):
+        return True  # no validation data: the latest epoch is the best we know
+    return math.isnan(best) or acc > best
+
+
+def train(net: str, patches: str | os.PathLike[str], cfg: TrainConfig, paths: Paths,
+          resume: bool = True, progress: bool = True, dist: Dist | None = None) -> dict[str, Any]:
+    """Train ``net`` on the patch set ``patches`` and write the outputs in ``paths``.
+
+    Returns the summary written to ``paths.metrics`` (on every process; only process 0 writes).
+    """
+    from tqdm import tqdm
+
+    dist = dist or dist_from_env()
+    patches = Path(patches)
+    taken = {paths.out.resolve(), paths.out.with_suffix(".json").resolve()}
+    for other in (paths.metrics, paths.plots):
+        if other.resolve() in taken:
+            raise UserError(f"{other}: would overwrite the model or its description; choose another path")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device, dist.local_rank)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormal gradients of a well-fit net slow the CPU down ~2x
+    if dist.active and not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group(backend=backend)
+    try:
+        return _train(net, patches, cfg, paths, resume, progress, dist, device, tqdm)
+    finally:
+        if dist.active and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool, progress: bool,
+           dist: Dist, device: torch.device, tqdm: Any) -> dict[str, Any]:
+    amp = _auto_flag(cfg.amp, device) and device.type in ("cuda", "cpu")
+    channels_last = _auto_flag(cfg.channels_last, device)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if cfg.batch % dist.world_size:
+        raise UserError(f"train.batch={cfg.batch} must be divisible by the number of processes ({dist.world_size})")
+    local_batch = cfg.batch // dist.world_size
+
+    # data ---------------------------------------------------------------------------
+    train_set = load_split(patches, "train", device, expect_kind=net, expect_patch=cfg.patch)
+    if len(train_set) == 0:
+        raise InputFileError(patches, f"the train split is empty: no {net} patches to train the {net} net on")
+    val_set = load_split(patches, "val", device, expect_kind=net, expect_patch=cfg.patch)
+    loader = AugmentedLoader(train_set, local_batch, device, seed=cfg.seed, augment=True,
+                             samples_per_epoch=cfg.samples_per_epoch, rank=dist.rank,
+                             world_size=dist.world_size, channels_last=channels_last)
+    if cfg.val_samples and cfg.val_samples < len(val_set):
+        # a fixed, seeded subset of the validation split
+        g = torch.Generator().manual_seed(cfg.seed + 1)
+        keep = torch.randperm(len(val_set), generator=g)[: cfg.val_samples].sort().values
+        val_set = dataclasses.replace(val_set, x=val_set.x[keep.to(val_set.x.device)],
+                                      y=val_set.y[keep.to(val_set.y.device)])
+    val_loader = AugmentedLoader(val_set, max(1, cfg.val_batch // dist.world_size), device, augment=False,
+                                 rank=dist.rank, world_size=dist.world_size, even_shards=False,
+                                 channels_last=channels_last)
+
+    if dist.main:
+        print(f"bafusion train: {net}: {len(train_set)} train patches x 12 = {loader.num_samples} samples, "
+              f"{loader.epoch_samples} per epoch, {len(val_set)} val patches; {device}, {dist.world_size} "
+              f"process(es), batch {cfg.batch}, amp {amp}, channels_last {channels_last}", file=sys.stderr)
+
+    # model, optimizer ---------------------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    random.seed(cfg.seed)
+    model: CifarResNet = build_model(cfg.depth).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.milestones, gamma=cfg.gamma)
+
+    fp = fingerprint(cfg, net, patches, dist.world_size)
+    last_path = paths.checkpoints / "last.pt"
+    best_path = paths.checkpoints / "best.pt"
+    start_epoch, global_step, samples_seen, train_time = 0, 0, 0, 0.0
+    history: list[dict[str, Any]] = []
+    best_acc, best_epoch = math.nan, -1
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
+    acc_state = torch.zeros(3, dtype=torch.float64)  # partial epoch: loss sum, correct, count
+    epoch_time_done = 0.0
+    resumed_from: str | None = None
+    if resume and last_path.exists():
+        ck = load_checkpoint(last_path)
+        if ck.get("fingerprint") != fp:
+            if dist.main:
+                print(f"bafusion train: {last_path} was written for other parameters or another patch set; "
+                      "starting afresh", file=sys.stderr)
+        else:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            loader.load_state_dict(ck["loader"])
+            _set_rng_state(ck["rng"], device)
+            start_epoch = int(ck["epoch"])
+            global_step = int(ck["global_step"])
+            samples_seen = int(ck["samples_seen"])
+            train_time = float(ck["train_time"])
+            history = list(ck["history"])
+            best_acc, best_epoch = float(ck["best_acc"]), int(ck["best_epoch"])
+            if dist.main:
+                acc_state = ck["partial"].double()
+            epoch_time_done = float(ck["partial_time"])
+            resumed_from = f"epoch {start_epoch} step {loader.position}"
+            if dist.main:
+                print(f"bafusion train: resuming {net} from {last_path} ({resumed_from})", file=sys.stderr)
+
+    train_model: nn.Module = model
+    if dist.active:
+        ddp_kw: dict[str, Any] = {"device_ids": [device.index]} if device.type == "cuda" else {}
+        train_model = nn.parallel.DistributedDataParallel(model, **ddp_kw)
+    if cfg.compile:
+        train_model = torch.compile(train_model)  # type: ignore[assignment]
+
+    abort_at = int(os.environ.get(ABORT_ENV, "0") or 0)
+
+    def checkpoint_state(epoch: int, partial: torch.Tensor, partial_time: float) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT, "fingerprint": fp, "net": net, "config": cfg.to_dict(),
+            "model": _cpu_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "loader": loader.state_dict(), "rng": _rng_state(device), "epoch": epoch,
+            "global_step": global_step, "samples_seen": samples_seen, "train_time": train_time,
+            "history": history, "best_acc": best_acc, "best_epoch": best_epoch,
+            "partial": partial.cpu().double(), "partial_time": partial_time,
+        }
+
+    run_params = {"net": net, "patches": str(patches), "world_size": dist.world_size, "device": str(device),
+                  "amp": amp, "channels_last": channels_last, **cfg.to_dict()}
+    run_ctx = (tracking.stage_run(f"train_{net}", params=run_params,
+                                  tags={"net": net, "resumed_from": resumed_from or "none"})
+               if dist.main else contextlib.nullcontext(_NoRun()))
+    with run_ctx as run:
+        for row in history:  # a resumed run repeats the earlier epochs so it holds the whole curve
+            run.log_metrics(_epoch_metrics(row), step=int(row["epoch"]))
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            lr = opt.param_groups[0]["lr"]
+            tot = acc_state.to(device=device, dtype=acc_dtype)
+            acc_state = torch.zeros(3, dtype=torch.float64)
+            t0 = time.perf_counter() - epoch_time_done
+            epoch_time_done = 0.0
+            bar = tqdm(loader, total=len(loader), initial=loader.position, desc=f"{net} epoch {epoch + 1}/{cfg.epochs}",
+                       unit="batch", disable=not (progress and dist.main), mininterval=2.0, leave=False)
+            for x, y in bar:
+                loss_sum, correct = train_step(train_model, opt, x, y, amp, device)
+                tot[0] += loss_sum.to(acc_dtype)
+                tot[1] += correct
+                tot[2] += y.shape[0]
+                global_step += 1
+                if abort_at and global_step == abort_at:
+                    raise KeyboardInterrupt(f"{ABORT_ENV}={abort_at}: simulated kill after step {global_step}")
+                if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and loader.position < len(loader):
+                    part = tot.clone()
+                    if dist.active:
+                        torch.distributed.all_reduce(part)
+                    if dist.main:
+                        save_checkpoint(last_path, checkpoint_state(epoch, part, time.perf_counter() - t0))
+            bar.close()
+            if dist.active:
+                torch.distributed.all_reduce(tot)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            epoch_time = time.perf_counter() - t0
+            n_epoch = int(tot[2].item())
+            samples_seen += n_epoch
+            train_time += epoch_time
+            sched.step()
+            val_loss, val_acc, _ = evaluate(model, val_loader, amp, device, dist)
+            row = {
+                "epoch": epoch + 1, "lr": lr,
+                "train_loss": float(tot[0] / max(n_epoch, 1)), "train_acc": float(tot[1] / max(n_epoch, 1)),
+                "val_loss": val_loss, "val_acc": val_acc,
+                "samples_per_s": n_epoch / epoch_time if epoch_time > 0 else math.nan,
+                "epoch_time_s": epoch_time, "samples_seen": samples_seen,
+            }
+            history.append(row)
+            improved = _better(val_acc, best_acc)
+            if improved:
+                best_acc, best_epoch = val_acc, epoch + 1
+            if dist.main:
+                if improved:
+                    save_checkpoint(best_path, {"format": CHECKPOINT_FORMAT, "fingerprint": fp, "epoch": epoch + 1,
+                                                "val_acc": val_acc, "model": _cpu_state(model)})
+                save_checkpoint(last_path, checkpoint_state(epoch + 1, torch.zeros(3, dtype=torch.float64), 0.0))
+                run.log_metrics(_epoch_metrics(row), step=epoch + 1)
+                _write_csv(paths.plots, history)
+                print(f"bafusion train: {net} epoch {epoch + 1}/{cfg.epochs} lr {lr:.3g} "
+                      f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
+                      f"val loss {val_loss:.4f} acc {val_acc:.4f} | {row['samples_per_s']:.1f} samples/s",
+                      file=sys.stderr)
+            if dist.active:
+                torch.distributed.barrier()
+
+        # final model: the best epoch ----------------------------------------------------
+        if not history:
+            raise UserError(f"{last_path}: holds no finished epoch")
+        last = history[-1]
+        best_row = next((r for r in history if int(r["epoch"]) == best_epoch), last)
+        summary = {
+            "net": net, "epochs": cfg.epochs, "best_epoch": best_epoch,
+            "val_acc": best_row["val_acc"], "val_loss": best_row["val_loss"],
+            "train_acc": best_row["train_acc"], "train_loss": best_row["train_loss"],
+            "last_val_acc": last["val_acc"], "last_train_acc": last["train_acc"],
+            "samples_seen": samples_seen, "train_time_s": train_time,
+            "samples_per_s": samples_seen / train_time if train_time > 0 else math.nan,
+            "effective_train_samples": loader.num_samples, "train_patches": len(train_set),
+            "val_patches": len(val_set), "device": str(device), "world_size": dist.world_size,
+        }
+        if dist.main:
+            best = load_checkpoint(best_path) if best_path.exists() else None
+            final = build_model(cfg.depth)
+            if best is not None and best.get("fingerprint") == fp:
+                final.load_state_dict(best["model"])
+            else:
+                final.load_state_dict(_cpu_state(model))
+            meta = {
+                "net": net, "patch": cfg.patch, "depth": cfg.depth, "params": cfg.to_dict(),
+                "epochs": cfg.epochs, "best_epoch": best_epoch, "val_acc": best_row["val_acc"],
+                "samples_seen": samples_seen, "train_time_s": train_time, "device": str(device),
+                "world_size": dist.world_size, "input_scale": INPUT_SCALE, "augment_variants": N_VARIANTS,
+                "patches": str(patches), "patches_attrs": {k: v for k, v in train_set.attrs.items() if k != "params"},
+                "git_commit": tracking.git_commit(),
+            }
+            save_model(final, paths.out, _json_safe(meta))
+            write_text(paths.metrics, json.dumps(_json_safe(summary), indent=2, sort_keys=True) + "\n")
+            _write_csv(paths.plots, history)
+            run.log_metrics({f"best_{k}": float(summary[k]) for k in ("val_acc", "val_loss") if summary[k] is not None
+                             and not math.isnan(summary[k])}, step=cfg.epochs)
+            run.set_tag("best_epoch", best_epoch)
+            run.log_artifact(paths.out, "model")
+            run.log_artifact(paths.out.with_suffix(".json"), "model")
+            run.log_artifact(paths.metrics, "metrics")
+            run.log_artifact(paths.plots, "metrics")
+        return summary
+
+
+def _epoch_metrics(row: Mapping[str, Any]) -> dict[str, float]:
+    keys = ("lr", "train_loss", "train_acc", "val_loss", "val_acc", "samples_per_s", "epoch_time_s")
+    return {k: float(row[k]) for k in keys if not (isinstance(row[k], float) and math.isnan(row[k]))}
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train", help="train the initial or the boundary net on a patch set",
+        description="Train the initial net (on data/patches/initial.h5) or the boundary net (on "
+                    "data/patches/boundary.h5). Resumes from --checkpoints/last.pt when it exists.")
+    p.add_argument("--net", required=True, choices=NETS)
+    p.add_argument("--patches", required=True, help="HDF5 patch set (from the 'patches' step)")
+    p.add_argument("--out", required=True, help="model file to write (.pt, with a .json beside it)")
+    p.add_argument("--params", default=None, help="parameter file (params.yaml)")
+    p.add_argument("--params-json", default=None, help="parameters as a JSON object (wins over --params)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one parameter, e.g. --set train.epochs=2 (repeatable)")
+    p.add_argument("--checkpoints", default=None, help="checkpoint folder (default data/checkpoints/<net>)")
+    p.add_argument("--metrics", default=None, help="metrics JSON (default data/metrics/train_<net>.json)")
+    p.add_argument("--plots", default=None, help="per-epoch CSV (default data/plots/train_<net>.csv)")
+    p.add_argument("--device", default=None, help="override train.device (auto, cpu, cuda, cuda:1, mps)")
+    p.add_argument("--threads", type=int, default=None, help="override train.threads (torch CPU threads per process)")
+    p.add_argument("--nproc", default=None, help="override train.nproc (processes; 'auto' = number of GPUs)")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start afresh")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_cli)
+
+
+def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+    params = load_params(args.params, args.params_json, args.overrides)
+    cfg = resolve_config(params, args.net)
+    if args.device is not None:
+        cfg.device = args.device
+    if args.threads is not None:
+        cfg.threads = int(args.threads)
+    if args.nproc is not None:
+        cfg.nproc = args.nproc
+    return cfg
+
+
+def _relaunch_argv(args: argparse.Namespace, nproc: int, threads: int) -> list[str]:
+    # (No --nproc: the children see WORLD_SIZE and never re-launch; and torchrun's argument
+    # parser would take "--nproc" for an abbreviation of its own --nproc-per-node.)
+    argv = ["train", "--net", args.net, "--patches", args.patches, "--out", args.out]
+    for opt in ("params", "params_json", "checkpoints", "metrics", "plots", "device"):
+        v = getattr(args, opt)
+        if v is not None:
+            argv += [f"--{opt.replace('_', '-')}", str(v)]
+    if threads > 0:  # the threads are shared by the processes
+        argv += ["--threads", str(max(1, threads // nproc))]
+    for o in args.overrides:
+        argv += ["--set", o]
+    if args.no_resume:
+        argv.append("--no-resume")
+    if args.no_progress:
+        argv.append("--no-progress")
+    return argv
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args)
+    nproc = resolve_nproc(cfg.nproc, cfg.device)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        # Re-launch under torchrun; the children see WORLD_SIZE and train.
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "bafusion.cli", *_relaunch_argv(args, nproc, cfg.threads)]
+        env = dict(os.environ)
+        if cfg.threads <= 0:
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+        return subprocess.run(cmd, env=env).returncode
+    if "WORLD_SIZE" in os.environ:
+        cfg.nproc = int(os.environ["WORLD_SIZE"])
+    base = default_paths(args.net, args.out)
+    paths = Paths(
+        out=base.out,
+        checkpoints=Path(args.checkpoints) if args.checkpoints else base.checkpoints,
+        metrics=Path(args.metrics) if args.metrics else base.metrics,
+        plots=Path(args.plots) if args.plots else base.plots,
+    )
+    summary = train(args.net, args.patches, cfg, paths, resume=not args.no_resume, progress=not args.no_progress)
+    if dist_from_env().main:
+        print(f"bafusion train: {args.net}: best val acc {summary['val_acc']} at epoch {summary['best_epoch']}, "
+              f"model {paths.out}", file=sys.stderr)
+    return 0

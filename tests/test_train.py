@@ -1,0 +1,207 @@
+"""Training of the initial and boundary nets (bafusion.train) on tiny synthetic patch sets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from bafusion import cli
+from bafusion.errors import InputFileError, UserError
+from bafusion.model import ModelFileError, ResNetSpec, load_model
+from bafusion.train import ABORT_ENV, Paths, TrainConfig, load_checkpoint, resolve_config, train
+from toy_patches import write_toy_patches
+
+torch.set_num_threads(1)  # 2 threads on a shared 2-core machine can be 10x slower
+
+TOY = {"seed": 7, "patch": 16, "depth": 8,
+       "train": {"epochs": 2, "batch": 16, "lr": 0.01, "milestones": [1], "gamma": 0.5,
+                 "samples_per_epoch": 384, "device": "cpu", "threads": 1}}
+
+
+def _paths(root: Path, net: str) -> Paths:
+    return Paths(out=root / "models" / f"{net}.pt", checkpoints=root / "checkpoints" / net,
+                 metrics=root / "metrics" / f"train_{net}.json", plots=root / "plots" / f"train_{net}.csv")
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One uninterrupted training of the initial net, shared by several tests. (Module-scoped
+    fixtures run before conftest's function-scoped MLflow isolation: point MLflow at the same
+    test database here, never at the repository's.)"""
+    root = tmp_path_factory.mktemp("run")
+    h5 = write_toy_patches(root / "patches" / "initial.h5", n_train=192, n_val=96, patch=16, seed=1)
+    cfg = resolve_config(TOY, "initial")
+    paths = _paths(root, "initial")
+    with pytest.MonkeyPatch.context() as mp:
+        if "MLFLOW_TRACKING_URI" not in os.environ:
+            mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.getbasetemp() / 'mlflow.db'}")
+        uri = os.environ["MLFLOW_TRACKING_URI"]
+        summary = train("initial", h5, cfg, paths, progress=False)
+    return {"root": root, "h5": h5, "cfg": cfg, "paths": paths, "summary": summary, "mlflow_uri": uri}
+
+
+def test_tiny_net_learns_separable_toy_set(toy_run: dict) -> None:
+    s, paths = toy_run["summary"], toy_run["paths"]
+    assert s["val_acc"] > 0.9
+    assert s["samples_seen"] == 2 * 384 and s["effective_train_samples"] == 192 * 12
+    net, meta = load_model(paths.out, expect=ResNetSpec(depth=8))
+    assert meta["net"] == "initial" and meta["patch"] == 16 and meta["depth"] == 8
+    assert meta["val_acc"] == pytest.approx(s["val_acc"]) and meta["samples_seen"] == 768
+    assert meta["device"] == "cpu" and meta["params"]["lr"] == 0.01
+    metrics = json.loads(paths.metrics.read_text())
+    assert metrics["best_epoch"] in (1, 2) and metrics["val_acc"] == pytest.approx(s["val_acc"])
+    rows = paths.plots.read_text().splitlines()
+    assert rows[0].startswith("epoch,lr,train_loss,train_acc,val_loss,val_acc") and len(rows) == 3
+    assert [float(r.split(",")[1]) for r in rows[1:]] == [0.01, 0.005]  # MultiStepLR at epoch 1
+    assert (paths.checkpoints / "last.pt").exists() and (paths.checkpoints / "best.pt").exists()
+    # the final model is the best epoch's
+    best = torch.load(paths.checkpoints / "best.pt", weights_only=True)
+    assert all(torch.equal(best["model"][k], v) for k, v in net.state_dict().items())
+
+
+def test_mlflow_run_holds_per_epoch_metrics(toy_run: dict) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from bafusion.tracking import EXPERIMENT
+
+    client = MlflowClient(tracking_uri=toy_run["mlflow_uri"])
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = [r for r in client.search_runs([exp.experiment_id])
+            if r.data.params.get("patches") == str(toy_run["h5"])]
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["net"] == "initial"
+    assert run.data.params["lr"] == "0.01" and run.data.params["depth"] == "8"
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "samples_per_s"):
+        hist = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in hist) == [1, 2], key
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert "model/initial.pt" in arts
+
+
+@pytest.mark.parametrize("every", [10, 0])
+def test_killed_mid_epoch_and_resumed_equals_uninterrupted(toy_run: dict, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch, every: int) -> None:
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    """Abort in the middle of epoch 2 (24 steps per epoch) at step 34, resume: the final weights
+    equal the uninterrupted run's bit for bit, whether the resume starts from a step checkpoint
+    (every=10: step 30) or from the end of epoch 1 (every=0: step 24)."""
+    cfg = resolve_config(TOY, "initial")
+    cfg.checkpoint_every = every
+    paths = _paths(tmp_path, "initial")
+    monkeypatch.setenv(ABORT_ENV, "34")
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", toy_run["h5"], cfg, paths, progress=False)
+    ck = load_checkpoint(paths.checkpoints / "last.pt")
+    assert (ck["epoch"], ck["global_step"], ck["loader"]["position"]) == ((1, 30, 6) if every else (1, 24, 0))
+    assert not paths.out.exists()
+    monkeypatch.delenv(ABORT_ENV)
+    summary = train("initial", toy_run["h5"], cfg, paths, progress=False)
+    ref = load_checkpoint(toy_run["paths"].checkpoints / "last.pt")
+    got = load_checkpoint(paths.checkpoints / "last.pt")
+    assert ref["model"].keys() == got["model"].keys()
+    for k in ref["model"]:
+        assert torch.equal(ref["model"][k], got["model"][k]), k
+    assert summary["samples_seen"] == toy_run["summary"]["samples_seen"]
+    assert summary["val_acc"] == toy_run["summary"]["val_acc"]
+    assert [r["train_loss"] for r in got["history"]] == pytest.approx([r["train_loss"] for r in ref["history"]])
+
+
+def test_changed_parameters_start_afresh(toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 64}}, "initial")
+    paths = _paths(tmp_path, "initial")
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    assert "starting afresh" not in capsys.readouterr().err
+    cfg.lr = 0.02
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    assert "starting afresh" in capsys.readouterr().err
+    assert load_checkpoint(paths.checkpoints / "last.pt")["config"]["lr"] == 0.02
+
+
+def test_boundary_net_trains_on_the_boundary_set_via_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    h5 = write_toy_patches(tmp_path / "boundary.h5", n_train=16, n_val=8, patch=16, seed=3, kind="boundary")
+    out = tmp_path / "models" / "boundary.pt"
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(TOY))  # JSON is YAML
+    rc = cli.main(["train", "--net", "boundary", "--patches", str(h5), "--out", str(out), "--params", str(params),
+                   "--set", "train.epochs=1", "--set", "train.samples_per_epoch=0",
+                   "--checkpoints", str(tmp_path / "ck"), "--metrics", str(tmp_path / "m.json"),
+                   "--plots", str(tmp_path / "p.csv"), "--no-progress"])
+    assert rc == 0
+    _, meta = load_model(out)
+    assert meta["net"] == "boundary" and meta["samples_seen"] == 16 * 12  # the whole boundary set, x12
+    assert json.loads((tmp_path / "m.json").read_text())["train_patches"] == 16
+
+
+def _empty_boundary(path: Path) -> Path:
+    write_toy_patches(path, n_train=4, n_val=2, patch=16, kind="boundary")
+    with h5py.File(path, "a") as f:
+        del f["train"]
+        g = f.create_group("train")
+        g.create_dataset("x", shape=(0, 2, 16, 16), dtype=np.uint8)
+        g.create_dataset("y", shape=(0,), dtype=np.uint8)
+        g.create_dataset("pair", shape=(0,), dtype=np.int64)
+        g.create_dataset("centre", shape=(0, 2), dtype=np.int32)
+    return path
+
+
+def test_bad_inputs_give_clear_errors(tmp_path: Path, toy_run: dict, capsys: pytest.CaptureFixture) -> None:
+    cfg = resolve_config(TOY, "boundary")
+    paths = _paths(tmp_path, "boundary")
+    empty = _empty_boundary(tmp_path / "empty_boundary.h5")
+    with pytest.raises(InputFileError, match=r"empty_boundary\.h5.*train split is empty"):
+        train("boundary", empty, cfg, paths, progress=False)
+    with pytest.raises(InputFileError, match=r"initial\.h5.*is a 'initial' patch set, expected 'boundary'"):
+        train("boundary", toy_run["h5"], cfg, paths, progress=False)
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(b"\x89HDF\r\n" + b"garbage" * 50)
+    rc = cli.main(["train", "--net", "initial", "--patches", str(corrupt), "--out", str(tmp_path / "x.pt"),
+                   "--params-json", json.dumps(TOY), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "corrupt.h5" in err and "HDF5" in err
+    rc = cli.main(["train", "--net", "initial", "--patches", str(tmp_path / "missing.h5"),
+                   "--out", str(tmp_path / "x.pt"), "--params-json", json.dumps(TOY)])
+    assert rc == 2 and "missing.h5: patch set not found" in capsys.readouterr().err
+    with pytest.raises(ModelFileError, match=r"initial\.pt.*does not match"):
+        load_model(toy_run["paths"].out, expect=ResNetSpec(depth=20))
+    with pytest.raises(UserError, match="unknown parameter train.epoch "):
+        resolve_config({"train": {"epoch": 3}}, "initial")
+    with pytest.raises(UserError, match="6n\\+2"):
+        resolve_config({"depth": 10}, "initial")
+    assert not paths.out.exists()
+
+
+def test_per_net_overrides() -> None:
+    params = {"depth": 8, "train": {"epochs": 5, "boundary": {"epochs": 2, "lr": 0.1}}}
+    assert resolve_config(params, "initial").epochs == 5
+    b = resolve_config(params, "boundary")
+    assert (b.epochs, b.lr, b.depth) == (2, 0.1, 8)
+    assert isinstance(b, TrainConfig)
+
+
+def test_two_process_ddp_on_cpu(toy_run: dict, tmp_path: Path) -> None:
+    """``--nproc 2`` re-launches itself under torchrun: 2 processes, gloo, global batch split."""
+    out = tmp_path / "initial.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BAFUSION_MLFLOW": "0"}
+    cmd = [sys.executable, "-m", "bafusion.cli", "train", "--net", "initial", "--patches", str(toy_run["h5"]),
+           "--out", str(out), "--params-json", json.dumps(TOY), "--nproc", "2", "--threads", "1",
+           "--checkpoints", str(tmp_path / "ck"), "--metrics", str(tmp_path / "m.json"),
+           "--plots", str(tmp_path / "p.csv"), "--no-progress"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["world_size"] == 2 and m["samples_seen"] == 2 * 384
+    assert m["val_acc"] > 0.8 and m["val_patches"] == 96
+    _, meta = load_model(out)
+    assert meta["world_size"] == 2

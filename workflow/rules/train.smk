@@ -1,0 +1,53 @@
+# Training: the initial net on all patches, the boundary net on the boundary subset only.
+# Both read the top-level seed/patch/depth and the `train:` section of the config (params.yaml),
+# passed whole as JSON so that `--config` overrides reach the trainer too.
+# A killed job resumes from data/checkpoints/<net>/last.pt (not an output: it survives the
+# deletion of incomplete outputs, and a checkpoint of other parameters is ignored).
+import json
+
+TRAIN = config.get("train", {})
+
+
+def train_config_json():
+    keys = ("seed", "patch", "depth", "train")
+    return json.dumps({k: config[k] for k in keys if k in config}, sort_keys=True)
+
+
+rule train_initial:
+    input:
+        patches=rules.patches.output.initial,
+    output:
+        model="data/models/initial.pt",
+        meta="data/models/initial.json",
+        metrics="data/metrics/train_initial.json",
+        plots="data/plots/train_initial.csv",
+    params:
+        cfg=train_config_json(),
+        checkpoints="data/checkpoints/initial",
+    log:
+        "logs/train_initial.log",
+    threads: int(TRAIN.get("threads") or 64)  # capped by --cores
+    shell:
+        "bafusion train --net initial --patches {input.patches} --out {output.model}"
+        " --params-json {params.cfg:q} --threads {threads} --checkpoints {params.checkpoints}"
+        " --metrics {output.metrics} --plots {output.plots} > {log} 2>&1"
+
+
+rule train_boundary:
+    input:
+        patches=rules.patches.output.boundary,
+    output:
+        model="data/models/boundary.pt",
+        meta="data/models/boundary.json",
+        metrics="data/metrics/train_boundary.json",
+        plots="data/plots/train_boundary.csv",
+    params:
+        cfg=train_config_json(),
+        checkpoints="data/checkpoints/boundary",
+    log:
+        "logs/train_boundary.log",
+    threads: int(TRAIN.get("threads") or 64)  # capped by --cores
+    shell:
+        "bafusion train --net boundary --patches {input.patches} --out {output.model}"
+        " --params-json {params.cfg:q} --threads {threads} --checkpoints {params.checkpoints}"
+        " --metrics {output.metrics} --plots {output.plots} > {log} 2>&1"
