@@ -38,6 +38,9 @@ def test_paper_preset_holds_the_papers_numbers(tmp_path: Path) -> None:
     assert p["patches.per_pair"] == 10
     assert p["patches.min_focused"] == 0.1 and p["patches.min_defocused"] == 0.1
     assert p["patches.val_fraction"] == 0.15
+    assert p["train.epochs"] == 200 and p["train.batch"] == 128
+    assert p["train.lr"] == 0.001 and p["train.milestones"] == [80, 120, 160, 180] and p["train.gamma"] == 0.1
+    assert p["train.samples_per_epoch"] == 0 and p["train.val_samples"] == 0  # every sample, every epoch
     for key, value in flatten(load_preset("paper")).items():
         assert key in flatten(load_params(REPO / "params.yaml")), f"preset key {key} is not in params.yaml"
         assert p[key] == value
