@@ -1,0 +1,392 @@
+"""Fusion metrics: reproduction of the survey's MATLAB reference values, properties, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from bafusion import cli
+from bafusion import metrics as M
+from bafusion.errors import InputFileError, UserError
+
+LYTRO_PAIRS = [f"lytro-{i:02d}" for i in range(1, 21)]
+CLASSIC_PAIRS = [
+    "g01-clock",
+    "g02-pepsi",
+    "g03-lab",
+    "g04-disk",
+    "g05-calendar",
+    "g06-bottlegear",
+    "g07-flowerpot",
+    "g08-rose",
+    "g09-newspaper",
+    "g10-plane",
+]
+METHODS = ["NSCT", "GFF", "SR", "NSCT-SR", "DSIFT", "CNN"]
+
+TOL = {"QMI": 1e-6, "QG": 1e-6, "QY": 1e-3, "QCB": 1e-6, "QNCIE": 1e-6, "QE": 1e-6, "QCV": 1e-6, "QP": 1e-6}
+# Over perfectly flat windows the reference QY and QE depend on MATLAB's rounding noise
+# (QY: C1=C2=2e-16; QE: whether a constant window's variance comes out exactly 0). g03-lab
+# has ~7% of its 7x7 windows flat in both sources; there the reference deviates from the
+# exact-arithmetic value by up to 4.1e-3 (QY) and 3.2e-5 (QE). On all other pairs QE is within
+# 1e-6 and QY within 6.3e-4 (worst: g04-disk; ~1e-5 on the Lytro pairs).
+TOL_FLAT = {("g03-lab", "QY"): 5e-3, ("g03-lab", "QE"): 5e-5}
+CHECKED = ("QMI", "QG", "QY", "QCB", "QNCIE", "QE", "QCV")  # QP is slow: a subset below
+
+
+# --------------------------------------------------------------------------------------------
+# reference data
+
+
+@lru_cache(maxsize=2)
+def _reference_rows(csv_path: str) -> dict[tuple[str, str], dict[str, str]]:
+    with open(csv_path, newline="") as fh:
+        return {(r["pair"], r["method"]): r for r in csv.DictReader(fh)}
+
+
+def _source_paths(data: Path, dataset: str, pair: str) -> tuple[Path, Path]:
+    if dataset == "lytro":
+        return data / "eval/lytro" / f"{pair}-A.jpg", data / "eval/lytro" / f"{pair}-B.jpg"
+    return data / "eval/classic" / f"{pair}-A.png", data / "eval/classic" / f"{pair}-B.png"
+
+
+@pytest.mark.parametrize("dataset", ["lytro", "classic"])
+def test_reference_csv_lists_every_pair_and_method(shared_data: Path, dataset: str) -> None:
+    rows = _reference_rows(str(shared_data / "reference" / f"metrics-{dataset}.csv"))
+    pairs = LYTRO_PAIRS if dataset == "lytro" else CLASSIC_PAIRS
+    assert set(rows) == {(p, m) for p in pairs for m in METHODS}
+
+
+@pytest.mark.parametrize(
+    "dataset,pair", [("lytro", p) for p in LYTRO_PAIRS] + [("classic", p) for p in CLASSIC_PAIRS]
+)
+def test_reproduces_reference_values(shared_data: Path, dataset: str, pair: str) -> None:
+    """Every (pair, method) of the survey's CSV: QMI, QG, QCB, QNCIE, QE, QCV to 1e-6, QY to
+    1e-3 (except the flat-area cases of ``TOL_FLAT``)."""
+    rows = _reference_rows(str(shared_data / "reference" / f"metrics-{dataset}.csv"))
+    pa, pb = _source_paths(shared_data, dataset, pair)
+    a, b = M.read_gray(pa), M.read_gray(pb)
+    cache = M.MetricCache()  # the six methods share the sources' intermediate results
+    failures = []
+    for method in METHODS:
+        f = M.read_gray(shared_data / "reference" / dataset / method / f"{pair}.png")
+        got = M.compute_all(a, b, f, CHECKED, cache=cache)
+        for name, value in got.items():
+            want = float(rows[(pair, method)][name])
+            tol = TOL_FLAT.get((pair, name), TOL[name])
+            if not abs(value - want) <= tol:
+                failures.append(
+                    f"{method} {name}: got {value!r}, reference {want!r}, |diff| {abs(value - want):.3g} > {tol}"
+                )
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize(
+    "dataset,pair,method",
+    [
+        ("lytro", "lytro-05", "CNN"),
+        ("lytro", "lytro-14", "NSCT"),
+        ("classic", "g03-lab", "SR"),
+        ("classic", "g08-rose", "GFF"),
+    ],
+)
+def test_reproduces_reference_qp(shared_data: Path, dataset: str, pair: str, method: str) -> None:
+    """QP (phase congruency, ~1 s per triple) on a few triples of both sets."""
+    rows = _reference_rows(str(shared_data / "reference" / f"metrics-{dataset}.csv"))
+    pa, pb = _source_paths(shared_data, dataset, pair)
+    f = M.read_gray(shared_data / "reference" / dataset / method / f"{pair}.png")
+    got = M.qp(M.read_gray(pa), M.read_gray(pb), f)
+    assert got == pytest.approx(float(rows[(pair, method)]["QP"]), abs=TOL["QP"])
+
+
+# --------------------------------------------------------------------------------------------
+# synthetic images
+
+
+def _texture(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """A textured integer image in [0, 255] (smoothed noise plus a few edges)."""
+    rng = np.random.default_rng(seed)
+    x = ndimage.gaussian_filter(rng.random(shape[:2]) * 255.0, 1.5)
+    x = (x - x.min()) / (x.max() - x.min()) * 200.0 + 20.0
+    x[: shape[0] // 3, :] += 30.0
+    x[:, shape[1] // 2 :] -= 15.0
+    x = np.clip(np.round(x), 0, 255)
+    if len(shape) == 3:
+        x = np.stack([x, np.clip(255 - x, 0, 255), np.round(x * 0.5)], axis=2)
+    return x
+
+
+def _multifocus(shape: tuple[int, int] = (64, 72), seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sharp image X, A (right half blurred), B (left half blurred), all integer-valued."""
+    x = _texture(shape, seed)
+    blurred = np.round(ndimage.gaussian_filter(x, 2.0))
+    a = x.copy()
+    b = x.copy()
+    half = shape[1] // 2
+    a[:, half:] = blurred[:, half:]
+    b[:, :half] = blurred[:, :half]
+    return x, a, b
+
+
+# --------------------------------------------------------------------------------------------
+# conversions
+
+
+def test_round_half_away_from_zero() -> None:
+    got = M._round_half_away(np.array([0.5, 1.5, 2.5, -0.5, -2.5, 0.49999, 254.5]))
+    assert got.tolist() == [1.0, 2.0, 3.0, -1.0, -3.0, 0.0, 255.0]
+
+
+def test_to_gray_matlab_primaries_and_grays() -> None:
+    prim = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]], dtype=np.uint8)
+    # 255*0.298936 = 76.23, 255*0.587043 = 149.70, 255*0.114021 = 29.08
+    assert M.to_gray_matlab(prim).tolist() == [[76.0, 150.0, 29.0, 255.0]]
+    v = np.arange(256, dtype=np.uint8)
+    grays = np.stack([v, v, v], axis=1)[None]
+    out = M.to_gray_matlab(grays)
+    assert out.dtype == np.float64
+    assert out[0].tolist() == v.astype(float).tolist()
+
+
+def test_to_gray_matlab_gray_input_is_float_copy() -> None:
+    g = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    out = M.to_gray_matlab(g)
+    assert out.dtype == np.float64 and np.array_equal(out, g)
+    with pytest.raises(ValueError, match="shape"):
+        M.to_gray_matlab(np.zeros((2, 2, 2)))
+
+
+def test_normalize1_stretches_and_rounds() -> None:
+    x = np.array([[10.0, 12.0], [11.0, 14.0]])
+    # (x-10)/4*255 = 0, 127.5, 63.75, 255 -> rounded half away: 0, 128, 64, 255
+    assert M.normalize1(x).tolist() == [[0.0, 128.0], [64.0, 255.0]]
+    assert M.normalize1(np.full((3, 3), 7.0)).tolist() == np.zeros((3, 3)).tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# metric properties
+
+
+def test_qmi_fused_equal_to_either_source_gives_same_value() -> None:
+    """QMI(A,B,A) = QMI(A,B,B) = 1 + 2 I(A;B) / (H(A) + H(B))."""
+    _, a, b = _multifocus()
+    va, vb = M.qmi(a, b, a), M.qmi(a, b, b)
+    assert va == pytest.approx(vb, abs=1e-12)
+    assert 1.0 < va < 2.0
+
+
+def test_qmi_matches_direct_formula() -> None:
+    _, a, b = _multifocus()
+    f = np.round((a + b) / 2)
+
+    def entropy(counts: np.ndarray) -> float:
+        p = counts[counts > 0] / counts.sum()
+        return float(-(p * np.log2(p)).sum())
+
+    def nmi(x: np.ndarray, y: np.ndarray) -> float:
+        x, y = M.normalize1(x).astype(int), M.normalize1(y).astype(int)
+        hx = entropy(np.bincount(x.ravel(), minlength=256))
+        hy = entropy(np.bincount(y.ravel(), minlength=256))
+        hxy = entropy(np.histogram2d(x.ravel(), y.ravel(), bins=256, range=[[0, 256], [0, 256]])[0].ravel())
+        return (hx + hy - hxy) / (hx + hy)
+
+    assert M.qmi(a, b, f) == pytest.approx(2 * (nmi(a, f) + nmi(b, f)), abs=1e-12)
+
+
+def test_identical_inputs_give_each_metrics_maximum() -> None:
+    x = _texture((48, 56))
+    assert M.qmi(x, x, x) == pytest.approx(2.0, abs=1e-12)
+    # QG's sigmoids at perfect preservation: Gamma_g/(1+e^{-15*0.5}) * Gamma_a/(1+e^{-22*0.2})
+    qg_max = 0.9994 / (1 + math.exp(-7.5)) * 0.9879 / (1 + math.exp(-22 * 0.2))
+    assert M.qg(x, x, x) == pytest.approx(qg_max, abs=1e-12)
+    assert M.qy(x, x, x) == pytest.approx(1.0, abs=1e-12)
+    assert M.qcb(x, x, x) == pytest.approx(1.0, abs=1e-12)
+    assert M.qe(x, x, x) == pytest.approx(1.0, abs=1e-12)
+    assert M.qcv(x, x, x) == pytest.approx(0.0, abs=1e-12)  # QCV: lower is better
+
+
+def test_qncie_of_identical_images_matches_eigenvalue_formula() -> None:
+    """With A = B = F every NCC equals c = H/8, so R has eigenvalues 1+2c, 1-c, 1-c."""
+    x = _texture((48, 56))
+    counts = np.bincount(M.normalize1(x).astype(int).ravel(), minlength=256)
+    p = counts[counts > 0] / counts.sum()
+    c = float(-(p * np.log2(p)).sum()) / 8.0
+    r = np.array([1 + 2 * c, 1 - c, 1 - c]) / 3
+    assert M.qncie(x, x, x) == pytest.approx(1 + float(np.sum(r * np.log2(r))) / 8, abs=1e-12)
+
+
+def test_qp_and_qe_prefer_all_in_focus_image_to_averaging() -> None:
+    x, a, b = _multifocus()
+    poor = np.round((a + b) / 2)
+    assert M.qp(a, b, x) > M.qp(a, b, poor) + 0.02
+    assert M.qe(a, b, x) > M.qe(a, b, poor) + 0.02
+
+
+def test_qg_prefers_all_in_focus_image_to_either_source() -> None:
+    """QG of the all-in-focus image beats copying either half-blurred source by a margin.
+    (QMI and QY do not: copying a source maximises its mutual information / SSIM with it.)"""
+    x, a, b = _multifocus()
+    assert M.qg(a, b, x) > M.qg(a, b, a) + 0.05
+    assert M.qg(a, b, x) > M.qg(a, b, b) + 0.05
+
+
+def test_metrics_symmetric_in_the_sources() -> None:
+    x, a, b = _multifocus(seed=3)
+    f = np.round(0.7 * x + 0.3 * a)
+    for name, fn in M.METRICS.items():
+        assert fn(a, b, f) == pytest.approx(fn(b, a, f), abs=1e-12), name
+
+
+def test_constant_images_give_nan_or_values_without_warnings() -> None:
+    """Degenerate input never raises: metrics undefined for constant images (MATLAB: NaN)
+    return NaN, and no numpy warning escapes."""
+    c = np.full((32, 32), 100.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = M.compute_all(c, c, c)
+    assert got["QY"] == 1.0 and got["QMI"] == 0.0
+    for name in ("QCB", "QP", "QE", "QCV"):
+        assert math.isnan(got[name]), name
+
+
+def test_qy_flat_windows_are_stable() -> None:
+    """Large flat areas (where MATLAB's rounding noise decides) give sane values in [0, 1]."""
+    x, a, b = _multifocus()
+    for img in (x, a, b):
+        img[:20, :30] = 90.0
+    value = M.qy(a, b, x)
+    assert 0.5 < value <= 1.0
+    assert M.qy(a, b, x + 0.25) == pytest.approx(M.qy(a + 0.25, b + 0.25, x + 0.5), abs=0.05)
+
+
+def test_colour_inputs_are_converted_like_matlab() -> None:
+    rgb = _texture((40, 44, 3)).astype(np.uint8)
+    rgb2 = np.roll(rgb, 3, axis=1)
+    fused = ((rgb.astype(int) + rgb2) // 2).astype(np.uint8)
+    got = M.compute_all(rgb, rgb2, fused)
+    want = M.compute_all(M.to_gray_matlab(rgb), M.to_gray_matlab(rgb2), M.to_gray_matlab(fused))
+    assert got == want
+
+
+def test_compute_all_order_and_selection() -> None:
+    _, a, b = _multifocus()
+    assert list(M.compute_all(a, b, a)) == ["QMI", "QG", "QY", "QCB", "QNCIE", "QP", "QE", "QCV"]
+    assert list(M.compute_all(a, b, a, ["qcb", "QMI"])) == ["QMI", "QCB"]
+    with pytest.raises(UserError, match="unknown metric 'QZ'"):
+        M.compute_all(a, b, a, ["QZ"])
+
+
+def test_cache_gives_identical_values_and_is_keyed_by_content() -> None:
+    x, a, b = _multifocus(seed=5)
+    cache = M.MetricCache()
+    poor = np.round((a + b) / 2)
+    for f in (x, poor, a):
+        assert M.compute_all(a, b, f, cache=cache) == M.compute_all(a, b, f)
+    n = len(cache)
+    assert n > 0
+    M.compute_all(a, b, poor, cache=cache)
+    assert len(cache) == n  # nothing new for known sources
+    a2 = a.copy()
+    a2[10:20, 10:20] = 0.0  # same shape, different content: must not hit the cache
+    assert M.compute_all(a2, b, x, cache=cache) == M.compute_all(a2, b, x)
+    assert len(cache) > n
+    assert M.qcb(a2, b, x, cache=cache) == M.qcb(a2, b, x)
+
+
+def test_size_mismatch_names_both_sizes() -> None:
+    _, a, b = _multifocus((40, 50))
+    with pytest.raises(UserError, match=r"50x40.*49x40"):
+        M.compute_all(a, b, a[:, :49])
+    with pytest.raises(UserError, match=r"50x40.*50x39"):
+        M.qg(a, b[:39], a)
+
+
+# --------------------------------------------------------------------------------------------
+# files and CLI
+
+
+def _save(path: Path, img: np.ndarray) -> Path:
+    from PIL import Image
+
+    Image.fromarray(np.asarray(img, dtype=np.uint8)).save(path)
+    return path
+
+
+def test_read_image_errors_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.png"
+    with pytest.raises(InputFileError, match="missing.png: no such file"):
+        M.read_image(missing)
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"this is not an image")
+    with pytest.raises(InputFileError, match="junk.png: cannot read image"):
+        M.read_image(junk)
+    with pytest.raises(InputFileError, match="not a regular file"):
+        M.read_image(tmp_path)
+
+
+def test_read_gray_of_rgb_png(tmp_path: Path) -> None:
+    rgb = _texture((20, 24, 3)).astype(np.uint8)
+    got = M.read_gray(_save(tmp_path / "c.png", rgb))
+    assert np.array_equal(got, M.to_gray_matlab(rgb))
+
+
+@pytest.fixture()
+def triple(tmp_path: Path) -> tuple[Path, Path, Path, dict[str, float]]:
+    x, a, b = _multifocus()
+    pa, pb, pf = _save(tmp_path / "a.png", a), _save(tmp_path / "b.png", b), _save(tmp_path / "f.png", x)
+    return pa, pb, pf, M.compute_all(a, b, x)
+
+
+def test_cli_csv(triple: tuple[Path, Path, Path, dict[str, float]], capsys: pytest.CaptureFixture[str]) -> None:
+    pa, pb, pf, want = triple
+    assert cli.main(["metrics", str(pa), str(pb), str(pf)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert lines[0] == "QMI,QG,QY,QCB,QNCIE,QP,QE,QCV"
+    values = [float(v) for v in lines[1].split(",")]
+    assert values == list(want.values())
+
+
+def test_cli_json_with_metric_selection(
+    triple: tuple[Path, Path, Path, dict[str, float]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    pa, pb, pf, want = triple
+    assert cli.main(["metrics", str(pa), str(pb), str(pf), "--format", "json", "--metrics", "QCB,qmi"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert list(got) == ["QMI", "QCB"]
+    assert got == {"QMI": want["QMI"], "QCB": want["QCB"]}
+
+
+Triple = tuple[Path, Path, Path, dict[str, float]]
+
+
+def test_cli_missing_file(triple: Triple, capsys: pytest.CaptureFixture[str]) -> None:
+    pa, pb, _, _ = triple
+    missing = pa.parent / "nope.png"
+    assert cli.main(["metrics", str(pa), str(pb), str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "nope.png" in err and "no such file" in err
+
+
+def test_cli_size_mismatch(
+    triple: tuple[Path, Path, Path, dict[str, float]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pa, pb, _, _ = triple
+    small = _save(tmp_path / "small.png", np.zeros((30, 33), dtype=np.uint8))
+    assert cli.main(["metrics", str(pa), str(pb), str(small)]) == 2
+    err = capsys.readouterr().err
+    assert "72x64" in err and "33x30" in err and "small.png" in err
+
+
+def test_cli_unknown_metric(triple: Triple, capsys: pytest.CaptureFixture[str]) -> None:
+    pa, pb, pf, _ = triple
+    assert cli.main(["metrics", str(pa), str(pb), str(pf), "--metrics", "QMI,BOGUS"]) == 2
+    assert "unknown metric 'BOGUS'" in capsys.readouterr().err
