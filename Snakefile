@@ -11,6 +11,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/fuse.smk"
 
 
 rule all:
@@ -19,3 +20,4 @@ rule all:
         rules.testset.output,
         rules.train_initial.output,
         rules.train_boundary.output,
+        rules.fuse.output,

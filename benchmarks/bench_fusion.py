@@ -1,0 +1,353 @@
+"""Benchmark of dense fusion against the exact (one forward pass per pixel) reference.
+
+Measures, and writes to ``benchmarks/out/bench_fusion.json``:
+
+1. *Agreement*: nets (initial + boundary) trained briefly here on synthetic blur data
+   (``--train-depth``, ``--patch``) fuse Lytro pairs downscaled to ``--size`` (exact mode is
+   about p*p times slower than dense) in exact mode and in each dense configuration; the
+   share of pixels where the decision maps agree, and the times, are reported. Also the
+   decision accuracy on synthetic pairs with a known map for several window sizes ``l``.
+2. *Speed*: one full-size (520x520) Lytro pair with randomly-initialised ResNet-``--time-depth``
+   nets: the trunk pass alone, the dense fusion per configuration, and exact mode on a crop
+   (per-pixel cost extrapolated to the full image).
+
+Run: ``.venv/bin/python benchmarks/bench_fusion.py`` (about 10 minutes on 2 cores). The numbers
+in ``bafusion.fusion``'s docstring came from (``benchmarks/out/patches`` a copy of the
+pipeline's ``data/patches``; trained nets are cached in ``benchmarks/out/nets-*.pt``)::
+
+    bench_fusion.py --threads 1 --train-h5 benchmarks/out/patches --size 256 --pairs 1 2 3 \
+        --train-steps 400 --skip synthetic --configs dense4+dense4 dense4+grid8 \
+        dense4+adaptive8-2 dense4+exact dense4+grid8-bf16 \
+        --time-configs dense4+dense4 dense4+grid8 dense4+grid8-bf16
+    bench_fusion.py --threads 1 --skip agreement speed      # synthetic accuracy vs l
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from bafusion.fusion import FusionNets, FusionParams, decision_accuracy, fuse_images, read_image
+from bafusion.images import resize
+from bafusion.model import CifarResNet, build_model
+
+HERE = Path(__file__).resolve().parent
+LYTRO = HERE.parent.parent / "shared" / "data" / "eval" / "lytro"
+
+
+# ---------------------------------------------------------------- synthetic blur data
+
+
+def texture(rng: np.random.Generator, h: int, w: int, rgb: bool = False) -> np.ndarray:
+    """A multi-scale noise texture, uint8."""
+    c = 3 if rgb else 1
+    out = np.zeros((h, w, c))
+    for s, wt in ((0.7, 1.0), (2.0, 0.7), (6.0, 0.5)):
+        n = ndimage.gaussian_filter(rng.standard_normal((h, w, c)), (s, s, 0))
+        out += wt * n / n.std()
+    out = (out - out.min()) / (out.max() - out.min())
+    out = np.round(out * 255).astype(np.uint8)
+    return out if rgb else out[..., 0]
+
+
+def blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    s = (sigma, sigma, 0) if img.ndim == 3 else sigma
+    return np.round(ndimage.gaussian_filter(img.astype(np.float64), s, mode="reflect")).astype(np.uint8)
+
+
+def blob_mask(rng: np.random.Generator, h: int, w: int, scale: float = 8.0) -> np.ndarray:
+    n = ndimage.gaussian_filter(rng.standard_normal((h, w)), max(h, w) / scale, mode="wrap")
+    return n > np.median(n)
+
+
+def synthetic_pair(rng: np.random.Generator, h: int, w: int, sigma: float = 2.0, rgb: bool = False, scale: float = 8.0):
+    """A = sharp*M + blur*(1-M), B = blur*M + sharp*(1-M); returns A, B, M."""
+    s = texture(rng, h, w, rgb)
+    bl = blur(s, sigma)
+    m = blob_mask(rng, h, w, scale)
+    mm = m[..., None] if rgb else m
+    return np.where(mm, s, bl), np.where(mm, bl, s), m
+
+
+def train_net(depth: int, patch: int, kind: str, steps: int, seed: int, batch: int = 64, lr: float = 2e-3) -> CifarResNet:
+    """Brief Adam training on patches of synthetic pairs: 'initial' samples pixels whose patch is
+    wholly focused or defocused, 'boundary' pixels within p/4 of the focus boundary."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    net = build_model(depth)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    p2 = patch // 2
+    net.train()
+    for it in range(steps):
+        if it % 20 == 0:
+            a, b, m = synthetic_pair(rng, 128, 128, sigma=rng.uniform(1.0, 3.0))
+            pa = np.pad(a, (p2, patch - p2 - 1), mode="reflect")
+            pb = np.pad(b, (p2, patch - p2 - 1), mode="reflect")
+            edge = m ^ ndimage.binary_erosion(m, border_value=1)
+            if kind == "boundary":
+                zone = ndimage.binary_dilation(edge, iterations=patch // 4)
+            else:
+                zone = ~ndimage.binary_dilation(edge, iterations=p2 + 1)
+            rr, cc = np.nonzero(zone)
+        sel = rng.integers(0, len(rr), batch)
+        r, c = rr[sel], cc[sel]
+        xa = np.stack([pa[i : i + patch, j : j + patch] for i, j in zip(r, c)])
+        xb = np.stack([pb[i : i + patch, j : j + patch] for i, j in zip(r, c)])
+        x = torch.from_numpy(np.stack([xa, xb], 1).astype(np.float32) / 255)
+        loss = torch.nn.functional.cross_entropy(net(x), torch.from_numpy(m[r, c].astype(np.int64)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return net.eval()
+
+
+def train_net_h5(depth: int, patch: int, path: Path, steps: int, seed: int, batch: int = 64,
+                 lr: float = 2e-3) -> CifarResNet:
+    """Brief Adam training on the pipeline's patch file (``data/patches/<net>.h5``: train/x
+    (N, 2, s, s) uint8, train/y), centre-cropped to ``patch`` (so the label pixel stays at
+    p//2) with random flips and quarter turns."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        x_all = f["train/x"][...]
+        y_all = f["train/y"][...].astype(np.int64)
+    s = x_all.shape[-1]
+    o = s // 2 - patch // 2
+    x_all = x_all[:, :, o : o + patch, o : o + patch]
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    net = build_model(depth)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    net.train()
+    for _ in range(steps):
+        sel = rng.integers(0, len(x_all), batch)
+        x = x_all[sel]
+        k = int(rng.integers(0, 4))
+        x = np.rot90(x, k, axes=(2, 3))
+        if rng.random() < 0.5:
+            x = x[..., ::-1]
+        xt = torch.from_numpy(np.ascontiguousarray(x).astype(np.float32) / 255)
+        loss = torch.nn.functional.cross_entropy(net(xt), torch.from_numpy(y_all[sel]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return net.eval()
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def psnr(x: np.ndarray, y: np.ndarray) -> float | None:
+    mse = float(np.mean((x.astype(np.float64) - y.astype(np.float64)) ** 2))
+    return None if mse == 0 else float(10 * np.log10(255.0**2 / mse))  # None: identical
+
+
+def lytro_pair(i: int, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    a = read_image(LYTRO / f"lytro-{i:02d}-A.jpg")
+    b = read_image(LYTRO / f"lytro-{i:02d}-B.jpg")
+    if size:
+        a, b = resize(a, (size, size)), resize(b, (size, size))
+    return a, b
+
+
+CONFIGS = {
+    "dense4+dense4": dict(initial_step=4, boundary_mode="dense", boundary_step=4),
+    "dense4+grid8": dict(initial_step=4, boundary_mode="grid", boundary_step=8),
+    "dense4+grid4": dict(initial_step=4, boundary_mode="grid", boundary_step=4),
+    "dense4+adaptive8-4": dict(initial_step=4, boundary_mode="adaptive", boundary_step=8, boundary_fine_step=4),
+    "dense4+adaptive8-2": dict(initial_step=4, boundary_mode="adaptive", boundary_step=8, boundary_fine_step=2),
+    "dense4+adaptive8-1": dict(initial_step=4, boundary_mode="adaptive", boundary_step=8, boundary_fine_step=1),
+    "dense2+adaptive8-2": dict(initial_step=2, boundary_mode="adaptive", boundary_step=8, boundary_fine_step=2),
+    "dense4+exact": dict(initial_step=4, boundary_mode="exact", boundary_step=1),
+    "dense4+dense4-bf16": dict(initial_step=4, boundary_mode="dense", boundary_step=4, precision="bf16"),
+    "dense4+grid8-bf16": dict(initial_step=4, boundary_mode="grid", boundary_step=8, precision="bf16"),
+}
+
+
+def agreement(args: argparse.Namespace, nets: FusionNets, report: dict) -> None:
+    rows = []
+    for i in args.pairs:
+        a, b = lytro_pair(i, args.size)
+        for l in args.ls:
+            t0 = time.perf_counter()
+            ref = fuse_images(a, b, nets, FusionParams(l=l, exact=True))
+            t_exact = time.perf_counter() - t0
+            for name in args.configs or list(CONFIGS):
+                cfg = CONFIGS[name]
+                t0 = time.perf_counter()
+                r = fuse_images(a, b, nets, FusionParams(l=l, **cfg))
+                t = time.perf_counter() - t0
+                row = {
+                    "pair": i, "l": l, "config": name,
+                    "agree_dm": float((r.decision == ref.decision).mean()),
+                    "agree_raw": float((r.decision_raw == ref.decision_raw).mean()),
+                    "agree_initial": float(((r.score_initial > 0.5) == (ref.score_initial > 0.5)).mean()),
+                    # where the decision matters: fused pixels within 2 gray levels of the exact fusion
+                    "agree_fused": float((np.abs(r.fused.astype(int) - ref.fused.astype(int)).reshape(
+                        r.fused.shape[0], r.fused.shape[1], -1).max(axis=2) <= 2).mean()),
+                    "psnr_fused_vs_exact": psnr(r.fused, ref.fused),
+                    "near_fraction": float(ref.near_boundary.mean()),
+                    "seconds": t, "seconds_exact": t_exact, "speedup": t_exact / t,
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    report["agreement"] = rows
+    summary = {}
+    for name in args.configs or list(CONFIGS):
+        sel = [r for r in rows if r["config"] == name]
+        summary[name] = {
+            "min_agree_dm": min(r["agree_dm"] for r in sel),
+            "mean_agree_dm": float(np.mean([r["agree_dm"] for r in sel])),
+            "min_agree_fused": min(r["agree_fused"] for r in sel),
+            "mean_speedup": float(np.mean([r["speedup"] for r in sel])),
+        }
+    report["agreement_summary"] = summary
+    print(json.dumps(summary, indent=1), flush=True)
+
+
+def synthetic_accuracy(args: argparse.Namespace, nets: FusionNets, report: dict) -> None:
+    rng = np.random.default_rng(99)
+    pairs = [synthetic_pair(rng, 128, 128, sigma=2.0, rgb=True, scale=4.0) for _ in range(2)]
+    out = {}
+    for l in args.synthetic_ls:
+        for mode in ("exact", "default"):
+            accs, band, band0 = [], [], []
+            for a, b, m in pairs:
+                cfg = {"exact": True} if mode == "exact" else {}
+                r = fuse_images(a, b, nets, FusionParams(l=l, **cfg))
+                accs.append(decision_accuracy(r.decision, m))
+                band.append(decision_accuracy(r.decision_raw, m, band=4))
+                band0.append(decision_accuracy(r.score_initial > 0.5, m, band=4))
+            out[f"l={l} {mode}"] = {
+                "dm_accuracy": float(np.mean(accs)), "band4_refined": float(np.mean(band)),
+                "band4_initial": float(np.mean(band0)),
+            }
+            print(f"l={l} {mode}", out[f"l={l} {mode}"], flush=True)
+    report["synthetic_accuracy_vs_l"] = out
+
+
+def speed(args: argparse.Namespace, report: dict) -> None:
+    """Times of ResNet-``time_depth`` nets, trained for ``time_train_steps`` steps only (a random
+    net's scores are nearly constant, which would leave no boundary to refine), on one
+    full-size Lytro pair: the trunk pass alone, then the whole fusion per configuration."""
+    p = args.patch
+    t0 = time.perf_counter()
+    h5 = Path(args.train_h5) if args.train_h5 else None
+    if h5 is not None and (h5 / "initial.h5").is_file() and (h5 / "boundary.h5").is_file():
+        ni = train_net_h5(args.time_depth, p, h5 / "initial.h5", args.time_train_steps, seed=3, batch=32)
+        nb = train_net_h5(args.time_depth, p, h5 / "boundary.h5", args.time_train_steps, seed=4, batch=32)
+    else:
+        ni = train_net(args.time_depth, p, "initial", args.time_train_steps, seed=3, batch=32)
+        nb = train_net(args.time_depth, p, "boundary", args.time_train_steps, seed=4, batch=32)
+    print(f"trained two ResNet-{args.time_depth} for {args.time_train_steps} steps in {time.perf_counter() - t0:.1f} s",
+          flush=True)
+    nets = FusionNets(ni, nb, p, p, torch.device("cpu"))
+    a, b = lytro_pair(args.time_pair)
+    h, w = a.shape[:2]
+    x = torch.rand(1, 2, h + p + 8, w + p + 8)  # the trunk pass alone, as fusion makes it
+    with torch.inference_mode():
+        ni.trunk(x)
+        t0 = time.perf_counter()
+        ni.trunk(x)
+        t_trunk = time.perf_counter() - t0
+    res: dict = {"depth": args.time_depth, "size": [h, w], "trunk_seconds": t_trunk, "configs": {}}
+    print(f"ResNet-{args.time_depth} {h}x{w}: trunk pass {t_trunk:.3f} s", flush=True)
+    for name in args.time_configs:
+        t0 = time.perf_counter()
+        r = fuse_images(a, b, nets, FusionParams(l=args.ls[0], **CONFIGS[name]))
+        t = time.perf_counter() - t0
+        res["configs"][name] = {"seconds": t, "over_trunk": t / t_trunk, "near_fraction": float(r.near_boundary.mean()),
+                                "stages": {k: round(v, 3) for k, v in r.seconds.items()}}
+        print(name, json.dumps(res["configs"][name]), flush=True)
+    c = args.exact_crop
+    t0 = time.perf_counter()
+    ref = fuse_images(a[:c, :c], b[:c, :c], nets, FusionParams(exact=True))
+    t_ex = time.perf_counter() - t0
+    full_exact = t_ex * h * w / (c * c)
+    res["exact_crop"] = {"size": c, "seconds": t_ex, "extrapolated_full_seconds": full_exact,
+                         "near_fraction": float(ref.near_boundary.mean())}
+    res["speedup_vs_extrapolated_exact"] = {k: full_exact / v["seconds"] for k, v in res["configs"].items()}
+    print(json.dumps({k: res[k] for k in ("exact_crop", "speedup_vs_extrapolated_exact")}, indent=1), flush=True)
+    report["speed"] = res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train-depth", type=int, default=8)
+    ap.add_argument("--train-steps", type=int, default=300)
+    ap.add_argument("--train-h5", default=None,
+                    help="train the agreement nets on this folder's initial.h5/boundary.h5 (the pipeline's"
+                         " data/patches) instead of synthetic blur data")
+    ap.add_argument("--configs", nargs="+", default=None, help="configurations of the agreement run (default all)")
+    ap.add_argument("--patch", type=int, default=32)
+    ap.add_argument("--size", type=int, default=128, help="Lytro pairs downscaled to this side for exact mode")
+    ap.add_argument("--pairs", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--ls", type=int, nargs="+", default=[8])
+    ap.add_argument("--synthetic-ls", type=int, nargs="+", default=[2, 4, 8, 12])
+    ap.add_argument("--time-depth", type=int, default=56)
+    ap.add_argument("--time-pair", type=int, default=1)
+    ap.add_argument("--time-train-steps", type=int, default=40)
+    ap.add_argument("--time-configs", nargs="+", default=["dense4+dense4", "dense4+grid8", "dense4+adaptive8-4",
+                                                          "dense4+adaptive8-2", "dense4+adaptive8-1"])
+    ap.add_argument("--exact-crop", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["agreement", "synthetic", "speed"])
+    ap.add_argument("--out", default=str(HERE / "out" / "bench_fusion.json"))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report: dict = {"args": vars(args), "threads": torch.get_num_threads()}
+    nets: FusionNets | None = None
+    if not LYTRO.is_dir():
+        print(f"Lytro pairs not found at {LYTRO}", file=sys.stderr)
+        return 2
+    if not {"agreement", "synthetic"} <= set(args.skip):
+        t0 = time.perf_counter()
+        h5 = Path(args.train_h5) if args.train_h5 else None
+        use_h5 = h5 is not None and (h5 / "initial.h5").is_file() and (h5 / "boundary.h5").is_file()
+        report["train_data"] = str(h5) if use_h5 else "synthetic"
+        cache = HERE / "out" / f"nets-d{args.train_depth}-p{args.patch}-s{args.train_steps}-{'h5' if use_h5 else 'synth'}.pt"
+        ni, nb = build_model(args.train_depth), build_model(args.train_depth)
+        if cache.is_file():  # the same training, cached by an earlier run
+            si, sb = torch.load(cache, weights_only=True)
+            ni.load_state_dict(si)
+            nb.load_state_dict(sb)
+            ni.eval(), nb.eval()
+        elif use_h5:
+            ni = train_net_h5(args.train_depth, args.patch, h5 / "initial.h5", args.train_steps, seed=1)
+            nb = train_net_h5(args.train_depth, args.patch, h5 / "boundary.h5", args.train_steps, seed=2)
+        else:
+            ni = train_net(args.train_depth, args.patch, "initial", args.train_steps, seed=1)
+            nb = train_net(args.train_depth, args.patch, "boundary", args.train_steps, seed=2)
+        if not cache.is_file():
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save((ni.state_dict(), nb.state_dict()), cache)
+        report["train_seconds"] = time.perf_counter() - t0
+        print(f"trained two ResNet-{args.train_depth} in {report['train_seconds']:.1f} s", flush=True)
+        nets = FusionNets(ni, nb, args.patch, args.patch, torch.device("cpu"))
+        if "synthetic" not in args.skip:
+            synthetic_accuracy(args, nets, report)
+        if "agreement" not in args.skip:
+            agreement(args, nets, report)
+    if "speed" not in args.skip:
+        speed(args, report)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""Fusion (issue 5): dense vs exact scoring, the paper's rule on composited pairs with a known
+decision map, exactness of the fused pixels, the CLI and its errors, odd and tiny sizes.
+
+Two tiny nets (ResNet-8, patch 12) are trained once per module on patches of synthetic pairs
+(a sharp noise texture, its blurred copy, a blob mask M; A = sharp*M + blur*(1-M),
+B = blur*M + sharp*(1-M)): about half a minute on 2 cores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+from torch import nn
+
+from bafusion import fusion
+from bafusion.cli import main as cli_main
+from bafusion.errors import InputFileError, UserError
+from bafusion.fusion import (
+    FusionNets,
+    FusionParams,
+    decision_accuracy,
+    fuse_images,
+    fuse_stack,
+    remove_small_regions,
+    score_adaptive,
+    score_dense,
+    score_exact,
+    score_grid,
+)
+from bafusion.model import build_model, save_model
+
+PATCH = 12
+
+
+def texture(rng: np.random.Generator, h: int, w: int, rgb: bool = False) -> np.ndarray:
+    c = 3 if rgb else 1
+    out = np.zeros((h, w, c))
+    for s, wt in ((0.7, 1.0), (2.0, 0.7), (6.0, 0.5)):
+        n = ndimage.gaussian_filter(rng.standard_normal((h, w, c)), (s, s, 0))
+        out += wt * n / n.std()
+    out = np.round((out - out.min()) / (out.max() - out.min()) * 255).astype(np.uint8)
+    return out if rgb else out[..., 0]
+
+
+def blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    s = (sigma, sigma, 0) if img.ndim == 3 else sigma
+    return np.round(ndimage.gaussian_filter(img.astype(np.float64), s, mode="reflect")).astype(np.uint8)
+
+
+def composite(rng: np.random.Generator, h: int, w: int, rgb: bool = False, sigma: float = 2.0, scale: float = 3.0):
+    """A, B and the true decision map M (True: A focused)."""
+    sharp = texture(rng, h, w, rgb)
+    soft = blur(sharp, sigma)
+    n = ndimage.gaussian_filter(rng.standard_normal((h, w)), max(h, w) / scale, mode="wrap")
+    m = n > np.median(n)
+    mm = m[..., None] if rgb else m
+    return np.where(mm, sharp, soft), np.where(mm, soft, sharp), m
+
+
+def _train(kind: str, seed: int, steps: int = 240, batch: int = 32) -> nn.Module:
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    net = build_model(8)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    p2 = PATCH // 2
+    net.train()
+    for it in range(steps):
+        if it % 20 == 0:
+            a, b, m = composite(rng, 96, 96, sigma=rng.uniform(1.5, 3.0))
+            pa = np.pad(a, (p2, PATCH - p2 - 1), mode="reflect")
+            pb = np.pad(b, (p2, PATCH - p2 - 1), mode="reflect")
+            edge = m ^ ndimage.binary_erosion(m, border_value=1)
+            zone = (
+                ndimage.binary_dilation(edge, iterations=PATCH // 4)
+                if kind == "boundary"
+                else ~ndimage.binary_dilation(edge, iterations=p2 + 1)
+            )
+            rr, cc = np.nonzero(zone)
+        sel = rng.integers(0, len(rr), batch)
+        r, c = rr[sel], cc[sel]
+        x = np.stack(
+            [np.stack([pa[i : i + PATCH, j : j + PATCH] for i, j in zip(r, c)]),
+             np.stack([pb[i : i + PATCH, j : j + PATCH] for i, j in zip(r, c)])], 1
+        )
+        loss = nn.functional.cross_entropy(
+            net(torch.from_numpy(x.astype(np.float32) / 255)), torch.from_numpy(m[r, c].astype(np.int64))
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return net.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: deterministic, and far faster than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def nets(_one_thread) -> FusionNets:
+    return FusionNets(_train("initial", 1), _train("boundary", 2), PATCH, PATCH, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, nets: FusionNets) -> Path:
+    d = tmp_path_factory.mktemp("models")
+    save_model(nets.initial, d / "initial.pt", {"patch": PATCH})
+    save_model(nets.boundary, d / "boundary.pt", {"patch": PATCH})
+    return d
+
+
+@pytest.fixture(scope="module")
+def scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return composite(np.random.default_rng(7), 120, 136, rgb=True)
+
+
+# ---------------------------------------------------------------- scoring
+
+
+class CellNet(nn.Module):
+    """A net whose trunk sees only its own 4x4 cell: dense and exact scores must then be equal,
+    which checks the patch alignment, shift-and-stitch, interpolation grid and tiling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Sequential(nn.AvgPool2d(4), nn.Conv2d(2, 64, 1), nn.Tanh())
+        self.fc = nn.Linear(64, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.trunk(x).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("shape", [(37, 29), (5, 3), (1, 1), (40, 40)])
+def test_dense_step1_equals_exact_for_cell_local_trunk(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 256, (2, *shape), dtype=np.uint8)
+    net = CellNet().eval()
+    ref = score_exact(net, a, b, 16, batch_size=97)
+    assert ref.shape == shape and np.isfinite(ref).all()
+    np.testing.assert_allclose(score_dense(net, a, b, 16, step=1, max_tile=16), ref, atol=1e-5)
+    mask = rng.random(shape) < 0.4
+    got = score_dense(net, a, b, 16, step=1, mask=mask, tile=8)
+    np.testing.assert_allclose(got[mask], ref[mask], atol=1e-5)
+    assert np.isnan(got[~mask]).all()
+    np.testing.assert_allclose(score_grid(net, a, b, 16, mask, step=1)[mask], ref[mask], atol=1e-5)
+    np.testing.assert_allclose(score_adaptive(net, a, b, 16, mask, coarse=1, fine=1)[mask], ref[mask], atol=1e-5)
+    coarse_fine = score_adaptive(net, a, b, 16, mask, coarse=8, fine=1)
+    assert np.isfinite(coarse_fine[mask]).all() and np.isnan(coarse_fine[~mask]).all()
+    # coarser grids are interpolations: equal on the grid points, close elsewhere
+    coarse = score_dense(net, a, b, 16, step=4)
+    np.testing.assert_allclose(coarse[::4, ::4], ref[::4, ::4], atol=1e-5)
+
+
+def test_exact_patch_is_centred_as_in_training() -> None:
+    """The score of pixel (r, c) comes from rows r - p//2 .. r - p//2 + p - 1 of the padded pair."""
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 256, (2, 30, 30), dtype=np.uint8)
+    net = build_model(8).eval()
+    r, c, p = 17, 9, 16
+    patch = np.stack([a[r - p // 2 : r - p // 2 + p, c - p // 2 : c - p // 2 + p],
+                      b[r - p // 2 : r - p // 2 + p, c - p // 2 : c - p // 2 + p]])
+    with torch.inference_mode():
+        z = net(torch.from_numpy(patch[None].astype(np.float32) / 255))
+    want = torch.softmax(z, 1)[0, 1].item()
+    assert score_exact(net, a, b, p)[r, c] == pytest.approx(want, abs=1e-5)
+
+
+# ---------------------------------------------------------------- the fusion rule
+
+
+def test_decision_accuracy_and_boundary_refinement(nets: FusionNets, scene) -> None:
+    a, b, m = scene
+    res = fuse_images(a, b, nets, FusionParams())
+    acc = decision_accuracy(res.decision, m)
+    assert acc >= 0.98, acc
+    # refinement by the boundary net lowers the error in a band around the true boundary
+    err_initial = 1 - decision_accuracy(res.score_initial > 0.5, m, band=3)
+    err_refined = 1 - decision_accuracy(res.decision_raw, m, band=3)
+    assert err_refined < err_initial, (err_refined, err_initial)
+    assert res.near_boundary.any() and not res.near_boundary.all()
+    exact = fuse_images(a, b, nets, FusionParams(exact=True))
+    assert 1 - decision_accuracy(exact.decision_raw, m, band=3) < err_initial
+
+
+def test_fused_pixels_are_exactly_a_or_b(nets: FusionNets, scene) -> None:
+    a, b, _ = scene
+    res = fuse_images(a, b, nets)
+    dm = res.decision
+    assert res.fused.dtype == np.uint8 and res.fused.shape == a.shape
+    assert np.array_equal(res.fused[dm], a[dm]) and np.array_equal(res.fused[~dm], b[~dm])
+    g = fuse_images(a[..., 0], b[..., 0], nets)  # gray in, gray out
+    assert g.fused.ndim == 2
+    assert np.array_equal(g.fused[g.decision], a[..., 0][g.decision])
+    rgba = np.concatenate([a, np.full(a.shape[:2] + (1,), 200, np.uint8)], 2)
+    assert np.array_equal(fuse_images(rgba, b, nets).fused, res.fused)
+
+
+def test_adaptive_boundary_scoring_matches_exact_decisions(nets: FusionNets, scene) -> None:
+    """Adaptive refinement down to step 1 reproduces the exact boundary net's decision wherever
+    a cell holds the boundary; elsewhere the interpolation keeps the corners' common side."""
+    a, b, _ = scene
+    ga, gb = fusion.to_gray_u8(a), fusion.to_gray_u8(b)
+    s0 = score_dense(nets.initial, ga, gb, PATCH)
+    mean = fusion.window_mean(s0, 8)
+    near = (mean > 0.2) & (mean < 0.8)
+    ref = score_exact(nets.boundary, ga, gb, PATCH, mask=near)
+    got = score_adaptive(nets.boundary, ga, gb, PATCH, near, coarse=8, fine=1)
+    agree = ((got > 0.5) == (ref > 0.5))[near].mean()
+    assert agree >= 0.995, agree
+
+
+def test_dense_and_exact_agree_on_small_images(nets: FusionNets) -> None:
+    rng = np.random.default_rng(11)
+    for h, w in ((64, 72), (80, 88)):
+        a, b, _ = composite(rng, h, w)
+        ref = fuse_images(a, b, nets, FusionParams(exact=True))
+        got = fuse_images(a, b, nets, FusionParams())
+        agree = (ref.decision == got.decision).mean()
+        assert agree >= 0.99, (h, w, agree)
+
+
+def test_bf16_autocast_agrees_with_fp32(nets: FusionNets, scene) -> None:
+    a, b, m = scene
+    ref = fuse_images(a, b, nets)
+    got = fuse_images(a, b, nets, FusionParams(precision="bf16"))
+    assert (got.decision == ref.decision).mean() >= 0.98
+    assert decision_accuracy(got.decision, m) >= 0.97
+
+
+def test_swapping_sources_inverts_the_map(nets: FusionNets, scene) -> None:
+    a, b, m = scene
+    r = fuse_images(b, a, nets)
+    assert decision_accuracy(~r.decision, m) >= 0.98
+
+
+def test_small_region_removal() -> None:
+    dm = np.zeros((50, 50), bool)
+    dm[5:35, 5:35] = True  # 900 px focused region
+    dm[15:17, 15:17] = False  # 4 px hole inside it
+    dm[44:46, 44:46] = True  # 4 px island
+    out = remove_small_regions(dm, 0.01)  # 25 px threshold
+    want = np.zeros_like(dm)
+    want[5:35, 5:35] = True
+    assert np.array_equal(out, want)
+    assert np.array_equal(remove_small_regions(dm, 0.0), dm)
+
+
+@pytest.mark.parametrize("shape", [(31, 45), (7, 5), (1, 1)])
+def test_odd_and_tiny_sizes(nets: FusionNets, shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 256, (2, *shape, 3), dtype=np.uint8)
+    for params in (FusionParams(), FusionParams(exact=True), FusionParams(initial_step=1, boundary_mode="dense")):
+        res = fuse_images(a, b, nets, params)
+        assert res.fused.shape == a.shape and res.decision.shape == shape
+        assert np.isfinite(res.score_refined).all()
+
+
+def test_focal_stack_is_fused_one_into_the_next(nets: FusionNets, scene) -> None:
+    a, b, _ = scene
+    res = fuse_stack([a, b, b], nets)
+    assert len(res) == 2
+    two = fuse_images(a, b, nets).fused
+    assert np.array_equal(res[0].fused, two)
+    assert np.array_equal(res[1].fused, fuse_images(two, b, nets).fused)
+
+
+def test_auto_boundary_step() -> None:
+    assert [fusion.auto_step(p) for p in (4, 12, 32, 48, 64, 128)] == [1, 2, 8, 8, 16, 16]
+
+
+def test_params_validation() -> None:
+    with pytest.raises(UserError, match="low < high"):
+        FusionParams(low=0.9, high=0.1)
+    with pytest.raises(UserError, match="boundary_step"):
+        FusionParams(boundary_step=3)
+    with pytest.raises(UserError, match="boundary_mode"):
+        FusionParams(boundary_mode="fast")
+    with pytest.raises(UserError, match="unknown fusion parameter"):
+        FusionParams.from_mapping({"l": 3, "bogus": 1})
+
+
+def test_mismatched_sizes_name_both(nets: FusionNets) -> None:
+    a = np.zeros((20, 30), np.uint8)
+    with pytest.raises(InputFileError) as e:
+        fuse_images(a, np.zeros((21, 30), np.uint8), nets, names=("left.png", "right.png"))
+    msg = str(e.value)
+    assert "left.png" in msg and "right.png" in msg and "30x20" in msg and "30x21" in msg
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _write_pair(d: Path, scene) -> tuple[Path, Path]:
+    a, b, _ = scene
+    pa, pb = d / "a.png", d / "b.png"
+    Image.fromarray(a).save(pa)
+    Image.fromarray(b).save(pb)
+    return pa, pb
+
+
+def test_cli_fuse_writes_output_and_maps(tmp_path: Path, model_dir: Path, scene) -> None:
+    pa, pb = _write_pair(tmp_path, scene)
+    out = tmp_path / "f.png"
+    rc = cli_main(["fuse", str(pa), str(pb), "-o", str(out), "--model", str(model_dir),
+                   "--save-maps", str(tmp_path / "maps"), "--device", "cpu", "--l", "6"])
+    assert rc == 0
+    f = np.asarray(Image.open(out))
+    maps = tmp_path / "maps"
+    dm = np.asarray(Image.open(maps / "f-dm.png")) > 127
+    a, b, _ = scene
+    assert np.array_equal(f[dm], a[dm]) and np.array_equal(f[~dm], b[~dm])
+    for key in ("score-initial", "score-refined", "near-boundary", "dm-raw", "diff-gray", "diff-colour", "fig3"):
+        assert (maps / f"f-{key}.png").is_file(), key
+    diff = np.asarray(Image.open(maps / "f-diff-gray.png"))
+    assert diff[~dm].max() == 0 and diff[dm].max() > 0  # F = B where dm = 0
+    assert np.asarray(Image.open(maps / "f-diff-colour.png")).shape == f.shape[:2] + (3,)
+    assert not list(tmp_path.rglob("*.part"))
+
+
+def test_cli_errors_leave_no_output(tmp_path: Path, model_dir: Path, scene, capsys) -> None:
+    pa, pb = _write_pair(tmp_path, scene)
+    out = tmp_path / "f.png"
+    small = tmp_path / "small.png"
+    Image.fromarray(scene[0][:50, :60]).save(small)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    wrong = tmp_path / "wrong"
+    save_model(build_model(14), wrong / "initial.pt", {"patch": PATCH})
+    (wrong / "boundary.pt").write_bytes((model_dir / "initial.pt").read_bytes())
+    (wrong / "boundary.json").write_text(json.dumps({"arch": build_model(14).spec.to_dict(), "patch": PATCH}))
+    cases = [
+        ([str(pa), str(small)], ["--model", str(model_dir)], ["small.png", "a.png", "60x50"]),
+        ([str(pa), str(bad)], ["--model", str(model_dir)], ["bad.png", "unreadable"]),
+        ([str(pa), str(tmp_path / "nope.png")], ["--model", str(model_dir)], ["nope.png", "not found"]),
+        ([str(pa), str(pb)], ["--model", str(tmp_path / "missing")], ["missing", "snakemake"]),
+        ([str(pa), str(pb)], ["--model", str(wrong)], ["boundary.pt"]),
+    ]
+    for images, extra, words in cases:
+        rc = cli_main(["fuse", *images, "-o", str(out), "--device", "cpu", *extra])
+        err = capsys.readouterr().err
+        assert rc == 2, err
+        for w in words:
+            assert w in err, (w, err)
+        assert not out.exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_cli_without_models_says_how_to_get_them(tmp_path: Path, scene, monkeypatch, capsys) -> None:
+    pa, pb = _write_pair(tmp_path, scene)
+    monkeypatch.setattr(fusion, "default_model_dirs", lambda: [tmp_path / "models" / "default", tmp_path / "data" / "models"])
+    rc = cli_main(["fuse", str(pa), str(pb), "-o", str(tmp_path / "f.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "snakemake --cores 2 train_boundary" in err and "dvc repro" in err
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_cli_fuse_set_reports_accuracy(tmp_path: Path, model_dir: Path) -> None:
+    pairs = tmp_path / "testset"
+    pairs.mkdir()
+    rng = np.random.default_rng(5)
+    for name in ("p1", "p2"):
+        a, b, m = composite(rng, 80, 88, rgb=True)
+        Image.fromarray(a).save(pairs / f"{name}-A.png")
+        Image.fromarray(b).save(pairs / f"{name}-B.png")
+        Image.fromarray(m.astype(np.uint8) * 255).save(pairs / f"{name}-dm.png")
+    (pairs / "index.json").write_text(json.dumps({"pairs": ["p1", "p2"]}))
+    params = tmp_path / "params.yaml"
+    params.write_text("fuse:\n  l: 6\n  min_region: 0.01\n  device: cpu\n  alpha: 10\n")
+    out = tmp_path / "fused"
+    rc = cli_main(["fuse-set", "--pairs", str(pairs), "--models", str(model_dir), "--out", str(out),
+                   "--params-file", str(params)])
+    assert rc == 0
+    rep = json.loads((out / "accuracy.json").read_text())
+    assert rep["params"]["l"] == 6
+    assert set(rep["pairs"]) == {"p1", "p2"}
+    assert all(0.9 <= e["dm_accuracy"] <= 1 for e in rep["pairs"].values())
+    assert (out / "p1.png").is_file() and (out / "maps" / "p2-fig3.png").is_file()

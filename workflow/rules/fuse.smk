@@ -1,0 +1,33 @@
+# Fusion of the embedded test pairs with the trained nets (paper section 2).
+# Reads the `fuse:` section of the config (params.yaml), passed whole as JSON so that
+# `--config` overrides reach the fuser too. Writes data/fused/<name>.png, the maps and
+# figures into data/fused/maps/, and the decision-map accuracy vs the true maps per pair
+# into data/fused/accuracy.json and data/metrics/fuse.json (for DVC).
+import json
+
+FUSE = config.get("fuse", {})
+
+
+def fuse_config_json():
+    return json.dumps(FUSE, sort_keys=True)
+
+
+rule fuse:
+    input:
+        pairs=rules.testset.output[0],
+        initial=rules.train_initial.output.model,
+        boundary=rules.train_boundary.output.model,
+        initial_meta=rules.train_initial.output.meta,
+        boundary_meta=rules.train_boundary.output.meta,
+    output:
+        fused=directory("data/fused"),
+        metrics="data/metrics/fuse.json",
+    params:
+        cfg=fuse_config_json(),
+    log:
+        "logs/fuse.log",
+    threads: int(FUSE.get("threads") or 2)  # capped by --cores
+    shell:
+        "bafusion fuse-set --pairs {input.pairs} --initial {input.initial} --boundary {input.boundary}"
+        " --out {output.fused} --report {output.metrics} --params-json {params.cfg:q}"
+        " --threads {threads} > {log} 2>&1"
