@@ -102,6 +102,7 @@ rule patches:
         label_threshold=config["patches"]["label_threshold"],
         val_fraction=config["patches"]["val_fraction"],
         seed=config["seed"],
+        out=lambda wildcards, output: os.path.dirname(output.initial),
     log:
         "logs/patches.log",
     threads: 1
@@ -110,4 +111,4 @@ rule patches:
         " --boundary-per-pair {params.boundary_per_pair} --min-focused {params.min_focused}"
         " --min-defocused {params.min_defocused} --label-threshold {params.label_threshold}"
         " --val-fraction {params.val_fraction} --seed {params.seed}"
-        " --out data/patches --summary {output.summary} > {log} 2>&1"
+        " --out {params.out} --summary {output.summary} > {log} 2>&1"
