@@ -12,6 +12,7 @@ include: "workflow/rules/download.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/fuse.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
@@ -21,3 +22,4 @@ rule all:
         rules.train_initial.output,
         rules.train_boundary.output,
         rules.fuse.output,
+        rules.evaluate.output,

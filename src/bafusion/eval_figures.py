@@ -1,0 +1,197 @@
+"""Comparison figures of the evaluation (matplotlib, Agg backend, no display needed).
+
+* :func:`figure_comparison`: the paper's Fig. 4: the two sources and every method's fused image
+  side by side (top row), with a square region framed in red and enlarged below (bottom row).
+* :func:`figure_differences`: ``alpha * |B - F|`` (alpha = 10, clipped to 255, on the gray
+  images; :func:`bafusion.figures.difference_map`) for every method in one figure: where F
+  takes B's pixels it is black, so a good fusion shows only A's focused region.
+* :func:`save_dataset_figures`: both, plus each method's difference map as a gray PNG.
+
+The crop is chosen where the methods disagree most (:func:`choose_crop`) unless given.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from bafusion.atomic import atomic_file
+
+__all__ = ["choose_crop", "figure_comparison", "figure_differences", "save_dataset_figures"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    from bafusion.metrics import to_gray_matlab
+
+    return to_gray_matlab(img)
+
+
+def choose_crop(images: Mapping[str, np.ndarray], side: int | None = None) -> tuple[int, int, int]:
+    """A square ``(top, left, side)`` where the fused images differ most from each other: the
+    window (side: a quarter of the shorter image side, at least 8 pixels, at most the image)
+    with the largest mean of the per-pixel standard deviation across the images (gray).
+    Deterministic; the top-left-most window wins ties."""
+    stack = np.stack([_gray(im) for im in images.values()])
+    h, w = stack.shape[1:]
+    s = side or max(8, min(h, w) // 4)
+    s = min(s, h, w)
+    spread = stack.std(axis=0) if len(stack) > 1 else np.zeros((h, w))
+    # sums over every s x s window by its top-left corner, from the integral image
+    ii = np.zeros((h + 1, w + 1))
+    ii[1:, 1:] = spread.cumsum(0).cumsum(1)
+    valid = ii[s:, s:] - ii[:-s, s:] - ii[s:, :-s] + ii[:-s, :-s]
+    r, c = np.unravel_index(int(np.argmax(valid)), valid.shape)
+    return int(r), int(c), int(s)
+
+
+def _show(ax, img: np.ndarray) -> None:
+    if img.ndim == 2:
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    else:
+        ax.imshow(img, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save_fig(fig, path: str | os.PathLike[str]) -> None:
+    plt = _plt()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    with atomic_file(path) as tmp:
+        Path(tmp).write_bytes(buf.getvalue())
+
+
+def figure_comparison(
+    a: np.ndarray,
+    b: np.ndarray,
+    fused: Mapping[str, np.ndarray],
+    path: str | os.PathLike[str],
+    crop: tuple[int, int, int] | None = None,
+    title: str = "",
+    max_columns: int = 6,
+) -> tuple[int, int, int]:
+    """Fig. 4: sources and each method's result, each above its framed crop enlarged; at most
+    ``max_columns`` images per row. Returns the crop used ``(top, left, side)``."""
+    from matplotlib.patches import Rectangle
+
+    plt = _plt()
+    h, w = a.shape[:2]
+    if crop is None:
+        crop = choose_crop(fused) if fused else (0, 0, min(h, w))
+    top, left, side = crop
+    if top + side > h or left + side > w:
+        raise ValueError(f"crop {crop} does not fit in the {w}x{h} (WxH) images")
+    panels = [("source A", a), ("source B", b), *fused.items()]
+    n = len(panels)
+    ncols = min(n, max_columns)
+    groups = math.ceil(n / ncols)
+    cw = 2.6
+    ratio = h / max(w, 1)
+    fig, axes = plt.subplots(
+        2 * groups, ncols, figsize=(ncols * cw, groups * (cw * ratio + cw + 0.6) + 0.4), dpi=100, squeeze=False,
+        gridspec_kw={"height_ratios": [ratio, 1.0] * groups},
+    )
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k, (name, img) in enumerate(panels):
+        img = np.asarray(img)
+        g, j = divmod(k, ncols)
+        full, zoom = axes[2 * g, j], axes[2 * g + 1, j]
+        full.axis("on")
+        zoom.axis("on")
+        _show(full, img)
+        full.set_title(name, fontsize=9)
+        full.add_patch(Rectangle((left - 0.5, top - 0.5), side, side, fill=False, edgecolor="red", linewidth=1.2))
+        _show(zoom, img[top : top + side, left : left + side])
+        for sp in zoom.spines.values():
+            sp.set_edgecolor("red")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save_fig(fig, path)
+    return crop
+
+
+def figure_differences(
+    b: np.ndarray,
+    fused: Mapping[str, np.ndarray],
+    path: str | os.PathLike[str],
+    alpha: float = 10.0,
+    title: str = "",
+    max_columns: int = 6,
+) -> dict[str, np.ndarray]:
+    """One row of ``alpha * |B - F|`` maps (gray), one per method. Returns the maps (uint8)."""
+    from bafusion.figures import difference_map
+
+    plt = _plt()
+    maps = {m: difference_map(b, f, alpha) for m, f in fused.items()}
+    h, w = b.shape[:2]
+    n = max(len(maps), 1)
+    ncols = min(n, max_columns)
+    nrows = math.ceil(n / ncols)
+    cw = 2.6
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cw, nrows * (cw * h / max(w, 1) + 0.5) + 0.4), dpi=100,
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k, (m, d) in enumerate(maps.items()):
+        ax = axes[divmod(k, ncols)]
+        ax.axis("on")
+        _show(ax, d)
+        ax.set_title(m, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save_fig(fig, path)
+    return maps
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def save_dataset_figures(
+    folder: str | os.PathLike[str],
+    pair: str,
+    a: np.ndarray,
+    b: np.ndarray,
+    fused: Mapping[str, np.ndarray],
+    alpha: float = 10.0,
+    crop: tuple[int, int, int] | None = None,
+) -> list[Path]:
+    """Write ``fig4-<pair>.png``, ``diff-<pair>.png`` and ``diff-<pair>-<method>.png`` (gray
+    ``alpha * |B - F|``) into ``folder``. Returns the paths written."""
+    from PIL import Image
+
+    d = Path(folder)
+    d.mkdir(parents=True, exist_ok=True)
+    if crop is None:
+        crop = choose_crop(fused) if fused else (0, 0, min(a.shape[:2]))
+    top, left, side = crop
+    figure_comparison(a, b, fused, d / f"fig4-{_safe(pair)}.png", crop,
+                      title=f"{pair}: enlarged {side}x{side} region at row {top}, column {left}")
+    written = [d / f"fig4-{_safe(pair)}.png"]
+    maps = figure_differences(b, fused, d / f"diff-{_safe(pair)}.png", alpha, title=f"{pair}: {alpha:g} x |B - F|")
+    written.append(d / f"diff-{_safe(pair)}.png")
+    for m, dm in maps.items():
+        p = d / f"diff-{_safe(pair)}-{_safe(m)}.png"
+        with atomic_file(p) as tmp:
+            Image.fromarray(dm).save(tmp, format="PNG")
+        written.append(p)
+    return written

@@ -1,0 +1,742 @@
+"""Objective evaluation: the paper's Table 1 and Fig. 4 on the embedded test set, Lytro and classic.
+
+For every configured dataset and every method, every pair is scored with the objective fusion
+metrics of :mod:`bafusion.metrics` (default QMI, QG, QY, QCB; QP is slow and optional). Methods:
+
+* ``Ours``: the boundary-aware fusion (:func:`bafusion.fusion.fuse_images`, refinement on);
+* ``Ours-initial``: the same without boundary refinement (the initial net's map, then the same
+  small-region removal). It is derived from the same run's initial scores, so both variants
+  share the initial net's pass and differ only by the boundary net;
+* ``GFF-native`` and ``Laplacian``: the native baselines of :mod:`bafusion.baselines`,
+  computed on the fly and rounded to uint8 as if stored;
+* folder baselines (NSCT, SR, NSCT-SR, GFF, DSIFT, CNN by default): published fused images read
+  from ``<reference>/<METHOD>/<pair>.<ext>`` when a dataset has a ``reference`` root.
+
+On pairs with an all-in-focus truth (``<pair>-truth.<ext>``, the embedded set), PSNR and SSIM of
+each fused image against it (``skimage.metrics``, data range 255, colour SSIM over channels);
+with a true decision map (``<pair>-dm.<ext>``, 255 = A focused) the decision-map accuracy of
+our two variants.
+
+Outputs, under ``--out`` (``data/evaluation``), written into a temporary folder that replaces the
+old one only when everything succeeded:
+
+* ``<dataset>/metrics.csv``: one row per (pair, method), all values;
+* ``<dataset>/means.csv``: mean per method and metric;
+* ``<dataset>/table1.md``: Table 1 (see :func:`table_markdown`);
+* ``<dataset>/figures/``: Fig. 4 and the difference maps (:mod:`bafusion.eval_figures`);
+* ``<dataset>/fused/<method>/<pair>.png`` for the methods computed here, when ``save_fused``;
+* ``metrics.json``: our two variants' means per dataset, and their win counts (``Ours``: among
+  the methods of Table 1; ``Ours-initial``: among all methods, as in the ablation table).
+
+Win counting (Table 1's parenthesised numbers): on a pair, a method *wins* a metric when its
+value is strictly better than the value of every other method in the table that has a finite
+value on that pair (higher is better, lower for QCV). A tie for the best value gives nobody the
+win, so the win counts of a column add up to at most the number of pairs. NaN values never win
+and are left out of the means (a mean over no finite value is NaN, shown as ``n/a``). Bold marks
+the best mean of a column; equal best means are all bold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bafusion.atomic import atomic_dir, write_text
+from bafusion.errors import InputFileError, UserError
+
+__all__ = [
+    "OURS",
+    "OURS_INITIAL",
+    "NATIVE_METHODS",
+    "REFERENCE_METHODS",
+    "LOWER_IS_BETTER",
+    "Pair",
+    "Dataset",
+    "EvalConfig",
+    "parse_config",
+    "find_pairs",
+    "count_wins",
+    "mean_values",
+    "best_methods",
+    "table_markdown",
+    "truth_metrics",
+    "evaluate_pair",
+    "evaluate_dataset",
+    "run_evaluation",
+    "register",
+]
+
+OURS = "Ours"
+OURS_INITIAL = "Ours-initial"
+NATIVE_METHODS: tuple[str, ...] = ("GFF-native", "Laplacian")
+"""Baselines computed on the fly (``bafusion.baselines``)."""
+REFERENCE_METHODS: tuple[str, ...] = ("NSCT", "SR", "NSCT-SR", "GFF", "DSIFT", "CNN")
+"""The paper's six baselines, read from a dataset's reference root."""
+DEFAULT_METHODS: tuple[str, ...] = (OURS_INITIAL, OURS, *NATIVE_METHODS)
+DEFAULT_METRICS: tuple[str, ...] = ("QMI", "QG", "QY", "QCB")
+TRUTH_METRICS: tuple[str, ...] = ("PSNR", "SSIM", "DM_acc")
+"""Values against the all-in-focus truth / the true decision map (where the dataset has them)."""
+LOWER_IS_BETTER: frozenset[str] = frozenset({"QCV"})
+"""Metrics for which a smaller value is better; all others: larger is better."""
+IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "tif", "tiff", "bmp")
+
+
+# --------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One source pair and, where the dataset has them, its truth and true decision map."""
+
+    name: str
+    a: Path
+    b: Path
+    truth: Path | None = None
+    dm: Path | None = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset as configured in ``evaluate.datasets``."""
+
+    name: str
+    sources: Path
+    reference: Path | None = None
+    reference_methods: tuple[str, ...] = REFERENCE_METHODS
+    pattern: str = "*"
+    pairs: tuple[str, ...] = ()
+    figure_pair: str = ""
+    crop: tuple[int, int, int] | None = None  # top, left, side (pixels); None: chosen automatically
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The ``evaluate`` section of ``params.yaml``."""
+
+    datasets: tuple[Dataset, ...]
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    alpha: float = 10.0
+    save_fused: bool = True
+    figures: bool = True
+
+
+_CONFIG_KEYS = {"datasets", "methods", "metrics", "alpha", "save_fused", "figures", "threads", "device"}
+_DATASET_KEYS = {"name", "sources", "reference", "reference_methods", "pattern", "pairs", "figure_pair", "crop"}
+
+
+def _resolve(path: str | os.PathLike[str], root: Path) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else root / p
+
+
+def parse_config(section: Mapping[str, Any] | None, root: Path = Path(".")) -> EvalConfig:
+    """Validate the ``evaluate`` section (a mapping) into an :class:`EvalConfig`.
+
+    Relative dataset paths are taken relative to ``root`` (the repository root). Without
+    ``datasets`` the embedded test set ``data/testset`` is evaluated. Unknown keys, methods or
+    metrics are errors naming them."""
+    from bafusion.metrics import METRICS
+
+    sec = dict(section or {})
+    extra = set(sec) - _CONFIG_KEYS
+    if extra:
+        raise UserError(f"evaluate: unknown setting(s) {sorted(extra)}; known: {sorted(_CONFIG_KEYS)}")
+    raw_sets = sec.get("datasets") or [{"name": "testset", "sources": "data/testset"}]
+    if not isinstance(raw_sets, list):
+        raise UserError("evaluate.datasets must be a list of {name, sources[, reference, ...]}")
+    datasets = []
+    seen: set[str] = set()
+    for i, d in enumerate(raw_sets):
+        if not isinstance(d, Mapping) or "name" not in d or "sources" not in d:
+            raise UserError(f"evaluate.datasets[{i}]: needs at least 'name' and 'sources', got {d!r}")
+        extra = set(d) - _DATASET_KEYS
+        if extra:
+            raise UserError(f"evaluate.datasets[{i}]: unknown key(s) {sorted(extra)}; known: {sorted(_DATASET_KEYS)}")
+        name = str(d["name"])
+        if not name or "/" in name or name.startswith(".") or name in seen:
+            raise UserError(f"evaluate.datasets[{i}]: bad or repeated dataset name {name!r}")
+        seen.add(name)
+        crop = d.get("crop")
+        if crop:
+            if not (isinstance(crop, (list, tuple)) and len(crop) == 3 and all(int(v) >= 0 for v in crop)):
+                raise UserError(f"evaluate.datasets[{i}].crop: expected [top, left, side], got {crop!r}")
+            crop = (int(crop[0]), int(crop[1]), int(crop[2]))
+            if crop[2] < 2:
+                raise UserError(f"evaluate.datasets[{i}].crop: side must be at least 2 pixels")
+        ref = d.get("reference")
+        datasets.append(
+            Dataset(
+                name=name,
+                sources=_resolve(d["sources"], root),
+                reference=_resolve(ref, root) if ref else None,
+                reference_methods=tuple(str(m) for m in (d.get("reference_methods") or REFERENCE_METHODS)),
+                pattern=str(d.get("pattern") or "*"),
+                pairs=tuple(str(p) for p in (d.get("pairs") or ())),
+                figure_pair=str(d.get("figure_pair") or ""),
+                crop=crop or None,
+            )
+        )
+    methods = tuple(str(m) for m in (sec.get("methods") or DEFAULT_METHODS))
+    known = {OURS, OURS_INITIAL, *NATIVE_METHODS}
+    bad = [m for m in methods if m not in known]
+    if bad:
+        raise UserError(
+            f"evaluate.methods: unknown method(s) {bad}; known: {sorted(known)} "
+            "(folder baselines come from a dataset's 'reference' root)"
+        )
+    if len(set(methods)) != len(methods):
+        raise UserError(f"evaluate.methods: repeated method in {list(methods)}")
+    metrics = []
+    for m in sec.get("metrics") or DEFAULT_METRICS:
+        key = str(m).strip().upper()
+        if key not in METRICS:
+            raise UserError(f"evaluate.metrics: unknown metric {m!r}; known: {', '.join(METRICS)}")
+        if key not in metrics:
+            metrics.append(key)
+    alpha = float(sec.get("alpha", 10.0))
+    if not alpha > 0:
+        raise UserError(f"evaluate.alpha must be > 0, got {alpha}")
+    return EvalConfig(
+        datasets=tuple(datasets),
+        methods=methods,
+        metrics=tuple(metrics),
+        alpha=alpha,
+        save_fused=bool(sec.get("save_fused", True)),
+        figures=bool(sec.get("figures", True)),
+    )
+
+
+def _find_file(folder: Path, stem: str) -> Path | None:
+    for ext in IMAGE_EXTENSIONS:
+        for cand in (folder / f"{stem}.{ext}", folder / f"{stem}.{ext.upper()}"):
+            if cand.is_file():
+                return cand
+    return None
+
+
+def find_pairs(ds: Dataset) -> list[Pair]:
+    """The pairs of a dataset: the names in ``<sources>/index.json`` when present (the embedded
+    test set), else every ``<pair>-A.<ext>`` matching ``pattern`` in ``<sources>`` that has a
+    ``<pair>-B.<ext>``; restricted to ``pairs`` when given (each must exist)."""
+    src = ds.sources
+    if not src.is_dir():
+        raise InputFileError(src, f"sources folder of dataset {ds.name!r} not found")
+    if (src / "index.json").is_file():
+        from bafusion.fusion import read_pair_index
+
+        names = read_pair_index(src)
+    else:
+        import fnmatch
+
+        names = sorted(
+            {
+                p.name.rsplit(".", 1)[0][: -len("-A")]
+                for p in src.iterdir()
+                if p.is_file()
+                and "." in p.name
+                and p.name.rsplit(".", 1)[1].lower() in IMAGE_EXTENSIONS
+                and p.name.rsplit(".", 1)[0].endswith("-A")
+                and fnmatch.fnmatchcase(p.name.rsplit(".", 1)[0][: -len("-A")], ds.pattern)
+            }
+        )
+    if ds.pairs:
+        missing = [p for p in ds.pairs if p not in names]
+        if missing:
+            raise InputFileError(src, f"dataset {ds.name!r}: configured pair(s) {missing} not found")
+        names = list(ds.pairs)
+    if not names:
+        raise InputFileError(src, f"dataset {ds.name!r}: no pairs (<name>-A.<ext> matching {ds.pattern!r})")
+    pairs = []
+    for n in names:
+        pa, pb = _find_file(src, f"{n}-A"), _find_file(src, f"{n}-B")
+        if pa is None or pb is None:
+            raise InputFileError(src, f"dataset {ds.name!r}, pair {n!r}: source {'A' if pa is None else 'B'} missing")
+        pairs.append(Pair(n, pa, pb, _find_file(src, f"{n}-truth"), _find_file(src, f"{n}-dm")))
+    return pairs
+
+
+# --------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------
+
+Rows = Sequence[Mapping[str, Any]]
+"""Long-format results: one mapping per (pair, method) with keys 'pair', 'method' and values."""
+
+
+def _better(metric: str, x: float, y: float) -> bool:
+    """Whether ``x`` is strictly better than ``y`` for ``metric``."""
+    return x < y if metric in LOWER_IS_BETTER else x > y
+
+
+def _finite(v: Any) -> bool:
+    return v is not None and isinstance(v, (int, float, np.floating)) and math.isfinite(float(v))
+
+
+def count_wins(rows: Rows, methods: Sequence[str], metric: str) -> dict[str, int]:
+    """Per method, the number of pairs on which its ``metric`` value is strictly better than the
+    value of every other method in ``methods`` with a finite value there. Ties for the best
+    value: no win for anyone. NaN/missing never wins and is not a competitor. A method alone
+    with a finite value wins that pair (it beats all others present)."""
+    by_pair: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r["method"] in methods and _finite(r.get(metric)):
+            by_pair.setdefault(str(r["pair"]), {})[str(r["method"])] = float(r[metric])
+    wins = {m: 0 for m in methods}
+    for vals in by_pair.values():
+        for m, v in vals.items():
+            if all(_better(metric, v, w) for o, w in vals.items() if o != m):
+                wins[m] += 1
+    return wins
+
+
+def mean_values(rows: Rows, methods: Sequence[str], metric: str) -> dict[str, float]:
+    """Per method, the mean of its finite ``metric`` values (NaN when it has none)."""
+    out = {}
+    for m in methods:
+        vals = [float(r[metric]) for r in rows if r["method"] == m and _finite(r.get(metric))]
+        out[m] = float(np.mean(vals)) if vals else float("nan")
+    return out
+
+
+def best_methods(means: Mapping[str, float], metric: str) -> set[str]:
+    """The methods whose mean is best (all of them when tied; none when no mean is finite)."""
+    finite = {m: v for m, v in means.items() if math.isfinite(v)}
+    if not finite:
+        return set()
+    best = min(finite.values()) if metric in LOWER_IS_BETTER else max(finite.values())
+    return {m for m, v in finite.items() if v == best}
+
+
+def _fmt(metric: str, v: float) -> str:
+    if not math.isfinite(v):
+        return "n/a"
+    return f"{v:.2f}" if metric == "PSNR" else f"{v:.4f}"
+
+
+def table_markdown(rows: Rows, methods: Sequence[str], metrics: Sequence[str]) -> str:
+    """A Markdown table, one row per method and one column per metric: the mean, in
+    parentheses the win count (:func:`count_wins`), the best mean in bold (lower for QCV)."""
+    header = "| Method | " + " | ".join(f"{m} {'↓' if m in LOWER_IS_BETTER else '↑'}" for m in metrics) + " |"
+    lines = [header, "|---|" + "---:|" * len(metrics)]
+    cols = {}
+    for q in metrics:
+        means = mean_values(rows, methods, q)
+        cols[q] = (means, count_wins(rows, methods, q), best_methods(means, q))
+    for m in methods:
+        cells = []
+        for q in metrics:
+            means, wins, best = cols[q]
+            s = _fmt(q, means[m])
+            cells.append(f"**{s}** ({wins[m]})" if m in best else f"{s} ({wins[m]})")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _has_values(rows: Rows, methods: Sequence[str], metric: str) -> bool:
+    return any(_finite(r.get(metric)) for r in rows if r["method"] in methods)
+
+
+def _table1_methods(methods: Sequence[str]) -> list[str]:
+    """The methods of Table 1 proper: all but the ablation variant when our final one is there."""
+    return [m for m in methods if m != OURS_INITIAL] if OURS in methods else list(methods)
+
+
+def table1_document(dataset: str, rows: Rows, methods: Sequence[str], metrics: Sequence[str]) -> str:
+    """``table1.md``: Table 1 (our final method and the baselines), the ablation with both of
+    our variants, and, where a truth exists, PSNR / SSIM / decision-map accuracy."""
+    npairs = len({r["pair"] for r in rows})
+    main = _table1_methods(methods)
+    parts = [
+        f"# Table 1: {dataset} ({npairs} pairs)\n",
+        "Mean over the pairs; in parentheses the number of pairs on which the method is strictly "
+        "better than every other method of the same table (a tie for the best value counts for "
+        "nobody); bold: the best mean. ↑ higher is better, ↓ lower is better.\n",
+        table_markdown(rows, main, metrics),
+    ]
+    if OURS in methods and OURS_INITIAL in methods:
+        parts += [
+            "\n## Ablation: with and without boundary refinement\n",
+            f"{OURS_INITIAL}: the initial net's decision map (no boundary net). Wins are counted "
+            "among all methods below.\n",
+            table_markdown(rows, list(methods), metrics),
+        ]
+    truth = [q for q in TRUTH_METRICS if _has_values(rows, methods, q)]
+    if truth:
+        parts += [
+            "\n## Against the all-in-focus truth\n",
+            "PSNR (dB) and SSIM of the fused image against the truth"
+            + ("; DM_acc: share of pixels where the decision map equals the true map (our methods "
+               "only, as the others make no binary decision map)" if "DM_acc" in truth else "")
+            + ".\n",
+            table_markdown(rows, [m for m in methods if any(_finite(r.get(q)) for q in truth for r in rows if r["method"] == m)], truth),
+        ]
+    return "\n".join(parts)
+
+
+def rows_to_csv(rows: Rows, columns: Sequence[str]) -> str:
+    """CSV text with ``columns`` (missing / NaN values as empty cells, floats in full precision)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        cells = []
+        for c in columns:
+            v = r.get(c)
+            if isinstance(v, (float, np.floating)):
+                cells.append(repr(float(v)) if math.isfinite(v) else "")
+            else:
+                cells.append("" if v is None else str(v))
+        w.writerow(cells)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------
+# Per pair
+# --------------------------------------------------------------------------------------
+
+
+def truth_metrics(truth: np.ndarray, f: np.ndarray) -> dict[str, float]:
+    """PSNR and SSIM of ``f`` against the all-in-focus ``truth`` (uint8, data range 255; colour
+    SSIM averaged over channels; a gray image against a colour one is compared in gray)."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from bafusion.metrics import to_gray_matlab
+
+    t, g = np.asarray(truth), np.asarray(f)
+    if t.ndim != g.ndim or t.shape != g.shape:
+        t, g = to_gray_matlab(t), to_gray_matlab(g)
+    t64, g64 = t.astype(np.float64), g.astype(np.float64)
+    psnr = float(peak_signal_noise_ratio(t64, g64, data_range=255.0)) if not np.array_equal(t64, g64) else float("inf")
+    ssim = float(structural_similarity(t64, g64, data_range=255.0, channel_axis=2 if t64.ndim == 3 else None))
+    return {"PSNR": psnr, "SSIM": ssim}
+
+
+def _check_shape(img: np.ndarray, ref: np.ndarray, dataset: str, pair: str, method: str, path: object) -> None:
+    if img.shape[:2] != ref.shape[:2]:
+        h, w = img.shape[:2]
+        hr, wr = ref.shape[:2]
+        raise InputFileError(
+            path,
+            f"dataset {dataset!r}, pair {pair!r}, method {method!r}: fused image is {w}x{h} (WxH) "
+            f"but the sources are {wr}x{hr}",
+        )
+
+
+def _ours(a: np.ndarray, b: np.ndarray, nets: Any, params: Any, names: tuple[str, str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Both of our variants from one fusion run: {method: (fused uint8, decision map)}."""
+    from bafusion.fusion import _match_channels, fuse_images, fuse_with_map, remove_small_regions
+
+    res = fuse_images(a, b, nets, replace(params, refine=True), names)
+    ma, mb = _match_channels(a, b)
+    dm0 = remove_small_regions(res.score_initial > params.threshold, params.min_region)
+    return {OURS: (res.fused, res.decision), OURS_INITIAL: (fuse_with_map(ma, mb, dm0), dm0)}
+
+
+def evaluate_pair(
+    dataset: Dataset,
+    pair: Pair,
+    cfg: EvalConfig,
+    nets: Any = None,
+    fusion_params: Any = None,
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Fuse and score one pair with every method.
+
+    Returns the rows (one per method), the fused uint8 images by method, and the sources.
+    The sources' share of the metric work is done once (:class:`~bafusion.metrics.MetricCache`)."""
+    from bafusion.baselines import gff_fuse, laplacian_fuse, read_method_results, to_uint8
+    from bafusion.metrics import MetricCache, compute_all, read_image, to_gray_matlab
+
+    a, b = read_image(pair.a), read_image(pair.b)
+    if a.shape[:2] != b.shape[:2]:
+        raise InputFileError(
+            pair.b, f"dataset {dataset.name!r}, pair {pair.name!r}: B is {b.shape[1]}x{b.shape[0]} (WxH) "
+            f"but A is {a.shape[1]}x{a.shape[0]}"
+        )
+    fused: dict[str, np.ndarray] = {}
+    dms: dict[str, np.ndarray] = {}
+    wants_ours = [m for m in cfg.methods if m in (OURS, OURS_INITIAL)]
+    if wants_ours:
+        if nets is None:
+            raise UserError(f"methods {wants_ours} need the trained nets (none loaded)")
+        ours = _ours(a, b, nets, fusion_params, (str(pair.a), str(pair.b)))
+    for m in cfg.methods:
+        if m in (OURS, OURS_INITIAL):
+            fused[m], dms[m] = ours[m]
+        elif m == "GFF-native":
+            fused[m] = to_uint8(gff_fuse(a, b))
+        elif m == "Laplacian":
+            fused[m] = to_uint8(laplacian_fuse(a, b))
+    if dataset.reference is not None:
+        for m in dataset.reference_methods:
+            try:
+                img = read_method_results(dataset.reference, m, pair.name)
+            except InputFileError as e:
+                raise InputFileError(
+                    e.path, f"dataset {dataset.name!r}, pair {pair.name!r}, method {m!r}: {e.problem}"
+                ) from None
+            _check_shape(img, a, dataset.name, pair.name, m, dataset.reference / m)
+            fused[m] = img
+    truth = read_image(pair.truth) if pair.truth is not None else None
+    if truth is not None and truth.shape[:2] != a.shape[:2]:
+        raise InputFileError(pair.truth, f"dataset {dataset.name!r}, pair {pair.name!r}: truth size differs from the sources")
+    true_dm = None
+    if pair.dm is not None:
+        true_dm = to_gray_matlab(read_image(pair.dm)) > 127
+        if true_dm.shape != a.shape[:2]:
+            raise InputFileError(pair.dm, f"dataset {dataset.name!r}, pair {pair.name!r}: decision map size differs from the sources")
+    cache = MetricCache()
+    rows = []
+    for m, f in fused.items():
+        _check_shape(f, a, dataset.name, pair.name, m, m)
+        row: dict[str, Any] = {"dataset": dataset.name, "pair": pair.name, "method": m}
+        row.update(compute_all(a, b, f, cfg.metrics, cache=cache))
+        if truth is not None:
+            row.update(truth_metrics(truth, f))
+        if true_dm is not None and m in dms:
+            row["DM_acc"] = float((dms[m] == true_dm).mean())
+        rows.append(row)
+    return rows, fused, (a, b)
+
+
+# --------------------------------------------------------------------------------------
+# Per dataset and overall
+# --------------------------------------------------------------------------------------
+
+
+def _method_order(cfg: EvalConfig, ds: Dataset) -> list[str]:
+    """Reference baselines first (as in the paper's table), then native ones, ours last."""
+    refs = list(ds.reference_methods) if ds.reference is not None else []
+    native = [m for m in cfg.methods if m in NATIVE_METHODS]
+    ours = [m for m in (OURS_INITIAL, OURS) if m in cfg.methods]
+    return refs + native + ours
+
+
+def evaluate_dataset(
+    ds: Dataset, cfg: EvalConfig, out: Path, nets: Any = None, fusion_params: Any = None, log: Any = print
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Evaluate one dataset into ``out`` (its folder): metrics.csv, means.csv, table1.md,
+    figures/ and fused/. Returns the rows and the method order."""
+    from bafusion.eval_figures import save_dataset_figures
+
+    pairs = find_pairs(ds)
+    fig_pair = ds.figure_pair or pairs[0].name
+    if fig_pair not in {p.name for p in pairs}:
+        raise UserError(f"dataset {ds.name!r}: figure_pair {fig_pair!r} is not one of its pairs")
+    methods = _method_order(cfg, ds)
+    rows: list[dict[str, Any]] = []
+    for pair in pairs:
+        prow, fused, (a, b) = evaluate_pair(ds, pair, cfg, nets, fusion_params)
+        rows.extend(prow)
+        if cfg.save_fused:
+            from bafusion.fusion import write_image
+
+            for m, f in fused.items():
+                if m in cfg.methods:  # computed here; the reference results are stored already
+                    write_image(out / "fused" / m / f"{pair.name}.png", f)
+        if cfg.figures and pair.name == fig_pair:
+            save_dataset_figures(out / "figures", pair.name, a, b, {m: fused[m] for m in methods}, cfg.alpha, ds.crop)
+        log(f"{ds.name}/{pair.name}: " + ", ".join(
+            f"{r['method']} " + " ".join(f"{q}={r[q]:.4f}" for q in cfg.metrics) for r in prow))
+    rows.sort(key=lambda r: ([p.name for p in pairs].index(r["pair"]), methods.index(r["method"])))
+    extra = [q for q in TRUTH_METRICS if _has_values(rows, methods, q)]
+    columns = ["pair", "method", *cfg.metrics, *extra]
+    write_text(out / "metrics.csv", rows_to_csv(rows, columns))
+    means_rows = []
+    for m in methods:
+        mr: dict[str, Any] = {"method": m}
+        for q in (*cfg.metrics, *extra):
+            mr[q] = mean_values(rows, [m], q)[m]
+        means_rows.append(mr)
+    write_text(out / "means.csv", rows_to_csv(means_rows, ["method", *cfg.metrics, *extra]))
+    write_text(out / "table1.md", table1_document(ds.name, rows, methods, [*cfg.metrics]))
+    return rows, methods
+
+
+def _json_value(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def run_evaluation(
+    cfg: EvalConfig,
+    out: str | os.PathLike[str],
+    nets: Any = None,
+    fusion_params: Any = None,
+    run_params: Mapping[str, Any] | None = None,
+    report: str | os.PathLike[str] | None = None,
+    plots: str | os.PathLike[str] | None = None,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Evaluate every dataset of ``cfg`` into ``out`` (replaced whole on success), log an MLflow
+    run ``evaluate`` with the means as metrics and the tables and figures as artifacts, and
+    write the DVC metrics JSON (``out/metrics.json``, copied to ``report``) and the means of all
+    methods as a CSV for DVC plots (``plots``). Returns the metrics document."""
+    from bafusion import tracking
+
+    out = Path(out)
+    doc: dict[str, Any] = {}
+    plot_rows: list[dict[str, Any]] = []
+    all_means: dict[str, float] = {}
+    with tracking.stage_run("evaluate", run_params or {"evaluate": _config_dict(cfg)}) as run:
+        with atomic_dir(out) as tmp:
+            for ds in cfg.datasets:
+                rows, methods = evaluate_dataset(ds, cfg, tmp / ds.name, nets, fusion_params, log)
+                qs = [*cfg.metrics, *(q for q in TRUTH_METRICS if _has_values(rows, methods, q))]
+                entry: dict[str, Any] = {"pairs": len({r["pair"] for r in rows})}
+                for m in methods:
+                    means = {q: mean_values(rows, [m], q)[m] for q in qs}
+                    for q, v in means.items():
+                        if math.isfinite(v):
+                            all_means[f"{ds.name}.{m}.{q}"] = v
+                    plot_rows.append({"method": f"{ds.name}/{m}", **means})
+                    if m in (OURS, OURS_INITIAL):
+                        entry[m] = {q: _json_value(v) for q, v in means.items()}
+                        # Ours: the wins of Table 1 (without the ablation variant); Ours-initial:
+                        # those of the ablation table (all methods)
+                        rivals = _table1_methods(methods) if m == OURS else methods
+                        entry[m]["wins"] = {q: count_wins(rows, rivals, q)[m] for q in cfg.metrics}
+                doc[ds.name] = entry
+            write_text(tmp / "metrics.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        if report:
+            write_text(report, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        if plots:
+            qs_all: list[str] = []
+            for r in plot_rows:
+                qs_all += [k for k in r if k != "method" and k not in qs_all]
+            write_text(plots, rows_to_csv(plot_rows, ["method", *qs_all]))
+        run.log_metrics(all_means)
+        run.log_artifact(out / "metrics.json")
+        for ds in cfg.datasets:
+            d = out / ds.name
+            for name in ("table1.md", "metrics.csv", "means.csv"):
+                run.log_artifact(d / name, f"evaluation/{ds.name}")
+            figs = d / "figures"
+            if figs.is_dir():
+                for p in sorted(figs.glob("*.png")):
+                    run.log_artifact(p, f"evaluation/{ds.name}/figures")
+    return doc
+
+
+def _config_dict(cfg: EvalConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["datasets"] = {ds.name: {k: str(v) for k, v in asdict(ds).items() if k != "name"} for ds in cfg.datasets}
+    return d
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+
+
+def _load_json_arg(text: str | None, what: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        v = json.loads(text)
+    except ValueError as e:
+        raise UserError(f"{what}: not valid JSON: {e}") from e
+    if not isinstance(v, dict):
+        raise UserError(f"{what}: expected a JSON object")
+    return v
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from bafusion.tracking import repo_root
+
+    doc: dict[str, Any] = {}
+    if args.params_file:
+        import yaml
+
+        pf = Path(args.params_file)
+        if not pf.is_file():
+            raise InputFileError(pf, "parameter file not found")
+        try:
+            doc = yaml.safe_load(pf.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise InputFileError(pf, f"unreadable YAML: {e}") from e
+    section = dict(doc.get("evaluate") or {})
+    section.update(_load_json_arg(args.params_json, "--params-json"))
+    fuse_section = dict(doc.get("fuse") or {})
+    fuse_section.update(_load_json_arg(args.fuse_json, "--fuse-json"))
+    if args.methods:
+        section["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.metrics:
+        section["metrics"] = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if args.dataset:
+        name, _, rest = args.dataset.partition("=")
+        src, _, ref = rest.partition(",")
+        if not name or not src:
+            raise UserError("--dataset: expected NAME=SOURCES[,REFERENCE]")
+        one: dict[str, Any] = {"name": name, "sources": src}
+        if ref:
+            one["reference"] = ref
+        if args.pattern:
+            one["pattern"] = args.pattern
+        section["datasets"] = [one]
+    root = Path(args.root) if args.root else repo_root()
+    cfg = parse_config(section, root)
+    threads = args.threads or section.get("threads")
+    nets = params = None
+    if OURS in cfg.methods or OURS_INITIAL in cfg.methods:
+        import torch
+
+        from bafusion.fusion import FusionParams, load_nets, load_nets_from_dir
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        params = FusionParams.from_mapping(fuse_section, source="fuse parameters")
+        device = args.device or section.get("device") or fuse_section.get("device", "auto")
+        if args.initial or args.boundary:
+            if not (args.initial and args.boundary):
+                raise UserError("--initial and --boundary go together")
+            nets = load_nets(args.initial, args.boundary, device)
+        else:
+            nets = load_nets_from_dir(args.models, device)
+    run_params = {"evaluate": _config_dict(cfg), "fuse": asdict(params) if params is not None else {}}
+    if nets is not None:
+        run_params["models"] = list(nets.sources)
+    run_evaluation(cfg, args.out, nets, params, run_params, args.report, args.plots)
+    print(f"evaluation written to {args.out}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bafusion evaluate``."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="objective metrics of our fusion and the baselines per dataset: Table 1, Fig. 4",
+        description="For each dataset of the 'evaluate' section (default: the embedded test set "
+        "data/testset) fuse every pair with our method (with and without boundary refinement) "
+        "and the native baselines, read the reference baselines' results when a reference root "
+        "is configured, and write <out>/<dataset>/metrics.csv, table1.md, figures/ and "
+        "<out>/metrics.json; log an MLflow run 'evaluate'.",
+    )
+    p.add_argument("--params-file", default=None, help="YAML file with 'evaluate' and 'fuse' sections (params.yaml)")
+    p.add_argument("--params-json", default=None, help="JSON object overriding the 'evaluate' section")
+    p.add_argument("--fuse-json", default=None, help="JSON object overriding the 'fuse' section (fusion parameters)")
+    p.add_argument("--dataset", default=None, metavar="NAME=SOURCES[,REFERENCE]", help="evaluate only this dataset")
+    p.add_argument("--pattern", default=None, help="with --dataset: only pairs whose name matches this glob (e.g. 'g??-*')")
+    p.add_argument("--methods", default=None, help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)})")
+    p.add_argument("--metrics", default=None, help=f"comma-separated metrics (default {','.join(DEFAULT_METRICS)})")
+    p.add_argument("--models", default=None, help="folder with initial.pt and boundary.pt")
+    p.add_argument("--initial", default=None, help="initial-net file (instead of --models)")
+    p.add_argument("--boundary", default=None, help="boundary-net file (instead of --models)")
+    p.add_argument("--out", default="data/evaluation", help="output folder (replaced whole; default data/evaluation)")
+    p.add_argument("--report", default=None, help="also write the metrics JSON here (a DVC metrics file)")
+    p.add_argument("--plots", default=None, help="write every method's means as CSV here (for DVC plots)")
+    p.add_argument("--root", default=None, help="folder relative dataset paths start from (default: the repo root)")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda (default: the fuse section's, else auto)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=_cmd_evaluate)

@@ -1,0 +1,329 @@
+"""Tests of ``bafusion evaluate``: Table 1 (means, win counts, ties, QCV lower-is-better), bad
+input naming the pair and the method, our two variants, and an end-to-end run on two tiny
+synthetic pairs whose "published" results are the native baselines' images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from bafusion import evaluate as ev
+from bafusion.baselines import gff_fuse, laplacian_fuse, to_uint8
+from bafusion.cli import main as cli_main
+from bafusion.errors import InputFileError
+from bafusion.metrics import compute_all
+
+# --------------------------------------------------------------------------------------
+# Tables from hand-made values
+# --------------------------------------------------------------------------------------
+
+
+def _rows(values: dict[str, dict[str, dict[str, float]]]) -> list[dict]:
+    """{pair: {method: {metric: value}}} -> long rows."""
+    return [{"pair": p, "method": m, **v} for p, by_m in values.items() for m, v in by_m.items()]
+
+
+NAN = float("nan")
+# QMI (higher is better): p1 X wins; p2 X and Y tie for best (nobody wins); p3 Z wins;
+# p4 Y wins although Z has no value there (NaN neither wins nor competes).
+# QCV (lower is better): p1 Z (lowest) wins; p2 Y; p3 Y; p4 X.
+HAND = _rows(
+    {
+        "p1": {"X": {"QMI": 1.5, "QCV": 30.0}, "Y": {"QMI": 1.25, "QCV": 20.0}, "Z": {"QMI": 1.0, "QCV": 10.0}},
+        "p2": {"X": {"QMI": 1.375, "QCV": 30.0}, "Y": {"QMI": 1.375, "QCV": 5.0}, "Z": {"QMI": 1.125, "QCV": 6.0}},
+        "p3": {"X": {"QMI": 1.0, "QCV": 40.0}, "Y": {"QMI": 1.125, "QCV": 7.0}, "Z": {"QMI": 1.25, "QCV": 8.0}},
+        "p4": {"X": {"QMI": 1.0, "QCV": 1.0}, "Y": {"QMI": 1.125, "QCV": 2.0}, "Z": {"QMI": NAN, "QCV": 3.0}},
+    }
+)
+# Values are dyadic fractions, so the means below are exact (X and Y tie at 1.21875).
+
+
+def test_wins_count_strict_best_ties_for_nobody_and_qcv_lower() -> None:
+    assert ev.count_wins(HAND, ["X", "Y", "Z"], "QMI") == {"X": 1, "Y": 1, "Z": 1}
+    assert ev.count_wins(HAND, ["X", "Y", "Z"], "QCV") == {"X": 1, "Y": 2, "Z": 1}
+    # restricted to X and Y: p3 and p4 go to Y, p1 to X, p2 is still a tie
+    assert ev.count_wins(HAND, ["X", "Y"], "QMI") == {"X": 1, "Y": 2}
+
+
+def test_means_skip_nan_and_best_mean_direction() -> None:
+    means = ev.mean_values(HAND, ["X", "Y", "Z"], "QMI")
+    assert means == {"X": 1.21875, "Y": 1.21875, "Z": 1.125}  # Z: p4's NaN left out
+    assert ev.best_methods(means, "QMI") == {"X", "Y"}  # tied best means: both bold
+    qcv = ev.mean_values(HAND, ["X", "Y", "Z"], "QCV")
+    assert qcv == {"X": 25.25, "Y": 8.5, "Z": 6.75}
+    assert ev.best_methods(qcv, "QCV") == {"Z"}  # lowest is best
+    assert ev.best_methods({"X": NAN}, "QMI") == set()
+
+
+def test_table_markdown_cells() -> None:
+    text = ev.table_markdown(HAND, ["X", "Y", "Z"], ["QMI", "QCV"])
+    lines = text.strip().splitlines()
+    assert lines[0] == "| Method | QMI ↑ | QCV ↓ |"
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in lines[2:]}
+    assert rows["X"] == ["**1.2188** (1)", "25.2500 (1)"]
+    assert rows["Y"] == ["**1.2188** (1)", "8.5000 (2)"]
+    assert rows["Z"] == ["1.1250 (1)", "**6.7500** (1)"]
+
+
+def test_all_nan_column_is_na_without_bold() -> None:
+    rows = _rows({"p": {"X": {"QP": NAN}, "Y": {"QP": NAN}}})
+    text = ev.table_markdown(rows, ["X", "Y"], ["QP"])
+    assert "| X | n/a (0) |" in text and "**" not in text
+
+
+# --------------------------------------------------------------------------------------
+# Synthetic pairs
+# --------------------------------------------------------------------------------------
+
+
+def _pair(rng: np.random.Generator, h: int = 48, w: int = 56) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A, B, truth, true map (True = A focused): textured scene, a disc focused in A."""
+    sharp = ndimage.zoom(rng.uniform(0, 255, (h // 3 + 1, w // 3 + 1, 3)), (3, 3, 1), order=1)[:h, :w]
+    sharp = np.clip(sharp + rng.normal(0, 20, sharp.shape), 0, 255)
+    blurred = ndimage.gaussian_filter(sharp, (2.0, 2.0, 0))
+    yy, xx = np.mgrid[:h, :w]
+    m = (yy - h / 2) ** 2 + (xx - w / 3) ** 2 < (min(h, w) / 3) ** 2
+    a = np.where(m[..., None], sharp, blurred)
+    b = np.where(m[..., None], blurred, sharp)
+    return to_uint8(a), to_uint8(b), to_uint8(sharp), m
+
+
+def _write_set(root: Path, names: list[str], seed: int = 3) -> tuple[Path, dict]:
+    """An embedded-test-set-like folder (index.json, -A, -B, -truth, -dm) and the images."""
+    src = root / "pairs"
+    src.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    imgs = {}
+    for n in names:
+        a, b, t, m = _pair(rng)
+        for suffix, img in (("A", a), ("B", b), ("truth", t), ("dm", m.astype(np.uint8) * 255)):
+            Image.fromarray(img).save(src / f"{n}-{suffix}.png")
+        imgs[n] = (a, b, t, m)
+    (src / "index.json").write_text(json.dumps({"pairs": [{"name": n} for n in names]}))
+    return src, imgs
+
+
+def _write_reference(root: Path, imgs: dict, methods: dict) -> Path:
+    ref = root / "reference"
+    for method, fn in methods.items():
+        (ref / method).mkdir(parents=True)
+        for n, (a, b, _, _) in imgs.items():
+            Image.fromarray(to_uint8(fn(a, b))).save(ref / method / f"{n}.png")
+    return ref
+
+
+def _dataset(src: Path, ref: Path | None, methods: tuple[str, ...]) -> ev.Dataset:
+    return ev.Dataset(name="tiny", sources=src, reference=ref, reference_methods=methods)
+
+
+def test_missing_fused_image_names_pair_and_method(tmp_path: Path) -> None:
+    src, imgs = _write_set(tmp_path, ["p1", "p2"])
+    ref = _write_reference(tmp_path, imgs, {"CNN": laplacian_fuse})
+    (ref / "CNN" / "p2.png").unlink()
+    cfg = ev.parse_config({"methods": ["Laplacian"], "figures": False, "save_fused": False})
+    ds = _dataset(src, ref, ("CNN",))
+    pairs = ev.find_pairs(ds)
+    ev.evaluate_pair(ds, pairs[0], cfg)  # p1 is fine
+    with pytest.raises(InputFileError) as e:
+        ev.evaluate_pair(ds, pairs[1], cfg)
+    msg = str(e.value)
+    assert "'p2'" in msg and "'CNN'" in msg and "tiny" in msg
+
+
+def test_size_mismatch_names_pair_and_method(tmp_path: Path) -> None:
+    src, imgs = _write_set(tmp_path, ["p1"])
+    ref = _write_reference(tmp_path, imgs, {"DSIFT": laplacian_fuse})
+    Image.fromarray(imgs["p1"][0][:40, :50]).save(ref / "DSIFT" / "p1.png")
+    cfg = ev.parse_config({"methods": ["GFF-native"], "figures": False})
+    ds = _dataset(src, ref, ("DSIFT",))
+    with pytest.raises(InputFileError, match=r"pair 'p1', method 'DSIFT': fused image is 50x40 \(WxH\) but the sources are 56x48"):
+        ev.evaluate_pair(ds, ev.find_pairs(ds)[0], cfg)
+
+
+def test_cli_error_is_one_line_and_leaves_no_output(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src, imgs = _write_set(tmp_path, ["p1", "p2"])
+    ref = _write_reference(tmp_path, imgs, {"SR": laplacian_fuse})
+    (ref / "SR" / "p2.png").unlink()
+    out = tmp_path / "evaluation"
+    cfg = {"methods": ["Laplacian"], "datasets": [{"name": "tiny", "sources": str(src), "reference": str(ref),
+                                                   "reference_methods": ["SR"]}]}
+    rc = cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "p2" in err and "'SR'" in err and "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "evaluation.part").exists()
+
+
+def test_config_errors_name_the_setting(tmp_path: Path) -> None:
+    from bafusion.errors import UserError
+
+    with pytest.raises(UserError, match="unknown metric 'QZ'"):
+        ev.parse_config({"metrics": ["QMI", "QZ"]})
+    with pytest.raises(UserError, match="unknown method"):
+        ev.parse_config({"methods": ["Ours", "Magic"]})
+    with pytest.raises(UserError, match="unknown setting"):
+        ev.parse_config({"dataset": []})
+    with pytest.raises(UserError, match="crop"):
+        ev.parse_config({"datasets": [{"name": "x", "sources": "y", "crop": [1, 2]}]})
+
+
+def test_our_variants_match_fusion_with_and_without_refinement(tmp_path: Path) -> None:
+    from bafusion.fusion import FusionNets, FusionParams, fuse_images
+    from bafusion.model import build_model
+
+    torch.manual_seed(0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        nets = FusionNets(build_model(8), build_model(8), 12, 12, torch.device("cpu"))
+        src, imgs = _write_set(tmp_path, ["p1"])
+        # mid-range Eq. 2 bounds so the boundary net is used on some pixels
+        params = FusionParams(l=2, low=0.0, high=1.0, min_region=0.0)
+        cfg = ev.parse_config({"methods": ["Ours-initial", "Ours"], "figures": False})
+        ds = _dataset(src, None, ())
+        rows, fused, (a, b) = ev.evaluate_pair(ds, ev.find_pairs(ds)[0], cfg, nets, params)
+        ref_on = fuse_images(a, b, nets, params)
+        ref_off = fuse_images(a, b, nets, FusionParams(l=2, low=0.0, high=1.0, min_region=0.0, refine=False))
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(fused["Ours"], ref_on.fused)
+    np.testing.assert_array_equal(fused["Ours-initial"], ref_off.fused)
+    truth_dm = imgs["p1"][3]
+    by = {r["method"]: r for r in rows}
+    assert by["Ours"]["DM_acc"] == pytest.approx((ref_on.decision == truth_dm).mean())
+    assert by["Ours-initial"]["DM_acc"] == pytest.approx((ref_off.decision == truth_dm).mean())
+
+
+# --------------------------------------------------------------------------------------
+# End to end
+# --------------------------------------------------------------------------------------
+
+
+def test_end_to_end_on_two_tiny_pairs(tmp_path: Path) -> None:
+    src, imgs = _write_set(tmp_path, ["p1", "p2"])
+    # "published" results: GFF is the native GFF's image (ties with GFF-native everywhere),
+    # AVG the plain average (a poor fusion)
+    ref = _write_reference(tmp_path, imgs, {"GFF": gff_fuse, "AVG": lambda a, b: (a.astype(float) + b) / 2})
+    out = tmp_path / "evaluation"
+    cfg = {
+        "methods": ["GFF-native", "Laplacian"],
+        "metrics": ["QMI", "QG", "QY", "QCB", "QCV"],
+        "datasets": [{"name": "tiny", "sources": str(src), "reference": str(ref),
+                      "reference_methods": ["GFF", "AVG"], "figure_pair": "p2"}],
+    }
+    report, plots = tmp_path / "m" / "evaluate.json", tmp_path / "p" / "evaluate.csv"
+    rc = cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(out),
+                   "--report", str(report), "--plots", str(plots)])
+    assert rc == 0
+    d = out / "tiny"
+    with open(d / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["pair"], r["method"]) for r in rows] == [
+        (p, m) for p in ("p1", "p2") for m in ("GFF", "AVG", "GFF-native", "Laplacian")
+    ]
+    assert set(rows[0]) == {"pair", "method", "QMI", "QG", "QY", "QCB", "QCV", "PSNR", "SSIM"}
+    # the CSV holds what the metrics module computes on those images, and the stored fused image
+    a, b, t, _ = imgs["p2"]
+    lap = to_uint8(laplacian_fuse(a, b))
+    want = compute_all(a, b, lap, ["QMI", "QG", "QY", "QCB", "QCV"])
+    got = next(r for r in rows if r["pair"] == "p2" and r["method"] == "Laplacian")
+    for q, v in want.items():
+        assert float(got[q]) == pytest.approx(v, rel=1e-12)
+    assert float(got["PSNR"]) == pytest.approx(10 * math.log10(255**2 / np.mean((lap.astype(float) - t) ** 2)))
+    np.testing.assert_array_equal(np.asarray(Image.open(d / "fused" / "Laplacian" / "p2.png")), lap)
+    # GFF (folder) and GFF-native are the same images: their values tie on every pair, so
+    # neither ever wins; the table says so
+    for p in ("p1", "p2"):
+        g = next(r for r in rows if r["pair"] == p and r["method"] == "GFF")
+        n = next(r for r in rows if r["pair"] == p and r["method"] == "GFF-native")
+        assert all(g[q] == n[q] for q in ("QMI", "QG", "QY", "QCB", "QCV"))
+    table = (d / "table1.md").read_text()
+    assert "# Table 1: tiny (2 pairs)" in table
+    gff_line = next(ln for ln in table.splitlines() if ln.startswith("| GFF |"))
+    gffn_line = next(ln for ln in table.splitlines() if ln.startswith("| GFF-native |"))
+    assert gff_line.split("|")[2:] == gffn_line.split("|")[2:]
+    assert "(1)" not in gff_line and "(2)" not in gff_line
+    assert "## Against the all-in-focus truth" in table and "DM_acc" not in table
+    # wins in the table agree with the per-pair values
+    lines = {ln.split("|")[1].strip(): ln for ln in table.split("## Against")[0].splitlines() if ln.startswith("| ")}
+    for q_idx, q in enumerate(("QMI", "QG", "QY", "QCB", "QCV")):
+        wins = ev.count_wins([{**r, q: float(r[q])} for r in rows], ["GFF", "AVG", "GFF-native", "Laplacian"], q)
+        for m, k in wins.items():
+            assert lines[m].split("|")[2 + q_idx].strip().endswith(f"({k})")
+    # figures and DVC/MLflow outputs
+    for name in ("fig4-p2.png", "diff-p2.png", "diff-p2-Laplacian.png", "diff-p2-AVG.png"):
+        with Image.open(d / "figures" / name) as im:
+            assert im.size[0] > 0
+    assert not (d / "figures" / "fig4-p1.png").exists()
+    diff = np.asarray(Image.open(d / "figures" / "diff-p2-GFF-native.png"))
+    np.testing.assert_array_equal(
+        diff, np.clip(np.round(10 * np.abs(_gray(b) - _gray(to_uint8(gff_fuse(a, b))))), 0, 255).astype(np.uint8)
+    )
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc == json.loads(report.read_text()) and doc["tiny"]["pairs"] == 2
+    with open(plots, newline="") as fh:
+        assert [r["method"] for r in csv.DictReader(fh)] == ["tiny/GFF", "tiny/AVG", "tiny/GFF-native", "tiny/Laplacian"]
+    from mlflow.tracking import MlflowClient
+
+    from bafusion.tracking import EXPERIMENT, tracking_uri
+
+    client = MlflowClient(tracking_uri=tracking_uri())
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id], "tags.stage = 'evaluate'")
+    assert runs and runs[0].info.status == "FINISHED"
+    assert runs[0].data.metrics["tiny.Laplacian.QMI"] == pytest.approx(
+        np.mean([float(r["QMI"]) for r in rows if r["method"] == "Laplacian"])
+    )
+    arts = {f.path for f in client.list_artifacts(runs[0].info.run_id, "evaluation/tiny")}
+    assert "evaluation/tiny/table1.md" in arts
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    from bafusion.metrics import to_gray_matlab
+
+    return to_gray_matlab(img)
+
+
+def test_run_with_our_variants_reports_table1_wins(tmp_path: Path) -> None:
+    """metrics.json: our means and wins (Ours: among Table 1's methods, i.e. without the
+    ablation variant; Ours-initial: among all); only computed methods are stored in fused/."""
+    from bafusion.fusion import FusionNets, FusionParams
+    from bafusion.model import build_model
+
+    torch.manual_seed(1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        nets = FusionNets(build_model(8), build_model(8), 12, 12, torch.device("cpu"))
+        src, imgs = _write_set(tmp_path, ["p1", "p2"])
+        ref = _write_reference(tmp_path, imgs, {"AVG": lambda a, b: (a.astype(float) + b) / 2})
+        cfg = ev.parse_config({
+            "methods": ["Ours-initial", "Ours", "Laplacian"], "metrics": ["QMI", "QCV"],
+            "datasets": [{"name": "tiny", "sources": str(src), "reference": str(ref), "reference_methods": ["AVG"]}],
+        })
+        doc = ev.run_evaluation(cfg, tmp_path / "out", nets, FusionParams(l=2, min_region=0.0), log=lambda s: None)
+    finally:
+        torch.set_num_threads(before)
+    with open(tmp_path / "out" / "tiny" / "metrics.csv", newline="") as fh:
+        rows = [{**r, "QMI": float(r["QMI"]), "QCV": float(r["QCV"])} for r in csv.DictReader(fh)]
+    assert [r["method"] for r in rows[:4]] == ["AVG", "Laplacian", "Ours-initial", "Ours"]
+    table1 = ["AVG", "Laplacian", "Ours"]
+    everyone = [*table1, "Ours-initial"]
+    for q in ("QMI", "QCV"):
+        assert doc["tiny"]["Ours"]["wins"][q] == ev.count_wins(rows, table1, q)["Ours"]
+        assert doc["tiny"]["Ours-initial"]["wins"][q] == ev.count_wins(rows, everyone, q)["Ours-initial"]
+        assert doc["tiny"]["Ours"][q] == pytest.approx(np.mean([r[q] for r in rows if r["method"] == "Ours"]))
+    assert 0.0 <= doc["tiny"]["Ours"]["DM_acc"] <= 1.0
+    assert sorted(p.name for p in (tmp_path / "out" / "tiny" / "fused").iterdir()) == ["Laplacian", "Ours", "Ours-initial"]
+    table = (tmp_path / "out" / "tiny" / "table1.md").read_text()
+    main = table.split("## Ablation")[0]
+    assert "| Ours-initial |" not in main and "| Ours |" in main
+    assert "| Ours-initial |" in table.split("## Ablation")[1]

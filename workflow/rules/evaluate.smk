@@ -1,0 +1,45 @@
+# Objective evaluation (the paper's Table 1 and Fig. 4): every dataset of the `evaluate:`
+# section (default: the embedded test set) fused with our method, with and without boundary
+# refinement, and the baselines; all metrics per pair, Table 1 as Markdown, figures.
+# The `evaluate:` and `fuse:` sections are passed whole as JSON so `--config` overrides reach
+# the command. Runs after `fuse` (whose decision-map accuracy it complements) and re-fuses
+# with the same nets and fusion parameters, so that both of our variants come from one run.
+# Writes data/evaluation/<dataset>/{metrics.csv,means.csv,table1.md,figures/,fused/},
+# data/evaluation/metrics.json, and for DVC data/metrics/evaluate.json (our means) and
+# data/plots/evaluate.csv (every method's means).
+import json
+
+EVALUATE = config.get("evaluate", {}) or {}
+
+
+def evaluate_config_json():
+    return json.dumps(EVALUATE, sort_keys=True)
+
+
+def evaluate_fuse_json():
+    return json.dumps(config.get("fuse", {}) or {}, sort_keys=True)
+
+
+rule evaluate:
+    input:
+        fused=rules.fuse.output.fused,
+        pairs=rules.testset.output[0],
+        initial=rules.train_initial.output.model,
+        boundary=rules.train_boundary.output.model,
+        initial_meta=rules.train_initial.output.meta,
+        boundary_meta=rules.train_boundary.output.meta,
+    output:
+        evaluation=directory("data/evaluation"),
+        metrics="data/metrics/evaluate.json",
+        plots="data/plots/evaluate.csv",
+    params:
+        cfg=evaluate_config_json(),
+        fuse=evaluate_fuse_json(),
+    log:
+        "logs/evaluate.log",
+    threads: int(EVALUATE.get("threads") or 2)  # capped by --cores
+    shell:
+        "bafusion evaluate --initial {input.initial} --boundary {input.boundary}"
+        " --params-json {params.cfg:q} --fuse-json {params.fuse:q}"
+        " --out {output.evaluation} --report {output.metrics} --plots {output.plots}"
+        " --threads {threads} > {log} 2>&1"
