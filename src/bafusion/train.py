@@ -401,8 +401,9 @@ class _NoRun:
     def set_tag(self, *a: Any, **k: Any) -> None: ...
 
 
-CSV_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "samples_per_s",
-              "epoch_time_s", "samples_seen")
+# Timings (samples/s, seconds) go to MLflow and the log only: the files DVC tracks must be the
+# same for the same params and seed, or dvc.lock would change on every run.
+CSV_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "samples_seen")
 
 
 def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -639,8 +640,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             "val_acc": best_row["val_acc"], "val_loss": best_row["val_loss"],
             "train_acc": best_row["train_acc"], "train_loss": best_row["train_loss"],
             "last_val_acc": last["val_acc"], "last_train_acc": last["train_acc"],
-            "samples_seen": samples_seen, "train_time_s": train_time,
-            "samples_per_s": samples_seen / train_time if train_time > 0 else math.nan,
+            "samples_seen": samples_seen,
             "effective_train_samples": loader.num_samples, "train_patches": len(train_set),
             "val_patches": len(val_set), "device": str(device), "world_size": dist.world_size,
         }
@@ -654,16 +654,20 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             meta = {
                 "net": net, "patch": cfg.patch, "depth": cfg.depth, "params": cfg.to_dict(),
                 "epochs": cfg.epochs, "best_epoch": best_epoch, "val_acc": best_row["val_acc"],
-                "samples_seen": samples_seen, "train_time_s": train_time, "device": str(device),
+                "samples_seen": samples_seen, "device": str(device),
                 "world_size": dist.world_size, "input_scale": INPUT_SCALE, "augment_variants": N_VARIANTS,
                 "patches": str(patches), "patches_attrs": {k: v for k, v in train_set.attrs.items() if k != "params"},
-                "git_commit": tracking.git_commit(),
             }
             save_model(final, paths.out, _json_safe(meta))
             write_text(paths.metrics, json.dumps(_json_safe(summary), indent=2, sort_keys=True) + "\n")
             _write_csv(paths.plots, history)
             run.log_metrics({f"best_{k}": float(summary[k]) for k in ("val_acc", "val_loss") if summary[k] is not None
                              and not math.isnan(summary[k])}, step=cfg.epochs)
+            run.log_metrics({"train_time_s": train_time,
+                             "samples_per_s_overall": samples_seen / train_time if train_time > 0 else 0.0},
+                            step=cfg.epochs)
+            print(f"bafusion train: {net} done: {samples_seen} samples in {train_time:.1f} s, best val acc "
+                  f"{best_row['val_acc']:.4f} (epoch {best_epoch})", file=sys.stderr)
             run.set_tag("best_epoch", best_epoch)
             run.log_artifact(paths.out, "model")
             run.log_artifact(paths.out.with_suffix(".json"), "model")
