@@ -16,8 +16,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 COPY = ("Snakefile", "dvc.yaml", "params.yaml", "workflow", "src", ".dvcignore")
 
-#: Small enough to run every stage in seconds on 2 cores; every section is overridden
-#: only where it exists in params.yaml.
+#: Small enough to run every stage in seconds on 2 cores.
 TINY: dict[str, Any] = {
     "patch": 16,
     "depth": 8,
@@ -39,7 +38,7 @@ def _merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         if k in out and isinstance(v, dict) and isinstance(out[k], dict):
             out[k] = _merge(out[k], v)
-        elif k in out:
+        else:
             out[k] = v
     return out
 

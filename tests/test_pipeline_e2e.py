@@ -28,6 +28,12 @@ def test_snakemake_patches_on_its_own(tmp_path: Path) -> None:
     assert (project / "logs" / "patches.log").exists()
     assert sorted(p.name for p in (project / "data/composite").glob("shard-*.h5")) == ["shard-0.h5", "shard-1.h5"]
 
+    # The users' command: builds what it needs (nothing here) and trains the boundary net only.
+    run(["snakemake", "--cores", "8", "train_boundary"], project)
+    meta = json.loads((project / "data/models/boundary.json").read_text())
+    assert meta["net"] == "boundary" and meta["arch"]["depth"] == 8 and meta["patch"] == 16
+    assert not (project / "data/models/initial.pt").exists()
+
 
 def test_dvc_repro_then_nothing_then_only_patches_and_after(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p")

@@ -273,16 +273,9 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
 
 def write_image(path: str | os.PathLike[str], img: np.ndarray) -> None:
     """Write a [0, 255] image (rounded to uint8) atomically; the format follows the suffix."""
-    from PIL import Image
+    from bafusion.images import write_image as _write
 
-    from bafusion.atomic import atomic_file
-
-    final = Path(path)
-    fmt = Image.registered_extensions().get(final.suffix.lower())
-    if fmt is None:
-        raise UserError(f"{final}: unknown image format {final.suffix!r} (use .png, .jpg, .tif, .bmp)")
-    with atomic_file(final) as tmp:
-        Image.fromarray(to_uint8(img)).save(tmp, format=fmt)
+    _write(path, to_uint8(img))
 
 
 # --------------------------------------------------------------------------------------------

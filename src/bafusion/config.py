@@ -14,6 +14,7 @@ import yaml
 
 from bafusion.errors import InputFileError, UserError
 from bafusion.patches import AUGMENTATION_FACTOR
+from bafusion.tracking import flatten
 
 
 def load_params(path: str | os.PathLike[str] = "params.yaml") -> dict[str, Any]:
@@ -48,17 +49,6 @@ def load_preset(name: str) -> dict[str, Any]:
     if not f.is_file():
         raise UserError(f"unknown preset {name!r} (available: {', '.join(preset_names())})")
     return yaml.safe_load(f.read_text()) or {}
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _hydra_value(v: Any) -> str:

@@ -12,7 +12,6 @@ The crop is chosen where the methods disagree most (:func:`choose_crop`) unless 
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import re
@@ -69,12 +68,9 @@ def _show(ax, img: np.ndarray) -> None:
 
 
 def _save_fig(fig, path: str | os.PathLike[str]) -> None:
-    plt = _plt()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    with atomic_file(path) as tmp:
-        Path(tmp).write_bytes(buf.getvalue())
+    from bafusion.figures import save_figure
+
+    save_figure(fig, path)
 
 
 def figure_comparison(

@@ -85,12 +85,21 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    save_figure(fig, path)
+
+
+
+def save_figure(fig, path: str | os.PathLike[str]) -> None:
+    """Render a matplotlib figure to PNG (no software tag, so the bytes depend only on the
+    content), close it, and write the file atomically."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
+    fig.clf()
+    import matplotlib.pyplot as plt
+
     plt.close(fig)
     with atomic_file(path) as tmp:
         Path(tmp).write_bytes(buf.getvalue())
-
 
 def save_maps(
     folder: str | os.PathLike[str],

@@ -93,7 +93,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from bafusion.atomic import atomic_file, write_text
+from bafusion.atomic import write_text
 from bafusion.errors import InputFileError, UserError
 from bafusion.model import CifarResNet, ModelFileError, load_model
 
@@ -253,16 +253,10 @@ def to_gray_u8(img: np.ndarray) -> np.ndarray:
 
 
 def write_image(path: str | os.PathLike[str], img: np.ndarray) -> None:
-    """Write a uint8 image atomically; the format follows the suffix (PNG when unknown)."""
-    from PIL import Image
+    """Write a uint8 image atomically (see :func:`bafusion.images.write_image`)."""
+    from bafusion.images import write_image as _write
 
-    p = Path(path)
-    fmt = Image.registered_extensions().get(p.suffix.lower())
-    if fmt is None:
-        raise UserError(f"{p}: unknown image format {p.suffix!r} (use .png, .tif, .bmp or .jpg)")
-    with atomic_file(p) as tmp:
-        kwargs = {"compress_level": 6} if fmt == "PNG" else ({"quality": 95} if fmt == "JPEG" else {})
-        Image.fromarray(np.ascontiguousarray(img)).save(tmp, format=fmt, **kwargs)
+    _write(path, img)
 
 
 #: Rows/columns of padding beyond the last patch start: room for grid steps up to this.

@@ -109,6 +109,20 @@ def write_png(path: str | os.PathLike[str], img: np.ndarray) -> None:
         Image.fromarray(np.ascontiguousarray(img)).save(tmp, format="PNG", compress_level=6)
 
 
+def write_image(path: str | os.PathLike[str], img: np.ndarray) -> None:
+    """Write a uint8 gray or RGB image atomically; the format follows the suffix
+    (.png, .jpg, .tif, .bmp, ...); an unknown suffix is an error naming the file."""
+    from bafusion.errors import UserError
+
+    p = Path(path)
+    fmt = Image.registered_extensions().get(p.suffix.lower())
+    if fmt is None:
+        raise UserError(f"{p}: unknown image format {p.suffix!r} (use .png, .tif, .bmp or .jpg)")
+    with atomic_file(p) as tmp:
+        kwargs = {"compress_level": 6} if fmt == "PNG" else ({"quality": 95} if fmt == "JPEG" else {})
+        Image.fromarray(np.ascontiguousarray(img)).save(tmp, format=fmt, **kwargs)
+
+
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     d = Path(folder)
     return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
