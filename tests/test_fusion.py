@@ -386,3 +386,15 @@ def test_cli_fuse_set_reports_accuracy(tmp_path: Path, model_dir: Path) -> None:
     assert set(rep["pairs"]) == {"p1", "p2"}
     assert all(0.9 <= e["dm_accuracy"] <= 1 for e in rep["pairs"].values())
     assert (out / "p1.png").is_file() and (out / "maps" / "p2-fig3.png").is_file()
+
+
+def test_cli_fuse_set_on_an_empty_test_set_fuses_nothing(tmp_path: Path, model_dir: Path) -> None:
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    (pairs / "index.json").write_text(json.dumps({"pairs": []}))
+    out = tmp_path / "fused"
+    rc = cli_main(["fuse-set", "--pairs", str(pairs), "--models", str(model_dir), "--out", str(out),
+                   "--report", str(tmp_path / "fuse.json")])
+    assert rc == 0
+    rep = json.loads((tmp_path / "fuse.json").read_text())
+    assert rep["pairs"] == {} and "mean_dm_accuracy" not in rep
