@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from bafusion.fusion import FusionNets, FusionParams, decision_accuracy, fuse_images, read_image
+from bafusion.fusion import FusionNets, FusionParams, decision_accuracy, fuse_images, load_nets_from_dir, read_image
 from bafusion.images import resize
 from bafusion.model import CifarResNet, build_model
 
@@ -284,6 +284,9 @@ def speed(args: argparse.Namespace, report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None,
+                    help="use these trained nets (folder with initial.pt, boundary.pt, e.g. models/default) for the"
+                         " agreement and synthetic runs instead of training small ones here")
     ap.add_argument("--train-depth", type=int, default=8)
     ap.add_argument("--train-steps", type=int, default=300)
     ap.add_argument("--train-h5", default=None,
@@ -312,7 +315,17 @@ def main(argv: list[str] | None = None) -> int:
     if not LYTRO.is_dir():
         print(f"Lytro pairs not found at {LYTRO}", file=sys.stderr)
         return 2
-    if not {"agreement", "synthetic"} <= set(args.skip):
+    if args.model and not {"agreement", "synthetic"} <= set(args.skip):
+        nets = load_nets_from_dir(args.model, "cpu")
+        report["model"] = list(nets.sources)
+        if nets.patch_initial != args.patch:
+            args.patch = nets.patch_initial
+        print(f"nets from {args.model} (patch {nets.patch_initial})", flush=True)
+        if "synthetic" not in args.skip:
+            synthetic_accuracy(args, nets, report)
+        if "agreement" not in args.skip:
+            agreement(args, nets, report)
+    elif not {"agreement", "synthetic"} <= set(args.skip):
         t0 = time.perf_counter()
         h5 = Path(args.train_h5) if args.train_h5 else None
         use_h5 = h5 is not None and (h5 / "initial.h5").is_file() and (h5 / "boundary.h5").is_file()

@@ -8,6 +8,15 @@
 # digests of the downloaded folders when data.source is web, just the source otherwise), so a
 # DVC stage can track it without the builtin quick run ever touching the network.
 
+# Compute nodes often have no internet: under a cluster executor these rules run on the
+# submitting (login) node.
+localrules:
+    download_alphamatting,
+    download_coco,
+    download_eval,
+    download,
+
+
 DOWNLOAD = config.get("download", {}) or {}
 DL_AM = DOWNLOAD.get("alphamatting", {}) or {}
 DL_COCO = DOWNLOAD.get("coco", {}) or {}

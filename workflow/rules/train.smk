@@ -26,7 +26,7 @@ rule train_initial:
         checkpoints="data/checkpoints/initial",
     log:
         "logs/train_initial.log",
-    threads: int(TRAIN.get("threads") or 64)  # capped by --cores
+    threads: int(TRAIN.get("threads") or workflow.cores)  # 0: all of --cores
     shell:
         "bafusion train --net initial --patches {input.patches} --out {output.model}"
         " --params-json {params.cfg:q} --threads {threads} --checkpoints {params.checkpoints}"
@@ -46,7 +46,7 @@ rule train_boundary:
         checkpoints="data/checkpoints/boundary",
     log:
         "logs/train_boundary.log",
-    threads: int(TRAIN.get("threads") or 64)  # capped by --cores
+    threads: int(TRAIN.get("threads") or workflow.cores)  # 0: all of --cores
     shell:
         "bafusion train --net boundary --patches {input.patches} --out {output.model}"
         " --params-json {params.cfg:q} --threads {threads} --checkpoints {params.checkpoints}"
