@@ -20,6 +20,14 @@ pipeline's ``data/patches``; trained nets are cached in ``benchmarks/out/nets-*.
         dense4+adaptive8-2 dense4+exact dense4+grid8-bf16 \
         --time-configs dense4+dense4 dense4+grid8 dense4+grid8-bf16
     bench_fusion.py --threads 1 --skip agreement speed      # synthetic accuracy vs l
+
+With ``--model models/default`` the agreement and synthetic runs use the shipped nets instead,
+and the speed run times ResNet-``--time-depth`` nets of patch ``--time-patch`` (random weights:
+the time does not depend on them) on the near-boundary pixels that the shipped nets mark on
+each full-size pair of ``--time-pairs``::
+
+    bench_fusion.py --model models/default --threads 2 --size 256 --pairs 1 2 3 4 5 \
+        --skip synthetic --configs dense4+grid8 dense4+grid8-bf16
 """
 
 from __future__ import annotations
@@ -282,6 +290,46 @@ def speed(args: argparse.Namespace, report: dict) -> None:
     report["speed"] = res
 
 
+def speed_with_model_mask(args: argparse.Namespace, nets: FusionNets, report: dict) -> None:
+    """ResNet-``time_depth`` at patch ``time_patch`` timed on the near-boundary pixels that the
+    trained nets (``--model``) mark on each full-size Lytro pair of ``--time-pairs``: the dense
+    initial pass over the whole image, the grid-sampled boundary net on that mask, and the
+    post-processing, each timed, and their sum. Also times the trained nets' own fusion."""
+    from bafusion.fusion import auto_step, remove_small_regions, score_dense, score_grid, to_gray_u8, window_mean
+
+    p = args.time_patch
+    torch.manual_seed(0)
+    ni, nb = build_model(args.time_depth).eval(), build_model(args.time_depth).eval()
+    ni, nb = ni.to(memory_format=torch.channels_last), nb.to(memory_format=torch.channels_last)
+    rows = []
+    for i in args.time_pairs:
+        a, b = lytro_pair(i)
+        t0 = time.perf_counter()
+        real = fuse_images(a, b, nets, FusionParams(l=args.ls[0]))
+        t_real = time.perf_counter() - t0
+        near = real.near_boundary
+        ga, gb = to_gray_u8(a), to_gray_u8(b)
+        row = {"pair": i, "near_fraction": float(near.mean()), "trained_nets_seconds": t_real}
+        for prec in args.time_precisions:
+            amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16")
+            with torch.inference_mode(), amp:
+                score_dense(ni, ga[:64, :64], gb[:64, :64], p)  # warm-up
+                t0 = time.perf_counter()
+                s0 = score_dense(ni, ga, gb, p, step=4)
+                t_init = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                score_grid(nb, ga, gb, p, near, step=auto_step(p))
+                t_bound = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            window_mean(s0, args.ls[0])
+            remove_small_regions(real.decision_raw, 0.01)
+            t_post = time.perf_counter() - t0
+            row[prec] = {"initial": t_init, "boundary": t_bound, "post": t_post, "total": t_init + t_bound + t_post}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    report["speed_model_mask"] = {"depth": args.time_depth, "patch": p, "threads": torch.get_num_threads(), "pairs": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None,
@@ -304,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-configs", nargs="+", default=["dense4+dense4", "dense4+grid8", "dense4+adaptive8-4",
                                                           "dense4+adaptive8-2", "dense4+adaptive8-1"])
     ap.add_argument("--exact-crop", type=int, default=48)
+    ap.add_argument("--time-patch", type=int, default=64, help="patch side of the timed nets (with --model)")
+    ap.add_argument("--time-pairs", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="full-size pairs timed with --model")
+    ap.add_argument("--time-precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["agreement", "synthetic", "speed"])
     ap.add_argument("--out", default=str(HERE / "out" / "bench_fusion.json"))
@@ -354,7 +405,10 @@ def main(argv: list[str] | None = None) -> int:
         if "agreement" not in args.skip:
             agreement(args, nets, report)
     if "speed" not in args.skip:
-        speed(args, report)
+        if args.model:
+            speed_with_model_mask(args, nets or load_nets_from_dir(args.model, "cpu"), report)
+        else:
+            speed(args, report)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
