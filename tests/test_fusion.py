@@ -231,6 +231,24 @@ def test_dense_and_exact_agree_on_small_images(nets: FusionNets) -> None:
         assert agree >= 0.99, (h, w, agree)
 
 
+def test_grid_initial_mode_matches_exact_initial_scores_on_the_grid(nets: FusionNets) -> None:
+    """initial_mode "grid": the initial net's scores at grid points are exact mode's scores,
+    and grid step 1 is exact mode itself."""
+    rng = np.random.default_rng(12)
+    a, b, _ = composite(rng, 40, 44)
+    ref = fuse_images(a, b, nets, FusionParams(exact=True, refine=False))
+    one = fuse_images(a, b, nets, FusionParams(initial_mode="grid", initial_grid_step=1, refine=False))
+    np.testing.assert_allclose(one.score_initial, ref.score_initial, atol=1e-5)
+    four = fuse_images(a, b, nets, FusionParams(initial_mode="grid", initial_grid_step=4, refine=False))
+    np.testing.assert_allclose(four.score_initial[::4, ::4], ref.score_initial[::4, ::4], atol=1e-5)
+    two = fuse_images(a, b, nets, FusionParams(initial_mode="grid", initial_grid_step=2, refine=False))
+    assert (two.decision == ref.decision).mean() >= 0.99
+    with pytest.raises(UserError, match="initial_mode"):
+        FusionParams(initial_mode="sparse")
+    with pytest.raises(UserError, match="initial_grid_step"):
+        FusionParams(initial_grid_step=3)
+
+
 def test_bf16_autocast_agrees_with_fp32(nets: FusionNets, scene) -> None:
     a, b, m = scene
     ref = fuse_images(a, b, nets)

@@ -91,7 +91,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
+from scipy import ndimage, special
 
 from bafusion.atomic import write_text
 from bafusion.errors import InputFileError, UserError
@@ -129,8 +129,14 @@ class FusionParams:
     refine: bool = True
     #: Reference mode: one forward pass per pixel patch.
     exact: bool = False
+    #: How the initial net scores the image: "dense" (one trunk pass, global pooling replaced
+    #: by a sliding average) or "grid" (exact patches on a grid of step ``initial_grid_step``,
+    #: logits interpolated bilinearly; faithful to exact mode, slower for deep nets).
+    initial_mode: str = "dense"
     #: Dense mode: grid step at which the initial / boundary net is evaluated (4, 2 or 1).
     initial_step: int = 4
+    #: "grid" initial mode: grid step (1, 2, 4, 8 or 16).
+    initial_grid_step: int = 8
     #: How the boundary net scores the near-boundary pixels: "dense" (trunk on tiles, like the
     #: initial net), "grid" (exact patches on a grid of step ``boundary_step``, interpolated),
     #: "adaptive" (exact patches on a grid of step ``boundary_step`` refined down to
@@ -164,6 +170,10 @@ class FusionParams:
             raise UserError(f"min_region is a fraction of the image in [0, 1), got {self.min_region}")
         if self.initial_step not in (1, 2, 4):
             raise UserError(f"initial_step must be 1, 2 or 4, got {self.initial_step!r}")
+        if self.initial_mode not in ("dense", "grid"):
+            raise UserError(f"initial_mode must be dense or grid, got {self.initial_mode!r}")
+        if self.initial_grid_step not in (1, 2, 4, 8, 16):
+            raise UserError(f"initial_grid_step must be 1, 2, 4, 8 or 16, got {self.initial_grid_step!r}")
         if self.boundary_mode not in ("dense", "grid", "adaptive", "exact"):
             raise UserError(f"boundary_mode must be dense, grid, adaptive or exact, got {self.boundary_mode!r}")
         for name in ("boundary_step", "boundary_fine_step"):
@@ -374,7 +384,7 @@ def score_grid(
     top = grid[i0, j0] * (1 - fc) + grid[i0, j1] * fc
     bot = grid[i1, j0] * (1 - fc) + grid[i1, j1] * fc
     d = top * (1 - fr) + bot * fr
-    out[rows, cols] = 1.0 / (1.0 + np.exp(-d))
+    out[rows, cols] = special.expit(d)
     return out
 
 
@@ -470,7 +480,7 @@ def score_adaptive(
     fc = ((cols - j0) / fs).astype(np.float32)
     lg = scorer.logit
     d = (lg[i0, j0] * (1 - fc) + lg[i0, j0 + fs] * fc) * (1 - fr) + (lg[i0 + fs, j0] * (1 - fc) + lg[i0 + fs, j0 + fs] * fc) * fr
-    out[rows, cols] = 1.0 / (1.0 + np.exp(-d))
+    out[rows, cols] = special.expit(d)
     return out
 
 
@@ -605,6 +615,10 @@ def score(
         )
     if mask is not None and params.boundary_mode == "grid":
         return score_grid(net, gray_a, gray_b, patch, mask, step=step, batch_size=params.batch_size, device=device)
+    if mask is None and params.initial_mode == "grid":
+        everywhere = np.ones(gray_a.shape, dtype=bool)
+        return score_grid(net, gray_a, gray_b, patch, everywhere, step=params.initial_grid_step,
+                          batch_size=params.batch_size, device=device)
     return score_dense(
         net, gray_a, gray_b, patch, step=min(step, 4), mask=mask, tile=params.tile, max_tile=params.max_tile, device=device
     )
@@ -832,7 +846,11 @@ def _add_param_args(p: argparse.ArgumentParser) -> None:
                    help="skip the boundary net (ablation)")
     g.add_argument("--exact", action="store_const", const=True, default=None,
                    help="reference mode: one forward pass per pixel patch (slow)")
+    g.add_argument("--initial-mode", choices=("dense", "grid"), default=None,
+                   help=f"initial net: one dense trunk pass, or exact patches on a grid (default {d.initial_mode})")
     g.add_argument("--initial-step", type=int, default=None, help=f"dense grid step of the initial net (default {d.initial_step})")
+    g.add_argument("--initial-grid-step", type=int, default=None,
+                   help=f"grid step of the 'grid' initial mode (default {d.initial_grid_step})")
     g.add_argument("--boundary-step", type=int, default=None,
                    help=f"grid step of the boundary net; the coarse step in adaptive mode (default {d.boundary_step})")
     g.add_argument("--boundary-fine-step", type=int, default=None,
@@ -876,7 +894,8 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
     flags = {
         "l": args.l, "low": args.low, "high": args.high, "threshold": args.threshold,
         "min_region": args.min_region, "refine": args.refine, "exact": args.exact,
-        "initial_step": args.initial_step, "boundary_step": args.boundary_step, "tile": args.tile,
+        "initial_mode": args.initial_mode, "initial_step": args.initial_step,
+        "initial_grid_step": args.initial_grid_step, "boundary_step": args.boundary_step, "tile": args.tile,
         "boundary_mode": args.boundary_mode, "boundary_fine_step": args.boundary_fine_step,
         "precision": args.precision,
     }

@@ -1,0 +1,109 @@
+"""The model that ships with the project (issue 7): ``models/default/``.
+
+* Both nets load with ``torch.load(..., weights_only=True)`` and match their JSON metadata.
+* ``bafusion fuse`` without ``--model`` uses them on a real Lytro pair: the output is a
+  decision-map fusion of the sources (every pixel equals A or B), with a plausible split, and
+  it preserves the sources' gradients better than either source alone (Q_G).
+* The model card's per-pair numbers (``models/default/metrics-lytro.csv``) are reproduced by
+  ``bafusion evaluate`` on the shipped model (two pairs here; the README gives the command for
+  all of them).
+
+The fusion tests skip without ``../shared/data``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bafusion import fusion
+from bafusion.cli import main as cli_main
+from bafusion.metrics import qg, to_gray_matlab
+from bafusion.model import build_model
+
+from conftest import REPO, shared_data_dir
+
+MODEL = REPO / "models" / "default"
+LYTRO = shared_data_dir() / "eval" / "lytro"
+
+needs_lytro = pytest.mark.skipif(not LYTRO.is_dir(), reason=f"real data not found at {LYTRO} (set BAFUSION_SHARED_DATA)")
+
+
+@pytest.mark.parametrize("net", ["initial", "boundary"])
+def test_shipped_nets_load_with_weights_only(net: str) -> None:
+    path = MODEL / f"{net}.pt"
+    assert path.is_file(), f"{path} is missing: the project ships a trained model there"
+    assert path.stat().st_size < 8 * 2**20, "a shipped net should be a few MB"
+    meta = json.loads((MODEL / f"{net}.json").read_text())
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(int(meta["depth"]))
+    model.load_state_dict(state)  # strict: the architecture in the JSON is the one saved
+    assert int(meta["patch"]) % 4 == 0
+    assert meta["net"] == net
+
+
+def test_default_model_dir_is_the_shipped_one() -> None:
+    assert fusion.find_model_dir(None).resolve() == MODEL.resolve()
+
+
+def test_model_card_states_its_numbers() -> None:
+    card = (MODEL / "README.md").read_text()
+    for needle in ("Validation accuracy", "Lytro", "QMI", "QG", "QY", "QCB", "bafusion evaluate"):
+        assert needle in card, needle
+
+
+@needs_lytro
+def test_fuse_a_lytro_pair_with_the_shipped_model(tmp_path: Path) -> None:
+    pa, pb = LYTRO / "lytro-05-A.jpg", LYTRO / "lytro-05-B.jpg"
+    out = tmp_path / "fused.png"
+    assert cli_main(["fuse", str(pa), str(pb), "-o", str(out), "--device", "cpu", "--save-maps", str(tmp_path / "maps")]) == 0
+    a, b, f = fusion.read_image(pa), fusion.read_image(pb), fusion.read_image(out)
+    assert f.shape == a.shape
+    from_a = np.all(f == a, axis=2)
+    from_b = np.all(f == b, axis=2)
+    assert np.all(from_a | from_b), "every fused pixel is the pixel of A or of B"
+    share_a = float(np.mean(from_a & ~from_b))
+    share_b = float(np.mean(from_b & ~from_a))
+    assert 0.1 < share_a < 0.9 and 0.1 < share_b < 0.9, (share_a, share_b)
+    ga, gb, gf = (to_gray_matlab(x) for x in (a, b, f))
+    q = qg(ga, gb, gf)
+    assert q > max(qg(ga, gb, ga), qg(ga, gb, gb)) + 0.01, "the fusion must beat copying either source"
+    ref_csv = LYTRO.parent.parent / "reference" / "metrics-lytro.csv"
+    if ref_csv.is_file():  # and come close to the published CNN fusion (Liu et al. 2017)
+        with open(ref_csv, newline="") as fh:
+            cnn = next(float(r["QG"]) for r in csv.DictReader(fh) if (r["pair"], r["method"]) == ("lytro-05", "CNN"))
+        assert q > cnn - 0.01, (q, cnn)
+    assert (tmp_path / "maps").is_dir() and any((tmp_path / "maps").glob("*fig3*.png"))
+
+
+@needs_lytro
+@pytest.mark.slow
+def test_evaluate_reproduces_the_model_card(tmp_path: Path) -> None:
+    card_rows = {}
+    with open(MODEL / "metrics-lytro.csv", newline="") as fh:
+        for r in csv.DictReader(fh):
+            card_rows[(r["pair"], r["method"])] = r
+    pairs = ["lytro-01", "lytro-05"]
+    cfg = {
+        "metrics": ["QMI", "QG", "QY", "QCB"],
+        "methods": ["Ours-initial", "Ours"],
+        "figures": False,
+        "save_fused": False,
+        "datasets": [{"name": "lytro", "sources": str(LYTRO), "pairs": pairs}],
+    }
+    out = tmp_path / "evaluation"
+    rc = cli_main(["evaluate", "--models", str(MODEL), "--params-file", str(MODEL / "evaluate.yaml"),
+                   "--params-json", json.dumps(cfg), "--out", str(out), "--device", "cpu"])
+    assert rc == 0
+    with open(out / "lytro" / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["pair"], r["method"]) for r in rows} == {(p, m) for p in pairs for m in ("Ours-initial", "Ours")}
+    for r in rows:
+        card = card_rows[(r["pair"], r["method"])]
+        for m in ("QMI", "QG", "QY", "QCB"):
+            assert float(r[m]) == pytest.approx(float(card[m]), abs=1e-6), (r["pair"], r["method"], m)
