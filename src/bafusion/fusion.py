@@ -31,6 +31,11 @@ Two ways to score:
   difference is then interpolated bilinearly to every pixel (step 4: one trunk pass; the
   shift-and-stitch passes buy < 0.5 % agreement for 4x the time, see the benchmark).
 
+* ``initial_mode="grid"``: the whole net on exact patches whose pixels lie on a grid of step
+  ``initial_grid_step``, logit differences interpolated bilinearly: exact mode's scores at the
+  grid points, so closer to exact mode than the dense pass, at ``(p / step)**2``-ish times its
+  work for deep nets.
+
 The boundary net scores only the near-boundary pixels (``boundary_mode``):
 
 * ``"grid"`` (default): exact patches (the whole net, as in exact mode) on a grid of step
@@ -57,16 +62,14 @@ Where the initial net's dense scores differ from the exact ones it is for the sa
 sharpness, but it is why dense and exact decision maps differ in ambiguous (flat) regions.
 ``benchmarks/bench_fusion.py`` measures the agreement and speed behind the defaults.
 
-Measured (one run each, shared 2-core CPU, Lytro pairs 1-3 downscaled to 256x256, ResNet-8
-p = 32 trained 400 steps on the pipeline's patches; share of pixels whose decision equals
-exact mode's): dense initial + grid-8 boundary (default) 99.0 / 95.3 / 99.5 %, 280-360x faster
-than exact; dense boundary 96.8 / 90.5 / 98.8 %; exact boundary 99.6 / 95.7 / 99.7 %. Pair 2's
-gap is the initial net's (dense vs exact initial decisions agree on 90.7 % of its pixels,
-in flat regions where A and B look alike: fused pixels within 2 gray levels of exact
-mode's: 97.1 %). ResNet-56, 520x520, fp32: trunk pass 0.88 s, whole fusion 4.9 s with 16 %
-near-boundary pixels (1 thread); 0.56 s and 1.1 s with 4 % (2 threads); bf16: 1.4 s and
-0.4 s. Exact mode extrapolates to 1200-1500 s. ``l``: decision accuracy on synthetic pairs
-0.971 / 0.974 / 0.979 / 0.980 for l = 2 / 4 / 8 / 12 (default mode; in a 4-pixel band around
+Measured with the shipped nets (``models/default``: ResNet-20, p = 32; Lytro pairs 1-3
+downscaled to 256x256, 1 thread; details in BENCHMARKS.md): the default (dense initial +
+grid-8 boundary) decides like exact mode on 98.0 / 98.9 / 99.7 % of the pixels at 215-412x
+its speed; ``initial_mode="grid"`` (step 16) gives 98.3 / 99.4 / 99.7 % at ~150-190x, and
+99 % on all three needs the adaptive boundary down to step 1 (25-45x). ResNet-56, p = 64,
+520x520, 2 threads, on the near-boundary pixels the shipped nets mark (3-15 %): 1.9-6.8 s
+fp32, 0.6-3.4 s bf16, mostly the boundary net. ``l``: decision accuracy on synthetic pairs
+0.971 / 0.974 / 0.979 / 0.980 for l = 2 / 4 / 8 / 12 (ResNet-8 nets; in a 4-pixel band around
 the true boundary, l = 8: 0.724 with the initial net alone, 0.845 refined); 8 is the default,
 since 12 gains 0.1 % for about 1.5x the near-boundary area.
 
