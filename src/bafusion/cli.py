@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from bafusion import __version__
@@ -46,7 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def install_sigterm_handler() -> None:
+    """Turn SIGTERM (``kill``, ``timeout``, Snakemake or SLURM stopping a job) into
+    ``SystemExit(143)`` so that ``finally`` blocks and context managers run: partial outputs
+    are not renamed into place and the step's MLflow run ends as KILLED instead of staying
+    RUNNING. Only from the main thread, and only over the default handler."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    install_sigterm_handler()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -166,9 +166,12 @@ def stage_run(stage: str, params: Mapping[str, Any] | None = None, tags: Mapping
     handle = _Run(client, run_id)
     try:
         yield handle
-    except BaseException:
+    except BaseException as e:
         handle.log_metric("duration_s", time.perf_counter() - t0)
-        client.set_terminated(run_id, status="FAILED")
+        # Ctrl-C, or SIGTERM turned into SystemExit by the CLI (bafusion.cli): the job was
+        # stopped, not broken; either way the run does not stay RUNNING.
+        killed = isinstance(e, (KeyboardInterrupt, SystemExit))
+        client.set_terminated(run_id, status="KILLED" if killed else "FAILED")
         raise
     handle.log_metric("duration_s", time.perf_counter() - t0)
     client.set_terminated(run_id, status="FINISHED")
