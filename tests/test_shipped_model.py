@@ -107,3 +107,31 @@ def test_evaluate_reproduces_the_model_card(tmp_path: Path) -> None:
         card = card_rows[(r["pair"], r["method"])]
         for m in ("QMI", "QG", "QY", "QCB"):
             assert float(r[m]) == pytest.approx(float(card[m]), abs=1e-6), (r["pair"], r["method"], m)
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_model(tmp_path: Path) -> None:
+    """A non-editable install gets the nets too (src/bafusion/models links to models/)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    import shutil
+
+    pytest.importorskip("setuptools")
+    src = tmp_path / "src-tree"  # build from a copy: setuptools writes build/ into the tree
+    src.mkdir()
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / f, src / f)
+    junk = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copytree(REPO / "src", src / "src", symlinks=True, ignore=junk)
+    shutil.copytree(REPO / "models", src / "models")
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = tmp_path.glob("bafusion-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for f in ("initial.pt", "initial.json", "boundary.pt", "boundary.json", "README.md"):
+        assert f"bafusion/models/default/{f}" in names, f
