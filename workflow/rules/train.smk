@@ -4,8 +4,18 @@
 # A killed job resumes from data/checkpoints/<net>/last.pt (not an output: it survives the
 # deletion of incomplete outputs, and a checkpoint of other parameters is ignored).
 import json
+import os
 
 TRAIN = config.get("train", {})
+
+
+def all_cores():
+    """--cores when given; under a cluster executor (no --cores) this machine's CPU count,
+    which a profile's set-threads overrides."""
+    try:
+        return int(workflow.cores)
+    except Exception:  # WorkflowError: no total number of cores defined
+        return os.cpu_count() or 1
 
 
 def train_config_json():
@@ -26,7 +36,7 @@ rule train_initial:
         checkpoints="data/checkpoints/initial",
     log:
         "logs/train_initial.log",
-    threads: int(TRAIN.get("threads") or workflow.cores)  # 0: all of --cores
+    threads: int(TRAIN.get("threads") or all_cores())  # 0: all of --cores
     shell:
         "bafusion train --net initial --patches {input.patches} --out {output.model}"
         " --params-json {params.cfg:q} --threads {threads} --checkpoints {params.checkpoints}"
@@ -46,7 +56,7 @@ rule train_boundary:
         checkpoints="data/checkpoints/boundary",
     log:
         "logs/train_boundary.log",
-    threads: int(TRAIN.get("threads") or workflow.cores)  # 0: all of --cores
+    threads: int(TRAIN.get("threads") or all_cores())  # 0: all of --cores
     shell:
         "bafusion train --net boundary --patches {input.patches} --out {output.model}"
         " --params-json {params.cfg:q} --threads {threads} --checkpoints {params.checkpoints}"
