@@ -205,3 +205,29 @@ def test_two_process_ddp_on_cpu(toy_run: dict, tmp_path: Path) -> None:
     assert m["val_acc"] > 0.8 and m["val_patches"] == 96
     _, meta = load_model(out)
     assert meta["world_size"] == 2
+
+
+def test_warm_start_from_a_model_file(toy_run: dict, tmp_path: Path) -> None:
+    """train.init loads a model's weights before training; with a vanishing learning rate the
+    trained conv weights stay those of the init model. A model of another depth is refused
+    with the file named."""
+    init = toy_run["paths"].out
+    params = {**TOY, "train": {**TOY["train"], "epochs": 1, "milestones": [], "samples_per_epoch": 64,
+                               "lr": 1e-12, "init": str(init)}}
+    cfg = resolve_config(params, "initial")
+    paths = _paths(tmp_path, "initial")
+    warm = train("initial", toy_run["h5"], cfg, paths, progress=False)
+    assert warm["val_acc"] > 0.9
+    start, _ = load_model(init)
+    got, meta = load_model(paths.out)
+    assert meta["params"]["init"] == str(init)
+    for (k, a), (_, b) in zip(start.state_dict().items(), got.state_dict().items()):
+        if k.endswith("weight") and a.dim() == 4:
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    fresh = train("initial", toy_run["h5"], resolve_config({**params, "train": {**params["train"], "init": ""}},
+                                                           "initial"), _paths(tmp_path / "fresh", "initial"),
+                  progress=False)
+    assert fresh["val_acc"] < 0.9  # one tiny-lr epoch from scratch learns nothing: the init mattered
+    other = resolve_config({**params, "depth": 14}, "initial")
+    with pytest.raises(UserError, match=str(init)):
+        train("initial", toy_run["h5"], other, _paths(tmp_path / "other", "initial"), progress=False)

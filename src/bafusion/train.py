@@ -61,7 +61,7 @@ from bafusion import tracking
 from bafusion.atomic import atomic_file, write_text
 from bafusion.augment import INPUT_SCALE, N_VARIANTS, AugmentedLoader, load_split, read_attrs
 from bafusion.errors import InputFileError, UserError
-from bafusion.model import CifarResNet, ResNetSpec, build_model, save_model
+from bafusion.model import CifarResNet, ModelFileError, ResNetSpec, build_model, load_model, save_model
 
 NETS = ("initial", "boundary")
 CHECKPOINT_FORMAT = 1
@@ -97,6 +97,7 @@ class TrainConfig:
     nproc: int | str = 1
     threads: int = 0  # 0: torch's default
     checkpoint_every: int = 0  # steps; 0: only at epoch ends
+    init: str = ""  # warm start: a model file (.pt with its .json) of the same depth, e.g. models/default/initial.pt
 
     # Keys that do not change the trained weights (on a given device) and so may differ
     # between a checkpoint and the run resuming from it.
@@ -136,6 +137,7 @@ def resolve_config(params: Mapping[str, Any], net: str) -> TrainConfig:
         cfg.samples_per_epoch, cfg.val_samples, cfg.val_batch = (
             int(cfg.samples_per_epoch or 0), int(cfg.val_samples or 0), int(cfg.val_batch))
         cfg.threads, cfg.checkpoint_every = int(cfg.threads or 0), int(cfg.checkpoint_every or 0)
+        cfg.init = str(cfg.init or "")
     except (TypeError, ValueError) as e:
         raise UserError(f"bad training parameter: {e}") from e
     if cfg.epochs < 1 or cfg.batch < 1 or cfg.lr <= 0:
@@ -280,6 +282,9 @@ def fingerprint(cfg: TrainConfig, net: str, patches: Path, world_size: int) -> s
     for mod in (sys.modules[__name__], augment, model):
         with contextlib.suppress(OSError, TypeError):
             h.update(Path(mod.__file__ or "").read_bytes())
+    if cfg.init:  # the warm-start weights, not just their path
+        with contextlib.suppress(OSError):
+            h.update(Path(cfg.init).read_bytes())
     h.update(json.dumps(read_attrs(patches), sort_keys=True, default=str).encode())
     h.update(str(patches.stat().st_size).encode())
     with h5py.File(patches, "r") as f:
@@ -503,6 +508,14 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
     model: CifarResNet = build_model(cfg.depth).to(device)
+    if cfg.init:  # a checkpoint resumed below overrides these weights
+        try:
+            init_net, _ = load_model(cfg.init, expect=model.spec)
+        except ModelFileError as e:
+            raise UserError(f"train.init: {e}") from e
+        model.load_state_dict(init_net.state_dict())
+        if dist.main:
+            print(f"bafusion train: {net} starts from the weights of {cfg.init}", file=sys.stderr)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,

@@ -23,9 +23,16 @@ def train_config_json():
     return json.dumps({k: config[k] for k in keys if k in config}, sort_keys=True)
 
 
+def init_input(net):
+    """train.init (or train.<net>.init): the warm-start model file, an input when set."""
+    v = {**TRAIN, **(TRAIN.get(net) or {})}.get("init")
+    return [v] if v else []
+
+
 rule train_initial:
     input:
         patches=rules.patches.output.initial,
+        init=init_input("initial"),
     output:
         model="data/models/initial.pt",
         meta="data/models/initial.json",
@@ -46,6 +53,7 @@ rule train_initial:
 rule train_boundary:
     input:
         patches=rules.patches.output.boundary,
+        init=init_input("boundary"),
     output:
         model="data/models/boundary.pt",
         meta="data/models/boundary.json",
