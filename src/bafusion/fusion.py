@@ -33,8 +33,8 @@ Two ways to score:
 
 * ``initial_mode="grid"``: the whole net on exact patches whose pixels lie on a grid of step
   ``initial_grid_step``, logit differences interpolated bilinearly: exact mode's scores at the
-  grid points, so closer to exact mode than the dense pass, at ``(p / step)**2``-ish times its
-  work for deep nets.
+  grid points, so closer to exact mode than the dense pass, at about ``(p / step)**2`` times
+  its work.
 
 The boundary net scores only the near-boundary pixels (``boundary_mode``):
 
@@ -134,7 +134,7 @@ class FusionParams:
     exact: bool = False
     #: How the initial net scores the image: "dense" (one trunk pass, global pooling replaced
     #: by a sliding average) or "grid" (exact patches on a grid of step ``initial_grid_step``,
-    #: logits interpolated bilinearly; faithful to exact mode, slower for deep nets).
+    #: logits interpolated bilinearly: exact mode's scores at the grid points; slower).
     initial_mode: str = "dense"
     #: Dense mode: grid step at which the initial / boundary net is evaluated (4, 2 or 1).
     initial_step: int = 4
