@@ -170,6 +170,7 @@ def lytro_pair(i: int, size: int | None = None) -> tuple[np.ndarray, np.ndarray]
 
 
 CONFIGS = {
+    "default": dict(),  # FusionParams() as shipped
     "dense4+dense4": dict(initial_step=4, boundary_mode="dense", boundary_step=4),
     "dense4+grid8": dict(initial_step=4, boundary_mode="grid", boundary_step=8),
     "dense4+grid4": dict(initial_step=4, boundary_mode="grid", boundary_step=4),
@@ -187,6 +188,14 @@ CONFIGS = {
                                boundary_fine_step=1),
     "dense4+adaptive8-1": dict(initial_step=4, boundary_mode="adaptive", boundary_step=8, boundary_fine_step=1),
     "grid4+grid4": dict(initial_mode="grid", initial_grid_step=4, boundary_mode="grid", boundary_step=4),
+    "dense4+grid16": dict(initial_step=4, boundary_mode="grid", boundary_step=16),
+    "dense4+adaptive16-8": dict(initial_step=4, boundary_mode="adaptive", boundary_step=16, boundary_fine_step=8),
+    "dense4+adaptive16-4": dict(initial_step=4, boundary_mode="adaptive", boundary_step=16, boundary_fine_step=4),
+    "dense4+verify8-0.2": dict(initial_step=4, boundary_mode="verify", boundary_step=8, verify_band=0.2),
+    "dense4+verify8-0.3": dict(initial_step=4, boundary_mode="verify", boundary_step=8, verify_band=0.3),
+    "dense4+verify8-0.4": dict(initial_step=4, boundary_mode="verify", boundary_step=8, verify_band=0.4),
+    "dense4+verify8-0.3-bf16": dict(initial_step=4, boundary_mode="verify", boundary_step=8, verify_band=0.3,
+                                    precision="bf16"),
     "dense4+dense4-bf16": dict(initial_step=4, boundary_mode="dense", boundary_step=4, precision="bf16"),
     "dense4+grid8-bf16": dict(initial_step=4, boundary_mode="grid", boundary_step=8, precision="bf16"),
 }
@@ -329,16 +338,24 @@ def speed(args: argparse.Namespace, report: dict) -> None:
 
 
 def speed_with_model_mask(args: argparse.Namespace, nets: FusionNets, report: dict) -> None:
-    """ResNet-``time_depth`` at patch ``time_patch`` timed on the near-boundary pixels that the
-    trained nets (``--model``) mark on each full-size Lytro pair of ``--time-pairs``: the dense
-    initial pass over the whole image, the grid-sampled boundary net on that mask, and the
-    post-processing, each timed, and their sum. Also times the trained nets' own fusion."""
-    from bafusion.fusion import auto_step, remove_small_regions, score_dense, score_grid, to_gray_u8, window_mean
+    """ResNet-``time_depth`` at patch ``time_patch`` (random weights: the time does not depend
+    on them) timed on what the trained nets (``--model``) make it compute on each full-size
+    Lytro pair of ``--time-pairs``: the dense initial pass over the whole image; the boundary
+    net on the trained nets' near-boundary pixels, as exact patches on the grid of step p/4,
+    as exact patches at the positions that the trained boundary net's adaptive run (coarse
+    p/2, fine p/4 of the timed patch side) evaluates there, and dense on tiles; the
+    post-processing. Also times the trained nets' own default fusion."""
+    from bafusion.fusion import (
+        _PatchScorer, auto_step, remove_small_regions, score_adaptive, score_dense, score_grid, to_gray_u8,
+        window_mean,
+    )
 
     p = args.time_patch
     torch.manual_seed(0)
     ni, nb = build_model(args.time_depth).eval(), build_model(args.time_depth).eval()
     ni, nb = ni.to(memory_format=torch.channels_last), nb.to(memory_format=torch.channels_last)
+    margin = FusionParams().dense_margin
+    fine = auto_step(p)
     rows = []
     for i in args.time_pairs:
         a, b = lytro_pair(i)
@@ -347,22 +364,36 @@ def speed_with_model_mask(args: argparse.Namespace, nets: FusionNets, report: di
         t_real = time.perf_counter() - t0
         near = real.near_boundary
         ga, gb = to_gray_u8(a), to_gray_u8(b)
-        row = {"pair": i, "near_fraction": float(near.mean()), "trained_nets_seconds": t_real}
+        st: dict = {}
+        score_adaptive(nets.boundary, ga, gb, nets.patch_boundary, near, coarse=2 * fine, fine=fine, stats=st)
+        pr, pc = st["positions"]
+        row = {"pair": i, "near_fraction": float(near.mean()), "trained_nets_seconds": t_real,
+               "adaptive_patches": int(len(pr)),
+               "grid_patches": int(len({(r // fine, c // fine) for r, c in zip(*np.nonzero(near))}))}
         for prec in args.time_precisions:
             amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16")
             with torch.inference_mode(), amp:
-                score_dense(ni, ga[:64, :64], gb[:64, :64], p)  # warm-up
+                score_dense(ni, ga[:64, :64], gb[:64, :64], p, margin=margin)  # warm-up
                 t0 = time.perf_counter()
-                s0 = score_dense(ni, ga, gb, p, step=4)
+                s0 = score_dense(ni, ga, gb, p, step=4, margin=margin)
                 t_init = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                score_grid(nb, ga, gb, p, near, step=auto_step(p))
-                t_bound = time.perf_counter() - t0
+                score_grid(nb, ga, gb, p, near, step=fine)
+                t_grid = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                _PatchScorer(nb, ga, gb, p, 512, torch.device("cpu")).get(pr, pc)
+                t_adapt = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                score_dense(nb, ga, gb, p, step=4, mask=near, tile=FusionParams().tile, margin=margin)
+                t_dense = time.perf_counter() - t0
             t0 = time.perf_counter()
             window_mean(s0, args.ls[0])
             remove_small_regions(real.decision_raw, 0.01)
             t_post = time.perf_counter() - t0
-            row[prec] = {"initial": t_init, "boundary": t_bound, "post": t_post, "total": t_init + t_bound + t_post}
+            row[prec] = {"initial": t_init, "boundary_grid": t_grid, "boundary_adaptive": t_adapt,
+                         "boundary_dense": t_dense, "post": t_post,
+                         "total_grid": t_init + t_grid + t_post, "total_adaptive": t_init + t_adapt + t_post,
+                         "total_dense": t_init + t_dense + t_post}
         rows.append(row)
         print(json.dumps(row), flush=True)
     report["speed_model_mask"] = {"depth": args.time_depth, "patch": p, "threads": torch.get_num_threads(), "pairs": rows}

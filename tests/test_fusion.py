@@ -416,3 +416,33 @@ def test_cli_fuse_set_on_an_empty_test_set_fuses_nothing(tmp_path: Path, model_d
     assert rc == 0
     rep = json.loads((tmp_path / "fuse.json").read_text())
     assert rep["pairs"] == {} and "mean_dm_accuracy" not in rep
+
+
+def test_dense_pass_equals_the_context_view_of_training() -> None:
+    """With a margin, the dense score of a pixel on the 4-px grid is the in-context logit that
+    context-consistency training optimises (model.context_logits on the patch with that many
+    pixels of reflect-padded surroundings), whatever the box layout (whole image or tiles)."""
+    from bafusion.fusion import _pad
+    from bafusion.model import context_logits
+
+    torch.manual_seed(0)
+    net = build_model(8).eval()
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 256, (2, 44, 36), dtype=np.uint8)
+    p, m = 16, 16
+    whole = score_dense(net, a, b, p, step=4, margin=m)
+    tiled = score_dense(net, a, b, p, step=4, margin=m, mask=np.ones(a.shape, bool), tile=8)
+    padded = np.stack([_pad(a, p, margin=m), _pad(b, p, margin=m)]).astype(np.float32) / 255
+    rows, cols = np.arange(0, 44, 4), np.arange(0, 36, 4)
+    crops = np.stack([padded[:, r : r + p + 2 * m, c : c + p + 2 * m] for r in rows for c in cols])
+    with torch.no_grad():
+        z = context_logits(net, torch.from_numpy(crops), m)
+    want = torch.sigmoid(z[:, 1] - z[:, 0]).numpy().reshape(len(rows), len(cols))
+    np.testing.assert_allclose(whole[::4, ::4], want, atol=1e-5)
+    np.testing.assert_allclose(tiled[::4, ::4], want, atol=1e-5)
+    iso = net(torch.from_numpy(crops[:, :, m:-m, m:-m]))  # the forward with context returns both views
+    both = net(torch.from_numpy(crops), m)
+    torch.testing.assert_close(both[: len(crops)], iso, atol=1e-5, rtol=0)
+    torch.testing.assert_close(both[len(crops):], z, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="multiple"):
+        context_logits(net, torch.from_numpy(crops), 6)

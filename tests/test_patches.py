@@ -105,3 +105,38 @@ def test_split_pairs_fraction_and_determinism() -> None:
     assert len(v) == 15 and v == split_pairs(ids[::-1], 0.15, 0)
     assert split_pairs(ids, 0.15, 1) != v
     assert len(split_pairs(np.arange(3), 0.15, 0)) == 1  # at least one validation pair
+
+
+def test_context_stores_the_same_patches_with_their_surroundings(shard: Path, tmp_path: Path) -> None:
+    """patches.context: crops of side p + 2*context around the very patches (same centres,
+    labels and boundary picks) that context 0 draws, reflect-padded at the image border."""
+    base = PatchOptions(patch=16, per_pair=6, boundary_per_pair=4, val_fraction=0.25, seed=3)
+    run_patches([shard], base, tmp_path / "plain", progress=False)
+    ctx = PatchOptions(**{**base.__dict__, "context": 8})
+    summary = run_patches([shard], ctx, tmp_path / "ctx", progress=False)
+    assert summary["context"] == 8
+    src = _mattes(shard)
+    for kind in ("initial", "boundary"):
+        with h5py.File(tmp_path / "ctx" / f"{kind}.h5", "r") as f:
+            assert f.attrs["context"] == 8 and f.attrs["patch"] == 16
+        with h5py.File(tmp_path / "plain" / f"{kind}.h5", "r") as f:
+            assert "context" not in f.attrs  # the paper's files are unchanged
+        for split in ("train", "val"):
+            plain = read_split(tmp_path / "plain" / f"{kind}.h5", split)
+            got = read_split(tmp_path / "ctx" / f"{kind}.h5", split)
+            assert got["x"].shape[1:] == (2, 32, 32)
+            for k in ("y", "pair", "centre"):
+                assert np.array_equal(got[k], plain[k])
+            assert np.array_equal(got["x"][:, :, 8:24, 8:24], plain["x"])
+            for x, pid, (r, c) in zip(got["x"], got["pair"], got["centre"]):
+                _, A, _ = src[int(pid)]
+                padded = np.pad(A, 8, mode="reflect")
+                # the crop covers rows r - 16 .. r + 15 of A, i.e. padded rows r - 8 .. r + 23
+                assert np.array_equal(x[0], padded[r - 8 : r + 24, c - 8 : c + 24])
+
+
+def test_context_must_be_a_multiple_of_the_stride() -> None:
+    from bafusion.errors import UserError
+
+    with pytest.raises(UserError, match="context"):
+        PatchOptions(context=6)

@@ -231,3 +231,34 @@ def test_warm_start_from_a_model_file(toy_run: dict, tmp_path: Path) -> None:
     other = resolve_config({**params, "depth": 14}, "initial")
     with pytest.raises(UserError, match=str(init)):
         train("initial", toy_run["h5"], other, _paths(tmp_path / "other", "initial"), progress=False)
+
+
+def test_context_consistency_training(toy_run: dict, tmp_path: Path) -> None:
+    """On patches stored with surroundings (patches.context), train.consistency trains the
+    isolated patch and the patch in context to agree: both views are validated and the model
+    description records the context."""
+    h5 = write_toy_patches(tmp_path / "ctx" / "initial.h5", n_train=192, n_val=96, patch=16, seed=1, context=8)
+    params = {**TOY, "train": {**TOY["train"], "consistency": 1.0}}
+    paths = _paths(tmp_path, "initial")
+    s = train("initial", h5, resolve_config(params, "initial"), paths, progress=False)
+    assert s["val_acc"] > 0.9 and s["val_acc_context"] > 0.9 and s["val_view_agreement"] > 0.9
+    _, meta = load_model(paths.out)
+    assert meta["context"] == 8 and meta["patch"] == 16 and meta["params"]["consistency"] == 1.0
+    header = paths.plots.read_text().splitlines()[0]
+    assert header.endswith("samples_seen,val_acc_context,val_view_agreement")
+    # the in-context view is what fusion's dense pass computes: it matches the validated
+    # in-context accuracy on the validation crops' central pixels
+    net, _ = load_model(paths.out)
+    with h5py.File(h5, "r") as f:
+        x = torch.from_numpy(f["val"]["x"][...]).float() / 255
+        y = torch.from_numpy(f["val"]["y"][...]).long()
+    with torch.no_grad():
+        both = net(x, 8)
+    acc_ctx = float((both[len(y):].argmax(1) == y).float().mean())
+    assert acc_ctx == pytest.approx(s["val_acc_context"], abs=1e-6)
+    # consistency without surroundings in the patch set is refused, naming the file
+    with pytest.raises(UserError, match=r"initial\.h5.*patches\.context"):
+        train("initial", toy_run["h5"], resolve_config(params, "initial"), _paths(tmp_path / "no", "initial"),
+              progress=False)
+    with pytest.raises(UserError, match="consistency"):
+        resolve_config({"train": {"consistency": -1}}, "initial")

@@ -24,8 +24,9 @@ def toy_arrays(n: int, patch: int, rng: np.random.Generator) -> tuple[np.ndarray
 
 
 def write_toy_patches(path: Path, n_train: int = 256, n_val: int = 128, patch: int = 16, seed: int = 0,
-                      kind: str = "initial") -> Path:
-    """Write a patch set with groups ``train``/``val`` (datasets x, y, pair, centre) and root attributes."""
+                      kind: str = "initial", context: int = 0) -> Path:
+    """Write a patch set with groups ``train``/``val`` (datasets x, y, pair, centre) and root attributes
+    (``context`` > 0: crops of side ``patch + 2 * context``, the texture filling the whole crop)."""
     import h5py
 
     rng = np.random.default_rng(seed)
@@ -36,8 +37,10 @@ def write_toy_patches(path: Path, n_train: int = 256, n_val: int = 128, patch: i
         f.attrs["kind"] = kind
         f.attrs["params"] = json.dumps({"patch": patch, "toy": True})
         f.attrs["code_version"] = "test"
+        if context:
+            f.attrs["context"] = context
         for split, n in (("train", n_train), ("val", n_val)):
-            x, y = toy_arrays(n, patch, rng)
+            x, y = toy_arrays(n, patch + 2 * context, rng)
             g = f.create_group(split)
             g.create_dataset("x", data=x)
             g.create_dataset("y", data=y)

@@ -134,7 +134,9 @@ def to_input(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tenso
 
 @dataclass
 class PatchSplit:
-    """One split of a patch set held in memory (``x`` uint8 (N,2,p,p), ``y`` int64 (N,))."""
+    """One split of a patch set held in memory (``x`` uint8 (N,2,s,s), ``y`` int64 (N,)):
+    ``s = patch + 2 * context``, the patches with ``context`` pixels of surroundings (0: the
+    patches alone)."""
 
     path: Path
     split: str
@@ -143,6 +145,7 @@ class PatchSplit:
     x: torch.Tensor
     y: torch.Tensor
     attrs: dict
+    context: int = 0
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -232,9 +235,12 @@ def load_split(
         raise InputFileError(p, f"{split}/y has shape {y.shape}, expected ({x.shape[0]},)")
     if y.size and (y.min() < 0 or y.max() > 1):
         raise InputFileError(p, f"{split}/y holds labels outside {{0, 1}}")
-    patch = int(x.shape[2])
+    side = int(x.shape[2])
+    context = int(attrs.get("context", 0) or 0)  # type: ignore[call-overload]
+    patch = side - 2 * context
     if "patch" in attrs and int(attrs["patch"]) != patch:  # type: ignore[call-overload]
-        raise InputFileError(p, f"attribute patch={attrs['patch']} but {split}/x holds {patch}x{patch} patches")
+        raise InputFileError(p, f"attributes patch={attrs['patch']}, context={context} but {split}/x holds "
+                                f"{side}x{side} crops")
     if expect_patch is not None and patch != int(expect_patch):
         raise InputFileError(p, f"holds {patch}x{patch} patches but the parameters ask for patch={expect_patch}")
     kind = str(attrs.get("kind", ""))
@@ -251,7 +257,7 @@ def load_split(
             xt, yt = xt.pin_memory(), yt.pin_memory()
     elif dev.type != "cpu" and _fits_on(dev, nbytes):
         xt, yt = xt.to(dev), yt.to(dev)
-    return PatchSplit(path=p, split=split, kind=kind, patch=patch, x=xt, y=yt, attrs=attrs)
+    return PatchSplit(path=p, split=split, kind=kind, patch=patch, x=xt, y=yt, attrs=attrs, context=context)
 
 
 # --------------------------------------------------------------------------------------
@@ -270,7 +276,9 @@ class AugmentedLoader:
       ``world_size``-th pair after trimming to a multiple of ``world_size``, so all ranks run
       the same number of steps (needed by DDP; ``even_shards=False`` keeps every pair and
       lets the last ranks take one fewer, fine for evaluation). ``batch_size`` is per rank.
-    - Yields ``(x, y)``: float input (``to_input``) of shape (B, 2, p, p), int64 labels.
+    - Yields ``(x, y)``: float input (``to_input``) of shape (B, 2, s, s), int64 labels (``s``:
+      the stored side, ``patch + 2 * context``; the geometric variants act on the whole crop,
+      which keeps the patch centred in it).
     """
 
     def __init__(
@@ -304,7 +312,7 @@ class AugmentedLoader:
         self.channels_last = channels_last
         self.dtype = dtype
         self.generator = torch.Generator().manual_seed(int(seed))
-        self.table = variant_table(data.patch, self.device)
+        self.table = variant_table(int(data.x.shape[-1]), self.device)
         self.epoch = 0
         self.position = 0  # batches of the current epoch already served
         self._epoch_rng: torch.Tensor = self.generator.get_state()

@@ -114,6 +114,9 @@ HOW_TO_GET_MODELS = (
 # --------------------------------------------------------------------------------------
 
 
+BOUNDARY_MODES = ("adaptive", "grid", "dense", "exact")
+
+
 @dataclass(frozen=True)
 class FusionParams:
     """Every constant of the fusion rule; defaults chosen in ``benchmarks/bench_fusion.py``."""
@@ -140,18 +143,21 @@ class FusionParams:
     initial_step: int = 4
     #: "grid" initial mode: grid step (1, 2, 4, 8 or 16).
     initial_grid_step: int = 8
-    #: How the boundary net scores the near-boundary pixels: "dense" (trunk on tiles, like the
-    #: initial net), "grid" (exact patches on a grid of step ``boundary_step``, interpolated),
-    #: "adaptive" (exact patches on a grid of step ``boundary_step`` refined down to
-    #: ``boundary_fine_step`` in the cells the decision boundary crosses) or "exact" (exact
-    #: patch per pixel). ``exact=True`` implies "exact".
-    boundary_mode: str = "grid"
-    #: Grid step of the boundary net (16, 8, 4, 2, 1; "dense" mode uses at most 4); 0: the
-    #: largest power of two <= p/4 (8 for p = 32), see :func:`auto_step`.
+    #: How the boundary net scores the near-boundary pixels: "adaptive" (exact patches on a
+    #: grid of step ``boundary_step``, refined down to ``boundary_fine_step`` in the cells the
+    #: decision boundary crosses), "grid" (exact patches on a grid of step ``boundary_step``,
+    #: interpolated), "dense" (trunk on tiles, like the initial net; fast, not faithful, see
+    #: the module docstring) or "exact" (exact patch per pixel). ``exact=True`` implies "exact".
+    boundary_mode: str = "adaptive"
+    #: Grid step of the boundary net (32, 16, 8, 4, 2, 1; "dense" mode uses at most 4); 0: auto,
+    #: :func:`boundary_steps` (grid: p/4; adaptive: p/2 as the coarse step).
     boundary_step: int = 0
     #: Finest grid step of "adaptive" mode (1: exact scores in the cells the boundary crosses;
-    #: at most ``boundary_step``); 0: a quarter of the coarse step.
+    #: at most ``boundary_step``); 0: half the coarse step (p/4 by default).
     boundary_fine_step: int = 0
+    #: Dense mode: pixels of surroundings (multiple of 4) the trunk sees around each box, so
+    #: that a box edge never puts zeros beside a patch; 0: the patches' extent alone.
+    dense_margin: int = 16
     #: Dense mode: tile side (pixels, multiple of 4) for the boundary net and for large images.
     tile: int = 128
     #: Dense mode: the initial net runs on tiles of at most this side (bounds memory).
@@ -177,11 +183,13 @@ class FusionParams:
             raise UserError(f"initial_mode must be dense or grid, got {self.initial_mode!r}")
         if self.initial_grid_step not in (1, 2, 4, 8, 16):
             raise UserError(f"initial_grid_step must be 1, 2, 4, 8 or 16, got {self.initial_grid_step!r}")
-        if self.boundary_mode not in ("dense", "grid", "adaptive", "exact"):
-            raise UserError(f"boundary_mode must be dense, grid, adaptive or exact, got {self.boundary_mode!r}")
+        if self.boundary_mode not in BOUNDARY_MODES:
+            raise UserError(f"boundary_mode must be one of {', '.join(BOUNDARY_MODES)}, got {self.boundary_mode!r}")
         for name in ("boundary_step", "boundary_fine_step"):
-            if getattr(self, name) not in (0, 1, 2, 4, 8, 16):
-                raise UserError(f"{name} must be 0 (auto), 1, 2, 4, 8 or 16, got {getattr(self, name)!r}")
+            if getattr(self, name) not in (0, 1, 2, 4, 8, 16, 32):
+                raise UserError(f"{name} must be 0 (auto), 1, 2, 4, 8, 16 or 32, got {getattr(self, name)!r}")
+        if not isinstance(self.dense_margin, int) or self.dense_margin < 0 or self.dense_margin % 4:
+            raise UserError(f"dense_margin must be a multiple of 4 >= 0, got {self.dense_margin!r}")
         for name in ("tile", "max_tile"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 4 or v % 4:
@@ -273,29 +281,44 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray) -> None:
 
 
 #: Rows/columns of padding beyond the last patch start: room for grid steps up to this.
-MAX_GRID_STEP = 16
+MAX_GRID_STEP = 32
 
 
 def auto_step(patch: int) -> int:
-    """The boundary grid step for ``boundary_step = 0``: the largest power of two <= p/4
-    (8 for p = 32, 16 for the paper's p = 64, 2 for p = 12)."""
+    """The boundary grid step for ``boundary_step = 0`` in grid mode, and the fine step of the
+    adaptive mode: the largest power of two <= p/4 (8 for p = 32, 16 for the paper's p = 64,
+    2 for p = 12)."""
     step = 1
-    while step * 2 <= min(patch // 4, MAX_GRID_STEP):
+    while step * 2 <= min(patch // 4, MAX_GRID_STEP // 2):
         step *= 2
     return step
 
 
-def _pad(gray: np.ndarray, patch: int, extra: int = MAX_GRID_STEP) -> np.ndarray:
-    """Reflect-pad so the patch of pixel (r, c) starts at padded (r, c); ``extra`` rows/columns
-    more at the bottom/right leave room for the dense grid."""
-    top = patch // 2
-    bottom = patch - top - 1 + extra
+def boundary_steps(params: "FusionParams", patch: int) -> tuple[int, int]:
+    """(step, fine step) of the boundary net for ``params`` and patch side ``patch``: the set
+    values, or for 0 (auto) p/4 in grid mode and p/2 refined to p/4 in adaptive mode (16 -> 8
+    for p = 32, 32 -> 16 for p = 64; measured in BENCHMARKS.md)."""
+    base = auto_step(patch)
+    if params.boundary_mode == "adaptive":
+        coarse = params.boundary_step or 2 * base
+        fine = params.boundary_fine_step or max(1, coarse // 2)
+        return coarse, min(fine, coarse)
+    return params.boundary_step or base, params.boundary_fine_step
+
+
+def _pad(gray: np.ndarray, patch: int, extra: int = MAX_GRID_STEP, margin: int = 0) -> np.ndarray:
+    """Reflect-pad so the patch of pixel (r, c) starts at padded (r + margin, c + margin);
+    ``extra`` rows/columns more at the bottom/right leave room for the dense grid."""
+    top = patch // 2 + margin
+    bottom = patch - patch // 2 - 1 + extra + margin
     return np.pad(gray, ((top, bottom), (top, bottom)), mode="reflect")
 
 
-def _pair_tensor(gray_a: np.ndarray, gray_b: np.ndarray, patch: int, device: torch.device) -> torch.Tensor:
+def _pair_tensor(gray_a: np.ndarray, gray_b: np.ndarray, patch: int, device: torch.device,
+                 margin: int = 0) -> torch.Tensor:
     """(1, 2, Hp, Wp) float32 in [0, 1]: reflect-padded gray A and gray B."""
-    x = np.stack([_pad(gray_a, patch), _pad(gray_b, patch)]).astype(np.float32) / np.float32(255.0)
+    x = np.stack([_pad(gray_a, patch, margin=margin), _pad(gray_b, patch, margin=margin)]).astype(np.float32)
+    x /= np.float32(255.0)
     return torch.from_numpy(x)[None].to(device)
 
 
@@ -431,6 +454,7 @@ def score_adaptive(
     threshold: float = 0.5,
     batch_size: int = 512,
     device: torch.device | str = "cpu",
+    stats: dict | None = None,
 ) -> np.ndarray:
     """Exact patches on a coarse-to-fine grid around the masked pixels, interpolated.
 
@@ -440,10 +464,11 @@ def score_adaptive(
     side too. A cell whose corners disagree holds the decision boundary and is split in four,
     down to cells of side ``fine`` (``fine = 1``: exact scores there). So the work goes where
     the decision is made: about the ``coarse`` grid's cost plus a few patches per pixel of
-    boundary length. Pixels outside ``mask`` are NaN."""
+    boundary length. Pixels outside ``mask`` are NaN. ``stats`` (a dict), if given, receives
+    the patch starts (rows, cols) that were evaluated, under "positions" (benchmarks)."""
     for v, name in ((coarse, "coarse"), (fine, "fine")):
-        if v not in (1, 2, 4, 8, 16):
-            raise UserError(f"{name} grid step must be 1, 2, 4, 8 or 16, got {v}")
+        if v not in (1, 2, 4, 8, 16, 32):
+            raise UserError(f"{name} grid step must be 1, 2, 4, 8, 16 or 32, got {v}")
     if fine > coarse:
         raise UserError(f"fine grid step {fine} is larger than the coarse step {coarse}")
     dev = torch.device(device)
@@ -484,6 +509,8 @@ def score_adaptive(
     lg = scorer.logit
     d = (lg[i0, j0] * (1 - fc) + lg[i0, j0 + fs] * fc) * (1 - fr) + (lg[i0 + fs, j0] * (1 - fc) + lg[i0 + fs, j0 + fs] * fc) * fr
     out[rows, cols] = special.expit(d)
+    if stats is not None:
+        stats["positions"] = np.nonzero(~np.isnan(scorer.logit))
     return out
 
 
@@ -502,18 +529,21 @@ def _interp_axis(g: torch.Tensor, n: int, step: int, dim: int) -> torch.Tensor:
 
 
 def _dense_box(
-    net: CifarResNet, x: torch.Tensor, r0: int, r1: int, c0: int, c1: int, patch: int, step: int
+    net: CifarResNet, x: torch.Tensor, r0: int, r1: int, c0: int, c1: int, patch: int, step: int, margin: int = 0
 ) -> torch.Tensor:
-    """Dense logit differences for image pixels [r0, r1) x [c0, c1) from padded pair ``x``.
+    """Dense logit differences for image pixels [r0, r1) x [c0, c1) from padded pair ``x``
+    (padded by ``margin`` more than :func:`_pad` on every side).
 
-    The trunk runs on the crop of ``x`` holding those pixels' patches, once per shift
+    The trunk runs on the crop of ``x`` holding those pixels' patches and ``margin`` pixels
+    around them (so that a box edge does not put zeros next to a patch), once per shift
     (``(4/step)**2`` shifts); each run gives the patches starting on a step-4 grid; together
     they fill a grid of the given step, which is interpolated to every pixel."""
     k = patch // 4
+    mc = margin // 4  # cells of surroundings, dropped after pooling
     gh = -(-(r1 - 1 - r0) // step) + 1  # grid points 0, step, ..., covering r1 - 1
     gw = -(-(c1 - 1 - c0) // step) + 1
-    need_h = step * (gh - 1) + patch + 4
-    need_w = step * (gw - 1) + patch + 4
+    need_h = step * (gh - 1) + patch + 4 + 2 * margin
+    need_w = step * (gw - 1) + patch + 4 + 2 * margin
     crop = x[:, :, r0 : r0 + need_h, c0 : c0 + need_w]
     weight = net.fc.weight[:, :, None, None]
     grid = torch.empty((gh, gw), dtype=torch.float32, device=x.device)
@@ -526,7 +556,7 @@ def _dense_box(
             feat = net.trunk(sub[:, :, :hs, :ws])
             z = F.conv2d(feat, weight, net.fc.bias).float()  # fc as a 1x1 convolution (before the mean: both linear)
             z = F.avg_pool2d(z, k, stride=1)  # the global pooling over each patch's p/4 x p/4 cells
-            d = _logit_diff(z)[0].float()
+            d = _logit_diff(z)[0].float()[mc:, mc:]
             nr = len(range(a // step, gh, m))
             nc = len(range(b // step, gw, m))
             grid[a // step :: m, b // step :: m] = d[:nr, :nc]
@@ -545,20 +575,28 @@ def score_dense(
     tile: int = 128,
     max_tile: int = 1024,
     device: torch.device | str = "cpu",
+    margin: int = 0,
 ) -> np.ndarray:
     """Dense scores (float32 (H, W) probabilities of class 1).
+
+    ``margin`` (a multiple of 4): pixels of surroundings the trunk sees around every box
+    (reflect-padded at the image border), so that no patch sees the zeros of a box edge; with
+    a margin at least the trunk's receptive field, a pixel's score does not depend on the
+    boxes and equals :func:`bafusion.model.context_logits` of its patch with that context.
 
     Without ``mask`` the whole image is scored, in tiles of at most ``max_tile``. With a mask,
     only tiles of side ``tile`` holding masked pixels are scored, consecutive ones in a tile row
     merged into one box and each box cropped to the masked pixels' extent; other pixels are NaN."""
     if patch % 4 or patch < 4:
         raise UserError(f"patch side must be a positive multiple of 4 for dense fusion, got {patch}")
+    if margin < 0 or margin % 4:
+        raise UserError(f"dense margin must be a multiple of 4 >= 0, got {margin}")
     dev = torch.device(device)
     h, w = gray_a.shape
-    x = _pair_tensor(gray_a, gray_b, patch, dev)
+    x = _pair_tensor(gray_a, gray_b, patch, dev, margin)
     out = np.full((h, w), np.nan, dtype=np.float32)
     for r0, r1, c0, c1 in _boxes(h, w, mask, tile if mask is not None else max_tile, step):
-        d = _dense_box(net, x, r0, r1, c0, c1, patch, step)
+        d = _dense_box(net, x, r0, r1, c0, c1, patch, step, margin)
         p = torch.sigmoid(d).cpu().numpy()
         if mask is None:
             out[r0:r1, c0:c1] = p
@@ -612,18 +650,21 @@ def score(
     if params.exact or (mask is not None and params.boundary_mode == "exact"):
         return score_exact(net, gray_a, gray_b, patch, mask=mask, batch_size=params.batch_size, device=device)
     if mask is not None and params.boundary_mode == "adaptive":
+        coarse, fine = step, min(boundary_steps(params, patch)[1], step)
         return score_adaptive(
-            net, gray_a, gray_b, patch, mask, coarse=step, fine=min(params.boundary_fine_step or max(1, step // 4), step),
+            net, gray_a, gray_b, patch, mask, coarse=coarse, fine=fine,
             threshold=params.threshold, batch_size=params.batch_size, device=device,
         )
     if mask is not None and params.boundary_mode == "grid":
         return score_grid(net, gray_a, gray_b, patch, mask, step=step, batch_size=params.batch_size, device=device)
+
     if mask is None and params.initial_mode == "grid":
         everywhere = np.ones(gray_a.shape, dtype=bool)
         return score_grid(net, gray_a, gray_b, patch, everywhere, step=params.initial_grid_step,
                           batch_size=params.batch_size, device=device)
     return score_dense(
-        net, gray_a, gray_b, patch, step=min(step, 4), mask=mask, tile=params.tile, max_tile=params.max_tile, device=device
+        net, gray_a, gray_b, patch, step=min(step, 4), mask=mask, tile=params.tile, max_tile=params.max_tile,
+        device=device, margin=params.dense_margin,
     )
 
 
@@ -717,7 +758,7 @@ def fuse_images(
     near = (mean > params.low) & (mean < params.high)
     s1 = s0.copy()
     if params.refine and near.any():
-        bstep = params.boundary_step or auto_step(nets.patch_boundary)
+        bstep = boundary_steps(params, nets.patch_boundary)[0]
         with amp:
             sb = score(nets.boundary, ga, gb, nets.patch_boundary, params, bstep, mask=near, device=dev)
         s1[near] = sb[near]
@@ -858,11 +899,13 @@ def _add_param_args(p: argparse.ArgumentParser) -> None:
                    help=f"grid step of the boundary net; the coarse step in adaptive mode (default {d.boundary_step})")
     g.add_argument("--boundary-fine-step", type=int, default=None,
                    help=f"finest grid step of the adaptive boundary mode (default {d.boundary_fine_step})")
-    g.add_argument("--boundary-mode", choices=("dense", "grid", "adaptive", "exact"), default=None,
+    g.add_argument("--boundary-mode", choices=BOUNDARY_MODES, default=None,
                    help=f"how the boundary net scores near-boundary pixels (default {d.boundary_mode})")
     g.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                    help=f"fp32, or bf16 autocast (faster on AMX CPUs and GPUs) (default {d.precision})")
     g.add_argument("--tile", type=int, default=None, help=f"boundary-net tile side (default {d.tile})")
+    g.add_argument("--dense-margin", type=int, default=None,
+                   help=f"pixels of surroundings the dense trunk sees around each box (default {d.dense_margin})")
     g.add_argument("--params-file", default=None, help="YAML file whose 'fuse' section sets the defaults (params.yaml)")
     g.add_argument("--params-json", default=None,
                    help="JSON object of fusion parameters (the 'fuse' section; overrides --params-file)")
@@ -900,7 +943,7 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
         "initial_mode": args.initial_mode, "initial_step": args.initial_step,
         "initial_grid_step": args.initial_grid_step, "boundary_step": args.boundary_step, "tile": args.tile,
         "boundary_mode": args.boundary_mode, "boundary_fine_step": args.boundary_fine_step,
-        "precision": args.precision,
+        "precision": args.precision, "dense_margin": args.dense_margin,
     }
     merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
     other = {

@@ -105,9 +105,34 @@ class CifarResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.trunk(x)
-        return self.fc(f.mean(dim=(2, 3)))
+    def forward(self, x: torch.Tensor, context: int = 0) -> torch.Tensor:
+        """Logits (B, classes) of patches ``x`` (B, C, p, p).
+
+        ``context`` > 0 (a multiple of the stride, 4): ``x`` holds crops of side
+        ``p + 2 * context`` around the patches, and the result is (2B, classes): first the
+        logits of the isolated central patches (zero padding at their border, as in the
+        paper), then the logits that the trunk run over the whole crop gives when only the
+        central ``p/4 x p/4`` cells are pooled: the patch seen in its surroundings, which is
+        what fusion's dense pass computes (see :func:`context_logits`). One call, so that
+        DistributedDataParallel sees one forward per backward.
+        """
+        if not context:
+            return self.fc(self.trunk(x).mean(dim=(2, 3)))
+        iso = x[..., context:-context, context:-context]
+        return torch.cat([self.forward(iso), context_logits(self, x, context)])
+
+
+def context_logits(net: CifarResNet, x: torch.Tensor, context: int) -> torch.Tensor:
+    """Logits of the central patches of crops ``x`` (B, C, p + 2 * context, ...): the trunk
+    over the whole crop, the average over the central ``p/4 x p/4`` cells only, the linear
+    layer. ``context`` must be a positive multiple of the trunk's stride (4)."""
+    if context <= 0 or context % CifarResNet.stride:
+        raise ValueError(f"context must be a positive multiple of {CifarResNet.stride}, got {context}")
+    c = context // CifarResNet.stride
+    f = net.trunk(x)
+    if f.shape[-1] <= 2 * c or f.shape[-2] <= 2 * c:
+        raise ValueError(f"crops of {tuple(x.shape[-2:])} leave no central patch with context {context}")
+    return net.fc(f[..., c:-c, c:-c].mean(dim=(2, 3)))
 
 
 def build_model(depth: int = 56, in_channels: int = 2, num_classes: int = 2) -> CifarResNet:

@@ -53,6 +53,11 @@ class PatchOptions:
     label_threshold: float = 0.5
     val_fraction: float = 0.15
     seed: int = 0
+    #: Pixels of surroundings stored on every side of each patch (reflect-padded at the image
+    #: border): the crops are ``patch + 2 * context`` wide, centred on the same patch, whose
+    #: label and boundary test are unchanged. 0 (the paper): the patch alone. Training with
+    #: ``train.consistency`` uses the surroundings (see bafusion.train).
+    context: int = 0
 
     def __post_init__(self) -> None:
         if self.patch < 4:
@@ -63,6 +68,8 @@ class PatchOptions:
             raise UserError("patches.min_focused and min_defocused must be fractions summing to at most 1")
         if not 0 <= self.val_fraction < 1:
             raise UserError(f"patches.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not isinstance(self.context, int) or self.context < 0 or self.context % 4:
+            raise UserError(f"patches.context must be a multiple of 4 (the nets' stride) >= 0, got {self.context!r}")
 
     @property
     def threshold_u8(self) -> int:
@@ -99,12 +106,18 @@ def boundary_corners(
     return np.stack(np.unravel_index(pick, frac.shape), axis=1).astype(np.int64)
 
 
-def crop(A: np.ndarray, B: np.ndarray, corners: np.ndarray, p: int) -> np.ndarray:
-    """(N, 2, p, p) uint8 patches at the given top-left corners."""
-    out = np.empty((len(corners), 2, p, p), np.uint8)
-    for k, (r, c) in enumerate(corners):
-        out[k, 0] = A[r : r + p, c : c + p]
-        out[k, 1] = B[r : r + p, c : c + p]
+def crop(A: np.ndarray, B: np.ndarray, corners: np.ndarray, p: int, context: int = 0) -> np.ndarray:
+    """(N, 2, s, s) uint8 crops, ``s = p + 2 * context``: the p x p patches at the given
+    top-left corners with ``context`` pixels around them (the images reflect-padded, as in
+    fusion, where the surroundings fall outside)."""
+    if context:
+        A = np.pad(A, context, mode="reflect")
+        B = np.pad(B, context, mode="reflect")
+    s = p + 2 * context
+    out = np.empty((len(corners), 2, s, s), np.uint8)
+    for k, (r, c) in enumerate(corners):  # padded (r, c) is original (r - context, c - context)
+        out[k, 0] = A[r : r + s, c : c + s]
+        out[k, 1] = B[r : r + s, c : c + s]
     return out
 
 
@@ -122,7 +135,7 @@ def split_pairs(pair_ids: np.ndarray, val_fraction: float, seed: int) -> set[int
 class _Appender:
     """Grow chunked, compressed datasets of one split group as patches arrive."""
 
-    def __init__(self, g: h5py.Group, p: int) -> None:
+    def __init__(self, g: h5py.Group, p: int) -> None:  # p: the stored side
         kw: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True, "track_times": False}
         self.x = g.create_dataset("x", shape=(0, 2, p, p), maxshape=(None, 2, p, p), dtype=np.uint8, chunks=(64, 2, p, p), **kw)
         self.y = g.create_dataset("y", shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(4096,), **kw)
@@ -186,6 +199,8 @@ def run_patches(shard_files: list[Path], opts: PatchOptions, out_dir: Path, prog
         "params": json.dumps(asdict(opts), sort_keys=True),
         "code_version": __version__,
     }
+    if opts.context:  # (absent for the paper's isolated patches: files as before)
+        attrs["context"] = opts.context
     thr = opts.threshold_u8
     with atomic_file(out_dir / "initial.h5") as t_init, atomic_file(out_dir / "boundary.h5") as t_bnd:
         with h5py.File(t_init, "w", track_order=True) as f_init, h5py.File(t_bnd, "w", track_order=True) as f_bnd:
@@ -195,7 +210,7 @@ def run_patches(shard_files: list[Path], opts: PatchOptions, out_dir: Path, prog
                 for k, v in attrs.items():
                     f.attrs[k] = v
                 f.attrs["kind"] = s
-                app[s] = {sp: _Appender(f.create_group(sp, track_order=True), p) for sp in SPLITS}
+                app[s] = {sp: _Appender(f.create_group(sp, track_order=True), p + 2 * opts.context) for sp in SPLITS}
             last_matte_id = None
             frac = None
             for pair_id, A, B, matte in tqdm(
@@ -216,13 +231,14 @@ def run_patches(shard_files: list[Path], opts: PatchOptions, out_dir: Path, prog
                 ):
                     centres = corners + p // 2
                     y = focus[centres[:, 0], centres[:, 1]].astype(np.uint8)
-                    app[s][split].append(crop(A, B, corners, p), y, np.full(len(y), pair_id, np.int64), centres.astype(np.int32))
+                    app[s][split].append(crop(A, B, corners, p, opts.context), y, np.full(len(y), pair_id, np.int64), centres.astype(np.int32))
                     counts[s][split] += len(y)
                     labels[s][split] += int(y.sum())
     summary = {
         "pairs": int(all_ids.size),
         "val_pairs": len(val_pairs),
         "patch": p,
+        **({"context": opts.context} if opts.context else {}),
         "counts": counts,
         "positives": labels,
         "augmentation_factor": AUGMENTATION_FACTOR,

@@ -96,6 +96,7 @@ def cmd_patches(args: argparse.Namespace) -> int:
         label_threshold=args.label_threshold,
         val_fraction=args.val_fraction,
         seed=args.seed,
+        context=args.context,
     )
     with tracking.stage_run("patches", {"patch": opts.patch, "seed": opts.seed, "patches": vars(opts)}) as run:
         t0 = time.perf_counter()
@@ -204,6 +205,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-defocused", type=float, default=0.1)
     p.add_argument("--label-threshold", type=float, default=0.5)
     p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--context", type=int, default=0,
+                   help="pixels of surroundings stored on every side of each patch (multiple of 4; 0: the patch alone)")
     p.add_argument("--out", required=True, help="output folder for initial.h5 and boundary.h5")
     p.add_argument("--summary", help="also write the counts as JSON here")
     p.set_defaults(func=cmd_patches)

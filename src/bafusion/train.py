@@ -98,6 +98,9 @@ class TrainConfig:
     threads: int = 0  # 0: torch's default
     checkpoint_every: int = 0  # steps; 0: only at epoch ends
     init: str = ""  # warm start: a model file (.pt with its .json) of the same depth, e.g. models/default/initial.pt
+    # Weight of the context-consistency term; needs a patch set with surroundings
+    # (patches.context > 0), see :func:`train_step`. 0 with such a set: both views, no term.
+    consistency: float = 0.0
 
     # Keys that do not change the trained weights (on a given device) and so may differ
     # between a checkpoint and the run resuming from it.
@@ -138,8 +141,11 @@ def resolve_config(params: Mapping[str, Any], net: str) -> TrainConfig:
             int(cfg.samples_per_epoch or 0), int(cfg.val_samples or 0), int(cfg.val_batch))
         cfg.threads, cfg.checkpoint_every = int(cfg.threads or 0), int(cfg.checkpoint_every or 0)
         cfg.init = str(cfg.init or "")
+        cfg.consistency = float(cfg.consistency or 0.0)
     except (TypeError, ValueError) as e:
         raise UserError(f"bad training parameter: {e}") from e
+    if cfg.consistency < 0:
+        raise UserError(f"train.consistency must be >= 0, got {cfg.consistency}")
     if cfg.epochs < 1 or cfg.batch < 1 or cfg.lr <= 0:
         raise UserError(f"train.epochs, train.batch and train.lr must be positive (got {cfg.epochs}, {cfg.batch}, {cfg.lr})")
     try:
@@ -363,13 +369,43 @@ def default_paths(net: str, out: str | os.PathLike[str]) -> Paths:
     )
 
 
+def two_view_loss(logits: torch.Tensor, y: torch.Tensor, consistency: float) -> torch.Tensor:
+    """Loss of a context batch (``CifarResNet.forward(x, context)``: isolated-patch logits
+    stacked over in-context logits): the cross-entropy of both views plus ``consistency``
+    times the symmetric Kullback-Leibler divergence between their class probabilities.
+
+    The isolated view is the paper's classifier (and fusion's exact mode); the in-context
+    view is what fusion's dense pass computes. Training both to agree makes the dense pass a
+    faithful fast evaluation of the patch classifier. (The divergence, unlike a squared
+    logit difference, stays bounded for confident nets and does not vanish where they
+    disagree.)"""
+    b = y.shape[0]
+    li, lc = logits[:b].float(), logits[b:].float()
+    loss = F.cross_entropy(li, y) + F.cross_entropy(lc, y)
+    if consistency:
+        pi, pc = F.log_softmax(li, 1), F.log_softmax(lc, 1)
+        sym_kl = 0.5 * (F.kl_div(pi, pc, log_target=True, reduction="batchmean")
+                        + F.kl_div(pc, pi, log_target=True, reduction="batchmean"))
+        loss = loss + consistency * sym_kl
+    return loss
+
+
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               amp: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+               amp: bool, device: torch.device, context: int = 0,
+               consistency: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step; returns the summed loss and the number of correct predictions (tensors on
-    ``device``, not synchronised, so the host never waits for the device)."""
+    ``device``, not synchronised, so the host never waits for the device).
+
+    ``context`` > 0: ``x`` holds patches with that many pixels of surroundings; the loss is
+    :func:`two_view_loss` and the count is that of the isolated view."""
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-        logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
+        if context:
+            logits_all = model(x, context)
+            loss = two_view_loss(logits_all, y, consistency)
+            logits = logits_all[: y.shape[0]]
+        else:
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -379,24 +415,34 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: AugmentedLoader, amp: bool, device: torch.device,
-             dist: Dist) -> tuple[float, float, int]:
-    """Mean loss, accuracy and count over the loader (summed over all processes); NaN when empty."""
+             dist: Dist, context: int = 0) -> tuple[float, float, int, dict[str, float]]:
+    """Mean loss, accuracy and count over the loader (summed over all processes; NaN when
+    empty), of the isolated patches. ``context`` > 0 adds, in a dict, the in-context view's
+    accuracy (``val_acc_context``) and the share of samples where the two views decide alike
+    (``val_view_agreement``)."""
     was = model.training
     model.eval()
-    tot = torch.zeros(3, dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+    tot = torch.zeros(5, dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
     for x, y in loader:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
-        tot[0] += F.cross_entropy(logits.float(), y, reduction="sum").to(tot.dtype)
-        tot[1] += (logits.argmax(1) == y).sum()
-        tot[2] += y.shape[0]
+            logits = model(x, context) if context else model(x)
+        b = y.shape[0]
+        li = logits[:b]
+        tot[0] += F.cross_entropy(li.float(), y, reduction="sum").to(tot.dtype)
+        tot[1] += (li.argmax(1) == y).sum()
+        tot[2] += b
+        if context:
+            lc = logits[b:]
+            tot[3] += (lc.argmax(1) == y).sum()
+            tot[4] += (lc.argmax(1) == li.argmax(1)).sum()
     if dist.active:
         torch.distributed.all_reduce(tot)
     model.train(was)
     n = int(tot[2].item())
     if n == 0:
-        return math.nan, math.nan, 0
-    return float(tot[0] / n), float(tot[1] / n), n
+        return math.nan, math.nan, 0, {}
+    extra = {"val_acc_context": float(tot[3] / n), "val_view_agreement": float(tot[4] / n)} if context else {}
+    return float(tot[0] / n), float(tot[1] / n), n, extra
 
 
 class _NoRun:
@@ -409,11 +455,13 @@ class _NoRun:
 # Timings (samples/s, seconds) go to MLflow and the log only: the files DVC tracks must be the
 # same for the same params and seed, or dvc.lock would change on every run.
 CSV_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "samples_seen")
+CONTEXT_FIELDS = ("val_acc_context", "val_view_agreement")  # with patches.context > 0 only
 
 
 def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    extra = [k for k in CONTEXT_FIELDS if rows and k in rows[0]]
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS + tuple(extra), extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
@@ -485,6 +533,12 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     if len(train_set) == 0:
         raise InputFileError(patches, f"the train split is empty: no {net} patches to train the {net} net on")
     val_set = load_split(patches, "val", device, expect_kind=net, expect_patch=cfg.patch)
+    context = train_set.context
+    if cfg.consistency and not context:
+        raise UserError(f"train.consistency={cfg.consistency} needs patches with surroundings, but {patches} holds "
+                        "the patches alone: set patches.context (e.g. 16) and rerun the patches step")
+    if context and context % CifarResNet.stride:
+        raise InputFileError(patches, f"context {context} is not a multiple of the nets' stride {CifarResNet.stride}")
     loader = AugmentedLoader(train_set, local_batch, device, seed=cfg.seed, augment=True,
                              samples_per_epoch=cfg.samples_per_epoch, rank=dist.rank,
                              world_size=dist.world_size, channels_last=channels_last)
@@ -594,7 +648,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             bar = tqdm(loader, total=len(loader), initial=loader.position, desc=f"{net} epoch {epoch + 1}/{cfg.epochs}",
                        unit="batch", disable=not (progress and dist.main), mininterval=2.0, leave=False)
             for x, y in bar:
-                loss_sum, correct = train_step(train_model, opt, x, y, amp, device)
+                loss_sum, correct = train_step(train_model, opt, x, y, amp, device, context, cfg.consistency)
                 tot[0] += loss_sum.to(acc_dtype)
                 tot[1] += correct
                 tot[2] += y.shape[0]
@@ -617,13 +671,13 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             samples_seen += n_epoch
             train_time += epoch_time
             sched.step()
-            val_loss, val_acc, _ = evaluate(model, val_loader, amp, device, dist)
+            val_loss, val_acc, _, val_extra = evaluate(model, val_loader, amp, device, dist, context)
             row = {
                 "epoch": epoch + 1, "lr": lr,
                 "train_loss": float(tot[0] / max(n_epoch, 1)), "train_acc": float(tot[1] / max(n_epoch, 1)),
                 "val_loss": val_loss, "val_acc": val_acc,
                 "samples_per_s": n_epoch / epoch_time if epoch_time > 0 else math.nan,
-                "epoch_time_s": epoch_time, "samples_seen": samples_seen,
+                "epoch_time_s": epoch_time, "samples_seen": samples_seen, **val_extra,
             }
             history.append(row)
             improved = _better(val_acc, best_acc)
@@ -638,7 +692,10 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 _write_csv(paths.plots, history)
                 print(f"bafusion train: {net} epoch {epoch + 1}/{cfg.epochs} lr {lr:.3g} "
                       f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
-                      f"val loss {val_loss:.4f} acc {val_acc:.4f} | {row['samples_per_s']:.1f} samples/s",
+                      f"val loss {val_loss:.4f} acc {val_acc:.4f}"
+                      + (f" (in context {val_extra['val_acc_context']:.4f}, views agree "
+                         f"{val_extra['val_view_agreement']:.4f})" if val_extra else "")
+                      + f" | {row['samples_per_s']:.1f} samples/s",
                       file=sys.stderr)
             if dist.active:
                 torch.distributed.barrier()
@@ -656,6 +713,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             "samples_seen": samples_seen,
             "effective_train_samples": loader.num_samples, "train_patches": len(train_set),
             "val_patches": len(val_set), "device": str(device), "world_size": dist.world_size,
+            **{k: best_row[k] for k in ("val_acc_context", "val_view_agreement") if k in best_row},
         }
         if dist.main:
             best = load_checkpoint(best_path) if best_path.exists() else None
@@ -666,6 +724,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 final.load_state_dict(_cpu_state(model))
             meta = {
                 "net": net, "patch": cfg.patch, "depth": cfg.depth, "params": cfg.to_dict(),
+                **({"context": context} if context else {}),
                 "epochs": cfg.epochs, "best_epoch": best_epoch, "val_acc": best_row["val_acc"],
                 "samples_seen": samples_seen, "device": str(device),
                 "world_size": dist.world_size, "input_scale": INPUT_SCALE, "augment_variants": N_VARIANTS,
@@ -690,8 +749,9 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
 
 
 def _epoch_metrics(row: Mapping[str, Any]) -> dict[str, float]:
-    keys = ("lr", "train_loss", "train_acc", "val_loss", "val_acc", "samples_per_s", "epoch_time_s")
-    return {k: float(row[k]) for k in keys if not (isinstance(row[k], float) and math.isnan(row[k]))}
+    keys = ("lr", "train_loss", "train_acc", "val_loss", "val_acc", "samples_per_s", "epoch_time_s",
+            "val_acc_context", "val_view_agreement")
+    return {k: float(row[k]) for k in keys if k in row and not (isinstance(row[k], float) and math.isnan(row[k]))}
 
 
 # --------------------------------------------------------------------------------------

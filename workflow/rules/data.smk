@@ -101,6 +101,7 @@ rule patches:
         min_defocused=config["patches"]["min_defocused"],
         label_threshold=config["patches"]["label_threshold"],
         val_fraction=config["patches"]["val_fraction"],
+        context=config["patches"].get("context", 0),
         seed=config["seed"],
         out=lambda wildcards, output: os.path.dirname(output.initial),
     log:
@@ -110,5 +111,5 @@ rule patches:
         "bafusion patches {input.shards} --patch {params.patch} --per-pair {params.per_pair}"
         " --boundary-per-pair {params.boundary_per_pair} --min-focused {params.min_focused}"
         " --min-defocused {params.min_defocused} --label-threshold {params.label_threshold}"
-        " --val-fraction {params.val_fraction} --seed {params.seed}"
+        " --val-fraction {params.val_fraction} --context {params.context} --seed {params.seed}"
         " --out {params.out} --summary {output.summary} > {log} 2>&1"
