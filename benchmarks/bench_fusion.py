@@ -24,10 +24,13 @@ pipeline's ``data/patches``; trained nets are cached in ``benchmarks/out/nets-*.
 With ``--model models/default`` the agreement and synthetic runs use the shipped nets instead,
 and the speed run times ResNet-``--time-depth`` nets of patch ``--time-patch`` (random weights:
 the time does not depend on them) on the near-boundary pixels that the shipped nets mark on
-each full-size pair of ``--time-pairs``::
+each full-size pair of ``--time-pairs``. BENCHMARKS.md's "Fusion" tables came from::
 
-    bench_fusion.py --model models/default --threads 2 --size 256 --pairs 1 2 3 4 5 \
-        --skip synthetic --configs dense4+grid8 dense4+grid8-bf16
+    bench_fusion.py --model models/default --threads 1 --size 256 --pairs 1 2 3 --retime-exact \
+        --skip synthetic speed --configs default default-bf16 dense4+grid8 dense4+grid16 \
+        dense4+adaptive16-4 dense4+dense4 grid16+grid8
+    bench_fusion.py --model models/default --threads 2 --skip agreement synthetic \
+        --time-pairs 1 2 3 4 5 --time-depth 56 --time-patch 64
 """
 
 from __future__ import annotations
@@ -170,7 +173,9 @@ def lytro_pair(i: int, size: int | None = None) -> tuple[np.ndarray, np.ndarray]
 
 
 CONFIGS = {
-    "default": dict(),  # FusionParams() as shipped
+    "default": dict(),  # FusionParams() as shipped: dense4 + adaptive p/2 -> p/4, margin 16
+    "default-bf16": dict(precision="bf16"),
+    "default-margin0": dict(dense_margin=0),
     "dense4+dense4": dict(initial_step=4, boundary_mode="dense", boundary_step=4),
     "dense4+grid8": dict(initial_step=4, boundary_mode="grid", boundary_step=8),
     "dense4+grid4": dict(initial_step=4, boundary_mode="grid", boundary_step=4),
@@ -212,14 +217,16 @@ def _nets_digest(nets: FusionNets) -> str:
     return h.hexdigest()[:16]
 
 
-def exact_reference(a: np.ndarray, b: np.ndarray, nets: FusionNets, l: int, key: str):  # noqa: E741
+def exact_reference(a: np.ndarray, b: np.ndarray, nets: FusionNets, l: int, key: str,  # noqa: E741
+                    retime: bool = False):
     """Exact-mode fusion (one forward pass per pixel), cached in benchmarks/out/exact-cache/
     by the nets' weights and ``key``: it is by far the slowest part of the benchmark.
-    Returns (result, seconds) with the seconds of the run that made the cache entry."""
+    Returns (result, seconds) with the seconds of the run that made the cache entry
+    (``retime``: run it again, so that the speed-ups come from one run)."""
     from types import SimpleNamespace
 
     path = HERE / "out" / "exact-cache" / f"{_nets_digest(nets)}-{key}.npz"
-    if path.is_file():
+    if path.is_file() and not retime:
         z = np.load(path)
         ref = SimpleNamespace(**{k: z[k] for k in ("decision", "decision_raw", "score_initial", "fused", "near_boundary")})
         return ref, float(z["seconds"])
@@ -237,7 +244,7 @@ def agreement(args: argparse.Namespace, nets: FusionNets, report: dict) -> None:
     for i in args.pairs:
         a, b = lytro_pair(i, args.size)
         for l in args.ls:
-            ref, t_exact = exact_reference(a, b, nets, l, f"p{i}-s{args.size}-l{l}")
+            ref, t_exact = exact_reference(a, b, nets, l, f"p{i}-s{args.size}-l{l}", retime=args.retime_exact)
             for name in args.configs or list(CONFIGS):
                 cfg = CONFIGS[name]
                 t0 = time.perf_counter()
@@ -409,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-h5", default=None,
                     help="train the agreement nets on this folder's initial.h5/boundary.h5 (the pipeline's"
                          " data/patches) instead of synthetic blur data")
+    ap.add_argument("--retime-exact", action="store_true",
+                    help="run exact mode again even when cached, so that every speed-up is measured in this run")
     ap.add_argument("--configs", nargs="+", default=None, help="configurations of the agreement run (default all)")
     ap.add_argument("--patch", type=int, default=32)
     ap.add_argument("--size", type=int, default=128, help="Lytro pairs downscaled to this side for exact mode")

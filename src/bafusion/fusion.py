@@ -29,46 +29,42 @@ Two ways to score:
   scores the pixels whose patch starts on a grid of step 4. ``initial_step`` in {4, 2, 1} adds
   shift-and-stitch passes (``(4/step)**2`` trunk passes) to score a grid of that step; the logit
   difference is then interpolated bilinearly to every pixel (step 4: one trunk pass; the
-  shift-and-stitch passes buy < 0.5 % agreement for 4x the time, see the benchmark).
+  shift-and-stitch passes buy < 0.5 % agreement for 4x the time, see the benchmark). The
+  trunk sees ``dense_margin`` (16) pixels of surroundings around every box it runs on, so a
+  pixel's score does not depend on how the image was cut into boxes: it is
+  :func:`bafusion.model.context_logits` of its patch (tested).
+
+  A net trained on isolated, zero-padded patches (the paper) learns to use the patch's
+  zero-padded edges; the dense pass shows it the image around the patch instead, so its dense
+  scores differ from its patch scores. Nets trained with context consistency
+  (``train.consistency`` on ``patches.context`` crops: both views in the loss, and a term
+  that makes them agree; the shipped nets) are patch classifiers whose dense scores follow
+  their patch scores: with them the default decides like exact mode on >= 99 % of the pixels.
 
 * ``initial_mode="grid"``: the whole net on exact patches whose pixels lie on a grid of step
   ``initial_grid_step``, logit differences interpolated bilinearly: exact mode's scores at the
-  grid points, so closer to exact mode than the dense pass, at about ``(p / step)**2`` times
-  its work.
+  grid points, at about ``(p / step)**2`` times the dense pass's work.
 
 The boundary net scores only the near-boundary pixels (``boundary_mode``):
 
-* ``"grid"`` (default): exact patches (the whole net, as in exact mode) on a grid of step
-  ``boundary_step`` (default p/4: 8 for p = 32) over the near-boundary pixels; the logit
-  differences are interpolated bilinearly to each near-boundary pixel.
-* ``"adaptive"``: exact patches at the corners of ``boundary_step`` cells that hold
-  near-boundary pixels; a cell whose corners fall on both sides of the threshold holds the
-  decision boundary and is split, down to ``boundary_fine_step`` (default a quarter of the
-  coarse step); other pixels get the bilinear interpolation of the corner logits. Slightly
-  closer to exact than "grid", and 2-4x its time (measured).
+* ``"adaptive"`` (default): exact patches (the whole net, as in exact mode) at the corners of
+  the ``boundary_step`` cells (default p/2: 16 for p = 32) that hold near-boundary pixels; a
+  cell whose corners fall on both sides of the threshold holds the decision boundary and is
+  split, down to ``boundary_fine_step`` (default half the coarse step, p/4); other pixels get
+  the bilinear interpolation of the corner logits. Same agreement as "grid" at p/4, faster.
+* ``"grid"``: exact patches on a grid of step ``boundary_step`` (default p/4) over the
+  near-boundary pixels; the logit differences are interpolated bilinearly.
 * ``"dense"``: like the initial net, on tiles (``tile`` pixels, merged into row runs and
-  cropped to the near-boundary pixels' extent). The fastest, but NOT faithful for nets
-  trained on isolated zero-padded patches: the boundary net locates the centre pixel by the
-  patch's zero-padded edges, which the dense pass does not have (the trunk sees the image
-  around the patch instead). Measured on nets trained on synthetic blur data: in a 4-pixel
-  band around the true boundary the dense boundary scores are no better than the initial
-  net's (0.70-0.75 accurate) while exact patches reach 0.89-0.92. It would be exact if the
-  boundary net were trained on crops with context (trunk over a larger crop, pooling the
-  central p/4 x p/4 cells).
+  cropped to the near-boundary pixels' extent, with the margin). Several times faster, but
+  not faithful: the boundary net must place the centre pixel on the right side of the focus
+  edge, which it learnt from the patch's edges; even after the context-consistency
+  fine-tuning the shipped boundary net's two views agree on 94.9 % of the validation
+  boundary patches, and dense boundary scoring decides like exact mode on 95.8-98.8 % of the
+  pixels only.
 * ``"exact"``: one patch per near-boundary pixel.
 
-Where the initial net's dense scores differ from the exact ones it is for the same reason
-(context instead of zero padding); that matters little for a net that judges texture
-sharpness, but it is why dense and exact decision maps differ in ambiguous (flat) regions.
-``benchmarks/bench_fusion.py`` measures the agreement and speed behind the defaults.
-
-Measured with the shipped nets (``models/default``: ResNet-20, p = 32; Lytro pairs 1-3
-downscaled to 256x256, 1 thread; details in BENCHMARKS.md): the default (dense initial +
-grid-8 boundary) decides like exact mode on 98.0 / 98.9 / 99.7 % of the pixels at 215-412x
-its speed; ``initial_mode="grid"`` (step 16) gives 98.3 / 99.4 / 99.7 % at ~150-190x, and
-99 % on all three needs the adaptive boundary down to step 1 (25-45x). ResNet-56, p = 64,
-520x520, 2 threads, on the near-boundary pixels the shipped nets mark (3-15 %): 1.9-6.8 s
-fp32, 0.6-3.4 s bf16, mostly the boundary net. ``l``: decision accuracy on synthetic pairs
+``benchmarks/bench_fusion.py`` measures the agreement and speed behind the defaults; the
+numbers are in BENCHMARKS.md ("Fusion"). ``l``: decision accuracy on synthetic pairs
 0.971 / 0.974 / 0.979 / 0.980 for l = 2 / 4 / 8 / 12 (ResNet-8 nets; in a 4-pixel band around
 the true boundary, l = 8: 0.724 with the initial net alone, 0.845 refined); 8 is the default,
 since 12 gains 0.1 % for about 1.5x the near-boundary area.
