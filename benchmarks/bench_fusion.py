@@ -47,7 +47,7 @@ from scipy import ndimage
 
 from bafusion.fusion import FusionNets, FusionParams, decision_accuracy, fuse_images, load_nets_from_dir, read_image
 from bafusion.images import resize
-from bafusion.model import CifarResNet, build_model
+from bafusion.model import CifarResNet, build_model, fold_batchnorm
 
 HERE = Path(__file__).resolve().parent
 LYTRO = HERE.parent.parent / "shared" / "data" / "eval" / "lytro"
@@ -359,7 +359,8 @@ def speed_with_model_mask(args: argparse.Namespace, nets: FusionNets, report: di
 
     p = args.time_patch
     torch.manual_seed(0)
-    ni, nb = build_model(args.time_depth).eval(), build_model(args.time_depth).eval()
+    # as fusion runs them (FusionNets): BatchNorm folded, channels-last
+    ni, nb = fold_batchnorm(build_model(args.time_depth).eval()), fold_batchnorm(build_model(args.time_depth).eval())
     ni, nb = ni.to(memory_format=torch.channels_last), nb.to(memory_format=torch.channels_last)
     margin = FusionParams().dense_margin
     fine = auto_step(p)
@@ -388,7 +389,7 @@ def speed_with_model_mask(args: argparse.Namespace, nets: FusionNets, report: di
                 score_grid(nb, ga, gb, p, near, step=fine)
                 t_grid = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                _PatchScorer(nb, ga, gb, p, 512, torch.device("cpu")).get(pr, pc)
+                _PatchScorer(nb, ga, gb, p, 0, torch.device("cpu")).get(pr, pc)
                 t_adapt = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 score_dense(nb, ga, gb, p, step=4, mask=near, tile=FusionParams().tile, margin=margin)

@@ -108,15 +108,20 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def nets(_one_thread) -> FusionNets:
-    return FusionNets(_train("initial", 1), _train("boundary", 2), PATCH, PATCH, torch.device("cpu"))
+def trained(_one_thread) -> tuple[nn.Module, nn.Module]:
+    return _train("initial", 1), _train("boundary", 2)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, nets: FusionNets) -> Path:
+def nets(trained) -> FusionNets:
+    return FusionNets(*trained, PATCH, PATCH, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, trained) -> Path:
     d = tmp_path_factory.mktemp("models")
-    save_model(nets.initial, d / "initial.pt", {"patch": PATCH})
-    save_model(nets.boundary, d / "boundary.pt", {"patch": PATCH})
+    save_model(trained[0], d / "initial.pt", {"patch": PATCH})
+    save_model(trained[1], d / "boundary.pt", {"patch": PATCH})
     return d
 
 
@@ -446,3 +451,42 @@ def test_dense_pass_equals_the_context_view_of_training() -> None:
     torch.testing.assert_close(both[len(crops):], z, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="multiple"):
         context_logits(net, torch.from_numpy(crops), 6)
+
+
+def test_folded_batchnorm_is_the_same_function() -> None:
+    """Fusion runs inference copies with BatchNorm folded into the convolutions: the same
+    logits up to float rounding, the caller's net untouched."""
+    from bafusion.model import fold_batchnorm
+
+    torch.manual_seed(0)
+    net = build_model(20)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):  # statistics like a trained net's
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.3, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    net.eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    folded = fold_batchnorm(net)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(8, 2, 32, 32)
+    with torch.no_grad():
+        want, got = net(x), folded(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    nets = FusionNets(net, net, 32, 32, torch.device("cpu"))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in nets.initial.modules())
+
+
+def test_batch_size_changes_speed_not_scores() -> None:
+    from bafusion.fusion import auto_batch
+
+    assert auto_batch(32) == 64 and auto_batch(64) == 16 and auto_batch(512) == 1
+    rng = np.random.default_rng(2)
+    a, b = rng.integers(0, 256, (2, 13, 11), dtype=np.uint8)
+    net = build_model(8).eval()
+    np.testing.assert_allclose(score_exact(net, a, b, 16, batch_size=0), score_exact(net, a, b, 16, batch_size=5),
+                               atol=1e-6)
+    with pytest.raises(UserError, match="batch_size"):
+        FusionParams(batch_size=-1)
