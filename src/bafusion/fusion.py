@@ -42,7 +42,8 @@ exact patches in cache-sized batches (:func:`auto_batch`).
   scores differ from its patch scores. Nets trained with context consistency
   (``train.consistency`` on ``patches.context`` crops: both views in the loss, and a term
   that makes them agree; the shipped nets) are patch classifiers whose dense scores follow
-  their patch scores: with them the default decides like exact mode on >= 99 % of the pixels.
+  their patch scores: with them the default decides like exact mode on 99.3-99.7 % of the
+  pixels of three Lytro pairs at 256x256 (98.8-99.8 % at full size, BENCHMARKS.md).
 
 * ``initial_mode="grid"``: the whole net on exact patches whose pixels lie on a grid of step
   ``initial_grid_step``, logit differences interpolated bilinearly: exact mode's scores at the
