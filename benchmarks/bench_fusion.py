@@ -199,11 +199,6 @@ CONFIGS = {
     "grid16+adaptive16-4": dict(initial_mode="grid", initial_grid_step=16, boundary_mode="adaptive", boundary_step=16,
                                 boundary_fine_step=4),
     "dense4+adaptive16-4": dict(initial_step=4, boundary_mode="adaptive", boundary_step=16, boundary_fine_step=4),
-    "dense4+verify8-0.2": dict(initial_step=4, boundary_mode="verify", boundary_step=8, verify_band=0.2),
-    "dense4+verify8-0.3": dict(initial_step=4, boundary_mode="verify", boundary_step=8, verify_band=0.3),
-    "dense4+verify8-0.4": dict(initial_step=4, boundary_mode="verify", boundary_step=8, verify_band=0.4),
-    "dense4+verify8-0.3-bf16": dict(initial_step=4, boundary_mode="verify", boundary_step=8, verify_band=0.3,
-                                    precision="bf16"),
     "dense4+dense4-bf16": dict(initial_step=4, boundary_mode="dense", boundary_step=4, precision="bf16"),
     "dense4+grid8-bf16": dict(initial_step=4, boundary_mode="grid", boundary_step=8, precision="bf16"),
 }
@@ -379,8 +374,7 @@ def speed_with_model_mask(args: argparse.Namespace, nets: FusionNets, report: di
         score_adaptive(nets.boundary, ga, gb, nets.patch_boundary, near, coarse=2 * fine, fine=fine, stats=st)
         pr, pc = st["positions"]
         row = {"pair": i, "near_fraction": float(near.mean()), "trained_nets_seconds": t_real,
-               "adaptive_patches": int(len(pr)),
-               "grid_patches": int(len({(r // fine, c // fine) for r, c in zip(*np.nonzero(near))}))}
+               "adaptive_patches": int(len(pr))}
         for prec in args.time_precisions:
             amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16")
             with torch.inference_mode(), amp:

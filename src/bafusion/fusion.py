@@ -62,7 +62,7 @@ The boundary net scores only the near-boundary pixels (``boundary_mode``):
   cropped to the near-boundary pixels' extent, with the margin). Several times faster, but
   not faithful: the boundary net must place the centre pixel on the right side of the focus
   edge, which it learnt from the patch's edges; even after the context-consistency
-  fine-tuning the shipped boundary net's two views agree on 94.9 % of the validation
+  fine-tuning the shipped boundary net's two views agree on 94.3 % of the validation
   boundary patches, and dense boundary scoring decides like exact mode on 95.8-98.8 % of the
   pixels only.
 * ``"exact"``: one patch per near-boundary pixel.
