@@ -26,7 +26,7 @@ uint8 (H, W), ``A`` and ``B`` uint8 (n_bg, H, W), ``sigma`` float32 (n_bg,), ``p
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ class CompositeOptions:
     sigma: tuple[float, float] = (1.0, 3.0)
     fit: str = "cover"
     seed: int = 0
+    #: Real-camera degradations (:class:`Realism`); all off (the default) = the paper's pairs.
+    realistic: "Realism" = field(default_factory=lambda: Realism())
 
     def __post_init__(self) -> None:
         lo, hi = self.sigma
@@ -127,7 +129,11 @@ def run_shard(prepared: Path, shard: int, shards: int, opts: CompositeOptions, o
         h5.attrs["shard"] = shard
         h5.attrs["shards"] = shards
         h5.attrs["n_backgrounds"] = n_bg
-        h5.attrs["params"] = json.dumps({"sigma": list(opts.sigma), "fit": opts.fit, "seed": opts.seed})
+        params: dict[str, Any] = {"sigma": list(opts.sigma), "fit": opts.fit, "seed": opts.seed}
+        real = opts.realistic
+        if real.active:  # the paper's files keep their exact attributes
+            params["realistic"] = real.as_dict()
+        h5.attrs["params"] = json.dumps(params)
         h5.attrs["code_version"] = __version__
         bar = tqdm(total=len(mine) * n_bg, desc=f"composite shard {shard}", unit="pair", disable=not progress)
         for fg_index, fe in mine:
@@ -145,17 +151,32 @@ def run_shard(prepared: Path, shard: int, shards: int, opts: CompositeOptions, o
             sigmas = np.zeros(n_bg, np.float32)
             pairs = np.zeros(n_bg, np.int64)
             fg_g = gray_float(fg)
+            colour = real.active and real.white_balance > 0  # only white balance needs colour
+            fg_c = fg.astype(np.float64) if colour else fg_g
             alpha = matte.astype(np.float64) / 255.0
+            draws = []
             for bg_index, be in enumerate(bgs):
-                if be["id"] not in bg_cache:  # gray first: resizing is linear, so this is 3x less work
-                    bg_cache[be["id"]] = gray_float(_load_prepared(prepared, be, "image")).astype(np.float32)
-                # Clip Lanczos overshoot, as a uint8 photo would be.
-                bg_g = np.clip(fit_background(bg_cache[be["id"]], (h, w), opts.fit), 0.0, 255.0).astype(np.float64)
                 pair_id = fg_index * n_bg + bg_index
                 s = draw_sigma(opts.seed, pair_id, opts.sigma)
-                A, B = composite_float(fg_g, bg_g, alpha, s)
-                dA[bg_index] = to_uint8(A)
-                dB[bg_index] = to_uint8(B)
+                if colour:
+                    if be["id"] not in bg_cache:
+                        bg_cache[be["id"]] = _load_prepared(prepared, be, "image")
+                    bg_c = fit_background(bg_cache[be["id"]], (h, w), opts.fit).astype(np.float64)
+                else:
+                    if be["id"] not in bg_cache:  # gray first: resizing is linear, so this is 3x less work
+                        bg_cache[be["id"]] = gray_float(_load_prepared(prepared, be, "image")).astype(np.float32)
+                    # Clip Lanczos overshoot, as a uint8 photo would be.
+                    bg_c = np.clip(fit_background(bg_cache[be["id"]], (h, w), opts.fit), 0.0, 255.0).astype(np.float64)
+                if real.active:
+                    d = draw_realism(opts.seed, pair_id, real)
+                    dA[bg_index], dB[bg_index] = composite_realistic(
+                        fg_c, alpha, bg_c, s, real, d, gray=True, noise_seed=(opts.seed, pair_id)
+                    )
+                    draws.append(asdict(d))
+                else:
+                    A, B = composite_float(fg_g, bg_c, alpha, s)
+                    dA[bg_index] = to_uint8(A)
+                    dB[bg_index] = to_uint8(B)
                 sigmas[bg_index] = s
                 pairs[bg_index] = pair_id
                 count += 1
@@ -163,6 +184,8 @@ def run_shard(prepared: Path, shard: int, shards: int, opts: CompositeOptions, o
             g.create_dataset("sigma", data=sigmas, track_times=False)
             g.create_dataset("pair", data=pairs, track_times=False)
             g.create_dataset("background", data=np.array([b["id"] for b in bgs], dtype=h5py.string_dtype()), track_times=False)
+            if draws:
+                g.attrs["realistic_draws"] = json.dumps(draws)
         bar.close()
     return count
 
@@ -206,7 +229,12 @@ def make_testset(prepared: Path, opts: CompositeOptions, out: Path, progress: bo
             bg = fit_background(_load_prepared(prepared, be, "image"), (h, w), opts.fit).astype(np.float64)
             s = draw_sigma(opts.seed, 10_000_000 + k, opts.sigma)
             alpha = matte.astype(np.float64) / 255.0
-            A, B = composite_float(fg, bg, alpha, s)
+            if opts.realistic.active:
+                d = draw_realism(opts.seed, 10_000_000 + k, opts.realistic)
+                A, B = composite_realistic(fg, alpha, bg, s, opts.realistic, d, gray=False,
+                                           noise_seed=(opts.seed, 10_000_000 + k))
+            else:
+                A, B = composite_float(fg, bg, alpha, s)
             truth = fg * alpha[..., None] + bg * (1.0 - alpha[..., None])
             name = f"{fe['id']}__{be['id']}"
             write_png(tmp / f"{name}-A.png", to_uint8(A))
@@ -214,6 +242,242 @@ def make_testset(prepared: Path, opts: CompositeOptions, out: Path, progress: bo
             write_png(tmp / f"{name}-truth.png", to_uint8(truth))
             write_png(tmp / f"{name}-dm.png", np.where(matte >= 128, 255, 0).astype(np.uint8))
             pairs.append({"name": name, "foreground": fe["id"], "background": be["id"], "sigma": s, "height": h, "width": w})
-        index = {"pairs": pairs, "params": {"sigma": list(opts.sigma), "fit": opts.fit, "seed": opts.seed}}
+        index_params: dict[str, Any] = {"sigma": list(opts.sigma), "fit": opts.fit, "seed": opts.seed}
+        if opts.realistic.active:
+            index_params["realistic"] = opts.realistic.as_dict()
+        index = {"pairs": pairs, "params": index_params}
         (tmp / "index.json").write_text(json.dumps(index, indent=1) + "\n")
     return index
+
+
+# --------------------------------------------------------------------------------------
+# Realistic composites (``composite.realistic``): what real cameras add to the paper's pairs
+# --------------------------------------------------------------------------------------
+
+KERNELS = ("gaussian", "disc", "mixed")
+
+
+@dataclass(frozen=True)
+class Realism:
+    """Degradations of real focus brackets, each off at its default (then the composites are
+    the paper's, byte for byte). Amounts are maxima: every pair draws its own, uniformly, from
+    a seeded stream separate from the sigma draw, so switching one on changes no other draw.
+
+    kernel: the defocus PSF. ``gaussian`` (the paper), ``disc`` (a lens-like disc of radius
+        ``2 * sigma`` with a one-pixel soft edge: the same second moment as the Gaussian), or
+        ``mixed`` (either, drawn per pair).
+    spread: optics at the focus boundary. In B (focused on the background) the blurred
+        foreground spreads over the background: ``B = blur(FG * GT) + BG * (1 - blur(GT))``.
+        A is unchanged: in the shot focused on the foreground, the blurred background does not
+        bleed over it (``A = FG * GT + blur(BG) * (1 - GT)``, as in the paper).
+    exposure: largest exposure difference between the shots, in stops (each shot's gain is
+        ``2 ** u`` with ``u`` uniform in ``[-exposure/2, exposure/2]``).
+    white_balance: largest per-channel gain deviation of a shot (fraction), colour pipeline only.
+    gamma: largest ``|gamma - 1|`` of a shot's tone curve ``255 * (x / 255) ** gamma``.
+    noise: largest sensor-noise standard deviation of a shot (8-bit levels; Gaussian, the std
+        drawn per shot in ``[0, noise]``).
+    jpeg: ``(lo, hi)`` JPEG re-compression quality drawn per shot (Pillow, 4:2:0 for colour);
+        ``(0, 0)``: none.
+    shift: largest misregistration of B (pixels, each axis).
+    scale: largest magnification change of B, ``|m - 1|`` (focus breathing), about the centre.
+
+    Order, as a camera makes them: optics (blur, spread), geometry of B (shift, magnification;
+    bilinear), exposure and white balance gains, clipping, tone curve, gray conversion (gray
+    output), noise, rounding to uint8, JPEG. Labels stay the matte's (aligned with A).
+    """
+
+    kernel: str = "gaussian"
+    spread: bool = False
+    exposure: float = 0.0
+    white_balance: float = 0.0
+    gamma: float = 0.0
+    noise: float = 0.0
+    jpeg: tuple[int, int] = (0, 0)
+    shift: float = 0.0
+    scale: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kernel not in KERNELS:
+            raise UserError(f"composite.realistic.kernel must be one of {KERNELS}, got {self.kernel!r}")
+        if not isinstance(self.spread, bool):
+            raise UserError(f"composite.realistic.spread must be true or false, got {self.spread!r}")
+        for name in ("exposure", "white_balance", "gamma", "noise", "shift", "scale"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v:
+                raise UserError(f"composite.realistic.{name} must be a number >= 0, got {v!r}")
+        if self.gamma >= 1 or self.white_balance >= 1 or self.scale >= 0.5:
+            raise UserError(
+                "composite.realistic: gamma and white_balance must be < 1 and scale < 0.5, got "
+                f"gamma={self.gamma}, white_balance={self.white_balance}, scale={self.scale}"
+            )
+        lo, hi = self.jpeg
+        if (lo, hi) != (0, 0) and not 1 <= lo <= hi <= 100:
+            raise UserError(f"composite.realistic.jpeg must be [0, 0] (off) or [lo, hi] in 1..100, got {list(self.jpeg)}")
+
+    @property
+    def active(self) -> bool:
+        return self != Realism()
+
+    @classmethod
+    def from_mapping(cls, d: dict[str, Any] | None) -> "Realism":
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(d) - known)
+        if extra:
+            raise UserError(f"composite.realistic: unknown key(s) {extra}; known: {sorted(known)}")
+        if "jpeg" in d:
+            j = d["jpeg"]
+            if not isinstance(j, (list, tuple)) or len(j) != 2:
+                raise UserError(f"composite.realistic.jpeg must be [lo, hi], got {j!r}")
+            d["jpeg"] = (int(j[0]), int(j[1]))
+        return cls(**d)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["jpeg"] = list(self.jpeg)
+        return d
+
+
+def disc_kernel(radius: float) -> np.ndarray:
+    """A disc PSF of ``radius`` px with a one-pixel linear soft edge, normalised to sum 1."""
+    r = max(float(radius), 0.5)
+    n = int(np.ceil(r + 0.5))
+    y, x = np.mgrid[-n : n + 1, -n : n + 1]
+    k = np.clip(r + 0.5 - np.hypot(y, x), 0.0, 1.0)
+    return k / k.sum()
+
+
+def defocus(img: np.ndarray, sigma: float, kernel: str = "gaussian") -> np.ndarray:
+    """Blur a float gray (H, W) or colour (H, W, C) image by the Gaussian of ``sigma`` or the
+    disc of radius ``2 * sigma`` (reflect borders)."""
+    if kernel == "gaussian":
+        return blur(img, sigma)
+    if kernel != "disc":
+        raise UserError(f"unknown defocus kernel {kernel!r}")
+    from scipy.signal import fftconvolve
+
+    k = disc_kernel(2.0 * sigma)
+    n = k.shape[0] // 2
+    pad = ((n, n), (n, n)) + (((0, 0),) if img.ndim == 3 else ())
+    x = np.pad(img.astype(np.float64), pad, mode="reflect" if min(img.shape[:2]) > n else "symmetric")
+    kk = k if img.ndim == 2 else k[..., None]
+    return fftconvolve(x, kk, mode="valid", axes=(0, 1))
+
+
+@dataclass(frozen=True)
+class ShotDraw:
+    """One shot's photometric draws."""
+
+    gain: float
+    wb: tuple[float, float, float]
+    gamma: float
+    noise: float
+    jpeg: int
+
+
+@dataclass(frozen=True)
+class PairDraw:
+    """Everything drawn for one realistic pair (logged with the pair)."""
+
+    kernel: str
+    shift: tuple[float, float]
+    magnification: float
+    a: ShotDraw
+    b: ShotDraw
+
+
+def draw_realism(seed: int, pair_id: int, r: Realism) -> PairDraw:
+    """The pair's draws, from the stream ``(seed, pair_id, 2)`` (the sigma stream is ``1``)."""
+    rng = np.random.default_rng([int(seed), int(pair_id), 2])
+    kernel = r.kernel if r.kernel != "mixed" else ("gaussian", "disc")[int(rng.integers(2))]
+    dy, dx = (float(v) for v in rng.uniform(-r.shift, r.shift, 2))
+    mag = float(1.0 + rng.uniform(-r.scale, r.scale))
+
+    def shot() -> ShotDraw:
+        gain = float(2.0 ** rng.uniform(-r.exposure / 2, r.exposure / 2))
+        wb = tuple(float(v) for v in 1.0 + rng.uniform(-r.white_balance, r.white_balance, 3))
+        gamma = float(1.0 + rng.uniform(-r.gamma, r.gamma))
+        noise = float(rng.uniform(0.0, r.noise))
+        lo, hi = r.jpeg
+        q = int(rng.integers(lo, hi + 1)) if hi > 0 else 0
+        return ShotDraw(gain, wb, gamma, noise, q)  # type: ignore[arg-type]
+
+    a = shot()
+    b = shot()
+    return PairDraw(kernel, (dy, dx), mag, a, b)
+
+
+def warp_similarity(img: np.ndarray, shift: tuple[float, float], magnification: float) -> np.ndarray:
+    """``img`` magnified by ``magnification`` about its centre and moved by ``shift`` = (dy, dx)
+    pixels (bilinear, reflect at the borders): output(p) = img(c + (p - c - shift) / m)."""
+    if shift == (0.0, 0.0) and magnification == 1.0:
+        return img
+    h, w = img.shape[:2]
+    c = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
+    m = float(magnification)
+    offset = c - (c + np.asarray(shift)) / m
+    if img.ndim == 2:
+        return ndimage.affine_transform(img, np.array([1 / m, 1 / m]), offset=offset, order=1, mode="reflect")
+    return np.stack(
+        [ndimage.affine_transform(img[..., k], np.array([1 / m, 1 / m]), offset=offset, order=1, mode="reflect")
+         for k in range(img.shape[2])],
+        axis=-1,
+    )
+
+
+def _jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=int(quality), subsampling=2)
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("L" if img.ndim == 2 else "RGB")).copy()
+
+
+def _shot(x: np.ndarray, d: ShotDraw, gray: bool, rng: np.random.Generator) -> np.ndarray:
+    """Photometric pipeline of one shot: gains, clip, tone curve, (gray), noise, uint8, JPEG."""
+    if x.ndim == 3:
+        x = x * (d.gain * np.asarray(d.wb))
+    else:
+        x = x * d.gain
+    x = np.clip(x, 0.0, 255.0)
+    if d.gamma != 1.0:
+        x = 255.0 * (x / 255.0) ** d.gamma
+    if gray:
+        x = gray_float(x)
+    if d.noise > 0:
+        x = x + rng.normal(0.0, d.noise, x.shape)
+    out = to_uint8(x)
+    if d.jpeg:
+        out = _jpeg_roundtrip(out, d.jpeg)
+    return out
+
+
+def composite_realistic(
+    fg: np.ndarray,
+    alpha: np.ndarray,
+    bg: np.ndarray,
+    sigma: float,
+    realism: Realism,
+    draw: PairDraw,
+    gray: bool = True,
+    noise_seed: tuple[int, int] = (0, 0),
+) -> tuple[np.ndarray, np.ndarray]:
+    """A and B (uint8, gray when ``gray`` else colour) of one pair with the degradations of
+    ``realism`` as drawn in ``draw``. ``fg`` and ``bg`` are float colour (H, W, 3) or gray
+    (H, W) in [0, 255], ``alpha`` the matte in [0, 1]. With ``Realism()`` and a gray input,
+    equals the paper's composite (:func:`composite_float`, rounded)."""
+    k = draw.kernel
+    a = alpha if fg.ndim == 2 else alpha[..., None]
+    A = fg * a + defocus(bg, sigma, k) * (1.0 - a)
+    if realism.spread:
+        ba = defocus(alpha, sigma, k)
+        ba = ba if fg.ndim == 2 else ba[..., None]
+        B = defocus(fg * a, sigma, k) + bg * (1.0 - ba)
+    else:
+        B = defocus(fg, sigma, k) * a + bg * (1.0 - a)
+    B = warp_similarity(B, draw.shift, draw.magnification)
+    rng = np.random.default_rng([int(noise_seed[0]), int(noise_seed[1]), 3])
+    return _shot(A, draw.a, gray, rng), _shot(B, draw.b, gray, rng)

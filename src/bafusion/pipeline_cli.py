@@ -12,6 +12,7 @@ from typing import Any
 
 from bafusion import tracking
 from bafusion.atomic import write_text
+from bafusion.errors import UserError
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -48,14 +49,31 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def _composite_opts(args: argparse.Namespace):
     from bafusion.composite import CompositeOptions
 
-    return CompositeOptions(sigma=(args.sigma[0], args.sigma[1]), fit=args.fit, seed=args.seed)
+    from bafusion.composite import Realism
+
+    try:
+        realistic = json.loads(args.realistic or "{}")
+    except json.JSONDecodeError as e:
+        raise UserError(f"--realistic must be a JSON object (composite.realistic), got {args.realistic!r}: {e}") from e
+    if not isinstance(realistic, dict):
+        raise UserError(f"--realistic must be a JSON object (composite.realistic), got {args.realistic!r}")
+    return CompositeOptions(
+        sigma=(args.sigma[0], args.sigma[1]), fit=args.fit, seed=args.seed, realistic=Realism.from_mapping(realistic)
+    )
+
+
+def _composite_params(opts) -> dict:
+    d = {"sigma": list(opts.sigma), "fit": opts.fit}
+    if opts.realistic.active:
+        d["realistic"] = opts.realistic.as_dict()
+    return d
 
 
 def cmd_composite(args: argparse.Namespace) -> int:
     from bafusion.composite import run_shard
 
     opts = _composite_opts(args)
-    params = {"composite": {"sigma": list(opts.sigma), "fit": opts.fit, "shards": args.shards}, "seed": args.seed}
+    params = {"composite": {**_composite_params(opts), "shards": args.shards}, "seed": args.seed}
     with tracking.stage_run("composite", params, tags={"shard": args.shard}) as run:
         t0 = time.perf_counter()
         n = run_shard(Path(args.prepared), args.shard, args.shards, opts, Path(args.out), progress=_progress(args))
@@ -77,7 +95,7 @@ def cmd_testset(args: argparse.Namespace) -> int:
     from bafusion.composite import make_testset
 
     opts = _composite_opts(args)
-    with tracking.stage_run("testset", {"composite": {"sigma": list(opts.sigma), "fit": opts.fit}, "seed": args.seed}) as run:
+    with tracking.stage_run("testset", {"composite": _composite_params(opts), "seed": args.seed}) as run:
         index = make_testset(Path(args.prepared), opts, Path(args.out), progress=_progress(args))
         run.log_metric("pairs", len(index["pairs"]))
     print(f"{len(index['pairs'])} test pairs -> {args.out}")
@@ -178,6 +196,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--prepared", required=True, help="the prepare step's folder")
         q.add_argument("--sigma", type=float, nargs=2, default=[1.0, 3.0], metavar=("LO", "HI"))
         q.add_argument("--fit", choices=["cover", "stretch"], default="cover")
+        q.add_argument("--realistic", default="", metavar="JSON",
+                       help="composite.realistic as a JSON object (real-camera degradations; {} = the paper's pairs)")
 
     p = sub.add_parser("composite", parents=[common], help="composite the pairs of one shard into HDF5")
     comp_args(p)

@@ -1,7 +1,11 @@
+import json
+
 # Data: prepare -> composite (sharded by foreground) -> patches; testset from held-out images.
 
 DATA = config["data"]
 SHARDS = range(int(config["composite"]["shards"]))
+# composite.realistic (real-camera degradations) travels as one JSON argument; {} = the paper's pairs.
+REALISTIC = json.dumps(config["composite"].get("realistic") or {}, sort_keys=True)
 # data.source: web downloads (workflow/rules/download.smk) into folders that prepare then
 # reads exactly like data.source: dir.
 WEB = DATA["source"] == "web"
@@ -48,13 +52,15 @@ rule composite_shard:
         shards=len(SHARDS),
         sigma=" ".join(str(s) for s in config["composite"]["sigma"]),
         fit=config["composite"]["fit"],
+        realistic=REALISTIC,
         seed=config["seed"],
     log:
         "logs/composite/shard-{shard}.log",
     threads: 1
     shell:
         "bafusion composite --prepared {input} --shard {wildcards.shard} --shards {params.shards}"
-        " --sigma {params.sigma} --fit {params.fit} --seed {params.seed} --out {output} > {log} 2>&1"
+        " --sigma {params.sigma} --fit {params.fit} --realistic '{params.realistic}' --seed {params.seed}"
+        " --out {output} > {log} 2>&1"
 
 
 rule composite:
@@ -76,12 +82,14 @@ rule testset:
     params:
         sigma=" ".join(str(s) for s in config["composite"]["sigma"]),
         fit=config["composite"]["fit"],
+        realistic=REALISTIC,
         seed=config["seed"],
     log:
         "logs/testset.log",
     threads: 1
     shell:
-        "bafusion testset --prepared {input} --sigma {params.sigma} --fit {params.fit} --seed {params.seed}"
+        "bafusion testset --prepared {input} --sigma {params.sigma} --fit {params.fit}"
+        " --realistic '{params.realistic}' --seed {params.seed}"
         " --out {output} > {log} 2>&1"
 
 
