@@ -421,7 +421,7 @@ def test_peer_metrics_jpeg_storage_and_sets(tmp_path: Path) -> None:
     assert line["P1"][0] == f"**{mean_qmi['P1']:.4f}** (1)"  # aa-01: P1 and P2 tie (nobody wins)
     assert line["P2"][0] == f"{mean_qmi['P2']:.4f} (0)" and line["P2"][2] == "n/a (0)"
     assert line["Ours"][0] == f"{mean_qmi['Ours']:.4f} (0)" and line["Ours"][2].endswith("(2)")
-    assert "re-encoding it as JPEG" in main and "quality 75 on the pairs `aa*`" in main and "92 on the pairs `bb*`" in main
+    assert "re-encoding it as JPEG" in main and "quality 75 on 1 pair(s) (`aa*`); quality 92 on 1 pair(s) (`bb*`)" in main
     assert "2 methods from `peers.csv`" in main and "no QY" in main
     # ranks among P1, P2, Ours: QY only Ours has (1st of 1)
     ranks = {(ln.split("|")[1].strip(), ln.split("|")[2].strip()): [c.strip() for c in ln.split("|")[3:-1]]

@@ -859,24 +859,25 @@ def dataset_notes(ds: Dataset, cfg: EvalConfig, pairs: Sequence[Pair]) -> list[s
                 f"`{peers.path.name}` (values as published, i.e. measured on their published files)"
                 + (f"; the CSV has no {', '.join(missing)} (n/a)" if missing else "") + "."
             )
-    qualities: dict[int, list[str]] = {}
+    by_quality: dict[int, list[str]] = {}
     for p in pairs:
         q = ds.quality_for(p.name)
         if q is not None:
-            qualities.setdefault(q, []).append(p.name)
-    if qualities:
-        computed = list(cfg.methods)
+            by_quality.setdefault(q, []).append(p.name)
+    if by_quality:
+        used = {pre: q for pre, q in ds.jpeg_quality}
         per_q = "; ".join(
-            f"quality {q} on " + (f"the pairs {', '.join(f'`{pre}*`' for pre, qq in ds.jpeg_quality if qq == q and pre)}"
-                                  if all(pre for pre, qq in ds.jpeg_quality if qq == q) else "all pairs")
-            for q in sorted(qualities)
+            f"quality {q} on {len(names)} pair(s)"
+            + (f" ({', '.join(f'`{pre}*`' for pre in sorted(used) if used[pre] == q and pre)})"
+               if all(pre for pre in used if used[pre] == q) else "")
+            for q, names in sorted(by_quality.items())
         )
-        lossless = len(pairs) - sum(len(v) for v in qualities.values())
+        lossless = len(pairs) - sum(len(v) for v in by_quality.values())
         notes.append(
-            f"**Storage: like for like.** The output of the methods computed here ({', '.join(computed)}) "
+            f"**Storage: like for like.** The output of the methods computed here ({', '.join(cfg.methods)}) "
             "is measured after re-encoding it as JPEG in memory (Pillow, chroma subsampling 4:2:0), "
             f"as the peers' published files are stored: {per_q}"
-            + (f"; {lossless} pair(s) without a quality are measured as computed" if lossless else "")
+            + (f"; {lossless} pair(s) matched by no prefix are measured as computed" if lossless else "")
             + ". The values of the output before re-encoding are in the section *Lossless output* "
             f"and in the `{LOSSLESS}*` columns of metrics.csv."
         )
