@@ -324,6 +324,168 @@ def test_run_with_our_variants_reports_table1_wins(tmp_path: Path) -> None:
     assert 0.0 <= doc["tiny"]["Ours"]["DM_acc"] <= 1.0
     assert sorted(p.name for p in (tmp_path / "out" / "tiny" / "fused").iterdir()) == ["Laplacian", "Ours", "Ours-initial"]
     table = (tmp_path / "out" / "tiny" / "table1.md").read_text()
-    main = table.split("## Ablation")[0]
+    main = table.split("\n## ")[0]  # Table 1 proper, before the rank and ablation sections
     assert "| Ours-initial |" not in main and "| Ours |" in main
     assert "| Ours-initial |" in table.split("## Ablation")[1]
+    # our ranks among Table 1's methods (AVG, Laplacian and one of ours: 3), per metric
+    ranks = table.split("## Rank of ours")[1].split("\n## ")[0]
+    for m in ("Ours", "Ours-initial"):
+        rivals = ["AVG", "Laplacian", m]
+        cells = [f"{ev.ordinal(ev.rank_of(rows, rivals, q, m)[0])} of 3" for q in ("QMI", "QCV")]
+        assert f"| {m} | all | {cells[0]} | {cells[1]} |" in ranks
+        assert doc["tiny"][m]["rank"] == {q: ev.rank_of(rows, rivals, q, m)[0] for q in ("QMI", "QCV")}
+
+
+# --------------------------------------------------------------------------------------
+# Peers known only by metric values; like-for-like JPEG storage; per-set tables
+# --------------------------------------------------------------------------------------
+
+
+def _jpeg_by_hand(img: np.ndarray, quality: int) -> np.ndarray:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=quality, subsampling=2)  # 2 = 4:2:0
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+
+
+def test_peer_metrics_jpeg_storage_and_sets(tmp_path: Path) -> None:
+    """Two tiny pairs in two sets ('aa-', 'bb-'); peers P1 (better than Ours everywhere) and
+    P2 (much worse on 'bb', as good as P1 on 'aa') known only by a hand-made CSV with QMI and QG
+    (no QY). Ours is measured after JPEG re-encoding at 75 on 'aa' and 92 on 'bb', exactly as
+    re-encoding by hand gives; its lossless values are kept beside."""
+    from bafusion.fusion import FusionNets, FusionParams, fuse_images
+    from bafusion.model import build_model
+
+    src = tmp_path / "pairs"
+    src.mkdir()
+    rng = np.random.default_rng(5)
+    imgs = {}
+    for n in ("aa-01", "bb-01"):
+        a, b, _, _ = _pair(rng)
+        Image.fromarray(a).save(src / f"{n}-A.png")
+        Image.fromarray(b).save(src / f"{n}-B.png")
+        imgs[n] = (a, b)
+    torch.manual_seed(2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        nets = FusionNets(build_model(8), build_model(8), 12, 12, torch.device("cpu"))
+        params = FusionParams(l=2, min_region=0.0)
+        quality = {"aa-01": 75, "bb-01": 92}
+        lossless = {n: fuse_images(a, b, nets, params).fused for n, (a, b) in imgs.items()}
+        by_hand = {n: compute_all(*imgs[n], _jpeg_by_hand(f, quality[n]), ["QMI", "QG", "QY"]) for n, f in lossless.items()}
+        plain = {n: compute_all(*imgs[n], f, ["QMI", "QG", "QY"]) for n, f in lossless.items()}
+        # P1 = Ours + 0.25; P2 = Ours + 0.25 on aa-01, Ours - 0.5 on bb-01: known ranks
+        peers = tmp_path / "peers.csv"
+        lines = ["pair,method,QMI,QG,extra"]
+        for n, v in by_hand.items():
+            d2 = 0.25 if n == "aa-01" else -0.5
+            lines += [f"{n},P1,{v['QMI'] + 0.25!r},{v['QG'] + 0.25!r},x", f"{n},P2,{v['QMI'] + d2!r},{v['QG'] + d2!r},y"]
+        peers.write_text("\n".join(lines) + "\n")
+        cfg = ev.parse_config({
+            "methods": ["Ours"], "metrics": ["QMI", "QG", "QY"], "figures": False,
+            "datasets": [{"name": "mini", "sources": str(src), "reference_metrics": str(peers),
+                          "jpeg_quality": {"aa": 75, "bb": 92}, "sets": ["aa", "bb"]}],
+        })
+        ds = cfg.datasets[0]
+        assert ds.reference_methods == ("P1", "P2")  # default: every method of the CSV, in order
+        doc = ev.run_evaluation(cfg, tmp_path / "out", nets, params, log=lambda s: None)
+    finally:
+        torch.set_num_threads(before)
+    d = tmp_path / "out" / "mini"
+    with open(d / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["pair"], r["method"]) for r in rows] == [(p, m) for p in ("aa-01", "bb-01") for m in ("P1", "P2", "Ours")]
+    for r in rows:
+        n = r["pair"]
+        if r["method"] == "Ours":
+            assert r["jpeg_quality"] == str(quality[n])
+            for q in ("QMI", "QG", "QY"):
+                assert float(r[q]) == by_hand[n][q]  # measured on the re-encoded image, exactly
+                assert float(r[f"lossless_{q}"]) == plain[n][q]
+            assert float(r["QMI"]) != plain[n]["QMI"]
+            # the stored .jpg is the image that was measured
+            np.testing.assert_array_equal(np.asarray(Image.open(d / "fused" / "Ours" / f"{n}.jpg")),
+                                          _jpeg_by_hand(lossless[n], quality[n]))
+            np.testing.assert_array_equal(np.asarray(Image.open(d / "fused" / "Ours" / f"{n}.png")), lossless[n])
+        else:
+            assert r["QY"] == "" and r["jpeg_quality"] == "" and r["lossless_QMI"] == ""
+    # Table 1: peer means and wins; P1 wins both pairs on QMI and QG, QY is n/a for peers
+    table = (d / "table1.md").read_text()
+    main = table.split("\n## ")[0]
+    mean_qmi = {m: float(np.mean([by_hand[n]["QMI"] + off[n] for n in by_hand]))
+                for m, off in (("P1", {"aa-01": 0.25, "bb-01": 0.25}), ("P2", {"aa-01": 0.25, "bb-01": -0.5}),
+                               ("Ours", {"aa-01": 0.0, "bb-01": 0.0}))}
+    line = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in main.splitlines() if ln.startswith("| ")}
+    assert line["P1"][0] == f"**{mean_qmi['P1']:.4f}** (1)"  # aa-01: P1 and P2 tie (nobody wins)
+    assert line["P2"][0] == f"{mean_qmi['P2']:.4f} (0)" and line["P2"][2] == "n/a (0)"
+    assert line["Ours"][0] == f"{mean_qmi['Ours']:.4f} (0)" and line["Ours"][2].endswith("(2)")
+    assert "re-encoding it as JPEG" in main and "quality 75 on 1 pair(s) (`aa*`); quality 92 on 1 pair(s) (`bb*`)" in main
+    assert "2 methods from `peers.csv`" in main and "no QY" in main
+    # ranks among P1, P2, Ours: QY only Ours has (1st of 1)
+    ranks = {(ln.split("|")[1].strip(), ln.split("|")[2].strip()): [c.strip() for c in ln.split("|")[3:-1]]
+             for ln in table.split("## Rank of ours")[1].split("\n## ")[0].splitlines() if ln.startswith("| Ours")}
+    assert ranks[("Ours", "all")] == ["2nd of 3", "2nd of 3", "1st of 1"]
+    assert ranks[("Ours", "aa")] == ["3rd of 3", "3rd of 3", "1st of 1"]
+    assert ranks[("Ours", "bb")] == ["2nd of 3", "2nd of 3", "1st of 1"]
+    assert "## Set aa (1 pairs)" in table and "## Set bb (1 pairs)" in table
+    assert "## Lossless output" in table and f"| Ours | all | {np.mean([plain[n]['QMI'] for n in plain]):.4f} |" in table
+    assert doc["mini"]["Ours"]["rank"] == {"QMI": 2, "QG": 2, "QY": 1}
+    assert doc["mini"]["Ours"]["rank_of"] == {"QMI": 3, "QG": 3, "QY": 1}
+    assert doc["mini"]["Ours"]["sets"]["aa"]["rank"]["QMI"] == 3
+    assert doc["mini"]["Ours"]["sets"]["bb"]["QMI"] == by_hand["bb-01"]["QMI"]
+    assert doc["mini"]["Ours"]["lossless"]["QMI"] == pytest.approx(np.mean([plain[n]["QMI"] for n in plain]))
+    with open(d / "means-sets.csv", newline="") as fh:
+        sm = {(r["set"], r["method"]): r for r in csv.DictReader(fh)}
+    assert float(sm[("aa", "P2")]["QMI"]) == by_hand["aa-01"]["QMI"] + 0.25 and sm[("all", "P1")]["n"] == "2"
+
+
+def test_peer_config_errors(tmp_path: Path) -> None:
+    from bafusion.errors import UserError
+
+    peers = tmp_path / "peers.csv"
+    peers.write_text("pair,method,QMI\np1,P1,1.0\n")
+    base = {"name": "x", "sources": str(tmp_path), "reference_metrics": str(peers)}
+    with pytest.raises(UserError, match=r"\['CNN'\] not in"):
+        ev.parse_config({"datasets": [{**base, "reference_methods": ["P1", "CNN"]}]})
+    with pytest.raises(UserError, match="jpeg_quality"):
+        ev.parse_config({"datasets": [{**base, "jpeg_quality": {"p": 101}}]})
+    with pytest.raises(UserError, match="sets"):
+        ev.parse_config({"datasets": [{**base, "sets": "p"}]})
+    assert ev.parse_config({"datasets": [{**base, "jpeg_quality": 90}]}).datasets[0].quality_for("zz") == 90
+    peers.write_text("pair,method,QMI\np1,P1,1.0\np1,P1,2.0\n")
+    with pytest.raises(InputFileError, match="given twice"):
+        ev.read_peer_metrics(peers)
+    with pytest.raises(InputFileError, match="not found"):
+        ev.read_peer_metrics(tmp_path / "none.csv")
+    assert ev.ordinal(1) == "1st" and ev.ordinal(2) == "2nd" and ev.ordinal(3) == "3rd" and ev.ordinal(11) == "11th"
+    assert ev.ordinal(12) == "12th" and ev.ordinal(22) == "22nd" and ev.ordinal(31) == "31st"
+
+
+def _real_section(shared: Path, text: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(text.replace("../shared/data", str(shared)))
+
+
+def test_real_dataset_config_finds_41_pairs_and_30_peers(shared_data: Path) -> None:
+    """benchmarks/eval_real.yaml and the commented example in params.yaml load the real set."""
+    if not (shared_data / "eval" / "real").is_dir():
+        pytest.skip(f"no eval/real in {shared_data}")
+    repo = Path(__file__).resolve().parents[1]
+    sec = _real_section(shared_data, (repo / "benchmarks" / "eval_real.yaml").read_text())["evaluate"]
+    example = next(ln for ln in (repo / "params.yaml").read_text().splitlines() if "name: real" in ln)
+    example_ds = _real_section(shared_data, example.strip().lstrip("#").strip().lstrip("-").strip())
+    for raw in (sec["datasets"][0], example_ds):
+        ds = ev.parse_config({**sec, "datasets": [raw]}, repo).datasets[0]
+        assert ds.name == "real"
+        pairs = ev.find_pairs(ds)
+        assert len(pairs) == 41
+        assert sum(p.name.startswith("savic") for p in pairs) == 21 and sum(p.name.startswith("stand") for p in pairs) == 8
+        assert len(ds.reference_methods) == 30 and "DPRL" in ds.reference_methods
+        peers = ev.read_peer_metrics(ds.reference_metrics)
+        assert len(peers.values) == 41 * 30 and peers.metrics == ("QMI", "QG", "QY", "QCB")
+        ev._check_peer_rows(ds, pairs)
+        assert ds.sets == ("savic", "tsai", "stand")
+        assert [ds.quality_for(n) for n in ("savic-01", "tsai-11", "stand-08")] == [75, 75, 92]

@@ -1,4 +1,5 @@
-"""Objective evaluation: the paper's Table 1 and Fig. 4 on the embedded test set, Lytro and classic.
+"""Objective evaluation: the paper's Table 1 and Fig. 4 on the embedded test set, Lytro, classic
+and real (MFIFB) pairs.
 
 For every configured dataset and every method, every pair is scored with the objective fusion
 metrics of :mod:`bafusion.metrics` (default QMI, QG, QY, QCB; QP is slow and optional). Methods:
@@ -10,7 +11,36 @@ metrics of :mod:`bafusion.metrics` (default QMI, QG, QY, QCB; QP is slow and opt
 * ``GFF-native`` and ``Laplacian``: the native baselines of :mod:`bafusion.baselines`,
   computed on the fly and rounded to uint8 as if stored;
 * folder baselines (NSCT, SR, NSCT-SR, GFF, DSIFT, CNN by default): published fused images read
-  from ``<reference>/<METHOD>/<pair>.<ext>`` when a dataset has a ``reference`` root.
+  from ``<reference>/<METHOD>/<pair>.<ext>`` when a dataset has a ``reference`` root;
+* peers known only by their metric values: rows of a dataset's ``reference_metrics`` CSV
+  (columns ``pair,method`` and one per metric, e.g. ``QMI,QG,QY,QCB``). They enter the per-pair
+  rows, means, wins and ranks like every other method, for the metrics the CSV has (others are
+  NaN, ``n/a``). ``reference_methods`` selects and orders the peers (default with a CSV: every
+  method of the CSV, after the six folder baselines when there is also a ``reference`` root); a
+  method of the CSV is taken from the CSV, any other from the ``reference`` folder.
+
+Per dataset, ``evaluate.datasets`` entries take ``name``, ``sources`` and optionally
+``reference``, ``reference_methods``, ``reference_metrics``, ``jpeg_quality``, ``sets``,
+``pattern``, ``pairs``, ``figure_pair``, ``crop``. Like-for-like storage, ``jpeg_quality``: one
+quality (1-100) for every pair, or ``{pair-name prefix: quality}`` (the longest matching prefix
+counts; pairs matched by none are measured as computed). The output of every method computed
+here (ours and the native baselines) is then re-encoded as JPEG in memory with Pillow at that
+quality, chroma subsampling 4:2:0, decoded, and *that* image is measured (all metrics, truth
+values too): Table 1, the means, wins, ranks and ``metrics.json`` are like for like with peers
+whose published files are lossy JPEG. The values of the output as computed are kept in the
+``lossless_<metric>`` columns of metrics.csv / means.csv, in a *Lossless output* section of
+table1.md and under ``lossless`` in metrics.json; the header of table1.md says which qualities
+were applied. ``sets``: pair-name prefixes (e.g. ``[savic, tsai, stand]``); table1.md then has
+our rank per metric on each set and on all pairs, and Table 1 per set; ``means-sets.csv`` the
+means per set. Our rank (also without ``sets``): the competition rank of the mean among the
+methods of Table 1 ("2nd of 31": one method has a strictly better mean), ``Ours-initial``
+ranked in place of ``Ours``.
+
+The ``real`` dataset (41 pairs of MFIFB's savic, tsai and stand sets in ``../shared/data``,
+against the published values of 30 methods) is configured in ``benchmarks/eval_real.yaml`` and
+as a commented example in ``params.yaml``; its peers' files are JPEG at quality ~75 (savic,
+tsai) and ~92 (stand), hence ``jpeg_quality: {savic: 75, tsai: 75, stand: 92}``. It is a
+development set for choosing configurations; never train on it.
 
 On pairs with an all-in-focus truth (``<pair>-truth.<ext>``, the embedded set), PSNR and SSIM of
 each fused image against it (``skimage.metrics``, data range 255, colour SSIM over channels);
@@ -20,13 +50,18 @@ our two variants.
 Outputs, under ``--out`` (``data/evaluation``), written into a temporary folder that replaces the
 old one only when everything succeeded:
 
-* ``<dataset>/metrics.csv``: one row per (pair, method), all values;
-* ``<dataset>/means.csv``: mean per method and metric;
-* ``<dataset>/table1.md``: Table 1 (see :func:`table_markdown`);
-* ``<dataset>/figures/``: Fig. 4 and the difference maps (:mod:`bafusion.eval_figures`);
-* ``<dataset>/fused/<method>/<pair>.png`` for the methods computed here, when ``save_fused``;
+* ``<dataset>/metrics.csv``: one row per (pair, method), all values (with ``jpeg_quality``:
+  also the ``jpeg_quality`` applied and the ``lossless_*`` values);
+* ``<dataset>/means.csv``: mean per method and metric; ``means-sets.csv`` per set, with ``sets``;
+* ``<dataset>/table1.md``: Table 1 (see :func:`table_markdown`), our ranks, per-set tables
+  (:func:`table1_document`);
+* ``<dataset>/figures/``: Fig. 4 and the difference maps (:mod:`bafusion.eval_figures`; methods
+  with images only, of our output as computed);
+* ``<dataset>/fused/<method>/<pair>.png`` for the methods computed here, when ``save_fused``
+  (and ``<pair>.jpg``, the re-encoded image that was measured, with ``jpeg_quality``);
 * ``metrics.json``: our two variants' means per dataset, and their win counts (``Ours``: among
-  the methods of Table 1; ``Ours-initial``: among all methods, as in the ablation table).
+  the methods of Table 1; ``Ours-initial``: among all methods, as in the ablation table), their
+  ranks (``rank`` out of ``rank_of``), per-set means and ranks (``sets``) and ``lossless`` means.
 
 Win counting (Table 1's parenthesised numbers): on a pair, a method *wins* a metric when its
 value is strictly better than the value of every other method in the table that has a finite
@@ -51,7 +86,7 @@ from typing import Any
 
 import numpy as np
 
-from bafusion.atomic import atomic_dir, write_text
+from bafusion.atomic import atomic_dir, atomic_file, write_text
 from bafusion.errors import InputFileError, UserError
 
 __all__ = [
@@ -74,6 +109,14 @@ __all__ = [
     "evaluate_dataset",
     "run_evaluation",
     "register",
+    "LOSSLESS",
+    "PeerMetrics",
+    "read_peer_metrics",
+    "jpeg_reencode",
+    "set_rows",
+    "rank_of",
+    "ordinal",
+    "dataset_notes",
 ]
 
 OURS = "Ours"
@@ -89,6 +132,9 @@ TRUTH_METRICS: tuple[str, ...] = ("PSNR", "SSIM", "DM_acc")
 LOWER_IS_BETTER: frozenset[str] = frozenset({"QCV"})
 """Metrics for which a smaller value is better; all others: larger is better."""
 IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "tif", "tiff", "bmp")
+LOSSLESS = "lossless_"
+"""Column prefix of the values of a computed method's output before JPEG re-encoding
+(``jpeg_quality``): ``lossless_QMI`` etc."""
 
 
 # --------------------------------------------------------------------------------------
@@ -119,6 +165,25 @@ class Dataset:
     pairs: tuple[str, ...] = ()
     figure_pair: str = ""
     crop: tuple[int, int, int] | None = None  # top, left, side (pixels); None: chosen automatically
+    #: CSV ``pair,method,<metric>...`` of peers known only by their metric values.
+    reference_metrics: Path | None = None
+    #: (pair-name prefix, JPEG quality): our output is measured after re-encoding at that quality.
+    jpeg_quality: tuple[tuple[str, int], ...] = ()
+    #: Pair-name prefixes of sub-sets with their own tables (means, wins, our ranks).
+    sets: tuple[str, ...] = ()
+
+    def quality_for(self, pair: str) -> int | None:
+        """The JPEG quality at which this pair's computed outputs are measured (the longest
+        matching prefix of ``jpeg_quality``), or None: measured as computed (lossless)."""
+        best: tuple[int, int] | None = None
+        for prefix, q in self.jpeg_quality:
+            if pair.startswith(prefix) and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), q)
+        return None if best is None else best[1]
+
+    def has_peers(self) -> bool:
+        """Whether the table has peers (a reference folder or a reference metrics CSV)."""
+        return self.reference is not None or self.reference_metrics is not None
 
 
 @dataclass(frozen=True)
@@ -134,7 +199,10 @@ class EvalConfig:
 
 
 _CONFIG_KEYS = {"datasets", "methods", "metrics", "alpha", "save_fused", "figures", "threads", "device"}
-_DATASET_KEYS = {"name", "sources", "reference", "reference_methods", "pattern", "pairs", "figure_pair", "crop"}
+_DATASET_KEYS = {
+    "name", "sources", "reference", "reference_methods", "reference_metrics", "jpeg_quality", "sets",
+    "pattern", "pairs", "figure_pair", "crop",
+}
 
 
 def _resolve(path: str | os.PathLike[str], root: Path) -> Path:
@@ -177,16 +245,40 @@ def parse_config(section: Mapping[str, Any] | None, root: Path = Path(".")) -> E
             if crop[2] < 2:
                 raise UserError(f"evaluate.datasets[{i}].crop: side must be at least 2 pixels")
         ref = d.get("reference")
+        ref_metrics = _resolve(d["reference_metrics"], root) if d.get("reference_metrics") else None
+        peers = read_peer_metrics(ref_metrics) if ref_metrics is not None else None
+        if d.get("reference_methods"):
+            ref_methods = tuple(str(m) for m in d["reference_methods"])
+        elif peers is not None:
+            # default: the six folder baselines when there is a folder, then every CSV method
+            ref_methods = tuple(dict.fromkeys([*(REFERENCE_METHODS if ref else ()), *peers.methods]))
+        else:
+            ref_methods = REFERENCE_METHODS
+        if len(set(ref_methods)) != len(ref_methods):
+            raise UserError(f"evaluate.datasets[{i}].reference_methods: repeated method in {list(ref_methods)}")
+        clash = [m for m in ref_methods if m in (OURS, OURS_INITIAL, *NATIVE_METHODS)]
+        if clash:
+            raise UserError(f"evaluate.datasets[{i}]: reference method(s) {clash} have the name of a method computed here")
+        if not ref:
+            unknown = [m for m in ref_methods if peers is not None and m not in peers.methods]
+            if unknown:
+                raise UserError(
+                    f"evaluate.datasets[{i}].reference_methods: {unknown} not in {ref_metrics} "
+                    "and the dataset has no 'reference' folder to read their images from"
+                )
         datasets.append(
             Dataset(
                 name=name,
                 sources=_resolve(d["sources"], root),
                 reference=_resolve(ref, root) if ref else None,
-                reference_methods=tuple(str(m) for m in (d.get("reference_methods") or REFERENCE_METHODS)),
+                reference_methods=ref_methods,
                 pattern=str(d.get("pattern") or "*"),
                 pairs=tuple(str(p) for p in (d.get("pairs") or ())),
                 figure_pair=str(d.get("figure_pair") or ""),
                 crop=crop or None,
+                reference_metrics=ref_metrics,
+                jpeg_quality=_parse_quality(d.get("jpeg_quality"), i),
+                sets=_parse_sets(d.get("sets"), i),
             )
         )
     methods = tuple(str(m) for m in (sec.get("methods") or DEFAULT_METHODS))
@@ -217,6 +309,100 @@ def parse_config(section: Mapping[str, Any] | None, root: Path = Path(".")) -> E
         save_fused=bool(sec.get("save_fused", True)),
         figures=bool(sec.get("figures", True)),
     )
+
+
+def _parse_quality(v: Any, i: int) -> tuple[tuple[str, int], ...]:
+    """``jpeg_quality``: one quality for every pair, or {pair-name prefix: quality}."""
+    if v is None or v == {} or v is False:
+        return ()
+    items = v.items() if isinstance(v, Mapping) else [("", v)]
+    out = []
+    for prefix, q in items:
+        if isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 100:
+            raise UserError(
+                f"evaluate.datasets[{i}].jpeg_quality: expected a quality 1..100 or "
+                f"{{pair-name prefix: quality}}, got {v!r}"
+            )
+        out.append((str(prefix), int(q)))
+    return tuple(sorted(out))
+
+
+def _parse_sets(v: Any, i: int) -> tuple[str, ...]:
+    if not v:
+        return ()
+    if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) and x and x != "all" for x in v) or len(set(v)) != len(v):
+        raise UserError(f"evaluate.datasets[{i}].sets: expected a list of distinct pair-name prefixes (not 'all'), got {v!r}")
+    return tuple(v)
+
+
+@dataclass(frozen=True)
+class PeerMetrics:
+    """Metric values of peers known only by numbers (a dataset's ``reference_metrics`` CSV)."""
+
+    path: Path
+    methods: tuple[str, ...]  # in order of first appearance
+    metrics: tuple[str, ...]  # the CSV's metric columns
+    values: Mapping[tuple[str, str], Mapping[str, float]]  # (pair, method) -> {metric: value}
+
+
+_PEER_CACHE: dict[tuple[str, int, int], PeerMetrics] = {}
+
+
+def read_peer_metrics(path: str | os.PathLike[str]) -> PeerMetrics:
+    """Read a CSV with columns ``pair``, ``method`` and one column per metric (names as in
+    :data:`bafusion.metrics.METRICS`; other columns are ignored; empty cells are NaN). A
+    (pair, method) given twice is an error."""
+    from bafusion.metrics import METRICS
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(p, "reference metrics CSV not found")
+    st = p.stat()
+    key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    if key in _PEER_CACHE:
+        return _PEER_CACHE[key]
+    try:
+        with open(p, newline="") as fh:
+            reader = csv.DictReader(fh)
+            fields = [f.strip() for f in (reader.fieldnames or [])]
+            if "pair" not in fields or "method" not in fields:
+                raise InputFileError(p, f"expected columns pair, method and metrics; got {fields}")
+            metric_cols = [f for f in fields if f.upper() in METRICS]
+            if not metric_cols:
+                raise InputFileError(p, f"no metric column (known: {', '.join(METRICS)}); got {fields}")
+            values: dict[tuple[str, str], dict[str, float]] = {}
+            methods: dict[str, None] = {}
+            for n, r in enumerate(reader, start=2):
+                r = {(k or "").strip(): v for k, v in r.items()}
+                k = (str(r["pair"]).strip(), str(r["method"]).strip())
+                if not k[0] or not k[1]:
+                    raise InputFileError(p, f"line {n}: empty pair or method")
+                if k in values:
+                    raise InputFileError(p, f"line {n}: pair {k[0]!r}, method {k[1]!r} given twice")
+                try:
+                    values[k] = {c.upper(): float(r[c]) if (r.get(c) or "").strip() else float("nan") for c in metric_cols}
+                except ValueError as e:
+                    raise InputFileError(p, f"line {n}: not a number: {e}") from None
+                methods.setdefault(k[1])
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputFileError(p, f"unreadable CSV: {e}") from e
+    pm = PeerMetrics(p, tuple(methods), tuple(c.upper() for c in metric_cols), values)
+    _PEER_CACHE[key] = pm
+    return pm
+
+
+def jpeg_reencode(img: np.ndarray, quality: int) -> tuple[np.ndarray, bytes]:
+    """``img`` (uint8 gray or RGB) saved as JPEG in memory with Pillow at ``quality``, chroma
+    subsampling 4:2:0 (as the peers' published files), and decoded again: (pixels, JPEG bytes)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)).save(buf, format="JPEG", quality=int(quality), subsampling="4:2:0")
+    data = buf.getvalue()
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        out = np.asarray(im)
+    return out, data
 
 
 def _find_file(folder: Path, stem: str) -> Path | None:
@@ -354,9 +540,60 @@ def _table1_methods(methods: Sequence[str]) -> list[str]:
     return [m for m in methods if m != OURS_INITIAL] if OURS in methods else list(methods)
 
 
-def table1_document(dataset: str, rows: Rows, methods: Sequence[str], metrics: Sequence[str]) -> str:
-    """``table1.md``: Table 1 (our final method and the baselines), the ablation with both of
-    our variants, and, where a truth exists, PSNR / SSIM / decision-map accuracy."""
+def set_rows(rows: Rows, prefix: str) -> list[Mapping[str, Any]]:
+    """The rows of the pairs whose name starts with ``prefix`` (``"all"`` or ``""``: all rows)."""
+    if prefix in ("", "all"):
+        return list(rows)
+    return [r for r in rows if str(r["pair"]).startswith(prefix)]
+
+
+def rank_of(rows: Rows, methods: Sequence[str], metric: str, method: str) -> tuple[int | None, int]:
+    """(rank, n): the competition rank of ``method``'s mean among the finite means of
+    ``methods`` (1 + the number of methods with a strictly better mean, so ties share a rank),
+    and the number of methods with a finite mean. Rank None when its own mean is not finite."""
+    means = {m: v for m, v in mean_values(rows, methods, metric).items() if math.isfinite(v)}
+    if method not in means:
+        return None, len(means)
+    return 1 + sum(_better(metric, v, means[method]) for m, v in means.items() if m != method), len(means)
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, 21st, ..."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _rank_rivals(methods: Sequence[str], ours: str) -> list[str]:
+    """The methods ``ours`` is ranked among: Table 1's, with ``ours`` in place of our other variant."""
+    main = _table1_methods(methods)
+    return [m for m in main if m not in (OURS, OURS_INITIAL)] + [ours]
+
+
+def _set_names(sets: Sequence[str]) -> list[str]:
+    return [*sets, "all"] if sets else ["all"]
+
+
+def _lossless_rows(rows: Rows, metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """The rows that have values before JPEG re-encoding, with those values under the plain names."""
+    return [
+        {"pair": r["pair"], "method": r["method"], **{q: r.get(f"{LOSSLESS}{q}") for q in metrics}}
+        for r in rows
+        if any(_finite(r.get(f"{LOSSLESS}{q}")) for q in metrics)
+    ]
+
+
+def table1_document(
+    dataset: str,
+    rows: Rows,
+    methods: Sequence[str],
+    metrics: Sequence[str],
+    sets: Sequence[str] = (),
+    notes: Sequence[str] = (),
+) -> str:
+    """``table1.md``: Table 1 (our final method and the baselines), our rank per metric (per
+    set when ``sets`` are given), Table 1 per set, the ablation with both of our variants, the
+    values of our output before JPEG re-encoding (where it was re-encoded), and, where a truth
+    exists, PSNR / SSIM / decision-map accuracy. ``notes`` are paragraphs for the header."""
     npairs = len({r["pair"] for r in rows})
     main = _table1_methods(methods)
     parts = [
@@ -364,14 +601,59 @@ def table1_document(dataset: str, rows: Rows, methods: Sequence[str], metrics: S
         "Mean over the pairs; in parentheses the number of pairs on which the method is strictly "
         "better than every other method of the same table (a tie for the best value counts for "
         "nobody); bold: the best mean. ↑ higher is better, ↓ lower is better.\n",
+        *(f"{n}\n" for n in notes),
         table_markdown(rows, main, metrics),
     ]
+    ours = [m for m in (OURS, OURS_INITIAL) if m in methods]
+    if ours and len(main) > 1:
+        header = "| Method | Set | " + " | ".join(f"{q} {'↓' if q in LOWER_IS_BETTER else '↑'}" for q in metrics) + " |"
+        lines = [header, "|---|---|" + "---:|" * len(metrics)]
+        for m in ours:
+            rivals = _rank_rivals(methods, m)
+            for sname in _set_names(sets):
+                sr = set_rows(rows, sname)
+                if not sr:
+                    continue
+                cells = []
+                for q in metrics:
+                    k, n = rank_of(sr, rivals, q, m)
+                    cells.append("n/a" if k is None else f"{ordinal(k)} of {n}")
+                lines.append(f"| {m} | {sname} | " + " | ".join(cells) + " |")
+        parts += [
+            "\n## Rank of ours\n",
+            "Rank of the mean among the methods of Table 1"
+            + (f" ({OURS_INITIAL} ranked in place of {OURS})" if len(ours) == 2 else "")
+            + "; equal means share a rank; per set: among the same methods on that set's pairs.\n",
+            "\n".join(lines) + "\n",
+        ]
+    for sname in sets:
+        sr = set_rows(rows, sname)
+        if not sr:
+            continue
+        parts += [f"\n## Set {sname} ({len({r['pair'] for r in sr})} pairs)\n", table_markdown(sr, main, metrics)]
     if OURS in methods and OURS_INITIAL in methods:
         parts += [
             "\n## Ablation: with and without boundary refinement\n",
             f"{OURS_INITIAL}: the initial net's decision map (no boundary net). Wins are counted "
             "among all methods below.\n",
             table_markdown(rows, list(methods), metrics),
+        ]
+    lossless = _lossless_rows(rows, metrics)
+    if lossless:
+        lm = [m for m in methods if any(r["method"] == m for r in lossless)]
+        header = "| Method | Set | " + " | ".join(f"{q} {'↓' if q in LOWER_IS_BETTER else '↑'}" for q in metrics) + " |"
+        lines = [header, "|---|---|" + "---:|" * len(metrics)]
+        for m in lm:
+            for sname in _set_names(sets):
+                sr = set_rows(lossless, sname)
+                if any(r["method"] == m for r in sr):
+                    lines.append(f"| {m} | {sname} | " + " | ".join(_fmt(q, mean_values(sr, [m], q)[m]) for q in metrics) + " |")
+        parts += [
+            "\n## Lossless output (before JPEG re-encoding)\n",
+            "Means of the methods computed here measured on their output as computed (PNG, "
+            "lossless), before the re-encoding that the tables above measure; not comparable "
+            "with the peers' values, which include the loss of their published JPEG files.\n",
+            "\n".join(lines) + "\n",
         ]
     truth = [q for q in TRUTH_METRICS if _has_values(rows, methods, q)]
     if truth:
@@ -479,16 +761,28 @@ def evaluate_pair(
             fused[m] = to_uint8(gff_fuse(a, b))
         elif m == "Laplacian":
             fused[m] = to_uint8(laplacian_fuse(a, b))
-    if dataset.reference is not None:
-        for m in dataset.reference_methods:
-            try:
-                img = read_method_results(dataset.reference, m, pair.name)
-            except InputFileError as e:
+    peers = read_peer_metrics(dataset.reference_metrics) if dataset.reference_metrics is not None else None
+    peer_rows: list[dict[str, Any]] = []
+    for m in dataset.reference_methods if dataset.has_peers() else ():
+        if peers is not None and m in peers.methods:
+            vals = peers.values.get((pair.name, m))
+            if vals is None:
                 raise InputFileError(
-                    e.path, f"dataset {dataset.name!r}, pair {pair.name!r}, method {m!r}: {e.problem}"
-                ) from None
-            _check_shape(img, a, dataset.name, pair.name, m, dataset.reference / m)
-            fused[m] = img
+                    peers.path, f"dataset {dataset.name!r}, pair {pair.name!r}, method {m!r}: no row in the reference metrics"
+                )
+            peer_rows.append({"dataset": dataset.name, "pair": pair.name, "method": m,
+                              **{q: float(vals.get(q, float("nan"))) for q in cfg.metrics}})
+            continue
+        if dataset.reference is None:
+            raise UserError(f"dataset {dataset.name!r}: reference method {m!r} is not in the reference metrics CSV")
+        try:
+            img = read_method_results(dataset.reference, m, pair.name)
+        except InputFileError as e:
+            raise InputFileError(
+                e.path, f"dataset {dataset.name!r}, pair {pair.name!r}, method {m!r}: {e.problem}"
+            ) from None
+        _check_shape(img, a, dataset.name, pair.name, m, dataset.reference / m)
+        fused[m] = img
     truth = read_image(pair.truth) if pair.truth is not None else None
     if truth is not None and truth.shape[:2] != a.shape[:2]:
         raise InputFileError(pair.truth, f"dataset {dataset.name!r}, pair {pair.name!r}: truth size differs from the sources")
@@ -498,17 +792,28 @@ def evaluate_pair(
         if true_dm.shape != a.shape[:2]:
             raise InputFileError(pair.dm, f"dataset {dataset.name!r}, pair {pair.name!r}: decision map size differs from the sources")
     cache = MetricCache()
+    quality = dataset.quality_for(pair.name)
     rows = []
     for m, f in fused.items():
         _check_shape(f, a, dataset.name, pair.name, m, m)
         row: dict[str, Any] = {"dataset": dataset.name, "pair": pair.name, "method": m}
-        row.update(compute_all(a, b, f, cfg.metrics, cache=cache))
+        measured = f
+        if quality is not None and m in cfg.methods:
+            # computed here: measured as stored like the peers' files (JPEG at their quality),
+            # and also as computed (lossless_* columns)
+            measured = jpeg_reencode(f, quality)[0]
+            row["jpeg_quality"] = quality
+            lossless = compute_all(a, b, f, cfg.metrics, cache=cache)
+            if truth is not None:
+                lossless.update(truth_metrics(truth, f))
+            row.update({f"{LOSSLESS}{q}": v for q, v in lossless.items()})
+        row.update(compute_all(a, b, measured, cfg.metrics, cache=cache))
         if truth is not None:
-            row.update(truth_metrics(truth, f))
+            row.update(truth_metrics(truth, measured))
         if true_dm is not None and m in dms:
             row["DM_acc"] = float((dms[m] == true_dm).mean())
         rows.append(row)
-    return rows, fused, (a, b)
+    return peer_rows + rows, fused, (a, b)
 
 
 # --------------------------------------------------------------------------------------
@@ -518,24 +823,81 @@ def evaluate_pair(
 
 def _method_order(cfg: EvalConfig, ds: Dataset) -> list[str]:
     """Reference baselines first (as in the paper's table), then native ones, ours last."""
-    refs = list(ds.reference_methods) if ds.reference is not None else []
+    refs = list(ds.reference_methods) if ds.has_peers() else []
     native = [m for m in cfg.methods if m in NATIVE_METHODS]
     ours = [m for m in (OURS_INITIAL, OURS) if m in cfg.methods]
     return refs + native + ours
 
 
+def _check_peer_rows(ds: Dataset, pairs: Sequence[Pair]) -> None:
+    """Fail before any fusion when the reference metrics lack a (pair, method) of the table."""
+    if ds.reference_metrics is None:
+        return
+    peers = read_peer_metrics(ds.reference_metrics)
+    for m in ds.reference_methods:
+        if m not in peers.methods:
+            continue
+        missing = [p.name for p in pairs if (p.name, m) not in peers.values]
+        if missing:
+            raise InputFileError(
+                peers.path, f"dataset {ds.name!r}, method {m!r}: no row for pair(s) {missing[:5]}"
+                + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            )
+
+
+def dataset_notes(ds: Dataset, cfg: EvalConfig, pairs: Sequence[Pair]) -> list[str]:
+    """Header paragraphs of a dataset's ``table1.md``: where peers' values come from and how our
+    output is stored before it is measured."""
+    notes = []
+    if ds.reference_metrics is not None:
+        peers = read_peer_metrics(ds.reference_metrics)
+        csv_methods = [m for m in ds.reference_methods if m in peers.methods]
+        if csv_methods:
+            missing = [q for q in cfg.metrics if q not in peers.metrics]
+            notes.append(
+                f"Peers known only by their metric values: {len(csv_methods)} methods from "
+                f"`{peers.path.name}` (values as published, i.e. measured on their published files)"
+                + (f"; the CSV has no {', '.join(missing)} (n/a)" if missing else "") + "."
+            )
+    by_quality: dict[int, list[str]] = {}
+    for p in pairs:
+        q = ds.quality_for(p.name)
+        if q is not None:
+            by_quality.setdefault(q, []).append(p.name)
+    if by_quality:
+        used = {pre: q for pre, q in ds.jpeg_quality}
+        per_q = "; ".join(
+            f"quality {q} on {len(names)} pair(s)"
+            + (f" ({', '.join(f'`{pre}*`' for pre in sorted(used) if used[pre] == q and pre)})"
+               if all(pre for pre in used if used[pre] == q) else "")
+            for q, names in sorted(by_quality.items())
+        )
+        lossless = len(pairs) - sum(len(v) for v in by_quality.values())
+        notes.append(
+            f"**Storage: like for like.** The output of the methods computed here ({', '.join(cfg.methods)}) "
+            "is measured after re-encoding it as JPEG in memory (Pillow, chroma subsampling 4:2:0), "
+            f"as the peers' published files are stored: {per_q}"
+            + (f"; {lossless} pair(s) matched by no prefix are measured as computed" if lossless else "")
+            + ". The values of the output before re-encoding are in the section *Lossless output* "
+            f"and in the `{LOSSLESS}*` columns of metrics.csv."
+        )
+    return notes
+
+
 def evaluate_dataset(
     ds: Dataset, cfg: EvalConfig, out: Path, nets: Any = None, fusion_params: Any = None, log: Any = print
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Evaluate one dataset into ``out`` (its folder): metrics.csv, means.csv, table1.md,
-    figures/ and fused/. Returns the rows and the method order."""
+    """Evaluate one dataset into ``out`` (its folder): metrics.csv, means.csv (and means-sets.csv
+    with ``sets``), table1.md, figures/ and fused/. Returns the rows and the method order."""
     from bafusion.eval_figures import save_dataset_figures
 
     pairs = find_pairs(ds)
     fig_pair = ds.figure_pair or pairs[0].name
     if fig_pair not in {p.name for p in pairs}:
         raise UserError(f"dataset {ds.name!r}: figure_pair {fig_pair!r} is not one of its pairs")
+    _check_peer_rows(ds, pairs)
     methods = _method_order(cfg, ds)
+    csv_peers = set(read_peer_metrics(ds.reference_metrics).methods) if ds.reference_metrics is not None else set()
     rows: list[dict[str, Any]] = []
     for pair in pairs:
         prow, fused, (a, b) = evaluate_pair(ds, pair, cfg, nets, fusion_params)
@@ -543,25 +905,43 @@ def evaluate_dataset(
         if cfg.save_fused:
             from bafusion.fusion import write_image
 
+            quality = ds.quality_for(pair.name)
             for m, f in fused.items():
                 if m in cfg.methods:  # computed here; the reference results are stored already
                     write_image(out / "fused" / m / f"{pair.name}.png", f)
+                    if quality is not None:  # the re-encoded image that was measured
+                        with atomic_file(out / "fused" / m / f"{pair.name}.jpg") as tmp:
+                            tmp.write_bytes(jpeg_reencode(f, quality)[1])
         if cfg.figures and pair.name == fig_pair:
-            save_dataset_figures(out / "figures", pair.name, a, b, {m: fused[m] for m in methods}, cfg.alpha, ds.crop)
+            save_dataset_figures(out / "figures", pair.name, a, b, {m: fused[m] for m in methods if m in fused},
+                                 cfg.alpha, ds.crop)
         log(f"{ds.name}/{pair.name}: " + ", ".join(
-            f"{r['method']} " + " ".join(f"{q}={r[q]:.4f}" for q in cfg.metrics) for r in prow))
+            f"{r['method']} " + " ".join(f"{q}={r[q]:.4f}" for q in cfg.metrics)
+            for r in prow if r["method"] not in csv_peers))
     rows.sort(key=lambda r: ([p.name for p in pairs].index(r["pair"]), methods.index(r["method"])))
     extra = [q for q in TRUTH_METRICS if _has_values(rows, methods, q)]
-    columns = ["pair", "method", *cfg.metrics, *extra]
-    write_text(out / "metrics.csv", rows_to_csv(rows, columns))
+    values = [*cfg.metrics, *extra]
+    lossless = [f"{LOSSLESS}{q}" for q in values if _has_values(rows, methods, f"{LOSSLESS}{q}")]
+    storage = ["jpeg_quality"] if lossless else []
+    write_text(out / "metrics.csv", rows_to_csv(rows, ["pair", "method", *values, *storage, *lossless]))
     means_rows = []
     for m in methods:
         mr: dict[str, Any] = {"method": m}
-        for q in (*cfg.metrics, *extra):
+        for q in (*values, *lossless):
             mr[q] = mean_values(rows, [m], q)[m]
         means_rows.append(mr)
-    write_text(out / "means.csv", rows_to_csv(means_rows, ["method", *cfg.metrics, *extra]))
-    write_text(out / "table1.md", table1_document(ds.name, rows, methods, [*cfg.metrics]))
+    write_text(out / "means.csv", rows_to_csv(means_rows, ["method", *values, *lossless]))
+    if ds.sets:
+        set_means = []
+        for sname in _set_names(ds.sets):
+            sr = set_rows(rows, sname)
+            n = len({r["pair"] for r in sr})
+            for m in methods:
+                set_means.append({"set": sname, "method": m, "n": n,
+                                  **{q: mean_values(sr, [m], q)[m] for q in (*values, *lossless)}})
+        write_text(out / "means-sets.csv", rows_to_csv(set_means, ["set", "method", "n", *values, *lossless]))
+    write_text(out / "table1.md", table1_document(ds.name, rows, methods, [*cfg.metrics], ds.sets,
+                                                  dataset_notes(ds, cfg, pairs)))
     return rows, methods
 
 
@@ -607,6 +987,7 @@ def run_evaluation(
                         # those of the ablation table (all methods)
                         rivals = _table1_methods(methods) if m == OURS else methods
                         entry[m]["wins"] = {q: count_wins(rows, rivals, q)[m] for q in cfg.metrics}
+                        _add_ranks_and_sets(entry[m], ds, rows, methods, m, cfg.metrics, all_means)
                 doc[ds.name] = entry
             write_text(tmp / "metrics.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
         if report:
@@ -627,6 +1008,43 @@ def run_evaluation(
                 for p in sorted(figs.glob("*.png")):
                     run.log_artifact(p, f"evaluation/{ds.name}/figures")
     return doc
+
+
+def _add_ranks_and_sets(
+    entry: dict[str, Any], ds: Dataset, rows: Rows, methods: Sequence[str], m: str,
+    metrics: Sequence[str], all_means: dict[str, float],
+) -> None:
+    """metrics.json of one of our variants: its rank among Table 1's methods (``rank``, out of
+    ``rank_of``), per set (``sets``: means and ranks) and its lossless means (``lossless``)."""
+    rivals = _rank_rivals(methods, m)
+    if len(rivals) > 1:
+        ranks = {q: rank_of(rows, rivals, q, m) for q in metrics}
+        entry["rank"] = {q: k for q, (k, _) in ranks.items()}
+        entry["rank_of"] = {q: n for q, (_, n) in ranks.items()}
+        for q, (k, _) in ranks.items():
+            if k is not None:
+                all_means[f"{ds.name}.{m}.rank.{q}"] = float(k)
+    lossless = _lossless_rows([r for r in rows if r["method"] == m], metrics)
+    if lossless:
+        entry["lossless"] = {q: _json_value(mean_values(lossless, [m], q)[m]) for q in metrics}
+    if ds.sets:
+        entry["sets"] = {}
+        for sname in ds.sets:
+            sr = set_rows(rows, sname)
+            if not sr:
+                continue
+            se: dict[str, Any] = {"pairs": len({r["pair"] for r in sr})}
+            for q in metrics:
+                v = mean_values(sr, [m], q)[m]
+                se[q] = _json_value(v)
+                if math.isfinite(v):
+                    all_means[f"{ds.name}.{sname}.{m}.{q}"] = v
+            if len(rivals) > 1:
+                se["rank"] = {q: rank_of(sr, rivals, q, m)[0] for q in metrics}
+            sl = set_rows(lossless, sname)
+            if sl:
+                se["lossless"] = {q: _json_value(mean_values(sl, [m], q)[m]) for q in metrics}
+            entry["sets"][sname] = se
 
 
 def _config_dict(cfg: EvalConfig) -> dict[str, Any]:
