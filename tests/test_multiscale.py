@@ -55,7 +55,7 @@ def test_multiscale_decides_better_where_the_blur_is_too_strong_for_one_scale() 
     nets = load_nets_from_dir(None, "cpu")  # the shipped nets
     a, b, truth = _strong_blur_pair()
     one = fuse_images(a, b, nets, FusionParams(scales=(1.0,)))
-    multi = fuse_images(a, b, nets, FusionParams(scales=(1.0, 0.5, 0.25), scale_rule="confident"))
+    multi = fuse_images(a, b, nets, FusionParams(scales=(1.0, 0.5, 0.25), scale_rule="confident", scale_min_side=32))
     acc = lambda m: float((m == truth).mean())  # noqa: E731
     # The initial net's map and the raw (refined, before small-region removal) decision.
     assert acc(multi.score_initial > 0.5) > acc(one.score_initial > 0.5) + 0.01
@@ -72,5 +72,8 @@ def test_one_scale_is_the_plain_score_and_small_images_skip_coarse_scales() -> N
     s = score(nets.initial, a, b, nets.patch_initial, p, p.initial_step)
     assert np.array_equal(score_multiscale(nets.initial, a, b, nets.patch_initial, p), s)
     # At 0.25 the 40 x 56 image would be 10 x 14, smaller than a 32-px patch: skipped.
-    q = FusionParams(scales=(1.0, 0.25))
+    q = FusionParams(scales=(1.0, 0.25), scale_min_side=1)
+    assert np.array_equal(score_multiscale(nets.initial, a, b, nets.patch_initial, q), s)
+    # At 0.5 (20 x 28) it is below scale_min_side: skipped; with a lower bound it is used.
+    q = FusionParams(scales=(1.0, 0.5), scale_min_side=256)
     assert np.array_equal(score_multiscale(nets.initial, a, b, nets.patch_initial, q), s)

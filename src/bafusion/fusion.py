@@ -183,6 +183,10 @@ class FusionParams:
     scale_rule: str = "confident"
     #: |z| at and above which the full-scale score stands alone in the "fill" rule.
     scale_confidence: float = 2.0
+    #: A coarser scale is used only while the downscaled pair's shorter side keeps at least
+    #: this many pixels (256 = 8 patches of 32): on small images a patch at a coarse scale
+    #: would see most of the scene, and the real pairs measured worse for it (BENCHMARKS.md).
+    scale_min_side: int = 256
 
     def __post_init__(self) -> None:
         if isinstance(self.scales, (int, float)) or not self.scales or any(
@@ -194,6 +198,8 @@ class FusionParams:
             raise UserError(f"scale_rule must be one of {', '.join(SCALE_RULES)}, got {self.scale_rule!r}")
         if not self.scale_confidence >= 0:
             raise UserError(f"scale_confidence must be >= 0, got {self.scale_confidence!r}")
+        if not isinstance(self.scale_min_side, int) or self.scale_min_side < 1:
+            raise UserError(f"scale_min_side must be a positive integer (pixels), got {self.scale_min_side!r}")
         if not isinstance(self.l, int) or self.l < 0:
             raise UserError(f"fusion parameter l must be an integer >= 0, got {self.l!r}")
         if not (0.0 <= self.low < self.high <= 1.0):
@@ -755,8 +761,8 @@ def score_multiscale(
     logits = [_logit(s_full)]
     for s in scales:
         hs, ws = max(1, round(h * s)), max(1, round(w * s))
-        if min(hs, ws) < patch:
-            continue  # smaller than a patch: nothing to see at this scale
+        if min(hs, ws) < max(patch, params.scale_min_side):
+            continue  # too small: a patch would see most of the scene at this scale
         sa, sb = _downscale(gray_a, (hs, ws)), _downscale(gray_b, (hs, ws))
         z = _logit(score(net, sa, sb, patch, params, params.initial_step, device=device))
         up = F.interpolate(torch.from_numpy(z)[None, None], size=(h, w), mode="bilinear", align_corners=False)
@@ -950,14 +956,28 @@ def default_model_dirs() -> list[Path]:
     return seen
 
 
+def shipped_models() -> list[str]:
+    """Names of the models shipped with the package (``models/<name>``), usable as ``--model``."""
+    names: set[str] = set()
+    for root in (PACKAGE_DIR / "models", REPO_ROOT / "models"):
+        if root.is_dir():
+            names |= {d.name for d in root.iterdir() if (d / "initial.pt").is_file() and (d / "boundary.pt").is_file()}
+    return sorted(names)
+
+
 def find_model_dir(model: str | os.PathLike[str] | None) -> Path:
     """The folder holding initial.pt and boundary.pt: ``model`` if given, else the first of
     :func:`default_model_dirs` that holds both."""
     if model is not None:
         d = Path(model)
-        if not d.is_dir():
-            raise UserError(f"{d}: model folder not found ({HOW_TO_GET_MODELS})")
-        return d
+        if d.is_dir():
+            return d
+        # A shipped model by name (models/<name>: "default", "lytro-2026-11").
+        if d.name == str(model):
+            for root in (PACKAGE_DIR / "models", REPO_ROOT / "models"):
+                if (root / d.name / "initial.pt").is_file():
+                    return root / d.name
+        raise UserError(f"{d}: model folder not found ({HOW_TO_GET_MODELS}; shipped models: {', '.join(shipped_models())})")
     for d in default_model_dirs():
         if (d / "initial.pt").is_file() and (d / "boundary.pt").is_file():
             return d
@@ -1198,7 +1218,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", nargs="+", help="source images (same size), A B [C ...]")
     p.add_argument("-o", "--output", required=True, help="fused image (.png, .tif, .bmp, .jpg)")
-    p.add_argument("--model", default=None, help="folder with initial.pt and boundary.pt (+ .json)")
+    p.add_argument("--model", default=None,
+                   help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name (default, lytro-2026-11)")
     p.add_argument("--initial", default=None, help="initial-net file (instead of --model)")
     p.add_argument("--boundary", default=None, help="boundary-net file (instead of --model)")
     p.add_argument("--save-maps", default=None, metavar="DIR", help="write score/decision/difference maps and figures here")
