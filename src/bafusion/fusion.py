@@ -820,8 +820,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     """'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine (use auto or cpu)")
+    from bafusion.preflight import check_device
+
+    check_device(device)
     try:
         return torch.device(device)
     except RuntimeError as e:
@@ -989,6 +990,16 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.images]
     if len(paths) < 2:
         raise UserError("give at least two source images")
+    if args.save_maps:
+        # The maps' names are known before the work: none may be a source.
+        from bafusion.figures import MAP_KEYS
+        from bafusion.preflight import check_not_input
+
+        stems = [out.stem] if len(paths) == 2 else [f"{out.stem}-step{i + 1:02d}" for i in range(len(paths) - 1)]
+        for stem in stems:
+            for key in MAP_KEYS:
+                check_not_input(Path(args.save_maps) / f"{stem}-{key}.png", paths, "map file")
+    resolve_device(other["device"])
     images = [read_image(p) for p in paths]
     names = [str(p) for p in paths]
     for i in range(1, len(images)):
