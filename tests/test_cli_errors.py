@@ -173,3 +173,20 @@ def test_the_installed_command_prints_no_traceback(work: Path) -> None:
     ]
     assert _digest(work / "a.png") == before
 
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "pickle"])
+def test_a_damaged_model_file_is_named_without_torchs_unsafe_advice(work: Path, capsys, damage: str) -> None:
+    import pickle
+
+    p = work / "nets" / "boundary.pt"
+    good = p.read_bytes()
+    p.write_bytes({"garbage": b"not a model", "truncated": good[: len(good) // 2], "empty": b"",
+                   "pickle": pickle.dumps(os.getcwd)}[damage])
+    line = _refused([*FUSE, "-o", "F.png"], capsys, work, "nets/boundary.pt: unreadable model file",
+                    "damaged, truncated or not written by bafusion")
+    assert "weights_only" not in line and "train them with" not in line and "snakemake" not in line
+
+
+def test_a_missing_model_file_says_how_to_get_one(work: Path, capsys) -> None:
+    (work / "nets" / "boundary.pt").unlink()
+    _refused([*FUSE, "-o", "F.png"], capsys, work, "nets/boundary.pt: model file not found", "snakemake")

@@ -830,10 +830,12 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def _load_one(path: Path, device: torch.device) -> tuple[CifarResNet, int]:
+    if not path.exists():
+        raise UserError(f"{path}: model file not found ({HOW_TO_GET_MODELS})")
     try:
         net, meta = load_model(path, map_location="cpu")
-    except ModelFileError as e:
-        raise UserError(f"{e} ({HOW_TO_GET_MODELS})") from e
+    except ModelFileError as e:  # a file that is there but wrong: how to train one does not help
+        raise UserError(str(e)) from e
     patch = meta.get("patch", meta.get("patch_size"))
     if patch is None:
         raise UserError(f"{path.with_suffix('.json')}: no 'patch' entry (the patch side the net was trained on)")
