@@ -257,7 +257,21 @@ class FusionResult:
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read a source image as uint8: (H, W) for gray (L, LA, 1-bit, 16-bit gray), (H, W, 3)
-    otherwise (alpha dropped, palette expanded). Errors name the file."""
+    otherwise (alpha dropped, palette expanded). Errors name the file. Files of more than 8
+    bits per sample are scaled by their significant bits (:func:`read_images`)."""
+    return read_images([path])[0]
+
+
+def read_images(paths: Sequence[str | os.PathLike[str]]) -> list[np.ndarray]:
+    """Read the sources of one fusion like :func:`read_image`; sources of more than 8 bits
+    per sample are scaled alike (:func:`bafusion.images.read_sources`: the significant bits
+    a file marks, else one bit depth common to the pair's unmarked sources)."""
+    from bafusion.images import read_sources
+
+    return read_sources(paths, _read_8bit)
+
+
+def _read_8bit(path: str | os.PathLike[str]) -> np.ndarray:
     from bafusion.images import open_image
 
     im = open_image(path)
@@ -1002,7 +1016,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
             for key in MAP_KEYS:
                 check_not_input(Path(args.save_maps) / f"{stem}-{key}.png", paths, "map file")
     resolve_device(other["device"])
-    images = [read_image(p) for p in paths]
+    images = read_images(paths)
     names = [str(p) for p in paths]
     for i in range(1, len(images)):
         check_same_size(images[0], images[i], names[0], names[i])
@@ -1076,7 +1090,7 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
     report: dict = {"params": asdict(params), "device": str(nets.device), "models": list(nets.sources), "pairs": {}}
     for name in names:
         pa, pb, pt = pairs / f"{name}-A.png", pairs / f"{name}-B.png", pairs / f"{name}-dm.png"
-        a, b = read_image(pa), read_image(pb)
+        a, b = read_images([pa, pb])
         res = fuse_images(a, b, nets, params, (str(pa), str(pb)))
         # Timings go to the log, not the report: DVC tracks the report, and it must be the
         # same for the same inputs.
@@ -1155,6 +1169,7 @@ __all__ = [
     "load_nets",
     "load_nets_from_dir",
     "read_image",
+    "read_images",
     "remove_small_regions",
     "score_dense",
     "score_exact",

@@ -1001,9 +1001,11 @@ def undefined_reason(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> str:
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
     names = _parse_metric_names(args.metrics.split(",")) if args.metrics else None
-    a = read_image(args.a)
-    b = read_image(args.b)
-    f = read_image(args.f)
+    from bafusion.images import read_sources
+
+    # Files of more than 8 bits per sample: scaled as fusion scales them (alike, by their
+    # significant bits); 8-bit files exactly as read_image reads them.
+    a, b, f = read_sources([args.a, args.b, args.f], read_image)
     check_same_size(a, b, f, names=(str(args.a), str(args.b), str(args.f)))
     values: dict[str, float | None] = dict(compute_all(a, b, f, names))
     # NaN is not a number to report: an undefined metric is written as null (JSON) or an
