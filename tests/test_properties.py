@@ -28,6 +28,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+MODES = ["L", "RGB", "RGBA", "I;16"]
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -60,7 +61,7 @@ def pairs(draw: st.DrawFn) -> dict:
     return {
         "h": draw(st.integers(1, 200)),
         "w": draw(st.integers(1, 300)),
-        "modes": (draw(st.sampled_from(["L", "RGB", "RGBA", "I;16"])), draw(st.sampled_from(["L", "RGB", "RGBA", "I;16"]))),
+        "modes": (draw(st.sampled_from(MODES)), draw(st.sampled_from(MODES))),
         "bits": draw(st.sampled_from([10, 12, 16])),
         "sbit": draw(st.booleans()),
         "kind": draw(st.sampled_from(["random", "identical", "constant", "one constant"])),

@@ -133,7 +133,9 @@ def check_not_input(p: str | os.PathLike[str], inputs: Sequence[str | os.PathLik
     for q in inputs:
         if same_file(Path(p), Path(q)):
             same = "" if Path(q) == Path(p) else f" (as {os.fspath(q)})"
-            raise UserError(f"{os.fspath(p)}: the {what} is also an input{same}; inputs are never overwritten: choose another name")
+            raise UserError(
+                f"{os.fspath(p)}: the {what} is also an input{same}; inputs are never overwritten: choose another name"
+            )
 
 
 def check_output_file(
