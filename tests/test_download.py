@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from bafusion.download import (
+    MAX_ZIP_RATIO,
+    RATIO_MIN_BYTES,
     Checksum,
     ChecksumError,
     DownloadError,
@@ -29,6 +31,7 @@ from bafusion.download import (
     fetch,
     fetch_many,
     join_url,
+    read_zip_member,
 )
 from bafusion.errors import UserError
 
@@ -351,3 +354,54 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
         for name, data in members.items():
             zf.writestr(name, data)
     return buf.getvalue()
+
+
+# --- zip bombs (issue 16) ------------------------------------------------------------------
+
+
+def deflated_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_a_member_compressed_beyond_the_ratio_limit_is_refused(tmp_path: Path) -> None:
+    z = deflated_zip(tmp_path / "bomb.zip", {"ok.png": os.urandom(1000), "zeros.bin": bytes(4 << 20)})
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(UserError, match=r"bomb\.zip: refusing to extract member 'zeros\.bin': compressed \d+ to 1, "
+                       r"more than the limit of 200 to 1"):
+        extract_zip(z, work / "target")
+    assert list(work.iterdir()) == []
+    with pytest.raises(UserError, match="bomb.zip"):
+        read_zip_member(z, "zeros.bin")
+    assert read_zip_member(z, "ok.png") != b""  # the other member is fine
+    # the limit is a parameter: raised, the same archive extracts
+    files = extract_zip(z, work / "target", max_ratio=None)
+    assert sorted(p.name for p in files) == ["ok.png", "zeros.bin"]
+
+
+def test_an_archive_unpacking_beyond_the_total_limit_is_refused(tmp_path: Path) -> None:
+    z = deflated_zip(tmp_path / "big.zip", {"a.bin": os.urandom(3000), "b.bin": os.urandom(3000)})
+    with pytest.raises(UserError, match=r"big\.zip: refusing to extract: its members unpack to 5\.9 KiB, more than the limit of 4\.9 KiB"):
+        extract_zip(z, tmp_path / "t", max_bytes=5000)
+    assert not (tmp_path / "t").exists()
+    assert len(extract_zip(z, tmp_path / "t", max_bytes=6000)) == 2
+
+
+def test_small_members_are_not_held_to_the_ratio(tmp_path: Path) -> None:
+    """A small file of zeros compresses 1000x harmlessly (below RATIO_MIN_BYTES)."""
+    z = deflated_zip(tmp_path / "small.zip", {"zeros.txt": bytes(RATIO_MIN_BYTES)})
+    zi = zipfile.ZipFile(z).getinfo("zeros.txt")
+    assert zi.file_size / zi.compress_size > MAX_ZIP_RATIO
+    assert len(extract_zip(z, tmp_path / "t")) == 1
+
+
+def test_coco_annotations_zip_bomb_is_refused(tmp_path: Path) -> None:
+    from bafusion.coco import CocoFilter, load_coco
+
+    doc = b'{"images": [], "annotations": [], "categories": []' + b" " * (4 << 20) + b"}"
+    z = deflated_zip(tmp_path / "ann.zip", {"annotations/captions_train2017.json": doc})
+    with pytest.raises(UserError, match=r"ann\.zip: refusing to extract member 'annotations/captions_train2017\.json'"):
+        load_coco(z, CocoFilter())

@@ -412,3 +412,39 @@ def test_cli_unknown_metric(triple: Triple, capsys: pytest.CaptureFixture[str]) 
     pa, pb, pf, _ = triple
     assert cli.main(["metrics", str(pa), str(pb), str(pf), "--metrics", "QMI,BOGUS"]) == 2
     assert "unknown metric 'BOGUS'" in capsys.readouterr().err
+
+
+def _no_nan(token: str) -> None:
+    raise AssertionError(f"{token} in the JSON output")
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_cli_constant_images_write_null_and_warn(tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str) -> None:
+    """Constant images make QCB, QP, QE and QCV 0/0: written as null (JSON) or an empty field
+    (CSV), each named in a warning; the defined metrics keep their values; never NaN."""
+    c = np.full((24, 30), 100, dtype=np.uint8)
+    pa, pb, pf = (_save(tmp_path / f"{n}.png", c) for n in "abf")
+    assert cli.main(["metrics", str(pa), str(pb), str(pf), "--format", fmt]) == 0
+    out, err = capsys.readouterr()
+    assert "nan" not in out.lower()
+    want = M.compute_all(c, c, c)
+    undefined = [k for k, v in want.items() if np.isnan(v)]
+    assert undefined == ["QCB", "QP", "QE", "QCV"]
+    if fmt == "json":
+        got = json.loads(out, parse_constant=_no_nan)
+    else:
+        header, row = out.splitlines()
+        got = {k: (float(v) if v else None) for k, v in zip(header.split(","), row.split(","))}
+    assert got == {k: (None if k in undefined else v) for k, v in want.items()}
+    warnings = err.strip().splitlines()
+    assert warnings == [
+        f"bafusion metrics: warning: {k} is undefined for these images (A, B and F are constant, so its "
+        "ratio is 0/0): written as null" for k in undefined
+    ]
+
+
+def test_cli_help_states_the_default_metrics(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["metrics", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default: all eight, QMI,QG,QY,QCB,QNCIE,QP,QE,QCV" in help_text

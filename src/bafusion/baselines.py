@@ -283,10 +283,10 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray) -> None:
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
+    from bafusion.images import read_sources
     from bafusion.metrics import read_image
 
-    a = read_image(args.a)
-    b = read_image(args.b)
+    a, b = read_sources([args.a, args.b], read_image)  # > 8 bits per sample: scaled alike
     if a.shape[:2] != b.shape[:2]:
         raise UserError(
             f"image sizes differ: {args.a} is {a.shape[1]}x{a.shape[0]} (WxH) "

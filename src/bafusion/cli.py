@@ -2,8 +2,14 @@
 
 A module listed in ``COMMAND_MODULES`` defines ``register(subparsers)``, which adds one or
 more subparsers and sets ``func`` (called with the parsed namespace, returning an exit code)
-through ``set_defaults``. Errors meant for users are raised as :class:`bafusion.errors.UserError`
-and printed as one line, without a traceback.
+through ``set_defaults``.
+
+Errors: every user error of every command exits with status 2 and one line
+``bafusion <cmd>: error: <what>: <why>`` on stderr, without a traceback. That covers argparse's
+errors (no usage block), :class:`bafusion.errors.UserError` raised anywhere, the checks of
+:mod:`bafusion.preflight` (output paths, devices) that run before the command's work, and an
+``OSError`` naming a file (permission denied, disk full, ...). Anything else is a bug: its
+traceback is printed, followed by one line saying so, and the status is 1.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import importlib
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 
 from bafusion import __version__
@@ -29,8 +36,21 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``bafusion fuse: error: ...``), exit 2;
+    subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: object) -> str:
+    """``text`` on one line: line breaks and the blanks around them become one space."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="bafusion",
         description="Boundary-aware multi-focus image fusion: data pipeline, training, fusion, evaluation.",
     )
@@ -62,17 +82,37 @@ def install_sigterm_handler() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from bafusion.preflight import check_command
+
     install_sigterm_handler()
     parser = build_parser()
     args = parser.parse_args(argv)
+    cmd = f"bafusion {args.command}"
     try:
+        check_command(args)
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"bafusion {args.command}: error: {e}", file=sys.stderr)
+        print(f"{cmd}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.filename is None:
+            return _internal_error(cmd)
+        name = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+        print(f"{cmd}: error: {name}: {one_line(e.strerror or e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"bafusion {args.command}: interrupted", file=sys.stderr)
+        print(f"{cmd}: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # noqa: BLE001 - a bug: keep the traceback, say so
+        return _internal_error(cmd)
+
+
+def _internal_error(cmd: str) -> int:
+    traceback.print_exc()
+    exc = sys.exc_info()[1]
+    print(f"{cmd}: internal error (a bug in bafusion, not in your input): {type(exc).__name__}: "
+          f"{one_line(exc)[:300]}; please report it with the traceback above", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -90,6 +90,9 @@ def load_coco(annotations: str | os.PathLike[str], flt: CocoFilter) -> Any:
                     if alt not in names:
                         raise InputFileError(path, f"archive has no {member} (members: {names[:8]})")
                     member = alt
+                from bafusion.download import check_zip_sizes
+
+                check_zip_sizes(path, [zf.getinfo(member)])  # a zip bomb is refused, naming the archive
                 with zf.open(member) as f:
                     dataset = json.load(io.TextIOWrapper(f, encoding="utf-8"))
         else:

@@ -18,7 +18,10 @@ Guarantees:
 - :func:`extract_zip` extracts into a temporary folder beside the target and renames it
   into place only when every member is extracted; members with absolute paths, ``..``
   components, drive letters or symlink/special-file modes are refused before anything is
-  written.
+  written, and so is an archive that would unpack to too much (a zip bomb, from a mirror or a
+  ``from_dir`` archive): more than ``max_bytes`` in all (:data:`MAX_UNZIPPED_BYTES`, 16 GiB),
+  or a member larger than 1 MiB compressed more than ``max_ratio`` to 1
+  (:data:`MAX_ZIP_RATIO`, 200). The bytes actually written are counted too.
 """
 
 from __future__ import annotations
@@ -470,6 +473,44 @@ def fetch_many(
 # Safe zip extraction
 
 
+#: Most bytes the members of one archive may unpack to (16 GiB; the paper's largest archive,
+#: COCO's annotations, unpacks to under 1 GB). Parameter ``max_bytes``; None: no bound.
+MAX_UNZIPPED_BYTES = 16 * 2**30
+#: Highest compression ratio (uncompressed / compressed) of a member larger than
+#: :data:`RATIO_MIN_BYTES` (200: photos barely compress, COCO's JSON about 5-10x, zip bombs
+#: 1000x and more). Parameter ``max_ratio``; None: no bound.
+MAX_ZIP_RATIO = 200.0
+#: Members up to this size are not held to the ratio (a small file of zeros compresses 1000x).
+RATIO_MIN_BYTES = 1 << 20
+
+
+def check_zip_sizes(
+    archive: str | os.PathLike[str],
+    infos: Sequence[zipfile.ZipInfo],
+    *,
+    max_bytes: int | None = MAX_UNZIPPED_BYTES,
+    max_ratio: float | None = MAX_ZIP_RATIO,
+) -> int:
+    """Refuse, naming ``archive``, members that unpack to more than ``max_bytes`` in all or
+    whose compression ratio exceeds ``max_ratio`` (members above :data:`RATIO_MIN_BYTES`);
+    returns their total uncompressed size."""
+    total = sum(i.file_size for i in infos)
+    if max_bytes is not None and total > max_bytes:
+        raise UserError(
+            f"{archive}: refusing to extract: its members unpack to {human_bytes(total)}, more than the limit "
+            f"of {human_bytes(max_bytes)} (max_bytes; a zip bomb?)"
+        )
+    if max_ratio is not None:
+        for i in infos:
+            ratio = i.file_size / max(i.compress_size, 1)
+            if i.file_size > RATIO_MIN_BYTES and ratio > max_ratio:
+                raise UserError(
+                    f"{archive}: refusing to extract member {i.filename!r}: compressed {ratio:.0f} to 1, more "
+                    f"than the limit of {max_ratio:g} to 1 (max_ratio; a zip bomb?)"
+                )
+    return total
+
+
 def _member_problem(info: zipfile.ZipInfo) -> str | None:
     """Why a zip member must not be extracted (None when it is safe)."""
     name = info.filename
@@ -497,9 +538,15 @@ def _clean_name(name: str) -> str:
     return name
 
 
-def check_zip(archive: str | os.PathLike[str]) -> list[zipfile.ZipInfo]:
-    """The members of ``archive`` after checking every one is safe to extract; raises
-    :class:`UserError` naming the archive and the first unsafe member otherwise."""
+def check_zip(
+    archive: str | os.PathLike[str],
+    *,
+    max_bytes: int | None = MAX_UNZIPPED_BYTES,
+    max_ratio: float | None = MAX_ZIP_RATIO,
+) -> list[zipfile.ZipInfo]:
+    """The members of ``archive`` after checking every one is safe to extract (names, types,
+    and :func:`check_zip_sizes`); raises :class:`UserError` naming the archive and the first
+    unsafe member otherwise."""
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
@@ -509,6 +556,7 @@ def check_zip(archive: str | os.PathLike[str]) -> list[zipfile.ZipInfo]:
         problem = _member_problem(info)
         if problem:
             raise UserError(f"{archive}: refusing to extract member {info.filename!r}: {problem}")
+    check_zip_sizes(archive, infos, max_bytes=max_bytes, max_ratio=max_ratio)
     return infos
 
 
@@ -518,6 +566,8 @@ def extract_zip(
     *,
     members: Callable[[str], bool] | None = None,
     strip_single_top: bool = True,
+    max_bytes: int | None = MAX_UNZIPPED_BYTES,
+    max_ratio: float | None = MAX_ZIP_RATIO,
 ) -> list[Path]:
     """Extract ``archive`` to the folder ``target`` (replacing it) safely and atomically.
 
@@ -527,7 +577,9 @@ def extract_zip(
     without it. ``members`` selects members by name. Returns the extracted files.
     """
     archive, target = Path(archive), Path(target)
-    infos = [i for i in check_zip(archive) if not i.is_dir() and (members is None or members(i.filename))]
+    infos = check_zip(archive, max_bytes=max_bytes, max_ratio=max_ratio)
+    infos = [i for i in infos if not i.is_dir() and (members is None or members(i.filename))]
+    budget = sum(i.file_size for i in infos)  # what the members say they hold; counted below
     names = [_clean_name(i.filename) for i in infos]
     prefix = ""
     if strip_single_top and names:
@@ -552,7 +604,11 @@ def extract_zip(
                     raise UserError(f"{archive}: refusing to extract member {info.filename!r}: lands outside the target")
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(dest, "xb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
+                    while chunk := src.read(1 << 20):
+                        budget -= len(chunk)
+                        if budget < 0:
+                            raise UserError(f"{archive}: refusing to extract: members hold more than they declare")
+                        dst.write(chunk)
                 out.append(target / rel)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -573,8 +629,15 @@ def extract_zip(
     return out
 
 
-def read_zip_member(archive: str | os.PathLike[str], name: str) -> bytes:
-    """The bytes of one member (by exact name or by basename when unique), naming the archive on error."""
+def read_zip_member(
+    archive: str | os.PathLike[str],
+    name: str,
+    *,
+    max_bytes: int | None = MAX_UNZIPPED_BYTES,
+    max_ratio: float | None = MAX_ZIP_RATIO,
+) -> bytes:
+    """The bytes of one member (by exact name or by basename when unique), naming the archive
+    on error; the member is held to :func:`check_zip_sizes`."""
     try:
         with zipfile.ZipFile(archive) as zf:
             names = zf.namelist()
@@ -584,6 +647,7 @@ def read_zip_member(archive: str | os.PathLike[str], name: str) -> bytes:
                     more = " ..." if len(names) > 10 else ""
                     raise UserError(f"{archive}: no member {name!r} (it holds {names[:10]}{more})")
                 name = hits[0]
+            check_zip_sizes(archive, [zf.getinfo(name)], max_bytes=max_bytes, max_ratio=max_ratio)
             return zf.read(name)
     except (zipfile.BadZipFile, OSError) as e:
         raise UserError(f"{archive}: not a readable zip archive ({e})") from e

@@ -101,6 +101,11 @@ def save_figure(fig, path: str | os.PathLike[str]) -> None:
     with atomic_file(path) as tmp:
         Path(tmp).write_bytes(buf.getvalue())
 
+#: The files :func:`save_maps` writes, ``<stem>-<key>.png``.
+MAP_KEYS = ("score-initial", "score-mean", "near-boundary", "score-refined", "dm-raw", "dm",
+            "diff-gray", "diff-colour", "fig3")
+
+
 def save_maps(
     folder: str | os.PathLike[str],
     stem: str,

@@ -287,7 +287,21 @@ class FusionResult:
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read a source image as uint8: (H, W) for gray (L, LA, 1-bit, 16-bit gray), (H, W, 3)
-    otherwise (alpha dropped, palette expanded). Errors name the file."""
+    otherwise (alpha dropped, palette expanded). Errors name the file. Files of more than 8
+    bits per sample are scaled by their significant bits (:func:`read_images`)."""
+    return read_images([path])[0]
+
+
+def read_images(paths: Sequence[str | os.PathLike[str]]) -> list[np.ndarray]:
+    """Read the sources of one fusion like :func:`read_image`; sources of more than 8 bits
+    per sample are scaled alike (:func:`bafusion.images.read_sources`: the significant bits
+    a file marks, else one bit depth common to the pair's unmarked sources)."""
+    from bafusion.images import read_sources
+
+    return read_sources(paths, _read_8bit)
+
+
+def _read_8bit(path: str | os.PathLike[str]) -> np.ndarray:
     from bafusion.images import open_image
 
     im = open_image(path)
@@ -905,8 +919,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     """'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine (use auto or cpu)")
+    from bafusion.preflight import check_device
+
+    check_device(device)
     try:
         return torch.device(device)
     except RuntimeError as e:
@@ -914,10 +929,12 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def _load_one(path: Path, device: torch.device) -> tuple[CifarResNet, int]:
+    if not path.exists():
+        raise UserError(f"{path}: model file not found ({HOW_TO_GET_MODELS})")
     try:
         net, meta = load_model(path, map_location="cpu")
-    except ModelFileError as e:
-        raise UserError(f"{e} ({HOW_TO_GET_MODELS})") from e
+    except ModelFileError as e:  # a file that is there but wrong: how to train one does not help
+        raise UserError(str(e)) from e
     patch = meta.get("patch", meta.get("patch_size"))
     if patch is None:
         raise UserError(f"{path.with_suffix('.json')}: no 'patch' entry (the patch side the net was trained on)")
@@ -1101,7 +1118,17 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.images]
     if len(paths) < 2:
         raise UserError("give at least two source images")
-    images = [read_image(p) for p in paths]
+    if args.save_maps:
+        # The maps' names are known before the work: none may be a source.
+        from bafusion.figures import MAP_KEYS
+        from bafusion.preflight import check_not_input
+
+        stems = [out.stem] if len(paths) == 2 else [f"{out.stem}-step{i + 1:02d}" for i in range(len(paths) - 1)]
+        for stem in stems:
+            for key in MAP_KEYS:
+                check_not_input(Path(args.save_maps) / f"{stem}-{key}.png", paths, "map file")
+    resolve_device(other["device"])
+    images = read_images(paths)
     names = [str(p) for p in paths]
     for i in range(1, len(images)):
         check_same_size(images[0], images[i], names[0], names[i])
@@ -1175,7 +1202,7 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
     report: dict = {"params": asdict(params), "device": str(nets.device), "models": list(nets.sources), "pairs": {}}
     for name in names:
         pa, pb, pt = pairs / f"{name}-A.png", pairs / f"{name}-B.png", pairs / f"{name}-dm.png"
-        a, b = read_image(pa), read_image(pb)
+        a, b = read_images([pa, pb])
         res = fuse_images(a, b, nets, params, (str(pa), str(pb)))
         # Timings go to the log, not the report: DVC tracks the report, and it must be the
         # same for the same inputs.
@@ -1255,6 +1282,7 @@ __all__ = [
     "load_nets",
     "load_nets_from_dir",
     "read_image",
+    "read_images",
     "remove_small_regions",
     "score_dense",
     "score_exact",

@@ -15,7 +15,10 @@ MATLAB values to ~1e-13. QY and QE depend, over perfectly flat windows, on MATLA
 noise: QY agrees to 1e-3 (4e-3 on the very flat classic "lab" pair); QE emulates that noise
 and agrees to ~1e-13.
 
-Degenerate inputs (e.g. constant images) give NaN where MATLAB does (QCB, QP, QE, QCV).
+Degenerate inputs (e.g. constant images) give NaN where MATLAB does (QCB, QP, QE, QCV): the
+metric's ratio is 0/0 and its definition gives no value. ``bafusion metrics`` writes such a
+value as ``null`` (JSON) or an empty field (CSV) and warns on stderr naming the metric; it never
+prints NaN.
 
 All metrics take three images of one shape (sources ``a``, ``b`` and fused ``f``) on the
 [0, 255] scale; colour inputs are converted with :func:`to_gray_matlab`. Everything is
@@ -31,6 +34,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -981,19 +985,40 @@ def compute_all(
 # command line
 
 
-def _format_value(v: float) -> str:
-    return repr(float(v))
+def _format_value(v: float | None) -> str:
+    return "" if v is None else repr(float(v))
+
+
+def undefined_reason(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> str:
+    """Why a metric can be undefined (NaN) on this triple, for the warning: which images are
+    constant, whose flat contrast or saliency makes the metric's ratio 0/0."""
+    flat = [n for n, x in zip("ABF", _prepare(a, b, f)) if x.size and np.ptp(x) == 0]
+    if flat:
+        which = flat[0] if len(flat) == 1 else ", ".join(flat[:-1]) + " and " + flat[-1]
+        return f"{which} {'is' if len(flat) == 1 else 'are'} constant, so its ratio is 0/0"
+    return "its ratio is 0/0 on these images"
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
     names = _parse_metric_names(args.metrics.split(",")) if args.metrics else None
-    a = read_image(args.a)
-    b = read_image(args.b)
-    f = read_image(args.f)
+    from bafusion.images import read_sources
+
+    # Files of more than 8 bits per sample: scaled as fusion scales them (alike, by their
+    # significant bits); 8-bit files exactly as read_image reads them.
+    a, b, f = read_sources([args.a, args.b, args.f], read_image)
     check_same_size(a, b, f, names=(str(args.a), str(args.b), str(args.f)))
-    values = compute_all(a, b, f, names)
+    values: dict[str, float | None] = dict(compute_all(a, b, f, names))
+    # NaN is not a number to report: an undefined metric is written as null (JSON) or an
+    # empty field (CSV), with a warning naming it.
+    undefined = [k for k, v in values.items() if v is None or not math.isfinite(v)]
+    if undefined:
+        why = undefined_reason(a, b, f)
+        for k in undefined:
+            values[k] = None
+            print(f"bafusion metrics: warning: {k} is undefined for these images ({why}): written as null",
+                  file=sys.stderr)
     if args.format == "json":
-        print(json.dumps(values))
+        print(json.dumps(values, allow_nan=False))
     else:
         print(",".join(values))
         print(",".join(_format_value(v) for v in values.values()))
@@ -1008,7 +1033,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Compute objective fusion metrics (QMI, QG, QY, QCB, ...) of a fused image F of "
             "sources A and B, as the survey's MATLAB reference code computes them. Prints a "
-            "CSV header and one line of values, or a JSON object."
+            "CSV header and one line of values, or a JSON object. A metric that is undefined "
+            "on the images (0/0, e.g. QCB, QP, QE, QCV on constant images) is written as null "
+            "(JSON) or an empty field (CSV), with a warning on stderr naming it."
         ),
     )
     p.add_argument("a", metavar="A", help="first source image")
@@ -1018,6 +1045,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metrics",
         default=None,
-        help=f"comma-separated metrics to compute (default all: {','.join(METRICS)})",
+        help=f"comma-separated metrics to compute (default: all eight, {','.join(METRICS)}; the paper's "
+        f"four: {','.join(REQUIRED_METRICS)})",
     )
     p.set_defaults(func=_cmd_metrics)

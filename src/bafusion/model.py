@@ -12,6 +12,7 @@ replace the global pooling by a sliding-window average (see ``bafusion.fusion``)
 from __future__ import annotations
 
 import os
+import warnings
 
 from dataclasses import asdict, dataclass
 
@@ -217,6 +218,22 @@ def read_model_meta(path: "str | os.PathLike[str]") -> dict:
     return meta
 
 
+def _load_problem(path: "os.PathLike[str]", e: BaseException) -> str:
+    """The gist of why ``torch.load`` failed, without torch's advice to retry with
+    ``weights_only=False`` (unsafe, and no cure for a damaged file)."""
+    import re
+
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|Check the documentation|$)", text, re.S)
+    if m:
+        detail = f"not a plain tensor file: {m.group(1)}"
+    elif isinstance(e, EOFError) or not text.strip():
+        detail = "the file is empty" if os.path.getsize(path) == 0 else "unexpected end of file"
+    else:
+        detail = f"{type(e).__name__}: {text.strip().splitlines()[0].split('. ')[0]}"
+    return " ".join(detail.split())[:200]
+
+
 def load_model(
     path: "str | os.PathLike[str]", expect: ResNetSpec | None = None, map_location: str | torch.device = "cpu"
 ) -> tuple[CifarResNet, dict]:
@@ -239,9 +256,16 @@ def load_model(
     if expect is not None and spec != expect:
         raise ModelFileError(f"{p}: architecture {spec.to_dict()} does not match the expected {expect.to_dict()}")
     try:
-        state = torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings about the file's pickle protocol
+            warnings.simplefilter("ignore")
+            state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        raise ModelFileError(f"{p}: unreadable model file: {e}") from e
+        raise ModelFileError(
+            f"{p}: unreadable model file, damaged, truncated or not written by bafusion "
+            f"({_load_problem(p, e)}); replace it with a good copy"
+        ) from e
+    if not isinstance(state, dict):
+        raise ModelFileError(f"{p}: not a bafusion model file (holds a {type(state).__name__}, not a state_dict)")
     net = CifarResNet(spec)
     try:
         net.load_state_dict(state)

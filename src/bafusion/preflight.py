@@ -1,0 +1,240 @@
+"""Checks the ``bafusion`` command runs before a command starts any work.
+
+Every command's output paths are listed once, in :data:`COMMAND_OUTPUTS` (by their argparse
+``dest``), with the arguments naming its inputs. Before the command runs,
+:func:`check_command` refuses, with a :class:`~bafusion.errors.UserError` (one line, exit 2):
+
+* an output that *is* one of the inputs, however spelled (``./a.png``, an absolute path, a
+  symlink, a hard link: resolved paths and inodes are compared): an input is never
+  overwritten, while an existing output that is no input is replaced atomically;
+* an output file that is a folder or a special file, an image output of an unknown format;
+* an output whose folder cannot be created or written (a file in the way of a parent folder,
+  a read-only or virtual file system): a probe file is created and removed in the nearest
+  existing folder, so the answer is the file system's, also for root;
+* an output folder that is an existing file; a folder that the command replaces whole when it
+  holds one of the inputs or the working directory;
+* a ``--device`` this machine does not have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bafusion.errors import UserError
+
+#: Suffixes an output image may have (the format follows the suffix).
+IMAGE_OUTPUT_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Argument dests of one command: outputs by kind, and the inputs they must not be."""
+
+    files: tuple[str, ...] = ()  #: output files
+    images: tuple[str, ...] = ()  #: output image files (suffix checked too)
+    dirs: tuple[str, ...] = ()  #: folders written into
+    replaced_dirs: tuple[str, ...] = ()  #: folders replaced whole (atomic_dir)
+    inputs: tuple[str, ...] = ()  #: input files or folders (a string or a list of them)
+
+
+_NETS = ("initial", "boundary", "model", "models", "params_file")
+
+#: Outputs and inputs of every command (commands not listed write nothing or edit on purpose,
+#: like ``preset --apply``).
+COMMAND_OUTPUTS: dict[str, OutputSpec] = {
+    "fuse": OutputSpec(images=("output",), dirs=("save_maps",), inputs=("images", *_NETS)),
+    "fuse-set": OutputSpec(dirs=("out",), files=("report",), inputs=("pairs", *_NETS)),
+    "baseline": OutputSpec(images=("output",), inputs=("a", "b")),
+    "evaluate": OutputSpec(replaced_dirs=("out",), files=("report", "plots"), inputs=("root", *_NETS)),
+    "train": OutputSpec(files=("out", "metrics", "plots"), dirs=("checkpoints",), inputs=("patches", "params")),
+    "prepare": OutputSpec(replaced_dirs=("out",), inputs=("alphamatting", "backgrounds_dir")),
+    "composite": OutputSpec(files=("out",), inputs=("prepared",)),
+    "composite-index": OutputSpec(files=("out",), inputs=("shards",)),
+    "testset": OutputSpec(replaced_dirs=("out",), inputs=("prepared",)),
+    "patches": OutputSpec(dirs=("out",), files=("summary",), inputs=("shards",)),
+    "download-alphamatting": OutputSpec(replaced_dirs=("out",), inputs=("from_dir", "cache")),
+    "download-coco": OutputSpec(replaced_dirs=("out",), inputs=("annotations", "images_dir", "cache")),
+    "download-eval": OutputSpec(replaced_dirs=("out",), inputs=("from_dir", "manifest", "cache")),
+    "download-record": OutputSpec(files=("out",)),
+}
+
+
+# --------------------------------------------------------------------------------------
+# Paths
+
+
+def _paths(value: object) -> list[Path]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)):
+        return [Path(v) for v in value if v not in (None, "")]
+    return [Path(str(value))]
+
+
+def _raw(value: object) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value if v not in (None, "")]
+    return [str(value)]
+
+
+def same_file(p: Path, q: Path) -> bool:
+    """Whether ``p`` and ``q`` name the same file or folder (resolved paths, then inodes)."""
+    with contextlib.suppress(OSError, RuntimeError):
+        if p.resolve() == q.resolve():
+            return True
+    try:
+        return os.path.samefile(p, q)
+    except (OSError, ValueError):
+        return False
+
+
+def _contains(folder: Path, p: Path) -> bool:
+    """Whether ``p`` lies inside ``folder`` (or is it), resolved."""
+    try:
+        f, q = folder.resolve(), p.resolve()
+    except (OSError, RuntimeError):
+        return False
+    return f == q or f in q.parents
+
+
+def _nearest_existing(p: Path) -> Path:
+    a = Path(os.path.abspath(p))
+    while not os.path.lexists(a) and a != a.parent:
+        a = a.parent
+    return a
+
+
+def _check_can_create_in(target: str, start: Path) -> None:
+    """Raise unless files can be created where ``target`` goes: the nearest existing folder
+    at or above ``start`` must be a folder that accepts a probe file."""
+    base = _nearest_existing(start)
+    if not base.is_dir():
+        raise UserError(f"{target}: cannot be created: {base} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".bafusion-probe-", dir=base)
+    except OSError as e:
+        why = e.strerror or str(e)
+        raise UserError(f"{target}: cannot write in {base}: {why}") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def check_not_input(p: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], what: str) -> None:
+    """Raise when ``p`` names one of ``inputs`` (however spelled)."""
+    for q in inputs:
+        if same_file(Path(p), Path(q)):
+            same = "" if Path(q) == Path(p) else f" (as {os.fspath(q)})"
+            raise UserError(
+                f"{os.fspath(p)}: the {what} is also an input{same}; inputs are never overwritten: choose another name"
+            )
+
+
+def check_output_file(
+    path: str | os.PathLike[str],
+    inputs: Iterable[str | os.PathLike[str]] = (),
+    *,
+    suffixes: Sequence[str] | None = None,
+    what: str = "output image",
+) -> Path:
+    """Check an output file before any work (see the module docstring); returns its path."""
+    p, shown = Path(path), os.fspath(path)
+    if p.is_dir():
+        raise UserError(f"{shown}: is a folder; the {what} must be a file")
+    if suffixes is not None and p.suffix.lower() not in suffixes:
+        known = ", ".join(suffixes)
+        raise UserError(f"{shown}: unknown image format {p.suffix or '(no suffix)'!r}: the {what} must end in {known}")
+    if os.path.lexists(p) and not (p.is_file() or p.is_symlink()):
+        raise UserError(f"{shown}: is not a regular file (a device, fifo or socket): not replaced")
+    check_not_input(path, list(inputs), what)
+    _check_can_create_in(shown, p.parent)
+    return p
+
+
+def check_output_dir(
+    path: str | os.PathLike[str],
+    inputs: Iterable[str | os.PathLike[str]] = (),
+    *,
+    replaced: bool = False,
+    what: str = "output folder",
+) -> Path:
+    """Check an output folder: an existing folder or a new path, never a file; ``replaced``
+    (the command replaces it whole): it must not hold an input or the working directory."""
+    p, shown = Path(path), os.fspath(path)
+    if os.path.lexists(p) and not p.is_dir():
+        raise UserError(f"{shown}: is a file, not a folder: the {what} must be a folder or a new path")
+    ins = [Path(q) for q in inputs]
+    check_not_input(path, ins, what)
+    if replaced:
+        for q in [*ins, Path.cwd()]:
+            if os.path.lexists(q) and _contains(p, q):
+                held = "the working directory" if q == Path.cwd() else f"the input {q}"
+                raise UserError(f"{shown}: the {what} is replaced whole and holds {held}: choose another folder")
+        _check_can_create_in(shown, p.parent)
+    else:
+        _check_can_create_in(shown, p)
+    return p
+
+
+# --------------------------------------------------------------------------------------
+# Devices
+
+
+def check_device(name: str | None, flag: str = "--device") -> None:
+    """Refuse a device this machine lacks: ``auto``, ``cpu``, ``cuda[:N]`` (with N GPUs
+    present) or ``mps`` (where Metal is available)."""
+    if name is None or name == "auto":
+        return
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"{flag} {name}: not a device (use auto, cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"{flag} {name}: CUDA is not available on this machine (use auto or cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UserError(f"{flag} {name}: MPS (Apple Metal) is not available on this machine (use auto or cpu)")
+        return
+    raise UserError(f"{flag} {name}: device type {dev.type!r} is not supported (use auto, cpu, cuda, cuda:N or mps)")
+
+
+# --------------------------------------------------------------------------------------
+# The command's checks
+
+
+def check_command(args: argparse.Namespace) -> None:
+    """Every check of the module docstring for the parsed command line ``args``."""
+    spec = COMMAND_OUTPUTS.get(getattr(args, "command", ""), OutputSpec())
+    inputs = [q for dest in spec.inputs for q in _paths(getattr(args, dest, None))]
+    for dest in spec.images:
+        for p in _raw(getattr(args, dest, None)):
+            check_output_file(p, inputs, suffixes=IMAGE_OUTPUT_SUFFIXES, what="output image")
+    for dest in spec.files:
+        for p in _raw(getattr(args, dest, None)):
+            check_output_file(p, inputs, what=f"--{dest.replace('_', '-')} file")
+    for dest in spec.dirs:
+        for p in _raw(getattr(args, dest, None)):
+            check_output_dir(p, inputs, what=f"--{dest.replace('_', '-')} folder")
+    for dest in spec.replaced_dirs:
+        for p in _raw(getattr(args, dest, None)):
+            check_output_dir(p, inputs, replaced=True, what=f"--{dest.replace('_', '-')} folder")
+    device = getattr(args, "device", None)
+    if isinstance(device, str):
+        check_device(device)

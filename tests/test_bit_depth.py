@@ -1,0 +1,144 @@
+"""Sources of more than 8 bits per sample (issue 16): the bit depth comes from the file (PNG
+sBIT, OME-TIFF SignificantBits), else one depth common to the pair; 8-bit files read exactly
+as before."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image, ImageFilter
+
+from bafusion import fusion
+from bafusion.cli import main as cli_main
+from bafusion.fusion import read_image, read_images
+from bafusion.images import common_bits, png_depth
+from bafusion.metrics import read_image as metrics_read_image
+from bafusion.model import build_model, save_model
+
+
+def write_png(path: Path, a: np.ndarray, sbit: int | None = None) -> Path:
+    """A PNG written chunk by chunk (Pillow cannot write 16-bit colour): gray (H, W) or RGB
+    (H, W, 3), uint8 or uint16, with an optional sBIT chunk."""
+    depth = 16 if a.dtype == np.uint16 else 8
+    ctype = 2 if a.ndim == 3 else 0
+    h, w = a.shape[:2]
+
+    def chunk(typ: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + typ + data + struct.pack(">I", zlib.crc32(typ + data))
+
+    rows = a.astype(">u2" if depth == 16 else "u1").reshape(h, -1).view(np.uint8).reshape(h, -1)
+    raw = b"".join(b"\x00" + r.tobytes() for r in rows)
+    body = chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, ctype, 0, 0, 0))
+    if sbit is not None:
+        body += chunk(b"sBIT", bytes([sbit] * (3 if ctype == 2 else 1)))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+def to12(a8: np.ndarray) -> np.ndarray:
+    """8-bit data as 12-bit samples that scale back to exactly ``a8``."""
+    return np.round(a8.astype(np.float64) * 4095 / 255).astype(np.uint16)
+
+
+@pytest.fixture
+def gray8() -> np.ndarray:
+    return np.random.default_rng(3).integers(0, 256, (20, 30), dtype=np.uint8)
+
+
+def test_our_png_writer_reads_back_in_pillow(tmp_path: Path, gray8) -> None:
+    p = write_png(tmp_path / "g.png", to12(gray8), sbit=12)
+    assert png_depth(p) == (16, 0, 12)
+    assert np.array_equal(np.asarray(Image.open(p)), to12(gray8))
+
+
+@pytest.mark.parametrize("sbit", [None, 12])
+def test_12_bit_data_in_a_16_bit_png_reads_like_the_same_data_in_8_bits(tmp_path: Path, gray8, sbit) -> None:
+    p = write_png(tmp_path / "a.png", to12(gray8), sbit=sbit)
+    assert np.array_equal(read_image(p), gray8)
+    assert np.array_equal(read_images([p, p])[1], gray8)
+
+
+def test_sbit_with_data_scaled_to_16_bits_is_scaled_from_16(tmp_path: Path, gray8) -> None:
+    """The PNG specification stores sBIT data scaled up to the full depth: then it is."""
+    full = (gray8.astype(np.uint16) * 257).astype(np.uint16)
+    assert np.array_equal(read_image(write_png(tmp_path / "a.png", full, sbit=12)), gray8)
+
+
+def test_an_unmarked_pair_is_scaled_alike(tmp_path: Path) -> None:
+    """A's maximum 300 and B's 200 were scaled per image (A from 16 bits, B from 8); now both
+    from the 10 bits that hold the pair's maximum, so B stays darker than A."""
+    a = write_png(tmp_path / "a.png", np.full((4, 5), 300, np.uint16))
+    b = write_png(tmp_path / "b.png", np.full((4, 5), 200, np.uint16))
+    ra, rb = read_images([a, b])
+    assert (ra.max(), rb.max()) == (round(300 / 1023 * 255), round(200 / 1023 * 255))
+    assert common_bits(255) == 8 and common_bits(256) == 10 and common_bits(4080) == 12 and common_bits(65535) == 16
+
+
+def test_16_bit_colour_tiff_is_read_at_full_precision(tmp_path: Path) -> None:
+    rgb8 = np.random.default_rng(4).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    p = tmp_path / "c.tif"
+    tifffile.imwrite(p, to12(rgb8), photometric="rgb")
+    assert np.array_equal(read_image(p), rgb8)
+
+
+def test_ome_tiff_significant_bits(tmp_path: Path, gray8) -> None:
+    p = tmp_path / "g.tif"
+    tifffile.imwrite(p, to12(gray8), description='<OME><Pixels SignificantBits="12"/></OME>')
+    assert np.array_equal(read_image(p), gray8)
+
+
+def test_16_bit_colour_png_with_unscaled_sbit_data_is_refused(tmp_path: Path, capsys) -> None:
+    rgb = to12(np.random.default_rng(5).integers(0, 256, (8, 9, 3), dtype=np.uint8))
+    p = write_png(tmp_path / "c.png", rgb, sbit=12)
+    rc = cli_main(["baseline", str(p), str(p), "-o", str(tmp_path / "f.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "c.png: 16-bit colour PNG whose sBIT marks 12-bit data" in err and "TIFF" in err
+    assert not (tmp_path / "f.png").exists()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "LA", "1"])
+def test_8_bit_files_read_exactly_as_before(tmp_path: Path, mode: str) -> None:
+    rgb = np.random.default_rng(6).integers(0, 256, (14, 11, 3), dtype=np.uint8)
+    im = Image.fromarray(rgb).convert(mode)
+    for suffix in (".png", ".jpg", ".tif", ".bmp"):
+        if suffix == ".jpg" and mode in ("RGBA", "P", "LA", "1"):
+            continue
+        if suffix == ".bmp" and mode == "LA":
+            continue
+        p = tmp_path / f"x{suffix}"
+        im.save(p)
+        assert np.array_equal(read_image(p), fusion._read_8bit(p)), suffix
+        assert np.array_equal(read_images([p, p])[0], fusion._read_8bit(p)), suffix
+
+
+def test_fuse_and_metrics_of_a_12_bit_pair_equal_those_of_the_8_bit_pair(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(7)
+    a8 = rng.integers(0, 256, (26, 22), dtype=np.uint8)
+    b8 = np.asarray(Image.fromarray(a8).filter(ImageFilter.GaussianBlur(2)))
+    torch.manual_seed(0)
+    for kind in ("initial", "boundary"):
+        save_model(build_model(8), tmp_path / "nets" / f"{kind}.pt", {"patch": 12})
+    Image.fromarray(a8).save(tmp_path / "a8.png")
+    Image.fromarray(b8).save(tmp_path / "b8.png")
+    write_png(tmp_path / "a12.png", to12(a8))
+    write_png(tmp_path / "b12.png", to12(b8))
+    for bits in ("8", "12"):
+        assert cli_main(["fuse", str(tmp_path / f"a{bits}.png"), str(tmp_path / f"b{bits}.png"), "-o",
+                         str(tmp_path / f"f{bits}.png"), "--model", str(tmp_path / "nets"), "--device", "cpu"]) == 0
+    f8, f12 = (np.asarray(Image.open(tmp_path / f"f{bits}.png")) for bits in ("8", "12"))
+    assert np.array_equal(f12, f8)
+    assert np.all((f12 == a8) | (f12 == b8)), "every fused pixel is A's or B's 8-bit pixel, not a darkened one"
+    capsys.readouterr()
+    out = []
+    for bits in ("8", "12"):
+        assert cli_main(["metrics", str(tmp_path / f"a{bits}.png"), str(tmp_path / f"b{bits}.png"),
+                         str(tmp_path / "f8.png"), "--metrics", "QMI,QG"]) == 0
+        out.append(capsys.readouterr().out)
+    assert out[0] == out[1]
+    assert np.array_equal(metrics_read_image(tmp_path / "a8.png"), a8)

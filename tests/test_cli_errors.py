@@ -1,0 +1,192 @@
+"""Bad input (issue 16): every user error of every command is refused before the work starts,
+with exit status 2 and one line ``bafusion <cmd>: error: <what>: <why>``; no input is ever
+overwritten; an internal error keeps its traceback and says it is a bug."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bafusion import baselines, fusion
+from bafusion.cli import main as cli_main
+from bafusion.model import build_model, save_model
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _digest(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder (the working directory) with two sources a.png, b.png, a file ``afile`` and
+    a tiny model folder ``nets``; the fusion and baseline work itself fails the test if reached."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (24, 20), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(rng.integers(0, 256, (24, 20), dtype=np.uint8)).save(tmp_path / "b.png")
+    (tmp_path / "afile").write_text("not a folder")
+    for kind in ("initial", "boundary"):
+        save_model(build_model(8), tmp_path / "nets" / f"{kind}.pt", {"patch": 12})
+    monkeypatch.chdir(tmp_path)
+
+    def reached(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the work started although the command line was refused")
+
+    monkeypatch.setattr(fusion, "fuse_stack", reached)
+    monkeypatch.setattr(baselines, "fuse", reached)
+    return tmp_path
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str], work: Path, *words: str) -> str:
+    before = {p: _digest(p) for p in work.rglob("*") if p.is_file()}
+    try:
+        rc = cli_main(argv)
+    except SystemExit as e:  # argparse's errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    assert rc == 2, (argv, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"bafusion {argv[0]}: error: "), err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in lines[0], (w, err)
+    after = {p: _digest(p) for p in work.rglob("*") if p.is_file()}
+    assert after == before, "a file was written, changed or removed"
+    return lines[0]
+
+
+FUSE = ["fuse", "a.png", "b.png", "--model", "nets", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("spelling", ["a.png", "./a.png", "ABS", "LINK", "HARDLINK", "b.png"])
+def test_fuse_never_overwrites_a_source(work: Path, capsys, spelling: str) -> None:
+    out = {"ABS": str(work / "a.png"), "LINK": "link.png", "HARDLINK": "hard.png"}.get(spelling, spelling)
+    if spelling == "LINK":
+        os.symlink(work / "a.png", work / "link.png")
+    if spelling == "HARDLINK":
+        os.link(work / "a.png", work / "hard.png")
+    line = _refused([*FUSE, "-o", out], capsys, work, "is also an input", "never overwritten")
+    assert line.startswith(f"bafusion fuse: error: {out}: ")
+
+
+def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
+    _refused(["baseline", "a.png", "b.png", "-o", "./b.png"], capsys, work, "is also an input")
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        ([*FUSE, "-o", "/proc/F.png"], ["/proc/F.png", "cannot write in /proc"]),
+        ([*FUSE, "-o", "afile/F.png"], ["afile/F.png", "afile is a file, not a folder"]),
+        ([*FUSE, "-o", "afile/sub/F.png"], ["afile is a file, not a folder"]),
+        ([*FUSE, "-o", "F.xyz"], ["F.xyz", "unknown image format '.xyz'"]),
+        ([*FUSE, "-o", "F"], ["unknown image format"]),
+        ([*FUSE, "-o", "nets"], ["nets: ", "is a folder"]),
+        ([*FUSE, "-o", "F.png", "--save-maps", "afile"], ["afile: is a file, not a folder"]),
+        ([*FUSE, "-o", "F.png", "--save-maps", "afile/maps"], ["afile is a file, not a folder"]),
+        (["fuse", "a.png", "b.png", "--model", "nets", "-o", "F.png", "--device", "mps"], ["--device mps", "MPS"]),
+        (["fuse", "a.png", "b.png", "--model", "nets", "-o", "F.png", "--device", "tpu9"], ["--device tpu9"]),
+        (["fuse", "a.png", "b.png", "-o", "F.png"], ["no trained nets found"]),
+        (["fuse", "a.png", "-o", "F.png", "--model", "nets"], ["at least two"]),
+        (["fuse", "a.png", "b.png"], ["-o/--output", "required"]),
+        ([*FUSE, "-o", "F.png", "--l", "x"], ["--l", "invalid int"]),
+        (["baseline", "a.png", "b.png", "-o", "afile/F.png"], ["afile is a file, not a folder"]),
+        (["baseline", "a.png", "b.png", "-o", "/proc/F.png"], ["cannot write in /proc"]),
+        (["baseline", "a.png", "missing.png", "-o", "F.png"], ["missing.png"]),
+        (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "afile"], ["afile: is a file, not a folder"]),
+        (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "."], ["is also an input"]),
+        (["evaluate", "--out", "."], ["holds the working directory"]),
+        (["evaluate", "--out", "afile/x"], ["afile is a file, not a folder"]),
+        (["train", "--net", "initial", "--patches", "p.h5", "--out", "afile/m.pt"], ["afile is a file"]),
+        (["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--device", "mps"], ["MPS"]),
+        (["metrics", "a.png", "b.png", "missing.png"], ["missing.png"]),
+        (["metrics", "a.png", "b.png", "a.png", "--metrics", "QX"], ["unknown metric 'QX'"]),
+        (["prepare", "--out", "afile"], ["afile: is a file, not a folder"]),
+        (["patches", "a.png", "--out", "afile"], ["is a file, not a folder"]),
+        (["download-eval", "--out", "/proc/eval"], ["cannot write in /proc"]),
+        (["download-record", "--source", "web", "--out", "afile/r.json"], ["afile is a file"]),
+    ],
+)
+def test_every_command_refuses_bad_input_in_one_line(work: Path, capsys, monkeypatch, argv, words) -> None:
+    monkeypatch.setattr(fusion, "default_model_dirs", lambda: [work / "none"])
+    _refused(argv, capsys, work, *words)
+
+
+def test_an_existing_output_is_replaced_and_sources_kept(work: Path, capsys, monkeypatch) -> None:
+    monkeypatch.undo()  # the real work this time
+    os.chdir(work)
+    (work / "F.png").write_bytes(b"old")
+    src = {p: _digest(work / p) for p in ("a.png", "b.png")}
+    rc = cli_main(["baseline", "a.png", "b.png", "-o", "F.png"])
+    assert rc == 0, capsys.readouterr().err
+    assert np.asarray(Image.open(work / "F.png")).shape == (24, 20)
+    assert {p: _digest(work / p) for p in src} == src
+    assert not list(work.glob("*.part")) and not list(work.glob(".bafusion-probe-*"))
+
+
+def test_maps_that_would_overwrite_a_source_are_refused(work: Path, capsys) -> None:
+    Image.open(work / "a.png").save(work / "F-dm.png")
+    _refused(["fuse", "F-dm.png", "b.png", "--model", "nets", "-o", "F.png", "--save-maps", "."], capsys, work,
+             "F-dm.png", "map file is also an input")
+
+
+def test_an_internal_error_keeps_its_traceback_and_says_so(work: Path, capsys, monkeypatch) -> None:
+    def bug(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(fusion, "fuse_stack", bug)
+    rc = cli_main([*FUSE, "-o", "F.png"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "Traceback" in err and "ZeroDivisionError: boom" in err
+    assert err.strip().splitlines()[-1].startswith("bafusion fuse: internal error (a bug in bafusion")
+    assert not (work / "F.png").exists()
+
+
+def test_an_os_error_naming_a_file_is_one_line(work: Path, capsys, monkeypatch) -> None:
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", "F.png.part")
+
+    monkeypatch.setattr(fusion, "fuse_stack", denied)
+    _refused([*FUSE, "-o", "F.png"], capsys, work, "F.png.part: Permission denied")
+
+
+def test_the_installed_command_prints_no_traceback(work: Path) -> None:
+    """The same through a real process: ``python -m bafusion.cli``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    before = _digest(work / "a.png")
+    r = subprocess.run([sys.executable, "-m", "bafusion.cli", *FUSE, "-o", str(work / "a.png")],
+                       capture_output=True, text=True, env=env, cwd=work, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"bafusion fuse: error: {work / 'a.png'}: the output image is also an input (as a.png); "
+        "inputs are never overwritten: choose another name"
+    ]
+    assert _digest(work / "a.png") == before
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "pickle"])
+def test_a_damaged_model_file_is_named_without_torchs_unsafe_advice(work: Path, capsys, damage: str) -> None:
+    import pickle
+
+    p = work / "nets" / "boundary.pt"
+    good = p.read_bytes()
+    p.write_bytes({"garbage": b"not a model", "truncated": good[: len(good) // 2], "empty": b"",
+                   "pickle": pickle.dumps(os.getcwd)}[damage])
+    line = _refused([*FUSE, "-o", "F.png"], capsys, work, "nets/boundary.pt: unreadable model file",
+                    "damaged, truncated or not written by bafusion")
+    assert "weights_only" not in line and "train them with" not in line and "snakemake" not in line
+
+
+def test_a_missing_model_file_says_how_to_get_one(work: Path, capsys) -> None:
+    (work / "nets" / "boundary.pt").unlink()
+    _refused([*FUSE, "-o", "F.png"], capsys, work, "nets/boundary.pt: model file not found", "snakemake")
