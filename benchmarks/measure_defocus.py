@@ -73,16 +73,18 @@ def main(argv: list[str] | None = None) -> int:
             if bs:
                 rows.append(measure_pair(a, bs[0]))
                 print(json.dumps(rows[-1]), flush=True)
-    sets: dict[str, list[float]] = {}
+    sets: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
         key = row["pair"].split("-")[0] if not row["pair"].startswith("g") else "classic"
         for k in ("sigma_B_where_A_sharp", "sigma_A_where_B_sharp"):
             if row[k] is not None:
-                sets.setdefault(key, []).append(row[k] / max(row["size"]) * 400)
-    print("set: sigma rescaled to a 400-px long side (the halved alphamatting foregrounds): median / p90 / max")
+                sets.setdefault(key, []).append((row[k], row[k] / max(row["size"]) * 400))
+    print("set: fits; sigma in the pair's own pixels: median / p90 / max; rescaled to a 400-px long side "
+          "(the halved alphamatting foregrounds): median / p90 / max")
     for k, v in sets.items():
-        v = np.array(v)
-        print(f"{k}: n={len(v)} {np.median(v):.2f} / {np.percentile(v, 90):.2f} / {v.max():.2f}")
+        own, r400 = np.array([x for x, _ in v]), np.array([y for _, y in v])
+        print(f"{k}: n={len(v)} own {np.median(own):.2f} / {np.percentile(own, 90):.2f} / {own.max():.2f}; "
+              f"400-px {np.median(r400):.2f} / {np.percentile(r400, 90):.2f} / {r400.max():.2f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"pairs": rows}, indent=1) + "\n")

@@ -21,7 +21,11 @@ all             sigma 1-6, mixed PSF, spread, 0.5 stops, white balance 5 %, gamm
 
 The truth is ``FG * GT + BG * (1 - GT)`` aligned with A, the true map ``GT >= 0.5``. Decision
 accuracy is over all pixels (``band`` px around the true boundary too); PSNR and SSIM of the
-fused image against the truth (``bafusion.evaluate.truth_metrics``).
+fused image against the truth (``bafusion.evaluate.truth_metrics``). The truth is undegraded,
+so under exposure differences or misregistration even a perfect decision map loses PSNR and
+SSIM (B's pixels are brighter or moved): compare models within a row, not rows. In flat
+regions (sky, a blank page) A and B are alike and either choice is right for the eye but
+counts as wrong for the accuracy; the band accuracy is the sharper measure of the boundary.
 
     python benchmarks/realistic_validation.py --model models/lytro-2026-11 --model models/default \
         --fuse-json '{}' --fuse-json '{"scales": [1.0, 0.5, 0.25]}' --out benchmarks/out/realistic-validation

@@ -97,3 +97,44 @@ def test_apply_overrides_creates_missing_sections(tmp_path: Path) -> None:
     f.write_text("a: 1  # keep me\n")
     apply_overrides_to_file(f, {"b": {"c": 2}})
     assert yaml.safe_load(f.read_text()) == {"a": 1, "b": {"c": 2}} and "# keep me" in f.read_text()
+
+
+@pytest.mark.parametrize("name", ["paper", "real"])
+def test_every_preset_applies_through_dvcs_own_override_parser(name: str, tmp_path: Path) -> None:
+    """`dvc exp run $(bafusion preset NAME)`: every -S argument parses and lands as the preset says."""
+    import shutil
+
+    import yaml
+    from dvc.utils.hydra import apply_overrides
+
+    from bafusion.config import dvc_set_args, flatten, load_preset
+
+    root = Path(__file__).resolve().parents[1]
+    params = tmp_path / "params.yaml"
+    shutil.copy(root / "params.yaml", params)
+    preset = load_preset(name)
+    args = dvc_set_args(preset)
+    apply_overrides(params, [a for a in args if a != "-S"])
+    got = flatten(yaml.safe_load(params.read_text()))
+    for k, v in flatten(preset).items():
+        assert got[k] == v, k
+
+
+def test_paper_after_real_is_the_paper(tmp_path: Path) -> None:
+    from bafusion.config import deep_merge, load_preset
+    from bafusion.composite import Realism
+    from bafusion.train import resolve_config
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    base = yaml.safe_load((root / "params.yaml").read_text())
+    p = deep_merge(deep_merge(base, load_preset("real")), load_preset("paper"))
+    assert not Realism.from_mapping(p["composite"]["realistic"]).active
+    assert p["composite"]["sigma"] == [1.0, 3.0] and p["patches"]["context"] == 0 and p["fuse"]["scales"] == [1.0]
+    for net in ("initial", "boundary"):
+        cfg = resolve_config(p, net)
+        assert cfg.init == "" and cfg.consistency == 0 and cfg.depth == 56 and cfg.patch == 64
+    # An empty per-net warm start inherits train.init; a set one wins.
+    q = deep_merge(base, {"train": {"init": "a.pt", "boundary": {"init": "b.pt"}}})
+    assert resolve_config(q, "initial").init == "a.pt" and resolve_config(q, "boundary").init == "b.pt"

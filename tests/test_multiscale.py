@@ -52,7 +52,7 @@ def _strong_blur_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_multiscale_decides_better_where_the_blur_is_too_strong_for_one_scale() -> None:
     torch.manual_seed(0)
-    nets = load_nets_from_dir(None, "cpu")  # the shipped nets
+    nets = load_nets_from_dir("lytro-2026-11", "cpu")  # the nets the README's numbers are for
     a, b, truth = _strong_blur_pair()
     one = fuse_images(a, b, nets, FusionParams(scales=(1.0,)))
     multi = fuse_images(a, b, nets, FusionParams(scales=(1.0, 0.5, 0.25), scale_rule="confident", scale_min_side=32))
@@ -64,16 +64,37 @@ def test_multiscale_decides_better_where_the_blur_is_too_strong_for_one_scale() 
 
 
 def test_one_scale_is_the_plain_score_and_small_images_skip_coarse_scales() -> None:
-    nets = load_nets_from_dir(None, "cpu")
+    nets = load_nets_from_dir("lytro-2026-11", "cpu")
     rng = np.random.default_rng(0)
-    a = rng.integers(0, 256, (40, 56), dtype=np.uint8)
-    b = rng.integers(0, 256, (40, 56), dtype=np.uint8)
+    a = rng.integers(0, 256, (96, 128), dtype=np.uint8)
+    b = rng.integers(0, 256, (96, 128), dtype=np.uint8)
     p = FusionParams()
     s = score(nets.initial, a, b, nets.patch_initial, p, p.initial_step)
     assert np.array_equal(score_multiscale(nets.initial, a, b, nets.patch_initial, p), s)
-    # At 0.25 the 40 x 56 image would be 10 x 14, smaller than a 32-px patch: skipped.
-    q = FusionParams(scales=(1.0, 0.25), scale_min_side=1)
-    assert np.array_equal(score_multiscale(nets.initial, a, b, nets.patch_initial, q), s)
-    # At 0.5 (20 x 28) it is below scale_min_side: skipped; with a lower bound it is used.
-    q = FusionParams(scales=(1.0, 0.5), scale_min_side=256)
-    assert np.array_equal(score_multiscale(nets.initial, a, b, nets.patch_initial, q), s)
+    # At 0.5 the pair is 48 x 64: below scale_min_side 256 it is skipped, with 32 it is used.
+    skip = FusionParams(scales=(1.0, 0.5), scale_min_side=256)
+    assert np.array_equal(score_multiscale(nets.initial, a, b, nets.patch_initial, skip), s)
+    use = FusionParams(scales=(1.0, 0.5), scale_min_side=32)
+    assert not np.array_equal(score_multiscale(nets.initial, a, b, nets.patch_initial, use), s)
+    # At 0.25 (24 x 32) the pair is smaller than a 32-px patch: skipped whatever the bound.
+    tiny = FusionParams(scales=(1.0, 0.25), scale_min_side=1)
+    assert np.array_equal(score_multiscale(nets.initial, a, b, nets.patch_initial, tiny), s)
+
+
+def test_scales_from_the_command_line_and_params(tmp_path) -> None:
+    import argparse
+
+    from bafusion.fusion import _add_param_args, params_from_args
+
+    ap = argparse.ArgumentParser()
+    _add_param_args(ap)
+    pf = tmp_path / "params.yaml"
+    pf.write_text("fuse:\n  scales: [0.5, 1.0]\n  scale_rule: mean\n")
+    p, _ = params_from_args(ap.parse_args(["--params-file", str(pf)]))
+    assert p.scales == (1.0, 0.5) and p.scale_rule == "mean"
+    p, _ = params_from_args(ap.parse_args(["--params-file", str(pf), "--scales", "1, 0.25", "--scale-rule", "fill"]))
+    assert p.scales == (1.0, 0.25) and p.scale_rule == "fill"
+    p, _ = params_from_args(ap.parse_args(["--params-json", '{"scales": [1, 0.5, 0.25]}']))
+    assert p.scales == (1.0, 0.5, 0.25)
+    with pytest.raises(UserError, match="scales"):
+        params_from_args(ap.parse_args(["--params-json", '{"scales": 0.5}']))

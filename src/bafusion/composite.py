@@ -161,7 +161,7 @@ def run_shard(prepared: Path, shard: int, shards: int, opts: CompositeOptions, o
                 if colour:
                     if be["id"] not in bg_cache:
                         bg_cache[be["id"]] = _load_prepared(prepared, be, "image")
-                    bg_c = fit_background(bg_cache[be["id"]], (h, w), opts.fit).astype(np.float64)
+                    bg_c = fit_background(bg_cache[be["id"]], (h, w), opts.fit).astype(np.float64)  # uint8: clipped
                 else:
                     if be["id"] not in bg_cache:  # gray first: resizing is linear, so this is 3x less work
                         bg_cache[be["id"]] = gray_float(_load_prepared(prepared, be, "image")).astype(np.float32)
@@ -261,7 +261,10 @@ KERNELS = ("gaussian", "disc", "mixed")
 class Realism:
     """Degradations of real focus brackets, each off at its default (then the composites are
     the paper's, byte for byte). Amounts are maxima: every pair draws its own, uniformly, from
-    a seeded stream separate from the sigma draw, so switching one on changes no other draw.
+    one seeded stream ``(seed, pair, 2)`` in a fixed order (kernel when ``mixed``, shift,
+    magnification, then per shot gain, white balance, gamma, noise, JPEG quality when on).
+    The sigma draw is a stream of its own and never changes; switching ``mixed`` or ``jpeg``
+    on or off shifts the draws that follow them in that order.
 
     kernel: the defocus PSF. ``gaussian`` (the paper), ``disc`` (a lens-like disc of radius
         ``2 * sigma`` with a one-pixel soft edge: the same second moment as the Gaussian), or
@@ -284,6 +287,10 @@ class Realism:
     Order, as a camera makes them: optics (blur, spread), geometry of B (shift, magnification;
     bilinear), exposure and white balance gains, clipping, tone curve, gray conversion (gray
     output), noise, rounding to uint8, JPEG. Labels stay the matte's (aligned with A).
+    Training shards are composited in colour only when ``white_balance > 0``; otherwise the
+    sources are converted to gray first (3x faster) and the gains, clipping and tone curve act
+    on the gray image, an approximation of the colour order above (clipping and the tone
+    curve are not linear).
     """
 
     kernel: str = "gaussian"
@@ -310,6 +317,10 @@ class Realism:
                 "composite.realistic: gamma and white_balance must be < 1 and scale < 0.5, got "
                 f"gamma={self.gamma}, white_balance={self.white_balance}, scale={self.scale}"
             )
+        if not isinstance(self.jpeg, tuple) or len(self.jpeg) != 2 or not all(
+            isinstance(q, int) and not isinstance(q, bool) for q in self.jpeg
+        ):
+            raise UserError(f"composite.realistic.jpeg must be [lo, hi] (integers), got {self.jpeg!r}")
         lo, hi = self.jpeg
         if (lo, hi) != (0, 0) and not 1 <= lo <= hi <= 100:
             raise UserError(f"composite.realistic.jpeg must be [0, 0] (off) or [lo, hi] in 1..100, got {list(self.jpeg)}")
@@ -329,6 +340,8 @@ class Realism:
             j = d["jpeg"]
             if not isinstance(j, (list, tuple)) or len(j) != 2:
                 raise UserError(f"composite.realistic.jpeg must be [lo, hi], got {j!r}")
+            if not all(isinstance(q, int) and not isinstance(q, bool) for q in j):
+                raise UserError(f"composite.realistic.jpeg must be two integer qualities, got {j!r}")
             d["jpeg"] = (int(j[0]), int(j[1]))
         return cls(**d)
 

@@ -57,6 +57,8 @@ def _hydra_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, (list, tuple)):
         return "[" + ",".join(_hydra_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):  # e.g. an entry of evaluate.datasets
+        return "{" + ",".join(f"{k}:{_hydra_value(x)}" for k, x in v.items()) + "}"
     if isinstance(v, str):
         return v if v and all(c.isalnum() or c in "._/-" for c in v) else json.dumps(v)
     return repr(v) if isinstance(v, float) else str(v)

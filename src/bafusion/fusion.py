@@ -196,7 +196,8 @@ class FusionParams:
         object.__setattr__(self, "scales", tuple(sorted({float(v) for v in self.scales}, reverse=True)))
         if self.scale_rule not in SCALE_RULES:
             raise UserError(f"scale_rule must be one of {', '.join(SCALE_RULES)}, got {self.scale_rule!r}")
-        if not self.scale_confidence >= 0:
+        if isinstance(self.scale_confidence, bool) or not isinstance(self.scale_confidence, (int, float)) \
+                or not self.scale_confidence >= 0:
             raise UserError(f"scale_confidence must be >= 0, got {self.scale_confidence!r}")
         if not isinstance(self.scale_min_side, int) or self.scale_min_side < 1:
             raise UserError(f"scale_min_side must be a positive integer (pixels), got {self.scale_min_side!r}")
@@ -992,7 +993,7 @@ def find_model_dir(model: str | os.PathLike[str] | None) -> Path:
         # A shipped model by name (models/<name>: "default", "lytro-2026-11").
         if d.name == str(model):
             for root in (PACKAGE_DIR / "models", REPO_ROOT / "models"):
-                if (root / d.name / "initial.pt").is_file():
+                if (root / d.name / "initial.pt").is_file() and (root / d.name / "boundary.pt").is_file():
                     return root / d.name
         raise UserError(f"{d}: model folder not found ({HOW_TO_GET_MODELS}; shipped models: {', '.join(shipped_models())})")
     for d in default_model_dirs():

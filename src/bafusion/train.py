@@ -124,6 +124,8 @@ def resolve_config(params: Mapping[str, Any], net: str) -> TrainConfig:
     per_net = {n: section.pop(n, None) or {} for n in NETS}
     for source, d in (("train", section), (f"train.{net}", per_net[net])):
         for k, v in d.items():
+            if source != "train" and k == "init" and not v:
+                continue  # an empty per-net warm start inherits train.init
             if k in ("seed", "patch", "depth"):
                 raise UserError(f"{source}.{k}: {k} is a top-level parameter, not a training one")
             if k not in fields:

@@ -59,7 +59,7 @@ rule composite_shard:
     threads: 1
     shell:
         "bafusion composite --prepared {input} --shard {wildcards.shard} --shards {params.shards}"
-        " --sigma {params.sigma} --fit {params.fit} --realistic '{params.realistic}' --seed {params.seed}"
+        " --sigma {params.sigma} --fit {params.fit} --realistic {params.realistic:q} --seed {params.seed}"
         " --out {output} > {log} 2>&1"
 
 
@@ -89,7 +89,7 @@ rule testset:
     threads: 1
     shell:
         "bafusion testset --prepared {input} --sigma {params.sigma} --fit {params.fit}"
-        " --realistic '{params.realistic}' --seed {params.seed}"
+        " --realistic {params.realistic:q} --seed {params.seed}"
         " --out {output} > {log} 2>&1"
 
 
