@@ -3,6 +3,7 @@ are left alone, the crop is the area every shot covers, two scenes are refused u
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,6 @@ def test_fuse_with_align_prints_the_transform_and_crops(tmp_path: Path, nets: Pa
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("align")]
     assert len(lines) == 3 and "rotation -0.5" in lines[1] and "scale 0.99" in lines[1], err
-    x0, y0, x1, y1 = (int(v) for v in lines[2].split("x ")[1].split(" (")[0].replace(", y", "").replace("..", " ").split())
+    x0, x1, y0, y1 = (int(v) for v in re.search(r"x (\d+)\.\.(\d+), y (\d+)\.\.(\d+)", lines[2]).groups())
     assert np.asarray(Image.open(out)).shape == (y1 - y0, x1 - x0, 3)
     assert x1 - x0 < a.shape[1] and y1 - y0 < a.shape[0]
