@@ -108,6 +108,17 @@ def test_the_crop_of_a_pure_translation_is_the_common_area() -> None:
     assert "shift (-5.00, +3.00) px" in line and f"x 0..{w - 5}, y 3..{h}" in line
 
 
+def test_a_stack_of_three_is_registered_to_the_first_and_cropped_to_what_all_cover() -> None:
+    img = _texture(8, 150, 170)
+    h, w = img.shape[:2]
+    t1, t2 = similarity_matrix((4.0, 0.0)), similarity_matrix((0.0, 6.0))
+    al = align_images([img, warp_to_first(img, t1), warp_to_first(img, t2)], "translation")
+    for m, t in zip(al.transforms[1:], (t1, t2)):
+        assert corner_rms(m, img.shape, np.linalg.inv(t)) < 0.05
+    assert al.crop == (0, 0, w - 4, h - 6)
+    assert len(al.images) == 3 and all(im.shape == (h - 6, w - 4, 3) for im in al.images)
+
+
 def test_largest_rectangle_of_a_convex_mask() -> None:
     mask = np.zeros((10, 12), dtype=bool)
     mask[2:9, 1:11] = True
