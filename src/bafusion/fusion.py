@@ -1257,7 +1257,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "fuse",
         help="fuse two (or more) multi-focus images with the trained nets",
-        description="Fuse registered multi-focus sources. More than two (a focal stack) are fused one "
+        description="Fuse registered multi-focus sources (handheld shots: --align similarity). More than two (a focal stack) are fused one "
         "into the next: F1 = fuse(I1, I2), F2 = fuse(F1, I3), ... Without --model the nets come from "
         "models/default/ if shipped, else data/models/ (pipeline-trained).",
     )
