@@ -105,7 +105,7 @@ def test_the_crop_of_a_pure_translation_is_the_common_area() -> None:
     assert al.images[0].shape == al.images[1].shape == (y1 - y0, x1 - x0, 3)
     assert np.abs(al.images[1].astype(int) - img[y0:y1, x0:x1]).max() <= 1
     line = "\n".join(al.describe(["A", "B"]))
-    assert "shift (-5.00, +3.00) px" in line and f"x 0..{w - 5}, y 3..{h}" in line
+    assert "shift of the centre (-5.00, +3.00) px" in line and f"x 0..{w - 5}, y 3..{h}" in line
 
 
 def test_a_stack_of_three_is_registered_to_the_first_and_cropped_to_what_all_cover() -> None:

@@ -77,6 +77,8 @@ class Alignment:
         The registered shots, cropped to ``crop``.
     seconds : float
         Time spent estimating and warping.
+    size : tuple of int
+        ``(width, height)`` of the shots before the crop.
     """
 
     model: str
@@ -87,9 +89,11 @@ class Alignment:
     crop: tuple[int, int, int, int]
     images: list[np.ndarray] = field(repr=False)
     seconds: float = 0.0
+    size: tuple[int, int] = (0, 0)  #: (width, height) of the shots before the crop
 
     def describe(self, names: Sequence[str] | None = None) -> list[str]:
-        """One readable line per shot: its transform to the first, motion and quality."""
+        """One readable line per shot: its transform to the first (shift of the image centre,
+        rotation and scale about it), motion and quality; then the crop."""
         names = list(names) if names else [f"image {i + 1}" for i in range(len(self.transforms))]
         lines = []
         for i, (m, name) in enumerate(zip(self.transforms, names)):
@@ -97,9 +101,12 @@ class Alignment:
                 lines.append(f"align {name}: reference ({self.model})")
                 continue
             p = describe_matrix(m)
+            c = np.array([(self.size[0] - 1) / 2, (self.size[1] - 1) / 2, 1.0])
+            mc = m @ c
+            dx, dy = mc[0] / mc[2] - c[0], mc[1] / mc[2] - c[1]
             state = "warped" if self.warped[i] else "not warped (below tolerance)"
             lines.append(
-                f"align {name} -> {names[0]}: shift ({p['tx']:+.2f}, {p['ty']:+.2f}) px, "
+                f"align {name} -> {names[0]}: shift of the centre ({dx:+.2f}, {dy:+.2f}) px, "
                 f"rotation {p['rotation_deg']:+.3f} deg, scale {p['scale']:.4f}"
                 + (f", perspective ({m[2, 0]:+.2e}, {m[2, 1]:+.2e})" if self.model == "homography" else "")
                 + f"; corner motion {self.rms_px[i]:.2f} px RMS, match quality {self.quality[i]:.2f}, {state}"
@@ -416,7 +423,7 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
     eye = np.eye(3)
     if model == "none":
         return Alignment("none", [eye.copy() for _ in images], [0.0] * len(images), [False] * len(images),
-                         [1.0] * len(images), (0, 0, w, h), list(images), time.perf_counter() - t0)
+                         [1.0] * len(images), (0, 0, w, h), list(images), time.perf_counter() - t0, (w, h))
     _check_model(model)
     if min(h, w) < MIN_SIDE:
         raise UserError(f"images of {w}x{h} px are too small to align (at least {MIN_SIDE} px a side); use --align none")
@@ -438,4 +445,4 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
     x0, y0, x1, y1 = crop
     quality = [1.0] + [match_quality(images[0], o, common) for o in out[1:]]
     cropped = [o[y0:y1, x0:x1] for o in out]
-    return Alignment(model, transforms, rms, warped, quality, crop, cropped, time.perf_counter() - t0)
+    return Alignment(model, transforms, rms, warped, quality, crop, cropped, time.perf_counter() - t0, (w, h))
