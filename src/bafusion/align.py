@@ -16,13 +16,13 @@ A larger pre-blur does not reduce that bias on Lytro (it grows), so ``sigma`` st
 
 Transforms are 3x3 matrices in pixel coordinates (x right, y down, pixel centres at integers)
 that map a point of a shot to the same point of the first shot. :func:`warp_to_first` resamples
-a shot onto the first's grid (bicubic by default, dtype kept). Crop: the fused result covers only the
-pixels that every shot covers, cropped to the largest axis-aligned rectangle inside that
+a shot onto the first's grid (bicubic by default, dtype kept). Crop: the fused result covers
+only the pixels that every shot covers, cropped to the largest axis-aligned rectangle inside that
 common area (:func:`largest_rectangle`); the crop box is reported.
 
 Not one scene: after registration, the normalised correlation of the gradient magnitudes of
-the shots at a coarse scale (Gaussian of 6 px) on the common area (:attr:`Alignment.quality`) is high for two shots of one
-scene, however differently focused, and near zero for two scenes; below
+the shots at a coarse scale (Gaussian of 6 px) on the common area (:attr:`Alignment.quality`)
+is high for two shots of one scene, however differently focused, and near zero for two scenes; below
 :data:`MIN_QUALITY` the shots are refused (``--force`` fuses them anyway). The threshold was
 measured on the 20 Lytro pairs against mismatched Lytro pairs (BENCHMARKS.md).
 """
