@@ -1133,6 +1133,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     names = [str(p) for p in paths]
     for i in range(1, len(images)):
         check_same_size(images[0], images[i], names[0], names[i])
+    if args.align != "none":
+        images = _align_for_fuse(images, names, args.align, args.force)
     if args.initial or args.boundary:
         if not (args.initial and args.boundary):
             raise UserError("--initial and --boundary go together")
@@ -1150,6 +1152,22 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     secs = sum(sum(r.seconds.values()) for r in results)
     print(f"fused {len(paths)} images into {out} ({secs:.2f} s on {nets.device})")
     return 0
+
+
+def _align_for_fuse(images: list[np.ndarray], names: list[str], model: str, force: bool) -> list[np.ndarray]:
+    """Register the shots to the first (:mod:`bafusion.align`), print one line per shot to
+    stderr, refuse shots that are not one scene unless ``force``; returns the cropped shots."""
+    from bafusion.align import MIN_QUALITY, align_images
+
+    al = align_images(images, model)
+    bad = [(n, q) for n, q in zip(names[1:], al.quality[1:]) if q < MIN_QUALITY]
+    if bad and not force:
+        n, q = bad[0]
+        raise UserError(f"{n}: does not look like the same scene as {names[0]} (match quality {q:.2f} after "
+                        f"{model} alignment, below {MIN_QUALITY}); use --force to fuse anyway")
+    for line in al.describe(names):
+        print(line, file=sys.stderr)
+    return al.images
 
 
 def read_pair_index(folder: Path, allow_empty: bool = False) -> list[str]:
@@ -1240,7 +1258,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "fuse",
         help="fuse two (or more) multi-focus images with the trained nets",
-        description="Fuse registered multi-focus sources. More than two (a focal stack) are fused one "
+        description="Fuse registered multi-focus sources (handheld shots: --align similarity). More than two (a focal stack) are fused one "
         "into the next: F1 = fuse(I1, I2), F2 = fuse(F1, I3), ... Without --model the nets come from "
         "models/default/ if shipped, else data/models/ (pipeline-trained).",
     )
@@ -1251,6 +1269,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--initial", default=None, help="initial-net file (instead of --model)")
     p.add_argument("--boundary", default=None, help="boundary-net file (instead of --model)")
     p.add_argument("--save-maps", default=None, metavar="DIR", help="write score/decision/difference maps and figures here")
+    p.add_argument("--align", choices=("none", "translation", "similarity", "homography"), default="none",
+                   help="register every shot to the first before fusing (handheld brackets: similarity); the "
+                   "result is cropped to the largest rectangle every shot covers, the transforms and the crop "
+                   "are printed to stderr (default none: the sources are taken as registered)")
+    p.add_argument("--force", action="store_true",
+                   help="with --align: fuse even shots that do not look like one scene")
     _add_param_args(p)
     p.set_defaults(func=_cmd_fuse)
 
