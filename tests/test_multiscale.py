@@ -68,7 +68,7 @@ def test_one_scale_is_the_plain_score_and_small_images_skip_coarse_scales() -> N
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (96, 128), dtype=np.uint8)
     b = rng.integers(0, 256, (96, 128), dtype=np.uint8)
-    p = FusionParams()
+    p = FusionParams(scales=(1.0,))
     s = score(nets.initial, a, b, nets.patch_initial, p, p.initial_step)
     assert np.array_equal(score_multiscale(nets.initial, a, b, nets.patch_initial, p), s)
     # At 0.5 the pair is 48 x 64: below scale_min_side 256 it is skipped, with 32 it is used.

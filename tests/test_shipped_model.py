@@ -51,6 +51,14 @@ def test_default_model_dir_is_the_shipped_one() -> None:
     assert fusion.find_model_dir(None).resolve() == MODEL.resolve()
 
 
+def test_previous_nets_stay_available_by_name() -> None:
+    assert "lytro-2026-11" in fusion.shipped_models() and "default" in fusion.shipped_models()
+    prev = fusion.find_model_dir("lytro-2026-11")
+    assert (prev / "initial.pt").read_bytes() != (MODEL / "initial.pt").read_bytes()
+    with pytest.raises(fusion.UserError, match="shipped models: default, lytro-2026-11"):
+        fusion.find_model_dir("no-such-model")
+
+
 def test_model_card_states_its_numbers() -> None:
     card = (MODEL / "README.md").read_text()
     for needle in ("Validation accuracy", "Lytro", "QMI", "QG", "QY", "QCB", "bafusion evaluate"):
@@ -135,3 +143,4 @@ def test_wheel_ships_the_model(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for f in ("initial.pt", "initial.json", "boundary.pt", "boundary.json", "README.md"):
         assert f"bafusion/models/default/{f}" in names, f
+        assert f"bafusion/models/lytro-2026-11/{f}" in names, f

@@ -174,8 +174,12 @@ class FusionParams:
     #: pair is downscaled (antialiased), scored, and the logits brought back to full size
     #: (bilinear), so a patch sees 1/s times the area: strong blur, which a patch at the source
     #: scale cannot tell from a flat surface, is judged where the cue is visible. Scales at
-    #: which the image would be smaller than a patch are skipped. The boundary net always
-    #: works at full resolution.
+    #: which the image would be smaller than ``scale_min_side`` are skipped. The boundary net
+    #: always works at full resolution, and ``exact`` mode (the reference) uses one scale.
+    #: Default (1.0,): with the shipped initial net, (1, 0.5, 0.25) under the "confident"
+    #: rule raised the Lytro and held-out validation means but cut thin sharp structures
+    #: (the fence of lytro-05) where the coarse scale is confidently wrong (BENCHMARKS.md);
+    #: worth trying on large, strongly blurred photos.
     scales: tuple[float, ...] = (1.0,)
     #: How the scales' logits (z = log(p / (1 - p))) combine per pixel: "confident" (the
     #: scale whose |z| is largest decides), "mean" (mean of z), or "fill" (the full-scale z
@@ -769,7 +773,7 @@ def score_multiscale(
     """The initial net's scores at every scale of ``params.scales``, combined by
     ``params.scale_rule``; with one scale exactly :func:`score`."""
     s_full = score(net, gray_a, gray_b, patch, params, params.initial_step, device=device)
-    scales = [s for s in params.scales if s < 1.0]
+    scales = [s for s in params.scales if s < 1.0] if not params.exact else []
     if not scales:
         return s_full
     h, w = gray_a.shape
