@@ -238,7 +238,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_count)
 
     p = sub.add_parser("preset", help="print a preset as `dvc exp run -S` arguments, or apply it to params.yaml")
-    p.add_argument("name", help="preset name (paper)")
+    p.add_argument("name", help="preset name (paper, real)")
     p.add_argument("--apply", metavar="PARAMS", help="write the preset into this params file (comments kept)")
     p.add_argument("--format", choices=["dvc", "yaml"], default="dvc")
     p.set_defaults(func=cmd_preset)
