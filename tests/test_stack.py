@@ -273,3 +273,25 @@ def test_stack_rule_decides_at_least_98_percent_right(rule: str) -> None:
         fuse_stack(st.shots, nets, params))
     assert (st.truth == AMBIGUOUS).mean() < 0.3
     assert stack_accuracy(idx, st.truth) >= 0.98
+
+
+def test_fuse_set_report_is_the_same_under_both_rules(tiny_nets, tmp_path: Path) -> None:
+    """fuse-set fuses pairs: the stack rule plays no part, and its report (a DVC output) does
+    not change with it."""
+    import json
+
+    d, _ = tiny_nets
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    a, b = _write_shots(pairs, 2)
+    Path(a).rename(pairs / "p-A.png")
+    Path(b).rename(pairs / "p-B.png")
+    (pairs / "index.json").write_text(json.dumps(["p"]))
+    reports = []
+    for rule in ("chain", "joint"):
+        out = tmp_path / rule
+        assert cli_main(["fuse-set", "--pairs", str(pairs), "--models", str(d), "--out", str(out),
+                         "--params-json", json.dumps({"stack_rule": rule}), "--device", "cpu"]) == 0
+        reports.append((out / "accuracy.json").read_text())
+        assert (out / "p.png").is_file()
+    assert reports[0] == reports[1] and "stack_rule" not in reports[0]
