@@ -29,9 +29,12 @@ shots instead of a chain of pairwise fusions:
 1. the initial net scores every pair ``i < j`` once (:func:`bafusion.fusion.score_multiscale`);
    ``z_ij`` is its logit (``z_ji = -z_ij``, the net judges which of the two is focused);
 2. each shot's score is the sum of its logits against all the others (a Borda count on
-   logits); the raw decision is the per-pixel argmax;
-3. near-boundary band, the paper's Eq. 2 generalised: ``W_k = min_j sigmoid(z_kj)`` (shot k
-   beats every other shot), band where ``max_k window_mean(W_k) < high`` (with two shots
+   logits); of the two leading shots ``a, b`` of each pixel, the one that wins their own
+   comparison ``z_ab`` is the raw decision (measured better than the plain argmax of the sums:
+   the far, saturated comparisons outvoted the close one between neighbouring layers);
+3. near-boundary band, the paper's Eq. 2 generalised: ``P_k`` is the probability that shot k
+   is taken, from the leading pair's comparison (``sigmoid(z_ab)`` for a, ``1 - sigmoid`` for b,
+   0 for the other shots); the band is where ``max_k window_mean(P_k) < high`` (with two shots
    exactly ``low < window_mean(s0) < high`` for ``low = 1 - high``);
 4. in the band the boundary net decides between the two leading shots of each pixel (one
    masked scoring per leading pair present in the band);
