@@ -41,7 +41,9 @@ shots instead of a chain of pairwise fusions:
 5. regions of one index smaller than ``min_region`` of the image are given to the nearest
    surviving region; the fused image takes each pixel from the shot of its index.
 
-With two shots both rules are :func:`bafusion.fusion.fuse_images` itself.
+``bafusion fuse`` (and ``fuse.stack_rule``) applies the joint rule to three or more shots only: two
+shots are fused by :func:`bafusion.fusion.fuse_images` under either rule, bit for bit as before.
+:func:`fuse_stack_joint` itself also takes two (the same band; the clean-up differs).
 """
 
 from __future__ import annotations
