@@ -116,6 +116,8 @@ HOW_TO_GET_MODELS = (
 
 BOUNDARY_MODES = ("adaptive", "grid", "dense", "exact")
 SCALE_RULES = ("confident", "mean", "fill")
+#: How three or more shots are fused (:attr:`FusionParams.stack_rule`, :mod:`bafusion.stack`).
+STACK_RULES = ("chain", "joint")
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,10 @@ class FusionParams:
     #: this many pixels (256 = 8 patches of 32): on small images a patch at a coarse scale
     #: would see most of the scene, and the real pairs measured worse for it (BENCHMARKS.md).
     scale_min_side: int = 256
+    #: Three or more shots: "chain" (one into the next, :func:`fuse_stack`: the paper's way)
+    #: or "joint" (every shot scored against the others, one decision:
+    #: :func:`bafusion.stack.fuse_stack_joint`). Two shots: the pair rule either way.
+    stack_rule: str = "chain"
 
     def __post_init__(self) -> None:
         if isinstance(self.scales, (int, float)) or not self.scales or any(
@@ -205,6 +211,8 @@ class FusionParams:
             raise UserError(f"scale_confidence must be >= 0, got {self.scale_confidence!r}")
         if not isinstance(self.scale_min_side, int) or self.scale_min_side < 1:
             raise UserError(f"scale_min_side must be a positive integer (pixels), got {self.scale_min_side!r}")
+        if self.stack_rule not in STACK_RULES:
+            raise UserError(f"stack_rule must be one of {', '.join(STACK_RULES)}, got {self.stack_rule!r}")
         if not isinstance(self.l, int) or self.l < 0:
             raise UserError(f"fusion parameter l must be an integer >= 0, got {self.l!r}")
         if not (0.0 <= self.low < self.high <= 1.0):
@@ -1052,6 +1060,9 @@ def _add_param_args(p: argparse.ArgumentParser) -> None:
                         f"(default {','.join(str(v) for v in d.scales)})")
     g.add_argument("--scale-rule", choices=SCALE_RULES, default=None,
                    help=f"how the scales' scores combine (default {d.scale_rule})")
+    g.add_argument("--stack-rule", choices=STACK_RULES, default=None,
+                   help=f"three or more shots: chain (one into the next) or joint (one decision over all "
+                        f"shots) (default {d.stack_rule})")
     g.add_argument("--params-file", default=None, help="YAML file whose 'fuse' section sets the defaults (params.yaml)")
     g.add_argument("--params-json", default=None,
                    help="JSON object of fusion parameters (the 'fuse' section; overrides --params-file)")
@@ -1091,6 +1102,7 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
         "boundary_mode": args.boundary_mode, "boundary_fine_step": args.boundary_fine_step,
         "precision": args.precision, "dense_margin": args.dense_margin,
         "scale_rule": getattr(args, "scale_rule", None),
+        "stack_rule": getattr(args, "stack_rule", None),
     }
     if getattr(args, "scales", None):
         try:
@@ -1123,15 +1135,21 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.images]
     if len(paths) < 2:
         raise UserError("give at least two source images")
+    joint = params.stack_rule == "joint" and len(paths) > 2
     if args.save_maps:
         # The maps' names are known before the work: none may be a source.
         from bafusion.figures import MAP_KEYS
         from bafusion.preflight import check_not_input
 
-        stems = [out.stem] if len(paths) == 2 else [f"{out.stem}-step{i + 1:02d}" for i in range(len(paths) - 1)]
-        for stem in stems:
-            for key in MAP_KEYS:
-                check_not_input(Path(args.save_maps) / f"{stem}-{key}.png", paths, "map file")
+        from bafusion.stack import STACK_MAP_KEYS
+
+        if joint:
+            maps = [f"{out.stem}-{key}.png" for key in STACK_MAP_KEYS]
+        else:
+            stems = [out.stem] if len(paths) == 2 else [f"{out.stem}-step{i + 1:02d}" for i in range(len(paths) - 1)]
+            maps = [f"{stem}-{key}.png" for stem in stems for key in MAP_KEYS]
+        for name in maps:
+            check_not_input(Path(args.save_maps) / name, paths, "map file")
     resolve_device(other["device"])
     images = read_images(paths)
     names = [str(p) for p in paths]
@@ -1145,15 +1163,23 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         nets = load_nets(args.initial, args.boundary, other["device"])
     else:
         nets = load_nets_from_dir(args.model, other["device"])
-    results = fuse_stack(images, nets, params, names)
-    if args.save_maps:
-        cur = images[0]
-        for i, res in enumerate(results):
-            stem = out.stem if len(results) == 1 else f"{out.stem}-step{i + 1:02d}"
-            save_maps(Path(args.save_maps), stem, res, cur, images[i + 1], alpha=other["alpha"])
-            cur = res.fused
-    write_image(out, results[-1].fused)
-    secs = sum(sum(r.seconds.values()) for r in results)
+    if joint:
+        from bafusion.stack import fuse_stack_joint, save_stack_maps
+
+        stack = fuse_stack_joint(images, nets, params, names)
+        if args.save_maps:
+            save_stack_maps(Path(args.save_maps), out.stem, stack)
+        fused, secs = stack.fused, sum(stack.seconds.values())
+    else:
+        results = fuse_stack(images, nets, params, names)
+        if args.save_maps:
+            cur = images[0]
+            for i, res in enumerate(results):
+                stem = out.stem if len(results) == 1 else f"{out.stem}-step{i + 1:02d}"
+                save_maps(Path(args.save_maps), stem, res, cur, images[i + 1], alpha=other["alpha"])
+                cur = res.fused
+        fused, secs = results[-1].fused, sum(sum(r.seconds.values()) for r in results)
+    write_image(out, fused)
     print(f"fused {len(paths)} images into {out} ({secs:.2f} s on {nets.device})")
     return 0
 
@@ -1222,7 +1248,8 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
         nets = load_nets(args.initial, args.boundary, other["device"])
     else:
         nets = load_nets_from_dir(args.models, other["device"])
-    report: dict = {"params": asdict(params), "device": str(nets.device), "models": list(nets.sources), "pairs": {}}
+    # fuse-set fuses pairs, where the stack rule plays no part: kept out of the report.
+    report: dict = {"params": {k: v for k, v in asdict(params).items() if k != "stack_rule"}, "device": str(nets.device), "models": list(nets.sources), "pairs": {}}
     for name in names:
         pa, pb, pt = pairs / f"{name}-A.png", pairs / f"{name}-B.png", pairs / f"{name}-dm.png"
         a, b = read_images([pa, pb])
@@ -1262,8 +1289,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "fuse",
         help="fuse two (or more) multi-focus images with the trained nets",
-        description="Fuse registered multi-focus sources (handheld shots: --align similarity). More than two (a focal stack) are fused one "
-        "into the next: F1 = fuse(I1, I2), F2 = fuse(F1, I3), ... Without --model the nets come from "
+        description="Fuse registered multi-focus sources (handheld shots: --align similarity). More than two (a focal stack) are fused by "
+        "--stack-rule: chain (one into the next: F1 = fuse(I1, I2), F2 = fuse(F1, I3), ...) or joint (every shot "
+        "scored against the others, one decision). Without --model the nets come from "
         "models/default/ if shipped, else data/models/ (pipeline-trained).",
     )
     p.add_argument("images", nargs="+", help="source images (same size), A B [C ...]")

@@ -1,0 +1,297 @@
+"""Focal stacks (issue 14): the synthetic stack's truth, the joint stack rule, ``stack_rule``
+on the command line. The accuracy test uses the shipped nets and the real training data
+(skips without ``../shared/data``); the others run on made-up images and tiny nets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from bafusion.cli import main as cli_main
+from bafusion.errors import InputFileError, UserError
+from bafusion.fusion import FusionNets, FusionParams, fuse_images, fuse_stack, load_nets, load_nets_from_dir
+from bafusion.mattes import object_matte
+from bafusion.model import build_model, save_model
+from bafusion.stack import (
+    AMBIGUOUS,
+    STACK_MAP_KEYS,
+    StackOptions,
+    chain_index,
+    compose,
+    fuse_stack_joint,
+    remove_small_labels,
+    stack_accuracy,
+    stack_from_data,
+    synthetic_stack,
+    visibility_weights,
+)
+from conftest import shared_data_dir
+
+DATA = shared_data_dir()
+needs_data = pytest.mark.skipif(
+    not (DATA / "train" / "alphamatting").is_dir(), reason=f"real data not found at {DATA} (set BAFUSION_SHARED_DATA)"
+)
+
+
+def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    x = ndimage.gaussian_filter(rng.uniform(0, 255, (h, w, 3)), (1.5, 1.5, 0))
+    return np.clip((x - x.mean()) * 6 + 128, 0, 255).astype(np.uint8)
+
+
+def _foreground(seed: int, h: int = 60, w: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    return _texture(np.random.default_rng(seed), h, w), object_matte((h, w), seed, coverage=(0.5, 0.6))
+
+
+@pytest.fixture(scope="module")
+def tiny_nets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, FusionNets]:
+    d = tmp_path_factory.mktemp("nets")
+    for i, kind in enumerate(("initial", "boundary")):
+        import torch
+
+        torch.manual_seed(i)
+        save_model(build_model(8), d / f"{kind}.pt", {"patch": 12})
+    return d, load_nets(d / "initial.pt", d / "boundary.pt", "cpu")
+
+
+@pytest.fixture(scope="module")
+def shipped() -> FusionNets:
+    return load_nets_from_dir(None, "cpu")
+
+
+@pytest.fixture(scope="module")
+def made_up_stack():
+    """A 3-layer stack of made-up textures (no real data needed)."""
+    rng = np.random.default_rng(11)
+    return synthetic_stack([_foreground(21, 70, 60), _foreground(22, 70, 60)], _texture(rng, 120, 120),
+                           StackOptions(layers=3, size=112), seed=1)
+
+
+# -- the synthetic stack --------------------------------------------------------------
+
+
+def test_visibility_weights_sum_to_one_and_the_front_layer_wins() -> None:
+    a1 = np.array([[0.0, 1.0, 0.5]])
+    a2 = np.array([[0.0, 0.0, 1.0]])
+    w = visibility_weights([np.ones_like(a1), a1, a2])
+    assert np.allclose(w.sum(0), 1.0)
+    assert list(w.argmax(0)[0]) == [0, 1, 2]
+    assert w[1, 0, 2] == 0.0  # layer 1 fully hidden behind the opaque layer 2
+
+
+@pytest.mark.parametrize("layers", [3, 4])
+def test_synthetic_truth_is_the_shot_that_shows_each_pixel_sharp(layers: int) -> None:
+    rng = np.random.default_rng(1)
+    bg = _texture(rng, 100, 120)
+    fgs = [_foreground(10 + i) for i in range(layers - 1)]
+    opts = StackOptions(layers=layers, size=96, sigma_step=2.0)
+    st = synthetic_stack(fgs, bg, opts, seed=3)
+    assert len(st.shots) == layers and all(s.shape == (96, 96, 3) and s.dtype == np.uint8 for s in st.shots)
+    assert np.allclose(st.weights.sum(0), 1.0, atol=1e-5)
+    ok = st.truth != AMBIGUOUS
+    assert ok.mean() > 0.6
+    assert set(np.unique(st.truth[ok])) == set(range(layers))  # every layer owns some pixels
+    # The truth is the layer that owns the pixel in the all-in-focus image...
+    assert np.array_equal(st.truth[ok], st.weights.argmax(0)[ok])
+    # ... and the shot named by the truth is the one closest to the all-in-focus image there.
+    layer_imgs = synthetic_stack(fgs, bg, StackOptions(layers=layers, size=96, sigma_step=1e-6), seed=3).shots[0]
+    aif = layer_imgs.astype(np.float64)
+    err = np.stack([np.abs(s.astype(np.float64) - aif).mean(2) for s in st.shots])
+    closest = err.argmin(0)
+    assert (closest[ok] == st.truth[ok]).mean() > 0.95
+    right = np.take_along_axis(err, st.truth.clip(0)[None].astype(np.intp), 0)[0]
+    assert right[ok].mean() < 0.3 * err.mean(0)[ok].mean()
+    # Mixed and flat pixels are exactly the ambiguous ones; same seed, same stack.
+    assert np.array_equal(~ok, st.mixed | st.flat)
+    again = synthetic_stack(fgs, bg, opts, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(st.shots, again.shots))
+    other = synthetic_stack(fgs, bg, opts, seed=4)
+    assert not np.array_equal(st.truth, other.truth)
+
+
+def test_flat_background_is_ambiguous_and_soft_edges_are_mixed() -> None:
+    bg = np.full((120, 120, 3), 90, np.uint8)
+    st = synthetic_stack([_foreground(5)], bg, StackOptions(layers=2, size=120, fg_scale=(0.4, 0.4)), seed=0)
+    owned_by_bg = st.weights.argmax(0) == 0
+    # Beyond any blur of the foreground (sigma 2) and the flat window:
+    far = ndimage.binary_erosion(owned_by_bg, iterations=16, border_value=1)
+    assert far.any() and st.flat[far].all() and (st.truth[far] == AMBIGUOUS).all()
+    soft = (st.weights[1] > 0.2) & (st.weights[1] < 0.8)
+    assert soft.any() and st.mixed[soft].all()
+
+
+def test_stack_options_are_checked() -> None:
+    with pytest.raises(UserError, match="layers"):
+        StackOptions(layers=1)
+    with pytest.raises(UserError, match="kernel"):
+        StackOptions(kernel="box")
+    with pytest.raises(UserError, match="needs 2 foregrounds"):
+        synthetic_stack([_foreground(1)], np.zeros((80, 80, 3), np.uint8), StackOptions(layers=3, size=80))
+
+
+def test_stack_accuracy_counts_decidable_pixels_only() -> None:
+    truth = np.array([[0, 1, AMBIGUOUS, 2]], np.int16)
+    assert stack_accuracy(np.array([[0, 1, 0, 0]]), truth) == pytest.approx(2 / 3)
+    assert np.isnan(stack_accuracy(truth, np.full_like(truth, AMBIGUOUS)))
+
+
+# -- pieces of the joint rule ---------------------------------------------------------
+
+
+def test_small_label_regions_take_the_surrounding_label() -> None:
+    idx = np.zeros((40, 40), np.int16)
+    idx[:, 20:] = 2
+    idx[5:8, 5:8] = 1  # 9 px island inside label 0
+    idx[30:33, 30:33] = 0  # 9 px hole inside label 2
+    out = remove_small_labels(idx, min_region=0.01)  # 16 px
+    want = np.zeros((40, 40), np.int16)
+    want[:, 20:] = 2
+    assert np.array_equal(out, want)
+    assert np.array_equal(remove_small_labels(idx, 0.0), idx)
+
+
+def test_compose_takes_each_pixel_from_its_shot_and_matches_channels() -> None:
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (5, 6), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    rgba = np.concatenate([rgb[::-1], np.full((5, 6, 1), 7, np.uint8)], 2)
+    idx = rng.integers(0, 3, (5, 6)).astype(np.int16)
+    out = compose([gray, rgb, rgba], idx)
+    assert out.shape == (5, 6, 3)
+    assert np.array_equal(out[idx == 0], np.repeat(gray[idx == 0][:, None], 3, 1))
+    assert np.array_equal(out[idx == 1], rgb[idx == 1])
+    assert np.array_equal(out[idx == 2], rgb[::-1][idx == 2])
+
+
+def test_chain_index_names_the_shot_of_every_fused_pixel(shipped, made_up_stack) -> None:
+    shots = made_up_stack.shots
+    results = fuse_stack(shots, shipped, FusionParams(min_region=0.0))
+    idx = chain_index(results)
+    assert len(np.unique(idx)) == 3
+    assert np.array_equal(compose(shots, idx), results[-1].fused)
+
+
+def test_joint_rule_is_consistent_and_composes_by_its_index(shipped, made_up_stack) -> None:
+    st = made_up_stack
+    shots = [s.mean(2).astype(np.uint8) for s in st.shots]  # gray shots
+    res = fuse_stack_joint(shots, shipped, FusionParams(stack_rule="joint"))
+    assert stack_accuracy(res.index, st.truth) > 0.9
+    assert res.scores.shape == (3, 112, 112)
+    assert np.allclose(res.scores.sum(0), 0.0, atol=1e-3)  # z_ji = -z_ij
+    assert np.array_equal(res.fused, compose(shots, res.index))
+    assert set(np.unique(res.index)) <= {0, 1, 2}
+    # Outside the band the boundary net changed nothing.
+    assert np.array_equal(res.index_raw[~res.near_boundary], res.index_initial[~res.near_boundary])
+
+
+def test_joint_rule_refuses_bad_stacks(tiny_nets) -> None:
+    _, nets = tiny_nets
+    a = np.zeros((20, 20), np.uint8)
+    with pytest.raises(UserError, match="at least two"):
+        fuse_stack_joint([a], nets)
+    with pytest.raises(InputFileError, match="c.png: size 21x20"):
+        fuse_stack_joint([a, a, np.zeros((20, 21), np.uint8)], nets, names=["a.png", "b.png", "c.png"])
+    with pytest.raises(UserError, match="stack_rule must be one of chain, joint"):
+        FusionParams(stack_rule="tree")
+
+
+# -- the command line -----------------------------------------------------------------
+
+
+def _write_shots(folder: Path, n: int, size: tuple[int, int] = (40, 48)) -> list[str]:
+    rng = np.random.default_rng(7)
+    paths = []
+    for i in range(n):
+        p = folder / f"s{i}.png"
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def test_two_images_fuse_exactly_as_a_pair_under_both_rules(tiny_nets, tmp_path: Path) -> None:
+    d, nets = tiny_nets
+    a, b = _write_shots(tmp_path, 2)
+    outs = {}
+    for rule in ("chain", "joint"):
+        out = tmp_path / f"{rule}.png"
+        assert cli_main(["fuse", a, b, "-o", str(out), "--model", str(d), "--stack-rule", rule, "--device", "cpu"]) == 0
+        outs[rule] = np.asarray(Image.open(out))
+    pair = fuse_images(np.asarray(Image.open(a)), np.asarray(Image.open(b)), nets).fused
+    assert np.array_equal(outs["chain"], pair) and np.array_equal(outs["joint"], pair)
+
+
+def test_stack_rules_on_the_command_line_with_save_maps(tiny_nets, tmp_path: Path) -> None:
+    d, nets = tiny_nets
+    paths = _write_shots(tmp_path, 3)
+    shots = [np.asarray(Image.open(p)) for p in paths]
+    out = tmp_path / "joint.png"
+    assert cli_main(["fuse", *paths, "-o", str(out), "--model", str(d), "--stack-rule", "joint",
+                     "--save-maps", str(tmp_path / "maps"), "--device", "cpu"]) == 0
+    want = fuse_stack_joint(shots, nets, FusionParams(stack_rule="joint")).fused
+    assert np.array_equal(np.asarray(Image.open(out)), want)
+    for key in STACK_MAP_KEYS:
+        assert (tmp_path / "maps" / f"joint-{key}.png").is_file(), key
+    index = np.asarray(Image.open(tmp_path / "maps" / "joint-index.png"))
+    assert set(np.unique(index)) <= {0, 128, 255}
+    out = tmp_path / "chain.png"
+    assert cli_main(["fuse", *paths, "-o", str(out), "--model", str(d), "--stack-rule", "chain",
+                     "--save-maps", str(tmp_path / "maps"), "--device", "cpu"]) == 0
+    assert np.array_equal(np.asarray(Image.open(out)), fuse_stack(shots, nets)[-1].fused)
+    assert (tmp_path / "maps" / "chain-step02-dm.png").is_file()
+
+
+def test_command_line_refuses_bad_stacks(tiny_nets, tmp_path: Path, capsys) -> None:
+    d, _ = tiny_nets
+    (tmp_path / "x").mkdir()
+    paths = _write_shots(tmp_path, 2) + _write_shots(tmp_path / "x", 1, size=(40, 50))
+    rc = cli_main(["fuse", *paths, "-o", str(tmp_path / "o.png"), "--model", str(d), "--stack-rule", "joint"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "x/s0.png: size 50x40" in err[0], err
+    rc = cli_main(["fuse", paths[0], "-o", str(tmp_path / "o.png"), "--model", str(d), "--stack-rule", "joint"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "at least two" in err[0], err
+    with pytest.raises(SystemExit):
+        cli_main(["fuse", *paths[:2], "-o", str(tmp_path / "o.png"), "--stack-rule", "tree"])
+
+
+# -- accuracy with the shipped nets on real data --------------------------------------
+
+
+@needs_data
+@pytest.mark.parametrize("rule", ["chain", "joint"])
+def test_stack_rule_decides_at_least_98_percent_right(rule: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    st = stack_from_data(DATA, StackOptions(layers=3, size=320), seed=0)
+    nets = load_nets_from_dir(None, "cpu")
+    params = FusionParams(stack_rule=rule)
+    idx = fuse_stack_joint(st.shots, nets, params).index if rule == "joint" else chain_index(
+        fuse_stack(st.shots, nets, params))
+    assert (st.truth == AMBIGUOUS).mean() < 0.3
+    assert stack_accuracy(idx, st.truth) >= 0.98
+
+
+def test_fuse_set_report_is_the_same_under_both_rules(tiny_nets, tmp_path: Path) -> None:
+    """fuse-set fuses pairs: the stack rule plays no part, and its report (a DVC output) does
+    not change with it."""
+    import json
+
+    d, _ = tiny_nets
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    a, b = _write_shots(pairs, 2)
+    Path(a).rename(pairs / "p-A.png")
+    Path(b).rename(pairs / "p-B.png")
+    (pairs / "index.json").write_text(json.dumps(["p"]))
+    reports = []
+    for rule in ("chain", "joint"):
+        out = tmp_path / rule
+        assert cli_main(["fuse-set", "--pairs", str(pairs), "--models", str(d), "--out", str(out),
+                         "--params-json", json.dumps({"stack_rule": rule}), "--device", "cpu"]) == 0
+        reports.append((out / "accuracy.json").read_text())
+        assert (out / "p.png").is_file()
+    assert reports[0] == reports[1] and "stack_rule" not in reports[0]
