@@ -1133,12 +1133,10 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
             for key in MAP_KEYS:
                 check_not_input(Path(args.save_maps) / f"{stem}-{key}.png", paths, "map file")
     resolve_device(other["device"])
-    images = read_images(paths)
-    names = [str(p) for p in paths]
-    for i in range(1, len(images)):
-        check_same_size(images[0], images[i], names[0], names[i])
-    if args.align != "none":
-        images = _align_for_fuse(images, names, args.align, args.force)
+    from bafusion.batch import fused_output, prepare_sources
+
+    src = prepare_sources(paths, align=args.align, force=args.force)  # sizes, --align or the one-scene check
+    images, names = src.images, [str(p) for p in paths]
     if args.initial or args.boundary:
         if not (args.initial and args.boundary):
             raise UserError("--initial and --boundary go together")
@@ -1152,9 +1150,13 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
             stem = out.stem if len(results) == 1 else f"{out.stem}-step{i + 1:02d}"
             save_maps(Path(args.save_maps), stem, res, cur, images[i + 1], alpha=other["alpha"])
             cur = res.fused
-    write_image(out, results[-1].fused)
-    secs = sum(sum(r.seconds.values()) for r in results)
-    print(f"fused {len(paths)} images into {out} ({secs:.2f} s on {nets.device})")
+    fused = fused_output(src, results, out)
+    for note in fused.notes:
+        print(f"bafusion fuse: {note}", file=sys.stderr)
+    from bafusion.images import write_image as _write
+
+    _write(out, fused.image, exif=fused.exif, icc=fused.icc)
+    print(f"fused {len(paths)} images into {out} ({fused.seconds:.2f} s on {nets.device})")
     return 0
 
 
@@ -1278,7 +1280,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "result is cropped to the largest rectangle every shot covers, the transforms and the crop "
                    "are printed to stderr (default none: the sources are taken as registered)")
     p.add_argument("--force", action="store_true",
-                   help="with --align: fuse even shots that do not look like one scene")
+                   help="fuse even shots that do not look like one scene (refused by default: bafusion.scene, "
+                   "or with --align the alignment's match quality)")
     _add_param_args(p)
     p.set_defaults(func=_cmd_fuse)
 
