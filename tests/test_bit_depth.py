@@ -142,5 +142,10 @@ def test_fuse_and_metrics_of_a_12_bit_pair_equal_those_of_the_8_bit_pair(tmp_pat
         assert cli_main(["metrics", str(tmp_path / f"a{bits}.png"), str(tmp_path / f"b{bits}.png"),
                          str(tmp_path / "f8.png"), "--metrics", "QMI,QG"]) == 0
         out.append(capsys.readouterr().out)
-    assert out[0] == out[1]
+    # the 16-bit fusion marks sBIT 12: with its 12-bit sources it scores as the 8-bit triple
+    assert png_depth(tmp_path / "f12.png") == (16, 0, 12)
+    assert cli_main(["metrics", str(tmp_path / "a12.png"), str(tmp_path / "b12.png"), str(tmp_path / "f12.png"),
+                     "--metrics", "QMI,QG"]) == 0
+    out.append(capsys.readouterr().out)
+    assert out[0] == out[1] == out[2]
     assert np.array_equal(metrics_read_image(tmp_path / "a8.png"), a8)

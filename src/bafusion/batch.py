@@ -38,13 +38,15 @@ _SHOT = re.compile(r"^(?P<name>.+)-(?P<letter>[A-Za-z])$")
 @dataclass
 class Fused:
     """A fusion of files: the image to write (uint8, or uint16 for sources of more than 8 bits),
-    the first source's metadata, and notes for the user (one line each)."""
+    the first source's metadata, notes for the user (one line each), the fusion's seconds and
+    the significant bits of the image (the sources' most)."""
 
     image: np.ndarray
     exif: bytes | None
     icc: bytes | None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    bits: int = 8
 
 
 def compose_full(full: Sequence[np.ndarray], decisions: Sequence[np.ndarray]) -> np.ndarray:
@@ -109,7 +111,7 @@ def fused_output(src: SourceSet, results: Sequence, output: Path) -> Fused:
             notes.append(f"{output}: written with 8 bits per sample from sources of more than 8 ({output.suffix} "
                          "keeps 8 bits; use .png or .tif for 16)")
     secs = sum(sum(r.seconds.values()) for r in results)
-    return Fused(fused, src.exif, src.icc, notes, secs)
+    return Fused(fused, src.exif, src.icc, notes, secs, src.bits if fused.dtype == np.uint16 else 8)
 
 
 def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str = "none",
@@ -222,7 +224,7 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
             continue
         try:
             fused = fuse_files(shots, nets, params, output=target, align=align, force=force)
-            write_image(target, fused.image, exif=fused.exif, icc=fused.icc)
+            write_image(target, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits)
         except UserError as e:
             rep.skipped.append((name, str(e)))
             continue

@@ -1155,7 +1155,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         print(f"bafusion fuse: {note}", file=sys.stderr)
     from bafusion.images import write_image as _write
 
-    _write(out, fused.image, exif=fused.exif, icc=fused.icc)
+    _write(out, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits)
     print(f"fused {len(paths)} images into {out} ({fused.seconds:.2f} s on {nets.device})")
     return 0
 

@@ -116,7 +116,7 @@ def write_png(path: str | os.PathLike[str], img: np.ndarray) -> None:
 
 
 def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | None = None,
-                icc: bytes | None = None) -> None:
+                icc: bytes | None = None, bits: int | None = None) -> None:
     """Write a uint8 or uint16 gray or RGB image atomically; the format follows the suffix
     (.png, .jpg, .tif, .bmp, ...); an unknown suffix is an error naming the file.
 
@@ -132,6 +132,10 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         EXIF block and ICC profile to store where the format allows (PNG: ``eXIf`` and
         ``iCCP``; JPEG, WebP and 8-bit TIFF: both; 16-bit TIFF: the ICC profile only; BMP:
         neither). Without them the file is byte-identical to what it was before they existed.
+    bits : int, optional
+        Significant bits of the data behind uint16 ``img`` (e.g. 12 for a 12-bit camera):
+        written as the PNG ``sBIT`` chunk when below 16 (the samples stay on the 16-bit scale),
+        so that :func:`read_sources` scales the file like its unmarked 12-bit sources.
     """
     from bafusion.errors import UserError
 
@@ -145,7 +149,7 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
     with atomic_file(p) as tmp:
         if img.dtype == np.uint16:
             if fmt == "PNG":
-                tmp.write_bytes(png16_bytes(img, exif=exif, icc=icc))
+                tmp.write_bytes(png16_bytes(img, exif=exif, icc=icc, sbit=bits if bits and bits < 16 else None))
             else:
                 _write_tiff16(tmp, img, icc)
             return
@@ -171,9 +175,11 @@ def _png_chunk(typ: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + typ + data + struct.pack(">I", zlib.crc32(typ + data) & 0xFFFFFFFF)
 
 
-def png16_bytes(img: np.ndarray, *, exif: bytes | None = None, icc: bytes | None = None) -> bytes:
+def png16_bytes(img: np.ndarray, *, exif: bytes | None = None, icc: bytes | None = None,
+                sbit: int | None = None) -> bytes:
     """A 16-bit gray or RGB PNG of a uint16 (H, W) or (H, W, 3) array (encoded by pypng: Pillow
-    cannot write 16-bit colour), with ``iCCP`` and ``eXIf`` chunks when given; deterministic."""
+    cannot write 16-bit colour), with ``sBIT``, ``iCCP`` and ``eXIf`` chunks when given;
+    deterministic."""
     import io
 
     import png  # pypng
@@ -186,6 +192,8 @@ def png16_bytes(img: np.ndarray, *, exif: bytes | None = None, icc: bytes | None
     )
     data = buf.getvalue()
     extra = b""
+    if sbit:
+        extra += _png_chunk(b"sBIT", bytes([sbit] * planes))
     if icc:
         extra += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
     if exif:
@@ -385,12 +393,15 @@ class SourceSet:
         bits per sample; None when all have at most 8 (the uint8 images are the data).
     exif, icc : bytes or None
         The first source's EXIF block (orientation reset to 1) and ICC profile.
+    bits : int
+        The most significant bits of any source (8 when all have at most 8).
     """
 
     images: list[np.ndarray]
     full: list[np.ndarray] | None
     exif: bytes | None
     icc: bytes | None
+    bits: int = 8
 
 
 #: Descriptive baseline TIFF tags carried from a TIFF source (not its layout tags).
@@ -469,4 +480,5 @@ def read_source_set(
         full[i] = np.clip(np.round(a / float((1 << b) - 1) * 65535.0), 0, 65535).astype(np.uint16)
     exif, icc = source_metadata(paths[0]) if metadata and paths else (None, None)
     images = [o for o in out if o is not None]
-    return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc)
+    bits = max([b or shared for _, _, b in high], default=8)
+    return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits)
