@@ -201,3 +201,23 @@ def test_icc_and_exif_of_the_first_source_are_carried(tmp_path: Path, nets: Path
                 got = im.getexif()
                 assert got.get(0x010F) == "TestCam", ext
                 assert got.get(0x0112, 1) == 1, "pixels are already turned: orientation reset"
+
+
+def test_naming_rule(tmp_path: Path) -> None:
+    """Letters in either case, in letter order; a sub-folder is a stack in file-name order; the
+    output folder inside the input is not a stack; a name both a folder and files is refused."""
+    img = Image.fromarray(np.zeros((4, 4), np.uint8))
+    for name in ("x-b.png", "x-A.jpg", "x-C.tif", "y-A.png", "y-B.png", "readme.png", "notes.txt", "solo-A.png",
+                 "s-A.png"):
+        img.save(tmp_path / name) if not name.endswith(".txt") else (tmp_path / name).write_text("x")
+    for sub, names in (("s", ("2.png", "1.png")), ("fused", ("a-A.png", "a-B.png"))):
+        (tmp_path / sub).mkdir()
+        for n in names:
+            img.save(tmp_path / sub / n)
+    groups, skipped = batch.find_groups(tmp_path, exclude=tmp_path / "fused")
+    assert {k: [p.name for p in v] for k, v in groups.items()} == {
+        "s": ["1.png", "2.png"], "x": ["x-A.jpg", "x-b.png", "x-C.tif"], "y": ["y-A.png", "y-B.png"]}
+    reasons = {Path(f).name: why for f, why in skipped}
+    assert set(reasons) == {"readme.png", "solo-A.png", "s-A.png"}
+    assert "naming rule" not in reasons["readme.png"] and "<name>-A" in reasons["readme.png"]
+    assert "only 1 shot" in reasons["solo-A.png"] and "sub-folder" in reasons["s-A.png"]

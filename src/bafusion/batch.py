@@ -143,9 +143,16 @@ def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str 
     return fused_output(src, results, output)
 
 
-def find_groups(folder: Path) -> tuple[dict[str, list[Path]], list[tuple[str, str]]]:
+def find_groups(folder: Path, exclude: Path | None = None) -> tuple[dict[str, list[Path]], list[tuple[str, str]]]:
     """The stacks of ``folder`` by the naming rule (module doc), sorted by name, and the
     images skipped with the reason.
+
+    Parameters
+    ----------
+    folder : Path
+        The input folder.
+    exclude : Path, optional
+        A sub-folder that is not a stack (the output folder, when it lies inside ``folder``).
 
     Returns
     -------
@@ -153,19 +160,27 @@ def find_groups(folder: Path) -> tuple[dict[str, list[Path]], list[tuple[str, st
         Stack name to its shots in order; (file, reason) of what cannot be fused.
     """
     groups: dict[str, list[tuple[str, Path]]] = {}
+    folders: set[str] = set()
     skipped: list[tuple[str, str]] = []
+    excluded = exclude.resolve() if exclude is not None else None
     for p in sorted(folder.iterdir()):
         if p.name.startswith("."):
             continue
         if p.is_dir():
+            if excluded is not None and p.resolve() == excluded:
+                continue
             shots = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
-            groups.setdefault(p.name, []).extend((q.name, q) for q in shots)
+            groups[p.name] = [(q.name, q) for q in shots]
+            folders.add(p.name)
             continue
         if not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         m = _SHOT.match(p.stem)
         if m is None:
             skipped.append((str(p), "name does not follow the rule <name>-A.<ext>, <name>-B.<ext>, ..."))
+            continue
+        if m["name"] in folders:
+            skipped.append((str(p), f"stack {m['name']!r} is also a sub-folder: rename one of them"))
             continue
         groups.setdefault(m["name"], []).append((m["letter"].upper(), p))
     out: dict[str, list[Path]] = {}
@@ -210,7 +225,7 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
 
     if not src.is_dir():
         raise UserError(f"{src}: not a folder")
-    groups, skipped = find_groups(src)
+    groups, skipped = find_groups(src, exclude=out)
     rep = BatchReport(skipped=list(skipped))
     if not groups:
         raise UserError(f"{src}: no pair or stack to fuse (name shots <name>-A.<ext>, <name>-B.<ext>, or put each "

@@ -155,12 +155,15 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
             return
         kwargs: dict = {"compress_level": 6} if fmt == "PNG" else ({"quality": 95} if fmt == "JPEG" else {})
         if fmt in ("PNG", "JPEG", "TIFF", "WEBP"):
-            if exif:
+            if exif and not (fmt == "JPEG" and len(exif) > _JPEG_MAX_EXIF):
                 kwargs["exif"] = exif
             if icc:
                 kwargs["icc_profile"] = icc
         Image.fromarray(img).save(tmp, format=fmt, **kwargs)
 
+
+#: Longest EXIF block a JPEG APP1 segment holds (a longer one is left out of a JPEG output).
+_JPEG_MAX_EXIF = 65533
 
 #: Output suffixes that keep 16 bits per sample.
 HIGH_DEPTH_SUFFIXES = (".png", ".tif", ".tiff")
