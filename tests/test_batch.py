@@ -15,7 +15,7 @@ from scipy import ndimage
 from bafusion import batch
 from bafusion.cli import main as cli_main
 from bafusion.fusion import _read_8bit
-from bafusion.images import png16_bytes, read_source_set, scale_to_u8
+from bafusion.images import png16_bytes, png_depth, read_source_set, scale_to_u8
 from bafusion.model import build_model, save_model
 from bafusion.scene import MIN_CORRELATION, scene_correlation
 
@@ -221,3 +221,13 @@ def test_naming_rule(tmp_path: Path) -> None:
     assert set(reasons) == {"readme.png", "solo-A.png", "s-A.png"}
     assert "naming rule" not in reasons["readme.png"] and "<name>-A" in reasons["readme.png"]
     assert "only 1 shot" in reasons["solo-A.png"] and "sub-folder" in reasons["s-A.png"]
+
+
+def test_align_with_16_bit_sources_says_the_output_is_8_bit(tmp_path: Path, nets: Path, capsys) -> None:
+    a8, b8 = pair(1)
+    for n, x in (("a", a8), ("b", b8)):
+        (tmp_path / f"{n}.png").write_bytes(png16_bytes(x.astype(np.uint16) * 257))
+    assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "f.png"),
+                     "--model", str(nets), "--device", "cpu", "--align", "translation"]) == 0
+    assert "fused in 8 bits (--align" in capsys.readouterr().err
+    assert png_depth(tmp_path / "f.png")[0] == 8

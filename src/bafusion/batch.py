@@ -92,7 +92,10 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
         check_same_size(src.images[0], src.images[i], names[0], names[i])
     if align != "none":
         src.images = _align_for_fuse(src.images, names, align, force)
-        src.full = None
+        if src.full is not None:
+            print(f"bafusion: {names[0]}: sources of more than 8 bits fused in 8 bits (--align works on "
+                  "8-bit data)", file=sys.stderr)
+            src.full = None
     else:
         check_one_scene(src.images, names, force)
     return src
