@@ -231,3 +231,20 @@ def test_align_with_16_bit_sources_says_the_output_is_8_bit(tmp_path: Path, nets
                      "--model", str(nets), "--device", "cpu", "--align", "translation"]) == 0
     assert "fused in 8 bits (--align" in capsys.readouterr().err
     assert png_depth(tmp_path / "f.png")[0] == 8
+
+
+@pytest.mark.parametrize("case", ["same", "file", "missing", "ext"])
+def test_fuse_dir_bad_usage_is_one_line_exit_2(tmp_path: Path, nets: Path, capsys, case: str) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    (tmp_path / "afile").write_text("x")
+    out, extra, words = {
+        "same": (src, [], "is also an input"),
+        "file": (tmp_path / "afile", [], "is a file, not a folder"),
+        "missing": (tmp_path / "o", [], "not a folder"),
+        "ext": (tmp_path / "o", ["--ext", "gif"], "--ext gif"),
+    }[case]
+    s = tmp_path / "nowhere" if case == "missing" else src
+    rc = cli_main(["fuse-dir", str(s), str(out), "--model", str(nets), "--device", "cpu", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and words in err and len(err.strip().splitlines()) == 1, err
