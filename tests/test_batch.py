@@ -248,3 +248,14 @@ def test_fuse_dir_bad_usage_is_one_line_exit_2(tmp_path: Path, nets: Path, capsy
     rc = cli_main(["fuse-dir", str(s), str(out), "--model", str(nets), "--device", "cpu", *extra])
     err = capsys.readouterr().err
     assert rc == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_compose_full_chains_the_decisions_of_a_stack() -> None:
+    rng = np.random.default_rng(2)
+    a, b = (rng.integers(0, 65536, (6, 5, 3), dtype=np.uint16) for _ in range(2))
+    c = rng.integers(0, 65536, (6, 5), dtype=np.uint16)  # gray among colour: replicated
+    d1, d2 = rng.random((6, 5)) > 0.5, rng.random((6, 5)) > 0.5
+    f = batch.compose_full([a, b, c], [d1, d2])
+    first = np.where(d1[..., None], a, b)
+    assert f.dtype == np.uint16
+    assert np.array_equal(f[d2], first[d2]) and np.array_equal(f[~d2], np.repeat(c[..., None], 3, axis=2)[~d2])
