@@ -93,13 +93,11 @@ def test_ome_tiff_significant_bits(tmp_path: Path, gray8) -> None:
     assert np.array_equal(read_image(p), gray8)
 
 
-def test_16_bit_colour_png_with_unscaled_sbit_data_is_refused(tmp_path: Path, capsys) -> None:
-    rgb = to12(np.random.default_rng(5).integers(0, 256, (8, 9, 3), dtype=np.uint8))
-    p = write_png(tmp_path / "c.png", rgb, sbit=12)
-    rc = cli_main(["baseline", str(p), str(p), "-o", str(tmp_path / "f.png")])
-    err = capsys.readouterr().err
-    assert rc == 2 and "c.png: 16-bit colour PNG whose sBIT marks 12-bit data" in err and "TIFF" in err
-    assert not (tmp_path / "f.png").exists()
+def test_16_bit_colour_png_with_unscaled_sbit_data_is_read_at_full_precision(tmp_path: Path) -> None:
+    """Pillow decodes only the high byte of 16-bit colour PNGs (these were refused); pypng reads them whole."""
+    rgb8 = np.random.default_rng(5).integers(0, 256, (8, 9, 3), dtype=np.uint8)
+    p = write_png(tmp_path / "c.png", to12(rgb8), sbit=12)
+    assert np.array_equal(read_image(p), rgb8)
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "LA", "1"])
@@ -132,13 +130,22 @@ def test_fuse_and_metrics_of_a_12_bit_pair_equal_those_of_the_8_bit_pair(tmp_pat
         assert cli_main(["fuse", str(tmp_path / f"a{bits}.png"), str(tmp_path / f"b{bits}.png"), "-o",
                          str(tmp_path / f"f{bits}.png"), "--model", str(tmp_path / "nets"), "--device", "cpu"]) == 0
     f8, f12 = (np.asarray(Image.open(tmp_path / f"f{bits}.png")) for bits in ("8", "12"))
-    assert np.array_equal(f12, f8)
-    assert np.all((f12 == a8) | (f12 == b8)), "every fused pixel is A's or B's 8-bit pixel, not a darkened one"
+    # 12-bit sources give a 16-bit fusion (the sources on the 16-bit scale) with the 8-bit decision
+    assert png_depth(tmp_path / "f12.png")[0] == 16 and f12.max() > 255
+    a16, b16 = (np.round(to12(x) / 4095 * 65535) for x in (a8, b8))
+    assert np.all((f12 == a16) | (f12 == b16)), "every fused pixel is A's or B's full-depth pixel"
+    assert np.array_equal(np.round(f12 / 65535 * 255).astype(np.uint8), f8)
+    assert np.all((f8 == a8) | (f8 == b8)), "every fused pixel is A's or B's 8-bit pixel, not a darkened one"
     capsys.readouterr()
     out = []
     for bits in ("8", "12"):
         assert cli_main(["metrics", str(tmp_path / f"a{bits}.png"), str(tmp_path / f"b{bits}.png"),
                          str(tmp_path / "f8.png"), "--metrics", "QMI,QG"]) == 0
         out.append(capsys.readouterr().out)
-    assert out[0] == out[1]
+    # the 16-bit fusion marks sBIT 12: with its 12-bit sources it scores as the 8-bit triple
+    assert png_depth(tmp_path / "f12.png") == (16, 0, 12)
+    assert cli_main(["metrics", str(tmp_path / "a12.png"), str(tmp_path / "b12.png"), str(tmp_path / "f12.png"),
+                     "--metrics", "QMI,QG"]) == 0
+    out.append(capsys.readouterr().out)
+    assert out[0] == out[1] == out[2]
     assert np.array_equal(metrics_read_image(tmp_path / "a8.png"), a8)

@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bafusion.acquire",
     "bafusion.train",
     "bafusion.fusion",
+    "bafusion.batch",
     "bafusion.metrics",
     "bafusion.baselines",
     "bafusion.evaluate",

@@ -1151,12 +1151,10 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         for name in maps:
             check_not_input(Path(args.save_maps) / name, paths, "map file")
     resolve_device(other["device"])
-    images = read_images(paths)
-    names = [str(p) for p in paths]
-    for i in range(1, len(images)):
-        check_same_size(images[0], images[i], names[0], names[i])
-    if args.align != "none":
-        images = _align_for_fuse(images, names, args.align, args.force)
+    from bafusion.batch import fused_output, prepare_sources
+
+    src = prepare_sources(paths, align=args.align, force=args.force)  # sizes, --align or the one-scene check
+    images, names = src.images, [str(p) for p in paths]
     if args.initial or args.boundary:
         if not (args.initial and args.boundary):
             raise UserError("--initial and --boundary go together")
@@ -1169,7 +1167,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         stack = fuse_stack_joint(images, nets, params, names)
         if args.save_maps:
             save_stack_maps(Path(args.save_maps), out.stem, stack)
-        fused, secs = stack.fused, sum(stack.seconds.values())
+        fused = fused_output(src, stack, out)
     else:
         results = fuse_stack(images, nets, params, names)
         if args.save_maps:
@@ -1178,9 +1176,13 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
                 stem = out.stem if len(results) == 1 else f"{out.stem}-step{i + 1:02d}"
                 save_maps(Path(args.save_maps), stem, res, cur, images[i + 1], alpha=other["alpha"])
                 cur = res.fused
-        fused, secs = results[-1].fused, sum(sum(r.seconds.values()) for r in results)
-    write_image(out, fused)
-    print(f"fused {len(paths)} images into {out} ({secs:.2f} s on {nets.device})")
+        fused = fused_output(src, results, out)
+    for note in fused.notes:
+        print(f"bafusion fuse: {note}", file=sys.stderr)
+    from bafusion.images import write_image as _write
+
+    _write(out, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits)
+    print(f"fused {len(paths)} images into {out} ({fused.seconds:.2f} s on {nets.device})")
     return 0
 
 
@@ -1306,7 +1308,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "result is cropped to the largest rectangle every shot covers, the transforms and the crop "
                    "are printed to stderr (default none: the sources are taken as registered)")
     p.add_argument("--force", action="store_true",
-                   help="with --align: fuse even shots that do not look like one scene")
+                   help="fuse even shots that do not look like one scene (refused by default: bafusion.scene, "
+                   "or with --align the alignment's match quality)")
     _add_param_args(p)
     p.set_defaults(func=_cmd_fuse)
 

@@ -6,7 +6,9 @@ import math
 import os
 import re
 import struct
+import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -113,18 +115,102 @@ def write_png(path: str | os.PathLike[str], img: np.ndarray) -> None:
         Image.fromarray(np.ascontiguousarray(img)).save(tmp, format="PNG", compress_level=6)
 
 
-def write_image(path: str | os.PathLike[str], img: np.ndarray) -> None:
-    """Write a uint8 gray or RGB image atomically; the format follows the suffix
-    (.png, .jpg, .tif, .bmp, ...); an unknown suffix is an error naming the file."""
+def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | None = None,
+                icc: bytes | None = None, bits: int | None = None) -> None:
+    """Write a uint8 or uint16 gray or RGB image atomically; the format follows the suffix
+    (.png, .jpg, .tif, .bmp, ...); an unknown suffix is an error naming the file.
+
+    Parameters
+    ----------
+    path : path-like
+        Output file; its suffix chooses the format.
+    img : numpy.ndarray
+        uint8, or uint16 (16 bits per sample, full range). uint16 is written with 16 bits to
+        PNG and TIFF (:data:`HIGH_DEPTH_SUFFIXES`); other formats keep 8 bits and get the
+        image scaled to 8 bits (callers warn, see :func:`keeps_16_bits`).
+    exif, icc : bytes, optional
+        EXIF block and ICC profile to store where the format allows (PNG: ``eXIf`` and
+        ``iCCP``; JPEG, WebP and 8-bit TIFF: both; 16-bit TIFF: the ICC profile only; BMP:
+        neither). Without them the file is byte-identical to what it was before they existed.
+    bits : int, optional
+        Significant bits of the data behind uint16 ``img`` (e.g. 12 for a 12-bit camera):
+        written as the PNG ``sBIT`` chunk when below 16 (the samples stay on the 16-bit scale),
+        so that :func:`read_sources` scales the file like its unmarked 12-bit sources.
+    """
     from bafusion.errors import UserError
 
     p = Path(path)
     fmt = Image.registered_extensions().get(p.suffix.lower())
     if fmt is None:
         raise UserError(f"{p}: unknown image format {p.suffix!r} (use .png, .tif, .bmp or .jpg)")
+    img = np.ascontiguousarray(img)
+    if img.dtype == np.uint16 and not keeps_16_bits(p):
+        img = scale_to_u8(img.astype(np.float64), 16)
     with atomic_file(p) as tmp:
-        kwargs = {"compress_level": 6} if fmt == "PNG" else ({"quality": 95} if fmt == "JPEG" else {})
-        Image.fromarray(np.ascontiguousarray(img)).save(tmp, format=fmt, **kwargs)
+        if img.dtype == np.uint16:
+            if fmt == "PNG":
+                tmp.write_bytes(png16_bytes(img, exif=exif, icc=icc, sbit=bits if bits and bits < 16 else None))
+            else:
+                _write_tiff16(tmp, img, icc)
+            return
+        kwargs: dict = {"compress_level": 6} if fmt == "PNG" else ({"quality": 95} if fmt == "JPEG" else {})
+        if fmt in ("PNG", "JPEG", "TIFF", "WEBP"):
+            if exif and not (fmt == "JPEG" and len(exif) > _JPEG_MAX_EXIF):
+                kwargs["exif"] = exif
+            if icc:
+                kwargs["icc_profile"] = icc
+        Image.fromarray(img).save(tmp, format=fmt, **kwargs)
+
+
+#: Longest EXIF block a JPEG APP1 segment holds (a longer one is left out of a JPEG output).
+_JPEG_MAX_EXIF = 65533
+
+#: Output suffixes that keep 16 bits per sample.
+HIGH_DEPTH_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def keeps_16_bits(path: str | os.PathLike[str]) -> bool:
+    """Whether :func:`write_image` writes 16 bits per sample to this file (PNG, TIFF)."""
+    return Path(path).suffix.lower() in HIGH_DEPTH_SUFFIXES
+
+
+def _png_chunk(typ: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + typ + data + struct.pack(">I", zlib.crc32(typ + data) & 0xFFFFFFFF)
+
+
+def png16_bytes(img: np.ndarray, *, exif: bytes | None = None, icc: bytes | None = None,
+                sbit: int | None = None) -> bytes:
+    """A 16-bit gray or RGB PNG of a uint16 (H, W) or (H, W, 3) array (encoded by pypng: Pillow
+    cannot write 16-bit colour), with ``sBIT``, ``iCCP`` and ``eXIf`` chunks when given;
+    deterministic."""
+    import io
+
+    import png  # pypng
+
+    h, w = img.shape[:2]
+    planes = 1 if img.ndim == 2 else img.shape[2]
+    buf = io.BytesIO()
+    png.Writer(w, h, greyscale=planes == 1, alpha=planes in (2, 4), bitdepth=16, compression=6).write_array(
+        buf, img.reshape(-1).astype(np.uint16)
+    )
+    data = buf.getvalue()
+    extra = b""
+    if sbit:
+        extra += _png_chunk(b"sBIT", bytes([sbit] * planes))
+    if icc:
+        extra += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
+    if exif:
+        extra += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
+    return data[:ihdr_end] + extra + data[ihdr_end:]
+
+
+def _write_tiff16(path: Path, img: np.ndarray, icc: bytes | None) -> None:
+    import tifffile
+
+    extratags = [(34675, "B", len(icc), icc, True)] if icc else []
+    tifffile.imwrite(path, img, photometric="minisblack" if img.ndim == 2 else "rgb", metadata=None,
+                     extratags=extratags)
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
@@ -148,9 +234,12 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
 #   fits in 8 bits, as before), so that A and B are never scaled differently.
 #
 # Pillow decodes 16-bit colour PNGs and TIFFs to their high byte only; 16-bit colour TIFFs are
-# read with tifffile instead. A 16-bit colour PNG whose sBIT marks unscaled data (its high
-# bytes all small) cannot be decoded at full precision and is refused with the advice to
-# convert it to a 16-bit TIFF.
+# read with tifffile instead, 16-bit colour PNGs with pypng (both then get the file's EXIF
+# orientation applied, as Pillow's images do in :func:`open_image`).
+#
+# :func:`read_source_set` also keeps the full depth (:attr:`SourceSet.full`: every source as
+# uint16 on the 16-bit scale, by the same factor as its 8-bit version) and the first source's
+# EXIF (orientation reset, since the pixels are already turned) and ICC profile.
 
 #: Bit depths a source's values are scaled from when the file does not mark them.
 SENSOR_BITS = (8, 10, 12, 14, 16)
@@ -200,6 +289,34 @@ def _tiff_depth(im: Image.Image) -> tuple[int, int | None] | None:
     return depth, (int(m.group(1)) if m else None)
 
 
+
+_ORIENTATION = 0x0112  # EXIF/TIFF Orientation tag
+
+
+def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn an array read without Pillow as ``ImageOps.exif_transpose`` turns an image."""
+    ops = {
+        2: lambda x: x[:, ::-1], 3: lambda x: x[::-1, ::-1], 4: lambda x: x[::-1],
+        5: lambda x: np.swapaxes(x, 0, 1), 6: lambda x: np.rot90(x, -1),
+        7: lambda x: np.swapaxes(x[::-1, ::-1], 0, 1), 8: lambda x: np.rot90(x, 1),
+    }
+    return np.ascontiguousarray(ops[orientation](a)) if orientation in ops else a
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    """The raw samples of a 16-bit gray/colour PNG (float64, (H, W) or (H, W, 3), alpha dropped)."""
+    import png  # pypng: Pillow decodes 16-bit colour PNGs to their high byte only
+
+    try:
+        w, h, rows, info = png.Reader(filename=str(path)).read()
+        a = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).astype(np.float64)
+    except Exception as e:  # noqa: BLE001 - pypng raises its own error types for bad files
+        raise InputFileError(path, f"unreadable 16-bit PNG ({e.__class__.__name__}: {e})") from e
+    planes = int(info["planes"])
+    a = a.reshape(h, w, planes)
+    return a[..., 0] if planes <= 2 else a[..., :3]
+
+
 _HIGH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
@@ -211,6 +328,7 @@ def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None] | None:
         with Image.open(path) as im:  # the header only
             fmt, mode = im.format, im.mode
             tiff = _tiff_depth(im) if fmt == "TIFF" else None
+            orientation = int(im.getexif().get(_ORIENTATION, 1) or 1)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return None
     if fmt == "PNG":
@@ -220,14 +338,7 @@ def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None] | None:
         depth, _, sig = png
         if mode in _HIGH_MODES:
             return np.asarray(open_image(path), dtype=np.float64), depth, sig
-        if sig is not None and sig < depth:  # colour: Pillow gives the high byte only
-            hi = int(np.asarray(open_image(path).convert("RGB")).max())
-            if hi < 1 << max(sig - 8, 0):
-                raise InputFileError(
-                    path, f"16-bit colour PNG whose sBIT marks {sig}-bit data stored unscaled: Pillow decodes "
-                    "only its high byte; convert it to a 16-bit TIFF"
-                )
-        return None
+        return _orient(_read_png16(path), orientation), depth, sig  # colour: Pillow gives the high byte only
     if tiff is not None and tiff[0] > 8 and mode != "F":
         depth, sig = tiff
         if mode in _HIGH_MODES:
@@ -244,7 +355,7 @@ def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None] | None:
             a = a[..., 0] if a.shape[2] <= 2 else a[..., :3]
         if a.ndim != 2 and not (a.ndim == 3 and a.shape[2] == 3):
             raise InputFileError(path, f"unsupported TIFF layout {a.shape}")
-        return a, depth, sig
+        return _orient(a, orientation), depth, sig
     if mode in _HIGH_MODES:  # other formats of 16/32-bit gray
         return np.asarray(open_image(path), dtype=np.float64), 16 if mode.startswith("I;16") else 32, None
     return None
@@ -271,12 +382,85 @@ def scale_to_u8(a: np.ndarray, bits: int) -> np.ndarray:
     return np.clip(np.round(a / float((1 << bits) - 1) * 255.0), 0, 255).astype(np.uint8)
 
 
+@dataclass
+class SourceSet:
+    """The sources of one fusion as read by :func:`read_source_set`.
+
+    Attributes
+    ----------
+    images : list of numpy.ndarray
+        uint8 sources (what the decision is made on; equal to :func:`read_sources`).
+    full : list of numpy.ndarray or None
+        The same sources as uint16 on the 16-bit scale (``round(v / (2**bits - 1) * 65535)``
+        with each source's bits, 8-bit sources times 257), when any source has more than 8
+        bits per sample; None when all have at most 8 (the uint8 images are the data).
+    exif, icc : bytes or None
+        The first source's EXIF block (orientation reset to 1) and ICC profile.
+    bits : int
+        The most significant bits of any source (8 when all have at most 8).
+    """
+
+    images: list[np.ndarray]
+    full: list[np.ndarray] | None
+    exif: bytes | None
+    icc: bytes | None
+    bits: int = 8
+
+
+#: Descriptive baseline TIFF tags carried from a TIFF source (not its layout tags).
+_DESCRIPTIVE_TAGS = (0x010E, 0x010F, 0x0110, 0x0112, 0x0131, 0x0132, 0x013B, 0x8298)
+
+
+def _tiff_exif(tags: Image.Exif) -> Image.Exif:
+    new = Image.Exif()
+    for tag in _DESCRIPTIVE_TAGS:
+        if tag in tags:
+            new[tag] = tags[tag]
+    for ifd in (0x8769, 0x8825):  # the Exif and GPS sub-IFDs
+        sub = tags.get_ifd(ifd) if ifd in tags else {}
+        if sub:
+            new[ifd] = dict(sub)
+    return new
+
+
+def source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes | None]:
+    """(EXIF block with the orientation reset to 1, ICC profile) of an image file, each None
+    when absent; a file Pillow cannot open has neither. From a TIFF only its descriptive tags
+    and its Exif and GPS sub-IFDs are kept (its other tags describe its own layout)."""
+    try:
+        with Image.open(path) as im:
+            icc = im.info.get("icc_profile") or None
+            exif = im.getexif()
+            if not exif and im.format == "PNG":  # PNG's eXIf may follow the header
+                im.load()
+                exif = im.getexif()
+            if exif and im.format == "TIFF":
+                exif = _tiff_exif(exif)
+            if not exif:
+                return None, icc
+            if _ORIENTATION in exif:
+                exif[_ORIENTATION] = 1
+            return exif.tobytes(), icc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None, None
+
+
 def read_sources(
     paths: Sequence[str | os.PathLike[str]], read_8bit: Callable[[Path], np.ndarray]
 ) -> list[np.ndarray]:
     """Read the sources of one fusion (or metric triple) as uint8: files of at most 8 bits
     per sample with ``read_8bit`` (unchanged), those of more bits scaled to 8 bits by the
     rule above, the unmarked ones by a factor common to all of them."""
+    return read_source_set(paths, read_8bit, metadata=False).images
+
+
+def read_source_set(
+    paths: Sequence[str | os.PathLike[str]], read_8bit: Callable[[Path], np.ndarray], metadata: bool = True
+) -> SourceSet:
+    """Read the sources of one fusion: uint8 images as :func:`read_sources`, the full-depth
+    uint16 versions when any source has more than 8 bits (scaled by the same bits as the
+    uint8 ones, so the two agree), and the first source's EXIF and ICC profile (when
+    ``metadata``)."""
     out: list[np.ndarray | None] = []
     high: list[tuple[int, np.ndarray, int | None]] = []
     for p in map(Path, paths):
@@ -289,6 +473,15 @@ def read_sources(
         high.append((len(out) - 1, a, source_bits(float(a.max()) if a.size else 0.0, depth, sig)))
     unmarked = [a for _, a, bits in high if bits is None and a.size]
     shared = common_bits(max(float(a.max()) for a in unmarked)) if unmarked else 8
+    full: list[np.ndarray | None] | None = None
+    if high:
+        full = [None if o is None else o.astype(np.uint16) * np.uint16(257) for o in out]
     for i, a, bits in high:
-        out[i] = scale_to_u8(a, bits or shared)
-    return [o for o in out if o is not None]
+        b = bits or shared
+        out[i] = scale_to_u8(a, b)
+        assert full is not None
+        full[i] = np.clip(np.round(a / float((1 << b) - 1) * 65535.0), 0, 65535).astype(np.uint16)
+    exif, icc = source_metadata(paths[0]) if metadata and paths else (None, None)
+    images = [o for o in out if o is not None]
+    bits = max([b or shared for _, _, b in high], default=8)
+    return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits)

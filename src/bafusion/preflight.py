@@ -50,6 +50,7 @@ _NETS = ("initial", "boundary", "model", "models", "params_file")
 COMMAND_OUTPUTS: dict[str, OutputSpec] = {
     "fuse": OutputSpec(images=("output",), dirs=("save_maps",), inputs=("images", *_NETS)),
     "fuse-set": OutputSpec(dirs=("out",), files=("report",), inputs=("pairs", *_NETS)),
+    "fuse-dir": OutputSpec(dirs=("output",), inputs=("input", *_NETS)),
     "baseline": OutputSpec(images=("output",), inputs=("a", "b")),
     "evaluate": OutputSpec(replaced_dirs=("out",), files=("report", "plots"), inputs=("root", *_NETS)),
     "train": OutputSpec(files=("out", "metrics", "plots"), dirs=("checkpoints",), inputs=("patches", "params")),

@@ -1,0 +1,278 @@
+"""fuse-dir (batches), 16-bit in / 16-bit out, EXIF orientation and ICC/EXIF carried, and the
+one-scene check of ``fuse`` (issue 14)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from bafusion import batch
+from bafusion.cli import main as cli_main
+from bafusion.fusion import _read_8bit
+from bafusion.images import png16_bytes, png_depth, read_source_set, scale_to_u8
+from bafusion.model import build_model, save_model
+from bafusion.scene import MIN_CORRELATION, scene_correlation
+
+N = 80  # above bafusion.scene.MIN_SIDE, so the one-scene check runs
+
+
+def texture(seed: int, n: int = N) -> np.ndarray:
+    """A smooth random scene (gray float in [0, 1])."""
+    t = ndimage.gaussian_filter(np.random.default_rng(seed).random((n, n)), 3)
+    return (t - t.min()) / (t.max() - t.min())
+
+
+def pair(seed: int, colour: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """One scene focused on the left (A) and on the right (B), uint8."""
+    t = texture(seed)
+    blur = ndimage.gaussian_filter(t, 2)
+    a, b = t.copy(), t.copy()
+    a[:, N // 2:] = blur[:, N // 2:]
+    b[:, : N // 2] = blur[:, : N // 2]
+    out = []
+    for x in (a, b):
+        x8 = np.round(x * 255).astype(np.uint8)
+        out.append(np.stack([x8, x8[::-1], 255 - x8], axis=2) if colour else x8)
+    return out[0], out[1]
+
+
+@pytest.fixture
+def nets(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    for kind in ("initial", "boundary"):
+        save_model(build_model(8), tmp_path / "nets" / f"{kind}.pt", {"patch": 12})
+    return tmp_path / "nets"
+
+
+def test_scene_correlation_tells_one_scene_from_two() -> None:
+    a, b = pair(1)
+    c, _ = pair(2)
+    assert scene_correlation(a, b) > MIN_CORRELATION > scene_correlation(a, c)
+    assert scene_correlation(a[:20, :20], c[:20, :20]) is None  # too small to judge
+
+
+def test_fuse_refuses_two_scenes_unless_forced(tmp_path: Path, nets: Path, capsys) -> None:
+    a, _ = pair(1)
+    _, c = pair(2)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(c).save(tmp_path / "c.png")
+    argv = ["fuse", str(tmp_path / "a.png"), str(tmp_path / "c.png"), "--model", str(nets), "--device", "cpu"]
+    assert cli_main([*argv, "-o", str(tmp_path / "f.png")]) == 2
+    err = capsys.readouterr().err
+    assert "c.png: does not look like the same scene as" in err and "--force" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "f.png").exists()
+    assert cli_main([*argv, "-o", str(tmp_path / "f.png"), "--force"]) == 0
+    assert (tmp_path / "f.png").is_file()
+
+
+def test_fuse_dir_fuses_the_good_stacks_and_lists_the_broken_ones(tmp_path: Path, nets: Path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, seed in (("good", 1), ("other", 3)):
+        a, b = pair(seed)
+        Image.fromarray(a).save(src / f"{name}-A.png")
+        Image.fromarray(b).save(src / f"{name}-B.png")
+    (src / "stack").mkdir()
+    for i, im in enumerate(pair(4, colour=False)):
+        Image.fromarray(im).save(src / "stack" / f"shot{i}.png")
+    a, b = pair(5)
+    Image.fromarray(a).save(src / "trunc-A.png")
+    (src / "trunc-B.png").write_bytes((src / "good-B.png").read_bytes()[:200])  # truncated
+    Image.fromarray(a).save(src / "size-A.png")
+    Image.fromarray(b[:-4]).save(src / "size-B.png")
+    Image.fromarray(a).save(src / "mixed-A.png")
+    Image.fromarray(pair(6)[1]).save(src / "mixed-B.png")
+    Image.fromarray(a).save(src / "alone-A.png")
+    out = tmp_path / "out"
+    argv = ["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(argv) == batch.EXIT_SKIPPED
+    o, err = capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["good.png", "other.png", "stack.png"]
+    assert "fused 3 stack(s)" in o and "skipped 4" in o
+    skipped = [line for line in err.splitlines() if "skipped" in line]
+    assert len(skipped) == 4
+    assert any("trunc-B.png: unreadable image" in line for line in skipped)
+    assert any("size-B.png: size" in line for line in skipped)
+    assert any("mixed-B.png: does not look like the same scene" in line for line in skipped)
+    assert any("alone-A.png" in line and "only 1 shot" in line for line in skipped)
+    fused = np.asarray(Image.open(out / "good.png"))
+    a, b = pair(1)
+    assert np.all((fused == a) | (fused == b))
+    # resume: existing outputs are left alone, the broken ones are still reported
+    before = (out / "good.png").stat().st_mtime_ns
+    (out / "other.png").unlink()
+    assert cli_main([*argv, "--skip-existing"]) == batch.EXIT_SKIPPED
+    assert (out / "good.png").stat().st_mtime_ns == before and (out / "other.png").is_file()
+    assert "2 already there" in capsys.readouterr().out  # good, stack
+    # all good: exit 0; nothing to fuse: exit 2
+    for p in src.glob("*"):
+        if p.is_file() and not p.name.startswith(("good", "other")):
+            p.unlink()
+    assert cli_main(argv) == 0
+    assert cli_main(["fuse-dir", str(tmp_path / "nets"), str(out), "--model", str(nets), "--device", "cpu"]) == 2
+    assert "no pair or stack to fuse" in capsys.readouterr().err
+
+
+def test_16_bit_round_trip_keeps_16_bits_and_the_8_bit_decision(tmp_path: Path) -> None:
+    a8, b8 = pair(1)
+    nets = "default"  # the shipped nets: a decision that mixes A and B (tiny random nets take one side)
+    rng = np.random.default_rng(0)
+    # 16-bit data whose 8-bit version is a8/b8 (low bits random, as from a camera)
+    a16, b16 = ((x.astype(np.int64) * 257 + rng.integers(-128, 128, x.shape)).clip(0, 65535).astype(np.uint16)
+                for x in (a8, b8))
+    assert np.array_equal(scale_to_u8(a16.astype(float), 16), a8)
+    (tmp_path / "a16.png").write_bytes(png16_bytes(a16))
+    (tmp_path / "b16.png").write_bytes(png16_bytes(b16))
+    Image.fromarray(a8).save(tmp_path / "a8.png")
+    Image.fromarray(b8).save(tmp_path / "b8.png")
+    for bits, ext in (("8", "png"), ("16", "png"), ("16", "tif")):
+        assert cli_main(["fuse", str(tmp_path / f"a{bits}.png"), str(tmp_path / f"b{bits}.png"), "-o",
+                         str(tmp_path / f"f{bits}.{ext}"), "--model", str(nets), "--device", "cpu"]) == 0
+    f8 = np.asarray(Image.open(tmp_path / "f8.png"))
+    f16 = read_source_set([tmp_path / "f16.png"], _read_8bit).full[0]
+    assert f16.dtype == np.uint16 and f16.shape == a16.shape
+    assert np.array_equal(tifffile.imread(tmp_path / "f16.tif"), f16)
+    take_a16 = np.all(f16 == a16, axis=2)
+    assert np.all(take_a16 | np.all(f16 == b16, axis=2)), "every pixel is A's or B's 16-bit pixel"
+    differ = ~np.all(a8 == b8, axis=2)
+    take_a8 = np.all(f8 == a8, axis=2)
+    assert np.array_equal(take_a16[differ], take_a8[differ]), "the 16-bit decision is the 8-bit one"
+    assert np.array_equal(scale_to_u8(f16.astype(float), 16), f8)
+    assert 0.1 < take_a16[differ].mean() < 0.9  # a real mix of both sources
+
+
+def test_16_bit_sources_to_jpeg_say_they_lose_bits(tmp_path: Path, nets: Path, capsys) -> None:
+    a8, b8 = pair(1)
+    for n, x in (("a", a8), ("b", b8)):
+        (tmp_path / f"{n}.png").write_bytes(png16_bytes(x.astype(np.uint16) * 257))
+    assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "f.jpg"),
+                     "--model", str(nets), "--device", "cpu"]) == 0
+    assert "written with 8 bits per sample" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png", "tif16"])
+def test_exif_orientation_is_applied_on_read(tmp_path: Path, fmt: str) -> None:
+    a8, _ = pair(1)
+    a8 = a8[:, :60]  # not square
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    p = tmp_path / f"a.{fmt[:3]}"
+    if fmt == "tif16":
+        tifffile.imwrite(p, a8.astype(np.uint16) * 257, photometric="rgb", extratags=[(274, "H", 1, 6, True)])
+    else:
+        Image.fromarray(a8).save(p, exif=exif.tobytes(), **({"quality": 100} if fmt == "jpg" else {}))
+    src = read_source_set([p], _read_8bit)
+    assert src.images[0].shape[:2] == (60, N)
+    if fmt != "jpg":
+        assert np.array_equal(src.images[0], np.rot90(a8, -1))
+    if fmt == "tif16":
+        assert np.array_equal(src.full[0], np.rot90(a8, -1).astype(np.uint16) * 257)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_icc_and_exif_of_the_first_source_are_carried(tmp_path: Path, nets: Path, bits: int) -> None:
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    exif[0x0112] = 3  # stored upside down: read back as a8
+    a8, b8 = pair(1)
+    stored = np.ascontiguousarray(a8[::-1, ::-1])
+    if bits == 16:
+        (tmp_path / "a.png").write_bytes(png16_bytes(stored.astype(np.uint16) * 257, exif=exif.tobytes(), icc=icc))
+        (tmp_path / "b.png").write_bytes(png16_bytes(b8.astype(np.uint16) * 257))
+    else:
+        Image.fromarray(stored).save(tmp_path / "a.png", exif=exif.tobytes(), icc_profile=icc)
+        Image.fromarray(b8).save(tmp_path / "b.png")
+    for ext in ("png", "jpg", "tif"):
+        out = tmp_path / f"f.{ext}"
+        assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out),
+                         "--model", str(nets), "--device", "cpu"]) == 0
+        with Image.open(out) as im:
+            assert im.info.get("icc_profile") == icc, ext
+            if not (ext == "tif" and bits == 16):  # 16-bit TIFF: the ICC profile only
+                got = im.getexif()
+                assert got.get(0x010F) == "TestCam", ext
+                assert got.get(0x0112, 1) == 1, "pixels are already turned: orientation reset"
+
+
+def test_naming_rule(tmp_path: Path) -> None:
+    """Letters in either case, in letter order; a sub-folder is a stack in file-name order; the
+    output folder inside the input is not a stack; a name both a folder and files is refused."""
+    img = Image.fromarray(np.zeros((4, 4), np.uint8))
+    for name in ("x-b.png", "x-A.jpg", "x-C.tif", "y-A.png", "y-B.png", "readme.png", "notes.txt", "solo-A.png",
+                 "s-A.png"):
+        img.save(tmp_path / name) if not name.endswith(".txt") else (tmp_path / name).write_text("x")
+    for sub, names in (("s", ("2.png", "1.png")), ("fused", ("a-A.png", "a-B.png"))):
+        (tmp_path / sub).mkdir()
+        for n in names:
+            img.save(tmp_path / sub / n)
+    groups, skipped = batch.find_groups(tmp_path, exclude=tmp_path / "fused")
+    assert {k: [p.name for p in v] for k, v in groups.items()} == {
+        "s": ["1.png", "2.png"], "x": ["x-A.jpg", "x-b.png", "x-C.tif"], "y": ["y-A.png", "y-B.png"]}
+    reasons = {Path(f).name: why for f, why in skipped}
+    assert set(reasons) == {"readme.png", "solo-A.png", "s-A.png"}
+    assert "naming rule" not in reasons["readme.png"] and "<name>-A" in reasons["readme.png"]
+    assert "only 1 shot" in reasons["solo-A.png"] and "sub-folder" in reasons["s-A.png"]
+
+
+def test_align_with_16_bit_sources_says_the_output_is_8_bit(tmp_path: Path, nets: Path, capsys) -> None:
+    a8, b8 = pair(1)
+    for n, x in (("a", a8), ("b", b8)):
+        (tmp_path / f"{n}.png").write_bytes(png16_bytes(x.astype(np.uint16) * 257))
+    assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "f.png"),
+                     "--model", str(nets), "--device", "cpu", "--align", "translation"]) == 0
+    assert "fused in 8 bits (--align" in capsys.readouterr().err
+    assert png_depth(tmp_path / "f.png")[0] == 8
+
+
+@pytest.mark.parametrize("case", ["same", "file", "missing", "ext"])
+def test_fuse_dir_bad_usage_is_one_line_exit_2(tmp_path: Path, nets: Path, capsys, case: str) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    (tmp_path / "afile").write_text("x")
+    out, extra, words = {
+        "same": (src, [], "is also an input"),
+        "file": (tmp_path / "afile", [], "is a file, not a folder"),
+        "missing": (tmp_path / "o", [], "not a folder"),
+        "ext": (tmp_path / "o", ["--ext", "gif"], "--ext gif"),
+    }[case]
+    s = tmp_path / "nowhere" if case == "missing" else src
+    rc = cli_main(["fuse-dir", str(s), str(out), "--model", str(nets), "--device", "cpu", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_compose_full_chains_the_decisions_of_a_stack() -> None:
+    rng = np.random.default_rng(2)
+    a, b = (rng.integers(0, 65536, (6, 5, 3), dtype=np.uint16) for _ in range(2))
+    c = rng.integers(0, 65536, (6, 5), dtype=np.uint16)  # gray among colour: replicated
+    d1, d2 = rng.random((6, 5)) > 0.5, rng.random((6, 5)) > 0.5
+    f = batch.compose_full([a, b, c], [d1, d2])
+    first = np.where(d1[..., None], a, b)
+    assert f.dtype == np.uint16
+    assert np.array_equal(f[d2], first[d2]) and np.array_equal(f[~d2], np.repeat(c[..., None], 3, axis=2)[~d2])
+
+
+def test_joint_stack_index_composes_the_full_depth_sources():
+    """The joint stack rule's index map picks each pixel of the 16-bit output from its shot."""
+    from bafusion.batch import compose_index
+
+    rng = np.random.default_rng(0)
+    full = [rng.integers(0, 65536, (5, 6, 3), dtype=np.uint16) for _ in range(3)]
+    gray = rng.integers(0, 65536, (5, 6), dtype=np.uint16)
+    index = rng.integers(0, 4, (5, 6)).astype(np.int16)
+    out = compose_index(full + [gray], index)
+    assert out.dtype == np.uint16 and out.shape == (5, 6, 3)
+    for r in range(5):
+        for c in range(6):
+            k = index[r, c]
+            want = full[k][r, c] if k < 3 else np.repeat(gray[r, c], 3)
+            assert (out[r, c] == want).all()
