@@ -131,3 +131,13 @@ def test_cli_flags_reach_the_params(tmp_path, capsys) -> None:
 
     rc = cli_main(["fuse", "a.png", "b.png", "-o", str(tmp_path / "f.png"), "--working-side", "10"])
     assert rc == 2 and "working_side" in capsys.readouterr().err
+
+
+def test_auto_threads_leaves_busy_cores_alone() -> None:
+    from bafusion.threads import auto_threads
+
+    assert auto_threads(cores=2, load=0.0) == 2
+    assert auto_threads(cores=2, load=1.0) == 1  # one other process: one thread
+    assert auto_threads(cores=2, load=7.5) == 1  # never fewer than one
+    assert auto_threads(cores=16, load=3.2) == 13
+    assert 1 <= auto_threads() <= 4096

@@ -1109,7 +1109,8 @@ def _add_param_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--params-json", default=None,
                    help="JSON object of fusion parameters (the 'fuse' section; overrides --params-file)")
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's, lowered to the cores the load average leaves free, at least 1)")
     p.add_argument("--alpha", type=float, default=None, help="difference-map gain alpha*|B-F| (default 10)")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
                    help="no progress bar (default: a bar on stderr for camera-size pairs when it is a terminal)")
@@ -1163,8 +1164,12 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
     }
     params = FusionParams.from_mapping(merged, source=str(args.params_file or "command line"))
     threads = args.threads or base.get("threads")
-    if threads:
-        torch.set_num_threads(int(threads))
+    if not threads:
+        from bafusion.threads import auto_threads
+
+        # No more threads than the free cores: two threads collapse when a core is busy.
+        threads = min(torch.get_num_threads(), auto_threads())
+    torch.set_num_threads(int(threads))
     return params, other
 
 
