@@ -200,8 +200,8 @@ class FusionParams:
     #: in ``benchmarks/bench_camera.py`` (BENCHMARKS.md, "Camera resolution").
     working_side: int = 640
     #: Long side (pixels) above which the working resolution is used (and above
-    #: ``working_side``); 1024: pairs up to 1024 px (Lytro, the real development pairs, the pipeline's test
-    #: set) are fused at their own size, as before.
+    #: ``working_side``); 1024: pairs up to 1024 px (Lytro, the real development pairs,
+    #: the pipeline's test set) are fused at their own size, as before.
     working_above: int = 1024
     #: Half-width (full-resolution pixels) of the band around the upsampled decision boundary
     #: that is refined at full resolution; fixed in full-resolution pixels, whatever the scale.
@@ -915,9 +915,10 @@ def fuse_images(
 ) -> FusionResult:
     """Fuse two registered sources (uint8 gray or RGB(A), same size) by the paper's rule.
 
-    Pairs larger than ``params.working_side`` are decided at a working resolution
-    (:mod:`bafusion.working`); ``progress`` (None: a bar on stderr when it is a terminal and
-    the fusion takes more than a few seconds; False: never) is that path's progress bar."""
+    Pairs whose long side exceeds ``params.working_above`` are decided at a working
+    resolution (:mod:`bafusion.working`); ``progress`` is that path's progress bar (None: on
+    stderr when it is a terminal and the pair has 4 megapixels or more; True: always; False:
+    never)."""
     check_same_size(a, b, *names)
     a, b = _match_channels(np.asarray(a), np.asarray(b))
     if a.dtype != np.uint8 or b.dtype != np.uint8:
@@ -1100,9 +1101,11 @@ def _add_param_args(p: argparse.ArgumentParser) -> None:
                    help="camera-size pairs: long side (px) of the working resolution the decision is made at; "
                         f"0 = off (default {d.working_side})")
     g.add_argument("--working-above", type=int, default=None,
-                   help=f"use the working resolution only for pairs whose long side exceeds this (default {d.working_above})")
+                   help="use the working resolution only for pairs whose long side exceeds this "
+                        f"(default {d.working_above})")
     g.add_argument("--working-band", type=int, default=None,
-                   help=f"half-width (full-resolution px) of the boundary band refined at full size (default {d.working_band})")
+                   help="half-width (full-resolution px) of the boundary band refined at full size "
+                        f"(default {d.working_band})")
     g.add_argument("--working-refine", choices=("guided", "boundary", "none"), default=None,
                    help=f"how that band is refined (default {d.working_refine})")
     g.add_argument("--params-file", default=None, help="YAML file whose 'fuse' section sets the defaults (params.yaml)")
@@ -1110,7 +1113,8 @@ def _add_param_args(p: argparse.ArgumentParser) -> None:
                    help="JSON object of fusion parameters (the 'fuse' section; overrides --params-file)")
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's, lowered to the cores the load average leaves free, at least 1)")
+                   help="CPU threads for torch (default: torch's, lowered to the cores the load average leaves "
+                        "free, at least 1)")
     p.add_argument("--alpha", type=float, default=None, help="difference-map gain alpha*|B-F| (default 10)")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
                    help="no progress bar (default: a bar on stderr for camera-size pairs when it is a terminal)")
