@@ -17,7 +17,8 @@ resolution engages above 1024 px):
   process per size that loads the nets and fuses once, and its peak before fusing (target
   <= 2 GiB).
 
-``--working-sides 512 640 768 1024`` also reports the agreement and time per working side at
+``--baseline`` also times the full-size path (``working_side: 0``, as before this option
+existed) at the smallest large size. ``--working-sides 512 640 768 1024`` also reports the agreement and time per working side at
 4000x3000 (the measurement behind the default). Writes ``benchmarks/out/bench_camera.csv``,
 ``.json`` and ``bench_camera.png``. About 5 minutes on 2 cores::
 
@@ -99,6 +100,8 @@ def main() -> None:
     ap.add_argument("--contention", nargs="+", choices=("none", "nice19"), default=["none", "nice19"])
     ap.add_argument("--working-sides", nargs="*", type=int, default=[])
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--baseline", action="store_true",
+                    help="also time the full-size path (working_side 0) at the smallest large size, one thread")
     ap.add_argument("--skip-timing", action="store_true", help="memory only (writes bench_camera-memory.json)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--params-json", default="{}", help=argparse.SUPPRESS)
@@ -164,6 +167,13 @@ def main() -> None:
             rows.append({"what": f"{hw[1]}x{hw[0]}", "threads": 1, "contention": "none", "seconds": dt,
                          "ratio": dt / t_small, "agreement": float((dm == refs[hw]).mean()), "working_side": ws})
             print(rows[-1], flush=True)
+    if args.baseline and not args.skip_timing:
+        hw = min(sizes)
+        t_small = timed(*small, params)[0]
+        dt, dm = timed(*pairs[hw], replace(params, working_side=0))
+        rows.append({"what": f"{hw[1]}x{hw[0]}", "threads": 1, "contention": "none", "seconds": dt,
+                     "ratio": dt / t_small, "agreement": float((dm == refs[hw]).mean()), "working_side": 0})
+        print(rows[-1], flush=True)
     mem = []
     if not args.skip_memory:
         for hw in [(520, 520)] + sizes:
