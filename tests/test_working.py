@@ -141,3 +141,11 @@ def test_auto_threads_leaves_busy_cores_alone() -> None:
     assert auto_threads(cores=2, load=7.5) == 1  # never fewer than one
     assert auto_threads(cores=16, load=3.2) == 13
     assert 1 <= auto_threads() <= 4096
+
+
+def test_progress_bar_of_a_large_pair_fused_at_full_size(nets, capsys) -> None:
+    a, b, _ = _scene(96, 128)
+    capsys.readouterr()
+    fuse_images(a, b, nets, FusionParams(working_side=0), progress=True)
+    err = capsys.readouterr().err
+    assert "fusing" in err and "2/2" in err

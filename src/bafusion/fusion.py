@@ -881,10 +881,11 @@ def check_same_size(a: np.ndarray, b: np.ndarray, name_a: str = "A", name_b: str
 
 
 def decide(
-    ga: np.ndarray, gb: np.ndarray, nets: FusionNets, params: FusionParams
+    ga: np.ndarray, gb: np.ndarray, nets: FusionNets, params: FusionParams, bar=None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
     """Steps 1-3 of the rule on a gray pair at its own size: the initial score ``s0``, its
-    window mean, the near-boundary mask and the refined score ``s1``, with the seconds taken."""
+    window mean, the near-boundary mask and the refined score ``s1``, with the seconds taken.
+    ``bar`` (a tqdm bar), if given, advances by one after each net."""
     dev = nets.device
     t = {}
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=params.precision == "bf16")
@@ -892,6 +893,9 @@ def decide(
     with amp:
         s0 = score_multiscale(nets.initial, ga, gb, nets.patch_initial, params, device=dev)
     t["initial"] = time.perf_counter() - t0
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix_str("boundary net")
     t0 = time.perf_counter()
     mean = window_mean(s0, params.l)
     near = (mean > params.low) & (mean < params.high)
@@ -902,6 +906,8 @@ def decide(
             sb = score(nets.boundary, ga, gb, nets.patch_boundary, params, bstep, mask=near, device=dev)
         s1[near] = sb[near]
     t["boundary"] = time.perf_counter() - t0
+    if bar is not None:
+        bar.update(1)
     return s0, mean, near, s1, t
 
 
@@ -916,20 +922,21 @@ def fuse_images(
     """Fuse two registered sources (uint8 gray or RGB(A), same size) by the paper's rule.
 
     Pairs whose long side exceeds ``params.working_above`` are decided at a working
-    resolution (:mod:`bafusion.working`); ``progress`` is that path's progress bar (None: on
-    stderr when it is a terminal and the pair has 4 megapixels or more; True: always; False:
-    never)."""
+    resolution (:mod:`bafusion.working`). ``progress``: a progress bar on stderr (None: when
+    it is a terminal and the pair has 4 megapixels or more; True: always; False: never)."""
     check_same_size(a, b, *names)
     a, b = _match_channels(np.asarray(a), np.asarray(b))
     if a.dtype != np.uint8 or b.dtype != np.uint8:
         raise UserError(f"sources must be uint8 images, got {a.dtype} and {b.dtype}")
     ga, gb = to_gray_u8(a), to_gray_u8(b)
-    from bafusion.working import decide_working, uses_working
+    from bafusion.working import decide_working, progress_bar, uses_working
 
     if uses_working(ga.shape, params):
         s0, mean, near, s1, t = decide_working(ga, gb, nets, params, progress=progress)
     else:
-        s0, mean, near, s1, t = decide(ga, gb, nets, params)
+        with progress_bar(2, ga.size, progress) as bar:  # shown for large pairs fused at full size
+            bar.set_postfix_str("initial net")
+            s0, mean, near, s1, t = decide(ga, gb, nets, params, bar=bar)
     t0 = time.perf_counter()
     dm_raw = s1 > params.threshold
     dm = remove_small_regions(dm_raw, params.min_region)

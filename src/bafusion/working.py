@@ -258,14 +258,13 @@ def decide_working(
     hs, ws = working_size(ga.shape, params.working_side)
     k = max(h, w) / params.working_side  # full-resolution pixels per working pixel
     t: dict[str, float] = {}
-    with progress_bar(3, h * w, progress) as bar:
+    with progress_bar(4, h * w, progress) as bar:
         t0 = time.perf_counter()
-        bar.set_postfix_str(f"decision at {ws}x{hs}")
+        bar.set_postfix_str(f"initial net at {ws}x{hs}")
         sa = np.clip(resize(ga.astype(np.float32), (hs, ws)), 0, 255)
         sb = np.clip(resize(gb.astype(np.float32), (hs, ws)), 0, 255)
-        s0w, meanw, _nearw, s1w, _ = decide(sa, sb, nets, replace(params, working_side=0, working_above=0))
+        s0w, meanw, _nearw, s1w, _ = decide(sa, sb, nets, replace(params, working_side=0, working_above=0), bar=bar)
         t["working"] = time.perf_counter() - t0
-        bar.update(1)
 
         t0 = time.perf_counter()
         bar.set_postfix_str("full size")
@@ -280,7 +279,7 @@ def decide_working(
         bar.update(1)
 
         tiles = _tiles(band, BAND_TILE) if params.working_refine != "none" else []
-        bar.total = 2 + max(1, len(tiles))
+        bar.total = 3 + len(tiles)
         bar.set_postfix_str(f"band, {len(tiles)} tiles")
         radius = max(1, round(2 * k))
         pb = nets.patch_boundary
