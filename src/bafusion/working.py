@@ -29,6 +29,12 @@ initial score and the Eq. 1 mean are the working maps brought to full size, ``ne
 band. Small-region removal and Eq. 3 then run at full size as for any pair
 (:func:`bafusion.fusion.fuse_images`).
 
+A pair of 4 megapixels or more shows a progress bar on stderr when stderr is a terminal
+(:func:`progress_bar`: one step per net, one per band tile); ``fuse-set``, the pipeline and
+logs never get one, and ``bafusion fuse --no-progress`` silences it. With ``params.refine``
+off (the ``Ours-initial`` ablation) the band is still guided-filtered: only ``"boundary"``
+uses the boundary net.
+
 Timing, memory and the agreement with the 520x520 decision: ``benchmarks/bench_camera.py``
 and BENCHMARKS.md ("Camera resolution").
 """
