@@ -132,7 +132,7 @@ def compose_index(full: Sequence[np.ndarray], index: np.ndarray) -> np.ndarray:
     return np.take_along_axis(st, sel.astype(np.intp), 0)[0].astype(np.uint16)
 
 
-def fuse_shots(images: Sequence[np.ndarray], nets, params, names: Sequence[str]):
+def fuse_shots(images: Sequence[np.ndarray], nets, params, names: Sequence[str], progress: bool | None = None):
     """Fuse registered uint8 shots by ``params.stack_rule``: a list of per-step results
     (pairs, and stacks under ``chain``) or a :class:`bafusion.stack.StackResult` (``joint``)."""
     from bafusion.fusion import fuse_stack
@@ -141,7 +141,7 @@ def fuse_shots(images: Sequence[np.ndarray], nets, params, names: Sequence[str])
         from bafusion.stack import fuse_stack_joint
 
         return fuse_stack_joint(images, nets, params, names)
-    return fuse_stack(images, nets, params, names)
+    return fuse_stack(images, nets, params, names, progress=progress)
 
 
 def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str = "none",

@@ -197,8 +197,31 @@ class FusionParams:
     #: or "joint" (every shot scored against the others, one decision:
     #: :func:`bafusion.stack.fuse_stack_joint`). Two shots: the pair rule either way.
     stack_rule: str = "chain"
+    #: Camera-size pairs (:mod:`bafusion.working`): a pair whose long side exceeds
+    #: ``working_above`` pixels is decided at a working resolution whose long side is
+    #: ``working_side`` (downscaled, antialiased, where a patch sees the focus cue), the
+    #: decision brought to full size and only a band of ``working_band`` full-resolution
+    #: pixels around its boundary refined, guided by the full-resolution images
+    #: (``working_refine``). 0: off (the paper: every pair at its own size). 640: measured
+    #: in ``benchmarks/bench_camera.py`` (BENCHMARKS.md, "Camera resolution").
+    working_side: int = 640
+    #: Long side (pixels) above which the working resolution is used (and above
+    #: ``working_side``); 1024: pairs up to 1024 px (Lytro, the real development pairs,
+    #: the pipeline's test set) are fused at their own size, as before.
+    working_above: int = 1024
+    #: Half-width (full-resolution pixels) of the band around the upsampled decision boundary
+    #: that is refined at full resolution; fixed in full-resolution pixels, whatever the scale.
+    working_band: int = 8
+    #: How the band is refined: "guided" (guided filter of the upsampled score with the
+    #: full-resolution gray sources as guide: the boundary snaps to the image edges),
+    #: "boundary" (the boundary net rescored in the band at full resolution, then guided), or
+    #: "none" (the upsampled score alone).
+    working_refine: str = "guided"
 
     def __post_init__(self) -> None:
+        from bafusion.working import validate_working_params
+
+        validate_working_params(self)
         if isinstance(self.scales, (int, float)) or not self.scales or any(
             isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1 for v in self.scales
         ) or 1.0 not in [float(v) for v in self.scales]:
@@ -865,19 +888,12 @@ def check_same_size(a: np.ndarray, b: np.ndarray, name_a: str = "A", name_b: str
         )
 
 
-def fuse_images(
-    a: np.ndarray,
-    b: np.ndarray,
-    nets: FusionNets,
-    params: FusionParams = FusionParams(),
-    names: tuple[str, str] = ("A", "B"),
-) -> FusionResult:
-    """Fuse two registered sources (uint8 gray or RGB(A), same size) by the paper's rule."""
-    check_same_size(a, b, *names)
-    a, b = _match_channels(np.asarray(a), np.asarray(b))
-    if a.dtype != np.uint8 or b.dtype != np.uint8:
-        raise UserError(f"sources must be uint8 images, got {a.dtype} and {b.dtype}")
-    ga, gb = to_gray_u8(a), to_gray_u8(b)
+def decide(
+    ga: np.ndarray, gb: np.ndarray, nets: FusionNets, params: FusionParams, bar=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """Steps 1-3 of the rule on a gray pair at its own size: the initial score ``s0``, its
+    window mean, the near-boundary mask and the refined score ``s1``, with the seconds taken.
+    ``bar`` (a tqdm bar), if given, advances by one after each net."""
     dev = nets.device
     t = {}
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=params.precision == "bf16")
@@ -885,6 +901,9 @@ def fuse_images(
     with amp:
         s0 = score_multiscale(nets.initial, ga, gb, nets.patch_initial, params, device=dev)
     t["initial"] = time.perf_counter() - t0
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix_str("boundary net")
     t0 = time.perf_counter()
     mean = window_mean(s0, params.l)
     near = (mean > params.low) & (mean < params.high)
@@ -895,6 +914,37 @@ def fuse_images(
             sb = score(nets.boundary, ga, gb, nets.patch_boundary, params, bstep, mask=near, device=dev)
         s1[near] = sb[near]
     t["boundary"] = time.perf_counter() - t0
+    if bar is not None:
+        bar.update(1)
+    return s0, mean, near, s1, t
+
+
+def fuse_images(
+    a: np.ndarray,
+    b: np.ndarray,
+    nets: FusionNets,
+    params: FusionParams = FusionParams(),
+    names: tuple[str, str] = ("A", "B"),
+    progress: bool | None = None,
+) -> FusionResult:
+    """Fuse two registered sources (uint8 gray or RGB(A), same size) by the paper's rule.
+
+    Pairs whose long side exceeds ``params.working_above`` are decided at a working
+    resolution (:mod:`bafusion.working`). ``progress``: a progress bar on stderr (None: when
+    it is a terminal and the pair has 4 megapixels or more; True: always; False: never)."""
+    check_same_size(a, b, *names)
+    a, b = _match_channels(np.asarray(a), np.asarray(b))
+    if a.dtype != np.uint8 or b.dtype != np.uint8:
+        raise UserError(f"sources must be uint8 images, got {a.dtype} and {b.dtype}")
+    ga, gb = to_gray_u8(a), to_gray_u8(b)
+    from bafusion.working import decide_working, progress_bar, uses_working
+
+    if uses_working(ga.shape, params):
+        s0, mean, near, s1, t = decide_working(ga, gb, nets, params, progress=progress)
+    else:
+        with progress_bar(2, ga.size, progress) as bar:  # shown for large pairs fused at full size
+            bar.set_postfix_str("initial net")
+            s0, mean, near, s1, t = decide(ga, gb, nets, params, bar=bar)
     t0 = time.perf_counter()
     dm_raw = s1 > params.threshold
     dm = remove_small_regions(dm_raw, params.min_region)
@@ -904,7 +954,8 @@ def fuse_images(
 
 
 def fuse_stack(
-    images: Sequence[np.ndarray], nets: FusionNets, params: FusionParams = FusionParams(), names: Sequence[str] = ()
+    images: Sequence[np.ndarray], nets: FusionNets, params: FusionParams = FusionParams(), names: Sequence[str] = (),
+    progress: bool | None = None,
 ) -> list[FusionResult]:
     """Fuse a focal stack one into the next: ``F1 = fuse(I1, I2)``, ``Fk = fuse(F(k-1), I(k+1))``.
     All sizes are checked before any work. Returns one result per step; the last one's
@@ -917,7 +968,8 @@ def fuse_stack(
     results = []
     cur = images[0]
     for i in range(1, len(images)):
-        res = fuse_images(cur, images[i], nets, params, (names[0] if i == 1 else f"fusion of {i} images", names[i]))
+        res = fuse_images(cur, images[i], nets, params, (names[0] if i == 1 else f"fusion of {i} images", names[i]),
+                          progress=progress)
         results.append(res)
         cur = res.fused
     return results
@@ -1063,12 +1115,27 @@ def _add_param_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stack-rule", choices=STACK_RULES, default=None,
                    help=f"three or more shots: chain (one into the next) or joint (one decision over all "
                         f"shots) (default {d.stack_rule})")
+    g.add_argument("--working-side", type=int, default=None,
+                   help="camera-size pairs: long side (px) of the working resolution the decision is made at; "
+                        f"0 = off (default {d.working_side})")
+    g.add_argument("--working-above", type=int, default=None,
+                   help="use the working resolution only for pairs whose long side exceeds this "
+                        f"(default {d.working_above})")
+    g.add_argument("--working-band", type=int, default=None,
+                   help="half-width (full-resolution px) of the boundary band refined at full size "
+                        f"(default {d.working_band})")
+    g.add_argument("--working-refine", choices=("guided", "boundary", "none"), default=None,
+                   help=f"how that band is refined (default {d.working_refine})")
     g.add_argument("--params-file", default=None, help="YAML file whose 'fuse' section sets the defaults (params.yaml)")
     g.add_argument("--params-json", default=None,
                    help="JSON object of fusion parameters (the 'fuse' section; overrides --params-file)")
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's, lowered to the cores the load average leaves "
+                        "free, at least 1)")
     p.add_argument("--alpha", type=float, default=None, help="difference-map gain alpha*|B-F| (default 10)")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
+                   help="no progress bar (default: a bar on stderr for camera-size pairs when it is a terminal)")
 
 
 def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
@@ -1103,6 +1170,8 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
         "precision": args.precision, "dense_margin": args.dense_margin,
         "scale_rule": getattr(args, "scale_rule", None),
         "stack_rule": getattr(args, "stack_rule", None),
+        "working_side": getattr(args, "working_side", None), "working_above": getattr(args, "working_above", None),
+        "working_band": getattr(args, "working_band", None), "working_refine": getattr(args, "working_refine", None),
     }
     if getattr(args, "scales", None):
         try:
@@ -1118,8 +1187,12 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
     }
     params = FusionParams.from_mapping(merged, source=str(args.params_file or "command line"))
     threads = args.threads or base.get("threads")
-    if threads:
-        torch.set_num_threads(int(threads))
+    if not threads:
+        from bafusion.threads import auto_threads
+
+        # No more threads than the free cores: two threads collapse when a core is busy.
+        threads = min(torch.get_num_threads(), auto_threads())
+    torch.set_num_threads(int(threads))
     return params, other
 
 
@@ -1169,7 +1242,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
             save_stack_maps(Path(args.save_maps), out.stem, stack)
         fused = fused_output(src, stack, out)
     else:
-        results = fuse_stack(images, nets, params, names)
+        results = fuse_stack(images, nets, params, names, progress=args.progress)
         if args.save_maps:
             cur = images[0]
             for i, res in enumerate(results):
@@ -1255,7 +1328,7 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
     for name in names:
         pa, pb, pt = pairs / f"{name}-A.png", pairs / f"{name}-B.png", pairs / f"{name}-dm.png"
         a, b = read_images([pa, pb])
-        res = fuse_images(a, b, nets, params, (str(pa), str(pb)))
+        res = fuse_images(a, b, nets, params, (str(pa), str(pb)), progress=args.progress)
         # Timings go to the log, not the report: DVC tracks the report, and it must be the
         # same for the same inputs.
         print(f"bafusion fuse-set: {name}: {sum(res.seconds.values()):.3f} s", file=sys.stderr)

@@ -1,0 +1,329 @@
+"""Camera-size pairs: the decision at a working resolution, refined at full resolution.
+
+A 32-pixel patch of a 12-megapixel photo sees a few percent of what it sees on a 520x520
+pair, and the defocus blur is several times wider in pixels: the nets, trained where a patch
+sees the focus cue, are slower there (the cost grows with the pixels and with the width of
+the near-boundary band) and less sure. A pair whose long side exceeds
+``FusionParams.working_above`` (1024) is therefore fused in three steps:
+
+1. **Working resolution.** Both gray sources are downscaled (antialiased, Lanczos) so that
+   the long side is ``working_side`` pixels, and the paper's rule runs there unchanged
+   (:func:`bafusion.fusion.decide`: initial net, Eq. 1-2, boundary net on the near-boundary
+   band), giving the refined score ``s1`` at working resolution.
+2. **Full size.** The logit of ``s1`` is brought to full size (bilinear). Its decision
+   boundary is accurate to about one working pixel, ``k = long side / working_side``
+   full-resolution pixels.
+3. **Boundary band at full resolution.** Only the pixels within ``working_band``
+   full-resolution pixels of that boundary (a band whose width does not grow with the
+   scale) are refined, tile by tile (bounded memory), by ``working_refine``:
+
+   * ``"guided"``: a guided filter (He, Sun, Tang, 2013) of the upsampled score, with the gray
+     of the provisional fusion (A where the score says A, else B: the in-focus edges of both
+     sources) as the guide, radius ``2k``: the boundary snaps to the full-resolution edges;
+   * ``"boundary"``: the boundary net rescored in the band at full resolution
+     (:func:`bafusion.fusion.score`, adaptive grid), then the guided filter;
+   * ``"none"``: the upsampled score as it is.
+
+Pixels outside the band keep the upsampled score. The returned maps are full size: the
+initial score and the Eq. 1 mean are the working maps brought to full size, ``near`` is the
+band. Small-region removal and Eq. 3 then run at full size as for any pair
+(:func:`bafusion.fusion.fuse_images`).
+
+A pair of 4 megapixels or more shows a progress bar on stderr when stderr is a terminal
+(:func:`progress_bar`: one step per net, one per band tile); ``fuse-set``, the pipeline and
+logs never get one, and ``bafusion fuse --no-progress`` silences it. With ``params.refine``
+off (the ``Ours-initial`` ablation) the band is still guided-filtered: only ``"boundary"``
+uses the boundary net.
+
+Timing, memory and the agreement with the 520x520 decision: ``benchmarks/bench_camera.py``
+and BENCHMARKS.md ("Camera resolution").
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from bafusion.errors import UserError
+
+if TYPE_CHECKING:
+    from bafusion.fusion import FusionNets, FusionParams
+
+WORKING_REFINES = ("guided", "boundary", "none")
+
+#: Side (full-resolution pixels) of the tiles the band is refined in.
+BAND_TILE = 512
+
+#: Pixels above which a fusion shows a progress bar (when stderr is a terminal): about
+#: 4 megapixels, a few seconds on a 2-core CPU.
+PROGRESS_MIN_PIXELS = 4_000_000
+
+
+def validate_working_params(p: "FusionParams") -> None:
+    """Check the working-resolution fields of ``p`` (:class:`bafusion.fusion.FusionParams`).
+
+    Raises
+    ------
+    UserError
+        One line naming the field and the value.
+    """
+    if isinstance(p.working_side, bool) or not isinstance(p.working_side, int) or (
+        p.working_side != 0 and p.working_side < 64
+    ):
+        raise UserError(f"working_side must be 0 (off) or an integer >= 64 (pixels), got {p.working_side!r}")
+    if isinstance(p.working_above, bool) or not isinstance(p.working_above, int) or p.working_above < 0:
+        raise UserError(f"working_above must be an integer >= 0 (pixels), got {p.working_above!r}")
+    if isinstance(p.working_band, bool) or not isinstance(p.working_band, int) or not 1 <= p.working_band <= 256:
+        raise UserError(f"working_band must be an integer in [1, 256] (pixels), got {p.working_band!r}")
+    if p.working_refine not in WORKING_REFINES:
+        raise UserError(f"working_refine must be one of {', '.join(WORKING_REFINES)}, got {p.working_refine!r}")
+
+
+def uses_working(shape_hw: tuple[int, ...], params: "FusionParams") -> bool:
+    """Whether a pair of this size is decided at the working resolution.
+
+    Parameters
+    ----------
+    shape_hw : tuple of int
+        (H, W, ...) of the sources.
+    params : FusionParams
+        ``working_side`` (0: never) and ``working_above``; ``exact`` (the reference) always
+        works at full size.
+
+    Returns
+    -------
+    bool
+        True when ``working_side > 0`` and the long side exceeds both ``working_above`` and
+        ``working_side``.
+    """
+    long = max(shape_hw[:2])
+    return bool(params.working_side) and not params.exact and long > max(params.working_above, params.working_side)
+
+
+def working_size(shape_hw: tuple[int, ...], working_side: int) -> tuple[int, int]:
+    """(h, w) of the working resolution: the long side ``working_side``, aspect kept."""
+    h, w = shape_hw[:2]
+    f = working_side / max(h, w)
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p.astype(np.float32), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _upsample(m: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear (half-pixel centres) resize of a float map to ``size_hw``, float32."""
+    t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=size_hw, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def boundary_band(dm: np.ndarray, half_width: int) -> np.ndarray:
+    """Pixels within ``half_width`` pixels (chessboard distance) of a change of ``dm``.
+
+    Parameters
+    ----------
+    dm : ndarray of bool, (H, W)
+        A decision map.
+    half_width : int
+        Band half-width in pixels.
+
+    Returns
+    -------
+    ndarray of bool, (H, W)
+        True on both sides of every boundary between True and False pixels.
+    """
+    edge = np.zeros(dm.shape, dtype=bool)
+    dv = dm[1:] != dm[:-1]
+    edge[1:] |= dv
+    edge[:-1] |= dv
+    dh = dm[:, 1:] != dm[:, :-1]
+    edge[:, 1:] |= dh
+    edge[:, :-1] |= dh
+    if half_width <= 1 or not edge.any():
+        return edge
+    return ndimage.maximum_filter(edge.view(np.uint8), size=2 * half_width - 1).astype(bool)
+
+
+def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """The guided filter of He, Sun and Tang (TPAMI 2013) with a gray guide.
+
+    Parameters
+    ----------
+    guide : ndarray, (H, W)
+        Guide image (float, any range; ``eps`` is in its squared units).
+    src : ndarray, (H, W)
+        Map to filter.
+    radius : int
+        Box radius: windows of (2 radius + 1)^2 pixels (reflect at the borders).
+    eps : float
+        Regularisation: edges of the guide with a local variance well above ``eps`` are kept.
+
+    Returns
+    -------
+    ndarray of float32, (H, W)
+        Locally a linear function of the guide that follows ``src`` on average.
+    """
+    size = 2 * radius + 1
+    g = guide.astype(np.float32)
+    s = src.astype(np.float32)
+
+    def box(x: np.ndarray) -> np.ndarray:
+        return ndimage.uniform_filter(x, size=size, mode="reflect")
+
+    mg, ms = box(g), box(s)
+    var = box(g * g) - mg * mg
+    cov = box(g * s) - mg * ms
+    a = cov / (var + np.float32(eps))
+    b = ms - a * mg
+    return (box(a) * g + box(b)).astype(np.float32)
+
+
+def _tiles(band: np.ndarray, tile: int) -> list[tuple[int, int, int, int]]:
+    """Tiles (r0, r1, c0, c1) of side ``tile`` that hold band pixels."""
+    h, w = band.shape
+    out = []
+    for r0 in range(0, h, tile):
+        for c0 in range(0, w, tile):
+            r1, c1 = min(h, r0 + tile), min(w, c0 + tile)
+            if band[r0:r1, c0:c1].any():
+                out.append((r0, r1, c0, c1))
+    return out
+
+
+def progress_bar(total: int, pixels: int, progress: bool | None, desc: str = "fusing"):
+    """A tqdm bar on stderr, or a disabled one.
+
+    Parameters
+    ----------
+    total : int
+        Steps of the bar.
+    pixels : int
+        Pixels of the pair: below :data:`PROGRESS_MIN_PIXELS` the bar is not shown.
+    progress : bool or None
+        False: never; True: always (stderr even if not a terminal); None: when stderr is a
+        terminal and the pair is large (so that ``fuse-set``, the pipeline and the logs stay
+        free of bars).
+
+    Returns
+    -------
+    tqdm.tqdm
+        The bar (``disable=True`` when not shown).
+    """
+    from tqdm import tqdm
+
+    if progress is None:
+        show = pixels >= PROGRESS_MIN_PIXELS and sys.stderr.isatty()
+    else:
+        show = bool(progress)
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, disable=not show, leave=False,
+                dynamic_ncols=True)
+
+
+def decide_working(
+    ga: np.ndarray,
+    gb: np.ndarray,
+    nets: "FusionNets",
+    params: "FusionParams",
+    progress: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """Steps 1-3 of the fusion rule at the working resolution, refined at full resolution.
+
+    Parameters
+    ----------
+    ga, gb : ndarray of uint8, (H, W)
+        Gray sources at full size.
+    nets : FusionNets
+        The initial and boundary nets.
+    params : FusionParams
+        ``working_side``, ``working_band`` and ``working_refine`` as in the module docstring;
+        the other fields apply at the working resolution.
+    progress : bool or None
+        The progress bar (:func:`progress_bar`).
+
+    Returns
+    -------
+    s0, mean, near, s1 : ndarray, (H, W)
+        Full-size initial score, Eq. 1 mean, band of refined pixels (bool) and refined score,
+        as :func:`bafusion.fusion.decide` returns them.
+    seconds : dict
+        ``working`` (the decision at working resolution), ``band`` (the full-size step).
+    """
+    from bafusion.fusion import boundary_steps, decide, score
+    from bafusion.images import resize
+
+    h, w = ga.shape
+    hs, ws = working_size(ga.shape, params.working_side)
+    k = max(h, w) / params.working_side  # full-resolution pixels per working pixel
+    t: dict[str, float] = {}
+    with progress_bar(4, h * w, progress) as bar:
+        t0 = time.perf_counter()
+        bar.set_postfix_str(f"initial net at {ws}x{hs}")
+        sa = np.clip(resize(ga.astype(np.float32), (hs, ws)), 0, 255)
+        sb = np.clip(resize(gb.astype(np.float32), (hs, ws)), 0, 255)
+        s0w, meanw, _nearw, s1w, _ = decide(sa, sb, nets, replace(params, working_side=0, working_above=0), bar=bar)
+        t["working"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        bar.set_postfix_str("full size")
+        z = _upsample(_logit(s1w), (h, w))
+        t_logit = math.log(params.threshold / (1 - params.threshold))
+        band = boundary_band(z > t_logit, params.working_band)
+        s1_up = (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+        del z
+        s1 = s1_up.copy()  # tiles read the upsampled score, so the result does not depend on their order
+        s0 = np.clip(_upsample(s0w, (h, w)), 0, 1)
+        mean = np.clip(_upsample(meanw, (h, w)), 0, 1)
+        bar.update(1)
+
+        tiles = _tiles(band, BAND_TILE) if params.working_refine != "none" else []
+        bar.total = 3 + len(tiles)
+        bar.set_postfix_str(f"band, {len(tiles)} tiles")
+        radius = max(1, round(2 * k))
+        pb = nets.patch_boundary
+        margin = 2 * radius + pb + 8
+        amp = torch.autocast(nets.device.type, dtype=torch.bfloat16, enabled=params.precision == "bf16")
+        for r0, r1, c0, c1 in tiles:
+            R0, R1, C0, C1 = max(0, r0 - margin), min(h, r1 + margin), max(0, c0 - margin), min(w, c1 + margin)
+            sel = np.zeros((R1 - R0, C1 - C0), dtype=bool)
+            sel[r0 - R0 : r1 - R0, c0 - C0 : c1 - C0] = band[r0:r1, c0:c1]
+            src = s1_up[R0:R1, C0:C1].copy()
+            ta, tb = ga[R0:R1, C0:C1], gb[R0:R1, C0:C1]
+            if params.working_refine == "boundary" and params.refine:
+                # The boundary net on the band pixels of this tile and a ring around them,
+                # so that the guided filter sees rescored pixels on both sides.
+                ring = ndimage.binary_dilation(sel, iterations=radius) if radius else sel
+                bstep = boundary_steps(params, pb)[0]
+                with amp:
+                    sbn = score(nets.boundary, ta, tb, pb, params, bstep, mask=ring, device=nets.device)
+                src[ring] = sbn[ring]
+            guide = np.where(src > params.threshold, ta, tb).astype(np.float32) / np.float32(255.0)
+            q = guided_filter(guide, src, radius, eps=1e-3)
+            out = s1[r0:r1, c0:c1]
+            tsel = band[r0:r1, c0:c1]
+            out[tsel] = np.clip(q[r0 - R0 : r1 - R0, c0 - C0 : c1 - C0][tsel], 0, 1)
+            bar.update(1)
+        t["band"] = time.perf_counter() - t0
+    return s0, mean, band, s1, t
+
+
+__all__ = [
+    "BAND_TILE",
+    "PROGRESS_MIN_PIXELS",
+    "WORKING_REFINES",
+    "boundary_band",
+    "decide_working",
+    "guided_filter",
+    "progress_bar",
+    "uses_working",
+    "validate_working_params",
+    "working_size",
+]

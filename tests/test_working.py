@@ -1,0 +1,151 @@
+"""Camera-size pairs (issue 14): the decision at a working resolution (``fuse.working_side``),
+refined in a full-resolution band, and the progress bar. Small images and the shipped nets;
+the 12-megapixel timing and memory are measured by ``benchmarks/bench_camera.py``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from bafusion.errors import UserError
+from bafusion.fusion import FusionParams, fuse_images, load_nets_from_dir
+from bafusion.images import resize
+from bafusion.working import boundary_band, guided_filter, progress_bar, uses_working, working_size
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def nets():
+    return load_nets_from_dir(None, "cpu")
+
+
+def _scene(h: int = 192, w: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A photo with an elliptic region in focus in A, out of focus in B (Gaussian, sigma 2.5)."""
+    from skimage import data
+
+    g = data.camera().astype(np.float64)
+    g = resize(g.astype(np.float32), (h, w)).astype(np.float64)
+    yy, xx = np.mgrid[:h, :w]
+    focus_a = ((yy - h * 0.45) / (0.32 * h)) ** 2 + ((xx - w * 0.55) / (0.3 * w)) ** 2 < 1
+    bl = ndimage.gaussian_filter(g, 2.5)
+    a = np.clip(np.where(focus_a, g, bl), 0, 255).round().astype(np.uint8)
+    b = np.clip(np.where(focus_a, bl, g), 0, 255).round().astype(np.uint8)
+    return a, b, focus_a
+
+
+def test_engages_above_the_threshold_only() -> None:
+    p = FusionParams(working_side=640, working_above=1024)
+    assert not uses_working((520, 520), p) and not uses_working((768, 1024), p)
+    assert uses_working((768, 1025), p) and uses_working((3000, 4000, 3), p)
+    assert not uses_working((3000, 4000), FusionParams(working_side=0))
+    assert not uses_working((3000, 4000), FusionParams(exact=True))
+    # working_side above working_above: only pairs larger than the working size engage.
+    assert not uses_working((1500, 2000), FusionParams(working_side=2000, working_above=1024))
+    assert working_size((3000, 4000), 640) == (480, 640) and working_size((4000, 3000), 640) == (640, 480)
+
+
+def test_below_the_threshold_the_result_is_the_plain_path(nets) -> None:
+    a, b, _ = _scene(96, 128)
+    plain = fuse_images(a, b, nets, FusionParams(working_side=0))
+    default = fuse_images(a, b, nets, FusionParams())
+    assert set(default.seconds) == {"initial", "boundary", "post"}
+    assert np.array_equal(plain.fused, default.fused) and np.array_equal(plain.score_refined, default.score_refined)
+
+
+def test_working_path_agrees_with_the_plain_decision_upscaled(nets) -> None:
+    a, b, truth = _scene(192, 256)
+    plain = fuse_images(a, b, nets, FusionParams(working_side=0))
+    assert (plain.decision == truth).mean() > 0.95  # the scene is one the nets decide
+    big_a, big_b = resize(a, (576, 768)), resize(b, (576, 768))  # 3x, as a larger file of the scene
+    ref = resize(plain.decision.astype(np.uint8) * 255, (576, 768)) > 127
+    p = FusionParams(working_side=256, working_above=512)
+    res = fuse_images(big_a, big_b, nets, p)
+    assert "working" in res.seconds and "band" in res.seconds
+    assert res.fused.shape == big_a.shape and res.fused.dtype == np.uint8
+    for m in (res.score_initial, res.score_mean, res.score_refined):
+        assert m.shape == big_a.shape and m.dtype == np.float32 and 0 <= m.min() and m.max() <= 1
+    assert res.near_boundary.dtype == bool and 0 < res.near_boundary.mean() < 0.2
+    assert (res.decision == ref).mean() > 0.98
+    dm = res.decision
+    assert np.array_equal(res.fused[dm], big_a[dm]) and np.array_equal(res.fused[~dm], big_b[~dm])
+    # Refined only in the band: elsewhere the score is the upsampled working score, for every mode.
+    none = fuse_images(big_a, big_b, nets, FusionParams(working_side=256, working_above=512, working_refine="none"))
+    out = ~res.near_boundary
+    assert np.allclose(none.score_refined[out], res.score_refined[out])
+    assert not np.allclose(none.score_refined[res.near_boundary], res.score_refined[res.near_boundary])
+
+
+def test_boundary_band_has_the_requested_width() -> None:
+    dm = np.zeros((40, 60), dtype=bool)
+    dm[:, 30:] = True
+    band = boundary_band(dm, 5)
+    cols = np.nonzero(band.any(axis=0))[0]
+    assert cols.min() == 30 - 5 and cols.max() == 29 + 5 and band.all(axis=0)[cols].all()
+    assert not boundary_band(np.ones((8, 8), bool), 4).any()
+
+
+def test_guided_filter_moves_a_blurred_boundary_to_the_guide_edge() -> None:
+    guide = np.zeros((64, 64), np.float32)
+    guide[:, 36:] = 1.0  # the edge in the full-resolution image
+    # The upsampled score: a ramp of 24 px crossing 0.5 at column 32, 4 px off the edge.
+    src = np.clip((np.arange(64, dtype=np.float32) - 32) / 12 + 0.5, 0, 1)[None].repeat(64, 0)
+    q = guided_filter(guide, src, radius=8, eps=1e-3)
+    row = q[32]
+    assert (row[28:36] < 0.5).all() and (row[36:44] > 0.5).all()  # now at the edge, 36
+    assert row[36] - row[35] > 0.4  # and sharp there
+    assert abs(float(guided_filter(guide, np.full_like(guide, 0.3), 4, 1e-3).mean()) - 0.3) < 1e-5
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(nets, capsys) -> None:
+    assert progress_bar(3, 10**8, None).disable  # pytest's stderr is not a terminal
+    assert progress_bar(3, 10**8, False).disable
+    assert not progress_bar(3, 10, True).disable
+    a, b, _ = _scene(96, 128)
+    p = FusionParams(working_side=64, working_above=64)
+    capsys.readouterr()
+    fuse_images(a, b, nets, p)
+    assert "fusing" not in capsys.readouterr().err
+    fuse_images(a, b, nets, p, progress=True)
+    assert "fusing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field,bad", [("working_side", 32), ("working_side", -1), ("working_side", 1.5),
+                                       ("working_above", -5), ("working_band", 0), ("working_band", True),
+                                       ("working_refine", "bilateral")])
+def test_param_validation(field: str, bad: object) -> None:
+    with pytest.raises(UserError, match=field):
+        FusionParams(**{field: bad})
+
+
+def test_cli_flags_reach_the_params(tmp_path, capsys) -> None:
+    from bafusion.cli import main as cli_main
+
+    rc = cli_main(["fuse", "a.png", "b.png", "-o", str(tmp_path / "f.png"), "--working-side", "10"])
+    assert rc == 2 and "working_side" in capsys.readouterr().err
+
+
+def test_auto_threads_leaves_busy_cores_alone() -> None:
+    from bafusion.threads import auto_threads
+
+    assert auto_threads(cores=2, load=0.0) == 2
+    assert auto_threads(cores=2, load=1.0) == 1  # one other process: one thread
+    assert auto_threads(cores=2, load=7.5) == 1  # never fewer than one
+    assert auto_threads(cores=16, load=3.2) == 13
+    assert 1 <= auto_threads() <= 4096
+
+
+def test_progress_bar_of_a_large_pair_fused_at_full_size(nets, capsys) -> None:
+    a, b, _ = _scene(96, 128)
+    capsys.readouterr()
+    fuse_images(a, b, nets, FusionParams(working_side=0), progress=True)
+    err = capsys.readouterr().err
+    assert "fusing" in err and "2/2" in err
