@@ -7,6 +7,17 @@
 configfile: "params.yaml"
 
 
+# The config (params.yaml + any --config overrides) is checked against the package's schema
+# before any rule is planned, so a bad value fails `snakemake -n` and every `dvc repro` stage
+# with one line naming the key and its allowed values.
+from snakemake.utils import validate
+
+from bafusion.schema import schema_path, validate_params
+
+validate_params(config, "params.yaml" + (" + --config" if workflow.config_settings.config else ""))
+validate(config, schema_path())
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/data.smk"

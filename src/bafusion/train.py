@@ -190,7 +190,12 @@ def load_params(path: str | os.PathLike[str] | None, json_text: str | None = Non
         for k in parts[:-1]:
             d = d.setdefault(k, {})
         d[parts[-1]] = value
-    return params
+    from bafusion.schema import validate_params
+
+    given = [str(path)] if path else []
+    given += ["--params-json"] if json_text else []
+    given += ["--set"] if overrides else []
+    return validate_params(params, " + ".join(given) or "parameters")
 
 
 def _merge(a: dict, b: Mapping) -> dict:
