@@ -62,6 +62,7 @@ from bafusion.atomic import atomic_file, write_text
 from bafusion.augment import INPUT_SCALE, N_VARIANTS, AugmentedLoader, load_split, read_attrs
 from bafusion.errors import InputFileError, UserError
 from bafusion.model import CifarResNet, ModelFileError, ResNetSpec, build_model, load_model, save_model
+from bafusion.progress import bars_enabled
 
 NETS = ("initial", "boundary")
 CHECKPOINT_FORMAT = 1
@@ -599,6 +600,12 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             if dist.main:
                 print(f"bafusion train: {last_path} was written for other parameters or another patch set; "
                       "starting afresh", file=sys.stderr)
+        elif ck.get("finished"):
+            # The checkpoint belongs to a run that completed and wrote its model: running again
+            # (Snakemake -R/--forcerun, dvc repro -f, or by hand) means training again.
+            if dist.main:
+                print(f"bafusion train: {last_path} belongs to a finished run (its model was written); "
+                      "training from scratch", file=sys.stderr)
         else:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
@@ -653,7 +660,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             t0 = time.perf_counter() - epoch_time_done
             epoch_time_done = 0.0
             bar = tqdm(loader, total=len(loader), initial=loader.position, desc=f"{net} epoch {epoch + 1}/{cfg.epochs}",
-                       unit="batch", disable=not (progress and dist.main), mininterval=2.0, leave=False)
+                       unit="batch", disable=not (dist.main and bars_enabled(progress)),
+                       mininterval=2.0, leave=False)
             for x, y in bar:
                 loss_sum, correct = train_step(train_model, opt, x, y, amp, device, context, cfg.consistency)
                 tot[0] += loss_sum.to(acc_dtype)
@@ -702,7 +710,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                       f"val loss {val_loss:.4f} acc {val_acc:.4f}"
                       + (f" (in context {val_extra['val_acc_context']:.4f}, views agree "
                          f"{val_extra['val_view_agreement']:.4f})" if val_extra else "")
-                      + f" | {row['samples_per_s']:.1f} samples/s",
+                      + f" | {row['samples_per_s']:.1f} samples/s, {epoch_time:.1f} s",
                       file=sys.stderr)
             if dist.active:
                 torch.distributed.barrier()
@@ -740,6 +748,10 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             save_model(final, paths.out, _json_safe(meta))
             write_text(paths.metrics, json.dumps(_json_safe(summary), indent=2, sort_keys=True) + "\n")
             _write_csv(paths.plots, history)
+            # Mark the run finished only now that its outputs exist: a later run does not resume it,
+            # while a run killed before this point (even after its last epoch) still resumes.
+            save_checkpoint(last_path, {**checkpoint_state(cfg.epochs, torch.zeros(3, dtype=torch.float64), 0.0),
+                                        "finished": True})
             run.log_metrics({f"best_{k}": float(summary[k]) for k in ("val_acc", "val_loss") if summary[k] is not None
                              and not math.isnan(summary[k])}, step=cfg.epochs)
             run.log_metrics({"train_time_s": train_time,
