@@ -109,6 +109,9 @@ def test_load_params_and_commands_refuse_bad_files(tmp_path: Path, capsys: pytes
 
 
 def test_snakemake_reads_the_same_schema_file() -> None:
+    from jsonschema import Draft202012Validator
+
+    Draft202012Validator.check_schema(load_schema())  # a valid JSON Schema (2020-12)
     assert Path(schema_path()).is_file()
     text = (REPO / "Snakefile").read_text()
     assert "validate(config, schema_path())" in text and "validate_params(config" in text
