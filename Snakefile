@@ -14,7 +14,8 @@ from snakemake.utils import validate
 
 from bafusion.schema import schema_path, validate_params
 
-validate_params(config, "params.yaml" + (" + --config" if workflow.config_settings.config else ""))
+_overrides = getattr(getattr(workflow, "config_settings", None), "config", None)
+validate_params(config, "params.yaml" + (" + --config" if _overrides else ""))
 validate(config, schema_path())
 
 
