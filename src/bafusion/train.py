@@ -22,7 +22,12 @@ Resuming: ``last.pt`` is written at every epoch end (and every ``checkpoint_ever
 when that is > 0). Running the same command again after a kill continues from it; with a
 fixed seed the final weights equal those of an uninterrupted run (on CPU exactly; on GPU
 with ``deterministic: true``). A checkpoint written for other parameters or another patch
-set (see :func:`fingerprint`) is ignored, and training starts afresh.
+set (see :func:`fingerprint`) is ignored, and training starts afresh. Once the run has written
+its outputs, ``last.pt`` is marked ``finished``: a later run (``snakemake -R``, ``dvc repro -f``)
+trains from scratch instead of resuming a run that has nothing left to do.
+
+Progress: one line per epoch on stderr (losses, accuracies, samples/s, seconds); tqdm bars only
+when stderr is a terminal (:mod:`bafusion.progress`), so logs stay free of carriage returns.
 
 Devices: ``device: auto`` picks cuda, then mps, then cpu. On CUDA, ``amp: auto`` trains
 under bf16 autocast and ``channels_last: auto`` uses the channels-last memory format;
