@@ -7,6 +7,18 @@
 configfile: "params.yaml"
 
 
+# The config (params.yaml + any --config overrides) is checked against the package's schema
+# before any rule is planned, so a bad value fails `snakemake -n` and every `dvc repro` stage
+# with one line naming the key and its allowed values.
+from snakemake.utils import validate
+
+from bafusion.schema import schema_path, validate_params
+
+_overrides = getattr(getattr(workflow, "config_settings", None), "config", None)
+validate_params(config, "params.yaml" + (" + --config" if _overrides else ""))
+validate(config, schema_path())
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/data.smk"

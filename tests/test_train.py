@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,10 +104,12 @@ def test_killed_mid_epoch_and_resumed_equals_uninterrupted(toy_run: dict, tmp_pa
     ck = load_checkpoint(paths.checkpoints / "last.pt")
     assert (ck["epoch"], ck["global_step"], ck["loader"]["position"]) == ((1, 30, 6) if every else (1, 24, 0))
     assert not paths.out.exists()
+    assert not ck.get("finished")  # an interrupted run's checkpoint: the next run resumes it
     monkeypatch.delenv(ABORT_ENV)
     summary = train("initial", toy_run["h5"], cfg, paths, progress=False)
     ref = load_checkpoint(toy_run["paths"].checkpoints / "last.pt")
     got = load_checkpoint(paths.checkpoints / "last.pt")
+    assert got["finished"] and ref["finished"]
     assert ref["model"].keys() == got["model"].keys()
     for k in ref["model"]:
         assert torch.equal(ref["model"][k], got["model"][k]), k
@@ -262,3 +265,44 @@ def test_context_consistency_training(toy_run: dict, tmp_path: Path) -> None:
               progress=False)
     with pytest.raises(UserError, match="consistency"):
         resolve_config({"train": {"consistency": -1}}, "initial")
+
+
+def test_forced_rerun_of_a_finished_run_trains_from_scratch(toy_run: dict, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished checkpoint belongs to the run that wrote its model: running the same training
+    again (Snakemake -R deletes the model first) trains every epoch again and gets the same
+    weights (seeded, CPU), instead of "resuming" a run that has nothing left to do."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 64}}, "initial")
+    paths = _paths(tmp_path, "initial")
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    first = load_checkpoint(paths.checkpoints / "last.pt")
+    assert first["finished"] and first["epoch"] == 1
+    capsys.readouterr()
+    paths.out.unlink()
+    summary = train("initial", toy_run["h5"], cfg, paths, progress=False)
+    err = capsys.readouterr().err
+    assert "belongs to a finished run" in err and "training from scratch" in err and "resuming" not in err
+    assert "initial epoch 1/1" in err  # the epoch really ran
+    again = load_checkpoint(paths.checkpoints / "last.pt")
+    assert again["samples_seen"] == first["samples_seen"] == summary["samples_seen"] == 64
+    for k in first["model"]:
+        assert torch.equal(first["model"][k], again["model"][k]), k
+
+
+def test_progress_is_one_line_per_epoch_without_bars_when_stderr_is_not_a_terminal(toy_run: dict, tmp_path: Path) -> None:
+    """As under Snakemake or DVC (stderr a pipe or a log file): no carriage-return bars, one
+    summary line per epoch with loss, accuracy, validation and time."""
+    cmd = [sys.executable, "-m", "bafusion.cli", "train", "--net", "initial", "--patches", str(toy_run["h5"]),
+           "--out", str(tmp_path / "m.pt"), "--checkpoints", str(tmp_path / "ck"),
+           "--metrics", str(tmp_path / "metrics.json"), "--plots", str(tmp_path / "p.csv"),
+           "--params-json", json.dumps({**TOY, "train": {**TOY["train"], "samples_per_epoch": 64}})]
+    env = {**os.environ, "BAFUSION_MLFLOW": "0", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "\r" not in p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if re.search(r" epoch \d+/\d+ ", ln)]
+    assert len(lines) == 2, p.stderr
+    for i, ln in enumerate(lines, 1):
+        assert f"initial epoch {i}/2" in ln and "train loss" in ln and "val loss" in ln and ln.endswith(" s"), ln

@@ -40,6 +40,7 @@ from bafusion.atomic import atomic_dir, atomic_file
 from bafusion.errors import InputFileError, UserError
 from bafusion.images import gray_float, read_matte, read_rgb, resize, to_uint8, write_png
 from bafusion.prepare import entries, load_manifest
+from bafusion.progress import bars_enabled
 
 FIT_MODES = ("cover", "stretch")
 
@@ -135,7 +136,7 @@ def run_shard(prepared: Path, shard: int, shards: int, opts: CompositeOptions, o
             params["realistic"] = real.as_dict()
         h5.attrs["params"] = json.dumps(params)
         h5.attrs["code_version"] = __version__
-        bar = tqdm(total=len(mine) * n_bg, desc=f"composite shard {shard}", unit="pair", disable=not progress)
+        bar = tqdm(total=len(mine) * n_bg, desc=f"composite shard {shard}", unit="pair", disable=not bars_enabled(progress))
         for fg_index, fe in mine:
             fg = _load_prepared(prepared, fe, "image")
             matte = _load_prepared(prepared, fe, "matte")
@@ -222,7 +223,7 @@ def make_testset(prepared: Path, opts: CompositeOptions, out: Path, progress: bo
     pairs = []
     with atomic_dir(out) as tmp:
         todo = [(f, b) for f in fgs for b in bgs]
-        for k, (fe, be) in enumerate(tqdm(todo, desc="testset", unit="pair", disable=not progress)):
+        for k, (fe, be) in enumerate(tqdm(todo, desc="testset", unit="pair", disable=not bars_enabled(progress))):
             fg = _load_prepared(prepared, fe, "image").astype(np.float64)
             matte = _load_prepared(prepared, fe, "matte")
             h, w = matte.shape

@@ -14,10 +14,25 @@ import yaml
 
 from bafusion.errors import InputFileError, UserError
 from bafusion.patches import AUGMENTATION_FACTOR
+from bafusion.schema import validate_params
 from bafusion.tracking import flatten
 
 
-def load_params(path: str | os.PathLike[str] = "params.yaml") -> dict[str, Any]:
+__all__ = ["load_params", "validate_params", "deep_merge", "load_preset", "preset_names", "dvc_set_args",
+           "apply_overrides_to_file", "count_samples"]
+
+
+def load_params(path: str | os.PathLike[str] = "params.yaml", validate: bool = True) -> dict[str, Any]:
+    """Read a params file (a YAML mapping) and check it against the schema
+    (:func:`bafusion.schema.validate_params`) unless ``validate`` is false.
+
+    Raises
+    ------
+    InputFileError
+        The file is missing, not YAML or not a mapping.
+    bafusion.schema.ParamsError
+        A key is unknown or a value breaks its rule; the message names the file and the key.
+    """
     p = Path(path)
     if not p.exists():
         raise InputFileError(p, "params file not found")
@@ -27,6 +42,8 @@ def load_params(path: str | os.PathLike[str] = "params.yaml") -> dict[str, Any]:
         raise InputFileError(p, f"invalid YAML: {e}") from e
     if not isinstance(data, dict):
         raise InputFileError(p, "params file must hold a mapping at the top level")
+    if validate:
+        validate_params(data, str(p))
     return data
 
 
@@ -48,7 +65,7 @@ def load_preset(name: str) -> dict[str, Any]:
     f = resources.files("bafusion.presets") / f"{name}.yaml"
     if not f.is_file():
         raise UserError(f"unknown preset {name!r} (available: {', '.join(preset_names())})")
-    return yaml.safe_load(f.read_text()) or {}
+    return validate_params(yaml.safe_load(f.read_text()) or {}, f"preset {name} (bafusion/presets/{name}.yaml)")
 
 
 def _hydra_value(v: Any) -> str:

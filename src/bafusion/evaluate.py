@@ -1088,6 +1088,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     section.update(_load_json_arg(args.params_json, "--params-json"))
     fuse_section = dict(doc.get("fuse") or {})
     fuse_section.update(_load_json_arg(args.fuse_json, "--fuse-json"))
+    from bafusion.schema import validate_params
+
+    validate_params({"evaluate": section, "fuse": fuse_section}, " + ".join(
+        x for x in (args.params_file and str(args.params_file), args.params_json and "--params-json",
+                    args.fuse_json and "--fuse-json") if x) or "parameters")
     if args.methods:
         section["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.metrics:

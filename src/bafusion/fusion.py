@@ -1161,6 +1161,10 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
         if not isinstance(extra, dict):
             raise UserError("--params-json: expected a JSON object")
         base.update(extra)
+    from bafusion.schema import validate_section
+
+    validate_section("fuse", base, " + ".join(
+        x for x in (args.params_file and str(args.params_file), args.params_json and "--params-json") if x) or "parameters")
     flags = {
         "l": args.l, "low": args.low, "high": args.high, "threshold": args.threshold,
         "min_region": args.min_region, "refine": args.refine, "exact": args.exact,

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from bafusion import __version__
 from bafusion.atomic import atomic_file
 from bafusion.errors import InputFileError, UserError
+from bafusion.progress import bars_enabled
 
 SETS = ("initial", "boundary")
 SPLITS = ("train", "val")
@@ -214,7 +215,7 @@ def run_patches(shard_files: list[Path], opts: PatchOptions, out_dir: Path, prog
             last_matte_id = None
             frac = None
             for pair_id, A, B, matte in tqdm(
-                _iter_pairs(shard_files), total=int(all_ids.size), desc="patches", unit="pair", disable=not progress
+                _iter_pairs(shard_files), total=int(all_ids.size), desc="patches", unit="pair", disable=not bars_enabled(progress)
             ):
                 h, w = matte.shape
                 if h < p or w < p:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from bafusion.atomic import atomic_dir
 from bafusion.errors import InputFileError, UserError
 from bafusion.images import resize, scaled_size, write_png
+from bafusion.progress import bars_enabled
 from bafusion.sources import Background, Foreground, check_foreground, select
 
 MANIFEST = "manifest.json"
@@ -91,7 +92,7 @@ def run_prepare(data_cfg: dict, opts: PrepareOptions, seed: int, out: Path, prog
         (tmp / "matte").mkdir()
         (tmp / "bg").mkdir()
         fgs = [(f, "train") for f in sel.train_foregrounds] + [(f, "test") for f in sel.test_foregrounds]
-        for fg, split in tqdm(fgs, desc="prepare foregrounds", unit="img", disable=not progress):
+        for fg, split in tqdm(fgs, desc="prepare foregrounds", unit="img", disable=not bars_enabled(progress)):
             img, matte = prepare_foreground(fg, opts.scale)
             write_png(tmp / "fg" / f"{fg.id}.png", img)
             write_png(tmp / "matte" / f"{fg.id}.png", matte)
@@ -107,7 +108,7 @@ def run_prepare(data_cfg: dict, opts: PrepareOptions, seed: int, out: Path, prog
                 }
             )
         bgs = [(b, "train") for b in sel.train_backgrounds] + [(b, "test") for b in sel.test_backgrounds]
-        for bg, split in tqdm(bgs, desc="prepare backgrounds", unit="img", disable=not progress):
+        for bg, split in tqdm(bgs, desc="prepare backgrounds", unit="img", disable=not bars_enabled(progress)):
             entry = prepare_background(bg, tmp / "bg", opts.min_background_side)
             entry["split"] = split
             manifest["backgrounds"].append(entry)

@@ -22,7 +22,12 @@ Resuming: ``last.pt`` is written at every epoch end (and every ``checkpoint_ever
 when that is > 0). Running the same command again after a kill continues from it; with a
 fixed seed the final weights equal those of an uninterrupted run (on CPU exactly; on GPU
 with ``deterministic: true``). A checkpoint written for other parameters or another patch
-set (see :func:`fingerprint`) is ignored, and training starts afresh.
+set (see :func:`fingerprint`) is ignored, and training starts afresh. Once the run has written
+its outputs, ``last.pt`` is marked ``finished``: a later run (``snakemake -R``, ``dvc repro -f``)
+trains from scratch instead of resuming a run that has nothing left to do.
+
+Progress: one line per epoch on stderr (losses, accuracies, samples/s, seconds); tqdm bars only
+when stderr is a terminal (:mod:`bafusion.progress`), so logs stay free of carriage returns.
 
 Devices: ``device: auto`` picks cuda, then mps, then cpu. On CUDA, ``amp: auto`` trains
 under bf16 autocast and ``channels_last: auto`` uses the channels-last memory format;
@@ -62,6 +67,7 @@ from bafusion.atomic import atomic_file, write_text
 from bafusion.augment import INPUT_SCALE, N_VARIANTS, AugmentedLoader, load_split, read_attrs
 from bafusion.errors import InputFileError, UserError
 from bafusion.model import CifarResNet, ModelFileError, ResNetSpec, build_model, load_model, save_model
+from bafusion.progress import bars_enabled
 
 NETS = ("initial", "boundary")
 CHECKPOINT_FORMAT = 1
@@ -190,7 +196,12 @@ def load_params(path: str | os.PathLike[str] | None, json_text: str | None = Non
         for k in parts[:-1]:
             d = d.setdefault(k, {})
         d[parts[-1]] = value
-    return params
+    from bafusion.schema import validate_params
+
+    given = [str(path)] if path else []
+    given += ["--params-json"] if json_text else []
+    given += ["--set"] if overrides else []
+    return validate_params(params, " + ".join(given) or "parameters")
 
 
 def _merge(a: dict, b: Mapping) -> dict:
@@ -594,6 +605,12 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             if dist.main:
                 print(f"bafusion train: {last_path} was written for other parameters or another patch set; "
                       "starting afresh", file=sys.stderr)
+        elif ck.get("finished"):
+            # The checkpoint belongs to a run that completed and wrote its model: running again
+            # (Snakemake -R/--forcerun, dvc repro -f, or by hand) means training again.
+            if dist.main:
+                print(f"bafusion train: {last_path} belongs to a finished run (its model was written); "
+                      "training from scratch", file=sys.stderr)
         else:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
@@ -648,7 +665,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             t0 = time.perf_counter() - epoch_time_done
             epoch_time_done = 0.0
             bar = tqdm(loader, total=len(loader), initial=loader.position, desc=f"{net} epoch {epoch + 1}/{cfg.epochs}",
-                       unit="batch", disable=not (progress and dist.main), mininterval=2.0, leave=False)
+                       unit="batch", disable=not (dist.main and bars_enabled(progress)),
+                       mininterval=2.0, leave=False)
             for x, y in bar:
                 loss_sum, correct = train_step(train_model, opt, x, y, amp, device, context, cfg.consistency)
                 tot[0] += loss_sum.to(acc_dtype)
@@ -697,7 +715,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                       f"val loss {val_loss:.4f} acc {val_acc:.4f}"
                       + (f" (in context {val_extra['val_acc_context']:.4f}, views agree "
                          f"{val_extra['val_view_agreement']:.4f})" if val_extra else "")
-                      + f" | {row['samples_per_s']:.1f} samples/s",
+                      + f" | {row['samples_per_s']:.1f} samples/s, {epoch_time:.1f} s",
                       file=sys.stderr)
             if dist.active:
                 torch.distributed.barrier()
@@ -735,6 +753,10 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             save_model(final, paths.out, _json_safe(meta))
             write_text(paths.metrics, json.dumps(_json_safe(summary), indent=2, sort_keys=True) + "\n")
             _write_csv(paths.plots, history)
+            # Mark the run finished only now that its outputs exist: a later run does not resume it,
+            # while a run killed before this point (even after its last epoch) still resumes.
+            save_checkpoint(last_path, {**checkpoint_state(cfg.epochs, torch.zeros(3, dtype=torch.float64), 0.0),
+                                        "finished": True})
             run.log_metrics({f"best_{k}": float(summary[k]) for k in ("val_acc", "val_loss") if summary[k] is not None
                              and not math.isnan(summary[k])}, step=cfg.epochs)
             run.log_metrics({"train_time_s": train_time,

@@ -1,7 +1,11 @@
+import json
 import os
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+# The software environment of every rule (used with `--sdm conda`; see the file).
+CONDA_ENV = "../envs/bafusion.yaml"
 
 
 onstart:
@@ -14,3 +18,58 @@ onstart:
 
 def csv(values):
     return ",".join(str(v) for v in values or [])
+
+
+# Helpers of the rule files (kept here so that the rule files hold rules only).
+
+
+def section_json(name):
+    """A top-level section of the config as sorted JSON, passed whole to a command so that
+    `--config` overrides reach it too (fuse, evaluate)."""
+    return json.dumps(config.get(name, {}) or {}, sort_keys=True)
+
+
+def all_cores():
+    """--cores when given; under a cluster executor (no --cores) this machine's CPU count,
+    which a profile's set-threads overrides."""
+    try:
+        return int(workflow.cores)
+    except Exception:  # WorkflowError: no total number of cores defined
+        return os.cpu_count() or 1
+
+
+def train_config_json():
+    """seed, patch, depth and the train section: what `bafusion train --params-json` reads."""
+    keys = ("seed", "patch", "depth", "train")
+    return json.dumps({k: config[k] for k in keys if k in config}, sort_keys=True)
+
+
+def init_input(net):
+    """train.init (or train.<net>.init): the warm-start model file, an input when set."""
+    train = config.get("train", {})
+    v = {**train, **(train.get(net) or {})}.get("init")
+    return [v] if v else []
+
+
+def download_net_args():
+    download = config.get("download", {}) or {}
+    net = download.get("net", {}) or {}
+    cache = download.get("cache") or ""
+    args = [
+        f"--retries {int(net.get('retries', 4))}",
+        f"--backoff {float(net.get('backoff', 1.0))}",
+        f"--timeout {float(net.get('timeout', 60))}",
+        f"--workers {int(net.get('workers', 8))}",
+    ]
+    if cache:
+        args.append(f"--cache '{cache}'")
+    return " ".join(args)
+
+
+def coco_count():
+    """download.coco.count, else the backgrounds prepare will use (train + held out), else 700."""
+    data = config["data"]
+    coco = (config.get("download", {}) or {}).get("coco", {}) or {}
+    return int(coco.get("count") or 0) or (
+        int(data.get("backgrounds", 0) or 0) + int(data.get("holdout_backgrounds", 0) or 0)
+    ) or 700

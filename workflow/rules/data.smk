@@ -34,6 +34,8 @@ rule prepare:
     log:
         "logs/prepare.log",
     threads: 1
+    conda:
+        CONDA_ENV
     shell:
         "bafusion prepare --source {params.source} --seed {params.seed}"
         " --foregrounds {params.foregrounds} --backgrounds {params.backgrounds}"
@@ -57,6 +59,8 @@ rule composite_shard:
     log:
         "logs/composite/shard-{shard}.log",
     threads: 1
+    conda:
+        CONDA_ENV
     shell:
         "bafusion composite --prepared {input} --shard {wildcards.shard} --shards {params.shards}"
         " --sigma {params.sigma} --fit {params.fit} --realistic {params.realistic:q} --seed {params.seed}"
@@ -70,6 +74,8 @@ rule composite:
         "data/composite/index.json",
     log:
         "logs/composite/index.log",
+    conda:
+        CONDA_ENV
     shell:
         "bafusion composite-index {input} --out {output} > {log} 2>&1"
 
@@ -87,6 +93,8 @@ rule testset:
     log:
         "logs/testset.log",
     threads: 1
+    conda:
+        CONDA_ENV
     shell:
         "bafusion testset --prepared {input} --sigma {params.sigma} --fit {params.fit}"
         " --realistic {params.realistic:q} --seed {params.seed}"
@@ -115,6 +123,8 @@ rule patches:
     log:
         "logs/patches.log",
     threads: 1
+    conda:
+        CONDA_ENV
     shell:
         "bafusion patches {input.shards} --patch {params.patch} --per-pair {params.per_pair}"
         " --boundary-per-pair {params.boundary_per_pair} --min-focused {params.min_focused}"

@@ -24,28 +24,6 @@ DL_EVAL = DOWNLOAD.get("eval", {}) or {}
 DL_WEB = config["data"].get("source") == "web"
 
 
-def download_net_args():
-    net = DOWNLOAD.get("net", {}) or {}
-    cache = DOWNLOAD.get("cache") or ""
-    args = [
-        f"--retries {int(net.get('retries', 4))}",
-        f"--backoff {float(net.get('backoff', 1.0))}",
-        f"--timeout {float(net.get('timeout', 60))}",
-        f"--workers {int(net.get('workers', 8))}",
-    ]
-    if cache:
-        args.append(f"--cache '{cache}'")
-    return " ".join(args)
-
-
-def coco_count():
-    """download.coco.count, else the backgrounds prepare will use (train + held out), else 700."""
-    data = config["data"]
-    return int(DL_COCO.get("count") or 0) or (
-        int(data.get("backgrounds", 0) or 0) + int(data.get("holdout_backgrounds", 0) or 0)
-    ) or 700
-
-
 rule download_alphamatting:
     output:
         directory("data/download/alphamatting"),
@@ -58,6 +36,8 @@ rule download_alphamatting:
     log:
         "logs/download/alphamatting.log",
     threads: 1
+    conda:
+        CONDA_ENV
     shell:
         "bafusion download-alphamatting --out {output} --resolution {params.resolution}"
         " --base-url '{params.base_url}' --from-dir '{params.from_dir}' {params.checksums} {params.net}"
@@ -87,6 +67,8 @@ rule download_coco:
     log:
         "logs/download/coco.log",
     threads: int((DOWNLOAD.get("net", {}) or {}).get("workers", 8))
+    conda:
+        CONDA_ENV
     shell:
         "bafusion download-coco --out {output} --count {params.n} --oversample {params.oversample}"
         " --seed {params.seed} --split {params.split} --min-side {params.min_side} {params.gray}"
@@ -108,6 +90,8 @@ rule download_eval:
     log:
         "logs/download/eval.log",
     threads: 1
+    conda:
+        CONDA_ENV
     shell:
         "bafusion download-eval --out {output} --base-url '{params.base_url}' --from-dir '{params.from_dir}'"
         " --sets '{params.sets}' {params.net} > {log} 2>&1"
@@ -127,5 +111,7 @@ rule download:
         folders=lambda wildcards, input: " ".join(f"{k}={v}" for k, v in input.items()),
     log:
         "logs/download/record.log",
+    conda:
+        CONDA_ENV
     shell:
         "bafusion download-record --source {params.source} --out {output} {params.folders} > {log} 2>&1"

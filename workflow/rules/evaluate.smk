@@ -7,17 +7,8 @@
 # Writes data/evaluation/<dataset>/{metrics.csv,means.csv,table1.md,figures/,fused/},
 # data/evaluation/metrics.json, and for DVC data/metrics/evaluate.json (our means) and
 # data/plots/evaluate.csv (every method's means).
-import json
 
 EVALUATE = config.get("evaluate", {}) or {}
-
-
-def evaluate_config_json():
-    return json.dumps(EVALUATE, sort_keys=True)
-
-
-def evaluate_fuse_json():
-    return json.dumps(config.get("fuse", {}) or {}, sort_keys=True)
 
 
 rule evaluate:
@@ -33,11 +24,13 @@ rule evaluate:
         metrics="data/metrics/evaluate.json",
         plots="data/plots/evaluate.csv",
     params:
-        cfg=evaluate_config_json(),
-        fuse=evaluate_fuse_json(),
+        cfg=section_json("evaluate"),
+        fuse=section_json("fuse"),
     log:
         "logs/evaluate.log",
     threads: int(EVALUATE.get("threads") or 2)  # capped by --cores
+    conda:
+        CONDA_ENV
     shell:
         "bafusion evaluate --initial {input.initial} --boundary {input.boundary}"
         " --params-json {params.cfg:q} --fuse-json {params.fuse:q}"

@@ -3,13 +3,8 @@
 # `--config` overrides reach the fuser too. Writes data/fused/<name>.png, the maps and
 # figures into data/fused/maps/, and the decision-map accuracy vs the true maps per pair
 # into data/fused/accuracy.json and data/metrics/fuse.json (for DVC).
-import json
 
 FUSE = config.get("fuse", {})
-
-
-def fuse_config_json():
-    return json.dumps(FUSE, sort_keys=True)
 
 
 rule fuse:
@@ -23,10 +18,12 @@ rule fuse:
         fused=directory("data/fused"),
         metrics="data/metrics/fuse.json",
     params:
-        cfg=fuse_config_json(),
+        cfg=section_json("fuse"),
     log:
         "logs/fuse.log",
     threads: int(FUSE.get("threads") or 2)  # capped by --cores
+    conda:
+        CONDA_ENV
     shell:
         "bafusion fuse-set --pairs {input.pairs} --initial {input.initial} --boundary {input.boundary}"
         " --out {output.fused} --report {output.metrics} --params-json {params.cfg:q}"

@@ -2,31 +2,11 @@
 # Both read the top-level seed/patch/depth and the `train:` section of the config (params.yaml),
 # passed whole as JSON so that `--config` overrides reach the trainer too.
 # A killed job resumes from data/checkpoints/<net>/last.pt (not an output: it survives the
-# deletion of incomplete outputs, and a checkpoint of other parameters is ignored).
-import json
-import os
+# deletion of incomplete outputs, and a checkpoint of other parameters is ignored). A finished
+# run marks its checkpoint finished, so a forced rerun (-R/--forcerun, dvc repro -f) trains
+# from scratch. Progress: one line per epoch, copied from the log to the console (stderr).
 
 TRAIN = config.get("train", {})
-
-
-def all_cores():
-    """--cores when given; under a cluster executor (no --cores) this machine's CPU count,
-    which a profile's set-threads overrides."""
-    try:
-        return int(workflow.cores)
-    except Exception:  # WorkflowError: no total number of cores defined
-        return os.cpu_count() or 1
-
-
-def train_config_json():
-    keys = ("seed", "patch", "depth", "train")
-    return json.dumps({k: config[k] for k in keys if k in config}, sort_keys=True)
-
-
-def init_input(net):
-    """train.init (or train.<net>.init): the warm-start model file, an input when set."""
-    v = {**TRAIN, **(TRAIN.get(net) or {})}.get("init")
-    return [v] if v else []
 
 
 rule train_initial:
@@ -44,10 +24,12 @@ rule train_initial:
     log:
         "logs/train_initial.log",
     threads: int(TRAIN.get("threads") or all_cores())  # 0: all of --cores
+    conda:
+        CONDA_ENV
     shell:
         "bafusion train --net initial --patches {input.patches} --out {output.model}"
         " --params-json {params.cfg:q} --threads {threads} --checkpoints {params.checkpoints}"
-        " --metrics {output.metrics} --plots {output.plots} > {log} 2>&1"
+        " --metrics {output.metrics} --plots {output.plots} 2>&1 | tee {log} >&2"
 
 
 rule train_boundary:
@@ -65,7 +47,9 @@ rule train_boundary:
     log:
         "logs/train_boundary.log",
     threads: int(TRAIN.get("threads") or all_cores())  # 0: all of --cores
+    conda:
+        CONDA_ENV
     shell:
         "bafusion train --net boundary --patches {input.patches} --out {output.model}"
         " --params-json {params.cfg:q} --threads {threads} --checkpoints {params.checkpoints}"
-        " --metrics {output.metrics} --plots {output.plots} > {log} 2>&1"
+        " --metrics {output.metrics} --plots {output.plots} 2>&1 | tee {log} >&2"

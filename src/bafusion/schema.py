@@ -1,0 +1,168 @@
+"""The parameter schema (``bafusion/schemas/params.schema.yaml``) and its one-line errors.
+
+One JSON Schema describes every key of ``params.yaml``: its type, range and allowed values;
+unknown keys are refused by name. The Snakefile applies it at start-up (so ``snakemake -n``
+and every ``dvc repro`` stage fail before any job runs), and every ``bafusion`` command that
+reads parameters applies it through :func:`validate_params` (also exported by
+:mod:`bafusion.config`).
+
+Two extensions of JSON Schema, ignored by other validators (Snakemake's ``validate()``):
+
+- ``x-rule``: the phrase an error message uses for a key (``"a positive multiple of 4"``);
+- ``x-resnet-depth: true``: the value is a CIFAR ResNet depth ``6n + 2`` with ``n >= 1``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterator, Mapping
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from bafusion.errors import UserError
+
+SCHEMA_RESOURCE = ("bafusion.schemas", "params.schema.yaml")
+
+
+class ParamsError(UserError):
+    """Parameters that do not satisfy the schema; ``problems`` holds one line per violation."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:3])}{'; ...' if len(problems) > 3 else ''})" \
+            if len(problems) > 1 else ""
+        super().__init__(f"{source}: {problems[0]}{more}")
+
+
+def schema_path() -> str:
+    """Path of the schema file inside the installed package (for Snakemake's ``validate``)."""
+    return str(resources.files(SCHEMA_RESOURCE[0]) / SCHEMA_RESOURCE[1])
+
+
+@functools.lru_cache(maxsize=1)
+def load_schema() -> dict[str, Any]:
+    """The parsed schema (cached)."""
+    f = resources.files(SCHEMA_RESOURCE[0]) / SCHEMA_RESOURCE[1]
+    return yaml.load(f.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
+
+
+def _resnet_depth(validator: Any, enabled: Any, instance: Any, schema: Mapping[str, Any]) -> Iterator[Any]:
+    from jsonschema import ValidationError
+
+    if enabled and isinstance(instance, int) and not isinstance(instance, bool):
+        if instance < 8 or (instance - 2) % 6:
+            yield ValidationError(f"{instance} is not 6n+2 with n >= 1")
+
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> Any:
+    from jsonschema import Draft202012Validator, validators
+
+    cls = validators.extend(Draft202012Validator, {"x-resnet-depth": _resnet_depth})
+    return cls(load_schema())  # the schema itself is checked against the metaschema by the tests
+
+
+def _key(path: Any) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _known_keys(schema: Mapping[str, Any]) -> list[str]:
+    keys = list(schema.get("properties", {}))
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        keys += _known_keys(load_schema()["$defs"][ref.split("/")[-1]])
+    return keys
+
+
+_TYPE_WORDS = {"integer": "an integer", "number": "a number", "boolean": "true or false", "string": "a string",
+               "array": "a list", "object": "a mapping"}
+_BOUNDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+
+
+def _problem(err: Any) -> str:
+    """One line for one ``jsonschema.ValidationError``."""
+    key = _key(err.absolute_path)
+    schema = err.schema if isinstance(err.schema, Mapping) else {}
+    v, value = err.validator, err.instance
+    if v in ("additionalProperties", "unevaluatedProperties"):
+        known = _known_keys(schema)
+        extra = [k for k in value if k not in known] if isinstance(value, Mapping) else []
+        names = ", ".join(f"{key + '.' if key else ''}{k}" for k in extra) or err.message
+        return f"unknown key{'s' if len(extra) > 1 else ''} {names} (known{' in ' + key if key else ''}: {', '.join(known)})"
+    if v == "required":
+        return f"{key or 'top level'}: {err.message}"
+    rule = schema.get("x-rule")
+    if rule is None:
+        if v == "enum":
+            rule = "one of " + " | ".join(_show(x) if not isinstance(x, str) else x for x in err.validator_value)
+        elif v == "const":
+            rule = _show(err.validator_value)
+        elif v == "type":
+            t = err.validator_value
+            rule = " or ".join(_TYPE_WORDS.get(x, x) for x in ([t] if isinstance(t, str) else t))
+        elif v in _BOUNDS:
+            word = {"integer": "an integer", "number": "a number"}.get(str(schema.get("type")), "a value")
+            rule = f"{word} {_BOUNDS[v]} {err.validator_value}"
+        elif v == "multipleOf":
+            rule = f"a multiple of {err.validator_value}"
+        elif v in ("minItems", "maxItems"):
+            rule = f"a list of {'at least' if v == 'minItems' else 'at most'} {err.validator_value} items"
+        elif v == "pattern":
+            rule = f"a string matching {err.validator_value}"
+        else:
+            return f"{key}: {err.message}"
+    return f"{key or 'params'}: {_show(value)} is not {rule}"
+
+
+def problems(params: Any) -> list[str]:
+    """Every violation of the schema in ``params``, one line each (empty: valid)."""
+    errs = sorted(_validator().iter_errors(params), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    return [_problem(e) for e in errs]
+
+
+def validate_params(params: Any, source: str = "params.yaml") -> Any:
+    """Check ``params`` (a whole params.yaml, or any subset of its keys) against the schema.
+
+    Parameters
+    ----------
+    params
+        The parsed parameters.
+    source
+        Where they came from; starts the error message (``"params.yaml"``).
+
+    Returns
+    -------
+    The same ``params``, unchanged.
+
+    Raises
+    ------
+    ParamsError
+        A :class:`~bafusion.errors.UserError` whose message is one line:
+        ``params.yaml: patch: 30 is not a positive multiple of 4 (...)``.
+    """
+    found = problems(params)
+    if found:
+        raise ParamsError(source, found)
+    return params
+
+
+def validate_section(section: str, values: Any, source: str) -> Any:
+    """:func:`validate_params` of one top-level section (``fuse``, ``evaluate``) given alone."""
+    validate_params({section: values}, source)
+    return values

@@ -1,0 +1,165 @@
+"""The parameter schema (bafusion/schemas/params.schema.yaml): what it accepts, what it refuses
+and how it says so, in Python, in the ``bafusion`` commands, in ``snakemake -n`` and ``dvc``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bafusion import cli
+from bafusion.config import deep_merge, load_params, load_preset, preset_names, validate_params
+from bafusion.schema import ParamsError, load_schema, problems, schema_path
+from pipeline_project import REPO, make_project, run
+
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+#: (override, the key the error must name, words of the rule it must state)
+BAD = [
+    ({"patch": 30}, "patch", "multiple of 4"),
+    ({"patch": "abc"}, "patch", "multiple of 4"),
+    ({"composite": {"fit": "bogus"}}, "composite.fit", "cover | stretch"),
+    ({"depth": 21}, "depth", "6n+2"),
+    ({"bogus_key": 1}, "bogus_key", "unknown key"),
+    ({"train": {"initial": {"epoch": 3}}}, "train.initial.epoch", "unknown key"),
+    ({"fuse": {"boundary_mode": "fast"}}, "fuse.boundary_mode", "adaptive | grid | dense | exact"),
+    ({"patches": {"context": 6}}, "patches.context", "multiple of 4"),
+    ({"train": {"amp": "yes"}}, "train.amp", "auto, true or false"),
+    ({"evaluate": {"datasets": [{"name": "x", "sources": "y", "crop": [1, 2]}]}}, "evaluate.datasets[0].crop",
+     "[top, left, side]"),
+]
+
+
+def test_shipped_params_and_presets_validate() -> None:
+    assert problems(PARAMS) == []
+    assert set(preset_names()) >= {"paper", "real"}
+    for name in preset_names():
+        preset = load_preset(name)  # validates the preset alone
+        assert problems(deep_merge(PARAMS, preset)) == [], name
+
+
+def test_every_key_of_params_yaml_is_described() -> None:
+    """Each key of params.yaml has a schema entry (types, ranges or allowed values, not just 'any')."""
+    schema = load_schema()
+
+    def walk(node: dict, sch: dict, prefix: str) -> None:
+        if "$ref" in sch:
+            sch = {**schema["$defs"][sch["$ref"].split("/")[-1]], **{k: v for k, v in sch.items() if k != "$ref"}}
+        props = dict(sch.get("properties", {}))
+        if "$ref" in schema["properties"].get(prefix, {}):  # train: the per-net keys + initial/boundary
+            props.update(schema["$defs"]["train_net"]["properties"])
+        for k, v in node.items():
+            assert k in props, f"{prefix}.{k} has no schema entry"
+            entry = props[k]
+            assert set(entry) & {"type", "enum", "$ref", "anyOf", "const"}, f"{prefix}.{k} is not constrained"
+            if isinstance(v, dict) and v and "additionalProperties" not in entry:
+                walk(v, entry, k if not prefix else f"{prefix}.{k}")
+
+    walk(PARAMS, schema, "")
+
+
+@pytest.mark.parametrize("override,key,rule", BAD)
+def test_bad_values_are_refused_naming_key_and_rule(override: dict, key: str, rule: str) -> None:
+    with pytest.raises(ParamsError) as e:
+        validate_params(deep_merge(PARAMS, override), "params.yaml")
+    msg = str(e.value)
+    assert msg.startswith("params.yaml: ") and "\n" not in msg
+    assert key in msg and rule in msg, msg
+
+
+def test_patch_message_explains_the_grid() -> None:
+    assert problems({"patch": 30}) == [
+        "patch: 30 is not a positive multiple of 4 (the nets' 4-px dense grid: their total stride)"]
+    assert problems({"patch": 32, "depth": 56}) == []
+    assert problems({"patch": 0}) and problems({"depth": 2}) and problems({"depth": True})
+
+
+def test_load_params_and_commands_refuse_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(deep_merge(PARAMS, {"composite": {"fit": "bogus"}})))
+    with pytest.raises(ParamsError, match=r"bad\.yaml: composite\.fit: 'bogus' is not one of cover \| stretch"):
+        load_params(bad)
+    assert load_params(bad, validate=False)["composite"]["fit"] == "bogus"
+
+    rc = cli.main(["count", "--params", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "bad.yaml: composite.fit" in err, err
+
+    # bafusion train: the parameters are checked before the patch set is even opened
+    for args, words in (
+        (["--params", str(bad)], "bad.yaml: composite.fit"),
+        (["--params-json", json.dumps({"patch": 30})], "--params-json: patch: 30 is not a positive multiple of 4"),
+        (["--params-json", json.dumps({"patch": 32}), "--set", "depth=21"], "--params-json + --set: depth: 21"),
+    ):
+        rc = cli.main(["train", "--net", "initial", "--patches", str(tmp_path / "none.h5"),
+                       "--out", str(tmp_path / "m.pt"), *args])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and words in err and "none.h5" not in err, err
+
+    # bafusion fuse-set / evaluate: their sections
+    rc = cli.main(["fuse-set", "--pairs", str(tmp_path), "--initial", str(tmp_path / "i.pt"), "--boundary",
+                   str(tmp_path / "b.pt"), "--out", str(tmp_path / "f"), "--params-json", json.dumps({"tile": 30})])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--params-json: fuse.tile: 30 is not a positive multiple of 4" in err, err
+    rc = cli.main(["evaluate", "--out", str(tmp_path / "e"), "--params-json", json.dumps({"metrics": ["QXX"]})])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "evaluate.metrics[0]: 'QXX' is not one of QMI" in err, err
+
+
+def test_snakemake_reads_the_same_schema_file() -> None:
+    from jsonschema import Draft202012Validator
+
+    Draft202012Validator.check_schema(load_schema())  # a valid JSON Schema (2020-12)
+    assert Path(schema_path()).is_file()
+    text = (REPO / "Snakefile").read_text()
+    assert "validate(config, schema_path())" in text and "validate_params(config" in text
+
+
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_project(tmp_path_factory.mktemp("schema") / "p")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override,key,rule", [b for b in BAD if b[1] in ("patch", "composite.fit", "depth", "bogus_key")])
+def test_bad_config_fails_snakemake_dry_run(project: Path, override: dict, key: str, rule: str) -> None:
+    good = (project / "params.yaml").read_text()
+    try:
+        (project / "params.yaml").write_text(yaml.safe_dump(deep_merge(yaml.safe_load(good), override)))
+        p = run(["snakemake", "-n", "all"], project, check=False)
+    finally:
+        (project / "params.yaml").write_text(good)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "params.yaml: " in out and key in out and rule in out, out[-2000:]
+    assert "Job stats" not in out
+
+
+@pytest.mark.slow
+def test_config_override_is_checked_too(project: Path) -> None:
+    p = run(["snakemake", "-n", "all", "--config", "patch=abc"], project, check=False)
+    assert p.returncode != 0
+    assert "params.yaml + --config: patch: 'abc' is not a positive multiple of 4" in p.stdout + p.stderr
+    ok = run(["snakemake", "-n", "all"], project)
+    assert "train_initial" in ok.stdout
+
+
+@pytest.mark.slow
+def test_bad_config_fails_dvc_before_any_job(project: Path) -> None:
+    """dvc repro / dvc exp run -S: the first stage's snakemake refuses the config before its job."""
+    p = run(["dvc", "exp", "run", "-S", "patch=30"], project, check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "patch: 30 is not a positive multiple of 4" in out, out[-2000:]
+    assert _files(project / "data") == [] and _files(project / "logs") == []  # no job ran
+    run(["git", "checkout", "--", "params.yaml"], project)
+    (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("fit: cover", "fit: bogus"))
+    p = run(["dvc", "repro"], project, check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "composite.fit: 'bogus' is not one of cover | stretch" in out, out[-2000:]
+    assert _files(project / "data") == [] and _files(project / "logs") == []
+    run(["git", "checkout", "--", "params.yaml"], project)
