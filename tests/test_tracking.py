@@ -104,6 +104,8 @@ def test_invocation_is_a_parent_run_with_named_children_and_a_loadable_model(
     exp_id = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
     runs = {r.info.run_name: r for r in client.search_runs([exp_id])}
     assert set(runs) == {"snakemake train_initial", "train_initial", "composite shard 2/4", "prepare"}
+    kind, value = tracking.EXPERIMENT_KIND
+    assert client.get_experiment(exp_id).tags[kind] == value  # the UI opens on the runs table
     top = runs["snakemake train_initial"]
     assert top.info.run_id == parent and top.info.status == "FINISHED"
     assert "mlflow.parentRunId" not in top.data.tags and top.data.params["train.epochs"] == "1"

@@ -88,9 +88,23 @@ def ensure_db(uri: str | None = None) -> str:
                 if client.get_experiment_by_name(EXPERIMENT) is None:
                     with contextlib.suppress(Exception):  # another process may have won
                         client.create_experiment(EXPERIMENT)
+                mark_training_experiment(client)
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
     return uri
+
+
+#: MLflow's experiment-kind tag: model training, so the UI opens on the runs table, not on
+#: the GenAI "Traces" view.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def mark_training_experiment(client: Any) -> None:
+    """Tag the ``bafusion`` experiment as model training (once; a user's own kind is kept)."""
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is not None and EXPERIMENT_KIND[0] not in (exp.tags or {}):
+        with contextlib.suppress(Exception):
+            client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
 
 
 def git_commit(root: Path | None = None) -> str | None:
