@@ -22,7 +22,11 @@ def _rows(shown: list[dict]) -> list[dict]:
     return [r for entry in shown for exp in entry.get("experiments") or [] for r in exp["revs"]]
 
 
-def test_two_experiments_two_rows_metrics_diff_and_one_parent_run_each(tmp_path: Path) -> None:
+def test_two_experiments_two_rows_metrics_diff_and_one_parent_run_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # this test's runs only (the commands inherit it)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     project = make_project(tmp_path / "p")
     run(["dvc", "repro", TARGET], project)
     # The metric and plot files are git-tracked (not under the ignored data/): commit them.
@@ -66,7 +70,7 @@ def test_two_experiments_two_rows_metrics_diff_and_one_parent_run_each(tmp_path:
 
     from bafusion.tracking import EXPERIMENT
 
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    client = MlflowClient(uri)
     exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     runs = client.search_runs([exp_id])
     parents = {r.info.run_id: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
