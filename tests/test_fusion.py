@@ -402,12 +402,18 @@ def test_cli_fuse_set_reports_accuracy(tmp_path: Path, model_dir: Path) -> None:
     params.write_text("fuse:\n  l: 6\n  min_region: 0.01\n  device: cpu\n  alpha: 10\n")
     out = tmp_path / "fused"
     rc = cli_main(["fuse-set", "--pairs", str(pairs), "--models", str(model_dir), "--out", str(out),
-                   "--params-file", str(params)])
+                   "--params-file", str(params), "--report", str(tmp_path / "fuse.json")])
     assert rc == 0
     rep = json.loads((out / "accuracy.json").read_text())
     assert rep["params"]["l"] == 6
     assert set(rep["pairs"]) == {"p1", "p2"}
     assert all(0.9 <= e["dm_accuracy"] <= 1 for e in rep["pairs"].values())
+    # The DVC metrics file: the means over the pairs, numbers only (no settings, no paths).
+    metrics = json.loads((tmp_path / "fuse.json").read_text())
+    assert metrics["pairs"] == 2 and "params" not in metrics and "models" not in metrics
+    assert all(isinstance(v, (int, float)) for v in metrics.values())
+    assert metrics["mean_dm_accuracy"] == pytest.approx(np.mean([e["dm_accuracy"] for e in rep["pairs"].values()]))
+    assert metrics["mean_band8_accuracy"] == pytest.approx(np.mean([e["band8_accuracy"] for e in rep["pairs"].values()]))
     assert (out / "p1.png").is_file() and (out / "maps" / "p2-fig3.png").is_file()
 
 
@@ -420,7 +426,7 @@ def test_cli_fuse_set_on_an_empty_test_set_fuses_nothing(tmp_path: Path, model_d
                    "--report", str(tmp_path / "fuse.json")])
     assert rc == 0
     rep = json.loads((tmp_path / "fuse.json").read_text())
-    assert rep["pairs"] == {} and "mean_dm_accuracy" not in rep
+    assert rep == {"pairs": 0}
 
 
 def test_dense_pass_equals_the_context_view_of_training() -> None:

@@ -223,7 +223,7 @@ def test_pipeline_jobs_run_on_slurm_with_the_profile_resources(slurm_run: dict, 
         job = jobs["rule_train_initial"]
         _check_slurm_job(cluster, job, cpus=1, mem_mb=res["train_initial"]["mem_mb"],
                          minutes=res["train_initial"]["runtime"])
-        m = json.loads((project / "data/metrics/train_initial.json").read_text())
+        m = json.loads((project / "metrics/train_initial.json").read_text())
         assert m["world_size"] == 1 and m["device"] == "cpu" and m["epochs"] == TRAIN["epochs"]
         assert (project / "data/models/initial.pt").exists()
 
@@ -234,7 +234,7 @@ def test_ddp_two_processes_in_one_slurm_job_match_one_process(slurm_run: dict, c
     re-launches itself under torchrun with 2 gloo processes; same seed and global batch as the
     1-process run of the fixture, so the validation accuracy agrees within noise."""
     project, root = slurm_run["project"], slurm_run["root"]
-    one = json.loads((project / "data/metrics/train_initial.json").read_text())
+    one = json.loads((project / "metrics/train_initial.json").read_text())
     assert one["world_size"] == 1
     _set_train(project, nproc=2)
     profile, cfg = _test_profile("slurm", root / "profile-ddp", cluster, train_threads=2)
@@ -248,7 +248,7 @@ def test_ddp_two_processes_in_one_slurm_job_match_one_process(slurm_run: dict, c
     assert job["id"] == submitted[0]
     _check_slurm_job(cluster, job, cpus=2, mem_mb=cfg["set-resources"]["train_initial"]["mem_mb"],
                      minutes=cfg["set-resources"]["train_initial"]["runtime"])
-    two = json.loads((project / "data/metrics/train_initial.json").read_text())
+    two = json.loads((project / "metrics/train_initial.json").read_text())
     assert two["world_size"] == 2 and two["device"] == "cpu"
     assert two["samples_seen"] == one["samples_seen"] == TRAIN["epochs"] * TRAIN["samples_per_epoch"]
     assert two["val_patches"] == one["val_patches"] >= 100

@@ -67,3 +67,95 @@ def test_sigterm_ends_the_run_as_killed(tmp_path: Path) -> None:
     assert proc.returncode == 143
     assert "cleaned up" in out
     assert _runs(uri) == {"long": "KILLED"}
+
+
+def _clear_invocation_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in (tracking.PARENT_ENV, "DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_invocation_is_a_parent_run_with_named_children_and_a_loadable_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from bafusion.model import build_model
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    _clear_invocation_env(monkeypatch)
+    parent = tracking.begin_invocation({"patch": 16, "train": {"epochs": 1}}, "train_initial")
+    assert parent and os.environ[tracking.PARENT_ENV] == parent
+    net = build_model(8)
+    with tracking.stage_run("train_initial") as run:
+        run.log_model(net, "initial_net", input_example=np.zeros((1, 2, 16, 16), dtype=np.float32))
+    with tracking.stage_run("composite", run_name="composite shard 2/4"):
+        pass
+    tracking.end_invocation(True)
+    monkeypatch.delenv(tracking.PARENT_ENV)
+    with tracking.stage_run("prepare"):  # by hand, outside a pipeline: a top-level run
+        pass
+
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    runs = {r.info.run_name: r for r in client.search_runs([exp_id])}
+    assert set(runs) == {"snakemake train_initial", "train_initial", "composite shard 2/4", "prepare"}
+    kind, value = tracking.EXPERIMENT_KIND
+    assert client.get_experiment(exp_id).tags[kind] == value  # the UI opens on the runs table
+    top = runs["snakemake train_initial"]
+    assert top.info.run_id == parent and top.info.status == "FINISHED"
+    assert "mlflow.parentRunId" not in top.data.tags and top.data.params["train.epochs"] == "1"
+    for name in ("train_initial", "composite shard 2/4"):
+        assert runs[name].data.tags["mlflow.parentRunId"] == parent
+    assert "mlflow.parentRunId" not in runs["prepare"].data.tags
+    commit = tracking.git_commit()
+    if commit:  # the tests run inside the project's git checkout
+        assert runs["train_initial"].data.tags["mlflow.source.git.commit"] == commit
+    assert runs["train_initial"].data.tags["mlflow.source.name"] == "bafusion train_initial"
+
+    # The net is an MLflow model of its run, with a signature, and loads back as the same net.
+    outputs = runs["train_initial"].outputs.model_outputs
+    assert len(outputs) == 1
+    model = mlflow.get_logged_model(outputs[0].model_id)
+    assert model.name == "initial_net" and model.source_run_id == runs["train_initial"].info.run_id
+    mlflow.set_tracking_uri(uri)
+    loaded = mlflow.pytorch.load_model(model.model_uri)
+    x = torch.randn(3, 2, 16, 16)
+    net.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), net(x))
+    from mlflow.models import get_model_info
+
+    assert get_model_info(model.model_uri).signature is not None
+
+
+def test_stages_of_one_dvc_invocation_share_one_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    ids = {}
+    for exp in ("exp-a", "exp-a", "exp-b"):
+        for stage in ("patches", "train_initial"):
+            _clear_invocation_env(monkeypatch)
+            monkeypatch.setenv("DVC_STAGE", stage)
+            monkeypatch.setenv("DVC_EXP_NAME", exp)
+            ids.setdefault(exp, set()).add(tracking.begin_invocation({"patch": 16}))
+            with tracking.stage_run(stage):
+                pass
+            tracking.end_invocation(True)
+    # Without a dvc process above the test, the key is the experiment's name (and baseline):
+    # each experiment is one parent, whichever stage opened it.
+    assert len(ids["exp-a"]) == 1 and len(ids["exp-b"]) == 1 and ids["exp-a"] != ids["exp-b"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    runs = client.search_runs([exp_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert sorted(r.info.run_name for r in parents) == ["dvc exp exp-a", "dvc exp exp-b"]
+    assert all(r.info.status == "FINISHED" for r in parents)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == next(iter(ids["exp-b"]))]
+    assert sorted(r.info.run_name for r in children) == ["patches", "train_initial"]

@@ -487,6 +487,24 @@ def _checksums(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def _logged(stage: str):
+    """Run a ``download-*`` command as the MLflow step ``stage`` (its arguments as params)."""
+
+    def wrap(fn):
+        def cmd(args: argparse.Namespace) -> int:
+            from bafusion import tracking
+
+            params = {k: v for k, v in vars(args).items() if not callable(v) and k != "command"}
+            with tracking.stage_run(stage, {"download": params}):
+                return fn(args)
+
+        cmd.__doc__ = fn.__doc__
+        return cmd
+
+    return wrap
+
+
+@_logged("download_alphamatting")
 def cmd_download_alphamatting(args: argparse.Namespace) -> int:
     rec = acquire_alphamatting(
         args.out,
@@ -502,6 +520,7 @@ def cmd_download_alphamatting(args: argparse.Namespace) -> int:
     return 0
 
 
+@_logged("download_coco")
 def cmd_download_coco(args: argparse.Namespace) -> int:
     flt = CocoFilter(
         split=args.split,
@@ -530,6 +549,7 @@ def cmd_download_coco(args: argparse.Namespace) -> int:
     return 0
 
 
+@_logged("download_eval")
 def cmd_download_eval(args: argparse.Namespace) -> int:
     rec = acquire_eval(
         args.out,
@@ -544,6 +564,7 @@ def cmd_download_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+@_logged("download")
 def cmd_download_record(args: argparse.Namespace) -> int:
     folders = {}
     for item in args.folders:

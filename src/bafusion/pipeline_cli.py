@@ -74,7 +74,8 @@ def cmd_composite(args: argparse.Namespace) -> int:
 
     opts = _composite_opts(args)
     params = {"composite": {**_composite_params(opts), "shards": args.shards}, "seed": args.seed}
-    with tracking.stage_run("composite", params, tags={"shard": args.shard}) as run:
+    with tracking.stage_run("composite", params, tags={"shard": args.shard},
+                            run_name=f"composite shard {args.shard + 1}/{args.shards}") as run:
         t0 = time.perf_counter()
         n = run_shard(Path(args.prepared), args.shard, args.shards, opts, Path(args.out), progress=_progress(args))
         dt = time.perf_counter() - t0

@@ -7,6 +7,14 @@
 - A fresh sqlite database is created (and migrated) once, under a file lock, so that
   parallel Snakemake jobs never race on alembic migrations.
 - ``BAFUSION_MLFLOW=0`` (or ``tracking.enabled: false`` in params) turns logging off.
+- One pipeline invocation is one parent run; each step is a nested child run of it (tag
+  ``mlflow.parentRunId``). Snakemake's ``onstart`` opens the parent (:func:`begin_invocation`)
+  and hands its id to the jobs in ``$BAFUSION_PARENT_RUN``. Under DVC every stage is its own
+  Snakemake call, so the parent is found again by an invocation key (the DVC experiment's name,
+  else the ``dvc`` process that runs the stages) and reopened. A step run by hand, outside
+  both, is a top-level run.
+- Every run carries MLflow's own source tags (``mlflow.source.git.commit``, ``mlflow.source.name``,
+  ``mlflow.source.type``), so the UI shows the commit it ran.
 """
 
 from __future__ import annotations
@@ -21,6 +29,11 @@ from pathlib import Path
 from typing import Any
 
 EXPERIMENT = "bafusion"
+#: Environment variable that carries the parent run's id from Snakemake to its jobs.
+PARENT_ENV = "BAFUSION_PARENT_RUN"
+#: Tags of a parent run: marks it, and the key that finds it again under DVC.
+PARENT_TAG = "bafusion.parent"
+INVOCATION_TAG = "bafusion.invocation"
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -75,9 +88,23 @@ def ensure_db(uri: str | None = None) -> str:
                 if client.get_experiment_by_name(EXPERIMENT) is None:
                     with contextlib.suppress(Exception):  # another process may have won
                         client.create_experiment(EXPERIMENT)
+                mark_training_experiment(client)
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
     return uri
+
+
+#: MLflow's experiment-kind tag: model training, so the UI opens on the runs table, not on
+#: the GenAI "Traces" view.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def mark_training_experiment(client: Any) -> None:
+    """Tag the ``bafusion`` experiment as model training (once; a user's own kind is kept)."""
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is not None and EXPERIMENT_KIND[0] not in (exp.tags or {}):
+        with contextlib.suppress(Exception):
+            client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
 
 
 def git_commit(root: Path | None = None) -> str | None:
@@ -107,11 +134,15 @@ class _NullRun:
     def set_tag(self, key: str, value: Any) -> None:
         pass
 
+    def log_model(self, model: Any, name: str, input_example: Any = None) -> None:
+        pass
+
 
 class _Run:
-    def __init__(self, client: Any, run_id: str) -> None:
+    def __init__(self, client: Any, run_id: str, uri: str | None = None) -> None:
         self.client = client
         self.run_id = run_id
+        self.uri = uri or tracking_uri()
 
     def log_metric(self, key: str, value: float, step: int | None = None) -> None:
         self.client.log_metric(self.run_id, key, float(value), step=step or 0)
@@ -130,12 +161,33 @@ class _Run:
     def set_tag(self, key: str, value: Any) -> None:
         self.client.set_tag(self.run_id, key, str(value))
 
+    def log_model(self, model: Any, name: str, input_example: Any = None) -> None:
+        """Log a torch net as an MLflow model of this run (see :func:`log_torch_model`)."""
+        log_torch_model(self.uri, self.run_id, model, name, input_example)
+
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None) -> Iterator[Any]:
+def stage_run(
+    stage: str,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    run_name: str | None = None,
+) -> Iterator[Any]:
     """Log one pipeline step as an MLflow run: flattened params, tags, duration, status.
 
-    Yields an object with ``log_metric``/``log_metrics``/``log_artifact``/``set_tag``.
+    Parameters
+    ----------
+    stage
+        The step (``prepare``, ``train_initial``, ...), kept in the ``stage`` tag.
+    params
+        Nested settings, logged flattened (``{"a": {"b": 1}}`` -> ``a.b``).
+    tags
+        Extra tags.
+    run_name
+        The name shown in the UI, default ``stage`` (e.g. ``composite shard 2/4``).
+
+    Yields an object with ``log_metric``/``log_metrics``/``log_artifact``/``set_tag``/``log_model``.
+    The run is a child of ``$BAFUSION_PARENT_RUN`` when that is set (see :func:`begin_invocation`).
     Uses ``MlflowClient`` (not the fluent API) so nothing leaks between runs in one process.
     """
     if not enabled():
@@ -148,22 +200,23 @@ def stage_run(stage: str, params: Mapping[str, Any] | None = None, tags: Mapping
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(EXPERIMENT)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(EXPERIMENT)
-    all_tags = {"stage": stage, "mlflow.runName": stage}
-    commit = git_commit()
-    if commit:
-        all_tags["git_commit"] = commit
+    name = run_name or stage
+    all_tags = {"stage": stage, "mlflow.runName": name, **source_tags(f"bafusion {stage}")}
     for var in ("DVC_EXP_NAME", "DVC_STAGE"):
         if os.environ.get(var):
             all_tags[var.lower()] = os.environ[var]
+    parent = os.environ.get(PARENT_ENV, "").strip()
+    if parent:
+        all_tags["mlflow.parentRunId"] = parent
     all_tags.update({k: str(v) for k, v in (tags or {}).items()})
-    run = client.create_run(exp_id, tags=all_tags, run_name=all_tags["mlflow.runName"])
+    run = client.create_run(exp_id, tags=all_tags, run_name=name)
     run_id = run.info.run_id
     flat = flatten(params or {})
     items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
     t0 = time.perf_counter()
-    handle = _Run(client, run_id)
+    handle = _Run(client, run_id, uri)
     try:
         yield handle
     except BaseException as e:
@@ -175,3 +228,193 @@ def stage_run(stage: str, params: Mapping[str, Any] | None = None, tags: Mapping
         raise
     handle.log_metric("duration_s", time.perf_counter() - t0)
     client.set_terminated(run_id, status="FINISHED")
+
+
+# --------------------------------------------------------------------------------------
+# Source tags, logged models, and the parent run of one pipeline invocation
+
+
+def source_tags(name: str, root: Path | None = None) -> dict[str, str]:
+    """MLflow's own source tags: the git commit and a source name, shown by the UI.
+
+    Parameters
+    ----------
+    name
+        What ran (``bafusion train_initial``, ``snakemake all``, ``dvc exp run``).
+    root
+        The repository; default :func:`repo_root`.
+
+    Returns
+    -------
+    dict
+        ``mlflow.source.name``, ``mlflow.source.type`` and, inside a git checkout,
+        ``mlflow.source.git.commit`` (also kept as ``git_commit``).
+    """
+    tags = {"mlflow.source.name": name, "mlflow.source.type": "LOCAL"}
+    commit = git_commit(root)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["git_commit"] = commit
+    return tags
+
+
+def log_torch_model(uri: str, run_id: str, model: Any, name: str, input_example: Any = None) -> str | None:
+    """Log ``model`` with ``mlflow.pytorch.log_model`` into the run ``run_id``.
+
+    The requirements are given (the installed torch), so MLflow infers nothing and needs no
+    network; with an input example MLflow stores it and infers the signature from it. Loading
+    (``mlflow.pytorch.load_model``) needs ``bafusion`` importable.
+
+    Returns
+    -------
+    str or None
+        The logged model's URI (``models:/<id>``).
+    """
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    mlflow.set_tracking_uri(uri)
+    was_training = model.training
+    model.eval()
+    try:
+        with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+            info = mlflow.pytorch.log_model(
+                model,
+                name=name,
+                input_example=input_example,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                # The pickled module (bafusion.model's class), not a torch.export program: an
+                # exported program is fixed to the example's batch size of 1.
+                serialization_format="pickle",
+            )
+    finally:
+        model.train(was_training)
+    return getattr(info, "model_uri", None)
+
+
+def _proc_parent(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time) of ``pid`` from /proc, or None where there is no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[1]), fields[19]
+
+
+def _dvc_ancestor() -> str | None:
+    """``<pid>-<start time>`` of the ``dvc`` process this one runs under (Linux), else None."""
+    pid = os.getpid()
+    for _ in range(32):
+        info = _proc_parent(pid)
+        if info is None:
+            return None
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            argv = []
+        args = [a.decode(errors="replace") for a in argv[:3]]
+        if any(Path(a).name == "dvc" for a in args[:2]) or args[1:3] == ["-m", "dvc"]:
+            start = _proc_parent(pid)
+            return f"{pid}-{start[1] if start else ''}"
+        pid = info[0]
+        if pid <= 1:
+            return None
+    return None
+
+
+def invocation(targets: str = "") -> tuple[str | None, str]:
+    """The key and the name of the pipeline invocation this process belongs to.
+
+    Under DVC (``$DVC_STAGE`` set) the key is shared by all stages of one ``dvc repro`` or
+    ``dvc exp run``: the experiment's name and the ``dvc`` process. Otherwise (a Snakemake run)
+    there is no key: each run opens its own parent.
+
+    Returns
+    -------
+    (key or None, run name)
+    """
+    exp = os.environ.get("DVC_EXP_NAME", "").strip()
+    if os.environ.get("DVC_STAGE"):
+        proc = _dvc_ancestor()
+        if exp:
+            return f"exp:{exp}:{proc or os.environ.get('DVC_EXP_BASELINE_REV', '')}", f"dvc exp {exp}"
+        return (f"dvc:{proc}" if proc else None), "dvc repro" if proc else f"dvc repro {os.environ['DVC_STAGE']}"
+    return None, f"snakemake {targets}".strip()
+
+
+def begin_invocation(config: Mapping[str, Any] | None = None, targets: str = "") -> str | None:
+    """Open (or, under DVC, reopen) the parent run of this invocation; export its id.
+
+    Called from Snakemake's ``onstart``. Sets ``$BAFUSION_PARENT_RUN`` so that every job's
+    :func:`stage_run` becomes a nested child. A parent id already in the environment (set by
+    the caller) is kept.
+
+    Parameters
+    ----------
+    config
+        The invocation's params (Snakemake's ``config`` = params.yaml), logged flattened.
+    targets
+        The Snakemake targets, for the run's name.
+
+    Returns
+    -------
+    str or None
+        The parent run's id; None when tracking is off.
+    """
+    if not enabled():
+        return None
+    if os.environ.get(PARENT_ENV):
+        return os.environ[PARENT_ENV]
+    from mlflow.entities import Param, RunStatus
+    from mlflow.tracking import MlflowClient
+
+    uri = ensure_db()
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    key, name = invocation(targets)
+    run_id = None
+    lock = _lock_path(uri)
+    with open(lock, "a") if lock else contextlib.nullcontext() as fh:
+        if fh is not None:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        if key:
+            found = client.search_runs(
+                [exp_id], filter_string=f"tags.`{INVOCATION_TAG}` = '{key}'", max_results=1
+            )
+            if found:
+                run_id = found[0].info.run_id
+                client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        if run_id is None:
+            tags = {PARENT_TAG: "1", "mlflow.runName": name, **source_tags(name)}
+            if key:
+                tags[INVOCATION_TAG] = key
+            if os.environ.get("DVC_EXP_NAME"):
+                tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+            run_id = client.create_run(exp_id, tags=tags, run_name=name).info.run_id
+            items = [Param(k, str(v)[:6000]) for k, v in flatten(config or {}).items()]
+            for i in range(0, len(items), 100):
+                client.log_batch(run_id, params=items[i : i + 100])
+    os.environ[PARENT_ENV] = run_id
+    return run_id
+
+
+def end_invocation(ok: bool) -> None:
+    """Close the parent run opened by :func:`begin_invocation` (Snakemake's onsuccess/onerror).
+
+    Under DVC the next stage reopens it, so after the last stage it stays FINISHED.
+    """
+    run_id = os.environ.get(PARENT_ENV)
+    if not (enabled() and run_id):
+        return
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=tracking_uri()).set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+
+
+def _lock_path(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        return db.with_name(db.name + ".lock")
+    return None

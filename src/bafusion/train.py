@@ -13,8 +13,8 @@ Outputs (all written atomically):
 - ``--checkpoints`` (default ``data/checkpoints/<net>/``): ``last.pt`` (full training state:
   weights, optimizer, scheduler, loader position, RNG states, history) and ``best.pt``
   (weights of the best epoch so far);
-- ``--metrics`` (default ``data/metrics/train_<net>.json``) for ``dvc metrics``;
-- ``--plots`` (default ``data/plots/train_<net>.csv``): one row per epoch for ``dvc plots``;
+- ``--metrics`` (default ``metrics/train_<net>.json``) for ``dvc metrics``;
+- ``--plots`` (default ``metrics/plots/train_<net>.csv``): one row per epoch for ``dvc plots``;
 - an MLflow run ``train_<net>`` with the flattened parameters, per-epoch metrics (step =
   epoch) and the model as an artifact.
 
@@ -377,8 +377,8 @@ def default_paths(net: str, out: str | os.PathLike[str]) -> Paths:
     return Paths(
         out=Path(out),
         checkpoints=Path("data/checkpoints") / net,
-        metrics=Path("data/metrics") / f"train_{net}.json",
-        plots=Path("data/plots") / f"train_{net}.csv",
+        metrics=Path("metrics") / f"train_{net}.json",
+        plots=Path("metrics/plots") / f"train_{net}.csv",
     )
 
 
@@ -463,6 +463,7 @@ class _NoRun:
     def log_metrics(self, *a: Any, **k: Any) -> None: ...
     def log_artifact(self, *a: Any, **k: Any) -> None: ...
     def set_tag(self, *a: Any, **k: Any) -> None: ...
+    def log_model(self, *a: Any, **k: Any) -> None: ...
 
 
 # Timings (samples/s, seconds) go to MLflow and the log only: the files DVC tracks must be the
@@ -769,6 +770,10 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             run.log_artifact(paths.out.with_suffix(".json"), "model")
             run.log_artifact(paths.metrics, "metrics")
             run.log_artifact(paths.plots, "metrics")
+            # The net as an MLflow model (UI "Models" column, mlflow.pytorch.load_model): one
+            # input patch pair, so MLflow stores the example and infers the signature.
+            example = np.zeros((1, 2, cfg.patch, cfg.patch), dtype=np.float32)
+            run.log_model(final, f"{net}_net", input_example=example)
         return summary
 
 
@@ -796,8 +801,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one parameter, e.g. --set train.epochs=2 (repeatable)")
     p.add_argument("--checkpoints", default=None, help="checkpoint folder (default data/checkpoints/<net>)")
-    p.add_argument("--metrics", default=None, help="metrics JSON (default data/metrics/train_<net>.json)")
-    p.add_argument("--plots", default=None, help="per-epoch CSV (default data/plots/train_<net>.csv)")
+    p.add_argument("--metrics", default=None, help="metrics JSON (default metrics/train_<net>.json)")
+    p.add_argument("--plots", default=None, help="per-epoch CSV (default metrics/plots/train_<net>.csv)")
     p.add_argument("--device", default=None, help="override train.device (auto, cpu, cuda, cuda:1, mps)")
     p.add_argument("--threads", type=int, default=None, help="override train.threads (torch CPU threads per process)")
     p.add_argument("--nproc", default=None, help="override train.nproc (processes; 'auto' = number of GPUs)")

@@ -5,8 +5,8 @@
 # the command. Runs after `fuse` (whose decision-map accuracy it complements) and re-fuses
 # with the same nets and fusion parameters, so that both of our variants come from one run.
 # Writes data/evaluation/<dataset>/{metrics.csv,means.csv,table1.md,figures/,fused/},
-# data/evaluation/metrics.json, and for DVC data/metrics/evaluate.json (our means) and
-# data/plots/evaluate.csv (every method's means).
+# data/evaluation/metrics.json, and for DVC metrics/evaluate.json (our means) and
+# metrics/plots/evaluate.csv (every method's means).
 
 EVALUATE = config.get("evaluate", {}) or {}
 
@@ -21,8 +21,8 @@ rule evaluate:
         boundary_meta=rules.train_boundary.output.meta,
     output:
         evaluation=directory("data/evaluation"),
-        metrics="data/metrics/evaluate.json",
-        plots="data/plots/evaluate.csv",
+        metrics="metrics/evaluate.json",
+        plots="metrics/plots/evaluate.csv",
     params:
         cfg=section_json("evaluate"),
         fuse=section_json("fuse"),

@@ -2,7 +2,7 @@
 # Reads the `fuse:` section of the config (params.yaml), passed whole as JSON so that
 # `--config` overrides reach the fuser too. Writes data/fused/<name>.png, the maps and
 # figures into data/fused/maps/, and the decision-map accuracy vs the true maps per pair
-# into data/fused/accuracy.json and data/metrics/fuse.json (for DVC).
+# into data/fused/accuracy.json, and their means into metrics/fuse.json (git-tracked, for DVC).
 
 FUSE = config.get("fuse", {})
 
@@ -16,7 +16,7 @@ rule fuse:
         boundary_meta=rules.train_boundary.output.meta,
     output:
         fused=directory("data/fused"),
-        metrics="data/metrics/fuse.json",
+        metrics="metrics/fuse.json",
     params:
         cfg=section_json("fuse"),
     log:

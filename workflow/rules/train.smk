@@ -16,8 +16,8 @@ rule train_initial:
     output:
         model="data/models/initial.pt",
         meta="data/models/initial.json",
-        metrics="data/metrics/train_initial.json",
-        plots="data/plots/train_initial.csv",
+        metrics="metrics/train_initial.json",
+        plots="metrics/plots/train_initial.csv",
     params:
         cfg=train_config_json(),
         checkpoints="data/checkpoints/initial",
@@ -39,8 +39,8 @@ rule train_boundary:
     output:
         model="data/models/boundary.pt",
         meta="data/models/boundary.json",
-        metrics="data/metrics/train_boundary.json",
-        plots="data/plots/train_boundary.csv",
+        metrics="metrics/train_boundary.json",
+        plots="metrics/plots/train_boundary.csv",
     params:
         cfg=train_config_json(),
         checkpoints="data/checkpoints/boundary",
