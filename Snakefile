@@ -5,6 +5,7 @@
 #   snakemake --cores 8 --profile workflow/profiles/local
 
 configfile: "params.yaml"
+report: "workflow/report/workflow.rst"
 
 
 # The config (params.yaml + any --config overrides) is checked against the package's schema

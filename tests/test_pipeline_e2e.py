@@ -51,6 +51,19 @@ def test_dvc_repro_then_nothing_then_only_patches_and_after(tmp_path: Path) -> N
     second = run(["dvc", "repro"], project)
     assert ran_stages(second.stdout) == [], second.stdout[-3000:]
 
+    # `snakemake --report` shows the results: Table 1, the figures, the training curves; the
+    # heavy rules wrote their benchmark files.
+    import zipfile
+
+    run(["snakemake", "--report", "report.zip"], project)
+    names = zipfile.ZipFile(project / "report.zip").namelist()
+    for want in ("means.csv", "metrics.csv", "-fig3.png", "train_initial.csv", "train_boundary.csv"):
+        assert any(n.endswith(want) for n in names), (want, names)
+    assert any("/figures/" in n and n.endswith(".png") for n in names), names
+    for rule in ("patches", "train_initial", "train_boundary", "fuse", "evaluate"):
+        bench = (project / "logs" / "benchmarks" / f"{rule}.tsv").read_text().splitlines()
+        assert bench[0].startswith("s\t") and float(bench[1].split("\t")[0]) > 0
+
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-q", "-m", "first run"], project)
     exp = run(["dvc", "exp", "run", "-S", "patch=24"], project)

@@ -58,6 +58,8 @@ rule composite_shard:
         seed=config["seed"],
     log:
         "logs/composite/shard-{shard}.log",
+    benchmark:
+        "logs/benchmarks/composite/shard-{shard}.tsv"
     threads: 1
     conda:
         CONDA_ENV
@@ -122,6 +124,8 @@ rule patches:
         out=lambda wildcards, output: os.path.dirname(output.initial),
     log:
         "logs/patches.log",
+    benchmark:
+        "logs/benchmarks/patches.tsv"
     threads: 1
     conda:
         CONDA_ENV

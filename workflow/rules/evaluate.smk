@@ -20,7 +20,9 @@ rule evaluate:
         initial_meta=rules.train_initial.output.meta,
         boundary_meta=rules.train_boundary.output.meta,
     output:
-        evaluation=directory("data/evaluation"),
+        evaluation=report(directory("data/evaluation"), patterns=["{dataset}/{file}.csv", "{dataset}/figures/{file}.png"],
+                          caption="../report/evaluation.rst", category="Evaluation (Table 1, Fig. 4, Fig. 5)",
+                          labels={"dataset": "{dataset}", "file": "{file}"}),
         metrics="metrics/evaluate.json",
         plots="metrics/plots/evaluate.csv",
     params:
@@ -28,6 +30,8 @@ rule evaluate:
         fuse=section_json("fuse"),
     log:
         "logs/evaluate.log",
+    benchmark:
+        "logs/benchmarks/evaluate.tsv"
     threads: int(EVALUATE.get("threads") or 2)  # capped by --cores
     conda:
         CONDA_ENV

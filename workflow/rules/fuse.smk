@@ -15,12 +15,15 @@ rule fuse:
         initial_meta=rules.train_initial.output.meta,
         boundary_meta=rules.train_boundary.output.meta,
     output:
-        fused=directory("data/fused"),
+        fused=report(directory("data/fused"), patterns=["maps/{pair}-fig3.png"], caption="../report/fused.rst",
+                     category="Fusion of the test pairs (Fig. 3)", labels={"pair": "{pair}"}),
         metrics="metrics/fuse.json",
     params:
         cfg=section_json("fuse"),
     log:
         "logs/fuse.log",
+    benchmark:
+        "logs/benchmarks/fuse.tsv"
     threads: int(FUSE.get("threads") or 2)  # capped by --cores
     conda:
         CONDA_ENV

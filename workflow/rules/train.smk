@@ -17,12 +17,15 @@ rule train_initial:
         model="data/models/initial.pt",
         meta="data/models/initial.json",
         metrics="metrics/train_initial.json",
-        plots="metrics/plots/train_initial.csv",
+        plots=report("metrics/plots/train_initial.csv", caption="../report/training.rst", category="Training",
+                     labels={"net": "initial", "file": "per-epoch curve"}),
     params:
         cfg=train_config_json(),
         checkpoints="data/checkpoints/initial",
     log:
         "logs/train_initial.log",
+    benchmark:
+        "logs/benchmarks/train_initial.tsv"
     threads: int(TRAIN.get("threads") or all_cores())  # 0: all of --cores
     conda:
         CONDA_ENV
@@ -40,12 +43,15 @@ rule train_boundary:
         model="data/models/boundary.pt",
         meta="data/models/boundary.json",
         metrics="metrics/train_boundary.json",
-        plots="metrics/plots/train_boundary.csv",
+        plots=report("metrics/plots/train_boundary.csv", caption="../report/training.rst", category="Training",
+                     labels={"net": "boundary", "file": "per-epoch curve"}),
     params:
         cfg=train_config_json(),
         checkpoints="data/checkpoints/boundary",
     log:
         "logs/train_boundary.log",
+    benchmark:
+        "logs/benchmarks/train_boundary.tsv"
     threads: int(TRAIN.get("threads") or all_cores())  # 0: all of --cores
     conda:
         CONDA_ENV
