@@ -42,6 +42,17 @@ from bafusion.model import build_model  # noqa: E402
 from bafusion.patches import _all_pair_ids, split_pairs  # noqa: E402
 
 
+def fresh_nets(args):
+    """Two copies of one seeded initialisation (isolated, dense) and an SGD optimiser for each."""
+    torch.manual_seed(args.seed)
+    net_i = build_model(args.depth)
+    net_d = build_model(args.depth)
+    net_d.load_state_dict(net_i.state_dict())
+    opt = {m: torch.optim.SGD(n.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
+           for m, n in (("isolated", net_i), ("dense", net_d))}
+    return net_i, net_d, opt
+
+
 def isolated_step(net, opt, x, y) -> tuple[float, int]:
     logits = net(x)
     loss = F.cross_entropy(logits, y)
@@ -115,12 +126,7 @@ def main() -> int:
     print(f"patch {patch}, {len(train_pairs)} train / {len(val_pairs)} val pairs, "
           f"{len(train_split)} / {len(val_split)} isolated patches", file=sys.stderr)
 
-    torch.manual_seed(args.seed)
-    net_i = build_model(args.depth)
-    net_d = build_model(args.depth)
-    net_d.load_state_dict(net_i.state_dict())
-    opt = {m: torch.optim.SGD(n.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
-           for m, n in (("isolated", net_i), ("dense", net_d))}
+    net_i, net_d, opt = fresh_nets(args)
     iso_loader = AugmentedLoader(train_split, args.batch, seed=args.seed)
     dense_sampler = CropSampler(train_pairs, args.crop, patch, args.crops, seed=args.seed, threshold=threshold)
     val_loader = AugmentedLoader(val_split, 256, seed=1, augment=True)
@@ -154,12 +160,7 @@ def main() -> int:
     print(json.dumps(thr, indent=1), file=sys.stderr)
 
     # 2. equal wall-clock training (fresh copies again, so that part 1 does not count)
-    torch.manual_seed(args.seed)
-    net_i = build_model(args.depth)
-    net_d = build_model(args.depth)
-    net_d.load_state_dict(net_i.state_dict())
-    opt = {m: torch.optim.SGD(n.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
-           for m, n in (("isolated", net_i), ("dense", net_d))}
+    net_i, net_d, opt = fresh_nets(args)
     spent = {"isolated": 0.0, "dense": 0.0}
     seen = {"isolated": 0, "dense": 0}
     marks = [args.seconds * (k + 1) / args.evals for k in range(args.evals)]

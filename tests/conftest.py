@@ -32,3 +32,34 @@ def _isolated_mlflow(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     if "MLFLOW_TRACKING_URI" not in os.environ:
         db = tmp_path_factory.getbasetemp() / "mlflow.db"
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module: deterministic, and far faster than two on a shared
+    2-core machine (request it with ``pytestmark = pytest.mark.usefixtures(...)``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_tiny_nets(folder: Path, patch: int = 12) -> Path:
+    """Untrained, seeded depth-8 initial and boundary nets for ``patch`` in ``folder``: fast
+    stand-ins where a test checks the command, not the decision."""
+    import torch
+
+    from bafusion.model import build_model, save_model
+
+    torch.manual_seed(0)
+    for kind in ("initial", "boundary"):
+        save_model(build_model(8), folder / f"{kind}.pt", {"patch": patch})
+    return folder
+
+
+@pytest.fixture
+def tiny_nets(tmp_path: Path) -> Path:
+    """:func:`make_tiny_nets` in a fresh folder."""
+    return make_tiny_nets(tmp_path / "nets")

@@ -8,14 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from scipy import ndimage
 
 from bafusion import align
 from bafusion.align import align_images, corner_rms, estimate_transform, similarity_matrix, warp_to_first
 from bafusion.cli import main as cli_main
-from bafusion.model import build_model, save_model
 
 
 def _texture(seed: int, h: int = 200, w: int = 240) -> np.ndarray:
@@ -130,11 +128,8 @@ def test_largest_rectangle_of_a_convex_mask() -> None:
 
 
 @pytest.fixture
-def nets(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    for kind in ("initial", "boundary"):
-        save_model(build_model(8), tmp_path / "nets" / f"{kind}.pt", {"patch": 12})
-    return tmp_path / "nets"
+def nets(tiny_nets: Path) -> Path:
+    return tiny_nets
 
 
 def test_two_scenes_are_refused_unless_forced(tmp_path: Path, nets: Path, capsys) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 from PIL import Image
 from scipy import ndimage
 
@@ -16,7 +15,6 @@ from bafusion import batch
 from bafusion.cli import main as cli_main
 from bafusion.fusion import _read_8bit
 from bafusion.images import png16_bytes, png_depth, read_source_set, scale_to_u8
-from bafusion.model import build_model, save_model
 from bafusion.scene import MIN_CORRELATION, scene_correlation
 
 N = 80  # above bafusion.scene.MIN_SIDE, so the one-scene check runs
@@ -43,11 +41,8 @@ def pair(seed: int, colour: bool = True) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture
-def nets(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    for kind in ("initial", "boundary"):
-        save_model(build_model(8), tmp_path / "nets" / f"{kind}.pt", {"patch": 12})
-    return tmp_path / "nets"
+def nets(tiny_nets: Path) -> Path:
+    return tiny_nets
 
 
 def test_scene_correlation_tells_one_scene_from_two() -> None:

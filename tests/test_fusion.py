@@ -98,17 +98,11 @@ def _train(kind: str, seed: int, steps: int = 240, batch: int = 32) -> nn.Module
     return net.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: deterministic, and far faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(_one_thread) -> tuple[nn.Module, nn.Module]:
+def trained(one_torch_thread) -> tuple[nn.Module, nn.Module]:
     return _train("initial", 1), _train("boundary", 2)
 
 

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from bafusion.cli import main as cli_main
 from bafusion.images import png_depth
 from bafusion.metrics import METRICS
-from bafusion.model import build_model, save_model
+from conftest import make_tiny_nets  # noqa: E402
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -33,21 +32,12 @@ MODES = ["L", "RGB", "RGBA", "I;16"]
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 @pytest.fixture(scope="module")
 def nets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("nets")
-    torch.manual_seed(0)
-    for kind in ("initial", "boundary"):
-        save_model(build_model(8), d / f"{kind}.pt", {"patch": 12})
-    return d
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    return make_tiny_nets(tmp_path_factory.mktemp("nets"))
 
 
 def _add_sbit(path: Path, bits: int) -> None:

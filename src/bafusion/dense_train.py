@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from bafusion.augment import to_input
-from bafusion.errors import InputFileError, UserError
+from bafusion.errors import UserError
 from bafusion.model import CifarResNet
 
 __all__ = ["CropSampler", "crop_labels", "dense_grid", "dense_logits", "dense_train_step", "read_shard_pairs"]
@@ -80,33 +80,23 @@ class ShardPairs:
 
 def read_shard_pairs(shards: Sequence[str | os.PathLike[str]], keep: set[int] | None = None,
                      drop: set[int] | None = None) -> ShardPairs:
-    """Read the gray pairs of composite shards (:mod:`bafusion.composite` output), keeping pair ids in ``keep`` (if given) and not in ``drop``."""
-    import h5py
+    """Read the gray pairs of composite shards (:mod:`bafusion.composite` output), keeping
+    pair ids in ``keep`` (if given) and not in ``drop``."""
+    from bafusion.patches import _iter_pairs
 
     a, b, m, ids = [], [], [], []
-    for f in shards:
-        f = Path(f)
-        try:
-            h5 = h5py.File(f, "r")
-        except OSError as e:
-            raise InputFileError(f, f"unreadable HDF5 composite shard: {e}") from e
-        with h5:
-            for name in h5.keys():
-                g = h5[name]
-                if g["A"].ndim != 3:
-                    raise InputFileError(f, f"group {name}: expected gray pairs (N, H, W), got A of shape {g['A'].shape}")
-                pid = g["pair"][()]
-                sel = [k for k, p in enumerate(pid) if (keep is None or int(p) in keep) and not (drop and int(p) in drop)]
-                if not sel:
-                    continue
-                ga, gb, gm = g["A"][sel], g["B"][sel], g["matte"][()]
-                a.extend(ga)
-                b.extend(gb)
-                m.extend([gm] * len(sel))
-                ids.append(pid[sel])
+    for pid, pa, pb, matte in _iter_pairs([Path(f) for f in shards]):
+        if (keep is not None and pid not in keep) or (drop and pid in drop):
+            continue
+        if pa.ndim != 2:
+            raise UserError(f"pair {pid}: expected gray composites (H, W), got shape {pa.shape}")
+        a.append(pa)
+        b.append(pb)
+        m.append(matte)
+        ids.append(pid)
     if not ids:
         raise UserError(f"no composited pairs selected from {len(shards)} shard(s)")
-    return ShardPairs(a, b, m, np.concatenate(ids))
+    return ShardPairs(a, b, m, np.asarray(ids, np.int64))
 
 
 class CropSampler:
