@@ -1,7 +1,7 @@
 """Measure the one-scene check (:mod:`bafusion.scene`) on the real pairs of shared/data/eval (none
 may be refused) and on mismatched pairs of the same size (all should be); writes a CSV.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_scene.py [--data ../shared/data] [--out benchmarks/results/scene.csv]
+    OMP_NUM_THREADS=1 python benchmarks/bench_scene.py [--data ../shared/data] [--out benchmarks/out/scene.csv]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def pairs(root: Path) -> list[tuple[str, Path, Path]]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=os.environ.get("BAFUSION_SHARED_DATA", "../shared/data"))
-    ap.add_argument("--out", default="benchmarks/results/scene.csv")
+    ap.add_argument("--out", default="benchmarks/out/scene.csv")
     args = ap.parse_args()
     root = Path(args.data) / "eval"
     if not root.is_dir():
