@@ -71,7 +71,10 @@ def test_sigterm_ends_the_run_as_killed(tmp_path: Path) -> None:
 
 def _clear_invocation_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in (tracking.PARENT_ENV, "DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_ROOT"):
-        monkeypatch.delenv(var, raising=False)
+        # setenv first, so that monkeypatch records the value from before the test even when
+        # begin_invocation set it since: the environment is restored, no run id leaks out.
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
 
 
 def test_invocation_is_a_parent_run_with_named_children_and_a_loadable_model(
@@ -159,3 +162,25 @@ def test_stages_of_one_dvc_invocation_share_one_parent(tmp_path: Path, monkeypat
     assert all(r.info.status == "FINISHED" for r in parents)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == next(iter(ids["exp-b"]))]
     assert sorted(r.info.run_name for r in children) == ["patches", "train_initial"]
+
+
+def test_a_stale_parent_id_is_ignored_and_closing_never_fails_the_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A parent id inherited from another database (a leftover in the environment) does not
+    break the pipeline: a new parent is opened, and closing a missing run only warns."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _clear_invocation_env(monkeypatch)
+    monkeypatch.setenv(tracking.PARENT_ENV, "0123456789abcdef0123456789abcdef")
+    parent = tracking.begin_invocation({"patch": 16}, "patches")
+    assert parent and parent != "0123456789abcdef0123456789abcdef"
+    assert "not a run of" in capsys.readouterr().err
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking.tracking_uri())
+    tracking.end_invocation(True)
+    assert client.get_run(parent).info.status == "FINISHED"
+    monkeypatch.setenv(tracking.PARENT_ENV, "fedcba9876543210fedcba9876543210")
+    tracking.end_invocation(False)  # no such run: a warning, no exception
+    assert "could not close the MLflow parent run" in capsys.readouterr().err
+

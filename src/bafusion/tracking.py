@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sys
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -365,13 +366,21 @@ def begin_invocation(config: Mapping[str, Any] | None = None, targets: str = "")
     """
     if not enabled():
         return None
-    if os.environ.get(PARENT_ENV):
-        return os.environ[PARENT_ENV]
     from mlflow.entities import Param, RunStatus
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     uri = ensure_db()
     client = MlflowClient(tracking_uri=uri)
+    inherited = os.environ.get(PARENT_ENV, "").strip()
+    if inherited:
+        try:
+            client.get_run(inherited)
+            return inherited
+        except MlflowException:
+            # A stale id from another database (e.g. a parent process's leftover): ignored.
+            print(f"bafusion: ${PARENT_ENV}={inherited} is not a run of {uri}; opening a new parent run",
+                  file=sys.stderr)
     exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     key, name = invocation(targets)
     run_id = None
@@ -408,9 +417,13 @@ def end_invocation(ok: bool) -> None:
     run_id = os.environ.get(PARENT_ENV)
     if not (enabled() and run_id):
         return
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(tracking_uri=tracking_uri()).set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+    try:
+        MlflowClient(tracking_uri=tracking_uri()).set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+    except MlflowException as e:  # the runs are a record of the work: never fail the work for them
+        print(f"bafusion: could not close the MLflow parent run {run_id}: {str(e).splitlines()[0]}", file=sys.stderr)
 
 
 def _lock_path(uri: str) -> Path | None:
