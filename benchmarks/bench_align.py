@@ -16,9 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bafusion.align import align_images, corner_rms, estimate_transform, similarity_matrix, warp_to_first
-from bafusion.fusion import FusionParams, fuse_images, load_nets_from_dir, read_image
-from bafusion.metrics import qg
+from bafusion.evaluation.metrics import qg
+from bafusion.fusion import FusionParams, fuse_images, load_nets_from_dir
+from bafusion.fusion.align import (
+    align_images,
+    corner_rms,
+    estimate_transform,
+    similarity_matrix,
+    warp_to_first,
+)
+from bafusion.io import read_image
 
 LYTRO = Path(os.environ.get("BAFUSION_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "eval" / "lytro"
 

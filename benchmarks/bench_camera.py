@@ -47,8 +47,7 @@ CROP = (65, 455)  # rows of the 4:3 crop of a 520x520 pair
 
 def scene(pair: str, size_hw: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
     """The Lytro pair (``size_hw`` None: as shipped, 520x520) or its 4:3 crop upscaled."""
-    from bafusion.fusion import read_images
-    from bafusion.images import resize
+    from bafusion.io import read_images, resize
 
     d = SHARED / "eval" / "lytro"
     a, b = read_images([d / f"{pair}-A.jpg", d / f"{pair}-B.jpg"])
@@ -115,7 +114,7 @@ def main() -> None:
     import torch
 
     from bafusion.fusion import FusionParams, fuse_images, load_nets_from_dir
-    from bafusion.images import resize
+    from bafusion.io import resize
 
     OUT.mkdir(parents=True, exist_ok=True)
     nets = load_nets_from_dir(None, "cpu")

@@ -4,8 +4,8 @@ Two measurements, in one process, the two modes interleaved step by step so that
 machine slows both alike:
 
 1. Throughput: labelled decisions per second of a training step (forward + backward + SGD) of
-   the isolated-patch loader (``bafusion.augment.AugmentedLoader``, the pipeline's trainer)
-   and of the dense pass (``bafusion.dense_train``: random crops of the composited pairs, one
+   the isolated-patch loader (``bafusion.nets.augment.AugmentedLoader``, the pipeline's trainer)
+   and of the dense pass (``bafusion.nets.dense_train``: random crops of the composited pairs, one
    label per patch position on the 4-px grid).
 2. What the labels are worth: two copies of the same freshly initialised net trained for the
    same wall-clock budget, one per mode, on the same training pairs (the patch set's
@@ -36,10 +36,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
-from bafusion.augment import AugmentedLoader, load_split  # noqa: E402
-from bafusion.dense_train import CropSampler, dense_logits, dense_train_step, read_shard_pairs  # noqa: E402
-from bafusion.model import build_model  # noqa: E402
-from bafusion.patches import _all_pair_ids, split_pairs  # noqa: E402
+from bafusion.data.patches import _all_pair_ids, split_pairs  # noqa: E402
+from bafusion.nets.augment import AugmentedLoader, load_split  # noqa: E402
+from bafusion.nets.dense_train import (  # noqa: E402
+    CropSampler,
+    dense_logits,
+    dense_train_step,
+    read_shard_pairs,
+)
+from bafusion.nets.model import build_model  # noqa: E402
 
 
 def fresh_nets(args):

@@ -45,9 +45,15 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from bafusion.fusion import FusionNets, FusionParams, decision_accuracy, fuse_images, load_nets_from_dir, read_image
-from bafusion.images import resize
-from bafusion.model import CifarResNet, build_model, fold_batchnorm
+from bafusion.fusion import (
+    FusionNets,
+    FusionParams,
+    decision_accuracy,
+    fuse_images,
+    load_nets_from_dir,
+)
+from bafusion.io import read_image, resize
+from bafusion.nets.model import CifarResNet, build_model, fold_batchnorm
 
 HERE = Path(__file__).resolve().parent
 LYTRO = HERE.parent.parent / "shared" / "data" / "eval" / "lytro"
@@ -351,9 +357,15 @@ def speed_with_model_mask(args: argparse.Namespace, nets: FusionNets, report: di
     p/2, fine p/4 of the timed patch side) evaluates there, and dense on tiles; the
     post-processing. Also times the trained nets' own default fusion."""
     from bafusion.fusion import (
-        _PatchScorer, auto_step, remove_small_regions, score_adaptive, score_dense, score_grid, to_gray_u8,
+        auto_step,
+        remove_small_regions,
+        score_adaptive,
+        score_dense,
+        score_grid,
         window_mean,
     )
+    from bafusion.fusion.scoring import _PatchScorer
+    from bafusion.io import to_gray_u8
 
     p = args.time_patch
     torch.manual_seed(0)

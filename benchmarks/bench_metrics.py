@@ -27,8 +27,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from bafusion import baselines as B  # noqa: E402
-from bafusion import metrics as M  # noqa: E402
+from bafusion.evaluation import baselines as B  # noqa: E402
+from bafusion.evaluation import metrics as M  # noqa: E402
 
 
 def _data_dir() -> Path:

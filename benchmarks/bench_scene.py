@@ -1,4 +1,4 @@
-"""Measure the one-scene check (:mod:`bafusion.scene`) on the real pairs of shared/data/eval (none
+"""Measure the one-scene check (:mod:`bafusion.fusion.scene`) on the real pairs of shared/data/eval (none
 may be refused) and on mismatched pairs of the same size (all should be); writes a CSV.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_scene.py [--data ../shared/data] [--out benchmarks/out/scene.csv]
@@ -14,9 +14,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from bafusion.fusion import read_images
-from bafusion.scene import MIN_CORRELATION, scene_correlation
-
+from bafusion.fusion.scene import MIN_CORRELATION, scene_correlation
+from bafusion.io import read_images
 
 #: Pairs that are one scene under two names (eval/real/SOURCES.md): not mismatches.
 SAME_SCENE = {frozenset(p) for p in (("real/stand-05", "classic/g06-bottlegear"), ("real/savic-18", "real/tsai-12"),

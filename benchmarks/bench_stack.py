@@ -1,6 +1,6 @@
 """Focal stacks (issue 14): the chain rule (one shot into the next) against the joint rule
 (every shot scored against the others, one decision) on synthetic stacks with ground truth
-(:mod:`bafusion.stack`: 3, 4 and 5 depth layers from the alphamatting foregrounds in front of a
+(:mod:`bafusion.fusion.stack`: 3, 4 and 5 depth layers from the alphamatting foregrounds in front of a
 COCO background, several seeds, Gaussian and disc defocus).
 
 Per stack: the share of decidable pixels each rule takes from the right shot (the fused
@@ -27,7 +27,13 @@ import torch
 
 from bafusion.atomic import atomic_file
 from bafusion.fusion import FusionParams, fuse_stack, load_nets_from_dir
-from bafusion.stack import StackOptions, chain_index, fuse_stack_joint, stack_accuracy, stack_from_data
+from bafusion.fusion.stack import (
+    StackOptions,
+    chain_index,
+    fuse_stack_joint,
+    stack_accuracy,
+    stack_from_data,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("BAFUSION_SHARED_DATA", REPO.parent / "shared" / "data"))

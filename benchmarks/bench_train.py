@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bafusion.augment import AugmentedLoader, load_split
-from bafusion.model import build_model
-from bafusion.train import pick_device, train_step
+from bafusion.nets.augment import AugmentedLoader, load_split
+from bafusion.nets.model import build_model
+from bafusion.nets.train import pick_device, train_step
 
 OUT = Path(__file__).resolve().parent / "out"
 

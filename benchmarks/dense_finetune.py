@@ -1,6 +1,6 @@
 """Fine-tune a net with the dense-pass loss (issue #13, "use the CPU well"): an experiment.
 
-Crops of the composited pairs (``bafusion.dense_train.CropSampler``: one label per patch
+Crops of the composited pairs (``bafusion.nets.dense_train.CropSampler``: one label per patch
 position on the 4-px grid) give the dense loss; the isolated view of ``--isolated`` random
 patch positions of the same crops (each patch alone, zero-padded: the paper's classifier) is
 added to the loss with weight ``--isolated-weight``, so that the classifier the paper describes
@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
-from bafusion.dense_train import CropSampler, dense_logits, read_shard_pairs  # noqa: E402
-from bafusion.model import load_model, save_model  # noqa: E402
+from bafusion.nets.dense_train import CropSampler, dense_logits, read_shard_pairs  # noqa: E402
+from bafusion.nets.model import load_model, save_model  # noqa: E402
 
 
 def main() -> int:
@@ -68,7 +68,7 @@ def main() -> int:
     shards = sorted(Path(args.composite).glob("shard-*.h5"))
     keep = None
     if args.max_pairs:
-        from bafusion.patches import _all_pair_ids
+        from bafusion.data.patches import _all_pair_ids
 
         ids = [int(i) for i in _all_pair_ids(shards) if int(i) not in val_ids]
         keep = set(np.random.default_rng(args.seed).permutation(ids)[: args.max_pairs].tolist())

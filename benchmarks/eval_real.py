@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
-from bafusion import evaluate as ev  # noqa: E402
 from bafusion.errors import UserError  # noqa: E402
+from bafusion.evaluation import evaluate as ev  # noqa: E402
 
 CONFIG = REPO / "benchmarks" / "eval_real.yaml"
 

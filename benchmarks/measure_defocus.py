@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from bafusion.images import gray_float, read_rgb
+from bafusion.io import gray_float, read_rgb
 
 SIGMAS = np.concatenate([np.arange(0.25, 4, 0.25), np.arange(4, 16.5, 0.5)])
 

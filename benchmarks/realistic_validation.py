@@ -2,9 +2,9 @@
 per degradation kind, for one or more models and fusion settings.
 
 The scenes are NOT from the training sources (alphamatting foregrounds, COCO backgrounds): they
-are scikit-image's bundled photos (``bafusion.sources`` builtin foregrounds, each with its
+are scikit-image's bundled photos (``bafusion.data.sources`` builtin foregrounds, each with its
 procedural soft object matte, and builtin backgrounds), composited in colour by the same code as
-the training pairs (``bafusion.composite.composite_realistic``) with one degradation kind at a
+the training pairs (``bafusion.data.composite.composite_realistic``) with one degradation kind at a
 time:
 
 =============== ===============================================================================
@@ -21,7 +21,7 @@ all             sigma 1-6, mixed PSF, spread, 0.5 stops, white balance 5 %, gamm
 
 The truth is ``FG * GT + BG * (1 - GT)`` aligned with A, the true map ``GT >= 0.5``. Decision
 accuracy is over all pixels (``band`` px around the true boundary too); PSNR and SSIM of the
-fused image against the truth (``bafusion.evaluate.truth_metrics``). The truth is undegraded,
+fused image against the truth (``bafusion.evaluation.evaluate.truth_metrics``). The truth is undegraded,
 so under exposure differences or misregistration even a perfect decision map loses PSNR and
 SSIM (B's pixels are brighter or moved): compare models within a row, not rows. In flat
 regions (sky, a blank page) A and B are alike and either choice is right for the eye but
@@ -45,10 +45,20 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
-from bafusion.composite import Realism, composite_realistic, draw_realism, fit_background  # noqa: E402
-from bafusion.evaluate import truth_metrics  # noqa: E402
-from bafusion.fusion import FusionParams, decision_accuracy, fuse_images, load_nets_from_dir  # noqa: E402
-from bafusion.sources import builtin_backgrounds, builtin_foregrounds  # noqa: E402
+from bafusion.data.composite import (  # noqa: E402
+    Realism,
+    composite_realistic,
+    draw_realism,
+    fit_background,
+)
+from bafusion.data.sources import builtin_backgrounds, builtin_foregrounds  # noqa: E402
+from bafusion.evaluation.evaluate import truth_metrics  # noqa: E402
+from bafusion.fusion import (
+    FusionParams,
+    decision_accuracy,
+    fuse_images,
+    load_nets_from_dir,
+)
 
 FOREGROUNDS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
 BACKGROUNDS = ("brick", "grass", "gravel", "camera", "page", "clock")

@@ -51,7 +51,7 @@ def make_tiny_nets(folder: Path, patch: int = 12) -> Path:
     stand-ins where a test checks the command, not the decision."""
     import torch
 
-    from bafusion.model import build_model, save_model
+    from bafusion.nets.model import build_model, save_model
 
     torch.manual_seed(0)
     for kind in ("initial", "boundary"):

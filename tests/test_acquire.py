@@ -1,4 +1,4 @@
-"""bafusion.acquire end to end against a local HTTP server on 127.0.0.1: alphamatting
+"""bafusion.data.acquire end to end against a local HTTP server on 127.0.0.1: alphamatting
 archives, COCO annotations + images, evaluation pairs; and the local overrides."""
 
 from __future__ import annotations
@@ -16,12 +16,18 @@ from PIL import Image
 from test_coco import blur, coco_dataset
 from test_download import LocalServer, make_zip, sha256
 
-from bafusion import acquire
-from bafusion.acquire import NetOptions, acquire_alphamatting, acquire_coco, acquire_eval, load_eval_manifest
-from bafusion.coco import CocoFilter
-from bafusion.download import ChecksumError, DownloadError
+from bafusion.data import acquire
+from bafusion.data.acquire import (
+    NetOptions,
+    acquire_alphamatting,
+    acquire_coco,
+    acquire_eval,
+    load_eval_manifest,
+)
+from bafusion.data.coco import CocoFilter
+from bafusion.data.download import ChecksumError, DownloadError
+from bafusion.data.sources import _builtin_image, dir_backgrounds, dir_foregrounds
 from bafusion.errors import InputFileError, UserError
-from bafusion.sources import _builtin_image, dir_backgrounds, dir_foregrounds
 
 NET = NetOptions(retries=1, backoff=0.01, timeout=10.0, workers=3, progress=False)
 
@@ -319,7 +325,7 @@ def test_eval_from_shared_folder_matches_the_manifest(shared_data: Path, tmp_pat
 
 def test_alphamatting_shared_archives_if_present(shared_data: Path) -> None:
     """When the real archives are at hand, their digests are the published ones."""
-    from bafusion.download import file_digest
+    from bafusion.data.download import file_digest
 
     found = [p for p in shared_data.rglob("*_training_lowres.zip")]
     if not found:

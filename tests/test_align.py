@@ -11,9 +11,15 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from bafusion import align
-from bafusion.align import align_images, corner_rms, estimate_transform, similarity_matrix, warp_to_first
 from bafusion.cli import main as cli_main
+from bafusion.fusion import align
+from bafusion.fusion.align import (
+    align_images,
+    corner_rms,
+    estimate_transform,
+    similarity_matrix,
+    warp_to_first,
+)
 
 
 def _texture(seed: int, h: int = 200, w: int = 240) -> np.ndarray:
@@ -58,7 +64,7 @@ def test_other_models_recover_their_motion(model: str) -> None:
 
 def test_lytro_similarity_recovered(shared_data: Path) -> None:
     """The issue's acceptance test: shift a few px, 0.5 deg, scale 1.01 applied to Lytro B."""
-    from bafusion.fusion import read_image
+    from bafusion.io import read_image
 
     lytro = shared_data / "eval" / "lytro"
     a, b = read_image(lytro / "lytro-05-A.jpg"), read_image(lytro / "lytro-05-B.jpg")

@@ -1,4 +1,4 @@
-"""The x12 augmentation and the epoch loader of bafusion.augment."""
+"""The x12 augmentation and the epoch loader of bafusion.nets.augment."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from toy_patches import write_toy_patches
 
-from bafusion.augment import (
+from bafusion.errors import InputFileError
+from bafusion.nets.augment import (
     GEOMETRIC,
     N_VARIANTS,
     AugmentedLoader,
@@ -21,8 +23,6 @@ from bafusion.augment import (
     variant_name,
     variant_table,
 )
-from bafusion.errors import InputFileError
-from toy_patches import write_toy_patches
 
 torch.set_num_threads(1)
 

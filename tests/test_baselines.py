@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bafusion import baselines as B
 from bafusion import cli
-from bafusion import metrics as M
 from bafusion.errors import InputFileError, UserError
+from bafusion.evaluation import baselines as B
+from bafusion.evaluation import metrics as M
 
 LYTRO_PAIRS = [f"lytro-{i:02d}" for i in range(1, 21)]
 GFF_REL_TOL = 0.02  # our GFF within 2% of the survey's GFF on each metric

@@ -11,13 +11,12 @@ import tifffile
 from PIL import Image
 from scipy import ndimage
 
-from bafusion import batch
 from bafusion.cli import main as cli_main
-from bafusion.fusion import _read_8bit
-from bafusion.images import png16_bytes, png_depth, read_source_set, scale_to_u8
-from bafusion.scene import MIN_CORRELATION, scene_correlation
+from bafusion.fusion import batch
+from bafusion.fusion.scene import MIN_CORRELATION, scene_correlation
+from bafusion.io import _read_8bit, png16_bytes, png_depth, read_source_set, scale_to_u8
 
-N = 80  # above bafusion.scene.MIN_SIDE, so the one-scene check runs
+N = 80  # above bafusion.fusion.scene.MIN_SIDE, so the one-scene check runs
 
 
 def texture(seed: int, n: int = N) -> np.ndarray:
@@ -258,7 +257,7 @@ def test_compose_full_chains_the_decisions_of_a_stack() -> None:
 
 def test_joint_stack_index_composes_the_full_depth_sources():
     """The joint stack rule's index map picks each pixel of the 16-bit output from its shot."""
-    from bafusion.batch import compose_index
+    from bafusion.fusion.batch import compose_index
 
     rng = np.random.default_rng(0)
     full = [rng.integers(0, 65536, (5, 6, 3), dtype=np.uint16) for _ in range(3)]

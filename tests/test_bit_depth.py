@@ -14,12 +14,11 @@ import tifffile
 import torch
 from PIL import Image, ImageFilter
 
-from bafusion import fusion
+import bafusion.io
 from bafusion.cli import main as cli_main
-from bafusion.fusion import read_image, read_images
-from bafusion.images import common_bits, png_depth
-from bafusion.metrics import read_image as metrics_read_image
-from bafusion.model import build_model, save_model
+from bafusion.evaluation.metrics import read_image as metrics_read_image
+from bafusion.io import common_bits, png_depth, read_image, read_images
+from bafusion.nets.model import build_model, save_model
 
 
 def write_png(path: Path, a: np.ndarray, sbit: int | None = None) -> Path:
@@ -111,8 +110,8 @@ def test_8_bit_files_read_exactly_as_before(tmp_path: Path, mode: str) -> None:
             continue
         p = tmp_path / f"x{suffix}"
         im.save(p)
-        assert np.array_equal(read_image(p), fusion._read_8bit(p)), suffix
-        assert np.array_equal(read_images([p, p])[0], fusion._read_8bit(p)), suffix
+        assert np.array_equal(read_image(p), bafusion.io._read_8bit(p)), suffix
+        assert np.array_equal(read_images([p, p])[0], bafusion.io._read_8bit(p)), suffix
 
 
 def test_fuse_and_metrics_of_a_12_bit_pair_equal_those_of_the_8_bit_pair(tmp_path: Path, capsys) -> None:

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bafusion import baselines, fusion
+import bafusion.cli.baselines as cli_baselines
+import bafusion.cli.fusion as cli_fusion
+import bafusion.fusion.models as fusion_models
 from bafusion.cli import main as cli_main
-from bafusion.model import build_model, save_model
+from bafusion.nets.model import build_model, save_model
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -40,8 +42,8 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     def reached(*args: object, **kwargs: object) -> None:
         raise AssertionError("the work started although the command line was refused")
 
-    monkeypatch.setattr(fusion, "fuse_stack", reached)
-    monkeypatch.setattr(baselines, "fuse", reached)
+    monkeypatch.setattr(cli_fusion, "fuse_stack", reached)
+    monkeypatch.setattr(cli_baselines, "fuse", reached)
     return tmp_path
 
 
@@ -117,7 +119,7 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
     ],
 )
 def test_every_command_refuses_bad_input_in_one_line(work: Path, capsys, monkeypatch, argv, words) -> None:
-    monkeypatch.setattr(fusion, "default_model_dirs", lambda: [work / "none"])
+    monkeypatch.setattr(fusion_models, "default_model_dirs", lambda: [work / "none"])
     _refused(argv, capsys, work, *words)
 
 
@@ -143,7 +145,7 @@ def test_an_internal_error_keeps_its_traceback_and_says_so(work: Path, capsys, m
     def bug(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(fusion, "fuse_stack", bug)
+    monkeypatch.setattr(cli_fusion, "fuse_stack", bug)
     rc = cli_main([*FUSE, "-o", "F.png"])
     err = capsys.readouterr().err
     assert rc == 1
@@ -156,7 +158,7 @@ def test_an_os_error_naming_a_file_is_one_line(work: Path, capsys, monkeypatch) 
     def denied(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied", "F.png.part")
 
-    monkeypatch.setattr(fusion, "fuse_stack", denied)
+    monkeypatch.setattr(cli_fusion, "fuse_stack", denied)
     _refused([*FUSE, "-o", "F.png"], capsys, work, "F.png.part: Permission denied")
 
 

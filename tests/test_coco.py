@@ -1,4 +1,4 @@
-"""bafusion.coco: deterministic pycocotools selection with filters, and the sharpness ranking."""
+"""bafusion.data.coco: deterministic pycocotools selection with filters, and the sharpness ranking."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from bafusion.coco import (
+from bafusion.data.coco import (
     CocoFilter,
     annotation_member,
     image_url,
@@ -23,8 +23,8 @@ from bafusion.coco import (
     select_candidates,
     sharpness,
 )
+from bafusion.data.sources import _builtin_image
 from bafusion.errors import InputFileError, UserError
-from bafusion.sources import _builtin_image
 
 CATEGORIES = [
     {"id": 1, "name": "person", "supercategory": "person"},

@@ -5,10 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bafusion.composite import blur, composite_pair_gray, draw_sigma, fit_background
+from bafusion.data.composite import (
+    CompositeOptions,
+    blur,
+    composite_pair_gray,
+    draw_sigma,
+    fit_background,
+)
 from bafusion.errors import UserError
-from bafusion.composite import CompositeOptions
-from bafusion.images import to_gray
+from bafusion.io import to_gray
 
 
 def _hand_made(h: int = 40, w: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

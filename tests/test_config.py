@@ -11,13 +11,13 @@ import yaml
 from bafusion.cli import main
 from bafusion.config import (
     apply_overrides_to_file,
-    count_samples,
     deep_merge,
     dvc_set_args,
     flatten,
     load_params,
     load_preset,
 )
+from bafusion.data.counts import count_samples
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,11 +121,11 @@ def test_every_preset_applies_through_dvcs_own_override_parser(name: str, tmp_pa
 
 
 def test_paper_after_real_is_the_paper(tmp_path: Path) -> None:
-    from bafusion.config import deep_merge, load_preset
-    from bafusion.composite import Realism
-    from bafusion.train import resolve_config
-
     import yaml
+
+    from bafusion.config import deep_merge, load_preset
+    from bafusion.data.composite import Realism
+    from bafusion.nets.train import resolve_config
 
     root = Path(__file__).resolve().parents[1]
     base = yaml.safe_load((root / "params.yaml").read_text())

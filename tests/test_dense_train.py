@@ -1,4 +1,4 @@
-"""Dense-pass training (bafusion.dense_train)."""
+"""Dense-pass training (bafusion.nets.dense_train)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from bafusion.dense_train import CropSampler, crop_labels, dense_grid, dense_logits, dense_train_step, read_shard_pairs
 from bafusion.errors import UserError
-from bafusion.model import build_model
+from bafusion.nets.dense_train import (
+    CropSampler,
+    crop_labels,
+    dense_grid,
+    dense_logits,
+    dense_train_step,
+    read_shard_pairs,
+)
+from bafusion.nets.model import build_model
 
 
 def _pairs_file(path, sizes=((96, 112), (80, 80)), seed=0):
@@ -54,7 +61,7 @@ def test_dense_logits_of_a_patch_sized_crop_is_the_isolated_classifier():
 
 def test_dense_logits_grid_matches_the_fusion_dense_pass():
     """Cell (i, j) is the patch whose corner is (4i, 4j), seen in the crop (as score_dense)."""
-    from bafusion.model import context_logits
+    from bafusion.nets.model import context_logits
 
     torch.manual_seed(1)
     net = build_model(8).eval()

@@ -1,4 +1,4 @@
-"""bafusion.download against a local threaded HTTP server on 127.0.0.1 (no internet).
+"""bafusion.data.download against a local threaded HTTP server on 127.0.0.1 (no internet).
 
 ``LocalServer`` is also used by test_coco.py and test_acquire.py (``from test_download import
 LocalServer``)."""
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bafusion.download import (
+from bafusion.data.download import (
     MAX_ZIP_RATIO,
     RATIO_MIN_BYTES,
     Checksum,
@@ -399,7 +399,7 @@ def test_small_members_are_not_held_to_the_ratio(tmp_path: Path) -> None:
 
 
 def test_coco_annotations_zip_bomb_is_refused(tmp_path: Path) -> None:
-    from bafusion.coco import CocoFilter, load_coco
+    from bafusion.data.coco import CocoFilter, load_coco
 
     doc = b'{"images": [], "annotations": [], "categories": []' + b" " * (4 << 20) + b"}"
     z = deflated_zip(tmp_path / "ann.zip", {"annotations/captions_train2017.json": doc})

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from pipeline_project import make_project, run
 
 pytestmark = pytest.mark.slow

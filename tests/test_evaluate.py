@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from bafusion import evaluate as ev
-from bafusion.baselines import gff_fuse, laplacian_fuse, to_uint8
 from bafusion.cli import main as cli_main
 from bafusion.errors import InputFileError
-from bafusion.metrics import compute_all
+from bafusion.evaluation import evaluate as ev
+from bafusion.evaluation.baselines import gff_fuse, laplacian_fuse, to_uint8
+from bafusion.evaluation.metrics import compute_all
 
 # --------------------------------------------------------------------------------------
 # Tables from hand-made values
@@ -177,7 +177,7 @@ def test_config_errors_name_the_setting(tmp_path: Path) -> None:
 
 def test_our_variants_match_fusion_with_and_without_refinement(tmp_path: Path) -> None:
     from bafusion.fusion import FusionNets, FusionParams, fuse_images
-    from bafusion.model import build_model
+    from bafusion.nets.model import build_model
 
     torch.manual_seed(0)
     before = torch.get_num_threads()
@@ -287,7 +287,7 @@ def test_end_to_end_on_two_tiny_pairs(tmp_path: Path) -> None:
 
 
 def _gray(img: np.ndarray) -> np.ndarray:
-    from bafusion.metrics import to_gray_matlab
+    from bafusion.evaluation.metrics import to_gray_matlab
 
     return to_gray_matlab(img)
 
@@ -296,7 +296,7 @@ def test_run_with_our_variants_reports_table1_wins(tmp_path: Path) -> None:
     """metrics.json: our means and wins (Ours: among Table 1's methods, i.e. without the
     ablation variant; Ours-initial: among all); only computed methods are stored in fused/."""
     from bafusion.fusion import FusionNets, FusionParams
-    from bafusion.model import build_model
+    from bafusion.nets.model import build_model
 
     torch.manual_seed(1)
     before = torch.get_num_threads()
@@ -355,7 +355,7 @@ def test_peer_metrics_jpeg_storage_and_sets(tmp_path: Path) -> None:
     (no QY). Ours is measured after JPEG re-encoding at 75 on 'aa' and 92 on 'bb', exactly as
     re-encoding by hand gives; its lossless values are kept beside."""
     from bafusion.fusion import FusionNets, FusionParams, fuse_images
-    from bafusion.model import build_model
+    from bafusion.nets.model import build_model
 
     src = tmp_path / "pairs"
     src.mkdir()

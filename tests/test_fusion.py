@@ -32,7 +32,8 @@ from bafusion.fusion import (
     score_exact,
     score_grid,
 )
-from bafusion.model import build_model, save_model
+from bafusion.io import to_gray_u8
+from bafusion.nets.model import build_model, save_model
 
 PATCH = 12
 
@@ -210,7 +211,7 @@ def test_adaptive_boundary_scoring_matches_exact_decisions(nets: FusionNets, sce
     """Adaptive refinement down to step 1 reproduces the exact boundary net's decision wherever
     a cell holds the boundary; elsewhere the interpolation keeps the corners' common side."""
     a, b, _ = scene
-    ga, gb = fusion.to_gray_u8(a), fusion.to_gray_u8(b)
+    ga, gb = to_gray_u8(a), to_gray_u8(b)
     s0 = score_dense(nets.initial, ga, gb, PATCH)
     mean = fusion.window_mean(s0, 8)
     near = (mean > 0.2) & (mean < 0.8)
@@ -375,7 +376,7 @@ def test_cli_errors_leave_no_output(tmp_path: Path, model_dir: Path, scene, caps
 
 def test_cli_without_models_says_how_to_get_them(tmp_path: Path, scene, monkeypatch, capsys) -> None:
     pa, pb = _write_pair(tmp_path, scene)
-    monkeypatch.setattr(fusion, "default_model_dirs", lambda: [tmp_path / "models" / "default", tmp_path / "data" / "models"])
+    monkeypatch.setattr(fusion.models, "default_model_dirs", lambda: [tmp_path / "models" / "default", tmp_path / "data" / "models"])
     rc = cli_main(["fuse", str(pa), str(pb), "-o", str(tmp_path / "f.png")])
     err = capsys.readouterr().err
     assert rc == 2 and "snakemake --cores 2 train_boundary" in err and "dvc repro" in err
@@ -427,8 +428,8 @@ def test_dense_pass_equals_the_context_view_of_training() -> None:
     """With a margin, the dense score of a pixel on the 4-px grid is the in-context logit that
     context-consistency training optimises (model.context_logits on the patch with that many
     pixels of reflect-padded surroundings), whatever the box layout (whole image or tiles)."""
-    from bafusion.fusion import _pad
-    from bafusion.model import context_logits
+    from bafusion.fusion.scoring import _pad
+    from bafusion.nets.model import context_logits
 
     torch.manual_seed(0)
     net = build_model(8).eval()
@@ -456,7 +457,7 @@ def test_dense_pass_equals_the_context_view_of_training() -> None:
 def test_folded_batchnorm_is_the_same_function() -> None:
     """Fusion runs inference copies with BatchNorm folded into the convolutions: the same
     logits up to float rounding, the caller's net untouched."""
-    from bafusion.model import fold_batchnorm
+    from bafusion.nets.model import fold_batchnorm
 
     torch.manual_seed(0)
     net = build_model(20)

@@ -14,8 +14,8 @@ import pytest
 from scipy import ndimage
 
 from bafusion import cli
-from bafusion import metrics as M
 from bafusion.errors import InputFileError, UserError
+from bafusion.evaluation import metrics as M
 
 LYTRO_PAIRS = [f"lytro-{i:02d}" for i in range(1, 21)]
 CLASSIC_PAIRS = [

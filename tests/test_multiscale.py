@@ -6,10 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from bafusion.composite import defocus
+from bafusion.data.composite import defocus
 from bafusion.errors import UserError
-from bafusion.fusion import FusionParams, combine_scales, fuse_images, load_nets_from_dir, score, score_multiscale
-from bafusion.images import RGB2GRAY
+from bafusion.fusion import (
+    FusionParams,
+    combine_scales,
+    fuse_images,
+    load_nets_from_dir,
+    score,
+    score_multiscale,
+)
+from bafusion.io import RGB2GRAY
 
 
 def test_combine_rules() -> None:
@@ -84,7 +91,7 @@ def test_one_scale_is_the_plain_score_and_small_images_skip_coarse_scales() -> N
 def test_scales_from_the_command_line_and_params(tmp_path) -> None:
     import argparse
 
-    from bafusion.fusion import _add_param_args, params_from_args
+    from bafusion.cli.fusion import _add_param_args, params_from_args
 
     ap = argparse.ArgumentParser()
     _add_param_args(ap)

@@ -9,7 +9,13 @@ import h5py
 import numpy as np
 import pytest
 
-from bafusion.patches import PatchOptions, read_split, run_patches, split_pairs, window_fraction
+from bafusion.data.patches import (
+    PatchOptions,
+    read_split,
+    run_patches,
+    split_pairs,
+    window_fraction,
+)
 
 
 def _write_shard(path: Path, n_fg: int = 3, n_bg: int = 4, h: int = 70, w: int = 90) -> None:

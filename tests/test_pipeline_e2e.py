@@ -8,7 +8,6 @@ from pathlib import Path
 import h5py
 import pytest
 import yaml
-
 from pipeline_project import downstream, make_project, ran_stages, run
 
 pytestmark = pytest.mark.slow

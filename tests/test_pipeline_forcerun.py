@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from pipeline_project import make_project, run
 
 pytestmark = pytest.mark.slow

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bafusion.data.mattes import object_matte
+from bafusion.data.prepare import PrepareOptions, run_prepare
+from bafusion.data.sources import select
 from bafusion.errors import InputFileError, UserError
-from bafusion.mattes import object_matte
-from bafusion.prepare import PrepareOptions, run_prepare
-from bafusion.sources import select
 
 
 def _img(path: Path, h: int, w: int, seed: int = 0, gray: bool = False) -> Path:

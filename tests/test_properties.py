@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_tiny_nets  # noqa: E402
 from PIL import Image
 
 from bafusion.cli import main as cli_main
-from bafusion.images import png_depth
-from bafusion.metrics import METRICS
-from conftest import make_tiny_nets  # noqa: E402
+from bafusion.evaluation.metrics import METRICS
+from bafusion.io import png_depth
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bafusion.composite import (
+from bafusion.data.composite import (
     CompositeOptions,
     PairDraw,
     Realism,
@@ -26,9 +26,9 @@ from bafusion.composite import (
     run_shard,
     warp_similarity,
 )
+from bafusion.data.prepare import PrepareOptions, run_prepare
 from bafusion.errors import UserError
-from bafusion.images import to_uint8
-from bafusion.prepare import PrepareOptions, run_prepare
+from bafusion.io import to_uint8
 
 NEUTRAL = ShotDraw(gain=1.0, wb=(1.0, 1.0, 1.0), gamma=1.0, noise=0.0, jpeg=0)
 

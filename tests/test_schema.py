@@ -8,11 +8,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pipeline_project import REPO, make_project, run
 
 from bafusion import cli
-from bafusion.config import deep_merge, load_params, load_preset, preset_names, validate_params
+from bafusion.config import (
+    deep_merge,
+    load_params,
+    load_preset,
+    preset_names,
+    validate_params,
+)
 from bafusion.schema import ParamsError, load_schema, problems, schema_path
-from pipeline_project import REPO, make_project, run
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 

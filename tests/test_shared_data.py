@@ -9,7 +9,6 @@ from pathlib import Path
 
 import h5py
 import pytest
-
 from pipeline_project import make_project, run
 
 pytestmark = pytest.mark.slow

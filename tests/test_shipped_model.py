@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, shared_data_dir
 
 from bafusion import fusion
 from bafusion.cli import main as cli_main
-from bafusion.metrics import qg, to_gray_matlab
-from bafusion.model import build_model
-
-from conftest import REPO, shared_data_dir
+from bafusion.errors import UserError
+from bafusion.evaluation.metrics import qg, to_gray_matlab
+from bafusion.io import read_image
+from bafusion.nets.model import build_model
 
 MODEL = REPO / "models" / "default"
 LYTRO = shared_data_dir() / "eval" / "lytro"
@@ -55,7 +56,7 @@ def test_previous_nets_stay_available_by_name() -> None:
     assert "lytro-2026-11" in fusion.shipped_models() and "default" in fusion.shipped_models()
     prev = fusion.find_model_dir("lytro-2026-11")
     assert (prev / "initial.pt").read_bytes() != (MODEL / "initial.pt").read_bytes()
-    with pytest.raises(fusion.UserError, match="shipped models: default, lytro-2026-11"):
+    with pytest.raises(UserError, match="shipped models: default, lytro-2026-11"):
         fusion.find_model_dir("no-such-model")
 
 
@@ -70,7 +71,7 @@ def test_fuse_a_lytro_pair_with_the_shipped_model(tmp_path: Path) -> None:
     pa, pb = LYTRO / "lytro-05-A.jpg", LYTRO / "lytro-05-B.jpg"
     out = tmp_path / "fused.png"
     assert cli_main(["fuse", str(pa), str(pb), "-o", str(out), "--device", "cpu", "--save-maps", str(tmp_path / "maps")]) == 0
-    a, b, f = fusion.read_image(pa), fusion.read_image(pb), fusion.read_image(out)
+    a, b, f = read_image(pa), read_image(pb), read_image(out)
     assert f.shape == a.shape
     from_a = np.all(f == a, axis=2)
     from_b = np.all(f == b, axis=2)
@@ -120,11 +121,10 @@ def test_evaluate_reproduces_the_model_card(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_wheel_ships_the_model(tmp_path: Path) -> None:
     """A non-editable install gets the nets too (src/bafusion/models links to models/)."""
+    import shutil
     import subprocess
     import sys
     import zipfile
-
-    import shutil
 
     pytest.importorskip("setuptools")
     src = tmp_path / "src-tree"  # build from a copy: setuptools writes build/ into the tree

@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-
 import slurm_cluster
+import yaml
 from pipeline_project import REPO, env, make_project
 from slurm_cluster import SlurmCluster
 

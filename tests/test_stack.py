@@ -8,15 +8,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_data_dir
 from PIL import Image
 from scipy import ndimage
 
 from bafusion.cli import main as cli_main
+from bafusion.data.mattes import object_matte
 from bafusion.errors import InputFileError, UserError
-from bafusion.fusion import FusionNets, FusionParams, fuse_images, fuse_stack, load_nets, load_nets_from_dir
-from bafusion.mattes import object_matte
-from bafusion.model import build_model, save_model
-from bafusion.stack import (
+from bafusion.fusion import (
+    FusionNets,
+    FusionParams,
+    fuse_images,
+    fuse_stack,
+    load_nets,
+    load_nets_from_dir,
+)
+from bafusion.fusion.stack import (
     AMBIGUOUS,
     STACK_MAP_KEYS,
     StackOptions,
@@ -29,7 +36,7 @@ from bafusion.stack import (
     synthetic_stack,
     visibility_weights,
 )
-from conftest import shared_data_dir
+from bafusion.nets.model import build_model, save_model
 
 DATA = shared_data_dir()
 needs_data = pytest.mark.skipif(

@@ -86,7 +86,7 @@ def test_invocation_is_a_parent_run_with_named_children_and_a_loadable_model(
     import torch
     from mlflow.tracking import MlflowClient
 
-    from bafusion.model import build_model
+    from bafusion.nets.model import build_model
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

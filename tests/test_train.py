@@ -1,4 +1,4 @@
-"""Training of the initial and boundary nets (bafusion.train) on tiny synthetic patch sets."""
+"""Training of the initial and boundary nets (bafusion.nets.train) on tiny synthetic patch sets."""
 
 from __future__ import annotations
 
@@ -13,12 +13,19 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from toy_patches import write_toy_patches
 
 from bafusion import cli
 from bafusion.errors import InputFileError, UserError
-from bafusion.model import ModelFileError, ResNetSpec, load_model
-from bafusion.train import ABORT_ENV, Paths, TrainConfig, load_checkpoint, resolve_config, train
-from toy_patches import write_toy_patches
+from bafusion.nets.model import ModelFileError, ResNetSpec, load_model
+from bafusion.nets.train import (
+    ABORT_ENV,
+    Paths,
+    TrainConfig,
+    load_checkpoint,
+    resolve_config,
+    train,
+)
 
 torch.set_num_threads(1)  # 2 threads on a shared 2-core machine can be 10x slower
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pipeline_project import make_project, run
 from test_acquire import png_bytes, serve_coco, zip_of
 from test_download import LocalServer, sha256
-
-from pipeline_project import make_project, run
 
 pytestmark = pytest.mark.slow
 

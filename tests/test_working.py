@@ -10,9 +10,14 @@ from scipy import ndimage
 
 from bafusion.errors import UserError
 from bafusion.fusion import FusionParams, fuse_images, load_nets_from_dir
-from bafusion.images import resize
-from bafusion.working import boundary_band, guided_filter, progress_bar, uses_working, working_size
-
+from bafusion.fusion.working import (
+    boundary_band,
+    guided_filter,
+    progress_bar,
+    uses_working,
+    working_size,
+)
+from bafusion.io import resize
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

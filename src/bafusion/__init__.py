@@ -1,3 +1,55 @@
-"""bafusion: boundary-aware multi-focus image fusion with deep networks."""
+"""bafusion: boundary-aware multi-focus image fusion with deep networks (Ma, Zhang, Liu,
+Liao, ICME 2019), as a data pipeline.
 
-__version__ = "0.1.0"
+The public API (loaded on first use, so that ``import bafusion`` stays light):
+
+* :func:`fuse` -- shots (paths or arrays) to one all-in-focus image;
+* :func:`load_model` -- the two trained nets of a model folder or shipped model;
+* :func:`fuse_images`, :class:`FusionParams`, :class:`FusionResult` -- the paper's rule on
+  two arrays, with all its maps;
+* :func:`read_image`, :func:`read_images`, :func:`write_image` -- the one image I/O;
+* :mod:`metrics` -- QMI, QG, QY, QCB (and more) as the reference MATLAB code computes them.
+
+The subpackages follow the pipeline: :mod:`bafusion.data` -> :mod:`bafusion.nets` ->
+:mod:`bafusion.fusion` -> :mod:`bafusion.evaluation`, over a ground floor
+(:mod:`bafusion.io`, :mod:`bafusion.config`, :mod:`bafusion.schema`,
+:mod:`bafusion.tracking`, ...); :mod:`bafusion.cli` is the command line.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from bafusion._version import __version__
+
+#: Public name -> (module, attribute; None for the module itself).
+_API: dict[str, tuple[str, str | None]] = {
+    "fuse": ("bafusion.fusion.api", "fuse"),
+    "load_model": ("bafusion.fusion.api", "load_model"),
+    "fuse_images": ("bafusion.fusion.rule", "fuse_images"),
+    "FusionParams": ("bafusion.fusion.params", "FusionParams"),
+    "FusionResult": ("bafusion.fusion.rule", "FusionResult"),
+    "FusionNets": ("bafusion.fusion.models", "FusionNets"),
+    "read_image": ("bafusion.io", "read_image"),
+    "read_images": ("bafusion.io", "read_images"),
+    "write_image": ("bafusion.io", "write_image"),
+    "metrics": ("bafusion.evaluation.metrics", None),
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _API[name]
+    except KeyError:
+        raise AttributeError(f"module 'bafusion' has no attribute {name!r}") from None
+    mod = importlib.import_module(module)
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -485,3 +485,37 @@ def read_source_set(
     images = [o for o in out if o is not None]
     bits = max([b or shared for _, _, b in high], default=8)
     return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits)
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a source image as uint8: (H, W) for gray (L, LA, 1-bit, 16-bit gray), (H, W, 3)
+    otherwise (alpha dropped, palette expanded). Errors name the file. Files of more than 8
+    bits per sample are scaled by their significant bits (:func:`read_images`)."""
+    return read_images([path])[0]
+
+
+def read_images(paths: Sequence[str | os.PathLike[str]]) -> list[np.ndarray]:
+    """Read the sources of one fusion like :func:`read_image`; sources of more than 8 bits
+    per sample are scaled alike (:func:`bafusion.io.read_sources`: the significant bits
+    a file marks, else one bit depth common to the pair's unmarked sources)."""
+    return read_sources(paths, _read_8bit)
+
+
+def _read_8bit(path: str | os.PathLike[str]) -> np.ndarray:
+    im = open_image(path)
+    if im.mode in ("L", "LA", "1"):
+        return np.asarray(im.convert("L"), dtype=np.uint8).copy()
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if a.max() > 255 else 255.0
+        return np.clip(np.round(a / hi * 255.0), 0, 255).astype(np.uint8)
+    if im.mode == "P" and "transparency" not in im.info:
+        im = im.convert("RGB")
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
+def to_gray_u8(img: np.ndarray) -> np.ndarray:
+    """MATLAB rgb2gray on uint8 (rounded half away from zero); gray passes through."""
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = img[..., :3]
+    return to_gray(img)

@@ -3,7 +3,7 @@
 A tqdm bar redraws its line with carriage returns: readable on a terminal, clutter in a log
 file (Snakemake and DVC send each step's output to ``logs/<step>.log``). Bars are drawn only
 when stderr is a terminal; otherwise the long steps print one line per unit of work (training:
-one line per epoch, see :mod:`bafusion.train`).
+one line per epoch, see :mod:`bafusion.nets.train`).
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import sys
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -194,8 +194,8 @@ def stage_run(
     if not enabled():
         yield _NullRun()
         return
-    from mlflow.tracking import MlflowClient
     from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
 
     uri = ensure_db()
     client = MlflowClient(tracking_uri=uri)
@@ -285,7 +285,7 @@ def log_torch_model(uri: str, run_id: str, model: Any, name: str, input_example:
                 name=name,
                 input_example=input_example,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                # The pickled module (bafusion.model's class), not a torch.export program: an
+                # The pickled module (bafusion.nets.model's class), not a torch.export program: an
                 # exported program is fixed to the example's batch size of 1.
                 serialization_format="pickle",
             )

@@ -24,7 +24,7 @@ def _csv_list(s: str) -> list[str]:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from bafusion.prepare import PrepareOptions, run_prepare
+    from bafusion.data.prepare import PrepareOptions, run_prepare
 
     data_cfg: dict[str, Any] = {
         "source": args.source,
@@ -47,9 +47,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _composite_opts(args: argparse.Namespace):
-    from bafusion.composite import CompositeOptions
-
-    from bafusion.composite import Realism
+    from bafusion.data.composite import CompositeOptions, Realism
 
     try:
         realistic = json.loads(args.realistic or "{}")
@@ -70,7 +68,7 @@ def _composite_params(opts) -> dict:
 
 
 def cmd_composite(args: argparse.Namespace) -> int:
-    from bafusion.composite import run_shard
+    from bafusion.data.composite import run_shard
 
     opts = _composite_opts(args)
     params = {"composite": {**_composite_params(opts), "shards": args.shards}, "seed": args.seed}
@@ -85,7 +83,7 @@ def cmd_composite(args: argparse.Namespace) -> int:
 
 
 def cmd_composite_index(args: argparse.Namespace) -> int:
-    from bafusion.composite import write_index
+    from bafusion.data.composite import write_index
 
     index = write_index([Path(f) for f in args.shards], Path(args.out))
     print(f"{index['pairs']} composited pairs in {len(index['shards'])} shards")
@@ -93,7 +91,7 @@ def cmd_composite_index(args: argparse.Namespace) -> int:
 
 
 def cmd_testset(args: argparse.Namespace) -> int:
-    from bafusion.composite import make_testset
+    from bafusion.data.composite import make_testset
 
     opts = _composite_opts(args)
     with tracking.stage_run("testset", {"composite": _composite_params(opts), "seed": args.seed}) as run:
@@ -104,7 +102,7 @@ def cmd_testset(args: argparse.Namespace) -> int:
 
 
 def cmd_patches(args: argparse.Namespace) -> int:
-    from bafusion.patches import PatchOptions, run_patches
+    from bafusion.data.patches import PatchOptions, run_patches
 
     opts = PatchOptions(
         patch=args.patch,
@@ -136,7 +134,8 @@ def cmd_patches(args: argparse.Namespace) -> int:
 
 
 def cmd_count(args: argparse.Namespace) -> int:
-    from bafusion.config import count_samples, deep_merge, load_params, load_preset
+    from bafusion.config import deep_merge, load_params, load_preset
+    from bafusion.data.counts import count_samples
 
     params = load_params(args.params)
     if args.preset:

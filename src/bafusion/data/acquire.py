@@ -7,7 +7,7 @@ Three steps, each a plain function and a ``bafusion`` subcommand:
   extracted to ``<out>/input/GTxx.png`` + ``<out>/gt/GTxx.png`` (the ``dir`` source's layout).
 - :func:`acquire_coco` (``bafusion download-coco``): COCO-2017 annotations (md5-verified),
   candidate selection with pycocotools, images fetched in parallel from their ``coco_url``,
-  the sharpest ``count`` kept (see :mod:`bafusion.coco`), written to ``<out>/<file_name>``
+  the sharpest ``count`` kept (see :mod:`bafusion.data.coco`), written to ``<out>/<file_name>``
   with ``<out>/selection.json``.
 - :func:`acquire_eval` (``bafusion download-eval``): the 20 Lytro pairs and the classic pairs
   listed with their SHA-256 in the packaged ``eval_manifest.json``, from a base URL or a
@@ -21,9 +21,8 @@ temporary name and renamed into place only when complete.
 
 from __future__ import annotations
 
-import argparse
-import json
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -36,8 +35,16 @@ from typing import Any
 from PIL import Image
 
 from bafusion.atomic import atomic_dir
-from bafusion.coco import CocoFilter, Ranked, image_url, load_coco, measure, rank_by_sharpness, select_candidates
-from bafusion.download import (
+from bafusion.data.coco import (
+    CocoFilter,
+    Ranked,
+    image_url,
+    load_coco,
+    measure,
+    rank_by_sharpness,
+    select_candidates,
+)
+from bafusion.data.download import (
     Checksum,
     FetchJob,
     FetchSummary,
@@ -48,8 +55,8 @@ from bafusion.download import (
     join_url,
     to_url,
 )
+from bafusion.data.sources import dir_foregrounds
 from bafusion.errors import InputFileError, UserError
-from bafusion.sources import dir_foregrounds
 
 ALPHAMATTING_URL = "http://www.alphamatting.com/datasets/zip/"
 #: Published SHA-256 of the alphamatting.com archives (the highres ones are not published
@@ -216,7 +223,7 @@ def acquire_coco(
 
     ``ceil(count * oversample)`` usable candidates (decodable, colour when
     ``flt.colour_only``) are gathered in the seed's order, topping up after failures or gray
-    photos, then ranked by :func:`bafusion.coco.sharpness`. ``annotations`` (a local zip or
+    photos, then ranked by :func:`bafusion.data.coco.sharpness`. ``annotations`` (a local zip or
     JSON) overrides ``annotations_url``; ``image_base_url`` (``<base>/<split>/<file_name>``)
     or ``images_dir`` (a folder of ``<file_name>``; only the images present there are
     candidates) override each record's ``coco_url``. More than ``max_failures`` failed
@@ -355,7 +362,7 @@ def load_eval_manifest(path: str | Path | None = None) -> dict[str, Any]:
     packaged one when ``path`` is None)."""
     try:
         if path is None:
-            text = resources.files("bafusion").joinpath(EVAL_MANIFEST).read_text()
+            text = resources.files("bafusion.data").joinpath(EVAL_MANIFEST).read_text()
             where = f"bafusion/{EVAL_MANIFEST}"
         else:
             text = Path(path).read_text()
@@ -460,177 +467,3 @@ def write_download_record(out: str | Path, source: str, folders: dict[str, str |
         record["folders"][name] = {"path": str(folder), "files": n, "sha256": digest}
     write_text(out, json.dumps(record, indent=1, sort_keys=True) + "\n")
     return record
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def _net(args: argparse.Namespace) -> NetOptions:
-    return NetOptions(
-        retries=args.retries, backoff=args.backoff, timeout=args.timeout, workers=args.workers, progress=not args.no_progress
-    )
-
-
-def _csv(s: str | None) -> tuple[str, ...]:
-    return tuple(x for x in (t.strip() for t in (s or "").split(",")) if x)
-
-
-def _checksums(items: list[str] | None) -> dict[str, str]:
-    out = {}
-    for it in items or []:
-        name, sep, value = it.partition("=")
-        if not sep or not name or not value:
-            raise UserError(f"--checksum {it!r}: expected NAME=ALGORITHM:HEX")
-        Checksum.parse(value)
-        out[name] = value
-    return out
-
-
-def _logged(stage: str):
-    """Run a ``download-*`` command as the MLflow step ``stage`` (its arguments as params)."""
-
-    def wrap(fn):
-        def cmd(args: argparse.Namespace) -> int:
-            from bafusion import tracking
-
-            params = {k: v for k, v in vars(args).items() if not callable(v) and k != "command"}
-            with tracking.stage_run(stage, {"download": params}):
-                return fn(args)
-
-        cmd.__doc__ = fn.__doc__
-        return cmd
-
-    return wrap
-
-
-@_logged("download_alphamatting")
-def cmd_download_alphamatting(args: argparse.Namespace) -> int:
-    rec = acquire_alphamatting(
-        args.out,
-        resolution=args.resolution,
-        base_url=args.base_url,
-        from_dir=args.from_dir or None,
-        checksums=_checksums(args.checksum),
-        allow_unverified=args.allow_unverified,
-        cache=args.cache or None,
-        net=_net(args),
-    )
-    print(json.dumps({"foregrounds": rec["foregrounds"], "out": args.out}))
-    return 0
-
-
-@_logged("download_coco")
-def cmd_download_coco(args: argparse.Namespace) -> int:
-    flt = CocoFilter(
-        split=args.split,
-        min_side=args.min_side,
-        colour_only=not args.allow_gray,
-        categories=_csv(args.categories),
-        exclude=_csv(args.exclude_categories),
-    )
-    rec = acquire_coco(
-        args.out,
-        count=args.count,
-        oversample=args.oversample,
-        flt=flt,
-        seed=args.seed,
-        annotations=args.annotations or None,
-        annotations_url=args.annotations_url,
-        annotations_checksum=args.annotations_checksum,
-        image_base_url=args.image_base_url or None,
-        images_dir=args.images_dir or None,
-        min_sharpness=args.min_sharpness,
-        max_failures=args.max_failures,
-        cache=args.cache or None,
-        net=_net(args),
-    )
-    print(json.dumps({"kept": len(rec["kept"]), "dropped": len(rec["dropped"]), "out": args.out}))
-    return 0
-
-
-@_logged("download_eval")
-def cmd_download_eval(args: argparse.Namespace) -> int:
-    rec = acquire_eval(
-        args.out,
-        base_url=args.base_url or None,
-        from_dir=args.from_dir or None,
-        sets=_csv(args.sets) or EVAL_SETS,
-        manifest=args.manifest or None,
-        cache=args.cache or None,
-        net=_net(args),
-    )
-    print(json.dumps({"files": rec["files"], "out": args.out}))
-    return 0
-
-
-@_logged("download")
-def cmd_download_record(args: argparse.Namespace) -> int:
-    folders = {}
-    for item in args.folders:
-        name, sep, path = item.partition("=")
-        if not sep:
-            name, path = Path(item).name, item
-        folders[name] = path
-    rec = write_download_record(args.out, args.source, folders)
-    print(json.dumps({k: v["files"] for k, v in rec["folders"].items()}))
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``download-alphamatting``, ``download-coco``, ``download-eval`` and ``download-record``."""
-    net = argparse.ArgumentParser(add_help=False)
-    net.add_argument(
-        "--cache", default="", help=f"download cache folder (default $BAFUSION_CACHE or {default_cache()})"
-    )
-    net.add_argument("--retries", type=int, default=4, help="further attempts after a failed one (default %(default)s)")
-    net.add_argument(
-        "--backoff", type=float, default=1.0, help="seconds before the first retry, doubling (default %(default)s)"
-    )
-    net.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds (default %(default)s)")
-    net.add_argument("--workers", type=int, default=8, help="parallel downloads of small files (default %(default)s)")
-    net.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-    p = sub.add_parser(
-        "download-alphamatting", parents=[net], help="fetch + verify + extract the alphamatting.com training set"
-    )
-    p.add_argument("--out", required=True, help="output folder (gets input/ and gt/)")
-    p.add_argument("--resolution", choices=["lowres", "highres"], default="lowres")
-    p.add_argument("--base-url", default=ALPHAMATTING_URL, help="where the archives are (a mirror, file:// URL or folder)")
-    p.add_argument("--from-dir", default="", help="local override: folder with the archives, or with input/ and gt/")
-    p.add_argument("--checksum", action="append", metavar="NAME=ALGO:HEX", help="override an archive's checksum")
-    p.add_argument("--allow-unverified", action="store_true", help="accept archives without a known checksum")
-    p.set_defaults(func=cmd_download_alphamatting)
-
-    p = sub.add_parser("download-coco", parents=[net], help="select, fetch and rank COCO-2017 backgrounds")
-    p.add_argument("--out", required=True, help="output folder of background photos")
-    p.add_argument("--count", type=int, required=True, help="backgrounds to keep (paper: 700)")
-    p.add_argument("--oversample", type=float, default=2.0, help="candidates ranked per kept image (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", default="train2017")
-    p.add_argument("--min-side", type=int, default=256, help="smallest allowed min(width, height)")
-    p.add_argument("--allow-gray", action="store_true", help="keep gray photos too")
-    p.add_argument("--categories", default="", help="comma-separated COCO category names; an image needs one")
-    p.add_argument("--exclude-categories", default="", help="comma-separated COCO category names to avoid")
-    p.add_argument("--min-sharpness", type=float, default=0.0, help="absolute floor for the Laplacian variance")
-    p.add_argument("--max-failures", type=int, default=None, help="failed image downloads tolerated")
-    p.add_argument("--annotations", default="", help="local override: annotations zip or COCO JSON")
-    p.add_argument("--annotations-url", default=COCO_ANNOTATIONS_URL)
-    p.add_argument("--annotations-checksum", default=COCO_ANNOTATIONS_CHECKSUM, help="'' to skip the check")
-    p.add_argument("--image-base-url", default="", help="mirror: images at <base>/<split>/<file_name>")
-    p.add_argument("--images-dir", default="", help="local override: folder of <file_name> images")
-    p.set_defaults(func=cmd_download_coco)
-
-    p = sub.add_parser("download-eval", parents=[net], help="fetch + verify the Lytro and classic evaluation pairs")
-    p.add_argument("--out", required=True, help="output folder (gets lytro/ and classic/)")
-    p.add_argument("--base-url", default="", help="where the files are: <base>/<set>/<file>")
-    p.add_argument("--from-dir", default="", help="local override: folder laid out like the manifest")
-    p.add_argument("--sets", default=",".join(EVAL_SETS), help="comma-separated: lytro, classic")
-    p.add_argument("--manifest", default="", help="another manifest (default: the packaged one)")
-    p.set_defaults(func=cmd_download_eval)
-
-    p = sub.add_parser("download-record", help="write a JSON record (file counts, digests) of downloaded folders")
-    p.add_argument("--out", required=True, help="the record file (e.g. data/download/record.json)")
-    p.add_argument("--source", required=True, help="params data.source (builtin, dir or web)")
-    p.add_argument("folders", nargs="*", metavar="[NAME=]FOLDER", help="downloaded folders to describe")
-    p.set_defaults(func=cmd_download_record)

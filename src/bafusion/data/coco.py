@@ -33,7 +33,7 @@ from PIL import Image
 from scipy import ndimage
 
 from bafusion.errors import InputFileError, UserError
-from bafusion.images import gray_float, read_rgb, resize, scaled_size
+from bafusion.io import gray_float, read_rgb, resize, scaled_size
 
 #: Sharpness is measured after resizing to at most this long side.
 ANALYSIS_SIDE = 512
@@ -90,7 +90,7 @@ def load_coco(annotations: str | os.PathLike[str], flt: CocoFilter) -> Any:
                     if alt not in names:
                         raise InputFileError(path, f"archive has no {member} (members: {names[:8]})")
                     member = alt
-                from bafusion.download import check_zip_sizes
+                from bafusion.data.download import check_zip_sizes
 
                 check_zip_sizes(path, [zf.getinfo(member)])  # a zip bomb is refused, naming the archive
                 with zf.open(member) as f:
@@ -148,7 +148,7 @@ def select_candidates(coco: Any, flt: CocoFilter, seed: int, limit: int | None =
 def image_url(record: dict[str, Any], split: str, base_url: str | None = None) -> str:
     """Where to fetch a record: its ``coco_url``, or ``<base_url>/<split>/<file_name>`` for a mirror."""
     if base_url:
-        from bafusion.download import join_url
+        from bafusion.data.download import join_url
 
         return join_url(base_url, f"{split}/{record['file_name']}")
     url = record.get("coco_url")

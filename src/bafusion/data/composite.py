@@ -35,11 +35,11 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from bafusion import __version__
+from bafusion._version import __version__
 from bafusion.atomic import atomic_dir, atomic_file
+from bafusion.data.prepare import entries, load_manifest
 from bafusion.errors import InputFileError, UserError
-from bafusion.images import gray_float, read_matte, read_rgb, resize, to_uint8, write_png
-from bafusion.prepare import entries, load_manifest
+from bafusion.io import gray_float, read_matte, read_rgb, resize, to_uint8, write_png
 from bafusion.progress import bars_enabled
 
 FIT_MODES = ("cover", "stretch")

@@ -47,7 +47,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from bafusion import __version__
+from bafusion._version import __version__
 from bafusion.atomic import part_path
 from bafusion.errors import UserError
 

@@ -20,7 +20,7 @@ each with groups ``train`` and ``val`` holding ``x`` uint8 (N, 2, p, p) (channel
 channel 1 = B; chunked, gzip), ``y`` uint8 (N,), ``pair`` int64 (N,), ``centre`` int32
 (N, 2); root attributes ``patch``, ``seed``, ``kind``, ``params`` (JSON), ``code_version``.
 The x12 augmentation (rotations, flips, channel swap) is applied on the fly by
-:mod:`bafusion.augment`, not stored.
+:mod:`bafusion.nets.augment`, not stored.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from bafusion import __version__
+from bafusion._version import __version__
 from bafusion.atomic import atomic_file
 from bafusion.errors import InputFileError, UserError
 from bafusion.progress import bars_enabled
@@ -57,7 +57,7 @@ class PatchOptions:
     #: Pixels of surroundings stored on every side of each patch (reflect-padded at the image
     #: border): the crops are ``patch + 2 * context`` wide, centred on the same patch, whose
     #: label and boundary test are unchanged. 0 (the paper): the patch alone. Training with
-    #: ``train.consistency`` uses the surroundings (see bafusion.train).
+    #: ``train.consistency`` uses the surroundings (see bafusion.nets.train).
     context: int = 0
 
     def __post_init__(self) -> None:

@@ -22,10 +22,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from bafusion.atomic import atomic_dir
+from bafusion.data.sources import Background, Foreground, check_foreground, select
 from bafusion.errors import InputFileError, UserError
-from bafusion.images import resize, scaled_size, write_png
+from bafusion.io import resize, scaled_size, write_png
 from bafusion.progress import bars_enabled
-from bafusion.sources import Background, Foreground, check_foreground, select
 
 MANIFEST = "manifest.json"
 

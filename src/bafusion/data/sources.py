@@ -1,7 +1,7 @@
 """Where foregrounds (image + alpha matte) and sharp backgrounds come from.
 
 - ``builtin``: photos that ship inside scikit-image (no network), each foreground given a
-  procedural soft object matte (:mod:`bafusion.mattes`). Deterministic by seed.
+  procedural soft object matte (:mod:`bafusion.data.mattes`). Deterministic by seed.
 - ``dir``: an alphamatting.com-style folder (``input/GTxx.png`` + ``gt/GTxx.png``) and a
   folder of background photos (for example COCO-2017 train images).
 
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bafusion.data.mattes import object_matte
 from bafusion.errors import InputFileError, UserError
-from bafusion.images import list_images, read_matte, read_rgb, resize, scaled_size
-from bafusion.mattes import object_matte
+from bafusion.io import list_images, read_matte, read_rgb, resize, scaled_size
 
 #: Colour photos with a clear subject: builtin foregrounds.
 BUILTIN_FOREGROUNDS: tuple[str, ...] = (

@@ -18,7 +18,6 @@ The module also defines the ``bafusion baseline`` subcommand (:func:`register`).
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +37,6 @@ __all__ = [
     "fuse",
     "read_method_results",
     "write_image",
-    "register",
 ]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "tif", "tiff", "bmp")
@@ -248,7 +246,7 @@ def read_method_results(root: str | os.PathLike[str], method: str, pair: str) ->
     Raises :class:`InputFileError` naming the pair, the method and the folder searched when no
     such file exists (or it cannot be decoded).
     """
-    from bafusion.metrics import read_image
+    from bafusion.evaluation.metrics import read_image
 
     folder = Path(root) / method
     for ext in IMAGE_EXTENSIONS:
@@ -273,41 +271,9 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
 
 def write_image(path: str | os.PathLike[str], img: np.ndarray) -> None:
     """Write a [0, 255] image (rounded to uint8) atomically; the format follows the suffix."""
-    from bafusion.images import write_image as _write
+    from bafusion.io import write_image as _write
 
     _write(path, to_uint8(img))
 
 
 # --------------------------------------------------------------------------------------------
-# command line
-
-
-def _cmd_baseline(args: argparse.Namespace) -> int:
-    from bafusion.images import read_sources
-    from bafusion.metrics import read_image
-
-    a, b = read_sources([args.a, args.b], read_image)  # > 8 bits per sample: scaled alike
-    if a.shape[:2] != b.shape[:2]:
-        raise UserError(
-            f"image sizes differ: {args.a} is {a.shape[1]}x{a.shape[0]} (WxH) "
-            f"but {args.b} is {b.shape[1]}x{b.shape[0]}"
-        )
-    if a.ndim != b.ndim:  # one gray, one colour: fuse in colour
-        a = a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2)
-        b = b if b.ndim == 3 else np.repeat(b[:, :, None], 3, axis=2)
-    write_image(args.output, fuse(args.method, a, b))
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``bafusion baseline --method gff|laplacian A B -o F.png``."""
-    p = subparsers.add_parser(
-        "baseline",
-        help="fuse two images with a native baseline (guided-filter fusion or Laplacian pyramid)",
-        description="Fuse sources A and B with a native baseline method and write the fused image.",
-    )
-    p.add_argument("a", metavar="A", help="first source image")
-    p.add_argument("b", metavar="B", help="second source image")
-    p.add_argument("--method", choices=tuple(METHODS), default="gff", help="fusion method (default gff)")
-    p.add_argument("-o", "--output", required=True, help="fused image to write (format from the suffix)")
-    p.set_defaults(func=_cmd_baseline)

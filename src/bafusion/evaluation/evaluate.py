@@ -2,13 +2,13 @@
 and real (MFIFB) pairs.
 
 For every configured dataset and every method, every pair is scored with the objective fusion
-metrics of :mod:`bafusion.metrics` (default QMI, QG, QY, QCB; QP is slow and optional). Methods:
+metrics of :mod:`bafusion.evaluation.metrics` (default QMI, QG, QY, QCB; QP is slow and optional). Methods:
 
 * ``Ours``: the boundary-aware fusion (:func:`bafusion.fusion.fuse_images`, refinement on);
 * ``Ours-initial``: the same without boundary refinement (the initial net's map, then the same
   small-region removal). It is derived from the same run's initial scores, so both variants
   share the initial net's pass and differ only by the boundary net;
-* ``GFF-native`` and ``Laplacian``: the native baselines of :mod:`bafusion.baselines`,
+* ``GFF-native`` and ``Laplacian``: the native baselines of :mod:`bafusion.evaluation.baselines`,
   computed on the fly and rounded to uint8 as if stored;
 * folder baselines (NSCT, SR, NSCT-SR, GFF, DSIFT, CNN by default): published fused images read
   from ``<reference>/<METHOD>/<pair>.<ext>`` when a dataset has a ``reference`` root;
@@ -55,7 +55,7 @@ old one only when everything succeeded:
 * ``<dataset>/means.csv``: mean per method and metric; ``means-sets.csv`` per set, with ``sets``;
 * ``<dataset>/table1.md``: Table 1 (see :func:`table_markdown`), our ranks, per-set tables
   (:func:`table1_document`);
-* ``<dataset>/figures/``: Fig. 4 and the difference maps (:mod:`bafusion.eval_figures`; methods
+* ``<dataset>/figures/``: Fig. 4 and the difference maps (:mod:`bafusion.evaluation.figures`; methods
   with images only, of our output as computed);
 * ``<dataset>/fused/<method>/<pair>.png`` for the methods computed here, when ``save_fused``
   (and ``<pair>.jpg``, the re-encoded image that was measured, with ``jpeg_quality``);
@@ -73,7 +73,6 @@ the best mean of a column; equal best means are all bold.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -108,7 +107,6 @@ __all__ = [
     "evaluate_pair",
     "evaluate_dataset",
     "run_evaluation",
-    "register",
     "LOSSLESS",
     "PeerMetrics",
     "read_peer_metrics",
@@ -122,7 +120,7 @@ __all__ = [
 OURS = "Ours"
 OURS_INITIAL = "Ours-initial"
 NATIVE_METHODS: tuple[str, ...] = ("GFF-native", "Laplacian")
-"""Baselines computed on the fly (``bafusion.baselines``)."""
+"""Baselines computed on the fly (``bafusion.evaluation.baselines``)."""
 REFERENCE_METHODS: tuple[str, ...] = ("NSCT", "SR", "NSCT-SR", "GFF", "DSIFT", "CNN")
 """The paper's six baselines, read from a dataset's reference root."""
 DEFAULT_METHODS: tuple[str, ...] = (OURS_INITIAL, OURS, *NATIVE_METHODS)
@@ -216,7 +214,7 @@ def parse_config(section: Mapping[str, Any] | None, root: Path = Path(".")) -> E
     Relative dataset paths are taken relative to ``root`` (the repository root). Without
     ``datasets`` the embedded test set ``data/testset`` is evaluated. Unknown keys, methods or
     metrics are errors naming them."""
-    from bafusion.metrics import METRICS
+    from bafusion.evaluation.metrics import METRICS
 
     sec = dict(section or {})
     extra = set(sec) - _CONFIG_KEYS
@@ -350,9 +348,9 @@ _PEER_CACHE: dict[tuple[str, int, int], PeerMetrics] = {}
 
 def read_peer_metrics(path: str | os.PathLike[str]) -> PeerMetrics:
     """Read a CSV with columns ``pair``, ``method`` and one column per metric (names as in
-    :data:`bafusion.metrics.METRICS`; other columns are ignored; empty cells are NaN). A
+    :data:`bafusion.evaluation.metrics.METRICS`; other columns are ignored; empty cells are NaN). A
     (pair, method) given twice is an error."""
-    from bafusion.metrics import METRICS
+    from bafusion.evaluation.metrics import METRICS
 
     p = Path(path)
     if not p.is_file():
@@ -421,7 +419,7 @@ def find_pairs(ds: Dataset) -> list[Pair]:
     if not src.is_dir():
         raise InputFileError(src, f"sources folder of dataset {ds.name!r} not found")
     if (src / "index.json").is_file():
-        from bafusion.fusion import read_pair_index
+        from bafusion.fusion.testset import read_pair_index
 
         names = read_pair_index(src)
     else:
@@ -695,7 +693,7 @@ def truth_metrics(truth: np.ndarray, f: np.ndarray) -> dict[str, float]:
     SSIM averaged over channels; a gray image against a colour one is compared in gray)."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    from bafusion.metrics import to_gray_matlab
+    from bafusion.evaluation.metrics import to_gray_matlab
 
     t, g = np.asarray(truth), np.asarray(f)
     if t.ndim != g.ndim or t.shape != g.shape:
@@ -719,7 +717,12 @@ def _check_shape(img: np.ndarray, ref: np.ndarray, dataset: str, pair: str, meth
 
 def _ours(a: np.ndarray, b: np.ndarray, nets: Any, params: Any, names: tuple[str, str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Both of our variants from one fusion run: {method: (fused uint8, decision map)}."""
-    from bafusion.fusion import _match_channels, fuse_images, fuse_with_map, remove_small_regions
+    from bafusion.fusion.rule import (
+        _match_channels,
+        fuse_images,
+        fuse_with_map,
+        remove_small_regions,
+    )
 
     res = fuse_images(a, b, nets, replace(params, refine=True), names)
     ma, mb = _match_channels(a, b)
@@ -737,9 +740,19 @@ def evaluate_pair(
     """Fuse and score one pair with every method.
 
     Returns the rows (one per method), the fused uint8 images by method, and the sources.
-    The sources' share of the metric work is done once (:class:`~bafusion.metrics.MetricCache`)."""
-    from bafusion.baselines import gff_fuse, laplacian_fuse, read_method_results, to_uint8
-    from bafusion.metrics import MetricCache, compute_all, read_image, to_gray_matlab
+    The sources' share of the metric work is done once (:class:`~bafusion.evaluation.metrics.MetricCache`)."""
+    from bafusion.evaluation.baselines import (
+        gff_fuse,
+        laplacian_fuse,
+        read_method_results,
+        to_uint8,
+    )
+    from bafusion.evaluation.metrics import (
+        MetricCache,
+        compute_all,
+        read_image,
+        to_gray_matlab,
+    )
 
     a, b = read_image(pair.a), read_image(pair.b)
     if a.shape[:2] != b.shape[:2]:
@@ -889,7 +902,7 @@ def evaluate_dataset(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Evaluate one dataset into ``out`` (its folder): metrics.csv, means.csv (and means-sets.csv
     with ``sets``), table1.md, figures/ and fused/. Returns the rows and the method order."""
-    from bafusion.eval_figures import save_dataset_figures
+    from bafusion.evaluation.figures import save_dataset_figures
 
     pairs = find_pairs(ds)
     fig_pair = ds.figure_pair or pairs[0].name
@@ -903,7 +916,7 @@ def evaluate_dataset(
         prow, fused, (a, b) = evaluate_pair(ds, pair, cfg, nets, fusion_params)
         rows.extend(prow)
         if cfg.save_fused:
-            from bafusion.fusion import write_image
+            from bafusion.io import write_image
 
             quality = ds.quality_for(pair.name)
             for m, f in fused.items():
@@ -1051,115 +1064,3 @@ def _config_dict(cfg: EvalConfig) -> dict[str, Any]:
     d = asdict(cfg)
     d["datasets"] = {ds.name: {k: str(v) for k, v in asdict(ds).items() if k != "name"} for ds in cfg.datasets}
     return d
-
-
-# --------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------
-
-
-def _load_json_arg(text: str | None, what: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        v = json.loads(text)
-    except ValueError as e:
-        raise UserError(f"{what}: not valid JSON: {e}") from e
-    if not isinstance(v, dict):
-        raise UserError(f"{what}: expected a JSON object")
-    return v
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from bafusion.tracking import repo_root
-
-    doc: dict[str, Any] = {}
-    if args.params_file:
-        import yaml
-
-        pf = Path(args.params_file)
-        if not pf.is_file():
-            raise InputFileError(pf, "parameter file not found")
-        try:
-            doc = yaml.safe_load(pf.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise InputFileError(pf, f"unreadable YAML: {e}") from e
-    section = dict(doc.get("evaluate") or {})
-    section.update(_load_json_arg(args.params_json, "--params-json"))
-    fuse_section = dict(doc.get("fuse") or {})
-    fuse_section.update(_load_json_arg(args.fuse_json, "--fuse-json"))
-    from bafusion.schema import validate_params
-
-    validate_params({"evaluate": section, "fuse": fuse_section}, " + ".join(
-        x for x in (args.params_file and str(args.params_file), args.params_json and "--params-json",
-                    args.fuse_json and "--fuse-json") if x) or "parameters")
-    if args.methods:
-        section["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if args.metrics:
-        section["metrics"] = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    if args.dataset:
-        name, _, rest = args.dataset.partition("=")
-        src, _, ref = rest.partition(",")
-        if not name or not src:
-            raise UserError("--dataset: expected NAME=SOURCES[,REFERENCE]")
-        one: dict[str, Any] = {"name": name, "sources": src}
-        if ref:
-            one["reference"] = ref
-        if args.pattern:
-            one["pattern"] = args.pattern
-        section["datasets"] = [one]
-    root = Path(args.root) if args.root else repo_root()
-    cfg = parse_config(section, root)
-    threads = args.threads or section.get("threads")
-    nets = params = None
-    if OURS in cfg.methods or OURS_INITIAL in cfg.methods:
-        import torch
-
-        from bafusion.fusion import FusionParams, load_nets, load_nets_from_dir
-
-        if threads:
-            torch.set_num_threads(int(threads))
-        params = FusionParams.from_mapping(fuse_section, source="fuse parameters")
-        device = args.device or section.get("device") or fuse_section.get("device", "auto")
-        if args.initial or args.boundary:
-            if not (args.initial and args.boundary):
-                raise UserError("--initial and --boundary go together")
-            nets = load_nets(args.initial, args.boundary, device)
-        else:
-            nets = load_nets_from_dir(args.models, device)
-    run_params = {"evaluate": _config_dict(cfg), "fuse": asdict(params) if params is not None else {}}
-    if nets is not None:
-        run_params["models"] = list(nets.sources)
-    run_evaluation(cfg, args.out, nets, params, run_params, args.report, args.plots)
-    print(f"evaluation written to {args.out}")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``bafusion evaluate``."""
-    p = subparsers.add_parser(
-        "evaluate",
-        help="objective metrics of our fusion and the baselines per dataset: Table 1, Fig. 4",
-        description="For each dataset of the 'evaluate' section (default: the embedded test set "
-        "data/testset) fuse every pair with our method (with and without boundary refinement) "
-        "and the native baselines, read the reference baselines' results when a reference root "
-        "is configured, and write <out>/<dataset>/metrics.csv, table1.md, figures/ and "
-        "<out>/metrics.json; log an MLflow run 'evaluate'.",
-    )
-    p.add_argument("--params-file", default=None, help="YAML file with 'evaluate' and 'fuse' sections (params.yaml)")
-    p.add_argument("--params-json", default=None, help="JSON object overriding the 'evaluate' section")
-    p.add_argument("--fuse-json", default=None, help="JSON object overriding the 'fuse' section (fusion parameters)")
-    p.add_argument("--dataset", default=None, metavar="NAME=SOURCES[,REFERENCE]", help="evaluate only this dataset")
-    p.add_argument("--pattern", default=None, help="with --dataset: only pairs whose name matches this glob (e.g. 'g??-*')")
-    p.add_argument("--methods", default=None, help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)})")
-    p.add_argument("--metrics", default=None, help=f"comma-separated metrics (default {','.join(DEFAULT_METRICS)})")
-    p.add_argument("--models", default=None, help="folder with initial.pt and boundary.pt")
-    p.add_argument("--initial", default=None, help="initial-net file (instead of --models)")
-    p.add_argument("--boundary", default=None, help="boundary-net file (instead of --models)")
-    p.add_argument("--out", default="data/evaluation", help="output folder (replaced whole; default data/evaluation)")
-    p.add_argument("--report", default=None, help="also write the metrics JSON here (a DVC metrics file)")
-    p.add_argument("--plots", default=None, help="write every method's means as CSV here (for DVC plots)")
-    p.add_argument("--root", default=None, help="folder relative dataset paths start from (default: the repo root)")
-    p.add_argument("--device", default=None, help="auto, cpu or cuda (default: the fuse section's, else auto)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.set_defaults(func=_cmd_evaluate)

@@ -3,7 +3,7 @@
 * :func:`figure_comparison`: the paper's Fig. 4: the two sources and every method's fused image
   side by side (top row), with a square region framed in red and enlarged below (bottom row).
 * :func:`figure_differences`: ``alpha * |B - F|`` (alpha = 10, clipped to 255, on the gray
-  images; :func:`bafusion.figures.difference_map`) for every method in one figure: where F
+  images; :func:`bafusion.fusion.maps.difference_map`) for every method in one figure: where F
   takes B's pixels it is black, so a good fusion shows only A's focused region.
 * :func:`save_dataset_figures`: both, plus each method's difference map as a gray PNG.
 
@@ -35,7 +35,7 @@ def _plt():
 
 
 def _gray(img: np.ndarray) -> np.ndarray:
-    from bafusion.metrics import to_gray_matlab
+    from bafusion.evaluation.metrics import to_gray_matlab
 
     return to_gray_matlab(img)
 
@@ -68,7 +68,7 @@ def _show(ax, img: np.ndarray) -> None:
 
 
 def _save_fig(fig, path: str | os.PathLike[str]) -> None:
-    from bafusion.figures import save_figure
+    from bafusion.fusion.maps import save_figure
 
     save_figure(fig, path)
 
@@ -133,7 +133,7 @@ def figure_differences(
     max_columns: int = 6,
 ) -> dict[str, np.ndarray]:
     """One row of ``alpha * |B - F|`` maps (gray), one per method. Returns the maps (uint8)."""
-    from bafusion.figures import difference_map
+    from bafusion.fusion.maps import difference_map
 
     plt = _plt()
     maps = {m: difference_map(b, f, alpha) for m, f in fused.items()}

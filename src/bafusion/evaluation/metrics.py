@@ -28,13 +28,10 @@ vectorised with numpy/scipy. The module also defines the ``bafusion metrics`` su
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
-import json
 import math
 import os
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,7 +60,6 @@ __all__ = [
     "qe",
     "qcv",
     "compute_all",
-    "register",
 ]
 
 RGB2GRAY_COEFFS = np.array([0.298936021293775, 0.587043074451121, 0.114020904255103])
@@ -997,55 +993,3 @@ def undefined_reason(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> str:
         which = flat[0] if len(flat) == 1 else ", ".join(flat[:-1]) + " and " + flat[-1]
         return f"{which} {'is' if len(flat) == 1 else 'are'} constant, so its ratio is 0/0"
     return "its ratio is 0/0 on these images"
-
-
-def _cmd_metrics(args: argparse.Namespace) -> int:
-    names = _parse_metric_names(args.metrics.split(",")) if args.metrics else None
-    from bafusion.images import read_sources
-
-    # Files of more than 8 bits per sample: scaled as fusion scales them (alike, by their
-    # significant bits); 8-bit files exactly as read_image reads them.
-    a, b, f = read_sources([args.a, args.b, args.f], read_image)
-    check_same_size(a, b, f, names=(str(args.a), str(args.b), str(args.f)))
-    values: dict[str, float | None] = dict(compute_all(a, b, f, names))
-    # NaN is not a number to report: an undefined metric is written as null (JSON) or an
-    # empty field (CSV), with a warning naming it.
-    undefined = [k for k, v in values.items() if v is None or not math.isfinite(v)]
-    if undefined:
-        why = undefined_reason(a, b, f)
-        for k in undefined:
-            values[k] = None
-            print(f"bafusion metrics: warning: {k} is undefined for these images ({why}): written as null",
-                  file=sys.stderr)
-    if args.format == "json":
-        print(json.dumps(values, allow_nan=False))
-    else:
-        print(",".join(values))
-        print(",".join(_format_value(v) for v in values.values()))
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``bafusion metrics A B F [--format csv|json] [--metrics QMI,QG,...]``."""
-    p = subparsers.add_parser(
-        "metrics",
-        help="objective fusion metrics of a fused image F against its sources A and B",
-        description=(
-            "Compute objective fusion metrics (QMI, QG, QY, QCB, ...) of a fused image F of "
-            "sources A and B, as the survey's MATLAB reference code computes them. Prints a "
-            "CSV header and one line of values, or a JSON object. A metric that is undefined "
-            "on the images (0/0, e.g. QCB, QP, QE, QCV on constant images) is written as null "
-            "(JSON) or an empty field (CSV), with a warning on stderr naming it."
-        ),
-    )
-    p.add_argument("a", metavar="A", help="first source image")
-    p.add_argument("b", metavar="B", help="second source image")
-    p.add_argument("f", metavar="F", help="fused image")
-    p.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (default csv)")
-    p.add_argument(
-        "--metrics",
-        default=None,
-        help=f"comma-separated metrics to compute (default: all eight, {','.join(METRICS)}; the paper's "
-        f"four: {','.join(REQUIRED_METRICS)})",
-    )
-    p.set_defaults(func=_cmd_metrics)

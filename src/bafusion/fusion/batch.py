@@ -17,7 +17,6 @@ folder, nothing to fuse, bad parameters).
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bafusion.errors import UserError
-from bafusion.images import IMAGE_SUFFIXES, SourceSet, keeps_16_bits, read_source_set
+from bafusion.io import IMAGE_SUFFIXES, SourceSet, keeps_16_bits, read_source_set
 
 #: Exit status of ``fuse-dir`` when some groups were skipped.
 EXIT_SKIPPED = 3
@@ -75,14 +74,15 @@ def compose_full(full: Sequence[np.ndarray], decisions: Sequence[np.ndarray]) ->
 
 
 def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool = False) -> SourceSet:
-    """Read the shots of one scene (:func:`bafusion.images.read_source_set`), check their sizes,
-    then align them (``align`` other than ``none``: :mod:`bafusion.align`, which also refuses two
-    scenes) or check that they are one scene (:func:`bafusion.scene.check_one_scene`); unless
+    """Read the shots of one scene (:func:`bafusion.io.read_source_set`), check their sizes,
+    then align them (``align`` other than ``none``: :mod:`bafusion.fusion.align`, which also refuses two
+    scenes) or check that they are one scene (:func:`bafusion.fusion.scene.check_one_scene`); unless
     ``force``, shots of two scenes are a :class:`UserError`. After alignment the set's uint8
     images are the aligned ones and the full-depth ones are dropped (alignment works on 8 bits).
     """
-    from bafusion.fusion import _align_for_fuse, _read_8bit, check_same_size
-    from bafusion.scene import check_one_scene
+    from bafusion.fusion.rule import check_same_size
+    from bafusion.fusion.scene import check_one_scene
+    from bafusion.io import _read_8bit
 
     if len(paths) < 2:
         raise UserError("give at least two source images")
@@ -91,7 +91,7 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
     for i in range(1, len(src.images)):
         check_same_size(src.images[0], src.images[i], names[0], names[i])
     if align != "none":
-        src.images = _align_for_fuse(src.images, names, align, force)
+        src.images = align_for_fuse(src.images, names, align, force)
         if src.full is not None:
             print(f"bafusion: {names[0]}: sources of more than 8 bits fused in 8 bits (--align works on "
                   "8-bit data)", file=sys.stderr)
@@ -104,7 +104,7 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
 def fused_output(src: SourceSet, results, output: Path) -> Fused:
     """The image to write to ``output`` from the fusion of ``src``: the per-step results of a
     chain (:func:`bafusion.fusion.fuse_stack`) or the joint rule's
-    :class:`bafusion.stack.StackResult`. The uint8 fusion, or for sources of more than 8 bits
+    :class:`bafusion.fusion.stack.StackResult`. The uint8 fusion, or for sources of more than 8 bits
     the full-depth one (:func:`compose_full`, or the joint rule's index map) when the format
     keeps 16 bits; notes say when 16-bit sources end up in 8 bits."""
     joint = not isinstance(results, (list, tuple))  # a StackResult
@@ -134,11 +134,11 @@ def compose_index(full: Sequence[np.ndarray], index: np.ndarray) -> np.ndarray:
 
 def fuse_shots(images: Sequence[np.ndarray], nets, params, names: Sequence[str], progress: bool | None = None):
     """Fuse registered uint8 shots by ``params.stack_rule``: a list of per-step results
-    (pairs, and stacks under ``chain``) or a :class:`bafusion.stack.StackResult` (``joint``)."""
-    from bafusion.fusion import fuse_stack
+    (pairs, and stacks under ``chain``) or a :class:`bafusion.fusion.stack.StackResult` (``joint``)."""
+    from bafusion.fusion.rule import fuse_stack
 
     if len(images) > 2 and params.stack_rule == "joint":
-        from bafusion.stack import fuse_stack_joint
+        from bafusion.fusion.stack import fuse_stack_joint
 
         return fuse_stack_joint(images, nets, params, names)
     return fuse_stack(images, nets, params, names, progress=progress)
@@ -158,7 +158,7 @@ def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str 
     output : Path
         Where the result will be written (its format decides 8 or 16 bits).
     align : str
-        ``none`` or a :mod:`bafusion.align` model.
+        ``none`` or a :mod:`bafusion.fusion.align` model.
     force : bool
         Fuse shots that do not look like one scene.
 
@@ -249,7 +249,7 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
     """
     from tqdm import tqdm
 
-    from bafusion.images import write_image
+    from bafusion.io import write_image
 
     if not src.is_dir():
         raise UserError(f"{src}: not a folder")
@@ -277,59 +277,17 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
     return rep
 
 
-def _cmd_fuse_dir(args: argparse.Namespace) -> int:
-    from bafusion.fusion import load_nets, load_nets_from_dir, params_from_args, resolve_device
+def align_for_fuse(images: list[np.ndarray], names: list[str], model: str, force: bool) -> list[np.ndarray]:
+    """Register the shots to the first (:mod:`bafusion.fusion.align`), print one line per shot to
+    stderr, refuse shots that are not one scene unless ``force``; returns the cropped shots."""
+    from bafusion.fusion.align import MIN_QUALITY, align_images
 
-    params, other = params_from_args(args)
-    src, out = Path(args.input), Path(args.output)
-    if not src.is_dir():
-        raise UserError(f"{src}: not a folder")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: is a file, not a folder")
-    ext = args.ext.lower().lstrip(".")
-    if f".{ext}" not in (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg"):
-        raise UserError(f"--ext {args.ext}: use png, tif, bmp or jpg")
-    if out.resolve() == src.resolve():
-        raise UserError(f"{out}: the output folder must not be the input folder")
-    resolve_device(other["device"])
-    if args.initial or args.boundary:
-        if not (args.initial and args.boundary):
-            raise UserError("--initial and --boundary go together")
-        nets = load_nets(args.initial, args.boundary, other["device"])
-    else:
-        nets = load_nets_from_dir(args.model, other["device"])
-    rep = fuse_dir(src, out, nets, params, ext=ext, align=args.align, force=args.force,
-                   skip_existing=args.skip_existing, progress=not args.quiet)
-    for what, why in rep.skipped:
-        print(f"bafusion fuse-dir: skipped {what}: {why}", file=sys.stderr)
-    print(f"fused {len(rep.fused)} stack(s) into {out}" + (f", {len(rep.existing)} already there" if rep.existing else "")
-          + (f", skipped {len(rep.skipped)} (listed on stderr)" if rep.skipped else ""))
-    return rep.exit_code
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``fuse-dir`` to the ``bafusion`` command."""
-    from bafusion.fusion import _add_param_args
-
-    p = subparsers.add_parser(
-        "fuse-dir",
-        help="fuse every pair / focal stack of a folder",
-        description="Fuse every stack of IN into OUT/<name>.<ext>. Naming rule: files <name>-A.<ext>, <name>-B.<ext>, "
-        "(-C, ...) are one stack, in letter order; each sub-folder of IN is one stack (its images in name order). "
-        "What cannot be fused (one shot, a name outside the rule, an unreadable file, sizes that differ, shots "
-        f"of two scenes) is skipped and listed at the end. Exit status: 0 all fused, {EXIT_SKIPPED} some skipped "
-        "(the others fused), 2 bad usage.",
-    )
-    p.add_argument("input", metavar="IN", help="folder of shots")
-    p.add_argument("output", metavar="OUT", help="output folder")
-    p.add_argument("--ext", default="png", help="output format: png (default), tif, bmp or jpg")
-    p.add_argument("--model", default=None, help="folder with initial.pt and boundary.pt, or a shipped model by name")
-    p.add_argument("--initial", default=None, help="initial-net file (instead of --model)")
-    p.add_argument("--boundary", default=None, help="boundary-net file (instead of --model)")
-    p.add_argument("--align", choices=("none", "translation", "similarity", "homography"), default="none",
-                   help="register every shot to the first (see bafusion fuse --help)")
-    p.add_argument("--force", action="store_true", help="fuse even shots that do not look like one scene")
-    p.add_argument("--skip-existing", action="store_true", help="leave stacks whose output exists (resume a batch)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_param_args(p)
-    p.set_defaults(func=_cmd_fuse_dir)
+    al = align_images(images, model)
+    bad = [(n, q) for n, q in zip(names[1:], al.quality[1:]) if q < MIN_QUALITY]
+    if bad and not force:
+        n, q = bad[0]
+        raise UserError(f"{n}: does not look like the same scene as {names[0]} (match quality {q:.2f} after "
+                        f"{model} alignment, below {MIN_QUALITY}); use --force to fuse anyway")
+    for line in al.describe(names):
+        print(line, file=sys.stderr)
+    return al.images

@@ -19,7 +19,7 @@ import numpy as np
 from bafusion.atomic import atomic_file
 
 if TYPE_CHECKING:
-    from bafusion.fusion import FusionResult
+    from bafusion.fusion.rule import FusionResult
 
 #: Matplotlib colour map of the pseudo-colour difference map.
 DIFF_CMAP = "jet"
@@ -42,7 +42,7 @@ def map_to_u8(score: np.ndarray) -> np.ndarray:
 
 def difference_map(b: np.ndarray, f: np.ndarray, alpha: float = 10.0) -> np.ndarray:
     """Fig. 5: ``alpha * |B - F|`` on the gray (MATLAB rgb2gray) images, clipped to 0..255, uint8."""
-    from bafusion.fusion import to_gray_u8
+    from bafusion.io import to_gray_u8
 
     gb = to_gray_u8(b).astype(np.float64)
     gf = to_gray_u8(f).astype(np.float64)

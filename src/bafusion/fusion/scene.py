@@ -6,7 +6,7 @@ The score is the normalised correlation of the gray shots blurred by a Gaussian 
 changes them), on the shots as they are, after a block-mean reduction of large shots to a long
 side of at most :data:`WORK_SIDE` pixels (so the cost does not grow with the camera's resolution
 and the Gaussian sees the same share of the scene). The correlation of gradient magnitudes
-(:func:`bafusion.align.match_quality`) was measured too and separates worse without alignment:
+(:func:`bafusion.fusion.align.match_quality`) was measured too and separates worse without alignment:
 a strongly defocused real pair (savic-08) scores 0.21 there. Shots whose short side is below
 :data:`MIN_SIDE` are too small to judge and are not checked. The threshold
 :data:`MIN_CORRELATION` was measured on the real pairs of ``shared/data/eval`` (none may be

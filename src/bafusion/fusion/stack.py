@@ -58,22 +58,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from bafusion.composite import defocus, fit_background
+from bafusion.data.composite import defocus, fit_background
 from bafusion.errors import InputFileError, UserError
-from bafusion.fusion import (
-    STACK_RULES,
-    FusionNets,
-    FusionParams,
-    FusionResult,
-    _logit,
-    boundary_steps,
-    check_same_size,
-    score,
-    score_multiscale,
-    to_gray_u8,
-    window_mean,
-)
-from bafusion.images import gray_float, read_matte, read_rgb, resize, to_uint8
+from bafusion.fusion.decide import window_mean
+from bafusion.fusion.models import FusionNets
+from bafusion.fusion.params import STACK_RULES, FusionParams
+from bafusion.fusion.rule import FusionResult, check_same_size
+from bafusion.fusion.scoring import _logit, boundary_steps, score, score_multiscale
+from bafusion.io import gray_float, read_matte, read_rgb, resize, to_gray_u8, to_uint8
 
 #: Truth value of pixels where no shot is right or wrong (mixed or flat).
 AMBIGUOUS = -1
@@ -411,8 +403,8 @@ def save_stack_maps(folder: str | Path, stem: str, result: StackResult) -> list[
     """Write ``<stem>-<key>.png`` for :data:`STACK_MAP_KEYS` into ``folder`` (atomically):
     the index maps as gray (``index-initial``, ``index-raw``, ``index``: shot 0 black, the last
     white), the band the boundary net rescored, and the final index in pseudo-colour."""
-    from bafusion.figures import pseudo_colour
-    from bafusion.images import write_png
+    from bafusion.fusion.maps import pseudo_colour
+    from bafusion.io import write_png
 
     n = result.scores.shape[0]
     d = Path(folder)

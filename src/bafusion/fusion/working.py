@@ -52,12 +52,10 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from bafusion.errors import UserError
-
 if TYPE_CHECKING:
-    from bafusion.fusion import FusionNets, FusionParams
+    from bafusion.fusion.models import FusionNets
+    from bafusion.fusion.params import FusionParams
 
-WORKING_REFINES = ("guided", "boundary", "none")
 
 #: Side (full-resolution pixels) of the tiles the band is refined in.
 BAND_TILE = 512
@@ -65,26 +63,6 @@ BAND_TILE = 512
 #: Pixels above which a fusion shows a progress bar (when stderr is a terminal): about
 #: 4 megapixels, a few seconds on a 2-core CPU.
 PROGRESS_MIN_PIXELS = 4_000_000
-
-
-def validate_working_params(p: "FusionParams") -> None:
-    """Check the working-resolution fields of ``p`` (:class:`bafusion.fusion.FusionParams`).
-
-    Raises
-    ------
-    UserError
-        One line naming the field and the value.
-    """
-    if isinstance(p.working_side, bool) or not isinstance(p.working_side, int) or (
-        p.working_side != 0 and p.working_side < 64
-    ):
-        raise UserError(f"working_side must be 0 (off) or an integer >= 64 (pixels), got {p.working_side!r}")
-    if isinstance(p.working_above, bool) or not isinstance(p.working_above, int) or p.working_above < 0:
-        raise UserError(f"working_above must be an integer >= 0 (pixels), got {p.working_above!r}")
-    if isinstance(p.working_band, bool) or not isinstance(p.working_band, int) or not 1 <= p.working_band <= 256:
-        raise UserError(f"working_band must be an integer in [1, 256] (pixels), got {p.working_band!r}")
-    if p.working_refine not in WORKING_REFINES:
-        raise UserError(f"working_refine must be one of {', '.join(WORKING_REFINES)}, got {p.working_refine!r}")
 
 
 def uses_working(shape_hw: tuple[int, ...], params: "FusionParams") -> bool:
@@ -257,8 +235,9 @@ def decide_working(
     seconds : dict
         ``working`` (the decision at working resolution), ``band`` (the full-size step).
     """
-    from bafusion.fusion import boundary_steps, decide, score
-    from bafusion.images import resize
+    from bafusion.fusion.decide import decide
+    from bafusion.fusion.scoring import boundary_steps, score
+    from bafusion.io import resize
 
     h, w = ga.shape
     hs, ws = working_size(ga.shape, params.working_side)
@@ -318,12 +297,10 @@ def decide_working(
 __all__ = [
     "BAND_TILE",
     "PROGRESS_MIN_PIXELS",
-    "WORKING_REFINES",
     "boundary_band",
     "decide_working",
     "guided_filter",
     "progress_bar",
     "uses_working",
-    "validate_working_params",
     "working_size",
 ]

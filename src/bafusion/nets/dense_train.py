@@ -5,7 +5,7 @@ Fusion already scores a pair densely: the trunk runs over a whole crop and each 
 train the net: for a crop of side ``S`` (a multiple of 4) it yields a ``G x G`` grid of patch
 logits, ``G = (S - p) / 4 + 1``, the patch at grid cell ``(i, j)`` covering rows
 ``4i .. 4i + p - 1``; its label is the matte at the patch centre ``(4i + p // 2, 4j + p // 2)``
-(1: focused in A), as for the isolated patches of :mod:`bafusion.patches`.
+(1: focused in A), as for the isolated patches of :mod:`bafusion.data.patches`.
 
 A crop of 128 px at patch 32 gives 625 labelled decisions for the trunk cost of 16 isolated
 patches: many more labels per FLOP, but neighbouring labels are strongly correlated, and the
@@ -14,7 +14,7 @@ zero-padded alone (the paper's classifier). ``benchmarks/bench_dense_train.py`` 
 labelled decisions per second, and the isolated-patch validation accuracy reached per second of
 training.
 
-Only plain functions here; the pipeline's trainer (:mod:`bafusion.train`) does not use them yet.
+Only plain functions here; the pipeline's trainer (:mod:`bafusion.nets.train`) does not use them yet.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bafusion.augment import to_input
 from bafusion.errors import UserError
-from bafusion.model import CifarResNet
+from bafusion.nets.augment import to_input
+from bafusion.nets.model import CifarResNet
 
 __all__ = ["CropSampler", "crop_labels", "dense_grid", "dense_logits", "dense_train_step", "read_shard_pairs"]
 
@@ -80,9 +80,9 @@ class ShardPairs:
 
 def read_shard_pairs(shards: Sequence[str | os.PathLike[str]], keep: set[int] | None = None,
                      drop: set[int] | None = None) -> ShardPairs:
-    """Read the gray pairs of composite shards (:mod:`bafusion.composite` output), keeping
+    """Read the gray pairs of composite shards (:mod:`bafusion.data.composite` output), keeping
     pair ids in ``keep`` (if given) and not in ``drop``."""
-    from bafusion.patches import _iter_pairs
+    from bafusion.data.patches import _iter_pairs
 
     a, b, m, ids = [], [], [], []
     for pid, pa, pb, matte in _iter_pairs([Path(f) for f in shards]):

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import os
 import warnings
-
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,10 @@
 
 ``bafusion train --net initial --patches data/patches/initial.h5 --out data/models/initial.pt
 --params params.yaml`` trains a CIFAR ResNet (``depth`` from the parameters) on the patch set
-with the x12 augmentation of :mod:`bafusion.augment`: SGD with momentum, softmax
+with the x12 augmentation of :mod:`bafusion.nets.augment`: SGD with momentum, softmax
 cross-entropy, step decay of the learning rate (``MultiStepLR``), validation after every
 epoch. The final model is the epoch with the best validation accuracy, written with
-:func:`bafusion.model.save_model`.
+:func:`bafusion.nets.model.save_model`.
 
 Outputs (all written atomically):
 
@@ -39,7 +39,6 @@ runs under ``torchrun``. ``batch`` is the global batch, split evenly over the pr
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import dataclasses
@@ -49,7 +48,6 @@ import json
 import math
 import os
 import random
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -64,9 +62,22 @@ from torch import nn
 
 from bafusion import tracking
 from bafusion.atomic import atomic_file, write_text
-from bafusion.augment import INPUT_SCALE, N_VARIANTS, AugmentedLoader, load_split, read_attrs
 from bafusion.errors import InputFileError, UserError
-from bafusion.model import CifarResNet, ModelFileError, ResNetSpec, build_model, load_model, save_model
+from bafusion.nets.augment import (
+    INPUT_SCALE,
+    N_VARIANTS,
+    AugmentedLoader,
+    load_split,
+    read_attrs,
+)
+from bafusion.nets.model import (
+    CifarResNet,
+    ModelFileError,
+    ResNetSpec,
+    build_model,
+    load_model,
+    save_model,
+)
 from bafusion.progress import bars_enabled
 
 NETS = ("initial", "boundary")
@@ -293,7 +304,7 @@ def fingerprint(cfg: TrainConfig, net: str, patches: Path, world_size: int) -> s
     and a hash of its labels and of a strided sample of its patches)."""
     import h5py
 
-    from bafusion import augment, model
+    from bafusion.nets import augment, model
 
     d = {k: v for k, v in cfg.to_dict().items() if k not in TrainConfig.RUNTIME_KEYS}
     h = hashlib.sha256()
@@ -781,89 +792,3 @@ def _epoch_metrics(row: Mapping[str, Any]) -> dict[str, float]:
     keys = ("lr", "train_loss", "train_acc", "val_loss", "val_acc", "samples_per_s", "epoch_time_s",
             "val_acc_context", "val_view_agreement")
     return {k: float(row[k]) for k in keys if k in row and not (isinstance(row[k], float) and math.isnan(row[k]))}
-
-
-# --------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "train", help="train the initial or the boundary net on a patch set",
-        description="Train the initial net (on data/patches/initial.h5) or the boundary net (on "
-                    "data/patches/boundary.h5). Resumes from --checkpoints/last.pt when it exists.")
-    p.add_argument("--net", required=True, choices=NETS)
-    p.add_argument("--patches", required=True, help="HDF5 patch set (from the 'patches' step)")
-    p.add_argument("--out", required=True, help="model file to write (.pt, with a .json beside it)")
-    p.add_argument("--params", default=None, help="parameter file (params.yaml)")
-    p.add_argument("--params-json", default=None, help="parameters as a JSON object (wins over --params)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one parameter, e.g. --set train.epochs=2 (repeatable)")
-    p.add_argument("--checkpoints", default=None, help="checkpoint folder (default data/checkpoints/<net>)")
-    p.add_argument("--metrics", default=None, help="metrics JSON (default metrics/train_<net>.json)")
-    p.add_argument("--plots", default=None, help="per-epoch CSV (default metrics/plots/train_<net>.csv)")
-    p.add_argument("--device", default=None, help="override train.device (auto, cpu, cuda, cuda:1, mps)")
-    p.add_argument("--threads", type=int, default=None, help="override train.threads (torch CPU threads per process)")
-    p.add_argument("--nproc", default=None, help="override train.nproc (processes; 'auto' = number of GPUs)")
-    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start afresh")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_cli)
-
-
-def _config_from_args(args: argparse.Namespace) -> TrainConfig:
-    params = load_params(args.params, args.params_json, args.overrides)
-    cfg = resolve_config(params, args.net)
-    if args.device is not None:
-        cfg.device = args.device
-    if args.threads is not None:
-        cfg.threads = int(args.threads)
-    if args.nproc is not None:
-        cfg.nproc = args.nproc
-    return cfg
-
-
-def _relaunch_argv(args: argparse.Namespace, nproc: int, threads: int) -> list[str]:
-    # (No --nproc: the children see WORLD_SIZE and never re-launch; and torchrun's argument
-    # parser would take "--nproc" for an abbreviation of its own --nproc-per-node.)
-    argv = ["train", "--net", args.net, "--patches", args.patches, "--out", args.out]
-    for opt in ("params", "params_json", "checkpoints", "metrics", "plots", "device"):
-        v = getattr(args, opt)
-        if v is not None:
-            argv += [f"--{opt.replace('_', '-')}", str(v)]
-    if threads > 0:  # the threads are shared by the processes
-        argv += ["--threads", str(max(1, threads // nproc))]
-    for o in args.overrides:
-        argv += ["--set", o]
-    if args.no_resume:
-        argv.append("--no-resume")
-    if args.no_progress:
-        argv.append("--no-progress")
-    return argv
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    cfg = _config_from_args(args)
-    nproc = resolve_nproc(cfg.nproc, cfg.device)
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        # Re-launch under torchrun; the children see WORLD_SIZE and train.
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "bafusion.cli", *_relaunch_argv(args, nproc, cfg.threads)]
-        env = dict(os.environ)
-        if cfg.threads <= 0:
-            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-        return subprocess.run(cmd, env=env).returncode
-    if "WORLD_SIZE" in os.environ:
-        cfg.nproc = int(os.environ["WORLD_SIZE"])
-    base = default_paths(args.net, args.out)
-    paths = Paths(
-        out=base.out,
-        checkpoints=Path(args.checkpoints) if args.checkpoints else base.checkpoints,
-        metrics=Path(args.metrics) if args.metrics else base.metrics,
-        plots=Path(args.plots) if args.plots else base.plots,
-    )
-    summary = train(args.net, args.patches, cfg, paths, resume=not args.no_resume, progress=not args.no_progress)
-    if dist_from_env().main:
-        print(f"bafusion train: {args.net}: best val acc {summary['val_acc']} at epoch {summary['best_epoch']}, "
-              f"model {paths.out}", file=sys.stderr)
-    return 0

@@ -1,4 +1,4 @@
-"""The ``bafusion`` command. Each concern's module registers its own subcommands.
+"""The ``bafusion`` command. Each module of :mod:`bafusion.cli` registers its subcommands.
 
 A module listed in ``COMMAND_MODULES`` defines ``register(subparsers)``, which adds one or
 more subparsers and sets ``func`` (called with the parsed namespace, returning an exit code)
@@ -22,18 +22,17 @@ import threading
 import traceback
 from collections.abc import Sequence
 
-from bafusion import __version__
+from bafusion._version import __version__
 from bafusion.errors import UserError
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "bafusion.pipeline_cli",
-    "bafusion.acquire",
-    "bafusion.train",
-    "bafusion.fusion",
-    "bafusion.batch",
-    "bafusion.metrics",
-    "bafusion.baselines",
-    "bafusion.evaluate",
+    "bafusion.cli.pipeline",
+    "bafusion.cli.download",
+    "bafusion.cli.train",
+    "bafusion.cli.fusion",
+    "bafusion.cli.metrics",
+    "bafusion.cli.baselines",
+    "bafusion.cli.evaluate",
 )
 
 

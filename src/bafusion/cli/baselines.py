@@ -1,0 +1,47 @@
+"""``bafusion baseline``: argument parsing only; the methods are :mod:`bafusion.evaluation.baselines`."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from bafusion.errors import UserError
+from bafusion.evaluation.baselines import (
+    METHODS,
+    fuse,
+    write_image,
+)
+
+# command line
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from bafusion.evaluation.metrics import read_image
+    from bafusion.io import read_sources
+
+    a, b = read_sources([args.a, args.b], read_image)  # > 8 bits per sample: scaled alike
+    if a.shape[:2] != b.shape[:2]:
+        raise UserError(
+            f"image sizes differ: {args.a} is {a.shape[1]}x{a.shape[0]} (WxH) "
+            f"but {args.b} is {b.shape[1]}x{b.shape[0]}"
+        )
+    if a.ndim != b.ndim:  # one gray, one colour: fuse in colour
+        a = a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2)
+        b = b if b.ndim == 3 else np.repeat(b[:, :, None], 3, axis=2)
+    write_image(args.output, fuse(args.method, a, b))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bafusion baseline --method gff|laplacian A B -o F.png``."""
+    p = subparsers.add_parser(
+        "baseline",
+        help="fuse two images with a native baseline (guided-filter fusion or Laplacian pyramid)",
+        description="Fuse sources A and B with a native baseline method and write the fused image.",
+    )
+    p.add_argument("a", metavar="A", help="first source image")
+    p.add_argument("b", metavar="B", help="second source image")
+    p.add_argument("--method", choices=tuple(METHODS), default="gff", help="fusion method (default gff)")
+    p.add_argument("-o", "--output", required=True, help="fused image to write (format from the suffix)")
+    p.set_defaults(func=_cmd_baseline)

@@ -1,0 +1,132 @@
+"""``bafusion evaluate``: argument parsing only; Table 1 is built by :mod:`bafusion.evaluation.evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bafusion.errors import InputFileError, UserError
+from bafusion.evaluation.evaluate import (
+    DEFAULT_METHODS,
+    DEFAULT_METRICS,
+    OURS,
+    OURS_INITIAL,
+    _config_dict,
+    parse_config,
+    run_evaluation,
+)
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+
+
+def _load_json_arg(text: str | None, what: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        v = json.loads(text)
+    except ValueError as e:
+        raise UserError(f"{what}: not valid JSON: {e}") from e
+    if not isinstance(v, dict):
+        raise UserError(f"{what}: expected a JSON object")
+    return v
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from bafusion.tracking import repo_root
+
+    doc: dict[str, Any] = {}
+    if args.params_file:
+        import yaml
+
+        pf = Path(args.params_file)
+        if not pf.is_file():
+            raise InputFileError(pf, "parameter file not found")
+        try:
+            doc = yaml.safe_load(pf.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise InputFileError(pf, f"unreadable YAML: {e}") from e
+    section = dict(doc.get("evaluate") or {})
+    section.update(_load_json_arg(args.params_json, "--params-json"))
+    fuse_section = dict(doc.get("fuse") or {})
+    fuse_section.update(_load_json_arg(args.fuse_json, "--fuse-json"))
+    from bafusion.schema import validate_params
+
+    validate_params({"evaluate": section, "fuse": fuse_section}, " + ".join(
+        x for x in (args.params_file and str(args.params_file), args.params_json and "--params-json",
+                    args.fuse_json and "--fuse-json") if x) or "parameters")
+    if args.methods:
+        section["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.metrics:
+        section["metrics"] = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if args.dataset:
+        name, _, rest = args.dataset.partition("=")
+        src, _, ref = rest.partition(",")
+        if not name or not src:
+            raise UserError("--dataset: expected NAME=SOURCES[,REFERENCE]")
+        one: dict[str, Any] = {"name": name, "sources": src}
+        if ref:
+            one["reference"] = ref
+        if args.pattern:
+            one["pattern"] = args.pattern
+        section["datasets"] = [one]
+    root = Path(args.root) if args.root else repo_root()
+    cfg = parse_config(section, root)
+    threads = args.threads or section.get("threads")
+    nets = params = None
+    if OURS in cfg.methods or OURS_INITIAL in cfg.methods:
+        import torch
+
+        from bafusion.fusion.models import load_nets, load_nets_from_dir
+        from bafusion.fusion.params import FusionParams
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        params = FusionParams.from_mapping(fuse_section, source="fuse parameters")
+        device = args.device or section.get("device") or fuse_section.get("device", "auto")
+        if args.initial or args.boundary:
+            if not (args.initial and args.boundary):
+                raise UserError("--initial and --boundary go together")
+            nets = load_nets(args.initial, args.boundary, device)
+        else:
+            nets = load_nets_from_dir(args.models, device)
+    run_params = {"evaluate": _config_dict(cfg), "fuse": asdict(params) if params is not None else {}}
+    if nets is not None:
+        run_params["models"] = list(nets.sources)
+    run_evaluation(cfg, args.out, nets, params, run_params, args.report, args.plots)
+    print(f"evaluation written to {args.out}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bafusion evaluate``."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="objective metrics of our fusion and the baselines per dataset: Table 1, Fig. 4",
+        description="For each dataset of the 'evaluate' section (default: the embedded test set "
+        "data/testset) fuse every pair with our method (with and without boundary refinement) "
+        "and the native baselines, read the reference baselines' results when a reference root "
+        "is configured, and write <out>/<dataset>/metrics.csv, table1.md, figures/ and "
+        "<out>/metrics.json; log an MLflow run 'evaluate'.",
+    )
+    p.add_argument("--params-file", default=None, help="YAML file with 'evaluate' and 'fuse' sections (params.yaml)")
+    p.add_argument("--params-json", default=None, help="JSON object overriding the 'evaluate' section")
+    p.add_argument("--fuse-json", default=None, help="JSON object overriding the 'fuse' section (fusion parameters)")
+    p.add_argument("--dataset", default=None, metavar="NAME=SOURCES[,REFERENCE]", help="evaluate only this dataset")
+    p.add_argument("--pattern", default=None, help="with --dataset: only pairs whose name matches this glob (e.g. 'g??-*')")
+    p.add_argument("--methods", default=None, help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)})")
+    p.add_argument("--metrics", default=None, help=f"comma-separated metrics (default {','.join(DEFAULT_METRICS)})")
+    p.add_argument("--models", default=None, help="folder with initial.pt and boundary.pt")
+    p.add_argument("--initial", default=None, help="initial-net file (instead of --models)")
+    p.add_argument("--boundary", default=None, help="boundary-net file (instead of --models)")
+    p.add_argument("--out", default="data/evaluation", help="output folder (replaced whole; default data/evaluation)")
+    p.add_argument("--report", default=None, help="also write the metrics JSON here (a DVC metrics file)")
+    p.add_argument("--plots", default=None, help="write every method's means as CSV here (for DVC plots)")
+    p.add_argument("--root", default=None, help="folder relative dataset paths start from (default: the repo root)")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda (default: the fuse section's, else auto)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=_cmd_evaluate)

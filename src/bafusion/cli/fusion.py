@@ -1,0 +1,332 @@
+"""``bafusion fuse``, ``fuse-set`` and ``fuse-dir``: argument parsing only; the work is done
+by :mod:`bafusion.fusion`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from bafusion.errors import InputFileError, UserError
+from bafusion.fusion.batch import EXIT_SKIPPED, fuse_dir
+from bafusion.fusion.models import load_nets, load_nets_from_dir, resolve_device
+from bafusion.fusion.params import (
+    BOUNDARY_MODES,
+    SCALE_RULES,
+    STACK_RULES,
+    FusionParams,
+)
+from bafusion.fusion.rule import fuse_stack
+from bafusion.fusion.testset import fuse_set
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+
+
+def _add_param_args(p: argparse.ArgumentParser) -> None:
+    d = FusionParams()
+    g = p.add_argument_group("fusion parameters (defaults: --params-file section 'fuse', else built in)")
+    g.add_argument("--l", type=int, default=None, help=f"Eq. 1 window half-size (default {d.l})")
+    g.add_argument("--low", type=float, default=None, help=f"Eq. 2 lower bound (default {d.low})")
+    g.add_argument("--high", type=float, default=None, help=f"Eq. 2 upper bound (default {d.high})")
+    g.add_argument("--threshold", type=float, default=None, help=f"binarisation threshold (default {d.threshold})")
+    g.add_argument(
+        "--min-region", type=float, default=None, help=f"small-region area, fraction of the image (default {d.min_region})"
+    )
+    g.add_argument("--no-refine", dest="refine", action="store_const", const=False, default=None,
+                   help="skip the boundary net (ablation)")
+    g.add_argument("--exact", action="store_const", const=True, default=None,
+                   help="reference mode: one forward pass per pixel patch (slow)")
+    g.add_argument("--initial-mode", choices=("dense", "grid"), default=None,
+                   help=f"initial net: one dense trunk pass, or exact patches on a grid (default {d.initial_mode})")
+    g.add_argument("--initial-step", type=int, default=None, help=f"dense grid step of the initial net (default {d.initial_step})")
+    g.add_argument("--initial-grid-step", type=int, default=None,
+                   help=f"grid step of the 'grid' initial mode (default {d.initial_grid_step})")
+    g.add_argument("--boundary-step", type=int, default=None,
+                   help=f"grid step of the boundary net; the coarse step in adaptive mode (default {d.boundary_step})")
+    g.add_argument("--boundary-fine-step", type=int, default=None,
+                   help=f"finest grid step of the adaptive boundary mode (default {d.boundary_fine_step})")
+    g.add_argument("--boundary-mode", choices=BOUNDARY_MODES, default=None,
+                   help=f"how the boundary net scores near-boundary pixels (default {d.boundary_mode})")
+    g.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help=f"fp32, or bf16 autocast (faster on AMX CPUs and GPUs) (default {d.precision})")
+    g.add_argument("--tile", type=int, default=None, help=f"boundary-net tile side (default {d.tile})")
+    g.add_argument("--dense-margin", type=int, default=None,
+                   help=f"pixels of surroundings the dense trunk sees around each box (default {d.dense_margin})")
+    g.add_argument("--scales", default=None, metavar="S,S,...",
+                   help="multi-scale initial scoring: comma-separated factors in (0, 1] including 1 "
+                        f"(default {','.join(str(v) for v in d.scales)})")
+    g.add_argument("--scale-rule", choices=SCALE_RULES, default=None,
+                   help=f"how the scales' scores combine (default {d.scale_rule})")
+    g.add_argument("--stack-rule", choices=STACK_RULES, default=None,
+                   help=f"three or more shots: chain (one into the next) or joint (one decision over all "
+                        f"shots) (default {d.stack_rule})")
+    g.add_argument("--working-side", type=int, default=None,
+                   help="camera-size pairs: long side (px) of the working resolution the decision is made at; "
+                        f"0 = off (default {d.working_side})")
+    g.add_argument("--working-above", type=int, default=None,
+                   help="use the working resolution only for pairs whose long side exceeds this "
+                        f"(default {d.working_above})")
+    g.add_argument("--working-band", type=int, default=None,
+                   help="half-width (full-resolution px) of the boundary band refined at full size "
+                        f"(default {d.working_band})")
+    g.add_argument("--working-refine", choices=("guided", "boundary", "none"), default=None,
+                   help=f"how that band is refined (default {d.working_refine})")
+    g.add_argument("--params-file", default=None, help="YAML file whose 'fuse' section sets the defaults (params.yaml)")
+    g.add_argument("--params-json", default=None,
+                   help="JSON object of fusion parameters (the 'fuse' section; overrides --params-file)")
+    p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's, lowered to the cores the load average leaves "
+                        "free, at least 1)")
+    p.add_argument("--alpha", type=float, default=None, help="difference-map gain alpha*|B-F| (default 10)")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
+                   help="no progress bar (default: a bar on stderr for camera-size pairs when it is a terminal)")
+
+
+def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
+    """FusionParams from --params-file's 'fuse' section overridden by explicit flags; also
+    returns the other settings (device, alpha)."""
+    base: dict = {}
+    if getattr(args, "params_file", None):
+        import yaml
+
+        pf = Path(args.params_file)
+        if not pf.is_file():
+            raise InputFileError(pf, "parameter file not found")
+        try:
+            doc = yaml.safe_load(pf.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise InputFileError(pf, f"unreadable YAML: {e}") from e
+        base = dict(doc.get("fuse", {}) or {})
+    if getattr(args, "params_json", None):
+        try:
+            extra = json.loads(args.params_json)
+        except ValueError as e:
+            raise UserError(f"--params-json: not valid JSON: {e}") from e
+        if not isinstance(extra, dict):
+            raise UserError("--params-json: expected a JSON object")
+        base.update(extra)
+    from bafusion.schema import validate_section
+
+    validate_section("fuse", base, " + ".join(
+        x for x in (args.params_file and str(args.params_file), args.params_json and "--params-json") if x) or "parameters")
+    flags = {
+        "l": args.l, "low": args.low, "high": args.high, "threshold": args.threshold,
+        "min_region": args.min_region, "refine": args.refine, "exact": args.exact,
+        "initial_mode": args.initial_mode, "initial_step": args.initial_step,
+        "initial_grid_step": args.initial_grid_step, "boundary_step": args.boundary_step, "tile": args.tile,
+        "boundary_mode": args.boundary_mode, "boundary_fine_step": args.boundary_fine_step,
+        "precision": args.precision, "dense_margin": args.dense_margin,
+        "scale_rule": getattr(args, "scale_rule", None),
+        "stack_rule": getattr(args, "stack_rule", None),
+        "working_side": getattr(args, "working_side", None), "working_above": getattr(args, "working_above", None),
+        "working_band": getattr(args, "working_band", None), "working_refine": getattr(args, "working_refine", None),
+    }
+    if getattr(args, "scales", None):
+        try:
+            flags["scales"] = tuple(float(v) for v in str(args.scales).split(",") if v.strip())
+        except ValueError as e:
+            raise UserError(f"--scales: expected comma-separated numbers such as 1,0.5, got {args.scales!r}") from e
+    if isinstance(base.get("scales"), list):
+        base["scales"] = tuple(base["scales"])
+    merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
+    other = {
+        "device": args.device or base.get("device", "auto"),
+        "alpha": args.alpha if args.alpha is not None else float(base.get("alpha", 10.0)),
+    }
+    params = FusionParams.from_mapping(merged, source=str(args.params_file or "command line"))
+    threads = args.threads or base.get("threads")
+    if not threads:
+        from bafusion.threads import auto_threads
+
+        # No more threads than the free cores: two threads collapse when a core is busy.
+        threads = min(torch.get_num_threads(), auto_threads())
+    torch.set_num_threads(int(threads))
+    return params, other
+
+
+def _cmd_fuse(args: argparse.Namespace) -> int:
+    from bafusion.fusion.maps import save_maps
+
+    params, other = params_from_args(args)
+    out = Path(args.output)
+    if out.suffix.lower() not in (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg"):
+        raise UserError(f"{out}: output must be .png, .tif, .bmp or .jpg")
+    if out.exists() and out.is_dir():
+        raise UserError(f"{out}: is a folder, not an output file")
+    paths = [Path(p) for p in args.images]
+    if len(paths) < 2:
+        raise UserError("give at least two source images")
+    joint = params.stack_rule == "joint" and len(paths) > 2
+    if args.save_maps:
+        # The maps' names are known before the work: none may be a source.
+        from bafusion.fusion.maps import MAP_KEYS
+        from bafusion.fusion.stack import STACK_MAP_KEYS
+        from bafusion.preflight import check_not_input
+
+        if joint:
+            maps = [f"{out.stem}-{key}.png" for key in STACK_MAP_KEYS]
+        else:
+            stems = [out.stem] if len(paths) == 2 else [f"{out.stem}-step{i + 1:02d}" for i in range(len(paths) - 1)]
+            maps = [f"{stem}-{key}.png" for stem in stems for key in MAP_KEYS]
+        for name in maps:
+            check_not_input(Path(args.save_maps) / name, paths, "map file")
+    resolve_device(other["device"])
+    from bafusion.fusion.batch import fused_output, prepare_sources
+
+    src = prepare_sources(paths, align=args.align, force=args.force)  # sizes, --align or the one-scene check
+    images, names = src.images, [str(p) for p in paths]
+    if args.initial or args.boundary:
+        if not (args.initial and args.boundary):
+            raise UserError("--initial and --boundary go together")
+        nets = load_nets(args.initial, args.boundary, other["device"])
+    else:
+        nets = load_nets_from_dir(args.model, other["device"])
+    if joint:
+        from bafusion.fusion.stack import fuse_stack_joint, save_stack_maps
+
+        stack = fuse_stack_joint(images, nets, params, names)
+        if args.save_maps:
+            save_stack_maps(Path(args.save_maps), out.stem, stack)
+        fused = fused_output(src, stack, out)
+    else:
+        results = fuse_stack(images, nets, params, names, progress=args.progress)
+        if args.save_maps:
+            cur = images[0]
+            for i, res in enumerate(results):
+                stem = out.stem if len(results) == 1 else f"{out.stem}-step{i + 1:02d}"
+                save_maps(Path(args.save_maps), stem, res, cur, images[i + 1], alpha=other["alpha"])
+                cur = res.fused
+        fused = fused_output(src, results, out)
+    for note in fused.notes:
+        print(f"bafusion fuse: {note}", file=sys.stderr)
+    from bafusion.io import write_image as _write
+
+    _write(out, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits)
+    print(f"fused {len(paths)} images into {out} ({fused.seconds:.2f} s on {nets.device})")
+    return 0
+
+
+def _cmd_fuse_set(args: argparse.Namespace) -> int:
+    """``bafusion fuse-set``, logged as the MLflow run ``fuse``."""
+    from bafusion import tracking
+    from bafusion.dvc_metrics import fuse_metrics
+
+    params, other = params_from_args(args)
+    with tracking.stage_run("fuse", {"fuse": asdict(params)}) as run:
+        if args.initial or args.boundary:
+            if not (args.initial and args.boundary):
+                raise UserError("--initial and --boundary go together")
+            nets = load_nets(args.initial, args.boundary, other["device"])
+        else:
+            nets = load_nets_from_dir(args.models, other["device"])
+        report = fuse_set(args.pairs, args.out, nets, params, alpha=other["alpha"], report_path=args.report,
+                          progress=args.progress)
+        run.log_metrics({k: float(v) for k, v in fuse_metrics(report).items()})
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fuse`` and ``fuse-set`` to the ``bafusion`` command."""
+    p = subparsers.add_parser(
+        "fuse",
+        help="fuse two (or more) multi-focus images with the trained nets",
+        description="Fuse registered multi-focus sources (handheld shots: --align similarity). More than two (a focal stack) are fused by "
+        "--stack-rule: chain (one into the next: F1 = fuse(I1, I2), F2 = fuse(F1, I3), ...) or joint (every shot "
+        "scored against the others, one decision). Without --model the nets come from "
+        "models/default/ if shipped, else data/models/ (pipeline-trained).",
+    )
+    p.add_argument("images", nargs="+", help="source images (same size), A B [C ...]")
+    p.add_argument("-o", "--output", required=True, help="fused image (.png, .tif, .bmp, .jpg)")
+    p.add_argument("--model", default=None,
+                   help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name (default, lytro-2026-11)")
+    p.add_argument("--initial", default=None, help="initial-net file (instead of --model)")
+    p.add_argument("--boundary", default=None, help="boundary-net file (instead of --model)")
+    p.add_argument("--save-maps", default=None, metavar="DIR", help="write score/decision/difference maps and figures here")
+    p.add_argument("--align", choices=("none", "translation", "similarity", "homography"), default="none",
+                   help="register every shot to the first before fusing (handheld brackets: similarity); the "
+                   "result is cropped to the largest rectangle every shot covers, the transforms and the crop "
+                   "are printed to stderr (default none: the sources are taken as registered)")
+    p.add_argument("--force", action="store_true",
+                   help="fuse even shots that do not look like one scene (refused by default: bafusion.fusion.scene, "
+                   "or with --align the alignment's match quality)")
+    _add_param_args(p)
+    p.set_defaults(func=_cmd_fuse)
+
+    q = subparsers.add_parser(
+        "fuse-set",
+        help="fuse every pair of a test set and score the decision maps against the truth",
+        description="Fuse <pairs>/<name>-A.png and -B.png for each name in <pairs>/index.json into "
+        "<out>/<name>.png, figures into <out>/maps/, and decision-map accuracy vs <name>-dm.png "
+        "(255 = A focused) into <out>/accuracy.json.",
+    )
+    q.add_argument("--pairs", required=True, help="folder with index.json and the pairs")
+    q.add_argument("--models", default=None, help="folder with initial.pt and boundary.pt")
+    q.add_argument("--initial", default=None, help="initial-net file (instead of --models)")
+    q.add_argument("--boundary", default=None, help="boundary-net file (instead of --models)")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--report", default=None, help="also write the accuracy JSON here (e.g. a DVC metrics file)")
+    _add_param_args(q)
+    q.set_defaults(func=_cmd_fuse_set)
+
+    _register_fuse_dir(subparsers)
+
+
+def _cmd_fuse_dir(args: argparse.Namespace) -> int:
+    params, other = params_from_args(args)
+    src, out = Path(args.input), Path(args.output)
+    if not src.is_dir():
+        raise UserError(f"{src}: not a folder")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file, not a folder")
+    ext = args.ext.lower().lstrip(".")
+    if f".{ext}" not in (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg"):
+        raise UserError(f"--ext {args.ext}: use png, tif, bmp or jpg")
+    if out.resolve() == src.resolve():
+        raise UserError(f"{out}: the output folder must not be the input folder")
+    resolve_device(other["device"])
+    if args.initial or args.boundary:
+        if not (args.initial and args.boundary):
+            raise UserError("--initial and --boundary go together")
+        nets = load_nets(args.initial, args.boundary, other["device"])
+    else:
+        nets = load_nets_from_dir(args.model, other["device"])
+    rep = fuse_dir(src, out, nets, params, ext=ext, align=args.align, force=args.force,
+                   skip_existing=args.skip_existing, progress=not args.quiet)
+    for what, why in rep.skipped:
+        print(f"bafusion fuse-dir: skipped {what}: {why}", file=sys.stderr)
+    print(f"fused {len(rep.fused)} stack(s) into {out}" + (f", {len(rep.existing)} already there" if rep.existing else "")
+          + (f", skipped {len(rep.skipped)} (listed on stderr)" if rep.skipped else ""))
+    return rep.exit_code
+
+
+def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fuse-dir`` to the ``bafusion`` command."""
+    p = subparsers.add_parser(
+        "fuse-dir",
+        help="fuse every pair / focal stack of a folder",
+        description="Fuse every stack of IN into OUT/<name>.<ext>. Naming rule: files <name>-A.<ext>, <name>-B.<ext>, "
+        "(-C, ...) are one stack, in letter order; each sub-folder of IN is one stack (its images in name order). "
+        "What cannot be fused (one shot, a name outside the rule, an unreadable file, sizes that differ, shots "
+        f"of two scenes) is skipped and listed at the end. Exit status: 0 all fused, {EXIT_SKIPPED} some skipped "
+        "(the others fused), 2 bad usage.",
+    )
+    p.add_argument("input", metavar="IN", help="folder of shots")
+    p.add_argument("output", metavar="OUT", help="output folder")
+    p.add_argument("--ext", default="png", help="output format: png (default), tif, bmp or jpg")
+    p.add_argument("--model", default=None, help="folder with initial.pt and boundary.pt, or a shipped model by name")
+    p.add_argument("--initial", default=None, help="initial-net file (instead of --model)")
+    p.add_argument("--boundary", default=None, help="boundary-net file (instead of --model)")
+    p.add_argument("--align", choices=("none", "translation", "similarity", "homography"), default="none",
+                   help="register every shot to the first (see bafusion fuse --help)")
+    p.add_argument("--force", action="store_true", help="fuse even shots that do not look like one scene")
+    p.add_argument("--skip-existing", action="store_true", help="leave stacks whose output exists (resume a batch)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_param_args(p)
+    p.set_defaults(func=_cmd_fuse_dir)

@@ -1,0 +1,71 @@
+"""``bafusion metrics``: argument parsing only; the metrics are :mod:`bafusion.evaluation.metrics`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from bafusion.evaluation.metrics import (
+    METRICS,
+    REQUIRED_METRICS,
+    _format_value,
+    _parse_metric_names,
+    check_same_size,
+    compute_all,
+    read_image,
+    undefined_reason,
+)
+
+
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    names = _parse_metric_names(args.metrics.split(",")) if args.metrics else None
+    from bafusion.io import read_sources
+
+    # Files of more than 8 bits per sample: scaled as fusion scales them (alike, by their
+    # significant bits); 8-bit files exactly as read_image reads them.
+    a, b, f = read_sources([args.a, args.b, args.f], read_image)
+    check_same_size(a, b, f, names=(str(args.a), str(args.b), str(args.f)))
+    values: dict[str, float | None] = dict(compute_all(a, b, f, names))
+    # NaN is not a number to report: an undefined metric is written as null (JSON) or an
+    # empty field (CSV), with a warning naming it.
+    undefined = [k for k, v in values.items() if v is None or not math.isfinite(v)]
+    if undefined:
+        why = undefined_reason(a, b, f)
+        for k in undefined:
+            values[k] = None
+            print(f"bafusion metrics: warning: {k} is undefined for these images ({why}): written as null",
+                  file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps(values, allow_nan=False))
+    else:
+        print(",".join(values))
+        print(",".join(_format_value(v) for v in values.values()))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bafusion metrics A B F [--format csv|json] [--metrics QMI,QG,...]``."""
+    p = subparsers.add_parser(
+        "metrics",
+        help="objective fusion metrics of a fused image F against its sources A and B",
+        description=(
+            "Compute objective fusion metrics (QMI, QG, QY, QCB, ...) of a fused image F of "
+            "sources A and B, as the survey's MATLAB reference code computes them. Prints a "
+            "CSV header and one line of values, or a JSON object. A metric that is undefined "
+            "on the images (0/0, e.g. QCB, QP, QE, QCV on constant images) is written as null "
+            "(JSON) or an empty field (CSV), with a warning on stderr naming it."
+        ),
+    )
+    p.add_argument("a", metavar="A", help="first source image")
+    p.add_argument("b", metavar="B", help="second source image")
+    p.add_argument("f", metavar="F", help="fused image")
+    p.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (default csv)")
+    p.add_argument(
+        "--metrics",
+        default=None,
+        help=f"comma-separated metrics to compute (default: all eight, {','.join(METRICS)}; the paper's "
+        f"four: {','.join(REQUIRED_METRICS)})",
+    )
+    p.set_defaults(func=_cmd_metrics)

@@ -1,0 +1,68 @@
+"""How many pairs, patches and training samples a configuration makes (``bafusion count``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from bafusion.data.patches import AUGMENTATION_FACTOR
+from bafusion.data.sources import select
+from bafusion.errors import UserError
+
+__all__ = ["count_samples"]
+
+
+def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Pairs, base patches and effective (x12 augmented) samples that a configuration makes.
+
+    Foreground and background numbers come from ``data.foregrounds``/``data.backgrounds``
+    when set (> 0); otherwise from the source itself (all images it has, less held-out ones).
+    ``available`` reports what the source really has, when it can be read.
+    """
+    data = params.get("data", {}) or {}
+    pat = params.get("patches", {}) or {}
+    n_cfg = {"foregrounds": int(data.get("foregrounds", 0) or 0), "backgrounds": int(data.get("backgrounds", 0) or 0)}
+    available: dict[str, int | None] = {"foregrounds": None, "backgrounds": None}
+    note = None
+    try:
+        unlimited = dict(data, foregrounds=0, backgrounds=0)
+        sel = select(unlimited, int(params.get("seed", 0)))
+        available = {"foregrounds": len(sel.train_foregrounds), "backgrounds": len(sel.train_backgrounds)}
+    except UserError as e:
+        note = f"source not readable here ({e}); counting from the configured numbers"
+    n: dict[str, int] = {}
+    for k in ("foregrounds", "backgrounds"):
+        if n_cfg[k]:
+            n[k] = n_cfg[k]
+        elif available[k] is not None:
+            n[k] = int(available[k])  # type: ignore[arg-type]
+        else:
+            raise UserError(f"data.{k} is 0 (= all) and the source cannot be read: cannot count")
+    pairs = n["foregrounds"] * n["backgrounds"]
+    per_pair = int(pat.get("per_pair", 10))
+    base = pairs * per_pair
+    boundary_max = pairs * int(pat.get("boundary_per_pair", 0))
+    out: dict[str, Any] = {
+        "foregrounds": n["foregrounds"],
+        "backgrounds": n["backgrounds"],
+        "available": available,
+        "pairs": pairs,
+        "patches_per_pair": per_pair,
+        "base_patches": base,
+        "augmentation_factor": AUGMENTATION_FACTOR,
+        "effective_samples": base * AUGMENTATION_FACTOR,
+        "boundary_patches_at_most": boundary_max,
+        "boundary_effective_samples_at_most": boundary_max * AUGMENTATION_FACTOR,
+    }
+    if note:
+        out["note"] = note
+    short = [k for k in ("foregrounds", "backgrounds") if available[k] is not None and n_cfg[k] > int(available[k] or 0)]
+    if short:
+        real = 1
+        for k in ("foregrounds", "backgrounds"):
+            real *= min(n[k], int(available[k])) if available[k] is not None else n[k]
+        out["note"] = (
+            f"the source has fewer {' and '.join(short)} than configured "
+            f"({', '.join(f'{k}: {available[k]}' for k in short)}): a run here would make {real:,} pairs"
+        )
+    return out

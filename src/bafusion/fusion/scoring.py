@@ -1,0 +1,530 @@
+"""Scoring: the nets' focus scores for every pixel of a gray pair.
+
+Patches: the patch of side ``p`` at pixel ``(r, c)`` covers rows ``r - p//2 .. r - p//2 + p - 1``
+(columns likewise) of the gray images, reflect-padded (``numpy.pad(mode="reflect")``, which also
+works for images smaller than a patch); input channels are gray A and gray B as uint8/255.
+
+Two ways to score:
+
+* ``exact=True``: the reference. Every pixel's patch is cut out (``Tensor.unfold`` views,
+  batched) and run through the whole net. About ``p*p`` times the work of the dense mode.
+
+All modes run inference copies of the nets with BatchNorm folded into the convolutions and
+exact patches in cache-sized batches (:func:`auto_batch`).
+* dense (the initial net's default): the convolutional trunk runs once over the padded image
+  (total stride 4); the global average pooling of the head becomes an average over
+  ``p/4 x p/4`` cells at stride 1 and the linear layer a 1x1 convolution (both linear, so the
+  layer is applied first, on the 64-channel map, and the 2-channel result is averaged). That
+  scores the pixels whose patch starts on a grid of step 4. ``initial_step`` in {4, 2, 1} adds
+  shift-and-stitch passes (``(4/step)**2`` trunk passes) to score a grid of that step; the logit
+  difference is then interpolated bilinearly to every pixel (step 4: one trunk pass; the
+  shift-and-stitch passes buy < 0.5 % agreement for 4x the time, see the benchmark). The
+  trunk sees ``dense_margin`` (16) pixels of surroundings around every box it runs on, so a
+  pixel's score does not depend on how the image was cut into boxes: it is
+  :func:`bafusion.nets.model.context_logits` of its patch (tested).
+
+  A net trained on isolated, zero-padded patches (the paper) learns to use the patch's
+  zero-padded edges; the dense pass shows it the image around the patch instead, so its dense
+  scores differ from its patch scores. Nets trained with context consistency
+  (``train.consistency`` on ``patches.context`` crops: both views in the loss, and a term
+  that makes them agree; the shipped nets) are patch classifiers whose dense scores follow
+  their patch scores: with them the default decides like exact mode on 99.3-99.7 % of the
+  pixels of three Lytro pairs at 256x256 (98.8-99.8 % at full size, BENCHMARKS.md).
+
+* ``initial_mode="grid"``: the whole net on exact patches whose pixels lie on a grid of step
+  ``initial_grid_step``, logit differences interpolated bilinearly: exact mode's scores at the
+  grid points, at about ``(p / step)**2`` times the dense pass's work.
+
+The boundary net scores only the near-boundary pixels (``boundary_mode``):
+
+* ``"adaptive"`` (default): exact patches (the whole net, as in exact mode) at the corners of
+  the ``boundary_step`` cells (default p/2: 16 for p = 32) that hold near-boundary pixels; a
+  cell whose corners fall on both sides of the threshold holds the decision boundary and is
+  split, down to ``boundary_fine_step`` (default half the coarse step, p/4); other pixels get
+  the bilinear interpolation of the corner logits. Same agreement as "grid" at p/4, faster.
+* ``"grid"``: exact patches on a grid of step ``boundary_step`` (default p/4) over the
+  near-boundary pixels; the logit differences are interpolated bilinearly.
+* ``"dense"``: like the initial net, on tiles (``tile`` pixels, merged into row runs and
+  cropped to the near-boundary pixels' extent, with the margin). Several times faster, but
+  not faithful: the boundary net must place the centre pixel on the right side of the focus
+  edge, which it learnt from the patch's edges; even after the context-consistency
+  fine-tuning the shipped boundary net's two views agree on 94.3 % of the validation
+  boundary patches, and dense boundary scoring decides like exact mode on 95.8-98.8 % of the
+  pixels only.
+* ``"exact"``: one patch per near-boundary pixel.
+
+``benchmarks/bench_fusion.py`` measures the agreement and speed behind the defaults; the
+numbers are in BENCHMARKS.md ("Fusion"). ``l``: decision accuracy on synthetic pairs
+0.971 / 0.974 / 0.979 / 0.980 for l = 2 / 4 / 8 / 12 (ResNet-8 nets; in a 4-pixel band around
+the true boundary, l = 8: 0.724 with the initial net alone, 0.845 refined); 8 is the default,
+since 12 gains 0.1 % for about 1.5x the near-boundary area.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import special
+
+from bafusion.errors import UserError
+from bafusion.fusion.params import FusionParams
+from bafusion.nets.model import CifarResNet
+
+#: Rows/columns of padding beyond the last patch start: room for grid steps up to this.
+MAX_GRID_STEP = 32
+
+
+def auto_step(patch: int) -> int:
+    """The boundary grid step for ``boundary_step = 0`` in grid mode, and the fine step of the
+    adaptive mode: the largest power of two <= p/4 (8 for p = 32, 16 for the paper's p = 64,
+    2 for p = 12)."""
+    step = 1
+    while step * 2 <= min(patch // 4, MAX_GRID_STEP // 2):
+        step *= 2
+    return step
+
+
+def boundary_steps(params: "FusionParams", patch: int) -> tuple[int, int]:
+    """(step, fine step) of the boundary net for ``params`` and patch side ``patch``: the set
+    values, or for 0 (auto) p/4 in grid mode and p/2 refined to p/4 in adaptive mode (16 -> 8
+    for p = 32, 32 -> 16 for p = 64; measured in BENCHMARKS.md)."""
+    base = auto_step(patch)
+    if params.boundary_mode == "adaptive":
+        coarse = params.boundary_step or 2 * base
+        fine = params.boundary_fine_step or max(1, coarse // 2)
+        return coarse, min(fine, coarse)
+    return params.boundary_step or base, params.boundary_fine_step
+
+
+def auto_batch(patch: int, device: torch.device | str = "cpu") -> int:
+    """Exact patches per forward pass for ``batch_size = 0``: 512 on GPUs; on CPUs
+    65536 / p^2 (64 for p = 32, 16 for p = 64), whose activations stay in cache: ResNet-56 at
+    p = 64 on 2 cores took 4.0 ms per patch in batches of 16 and 8.3 ms in batches of 512
+    (bf16: 1.3 and 4.6 ms), ResNet-20 at p = 32 0.42 and 0.71 ms (BENCHMARKS.md)."""
+    if torch.device(device).type != "cpu":
+        return 512
+    return max(1, 65536 // (patch * patch))
+
+
+def _pad(gray: np.ndarray, patch: int, extra: int = MAX_GRID_STEP, margin: int = 0) -> np.ndarray:
+    """Reflect-pad so the patch of pixel (r, c) starts at padded (r + margin, c + margin);
+    ``extra`` rows/columns more at the bottom/right leave room for the dense grid."""
+    top = patch // 2 + margin
+    bottom = patch - patch // 2 - 1 + extra + margin
+    return np.pad(gray, ((top, bottom), (top, bottom)), mode="reflect")
+
+
+def _pair_tensor(gray_a: np.ndarray, gray_b: np.ndarray, patch: int, device: torch.device,
+                 margin: int = 0) -> torch.Tensor:
+    """(1, 2, Hp, Wp) float32 in [0, 1]: reflect-padded gray A and gray B."""
+    x = np.stack([_pad(gray_a, patch, margin=margin), _pad(gray_b, patch, margin=margin)]).astype(np.float32)
+    x /= np.float32(255.0)
+    return torch.from_numpy(x)[None].to(device)
+
+
+# --------------------------------------------------------------------------------------
+# Scoring: exact (reference) and dense
+# --------------------------------------------------------------------------------------
+
+
+def _logit_diff(logits: torch.Tensor) -> torch.Tensor:
+    """z1 - z0 in float32: sigmoid of it is the softmax probability of class 1."""
+    return logits[:, 1].float() - logits[:, 0].float()
+
+
+@torch.inference_mode()
+def score_exact(
+    net: CifarResNet,
+    gray_a: np.ndarray,
+    gray_b: np.ndarray,
+    patch: int,
+    mask: np.ndarray | None = None,
+    batch_size: int = 0,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Reference scores: the whole net on every pixel's patch (or only where ``mask``).
+
+    Returns float32 (H, W) probabilities of class 1 (NaN outside ``mask``)."""
+    dev = torch.device(device)
+    batch_size = batch_size or auto_batch(patch, dev)
+    h, w = gray_a.shape
+    x = _pair_tensor(gray_a, gray_b, patch, dev)[0]  # (2, Hp, Wp)
+    view = x.unfold(1, patch, 1).unfold(2, patch, 1)  # (2, Hp-p+1, Wp-p+1, p, p), no copy
+    if mask is None:
+        rows, cols = np.divmod(np.arange(h * w), w)
+    else:
+        rows, cols = np.nonzero(mask)
+    out = np.full((h, w), np.nan, dtype=np.float32)
+    vals = np.empty(len(rows), dtype=np.float32)
+    for s in range(0, len(rows), batch_size):
+        r = torch.from_numpy(rows[s : s + batch_size]).to(dev)
+        c = torch.from_numpy(cols[s : s + batch_size]).to(dev)
+        patches = view[:, r, c].permute(1, 0, 2, 3).contiguous(memory_format=torch.channels_last)  # (n, 2, p, p)
+        vals[s : s + batch_size] = torch.sigmoid(_logit_diff(net(patches))).float().cpu().numpy()
+    out[rows, cols] = vals
+    return out
+
+
+@torch.inference_mode()
+def score_grid(
+    net: CifarResNet,
+    gray_a: np.ndarray,
+    gray_b: np.ndarray,
+    patch: int,
+    mask: np.ndarray,
+    step: int = 4,
+    batch_size: int = 0,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Exact patches on a grid of the given step around the masked pixels, interpolated.
+
+    The whole net runs on the patches of the grid points (rows and columns multiples of
+    ``step``) that surround a masked pixel; their logit differences are interpolated
+    bilinearly to the masked pixels. ``step = 1`` is :func:`score_exact` on the mask; each
+    doubling of the step divides the work by four. Pixels outside ``mask`` are NaN."""
+    dev = torch.device(device)
+    batch_size = batch_size or auto_batch(patch, dev)
+    h, w = gray_a.shape
+    if step > MAX_GRID_STEP:
+        raise UserError(f"grid step must be at most {MAX_GRID_STEP}, got {step}")
+    gh, gw = -(-(h - 1) // step) + 1, -(-(w - 1) // step) + 1
+    rows, cols = np.nonzero(mask)
+    out = np.full((h, w), np.nan, dtype=np.float32)
+    if len(rows) == 0:
+        return out
+    i0, j0 = rows // step, cols // step
+    i1, j1 = np.minimum(i0 + 1, gh - 1), np.minimum(j0 + 1, gw - 1)
+    need = np.zeros((gh, gw), dtype=bool)
+    for ii in (i0, i1):
+        for jj in (j0, j1):
+            need[ii, jj] = True
+    gi, gj = np.nonzero(need)
+    x = _pair_tensor(gray_a, gray_b, patch, dev)[0]
+    view = x.unfold(1, patch, 1).unfold(2, patch, 1)
+    grid = np.zeros((gh, gw), dtype=np.float32)
+    for s in range(0, len(gi), batch_size):
+        r = torch.from_numpy(gi[s : s + batch_size] * step).to(dev)
+        c = torch.from_numpy(gj[s : s + batch_size] * step).to(dev)
+        patches = view[:, r, c].permute(1, 0, 2, 3).contiguous(memory_format=torch.channels_last)
+        grid[gi[s : s + batch_size], gj[s : s + batch_size]] = _logit_diff(net(patches)).float().cpu().numpy()
+    fr = ((rows - i0 * step) / step).astype(np.float32)
+    fc = ((cols - j0 * step) / step).astype(np.float32)
+    top = grid[i0, j0] * (1 - fc) + grid[i0, j1] * fc
+    bot = grid[i1, j0] * (1 - fc) + grid[i1, j1] * fc
+    d = top * (1 - fr) + bot * fr
+    out[rows, cols] = special.expit(d)
+    return out
+
+
+class _PatchScorer:
+    """Logit differences of exact patches, computed once per patch start and cached."""
+
+    def __init__(self, net: CifarResNet, gray_a: np.ndarray, gray_b: np.ndarray, patch: int, batch_size: int,
+                 device: torch.device) -> None:
+        h, w = gray_a.shape
+        self.net, self.batch_size, self.device = net, batch_size or auto_batch(patch, device), device
+        x = _pair_tensor(gray_a, gray_b, patch, device)[0]
+        self.view = x.unfold(1, patch, 1).unfold(2, patch, 1)  # (2, H+16, W+16, p, p) patch starts
+        self.logit = np.full(self.view.shape[1:3], np.nan, dtype=np.float32)
+        self.evaluated = 0
+
+    def get(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Logit differences at patch starts (rows, cols), evaluating the missing ones."""
+        todo = np.isnan(self.logit[rows, cols])
+        if todo.any():
+            key = np.unique(rows[todo].astype(np.int64) * self.logit.shape[1] + cols[todo])
+            rr, cc = np.divmod(key, self.logit.shape[1])
+            for s in range(0, len(rr), self.batch_size):
+                r = torch.from_numpy(rr[s : s + self.batch_size]).to(self.device)
+                c = torch.from_numpy(cc[s : s + self.batch_size]).to(self.device)
+                patches = self.view[:, r, c].permute(1, 0, 2, 3).contiguous(memory_format=torch.channels_last)
+                with torch.inference_mode():
+                    d = _logit_diff(self.net(patches)).float().cpu().numpy()
+                self.logit[rr[s : s + self.batch_size], cc[s : s + self.batch_size]] = d
+            self.evaluated += len(rr)
+        return self.logit[rows, cols]
+
+
+def score_adaptive(
+    net: CifarResNet,
+    gray_a: np.ndarray,
+    gray_b: np.ndarray,
+    patch: int,
+    mask: np.ndarray,
+    coarse: int = 8,
+    fine: int = 1,
+    threshold: float = 0.5,
+    batch_size: int = 0,
+    device: torch.device | str = "cpu",
+    stats: dict | None = None,
+) -> np.ndarray:
+    """Exact patches on a coarse-to-fine grid around the masked pixels, interpolated.
+
+    The net runs on the patches at the corners of the ``coarse`` x ``coarse`` cells that hold
+    masked pixels. A cell whose four corner scores lie on the same side of ``threshold`` is
+    final: its pixels get the bilinear interpolation of the corner logits, which lies on that
+    side too. A cell whose corners disagree holds the decision boundary and is split in four,
+    down to cells of side ``fine`` (``fine = 1``: exact scores there). So the work goes where
+    the decision is made: about the ``coarse`` grid's cost plus a few patches per pixel of
+    boundary length. Pixels outside ``mask`` are NaN. ``stats`` (a dict), if given, receives
+    the patch starts (rows, cols) that were evaluated, under "positions" (benchmarks)."""
+    for v, name in ((coarse, "coarse"), (fine, "fine")):
+        if v not in (1, 2, 4, 8, 16, 32):
+            raise UserError(f"{name} grid step must be 1, 2, 4, 8, 16 or 32, got {v}")
+    if fine > coarse:
+        raise UserError(f"fine grid step {fine} is larger than the coarse step {coarse}")
+    dev = torch.device(device)
+    h, w = gray_a.shape
+    out = np.full((h, w), np.nan, dtype=np.float32)
+    if not mask.any():
+        return out
+    t_logit = math.log(threshold / (1 - threshold))
+    scorer = _PatchScorer(net, gray_a, gray_b, patch, batch_size, dev)
+    step = coarse
+    # cells (top-left corners) at the current level that hold masked pixels
+    rows, cols = np.nonzero(mask)
+    cells = np.unique(np.stack([rows // step * step, cols // step * step], 1), axis=0)
+    final_step = np.zeros((h, w), dtype=np.int16)
+    while True:
+        r0, c0 = cells[:, 0], cells[:, 1]
+        corners = [scorer.get(r0 + dr, c0 + dc) for dr in (0, step) for dc in (0, step)]
+        side = np.stack([v > t_logit for v in corners], 1)
+        split = ~(side.all(axis=1) | (~side).all(axis=1)) if step > fine else np.zeros(len(cells), bool)
+        for r, c in cells[~split]:
+            final_step[r : r + step, c : c + step] = step
+        if not split.any():
+            break
+        half = step // 2
+        sub = [cells[split] + np.array([dr, dc]) for dr in (0, half) for dc in (0, half)]
+        cells = np.concatenate(sub)
+        keep = (cells[:, 0] < h) & (cells[:, 1] < w)
+        cells = cells[keep]
+        keep = np.array([mask[r : r + half, c : c + half].any() for r, c in cells], dtype=bool)
+        cells = cells[keep]
+        step = half
+        if len(cells) == 0:
+            break
+    fs = final_step[rows, cols].astype(np.int64)
+    i0, j0 = rows // fs * fs, cols // fs * fs
+    fr = ((rows - i0) / fs).astype(np.float32)
+    fc = ((cols - j0) / fs).astype(np.float32)
+    lg = scorer.logit
+    d = (lg[i0, j0] * (1 - fc) + lg[i0, j0 + fs] * fc) * (1 - fr) + (lg[i0 + fs, j0] * (1 - fc) + lg[i0 + fs, j0 + fs] * fc) * fr
+    out[rows, cols] = special.expit(d)
+    if stats is not None:
+        stats["positions"] = np.nonzero(~np.isnan(scorer.logit))
+    return out
+
+
+def _interp_axis(g: torch.Tensor, n: int, step: int, dim: int) -> torch.Tensor:
+    """Linear interpolation along ``dim`` from grid points 0, step, 2 step, ... to 0 .. n-1."""
+    if step == 1:
+        return g.narrow(dim, 0, n)
+    pos = torch.arange(n, device=g.device)
+    i0 = torch.div(pos, step, rounding_mode="floor")
+    frac = (pos - i0 * step).to(g.dtype) / step
+    i1 = torch.clamp(i0 + 1, max=g.shape[dim] - 1)
+    shape = [1] * g.dim()
+    shape[dim] = n
+    frac = frac.view(shape)
+    return g.index_select(dim, i0) * (1 - frac) + g.index_select(dim, i1) * frac
+
+
+def _dense_box(
+    net: CifarResNet, x: torch.Tensor, r0: int, r1: int, c0: int, c1: int, patch: int, step: int, margin: int = 0
+) -> torch.Tensor:
+    """Dense logit differences for image pixels [r0, r1) x [c0, c1) from padded pair ``x``
+    (padded by ``margin`` more than :func:`_pad` on every side).
+
+    The trunk runs on the crop of ``x`` holding those pixels' patches and ``margin`` pixels
+    around them (so that a box edge does not put zeros next to a patch), once per shift
+    (``(4/step)**2`` shifts); each run gives the patches starting on a step-4 grid; together
+    they fill a grid of the given step, which is interpolated to every pixel."""
+    k = patch // 4
+    mc = margin // 4  # cells of surroundings, dropped after pooling
+    gh = -(-(r1 - 1 - r0) // step) + 1  # grid points 0, step, ..., covering r1 - 1
+    gw = -(-(c1 - 1 - c0) // step) + 1
+    need_h = step * (gh - 1) + patch + 4 + 2 * margin
+    need_w = step * (gw - 1) + patch + 4 + 2 * margin
+    crop = x[:, :, r0 : r0 + need_h, c0 : c0 + need_w]
+    weight = net.fc.weight[:, :, None, None]
+    grid = torch.empty((gh, gw), dtype=torch.float32, device=x.device)
+    m = 4 // step
+    for a in range(0, 4, step):
+        for b in range(0, 4, step):
+            sub = crop[:, :, a:, b:]
+            hs = sub.shape[2] // 4 * 4
+            ws = sub.shape[3] // 4 * 4
+            feat = net.trunk(sub[:, :, :hs, :ws])
+            z = F.conv2d(feat, weight, net.fc.bias).float()  # fc as a 1x1 convolution (before the mean: both linear)
+            z = F.avg_pool2d(z, k, stride=1)  # the global pooling over each patch's p/4 x p/4 cells
+            d = _logit_diff(z)[0].float()[mc:, mc:]
+            nr = len(range(a // step, gh, m))
+            nc = len(range(b // step, gw, m))
+            grid[a // step :: m, b // step :: m] = d[:nr, :nc]
+    full = _interp_axis(_interp_axis(grid, r1 - r0, step, 0), c1 - c0, step, 1)
+    return full
+
+
+@torch.inference_mode()
+def score_dense(
+    net: CifarResNet,
+    gray_a: np.ndarray,
+    gray_b: np.ndarray,
+    patch: int,
+    step: int = 4,
+    mask: np.ndarray | None = None,
+    tile: int = 128,
+    max_tile: int = 1024,
+    device: torch.device | str = "cpu",
+    margin: int = 0,
+) -> np.ndarray:
+    """Dense scores (float32 (H, W) probabilities of class 1).
+
+    ``margin`` (a multiple of 4): pixels of surroundings the trunk sees around every box
+    (reflect-padded at the image border), so that no patch sees the zeros of a box edge; with
+    a margin at least the trunk's receptive field, a pixel's score does not depend on the
+    boxes and equals :func:`bafusion.nets.model.context_logits` of its patch with that context.
+
+    Without ``mask`` the whole image is scored, in tiles of at most ``max_tile``. With a mask,
+    only tiles of side ``tile`` holding masked pixels are scored, consecutive ones in a tile row
+    merged into one box and each box cropped to the masked pixels' extent; other pixels are NaN."""
+    if patch % 4 or patch < 4:
+        raise UserError(f"patch side must be a positive multiple of 4 for dense fusion, got {patch}")
+    if margin < 0 or margin % 4:
+        raise UserError(f"dense margin must be a multiple of 4 >= 0, got {margin}")
+    dev = torch.device(device)
+    h, w = gray_a.shape
+    x = _pair_tensor(gray_a, gray_b, patch, dev, margin)
+    out = np.full((h, w), np.nan, dtype=np.float32)
+    for r0, r1, c0, c1 in _boxes(h, w, mask, tile if mask is not None else max_tile, step):
+        d = _dense_box(net, x, r0, r1, c0, c1, patch, step, margin)
+        p = torch.sigmoid(d).cpu().numpy()
+        if mask is None:
+            out[r0:r1, c0:c1] = p
+        else:
+            sel = mask[r0:r1, c0:c1]
+            out[r0:r1, c0:c1][sel] = p[sel]
+    return out
+
+
+def _boxes(h: int, w: int, mask: np.ndarray | None, tile: int, step: int) -> list[tuple[int, int, int, int]]:
+    """Boxes (r0, r1, c0, c1) covering the image (mask None) or the masked pixels."""
+    boxes = []
+    for r0 in range(0, h, tile):
+        r1 = min(h, r0 + tile)
+        if mask is None:
+            boxes += [(r0, r1, c0, min(w, c0 + tile)) for c0 in range(0, w, tile)]
+            continue
+        band = mask[r0:r1]
+        ncol = -(-w // tile)
+        used = [bool(band[:, j * tile : (j + 1) * tile].any()) for j in range(ncol)]
+        j = 0
+        while j < ncol:
+            if not used[j]:
+                j += 1
+                continue
+            j1 = j
+            while j1 + 1 < ncol and used[j1 + 1]:
+                j1 += 1
+            c0, c1 = j * tile, min(w, (j1 + 1) * tile)
+            sub = band[:, c0:c1]
+            rr = np.nonzero(sub.any(axis=1))[0]
+            cc = np.nonzero(sub.any(axis=0))[0]
+            br0 = r0 + rr[0] // step * step  # keep the grid aligned to the step
+            bc0 = c0 + cc[0] // step * step
+            boxes.append((br0, r0 + rr[-1] + 1, bc0, c0 + cc[-1] + 1))
+            j = j1 + 1
+    return boxes
+
+
+def score(
+    net: CifarResNet,
+    gray_a: np.ndarray,
+    gray_b: np.ndarray,
+    patch: int,
+    params: FusionParams,
+    step: int,
+    mask: np.ndarray | None = None,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Exact or dense scores, as ``params.exact`` says."""
+    if params.exact or (mask is not None and params.boundary_mode == "exact"):
+        return score_exact(net, gray_a, gray_b, patch, mask=mask, batch_size=params.batch_size, device=device)
+    if mask is not None and params.boundary_mode == "adaptive":
+        coarse, fine = step, min(boundary_steps(params, patch)[1], step)
+        return score_adaptive(
+            net, gray_a, gray_b, patch, mask, coarse=coarse, fine=fine,
+            threshold=params.threshold, batch_size=params.batch_size, device=device,
+        )
+    if mask is not None and params.boundary_mode == "grid":
+        return score_grid(net, gray_a, gray_b, patch, mask, step=step, batch_size=params.batch_size, device=device)
+
+    if mask is None and params.initial_mode == "grid":
+        everywhere = np.ones(gray_a.shape, dtype=bool)
+        return score_grid(net, gray_a, gray_b, patch, everywhere, step=params.initial_grid_step,
+                          batch_size=params.batch_size, device=device)
+    return score_dense(
+        net, gray_a, gray_b, patch, step=min(step, 4), mask=mask, tile=params.tile, max_tile=params.max_tile,
+        device=device, margin=params.dense_margin,
+    )
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p)).astype(np.float32)
+
+
+def _downscale(gray: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    from bafusion.io import resize
+
+    return np.clip(resize(gray.astype(np.float32), size_hw), 0.0, 255.0)
+
+
+def combine_scales(logits: Sequence[np.ndarray], rule: str = "confident", confidence: float = 2.0) -> np.ndarray:
+    """Combine per-scale logit maps (the first is the full scale) into one, by ``rule``
+    (see :attr:`FusionParams.scale_rule`)."""
+    z = np.stack(logits)
+    if rule == "mean":
+        return z.mean(0)
+    if rule == "confident":
+        idx = np.abs(z).argmax(0)
+        return np.take_along_axis(z, idx[None], 0)[0]
+    if rule == "fill":
+        return np.where(np.abs(z[0]) >= confidence, z[0], z.mean(0))
+    raise UserError(f"unknown scale rule {rule!r}")
+
+
+def score_multiscale(
+    net: CifarResNet,
+    gray_a: np.ndarray,
+    gray_b: np.ndarray,
+    patch: int,
+    params: FusionParams,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """The initial net's scores at every scale of ``params.scales``, combined by
+    ``params.scale_rule``; with one scale exactly :func:`score`."""
+    s_full = score(net, gray_a, gray_b, patch, params, params.initial_step, device=device)
+    scales = [s for s in params.scales if s < 1.0] if not params.exact else []
+    if not scales:
+        return s_full
+    h, w = gray_a.shape
+    logits = [_logit(s_full)]
+    for s in scales:
+        hs, ws = max(1, round(h * s)), max(1, round(w * s))
+        if min(hs, ws) < max(patch, params.scale_min_side):
+            continue  # too small: a patch would see most of the scene at this scale
+        sa, sb = _downscale(gray_a, (hs, ws)), _downscale(gray_b, (hs, ws))
+        z = _logit(score(net, sa, sb, patch, params, params.initial_step, device=device))
+        up = F.interpolate(torch.from_numpy(z)[None, None], size=(h, w), mode="bilinear", align_corners=False)
+        logits.append(up[0, 0].numpy())
+    if len(logits) == 1:
+        return s_full
+    z = combine_scales(logits, params.scale_rule, params.scale_confidence)
+    return (1.0 / (1.0 + np.exp(-z.astype(np.float64)))).astype(np.float32)
+

@@ -1,0 +1,167 @@
+"""The package layout by stage (issue 17): data flows one way, data -> nets -> fusion ->
+evaluation, with the ground floor (io, config, schema, tracking, errors, ...) under all of
+them and the command line (cli) on top; no module imports another in a cycle.
+
+The imports are read with ``ast`` from the sources, function-level imports included (a lazy
+import is still a dependency); imports under ``if TYPE_CHECKING:`` are annotations only and
+are left out.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "bafusion"
+
+#: What each layer may import (besides itself). The ground floor is every top-level module.
+LAYERS = ("ground", "data", "nets", "fusion", "evaluation", "cli")
+ALLOWED = {
+    "ground": {"ground"},
+    "data": {"ground", "data"},
+    "nets": {"ground", "data", "nets"},
+    "fusion": {"ground", "data", "nets", "fusion"},
+    "evaluation": {"ground", "data", "nets", "fusion", "evaluation"},
+    "cli": set(LAYERS),
+}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer(name: str) -> str:
+    parts = name.split(".")
+    if name == "bafusion":
+        return "api"  # the package's own __init__: the public API, may import any layer
+    if len(parts) >= 3 or (len(parts) == 2 and parts[1] in LAYERS):
+        return parts[1] if parts[1] in LAYERS else "ground"
+    return "ground"
+
+
+def _type_checking_lines(tree: ast.Module) -> set[int]:
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for sub in node.body:
+                lines.update(range(sub.lineno, (sub.end_lineno or sub.lineno) + 1))
+    return lines
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """The bafusion modules ``name`` imports (``from pkg import mod`` counts as ``pkg.mod``)."""
+    tree = ast.parse(path.read_text())
+    skip = _type_checking_lines(tree)
+    out: set[str] = set()
+    pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "bafusion"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg.split(".")
+                base = base[: len(base) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if mod.split(".")[0] != "bafusion":
+                continue
+            for a in node.names:
+                sub = f"{mod}.{a.name}"
+                out.add(sub if sub in known else mod)
+    return {m for m in out if m in known and m != name}
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {n: imports_of(n, p, set(mods)) for n, p in mods.items()}
+
+
+def test_the_stages_are_subpackages_with_a_stated_rule() -> None:
+    for stage in ("data", "nets", "fusion", "evaluation", "cli"):
+        init = PACKAGE / stage / "__init__.py"
+        assert init.is_file(), stage
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert "import" in doc.lower(), f"{init}: the docstring must say what the subpackage may import"
+
+
+def test_data_flows_one_way() -> None:
+    bad = []
+    for name, deps in graph().items():
+        here = layer(name)
+        if here == "api":
+            continue
+        for d in deps:
+            if layer(d) not in ALLOWED[here]:
+                bad.append(f"{name} ({here}) imports {d} ({layer(d)})")
+    assert not bad, "\n".join(sorted(bad))
+
+
+def _cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in g.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles() -> None:
+    assert _cycles(graph()) == []
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_layer_check_sees_a_lazy_import(tmp_path: Path) -> None:
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    from bafusion.evaluation import metrics\n    return metrics\n")
+    assert imports_of("bafusion.fusion.m", f, {"bafusion.evaluation.metrics"}) == {"bafusion.evaluation.metrics"}
+
+
+@pytest.mark.parametrize("name", sorted(n for n in modules() if not n.endswith("__main__")))
+def test_every_module_imports(name: str) -> None:
+    importlib.import_module(name)
