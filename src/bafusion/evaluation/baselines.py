@@ -13,7 +13,7 @@
 
 Both fusion functions take two images of one shape, gray (H x W) or colour (H x W x 3),
 uint8 or float on the [0, 255] scale, and return a float64 image in [0, 255] of that shape.
-The module also defines the ``bafusion baseline`` subcommand (:func:`register`).
+The ``bafusion baseline`` command is :mod:`bafusion.cli.baselines`.
 """
 
 from __future__ import annotations

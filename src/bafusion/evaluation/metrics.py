@@ -22,8 +22,8 @@ prints NaN.
 
 All metrics take three images of one shape (sources ``a``, ``b`` and fused ``f``) on the
 [0, 255] scale; colour inputs are converted with :func:`to_gray_matlab`. Everything is
-vectorised with numpy/scipy. The module also defines the ``bafusion metrics`` subcommand
-(:func:`register`).
+vectorised with numpy/scipy. The ``bafusion metrics`` command is
+:mod:`bafusion.cli.metrics`.
 """
 
 from __future__ import annotations
