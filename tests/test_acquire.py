@@ -16,6 +16,7 @@ from PIL import Image
 from test_coco import blur, coco_dataset
 from test_download import LocalServer, make_zip, sha256
 
+import bafusion.cli.download as cli_download
 from bafusion.data import acquire
 from bafusion.data.acquire import (
     NetOptions,
@@ -184,10 +185,10 @@ def serve_coco(server: LocalServer) -> tuple[dict[str, str], str]:
 
 
 def cli(argv: list[str]) -> int:
-    """Run one of acquire's subcommands the way ``bafusion`` does."""
+    """Run one of the download subcommands the way ``bafusion`` does."""
     parser = argparse.ArgumentParser(prog="bafusion")
     sub = parser.add_subparsers(dest="command", required=True)
-    acquire.register(sub)
+    cli_download.register(sub)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 
