@@ -91,7 +91,25 @@ def _load_one(path: Path, device: torch.device) -> tuple[CifarResNet, int]:
 def load_nets(
     initial: str | os.PathLike[str], boundary: str | os.PathLike[str], device: str | torch.device = "auto"
 ) -> FusionNets:
-    """Load the initial and boundary nets (``weights_only`` loads; errors name the file)."""
+    """Load the initial and boundary nets from their files.
+
+    Parameters
+    ----------
+    initial, boundary : path
+        Model files (``.pt`` with a ``.json`` beside it that gives the patch side), loaded
+        with ``torch.load(..., weights_only=True)``.
+    device : str or torch.device
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda[:N]"``.
+
+    Returns
+    -------
+    FusionNets
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        A missing or invalid file (the message names it and says how to get nets).
+    """
     dev = resolve_device(device) if isinstance(device, str) else device
     ni, pi = _load_one(Path(initial), dev)
     nb, pb = _load_one(Path(boundary), dev)
@@ -141,6 +159,9 @@ def find_model_dir(model: str | os.PathLike[str] | None) -> Path:
 
 
 def load_nets_from_dir(model: str | os.PathLike[str] | None, device: str = "auto") -> FusionNets:
+    """Load the two nets of a model folder (:func:`find_model_dir`), or of a shipped model by
+    name; ``model=None``: the shipped ``default``, else the pipeline's ``data/models``.
+    Same as :func:`bafusion.load_model`."""
     d = find_model_dir(model)
     return load_nets(d / "initial.pt", d / "boundary.pt", device)
 

@@ -41,7 +41,27 @@ from bafusion.io import to_gray_u8
 
 @dataclass
 class FusionResult:
-    """Everything one fusion of two images produced (maps are (H, W))."""
+    """Everything one fusion of two images produced.
+
+    Attributes
+    ----------
+    fused : ndarray
+        The fused image, uint8, (H, W) or (H, W, 3): A's pixel where ``decision``, else B's.
+    score_initial : ndarray
+        float32 (H, W) in [0, 1]: the initial net's score s0 (1: focused in A).
+    score_mean : ndarray
+        float32 (H, W): the Eq. 1 window mean of s0.
+    near_boundary : ndarray
+        bool (H, W): Eq. 2, ``low < score_mean < high``.
+    score_refined : ndarray
+        float32 (H, W): s1, s0 with the near-boundary pixels rescored by the boundary net.
+    decision_raw : ndarray
+        bool (H, W): ``score_refined > threshold``.
+    decision : ndarray
+        bool (H, W): after small-region removal (True: take A).
+    seconds : dict of str to float
+        Wall time of each step (``initial``, ``boundary``, ``post``, ...).
+    """
 
     fused: np.ndarray  #: uint8, (H, W) or (H, W, 3)
     score_initial: np.ndarray  #: float32 in [0, 1], the initial net's score s0
@@ -75,7 +95,20 @@ def _area_filter(dm: np.ndarray, area: int, holes: bool) -> np.ndarray:
 
 
 def remove_small_regions(dm: np.ndarray, min_region: float) -> np.ndarray:
-    """Flip focused islands and defocused holes smaller than ``min_region * H * W`` pixels."""
+    """Flip focused islands and defocused holes smaller than ``min_region * H * W`` pixels.
+
+    Parameters
+    ----------
+    dm : ndarray of bool, (H, W)
+        Decision map (True: take A).
+    min_region : float
+        Fraction of the image in [0, 1); regions (4-connected) with fewer than
+        ``ceil(min_region * H * W)`` pixels are flipped. 0: nothing is removed.
+
+    Returns
+    -------
+    ndarray of bool, (H, W)
+    """
     area = math.ceil(min_region * dm.size)
     if area <= 1:
         return dm.copy()
@@ -84,7 +117,20 @@ def remove_small_regions(dm: np.ndarray, min_region: float) -> np.ndarray:
 
 
 def fuse_with_map(a: np.ndarray, b: np.ndarray, dm: np.ndarray) -> np.ndarray:
-    """Eq. 3 with a binary map: A's pixel where ``dm``, B's elsewhere (exact, uint8)."""
+    """Eq. 3 with a binary map: A's pixel where ``dm``, B's elsewhere (exact, uint8).
+
+    Parameters
+    ----------
+    a, b : ndarray
+        The sources, uint8, (H, W) or (H, W, 3/4); a gray source beside a colour one is
+        replicated to three channels, alpha is dropped.
+    dm : ndarray of bool, (H, W)
+
+    Returns
+    -------
+    ndarray
+        uint8, (H, W, 3) if a source is colour, else (H, W).
+    """
     sel = dm if a.ndim == 2 else dm[..., None]
     return np.where(sel, a, b).astype(np.uint8)
 
@@ -123,11 +169,37 @@ def fuse_images(
     names: tuple[str, str] = ("A", "B"),
     progress: bool | None = None,
 ) -> FusionResult:
-    """Fuse two registered sources (uint8 gray or RGB(A), same size) by the paper's rule.
+    """Fuse two registered sources by the paper's rule (section 2, Eqs. 1-3).
 
+    Parameters
+    ----------
+    a, b : ndarray
+        The sources, uint8, (H, W) gray or (H, W, 3/4) colour, of the same size.
+    nets : FusionNets
+        The initial and boundary nets (:func:`bafusion.fusion.load_nets_from_dir`).
+    params : FusionParams
+        Every constant of the rule; the defaults are the shipped configuration.
+    names : tuple of str
+        The sources' names, for error messages.
+    progress : bool or None
+        A progress bar on stderr. None: when stderr is a terminal and the pair has 4
+        megapixels or more; True: always; False: never.
+
+    Returns
+    -------
+    FusionResult
+        The fused image and every map of the rule.
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        Sources of different sizes (naming both) or not uint8.
+
+    Notes
+    -----
     Pairs whose long side exceeds ``params.working_above`` are decided at a working
-    resolution (:mod:`bafusion.fusion.working`). ``progress``: a progress bar on stderr (None: when
-    it is a terminal and the pair has 4 megapixels or more; True: always; False: never)."""
+    resolution (:mod:`bafusion.fusion.working`); pairs up to 1024 px are fused at their size.
+    """
     check_same_size(a, b, *names)
     a, b = _match_channels(np.asarray(a), np.asarray(b))
     if a.dtype != np.uint8 or b.dtype != np.uint8:
@@ -151,9 +223,25 @@ def fuse_stack(
     images: Sequence[np.ndarray], nets: FusionNets, params: FusionParams = FusionParams(), names: Sequence[str] = (),
     progress: bool | None = None,
 ) -> list[FusionResult]:
-    """Fuse a focal stack one into the next: ``F1 = fuse(I1, I2)``, ``Fk = fuse(F(k-1), I(k+1))``.
-    All sizes are checked before any work. Returns one result per step; the last one's
-    ``fused`` is the stack's fusion."""
+    """Fuse a focal stack one into the next (the "chain" stack rule).
+
+    ``F1 = fuse(I1, I2)``, ``Fk = fuse(F(k-1), I(k+1))``; the joint rule is
+    :func:`bafusion.fusion.stack.fuse_stack_joint`. All sizes are checked before any work.
+
+    Parameters
+    ----------
+    images : sequence of ndarray
+        Two or more registered uint8 shots of one size.
+    nets, params, progress
+        As for :func:`fuse_images`.
+    names : sequence of str
+        The shots' names, for error messages.
+
+    Returns
+    -------
+    list of FusionResult
+        One per step; the last one's ``fused`` is the stack's fusion.
+    """
     if len(images) < 2:
         raise UserError("fusion needs at least two source images")
     names = list(names) or [f"image {i + 1}" for i in range(len(images))]
