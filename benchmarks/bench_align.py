@@ -129,13 +129,10 @@ def main() -> int:
         x0, y0, x1, y1 = al.crop
         ac, bc = a[y0:y1, x0:x1], b[y0:y1, x0:x1]
 
-        def q_of(b_reg: np.ndarray) -> float:
-            return qg(ac, bc, fuse_images(ac, b_reg, nets, params).fused)
-
         q0 = qg(ac, bc, fuse_images(a, b, nets, params).fused[y0:y1, x0:x1])
         q1 = qg(ac, bc, fuse_images(al.images[0], al.images[1], nets, params).fused)
-        q2 = q_of(warp_to_first(bw, truth, order=args.order)[y0:y1, x0:x1])
-        q3 = q_of(warp_to_first(bw, own @ truth, order=args.order)[y0:y1, x0:x1])
+        q2, q3 = (qg(ac, bc, fuse_images(ac, warp_to_first(bw, m, order=args.order)[y0:y1, x0:x1], nets, params).fused)
+                  for m in (truth, own @ truth))
         print(f"| lytro-{i:02d} | {corner_rms(own, a.shape):.3f} | {err:.3f} | {net:.3f} | {secs:.2f} | "
               f"{x1 - x0}x{y1 - y0} | {q0:.4f} | {q1:.4f} ({q1 - q0:+.4f}) | {q2:.4f} ({q2 - q0:+.4f}) | "
               f"{q3:.4f} ({q3 - q0:+.4f}) | {q1 - q3:+.4f} |", flush=True)

@@ -13,9 +13,10 @@ Accuracy (measured, BENCHMARKS.md): a known motion is recovered to a few hundred
 pixel between shots of equal focus; the focus difference itself biases the estimate by a
 fraction of a pixel (0.18 px on a synthetic registered pair whose halves are blurred in turn).
 A larger pre-blur does not reduce that bias on Lytro (it grows), so ``sigma`` stays small.
-On composites of real mattes (registered by construction, defocus Gaussian 2 px) the bias is
-0.04-0.13 px; the 0.2-1.4 px the estimate finds on the Lytro pairs is mostly real (refocusing
-magnifies; BENCHMARKS.md), so aligning a Lytro pair moves its B.
+On composites of real mattes (registered by construction) the bias is 0.02-0.13 px at a
+defocus of 2 px and up to 0.38 px at 4 px, with a scale within 0.07 % of 1; the 0.1-1.7 px the
+estimate finds on the Lytro pairs (scales up to 0.45 % off 1) is mostly real where it is large
+(refocusing magnifies; BENCHMARKS.md), so aligning a Lytro pair moves its B.
 
 Transforms are 3x3 matrices in pixel coordinates (x right, y down, pixel centres at integers)
 that map a point of a shot to the same point of the first shot. :func:`warp_to_first` resamples
@@ -439,7 +440,7 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
         Interpolation of the resampled shots (:func:`warp_to_first`): 5 (quintic spline,
         default), 3 (bicubic) or 1 (bilinear). Measured on Lytro (BENCHMARKS.md), the QG that a
         round trip through a known motion costs: bilinear ~0.05, bicubic 0.004-0.015, quintic
-        0.001-0.007.
+        0.001-0.008.
 
     Returns
     -------
