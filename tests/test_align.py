@@ -145,6 +145,16 @@ def test_a_round_trip_through_the_quintic_warp_loses_less_than_through_bicubic()
     assert err[5] < 0.7 * err[3]
 
 
+def test_align_images_resamples_with_the_quintic_warp_unless_told_otherwise() -> None:
+    img = _texture(11, 120, 140)
+    t = similarity_matrix((2.6, -1.3), 0.4, 1.008, center=_centre(img))
+    moved = warp_to_first(img, t, order=5)
+    for order in (5, 3):
+        al = align_images([img, moved], "similarity", **({} if order == 5 else {"order": 3}))
+        x0, y0, x1, y1 = al.crop
+        assert np.array_equal(al.images[1], warp_to_first(moved, al.transforms[1], order=order)[y0:y1, x0:x1])
+
+
 def test_largest_rectangle_of_a_convex_mask() -> None:
     mask = np.zeros((10, 12), dtype=bool)
     mask[2:9, 1:11] = True
