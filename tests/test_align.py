@@ -123,6 +123,44 @@ def test_a_stack_of_three_is_registered_to_the_first_and_cropped_to_what_all_cov
     assert len(al.images) == 3 and all(im.shape == (h - 6, w - 4, 3) for im in al.images)
 
 
+def test_the_quintic_warp_is_exact_on_integer_shifts_and_the_same_for_affine_and_projective_matrices() -> None:
+    img = _texture(9, 90, 110)
+    t = similarity_matrix((4.0, -3.0))  # out(x, y) = img(x - 4, y + 3)
+    out = warp_to_first(img, t, order=5)
+    assert out.dtype == np.uint8 and out.shape == img.shape
+    assert np.array_equal(out[:-3, 4:], img[3:, :-4])
+    m = similarity_matrix((2.3, -1.7), 0.7, 1.02, center=_centre(img))
+    # 2 m is the same map, but not affine-normalised: the projective (map_coordinates) path
+    diff = warp_to_first(img, m, order=5).astype(int) - warp_to_first(img, 2 * m, order=5)
+    assert np.abs(diff).max() <= 1
+    g = warp_to_first(img[..., 0].astype(np.float32) / 255, m, order=5)
+    assert g.dtype == np.float32 and g.shape == img.shape[:2]
+    with pytest.raises(align.UserError, match="order"):
+        warp_to_first(img, m, order=2)
+
+
+def test_a_round_trip_through_the_quintic_warp_loses_less_than_through_bicubic() -> None:
+    """Why align_images resamples with order 5: a known motion undone exactly returns closer to
+    the original (on Lytro, mean |error| 0.30 vs 0.67 levels; here measured 0.058 vs 0.121)."""
+    img = _texture(10, 160, 180)
+    m = similarity_matrix((3.3, -2.4), 0.5, 1.01, center=_centre(img))
+    err = {}
+    for order in (3, 5):
+        back = warp_to_first(warp_to_first(img, m, order=order), np.linalg.inv(m), order=order)
+        err[order] = np.abs(back.astype(int) - img)[12:-12, 12:-12].mean()
+    assert err[5] < 0.7 * err[3]
+
+
+def test_align_images_resamples_with_the_quintic_warp_unless_told_otherwise() -> None:
+    img = _texture(11, 120, 140)
+    t = similarity_matrix((2.6, -1.3), 0.4, 1.008, center=_centre(img))
+    moved = warp_to_first(img, t, order=5)
+    for order in (5, 3):
+        al = align_images([img, moved], "similarity", **({} if order == 5 else {"order": 3}))
+        x0, y0, x1, y1 = al.crop
+        assert np.array_equal(al.images[1], warp_to_first(moved, al.transforms[1], order=order)[y0:y1, x0:x1])
+
+
 def test_largest_rectangle_of_a_convex_mask() -> None:
     mask = np.zeros((10, 12), dtype=bool)
     mask[2:9, 1:11] = True
