@@ -1,9 +1,11 @@
 """Fusion: the paper's section 2, from two (or more) shots to one all-in-focus image.
 
-Scoring with the trained nets (:mod:`.scoring`), the fusion rule (:mod:`.decide`, :mod:`.rule`), parameters (:mod:`.params`), nets (:mod:`.models`), camera-size pairs
-(:mod:`.working`), alignment (:mod:`.align`), the one-scene check (:mod:`.scene`), focal
-stacks (:mod:`.stack`), one call for users (:mod:`.api`), folders (:mod:`.batch`), maps and figures (:mod:`.maps`) and test
-sets with ground truth (:mod:`.testset`).
+Modules, in the order of the work: parameters (:mod:`.params`), the nets (:mod:`.models`),
+scoring (:mod:`.scoring`), steps 1-3 of the rule (:mod:`.decide`), binarisation,
+post-processing and Eq. 3 (:mod:`.rule`), camera-size pairs (:mod:`.working`), alignment
+(:mod:`.align`), the one-scene check (:mod:`.scene`), focal stacks (:mod:`.stack`), folders
+(:mod:`.batch`), maps and figures (:mod:`.maps`), test sets with ground truth
+(:mod:`.testset`) and the one call for users (:mod:`.api`).
 
 May import: the ground floor (:mod:`bafusion.io`, ``errors``, ``atomic``, ``config``,
 ``tracking``, ...), :mod:`bafusion.data` and :mod:`bafusion.nets`; never
