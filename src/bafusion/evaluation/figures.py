@@ -34,18 +34,14 @@ def _plt():
     return plt
 
 
-def _gray(img: np.ndarray) -> np.ndarray:
-    from bafusion.evaluation.metrics import to_gray_matlab
-
-    return to_gray_matlab(img)
-
-
 def choose_crop(images: Mapping[str, np.ndarray], side: int | None = None) -> tuple[int, int, int]:
     """A square ``(top, left, side)`` where the fused images differ most from each other: the
     window (side: a quarter of the shorter image side, at least 8 pixels, at most the image)
     with the largest mean of the per-pixel standard deviation across the images (gray).
     Deterministic; the top-left-most window wins ties."""
-    stack = np.stack([_gray(im) for im in images.values()])
+    from bafusion.io import gray_float
+
+    stack = np.stack([gray_float(im, rounded=True) for im in images.values()])
     h, w = stack.shape[1:]
     s = side or max(8, min(h, w) // 4)
     s = min(s, h, w)
