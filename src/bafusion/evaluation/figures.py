@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from bafusion.atomic import atomic_file
 
 __all__ = ["choose_crop", "figure_comparison", "figure_differences", "save_dataset_figures"]
 
@@ -169,7 +168,7 @@ def save_dataset_figures(
 ) -> list[Path]:
     """Write ``fig4-<pair>.png``, ``diff-<pair>.png`` and ``diff-<pair>-<method>.png`` (gray
     ``alpha * |B - F|``) into ``folder``. Returns the paths written."""
-    from PIL import Image
+    from bafusion.io import write_image
 
     d = Path(folder)
     d.mkdir(parents=True, exist_ok=True)
@@ -183,7 +182,6 @@ def save_dataset_figures(
     written.append(d / f"diff-{_safe(pair)}.png")
     for m, dm in maps.items():
         p = d / f"diff-{_safe(pair)}-{_safe(m)}.png"
-        with atomic_file(p) as tmp:
-            Image.fromarray(dm).save(tmp, format="PNG")
+        write_image(p, dm)  # the same bytes as Pillow's default PNG (zlib level 6)
         written.append(p)
     return written
