@@ -129,9 +129,14 @@ def gray_float(img: np.ndarray, *, rounded: bool = False, matlab_order: bool = F
         return a.astype(np.float64, copy=True)
     if not (rounded or matlab_order):
         return a[..., :3].astype(np.float64) @ RGB2GRAY
-    x = a[..., :3].astype(np.float64)
-    g = x[..., 0] * RGB2GRAY[0] + x[..., 1] * RGB2GRAY[1] + x[..., 2] * RGB2GRAY[2]
+    g = _matlab_sum(a)
     return np.clip(round_half_away(g), 0.0, 255.0) if rounded else g
+
+
+def _matlab_sum(a: np.ndarray) -> np.ndarray:
+    """``r*c0 + g*c1 + b*c2`` in float64, in that order (MATLAB's)."""
+    c = RGB2GRAY
+    return a[..., 0].astype(np.float64) * c[0] + a[..., 1].astype(np.float64) * c[1] + a[..., 2].astype(np.float64) * c[2]
 
 
 def round_half_away(a: np.ndarray) -> np.ndarray:
@@ -148,7 +153,10 @@ def to_uint8(a: np.ndarray) -> np.ndarray:
 def to_gray_u8(img: np.ndarray) -> np.ndarray:
     """MATLAB ``rgb2gray`` on uint8 data: the uint8 gray (H, W), ``gray_float(img,
     rounded=True)`` as uint8; gray input passes through (a float one rounded to uint8)."""
-    return to_uint8(gray_float(img, rounded=True))
+    a = _gray_input(img)
+    if a.ndim == 2:
+        return a.copy() if a.dtype == np.uint8 else to_uint8(a.astype(np.float64))
+    return to_uint8(_matlab_sum(a))  # rounded once: the same as to_uint8(gray_float(a, rounded=True))
 
 
 def resize(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
