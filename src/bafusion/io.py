@@ -30,7 +30,7 @@ documented fact, not a duplicate:
 
 The two orders differ by up to one ulp (5.7e-14) on 18% of the 2**24 uint8 colours, which is
 enough to flip a rounding or a ``>=`` deep inside the baselines (measured: 12 of the 146
-baseline fusions of the evaluation pairs change in a few pixels), so each side keeps its
+baseline fusions of the evaluation pairs change in some pixels), so each side keeps its
 order. After rounding they never differ on uint8 data: no uint8 colour's gray lies within
 4.5e-6 of a rounding tie (``tests/test_io.py`` checks all 2**24), so the uint8 gray is one.
 
