@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from bafusion.evaluation import baselines as B  # noqa: E402
 from bafusion.evaluation import metrics as M  # noqa: E402
+from bafusion.io import gray_float, read_images  # noqa: E402
 
 
 def _data_dir() -> Path:
@@ -50,7 +51,7 @@ def _load(pair: str, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, s
     pa = data / "eval/lytro" / f"{pair}-A.jpg"
     pb = data / "eval/lytro" / f"{pair}-B.jpg"
     if pa.is_file() and pb.is_file():
-        a, b = M.read_image(pa), M.read_image(pb)
+        a, b = read_images([pa, pb])
         f = B.read_method_results(data / "reference/lytro", method, pair)
         return a, b, f, f"{pair} ({method} fused), {a.shape[1]}x{a.shape[0]} RGB"
     print(f"note: {pa} not found; using a synthetic 520x520 triple", file=sys.stderr)
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     a, b, f, label = _load(args.pair, args.method)
-    ga, gb, gf = (M.to_gray_matlab(x) for x in (a, b, f))
+    ga, gb, gf = (gray_float(x, rounded=True) for x in (a, b, f))
 
     rows: dict[str, dict[str, float]] = {}
     for name in M.REQUIRED_METRICS:

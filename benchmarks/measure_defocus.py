@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from bafusion.io import gray_float, read_rgb
+from bafusion.io import gray_float, read_image
 
 SIGMAS = np.concatenate([np.arange(0.25, 4, 0.25), np.arange(4, 16.5, 0.5)])
 
@@ -47,7 +47,7 @@ def fit_sigma(sharp: np.ndarray, blurred: np.ndarray, mask: np.ndarray) -> float
 
 
 def measure_pair(a_path: Path, b_path: Path) -> dict:
-    a, b = gray_float(read_rgb(a_path)), gray_float(read_rgb(b_path))
+    a, b = gray_float(read_image(a_path, rgb=True)), gray_float(read_image(b_path, rgb=True))
     ea, eb = _energy(a), _energy(b)
     strong = np.maximum(ea, eb) > np.percentile(np.maximum(ea, eb), 40)  # textured enough to judge
     r = 12

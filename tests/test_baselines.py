@@ -13,6 +13,7 @@ from bafusion import cli
 from bafusion.errors import InputFileError, UserError
 from bafusion.evaluation import baselines as B
 from bafusion.evaluation import metrics as M
+from bafusion.io import read_image, to_uint8
 
 LYTRO_PAIRS = [f"lytro-{i:02d}" for i in range(1, 21)]
 GFF_REL_TOL = 0.02  # our GFF within 2% of the survey's GFF on each metric
@@ -122,9 +123,9 @@ def gff_metrics(shared_data: Path) -> dict[str, dict[str, float]]:
     """Our GFF on every Lytro pair, with its four metrics (computed once per test module)."""
     out = {}
     for pair in LYTRO_PAIRS:
-        a = M.read_image(shared_data / "eval/lytro" / f"{pair}-A.jpg")
-        b = M.read_image(shared_data / "eval/lytro" / f"{pair}-B.jpg")
-        fused = B.to_uint8(B.gff_fuse(a, b))
+        a = read_image(shared_data / "eval/lytro" / f"{pair}-A.jpg")
+        b = read_image(shared_data / "eval/lytro" / f"{pair}-B.jpg")
+        fused = to_uint8(B.gff_fuse(a, b))
         ref = B.read_method_results(shared_data / "reference/lytro", "GFF", pair).astype(float)
         vals = M.compute_all(a, b, fused, M.REQUIRED_METRICS)
         vals["PSNR_vs_survey"] = 10 * np.log10(255.0**2 / _mse(fused, ref))
@@ -195,8 +196,8 @@ def test_cli_baseline_writes_fused_image(tmp_path: Path, method: str) -> None:
     out = tmp_path / "sub" / "fused.png"
     assert cli.main(["baseline", "--method", method, str(pa), str(pb), "-o", str(out)]) == 0
     assert sorted(p.name for p in out.parent.iterdir()) == ["fused.png"]  # no .part left
-    got = M.read_image(out)
-    assert np.array_equal(got, B.to_uint8(B.fuse(method, a, b)))
+    got = read_image(out)
+    assert np.array_equal(got, to_uint8(B.fuse(method, a, b)))
     assert _mse(got, x) < 0.5 * min(_mse(a, x), _mse(b, x))
 
 
@@ -206,7 +207,7 @@ def test_cli_baseline_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     pb = _save(tmp_path / "b.png", b[:, :36])
     out = tmp_path / "f.png"
     assert cli.main(["baseline", str(pa), str(tmp_path / "gone.png"), "-o", str(out)]) == 2
-    assert "gone.png: no such file" in capsys.readouterr().err
+    assert "gone.png: file not found" in capsys.readouterr().err
     assert cli.main(["baseline", str(pa), str(pb), "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert "40x32" in err and "36x32" in err

@@ -14,7 +14,7 @@ from scipy import ndimage
 from bafusion.cli import main as cli_main
 from bafusion.fusion import batch
 from bafusion.fusion.scene import MIN_CORRELATION, scene_correlation
-from bafusion.io import _read_8bit, png16_bytes, png_depth, read_source_set, scale_to_u8
+from bafusion.io import png16_bytes, png_depth, read_source_set, scale_to_u8
 
 N = 80  # above bafusion.fusion.scene.MIN_SIDE, so the one-scene check runs
 
@@ -129,7 +129,7 @@ def test_16_bit_round_trip_keeps_16_bits_and_the_8_bit_decision(tmp_path: Path) 
         assert cli_main(["fuse", str(tmp_path / f"a{bits}.png"), str(tmp_path / f"b{bits}.png"), "-o",
                          str(tmp_path / f"f{bits}.{ext}"), "--model", str(nets), "--device", "cpu"]) == 0
     f8 = np.asarray(Image.open(tmp_path / "f8.png"))
-    f16 = read_source_set([tmp_path / "f16.png"], _read_8bit).full[0]
+    f16 = read_source_set([tmp_path / "f16.png"]).full[0]
     assert f16.dtype == np.uint16 and f16.shape == a16.shape
     assert np.array_equal(tifffile.imread(tmp_path / "f16.tif"), f16)
     take_a16 = np.all(f16 == a16, axis=2)
@@ -161,7 +161,7 @@ def test_exif_orientation_is_applied_on_read(tmp_path: Path, fmt: str) -> None:
         tifffile.imwrite(p, a8.astype(np.uint16) * 257, photometric="rgb", extratags=[(274, "H", 1, 6, True)])
     else:
         Image.fromarray(a8).save(p, exif=exif.tobytes(), **({"quality": 100} if fmt == "jpg" else {}))
-    src = read_source_set([p], _read_8bit)
+    src = read_source_set([p])
     assert src.images[0].shape[:2] == (60, N)
     if fmt != "jpg":
         assert np.array_equal(src.images[0], np.rot90(a8, -1))

@@ -16,7 +16,6 @@ from PIL import Image, ImageFilter
 
 import bafusion.io
 from bafusion.cli import main as cli_main
-from bafusion.evaluation.metrics import read_image as metrics_read_image
 from bafusion.io import common_bits, png_depth, read_image, read_images
 from bafusion.nets.model import build_model, save_model
 
@@ -147,4 +146,4 @@ def test_fuse_and_metrics_of_a_12_bit_pair_equal_those_of_the_8_bit_pair(tmp_pat
                      "--metrics", "QMI,QG"]) == 0
     out.append(capsys.readouterr().out)
     assert out[0] == out[1] == out[2]
-    assert np.array_equal(metrics_read_image(tmp_path / "a8.png"), a8)
+    assert np.array_equal(read_image(tmp_path / "a8.png"), a8)

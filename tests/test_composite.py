@@ -13,7 +13,7 @@ from bafusion.data.composite import (
     fit_background,
 )
 from bafusion.errors import UserError
-from bafusion.io import to_gray
+from bafusion.io import to_gray_u8 as to_gray
 
 
 def _hand_made(h: int = 40, w: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

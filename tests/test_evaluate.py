@@ -18,7 +18,8 @@ from scipy import ndimage
 from bafusion.cli import main as cli_main
 from bafusion.errors import InputFileError
 from bafusion.evaluation import evaluate as ev
-from bafusion.evaluation.baselines import gff_fuse, laplacian_fuse, to_uint8
+from bafusion.evaluation.baselines import gff_fuse, laplacian_fuse
+from bafusion.io import gray_float, to_uint8
 from bafusion.evaluation.metrics import compute_all
 
 # --------------------------------------------------------------------------------------
@@ -287,9 +288,7 @@ def test_end_to_end_on_two_tiny_pairs(tmp_path: Path) -> None:
 
 
 def _gray(img: np.ndarray) -> np.ndarray:
-    from bafusion.evaluation.metrics import to_gray_matlab
-
-    return to_gray_matlab(img)
+    return gray_float(img, rounded=True)
 
 
 def test_run_with_our_variants_reports_table1_wins(tmp_path: Path) -> None:

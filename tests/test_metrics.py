@@ -16,6 +16,7 @@ from scipy import ndimage
 from bafusion import cli
 from bafusion.errors import InputFileError, UserError
 from bafusion.evaluation import metrics as M
+from bafusion.io import gray_float, read_image, round_half_away
 
 LYTRO_PAIRS = [f"lytro-{i:02d}" for i in range(1, 21)]
 CLASSIC_PAIRS = [
@@ -40,6 +41,11 @@ TOL = {"QMI": 1e-6, "QG": 1e-6, "QY": 1e-3, "QCB": 1e-6, "QNCIE": 1e-6, "QE": 1e
 # no exception.
 TOL_FLAT = {("g03-lab", "QY"): 5e-3}
 CHECKED = ("QMI", "QG", "QY", "QCB", "QNCIE", "QE", "QCV")  # QP is slow: a subset below
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    """An image file as the reference code sees it (uint8 gray, rgb2gray rounded, float64)."""
+    return gray_float(read_image(path), rounded=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,11 +79,11 @@ def test_reproduces_reference_values(shared_data: Path, dataset: str, pair: str)
     1e-3 (except the flat-area cases of ``TOL_FLAT``)."""
     rows = _reference_rows(str(shared_data / "reference" / f"metrics-{dataset}.csv"))
     pa, pb = _source_paths(shared_data, dataset, pair)
-    a, b = M.read_gray(pa), M.read_gray(pb)
+    a, b = _read_gray(pa), _read_gray(pb)
     cache = M.MetricCache()  # the six methods share the sources' intermediate results
     failures = []
     for method in METHODS:
-        f = M.read_gray(shared_data / "reference" / dataset / method / f"{pair}.png")
+        f = _read_gray(shared_data / "reference" / dataset / method / f"{pair}.png")
         got = M.compute_all(a, b, f, CHECKED, cache=cache)
         for name, value in got.items():
             want = float(rows[(pair, method)][name])
@@ -102,8 +108,8 @@ def test_reproduces_reference_qp(shared_data: Path, dataset: str, pair: str, met
     """QP (phase congruency, ~1 s per triple) on a few triples of both sets."""
     rows = _reference_rows(str(shared_data / "reference" / f"metrics-{dataset}.csv"))
     pa, pb = _source_paths(shared_data, dataset, pair)
-    f = M.read_gray(shared_data / "reference" / dataset / method / f"{pair}.png")
-    got = M.qp(M.read_gray(pa), M.read_gray(pb), f)
+    f = _read_gray(shared_data / "reference" / dataset / method / f"{pair}.png")
+    got = M.qp(_read_gray(pa), _read_gray(pb), f)
     assert got == pytest.approx(float(rows[(pair, method)]["QP"]), abs=TOL["QP"])
 
 
@@ -141,27 +147,27 @@ def _multifocus(shape: tuple[int, int] = (64, 72), seed: int = 0) -> tuple[np.nd
 
 
 def test_round_half_away_from_zero() -> None:
-    got = M._round_half_away(np.array([0.5, 1.5, 2.5, -0.5, -2.5, 0.49999, 254.5]))
+    got = round_half_away(np.array([0.5, 1.5, 2.5, -0.5, -2.5, 0.49999, 254.5]))
     assert got.tolist() == [1.0, 2.0, 3.0, -1.0, -3.0, 0.0, 255.0]
 
 
-def test_to_gray_matlab_primaries_and_grays() -> None:
+def test_rounded_gray_primaries_and_grays() -> None:
     prim = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]], dtype=np.uint8)
     # 255*0.298936 = 76.23, 255*0.587043 = 149.70, 255*0.114021 = 29.08
-    assert M.to_gray_matlab(prim).tolist() == [[76.0, 150.0, 29.0, 255.0]]
+    assert gray_float(prim, rounded=True).tolist() == [[76.0, 150.0, 29.0, 255.0]]
     v = np.arange(256, dtype=np.uint8)
     grays = np.stack([v, v, v], axis=1)[None]
-    out = M.to_gray_matlab(grays)
+    out = gray_float(grays, rounded=True)
     assert out.dtype == np.float64
     assert out[0].tolist() == v.astype(float).tolist()
 
 
-def test_to_gray_matlab_gray_input_is_float_copy() -> None:
+def test_rounded_gray_of_gray_input_is_float_copy() -> None:
     g = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    out = M.to_gray_matlab(g)
+    out = gray_float(g, rounded=True)
     assert out.dtype == np.float64 and np.array_equal(out, g)
     with pytest.raises(ValueError, match="shape"):
-        M.to_gray_matlab(np.zeros((2, 2, 2)))
+        gray_float(np.zeros((2, 2, 2)), rounded=True)
 
 
 def test_normalize1_stretches_and_rounds() -> None:
@@ -294,7 +300,7 @@ def test_colour_inputs_are_converted_like_matlab() -> None:
     rgb2 = np.roll(rgb, 3, axis=1)
     fused = ((rgb.astype(int) + rgb2) // 2).astype(np.uint8)
     got = M.compute_all(rgb, rgb2, fused)
-    want = M.compute_all(M.to_gray_matlab(rgb), M.to_gray_matlab(rgb2), M.to_gray_matlab(fused))
+    want = M.compute_all(*(gray_float(x, rounded=True) for x in (rgb, rgb2, fused)))
     assert got == want
 
 
@@ -344,20 +350,20 @@ def _save(path: Path, img: np.ndarray) -> Path:
 
 def test_read_image_errors_name_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "missing.png"
-    with pytest.raises(InputFileError, match="missing.png: no such file"):
-        M.read_image(missing)
+    with pytest.raises(InputFileError, match="missing.png: file not found"):
+        read_image(missing)
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"this is not an image")
-    with pytest.raises(InputFileError, match="junk.png: cannot read image"):
-        M.read_image(junk)
+    with pytest.raises(InputFileError, match="junk.png: unreadable image"):
+        read_image(junk)
     with pytest.raises(InputFileError, match="not a regular file"):
-        M.read_image(tmp_path)
+        read_image(tmp_path)
 
 
 def test_read_gray_of_rgb_png(tmp_path: Path) -> None:
     rgb = _texture((20, 24, 3)).astype(np.uint8)
-    got = M.read_gray(_save(tmp_path / "c.png", rgb))
-    assert np.array_equal(got, M.to_gray_matlab(rgb))
+    got = _read_gray(_save(tmp_path / "c.png", rgb))
+    assert np.array_equal(got, gray_float(rgb, rounded=True))
 
 
 @pytest.fixture()
@@ -395,7 +401,7 @@ def test_cli_missing_file(triple: Triple, capsys: pytest.CaptureFixture[str]) ->
     missing = pa.parent / "nope.png"
     assert cli.main(["metrics", str(pa), str(pb), str(missing)]) == 2
     err = capsys.readouterr().err
-    assert "nope.png" in err and "no such file" in err
+    assert "nope.png" in err and "file not found" in err
 
 
 def test_cli_size_mismatch(

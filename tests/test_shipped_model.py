@@ -25,8 +25,8 @@ from conftest import REPO, shared_data_dir
 from bafusion import fusion
 from bafusion.cli import main as cli_main
 from bafusion.errors import UserError
-from bafusion.evaluation.metrics import qg, to_gray_matlab
-from bafusion.io import read_image
+from bafusion.evaluation.metrics import qg
+from bafusion.io import gray_float, read_image
 from bafusion.nets.model import build_model
 
 MODEL = REPO / "models" / "default"
@@ -79,7 +79,7 @@ def test_fuse_a_lytro_pair_with_the_shipped_model(tmp_path: Path) -> None:
     share_a = float(np.mean(from_a & ~from_b))
     share_b = float(np.mean(from_b & ~from_a))
     assert 0.1 < share_a < 0.9 and 0.1 < share_b < 0.9, (share_a, share_b)
-    ga, gb, gf = (to_gray_matlab(x) for x in (a, b, f))
+    ga, gb, gf = (gray_float(x, rounded=True) for x in (a, b, f))
     q = qg(ga, gb, gf)
     assert q > max(qg(ga, gb, ga), qg(ga, gb, gb)) + 0.01, "the fusion must beat copying either source"
     ref_csv = LYTRO.parent.parent / "reference" / "metrics-lytro.csv"

@@ -1,4 +1,42 @@
-"""Reading, converting and writing images, with errors that name the file."""
+"""The one place where images are read, converted to gray and written; errors name the file.
+
+Reading (:func:`read_image`, :func:`read_images`; :func:`read_source_set` adds full depth
+and metadata) -- the same rules for fusion, metrics, baselines, figures and the data stages:
+
+* **Orientation.** A file's EXIF orientation is applied (the pixels are turned).
+* **Modes.** 8-bit gray (``L``), gray + alpha (``LA``) and 1-bit (``1``, read as 0/255) give
+  a gray (H, W) array; everything else (RGB, RGBA, palette with or without transparency,
+  CMYK, YCbCr, ...) gives RGB (H, W, 3). Alpha is dropped (never composited). ``rgb=True``
+  replicates gray to three channels (the data stages' foregrounds and backgrounds).
+* **Bit depth.** Files of at most 8 bits per sample are used as they are. Files of more (16-bit
+  PNG or TIFF, gray or colour; 32-bit integer) are scaled to uint8 from the bit depth of their
+  data (see "Sources of more than 8 bits per sample" below): the significant bits a file
+  marks (PNG ``sBIT``, OME-TIFF ``SignificantBits``), else one depth common to the unmarked
+  files read together -- so the sources of one fusion, or the A, B, F of ``bafusion metrics``,
+  are scaled alike (a 12-bit pair and its sBIT-12 fusion compare as the 8-bit triple). A file
+  read on its own is a set of one.
+
+Gray (:func:`gray_float`, :func:`to_gray_u8`): MATLAB ``rgb2gray``, coefficients
+:data:`RGB2GRAY`. The uint8 variant (:func:`to_gray_u8`; as float64: ``gray_float(img,
+rounded=True)``) is MATLAB's ``rgb2gray`` on uint8 data, the weighted sum rounded half away
+from zero and clipped: how the reference metric code sees colour images, and what fusion
+decides on. The float variant is the sum unrounded, in one of two summation orders that are a
+documented fact, not a duplicate:
+
+* the default, a matrix product ``img @ RGB2GRAY`` -- what the data stages (composite, COCO
+  sharpness, stacks) always computed, kept so that their outputs stay bit for bit;
+* ``matlab_order=True``: ``r*c0 + g*c1 + b*c2`` in that order, as MATLAB (and the ported GFF
+  and Laplacian baselines) compute it; the rounded variant always uses it.
+
+The two orders differ by up to one ulp (5.7e-14) on 18% of the 2**24 uint8 colours, which is
+enough to flip a rounding or a ``>=`` deep inside the baselines (measured: 12 of the 146
+baseline fusions of the evaluation pairs change in some pixels), so each side keeps its
+order. After rounding they never differ on uint8 data: no uint8 colour's gray lies within
+4.5e-6 of a rounding tie (``tests/test_io.py`` checks all 2**24), so the uint8 gray is one.
+
+Writing: :func:`write_image` (uint8 or uint16, format from the suffix, atomic,
+deterministic); :func:`to_uint8` rounds a [0, 255] float image to uint8.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +45,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +55,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from bafusion.atomic import atomic_file
 from bafusion.errors import InputFileError
 
-#: MATLAB ``rgb2gray`` coefficients (the reference metric code and our patches use these).
+#: MATLAB ``rgb2gray`` coefficients for R, G, B (the reference metric code and our patches use these).
 RGB2GRAY = np.array([0.298936021293775, 0.587043074451121, 0.114020904255103])
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -38,55 +76,87 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         raise InputFileError(p, f"unreadable image ({e.__class__.__name__}: {e})") from e
 
 
-def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
-    """Any image as uint8 RGB (H, W, 3): gray is replicated, alpha dropped, 16-bit scaled."""
-    im = open_image(path)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if a.max() > 255 else 255.0
-        a = np.clip(np.round(a / hi * 255.0), 0, 255).astype(np.uint8)
-        return np.repeat(a[..., None], 3, axis=2)
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    return np.asarray(im, dtype=np.uint8).copy()
-
-
 def read_matte(path: str | os.PathLike[str]) -> np.ndarray:
-    """An alpha matte as uint8 (H, W). RGB mattes (alphamatting stores R=G=B) take the R channel;
-    a matte whose channels differ is an error, since it would not be a matte."""
-    im = open_image(path)
-    a = np.asarray(im)
+    """An alpha matte as uint8 (H, W), read by :func:`read_image`. RGB mattes (alphamatting
+    stores R=G=B) take the R channel; a matte whose channels differ is an error, since it would
+    not be a matte."""
+    a = read_image(path)
     if a.ndim == 3:
-        if a.shape[2] == 4:
-            a = a[..., :3]
-        if a.shape[2] >= 3 and not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
+        if not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
             raise InputFileError(path, "matte is not gray (its R, G and B channels differ)")
-        a = a[..., 0]
-    if a.dtype == bool:
-        a = a.astype(np.uint8) * 255
-    elif a.dtype != np.uint8:
-        a = np.clip(np.round(a.astype(np.float64) / (65535.0 if a.max() > 255 else 255.0) * 255.0), 0, 255)
-        a = a.astype(np.uint8)
-    return a.copy()
+        a = a[..., 0].copy()
+    return a
 
 
-def gray_float(rgb: np.ndarray) -> np.ndarray:
-    """MATLAB ``rgb2gray`` without the final rounding, as float64 in [0, 255]."""
-    if rgb.ndim == 2:
-        return rgb.astype(np.float64)
-    return rgb[..., :3].astype(np.float64) @ RGB2GRAY
+def _gray_input(img: np.ndarray) -> np.ndarray:
+    a = np.asarray(img)
+    if a.ndim == 3 and a.shape[2] == 1:
+        return a[..., 0]
+    if a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4)):
+        return a
+    raise ValueError(f"expected a gray (H x W) or colour (H x W x 3 or 4) image, got shape {a.shape}")
+
+
+def gray_float(img: np.ndarray, *, rounded: bool = False, matlab_order: bool = False) -> np.ndarray:
+    """MATLAB ``rgb2gray`` as float64 on the [0, 255] scale.
+
+    Parameters
+    ----------
+    img : numpy.ndarray
+        Gray (H, W) or (H, W, 1), or colour (H, W, 3) or (H, W, 4) (alpha ignored), uint8 or
+        float on the [0, 255] scale.
+    rounded : bool
+        False: the weighted sum, unrounded. True: the sum (in MATLAB's order) rounded half away
+        from zero and clipped to [0, 255], as MATLAB's ``rgb2gray`` returns it for uint8 data
+        (what the reference metric code sees); equal to ``to_gray_u8(img)`` as float64.
+    matlab_order : bool
+        Unrounded sum in MATLAB's order ``r*c0 + g*c1 + b*c2`` (the baselines) instead of the
+        matrix product ``img @ RGB2GRAY`` (the data stages); see the module docstring for
+        why both exist. Ignored when ``rounded`` (always MATLAB's order).
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) float64. Gray input is returned as a float64 copy, never rounded.
+
+    Raises
+    ------
+    ValueError
+        For any other shape.
+    """
+    a = _gray_input(img)
+    if a.ndim == 2:
+        return a.astype(np.float64, copy=True)
+    if not (rounded or matlab_order):
+        return a[..., :3].astype(np.float64) @ RGB2GRAY
+    g = _matlab_sum(a)
+    return np.clip(round_half_away(g), 0.0, 255.0) if rounded else g
+
+
+def _matlab_sum(a: np.ndarray) -> np.ndarray:
+    """``r*c0 + g*c1 + b*c2`` in float64, in that order (MATLAB's)."""
+    c = RGB2GRAY
+    return a[..., 0].astype(np.float64) * c[0] + a[..., 1].astype(np.float64) * c[1] + a[..., 2].astype(np.float64) * c[2]
+
+
+def round_half_away(a: np.ndarray) -> np.ndarray:
+    """MATLAB ``round``: halves go away from zero (numpy's ``round`` goes to even)."""
+    return np.sign(a) * np.floor(np.abs(a) + 0.5)
 
 
 def to_uint8(a: np.ndarray) -> np.ndarray:
-    """Round half away from zero (MATLAB's ``round``) and clip to uint8."""
-    return np.clip(np.sign(a) * np.floor(np.abs(a) + 0.5), 0, 255).astype(np.uint8)
+    """A [0, 255] image as uint8: rounded half away from zero (MATLAB's ``round``), clipped.
+    Computed in the input's own float type (float32 stays float32, as the data stages had it)."""
+    return np.clip(round_half_away(np.asarray(a)), 0, 255).astype(np.uint8)
 
 
-def to_gray(rgb: np.ndarray) -> np.ndarray:
-    """MATLAB ``rgb2gray`` on uint8 input: uint8 gray, rounded half away from zero."""
-    if rgb.ndim == 2:
-        return rgb.astype(np.uint8)
-    return to_uint8(gray_float(rgb))
+def to_gray_u8(img: np.ndarray) -> np.ndarray:
+    """MATLAB ``rgb2gray`` on uint8 data: the uint8 gray (H, W), ``gray_float(img,
+    rounded=True)`` as uint8; gray input passes through (a float one rounded to uint8)."""
+    a = _gray_input(img)
+    if a.ndim == 2:
+        return a.copy() if a.dtype == np.uint8 else to_uint8(a.astype(np.float64))
+    return to_uint8(_matlab_sum(a))  # rounded once: the same as to_uint8(gray_float(a, rounded=True))
 
 
 def resize(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
@@ -109,12 +179,6 @@ def scaled_size(shape_hw: tuple[int, ...], scale: float) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def write_png(path: str | os.PathLike[str], img: np.ndarray) -> None:
-    """Write a uint8 gray or RGB array as PNG, atomically, deterministically (no timestamps)."""
-    with atomic_file(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(img)).save(tmp, format="PNG", compress_level=6)
-
-
 def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | None = None,
                 icc: bytes | None = None, bits: int | None = None) -> None:
     """Write a uint8 or uint16 gray or RGB image atomically; the format follows the suffix
@@ -135,7 +199,7 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
     bits : int, optional
         Significant bits of the data behind uint16 ``img`` (e.g. 12 for a 12-bit camera):
         written as the PNG ``sBIT`` chunk when below 16 (the samples stay on the 16-bit scale),
-        so that :func:`read_sources` scales the file like its unmarked 12-bit sources.
+        so that :func:`read_images` scales the file like its unmarked 12-bit sources.
     """
     from bafusion.errors import UserError
 
@@ -223,7 +287,7 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
 #
 # A file stores samples of some depth (PNG: 1-16 bits, TIFF: BitsPerSample), but the data may
 # use fewer bits: 12-bit camera data in a 16-bit PNG has a maximum of 4095, not 65535. The
-# sources of one fusion are read by :func:`read_sources`:
+# files read together are read by :func:`read_images` / :func:`read_source_set`:
 #
 # * files of at most 8 bits per sample are read as before (byte-identical);
 # * a file that marks its significant bits (PNG ``sBIT``, OME-TIFF ``SignificantBits``) is
@@ -389,7 +453,7 @@ class SourceSet:
     Attributes
     ----------
     images : list of numpy.ndarray
-        uint8 sources (what the decision is made on; equal to :func:`read_sources`).
+        uint8 sources (what the decision is made on; equal to :func:`read_images`).
     full : list of numpy.ndarray or None
         The same sources as uint16 on the 16-bit scale (``round(v / (2**bits - 1) * 65535)``
         with each source's bits, 8-bit sources times 257), when any source has more than 8
@@ -445,19 +509,8 @@ def source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes |
         return None, None
 
 
-def read_sources(
-    paths: Sequence[str | os.PathLike[str]], read_8bit: Callable[[Path], np.ndarray]
-) -> list[np.ndarray]:
-    """Read the sources of one fusion (or metric triple) as uint8: files of at most 8 bits
-    per sample with ``read_8bit`` (unchanged), those of more bits scaled to 8 bits by the
-    rule above, the unmarked ones by a factor common to all of them."""
-    return read_source_set(paths, read_8bit, metadata=False).images
-
-
-def read_source_set(
-    paths: Sequence[str | os.PathLike[str]], read_8bit: Callable[[Path], np.ndarray], metadata: bool = True
-) -> SourceSet:
-    """Read the sources of one fusion: uint8 images as :func:`read_sources`, the full-depth
+def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = True) -> SourceSet:
+    """Read the sources of one fusion: uint8 images as :func:`read_images`, the full-depth
     uint16 versions when any source has more than 8 bits (scaled by the same bits as the
     uint8 ones, so the two agree), and the first source's EXIF and ICC profile (when
     ``metadata``)."""
@@ -466,7 +519,7 @@ def read_source_set(
     for p in map(Path, paths):
         raw = _high_depth_array(p) if p.is_file() else None
         if raw is None:
-            out.append(read_8bit(p))
+            out.append(_read_8bit(p))
             continue
         a, depth, sig = raw
         out.append(None)
@@ -487,21 +540,45 @@ def read_source_set(
     return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits)
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a source image as uint8: (H, W) for gray (L, LA, 1-bit, 16-bit gray), (H, W, 3)
-    otherwise (alpha dropped, palette expanded). Errors name the file. Files of more than 8
-    bits per sample are scaled by their significant bits (:func:`read_images`)."""
-    return read_images([path])[0]
+def read_image(path: str | os.PathLike[str], *, rgb: bool = False) -> np.ndarray:
+    """Read one image file as uint8, by the rules in the module docstring.
+
+    Parameters
+    ----------
+    path : path-like
+        The file (any format Pillow reads; 16-bit colour PNG and TIFF at full precision).
+    rgb : bool
+        Replicate gray to three channels, so the result is always (H, W, 3).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 (H, W) for gray files (L, LA, 1-bit, 16-bit gray), (H, W, 3) otherwise (alpha
+        dropped, palette expanded), EXIF orientation applied. A file of more than 8 bits per
+        sample is scaled from its marked significant bits, else from the smallest sensor
+        depth (8, 10, 12, 14, 16) that holds its largest value; read files that belong
+        together with :func:`read_images` instead, so that they are scaled alike.
+
+    Raises
+    ------
+    InputFileError
+        Naming the file when it is missing, not a file, or not a readable image.
+    """
+    return read_images([path], rgb=rgb)[0]
 
 
-def read_images(paths: Sequence[str | os.PathLike[str]]) -> list[np.ndarray]:
-    """Read the sources of one fusion like :func:`read_image`; sources of more than 8 bits
-    per sample are scaled alike (:func:`bafusion.io.read_sources`: the significant bits
-    a file marks, else one bit depth common to the pair's unmarked sources)."""
-    return read_sources(paths, _read_8bit)
+def read_images(paths: Sequence[str | os.PathLike[str]], *, rgb: bool = False) -> list[np.ndarray]:
+    """Read files that belong together (the sources of one fusion; the A, B and F of a metric)
+    like :func:`read_image`, scaling those of more than 8 bits per sample **alike**: by the
+    significant bits a file marks, else by one bit depth common to all the unmarked ones. Files
+    of at most 8 bits per sample read exactly as :func:`read_image` reads them alone."""
+    images = read_source_set(paths, metadata=False).images
+    return [np.repeat(a[..., None], 3, axis=2) if rgb and a.ndim == 2 else a for a in images]
 
 
 def _read_8bit(path: str | os.PathLike[str]) -> np.ndarray:
+    """A file of at most 8 bits per sample (or a float one, taken on the [0, 255] scale, or
+    [0, 65535] when it exceeds 255), by the mode rules of the module docstring."""
     im = open_image(path)
     if im.mode in ("L", "LA", "1"):
         return np.asarray(im.convert("L"), dtype=np.uint8).copy()
@@ -509,13 +586,4 @@ def _read_8bit(path: str | os.PathLike[str]) -> np.ndarray:
         a = np.asarray(im, dtype=np.float64)
         hi = 65535.0 if a.max() > 255 else 255.0
         return np.clip(np.round(a / hi * 255.0), 0, 255).astype(np.uint8)
-    if im.mode == "P" and "transparency" not in im.info:
-        im = im.convert("RGB")
     return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-
-
-def to_gray_u8(img: np.ndarray) -> np.ndarray:
-    """MATLAB rgb2gray on uint8 (rounded half away from zero); gray passes through."""
-    if img.ndim == 3 and img.shape[2] == 4:
-        img = img[..., :3]
-    return to_gray(img)

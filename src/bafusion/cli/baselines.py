@@ -10,17 +10,14 @@ from bafusion.errors import UserError
 from bafusion.evaluation.baselines import (
     METHODS,
     fuse,
-    write_image,
 )
+from bafusion.io import read_images, to_uint8, write_image
 
 # command line
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
-    from bafusion.evaluation.metrics import read_image
-    from bafusion.io import read_sources
-
-    a, b = read_sources([args.a, args.b], read_image)  # > 8 bits per sample: scaled alike
+    a, b = read_images([args.a, args.b])  # > 8 bits per sample: scaled alike
     if a.shape[:2] != b.shape[:2]:
         raise UserError(
             f"image sizes differ: {args.a} is {a.shape[1]}x{a.shape[0]} (WxH) "
@@ -29,7 +26,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     if a.ndim != b.ndim:  # one gray, one colour: fuse in colour
         a = a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2)
         b = b if b.ndim == 3 else np.repeat(b[:, :, None], 3, axis=2)
-    write_image(args.output, fuse(args.method, a, b))
+    write_image(args.output, to_uint8(fuse(args.method, a, b)))
     return 0
 
 

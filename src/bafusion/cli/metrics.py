@@ -14,18 +14,16 @@ from bafusion.evaluation.metrics import (
     _parse_metric_names,
     check_same_size,
     compute_all,
-    read_image,
     undefined_reason,
 )
+from bafusion.io import read_images
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
     names = _parse_metric_names(args.metrics.split(",")) if args.metrics else None
-    from bafusion.io import read_sources
-
-    # Files of more than 8 bits per sample: scaled as fusion scales them (alike, by their
-    # significant bits); 8-bit files exactly as read_image reads them.
-    a, b, f = read_sources([args.a, args.b, args.f], read_image)
+    # A, B and F as one set: files of more than 8 bits per sample are scaled alike (the bits
+    # a file marks, else one depth common to the unmarked ones), as fusion scales its sources.
+    a, b, f = read_images([args.a, args.b, args.f])
     check_same_size(a, b, f, names=(str(args.a), str(args.b), str(args.f)))
     values: dict[str, float | None] = dict(compute_all(a, b, f, names))
     # NaN is not a number to report: an undefined metric is written as null (JSON) or an

@@ -33,7 +33,7 @@ from PIL import Image
 from scipy import ndimage
 
 from bafusion.errors import InputFileError, UserError
-from bafusion.io import gray_float, read_rgb, resize, scaled_size
+from bafusion.io import gray_float, read_image, resize, scaled_size
 
 #: Sharpness is measured after resizing to at most this long side.
 ANALYSIS_SIDE = 512
@@ -192,7 +192,7 @@ class Ranked:
 def measure(path: str | os.PathLike[str], id: str | None = None, meta: dict[str, Any] | None = None) -> Ranked:
     """Decode one image and measure its sharpness and colourfulness (errors name the file)."""
     p = Path(path)
-    img = read_rgb(p)
+    img = read_image(p, rgb=True)
     with Image.open(p) as im:
         gray_mode = im.mode in ("L", "LA", "1", "I", "I;16", "F")
     return Ranked(

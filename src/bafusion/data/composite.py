@@ -39,7 +39,14 @@ from bafusion._version import __version__
 from bafusion.atomic import atomic_dir, atomic_file
 from bafusion.data.prepare import entries, load_manifest
 from bafusion.errors import InputFileError, UserError
-from bafusion.io import gray_float, read_matte, read_rgb, resize, to_uint8, write_png
+from bafusion.io import (
+    gray_float,
+    read_image,
+    read_matte,
+    resize,
+    to_uint8,
+    write_image,
+)
 from bafusion.progress import bars_enabled
 
 FIT_MODES = ("cover", "stretch")
@@ -107,7 +114,7 @@ def composite_pair_gray(
 
 def _load_prepared(prepared: Path, entry: dict[str, Any], key: str) -> np.ndarray:
     p = prepared / entry[key]
-    return read_matte(p) if key == "matte" else read_rgb(p)
+    return read_matte(p) if key == "matte" else read_image(p, rgb=True)
 
 
 def shard_foregrounds(manifest: dict[str, Any], shard: int, shards: int) -> list[tuple[int, dict[str, Any]]]:
@@ -238,10 +245,10 @@ def make_testset(prepared: Path, opts: CompositeOptions, out: Path, progress: bo
                 A, B = composite_float(fg, bg, alpha, s)
             truth = fg * alpha[..., None] + bg * (1.0 - alpha[..., None])
             name = f"{fe['id']}__{be['id']}"
-            write_png(tmp / f"{name}-A.png", to_uint8(A))
-            write_png(tmp / f"{name}-B.png", to_uint8(B))
-            write_png(tmp / f"{name}-truth.png", to_uint8(truth))
-            write_png(tmp / f"{name}-dm.png", np.where(matte >= 128, 255, 0).astype(np.uint8))
+            write_image(tmp / f"{name}-A.png", to_uint8(A))
+            write_image(tmp / f"{name}-B.png", to_uint8(B))
+            write_image(tmp / f"{name}-truth.png", to_uint8(truth))
+            write_image(tmp / f"{name}-dm.png", np.where(matte >= 128, 255, 0).astype(np.uint8))
             pairs.append({"name": name, "foreground": fe["id"], "background": be["id"], "sigma": s, "height": h, "width": w})
         index_params: dict[str, Any] = {"sigma": list(opts.sigma), "fit": opts.fit, "seed": opts.seed}
         if opts.realistic.active:

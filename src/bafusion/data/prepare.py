@@ -24,7 +24,7 @@ from tqdm import tqdm
 from bafusion.atomic import atomic_dir
 from bafusion.data.sources import Background, Foreground, check_foreground, select
 from bafusion.errors import InputFileError, UserError
-from bafusion.io import resize, scaled_size, write_png
+from bafusion.io import resize, scaled_size, write_image
 from bafusion.progress import bars_enabled
 
 MANIFEST = "manifest.json"
@@ -63,7 +63,7 @@ def prepare_background(bg: Background, out_dir: Path, min_side: int) -> dict[str
         shutil.copyfile(bg.path, out_dir / name)
     else:
         name = f"{bg.id}.png"
-        write_png(out_dir / name, img)
+        write_image(out_dir / name, img)
     return {"id": bg.id, "image": f"bg/{name}", "height": h, "width": w, "origin": bg.origin}
 
 
@@ -94,8 +94,8 @@ def run_prepare(data_cfg: dict, opts: PrepareOptions, seed: int, out: Path, prog
         fgs = [(f, "train") for f in sel.train_foregrounds] + [(f, "test") for f in sel.test_foregrounds]
         for fg, split in tqdm(fgs, desc="prepare foregrounds", unit="img", disable=not bars_enabled(progress)):
             img, matte = prepare_foreground(fg, opts.scale)
-            write_png(tmp / "fg" / f"{fg.id}.png", img)
-            write_png(tmp / "matte" / f"{fg.id}.png", matte)
+            write_image(tmp / "fg" / f"{fg.id}.png", img)
+            write_image(tmp / "matte" / f"{fg.id}.png", matte)
             manifest["foregrounds"].append(
                 {
                     "id": fg.id,

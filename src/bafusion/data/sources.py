@@ -20,7 +20,7 @@ import numpy as np
 
 from bafusion.data.mattes import object_matte
 from bafusion.errors import InputFileError, UserError
-from bafusion.io import list_images, read_matte, read_rgb, resize, scaled_size
+from bafusion.io import list_images, read_image, read_matte, resize, scaled_size
 
 #: Colour photos with a clear subject: builtin foregrounds.
 BUILTIN_FOREGROUNDS: tuple[str, ...] = (
@@ -141,7 +141,7 @@ def dir_foregrounds(root: str | Path) -> list[Foreground]:
         Foreground(
             id=stem,
             origin=str(images[stem]),
-            load_image=lambda p=images[stem]: read_rgb(p),
+            load_image=lambda p=images[stem]: read_image(p, rgb=True),
             load_matte=lambda p=mattes[stem]: read_matte(p),
         )
         for stem in sorted(images)
@@ -155,7 +155,7 @@ def dir_backgrounds(folder: str | Path) -> list[Background]:
     files = list_images(d)
     if not files:
         raise InputFileError(d, "background folder holds no images (.png, .jpg, ...)")
-    return [Background(id=p.stem, origin=str(p), load_image=lambda p=p: read_rgb(p), path=p) for p in files]
+    return [Background(id=p.stem, origin=str(p), load_image=lambda p=p: read_image(p, rgb=True), path=p) for p in files]
 
 
 def check_foreground(fg: Foreground) -> tuple[np.ndarray, np.ndarray]:

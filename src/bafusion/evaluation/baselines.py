@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from bafusion.errors import InputFileError, UserError
+from bafusion.io import gray_float, read_image
 
 __all__ = [
     "METHODS",
@@ -36,7 +37,6 @@ __all__ = [
     "laplacian_fuse",
     "fuse",
     "read_method_results",
-    "write_image",
 ]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "tif", "tiff", "bmp")
@@ -55,15 +55,6 @@ def _as_float_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3)):
         raise UserError(f"expected gray (H x W) or RGB (H x W x 3) images, got shape {a.shape}")
     return a.astype(np.float64), b.astype(np.float64)
-
-
-def _gray(img: np.ndarray) -> np.ndarray:
-    """MATLAB ``rgb2gray`` weights on float data (no rounding); gray input is returned as is."""
-    if img.ndim == 2:
-        return img
-    if img.shape[2] == 1:
-        return img[:, :, 0]
-    return img[:, :, 0] * 0.298936021293775 + img[:, :, 1] * 0.587043074451121 + img[:, :, 2] * 0.114020904255103
 
 
 def box_filter(img: np.ndarray, r: int) -> np.ndarray:
@@ -115,7 +106,7 @@ def gff_fuse(
     """
     fa, fb = _as_float_pair(a, b)
     srcs = [fa / 255.0, fb / 255.0]
-    grays = [_gray(s) for s in srcs]
+    grays = [gray_float(s, matlab_order=True) for s in srcs]
 
     mean31 = lambda x: ndimage.uniform_filter(x, size=31, mode="reflect")  # noqa: E731
     bases = [_per_channel(s, mean31) for s in srcs]
@@ -201,8 +192,8 @@ def laplacian_fuse(a: np.ndarray, b: np.ndarray, levels: int | None = None) -> n
     n = levels if levels is not None else _auto_levels(fa.shape)
     if n < 1:
         raise UserError(f"pyramid levels must be at least 1, got {n}")
-    ga = _laplacian_pyramid(_gray(fa), n)
-    gb = _laplacian_pyramid(_gray(fb), n)
+    ga = _laplacian_pyramid(gray_float(fa, matlab_order=True), n)
+    gb = _laplacian_pyramid(gray_float(fb, matlab_order=True), n)
     choose_a = [np.abs(la) >= np.abs(lb) for la, lb in zip(ga[:-1], gb[:-1])]
 
     def fuse_channel(xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
@@ -237,7 +228,7 @@ def fuse(method: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# other methods' results and image output
+# other methods' results
 
 
 def read_method_results(root: str | os.PathLike[str], method: str, pair: str) -> np.ndarray:
@@ -246,8 +237,6 @@ def read_method_results(root: str | os.PathLike[str], method: str, pair: str) ->
     Raises :class:`InputFileError` naming the pair, the method and the folder searched when no
     such file exists (or it cannot be decoded).
     """
-    from bafusion.evaluation.metrics import read_image
-
     folder = Path(root) / method
     for ext in IMAGE_EXTENSIONS:
         for name in (f"{pair}.{ext}", f"{pair}.{ext.upper()}"):
@@ -262,18 +251,6 @@ def read_method_results(root: str | os.PathLike[str], method: str, pair: str) ->
             f"(looked for {pair}.{{{','.join(IMAGE_EXTENSIONS)}}})"
         )
     raise InputFileError(folder, problem)
-
-
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """Round a float image on the [0, 255] scale to uint8 (half away from zero, clipped)."""
-    return np.clip(np.floor(np.asarray(img, dtype=np.float64) + 0.5), 0, 255).astype(np.uint8)
-
-
-def write_image(path: str | os.PathLike[str], img: np.ndarray) -> None:
-    """Write a [0, 255] image (rounded to uint8) atomically; the format follows the suffix."""
-    from bafusion.io import write_image as _write
-
-    _write(path, to_uint8(img))
 
 
 # --------------------------------------------------------------------------------------------

@@ -693,11 +693,11 @@ def truth_metrics(truth: np.ndarray, f: np.ndarray) -> dict[str, float]:
     SSIM averaged over channels; a gray image against a colour one is compared in gray)."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    from bafusion.evaluation.metrics import to_gray_matlab
+    from bafusion.io import gray_float
 
     t, g = np.asarray(truth), np.asarray(f)
     if t.ndim != g.ndim or t.shape != g.shape:
-        t, g = to_gray_matlab(t), to_gray_matlab(g)
+        t, g = gray_float(t, rounded=True), gray_float(g, rounded=True)
     t64, g64 = t.astype(np.float64), g.astype(np.float64)
     psnr = float(peak_signal_noise_ratio(t64, g64, data_range=255.0)) if not np.array_equal(t64, g64) else float("inf")
     ssim = float(structural_similarity(t64, g64, data_range=255.0, channel_axis=2 if t64.ndim == 3 else None))
@@ -745,16 +745,14 @@ def evaluate_pair(
         gff_fuse,
         laplacian_fuse,
         read_method_results,
-        to_uint8,
     )
     from bafusion.evaluation.metrics import (
         MetricCache,
         compute_all,
-        read_image,
-        to_gray_matlab,
     )
+    from bafusion.io import gray_float, read_image, read_images, to_uint8
 
-    a, b = read_image(pair.a), read_image(pair.b)
+    a, b = read_images([pair.a, pair.b])  # one set: > 8 bits per sample scaled alike
     if a.shape[:2] != b.shape[:2]:
         raise InputFileError(
             pair.b, f"dataset {dataset.name!r}, pair {pair.name!r}: B is {b.shape[1]}x{b.shape[0]} (WxH) "
@@ -801,7 +799,7 @@ def evaluate_pair(
         raise InputFileError(pair.truth, f"dataset {dataset.name!r}, pair {pair.name!r}: truth size differs from the sources")
     true_dm = None
     if pair.dm is not None:
-        true_dm = to_gray_matlab(read_image(pair.dm)) > 127
+        true_dm = gray_float(read_image(pair.dm), rounded=True) > 127
         if true_dm.shape != a.shape[:2]:
             raise InputFileError(pair.dm, f"dataset {dataset.name!r}, pair {pair.name!r}: decision map size differs from the sources")
     cache = MetricCache()

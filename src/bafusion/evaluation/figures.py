@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from bafusion.atomic import atomic_file
 
 __all__ = ["choose_crop", "figure_comparison", "figure_differences", "save_dataset_figures"]
 
@@ -34,18 +33,14 @@ def _plt():
     return plt
 
 
-def _gray(img: np.ndarray) -> np.ndarray:
-    from bafusion.evaluation.metrics import to_gray_matlab
-
-    return to_gray_matlab(img)
-
-
 def choose_crop(images: Mapping[str, np.ndarray], side: int | None = None) -> tuple[int, int, int]:
     """A square ``(top, left, side)`` where the fused images differ most from each other: the
     window (side: a quarter of the shorter image side, at least 8 pixels, at most the image)
     with the largest mean of the per-pixel standard deviation across the images (gray).
     Deterministic; the top-left-most window wins ties."""
-    stack = np.stack([_gray(im) for im in images.values()])
+    from bafusion.io import gray_float
+
+    stack = np.stack([gray_float(im, rounded=True) for im in images.values()])
     h, w = stack.shape[1:]
     s = side or max(8, min(h, w) // 4)
     s = min(s, h, w)
@@ -173,7 +168,7 @@ def save_dataset_figures(
 ) -> list[Path]:
     """Write ``fig4-<pair>.png``, ``diff-<pair>.png`` and ``diff-<pair>-<method>.png`` (gray
     ``alpha * |B - F|``) into ``folder``. Returns the paths written."""
-    from PIL import Image
+    from bafusion.io import write_image
 
     d = Path(folder)
     d.mkdir(parents=True, exist_ok=True)
@@ -187,7 +182,6 @@ def save_dataset_figures(
     written.append(d / f"diff-{_safe(pair)}.png")
     for m, dm in maps.items():
         p = d / f"diff-{_safe(pair)}-{_safe(m)}.png"
-        with atomic_file(p) as tmp:
-            Image.fromarray(dm).save(tmp, format="PNG")
+        write_image(p, dm)  # the same bytes as Pillow's default PNG (zlib level 6)
         written.append(p)
     return written

@@ -4,7 +4,9 @@ The reference values (Liu, Wang, Cheng, Li, Chen, Information Fusion 2020) were 
 Zheng Liu's fusion-metric toolbox, with that survey's corrections. Every function here follows
 the toolbox's conventions (see ``../shared/README.md``):
 
-* colour images become gray with MATLAB's ``rgb2gray`` (rounded back to uint8), then float64;
+* colour images become gray with MATLAB's ``rgb2gray`` (rounded back to uint8), then float64
+  (:func:`bafusion.io.gray_float` with ``rounded=True``); image files are read with
+  :func:`bafusion.io.read_images` (A, B and F as one set: scaled alike when of more than 8 bits);
 * ``filter2(..., 'same')`` is a correlation with zero padding, ``'valid'`` keeps only the
   windows that lie fully inside the image;
 * ``normalize1`` min-max stretches to [0, 255] and rounds half away from zero.
@@ -21,7 +23,7 @@ value as ``null`` (JSON) or an empty field (CSV) and warns on stderr naming the 
 prints NaN.
 
 All metrics take three images of one shape (sources ``a``, ``b`` and fused ``f``) on the
-[0, 255] scale; colour inputs are converted with :func:`to_gray_matlab`. Everything is
+[0, 255] scale; colour inputs are converted with ``gray_float(x, rounded=True)``. Everything is
 vectorised with numpy/scipy. The ``bafusion metrics`` command is
 :mod:`bafusion.cli.metrics`.
 """
@@ -31,24 +33,20 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import os
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage
 
-from bafusion.errors import InputFileError, UserError
+from bafusion.errors import UserError
+from bafusion.io import gray_float, round_half_away
 
 __all__ = [
     "REQUIRED_METRICS",
     "METRICS",
     "MetricCache",
-    "to_gray_matlab",
-    "read_image",
-    "read_gray",
     "check_same_size",
     "normalize1",
     "qmi",
@@ -62,75 +60,11 @@ __all__ = [
     "compute_all",
 ]
 
-RGB2GRAY_COEFFS = np.array([0.298936021293775, 0.587043074451121, 0.114020904255103])
-"""MATLAB ``rgb2gray`` weights for R, G, B."""
-
 ArrayLike = np.ndarray
 
 
 # --------------------------------------------------------------------------------------------
 # input helpers
-
-
-def _round_half_away(x: np.ndarray) -> np.ndarray:
-    """MATLAB ``round``: halves go away from zero (numpy's ``round`` goes to even)."""
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
-
-
-def to_gray_matlab(img: ArrayLike) -> np.ndarray:
-    """Return ``img`` as a float64 gray image the way the reference code sees it.
-
-    A 2-D array (or one with a single channel) is returned as float64 unchanged. A colour
-    array (H x W x 3, or x 4 whose alpha is ignored) is converted like MATLAB's ``rgb2gray`` on
-    uint8 data: the weighted sum of the channels is rounded half away from zero and clipped
-    to [0, 255]. Float colour input is taken as being on the [0, 255] scale.
-    """
-    arr = np.asarray(img)
-    if arr.ndim == 2:
-        return arr.astype(np.float64, copy=True)
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        return arr[:, :, 0].astype(np.float64, copy=True)
-    if arr.ndim == 3 and arr.shape[2] in (3, 4):
-        rgb = arr[:, :, :3].astype(np.float64)
-        c = RGB2GRAY_COEFFS
-        gray = rgb[:, :, 0] * c[0] + rgb[:, :, 1] * c[1] + rgb[:, :, 2] * c[2]
-        return np.clip(_round_half_away(gray), 0.0, 255.0)
-    raise ValueError(f"expected a gray (H x W) or colour (H x W x 3) image, got shape {arr.shape}")
-
-
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an image file as a uint8 array (H x W gray or H x W x 3 RGB).
-
-    Raises :class:`InputFileError` naming ``path`` when it is missing or cannot be decoded.
-    16-bit images are scaled to 8 bits; palette, gray+alpha and RGBA images are converted.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    p = Path(path)
-    if not p.exists():
-        raise InputFileError(p, "no such file")
-    if not p.is_file():
-        raise InputFileError(p, "not a regular file")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            if im.mode.startswith("I;16") or im.mode == "I":
-                # 16-bit data (PIL may open 16-bit PNGs as mode "I"): like MATLAB im2uint8
-                arr = np.asarray(im, dtype=np.float64)
-                scale = 257.0 if (im.mode != "I" or arr.max() > 255) else 1.0
-                return np.clip(_round_half_away(arr / scale), 0, 255).astype(np.uint8)
-            if im.mode == "L":
-                return np.asarray(im, dtype=np.uint8).copy()
-            if im.mode in ("1", "LA"):
-                return np.asarray(im.convert("L"), dtype=np.uint8).copy()
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise InputFileError(p, f"cannot read image ({e})") from e
-
-
-def read_gray(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an image file and convert it with :func:`to_gray_matlab` (float64, [0, 255])."""
-    return to_gray_matlab(read_image(path))
 
 
 def check_same_size(a: ArrayLike, b: ArrayLike, f: ArrayLike, names: Sequence[str] = ("A", "B", "F")) -> None:
@@ -146,7 +80,7 @@ def check_same_size(a: ArrayLike, b: ArrayLike, f: ArrayLike, names: Sequence[st
 
 def _prepare(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     check_same_size(a, b, f)
-    return to_gray_matlab(a), to_gray_matlab(b), to_gray_matlab(f)
+    return gray_float(a, rounded=True), gray_float(b, rounded=True), gray_float(f, rounded=True)
 
 
 class MetricCache:
@@ -230,7 +164,7 @@ def normalize1(x: np.ndarray) -> np.ndarray:
     lo = float(x.min())
     if hi == lo:
         return np.zeros_like(x)
-    return _round_half_away((x - lo) / (hi - lo) * 255.0)
+    return round_half_away((x - lo) / (hi - lo) * 255.0)
 
 
 def _filter2_same(kernel: np.ndarray, img: np.ndarray) -> np.ndarray:
@@ -969,7 +903,7 @@ def compute_all(
 ) -> dict[str, float]:
     """Compute several metrics of one triple (all of :data:`METRICS` by default; QP takes about
     a second on 520x520), ordered QMI, QG, QY, QCB, then the others. Colour inputs are
-    converted to gray once, with :func:`to_gray_matlab`. Pass a :class:`MetricCache` to reuse
+    converted to gray once, with :func:`bafusion.io.gray_float` (``rounded=True``). Pass a :class:`MetricCache` to reuse
     the sources' intermediate results across calls with the same A and B."""
     names = _parse_metric_names(metrics)
     ga, gb, gf = _prepare(a, b, f)

@@ -82,11 +82,10 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
     """
     from bafusion.fusion.rule import check_same_size
     from bafusion.fusion.scene import check_one_scene
-    from bafusion.io import _read_8bit
 
     if len(paths) < 2:
         raise UserError("give at least two source images")
-    src = read_source_set(paths, _read_8bit)
+    src = read_source_set(paths)
     names = [str(p) for p in paths]
     for i in range(1, len(src.images)):
         check_same_size(src.images[0], src.images[i], names[0], names[i])

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bafusion.atomic import atomic_file
+from bafusion.io import write_image
 
 if TYPE_CHECKING:
     from bafusion.fusion.rule import FusionResult
@@ -55,13 +56,6 @@ def pseudo_colour(gray: np.ndarray, cmap: str = DIFF_CMAP) -> np.ndarray:
 
     rgba = matplotlib.colormaps[cmap](gray.astype(np.float64) / 255.0)
     return np.round(rgba[..., :3] * 255.0).astype(np.uint8)
-
-
-def _save_png(path: Path, img: np.ndarray) -> None:
-    from PIL import Image
-
-    with atomic_file(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(img)).save(tmp, format="PNG", compress_level=6)
 
 
 def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str = "") -> None:
@@ -133,7 +127,7 @@ def save_maps(
     written = []
     for key, img in raw.items():
         p = d / f"{stem}-{key}.png"
-        _save_png(p, img)
+        write_image(p, img)
         written.append(p)
     p = d / f"{stem}-fig3.png"
     figure_maps(result, p, title=stem)

@@ -65,7 +65,7 @@ from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import STACK_RULES, FusionParams
 from bafusion.fusion.rule import FusionResult, check_same_size
 from bafusion.fusion.scoring import _logit, boundary_steps, score, score_multiscale
-from bafusion.io import gray_float, read_matte, read_rgb, resize, to_gray_u8, to_uint8
+from bafusion.io import gray_float, read_image, read_matte, resize, to_gray_u8, to_uint8
 
 #: Truth value of pixels where no shot is right or wrong (mixed or flat).
 AMBIGUOUS = -1
@@ -223,7 +223,7 @@ def load_foreground(alphamatting: str | Path, name: str) -> tuple[np.ndarray, np
     for p in (pi, pm):
         if not p.is_file():
             raise InputFileError(p, "alphamatting file not found")
-    fg, m = read_rgb(pi), read_matte(pm)
+    fg, m = read_image(pi, rgb=True), read_matte(pm)
     if fg.shape[:2] != m.shape:
         raise InputFileError(pm, f"matte size {m.shape[1]}x{m.shape[0]} differs from its image {fg.shape[1]}x{fg.shape[0]}")
     return fg, m
@@ -243,7 +243,7 @@ def stack_from_data(data: str | Path, opts: StackOptions = StackOptions(), seed:
     pick = rng.choice(len(names), opts.layers - 1, replace=False)
     bg = bgs[int(rng.integers(len(bgs)))]
     fgs = [load_foreground(am, names[i]) for i in pick]
-    st = synthetic_stack(fgs, read_rgb(bg), opts, seed)
+    st = synthetic_stack(fgs, read_image(bg, rgb=True), opts, seed)
     st.sources = [str(bg)] + [names[i] for i in pick]
     return st
 
@@ -404,7 +404,7 @@ def save_stack_maps(folder: str | Path, stem: str, result: StackResult) -> list[
     the index maps as gray (``index-initial``, ``index-raw``, ``index``: shot 0 black, the last
     white), the band the boundary net rescored, and the final index in pseudo-colour."""
     from bafusion.fusion.maps import pseudo_colour
-    from bafusion.io import write_png
+    from bafusion.io import write_image
 
     n = result.scores.shape[0]
     d = Path(folder)
@@ -418,7 +418,7 @@ def save_stack_maps(folder: str | Path, stem: str, result: StackResult) -> list[
     written = []
     for key in STACK_MAP_KEYS:
         p = d / f"{stem}-{key}.png"
-        write_png(p, maps[key])
+        write_image(p, maps[key])
         written.append(p)
     return written
 

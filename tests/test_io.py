@@ -1,0 +1,220 @@
+"""The one image reader/writer and the one MATLAB rgb2gray of bafusion.io (issue 17): modes,
+bit depths, EXIF orientation, gray conversion, writing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bafusion.errors import InputFileError, UserError
+from bafusion.io import (
+    RGB2GRAY,
+    gray_float,
+    png16_bytes,
+    read_image,
+    read_images,
+    read_matte,
+    to_gray_u8,
+    to_uint8,
+    write_image,
+)
+
+
+@pytest.fixture
+def rgb() -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, (6, 9, 3), dtype=np.uint8)
+
+
+# --------------------------------------------------------------------------------------
+# reader: modes
+
+
+def test_rgb_and_rgba_read_as_rgb_alpha_dropped_not_composited(tmp_path: Path, rgb) -> None:
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    rgba = np.dstack([rgb, np.zeros(rgb.shape[:2], np.uint8)])  # fully transparent
+    Image.fromarray(rgba).save(tmp_path / "t.png")
+    assert np.array_equal(read_image(tmp_path / "c.png"), rgb)
+    got = read_image(tmp_path / "t.png")
+    assert got.shape == rgb.shape and np.array_equal(got, rgb)
+
+
+def test_gray_modes_read_as_gray(tmp_path: Path, rgb) -> None:
+    g = rgb[..., 0]
+    Image.fromarray(g).save(tmp_path / "l.png")
+    Image.fromarray(np.dstack([g, rgb[..., 1]])).save(tmp_path / "la.png")
+    Image.fromarray(g).convert("1").save(tmp_path / "one.png")
+    assert np.array_equal(read_image(tmp_path / "l.png"), g)
+    assert np.array_equal(read_image(tmp_path / "la.png"), g)  # the alpha is not the gray
+    one = read_image(tmp_path / "one.png")
+    assert one.shape == g.shape and set(np.unique(one)) <= {0, 255} and one.dtype == np.uint8
+    assert np.array_equal(one == 255, np.asarray(Image.open(tmp_path / "one.png")))
+
+
+def test_palette_is_expanded_with_or_without_transparency(tmp_path: Path, rgb) -> None:
+    pal = Image.fromarray(rgb).quantize(8)
+    pal.save(tmp_path / "p.png")
+    pal.save(tmp_path / "pt.png", transparency=0)
+    want = np.asarray(pal.convert("RGB"))
+    assert np.array_equal(read_image(tmp_path / "p.png"), want)
+    assert np.array_equal(read_image(tmp_path / "pt.png"), want)
+
+
+def test_rgb_option_replicates_gray(tmp_path: Path, rgb) -> None:
+    Image.fromarray(rgb[..., 2]).save(tmp_path / "l.png")
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    got = read_image(tmp_path / "l.png", rgb=True)
+    assert got.shape == rgb.shape and all(np.array_equal(got[..., i], rgb[..., 2]) for i in range(3))
+    assert np.array_equal(read_image(tmp_path / "c.png", rgb=True), rgb)
+    a, b = read_images([tmp_path / "l.png", tmp_path / "c.png"], rgb=True)
+    assert np.array_equal(a, got) and np.array_equal(b, rgb)
+
+
+def test_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match=r"nope\.png: file not found"):
+        read_image(tmp_path / "nope.png")
+    (tmp_path / "junk.jpg").write_bytes(b"not an image")
+    with pytest.raises(InputFileError, match=r"junk\.jpg: unreadable image"):
+        read_images([tmp_path / "junk.jpg"])
+
+
+# --------------------------------------------------------------------------------------
+# reader: EXIF orientation
+
+
+@pytest.mark.parametrize("orientation,turn", [(3, lambda a: a[::-1, ::-1]), (6, lambda a: np.rot90(a, -1)),
+                                              (8, lambda a: np.rot90(a, 1))])
+def test_exif_orientation_is_applied_at_8_and_16_bits(tmp_path: Path, rgb, orientation, turn) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(rgb).save(tmp_path / "o.png", exif=exif.tobytes())
+    assert np.array_equal(read_image(tmp_path / "o.png"), turn(rgb))
+    full = rgb.astype(np.uint16) * 257  # 16-bit colour: read with pypng, turned by bafusion
+    (tmp_path / "o16.png").write_bytes(png16_bytes(full, exif=exif.tobytes()))
+    assert np.array_equal(read_image(tmp_path / "o16.png"), turn(rgb))
+
+
+def test_metrics_command_reads_the_turned_pixels(tmp_path: Path, rgb, capsys) -> None:
+    """One reader: ``bafusion metrics`` applies a file's EXIF orientation, as ``fuse`` does."""
+    from bafusion.cli import main
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned left, shown turned right: the pixels of ``a``
+    a, b = rgb, np.roll(rgb, 2, axis=1)
+    f = np.where(np.arange(a.shape[1]) < 4, 1, 0)[None, :, None] * a + (np.arange(a.shape[1]) >= 4)[None, :, None] * b
+    Image.fromarray(np.rot90(a, 1)).save(tmp_path / "a-exif.png", exif=exif.tobytes())
+    for name, img in (("a", a), ("b", b), ("f", f.astype(np.uint8))):
+        Image.fromarray(img).save(tmp_path / f"{name}.png")
+    outs = []
+    for a_file in ("a-exif.png", "a.png"):
+        capsys.readouterr()
+        assert main(["metrics", str(tmp_path / a_file), str(tmp_path / "b.png"), str(tmp_path / "f.png"),
+                     "--metrics", "QMI,QG", "--format", "json"]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1]
+
+
+# --------------------------------------------------------------------------------------
+# reader: bit depth
+
+
+def test_16_bit_file_alone_and_in_a_set(tmp_path: Path) -> None:
+    v12 = np.array([[0, 1000, 4095]], np.uint16)  # 12-bit data in a 16-bit PNG
+    v16 = np.array([[0, 30000, 65535]], np.uint16)
+    (tmp_path / "a.png").write_bytes(png16_bytes(v12))
+    (tmp_path / "b.png").write_bytes(png16_bytes(v16))
+    (tmp_path / "m.png").write_bytes(png16_bytes(v12, sbit=12))
+    alone = read_image(tmp_path / "a.png")  # a set of one: its own depth, 12 bits
+    assert alone.tolist() == np.round(v12 / 4095 * 255).astype(np.uint8).tolist()
+    a, b = read_images([tmp_path / "a.png", tmp_path / "b.png"])  # unmarked: scaled alike, 16 bits
+    assert a.tolist() == np.round(v12 / 65535 * 255).astype(np.uint8).tolist()
+    assert b.tolist() == np.round(v16 / 65535 * 255).astype(np.uint8).tolist()
+    m, b2 = read_images([tmp_path / "m.png", tmp_path / "b.png"])  # marked sBIT 12: its own bits
+    assert np.array_equal(m, alone) and np.array_equal(b2, b)
+
+
+# --------------------------------------------------------------------------------------
+# gray
+
+
+def _matlab_rgb2gray(rgb: np.ndarray) -> np.ndarray:
+    """MATLAB's order of operations: r*c0 + g*c1 + b*c2, rounded half away from zero."""
+    x = rgb.astype(np.float64)
+    s = x[..., 0] * RGB2GRAY[0] + x[..., 1] * RGB2GRAY[1] + x[..., 2] * RGB2GRAY[2]
+    return np.clip(np.floor(s + 0.5), 0, 255).astype(np.uint8)
+
+
+def test_gray_reference_values_of_matlab_rgb2gray() -> None:
+    # MATLAB: rgb2gray(uint8(cat(3, [255 0 0 255 128], [0 255 0 255 64], [0 0 255 255 32]))))
+    img = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255], [128, 64, 32]]], np.uint8)
+    # 128*0.298936 + 64*0.587043 + 32*0.114021 = 38.264 + 37.571 + 3.649 = 79.483
+    assert to_gray_u8(img).tolist() == [[76, 150, 29, 255, 79]]
+    assert gray_float(img, rounded=True).tolist() == [[76.0, 150.0, 29.0, 255.0, 79.0]]
+    assert gray_float(img)[0, 0] == pytest.approx(255 * 0.298936021293775, abs=1e-12)
+
+
+def test_uint8_gray_equals_matlab_order_on_every_colour() -> None:
+    """The matrix product and MATLAB's sequential sum differ by an ulp on some colours, but no
+    uint8 colour's gray lies near a rounding tie: the rounded grays agree on all 2**24."""
+    v = np.arange(1 << 24, dtype=np.uint32)
+    for chunk in np.array_split(v, 16):
+        rgb = np.stack([(chunk >> 16) & 255, (chunk >> 8) & 255, chunk & 255], -1).astype(np.uint8)
+        rgb = rgb.reshape(-1, 1024, 3)
+        assert np.array_equal(to_gray_u8(rgb), _matlab_rgb2gray(rgb))
+        x = rgb.astype(np.float64)
+        seq = x[..., 0] * RGB2GRAY[0] + x[..., 1] * RGB2GRAY[1] + x[..., 2] * RGB2GRAY[2]
+        assert np.abs(gray_float(rgb) - seq).max() < 1e-12
+
+
+def test_gray_of_gray_alpha_and_bad_shapes(rgb) -> None:
+    g = rgb[..., 0]
+    assert to_gray_u8(g) is not g and np.array_equal(to_gray_u8(g), g)
+    assert np.array_equal(gray_float(g[..., None]), g.astype(np.float64))
+    rgba = np.dstack([rgb, np.full(g.shape, 7, np.uint8)])
+    assert np.array_equal(to_gray_u8(rgba), to_gray_u8(rgb))
+    with pytest.raises(ValueError, match="shape"):
+        gray_float(np.zeros((2, 2, 2)))
+
+
+def test_to_uint8_rounds_half_away_and_clips() -> None:
+    x = np.array([-3.0, -0.5, 0.49, 0.5, 1.5, 2.5, 254.5, 300.0])
+    assert to_uint8(x).tolist() == [0, 0, 0, 1, 2, 3, 255, 255]
+
+
+# --------------------------------------------------------------------------------------
+# writer and mattes
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".bmp"])
+def test_write_read_round_trip(tmp_path: Path, rgb, suffix: str) -> None:
+    for img in (rgb, rgb[..., 1]):
+        p = tmp_path / f"x{img.ndim}{suffix}"
+        write_image(p, img)
+        assert np.array_equal(read_image(p), img)
+
+
+def test_16_bit_write_with_significant_bits_reads_as_its_8_bit_data(tmp_path: Path, rgb) -> None:
+    v12 = np.round(rgb.astype(np.float64) * 4095 / 255).astype(np.uint16)
+    write_image(tmp_path / "x.png", np.round(v12 / 4095 * 65535).astype(np.uint16), bits=12)
+    assert np.array_equal(read_image(tmp_path / "x.png"), rgb)
+
+
+def test_write_unknown_suffix_names_the_file(tmp_path: Path, rgb) -> None:
+    with pytest.raises(UserError, match=r"x\.qqq: unknown image format"):
+        write_image(tmp_path / "x.qqq", rgb)
+    assert not list(tmp_path.iterdir())
+
+
+def test_matte_rules(tmp_path: Path, rgb) -> None:
+    g = rgb[..., 0]
+    Image.fromarray(np.dstack([g, g, g])).save(tmp_path / "m.png")
+    assert np.array_equal(read_matte(tmp_path / "m.png"), g)
+    pal = Image.fromarray(g // 16, mode="P")  # a gray palette: its colours, not its indices, are the matte
+    pal.putpalette([v * 17 for v in range(16) for _ in range(3)])
+    pal.save(tmp_path / "p.png")
+    assert np.array_equal(read_matte(tmp_path / "p.png"), (g // 16) * 17)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    with pytest.raises(InputFileError, match=r"c\.png: matte is not gray"):
+        read_matte(tmp_path / "c.png")
