@@ -41,6 +41,7 @@ import numpy as np
 from scipy import ndimage
 
 from bafusion.errors import UserError
+from bafusion.io import gray_float
 
 #: The registration models, fewest parameters first.
 MODELS: tuple[str, ...] = ("translation", "similarity", "homography")
@@ -161,9 +162,8 @@ def corner_rms(m: np.ndarray, shape: tuple[int, ...], other: np.ndarray | None =
 
 def _gray(img: np.ndarray) -> np.ndarray:
     a = np.asarray(img)
-    if a.ndim == 3:
-        a = a[..., :3].astype(np.float64) @ np.array([0.2989, 0.5870, 0.1140]) if a.shape[2] >= 3 else a[..., 0]
-    return np.asarray(a, dtype=np.float64) / (255.0 if np.asarray(img).dtype == np.uint8 else 1.0)
+    g = gray_float(a) if a.ndim == 2 or a.shape[2] in (1, 3, 4) else a[..., 0].astype(np.float64)
+    return g / (255.0 if a.dtype == np.uint8 else 1.0)
 
 
 def _prefilter(img: np.ndarray, sigma: float) -> np.ndarray:

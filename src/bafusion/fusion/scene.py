@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from bafusion.errors import UserError
+from bafusion.io import gray_float
 
 #: Below this correlation two shots are taken for two scenes (BENCHMARKS.md, "One scene?").
 MIN_CORRELATION = 0.55
@@ -41,7 +42,7 @@ def _reduce(img: np.ndarray) -> np.ndarray:
     to at most :data:`WORK_SIDE`."""
     a = np.asarray(img, dtype=np.float64)
     if a.ndim == 3:
-        a = a[..., :3] @ np.array([0.2989, 0.5870, 0.1140]) if a.shape[2] >= 3 else a[..., 0]
+        a = gray_float(a) if a.shape[2] in (1, 3, 4) else a[..., 0]
     k = math.ceil(max(a.shape) / WORK_SIDE)
     if k > 1:
         h, w = (a.shape[0] // k) * k, (a.shape[1] // k) * k
