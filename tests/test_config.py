@@ -270,8 +270,8 @@ def test_fuse_flags_over_json_over_file_over_defaults(tmp_path: Path) -> None:
 
 
 def test_typed_objects_check_with_the_schemas_words() -> None:
-    from bafusion.evaluation.evaluate import EvalConfig
     from bafusion.errors import UserError
+    from bafusion.evaluation.evaluate import EvalConfig
     from bafusion.fusion.params import FusionParams
     from bafusion.nets.train import TrainConfig
     from bafusion.schema import ParamsError, problems

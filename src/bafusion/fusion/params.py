@@ -160,16 +160,3 @@ class FusionParams:
     def from_params(cls, params: Mapping[str, Any], source: str = "parameters") -> FusionParams:
         """Build from a whole parameter mapping (its ``fuse`` section; see :meth:`from_mapping`)."""
         return cls.from_mapping(params.get("fuse") or {}, source)
-
-
-def validate_working_params(p: FusionParams) -> None:
-    """Check the working-resolution fields of ``p`` (:class:`bafusion.fusion.FusionParams`)
-    against the schema (``FusionParams`` checks them all at construction; kept for callers).
-
-    Raises
-    ------
-    bafusion.schema.ParamsError
-        One line naming the field and the value.
-    """
-    validate_section("fuse", {k: getattr(p, k) for k in ("working_side", "working_above", "working_band",
-                                                         "working_refine")}, "FusionParams")
