@@ -178,6 +178,11 @@ def test_typed_objects_take_their_defaults_from_the_schema() -> None:
             want = default(key)  # KeyError: a field without a default in the schema
             got = field_default(f)
             assert (list(got) if isinstance(got, tuple) else got) == want, f"{cls.__name__}.{f.name}"
+    from bafusion.evaluation.evaluate import Dataset
+
+    for name, want in defaults("evaluate.datasets").items():  # the optional keys of a dataset
+        got = {f.name: f for f in dataclasses.fields(Dataset)}[name].default
+        assert (list(got) if isinstance(got, tuple) else got) == want, f"Dataset.{name}"
     # The no-argument objects are the schema's defaults, and every default obeys its own rule.
     assert FusionParams() == FusionParams.from_mapping(defaults("fuse"))
     assert TrainConfig().to_dict() == {**defaults(""), **{k: v for k, v in defaults("train").items()}}

@@ -182,22 +182,30 @@ def validate_section(section: str, values: Any, source: str) -> Any:
     return values
 
 
+def _resolved(node: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``node`` with its ``$ref`` (to ``#/$defs/...``) merged in, properties included; a list of
+    mappings (``evaluate.datasets``) stands for its items."""
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        target = _resolved(load_schema()["$defs"][ref.split("/")[-1]])
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"},
+                "properties": {**target.get("properties", {}), **node.get("properties", {})}}
+    items = node.get("items")
+    if "properties" not in node and isinstance(items, Mapping):
+        node = _resolved(items)
+    return node
+
+
 def _node(key: str) -> Mapping[str, Any]:
-    """The schema entry of a dotted key (``"fuse.l"``, ``"train.epochs"``, ``"patch"``)."""
-    schema = load_schema()
-    node: Mapping[str, Any] = schema
+    """The schema entry of a dotted key (``"fuse.l"``, ``"train.epochs"``, ``"patch"``,
+    ``"evaluate.datasets.pattern"``), its ``$ref`` resolved."""
+    node: Mapping[str, Any] = load_schema()
     for part in key.split("."):
-        props = dict(node.get("properties", {}))
-        ref = node.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/$defs/"):
-            props = {**schema["$defs"][ref.split("/")[-1]].get("properties", {}), **props}
+        props = _resolved(node).get("properties", {})
         if part not in props:
             raise KeyError(f"no parameter {key!r} in the schema")
         node = props[part]
-        ref = node.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/$defs/") and "properties" not in node:
-            node = {**schema["$defs"][ref.split("/")[-1]], **{k: v for k, v in node.items() if k != "$ref"}}
-    return node
+    return {**node, **{k: v for k, v in _resolved(node).items() if k not in node}} if "$ref" in node else node
 
 
 def default(key: str) -> Any:
@@ -223,14 +231,8 @@ def default(key: str) -> Any:
 def defaults(section: str) -> dict[str, Any]:
     """Every key of a top-level section (``"fuse"``, ``"train"``, ``"evaluate"``) that has a
     default, with that default; ``""``: the top-level scalars (``seed``, ``patch``, ``depth``)."""
-    if not section:
-        props = load_schema()["properties"]
-        return {k: copy.deepcopy(v["x-default"]) for k, v in props.items() if "x-default" in v}
-    node = _node(section)
-    props = dict(node.get("properties", {}))
-    ref = node.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#/$defs/"):
-        props = {**load_schema()["$defs"][ref.split("/")[-1]].get("properties", {}), **props}
+    node = load_schema() if not section else _resolved(_node(section))
+    props = node.get("properties", {})
     return {k: copy.deepcopy(v["x-default"]) for k, v in props.items() if "x-default" in v}
 
 

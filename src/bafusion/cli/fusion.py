@@ -20,7 +20,7 @@ from bafusion.fusion.params import (
     WORKING_REFINES,
     FusionParams,
 )
-from bafusion.schema import allowed
+from bafusion.schema import allowed, default
 from bafusion.fusion.rule import fuse_stack
 from bafusion.fusion.testset import fuse_set
 
@@ -81,11 +81,12 @@ def _add_param_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--params-file", default=None, help="YAML file whose 'fuse' section sets the defaults (params.yaml)")
     g.add_argument("--params-json", default=None,
                    help="JSON object of fusion parameters (the 'fuse' section; overrides --params-file)")
-    p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    p.add_argument("--device", default=None, help=f"{default('fuse.device')} (default), cpu or cuda")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's, lowered to the cores the load average leaves "
                         "free, at least 1)")
-    p.add_argument("--alpha", type=float, default=None, help="difference-map gain alpha*|B-F| (default 10)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help=f"difference-map gain alpha*|B-F| (default {default('fuse.alpha'):g})")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
                    help="no progress bar (default: a bar on stderr for camera-size pairs when it is a terminal)")
 

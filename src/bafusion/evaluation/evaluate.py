@@ -161,16 +161,16 @@ class Dataset:
     sources: Path
     reference: Path | None = None
     reference_methods: tuple[str, ...] = REFERENCE_METHODS
-    pattern: str = "*"
-    pairs: tuple[str, ...] = ()
-    figure_pair: str = ""
+    pattern: str = default("evaluate.datasets.pattern")
+    pairs: tuple[str, ...] = tuple(default("evaluate.datasets.pairs"))
+    figure_pair: str = default("evaluate.datasets.figure_pair")
     crop: tuple[int, int, int] | None = None  # top, left, side (pixels); None: chosen automatically
     #: CSV ``pair,method,<metric>...`` of peers known only by their metric values.
     reference_metrics: Path | None = None
     #: (pair-name prefix, JPEG quality): our output is measured after re-encoding at that quality.
     jpeg_quality: tuple[tuple[str, int], ...] = ()
     #: Pair-name prefixes of sub-sets with their own tables (means, wins, our ranks).
-    sets: tuple[str, ...] = ()
+    sets: tuple[str, ...] = tuple(default("evaluate.datasets.sets"))
 
     def quality_for(self, pair: str) -> int | None:
         """The JPEG quality at which this pair's computed outputs are measured (the longest
@@ -236,10 +236,11 @@ def parse_config(section: Mapping[str, Any] | None, root: Path = Path("."), sour
     if isinstance(sec.get("metrics"), (list, tuple)):
         sec["metrics"] = list(dict.fromkeys(str(m).strip().upper() for m in sec["metrics"]))
     validate_section("evaluate", sec, source)
-    base = defaults("evaluate")
+    base, per_set = defaults("evaluate"), defaults("evaluate.datasets")
     datasets = []
     seen: set[str] = set()
-    for i, d in enumerate(sec.get("datasets") or base["datasets"]):
+    for i, given in enumerate(sec.get("datasets") or base["datasets"]):
+        d = {**per_set, **given}
         name = str(d["name"])
         if name in seen:
             raise UserError(f"evaluate.datasets[{i}]: dataset name {name!r} is repeated")
@@ -273,13 +274,13 @@ def parse_config(section: Mapping[str, Any] | None, root: Path = Path("."), sour
                 sources=_resolve(d["sources"], root),
                 reference=_resolve(ref, root) if ref else None,
                 reference_methods=ref_methods,
-                pattern=str(d.get("pattern") or "*"),
-                pairs=tuple(str(p) for p in (d.get("pairs") or ())),
-                figure_pair=str(d.get("figure_pair") or ""),
+                pattern=str(d["pattern"] or per_set["pattern"]),
+                pairs=tuple(str(p) for p in d["pairs"]),
+                figure_pair=str(d["figure_pair"]),
                 crop=crop,  # type: ignore[arg-type]
                 reference_metrics=ref_metrics,
                 jpeg_quality=_parse_quality(d.get("jpeg_quality")),
-                sets=tuple(d.get("sets") or ()),
+                sets=tuple(d["sets"]),
             )
         )
     return EvalConfig(
