@@ -85,11 +85,6 @@ CHECKPOINT_FORMAT = 1
 ABORT_ENV = "BAFUSION_TRAIN_ABORT_AT_STEP"  # test hook: simulate a kill after that global step
 
 
-def _default(key: str) -> Any:
-    """The schema's default of a training parameter (``"train.epochs"``, ``"patch"``)."""
-    return default(key)
-
-
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (``seed``/``patch``/``depth`` are top-level
@@ -102,32 +97,32 @@ class TrainConfig:
     Build one from the parameters with :meth:`from_params`.
     """
 
-    seed: int = _default("seed")
-    patch: int = _default("patch")
-    depth: int = _default("depth")
-    epochs: int = _default("train.epochs")
-    batch: int = _default("train.batch")
-    lr: float = _default("train.lr")
-    milestones: list[int] = field(default_factory=lambda: _default("train.milestones"))
-    gamma: float = _default("train.gamma")
-    momentum: float = _default("train.momentum")
-    weight_decay: float = _default("train.weight_decay")
-    nesterov: bool = _default("train.nesterov")
-    samples_per_epoch: int = _default("train.samples_per_epoch")  # 0: all N*12 augmented samples every epoch
-    val_samples: int = _default("train.val_samples")  # 0: the whole validation split
-    val_batch: int = _default("train.val_batch")
-    device: str = _default("train.device")
-    amp: str | bool = _default("train.amp")
-    channels_last: str | bool = _default("train.channels_last")
-    compile: bool = _default("train.compile")
-    deterministic: bool = _default("train.deterministic")
-    nproc: int | str = _default("train.nproc")
-    threads: int = _default("train.threads")  # 0: torch's default
-    checkpoint_every: int = _default("train.checkpoint_every")  # steps; 0: only at epoch ends
-    init: str = _default("train.init")  # warm start: a model file (.pt with its .json) of the same depth
+    seed: int = default("seed")
+    patch: int = default("patch")
+    depth: int = default("depth")
+    epochs: int = default("train.epochs")
+    batch: int = default("train.batch")
+    lr: float = default("train.lr")
+    milestones: list[int] = field(default_factory=lambda: default("train.milestones"))
+    gamma: float = default("train.gamma")
+    momentum: float = default("train.momentum")
+    weight_decay: float = default("train.weight_decay")
+    nesterov: bool = default("train.nesterov")
+    samples_per_epoch: int = default("train.samples_per_epoch")  # 0: all N*12 augmented samples every epoch
+    val_samples: int = default("train.val_samples")  # 0: the whole validation split
+    val_batch: int = default("train.val_batch")
+    device: str = default("train.device")
+    amp: str | bool = default("train.amp")
+    channels_last: str | bool = default("train.channels_last")
+    compile: bool = default("train.compile")
+    deterministic: bool = default("train.deterministic")
+    nproc: int | str = default("train.nproc")
+    threads: int = default("train.threads")  # 0: torch's default
+    checkpoint_every: int = default("train.checkpoint_every")  # steps; 0: only at epoch ends
+    init: str = default("train.init")  # warm start: a model file (.pt with its .json) of the same depth
     # Weight of the context-consistency term; needs a patch set with surroundings
     # (patches.context > 0), see :func:`train_step`. 0 with such a set: both views, no term.
-    consistency: float = _default("train.consistency")
+    consistency: float = default("train.consistency")
 
     # Keys that do not change the trained weights (on a given device) and so may differ
     # between a checkpoint and the run resuming from it.
