@@ -138,3 +138,176 @@ def test_paper_after_real_is_the_paper(tmp_path: Path) -> None:
     # An empty per-net warm start inherits train.init; a set one wins.
     q = deep_merge(base, {"train": {"init": "a.pt", "boundary": {"init": "b.pt"}}})
     assert resolve_config(q, "initial").init == "a.pt" and resolve_config(q, "boundary").init == "b.pt"
+
+
+# -- the one reader: bafusion.config.read_params and the typed objects ----------------------
+
+
+def _walk_schema(node: object, path: str = "") -> list[str]:
+    """Paths of every mapping in the schema that has a key named ``default``."""
+    found = []
+    if isinstance(node, dict):
+        if "default" in node:
+            found.append(path)
+        for k, v in node.items():
+            found += _walk_schema(v, f"{path}/{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found += _walk_schema(v, f"{path}/{i}")
+    return found
+
+
+def test_typed_objects_take_their_defaults_from_the_schema() -> None:
+    import dataclasses
+
+    from bafusion.evaluation.evaluate import EvalConfig
+    from bafusion.fusion.params import FusionParams
+    from bafusion.nets.train import TrainConfig
+    from bafusion.schema import default, defaults, validate_params
+
+    def field_default(f: dataclasses.Field) -> object:
+        return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+    cases = [(FusionParams, "fuse.", ()), (TrainConfig, "train.", TrainConfig.TOP_LEVEL),
+             (EvalConfig, "evaluate.", ("datasets",))]
+    for cls, prefix, other in cases:
+        for f in dataclasses.fields(cls):
+            if f.name in other and cls is EvalConfig:
+                continue  # datasets: typed Dataset objects built from the schema's default list
+            key = f.name if f.name in other else prefix + f.name
+            want = default(key)  # KeyError: a field without a default in the schema
+            got = field_default(f)
+            assert (list(got) if isinstance(got, tuple) else got) == want, f"{cls.__name__}.{f.name}"
+    from bafusion.evaluation.evaluate import Dataset
+
+    for name, want in defaults("evaluate.datasets").items():  # the optional keys of a dataset
+        got = {f.name: f for f in dataclasses.fields(Dataset)}[name].default
+        assert (list(got) if isinstance(got, tuple) else got) == want, f"Dataset.{name}"
+    # The no-argument objects are the schema's defaults, and every default obeys its own rule.
+    assert FusionParams() == FusionParams.from_mapping(defaults("fuse"))
+    assert TrainConfig().to_dict() == {**defaults(""), **{k: v for k, v in defaults("train").items()}}
+    validate_params({**defaults(""), **{s: defaults(s) for s in ("fuse", "train", "evaluate")}}, "x-default")
+    # Every default of the fuse section is a field of the rule or a setting its commands read.
+    assert set(defaults("fuse")) - {f.name for f in dataclasses.fields(FusionParams)} == {
+        "device", "threads", "alpha", "save_maps"}
+
+
+def test_schema_defaults_never_reach_snakemakes_config() -> None:
+    """x-default, not JSON Schema's default: the Snakefile's validate(config, schema) sets
+    defaults, and would give train.initial / train.boundary the train_net defaults."""
+    import copy
+
+    from snakemake.utils import validate
+
+    from bafusion.schema import load_schema, schema_path
+
+    assert _walk_schema(load_schema()) == []
+    config = yaml.safe_load((REPO / "params.yaml").read_text())
+    before = copy.deepcopy(config)
+    validate(config, schema_path())  # what the Snakefile runs (set_default=True)
+    assert config == before
+
+
+def test_read_params_precedence_and_sources(tmp_path: Path) -> None:
+    from bafusion.config import read_params, section
+    from bafusion.errors import InputFileError, UserError
+    from bafusion.schema import ParamsError
+
+    f = tmp_path / "p.yaml"
+    f.write_text("depth: 8\nfuse: {l: 3, tile: 64}\ntrain: {epochs: 4, initial: {lr: 0.5}}\n")
+    p = read_params(f, [("--params-json", '{"train": {"epochs": 5}, "patch": 16}', None)], ["train.epochs=6", "seed=3"])
+    assert (p["depth"], p["patch"], p["seed"], p["train"]["epochs"], p["train"]["initial"]) == (8, 16, 3, 6, {"lr": 0.5})
+    # A section's JSON merges into that section only; the rest of the file is not read.
+    f2 = tmp_path / "other.yaml"
+    f2.write_text("bogus: 1\nfuse: {l: 3}\n")
+    p = read_params(f2, [("--params-json", '{"l": 5}', "fuse")], sections=("fuse",))
+    assert p == {"fuse": {"l": 5}}
+    assert section(p, "fuse")["l"] == 5 and section(p, "fuse")["tile"] == section({}, "fuse")["tile"]
+    with pytest.raises(ParamsError, match=r"other\.yaml: unknown key bogus "):
+        read_params(f2)
+    with pytest.raises(ParamsError, match=r"p\.yaml \+ --params-json \+ --set: fuse\.tile: 30 is not a positive multiple of 4$"):
+        read_params(f, [("--params-json", "{}", None)], ["fuse.tile=30"])
+    with pytest.raises(ParamsError, match=r"^--fuse-json: fuse\.l: -1 is not an integer >= 0$"):
+        read_params(None, [("--fuse-json", '{"l": -1}', "fuse")], sections=("fuse",))
+    with pytest.raises(UserError, match=r"^--params-json: not valid JSON"):
+        read_params(None, [("--params-json", "{l: 1}", None)])
+    with pytest.raises(UserError, match=r"^--params-json: expected a JSON object$"):
+        read_params(None, [("--params-json", "[1]", None)])
+    with pytest.raises(UserError, match=r"--set expects key=value"):
+        read_params(None, (), ["epochs"])
+    with pytest.raises(InputFileError, match=r"missing\.yaml: params file not found"):
+        read_params(tmp_path / "missing.yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    assert read_params(tmp_path / "empty.yaml") == {}
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(InputFileError, match="mapping"):
+        read_params(tmp_path / "list.yaml")
+
+
+def test_fuse_flags_over_json_over_file_over_defaults(tmp_path: Path) -> None:
+    import argparse
+
+    import torch
+
+    from bafusion.cli.fusion import _add_param_args, params_from_args
+    from bafusion.fusion.params import FusionParams
+    from bafusion.schema import ParamsError
+
+    ap = argparse.ArgumentParser()
+    _add_param_args(ap)
+    f = tmp_path / "p.yaml"
+    f.write_text("fuse: {l: 3, tile: 64, alpha: 4, device: cpu, threads: 1}\ntrain: {bogus: 1}\n")
+    threads = torch.get_num_threads()
+    try:
+        p, other = params_from_args(ap.parse_args(["--params-file", str(f)]))
+        assert (p.l, p.tile, p.low, other) == (3, 64, FusionParams().low, {"device": "cpu", "alpha": 4.0})
+        p, _ = params_from_args(ap.parse_args(["--params-file", str(f), "--params-json", '{"l": 5, "low": 0.1}']))
+        assert (p.l, p.tile, p.low) == (5, 64, 0.1)
+        p, other = params_from_args(ap.parse_args(["--params-file", str(f), "--params-json", '{"l": 5}', "--l", "7",
+                                                   "--alpha", "2"]))
+        assert (p.l, other["alpha"]) == (7, 2.0)
+        with pytest.raises(ParamsError, match=r"^command line: fuse\.tile: 30 is not a positive multiple of 4$"):
+            params_from_args(ap.parse_args(["--params-file", str(f), "--tile", "30"]))
+        with pytest.raises(ParamsError, match=r"p\.yaml \+ --params-json: fuse\.l: -1 is not an integer >= 0"):
+            params_from_args(ap.parse_args(["--params-file", str(f), "--params-json", '{"l": -1}']))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_typed_objects_check_with_the_schemas_words() -> None:
+    from bafusion.errors import UserError
+    from bafusion.evaluation.evaluate import EvalConfig
+    from bafusion.fusion.params import FusionParams
+    from bafusion.nets.train import TrainConfig
+    from bafusion.schema import ParamsError, problems
+
+    def evaluation(**kw: object) -> EvalConfig:
+        return EvalConfig(datasets=(), **kw)  # type: ignore[arg-type]
+
+    for make, kwargs, values in ((FusionParams, {"tile": 30}, {"fuse": {"tile": 30}}),
+                                 (FusionParams, {"scales": (0.5,)}, {"fuse": {"scales": [0.5]}}),
+                                 (TrainConfig, {"epochs": 0}, {"train": {"epochs": 0}}),
+                                 (TrainConfig, {"depth": 21}, {"depth": 21}),
+                                 (evaluation, {"alpha": 0}, {"evaluate": {"alpha": 0}}),
+                                 (evaluation, {"metrics": ("QZ",)}, {"evaluate": {"metrics": ["QZ"]}})):
+        with pytest.raises(ParamsError) as e:
+            make(**kwargs)
+        src = "EvalConfig" if make is evaluation else make.__name__
+        assert str(e.value) == f"{src}: {problems(values)[0]}"
+    # The one check across keys lives beside the object.
+    with pytest.raises(UserError, match=r"fuse\.low, fuse\.high: need low < high"):
+        FusionParams(low=0.6, high=0.4)
+
+
+def test_allowed_values_are_the_schemas() -> None:
+    from bafusion.evaluation import evaluate as ev
+    from bafusion.evaluation.metrics import METRICS
+    from bafusion.fusion.params import BOUNDARY_MODES, STACK_RULES
+    from bafusion.schema import load_schema
+
+    props = load_schema()["properties"]
+    assert list(METRICS) == props["evaluate"]["properties"]["metrics"]["items"]["enum"]
+    assert set(props["evaluate"]["properties"]["methods"]["items"]["enum"]) == {ev.OURS, ev.OURS_INITIAL,
+                                                                               *ev.NATIVE_METHODS}
+    assert BOUNDARY_MODES == tuple(props["fuse"]["properties"]["boundary_mode"]["enum"])
+    assert "joint" in STACK_RULES

@@ -166,11 +166,11 @@ def test_cli_error_is_one_line_and_leaves_no_output(tmp_path: Path, capsys: pyte
 def test_config_errors_name_the_setting(tmp_path: Path) -> None:
     from bafusion.errors import UserError
 
-    with pytest.raises(UserError, match="unknown metric 'QZ'"):
+    with pytest.raises(UserError, match=r"evaluate\.metrics\[1\]: 'QZ' is not one of QMI"):
         ev.parse_config({"metrics": ["QMI", "QZ"]})
-    with pytest.raises(UserError, match="unknown method"):
+    with pytest.raises(UserError, match=r"evaluate\.methods\[1\]: 'Magic' is not one of Ours-initial"):
         ev.parse_config({"methods": ["Ours", "Magic"]})
-    with pytest.raises(UserError, match="unknown setting"):
+    with pytest.raises(UserError, match=r"unknown key evaluate\.dataset "):
         ev.parse_config({"dataset": []})
     with pytest.raises(UserError, match="crop"):
         ev.parse_config({"datasets": [{"name": "x", "sources": "y", "crop": [1, 2]}]})

@@ -305,7 +305,7 @@ def test_params_validation() -> None:
         FusionParams(boundary_step=3)
     with pytest.raises(UserError, match="boundary_mode"):
         FusionParams(boundary_mode="fast")
-    with pytest.raises(UserError, match="unknown fusion parameter"):
+    with pytest.raises(UserError, match=r"unknown key fuse\.bogus "):
         FusionParams.from_mapping({"l": 3, "bogus": 1})
 
 

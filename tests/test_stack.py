@@ -201,7 +201,7 @@ def test_joint_rule_refuses_bad_stacks(tiny_nets) -> None:
         fuse_stack_joint([a], nets)
     with pytest.raises(InputFileError, match="c.png: size 21x20"):
         fuse_stack_joint([a, a, np.zeros((20, 21), np.uint8)], nets, names=["a.png", "b.png", "c.png"])
-    with pytest.raises(UserError, match="stack_rule must be one of chain, joint"):
+    with pytest.raises(UserError, match=r"fuse\.stack_rule: 'tree' is not one of chain \| joint"):
         FusionParams(stack_rule="tree")
 
 

@@ -1,11 +1,24 @@
-"""params.yaml: loading, presets (the paper's configuration) and the sample-count arithmetic."""
+"""params.yaml: the one reader of the parameters, presets (the paper's configuration) and the
+sample-count arithmetic.
+
+Every command reads its parameters with :func:`read_params`: a params file (YAML mapping),
+then JSON objects (``--params-json``, ``--fuse-json``: the whole document or one section),
+then ``--set KEY=VALUE`` overrides, each later one winning, checked against the schema
+(:mod:`bafusion.schema`: the one place that knows keys, types, ranges and defaults). The
+typed objects are built from the result: :meth:`bafusion.fusion.FusionParams.from_params`,
+:meth:`bafusion.nets.train.TrainConfig.from_params`,
+:meth:`bafusion.evaluation.evaluate.EvalConfig.from_params`; :func:`section` gives a section
+with the schema's defaults filled in (the settings that are not fields of those objects:
+``fuse.device``, ``fuse.alpha``, ...). Command-line flags override on top of that, in the
+commands (flags > JSON > file > defaults).
+"""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -13,11 +26,26 @@ from typing import Any
 import yaml
 
 from bafusion.errors import InputFileError, UserError
-from bafusion.schema import validate_params
+from bafusion.schema import defaults, validate_params
 from bafusion.tracking import flatten
 
-__all__ = ["load_params", "validate_params", "deep_merge", "load_preset", "preset_names", "dvc_set_args",
-           "apply_overrides_to_file"]
+__all__ = ["apply_overrides_to_file", "deep_merge", "dvc_set_args", "load_params", "load_preset", "parse_json_object",
+           "preset_names", "read_params", "section", "validate_params"]
+
+
+def _read_mapping(path: str | os.PathLike[str], empty_ok: bool) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(p, "params file not found" if not p.exists() else "params file is not a file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise InputFileError(p, f"invalid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    if data is None and empty_ok:
+        return {}
+    if not isinstance(data, dict):
+        raise InputFileError(p, "params file must hold a mapping at the top level")
+    return data
 
 
 def load_params(path: str | os.PathLike[str] = "params.yaml", validate: bool = True) -> dict[str, Any]:
@@ -27,25 +55,122 @@ def load_params(path: str | os.PathLike[str] = "params.yaml", validate: bool = T
     Raises
     ------
     InputFileError
-        The file is missing, not YAML or not a mapping.
+        The file is missing, not YAML or not a mapping (an empty file too).
     bafusion.schema.ParamsError
         A key is unknown or a value breaks its rule; the message names the file and the key.
     """
-    p = Path(path)
-    if not p.exists():
-        raise InputFileError(p, "params file not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise InputFileError(p, f"invalid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise InputFileError(p, "params file must hold a mapping at the top level")
+    data = _read_mapping(path, empty_ok=False)
     if validate:
-        validate_params(data, str(p))
+        validate_params(data, str(path))
     return data
 
 
+def parse_json_object(text: str, label: str) -> dict[str, Any]:
+    """A JSON object given on the command line (``label``: the option, for the message).
+
+    Raises
+    ------
+    UserError
+        Not JSON, or not an object: ``--params-json: not valid JSON: ...``.
+    """
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise UserError(f"{label}: not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise UserError(f"{label}: expected a JSON object")
+    return value
+
+
+def _set(params: dict[str, Any], item: str) -> None:
+    """Apply one ``--set key.sub=value`` (the value parsed as YAML) to ``params`` in place."""
+    key, eq, raw = item.partition("=")
+    if not eq or not key:
+        raise UserError(f"--set expects key=value, got {item!r}")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise UserError(f"--set {key}: the value is not YAML: {str(e).splitlines()[0]}") from e
+    node = params
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def read_params(path: str | os.PathLike[str] | None = None,
+                json_layers: Sequence[tuple[str, str | None, str | None]] = (),
+                overrides: Sequence[str] = (), sections: Sequence[str] | None = None) -> dict[str, Any]:
+    """The parameters of a command: a file, then JSON objects, then ``--set`` overrides; checked.
+
+    Parameters
+    ----------
+    path
+        A params file (YAML mapping; an empty file is an empty mapping); None: none.
+    json_layers
+        ``(label, text, section)`` per JSON option, in order of precedence (later wins):
+        the object is deep-merged into ``section`` (None: into the whole document); an
+        empty or None ``text`` is skipped. ``("--params-json", args.params_json, "fuse")``.
+    overrides
+        ``key.sub=value`` items (values parsed as YAML), applied last.
+    sections
+        Check (and keep) only these top-level sections (``("fuse",)``: ``bafusion fuse`` reads
+        its section of a params file and ignores the rest, as before); None: check everything.
+        A section that is absent or empty (``fuse:``) becomes ``{}``.
+
+    Returns
+    -------
+    dict
+        The merged parameters (no defaults filled in: see :func:`section` and the typed
+        objects' ``from_params``).
+
+    Raises
+    ------
+    InputFileError
+        The file is missing, not YAML or not a mapping.
+    UserError
+        A JSON option is not a JSON object, or an override is malformed.
+    bafusion.schema.ParamsError
+        A key is unknown or a value breaks its rule; the message starts with what was given
+        (``params.yaml + --params-json: fuse.tile: 30 is not a positive multiple of 4``).
+    """
+    params: dict[str, Any] = _read_mapping(path, empty_ok=True) if path else {}
+    given = [str(path)] if path else []
+    if sections is not None:
+        params = {s: {} if params.get(s) is None else params[s] for s in sections}
+    for label, text, sec in json_layers:
+        if not text:
+            continue
+        obj = parse_json_object(text, label)
+        params = deep_merge(params, obj if sec is None else {sec: obj})
+        given.append(label)
+    for item in overrides:
+        _set(params, item)
+    if overrides:
+        given.append("--set")
+    return validate_params(params, " + ".join(given) or "parameters")
+
+
+def section(params: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """One top-level section of ``params`` over the schema's defaults of its keys
+    (:func:`bafusion.schema.defaults`); ``""``: the top-level scalars (seed, patch, depth).
+
+    Examples
+    --------
+    >>> section({"fuse": {"alpha": 5}}, "fuse")["alpha"], section({}, "fuse")["device"]
+    (5, 'auto')
+    """
+    if not name:
+        given = {k: v for k, v in params.items() if not isinstance(v, Mapping)}
+    else:
+        given = dict(params.get(name) or {})
+    return {**defaults(name), **copy.deepcopy(given)}
+
+
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``: mappings merge key by key, any other value (a list too) replaces."""
     out = copy.deepcopy(dict(base))
     for k, v in override.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):

@@ -9,11 +9,21 @@ reads parameters applies it through :func:`validate_params` (also exported by
 Two extensions of JSON Schema, ignored by other validators (Snakemake's ``validate()``):
 
 - ``x-rule``: the phrase an error message uses for a key (``"a positive multiple of 4"``);
-- ``x-resnet-depth: true``: the value is a CIFAR ResNet depth ``6n + 2`` with ``n >= 1``.
+- ``x-resnet-depth: true``: the value is a CIFAR ResNet depth ``6n + 2`` with ``n >= 1``;
+- ``x-default``: the value used when the key is absent (:func:`default`, :func:`defaults`).
+  The typed objects built from the parameters (:class:`bafusion.fusion.FusionParams`,
+  :class:`bafusion.nets.train.TrainConfig`, :class:`bafusion.evaluation.evaluate.EvalConfig`)
+  take their field defaults from here and check their values with :func:`validate_params`,
+  so the schema is the one place that knows defaults, types and ranges. (Not JSON Schema's
+  ``default``: Snakemake's ``validate`` would write it into the config, and into the per-net
+  ``train.initial`` / ``train.boundary``, which share ``train``'s rules but inherit its values.)
+
+Python tuples count as JSON arrays here, so a typed object's tuple fields validate as they are.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from collections.abc import Iterator, Mapping
@@ -62,7 +72,9 @@ def _resnet_depth(validator: Any, enabled: Any, instance: Any, schema: Mapping[s
 def _validator() -> Any:
     from jsonschema import Draft202012Validator, validators
 
-    cls = validators.extend(Draft202012Validator, {"x-resnet-depth": _resnet_depth})
+    # Tuples are arrays too (the typed objects hold their lists as tuples).
+    checker = Draft202012Validator.TYPE_CHECKER.redefine("array", lambda _c, v: isinstance(v, (list, tuple)))
+    cls = validators.extend(Draft202012Validator, {"x-resnet-depth": _resnet_depth}, type_checker=checker)
     return cls(load_schema())  # the schema itself is checked against the metaschema by the tests
 
 
@@ -123,6 +135,8 @@ def _problem(err: Any) -> str:
             rule = f"a multiple of {err.validator_value}"
         elif v in ("minItems", "maxItems"):
             rule = f"a list of {'at least' if v == 'minItems' else 'at most'} {err.validator_value} items"
+        elif v == "uniqueItems":
+            rule = "a list without repeated items"
         elif v == "pattern":
             rule = f"a string matching {err.validator_value}"
         else:
@@ -133,7 +147,7 @@ def _problem(err: Any) -> str:
 def problems(params: Any) -> list[str]:
     """Every violation of the schema in ``params``, one line each (empty: valid)."""
     errs = sorted(_validator().iter_errors(params), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
-    return [_problem(e) for e in errs]
+    return list(dict.fromkeys(_problem(e) for e in errs))  # two rules with one x-rule: one line
 
 
 def validate_params(params: Any, source: str = "params.yaml") -> Any:
@@ -166,3 +180,71 @@ def validate_section(section: str, values: Any, source: str) -> Any:
     """:func:`validate_params` of one top-level section (``fuse``, ``evaluate``) given alone."""
     validate_params({section: values}, source)
     return values
+
+
+def _resolved(node: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``node`` with its ``$ref`` (to ``#/$defs/...``) merged in, properties included; a list of
+    mappings (``evaluate.datasets``) stands for its items."""
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        target = _resolved(load_schema()["$defs"][ref.split("/")[-1]])
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"},
+                "properties": {**target.get("properties", {}), **node.get("properties", {})}}
+    items = node.get("items")
+    if "properties" not in node and isinstance(items, Mapping):
+        node = _resolved(items)
+    return node
+
+
+def _node(key: str) -> Mapping[str, Any]:
+    """The schema entry of a dotted key (``"fuse.l"``, ``"train.epochs"``, ``"patch"``,
+    ``"evaluate.datasets.pattern"``), its ``$ref`` resolved."""
+    node: Mapping[str, Any] = load_schema()
+    for part in key.split("."):
+        props = _resolved(node).get("properties", {})
+        if part not in props:
+            raise KeyError(f"no parameter {key!r} in the schema")
+        node = props[part]
+    return {**node, **{k: v for k, v in _resolved(node).items() if k not in node}} if "$ref" in node else node
+
+
+def default(key: str) -> Any:
+    """The default of one parameter: its ``x-default`` in the schema (a fresh copy).
+
+    Parameters
+    ----------
+    key
+        Dotted name: ``"fuse.l"``, ``"train.epochs"`` (the ``train`` keys are those of
+        ``$defs/train_net``), ``"patch"``.
+
+    Raises
+    ------
+    KeyError
+        The key is not in the schema, or has no ``x-default``.
+    """
+    node = _node(key)
+    if "x-default" not in node:
+        raise KeyError(f"parameter {key!r} has no x-default in the schema")
+    return copy.deepcopy(node["x-default"])
+
+
+def defaults(section: str) -> dict[str, Any]:
+    """Every key of a top-level section (``"fuse"``, ``"train"``, ``"evaluate"``) that has a
+    default, with that default; ``""``: the top-level scalars (``seed``, ``patch``, ``depth``)."""
+    node = load_schema() if not section else _resolved(_node(section))
+    props = node.get("properties", {})
+    return {k: copy.deepcopy(v["x-default"]) for k, v in props.items() if "x-default" in v}
+
+
+def allowed(key: str) -> tuple[Any, ...]:
+    """The allowed values (``enum``) of one parameter, e.g. ``allowed("fuse.boundary_mode")``.
+
+    Raises
+    ------
+    KeyError
+        The key is not in the schema, or is not a choice among listed values.
+    """
+    node = _node(key)
+    if "enum" not in node:
+        raise KeyError(f"parameter {key!r} has no list of allowed values in the schema")
+    return tuple(node["enum"])

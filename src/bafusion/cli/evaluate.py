@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bafusion.errors import InputFileError, UserError
+from bafusion.errors import UserError
 from bafusion.evaluation.evaluate import (
     DEFAULT_METHODS,
     DEFAULT_METRICS,
@@ -24,45 +23,19 @@ from bafusion.evaluation.evaluate import (
 # --------------------------------------------------------------------------------------
 
 
-def _load_json_arg(text: str | None, what: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        v = json.loads(text)
-    except ValueError as e:
-        raise UserError(f"{what}: not valid JSON: {e}") from e
-    if not isinstance(v, dict):
-        raise UserError(f"{what}: expected a JSON object")
-    return v
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from bafusion.config import read_params, section
     from bafusion.tracking import repo_root
 
-    doc: dict[str, Any] = {}
-    if args.params_file:
-        import yaml
-
-        pf = Path(args.params_file)
-        if not pf.is_file():
-            raise InputFileError(pf, "parameter file not found")
-        try:
-            doc = yaml.safe_load(pf.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise InputFileError(pf, f"unreadable YAML: {e}") from e
-    section = dict(doc.get("evaluate") or {})
-    section.update(_load_json_arg(args.params_json, "--params-json"))
-    fuse_section = dict(doc.get("fuse") or {})
-    fuse_section.update(_load_json_arg(args.fuse_json, "--fuse-json"))
-    from bafusion.schema import validate_params
-
-    validate_params({"evaluate": section, "fuse": fuse_section}, " + ".join(
-        x for x in (args.params_file and str(args.params_file), args.params_json and "--params-json",
-                    args.fuse_json and "--fuse-json") if x) or "parameters")
+    # --params-file's evaluate and fuse sections, under --params-json and --fuse-json; checked.
+    params = read_params(args.params_file, [("--params-json", args.params_json, "evaluate"),
+                                            ("--fuse-json", args.fuse_json, "fuse")], sections=("evaluate", "fuse"))
+    section_ = dict(params["evaluate"])
+    flagged = bool(args.methods or args.metrics or args.dataset)
     if args.methods:
-        section["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+        section_["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.metrics:
-        section["metrics"] = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        section_["metrics"] = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if args.dataset:
         name, _, rest = args.dataset.partition("=")
         src, _, ref = rest.partition(",")
@@ -73,11 +46,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             one["reference"] = ref
         if args.pattern:
             one["pattern"] = args.pattern
-        section["datasets"] = [one]
+        section_["datasets"] = [one]
     root = Path(args.root) if args.root else repo_root()
-    cfg = parse_config(section, root)
-    threads = args.threads or section.get("threads")
-    nets = params = None
+    cfg = parse_config(section_, root, source="command line" if flagged else "parameters")
+    threads = args.threads or section(params, "evaluate")["threads"]
+    nets = fusion = None
     if OURS in cfg.methods or OURS_INITIAL in cfg.methods:
         import torch
 
@@ -86,18 +59,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         if threads:
             torch.set_num_threads(int(threads))
-        params = FusionParams.from_mapping(fuse_section, source="fuse parameters")
-        device = args.device or section.get("device") or fuse_section.get("device", "auto")
+        fusion = FusionParams.from_params(params, source="fuse parameters")
+        device = args.device or section_.get("device") or section(params, "fuse")["device"]
         if args.initial or args.boundary:
             if not (args.initial and args.boundary):
                 raise UserError("--initial and --boundary go together")
             nets = load_nets(args.initial, args.boundary, device)
         else:
             nets = load_nets_from_dir(args.models, device)
-    run_params = {"evaluate": _config_dict(cfg), "fuse": asdict(params) if params is not None else {}}
+    run_params = {"evaluate": _config_dict(cfg), "fuse": asdict(fusion) if fusion is not None else {}}
     if nets is not None:
         run_params["models"] = list(nets.sources)
-    run_evaluation(cfg, args.out, nets, params, run_params, args.report, args.plots)
+    run_evaluation(cfg, args.out, nets, fusion, run_params, args.report, args.plots)
     print(f"evaluation written to {args.out}")
     return 0
 

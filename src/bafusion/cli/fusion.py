@@ -4,22 +4,23 @@ by :mod:`bafusion.fusion`."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from bafusion.errors import InputFileError, UserError
+from bafusion.errors import UserError
 from bafusion.fusion.batch import EXIT_SKIPPED, fuse_dir
 from bafusion.fusion.models import load_nets, load_nets_from_dir, resolve_device
 from bafusion.fusion.params import (
     BOUNDARY_MODES,
     SCALE_RULES,
     STACK_RULES,
+    WORKING_REFINES,
     FusionParams,
 )
+from bafusion.schema import allowed, default
 from bafusion.fusion.rule import fuse_stack
 from bafusion.fusion.testset import fuse_set
 
@@ -42,7 +43,7 @@ def _add_param_args(p: argparse.ArgumentParser) -> None:
                    help="skip the boundary net (ablation)")
     g.add_argument("--exact", action="store_const", const=True, default=None,
                    help="reference mode: one forward pass per pixel patch (slow)")
-    g.add_argument("--initial-mode", choices=("dense", "grid"), default=None,
+    g.add_argument("--initial-mode", choices=allowed("fuse.initial_mode"), default=None,
                    help=f"initial net: one dense trunk pass, or exact patches on a grid (default {d.initial_mode})")
     g.add_argument("--initial-step", type=int, default=None, help=f"dense grid step of the initial net (default {d.initial_step})")
     g.add_argument("--initial-grid-step", type=int, default=None,
@@ -53,7 +54,7 @@ def _add_param_args(p: argparse.ArgumentParser) -> None:
                    help=f"finest grid step of the adaptive boundary mode (default {d.boundary_fine_step})")
     g.add_argument("--boundary-mode", choices=BOUNDARY_MODES, default=None,
                    help=f"how the boundary net scores near-boundary pixels (default {d.boundary_mode})")
-    g.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+    g.add_argument("--precision", choices=allowed("fuse.precision"), default=None,
                    help=f"fp32, or bf16 autocast (faster on AMX CPUs and GPUs) (default {d.precision})")
     g.add_argument("--tile", type=int, default=None, help=f"boundary-net tile side (default {d.tile})")
     g.add_argument("--dense-margin", type=int, default=None,
@@ -75,47 +76,30 @@ def _add_param_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--working-band", type=int, default=None,
                    help="half-width (full-resolution px) of the boundary band refined at full size "
                         f"(default {d.working_band})")
-    g.add_argument("--working-refine", choices=("guided", "boundary", "none"), default=None,
+    g.add_argument("--working-refine", choices=WORKING_REFINES, default=None,
                    help=f"how that band is refined (default {d.working_refine})")
     g.add_argument("--params-file", default=None, help="YAML file whose 'fuse' section sets the defaults (params.yaml)")
     g.add_argument("--params-json", default=None,
                    help="JSON object of fusion parameters (the 'fuse' section; overrides --params-file)")
-    p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    p.add_argument("--device", default=None, help=f"{default('fuse.device')} (default), cpu or cuda")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's, lowered to the cores the load average leaves "
                         "free, at least 1)")
-    p.add_argument("--alpha", type=float, default=None, help="difference-map gain alpha*|B-F| (default 10)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help=f"difference-map gain alpha*|B-F| (default {default('fuse.alpha'):g})")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
                    help="no progress bar (default: a bar on stderr for camera-size pairs when it is a terminal)")
 
 
 def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
-    """FusionParams from --params-file's 'fuse' section overridden by explicit flags; also
-    returns the other settings (device, alpha)."""
-    base: dict = {}
-    if getattr(args, "params_file", None):
-        import yaml
+    """FusionParams from --params-file's 'fuse' section, overridden by --params-json, then by
+    explicit flags (absent keys: the schema's defaults); also returns the other settings
+    (device, alpha). Sets torch's threads (--threads, else fuse.threads, else the free cores)."""
+    from bafusion.config import read_params, section
 
-        pf = Path(args.params_file)
-        if not pf.is_file():
-            raise InputFileError(pf, "parameter file not found")
-        try:
-            doc = yaml.safe_load(pf.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise InputFileError(pf, f"unreadable YAML: {e}") from e
-        base = dict(doc.get("fuse", {}) or {})
-    if getattr(args, "params_json", None):
-        try:
-            extra = json.loads(args.params_json)
-        except ValueError as e:
-            raise UserError(f"--params-json: not valid JSON: {e}") from e
-        if not isinstance(extra, dict):
-            raise UserError("--params-json: expected a JSON object")
-        base.update(extra)
-    from bafusion.schema import validate_section
-
-    validate_section("fuse", base, " + ".join(
-        x for x in (args.params_file and str(args.params_file), args.params_json and "--params-json") if x) or "parameters")
+    params = read_params(getattr(args, "params_file", None),
+                         [("--params-json", getattr(args, "params_json", None), "fuse")], sections=("fuse",))
+    base = section(params, "fuse")
     flags = {
         "l": args.l, "low": args.low, "high": args.high, "threshold": args.threshold,
         "min_region": args.min_region, "refine": args.refine, "exact": args.exact,
@@ -133,22 +117,20 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
             flags["scales"] = tuple(float(v) for v in str(args.scales).split(",") if v.strip())
         except ValueError as e:
             raise UserError(f"--scales: expected comma-separated numbers such as 1,0.5, got {args.scales!r}") from e
-    if isinstance(base.get("scales"), list):
-        base["scales"] = tuple(base["scales"])
     merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
     other = {
-        "device": args.device or base.get("device", "auto"),
-        "alpha": args.alpha if args.alpha is not None else float(base.get("alpha", 10.0)),
+        "device": args.device or base["device"],
+        "alpha": args.alpha if args.alpha is not None else float(base["alpha"]),
     }
-    params = FusionParams.from_mapping(merged, source=str(args.params_file or "command line"))
-    threads = args.threads or base.get("threads")
+    fusion = FusionParams.from_mapping(merged, source="command line")  # file and JSON are checked: the flags
+    threads = args.threads or base["threads"]
     if not threads:
         from bafusion.threads import auto_threads
 
         # No more threads than the free cores: two threads collapse when a core is busy.
         threads = min(torch.get_num_threads(), auto_threads())
     torch.set_num_threads(int(threads))
-    return params, other
+    return fusion, other
 
 
 def _cmd_fuse(args: argparse.Namespace) -> int:

@@ -9,14 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bafusion.config import read_params
 from bafusion.nets.train import (
     NETS,
     Paths,
     TrainConfig,
     default_paths,
     dist_from_env,
-    load_params,
-    resolve_config,
     resolve_nproc,
     train,
 )
@@ -50,8 +49,8 @@ def register(subparsers: Any) -> None:
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
-    params = load_params(args.params, args.params_json, args.overrides)
-    cfg = resolve_config(params, args.net)
+    params = read_params(args.params, [("--params-json", args.params_json, None)], args.overrides)
+    cfg = TrainConfig.from_params(params, args.net)
     if args.device is not None:
         cfg.device = args.device
     if args.threads is not None:

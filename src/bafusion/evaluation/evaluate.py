@@ -87,6 +87,7 @@ import numpy as np
 
 from bafusion.atomic import atomic_dir, atomic_file, write_text
 from bafusion.errors import InputFileError, UserError
+from bafusion.schema import default, defaults, validate_section
 
 __all__ = [
     "OURS",
@@ -123,8 +124,9 @@ NATIVE_METHODS: tuple[str, ...] = ("GFF-native", "Laplacian")
 """Baselines computed on the fly (``bafusion.evaluation.baselines``)."""
 REFERENCE_METHODS: tuple[str, ...] = ("NSCT", "SR", "NSCT-SR", "GFF", "DSIFT", "CNN")
 """The paper's six baselines, read from a dataset's reference root."""
-DEFAULT_METHODS: tuple[str, ...] = (OURS_INITIAL, OURS, *NATIVE_METHODS)
-DEFAULT_METRICS: tuple[str, ...] = ("QMI", "QG", "QY", "QCB")
+DEFAULT_METHODS: tuple[str, ...] = tuple(default("evaluate.methods"))
+"""The schema's default ``evaluate.methods`` (Ours-initial, Ours and the native baselines)."""
+DEFAULT_METRICS: tuple[str, ...] = tuple(default("evaluate.metrics"))
 TRUTH_METRICS: tuple[str, ...] = ("PSNR", "SSIM", "DM_acc")
 """Values against the all-in-focus truth / the true decision map (where the dataset has them)."""
 LOWER_IS_BETTER: frozenset[str] = frozenset({"QCV"})
@@ -159,16 +161,16 @@ class Dataset:
     sources: Path
     reference: Path | None = None
     reference_methods: tuple[str, ...] = REFERENCE_METHODS
-    pattern: str = "*"
-    pairs: tuple[str, ...] = ()
-    figure_pair: str = ""
+    pattern: str = default("evaluate.datasets.pattern")
+    pairs: tuple[str, ...] = tuple(default("evaluate.datasets.pairs"))
+    figure_pair: str = default("evaluate.datasets.figure_pair")
     crop: tuple[int, int, int] | None = None  # top, left, side (pixels); None: chosen automatically
     #: CSV ``pair,method,<metric>...`` of peers known only by their metric values.
     reference_metrics: Path | None = None
     #: (pair-name prefix, JPEG quality): our output is measured after re-encoding at that quality.
     jpeg_quality: tuple[tuple[str, int], ...] = ()
     #: Pair-name prefixes of sub-sets with their own tables (means, wins, our ranks).
-    sets: tuple[str, ...] = ()
+    sets: tuple[str, ...] = tuple(default("evaluate.datasets.sets"))
 
     def quality_for(self, pair: str) -> int | None:
         """The JPEG quality at which this pair's computed outputs are measured (the longest
@@ -186,21 +188,26 @@ class Dataset:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """The ``evaluate`` section of ``params.yaml``."""
+    """The ``evaluate`` section of ``params.yaml``: defaults, types and allowed values are the
+    parameter schema's, checked at construction; build one with :meth:`from_params` or
+    :func:`parse_config`, which also check what involves several keys or files."""
 
     datasets: tuple[Dataset, ...]
     methods: tuple[str, ...] = DEFAULT_METHODS
     metrics: tuple[str, ...] = DEFAULT_METRICS
-    alpha: float = 10.0
-    save_fused: bool = True
-    figures: bool = True
+    alpha: float = default("evaluate.alpha")
+    save_fused: bool = default("evaluate.save_fused")
+    figures: bool = default("evaluate.figures")
 
+    def __post_init__(self) -> None:
+        validate_section("evaluate", {k: getattr(self, k) for k in ("methods", "metrics", "alpha", "save_fused", "figures")},
+                         "EvalConfig")
 
-_CONFIG_KEYS = {"datasets", "methods", "metrics", "alpha", "save_fused", "figures", "threads", "device"}
-_DATASET_KEYS = {
-    "name", "sources", "reference", "reference_methods", "reference_metrics", "jpeg_quality", "sets",
-    "pattern", "pairs", "figure_pair", "crop",
-}
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], root: Path = Path("."), source: str = "parameters") -> EvalConfig:
+        """The :class:`EvalConfig` of a whole parameter mapping (its ``evaluate`` section):
+        :func:`parse_config`."""
+        return parse_config(params.get("evaluate"), root, source)
 
 
 def _resolve(path: str | os.PathLike[str], root: Path) -> Path:
@@ -208,40 +215,37 @@ def _resolve(path: str | os.PathLike[str], root: Path) -> Path:
     return p if p.is_absolute() else root / p
 
 
-def parse_config(section: Mapping[str, Any] | None, root: Path = Path(".")) -> EvalConfig:
+def parse_config(section: Mapping[str, Any] | None, root: Path = Path("."), source: str = "parameters") -> EvalConfig:
     """Validate the ``evaluate`` section (a mapping) into an :class:`EvalConfig`.
 
-    Relative dataset paths are taken relative to ``root`` (the repository root). Without
-    ``datasets`` the embedded test set ``data/testset`` is evaluated. Unknown keys, methods or
-    metrics are errors naming them."""
-    from bafusion.evaluation.metrics import METRICS
+    Keys, types and allowed values are checked against the parameter schema (metric names
+    are first stripped and upper-cased, and repeats dropped); absent keys (and an empty
+    ``datasets``, ``methods`` or ``metrics``) take the schema's defaults: without ``datasets``
+    the embedded test set ``data/testset`` is evaluated. Relative dataset paths are taken
+    relative to ``root`` (the repository root). Checked here, as the schema cannot say them:
+    dataset names are distinct; a dataset's reference methods are distinct, do not take the
+    name of a method computed here, and (without a ``reference`` folder) are in its
+    ``reference_metrics`` CSV.
 
+    Raises
+    ------
+    bafusion.schema.ParamsError, UserError
+        One line naming the setting (``source: evaluate.metrics[1]: 'QZ' is not one of ...``).
+    """
     sec = dict(section or {})
-    extra = set(sec) - _CONFIG_KEYS
-    if extra:
-        raise UserError(f"evaluate: unknown setting(s) {sorted(extra)}; known: {sorted(_CONFIG_KEYS)}")
-    raw_sets = sec.get("datasets") or [{"name": "testset", "sources": "data/testset"}]
-    if not isinstance(raw_sets, list):
-        raise UserError("evaluate.datasets must be a list of {name, sources[, reference, ...]}")
+    if isinstance(sec.get("metrics"), (list, tuple)):
+        sec["metrics"] = list(dict.fromkeys(str(m).strip().upper() for m in sec["metrics"]))
+    validate_section("evaluate", sec, source)
+    base, per_set = defaults("evaluate"), defaults("evaluate.datasets")
     datasets = []
     seen: set[str] = set()
-    for i, d in enumerate(raw_sets):
-        if not isinstance(d, Mapping) or "name" not in d or "sources" not in d:
-            raise UserError(f"evaluate.datasets[{i}]: needs at least 'name' and 'sources', got {d!r}")
-        extra = set(d) - _DATASET_KEYS
-        if extra:
-            raise UserError(f"evaluate.datasets[{i}]: unknown key(s) {sorted(extra)}; known: {sorted(_DATASET_KEYS)}")
+    for i, given in enumerate(sec.get("datasets") or base["datasets"]):
+        d = {**per_set, **given}
         name = str(d["name"])
-        if not name or "/" in name or name.startswith(".") or name in seen:
-            raise UserError(f"evaluate.datasets[{i}]: bad or repeated dataset name {name!r}")
+        if name in seen:
+            raise UserError(f"evaluate.datasets[{i}]: dataset name {name!r} is repeated")
         seen.add(name)
-        crop = d.get("crop")
-        if crop:
-            if not (isinstance(crop, (list, tuple)) and len(crop) == 3 and all(int(v) >= 0 for v in crop)):
-                raise UserError(f"evaluate.datasets[{i}].crop: expected [top, left, side], got {crop!r}")
-            crop = (int(crop[0]), int(crop[1]), int(crop[2]))
-            if crop[2] < 2:
-                raise UserError(f"evaluate.datasets[{i}].crop: side must be at least 2 pixels")
+        crop = tuple(int(v) for v in d["crop"]) if d.get("crop") else None
         ref = d.get("reference")
         ref_metrics = _resolve(d["reference_metrics"], root) if d.get("reference_metrics") else None
         peers = read_peer_metrics(ref_metrics) if ref_metrics is not None else None
@@ -270,67 +274,32 @@ def parse_config(section: Mapping[str, Any] | None, root: Path = Path(".")) -> E
                 sources=_resolve(d["sources"], root),
                 reference=_resolve(ref, root) if ref else None,
                 reference_methods=ref_methods,
-                pattern=str(d.get("pattern") or "*"),
-                pairs=tuple(str(p) for p in (d.get("pairs") or ())),
-                figure_pair=str(d.get("figure_pair") or ""),
-                crop=crop or None,
+                pattern=str(d["pattern"] or per_set["pattern"]),
+                pairs=tuple(str(p) for p in d["pairs"]),
+                figure_pair=str(d["figure_pair"]),
+                crop=crop,  # type: ignore[arg-type]
                 reference_metrics=ref_metrics,
-                jpeg_quality=_parse_quality(d.get("jpeg_quality"), i),
-                sets=_parse_sets(d.get("sets"), i),
+                jpeg_quality=_parse_quality(d.get("jpeg_quality")),
+                sets=tuple(d["sets"]),
             )
         )
-    methods = tuple(str(m) for m in (sec.get("methods") or DEFAULT_METHODS))
-    known = {OURS, OURS_INITIAL, *NATIVE_METHODS}
-    bad = [m for m in methods if m not in known]
-    if bad:
-        raise UserError(
-            f"evaluate.methods: unknown method(s) {bad}; known: {sorted(known)} "
-            "(folder baselines come from a dataset's 'reference' root)"
-        )
-    if len(set(methods)) != len(methods):
-        raise UserError(f"evaluate.methods: repeated method in {list(methods)}")
-    metrics = []
-    for m in sec.get("metrics") or DEFAULT_METRICS:
-        key = str(m).strip().upper()
-        if key not in METRICS:
-            raise UserError(f"evaluate.metrics: unknown metric {m!r}; known: {', '.join(METRICS)}")
-        if key not in metrics:
-            metrics.append(key)
-    alpha = float(sec.get("alpha", 10.0))
-    if not alpha > 0:
-        raise UserError(f"evaluate.alpha must be > 0, got {alpha}")
     return EvalConfig(
         datasets=tuple(datasets),
-        methods=methods,
-        metrics=tuple(metrics),
-        alpha=alpha,
-        save_fused=bool(sec.get("save_fused", True)),
-        figures=bool(sec.get("figures", True)),
+        methods=tuple(sec.get("methods") or base["methods"]),
+        metrics=tuple(sec.get("metrics") or base["metrics"]),
+        alpha=float(sec.get("alpha", base["alpha"])),
+        save_fused=bool(sec.get("save_fused", base["save_fused"])),
+        figures=bool(sec.get("figures", base["figures"])),
     )
 
 
-def _parse_quality(v: Any, i: int) -> tuple[tuple[str, int], ...]:
-    """``jpeg_quality``: one quality for every pair, or {pair-name prefix: quality}."""
-    if v is None or v == {} or v is False:
-        return ()
-    items = v.items() if isinstance(v, Mapping) else [("", v)]
-    out = []
-    for prefix, q in items:
-        if isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 100:
-            raise UserError(
-                f"evaluate.datasets[{i}].jpeg_quality: expected a quality 1..100 or "
-                f"{{pair-name prefix: quality}}, got {v!r}"
-            )
-        out.append((str(prefix), int(q)))
-    return tuple(sorted(out))
-
-
-def _parse_sets(v: Any, i: int) -> tuple[str, ...]:
+def _parse_quality(v: Any) -> tuple[tuple[str, int], ...]:
+    """``jpeg_quality`` (checked by the schema): one quality for every pair, or
+    {pair-name prefix: quality}, as sorted (prefix, quality) items."""
     if not v:
         return ()
-    if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) and x and x != "all" for x in v) or len(set(v)) != len(v):
-        raise UserError(f"evaluate.datasets[{i}].sets: expected a list of distinct pair-name prefixes (not 'all'), got {v!r}")
-    return tuple(v)
+    items = v.items() if isinstance(v, Mapping) else [("", v)]
+    return tuple(sorted((str(prefix), int(q)) for prefix, q in items))
 
 
 @dataclass(frozen=True)

@@ -73,12 +73,12 @@ from bafusion.nets.augment import (
 from bafusion.nets.model import (
     CifarResNet,
     ModelFileError,
-    ResNetSpec,
     build_model,
     load_model,
     save_model,
 )
 from bafusion.progress import bars_enabled
+from bafusion.schema import default, validate_params
 
 NETS = ("initial", "boundary")
 CHECKPOINT_FORMAT = 1
@@ -89,137 +89,105 @@ ABORT_ENV = "BAFUSION_TRAIN_ABORT_AT_STEP"  # test hook: simulate a kill after t
 class TrainConfig:
     """Everything that defines a training run (``seed``/``patch``/``depth`` are top-level
     parameters, the rest the ``train:`` section, optionally overridden per net by
-    ``train.initial:`` / ``train.boundary:``)."""
+    ``train.initial:`` / ``train.boundary:``).
 
-    seed: int = 0
-    patch: int = 32
-    depth: int = 20
-    # Defaults: the embedded quick run (paper values in params.yaml's comments).
-    epochs: int = 3
-    batch: int = 32
-    lr: float = 0.01
-    milestones: list[int] = field(default_factory=lambda: [2])
-    gamma: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    nesterov: bool = False
-    samples_per_epoch: int = 1536  # 0: all N*12 augmented samples every epoch
-    val_samples: int = 512  # 0: the whole validation split
-    val_batch: int = 256
-    device: str = "auto"
-    amp: str | bool = "auto"
-    channels_last: str | bool = "auto"
-    compile: bool = False
-    deterministic: bool = False
-    nproc: int | str = 1
-    threads: int = 0  # 0: torch's default
-    checkpoint_every: int = 0  # steps; 0: only at epoch ends
-    init: str = ""  # warm start: a model file (.pt with its .json) of the same depth, e.g. models/default/initial.pt
+    Defaults, types and ranges are the parameter schema's (``x-default``: the embedded quick
+    run; the paper's values are in params.yaml's comments); the values are checked against it
+    at construction (:func:`bafusion.schema.validate_params`), then normalised (ints, floats).
+    Build one from the parameters with :meth:`from_params`.
+    """
+
+    seed: int = default("seed")
+    patch: int = default("patch")
+    depth: int = default("depth")
+    epochs: int = default("train.epochs")
+    batch: int = default("train.batch")
+    lr: float = default("train.lr")
+    milestones: list[int] = field(default_factory=lambda: default("train.milestones"))
+    gamma: float = default("train.gamma")
+    momentum: float = default("train.momentum")
+    weight_decay: float = default("train.weight_decay")
+    nesterov: bool = default("train.nesterov")
+    samples_per_epoch: int = default("train.samples_per_epoch")  # 0: all N*12 augmented samples every epoch
+    val_samples: int = default("train.val_samples")  # 0: the whole validation split
+    val_batch: int = default("train.val_batch")
+    device: str = default("train.device")
+    amp: str | bool = default("train.amp")
+    channels_last: str | bool = default("train.channels_last")
+    compile: bool = default("train.compile")
+    deterministic: bool = default("train.deterministic")
+    nproc: int | str = default("train.nproc")
+    threads: int = default("train.threads")  # 0: torch's default
+    checkpoint_every: int = default("train.checkpoint_every")  # steps; 0: only at epoch ends
+    init: str = default("train.init")  # warm start: a model file (.pt with its .json) of the same depth
     # Weight of the context-consistency term; needs a patch set with surroundings
     # (patches.context > 0), see :func:`train_step`. 0 with such a set: both views, no term.
-    consistency: float = 0.0
+    consistency: float = default("train.consistency")
 
     # Keys that do not change the trained weights (on a given device) and so may differ
     # between a checkpoint and the run resuming from it.
     # (The number of processes enters the fingerprint as the actual world size.)
     RUNTIME_KEYS = ("device", "threads", "checkpoint_every", "compile", "val_batch", "nproc")
+    TOP_LEVEL = ("seed", "patch", "depth")
+
+    def __post_init__(self) -> None:
+        values = self.to_dict()
+        top = {k: values.pop(k) for k in self.TOP_LEVEL}
+        validate_params({**top, "train": values}, "TrainConfig")  # types and ranges: the schema's
+        # Normalised as they enter the run's fingerprint (an integer-valued 3.0 is 3).
+        self.seed, self.patch, self.depth, self.epochs, self.batch = (
+            int(self.seed), int(self.patch), int(self.depth), int(self.epochs), int(self.batch))
+        self.lr, self.gamma, self.momentum, self.weight_decay = (
+            float(self.lr), float(self.gamma), float(self.momentum), float(self.weight_decay))
+        self.milestones = [int(m) for m in self.milestones]
+        self.samples_per_epoch, self.val_samples, self.val_batch = (
+            int(self.samples_per_epoch), int(self.val_samples), int(self.val_batch))
+        self.threads, self.checkpoint_every = int(self.threads), int(self.checkpoint_every)
+        self.init = str(self.init)
+        self.consistency = float(self.consistency)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], net: str, source: str = "parameters") -> TrainConfig:
+        """The :class:`TrainConfig` of ``net`` from the parameters (params.yaml as a mapping).
+
+        ``seed``, ``patch``, ``depth``, then ``train``, then ``train.<net>`` (an empty per-net
+        ``init`` inherits ``train.init``); absent keys take the schema's defaults.
+
+        Raises
+        ------
+        UserError
+            ``net`` is not a net's name.
+        bafusion.schema.ParamsError
+            An unknown key or a value outside its rule (one line naming the key).
+        """
+        if net not in NETS:
+            raise UserError(f"--net must be one of {', '.join(NETS)}, got {net!r}")
+        mine = {k: params[k] for k in (*cls.TOP_LEVEL, "train") if k in params}
+        validate_params(mine, source)
+        values: dict[str, Any] = {k: mine[k] for k in cls.TOP_LEVEL if k in mine}
+        section = dict(mine.get("train") or {})
+        per_net = {n: section.pop(n, None) or {} for n in NETS}
+        values.update(section)
+        values.update({k: v for k, v in per_net[net].items() if not (k == "init" and not v)})
+        return cls(**values)
+
 
 def resolve_config(params: Mapping[str, Any], net: str) -> TrainConfig:
-    """Build the :class:`TrainConfig` of ``net`` from the parameter dict (params.yaml)."""
-    if net not in NETS:
-        raise UserError(f"--net must be one of {', '.join(NETS)}, got {net!r}")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values: dict[str, Any] = {}
-    for k in ("seed", "patch", "depth"):
-        if k in params:
-            values[k] = params[k]
-    section = dict(params.get("train") or {})
-    per_net = {n: section.pop(n, None) or {} for n in NETS}
-    for source, d in (("train", section), (f"train.{net}", per_net[net])):
-        for k, v in d.items():
-            if source != "train" and k == "init" and not v:
-                continue  # an empty per-net warm start inherits train.init
-            if k in ("seed", "patch", "depth"):
-                raise UserError(f"{source}.{k}: {k} is a top-level parameter, not a training one")
-            if k not in fields:
-                known = sorted(fields - {"seed", "patch", "depth"})
-                raise UserError(f"unknown parameter {source}.{k} (known: {', '.join(known)})")
-            values[k] = v
-    try:
-        cfg = TrainConfig(**values)
-        cfg.seed, cfg.patch, cfg.depth, cfg.epochs, cfg.batch = (
-            int(cfg.seed), int(cfg.patch), int(cfg.depth), int(cfg.epochs), int(cfg.batch))
-        cfg.lr, cfg.gamma, cfg.momentum, cfg.weight_decay = (
-            float(cfg.lr), float(cfg.gamma), float(cfg.momentum), float(cfg.weight_decay))
-        cfg.milestones = [int(m) for m in (cfg.milestones or [])]
-        cfg.samples_per_epoch, cfg.val_samples, cfg.val_batch = (
-            int(cfg.samples_per_epoch or 0), int(cfg.val_samples or 0), int(cfg.val_batch))
-        cfg.threads, cfg.checkpoint_every = int(cfg.threads or 0), int(cfg.checkpoint_every or 0)
-        cfg.init = str(cfg.init or "")
-        cfg.consistency = float(cfg.consistency or 0.0)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"bad training parameter: {e}") from e
-    if cfg.consistency < 0:
-        raise UserError(f"train.consistency must be >= 0, got {cfg.consistency}")
-    if cfg.epochs < 1 or cfg.batch < 1 or cfg.lr <= 0:
-        raise UserError(f"train.epochs, train.batch and train.lr must be positive (got {cfg.epochs}, {cfg.batch}, {cfg.lr})")
-    try:
-        ResNetSpec(depth=cfg.depth)
-    except ValueError as e:
-        raise UserError(str(e)) from e
-    return cfg
+    """Build the :class:`TrainConfig` of ``net`` from the parameter dict (params.yaml):
+    :meth:`TrainConfig.from_params`."""
+    return TrainConfig.from_params(params, net)
 
 
 def load_params(path: str | os.PathLike[str] | None, json_text: str | None = None,
                 overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Parameters from a YAML file and/or a JSON string (the latter wins), then ``key.sub=value``
-    overrides (values parsed as YAML)."""
-    import yaml
+    overrides (values parsed as YAML), checked: :func:`bafusion.config.read_params`."""
+    from bafusion.config import read_params
 
-    params: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.exists():
-            raise InputFileError(p, "parameter file not found")
-        try:
-            params = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise InputFileError(p, f"not valid YAML: {e}") from e
-        if not isinstance(params, dict):
-            raise InputFileError(p, "expected a mapping at the top level")
-    if json_text:
-        try:
-            extra = json.loads(json_text)
-        except ValueError as e:
-            raise UserError(f"--params-json is not valid JSON: {e}") from e
-        params = _merge(params, extra)
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
-        d = params
-        parts = key.split(".")
-        for k in parts[:-1]:
-            d = d.setdefault(k, {})
-        d[parts[-1]] = value
-    from bafusion.schema import validate_params
-
-    given = [str(path)] if path else []
-    given += ["--params-json"] if json_text else []
-    given += ["--set"] if overrides else []
-    return validate_params(params, " + ".join(given) or "parameters")
-
-
-def _merge(a: dict, b: Mapping) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
-    return out
+    return read_params(path, [("--params-json", json_text, None)], overrides)
 
 
 # --------------------------------------------------------------------------------------
