@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bafusion.cli.common import nets_from_args
 from bafusion.errors import UserError
 from bafusion.evaluation.evaluate import (
     DEFAULT_METHODS,
@@ -54,19 +55,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if OURS in cfg.methods or OURS_INITIAL in cfg.methods:
         import torch
 
-        from bafusion.fusion.models import load_nets, load_nets_from_dir
         from bafusion.fusion.params import FusionParams
 
         if threads:
             torch.set_num_threads(int(threads))
         fusion = FusionParams.from_params(params, source="fuse parameters")
         device = args.device or section_.get("device") or section(params, "fuse")["device"]
-        if args.initial or args.boundary:
-            if not (args.initial and args.boundary):
-                raise UserError("--initial and --boundary go together")
-            nets = load_nets(args.initial, args.boundary, device)
-        else:
-            nets = load_nets_from_dir(args.models, device)
+        nets = nets_from_args(args, device, args.models)
     run_params = {"evaluate": _config_dict(cfg), "fuse": asdict(fusion) if fusion is not None else {}}
     if nets is not None:
         run_params["models"] = list(nets.sources)

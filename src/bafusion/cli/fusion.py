@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
+from bafusion.cli.common import nets_from_args
 from bafusion.errors import UserError
 from bafusion.fusion.batch import EXIT_SKIPPED, fuse_dir
-from bafusion.fusion.models import load_nets, load_nets_from_dir, resolve_device
+from bafusion.fusion.models import resolve_device
 from bafusion.fusion.params import (
     BOUNDARY_MODES,
     SCALE_RULES,
@@ -20,9 +21,9 @@ from bafusion.fusion.params import (
     WORKING_REFINES,
     FusionParams,
 )
-from bafusion.schema import allowed, default
 from bafusion.fusion.rule import fuse_stack
 from bafusion.fusion.testset import fuse_set
+from bafusion.schema import allowed, default
 
 # --------------------------------------------------------------------------------------
 # Command line
@@ -164,12 +165,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
 
     src = prepare_sources(paths, align=args.align, force=args.force)  # sizes, --align or the one-scene check
     images, names = src.images, [str(p) for p in paths]
-    if args.initial or args.boundary:
-        if not (args.initial and args.boundary):
-            raise UserError("--initial and --boundary go together")
-        nets = load_nets(args.initial, args.boundary, other["device"])
-    else:
-        nets = load_nets_from_dir(args.model, other["device"])
+    nets = nets_from_args(args, other["device"], args.model)
     if joint:
         from bafusion.fusion.stack import fuse_stack_joint, save_stack_maps
 
@@ -202,12 +198,7 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
 
     params, other = params_from_args(args)
     with tracking.stage_run("fuse", {"fuse": asdict(params)}) as run:
-        if args.initial or args.boundary:
-            if not (args.initial and args.boundary):
-                raise UserError("--initial and --boundary go together")
-            nets = load_nets(args.initial, args.boundary, other["device"])
-        else:
-            nets = load_nets_from_dir(args.models, other["device"])
+        nets = nets_from_args(args, other["device"], args.models)
         report = fuse_set(args.pairs, args.out, nets, params, alpha=other["alpha"], report_path=args.report,
                           progress=args.progress)
         run.log_metrics({k: float(v) for k, v in fuse_metrics(report).items()})
@@ -273,12 +264,7 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     if out.resolve() == src.resolve():
         raise UserError(f"{out}: the output folder must not be the input folder")
     resolve_device(other["device"])
-    if args.initial or args.boundary:
-        if not (args.initial and args.boundary):
-            raise UserError("--initial and --boundary go together")
-        nets = load_nets(args.initial, args.boundary, other["device"])
-    else:
-        nets = load_nets_from_dir(args.model, other["device"])
+    nets = nets_from_args(args, other["device"], args.model)
     rep = fuse_dir(src, out, nets, params, ext=ext, align=args.align, force=args.force,
                    skip_existing=args.skip_existing, progress=not args.quiet)
     for what, why in rep.skipped:
