@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 __all__ = ["choose_crop", "figure_comparison", "figure_differences", "save_dataset_figures"]
 
 

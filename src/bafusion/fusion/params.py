@@ -126,6 +126,11 @@ class FusionParams:
     #: "boundary" (the boundary net rescored in the band at full resolution, then guided), or
     #: "none" (the upsampled score alone).
     working_refine: str = _default("working_refine")
+    #: Exposure matching before scoring (:mod:`bafusion.fusion.exposure`): "linear" maps the
+    #: gray B onto A's exposure by a gain and an offset fitted on low-passed copies, so that a
+    #: brighter shot does not read as the sharper one; the fused pixels stay the sources'
+    #: own. "none": the paper (the nets see the pair as it is).
+    exposure_match: str = _default("exposure_match")
 
     def __post_init__(self) -> None:
         # Types and ranges: the schema's (bafusion/schemas/params.schema.yaml, section fuse).

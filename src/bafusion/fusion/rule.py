@@ -33,6 +33,7 @@ import numpy as np
 
 from bafusion.errors import InputFileError, UserError
 from bafusion.fusion.decide import decide
+from bafusion.fusion.exposure import match_exposure
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.working import decide_working, progress_bar, uses_working
@@ -205,6 +206,8 @@ def fuse_images(
     if a.dtype != np.uint8 or b.dtype != np.uint8:
         raise UserError(f"sources must be uint8 images, got {a.dtype} and {b.dtype}")
     ga, gb = to_gray_u8(a), to_gray_u8(b)
+    if params.exposure_match == "linear":  # the nets score B at A's exposure
+        gb = match_exposure(ga, gb)
     if uses_working(ga.shape, params):
         s0, mean, near, s1, t = decide_working(ga, gb, nets, params, progress=progress)
     else:
