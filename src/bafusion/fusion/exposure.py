@@ -24,7 +24,8 @@ SIGMA = 8.0
 #: The fit is used only where the low-passed shots correlate at least this much (an exposure
 #: difference keeps them proportional; a low correlation means the low-pass still sees the
 #: focus difference, e.g. a page of text sharp in one shot: 0.53 on the classic newspaper pair,
-#: 0.95-1.00 on the other real and classic pairs).
+#: 0.76 on the real savic-08; 0.94 and above on the other real pairs, 0.99 and above on Lytro and
+#: the other classic pairs).
 MIN_CORRELATION = 0.9
 #: Shots whose gain is within this of 1 and whose mean level moves by less than
 #: :data:`SAME_LEVEL` gray levels count as exposed alike and are left as they are (the research
