@@ -82,6 +82,12 @@ def _add_param_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--exposure-match", choices=allowed("fuse.exposure_match"), default=None,
                    help="map B onto A's exposure before the nets score the pair (shots of different brightness): "
                         f"linear or none (default {d.exposure_match})")
+    g.add_argument("--flat-level", type=float, default=None,
+                   help="flat-region filling: where A and B differ by under about this many gray levels, the "
+                        "score follows the textured neighbourhood (blank page, sky); 0 = off, the paper "
+                        f"(default {d.flat_level:g})")
+    g.add_argument("--flat-sigma", type=float, default=None,
+                   help=f"flat-region filling: Gaussian sigma (px) of that neighbourhood (default {d.flat_sigma:g})")
     g.add_argument("--params-file", default=None, help="YAML file whose 'fuse' section sets the defaults (params.yaml)")
     g.add_argument("--params-json", default=None,
                    help="JSON object of fusion parameters (the 'fuse' section; overrides --params-file)")
@@ -116,6 +122,7 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
         "working_side": getattr(args, "working_side", None), "working_above": getattr(args, "working_above", None),
         "working_band": getattr(args, "working_band", None), "working_refine": getattr(args, "working_refine", None),
         "exposure_match": getattr(args, "exposure_match", None),
+        "flat_level": getattr(args, "flat_level", None), "flat_sigma": getattr(args, "flat_sigma", None),
     }
     if getattr(args, "scales", None):
         try:

@@ -2,6 +2,16 @@
 ``s0``, its Eq. 1 window mean, the Eq. 2 near-boundary mask and the refined score ``s1``
 (:func:`decide`). Binarisation and post-processing: :mod:`bafusion.fusion.rule`; camera-size
 pairs: :mod:`bafusion.fusion.working`.
+
+Flat-region filling (``fuse.flat_level`` > 0; off in the paper preset, :func:`fill_flat`):
+where the two sources hardly differ (a blank page, a clear sky, the gaps between lines of
+text) the nets' vote carries no focus information, and the choice there does not change the
+fused pixels; but the vote enters Eq. 1's window mean and the binarised map, and a net that
+learnt "flat reads as defocused in A" pulls whole regions to the wrong source. With filling,
+each pixel's score is blended with the mean score of its surroundings, both weighted by how
+much A and B differ: pixels where they differ keep their own score, flat pixels take their
+textured neighbours' decision. It is applied to ``s0`` before Eq. 1 and to ``s1`` after the
+boundary net.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.scoring import boundary_steps, score, score_multiscale
 
-__all__ = ["decide", "window_mean"]
+__all__ = ["decide", "fill_flat", "window_mean"]
 
 
 def window_mean(s: np.ndarray, l: int) -> np.ndarray:  # noqa: E741
@@ -26,12 +36,57 @@ def window_mean(s: np.ndarray, l: int) -> np.ndarray:  # noqa: E741
     return ndimage.uniform_filter(s.astype(np.float64), size=2 * l + 1, mode="reflect").astype(np.float32)
 
 
+def fill_flat(s: np.ndarray, ga: np.ndarray, gb: np.ndarray, level: float, sigma: float,
+              diff_sigma: float = 2.0) -> np.ndarray:
+    """Flat-region filling of a score map: flat pixels take their textured neighbours' score.
+
+    With ``d`` the absolute gray difference of the sources smoothed by a Gaussian of
+    ``diff_sigma`` px and the confidence ``c = d / (d + level)``::
+
+        fill = G_sigma * (c s) / G_sigma * c
+        out  = c s + (1 - c) fill
+
+    Parameters
+    ----------
+    s : ndarray, (H, W)
+        Score map in [0, 1] (1: focused in A).
+    ga, gb : ndarray, (H, W)
+        The gray sources the nets scored (uint8 or float, gray levels 0-255).
+    level : float
+        Gray levels of difference at which a pixel keeps half its own score (> 0).
+    sigma : float
+        Gaussian sigma (px) of the neighbourhood the fill is taken from.
+    diff_sigma : float
+        Gaussian sigma (px) smoothing the difference ``|A - B|``.
+
+    Returns
+    -------
+    ndarray of float32, (H, W)
+        In [0, 1]. Where no pixel within reach differs (``G_sigma * c`` below 1e-6, e.g. two
+        identical sources), the score is kept.
+    """
+    if level <= 0:
+        raise ValueError(f"fill_flat: level must be > 0, got {level}")
+    d = ndimage.gaussian_filter(np.abs(ga.astype(np.float32) - gb.astype(np.float32)), diff_sigma, mode="reflect")
+    c = d / (d + np.float32(level))
+    s = s.astype(np.float32)
+    num = ndimage.gaussian_filter(s * c, sigma, mode="reflect")
+    den = ndimage.gaussian_filter(c, sigma, mode="reflect")
+    ok = den > 1e-6
+    fill = np.where(ok, num / np.where(ok, den, 1.0), s)
+    return np.clip(c * s + (1 - c) * fill, 0.0, 1.0).astype(np.float32)
+
+
 def decide(
     ga: np.ndarray, gb: np.ndarray, nets: FusionNets, params: FusionParams, bar=None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
     """Steps 1-3 of the rule on a gray pair at its own size: the initial score ``s0``, its
     window mean, the near-boundary mask and the refined score ``s1``, with the seconds taken.
-    ``bar`` (a tqdm bar), if given, advances by one after each net."""
+    ``bar`` (a tqdm bar), if given, advances by one after each net.
+
+    With ``params.flat_level`` > 0 (:func:`fill_flat`), the window mean is that of the
+    filled ``s0`` and ``s1`` is filled after the boundary net; ``s0`` is returned as the
+    initial net gave it."""
     dev = nets.device
     t = {}
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=params.precision == "bf16")
@@ -43,14 +98,18 @@ def decide(
         bar.update(1)
         bar.set_postfix_str("boundary net")
     t0 = time.perf_counter()
-    mean = window_mean(s0, params.l)
+    fill = params.flat_level > 0
+    s0f = fill_flat(s0, ga, gb, params.flat_level, params.flat_sigma) if fill else s0
+    mean = window_mean(s0f, params.l)
     near = (mean > params.low) & (mean < params.high)
-    s1 = s0.copy()
+    s1 = s0f.copy()
     if params.refine and near.any():
         bstep = boundary_steps(params, nets.patch_boundary)[0]
         with amp:
             sb = score(nets.boundary, ga, gb, nets.patch_boundary, params, bstep, mask=near, device=dev)
         s1[near] = sb[near]
+    if fill:
+        s1 = fill_flat(s1, ga, gb, params.flat_level, params.flat_sigma)
     t["boundary"] = time.perf_counter() - t0
     if bar is not None:
         bar.update(1)

@@ -131,6 +131,16 @@ class FusionParams:
     #: brighter shot does not read as the sharper one; the fused pixels stay the sources'
     #: own. "none": the paper (the nets see the pair as it is).
     exposure_match: str = _default("exposure_match")
+    #: Flat-region filling (:func:`bafusion.fusion.decide.fill_flat`): gray levels of
+    #: difference between A and B (smoothed |A - B|, after exposure matching) at which a pixel
+    #: keeps half its own score; flatter pixels take the score of their neighbourhood, so
+    #: that the nets' uninformed votes on blank surfaces do not move the decision. 0: off
+    #: (the paper). 6: chosen on the held-out realistic validation set (BENCHMARKS.md,
+    #: "Flat-region filling").
+    flat_level: float = _default("flat_level")
+    #: Flat-region filling: Gaussian sigma (px, at the resolution the pair is decided at) of
+    #: the neighbourhood a flat pixel takes its score from.
+    flat_sigma: float = _default("flat_sigma")
 
     def __post_init__(self) -> None:
         # Types and ranges: the schema's (bafusion/schemas/params.schema.yaml, section fuse).
