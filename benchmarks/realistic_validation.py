@@ -29,6 +29,7 @@ counts as wrong for the accuracy; the band accuracy is the sharper measure of th
 
     python benchmarks/realistic_validation.py --model models/lytro-2026-11 --model models/default \
         --fuse-json '{}' --fuse-json '{"scales": [1.0, 0.5, 0.25]}' --out benchmarks/out/realistic-validation
+    python benchmarks/realistic_validation.py --shrink 0.5 --fuse-json '{"working_min": 0}' --fuse-json '{}'
 """
 
 from __future__ import annotations
@@ -97,6 +98,19 @@ def make_pairs(kind: str, n_pairs: int, seed: int = 1234):
         yield f"{fe.id}__{be.id}", a, b, truth, matte >= 128
 
 
+def shrink_pair(a, b, truth, tdm, factor: float):
+    """A, B and the truth shrunk by ``factor`` (Lanczos), the true map by bilinear >= 0.5."""
+    from PIL import Image
+
+    h, w = tdm.shape
+    size = (int(round(w * factor)), int(round(h * factor)))
+
+    def sm(x, resample=Image.LANCZOS):
+        return np.asarray(Image.fromarray(x).resize(size, resample))
+
+    return sm(a), sm(b), sm(truth), sm(tdm.astype(np.uint8) * 255, Image.BILINEAR) >= 128
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", default=[], help="model folder (repeatable; default: the shipped one)")
@@ -104,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=10, help="pairs per kind (default 10)")
     ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kinds")
     ap.add_argument("--band", type=int, default=8, help="also the accuracy within this many px of the true boundary")
+    ap.add_argument("--shrink", type=float, default=1.0,
+                    help="shrink every pair (and its truth) by this factor, Lanczos: small photographs "
+                         "(BENCHMARKS.md, 'Small photographs'; default 1)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "realistic-validation"))
     args = ap.parse_args(argv)
@@ -117,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for kind in kinds:
         for name, a, b, truth, tdm in make_pairs(kind, args.pairs):
+            if args.shrink != 1.0:
+                a, b, truth, tdm = shrink_pair(a, b, truth, tdm, args.shrink)
             for m in models:
                 for fj in settings:
                     p = FusionParams.from_mapping(json.loads(fj))

@@ -62,8 +62,8 @@ def test_fill_keeps_informed_scores_and_fills_flat_pixels_from_their_neighbours(
 
 
 def test_decide_applies_the_fill_as_documented() -> None:
-    """s0 is the net's; the Eq. 1 mean is that of the filled s0; s1 is filled after the
-    boundary net; flat_level 0 is the paper's rule (no fill)."""
+    """s0 is the net's score filled; the Eq. 1 mean is that of this s0; s1 is filled again
+    after the boundary net; without refinement s1 is s0; flat_level 0 is the paper's rule."""
     decide_mod = sys.modules["bafusion.fusion.decide"]
     a, b, _ = _document()
     ga, gb = _u8(a), _u8(b)
@@ -75,10 +75,13 @@ def test_decide_applies_the_fill_as_documented() -> None:
     np.testing.assert_array_equal(s0, s0_ref)
     np.testing.assert_array_equal(mean, window_mean(s0_ref, p0.l))
     f0, fmean, fnear, fs1, _ = decide_mod.decide(ga, gb, nets, p6)
-    np.testing.assert_array_equal(f0, s0_ref)
-    np.testing.assert_array_equal(fmean, window_mean(fill_flat(s0_ref, ga, gb, 6.0, 16.0), p6.l))
+    np.testing.assert_array_equal(f0, fill_flat(s0_ref, ga, gb, 6.0, 16.0))
+    np.testing.assert_array_equal(fmean, window_mean(f0, p6.l))
     np.testing.assert_array_equal(fnear, (fmean > p6.low) & (fmean < p6.high))
-    assert fs1.dtype == np.float32 and 0.0 <= fs1.min() and fs1.max() <= 1.0
+    assert fnear.any() and fs1.dtype == np.float32 and 0.0 <= fs1.min() and fs1.max() <= 1.0
+    assert not np.array_equal(fs1, f0)  # the boundary net rescored, then filled again
+    _, _, _, n1, _ = decide_mod.decide(ga, gb, nets, FusionParams(flat_level=6.0, refine=False))
+    np.testing.assert_array_equal(n1, f0)
 
 
 def test_fill_puts_a_real_page_of_text_on_the_right_source(shared_data) -> None:
@@ -91,12 +94,16 @@ def test_fill_puts_a_real_page_of_text_on_the_right_source(shared_data) -> None:
     a, b = read_image(folder / "savic-12-A.jpg"), read_image(folder / "savic-12-B.jpg")
     nets = load_nets_from_dir(None, "cpu")
     share = {}
-    for level in (0.0, 6.0):
-        dm = fuse_images(a, b, nets, FusionParams(flat_level=level)).decision
-        h = dm.shape[0]
-        share[level] = (float(dm[: int(0.55 * h)].mean()), float(1 - dm[int(0.8 * h) :].mean()))
-    assert share[6.0][0] > share[0.0][0] + 0.1, share  # measured 0.53 -> 0.68 of the upper part to A
-    assert share[6.0][1] >= share[0.0][1] - 0.01, share  # the lower part stays B (0.98 -> 1.00)
+    for wm in (0, 512):  # at its own size, and decided upscaled (fuse.working_min, the default)
+        for level in (0.0, 6.0):
+            dm = fuse_images(a, b, nets, FusionParams(flat_level=level, working_min=wm)).decision
+            h = dm.shape[0]
+            share[wm, level] = (float(dm[: int(0.55 * h)].mean()), float(1 - dm[int(0.8 * h) :].mean()))
+    # measured: upper part to A 0.53 -> 0.68 at its own size, 0.77 -> 0.85 upscaled
+    assert share[0, 6.0][0] > share[0, 0.0][0] + 0.1, share
+    assert share[512, 6.0][0] > share[512, 0.0][0] + 0.05, share
+    # the lower part stays B (0.98 -> 1.00, 0.94 -> 0.96)
+    assert share[0, 6.0][1] >= share[0, 0.0][1] - 0.01 and share[512, 6.0][1] >= share[512, 0.0][1] - 0.01, share
 
 
 def test_the_paper_preset_keeps_it_off_and_the_cli_sets_it() -> None:

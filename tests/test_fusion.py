@@ -180,9 +180,15 @@ def test_exact_patch_is_centred_as_in_training() -> None:
 # ---------------------------------------------------------------- the fusion rule
 
 
+def P(**kw) -> FusionParams:
+    """The paper's rule at the pair's own size (these tests check its mechanics with tiny nets
+    on tiny pairs): no flat-region filling, no upscaling of small pairs."""
+    return FusionParams(**{"flat_level": 0, "working_min": 0, **kw})
+
+
 def test_decision_accuracy_and_boundary_refinement(nets: FusionNets, scene) -> None:
     a, b, m = scene
-    res = fuse_images(a, b, nets, FusionParams())
+    res = fuse_images(a, b, nets, P())
     acc = decision_accuracy(res.decision, m)
     assert acc >= 0.98, acc
     # refinement by the boundary net lowers the error in a band around the true boundary
@@ -190,7 +196,7 @@ def test_decision_accuracy_and_boundary_refinement(nets: FusionNets, scene) -> N
     err_refined = 1 - decision_accuracy(res.decision_raw, m, band=3)
     assert err_refined < err_initial, (err_refined, err_initial)
     assert res.near_boundary.any() and not res.near_boundary.all()
-    exact = fuse_images(a, b, nets, FusionParams(exact=True))
+    exact = fuse_images(a, b, nets, P(exact=True))
     assert 1 - decision_accuracy(exact.decision_raw, m, band=3) < err_initial
 
 
@@ -225,8 +231,8 @@ def test_dense_and_exact_agree_on_small_images(nets: FusionNets) -> None:
     rng = np.random.default_rng(11)
     for h, w in ((64, 72), (80, 88)):
         a, b, _ = composite(rng, h, w)
-        ref = fuse_images(a, b, nets, FusionParams(exact=True))
-        got = fuse_images(a, b, nets, FusionParams())
+        ref = fuse_images(a, b, nets, P(exact=True))
+        got = fuse_images(a, b, nets, P())
         agree = (ref.decision == got.decision).mean()
         assert agree >= 0.99, (h, w, agree)
 
@@ -236,12 +242,12 @@ def test_grid_initial_mode_matches_exact_initial_scores_on_the_grid(nets: Fusion
     and grid step 1 is exact mode itself."""
     rng = np.random.default_rng(12)
     a, b, _ = composite(rng, 40, 44)
-    ref = fuse_images(a, b, nets, FusionParams(exact=True, refine=False))
-    one = fuse_images(a, b, nets, FusionParams(initial_mode="grid", initial_grid_step=1, refine=False))
+    ref = fuse_images(a, b, nets, P(exact=True, refine=False))
+    one = fuse_images(a, b, nets, P(initial_mode="grid", initial_grid_step=1, refine=False))
     np.testing.assert_allclose(one.score_initial, ref.score_initial, atol=1e-5)
-    four = fuse_images(a, b, nets, FusionParams(initial_mode="grid", initial_grid_step=4, refine=False))
+    four = fuse_images(a, b, nets, P(initial_mode="grid", initial_grid_step=4, refine=False))
     np.testing.assert_allclose(four.score_initial[::4, ::4], ref.score_initial[::4, ::4], atol=1e-5)
-    two = fuse_images(a, b, nets, FusionParams(initial_mode="grid", initial_grid_step=2, refine=False))
+    two = fuse_images(a, b, nets, P(initial_mode="grid", initial_grid_step=2, refine=False))
     assert (two.decision == ref.decision).mean() >= 0.99
     with pytest.raises(UserError, match="initial_mode"):
         FusionParams(initial_mode="sparse")
@@ -251,15 +257,15 @@ def test_grid_initial_mode_matches_exact_initial_scores_on_the_grid(nets: Fusion
 
 def test_bf16_autocast_agrees_with_fp32(nets: FusionNets, scene) -> None:
     a, b, m = scene
-    ref = fuse_images(a, b, nets)
-    got = fuse_images(a, b, nets, FusionParams(precision="bf16"))
+    ref = fuse_images(a, b, nets, P())
+    got = fuse_images(a, b, nets, P(precision="bf16"))
     assert (got.decision == ref.decision).mean() >= 0.98
     assert decision_accuracy(got.decision, m) >= 0.97
 
 
 def test_swapping_sources_inverts_the_map(nets: FusionNets, scene) -> None:
     a, b, m = scene
-    r = fuse_images(b, a, nets)
+    r = fuse_images(b, a, nets, P())
     assert decision_accuracy(~r.decision, m) >= 0.98
 
 
@@ -394,7 +400,7 @@ def test_cli_fuse_set_reports_accuracy(tmp_path: Path, model_dir: Path) -> None:
         Image.fromarray(m.astype(np.uint8) * 255).save(pairs / f"{name}-dm.png")
     (pairs / "index.json").write_text(json.dumps({"pairs": ["p1", "p2"]}))
     params = tmp_path / "params.yaml"
-    params.write_text("fuse:\n  l: 6\n  min_region: 0.01\n  device: cpu\n  alpha: 10\n")
+    params.write_text("fuse:\n  l: 6\n  min_region: 0.01\n  device: cpu\n  alpha: 10\n  flat_level: 0\n  working_min: 0\n")
     out = tmp_path / "fused"
     rc = cli_main(["fuse-set", "--pairs", str(pairs), "--models", str(model_dir), "--out", str(out),
                    "--params-file", str(params), "--report", str(tmp_path / "fuse.json")])

@@ -62,7 +62,7 @@ def test_below_the_threshold_the_result_is_the_plain_path(nets) -> None:
 
 def test_working_path_agrees_with_the_plain_decision_upscaled(nets) -> None:
     a, b, truth = _scene(192, 256)
-    plain = fuse_images(a, b, nets, FusionParams(working_side=0))
+    plain = fuse_images(a, b, nets, FusionParams(working_side=0, working_min=0))
     assert (plain.decision == truth).mean() > 0.95  # the scene is one the nets decide
     big_a, big_b = resize(a, (576, 768)), resize(b, (576, 768))  # 3x, as a larger file of the scene
     ref = resize(plain.decision.astype(np.uint8) * 255, (576, 768)) > 127

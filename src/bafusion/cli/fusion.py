@@ -79,6 +79,9 @@ def _add_param_args(p: argparse.ArgumentParser) -> None:
                         f"(default {d.working_band})")
     g.add_argument("--working-refine", choices=WORKING_REFINES, default=None,
                    help=f"how that band is refined (default {d.working_refine})")
+    g.add_argument("--working-min", type=int, default=None,
+                   help="small pairs: those whose long side (px) is below this are decided upscaled to it "
+                        f"(web-size copies of photos); 0 = off, the paper (default {d.working_min})")
     g.add_argument("--exposure-match", choices=allowed("fuse.exposure_match"), default=None,
                    help="map B onto A's exposure before the nets score the pair (shots of different brightness): "
                         f"linear or none (default {d.exposure_match})")
@@ -121,6 +124,7 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
         "stack_rule": getattr(args, "stack_rule", None),
         "working_side": getattr(args, "working_side", None), "working_above": getattr(args, "working_above", None),
         "working_band": getattr(args, "working_band", None), "working_refine": getattr(args, "working_refine", None),
+        "working_min": getattr(args, "working_min", None),
         "exposure_match": getattr(args, "exposure_match", None),
         "flat_level": getattr(args, "flat_level", None), "flat_sigma": getattr(args, "flat_sigma", None),
     }

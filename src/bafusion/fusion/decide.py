@@ -10,8 +10,8 @@ fused pixels; but the vote enters Eq. 1's window mean and the binarised map, and
 learnt "flat reads as defocused in A" pulls whole regions to the wrong source. With filling,
 each pixel's score is blended with the mean score of its surroundings, both weighted by how
 much A and B differ: pixels where they differ keep their own score, flat pixels take their
-textured neighbours' decision. It is applied to ``s0`` before Eq. 1 and to ``s1`` after the
-boundary net.
+textured neighbours' decision. It is applied to ``s0`` before Eq. 1 and, when the boundary
+net has rescored pixels, to ``s1`` again.
 """
 
 from __future__ import annotations
@@ -84,9 +84,10 @@ def decide(
     window mean, the near-boundary mask and the refined score ``s1``, with the seconds taken.
     ``bar`` (a tqdm bar), if given, advances by one after each net.
 
-    With ``params.flat_level`` > 0 (:func:`fill_flat`), the window mean is that of the
-    filled ``s0`` and ``s1`` is filled after the boundary net; ``s0`` is returned as the
-    initial net gave it."""
+    With ``params.flat_level`` > 0 (:func:`fill_flat`), ``s0`` is the initial net's score
+    after filling (so that thresholding it is the rule without refinement, ``Ours-initial``),
+    the window mean is that of this ``s0``, and ``s1`` is filled again after the boundary
+    net has rescored the near-boundary pixels."""
     dev = nets.device
     t = {}
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=params.precision == "bf16")
@@ -99,17 +100,18 @@ def decide(
         bar.set_postfix_str("boundary net")
     t0 = time.perf_counter()
     fill = params.flat_level > 0
-    s0f = fill_flat(s0, ga, gb, params.flat_level, params.flat_sigma) if fill else s0
-    mean = window_mean(s0f, params.l)
+    if fill:
+        s0 = fill_flat(s0, ga, gb, params.flat_level, params.flat_sigma)
+    mean = window_mean(s0, params.l)
     near = (mean > params.low) & (mean < params.high)
-    s1 = s0f.copy()
+    s1 = s0.copy()
     if params.refine and near.any():
         bstep = boundary_steps(params, nets.patch_boundary)[0]
         with amp:
             sb = score(nets.boundary, ga, gb, nets.patch_boundary, params, bstep, mask=near, device=dev)
         s1[near] = sb[near]
-    if fill:
-        s1 = fill_flat(s1, ga, gb, params.flat_level, params.flat_sigma)
+        if fill:  # the boundary net's scores on flat pixels are no better informed
+            s1 = fill_flat(s1, ga, gb, params.flat_level, params.flat_sigma)
     t["boundary"] = time.perf_counter() - t0
     if bar is not None:
         bar.update(1)

@@ -126,6 +126,12 @@ class FusionParams:
     #: "boundary" (the boundary net rescored in the band at full resolution, then guided), or
     #: "none" (the upsampled score alone).
     working_refine: str = _default("working_refine")
+    #: Small pairs (:func:`bafusion.fusion.working.decide_upscaled`): a pair whose long side
+    #: is below ``working_min`` pixels is decided upscaled so that its long side is
+    #: ``working_min`` (a web-size copy of a photo has its blur and details shrunk below what
+    #: a patch can judge), the scores brought back to its size. 0: off (the paper). The
+    #: value: BENCHMARKS.md, "Small photographs".
+    working_min: int = _default("working_min")
     #: Exposure matching before scoring (:mod:`bafusion.fusion.exposure`): "linear" maps the
     #: gray B onto A's exposure by a gain and an offset fitted on low-passed copies, so that a
     #: brighter shot does not read as the sharper one; the fused pixels stay the sources'

@@ -36,7 +36,13 @@ from bafusion.fusion.decide import decide
 from bafusion.fusion.exposure import match_exposure
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
-from bafusion.fusion.working import decide_working, progress_bar, uses_working
+from bafusion.fusion.working import (
+    decide_upscaled,
+    decide_working,
+    progress_bar,
+    uses_upscale,
+    uses_working,
+)
 from bafusion.io import to_gray_u8
 
 
@@ -49,7 +55,8 @@ class FusionResult:
     fused : ndarray
         The fused image, uint8, (H, W) or (H, W, 3): A's pixel where ``decision``, else B's.
     score_initial : ndarray
-        float32 (H, W) in [0, 1]: the initial net's score s0 (1: focused in A).
+        float32 (H, W) in [0, 1]: the initial net's score s0 (1: focused in A), after
+        flat-region filling when ``flat_level`` > 0.
     score_mean : ndarray
         float32 (H, W): the Eq. 1 window mean of s0.
     near_boundary : ndarray
@@ -199,7 +206,9 @@ def fuse_images(
     Notes
     -----
     Pairs whose long side exceeds ``params.working_above`` are decided at a working
-    resolution (:mod:`bafusion.fusion.working`); pairs up to 1024 px are fused at their size.
+    resolution (:mod:`bafusion.fusion.working`); pairs whose long side is below
+    ``params.working_min`` are decided upscaled to it
+    (:func:`bafusion.fusion.working.decide_upscaled`); the others at their size.
     """
     check_same_size(a, b, *names)
     a, b = _match_channels(np.asarray(a), np.asarray(b))
@@ -210,6 +219,10 @@ def fuse_images(
         gb = match_exposure(ga, gb)
     if uses_working(ga.shape, params):
         s0, mean, near, s1, t = decide_working(ga, gb, nets, params, progress=progress)
+    elif uses_upscale(ga.shape, params):
+        with progress_bar(2, ga.size, progress) as bar:  # shown only when asked for: the pair is small
+            bar.set_postfix_str("initial net (upscaled)")
+            s0, mean, near, s1, t = decide_upscaled(ga, gb, nets, params, bar=bar)
     else:
         with progress_bar(2, ga.size, progress) as bar:  # shown for large pairs fused at full size
             bar.set_postfix_str("initial net")

@@ -60,6 +60,11 @@ if TYPE_CHECKING:
 #: Side (full-resolution pixels) of the tiles the band is refined in.
 BAND_TILE = 512
 
+#: Largest factor a small pair is upscaled by (:func:`decide_upscaled`): on held-out
+#: composites shrunk to ~256 px, accuracy and SSIM fell beyond x2 (BENCHMARKS.md,
+#: "Small photographs").
+MAX_UPSCALE = 2.0
+
 #: Pixels above which a fusion shows a progress bar (when stderr is a terminal): about
 #: 4 megapixels, a few seconds on a 2-core CPU.
 PROGRESS_MIN_PIXELS = 4_000_000
@@ -86,7 +91,60 @@ def uses_working(shape_hw: tuple[int, ...], params: "FusionParams") -> bool:
     return bool(params.working_side) and not params.exact and long > max(params.working_above, params.working_side)
 
 
-def working_size(shape_hw: tuple[int, ...], working_side: int) -> tuple[int, int]:
+def uses_upscale(shape_hw: tuple[int, ...], params: "FusionParams") -> bool:
+    """Whether a pair this small is decided upscaled (:func:`decide_upscaled`).
+
+    True when ``params.working_min > 0``, the long side is below it, and not ``exact``.
+    """
+    return bool(params.working_min) and not params.exact and max(shape_hw[:2]) < params.working_min
+
+
+def decide_upscaled(
+    ga: np.ndarray, gb: np.ndarray, nets: "FusionNets", params: "FusionParams", bar=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """Steps 1-3 of the rule on a small pair, decided upscaled to ``working_min``.
+
+    A small photo (a web-size copy, a thumbnail) has been downscaled from the camera's
+    resolution: its defocus blur is a pixel or less and its details few pixels wide, so a
+    patch sees little of the focus cue. Both gray sources are upscaled (Lanczos, in float) so
+    that the long side is ``params.working_min`` (by at most :data:`MAX_UPSCALE`), the rule
+    runs there unchanged
+    (:func:`bafusion.fusion.decide`), and the scores are brought back to the source size
+    (Lanczos, antialiased; clipped to [0, 1]); ``near`` is recomputed from the returned mean.
+    Small-region removal and Eq. 3 then run at the source size. Measured on held-out
+    composites shrunk to small-photo size: BENCHMARKS.md, "Small photographs".
+
+    Parameters
+    ----------
+    ga, gb : ndarray, (H, W)
+        Gray sources (uint8 or float, gray levels).
+    nets, params
+        As for :func:`bafusion.fusion.decide`; the other fields apply at the upscaled size.
+    bar
+        A tqdm bar, advanced by :func:`bafusion.fusion.decide`.
+
+    Returns
+    -------
+    s0, mean, near, s1, seconds
+        As :func:`bafusion.fusion.decide` returns them, at the source size.
+    """
+    from bafusion.fusion.decide import decide
+    from bafusion.io import resize
+
+    h, w = ga.shape
+    hs, ws = working_size(ga.shape, min(params.working_min, MAX_UPSCALE * max(h, w)))
+    sa = np.clip(resize(ga.astype(np.float32), (hs, ws)), 0, 255)
+    sb = np.clip(resize(gb.astype(np.float32), (hs, ws)), 0, 255)
+    s0u, meanu, _nearu, s1u, t = decide(sa, sb, nets, replace(params, working_min=0, working_side=0), bar=bar)
+
+    def back(m: np.ndarray) -> np.ndarray:
+        return np.clip(resize(m.astype(np.float32), (h, w)), 0, 1).astype(np.float32)
+
+    s0, mean, s1 = back(s0u), back(meanu), back(s1u)
+    return s0, mean, (mean > params.low) & (mean < params.high), s1, t
+
+
+def working_size(shape_hw: tuple[int, ...], working_side: float) -> tuple[int, int]:
     """(h, w) of the working resolution: the long side ``working_side``, aspect kept."""
     h, w = shape_hw[:2]
     f = working_side / max(h, w)
@@ -296,8 +354,11 @@ def decide_working(
 
 __all__ = [
     "BAND_TILE",
+    "MAX_UPSCALE",
     "PROGRESS_MIN_PIXELS",
     "boundary_band",
+    "decide_upscaled",
+    "uses_upscale",
     "decide_working",
     "guided_filter",
     "progress_bar",
