@@ -99,6 +99,34 @@ def uses_upscale(shape_hw: tuple[int, ...], params: "FusionParams") -> bool:
     return bool(params.working_min) and not params.exact and max(shape_hw[:2]) < params.working_min
 
 
+def upscale_side(shape_hw: tuple[int, ...], params: "FusionParams") -> float:
+    """Long side a small pair is decided at (:func:`decide_upscaled`): ``params.working_min``,
+    but at most :data:`MAX_UPSCALE` times the pair's own long side."""
+    return min(params.working_min, MAX_UPSCALE * max(shape_hw[:2]))
+
+
+def decision_size(shape_hw: tuple[int, ...], params: "FusionParams") -> tuple[int, int] | None:
+    """(h, w) at which a pair of this size is decided, when that is not its own size.
+
+    The working resolution when :func:`uses_working` (long side ``params.working_side``), the
+    upscaled size when :func:`uses_upscale` (long side :func:`upscale_side`), checked in that
+    order as :func:`bafusion.fusion.fuse_images` does; None: the pair is decided at its size.
+    """
+    if uses_working(shape_hw, params):
+        return working_size(shape_hw, params.working_side)
+    if uses_upscale(shape_hw, params):
+        return working_size(shape_hw, upscale_side(shape_hw, params))
+    return None
+
+
+def resize_gray(g: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """A gray source resized to the size it is decided at: Lanczos (antialiased when
+    shrinking) in float, clipped to [0, 255], float32."""
+    from bafusion.io import resize
+
+    return np.clip(resize(g.astype(np.float32), size_hw), 0, 255)
+
+
 def decide_upscaled(
     ga: np.ndarray, gb: np.ndarray, nets: "FusionNets", params: "FusionParams", bar=None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
@@ -132,9 +160,8 @@ def decide_upscaled(
     from bafusion.io import resize
 
     h, w = ga.shape
-    hs, ws = working_size(ga.shape, min(params.working_min, MAX_UPSCALE * max(h, w)))
-    sa = np.clip(resize(ga.astype(np.float32), (hs, ws)), 0, 255)
-    sb = np.clip(resize(gb.astype(np.float32), (hs, ws)), 0, 255)
+    hs, ws = working_size(ga.shape, upscale_side(ga.shape, params))
+    sa, sb = resize_gray(ga, (hs, ws)), resize_gray(gb, (hs, ws))
     s0u, meanu, _nearu, s1u, t = decide(sa, sb, nets, replace(params, working_min=0, working_side=0), bar=bar)
 
     def back(m: np.ndarray) -> np.ndarray:
@@ -295,7 +322,6 @@ def decide_working(
     """
     from bafusion.fusion.decide import decide
     from bafusion.fusion.scoring import boundary_steps, score
-    from bafusion.io import resize
 
     h, w = ga.shape
     hs, ws = working_size(ga.shape, params.working_side)
@@ -304,8 +330,7 @@ def decide_working(
     with progress_bar(4, h * w, progress) as bar:
         t0 = time.perf_counter()
         bar.set_postfix_str(f"initial net at {ws}x{hs}")
-        sa = np.clip(resize(ga.astype(np.float32), (hs, ws)), 0, 255)
-        sb = np.clip(resize(gb.astype(np.float32), (hs, ws)), 0, 255)
+        sa, sb = resize_gray(ga, (hs, ws)), resize_gray(gb, (hs, ws))
         s0w, meanw, _nearw, s1w, _ = decide(sa, sb, nets, replace(params, working_side=0, working_above=0), bar=bar)
         t["working"] = time.perf_counter() - t0
 
@@ -358,6 +383,9 @@ __all__ = [
     "PROGRESS_MIN_PIXELS",
     "boundary_band",
     "decide_upscaled",
+    "decision_size",
+    "resize_gray",
+    "upscale_side",
     "uses_upscale",
     "decide_working",
     "guided_filter",
