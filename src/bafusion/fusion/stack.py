@@ -41,6 +41,13 @@ shots instead of a chain of pairwise fusions:
 5. regions of one index smaller than ``min_region`` of the image are given to the nearest
    surviving region; the fused image takes each pixel from the shot of its index.
 
+Around the scoring it honours the pair rule's options (details: :func:`fuse_stack_joint`):
+``exposure_match`` (every shot's gray mapped onto the first shot's exposure before scoring),
+``flat_level`` (flat-region filling of each pairwise score, and of each leading pair's score
+in the band), and ``working_min`` / ``working_side`` (small stacks decided upscaled,
+camera-size stacks at the working resolution, the index brought back by nearest neighbour;
+without the full-resolution band refinement that camera-size pairs get).
+
 ``bafusion fuse`` (and ``fuse.stack_rule``) applies the joint rule to three or more shots only: two
 shots are fused by :func:`bafusion.fusion.fuse_images` under either rule, bit for bit as before.
 :func:`fuse_stack_joint` itself also takes two (the same band; the clean-up differs).
@@ -60,11 +67,13 @@ from scipy import ndimage
 
 from bafusion.data.composite import defocus, fit_background
 from bafusion.errors import InputFileError, UserError
-from bafusion.fusion.decide import window_mean
+from bafusion.fusion.decide import fill_flat, window_mean
+from bafusion.fusion.exposure import match_exposure
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import STACK_RULES, FusionParams
 from bafusion.fusion.rule import FusionResult, check_same_size
 from bafusion.fusion.scoring import _logit, boundary_steps, score, score_multiscale
+from bafusion.fusion.working import decision_size, resize_gray
 from bafusion.io import gray_float, read_image, read_matte, resize, to_gray_u8, to_uint8
 
 #: Truth value of pixels where no shot is right or wrong (mixed or flat).
@@ -323,34 +332,39 @@ def compose(images: Sequence[np.ndarray], index: np.ndarray) -> np.ndarray:
     return np.take_along_axis(st, sel.astype(np.intp), 0)[0].astype(np.uint8)
 
 
-def fuse_stack_joint(
-    images: Sequence[np.ndarray], nets: FusionNets, params: FusionParams = FusionParams(), names: Sequence[str] = ()
-) -> StackResult:
-    """The joint stack rule (module docstring) on three or more registered uint8 shots."""
-    n = len(images)
-    if n < 2:
-        raise UserError("fusion needs at least two source images")
-    names = list(names) or [f"image {i + 1}" for i in range(n)]
-    for i in range(1, n):
-        check_same_size(images[0], images[i], names[0], names[i])
-    for nm, im in zip(names, images):
-        if np.asarray(im).dtype != np.uint8:
-            raise InputFileError(nm, f"sources must be uint8 images, got {np.asarray(im).dtype}")
-    grays = [to_gray_u8(_rgb(im, False)) for im in images]
+def _nearest(m: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize (pixel centres) of a label or mask map to ``size_hw``."""
+    h, w = size_hw
+    hs, ws = m.shape
+    r = np.minimum(((np.arange(h) + 0.5) * (hs / h)).astype(np.intp), hs - 1)
+    c = np.minimum(((np.arange(w) + 0.5) * (ws / w)).astype(np.intp), ws - 1)
+    return m[r[:, None], c[None, :]]
+
+
+def _joint_decide(
+    grays: Sequence[np.ndarray], nets: FusionNets, params: FusionParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """Steps 1-4 of the joint rule (module docstring) on gray shots at the size they are
+    decided at: ``(scores, index_initial, near_boundary, index_raw, seconds)``."""
+    n = len(grays)
     h, w = grays[0].shape
     dev = nets.device
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=params.precision == "bf16")
+    fill = params.flat_level > 0
     t: dict[str, float] = {}
     t0 = time.perf_counter()
     z: dict[tuple[int, int], np.ndarray] = {}
     scores = np.zeros((n, h, w), np.float32)
-    with amp:
-        for i in range(n):
-            for j in range(i + 1, n):
-                zij = _logit(score_multiscale(nets.initial, grays[i], grays[j], nets.patch_initial, params, device=dev))
-                z[i, j] = zij
-                scores[i] += zij
-                scores[j] -= zij
+    for i in range(n):
+        for j in range(i + 1, n):
+            with amp:
+                sij = score_multiscale(nets.initial, grays[i], grays[j], nets.patch_initial, params, device=dev)
+            if fill:  # as fuse_images fills s0 (bafusion.fusion.decide.decide)
+                sij = fill_flat(sij, grays[i], grays[j], params.flat_level, params.flat_sigma)
+            zij = _logit(sij)
+            z[i, j] = zij
+            scores[i] += zij
+            scores[j] -= zij
     # The two leading shots by the sum; of them, the one that wins their own comparison.
     order = np.argsort(-scores, axis=0, kind="stable")
     lead_a = np.minimum(order[0], order[1])
@@ -367,7 +381,7 @@ def fuse_stack_joint(
     t0 = time.perf_counter()
     # P_k: the probability that shot k is taken, from the leading pair's own comparison (0 for
     # the other shots); the band is where no shot holds high of its window (Eq. 2).
-    s_lead = (1.0 / (1.0 + np.exp(-z_lead.astype(np.float64)))).astype(np.float32)
+    s_lead = _sigmoid(z_lead)
     best_mean = np.zeros((h, w), np.float32)
     for k in range(n):
         pk = np.where(lead_a == k, s_lead, np.where(lead_b == k, 1.0 - s_lead, 0.0)).astype(np.float32)
@@ -380,9 +394,86 @@ def fuse_stack_joint(
             a, b = divmod(int(code), n)
             mask = near & (pair_code == code)
             with amp:
-                sb = score(nets.boundary, grays[a], grays[b], nets.patch_boundary, params, bstep, mask=mask, device=dev)
-            index1[mask] = np.where(sb[mask] > params.threshold, a, b)
+                s1 = score(nets.boundary, grays[a], grays[b], nets.patch_boundary, params, bstep, mask=mask, device=dev)
+            if fill:  # the pair's filled initial score, rescored on the mask, filled again (as decide)
+                s1 = np.where(mask, s1, _sigmoid(z[a, b]))
+                s1 = fill_flat(s1, grays[a], grays[b], params.flat_level, params.flat_sigma)
+            index1[mask] = np.where(s1[mask] > params.threshold, a, b)
     t["boundary"] = time.perf_counter() - t0
+    return scores, index0, near, index1, t
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-z.astype(np.float64)))).astype(np.float32)
+
+
+def fuse_stack_joint(
+    images: Sequence[np.ndarray], nets: FusionNets, params: FusionParams = FusionParams(), names: Sequence[str] = ()
+) -> StackResult:
+    """The joint stack rule (module docstring) on two or more registered uint8 shots.
+
+    Parameters
+    ----------
+    images : sequence of ndarray
+        Registered uint8 shots of one size, (H, W) gray or (H, W, 3/4) colour.
+    nets : FusionNets
+        The initial and boundary nets.
+    params : FusionParams
+        As for :func:`bafusion.fusion.fuse_images`. Of the fields that act around the
+        scoring, the joint rule honours:
+
+        * ``exposure_match`` ("linear"): every shot's gray is mapped onto the first shot's
+          exposure (:func:`bafusion.fusion.exposure.match_exposure`; the chain maps each
+          new shot onto the running fusion, which starts as the first shot) before any
+          scoring; the fused pixels are the shots' own.
+        * ``flat_level`` > 0 (:func:`bafusion.fusion.decide.fill_flat`, sigma
+          ``flat_sigma``): each pairwise initial score is filled with the pair's grays
+          before its logit enters the sums; in the band, each leading pair's score (its
+          filled initial score, rescored by the boundary net on its band pixels) is filled
+          again before it decides those pixels, as :func:`bafusion.fusion.decide.decide`
+          fills ``s0`` and ``s1``.
+        * ``working_min`` / ``working_side`` / ``working_above``: stacks the pair rule
+          would decide at another size (:func:`bafusion.fusion.working.decision_size`:
+          small ones upscaled, by at most :data:`bafusion.fusion.working.MAX_UPSCALE`;
+          camera-size ones at the working resolution) are decided there: every gray is
+          resized (:func:`bafusion.fusion.working.resize_gray`), steps 1-4 run at that
+          size, the index maps and the band are brought back to full size by nearest
+          neighbour and the logit sums by Lanczos; small-region removal and the
+          composition run at full size. The full-resolution band refinement of camera-size
+          pairs (``working_band``, ``working_refine``) is *not* applied: it filters one
+          score of two sources, and the joint rule's index has no such score, so a
+          camera-size stack's boundaries are placed to about one working pixel
+          (``long side / working_side`` full-resolution pixels).
+    names : sequence of str
+        The shots' names, for error messages.
+
+    Returns
+    -------
+    StackResult
+        Every map at the shots' size.
+    """
+    n = len(images)
+    if n < 2:
+        raise UserError("fusion needs at least two source images")
+    names = list(names) or [f"image {i + 1}" for i in range(n)]
+    for i in range(1, n):
+        check_same_size(images[0], images[i], names[0], names[i])
+    for nm, im in zip(names, images):
+        if np.asarray(im).dtype != np.uint8:
+            raise InputFileError(nm, f"sources must be uint8 images, got {np.asarray(im).dtype}")
+    grays = [to_gray_u8(_rgb(im, False)) for im in images]
+    if params.exposure_match == "linear":  # the nets score every shot at the first one's exposure
+        grays = [grays[0]] + [match_exposure(grays[0], g) for g in grays[1:]]
+    h, w = grays[0].shape
+    size = decision_size((h, w), params)
+    if size is None:
+        scores, index0, near, index1, t = _joint_decide(grays, nets, params)
+    else:
+        scores, index0, near, index1, t = _joint_decide([resize_gray(g, size) for g in grays], nets, params)
+        t0 = time.perf_counter()
+        scores = np.stack([resize(s, (h, w)) for s in scores]).astype(np.float32)
+        index0, near, index1 = (_nearest(m, (h, w)) for m in (index0, near, index1))
+        t["resize"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     index = remove_small_labels(index1, params.min_region)
     fused = compose(images, index)
