@@ -69,6 +69,15 @@ def shipped() -> FusionNets:
     return load_nets_from_dir(None, "cpu")
 
 
+def _lowfreq_texture(seed: int, h: int, w: int) -> np.ndarray:
+    """:func:`_texture` at half contrast over a smooth random shading (sigma 12 px): a low-pass
+    of the shots keeps structure, so an exposure fit (sigma 8 px) is reliable on it."""
+    rng = np.random.default_rng(seed)
+    t = _texture(rng, h, w).astype(np.float64)
+    shade = ndimage.gaussian_filter(rng.normal(0, 1, (h, w, 1)), (12, 12, 0))
+    return np.clip(0.5 * (t - 128) + 128 + 40 * shade / shade.std(), 0, 255).astype(np.uint8)
+
+
 @pytest.fixture(scope="module")
 def made_up_stack():
     """A 3-layer stack of made-up textures (no real data needed)."""
@@ -192,6 +201,99 @@ def test_joint_rule_is_consistent_and_composes_by_its_index(shipped, made_up_sta
     assert set(np.unique(res.index)) <= {0, 1, 2}
     # Outside the band the boundary net changed nothing.
     assert np.array_equal(res.index_raw[~res.near_boundary], res.index_initial[~res.near_boundary])
+
+
+# -- the pair rule's options in the joint rule (measured values in the comments) ------------
+
+
+def test_joint_rule_matches_the_shots_exposures_before_scoring(shipped, one_torch_thread) -> None:
+    """One shot of three 1.4x brighter (clipped): with ``exposure_match`` linear every gray is
+    mapped onto the first shot's exposure before scoring, and the joint rule decides far better
+    than on the shots as they are; the fused pixels are the shots' own."""
+    fg = [(_lowfreq_texture(s, 100, 90), _foreground(s, 100, 90)[1]) for s in (21, 22)]
+    st = synthetic_stack(fg, _lowfreq_texture(11, 170, 170), StackOptions(layers=3, size=160), seed=1)
+    shots = list(st.shots)
+    shots[1] = np.clip(np.round(shots[1] * 1.4), 0, 255).astype(np.uint8)
+    acc = {}
+    for mode in ("none", "linear"):  # at the stack's own size, to see exposure matching alone
+        res = fuse_stack_joint(shots, shipped, FusionParams(stack_rule="joint", exposure_match=mode, working_min=0))
+        acc[mode] = stack_accuracy(res.index, st.truth)
+        assert np.array_equal(res.fused, compose(shots, res.index))
+    assert acc["linear"] >= acc["none"] + 0.02, acc  # measured 0.9894 vs 0.9488
+    assert acc["linear"] > 0.98, acc
+
+
+@pytest.fixture(scope="module")
+def stack_200():
+    """A 3-layer stack of made-up textures, 200 px: small enough to be decided upscaled."""
+    rng = np.random.default_rng(11)
+    return synthetic_stack([_foreground(21, 120, 100), _foreground(22, 120, 100)], _texture(rng, 210, 210),
+                           StackOptions(layers=3, size=200), seed=1)
+
+
+def _check_full_size(res, shots, n: int = 3) -> None:
+    h, w = shots[0].shape[:2]
+    assert res.index.shape == res.index_initial.shape == res.index_raw.shape == res.near_boundary.shape == (h, w)
+    assert res.scores.shape == (n, h, w)
+    assert np.allclose(res.scores.sum(0), 0.0, atol=1e-3)
+    assert np.array_equal(res.fused, compose(shots, res.index))
+    assert np.array_equal(res.index_raw[~res.near_boundary], res.index_initial[~res.near_boundary])
+
+
+def test_a_small_stack_is_decided_upscaled(shipped, one_torch_thread, stack_200) -> None:
+    """``working_min`` 512: the 200 px stack is decided at 400 px (MAX_UPSCALE 2), its maps
+    brought back to 200 px; it decides at least as well as at its own size."""
+    shots = stack_200.shots
+    own = fuse_stack_joint(shots, shipped, FusionParams(stack_rule="joint", working_min=0))
+    up = fuse_stack_joint(shots, shipped, FusionParams(stack_rule="joint", working_min=512))
+    _check_full_size(up, shots)
+    assert "resize" in up.seconds and "resize" not in own.seconds
+    assert not np.array_equal(up.scores, own.scores)
+    acc_own, acc_up = stack_accuracy(own.index, stack_200.truth), stack_accuracy(up.index, stack_200.truth)
+    assert acc_up >= acc_own, (acc_up, acc_own)  # measured 0.9960 vs 0.9906
+    assert acc_up > 0.99, acc_up
+
+
+def test_a_large_stack_is_decided_at_the_working_resolution(shipped, one_torch_thread, stack_200) -> None:
+    """``working_side`` (here 128 with ``working_above`` 0, so that a 200 px stack counts as
+    large): decided at 128 px, the index brought back by nearest neighbour, no band refinement."""
+    shots = stack_200.shots
+    res = fuse_stack_joint(shots, shipped, FusionParams(stack_rule="joint", working_min=0, working_side=128,
+                                                        working_above=0))
+    _check_full_size(res, shots)
+    assert "resize" in res.seconds
+    # Nearest neighbour from 128 px: full-size rows (and columns) that fall in one working row
+    # are copies of it.
+    src = ((np.arange(200) + 0.5) * 128 / 200).astype(int)
+    twins = np.flatnonzero(src[1:] == src[:-1])
+    assert len(twins) == 72
+    for m in (res.index_initial, res.index_raw, res.near_boundary):
+        assert np.array_equal(m[twins], m[twins + 1]) and np.array_equal(m[:, twins], m[:, twins + 1])
+    own = fuse_stack_joint(shots, shipped, FusionParams(stack_rule="joint", working_min=0))
+    assert not np.array_equal(own.index_initial[twins], own.index_initial[twins + 1])
+    assert stack_accuracy(res.index, stack_200.truth) > 0.975  # measured 0.9855 (0.9906 at 200 px)
+
+
+def test_flat_filling_moves_the_joint_decision_only_where_the_shots_hardly_differ(shipped, one_torch_thread) -> None:
+    """``flat_level`` 6 on a stack whose background is half flat: the joint decision changes on
+    most pixels where the shots hardly differ (the nets' votes there carry no focus cue) and on
+    almost none where they differ, and the accuracy is kept. (This stack's decidable pixels
+    include near-flat background by its sharp foregrounds, which no setting gets all right.)"""
+    bg = _texture(np.random.default_rng(11), 120, 120)
+    bg[:, :60] = 90
+    st = synthetic_stack([_foreground(21, 70, 60), _foreground(22, 70, 60)], bg, StackOptions(layers=3, size=112),
+                         seed=1)
+    g = [s.astype(np.float32).mean(2) for s in st.shots]
+    d = np.max([ndimage.gaussian_filter(np.abs(g[i] - g[j]), 2.0) for i in range(3) for j in range(i + 1, 3)], axis=0)
+    off = fuse_stack_joint(st.shots, shipped, FusionParams(stack_rule="joint"))
+    on = fuse_stack_joint(st.shots, shipped, FusionParams(stack_rule="joint", flat_level=6.0))
+    _check_full_size(on, st.shots)
+    changed = on.index != off.index
+    assert (d < 2).mean() > 0.2 and (d > 20).mean() > 0.3
+    assert changed[d < 2].mean() > 0.5, changed[d < 2].mean()  # measured 0.86
+    assert changed[d > 20].mean() < 0.02, changed[d > 20].mean()  # measured 0.005
+    acc_off, acc_on = stack_accuracy(off.index, st.truth), stack_accuracy(on.index, st.truth)
+    assert acc_on >= acc_off - 0.005 and acc_on > 0.86, (acc_on, acc_off)  # measured 0.8863 vs 0.8839
 
 
 def test_joint_rule_refuses_bad_stacks(tiny_nets) -> None:
