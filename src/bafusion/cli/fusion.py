@@ -91,6 +91,10 @@ def _add_param_args(p: argparse.ArgumentParser) -> None:
                         f"(default {d.flat_level:g})")
     g.add_argument("--flat-sigma", type=float, default=None,
                    help=f"flat-region filling: Gaussian sigma (px) of that neighbourhood (default {d.flat_sigma:g})")
+    g.add_argument("--tta", choices=allowed("fuse.tta"), default=None,
+                   help="test-time augmentation: the nets also score the pair with A and B exchanged (swap), "
+                        "turned and mirrored (dihedral: 8 views) or both (all: 16), and the scores are averaged; "
+                        f"each view costs one scoring; none = the paper (default {d.tta})")
     g.add_argument("--params-file", default=None, help="YAML file whose 'fuse' section sets the defaults (params.yaml)")
     g.add_argument("--params-json", default=None,
                    help="JSON object of fusion parameters (the 'fuse' section; overrides --params-file)")
@@ -127,6 +131,7 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
         "working_min": getattr(args, "working_min", None),
         "exposure_match": getattr(args, "exposure_match", None),
         "flat_level": getattr(args, "flat_level", None), "flat_sigma": getattr(args, "flat_sigma", None),
+        "tta": getattr(args, "tta", None),
     }
     if getattr(args, "scales", None):
         try:

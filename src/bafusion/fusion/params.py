@@ -148,6 +148,13 @@ class FusionParams:
     #: Flat-region filling: Gaussian sigma (px, at the resolution the pair is decided at) of
     #: the neighbourhood a flat pixel takes its score from.
     flat_sigma: float = _default("flat_sigma")
+    #: Test-time augmentation (:func:`bafusion.fusion.scoring.score`): the nets score several
+    #: views of the pair and the class-1 probabilities, mapped back to the pair, are averaged.
+    #: "swap": A and B exchanged (the score of the swapped pair is ``1 - s``: the nets were
+    #: trained with this swap and the flipped label); "dihedral": the 4 rotations, each also
+    #: mirrored (8 views, the paper's training augmentations); "all": both (16 views).
+    #: "none": the pair as it is (the paper). Costs one scoring per view.
+    tta: str = _default("tta")
 
     def __post_init__(self) -> None:
         # Types and ranges: the schema's (bafusion/schemas/params.schema.yaml, section fuse).

@@ -442,6 +442,25 @@ def _boxes(h: int, w: int, mask: np.ndarray | None, tile: int, step: int) -> lis
     return boxes
 
 
+#: Test-time augmentation views (``params.tta``): (quarter turns, mirrored, A/B swapped).
+TTA_VIEWS: dict[str, tuple[tuple[int, bool, bool], ...]] = {
+    "none": ((0, False, False),),
+    "swap": ((0, False, False), (0, False, True)),
+    "dihedral": tuple((k, m, False) for k in range(4) for m in (False, True)),
+    "all": tuple((k, m, s) for s in (False, True) for k in range(4) for m in (False, True)),
+}
+
+
+def _view(x: np.ndarray, k: int, mirror: bool) -> np.ndarray:
+    x = np.fliplr(x) if mirror else x
+    return np.ascontiguousarray(np.rot90(x, k))
+
+
+def _unview(x: np.ndarray, k: int, mirror: bool) -> np.ndarray:
+    x = np.rot90(x, -k)
+    return np.ascontiguousarray(np.fliplr(x) if mirror else x)
+
+
 def score(
     net: CifarResNet,
     gray_a: np.ndarray,
@@ -452,7 +471,41 @@ def score(
     mask: np.ndarray | None = None,
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """Exact or dense scores, as ``params.exact`` says."""
+    """Exact or dense scores, as ``params.exact`` says, averaged over the test-time
+    augmentation views of ``params.tta``.
+
+    Each view is the pair rotated by quarter turns, mirrored and/or with A and B exchanged
+    (:data:`TTA_VIEWS`); its scores are mapped back (rotated back, and ``1 - s`` for a swapped
+    pair, whose class 1 means "focused in B") and the probabilities averaged. ``mask`` is
+    transformed with the pair; pixels outside it are NaN in every view. With ``tta="none"``
+    (the paper) this is one scoring of the pair as it is.
+    """
+    views = TTA_VIEWS[params.tta]
+    if len(views) == 1:
+        return _score_view(net, gray_a, gray_b, patch, params, step, mask, device)
+    total = None
+    for k, mirror, swap in views:
+        va, vb = _view(gray_a, k, mirror), _view(gray_b, k, mirror)
+        vm = None if mask is None else _view(mask, k, mirror)
+        s = _score_view(net, vb if swap else va, va if swap else vb, patch, params, step, vm, device)
+        s = _unview(s, k, mirror).astype(np.float64)
+        if swap:
+            s = 1.0 - s
+        total = s if total is None else total + s
+    return (total / len(views)).astype(np.float32)
+
+
+def _score_view(
+    net: CifarResNet,
+    gray_a: np.ndarray,
+    gray_b: np.ndarray,
+    patch: int,
+    params: FusionParams,
+    step: int,
+    mask: np.ndarray | None,
+    device: torch.device | str,
+) -> np.ndarray:
+    """Exact or dense scores of one view, as ``params.exact`` says."""
     if params.exact or (mask is not None and params.boundary_mode == "exact"):
         return score_exact(net, gray_a, gray_b, patch, mask=mask, batch_size=params.batch_size, device=device)
     if mask is not None and params.boundary_mode == "adaptive":
