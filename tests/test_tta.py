@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from bafusion.config import load_preset
 from bafusion.fusion import FusionParams, load_nets_from_dir
 from bafusion.fusion.scoring import TTA_VIEWS, score
-from bafusion.config import load_preset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
