@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import numpy as np
 
@@ -11,7 +12,7 @@ from bafusion.errors import UserError
 from bafusion.fusion.models import FusionNets, load_nets_from_dir
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.rule import check_same_size, fuse_images, fuse_stack
-from bafusion.io import read_images
+from bafusion.io import read_source_set, scale_to_u8
 
 __all__ = ["fuse", "load_model"]
 
@@ -55,6 +56,7 @@ def fuse(
     device: str = "auto",
     align: str = "none",
     progress: bool | None = False,
+    keep_depth: bool = True,
 ) -> np.ndarray:
     """Fuse two or more shots of one scene, focused at different depths, into one image.
 
@@ -62,8 +64,8 @@ def fuse(
     ----------
     *sources : path or ndarray
         Two or more registered shots of the same size: file paths (read like the command
-        line does: EXIF orientation applied, sources of more than 8 bits scaled alike to
-        8 bits) or uint8 arrays, (H, W) gray or (H, W, 3) RGB.
+        line does: EXIF orientation applied; 16-bit PNG and TIFF at their full depth) or
+        uint8 or uint16 arrays, (H, W) gray or (H, W, 3) RGB.
     model : str, path or FusionNets, optional
         The nets: a model folder or shipped model name (see :func:`load_model`; loaded once
         and cached), or nets already loaded. None: the shipped default.
@@ -76,12 +78,19 @@ def fuse(
         ``"similarity"``); the result is then cropped to the area every shot covers.
     progress : bool or None
         A progress bar on stderr (None: for camera-size pairs on a terminal).
+    keep_depth : bool
+        When a source has more than 8 bits per sample (a uint16 array, or a file read as
+        such), return the uint16 fusion: every pixel is one source's full-depth pixel, chosen
+        by the decision made on the 8-bit versions, as the command line does (uint8 sources
+        on the 16-bit scale are multiplied by 257). False: the uint8 fusion. Alignment works
+        on 8 bits, so with ``align`` the result is uint8 (a warning says so).
 
     Returns
     -------
     ndarray
-        The fused image, uint8: (H, W, 3) when a source is colour, (H, W) when all are gray.
-        Three or more shots are fused by ``params.stack_rule``.
+        The fused image, uint8 (uint16 for sources of more than 8 bits, see ``keep_depth``):
+        (H, W, 3) when a source is colour, (H, W) when all are gray. Three or more shots are
+        fused by ``params.stack_rule``.
 
     Raises
     ------
@@ -98,22 +107,61 @@ def fuse(
     if align not in ALIGN_MODELS:
         raise UserError(f"align must be one of {', '.join(ALIGN_MODELS)}, got {align!r}")
     params = params if params is not None else FusionParams()
-    paths = [s for s in sources if not isinstance(s, np.ndarray)]
-    read = iter(read_images(paths)) if paths else iter(())
-    images = [s if isinstance(s, np.ndarray) else next(read) for s in sources]
-    names = [f"source {i + 1}" if isinstance(s, np.ndarray) else str(s) for i, s in enumerate(sources)]
+    images, full, names = _read_sources(sources)
     for i in range(1, len(images)):
         check_same_size(images[0], images[i], names[0], names[i])
     if align != "none":
         from bafusion.fusion.align import align_images
 
-        images = align_images(images, align).images
+        if full is not None and keep_depth:
+            warnings.warn("sources of more than 8 bits are fused in 8 bits when aligned (alignment works on 8 bits)",
+                          stacklevel=2)
+        images, full = align_images(images, align).images, None
     nets = model if isinstance(model, FusionNets) else _cached_nets(
         None if model is None else str(model), device)
-    if len(images) == 2:
-        return fuse_images(images[0], images[1], nets, params, (names[0], names[1]), progress=progress).fused
-    if params.stack_rule == "joint":
+    deep = full is not None and keep_depth
+    if len(images) > 2 and params.stack_rule == "joint":
+        from bafusion.fusion.batch import compose_index
         from bafusion.fusion.stack import fuse_stack_joint
 
-        return fuse_stack_joint(images, nets, params, names).fused
-    return fuse_stack(images, nets, params, names, progress=progress)[-1].fused
+        res = fuse_stack_joint(images, nets, params, names)
+        return compose_index(full, res.index) if deep else res.fused
+    if len(images) == 2:
+        results = [fuse_images(images[0], images[1], nets, params, (names[0], names[1]), progress=progress)]
+    else:
+        results = fuse_stack(images, nets, params, names, progress=progress)
+    if deep:
+        from bafusion.fusion.batch import compose_full
+
+        return compose_full(full, [r.decision for r in results])
+    return results[-1].fused
+
+
+def _read_sources(
+    sources: tuple[str | os.PathLike[str] | np.ndarray, ...],
+) -> tuple[list[np.ndarray], list[np.ndarray] | None, list[str]]:
+    """The uint8 images the decision is made on, their uint16 full-depth versions when any
+    source has more than 8 bits (else None), and the sources' names for messages."""
+    paths = [s for s in sources if not isinstance(s, np.ndarray)]
+    src = read_source_set(paths, metadata=False) if paths else None
+    read8 = iter(src.images) if src else iter(())
+    read16 = iter(src.full) if src and src.full is not None else None
+    names = [f"source {i + 1}" if isinstance(s, np.ndarray) else str(s) for i, s in enumerate(sources)]
+    images: list[np.ndarray] = []
+    full: list[np.ndarray] = []
+    deep = src is not None and src.full is not None
+    for s, name in zip(sources, names):
+        if isinstance(s, np.ndarray):
+            if s.dtype == np.uint16:
+                deep = True
+                images.append(scale_to_u8(s, 16))
+                full.append(s)
+            elif s.dtype == np.uint8:
+                images.append(s)
+                full.append(s.astype(np.uint16) * np.uint16(257))
+            else:
+                raise UserError(f"{name}: sources must be uint8 or uint16 arrays, got {s.dtype}")
+        else:
+            images.append(next(read8))
+            full.append(next(read16) if read16 is not None else images[-1].astype(np.uint16) * np.uint16(257))
+    return images, (full if deep else None), names
