@@ -16,6 +16,7 @@ from PIL import Image, ImageFilter
 
 import bafusion.io
 from bafusion.cli import main as cli_main
+from bafusion.errors import InputFileError
 from bafusion.io import common_bits, png_depth, read_image, read_images
 from bafusion.nets.model import build_model, save_model
 
@@ -147,3 +148,20 @@ def test_fuse_and_metrics_of_a_12_bit_pair_equal_those_of_the_8_bit_pair(tmp_pat
     out.append(capsys.readouterr().out)
     assert out[0] == out[1] == out[2]
     assert np.array_equal(read_image(tmp_path / "a8.png"), a8)
+
+
+def test_32_bit_float_gray_files_on_their_own_scale(tmp_path: Path) -> None:
+    """Float images are usually on [0, 1]: such a file was read as nearly black (taken on
+    [0, 255]); now the scale follows the values (1, 255 or 65535)."""
+    g8 = np.random.default_rng(8).integers(0, 256, (9, 13), dtype=np.uint8)
+    for scale in (1.0, 255.0, 65535.0):
+        p = tmp_path / f"f{int(scale)}.tif"
+        Image.fromarray((g8 / 255.0 * scale).astype(np.float32), mode="F").save(p)
+        got = read_image(p)
+        assert got.dtype == np.uint8 and np.abs(got.astype(int) - g8).max() <= 1, scale
+    bad = (g8 / 255.0).astype(np.float32)
+    bad[2, 3] = np.nan
+    p = tmp_path / "nan.tif"
+    Image.fromarray(bad, mode="F").save(p)
+    with pytest.raises(InputFileError, match=r"nan\.tif.*NaN or infinite"):
+        read_image(p)

@@ -576,13 +576,26 @@ def read_images(paths: Sequence[str | os.PathLike[str]], *, rgb: bool = False) -
     return [np.repeat(a[..., None], 3, axis=2) if rgb and a.ndim == 2 else a for a in images]
 
 
+def float_scale(a: np.ndarray) -> float:
+    """The full scale of a floating-point image's samples: 1.0 when none exceeds 1 (the usual
+    convention of float images: [0, 1]), else 255 when none exceeds 255, else 65535."""
+    top = float(a.max()) if a.size else 0.0
+    return 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else 65535.0
+
+
 def _read_8bit(path: str | os.PathLike[str]) -> np.ndarray:
-    """A file of at most 8 bits per sample (or a float one, taken on the [0, 255] scale, or
-    [0, 65535] when it exceeds 255), by the mode rules of the module docstring."""
+    """A file of at most 8 bits per sample, or a 32-bit float one (on the [0, 1] scale when no
+    value exceeds 1, else [0, 255], else [0, 65535]: :func:`float_scale`), by the mode rules of
+    the module docstring."""
     im = open_image(path)
     if im.mode in ("L", "LA", "1"):
         return np.asarray(im.convert("L"), dtype=np.uint8).copy()
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise InputFileError(path, "floating-point image with NaN or infinite values")
+        return np.clip(np.round(a / float_scale(a) * 255.0), 0, 255).astype(np.uint8)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         a = np.asarray(im, dtype=np.float64)
         hi = 65535.0 if a.max() > 255 else 255.0
         return np.clip(np.round(a / hi * 255.0), 0, 255).astype(np.uint8)
