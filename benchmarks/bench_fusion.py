@@ -180,6 +180,9 @@ def lytro_pair(i: int, size: int | None = None) -> tuple[np.ndarray, np.ndarray]
 
 CONFIGS = {
     "default": dict(),  # FusionParams() as shipped: dense4 + adaptive p/2 -> p/4, margin 16
+    # the default at the pair's own size: exact mode never upscales small pairs (working_min),
+    # so against it the default is compared at the same size
+    "default-own-size": dict(working_min=0),
     "default-bf16": dict(precision="bf16"),
     "default-margin0": dict(dense_margin=0),
     "dense4+dense4": dict(initial_step=4, boundary_mode="dense", boundary_step=4),

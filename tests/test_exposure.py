@@ -57,7 +57,8 @@ def test_matching_restores_the_decision_of_a_darker_or_brighter_shot() -> None:
     for label, bb in (("same", b), ("darker", 0.55 * b + 5), ("brighter", 1.6 * b - 10)):
         for mode in ("none", "linear"):
             # exposure matching alone: no flat filling, no upscaling of the 256-px pair
-            r = fuse_images(_u8(a), _u8(bb), nets, FusionParams(exposure_match=mode, flat_level=0, working_min=0))
+            r = fuse_images(_u8(a), _u8(bb), nets, FusionParams(exposure_match=mode, flat_level=0, working_min=0,
+                                                                       boundary_weight=1.0))
             acc[label, mode] = decision_accuracy(r.decision, truth)
             if mode == "linear":  # only the scoring input changes: the pixels are the sources'
                 dm = r.decision

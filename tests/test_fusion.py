@@ -182,8 +182,9 @@ def test_exact_patch_is_centred_as_in_training() -> None:
 
 def P(**kw) -> FusionParams:
     """The paper's rule at the pair's own size (these tests check its mechanics with tiny nets
-    on tiny pairs): no flat-region filling, no upscaling of small pairs."""
-    return FusionParams(**{"flat_level": 0, "working_min": 0, **kw})
+    on tiny pairs): no flat-region filling, no upscaling of small pairs, the boundary net's
+    score replacing the initial one near the boundary."""
+    return FusionParams(**{"flat_level": 0, "working_min": 0, "boundary_weight": 1.0, **kw})
 
 
 def test_decision_accuracy_and_boundary_refinement(nets: FusionNets, scene) -> None:

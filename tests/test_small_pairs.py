@@ -76,7 +76,7 @@ def test_a_small_pair_is_decided_better_upscaled() -> None:
     nets = load_nets_from_dir(None, "cpu")
     acc = {}
     for wm in (0, 512):
-        dm = fuse_images(a, b, nets, FusionParams(working_min=wm, flat_level=0)).decision
+        dm = fuse_images(a, b, nets, FusionParams(working_min=wm, flat_level=0, boundary_weight=1.0)).decision
         acc[wm] = float((dm == truth).mean())
     assert acc[512] > acc[0] + 0.008, acc
 

@@ -216,7 +216,8 @@ def test_joint_rule_matches_the_shots_exposures_before_scoring(shipped, one_torc
     shots[1] = np.clip(np.round(shots[1] * 1.4), 0, 255).astype(np.uint8)
     acc = {}
     for mode in ("none", "linear"):  # at the stack's own size, to see exposure matching alone
-        res = fuse_stack_joint(shots, shipped, FusionParams(stack_rule="joint", exposure_match=mode, working_min=0))
+        res = fuse_stack_joint(shots, shipped, FusionParams(stack_rule="joint", exposure_match=mode, working_min=0,
+                                                                boundary_weight=1.0))
         acc[mode] = stack_accuracy(res.index, st.truth)
         assert np.array_equal(res.fused, compose(shots, res.index))
     assert acc["linear"] >= acc["none"] + 0.02, acc  # measured 0.9894 vs 0.9488
@@ -404,3 +405,18 @@ def test_fuse_set_report_is_the_same_under_both_rules(tiny_nets, tmp_path: Path)
         reports.append((out / "accuracy.json").read_text())
         assert (out / "p.png").is_file()
     assert reports[0] == reports[1] and "stack_rule" not in reports[0]
+
+
+def test_joint_rule_weighs_both_nets_in_the_band(shipped, one_torch_thread, stack_200) -> None:
+    """``boundary_weight`` < 1: the joint rule's band pixels weigh the leading pair's initial
+    vote with the boundary net's, as the pair rule does; outside the band nothing changes."""
+    shots = stack_200.shots
+    paper = fuse_stack_joint(shots, shipped, FusionParams(stack_rule="joint", working_min=0, boundary_weight=1.0))
+    half = fuse_stack_joint(shots, shipped, FusionParams(stack_rule="joint", working_min=0, boundary_weight=0.5))
+    assert np.array_equal(paper.index_initial, half.index_initial)
+    assert np.array_equal(paper.near_boundary, half.near_boundary)
+    out = ~paper.near_boundary
+    assert np.array_equal(paper.index_raw[out], half.index_raw[out])
+    changed = (paper.index_raw != half.index_raw).sum()
+    assert changed > 0  # the weight reaches the band
+    assert stack_accuracy(half.index, stack_200.truth) > 0.98

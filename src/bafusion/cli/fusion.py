@@ -91,6 +91,9 @@ def _add_param_args(p: argparse.ArgumentParser) -> None:
                         f"(default {d.flat_level:g})")
     g.add_argument("--flat-sigma", type=float, default=None,
                    help=f"flat-region filling: Gaussian sigma (px) of that neighbourhood (default {d.flat_sigma:g})")
+    g.add_argument("--boundary-weight", type=float, default=None,
+                   help="near-boundary pixels: weight of the boundary net's vote (log-odds) against the initial "
+                        f"net's; 1 = the paper, the boundary net alone (default {d.boundary_weight:g})")
     g.add_argument("--tta", choices=allowed("fuse.tta"), default=None,
                    help="test-time augmentation: the nets also score the pair with A and B exchanged (swap), "
                         "turned and mirrored (dihedral: 8 views) or both (all: 16), and the scores are averaged; "
@@ -132,6 +135,7 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
         "exposure_match": getattr(args, "exposure_match", None),
         "flat_level": getattr(args, "flat_level", None), "flat_sigma": getattr(args, "flat_sigma", None),
         "tta": getattr(args, "tta", None),
+        "boundary_weight": getattr(args, "boundary_weight", None),
     }
     if getattr(args, "scales", None):
         try:

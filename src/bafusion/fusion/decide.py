@@ -26,7 +26,7 @@ from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.scoring import boundary_steps, score, score_multiscale
 
-__all__ = ["decide", "fill_flat", "window_mean"]
+__all__ = ["blend_scores", "decide", "fill_flat", "window_mean"]
 
 
 def window_mean(s: np.ndarray, l: int) -> np.ndarray:  # noqa: E741
@@ -77,6 +77,33 @@ def fill_flat(s: np.ndarray, ga: np.ndarray, gb: np.ndarray, level: float, sigma
     return np.clip(c * s + (1 - c) * fill, 0.0, 1.0).astype(np.float32)
 
 
+def blend_scores(s_boundary: np.ndarray, s_initial: np.ndarray, weight: float) -> np.ndarray:
+    """The refined score of a near-boundary pixel: ``sigmoid(w * logit(s_boundary) + (1 - w) *
+    logit(s_initial))``, the two nets' votes weighted in log-odds (``fuse.boundary_weight``).
+
+    Parameters
+    ----------
+    s_boundary, s_initial : ndarray
+        The boundary and initial nets' scores in [0, 1] (1: focused in A), same shape.
+    weight : float
+        In [0, 1]. 1: the boundary net's score alone (the paper's Eq. 2 replacement), returned
+        as it is; 0: the initial net's.
+
+    Returns
+    -------
+    ndarray of float32
+    """
+    if weight >= 1.0:
+        return s_boundary.astype(np.float32)
+
+    def logit(p: np.ndarray) -> np.ndarray:
+        p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+        return np.log(p / (1 - p))
+
+    z = weight * logit(s_boundary) + (1.0 - weight) * logit(s_initial)
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
 def decide(
     ga: np.ndarray, gb: np.ndarray, nets: FusionNets, params: FusionParams, bar=None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
@@ -87,7 +114,8 @@ def decide(
     With ``params.flat_level`` > 0 (:func:`fill_flat`), ``s0`` is the initial net's score
     after filling (so that thresholding it is the rule without refinement, ``Ours-initial``),
     the window mean is that of this ``s0``, and ``s1`` is filled again after the boundary
-    net has rescored the near-boundary pixels."""
+    net has rescored the near-boundary pixels. With ``params.boundary_weight`` < 1 a
+    near-boundary pixel's ``s1`` weighs both nets' votes (:func:`blend_scores`)."""
     dev = nets.device
     t = {}
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=params.precision == "bf16")
@@ -109,7 +137,7 @@ def decide(
         bstep = boundary_steps(params, nets.patch_boundary)[0]
         with amp:
             sb = score(nets.boundary, ga, gb, nets.patch_boundary, params, bstep, mask=near, device=dev)
-        s1[near] = sb[near]
+        s1[near] = blend_scores(sb[near], s0[near], params.boundary_weight)
         if fill:  # the boundary net's scores on flat pixels are no better informed
             s1 = fill_flat(s1, ga, gb, params.flat_level, params.flat_sigma)
     t["boundary"] = time.perf_counter() - t0

@@ -148,6 +148,11 @@ class FusionParams:
     #: Flat-region filling: Gaussian sigma (px, at the resolution the pair is decided at) of
     #: the neighbourhood a flat pixel takes its score from.
     flat_sigma: float = _default("flat_sigma")
+    #: Near-boundary pixels (Eq. 2): the refined score is ``sigmoid(w * logit(s_boundary) +
+    #: (1 - w) * logit(s0))`` (:func:`bafusion.fusion.decide.blend_scores`): the boundary net's
+    #: vote weighed with the initial net's. 1: the boundary net's score replaces s0 (the
+    #: paper). The value: BENCHMARKS.md, "Weighing the boundary net's vote".
+    boundary_weight: float = _default("boundary_weight")
     #: Test-time augmentation (:func:`bafusion.fusion.scoring.score`): the nets score several
     #: views of the pair and the class-1 probabilities, mapped back to the pair, are averaged.
     #: "swap": A and B exchanged (the score of the swapped pair is ``1 - s``: the nets were

@@ -67,7 +67,7 @@ from scipy import ndimage
 
 from bafusion.data.composite import defocus, fit_background
 from bafusion.errors import InputFileError, UserError
-from bafusion.fusion.decide import fill_flat, window_mean
+from bafusion.fusion.decide import blend_scores, fill_flat, window_mean
 from bafusion.fusion.exposure import match_exposure
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import STACK_RULES, FusionParams
@@ -395,6 +395,8 @@ def _joint_decide(
             mask = near & (pair_code == code)
             with amp:
                 s1 = score(nets.boundary, grays[a], grays[b], nets.patch_boundary, params, bstep, mask=mask, device=dev)
+            if params.boundary_weight < 1:  # both nets' votes, as the pair rule (decide.blend_scores)
+                s1 = np.where(mask, blend_scores(s1, _sigmoid(z[a, b]), params.boundary_weight), s1)
             if fill:  # the pair's filled initial score, rescored on the mask, filled again (as decide)
                 s1 = np.where(mask, s1, _sigmoid(z[a, b]))
                 s1 = fill_flat(s1, grays[a], grays[b], params.flat_level, params.flat_sigma)
