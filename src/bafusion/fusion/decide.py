@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
-from bafusion.fusion.scoring import boundary_steps, score, score_multiscale
+from bafusion.fusion.scoring import _logit, boundary_steps, score, score_multiscale
 
 __all__ = ["blend_scores", "decide", "fill_flat", "window_mean"]
 
@@ -95,12 +95,7 @@ def blend_scores(s_boundary: np.ndarray, s_initial: np.ndarray, weight: float) -
     """
     if weight >= 1.0:
         return s_boundary.astype(np.float32)
-
-    def logit(p: np.ndarray) -> np.ndarray:
-        p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
-        return np.log(p / (1 - p))
-
-    z = weight * logit(s_boundary) + (1.0 - weight) * logit(s_initial)
+    z = weight * _logit(s_boundary).astype(np.float64) + (1.0 - weight) * _logit(s_initial).astype(np.float64)
     return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 
