@@ -83,6 +83,31 @@ def test_working_path_agrees_with_the_plain_decision_upscaled(nets) -> None:
     assert not np.allclose(none.score_refined[res.near_boundary], res.score_refined[res.near_boundary])
 
 
+def test_boundary_refine_weighs_the_boundary_net_as_at_any_size(nets, monkeypatch) -> None:
+    """``working_refine: boundary`` rescoring the full-size band weighs the boundary net's vote
+    with the upsampled initial score by ``boundary_weight``, as :func:`decide` does."""
+    import importlib
+
+    decide_mod = importlib.import_module("bafusion.fusion.decide")
+    a, b, _ = _scene(96, 128)
+    big_a, big_b = resize(a, (288, 384)), resize(b, (288, 384))
+    base = dict(working_side=128, working_above=256, working_refine="boundary")
+    calls: list[tuple[int, float]] = []
+    real = decide_mod.blend_scores
+
+    def spy(sb, s0, weight):
+        calls.append((sb.size, weight))
+        return real(sb, s0, weight)
+
+    monkeypatch.setattr(decide_mod, "blend_scores", spy)
+    half = fuse_images(big_a, big_b, nets, FusionParams(boundary_weight=0.5, **base))
+    assert len(calls) >= 2 and all(w == 0.5 for _, w in calls)  # the working decision and >= 1 band tile
+    paper = fuse_images(big_a, big_b, nets, FusionParams(boundary_weight=1.0, **base))
+    band = half.near_boundary & paper.near_boundary  # the band follows the working decision
+    assert band.sum() > 500
+    assert not np.allclose(half.score_refined[band], paper.score_refined[band])
+
+
 def test_boundary_band_has_the_requested_width() -> None:
     dm = np.zeros((40, 60), dtype=bool)
     dm[:, 30:] = True

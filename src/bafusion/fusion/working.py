@@ -21,7 +21,9 @@ the near-boundary band) and less sure. A pair whose long side exceeds
      of the provisional fusion (A where the score says A, else B: the in-focus edges of both
      sources) as the guide, radius ``2k``: the boundary snaps to the full-resolution edges;
    * ``"boundary"``: the boundary net rescored in the band at full resolution
-     (:func:`bafusion.fusion.score`, adaptive grid), then the guided filter;
+     (:func:`bafusion.fusion.score`, adaptive grid), its vote weighed with the upsampled
+     initial score by ``boundary_weight`` (:func:`bafusion.fusion.decide.blend_scores`),
+     then the guided filter;
    * ``"none"``: the upsampled score as it is.
 
 Pixels outside the band keep the upsampled score. The returned maps are full size: the
@@ -320,7 +322,7 @@ def decide_working(
     seconds : dict
         ``working`` (the decision at working resolution), ``band`` (the full-size step).
     """
-    from bafusion.fusion.decide import decide
+    from bafusion.fusion.decide import blend_scores, decide
     from bafusion.fusion.scoring import boundary_steps, score
 
     h, w = ga.shape
@@ -366,7 +368,9 @@ def decide_working(
                 bstep = boundary_steps(params, pb)[0]
                 with amp:
                     sbn = score(nets.boundary, ta, tb, pb, params, bstep, mask=ring, device=nets.device)
-                src[ring] = sbn[ring]
+                # The boundary net's vote weighed with the initial net's, as at any size
+                # (``boundary_weight``; 1 replaces, the paper's rule).
+                src[ring] = blend_scores(sbn[ring], s0[R0:R1, C0:C1][ring], params.boundary_weight)
             guide = np.where(src > params.threshold, ta, tb).astype(np.float32) / np.float32(255.0)
             q = guided_filter(guide, src, radius, eps=1e-3)
             out = s1[r0:r1, c0:c1]
