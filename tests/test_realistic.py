@@ -112,6 +112,44 @@ def test_shift_and_magnification_move_b_only() -> None:
     assert np.unravel_index(out.argmax(), out.shape) == (32, 53)  # 32 + 20 * 1.05 = 53
 
 
+def test_residual_blurs_the_in_focus_layer_less_than_the_other_shot() -> None:
+    fg, bg, alpha = _scene(48, 64, 2)
+    sigma = 3.0
+    for kernel, spread in (("gaussian", False), ("disc", True)):
+        r = Realism(kernel=kernel, spread=spread, residual=0.5)
+        d = PairDraw(kernel, (0.0, 0.0), 1.0, NEUTRAL, NEUTRAL, (0.4, 0.25))
+        A, B = composite_realistic(fg, alpha, bg, sigma, r, d)
+        # A = blur(FG, 0.4 sigma) GT + blur(BG, sigma) (1 - GT); B's background blurred by 0.25 sigma.
+        eA = defocus(fg, 0.4 * sigma, kernel) * alpha + defocus(bg, sigma, kernel) * (1 - alpha)
+        bg_b = defocus(bg, 0.25 * sigma, kernel)
+        if spread:
+            eB = defocus(fg * alpha, sigma, kernel) + bg_b * (1 - defocus(alpha, sigma, kernel))
+        else:
+            eB = defocus(fg, sigma, kernel) * alpha + bg_b * (1 - alpha)
+        assert np.array_equal(A, to_uint8(eA)) and np.array_equal(B, to_uint8(eB))
+        # The in-focus layer is still the sharper one: more gradient energy than the other shot's.
+        gy = lambda x: np.abs(np.diff(x.astype(float), axis=1))  # noqa: E731
+        assert gy(A)[:, 4:24].mean() > 1.5 * gy(B)[:, 4:24].mean()
+        assert gy(B)[:, 40:60].mean() > 1.5 * gy(A)[:, 40:60].mean()
+    # Off (the default, and a zero draw): the composite is the one without it, byte for byte.
+    r0, r1 = Realism(spread=True), Realism(spread=True, residual=0.5)
+    A0, B0 = composite_realistic(fg, alpha, bg, sigma, r0, _draw())
+    A1, B1 = composite_realistic(fg, alpha, bg, sigma, r1, _draw())  # residual (0, 0)
+    assert np.array_equal(A0, A1) and np.array_equal(B0, B1)
+
+
+def test_residual_draws_do_not_move_the_other_draws() -> None:
+    base = Realism(kernel="mixed", exposure=0.3, gamma=0.1, noise=2.0, jpeg=(75, 98), shift=1.5, scale=0.02)
+    with_res = Realism(**{**base.as_dict(), "jpeg": (75, 98), "residual": 0.3})
+    for i in range(50):
+        d0, d1 = draw_realism(0, i, base), draw_realism(0, i, with_res)
+        assert d0.residual == (0.0, 0.0) and all(0 <= v <= 0.3 for v in d1.residual)
+        assert (d0.kernel, d0.shift, d0.magnification, d0.a, d0.b) == (d1.kernel, d1.shift, d1.magnification, d1.a, d1.b)
+    assert len({draw_realism(0, i, with_res).residual for i in range(50)}) == 50
+    with pytest.raises(UserError, match="residual"):
+        Realism(residual=1.0)
+
+
 def test_exposure_gamma_and_white_balance_follow_their_formulas() -> None:
     h, w = 16, 16
     fg = np.full((h, w, 3), 100.0)

@@ -291,6 +291,12 @@ class Realism:
         ``(0, 0)``: none.
     shift: largest misregistration of B (pixels, each axis).
     scale: largest magnification change of B, ``|m - 1|`` (focus breathing), about the centre.
+    residual: largest residual defocus of the in-focus layer, as a fraction of ``sigma``: a
+        real scene is rarely sharp in one shot and blurred in the other, it is *less* blurred
+        (depth within a layer, a third layer behind both). The foreground of A and the
+        background of B are blurred by the same kernel with ``r * sigma``, ``r`` drawn per
+        shot in ``[0, residual]`` from a stream of its own ``(seed, pair, 4)`` (so the other
+        draws do not move); the label stays the matte's: the less blurred layer.
 
     Order, as a camera makes them: optics (blur, spread), geometry of B (shift, magnification;
     bilinear), exposure and white balance gains, clipping, tone curve, gray conversion (gray
@@ -310,20 +316,22 @@ class Realism:
     jpeg: tuple[int, int] = (0, 0)
     shift: float = 0.0
     scale: float = 0.0
+    residual: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kernel not in KERNELS:
             raise UserError(f"composite.realistic.kernel must be one of {KERNELS}, got {self.kernel!r}")
         if not isinstance(self.spread, bool):
             raise UserError(f"composite.realistic.spread must be true or false, got {self.spread!r}")
-        for name in ("exposure", "white_balance", "gamma", "noise", "shift", "scale"):
+        for name in ("exposure", "white_balance", "gamma", "noise", "shift", "scale", "residual"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v:
                 raise UserError(f"composite.realistic.{name} must be a number >= 0, got {v!r}")
-        if self.gamma >= 1 or self.white_balance >= 1 or self.scale >= 0.5:
+        if self.gamma >= 1 or self.white_balance >= 1 or self.scale >= 0.5 or self.residual >= 1:
             raise UserError(
-                "composite.realistic: gamma and white_balance must be < 1 and scale < 0.5, got "
-                f"gamma={self.gamma}, white_balance={self.white_balance}, scale={self.scale}"
+                "composite.realistic: gamma, white_balance and residual must be < 1 and scale < 0.5, got "
+                f"gamma={self.gamma}, white_balance={self.white_balance}, residual={self.residual}, "
+                f"scale={self.scale}"
             )
         if not isinstance(self.jpeg, tuple) or len(self.jpeg) != 2 or not all(
             isinstance(q, int) and not isinstance(q, bool) for q in self.jpeg
@@ -405,6 +413,8 @@ class PairDraw:
     magnification: float
     a: ShotDraw
     b: ShotDraw
+    #: Residual defocus of A's foreground and B's background, fractions of sigma.
+    residual: tuple[float, float] = (0.0, 0.0)
 
 
 def draw_realism(seed: int, pair_id: int, r: Realism) -> PairDraw:
@@ -425,7 +435,11 @@ def draw_realism(seed: int, pair_id: int, r: Realism) -> PairDraw:
 
     a = shot()
     b = shot()
-    return PairDraw(kernel, (dy, dx), mag, a, b)
+    res = (0.0, 0.0)
+    if r.residual > 0:
+        rr = np.random.default_rng([int(seed), int(pair_id), 4]).uniform(0.0, r.residual, 2)
+        res = (float(rr[0]), float(rr[1]))
+    return PairDraw(kernel, (dy, dx), mag, a, b, res)
 
 
 def warp_similarity(img: np.ndarray, shift: tuple[float, float], magnification: float) -> np.ndarray:
@@ -492,13 +506,16 @@ def composite_realistic(
     equals the paper's composite (:func:`composite_float`, rounded)."""
     k = draw.kernel
     a = alpha if fg.ndim == 2 else alpha[..., None]
-    A = fg * a + defocus(bg, sigma, k) * (1.0 - a)
+    ra, rb = draw.residual
+    fg_a = defocus(fg, ra * sigma, k) if ra > 0 else fg  # A's in-focus layer, less blurred than in B
+    bg_b = defocus(bg, rb * sigma, k) if rb > 0 else bg  # B's in-focus layer, less blurred than in A
+    A = fg_a * a + defocus(bg, sigma, k) * (1.0 - a)
     if realism.spread:
         ba = defocus(alpha, sigma, k)
         ba = ba if fg.ndim == 2 else ba[..., None]
-        B = defocus(fg * a, sigma, k) + bg * (1.0 - ba)
+        B = defocus(fg * a, sigma, k) + bg_b * (1.0 - ba)
     else:
-        B = defocus(fg, sigma, k) * a + bg * (1.0 - a)
+        B = defocus(fg, sigma, k) * a + bg_b * (1.0 - a)
     B = warp_similarity(B, draw.shift, draw.magnification)
     rng = np.random.default_rng([int(noise_seed[0]), int(noise_seed[1]), 3])
     return _shot(A, draw.a, gray, rng), _shot(B, draw.b, gray, rng)
