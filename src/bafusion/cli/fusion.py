@@ -22,6 +22,10 @@ from bafusion.fusion.params import (
     FusionParams,
 )
 from bafusion.fusion.rule import fuse_stack
+from bafusion.fusion.scene import HINT_MOTION_PX
+
+#: ``--align``'s values: no alignment, a registration model, or ``auto``.
+ALIGN_CHOICES = ("none", "auto", "translation", "similarity", "homography")
 from bafusion.fusion.testset import fuse_set
 from bafusion.schema import allowed, default
 
@@ -187,7 +191,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     resolve_device(other["device"])
     from bafusion.fusion.batch import fused_output, prepare_sources
 
-    src = prepare_sources(paths, align=args.align, force=args.force)  # sizes, --align or the one-scene check
+    # sizes, then --align or the one-scene check (and, --align not given, the motion hint)
+    src = prepare_sources(paths, align=args.align or "none", force=args.force, motion_hint=args.align is None)
     images, names = src.images, [str(p) for p in paths]
     nets = nets_from_args(args, other["device"], args.model)
     if joint:
@@ -234,7 +239,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "fuse",
         help="fuse two (or more) multi-focus images with the trained nets",
-        description="Fuse registered multi-focus sources (handheld shots: --align similarity). More than two (a focal stack) are fused by "
+        description="Fuse registered multi-focus sources (handheld shots: --align similarity, or auto). More than two (a focal stack) are fused by "
         "--stack-rule: chain (one into the next: F1 = fuse(I1, I2), F2 = fuse(F1, I3), ...) or joint (every shot "
         "scored against the others, one decision). Without --model the nets come from "
         "models/default/ if shipped, else data/models/ (pipeline-trained).",
@@ -246,10 +251,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--initial", default=None, help="initial-net file (instead of --model)")
     p.add_argument("--boundary", default=None, help="boundary-net file (instead of --model)")
     p.add_argument("--save-maps", default=None, metavar="DIR", help="write score/decision/difference maps and figures here")
-    p.add_argument("--align", choices=("none", "translation", "similarity", "homography"), default="none",
+    p.add_argument("--align", choices=ALIGN_CHOICES, default=None,
                    help="register every shot to the first before fusing (handheld brackets: similarity); the "
                    "result is cropped to the largest rectangle every shot covers, the transforms and the crop "
-                   "are printed to stderr (default none: the sources are taken as registered)")
+                   "are printed to stderr. auto: similarity when a shot moves more than "
+                   f"{HINT_MOTION_PX:g} px against the first (a coarse estimate), else none. Default: the sources "
+                   "are taken as registered, and a shot that moves so gets a hint on stderr; none: no hint")
     p.add_argument("--force", action="store_true",
                    help="fuse even shots that do not look like one scene (refused by default: bafusion.fusion.scene, "
                    "or with --align the alignment's match quality)")
@@ -289,8 +296,8 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
         raise UserError(f"{out}: the output folder must not be the input folder")
     resolve_device(other["device"])
     nets = nets_from_args(args, other["device"], args.model)
-    rep = fuse_dir(src, out, nets, params, ext=ext, align=args.align, force=args.force,
-                   skip_existing=args.skip_existing, progress=not args.quiet)
+    rep = fuse_dir(src, out, nets, params, ext=ext, align=args.align or "none", force=args.force,
+                   skip_existing=args.skip_existing, progress=not args.quiet, motion_hint=args.align is None)
     for what, why in rep.skipped:
         print(f"bafusion fuse-dir: skipped {what}: {why}", file=sys.stderr)
     print(f"fused {len(rep.fused)} stack(s) into {out}" + (f", {len(rep.existing)} already there" if rep.existing else "")
@@ -315,8 +322,9 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="folder with initial.pt and boundary.pt, or a shipped model by name")
     p.add_argument("--initial", default=None, help="initial-net file (instead of --model)")
     p.add_argument("--boundary", default=None, help="boundary-net file (instead of --model)")
-    p.add_argument("--align", choices=("none", "translation", "similarity", "homography"), default="none",
-                   help="register every shot to the first (see bafusion fuse --help)")
+    p.add_argument("--align", choices=ALIGN_CHOICES, default=None,
+                   help="register every shot to the first (see bafusion fuse --help; auto: the stacks whose shots "
+                   "move; not given: a hint on stderr for those, none: no hint)")
     p.add_argument("--force", action="store_true", help="fuse even shots that do not look like one scene")
     p.add_argument("--skip-existing", action="store_true", help="leave stacks whose output exists (resume a batch)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -3,7 +3,7 @@
 Modules, in the order of the work: parameters (:mod:`.params`), the nets (:mod:`.models`),
 scoring (:mod:`.scoring`), steps 1-3 of the rule (:mod:`.decide`), binarisation,
 post-processing and Eq. 3 (:mod:`.rule`), camera-size pairs (:mod:`.working`), alignment
-(:mod:`.align`), the one-scene check (:mod:`.scene`), focal stacks (:mod:`.stack`), folders
+(:mod:`.align`), the one-scene check and the motion hint (:mod:`.scene`), focal stacks (:mod:`.stack`), folders
 (:mod:`.batch`), maps and figures (:mod:`.maps`), test sets with ground truth
 (:mod:`.testset`) and the one call for users (:mod:`.api`).
 

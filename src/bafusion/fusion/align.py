@@ -214,7 +214,7 @@ def _level_matrix(shape0: tuple[int, int], level: int) -> np.ndarray:
 
 
 def _gauss_newton(ref: np.ndarray, mov: np.ndarray, w_norm: np.ndarray, model: str, n_to_px: np.ndarray,
-                  iters: int, step: int) -> np.ndarray:
+                  iters: int, step: int, tol: float = 1e-3) -> np.ndarray:
     """Refine ``w_norm`` (normalised coordinates of the reference -> of the moving shot) so
     that ``mov(w(x)) ~ gain * ref(x) + offset``, by iteratively reweighted Gauss-Newton
     (Cauchy weights: pixels that the focus difference makes disagree count less)."""
@@ -254,13 +254,13 @@ def _gauss_newton(ref: np.ndarray, mov: np.ndarray, w_norm: np.ndarray, model: s
         upd = sum(dpk * e for dpk, e in zip(dp[: len(basis)], basis))
         w_norm = w_norm + upd
         w_norm = w_norm / w_norm[2, 2]
-        if np.max(np.abs(upd[:2, :])) * n_to_px[0, 0] < 1e-3 and np.max(np.abs(upd[2, :2])) < 1e-6:
+        if np.max(np.abs(upd[:2, :])) * n_to_px[0, 0] < tol and np.max(np.abs(upd[2, :2])) < 1e-6:
             break
     return w_norm
 
 
 def estimate_transform(reference: np.ndarray, moving: np.ndarray, model: str = "similarity",
-                       sigma: float = 1.5, iters: int = 50) -> np.ndarray:
+                       sigma: float = 1.5, iters: int = 50, samples: int = 80000, tol: float = 1e-3) -> np.ndarray:
     """Estimate the transform that maps ``moving``'s pixel coordinates onto ``reference``'s.
 
     Method: ECC-like: both shots are blurred (``sigma``), a phase correlation on the coarsest
@@ -280,6 +280,11 @@ def estimate_transform(reference: np.ndarray, moving: np.ndarray, model: str = "
         Gaussian blur (pixels) of both shots before matching, against the focus difference.
     iters : int
         Most Gauss-Newton iterations per pyramid level.
+    samples : int
+        About this many pixels (a regular grid) enter each level's fit, at most 4x as many.
+    tol : float
+        A level's iterations stop when an update moves the transform by less than this (pixels
+        of that level).
 
     Returns
     -------
@@ -307,8 +312,8 @@ def estimate_transform(reference: np.ndarray, moving: np.ndarray, model: str = "
         w_norm = np.eye(3)
     for k in reversed(range(len(ref_p))):
         n_to_px = np.linalg.inv(_level_matrix(shape0, k))
-        step = max(1, int(math.sqrt(ref_p[k].size / 80000)))  # at most ~80k samples a level
-        w_norm = _gauss_newton(ref_p[k], mov_p[k], w_norm, model, n_to_px, iters, step)
+        step = max(1, int(math.sqrt(ref_p[k].size / samples)))
+        w_norm = _gauss_newton(ref_p[k], mov_p[k], w_norm, model, n_to_px, iters, step, tol)
     n0 = _norm_matrix(shape0)
     out = np.linalg.inv(np.linalg.inv(n0) @ w_norm @ n0)
     return out / out[2, 2]

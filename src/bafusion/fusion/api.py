@@ -16,7 +16,7 @@ from bafusion.io import read_source_set, scale_to_u8
 
 __all__ = ["fuse", "load_model"]
 
-ALIGN_MODELS = ("none", "translation", "similarity", "homography")
+ALIGN_MODELS = ("none", "auto", "translation", "similarity", "homography")
 
 
 @functools.lru_cache(maxsize=4)
@@ -73,9 +73,12 @@ def fuse(
         The fusion rule's parameters; None: the defaults (``FusionParams()``).
     device : str
         Where the nets run when ``model`` is not loaded yet: ``"auto"``, ``"cpu"``, ``"cuda"``.
-    align : {"none", "translation", "similarity", "homography"}
+    align : {"none", "auto", "translation", "similarity", "homography"}
         Register every shot to the first before fusing (handheld brackets:
         ``"similarity"``); the result is then cropped to the area every shot covers.
+        ``"auto"``: ``"similarity"`` when a shot moves more than
+        :data:`bafusion.fusion.scene.HINT_MOTION_PX` pixels against the first
+        (:func:`bafusion.fusion.scene.moving_shots`), else ``"none"``.
     progress : bool or None
         A progress bar on stderr (None: for camera-size pairs on a terminal).
     keep_depth : bool
@@ -110,6 +113,10 @@ def fuse(
     images, full, names = _read_sources(sources)
     for i in range(1, len(images)):
         check_same_size(images[0], images[i], names[0], names[i])
+    if align == "auto":
+        from bafusion.fusion.scene import moving_shots
+
+        align = "similarity" if moving_shots(images) else "none"
     if align != "none":
         from bafusion.fusion.align import align_images
 

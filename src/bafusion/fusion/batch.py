@@ -73,15 +73,27 @@ def compose_full(full: Sequence[np.ndarray], decisions: Sequence[np.ndarray]) ->
     return cur.astype(np.uint16)
 
 
-def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool = False) -> SourceSet:
+def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool = False,
+                    motion_hint: bool = False) -> SourceSet:
     """Read the shots of one scene (:func:`bafusion.io.read_source_set`), check their sizes,
     then align them (``align`` other than ``none``: :mod:`bafusion.fusion.align`, which also refuses two
     scenes) or check that they are one scene (:func:`bafusion.fusion.scene.check_one_scene`); unless
     ``force``, shots of two scenes are a :class:`UserError`. After alignment the set's uint8
     images are the aligned ones and the full-depth ones are dropped (alignment works on 8 bits).
+    With ``motion_hint`` and no alignment, a shot that moves against the first by more than
+    :data:`bafusion.fusion.scene.HINT_MOTION_PX` gets a line on stderr that suggests ``--align``
+    (:func:`bafusion.fusion.scene.motion_hints`). ``align='auto'``: ``similarity`` when a shot
+    moves so (:func:`bafusion.fusion.scene.moving_shots`), else ``none``; a line on stderr says which.
     """
+    from tqdm import tqdm
+
     from bafusion.fusion.rule import check_same_size
-    from bafusion.fusion.scene import check_one_scene
+    from bafusion.fusion.scene import (
+        HINT_MOTION_PX,
+        check_one_scene,
+        motion_hints,
+        moving_shots,
+    )
 
     if len(paths) < 2:
         raise UserError("give at least two source images")
@@ -89,6 +101,15 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
     names = [str(p) for p in paths]
     for i in range(1, len(src.images)):
         check_same_size(src.images[0], src.images[i], names[0], names[i])
+    if align == "auto":
+        moving = moving_shots(src.images)
+        for i, d in moving:
+            tqdm.write(f"bafusion: --align auto: {names[i]} moves about {d:.1f} px against {names[0]}: aligning "
+                       "(similarity)", file=sys.stderr)
+        if not moving:
+            tqdm.write(f"bafusion: --align auto: no shot moves more than {HINT_MOTION_PX:g} px against {names[0]}: "
+                       "fused as registered", file=sys.stderr)
+        align, motion_hint = ("similarity" if moving else "none"), False
     if align != "none":
         src.images = align_for_fuse(src.images, names, align, force)
         if src.full is not None:
@@ -97,6 +118,9 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
             src.full = None
     else:
         check_one_scene(src.images, names, force)
+        if motion_hint:
+            for line in motion_hints(src.images, names):
+                tqdm.write(f"bafusion: {line}", file=sys.stderr)
     return src
 
 
@@ -144,7 +168,7 @@ def fuse_shots(images: Sequence[np.ndarray], nets, params, names: Sequence[str],
 
 
 def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str = "none",
-               force: bool = False) -> Fused:
+               force: bool = False, motion_hint: bool = False) -> Fused:
     """Read, check, align (optionally) and fuse the shots of one scene (:func:`prepare_sources`,
     :func:`fuse_shots`, :func:`fused_output`).
 
@@ -157,15 +181,17 @@ def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str 
     output : Path
         Where the result will be written (its format decides 8 or 16 bits).
     align : str
-        ``none`` or a :mod:`bafusion.fusion.align` model.
+        ``none``, a :mod:`bafusion.fusion.align` model, or ``auto`` (:func:`prepare_sources`).
     force : bool
         Fuse shots that do not look like one scene.
+    motion_hint : bool
+        Without alignment, say on stderr when the shots move (:func:`prepare_sources`).
 
     Returns
     -------
     Fused
     """
-    src = prepare_sources(paths, align=align, force=force)
+    src = prepare_sources(paths, align=align, force=force, motion_hint=motion_hint)
     results = fuse_shots(src.images, nets, params, [str(p) for p in paths])
     return fused_output(src, results, output)
 
@@ -238,9 +264,10 @@ class BatchReport:
 
 
 def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str = "none", force: bool = False,
-             skip_existing: bool = False, progress: bool = True) -> BatchReport:
+             skip_existing: bool = False, progress: bool = True, motion_hint: bool = False) -> BatchReport:
     """Fuse every stack of ``src`` (:func:`find_groups`) into ``out/<name>.<ext>``; a stack that
-    cannot be fused is skipped with its reason, the batch goes on.
+    cannot be fused is skipped with its reason, the batch goes on. ``align``, ``force`` and
+    ``motion_hint`` as for :func:`fuse_files`.
 
     Returns
     -------
@@ -265,7 +292,8 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
             rep.existing.append(name)
             continue
         try:
-            fused = fuse_files(shots, nets, params, output=target, align=align, force=force)
+            fused = fuse_files(shots, nets, params, output=target, align=align, force=force,
+                               motion_hint=motion_hint)
             write_image(target, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits)
         except UserError as e:
             rep.skipped.append((name, str(e)))

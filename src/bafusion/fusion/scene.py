@@ -11,6 +11,12 @@ a strongly defocused real pair (savic-08) scores 0.21 there. Shots whose short s
 :data:`MIN_SIDE` are too small to judge and are not checked. The threshold
 :data:`MIN_CORRELATION` was measured on the real pairs of ``shared/data/eval`` (none may be
 refused) and on mismatched pairs (all must be): ``benchmarks/bench_scene.py``, BENCHMARKS.md.
+
+Do the shots move? :func:`coarse_motion` registers the same reduced shots (a similarity,
+:func:`bafusion.fusion.align.estimate_transform`) and gives the motion in the shots' own pixels,
+so that a fusion without ``--align`` can say when the shots look handheld
+(:func:`motion_hints`); the threshold :data:`HINT_MOTION_PX` was measured
+(``benchmarks/bench_motion_hint.py``, BENCHMARKS.md "Do the shots move?").
 """
 
 from __future__ import annotations
@@ -40,14 +46,19 @@ MIN_SIDE = 64
 def _reduce(img: np.ndarray) -> np.ndarray:
     """Gray float image, block-mean reduced by the integer factor that brings its long side
     to at most :data:`WORK_SIDE`."""
+    return _reduce_k(img)[0]
+
+
+def _reduce_k(img: np.ndarray, side: int = WORK_SIDE) -> tuple[np.ndarray, int]:
+    """:func:`_reduce` (to a long side of at most ``side``) and its reduction factor."""
     a = np.asarray(img, dtype=np.float64)
     if a.ndim == 3:
         a = gray_float(a) if a.shape[2] in (1, 3, 4) else a[..., 0]
-    k = math.ceil(max(a.shape) / WORK_SIDE)
+    k = math.ceil(max(a.shape) / side)
     if k > 1:
         h, w = (a.shape[0] // k) * k, (a.shape[1] // k) * k
         a = a[:h, :w].reshape(h // k, k, w // k, k).mean(axis=(1, 3))
-    return a / 255.0
+    return a / 255.0, k
 
 
 def scene_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -102,3 +113,120 @@ def check_one_scene(images: Sequence[np.ndarray], names: Sequence[str], force: b
                     f"scale, below {MIN_CORRELATION}); use --force to fuse anyway"
                 )
     return scores
+
+
+#: A shot that moves more than this against the first (RMS corner displacement, pixels of the
+#: shots, :func:`coarse_motion`) gets a hint to fuse with ``--align`` (BENCHMARKS.md, "Do the
+#: shots move?").
+HINT_MOTION_PX = 2.0
+
+#: Long side (pixels), Gauss-Newton iterations, samples a level and convergence tolerance (pixels
+#: of a level) of :func:`coarse_motion`: measured against the registration of the full shots on 73
+#: real pairs (BENCHMARKS.md, "Do the shots move?").
+MOTION_SIDE = 520
+MOTION_ITERS = 50
+MOTION_SAMPLES = 20000
+MOTION_TOL = 0.01
+
+
+def _coarse_registration(a: np.ndarray, b: np.ndarray, side: int, iters: int, samples: int,
+                         tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The similarity registering ``b`` onto ``a`` reduced to a long side of at most ``side``:
+    (matrix in reduced pixels, reduced a, reduced b, reduction factor)."""
+    from bafusion.fusion.align import estimate_transform
+
+    (ra, k), (rb, _) = _reduce_k(a, side), _reduce_k(b, side)
+    return estimate_transform(ra, rb, "similarity", iters=iters, samples=samples, tol=tol), ra, rb, k
+
+
+def coarse_motion(a: np.ndarray, b: np.ndarray, side: int = MOTION_SIDE, iters: int = MOTION_ITERS,
+                  samples: int = MOTION_SAMPLES, tol: float = MOTION_TOL) -> float | None:
+    """How far ``b`` moves against ``a``: the RMS displacement of the four image corners, in
+    pixels of the shots, under the similarity (shift, rotation, scale) that registers the
+    shots block-mean reduced to a long side of at most ``side`` (as for
+    :func:`scene_correlation`); None when they are too small to judge.
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        uint8 gray (H, W) or colour (H, W, 3) shots of the same size.
+    side : int
+        Long side (pixels) the shots are reduced to, at most.
+    iters : int
+        Most Gauss-Newton iterations per pyramid level.
+    samples : int
+        About this many pixels enter each level's fit.
+    tol : float
+        A level's iterations stop when an update moves by less than this (pixels of the level);
+        ``side``, ``iters``, ``samples`` and ``tol`` go to
+        :func:`bafusion.fusion.align.estimate_transform`.
+
+    Returns
+    -------
+    float or None
+    """
+    from bafusion.fusion.align import corner_rms
+
+    if min(a.shape[:2]) < MIN_SIDE:
+        return None
+    m, ra, _, k = _coarse_registration(a, b, side, iters, samples, tol)
+    return corner_rms(m, ra.shape) * k
+
+
+def moving_shots(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX) -> list[tuple[int, float]]:
+    """The shots that move more than ``threshold`` pixels against the first (:func:`coarse_motion`),
+    as (index, motion) pairs; empty when none does, or when the shots are too small to judge.
+
+    A motion whose registration does not match the reduced shots better than they match unmoved
+    (:func:`bafusion.fusion.align.match_quality`, on the area both cover) is taken for a failed
+    estimate, as on a strongly defocused pair, and is left out.
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        Same-size uint8 shots, the first the reference.
+    threshold : float
+        Motion (pixels of the shots, RMS over the corners) above which a shot moves.
+
+    Returns
+    -------
+    list of (int, float)
+    """
+    from bafusion.fusion.align import corner_rms, coverage, match_quality, warp_to_first
+
+    out: list[tuple[int, float]] = []
+    if min(images[0].shape[:2]) < MIN_SIDE:
+        return out
+    for i, im in enumerate(images[1:], start=1):
+        m, ra, rb, k = _coarse_registration(images[0], im, MOTION_SIDE, MOTION_ITERS, MOTION_SAMPLES, MOTION_TOL)
+        d = corner_rms(m, ra.shape) * k
+        if d <= threshold:
+            continue
+        mask = coverage(m, ra.shape)
+        if match_quality(ra, warp_to_first(rb, m, ra.shape), mask) <= match_quality(ra, rb, mask):
+            continue
+        out.append((i, d))
+    return out
+
+
+def motion_hints(images: Sequence[np.ndarray], names: Sequence[str],
+                 threshold: float = HINT_MOTION_PX) -> list[str]:
+    """One line for every shot that moves (:func:`moving_shots`), suggesting ``--align``; empty
+    when none does.
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        Same-size uint8 shots, the first the reference.
+    names : sequence of str
+        Their file names, for the lines.
+    threshold : float
+        As for :func:`moving_shots`.
+
+    Returns
+    -------
+    list of str
+    """
+    return [f"{names[i]}: moves about {d:.1f} px against {names[0]} (handheld?); the fusion may show doubled "
+            "edges where it switches source: --align similarity (or auto) registers the shots first"
+            for i, d in moving_shots(images, threshold)]

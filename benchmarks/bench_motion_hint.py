@@ -1,0 +1,206 @@
+"""Do the shots move? Measure :func:`bafusion.fusion.scene.coarse_motion`, the cheap estimate
+behind the hint that ``bafusion fuse`` prints without ``--align``, and the motion above which
+aligning pays.
+
+``--part estimate``: on every real pair of shared/data/eval (20 Lytro, 12 classic, 41 MFIFB real),
+the coarse motion at several (side, iterations, samples) settings against the registration of the
+full shots (:func:`bafusion.fusion.align.estimate_transform`, what ``--align similarity`` does),
+with the time of each (one thread); which pairs get the hint (:func:`bafusion.fusion.scene.motion_hints`),
+and its time against a fusion's.
+
+``--part fuse``: held-out scenes (scikit-image's photos, as ``realistic_validation.py``, the paper
+kind: Gaussian sigma 1-3) whose B is moved by a known similarity of a given corner RMS (half
+shift in a random direction, half magnification about the centre); fused with the shipped nets
+without alignment and with ``--align similarity``; decision accuracy against the true map on
+the aligned crop (the same pixels for both): all pixels, within 8 px of the true boundary, where
+the sources differ. The coarse estimate of each moved pair is recorded too. PSNR against the
+truth is in the CSV only: the truth lies in A's frame, so unaligned B pixels cost PSNR at any
+motion by construction, and it says nothing about when aligning pays.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_motion_hint.py --part estimate [--data ../shared/data] [--fuse-time lytro-05]
+    OMP_NUM_THREADS=1 python benchmarks/bench_motion_hint.py --part fuse [--pairs 6] [--motions 0 1 2 3 4 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+for p in (REPO / "src", REPO / "benchmarks"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from bafusion.fusion.align import align_images, corner_rms, estimate_transform  # noqa: E402
+from bafusion.fusion.scene import HINT_MOTION_PX, coarse_motion, motion_hints  # noqa: E402
+from bafusion.io import read_images  # noqa: E402
+
+SETTINGS = ((520, 50, 80000, 1e-3), (520, 50, 20000, 1e-3), (520, 50, 20000, 0.01), (520, 50, 20000, 0.03),
+            (360, 50, 20000, 0.01))
+
+
+def fuse_time(rows: list[dict], data: Path, name: str) -> None:
+    """The time of the hint against that of the fusion (shipped nets, library defaults, one
+    thread) on one pair, measured side by side."""
+    import torch
+
+    from bafusion.fusion import FusionParams, fuse_images, load_nets_from_dir
+
+    torch.set_num_threads(1)
+    fa = next((data / "eval").rglob(f"{name}-A.*"))
+    a, b = read_images([fa, next(fa.parent.glob(f"{name}-B.*"))])
+    nets = load_nets_from_dir(None, "cpu")
+    t = time.perf_counter()
+    fuse_images(a, b, nets, FusionParams())
+    tf = time.perf_counter() - t
+    t = time.perf_counter()
+    motion_hints([a, b], ["A", "B"])
+    th = time.perf_counter() - t
+    print(f"{name} ({a.shape[1]}x{a.shape[0]}): fusion {tf:.2f} s, hint {th:.3f} s ({100 * th / tf:.1f} % of the fusion)")
+
+
+def part_estimate(data: Path, out: Path, fuse_pair: str | None = None) -> None:
+    from bench_scene import pairs
+
+    rows = []
+    for name, fa, fb in pairs(data / "eval"):
+        a, b = read_images([fa, fb])
+        t = time.perf_counter()
+        full = corner_rms(estimate_transform(a, b, "similarity"), a.shape)
+        row = {"pair": name, "size": f"{a.shape[1]}x{a.shape[0]}", "full": full, "full_s": time.perf_counter() - t}
+        for side, it, n, tol in SETTINGS:
+            t = time.perf_counter()
+            row[f"{side}/{it}/{n}/{tol:g}"] = coarse_motion(a, b, side, it, n, tol)
+            row[f"{side}/{it}/{n}/{tol:g}_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        row["hint"] = bool(motion_hints([a, b], ["A", "B"]))
+        row["hint_s"] = time.perf_counter() - t
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    write(rows, out / "motion-estimate.csv")
+    hinted = [f"{r['pair']} ({r['full']:.2f})" for r in rows if r["hint"]]
+    print(f"hints (threshold {HINT_MOTION_PX:g} px, defaults): {len(hinted)} of {len(rows)} pairs: {', '.join(hinted)}")
+    quiet = [f"{r['pair']} ({r['full']:.2f})" for r in rows if not r["hint"] and r["full"] > HINT_MOTION_PX]
+    print(f"above the threshold by the full registration but no hint: {', '.join(quiet) or 'none'}")
+    print(f"hint time: median {np.median([r['hint_s'] for r in rows]):.3f} s, max {max(r['hint_s'] for r in rows):.3f} s")
+    if fuse_pair:
+        fuse_time(rows, data, fuse_pair)
+    print("Settings: long side / iterations / samples / tolerance; max abs diff against the registration of the full shots "
+          "(Full), g09-newspaper left out (its full registration fails: 59 px, see hints).")
+    print("| set | pairs | full (min / median / max px, median s) | " + " | ".join(f"{s}/{i}/{n}/{t:g}: max abs diff px, median s" for s, i, n, t in SETTINGS) + " |")
+    for group in ("lytro", "classic", "real/savic", "real/tsai", "real/stand", ""):
+        sel = [r for r in rows if r["pair"].startswith(group)]
+        f = [r["full"] for r in sel]
+        cells = [f"{np.min(f):.2f} / {np.median(f):.2f} / {np.max(f):.2f}, {np.median([r['full_s'] for r in sel]):.3f} s"]
+        for s, i, n, tol in SETTINGS:
+            key = f"{s}/{i}/{n}/{tol:g}"
+            d = [abs(r[key] - r["full"]) for r in sel if "newspaper" not in r["pair"]]
+            cells.append(f"{max(d):.2f}, {np.median([r[key + '_s'] for r in sel]):.3f} s")
+        print(f"| {group or 'all'} | {len(sel)} | " + " | ".join(cells) + " |")
+
+
+def moved(b: np.ndarray, rms: float, rng: np.random.Generator) -> np.ndarray:
+    """``b`` moved by a similarity whose corners move ``rms`` px (RMS): half of it (in squares)
+    a shift in a random direction, half a magnification about the centre."""
+    from bafusion.data.composite import warp_similarity
+
+    h, w = b.shape[:2]
+    if rms == 0:
+        return b
+    part = rms / math.sqrt(2)
+    ang = rng.uniform(0, 2 * math.pi)
+    shift = (part * math.sin(ang), part * math.cos(ang))
+    corner = math.hypot((h - 1) / 2, (w - 1) / 2)
+    mag = 1 + part / corner * rng.choice([-1, 1])
+    return np.clip(np.round(warp_similarity(b.astype(np.float64), shift, mag)), 0, 255).astype(np.uint8)
+
+
+def part_fuse(args, out: Path) -> None:
+    import torch
+    from realistic_validation import differing_pixels, make_pairs
+
+    from bafusion.evaluation.evaluate import truth_metrics
+    from bafusion.fusion import (
+        FusionParams,
+        decision_accuracy,
+        fuse_images,
+        load_nets_from_dir,
+    )
+
+    torch.set_num_threads(1)
+    nets = load_nets_from_dir(None, "cpu")
+    params = FusionParams()
+    rng = np.random.default_rng(7)
+    rows = []
+    for name, a, b0, truth, tdm in make_pairs("paper", args.pairs):
+        for d in args.motions:
+            b = moved(b0, d, rng)
+            est = coarse_motion(a, b)
+            al = align_images([a, b], "similarity")
+            x0, y0, x1, y1 = al.crop
+            r0 = fuse_images(a, b, nets, params)
+            r1 = fuse_images(al.images[0], al.images[1], nets, params)
+            t = truth[y0:y1, x0:x1]
+            m0 = truth_metrics(t, r0.fused[y0:y1, x0:x1])
+            m1 = truth_metrics(t, r1.fused)
+            tc = tdm[y0:y1, x0:x1]
+            dif = differing_pixels(a, b0)[y0:y1, x0:x1]
+            row = {"pair": name, "motion": d, "coarse": est, "aligned_rms": al.rms_px[1],
+                   "psnr_none": m0["PSNR"], "psnr_align": m1["PSNR"]}
+            for tag, dm in (("none", r0.decision[y0:y1, x0:x1]), ("align", r1.decision)):
+                row[f"acc_{tag}"] = decision_accuracy(dm, tc)
+                row[f"band_{tag}"] = decision_accuracy(dm, tc, 8)
+                row[f"differ_{tag}"] = float((dm == tc)[dif].mean())
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    write(rows, out / "motion-fuse.csv")
+    print("| motion (px) | coarse estimate, mean (max error) | accuracy none / --align | within 8 px none / --align "
+          "| where the sources differ none / --align | pairs --align better (within 8 px) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for d in args.motions:
+        sel = [r for r in rows if r["motion"] == d]
+        cells = [f"{np.mean([r[f'{m}_none'] for r in sel]):.4f} / {np.mean([r[f'{m}_align'] for r in sel]):.4f}"
+                 for m in ("acc", "band", "differ")]
+        err = max(abs(r["coarse"] - d) for r in sel)
+        better = sum(r["band_align"] > r["band_none"] for r in sel)
+        print(f"| {d:g} | {np.mean([r['coarse'] for r in sel]):.2f} ({err:.2f}) | " + " | ".join(cells) + f" | {better}/{len(sel)} |")
+
+
+def write(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=("estimate", "fuse"), required=True)
+    ap.add_argument("--data", default=os.environ.get("BAFUSION_SHARED_DATA", str(REPO.parent / "shared" / "data")))
+    ap.add_argument("--pairs", type=int, default=6)
+    ap.add_argument("--fuse-time", default="lytro-05", help="pair whose fusion is timed against the hint ('' none)")
+    ap.add_argument("--motions", type=float, nargs="+", default=[0, 1, 2, 3, 4, 6])
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "out"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    if args.part == "estimate":
+        if not (Path(args.data) / "eval").is_dir():
+            print(f"{args.data}/eval: not found", file=sys.stderr)
+            return 2
+        part_estimate(Path(args.data), out, args.fuse_time)
+    else:
+        part_fuse(args, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""Do the shots move? The coarse motion estimate behind the hint that ``fuse`` and ``fuse-dir``
+print without ``--align`` (issue 13: handheld real shots; BENCHMARKS.md "Do the shots move?")."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_align import _centre, _focus_pair, _texture
+
+from bafusion.cli import main as cli_main
+from bafusion.fusion import align, scene
+from bafusion.fusion.align import similarity_matrix, warp_to_first
+from bafusion.fusion.scene import HINT_MOTION_PX, coarse_motion, motion_hints
+
+
+def _moved(b: np.ndarray, shift: tuple[float, float], scale: float = 1.0) -> np.ndarray:
+    return warp_to_first(b, similarity_matrix(shift, 0.0, scale, center=_centre(b)), order=3)
+
+
+def _corner_rms(shape: tuple[int, ...], shift: tuple[float, float], scale: float) -> float:
+    h, w = shape[:2]
+    t = similarity_matrix(shift, 0.0, scale, center=((w - 1) / 2, (h - 1) / 2))
+    return align.corner_rms(t, shape)
+
+
+@pytest.mark.parametrize("shift,scale", [((0.0, 0.0), 1.0), ((3.0, -2.0), 1.0), ((1.0, 1.5), 1.01)])
+def test_a_known_motion_is_measured_in_the_shots_pixels(shift, scale) -> None:
+    a, b = _focus_pair(_texture(11, 200, 240))
+    d = coarse_motion(a, _moved(b, shift, scale))
+    assert d is not None and abs(d - _corner_rms(a.shape, shift, scale)) < 0.3, d
+
+
+def test_large_shots_are_reduced_and_the_motion_comes_back_in_their_own_pixels() -> None:
+    a, b = _focus_pair(_texture(12, 600, 1200))  # reduced by 3 to a long side of 400 at most 520
+    shift = (7.5, 4.5)
+    d = coarse_motion(a, _moved(b, shift))
+    assert d is not None and abs(d - math.hypot(*shift)) < 0.6, d
+    # at the reduced size the same shots move a third as much
+    assert abs(coarse_motion(a, _moved(b, shift), side=2000) - d) < 0.6
+
+
+def test_too_small_shots_are_not_judged() -> None:
+    a, b = _focus_pair(_texture(13, 40, 60))
+    assert coarse_motion(a, b) is None
+
+
+def test_a_motion_whose_registration_does_not_match_the_shots_better_gets_no_hint(monkeypatch) -> None:
+    a, b = _focus_pair(_texture(14, 200, 240))
+    b = _moved(b, (3.0, 3.0))
+    assert len(motion_hints([a, b], ["a", "b"])) == 1
+    wrong = similarity_matrix((-9.0, 7.0), 4.0, 1.08, center=_centre(a))  # a failed registration
+    monkeypatch.setattr(align, "estimate_transform", lambda *args, **kw: wrong)
+    assert coarse_motion(a, b) > HINT_MOTION_PX  # reported as motion ...
+    assert motion_hints([a, b], ["a", "b"]) == []  # ... but no hint: it does not explain the shots
+
+
+def test_only_the_shots_that_move_get_a_hint() -> None:
+    a, b = _focus_pair(_texture(15, 200, 240))
+    still = b.copy()
+    lines = motion_hints([a, still, _moved(b, (4.0, 3.0))], ["a.png", "still.png", "moved.png"])
+    assert len(lines) == 1 and lines[0].startswith("moved.png: moves about 5.0 px against a.png"), lines
+    assert "--align similarity" in lines[0]
+    assert motion_hints([a, _moved(b, (1.0, 0.5))], ["a.png", "b.png"]) == []  # below HINT_MOTION_PX
+    assert HINT_MOTION_PX > math.hypot(1.0, 0.5)
+
+
+@pytest.fixture
+def nets(tiny_nets: Path) -> Path:
+    return tiny_nets
+
+
+def _write_pair(folder: Path, shift: tuple[float, float], prefix: str = "") -> tuple[Path, Path]:
+    a, b = _focus_pair(_texture(16, 120, 136))
+    pa, pb = folder / f"{prefix}a.png", folder / f"{prefix}b.png"
+    Image.fromarray(a).save(pa)
+    Image.fromarray(_moved(b, shift)).save(pb)
+    return pa, pb
+
+
+def test_fuse_hints_at_align_when_the_shots_move_unless_told_none(tmp_path: Path, nets: Path, capsys) -> None:
+    pa, pb = _write_pair(tmp_path, (4.0, -3.0))
+    argv = ["fuse", str(pa), str(pb), "-o", str(tmp_path / "f.png"), "--model", str(nets), "--device", "cpu"]
+    assert cli_main(argv) == 0
+    err = capsys.readouterr().err
+    hint = [ln for ln in err.splitlines() if "moves about" in ln]
+    assert len(hint) == 1 and hint[0].startswith(f"bafusion: {pb}: moves about 5.0 px") and "--align similarity" in hint[0]
+    assert cli_main([*argv, "--align", "none"]) == 0  # the user said the shots are registered
+    assert "moves about" not in capsys.readouterr().err
+    assert cli_main([*argv, "--align", "similarity"]) == 0  # aligned: nothing to hint
+    assert "moves about" not in capsys.readouterr().err
+
+
+def test_fuse_says_nothing_about_registered_shots(tmp_path: Path, nets: Path, capsys) -> None:
+    pa, pb = _write_pair(tmp_path, (0.0, 0.0))
+    assert cli_main(["fuse", str(pa), str(pb), "-o", str(tmp_path / "f.png"), "--model", str(nets),
+                     "--device", "cpu"]) == 0
+    assert "moves about" not in capsys.readouterr().err
+
+
+def test_fuse_dir_hints_per_stack(tmp_path: Path, nets: Path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    _write_pair(src, (4.0, -3.0), "moved-")
+    _write_pair(src, (0.0, 0.0), "still-")
+    for p in src.iterdir():  # the naming rule of fuse-dir: <name>-A / <name>-B
+        p.rename(src / p.name.replace("-a.png", "-A.png").replace("-b.png", "-B.png"))
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "out"), "--model", str(nets), "--device", "cpu",
+                     "--quiet"]) == 0
+    hint = [ln for ln in capsys.readouterr().err.splitlines() if "moves about" in ln]
+    assert len(hint) == 1 and "moved-B.png" in hint[0], hint
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["moved.png", "still.png"]
+
+
+def test_the_hint_threshold_is_the_module_constant(monkeypatch) -> None:
+    a, b = _focus_pair(_texture(17, 200, 240))
+    moved = _moved(b, (1.2, 0.0))
+    assert motion_hints([a, moved], ["a", "b"]) == []
+    monkeypatch.setattr(scene, "HINT_MOTION_PX", 1.0)
+    assert motion_hints([a, moved], ["a", "b"], threshold=scene.HINT_MOTION_PX)
+
+
+def test_align_auto_aligns_moving_shots_and_leaves_registered_ones(tmp_path: Path, nets: Path, capsys) -> None:
+    moved_dir, still_dir = tmp_path / "moved", tmp_path / "still"
+    moved_dir.mkdir()
+    still_dir.mkdir()
+    pa, pb = _write_pair(moved_dir, (4.0, -3.0))
+    out = tmp_path / "f.png"
+    assert cli_main(["fuse", str(pa), str(pb), "-o", str(out), "--model", str(nets), "--device", "cpu",
+                     "--align", "auto"]) == 0
+    err = capsys.readouterr().err
+    assert f"--align auto: {pb} moves about 5.0 px against {pa}: aligning (similarity)" in err, err
+    assert any(ln.startswith("align crop:") for ln in err.splitlines()), err
+    h, w = np.asarray(Image.open(pa)).shape[:2]
+    fh, fw = np.asarray(Image.open(out)).shape[:2]
+    assert fh < h and fw < w  # cropped to the area both shots cover
+    pa, pb = _write_pair(still_dir, (0.0, 0.0))
+    assert cli_main(["fuse", str(pa), str(pb), "-o", str(out), "--model", str(nets), "--device", "cpu",
+                     "--align", "auto"]) == 0
+    err = capsys.readouterr().err
+    assert "no shot moves more than 2 px" in err and "fused as registered" in err and "align crop" not in err
+    assert cli_main(["fuse", str(pa), str(pb), "-o", str(tmp_path / "g.png"), "--model", str(nets), "--device",
+                     "cpu", "--align", "none"]) == 0
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "g.png")))
+
+
+def test_the_python_api_takes_align_auto(tiny_nets: Path) -> None:
+    from bafusion import fuse
+
+    a, b = _focus_pair(_texture(18, 120, 136))
+    assert np.array_equal(fuse(a, b, model=str(tiny_nets), device="cpu", align="auto"),
+                          fuse(a, b, model=str(tiny_nets), device="cpu"))
+    moved = fuse(a, _moved(b, (4.0, -3.0)), model=str(tiny_nets), device="cpu", align="auto")
+    assert moved.shape[0] < a.shape[0] and moved.shape[1] < a.shape[1]
