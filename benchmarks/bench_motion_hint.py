@@ -6,7 +6,7 @@ aligning pays.
 the coarse motion at several (side, iterations, samples) settings against the registration of the
 full shots (:func:`bafusion.fusion.align.estimate_transform`, what ``--align similarity`` does),
 with the time of each (one thread); which pairs get the hint (:func:`bafusion.fusion.scene.motion_hints`),
-and its time against a fusion's.
+and its time against a fusion's; three registered Lytro pairs upscaled to 4000x3000.
 
 ``--part fuse``: held-out scenes (scikit-image's photos, as ``realistic_validation.py``, the paper
 kind: Gaussian sigma 1-3) whose B is moved by a known similarity of a given corner RMS (half
@@ -67,6 +67,23 @@ def fuse_time(rows: list[dict], data: Path, name: str) -> None:
     print(f"{name} ({a.shape[1]}x{a.shape[0]}): fusion {tf:.2f} s, hint {th:.3f} s ({100 * th / tf:.1f} % of the fusion)")
 
 
+def camera_size(pairs: tuple[str, ...] = ("lytro-05", "lytro-01", "lytro-13")) -> None:
+    """Registered pairs made camera-size (the 4:3 crop upscaled to 4000x3000, as
+    ``bench_camera.py``): the coarse motion against the pair's own at 520 px scaled by the
+    upscale, whether the hint fires, and its time."""
+    from bench_camera import CROP, scene
+
+    for name in pairs:
+        a0, b0 = scene(name, (CROP[1] - CROP[0], 520))
+        own = coarse_motion(a0, b0) * 4000 / 520
+        a, b = scene(name, (3000, 4000))
+        t = time.perf_counter()
+        d = coarse_motion(a, b)
+        hint = motion_hints([a, b], ["A", "B"])
+        print(f"{name} 4000x3000: coarse motion {d:.2f} px (its own at 520 px x {4000 / 520:.2f}: {own:.2f} px), "
+              f"hint: {'yes' if hint else 'no'} ({time.perf_counter() - t:.2f} s for both)")
+
+
 def part_estimate(data: Path, out: Path, fuse_pair: str | None = None) -> None:
     from bench_scene import pairs
 
@@ -93,6 +110,7 @@ def part_estimate(data: Path, out: Path, fuse_pair: str | None = None) -> None:
     print(f"hint time: median {np.median([r['hint_s'] for r in rows]):.3f} s, max {max(r['hint_s'] for r in rows):.3f} s")
     if fuse_pair:
         fuse_time(rows, data, fuse_pair)
+    camera_size()
     print("Settings: long side / iterations / samples / tolerance; max abs diff against the registration of the full shots "
           "(Full), g09-newspaper left out (its full registration fails: 59 px, see hints).")
     print("| set | pairs | full (min / median / max px, median s) | " + " | ".join(f"{s}/{i}/{n}/{t:g}: max abs diff px, median s" for s, i, n, t in SETTINGS) + " |")

@@ -43,12 +43,21 @@ def test_large_shots_are_reduced_and_the_motion_comes_back_in_their_own_pixels()
     assert abs(coarse_motion(a, _moved(b, shift), side=2000) - d) < 0.6
 
 
+def test_in_large_shots_the_motion_must_also_show_at_the_reduced_scale() -> None:
+    a, b = _focus_pair(_texture(19, 1200, 2400))  # reduced by 5 to 240x480
+    assert scene.HINT_REDUCED_PX * 5 > 2.2 > HINT_MOTION_PX
+    assert motion_hints([a, _moved(b, (2.2, 0.0))], ["a", "b"]) == []  # 0.44 px reduced: within the estimate's error
+    assert len(motion_hints([a, _moved(b, (4.0, 0.0))], ["a", "b"])) == 1  # 0.8 px reduced
+    small_a, small_b = _focus_pair(_texture(19, 200, 240))  # not reduced: 2.2 px is a hint
+    assert len(motion_hints([small_a, _moved(small_b, (2.2, 0.0))], ["a", "b"])) == 1
+
+
 def test_too_small_shots_are_not_judged() -> None:
     a, b = _focus_pair(_texture(13, 40, 60))
     assert coarse_motion(a, b) is None
 
 
-def test_a_motion_whose_registration_does_not_match_the_shots_better_gets_no_hint(monkeypatch) -> None:
+def test_a_motion_whose_registration_matches_the_shots_worse_gets_no_hint(monkeypatch) -> None:
     a, b = _focus_pair(_texture(14, 200, 240))
     b = _moved(b, (3.0, 3.0))
     assert len(motion_hints([a, b], ["a", "b"])) == 1

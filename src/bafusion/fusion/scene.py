@@ -120,6 +120,18 @@ def check_one_scene(images: Sequence[np.ndarray], names: Sequence[str], force: b
 #: shots move?").
 HINT_MOTION_PX = 2.0
 
+#: ... and at least this many pixels of the reduced copies the motion is measured on, three times
+#: the largest difference of :func:`coarse_motion` from the registration of the full shots on the
+#: 73 real pairs (0.17 px): in a camera-size photo, reduced 8x, a registered pair's estimate may
+#: read 1.4 px of its own pixels off, and the nets decide at a similar reduced scale anyway
+#: (``working_side``).
+HINT_REDUCED_PX = 0.5
+
+#: A registration that lowers the match quality of the reduced copies by more than this is taken
+#: for a failed estimate. Measured on the 73 real pairs (BENCHMARKS.md): a motion over 1 px lowers
+#: it by at most 0.008 or raises it (up to 0.34); the one failure (g09-newspaper, 59 px) by 0.40.
+FAILED_MATCH_DROP = 0.05
+
 #: Long side (pixels), Gauss-Newton iterations, samples a level and convergence tolerance (pixels
 #: of a level) of :func:`coarse_motion`: measured against the registration of the full shots on 73
 #: real pairs (BENCHMARKS.md, "Do the shots move?").
@@ -177,9 +189,12 @@ def moving_shots(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX
     """The shots that move more than ``threshold`` pixels against the first (:func:`coarse_motion`),
     as (index, motion) pairs; empty when none does, or when the shots are too small to judge.
 
-    A motion whose registration does not match the reduced shots better than they match unmoved
-    (:func:`bafusion.fusion.align.match_quality`, on the area both cover) is taken for a failed
-    estimate, as on a strongly defocused pair, and is left out.
+    The motion must also exceed :data:`HINT_REDUCED_PX` pixels of the reduced copies (a long side
+    of at most :data:`MOTION_SIDE`), so that in large photos it stands above the estimate's own
+    error. A motion whose registration matches the reduced shots worse than they match unmoved
+    (:func:`bafusion.fusion.align.match_quality`, on the area both cover; by more than
+    :data:`FAILED_MATCH_DROP`) is taken for a failed estimate, as on a strongly defocused pair, and
+    is left out.
 
     Parameters
     ----------
@@ -200,10 +215,10 @@ def moving_shots(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX
     for i, im in enumerate(images[1:], start=1):
         m, ra, rb, k = _coarse_registration(images[0], im, MOTION_SIDE, MOTION_ITERS, MOTION_SAMPLES, MOTION_TOL)
         d = corner_rms(m, ra.shape) * k
-        if d <= threshold:
+        if d <= threshold or d / k <= HINT_REDUCED_PX:
             continue
         mask = coverage(m, ra.shape)
-        if match_quality(ra, warp_to_first(rb, m, ra.shape), mask) <= match_quality(ra, rb, mask):
+        if match_quality(ra, warp_to_first(rb, m, ra.shape), mask) < match_quality(ra, rb, mask) - FAILED_MATCH_DROP:
             continue
         out.append((i, d))
     return out
