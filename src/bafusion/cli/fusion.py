@@ -12,6 +12,7 @@ import torch
 
 from bafusion.cli.common import nets_from_args
 from bafusion.errors import UserError
+from bafusion.fusion.api import ALIGN_MODELS
 from bafusion.fusion.batch import EXIT_SKIPPED, fuse_dir
 from bafusion.fusion.models import resolve_device
 from bafusion.fusion.params import (
@@ -23,9 +24,6 @@ from bafusion.fusion.params import (
 )
 from bafusion.fusion.rule import fuse_stack
 from bafusion.fusion.scene import HINT_MOTION_PX
-
-#: ``--align``'s values: no alignment, a registration model, or ``auto``.
-ALIGN_CHOICES = ("none", "auto", "translation", "similarity", "homography")
 from bafusion.fusion.testset import fuse_set
 from bafusion.schema import allowed, default
 
@@ -251,15 +249,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--initial", default=None, help="initial-net file (instead of --model)")
     p.add_argument("--boundary", default=None, help="boundary-net file (instead of --model)")
     p.add_argument("--save-maps", default=None, metavar="DIR", help="write score/decision/difference maps and figures here")
-    p.add_argument("--align", choices=ALIGN_CHOICES, default=None,
-                   help="register every shot to the first before fusing (handheld brackets: similarity); the "
-                   "result is cropped to the largest rectangle every shot covers, the transforms and the crop "
-                   "are printed to stderr. auto: similarity when a shot moves more than "
-                   f"{HINT_MOTION_PX:g} px against the first (a coarse estimate), else none. Default: the sources "
-                   "are taken as registered, and a shot that moves so gets a hint on stderr; none: no hint")
+    p.add_argument("--align", choices=ALIGN_MODELS, default=None,
+                   help="translation, similarity (handheld brackets), homography: register every shot to the "
+                   "first before fusing; the result is cropped to the largest rectangle every shot covers, and "
+                   "the transforms and the crop are printed to stderr. auto: similarity only when a shot moves "
+                   f"more than {HINT_MOTION_PX:g} px against the first (a coarse estimate), else none. none: take "
+                   "the shots as registered, no motion check. Not given: as none, plus a hint on stderr when a "
+                   f"shot moves more than {HINT_MOTION_PX:g} px")
     p.add_argument("--force", action="store_true",
-                   help="fuse even shots that do not look like one scene (refused by default: bafusion.fusion.scene, "
-                   "or with --align the alignment's match quality)")
+                   help="fuse even shots that do not look like one scene (refused by default: bafusion.fusion.scene "
+                   "without alignment, or the alignment's match quality with --align or when auto aligns)")
     _add_param_args(p)
     p.set_defaults(func=_cmd_fuse)
 
@@ -322,9 +321,10 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="folder with initial.pt and boundary.pt, or a shipped model by name")
     p.add_argument("--initial", default=None, help="initial-net file (instead of --model)")
     p.add_argument("--boundary", default=None, help="boundary-net file (instead of --model)")
-    p.add_argument("--align", choices=ALIGN_CHOICES, default=None,
-                   help="register every shot to the first (see bafusion fuse --help; auto: the stacks whose shots "
-                   "move; not given: a hint on stderr for those, none: no hint)")
+    p.add_argument("--align", choices=ALIGN_MODELS, default=None,
+                   help="as for bafusion fuse: a model registers every stack's shots to its first; auto: align "
+                   f"(similarity) only the stacks whose shots move more than {HINT_MOTION_PX:g} px; none: take "
+                   "them as registered; not given: as none, plus a hint on stderr for the stacks that move")
     p.add_argument("--force", action="store_true", help="fuse even shots that do not look like one scene")
     p.add_argument("--skip-existing", action="store_true", help="leave stacks whose output exists (resume a batch)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -83,17 +83,13 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
     With ``motion_hint`` and no alignment, a shot that moves against the first by more than
     :data:`bafusion.fusion.scene.HINT_MOTION_PX` gets a line on stderr that suggests ``--align``
     (:func:`bafusion.fusion.scene.motion_hints`). ``align='auto'``: ``similarity`` when a shot
-    moves so (:func:`bafusion.fusion.scene.moving_shots`), else ``none``; a line on stderr says which.
+    moves so (:func:`bafusion.fusion.scene.shot_motions`), else ``none``; a line on stderr says
+    which and why. Neither looks for motion between shots of two scenes (fused with ``force``).
     """
     from tqdm import tqdm
 
     from bafusion.fusion.rule import check_same_size
-    from bafusion.fusion.scene import (
-        HINT_MOTION_PX,
-        check_one_scene,
-        motion_hints,
-        moving_shots,
-    )
+    from bafusion.fusion.scene import MIN_CORRELATION, check_one_scene
 
     if len(paths) < 2:
         raise UserError("give at least two source images")
@@ -101,27 +97,66 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
     names = [str(p) for p in paths]
     for i in range(1, len(src.images)):
         check_same_size(src.images[0], src.images[i], names[0], names[i])
-    if align == "auto":
-        moving = moving_shots(src.images)
-        for i, d in moving:
-            tqdm.write(f"bafusion: --align auto: {names[i]} moves about {d:.1f} px against {names[0]}: aligning "
-                       "(similarity)", file=sys.stderr)
-        if not moving:
-            tqdm.write(f"bafusion: --align auto: no shot moves more than {HINT_MOTION_PX:g} px against {names[0]}: "
-                       "fused as registered", file=sys.stderr)
-        align, motion_hint = ("similarity" if moving else "none"), False
+    if align in ("none", "auto"):
+        scores = check_one_scene(src.images, names, force)  # refuses two scenes unless force
+        one_scene = all(c is None or c >= MIN_CORRELATION for c in scores)
+        if align == "auto":
+            align = _auto_align(src.images, names, one_scene)
+        elif motion_hint and one_scene:
+            for line in _safe_motion_hints(src.images, names):
+                tqdm.write(f"bafusion: {line}", file=sys.stderr)
     if align != "none":
         src.images = align_for_fuse(src.images, names, align, force)
         if src.full is not None:
             print(f"bafusion: {names[0]}: sources of more than 8 bits fused in 8 bits (--align works on "
                   "8-bit data)", file=sys.stderr)
             src.full = None
-    else:
-        check_one_scene(src.images, names, force)
-        if motion_hint:
-            for line in motion_hints(src.images, names):
-                tqdm.write(f"bafusion: {line}", file=sys.stderr)
     return src
+
+
+def _safe_motion_hints(images: Sequence[np.ndarray], names: Sequence[str]) -> list[str]:
+    """:func:`bafusion.fusion.scene.motion_hints`, or nothing when the estimate itself fails on
+    odd shots (it is advice: it must not stop a fusion)."""
+    from bafusion.fusion.scene import motion_hints as hints
+
+    try:
+        return hints(images, names)
+    except Exception:  # noqa: BLE001 - advice only
+        return []
+
+
+def _auto_align(images: Sequence[np.ndarray], names: Sequence[str], one_scene: bool) -> str:
+    """``--align auto``: ``similarity`` when a shot moves (:func:`bafusion.fusion.scene.shot_motions`),
+    else ``none``; one line on stderr per shot says why."""
+    from tqdm import tqdm
+
+    from bafusion.fusion.scene import HINT_MOTION_PX, shot_motions
+
+    def say(text: str) -> None:
+        tqdm.write(f"bafusion: --align auto: {text}", file=sys.stderr)
+
+    if not one_scene:
+        say("the shots do not look like one scene (fused with --force): not aligned")
+        return "none"
+    try:
+        motions = shot_motions(images)
+    except Exception as e:  # noqa: BLE001 - fall back to the shots as they are
+        say(f"the motion could not be estimated ({type(e).__name__}: {e}): not aligned")
+        return "none"
+    moving = any(sm.verdict == "moves" for sm in motions)
+    for sm in motions:
+        n = names[sm.index]
+        if sm.verdict == "moves":
+            say(f"{n} moves about {sm.px:.1f} px against {names[0]}: aligning (similarity)")
+        elif sm.verdict == "still":
+            say(f"{n} moves {sm.px:.1f} px against {names[0]}, not more than {HINT_MOTION_PX:g} px"
+                + ("" if moving else ": fused as registered"))
+        elif sm.verdict == "failed":
+            say(f"{n}: the motion estimate ({sm.px:.1f} px) matches the shots worse than no motion, taken "
+                "for a failure" + ("" if moving else ": fused as registered"))
+        else:
+            say(f"{n}: too small to judge its motion" + ("" if moving else ": fused as registered"))
+    return "similarity" if moving else "none"
 
 
 def fused_output(src: SourceSet, results, output: Path) -> Fused:

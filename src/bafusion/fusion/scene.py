@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -141,6 +142,14 @@ MOTION_SAMPLES = 20000
 MOTION_TOL = 0.01
 
 
+def _judgeable(shape: tuple[int, ...], side: int) -> bool:
+    """Whether shots of ``shape``, and their copies reduced to a long side of at most ``side``,
+    have a short side of at least :data:`MIN_SIDE` (a thin strip reduced has too few rows)."""
+    h, w = shape[:2]
+    k = math.ceil(max(h, w) / side)
+    return min(h, w) >= MIN_SIDE and min(h, w) // k >= MIN_SIDE
+
+
 def _coarse_registration(a: np.ndarray, b: np.ndarray, side: int, iters: int, samples: int,
                          tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """The similarity registering ``b`` onto ``a`` reduced to a long side of at most ``side``:
@@ -156,7 +165,8 @@ def coarse_motion(a: np.ndarray, b: np.ndarray, side: int = MOTION_SIDE, iters: 
     """How far ``b`` moves against ``a``: the RMS displacement of the four image corners, in
     pixels of the shots, under the similarity (shift, rotation, scale) that registers the
     shots block-mean reduced to a long side of at most ``side`` (as for
-    :func:`scene_correlation`); None when they are too small to judge.
+    :func:`scene_correlation`); None when they or their reduced copies have a short side under
+    :data:`MIN_SIDE` (too small to judge).
 
     Parameters
     ----------
@@ -179,22 +189,79 @@ def coarse_motion(a: np.ndarray, b: np.ndarray, side: int = MOTION_SIDE, iters: 
     """
     from bafusion.fusion.align import corner_rms
 
-    if min(a.shape[:2]) < MIN_SIDE:
+    if not _judgeable(a.shape, side):
         return None
     m, ra, _, k = _coarse_registration(a, b, side, iters, samples, tol)
     return corner_rms(m, ra.shape) * k
 
 
-def moving_shots(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX) -> list[tuple[int, float]]:
-    """The shots that move more than ``threshold`` pixels against the first (:func:`coarse_motion`),
-    as (index, motion) pairs; empty when none does, or when the shots are too small to judge.
+@dataclass(frozen=True)
+class ShotMotion:
+    """How one shot moves against the first (:func:`shot_motions`).
 
-    The motion must also exceed :data:`HINT_REDUCED_PX` pixels of the reduced copies (a long side
-    of at most :data:`MOTION_SIDE`), so that in large photos it stands above the estimate's own
-    error. A motion whose registration matches the reduced shots worse than they match unmoved
+    Attributes
+    ----------
+    index : int
+        The shot's position in the stack (1 for B).
+    px : float or None
+        Its motion (:func:`coarse_motion`); None when not judged.
+    verdict : str
+        ``moves`` (more than the threshold, and the estimate holds), ``still``, ``failed`` (the
+        registration matches the shots worse than no motion: no motion is reported) or ``too
+        small`` (not judged).
+    """
+
+    index: int
+    px: float | None
+    verdict: str
+
+
+def shot_motions(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX) -> list[ShotMotion]:
+    """How every shot after the first moves against it, with a verdict (:class:`ShotMotion`).
+
+    A shot ``moves`` when its motion (:func:`coarse_motion`) exceeds ``threshold`` pixels and
+    :data:`HINT_REDUCED_PX` pixels of the reduced copies (a long side of at most
+    :data:`MOTION_SIDE`), so that in large photos it stands above the estimate's own error. A
+    motion whose registration matches the reduced shots worse than they match unmoved
     (:func:`bafusion.fusion.align.match_quality`, on the area both cover; by more than
-    :data:`FAILED_MATCH_DROP`) is taken for a failed estimate, as on a strongly defocused pair, and
-    is left out.
+    :data:`FAILED_MATCH_DROP`) is taken for a ``failed`` estimate, as on a strongly defocused pair.
+    Shots under :data:`MIN_SIDE` pixels, or whose reduced copies are, are ``too small``.
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        Same-size uint8 shots, the first the reference.
+    threshold : float
+        Motion (pixels of the shots, RMS over the corners) above which a shot moves.
+
+    Returns
+    -------
+    list of ShotMotion
+        One per shot after the first.
+    """
+    from bafusion.fusion.align import corner_rms, coverage, match_quality, warp_to_first
+
+    out: list[ShotMotion] = []
+    for i, im in enumerate(images[1:], start=1):
+        if not _judgeable(images[0].shape, MOTION_SIDE):
+            out.append(ShotMotion(i, None, "too small"))
+            continue
+        m, ra, rb, k = _coarse_registration(images[0], im, MOTION_SIDE, MOTION_ITERS, MOTION_SAMPLES, MOTION_TOL)
+        d = corner_rms(m, ra.shape) * k
+        if d <= threshold or d / k <= HINT_REDUCED_PX:
+            out.append(ShotMotion(i, d, "still"))
+            continue
+        mask = coverage(m, ra.shape)
+        if match_quality(ra, warp_to_first(rb, m, ra.shape), mask) < match_quality(ra, rb, mask) - FAILED_MATCH_DROP:
+            out.append(ShotMotion(i, d, "failed"))
+            continue
+        out.append(ShotMotion(i, d, "moves"))
+    return out
+
+
+def moving_shots(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX) -> list[tuple[int, float]]:
+    """The shots that move (:func:`shot_motions`, verdict ``moves``) as (index, motion) pairs;
+    empty when none does.
 
     Parameters
     ----------
@@ -207,21 +274,7 @@ def moving_shots(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX
     -------
     list of (int, float)
     """
-    from bafusion.fusion.align import corner_rms, coverage, match_quality, warp_to_first
-
-    out: list[tuple[int, float]] = []
-    if min(images[0].shape[:2]) < MIN_SIDE:
-        return out
-    for i, im in enumerate(images[1:], start=1):
-        m, ra, rb, k = _coarse_registration(images[0], im, MOTION_SIDE, MOTION_ITERS, MOTION_SAMPLES, MOTION_TOL)
-        d = corner_rms(m, ra.shape) * k
-        if d <= threshold or d / k <= HINT_REDUCED_PX:
-            continue
-        mask = coverage(m, ra.shape)
-        if match_quality(ra, warp_to_first(rb, m, ra.shape), mask) < match_quality(ra, rb, mask) - FAILED_MATCH_DROP:
-            continue
-        out.append((i, d))
-    return out
+    return [(sm.index, float(sm.px)) for sm in shot_motions(images, threshold) if sm.verdict == "moves"]
 
 
 def motion_hints(images: Sequence[np.ndarray], names: Sequence[str],
