@@ -19,6 +19,11 @@ motion by construction, and it says nothing about when aligning pays.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_motion_hint.py --part estimate [--data ../shared/data] [--fuse-time lytro-05]
     OMP_NUM_THREADS=1 python benchmarks/bench_motion_hint.py --part fuse [--pairs 6] [--motions 0 1 2 3 4 6]
+    OMP_NUM_THREADS=1 python benchmarks/bench_motion_hint.py --part auto [--pairs 10] [--kinds misregistration all]
+
+``--part auto``: ``--align auto`` against no alignment on the held-out kinds whose B moves
+(misregistration: shift up to 2 px per axis and magnification up to 2 %; all), decision accuracy
+on the crop that auto's alignment leaves.
 """
 
 from __future__ import annotations
@@ -192,6 +197,61 @@ def part_fuse(args, out: Path) -> None:
         print(f"| {d:g} | {np.mean([r['coarse'] for r in sel]):.2f} ({err:.2f}) | " + " | ".join(cells) + f" | {better}/{len(sel)} |")
 
 
+def part_auto(args, out: Path) -> None:
+    """``--align auto`` against no alignment on the held-out kinds that move B
+    (``realistic_validation.py``: misregistration, all): decision accuracy on the crop auto's
+    alignment leaves (the whole image when it does not align)."""
+    import torch
+    from realistic_validation import differing_pixels, make_pairs
+
+    from bafusion.fusion import (
+        FusionParams,
+        decision_accuracy,
+        fuse_images,
+        load_nets_from_dir,
+    )
+    from bafusion.fusion.scene import shot_motions
+
+    torch.set_num_threads(1)
+    nets = load_nets_from_dir(None, "cpu")
+    params = FusionParams()
+    rows = []
+    for kind in args.kinds:
+        for name, a, b, _, tdm in make_pairs(kind, args.pairs):
+            sm = shot_motions([a, b])[0]
+            r0 = fuse_images(a, b, nets, params)
+            if sm.verdict == "moves":
+                al = align_images([a, b], "similarity")
+                x0, y0, x1, y1 = al.crop
+                r1 = fuse_images(al.images[0], al.images[1], nets, params)
+                dm1 = r1.decision
+            else:
+                x0, y0, x1, y1 = 0, 0, a.shape[1], a.shape[0]
+                dm1 = r0.decision
+            tc = tdm[y0:y1, x0:x1]
+            dif = differing_pixels(a, b)[y0:y1, x0:x1]
+            row = {"kind": kind, "pair": name, "coarse": sm.px, "verdict": sm.verdict}
+            for tag, dm in (("none", r0.decision[y0:y1, x0:x1]), ("auto", dm1)):
+                row[f"acc_{tag}"] = decision_accuracy(dm, tc)
+                row[f"band_{tag}"] = decision_accuracy(dm, tc, 8)
+                row[f"differ_{tag}"] = float((dm == tc)[dif].mean())
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    write(rows, out / "motion-auto.csv")
+    print("| kind | pairs auto aligned | coarse motion of those (px) | accuracy none / auto | within 8 px none / auto "
+          "| where the sources differ none / auto | aligned pairs better / worse (within 8 px) |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for kind in args.kinds:
+        sel = [r for r in rows if r["kind"] == kind]
+        moved = [r["coarse"] for r in sel if r["verdict"] == "moves"]
+        span = f"{min(moved):.1f}-{max(moved):.1f}" if moved else "-"
+        cells = [f"{np.mean([r[f'{m}_none'] for r in sel]):.4f} / {np.mean([r[f'{m}_auto'] for r in sel]):.4f}"
+                 for m in ("acc", "band", "differ")]
+        better = sum(r["band_auto"] > r["band_none"] for r in sel if r["verdict"] == "moves")
+        worse = sum(r["band_auto"] < r["band_none"] for r in sel if r["verdict"] == "moves")
+        print(f"| {kind} | {len(moved)}/{len(sel)} | {span} | " + " | ".join(cells) + f" | {better} / {worse} |")
+
+
 def write(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -202,7 +262,8 @@ def write(rows: list[dict], path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("estimate", "fuse"), required=True)
+    ap.add_argument("--part", choices=("estimate", "fuse", "auto"), required=True)
+    ap.add_argument("--kinds", nargs="+", default=["misregistration", "all"], help="held-out kinds of --part auto")
     ap.add_argument("--data", default=os.environ.get("BAFUSION_SHARED_DATA", str(REPO.parent / "shared" / "data")))
     ap.add_argument("--pairs", type=int, default=6)
     ap.add_argument("--fuse-time", default="lytro-05", help="pair whose fusion is timed against the hint ('' none)")
@@ -215,8 +276,10 @@ def main() -> int:
             print(f"{args.data}/eval: not found", file=sys.stderr)
             return 2
         part_estimate(Path(args.data), out, args.fuse_time)
-    else:
+    elif args.part == "fuse":
         part_fuse(args, out)
+    else:
+        part_auto(args, out)
     return 0
 
 
