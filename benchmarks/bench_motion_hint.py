@@ -130,6 +130,15 @@ def part_estimate(data: Path, out: Path, fuse_pair: str | None = None) -> None:
         print(f"| {group or 'all'} | {len(sel)} | " + " | ".join(cells) + " |")
 
 
+def accuracies(tag: str, dm: np.ndarray, truth: np.ndarray, differ: np.ndarray) -> dict[str, float]:
+    """Decision accuracy of ``dm`` against the true map: all pixels, within 8 px of the true
+    boundary, where the sources differ; keys suffixed by ``tag``."""
+    from bafusion.fusion import decision_accuracy
+
+    return {f"acc_{tag}": decision_accuracy(dm, truth), f"band_{tag}": decision_accuracy(dm, truth, 8),
+            f"differ_{tag}": float((dm == truth)[differ].mean())}
+
+
 def moved(b: np.ndarray, rms: float, rng: np.random.Generator) -> np.ndarray:
     """``b`` moved by a similarity whose corners move ``rms`` px (RMS): half of it (in squares)
     a shift in a random direction, half a magnification about the centre."""
@@ -153,7 +162,6 @@ def part_fuse(args, out: Path) -> None:
     from bafusion.evaluation.evaluate import truth_metrics
     from bafusion.fusion import (
         FusionParams,
-        decision_accuracy,
         fuse_images,
         load_nets_from_dir,
     )
@@ -179,9 +187,7 @@ def part_fuse(args, out: Path) -> None:
             row = {"pair": name, "motion": d, "coarse": est, "aligned_rms": al.rms_px[1],
                    "psnr_none": m0["PSNR"], "psnr_align": m1["PSNR"]}
             for tag, dm in (("none", r0.decision[y0:y1, x0:x1]), ("align", r1.decision)):
-                row[f"acc_{tag}"] = decision_accuracy(dm, tc)
-                row[f"band_{tag}"] = decision_accuracy(dm, tc, 8)
-                row[f"differ_{tag}"] = float((dm == tc)[dif].mean())
+                row.update(accuracies(tag, dm, tc, dif))
             rows.append(row)
             print(json.dumps(row), flush=True)
     write(rows, out / "motion-fuse.csv")
@@ -206,7 +212,6 @@ def part_auto(args, out: Path) -> None:
 
     from bafusion.fusion import (
         FusionParams,
-        decision_accuracy,
         fuse_images,
         load_nets_from_dir,
     )
@@ -232,9 +237,7 @@ def part_auto(args, out: Path) -> None:
             dif = differing_pixels(a, b)[y0:y1, x0:x1]
             row = {"kind": kind, "pair": name, "coarse": sm.px, "verdict": sm.verdict}
             for tag, dm in (("none", r0.decision[y0:y1, x0:x1]), ("auto", dm1)):
-                row[f"acc_{tag}"] = decision_accuracy(dm, tc)
-                row[f"band_{tag}"] = decision_accuracy(dm, tc, 8)
-                row[f"differ_{tag}"] = float((dm == tc)[dif].mean())
+                row.update(accuracies(tag, dm, tc, dif))
             rows.append(row)
             print(json.dumps(row), flush=True)
     write(rows, out / "motion-auto.csv")

@@ -260,20 +260,8 @@ def shot_motions(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX
 
 
 def moving_shots(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX) -> list[tuple[int, float]]:
-    """The shots that move (:func:`shot_motions`, verdict ``moves``) as (index, motion) pairs;
-    empty when none does.
-
-    Parameters
-    ----------
-    images : sequence of numpy.ndarray
-        Same-size uint8 shots, the first the reference.
-    threshold : float
-        Motion (pixels of the shots, RMS over the corners) above which a shot moves.
-
-    Returns
-    -------
-    list of (int, float)
-    """
+    """The shots that move (:func:`shot_motions`, same parameters, verdict ``moves``) as (index,
+    motion) pairs; empty when none does."""
     return [(sm.index, float(sm.px)) for sm in shot_motions(images, threshold) if sm.verdict == "moves"]
 
 
