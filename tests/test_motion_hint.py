@@ -13,7 +13,7 @@ from PIL import Image
 from test_align import _centre, _focus_pair, _texture
 
 from bafusion.cli import main as cli_main
-from bafusion.fusion import align, scene
+from bafusion.fusion import align, batch, scene
 from bafusion.fusion.align import similarity_matrix, warp_to_first
 from bafusion.fusion.scene import (
     HINT_MOTION_PX,
@@ -56,10 +56,12 @@ def test_large_shots_are_reduced_and_the_motion_comes_back_in_their_own_pixels()
     assert abs(coarse_motion(a, _moved(b, shift), side=2000) - d) < 0.6
 
 
-def test_in_large_shots_the_motion_must_also_show_at_the_reduced_scale() -> None:
+def test_in_large_shots_the_motion_must_also_show_at_the_reduced_scale(capsys) -> None:
     a, b = _focus_pair(_texture(19, 1200, 2400))  # reduced by 5 to 240x480
     assert scene.HINT_REDUCED_PX * 5 > 2.2 > HINT_MOTION_PX
     assert motion_hints([a, _moved(b, (2.2, 0.0))], ["a", "b"]) == []  # 0.44 px reduced: within the estimate's error
+    assert batch._auto_align([a, _moved(b, (2.2, 0.0))], ["a", "b"], True) == "none"
+    assert "under 0.5 px at the reduced scale" in capsys.readouterr().err
     assert len(motion_hints([a, _moved(b, (4.0, 0.0))], ["a", "b"])) == 1  # 0.8 px reduced
     small_a, small_b = _focus_pair(_texture(19, 200, 240))  # not reduced: 2.2 px is a hint
     assert len(motion_hints([small_a, _moved(small_b, (2.2, 0.0))], ["a", "b"])) == 1

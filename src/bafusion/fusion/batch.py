@@ -130,7 +130,7 @@ def _auto_align(images: Sequence[np.ndarray], names: Sequence[str], one_scene: b
     else ``none``; one line on stderr per shot says why."""
     from tqdm import tqdm
 
-    from bafusion.fusion.scene import HINT_MOTION_PX, shot_motions
+    from bafusion.fusion.scene import HINT_MOTION_PX, HINT_REDUCED_PX, shot_motions
 
     def say(text: str) -> None:
         tqdm.write(f"bafusion: --align auto: {text}", file=sys.stderr)
@@ -149,8 +149,9 @@ def _auto_align(images: Sequence[np.ndarray], names: Sequence[str], one_scene: b
         if sm.verdict == "moves":
             say(f"{n} moves about {sm.px:.1f} px against {names[0]}: aligning (similarity)")
         elif sm.verdict == "still":
-            say(f"{n} moves {sm.px:.1f} px against {names[0]}, not more than {HINT_MOTION_PX:g} px"
-                + ("" if moving else ": fused as registered"))
+            why = (f"not more than {HINT_MOTION_PX:g} px" if sm.px <= HINT_MOTION_PX else
+                   f"under {HINT_REDUCED_PX:g} px at the reduced scale it is measured on (the estimate's error)")
+            say(f"{n} moves {sm.px:.1f} px against {names[0]}, {why}" + ("" if moving else ": fused as registered"))
         elif sm.verdict == "failed":
             say(f"{n}: the motion estimate ({sm.px:.1f} px) matches the shots worse than no motion, taken "
                 "for a failure" + ("" if moving else ": fused as registered"))
