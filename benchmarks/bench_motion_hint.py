@@ -20,6 +20,7 @@ motion by construction, and it says nothing about when aligning pays.
     OMP_NUM_THREADS=1 python benchmarks/bench_motion_hint.py --part estimate [--data ../shared/data] [--fuse-time lytro-05]
     OMP_NUM_THREADS=1 python benchmarks/bench_motion_hint.py --part fuse [--pairs 6] [--motions 0 1 2 3 4 6]
     OMP_NUM_THREADS=1 python benchmarks/bench_motion_hint.py --part auto [--pairs 10] [--kinds misregistration all]
+    python benchmarks/bench_motion_hint.py --part figure [--figure-pair savic-08]
 
 ``--part auto``: ``--align auto`` against no alignment on the held-out kinds whose B moves
 (misregistration: shift up to 2 px per axis and magnification up to 2 %; all), decision accuracy
@@ -255,6 +256,34 @@ def part_auto(args, out: Path) -> None:
         print(f"| {kind} | {len(moved)}/{len(sel)} | {span} | " + " | ".join(cells) + f" | {better} / {worse} |")
 
 
+def part_figure(args, out: Path) -> None:
+    """A figure of one real pair that moves: its fusion without alignment and with ``--align
+    auto``, on the crop auto leaves, side by side and enlarged 3x (``motion-<pair>.png``)."""
+    import torch
+    from PIL import Image
+
+    from bafusion.fusion import FusionParams, fuse_images, load_nets_from_dir
+    from bafusion.fusion.scene import moving_shots
+
+    torch.set_num_threads(1)
+    fa = next((Path(args.data) / "eval").rglob(f"{args.figure_pair}-A.*"))
+    a, b = read_images([fa, next(fa.parent.glob(f"{args.figure_pair}-B.*"))])
+    if not moving_shots([a, b]):
+        print(f"{args.figure_pair}: does not move more than the hint's threshold; no figure")
+        return
+    nets = load_nets_from_dir(None, "cpu")
+    al = align_images([a, b], "similarity")
+    x0, y0, x1, y1 = al.crop
+    none = fuse_images(a, b, nets, FusionParams()).fused[y0:y1, x0:x1]
+    auto = fuse_images(al.images[0], al.images[1], nets, FusionParams()).fused
+    gap = np.full((none.shape[0], 6) + none.shape[2:], 255, np.uint8)
+    fig = np.concatenate([none, gap, auto], axis=1)
+    path = out / f"motion-{args.figure_pair}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(fig).resize((fig.shape[1] * 3, fig.shape[0] * 3), Image.NEAREST).save(path)
+    print(f"{path}: left without alignment, right --align auto (corner motion {al.rms_px[1]:.1f} px)")
+
+
 def write(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -265,7 +294,8 @@ def write(rows: list[dict], path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("estimate", "fuse", "auto"), required=True)
+    ap.add_argument("--part", choices=("estimate", "fuse", "auto", "figure"), required=True)
+    ap.add_argument("--figure-pair", default="savic-08", help="real pair of --part figure")
     ap.add_argument("--kinds", nargs="+", default=["misregistration", "all"], help="held-out kinds of --part auto")
     ap.add_argument("--data", default=os.environ.get("BAFUSION_SHARED_DATA", str(REPO.parent / "shared" / "data")))
     ap.add_argument("--pairs", type=int, default=6)
@@ -281,8 +311,10 @@ def main() -> int:
         part_estimate(Path(args.data), out, args.fuse_time)
     elif args.part == "fuse":
         part_fuse(args, out)
-    else:
+    elif args.part == "auto":
         part_auto(args, out)
+    else:
+        part_figure(args, out)
     return 0
 
 
