@@ -2,7 +2,10 @@
 
 A module listed in ``COMMAND_MODULES`` defines ``register(subparsers)``, which adds one or
 more subparsers and sets ``func`` (called with the parsed namespace, returning an exit code)
-through ``set_defaults``.
+through ``set_defaults``. ``COMMANDS`` says which module registers each command: a command
+line that names one builds the parser of that module alone, so ``bafusion metrics`` or
+``bafusion preset`` does not import torch, and a mistyped option is refused before any heavy
+import (BENCHMARKS.md, "Start-up"). ``bafusion --help`` and unknown commands load every module.
 
 Errors: every user error of every command exits with status 2 and one line
 ``bafusion <cmd>: error: <what>: <why>`` on stderr, without a traceback. That covers argparse's
@@ -35,6 +38,19 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bafusion.cli.evaluate",
 )
 
+#: The module that registers each command (checked against the modules by the tests).
+COMMANDS: dict[str, str] = {
+    **dict.fromkeys(("prepare", "composite", "composite-index", "testset", "patches", "count", "preset"),
+                    "bafusion.cli.pipeline"),
+    **dict.fromkeys(("download-alphamatting", "download-coco", "download-eval", "download-record"),
+                    "bafusion.cli.download"),
+    "train": "bafusion.cli.train",
+    **dict.fromkeys(("fuse", "fuse-set", "fuse-dir"), "bafusion.cli.fusion"),
+    "metrics": "bafusion.cli.metrics",
+    "baseline": "bafusion.cli.baselines",
+    "evaluate": "bafusion.cli.evaluate",
+}
+
 
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (``bafusion fuse: error: ...``), exit 2;
@@ -49,7 +65,17 @@ def one_line(text: object) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command a command line names: its first word when that is a known command (the
+    top-level parser has no option that takes a value), else ``None``."""
+    first = next(iter(argv), None)
+    return first if first in COMMANDS else None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``bafusion`` parser; with ``command``, only the subcommands of the module that
+    registers it (the same parser for that command line, without importing the others)."""
+    modules = (COMMANDS[command],) if command in COMMANDS else COMMAND_MODULES
     parser = Parser(
         prog="bafusion",
         description="Boundary-aware multi-focus image fusion: data pipeline, training, fusion, evaluation.",
@@ -57,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bafusion {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
+    for name in modules:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
@@ -85,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bafusion.preflight import check_command
 
     install_sigterm_handler()
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     cmd = f"bafusion {args.command}"
     try:

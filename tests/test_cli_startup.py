@@ -1,0 +1,99 @@
+"""Start-up of the command line: a command line that names a command builds the parser of the
+module that registers it alone (``bafusion.cli.app.COMMANDS``), so light commands do not
+import torch and a mistyped option is refused before heavy imports."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bafusion.cli.app import COMMAND_MODULES, COMMANDS, Parser, build_parser, command_of
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _registered(module: str) -> list[str]:
+    parser = Parser(prog="bafusion")
+    sub = parser.add_subparsers(dest="command")
+    importlib.import_module(module).register(sub)
+    return list(sub.choices)
+
+
+def test_commands_table_matches_what_the_modules_register() -> None:
+    registered = {cmd: module for module in COMMAND_MODULES for cmd in _registered(module)}
+    assert registered == COMMANDS
+    assert set(COMMANDS.values()) == set(COMMAND_MODULES)
+
+
+def test_command_of() -> None:
+    assert command_of(["fuse", "a.png", "b.png", "-o", "f.png"]) == "fuse"
+    assert command_of(["metrics", "--help"]) == "metrics"
+    assert command_of(["--help"]) is None
+    assert command_of(["--version"]) is None
+    assert command_of([]) is None
+    assert command_of(["fuseX"]) is None  # unknown: the full parser says which exist
+
+
+def _subparser(parser, command: str):
+    action = next(a for a in parser._actions if a.dest == "command")
+    return action.choices[command]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_one_module_parser_is_the_full_parsers_subcommand(command: str) -> None:
+    """The subcommand's options, defaults and help are the same whichever way it was built."""
+    full = _subparser(build_parser(), command)
+    lazy_parser = build_parser(command)
+    lazy = _subparser(lazy_parser, command)
+    assert lazy.format_help() == full.format_help()
+    assert [(a.dest, a.option_strings, a.default, a.choices) for a in lazy._actions] == [
+        (a.dest, a.option_strings, a.default, a.choices) for a in full._actions
+    ]
+    action = next(a for a in lazy_parser._actions if a.dest == "command")
+    assert set(action.choices) == {c for c, m in COMMANDS.items() if m == COMMANDS[command]}
+
+
+def _run(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}).stdout.strip()
+
+
+@pytest.mark.parametrize("argv", [["metrics", "--help"], ["preset", "--help"], ["count", "--bogus"],
+                                  ["download-record", "--help"]])
+def test_light_commands_do_not_import_torch(argv: list[str]) -> None:
+    code = (
+        "import sys\n"
+        "from bafusion.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = _run(code)
+    assert out.splitlines()[-1] == "False", out
+
+
+def test_full_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from bafusion.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for command in COMMANDS:
+        assert command in out
+
+
+def test_unknown_command_is_refused_with_the_list(capsys: pytest.CaptureFixture[str]) -> None:
+    from bafusion.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["fuze", "a.png"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice" in err and "'fuse'" in err and "'metrics'" in err
