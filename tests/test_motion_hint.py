@@ -199,6 +199,27 @@ def test_the_python_api_takes_align_auto(tiny_nets: Path) -> None:
     assert moved.shape[0] < a.shape[0] and moved.shape[1] < a.shape[1]
 
 
+def test_the_python_api_warns_when_the_shots_move_unless_told_none(tiny_nets: Path) -> None:
+    import warnings
+
+    from bafusion import fuse
+    from bafusion.fusion.scene import MotionWarning
+
+    a, b = _focus_pair(_texture(18, 120, 136))
+    moved = _moved(b, (4.0, -3.0))
+    with pytest.warns(MotionWarning) as caught:
+        warned = fuse(a, moved, model=str(tiny_nets), device="cpu")
+    assert len(caught) == 1
+    text = str(caught[0].message)
+    assert text.startswith("source 2: moves about") and 'align="similarity"' in text and "--align" not in text
+    assert abs(_printed_px(text) - MOVED) < 0.5
+    assert caught[0].filename == __file__  # points at the caller's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning for registered shots, nor with align="none"
+        assert np.array_equal(fuse(a, moved, model=str(tiny_nets), device="cpu", align="none"), warned)
+        fuse(a, b, model=str(tiny_nets), device="cpu")
+
+
 def test_align_auto_does_not_align_two_scenes_fused_with_force(tmp_path: Path, nets: Path, capsys) -> None:
     a, _ = _focus_pair(_texture(21, 120, 136))
     _, c = _focus_pair(_texture(22, 120, 136))

@@ -54,7 +54,7 @@ def fuse(
     model: str | os.PathLike[str] | FusionNets | None = None,
     params: FusionParams | None = None,
     device: str = "auto",
-    align: str = "none",
+    align: str | None = None,
     progress: bool | None = False,
     keep_depth: bool = True,
 ) -> np.ndarray:
@@ -73,12 +73,16 @@ def fuse(
         The fusion rule's parameters; None: the defaults (``FusionParams()``).
     device : str
         Where the nets run when ``model`` is not loaded yet: ``"auto"``, ``"cpu"``, ``"cuda"``.
-    align : {"none", "auto", "translation", "similarity", "homography"}
+    align : {None, "none", "auto", "translation", "similarity", "homography"}
         Register every shot to the first before fusing (handheld brackets:
         ``"similarity"``); the result is then cropped to the area every shot covers.
         ``"auto"``: ``"similarity"`` when a shot moves more than
         :data:`bafusion.fusion.scene.HINT_MOTION_PX` pixels against the first
-        (:func:`bafusion.fusion.scene.moving_shots`), else ``"none"``.
+        (:func:`bafusion.fusion.scene.moving_shots`), else ``"none"``. ``"none"``: the
+        shots are taken as registered, unchecked. None (the default): as ``"none"``, plus a
+        :class:`bafusion.fusion.scene.MotionWarning` for each shot that moves so, as the
+        command line's hint (a coarse estimate, about 0.2 s for a pair; silence it with
+        ``align="none"`` or the :mod:`warnings` filters).
     progress : bool or None
         A progress bar on stderr (None: for camera-size pairs on a terminal).
     keep_depth : bool
@@ -107,12 +111,15 @@ def fuse(
     """
     if len(sources) < 2:
         raise UserError("fusion needs at least two source images")
-    if align not in ALIGN_MODELS:
-        raise UserError(f"align must be one of {', '.join(ALIGN_MODELS)}, got {align!r}")
+    if align is not None and align not in ALIGN_MODELS:
+        raise UserError(f"align must be None or one of {', '.join(ALIGN_MODELS)}, got {align!r}")
     params = params if params is not None else FusionParams()
     images, full, names = _read_sources(sources)
     for i in range(1, len(images)):
         check_same_size(images[0], images[i], names[0], names[i])
+    if align is None:
+        _warn_motion(images, names)
+        align = "none"
     if align == "auto":
         from bafusion.fusion.scene import moving_shots
 
@@ -142,6 +149,19 @@ def fuse(
 
         return compose_full(full, [r.decision for r in results])
     return results[-1].fused
+
+
+def _warn_motion(images: list[np.ndarray], names: list[str]) -> None:
+    """A :class:`~bafusion.fusion.scene.MotionWarning` per shot that moves against the first
+    (advice only: a failing estimate is silent)."""
+    from bafusion.fusion.scene import MotionWarning, motion_hints
+
+    try:
+        lines = motion_hints(images, names, advice='align="similarity" (or "auto")')
+    except Exception:  # noqa: BLE001 - advice must not stop a fusion
+        return
+    for line in lines:
+        warnings.warn(line, MotionWarning, stacklevel=3)
 
 
 def _read_sources(

@@ -265,9 +265,15 @@ def moving_shots(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX
     return [(sm.index, float(sm.px)) for sm in shot_motions(images, threshold) if sm.verdict == "moves"]
 
 
+class MotionWarning(UserWarning):
+    """Issued by :func:`bafusion.fuse` (``align=None``, its default) when a shot moves against
+    the first by more than :data:`HINT_MOTION_PX`: the text is :func:`motion_hints`' line."""
+
+
 def motion_hints(images: Sequence[np.ndarray], names: Sequence[str],
-                 threshold: float = HINT_MOTION_PX) -> list[str]:
-    """One line for every shot that moves (:func:`moving_shots`), suggesting ``--align``; empty
+                 threshold: float = HINT_MOTION_PX,
+                 advice: str = "--align similarity (or auto)") -> list[str]:
+    """One line for every shot that moves (:func:`moving_shots`), suggesting ``advice``; empty
     when none does.
 
     Parameters
@@ -278,11 +284,13 @@ def motion_hints(images: Sequence[np.ndarray], names: Sequence[str],
         Their file names, for the lines.
     threshold : float
         As for :func:`moving_shots`.
+    advice : str
+        What registers the shots (the command line's option; the Python API's argument).
 
     Returns
     -------
     list of str
     """
     return [f"{names[i]}: moves about {d:.1f} px against {names[0]} (handheld?); the fusion may show doubled "
-            "edges where it switches source: --align similarity (or auto) registers the shots first"
+            f"edges where it switches source: {advice} registers the shots first"
             for i, d in moving_shots(images, threshold)]
