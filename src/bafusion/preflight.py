@@ -54,6 +54,7 @@ COMMAND_OUTPUTS: dict[str, OutputSpec] = {
     "baseline": OutputSpec(images=("output",), inputs=("a", "b")),
     "evaluate": OutputSpec(replaced_dirs=("out",), files=("report", "plots"), inputs=("root", *_NETS)),
     "train": OutputSpec(files=("out", "metrics", "plots"), dirs=("checkpoints",), inputs=("patches", "params")),
+    "ensemble": OutputSpec(files=("out",), inputs=("members",)),
     "prepare": OutputSpec(replaced_dirs=("out",), inputs=("alphamatting", "backgrounds_dir")),
     "composite": OutputSpec(files=("out",), inputs=("prepared",)),
     "composite-index": OutputSpec(files=("out",), inputs=("shards",)),

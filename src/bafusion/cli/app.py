@@ -44,7 +44,7 @@ COMMANDS: dict[str, str] = {
                     "bafusion.cli.pipeline"),
     **dict.fromkeys(("download-alphamatting", "download-coco", "download-eval", "download-record"),
                     "bafusion.cli.download"),
-    "train": "bafusion.cli.train",
+    **dict.fromkeys(("train", "ensemble"), "bafusion.cli.train"),
     **dict.fromkeys(("fuse", "fuse-set", "fuse-dir"), "bafusion.cli.fusion"),
     "metrics": "bafusion.cli.metrics",
     "baseline": "bafusion.cli.baselines",

@@ -47,6 +47,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_cli)
 
+    q = subparsers.add_parser(
+        "ensemble", help="join trained nets into one net that averages their logits",
+        description="Join two or more trained nets of one architecture and patch side (e.g. initial nets "
+                    "trained from other seeds or data) into one model file whose logits are the mean of "
+                    "theirs (bafusion.nets.model.ensemble: grouped convolutions, the cost of the members "
+                    "together). Use it as --initial or as initial.pt of a model folder.")
+    q.add_argument("members", nargs="+", help="model files (.pt with their .json)")
+    q.add_argument("--out", required=True, help="model file to write (.pt, with a .json beside it)")
+    q.set_defaults(func=run_ensemble)
+
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     params = read_params(args.params, [("--params-json", args.params_json, None)], args.overrides)
@@ -103,4 +113,40 @@ def run_cli(args: argparse.Namespace) -> int:
     if dist_from_env().main:
         print(f"bafusion train: {args.net}: best val acc {summary['val_acc']} at epoch {summary['best_epoch']}, "
               f"model {paths.out}", file=sys.stderr)
+    return 0
+
+
+def run_ensemble(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from bafusion.errors import UserError
+    from bafusion.nets.model import ModelFileError, ensemble, load_model, save_model
+
+    if len(args.members) < 2:
+        raise UserError(f"an ensemble needs at least two model files, got {len(args.members)}")
+    nets, metas = [], []
+    for m in args.members:
+        try:
+            net, meta = load_model(m)
+        except ModelFileError as e:
+            raise UserError(str(e)) from e
+        nets.append(net)
+        metas.append(meta)
+    for key in ("patch", "input_scale"):
+        values = {str(meta.get(key)) for meta in metas}
+        if len(values) > 1:
+            raise UserError(f"{', '.join(args.members)}: the members differ in '{key}' ({sorted(values)})")
+    try:
+        net = ensemble(nets)
+    except ValueError as e:
+        raise UserError(f"{', '.join(args.members)}: {e}") from e
+    keep = ("patch", "input_scale", "context", "net", "depth")
+    meta = {k: metas[0][k] for k in keep if k in metas[0]}
+    meta["ensemble_of"] = [
+        {"file": str(m), "sha256": hashlib.sha256(Path(m).read_bytes()).hexdigest(),
+         "meta": {k: v for k, v in mt.items() if k != "arch"}}
+        for m, mt in zip(args.members, metas)
+    ]
+    save_model(net, args.out, meta)
+    print(f"bafusion ensemble: {len(nets)} nets -> {args.out} ({net.spec.to_dict()})", file=sys.stderr)
     return 0

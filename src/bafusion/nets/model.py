@@ -28,10 +28,15 @@ class ResNetSpec:
     in_channels: int = 2
     num_classes: int = 2
     widths: tuple[int, int, int] = (16, 32, 64)
+    #: Nets of this spec run side by side as one (:func:`ensemble`): ``members`` groups of
+    #: channels that never mix, the logits their mean. 1: one net (the paper's).
+    members: int = 1
 
     def __post_init__(self) -> None:
         if self.depth < 8 or (self.depth - 2) % 6 != 0:
             raise ValueError(f"ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, ...), got {self.depth}")
+        if self.members < 1:
+            raise ValueError(f"members must be >= 1, got {self.members}")
 
     @property
     def blocks_per_stage(self) -> int:
@@ -41,6 +46,8 @@ class ResNetSpec:
         d = asdict(self)
         d["widths"] = list(self.widths)
         d["arch"] = "cifar_resnet"
+        if self.members == 1:  # a single net's description stays what it always was
+            del d["members"]
         return d
 
     @classmethod
@@ -52,20 +59,22 @@ class ResNetSpec:
             in_channels=int(d.get("in_channels", 2)),
             num_classes=int(d.get("num_classes", 2)),
             widths=tuple(int(w) for w in d.get("widths", (16, 32, 64))),  # type: ignore[arg-type]
+            members=int(d.get("members", 1)),
         )
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, groups: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False, groups=groups)
         self.bn1: nn.Module = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False, groups=groups)
         self.bn2: nn.Module = nn.BatchNorm2d(cout)
         self.shortcut: nn.Module
         if stride != 1 or cin != cout:
             # Option B of the ResNet paper (1x1 projection), the common CIFAR variant in torch.
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False, groups=groups),
+                                          nn.BatchNorm2d(cout))
         else:
             self.shortcut = nn.Identity()
 
@@ -84,17 +93,18 @@ class CifarResNet(nn.Module):
     def __init__(self, spec: ResNetSpec) -> None:
         super().__init__()
         self.spec = spec
-        w1, w2, w3 = spec.widths
+        k = spec.members
+        w1, w2, w3 = (w * k for w in spec.widths)
         n = spec.blocks_per_stage
         layers: list[nn.Module] = [
-            nn.Conv2d(spec.in_channels, w1, 3, 1, 1, bias=False),
+            nn.Conv2d(spec.in_channels, w1, 3, 1, 1, bias=False),  # every member sees the input
             nn.BatchNorm2d(w1),
             nn.ReLU(inplace=True),
         ]
         cin = w1
         for width, stride in ((w1, 1), (w2, 2), (w3, 2)):
             for i in range(n):
-                layers.append(BasicBlock(cin, width, stride if i == 0 else 1))
+                layers.append(BasicBlock(cin, width, stride if i == 0 else 1, groups=k))
                 cin = width
         self.trunk = nn.Sequential(*layers)
         self.fc = nn.Linear(w3, spec.num_classes)
@@ -165,6 +175,45 @@ def fold_batchnorm(net: CifarResNet) -> CifarResNet:
                 fold(blk.shortcut[0], blk.shortcut[1])
                 blk.shortcut[1] = nn.Identity()
     return out
+
+
+def ensemble(nets: "list[CifarResNet] | tuple[CifarResNet, ...]") -> CifarResNet:
+    """One net that runs ``nets`` (single nets of one spec) side by side and returns the mean
+    of their logits, for patches and for the dense pass alike: the members' channels are
+    stacked in groups (grouped convolutions, so the cost is the members' sum), and the linear
+    layer averages (its weights side by side, divided by the number of members).
+
+    Raises
+    ------
+    ValueError
+        Fewer than two nets, or nets of different specs or already ensembles.
+    """
+    from dataclasses import replace
+
+    if len(nets) < 2:
+        raise ValueError(f"an ensemble needs at least two nets, got {len(nets)}")
+    spec = nets[0].spec
+    if spec.members != 1 or any(n.spec != spec for n in nets):
+        raise ValueError("ensemble members must be single nets of one architecture, got "
+                         f"{[n.spec.to_dict() for n in nets]}")
+    k = len(nets)
+    out = CifarResNet(replace(spec, members=k))
+    states = [n.state_dict() for n in nets]
+    merged: dict[str, torch.Tensor] = {}
+    for key, ref in out.state_dict().items():
+        parts = [st[key] for st in states]
+        if key.endswith("num_batches_tracked"):
+            merged[key] = parts[0].clone()
+        elif key == "fc.weight":
+            merged[key] = torch.cat(parts, dim=1) / k
+        elif key == "fc.bias":
+            merged[key] = torch.stack(parts).mean(dim=0)
+        else:  # BatchNorm vectors, the first convolution (every member's filters), grouped convolutions
+            merged[key] = torch.cat(parts, dim=0)
+        if merged[key].shape != ref.shape:
+            raise ValueError(f"{key}: members' weights {tuple(parts[0].shape)} do not stack to {tuple(ref.shape)}")
+    out.load_state_dict(merged)
+    return out.eval()
 
 
 def build_model(depth: int = 56, in_channels: int = 2, num_classes: int = 2) -> CifarResNet:
