@@ -97,3 +97,15 @@ def test_unknown_command_is_refused_with_the_list(capsys: pytest.CaptureFixture[
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice" in err and "'fuse'" in err and "'metrics'" in err
+
+
+def test_the_module_entry_point_reads_sys_argv() -> None:
+    """``python -m bafusion.cli`` (the training's torchrun relaunch) takes its command line from
+    ``sys.argv`` and builds the named command's parser alone."""
+    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}
+    p = subprocess.run([sys.executable, "-m", "bafusion.cli", "preset", "--help"], capture_output=True, text=True,
+                       env=env)
+    assert p.returncode == 0 and "usage: bafusion preset" in p.stdout, p.stderr
+    p = subprocess.run([sys.executable, "-m", "bafusion.cli", "count", "--no-such-option"], capture_output=True,
+                       text=True, env=env)
+    assert p.returncode == 2 and "error: unrecognized arguments: --no-such-option" in p.stderr, p.stderr

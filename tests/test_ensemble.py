@@ -75,6 +75,12 @@ def test_refuses_one_net_and_mixed_architectures() -> None:
         ensemble([ensemble([a, b]), ensemble([a, b])])
 
 
+def test_refuses_folded_inference_copies() -> None:
+    nets = _members(2)
+    with pytest.raises(ValueError, match="ensemble first, then fold"):
+        ensemble([fold_batchnorm(n) for n in nets])
+
+
 def test_saved_and_loaded_with_its_members(tmp_path: Path) -> None:
     nets = _members(2)
     save_model(ensemble(nets), tmp_path / "e.pt", {"patch": 12})
@@ -142,3 +148,32 @@ def test_cli_refuses_members_of_other_patch_sides(tmp_path: Path, capsys: pytest
     assert cli_main(["ensemble", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--out", str(tmp_path / "e.pt")]) == 2
     assert "differ in 'patch'" in capsys.readouterr().err
     assert not (tmp_path / "e.pt").exists()
+
+
+@pytest.mark.parametrize("out", ["a.pt", "a.json", "a", "a.pth"])
+def test_cli_never_overwrites_a_member_or_its_description(tmp_path: Path, out: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = _members(2)
+    save_model(a, tmp_path / "a.pt", {"patch": 12})
+    save_model(b, tmp_path / "b.pt", {"patch": 12})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert cli_main(["ensemble", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err
+    assert "would overwrite the member" in err or "ends in .pt" in err or "also an input" in err, err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_cli_refuses_an_initial_and_a_boundary_net_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = _members(2)
+    save_model(a, tmp_path / "i.pt", {"patch": 12, "net": "initial"})
+    save_model(b, tmp_path / "b.pt", {"patch": 12, "net": "boundary"})
+    assert cli_main(["ensemble", str(tmp_path / "i.pt"), str(tmp_path / "b.pt"), "--out", str(tmp_path / "e.pt")]) == 2
+    assert "differ in 'net'" in capsys.readouterr().err
+
+
+def test_cli_reads_the_older_patch_size_key(tmp_path: Path) -> None:
+    a, b = _members(2)
+    save_model(a, tmp_path / "a.pt", {"patch_size": 12})
+    save_model(b, tmp_path / "b.pt", {"patch": 12})
+    assert cli_main(["ensemble", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--out", str(tmp_path / "e.pt")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["patch"] == 12

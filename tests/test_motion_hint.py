@@ -220,6 +220,21 @@ def test_the_python_api_warns_when_the_shots_move_unless_told_none(tiny_nets: Pa
         fuse(a, b, model=str(tiny_nets), device="cpu")
 
 
+def test_the_python_api_gives_no_motion_advice_for_two_scenes(tiny_nets: Path) -> None:
+    """As the command line: two scenes (which alignment would refuse) get no hint, although
+    the motion estimate between them reads as a motion."""
+    import warnings
+
+    from bafusion import fuse
+
+    a, _ = _focus_pair(_texture(21, 120, 136))
+    _, c = _focus_pair(_texture(22, 120, 136))
+    assert [sm.verdict for sm in shot_motions([a, c])] == ["moves"]  # what a hint would have said
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fuse(a, c, model=str(tiny_nets), device="cpu")
+
+
 def test_align_auto_does_not_align_two_scenes_fused_with_force(tmp_path: Path, nets: Path, capsys) -> None:
     a, _ = _focus_pair(_texture(21, 120, 136))
     _, c = _focus_pair(_texture(22, 120, 136))

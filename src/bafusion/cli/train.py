@@ -51,8 +51,8 @@ def register(subparsers: Any) -> None:
         "ensemble", help="join trained nets into one net that averages their logits",
         description="Join two or more trained nets of one architecture and patch side (e.g. initial nets "
                     "trained from other seeds or data) into one model file whose logits are the mean of "
-                    "theirs (bafusion.nets.model.ensemble: grouped convolutions, the cost of the members "
-                    "together). Use it as --initial or as initial.pt of a model folder.")
+                    "theirs (bafusion.nets.model.ensemble: grouped convolutions; 2.6x the trunk time of one net "
+                    "for two members on a CPU, BENCHMARKS.md). Use it as --initial or as initial.pt of a model folder.")
     q.add_argument("members", nargs="+", help="model files (.pt with their .json)")
     q.add_argument("--out", required=True, help="model file to write (.pt, with a .json beside it)")
     q.set_defaults(func=run_ensemble)
@@ -124,6 +124,13 @@ def run_ensemble(args: argparse.Namespace) -> int:
 
     if len(args.members) < 2:
         raise UserError(f"an ensemble needs at least two model files, got {len(args.members)}")
+    out = Path(args.out)
+    if out.suffix != ".pt":
+        raise UserError(f"--out {out}: a model file ends in .pt (its description is written beside it as .json)")
+    written = {out.resolve(), out.with_suffix(".json").resolve()}
+    for m in args.members:
+        if {Path(m).resolve(), Path(m).with_suffix(".json").resolve()} & written:
+            raise UserError(f"--out {out}: would overwrite the member {m} or its .json; choose another name")
     nets, metas = [], []
     for m in args.members:
         try:
@@ -132,7 +139,10 @@ def run_ensemble(args: argparse.Namespace) -> int:
             raise UserError(str(e)) from e
         nets.append(net)
         metas.append(meta)
-    for key in ("patch", "input_scale"):
+    for meta in metas:  # older files name the patch side patch_size
+        if "patch" not in meta and "patch_size" in meta:
+            meta["patch"] = meta["patch_size"]
+    for key in ("patch", "input_scale", "net"):
         values = {str(meta.get(key)) for meta in metas}
         if len(values) > 1:
             raise UserError(f"{', '.join(args.members)}: the members differ in '{key}' ({sorted(values)})")

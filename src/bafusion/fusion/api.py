@@ -81,7 +81,7 @@ def fuse(
         (:func:`bafusion.fusion.scene.moving_shots`), else ``"none"``. ``"none"``: the
         shots are taken as registered, unchecked. None (the default): as ``"none"``, plus a
         :class:`bafusion.fusion.scene.MotionWarning` for each shot that moves so, as the
-        command line's hint (a coarse estimate, about 0.2 s for a pair; silence it with
+        command line's hint, for shots that look like one scene (a coarse check and estimate, a few tenths of a second; silence it with
         ``align="none"`` or the :mod:`warnings` filters).
     progress : bool or None
         A progress bar on stderr (None: for camera-size pairs on a terminal).
@@ -152,11 +152,20 @@ def fuse(
 
 
 def _warn_motion(images: list[np.ndarray], names: list[str]) -> None:
-    """A :class:`~bafusion.fusion.scene.MotionWarning` per shot that moves against the first
-    (advice only: a failing estimate is silent)."""
-    from bafusion.fusion.scene import MotionWarning, motion_hints
+    """A :class:`~bafusion.fusion.scene.MotionWarning` per shot that moves against the first,
+    when the shots look like one scene, as the command line's hint (advice only: a failing
+    estimate is silent)."""
+    from bafusion.fusion.scene import (
+        MIN_CORRELATION,
+        MotionWarning,
+        check_one_scene,
+        motion_hints,
+    )
 
     try:
+        scores = check_one_scene(images, names, True)  # force: judge, never refuse
+        if not all(c is None or c >= MIN_CORRELATION for c in scores):
+            return
         lines = motion_hints(images, names, advice='align="similarity" (or "auto")')
     except Exception:  # noqa: BLE001 - advice must not stop a fusion
         return

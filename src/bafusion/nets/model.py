@@ -180,13 +180,15 @@ def fold_batchnorm(net: CifarResNet) -> CifarResNet:
 def ensemble(nets: "list[CifarResNet] | tuple[CifarResNet, ...]") -> CifarResNet:
     """One net that runs ``nets`` (single nets of one spec) side by side and returns the mean
     of their logits, for patches and for the dense pass alike: the members' channels are
-    stacked in groups (grouped convolutions, so the cost is the members' sum), and the linear
-    layer averages (its weights side by side, divided by the number of members).
+    stacked in groups (grouped convolutions: on a CPU they took 2.6x the time of one net for
+    two members, BENCHMARKS.md), and the linear layer averages (its weights side by side,
+    divided by the number of members).
 
     Raises
     ------
     ValueError
-        Fewer than two nets, or nets of different specs or already ensembles.
+        Fewer than two nets, nets of different specs or already ensembles, or nets whose
+        BatchNorm was folded (:func:`fold_batchnorm`; ensemble the trained nets, then fold).
     """
     from dataclasses import replace
 
@@ -199,6 +201,9 @@ def ensemble(nets: "list[CifarResNet] | tuple[CifarResNet, ...]") -> CifarResNet
     k = len(nets)
     out = CifarResNet(replace(spec, members=k))
     states = [n.state_dict() for n in nets]
+    if any(set(st) != set(out.state_dict()) for st in states):
+        raise ValueError("ensemble members must be nets as trained (with their BatchNorm layers), "
+                         "not folded inference copies: ensemble first, then fold")
     merged: dict[str, torch.Tensor] = {}
     for key, ref in out.state_dict().items():
         parts = [st[key] for st in states]
