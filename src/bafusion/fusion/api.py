@@ -81,8 +81,9 @@ def fuse(
         (:func:`bafusion.fusion.scene.moving_shots`), else ``"none"``. ``"none"``: the
         shots are taken as registered, unchecked. None (the default): as ``"none"``, plus a
         :class:`bafusion.fusion.scene.MotionWarning` for each shot that moves so, as the
-        command line's hint, for shots that look like one scene (a coarse check and estimate, a few tenths of a second; silence it with
-        ``align="none"`` or the :mod:`warnings` filters).
+        command line's hint, when the shots look like one scene (a coarse check and estimate,
+        a few tenths of a second; silence it with ``align="none"`` or the :mod:`warnings`
+        filters).
     progress : bool or None
         A progress bar on stderr (None: for camera-size pairs on a terminal).
     keep_depth : bool
