@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -241,6 +243,27 @@ def test_warm_start_from_a_model_file(toy_run: dict, tmp_path: Path) -> None:
     other = resolve_config({**params, "depth": 14}, "initial")
     with pytest.raises(UserError, match=str(init)):
         train("initial", toy_run["h5"], other, _paths(tmp_path / "other", "initial"), progress=False)
+
+
+def test_warm_start_model_is_never_overwritten(toy_run: dict, tmp_path: Path) -> None:
+    """train.init is an input: an --out, --metrics or --plots that would replace the warm-start
+    model or its .json is refused before any work, with both files left as they were."""
+    init = tmp_path / "init" / "initial.pt"
+    init.parent.mkdir()
+    shutil.copy2(toy_run["paths"].out, init)
+    shutil.copy2(toy_run["paths"].out.with_suffix(".json"), init.with_suffix(".json"))
+    before = {p: p.read_bytes() for p in (init, init.with_suffix(".json"))}
+    params = {**TOY, "train": {**TOY["train"], "init": str(init)}}
+    cfg = resolve_config(params, "initial")
+    base = _paths(tmp_path / "run", "initial")
+    for flag, paths in (("--out", dataclasses.replace(base, out=init)),
+                        ("--out", dataclasses.replace(base, out=init.with_suffix(".json"))),
+                        ("--metrics", dataclasses.replace(base, metrics=init.with_suffix(".json"))),
+                        ("--plots", dataclasses.replace(base, plots=init))):
+        with pytest.raises(UserError, match=f"{flag} .*would overwrite the warm-start model"):
+            train("initial", toy_run["h5"], cfg, paths, progress=False)
+    assert {p: p.read_bytes() for p in before} == before
+    assert not base.checkpoints.exists() and not base.metrics.exists()
 
 
 def test_context_consistency_training(toy_run: dict, tmp_path: Path) -> None:

@@ -491,6 +491,14 @@ def train(net: str, patches: str | os.PathLike[str], cfg: TrainConfig, paths: Pa
     for other in (paths.metrics, paths.plots):
         if other.resolve() in taken:
             raise UserError(f"{other}: would overwrite the model or its description; choose another path")
+    if cfg.init:  # the warm-start model is an input: no output may replace it or its description
+        init = Path(cfg.init)
+        inputs = {init.resolve(), init.with_suffix(".json").resolve()}
+        for what, other in (("--out", paths.out), ("--out", paths.out.with_suffix(".json")),
+                            ("--metrics", paths.metrics), ("--plots", paths.plots)):
+            if other.resolve() in inputs:
+                raise UserError(f"{what} {other}: would overwrite the warm-start model train.init={init} "
+                                "or its description; write the trained model elsewhere")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device, dist.local_rank)
