@@ -146,3 +146,19 @@ def test_context_must_be_a_multiple_of_the_stride() -> None:
 
     with pytest.raises(UserError, match="context"):
         PatchOptions(context=6)
+
+
+def test_uncompressed_patch_set_holds_the_same_data(shard: Path, tmp_path: Path) -> None:
+    """compress=False (`bafusion patches --no-compression`) drops only the gzip filter: every
+    dataset and attribute is the same, and the fingerprinted attributes do not mention it."""
+    opts = PatchOptions(patch=16, per_pair=6, boundary_per_pair=6, seed=3, context=4)
+    a = run_patches([shard], opts, tmp_path / "gz", progress=False)
+    b = run_patches([shard], opts, tmp_path / "raw", progress=False, compress=False)
+    assert a == b
+    for name in ("initial.h5", "boundary.h5"):
+        with h5py.File(tmp_path / "gz" / name) as f, h5py.File(tmp_path / "raw" / name) as g:
+            assert dict(f.attrs) == dict(g.attrs)
+            for split in ("train", "val"):
+                for key in ("x", "y", "pair", "centre"):
+                    assert f[split][key].compression == "gzip" and g[split][key].compression is None
+                    np.testing.assert_array_equal(f[split][key][()], g[split][key][()])

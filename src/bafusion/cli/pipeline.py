@@ -117,7 +117,8 @@ def cmd_patches(args: argparse.Namespace) -> int:
     )
     with tracking.stage_run("patches", {"patch": opts.patch, "seed": opts.seed, "patches": vars(opts)}) as run:
         t0 = time.perf_counter()
-        summary = run_patches([Path(f) for f in args.shards], opts, Path(args.out), progress=_progress(args))
+        summary = run_patches([Path(f) for f in args.shards], opts, Path(args.out), progress=_progress(args),
+                              compress=not args.no_compression)
         dt = time.perf_counter() - t0
         flat = {k.replace(".", "_"): v for k, v in tracking.flatten(summary).items() if isinstance(v, (int, float))}
         flat["pairs_per_s"] = summary["pairs"] / dt if dt > 0 else 0.0
@@ -228,6 +229,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--context", type=int, default=0,
                    help="pixels of surroundings stored on every side of each patch (multiple of 4; 0: the patch alone)")
     p.add_argument("--out", required=True, help="output folder for initial.h5 and boundary.h5")
+    p.add_argument("--no-compression", action="store_true",
+                   help="store without gzip: ~3x the disk, written several times faster (scratch patch sets)")
     p.add_argument("--summary", help="also write the counts as JSON here")
     p.set_defaults(func=cmd_patches)
 
