@@ -4,11 +4,13 @@ mid-run, and a second call that resumes from the first one's plan.json and ck.ta
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -57,7 +59,8 @@ def test_a_stopped_chunk_resumes_in_the_next_call(kit: Path, tmp_path: Path) -> 
     shutil.copy2(tmp_path / "out1" / "plan.json", kit / "plan.json")
     shutil.copy2(tmp_path / "out1" / "ck.tar", kit / "ck.tar")
     try:
-        second = _call(kit, tmp_path / "out2", work, "--minutes", "5")  # the budget is not part of the plan
+        # another scratch folder and budget: neither is part of the plan
+        second = _call(kit, tmp_path / "out2", tmp_path / "work2", "--minutes", "5")
         log2 = second.stdout + second.stderr
         assert second.returncode == 0, log2[-3000:]
         assert "resume: " in log2 and "bafusion train: resuming initial from" in log2, log2[-3000:]
@@ -77,6 +80,40 @@ def test_a_stopped_chunk_resumes_in_the_next_call(kit: Path, tmp_path: Path) -> 
         (kit / "ck.tar").unlink()
 
 
-def test_refuses_a_kit_without_prepared_data(tmp_path: Path) -> None:
+def test_the_budget_stops_training_and_packs_the_checkpoint(kit: Path, tmp_path: Path) -> None:
+    """The device path: the plan is 4x the budget, so the trainer is stopped at the budget
+    (SIGTERM), the call still succeeds, and ck.tar holds a resumable checkpoint."""
+    r = _call(kit, tmp_path / "out", tmp_path / "work", "--epochs", "4", "--minutes", "0.2", "--fill", "4")
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-3000:]
+    assert "stopped at the budget" in log and not (tmp_path / "out" / "initial.pt").exists()
+    with tarfile.open(tmp_path / "out" / "ck.tar") as t:
+        assert "last.pt" in t.getnames()
+    assert not (tmp_path / "work").exists()  # the scratch folder is removed
+
+
+def test_refusals_before_any_work(kit: Path, tmp_path: Path) -> None:
     r = _call(tmp_path / "empty", tmp_path / "out", tmp_path / "work")
     assert r.returncode == 2 and "no prepared data" in r.stderr
+    r = _call(kit, tmp_path / "out", tmp_path / "work", "--set", "train.epochs=3")
+    assert r.returncode == 2 and "the plan sets train.epochs" in r.stderr
+    r = _call(kit, tmp_path / "out", tmp_path / "work", "--set", "train.momentum=fast")
+    assert r.returncode == 2 and "train.momentum" in r.stderr, r.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("not the script's")
+    r = _call(kit, tmp_path / "out", tmp_path / "mine")
+    assert r.returncode == 2 and "not this script's scratch folder" in r.stderr
+    assert (tmp_path / "mine" / "keep.txt").exists() and not (tmp_path / "out").exists()
+
+
+def test_small_learning_rates_reach_the_trainer_as_numbers(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import device_train
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    a = argparse.Namespace(
+        seed=0, patch=16, depth=8, batch=16, lr=1e-5, val_samples=32, device="cpu", context=0, init="", set=[],
+        net="initial")
+    cfg = device_train.train_config(a, 10, 64)
+    assert cfg.lr == 1e-5 and cfg.milestones == [4, 6, 8, 9] and cfg.init == "" and cfg.samples_per_epoch == 64
