@@ -230,7 +230,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pixels of surroundings stored on every side of each patch (multiple of 4; 0: the patch alone)")
     p.add_argument("--out", required=True, help="output folder for initial.h5 and boundary.h5")
     p.add_argument("--no-compression", action="store_true",
-                   help="store without gzip: ~3x the disk, written several times faster (scratch patch sets)")
+                   help="store without gzip: about 1.8x the disk, written about 6x faster (scratch patch sets)")
     p.add_argument("--summary", help="also write the counts as JSON here")
     p.set_defaults(func=cmd_patches)
 

@@ -189,9 +189,9 @@ def run_patches(shard_files: list[Path], opts: PatchOptions, out_dir: Path, prog
                 compress: bool = True) -> dict[str, Any]:
     """Write ``initial.h5`` and ``boundary.h5`` into ``out_dir``; return counts.
 
-    ``compress=False`` stores the datasets without gzip: about 3x the disk, written several
-    times faster (scratch patch sets, e.g. ``benchmarks/device_train.py``); the patches, labels
-    and attributes are the same.
+    ``compress=False`` stores the datasets without gzip (scratch patch sets, e.g.
+    ``benchmarks/device_train.py``): the same patches, labels and attributes; at patch 64 with
+    16 px of context, about 1.8x the disk and written about 6x faster (BENCHMARKS.md).
     """
     out_dir = Path(out_dir)
     shard_files = [Path(f) for f in sorted(shard_files)]
