@@ -2,18 +2,23 @@
 the disk it takes, and the paper's scale (18,900 pairs) extrapolated.
 
     python benchmarks/bench_data.py [--data ../shared/data] [--foregrounds 6] [--out benchmarks/out]
+                                    [--patch-threads 1 2] [--repeats 2]
 
 Runs the package's CLI as separate processes, as Snakemake does: ``--cores 1`` runs the
-composite shards one after the other, ``--cores 2`` two at a time. Writes
-``benchmarks/out/data.json`` and prints a Markdown table.
+composite shards one after the other, ``--cores 2`` two at a time. The patches step runs
+with each ``--patch-threads`` (``bafusion patches --threads``), the settings interleaved
+``--repeats`` times in one run (the median is reported), and the files of every setting are
+checked to be byte-identical. Writes ``benchmarks/out/data.json`` and prints a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +45,8 @@ def main() -> int:
     ap.add_argument("--backgrounds", type=int, default=128)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--patch", type=int, default=64)
+    ap.add_argument("--patch-threads", type=int, nargs="+", default=[1, 2], help="bafusion patches --threads to compare")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of the patches step per thread setting, interleaved")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out"))
     a = ap.parse_args()
     train = Path(a.data) / "train"
@@ -78,12 +85,28 @@ def main() -> int:
             results[f"composite_{cores}core_s"] = t_comp
             results[f"composite_{cores}core_pairs_per_s"] = pairs / t_comp
         comp = work / "composite-2"
-        t0 = time.perf_counter()
-        _run(["patches", *map(str, sorted(comp.glob("shard-*.h5"))), "--patch", str(a.patch), "--per-pair", "10",
-              "--boundary-per-pair", "10", "--out", str(work / "patches")])
-        t_patch = time.perf_counter() - t0
+        times: dict[int, list[float]] = {t: [] for t in a.patch_threads}
+        digests: dict[int, dict[str, str]] = {}
+        for _ in range(a.repeats):
+            for threads in a.patch_threads:
+                out_t = work / f"patches-t{threads}"
+                t0 = time.perf_counter()
+                _run(["patches", *map(str, sorted(comp.glob("shard-*.h5"))), "--patch", str(a.patch), "--per-pair", "10",
+                      "--boundary-per-pair", "10", "--out", str(out_t), "--threads", str(threads)])
+                times[threads].append(time.perf_counter() - t0)
+                digests[threads] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(out_t.glob("*.h5"))}
+        if len({json.dumps(d, sort_keys=True) for d in digests.values()}) != 1:
+            raise SystemExit(f"patch files differ between thread settings: {digests}")
+        t1 = a.patch_threads[0]
+        t_patch = statistics.median(times[t1])
+        for threads, ts in times.items():
+            results[f"patches_threads{threads}_s"] = statistics.median(ts)
+            results[f"patches_threads{threads}_runs_s"] = ts
+            results[f"patches_threads{threads}_speedup"] = t_patch / statistics.median(ts)
+        results["patches_identical_across_threads"] = True
         results["patches_s"] = t_patch
         results["patches_pairs_per_s"] = pairs / t_patch
+        shutil.copytree(work / f"patches-t{t1}", work / "patches")
         results["disk_prepared_bytes"] = _du(prepared)
         results["disk_composite_bytes"] = _du(comp)
         results["disk_patches_bytes"] = _du(work / "patches")
@@ -105,6 +128,9 @@ def main() -> int:
         print(f"paper scale (18,900 pairs): composite {r['paper_composite_2core_h']:.2f} h on 2 cores, patches "
               f"{r['paper_patches_h']:.2f} h, disk {r['paper_disk_composite_gb']:.1f} GB composite + "
               f"{r['paper_disk_patches_gb']:.2f} GB patches")
+        for threads in a.patch_threads:
+            print(f"patches --threads {threads}: {r[f'patches_threads{threads}_s']:.1f} s (median of {a.repeats}), "
+                  f"{r[f'patches_threads{threads}_speedup']:.2f}x --threads {t1}; files byte-identical")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -114,6 +114,7 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["metrics", "a.png", "b.png", "a.png", "--metrics", "QX"], ["unknown metric 'QX'"]),
         (["prepare", "--out", "afile"], ["afile: is a file, not a folder"]),
         (["patches", "a.png", "--out", "afile"], ["is a file, not a folder"]),
+        (["patches", "a.png", "--out", "p", "--threads", "0"], ["--threads", "must be at least 1"]),
         (["download-eval", "--out", "/proc/eval"], ["cannot write in /proc"]),
         (["download-record", "--source", "web", "--out", "afile/r.json"], ["afile is a file"]),
     ],

@@ -16,6 +16,7 @@ from bafusion.data.patches import (
     split_pairs,
     window_fraction,
 )
+from bafusion.errors import UserError
 
 
 def _write_shard(path: Path, n_fg: int = 3, n_bg: int = 4, h: int = 70, w: int = 90) -> None:
@@ -162,3 +163,52 @@ def test_uncompressed_patch_set_holds_the_same_data(shard: Path, tmp_path: Path)
                 for key in ("x", "y", "pair", "centre"):
                     assert f[split][key].compression == "gzip" and g[split][key].compression is None
                     np.testing.assert_array_equal(f[split][key][()], g[split][key][()])
+
+
+def test_deflate_threads_give_byte_identical_files(shard: Path, tmp_path: Path) -> None:
+    """`threads` deflates the patch chunks in parallel; the files, not just their contents, are
+    the same for any number of threads (DVC hashes them), and they read back as the patches."""
+
+    def digest(d: Path) -> dict[str, str]:
+        return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(d.glob("*.h5"))}
+
+    opts = PatchOptions(patch=16, per_pair=11, boundary_per_pair=7, seed=2, context=4)  # 132 / 84 patches: partial chunks
+    s1 = run_patches([shard], opts, tmp_path / "t1", progress=False, threads=1)
+    s3 = run_patches([shard], opts, tmp_path / "t3", progress=False, threads=3)
+    assert s1 == s3
+    assert digest(tmp_path / "t1") == digest(tmp_path / "t3")
+    src = _mattes(shard)
+    for kind in ("initial", "boundary"):
+        with h5py.File(tmp_path / "t3" / f"{kind}.h5") as f:
+            for split in ("train", "val"):
+                x = f[split]["x"]
+                assert x.compression == "gzip" and x.compression_opts == 4 and x.shuffle and x.chunks[0] == 64
+                assert x.shape[0] == s3["counts"][kind][split] == len(f[split]["y"]) == len(f[split]["centre"])
+                for patch, pid, (r, c) in zip(x[()], f[split]["pair"][()], f[split]["centre"][()]):
+                    _, A, B = src[int(pid)]
+                    r0, c0 = r - 8 - 4, c - 8 - 4  # centre - patch // 2 - context
+                    if r0 >= 0 and c0 >= 0 and r0 + 24 <= A.shape[0] and c0 + 24 <= A.shape[1]:
+                        assert np.array_equal(patch[0], A[r0 : r0 + 24, c0 : c0 + 24])
+                        assert np.array_equal(patch[1], B[r0 : r0 + 24, c0 : c0 + 24])
+
+
+def test_whole_chunks_and_an_empty_split(shard: Path, tmp_path: Path) -> None:
+    """A split whose count is a whole number of chunks, and an empty one (no validation pairs)."""
+    opts = PatchOptions(patch=16, per_pair=16, boundary_per_pair=0, val_fraction=0.0)  # 12 pairs x 16 = 3 chunks
+    s = run_patches([shard], opts, tmp_path, progress=False, threads=2)
+    assert s["counts"]["initial"] == {"train": 192, "val": 0}
+    d = read_split(tmp_path / "initial.h5", "train")
+    assert d["x"].shape == (192, 2, 16, 16) and d["y"].shape == (192,) and d["centre"].shape == (192, 2)
+    half = 8
+    for x, pid, (r, c) in zip(d["x"], d["pair"], d["centre"]):
+        _, A, _ = _mattes(shard)[int(pid)]
+        assert np.array_equal(x[0], A[r - half : r + half, c - half : c + half])
+    for kind, split in (("initial", "val"), ("boundary", "train"), ("boundary", "val")):
+        e = read_split(tmp_path / f"{kind}.h5", split)
+        assert e["x"].shape == (0, 2, 16, 16) and e["y"].shape == (0,) and e["centre"].shape == (0, 2)
+
+
+def test_threads_must_be_positive(shard: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="threads"):
+        run_patches([shard], PatchOptions(patch=16), tmp_path / "out", progress=False, threads=0)
+    assert not (tmp_path / "out").exists()

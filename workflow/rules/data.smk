@@ -126,7 +126,7 @@ rule patches:
         "logs/patches.log",
     benchmark:
         "logs/benchmarks/patches.tsv"
-    threads: 1
+    threads: 4  # deflating the patch chunks; the files are the same for any number
     conda:
         CONDA_ENV
     shell:
@@ -134,4 +134,4 @@ rule patches:
         " --boundary-per-pair {params.boundary_per_pair} --min-focused {params.min_focused}"
         " --min-defocused {params.min_defocused} --label-threshold {params.label_threshold}"
         " --val-fraction {params.val_fraction} --context {params.context} --seed {params.seed}"
-        " --out {params.out} --summary {output.summary} > {log} 2>&1"
+        " --out {params.out} --summary {output.summary} --threads {threads} > {log} 2>&1"
