@@ -13,6 +13,7 @@ Every command's output paths are listed once, in :data:`COMMAND_OUTPUTS` (by the
   existing folder, so the answer is the file system's, also for root;
 * an output folder that is an existing file; a folder that the command replaces whole when it
   holds one of the inputs or the working directory;
+* two outputs that are one path (``fuse -o X --save-maps X``): the second would overwrite the first;
 * a ``--device`` this machine does not have.
 """
 
@@ -237,6 +238,21 @@ def check_command(args: argparse.Namespace) -> None:
     for dest in spec.replaced_dirs:
         for p in _raw(getattr(args, dest, None)):
             check_output_dir(p, inputs, replaced=True, what=f"--{dest.replace('_', '-')} folder")
+    check_outputs_distinct(
+        [(p, _flag(dest)) for dest in (*spec.images, *spec.files, *spec.dirs, *spec.replaced_dirs)
+         for p in _raw(getattr(args, dest, None))])
     device = getattr(args, "device", None)
     if isinstance(device, str):
         check_device(device)
+
+
+def _flag(dest: str) -> str:
+    return "-o/--output" if dest == "output" else f"--{dest.replace('_', '-')}"
+
+
+def check_outputs_distinct(outputs: Sequence[tuple[str, str]]) -> None:
+    """Refuse two outputs, given as ``(path, flag)``, that name one file or folder."""
+    for i, (p, flag) in enumerate(outputs):
+        for q, other in outputs[:i]:
+            if same_file(Path(p), Path(q)):
+                raise UserError(f"{p}: given both as {other} and as {flag}; each output needs its own path")

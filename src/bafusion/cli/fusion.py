@@ -149,6 +149,10 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
         "device": args.device or base["device"],
         "alpha": args.alpha if args.alpha is not None else float(base["alpha"]),
     }
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads}: give a positive number of CPU threads (omit it for the default)")
+    if not other["alpha"] >= 0:
+        raise UserError(f"--alpha {other['alpha']:g}: the difference-map gain must be 0 or more")
     fusion = FusionParams.from_mapping(merged, source="command line")  # file and JSON are checked: the flags
     threads = args.threads or base["threads"]
     if not threads:
@@ -296,7 +300,8 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     resolve_device(other["device"])
     nets = nets_from_args(args, other["device"], args.model)
     rep = fuse_dir(src, out, nets, params, ext=ext, align=args.align or "none", force=args.force,
-                   skip_existing=args.skip_existing, progress=not args.quiet, motion_hint=args.align is None)
+                   skip_existing=args.skip_existing,
+                   progress=not args.quiet and args.progress is not False, motion_hint=args.align is None)
     for what, why in rep.skipped:
         print(f"bafusion fuse-dir: skipped {what}: {why}", file=sys.stderr)
     print(f"fused {len(rep.fused)} stack(s) into {out}" + (f", {len(rep.existing)} already there" if rep.existing else "")
