@@ -197,14 +197,37 @@ def test_icc_and_exif_of_the_first_source_are_carried(tmp_path: Path, nets: Path
                 assert got.get(0x0112, 1) == 1, "pixels are already turned: orientation reset"
 
 
+def test_an_icc_profile_of_another_colour_space_is_not_carried(tmp_path: Path) -> None:
+    """A CMYK or gray source's profile is not stored on an RGB output (nor an RGB one on a gray
+    output); a profile of the output's colour space is."""
+    from PIL import ImageCms
+
+    from bafusion.io import write_image
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    cmyk = srgb[:16] + b"CMYK" + srgb[20:]
+    gray = srgb[:16] + b"GRAY" + srgb[20:]
+    rgb8, _ = pair(2)
+    g8 = rgb8[..., 0]
+    cases = [(rgb8, srgb, srgb), (rgb8, cmyk, None), (rgb8, gray, None), (g8, gray, gray), (g8, srgb, None),
+             (rgb8.astype(np.uint16) * 257, cmyk, None), (rgb8.astype(np.uint16) * 257, srgb, srgb)]
+    for i, (img, icc, kept) in enumerate(cases):
+        for ext in ("png", "jpg", "tif"):
+            out = tmp_path / f"{i}.{ext}"
+            write_image(out, img, icc=icc)
+            with Image.open(out) as im:
+                assert im.info.get("icc_profile") == kept, (i, ext)
+
+
 def test_naming_rule(tmp_path: Path) -> None:
     """Letters in either case, in letter order; a sub-folder is a stack in file-name order; the
-    output folder inside the input is not a stack; a name both a folder and files is refused."""
+    output folder inside the input is not a stack; a name both a folder and files is refused;
+    dot-files in a sub-folder (macOS ``._1.png``) are not shots."""
     img = Image.fromarray(np.zeros((4, 4), np.uint8))
     for name in ("x-b.png", "x-A.jpg", "x-C.tif", "y-A.png", "y-B.png", "readme.png", "notes.txt", "solo-A.png",
                  "s-A.png"):
         img.save(tmp_path / name) if not name.endswith(".txt") else (tmp_path / name).write_text("x")
-    for sub, names in (("s", ("2.png", "1.png")), ("fused", ("a-A.png", "a-B.png"))):
+    for sub, names in (("s", ("2.png", "1.png", "._1.png", ".~2.png")), ("fused", ("a-A.png", "a-B.png"))):
         (tmp_path / sub).mkdir()
         for n in names:
             img.save(tmp_path / sub / n)
@@ -270,3 +293,22 @@ def test_joint_stack_index_composes_the_full_depth_sources():
             k = index[r, c]
             want = full[k][r, c] if k < 3 else np.repeat(gray[r, c], 3)
             assert (out[r, c] == want).all()
+
+
+def test_fuse_dir_no_progress_and_no_terminal_draw_no_bar(tmp_path: Path, nets: Path, capsys, monkeypatch) -> None:
+    """--no-progress is honoured by fuse-dir, and without a terminal no bar is drawn either."""
+    import bafusion.progress as progress
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for n, x in zip("AB", pair(3)):
+        Image.fromarray(x).save(src / f"p-{n}.png")
+    for terminal, extra in ((True, ["--no-progress"]), (False, [])):
+        monkeypatch.setattr(progress, "stderr_is_terminal", lambda: terminal)
+        rc = cli_main(["fuse-dir", str(src), str(tmp_path / f"out{terminal}"), "--model", str(nets), "--device", "cpu",
+                       *extra])
+        err = capsys.readouterr().err
+        assert rc == 0 and "fuse-dir:" not in err and "stack/s" not in err, err
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "out-bar"), "--model", str(nets), "--device", "cpu"]) == 0
+    assert "fuse-dir:" in capsys.readouterr().err  # the bar, asked for on a terminal

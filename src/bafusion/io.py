@@ -196,6 +196,9 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         EXIF block and ICC profile to store where the format allows (PNG: ``eXIf`` and
         ``iCCP``; JPEG, WebP and 8-bit TIFF: both; 16-bit TIFF: the ICC profile only; BMP:
         neither). Without them the file is byte-identical to what it was before they existed.
+        An ICC profile of another colour space than the output's (a CMYK or gray source's
+        profile on an RGB output, an RGB profile on a gray one) is left out: it would make
+        colour-managed viewers misread the pixels.
     bits : int, optional
         Significant bits of the data behind uint16 ``img`` (e.g. 12 for a 12-bit camera):
         written as the PNG ``sBIT`` chunk when below 16 (the samples stay on the 16-bit scale),
@@ -208,6 +211,8 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
     if fmt is None:
         raise UserError(f"{p}: unknown image format {p.suffix!r} (use .png, .tif, .bmp or .jpg)")
     img = np.ascontiguousarray(img)
+    if icc and not icc_fits(icc, img):
+        icc = None
     if img.dtype == np.uint16 and not keeps_16_bits(p):
         img = scale_to_u8(img.astype(np.float64), 16)
     with atomic_file(p) as tmp:
@@ -224,6 +229,13 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
             if icc:
                 kwargs["icc_profile"] = icc
         Image.fromarray(img).save(tmp, format=fmt, **kwargs)
+
+
+def icc_fits(icc: bytes, img: np.ndarray) -> bool:
+    """Whether the ICC profile ``icc`` describes ``img``'s colour space: its header's data
+    colour space (bytes 16-19) is ``'RGB '`` for an RGB image, ``'GRAY'`` for a gray one."""
+    space = bytes(icc[16:20]) if len(icc) >= 128 else b""
+    return space == (b"RGB " if img.ndim == 3 and img.shape[2] == 3 else b"GRAY" if img.ndim == 2 else b"\0")
 
 
 #: Longest EXIF block a JPEG APP1 segment holds (a longer one is left out of a JPEG output).

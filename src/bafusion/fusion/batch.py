@@ -258,7 +258,9 @@ def find_groups(folder: Path, exclude: Path | None = None) -> tuple[dict[str, li
         if p.is_dir():
             if excluded is not None and p.resolve() == excluded:
                 continue
-            shots = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            # dot-files (macOS ._1.png resource forks, editors' temporaries) are not shots
+            shots = sorted(q for q in p.iterdir()
+                           if q.is_file() and not q.name.startswith(".") and q.suffix.lower() in IMAGE_SUFFIXES)
             groups[p.name] = [(q.name, q) for q in shots]
             folders.add(p.name)
             continue
@@ -320,7 +322,9 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
     if not groups:
         raise UserError(f"{src}: no pair or stack to fuse (name shots <name>-A.<ext>, <name>-B.<ext>, or put each "
                         "stack in its own sub-folder)")
-    bar = tqdm(groups.items(), total=len(groups), unit="stack", file=sys.stderr, disable=not progress,
+    from bafusion.progress import bars_enabled
+
+    bar = tqdm(groups.items(), total=len(groups), unit="stack", file=sys.stderr, disable=not bars_enabled(progress),
                desc="fuse-dir")
     for name, shots in bar:
         target = out / f"{name}.{ext}"
