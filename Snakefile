@@ -13,8 +13,10 @@ report: "workflow/report/workflow.rst"
 # with one line naming the key and its allowed values.
 from snakemake.utils import validate
 
+from bafusion.config import yaml12_floats
 from bafusion.schema import schema_path, validate_params
 
+yaml12_floats(config)  # 5e-05 (as `dvc exp run -S` writes it) is a number, not PyYAML 1.1's string
 _overrides = getattr(getattr(workflow, "config_settings", None), "config", None)
 validate_params(config, "params.yaml" + (" + --config" if _overrides else ""))
 validate(config, schema_path())

@@ -244,6 +244,26 @@ def test_read_params_precedence_and_sources(tmp_path: Path) -> None:
         read_params(tmp_path / "list.yaml")
 
 
+def test_yaml_1_2_floats_without_a_dot_are_numbers(tmp_path: Path) -> None:
+    """5e-05 as dvc exp run -S (ruamel.yaml) writes it, and 1e-3 typed in --set, are floats
+    (PyYAML alone reads them as strings, which the schema then refuses); quoted, a string."""
+    from bafusion.config import load_preset, read_params, yaml12_floats
+    from bafusion.schema import ParamsError
+
+    f = tmp_path / "p.yaml"
+    f.write_text("train: {lr: 5e-05, initial: {lr: 1E+2}}\nfuse: {low: .2e0}\n")
+    p = read_params(f, (), ["train.boundary.lr=1e-3"])
+    assert (p["train"]["lr"], p["train"]["initial"]["lr"], p["train"]["boundary"]["lr"], p["fuse"]["low"]) == (
+        5e-05, 100.0, 0.001, 0.2)
+    f.write_text("train: {lr: '5e-05'}\n")
+    with pytest.raises(ParamsError, match="train.lr"):
+        read_params(f)
+    assert yaml12_floats({"a": ["5e-05", {"b": "1e-3", "c": "e5", "d": "1e"}], "e": "7"}) == {
+        "a": [5e-05, {"b": 0.001, "c": "e5", "d": "1e"}], "e": "7"}
+    assert load_preset("paper")["train"]["lr"] == 0.001
+    assert yaml.safe_load("5e-05") == "5e-05"  # PyYAML's own loader is left as it is
+
+
 def test_fuse_flags_over_json_over_file_over_defaults(tmp_path: Path) -> None:
     import argparse
 

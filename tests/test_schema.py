@@ -153,6 +153,16 @@ def test_config_override_is_checked_too(project: Path) -> None:
     assert "params.yaml + --config: patch: 'abc' is not a positive multiple of 4" in p.stdout + p.stderr
     ok = run(["snakemake", "-n", "all"], project)
     assert "train_initial" in ok.stdout
+    # 5e-05 as `dvc exp run -S` writes it: a number for Snakemake's configfile too (PyYAML: a string)
+    good = (project / "params.yaml").read_text()
+    try:
+        (project / "params.yaml").write_text(
+            yaml.safe_dump(deep_merge(yaml.safe_load(good), {"train": {"lr": 5e-05}})).replace("5.0e-05", "5e-05"))
+        assert "lr: 5e-05" in (project / "params.yaml").read_text()
+        ok = run(["snakemake", "-n", "all"], project)
+    finally:
+        (project / "params.yaml").write_text(good)
+    assert "train_initial" in ok.stdout
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -29,8 +30,40 @@ from bafusion.errors import InputFileError, UserError
 from bafusion.schema import defaults, validate_params
 from bafusion.tracking import flatten
 
-__all__ = ["apply_overrides_to_file", "deep_merge", "dvc_set_args", "load_params", "load_preset", "parse_json_object",
-           "preset_names", "read_params", "section", "validate_params"]
+__all__ = ["ParamsLoader", "apply_overrides_to_file", "deep_merge", "dvc_set_args", "load_params", "load_preset",
+           "load_yaml", "parse_json_object", "preset_names", "read_params", "section", "validate_params", "yaml12_floats"]
+
+
+#: A YAML 1.2 float (the core schema): PyYAML follows YAML 1.1, which wants a dot in the
+#: mantissa, so ``5e-05`` (as ``dvc exp run -S`` and ruamel.yaml write it) would read as a string.
+_FLOAT_12 = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads YAML 1.2 floats without a dot (``1e-3``, ``5e-05``)
+    as numbers, as DVC (ruamel.yaml) and JSON do."""
+
+
+ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(_FLOAT_12.pattern, re.X),
+                                   list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`ParamsLoader` (safe; YAML 1.2 floats are numbers)."""
+    return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def yaml12_floats(node: Any) -> Any:
+    """Turn, in place, the strings of a parsed YAML tree that YAML 1.2 reads as floats
+    (``5e-05``) into floats; returns ``node``. For trees another reader built with PyYAML
+    (Snakemake's ``configfile:``)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in list(items):
+        if isinstance(v, str) and _FLOAT_12.match(v):
+            node[k] = float(v)
+        else:
+            yaml12_floats(v)
+    return node
 
 
 def _read_mapping(path: str | os.PathLike[str], empty_ok: bool) -> dict[str, Any]:
@@ -38,7 +71,7 @@ def _read_mapping(path: str | os.PathLike[str], empty_ok: bool) -> dict[str, Any
     if not p.is_file():
         raise InputFileError(p, "params file not found" if not p.exists() else "params file is not a file")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml(p.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise InputFileError(p, f"invalid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     if data is None and empty_ok:
@@ -88,7 +121,7 @@ def _set(params: dict[str, Any], item: str) -> None:
     if not eq or not key:
         raise UserError(f"--set expects key=value, got {item!r}")
     try:
-        value = yaml.safe_load(raw)
+        value = load_yaml(raw)
     except yaml.YAMLError as e:
         raise UserError(f"--set {key}: the value is not YAML: {str(e).splitlines()[0]}") from e
     node = params
@@ -188,7 +221,7 @@ def load_preset(name: str) -> dict[str, Any]:
     f = resources.files("bafusion.presets") / f"{name}.yaml"
     if not f.is_file():
         raise UserError(f"unknown preset {name!r} (available: {', '.join(preset_names())})")
-    return validate_params(yaml.safe_load(f.read_text()) or {}, f"preset {name} (bafusion/presets/{name}.yaml)")
+    return validate_params(load_yaml(f.read_text()) or {}, f"preset {name} (bafusion/presets/{name}.yaml)")
 
 
 def _hydra_value(v: Any) -> str:
