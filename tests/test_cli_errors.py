@@ -121,6 +121,8 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["prepare", "--out", "afile"], ["afile: is a file, not a folder"]),
         (["patches", "a.png", "--out", "afile"], ["is a file, not a folder"]),
         (["patches", "a.png", "--out", "p", "--threads", "0"], ["--threads", "must be at least 1"]),
+        (["patches", "a.png", "--out", "p", "--patch", "30"], ["patch must be a positive multiple of 4", "30"]),
+        (["patches", "a.png", "--out", "p", "--label-threshold", "2"], ["label_threshold", "[0, 1]", "2"]),
         (["download-eval", "--out", "/proc/eval"], ["cannot write in /proc"]),
         (["download-record", "--source", "web", "--out", "afile/r.json"], ["afile is a file"]),
     ],

@@ -212,3 +212,49 @@ def test_threads_must_be_positive(shard: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="threads"):
         run_patches([shard], PatchOptions(patch=16), tmp_path / "out", progress=False, threads=0)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["no-matte", "short-B", "no-pair", "bad-chunk"])
+def test_a_damaged_shard_is_named_not_a_traceback(shard: Path, tmp_path: Path, damage: str) -> None:
+    """A composite shard with a group missing a dataset, datasets that do not fit together or an
+    unreadable chunk: an InputFileError naming the file and the group; nothing written."""
+    from bafusion.errors import InputFileError
+
+    with h5py.File(shard, "a") as h5:
+        g = h5["fg1"]
+        if damage == "no-matte":
+            del g["matte"]
+        elif damage == "short-B":
+            b = g["B"][()]
+            del g["B"]
+            g["B"] = b[:-1]
+        elif damage == "no-pair":
+            del g["pair"]
+        else:
+            a = g["A"][()]
+            del g["A"]
+            g.create_dataset("A", data=a, chunks=(1, *a.shape[1:]), compression="gzip")
+    if damage == "bad-chunk":  # overwrite the deflated bytes of fg1/A's chunks
+        with h5py.File(shard, "r") as h5:
+            ds = h5["fg1"]["A"]
+            spans = [(ds.id.get_chunk_info(i).byte_offset, ds.id.get_chunk_info(i).size)
+                     for i in range(ds.id.get_num_chunks())]
+        raw = bytearray(shard.read_bytes())
+        for off, size in spans:
+            raw[off:off + size] = b"\xff" * size
+        shard.write_bytes(bytes(raw))
+    with pytest.raises(InputFileError) as e:
+        run_patches([shard], PatchOptions(patch=16, per_pair=2, boundary_per_pair=2), tmp_path / "out", progress=False)
+    assert str(shard) in str(e.value) and "composite" in str(e.value)
+    if damage != "no-pair":
+        assert "'fg1'" in str(e.value)
+    assert not list((tmp_path / "out").glob("*.h5")) if (tmp_path / "out").exists() else True
+
+
+def test_a_shard_given_twice_counts_once(shard: Path, tmp_path: Path) -> None:
+    opts = PatchOptions(patch=16, per_pair=3, boundary_per_pair=3, seed=4)
+    once = run_patches([shard], opts, tmp_path / "once", progress=False)
+    twice = run_patches([shard, tmp_path / "." / shard.name], opts, tmp_path / "twice", progress=False)
+    assert twice == once and twice["pairs"] == 12
+    for kind in ("initial", "boundary"):
+        assert (tmp_path / "once" / f"{kind}.h5").read_bytes() == (tmp_path / "twice" / f"{kind}.h5").read_bytes()

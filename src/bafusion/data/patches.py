@@ -67,8 +67,10 @@ class PatchOptions:
     context: int = 0
 
     def __post_init__(self) -> None:
-        if self.patch < 4:
-            raise UserError(f"patch must be >= 4, got {self.patch}")
+        if not isinstance(self.patch, int) or self.patch < 4 or self.patch % 4:
+            raise UserError(f"patch must be a positive multiple of 4 (the nets downsample by 4), got {self.patch!r}")
+        if not 0 <= self.label_threshold <= 1:
+            raise UserError(f"patches.label_threshold must be a fraction in [0, 1], got {self.label_threshold}")
         if self.per_pair < 0 or self.boundary_per_pair < 0:
             raise UserError("patches.per_pair and patches.boundary_per_pair must be >= 0")
         if not (0 <= self.min_focused <= 1 and 0 <= self.min_defocused <= 1 and self.min_focused + self.min_defocused <= 1):
@@ -243,11 +245,22 @@ def _iter_pairs(shard_files: list[Path]):
             raise InputFileError(f, f"unreadable HDF5 file: {e}") from e
         with h5:
             for name in h5.keys():
-                g = h5[name]
-                matte = g["matte"][()]
-                pairs = g["pair"][()]
+                try:
+                    g = h5[name]
+                    matte, pairs, ds_a, ds_b = g["matte"][()], g["pair"][()], g["A"], g["B"]
+                    if matte.ndim != 2 or ds_a.shape != ds_b.shape or ds_a.shape != (len(pairs), *matte.shape):
+                        raise ValueError(f"A {ds_a.shape}, B {ds_b.shape}, matte {matte.shape} and {len(pairs)} "
+                                         "pair ids do not fit together")
+                except (KeyError, OSError, ValueError, TypeError, AttributeError) as e:
+                    raise InputFileError(f, f"group {name!r} is damaged or not a composite group ({e}): "
+                                         "run the composite step again") from e
                 for k in range(len(pairs)):
-                    yield int(pairs[k]), g["A"][k], g["B"][k], matte
+                    try:
+                        a, b = ds_a[k], ds_b[k]
+                    except (OSError, ValueError) as e:
+                        raise InputFileError(f, f"group {name!r}, pair {k}: unreadable data ({e}): "
+                                             "run the composite step again") from e
+                    yield int(pairs[k]), a, b, matte
 
 
 def _all_pair_ids(shard_files: list[Path]) -> np.ndarray:
@@ -256,7 +269,10 @@ def _all_pair_ids(shard_files: list[Path]) -> np.ndarray:
         try:
             with h5py.File(f, "r") as h5:
                 for name in h5.keys():
-                    ids.append(h5[name]["pair"][()])
+                    ids.append(np.asarray(h5[name]["pair"][()], np.int64).reshape(-1))
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputFileError(f, f"not a composite shard (a group without its pair ids: {e}): "
+                                 "run the composite step again") from e
         except OSError as e:
             raise InputFileError(f, f"unreadable HDF5 file: {e}") from e
     return np.concatenate(ids) if ids else np.zeros(0, np.int64)
@@ -275,7 +291,10 @@ def run_patches(shard_files: list[Path], opts: PatchOptions, out_dir: Path, prog
     if not isinstance(threads, int) or threads < 1:
         raise UserError(f"threads must be a positive integer, got {threads!r}")
     out_dir = Path(out_dir)
-    shard_files = [Path(f) for f in sorted(shard_files)]
+    once: dict[Path, Path] = {}  # sorted, each file once however often or however spelled it is given
+    for f in sorted(map(Path, shard_files)):
+        once.setdefault(f.resolve(), f)
+    shard_files = list(once.values())
     p = opts.patch
     all_ids = _all_pair_ids(shard_files)
     if all_ids.size == 0:
