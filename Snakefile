@@ -13,6 +13,7 @@ report: "workflow/report/workflow.rst"
 # with one line naming the key and its allowed values.
 from snakemake.utils import validate
 
+from bafusion.cli.params_check import check_params
 from bafusion.config import yaml12_floats
 from bafusion.schema import schema_path, validate_params
 
@@ -20,6 +21,7 @@ yaml12_floats(config)  # 5e-05 (as `dvc exp run -S` writes it) is a number, not 
 _overrides = getattr(getattr(workflow, "config_settings", None), "config", None)
 validate_params(config, "params.yaml" + (" + --config" if _overrides else ""))
 validate(config, schema_path())
+check_params(config, "params.yaml" + (" + --config" if _overrides else ""))  # rules across keys (fuse.low < fuse.high)
 
 
 include: "workflow/rules/common.smk"

@@ -92,6 +92,40 @@ def test_preset_apply_keeps_comments(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "patch=64" in words and "data.backgrounds=700" in words and words[0] == "-S"
 
 
+def test_preset_apply_refuses_what_the_pipeline_would_refuse(tmp_path: Path, capsys) -> None:
+    """An empty file takes the preset; a list, bad YAML or a missing file is one line naming it;
+    a result that breaks a rule across keys (fuse.low >= fuse.high, untouched by the preset)
+    is refused and the file left as it was."""
+    f = tmp_path / "p.yaml"
+    f.write_text("")
+    assert main(["preset", "paper", "--apply", str(f)]) == 0
+    assert yaml.safe_load(f.read_text())["patch"] == 64
+    capsys.readouterr()
+    for text, words in (("- 1\n", "mapping"), ("a: [\n", "invalid YAML"), (None, "not found"),
+                        ("fuse: {low: 0.9, high: 0.8}  # keep\n", "need low < high"),
+                        ("fuse: {tile: 30}\n", "fuse.tile")):
+        g = tmp_path / "q.yaml"
+        g.unlink(missing_ok=True)
+        if text is not None:
+            g.write_text(text)
+        assert main(["preset", "paper", "--apply", str(g)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(g) in err[0] and words in err[0] and "Traceback" not in err[0], err
+        assert (g.read_text() if g.exists() else None) == text
+
+
+def test_net_init_follows_the_trainers_rule() -> None:
+    """The warm-start file the Snakefile makes an input is the one the trainer loads."""
+    from bafusion.config import net_init
+    from bafusion.nets.train import TrainConfig
+
+    for train in ({"init": "a.pt", "initial": {"init": ""}}, {"init": "a.pt", "boundary": {"init": "b.pt"}},
+                  {"initial": {"init": "c.pt"}}, {}, {"init": ""}):
+        for net in ("initial", "boundary"):
+            assert net_init({"train": train}, net) == TrainConfig.from_params({"train": train}, net).init, (train, net)
+    assert net_init({"train": {"init": "a.pt", "initial": {"init": ""}}}, "initial") == "a.pt"
+
+
 def test_apply_overrides_creates_missing_sections(tmp_path: Path) -> None:
     f = tmp_path / "p.yaml"
     f.write_text("a: 1  # keep me\n")
@@ -331,3 +365,15 @@ def test_allowed_values_are_the_schemas() -> None:
                                                                                *ev.NATIVE_METHODS}
     assert BOUNDARY_MODES == tuple(props["fuse"]["properties"]["boundary_mode"]["enum"])
     assert "joint" in STACK_RULES
+
+
+def test_the_snakefiles_checks_do_not_load_torch() -> None:
+    """check_params runs at every snakemake call (each dvc stage): it stays light."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from bafusion.config import load_params; from bafusion.cli.params_check import check_params; "
+            f"check_params(load_params({str(REPO / 'params.yaml')!r})); "
+            "heavy = [m for m in ('torch', 'bafusion.nets.model', 'bafusion.fusion.scoring') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -147,6 +147,24 @@ def test_bad_config_fails_snakemake_dry_run(project: Path, override: dict, key: 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("override,words", [
+    ({"composite": {"sigma": [3.0, 1.0]}}, "composite.sigma must be [lo, hi] with 0 < lo <= hi"),
+    ({"fuse": {"low": 0.9, "high": 0.8}}, "need low < high"),
+])
+def test_rules_across_keys_fail_snakemake_dry_run(project: Path, override: dict, words: str) -> None:
+    """Each key valid alone, the pair not: refused at planning time, as the job would."""
+    good = (project / "params.yaml").read_text()
+    try:
+        (project / "params.yaml").write_text(yaml.safe_dump(deep_merge(yaml.safe_load(good), override)))
+        p = run(["snakemake", "-n", "all"], project, check=False)
+    finally:
+        (project / "params.yaml").write_text(good)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "params.yaml: " in out and words in out, out[-2000:]
+    assert "Job stats" not in out
+
+
+@pytest.mark.slow
 def test_config_override_is_checked_too(project: Path) -> None:
     p = run(["snakemake", "-n", "all", "--config", "patch=abc"], project, check=False)
     assert p.returncode != 0

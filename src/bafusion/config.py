@@ -19,7 +19,7 @@ import copy
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from bafusion.schema import defaults, validate_params
 from bafusion.tracking import flatten
 
 __all__ = ["ParamsLoader", "apply_overrides_to_file", "deep_merge", "dvc_set_args", "load_params", "load_preset",
-           "load_yaml", "parse_json_object", "preset_names", "read_params", "section", "validate_params", "yaml12_floats"]
+           "load_yaml", "net_init", "parse_json_object", "preset_names", "read_params", "section", "validate_params", "yaml12_floats"]
 
 
 #: A YAML 1.2 float (the core schema): PyYAML follows YAML 1.1, which wants a dot in the
@@ -245,16 +245,52 @@ def dvc_set_args(overrides: Mapping[str, Any]) -> list[str]:
     return args
 
 
-def apply_overrides_to_file(path: str | os.PathLike[str], overrides: Mapping[str, Any]) -> None:
-    """Write ``overrides`` into a params file in place, keeping its comments and order."""
+def net_init(params: Mapping[str, Any], net: str) -> str:
+    """The warm-start model file of ``net`` (``initial``, ``boundary``): ``train.<net>.init``
+    when set and not empty, else ``train.init``; ``""`` for none. The rule
+    :meth:`bafusion.nets.train.TrainConfig.from_params` follows (an empty per-net ``init``
+    inherits)."""
+    train = params.get("train") or {}
+    return str((train.get(net) or {}).get("init") or train.get("init") or "")
+
+
+def apply_overrides_to_file(path: str | os.PathLike[str], overrides: Mapping[str, Any],
+                            check: Callable[[dict[str, Any], str], None] | None = None) -> None:
+    """Write ``overrides`` into a params file in place, keeping its comments and order.
+
+    ``check(params, source)``, when given, sees the result (parsed) before the file is
+    replaced, and raises to leave the file as it was (``bafusion preset --apply``: the schema
+    and the rules across keys, so a file is never left holding what the pipeline would
+    refuse). An empty file takes the overrides alone.
+
+    Raises
+    ------
+    InputFileError
+        The file is missing, not YAML, or not a mapping.
+    UserError
+        What ``check`` raises (the file is left as it was).
+    """
+    import io
+
     from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+    from ruamel.yaml.error import YAMLError
 
     from bafusion.atomic import atomic_file
 
     p = Path(path)
+    if not p.is_file():
+        raise InputFileError(p, "params file not found" if not p.exists() else "params file is not a file")
     ry = YAML()
     ry.preserve_quotes = True
-    doc = ry.load(p.read_text())
+    try:
+        doc = ry.load(p.read_text())
+    except (OSError, UnicodeDecodeError, YAMLError) as e:
+        raise InputFileError(p, f"invalid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    if doc is None:
+        doc = CommentedMap()
+    if not isinstance(doc, Mapping):
+        raise InputFileError(p, "params file must hold a mapping at the top level")
     for key, value in flatten(overrides).items():
         node = doc
         parts = key.split(".")
@@ -263,5 +299,10 @@ def apply_overrides_to_file(path: str | os.PathLike[str], overrides: Mapping[str
                 node[part] = {}
             node = node[part]
         node[parts[-1]] = value
-    with atomic_file(p) as tmp, open(tmp, "w") as fh:
-        ry.dump(doc, fh)
+    buf = io.StringIO()
+    ry.dump(doc, buf)
+    text = buf.getvalue()
+    if check is not None:
+        check(load_yaml(text) or {}, f"{p} with the overrides applied")
+    with atomic_file(p) as tmp:
+        tmp.write_text(text)

@@ -66,9 +66,11 @@ def train_config_json():
 
 
 def init_input(net):
-    """train.init (or train.<net>.init): the warm-start model file, an input when set."""
-    train = config.get("train", {})
-    v = {**train, **(train.get(net) or {})}.get("init")
+    """train.<net>.init, else train.init (an empty per-net init inherits, as the trainer
+    reads it): the warm-start model file, an input when set."""
+    from bafusion.config import net_init
+
+    v = net_init(config, net)
     return [v] if v else []
 
 

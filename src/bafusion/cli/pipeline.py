@@ -171,7 +171,13 @@ def cmd_preset(args: argparse.Namespace) -> int:
 
     preset = load_preset(args.name)
     if args.apply:
-        apply_overrides_to_file(args.apply, preset)
+        from bafusion.cli.params_check import check_params
+        from bafusion.schema import validate_params
+
+        def check(params: dict, source: str) -> None:
+            check_params(validate_params(params, source), source)
+
+        apply_overrides_to_file(args.apply, preset, check=check)
         print(f"applied preset {args.name!r} to {args.apply}", file=sys.stderr)
         return 0
     if args.format == "yaml":

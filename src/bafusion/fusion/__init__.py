@@ -12,70 +12,57 @@ May import: the ground floor (:mod:`bafusion.io`, ``errors``, ``atomic``, ``conf
 :mod:`bafusion.evaluation` or :mod:`bafusion.cli`.
 """
 
-from bafusion.fusion.api import fuse, load_model
-from bafusion.fusion.decide import decide, window_mean
-from bafusion.fusion.models import (
-    FusionNets,
-    default_model_dirs,
-    find_model_dir,
-    load_nets,
-    load_nets_from_dir,
-    resolve_device,
-    shipped_models,
-)
-from bafusion.fusion.params import FusionParams
-from bafusion.fusion.rule import (
-    FusionResult,
-    check_same_size,
-    fuse_images,
-    fuse_stack,
-    fuse_with_map,
-    remove_small_regions,
-)
-from bafusion.fusion.scoring import (
-    auto_batch,
-    auto_step,
-    boundary_steps,
-    combine_scales,
-    score,
-    score_adaptive,
-    score_dense,
-    score_exact,
-    score_grid,
-    score_multiscale,
-)
-from bafusion.fusion.testset import decision_accuracy, fuse_set, read_pair_index
+import importlib
+from typing import Any
 
-__all__ = [
-    "FusionNets",
-    "FusionParams",
-    "FusionResult",
-    "auto_batch",
-    "auto_step",
-    "boundary_steps",
-    "check_same_size",
-    "combine_scales",
-    "decide",
-    "decision_accuracy",
-    "fuse",
-    "default_model_dirs",
-    "find_model_dir",
-    "fuse_images",
-    "fuse_set",
-    "fuse_stack",
-    "fuse_with_map",
-    "load_model",
-    "load_nets",
-    "load_nets_from_dir",
-    "read_pair_index",
-    "remove_small_regions",
-    "resolve_device",
-    "score",
-    "score_adaptive",
-    "score_dense",
-    "score_exact",
-    "score_grid",
-    "score_multiscale",
-    "shipped_models",
-    "window_mean",
-]
+#: Public name -> (module, attribute), imported on first use: ``import bafusion.fusion.params``
+#: (the Snakefile's parameter checks) does not load torch and the nets.
+_API: dict[str, tuple[str, str]] = {
+    "fuse": ("bafusion.fusion.api", "fuse"),
+    "load_model": ("bafusion.fusion.api", "load_model"),
+    "decide": ("bafusion.fusion.decide", "decide"),
+    "window_mean": ("bafusion.fusion.decide", "window_mean"),
+    "FusionNets": ("bafusion.fusion.models", "FusionNets"),
+    "default_model_dirs": ("bafusion.fusion.models", "default_model_dirs"),
+    "find_model_dir": ("bafusion.fusion.models", "find_model_dir"),
+    "load_nets": ("bafusion.fusion.models", "load_nets"),
+    "load_nets_from_dir": ("bafusion.fusion.models", "load_nets_from_dir"),
+    "resolve_device": ("bafusion.fusion.models", "resolve_device"),
+    "shipped_models": ("bafusion.fusion.models", "shipped_models"),
+    "FusionParams": ("bafusion.fusion.params", "FusionParams"),
+    "FusionResult": ("bafusion.fusion.rule", "FusionResult"),
+    "check_same_size": ("bafusion.fusion.rule", "check_same_size"),
+    "fuse_images": ("bafusion.fusion.rule", "fuse_images"),
+    "fuse_stack": ("bafusion.fusion.rule", "fuse_stack"),
+    "fuse_with_map": ("bafusion.fusion.rule", "fuse_with_map"),
+    "remove_small_regions": ("bafusion.fusion.rule", "remove_small_regions"),
+    "auto_batch": ("bafusion.fusion.scoring", "auto_batch"),
+    "auto_step": ("bafusion.fusion.scoring", "auto_step"),
+    "boundary_steps": ("bafusion.fusion.scoring", "boundary_steps"),
+    "combine_scales": ("bafusion.fusion.scoring", "combine_scales"),
+    "score": ("bafusion.fusion.scoring", "score"),
+    "score_adaptive": ("bafusion.fusion.scoring", "score_adaptive"),
+    "score_dense": ("bafusion.fusion.scoring", "score_dense"),
+    "score_exact": ("bafusion.fusion.scoring", "score_exact"),
+    "score_grid": ("bafusion.fusion.scoring", "score_grid"),
+    "score_multiscale": ("bafusion.fusion.scoring", "score_multiscale"),
+    "decision_accuracy": ("bafusion.fusion.testset", "decision_accuracy"),
+    "fuse_set": ("bafusion.fusion.testset", "fuse_set"),
+    "read_pair_index": ("bafusion.fusion.testset", "read_pair_index"),
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _API[name]
+    except KeyError:
+        raise AttributeError(f"module 'bafusion.fusion' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))
