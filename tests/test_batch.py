@@ -49,6 +49,19 @@ def test_scene_correlation_tells_one_scene_from_two() -> None:
     c, _ = pair(2)
     assert scene_correlation(a, b) > MIN_CORRELATION > scene_correlation(a, c)
     assert scene_correlation(a[:20, :20], c[:20, :20]) is None  # too small to judge
+    flat = np.full((N, N), 128, np.uint8)
+    assert scene_correlation(flat, flat.copy()) is None  # two shots of a blank page: nothing to judge by
+    assert scene_correlation(flat, a[..., 0] if a.ndim == 3 else a) is None
+
+
+def test_two_flat_shots_are_fused_not_refused(tmp_path: Path, nets: Path) -> None:
+    """Two shots of a blank page (no texture at any scale) are not taken for two scenes."""
+    flat = np.full((N, N, 3), 200, np.uint8)
+    for n in ("a", "b"):
+        Image.fromarray(flat).save(tmp_path / f"{n}.png")
+    assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "f.png"),
+                     "--model", str(nets), "--device", "cpu"]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "f.png")), flat)
 
 
 def test_fuse_refuses_two_scenes_unless_forced(tmp_path: Path, nets: Path, capsys) -> None:

@@ -43,6 +43,10 @@ WORK_SIDE = 520
 #: Shots with a shorter side are not checked.
 MIN_SIDE = 64
 
+#: A shot whose coarse-scale standard deviation is below this (1 gray level in 255) is flat:
+#: the correlation is undefined and the pair is not judged (two shots of a blank page pass).
+FLAT_STD = 1.0 / 255.0
+
 
 def _reduce(img: np.ndarray) -> np.ndarray:
     """Gray float image, block-mean reduced by the integer factor that brings its long side
@@ -64,7 +68,8 @@ def _reduce_k(img: np.ndarray, side: int = WORK_SIDE) -> tuple[np.ndarray, int]:
 
 def scene_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
     """Correlation of two same-size uint8 shots at a coarse scale (see the module's doc): near 1
-    for one scene however focused, near 0 for two scenes; None when they are too small to judge.
+    for one scene however focused, near 0 for two scenes; None when they are too small or one is
+    too flat (:data:`FLAT_STD`) to judge.
 
     Parameters
     ----------
@@ -83,8 +88,10 @@ def scene_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
     rb = ndimage.gaussian_filter(rb, sigma).ravel()
     ra -= ra.mean()
     rb -= rb.mean()
-    den = math.sqrt(float(ra @ ra) * float(rb @ rb))
-    return float(ra @ rb / den) if den > 1e-12 else 0.0
+    va, vb = float(ra @ ra), float(rb @ rb)
+    if min(va, vb) < FLAT_STD**2 * ra.size:
+        return None  # a shot flat at this scale (a blank wall, a lens cap): no correlation to judge by
+    return float(ra @ rb / math.sqrt(va * vb))
 
 
 def check_one_scene(images: Sequence[np.ndarray], names: Sequence[str], force: bool = False) -> list[float | None]:
