@@ -74,6 +74,13 @@ def test_fuse_refuses_before_work(tmp_path: Path) -> None:
         bafusion.fuse(a, b, align="affine")
     with pytest.raises(UserError, match="missing.png"):
         bafusion.fuse(a, tmp_path / "missing.png")
+    with pytest.raises(UserError, match=r"separate arguments: fuse\(a, b\) or fuse\(\*shots\)"):
+        bafusion.fuse([a, b])
+    empty = np.zeros((0, 0), np.uint8)
+    with pytest.raises(UserError, match=r"source 1: .* shape \(0, 0\) \(empty\)"):
+        bafusion.fuse(empty, empty)
+    with pytest.raises(UserError, match=r"source 2: .* shape \(4,\)"):
+        bafusion.fuse(np.zeros((4, 4), np.uint8), np.zeros(4, np.uint8))
 
 
 def _deep(a8: np.ndarray, seed: int) -> np.ndarray:

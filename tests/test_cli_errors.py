@@ -116,6 +116,7 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["evaluate", "--out", "afile/x"], ["afile is a file, not a folder"]),
         (["train", "--net", "initial", "--patches", "p.h5", "--out", "afile/m.pt"], ["afile is a file"]),
         (["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--device", "mps"], ["MPS"]),
+        (["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--threads", "-3"], ["--threads -3"]),
         (["metrics", "a.png", "b.png", "missing.png"], ["missing.png"]),
         (["metrics", "a.png", "b.png", "a.png", "--metrics", "QX"], ["unknown metric 'QX'"]),
         (["prepare", "--out", "afile"], ["afile: is a file, not a folder"]),

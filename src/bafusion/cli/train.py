@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bafusion.config import read_params
+from bafusion.errors import UserError
 from bafusion.nets.train import (
     NETS,
     Paths,
@@ -64,6 +65,8 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.device is not None:
         cfg.device = args.device
     if args.threads is not None:
+        if args.threads < 0:
+            raise UserError(f"--threads {args.threads}: give 0 (all cores) or a positive number of CPU threads")
         cfg.threads = int(args.threads)
     if args.nproc is not None:
         cfg.nproc = args.nproc
@@ -119,7 +122,6 @@ def run_cli(args: argparse.Namespace) -> int:
 def run_ensemble(args: argparse.Namespace) -> int:
     import hashlib
 
-    from bafusion.errors import UserError
     from bafusion.nets.model import ModelFileError, ensemble, load_model, save_model
 
     if len(args.members) < 2:

@@ -110,6 +110,8 @@ def fuse(
     >>> from bafusion import fuse, write_image  # doctest: +SKIP
     >>> write_image("fused.png", fuse("near.jpg", "far.jpg"))  # doctest: +SKIP
     """
+    if len(sources) == 1 and isinstance(sources[0], (list, tuple)):
+        raise UserError("fuse() takes the shots as separate arguments: fuse(a, b) or fuse(*shots), not one list")
     if len(sources) < 2:
         raise UserError("fusion needs at least two source images")
     if align is not None and align not in ALIGN_MODELS:
@@ -189,6 +191,9 @@ def _read_sources(
     deep = src is not None and src.full is not None
     for s, name in zip(sources, names):
         if isinstance(s, np.ndarray):
+            if s.ndim not in (2, 3) or s.size == 0:
+                raise UserError(f"{name}: expected an (H, W) gray or (H, W, 3) colour image, got an array of shape "
+                                f"{s.shape}" + (" (empty)" if s.size == 0 else ""))
             if s.dtype == np.uint16:
                 deep = True
                 images.append(scale_to_u8(s, 16))
