@@ -232,6 +232,18 @@ def test_an_icc_profile_of_another_colour_space_is_not_carried(tmp_path: Path) -
                 assert im.info.get("icc_profile") == kept, (i, ext)
 
 
+def test_fuse_dir_that_fuses_nothing_says_so_in_its_status(tmp_path: Path, nets: Path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    a, b = pair(5)
+    Image.fromarray(a).save(src / "size-A.png")
+    Image.fromarray(b[:-4]).save(src / "size-B.png")
+    Image.fromarray(a).save(src / "alone-A.png")
+    argv = ["fuse-dir", str(src), str(tmp_path / "out"), "--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(argv) == batch.EXIT_NONE_FUSED != batch.EXIT_SKIPPED
+    assert "fused 0 stack(s)" in capsys.readouterr().out
+
+
 def test_naming_rule(tmp_path: Path) -> None:
     """Letters in either case, in letter order; a sub-folder is a stack in file-name order; the
     output folder inside the input is not a stack; a name both a folder and files is refused;

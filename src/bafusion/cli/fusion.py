@@ -13,7 +13,7 @@ import torch
 from bafusion.cli.common import nets_from_args
 from bafusion.errors import UserError
 from bafusion.fusion.api import ALIGN_MODELS
-from bafusion.fusion.batch import EXIT_SKIPPED, fuse_dir
+from bafusion.fusion.batch import EXIT_NONE_FUSED, EXIT_SKIPPED, fuse_dir
 from bafusion.fusion.models import resolve_device
 from bafusion.fusion.params import (
     BOUNDARY_MODES,
@@ -318,7 +318,7 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
         "(-C, ...) are one stack, in letter order; each sub-folder of IN is one stack (its images in name order). "
         "What cannot be fused (one shot, a name outside the rule, an unreadable file, sizes that differ, shots "
         f"of two scenes) is skipped and listed at the end. Exit status: 0 all fused, {EXIT_SKIPPED} some skipped "
-        "(the others fused), 2 bad usage.",
+        f"(the others fused), {EXIT_NONE_FUSED} all skipped (nothing fused), 2 bad usage.",
     )
     p.add_argument("input", metavar="IN", help="folder of shots")
     p.add_argument("output", metavar="OUT", help="output folder")

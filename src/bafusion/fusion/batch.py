@@ -10,8 +10,9 @@ Naming rule of ``fuse-dir IN OUT`` (documented in the README):
 * a group of one shot, and an image in ``IN`` that follows neither rule, is skipped and listed;
 * the fusion of ``<name>`` is written to ``OUT/<name>.<ext>`` (``--ext``, default ``png``).
 
-Exit status (:data:`EXIT_SKIPPED`): 0 when every group was fused (or, with ``--skip-existing``,
-already was), 3 when some were skipped (the others are fused), 2 for bad usage (no ``IN``
+Exit status (:data:`EXIT_SKIPPED`, :data:`EXIT_NONE_FUSED`): 0 when every group was fused (or,
+with ``--skip-existing``, already was), 3 when some were skipped (the others are fused), 4 when
+every group was skipped (nothing fused, none already there), 2 for bad usage (no ``IN``
 folder, nothing to fuse, bad parameters).
 """
 
@@ -28,8 +29,11 @@ import numpy as np
 from bafusion.errors import UserError
 from bafusion.io import IMAGE_SUFFIXES, SourceSet, keeps_16_bits, read_source_set
 
-#: Exit status of ``fuse-dir`` when some groups were skipped.
+#: Exit status of ``fuse-dir`` when some groups were skipped (the others fused).
 EXIT_SKIPPED = 3
+
+#: Exit status of ``fuse-dir`` when every group was skipped: nothing fused, none already there.
+EXIT_NONE_FUSED = 4
 
 _SHOT = re.compile(r"^(?P<name>.+)-(?P<letter>[A-Za-z])$")
 
@@ -298,7 +302,9 @@ class BatchReport:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_SKIPPED if self.skipped else 0
+        if not self.skipped:
+            return 0
+        return EXIT_SKIPPED if self.fused or self.existing else EXIT_NONE_FUSED
 
 
 def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str = "none", force: bool = False,
