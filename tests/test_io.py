@@ -17,6 +17,7 @@ from bafusion.io import (
     read_image,
     read_images,
     read_matte,
+    read_source_set,
     to_gray_u8,
     to_uint8,
     write_image,
@@ -78,6 +79,19 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "junk.jpg").write_bytes(b"not an image")
     with pytest.raises(InputFileError, match=r"junk\.jpg: unreadable image"):
         read_images([tmp_path / "junk.jpg"])
+    (tmp_path / "junk.tif").write_bytes(b"not an image")
+    with pytest.raises(InputFileError, match=r"junk\.tif: unreadable image"):
+        read_images([tmp_path / "junk.tif"])
+
+
+def test_a_floating_point_tiff_is_named_as_such(tmp_path: Path) -> None:
+    """Pillow cannot open float RGB TIFFs: the message says what the file holds and what works."""
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "f.tif", np.random.default_rng(0).random((8, 9, 3)).astype(np.float32), photometric="rgb")
+    with pytest.raises(InputFileError, match=r"f\.tif: floating-point TIFF \(float32, shape \(8, 9, 3\)\) is not "
+                                             r"supported: save the shots as 8- or 16-bit"):
+        read_source_set([tmp_path / "f.tif", tmp_path / "f.tif"])
 
 
 # --------------------------------------------------------------------------------------

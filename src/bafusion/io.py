@@ -73,7 +73,26 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
             im.load()
             return ImageOps.exif_transpose(im) or im
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise InputFileError(p, f"unreadable image ({e.__class__.__name__}: {e})") from e
+        raise InputFileError(p, _tiff_problem(p) or f"unreadable image ({e.__class__.__name__}: {e})") from e
+
+
+def _tiff_problem(p: Path) -> str | None:
+    """Why a TIFF Pillow cannot open is not read, when tifffile can say (floating-point or
+    other sample formats); None otherwise. Only on the error path."""
+    if p.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(p) as tf:
+            page = tf.pages[0]
+            dtype, shape = np.dtype(page.dtype), page.shape
+    except Exception:  # noqa: BLE001 - not a TIFF tifffile reads either: the generic message
+        return None
+    if dtype.kind == "f":
+        return (f"floating-point TIFF ({dtype.name}, shape {tuple(shape)}) is not supported: save the shots as 8- or "
+                "16-bit integer TIFF or PNG")
+    return f"unsupported TIFF sample format ({dtype.name}, shape {tuple(shape)}): use 8- or 16-bit integer samples"
 
 
 def read_matte(path: str | os.PathLike[str]) -> np.ndarray:
