@@ -54,14 +54,19 @@ def test_scene_correlation_tells_one_scene_from_two() -> None:
     assert scene_correlation(flat, a[..., 0] if a.ndim == 3 else a) is None
 
 
-def test_two_flat_shots_are_fused_not_refused(tmp_path: Path, nets: Path) -> None:
-    """Two shots of a blank page (no texture at any scale) are not taken for two scenes."""
+def test_two_flat_shots_are_fused_not_refused(tmp_path: Path, nets: Path, capsys) -> None:
+    """Two shots of a blank page (no texture at any scale) are not taken for two scenes; the
+    summary line gives the fusion's time and the whole command's."""
     flat = np.full((N, N, 3), 200, np.uint8)
     for n in ("a", "b"):
         Image.fromarray(flat).save(tmp_path / f"{n}.png")
     assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "f.png"),
                      "--model", str(nets), "--device", "cpu"]) == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "f.png")), flat)
+    import re
+
+    m = re.search(r"\(([0-9.]+) s fusing on cpu, ([0-9.]+) s in all with reading", capsys.readouterr().out)
+    assert m is not None and float(m[1]) <= float(m[2])
 
 
 def test_fuse_refuses_two_scenes_unless_forced(tmp_path: Path, nets: Path, capsys) -> None:
