@@ -16,6 +16,7 @@ from bafusion.config import (
     flatten,
     load_params,
     load_preset,
+    preset_names,
 )
 from bafusion.data.counts import count_samples
 
@@ -90,6 +91,33 @@ def test_preset_apply_keeps_comments(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["preset", "paper"]) == 0
     words = shlex.split(capsys.readouterr().out)
     assert "patch=64" in words and "data.backgrounds=700" in words and words[0] == "-S"
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_preset_apply_changes_values_only(name: str, tmp_path: Path) -> None:
+    """Every comment line of params.yaml survives (those under evaluate.datasets too), lists
+    stay in flow style, long lines are not wrapped, and the file reads the same with PyYAML
+    (Snakemake) as with ruamel.yaml (DVC): `pattern: "g??-*"` stays quoted in a flow mapping."""
+    from ruamel.yaml import YAML
+
+    from bafusion.config import load_yaml
+
+    original = (REPO / "params.yaml").read_text()
+    f = tmp_path / "params.yaml"
+    f.write_text(original)
+    assert main(["preset", name, "--apply", str(f)]) == 0
+    text = f.read_text()
+
+    def comment_lines(t: str) -> list[str]:
+        return [line.strip() for line in t.splitlines() if line.strip().startswith("#")]
+
+    assert comment_lines(text) == comment_lines(original)
+    assert len(text.splitlines()) - len(original.splitlines()) == (
+        len(load_preset(name).get("evaluate", {}).get("datasets") or [None]) - 1)
+    assert "annotations_url: http://images.cocodataset.org/annotations/annotations_trainval2017.zip" in text
+    assert "\n  - " not in text and "\n    - " not in text.split("datasets:")[0]  # no list turned into a block
+    assert load_yaml(text) == YAML(typ="safe").load(text)
+    assert flatten(load_yaml(text)).items() >= flatten(load_preset(name)).items()
 
 
 def test_preset_apply_refuses_what_the_pipeline_would_refuse(tmp_path: Path, capsys) -> None:

@@ -254,6 +254,45 @@ def net_init(params: Mapping[str, Any], net: str) -> str:
     return str((train.get(net) or {}).get("init") or train.get("init") or "")
 
 
+#: A string written plain inside a flow collection; anything else is double-quoted.
+_PLAIN = re.compile(r"^[A-Za-z0-9_./][A-Za-z0-9_./+-]*$")
+
+
+def _yaml_node(value: Any, old: Any) -> Any:
+    """``value`` as params.yaml writes it: a list of scalars in flow style (``[80, 120]``), a
+    list of mappings as a block list of flow mappings (``evaluate.datasets``); the comment
+    lines that followed the list it replaces (``# - {name: lytro, ...}``) are kept."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+    def flow(v: Any) -> Any:
+        # In a flow collection, ruamel.yaml leaves `g??-*` plain, which PyYAML (Snakemake's
+        # reader) cannot parse: anything beyond a plain path or word is quoted.
+        if isinstance(v, str) and not _PLAIN.match(v):
+            return DoubleQuotedScalarString(v)
+        if isinstance(v, Mapping):
+            m = CommentedMap((k, flow(x)) for k, x in v.items())
+            m.fa.set_flow_style()
+            return m
+        if isinstance(v, (list, tuple)):
+            q = CommentedSeq(flow(x) for x in v)
+            q.fa.set_flow_style()
+            return q
+        return v
+
+    if not isinstance(value, (list, tuple)):
+        return value
+    items = [flow(item) for item in value]
+    if isinstance(old, CommentedSeq):  # in place: its style and the comments after it stay
+        del old[:]
+        old.extend(items)
+        return old
+    seq = CommentedSeq(items)
+    if not any(isinstance(item, Mapping) for item in value):
+        seq.fa.set_flow_style()
+    return seq
+
+
 def apply_overrides_to_file(path: str | os.PathLike[str], overrides: Mapping[str, Any],
                             check: Callable[[dict[str, Any], str], None] | None = None) -> None:
     """Write ``overrides`` into a params file in place, keeping its comments and order.
@@ -283,6 +322,8 @@ def apply_overrides_to_file(path: str | os.PathLike[str], overrides: Mapping[str
         raise InputFileError(p, "params file not found" if not p.exists() else "params file is not a file")
     ry = YAML()
     ry.preserve_quotes = True
+    ry.width = 4096  # long values (URLs) stay on their line
+    ry.indent(mapping=2, sequence=4, offset=2)  # params.yaml's block lists: "    - {...}"
     try:
         doc = ry.load(p.read_text())
     except (OSError, UnicodeDecodeError, YAMLError) as e:
@@ -298,7 +339,7 @@ def apply_overrides_to_file(path: str | os.PathLike[str], overrides: Mapping[str
             if part not in node or not isinstance(node[part], Mapping):
                 node[part] = {}
             node = node[part]
-        node[parts[-1]] = value
+        node[parts[-1]] = _yaml_node(value, node.get(parts[-1]))
     buf = io.StringIO()
     ry.dump(doc, buf)
     text = buf.getvalue()
