@@ -127,6 +127,19 @@ def _files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
 
 
+def _dry_run_with(project: Path, override: dict, edit=lambda text: text):
+    """``snakemake -n all`` with ``override`` merged into the project's params.yaml (the text
+    then passed through ``edit``); the file is restored."""
+    good = (project / "params.yaml").read_text()
+    try:
+        text = edit(yaml.safe_dump(deep_merge(yaml.safe_load(good), override)))
+        assert text != good
+        (project / "params.yaml").write_text(text)
+        return run(["snakemake", "-n", "all"], project, check=False)
+    finally:
+        (project / "params.yaml").write_text(good)
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_project(tmp_path_factory.mktemp("schema") / "p")
@@ -135,12 +148,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("override,key,rule", [b for b in BAD if b[1] in ("patch", "composite.fit", "depth", "bogus_key")])
 def test_bad_config_fails_snakemake_dry_run(project: Path, override: dict, key: str, rule: str) -> None:
-    good = (project / "params.yaml").read_text()
-    try:
-        (project / "params.yaml").write_text(yaml.safe_dump(deep_merge(yaml.safe_load(good), override)))
-        p = run(["snakemake", "-n", "all"], project, check=False)
-    finally:
-        (project / "params.yaml").write_text(good)
+    p = _dry_run_with(project, override)
     out = p.stdout + p.stderr
     assert p.returncode != 0 and "params.yaml: " in out and key in out and rule in out, out[-2000:]
     assert "Job stats" not in out
@@ -153,12 +161,7 @@ def test_bad_config_fails_snakemake_dry_run(project: Path, override: dict, key: 
 ])
 def test_rules_across_keys_fail_snakemake_dry_run(project: Path, override: dict, words: str) -> None:
     """Each key valid alone, the pair not: refused at planning time, as the job would."""
-    good = (project / "params.yaml").read_text()
-    try:
-        (project / "params.yaml").write_text(yaml.safe_dump(deep_merge(yaml.safe_load(good), override)))
-        p = run(["snakemake", "-n", "all"], project, check=False)
-    finally:
-        (project / "params.yaml").write_text(good)
+    p = _dry_run_with(project, override)
     out = p.stdout + p.stderr
     assert p.returncode != 0 and "params.yaml: " in out and words in out, out[-2000:]
     assert "Job stats" not in out
@@ -172,15 +175,12 @@ def test_config_override_is_checked_too(project: Path) -> None:
     ok = run(["snakemake", "-n", "all"], project)
     assert "train_initial" in ok.stdout
     # 5e-05 as `dvc exp run -S` writes it: a number for Snakemake's configfile too (PyYAML: a string)
-    good = (project / "params.yaml").read_text()
-    try:
-        (project / "params.yaml").write_text(
-            yaml.safe_dump(deep_merge(yaml.safe_load(good), {"train": {"lr": 5e-05}})).replace("5.0e-05", "5e-05"))
-        assert "lr: 5e-05" in (project / "params.yaml").read_text()
-        ok = run(["snakemake", "-n", "all"], project)
-    finally:
-        (project / "params.yaml").write_text(good)
-    assert "train_initial" in ok.stdout
+    def no_dot(text: str) -> str:
+        assert "lr: 5.0e-05" in text
+        return text.replace("lr: 5.0e-05", "lr: 5e-05")
+
+    ok = _dry_run_with(project, {"train": {"lr": 5e-05}}, no_dot)
+    assert ok.returncode == 0 and "train_initial" in ok.stdout, (ok.stdout + ok.stderr)[-2000:]
 
 
 @pytest.mark.slow
