@@ -202,3 +202,16 @@ def test_a_damaged_model_file_is_named_without_torchs_unsafe_advice(work: Path, 
 def test_a_missing_model_file_says_how_to_get_one(work: Path, capsys) -> None:
     (work / "nets" / "boundary.pt").unlink()
     _refused([*FUSE, "-o", "F.png"], capsys, work, "nets/boundary.pt: model file not found", "snakemake")
+
+
+def test_train_without_params_says_params_yaml_is_not_read(work: Path, capsys) -> None:
+    """A ./params.yaml beside a `bafusion train` without --params: a note says it is not read."""
+    argv = ["train", "--net", "initial", "--patches", "missing.h5", "--out", "m.pt"]
+    cli_main(argv)
+    assert "params.yaml is not read" not in capsys.readouterr().err
+    (work / "params.yaml").write_text("depth: 8\n")
+    cli_main(argv)
+    err = capsys.readouterr().err
+    assert "no --params given" in err and "pass --params params.yaml" in err
+    cli_main([*argv, "--params", "params.yaml"])
+    assert "no --params given" not in capsys.readouterr().err

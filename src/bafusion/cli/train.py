@@ -60,6 +60,9 @@ def register(subparsers: Any) -> None:
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+    if args.params is None and args.params_json is None and Path("params.yaml").is_file():
+        print("bafusion train: note: no --params given, so the built-in defaults (and any --set) apply; "
+              "./params.yaml is not read (pass --params params.yaml to use it)", file=sys.stderr)
     params = read_params(args.params, [("--params-json", args.params_json, None)], args.overrides)
     cfg = TrainConfig.from_params(params, args.net)
     if args.device is not None:
