@@ -16,6 +16,7 @@ from bafusion.config import (
     flatten,
     load_params,
     load_preset,
+    load_yaml,
     preset_names,
 )
 from bafusion.data.counts import count_samples
@@ -118,6 +119,15 @@ def test_preset_apply_changes_values_only(name: str, tmp_path: Path) -> None:
     assert "\n  - " not in text and "\n    - " not in text.split("datasets:")[0]  # no list turned into a block
     assert load_yaml(text) == YAML(typ="safe").load(text)
     assert flatten(load_yaml(text)).items() >= flatten(load_preset(name)).items()
+
+
+def test_lists_written_by_apply_read_back_the_same_with_pyyaml(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text("a: [1]  # keep\n")
+    values = ["no", "g??-*", "1e-3", "5", "true", "null", "~", "x: y", "a b", "../d/e.png", "#x", ""]
+    apply_overrides_to_file(f, {"a": values, "b": [{"name": v, "n": 1} for v in values]})
+    text = f.read_text()
+    assert "# keep" in text and load_yaml(text) == {"a": values, "b": [{"name": v, "n": 1} for v in values]}
 
 
 def test_preset_apply_refuses_what_the_pipeline_would_refuse(tmp_path: Path, capsys) -> None:

@@ -31,7 +31,8 @@ from bafusion.schema import defaults, validate_params
 from bafusion.tracking import flatten
 
 __all__ = ["ParamsLoader", "apply_overrides_to_file", "deep_merge", "dvc_set_args", "load_params", "load_preset",
-           "load_yaml", "net_init", "parse_json_object", "preset_names", "read_params", "section", "validate_params", "yaml12_floats"]
+           "load_yaml", "net_init", "parse_json_object", "preset_names", "read_params", "section", "validate_params",
+           "yaml12_floats"]
 
 
 #: A YAML 1.2 float (the core schema): PyYAML follows YAML 1.1, which wants a dot in the
@@ -267,8 +268,9 @@ def _yaml_node(value: Any, old: Any) -> Any:
 
     def flow(v: Any) -> Any:
         # In a flow collection, ruamel.yaml leaves `g??-*` plain, which PyYAML (Snakemake's
-        # reader) cannot parse: anything beyond a plain path or word is quoted.
-        if isinstance(v, str) and not _PLAIN.match(v):
+        # reader) cannot parse, and `no` plain, which PyYAML reads as false: anything beyond a
+        # plain path or word that PyYAML reads back as the same string is quoted.
+        if isinstance(v, str) and not (_PLAIN.match(v) and load_yaml(v) == v):
             return DoubleQuotedScalarString(v)
         if isinstance(v, Mapping):
             m = CommentedMap((k, flow(x)) for k, x in v.items())
