@@ -286,7 +286,7 @@ def test_fuse_dir_bad_usage_is_one_line_exit_2(tmp_path: Path, nets: Path, capsy
     src.mkdir()
     (tmp_path / "afile").write_text("x")
     out, extra, words = {
-        "same": (src, [], "is also an input"),
+        "same": (src, [], "the OUT folder is also an input"),
         "file": (tmp_path / "afile", [], "is a file, not a folder"),
         "missing": (tmp_path / "o", [], "not a folder"),
         "ext": (tmp_path / "o", ["--ext", "gif"], "--ext gif"),

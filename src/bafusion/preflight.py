@@ -42,6 +42,13 @@ class OutputSpec:
     dirs: tuple[str, ...] = ()  #: folders written into
     replaced_dirs: tuple[str, ...] = ()  #: folders replaced whole (atomic_dir)
     inputs: tuple[str, ...] = ()  #: input files or folders (a string or a list of them)
+    positional: tuple[str, ...] = ()  #: dests given as positional arguments, named by their metavar
+
+    def flag(self, dest: str) -> str:
+        """How the user gave ``dest``: ``--save-maps``, ``-o/--output``, or ``OUT`` (positional)."""
+        if dest in self.positional:
+            return dest.upper() if dest != "output" else "OUT"
+        return "-o/--output" if dest == "output" else f"--{dest.replace('_', '-')}"
 
 
 _NETS = ("initial", "boundary", "model", "models", "params_file")
@@ -51,7 +58,7 @@ _NETS = ("initial", "boundary", "model", "models", "params_file")
 COMMAND_OUTPUTS: dict[str, OutputSpec] = {
     "fuse": OutputSpec(images=("output",), dirs=("save_maps",), inputs=("images", *_NETS)),
     "fuse-set": OutputSpec(dirs=("out",), files=("report",), inputs=("pairs", *_NETS)),
-    "fuse-dir": OutputSpec(dirs=("output",), inputs=("input", *_NETS)),
+    "fuse-dir": OutputSpec(dirs=("output",), inputs=("input", *_NETS), positional=("output",)),
     "baseline": OutputSpec(images=("output",), inputs=("a", "b")),
     "evaluate": OutputSpec(replaced_dirs=("out",), files=("report", "plots"), inputs=("root", *_NETS)),
     "train": OutputSpec(files=("out", "metrics", "plots"), dirs=("checkpoints",), inputs=("patches", "params")),
@@ -231,23 +238,19 @@ def check_command(args: argparse.Namespace) -> None:
             check_output_file(p, inputs, suffixes=IMAGE_OUTPUT_SUFFIXES, what="output image")
     for dest in spec.files:
         for p in _raw(getattr(args, dest, None)):
-            check_output_file(p, inputs, what=f"--{dest.replace('_', '-')} file")
+            check_output_file(p, inputs, what=f"{spec.flag(dest)} file")
     for dest in spec.dirs:
         for p in _raw(getattr(args, dest, None)):
-            check_output_dir(p, inputs, what=f"--{dest.replace('_', '-')} folder")
+            check_output_dir(p, inputs, what=f"{spec.flag(dest)} folder")
     for dest in spec.replaced_dirs:
         for p in _raw(getattr(args, dest, None)):
-            check_output_dir(p, inputs, replaced=True, what=f"--{dest.replace('_', '-')} folder")
+            check_output_dir(p, inputs, replaced=True, what=f"{spec.flag(dest)} folder")
     check_outputs_distinct(
-        [(p, _flag(dest)) for dest in (*spec.images, *spec.files, *spec.dirs, *spec.replaced_dirs)
+        [(p, spec.flag(dest)) for dest in (*spec.images, *spec.files, *spec.dirs, *spec.replaced_dirs)
          for p in _raw(getattr(args, dest, None))])
     device = getattr(args, "device", None)
     if isinstance(device, str):
         check_device(device)
-
-
-def _flag(dest: str) -> str:
-    return "-o/--output" if dest == "output" else f"--{dest.replace('_', '-')}"
 
 
 def check_outputs_distinct(outputs: Sequence[tuple[str, str]]) -> None:
