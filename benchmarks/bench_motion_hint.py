@@ -22,6 +22,13 @@ motion by construction, and it says nothing about when aligning pays.
     OMP_NUM_THREADS=1 python benchmarks/bench_motion_hint.py --part auto [--pairs 10] [--kinds misregistration all]
     python benchmarks/bench_motion_hint.py --part figure [--figure-pair savic-08]
 
+``--part defocus``: registered synthetic product shots (a textured object on a smooth backdrop,
+defocus spread as optics make it) whose raw estimate reads the defocus as a magnification, against
+the estimate with either shot blurred (:data:`bafusion.fusion.scene.DEFOCUS_SIGMA`); then the
+verdict of :func:`bafusion.fusion.scene.shot_motions` on every real pair, with its time.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_motion_hint.py --part defocus
+
 ``--part auto``: ``--align auto`` against no alignment on the held-out kinds whose B moves
 (misregistration: shift up to 2 px per axis and magnification up to 2 %; all), decision accuracy
 on the crop that auto's alignment leaves.
@@ -284,6 +291,58 @@ def part_figure(args, out: Path) -> None:
     print(f"{path}: left without alignment, right --align auto (corner motion {al.rms_px[1]:.1f} px)")
 
 
+def product_shot(defocus: float, h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A registered pair as optics make it: a textured object on a smooth backdrop, A focused on
+    the object, B on the backdrop (the blurred object spreads over it); as the test."""
+    from scipy import ndimage
+
+    yy, xx = np.mgrid[0:h, 0:w]
+    backdrop = 60 + 120 * yy / h + 30 * xx / w
+    m = (((yy - h / 2) / (h / 4)) ** 2 + ((xx - w / 2) / (w / 5)) ** 2 < 1).astype(float)
+    fg = 100 + ndimage.gaussian_filter(np.random.default_rng(seed).random((h, w)), 1.5) * 80
+    a = fg * m + ndimage.gaussian_filter(backdrop, defocus) * (1 - m)
+    b = ndimage.gaussian_filter(fg * m, defocus) + backdrop * (1 - ndimage.gaussian_filter(m, defocus))
+    return tuple(np.clip(np.round(x), 0, 255).astype(np.uint8) for x in (a, b))
+
+
+def part_defocus(data: Path, out: Path) -> None:
+    """Defocus read as motion: registered synthetic product shots (raw estimate, the estimate with
+    either shot blurred by DEFOCUS_SIGMA, the verdict), then the verdicts on the real pairs and the
+    time the blurred estimates add to a shot that seems to move."""
+    from bench_scene import pairs
+
+    from bafusion.fusion.scene import DEFOCUS_SIGMA, shot_motions
+
+    rows = []
+    for (h, w) in ((600, 800), (1500, 2000)):
+        for defocus in (2, 4, 6, 9, 12):
+            a, b = product_shot(defocus, h, w)
+            t = time.perf_counter()
+            (sm,) = shot_motions([a, b])
+            rows.append({"pair": f"product {w}x{h} defocus {defocus}", "raw": sm.px, "blurred": sm.blurred,
+                         "verdict": sm.verdict, "s": time.perf_counter() - t})
+            print(json.dumps(rows[-1]), flush=True)
+    if (data / "eval").is_dir():
+        for name, fa, fb in pairs(data / "eval"):
+            a, b = read_images([fa, fb])
+            t = time.perf_counter()
+            (sm,) = shot_motions([a, b])
+            rows.append({"pair": name, "raw": sm.px, "blurred": sm.blurred, "verdict": sm.verdict,
+                         "s": time.perf_counter() - t})
+            print(json.dumps(rows[-1]), flush=True)
+    write(rows, out / "motion-defocus.csv")
+    print(f"DEFOCUS_SIGMA {DEFOCUS_SIGMA:g} (px of the reduced copies)")
+    print("| pair | raw estimate (px) | either shot blurred (px) | verdict | s |")
+    print("|---|---:|---:|---|---:|")
+    for r in rows:
+        if r["pair"].startswith("product") or r["verdict"] in ("moves", "defocus"):
+            blurred = "" if r["blurred"] is None else f"{r['blurred']:.2f}"
+            print(f"| {r['pair']} | {r['raw']:.2f} | {blurred} | {r['verdict']} | {r['s']:.2f} |")
+    real = [r for r in rows if not r["pair"].startswith("product")]
+    for v in ("moves", "defocus", "still", "failed", "too small"):
+        print(f"real pairs {v}: {sum(r['verdict'] == v for r in real)}")
+
+
 def write(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -294,7 +353,7 @@ def write(rows: list[dict], path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("estimate", "fuse", "auto", "figure"), required=True)
+    ap.add_argument("--part", choices=("estimate", "fuse", "auto", "figure", "defocus"), required=True)
     ap.add_argument("--figure-pair", default="savic-08", help="real pair of --part figure")
     ap.add_argument("--kinds", nargs="+", default=["misregistration", "all"], help="held-out kinds of --part auto")
     ap.add_argument("--data", default=os.environ.get("BAFUSION_SHARED_DATA", str(REPO.parent / "shared" / "data")))
@@ -313,6 +372,8 @@ def main() -> int:
         part_fuse(args, out)
     elif args.part == "auto":
         part_auto(args, out)
+    elif args.part == "defocus":
+        part_defocus(Path(args.data), out)
     else:
         part_figure(args, out)
     return 0

@@ -155,6 +155,35 @@ def test_every_shot_gets_a_verdict() -> None:
     assert [sm.verdict for sm in shot_motions([a[:50], b[:50]])] == ["too small"]
 
 
+def _product_shot(defocus: float) -> tuple[np.ndarray, np.ndarray]:
+    """benchmarks/bench_motion_hint.py's registered product shot (object on a smooth backdrop,
+    defocus spread as optics make it), 400x300."""
+    import sys
+
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        from bench_motion_hint import product_shot
+    finally:
+        sys.path.remove(bench)
+    return product_shot(defocus, 300, 400)
+
+
+def test_the_defocus_spread_of_a_registered_product_shot_is_no_motion(capsys) -> None:
+    """The blurred object spreading over the backdrop reads as a magnification: the raw estimate
+    says it moves, the estimate with one shot blurred does not: no hint, --align auto leaves it;
+    the same pair really moved still gets the hint."""
+    a, b = _product_shot(3.0)
+    assert coarse_motion(a, b) > HINT_MOTION_PX  # what the hint used to go by
+    (sm,) = shot_motions([a, b])
+    assert sm.verdict == "defocus" and sm.blurred <= HINT_MOTION_PX < sm.px
+    assert motion_hints([a, b], ["a", "b"]) == []
+    assert batch._auto_align([a, b], ["a", "b"], True) == "none"
+    assert "the focus difference, not a motion: fused as registered" in capsys.readouterr().err
+    (sm,) = shot_motions([a, _moved(b, (4.0, 3.0))])
+    assert sm.verdict == "moves" and sm.blurred > HINT_MOTION_PX
+
+
 def test_a_thin_strip_is_too_small_to_judge() -> None:
     rng = np.random.default_rng(3)
     strip = (rng.random((70, 20000)) * 255).astype(np.uint8)  # reduced by 39: 1 row

@@ -156,6 +156,9 @@ def _auto_align(images: Sequence[np.ndarray], names: Sequence[str], one_scene: b
             why = (f"not more than {HINT_MOTION_PX:g} px" if sm.px <= HINT_MOTION_PX else
                    f"under {HINT_REDUCED_PX:g} px at the reduced scale it is measured on (the estimate's error)")
             say(f"{n} moves {sm.px:.1f} px against {names[0]}, {why}" + ("" if moving else ": fused as registered"))
+        elif sm.verdict == "defocus":
+            say(f"{n} reads {sm.px:.1f} px against {names[0]}, but {sm.blurred:.1f} px with either shot blurred: "
+                "the focus difference, not a motion" + ("" if moving else ": fused as registered"))
         elif sm.verdict == "failed":
             say(f"{n}: the motion estimate ({sm.px:.1f} px) matches the shots worse than no motion, taken "
                 "for a failure" + ("" if moving else ": fused as registered"))
