@@ -165,3 +165,22 @@ def test_the_layer_check_sees_a_lazy_import(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", sorted(n for n in modules() if not n.endswith("__main__")))
 def test_every_module_imports(name: str) -> None:
     importlib.import_module(name)
+
+
+def test_a_public_name_that_is_also_a_submodule_stays_the_function() -> None:
+    """``bafusion.fusion.decide`` is the function, even after the submodule was imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import bafusion.fusion.rule\n"  # imports the submodule bafusion.fusion.decide
+        "import importlib, types\n"
+        "from bafusion.fusion import decide\n"
+        "import bafusion.fusion as f\n"
+        "assert callable(decide) and not isinstance(decide, types.ModuleType), decide\n"
+        "assert f.decide is decide\n"
+        "m = importlib.import_module('bafusion.fusion.decide')\n"
+        "assert isinstance(m, types.ModuleType) and m.decide is decide\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

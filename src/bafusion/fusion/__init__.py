@@ -13,6 +13,8 @@ May import: the ground floor (:mod:`bafusion.io`, ``errors``, ``atomic``, ``conf
 """
 
 import importlib
+import sys
+import types
 from typing import Any
 
 #: Public name -> (module, attribute), imported on first use: ``import bafusion.fusion.params``
@@ -66,3 +68,26 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_API))
+
+
+class _Package(types.ModuleType):
+    """The package object, so that a public name that is also a submodule stays the function.
+
+    Importing ``bafusion.fusion.decide`` (as :mod:`.rule` does) makes the import system set
+    the package attribute ``decide`` to the submodule, which would hide the function of
+    :data:`_API` from ``from bafusion.fusion import decide``. The submodule stays in
+    :data:`sys.modules` (``importlib.import_module("bafusion.fusion.decide")``).
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        target = _API.get(name)
+        if (
+            target is not None
+            and isinstance(value, types.ModuleType)
+            and value.__name__ == target[0]
+        ):
+            value = getattr(value, target[1])
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
