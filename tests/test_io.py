@@ -94,6 +94,23 @@ def test_a_floating_point_tiff_is_named_as_such(tmp_path: Path) -> None:
         read_source_set([tmp_path / "f.tif", tmp_path / "f.tif"])
 
 
+def test_a_damaged_8_bit_tiff_is_called_unreadable_not_unsupported(tmp_path: Path) -> None:
+    """A truncated 8-bit TIFF: tifffile still reads its header, but 8-bit samples are
+    supported, so the message says the file is unreadable (not 'unsupported sample format')."""
+    import tifffile
+
+    full = tmp_path / "full.tif"
+    tifffile.imwrite(full, np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8), photometric="rgb")
+    data = full.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) // 2])  # tifffile writes the IFD first, then the samples
+    with tifffile.TiffFile(cut) as tf:  # the header is still readable
+        assert tf.pages[0].dtype == np.uint8
+    with pytest.raises(InputFileError, match=r"cut\.tif: unreadable image") as info:
+        read_images([cut])
+    assert "unsupported" not in str(info.value)
+
+
 # --------------------------------------------------------------------------------------
 # reader: EXIF orientation
 

@@ -78,7 +78,9 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
 
 def _tiff_problem(p: Path) -> str | None:
     """Why a TIFF Pillow cannot open is not read, when tifffile can say (floating-point or
-    other sample formats); None otherwise. Only on the error path."""
+    other sample formats); None otherwise, also for 1-, 8- and 16-bit samples, which Pillow
+    reads (such a file is damaged, and the caller's generic message says so). Only on the
+    error path."""
     if p.suffix.lower() not in (".tif", ".tiff"):
         return None
     try:
@@ -88,6 +90,8 @@ def _tiff_problem(p: Path) -> str | None:
             page = tf.pages[0]
             dtype, shape = np.dtype(page.dtype), page.shape
     except Exception:  # noqa: BLE001 - not a TIFF tifffile reads either: the generic message
+        return None
+    if dtype in (np.dtype(bool), np.dtype(np.uint8), np.dtype(np.uint16)):
         return None
     if dtype.kind == "f":
         return (f"floating-point TIFF ({dtype.name}, shape {tuple(shape)}) is not supported: save the shots as 8- or "
