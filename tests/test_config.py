@@ -130,6 +130,24 @@ def test_lists_written_by_apply_read_back_the_same_with_pyyaml(tmp_path: Path) -
     assert "# keep" in text and load_yaml(text) == {"a": values, "b": [{"name": v, "n": 1} for v in values]}
 
 
+def test_a_block_list_emptied_by_apply_stays_valid_yaml_with_its_comments(tmp_path: Path) -> None:
+    """``evaluate.datasets`` (a block list followed by commented examples) set to ``[]`` is
+    written ``datasets: []`` (not ``datasets:`` + a stray ``[]`` PyYAML cannot read), the
+    examples stay, and setting it back gives the original values."""
+    f = tmp_path / "params.yaml"
+    f.write_text((REPO / "params.yaml").read_text())
+    original = yaml.safe_load(f.read_text())
+    apply_overrides_to_file(f, {"evaluate": {"datasets": []}})
+    text = f.read_text()
+    emptied = yaml.safe_load(text)  # PyYAML: Snakemake's reader
+    assert emptied["evaluate"]["datasets"] == []
+    emptied["evaluate"]["datasets"] = original["evaluate"]["datasets"]
+    assert emptied == original
+    assert "# - {name: lytro, sources: ../shared/data/eval/lytro" in text
+    apply_overrides_to_file(f, {"evaluate": {"datasets": original["evaluate"]["datasets"]}})
+    assert yaml.safe_load(f.read_text()) == original
+
+
 def test_preset_apply_refuses_what_the_pipeline_would_refuse(tmp_path: Path, capsys) -> None:
     """An empty file takes the preset; a list, bad YAML or a missing file is one line naming it;
     a result that breaks a rule across keys (fuse.low >= fuse.high, untouched by the preset)

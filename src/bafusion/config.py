@@ -285,14 +285,36 @@ def _yaml_node(value: Any, old: Any) -> Any:
     if not isinstance(value, (list, tuple)):
         return value
     items = [flow(item) for item in value]
-    if isinstance(old, CommentedSeq):  # in place: its style and the comments after it stay
+    if isinstance(old, CommentedSeq) and items:  # in place: its style and the comments after it stay
         del old[:]
         old.extend(items)
         return old
     seq = CommentedSeq(items)
-    if not any(isinstance(item, Mapping) for item in value):
-        seq.fa.set_flow_style()
+    if not any(isinstance(item, Mapping) for item in value):  # also `[]`: an emptied block
+        seq.fa.set_flow_style()  # list cannot be written in block style
     return seq
+
+
+def _keep_end_comments(parent: Any, key: str, old: Any) -> None:
+    """The comment lines that followed a block list ``old`` (``# - {name: lytro, ...}``) are
+    kept after the flow value that replaces it (``datasets: []``): ruamel.yaml writes a flow
+    list's own end comments nowhere, so they move to the key's end-of-line comment."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+    from ruamel.yaml.error import CommentMark
+    from ruamel.yaml.tokens import CommentToken
+
+    if not (isinstance(old, CommentedSeq) and isinstance(parent, CommentedMap) and old.ca.end):
+        return
+    lines = "".join(" " * c.column + c.value.lstrip(" ") for c in old.ca.end if isinstance(c, CommentToken))
+    if not lines:
+        return
+    slot = parent.ca.items.setdefault(key, [None, None, None, None])
+    eol = slot[2]
+    if isinstance(eol, CommentToken):
+        eol.value = eol.value if eol.value.endswith("\n") else eol.value + "\n"
+        eol.value += lines
+    else:
+        slot[2] = CommentToken("\n" + lines, CommentMark(0), None)
 
 
 def apply_overrides_to_file(path: str | os.PathLike[str], overrides: Mapping[str, Any],
@@ -341,7 +363,10 @@ def apply_overrides_to_file(path: str | os.PathLike[str], overrides: Mapping[str
             if part not in node or not isinstance(node[part], Mapping):
                 node[part] = {}
             node = node[part]
-        node[parts[-1]] = _yaml_node(value, node.get(parts[-1]))
+        old = node.get(parts[-1])
+        node[parts[-1]] = new = _yaml_node(value, old)
+        if new is not old:
+            _keep_end_comments(node, parts[-1], old)
     buf = io.StringIO()
     ry.dump(doc, buf)
     text = buf.getvalue()
