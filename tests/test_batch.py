@@ -235,6 +235,15 @@ def test_an_icc_profile_of_another_colour_space_is_not_carried(tmp_path: Path) -
             write_image(out, img, icc=icc)
             with Image.open(out) as im:
                 assert im.info.get("icc_profile") == kept, (i, ext)
+    # an alpha channel is not part of the colour space: RGBA takes an RGB profile, LA a gray one
+    rgba = np.dstack([rgb8, np.full(rgb8.shape[:2], 200, np.uint8)])
+    la = np.dstack([g8, np.full(g8.shape, 200, np.uint8)])
+    for i, (img, icc, kept) in enumerate([(rgba, srgb, srgb), (rgba, gray, None), (la, gray, gray), (la, srgb, None)]):
+        for ext in ("png", "tif"):
+            out = tmp_path / f"alpha{i}.{ext}"
+            write_image(out, img, icc=icc)
+            with Image.open(out) as im:
+                assert im.mode in ("RGBA", "LA") and im.info.get("icc_profile") == kept, (i, ext, im.mode)
 
 
 def test_fuse_dir_that_fuses_nothing_says_so_in_its_status(tmp_path: Path, nets: Path, capsys) -> None:

@@ -256,9 +256,12 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
 
 def icc_fits(icc: bytes, img: np.ndarray) -> bool:
     """Whether the ICC profile ``icc`` describes ``img``'s colour space: its header's data
-    colour space (bytes 16-19) is ``'RGB '`` for an RGB image, ``'GRAY'`` for a gray one."""
+    colour space (bytes 16-19) is ``'RGB '`` for an RGB or RGBA image, ``'GRAY'`` for a gray
+    one (with or without alpha: (H, W), (H, W, 1) or (H, W, 2)); an alpha channel is not part
+    of the colour space."""
     space = bytes(icc[16:20]) if len(icc) >= 128 else b""
-    return space == (b"RGB " if img.ndim == 3 and img.shape[2] == 3 else b"GRAY" if img.ndim == 2 else b"\0")
+    channels = 1 if img.ndim == 2 else img.shape[2] if img.ndim == 3 else 0
+    return space == (b"RGB " if channels in (3, 4) else b"GRAY" if channels in (1, 2) else b"\0")
 
 
 #: Longest EXIF block a JPEG APP1 segment holds (a longer one is left out of a JPEG output).
