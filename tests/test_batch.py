@@ -51,7 +51,8 @@ def test_scene_correlation_tells_one_scene_from_two() -> None:
     assert scene_correlation(a[:20, :20], c[:20, :20]) is None  # too small to judge
     flat = np.full((N, N), 128, np.uint8)
     assert scene_correlation(flat, flat.copy()) is None  # two shots of a blank page: nothing to judge by
-    assert scene_correlation(flat, a[..., 0] if a.ndim == 3 else a) is None
+    assert scene_correlation(flat, a[..., 0] if a.ndim == 3 else a) == 0.0  # a lens cap beside a scene
+    assert scene_correlation(a[..., 0] if a.ndim == 3 else a, flat) == 0.0 < MIN_CORRELATION
 
 
 def test_two_flat_shots_are_fused_not_refused(tmp_path: Path, nets: Path, capsys) -> None:

@@ -43,8 +43,10 @@ WORK_SIDE = 520
 #: Shots with a shorter side are not checked.
 MIN_SIDE = 64
 
-#: A shot whose coarse-scale standard deviation is below this (1 gray level in 255) is flat:
-#: the correlation is undefined and the pair is not judged (two shots of a blank page pass).
+#: A shot whose coarse-scale standard deviation is below this (1 gray level in 255) is flat.
+#: Two flat shots are not judged (two shots of a blank page pass); one flat shot beside one
+#: with structure is not the same scene at the coarse scale, where focus barely changes a shot
+#: (a lens cap, a frame of a blank wall): correlation 0, refused.
 FLAT_STD = 1.0 / 255.0
 
 
@@ -68,8 +70,8 @@ def _reduce_k(img: np.ndarray, side: int = WORK_SIDE) -> tuple[np.ndarray, int]:
 
 def scene_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
     """Correlation of two same-size uint8 shots at a coarse scale (see the module's doc): near 1
-    for one scene however focused, near 0 for two scenes; None when they are too small or one is
-    too flat (:data:`FLAT_STD`) to judge.
+    for one scene however focused, near 0 for two scenes; None when they are too small or both
+    too flat (:data:`FLAT_STD`) to judge; 0 when only one of them is flat.
 
     Parameters
     ----------
@@ -89,8 +91,11 @@ def scene_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
     ra -= ra.mean()
     rb -= rb.mean()
     va, vb = float(ra @ ra), float(rb @ rb)
-    if min(va, vb) < FLAT_STD**2 * ra.size:
-        return None  # a shot flat at this scale (a blank wall, a lens cap): no correlation to judge by
+    flat = FLAT_STD**2 * ra.size
+    if max(va, vb) < flat:
+        return None  # both flat at this scale (two shots of a blank wall): nothing to judge by
+    if min(va, vb) < flat:
+        return 0.0  # one flat (a lens cap), one with structure: not one scene
     return float(ra @ rb / math.sqrt(va * vb))
 
 
