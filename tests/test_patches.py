@@ -251,10 +251,14 @@ def test_a_damaged_shard_is_named_not_a_traceback(shard: Path, tmp_path: Path, d
     assert not list((tmp_path / "out").glob("*.h5")) if (tmp_path / "out").exists() else True
 
 
-def test_a_shard_given_twice_counts_once(shard: Path, tmp_path: Path) -> None:
+def test_a_shard_given_under_several_names_counts_once(shard: Path, tmp_path: Path) -> None:
     opts = PatchOptions(patch=16, per_pair=3, boundary_per_pair=3, seed=4)
     once = run_patches([shard], opts, tmp_path / "once", progress=False)
-    twice = run_patches([shard, tmp_path / "." / shard.name], opts, tmp_path / "twice", progress=False)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.h5").symlink_to(shard)
+    spellings = [shard, tmp_path / "sub" / ".." / shard.name, tmp_path / "link.h5"]  # one file, three names
+    assert len(set(spellings)) == 3
+    twice = run_patches(spellings, opts, tmp_path / "twice", progress=False)
     assert twice == once and twice["pairs"] == 12
     for kind in ("initial", "boundary"):
         assert (tmp_path / "once" / f"{kind}.h5").read_bytes() == (tmp_path / "twice" / f"{kind}.h5").read_bytes()
