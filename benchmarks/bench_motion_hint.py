@@ -24,7 +24,9 @@ motion by construction, and it says nothing about when aligning pays.
 
 ``--part defocus``: registered synthetic product shots (a textured object on a smooth backdrop,
 defocus spread as optics make it) whose raw estimate reads the defocus as a magnification, against
-the estimate with either shot blurred (:data:`bafusion.fusion.scene.DEFOCUS_SIGMA`); then the
+the estimate with either shot blurred (:data:`bafusion.fusion.scene.DEFOCUS_SIGMA`, then the blur
+ladder :data:`bafusion.fusion.scene.DEFOCUS_LADDER`), also with B brighter, really moved or
+magnified (focus breathing); then the
 verdict of :func:`bafusion.fusion.scene.shot_motions` on every real pair, with its time.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_motion_hint.py --part defocus
@@ -311,33 +313,47 @@ def part_defocus(data: Path, out: Path) -> None:
     time the blurred estimates add to a shot that seems to move."""
     from bench_scene import pairs
 
-    from bafusion.fusion.scene import DEFOCUS_SIGMA, shot_motions
+    from bafusion.fusion.scene import DEFOCUS_EXPLAINS, DEFOCUS_LADDER, DEFOCUS_SIGMA, shot_motions
 
+    from bafusion.data.composite import warp_similarity
+
+    def shifted(b: np.ndarray, shift: tuple[float, float], mag: float = 1.0) -> np.ndarray:
+        return np.clip(np.round(warp_similarity(b.astype(np.float64), shift, mag)), 0, 255).astype(np.uint8)
+
+    variants = {  # registered; B brighter; B really moved 6 px; focus breathing 1.5 %
+        "": lambda b: b,
+        ", B x1.15+8": lambda b: np.clip(np.round(b * 1.15 + 8), 0, 255).astype(np.uint8),
+        ", B moved (6, -3) px": lambda b: shifted(b, (-3.0, 6.0)),
+        ", B magnified 1.015": lambda b: shifted(b, (0.0, 0.0), 1.015),
+    }
     rows = []
     for (h, w) in ((600, 800), (1500, 2000)):
         for defocus in (2, 4, 6, 9, 12):
-            a, b = product_shot(defocus, h, w)
-            t = time.perf_counter()
-            (sm,) = shot_motions([a, b])
-            rows.append({"pair": f"product {w}x{h} defocus {defocus}", "raw": sm.px, "blurred": sm.blurred,
-                         "verdict": sm.verdict, "s": time.perf_counter() - t})
-            print(json.dumps(rows[-1]), flush=True)
+            a, b0 = product_shot(defocus, h, w)
+            for tag, change in variants.items():
+                b = change(b0)
+                t = time.perf_counter()
+                (sm,) = shot_motions([a, b])
+                rows.append({"pair": f"product {w}x{h} defocus {defocus}{tag}", "raw": sm.px, "explains": sm.explains,
+                             "blurred": sm.blurred, "verdict": sm.verdict, "s": time.perf_counter() - t})
+                print(json.dumps(rows[-1]), flush=True)
     if (data / "eval").is_dir():
         for name, fa, fb in pairs(data / "eval"):
             a, b = read_images([fa, fb])
             t = time.perf_counter()
             (sm,) = shot_motions([a, b])
-            rows.append({"pair": name, "raw": sm.px, "blurred": sm.blurred, "verdict": sm.verdict,
-                         "s": time.perf_counter() - t})
+            rows.append({"pair": name, "raw": sm.px, "explains": sm.explains, "blurred": sm.blurred,
+                         "verdict": sm.verdict, "s": time.perf_counter() - t})
             print(json.dumps(rows[-1]), flush=True)
     write(rows, out / "motion-defocus.csv")
-    print(f"DEFOCUS_SIGMA {DEFOCUS_SIGMA:g} (px of the reduced copies)")
-    print("| pair | raw estimate (px) | either shot blurred (px) | verdict | s |")
-    print("|---|---:|---:|---|---:|")
+    print(f"DEFOCUS_SIGMA {DEFOCUS_SIGMA:g}, DEFOCUS_LADDER {DEFOCUS_LADDER}, DEFOCUS_EXPLAINS {DEFOCUS_EXPLAINS:g}")
+    print("| pair | raw estimate (px) | no motion fits x better | either shot blurred (px) | verdict | s |")
+    print("|---|---:|---:|---:|---|---:|")
     for r in rows:
         if r["pair"].startswith("product") or r["verdict"] in ("moves", "defocus"):
             blurred = "" if r["blurred"] is None else f"{r['blurred']:.2f}"
-            print(f"| {r['pair']} | {r['raw']:.2f} | {blurred} | {r['verdict']} | {r['s']:.2f} |")
+            explains = "" if r["explains"] is None else f"{r['explains']:.2f}"
+            print(f"| {r['pair']} | {r['raw']:.2f} | {explains} | {blurred} | {r['verdict']} | {r['s']:.2f} |")
     real = [r for r in rows if not r["pair"].startswith("product")]
     for v in ("moves", "defocus", "still", "failed", "too small"):
         print(f"real pairs {v}: {sum(r['verdict'] == v for r in real)}")

@@ -16,6 +16,7 @@ from bafusion.cli import main as cli_main
 from bafusion.fusion import align, batch, scene
 from bafusion.fusion.align import similarity_matrix, warp_to_first
 from bafusion.fusion.scene import (
+    DEFOCUS_EXPLAINS,
     HINT_MOTION_PX,
     coarse_motion,
     motion_hints,
@@ -181,7 +182,25 @@ def test_the_defocus_spread_of_a_registered_product_shot_is_no_motion(capsys) ->
     assert batch._auto_align([a, b], ["a", "b"], True) == "none"
     assert "the focus difference, not a motion: fused as registered" in capsys.readouterr().err
     (sm,) = shot_motions([a, _moved(b, (4.0, 3.0))])
-    assert sm.verdict == "moves" and sm.blurred > HINT_MOTION_PX
+    assert sm.verdict == "moves" and sm.explains < DEFOCUS_EXPLAINS
+
+
+def test_a_wide_defocus_spread_is_no_motion_and_focus_breathing_is_one() -> None:
+    """A spread wider than DEFOCUS_SIGMA removes (defocus 5 px at 400x300: 9.4 px raw, still
+    2.9-4.8 px with a shot blurred by 3 px, which was hinted) is found on the blur ladder: no
+    motion fits the blurred pair ~7x better than the estimated one, and the motion estimated
+    again at that blur vanishes. A real magnification (focus breathing, 1.02) of a pair that
+    differs little in focus is fitted better by the motion at every blur (ratio ~1.03), and
+    keeps its hint."""
+    from bafusion.data.composite import warp_similarity
+
+    a, b = _product_shot(5.0)
+    (sm,) = shot_motions([a, b])
+    assert sm.verdict == "defocus" and sm.explains > 3 * DEFOCUS_EXPLAINS and sm.blurred <= HINT_MOTION_PX < sm.px
+    a, b = _product_shot(1.0)
+    breathing = np.clip(np.round(warp_similarity(b.astype(np.float64), (0.0, 0.0), 1.02)), 0, 255).astype(np.uint8)
+    (sm,) = shot_motions([a, breathing])
+    assert sm.verdict == "moves" and sm.explains < 1.1 and sm.px > 2 * HINT_MOTION_PX
 
 
 def test_a_thin_strip_is_too_small_to_judge() -> None:

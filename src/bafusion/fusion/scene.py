@@ -150,8 +150,19 @@ FAILED_MATCH_DROP = 0.05
 #: blurred object spreading over a smooth backdrop) reads as a magnification, which blurring the
 #: sharper shot removes, while a real motion stays. Measured (BENCHMARKS.md, "Do the shots move?"):
 #: on a registered synthetic product shot (defocus sigma 4 and 6 px at 600x800) the estimate falls
-#: from 2.75 / 7.9 px to 0.6 / 0.8 px; of the 24 real pairs that get the hint, 23 keep it.
+#: from 3.3 / 8.0 px to 0.4 / 0.8 px; of the 24 real pairs that seem to move, 23 keep the hint.
 DEFOCUS_SIGMA = 3.0
+
+#: A spread wider than :data:`DEFOCUS_SIGMA` removes: a blur ladder (Gaussian sigmas, pixels of
+#: the reduced copies) and how much better no motion must fit than the estimated motion, with one
+#: shot blurred by a sigma of the ladder (misfit ``1 - r``, ``r`` the correlation;
+#: :func:`defocus_fit`), for the motion to be estimated again at that sigma too. A real motion is
+#: fitted better by the motion than by no motion, however blurred (ratio 1.04 at most on the 73
+#: real pairs, so their verdicts do not depend on the ladder); the spread of a registered pair is
+#: fitted far better by no motion at the blur that matches it (1.8-14 on the product shots of
+#: BENCHMARKS.md "Do the shots move?").
+DEFOCUS_LADDER = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+DEFOCUS_EXPLAINS = 1.4
 
 #: Long side (pixels), Gauss-Newton iterations, samples a level and convergence tolerance (pixels
 #: of a level) of :func:`coarse_motion`: measured against the registration of the full shots on 73
@@ -228,16 +239,22 @@ class ShotMotion:
     verdict : str
         ``moves`` (more than the threshold, and the estimate holds), ``still``, ``failed`` (the
         registration matches the shots worse than no motion: no motion is reported),
-        ``defocus`` (the motion vanishes when either shot is blurred by :data:`DEFOCUS_SIGMA`:
-        the focus difference, not a motion) or ``too small`` (not judged).
+        ``defocus`` (the motion vanishes when either shot is blurred by :data:`DEFOCUS_SIGMA`, or
+        by the sigma of :data:`DEFOCUS_LADDER` at which no motion fits the shots at least
+        :data:`DEFOCUS_EXPLAINS` times better than the motion: the focus difference, not a
+        motion) or ``too small`` (not judged).
     blurred : float or None
         For ``moves`` and ``defocus``: the smallest motion with either shot blurred.
+    explains : float or None
+        For ``moves`` and ``defocus``: how many times better no motion fits than the motion with
+        one shot blurred (:func:`defocus_fit`).
     """
 
     index: int
     px: float | None
     verdict: str
     blurred: float | None = None
+    explains: float | None = None
 
 
 def shot_motions(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX) -> list[ShotMotion]:
@@ -250,7 +267,9 @@ def shot_motions(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX
     (:func:`bafusion.fusion.align.match_quality`, on the area both cover; by more than
     :data:`FAILED_MATCH_DROP`) is taken for a ``failed`` estimate, as on a strongly defocused pair.
     A motion that falls to the threshold or below when either reduced shot is blurred by
-    :data:`DEFOCUS_SIGMA` is the focus difference (``defocus``), not a motion.
+    :data:`DEFOCUS_SIGMA`, or by the sigma of :data:`DEFOCUS_LADDER` at which no motion fits the
+    shots at least :data:`DEFOCUS_EXPLAINS` times better than the motion does, is the focus
+    difference (``defocus``), not a motion.
     Shots under :data:`MIN_SIDE` pixels, or whose reduced copies are, are ``too small``.
 
     Parameters
@@ -278,27 +297,75 @@ def shot_motions(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX
             out.append(ShotMotion(i, d, "still"))
             continue
         mask = coverage(m, ra.shape)
-        if match_quality(ra, warp_to_first(rb, m, ra.shape), mask) < match_quality(ra, rb, mask) - FAILED_MATCH_DROP:
+        wb = warp_to_first(rb, m, ra.shape)
+        if match_quality(ra, wb, mask) < match_quality(ra, rb, mask) - FAILED_MATCH_DROP:
             out.append(ShotMotion(i, d, "failed"))
             continue
-        blurred = _blurred_motion(ra, rb) * k
-        if blurred <= threshold or blurred / k <= HINT_REDUCED_PX:
-            out.append(ShotMotion(i, d, "defocus", blurred))
-            continue
-        out.append(ShotMotion(i, d, "moves", blurred))
+        blurred = _blurred_motion(ra, rb)
+        explains, x, y = defocus_fit(ra, rb, wb, mask)
+        if explains >= DEFOCUS_EXPLAINS:  # no motion fits far better at some blur: estimate there too
+            blurred = min(blurred, _motion(x, y))
+        blurred *= k
+        defocus = blurred <= threshold or blurred / k <= HINT_REDUCED_PX
+        out.append(ShotMotion(i, d, "defocus" if defocus else "moves", blurred, explains))
     return out
+
+
+def _correlation(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
+    u, v = x[mask] - x[mask].mean(), y[mask] - y[mask].mean()
+    den = math.sqrt(float(u @ u) * float(v @ v))
+    return float(u @ v) / den if den > 1e-12 else 0.0
+
+
+def defocus_fit(ra: np.ndarray, rb: np.ndarray, wb: np.ndarray,
+                mask: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """How much better no motion fits two reduced shots than a motion, once one is blurred.
+
+    For every sigma of :data:`DEFOCUS_LADDER` and either shot blurred, the misfit ``1 - r``
+    (``r`` the correlation on ``mask``) of the blurred pair under the motion (``wb``: ``rb``
+    warped by it) over the misfit of the unmoved pair; the largest ratio, with that blurred pair.
+    A ratio well above 1 says the motion is the defocus spread (see :data:`DEFOCUS_EXPLAINS`).
+
+    Parameters
+    ----------
+    ra, rb : numpy.ndarray
+        The reduced gray shots (float).
+    wb : numpy.ndarray
+        ``rb`` warped onto ``ra`` by the estimated motion.
+    mask : numpy.ndarray
+        Boolean, the pixels ``wb`` covers.
+
+    Returns
+    -------
+    tuple
+        (ratio, blurred first shot, blurred second shot), the shots unwarped.
+    """
+    best: tuple[float, np.ndarray, np.ndarray] = (0.0, ra, rb)
+    for sigma in DEFOCUS_LADDER:
+        ga = ndimage.gaussian_filter(ra, sigma)
+        gb = ndimage.gaussian_filter(rb, sigma)
+        for x, y, moved in ((ga, rb, wb), (ra, gb, ndimage.gaussian_filter(wb, sigma))):
+            still = 1.0 - _correlation(x, y, mask)
+            ratio = (1.0 - _correlation(x, moved, mask)) / max(still, 1e-12)
+            if ratio > best[0]:
+                best = (ratio, x, y)
+    return best
+
+
+def _motion(x: np.ndarray, y: np.ndarray) -> float:
+    """The motion (pixels of ``x``, RMS over the corners) of the similarity registering ``y``
+    onto ``x``, as :func:`coarse_motion` estimates it."""
+    from bafusion.fusion.align import corner_rms, estimate_transform
+
+    m = estimate_transform(x, y, "similarity", iters=MOTION_ITERS, samples=MOTION_SAMPLES, tol=MOTION_TOL)
+    return corner_rms(m, x.shape)
 
 
 def _blurred_motion(ra: np.ndarray, rb: np.ndarray) -> float:
     """The smaller motion (pixels of the reduced copies) of the two registrations with ``ra``,
     then ``rb``, blurred by :data:`DEFOCUS_SIGMA` (see there)."""
-    from bafusion.fusion.align import corner_rms, estimate_transform
-
-    out = []
-    for x, y in ((ndimage.gaussian_filter(ra, DEFOCUS_SIGMA), rb), (ra, ndimage.gaussian_filter(rb, DEFOCUS_SIGMA))):
-        m = estimate_transform(x, y, "similarity", iters=MOTION_ITERS, samples=MOTION_SAMPLES, tol=MOTION_TOL)
-        out.append(corner_rms(m, ra.shape))
-    return min(out)
+    return min(_motion(ndimage.gaussian_filter(ra, DEFOCUS_SIGMA), rb),
+               _motion(ra, ndimage.gaussian_filter(rb, DEFOCUS_SIGMA)))
 
 
 def moving_shots(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX) -> list[tuple[int, float]]:
