@@ -163,6 +163,27 @@ def test_cli_error_is_one_line_and_leaves_no_output(tmp_path: Path, capsys: pyte
     assert not out.exists() and not (tmp_path / "evaluation.part").exists()
 
 
+def test_out_folder_holding_the_sources_or_references_is_refused_and_they_stay(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # the output folder is replaced whole: as the sources, as their parent, or holding the
+    # reference folder, it would delete the inputs (it did: `--out ev/self --dataset t=ev/self`)
+    src, imgs = _write_set(tmp_path, ["p1"])
+    ref = _write_reference(tmp_path, imgs, {"SR": laplacian_fuse})
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for out, ds in [(src, f"t={src}"), (tmp_path, f"t={src}"), (ref, f"t={src},{ref}")]:
+        rc = cli_main(["evaluate", "--dataset", ds, "--methods", "Laplacian", "--metrics", "QG",
+                       "--root", str(tmp_path), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 2, err
+        assert "is also an input" in err or "is replaced whole and holds the input" in err, err
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    # a folder beside them is written
+    assert cli_main(["evaluate", "--dataset", f"t={src}", "--methods", "Laplacian", "--metrics", "QG",
+                     "--root", str(tmp_path), "--out", str(tmp_path / "ev")]) == 0
+    assert (tmp_path / "ev" / "t" / "metrics.csv").is_file()
+
+
 def test_config_errors_name_the_setting(tmp_path: Path) -> None:
     from bafusion.errors import UserError
 

@@ -942,10 +942,18 @@ def run_evaluation(
     """Evaluate every dataset of ``cfg`` into ``out`` (replaced whole on success), log an MLflow
     run ``evaluate`` with the means as metrics and the tables and figures as artifacts, and
     write the DVC metrics JSON (``out/metrics.json``, copied to ``report``) and the means of all
-    methods as a CSV for DVC plots (``plots``). Returns the metrics document."""
+    methods as a CSV for DVC plots (``plots``). Returns the metrics document.
+
+    Raises :class:`~bafusion.errors.UserError` before any work when ``out`` is, or holds, a
+    dataset's sources or references, or the working directory."""
     from bafusion import tracking
+    from bafusion.preflight import check_output_dir
 
     out = Path(out)
+    # ``out`` is replaced whole: refuse before any work when it is, or holds, a dataset's
+    # sources, reference images or reference metrics (they would be deleted with it).
+    inputs = [p for ds in cfg.datasets for p in (ds.sources, ds.reference, ds.reference_metrics) if p is not None]
+    check_output_dir(out, inputs, replaced=True, what="evaluation output folder")
     doc: dict[str, Any] = {}
     plot_rows: list[dict[str, Any]] = []
     all_means: dict[str, float] = {}
