@@ -14,11 +14,14 @@ report: "workflow/report/workflow.rst"
 from snakemake.utils import validate
 
 from bafusion.cli.params_check import check_params
-from bafusion.config import yaml12_floats
+from bafusion.config import retype_config_overrides, yaml12_floats
 from bafusion.schema import schema_path, validate_params
 
 yaml12_floats(config)  # 5e-05 (as `dvc exp run -S` writes it) is a number, not PyYAML 1.1's string
 _overrides = getattr(getattr(workflow, "config_settings", None), "config", None)
+# --config "train={epochs: 2}": Snakemake reads the nested values as strings; read them as YAML
+_config_args = getattr(getattr(workflow, "config_settings", None), "config_args", None)
+retype_config_overrides(config, _config_args if isinstance(_config_args, (list, tuple)) else None)
 validate_params(config, "params.yaml" + (" + --config" if _overrides else ""))
 validate(config, schema_path())
 check_params(config, "params.yaml" + (" + --config" if _overrides else ""))  # rules across keys (fuse.low < fuse.high)

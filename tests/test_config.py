@@ -433,3 +433,16 @@ def test_the_snakefiles_checks_do_not_load_torch() -> None:
             "heavy = [m for m in ('torch', 'bafusion.nets.model', 'bafusion.fusion.scoring') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_nested_snakemake_config_overrides_are_read_as_yaml() -> None:
+    from bafusion.config import retype_config_overrides
+
+    # as Snakemake leaves them after `--config "train={epochs: 2, lr: 1e-3}" seed=3 x=[1, 2]`
+    config = {"seed": 3, "train": {"epochs": "2", "lr": "1e-3", "batch": 128, "boundary": {"init": ""}}, "x": ["1", "2"]}
+    out = retype_config_overrides(config, ["train={epochs: 2, lr: 1e-3, boundary: {init: a.pt}}", "seed=3",
+                                           "x=[1, 2]", "bad={unclosed: [", "empty="])
+    assert out is config
+    assert config == {"seed": 3, "train": {"epochs": 2, "lr": 0.001, "batch": 128, "boundary": {"init": "a.pt"}},
+                      "x": [1, 2]}
+    assert retype_config_overrides({"a": 1}, None) == {"a": 1}

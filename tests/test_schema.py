@@ -174,6 +174,13 @@ def test_config_override_is_checked_too(project: Path) -> None:
     assert "params.yaml + --config: patch: 'abc' is not a positive multiple of 4" in p.stdout + p.stderr
     ok = run(["snakemake", "-n", "all"], project)
     assert "train_initial" in ok.stdout
+    # a nested override: Snakemake reads its values as strings (BaseLoader); they are numbers
+    ok = run(["snakemake", "-n", "-p", "train_initial", "--forcerun", "train_initial",
+              "--config", "train={epochs: 2, lr: 1e-3}"], project, check=False)
+    assert ok.returncode == 0, (ok.stdout + ok.stderr)[-2000:]
+    assert '"epochs": 2,' in ok.stdout and '"lr": 0.001,' in ok.stdout, ok.stdout[-3000:]
+    bad = run(["snakemake", "-n", "all", "--config", "train={epochs: abc}"], project, check=False)
+    assert bad.returncode != 0 and "train.epochs: 'abc' is not an integer" in bad.stdout + bad.stderr
     # 5e-05 as `dvc exp run -S` writes it: a number for Snakemake's configfile too (PyYAML: a string)
     def no_dot(text: str) -> str:
         assert "lr: 5.0e-05" in text

@@ -67,6 +67,37 @@ def yaml12_floats(node: Any) -> Any:
     return node
 
 
+def retype_config_overrides(config: dict[str, Any], entries: Sequence[str] | None) -> dict[str, Any]:
+    """Read Snakemake's ``--config KEY=VALUE`` ``entries`` again with :func:`load_yaml` where
+    VALUE is a YAML mapping or list, and merge them into ``config`` (in place; returned).
+
+    Snakemake parses such a VALUE with PyYAML's ``BaseLoader``, so ``train={epochs: 2}``
+    arrives as ``{"epochs": "2"}`` and the schema would refuse the string; scalar values
+    (``seed=3``) Snakemake already reads as numbers. Mappings merge key by key, as Snakemake
+    merges them into the config file's values; a VALUE that is not valid YAML is left as
+    Snakemake read it.
+    """
+
+    def merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+        for k, v in new.items():
+            if isinstance(v, dict) and isinstance(into.get(k), dict):
+                merge(into[k], v)
+            else:
+                into[k] = v
+
+    for entry in entries or ():
+        key, sep, value = str(entry).partition("=")
+        if not sep or not value:
+            continue
+        try:
+            parsed = load_yaml(value)
+        except yaml.YAMLError:
+            continue
+        if isinstance(parsed, (dict, list)):
+            merge(config, {key: parsed})
+    return config
+
+
 def _read_mapping(path: str | os.PathLike[str], empty_ok: bool) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
