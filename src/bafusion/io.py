@@ -72,8 +72,16 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         with Image.open(p) as im:
             im.load()
             return ImageOps.exif_transpose(im) or im
+    except Image.DecompressionBombError as e:
+        raise _too_large(p, e) from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise InputFileError(p, _tiff_problem(p) or f"unreadable image ({e.__class__.__name__}: {e})") from e
+
+
+def _too_large(p: Path, e: Exception) -> InputFileError:
+    """The error for a file over Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``
+    times two: about 179 megapixels by default; a program may raise it before reading)."""
+    return InputFileError(p, f"image too large to read: {e}".rstrip(". ") + " (Pillow's Image.MAX_IMAGE_PIXELS)")
 
 
 def _tiff_problem(p: Path) -> str | None:
@@ -431,6 +439,8 @@ def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None] | None:
             fmt, mode = im.format, im.mode
             tiff = _tiff_depth(im) if fmt == "TIFF" else None
             orientation = int(im.getexif().get(_ORIENTATION, 1) or 1)
+    except Image.DecompressionBombError as e:
+        raise _too_large(path, e) from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return None
     if fmt == "PNG":
@@ -543,7 +553,7 @@ def source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes |
             if _ORIENTATION in exif:
                 exif[_ORIENTATION] = 1
             return exif.tobytes(), icc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None, None
 
 
