@@ -352,3 +352,53 @@ def test_fuse_dir_no_progress_and_no_terminal_draw_no_bar(tmp_path: Path, nets: 
     monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
     assert cli_main(["fuse-dir", str(src), str(tmp_path / "out-bar"), "--model", str(nets), "--device", "cpu"]) == 0
     assert "fuse-dir:" in capsys.readouterr().err  # the bar, asked for on a terminal
+
+
+def test_fuse_dir_quiet_silences_every_bar_and_a_large_pair_is_refused_by_name(
+    tmp_path: Path, nets: Path, capsys, monkeypatch
+) -> None:
+    """--quiet / --no-progress also silence each stack's own fusion bar (camera-size shots on a
+    terminal); a file over Pillow's decompression-bomb limit is skipped with its name, the batch
+    goes on."""
+    import bafusion.progress as progress
+    from bafusion.fusion import working
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, seed in (("p", 3), ("q", 4)):
+        for n, x in zip("AB", pair(seed)):
+            Image.fromarray(x).save(src / f"{name}-{n}.png")
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
+    monkeypatch.setattr(working, "PROGRESS_MIN_PIXELS", 1)  # every pair is "camera size"
+    for flag in ("--quiet", "--no-progress"):
+        rc = cli_main(["fuse-dir", str(src), str(tmp_path / f"out{flag}"), "--model", str(nets), "--device", "cpu", flag])
+        err = capsys.readouterr().err
+        assert rc == 0 and "fusing" not in err and "step/s" not in err and "fuse-dir:" not in err, err
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "out-bars"), "--model", str(nets), "--device", "cpu"]) == 0
+    assert "fusing" in capsys.readouterr().err  # each stack's bar, on a terminal without --quiet
+
+    big = np.tile(pair(5)[0], (2, 2, 1))  # 160x160: over the limit set below, unlike the 80x80 pairs
+    Image.fromarray(big).save(src / "big-A.png")
+    Image.fromarray(big).save(src / "big-B.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 80 * 80 // 2 + 1)  # Pillow refuses over twice this
+    rc = cli_main(["fuse-dir", str(src), str(tmp_path / "out-big"), "--model", str(nets), "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == batch.EXIT_SKIPPED, err
+    assert "big-A.png: image too large to read" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "out-big").iterdir()) == ["p.png", "q.png"]
+
+
+def test_fuse_dir_goes_on_when_one_output_cannot_be_written(tmp_path: Path, nets: Path, capsys) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name, seed in (("p", 3), ("q", 4)):
+        for n, x in zip("AB", pair(seed)):
+            Image.fromarray(x).save(src / f"{name}-{n}.png")
+    (out / "p.png").mkdir(parents=True)  # a folder where p's output goes: the rename fails
+    (out / "p.png" / "keep").write_text("x")
+    rc = cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"])
+    o, err = capsys.readouterr()
+    assert rc == batch.EXIT_SKIPPED, err
+    assert "cannot write" in err and "p.png" in err and "Traceback" not in err
+    assert (out / "q.png").is_file() and (out / "p.png" / "keep").read_text() == "x"
+    assert not [p for p in out.iterdir() if p.name not in ("p.png", "q.png")]  # no temporary left

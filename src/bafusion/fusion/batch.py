@@ -211,7 +211,7 @@ def fuse_shots(images: Sequence[np.ndarray], nets, params, names: Sequence[str],
 
 
 def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str = "none",
-               force: bool = False, motion_hint: bool = False) -> Fused:
+               force: bool = False, motion_hint: bool = False, progress: bool | None = None) -> Fused:
     """Read, check, align (optionally) and fuse the shots of one scene (:func:`prepare_sources`,
     :func:`fuse_shots`, :func:`fused_output`).
 
@@ -229,13 +229,15 @@ def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str 
         Fuse shots that do not look like one scene.
     motion_hint : bool
         Without alignment, say on stderr when the shots move (:func:`prepare_sources`).
+    progress : bool or None
+        The fusion's progress bar (None: for camera-size shots on a terminal; False: never).
 
     Returns
     -------
     Fused
     """
     src = prepare_sources(paths, align=align, force=force, motion_hint=motion_hint)
-    results = fuse_shots(src.images, nets, params, [str(p) for p in paths])
+    results = fuse_shots(src.images, nets, params, [str(p) for p in paths], progress=progress)
     return fused_output(src, results, output)
 
 
@@ -341,11 +343,15 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
             rep.existing.append(name)
             continue
         try:
+            # without bars (--no-progress, --quiet) no stack's own bar either
             fused = fuse_files(shots, nets, params, output=target, align=align, force=force,
-                               motion_hint=motion_hint)
+                               motion_hint=motion_hint, progress=None if progress else False)
             write_image(target, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits)
         except UserError as e:
             rep.skipped.append((name, str(e)))
+            continue
+        except OSError as e:  # this output cannot be written (disk full, a folder in the way): the others may be
+            rep.skipped.append((name, f"{target}: cannot write: {e.strerror or e}"))
             continue
         for note in fused.notes:
             tqdm.write(f"bafusion fuse-dir: {note}", file=sys.stderr)

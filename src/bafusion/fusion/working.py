@@ -285,8 +285,10 @@ def progress_bar(total: int, pixels: int, progress: bool | None, desc: str = "fu
     """
     from tqdm import tqdm
 
+    from bafusion.progress import stderr_is_terminal
+
     if progress is None:
-        show = pixels >= PROGRESS_MIN_PIXELS and sys.stderr.isatty()
+        show = pixels >= PROGRESS_MIN_PIXELS and stderr_is_terminal()
     else:
         show = bool(progress)
     return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, disable=not show, leave=False,
