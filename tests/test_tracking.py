@@ -184,3 +184,22 @@ def test_a_stale_parent_id_is_ignored_and_closing_never_fails_the_work(
     tracking.end_invocation(False)  # no such run: a warning, no exception
     assert "could not close the MLflow parent run" in capsys.readouterr().err
 
+
+
+def test_artifacts_go_beside_the_database_whatever_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a project's first run started in a sub-folder: MLflow's default would have put the
+    # experiment's artifacts in <sub-folder>/mlruns for good
+    root, sub = tmp_path / "project", tmp_path / "project" / "notebooks"
+    sub.mkdir(parents=True)
+    (root / "Snakefile").write_text("")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(sub)
+    assert tracking.tracking_uri() == f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    (sub / "table.md").write_text("| a |\n")
+    with tracking.stage_run("evaluate") as run:
+        run.log_artifact(sub / "table.md", "evaluation")
+    logged = list((root / "mlruns").rglob("table.md"))
+    assert len(logged) == 1 and logged[0].parent.name == "evaluation"
+    assert not (sub / "mlruns").exists()

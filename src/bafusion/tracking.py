@@ -5,7 +5,8 @@
   working copy is deleted afterwards), else the nearest folder above the working directory
   holding ``dvc.yaml`` or ``Snakefile``, else the working directory.
 - A fresh sqlite database is created (and migrated) once, under a file lock, so that
-  parallel Snakemake jobs never race on alembic migrations.
+  parallel Snakemake jobs never race on alembic migrations; the experiment's artifacts go to
+  ``mlruns/`` beside it (:func:`artifact_location`), whichever folder the first run began in.
 - ``BAFUSION_MLFLOW=0`` (or ``tracking.enabled: false`` in params) turns logging off.
 - One pipeline invocation is one parent run; each step is a nested child run of it (tag
   ``mlflow.parentRunId``). Snakemake's ``onstart`` opens the parent (:func:`begin_invocation`)
@@ -72,6 +73,20 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where the ``bafusion`` experiment keeps its artifacts: ``mlruns/`` beside a sqlite
+    store (as a ``file:`` URI), so they land there whichever folder the first run started
+    in (MLflow's default is ``./mlruns`` of that working directory); None for other stores
+    (their server decides)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns").as_uri()
+
+
+def _create_experiment(client: Any, uri: str) -> str:
+    return client.create_experiment(EXPERIMENT, artifact_location=artifact_location(uri))
+
+
 def ensure_db(uri: str | None = None) -> str:
     """Create and migrate the sqlite store once, serialised by a lock file beside it."""
     uri = uri or tracking_uri()
@@ -88,7 +103,7 @@ def ensure_db(uri: str | None = None) -> str:
                 client = MlflowClient(tracking_uri=uri)
                 if client.get_experiment_by_name(EXPERIMENT) is None:
                     with contextlib.suppress(Exception):  # another process may have won
-                        client.create_experiment(EXPERIMENT)
+                        _create_experiment(client, uri)
                 mark_training_experiment(client)
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
@@ -200,7 +215,7 @@ def stage_run(
     uri = ensure_db()
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(EXPERIMENT)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(EXPERIMENT)
+    exp_id = exp.experiment_id if exp is not None else _create_experiment(client, uri)
     name = run_name or stage
     all_tags = {"stage": stage, "mlflow.runName": name, **source_tags(f"bafusion {stage}")}
     for var in ("DVC_EXP_NAME", "DVC_STAGE"):
