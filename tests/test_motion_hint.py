@@ -311,6 +311,25 @@ def test_align_auto_says_when_the_shots_are_too_small_to_judge(tmp_path: Path, n
     assert "b.png: too small to judge its motion: fused as registered" in capsys.readouterr().err
 
 
+def test_featureless_shots_are_too_flat_to_judge_and_get_no_hint(tmp_path: Path, nets: Path, capsys) -> None:
+    """Two identical frames of a blank wall, or of sensor noise in the dark: nothing to register
+    by; the estimate read 200 px and 95 px ('moves'), and --align auto then refused the pair."""
+    rng = np.random.default_rng(0)
+    wall = np.full((300, 400), 128, np.uint8)
+    dark = rng.poisson(2, (300, 400)).astype(np.uint8)
+    dark2 = rng.poisson(2, (300, 400)).astype(np.uint8)
+    textured = _focus_pair(_texture(23, 300, 400))[0]
+    for shots in ([wall, wall], [dark, dark2], [textured, wall], [wall, textured]):
+        assert [(m.px, m.verdict) for m in shot_motions(shots)] == [(None, "too flat")]
+        assert motion_hints(shots, ["a.png", "b.png"]) == []
+    assert shot_motions([textured, textured])[0].verdict == "still"
+    Image.fromarray(wall).save(tmp_path / "a.png")
+    Image.fromarray(wall).save(tmp_path / "b.png")
+    assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "f.png"),
+                     "--model", str(nets), "--device", "cpu", "--align", "auto"]) == 0
+    assert "b.png: too flat to judge its motion" in capsys.readouterr().err
+
+
 def test_fuse_dir_align_auto_aligns_only_the_stacks_that_move(tmp_path: Path, nets: Path, capsys) -> None:
     src = tmp_path / "in"
     src.mkdir()

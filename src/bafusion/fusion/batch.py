@@ -162,6 +162,9 @@ def _auto_align(images: Sequence[np.ndarray], names: Sequence[str], one_scene: b
         elif sm.verdict == "failed":
             say(f"{n}: the motion estimate ({sm.px:.1f} px) matches the shots worse than no motion, taken "
                 "for a failure" + ("" if moving else ": fused as registered"))
+        elif sm.verdict == "too flat":
+            say(f"{n}: too flat to judge its motion (no structure to register by, in it or in {names[0]})"
+                + ("" if moving else ": fused as registered"))
         else:
             say(f"{n}: too small to judge its motion" + ("" if moving else ": fused as registered"))
     return "similarity" if moving else "none"

@@ -68,6 +68,22 @@ def _reduce_k(img: np.ndarray, side: int = WORK_SIDE) -> tuple[np.ndarray, int]:
     return a / 255.0, k
 
 
+def _coarse(img: np.ndarray) -> np.ndarray:
+    """The shot reduced (:func:`_reduce`), blurred at the coarse scale (:data:`SIGMA`),
+    flattened and centred: what :func:`scene_correlation` compares."""
+    r = _reduce(img)
+    r = ndimage.gaussian_filter(r, SIGMA * max(r.shape) / 520.0).ravel()
+    return r - r.mean()
+
+
+def is_flat(img: np.ndarray) -> bool:
+    """Whether a shot has no structure at the coarse scale of :func:`scene_correlation`: its
+    standard deviation there is below :data:`FLAT_STD` (a blank wall, a lens cap, sensor noise
+    in the dark)."""
+    r = _coarse(img)
+    return float(r @ r) < FLAT_STD**2 * r.size
+
+
 def scene_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
     """Correlation of two same-size uint8 shots at a coarse scale (see the module's doc): near 1
     for one scene however focused, near 0 for two scenes; None when they are too small or both
@@ -84,12 +100,7 @@ def scene_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
     """
     if min(a.shape[:2]) < MIN_SIDE:
         return None
-    ra, rb = _reduce(a), _reduce(b)
-    sigma = SIGMA * max(ra.shape) / 520.0
-    ra = ndimage.gaussian_filter(ra, sigma).ravel()
-    rb = ndimage.gaussian_filter(rb, sigma).ravel()
-    ra -= ra.mean()
-    rb -= rb.mean()
+    ra, rb = _coarse(a), _coarse(b)
     va, vb = float(ra @ ra), float(rb @ rb)
     flat = FLAT_STD**2 * ra.size
     if max(va, vb) < flat:
@@ -242,7 +253,8 @@ class ShotMotion:
         ``defocus`` (the motion vanishes when either shot is blurred by :data:`DEFOCUS_SIGMA`, or
         by the sigma of :data:`DEFOCUS_LADDER` at which no motion fits the shots at least
         :data:`DEFOCUS_EXPLAINS` times better than the motion: the focus difference, not a
-        motion) or ``too small`` (not judged).
+        motion), ``too small`` or ``too flat`` (not judged: a shot without structure at the
+        coarse scale, :func:`is_flat`).
     blurred : float or None
         For ``moves`` and ``defocus``: the smallest motion with either shot blurred.
     explains : float or None
@@ -270,7 +282,8 @@ def shot_motions(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX
     :data:`DEFOCUS_SIGMA`, or by the sigma of :data:`DEFOCUS_LADDER` at which no motion fits the
     shots at least :data:`DEFOCUS_EXPLAINS` times better than the motion does, is the focus
     difference (``defocus``), not a motion.
-    Shots under :data:`MIN_SIDE` pixels, or whose reduced copies are, are ``too small``.
+    Shots under :data:`MIN_SIDE` pixels, or whose reduced copies are, are ``too small``; a shot
+    without structure (:func:`is_flat`), or beside a first shot without it, is ``too flat``.
 
     Parameters
     ----------
@@ -287,9 +300,15 @@ def shot_motions(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX
     from bafusion.fusion.align import corner_rms, coverage, match_quality, warp_to_first
 
     out: list[ShotMotion] = []
+    first_flat: bool | None = None
     for i, im in enumerate(images[1:], start=1):
         if not _judgeable(images[0].shape, MOTION_SIDE):
             out.append(ShotMotion(i, None, "too small"))
+            continue
+        if first_flat is None:
+            first_flat = is_flat(images[0])
+        if first_flat or is_flat(im):  # nothing to register by: any estimate is noise
+            out.append(ShotMotion(i, None, "too flat"))
             continue
         m, ra, rb, k = _coarse_registration(images[0], im, MOTION_SIDE, MOTION_ITERS, MOTION_SAMPLES, MOTION_TOL)
         d = corner_rms(m, ra.shape) * k
