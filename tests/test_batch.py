@@ -402,3 +402,24 @@ def test_fuse_dir_goes_on_when_one_output_cannot_be_written(tmp_path: Path, nets
     assert "cannot write" in err and "p.png" in err and "Traceback" not in err
     assert (out / "q.png").is_file() and (out / "p.png" / "keep").read_text() == "x"
     assert not [p for p in out.iterdir() if p.name not in ("p.png", "q.png")]  # no temporary left
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("kind", ["gray8", "gray16", "rgb8", "rgb16"])
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_every_tiff_orientation_is_applied(tmp_path: Path, orientation: int, kind: str, compression) -> None:
+    """Uncompressed gray TIFFs with orientation 5-8 came out garbled (Pillow memory-maps them
+    when opened by name, then turns the map); every layout is turned as EXIF says."""
+    from bafusion.io import _orient, read_image
+
+    g = pair(1, colour=False)[0][:, :60]
+    x = np.stack([g, g[::-1], 255 - g], axis=2) if kind.startswith("rgb") else g
+    if kind.endswith("16"):
+        x = x.astype(np.uint16) * 257
+    p = tmp_path / "a.tif"
+    tifffile.imwrite(p, x, photometric="rgb" if kind.startswith("rgb") else "minisblack", compression=compression,
+                     extratags=[(274, "H", 1, orientation, True)])
+    want = _orient(x, orientation)
+    got = read_image(p)
+    assert got.shape == want.shape[:2] + ((3,) if kind.startswith("rgb") else ())
+    assert np.array_equal(got, want if kind.endswith("8") else (want // 257).astype(np.uint8))

@@ -94,6 +94,19 @@ def test_a_floating_point_tiff_is_named_as_such(tmp_path: Path) -> None:
         read_source_set([tmp_path / "f.tif", tmp_path / "f.tif"])
 
 
+def test_a_16_bit_cmyk_tiff_is_refused_not_read_as_a_negative(tmp_path: Path) -> None:
+    """Its first three samples (C, M, Y) were taken for R, G, B: a negative, exit 0."""
+    import tifffile
+
+    x = np.random.default_rng(0).integers(0, 65536, (40, 60, 4), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "c.tif", x, photometric="separated")
+    with pytest.raises(InputFileError, match=r"c\.tif: 16-bit TIFF in colour space SEPARATED is not supported: "
+                                             r"save the shots as RGB or gray"):
+        read_images([tmp_path / "c.tif"])
+    tifffile.imwrite(tmp_path / "rgba.tif", x, photometric="rgb", extrasamples=[2])  # RGB + alpha: read
+    assert np.array_equal(read_images([tmp_path / "rgba.tif"])[0], np.round(x[..., :3] / 65535 * 255).astype(np.uint8))
+
+
 def test_a_damaged_8_bit_tiff_is_called_unreadable_not_unsupported(tmp_path: Path) -> None:
     """A truncated 8-bit TIFF: tifffile still reads its header, but 8-bit samples are
     supported, so the message says the file is unreadable (not 'unsupported sample format')."""

@@ -69,7 +69,9 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     if not p.is_file():
         raise InputFileError(p, "not a regular file")
     try:
-        with Image.open(p) as im:
+        # through a file object, not the name: Pillow (13.0) memory-maps an uncompressed gray
+        # TIFF opened by name and then turns it by its orientation tag into garbled pixels
+        with open(p, "rb") as fh, Image.open(fh) as im:
             im.load()
             return ImageOps.exif_transpose(im) or im
     except Image.DecompressionBombError as e:
@@ -458,7 +460,16 @@ def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None] | None:
         import tifffile  # a scikit-image dependency; Pillow gives colour TIFFs' high byte only
 
         try:
-            a = np.asarray(tifffile.imread(path, key=0), dtype=np.float64)
+            with tifffile.TiffFile(path) as tf:
+                page = tf.pages.first
+                photometric = tifffile.PHOTOMETRIC(page.photometric)
+                if photometric not in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.MINISBLACK):
+                    # e.g. CMYK (SEPARATED): its first three samples are no RGB (read as a negative)
+                    raise InputFileError(path, f"{depth}-bit TIFF in colour space {photometric.name} is not supported: "
+                                               "save the shots as RGB or gray")
+                a = np.asarray(page.asarray(), dtype=np.float64)
+        except InputFileError:
+            raise
         except Exception as e:  # noqa: BLE001 - tifffile raises many types for bad files
             raise InputFileError(path, f"unreadable {depth}-bit TIFF ({e.__class__.__name__}: {e})") from e
         if a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[2] not in (3, 4):
