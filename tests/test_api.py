@@ -139,3 +139,28 @@ def test_fuse_refuses_other_array_types(tmp_path: Path, tiny_nets: Path) -> None
     a, b, _, _ = _pair(tmp_path)
     with pytest.raises(UserError, match="source 2: sources must be uint8 or uint16 arrays, got float32"):
         bafusion.fuse(a, b.astype(np.float32), model=str(tiny_nets), device="cpu")
+
+
+def test_fuse_takes_what_a_file_would_give_and_names_what_it_cannot(tmp_path: Path, tiny_nets: Path) -> None:
+    """(H, W, 1) is gray, the alpha of (H, W, 2) and (H, W, 4) is dropped (as from a file); a
+    mapping of parameters is checked like params.yaml's; a PIL image or a (H, W, 5) array is a
+    UserError naming the source (were: (H, W, 1) out, TypeError, AttributeError, ValueError)."""
+    a, b, _, _ = _pair(tmp_path)
+    ga, gb = a[..., 0], b[..., 0]
+    kw = {"model": str(tiny_nets), "device": "cpu"}
+    gray = bafusion.fuse(ga, gb, **kw)
+    assert np.array_equal(bafusion.fuse(ga[..., None], gb[..., None], **kw), gray) and gray.ndim == 2
+    alpha = np.full(ga.shape + (1,), 7, np.uint8)
+    assert np.array_equal(bafusion.fuse(np.concatenate([ga[..., None], alpha], 2), gb, **kw), gray)
+    rgb = bafusion.fuse(a, b, **kw)
+    assert np.array_equal(bafusion.fuse(np.concatenate([a, alpha], 2), b, **kw), rgb)
+    assert np.array_equal(bafusion.fuse(a, b, params={"l": 3}, **kw), bafusion.fuse(a, b, params=FusionParams(l=3), **kw))
+    with pytest.raises(UserError, match=r"params: .*\bbogus\b"):
+        bafusion.fuse(a, b, params={"bogus": 1}, **kw)
+    with pytest.raises(UserError, match="params must be a FusionParams or a mapping of its fields, got int"):
+        bafusion.fuse(a, b, params=4, **kw)
+    with pytest.raises(UserError, match=r"source 2: expected a file path or a numpy array, got .*numpy\.asarray"):
+        bafusion.fuse(a, Image.fromarray(b), **kw)
+    with pytest.raises(UserError, match=r"source 1: expected an \(H, W\) gray or \(H, W, 3\) colour image, got an array "
+                                        r"of shape \(40, 36, 5\)"):
+        bafusion.fuse(np.zeros((40, 36, 5), np.uint8), b, **kw)

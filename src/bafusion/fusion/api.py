@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -65,12 +66,14 @@ def fuse(
     *sources : path or ndarray
         Two or more registered shots of the same size: file paths (read like the command
         line does: EXIF orientation applied; 16-bit PNG and TIFF at their full depth) or
-        uint8 or uint16 arrays, (H, W) gray or (H, W, 3) RGB.
+        uint8 or uint16 arrays, (H, W) gray or (H, W, 3) RGB ((H, W, 1) is gray; the alpha of
+        (H, W, 2) and (H, W, 4) is dropped, as from a file).
     model : str, path or FusionNets, optional
         The nets: a model folder or shipped model name (see :func:`load_model`; loaded once
         and cached), or nets already loaded. None: the shipped default.
-    params : FusionParams, optional
-        The fusion rule's parameters; None: the defaults (``FusionParams()``).
+    params : FusionParams or mapping, optional
+        The fusion rule's parameters; a mapping of its fields (``{"l": 4}``, a ``fuse``
+        section) is checked like ``params.yaml``'s; None: the defaults (``FusionParams()``).
     device : str
         Where the nets run when ``model`` is not loaded yet: ``"auto"``, ``"cpu"``, ``"cuda"``.
     align : {None, "none", "auto", "translation", "similarity", "homography"}
@@ -116,7 +119,12 @@ def fuse(
         raise UserError("fusion needs at least two source images")
     if align is not None and align not in ALIGN_MODELS:
         raise UserError(f"align must be None or one of {', '.join(ALIGN_MODELS)}, got {align!r}")
-    params = params if params is not None else FusionParams()
+    if params is None:
+        params = FusionParams()
+    elif isinstance(params, Mapping):  # a ``fuse`` section, e.g. {"l": 4}: checked like params.yaml's
+        params = FusionParams.from_mapping(params, source="params")
+    elif not isinstance(params, FusionParams):
+        raise UserError(f"params must be a FusionParams or a mapping of its fields, got {type(params).__name__}")
     images, full, names = _read_sources(sources)
     for i in range(1, len(images)):
         check_same_size(images[0], images[i], names[0], names[i])
@@ -181,6 +189,10 @@ def _read_sources(
 ) -> tuple[list[np.ndarray], list[np.ndarray] | None, list[str]]:
     """The uint8 images the decision is made on, their uint16 full-depth versions when any
     source has more than 8 bits (else None), and the sources' names for messages."""
+    for i, s in enumerate(sources):
+        if not isinstance(s, (np.ndarray, str, os.PathLike)):
+            hint = " (a PIL image: pass numpy.asarray(image), or its file)" if hasattr(s, "getbands") else ""
+            raise UserError(f"source {i + 1}: expected a file path or a numpy array, got {type(s).__name__}{hint}")
     paths = [s for s in sources if not isinstance(s, np.ndarray)]
     src = read_source_set(paths, metadata=False) if paths else None
     read8 = iter(src.images) if src else iter(())
@@ -191,9 +203,14 @@ def _read_sources(
     deep = src is not None and src.full is not None
     for s, name in zip(sources, names):
         if isinstance(s, np.ndarray):
-            if s.ndim not in (2, 3) or s.size == 0:
+            if s.ndim == 3 and s.shape[2] in (1, 2):
+                s = s[..., 0]  # gray, or gray + alpha (alpha dropped, as from a file)
+            elif s.ndim == 3 and s.shape[2] == 4:
+                s = s[..., :3]  # RGBA: alpha dropped, as from a file
+            if s.ndim not in (2, 3) or s.size == 0 or (s.ndim == 3 and s.shape[2] != 3):
                 raise UserError(f"{name}: expected an (H, W) gray or (H, W, 3) colour image, got an array of shape "
                                 f"{s.shape}" + (" (empty)" if s.size == 0 else ""))
+            s = np.ascontiguousarray(s)
             if s.dtype == np.uint16:
                 deep = True
                 images.append(scale_to_u8(s, 16))
