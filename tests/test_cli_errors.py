@@ -114,6 +114,8 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "."], ["is also an input"]),
         (["evaluate", "--out", "."], ["holds the working directory"]),
         (["evaluate", "--out", "afile/x"], ["afile is a file, not a folder"]),
+        (["evaluate", "--out", "ev", "--threads", "-3"], ["--threads -3", "positive number"]),
+        (["evaluate", "--out", "ev", "--pattern", "g*"], ["--pattern works with --dataset"]),
         (["train", "--net", "initial", "--patches", "p.h5", "--out", "afile/m.pt"], ["afile is a file"]),
         (["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--device", "mps"], ["MPS"]),
         (["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--threads", "-3"], ["--threads -3"]),

@@ -184,6 +184,27 @@ def test_out_folder_holding_the_sources_or_references_is_refused_and_they_stay(
     assert (tmp_path / "ev" / "t" / "metrics.csv").is_file()
 
 
+def test_a_pair_with_one_shot_is_refused_and_a_gray_shot_beside_a_colour_one_is_taken(tmp_path: Path) -> None:
+    """A lone -A stopped the run while a lone -B was silently left out of the table; a gray A
+    beside a colour B failed in the baselines with a message naming no pair."""
+    src = tmp_path / "pairs"
+    src.mkdir()
+    a, b, _, _ = _pair(np.random.default_rng(5))
+    Image.fromarray(a[..., 1]).save(src / "p1-A.png")  # gray beside colour
+    Image.fromarray(b).save(src / "p1-B.png")
+    cfg = ev.parse_config({"methods": ["GFF-native", "Laplacian"], "metrics": ["QG"], "figures": False})
+    ds = ev.Dataset(name="t", sources=src)
+    (pair,) = ev.find_pairs(ds)
+    rows = ev.evaluate_pair(ds, pair, cfg)[0]
+    assert {r["method"] for r in rows} == {"GFF-native", "Laplacian"} and all(0 < r["QG"] <= 1 for r in rows)
+    for lone in ("p2-B.png", "p2-A.png"):
+        Image.fromarray(b).save(src / lone)
+        missing = "A" if lone.endswith("-B.png") else "B"
+        with pytest.raises(InputFileError, match=rf"dataset 't', pair 'p2': source {missing} missing"):
+            ev.find_pairs(ds)
+        (src / lone).unlink()
+
+
 def test_config_errors_name_the_setting(tmp_path: Path) -> None:
     from bafusion.errors import UserError
 

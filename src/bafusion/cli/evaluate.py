@@ -32,6 +32,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     params = read_params(args.params_file, [("--params-json", args.params_json, "evaluate"),
                                             ("--fuse-json", args.fuse_json, "fuse")], sections=("evaluate", "fuse"))
     section_ = dict(params["evaluate"])
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads}: give a positive number of CPU threads (omit it for the default)")
+    if args.pattern and not args.dataset:
+        raise UserError("--pattern works with --dataset NAME=SOURCES (the configured datasets take 'pattern' in "
+                        "params.yaml)")
     flagged = bool(args.methods or args.metrics or args.dataset)
     if args.methods:
         section_["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -382,8 +382,10 @@ def _find_file(folder: Path, stem: str) -> Path | None:
 
 def find_pairs(ds: Dataset) -> list[Pair]:
     """The pairs of a dataset: the names in ``<sources>/index.json`` when present (the embedded
-    test set), else every ``<pair>-A.<ext>`` matching ``pattern`` in ``<sources>`` that has a
-    ``<pair>-B.<ext>``; restricted to ``pairs`` when given (each must exist)."""
+    test set), else every ``<pair>`` matching ``pattern`` of a ``<pair>-A.<ext>`` or
+    ``<pair>-B.<ext>`` in ``<sources>``; restricted to ``pairs`` when given (each must exist).
+    A pair with only one of its shots is refused (naming it), so that a table never loses a
+    pair silently."""
     src = ds.sources
     if not src.is_dir():
         raise InputFileError(src, f"sources folder of dataset {ds.name!r} not found")
@@ -401,7 +403,7 @@ def find_pairs(ds: Dataset) -> list[Pair]:
                 if p.is_file()
                 and "." in p.name
                 and p.name.rsplit(".", 1)[1].lower() in IMAGE_EXTENSIONS
-                and p.name.rsplit(".", 1)[0].endswith("-A")
+                and p.name.rsplit(".", 1)[0].endswith(("-A", "-B"))
                 and fnmatch.fnmatchcase(p.name.rsplit(".", 1)[0][: -len("-A")], ds.pattern)
             }
         )
@@ -727,6 +729,8 @@ def evaluate_pair(
             pair.b, f"dataset {dataset.name!r}, pair {pair.name!r}: B is {b.shape[1]}x{b.shape[0]} (WxH) "
             f"but A is {a.shape[1]}x{a.shape[0]}"
         )
+    if a.ndim != b.ndim:  # one gray shot, one colour: the gray one as colour, as fusion takes them
+        a, b = (np.repeat(x[..., None], 3, axis=2) if x.ndim == 2 else x for x in (a, b))
     fused: dict[str, np.ndarray] = {}
     dms: dict[str, np.ndarray] = {}
     wants_ours = [m for m in cfg.methods if m in (OURS, OURS_INITIAL)]
