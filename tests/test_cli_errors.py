@@ -107,6 +107,7 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         ([*FUSE, "-o", "F.png", "--threads", "-3"], ["--threads -3", "positive number"]),
         ([*FUSE, "-o", "F.png", "--alpha", "-1"], ["--alpha -1", "0 or more"]),
         (["fuse-dir", ".", "out", "--model", "nets", "--threads", "-1"], ["--threads -1"]),
+        (["fuse-dir", ".", "out", "--model", "nets", "--alpha", "3"], ["unrecognized arguments: --alpha"]),  # no maps
         (["baseline", "a.png", "b.png", "-o", "afile/F.png"], ["afile is a file, not a folder"]),
         (["baseline", "a.png", "b.png", "-o", "/proc/F.png"], ["cannot write in /proc"]),
         (["baseline", "a.png", "missing.png", "-o", "F.png"], ["missing.png"]),

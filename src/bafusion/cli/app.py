@@ -113,7 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_sigterm_handler()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(command_of(argv))
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the command's parser: "bafusion fuse-dir: error: ... (see bafusion fuse-dir --help)"
+        subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        subs.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     cmd = f"bafusion {args.command}"
     try:
         check_command(args)

@@ -32,7 +32,7 @@ from bafusion.schema import allowed, default
 # --------------------------------------------------------------------------------------
 
 
-def _add_param_args(p: argparse.ArgumentParser) -> None:
+def _add_param_args(p: argparse.ArgumentParser, maps: bool = True) -> None:
     d = FusionParams()
     g = p.add_argument_group("fusion parameters (defaults: --params-file section 'fuse', else built in)")
     g.add_argument("--l", type=int, default=None, help=f"Eq. 1 window half-size (default {d.l})")
@@ -107,8 +107,9 @@ def _add_param_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's, lowered to the cores the load average leaves "
                         "free, at least 1)")
-    p.add_argument("--alpha", type=float, default=None,
-                   help=f"difference-map gain alpha*|B-F| (default {default('fuse.alpha'):g})")
+    if maps:  # the difference maps' gain: only for commands that write maps (not fuse-dir)
+        p.add_argument("--alpha", type=float, default=None,
+                       help=f"difference-map gain alpha*|B-F| (default {default('fuse.alpha'):g})")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
                    help="no progress bar (default: a bar on stderr for camera-size pairs when it is a terminal)")
 
@@ -147,7 +148,7 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
     merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
     other = {
         "device": args.device or base["device"],
-        "alpha": args.alpha if args.alpha is not None else float(base["alpha"]),
+        "alpha": getattr(args, "alpha", None) if getattr(args, "alpha", None) is not None else float(base["alpha"]),
     }
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads}: give a positive number of CPU threads (omit it for the default)")
@@ -337,5 +338,5 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="fuse even shots that do not look like one scene")
     p.add_argument("--skip-existing", action="store_true", help="leave stacks whose output exists (resume a batch)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_param_args(p)
+    _add_param_args(p, maps=False)
     p.set_defaults(func=_cmd_fuse_dir)

@@ -112,8 +112,8 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
     if align != "none":
         src.images = align_for_fuse(src.images, names, align, force)
         if src.full is not None:
-            print(f"bafusion: {names[0]}: sources of more than 8 bits fused in 8 bits (--align works on "
-                  "8-bit data)", file=sys.stderr)
+            tqdm.write(f"bafusion: {names[0]}: sources of more than 8 bits fused in 8 bits (--align works on "
+                       "8-bit data)", file=sys.stderr)
             src.full = None
     return src
 
@@ -373,6 +373,8 @@ def align_for_fuse(images: list[np.ndarray], names: list[str], model: str, force
         n, q = bad[0]
         raise UserError(f"{n}: does not look like the same scene as {names[0]} (match quality {q:.2f} after "
                         f"{model} alignment, below {MIN_QUALITY}); use --force to fuse anyway")
+    from tqdm import tqdm
+
     for line in al.describe(names):
-        print(line, file=sys.stderr)
+        tqdm.write(line, file=sys.stderr)  # between the lines of a fuse-dir bar, not into it
     return al.images
