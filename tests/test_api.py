@@ -131,6 +131,33 @@ def test_fuse_keeps_16_bits(tmp_path: Path) -> None:
         assert np.all((f3 == a16) | (f3 == b16)), rule
 
 
+def test_12_bit_data_in_uint16_arrays_is_decided_as_12_bit_and_keeps_its_values(tmp_path: Path) -> None:
+    """As an unmarked 16-bit file is read: the decision on 12-bit data in uint16 was made on
+    an image 16x too dark (scaled as 16-bit); the result keeps the arrays' own values."""
+    from bafusion.io import scale_to_u8
+
+    a8, b8 = _focus_pair()
+    a12, b12 = _deep(a8, 1) >> 4, _deep(b8, 2) >> 4  # values up to 4095
+    nets = bafusion.load_model("default", device="cpu")
+    params = FusionParams(min_region=0.0, working_min=0)
+    res = fuse_images(scale_to_u8(a12, 12), scale_to_u8(b12, 12), nets, params)
+    assert 0.05 < res.decision.mean() < 0.95
+    f12 = bafusion.fuse(a12, b12, model=nets, params=params)
+    assert f12.dtype == np.uint16 and f12.max() <= 4095
+    assert np.array_equal(f12, np.where(res.decision[..., None], a12, b12))
+    assert np.array_equal(bafusion.fuse(a12, b12, model=nets, params=params, keep_depth=False), res.fused)
+    # a uint8 array beside them is brought to their 12-bit scale
+    mixed = bafusion.fuse(a12, scale_to_u8(b12, 12), model=nets, params=params)
+    b_on_12 = np.round(scale_to_u8(b12, 12) * (4095 / 255)).astype(np.uint16)
+    assert np.array_equal(mixed, np.where(res.decision[..., None], a12, b_on_12))
+    # the same data as a 16-bit PNG file: the same decision (the file rule), on the 16-bit scale
+    pa = tmp_path / "a12.png"
+    bafusion.write_image(pa, a12)
+    from_file = bafusion.fuse(pa, b12, model=nets, params=params)
+    want = np.where(res.decision[..., None], np.round(a12 / 4095 * 65535), np.round(b12 / 4095 * 65535))
+    assert np.array_equal(from_file, want.astype(np.uint16))
+
+
 def scale16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x / 65535 * 255), 0, 255).astype(np.uint8)
 

@@ -92,9 +92,13 @@ def fuse(
     keep_depth : bool
         When a source has more than 8 bits per sample (a uint16 array, or a file read as
         such), return the uint16 fusion: every pixel is one source's full-depth pixel, chosen
-        by the decision made on the 8-bit versions, as the command line does (uint8 sources
-        on the 16-bit scale are multiplied by 257). False: the uint8 fusion. Alignment works
-        on 8 bits, so with ``align`` the result is uint8 (a warning says so).
+        by the decision made on the 8-bit versions, as the command line does. uint16 arrays
+        are scaled for the decision like unmarked 16-bit files: from the smallest of 8, 10, 12,
+        14 or 16 bits that holds their largest value (12-bit camera data in uint16 is 12-bit),
+        and the result keeps their values (uint8 arrays beside them are brought to that scale:
+        x 257 at 16 bits); beside a file of more than 8 bits, all is on the 16-bit scale, as
+        files are read. False: the uint8 fusion. Alignment works on 8 bits, so with ``align``
+        the result is uint8 (a warning says so).
 
     Returns
     -------
@@ -187,8 +191,17 @@ def _warn_motion(images: list[np.ndarray], names: list[str]) -> None:
 def _read_sources(
     sources: tuple[str | os.PathLike[str] | np.ndarray, ...],
 ) -> tuple[list[np.ndarray], list[np.ndarray] | None, list[str]]:
-    """The uint8 images the decision is made on, their uint16 full-depth versions when any
-    source has more than 8 bits (else None), and the sources' names for messages."""
+    """The uint8 images the decision is made on, their full-depth uint16 versions when any
+    source has more than 8 bits (else None), and the sources' names for messages.
+
+    uint16 arrays follow the rule of unmarked 16-bit files (:func:`bafusion.io.common_bits`):
+    the decision sees them scaled from the smallest of 8, 10, 12, 14, 16 bits that holds their
+    largest value, all alike (12-bit camera data in uint16 is not taken for a dark 16-bit
+    image). The full-depth result stays on that scale -- the arrays' own values, uint8 arrays
+    brought to it (x 257 at 16 bits) -- unless a file of more than 8 bits is among the
+    sources: then everything is on the 16-bit scale, as files are read."""
+    from bafusion.io import common_bits
+
     for i, s in enumerate(sources):
         if not isinstance(s, (np.ndarray, str, os.PathLike)):
             hint = " (a PIL image: pass numpy.asarray(image), or its file)" if hasattr(s, "getbands") else ""
@@ -198,10 +211,8 @@ def _read_sources(
     read8 = iter(src.images) if src else iter(())
     read16 = iter(src.full) if src and src.full is not None else None
     names = [f"source {i + 1}" if isinstance(s, np.ndarray) else str(s) for i, s in enumerate(sources)]
-    images: list[np.ndarray] = []
-    full: list[np.ndarray] = []
-    deep = src is not None and src.full is not None
-    for s, name in zip(sources, names):
+    arrays: dict[int, np.ndarray] = {}
+    for i, (s, name) in enumerate(zip(sources, names)):
         if isinstance(s, np.ndarray):
             if s.ndim == 3 and s.shape[2] in (1, 2):
                 s = s[..., 0]  # gray, or gray + alpha (alpha dropped, as from a file)
@@ -210,17 +221,29 @@ def _read_sources(
             if s.ndim not in (2, 3) or s.size == 0 or (s.ndim == 3 and s.shape[2] != 3):
                 raise UserError(f"{name}: expected an (H, W) gray or (H, W, 3) colour image, got an array of shape "
                                 f"{s.shape}" + (" (empty)" if s.size == 0 else ""))
-            s = np.ascontiguousarray(s)
-            if s.dtype == np.uint16:
-                deep = True
-                images.append(scale_to_u8(s, 16))
-                full.append(s)
-            elif s.dtype == np.uint8:
-                images.append(s)
-                full.append(s.astype(np.uint16) * np.uint16(257))
-            else:
+            if s.dtype not in (np.uint8, np.uint16):
                 raise UserError(f"{name}: sources must be uint8 or uint16 arrays, got {s.dtype}")
-        else:
+            arrays[i] = np.ascontiguousarray(s)
+    deep16 = [a for a in arrays.values() if a.dtype == np.uint16]
+    bits = common_bits(max(float(a.max()) for a in deep16)) if deep16 else 8
+    files_deep = src is not None and src.full is not None
+    top = float((1 << bits) - 1)
+    images: list[np.ndarray] = []
+    full: list[np.ndarray] = []
+    for i in range(len(sources)):
+        if i not in arrays:
             images.append(next(read8))
             full.append(next(read16) if read16 is not None else images[-1].astype(np.uint16) * np.uint16(257))
+            continue
+        a = arrays[i]
+        if a.dtype == np.uint16:
+            images.append(scale_to_u8(a, bits))
+            own = a  # on the arrays' scale
+        else:
+            images.append(a)
+            own = np.round(a.astype(np.float64) * (top / 255.0)).astype(np.uint16) if bits > 8 else a.astype(np.uint16)
+        if files_deep and bits != 16:  # beside files read to the 16-bit scale: that scale
+            own = np.clip(np.round(own / top * 65535.0), 0, 65535).astype(np.uint16)
+        full.append(own)
+    deep = files_deep or bool(deep16)
     return images, (full if deep else None), names
