@@ -150,6 +150,10 @@ def test_12_bit_data_in_uint16_arrays_is_decided_as_12_bit_and_keeps_its_values(
     mixed = bafusion.fuse(a12, scale_to_u8(b12, 12), model=nets, params=params)
     b_on_12 = np.round(scale_to_u8(b12, 12) * (4095 / 255)).astype(np.uint16)
     assert np.array_equal(mixed, np.where(res.decision[..., None], a12, b_on_12))
+    # ... and so is an 8-bit file (it was x 257: two scales in one result)
+    p8 = tmp_path / "b8.png"
+    bafusion.write_image(p8, scale_to_u8(b12, 12))
+    assert np.array_equal(bafusion.fuse(a12, p8, model=nets, params=params), mixed)
     # the same data as a 16-bit PNG file: the same decision (the file rule), on the 16-bit scale
     pa = tmp_path / "a12.png"
     bafusion.write_image(pa, a12)

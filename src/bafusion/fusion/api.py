@@ -230,10 +230,16 @@ def _read_sources(
     top = float((1 << bits) - 1)
     images: list[np.ndarray] = []
     full: list[np.ndarray] = []
+    def on_scale(u8: np.ndarray) -> np.ndarray:  # an 8-bit source on the uint16 arrays' scale
+        return np.round(u8.astype(np.float64) * (top / 255.0)).astype(np.uint16)
+
     for i in range(len(sources)):
         if i not in arrays:
             images.append(next(read8))
-            full.append(next(read16) if read16 is not None else images[-1].astype(np.uint16) * np.uint16(257))
+            if files_deep:  # read16 holds every file on the 16-bit scale
+                full.append(next(read16))  # type: ignore[arg-type]
+            else:  # an 8-bit file: like a uint8 array
+                full.append(on_scale(images[-1]))
             continue
         a = arrays[i]
         if a.dtype == np.uint16:
@@ -241,7 +247,7 @@ def _read_sources(
             own = a  # on the arrays' scale
         else:
             images.append(a)
-            own = np.round(a.astype(np.float64) * (top / 255.0)).astype(np.uint16) if bits > 8 else a.astype(np.uint16)
+            own = on_scale(a)
         if files_deep and bits != 16:  # beside files read to the 16-bit scale: that scale
             own = np.clip(np.round(own / top * 65535.0), 0, 65535).astype(np.uint16)
         full.append(own)
