@@ -42,8 +42,10 @@ include: "workflow/rules/evaluate.smk"
 # name; an input given by rule reference (rules.x.output) schedules rule x past the
 # restriction, and Snakemake's mtime check reruns it whenever DVC rewrote an upstream file with
 # the same bytes (dvc repro after an io.py change retrained both nets inside the fuse stage).
-# So under --allowed-rules the references are forgotten: inputs are found by name.
-if any(a == "--allowed-rules" or a.startswith("--allowed-rules=") for a in sys.argv):
+# So under --allowed-rules (or an abbreviation argparse takes: --allowe...; not when a
+# profile sets it) the references are forgotten: inputs are found by name.
+if any(a.split("=", 1)[0].startswith("--allowe") and "--allowed-rules".startswith(a.split("=", 1)[0])
+       for a in sys.argv):
     for _rule in workflow.rules:
         _rule.dependencies.clear()
 

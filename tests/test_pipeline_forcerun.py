@@ -40,8 +40,10 @@ def test_forcerun_retrains_and_progress_reaches_the_console(tmp_path: Path) -> N
     later = time.time() + 5
     for shard in (project / "data" / "composite").glob("shard-*.h5"):
         os.utime(shard, (later, later))
-    staged = run(["snakemake", "train_initial", "-n", "--cores", "2", "--rerun-triggers", "mtime",
-                  "--allowed-rules", "train_initial"], project)
-    assert "Nothing to be done" in staged.stdout + staged.stderr, (staged.stdout + staged.stderr)[-3000:]
+    for allowed in (["--allowed-rules", "train_initial"], ["--allowed-rules=train_initial"],
+                    ["--allowed-rule", "train_initial"]):  # argparse takes an abbreviation too
+        staged = run(["snakemake", "train_initial", "-n", "--cores", "2", "--rerun-triggers", "mtime", *allowed],
+                     project)
+        assert "Nothing to be done" in staged.stdout + staged.stderr, (allowed, (staged.stdout + staged.stderr)[-3000:])
     plain = run(["snakemake", "train_initial", "-n", "--cores", "2"], project)  # Snakemake's own rules otherwise
     assert "rule patches" in plain.stdout + plain.stderr
