@@ -116,6 +116,10 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["evaluate", "--out", "."], ["holds the working directory"]),
         (["evaluate", "--out", "afile/x"], ["afile is a file, not a folder"]),
         (["evaluate", "--out", "ev", "--threads", "-3"], ["--threads -3", "positive number"]),
+        ([*FUSE, "-o", "F.png", "--threshold", "nan"], ["fuse.threshold: NaN is not a number"]),  # passed every bound
+        ([*FUSE, "-o", "F.png", "--min-region", "nan"], ["fuse.min_region: NaN is not a number"]),
+        ([*FUSE, "-o", "F.png", "--params-json", '{"scales": [1, NaN]}'], ["fuse.scales[1]: NaN is not a number"]),
+        ([*FUSE, "-o", "F.png", "--dense-margin", "100000"], ["fuse.dense_margin: 100000", "from 0 to 256"]),
         (["evaluate", "--out", "ev", "--pattern", "g*"], ["--pattern works with --dataset"]),
         (["train", "--net", "initial", "--patches", "p.h5", "--out", "afile/m.pt"], ["afile is a file"]),
         (["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--device", "mps"], ["MPS"]),
@@ -164,6 +168,23 @@ def test_an_internal_error_keeps_its_traceback_and_says_so(work: Path, capsys, m
     assert rc == 1
     assert "Traceback" in err and "ZeroDivisionError: boom" in err
     assert err.strip().splitlines()[-1].startswith("bafusion fuse: internal error (a bug in bafusion")
+    assert not (work / "F.png").exists()
+
+
+@pytest.mark.parametrize("oom", [MemoryError("Unable to allocate 37.5 GiB"), "torch"])
+def test_out_of_memory_is_one_line_not_a_bug_report(work: Path, capsys, monkeypatch, oom) -> None:
+    import torch
+
+    error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20 GiB") if oom == "torch" else oom
+
+    def short(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(cli_fusion, "fuse_stack", short)
+    rc = cli_main([*FUSE, "-o", "F.png"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err and "a bug" not in err, err
+    assert err.strip().startswith("bafusion fuse: error: out of memory (") and str(error) in err
     assert not (work / "F.png").exists()
 
 

@@ -315,7 +315,7 @@ def test_read_params_precedence_and_sources(tmp_path: Path) -> None:
     assert section(p, "fuse")["l"] == 5 and section(p, "fuse")["tile"] == section({}, "fuse")["tile"]
     with pytest.raises(ParamsError, match=r"other\.yaml: unknown key bogus "):
         read_params(f2)
-    with pytest.raises(ParamsError, match=r"p\.yaml \+ --params-json \+ --set: fuse\.tile: 30 is not a positive multiple of 4$"):
+    with pytest.raises(ParamsError, match=r"p\.yaml \+ --params-json \+ --set: fuse\.tile: 30 is not a multiple of 4 from 4 to 4096$"):
         read_params(f, [("--params-json", "{}", None)], ["fuse.tile=30"])
     with pytest.raises(ParamsError, match=r"^--fuse-json: fuse\.l: -1 is not an integer >= 0$"):
         read_params(None, [("--fuse-json", '{"l": -1}', "fuse")], sections=("fuse",))
@@ -376,7 +376,7 @@ def test_fuse_flags_over_json_over_file_over_defaults(tmp_path: Path) -> None:
         p, other = params_from_args(ap.parse_args(["--params-file", str(f), "--params-json", '{"l": 5}', "--l", "7",
                                                    "--alpha", "2"]))
         assert (p.l, other["alpha"]) == (7, 2.0)
-        with pytest.raises(ParamsError, match=r"^command line: fuse\.tile: 30 is not a positive multiple of 4$"):
+        with pytest.raises(ParamsError, match=r"^command line: fuse\.tile: 30 is not a multiple of 4 from 4 to 4096$"):
             params_from_args(ap.parse_args(["--params-file", str(f), "--tile", "30"]))
         with pytest.raises(ParamsError, match=r"p\.yaml \+ --params-json: fuse\.l: -1 is not an integer >= 0"):
             params_from_args(ap.parse_args(["--params-file", str(f), "--params-json", '{"l": -1}']))

@@ -108,7 +108,7 @@ def test_load_params_and_commands_refuse_bad_files(tmp_path: Path, capsys: pytes
     rc = cli.main(["fuse-set", "--pairs", str(tmp_path), "--initial", str(tmp_path / "i.pt"), "--boundary",
                    str(tmp_path / "b.pt"), "--out", str(tmp_path / "f"), "--params-json", json.dumps({"tile": 30})])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and "--params-json: fuse.tile: 30 is not a positive multiple of 4" in err, err
+    assert rc == 2 and "--params-json: fuse.tile: 30 is not a multiple of 4 from 4 to 4096" in err, err
     rc = cli.main(["evaluate", "--out", str(tmp_path / "e"), "--params-json", json.dumps({"metrics": ["QXX"]})])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "evaluate.metrics[0]: 'QXX' is not one of QMI" in err, err

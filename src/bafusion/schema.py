@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 from collections.abc import Iterator, Mapping
 from importlib import resources
 from typing import Any
@@ -73,7 +74,10 @@ def _validator() -> Any:
     from jsonschema import Draft202012Validator, validators
 
     # Tuples are arrays too (the typed objects hold their lists as tuples).
-    checker = Draft202012Validator.TYPE_CHECKER.redefine("array", lambda _c, v: isinstance(v, (list, tuple)))
+    # ... and NaN is no number: every bound compares false with it, so it passed them all
+    base = Draft202012Validator.TYPE_CHECKER
+    checker = base.redefine("array", lambda _c, v: isinstance(v, (list, tuple))).redefine(
+        "number", lambda c, v: base.is_type(v, "number") and not (isinstance(v, float) and math.isnan(v)))
     cls = validators.extend(Draft202012Validator, {"x-resnet-depth": _resnet_depth}, type_checker=checker)
     return cls(load_schema())  # the schema itself is checked against the metaschema by the tests
 

@@ -133,7 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{cmd}: interrupted", file=sys.stderr)
         return 130
-    except Exception:  # noqa: BLE001 - a bug: keep the traceback, say so
+    except Exception as e:  # noqa: BLE001 - a bug: keep the traceback, say so
+        if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":  # torch's is a RuntimeError
+            # the machine, not a bug: one line
+            print(f"{cmd}: error: out of memory ({one_line(e)[:200] or type(e).__name__}): try smaller images, "
+                  "a smaller fuse.max_tile / train.batch, or another device", file=sys.stderr)
+            return 1
         return _internal_error(cmd)
 
 
