@@ -223,6 +223,22 @@ def test_a_damaged_model_file_is_named_without_torchs_unsafe_advice(work: Path, 
     assert "weights_only" not in line and "train them with" not in line and "snakemake" not in line
 
 
+def test_swapped_nets_are_refused_by_their_role(work: Path, capsys) -> None:
+    """The .json beside each net names its role: a boundary net given as --initial was fused
+    with silently (exit 0, a different result)."""
+    default = Path(bafusion_models_dir()) / "default"
+    _refused(["fuse", "a.png", "b.png", "-o", "F.png", "--device", "cpu", "--initial", str(default / "boundary.pt"),
+              "--boundary", str(default / "initial.pt")], capsys, work,
+             "boundary.pt: is a boundary net (its boundary.json says so), given as the initial net",
+             "swap the --initial and --boundary files")
+
+
+def bafusion_models_dir() -> Path:
+    from bafusion.fusion.models import PACKAGE_DIR
+
+    return PACKAGE_DIR / "models"
+
+
 def test_a_missing_model_file_says_how_to_get_one(work: Path, capsys) -> None:
     (work / "nets" / "boundary.pt").unlink()
     _refused([*FUSE, "-o", "F.png"], capsys, work, "nets/boundary.pt: model file not found", "snakemake")

@@ -66,13 +66,18 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise UserError(f"--device {device}: {e}") from e
 
 
-def _load_one(path: Path, device: torch.device) -> tuple[CifarResNet, int]:
+def _load_one(path: Path, device: torch.device, role: str | None = None) -> tuple[CifarResNet, int]:
     if not path.exists():
         raise UserError(f"{path}: model file not found ({HOW_TO_GET_MODELS})")
     try:
         net, meta = load_model(path, map_location="cpu")
     except ModelFileError as e:  # a file that is there but wrong: how to train one does not help
         raise UserError(str(e)) from e
+    trained_as = meta.get("net")
+    if role is not None and trained_as in ("initial", "boundary") and trained_as != role:
+        other = "boundary" if role == "initial" else "initial"
+        raise UserError(f"{path}: is a {trained_as} net (its {path.with_suffix('.json').name} says so), given as the "
+                        f"{role} net: swap the --{role} and --{other} files")
     patch = meta.get("patch", meta.get("patch_size"))
     if patch is None:
         raise UserError(f"{path.with_suffix('.json')}: no 'patch' entry (the patch side the net was trained on)")
@@ -108,11 +113,13 @@ def load_nets(
     Raises
     ------
     bafusion.errors.UserError
-        A missing or invalid file (the message names it and says how to get nets).
+        A missing or invalid file (the message names it and says how to get nets), or a net
+        whose ``.json`` says it was trained for the other role (``"net": "boundary"`` given as
+        ``initial``).
     """
     dev = resolve_device(device) if isinstance(device, str) else device
-    ni, pi = _load_one(Path(initial), dev)
-    nb, pb = _load_one(Path(boundary), dev)
+    ni, pi = _load_one(Path(initial), dev, "initial")
+    nb, pb = _load_one(Path(boundary), dev, "boundary")
     return FusionNets(ni, nb, pi, pb, dev, (str(initial), str(boundary)))
 
 
