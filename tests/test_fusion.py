@@ -419,6 +419,38 @@ def test_cli_fuse_set_reports_accuracy(tmp_path: Path, model_dir: Path) -> None:
     assert (out / "p1.png").is_file() and (out / "maps" / "p2-fig3.png").is_file()
 
 
+def test_cli_fuse_set_refuses_bad_indexes_before_work_and_writes_strict_json(
+    tmp_path: Path, model_dir: Path, capsys
+) -> None:
+    """A listed pair without its shots stopped the run after the pairs before it were fused
+    (and no report); an entry without a name was a KeyError; '../x' wrote outside --out; a
+    true map without a boundary wrote NaN (invalid JSON) into accuracy.json."""
+    pairs = tmp_path / "testset"
+    pairs.mkdir()
+    rng = np.random.default_rng(5)
+    a, b, m = composite(rng, 80, 88, rgb=True)
+    Image.fromarray(a).save(pairs / "p1-A.png")
+    Image.fromarray(b).save(pairs / "p1-B.png")
+    Image.fromarray(np.full(m.shape, 255, np.uint8)).save(pairs / "p1-dm.png")  # all focused: no band
+    out = tmp_path / "fused"
+    base = ["fuse-set", "--pairs", str(pairs), "--models", str(model_dir), "--out", str(out), "--device", "cpu"]
+    for index, words in [(["p1", "p3"], "listed pairs lack their shots: "),
+                         ({"pairs": [{"nm": "p1"}]}, "pair 1: expected a name"),
+                         (["../../esc"], "'../../esc' is not a plain name"),
+                         (["p1", "p1"], "pair 'p1' is listed twice")]:
+        (pairs / "index.json").write_text(json.dumps(index))
+        assert cli_main(base) == 2
+        err = capsys.readouterr().err
+        assert "index.json" in err and words in err and "Traceback" not in err, err
+        assert not out.exists() and not (tmp_path.parent / "esc.png").exists()
+    (pairs / "index.json").write_text(json.dumps(["p1"]))
+    assert cli_main(base) == 0
+    text = (out / "accuracy.json").read_text()
+    assert "NaN" not in text
+    entry = json.loads(text)["pairs"]["p1"]
+    assert entry["band8_accuracy"] is None and entry["dm_accuracy"] >= 0
+
+
 def test_cli_fuse_set_on_an_empty_test_set_fuses_nothing(tmp_path: Path, model_dir: Path) -> None:
     pairs = tmp_path / "pairs"
     pairs.mkdir()

@@ -5,6 +5,7 @@ decision-map accuracy of every pair and the maps.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from dataclasses import asdict
@@ -34,7 +35,19 @@ def read_pair_index(folder: Path, allow_empty: bool = False) -> list[str]:
     items = doc.get("pairs", doc.get("names")) if isinstance(doc, dict) else doc
     if not isinstance(items, list):
         raise InputFileError(idx, "expected a list of pair names or {'pairs': [...]}")
-    names = [it["name"] if isinstance(it, dict) else str(it) for it in items]
+    names: list[str] = []
+    for i, it in enumerate(items):
+        name = it.get("name") if isinstance(it, dict) else it
+        if isinstance(name, int) and not isinstance(name, bool):
+            name = str(name)
+        if not isinstance(name, str) or not name:
+            raise InputFileError(idx, f"pair {i + 1}: expected a name (a string, or {{'name': ...}}), got {it!r}")
+        # a name is a file-name stem in this folder: no path (../x would write outside the output folder)
+        if name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+            raise InputFileError(idx, f"pair {i + 1}: {name!r} is not a plain name (no folders)")
+        if name in names:
+            raise InputFileError(idx, f"pair {name!r} is listed twice")
+        names.append(name)
     if not names and not allow_empty:
         raise InputFileError(idx, "lists no pairs")
     return names
@@ -96,6 +109,11 @@ def fuse_set(
         print(f"bafusion fuse-set: {pairs / 'index.json'} lists no pairs: nothing to fuse", file=sys.stderr)
     # fuse-set fuses pairs, where the stack rule plays no part: kept out of the report.
     report: dict = {"params": {k: v for k, v in asdict(params).items() if k != "stack_rule"}, "device": str(nets.device), "models": list(nets.sources), "pairs": {}}
+    # every pair's shots before any work: a missing one found after an hour would lose it
+    missing = [str(p) for name in names for p in (pairs / f"{name}-A.png", pairs / f"{name}-B.png") if not p.is_file()]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise InputFileError(pairs / "index.json", f"listed pairs lack their shots: {', '.join(missing[:3])}{more}")
     for name in names:
         pa, pb, pt = pairs / f"{name}-A.png", pairs / f"{name}-B.png", pairs / f"{name}-dm.png"
         a, b = read_images([pa, pb])
@@ -116,14 +134,16 @@ def fuse_set(
                 band8_accuracy=decision_accuracy(res.decision_raw, truth, band=8),
                 band8_accuracy_initial=decision_accuracy(res.score_initial > params.threshold, truth, band=8),
             )
+        # undefined (a true map without a boundary has no band): null in the JSON, not NaN
+        entry = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in entry.items()}
         save_maps(out / "maps", name, res, a, b, alpha=alpha)
         write_image(out / f"{name}.png", res.fused)
         report["pairs"][name] = entry
-        print(f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in entry.items()))
+        print(f"{name}: " + ", ".join(f"{k}={'n/a' if v is None else format(v, '.4f')}" for k, v in entry.items()))
     accs = [e["dm_accuracy"] for e in report["pairs"].values() if "dm_accuracy" in e]
     if accs:
         report["mean_dm_accuracy"] = float(np.mean(accs))
-    text = json.dumps(report, indent=2, sort_keys=True) + "\n"
+    text = json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n"
     write_text(out / "accuracy.json", text)
     if report_path:  # the DVC metrics file: numbers only (settings are DVC params)
         from bafusion.dvc_metrics import fuse_metrics
