@@ -126,6 +126,7 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--threads", "-3"], ["--threads -3"]),
         (["metrics", "a.png", "b.png", "missing.png"], ["missing.png"]),
         (["metrics", "a.png", "b.png", "a.png", "--metrics", "QX"], ["unknown metric 'QX'"]),
+        (["metrics", "a.png", "b.png", "a.png", "--metrics", ""], ["--metrics: no metric named"]),  # was: all eight
         (["prepare", "--out", "afile"], ["afile: is a file, not a folder"]),
         (["patches", "a.png", "--out", "afile"], ["is a file, not a folder"]),
         (["patches", "a.png", "--out", "p", "--threads", "0"], ["--threads", "must be at least 1"]),

@@ -7,6 +7,7 @@ import json
 import math
 import sys
 
+from bafusion.errors import UserError
 from bafusion.evaluation.metrics import (
     METRICS,
     REQUIRED_METRICS,
@@ -20,6 +21,8 @@ from bafusion.io import read_images
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
+    if args.metrics is not None and not args.metrics.strip(" ,"):
+        raise UserError("--metrics: no metric named (omit the option for all eight)")
     names = _parse_metric_names(args.metrics.split(",")) if args.metrics else None
     # A, B and F as one set: files of more than 8 bits per sample are scaled alike (the bits
     # a file marks, else one depth common to the unmarked ones), as fusion scales its sources.
