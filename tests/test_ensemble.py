@@ -141,6 +141,19 @@ def test_an_ensemble_of_one_net_twice_fuses_as_the_net(tmp_path: Path) -> None:
     assert np.abs(res[0].score_initial - res[1].score_initial).max() < 1e-5
 
 
+def test_cli_refuses_one_net_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    a, _ = _members(2)
+    save_model(a, tmp_path / "a.pt", {"patch": 16})
+    shutil.copy2(tmp_path / "a.pt", tmp_path / "copy.pt")
+    shutil.copy2(tmp_path / "a.json", tmp_path / "copy.json")
+    for second in ("a.pt", "copy.pt"):
+        assert cli_main(["ensemble", str(tmp_path / "a.pt"), str(tmp_path / second), "--out", str(tmp_path / "e.pt")]) == 2
+        assert "the same net as the member" in capsys.readouterr().err
+        assert not (tmp_path / "e.pt").exists()
+
+
 def test_cli_refuses_members_of_other_patch_sides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a, b = _members(2)
     save_model(a, tmp_path / "a.pt", {"patch": 12})

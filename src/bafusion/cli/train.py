@@ -136,6 +136,16 @@ def run_ensemble(args: argparse.Namespace) -> int:
     for m in args.members:
         if {Path(m).resolve(), Path(m).with_suffix(".json").resolve()} & written:
             raise UserError(f"--out {out}: would overwrite the member {m} or its .json; choose another name")
+    digests: dict[str, str] = {}
+    for m in args.members:
+        try:
+            d = hashlib.sha256(Path(m).read_bytes()).hexdigest()
+        except OSError:
+            continue  # load_model names a missing or unreadable file below
+        if d in digests:
+            raise UserError(f"{m}: the same net as the member {digests[d]} (identical file); an ensemble averages "
+                            "distinct nets")
+        digests[d] = m
     nets, metas = [], []
     for m in args.members:
         try:
