@@ -92,6 +92,10 @@ def test_preset_apply_keeps_comments(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["preset", "paper"]) == 0
     words = shlex.split(capsys.readouterr().out)
     assert "patch=64" in words and "data.backgrounds=700" in words and words[0] == "-S"
+    # --format says how to print; with --apply it was silently ignored
+    before = f.read_text()
+    assert main(["preset", "real", "--apply", str(f), "--format", "yaml"]) == 2
+    assert "--format chooses how the preset is printed" in capsys.readouterr().err and f.read_text() == before
 
 
 @pytest.mark.parametrize("name", preset_names())

@@ -170,6 +170,8 @@ def cmd_preset(args: argparse.Namespace) -> int:
     from bafusion.config import apply_overrides_to_file, dvc_set_args, load_preset
 
     preset = load_preset(args.name)
+    if args.apply and args.format is not None:
+        raise UserError("--format chooses how the preset is printed; with --apply it is written into the file")
     if args.apply:
         from bafusion.cli.params_check import check_params
         from bafusion.schema import validate_params
@@ -261,5 +263,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("preset", help="print a preset as `dvc exp run -S` arguments, or apply it to params.yaml")
     p.add_argument("name", help="preset name (paper, real)")
     p.add_argument("--apply", metavar="PARAMS", help="write the preset into this params file (comments kept)")
-    p.add_argument("--format", choices=["dvc", "yaml"], default="dvc")
+    p.add_argument("--format", choices=["dvc", "yaml"], default=None,
+                   help="how to print it: dvc (`-S key=value` arguments, the default) or yaml; not with --apply")
     p.set_defaults(func=cmd_preset)
