@@ -227,9 +227,11 @@ def _read_sources(
     deep16 = [a for a in arrays.values() if a.dtype == np.uint16]
     bits = common_bits(max(float(a.max()) for a in deep16)) if deep16 else 8
     files_deep = src is not None and src.full is not None
+    deep = files_deep or bool(deep16)  # else no full-depth copies at all (all 8-bit: the usual case)
     top = float((1 << bits) - 1)
     images: list[np.ndarray] = []
     full: list[np.ndarray] = []
+
     def on_scale(u8: np.ndarray) -> np.ndarray:  # an 8-bit source on the uint16 arrays' scale
         return np.round(u8.astype(np.float64) * (top / 255.0)).astype(np.uint16)
 
@@ -238,18 +240,18 @@ def _read_sources(
             images.append(next(read8))
             if files_deep:  # read16 holds every file on the 16-bit scale
                 full.append(next(read16))  # type: ignore[arg-type]
-            else:  # an 8-bit file: like a uint8 array
+            elif deep:  # an 8-bit file beside uint16 arrays: like a uint8 array
                 full.append(on_scale(images[-1]))
             continue
         a = arrays[i]
         if a.dtype == np.uint16:
             images.append(scale_to_u8(a, bits))
-            own = a  # on the arrays' scale
         else:
             images.append(a)
-            own = on_scale(a)
+        if not deep:
+            continue
+        own = a if a.dtype == np.uint16 else on_scale(a)  # on the uint16 arrays' scale
         if files_deep and bits != 16:  # beside files read to the 16-bit scale: that scale
             own = np.clip(np.round(own / top * 65535.0), 0, 65535).astype(np.uint16)
         full.append(own)
-    deep = files_deep or bool(deep16)
     return images, (full if deep else None), names
