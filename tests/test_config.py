@@ -450,3 +450,37 @@ def test_nested_snakemake_config_overrides_are_read_as_yaml() -> None:
     assert config == {"seed": 3, "train": {"epochs": 2, "lr": 0.001, "batch": 128, "boundary": {"init": "a.pt"}},
                       "x": [1, 2]}
     assert retype_config_overrides({"a": 1}, None) == {"a": 1}
+
+
+def test_a_preset_replaces_the_per_net_overrides_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`train.initial: {init: "", lr: 0.1, epochs: 3}` in params.yaml won over the paper preset's
+    `train.lr`/`train.epochs` (per-net keys win): the preset sets `train.initial` and
+    `train.boundary` whole, in `--apply`, in `count --preset` and in its `dvc exp run -S` form."""
+    from dvc.utils.hydra import apply_overrides
+
+    from bafusion.config import apply_preset
+    from bafusion.nets.train import TrainConfig
+
+    original = (REPO / "params.yaml").read_text()
+    assert 'initial: {init: ""}' in original
+    tuned = original.replace('initial: {init: ""}', 'initial: {init: "", lr: 0.1, epochs: 3}', 1)
+    f = tmp_path / "params.yaml"
+    f.write_text(tuned)
+    assert main(["preset", "paper", "--apply", str(f)]) == 0
+    applied = load_yaml(f.read_text())
+    assert applied["train"]["initial"] == {"init": ""}
+    cfg = TrainConfig.from_params(applied, "initial")
+    assert (cfg.lr, cfg.epochs) == (0.001, 200)
+    assert "# per-net overrides of any train key" in f.read_text()
+
+    merged = apply_preset(load_yaml(tuned), load_preset("paper"))
+    assert merged["train"]["initial"] == {"init": ""} and merged["train"]["boundary"] == {"init": ""}
+
+    g = tmp_path / "dvc.yaml"  # what `dvc exp run $(bafusion preset paper)` does to params.yaml
+    g.write_text(tuned)
+    assert main(["preset", "paper"]) == 0
+    words = capsys.readouterr().out.split()  # as the shell splits $(...): no quote removal
+    assert "~train.initial" in words
+    apply_overrides(g, [w for w in words if w != "-S"])
+    assert load_yaml(g.read_text())["train"]["initial"] == {"init": ""}
+    assert load_yaml(g.read_text()) == applied

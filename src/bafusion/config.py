@@ -30,8 +30,8 @@ from bafusion.errors import InputFileError, UserError
 from bafusion.schema import defaults, validate_params
 from bafusion.tracking import flatten
 
-__all__ = ["ParamsLoader", "apply_overrides_to_file", "deep_merge", "dvc_set_args", "load_params", "load_preset",
-           "load_yaml", "net_init", "parse_json_object", "preset_names", "read_params", "section", "validate_params",
+__all__ = ["PRESET_WHOLE_KEYS", "ParamsLoader", "apply_overrides_to_file", "apply_preset", "deep_merge", "dvc_set_args",
+           "load_params", "load_preset", "load_yaml", "net_init", "parse_json_object", "preset_names", "read_params", "section", "validate_params",
            "yaml12_floats"]
 
 
@@ -269,11 +269,55 @@ def _hydra_value(v: Any) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
 
+#: Keys whose value a preset sets whole: the per-net training overrides. Merged key by key, a
+#: ``train.initial.lr`` already in params.yaml would survive ``bafusion preset paper`` and win
+#: over the preset's ``train.lr`` (:meth:`bafusion.nets.train.TrainConfig.from_params`).
+PRESET_WHOLE_KEYS: tuple[str, ...] = ("train.initial", "train.boundary")
+
+
+def preset_leaves(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` flattened to dotted keys, except that a key of :data:`PRESET_WHOLE_KEYS`
+    keeps its mapping as one value (it replaces, not merges)."""
+    out: dict[str, Any] = {}
+
+    def walk(d: Mapping[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, Mapping) and key not in PRESET_WHOLE_KEYS:
+                walk(v, key + ".")
+            else:
+                out[key] = v
+
+    walk(overrides, "")
+    return out
+
+
+def apply_preset(params: Mapping[str, Any], preset: Mapping[str, Any]) -> dict[str, Any]:
+    """``preset`` over ``params`` as ``bafusion preset --apply`` writes it: :func:`deep_merge`,
+    except that the keys of :data:`PRESET_WHOLE_KEYS` the preset sets are replaced whole."""
+    out = deep_merge(params, preset)
+    for key, value in preset_leaves(preset).items():
+        if key in PRESET_WHOLE_KEYS:
+            *parents, last = key.split(".")
+            node = out
+            for part in parents:
+                node = node[part]
+            node[last] = copy.deepcopy(value)
+    return out
+
+
 def dvc_set_args(overrides: Mapping[str, Any]) -> list[str]:
-    """``{"data": {"backgrounds": 700}}`` -> ``["-S", "data.backgrounds=700"]``."""
+    """``{"data": {"backgrounds": 700}}`` -> ``["-S", "data.backgrounds=700"]``.
+
+    A key of :data:`PRESET_WHOLE_KEYS` is removed and added again (``-S ~train.initial -S
+    +train.initial={init:""}``): DVC merges a mapping given as a value into the one it replaces.
+    """
     args: list[str] = []
-    for k, v in flatten(overrides).items():
-        args += ["-S", f"{k}={_hydra_value(v)}"]
+    for k, v in preset_leaves(overrides).items():
+        if k in PRESET_WHOLE_KEYS and isinstance(v, Mapping):
+            args += ["-S", f"~{k}", "-S", f"+{k}={_hydra_value(v)}"]
+        else:
+            args += ["-S", f"{k}={_hydra_value(v)}"]
     return args
 
 
@@ -313,6 +357,8 @@ def _yaml_node(value: Any, old: Any) -> Any:
             return q
         return v
 
+    if isinstance(value, Mapping):  # a key of PRESET_WHOLE_KEYS: `initial: {init: ""}`
+        return flow(value)
     if not isinstance(value, (list, tuple)):
         return value
     items = [flow(item) for item in value]
@@ -387,7 +433,7 @@ def apply_overrides_to_file(path: str | os.PathLike[str], overrides: Mapping[str
         doc = CommentedMap()
     if not isinstance(doc, Mapping):
         raise InputFileError(p, "params file must hold a mapping at the top level")
-    for key, value in flatten(overrides).items():
+    for key, value in preset_leaves(overrides).items():
         node = doc
         parts = key.split(".")
         for part in parts[:-1]:

@@ -145,12 +145,12 @@ def cmd_patches(args: argparse.Namespace) -> int:
 
 
 def cmd_count(args: argparse.Namespace) -> int:
-    from bafusion.config import deep_merge, load_params, load_preset
+    from bafusion.config import apply_preset, load_params, load_preset
     from bafusion.data.counts import count_samples
 
     params = load_params(args.params)
     if args.preset:
-        params = deep_merge(params, load_preset(args.preset))
+        params = apply_preset(params, load_preset(args.preset))
     c = count_samples(params)
     if args.format == "json":
         print(json.dumps(c, indent=1))
