@@ -250,6 +250,29 @@ def test_our_variants_match_fusion_with_and_without_refinement(tmp_path: Path) -
 # --------------------------------------------------------------------------------------
 
 
+def test_an_empty_embedded_test_set_is_noted_and_the_other_datasets_evaluated(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # data.holdout_* 0 (README's "Real data"): the testset rule writes an index with no pairs;
+    # the evaluate stage failed on it at the end of the whole pipeline ("lists no pairs")
+    src, _ = _write_set(tmp_path, ["p1"])
+    empty = tmp_path / "testset"
+    empty.mkdir()
+    (empty / "index.json").write_text(json.dumps({"pairs": []}))
+    out, report = tmp_path / "evaluation", tmp_path / "m.json"
+    cfg = {"methods": ["Laplacian"], "metrics": ["QG"],
+           "datasets": [{"name": "testset", "sources": str(empty)}, {"name": "tiny", "sources": str(src)}]}
+    assert cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(out), "--report", str(report)]) == 0
+    assert "lists no pairs (nothing was held out" in capsys.readouterr().out
+    doc = json.loads(report.read_text())
+    assert doc["testset"] == {"pairs": 0} and doc["tiny"]["pairs"] == 1
+    assert not (out / "testset").exists() and (out / "tiny" / "metrics.csv").is_file()
+    # an index that lists pairs it cannot find still fails; so does a folder of images with none
+    (tmp_path / "noimg").mkdir()
+    cfg["datasets"] = [{"name": "x", "sources": str(tmp_path / "noimg")}]
+    assert cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(out)]) == 2
+
+
 def test_end_to_end_on_two_tiny_pairs(tmp_path: Path) -> None:
     src, imgs = _write_set(tmp_path, ["p1", "p2"])
     # "published" results: GFF is the native GFF's image (ties with GFF-native everywhere),

@@ -964,6 +964,12 @@ def run_evaluation(
     with tracking.stage_run("evaluate", run_params or {"evaluate": _config_dict(cfg)}) as run:
         with atomic_dir(out) as tmp:
             for ds in cfg.datasets:
+                if _is_empty_testset(ds):
+                    # data.holdout_* 0: every pair went to training, the embedded test set is empty
+                    log(f"dataset {ds.name!r}: {ds.sources / 'index.json'} lists no pairs (nothing was held out: "
+                        "data.holdout_foregrounds / holdout_backgrounds); not evaluated")
+                    doc[ds.name] = {"pairs": 0}
+                    continue
                 rows, methods = evaluate_dataset(ds, cfg, tmp / ds.name, nets, fusion_params, log)
                 qs = [*cfg.metrics, *(q for q in TRUTH_METRICS if _has_values(rows, methods, q))]
                 entry: dict[str, Any] = {"pairs": len({r["pair"] for r in rows})}
@@ -993,6 +999,8 @@ def run_evaluation(
         run.log_artifact(out / "metrics.json")
         for ds in cfg.datasets:
             d = out / ds.name
+            if not d.is_dir():  # an empty test set, not evaluated
+                continue
             for name in ("table1.md", "metrics.csv", "means.csv"):
                 run.log_artifact(d / name, f"evaluation/{ds.name}")
             figs = d / "figures"
@@ -1000,6 +1008,15 @@ def run_evaluation(
                 for p in sorted(figs.glob("*.png")):
                     run.log_artifact(p, f"evaluation/{ds.name}/figures")
     return doc
+
+
+def _is_empty_testset(ds: Dataset) -> bool:
+    """An embedded test set (``index.json``) that lists no pairs: made with nothing held out."""
+    if ds.pairs or not (ds.sources / "index.json").is_file():
+        return False
+    from bafusion.fusion.testset import read_pair_index
+
+    return not read_pair_index(ds.sources, allow_empty=True)
 
 
 def _add_ranks_and_sets(
