@@ -34,6 +34,14 @@ def _net(args: argparse.Namespace) -> NetOptions:
     )
 
 
+def _outside(path: str | None) -> str | None:
+    """A folder option: None when empty; ``../x`` from a DVC experiment's copy of the project
+    is the workspace's (:func:`bafusion.workspace.resolve`)."""
+    from bafusion.workspace import resolve
+
+    return str(resolve(path)) if path else None
+
+
 def _csv(s: str | None) -> tuple[str, ...]:
     return tuple(x for x in (t.strip() for t in (s or "").split(",")) if x)
 
@@ -72,10 +80,10 @@ def cmd_download_alphamatting(args: argparse.Namespace) -> int:
         args.out,
         resolution=args.resolution,
         base_url=args.base_url,
-        from_dir=args.from_dir or None,
+        from_dir=_outside(args.from_dir),
         checksums=_checksums(args.checksum),
         allow_unverified=args.allow_unverified,
-        cache=args.cache or None,
+        cache=_outside(args.cache),
         net=_net(args),
     )
     print(json.dumps({"foregrounds": rec["foregrounds"], "out": args.out}))
@@ -104,7 +112,7 @@ def cmd_download_coco(args: argparse.Namespace) -> int:
         images_dir=args.images_dir or None,
         min_sharpness=args.min_sharpness,
         max_failures=args.max_failures,
-        cache=args.cache or None,
+        cache=_outside(args.cache),
         net=_net(args),
     )
     print(json.dumps({"kept": len(rec["kept"]), "dropped": len(rec["dropped"]), "out": args.out}))
@@ -116,10 +124,10 @@ def cmd_download_eval(args: argparse.Namespace) -> int:
     rec = acquire_eval(
         args.out,
         base_url=args.base_url or None,
-        from_dir=args.from_dir or None,
+        from_dir=_outside(args.from_dir),
         sets=_csv(args.sets) or EVAL_SETS,
         manifest=args.manifest or None,
-        cache=args.cache or None,
+        cache=_outside(args.cache),
         net=_net(args),
     )
     print(json.dumps({"files": rec["files"], "out": args.out}))

@@ -26,7 +26,7 @@ from bafusion.evaluation.evaluate import (
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from bafusion.config import read_params, section
-    from bafusion.tracking import repo_root
+    from bafusion.workspace import project_root
 
     # --params-file's evaluate and fuse sections, under --params-json and --fuse-json; checked.
     params = read_params(args.params_file, [("--params-json", args.params_json, "evaluate"),
@@ -53,7 +53,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if args.pattern:
             one["pattern"] = args.pattern
         section_["datasets"] = [one]
-    root = Path(args.root) if args.root else repo_root()
+    # the project the stage runs in (in `dvc exp run --temp`, DVC's copy: its data/testset)
+    root = Path(args.root) if args.root else project_root()
     cfg = parse_config(section_, root, source="command line" if flagged else "parameters")
     threads = args.threads or section(params, "evaluate")["threads"]
     nets = fusion = None
@@ -99,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="data/evaluation", help="output folder (replaced whole; default data/evaluation)")
     p.add_argument("--report", default=None, help="also write the metrics JSON here (a DVC metrics file)")
     p.add_argument("--plots", default=None, help="write every method's means as CSV here (for DVC plots)")
-    p.add_argument("--root", default=None, help="folder relative dataset paths start from (default: the repo root)")
+    p.add_argument("--root", default=None, help="folder relative dataset paths start from (default: the project root)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (default: the fuse section's, else auto)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=_cmd_evaluate)

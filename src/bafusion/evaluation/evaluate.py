@@ -211,8 +211,9 @@ class EvalConfig:
 
 
 def _resolve(path: str | os.PathLike[str], root: Path) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else root / p
+    from bafusion.workspace import resolve
+
+    return resolve(path, root)  # ../shared/... from a DVC experiment's copy: the workspace's
 
 
 def parse_config(section: Mapping[str, Any] | None, root: Path = Path("."), source: str = "parameters") -> EvalConfig:

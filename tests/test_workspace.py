@@ -1,0 +1,70 @@
+"""Relative paths of the parameters inside a DVC experiment's temporary copy of the project."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bafusion.cli import main
+from bafusion.workspace import project_root, resolve
+
+
+@pytest.fixture
+def temp_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A workspace beside ``shared/``, and the copy `dvc exp run --temp` runs the stages in."""
+    ws = tmp_path / "ws"
+    copy = ws / ".dvc" / "tmp" / "exps" / "standalone" / "tmpabc"
+    for d in (ws, copy):
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.setenv("DVC_ROOT", str(ws))
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    monkeypatch.chdir(copy)
+    return ws, copy
+
+
+def test_paths_leaving_the_copy_are_the_workspaces(temp_experiment: tuple[Path, Path]) -> None:
+    ws, copy = temp_experiment
+    assert project_root() == copy.resolve()
+    assert resolve("data/testset") == Path("data/testset")  # the experiment's own output
+    assert resolve("../shared/data/train") == ws.resolve().parent / "shared/data/train"
+    assert resolve("../shared/x", copy) == ws.resolve().parent / "shared/x"
+    assert resolve("data/testset", copy) == copy / "data/testset"
+    (copy / "sub").mkdir()
+    assert resolve("../data/x", copy / "sub") == copy / "sub" / "../data/x"  # still inside the copy
+    assert resolve("/abs/p") == Path("/abs/p")
+
+
+def test_outside_an_experiment_nothing_moves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "dvc.yaml").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert resolve("../shared/x") == Path("../shared/x")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # dvc repro in the workspace
+    assert resolve("../shared/x") == Path("../shared/x")
+
+
+def test_evaluate_in_a_temp_experiment_reads_the_copys_testset(
+        temp_experiment: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+    # `evaluate` took relative dataset paths from $DVC_ROOT: under `dvc exp run --temp` it
+    # scored the workspace's data/testset, not the experiment's own
+    ws, copy = temp_experiment
+    for root, pairs in ((ws, ["p1"]), (copy, [])):
+        (root / "data" / "testset").mkdir(parents=True)
+        (root / "data" / "testset" / "index.json").write_text(json.dumps({"pairs": pairs}))
+    cfg = {"methods": ["Laplacian"], "metrics": ["QG"], "datasets": [{"name": "testset", "sources": "data/testset"}]}
+    assert main(["evaluate", "--params-json", json.dumps(cfg), "--out", "data/evaluation"]) == 0
+    assert json.loads((copy / "data" / "evaluation" / "metrics.json").read_text()) == {"testset": {"pairs": 0}}
+    assert not (ws / "data" / "evaluation").exists()
+
+
+def test_prepare_in_a_temp_experiment_finds_the_shared_folders(
+        temp_experiment: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+    # data.dir ../shared/... pointed into .dvc/tmp/exps/ ("folder not found")
+    ws, copy = temp_experiment
+    rc = main(["prepare", "--source", "dir", "--alphamatting", "../shared/am", "--backgrounds-dir", "../shared/bg",
+               "--out", "data/prepared"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(ws.resolve().parent / "shared" / "am") in err, err
