@@ -484,3 +484,20 @@ def test_a_preset_replaces_the_per_net_overrides_whole(tmp_path: Path, capsys: p
     apply_overrides(g, [w for w in words if w != "-S"])
     assert load_yaml(g.read_text())["train"]["initial"] == {"init": ""}
     assert load_yaml(g.read_text()) == applied
+
+
+def test_outs_outside_git_are_in_the_dvc_cache() -> None:
+    """An out with `cache: false` lives only in the workspace unless git tracks it; under a
+    git-ignored folder (data/) a failed `dvc exp run` deletes it and `dvc checkout` cannot bring
+    it back (data/patches/summary.json, data/download/record.json were such outs)."""
+    import subprocess
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    uncached = [next(iter(o)) for s in stages.values() for o in s.get("outs", [])
+                if isinstance(o, dict) and next(iter(o.values())).get("cache") is False]
+    assert uncached, "the metrics and plots files are uncached, git-tracked outs"
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *uncached], cwd=REPO, capture_output=True,
+                             text=True).stdout.split()
+    assert ignored == []
