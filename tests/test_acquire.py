@@ -266,6 +266,27 @@ def test_coco_local_override_and_too_few(tmp_path: Path) -> None:
     assert not (tmp_path / "bg3").exists()
 
 
+@pytest.mark.parametrize("bad", ["../../escaped.jpg", "ABS", "sub/x.jpg", "..", "a\\b.jpg", 7])
+def test_coco_file_name_outside_the_cache_is_refused(server: LocalServer, tmp_path: Path, bad: object) -> None:
+    if bad == "ABS":
+        bad = str(tmp_path / "abs-escaped.jpg")
+    data = coco_dataset(4, base_url=server.base)
+    for rec in data["images"]:
+        server.files[f"train2017/{rec['file_name']}"] = jpeg_bytes(_builtin_image("coffee")[:120, :160])
+    data["images"][2]["file_name"] = bad
+    if isinstance(bad, str):
+        server.files[f"train2017/{bad}"] = jpeg_bytes(_builtin_image("coffee")[:120, :160])
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(data))
+    work = tmp_path / "work"
+    with pytest.raises(InputFileError, match=r"ann\.json: image record 3 has file_name .*plain file name") as e:
+        acquire_coco(work / "bg", count=2, flt=CocoFilter(min_side=100), annotations=ann, cache=work / "cache", net=NET)
+    assert repr(bad) in str(e.value)
+    assert server.requests == []  # refused before any download
+    assert not work.exists() and not (tmp_path / "escaped.jpg").exists()
+    assert not (tmp_path / "abs-escaped.jpg").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation pairs
 

@@ -196,6 +196,16 @@ def acquire_alphamatting(
 # COCO backgrounds
 
 
+def _file_name_problem(name: object) -> str | None:
+    """Why an annotation's ``file_name`` cannot be used as a file name (None when it can):
+    it must be a plain name, with no folder part, so that it stays inside the cache and ``out``."""
+    if not isinstance(name, str) or not name:
+        return "expected a plain file name (a non-empty string)"
+    if "/" in name or "\\" in name or "\x00" in name or name in (".", "..") or Path(name).is_absolute():
+        return "expected a plain file name (no '/', '\\', '.' or '..'; it would land outside the cache)"
+    return None
+
+
 def _image_ok(path: Path) -> None:
     """Reject a download that is not a complete, decodable image."""
     with Image.open(path) as im:
@@ -258,6 +268,12 @@ def acquire_coco(
     _log(f"coco: reading {ann_path} ({flt.split})")
     coco = load_coco(ann_path, flt)
     candidates = select_candidates(coco, flt, seed)
+    for r in candidates:  # each lands at cache/coco/<split>/<file_name> and out/<file_name>
+        problem = _file_name_problem(r.get("file_name"))
+        if problem:
+            raise InputFileError(
+                ann_path, f"image record {r.get('id')!r} has file_name {r.get('file_name')!r}: {problem}"
+            )
     local: Path | None = Path(images_dir) if images_dir else None
     if local is not None:
         if not local.is_dir():
