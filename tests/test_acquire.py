@@ -125,6 +125,23 @@ def test_alphamatting_zip_slip_is_refused(server: LocalServer, tmp_path: Path) -
     assert list(work.iterdir()) == []
 
 
+def test_alphamatting_unverified_web_page_is_rejected_and_refetched(server: LocalServer, tmp_path: Path) -> None:
+    html = b"<!doctype html><html><body>Login required</body></html>"
+    zips = {k.replace("lowres", "highres"): v for k, v in alphamatting_zips().items()}  # no published checksum
+    for name in zips:
+        server.files[f"datasets/zip/{name}"] = html
+    cache = tmp_path / "c"
+    kw = dict(resolution="highres", base_url=server.url("datasets/zip/"), allow_unverified=True, cache=cache, net=NET)
+    with pytest.raises(DownloadError, match="input_training_highres.zip: downloaded file rejected: not a zip archive"):
+        acquire_alphamatting(tmp_path / "am", **kw)
+    assert list((cache / "alphamatting").iterdir()) == []
+    for name in zips:  # an earlier version kept the page in the cache: it is fetched again, not skipped
+        (cache / "alphamatting" / name).write_bytes(html)
+    serve_alphamatting(server, zips)
+    rec = acquire_alphamatting(tmp_path / "am", **kw)
+    assert rec["foregrounds"] == 3 and rec["summary"]["downloaded"] == 2
+
+
 def test_alphamatting_local_overrides(tmp_path: Path) -> None:
     zips = alphamatting_zips()
     sums = {n: sha256(d) for n, d in zips.items()}
@@ -242,6 +259,23 @@ def test_coco_annotation_checksum_mismatch(server: LocalServer, tmp_path: Path) 
         )  # the official md5 does not match the test's zip
     assert not (tmp_path / "bg").exists()
     assert list((tmp_path / "cache" / "coco").iterdir()) == []
+
+
+def test_coco_unverified_annotations_that_are_a_web_page_are_fetched_again(server: LocalServer, tmp_path: Path) -> None:
+    serve_coco(server)
+    url = server.url("annotations/annotations_trainval2017.zip")
+    good = server.files["annotations/annotations_trainval2017.zip"]
+    html = b"<!doctype html><html><body>Login required</body></html>"
+    server.files["annotations/annotations_trainval2017.zip"] = html
+    cache = tmp_path / "cache"
+    kw = dict(count=2, flt=CocoFilter(min_side=100), annotations_url=url, annotations_checksum=None, cache=cache, net=NET)
+    with pytest.raises(DownloadError, match="rejected: neither a zip archive nor JSON"):
+        acquire_coco(tmp_path / "bg", **kw)
+    assert list((cache / "coco").iterdir()) == []
+    (cache / "coco" / "annotations_trainval2017.zip").write_bytes(html)  # cached by an earlier version
+    server.files["annotations/annotations_trainval2017.zip"] = good
+    rec = acquire_coco(tmp_path / "bg", **kw)
+    assert len(rec["kept"]) == 2 and (cache / "coco" / "annotations_trainval2017.zip").read_bytes() == good
 
 
 def test_coco_local_override_and_too_few(tmp_path: Path) -> None:

@@ -266,6 +266,27 @@ def test_file_url_and_plain_path(tmp_path: Path) -> None:
     assert list((tmp_path / "d").iterdir()) == []
 
 
+def test_unverified_file_rejected_by_validate_is_not_kept_nor_skipped(server: LocalServer, tmp_path: Path) -> None:
+    def zip_only(p: Path) -> None:
+        if not zipfile.is_zipfile(p):
+            raise UserError("not a zip archive")
+
+    html = b"<!doctype html><html><body>Login required</body></html>"
+    server.files["a.zip"] = html  # a server answering 200 with a web page
+    dest = tmp_path / "c" / "a.zip"
+    with pytest.raises(DownloadError, match="rejected: not a zip archive"):
+        fetch(server.url("a.zip"), dest, retries=0, progress=False, validate=zip_only)
+    assert list(dest.parent.iterdir()) == []
+    dest.write_bytes(html)  # an earlier version cached it unverified: it is fetched again
+    good = zip_bytes({"x.txt": b"x"})
+    server.files["a.zip"] = good
+    r = fetch(server.url("a.zip"), dest, retries=0, progress=False, validate=zip_only)
+    assert r.status == "downloaded" and dest.read_bytes() == good
+    n = len(server.requests)
+    assert fetch(server.url("a.zip"), dest, progress=False, validate=zip_only).status == "skipped"
+    assert len(server.requests) == n
+
+
 def test_fetch_many_summary(server: LocalServer, tmp_path: Path) -> None:
     for i in range(4):
         server.files[f"f{i}"] = bytes([i]) * 1000

@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import sys
+import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -102,6 +103,30 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _zip_ok(path: Path) -> None:
+    """Reject a download that is not a zip archive (a server may answer 200 with a web page)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            zf.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UserError(f"not a zip archive ({e}; a web page instead of the file?)") from e
+
+
+def _annotations_ok(path: Path) -> None:
+    """Reject COCO annotations that are neither a zip archive nor a JSON object."""
+    if zipfile.is_zipfile(path):
+        _zip_ok(path)
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (ValueError, OSError) as e:
+        problem = f"{e.__class__.__name__}: {e}"
+        raise UserError(f"neither a zip archive nor JSON ({problem}; a web page instead of the file?)") from e
+    if not isinstance(data, dict):
+        raise UserError(f"not COCO annotations (JSON {type(data).__name__}, expected an object)")
+
+
 def _write_record(folder: Path, record: dict[str, Any], name: str = RECORD) -> None:
     (folder / name).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
@@ -169,6 +194,7 @@ def acquire_alphamatting(
             backoff=net.backoff,
             timeout=net.timeout,
             progress=net.progress,
+            validate=_zip_ok,
         )
         summary.add(res)
         archives[name] = res.path
@@ -262,6 +288,7 @@ def acquire_coco(
             backoff=net.backoff,
             timeout=net.timeout,
             progress=net.progress,
+            validate=_annotations_ok,
         )
         summary.add(res)
         ann_path, ann_source = res.path, annotations_url

@@ -14,7 +14,9 @@ Guarantees:
   call (a resumed file whose checksum does not match is fetched once more from zero).
 - HTTP 5xx, 408 and 429 answers and network errors are retried ``retries`` times, waiting
   ``backoff * 2**attempt`` seconds (at most ``MAX_BACKOFF``); other 4xx answers fail at once.
-- A file already present whose checksum matches is not fetched again ("skipped").
+- A file already present whose checksum matches is not fetched again ("skipped"). Without a
+  checksum, the caller's ``validate`` (a zip, JSON or image check) must accept the download
+  before it is renamed into place, and an existing file before it is skipped.
 - :func:`extract_zip` extracts into a temporary folder beside the target and renames it
   into place only when every member is extracted; members with absolute paths, ``..``
   components, drive letters or symlink/special-file modes are refused before anything is
@@ -326,13 +328,15 @@ def fetch(
 
     ``checksum`` is ``"<algorithm>:<hex>"``; with it, an existing ``dest`` that matches is
     skipped, and a download that does not match is deleted and reported. ``validate`` (e.g.
-    an image decoder) is called on the completed ``.part`` and may raise to reject it.
+    an image decoder) is called on the completed ``.part`` and may raise to reject it; without
+    a checksum it also decides whether an existing ``dest`` is skipped (one it rejects, such
+    as an error page a server answered with 200 on an earlier run, is fetched again).
     ``retries`` further attempts follow a failed one after ``backoff * 2**attempt`` seconds.
     """
     ck = Checksum.parse(checksum)
     dest = Path(dest)
     url = to_url(url)
-    if verify(dest, ck) and (ck is not None or dest.stat().st_size > 0):
+    if verify(dest, ck) and (ck is not None or dest.stat().st_size > 0) and (ck is not None or _valid(dest, validate)):
         return FetchResult(url, dest, "skipped", 0, ck.hexdigest if ck else "")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
@@ -399,6 +403,17 @@ def fetch(
     if scheme == "file":
         return FetchResult(url, dest, "downloaded", size, digest, 0)
     return FetchResult(url, dest, "downloaded", max(0, size - min(initial, resumed)), digest, min(initial, resumed))
+
+
+def _valid(path: Path, validate: Callable[[Path], None] | None) -> bool:
+    """True when ``validate`` (if any) accepts ``path``."""
+    if validate is None:
+        return True
+    try:
+        validate(path)
+    except Exception:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
