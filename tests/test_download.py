@@ -180,6 +180,36 @@ def test_part_left_by_a_killed_run_is_resumed(server: LocalServer, tmp_path: Pat
     assert r.resumed_from == 123_456 and r.bytes == len(PAYLOAD) - 123_456
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), SystemExit(143)])  # Ctrl-C; SIGTERM as the CLI raises it
+def test_part_of_an_interrupted_run_is_kept_and_resumed(
+    server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: BaseException
+) -> None:
+    import bafusion.data.download as download
+
+    server.files["big.bin"] = PAYLOAD
+    real_bar = download._bar
+
+    def stopping_bar(*args: object, **kwargs: object) -> object:
+        bar = real_bar(*args, **kwargs)
+
+        def update(n: int) -> None:
+            raise stop  # the signal arrives after the first chunk is written
+
+        bar.update = update
+        return bar
+
+    monkeypatch.setattr(download, "_bar", stopping_bar)
+    dest = tmp_path / "big.bin"
+    with pytest.raises(type(stop)):
+        fetch(server.url("big.bin"), dest, checksum=sha256(PAYLOAD), progress=False)
+    kept = (tmp_path / "big.bin.part").stat().st_size
+    assert 0 < kept < len(PAYLOAD) and not dest.exists()
+    monkeypatch.setattr(download, "_bar", real_bar)
+    r = fetch(server.url("big.bin"), dest, checksum=sha256(PAYLOAD), progress=False)
+    assert server.requests_for("big.bin") == [None, f"bytes={kept}-"]
+    assert dest.read_bytes() == PAYLOAD and r.resumed_from == kept
+
+
 def test_stale_part_of_another_file_restarts_once(server: LocalServer, tmp_path: Path) -> None:
     server.files["big.bin"] = PAYLOAD
     (tmp_path / "big.bin.part").write_bytes(b"\0" * 1000)  # not a prefix of PAYLOAD

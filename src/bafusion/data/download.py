@@ -381,9 +381,9 @@ def fetch(
                 time.sleep(min(MAX_BACKOFF, max(0.0, backoff) * (2**attempt)))
                 attempt += 1
             except BaseException:
-                # Keep the bytes of an interrupted run (KeyboardInterrupt) for resuming;
-                # final errors leave nothing behind.
-                if not isinstance(sys.exc_info()[1], KeyboardInterrupt):
+                # Keep the bytes of an interrupted run (KeyboardInterrupt, or SystemExit: the
+                # CLI turns SIGTERM into one) for resuming; final errors leave nothing behind.
+                if not isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit)):
                     with contextlib.suppress(FileNotFoundError):
                         part.unlink()
                 raise
