@@ -92,6 +92,15 @@ def test_foreground_without_matte_names_the_file(tmp_path: Path) -> None:
     _assert_no_output(tmp_path / "out" / "prepared")
 
 
+@pytest.mark.parametrize("sub", ["input", "gt"])
+def test_two_foreground_files_with_one_id_name_both(tmp_path: Path, sub: str) -> None:
+    am = _alphamatting(tmp_path / "am")
+    _img(am / sub / "GT01.jpg", 80, 100, 5)  # beside GT01.png: one of the two was dropped silently
+    with pytest.raises(InputFileError, match=r"GT01\.png: .*id 'GT01' is not unique: .*GT01\.jpg has the same name"):
+        run_prepare(_dir_cfg(am, _bgs(tmp_path / "bg")), PrepareOptions(), 0, tmp_path / "out" / "prepared", progress=False)
+    _assert_no_output(tmp_path / "out" / "prepared")
+
+
 def test_matte_of_another_size_names_the_file(tmp_path: Path) -> None:
     am = _alphamatting(tmp_path / "am")
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(am / "gt" / "GT01.png")

@@ -119,16 +119,28 @@ def builtin_backgrounds(names: Sequence[str]) -> list[Background]:
     ]
 
 
+def _by_stem(files: Sequence[Path], what: str) -> dict[str, Path]:
+    """``files`` by file name without extension; two files with one stem are an error naming both."""
+    out: dict[str, Path] = {}
+    for p in files:
+        if p.stem in out:
+            raise InputFileError(
+                p, f"{what} id {p.stem!r} is not unique: {out[p.stem]} has the same name with another extension"
+            )
+        out[p.stem] = p
+    return out
+
+
 def dir_foregrounds(root: str | Path) -> list[Foreground]:
     """``root/input/<id>.<ext>`` with ``root/gt/<id>.<ext>``. A foreground without a matte
-    (or a matte without a foreground) is an error naming the file."""
+    (or a matte without a foreground), or two files with one id, is an error naming the file."""
     root = Path(root)
     inp, gt = root / "input", root / "gt"
     for d in (root, inp, gt):
         if not d.is_dir():
             raise InputFileError(d, "folder not found (expected an alphamatting-style folder with input/ and gt/)")
-    images = {p.stem: p for p in list_images(inp)}
-    mattes = {p.stem: p for p in list_images(gt)}
+    images = _by_stem(list_images(inp), "foreground")
+    mattes = _by_stem(list_images(gt), "matte")
     if not images:
         raise InputFileError(inp, "no foreground images found")
     for stem, p in sorted(images.items()):
