@@ -13,6 +13,7 @@ from bafusion.data.mattes import object_matte
 from bafusion.data.prepare import PrepareOptions, run_prepare
 from bafusion.data.sources import select
 from bafusion.errors import InputFileError, UserError
+from bafusion.io import list_images
 
 
 def _img(path: Path, h: int, w: int, seed: int = 0, gray: bool = False) -> Path:
@@ -99,6 +100,16 @@ def test_two_foreground_files_with_one_id_name_both(tmp_path: Path, sub: str) ->
     with pytest.raises(InputFileError, match=r"GT01\.png: .*id 'GT01' is not unique: .*GT01\.jpg has the same name"):
         run_prepare(_dir_cfg(am, _bgs(tmp_path / "bg")), PrepareOptions(), 0, tmp_path / "out" / "prepared", progress=False)
     _assert_no_output(tmp_path / "out" / "prepared")
+
+
+def test_hidden_files_are_not_data(tmp_path: Path) -> None:
+    am, bg = _alphamatting(tmp_path / "am"), _bgs(tmp_path / "bg")
+    for d in (am / "input", am / "gt", bg):  # macOS AppleDouble files: not images
+        (d / "._GT01.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (bg / ".000000000001.jpg").write_bytes(b"")
+    assert [p.name for p in list_images(bg)] == ["000000000000.jpg", "000000000001.jpg", "000000000002.jpg"]
+    m = run_prepare(_dir_cfg(am, bg), PrepareOptions(scale=0.5), 0, tmp_path / "prepared", progress=False)
+    assert [f["id"] for f in m["foregrounds"]] == ["GT00", "GT01"] and len(m["backgrounds"]) == 3
 
 
 def test_matte_of_another_size_names_the_file(tmp_path: Path) -> None:

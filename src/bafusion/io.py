@@ -326,8 +326,12 @@ def _write_tiff16(path: Path, img: np.ndarray, icc: bytes | None) -> None:
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """The image files in ``folder`` (by extension), sorted; hidden files (``.name``, such as
+    macOS's ``._GT01.png`` metadata) are left out, as the download record leaves them out."""
     d = Path(folder)
-    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p for p in d.iterdir() if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 # --------------------------------------------------------------------------------------
