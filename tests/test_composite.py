@@ -75,5 +75,8 @@ def test_sigma_is_drawn_per_pair_deterministically() -> None:
 def test_bad_options_are_rejected() -> None:
     with pytest.raises(UserError, match="sigma"):
         CompositeOptions(sigma=(3.0, 1.0))
+    for sigma in ((1.0, float("inf")), (float("inf"), float("inf")), (1.0, float("nan"))):
+        with pytest.raises(UserError, match=r"composite\.sigma must be .*finite"):
+            CompositeOptions(sigma=sigma)
     with pytest.raises(UserError, match="fit"):
         CompositeOptions(fit="tile")

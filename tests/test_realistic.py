@@ -198,7 +198,8 @@ def test_draws_are_seeded_and_within_the_ranges() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"kernel": "box"}, {"exposure": -1}, {"jpeg": [0, 200]}, {"jpeg": 80}, {"gamma": 1.5}, {"bogus": 1}],
+    [{"kernel": "box"}, {"exposure": -1}, {"jpeg": [0, 200]}, {"jpeg": 80}, {"gamma": 1.5}, {"bogus": 1}]
+    + [{k: float("inf")} for k in ("exposure", "noise", "shift")],  # inf was an OverflowError traceback
 )
 def test_bad_realism_is_refused_naming_the_key(bad: dict) -> None:
     with pytest.raises(UserError, match="composite.realistic"):

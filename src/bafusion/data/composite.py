@@ -26,6 +26,7 @@ uint8 (H, W), ``A`` and ``B`` uint8 (n_bg, H, W), ``sigma`` float32 (n_bg,), ``p
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,8 @@ class CompositeOptions:
 
     def __post_init__(self) -> None:
         lo, hi = self.sigma
-        if not 0 < lo <= hi:
-            raise UserError(f"composite.sigma must be [lo, hi] with 0 < lo <= hi, got {list(self.sigma)}")
+        if not 0 < lo <= hi or not math.isfinite(hi):  # NaN fails the comparisons, inf the second test
+            raise UserError(f"composite.sigma must be [lo, hi] with 0 < lo <= hi (finite), got {list(self.sigma)}")
         if self.fit not in FIT_MODES:
             raise UserError(f"composite.fit must be one of {FIT_MODES}, got {self.fit!r}")
 
@@ -325,8 +326,8 @@ class Realism:
             raise UserError(f"composite.realistic.spread must be true or false, got {self.spread!r}")
         for name in ("exposure", "white_balance", "gamma", "noise", "shift", "scale", "residual"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v:
-                raise UserError(f"composite.realistic.{name} must be a number >= 0, got {v!r}")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v or not math.isfinite(v):
+                raise UserError(f"composite.realistic.{name} must be a finite number >= 0, got {v!r}")
         if self.gamma >= 1 or self.white_balance >= 1 or self.scale >= 0.5 or self.residual >= 1:
             raise UserError(
                 "composite.realistic: gamma, white_balance and residual must be < 1 and scale < 0.5, got "
