@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import h5py
 import numpy as np
 import pytest
 
@@ -11,8 +14,9 @@ from bafusion.data.composite import (
     composite_pair_gray,
     draw_sigma,
     fit_background,
+    write_index,
 )
-from bafusion.errors import UserError
+from bafusion.errors import InputFileError, UserError
 from bafusion.io import to_gray_u8 as to_gray
 
 
@@ -80,3 +84,21 @@ def test_bad_options_are_rejected() -> None:
             CompositeOptions(sigma=sigma)
     with pytest.raises(UserError, match="fit"):
         CompositeOptions(fit="tile")
+
+
+def test_composite_index_names_a_bad_shard(tmp_path: Path) -> None:
+    good = tmp_path / "good.h5"
+    with h5py.File(good, "w") as h5:
+        h5.create_dataset("GT00/A", data=np.zeros((3, 4, 5), np.uint8))
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not an HDF5 file")  # was a traceback: 'file signature not found'
+    odd = tmp_path / "odd.h5"
+    with h5py.File(odd, "w") as h5:
+        h5.create_dataset("GT00/matte", data=np.zeros((4, 5), np.uint8))
+    out = tmp_path / "i.json"
+    with pytest.raises(InputFileError, match=r"bad\.h5: unreadable HDF5 file"):
+        write_index([good, bad], out)
+    with pytest.raises(InputFileError, match=r"odd\.h5: not a composite shard"):
+        write_index([odd], out)
+    assert not out.exists()
+    assert write_index([good], out) == {"pairs": 3, "shards": [{"file": "good.h5", "foregrounds": {"GT00": 3}, "pairs": 3}]}

@@ -207,8 +207,14 @@ def write_index(shard_files: list[Path], out: Path) -> dict[str, Any]:
         f = Path(f)
         if not f.exists():
             raise InputFileError(f, "composite shard missing")
-        with h5py.File(f, "r") as h5:
-            fgs = {k: int(h5[k]["A"].shape[0]) for k in h5.keys()}
+        try:
+            with h5py.File(f, "r") as h5:
+                fgs = {k: int(h5[k]["A"].shape[0]) for k in h5.keys()}
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise InputFileError(f, f"not a composite shard (a group without its A images: {e}): "
+                                 "run the composite step again") from e
+        except OSError as e:
+            raise InputFileError(f, f"unreadable HDF5 file: {e}") from e
         shards.append({"file": f.name, "foregrounds": fgs, "pairs": sum(fgs.values())})
         total += sum(fgs.values())
     index = {"pairs": total, "shards": shards}
