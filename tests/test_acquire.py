@@ -360,6 +360,39 @@ def test_eval_needs_a_source_and_known_sets(tmp_path: Path) -> None:
         acquire_eval(tmp_path / "e", base_url="http://127.0.0.1:9/", sets=("nope",), cache=tmp_path / "c", net=NET)
 
 
+@pytest.mark.parametrize(
+    "manifest, problem",
+    [
+        ({"nofiles": 1}, "not an eval manifest"),
+        ([1, 2], "not an eval manifest"),
+        ({"files": {"name": "lytro/a.jpg"}}, "not an eval manifest"),
+        ({"files": [{"name": "lytro/a.jpg", "sha256": "0" * 64}, 5]}, "bad manifest entry 5: expected an object"),
+        ({"files": [{"name": 5, "sha256": "00"}]}, "'name' must be a relative file name"),
+        ({"files": [{"sha256": "0" * 64}]}, "'name' must be a relative file name"),
+        ({"files": [{"name": "lytro/./../x.jpg", "sha256": "0" * 64}]}, "without '.', '..'"),
+        ({"files": [{"name": "/etc/x.jpg", "sha256": "0" * 64}]}, "without '.', '..'"),
+        ({"files": [{"name": "lytro/a.jpg", "sha256": "zz"}]}, "'sha256' must be 64 hexadecimal digits"),
+        ({"files": [{"name": "lytro/a.jpg"}]}, "'sha256' must be 64 hexadecimal digits"),
+        ({"files": [{"name": "lytro/a.jpg", "sha256": "0" * 64, "set": ["lytro"]}]}, "'set' must be a string"),
+        ({"files": [{"name": "lytro/a.jpg", "sha256": "0" * 64}] * 2}, "listed twice"),
+    ],
+)
+def test_malformed_eval_manifest_is_refused_naming_it(tmp_path: Path, manifest: object, problem: str) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(InputFileError) as e:
+        acquire_eval(tmp_path / "e", base_url="http://127.0.0.1:9/", manifest=path, cache=tmp_path / "c", net=NET)
+    assert str(e.value).startswith(f"{path}: ") and problem in str(e.value)
+    assert not (tmp_path / "e").exists()
+
+
+def test_eval_sets_without_a_set_key_come_from_the_folder(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"files": [{"name": "lytro/a.jpg", "sha256": "0" * 64}]}))
+    with pytest.raises(UserError, match=r"unknown eval set\(s\) \['classic'\]; the manifest has \['lytro'\]"):
+        acquire_eval(tmp_path / "e", base_url="http://127.0.0.1:9/", manifest=path, cache=tmp_path / "c", net=NET)
+
+
 def test_packaged_eval_manifest() -> None:
     m = load_eval_manifest()
     names = [f["name"] for f in m["files"]]

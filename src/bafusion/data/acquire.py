@@ -415,10 +415,39 @@ def load_eval_manifest(path: str | Path | None = None) -> dict[str, Any]:
         raise InputFileError(path or EVAL_MANIFEST, "eval manifest not found") from e
     except ValueError as e:
         raise InputFileError(path or EVAL_MANIFEST, f"corrupt eval manifest: {e}") from e
-    for f in m.get("files", []):
-        if not {"name", "sha256"} <= set(f) or f["name"].startswith("/") or ".." in f["name"].split("/"):
-            raise InputFileError(where, f"bad manifest entry {f!r}")
+    if not isinstance(m, dict) or not isinstance(m.get("files"), list):
+        raise InputFileError(where, 'not an eval manifest (expected a JSON object {"files": [...]})')
+    seen: set[str] = set()
+    for f in m["files"]:
+        problem = _manifest_entry_problem(f)
+        if problem is None and f["name"] in seen:
+            problem = "listed twice"
+        if problem:
+            raise InputFileError(where, f"bad manifest entry {f!r}: {problem}")
+        seen.add(f["name"])
     return m
+
+
+def _eval_set(entry: dict[str, Any]) -> str:
+    """The set of a manifest entry: its ``set``, else the top folder of its name."""
+    return entry.get("set", entry["name"].split("/")[0])
+
+
+def _manifest_entry_problem(f: object) -> str | None:
+    """What is wrong with one eval manifest entry (None when nothing is)."""
+    if not isinstance(f, dict):
+        return 'expected an object {"name": ..., "sha256": ...}'
+    name, digest = f.get("name"), f.get("sha256")
+    if not isinstance(name, str) or not name:
+        return "'name' must be a relative file name such as 'lytro/lytro-01-A.jpg'"
+    parts = name.split("/")
+    if "\\" in name or "\x00" in name or any(part in ("", ".", "..") for part in parts):
+        return "'name' must be a relative path without '.', '..', '\\' or empty parts (it could land outside --out)"
+    if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest):
+        return "'sha256' must be 64 hexadecimal digits"
+    if not isinstance(f.get("set", ""), str):
+        return "'set' must be a string"
+    return None
 
 
 def acquire_eval(
@@ -449,10 +478,11 @@ def acquire_eval(
             "download-eval needs a source: a base URL (--base-url, params download.eval.base_url) "
             "or a local folder (--from-dir, download.eval.from_dir)"
         )
-    unknown = sorted(set(sets) - {f.get("set", f["name"].split("/")[0]) for f in m["files"]})
+    known = {_eval_set(f) for f in m["files"]}
+    unknown = sorted(set(sets) - known)
     if unknown:
-        raise UserError(f"unknown eval set(s) {unknown}; the manifest has {sorted({f['set'] for f in m['files']})}")
-    files = [f for f in m["files"] if f.get("set", f["name"].split("/")[0]) in sets]
+        raise UserError(f"unknown eval set(s) {unknown}; the manifest has {sorted(known)}")
+    files = [f for f in m["files"] if _eval_set(f) in sets]
     jobs = [FetchJob(join_url(base, f["name"]), cache / "eval" / f["name"], f"sha256:{f['sha256']}") for f in files]
     summary = fetch_many(
         jobs,
