@@ -317,6 +317,25 @@ def test_unverified_file_rejected_by_validate_is_not_kept_nor_skipped(server: Lo
     assert len(server.requests) == n
 
 
+@pytest.mark.parametrize(
+    "url, problem",
+    [
+        ("http://[bad/", "malformed URL (Invalid IPv6 URL)"),
+        ("http://host:port/x", "malformed URL"),
+        ("https:///no-host", "malformed URL (no host name)"),
+        ("ftp://example.org/x.zip", "unsupported URL scheme ftp"),
+        ("s3://bucket/x.zip", "unsupported URL scheme s3"),
+    ],
+)
+def test_bad_url_is_one_line_error(tmp_path: Path, url: str, problem: str) -> None:
+    with pytest.raises(UserError) as e:
+        join_url(url, "x.zip")
+    assert str(e.value).startswith(url + ": ") and problem in str(e.value)
+    with pytest.raises(UserError, match="URL"):
+        fetch(url, tmp_path / "x.zip", progress=False)
+    assert not list(tmp_path.iterdir())  # not taken for a local path either
+
+
 def test_fetch_many_summary(server: LocalServer, tmp_path: Path) -> None:
     for i in range(4):
         server.files[f"f{i}"] = bytes([i]) * 1000

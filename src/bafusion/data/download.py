@@ -131,12 +131,28 @@ def verify(path: str | os.PathLike[str], checksum: Checksum | None) -> bool:
     return checksum is None or file_digest(p, checksum.algorithm) == checksum.hexdigest
 
 
+URL_SCHEMES = ("http", "https", "file")
+
+
 def to_url(location: str | os.PathLike[str]) -> str:
-    """A URL for ``location``: http(s)/file URLs are kept, a local path becomes ``file://``."""
+    """A URL for ``location``: http(s)/file URLs are kept, a local path becomes ``file://``.
+
+    Another scheme (``ftp://...``) or a malformed URL is a :class:`UserError` naming it.
+    """
     s = os.fspath(location)
-    scheme = urllib.parse.urlsplit(s).scheme.lower()
-    if scheme in ("http", "https", "file"):
+    try:
+        parts = urllib.parse.urlsplit(s)
+        scheme = parts.scheme.lower()
+        if scheme in ("http", "https"):
+            _ = parts.port  # raises ValueError for a port that is no number or out of range
+            if not parts.hostname:
+                raise ValueError("no host name")
+    except ValueError as e:
+        raise UserError(f"{s}: malformed URL ({e})") from e
+    if scheme in URL_SCHEMES:
         return s
+    if "://" in s:
+        raise UserError(f"{s}: unsupported URL scheme {scheme or '(empty)'} (expected http, https, file or a local path)")
     return Path(s).resolve().as_uri()
 
 
