@@ -358,6 +358,9 @@ def test_checksum_parse() -> None:
         Checksum.parse("crc:1234")
     with pytest.raises(UserError):
         Checksum.parse("sha256:xyz")
+    for text in ("md5:abc", "sha256:" + "a" * 32, "sha1:" + "a" * 64):  # were accepted, failing after the download
+        with pytest.raises(UserError, match="hex digits, not"):
+            Checksum.parse(text)
 
 
 # ---------------------------------------------------------------------------------------------

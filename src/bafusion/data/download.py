@@ -59,6 +59,8 @@ CHUNK = 1 << 16
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = f"bafusion/{__version__} (+https://github.com/; dataset fetcher)"
 HASH_ALGORITHMS = ("sha256", "md5", "sha1", "sha512")
+#: Hex digits of a digest of each algorithm.
+HEX_DIGITS = {"sha256": 64, "md5": 32, "sha1": 40, "sha512": 128}
 #: Longest wait between two attempts, in seconds.
 MAX_BACKOFF = 120.0
 
@@ -101,13 +103,15 @@ class Checksum:
         algo, sep, value = text.partition(":")
         if not sep:  # a bare hex digest: guess the algorithm from its length
             value = algo
-            algo = {64: "sha256", 32: "md5", 40: "sha1", 128: "sha512"}.get(len(value), "")
+            algo = {n: a for a, n in HEX_DIGITS.items()}.get(len(value), "")
         algo = algo.lower()
         if algo not in HASH_ALGORITHMS:
             raise UserError(f"checksum {text!r}: expected '<algorithm>:<hex>' with algorithm in {HASH_ALGORITHMS}")
         value = value.lower()
         if not value or any(c not in "0123456789abcdef" for c in value):
             raise UserError(f"checksum {text!r}: the digest is not hexadecimal")
+        if len(value) != HEX_DIGITS[algo]:
+            raise UserError(f"checksum {text!r}: a {algo} digest has {HEX_DIGITS[algo]} hex digits, not {len(value)}")
         return cls(algo, value)
 
     def __str__(self) -> str:
