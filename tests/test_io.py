@@ -124,6 +124,35 @@ def test_a_damaged_8_bit_tiff_is_called_unreadable_not_unsupported(tmp_path: Pat
     assert "unsupported" not in str(info.value)
 
 
+def test_a_large_photo_and_damaged_exif_print_no_pillow_warning(tmp_path: Path, monkeypatch) -> None:
+    """A photo between Pillow's bomb limit and twice it (90-179 MP by default: a 102 MP camera)
+    is read without Pillow's "could be decompression bomb" warning, and EXIF cut short without
+    its "Truncated File Read"; above twice the limit it is refused."""
+    import warnings
+
+    g = np.random.default_rng(0).integers(0, 256, (10, 10), dtype=np.uint8)
+    Image.fromarray(g).save(tmp_path / "big.png")
+    (tmp_path / "big16.png").write_bytes(png16_bytes(g.astype(np.uint16) * 257))
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Canon" * 20, "EOS R5" * 10
+    Image.fromarray(g).save(tmp_path / "cut.jpg", exif=exif.tobytes()[:-40])  # Pillow: "Truncated File Read"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        src = read_source_set([tmp_path / "cut.jpg"])
+    assert src.images[0].shape == g.shape
+    assert [str(w.message) for w in seen] == []
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60)  # 100 px: over the limit, under twice it
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert np.array_equal(read_image(tmp_path / "big.png"), g)
+        assert np.array_equal(read_images([tmp_path / "big16.png"])[0], g)
+        assert read_source_set([tmp_path / "big.png"]).exif is None
+    assert [str(w.message) for w in seen] == []
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)
+    with pytest.raises(InputFileError, match=r"big\.png: image too large to read"):
+        read_image(tmp_path / "big.png")
+
+
 # --------------------------------------------------------------------------------------
 # reader: EXIF orientation
 

@@ -40,12 +40,14 @@ deterministic); :func:`to_uint8` rounds a [0, 255] float image to uint8.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import struct
+import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +63,23 @@ RGB2GRAY = np.array([0.298936021293775, 0.587043074451121, 0.114020904255103])
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+@contextlib.contextmanager
+def _quiet_pillow() -> Iterator[None]:
+    """Pillow's warnings silenced while a file is opened, decoded or its metadata read: the
+    decompression-bomb warning of a photo between ``Image.MAX_IMAGE_PIXELS`` and twice that
+    (90 to 179 megapixels by default: a 102 MP camera's shot is no attack; above, Pillow
+    raises and the file is "image too large to read") and the ``UserWarning`` of damaged
+    EXIF ("Truncated File Read", "Corrupt EXIF data": what Pillow reads of it is kept). Each
+    was a raw Python warning with a source line on stderr."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        yield
+
+
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open and fully decode an image, applying its EXIF orientation."""
+    """Open and fully decode an image, applying its EXIF orientation (Pillow's warnings
+    silenced: :func:`_quiet_pillow`)."""
     p = Path(path)
     if not p.exists():
         raise InputFileError(p, "file not found")
@@ -71,7 +88,7 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     try:
         # through a file object, not the name: Pillow (13.0) memory-maps an uncompressed gray
         # TIFF opened by name and then turns it by its orientation tag into garbled pixels
-        with open(p, "rb") as fh, Image.open(fh) as im:
+        with _quiet_pillow(), open(p, "rb") as fh, Image.open(fh) as im:
             im.load()
             return ImageOps.exif_transpose(im) or im
     except Image.DecompressionBombError as e:
@@ -441,7 +458,7 @@ def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None] | None:
     (H, W, 3), float64), the file's depth and its marked significant bits; None for a file of
     at most 8 bits per sample, or one Pillow cannot open (both left to the 8-bit reader)."""
     try:
-        with Image.open(path) as im:  # the header only
+        with _quiet_pillow(), Image.open(path) as im:  # the header only
             fmt, mode = im.format, im.mode
             tiff = _tiff_depth(im) if fmt == "TIFF" else None
             orientation = int(im.getexif().get(_ORIENTATION, 1) or 1)
@@ -555,7 +572,7 @@ def source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes |
     when absent; a file Pillow cannot open has neither. From a TIFF only its descriptive tags
     and its Exif and GPS sub-IFDs are kept (its other tags describe its own layout)."""
     try:
-        with Image.open(path) as im:
+        with _quiet_pillow(), Image.open(path) as im:
             icc = im.info.get("icc_profile") or None
             exif = im.getexif()
             if not exif and im.format == "PNG":  # PNG's eXIf may follow the header
