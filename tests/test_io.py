@@ -107,6 +107,37 @@ def test_a_16_bit_cmyk_tiff_is_refused_not_read_as_a_negative(tmp_path: Path) ->
     assert np.array_equal(read_images([tmp_path / "rgba.tif"])[0], np.round(x[..., :3] / 65535 * 255).astype(np.uint8))
 
 
+def test_a_16_bit_gray_alpha_tiff_is_read_as_16_bit_gray(tmp_path: Path) -> None:
+    """What Photoshop and GIMP write for gray with transparency: Pillow cannot identify it (it
+    was 'unreadable image (UnidentifiedImageError ...)'); read with tifffile as 16-bit gray,
+    alpha dropped, orientation applied, its ICC profile kept."""
+    import tifffile
+    from PIL import ImageCms
+
+    gray_icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    gray_icc = gray_icc[:16] + b"GRAY" + gray_icc[20:]
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 65536, (30, 40), dtype=np.uint16)
+    alpha = np.zeros_like(g)  # fully transparent: still not the gray
+    tifffile.imwrite(tmp_path / "ga.tif", np.dstack([g, alpha]), photometric="minisblack", extrasamples=[2],
+                     metadata=None, extratags=[(34675, "B", len(gray_icc), gray_icc, True)])
+    tifffile.imwrite(tmp_path / "ga6.tif", np.dstack([g, alpha]), photometric="minisblack", extrasamples=[2],
+                     metadata=None, extratags=[(274, "H", 1, 6, True)])  # turn right to view
+    tifffile.imwrite(tmp_path / "gap.tif", np.stack([g, alpha]), photometric="minisblack", extrasamples=[2],
+                     planarconfig="separate", metadata=None)
+    src = read_source_set([tmp_path / "ga.tif", tmp_path / "ga6.tif", tmp_path / "gap.tif"])
+    want = np.round(g / 65535 * 255).astype(np.uint8)
+    assert np.array_equal(src.images[0], want) and src.bits == 16
+    assert np.array_equal(src.full[0], g) and np.array_equal(src.full[2], g)
+    assert np.array_equal(src.full[1], np.rot90(g, -1))
+    assert src.icc == gray_icc
+    assert np.array_equal(read_image(tmp_path / "ga.tif"), want)
+    tifffile.imwrite(tmp_path / "f.tif", np.dstack([g, alpha]).astype(np.float32), photometric="minisblack",
+                     extrasamples=[2], metadata=None)
+    with pytest.raises(InputFileError, match=r"f\.tif: floating-point TIFF \(float32"):
+        read_image(tmp_path / "f.tif")
+
+
 def test_a_damaged_8_bit_tiff_is_called_unreadable_not_unsupported(tmp_path: Path) -> None:
     """A truncated 8-bit TIFF: tifffile still reads its header, but 8-bit samples are
     supported, so the message says the file is unreadable (not 'unsupported sample format')."""

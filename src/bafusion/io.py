@@ -106,8 +106,9 @@ def _too_large(p: Path, e: Exception) -> InputFileError:
 def _tiff_problem(p: Path) -> str | None:
     """Why a TIFF Pillow cannot open is not read, when tifffile can say (floating-point or
     other sample formats); None otherwise, also for 1-, 8- and 16-bit samples, which Pillow
-    reads (such a file is damaged, and the caller's generic message says so). Only on the
-    error path."""
+    reads (16-bit ones it cannot identify, such as gray + alpha, are read with tifffile:
+    :func:`_tiff16_without_pillow`), so such a file is damaged, and the caller's generic
+    message says so. Only on the error path."""
     if p.suffix.lower() not in (".tif", ".tiff"):
         return None
     try:
@@ -368,7 +369,8 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
 #
 # Pillow decodes 16-bit colour PNGs and TIFFs to their high byte only; 16-bit colour TIFFs are
 # read with tifffile instead, 16-bit colour PNGs with pypng (both then get the file's EXIF
-# orientation applied, as Pillow's images do in :func:`open_image`).
+# orientation applied, as Pillow's images do in :func:`open_image`). 16-bit gray + alpha TIFFs,
+# which Pillow cannot identify, are read with tifffile too (:func:`_tiff16_without_pillow`).
 #
 # :func:`read_source_set` also keeps the full depth (:attr:`SourceSet.full`: every source as
 # uint16 on the 16-bit scale, by the same factor as its 8-bit version) and the first source's
@@ -453,10 +455,74 @@ def _read_png16(path: Path) -> np.ndarray:
 _HIGH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
+def _read_tiff_samples(path: Path, depth: int) -> np.ndarray:
+    """The samples of a TIFF of more than 8 bits read with tifffile (a scikit-image
+    dependency): gray (H, W) or RGB (H, W, 3), float64, alpha and other extra samples dropped,
+    not yet turned by the orientation; a colour space other than RGB or gray is refused."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            page = tf.pages.first
+            photometric = tifffile.PHOTOMETRIC(page.photometric)
+            if photometric not in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.MINISBLACK):
+                # e.g. CMYK (SEPARATED): its first three samples are no RGB (read as a negative)
+                raise InputFileError(path, f"{depth}-bit TIFF in colour space {photometric.name} is not supported: "
+                                           "save the shots as RGB or gray")
+            planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and page.samplesperpixel > 1
+            a = np.asarray(page.asarray(), dtype=np.float64)
+    except InputFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tifffile raises many types for bad files
+        raise InputFileError(path, f"unreadable {depth}-bit TIFF ({e.__class__.__name__}: {e})") from e
+    if a.ndim == 3 and (planar or (a.shape[0] in (3, 4) and a.shape[2] not in (3, 4))):
+        a = np.moveaxis(a, 0, -1)  # planar
+    if a.ndim == 3:
+        a = a[..., 0] if a.shape[2] <= 2 else a[..., :3]
+    if a.ndim != 2 and not (a.ndim == 3 and a.shape[2] == 3):
+        raise InputFileError(path, f"unsupported TIFF layout {a.shape}")
+    return a
+
+
+_TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, either byte order
+
+
+def _tiff16_without_pillow(path: Path) -> tuple[np.ndarray, int, int | None] | None:
+    """A TIFF of 16-bit samples that Pillow cannot identify, read with tifffile as
+    :func:`_high_depth_array` returns it: above all 16-bit gray + alpha (Photoshop's and GIMP's
+    gray with transparency; Pillow has no mode for it), read as 16-bit gray, alpha dropped.
+    None for anything else (not a TIFF, one tifffile cannot open either, other sample
+    formats): the 8-bit reader then says why it is not read (:func:`_tiff_problem`). Pillow's
+    decompression-bomb limit holds here too."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) not in _TIFF_MAGIC:
+                return None
+        import tifffile
+
+        with tifffile.TiffFile(path) as tf:
+            page = tf.pages.first
+            if np.dtype(page.dtype) != np.uint16:
+                return None
+            depth, h, w = int(page.bitspersample), int(page.imagelength), int(page.imagewidth)
+            tag = page.tags.get(_ORIENTATION)
+            orientation = int(tag.value) if tag is not None and isinstance(tag.value, int) else 1
+            m = re.search(r'SignificantBits\s*=\s*"?(\d+)', str(page.description or ""))
+    except Exception:  # noqa: BLE001 - not a TIFF tifffile reads either: the 8-bit reader's message
+        return None
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and h * w > 2 * limit:
+        e = Image.DecompressionBombError(f"Image size ({h * w} pixels) exceeds limit of {2 * limit} pixels, "
+                                         "could be decompression bomb DOS attack.")
+        raise _too_large(path, e)
+    return _orient(_read_tiff_samples(path, depth), orientation), depth, (int(m.group(1)) if m else None)
+
+
 def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None] | None:
     """The raw samples of a source stored with more than 8 bits (gray (H, W) or colour
     (H, W, 3), float64), the file's depth and its marked significant bits; None for a file of
-    at most 8 bits per sample, or one Pillow cannot open (both left to the 8-bit reader)."""
+    at most 8 bits per sample, or one Pillow cannot open (both left to the 8-bit reader), except
+    a 16-bit TIFF Pillow cannot identify (:func:`_tiff16_without_pillow`)."""
     try:
         with _quiet_pillow(), Image.open(path) as im:  # the header only
             fmt, mode = im.format, im.mode
@@ -464,7 +530,9 @@ def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None] | None:
             orientation = int(im.getexif().get(_ORIENTATION, 1) or 1)
     except Image.DecompressionBombError as e:
         raise _too_large(path, e) from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+    except UnidentifiedImageError:
+        return _tiff16_without_pillow(path)
+    except (OSError, ValueError, SyntaxError):
         return None
     if fmt == "PNG":
         png = png_depth(path)
@@ -478,28 +546,8 @@ def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None] | None:
         depth, sig = tiff
         if mode in _HIGH_MODES:
             return np.asarray(open_image(path), dtype=np.float64), depth, sig
-        import tifffile  # a scikit-image dependency; Pillow gives colour TIFFs' high byte only
-
-        try:
-            with tifffile.TiffFile(path) as tf:
-                page = tf.pages.first
-                photometric = tifffile.PHOTOMETRIC(page.photometric)
-                if photometric not in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.MINISBLACK):
-                    # e.g. CMYK (SEPARATED): its first three samples are no RGB (read as a negative)
-                    raise InputFileError(path, f"{depth}-bit TIFF in colour space {photometric.name} is not supported: "
-                                               "save the shots as RGB or gray")
-                a = np.asarray(page.asarray(), dtype=np.float64)
-        except InputFileError:
-            raise
-        except Exception as e:  # noqa: BLE001 - tifffile raises many types for bad files
-            raise InputFileError(path, f"unreadable {depth}-bit TIFF ({e.__class__.__name__}: {e})") from e
-        if a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[2] not in (3, 4):
-            a = np.moveaxis(a, 0, -1)  # planar
-        if a.ndim == 3:
-            a = a[..., 0] if a.shape[2] <= 2 else a[..., :3]
-        if a.ndim != 2 and not (a.ndim == 3 and a.shape[2] == 3):
-            raise InputFileError(path, f"unsupported TIFF layout {a.shape}")
-        return _orient(a, orientation), depth, sig
+        # Pillow gives colour TIFFs' high byte only
+        return _orient(_read_tiff_samples(path, depth), orientation), depth, sig
     if mode in _HIGH_MODES:  # other formats of 16/32-bit gray
         return np.asarray(open_image(path), dtype=np.float64), 16 if mode.startswith("I;16") else 32, None
     return None
@@ -569,8 +617,9 @@ def _tiff_exif(tags: Image.Exif) -> Image.Exif:
 
 def source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes | None]:
     """(EXIF block with the orientation reset to 1, ICC profile) of an image file, each None
-    when absent; a file Pillow cannot open has neither. From a TIFF only its descriptive tags
-    and its Exif and GPS sub-IFDs are kept (its other tags describe its own layout)."""
+    when absent; a file Pillow cannot open has neither (a TIFF it cannot identify: its ICC
+    profile only, read with tifffile). From a TIFF only its descriptive tags and its Exif and
+    GPS sub-IFDs are kept (its other tags describe its own layout)."""
     try:
         with _quiet_pillow(), Image.open(path) as im:
             icc = im.info.get("icc_profile") or None
@@ -585,8 +634,26 @@ def source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes |
             if _ORIENTATION in exif:
                 exif[_ORIENTATION] = 1
             return exif.tobytes(), icc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except UnidentifiedImageError:
+        return None, _tiff_icc(Path(path))  # a 16-bit gray + alpha TIFF: tifffile reads its profile
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None, None
+
+
+def _tiff_icc(path: Path) -> bytes | None:
+    """The ICC profile (tag 34675) of a TIFF Pillow cannot identify, read with tifffile; None
+    when it has none or is no TIFF tifffile reads."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) not in _TIFF_MAGIC:
+                return None
+        import tifffile
+
+        with tifffile.TiffFile(path) as tf:
+            tag = tf.pages.first.tags.get(34675)
+            return bytes(tag.value) if tag is not None and tag.value else None
+    except Exception:  # noqa: BLE001 - no profile to carry
+        return None
 
 
 def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = True) -> SourceSet:
