@@ -216,6 +216,44 @@ def test_icc_and_exif_of_the_first_source_are_carried(tmp_path: Path, nets: Path
                 assert got.get(0x0112, 1) == 1, "pixels are already turned: orientation reset"
 
 
+def test_the_exif_image_size_is_the_output_size(tmp_path: Path, nets: Path) -> None:
+    """A camera's portrait shot is stored turned (Orientation 6) with ExifImageWidth/Height of
+    the stored frame: the output (turned, orientation reset) gets its own size there; a cropped
+    image (--align) too; the other EXIF is kept, and EXIF without a size is stored unchanged."""
+    from bafusion.io import write_image
+
+    a8, b8 = pair(1)
+    a8, b8 = a8[:, :60], b8[:, :60]  # not square: 60 wide, 80 high as viewed
+    for n, x in (("a", a8), ("b", b8)):
+        stored = np.ascontiguousarray(np.rot90(x, 1))  # 80 wide, 60 high: Orientation 6 turns it back
+        exif = Image.Exif()
+        exif[0x0112], exif[0x010F] = 6, "TestCam"
+        exif.get_ifd(0x8769)[0xA002], exif.get_ifd(0x8769)[0xA003] = stored.shape[1], stored.shape[0]
+        exif.get_ifd(0x8769)[0x9003] = "2026:01:02 03:04:05"
+        Image.fromarray(stored).save(tmp_path / f"{n}.png", exif=exif.tobytes())
+    for ext in ("png", "jpg"):
+        out = tmp_path / f"f.{ext}"
+        assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out),
+                         "--model", str(nets), "--device", "cpu"]) == 0
+        with Image.open(out) as im:
+            got = im.getexif()
+            sub = got.get_ifd(0x8769)
+            assert im.size == (60, N), ext
+            assert (sub.get(0xA002), sub.get(0xA003)) == (60, N), ext
+            assert got.get(0x0112) == 1 and got.get(0x010F) == "TestCam" and sub.get(0x9003) == "2026:01:02 03:04:05"
+    src = read_source_set([tmp_path / "a.png"])
+    write_image(tmp_path / "crop.png", src.images[0][3:50, 5:40], exif=src.exif)  # as --align crops
+    with Image.open(tmp_path / "crop.png") as im:
+        sub = im.getexif().get_ifd(0x8769)
+        assert (sub.get(0xA002), sub.get(0xA003)) == (35, 47)
+    bare = Image.Exif()
+    bare[0x010F] = "TestCam"
+    write_image(tmp_path / "bare.png", src.images[0], exif=bare.tobytes())
+    with Image.open(tmp_path / "bare.png") as im:
+        im.load()
+        assert im.info["exif"].removeprefix(b"Exif\0\0") == bare.tobytes().removeprefix(b"Exif\0\0")  # as it was
+
+
 def test_an_icc_profile_of_another_colour_space_is_not_carried(tmp_path: Path) -> None:
     """A CMYK or gray source's profile is not stored on an RGB output (nor an RGB one on a gray
     output); a profile of the output's colour space is."""

@@ -247,6 +247,8 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         EXIF block and ICC profile to store where the format allows (PNG: ``eXIf`` and
         ``iCCP``; JPEG, WebP and 8-bit TIFF: both; 16-bit TIFF: the ICC profile only; BMP:
         neither). Without them the file is byte-identical to what it was before they existed.
+        The EXIF's image size (ExifImageWidth/Height), where it has one, is set to ``img``'s
+        (a source's, turned by its orientation or cropped by ``--align``, was stale).
         An ICC profile of another colour space than the output's (a CMYK or gray source's
         profile on an RGB output, an RGB profile on a gray one) is left out: it would make
         colour-managed viewers misread the pixels.
@@ -264,6 +266,8 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
     img = np.ascontiguousarray(img)
     if icc and not icc_fits(icc, img):
         icc = None
+    if exif:
+        exif = _exif_sized(exif, img.shape[1], img.shape[0])
     if img.dtype == np.uint16 and not keeps_16_bits(p):
         img = scale_to_u8(img.astype(np.float64), 16)
     with atomic_file(p) as tmp:
@@ -280,6 +284,28 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
             if icc:
                 kwargs["icc_profile"] = icc
         Image.fromarray(img).save(tmp, format=fmt, **kwargs)
+
+
+#: ExifImageWidth and ExifImageHeight (PixelXDimension, PixelYDimension) in the Exif sub-IFD.
+_EXIF_IFD, _EXIF_WIDTH, _EXIF_HEIGHT = 0x8769, 0xA002, 0xA003
+
+
+def _exif_sized(exif: bytes, width: int, height: int) -> bytes:
+    """``exif`` with the Exif sub-IFD's ExifImageWidth/Height set to ``width`` x ``height``
+    when it has either and they differ (a camera's shot stored turned, or an output cropped);
+    else (also when Pillow cannot parse it) ``exif`` unchanged, byte for byte."""
+    try:
+        with _quiet_pillow():
+            ex = Image.Exif()
+            ex.load(exif)
+            sub = ex.get_ifd(_EXIF_IFD)
+            if not ({_EXIF_WIDTH, _EXIF_HEIGHT} & set(sub)) or (sub.get(_EXIF_WIDTH), sub.get(_EXIF_HEIGHT)) == (
+                    width, height):
+                return exif
+            sub[_EXIF_WIDTH], sub[_EXIF_HEIGHT] = int(width), int(height)
+            return ex.tobytes()
+    except Exception:  # noqa: BLE001 - EXIF Pillow cannot rewrite is stored as the source had it
+        return exif
 
 
 def icc_fits(icc: bytes, img: np.ndarray) -> bool:
