@@ -254,6 +254,46 @@ def test_the_exif_image_size_is_the_output_size(tmp_path: Path, nets: Path) -> N
         assert im.info["exif"].removeprefix(b"Exif\0\0") == bare.tobytes().removeprefix(b"Exif\0\0")  # as it was
 
 
+def test_sources_of_different_colour_profiles_are_noted(tmp_path: Path, nets: Path, capsys) -> None:
+    """The result carries the first source's profile (or none) and colours are not converted:
+    ``fuse`` and ``fuse-dir`` say so on stderr for each shot whose profile differs from the
+    first's (or that has one where the first has none, or the reverse); one profile written at
+    two times (creation date, profile ID) is the same profile."""
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    other = srgb[:-4] + b"P3XX"  # a distinct RGB profile
+    later = srgb[:24] + b"\x07\xea\x00\x01\x00\x02\x00\x03\x00\x04\x00\x05" + srgb[36:]  # another date
+    a8, b8 = pair(1)
+    shots = {"a-srgb": (a8, srgb), "a-none": (a8, None), "b-other": (b8, other), "b-later": (b8, later),
+             "b-none": (b8, None)}
+    for name, (x, icc) in shots.items():
+        Image.fromarray(x).save(tmp_path / f"{name}.png", **({"icc_profile": icc} if icc else {}))
+
+    def fuse(a: str, b: str) -> str:
+        out = tmp_path / f"{a}+{b}.png"
+        assert cli_main(["fuse", str(tmp_path / f"{a}.png"), str(tmp_path / f"{b}.png"), "-o", str(out),
+                         "--model", str(nets), "--device", "cpu"]) == 0
+        with Image.open(out) as im:
+            assert im.info.get("icc_profile") == shots[a][1]  # the first's, colours not converted
+        return capsys.readouterr().err
+
+    err = fuse("a-srgb", "b-other")
+    assert f"{tmp_path / 'b-other.png'} has a different colour profile from {tmp_path / 'a-srgb.png'}" in err
+    assert "the result carries" in err and len(err.strip().splitlines()) == 1, err
+    assert "has a colour profile and" in fuse("a-none", "b-other")
+    assert "has no colour profile and" in fuse("a-srgb", "b-none")
+    assert "colour profile" not in fuse("a-srgb", "b-later") + fuse("a-none", "b-none")
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for n, shot in (("A", "a-srgb"), ("B", "b-other")):
+        (src / f"p-{n}.png").write_bytes((tmp_path / f"{shot}.png").read_bytes())
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "out"), "--model", str(nets), "--device", "cpu",
+                     "--quiet"]) == 0
+    assert f"bafusion fuse-dir: {src / 'p-B.png'} has a different colour profile" in capsys.readouterr().err
+
+
 def test_an_icc_profile_of_another_colour_space_is_not_carried(tmp_path: Path) -> None:
     """A CMYK or gray source's profile is not stored on an RGB output (nor an RGB one on a gray
     output); a profile of the output's colour space is."""

@@ -48,7 +48,7 @@ import struct
 import warnings
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -616,6 +616,9 @@ class SourceSet:
         The first source's EXIF block (orientation reset to 1) and ICC profile.
     bits : int
         The most significant bits of any source (8 when all have at most 8).
+    notes : list of str
+        One line for the user per source whose colour profile is not the first's
+        (:func:`profile_notes`; read with the metadata).
     """
 
     images: list[np.ndarray]
@@ -623,6 +626,7 @@ class SourceSet:
     exif: bytes | None
     icc: bytes | None
     bits: int = 8
+    notes: list[str] = field(default_factory=list)
 
 
 #: Descriptive baseline TIFF tags carried from a TIFF source (not its layout tags).
@@ -682,11 +686,38 @@ def _tiff_icc(path: Path) -> bytes | None:
         return None
 
 
+def _icc_key(icc: bytes | None) -> bytes | None:
+    """An ICC profile without its creation date (header bytes 24-35) and profile ID (84-99):
+    two copies of one profile written at different times compare equal."""
+    return None if not icc else icc[:24] + icc[36:84] + icc[100:]
+
+
+def profile_notes(paths: Sequence[str | os.PathLike[str]], first_icc: bytes | None) -> list[str]:
+    """One line per source after the first whose ICC profile differs from the first's
+    (``first_icc``), or that has one where the first has none or the reverse: the result of a
+    fusion carries the first source's profile (or none), and colours are not converted, so the
+    user is told."""
+    notes: list[str] = []
+    first, key = os.fspath(paths[0]), _icc_key(first_icc)
+    for p in paths[1:]:
+        icc = source_metadata(p)[1]
+        if _icc_key(icc) == key:
+            continue
+        if icc and first_icc:
+            what, carried = f"a different colour profile from {first}", f"{first}'s"
+        elif icc:
+            what, carried = f"a colour profile and {first} none", "none"
+        else:
+            what, carried = f"no colour profile and {first} one", f"{first}'s"
+        notes.append(f"{os.fspath(p)} has {what}; the result carries {carried} (colours are not converted)")
+    return notes
+
+
 def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = True) -> SourceSet:
     """Read the sources of one fusion: uint8 images as :func:`read_images`, the full-depth
     uint16 versions when any source has more than 8 bits (scaled by the same bits as the
-    uint8 ones, so the two agree), and the first source's EXIF and ICC profile (when
-    ``metadata``)."""
+    uint8 ones, so the two agree), and the first source's EXIF and ICC profile, with a note
+    for each source whose profile is not the first's (when ``metadata``)."""
     out: list[np.ndarray | None] = []
     high: list[tuple[int, np.ndarray, int | None]] = []
     for p in map(Path, paths):
@@ -708,9 +739,10 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
         assert full is not None
         full[i] = np.clip(np.round(a / float((1 << b) - 1) * 65535.0), 0, 65535).astype(np.uint16)
     exif, icc = source_metadata(paths[0]) if metadata and paths else (None, None)
+    notes = profile_notes(paths, icc) if metadata and len(paths) > 1 else []
     images = [o for o in out if o is not None]
     bits = max([b or shared for _, _, b in high], default=8)
-    return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits)
+    return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits, notes)
 
 
 def read_image(path: str | os.PathLike[str], *, rgb: bool = False) -> np.ndarray:

@@ -175,10 +175,11 @@ def fused_output(src: SourceSet, results, output: Path) -> Fused:
     chain (:func:`bafusion.fusion.fuse_stack`) or the joint rule's
     :class:`bafusion.fusion.stack.StackResult`. The uint8 fusion, or for sources of more than 8 bits
     the full-depth one (:func:`compose_full`, or the joint rule's index map) when the format
-    keeps 16 bits; notes say when 16-bit sources end up in 8 bits."""
+    keeps 16 bits; notes say when a source's colour profile is not the first's (the result
+    carries the first's) and when 16-bit sources end up in 8 bits."""
     joint = not isinstance(results, (list, tuple))  # a StackResult
     fused: np.ndarray = results.fused if joint else results[-1].fused
-    notes: list[str] = []
+    notes: list[str] = list(src.notes)
     if src.full is not None:
         if keeps_16_bits(output):
             if joint:
