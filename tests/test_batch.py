@@ -358,6 +358,38 @@ def test_naming_rule(tmp_path: Path) -> None:
     assert "only 1 shot" in reasons["solo-A.png"] and "sub-folder" in reasons["s-A.png"]
 
 
+def test_fuse_dir_refuses_an_output_folder_that_is_a_stack_of_the_input(tmp_path: Path, nets: Path, capsys) -> None:
+    """OUT a sub-folder of IN holding shots (a stack): it was left out silently (exit 0) and its
+    shot p1.png overwritten by stack p1's output; now refused before any work, naming a shot.
+    An output folder inside IN that holds only outputs (an earlier run's, any --ext) is fine."""
+    src = tmp_path / "in"
+    (src / "beach").mkdir(parents=True)
+    a, b = pair(3)
+    Image.fromarray(a).save(src / "p1-A.png")
+    Image.fromarray(b).save(src / "p1-B.png")
+    Image.fromarray(a).save(src / "beach" / "p1.png")
+    Image.fromarray(b).save(src / "beach" / "shot2.png")
+    before = (src / "beach" / "p1.png").read_bytes()
+    rc = cli_main(["fuse-dir", str(src), str(src / "beach"), "--model", str(nets), "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "the output folder lies in" in err and "shot2.png" in err and "'beach' would not be fused" in err
+    assert (src / "beach" / "p1.png").read_bytes() == before
+    assert sorted(q.name for q in (src / "beach").iterdir()) == ["p1.png", "shot2.png"]
+    from bafusion.errors import UserError
+
+    with pytest.raises(UserError, match="shot2.png"):  # the function refuses too
+        batch.fuse_dir(src, src / "beach", None, None)
+
+    (src / "beach" / "p1.png").rename(tmp_path / "p1.png")
+    (src / "beach" / "shot2.png").rename(src / "beach" / ".hidden.png")  # dot-files are no shots
+    for ext in ("png", "jpg", "png"):  # beach/ holds outputs only: an output folder, run again
+        rc = cli_main(["fuse-dir", str(src), str(src / "beach"), "--model", str(nets), "--device", "cpu", "--quiet",
+                       "--ext", ext])
+        assert rc == 0, capsys.readouterr().err
+    assert sorted(q.name for q in (src / "beach").iterdir()) == [".hidden.png", "p1.jpg", "p1.png"]
+
+
 def test_align_with_16_bit_sources_says_the_output_is_8_bit(tmp_path: Path, nets: Path, capsys) -> None:
     a8, b8 = pair(1)
     for n, x in (("a", a8), ("b", b8)):

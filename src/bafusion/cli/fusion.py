@@ -13,7 +13,7 @@ import torch
 from bafusion.cli.common import nets_from_args
 from bafusion.errors import UserError
 from bafusion.fusion.api import ALIGN_MODELS
-from bafusion.fusion.batch import EXIT_NONE_FUSED, EXIT_SKIPPED, fuse_dir
+from bafusion.fusion.batch import EXIT_NONE_FUSED, EXIT_SKIPPED, check_output_folder, find_groups, fuse_dir
 from bafusion.fusion.models import resolve_device
 from bafusion.fusion.params import (
     BOUNDARY_MODES,
@@ -302,6 +302,7 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
         raise UserError(f"--ext {args.ext}: use png, tif, bmp or jpg")
     if out.resolve() == src.resolve():
         raise UserError(f"{out}: the output folder must not be the input folder")
+    check_output_folder(src, out, find_groups(src, exclude=out)[0])  # before the nets load; fuse_dir checks again
     resolve_device(other["device"])
     nets = nets_from_args(args, other["device"], args.model)
     rep = fuse_dir(src, out, nets, params, ext=ext, align=args.align or "none", force=args.force,

@@ -8,7 +8,9 @@ Naming rule of ``fuse-dir IN OUT`` (documented in the README):
   ``C``, ... in either case) are the shots of stack ``<name>``, in letter order;
 * every sub-folder of ``IN`` is one stack: its images in file-name order, named after the folder;
 * a group of one shot, and an image in ``IN`` that follows neither rule, is skipped and listed;
-* the fusion of ``<name>`` is written to ``OUT/<name>.<ext>`` (``--ext``, default ``png``).
+* the fusion of ``<name>`` is written to ``OUT/<name>.<ext>`` (``--ext``, default ``png``);
+* ``OUT`` inside ``IN`` is no stack; one that holds images other than outputs is refused
+  before any work (:func:`check_output_folder`).
 
 Exit status (:data:`EXIT_SKIPPED`, :data:`EXIT_NONE_FUSED`): 0 when every group was fused (or,
 with ``--skip-existing``, already was), 3 when some were skipped (the others are fused), 4 when
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -254,7 +256,8 @@ def find_groups(folder: Path, exclude: Path | None = None) -> tuple[dict[str, li
     folder : Path
         The input folder.
     exclude : Path, optional
-        A sub-folder that is not a stack (the output folder, when it lies inside ``folder``).
+        A sub-folder that is not a stack (the output folder, when it lies inside ``folder``;
+        :func:`fuse_dir` refuses one that holds other images: :func:`check_output_folder`).
 
     Returns
     -------
@@ -301,6 +304,29 @@ def find_groups(folder: Path, exclude: Path | None = None) -> tuple[dict[str, li
     return out, skipped
 
 
+def check_output_folder(src: Path, out: Path, groups: Mapping[str, Sequence[Path]]) -> None:
+    """Refuse (a :class:`UserError`, before any work) an output folder that is an existing
+    sub-folder of ``src`` holding images other than outputs of ``groups`` (``<name>.<ext>``,
+    any image suffix: an earlier run's): by the naming rule it would be a stack, but as the
+    output folder it is no stack (:func:`find_groups` leaves it out), so its shots would be
+    dropped silently and one named like an output overwritten. An output folder inside ``src``
+    that is new, empty or holds only outputs is fine (``fuse-dir shots shots/fused``, run again)."""
+    try:
+        inside = out.is_dir() and out.resolve().parent == src.resolve()
+    except (OSError, RuntimeError):
+        return
+    if not inside:
+        return
+    foreign = sorted(q.name for q in out.iterdir()
+                     if not q.name.startswith(".") and q.suffix.lower() in IMAGE_SUFFIXES and q.is_file()
+                     and q.stem not in groups)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise UserError(f"{out}: the output folder lies in {src} and holds images that are no fuse-dir outputs "
+                        f"({shown}): stack {out.name!r} would not be fused and its files could be overwritten; "
+                        "choose another output folder")
+
+
 @dataclass
 class BatchReport:
     """What :func:`fuse_dir` did: fused names, names already done, (file, reason) skipped."""
@@ -333,6 +359,7 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
     if not src.is_dir():
         raise UserError(f"{src}: not a folder")
     groups, skipped = find_groups(src, exclude=out)
+    check_output_folder(src, out, groups)
     rep = BatchReport(skipped=list(skipped))
     if not groups:
         raise UserError(f"{src}: no pair or stack to fuse (name shots <name>-A.<ext>, <name>-B.<ext>, or put each "
