@@ -203,3 +203,54 @@ def test_artifacts_go_beside_the_database_whatever_the_working_directory(
     logged = list((root / "mlruns").rglob("table.md"))
     assert len(logged) == 1 and logged[0].parent.name == "evaluation"
     assert not (sub / "mlruns").exists()
+
+
+class _LosesItsException:
+    """Calls a signal handler from ``__del__``, as a signal landing in h5py's weakref callback
+    does: Python prints "Exception ignored" and drops what the handler raised."""
+
+    def __init__(self, handler: object, signum: int) -> None:
+        self.handler, self.signum = handler, signum
+
+    def __del__(self) -> None:
+        self.handler(self.signum, None)  # type: ignore[operator]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize(("signum", "status", "said"), [(signal.SIGTERM, 143, "terminated"),
+                                                        (signal.SIGINT, 130, "interrupted")])
+def test_a_stop_signal_whose_exception_is_lost_commits_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    signum: int, status: int, said: str,
+) -> None:
+    from bafusion import atomic
+    from bafusion.cli import app
+
+    handler = {signal.SIGTERM: app._exit_on_sigterm, signal.SIGINT: app._interrupt}[signum]
+    out, folder = tmp_path / "out.h5", tmp_path / "folder"
+    folder.mkdir()
+    (folder / "old.txt").write_text("the earlier run's")
+
+    def work(args: object) -> int:
+        with atomic.atomic_dir(folder) as tmp:
+            (tmp / "new.txt").write_text("half")
+            with atomic.atomic_file(out) as part:
+                part.write_text("half-written")
+                _LosesItsException(handler, signum)  # dropped at once: the exception is lost
+                part.write_text("the work goes on")
+        return 0
+
+    def parser(command: str | None = None) -> app.Parser:
+        p = app.Parser(prog="bafusion")
+        sub = p.add_subparsers(dest="command")
+        sub.add_parser("work").set_defaults(func=work)
+        return p
+
+    monkeypatch.setattr(app, "build_parser", parser)
+    try:
+        assert app.main(["work"]) == status
+    finally:
+        atomic.clear_stop()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"bafusion work: {said}"
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["folder"]
+    assert [p.name for p in folder.iterdir()] == ["old.txt"]

@@ -1,13 +1,50 @@
 """Write outputs under a temporary name and rename them into place, so a killed job never
-leaves a half-written output that a later run would take for a finished one."""
+leaves a half-written output that a later run would take for a finished one.
+
+The ``bafusion`` command's signal handlers (:mod:`bafusion.cli.app`) also record here that a
+stop was asked for (:func:`request_stop`): the exception they raise can be lost (raised inside
+a weakref callback or a ``__del__``, such as h5py's, Python prints "Exception ignored" and goes
+on), and then no output is renamed into place after all (:func:`raise_if_stopped`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
+
+#: The signal that asked this process to stop (set by the command's handlers), or ``None``.
+_stop_signal: int | None = None
+
+
+def request_stop(signum: int) -> None:
+    """Record that signal ``signum`` asked the process to stop: nothing is committed any more."""
+    global _stop_signal
+    _stop_signal = signum
+
+
+def stop_requested() -> int | None:
+    """The signal that asked the process to stop, or ``None``."""
+    return _stop_signal
+
+
+def clear_stop() -> None:
+    """Forget a stop request (a new command starts in this process)."""
+    global _stop_signal
+    _stop_signal = None
+
+
+def raise_if_stopped() -> None:
+    """Raise what the handler of the recorded stop signal raises: ``KeyboardInterrupt`` for
+    SIGINT, ``SystemExit(128 + signum)`` for another (143 for SIGTERM); nothing without one."""
+    if _stop_signal is None:
+        return
+    if _stop_signal == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + _stop_signal)
 
 
 def part_path(path: Path) -> Path:
@@ -17,7 +54,7 @@ def part_path(path: Path) -> Path:
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds,
-    delete it when the block raises."""
+    delete it when the block raises (or when a stop was asked for meanwhile)."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = part_path(final)
@@ -25,6 +62,7 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.unlink()
     try:
         yield tmp
+        raise_if_stopped()
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -34,7 +72,8 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside ``path``; on success it replaces ``path`` whole."""
+    """Yield a fresh temporary folder beside ``path``; on success it replaces ``path`` whole
+    (not when a stop was asked for meanwhile)."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = part_path(final)
@@ -43,6 +82,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        raise_if_stopped()
         if final.exists():
             old = final.with_name(final.name + ".old")
             if old.exists():

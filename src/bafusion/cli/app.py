@@ -26,6 +26,7 @@ import traceback
 from collections.abc import Sequence
 
 from bafusion._version import __version__
+from bafusion.atomic import clear_stop, request_stop, stop_requested
 from bafusion.errors import UserError
 
 COMMAND_MODULES: tuple[str, ...] = (
@@ -95,21 +96,34 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
+    request_stop(signum)
     raise SystemExit(128 + signum)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    request_stop(signum)
+    raise KeyboardInterrupt
 
 
 def install_sigterm_handler() -> None:
     """Turn SIGTERM (``kill``, ``timeout``, Snakemake or SLURM stopping a job) into
     ``SystemExit(143)`` so that ``finally`` blocks and context managers run: partial outputs
     are not renamed into place and the step's MLflow run ends as KILLED instead of staying
-    RUNNING. Only from the main thread, and only over the default handler."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    RUNNING. SIGINT (Ctrl-C) still raises ``KeyboardInterrupt``. Both handlers also record the
+    stop (:func:`bafusion.atomic.request_stop`): raised inside a weakref callback or a
+    ``__del__`` (h5py's), the exception is only printed by Python and lost, and then no output
+    is renamed into place and :func:`main` still exits 143 (130). Only from the main thread,
+    and only over the default handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bafusion.preflight import check_command
-
+    clear_stop()
     install_sigterm_handler()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(command_of(argv))
@@ -118,6 +132,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         subs.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     cmd = f"bafusion {args.command}"
+    rc = _run(cmd, args)
+    return _stopped(cmd) or rc
+
+
+def _stopped(cmd: str) -> int | None:
+    """When a signal asked the command to stop (its exception may have been lost, see
+    :func:`install_sigterm_handler`): say so, and the exit status (130 for SIGINT, 128 + N)."""
+    signum = stop_requested()
+    if signum is None:
+        return None
+    print(f"{cmd}: {'interrupted' if signum == signal.SIGINT else 'terminated'}", file=sys.stderr)
+    return 128 + signum
+
+
+def _run(cmd: str, args: argparse.Namespace) -> int:
+    """Run the parsed command: its exit status, its errors said in one line (see the module docstring)."""
+    from bafusion.preflight import check_command
+
     try:
         check_command(args)
         return int(args.func(args) or 0)
@@ -131,8 +163,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{cmd}: error: {name}: {one_line(e.strerror or e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{cmd}: interrupted", file=sys.stderr)
+        if stop_requested() is None:  # else said by _stopped
+            print(f"{cmd}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit:
+        signum = stop_requested()
+        if signum is None:
+            raise
+        return 128 + signum  # said by _stopped
     except Exception as e:  # noqa: BLE001 - a bug: keep the traceback, say so
         if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":  # torch's is a RuntimeError
             # the machine, not a bug: one line

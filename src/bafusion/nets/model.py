@@ -239,20 +239,17 @@ class ModelFileError(RuntimeError):
 def save_model(net: CifarResNet, path: "str | os.PathLike[str]", meta: dict | None = None) -> None:
     """Write ``path`` (a .pt state_dict) and ``path`` with suffix .json, each atomically."""
     import json
-    import os
     from pathlib import Path
+
+    from bafusion.atomic import atomic_file, write_text
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     info = dict(meta or {})
     info["arch"] = net.spec.to_dict()
-    tmp = p.with_name(p.name + ".part")
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
-    os.replace(tmp, p)
-    jp = p.with_suffix(".json")
-    tmpj = jp.with_name(jp.name + ".part")
-    tmpj.write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmpj, jp)
+    with atomic_file(p) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
+    write_text(p.with_suffix(".json"), json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_model_meta(path: "str | os.PathLike[str]") -> dict:
