@@ -109,3 +109,15 @@ def test_the_module_entry_point_reads_sys_argv() -> None:
     p = subprocess.run([sys.executable, "-m", "bafusion.cli", "count", "--no-such-option"], capture_output=True,
                        text=True, env=env)
     assert p.returncode == 2 and "error: unrecognized arguments: --no-such-option" in p.stderr, p.stderr
+
+
+def test_ctrl_c_while_the_parser_is_built_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from bafusion.cli import app
+
+    def interrupted(command: str | None = None) -> Parser:
+        raise KeyboardInterrupt  # Ctrl-C while a command module imports torch
+
+    monkeypatch.setattr(app, "build_parser", interrupted)
+    assert app.main(["train", "--help"]) == 130
+    assert capsys.readouterr().err == "bafusion train: interrupted\n"

@@ -243,14 +243,14 @@ def test_a_stop_signal_whose_exception_is_lost_commits_nothing(
     def parser(command: str | None = None) -> app.Parser:
         p = app.Parser(prog="bafusion")
         sub = p.add_subparsers(dest="command")
-        sub.add_parser("work").set_defaults(func=work)
+        sub.add_parser("composite").set_defaults(func=work)  # a known name, as main names it
         return p
 
     monkeypatch.setattr(app, "build_parser", parser)
     try:
-        assert app.main(["work"]) == status
+        assert app.main(["composite"]) == status
     finally:
         atomic.clear_stop()
-    assert capsys.readouterr().err.strip().splitlines()[-1] == f"bafusion work: {said}"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"bafusion composite: {said}"
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["folder"]
     assert [p.name for p in folder.iterdir()] == ["old.txt"]

@@ -126,14 +126,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     clear_stop()
     install_sigterm_handler()
     argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = f"bafusion {command_of(argv) or ''}".rstrip()
+    # Ctrl-C at any time, also while the parser is built (the modules of some commands import
+    # torch: a second or two), is one line, not a traceback
+    try:
+        rc = _main(argv)
+    except KeyboardInterrupt:
+        if stop_requested() is None:  # else said by _stopped
+            print(f"{cmd}: interrupted", file=sys.stderr)
+        rc = 130
+    except SystemExit:
+        if stop_requested() is None:  # argparse's exits
+            raise
+        rc = 0  # the status is _stopped's
+    return _stopped(cmd) or rc
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser(command_of(argv))
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the command's parser: "bafusion fuse-dir: error: ... (see bafusion fuse-dir --help)"
         subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         subs.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
-    cmd = f"bafusion {args.command}"
-    rc = _run(cmd, args)
-    return _stopped(cmd) or rc
+    return _run(f"bafusion {args.command}", args)
 
 
 def _stopped(cmd: str) -> int | None:
@@ -162,15 +177,6 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
         name = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
         print(f"{cmd}: error: {name}: {one_line(e.strerror or e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        if stop_requested() is None:  # else said by _stopped
-            print(f"{cmd}: interrupted", file=sys.stderr)
-        return 130
-    except SystemExit:
-        signum = stop_requested()
-        if signum is None:
-            raise
-        return 128 + signum  # said by _stopped
     except Exception as e:  # noqa: BLE001 - a bug: keep the traceback, say so
         if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":  # torch's is a RuntimeError
             # the machine, not a bug: one line
