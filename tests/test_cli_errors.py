@@ -256,3 +256,41 @@ def test_train_without_params_says_params_yaml_is_not_read(work: Path, capsys) -
     assert "no --params given" in err and "pass --params params.yaml" in err
     cli_main([*argv, "--params", "params.yaml"])
     assert "no --params given" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("code", [28, 13, 30])  # ENOSPC, EACCES, EROFS
+def test_an_os_error_of_the_disk_without_a_file_name_is_one_line(work: Path, capsys, monkeypatch, code: int) -> None:
+    """h5py's and Pillow's OSErrors name no file: the command's output is named."""
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(code, "Unable to synchronously write data (file write failed: errno = ...)")
+
+    monkeypatch.setattr(cli_fusion, "fuse_stack", full)
+    _refused([*FUSE, "-o", "F.png"], capsys, work, f"bafusion fuse: error: F.png: {os.strerror(code)}")
+
+
+@pytest.mark.parametrize(("torch_says", "said"), [
+    ("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598", "No space left on device"),
+    ("[enforce fail at inline_container.cc:424] . open file failed with strerror: Permission denied",
+     "Permission denied"),
+])
+def test_torch_failing_to_write_a_net_or_checkpoint_names_the_file(tmp_path: Path, monkeypatch, torch_says: str,
+                                                                   said: str) -> None:
+    import shutil
+    from collections import namedtuple
+
+    import torch
+
+    from bafusion.nets.train import save_checkpoint
+
+    def fails(obj: object, f: object) -> None:
+        Path(f).write_bytes(b"half")  # type: ignore[arg-type]
+        raise RuntimeError(torch_says)
+
+    monkeypatch.setattr(torch, "save", fails)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: namedtuple("usage", "total used free")(1 << 30, 1 << 30, 0))
+    for target, save in [(tmp_path / "m.pt", lambda p: save_model(build_model(8), p)),
+                         (tmp_path / "ck" / "last.pt", lambda p: save_checkpoint(p, {"format": 1}))]:
+        with pytest.raises(OSError) as e:
+            save(target)
+        assert e.value.filename == str(target) and e.value.strerror == said
+        assert not list(target.parent.iterdir())

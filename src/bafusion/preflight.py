@@ -253,6 +253,13 @@ def check_command(args: argparse.Namespace) -> None:
         check_device(device)
 
 
+def output_paths(args: argparse.Namespace) -> list[str]:
+    """The output paths of the parsed command line ``args``, as given."""
+    spec = COMMAND_OUTPUTS.get(getattr(args, "command", ""), OutputSpec())
+    return [p for dest in (*spec.images, *spec.files, *spec.dirs, *spec.replaced_dirs)
+            for p in _raw(getattr(args, dest, None))]
+
+
 def check_outputs_distinct(outputs: Sequence[tuple[str, str]]) -> None:
     """Refuse two outputs, given as ``(path, flag)``, that name one file or folder."""
     for i, (p, flag) in enumerate(outputs):

@@ -11,14 +11,17 @@ Errors: every user error of every command exits with status 2 and one line
 ``bafusion <cmd>: error: <what>: <why>`` on stderr, without a traceback. That covers argparse's
 errors (no usage block), :class:`bafusion.errors.UserError` raised anywhere, the checks of
 :mod:`bafusion.preflight` (output paths, devices) that run before the command's work, and an
-``OSError`` naming a file (permission denied, disk full, ...). Anything else is a bug: its
+``OSError`` naming a file (permission denied, disk full, ...) or, without a name, one of the
+disk or its permissions (h5py's, Pillow's: the command's output is named). Anything else is a bug: its
 traceback is printed, followed by one line saying so, and the status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -161,6 +164,11 @@ def _stopped(cmd: str) -> int | None:
     return 128 + signum
 
 
+#: OSErrors that are the machine's (the disk, the permissions), also without a file name.
+_MACHINE_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO,
+                             errno.EFBIG})
+
+
 def _run(cmd: str, args: argparse.Namespace) -> int:
     """Run the parsed command: its exit status, its errors said in one line (see the module docstring)."""
     from bafusion.preflight import check_command
@@ -172,6 +180,14 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
         print(f"{cmd}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:
+        if e.filename is None and e.errno in _MACHINE_ERRNOS:  # h5py's, Pillow's: no file name
+            from bafusion.preflight import output_paths
+
+            outs = output_paths(args)
+            where = f"{outs[0]}: " if len(outs) == 1 else ""
+            writing = f" (writing {', '.join(outs)})" if len(outs) > 1 else ""
+            print(f"{cmd}: error: {where}{os.strerror(e.errno)}{writing}", file=sys.stderr)
+            return 2
         if e.filename is None:
             return _internal_error(cmd)
         name = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"

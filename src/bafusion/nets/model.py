@@ -11,6 +11,7 @@ replace the global pooling by a sliding-window average (see ``bafusion.fusion``)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -236,6 +237,40 @@ class ModelFileError(RuntimeError):
     """A model file is missing, unreadable, or of another architecture."""
 
 
+#: Words of torch.save's RuntimeErrors that are the file system's, not a bug (its C++ writer
+#: says "unexpected pos" or "iostream error" for a short write, a full disk).
+_WRITE_FAILURES = ("inline_container", "strerror", "cannot be opened", "open file", "Parent directory",
+                   "iostream error", "PytorchStreamWriter failed")
+
+
+def save_torch(obj: object, tmp: "str | os.PathLike[str]", final: "str | os.PathLike[str]") -> None:
+    """``torch.save(obj, tmp)``, where ``tmp`` is the temporary name of ``final``: a failure to
+    write (disk full, permission denied, a read-only folder), a ``RuntimeError`` of torch's, is
+    an ``OSError`` naming ``final`` (one line from the command)."""
+    import errno
+    import re
+    import shutil
+    from pathlib import Path
+
+    try:
+        torch.save(obj, tmp)
+    except RuntimeError as e:
+        msg = " ".join(str(e).split())
+        if not any(w in msg for w in _WRITE_FAILURES):
+            raise
+        m = re.search(r"strerror:? ([A-Za-z][A-Za-z ]+)", msg)
+        code = errno.EIO
+        if m:
+            why = m.group(1).strip()
+            code = next((c for c in errno.errorcode if os.strerror(c) == why), errno.EIO)
+        else:
+            with contextlib.suppress(OSError):
+                if shutil.disk_usage(Path(final).parent).free < 64 << 20:
+                    code = errno.ENOSPC
+            why = os.strerror(code) if code == errno.ENOSPC else f"could not be written ({msg[:200]}); is the disk full?"
+        raise OSError(code, why, os.fspath(final)) from e
+
+
 def save_model(net: CifarResNet, path: "str | os.PathLike[str]", meta: dict | None = None) -> None:
     """Write ``path`` (a .pt state_dict) and ``path`` with suffix .json, each atomically."""
     import json
@@ -248,7 +283,7 @@ def save_model(net: CifarResNet, path: "str | os.PathLike[str]", meta: dict | No
     info = dict(meta or {})
     info["arch"] = net.spec.to_dict()
     with atomic_file(p) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
+        save_torch({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp, p)
     write_text(p.with_suffix(".json"), json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
 
 

@@ -76,6 +76,7 @@ from bafusion.nets.model import (
     build_model,
     load_model,
     save_model,
+    save_torch,
 )
 from bafusion.progress import bars_enabled
 from bafusion.schema import default, validate_params
@@ -322,7 +323,7 @@ def _set_rng_state(st: Mapping[str, Any], device: torch.device) -> None:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` under a temporary name, then rename (a kill never leaves half a file)."""
     with atomic_file(path) as tmp:
-        torch.save(state, tmp)
+        save_torch(state, tmp, path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
