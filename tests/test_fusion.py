@@ -451,6 +451,50 @@ def test_cli_fuse_set_refuses_bad_indexes_before_work_and_writes_strict_json(
     assert entry["band8_accuracy"] is None and entry["dm_accuracy"] >= 0
 
 
+def test_cli_fuse_set_killed_leaves_the_earlier_results_whole(
+    tmp_path: Path, model_dir: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fuse-set wrote pair by pair into --out: a run killed half-way left its first pairs
+    beside the earlier run's results and accuracy.json. It writes a fresh folder now, which
+    replaces --out at the end; a test set inside --out is refused (it would be deleted)."""
+    import bafusion.fusion.testset as testset
+
+    rng = np.random.default_rng(5)
+    for sub, names in (("first", ["p1"]), ("second", ["q1", "q2"])):
+        pairs = tmp_path / sub
+        pairs.mkdir()
+        for name in names:
+            a, b, _ = composite(rng, 48, 48, rgb=False)
+            Image.fromarray(a).save(pairs / f"{name}-A.png")
+            Image.fromarray(b).save(pairs / f"{name}-B.png")
+        (pairs / "index.json").write_text(json.dumps(names))
+    out = tmp_path / "fused"
+    base = ["fuse-set", "--models", str(model_dir), "--out", str(out), "--device", "cpu"]
+    assert cli_main([*base, "--pairs", str(tmp_path / "first")]) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert Path("p1.png") in before and Path("accuracy.json") in before
+    fused = testset.fuse_images
+    calls = []
+
+    def killed_at_the_second(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(testset, "fuse_images", killed_at_the_second)
+    assert cli_main([*base, "--pairs", str(tmp_path / "second")]) == 130
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "fused", "second"]
+    capsys.readouterr()
+    # the test set inside the folder that is replaced: refused before any work
+    (tmp_path / "first").rename(out / "pairs")
+    assert cli_main([*base, "--pairs", str(out / "pairs")]) == 2
+    assert "is replaced whole and holds the input" in capsys.readouterr().err
+    assert (out / "pairs" / "index.json").is_file()
+
+
 def test_cli_fuse_set_on_an_empty_test_set_fuses_nothing(tmp_path: Path, model_dir: Path) -> None:
     pairs = tmp_path / "pairs"
     pairs.mkdir()

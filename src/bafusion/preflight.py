@@ -57,7 +57,7 @@ _NETS = ("initial", "boundary", "model", "models", "params_file")
 #: like ``preset --apply``).
 COMMAND_OUTPUTS: dict[str, OutputSpec] = {
     "fuse": OutputSpec(images=("output",), dirs=("save_maps",), inputs=("images", *_NETS)),
-    "fuse-set": OutputSpec(dirs=("out",), files=("report",), inputs=("pairs", *_NETS)),
+    "fuse-set": OutputSpec(replaced_dirs=("out",), files=("report",), inputs=("pairs", *_NETS)),
     "fuse-dir": OutputSpec(dirs=("output",), inputs=("input", *_NETS), positional=("output",)),
     "baseline": OutputSpec(images=("output",), inputs=("a", "b")),
     "evaluate": OutputSpec(replaced_dirs=("out",), files=("report", "plots"), inputs=("root", *_NETS)),

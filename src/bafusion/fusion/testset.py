@@ -14,12 +14,16 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from bafusion.atomic import write_text
+from bafusion.atomic import atomic_dir, write_text
 from bafusion.errors import InputFileError
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.rule import check_same_size, fuse_images
 from bafusion.io import read_image, read_images, to_gray_u8, write_image
+
+
+#: The report in the output folder (it marks an earlier fuse-set output, which may be replaced).
+ACCURACY = "accuracy.json"
 
 
 def read_pair_index(folder: Path, allow_empty: bool = False) -> list[str]:
@@ -85,7 +89,9 @@ def fuse_set(
         ``<name>-B.png`` and, where there is a truth, ``<name>-dm.png`` (255 = A focused).
     out : path
         Output folder: ``<name>.png`` (fused), ``maps/`` (:func:`bafusion.fusion.maps.save_maps`)
-        and ``accuracy.json`` (the report).
+        and ``accuracy.json`` (the report). It is written under a temporary name and replaces
+        ``out`` whole at the end; an existing ``out`` must be empty or an earlier output of
+        ``fuse-set`` (hold ``accuracy.json``).
     nets, params
         The nets and the fusion rule's parameters.
     alpha : float
@@ -101,8 +107,11 @@ def fuse_set(
         The report: parameters, device, models, per-pair accuracies and their mean.
     """
     from bafusion.fusion.maps import save_maps
+    from bafusion.preflight import check_output_dir
 
     pairs, out = Path(pairs), Path(out)
+    # ``out`` is replaced whole: refuse before any work when it holds the test set or other files
+    check_output_dir(out, [pairs, *(s for s in nets.sources if s)], replaced=True)
     # An empty test set (no held-out images, as in the paper preset) fuses nothing.
     names = read_pair_index(pairs, allow_empty=True)
     if not names:
@@ -114,37 +123,40 @@ def fuse_set(
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise InputFileError(pairs / "index.json", f"listed pairs lack their shots: {', '.join(missing[:3])}{more}")
-    for name in names:
-        pa, pb, pt = pairs / f"{name}-A.png", pairs / f"{name}-B.png", pairs / f"{name}-dm.png"
-        a, b = read_images([pa, pb])
-        res = fuse_images(a, b, nets, params, (str(pa), str(pb)), progress=progress)
-        # Timings go to the log, not the report: DVC tracks the report, and it must be the
-        # same for the same inputs.
-        print(f"bafusion fuse-set: {name}: {sum(res.seconds.values()):.3f} s", file=sys.stderr)
-        entry: dict = {"near_boundary_fraction": float(res.near_boundary.mean())}
-        if pt.is_file():
-            truth_img = read_image(pt)
-            truth_img = to_gray_u8(truth_img)
-            check_same_size(a, truth_img, str(pa), str(pt))
-            truth = truth_img > 127
-            entry.update(
-                dm_accuracy=decision_accuracy(res.decision, truth),
-                dm_accuracy_raw=decision_accuracy(res.decision_raw, truth),
-                dm_accuracy_initial=decision_accuracy(res.score_initial > params.threshold, truth),
-                band8_accuracy=decision_accuracy(res.decision_raw, truth, band=8),
-                band8_accuracy_initial=decision_accuracy(res.score_initial > params.threshold, truth, band=8),
-            )
-        # undefined (a true map without a boundary has no band): null in the JSON, not NaN
-        entry = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in entry.items()}
-        save_maps(out / "maps", name, res, a, b, alpha=alpha)
-        write_image(out / f"{name}.png", res.fused)
-        report["pairs"][name] = entry
-        print(f"{name}: " + ", ".join(f"{k}={'n/a' if v is None else format(v, '.4f')}" for k, v in entry.items()))
-    accs = [e["dm_accuracy"] for e in report["pairs"].values() if "dm_accuracy" in e]
-    if accs:
-        report["mean_dm_accuracy"] = float(np.mean(accs))
-    text = json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    write_text(out / "accuracy.json", text)
+    # into a fresh folder that replaces ``out`` at the end: a killed run leaves the earlier
+    # results whole, never mixed with new ones
+    with atomic_dir(out) as tmp:
+        for name in names:
+            pa, pb, pt = pairs / f"{name}-A.png", pairs / f"{name}-B.png", pairs / f"{name}-dm.png"
+            a, b = read_images([pa, pb])
+            res = fuse_images(a, b, nets, params, (str(pa), str(pb)), progress=progress)
+            # Timings go to the log, not the report: DVC tracks the report, and it must be the
+            # same for the same inputs.
+            print(f"bafusion fuse-set: {name}: {sum(res.seconds.values()):.3f} s", file=sys.stderr)
+            entry: dict = {"near_boundary_fraction": float(res.near_boundary.mean())}
+            if pt.is_file():
+                truth_img = read_image(pt)
+                truth_img = to_gray_u8(truth_img)
+                check_same_size(a, truth_img, str(pa), str(pt))
+                truth = truth_img > 127
+                entry.update(
+                    dm_accuracy=decision_accuracy(res.decision, truth),
+                    dm_accuracy_raw=decision_accuracy(res.decision_raw, truth),
+                    dm_accuracy_initial=decision_accuracy(res.score_initial > params.threshold, truth),
+                    band8_accuracy=decision_accuracy(res.decision_raw, truth, band=8),
+                    band8_accuracy_initial=decision_accuracy(res.score_initial > params.threshold, truth, band=8),
+                )
+            # undefined (a true map without a boundary has no band): null in the JSON, not NaN
+            entry = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in entry.items()}
+            save_maps(tmp / "maps", name, res, a, b, alpha=alpha)
+            write_image(tmp / f"{name}.png", res.fused)
+            report["pairs"][name] = entry
+            print(f"{name}: " + ", ".join(f"{k}={'n/a' if v is None else format(v, '.4f')}" for k, v in entry.items()))
+        accs = [e["dm_accuracy"] for e in report["pairs"].values() if "dm_accuracy" in e]
+        if accs:
+            report["mean_dm_accuracy"] = float(np.mean(accs))
+        text = json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        write_text(tmp / ACCURACY, text)
     if report_path:  # the DVC metrics file: numbers only (settings are DVC params)
         from bafusion.dvc_metrics import fuse_metrics
 
