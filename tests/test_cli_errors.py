@@ -294,3 +294,28 @@ def test_torch_failing_to_write_a_net_or_checkpoint_names_the_file(tmp_path: Pat
             save(target)
         assert e.value.filename == str(target) and e.value.strerror == said
         assert not list(target.parent.iterdir())
+
+
+@pytest.mark.parametrize(("argv", "marker"), [
+    (["prepare", "--out", "mine"], "manifest.json"),
+    (["testset", "--prepared", "prep", "--out", "mine"], "index.json"),
+    (["evaluate", "--out", "mine"], "metrics.json"),
+    (["fuse-set", "--pairs", "pairs", "--models", "nets", "--out", "mine"], "accuracy.json"),
+])
+def test_a_replaced_output_folder_holding_other_files_is_refused(work: Path, capsys, argv: list[str],
+                                                                 marker: str) -> None:
+    """These commands replace --out whole: a folder of the user's files was deleted silently.
+    Only an empty folder or the command's own earlier output (its marker file) is replaced."""
+    from bafusion.cli.app import build_parser
+    from bafusion.preflight import check_command
+
+    (work / "mine").mkdir()
+    (work / "mine" / "notes.txt").write_text("mine")
+    _refused(argv, capsys, work, "mine: ", "no earlier output of this command", f"no {marker}",
+             "remove the folder or choose another")
+    args = build_parser(argv[0]).parse_args(argv)
+    (work / "mine" / marker).write_text("{}")
+    check_command(args)  # an earlier output: replaced
+    for p in (work / "mine").iterdir():
+        p.unlink()
+    check_command(args)  # empty

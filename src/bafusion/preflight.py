@@ -12,7 +12,9 @@ Every command's output paths are listed once, in :data:`COMMAND_OUTPUTS` (by the
   a read-only or virtual file system): a probe file is created and removed in the nearest
   existing folder, so the answer is the file system's, also for root;
 * an output folder that is an existing file; a folder that the command replaces whole when it
-  holds one of the inputs or the working directory;
+  holds one of the inputs or the working directory, or files that are no earlier output of the
+  command (a folder neither empty nor holding its marker, :data:`OUTPUT_MARKERS`): they would be
+  deleted with it;
 * two outputs that are one path (``fuse -o X --save-maps X``): the second would overwrite the first;
 * a ``--device`` this machine does not have.
 """
@@ -72,6 +74,16 @@ COMMAND_OUTPUTS: dict[str, OutputSpec] = {
     "download-coco": OutputSpec(replaced_dirs=("out",), inputs=("annotations", "images_dir", "cache")),
     "download-eval": OutputSpec(replaced_dirs=("out",), inputs=("from_dir", "manifest", "cache")),
     "download-record": OutputSpec(files=("out",)),
+}
+
+
+#: The file that marks an earlier output of a command that replaces its folder whole: an
+#: existing folder without it that is not empty holds someone's files, and is refused.
+OUTPUT_MARKERS: dict[str, str] = {
+    "prepare": "manifest.json",
+    "testset": "index.json",
+    "evaluate": "metrics.json",
+    "fuse-set": "accuracy.json",
 }
 
 
@@ -174,10 +186,12 @@ def check_output_dir(
     inputs: Iterable[str | os.PathLike[str]] = (),
     *,
     replaced: bool = False,
+    marker: str | None = None,
     what: str = "output folder",
 ) -> Path:
     """Check an output folder: an existing folder or a new path, never a file; ``replaced``
-    (the command replaces it whole): it must not hold an input or the working directory."""
+    (the command replaces it whole): it must not hold an input or the working directory and,
+    with ``marker``, it must be empty or hold that file (an earlier output of the command)."""
     p, shown = Path(path), os.fspath(path)
     if os.path.lexists(p) and not p.is_dir():
         raise UserError(f"{shown}: is a file, not a folder: the {what} must be a folder or a new path")
@@ -188,6 +202,9 @@ def check_output_dir(
             if os.path.lexists(q) and _contains(p, q):
                 held = "the working directory" if q == Path.cwd() else f"the input {q}"
                 raise UserError(f"{shown}: the {what} is replaced whole and holds {held}: choose another folder")
+        if marker and p.is_dir() and not (p / marker).is_file() and any(p.iterdir()):
+            raise UserError(f"{shown}: the {what} is replaced whole and holds files that are no earlier output of "
+                            f"this command (no {marker}); they would be deleted: remove the folder or choose another")
         _check_can_create_in(shown, p.parent)
     else:
         _check_can_create_in(shown, p)
@@ -244,7 +261,8 @@ def check_command(args: argparse.Namespace) -> None:
             check_output_dir(p, inputs, what=f"{spec.flag(dest)} folder")
     for dest in spec.replaced_dirs:
         for p in _raw(getattr(args, dest, None)):
-            check_output_dir(p, inputs, replaced=True, what=f"{spec.flag(dest)} folder")
+            check_output_dir(p, inputs, replaced=True, marker=OUTPUT_MARKERS.get(getattr(args, "command", "")),
+                             what=f"{spec.flag(dest)} folder")
     check_outputs_distinct(
         [(p, spec.flag(dest)) for dest in (*spec.images, *spec.files, *spec.dirs, *spec.replaced_dirs)
          for p in _raw(getattr(args, dest, None))])

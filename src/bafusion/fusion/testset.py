@@ -110,8 +110,9 @@ def fuse_set(
     from bafusion.preflight import check_output_dir
 
     pairs, out = Path(pairs), Path(out)
-    # ``out`` is replaced whole: refuse before any work when it holds the test set or other files
-    check_output_dir(out, [pairs, *(s for s in nets.sources if s)], replaced=True)
+    # ``out`` is replaced whole: refuse before any work when it holds the test set, the nets or
+    # files that are no earlier output of fuse-set
+    check_output_dir(out, [pairs, *(s for s in nets.sources if s)], replaced=True, marker=ACCURACY)
     # An empty test set (no held-out images, as in the paper preset) fuses nothing.
     names = read_pair_index(pairs, allow_empty=True)
     if not names:
