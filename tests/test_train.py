@@ -297,6 +297,33 @@ def test_context_consistency_training(toy_run: dict, tmp_path: Path) -> None:
         resolve_config({"train": {"consistency": -1}}, "initial")
 
 
+def test_killed_while_logging_the_finished_run_resumes_without_training(
+        toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint was marked finished before MLflow logged the outputs: a kill in those
+    seconds (Snakemake then deletes the model) made the retry train from scratch."""
+    from bafusion import tracking
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 64}}, "initial")
+    paths = _paths(tmp_path, "initial")
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracking._NullRun, "log_artifact", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", toy_run["h5"], cfg, paths, progress=False)
+    assert not load_checkpoint(paths.checkpoints / "last.pt").get("finished")
+    monkeypatch.undo()
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    paths.out.unlink()  # Snakemake deletes the outputs of a failed job
+    capsys.readouterr()
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    err = capsys.readouterr().err
+    assert "training from scratch" not in err and "initial epoch 1/1" not in err, err
+    assert paths.out.is_file() and load_checkpoint(paths.checkpoints / "last.pt")["finished"]
+
+
 def test_forced_rerun_of_a_finished_run_trains_from_scratch(toy_run: dict, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:

@@ -742,10 +742,6 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             save_model(final, paths.out, _json_safe(meta))
             write_text(paths.metrics, json.dumps(_json_safe(summary), indent=2, sort_keys=True) + "\n")
             _write_csv(paths.plots, history)
-            # Mark the run finished only now that its outputs exist: a later run does not resume it,
-            # while a run killed before this point (even after its last epoch) still resumes.
-            save_checkpoint(last_path, {**checkpoint_state(cfg.epochs, torch.zeros(3, dtype=torch.float64), 0.0),
-                                        "finished": True})
             run.log_metrics({f"best_{k}": float(summary[k]) for k in ("val_acc", "val_loss") if summary[k] is not None
                              and not math.isnan(summary[k])}, step=cfg.epochs)
             run.log_metrics({"train_time_s": train_time,
@@ -762,6 +758,12 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             # input patch pair, so MLflow stores the example and infers the signature.
             example = np.zeros((1, 2, cfg.patch, cfg.patch), dtype=np.float32)
             run.log_model(final, f"{net}_net", input_example=example)
+            # Mark the run finished only now that its outputs exist and are logged: a later run
+            # does not resume it, while a run killed before this point (even after its last
+            # epoch, while MLflow logs: Snakemake then deletes the model) still resumes and only
+            # writes the outputs again, instead of training from scratch.
+            save_checkpoint(last_path, {**checkpoint_state(cfg.epochs, torch.zeros(3, dtype=torch.float64), 0.0),
+                                        "finished": True})
         return summary
 
 
