@@ -246,3 +246,30 @@ def test_realistic_shard_keeps_labels_and_logs_draws(tmp_path: Path) -> None:
     with h5py.File(real) as q, h5py.File(again) as g:
         for k in q.keys():
             assert np.array_equal(q[k]["A"][()], g[k]["A"][()]) and np.array_equal(q[k]["B"][()], g[k]["B"][()])
+
+
+def test_a_recorded_stop_ends_the_shard_at_the_next_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SIGTERM's SystemExit is often lost in h5py's weakref callbacks during the writes: the
+    # shard then ran to its end (the output was refused only at the rename)
+    import signal
+
+    from bafusion import atomic
+    from bafusion.data import composite as comp
+
+    prepared = _prepared(tmp_path)
+    made = []
+    real_composite = comp.composite_float
+
+    def composite_and_stop(*a, **k):
+        made.append(1)
+        atomic.request_stop(signal.SIGTERM)  # as the handler does before its exception is lost
+        return real_composite(*a, **k)
+
+    monkeypatch.setattr(comp, "composite_float", composite_and_stop)
+    try:
+        with pytest.raises(SystemExit) as e:
+            run_shard(prepared, 0, 1, CompositeOptions(), tmp_path / "s.h5", progress=False)
+    finally:
+        atomic.clear_stop()
+    assert e.value.code == 143 and len(made) == 1
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.h5.part").exists()

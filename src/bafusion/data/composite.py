@@ -37,7 +37,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from bafusion._version import __version__
-from bafusion.atomic import atomic_dir, atomic_file
+from bafusion.atomic import atomic_dir, atomic_file, raise_if_stopped
 from bafusion.data.prepare import entries, load_manifest
 from bafusion.errors import InputFileError, UserError
 from bafusion.io import (
@@ -190,6 +190,9 @@ def run_shard(prepared: Path, shard: int, shards: int, opts: CompositeOptions, o
                 pairs[bg_index] = pair_id
                 count += 1
                 bar.update()
+                # SIGTERM's exception is often lost inside h5py's writes above ("Exception
+                # ignored"): the stop the handler recorded ends the shard here, not at its end
+                raise_if_stopped()
             g.create_dataset("sigma", data=sigmas, track_times=False)
             g.create_dataset("pair", data=pairs, track_times=False)
             g.create_dataset("background", data=np.array([b["id"] for b in bgs], dtype=h5py.string_dtype()), track_times=False)
