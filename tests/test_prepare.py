@@ -165,3 +165,14 @@ def test_holdout_and_limits(tmp_path: Path) -> None:
     assert not {b.id for b in sel.train_backgrounds} & {b.id for b in sel.test_backgrounds}
     with pytest.raises(UserError, match="unknown data.source"):
         select({"source": "ftp"}, 0)
+
+
+def test_fewer_items_than_configured_are_noted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the paper preset's 700 backgrounds on ../shared's 128 made 27 x 128 pairs without a word
+    cfg = _dir_cfg(_alphamatting(tmp_path / "am"), _bgs(tmp_path / "bg", 3), backgrounds=700,
+                   holdout_foregrounds=1, holdout_backgrounds=1)
+    m = run_prepare(cfg, PrepareOptions(scale=0.5), 0, tmp_path / "prepared", progress=False)
+    err = capsys.readouterr().err
+    assert "note: data.backgrounds is 700, but the source has 2 for training (after 1 held out): using 2" in err
+    assert "data.foregrounds" not in err  # 0 = all: nothing to say
+    assert sum(b["split"] == "train" for b in m["backgrounds"]) == 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,12 @@ def run_prepare(data_cfg: dict, opts: PrepareOptions, seed: int, out: Path, prog
         raise UserError("no foregrounds selected for training")
     if not sel.train_backgrounds:
         raise UserError("no backgrounds selected for training")
+    for what, got in (("foregrounds", sel.train_foregrounds), ("backgrounds", sel.train_backgrounds)):
+        asked = int(data_cfg.get(what, 0) or 0)
+        if asked > len(got):  # e.g. the paper preset's 700 backgrounds on a folder of 128
+            print(f"note: data.{what} is {asked:,}, but the source has {len(got):,} for training "
+                  f"(after {int(data_cfg.get(f'holdout_{what}', 0) or 0)} held out): using {len(got):,}",
+                  file=sys.stderr)
     ids = [b.id for b in sel.train_backgrounds + sel.test_backgrounds]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
