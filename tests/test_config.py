@@ -20,6 +20,7 @@ from bafusion.config import (
     preset_names,
 )
 from bafusion.data.counts import count_samples
+from bafusion.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,6 +64,14 @@ def test_count_cli_with_preset(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["count", "--params", str(f), "--preset", "paper"]) == 0
     out = capsys.readouterr().out
     assert "18,900" in out and "2,268,000" in out
+
+
+def test_count_says_why_the_source_cannot_be_counted() -> None:
+    # holding out every foreground said only "the source cannot be read"
+    params = load_params(REPO / "params.yaml")
+    params["data"]["holdout_foregrounds"] = 8  # the 8 builtin foregrounds
+    with pytest.raises(UserError, match="cannot hold out 8 of 8"):
+        count_samples(params)
 
 
 def test_count_of_the_builtin_default_matches_its_sources() -> None:

@@ -24,11 +24,13 @@ def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
     n_cfg = {"foregrounds": int(data.get("foregrounds", 0) or 0), "backgrounds": int(data.get("backgrounds", 0) or 0)}
     available: dict[str, int | None] = {"foregrounds": None, "backgrounds": None}
     note = None
+    note_reason = ""
     try:
         unlimited = dict(data, foregrounds=0, backgrounds=0)
         sel = select(unlimited, int(params.get("seed", 0)))
         available = {"foregrounds": len(sel.train_foregrounds), "backgrounds": len(sel.train_backgrounds)}
     except UserError as e:
+        note_reason = str(e)  # e.g. "foregrounds: cannot hold out 27 of 27 (...)"
         note = f"source not readable here ({e}); counting from the configured numbers"
     n: dict[str, int] = {}
     for k in ("foregrounds", "backgrounds"):
@@ -37,7 +39,7 @@ def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
         elif available[k] is not None:
             n[k] = int(available[k])  # type: ignore[arg-type]
         else:
-            raise UserError(f"data.{k} is 0 (= all) and the source cannot be read: cannot count")
+            raise UserError(f"data.{k} is 0 (= all) and the source cannot be read ({note_reason}): cannot count")
     pairs = n["foregrounds"] * n["backgrounds"]
     per_pair = int(pat.get("per_pair", 10))
     base = pairs * per_pair
