@@ -478,3 +478,18 @@ def test_coco_annotations_zip_bomb_is_refused(tmp_path: Path) -> None:
     z = deflated_zip(tmp_path / "ann.zip", {"annotations/captions_train2017.json": doc})
     with pytest.raises(UserError, match=r"ann\.zip: refusing to extract member 'annotations/captions_train2017\.json'"):
         load_coco(z, CocoFilter())
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+@pytest.mark.parametrize("names", [["a/x.png", "a/x.png"], ["a/x.png", "a/x.png/y.png"]])
+def test_a_member_twice_or_as_file_and_folder_is_named(tmp_path: Path, names: list[str]) -> None:
+    # the message named the temporary extraction folder's path (.t.extract-<pid>-<tid>/a/x.png)
+    z = tmp_path / "dup.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for n in names:
+            zf.writestr(n, b"data")
+    with pytest.raises(UserError) as e:
+        extract_zip(z, tmp_path / "t")
+    msg = str(e.value)
+    assert f"member {names[-1]!r} occurs twice, or as a file and as a folder" in msg and ".extract-" not in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dup.zip"]

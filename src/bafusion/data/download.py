@@ -626,11 +626,13 @@ def extract_zip(
     if tmp.exists():
         shutil.rmtree(tmp)
     out: list[Path] = []
+    current = ""  # the member being extracted, for the messages
     try:
         tmp.mkdir()
         root = tmp.resolve()
         with zipfile.ZipFile(archive) as zf:
             for info, name in zip(infos, names):
+                current = info.filename
                 rel = name[len(prefix):]
                 if not rel:
                     continue
@@ -655,9 +657,10 @@ def extract_zip(
     except zipfile.BadZipFile as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"{archive}: corrupt zip archive ({e})") from e
-    except FileExistsError as e:
+    except (FileExistsError, NotADirectoryError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{archive}: member {e.filename} occurs twice") from e
+        # named by the member, not by the temporary folder's path it had
+        raise UserError(f"{archive}: member {current!r} occurs twice, or as a file and as a folder") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
