@@ -387,7 +387,17 @@ def test_fuse_dir_refuses_an_output_folder_that_is_a_stack_of_the_input(tmp_path
         rc = cli_main(["fuse-dir", str(src), str(src / "beach"), "--model", str(nets), "--device", "cpu", "--quiet",
                        "--ext", ext])
         assert rc == 0, capsys.readouterr().err
-    assert sorted(q.name for q in (src / "beach").iterdir()) == [".hidden.png", "p1.jpg", "p1.png"]
+    assert sorted(q.name for q in (src / "beach").iterdir()) == [".bafusion-fuse-dir", ".hidden.png", "p1.jpg", "p1.png"]
+
+    # new shots into the same output folder: p1's shots moved away, p2's added; p1.png is an
+    # earlier run's output (the marker says so), not a shot of a stack (it was refused)
+    for n in ("A", "B"):
+        (src / f"p1-{n}.png").rename(tmp_path / f"p1-{n}.png")
+    Image.fromarray(a).save(src / "p2-A.png")
+    Image.fromarray(b).save(src / "p2-B.png")
+    rc = cli_main(["fuse-dir", str(src), str(src / "beach"), "--model", str(nets), "--device", "cpu", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert (src / "beach" / "p2.png").is_file() and (src / "beach" / "p1.jpg").is_file()
 
 
 def test_align_with_16_bit_sources_says_the_output_is_8_bit(tmp_path: Path, nets: Path, capsys) -> None:

@@ -304,18 +304,27 @@ def find_groups(folder: Path, exclude: Path | None = None) -> tuple[dict[str, li
     return out, skipped
 
 
+#: Marks an output folder inside the input folder as fuse-dir's (written there on its first run).
+OUTPUT_MARKER = ".bafusion-fuse-dir"
+
+
+def _inside(src: Path, out: Path) -> bool:
+    try:
+        return out.resolve().parent == src.resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
 def check_output_folder(src: Path, out: Path, groups: Mapping[str, Sequence[Path]]) -> None:
     """Refuse (a :class:`UserError`, before any work) an output folder that is an existing
     sub-folder of ``src`` holding images other than outputs of ``groups`` (``<name>.<ext>``,
     any image suffix: an earlier run's): by the naming rule it would be a stack, but as the
     output folder it is no stack (:func:`find_groups` leaves it out), so its shots would be
     dropped silently and one named like an output overwritten. An output folder inside ``src``
-    that is new, empty or holds only outputs is fine (``fuse-dir shots shots/fused``, run again)."""
-    try:
-        inside = out.is_dir() and out.resolve().parent == src.resolve()
-    except (OSError, RuntimeError):
-        return
-    if not inside:
+    that is new, empty, holds only outputs, or holds :data:`OUTPUT_MARKER` (fuse-dir wrote
+    there before: outputs of stacks since moved away stay) is fine (``fuse-dir shots
+    shots/fused``, run again with other shots)."""
+    if not (out.is_dir() and _inside(src, out)) or (out / OUTPUT_MARKER).is_file():
         return
     foreign = sorted(q.name for q in out.iterdir()
                      if not q.name.startswith(".") and q.suffix.lower() in IMAGE_SUFFIXES and q.is_file()
@@ -366,6 +375,9 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
                         "stack in its own sub-folder)")
     from bafusion.progress import bars_enabled
 
+    if _inside(src, out):  # later runs take this folder for fuse-dir's (check_output_folder)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / OUTPUT_MARKER).touch()
     bar = tqdm(groups.items(), total=len(groups), unit="stack", file=sys.stderr, disable=not bars_enabled(progress),
                desc="fuse-dir")
     for name, shots in bar:
