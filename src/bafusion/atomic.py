@@ -73,8 +73,11 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``path``; on success it replaces ``path`` whole
-    (not when a stop was asked for meanwhile)."""
+    (not when a stop was asked for meanwhile). A ``path`` that is a symbolic link keeps it: the
+    folder it points to is replaced (renaming over the link broke it, and every later run)."""
     final = Path(path)
+    if final.is_symlink():
+        final = final.resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = part_path(final)
     if tmp.exists():
@@ -85,7 +88,9 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise_if_stopped()
         if final.exists():
             old = final.with_name(final.name + ".old")
-            if old.exists():
+            if old.is_symlink():
+                old.unlink()
+            elif old.exists():
                 shutil.rmtree(old)
             os.replace(final, old)
             os.replace(tmp, final)
