@@ -254,3 +254,25 @@ def test_a_stop_signal_whose_exception_is_lost_commits_nothing(
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"bafusion composite: {said}"
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["folder"]
     assert [p.name for p in folder.iterdir()] == ["old.txt"]
+
+
+def test_main_gives_the_process_its_signal_handlers_back(tmp_path: Path) -> None:
+    # main() left its SIGINT handler installed and a stop it recorded set: a Ctrl-C the caller
+    # caught later (a notebook) made every later write of the process refuse
+    from bafusion import atomic
+    from bafusion.cli import app
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert app.main(["preset", "paper", "--format", "yaml"]) == 0
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    try:
+        atomic.write_text(tmp_path / "x.txt", "written")
+    except KeyboardInterrupt:
+        atomic.clear_stop()
+        pytest.fail("the write was refused: main's stop request outlived it")
+    assert (tmp_path / "x.txt").read_text() == "written"

@@ -108,7 +108,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def install_sigterm_handler() -> None:
+def install_sigterm_handler() -> dict[int, object]:
     """Turn SIGTERM (``kill``, ``timeout``, Snakemake or SLURM stopping a job) into
     ``SystemExit(143)`` so that ``finally`` blocks and context managers run: partial outputs
     are not renamed into place and the step's MLflow run ends as KILLED instead of staying
@@ -116,33 +116,43 @@ def install_sigterm_handler() -> None:
     stop (:func:`bafusion.atomic.request_stop`): raised inside a weakref callback or a
     ``__del__`` (h5py's), the exception is only printed by Python and lost, and then no output
     is renamed into place and :func:`main` still exits 143 (130). Only from the main thread,
-    and only over the default handlers."""
+    and only over the default handlers. Returns the handlers it replaced, by signal (for
+    :func:`main` to put back)."""
+    replaced: dict[int, object] = {}
     if threading.current_thread() is not threading.main_thread():
-        return
+        return replaced
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        replaced[signal.SIGTERM] = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _interrupt)
+        replaced[signal.SIGINT] = signal.signal(signal.SIGINT, _interrupt)
+    return replaced
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     clear_stop()
-    install_sigterm_handler()
+    replaced = install_sigterm_handler()
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = f"bafusion {command_of(argv) or ''}".rstrip()
     # Ctrl-C at any time, also while the parser is built (the modules of some commands import
     # torch: a second or two), is one line, not a traceback
     try:
-        rc = _main(argv)
-    except KeyboardInterrupt:
-        if stop_requested() is None:  # else said by _stopped
-            print(f"{cmd}: interrupted", file=sys.stderr)
-        rc = 130
-    except SystemExit:
-        if stop_requested() is None:  # argparse's exits
-            raise
-        rc = 0  # the status is _stopped's
-    return _stopped(cmd) or rc
+        try:
+            rc = _main(argv)
+        except KeyboardInterrupt:
+            if stop_requested() is None:  # else said by _stopped
+                print(f"{cmd}: interrupted", file=sys.stderr)
+            rc = 130
+        except SystemExit:
+            if stop_requested() is None:  # argparse's exits
+                raise
+            rc = 0  # the status is _stopped's
+        return _stopped(cmd) or rc
+    finally:
+        # called in a process that goes on (a notebook, a test): its own handlers are back, and
+        # a stop recorded here no longer refuses its later writes
+        clear_stop()
+        for signum, handler in replaced.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
 
 
 def _main(argv: list[str]) -> int:
