@@ -322,3 +322,15 @@ def test_matte_rules(tmp_path: Path, rgb) -> None:
     Image.fromarray(rgb).save(tmp_path / "c.png")
     with pytest.raises(InputFileError, match=r"c\.png: matte is not gray"):
         read_matte(tmp_path / "c.png")
+
+
+@pytest.mark.parametrize("shape", [(4, 10), (3, 7), (20, 30)])
+def test_a_short_16_bit_gray_alpha_tiff_is_not_taken_for_planar(tmp_path: Path, shape: tuple[int, int]) -> None:
+    # a guess by shape (first axis 3 or 4 long) moved the axes of a 4 px tall (4, 10, 2) image
+    import tifffile
+
+    g = np.random.default_rng(1).integers(0, 65536, shape, dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "ga.tif", np.dstack([g, g]), photometric="minisblack", extrasamples=[2],
+                     metadata=None)
+    src = read_source_set([tmp_path / "ga.tif"])
+    assert np.array_equal(src.full[0], g)

@@ -501,8 +501,8 @@ def _read_tiff_samples(path: Path, depth: int) -> np.ndarray:
         raise
     except Exception as e:  # noqa: BLE001 - tifffile raises many types for bad files
         raise InputFileError(path, f"unreadable {depth}-bit TIFF ({e.__class__.__name__}: {e})") from e
-    if a.ndim == 3 and (planar or (a.shape[0] in (3, 4) and a.shape[2] not in (3, 4))):
-        a = np.moveaxis(a, 0, -1)  # planar
+    if a.ndim == 3 and planar:  # (samples, H, W); a guess by shape took a 3-4 px tall image for one
+        a = np.moveaxis(a, 0, -1)
     if a.ndim == 3:
         a = a[..., 0] if a.shape[2] <= 2 else a[..., :3]
     if a.ndim != 2 and not (a.ndim == 3 and a.shape[2] == 3):
