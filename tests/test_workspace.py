@@ -68,3 +68,19 @@ def test_prepare_in_a_temp_experiment_finds_the_shared_folders(
                "--out", "data/prepared"])
     err = capsys.readouterr().err
     assert rc == 2 and str(ws.resolve().parent / "shared" / "am") in err, err
+
+
+def test_a_folder_outside_the_project_is_not_moved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # DVC sets DVC_ROOT in workspace runs too: `evaluate --root /elsewhere` with `sources:
+    # ../x` went to the workspace's parent (a base outside any project was taken for a copy)
+    ws, elsewhere = tmp_path / "ws", tmp_path / "ext" / "sets"
+    ws.mkdir()
+    (ws / "dvc.yaml").write_text("")
+    elsewhere.mkdir(parents=True)
+    monkeypatch.setenv("DVC_ROOT", str(ws))
+    monkeypatch.chdir(ws)
+    assert resolve("../other", elsewhere) == elsewhere / "../other"
+    nested = ws / "sub"  # a folder of the workspace with its own Snakefile
+    nested.mkdir()
+    (nested / "Snakefile").write_text("")
+    assert resolve("../x", nested) == nested / "../x"

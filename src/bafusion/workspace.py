@@ -29,8 +29,9 @@ def project_root(start: str | os.PathLike[str] | None = None) -> Path:
 
 def resolve(path: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> Path:
     """``path`` taken from ``base`` (default: the working directory, and then a relative path
-    stays relative); in a DVC experiment's copy of the project, a relative path that leaves
-    the copy is taken from the same place in the workspace (``$DVC_ROOT``), absolute.
+    stays relative); from a DVC experiment's copy of the project (a project under
+    ``$DVC_ROOT/.dvc/tmp/exps/``), a relative path that leaves the copy is taken from the same
+    place in the workspace (``$DVC_ROOT``), absolute.
 
     Examples
     --------
@@ -46,6 +47,7 @@ def resolve(path: str | os.PathLike[str], base: str | os.PathLike[str] | None = 
         here = b.resolve()
         local, ws = project_root(here), Path(workspace).resolve()
         target = Path(os.path.normpath(here / p))
-        if ws != local and not target.is_relative_to(local):
+        # only in DVC's copy (.dvc/tmp/exps/...), not from a folder outside the project
+        if local.is_relative_to(ws / ".dvc" / "tmp" / "exps") and not target.is_relative_to(local):
             return Path(os.path.normpath(ws / here.relative_to(local) / p))
     return p if base is None else b / p
