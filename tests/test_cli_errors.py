@@ -4,6 +4,7 @@ overwritten; an internal error keeps its traceback and says it is a bug."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -258,14 +259,18 @@ def test_train_without_params_says_params_yaml_is_not_read(work: Path, capsys) -
     assert "no --params given" not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("code", [28, 13, 30])  # ENOSPC, EACCES, EROFS
+@pytest.mark.parametrize("code", [28, 13, 30, 5])  # ENOSPC, EACCES, EROFS, EIO
 def test_an_os_error_of_the_disk_without_a_file_name_is_one_line(work: Path, capsys, monkeypatch, code: int) -> None:
     """h5py's and Pillow's OSErrors name no file: the command's output is named."""
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(code, "Unable to synchronously write data (file write failed: errno = ...)")
 
     monkeypatch.setattr(cli_fusion, "fuse_stack", full)
-    _refused([*FUSE, "-o", "F.png"], capsys, work, f"bafusion fuse: error: F.png: {os.strerror(code)}")
+    if code in (errno.EACCES, errno.EIO):  # an input's read fails so too: the output is not blamed
+        said = f"bafusion fuse: error: {os.strerror(code)} (reading the inputs or writing F.png)"
+    else:
+        said = f"bafusion fuse: error: F.png: {os.strerror(code)}"
+    _refused([*FUSE, "-o", "F.png"], capsys, work, said)
 
 
 @pytest.mark.parametrize(("torch_says", "said"), [

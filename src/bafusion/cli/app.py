@@ -177,6 +177,8 @@ def _stopped(cmd: str) -> int | None:
 #: OSErrors that are the machine's (the disk, the permissions), also without a file name.
 _MACHINE_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO,
                              errno.EFBIG})
+#: ... of them, those only a write raises (the others may come from reading an input).
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS, errno.EFBIG})
 
 
 def _run(cmd: str, args: argparse.Namespace) -> int:
@@ -194,8 +196,11 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
             from bafusion.preflight import output_paths
 
             outs = output_paths(args)
-            where = f"{outs[0]}: " if len(outs) == 1 else ""
-            writing = f" (writing {', '.join(outs)})" if len(outs) > 1 else ""
+            if e.errno in _WRITE_ERRNOS:  # only a write fails so: the output
+                where = f"{outs[0]}: " if len(outs) == 1 else ""
+                writing = f" (writing {', '.join(outs)})" if len(outs) > 1 else ""
+            else:  # permissions, I/O: a file read as well as one written
+                where, writing = "", f" (reading the inputs or writing {', '.join(outs) or 'the outputs'})"
             print(f"{cmd}: error: {where}{os.strerror(e.errno)}{writing}", file=sys.stderr)
             return 2
         if e.filename is None:
