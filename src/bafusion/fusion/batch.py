@@ -104,7 +104,12 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
     for i in range(1, len(src.images)):
         check_same_size(src.images[0], src.images[i], names[0], names[i])
     if align in ("none", "auto"):
-        scores = check_one_scene(src.images, names, force)  # refuses two scenes unless force
+        try:
+            scores = check_one_scene(src.images, names, force)  # refuses two scenes unless force
+        except UserError as e:
+            # a shot moved by a large fraction of the image also fails the check before alignment:
+            # --force would fuse it unaligned; --align similarity registers it (and checks again)
+            raise UserError(f"{e}, or --align similarity if the camera moved a lot between the shots") from e
         one_scene = all(c is None or c >= MIN_CORRELATION for c in scores)
         if align == "auto":
             align = _auto_align(src.images, names, one_scene)
