@@ -19,7 +19,7 @@ from toy_patches import write_toy_patches
 
 from bafusion import cli
 from bafusion.errors import InputFileError, UserError
-from bafusion.nets.model import ModelFileError, ResNetSpec, load_model
+from bafusion.nets.model import ModelFileError, ResNetSpec, build_model, load_model, save_model
 from bafusion.nets.train import (
     ABORT_ENV,
     Paths,
@@ -192,6 +192,46 @@ def test_bad_inputs_give_clear_errors(tmp_path: Path, toy_run: dict, capsys: pyt
     with pytest.raises(UserError, match="6n\\+2"):
         resolve_config({"depth": 10}, "initial")
     assert not paths.out.exists()
+
+
+def test_model_file_problems_found_by_the_probe_are_one_line(tmp_path: Path, toy_run: dict,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    # --out X.json: the description overwrote the weights (exit 0); an 'arch' that is no mapping
+    # and a non-numeric input_scale were internal errors; --nproc 3 with batch 32 failed only in
+    # torchrun's children (three messages and a ChildFailedError traceback, exit 1)
+    base = ["train", "--net", "initial", "--patches", str(toy_run["h5"]), "--params-json", json.dumps(TOY),
+            "--no-progress", "--metrics", str(tmp_path / "m" / "t.json"), "--plots", str(tmp_path / "m" / "t.csv"),
+            "--checkpoints", str(tmp_path / "ck")]
+    assert cli.main([*base, "--out", str(tmp_path / "m.json")]) == 2
+    assert "give the model file a .pt suffix" in capsys.readouterr().err and not (tmp_path / "m.json").exists()
+    with pytest.raises(UserError, match="suffix other than .json"):
+        save_model(build_model(8), tmp_path / "n.json")
+    assert cli.main([*base, "--out", str(tmp_path / "p.pt"), "--nproc", "3", "--set", "train.batch=32"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("must be divisible by the number of processes (3)") == 1 and "Traceback" not in err
+    src = toy_run["paths"].out
+    for i, arch in enumerate(["cifar_resnet", None, [1, 2]]):
+        bad = tmp_path / f"bad{i}.pt"
+        shutil.copy(src, bad)
+        meta = json.loads(src.with_suffix(".json").read_text())
+        meta["arch"] = arch
+        bad.with_suffix(".json").write_text(json.dumps(meta))
+        with pytest.raises(ModelFileError, match=f"bad{i}.json: 'arch' is"):
+            load_model(bad)
+    whole = tmp_path / "whole.pt"
+    shutil.copy(src, whole)
+    whole.with_suffix(".json").write_text(json.dumps("the arch"))
+    with pytest.raises(ModelFileError, match="not a bafusion model description"):
+        load_model(whole)
+    from bafusion.fusion.models import _load_one
+
+    scaled = tmp_path / "scaled.pt"
+    shutil.copy(src, scaled)
+    meta = json.loads(src.with_suffix(".json").read_text())
+    meta["input_scale"] = "abc"
+    scaled.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="input_scale 'abc' differs"):
+        _load_one(scaled, torch.device("cpu"))
 
 
 def test_per_net_overrides() -> None:

@@ -97,7 +97,13 @@ def _relaunch_argv(args: argparse.Namespace, nproc: int, threads: int) -> list[s
 
 def run_cli(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
+    if Path(args.out).suffix != ".pt":
+        # the description goes to <out>.json: with --out X.json it overwrote the weights
+        raise UserError(f"--out {args.out}: give the model file a .pt suffix (its description is written "
+                        "beside it as .json)")
     nproc = resolve_nproc(cfg.nproc, cfg.device)
+    if nproc > 1 and cfg.batch % nproc:  # checked by each child too, after torchrun started them
+        raise UserError(f"train.batch={cfg.batch} must be divisible by the number of processes ({nproc})")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         # Re-launch under torchrun; the children see WORLD_SIZE and train.
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",

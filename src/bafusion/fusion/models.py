@@ -88,8 +88,9 @@ def _load_one(path: Path, device: torch.device, role: str | None = None) -> tupl
     if patch < 4 or patch % 4:
         raise UserError(f"{path.with_suffix('.json')}: patch side {patch} is not a positive multiple of 4")
     scale = meta.get("input_scale")
-    if scale is not None and abs(float(scale) - 1.0 / 255.0) > 1e-9:
-        raise UserError(f"{path.with_suffix('.json')}: input_scale {scale} differs from fusion's 1/255")
+    if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool)
+                              or not abs(float(scale) - 1.0 / 255.0) <= 1e-9):
+        raise UserError(f"{path.with_suffix('.json')}: input_scale {scale!r} differs from fusion's 1/255")
     return net.to(device).eval(), patch
 
 

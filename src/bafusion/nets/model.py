@@ -279,6 +279,10 @@ def save_model(net: CifarResNet, path: "str | os.PathLike[str]", meta: dict | No
     from bafusion.atomic import atomic_file, write_text
 
     p = Path(path)
+    if p.with_suffix(".json") == p:  # the description would overwrite the weights
+        from bafusion.errors import UserError
+
+        raise UserError(f"{p}: a model file needs a suffix other than .json (its description is written as .json)")
     p.parent.mkdir(parents=True, exist_ok=True)
     info = dict(meta or {})
     info["arch"] = net.spec.to_dict()
@@ -298,8 +302,11 @@ def read_model_meta(path: "str | os.PathLike[str]") -> dict:
         meta = json.loads(jp.read_text())
     except (OSError, ValueError) as e:
         raise ModelFileError(f"{jp}: unreadable model description: {e}") from e
-    if "arch" not in meta:
+    if not isinstance(meta, dict) or "arch" not in meta:
         raise ModelFileError(f"{jp}: no 'arch' entry: not a bafusion model description")
+    if not isinstance(meta["arch"], dict):
+        raise ModelFileError(f"{jp}: 'arch' is {meta['arch']!r}, not a description of the net: not a bafusion "
+                             "model description")
     return meta
 
 
@@ -336,8 +343,8 @@ def load_model(
     meta = read_model_meta(p)
     try:
         spec = ResNetSpec.from_dict(meta["arch"])
-    except (KeyError, ValueError, TypeError) as e:
-        raise ModelFileError(f"{p}: unsupported architecture {meta['arch']!r}: {e}") from e
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise ModelFileError(f"{p}: unsupported architecture {meta.get('arch')!r}: {e}") from e
     if expect is not None and spec != expect:
         raise ModelFileError(f"{p}: architecture {spec.to_dict()} does not match the expected {expect.to_dict()}")
     try:
