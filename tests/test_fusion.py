@@ -420,7 +420,7 @@ def test_cli_fuse_set_reports_accuracy(tmp_path: Path, model_dir: Path) -> None:
 
 
 def test_cli_fuse_set_refuses_bad_indexes_before_work_and_writes_strict_json(
-    tmp_path: Path, model_dir: Path, capsys
+    tmp_path: Path, model_dir: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A listed pair without its shots stopped the run after the pairs before it were fused
     (and no report); an entry without a name was a KeyError; '../x' wrote outside --out; a
@@ -449,6 +449,27 @@ def test_cli_fuse_set_refuses_bad_indexes_before_work_and_writes_strict_json(
     assert "NaN" not in text
     entry = json.loads(text)["pairs"]["p1"]
     assert entry["band8_accuracy"] is None and entry["dm_accuracy"] >= 0
+
+    # a truth map of another size was found after its pair was fused (the pairs before it lost),
+    # and called a "source"; a B of another size likewise
+    Image.fromarray(a).save(pairs / "p0-A.png")
+    Image.fromarray(b).save(pairs / "p0-B.png")
+    Image.fromarray(np.zeros((40, 44), np.uint8)).save(pairs / "p2-dm.png")
+    Image.fromarray(a).save(pairs / "p2-A.png")
+    Image.fromarray(b).save(pairs / "p2-B.png")
+    (pairs / "index.json").write_text(json.dumps(["p0", "p2"]))
+    calls = []
+    from bafusion.fusion import testset as ts
+
+    real = ts.fuse_images
+    monkeypatch.setattr(ts, "fuse_images", lambda *x, **k: calls.append(1) or real(*x, **k))
+    assert cli_main(base) == 2
+    err = capsys.readouterr().err
+    assert "p2-dm.png: truth map size 44x40 (WxH) differs from 88x80" in err and calls == [], err
+    Image.fromarray(b[:-1]).save(pairs / "p2-B.png")
+    (pairs / "p2-dm.png").unlink()
+    assert cli_main(base) == 2
+    assert "p2-B.png: size 88x79 (WxH) differs from 88x80" in capsys.readouterr().err and calls == []
 
 
 def test_cli_fuse_set_killed_leaves_the_earlier_results_whole(

@@ -18,7 +18,7 @@ from bafusion.atomic import atomic_dir, write_text
 from bafusion.errors import InputFileError
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
-from bafusion.fusion.rule import check_same_size, fuse_images
+from bafusion.fusion.rule import fuse_images
 from bafusion.io import read_image, read_images, to_gray_u8, write_image
 
 
@@ -68,6 +68,39 @@ def decision_accuracy(dm: np.ndarray, truth: np.ndarray, band: int = 0) -> float
             return float("nan")
         return float((dm[grow] == truth[grow]).mean())
     return float((dm == truth).mean())
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) of an image as read (EXIF orientation applied), from its header; None
+    when the header cannot be read (reading the image says why)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            turned = int(im.getexif().get(0x0112, 1) or 1) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001 - the reader's own message comes later
+        return None
+    return (w, h) if turned else (h, w)
+
+
+def _truth_size_message(truth_hw: tuple[int, ...], a_hw: tuple[int, ...], pa: Path) -> str:
+    return (f"truth map size {truth_hw[1]}x{truth_hw[0]} (WxH) differs from {a_hw[1]}x{a_hw[0]} of {pa}: a "
+            "decision map has the size of its pair")
+
+
+def _check_pair_sizes(pairs: Path, name: str) -> None:
+    """Refuse, before any work, a pair whose B or truth map is not the size of its A."""
+    pa, pb, pt = pairs / f"{name}-A.png", pairs / f"{name}-B.png", pairs / f"{name}-dm.png"
+    sa, sb = _header_size(pa), _header_size(pb)
+    if sa is None:
+        return
+    if sb is not None and sb != sa:
+        raise InputFileError(pb, f"size {sb[1]}x{sb[0]} (WxH) differs from {sa[1]}x{sa[0]} of {pa}: the sources "
+                                 "must have the same size")
+    st = _header_size(pt) if pt.is_file() else None
+    if st is not None and st != sa:
+        raise InputFileError(pt, _truth_size_message(st, sa, pa))
 
 
 def fuse_set(
@@ -124,6 +157,9 @@ def fuse_set(
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise InputFileError(pairs / "index.json", f"listed pairs lack their shots: {', '.join(missing[:3])}{more}")
+    # and their sizes (from the headers), truth maps too: a mismatch found after an hour would lose it
+    for name in names:
+        _check_pair_sizes(pairs, name)
     # into a fresh folder that replaces ``out`` at the end: a killed run leaves the earlier
     # results whole, never mixed with new ones
     with atomic_dir(out) as tmp:
@@ -138,7 +174,8 @@ def fuse_set(
             if pt.is_file():
                 truth_img = read_image(pt)
                 truth_img = to_gray_u8(truth_img)
-                check_same_size(a, truth_img, str(pa), str(pt))
+                if truth_img.shape[:2] != a.shape[:2]:
+                    raise InputFileError(pt, _truth_size_message(truth_img.shape[:2], a.shape[:2], pa))
                 truth = truth_img > 127
                 entry.update(
                     dm_accuracy=decision_accuracy(res.decision, truth),
