@@ -15,7 +15,7 @@ import sys
 
 from snakemake.utils import validate
 
-from bafusion.cli.params_check import check_params
+from bafusion.cli.params_check import check_init_files, check_params
 from bafusion.config import retype_config_overrides, yaml12_floats
 from bafusion.schema import schema_path, validate_params
 
@@ -27,6 +27,8 @@ retype_config_overrides(config, _config_args if isinstance(_config_args, (list, 
 validate_params(config, "params.yaml" + (" + --config" if _overrides else ""))
 validate(config, schema_path())
 check_params(config, "params.yaml" + (" + --config" if _overrides else ""))  # rules across keys (fuse.low < fuse.high)
+# a warm-start file that is not there: Snakemake would keep an existing net and say nothing
+check_init_files(config, "params.yaml" + (" + --config" if _overrides else ""))
 
 
 include: "workflow/rules/common.smk"

@@ -204,3 +204,18 @@ def test_bad_config_fails_dvc_before_any_job(project: Path) -> None:
     assert p.returncode != 0 and "composite.fit: 'bogus' is not one of cover | stretch" in out, out[-2000:]
     assert _files(project / "data") == [] and _files(project / "logs") == []
     run(["git", "checkout", "--", "params.yaml"], project)
+
+
+@pytest.mark.slow
+def test_a_warm_start_file_that_is_not_there_fails_the_dry_run(project: Path) -> None:
+    """Snakemake keeps an existing net and drops its training job when the warm-start input
+    is missing ("Nothing to be done", exit 0): refused at planning time instead."""
+    for cfg, key in (("train={init: models/typo/initial.pt}", "train.init models/typo/initial.pt"),
+                     ("train={boundary: {init: /nonexistent/b.pt}}", "train.boundary.init /nonexistent/b.pt")):
+        p = run(["snakemake", "-n", "fuse", "--config", cfg], project, check=False)
+        out = p.stdout + p.stderr
+        assert p.returncode != 0 and f"params.yaml + --config: {key}: model file not found" in out, out[-2000:]
+        assert "Job stats" not in out
+    ok = run(["snakemake", "-n", "train_initial", "--config",
+              f"train={{initial: {{init: {project / 'params.yaml'}}}}}"], project, check=False)
+    assert ok.returncode == 0, (ok.stdout + ok.stderr)[-2000:]

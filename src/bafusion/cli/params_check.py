@@ -19,7 +19,7 @@ from typing import Any
 
 from bafusion.errors import UserError
 
-__all__ = ["check_params"]
+__all__ = ["check_init_files", "check_params"]
 
 
 def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None:
@@ -50,3 +50,25 @@ def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None
     except UserError as e:
         text = str(e)
         raise UserError(text if text.startswith(source) else f"{source}: {text}") from e
+
+
+def check_init_files(params: Mapping[str, Any], source: str = "params.yaml") -> None:
+    """Refuse a warm-start model file (``train.init``, ``train.<net>.init``) that does not
+    exist. Snakemake takes it for a rule input, but once a net has been trained it keeps the
+    net and drops the training job silently (exit 0, the typo unnoticed, the old weights used).
+
+    Raises
+    ------
+    UserError
+        ``<source>: train.<net>.init <path>: file not found``, one line.
+    """
+    from pathlib import Path
+
+    from bafusion.config import net_init
+
+    for net in ("initial", "boundary"):
+        path = net_init(params, net)
+        if path and not Path(path).is_file():
+            per_net = ((params.get("train") or {}).get(net) or {}).get("init")
+            key = f"train.{net}.init" if per_net else "train.init"
+            raise UserError(f"{source}: {key} {path}: model file not found (the warm start of the {net} net)")
