@@ -510,3 +510,14 @@ def test_outs_outside_git_are_in_the_dvc_cache() -> None:
     ignored = subprocess.run(["git", "check-ignore", "--no-index", *uncached], cwd=REPO, capture_output=True,
                              text=True).stdout.split()
     assert ignored == []
+
+
+def test_the_conda_env_of_the_rules_has_every_pin_of_pyproject() -> None:
+    # it lacked tifffile and pypng (bafusion.post-deploy.sh installs the package --no-deps, so
+    # 16-bit colour PNGs could not be read in `snakemake --sdm conda`)
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    env = yaml.safe_load((REPO / "workflow" / "envs" / "bafusion.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert sorted(pip) == sorted(deps)
