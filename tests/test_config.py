@@ -521,3 +521,15 @@ def test_the_conda_env_of_the_rules_has_every_pin_of_pyproject() -> None:
     env = yaml.safe_load((REPO / "workflow" / "envs" / "bafusion.yaml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     assert sorted(pip) == sorted(deps)
+
+
+@pytest.mark.parametrize("profile", ["slurm", "slurm-generic"])
+def test_the_slurm_profiles_size_every_rule(profile: str) -> None:
+    # evaluate had neither threads nor resources: the 30-minute default limit at paper scale
+    import re
+
+    rules = {m for f in [REPO / "Snakefile", *(REPO / "workflow" / "rules").glob("*.smk")]
+             for m in re.findall(r"^rule (\w+):", f.read_text(), re.M)} - {"all"}
+    cfg = yaml.safe_load((REPO / "workflow" / "profiles" / profile / "config.yaml").read_text())
+    assert rules - set(cfg["set-resources"]) == set()
+    assert {"fuse", "evaluate", "train_initial", "train_boundary"} <= set(cfg["set-threads"])
