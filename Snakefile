@@ -24,11 +24,15 @@ _overrides = getattr(getattr(workflow, "config_settings", None), "config", None)
 # --config "train={epochs: 2}": Snakemake reads the nested values as strings; read them as YAML
 _config_args = getattr(getattr(workflow, "config_settings", None), "config_args", None)
 retype_config_overrides(config, _config_args if isinstance(_config_args, (list, tuple)) else None)
-validate_params(config, "params.yaml" + (" + --config" if _overrides else ""))
+# where the values came from, for the messages: params.yaml, any --configfile, any --config
+_configfiles = getattr(getattr(workflow, "config_settings", None), "configfiles", None) or []
+_source = " + ".join(["params.yaml", *(str(f) for f in _configfiles if str(f) != "params.yaml"),
+                      *(["--config"] if _overrides else [])])
+validate_params(config, _source)
 validate(config, schema_path())
-check_params(config, "params.yaml" + (" + --config" if _overrides else ""))  # rules across keys (fuse.low < fuse.high)
+check_params(config, _source)  # rules across keys (fuse.low < fuse.high)
 # a warm-start file that is not there: Snakemake would keep an existing net and say nothing
-check_init_files(config, "params.yaml" + (" + --config" if _overrides else ""))
+check_init_files(config, _source)
 
 
 include: "workflow/rules/common.smk"

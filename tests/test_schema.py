@@ -219,3 +219,15 @@ def test_a_warm_start_file_that_is_not_there_fails_the_dry_run(project: Path) ->
     ok = run(["snakemake", "-n", "train_initial", "--config",
               f"train={{initial: {{init: {project / 'params.yaml'}}}}}"], project, check=False)
     assert ok.returncode == 0, (ok.stdout + ok.stderr)[-2000:]
+
+
+@pytest.mark.slow
+def test_a_bad_value_of_a_configfile_names_it(project: Path) -> None:
+    # `snakemake -n --configfile bad.yaml` blamed params.yaml for bad.yaml's value
+    bad = project.parent / "bad.yaml"
+    bad.write_text("patch: 30\n")
+    p = run(["snakemake", "-n", "all", "--configfile", str(bad)], project, check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and f"params.yaml + {bad}: patch: 30 is not a positive multiple of 4" in out, out[-2000:]
+    p = run(["snakemake", "-n", "all", "--configfile", str(bad), "--config", "seed=1"], project, check=False)
+    assert f"params.yaml + {bad} + --config: patch: 30" in p.stdout + p.stderr
