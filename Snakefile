@@ -16,6 +16,7 @@ import sys
 from snakemake.utils import validate
 
 from bafusion.cli.params_check import check_init_files, check_params
+from bafusion.errors import UserError
 from bafusion.config import retype_config_overrides, yaml12_floats
 from bafusion.schema import schema_path, validate_params
 
@@ -28,11 +29,14 @@ retype_config_overrides(config, _config_args if isinstance(_config_args, (list, 
 _configfiles = getattr(getattr(workflow, "config_settings", None), "configfiles", None) or []
 _source = " + ".join(["params.yaml", *(str(f) for f in _configfiles if str(f) != "params.yaml"),
                       *(["--config"] if _overrides else [])])
-validate_params(config, _source)
-validate(config, schema_path())
-check_params(config, _source)  # rules across keys (fuse.low < fuse.high)
-# a warm-start file that is not there: Snakemake would keep an existing net and say nothing
-check_init_files(config, _source)
+try:
+    validate_params(config, _source)
+    validate(config, schema_path())
+    check_params(config, _source)  # rules across keys (fuse.low < fuse.high)
+    # a warm-start file that is not there: Snakemake would keep an existing net and say nothing
+    check_init_files(config, _source)
+except UserError as _e:  # one line naming the key, not Snakemake's traceback of the Snakefile
+    sys.exit(f"error: {_e}")
 
 
 include: "workflow/rules/common.smk"

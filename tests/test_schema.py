@@ -152,6 +152,8 @@ def test_bad_config_fails_snakemake_dry_run(project: Path, override: dict, key: 
     out = p.stdout + p.stderr
     assert p.returncode != 0 and "params.yaml: " in out and key in out and rule in out, out[-2000:]
     assert "Job stats" not in out
+    # one line, as the README says: not Snakemake's "ParamsError in file Snakefile" and its frames
+    assert "Error in file" not in out and 'File "' not in out, out[-2000:]
 
 
 @pytest.mark.slow
@@ -165,6 +167,7 @@ def test_rules_across_keys_fail_snakemake_dry_run(project: Path, override: dict,
     out = p.stdout + p.stderr
     assert p.returncode != 0 and "params.yaml: " in out and words in out, out[-2000:]
     assert "Job stats" not in out
+    assert "Error in file" not in out and 'File "' not in out, out[-2000:]
 
 
 @pytest.mark.slow
