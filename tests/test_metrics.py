@@ -304,6 +304,58 @@ def test_colour_inputs_are_converted_like_matlab() -> None:
     assert got == want
 
 
+def _colour_triple() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rgb = _texture((40, 44, 3)).astype(np.uint8)
+    rgb2 = np.roll(rgb, 3, axis=1)
+    return rgb, rgb2, ((rgb.astype(int) + rgb2) // 2).astype(np.uint8)
+
+
+@pytest.mark.parametrize("colour", [False, True])
+def test_uint16_inputs_are_brought_to_8_bits(colour: bool) -> None:
+    """uint16 images are scaled to 8 bits alike, as fuse and the readers scale 16-bit data
+    (x 257 data: / 257): a x 257 triple, or a uint8 pair with its 16-bit fusion (fuse() of
+    16-bit files), measures as the uint8 triple (it gave QG 0.04 instead of 0.74, QMI 0)."""
+    a, b, f = _colour_triple() if colour else (x.astype(np.uint8) for x in _multifocus())
+    want = M.compute_all(a, b, f)
+    wide = [x.astype(np.uint16) * np.uint16(257) for x in (a, b, f)]
+    assert M.compute_all(*wide) == want
+    assert M.compute_all(a, b, wide[2]) == want
+    assert M.qg(wide[0], b, f) == want["QG"]
+    # 12-bit camera data in uint16 (fuse keeps it so): scaled from 12 bits, as fuse does
+    twelve = [np.round(x.astype(np.float64) * 4095 / 255).astype(np.uint16) for x in (a, b, f)]
+    assert M.compute_all(*twelve) == want
+
+
+def test_integer_inputs_within_0_255_equal_uint8() -> None:
+    a, b, f = _colour_triple()
+    want = M.compute_all(a, b, f, ["QMI", "QG"])
+    assert M.compute_all(a.astype(np.int64), b.astype(np.int32), f, ["QMI", "QG"]) == want
+    with pytest.raises(UserError, match=r"image F is int64 with values outside 0-255 \(0 to 300\)"):
+        M.qg(a, b, np.where(f > 100, 300, 0).astype(np.int64))
+    with pytest.raises(UserError, match="image A is bool"):
+        M.qg(a > 100, b, f)
+
+
+def test_float_inputs_nan_and_0_1_scale_are_refused() -> None:
+    x, a, b = _multifocus()
+    bad = x.copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(UserError, match="image F has NaN or infinite values"):
+        M.qmi(a, b, bad)
+    bad[3, 4] = np.inf
+    with pytest.raises(UserError, match="image F has NaN or infinite values"):
+        M.compute_all(a, b, bad)
+    with pytest.raises(UserError, match=r"within \[0, 1\].*multiply them by 255"):
+        M.qmi(a / 255.0, b / 255.0, x / 255.0)  # gave 1.61 instead of 1.20
+    rgb, rgb2, fused = _colour_triple()
+    with pytest.raises(UserError, match=r"within \[0, 1\]"):
+        M.qg(rgb, rgb2, fused / 255.0)  # a uint8 pair beside a 0-1 float fusion
+    # floats on the 0-255 scale are taken as they are (all-zero floats are zero on any scale)
+    assert M.qmi(a, b, x) == M.qmi(a.astype(np.uint8), b.astype(np.uint8), x.astype(np.float32))
+    z = np.zeros_like(x)
+    assert M.qmi(z, z, z) == 0.0
+
+
 def test_compute_all_order_and_selection() -> None:
     _, a, b = _multifocus()
     assert list(M.compute_all(a, b, a)) == ["QMI", "QG", "QY", "QCB", "QNCIE", "QP", "QE", "QCV"]

@@ -22,10 +22,25 @@ metric's ratio is 0/0 and its definition gives no value. ``bafusion metrics`` wr
 value as ``null`` (JSON) or an empty field (CSV) and warns on stderr naming the metric; it never
 prints NaN.
 
-All metrics take three images of one shape (sources ``a``, ``b`` and fused ``f``) on the
-[0, 255] scale; colour inputs are converted with ``gray_float(x, rounded=True)``. Everything is
-vectorised with numpy/scipy. The ``bafusion metrics`` command is
-:mod:`bafusion.cli.metrics`.
+All metrics take three images of one height and width (sources ``a``, ``b`` and fused
+``f``), each gray (H, W) or (H, W, 1) or colour (H, W, 3) or (H, W, 4) (alpha ignored), and
+bring them to the [0, 255] scale by their type:
+
+* **uint8**: as they are (the reference values are computed so);
+* **uint16**: scaled to uint8 alike, as :func:`bafusion.fuse` and :func:`bafusion.io.read_images`
+  scale unmarked 16-bit data: from the smallest of 8, 10, 12, 14 or 16 bits that holds the
+  largest uint16 value of the three (``round(v / (2**bits - 1) * 255)``; at 16 bits
+  ``v / 257``), so a 16-bit fusion (``fuse`` on 16-bit files) measures against its sources
+  read as uint8 like the 8-bit triple;
+* **other integer types** (int64, ...): taken as uint8 when every value lies in 0-255;
+* **floats**: taken on the 0-255 scale (gray as they are, colour rounded by ``rgb2gray``).
+  Float images whose values all lie within [0, 1] (largest above 0) are refused as 0-1
+  floats (multiply by 255), as are NaN and infinite values;
+* anything else (bool, complex, ...) is refused.
+
+Refusals are :class:`bafusion.errors.UserError` naming the image (A, B or F). Colour inputs
+are then converted with ``gray_float(x, rounded=True)``. Everything is vectorised with
+numpy/scipy. The ``bafusion metrics`` command is :mod:`bafusion.cli.metrics`.
 """
 
 from __future__ import annotations
@@ -41,7 +56,7 @@ from scipy import fft as sfft
 from scipy import ndimage
 
 from bafusion.errors import UserError
-from bafusion.io import gray_float, round_half_away
+from bafusion.io import common_bits, gray_float, round_half_away, scale_to_u8
 
 __all__ = [
     "REQUIRED_METRICS",
@@ -78,9 +93,45 @@ def check_same_size(a: ArrayLike, b: ArrayLike, f: ArrayLike, names: Sequence[st
             )
 
 
+def _eight_bit_scale(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> list[np.ndarray]:
+    """A, B and F on the [0, 255] scale the metrics take, by the input rules of the module
+    docstring: uint8 and floats as they are, uint16 scaled to uint8 alike (as :func:`bafusion.fuse`
+    scales uint16 sources), other integers within 0-255 as uint8; anything else refused."""
+    images = [np.asarray(x) for x in (a, b, f)]
+    out: list[np.ndarray] = []
+    floats: list[np.ndarray] = []
+    deep16 = [x for x in images if x.dtype == np.uint16 and x.size]
+    bits = common_bits(max(float(x.max()) for x in deep16)) if deep16 else 8
+    for name, x in zip("ABF", images):
+        kind = x.dtype.kind
+        if x.dtype == np.uint8:
+            out.append(x)
+        elif x.dtype == np.uint16:
+            out.append(scale_to_u8(x, bits))
+        elif kind == "f":
+            if not np.isfinite(x).all():
+                raise UserError(f"image {name} has NaN or infinite values")
+            floats.append(x)
+            out.append(x)
+        elif kind in "iu":
+            if x.size and (int(x.min()) < 0 or int(x.max()) > 255):
+                raise UserError(f"image {name} is {x.dtype} with values outside 0-255 "
+                                f"({x.min()} to {x.max()}): the metrics take uint8, uint16 or 0-255 values")
+            out.append(x.astype(np.uint8))
+        else:
+            raise UserError(f"image {name} is {x.dtype}: the metrics take uint8, uint16, other integers within "
+                            "0-255 or floats on the 0-255 scale")
+    top = max((float(x.max()) for x in floats if x.size), default=0.0)
+    if 0.0 < top <= 1.0:
+        raise UserError(f"the float images' values are all within [0, 1] (largest {top:g}): they look like 0-1 "
+                        "floats, and the metrics take the 0-255 scale: multiply them by 255")
+    return out
+
+
 def _prepare(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     check_same_size(a, b, f)
-    return gray_float(a, rounded=True), gray_float(b, rounded=True), gray_float(f, rounded=True)
+    ga, gb, gf = (gray_float(x, rounded=True) for x in _eight_bit_scale(a, b, f))
+    return ga, gb, gf
 
 
 class MetricCache:
@@ -202,6 +253,28 @@ def qmi(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None =
 
     QMI = 2 [I(A;F) / (H(A) + H(F)) + I(B;F) / (H(B) + H(F))] on images first stretched with
     :func:`normalize1`. A term whose entropies are both zero (constant images) counts as 0.
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        The source images.
+    f : numpy.ndarray
+        The fused image, of the sources' height and width. Each image gray (H, W) or colour
+        (H, W, 3 or 4): uint8; uint16 (the uint16 ones scaled to 8 bits alike, ``v / 257`` for
+        16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
+        0-1). See the module docstring.
+    cache : MetricCache, optional
+        Intermediate results of A and B, reused across calls with the same sources.
+
+    Returns
+    -------
+    float
+        QMI, 0..2 (2 when A, B and F are one image).
+
+    Raises
+    ------
+    UserError
+        For images of different sizes, or of a type or values refused (module docstring).
     """
     return _run(_qmi, a, b, f, cache)
 
@@ -228,6 +301,28 @@ def qncie(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None
     is NCC = (H(x) + H(y) - H(x, y)) / log2(256) (256-bin histograms); with R the 3x3 matrix of
     NCCs between A, B and F (ones on the diagonal) and r its eigenvalues,
     Q_NCIE = 1 + sum(r/3 * log2(r/3)) / log2(256).
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        The source images.
+    f : numpy.ndarray
+        The fused image, of the sources' height and width. Each image gray (H, W) or colour
+        (H, W, 3 or 4): uint8; uint16 (the uint16 ones scaled to 8 bits alike, ``v / 257`` for
+        16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
+        0-1). See the module docstring.
+    cache : MetricCache, optional
+        Intermediate results of A and B, reused across calls with the same sources.
+
+    Returns
+    -------
+    float
+        Q_NCIE, 0..1.
+
+    Raises
+    ------
+    UserError
+        For images of different sizes, or of a type or values refused (module docstring).
     """
     return _run(_qncie, a, b, f, cache)
 
@@ -269,6 +364,28 @@ def qg(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = 
     Sobel edge strength and orientation of each image; edge-strength and orientation
     preservation pass through sigmoids (Gamma_g=0.9994, k_g=-15, sigma_g=0.5, Gamma_a=0.9879,
     k_a=-22, sigma_a=0.8); weights are the source edge strengths (L=1).
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        The source images.
+    f : numpy.ndarray
+        The fused image, of the sources' height and width. Each image gray (H, W) or colour
+        (H, W, 3 or 4): uint8; uint16 (the uint16 ones scaled to 8 bits alike, ``v / 257`` for
+        16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
+        0-1). See the module docstring.
+    cache : MetricCache, optional
+        Intermediate results of A and B, reused across calls with the same sources.
+
+    Returns
+    -------
+    float
+        Q^{AB/F}, 0..1.
+
+    Raises
+    ------
+    UserError
+        For images of different sizes, or of a type or values refused (module docstring).
     """
     return _run(_qg, a, b, f, cache)
 
@@ -389,6 +506,29 @@ def qy(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = 
     variants: on flat windows QY swings from ~1e-4 to 70 with the factors' last bits, and no
     candidate matched every method (the best, 5.7e-4, had same-signed errors on all six and
     did not help g04-disk: a fit by chance, not adopted).
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        The source images.
+    f : numpy.ndarray
+        The fused image, of the sources' height and width. Each image gray (H, W) or colour
+        (H, W, 3 or 4): uint8; uint16 (the uint16 ones scaled to 8 bits alike, ``v / 257`` for
+        16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
+        0-1). See the module docstring.
+    cache : MetricCache, optional
+        Intermediate results of A and B, reused across calls with the same sources.
+
+    Returns
+    -------
+    float
+        QY, at most 1.
+
+    Raises
+    ------
+    UserError
+        For images of different sizes, or of a type or values refused (module docstring), and
+        images smaller than 11x11.
     """
     return _run(_qy, a, b, f, cache)
 
@@ -450,6 +590,28 @@ def qcb(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None =
     function in the frequency domain, local contrast C = G_2 * I / G_4 * I - 1 (31x31
     Gaussians, zero padded) is masked with k=h=1, p=3, q=2, Z=1e-4, and the contrast
     preservation maps are combined with saliency weights and averaged.
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        The source images.
+    f : numpy.ndarray
+        The fused image, of the sources' height and width. Each image gray (H, W) or colour
+        (H, W, 3 or 4): uint8; uint16 (the uint16 ones scaled to 8 bits alike, ``v / 257`` for
+        16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
+        0-1). See the module docstring.
+    cache : MetricCache, optional
+        Intermediate results of A and B, reused across calls with the same sources.
+
+    Returns
+    -------
+    float
+        QCB, 0..1; NaN where undefined (0/0, e.g. constant images).
+
+    Raises
+    ------
+    UserError
+        For images of different sizes, or of a type or values refused (module docstring).
     """
     return _run(_qcb, a, b, f, cache)
 
@@ -646,6 +808,28 @@ def qp(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = 
     Phase congruency (PC) and its maximum (M) and minimum (m) moments of A, B and F; for each
     of the three features, the local correlation of F's map with A's, B's and the
     pixelwise-larger-PC source's maps (where PC > 0.1); Q_P = P_PC * P_M * P_m.
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        The source images.
+    f : numpy.ndarray
+        The fused image, of the sources' height and width. Each image gray (H, W) or colour
+        (H, W, 3 or 4): uint8; uint16 (the uint16 ones scaled to 8 bits alike, ``v / 257`` for
+        16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
+        0-1). See the module docstring.
+    cache : MetricCache, optional
+        Intermediate results of A and B, reused across calls with the same sources.
+
+    Returns
+    -------
+    float
+        Q_P, 0..1; NaN where undefined (sources without phase-congruency features).
+
+    Raises
+    ------
+    UserError
+        For images of different sizes, or of a type or values refused (module docstring).
     """
     return _run(_qp, a, b, f, cache)
 
@@ -772,7 +956,31 @@ def _prewitt_magnitude(img: np.ndarray) -> np.ndarray:
 def qe(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = None) -> float:
     """Piella's edge-dependent fusion quality index Q_E (survey-corrected
     ``metricPeilla(..., 3)``), 0..1: Q_W of the images times Q_W of their Prewitt edge
-    magnitude images (alpha = 1)."""
+    magnitude images (alpha = 1).
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        The source images.
+    f : numpy.ndarray
+        The fused image, of the sources' height and width. Each image gray (H, W) or colour
+        (H, W, 3 or 4): uint8; uint16 (the uint16 ones scaled to 8 bits alike, ``v / 257`` for
+        16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
+        0-1). See the module docstring.
+    cache : MetricCache, optional
+        Intermediate results of A and B, reused across calls with the same sources.
+
+    Returns
+    -------
+    float
+        Q_E, 0..1; NaN where undefined (0/0, e.g. constant images).
+
+    Raises
+    ------
+    UserError
+        For images of different sizes, or of a type or values refused (module docstring), and
+        images smaller than 8x8.
+    """
     return _run(_qe, a, b, f, cache)
 
 
@@ -812,6 +1020,28 @@ def qcv(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None =
     Sobel edge strength to the power 5; dissimilarity = mean over each block of the squared
     source-minus-fused difference filtered by the Mannos-Sakrison CSF (frequencies scaled by
     size/8); Q_CV = sum(lambda_A D_A + lambda_B D_B) / sum(lambda_A + lambda_B).
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        The source images.
+    f : numpy.ndarray
+        The fused image, of the sources' height and width. Each image gray (H, W) or colour
+        (H, W, 3 or 4): uint8; uint16 (the uint16 ones scaled to 8 bits alike, ``v / 257`` for
+        16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
+        0-1). See the module docstring.
+    cache : MetricCache, optional
+        Intermediate results of A and B, reused across calls with the same sources.
+
+    Returns
+    -------
+    float
+        Q_CV, 0 or more (lower is better); NaN where undefined (flat sources).
+
+    Raises
+    ------
+    UserError
+        For images of different sizes, or of a type or values refused (module docstring).
     """
     return _run(_qcv, a, b, f, cache)
 
@@ -904,7 +1134,33 @@ def compute_all(
     """Compute several metrics of one triple (all of :data:`METRICS` by default; QP takes about
     a second on 520x520), ordered QMI, QG, QY, QCB, then the others. Colour inputs are
     converted to gray once, with :func:`bafusion.io.gray_float` (``rounded=True``). Pass a :class:`MetricCache` to reuse
-    the sources' intermediate results across calls with the same A and B."""
+    the sources' intermediate results across calls with the same A and B.
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        The source images.
+    f : numpy.ndarray
+        The fused image, of the sources' height and width. Each image gray (H, W) or colour
+        (H, W, 3 or 4): uint8; uint16 (the uint16 ones scaled to 8 bits alike, ``v / 257`` for
+        16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
+        0-1). See the module docstring.
+    metrics : iterable of str, optional
+        Metric names (any case), e.g. ``["QMI", "QG"]``; all eight when None.
+    cache : MetricCache, optional
+        Intermediate results of A and B, reused across calls with the same sources.
+
+    Returns
+    -------
+    dict of str to float
+        Metric name -> value, in :data:`METRICS` order; NaN where a metric is undefined.
+
+    Raises
+    ------
+    UserError
+        For an unknown metric name, images of different sizes, or of a type or values
+        refused (module docstring).
+    """
     names = _parse_metric_names(metrics)
     ga, gb, gf = _prepare(a, b, f)
     memo = _memo_for(cache, ga, gb)
