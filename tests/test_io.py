@@ -84,6 +84,20 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
         read_images([tmp_path / "junk.tif"])
 
 
+def test_read_images_of_a_single_path_or_an_array_says_what_it_expects(tmp_path: Path, rgb) -> None:
+    """A single path was walked character by character ('/: not a regular file'), an array
+    given to read_image reached pathlib's TypeError; any iterable of paths is fine."""
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    for one in (str(tmp_path / "c.png"), tmp_path / "c.png"):
+        with pytest.raises(TypeError, match=r"read_images expects a list of paths, got the single path '.*c\.png'"):
+            read_images(one)
+    with pytest.raises(TypeError, match=r"expected an image file path \(str or os.PathLike\), got ndarray"):
+        read_image(rgb)
+    with pytest.raises(TypeError, match="got ndarray"):
+        read_images(rgb)
+    assert np.array_equal(read_images(p for p in [tmp_path / "c.png"])[0], rgb)
+
+
 def test_a_floating_point_tiff_is_named_as_such(tmp_path: Path) -> None:
     """Pillow cannot open float RGB TIFFs: the message says what the file holds and what works."""
     import tifffile

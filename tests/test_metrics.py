@@ -362,6 +362,9 @@ def test_compute_all_order_and_selection() -> None:
     assert list(M.compute_all(a, b, a, ["qcb", "QMI"])) == ["QMI", "QCB"]
     with pytest.raises(UserError, match="unknown metric 'QZ'"):
         M.compute_all(a, b, a, ["QZ"])
+    # one string: a name or a comma-separated list (it was walked letter by letter: 'Q' unknown)
+    assert M.compute_all(a, b, a, "QG") == M.compute_all(a, b, a, ["QG"])
+    assert list(M.compute_all(a, b, a, "qcb,QMI")) == ["QMI", "QCB"]
 
 
 def test_cache_gives_identical_values_and_is_keyed_by_content() -> None:

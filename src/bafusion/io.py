@@ -47,7 +47,7 @@ import re
 import struct
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -768,6 +768,8 @@ def read_image(path: str | os.PathLike[str], *, rgb: bool = False) -> np.ndarray
     ------
     InputFileError
         Naming the file when it is missing, not a file, or not a readable image.
+    TypeError
+        When ``path`` is no path (e.g. an image array).
     """
     return read_images([path], rgb=rgb)[0]
 
@@ -777,8 +779,25 @@ def read_images(paths: Sequence[str | os.PathLike[str]], *, rgb: bool = False) -
     like :func:`read_image`, scaling those of more than 8 bits per sample **alike**: by the
     significant bits a file marks, else by one bit depth common to all the unmarked ones. Files
     of at most 8 bits per sample read exactly as :func:`read_image` reads them alone."""
-    images = read_source_set(paths, metadata=False).images
+    images = read_source_set(_path_list(paths), metadata=False).images
     return [np.repeat(a[..., None], 3, axis=2) if rgb and a.ndim == 2 else a for a in images]
+
+
+def _path_list(paths: object) -> list[str | os.PathLike[str]]:
+    """``paths`` as a list, or a TypeError saying what was expected: a single path (it was
+    walked character by character: '/: not a regular file') or anything but paths (an array
+    reached pathlib's own TypeError)."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise TypeError(f"read_images expects a list of paths, got the single path {os.fsdecode(paths)!r} "
+                        "(use read_image, or read_images([path]))")
+    if isinstance(paths, np.ndarray) or not isinstance(paths, Iterable):
+        raise TypeError(f"read_images expects a list of paths, got {type(paths).__name__}")
+    out = list(paths)
+    for p in out:
+        if not isinstance(p, (str, os.PathLike)):
+            hint = " (an image already read?)" if isinstance(p, np.ndarray) else ""
+            raise TypeError(f"expected an image file path (str or os.PathLike), got {type(p).__name__}{hint}")
+    return out
 
 
 def float_scale(a: np.ndarray) -> float:

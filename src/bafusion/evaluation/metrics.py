@@ -1106,9 +1106,11 @@ _IMPLS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, Memo], float]] =
 REQUIRED_METRICS: tuple[str, ...] = ("QMI", "QG", "QY", "QCB")
 
 
-def _parse_metric_names(names: Iterable[str] | None) -> list[str]:
+def _parse_metric_names(names: str | Iterable[str] | None) -> list[str]:
     if names is None:
         return list(METRICS)
+    if isinstance(names, str):  # "QG" or "QMI,QG" (it was walked letter by letter: 'Q' unknown)
+        names = names.split(",")
     wanted: list[str] = []
     for raw in names:
         key = raw.strip().upper()
@@ -1127,7 +1129,7 @@ def compute_all(
     a: ArrayLike,
     b: ArrayLike,
     f: ArrayLike,
-    metrics: Iterable[str] | None = None,
+    metrics: str | Iterable[str] | None = None,
     *,
     cache: MetricCache | None = None,
 ) -> dict[str, float]:
@@ -1145,8 +1147,9 @@ def compute_all(
         (H, W, 3 or 4): uint8; uint16 (the uint16 ones scaled to 8 bits alike, ``v / 257`` for
         16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
         0-1). See the module docstring.
-    metrics : iterable of str, optional
-        Metric names (any case), e.g. ``["QMI", "QG"]``; all eight when None.
+    metrics : str or iterable of str, optional
+        Metric names (any case), e.g. ``["QMI", "QG"]``, or one string ``"QG"`` or
+        ``"QMI,QG"``; all eight when None.
     cache : MetricCache, optional
         Intermediate results of A and B, reused across calls with the same sources.
 
