@@ -325,6 +325,21 @@ def test_write_unknown_suffix_names_the_file(tmp_path: Path, rgb) -> None:
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_write_refuses_other_types_and_squeezes_one_channel(tmp_path: Path, rgb, suffix: str) -> None:
+    """Pillow got float RGB and int64 ('Cannot handle this data type'), float gray
+    ('cannot write mode F as PNG'; a .tif was written as a float TIFF) and (H, W, 1) (a crash):
+    now (H, W, 1) is gray and any type but uint8/uint16 an error naming the file, before
+    anything is written."""
+    for img, kind in ((rgb * 1.0, "float64"), (rgb[..., 0].astype(np.float32), "float32"),
+                      (rgb.astype(np.int64), "int64"), (rgb > 100, "bool")):
+        with pytest.raises(UserError, match=rf"x{suffix}: uint8 or uint16 image expected, got {kind}"):
+            write_image(tmp_path / f"x{suffix}", img)
+        assert not list(tmp_path.iterdir())
+    write_image(tmp_path / f"g{suffix}", rgb[..., 1:2])
+    assert np.array_equal(read_image(tmp_path / f"g{suffix}"), rgb[..., 1])
+
+
 def test_matte_rules(tmp_path: Path, rgb) -> None:
     g = rgb[..., 0]
     Image.fromarray(np.dstack([g, g, g])).save(tmp_path / "m.png")

@@ -240,7 +240,9 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
     path : path-like
         Output file; its suffix chooses the format.
     img : numpy.ndarray
-        uint8, or uint16 (16 bits per sample, full range). uint16 is written with 16 bits to
+        Gray (H, W) or (H, W, 1), or colour (H, W, 3) (alpha: (H, W, 2) or (H, W, 4)); uint8,
+        or uint16 (16 bits per sample, full range); any other type (float, int64, bool) is an
+        error naming the file, raised before anything is written. uint16 is written with 16 bits to
         PNG and TIFF (:data:`HIGH_DEPTH_SUFFIXES`); other formats keep 8 bits and get the
         image scaled to 8 bits (callers warn, see :func:`keeps_16_bits`).
     exif, icc : bytes, optional
@@ -264,6 +266,15 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
     if fmt is None:
         raise UserError(f"{p}: unknown image format {p.suffix!r} (use .png, .tif, .bmp or .jpg)")
     img = np.ascontiguousarray(img)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]  # gray (H, W, 1): Pillow cannot make an image of it
+    if img.dtype not in (np.uint8, np.uint16):
+        # Pillow raised 'Cannot handle this data type' (float RGB, int64), 'cannot write mode F
+        # as PNG', or wrote a float TIFF nothing here reads back as the image
+        hint = " (bafusion.io.to_uint8 rounds a [0, 255] float image)" if img.dtype.kind == "f" else ""
+        raise UserError(f"{p}: uint8 or uint16 image expected, got {img.dtype}{hint}")
+    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (2, 3, 4))) or img.size == 0:
+        raise UserError(f"{p}: gray (H, W) or colour (H, W, 3) image expected, got an array of shape {img.shape}")
     if icc and not icc_fits(icc, img):
         icc = None
     if exif:
