@@ -34,9 +34,10 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     undefined = [k for k, v in values.items() if v is None or not math.isfinite(v)]
     if undefined:
         why = undefined_reason(a, b, f)
+        written = "null" if args.format == "json" else "an empty field"
         for k in undefined:
             values[k] = None
-            print(f"bafusion metrics: warning: {k} is undefined for these images ({why}): written as null",
+            print(f"bafusion metrics: warning: {k} is undefined for these images ({why}): written as {written}",
                   file=sys.stderr)
     if args.format == "json":
         print(json.dumps(values, allow_nan=False))
