@@ -203,7 +203,25 @@ def to_uint8(a: np.ndarray) -> np.ndarray:
 
 def to_gray_u8(img: np.ndarray) -> np.ndarray:
     """MATLAB ``rgb2gray`` on uint8 data: the uint8 gray (H, W), ``gray_float(img,
-    rounded=True)`` as uint8; gray input passes through (a float one rounded to uint8)."""
+    rounded=True)`` as uint8; gray input passes through (a float one rounded to uint8).
+
+    Parameters
+    ----------
+    img : numpy.ndarray
+        Gray (H, W) or (H, W, 1), or colour (H, W, 3) or (H, W, 4) (alpha ignored), uint8 or
+        float on the [0, 255] scale.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) uint8: the weighted sum in MATLAB's order rounded half away from zero and
+        clipped to [0, 255]; gray uint8 input as a copy, gray float input rounded so.
+
+    Raises
+    ------
+    ValueError
+        For any other shape.
+    """
     a = _gray_input(img)
     if a.ndim == 2:
         return a.copy() if a.dtype == np.uint8 else to_uint8(a.astype(np.float64))
@@ -789,7 +807,29 @@ def read_images(paths: Sequence[str | os.PathLike[str]], *, rgb: bool = False) -
     """Read files that belong together (the sources of one fusion; the A, B and F of a metric)
     like :func:`read_image`, scaling those of more than 8 bits per sample **alike**: by the
     significant bits a file marks, else by one bit depth common to all the unmarked ones. Files
-    of at most 8 bits per sample read exactly as :func:`read_image` reads them alone."""
+    of at most 8 bits per sample read exactly as :func:`read_image` reads them alone.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        The files, e.g. ``[a, b]`` (any iterable of paths; a single path is an error: use
+        :func:`read_image`).
+    rgb : bool
+        Replicate gray to three channels, so every result is (H, W, 3).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One uint8 image per file, in order: (H, W) for gray files, (H, W, 3) otherwise, as
+        :func:`read_image` describes.
+
+    Raises
+    ------
+    InputFileError
+        Naming the file when one is missing, not a file, or not a readable image.
+    TypeError
+        When ``paths`` is a single path or holds something other than paths (e.g. an array).
+    """
     images = read_source_set(_path_list(paths), metadata=False).images
     return [np.repeat(a[..., None], 3, axis=2) if rgb and a.ndim == 2 else a for a in images]
 
