@@ -262,3 +262,59 @@ def test_a_shard_given_under_several_names_counts_once(shard: Path, tmp_path: Pa
     assert twice == once and twice["pairs"] == 12
     for kind in ("initial", "boundary"):
         assert (tmp_path / "once" / f"{kind}.h5").read_bytes() == (tmp_path / "twice" / f"{kind}.h5").read_bytes()
+
+
+def _write_sharded(folder: Path, shards: int, n_fg: int = 5, n_bg: int = 3, h: int = 40, w: int = 48) -> list[Path]:
+    """The same composited pairs as the composite step spreads them over ``shards`` files
+    (foregrounds round-robin, pair id = fg * n_bg + bg)."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:h, 0:w]
+    groups = []
+    for f in range(n_fg):
+        matte = np.clip(255 * (12 + f - np.hypot(yy - 15 - 3 * f, xx - 20)), 0, 255).astype(np.uint8)
+        groups.append((f, matte, rng.integers(0, 256, (n_bg, h, w), dtype=np.uint8),
+                       rng.integers(0, 256, (n_bg, h, w), dtype=np.uint8)))
+    folder.mkdir()
+    files = []
+    for s in range(shards):
+        path = folder / f"shard-{s}.h5"
+        with h5py.File(path, "w", track_order=True) as h5:
+            h5.attrs["shard"], h5.attrs["shards"] = s, shards
+            for f, matte, a, b in groups[s::shards]:
+                g = h5.create_group(f"fg{f}", track_order=True)
+                g["matte"], g["A"], g["B"] = matte, a, b
+                g["pair"] = np.arange(n_bg, dtype=np.int64) + f * n_bg
+        files.append(path)
+    return files
+
+
+def test_patch_files_do_not_depend_on_the_number_or_order_of_shards(tmp_path: Path) -> None:
+    """The composite step's shard count only says how many parallel jobs it ran: the patch
+    files are byte-identical for 1, 2 or 3 shards, given in any order (they held the pairs
+    shard by shard: another order of the same rows, and other nets trained from them)."""
+    from bafusion.data.patches import _iter_pairs
+
+    opts = PatchOptions(patch=16, per_pair=3, boundary_per_pair=2, val_fraction=0.3, seed=2)
+    runs = {}
+    for shards in (1, 2, 3):
+        files = _write_sharded(tmp_path / f"c{shards}", shards)
+        assert [pid for pid, *_ in _iter_pairs(files[::-1])] == list(range(15))
+        for order, given in (("fwd", files), ("rev", files[::-1])):
+            out = tmp_path / f"p{shards}{order}"
+            runs[out.name] = run_patches(given, opts, out, progress=False)
+    assert all(v == runs["p1fwd"] for v in runs.values())
+    with h5py.File(tmp_path / "p1fwd" / "initial.h5") as h5:
+        for sp in ("train", "val"):
+            assert np.all(np.diff(h5[sp]["pair"][()]) >= 0)
+    for kind in ("initial", "boundary"):
+        ref = (tmp_path / "p1fwd" / f"{kind}.h5").read_bytes()
+        for name in runs:
+            assert (tmp_path / name / f"{kind}.h5").read_bytes() == ref, (name, kind)
+
+
+def test_shards_of_two_composite_runs_are_refused(tmp_path: Path) -> None:
+    one = _write_sharded(tmp_path / "c1", 1)
+    two = _write_sharded(tmp_path / "c2", 2)
+    with pytest.raises(UserError, match="pair 0 is also in .*shards of two composite runs"):
+        run_patches([one[0], two[0]], PatchOptions(patch=16), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -13,7 +13,9 @@ For each composited pair:
 A patch "centred" at (r, c) covers rows r - p//2 .. r - p//2 + p - 1 (and likewise columns).
 Pairs are split train/validation by pair (``val_fraction`` of the pairs, a seeded
 permutation), so no pair is on both sides. Each pair's centres come from a generator
-seeded by (seed, pair id): the result does not depend on shard order.
+seeded by (seed, pair id), and the pairs are read in pair-id order whatever shard holds them:
+the files do not depend on how many shards the composite step wrote (``composite.shards``)
+nor on the order the shard files are given.
 
 Output: ``initial.h5`` (all random patches) and ``boundary.h5`` (the boundary patches),
 each with groups ``train`` and ``val`` holding ``x`` uint8 (N, 2, p, p) (channel 0 = A,
@@ -233,34 +235,95 @@ class _Appender:
                 d[...] = v
 
 
-def _iter_pairs(shard_files: list[Path]):
-    """Yield (pair id, A, B, matte) for every composited pair, in shard and group order."""
-    for f in shard_files:
-        f = Path(f)
-        if not f.exists():
-            raise InputFileError(f, "composite shard missing: run the composite step first")
+class _Shards:
+    """The composited pairs of several shard files, in pair-id order.
+
+    Opens every shard (read-only) and indexes its groups' pair ids without reading any image;
+    iterating yields ``(pair id, A, B, matte)`` pair by pair in ascending pair id, however the
+    pairs are spread over the shards and in whatever order the files come, so the patch sets
+    do not depend on ``composite.shards``. One group's matte is held at a time (a group's
+    pairs are consecutive ids). A pair id found in two files is refused (shards of two
+    composite runs).
+    """
+
+    def __init__(self, shard_files: list[Path]) -> None:
+        self.stack = ExitStack()
+        self.files: list[Path] = []
+        self.h5: list[h5py.File] = []
         try:
-            h5 = h5py.File(f, "r")
-        except OSError as e:
-            raise InputFileError(f, f"unreadable HDF5 file: {e}") from e
-        with h5:
-            for name in h5.keys():
+            for f in map(Path, shard_files):
+                if not f.exists():
+                    raise InputFileError(f, "composite shard missing: run the composite step first")
                 try:
-                    g = h5[name]
-                    matte, pairs, ds_a, ds_b = g["matte"][()], g["pair"][()], g["A"], g["B"]
-                    if matte.ndim != 2 or ds_a.shape != ds_b.shape or ds_a.shape != (len(pairs), *matte.shape):
-                        raise ValueError(f"A {ds_a.shape}, B {ds_b.shape}, matte {matte.shape} and {len(pairs)} "
-                                         "pair ids do not fit together")
-                except (KeyError, OSError, ValueError, TypeError, AttributeError) as e:
-                    raise InputFileError(f, f"group {name!r} is damaged or not a composite group ({e}): "
-                                         "run the composite step again") from e
-                for k in range(len(pairs)):
+                    self.h5.append(self.stack.enter_context(h5py.File(f, "r")))
+                except OSError as e:
+                    raise InputFileError(f, f"unreadable HDF5 file: {e}") from e
+                self.files.append(f)
+            rows: list[tuple[int, int, str, int]] = []  # (pair id, file, group, row)
+            for i, (f, h5) in enumerate(zip(self.files, self.h5)):
+                try:
+                    names = list(h5.keys())
+                except OSError as e:
+                    raise InputFileError(f, f"unreadable HDF5 file: {e}") from e
+                for name in names:
                     try:
-                        a, b = ds_a[k], ds_b[k]
-                    except (OSError, ValueError) as e:
-                        raise InputFileError(f, f"group {name!r}, pair {k}: unreadable data ({e}): "
+                        g = h5[name]
+                        pairs, shape_m, shape_a, shape_b = g["pair"][()], g["matte"].shape, g["A"].shape, g["B"].shape
+                        if len(shape_m) != 2 or shape_a != shape_b or shape_a != (len(pairs), *shape_m):
+                            raise ValueError(f"A {shape_a}, B {shape_b}, matte {shape_m} and {len(pairs)} "
+                                             "pair ids do not fit together")
+                        ids = np.asarray(pairs, np.int64).reshape(-1)
+                    except (KeyError, OSError, ValueError, TypeError, AttributeError) as e:
+                        raise InputFileError(f, f"group {name!r} is damaged or not a composite group ({e}): "
                                              "run the composite step again") from e
-                    yield int(pairs[k]), a, b, matte
+                    rows.extend((int(pid), i, name, k) for k, pid in enumerate(ids))
+            rows.sort()
+            for (pid, i, _, _), (pid2, j, _, _) in zip(rows, rows[1:]):
+                if pid == pid2:
+                    raise InputFileError(self.files[j], f"pair {pid} is also in {self.files[i]}: "
+                                         "shards of two composite runs? Give the shards of one run")
+            self.rows = rows
+        except BaseException:
+            self.stack.close()
+            raise
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Every pair id, ascending."""
+        return np.fromiter((r[0] for r in self.rows), np.int64, len(self.rows))
+
+    def __iter__(self):
+        group: tuple[int, str] | None = None
+        for pid, i, name, k in self.rows:
+            f, g = self.files[i], self.h5[i][name]
+            if group != (i, name):
+                try:
+                    matte = g["matte"][()]
+                except (OSError, ValueError) as e:
+                    raise InputFileError(f, f"group {name!r}: unreadable matte ({e}): run the composite step again") from e
+                group = (i, name)
+            try:
+                a, b = g["A"][k], g["B"][k]
+            except (OSError, ValueError) as e:
+                raise InputFileError(f, f"group {name!r}, pair {k}: unreadable data ({e}): "
+                                     "run the composite step again") from e
+            yield pid, a, b, matte
+
+    def close(self) -> None:
+        self.stack.close()
+
+    def __enter__(self) -> _Shards:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _iter_pairs(shard_files: list[Path]):
+    """Yield (pair id, A, B, matte) for every composited pair, in pair-id order (see
+    :class:`_Shards`)."""
+    with _Shards(shard_files) as shards:
+        yield from shards
 
 
 def _all_pair_ids(shard_files: list[Path]) -> np.ndarray:
@@ -295,10 +358,18 @@ def run_patches(shard_files: list[Path], opts: PatchOptions, out_dir: Path, prog
     for f in sorted(map(Path, shard_files)):
         once.setdefault(f.resolve(), f)
     shard_files = list(once.values())
+    shards = _Shards(shard_files)
+    with shards:
+        return _write_patches(shards, opts, out_dir, progress, compress, threads)
+
+
+def _write_patches(shards: _Shards, opts: PatchOptions, out_dir: Path, progress: bool, compress: bool,
+                   threads: int) -> dict[str, Any]:
+    """:func:`run_patches` once its shards are open."""
     p = opts.patch
-    all_ids = _all_pair_ids(shard_files)
+    all_ids = shards.ids
     if all_ids.size == 0:
-        raise UserError("no composited pairs found in " + ", ".join(str(f) for f in shard_files))
+        raise UserError("no composited pairs found in " + ", ".join(str(f) for f in shards.files))
     val_pairs = split_pairs(all_ids, opts.val_fraction, opts.seed)
     counts = {s: {sp: 0 for sp in SPLITS} for s in SETS}
     labels = {s: {sp: 0 for sp in SPLITS} for s in SETS}
@@ -328,7 +399,7 @@ def run_patches(shard_files: list[Path], opts: PatchOptions, out_dir: Path, prog
             last_matte_id = None
             frac = None
             for pair_id, A, B, matte in tqdm(
-                _iter_pairs(shard_files), total=int(all_ids.size), desc="patches", unit="pair", disable=not bars_enabled(progress)
+                shards, total=int(all_ids.size), desc="patches", unit="pair", disable=not bars_enabled(progress)
             ):
                 h, w = matte.shape
                 if h < p or w < p:
