@@ -337,6 +337,29 @@ def test_fuse_dir_that_fuses_nothing_says_so_in_its_status(tmp_path: Path, nets:
     assert "fused 0 stack(s)" in capsys.readouterr().out
 
 
+def test_fuse_dir_whose_every_image_is_dropped_before_fusing_lists_them(tmp_path: Path, nets: Path, capsys) -> None:
+    """A folder of one-shot stacks and names outside the rule has no stack left to fuse: each is
+    listed with its reason and the status is 4 (all skipped), as documented; it was 'no pair or
+    stack to fuse', exit 2, without the files. A folder with no image at all is still exit 2."""
+    src = tmp_path / "in"
+    src.mkdir()
+    a, _ = pair(5)
+    Image.fromarray(a).save(src / "x-A.jpg")
+    Image.fromarray(a).save(src / "holiday.png")
+    out = tmp_path / "out"
+    assert cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]) == 4
+    o, err = capsys.readouterr()
+    assert "fused 0 stack(s)" in o and "skipped 2 (listed on stderr)" in o
+    lines = err.splitlines()
+    assert any("skipped" in line and "x-A.jpg" in line and "only 1 shot" in line for line in lines), err
+    assert any("skipped" in line and "holiday.png" in line and "does not follow the rule" in line for line in lines), err
+    assert not out.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli_main(["fuse-dir", str(empty), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]) == 2
+    assert "no pair or stack to fuse" in capsys.readouterr().err
+
+
 def test_naming_rule(tmp_path: Path) -> None:
     """Letters in either case, in letter order; a sub-folder is a stack in file-name order; the
     output folder inside the input is not a stack; a name both a folder and files is refused;

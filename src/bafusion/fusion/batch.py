@@ -14,8 +14,9 @@ Naming rule of ``fuse-dir IN OUT`` (documented in the README):
 
 Exit status (:data:`EXIT_SKIPPED`, :data:`EXIT_NONE_FUSED`): 0 when every group was fused (or,
 with ``--skip-existing``, already was), 3 when some were skipped (the others are fused), 4 when
-every group was skipped (nothing fused, none already there), 2 for bad usage (no ``IN``
-folder, nothing to fuse, bad parameters).
+every group was skipped (nothing fused, none already there; also when every image of ``IN``
+was skipped before fusing, e.g. one shot alone), 2 for bad usage (no ``IN`` folder, no image
+in it, bad parameters).
 """
 
 from __future__ import annotations
@@ -375,6 +376,8 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
     groups, skipped = find_groups(src, exclude=out)
     check_output_folder(src, out, groups)
     rep = BatchReport(skipped=list(skipped))
+    if not groups and skipped:  # every stack dropped before fusing (one shot, a name outside the rule): listed, status 4
+        return rep
     if not groups:
         raise UserError(f"{src}: no pair or stack to fuse (name shots <name>-A.<ext>, <name>-B.<ext>, or put each "
                         "stack in its own sub-folder)")
