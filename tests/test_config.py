@@ -66,6 +66,26 @@ def test_count_cli_with_preset(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "18,900" in out and "2,268,000" in out
 
 
+def test_count_outside_the_project_names_its_default_params_and_an_unknown_preset_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Outside the project, count said only 'params.yaml: params file not found' (a default its
+    help did not state), also for an unknown preset."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["count", "--preset", "paper"]) == 2
+    err = capsys.readouterr().err
+    assert "params.yaml: params file not found (default --params params.yaml; run in the project folder or pass --params)" in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(["count", "--preset", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown preset 'nosuch'" in err and "params.yaml" not in err
+    with pytest.raises(SystemExit):
+        main(["count", "--help"])
+    assert "default: params.yaml" in capsys.readouterr().out
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    assert main(["count"]) == 0
+    assert "pairs:" in capsys.readouterr().out
+
+
 def test_count_says_why_the_source_cannot_be_counted() -> None:
     # holding out every foreground said only "the source cannot be read"
     params = load_params(REPO / "params.yaml")

@@ -12,7 +12,7 @@ from typing import Any
 
 from bafusion import tracking
 from bafusion.atomic import write_text
-from bafusion.errors import UserError
+from bafusion.errors import InputFileError, UserError
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -151,9 +151,15 @@ def cmd_count(args: argparse.Namespace) -> int:
     from bafusion.config import apply_preset, load_params, load_preset
     from bafusion.data.counts import count_samples
 
+    preset = load_preset(args.preset) if args.preset else None  # an unknown name before a missing params file
+    if args.params is None:
+        if not Path("params.yaml").exists():
+            raise InputFileError("params.yaml", "params file not found (default --params params.yaml; run in the "
+                                 "project folder or pass --params)")
+        args.params = "params.yaml"
     params = load_params(args.params)
-    if args.preset:
-        params = apply_preset(params, load_preset(args.preset))
+    if preset is not None:
+        params = apply_preset(params, preset)
     c = count_samples(params)
     if args.format == "json":
         print(json.dumps(c, indent=1))
@@ -258,7 +264,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_patches)
 
     p = sub.add_parser("count", help="count pairs and samples a configuration makes, without making them")
-    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--params", default=None, metavar="FILE",
+                   help="params file to count (default: params.yaml of the current folder, the project's)")
     p.add_argument("--preset", help="apply a preset first (e.g. paper)")
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_count)
