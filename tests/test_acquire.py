@@ -447,6 +447,22 @@ def test_download_record(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "b.json").read_text()) == {"source": "builtin", "folders": {}}
 
 
+def test_download_record_refuses_an_unknown_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--source is params data.source: a value outside the schema's enum was written into the
+    record (exit 0)."""
+    from bafusion.cli import main
+    from bafusion.schema import load_schema
+
+    with pytest.raises(SystemExit) as e:
+        main(["download-record", "--source", "bogus", "--out", str(tmp_path / "r.json")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "invalid choice: 'bogus'" in err and "'web'" in err
+    assert not (tmp_path / "r.json").exists()
+    enum = load_schema()["properties"]["data"]["properties"]["source"]["enum"]
+    assert list(cli_download.DATA_SOURCES) == enum  # the choices are the schema's
+
+
 def test_default_cache_honours_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("BAFUSION_CACHE", str(tmp_path / "c"))
     assert acquire.default_cache() == tmp_path / "c"

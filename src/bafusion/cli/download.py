@@ -147,6 +147,10 @@ def cmd_download_record(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The values of params ``data.source`` (the schema's enum; a test keeps the two equal).
+DATA_SOURCES = ("builtin", "dir", "web")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``download-alphamatting``, ``download-coco``, ``download-eval`` and ``download-record``."""
     net = argparse.ArgumentParser(add_help=False)
@@ -201,6 +205,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("download-record", help="write a JSON record (file counts, digests) of downloaded folders")
     p.add_argument("--out", required=True, help="the record file (e.g. data/download/record.json)")
-    p.add_argument("--source", required=True, help="params data.source (builtin, dir or web)")
+    p.add_argument("--source", required=True, choices=DATA_SOURCES, help="params data.source (builtin, dir or web)")
     p.add_argument("folders", nargs="*", metavar="[NAME=]FOLDER", help="downloaded folders to describe")
     p.set_defaults(func=cmd_download_record)
