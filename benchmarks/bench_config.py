@@ -39,7 +39,7 @@ print(json.dumps({"first_check_s": t1 - t0, "later_check_s": (t2 - t1) / 50, "im
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--params", default=str(REPO / "params.yaml"))
     args = ap.parse_args()

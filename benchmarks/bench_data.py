@@ -39,7 +39,7 @@ def _du(path: Path) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--foregrounds", type=int, default=6, help="training foregrounds to use (27 = all)")
     ap.add_argument("--backgrounds", type=int, default=128)

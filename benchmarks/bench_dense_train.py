@@ -90,7 +90,7 @@ def eval_dense(net, batches, patch) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--composite", default=str(REPO / "data" / "composite"))
     ap.add_argument("--patches", default=str(REPO / "data" / "patches" / "initial.h5"))
     ap.add_argument("--depth", type=int, default=20)

@@ -28,7 +28,7 @@ def main() -> int:
     from bafusion.fusion import FusionParams, fuse_images, load_nets_from_dir
     from bafusion.io import read_images
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", required=True, help="model folder (repeatable)")
     ap.add_argument("--pair", default="lytro-05")
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "eval" / "lytro"))

@@ -65,7 +65,7 @@ def _load(pair: str, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pair", default="lytro-01")
     ap.add_argument("--method", default="GFF", help="whose fused image to score (reference/lytro/<METHOD>)")
     ap.add_argument("--repeat", type=int, default=7)

@@ -368,7 +368,7 @@ def write(rows: list[dict], path: Path) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--part", choices=("estimate", "fuse", "auto", "figure", "defocus"), required=True)
     ap.add_argument("--figure-pair", default="savic-08", help="real pair of --part figure")
     ap.add_argument("--kinds", nargs="+", default=["misregistration", "all"], help="held-out kinds of --part auto")

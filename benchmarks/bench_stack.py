@@ -41,7 +41,7 @@ OUT = REPO / "benchmarks" / "out"
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=400)
     ap.add_argument("--layers", type=int, nargs="+", default=[3, 4, 5])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -53,7 +53,7 @@ def _run(*args: str) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--commands", nargs="*", default=["fuse", "train", "evaluate", "metrics", "baseline", "preset",
                                                       "composite", "patches", "download-eval"])

@@ -17,6 +17,7 @@ arrays of ten shapes; and the baselines' uint8 fusions of every evaluation pair.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -81,19 +82,30 @@ def dump(which: str, src: str) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    if argv[0] == "--compare":
-        old, new = (json.loads(Path(p).read_text()) for p in argv[1:3])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("which", nargs="?", choices=["old", "new"],
+                    help="which package SRC holds: old (before issue 17's readers) or new")
+    ap.add_argument("src", nargs="?", metavar="SRC", help="the folder holding that package's bafusion/")
+    ap.add_argument("dest", nargs="?", metavar="DEST", help="the JSON file of hashes to write")
+    ap.add_argument("--compare", nargs=2, metavar=("OLD_JSON", "NEW_JSON"),
+                    help="compare two hash files instead (exit 1 when an output differs)")
+    args = ap.parse_args(argv)
+    if args.compare:
+        if args.which or args.src or args.dest:
+            ap.error("--compare takes the two JSON files alone")
+        old, new = (json.loads(Path(p).read_text()) for p in args.compare)
         if old.keys() != new.keys():
             print("different entries:", sorted(set(old) ^ set(new))[:10])
             return 1
         differ = [k for k in old if old[k] != new[k]]
         print(f"{len(old)} outputs compared, {len(differ)} differ", *differ[:20], sep="\n")
         return 1 if differ else 0
-    which, src, dest = argv
-    out = dump(which, src)
-    Path(dest).parent.mkdir(parents=True, exist_ok=True)
-    Path(dest).write_text(json.dumps(out, indent=0, sort_keys=True))
-    print(f"{which}: {len(out)} outputs hashed into {dest}")
+    if not (args.which and args.src and args.dest):
+        ap.error("give WHICH SRC DEST (hash one package) or --compare OLD_JSON NEW_JSON")
+    out = dump(args.which, args.src)
+    Path(args.dest).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.dest).write_text(json.dumps(out, indent=0, sort_keys=True))
+    print(f"{args.which}: {len(out)} outputs hashed into {args.dest}")
     return 0
 
 

@@ -38,7 +38,7 @@ from bafusion.nets.model import load_model, save_model  # noqa: E402
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--init", required=True, help="model file to start from")
     ap.add_argument("--composite", required=True, help="folder of composite shard-*.h5")
     ap.add_argument("--patches", required=True, help="patch set whose validation pairs are left out")

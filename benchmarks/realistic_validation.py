@@ -137,7 +137,7 @@ def shrink_pair(a, b, truth, tdm, factor: float):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", default=[], help="model folder (repeatable; default: the shipped one)")
     ap.add_argument("--fuse-json", action="append", default=[], help="fusion parameter overrides (repeatable)")
     ap.add_argument("--pairs", type=int, default=10, help="pairs per kind (default 10)")
