@@ -276,3 +276,124 @@ def test_main_gives_the_process_its_signal_handlers_back(tmp_path: Path) -> None
         atomic.clear_stop()
         pytest.fail("the write was refused: main's stop request outlived it")
     assert (tmp_path / "x.txt").read_text() == "written"
+
+
+# --------------------------------------------------------------------------------------
+# A store that fails: the work is done, untracked, with one warning line
+
+
+@pytest.fixture
+def turned_off_afterwards(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing store turns tracking off for the process (and sets $BAFUSION_MLFLOW=0 for its
+    children): both are restored after the test."""
+    monkeypatch.setattr(tracking, "_broken", None, raising=False)
+    monkeypatch.setenv("BAFUSION_MLFLOW", "1")
+    monkeypatch.delenv("BAFUSION_MLFLOW")
+    _clear_invocation_env(monkeypatch)
+
+
+def _one_warning(err: str, store: str) -> str:
+    # (MLflow's own INFO lines as it creates a fresh database aside)
+    lines = [ln for ln in err.splitlines() if ln.strip() and " INFO mlflow." not in ln]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("bafusion: warning: MLflow tracking store ") and store in lines[0]
+    assert "BAFUSION_MLFLOW=0" in lines[0] and "MLFLOW_TRACKING_URI" in lines[0]
+    return lines[0]
+
+
+@pytest.mark.usefixtures("turned_off_afterwards")
+def test_a_corrupt_database_only_warns_and_the_step_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # every step failed with a traceback ("internal error ... DatabaseError"), doing nothing
+    from bafusion.cli import app
+
+    db = tmp_path / "corrupt.db"
+    db.write_bytes(os.urandom(100_000))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    assert app.main(["prepare", "--source", "builtin", "--foregrounds", "1", "--backgrounds", "1",
+                     "--holdout-foregrounds", "0", "--holdout-backgrounds", "0",
+                     "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    assert (tmp_path / "p" / "manifest.json").is_file()
+    line = _one_warning(capsys.readouterr().err, str(db))
+    assert "file is not a database" in line
+    # later calls of the process, Snakemake's onstart/onsuccess included, do nothing and say nothing
+    assert tracking.ensure_db() is None and tracking.begin_invocation({}, "all") is None
+    with tracking.stage_run("composite") as run:
+        run.log_metrics({"n": 1.0})
+        (tmp_path / "out.txt").write_text("done")
+    tracking.end_invocation(True)
+    assert (tmp_path / "out.txt").read_text() == "done"
+    assert capsys.readouterr().err == ""
+    assert os.environ["BAFUSION_MLFLOW"] == "0"  # Snakemake's jobs do not try the store again
+
+
+@pytest.mark.usefixtures("turned_off_afterwards")
+def test_onstart_with_a_corrupt_database_only_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Snakemake's onstart (workflow/rules/common.smk) failed: "DatabaseError in file common.smk"
+    db = tmp_path / "corrupt.db"
+    db.write_bytes(os.urandom(100_000))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    assert tracking.enabled()
+    tracking.ensure_db()
+    assert tracking.begin_invocation({"patch": 16}, "all") is None
+    tracking.end_invocation(False)
+    _one_warning(capsys.readouterr().err, str(db))
+    assert not tracking.enabled() and tracking.PARENT_ENV not in os.environ
+
+
+@pytest.mark.usefixtures("turned_off_afterwards")
+def test_a_store_failing_mid_run_only_warns_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlflow.exceptions import MlflowException
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+
+    def locked(*args: object, **kwargs: object) -> None:
+        raise MlflowException("(sqlite3.OperationalError) database is locked\n[SQL: INSERT ...]")
+
+    with tracking.stage_run("train_initial") as run:
+        monkeypatch.setattr(run.client, "log_batch", locked)
+        monkeypatch.setattr(run.client, "log_metric", locked)
+        for epoch in range(3):
+            run.log_metrics({"val_acc": 0.5}, step=epoch)
+        run.log_metric("x", 1.0)
+        run.set_tag("t", "v")
+        (tmp_path / "model.pt").write_text("trained")
+    assert (tmp_path / "model.pt").read_text() == "trained"
+    assert "database is locked" in _one_warning(capsys.readouterr().err, uri)
+    # the work's own exceptions still come through, untouched
+    with pytest.raises(ValueError, match="bad input"):
+        with tracking.stage_run("evaluate"):
+            raise ValueError("bad input")
+
+
+@pytest.mark.usefixtures("turned_off_afterwards")
+def test_a_stop_is_not_taken_for_a_failing_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a stop signal whose exception was lost (bafusion.atomic) is raised, not warned about
+    from bafusion import atomic
+
+    db = tmp_path / "corrupt.db"
+    db.write_bytes(os.urandom(100_000))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    atomic.request_stop(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            with tracking.stage_run("prepare"):
+                pytest.fail("the step began after a stop")
+    finally:
+        atomic.clear_stop()
+    assert stopped.value.code == 143
+
+
+def test_the_warning_hides_a_password_in_the_uri(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(tracking, "_broken", None)
+    monkeypatch.setenv("BAFUSION_MLFLOW", "1")
+    tracking._turn_off("https://me:s3cret@mlflow.example.org", RuntimeError("401 Unauthorized"))
+    line = capsys.readouterr().err
+    assert "s3cret" not in line and "https://me:***@mlflow.example.org: 401 Unauthorized" in line

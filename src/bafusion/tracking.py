@@ -8,6 +8,9 @@
   parallel Snakemake jobs never race on alembic migrations; the experiment's artifacts go to
   ``mlruns/`` beside it (:func:`artifact_location`), whichever folder the first run began in.
 - ``BAFUSION_MLFLOW=0`` (or ``tracking.enabled: false`` in params) turns logging off.
+- A store that fails (a corrupt, read-only or locked database, a server that does not answer)
+  never fails the work: one warning line names the store and the problem, and the process
+  goes on untracked, its child processes too (Snakemake's jobs), see :func:`_turn_off`.
 - One pipeline invocation is one parent run; each step is a nested child run of it (tag
   ``mlflow.parentRunId``). Snakemake's ``onstart`` opens the parent (:func:`begin_invocation`)
   and hands its id to the jobs in ``$BAFUSION_PARENT_RUN``. Under DVC every stage is its own
@@ -29,6 +32,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 EXPERIMENT = "bafusion"
 #: Environment variable that carries the parent run's id from Snakemake to its jobs.
@@ -57,8 +61,51 @@ def tracking_uri(start: Path | None = None) -> str:
     return f"sqlite:///{repo_root(start) / 'mlflow.db'}"
 
 
+#: The problem of the store that failed in this process (see :func:`_turn_off`), else None.
+_broken: str | None = None
+
+
 def enabled() -> bool:
+    """Whether steps are logged: ``$BAFUSION_MLFLOW`` is not ``0``/``false``/``no``/``off`` and
+    the store has not failed in this process."""
+    if _broken is not None:
+        return False
     return os.environ.get("BAFUSION_MLFLOW", "1").lower() not in ("0", "false", "no", "off")
+
+
+def _turn_off(uri: str, error: BaseException) -> None:
+    """The store ``uri`` failed with ``error``: say so in one line (once) and track nothing more.
+
+    The runs are a record of the work, never a reason to fail it. ``$BAFUSION_MLFLOW`` is set to
+    ``0`` as well, so that child processes (Snakemake's jobs, after its ``onstart``) do not try
+    the store again, each waiting for it. A stop signal whose exception the store's code lost
+    (see :mod:`bafusion.atomic`) is raised again instead.
+    """
+    from bafusion.atomic import raise_if_stopped
+
+    raise_if_stopped()
+    global _broken
+    if _broken is not None:
+        return
+    lines = str(error).strip().splitlines()
+    problem = lines[0].strip() if lines else type(error).__name__
+    if len(problem) > 600:
+        problem = problem[:600] + "..."
+    problem = problem.rstrip(".")
+    _broken = problem
+    os.environ["BAFUSION_MLFLOW"] = "0"
+    print(f"bafusion: warning: MLflow tracking store {_shown(uri)}: {problem}; going on without tracking "
+          "(BAFUSION_MLFLOW=0 turns tracking off, MLFLOW_TRACKING_URI points it at another store)",
+          file=sys.stderr, flush=True)
+
+
+def _shown(uri: str) -> str:
+    """``uri`` without the password of its user, if any (it goes to logs)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.rsplit("@", 1)
+    return parts._replace(netloc=f"{parts.username}:***@{netloc[-1]}").geturl()
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -87,9 +134,27 @@ def _create_experiment(client: Any, uri: str) -> str:
     return client.create_experiment(EXPERIMENT, artifact_location=artifact_location(uri))
 
 
-def ensure_db(uri: str | None = None) -> str:
-    """Create and migrate the sqlite store once, serialised by a lock file beside it."""
+def ensure_db(uri: str | None = None) -> str | None:
+    """Create and migrate the sqlite store once, serialised by a lock file beside it.
+
+    Returns
+    -------
+    str or None
+        The tracking URI; None when the store failed, now (said in one warning line, see
+        :func:`_turn_off`; tracking is then off) or earlier in this process.
+    """
     uri = uri or tracking_uri()
+    if _broken is not None:
+        return None
+    try:
+        return _ensure_db(uri)
+    except Exception as e:  # noqa: BLE001 - any failure of the store: the work goes on untracked
+        _turn_off(uri, e)
+        return None
+
+
+def _ensure_db(uri: str) -> str:
+    """:func:`ensure_db`, raising what the store raises."""
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -155,31 +220,79 @@ class _NullRun:
 
 
 class _Run:
+    """A run of a working store. A call that fails turns tracking off (:func:`_turn_off`) and the
+    later calls do nothing: the step goes on untracked."""
+
     def __init__(self, client: Any, run_id: str, uri: str | None = None) -> None:
         self.client = client
         self.run_id = run_id
         self.uri = uri or tracking_uri()
 
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        if _broken is not None:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - the store's failure: the work goes on untracked
+            _turn_off(self.uri, e)
+
     def log_metric(self, key: str, value: float, step: int | None = None) -> None:
-        self.client.log_metric(self.run_id, key, float(value), step=step or 0)
+        self._call(self.client.log_metric, self.run_id, key, float(value), step=step or 0)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
+        def log() -> None:
+            from mlflow.entities import Metric
 
-        ts = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
-        )
+            ts = int(time.time() * 1000)
+            self.client.log_batch(
+                self.run_id, metrics=[Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+            )
+
+        self._call(log)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._call(self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def set_tag(self, key: str, value: Any) -> None:
-        self.client.set_tag(self.run_id, key, str(value))
+        self._call(self.client.set_tag, self.run_id, key, str(value))
 
     def log_model(self, model: Any, name: str, input_example: Any = None) -> None:
         """Log a torch net as an MLflow model of this run (see :func:`log_torch_model`)."""
-        log_torch_model(self.uri, self.run_id, model, name, input_example)
+        self._call(log_torch_model, self.uri, self.run_id, model, name, input_example)
+
+    def end(self, t0: float, status: str) -> None:
+        """Log the duration since ``t0`` (``time.perf_counter``) and end the run with ``status``."""
+        self.log_metric("duration_s", time.perf_counter() - t0)
+        self._call(self.client.set_terminated, self.run_id, status=status)
+
+
+def _open_run(
+    uri: str, stage: str, params: Mapping[str, Any] | None, tags: Mapping[str, Any] | None, run_name: str | None
+) -> _Run:
+    """Create the run of :func:`stage_run` in the store ``uri``, raising what the store raises."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    _ensure_db(uri)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    exp_id = exp.experiment_id if exp is not None else _create_experiment(client, uri)
+    name = run_name or stage
+    all_tags = {"stage": stage, "mlflow.runName": name, **source_tags(f"bafusion {stage}")}
+    for var in ("DVC_EXP_NAME", "DVC_STAGE"):
+        if os.environ.get(var):
+            all_tags[var.lower()] = os.environ[var]
+    parent = os.environ.get(PARENT_ENV, "").strip()
+    if parent:
+        all_tags["mlflow.parentRunId"] = parent
+    all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+    run = client.create_run(exp_id, tags=all_tags, run_name=name)
+    run_id = run.info.run_id
+    flat = flatten(params or {})
+    items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+    return _Run(client, run_id, uri)
 
 
 @contextlib.contextmanager
@@ -205,45 +318,28 @@ def stage_run(
     Yields an object with ``log_metric``/``log_metrics``/``log_artifact``/``set_tag``/``log_model``.
     The run is a child of ``$BAFUSION_PARENT_RUN`` when that is set (see :func:`begin_invocation`).
     Uses ``MlflowClient`` (not the fluent API) so nothing leaks between runs in one process.
+    A store that fails, at the start or later, only warns: the step goes on untracked.
     """
     if not enabled():
         yield _NullRun()
         return
-    from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
-
-    uri = ensure_db()
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    exp_id = exp.experiment_id if exp is not None else _create_experiment(client, uri)
-    name = run_name or stage
-    all_tags = {"stage": stage, "mlflow.runName": name, **source_tags(f"bafusion {stage}")}
-    for var in ("DVC_EXP_NAME", "DVC_STAGE"):
-        if os.environ.get(var):
-            all_tags[var.lower()] = os.environ[var]
-    parent = os.environ.get(PARENT_ENV, "").strip()
-    if parent:
-        all_tags["mlflow.parentRunId"] = parent
-    all_tags.update({k: str(v) for k, v in (tags or {}).items()})
-    run = client.create_run(exp_id, tags=all_tags, run_name=name)
-    run_id = run.info.run_id
-    flat = flatten(params or {})
-    items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
-    for i in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[i : i + 100])
+    uri = tracking_uri()
+    try:
+        handle = _open_run(uri, stage, params, tags, run_name)
+    except Exception as e:  # noqa: BLE001 - the store's failure: the work goes on untracked
+        _turn_off(uri, e)
+        yield _NullRun()
+        return
     t0 = time.perf_counter()
-    handle = _Run(client, run_id, uri)
     try:
         yield handle
     except BaseException as e:
-        handle.log_metric("duration_s", time.perf_counter() - t0)
         # Ctrl-C, or SIGTERM turned into SystemExit by the CLI (bafusion.cli): the job was
         # stopped, not broken; either way the run does not stay RUNNING.
         killed = isinstance(e, (KeyboardInterrupt, SystemExit))
-        client.set_terminated(run_id, status="KILLED" if killed else "FAILED")
+        handle.end(t0, "KILLED" if killed else "FAILED")
         raise
-    handle.log_metric("duration_s", time.perf_counter() - t0)
-    client.set_terminated(run_id, status="FINISHED")
+    handle.end(t0, "FINISHED")
 
 
 # --------------------------------------------------------------------------------------
@@ -377,15 +473,26 @@ def begin_invocation(config: Mapping[str, Any] | None = None, targets: str = "")
     Returns
     -------
     str or None
-        The parent run's id; None when tracking is off.
+        The parent run's id; None when tracking is off, or the store failed (one warning line;
+        tracking is then off, see :func:`_turn_off`).
     """
     if not enabled():
         return None
+    uri = tracking_uri()
+    try:
+        return _begin_invocation(uri, config, targets)
+    except Exception as e:  # noqa: BLE001 - the store's failure: the work goes on untracked
+        _turn_off(uri, e)
+        return None
+
+
+def _begin_invocation(uri: str, config: Mapping[str, Any] | None, targets: str) -> str:
+    """:func:`begin_invocation` with the store ``uri``, raising what the store raises."""
     from mlflow.entities import Param, RunStatus
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    uri = ensure_db()
+    _ensure_db(uri)
     client = MlflowClient(tracking_uri=uri)
     inherited = os.environ.get(PARENT_ENV, "").strip()
     if inherited:
@@ -435,10 +542,13 @@ def end_invocation(ok: bool) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    uri = tracking_uri()
     try:
-        MlflowClient(tracking_uri=tracking_uri()).set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+        MlflowClient(tracking_uri=uri).set_terminated(run_id, status="FINISHED" if ok else "FAILED")
     except MlflowException as e:  # the runs are a record of the work: never fail the work for them
         print(f"bafusion: could not close the MLflow parent run {run_id}: {str(e).splitlines()[0]}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - the store's failure, likewise
+        _turn_off(uri, e)
 
 
 def _lock_path(uri: str) -> Path | None:
