@@ -390,6 +390,30 @@ def test_a_stop_is_not_taken_for_a_failing_store(tmp_path: Path, monkeypatch: py
     assert stopped.value.code == 143
 
 
+@pytest.mark.usefixtures("turned_off_afterwards")
+def test_an_unreachable_server_costs_seconds_not_minutes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # MLflow retried a refused connection for ~4 minutes, then the step failed with a traceback
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    t0 = time.monotonic()
+    assert tracking.begin_invocation({}, "all") is None
+    with tracking.stage_run("prepare") as run:
+        run.log_metric("n", 1.0)
+        (tmp_path / "out.txt").write_text("done")
+    assert time.monotonic() - t0 < 15
+    assert (tmp_path / "out.txt").read_text() == "done"
+    assert f"cannot connect to 127.0.0.1:{port}" in _one_warning(capsys.readouterr().err, uri)
+
+
 def test_the_warning_hides_a_password_in_the_uri(monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(tracking, "_broken", None)

@@ -10,7 +10,9 @@
 - ``BAFUSION_MLFLOW=0`` (or ``tracking.enabled: false`` in params) turns logging off.
 - A store that fails (a corrupt, read-only or locked database, a server that does not answer)
   never fails the work: one warning line names the store and the problem, and the process
-  goes on untracked, its child processes too (Snakemake's jobs), see :func:`_turn_off`.
+  goes on untracked, its child processes too (Snakemake's jobs), see :func:`_turn_off`. An
+  ``http(s)`` server is first tried with a short connect (:func:`check_reachable`), so that an
+  unreachable one costs seconds, not MLflow's minutes of retries.
 - One pipeline invocation is one parent run; each step is a nested child run of it (tag
   ``mlflow.parentRunId``). Snakemake's ``onstart`` opens the parent (:func:`begin_invocation`)
   and hands its id to the jobs in ``$BAFUSION_PARENT_RUN``. Under DVC every stage is its own
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +36,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 EXPERIMENT = "bafusion"
 #: Environment variable that carries the parent run's id from Snakemake to its jobs.
@@ -63,6 +67,8 @@ def tracking_uri(start: Path | None = None) -> str:
 
 #: The problem of the store that failed in this process (see :func:`_turn_off`), else None.
 _broken: str | None = None
+#: Seconds to wait for a tracking server to accept a connection (:func:`check_reachable`).
+CONNECT_TIMEOUT = 5.0
 
 
 def enabled() -> bool:
@@ -108,6 +114,37 @@ def _shown(uri: str) -> str:
     return parts._replace(netloc=f"{parts.username}:***@{netloc[-1]}").geturl()
 
 
+class Unreachable(Exception):
+    """A tracking server that does not accept a connection."""
+
+
+def check_reachable(uri: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Raise :class:`Unreachable` when the ``http(s)`` server of ``uri`` (or the proxy that
+    requests would use for it) does not accept a TCP connection within ``timeout`` seconds.
+
+    MLflow itself retries a refused or timed-out request for minutes; other URIs are not checked.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    host = parts.hostname
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as e:  # a port that is no number
+        raise Unreachable(f"bad port in {uri}: {e}") from None
+    via = ""
+    proxy = getproxies().get(parts.scheme)
+    if proxy and not proxy_bypass(host):
+        pp = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        if pp.hostname:
+            host, port, via = pp.hostname, pp.port or 80, f" (the proxy {proxy})"
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        why = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e) or type(e).__name__)
+        raise Unreachable(f"cannot connect to {host}:{port}{via}: {why}") from None
+
+
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists are kept as values."""
     out: dict[str, Any] = {}
@@ -135,7 +172,8 @@ def _create_experiment(client: Any, uri: str) -> str:
 
 
 def ensure_db(uri: str | None = None) -> str | None:
-    """Create and migrate the sqlite store once, serialised by a lock file beside it.
+    """Create and migrate the sqlite store once, serialised by a lock file beside it; check that
+    a tracking server is reachable.
 
     Returns
     -------
@@ -155,6 +193,7 @@ def ensure_db(uri: str | None = None) -> str | None:
 
 def _ensure_db(uri: str) -> str:
     """:func:`ensure_db`, raising what the store raises."""
+    check_reachable(uri)
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -544,6 +583,7 @@ def end_invocation(ok: bool) -> None:
 
     uri = tracking_uri()
     try:
+        check_reachable(uri)
         MlflowClient(tracking_uri=uri).set_terminated(run_id, status="FINISHED" if ok else "FAILED")
     except MlflowException as e:  # the runs are a record of the work: never fail the work for them
         print(f"bafusion: could not close the MLflow parent run {run_id}: {str(e).splitlines()[0]}", file=sys.stderr)
