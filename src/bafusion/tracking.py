@@ -7,7 +7,8 @@
 - A fresh sqlite database is created (and migrated) once, under a file lock, so that
   parallel Snakemake jobs never race on alembic migrations; the experiment's artifacts go to
   ``mlruns/`` beside it (:func:`artifact_location`), whichever folder the first run began in.
-- ``BAFUSION_MLFLOW=0`` (or ``tracking.enabled: false`` in params) turns logging off.
+- ``BAFUSION_MLFLOW=0`` (or ``false``/``no``/``off``) in the environment turns logging off;
+  nothing in the params does.
 - A store that fails (a corrupt, read-only or locked database, a server that does not answer)
   never fails the work: one warning line names the store and the problem, and the process
   goes on untracked, its child processes too (Snakemake's jobs), see :func:`_turn_off`. An
