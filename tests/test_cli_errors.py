@@ -324,3 +324,17 @@ def test_a_replaced_output_folder_holding_other_files_is_refused(work: Path, cap
     for p in (work / "mine").iterdir():
         p.unlink()
     check_command(args)  # empty
+
+
+def test_a_reader_that_has_gone_is_not_a_bug(tmp_path: Path) -> None:
+    """`bafusion count | head -3`: the closed pipe ended in a traceback and 'internal error (a bug
+    in bafusion)'; now the command stops quietly with 141 (128 + SIGPIPE), as Unix tools do."""
+    env = {**os.environ, "BAFUSION_MLFLOW": "0"}
+    p = subprocess.Popen([sys.executable, "-m", "bafusion.cli", "count", "--preset", "paper"],
+                         cwd=Path(__file__).resolve().parents[1], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()  # the reader is gone before the first line
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "internal error" not in err and "BrokenPipe" not in err, err

@@ -191,6 +191,9 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
     except UserError as e:
         print(f"{cmd}: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `bafusion count | head -3`: the reader has gone, as for any Unix tool
+        _drop_stdout()
+        return 128 + signal.SIGPIPE
     except OSError as e:
         if e.filename is None and e.errno in _MACHINE_ERRNOS:  # h5py's, Pillow's: no file name
             from bafusion.preflight import output_paths
@@ -215,6 +218,20 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
                   "a smaller fuse.max_tile / train.batch, or another device", file=sys.stderr)
             return 1
         return _internal_error(cmd)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not fail on the closed pipe
+    again ("Exception ignored ... BrokenPipeError")."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a test or a notebook: nothing to do
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def _internal_error(cmd: str) -> int:
