@@ -403,3 +403,20 @@ def test_progress_is_one_line_per_epoch_without_bars_when_stderr_is_not_a_termin
     assert len(lines) == 2, p.stderr
     for i, ln in enumerate(lines, 1):
         assert f"initial epoch {i}/2" in ln and "train loss" in ln and "val loss" in ln and ln.endswith(" s"), ln
+
+
+def test_val_batch_does_not_change_the_metrics_or_plots(toy_run: dict, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.val_batch is documented as having no effect on results: the validation loss is the
+    exact sum of per-sample losses (a sum per batch changed its last digits with the batch), and
+    a tail batch of one sample (96 = 95 + 1) is no exception."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    files = []
+    for val_batch in (256, 64, 95):
+        cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 2, "samples_per_epoch": 64,
+                                               "val_batch": val_batch}}, "initial")
+        paths = _paths(tmp_path / str(val_batch), "initial")
+        train("initial", toy_run["h5"], cfg, paths, progress=False)
+        files.append((paths.metrics.read_text(), paths.plots.read_text()))
+    assert files[1] == files[0] and files[2] == files[0]
+

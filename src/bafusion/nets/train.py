@@ -412,22 +412,34 @@ def evaluate(model: nn.Module, loader: AugmentedLoader, amp: bool, device: torch
     """Mean loss, accuracy and count over the loader (summed over all processes; NaN when
     empty), of the isolated patches. ``context`` > 0 adds, in a dict, the in-context view's
     accuracy (``val_acc_context``) and the share of samples where the two views decide alike
-    (``val_view_agreement``)."""
+    (``val_view_agreement``).
+
+    The loss does not depend on the batch size (``train.val_batch``): it is the exactly
+    rounded sum (``math.fsum``) of the per-sample losses, which on the CPU are the same in any
+    batch of two or more; a batch of one sample (a tail) takes other kernels, so it is
+    evaluated doubled. (A sum per batch made the last digits depend on the batch size.)"""
     was = model.training
     model.eval()
     tot = torch.zeros(5, dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+    losses: list[torch.Tensor] = []
     for x, y in loader:
+        b = y.shape[0]
+        if b == 1:  # one sample alone goes through other kernels than in a batch: its loss differed
+            x = torch.cat([x, x])
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x, context) if context else model(x)
-        b = y.shape[0]
+        n_in = x.shape[0]
         li = logits[:b]
-        tot[0] += F.cross_entropy(li.float(), y, reduction="sum").to(tot.dtype)
+        losses.append(F.cross_entropy(li.float(), y, reduction="none"))
         tot[1] += (li.argmax(1) == y).sum()
         tot[2] += b
         if context:
-            lc = logits[b:]
+            lc = logits[n_in:n_in + b]
             tot[3] += (lc.argmax(1) == y).sum()
             tot[4] += (lc.argmax(1) == li.argmax(1)).sum()
+    if losses:
+        per_sample = torch.cat(losses).cpu().numpy().astype(np.float64)
+        tot[0] = math.fsum(per_sample.tolist())  # exactly rounded: the same in any order or grouping
     if dist.active:
         torch.distributed.all_reduce(tot)
     model.train(was)
