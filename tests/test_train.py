@@ -420,3 +420,24 @@ def test_val_batch_does_not_change_the_metrics_or_plots(toy_run: dict, tmp_path:
         files.append((paths.metrics.read_text(), paths.plots.read_text()))
     assert files[1] == files[0] and files[2] == files[0]
 
+
+
+def test_killed_run_leaves_the_previous_plots_file_alone(toy_run: dict, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-epoch curve of a run in progress goes to --checkpoints/history.csv; --plots is
+    written at the end with the model and the metrics (a killed run left a partial --plots,
+    out of step with the previous run's model and metrics). Resuming still gives the whole curve."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    cfg = resolve_config(TOY, "initial")
+    paths = _paths(tmp_path, "initial")
+    paths.plots.parent.mkdir(parents=True)
+    paths.plots.write_text("the previous run's curve\n")
+    monkeypatch.setenv(ABORT_ENV, "34")  # in epoch 2 (24 steps per epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", toy_run["h5"], cfg, paths, progress=False)
+    assert paths.plots.read_text() == "the previous run's curve\n"
+    live = (paths.checkpoints / "history.csv").read_text().splitlines()
+    assert live[0].startswith("epoch,lr,") and len(live) == 2  # epoch 1
+    monkeypatch.delenv(ABORT_ENV)
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    assert paths.plots.read_text() == toy_run["paths"].plots.read_text()  # both epochs, as uninterrupted

@@ -11,8 +11,10 @@ Outputs (all written atomically):
 
 - ``--out`` (+ ``.json``): the best model and its description;
 - ``--checkpoints`` (default ``data/checkpoints/<net>/``): ``last.pt`` (full training state:
-  weights, optimizer, scheduler, loader position, RNG states, history) and ``best.pt``
-  (weights of the best epoch so far);
+  weights, optimizer, scheduler, loader position, RNG states, history), ``best.pt``
+  (weights of the best epoch so far) and ``history.csv`` (the curve so far, rewritten at every
+  epoch end to watch a long run; ``--plots`` is written only at the end, with the model and
+  the metrics, so a killed run leaves the previous run's outputs in step with each other);
 - ``--metrics`` (default ``metrics/train_<net>.json``) for ``dvc metrics``;
 - ``--plots`` (default ``metrics/plots/train_<net>.csv``): one row per epoch for ``dvc plots``;
 - an MLflow run ``train_<net>`` with the flattened parameters, per-epoch metrics (step =
@@ -84,6 +86,7 @@ from bafusion.schema import default, validate_params
 NETS = ("initial", "boundary")
 CHECKPOINT_FORMAT = 1
 ABORT_ENV = "BAFUSION_TRAIN_ABORT_AT_STEP"  # test hook: simulate a kill after that global step
+LIVE_CURVE = "history.csv"  # in --checkpoints: the per-epoch curve so far
 
 
 @dataclass
@@ -710,7 +713,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                                                 "val_acc": val_acc, "model": _cpu_state(model)})
                 save_checkpoint(last_path, checkpoint_state(epoch + 1, torch.zeros(3, dtype=torch.float64), 0.0))
                 run.log_metrics(_epoch_metrics(row), step=epoch + 1)
-                _write_csv(paths.plots, history)
+                _write_csv(paths.checkpoints / LIVE_CURVE, history)  # not --plots: see the module's docstring
                 print(f"bafusion train: {net} epoch {epoch + 1}/{cfg.epochs} lr {lr:.3g} "
                       f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
                       f"val loss {val_loss:.4f} acc {val_acc:.4f}"
