@@ -441,3 +441,30 @@ def test_killed_run_leaves_the_previous_plots_file_alone(toy_run: dict, tmp_path
     monkeypatch.delenv(ABORT_ENV)
     train("initial", toy_run["h5"], cfg, paths, progress=False)
     assert paths.plots.read_text() == toy_run["paths"].plots.read_text()  # both epochs, as uninterrupted
+
+
+def test_resume_with_another_thread_count_warns(toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU thread count changes the weights (the order of torch's sums) but is not in the
+    fingerprint (a job resumed under other --cores keeps its epochs): the checkpoint records it,
+    and a resume with another count says that the weights will differ from an uninterrupted run's
+    (it resumed silently, while the README promised equal weights)."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    cfg = resolve_config(TOY, "initial")
+    paths = _paths(tmp_path, "initial")
+    monkeypatch.setenv(ABORT_ENV, "34")
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", toy_run["h5"], cfg, paths, progress=False)
+    assert load_checkpoint(paths.checkpoints / "last.pt")["threads"] == 1
+    monkeypatch.delenv(ABORT_ENV)
+    capsys.readouterr()
+    try:
+        train("initial", toy_run["h5"], dataclasses.replace(cfg, threads=2), paths, progress=False)
+    finally:
+        torch.set_num_threads(1)
+    err = capsys.readouterr().err
+    assert "resuming initial" in err
+    warning = [ln for ln in err.splitlines() if "warning" in ln]
+    assert len(warning) == 1 and "1 CPU thread(s)" in warning[0] and "uses 2" in warning[0], err
+    assert "differ from an uninterrupted run" in warning[0]
+    assert load_checkpoint(paths.checkpoints / "last.pt")["threads"] == 2

@@ -22,8 +22,10 @@ Outputs (all written atomically):
 
 Resuming: ``last.pt`` is written at every epoch end (and every ``checkpoint_every`` steps
 when that is > 0). Running the same command again after a kill continues from it; with a
-fixed seed the final weights equal those of an uninterrupted run (on CPU exactly; on GPU
-with ``deterministic: true``). A checkpoint written for other parameters or another patch
+fixed seed the final weights equal those of an uninterrupted run (on CPU exactly, with the same
+number of CPU threads; on GPU with ``deterministic: true``). The thread count changes the
+weights on the CPU but not the fingerprint (a job resumed under other ``--cores`` keeps its
+epochs): a resume with another count than the checkpoint's warns that the weights will differ. A checkpoint written for other parameters or another patch
 set (see :func:`fingerprint`) is ignored, and training starts afresh. Once the run has written
 its outputs, ``last.pt`` is marked ``finished``: a later run (``snakemake -R``, ``dvc repro -f``)
 trains from scratch instead of resuming a run that has nothing left to do.
@@ -128,9 +130,14 @@ class TrainConfig:
     # (patches.context > 0), see :func:`train_step`. 0 with such a set: both views, no term.
     consistency: float = default("train.consistency")
 
-    # Keys that do not change the trained weights (on a given device) and so may differ
-    # between a checkpoint and the run resuming from it.
-    # (The number of processes enters the fingerprint as the actual world size.)
+    # Keys that may differ between a checkpoint and the run resuming from it (they are not in
+    # its fingerprint). All but ``threads`` leave the trained weights as they are (on a given
+    # device). The CPU thread count changes the order of torch's floating-point sums on the
+    # CPU, and so the weights; it stays out of the fingerprint so that a job resumed with
+    # other --cores (train.threads: 0) is not thrown away, but the checkpoint records the
+    # count and a resume with another one says that its weights will differ from an
+    # uninterrupted run's. (The number of processes enters the fingerprint as the actual
+    # world size.)
     RUNTIME_KEYS = ("device", "threads", "checkpoint_every", "compile", "val_batch", "nproc")
     TOP_LEVEL = ("seed", "patch", "depth")
 
@@ -633,6 +640,11 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             resumed_from = f"epoch {start_epoch} step {loader.position}"
             if dist.main:
                 print(f"bafusion train: resuming {net} from {last_path} ({resumed_from})", file=sys.stderr)
+                was = ck.get("threads")
+                if device.type == "cpu" and was is not None and int(was) != torch.get_num_threads():
+                    print(f"bafusion train: warning: {last_path} was trained with {was} CPU thread(s) per process, "
+                          f"this run uses {torch.get_num_threads()}: the final weights will differ from an "
+                          f"uninterrupted run's ({was} per process would resume exactly)", file=sys.stderr)
 
     train_model: nn.Module = model
     if dist.active:
@@ -651,6 +663,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             "global_step": global_step, "samples_seen": samples_seen, "train_time": train_time,
             "history": history, "best_acc": best_acc, "best_epoch": best_epoch,
             "partial": partial.cpu().double(), "partial_time": partial_time,
+            "threads": torch.get_num_threads(),  # changes the weights on the CPU, see RUNTIME_KEYS
         }
 
     run_params = {"net": net, "patches": str(patches), "world_size": dist.world_size, "device": str(device),
