@@ -468,3 +468,13 @@ def test_resume_with_another_thread_count_warns(toy_run: dict, tmp_path: Path, c
     assert len(warning) == 1 and "1 CPU thread(s)" in warning[0] and "uses 2" in warning[0], err
     assert "differ from an uninterrupted run" in warning[0]
     assert load_checkpoint(paths.checkpoints / "last.pt")["threads"] == 2
+
+
+def test_help_says_only_an_interrupted_run_is_resumed(capsys: pytest.CaptureFixture) -> None:
+    """A finished run's last.pt is not resumed (the help said any existing last.pt was)."""
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "An interrupted run resumes from --checkpoints/last.pt" in text
+    assert "finished run" in text and "from scratch" in text
+    assert "when it exists" not in text

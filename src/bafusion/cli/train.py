@@ -30,7 +30,9 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train", help="train the initial or the boundary net on a patch set",
         description="Train the initial net (on data/patches/initial.h5) or the boundary net (on "
-                    "data/patches/boundary.h5). Resumes from --checkpoints/last.pt when it exists.")
+                    "data/patches/boundary.h5). An interrupted run resumes from --checkpoints/last.pt (for the "
+                    "same parameters and patch set); the checkpoint of a finished run (one that wrote its model) "
+                    "is not resumed: the training starts from scratch.")
     p.add_argument("--net", required=True, choices=NETS)
     p.add_argument("--patches", required=True, help="HDF5 patch set (from the 'patches' step)")
     p.add_argument("--out", required=True, help="model file to write (.pt, with a .json beside it)")
