@@ -68,6 +68,8 @@ def test_tiny_net_learns_separable_toy_set(toy_run: dict) -> None:
     assert meta["device"] == "cpu" and meta["params"]["lr"] == 0.01
     metrics = json.loads(paths.metrics.read_text())
     assert metrics["best_epoch"] in (1, 2) and metrics["val_acc"] == pytest.approx(s["val_acc"])
+    # numbers only (each key is a column of dvc exp show; "device" and "net" were strings)
+    assert all(isinstance(v, (int, float)) for v in metrics.values()), metrics
     rows = paths.plots.read_text().splitlines()
     assert rows[0].startswith("epoch,lr,train_loss,train_acc,val_loss,val_acc") and len(rows) == 3
     assert [float(r.split(",")[1]) for r in rows[1:]] == [0.01, 0.005]  # MultiStepLR at epoch 1

@@ -504,7 +504,8 @@ def train(net: str, patches: str | os.PathLike[str], cfg: TrainConfig, paths: Pa
           resume: bool = True, progress: bool = True, dist: Dist | None = None) -> dict[str, Any]:
     """Train ``net`` on the patch set ``patches`` and write the outputs in ``paths``.
 
-    Returns the summary written to ``paths.metrics`` (on every process; only process 0 writes).
+    Returns the summary written to ``paths.metrics``, numbers only (on every process; only
+    process 0 writes).
     """
     from tqdm import tqdm
 
@@ -742,14 +743,16 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             raise UserError(f"{last_path}: holds no finished epoch")
         last = history[-1]
         best_row = next((r for r in history if int(r["epoch"]) == best_epoch), last)
+        # Numbers only (DVC metrics: every key a column of dvc exp show); the net and the device
+        # are in the model's .json and the MLflow run.
         summary = {
-            "net": net, "epochs": cfg.epochs, "best_epoch": best_epoch,
+            "epochs": cfg.epochs, "best_epoch": best_epoch,
             "val_acc": best_row["val_acc"], "val_loss": best_row["val_loss"],
             "train_acc": best_row["train_acc"], "train_loss": best_row["train_loss"],
             "last_val_acc": last["val_acc"], "last_train_acc": last["train_acc"],
             "samples_seen": samples_seen,
             "effective_train_samples": loader.num_samples, "train_patches": len(train_set),
-            "val_patches": len(val_set), "device": str(device), "world_size": dist.world_size,
+            "val_patches": len(val_set), "world_size": dist.world_size,
             **{k: best_row[k] for k in ("val_acc_context", "val_view_agreement") if k in best_row},
         }
         if dist.main:
