@@ -480,3 +480,32 @@ def test_help_says_only_an_interrupted_run_is_resumed(capsys: pytest.CaptureFixt
     assert "An interrupted run resumes from --checkpoints/last.pt" in text
     assert "finished run" in text and "from scratch" in text
     assert "when it exists" not in text
+
+
+def test_resumed_mlflow_run_names_the_interrupted_run(toy_run: dict, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resumed training is a new MLflow run: it is tagged with the interrupted run's id (the
+    checkpoint records it), not only with the epoch and step it resumed from."""
+    from mlflow.tracking import MlflowClient
+
+    from bafusion.tracking import EXPERIMENT
+
+    monkeypatch.delenv("BAFUSION_MLFLOW", raising=False)
+    # 4 steps per epoch; a seed of its own tells its runs from other tests' in the session's MLflow db
+    cfg = resolve_config({**TOY, "seed": 4242, "train": {**TOY["train"], "samples_per_epoch": 64}}, "initial")
+    paths = _paths(tmp_path, "initial")
+    monkeypatch.setenv(ABORT_ENV, "6")
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", toy_run["h5"], cfg, paths, progress=False)
+    first_id = load_checkpoint(paths.checkpoints / "last.pt")["mlflow_run_id"]
+    monkeypatch.delenv(ABORT_ENV)
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = {r.info.run_id: r for r in client.search_runs([exp.experiment_id])
+            if r.data.params.get("patches") == str(toy_run["h5"]) and r.data.params.get("seed") == "4242"}
+    assert len(runs) == 2 and first_id in runs and runs[first_id].info.status == "KILLED"
+    (second,) = (r for i, r in runs.items() if i != first_id)
+    assert second.data.tags["resumed_from"] == "epoch 1 step 0"
+    assert second.data.tags["resumed_run_id"] == first_id
+    assert load_checkpoint(paths.checkpoints / "last.pt")["mlflow_run_id"] == second.info.run_id

@@ -18,7 +18,8 @@ Outputs (all written atomically):
 - ``--metrics`` (default ``metrics/train_<net>.json``) for ``dvc metrics``;
 - ``--plots`` (default ``metrics/plots/train_<net>.csv``): one row per epoch for ``dvc plots``;
 - an MLflow run ``train_<net>`` with the flattened parameters, per-epoch metrics (step =
-  epoch) and the model as an artifact.
+  epoch) and the model as an artifact; a resumed run is a new MLflow run, tagged
+  ``resumed_from`` (epoch and step) and ``resumed_run_id`` (the interrupted run's MLflow run).
 
 Resuming: ``last.pt`` is written at every epoch end (and every ``checkpoint_every`` steps
 when that is > 0). Running the same command again after a kill continues from it; with a
@@ -611,6 +612,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     acc_state = torch.zeros(3, dtype=torch.float64)  # partial epoch: loss sum, correct, count
     epoch_time_done = 0.0
     resumed_from: str | None = None
+    resumed_run_id: str | None = None  # the MLflow run of the interrupted run, when it had one
+    mlflow_run_id: str | None = None  # this run's, recorded in last.pt
     if resume and last_path.exists():
         ck = load_checkpoint(last_path)
         if ck.get("fingerprint") != fp:
@@ -639,6 +642,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 acc_state = ck["partial"].double()
             epoch_time_done = float(ck["partial_time"])
             resumed_from = f"epoch {start_epoch} step {loader.position}"
+            resumed_run_id = ck.get("mlflow_run_id")
             if dist.main:
                 print(f"bafusion train: resuming {net} from {last_path} ({resumed_from})", file=sys.stderr)
                 was = ck.get("threads")
@@ -665,14 +669,17 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             "history": history, "best_acc": best_acc, "best_epoch": best_epoch,
             "partial": partial.cpu().double(), "partial_time": partial_time,
             "threads": torch.get_num_threads(),  # changes the weights on the CPU, see RUNTIME_KEYS
+            "mlflow_run_id": mlflow_run_id,  # a resumed run's MLflow run names it (resumed_run_id)
         }
 
     run_params = {"net": net, "patches": str(patches), "world_size": dist.world_size, "device": str(device),
                   "amp": amp, "channels_last": channels_last, **cfg.to_dict()}
-    run_ctx = (tracking.stage_run(f"train_{net}", params=run_params,
-                                  tags={"net": net, "resumed_from": resumed_from or "none"})
+    run_tags = {"net": net, "resumed_from": resumed_from or "none",
+                **({"resumed_run_id": resumed_run_id} if resumed_run_id else {})}
+    run_ctx = (tracking.stage_run(f"train_{net}", params=run_params, tags=run_tags)
                if dist.main else contextlib.nullcontext(_NoRun()))
     with run_ctx as run:
+        mlflow_run_id = getattr(run, "run_id", None)
         for row in history:  # a resumed run repeats the earlier epochs so it holds the whole curve
             run.log_metrics(_epoch_metrics(row), step=int(row["epoch"]))
         for epoch in range(start_epoch, cfg.epochs):
