@@ -26,10 +26,11 @@ when that is > 0). Running the same command again after a kill continues from it
 fixed seed the final weights equal those of an uninterrupted run (on CPU exactly, with the same
 number of CPU threads; on GPU with ``deterministic: true``). The thread count changes the
 weights on the CPU but not the fingerprint (a job resumed under other ``--cores`` keeps its
-epochs): a resume with another count than the checkpoint's warns that the weights will differ. A checkpoint written for other parameters or another patch
-set (see :func:`fingerprint`) is ignored, and training starts afresh. Once the run has written
-its outputs, ``last.pt`` is marked ``finished``: a later run (``snakemake -R``, ``dvc repro -f``)
-trains from scratch instead of resuming a run that has nothing left to do.
+epochs): a resume with another count than the checkpoint's warns that the weights will differ.
+A checkpoint written for other parameters or another patch set (see :func:`fingerprint`) is
+ignored, and training starts afresh. Once the run has written its outputs, ``last.pt`` is
+marked ``finished``: a later run (``snakemake -R``, ``dvc repro -f``) trains from scratch
+instead of resuming a run that has nothing left to do.
 
 Progress: one line per epoch on stderr (losses, accuracies, samples/s, seconds); tqdm bars only
 when stderr is a terminal (:mod:`bafusion.progress`), so logs stay free of carriage returns.
