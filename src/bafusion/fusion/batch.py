@@ -96,7 +96,7 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
     from tqdm import tqdm
 
     from bafusion.fusion.rule import check_same_size
-    from bafusion.fusion.scene import MIN_CORRELATION, check_one_scene
+    from bafusion.fusion.scene import MIN_CORRELATION, check_one_scene, shared_reductions
 
     if len(paths) < 2:
         raise UserError("give at least two source images")
@@ -105,18 +105,19 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
     for i in range(1, len(src.images)):
         check_same_size(src.images[0], src.images[i], names[0], names[i])
     if align in ("none", "auto"):
-        try:
-            scores = check_one_scene(src.images, names, force)  # refuses two scenes unless force
-        except UserError as e:
-            # a shot moved by a large fraction of the image also fails the check before alignment:
-            # --force would fuse it unaligned; --align similarity registers it (and checks again)
-            raise UserError(f"{e}, or --align similarity if the camera moved a lot between the shots") from e
-        one_scene = all(c is None or c >= MIN_CORRELATION for c in scores)
-        if align == "auto":
-            align = _auto_align(src.images, names, one_scene)
-        elif motion_hint and one_scene:
-            for line in _safe_motion_hints(src.images, names):
-                tqdm.write(f"bafusion: {line}", file=sys.stderr)
+        with shared_reductions():  # the check and the motion estimate reduce each shot once
+            try:
+                scores = check_one_scene(src.images, names, force)  # refuses two scenes unless force
+            except UserError as e:
+                # a shot moved by a large fraction of the image also fails the check before alignment:
+                # --force would fuse it unaligned; --align similarity registers it (and checks again)
+                raise UserError(f"{e}, or --align similarity if the camera moved a lot between the shots") from e
+            one_scene = all(c is None or c >= MIN_CORRELATION for c in scores)
+            if align == "auto":
+                align = _auto_align(src.images, names, one_scene)
+            elif motion_hint and one_scene:
+                for line in _safe_motion_hints(src.images, names):
+                    tqdm.write(f"bafusion: {line}", file=sys.stderr)
     if align != "none":
         src.images = align_for_fuse(src.images, names, align, force)
         if src.full is not None:

@@ -22,7 +22,9 @@ so that a fusion without ``--align`` can say when the shots look handheld
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +52,31 @@ MIN_SIDE = 64
 FLAT_STD = 1.0 / 255.0
 
 
+#: Samples (pixels x channels) of the source converted to float at a time by :func:`_reduce_k`.
+REDUCE_CHUNK = 1 << 18
+
+#: The reductions made inside :func:`shared_reductions`: (id of the shot, side) -> (the shot,
+#: its reduction, factor); None outside it.
+_SHARED: ContextVar[dict[tuple[int, int], tuple[np.ndarray, np.ndarray, int]] | None] = ContextVar(
+    "bafusion_scene_reductions", default=None)
+
+
+@contextmanager
+def shared_reductions() -> Iterator[None]:
+    """Within this block every shot is reduced (:func:`_reduce_k`) once per long side: the scene
+    check and the motion estimate of one fusion work on the same reduced copies (a 24-megapixel
+    shot takes about 0.25 s to reduce). The shots must not change inside the block. Nested
+    blocks share the outermost one's copies."""
+    if _SHARED.get() is not None:
+        yield
+        return
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
 def _reduce(img: np.ndarray) -> np.ndarray:
     """Gray float image, block-mean reduced by the integer factor that brings its long side
     to at most :data:`WORK_SIDE`."""
@@ -57,15 +84,32 @@ def _reduce(img: np.ndarray) -> np.ndarray:
 
 
 def _reduce_k(img: np.ndarray, side: int = WORK_SIDE) -> tuple[np.ndarray, int]:
-    """:func:`_reduce` (to a long side of at most ``side``) and its reduction factor."""
-    a = np.asarray(img, dtype=np.float64)
-    if a.ndim == 3:
-        a = gray_float(a) if a.shape[2] in (1, 3, 4) else a[..., 0]
-    k = math.ceil(max(a.shape) / side)
-    if k > 1:
-        h, w = (a.shape[0] // k) * k, (a.shape[1] // k) * k
-        a = a[:h, :w].reshape(h // k, k, w // k, k).mean(axis=(1, 3))
-    return a / 255.0, k
+    """:func:`_reduce` (to a long side of at most ``side``) and its reduction factor.
+
+    The gray float64 values are made a band of rows at a time (:data:`REDUCE_CHUNK`), so a
+    camera-size shot is never converted to float64 whole; the result is the same, to the bit,
+    as reducing the whole float64 gray image. Inside :func:`shared_reductions` a shot's
+    reduction is made once (read-only)."""
+    shared = _SHARED.get()
+    if shared is not None:
+        hit = shared.get((id(img), side))
+        if hit is not None and hit[0] is img:
+            return hit[1], hit[2]
+    a = np.asarray(img)
+    k = math.ceil(max(a.shape[:2]) / side)
+    h, w = (a.shape[0] // k) * k, (a.shape[1] // k) * k
+    out = np.empty((h // k, w // k))
+    band = max(1, REDUCE_CHUNK // (k * w * (a.shape[2] if a.ndim == 3 else 1)))  # output rows a band
+    for i in range(0, h // k, band):
+        f = np.asarray(a[i * k:min(i + band, h // k) * k, :w], dtype=np.float64)
+        if f.ndim == 3:
+            f = gray_float(f) if f.shape[2] in (1, 3, 4) else f[..., 0]
+        out[i:i + band] = f.reshape(-1, k, w // k, k).mean(axis=(1, 3)) if k > 1 else f
+    out /= 255.0
+    if shared is not None:
+        out.setflags(write=False)
+        shared[(id(img), side)] = (img, out, k)  # the shot is kept: its id stays its own
+    return out, k
 
 
 def _coarse(img: np.ndarray) -> np.ndarray:
@@ -128,7 +172,8 @@ def check_one_scene(images: Sequence[np.ndarray], names: Sequence[str], force: b
     list of float or None
         One per shot after the first.
     """
-    scores = [scene_correlation(images[0], im) for im in images[1:]]
+    with shared_reductions():  # the first shot is reduced once
+        scores = [scene_correlation(images[0], im) for im in images[1:]]
     if not force:
         for name, c in zip(names[1:], scores):
             if c is not None and c < MIN_CORRELATION:
@@ -297,6 +342,11 @@ def shot_motions(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX
     list of ShotMotion
         One per shot after the first.
     """
+    with shared_reductions():  # each shot reduced once, for the flatness test and the registration
+        return _shot_motions(images, threshold)
+
+
+def _shot_motions(images: Sequence[np.ndarray], threshold: float) -> list[ShotMotion]:
     from bafusion.fusion.align import corner_rms, coverage, match_quality, warp_to_first
 
     out: list[ShotMotion] = []
