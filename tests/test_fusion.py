@@ -214,6 +214,46 @@ def test_fused_pixels_are_exactly_a_or_b(nets: FusionNets, scene) -> None:
     assert np.array_equal(fuse_images(rgba, b, nets).fused, res.fused)
 
 
+def test_one_channel_sources_give_a_gray_fusion(nets: FusionNets, scene) -> None:
+    """(H, W, 1) is gray and (H, W, 2) gray + alpha, as for bafusion.fuse(): the fusion is (H, W)
+    (it kept the shape (H, W, 1); (H, W, 2) was a raw ValueError)."""
+    a, b, _ = scene
+    gray = fuse_images(a[..., 0], b[..., 0], nets, P()).fused
+    assert gray.shape == a.shape[:2]
+    for x, y in ((a[..., :1], b[..., :1]), (a[..., :2], b[..., :2]), (a[..., :1], b[..., 0])):
+        got = fuse_images(x, y, nets, P()).fused
+        assert got.shape == a.shape[:2] and np.array_equal(got, gray)
+    assert fuse_stack([a[..., :1], b[..., :1], b[..., :1]], nets, P())[-1].fused.shape == a.shape[:2]
+
+
+def test_fuse_images_checks_its_arguments_like_fuse(nets: FusionNets, scene) -> None:
+    """A mapping of parameters is taken, as by bafusion.fuse(); nets that are not loaded, lists
+    and odd shapes are one-line UserErrors (they were AttributeErrors and ValueErrors)."""
+    a, b, _ = scene
+    want = fuse_images(a, b, nets, P(l=4)).fused
+    got = fuse_images(a, b, nets, {"flat_level": 0, "working_min": 0, "boundary_weight": 1.0, "l": 4}).fused
+    assert np.array_equal(got, want)
+    assert np.array_equal(fuse_stack([a, b], nets, {"flat_level": 0, "working_min": 0, "boundary_weight": 1.0,
+                                                     "l": 4})[-1].fused, want)
+    with pytest.raises(UserError, match=r"fuse\.bogus"):
+        fuse_images(a, b, nets, {"bogus": 1})
+    with pytest.raises(UserError, match="params must be a FusionParams"):
+        fuse_images(a, b, nets, 4)
+    for bad in ("default", None):
+        with pytest.raises(UserError, match=r"nets must be the loaded nets \(bafusion\.load_model"):
+            fuse_images(a, b, bad)
+        with pytest.raises(UserError, match="nets must be"):
+            fuse_stack([a, b], bad)
+    with pytest.raises(UserError, match="^left.png: expected a numpy array, got list$"):
+        fuse_images(a.tolist(), b, nets, names=("left.png", "right.png"))
+    with pytest.raises(UserError, match="^image 2: expected a numpy array, got list$"):
+        fuse_stack([a, b.tolist()], nets)
+    with pytest.raises(UserError, match=r"^B: expected an \(H, W\) gray .* shape \(120, 136, 5\)$"):
+        fuse_images(a, np.zeros((120, 136, 5), np.uint8), nets)
+    with pytest.raises(UserError, match="^B: sources must be uint8 images, got float64$"):
+        fuse_images(a, b.astype(np.float64), nets)
+
+
 def test_adaptive_boundary_scoring_matches_exact_decisions(nets: FusionNets, scene) -> None:
     """Adaptive refinement down to step 1 reproduces the exact boundary net's decision wherever
     a cell holds the boundary; elsewhere the interpolation keeps the corners' common side."""

@@ -6,13 +6,14 @@ import functools
 import os
 import warnings
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from bafusion.errors import UserError
 from bafusion.fusion.models import FusionNets, load_nets_from_dir
 from bafusion.fusion.params import FusionParams
-from bafusion.fusion.rule import check_same_size, fuse_images, fuse_stack
+from bafusion.fusion.rule import check_same_size, checked_params, fuse_images, fuse_stack, source_channels
 from bafusion.io import read_source_set, scale_to_u8
 
 __all__ = ["fuse", "load_model"]
@@ -53,7 +54,7 @@ def load_model(model: str | os.PathLike[str] | None = None, device: str = "auto"
 def fuse(
     *sources: str | os.PathLike[str] | np.ndarray,
     model: str | os.PathLike[str] | FusionNets | None = None,
-    params: FusionParams | None = None,
+    params: FusionParams | Mapping[str, Any] | None = None,
     device: str = "auto",
     align: str | None = None,
     progress: bool | None = False,
@@ -123,12 +124,7 @@ def fuse(
         raise UserError("fusion needs at least two source images")
     if align is not None and align not in ALIGN_MODELS:
         raise UserError(f"align must be None or one of {', '.join(ALIGN_MODELS)}, got {align!r}")
-    if params is None:
-        params = FusionParams()
-    elif isinstance(params, Mapping):  # a ``fuse`` section, e.g. {"l": 4}: checked like params.yaml's
-        params = FusionParams.from_mapping(params, source="params")
-    elif not isinstance(params, FusionParams):
-        raise UserError(f"params must be a FusionParams or a mapping of its fields, got {type(params).__name__}")
+    params = checked_params(params)  # a mapping, e.g. {"l": 4}, is checked like params.yaml's
     images, full, names = _read_sources(sources)
     for i in range(1, len(images)):
         check_same_size(images[0], images[i], names[0], names[i])
@@ -216,13 +212,7 @@ def _read_sources(
     arrays: dict[int, np.ndarray] = {}
     for i, (s, name) in enumerate(zip(sources, names)):
         if isinstance(s, np.ndarray):
-            if s.ndim == 3 and s.shape[2] in (1, 2):
-                s = s[..., 0]  # gray, or gray + alpha (alpha dropped, as from a file)
-            elif s.ndim == 3 and s.shape[2] == 4:
-                s = s[..., :3]  # RGBA: alpha dropped, as from a file
-            if s.ndim not in (2, 3) or s.size == 0 or (s.ndim == 3 and s.shape[2] != 3):
-                raise UserError(f"{name}: expected an (H, W) gray or (H, W, 3) colour image, got an array of shape "
-                                f"{s.shape}" + (" (empty)" if s.size == 0 else ""))
+            s = source_channels(s, name)  # (H, W) or (H, W, 3): alpha dropped, as from a file
             if s.dtype not in (np.uint8, np.uint16):
                 raise UserError(f"{name}: sources must be uint8 or uint16 arrays, got {s.dtype}")
             arrays[i] = np.ascontiguousarray(s)

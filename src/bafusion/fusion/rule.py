@@ -26,8 +26,9 @@ import inspect
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -157,6 +158,41 @@ def _match_channels(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return a, b
 
 
+def source_channels(s: np.ndarray, name: str) -> np.ndarray:
+    """A source array as (H, W) gray or (H, W, 3) colour: (H, W, 1) is gray, the alpha of
+    (H, W, 2) and (H, W, 4) is dropped (as from a file); anything else (or an empty array) is a
+    :class:`UserError` naming ``name`` and the shape."""
+    if not isinstance(s, np.ndarray):
+        hint = " (a PIL image: pass numpy.asarray(image))" if hasattr(s, "getbands") else ""
+        raise UserError(f"{name}: expected a numpy array, got {type(s).__name__}{hint}")
+    if s.ndim == 3 and s.shape[2] in (1, 2):
+        s = s[..., 0]  # gray, or gray + alpha (alpha dropped, as from a file)
+    elif s.ndim == 3 and s.shape[2] == 4:
+        s = s[..., :3]  # RGBA: alpha dropped, as from a file
+    if s.ndim not in (2, 3) or s.size == 0 or (s.ndim == 3 and s.shape[2] != 3):
+        raise UserError(f"{name}: expected an (H, W) gray or (H, W, 3) colour image, got an array of shape "
+                        f"{s.shape}" + (" (empty)" if s.size == 0 else ""))
+    return s
+
+
+def checked_params(params: FusionParams | Mapping[str, Any] | None) -> FusionParams:
+    """``params`` as :class:`FusionParams`: None gives the defaults, a mapping of its fields
+    (``{"l": 4}``, a ``fuse`` section) is checked like ``params.yaml``'s."""
+    if params is None:
+        return FusionParams()
+    if isinstance(params, Mapping):
+        return FusionParams.from_mapping(params, source="params")
+    if not isinstance(params, FusionParams):
+        raise UserError(f"params must be a FusionParams or a mapping of its fields, got {type(params).__name__}")
+    return params
+
+
+def _check_nets(nets: FusionNets) -> None:
+    if not isinstance(nets, FusionNets):
+        raise UserError(f"nets must be the loaded nets (bafusion.load_model(...), e.g. load_model(\"default\")), got "
+                        f"{type(nets).__name__}; bafusion.fuse() takes a model name")
+
+
 def check_same_size(a: np.ndarray, b: np.ndarray, name_a: str = "A", name_b: str = "B") -> None:
     """Sources of different sizes are an error naming both sizes and both files."""
     if a.shape[:2] != b.shape[:2]:
@@ -173,7 +209,7 @@ def fuse_images(
     a: np.ndarray,
     b: np.ndarray,
     nets: FusionNets,
-    params: FusionParams = FusionParams(),
+    params: FusionParams | Mapping[str, Any] | None = FusionParams(),
     names: tuple[str, str] = ("A", "B"),
     progress: bool | None = None,
 ) -> FusionResult:
@@ -182,11 +218,14 @@ def fuse_images(
     Parameters
     ----------
     a, b : ndarray
-        The sources, uint8, (H, W) gray or (H, W, 3/4) colour, of the same size.
+        The sources, uint8, (H, W) gray or (H, W, 3) colour, of the same size ((H, W, 1) is
+        gray; the alpha of (H, W, 2) and (H, W, 4) is dropped, as for :func:`bafusion.fuse`).
     nets : FusionNets
-        The initial and boundary nets (:func:`bafusion.fusion.load_nets_from_dir`).
-    params : FusionParams
-        Every constant of the rule; the defaults are the shipped configuration.
+        The initial and boundary nets (:func:`bafusion.load_model`,
+        :func:`bafusion.fusion.load_nets_from_dir`).
+    params : FusionParams or mapping, optional
+        Every constant of the rule; the defaults are the shipped configuration. A mapping of
+        its fields (``{"l": 4}``) is checked like ``params.yaml``'s; None: the defaults.
     names : tuple of str
         The sources' names, for error messages.
     progress : bool or None
@@ -201,7 +240,8 @@ def fuse_images(
     Raises
     ------
     bafusion.errors.UserError
-        Sources of different sizes (naming both) or not uint8.
+        Sources of different sizes (naming both), not uint8 arrays of those shapes, a bad
+        parameter, ``nets`` that are not loaded nets.
 
     Notes
     -----
@@ -210,10 +250,14 @@ def fuse_images(
     ``params.working_min`` are decided upscaled to it
     (:func:`bafusion.fusion.working.decide_upscaled`); the others at their size.
     """
+    params = checked_params(params)
+    _check_nets(nets)
+    a, b = source_channels(a, names[0]), source_channels(b, names[1])
     check_same_size(a, b, *names)
-    a, b = _match_channels(np.asarray(a), np.asarray(b))
-    if a.dtype != np.uint8 or b.dtype != np.uint8:
-        raise UserError(f"sources must be uint8 images, got {a.dtype} and {b.dtype}")
+    for x, name in ((a, names[0]), (b, names[1])):
+        if x.dtype != np.uint8:
+            raise UserError(f"{name}: sources must be uint8 images, got {x.dtype}")
+    a, b = _match_channels(a, b)
     ga, gb = to_gray_u8(a), to_gray_u8(b)
     if params.exposure_match == "linear":  # the nets score B at A's exposure
         gb = match_exposure(ga, gb)
@@ -236,8 +280,8 @@ def fuse_images(
 
 
 def fuse_stack(
-    images: Sequence[np.ndarray], nets: FusionNets, params: FusionParams = FusionParams(), names: Sequence[str] = (),
-    progress: bool | None = None,
+    images: Sequence[np.ndarray], nets: FusionNets, params: FusionParams | Mapping[str, Any] | None = FusionParams(),
+    names: Sequence[str] = (), progress: bool | None = None,
 ) -> list[FusionResult]:
     """Fuse a focal stack one into the next (the "chain" stack rule).
 
@@ -261,6 +305,9 @@ def fuse_stack(
     if len(images) < 2:
         raise UserError("fusion needs at least two source images")
     names = list(names) or [f"image {i + 1}" for i in range(len(images))]
+    params = checked_params(params)
+    _check_nets(nets)
+    images = [source_channels(im, names[i] if i < len(names) else f"image {i + 1}") for i, im in enumerate(images)]
     for i in range(1, len(images)):
         check_same_size(images[0], images[i], names[0], names[i])
     results = []
