@@ -254,6 +254,21 @@ def test_fuse_images_checks_its_arguments_like_fuse(nets: FusionNets, scene) -> 
         fuse_images(a, b.astype(np.float64), nets)
 
 
+def test_docstrings_list_the_parameters_in_signature_order() -> None:
+    """fuse_stack documented progress before names (the signature has names first)."""
+    import inspect
+    import re
+
+    from bafusion import fuse
+
+    for fn in (fuse_images, fuse_stack, fuse):
+        doc = inspect.getdoc(fn)
+        section = doc.split("Parameters\n----------\n")[1].split("\n\n")[0]
+        documented = [n.strip().lstrip("*") for line in re.findall(r"^(\S[^:\n]*?)(?: :.*)?$", section, re.M)
+                      for n in line.split(",")]
+        assert documented == list(inspect.signature(fn).parameters), fn.__name__
+
+
 def test_adaptive_boundary_scoring_matches_exact_decisions(nets: FusionNets, scene) -> None:
     """Adaptive refinement down to step 1 reproduces the exact boundary net's decision wherever
     a cell holds the boundary; elsewhere the interpolation keeps the corners' common side."""

@@ -292,10 +292,12 @@ def fuse_stack(
     ----------
     images : sequence of ndarray
         Two or more registered uint8 shots of one size.
-    nets, params, progress
+    nets, params
         As for :func:`fuse_images`.
     names : sequence of str
         The shots' names, for error messages.
+    progress : bool or None
+        As for :func:`fuse_images`.
 
     Returns
     -------
