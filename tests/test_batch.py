@@ -539,6 +539,40 @@ def test_fuse_dir_no_progress_and_no_terminal_draw_no_bar(tmp_path: Path, nets: 
     assert "fuse-dir:" in capsys.readouterr().err  # the bar, asked for on a terminal
 
 
+def test_fuse_names_its_steps_on_a_terminal_and_not_with_no_progress(tmp_path: Path, nets: Path, capsys,
+                                                                     monkeypatch) -> None:
+    """A camera-size fuse spent most of its minute outside the fusion's bar (reading, the scene
+    check, exposure matching, writing), silently: on a terminal each step is named on stderr
+    (exposure matching as a bar, like the fusion's); --no-progress and a log file get none of it,
+    and the closing line stays."""
+    import bafusion.progress as progress
+    from bafusion.fusion import working
+
+    pa, pb = tmp_path / "a.png", tmp_path / "b.png"
+    for path, x in zip((pa, pb), pair(3)):
+        Image.fromarray(x).save(path)
+    monkeypatch.setattr(working, "PROGRESS_MIN_PIXELS", 1)  # every pair is "camera size"
+    steps = ["bafusion fuse: reading " + f"{pa}, {pb} ...", "bafusion fuse: checking that the shots show one scene ...",
+             "bafusion fuse: checking whether the shots move ...", "bafusion fuse: loading the nets ...",
+             "matching exposure", "bafusion fuse: fusing 2 images ..."]
+    for terminal, extra in ((True, []), (True, ["--no-progress"]), (False, [])):
+        monkeypatch.setattr(progress, "stderr_is_terminal", lambda: terminal)
+        out = tmp_path / f"f{terminal}{len(extra)}.png"
+        rc = cli_main(["fuse", str(pa), str(pb), "-o", str(out), "--model", str(nets), "--device", "cpu", *extra])
+        cap = capsys.readouterr()
+        assert rc == 0 and cap.out.startswith(f"fused 2 images into {out} ("), cap.out
+        named = [s for s in [*steps, f"bafusion fuse: writing {out} ..."] if s in cap.err]
+        if terminal and not extra:
+            assert len(named) == len(steps) + 1, cap.err
+            assert cap.err.index("reading") < cap.err.index("matching exposure") < cap.err.index("writing")
+        else:
+            assert named == [] and "bafusion fuse:" not in cap.err and "step/s" not in cap.err, cap.err
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
+    rc = cli_main(["fuse", str(pa), str(pb), "-o", str(tmp_path / "g.png"), "--model", str(nets), "--device", "cpu",
+                   "--align", "translation"])
+    assert rc == 0 and "bafusion fuse: aligning the shots (translation) ..." in capsys.readouterr().err
+
+
 def test_fuse_dir_quiet_silences_every_bar_and_a_large_pair_is_refused_by_name(
     tmp_path: Path, nets: Path, capsys, monkeypatch
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -111,7 +112,8 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True) -> None:
         p.add_argument("--alpha", type=float, default=None,
                        help=f"difference-map gain alpha*|B-F| (default {default('fuse.alpha'):g})")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
-                   help="no progress bar (default: a bar on stderr for camera-size pairs when it is a terminal)")
+                   help="no progress bar (default: a bar on stderr for camera-size pairs when it is a terminal; "
+                        "bafusion fuse also names each step there: reading, checking, fusing, writing)")
 
 
 def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
@@ -197,10 +199,14 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     resolve_device(other["device"])
     from bafusion.fusion.batch import fused_output, prepare_sources
 
+    say = _stage_lines(args.progress)
     # sizes, then --align or the one-scene check (and, --align not given, the motion hint)
-    src = prepare_sources(paths, align=args.align or "none", force=args.force, motion_hint=args.align is None)
+    src = prepare_sources(paths, align=args.align or "none", force=args.force, motion_hint=args.align is None,
+                          stage=say)
     images, names = src.images, [str(p) for p in paths]
+    say("loading the nets")
     nets = nets_from_args(args, other["device"], args.model)
+    say(f"fusing {len(paths)} images")
     if joint:
         from bafusion.fusion.stack import fuse_stack_joint, save_stack_maps
 
@@ -221,10 +227,25 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         print(f"bafusion fuse: {note}", file=sys.stderr)
     from bafusion.io import write_image as _write
 
+    say(f"writing {out}")
     _write(out, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits)
     print(f"fused {len(paths)} images into {out} ({fused.seconds:.2f} s fusing on {nets.device}, "
           f"{time.perf_counter() - t_start:.2f} s in all with reading, loading the nets and writing)")
     return 0
+
+
+def _stage_lines(progress: bool | None) -> Callable[[str], None]:
+    """``bafusion fuse``'s steps named on stderr ("bafusion fuse: reading a.jpg, b.jpg ..."), each
+    as it starts, where its progress bar would be drawn: stderr a terminal and no --no-progress
+    (:func:`bafusion.progress.bars_enabled`); else silent. Camera-size pairs take a minute, most
+    of it outside the fusion's bar."""
+    from tqdm import tqdm
+
+    from bafusion.progress import bars_enabled
+
+    if not bars_enabled(progress is not False):
+        return lambda text: None
+    return lambda text: tqdm.write(f"bafusion fuse: {text} ...", file=sys.stderr)
 
 
 def _cmd_fuse_set(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +81,7 @@ def compose_full(full: Sequence[np.ndarray], decisions: Sequence[np.ndarray]) ->
 
 
 def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool = False,
-                    motion_hint: bool = False) -> SourceSet:
+                    motion_hint: bool = False, stage: Callable[[str], None] | None = None) -> SourceSet:
     """Read the shots of one scene (:func:`bafusion.io.read_source_set`), check their sizes,
     then align them (``align`` other than ``none``: :mod:`bafusion.fusion.align`, which also refuses two
     scenes) or check that they are one scene (:func:`bafusion.fusion.scene.check_one_scene`); unless
@@ -92,6 +92,7 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
     (:func:`bafusion.fusion.scene.motion_hints`). ``align='auto'``: ``similarity`` when a shot
     moves so (:func:`bafusion.fusion.scene.shot_motions`), else ``none``; a line on stderr says
     which and why. Neither looks for motion between shots of two scenes (fused with ``force``).
+    ``stage``, when given, is told each step before it starts ("reading ...", "checking ...").
     """
     from tqdm import tqdm
 
@@ -100,12 +101,15 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
 
     if len(paths) < 2:
         raise UserError("give at least two source images")
-    src = read_source_set(paths)
+    say = stage or (lambda text: None)
     names = [str(p) for p in paths]
+    say(f"reading {', '.join(names)}" if len(names) <= 3 else f"reading {len(names)} images")
+    src = read_source_set(paths)
     for i in range(1, len(src.images)):
         check_same_size(src.images[0], src.images[i], names[0], names[i])
     if align in ("none", "auto"):
         with shared_reductions():  # the check and the motion estimate reduce each shot once
+            say("checking that the shots show one scene")
             try:
                 scores = check_one_scene(src.images, names, force)  # refuses two scenes unless force
             except UserError as e:
@@ -114,11 +118,14 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
                 raise UserError(f"{e}, or --align similarity if the camera moved a lot between the shots") from e
             one_scene = all(c is None or c >= MIN_CORRELATION for c in scores)
             if align == "auto":
+                say("checking whether the shots move")
                 align = _auto_align(src.images, names, one_scene)
             elif motion_hint and one_scene:
+                say("checking whether the shots move")
                 for line in _safe_motion_hints(src.images, names):
                     tqdm.write(f"bafusion: {line}", file=sys.stderr)
     if align != "none":
+        say(f"aligning the shots ({align})")
         src.images = align_for_fuse(src.images, names, align, force)
         if src.full is not None:
             tqdm.write(f"bafusion: {names[0]}: sources of more than 8 bits fused in 8 bits (--align works on "

@@ -260,7 +260,8 @@ def fuse_images(
     a, b = _match_channels(a, b)
     ga, gb = to_gray_u8(a), to_gray_u8(b)
     if params.exposure_match == "linear":  # the nets score B at A's exposure
-        gb = match_exposure(ga, gb)
+        with progress_bar(1, ga.size, progress, desc="matching exposure"):  # shown as the fusion's bar
+            gb = match_exposure(ga, gb)
     if uses_working(ga.shape, params):
         s0, mean, near, s1, t = decide_working(ga, gb, nets, params, progress=progress)
     elif uses_upscale(ga.shape, params):
