@@ -553,3 +553,36 @@ def test_the_slurm_profiles_size_every_rule(profile: str) -> None:
     cfg = yaml.safe_load((REPO / "workflow" / "profiles" / profile / "config.yaml").read_text())
     assert rules - set(cfg["set-resources"]) == set()
     assert {"fuse", "evaluate", "train_initial", "train_boundary"} <= set(cfg["set-threads"])
+
+
+def test_every_third_party_import_of_the_package_is_a_declared_dependency() -> None:
+    # ruamel.yaml (preset --apply) came only through dvc's own dependencies
+    import ast
+    import re
+    import sys
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    declared = {re.split(r"[<>=!~\[ ]", d, maxsplit=1)[0].lower().replace("_", "-").replace(".", "-")
+                for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    dists = packages_distributions()
+    missing = set()
+    for f in (REPO / "src" / "bafusion").rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "bafusion" or top not in dists:
+                    continue
+                if top == "ruamel":  # a namespace package: the distribution is named by the module
+                    top_dists = ["ruamel.yaml"] if name.startswith("ruamel.yaml") else dists[top]
+                else:
+                    top_dists = dists[top]
+                if not {d.lower().replace("_", "-").replace(".", "-") for d in top_dists} & declared:
+                    missing.add(f"{name} ({f.relative_to(REPO)})")
+    assert not missing, sorted(missing)
