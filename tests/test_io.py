@@ -363,3 +363,13 @@ def test_a_short_16_bit_gray_alpha_tiff_is_not_taken_for_planar(tmp_path: Path, 
                      metadata=None)
     src = read_source_set([tmp_path / "ga.tif"])
     assert np.array_equal(src.full[0], g)
+
+
+def test_an_empty_file_is_called_empty(tmp_path: Path) -> None:
+    # it said "unreadable image (UnidentifiedImageError: cannot identify image file
+    # <_io.BufferedReader name='B0.jpg'>)": Python's internals, not the problem
+    empty = tmp_path / "B0.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(InputFileError) as e:
+        read_image(empty)
+    assert "empty file" in str(e.value) and "B0.jpg" in str(e.value) and "BufferedReader" not in str(e.value)

@@ -85,6 +85,8 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         raise InputFileError(p, "file not found")
     if not p.is_file():
         raise InputFileError(p, "not a regular file")
+    if p.stat().st_size == 0:  # Pillow: "cannot identify image file <_io.BufferedReader name=...>"
+        raise InputFileError(p, "empty file (0 bytes): not an image")
     try:
         # through a file object, not the name: Pillow (13.0) memory-maps an uncompressed gray
         # TIFF opened by name and then turns it by its orientation tag into garbled pixels
