@@ -366,6 +366,12 @@ def test_a_store_failing_mid_run_only_warns_once(
         (tmp_path / "model.pt").write_text("trained")
     assert (tmp_path / "model.pt").read_text() == "trained"
     assert "database is locked" in _one_warning(capsys.readouterr().err, uri)
+    # the store answers again at the end: the run is ended and marked, not left RUNNING forever
+    from mlflow.tracking import MlflowClient
+
+    info = MlflowClient(tracking_uri=uri).get_run(run.run_id)
+    assert info.info.status == "FINISHED"
+    assert "database is locked" in info.data.tags["tracking_incomplete"]
     # the work's own exceptions still come through, untouched
     with pytest.raises(ValueError, match="bad input"):
         with tracking.stage_run("evaluate"):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import socket
 import subprocess
@@ -65,6 +66,10 @@ def tracking_uri(start: Path | None = None) -> str:
         return uri
     return f"sqlite:///{repo_root(start) / 'mlflow.db'}"
 
+
+# A failing store is said in one line by _turn_off: MLflow's own logger printed ~65 lines of
+# SQLAlchemy traceback before it ("ERROR mlflow.store.db.utils: SQLAlchemy database error").
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 #: The problem of the store that failed in this process (see :func:`_turn_off`), else None.
 _broken: str | None = None
@@ -301,9 +306,24 @@ class _Run:
         self._call(log_torch_model, self.uri, self.run_id, model, name, input_example)
 
     def end(self, t0: float, status: str) -> None:
-        """Log the duration since ``t0`` (``time.perf_counter``) and end the run with ``status``."""
+        """Log the duration since ``t0`` (``time.perf_counter``) and end the run with ``status``.
+
+        When the store failed during the run (tracking is off), one more try ends it with
+        ``status`` and the tag ``tracking_incomplete`` (the problem): a store that answers again
+        (a lock released) would otherwise show the run RUNNING forever."""
+        if _broken is not None:
+            self._close_incomplete(status, _broken)
+            return
         self.log_metric("duration_s", time.perf_counter() - t0)
         self._call(self.client.set_terminated, self.run_id, status=status)
+
+    def _close_incomplete(self, status: str, problem: str) -> None:
+        try:
+            check_reachable(self.uri)  # a server that is down: seconds, not MLflow's minutes
+            self.client.set_tag(self.run_id, "tracking_incomplete", problem)
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception:  # noqa: BLE001, S110 - still failing: the warning has been given
+            pass
 
 
 def _open_run(
