@@ -586,3 +586,28 @@ def test_every_third_party_import_of_the_package_is_a_declared_dependency() -> N
                 if not {d.lower().replace("_", "-").replace(".", "-") for d in top_dists} & declared:
                     missing.add(f"{name} ({f.relative_to(REPO)})")
     assert not missing, sorted(missing)
+
+
+def test_the_version_of_pyproject_is_the_package_version() -> None:
+    # two copies of one number (pyproject.toml for the wheel, _version.py for bafusion
+    # --version and the runs' records): nothing kept them equal
+    import tomllib
+
+    import bafusion
+    from bafusion._version import __version__
+
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert version == __version__ == bafusion.__version__
+
+
+def test_the_license_file_is_the_mit_license_that_pyproject_names() -> None:
+    # pyproject said MIT, yet there was no LICENSE file to ship in the wheel
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT"
+    assert project["license-files"] == ["LICENSE"]
+    text = (REPO / "LICENSE").read_text()
+    assert text.startswith("MIT License\n")
+    assert "Copyright (c) 2026 the bafusion authors" in text
+    assert "Permission is hereby granted, free of charge" in text

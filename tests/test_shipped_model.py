@@ -129,7 +129,7 @@ def test_wheel_ships_the_model(tmp_path: Path) -> None:
     pytest.importorskip("setuptools")
     src = tmp_path / "src-tree"  # build from a copy: setuptools writes build/ into the tree
     src.mkdir()
-    for f in ("pyproject.toml", "README.md"):
+    for f in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO / f, src / f)
     junk = shutil.ignore_patterns("__pycache__", "*.egg-info")
     shutil.copytree(REPO / "src", src / "src", symlinks=True, ignore=junk)
@@ -144,3 +144,9 @@ def test_wheel_ships_the_model(tmp_path: Path) -> None:
     for f in ("initial.pt", "initial.json", "boundary.pt", "boundary.json", "README.md"):
         assert f"bafusion/models/default/{f}" in names, f
         assert f"bafusion/models/lytro-2026-11/{f}" in names, f
+    # the MIT licence text travels with the installed package (PEP 639 metadata)
+    info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
+    assert f"{info}/licenses/LICENSE" in names
+    metadata = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
+    assert "License-Expression: MIT" in metadata.splitlines()
+    assert "License-File: LICENSE" in metadata.splitlines()
