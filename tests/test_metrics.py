@@ -102,15 +102,18 @@ def test_reproduces_reference_values(shared_data: Path, dataset: str, pair: str)
         ("lytro", "lytro-14", "NSCT"),
         ("classic", "g03-lab", "SR"),
         ("classic", "g08-rose", "GFF"),
+        ("classic", "g07-flowerpot", "CNN"),  # the largest difference of the 180: 1.93e-12
     ],
 )
 def test_reproduces_reference_qp(shared_data: Path, dataset: str, pair: str, method: str) -> None:
-    """QP (phase congruency, ~1 s per triple) on a few triples of both sets."""
+    """QP (phase congruency, ~1 s per triple) on a few triples of both sets, to the module
+    docstring's 2e-12 (the documented 1e-13 was 19 times too small) with room for another
+    FFT build's last bits."""
     rows = _reference_rows(str(shared_data / "reference" / f"metrics-{dataset}.csv"))
     pa, pb = _source_paths(shared_data, dataset, pair)
     f = _read_gray(shared_data / "reference" / dataset / method / f"{pair}.png")
     got = M.qp(_read_gray(pa), _read_gray(pb), f)
-    assert got == pytest.approx(float(rows[(pair, method)]["QP"]), abs=TOL["QP"])
+    assert got == pytest.approx(float(rows[(pair, method)]["QP"]), abs=5e-12)
 
 
 # --------------------------------------------------------------------------------------------
