@@ -21,6 +21,8 @@ from bafusion import cli
 from bafusion.errors import InputFileError, UserError
 from bafusion.nets.model import ModelFileError, ResNetSpec, build_model, load_model, save_model
 from bafusion.nets.train import (
+    LOCK_FILE,
+    checkpoints_lock,
     ABORT_ENV,
     Paths,
     TrainConfig,
@@ -509,3 +511,38 @@ def test_resumed_mlflow_run_names_the_interrupted_run(toy_run: dict, tmp_path: P
     assert second.data.tags["resumed_from"] == "epoch 1 step 0"
     assert second.data.tags["resumed_run_id"] == first_id
     assert load_checkpoint(paths.checkpoints / "last.pt")["mlflow_run_id"] == second.info.run_id
+
+
+def test_a_second_training_on_the_same_checkpoints_fails_at_once(toy_run: dict, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """Two trainings given one --checkpoints folder: the second resumed the first's live
+    last.pt and both wrote into it. It now fails at once; the lock ends with its process."""
+    ck = tmp_path / "ck"
+    # another process holds the folder (a training in progress)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from bafusion.nets.train import checkpoints_lock\n"
+         "with checkpoints_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)", str(ck)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc = cli.main(["train", "--net", "initial", "--patches", str(toy_run["h5"]), "--out", str(tmp_path / "m.pt"),
+                       "--params-json", json.dumps(TOY), "--checkpoints", str(ck), "--metrics",
+                       str(tmp_path / "metrics.json"), "--plots", str(tmp_path / "p.csv"), "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2
+        assert err.strip().splitlines() == [
+            f"bafusion train: error: {ck}: another training is using this checkpoint folder "
+            "(wait for it to end, or give --checkpoints another folder)"], err
+        assert sorted(p.name for p in ck.iterdir()) == [LOCK_FILE]  # nothing trained, nothing written
+        assert not (tmp_path / "m.pt").exists()
+    finally:
+        holder.kill()  # killed, not ended: the OS releases its lock
+        holder.wait()
+    with checkpoints_lock(ck):  # free again
+        # and two holders in one process exclude each other too
+        with pytest.raises(UserError, match="another training is using this checkpoint folder"):
+            with checkpoints_lock(ck):
+                pass
+    with checkpoints_lock(ck):  # released at the end of the block
+        pass

@@ -30,7 +30,8 @@ epochs): a resume with another count than the checkpoint's warns that the weight
 A checkpoint written for other parameters or another patch set (see :func:`fingerprint`) is
 ignored, and training starts afresh. Once the run has written its outputs, ``last.pt`` is
 marked ``finished``: a later run (``snakemake -R``, ``dvc repro -f``) trains from scratch
-instead of resuming a run that has nothing left to do.
+instead of resuming a run that has nothing left to do. One training at a time per checkpoint
+folder: a second one given the same ``--checkpoints`` fails at once (:func:`checkpoints_lock`).
 
 Progress: one line per epoch on stderr (losses, accuracies, samples/s, seconds); tqdm bars only
 when stderr is a terminal (:mod:`bafusion.progress`), so logs stay free of carriage returns.
@@ -56,13 +57,18 @@ import os
 import random
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: checkpoints_lock takes no lock
+    fcntl = None  # type: ignore[assignment]
 import torch.nn.functional as F
 from torch import nn
 
@@ -502,6 +508,40 @@ def _better(acc: float, best: float) -> bool:
     return math.isnan(best) or acc > best
 
 
+#: In --checkpoints: held (``flock``) by the training that uses the folder.
+LOCK_FILE = "train.lock"
+
+
+@contextlib.contextmanager
+def checkpoints_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (its :data:`LOCK_FILE`) for one training.
+
+    A second training given the same ``--checkpoints`` would resume the first one's live
+    ``last.pt`` and both would write into it. The lock is taken without waiting; the OS
+    releases it when the process ends, killed too. Where ``fcntl`` is missing (Windows) no
+    lock is taken.
+
+    Raises
+    ------
+    UserError
+        Another process holds the lock.
+    """
+    if fcntl is None:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{folder}: another training is using this checkpoint folder "
+                            "(wait for it to end, or give --checkpoints another folder)") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def train(net: str, patches: str | os.PathLike[str], cfg: TrainConfig, paths: Paths,
           resume: bool = True, progress: bool = True, dist: Dist | None = None) -> dict[str, Any]:
     """Train ``net`` on the patch set ``patches`` and write the outputs in ``paths``.
@@ -525,6 +565,13 @@ def train(net: str, patches: str | os.PathLike[str], cfg: TrainConfig, paths: Pa
             if other.resolve() in inputs:
                 raise UserError(f"{what} {other}: would overwrite the warm-start model train.init={init} "
                                 "or its description; write the trained model elsewhere")
+    # one training per checkpoint folder (process 0 holds it for the processes of a run)
+    with checkpoints_lock(paths.checkpoints) if dist.main else contextlib.nullcontext():
+        return _train_locked(net, patches, cfg, paths, resume, progress, dist, tqdm)
+
+
+def _train_locked(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool, progress: bool,
+                  dist: Dist, tqdm: Any) -> dict[str, Any]:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device, dist.local_rank)
