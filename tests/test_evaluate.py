@@ -68,10 +68,39 @@ def test_table_markdown_cells() -> None:
     text = ev.table_markdown(HAND, ["X", "Y", "Z"], ["QMI", "QCV"])
     lines = text.strip().splitlines()
     assert lines[0] == "| Method | QMI ↑ | QCV ↓ |"
-    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in lines[2:]}
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]]
+            for ln in lines[2:] if ln.startswith("| ")}
     assert rows["X"] == ["**1.2188** (1)", "25.2500 (1)"]
     assert rows["Y"] == ["**1.2188** (1)", "8.5000 (2)"]
-    assert rows["Z"] == ["1.1250 (1)", "**6.7500** (1)"]
+    assert rows["Z"] == ["1.1250 (n=3/4) (1)", "**6.7500** (1)"]  # Z's QMI: NaN on p4
+    assert lines[-1] == ev.PARTIAL_NOTE
+    # without NaN: no mark, no note
+    assert "(n=" not in ev.table_markdown(HAND, ["X", "Y", "Z"], ["QCV"])
+    assert ev.PARTIAL_NOTE not in ev.table_markdown(HAND, ["X", "Y"], ["QMI"])
+
+
+# Z has the better QCB on p1 and p2 but a flat output on p3 (QCB NaN): over its two defined
+# pairs its mean beats X's, which is over all three.
+PARTIAL = _rows({
+    "p1": {"X": {"QCB": 0.5}, "Z": {"QCB": 0.75}},
+    "p2": {"X": {"QCB": 0.5}, "Z": {"QCB": 0.75}},
+    "p3": {"X": {"QCB": 0.5}, "Z": {"QCB": NAN}},
+})
+
+
+def test_a_mean_over_fewer_pairs_is_marked_never_best_and_ranked_behind() -> None:
+    means = ev.mean_values(PARTIAL, ["X", "Z"], "QCB")
+    counts = ev.defined_counts(PARTIAL, ["X", "Z"], "QCB")
+    assert means == {"X": 0.5, "Z": 0.75} and counts == {"X": 3, "Z": 2}
+    assert ev.best_methods(means, "QCB", counts) == {"X"}  # Z took the bold mean
+    assert ev.rank_of(PARTIAL, ["X", "Z"], "QCB", "X") == (1, 2)  # it was 2nd
+    assert ev.rank_of(PARTIAL, ["X", "Z"], "QCB", "Z") == (2, 2)  # it was 1st
+    text = ev.table_markdown(PARTIAL, ["X", "Z"], ["QCB"])
+    assert "| X | **0.5000** (1) |" in text and "| Z | 0.7500 (n=2/3) (2) |" in text and ev.PARTIAL_NOTE in text
+    # a pair where nobody has a value leaves every mean over the same pairs: ranked as usual
+    flat = [{**r, "QCB": NAN} if r["pair"] == "p3" else r for r in PARTIAL]
+    assert ev.rank_of(flat, ["X", "Z"], "QCB", "Z") == (1, 2)
+    assert "| Z | **0.7500** (n=2/3) (2) |" in ev.table_markdown(flat, ["X", "Z"], ["QCB"])
 
 
 def test_all_nan_column_is_na_without_bold() -> None:
@@ -402,6 +431,46 @@ def test_run_with_our_variants_reports_table1_wins(tmp_path: Path) -> None:
         assert doc["tiny"][m]["rank"] == {q: ev.rank_of(rows, rivals, q, m)[0] for q in ("QMI", "QCV")}
 
 
+def test_our_mean_over_fewer_pairs_is_marked_in_every_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ours with a flat output on p2 (QCB NaN there): its QCB mean over p1 alone is marked in
+    table1.md, counted in means.csv, means-sets.csv and metrics.json, and ranked behind the
+    methods with a value on both pairs; the other metrics and methods are as before."""
+    src, _ = _write_set(tmp_path, ["p1", "p2"])
+
+    def fake_ours(a, b, nets, params, names):
+        lap = to_uint8(laplacian_fuse(a, b))
+        dm = np.ones(a.shape[:2], bool)
+        return {"Ours": (np.full_like(lap, 128) if "p2-A" in names[0] else lap, dm), "Ours-initial": (lap, dm)}
+
+    monkeypatch.setattr(ev, "_ours", fake_ours)
+    cfg = ev.parse_config({
+        "methods": ["Ours-initial", "Ours", "GFF-native"], "metrics": ["QG", "QCB"], "figures": False,
+        "datasets": [{"name": "tiny", "sources": str(src), "sets": ["p1", "p"]}],
+    })
+    doc = ev.run_evaluation(cfg, tmp_path / "out", object(), None, log=lambda s: None)
+    d = tmp_path / "out" / "tiny"
+    with open(d / "means.csv", newline="") as fh:
+        means = {r["method"]: r for r in csv.DictReader(fh)}
+    assert means["Ours"]["n_QCB"] == "1" and means["GFF-native"]["n_QCB"] == "2" and "n_QG" not in means["Ours"]
+    with open(d / "metrics.csv", newline="") as fh:
+        rows = [{**r, "QCB": float(r["QCB"] or "nan")} for r in csv.DictReader(fh)]
+    ours_qcb = next(r["QCB"] for r in rows if r["pair"] == "p1" and r["method"] == "Ours")
+    assert float(means["Ours"]["QCB"]) == ours_qcb  # the mean over p1 alone
+    with open(d / "means-sets.csv", newline="") as fh:
+        sets = {(r["set"], r["method"]): r for r in csv.DictReader(fh)}
+    assert sets[("p1", "Ours")]["n_QCB"] == "1" and sets[("p", "Ours")]["n_QCB"] == "1"
+    assert doc["tiny"]["Ours"]["n_defined"] == {"QCB": 1} and "n_defined" not in doc["tiny"]["Ours-initial"]
+    assert doc["tiny"]["Ours"]["sets"]["p"]["n_defined"] == {"QCB": 1}
+    assert "n_defined" not in doc["tiny"]["Ours"]["sets"]["p1"]
+    assert doc["tiny"]["Ours"]["rank"]["QCB"] == 2 and doc["tiny"]["Ours"]["rank_of"]["QCB"] == 2
+    table = (d / "table1.md").read_text()
+    main = table.split("\n## ")[0]
+    ours_line = next(ln for ln in main.splitlines() if ln.startswith("| Ours |"))
+    assert f"{ours_qcb:.4f} (n=1/2) (" in ours_line and "**" not in ours_line.split("|")[3]
+    assert ev.PARTIAL_NOTE in main
+    assert "| Ours | all | " in table and "of 2 (n=1/2) |" in table.split("## Rank of ours")[1].split("\n## ")[0]
+
+
 # --------------------------------------------------------------------------------------
 # Peers known only by metric values; like-for-like JPEG storage; per-set tables
 # --------------------------------------------------------------------------------------
@@ -527,6 +596,36 @@ def test_peer_config_errors(tmp_path: Path) -> None:
         ev.read_peer_metrics(tmp_path / "none.csv")
     assert ev.ordinal(1) == "1st" and ev.ordinal(2) == "2nd" and ev.ordinal(3) == "3rd" and ev.ordinal(11) == "11th"
     assert ev.ordinal(12) == "12th" and ev.ordinal(22) == "22nd" and ev.ordinal(31) == "31st"
+
+
+def test_a_blank_peer_cell_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A blank cell ranked that peer on fewer pairs (a missing row was refused, an empty cell
+    not): now one line naming the CSV, its line and column, before any pair is fused. A method
+    blank on every pair of a metric is n/a for it, as before."""
+    src, _ = _write_set(tmp_path, ["p1", "p2", "p3"])
+    peers = tmp_path / "peers.csv"
+    peers.write_text("pair,method,QG,QMI\np1,P1,0.5,\np2,P1,,\np3,P1,0.75,\np1,P2,0.25,1\np2,P2,0.25,1\np3,P2,0.25,1\n")
+    out = tmp_path / "evaluation"
+    cfg = {"methods": ["Laplacian"], "metrics": ["QG", "QMI"], "figures": False,
+           "datasets": [{"name": "tiny", "sources": str(src), "reference_metrics": str(peers)}]}
+    fused = []
+    import bafusion.evaluation.baselines as bl
+
+    real = bl.laplacian_fuse
+    try:
+        bl.laplacian_fuse = lambda a, b: fused.append(1) or real(a, b)  # type: ignore[assignment]
+        rc = cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(out)])
+    finally:
+        bl.laplacian_fuse = real  # type: ignore[assignment]
+    err = capsys.readouterr().err
+    assert rc == 2 and not fused and not out.exists()
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert str(peers) in err and "line 3, column QG" in err and "'P1'" in err and "2 of 3" in err
+    # P1's QMI is blank on every pair: n/a, not refused; P1's QG complete: evaluated
+    peers.write_text(peers.read_text().replace("p2,P1,,", "p2,P1,0.625,"))
+    assert cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(out)]) == 0
+    table = (out / "tiny" / "table1.md").read_text()
+    assert "| P1 | 0.6250 (0) | n/a (0) |" in table and "(n=" not in table
 
 
 def _real_section(shared: Path, text: str) -> dict:

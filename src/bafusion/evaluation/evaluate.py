@@ -69,6 +69,17 @@ value on that pair (higher is better, lower for QCV). A tie for the best value g
 win, so the win counts of a column add up to at most the number of pairs. NaN values never win
 and are left out of the means (a mean over no finite value is NaN, shown as ``n/a``). Bold marks
 the best mean of a column; equal best means are all bold.
+
+Undefined values (NaN, e.g. QCB or QCV of a flat output): a method's mean is over the pairs where
+its value is defined. Where that is fewer than the table's pairs, but not none, the cell says so,
+``0.7012 (n=19/20) (3)``, with a note under the table; such a mean is never bold when another
+method's mean is over more pairs, and it ranks behind every mean over the most pairs (among
+themselves, partial means rank by value): leaving out exactly the pairs where its output was
+degenerate cannot make a method best. ``means.csv`` and ``means-sets.csv`` then have an
+``n_<metric>`` column (pairs with a value, per method) for such metrics, and ``metrics.json`` an
+``n_defined`` entry beside our variants' means. A peer's value is never NaN on some pairs only:
+a blank cell of a ``reference_metrics`` CSV is refused before any work unless the method's cells
+of that metric are blank on every pair (then it is ``n/a``, as a metric the CSV lacks).
 """
 
 from __future__ import annotations
@@ -79,7 +90,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +113,9 @@ __all__ = [
     "find_pairs",
     "count_wins",
     "mean_values",
+    "defined_counts",
+    "partial_mark",
+    "PARTIAL_NOTE",
     "best_methods",
     "table_markdown",
     "truth_metrics",
@@ -311,6 +325,8 @@ class PeerMetrics:
     methods: tuple[str, ...]  # in order of first appearance
     metrics: tuple[str, ...]  # the CSV's metric columns
     values: Mapping[tuple[str, str], Mapping[str, float]]  # (pair, method) -> {metric: value}
+    lines: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (pair, method) -> CSV line
+    columns: Mapping[str, str] = field(default_factory=dict)  # metric -> its column name in the CSV
 
 
 _PEER_CACHE: dict[tuple[str, int, int], PeerMetrics] = {}
@@ -318,7 +334,8 @@ _PEER_CACHE: dict[tuple[str, int, int], PeerMetrics] = {}
 
 def read_peer_metrics(path: str | os.PathLike[str]) -> PeerMetrics:
     """Read a CSV with columns ``pair``, ``method`` and one column per metric (names as in
-    :data:`bafusion.evaluation.metrics.METRICS`; other columns are ignored; empty cells are NaN). A
+    :data:`bafusion.evaluation.metrics.METRICS`; other columns are ignored; empty cells are NaN,
+    which :func:`evaluate_dataset` accepts only for a method blank on every pair of its table). A
     (pair, method) given twice is an error."""
     from bafusion.evaluation.metrics import METRICS
 
@@ -339,6 +356,7 @@ def read_peer_metrics(path: str | os.PathLike[str]) -> PeerMetrics:
             if not metric_cols:
                 raise InputFileError(p, f"no metric column (known: {', '.join(METRICS)}); got {fields}")
             values: dict[tuple[str, str], dict[str, float]] = {}
+            lines: dict[tuple[str, str], int] = {}
             methods: dict[str, None] = {}
             for n, r in enumerate(reader, start=2):
                 r = {(k or "").strip(): v for k, v in r.items()}
@@ -351,10 +369,12 @@ def read_peer_metrics(path: str | os.PathLike[str]) -> PeerMetrics:
                     values[k] = {c.upper(): float(r[c]) if (r.get(c) or "").strip() else float("nan") for c in metric_cols}
                 except ValueError as e:
                     raise InputFileError(p, f"line {n}: not a number: {e}") from None
+                lines[k] = n
                 methods.setdefault(k[1])
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise InputFileError(p, f"unreadable CSV: {e}") from e
-    pm = PeerMetrics(p, tuple(methods), tuple(c.upper() for c in metric_cols), values)
+    pm = PeerMetrics(p, tuple(methods), tuple(c.upper() for c in metric_cols), values, lines,
+                     {c.upper(): c for c in metric_cols})
     _PEER_CACHE[key] = pm
     return pm
 
@@ -445,7 +465,9 @@ def count_wins(rows: Rows, methods: Sequence[str], metric: str) -> dict[str, int
     """Per method, the number of pairs on which its ``metric`` value is strictly better than the
     value of every other method in ``methods`` with a finite value there. Ties for the best
     value: no win for anyone. NaN/missing never wins and is not a competitor. A method alone
-    with a finite value wins that pair (it beats all others present)."""
+    with a finite value wins that pair (it beats all others present). A count, not a mean: a
+    method undefined on some pairs only has fewer pairs to win (tables mark it,
+    :func:`partial_mark`)."""
     by_pair: dict[str, dict[str, float]] = {}
     for r in rows:
         if r["method"] in methods and _finite(r.get(metric)):
@@ -459,7 +481,9 @@ def count_wins(rows: Rows, methods: Sequence[str], metric: str) -> dict[str, int
 
 
 def mean_values(rows: Rows, methods: Sequence[str], metric: str) -> dict[str, float]:
-    """Per method, the mean of its finite ``metric`` values (NaN when it has none)."""
+    """Per method, the mean of its finite ``metric`` values (NaN when it has none). A mean over
+    fewer pairs than others' (:func:`defined_counts`) is not comparable with theirs: the tables
+    mark it (:func:`partial_mark`), and :func:`best_methods` and :func:`rank_of` put it behind."""
     out = {}
     for m in methods:
         vals = [float(r[metric]) for r in rows if r["method"] == m and _finite(r.get(metric))]
@@ -467,9 +491,38 @@ def mean_values(rows: Rows, methods: Sequence[str], metric: str) -> dict[str, fl
     return out
 
 
-def best_methods(means: Mapping[str, float], metric: str) -> set[str]:
-    """The methods whose mean is best (all of them when tied; none when no mean is finite)."""
-    finite = {m: v for m, v in means.items() if math.isfinite(v)}
+def defined_counts(rows: Rows, methods: Sequence[str], metric: str) -> dict[str, int]:
+    """Per method, the number of its rows (pairs) with a finite ``metric`` value: the pairs its
+    mean (:func:`mean_values`) is taken over."""
+    return {m: sum(1 for r in rows if r["method"] == m and _finite(r.get(metric))) for m in methods}
+
+
+def _npairs(rows: Rows) -> int:
+    return len({r["pair"] for r in rows})
+
+
+def partial_mark(k: int, n: int) -> str:
+    """`` (n=k/N)`` after a mean over ``k`` of the table's ``n`` pairs (the metric is NaN on the
+    others, e.g. on a flat output); empty for a mean over all pairs or over none (``n/a``)."""
+    return f" (n={k}/{n})" if 0 < k < n else ""
+
+
+def _complete(means: Mapping[str, float], counts: Mapping[str, int] | None) -> set[str]:
+    """The methods with a finite mean over the most pairs (all with a finite mean without counts)."""
+    finite = [m for m, v in means.items() if math.isfinite(v)]
+    if counts is None or not finite:
+        return set(finite)
+    full = max(counts[m] for m in finite)
+    return {m for m in finite if counts[m] == full}
+
+
+def best_methods(means: Mapping[str, float], metric: str, counts: Mapping[str, int] | None = None) -> set[str]:
+    """The methods whose mean is best (all of them when tied; none when no mean is finite).
+
+    With ``counts`` (:func:`defined_counts`), only the methods whose mean is over the most pairs
+    compete: a mean over fewer pairs (NaN on the others) is never best, as it leaves out
+    exactly the pairs where its method's output was degenerate."""
+    finite = {m: means[m] for m in _complete(means, counts)}
     if not finite:
         return set()
     best = min(finite.values()) if metric in LOWER_IS_BETTER else max(finite.values())
@@ -482,22 +535,38 @@ def _fmt(metric: str, v: float) -> str:
     return f"{v:.2f}" if metric == "PSNR" else f"{v:.4f}"
 
 
+PARTIAL_NOTE = (
+    "(n=k/N): mean over the k of the N pairs where the metric is defined (NaN on the others, e.g. "
+    "on a flat output); a mean over fewer pairs than another's is never bold and ranks behind it."
+)
+"""The note under a table that has a :func:`partial_mark`."""
+
+
 def table_markdown(rows: Rows, methods: Sequence[str], metrics: Sequence[str]) -> str:
     """A Markdown table, one row per method and one column per metric: the mean, in
-    parentheses the win count (:func:`count_wins`), the best mean in bold (lower for QCV)."""
+    parentheses the win count (:func:`count_wins`), the best mean in bold (lower for QCV). A
+    mean over fewer than the table's pairs is marked ``(n=k/N)`` (:func:`partial_mark`), with a
+    note under the table; it is never bold when another mean is over more pairs
+    (:func:`best_methods`)."""
     header = "| Method | " + " | ".join(f"{m} {'↓' if m in LOWER_IS_BETTER else '↑'}" for m in metrics) + " |"
     lines = [header, "|---|" + "---:|" * len(metrics)]
+    npairs = _npairs(rows)
     cols = {}
     for q in metrics:
-        means = mean_values(rows, methods, q)
-        cols[q] = (means, count_wins(rows, methods, q), best_methods(means, q))
+        means, counts = mean_values(rows, methods, q), defined_counts(rows, methods, q)
+        cols[q] = (means, counts, count_wins(rows, methods, q), best_methods(means, q, counts))
+    partial = False
     for m in methods:
         cells = []
         for q in metrics:
-            means, wins, best = cols[q]
+            means, counts, wins, best = cols[q]
             s = _fmt(q, means[m])
-            cells.append(f"**{s}** ({wins[m]})" if m in best else f"{s} ({wins[m]})")
+            mark = partial_mark(counts[m], npairs)
+            partial = partial or bool(mark)
+            cells.append(f"**{s}**{mark} ({wins[m]})" if m in best else f"{s}{mark} ({wins[m]})")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if partial:
+        lines += ["", PARTIAL_NOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -520,11 +589,19 @@ def set_rows(rows: Rows, prefix: str) -> list[Mapping[str, Any]]:
 def rank_of(rows: Rows, methods: Sequence[str], metric: str, method: str) -> tuple[int | None, int]:
     """(rank, n): the competition rank of ``method``'s mean among the finite means of
     ``methods`` (1 + the number of methods with a strictly better mean, so ties share a rank),
-    and the number of methods with a finite mean. Rank None when its own mean is not finite."""
-    means = {m: v for m, v in mean_values(rows, methods, metric).items() if math.isfinite(v)}
+    and the number of methods with a finite mean. Rank None when its own mean is not finite.
+
+    Means over fewer pairs than the most (:func:`defined_counts`; NaN on the others) rank behind
+    all means over the most pairs, and among themselves by their means: a method cannot climb
+    by leaving out the pairs where its output was degenerate."""
+    all_means = mean_values(rows, methods, metric)
+    means = {m: v for m, v in all_means.items() if math.isfinite(v)}
     if method not in means:
         return None, len(means)
-    return 1 + sum(_better(metric, v, means[method]) for m, v in means.items() if m != method), len(means)
+    complete = _complete(all_means, defined_counts(rows, methods, metric))
+    same = [m for m in means if (m in complete) == (method in complete) and m != method]
+    ahead = 0 if method in complete else len(complete)
+    return 1 + ahead + sum(_better(metric, means[m], means[method]) for m in same), len(means)
 
 
 def ordinal(n: int) -> str:
@@ -578,6 +655,7 @@ def table1_document(
     if ours and len(main) > 1:
         header = "| Method | Set | " + " | ".join(f"{q} {'↓' if q in LOWER_IS_BETTER else '↑'}" for q in metrics) + " |"
         lines = [header, "|---|---|" + "---:|" * len(metrics)]
+        partial = False
         for m in ours:
             rivals = _rank_rivals(methods, m)
             for sname in _set_names(sets):
@@ -587,14 +665,16 @@ def table1_document(
                 cells = []
                 for q in metrics:
                     k, n = rank_of(sr, rivals, q, m)
-                    cells.append("n/a" if k is None else f"{ordinal(k)} of {n}")
+                    mark = partial_mark(defined_counts(sr, [m], q)[m], _npairs(sr))
+                    partial = partial or bool(mark)
+                    cells.append("n/a" if k is None else f"{ordinal(k)} of {n}{mark}")
                 lines.append(f"| {m} | {sname} | " + " | ".join(cells) + " |")
         parts += [
             "\n## Rank of ours\n",
             "Rank of the mean among the methods of Table 1"
             + (f" ({OURS_INITIAL} ranked in place of {OURS})" if len(ours) == 2 else "")
             + "; equal means share a rank; per set: among the same methods on that set's pairs.\n",
-            "\n".join(lines) + "\n",
+            "\n".join([*lines, *(["", PARTIAL_NOTE] if partial else [])]) + "\n",
         ]
     for sname in sets:
         sr = set_rows(rows, sname)
@@ -613,11 +693,18 @@ def table1_document(
         lm = [m for m in methods if any(r["method"] == m for r in lossless)]
         header = "| Method | Set | " + " | ".join(f"{q} {'↓' if q in LOWER_IS_BETTER else '↑'}" for q in metrics) + " |"
         lines = [header, "|---|---|" + "---:|" * len(metrics)]
+        partial = False
         for m in lm:
             for sname in _set_names(sets):
                 sr = set_rows(lossless, sname)
                 if any(r["method"] == m for r in sr):
-                    lines.append(f"| {m} | {sname} | " + " | ".join(_fmt(q, mean_values(sr, [m], q)[m]) for q in metrics) + " |")
+                    n = _npairs(sr)
+                    cells = [_fmt(q, mean_values(sr, [m], q)[m]) + partial_mark(defined_counts(sr, [m], q)[m], n)
+                             for q in metrics]
+                    partial = partial or any("(n=" in c for c in cells)
+                    lines.append(f"| {m} | {sname} | " + " | ".join(cells) + " |")
+        if partial:
+            lines += ["", PARTIAL_NOTE]
         parts += [
             "\n## Lossless output (before JPEG re-encoding)\n",
             "Means of the methods computed here measured on their output as computed (PNG, "
@@ -814,8 +901,11 @@ def _method_order(cfg: EvalConfig, ds: Dataset) -> list[str]:
     return refs + native + ours
 
 
-def _check_peer_rows(ds: Dataset, pairs: Sequence[Pair]) -> None:
-    """Fail before any fusion when the reference metrics lack a (pair, method) of the table."""
+def _check_peer_rows(ds: Dataset, pairs: Sequence[Pair], metrics: Sequence[str] | None = None) -> None:
+    """Fail before any fusion when the reference metrics lack a (pair, method) of the table, or
+    have a blank (or NaN) cell in a column of ``metrics`` (default: all of the CSV's) for some of
+    its pairs but not all: its mean would be over fewer pairs than the others'. A method blank on
+    every pair of a metric is ``n/a`` for it, as for a metric that the CSV lacks."""
     if ds.reference_metrics is None:
         return
     peers = read_peer_metrics(ds.reference_metrics)
@@ -828,6 +918,17 @@ def _check_peer_rows(ds: Dataset, pairs: Sequence[Pair]) -> None:
                 peers.path, f"dataset {ds.name!r}, method {m!r}: no row for pair(s) {missing[:5]}"
                 + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             )
+        for q in peers.metrics if metrics is None else [q for q in metrics if q in peers.metrics]:
+            blank = [p.name for p in pairs if not math.isfinite(peers.values[(p.name, m)][q])]
+            if blank and len(blank) < len(pairs):
+                line = peers.lines.get((blank[0], m), "?")
+                raise InputFileError(
+                    peers.path, f"line {line}, column {peers.columns.get(q, q)}: no value (pair {blank[0]!r}, "
+                    f"method {m!r}, dataset {ds.name!r})" + (f"; {len(blank) - 1} more blank in that column"
+                                                             if len(blank) > 1 else "")
+                    + f"; a peer needs a value on every pair ({len(pairs) - len(blank)} of {len(pairs)} have one)"
+                    " or none (n/a), else its mean is over fewer pairs than the others'"
+                )
 
 
 def dataset_notes(ds: Dataset, cfg: EvalConfig, pairs: Sequence[Pair]) -> list[str]:
@@ -880,7 +981,7 @@ def evaluate_dataset(
     fig_pair = ds.figure_pair or pairs[0].name
     if fig_pair not in {p.name for p in pairs}:
         raise UserError(f"dataset {ds.name!r}: figure_pair {fig_pair!r} is not one of its pairs")
-    _check_peer_rows(ds, pairs)
+    _check_peer_rows(ds, pairs, cfg.metrics)
     methods = _method_order(cfg, ds)
     csv_peers = set(read_peer_metrics(ds.reference_metrics).methods) if ds.reference_metrics is not None else set()
     rows: list[dict[str, Any]] = []
@@ -909,25 +1010,60 @@ def evaluate_dataset(
     lossless = [f"{LOSSLESS}{q}" for q in values if _has_values(rows, methods, f"{LOSSLESS}{q}")]
     storage = ["jpeg_quality"] if lossless else []
     write_text(out / "metrics.csv", rows_to_csv(rows, ["pair", "method", *values, *storage, *lossless]))
+    # a mean over fewer pairs than the method has (NaN on the others): its count in n_<column>
+    # (columns only for such means, so that the files are as before without them)
     means_rows = []
     for m in methods:
         mr: dict[str, Any] = {"method": m}
         for q in (*values, *lossless):
             mr[q] = mean_values(rows, [m], q)[m]
         means_rows.append(mr)
-    write_text(out / "means.csv", rows_to_csv(means_rows, ["method", *values, *lossless]))
+    cols = [*values, *lossless]
+    counted = _partial_columns(rows, methods, cols)
+    for mr in means_rows:
+        mr.update({f"n_{q}": _defined_pairs(rows, mr["method"], q) for q in counted})
+    write_text(out / "means.csv", rows_to_csv(means_rows, ["method", *cols, *(f"n_{q}" for q in counted)]))
     if ds.sets:
         set_means = []
-        for sname in _set_names(ds.sets):
-            sr = set_rows(rows, sname)
+        per_set = {sname: set_rows(rows, sname) for sname in _set_names(ds.sets)}
+        counted = [q for q in cols if any(q in _partial_columns(sr, methods, cols) for sr in per_set.values())]
+        for sname, sr in per_set.items():
             n = len({r["pair"] for r in sr})
             for m in methods:
-                set_means.append({"set": sname, "method": m, "n": n,
-                                  **{q: mean_values(sr, [m], q)[m] for q in (*values, *lossless)}})
-        write_text(out / "means-sets.csv", rows_to_csv(set_means, ["set", "method", "n", *values, *lossless]))
+                set_means.append({"set": sname, "method": m, "n": n, **{q: mean_values(sr, [m], q)[m] for q in cols},
+                                  **{f"n_{q}": _defined_pairs(sr, m, q) for q in counted}})
+        write_text(out / "means-sets.csv",
+                   rows_to_csv(set_means, ["set", "method", "n", *cols, *(f"n_{q}" for q in counted)]))
     write_text(out / "table1.md", table1_document(ds.name, rows, methods, [*cfg.metrics], ds.sets,
                                                   dataset_notes(ds, cfg, pairs)))
     return rows, methods
+
+
+def _defined_pairs(rows: Rows, m: str, q: str) -> int:
+    """The number of ``m``'s pairs in ``rows`` with a finite value of column ``q``."""
+    return defined_counts(rows, [m], q)[m]
+
+
+def _n_defined(rows: Rows, m: str, qs: Sequence[str]) -> dict[str, int]:
+    """{column: number of pairs} for the columns ``qs`` on which ``m``'s mean is over fewer than
+    its pairs in ``rows`` (for ``lossless_*``: its pairs with lossless values) but not over none:
+    the means that :func:`partial_mark` marks. Empty when every mean is over all pairs."""
+    own = [r for r in rows if r["method"] == m]
+    out = {}
+    for q in qs:
+        base = own if not q.startswith(LOSSLESS) else [
+            r for r in own if any(_finite(v) for c, v in r.items() if c.startswith(LOSSLESS))]
+        k = _defined_pairs(base, m, q)
+        if partial_mark(k, _npairs(base)):
+            out[q] = k
+    return out
+
+
+def _partial_columns(rows: Rows, methods: Sequence[str], qs: Sequence[str]) -> list[str]:
+    """The columns of ``qs`` (in that order) on which some method's mean is partial
+    (:func:`_n_defined`): means.csv gives their ``n_<column>``."""
+    cols = {q for m in methods for q in _n_defined(rows, m, qs)}
+    return [q for q in qs if q in cols]
 
 
 def _json_value(v: float) -> float | None:
@@ -982,6 +1118,9 @@ def run_evaluation(
                     plot_rows.append({"method": f"{ds.name}/{m}", **means})
                     if m in (OURS, OURS_INITIAL):
                         entry[m] = {q: _json_value(v) for q, v in means.items()}
+                        partial = _n_defined(rows, m, qs)
+                        if partial:  # means over fewer pairs (NaN on the others): over how many
+                            entry[m]["n_defined"] = partial
                         # Ours: the wins of Table 1 (without the ablation variant); Ours-initial:
                         # those of the ablation table (all methods)
                         rivals = _table1_methods(methods) if m == OURS else methods
@@ -1037,6 +1176,8 @@ def _add_ranks_and_sets(
     lossless = _lossless_rows([r for r in rows if r["method"] == m], metrics)
     if lossless:
         entry["lossless"] = {q: _json_value(mean_values(lossless, [m], q)[m]) for q in metrics}
+        if _n_defined(lossless, m, metrics):
+            entry["lossless"]["n_defined"] = _n_defined(lossless, m, metrics)
     if ds.sets:
         entry["sets"] = {}
         for sname in ds.sets:
@@ -1049,11 +1190,15 @@ def _add_ranks_and_sets(
                 se[q] = _json_value(v)
                 if math.isfinite(v):
                     all_means[f"{ds.name}.{sname}.{m}.{q}"] = v
+            if _n_defined(sr, m, metrics):
+                se["n_defined"] = _n_defined(sr, m, metrics)
             if len(rivals) > 1:
                 se["rank"] = {q: rank_of(sr, rivals, q, m)[0] for q in metrics}
             sl = set_rows(lossless, sname)
             if sl:
                 se["lossless"] = {q: _json_value(mean_values(sl, [m], q)[m]) for q in metrics}
+                if _n_defined(sl, m, metrics):
+                    se["lossless"]["n_defined"] = _n_defined(sl, m, metrics)
             entry["sets"][sname] = se
 
 
