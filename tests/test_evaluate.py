@@ -192,6 +192,45 @@ def test_cli_error_is_one_line_and_leaves_no_output(tmp_path: Path, capsys: pyte
     assert not out.exists() and not (tmp_path / "evaluation.part").exists()
 
 
+def test_missing_reference_images_fail_before_any_fusion(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing published image was found only on reaching its pair, after fusing the pairs
+    before it (minutes of work lost on a real set): now every reference image of every
+    dataset is looked for first; one line names the first missing files and their count."""
+    src, imgs = _write_set(tmp_path, ["p1", "p2", "p3"])
+    ref = _write_reference(tmp_path, imgs, {"SR": laplacian_fuse, "CNN": laplacian_fuse})
+    for name in ("SR/p3.png", "CNN/p2.png", "CNN/p3.png"):
+        (ref / name).unlink()
+    fused = []
+    monkeypatch.setattr("bafusion.evaluation.baselines.laplacian_fuse",
+                        lambda a, b: fused.append(1) or laplacian_fuse(a, b))
+    good = {"name": "good", "sources": str(src)}  # evaluated first: nothing of it may be fused either
+    bad = {"name": "tiny", "sources": str(src), "reference": str(ref), "reference_methods": ["SR", "CNN"]}
+    out = tmp_path / "evaluation"
+    cfg = {"methods": ["Laplacian"], "metrics": ["QG"], "figures": False, "datasets": [good, bad]}
+    rc = cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and not fused and not out.exists()
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert str(ref) in err and "'tiny'" in err and "3 fused image(s) of method(s) 'SR', 'CNN' missing" in err
+    assert "SR/p3.*, CNN/p2.*, CNN/p3.*" in err and "png, jpg" in err
+    # the same from the Python API; past five, a count (a missing method folder counts its pairs)
+    import shutil
+
+    shutil.rmtree(ref / "CNN")
+    (ref / "GFF").mkdir()
+    for n in ("p1", "p2"):
+        (ref / "SR" / f"{n}.png").unlink()
+    ds = ev.Dataset(name="tiny", sources=src, reference=ref, reference_methods=("SR", "CNN", "GFF"))
+    cfg_api = ev.EvalConfig(datasets=(ds,), methods=("Laplacian",), metrics=("QG",))
+    want = (r"9 fused image\(s\) of method\(s\) 'SR', 'CNN', 'GFF' missing: SR/p1\.\*, SR/p2\.\*, SR/p3\.\*, "
+            r"CNN/ \(folder missing\), GFF/p1\.\* and 2 more \(")
+    with pytest.raises(InputFileError, match=want):
+        ev.run_evaluation(cfg_api, out, log=lambda s: None)
+    assert not fused
+
+
 def test_out_folder_holding_the_sources_or_references_is_refused_and_they_stay(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

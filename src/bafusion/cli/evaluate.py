@@ -15,6 +15,7 @@ from bafusion.evaluation.evaluate import (
     OURS,
     OURS_INITIAL,
     _config_dict,
+    check_datasets,
     parse_config,
     run_evaluation,
 )
@@ -56,6 +57,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     # the project the stage runs in (in `dvc exp run --temp`, DVC's copy: its data/testset)
     root = Path(args.root) if args.root else project_root()
     cfg = parse_config(section_, root, source="command line" if flagged else "parameters")
+    check_datasets(cfg)  # a missing reference image or peer value: before the nets are loaded
     threads = args.threads or section(params, "evaluate")["threads"]
     nets = fusion = None
     if OURS in cfg.methods or OURS_INITIAL in cfg.methods:

@@ -36,6 +36,7 @@ __all__ = [
     "gff_fuse",
     "laplacian_fuse",
     "fuse",
+    "find_method_result",
     "read_method_results",
 ]
 
@@ -231,6 +232,18 @@ def fuse(method: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # other methods' results
 
 
+def find_method_result(root: str | os.PathLike[str], method: str, pair: str) -> Path | None:
+    """The file ``<root>/<method>/<pair>.<ext>`` (ext png, jpg, jpeg, tif, tiff or bmp, also in
+    upper case, tried in that order) that :func:`read_method_results` reads, or None."""
+    folder = Path(root) / method
+    for ext in IMAGE_EXTENSIONS:
+        for name in (f"{pair}.{ext}", f"{pair}.{ext.upper()}"):
+            path = folder / name
+            if path.is_file():
+                return path
+    return None
+
+
 def read_method_results(root: str | os.PathLike[str], method: str, pair: str) -> np.ndarray:
     """Read ``<root>/<method>/<pair>.<ext>`` (ext png, jpg, jpeg, tif, tiff or bmp) as uint8.
 
@@ -238,11 +251,9 @@ def read_method_results(root: str | os.PathLike[str], method: str, pair: str) ->
     such file exists (or it cannot be decoded).
     """
     folder = Path(root) / method
-    for ext in IMAGE_EXTENSIONS:
-        for name in (f"{pair}.{ext}", f"{pair}.{ext.upper()}"):
-            path = folder / name
-            if path.is_file():
-                return read_image(path)
+    path = find_method_result(root, method, pair)
+    if path is not None:
+        return read_image(path)
     if not folder.is_dir():
         problem = f"no results of method {method!r}: folder missing (wanted pair {pair!r})"
     else:

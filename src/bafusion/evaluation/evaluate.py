@@ -122,6 +122,8 @@ __all__ = [
     "evaluate_pair",
     "evaluate_dataset",
     "run_evaluation",
+    "check_dataset",
+    "check_datasets",
     "LOSSLESS",
     "PeerMetrics",
     "read_peer_metrics",
@@ -931,6 +933,60 @@ def _check_peer_rows(ds: Dataset, pairs: Sequence[Pair], metrics: Sequence[str] 
                 )
 
 
+def _check_reference_images(ds: Dataset, pairs: Sequence[Pair]) -> None:
+    """Fail before any fusion when a reference method read from the ``reference`` folder lacks
+    the fused image of a pair: one line with the first few missing files and their count (it
+    was found only on reaching that pair, after fusing the ones before)."""
+    from bafusion.evaluation.baselines import IMAGE_EXTENSIONS as RESULT_EXTENSIONS
+    from bafusion.evaluation.baselines import find_method_result
+
+    if ds.reference is None:
+        return
+    csv_methods = read_peer_metrics(ds.reference_metrics).methods if ds.reference_metrics is not None else ()
+    missing: list[str] = []
+    n = 0
+    methods: list[str] = []
+    for m in ds.reference_methods:
+        if m in csv_methods:
+            continue
+        if not (ds.reference / m).is_dir():
+            lacking = [f"{m}/ (folder missing)"]
+            n += len(pairs)
+        else:
+            lacking = [f"{m}/{p.name}.*" for p in pairs if find_method_result(ds.reference, m, p.name) is None]
+            n += len(lacking)
+        missing += lacking
+        methods += [repr(m)] if lacking else []
+    if missing:
+        raise InputFileError(
+            ds.reference, f"dataset {ds.name!r}: {n} fused image(s) of method(s) {', '.join(methods)} missing: "
+            + ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            + f" (* = {', '.join(RESULT_EXTENSIONS)})"
+        )
+
+
+def check_dataset(ds: Dataset, cfg: EvalConfig) -> list[Pair]:
+    """The pairs of ``ds`` (:func:`find_pairs`), after checking what can be checked before any
+    fusion: its ``figure_pair``, its reference metrics (a row and a value for every pair and
+    peer) and its reference folder (a fused image for every pair and method). Raises
+    :class:`~bafusion.errors.UserError` naming the file."""
+    pairs = find_pairs(ds)
+    fig_pair = ds.figure_pair or pairs[0].name
+    if fig_pair not in {p.name for p in pairs}:
+        raise UserError(f"dataset {ds.name!r}: figure_pair {fig_pair!r} is not one of its pairs")
+    _check_peer_rows(ds, pairs, cfg.metrics)
+    _check_reference_images(ds, pairs)
+    return pairs
+
+
+def check_datasets(cfg: EvalConfig) -> None:
+    """:func:`check_dataset` for every dataset of ``cfg`` (but an empty embedded test set), so
+    that a missing input of the last dataset fails before the first is fused."""
+    for ds in cfg.datasets:
+        if not _is_empty_testset(ds):
+            check_dataset(ds, cfg)
+
+
 def dataset_notes(ds: Dataset, cfg: EvalConfig, pairs: Sequence[Pair]) -> list[str]:
     """Header paragraphs of a dataset's ``table1.md``: where peers' values come from and how our
     output is stored before it is measured."""
@@ -974,14 +1030,13 @@ def evaluate_dataset(
     ds: Dataset, cfg: EvalConfig, out: Path, nets: Any = None, fusion_params: Any = None, log: Any = print
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Evaluate one dataset into ``out`` (its folder): metrics.csv, means.csv (and means-sets.csv
-    with ``sets``), table1.md, figures/ and fused/. Returns the rows and the method order."""
+    with ``sets``), table1.md, figures/ and fused/. Returns the rows and the method order. Its
+    inputs are checked first (:func:`check_dataset`): a missing reference image or peer value
+    fails before any pair is fused."""
     from bafusion.evaluation.figures import save_dataset_figures
 
-    pairs = find_pairs(ds)
+    pairs = check_dataset(ds, cfg)
     fig_pair = ds.figure_pair or pairs[0].name
-    if fig_pair not in {p.name for p in pairs}:
-        raise UserError(f"dataset {ds.name!r}: figure_pair {fig_pair!r} is not one of its pairs")
-    _check_peer_rows(ds, pairs, cfg.metrics)
     methods = _method_order(cfg, ds)
     csv_peers = set(read_peer_metrics(ds.reference_metrics).methods) if ds.reference_metrics is not None else set()
     rows: list[dict[str, Any]] = []
@@ -1095,6 +1150,7 @@ def run_evaluation(
     # sources, reference images or reference metrics (they would be deleted with it).
     inputs = [p for ds in cfg.datasets for p in (ds.sources, ds.reference, ds.reference_metrics) if p is not None]
     check_output_dir(out, inputs, replaced=True, what="evaluation output folder")
+    check_datasets(cfg)  # every dataset's inputs before the first fusion
     doc: dict[str, Any] = {}
     plot_rows: list[dict[str, Any]] = []
     all_means: dict[str, float] = {}
