@@ -142,6 +142,15 @@ def test_every_command_refuses_bad_input_in_one_line(work: Path, capsys, monkeyp
     _refused(argv, capsys, work, *words)
 
 
+def test_metrics_on_images_too_small_names_the_files(work: Path, capsys) -> None:
+    # QY's 11x11 window: the one line said "QY needs images of at least 11x11 pixels" and no file.
+    rng = np.random.default_rng(1)
+    for name in ("sa.png", "sb.png", "sf.png"):
+        Image.fromarray(rng.integers(0, 256, (10, 10), dtype=np.uint8)).save(work / name)
+    _refused(["metrics", "sa.png", "sb.png", "sf.png", "--metrics", "QY"], capsys, work,
+             "sa.png, sb.png, sf.png", "QY needs images of at least 11x11 pixels")
+
+
 def test_an_existing_output_is_replaced_and_sources_kept(work: Path, capsys, monkeypatch) -> None:
     monkeypatch.undo()  # the real work this time
     os.chdir(work)

@@ -28,7 +28,10 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     # a file marks, else one depth common to the unmarked ones), as fusion scales its sources.
     a, b, f = read_images([args.a, args.b, args.f])
     check_same_size(a, b, f, names=(str(args.a), str(args.b), str(args.f)))
-    values: dict[str, float | None] = dict(compute_all(a, b, f, names))
+    try:
+        values: dict[str, float | None] = dict(compute_all(a, b, f, names))
+    except UserError as e:  # e.g. too small for QY: say which images
+        raise UserError(f"{args.a}, {args.b}, {args.f}: {e}") from e
     # NaN is not a number to report: an undefined metric is written as null (JSON) or an
     # empty field (CSV), with a warning naming it.
     undefined = [k for k, v in values.items() if v is None or not math.isfinite(v)]
