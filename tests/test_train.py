@@ -546,3 +546,22 @@ def test_a_second_training_on_the_same_checkpoints_fails_at_once(toy_run: dict, 
                 pass
     with checkpoints_lock(ck):  # released at the end of the block
         pass
+
+
+
+def test_a_model_with_non_finite_weights_is_refused(toy_run: dict, tmp_path: Path) -> None:
+    """A model of a diverged training (NaN weights) loaded, and fuse output source B."""
+    src = toy_run["paths"].out
+    bad = tmp_path / "nan.pt"
+    state = torch.load(src, weights_only=True)
+    state["fc.bias"] = torch.tensor([float("nan"), 0.0])
+    torch.save(state, bad)
+    shutil.copy(src.with_suffix(".json"), bad.with_suffix(".json"))
+    with pytest.raises(ModelFileError, match=r"nan.pt: 1 of \d+ weight tensors hold NaN or infinite values "
+                                             r"\(first: fc.bias\): a diverged training"):
+        load_model(bad)
+    from bafusion.fusion.models import _load_one
+
+    with pytest.raises((ModelFileError, UserError), match="NaN or infinite"):
+        _load_one(bad, torch.device("cpu"))
+    load_model(src)  # a trained model loads

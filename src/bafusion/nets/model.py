@@ -332,8 +332,9 @@ def load_model(
     """Load a model saved by :func:`save_model` with ``weights_only=True``.
 
     Raises :class:`ModelFileError` naming the file when it is missing, unreadable, of an
-    unknown architecture, of another architecture than ``expect``, or when its weights do
-    not fit the architecture its description names.
+    unknown architecture, of another architecture than ``expect``, when its weights do
+    not fit the architecture its description names, or when any of them is NaN or infinite
+    (a diverged training: its logits are NaN, and fusion took one source everywhere).
     """
     from pathlib import Path
 
@@ -358,6 +359,11 @@ def load_model(
         ) from e
     if not isinstance(state, dict):
         raise ModelFileError(f"{p}: not a bafusion model file (holds a {type(state).__name__}, not a state_dict)")
+    bad = [k for k, v in state.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # a diverged training: the net would decide every pixel alike (NaN logits)
+        raise ModelFileError(f"{p}: {len(bad)} of {len(state)} weight tensors hold NaN or infinite values "
+                             f"(first: {bad[0]}): a diverged training; train it again (a lower train.lr)")
     net = CifarResNet(spec)
     try:
         net.load_state_dict(state)
