@@ -548,6 +548,64 @@ def test_a_second_training_on_the_same_checkpoints_fails_at_once(toy_run: dict, 
         pass
 
 
+@pytest.mark.parametrize("every", [0, 1])
+def test_diverging_training_stops_before_saving_the_diverged_state(toy_run: dict, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture,
+                                                                    monkeypatch: pytest.MonkeyPatch, every: int) -> None:
+    """train.lr=1000 made the loss NaN: every epoch ran on (val acc: the share of the class the
+    argmax of NaN falls on), exit 0, a model of NaN weights with which fuse took source B. Now
+    the run stops with one line naming the epoch and the step; last.pt and best.pt keep the
+    last finite state, no model is written."""
+    from bafusion.nets import train as train_mod
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    real, calls = train_mod.train_step, [0]
+
+    def poisoned(model, *args, **kwargs):  # the update of step 5 (the first of epoch 2) diverges
+        out = real(model, *args, **kwargs)
+        calls[0] += 1
+        if calls[0] == 5:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(train_mod, "train_step", poisoned)
+    params = {**TOY, "train": {**TOY["train"], "epochs": 3, "samples_per_epoch": 64,  # 4 steps per epoch
+                               "checkpoint_every": every}}
+    paths = _paths(tmp_path, "initial")
+    capsys.readouterr()
+    assert cli.main(["train", "--net", "initial", "--patches", str(toy_run["h5"]), "--out", str(paths.out),
+                     "--params-json", json.dumps(params),
+                     "--checkpoints", str(paths.checkpoints), "--metrics", str(paths.metrics),
+                     "--plots", str(paths.plots), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    step = 5 if every else 6  # a step checkpoint checks the weights; else the next loss is NaN
+    assert (f"bafusion train: error: initial: training diverged: the loss or the weights became NaN or infinite in "
+            f"epoch 2 at step {step} (learning rate 0.005); train again with a lower train.lr; "
+            f"{paths.checkpoints / 'last.pt'} keeps the end of epoch 1 (step 4), the last finite state, "
+            "and no model was written") in err, err
+    assert "epoch 2/3" not in err and "Traceback" not in err
+    assert not paths.out.exists() and not paths.metrics.exists() and not paths.plots.exists()
+    for name in ("last.pt", "best.pt"):
+        ck = load_checkpoint(paths.checkpoints / name)
+        assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values()), name
+
+
+def test_nan_logits_are_never_counted_correct(toy_run: dict) -> None:
+    """The argmax of NaN logits is class 0: a NaN net scored the share of class 0 as accuracy
+    and was kept as the best epoch."""
+    from bafusion.nets.augment import AugmentedLoader, load_split
+    from bafusion.nets.train import Dist, _better, evaluate
+
+    net = build_model(8)
+    with torch.no_grad():
+        net.fc.weight.fill_(float("nan"))
+    val = load_split(toy_run["h5"], "val", "cpu")
+    loss, acc, n, _ = evaluate(net, AugmentedLoader(val, 32, "cpu", augment=False), False, torch.device("cpu"), Dist())
+    assert n == 96 and acc == 0.0 and np.isnan(loss)
+    assert not _better(float("nan"), float("nan"), 96)  # NaN over samples: never the best
+    assert _better(float("nan"), float("nan"), 0)  # no validation data: the latest epoch
+
 
 def test_a_model_with_non_finite_weights_is_refused(toy_run: dict, tmp_path: Path) -> None:
     """A model of a diverged training (NaN weights) loaded, and fuse output source B."""
@@ -565,3 +623,4 @@ def test_a_model_with_non_finite_weights_is_refused(toy_run: dict, tmp_path: Pat
     with pytest.raises((ModelFileError, UserError), match="NaN or infinite"):
         _load_one(bad, torch.device("cpu"))
     load_model(src)  # a trained model loads
+

@@ -33,6 +33,12 @@ marked ``finished``: a later run (``snakemake -R``, ``dvc repro -f``) trains fro
 instead of resuming a run that has nothing left to do. One training at a time per checkpoint
 folder: a second one given the same ``--checkpoints`` fails at once (:func:`checkpoints_lock`).
 
+Divergence: when the training loss or the weights become NaN or infinite (a learning rate too
+high), the run stops with one line naming the epoch and the step, before it saves anything of
+the diverged state: ``last.pt`` and ``best.pt`` keep the last finite one and no model is
+written. A validation sample with NaN logits never counts as correct (the argmax of NaNs is an
+index, not a decision), and :func:`bafusion.nets.model.load_model` refuses non-finite weights.
+
 Progress: one line per epoch on stderr (losses, accuracies, samples/s, seconds); tqdm bars only
 when stderr is a terminal (:mod:`bafusion.progress`), so logs stay free of carriage returns.
 
@@ -428,7 +434,8 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
 def evaluate(model: nn.Module, loader: AugmentedLoader, amp: bool, device: torch.device,
              dist: Dist, context: int = 0) -> tuple[float, float, int, dict[str, float]]:
     """Mean loss, accuracy and count over the loader (summed over all processes; NaN when
-    empty), of the isolated patches. ``context`` > 0 adds, in a dict, the in-context view's
+    empty), of the isolated patches; a sample with a NaN or infinite logit is never counted
+    correct (the argmax of NaN logits is an index, not a decision). ``context`` > 0 adds, in a dict, the in-context view's
     accuracy (``val_acc_context``) and the share of samples where the two views decide alike
     (``val_view_agreement``).
 
@@ -449,12 +456,14 @@ def evaluate(model: nn.Module, loader: AugmentedLoader, amp: bool, device: torch
         n_in = x.shape[0]
         li = logits[:b]
         losses.append(F.cross_entropy(li.float(), y, reduction="none"))
-        tot[1] += (li.argmax(1) == y).sum()
+        ok_i = torch.isfinite(li).all(1)  # argmax of NaN logits is an index, not a decision
+        tot[1] += ((li.argmax(1) == y) & ok_i).sum()
         tot[2] += b
         if context:
             lc = logits[n_in:n_in + b]
-            tot[3] += (lc.argmax(1) == y).sum()
-            tot[4] += (lc.argmax(1) == li.argmax(1)).sum()
+            ok_c = torch.isfinite(lc).all(1)
+            tot[3] += ((lc.argmax(1) == y) & ok_c).sum()
+            tot[4] += ((lc.argmax(1) == li.argmax(1)) & ok_i & ok_c).sum()
     if losses:
         per_sample = torch.cat(losses).cpu().numpy().astype(np.float64)
         tot[0] = math.fsum(per_sample.tolist())  # exactly rounded: the same in any order or grouping
@@ -502,9 +511,40 @@ def _json_safe(v: Any) -> Any:
     return v
 
 
-def _better(acc: float, best: float) -> bool:
+def _finite(loss_sum: torch.Tensor, model: nn.Module) -> bool:
+    """Whether a summed training loss and every floating weight of ``model`` are finite (one
+    synchronisation with the device)."""
+    checks = [torch.isfinite(loss_sum).all()]
+    checks += [torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()]
+    return bool(torch.stack(checks).all())
+
+
+def _diverged(net: str, epoch: int, first_bad: torch.Tensor, step: int, lr: float, last_path: Path,
+              saved_at: str | None, dist: Dist) -> UserError:
+    """The error of a training whose loss or weights became NaN or infinite (every process
+    raises it: the losses it saw were summed over all of them)."""
+    if dist.active:
+        bad = torch.where(first_bad < 0, torch.full_like(first_bad, step), first_bad)
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MIN)
+        first = int(bad.item())
+    else:
+        first = int(first_bad.item())
+        first = step if first < 0 else first  # the loss was finite, the last step's update was not
+    kept = (f"{last_path} keeps {saved_at}, the last finite state," if saved_at
+            else "no checkpoint of this training was written,")
+    return UserError(f"{net}: training diverged: the loss or the weights became NaN or infinite in epoch {epoch} "
+                     f"at step {first} (learning rate {lr:.3g}); train again with a lower train.lr; {kept} and no "
+                     "model was written")
+
+
+def _better(acc: float, best: float, n_val: int) -> bool:
+    """Whether an epoch of validation accuracy ``acc`` over ``n_val`` samples beats ``best``
+    (NaN: none yet). Without validation data the latest epoch is the best we know; a NaN
+    accuracy over samples is never better."""
+    if n_val == 0:
+        return True
     if math.isnan(acc):
-        return True  # no validation data: the latest epoch is the best we know
+        return False
     return math.isnan(best) or acc > best
 
 
@@ -660,6 +700,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     acc_state = torch.zeros(3, dtype=torch.float64)  # partial epoch: loss sum, correct, count
     epoch_time_done = 0.0
     resumed_from: str | None = None
+    saved_at: str | None = None  # what last.pt holds of this training (said when it diverges)
     resumed_run_id: str | None = None  # the MLflow run of the interrupted run, when it had one
     mlflow_run_id: str | None = None  # this run's, recorded in last.pt
     if resume and last_path.exists():
@@ -690,6 +731,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 acc_state = ck["partial"].double()
             epoch_time_done = float(ck["partial_time"])
             resumed_from = f"epoch {start_epoch} step {loader.position}"
+            saved_at = (f"step {global_step} (in epoch {start_epoch + 1})" if loader.position
+                        else f"the end of epoch {start_epoch} (step {global_step})")
             resumed_run_id = ck.get("mlflow_run_id")
             if dist.main:
                 print(f"bafusion train: resuming {net} from {last_path} ({resumed_from})", file=sys.stderr)
@@ -737,6 +780,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             acc_state = torch.zeros(3, dtype=torch.float64)
             t0 = time.perf_counter() - epoch_time_done
             epoch_time_done = 0.0
+            first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite loss's step
             bar = tqdm(loader, total=len(loader), initial=loader.position, desc=f"{net} epoch {epoch + 1}/{cfg.epochs}",
                        unit="batch", disable=not (dist.main and bars_enabled(progress)),
                        mininterval=2.0, leave=False)
@@ -746,25 +790,32 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 tot[1] += correct
                 tot[2] += y.shape[0]
                 global_step += 1
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss_sum),  # no sync with the device
+                                        torch.full_like(first_bad, global_step), first_bad)
                 if abort_at and global_step == abort_at:
                     raise KeyboardInterrupt(f"{ABORT_ENV}={abort_at}: simulated kill after step {global_step}")
                 if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and loader.position < len(loader):
                     part = tot.clone()
                     if dist.active:
                         torch.distributed.all_reduce(part)
+                    if not _finite(part[0], model):  # never save a diverged state over the last good one
+                        raise _diverged(net, epoch + 1, first_bad, global_step, lr, last_path, saved_at, dist)
                     if dist.main:
                         save_checkpoint(last_path, checkpoint_state(epoch, part, time.perf_counter() - t0))
+                    saved_at = f"step {global_step} (in epoch {epoch + 1})"
             bar.close()
             if dist.active:
                 torch.distributed.all_reduce(tot)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             epoch_time = time.perf_counter() - t0
+            if not _finite(tot[0], model):  # before anything is saved: the checkpoints keep the last good state
+                raise _diverged(net, epoch + 1, first_bad, global_step, lr, last_path, saved_at, dist)
             n_epoch = int(tot[2].item())
             samples_seen += n_epoch
             train_time += epoch_time
             sched.step()
-            val_loss, val_acc, _, val_extra = evaluate(model, val_loader, amp, device, dist, context)
+            val_loss, val_acc, n_val, val_extra = evaluate(model, val_loader, amp, device, dist, context)
             row = {
                 "epoch": epoch + 1, "lr": lr,
                 "train_loss": float(tot[0] / max(n_epoch, 1)), "train_acc": float(tot[1] / max(n_epoch, 1)),
@@ -773,7 +824,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 "epoch_time_s": epoch_time, "samples_seen": samples_seen, **val_extra,
             }
             history.append(row)
-            improved = _better(val_acc, best_acc)
+            improved = _better(val_acc, best_acc, n_val)
             if improved:
                 best_acc, best_epoch = val_acc, epoch + 1
             if dist.main:
@@ -790,6 +841,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                          f"{val_extra['val_view_agreement']:.4f})" if val_extra else "")
                       + f" | {row['samples_per_s']:.1f} samples/s, {epoch_time:.1f} s",
                       file=sys.stderr)
+            saved_at = f"the end of epoch {epoch + 1} (step {global_step})"
             if dist.active:
                 torch.distributed.barrier()
 
