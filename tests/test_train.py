@@ -624,3 +624,43 @@ def test_a_model_with_non_finite_weights_is_refused(toy_run: dict, tmp_path: Pat
         _load_one(bad, torch.device("cpu"))
     load_model(src)  # a trained model loads
 
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_resume_needs_no_best_pt_and_keeps_the_best_epochs_weights(toy_run: dict, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture,
+                                                                    monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    """A truncated best.pt failed the resumed run after its last epoch ("delete it to start
+    afresh"); deleted, the last epoch's weights were written under the best epoch's numbers.
+    last.pt holds the best weights: the resume needs nothing else and writes best.pt again."""
+    from bafusion.nets import train as train_mod
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    real, accs = train_mod.evaluate, iter([0.9, 0.8, 0.7, 0.6])  # epoch 1 stays the best
+
+    def falling(*args, **kwargs):
+        loss, _, n, extra = real(*args, **kwargs)
+        return loss, next(accs), n, extra
+
+    monkeypatch.setattr(train_mod, "evaluate", falling)
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 4, "samples_per_epoch": 64}}, "initial")
+    paths = _paths(tmp_path, "initial")
+    monkeypatch.setenv(ABORT_ENV, "10")  # in epoch 3
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", toy_run["h5"], cfg, paths, progress=False)
+    monkeypatch.delenv(ABORT_ENV)
+    best_pt = paths.checkpoints / "best.pt"
+    epoch1 = load_checkpoint(best_pt)
+    assert epoch1["epoch"] == 1
+    if damage == "truncated":
+        best_pt.write_bytes(best_pt.read_bytes()[: best_pt.stat().st_size // 2])
+    else:
+        best_pt.unlink()
+    summary = train("initial", toy_run["h5"], cfg, paths, progress=False)
+    assert "epoch 4/4" in capsys.readouterr().err
+    assert summary["best_epoch"] == 1 and summary["val_acc"] == 0.9 and summary["last_val_acc"] == 0.6
+    net, meta = load_model(paths.out)
+    assert meta["best_epoch"] == 1
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, epoch1["model"][k]), k
+    again = load_checkpoint(best_pt)  # written again from last.pt
+    assert again["epoch"] == 1 and all(torch.equal(v, epoch1["model"][k]) for k, v in again["model"].items())

@@ -11,8 +11,11 @@ Outputs (all written atomically):
 
 - ``--out`` (+ ``.json``): the best model and its description;
 - ``--checkpoints`` (default ``data/checkpoints/<net>/``): ``last.pt`` (full training state:
-  weights, optimizer, scheduler, loader position, RNG states, history), ``best.pt``
-  (weights of the best epoch so far) and ``history.csv`` (the curve so far, rewritten at every
+  weights, optimizer, scheduler, loader position, RNG states, history, and the weights of the
+  best epoch so far), ``best.pt`` (a copy of the latter, to look at; a run never reads it, so
+  a damaged or deleted ``best.pt`` costs nothing: a resume writes it again from ``last.pt``,
+  and the model written is always the best epoch's weights, never the last ones under the best
+  epoch's numbers) and ``history.csv`` (the curve so far, rewritten at every
   epoch end to watch a long run; ``--plots`` is written only at the end, with the model and
   the metrics, so a killed run leaves the previous run's outputs in step with each other);
 - ``--metrics`` (default ``metrics/train_<net>.json``) for ``dvc metrics``;
@@ -700,6 +703,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     acc_state = torch.zeros(3, dtype=torch.float64)  # partial epoch: loss sum, correct, count
     epoch_time_done = 0.0
     resumed_from: str | None = None
+    best_state: dict[str, torch.Tensor] | None = None  # process 0: the best epoch's weights, also in last.pt
     saved_at: str | None = None  # what last.pt holds of this training (said when it diverges)
     resumed_run_id: str | None = None  # the MLflow run of the interrupted run, when it had one
     mlflow_run_id: str | None = None  # this run's, recorded in last.pt
@@ -727,6 +731,10 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             train_time = float(ck["train_time"])
             history = list(ck["history"])
             best_acc, best_epoch = float(ck["best_acc"]), int(ck["best_epoch"])
+            best_state = ck.get("best_model")
+            if best_epoch >= 1 and best_state is None:
+                raise InputFileError(last_path, f"holds no weights of its best epoch {best_epoch}; "
+                                                "rerun with --no-resume to train afresh")
             if dist.main:
                 acc_state = ck["partial"].double()
             epoch_time_done = float(ck["partial_time"])
@@ -736,6 +744,9 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             resumed_run_id = ck.get("mlflow_run_id")
             if dist.main:
                 print(f"bafusion train: resuming {net} from {last_path} ({resumed_from})", file=sys.stderr)
+                if best_state is not None:  # best.pt is for a look only: put back what last.pt holds
+                    save_checkpoint(best_path, {"format": CHECKPOINT_FORMAT, "fingerprint": fp, "epoch": best_epoch,
+                                                "val_acc": best_acc, "model": best_state})
                 was = ck.get("threads")
                 if device.type == "cpu" and was is not None and int(was) != torch.get_num_threads():
                     print(f"bafusion train: warning: {last_path} was trained with {was} CPU thread(s) per process, "
@@ -757,7 +768,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             "model": _cpu_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "loader": loader.state_dict(), "rng": _rng_state(device), "epoch": epoch,
             "global_step": global_step, "samples_seen": samples_seen, "train_time": train_time,
-            "history": history, "best_acc": best_acc, "best_epoch": best_epoch,
+            "history": history, "best_acc": best_acc, "best_epoch": best_epoch, "best_model": best_state,
             "partial": partial.cpu().double(), "partial_time": partial_time,
             "threads": torch.get_num_threads(),  # changes the weights on the CPU, see RUNTIME_KEYS
             "mlflow_run_id": mlflow_run_id,  # a resumed run's MLflow run names it (resumed_run_id)
@@ -829,8 +840,9 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 best_acc, best_epoch = val_acc, epoch + 1
             if dist.main:
                 if improved:
+                    best_state = _cpu_state(model)
                     save_checkpoint(best_path, {"format": CHECKPOINT_FORMAT, "fingerprint": fp, "epoch": epoch + 1,
-                                                "val_acc": val_acc, "model": _cpu_state(model)})
+                                                "val_acc": val_acc, "model": best_state})
                 save_checkpoint(last_path, checkpoint_state(epoch + 1, torch.zeros(3, dtype=torch.float64), 0.0))
                 run.log_metrics(_epoch_metrics(row), step=epoch + 1)
                 _write_csv(paths.checkpoints / LIVE_CURVE, history)  # not --plots: see the module's docstring
@@ -863,12 +875,11 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             **{k: best_row[k] for k in ("val_acc_context", "val_view_agreement") if k in best_row},
         }
         if dist.main:
-            best = load_checkpoint(best_path) if best_path.exists() else None
+            if best_state is None:  # every finished epoch is compared, the first one always wins
+                raise UserError(f"{last_path}: holds no weights of the best epoch {best_epoch}; "
+                                "rerun with --no-resume to train afresh")
             final = build_model(cfg.depth)
-            if best is not None and best.get("fingerprint") == fp:
-                final.load_state_dict(best["model"])
-            else:
-                final.load_state_dict(_cpu_state(model))
+            final.load_state_dict(best_state)  # never the last weights under the best epoch's numbers
             meta = {
                 "net": net, "patch": cfg.patch, "depth": cfg.depth, "params": cfg.to_dict(),
                 **({"context": context} if context else {}),
