@@ -336,6 +336,30 @@ def test_sources_of_different_colour_profiles_are_noted(tmp_path: Path, nets: Pa
     assert f"bafusion fuse-dir: {src / 'p-B.png'} has a different colour profile" in capsys.readouterr().err
 
 
+def test_a_multi_page_source_and_a_gray_source_beside_a_colour_one_are_noted(tmp_path: Path, nets: Path,
+                                                                             capsys) -> None:
+    """Both fused silently: a multi-page TIFF from its first page, a gray A with a colour B
+    into a result gray where taken from A. ``fuse`` now says each on stderr, naming the file."""
+    a8, b8 = pair(1)
+    Image.fromarray(a8).save(tmp_path / "a.tif", save_all=True, append_images=[Image.fromarray(b8)])
+    from bafusion.io import to_gray_u8
+
+    Image.fromarray(to_gray_u8(a8)).save(tmp_path / "a-gray.png")
+    Image.fromarray(b8).save(tmp_path / "b.png")
+
+    def fuse(a: str) -> str:
+        assert cli_main(["fuse", str(tmp_path / a), str(tmp_path / "b.png"), "-o", str(tmp_path / "F.png"),
+                         "--model", str(nets), "--device", "cpu"]) == 0
+        return capsys.readouterr().err
+
+    err = fuse("a.tif")
+    assert f"bafusion fuse: {tmp_path / 'a.tif'} holds 2 pages; only the first is used" in err
+    assert len(err.strip().splitlines()) == 1, err
+    err = fuse("a-gray.png")
+    assert f"bafusion fuse: {tmp_path / 'a-gray.png'} is gray and {tmp_path / 'b.png'} colour: the result is gray" in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
 def test_an_icc_profile_of_another_colour_space_is_not_carried(tmp_path: Path) -> None:
     """A CMYK or gray source's profile is not stored on an RGB output (nor an RGB one on a gray
     output); a profile of the output's colour space is."""

@@ -255,6 +255,19 @@ def test_a_missing_model_file_says_how_to_get_one(work: Path, capsys) -> None:
     _refused([*FUSE, "-o", "F.png"], capsys, work, "nets/boundary.pt: model file not found", "snakemake")
 
 
+def test_a_size_error_says_an_exif_orientation_was_applied(work: Path, capsys) -> None:
+    """A JPEG stored 24x20 with EXIF orientation 6 is read 20x24: "size 20x24 (WxH) differs
+    from 24x20" puzzled a user checking the files; the error says what was applied."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save("r.jpg", exif=exif.tobytes())
+    Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save("s.png")
+    _refused(["fuse", "r.jpg", "s.png", "--model", "nets", "--device", "cpu", "-o", "F.png"], capsys, work,
+             "s.png: size 24x20 (WxH) differs from 20x24 of r.jpg",
+             "r.jpg's EXIF orientation 6 was applied (the file stores 24x20)")
+
+
 def test_train_without_params_says_params_yaml_is_not_read(work: Path, capsys) -> None:
     """A ./params.yaml beside a `bafusion train` without --params: a note says it is not read."""
     argv = ["train", "--net", "initial", "--patches", "missing.h5", "--out", "m.pt"]

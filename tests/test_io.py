@@ -234,6 +234,96 @@ def test_metrics_command_reads_the_turned_pixels(tmp_path: Path, rgb, capsys) ->
     assert outs[0] == outs[1]
 
 
+def test_a_size_error_says_where_the_exif_orientation_swapped_width_and_height(tmp_path: Path, rgb, capsys) -> None:
+    """"size 6x9 (WxH) differs from 9x6" puzzled a user checking the stored sizes: the error
+    now says the orientation was applied and what the file stores (``fuse``'s and ``metrics``')."""
+    from bafusion.cli import main
+    from bafusion.io import check_same_sizes, image_info
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(tmp_path / "a.jpg", exif=exif.tobytes())  # stored 9x6, read 6x9
+    Image.fromarray(rgb).save(tmp_path / "b.png")
+    info = image_info(tmp_path / "a.jpg")
+    assert (info.width, info.height, info.stored, info.orientation) == (6, 9, (9, 6), 6)
+    want = f"{tmp_path / 'a.jpg'}'s EXIF orientation 6 was applied (the file stores 9x6)"
+    with pytest.raises(InputFileError, match=r"size 9x6 \(WxH\) differs from 6x9 of .*a\.jpg") as e:
+        check_same_sizes([info, image_info(tmp_path / "b.png")])
+    assert want in str(e.value)
+    assert main(["metrics", str(tmp_path / "a.jpg"), str(tmp_path / "b.png"), str(tmp_path / "b.png")]) == 2
+    err = capsys.readouterr().err
+    assert "image sizes differ" in err and want in err and len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------
+# reader: files of several frames or pages; gray beside colour
+
+
+def _frames(path: Path, frames: list[np.ndarray], kind: str) -> None:
+    if kind == "tifffile16":  # a (N, H, W) uint16 stack: one page per shot
+        import tifffile
+
+        tifffile.imwrite(path, np.stack([f[..., 0].astype(np.uint16) * 257 for f in frames]), photometric="minisblack")
+        return
+    ims = [Image.fromarray(f) for f in frames]
+    extra = {"lossless": True} if kind == "webp" else {}
+    ims[0].save(path, save_all=True, append_images=ims[1:], **extra)
+
+
+@pytest.mark.parametrize("kind,suffix,unit", [("pil", ".tif", "pages"), ("tifffile16", ".tif", "pages"),
+                                              ("gif", ".gif", "frames"), ("webp", ".webp", "frames")])
+def test_a_file_of_several_frames_is_noted_and_its_first_read(tmp_path: Path, rgb, capsys, kind, suffix,
+                                                               unit) -> None:
+    """A focus stack saved as one multi-page TIFF (or an animation) was fused, measured and
+    evaluated from its first frame without a word: now a line names the file and its count."""
+    from bafusion.cli import main
+    from bafusion.io import frame_notes
+
+    frames = [rgb, np.roll(rgb, 3, axis=1), 255 - rgb]
+    multi = tmp_path / f"stack{suffix}"
+    _frames(multi, frames, kind)
+    Image.fromarray(rgb).save(tmp_path / "b.png")
+    first = read_images([multi, tmp_path / "b.png"])[0]
+    src = read_source_set([multi, tmp_path / "b.png"])
+    assert np.array_equal(src.images[0], first)
+    if kind == "pil":
+        assert np.array_equal(first, rgb)  # the first page, as before
+    want = f"{multi} holds 3 {unit}; only the first is used"
+    assert [n for n in src.notes if want in n], src.notes
+    assert frame_notes([tmp_path / "b.png", multi]) == [n for n in src.notes if "holds" in n]
+    assert read_source_set([tmp_path / "b.png", tmp_path / "b.png"]).notes == []
+    capsys.readouterr()
+    assert main(["metrics", str(multi), str(tmp_path / "b.png"), str(tmp_path / "b.png"), "--metrics", "QG"]) == 0
+    err = capsys.readouterr().err
+    assert f"bafusion metrics: {want}" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_mpo_jpegs_preview_is_no_frame_to_note(tmp_path: Path, rgb) -> None:
+    """Many cameras' JPEGs carry a preview in an MPF (Pillow: MPO, two frames): not a stack."""
+    from bafusion.io import frame_notes, image_info
+
+    Image.fromarray(rgb).save(tmp_path / "c.jpg", format="MPO", save_all=True,
+                              append_images=[Image.fromarray(rgb[:3, :4])])
+    info = image_info(tmp_path / "c.jpg")
+    assert (info.format, info.frames) == ("MPO", 2)
+    assert frame_notes([tmp_path / "c.jpg"]) == []
+
+
+def test_gray_sources_beside_colour_ones_are_noted(tmp_path: Path, rgb) -> None:
+    """A gray A and a colour B were fused into a patchwork (gray where taken from A) without a
+    word: the source set now notes it, naming the gray and the colour files."""
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    Image.fromarray(rgb[..., 1]).save(tmp_path / "g.png")
+    Image.fromarray(rgb[..., 1]).save(tmp_path / "g2.png")
+    notes = read_source_set([tmp_path / "g.png", tmp_path / "c.png"]).notes
+    assert notes == [f"{tmp_path / 'g.png'} is gray and {tmp_path / 'c.png'} colour: the result is gray where it "
+                     "is taken from it (give the shots all in colour or all gray for a uniform result)"]
+    three = read_source_set([tmp_path / "c.png", tmp_path / "g.png", tmp_path / "g2.png"]).notes
+    assert len(three) == 1 and f"{tmp_path / 'g.png'}, {tmp_path / 'g2.png'} are gray and" in three[0]
+    assert read_source_set([tmp_path / "g.png", tmp_path / "g2.png"]).notes == []
+    assert read_source_set([tmp_path / "g.png", tmp_path / "c.png"], metadata=False).notes == []
+
+
 # --------------------------------------------------------------------------------------
 # reader: bit depth
 

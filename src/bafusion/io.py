@@ -3,7 +3,12 @@
 Reading (:func:`read_image`, :func:`read_images`; :func:`read_source_set` adds full depth
 and metadata) -- the same rules for fusion, metrics, baselines, figures and the data stages:
 
-* **Orientation.** A file's EXIF orientation is applied (the pixels are turned).
+* **Orientation.** A file's EXIF orientation is applied (the pixels are turned); a size error
+  says when it swapped a file's width and height (:func:`check_same_sizes`).
+* **Frames.** Of a file of several frames or pages (multi-page TIFF, animated GIF, WebP or
+  PNG) only the first is read; :func:`read_source_set` notes it (:func:`frame_note`; also for
+  a camera TIFF's thumbnail page, not for an MPO JPEG's previews), ``bafusion metrics`` and
+  ``evaluate`` say it too: a focus stack is given as one file per shot.
 * **Modes.** 8-bit gray (``L``), gray + alpha (``LA``) and 1-bit (``1``, read as 0/255) give
   a gray (H, W) array; everything else (RGB, RGBA, palette with or without transparency,
   CMYK, YCbCr, ...) gives RGB (H, W, 3). Alpha is dropped (never composited). ``rgb=True``
@@ -127,6 +132,179 @@ def _tiff_problem(p: Path) -> str | None:
         return (f"floating-point TIFF ({dtype.name}, shape {tuple(shape)}) is not supported: save the shots as 8- or "
                 "16-bit integer TIFF or PNG")
     return f"unsupported TIFF sample format ({dtype.name}, shape {tuple(shape)}): use 8- or 16-bit integer samples"
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a file's header says, as :func:`read_image` would read it (:func:`image_info`).
+
+    Attributes
+    ----------
+    path : str
+        The file.
+    width, height : int
+        The size as read: EXIF orientation applied (5-8 swap the stored width and height).
+    stored : tuple of int
+        (width, height) as stored in the file.
+    orientation : int
+        The EXIF/TIFF orientation (1 when none).
+    frames : int
+        Frames (GIF, WebP, APNG) or pages (TIFF) the file holds; only the first is read.
+    format : str
+        Pillow's format name ("TIFF" for a TIFF only tifffile reads).
+    gray : bool
+        Read as a gray (H, W) array (gray, gray + alpha, 1-bit, 16-bit or float gray).
+    """
+
+    path: str
+    width: int
+    height: int
+    stored: tuple[int, int]
+    orientation: int
+    frames: int
+    format: str
+    gray: bool
+
+
+#: Pillow modes read as gray (H, W): see the module docstring.
+_GRAY_MODES = ("L", "LA", "1", "F", "I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def image_info(path: str | os.PathLike[str], *, decode: bool = False) -> ImageInfo:
+    """A file's size (as read and as stored), orientation, frame count and whether it is
+    gray, from its header; with ``decode`` its first frame is also fully decoded, so a
+    truncated or damaged file is refused here, not on reading.
+
+    Raises
+    ------
+    InputFileError
+        Naming the file when it is missing, not a file, or not a readable image (as
+        :func:`open_image` says it).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputFileError(p, "file not found")
+    if not p.is_file():
+        raise InputFileError(p, "not a regular file")
+    if p.stat().st_size == 0:
+        raise InputFileError(p, "empty file (0 bytes): not an image")
+    try:
+        with _quiet_pillow(), open(p, "rb") as fh, Image.open(fh) as im:
+            orientation = int(im.getexif().get(_ORIENTATION, 1) or 1)
+            fmt, mode, (w, h) = str(im.format), im.mode, im.size
+            try:
+                frames = int(getattr(im, "n_frames", 1) or 1)
+            except Exception:  # noqa: BLE001 - a damaged later frame: the first is what is read
+                frames = 1
+            if decode:
+                im.seek(0)
+                im.load()
+    except Image.DecompressionBombError as e:
+        raise _too_large(p, e) from e
+    except UnidentifiedImageError as e:
+        info = _tiff_info(p, decode)
+        if info is None:
+            raise InputFileError(p, _tiff_problem(p) or f"unreadable image ({e.__class__.__name__}: {e})") from e
+        return info
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise InputFileError(p, _tiff_problem(p) or f"unreadable image ({e.__class__.__name__}: {e})") from e
+    ow, oh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    return ImageInfo(str(path), ow, oh, (w, h), orientation, frames, fmt, mode in _GRAY_MODES)
+
+
+def _tiff_info(p: Path, decode: bool) -> ImageInfo | None:
+    """:func:`image_info` of a TIFF Pillow cannot identify, read with tifffile as
+    :func:`_tiff16_without_pillow` reads it (16-bit gray + alpha); None for anything else."""
+    try:
+        with open(p, "rb") as fh:
+            if fh.read(4) not in _TIFF_MAGIC:
+                return None
+        import tifffile
+
+        tf = tifffile.TiffFile(p)
+    except Exception:  # noqa: BLE001 - not a TIFF tifffile reads either
+        return None
+    with tf:
+        try:
+            page = tf.pages.first
+            if np.dtype(page.dtype) != np.uint16:
+                return None
+            w, h = int(page.imagewidth), int(page.imagelength)
+            tag = page.tags.get(_ORIENTATION)
+            orientation = int(tag.value) if tag is not None and isinstance(tag.value, int) else 1
+            gray = tifffile.PHOTOMETRIC(page.photometric) != tifffile.PHOTOMETRIC.RGB
+            frames = len(tf.pages)
+        except Exception:  # noqa: BLE001 - tifffile raises many types for bad files
+            return None
+        if decode:
+            try:
+                page.asarray()
+            except Exception as e:  # noqa: BLE001 - as the reader says it
+                raise InputFileError(p, f"unreadable 16-bit TIFF ({e.__class__.__name__}: {e})") from e
+    ow, oh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    return ImageInfo(str(p), ow, oh, (w, h), orientation, frames, "TIFF", gray)
+
+
+def frame_note(info: ImageInfo) -> str | None:
+    """The line for the user when a file holds several frames or pages (a focus stack saved
+    as one multi-page TIFF, an animated GIF, WebP or PNG): only the first is read. None for a
+    single image, and for an MPO JPEG (its further images are the camera's previews or a
+    stereo view). A camera TIFF with a thumbnail page gets the line too: it is only a note."""
+    if info.frames <= 1 or info.format == "MPO":
+        return None
+    unit = "pages" if info.format == "TIFF" else "frames"
+    return (f"{info.path} holds {info.frames} {unit}; only the first is used (a focus stack: give its shots as "
+            "separate files)")
+
+
+def frame_notes(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """:func:`frame_note` of each file that has one (from its header; a file that cannot be
+    read is left to the reader, which names it)."""
+    notes = []
+    for p in paths:
+        try:
+            note = frame_note(image_info(p))
+        except InputFileError:
+            continue
+        if note:
+            notes.append(note)
+    return notes
+
+
+def mix_note(names: Sequence[str], gray: Sequence[bool]) -> str | None:
+    """The line for the user when the sources of one fusion mix gray and colour files: the
+    gray ones are used as colour (R = G = B), so the result is gray where it is taken from
+    them. None when all are gray or all colour."""
+    if all(gray) or not any(gray):
+        return None
+    g = [n for n, k in zip(names, gray) if k]
+    c = [n for n, k in zip(names, gray) if not k]
+    one = len(g) == 1
+    return (f"{', '.join(g)} {'is' if one else 'are'} gray and {', '.join(c)} colour: the result is gray where "
+            f"it is taken from {'it' if one else 'them'} (give the shots all in colour or all gray for a uniform "
+            "result)")
+
+
+def orientation_clause(info: ImageInfo) -> str:
+    """``'' `` or, for a file whose EXIF orientation swaps width and height, ``"; <file>'s
+    EXIF orientation 6 was applied (the file stores 192x160)"``: what a size error adds, so
+    that a user checking the stored sizes understands it."""
+    if (info.width, info.height) == info.stored:
+        return ""
+    w, h = info.stored
+    return f"; {info.path}'s EXIF orientation {info.orientation} was applied (the file stores {w}x{h})"
+
+
+def check_same_sizes(infos: Sequence[ImageInfo]) -> None:
+    """Sources of another size than the first are an error naming both files and both sizes
+    as read, and the EXIF orientation where it swapped a file's width and height
+    (:func:`orientation_clause`)."""
+    a = infos[0]
+    for b in infos[1:]:
+        if (b.width, b.height) != (a.width, a.height):
+            raise InputFileError(
+                b.path, f"size {b.width}x{b.height} (WxH) differs from {a.width}x{a.height} of {a.path}: the "
+                "sources must have the same size" + orientation_clause(b) + orientation_clause(a))
 
 
 def read_matte(path: str | os.PathLike[str]) -> np.ndarray:
@@ -648,8 +826,10 @@ class SourceSet:
     bits : int
         The most significant bits of any source (8 when all have at most 8).
     notes : list of str
-        One line for the user per source whose colour profile is not the first's
-        (:func:`profile_notes`; read with the metadata).
+        Lines for the user, read with the metadata: one per source whose colour profile is not
+        the first's (:func:`profile_notes`), one per source of several frames or pages (only
+        the first is used: :func:`frame_note`) and one when gray and colour sources are mixed
+        (the result is gray where taken from a gray one: :func:`mix_note`).
     """
 
     images: list[np.ndarray]
@@ -747,8 +927,9 @@ def profile_notes(paths: Sequence[str | os.PathLike[str]], first_icc: bytes | No
 def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = True) -> SourceSet:
     """Read the sources of one fusion: uint8 images as :func:`read_images`, the full-depth
     uint16 versions when any source has more than 8 bits (scaled by the same bits as the
-    uint8 ones, so the two agree), and the first source's EXIF and ICC profile, with a note
-    for each source whose profile is not the first's (when ``metadata``)."""
+    uint8 ones, so the two agree), and the first source's EXIF and ICC profile, with notes
+    (when ``metadata``, see :attr:`SourceSet.notes`): a source whose profile is not the first's,
+    one of several frames or pages, gray sources beside colour ones."""
     out: list[np.ndarray | None] = []
     high: list[tuple[int, np.ndarray, int | None]] = []
     for p in map(Path, paths):
@@ -772,6 +953,10 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     exif, icc = source_metadata(paths[0]) if metadata and paths else (None, None)
     notes = profile_notes(paths, icc) if metadata and len(paths) > 1 else []
     images = [o for o in out if o is not None]
+    if metadata:
+        notes += frame_notes(paths)
+        mixed = mix_note([os.fspath(p) for p in paths], [a.ndim == 2 for a in images])
+        notes += [mixed] if mixed else []
     bits = max([b or shared for _, _, b in high], default=8)
     return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits, notes)
 

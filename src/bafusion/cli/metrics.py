@@ -17,7 +17,7 @@ from bafusion.evaluation.metrics import (
     compute_all,
     undefined_reason,
 )
-from bafusion.io import read_images
+from bafusion.io import frame_note, image_info, orientation_clause, read_images
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
@@ -27,7 +27,13 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     # A, B and F as one set: files of more than 8 bits per sample are scaled alike (the bits
     # a file marks, else one depth common to the unmarked ones), as fusion scales its sources.
     a, b, f = read_images([args.a, args.b, args.f])
-    check_same_size(a, b, f, names=(str(args.a), str(args.b), str(args.f)))
+    infos = [image_info(p) for p in (args.a, args.b, args.f)]
+    try:
+        check_same_size(a, b, f, names=(str(args.a), str(args.b), str(args.f)))
+    except UserError as e:  # where an EXIF orientation swapped a file's width and height, say so
+        raise UserError(f"{e}{''.join(orientation_clause(i) for i in infos)}") from None
+    for note in filter(None, map(frame_note, infos)):  # a multi-page TIFF: only its first page is read
+        print(f"bafusion metrics: {note}", file=sys.stderr)
     try:
         values: dict[str, float | None] = dict(compute_all(a, b, f, names))
     except UserError as e:  # e.g. too small for QY: say which images
@@ -60,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "sources A and B, as the survey's MATLAB reference code computes them. Prints a "
             "CSV header and one line of values, or a JSON object. A metric that is undefined "
             "on the images (0/0, e.g. QCB, QP, QE, QCV on constant images) is written as null "
-            "(JSON) or an empty field (CSV), with a warning on stderr naming it."
+            "(JSON) or an empty field (CSV), with a warning on stderr naming it. Of a file of several "
+            "frames or pages only the first is read (said on stderr)."
         ),
     )
     p.add_argument("a", metavar="A", help="first source image")
