@@ -255,6 +255,12 @@ def test_a_missing_model_file_says_how_to_get_one(work: Path, capsys) -> None:
     _refused([*FUSE, "-o", "F.png"], capsys, work, "nets/boundary.pt: model file not found", "snakemake")
 
 
+def test_a_model_file_given_as_the_folder_is_named_a_file(work: Path, capsys) -> None:
+    """``--model nets/initial.pt`` said "model folder not found": it is a file."""
+    _refused(["fuse", "a.png", "b.png", "--model", "nets/initial.pt", "--device", "cpu", "-o", "F.png"], capsys,
+             work, "nets/initial.pt: is a file, not a model folder", "--initial and --boundary")
+
+
 def test_a_size_error_says_an_exif_orientation_was_applied(work: Path, capsys) -> None:
     """A JPEG stored 24x20 with EXIF orientation 6 is read 20x24: "size 20x24 (WxH) differs
     from 24x20" puzzled a user checking the files; the error says what was applied."""
