@@ -231,6 +231,54 @@ def test_missing_reference_images_fail_before_any_fusion(
     assert not fused
 
 
+def test_unreadable_or_mismatched_sources_fail_before_any_fusion(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A truncated source was found only on reaching its pair, after fusing the pairs before
+    it: every source is now decoded and a pair's sizes compared first; the line names the file,
+    the dataset and the pair."""
+    src, imgs = _write_set(tmp_path, ["p1", "p2", "p3"])
+    fused = []
+    monkeypatch.setattr("bafusion.evaluation.baselines.laplacian_fuse",
+                        lambda a, b: fused.append(1) or laplacian_fuse(a, b))
+    data = (src / "p2-A.png").read_bytes()
+    (src / "p2-A.png").write_bytes(data[: len(data) // 2])  # a header, half the pixels
+    out = tmp_path / "evaluation"
+    cfg = {"methods": ["Laplacian"], "metrics": ["QG"], "figures": False,
+           "datasets": [{"name": "tiny", "sources": str(src)}]}
+    rc = cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and not fused and not out.exists(), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{src / 'p2-A.png'}: dataset 'tiny', pair 'p2': unreadable image" in err and "truncated" in err
+    # A and B of another size: the same, from the Python API
+    Image.fromarray(imgs["p2"][0]).save(src / "p2-A.png")
+    Image.fromarray(imgs["p3"][1][:40]).save(src / "p3-B.png")
+    ds = ev.Dataset(name="tiny", sources=src)
+    with pytest.raises(InputFileError, match=r"p3-B\.png: dataset 'tiny', pair 'p3': size 56x40 \(WxH\) differs"):
+        ev.run_evaluation(ev.EvalConfig(datasets=(ds,), methods=("Laplacian",), metrics=("QG",)), out,
+                          log=lambda s: None)
+    assert not fused
+
+
+def test_a_multi_page_or_gray_beside_colour_source_is_noted_before_the_work(tmp_path: Path, capsys) -> None:
+    src, imgs = _write_set(tmp_path, ["p1", "p2"])
+    a, b = imgs["p1"][:2]
+    Image.fromarray(a).save(src / "p1-A.tif", save_all=True, append_images=[Image.fromarray(b)])
+    (src / "p1-A.png").unlink()
+    Image.fromarray(imgs["p2"][1][..., 0]).save(src / "p2-B.png")  # a gray B beside a colour A
+    ds = ev.Dataset(name="tiny", sources=src)
+    notes = ev.source_notes(ds, ev.find_pairs(ds))
+    assert len(notes) == 2, notes
+    assert notes[0] == f"dataset 'tiny', pair 'p1': {src / 'p1-A.tif'} holds 2 pages; only the first is used " \
+                       "(a focus stack: give its shots as separate files)"
+    assert notes[1].startswith("dataset 'tiny', pair 'p2': ") and " colour: the result is gray where" in notes[1]
+    cfg = ev.EvalConfig(datasets=(ds,), methods=("Laplacian",), metrics=("QG",), figures=False)
+    ev.run_evaluation(cfg, tmp_path / "ev", log=lambda s: None)
+    err = capsys.readouterr().err
+    assert all(f"bafusion evaluate: {n}" in err for n in notes), err
+
+
 def test_out_folder_holding_the_sources_or_references_is_refused_and_they_stay(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

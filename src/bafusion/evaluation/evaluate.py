@@ -89,6 +89,7 @@ import io
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -124,6 +125,7 @@ __all__ = [
     "run_evaluation",
     "check_dataset",
     "check_datasets",
+    "source_notes",
     "LOSSLESS",
     "PeerMetrics",
     "read_peer_metrics",
@@ -965,12 +967,43 @@ def _check_reference_images(ds: Dataset, pairs: Sequence[Pair]) -> None:
         )
 
 
+def _check_sources(ds: Dataset, pairs: Sequence[Pair]) -> None:
+    """Fail before any fusion when a pair's source is no readable image (its first frame is
+    decoded, so a truncated file is caught; the sources are small beside the fusion) or its A
+    and B differ in size: either was found only on reaching the pair, after fusing the ones
+    before it. The error names the file, the dataset and the pair."""
+    from bafusion.io import check_same_sizes, image_info
+
+    for p in pairs:
+        try:
+            check_same_sizes([image_info(p.a, decode=True), image_info(p.b, decode=True)])
+        except InputFileError as e:
+            raise InputFileError(e.path, f"dataset {ds.name!r}, pair {p.name!r}: {e.problem}") from None
+
+
+def source_notes(ds: Dataset, pairs: Sequence[Pair]) -> list[str]:
+    """Lines for the user about a dataset's sources, from their headers: a source of several
+    frames or pages (only the first is used: :func:`bafusion.io.frame_note`), a gray source
+    beside a colour one (used as colour: :func:`bafusion.io.mix_note`)."""
+    from bafusion.io import frame_note, image_info, mix_note
+
+    notes = []
+    for p in pairs:
+        infos = [image_info(p.a), image_info(p.b)]
+        for line in [*map(frame_note, infos), mix_note([i.path for i in infos], [i.gray for i in infos])]:
+            if line:
+                notes.append(f"dataset {ds.name!r}, pair {p.name!r}: {line}")
+    return notes
+
+
 def check_dataset(ds: Dataset, cfg: EvalConfig) -> list[Pair]:
     """The pairs of ``ds`` (:func:`find_pairs`), after checking what can be checked before any
-    fusion: its ``figure_pair``, its reference metrics (a row and a value for every pair and
-    peer) and its reference folder (a fused image for every pair and method). Raises
+    fusion: its sources (each a readable image, A and B of one size: :func:`_check_sources`),
+    its ``figure_pair``, its reference metrics (a row and a value for every pair and peer) and
+    its reference folder (a fused image for every pair and method). Raises
     :class:`~bafusion.errors.UserError` naming the file."""
     pairs = find_pairs(ds)
+    _check_sources(ds, pairs)
     fig_pair = ds.figure_pair or pairs[0].name
     if fig_pair not in {p.name for p in pairs}:
         raise UserError(f"dataset {ds.name!r}: figure_pair {fig_pair!r} is not one of its pairs")
@@ -1036,6 +1069,8 @@ def evaluate_dataset(
     from bafusion.evaluation.figures import save_dataset_figures
 
     pairs = check_dataset(ds, cfg)
+    for note in source_notes(ds, pairs):  # before the work, where they are not lost among the pairs' lines
+        print(f"bafusion evaluate: {note}", file=sys.stderr)
     fig_pair = ds.figure_pair or pairs[0].name
     methods = _method_order(cfg, ds)
     csv_peers = set(read_peer_metrics(ds.reference_metrics).methods) if ds.reference_metrics is not None else set()
