@@ -415,6 +415,50 @@ def test_write_unknown_suffix_names_the_file(tmp_path: Path, rgb) -> None:
     assert not list(tmp_path.iterdir())
 
 
+_SHORT_WRITE = r"""
+import resource, signal, sys
+import numpy as np
+from bafusion.io import write_image
+out, limit = sys.argv[1], int(sys.argv[2])
+img = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit is cut short, then fails (EFBIG)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+for name, a in (("x.jpg", img), ("x.png", img), ("x.bmp", img), ("x.tif", img), ("h.tif", img.astype(np.uint16) * 257),
+                ("h.png", img.astype(np.uint16) * 257)):
+    try:
+        write_image(f"{out}/{name}", a)
+    except OSError as e:
+        print(name, "raised", e.errno, e.filename)
+    else:
+        print(name, "written")
+"""
+
+
+def test_write_fails_on_a_short_write(tmp_path: Path) -> None:
+    """A disk that fills up while a file is written cuts the write short: every format raises
+    an OSError naming the output, and no file is left (a JPEG of quality 95, written by Pillow
+    in one write() that ignores a short one, was cut off and reported as written). The short
+    write is made by a file-size limit (RLIMIT_FSIZE), in a child process."""
+    import errno
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("resource")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", _SHORT_WRITE, str(tmp_path), "20000"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 6, r.stdout
+    for line in lines:
+        name, what, *rest = line.split()
+        assert what == "raised", line
+        assert int(rest[0]) in (errno.EFBIG, errno.ENOSPC) and rest[1] == str(tmp_path / name), line
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
 def test_write_refuses_other_types_and_squeezes_one_channel(tmp_path: Path, rgb, suffix: str) -> None:
     """Pillow got float RGB and int64 ('Cannot handle this data type'), float gray

@@ -457,6 +457,9 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         written as the PNG ``sBIT`` chunk when below 16 (the samples stay on the 16-bit scale),
         so that :func:`read_images` scales the file like its unmarked 12-bit sources.
     """
+    import errno
+    import io
+
     from bafusion.errors import UserError
 
     p = Path(path)
@@ -479,20 +482,34 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         exif = _exif_sized(exif, img.shape[1], img.shape[0])
     if img.dtype == np.uint16 and not keeps_16_bits(p):
         img = scale_to_u8(img.astype(np.float64), 16)
-    with atomic_file(p) as tmp:
-        if img.dtype == np.uint16:
-            if fmt == "PNG":
-                tmp.write_bytes(png16_bytes(img, exif=exif, icc=icc, sbit=bits if bits and bits < 16 else None))
-            else:
-                _write_tiff16(tmp, img, icc)
-            return
+    # encoded in memory, then written with Python's file I/O, which raises on a short write
+    # (ENOSPC): Pillow writes a JPEG of quality >= 95 in one write() straight to the file's
+    # descriptor and ignores a short one, so a full disk left a cut-off JPEG reported as written
+    buf = io.BytesIO()
+    if img.dtype == np.uint16 and fmt == "PNG":
+        buf.write(png16_bytes(img, exif=exif, icc=icc, sbit=bits if bits and bits < 16 else None))
+    elif img.dtype == np.uint16:
+        _write_tiff16(buf, img, icc)  # type: ignore[arg-type]  # tifffile writes to a file object too
+    else:
         kwargs: dict = {"compress_level": 6} if fmt == "PNG" else ({"quality": 95} if fmt == "JPEG" else {})
         if fmt in ("PNG", "JPEG", "TIFF", "WEBP"):
             if exif and not (fmt == "JPEG" and len(exif) > _JPEG_MAX_EXIF):
                 kwargs["exif"] = exif
             if icc:
                 kwargs["icc_profile"] = icc
-        Image.fromarray(img).save(tmp, format=fmt, **kwargs)
+        Image.fromarray(img).save(buf, format=fmt, **kwargs)
+    data = buf.getbuffer()
+    with atomic_file(p) as tmp:
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                written = os.fstat(fh.fileno()).st_size
+        except OSError as e:  # a write's error names no file: the output's name, not the .part's
+            raise OSError(e.errno, e.strerror or str(e), str(p)) from e
+        if written != len(data):  # a short write that reported no error
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (only {written} of {len(data)} bytes "
+                          "written)", str(p))
 
 
 #: ExifImageWidth and ExifImageHeight (PixelXDimension, PixelYDimension) in the Exif sub-IFD.
