@@ -666,3 +666,28 @@ def test_every_tiff_orientation_is_applied(tmp_path: Path, orientation: int, kin
     got = read_image(p)
     assert got.shape == want.shape[:2] + ((3,) if kind.startswith("rgb") else ())
     assert np.array_equal(got, want if kind.endswith("8") else (want // 257).astype(np.uint8))
+
+
+def test_fuse_dir_lists_broken_links_and_does_not_fuse_their_stacks(tmp_path: Path, nets: Path, capsys) -> None:
+    """A broken symbolic link (a shot on a card not mounted) was left out silently: a pair with
+    one was dropped unsaid, a stack folder with one was fused without that shot, exit 0. Now each
+    is listed with its target, its stack is not fused, and the status is 3."""
+    src = tmp_path / "in"
+    (src / "s").mkdir(parents=True)
+    a, b = pair(5)
+    Image.fromarray(a).save(src / "p-A.png")
+    Image.fromarray(b).save(src / "p-B.png")
+    Image.fromarray(b).save(src / "q-B.png")
+    (src / "q-A.jpg").symlink_to(tmp_path / "card" / "q-A.jpg")
+    Image.fromarray(a).save(src / "s" / "1.png")
+    Image.fromarray(b).save(src / "s" / "2.png")
+    (src / "s" / "3.jpg").symlink_to(tmp_path / "card" / "3.jpg")
+    (src / "t").symlink_to(tmp_path / "card" / "t")
+    out = tmp_path / "out"
+    argv = ["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(argv) == batch.EXIT_SKIPPED
+    o, err = capsys.readouterr()
+    assert "fused 1 stack(s)" in o, o
+    for link in (src / "q-A.jpg", src / "s" / "3.jpg", src / "t"):
+        assert f"skipped {link}: broken link (to {tmp_path / 'card' / link.name})" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["p.png"]

@@ -8,6 +8,7 @@ Naming rule of ``fuse-dir IN OUT`` (documented in the README):
   ``C``, ... in either case) are the shots of stack ``<name>``, in letter order;
 * every sub-folder of ``IN`` is one stack: its images in file-name order, named after the folder;
 * a group of one shot, and an image in ``IN`` that follows neither rule, is skipped and listed;
+  so is a broken symbolic link (a shot on a card not mounted), with its stack;
 * the fusion of ``<name>`` is written to ``OUT/<name>.<ext>`` (``--ext``, default ``png``);
 * ``OUT`` inside ``IN`` is no stack; one that holds images other than outputs is refused
   before any work (:func:`check_output_folder`).
@@ -21,6 +22,7 @@ in it, bad parameters).
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -276,11 +278,15 @@ def find_groups(folder: Path, exclude: Path | None = None) -> tuple[dict[str, li
     Returns
     -------
     (dict of str to list of Path, list of (str, str))
-        Stack name to its shots in order; (file, reason) of what cannot be fused.
+        Stack name to its shots in order; (file, reason) of what cannot be fused. A broken
+        symbolic link (its target gone: a card not mounted) named like a shot, or like a stack
+        folder (no suffix), is listed with its target, and its stack is not fused (it was left
+        out silently: the stack fused without that shot, or not at all, unsaid).
     """
     groups: dict[str, list[tuple[str, Path]]] = {}
     folders: set[str] = set()
     skipped: list[tuple[str, str]] = []
+    broken: dict[str, list[Path]] = {}  # stack name -> its shots that are broken links
     excluded = exclude.resolve() if exclude is not None else None
     for p in sorted(folder.iterdir()):
         if p.name.startswith("."):
@@ -290,25 +296,37 @@ def find_groups(folder: Path, exclude: Path | None = None) -> tuple[dict[str, li
                 continue
             # dot-files (macOS ._1.png resource forks, editors' temporaries) are not shots
             shots = sorted(q for q in p.iterdir()
-                           if q.is_file() and not q.name.startswith(".") and q.suffix.lower() in IMAGE_SUFFIXES)
+                           if (q.is_file() or _broken_link(q)) and not q.name.startswith(".")
+                           and q.suffix.lower() in IMAGE_SUFFIXES)
             groups[p.name] = [(q.name, q) for q in shots]
             folders.add(p.name)
+            broken_shots = [q for q in shots if _broken_link(q)]
+            if broken_shots:
+                broken[p.name] = broken_shots
             continue
-        if not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES:
+        if _broken_link(p) and not p.suffix:  # a stack folder's link
+            skipped.append((str(p), _broken_reason(p)))
+            continue
+        if not (p.is_file() or _broken_link(p)) or p.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         m = _SHOT.match(p.stem)
         if m is None:
-            skipped.append((str(p), "name does not follow the rule <name>-A.<ext>, <name>-B.<ext>, ..."))
+            skipped.append((str(p), _broken_reason(p) if _broken_link(p) else
+                            "name does not follow the rule <name>-A.<ext>, <name>-B.<ext>, ..."))
             continue
         if m["name"] in folders:
             skipped.append((str(p), f"stack {m['name']!r} is also a sub-folder: rename one of them"))
             continue
         groups.setdefault(m["name"], []).append((m["letter"].upper(), p))
+        if _broken_link(p):
+            broken.setdefault(m["name"], []).append(p)
     out: dict[str, list[Path]] = {}
     for name in sorted(groups):
         shots = [p for _, p in sorted(groups[name])]
         letters = [k for k, _ in sorted(groups[name])]
-        if len(set(letters)) != len(letters):
+        if name in broken:
+            skipped.extend((str(q), f"{_broken_reason(q)}: stack {name!r} not fused") for q in broken[name])
+        elif len(set(letters)) != len(letters):
             skipped.append((", ".join(map(str, shots)), f"stack {name!r} has two shots with one letter"))
         elif len(shots) < 2:
             where = shots[0] if shots else folder / name
@@ -316,6 +334,19 @@ def find_groups(folder: Path, exclude: Path | None = None) -> tuple[dict[str, li
         else:
             out[name] = shots
     return out, skipped
+
+
+def _broken_link(p: Path) -> bool:
+    """Whether ``p`` is a symbolic link whose target does not exist (or a loop of links)."""
+    return p.is_symlink() and not p.exists()
+
+
+def _broken_reason(p: Path) -> str:
+    try:
+        target = os.readlink(p)
+    except OSError:  # gone meanwhile
+        return "broken link"
+    return f"broken link (to {target})"
 
 
 #: Marks an output folder inside the input folder as fuse-dir's (written there on its first run).
