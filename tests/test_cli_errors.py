@@ -329,29 +329,50 @@ def test_torch_failing_to_write_a_net_or_checkpoint_names_the_file(tmp_path: Pat
         assert not list(target.parent.iterdir())
 
 
-@pytest.mark.parametrize(("argv", "marker"), [
-    (["prepare", "--out", "mine"], "manifest.json"),
-    (["testset", "--prepared", "prep", "--out", "mine"], "index.json"),
-    (["evaluate", "--out", "mine"], "metrics.json"),
-    (["fuse-set", "--pairs", "pairs", "--models", "nets", "--out", "mine"], "accuracy.json"),
+@pytest.mark.parametrize(("argv", "marker", "doc", "own"), [
+    (["prepare", "--out", "mine"], "manifest.json", '{"foregrounds": []}', ["fg/", "matte/", "bg/"]),
+    (["testset", "--prepared", "prep", "--out", "mine"], "index.json", '{"pairs": [{"name": "p"}]}',
+     ["p-A.png", "p-B.png", "p-truth.png", "p-dm.png"]),
+    (["evaluate", "--out", "mine"], "metrics.json", '{"lytro": {"pairs": 2}}', ["lytro/"]),
+    (["fuse-set", "--pairs", "pairs", "--models", "nets", "--out", "mine"], "accuracy.json",
+     '{"pairs": {"p": {}}}', ["p.png", "maps/"]),
 ])
 def test_a_replaced_output_folder_holding_other_files_is_refused(work: Path, capsys, argv: list[str],
-                                                                 marker: str) -> None:
+                                                                 marker: str, doc: str, own: list[str]) -> None:
     """These commands replace --out whole: a folder of the user's files was deleted silently.
-    Only an empty folder or the command's own earlier output (its marker file) is replaced."""
+    Only an empty folder or the command's own earlier output (its marker file, and only what
+    the marker says the command wrote: a file the user left in an earlier output was deleted
+    too) is replaced."""
     from bafusion.cli.app import build_parser
     from bafusion.preflight import check_command
 
-    (work / "mine").mkdir()
-    (work / "mine" / "notes.txt").write_text("mine")
+    mine = work / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
     _refused(argv, capsys, work, "mine: ", "no earlier output of this command", f"no {marker}",
              "remove the folder or choose another")
     args = build_parser(argv[0]).parse_args(argv)
-    (work / "mine" / marker).write_text("{}")
-    check_command(args)  # an earlier output: replaced
-    for p in (work / "mine").iterdir():
+    (mine / marker).write_text(doc)
+    for name in own:
+        (mine / name).mkdir() if name.endswith("/") else (mine / name).write_text("x")
+    (mine / ".DS_Store").write_text("x")
+    _refused(argv, capsys, work, "mine: ", "holds files this command did not write: notes.txt;",
+             "move them away or choose another folder")
+    for k in range(7):
+        (mine / f"z{k}.txt").write_text("x")
+    _refused(argv, capsys, work, "did not write: notes.txt, z0.txt, z1.txt, z2.txt, z3.txt and 3 more;")
+    for p in mine.glob("*.txt"):
         p.unlink()
+    check_command(args)  # an earlier output: replaced
+    for p in mine.iterdir():
+        p.rmdir() if p.is_dir() else p.unlink()
     check_command(args)  # empty
+    (mine / marker).write_text("{}")
+    (mine / "notes.txt").write_text("mine")
+    if marker in ("accuracy.json", "index.json"):  # a marker of a layout not known: it vouches alone
+        check_command(args)
+    else:
+        _refused(argv, capsys, work, "did not write: notes.txt;")
 
 
 def test_a_reader_that_has_gone_is_not_a_bug(tmp_path: Path) -> None:

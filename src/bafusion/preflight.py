@@ -13,8 +13,9 @@ Every command's output paths are listed once, in :data:`COMMAND_OUTPUTS` (by the
   existing folder, so the answer is the file system's, also for root;
 * an output folder that is an existing file; a folder that the command replaces whole when it
   holds one of the inputs or the working directory, or files that are no earlier output of the
-  command (a folder neither empty nor holding its marker, :data:`OUTPUT_MARKERS`): they would be
-  deleted with it;
+  command (a folder neither empty nor holding its marker, :data:`OUTPUT_MARKERS`, or one holding
+  it beside entries the command did not write, :func:`foreign_entries`): they would be deleted
+  with it;
 * two outputs that are one path (``fuse -o X --save-maps X``): the second would overwrite the first;
 * a ``--device`` this machine does not have.
 """
@@ -23,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bafusion.errors import UserError
 
@@ -85,6 +88,49 @@ OUTPUT_MARKERS: dict[str, str] = {
     "evaluate": "metrics.json",
     "fuse-set": "accuracy.json",
 }
+
+
+def _fuse_set_entries(doc: Any) -> set[str]:
+    return {"maps", *(f"{name}.png" for name in doc["pairs"])}
+
+
+def _testset_entries(doc: Any) -> set[str]:
+    return {f"{p['name']}-{k}.png" for p in doc["pairs"] for k in ("A", "B", "truth", "dm")}
+
+
+def _evaluate_entries(doc: Any) -> set[str]:
+    return {str(name) for name in doc}  # a folder per dataset (none for an empty test set)
+
+
+#: What a command writes at the top of the folder it replaces, besides its marker, read from
+#: the marker (by its name): fuse-set's ``accuracy.json`` lists the pairs (``<pair>.png`` and
+#: ``maps/``), testset's ``index.json`` the pairs (``<pair>-A/B/truth/dm.png``), evaluate's
+#: ``metrics.json`` the datasets (a folder each), and prepare writes ``fg/``, ``matte/``, ``bg/``.
+MARKER_ENTRIES: dict[str, Callable[[Any], set[str]]] = {
+    "accuracy.json": _fuse_set_entries,
+    "index.json": _testset_entries,
+    "metrics.json": _evaluate_entries,
+    "manifest.json": lambda doc: {"fg", "matte", "bg"},
+}
+
+#: Entries of an output folder no command writes that are not the user's (a file manager's
+#: or Snakemake's, in a ``directory()`` output): replaced with the folder without a word.
+_FOREIGN_OK = frozenset({".DS_Store", "Thumbs.db", ".snakemake_timestamp"})
+
+
+def foreign_entries(folder: Path, marker: str) -> list[str] | None:
+    """The entries at the top of ``folder``, an earlier output that holds ``marker``, that the
+    command did not write (:data:`MARKER_ENTRIES`), sorted; None when the marker cannot be
+    read or is of a layout not known here (then the marker alone vouches for the folder)."""
+    entries = MARKER_ENTRIES.get(marker)
+    if entries is None:
+        return None
+    try:
+        own = entries(json.loads((folder / marker).read_text()))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return sorted(e.name for e in folder.iterdir() if e.name not in own and e.name != marker
+                  and e.name not in _FOREIGN_OK)
 
 
 # --------------------------------------------------------------------------------------
@@ -191,7 +237,8 @@ def check_output_dir(
 ) -> Path:
     """Check an output folder: an existing folder or a new path, never a file; ``replaced``
     (the command replaces it whole): it must not hold an input or the working directory and,
-    with ``marker``, it must be empty or hold that file (an earlier output of the command)."""
+    with ``marker``, it must be empty or hold that file (an earlier output of the command) and
+    nothing the command did not write (:func:`foreign_entries`)."""
     p, shown = Path(path), os.fspath(path)
     if os.path.lexists(p) and not p.is_dir():
         raise UserError(f"{shown}: is a file, not a folder: the {what} must be a folder or a new path")
@@ -205,6 +252,12 @@ def check_output_dir(
         if marker and p.is_dir() and not (p / marker).is_file() and any(p.iterdir()):
             raise UserError(f"{shown}: the {what} is replaced whole and holds files that are no earlier output of "
                             f"this command (no {marker}); they would be deleted: remove the folder or choose another")
+        foreign = foreign_entries(p, marker) if marker and p.is_dir() and (p / marker).is_file() else None
+        if foreign:
+            more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            raise UserError(f"{shown}: the {what} is replaced whole and holds files this command did not write: "
+                            f"{', '.join(foreign[:5])}{more}; they would be deleted: move them away or choose "
+                            "another folder")
         _check_can_create_in(shown, p.parent)
     else:
         _check_can_create_in(shown, p)
