@@ -30,7 +30,7 @@ _configfiles = getattr(getattr(workflow, "config_settings", None), "configfiles"
 _source = " + ".join(["params.yaml", *(str(f) for f in _configfiles if str(f) != "params.yaml"),
                       *(["--config"] if _overrides else [])])
 try:
-    validate_params(config, _source)
+    validate_params(config, _source)  # also makes a whole float at an integer key an int (seed: 1.0)
     validate(config, schema_path())
     check_params(config, _source)  # rules across keys (fuse.low < fuse.high)
     # a warm-start file that is not there: Snakemake would keep an existing net and say nothing

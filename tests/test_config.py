@@ -442,6 +442,39 @@ def test_typed_objects_check_with_the_schemas_words() -> None:
         FusionParams(low=0.6, high=0.4)
 
 
+def test_whole_floats_are_the_fusions_ints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """dense_margin=16.0 passed the schema and FusionParams, then the fusion stopped on an
+    internal TypeError (np.pad's pad_width); initial_step 4.0, boundary_step 16.0 likewise."""
+    import numpy as np
+    from PIL import Image
+
+    from bafusion import cli
+    from bafusion.config import read_params
+    from bafusion.fusion.params import FusionParams
+    from bafusion.nets.model import build_model, save_model
+
+    p = FusionParams(dense_margin=16.0, initial_step=4.0, boundary_step=16.0, initial_grid_step=8.0, l=3.0)
+    assert [type(v) for v in (p.dense_margin, p.initial_step, p.boundary_step, p.initial_grid_step, p.l)] == [int] * 5
+    assert (p.dense_margin, type(p.low), p.scales) == (16, float, (1.0,))
+    assert type(FusionParams.from_mapping({"dense_margin": 16.0}).dense_margin) is int
+    f = tmp_path / "p.yaml"
+    f.write_text("seed: 1.0\nfuse: {tile: 64.0}\n")
+    got = read_params(f, [("--params-json", '{"patch": 32.0}', None)], ["train.epochs=2.0"])
+    assert got == {"seed": 1, "patch": 32, "fuse": {"tile": 64}, "train": {"epochs": 2}}
+    assert [type(v) for v in (got["seed"], got["patch"], got["fuse"]["tile"], got["train"]["epochs"])] == [int] * 4
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (48, 40), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    for kind in ("initial", "boundary"):
+        save_model(build_model(8), tmp_path / "nets" / f"{kind}.pt", {"patch": 12})
+    for given in ('{"dense_margin": 16.0}', '{"initial_mode": "grid", "initial_grid_step": 8.0, "boundary_step": 4.0}'):
+        rc = cli.main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--model", str(tmp_path / "nets"),
+                       "-o", str(tmp_path / "f.png"), "--device", "cpu", "--no-progress", "--params-json", given])
+        err = capsys.readouterr().err
+        assert rc == 0 and (tmp_path / "f.png").is_file(), err
+
+
 def test_allowed_values_are_the_schemas() -> None:
     from bafusion.evaluation import evaluate as ev
     from bafusion.evaluation.metrics import METRICS

@@ -234,3 +234,49 @@ def test_a_bad_value_of_a_configfile_names_it(project: Path) -> None:
     assert p.returncode != 0 and f"params.yaml + {bad}: patch: 30 is not a positive multiple of 4" in out, out[-2000:]
     p = run(["snakemake", "-n", "all", "--configfile", str(bad), "--config", "seed=1"], project, check=False)
     assert f"params.yaml + {bad} + --config: patch: 30" in p.stdout + p.stderr
+
+
+def test_whole_numbers_written_as_floats_are_ints() -> None:
+    """16.0 where the schema wants an integer passed every check as a float, then crashed
+    (np.pad's pad_width in the fusion) or was refused late (argparse: --seed 1.0): it is the int."""
+    p = validate_params({
+        "seed": 1.0, "patch": 32.0, "depth": 20.0, "patches": {"per_pair": 6.0},
+        "fuse": {"dense_margin": 16.0, "initial_step": 4.0, "boundary_step": 16.0, "initial_grid_step": 8.0,
+                 "working_side": 0.0, "working_min": 512.0, "low": 0.0, "scales": (1.0, 0.5)},
+        "train": {"milestones": [2.0], "lr": 1.0, "nproc": 2.0, "initial": {"epochs": 5.0}},
+        "composite": {"sigma": [1.0, 2.0], "realistic": {"jpeg": [0.0, 90.0]}},
+        "evaluate": {"datasets": [{"name": "x", "sources": "y", "crop": [0.0, 1.0, 64.0], "jpeg_quality": {"a": 90.0}}]},
+    })
+    ints = [p["seed"], p["patch"], p["depth"], p["patches"]["per_pair"], *p["train"]["milestones"], p["train"]["nproc"],
+            p["train"]["initial"]["epochs"], *p["composite"]["realistic"]["jpeg"], *p["evaluate"]["datasets"][0]["crop"],
+            p["evaluate"]["datasets"][0]["jpeg_quality"]["a"],
+            *(p["fuse"][k] for k in ("dense_margin", "initial_step", "boundary_step", "initial_grid_step",
+                                     "working_side", "working_min"))]
+    assert all(type(v) is int for v in ints), ints
+    assert (p["seed"], p["fuse"]["dense_margin"], p["evaluate"]["datasets"][0]["crop"]) == (1, 16, [0, 1, 64])
+    # a number stays a float where the schema takes any number
+    floats = [p["fuse"]["low"], *p["fuse"]["scales"], p["train"]["lr"], *p["composite"]["sigma"]]
+    assert all(type(v) is float for v in floats), floats
+    # not a whole number: refused; a whole float is checked as its int (x-resnet-depth skipped floats)
+    with pytest.raises(ParamsError, match=r"^params\.yaml: patch: 16\.5 is not a "):
+        validate_params({"patch": 16.5})
+    with pytest.raises(ParamsError, match=r"^params\.yaml: depth: 21 is not a ResNet depth 6n\+2"):
+        validate_params({"depth": 21.0})
+
+
+@pytest.mark.slow
+def test_whole_floats_reach_the_rules_as_ints(project: Path) -> None:
+    """seed: 1.0 passed `snakemake -n`, then the prepare job failed (argparse: invalid int
+    value: '1.0'); per_pair: 6.0 likewise at the patches job."""
+    good = (project / "params.yaml").read_text()
+    try:
+        (project / "params.yaml").write_text(yaml.safe_dump(deep_merge(
+            yaml.safe_load(good), {"seed": 1.0, "patch": 16.0, "patches": {"per_pair": 6.0}})))
+        assert "seed: 1.0" in (project / "params.yaml").read_text()
+        p = run(["snakemake", "-n", "-p", "patches"], project, check=False)
+    finally:
+        (project / "params.yaml").write_text(good)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-2000:]
+    assert "bafusion prepare " in out and "--seed 1 " in out and "--seed 1.0" not in out, out[-3000:]
+    assert "--patch 16 " in out and "--per-pair 6 " in out, out[-3000:]

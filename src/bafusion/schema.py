@@ -154,8 +154,83 @@ def problems(params: Any) -> list[str]:
     return list(dict.fromkeys(_problem(e) for e in errs))  # two rules with one x-rule: one line
 
 
+def _deref(node: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``node`` with its ``$ref`` (to ``#/$defs/...``) merged in, properties included."""
+    ref = node.get("$ref")
+    if not (isinstance(ref, str) and ref.startswith("#/$defs/")):
+        return node
+    target = _deref(load_schema()["$defs"][ref.split("/")[-1]])
+    return {**target, **{k: v for k, v in node.items() if k != "$ref"},
+            "properties": {**target.get("properties", {}), **node.get("properties", {})}}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _wants_int(node: Mapping[str, Any]) -> bool:
+    """Whether the schema ``node`` takes whole numbers only: type integer, or a choice among
+    integers (``enum: [1, 2, 4]``, ``const: 0``), or alternatives of which one does and none
+    takes any number."""
+    node = _deref(node)
+    t = node.get("type")
+    types = [t] if isinstance(t, str) else list(t) if isinstance(t, list) else []
+    if "number" in types:
+        return False
+    if "integer" in types:
+        return True
+    numbers = [v for v in node.get("enum", [node["const"]] if "const" in node else [])
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if numbers:
+        return all(_is_int(v) for v in numbers)
+    branches = [_deref(b) for key in ("anyOf", "oneOf") for b in node.get(key, [])]
+    return any(_wants_int(b) for b in branches) and not any(
+        b.get("type") == "number" or (isinstance(b.get("type"), list) and "number" in b["type"]) for b in branches)
+
+
+def _whole_floats_to_ints(value: Any, node: Mapping[str, Any]) -> Any:
+    """``value`` with every float that is a whole number (``16.0``) turned into an int where
+    the schema ``node`` wants an integer; mappings and lists are changed in place, a tuple
+    that changes is returned anew (its parent holds the new one)."""
+    node = _deref(node)
+    if isinstance(value, float) and value.is_integer() and _wants_int(node):
+        return int(value)
+    branches = [b for key in ("anyOf", "oneOf", "allOf") for b in node.get(key, [])]
+    if isinstance(value, dict):
+        props, extra = node.get("properties", {}), node.get("additionalProperties")
+        for k, v in value.items():
+            sub = props.get(k, extra if isinstance(extra, Mapping) else None)
+            if sub is not None:
+                value[k] = _whole_floats_to_ints(v, sub)
+        for b in branches:
+            _whole_floats_to_ints(value, b)
+    elif isinstance(value, (list, tuple)):
+        first, rest = node.get("prefixItems", []), node.get("items")
+        new = [_whole_floats_to_ints(v, first[i] if i < len(first) else rest)
+               if i < len(first) or isinstance(rest, Mapping) else v for i, v in enumerate(value)]
+        for b in branches:
+            new = list(_whole_floats_to_ints(new, b))
+        if any(a is not b for a, b in zip(new, value)):
+            if isinstance(value, tuple):
+                return tuple(new)
+            value[:] = new
+    return value
+
+
+def whole_floats_to_ints(params: Any) -> Any:
+    """Turn, in place, every whole number written as a float (``16.0``, as ``dvc exp run -S
+    x=16.0`` or a JSON writer may give it) into an int where the schema wants an integer
+    (``patch``, ``fuse.dense_margin``, ``fuse.initial_step``), so that the commands and the
+    rules get ``16``; ``16.5`` stays, for the schema to refuse. Returns ``params``."""
+    return _whole_floats_to_ints(params, load_schema())
+
+
 def validate_params(params: Any, source: str = "params.yaml") -> Any:
     """Check ``params`` (a whole params.yaml, or any subset of its keys) against the schema.
+
+    A whole number written as a float where the schema wants an integer (``patch: 32.0``)
+    is taken as that integer: it becomes an int in ``params`` (:func:`whole_floats_to_ints`),
+    so everything downstream sees ``32``.
 
     Parameters
     ----------
@@ -166,7 +241,7 @@ def validate_params(params: Any, source: str = "params.yaml") -> Any:
 
     Returns
     -------
-    The same ``params``, unchanged.
+    The same ``params``, its whole floats at integer keys made ints (in place).
 
     Raises
     ------
@@ -174,6 +249,7 @@ def validate_params(params: Any, source: str = "params.yaml") -> Any:
         A :class:`~bafusion.errors.UserError` whose message is one line:
         ``params.yaml: patch: 30 is not a positive multiple of 4 (...)``.
     """
+    whole_floats_to_ints(params)
     found = problems(params)
     if found:
         raise ParamsError(source, found)

@@ -162,8 +162,12 @@ class FusionParams:
     tta: str = _default("tta")
 
     def __post_init__(self) -> None:
-        # Types and ranges: the schema's (bafusion/schemas/params.schema.yaml, section fuse).
-        validate_section("fuse", {f.name: getattr(self, f.name) for f in fields(self)}, "FusionParams")
+        # Types and ranges: the schema's (bafusion/schemas/params.schema.yaml, section fuse);
+        # a whole number given as a float (dense_margin=16.0) is kept as the int the schema wants.
+        values = validate_section("fuse", {f.name: getattr(self, f.name) for f in fields(self)}, "FusionParams")
+        for name, value in values.items():
+            if value is not getattr(self, name):
+                object.__setattr__(self, name, value)
         # The one check across keys, which the schema cannot say.
         if not self.low < self.high:
             raise UserError(f"FusionParams: fuse.low, fuse.high: need low < high, got low={self.low}, high={self.high}")
