@@ -17,7 +17,7 @@ from snakemake.utils import validate
 
 from bafusion.cli.params_check import check_init_files, check_params
 from bafusion.errors import UserError
-from bafusion.config import retype_config_overrides, yaml12_floats
+from bafusion.config import load_params, retype_config_overrides, yaml12_floats
 from bafusion.schema import schema_path, validate_params
 
 yaml12_floats(config)  # 5e-05 (as `dvc exp run -S` writes it) is a number, not PyYAML 1.1's string
@@ -30,6 +30,10 @@ _configfiles = getattr(getattr(workflow, "config_settings", None), "configfiles"
 _source = " + ".join(["params.yaml", *(str(f) for f in _configfiles if str(f) != "params.yaml"),
                       *(["--config"] if _overrides else [])])
 try:
+    # a key given twice: Snakemake's reader keeps the last silently (a second `train:` replaced
+    # the whole section); the package's reader names it and its lines
+    for _file in dict.fromkeys(["params.yaml", *(str(f) for f in _configfiles)]):
+        load_params(_file, validate=False)
     validate_params(config, _source)  # also makes a whole float at an integer key an int (seed: 1.0)
     validate(config, schema_path())
     check_params(config, _source)  # rules across keys (fuse.low < fuse.high)

@@ -4,6 +4,7 @@ and how it says so, in Python, in the ``bafusion`` commands, in ``snakemake -n``
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,40 @@ def test_whole_floats_reach_the_rules_as_ints(project: Path) -> None:
     assert p.returncode == 0, out[-2000:]
     assert "bafusion prepare " in out and "--seed 1 " in out and "--seed 1.0" not in out, out[-3000:]
     assert "--patch 16 " in out and "--per-pair 6 " in out, out[-3000:]
+
+
+def test_a_key_given_twice_is_refused_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A second `train:` appended to params.yaml replaced the whole section (PyYAML keeps the
+    last key): lr, batch, ... back to the schema's defaults, silently."""
+    from bafusion.config import load_yaml
+    from bafusion.errors import InputFileError
+
+    f = tmp_path / "params.yaml"
+    text = (REPO / "params.yaml").read_text()
+    first = next(i for i, line in enumerate(text.splitlines(), 1) if line.startswith("train:"))
+    f.write_text(text + "train:\n  epochs: 50\n")
+    last = len(text.splitlines()) + 1
+    words = f"params.yaml: invalid YAML: duplicate key 'train' on line {last} (first on line {first})"
+    with pytest.raises(InputFileError, match=re.escape(words)):
+        load_params(f)
+    rc = cli.main(["count", "--params", str(f)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and words in err, err
+    with pytest.raises(yaml.YAMLError, match=r"duplicate key 'lr' on line 3 \(first on line 2\)"):
+        load_yaml("train:\n  lr: 0.1\n  lr: 0.2\n")
+    # a merge key's values may be overridden, as YAML allows
+    assert load_yaml("a: &x {b: 1, c: 2}\nd:\n  <<: *x\n  b: 3\n")["d"] == {"b": 3, "c": 2}
+
+
+@pytest.mark.slow
+def test_a_key_given_twice_fails_snakemake_dry_run(project: Path) -> None:
+    p = _dry_run_with(project, {}, lambda text: text + "train:\n  epochs: 50\n")
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "params.yaml: invalid YAML: duplicate key 'train' on line" in out, out[-2000:]
+    assert "Job stats" not in out and "Error in file" not in out and 'File "' not in out, out[-2000:]
+    extra = project.parent / "twice.yaml"
+    extra.write_text("seed: 1\nseed: 2\n")
+    p = run(["snakemake", "-n", "all", "--configfile", str(extra)], project, check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and f"{extra}: invalid YAML: duplicate key 'seed' on line 2 (first on line 1)" in out, \
+        out[-2000:]

@@ -42,7 +42,26 @@ _FLOAT_12 = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 class ParamsLoader(yaml.SafeLoader):
     """PyYAML's safe loader that also reads YAML 1.2 floats without a dot (``1e-3``, ``5e-05``)
-    as numbers, as DVC (ruamel.yaml) and JSON do."""
+    as numbers, as DVC (ruamel.yaml) and JSON do, and refuses a key given twice in one
+    mapping, as DVC and ruamel.yaml do (PyYAML keeps the last silently: a second ``train:``
+    at the end of params.yaml replaced the whole section, its other keys back to defaults)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=False)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # unhashable: PyYAML's own error follows
+                    continue
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} on line {key_node.start_mark.line + 1} (first on line "
+                        f"{first.start_mark.line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(_FLOAT_12.pattern, re.X),
