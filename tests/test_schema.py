@@ -27,6 +27,7 @@ PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 BAD = [
     ({"patch": 30}, "patch", "multiple of 4"),
     ({"patch": "abc"}, "patch", "multiple of 4"),
+    ({"seed": 2**64}, "seed", "from 0 to 2^63 - 1"),  # passed, then an HDF5 object dtype / torch overflow
     ({"composite": {"fit": "bogus"}}, "composite.fit", "cover | stretch"),
     ({"depth": 21}, "depth", "6n+2"),
     ({"bogus_key": 1}, "bogus_key", "unknown key"),
@@ -318,3 +319,21 @@ def test_a_key_given_twice_fails_snakemake_dry_run(project: Path) -> None:
     out = p.stdout + p.stderr
     assert p.returncode != 0 and f"{extra}: invalid YAML: duplicate key 'seed' on line 2 (first on line 1)" in out, \
         out[-2000:]
+
+
+def test_the_largest_seed_is_one_every_consumer_takes(tmp_path: Path) -> None:
+    """2^64 passed the schema, then the patches job failed (HDF5: object dtype) and the
+    training (torch: overflow of seed + 1); the schema's maximum works in both."""
+    import h5py
+    import numpy as np
+    import torch
+
+    top = load_schema()["properties"]["seed"]["maximum"]
+    assert top == 2**63 - 1 and problems({"seed": top}) == [] and problems({"seed": top + 1})
+    torch.Generator().manual_seed(top + 1)  # the trainer's validation subset
+    torch.manual_seed(top)
+    np.random.default_rng([top, 3, 2])
+    with h5py.File(tmp_path / "p.h5", "w") as f:
+        f.attrs["seed"] = top
+    with h5py.File(tmp_path / "p.h5") as f:
+        assert int(f.attrs["seed"]) == top
