@@ -318,3 +318,21 @@ def test_shards_of_two_composite_runs_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="pair 0 is also in .*shards of two composite runs"):
         run_patches([one[0], two[0]], PatchOptions(patch=16), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_smallest_patch_trains_on_a_batch_of_one() -> None:
+    """patch 4 left the nets' last stage a 1x1 map: a batch of one sample (batch 16 with 17
+    samples per epoch) stopped the training (BatchNorm: expected more than 1 value per
+    channel). 8, the smallest allowed, trains on one."""
+    import torch
+
+    from bafusion.nets.model import build_model
+    from bafusion.schema import problems
+
+    with pytest.raises(UserError, match=r"patch must be a multiple of 4 >= 8 .*got 4"):
+        PatchOptions(patch=4)
+    assert PatchOptions(patch=8).patch == 8 and problems({"patch": 8}) == [] and problems({"patch": 4})
+    net = build_model(8).train()
+    net(torch.rand(1, 2, 8, 8)).sum().backward()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        net(torch.rand(1, 2, 4, 4))

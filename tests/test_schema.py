@@ -27,6 +27,7 @@ PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 BAD = [
     ({"patch": 30}, "patch", "multiple of 4"),
     ({"patch": "abc"}, "patch", "multiple of 4"),
+    ({"patch": 4}, "patch", "multiple of 4 >= 8"),  # a 1x1 last map: training failed on a batch of one
     ({"seed": 2**64}, "seed", "from 0 to 2^63 - 1"),  # passed, then an HDF5 object dtype / torch overflow
     ({"composite": {"fit": "bogus"}}, "composite.fit", "cover | stretch"),
     ({"depth": 21}, "depth", "6n+2"),
@@ -79,7 +80,7 @@ def test_bad_values_are_refused_naming_key_and_rule(override: dict, key: str, ru
 
 def test_patch_message_explains_the_grid() -> None:
     assert problems({"patch": 30}) == [
-        "patch: 30 is not a positive multiple of 4 (the nets' 4-px dense grid: their total stride)"]
+        "patch: 30 is not a multiple of 4 >= 8 (the nets' 4-px dense grid: their total stride; at 4 their last map is 1x1)"]
     assert problems({"patch": 32, "depth": 56}) == []
     assert problems({"patch": 0}) and problems({"depth": 2}) and problems({"depth": True})
 
@@ -98,7 +99,7 @@ def test_load_params_and_commands_refuse_bad_files(tmp_path: Path, capsys: pytes
     # bafusion train: the parameters are checked before the patch set is even opened
     for args, words in (
         (["--params", str(bad)], "bad.yaml: composite.fit"),
-        (["--params-json", json.dumps({"patch": 30})], "--params-json: patch: 30 is not a positive multiple of 4"),
+        (["--params-json", json.dumps({"patch": 30})], "--params-json: patch: 30 is not a multiple of 4 >= 8"),
         (["--params-json", json.dumps({"patch": 32}), "--set", "depth=21"], "--params-json + --set: depth: 21"),
     ):
         rc = cli.main(["train", "--net", "initial", "--patches", str(tmp_path / "none.h5"),
@@ -176,7 +177,7 @@ def test_rules_across_keys_fail_snakemake_dry_run(project: Path, override: dict,
 def test_config_override_is_checked_too(project: Path) -> None:
     p = run(["snakemake", "-n", "all", "--config", "patch=abc"], project, check=False)
     assert p.returncode != 0
-    assert "params.yaml + --config: patch: 'abc' is not a positive multiple of 4" in p.stdout + p.stderr
+    assert "params.yaml + --config: patch: 'abc' is not a multiple of 4 >= 8" in p.stdout + p.stderr
     ok = run(["snakemake", "-n", "all"], project)
     assert "train_initial" in ok.stdout
     # a nested override: Snakemake reads its values as strings (BaseLoader); they are numbers
@@ -200,7 +201,7 @@ def test_bad_config_fails_dvc_before_any_job(project: Path) -> None:
     """dvc repro / dvc exp run -S: the first stage's snakemake refuses the config before its job."""
     p = run(["dvc", "exp", "run", "-S", "patch=30"], project, check=False)
     out = p.stdout + p.stderr
-    assert p.returncode != 0 and "patch: 30 is not a positive multiple of 4" in out, out[-2000:]
+    assert p.returncode != 0 and "patch: 30 is not a multiple of 4 >= 8" in out, out[-2000:]
     assert _files(project / "data") == [] and _files(project / "logs") == []  # no job ran
     run(["git", "checkout", "--", "params.yaml"], project)
     (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("fit: cover", "fit: bogus"))
@@ -233,7 +234,7 @@ def test_a_bad_value_of_a_configfile_names_it(project: Path) -> None:
     bad.write_text("patch: 30\n")
     p = run(["snakemake", "-n", "all", "--configfile", str(bad)], project, check=False)
     out = p.stdout + p.stderr
-    assert p.returncode != 0 and f"params.yaml + {bad}: patch: 30 is not a positive multiple of 4" in out, out[-2000:]
+    assert p.returncode != 0 and f"params.yaml + {bad}: patch: 30 is not a multiple of 4 >= 8" in out, out[-2000:]
     p = run(["snakemake", "-n", "all", "--configfile", str(bad), "--config", "seed=1"], project, check=False)
     assert f"params.yaml + {bad} + --config: patch: 30" in p.stdout + p.stderr
 

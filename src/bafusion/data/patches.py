@@ -69,8 +69,9 @@ class PatchOptions:
     context: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.patch, int) or self.patch < 4 or self.patch % 4:
-            raise UserError(f"patch must be a positive multiple of 4 (the nets downsample by 4), got {self.patch!r}")
+        if not isinstance(self.patch, int) or self.patch < 8 or self.patch % 4:  # the schema's rule for patch
+            raise UserError(f"patch must be a multiple of 4 >= 8 (the nets downsample by 4; at 4 their last map "
+                            f"is 1x1 and training fails on a batch of one), got {self.patch!r}")
         if not 0 <= self.label_threshold <= 1:
             raise UserError(f"patches.label_threshold must be a fraction in [0, 1], got {self.label_threshold}")
         if self.per_pair < 0 or self.boundary_per_pair < 0:
