@@ -115,7 +115,7 @@ def test_preset_apply_keeps_comments(tmp_path: Path, capsys: pytest.CaptureFixtu
     f.write_text((REPO / "params.yaml").read_text())
     assert main(["preset", "paper", "--apply", str(f)]) == 0
     text = f.read_text()
-    assert "# patch side in pixels, a positive multiple of 4" in text and "paper: 64" in text
+    assert "# patch side in pixels, a multiple of 4, at least 8" in text and "paper: 64" in text
     p = flatten(yaml.safe_load(text))
     assert p["patch"] == 64 and p["data.backgrounds"] == 700 and p["patches.per_pair"] == 10
     assert main(["preset", "paper"]) == 0
