@@ -47,3 +47,25 @@ def test_forcerun_retrains_and_progress_reaches_the_console(tmp_path: Path) -> N
         assert "Nothing to be done" in staged.stdout + staged.stderr, (allowed, (staged.stdout + staged.stderr)[-3000:])
     plain = run(["snakemake", "train_initial", "-n", "--cores", "2"], project)  # Snakemake's own rules otherwise
     assert "rule patches" in plain.stdout + plain.stderr
+
+
+def test_a_param_changed_to_a_value_another_param_has_reruns_the_rule(tmp_path: Path) -> None:
+    """Snakemake compares a rule's params as a set of values, names dropped: holdout_backgrounds
+    1 -> 0 (holdout_foregrounds... 0 too) or per_pair 6 -> 16 (patch 16) left the set as it was,
+    and the rule was not rerun ("Nothing to be done"). Each rule also passes all its values as
+    one JSON string, which changes with any of them."""
+    import yaml
+
+    project = make_project(tmp_path / "p", git=False)
+    run(["snakemake", "--cores", "2", "patches", "testset"], project)
+    good = (project / "params.yaml").read_text()
+    assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "2", "patches", "testset"], project).stdout
+    for section, key, value, rule in (("data", "holdout_backgrounds", 0, "prepare"),
+                                      ("patches", "per_pair", 16, "patches")):
+        params = yaml.safe_load(good)
+        params[section][key] = value
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        p = run(["snakemake", "-n", "--cores", "2", rule], project)
+        out = p.stdout + p.stderr
+        assert f"rule {rule}:" in out and "Params have changed" in out, (key, out[-3000:])
+    (project / "params.yaml").write_text(good)

@@ -174,6 +174,32 @@ def test_rules_across_keys_fail_snakemake_dry_run(project: Path, override: dict,
 
 
 @pytest.mark.slow
+def test_a_missing_key_of_the_rules_fails_in_one_line(project: Path) -> None:
+    """A key the rules read that params.yaml lacks: its x-default (seed, patch), as the commands
+    take it, or one line naming the key (it was Snakemake's KeyError traceback of data.smk)."""
+    def without(*keys: str):
+        def edit(text: str) -> str:
+            params = yaml.safe_load(text)
+            for key in keys:
+                *parents, last = key.split(".")
+                node = params
+                for part in parents:
+                    node = node[part]
+                del node[last]
+            return yaml.safe_dump(params)
+        return edit
+
+    for key in ("prepare.scale", "prepare.min_background_side", "data.source", "composite.sigma",
+                "composite.fit", "composite.shards", "patches.per_pair", "patches.boundary_per_pair"):
+        p = _dry_run_with(project, {}, without(key))
+        out = p.stdout + p.stderr
+        assert p.returncode != 0 and f"params.yaml: {key}: missing" in out, (key, out[-2000:])
+        assert "Traceback" not in out and 'File "' not in out and "KeyError" not in out, out[-2000:]
+    ok = _dry_run_with(project, {}, without("seed", "patch"))
+    assert ok.returncode == 0 and "rule prepare" in ok.stdout, (ok.stdout + ok.stderr)[-2000:]
+
+
+@pytest.mark.slow
 def test_config_override_is_checked_too(project: Path) -> None:
     p = run(["snakemake", "-n", "all", "--config", "patch=abc"], project, check=False)
     assert p.returncode != 0

@@ -1,5 +1,6 @@
 import json
 import os
+import sys
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -42,6 +43,32 @@ def csv(values):
 
 
 # Helpers of the rule files (kept here so that the rule files hold rules only).
+
+
+def param(key):
+    """The config value of a dotted key ("prepare.scale"); an absent key takes the schema's
+    x-default, as the commands do; one without a default ends Snakemake with one line naming
+    the key (it was a KeyError traceback of the rule file)."""
+    from bafusion.schema import default
+
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or node.get(part) is None:
+            try:
+                return default(key)
+            except KeyError:
+                source = globals().get("_source") or "params.yaml"
+                sys.exit(f"error: {source}: {key}: missing (the key has no default)")
+        node = node[part]
+    return node
+
+
+def settings_json(values):
+    """Every config value a rule uses, as one sorted JSON param. Snakemake compares a rule's
+    params as a set of values, names dropped: a value changed to one another param of the rule
+    already had (holdout_backgrounds 1 -> 0 beside holdout_foregrounds 0) went unnoticed and
+    the rule was not rerun. This string changes with any of them."""
+    return json.dumps(values, sort_keys=True)
 
 
 def section_json(name):
@@ -91,7 +118,7 @@ def download_net_args():
 
 def coco_count():
     """download.coco.count, else the backgrounds prepare will use (train + held out), else 700."""
-    data = config["data"]
+    data = config.get("data", {}) or {}
     coco = (config.get("download", {}) or {}).get("coco", {}) or {}
     return int(coco.get("count") or 0) or (
         int(data.get("backgrounds", 0) or 0) + int(data.get("holdout_backgrounds", 0) or 0)

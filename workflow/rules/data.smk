@@ -2,15 +2,50 @@ import json
 
 # Data: prepare -> composite (sharded by foreground) -> patches; testset from held-out images.
 
-DATA = config["data"]
-SHARDS = range(int(config["composite"]["shards"]))
+DATA = config.get("data", {}) or {}
+SHARDS = range(int(param("composite.shards")))
 # composite.realistic (real-camera degradations) travels as one JSON argument; {} = the paper's pairs.
 REALISTIC = json.dumps(config["composite"].get("realistic") or {}, sort_keys=True)
 # data.source: web downloads (workflow/rules/download.smk) into folders that prepare then
 # reads exactly like data.source: dir.
-WEB = DATA["source"] == "web"
+WEB = param("data.source") == "web"
 PREP_FG = rules.download_alphamatting.output[0] if WEB else DATA.get("dir", {}).get("alphamatting", "")
 PREP_BG = rules.download_coco.output[0] if WEB else DATA.get("dir", {}).get("backgrounds", "")
+
+# Each rule's values once; the rule passes them as params and, whole, as `settings` (see
+# settings_json: a change of any of them reruns the rule).
+PREPARE = dict(
+    source="dir" if WEB else param("data.source"),
+    foregrounds=DATA.get("foregrounds", 0),
+    backgrounds=DATA.get("backgrounds", 0),
+    holdout_fg=DATA.get("holdout_foregrounds", 0),
+    holdout_bg=DATA.get("holdout_backgrounds", 0),
+    builtin_fg=csv(DATA.get("builtin", {}).get("foregrounds")),
+    builtin_bg=csv(DATA.get("builtin", {}).get("backgrounds")),
+    alphamatting=PREP_FG,
+    backgrounds_dir=PREP_BG,
+    scale=param("prepare.scale"),
+    min_bg=param("prepare.min_background_side"),
+    seed=param("seed"),
+)
+# composite_shard and testset: the pairs' settings
+PAIRS = dict(
+    sigma=" ".join(str(s) for s in param("composite.sigma")),
+    fit=param("composite.fit"),
+    realistic=REALISTIC,
+    seed=param("seed"),
+)
+PATCHES = dict(
+    patch=param("patch"),
+    per_pair=param("patches.per_pair"),
+    boundary_per_pair=param("patches.boundary_per_pair"),
+    min_focused=param("patches.min_focused"),
+    min_defocused=param("patches.min_defocused"),
+    label_threshold=param("patches.label_threshold"),
+    val_fraction=param("patches.val_fraction"),
+    context=(config.get("patches", {}) or {}).get("context", 0),
+    seed=param("seed"),
+)
 
 
 rule prepare:
@@ -19,18 +54,8 @@ rule prepare:
     output:
         directory("data/prepared"),
     params:
-        source="dir" if WEB else DATA["source"],
-        foregrounds=DATA.get("foregrounds", 0),
-        backgrounds=DATA.get("backgrounds", 0),
-        holdout_fg=DATA.get("holdout_foregrounds", 0),
-        holdout_bg=DATA.get("holdout_backgrounds", 0),
-        builtin_fg=csv(DATA.get("builtin", {}).get("foregrounds")),
-        builtin_bg=csv(DATA.get("builtin", {}).get("backgrounds")),
-        alphamatting=PREP_FG,
-        backgrounds_dir=PREP_BG,
-        scale=config["prepare"]["scale"],
-        min_bg=config["prepare"]["min_background_side"],
-        seed=config["seed"],
+        **PREPARE,
+        settings=settings_json(PREPARE),
     log:
         "logs/prepare.log",
     threads: 1
@@ -52,10 +77,8 @@ rule composite_shard:
         "data/composite/shard-{shard}.h5",
     params:
         shards=len(SHARDS),
-        sigma=" ".join(str(s) for s in config["composite"]["sigma"]),
-        fit=config["composite"]["fit"],
-        realistic=REALISTIC,
-        seed=config["seed"],
+        **PAIRS,
+        settings=settings_json({"shards": len(SHARDS), **PAIRS}),
     log:
         "logs/composite/shard-{shard}.log",
     benchmark:
@@ -88,10 +111,8 @@ rule testset:
     output:
         directory("data/testset"),
     params:
-        sigma=" ".join(str(s) for s in config["composite"]["sigma"]),
-        fit=config["composite"]["fit"],
-        realistic=REALISTIC,
-        seed=config["seed"],
+        **PAIRS,
+        settings=settings_json(PAIRS),
     log:
         "logs/testset.log",
     threads: 1
@@ -112,15 +133,8 @@ rule patches:
         boundary="data/patches/boundary.h5",
         summary="data/patches/summary.json",
     params:
-        patch=config["patch"],
-        per_pair=config["patches"]["per_pair"],
-        boundary_per_pair=config["patches"]["boundary_per_pair"],
-        min_focused=config["patches"]["min_focused"],
-        min_defocused=config["patches"]["min_defocused"],
-        label_threshold=config["patches"]["label_threshold"],
-        val_fraction=config["patches"]["val_fraction"],
-        context=config["patches"].get("context", 0),
-        seed=config["seed"],
+        **PATCHES,
+        settings=settings_json(PATCHES),
         out=lambda wildcards, output: os.path.dirname(output.initial),
     log:
         "logs/patches.log",

@@ -21,18 +21,47 @@ DOWNLOAD = config.get("download", {}) or {}
 DL_AM = DOWNLOAD.get("alphamatting", {}) or {}
 DL_COCO = DOWNLOAD.get("coco", {}) or {}
 DL_EVAL = DOWNLOAD.get("eval", {}) or {}
-DL_WEB = config["data"].get("source") == "web"
+DL_WEB = (config.get("data", {}) or {}).get("source") == "web"
+# Each rule's values once, passed as params and, whole, as `settings` (see settings_json).
+AM_PARAMS = dict(
+    resolution=DL_AM.get("resolution", "lowres"),
+    base_url=DL_AM.get("base_url") or "http://www.alphamatting.com/datasets/zip/",
+    from_dir=DL_AM.get("from_dir") or "",
+    checksums=" ".join(f"--checksum '{k}={v}'" for k, v in (DL_AM.get("checksums") or {}).items()),
+    net=download_net_args(),
+)
+COCO_PARAMS = dict(
+    n=coco_count(),
+    oversample=DL_COCO.get("oversample", 2.0),
+    seed=param("seed"),
+    split=DL_COCO.get("split", "train2017"),
+    min_side=DL_COCO.get("min_side", 256),
+    gray="" if DL_COCO.get("colour_only", True) else "--allow-gray",
+    categories=",".join(DL_COCO.get("categories") or []),
+    exclude=",".join(DL_COCO.get("exclude_categories") or []),
+    min_sharpness=DL_COCO.get("min_sharpness", 0.0),
+    annotations=DL_COCO.get("annotations") or "",
+    annotations_url=DL_COCO.get("annotations_url")
+    or "http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
+    annotations_checksum=DL_COCO.get("annotations_checksum", "md5:f4bbac642086de4f52a3fdda2de5fa2c") or "",
+    image_base_url=DL_COCO.get("image_base_url") or "",
+    images_dir=DL_COCO.get("images_dir") or "",
+    net=download_net_args(),
+)
+EVAL_PARAMS = dict(
+    base_url=DL_EVAL.get("base_url") or "",
+    from_dir=DL_EVAL.get("from_dir") or "",
+    sets=",".join(DL_EVAL.get("sets") or ["lytro", "classic"]),
+    net=download_net_args(),
+)
 
 
 rule download_alphamatting:
     output:
         directory("data/download/alphamatting"),
     params:
-        resolution=DL_AM.get("resolution", "lowres"),
-        base_url=DL_AM.get("base_url") or "http://www.alphamatting.com/datasets/zip/",
-        from_dir=DL_AM.get("from_dir") or "",
-        checksums=" ".join(f"--checksum '{k}={v}'" for k, v in (DL_AM.get("checksums") or {}).items()),
-        net=download_net_args(),
+        **AM_PARAMS,
+        settings=settings_json(AM_PARAMS),
     log:
         "logs/download/alphamatting.log",
     threads: 1
@@ -48,22 +77,8 @@ rule download_coco:
     output:
         directory("data/download/coco"),
     params:
-        n=coco_count(),
-        oversample=DL_COCO.get("oversample", 2.0),
-        seed=config["seed"],
-        split=DL_COCO.get("split", "train2017"),
-        min_side=DL_COCO.get("min_side", 256),
-        gray="" if DL_COCO.get("colour_only", True) else "--allow-gray",
-        categories=",".join(DL_COCO.get("categories") or []),
-        exclude=",".join(DL_COCO.get("exclude_categories") or []),
-        min_sharpness=DL_COCO.get("min_sharpness", 0.0),
-        annotations=DL_COCO.get("annotations") or "",
-        annotations_url=DL_COCO.get("annotations_url")
-        or "http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
-        annotations_checksum=DL_COCO.get("annotations_checksum", "md5:f4bbac642086de4f52a3fdda2de5fa2c") or "",
-        image_base_url=DL_COCO.get("image_base_url") or "",
-        images_dir=DL_COCO.get("images_dir") or "",
-        net=download_net_args(),
+        **COCO_PARAMS,
+        settings=settings_json(COCO_PARAMS),
     log:
         "logs/download/coco.log",
     threads: int((DOWNLOAD.get("net", {}) or {}).get("workers", 8))
@@ -83,10 +98,8 @@ rule download_eval:
     output:
         directory("data/download/eval"),
     params:
-        base_url=DL_EVAL.get("base_url") or "",
-        from_dir=DL_EVAL.get("from_dir") or "",
-        sets=",".join(DL_EVAL.get("sets") or ["lytro", "classic"]),
-        net=download_net_args(),
+        **EVAL_PARAMS,
+        settings=settings_json(EVAL_PARAMS),
     log:
         "logs/download/eval.log",
     threads: 1
@@ -107,7 +120,7 @@ rule download:
     output:
         "data/download/record.json",
     params:
-        source=config["data"].get("source", "builtin"),
+        source=(config.get("data", {}) or {}).get("source", "builtin"),
         folders=lambda wildcards, input: " ".join(f"{k}={v}" for k, v in input.items()),
     log:
         "logs/download/record.log",

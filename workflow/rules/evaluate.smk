@@ -28,6 +28,7 @@ rule evaluate:
     params:
         cfg=section_json("evaluate"),
         fuse=section_json("fuse"),
+        settings=settings_json({"evaluate": EVALUATE, "fuse": config.get("fuse", {}) or {}}),  # see settings_json
     log:
         "logs/evaluate.log",
     benchmark:
