@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bafusion.atomic import atomic_dir
+from bafusion.atomic import atomic_dir, atomic_file, write_text
 
 
 def test_a_folder_given_as_a_symbolic_link_keeps_the_link(tmp_path: Path) -> None:
@@ -32,3 +32,26 @@ def test_a_leftover_old_link_does_not_block_the_next_run(tmp_path: Path) -> None
         (tmp / "a").write_text("x")
     assert (tmp_path / "out" / "a").read_text() == "x" and (tmp_path / "elsewhere").is_dir()
     assert not (tmp_path / "out.old").exists()
+
+
+def test_a_file_given_as_a_symbolic_link_keeps_the_link_and_its_mode(tmp_path: Path) -> None:
+    # `bafusion preset --apply link.yaml` replaced the link by a plain file (the target
+    # unchanged), and a params file of mode 640 came back 644
+    import stat
+
+    target = tmp_path / "real" / "params.yaml"
+    target.parent.mkdir()
+    target.write_text("a: 1\n")
+    target.chmod(0o640)
+    link = tmp_path / "params.yaml"
+    link.symlink_to(target)
+    for text in ("a: 2\n", "a: 3\n"):
+        write_text(link, text)
+        assert link.is_symlink() and link.resolve() == target.resolve() and target.read_text() == text
+        assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "real"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["params.yaml"]
+    new = tmp_path / "new.txt"  # a new file: the umask's mode, as before
+    with atomic_file(new) as tmp:
+        tmp.write_text("x")
+    assert new.read_text() == "x" and not new.is_symlink()

@@ -127,6 +127,19 @@ def test_preset_apply_keeps_comments(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "--format chooses how the preset is printed" in capsys.readouterr().err and f.read_text() == before
 
 
+def test_preset_apply_writes_through_a_link_and_keeps_the_mode(tmp_path: Path) -> None:
+    import stat
+
+    target = tmp_path / "real.yaml"
+    target.write_text((REPO / "params.yaml").read_text())
+    target.chmod(0o640)
+    link = tmp_path / "link.yaml"
+    link.symlink_to(target)
+    assert main(["preset", "paper", "--apply", str(link)]) == 0
+    assert link.is_symlink() and yaml.safe_load(target.read_text())["patch"] == 64
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
 @pytest.mark.parametrize("name", preset_names())
 def test_preset_apply_changes_values_only(name: str, tmp_path: Path) -> None:
     """Every comment line of params.yaml survives (those under evaluate.datasets too), lists

@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import signal
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,8 +55,13 @@ def part_path(path: Path) -> Path:
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds,
-    delete it when the block raises (or when a stop was asked for meanwhile)."""
+    delete it when the block raises (or when a stop was asked for meanwhile). A ``path`` that
+    is a symbolic link keeps it: the file it points to is replaced (renaming over the link
+    turned it into a plain file, the target unchanged). A file replaced keeps its permission
+    bits (a params.yaml of mode 640 became 644)."""
     final = Path(path)
+    if final.is_symlink():
+        final = final.resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = part_path(final)
     if tmp.exists():
@@ -63,6 +69,8 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         raise_if_stopped()
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp, stat.S_IMODE(final.stat().st_mode))
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
