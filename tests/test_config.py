@@ -502,6 +502,43 @@ def test_allowed_values_are_the_schemas() -> None:
     assert "joint" in STACK_RULES
 
 
+@pytest.mark.parametrize("override,words", [
+    ({"train": {"consistency": 1.0}, "patches": {"context": 0}},
+     "train.consistency: 1.0 needs patches.context > 0"),
+    ({"train": {"boundary": {"consistency": 0.5}}, "patches": {"context": 0}},
+     "train.boundary.consistency: 0.5 needs patches.context > 0"),
+    ({"patches": {"boundary_per_pair": 0}}, "patches.boundary_per_pair: 0 leaves the boundary net's patch set empty"),
+    ({"patches": {"label_threshold": 0}}, "patches.label_threshold: 0 makes every pixel focused"),
+])
+def test_check_params_refuses_what_the_jobs_refuse_after_the_data_stages(override: dict, words: str) -> None:
+    """train failed on the consistency term without surroundings, train_boundary on "the train
+    split is empty", after prepare, composite and patches had run: refused before any job."""
+    from bafusion.cli.params_check import check_params
+
+    params = load_params(REPO / "params.yaml")
+    check_params(params)
+    with pytest.raises(UserError) as e:
+        check_params(deep_merge(params, override), "p.yaml")
+    assert str(e.value).startswith("p.yaml: ") and words in str(e.value) and "\n" not in str(e.value), str(e.value)
+    check_params(deep_merge(params, {"train": {"consistency": 1.0}, "patches": {"context": 16}}))
+
+
+def test_check_params_warns_of_milestones_never_reached(capsys: pytest.CaptureFixture[str]) -> None:
+    from bafusion.cli.params_check import check_params
+
+    params = load_params(REPO / "params.yaml")
+    check_params(params)
+    assert capsys.readouterr().err == ""
+    check_params(deep_merge(params, {"train": {"epochs": 6, "milestones": [4, 80]}}), "p.yaml")
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["warning: p.yaml: train.milestones: 80 not before the last epoch (train.epochs: 6): "
+                   "the learning rate never drops there"], err
+    check_params(deep_merge(params, {"train": {"milestones": [4, 2], "boundary": {"epochs": 3}}}), "p.yaml")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "train.milestones: [4, 2] is not increasing" in err[0], err
+    assert "train.milestones: 4 not before the last epoch (train.boundary.epochs: 3)" in err[1], err
+
+
 def test_the_snakefiles_checks_do_not_load_torch() -> None:
     """check_params runs at every snakemake call (each dvc stage): it stays light."""
     import subprocess

@@ -6,14 +6,17 @@ keys together (``composite.sigma`` as ``lo <= hi``, ``fuse.low < fuse.high``, bo
 that sum to at most 1, the realistic degradations' ranges) live, once, in the typed object of
 the step that needs them. :func:`check_params` builds those objects from the parameters, so a
 value a job would refuse fails before any job starts, in one line that names the source.
-Light on purpose (no torch): the Snakefile runs it at every ``snakemake`` call. The training
-settings have no rule across keys beyond the schema's.
+It also refuses what the pipeline's jobs would refuse only after the data stages (an empty
+boundary patch set, ``train.consistency`` without ``patches.context``) and warns, one line, of
+milestones the learning rate never reaches. Light on purpose (no torch): the Snakefile runs it
+at every ``snakemake`` call.
 The ``evaluate`` section is left to ``bafusion evaluate``: its datasets name folders that may
 not exist until the data is there.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,9 +50,62 @@ def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None
                          **{k: pat[k] for k in ("per_pair", "boundary_per_pair", "min_focused", "min_defocused",
                                                 "label_threshold", "val_fraction", "context") if k in pat})
         FusionParams.from_params(params, source)
+        _check_pipeline(params)
     except UserError as e:
         text = str(e)
         raise UserError(text if text.startswith(source) else f"{source}: {text}") from e
+    for line in _training_warnings(params):
+        print(f"warning: {source}: {line}", file=sys.stderr)
+
+
+def _net_value(params: Mapping[str, Any], net: str, key: str) -> tuple[str, Any]:
+    """The key name and value of ``train.<key>`` for ``net`` as the trainer reads it:
+    ``train.<net>.<key>``, else ``train.<key>``, else the schema's default."""
+    from bafusion.schema import default
+
+    train = params.get("train") or {}
+    mine = train.get(net) or {}
+    if key in mine:
+        return f"train.{net}.{key}", mine[key]
+    if key in train:
+        return f"train.{key}", train[key]
+    return f"train.{key}", default(f"train.{key}")
+
+
+def _check_pipeline(params: Mapping[str, Any]) -> None:
+    """What the pipeline's jobs would refuse late, after the data stages: an empty boundary
+    patch set (train_boundary: "the train split is empty") and a consistency term without
+    the surroundings it compares (train)."""
+    pat = params.get("patches") or {}
+    if pat.get("boundary_per_pair") == 0:
+        raise UserError("patches.boundary_per_pair: 0 leaves the boundary net's patch set empty "
+                        "(train_boundary trains on it)")
+    if pat.get("label_threshold") == 0:
+        raise UserError("patches.label_threshold: 0 makes every pixel focused in A: no patch holds a boundary, "
+                        "the boundary net's patch set would be empty (train_boundary trains on it)")
+    context = int(pat.get("context") or 0)
+    for net in ("initial", "boundary"):
+        key, weight = _net_value(params, net, "consistency")
+        if weight and not context:
+            raise UserError(f"{key}: {weight} needs patches.context > 0 (the consistency term compares each patch "
+                            "with its view in context), got patches.context: 0")
+
+
+def _training_warnings(params: Mapping[str, Any]) -> list[str]:
+    """Milestones the learning rate never reaches (at or after the last epoch) or not in
+    increasing order: allowed, likely a slip (epochs cut without the milestones)."""
+    lines: list[str] = []
+    for net in ("initial", "boundary"):
+        mkey, milestones = _net_value(params, net, "milestones")
+        ekey, epochs = _net_value(params, net, "epochs")
+        milestones = [int(m) for m in milestones or []]
+        late = [m for m in milestones if m >= int(epochs)]
+        if late:
+            lines.append(f"{mkey}: {', '.join(map(str, late))} not before the last epoch ({ekey}: {epochs}): "
+                         "the learning rate never drops there")
+        if any(b <= a for a, b in zip(milestones, milestones[1:])):
+            lines.append(f"{mkey}: {milestones} is not increasing (a repeated milestone multiplies by gamma twice)")
+    return list(dict.fromkeys(lines))
 
 
 def check_init_files(params: Mapping[str, Any], source: str = "params.yaml") -> None:
