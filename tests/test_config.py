@@ -196,7 +196,7 @@ def test_a_block_list_emptied_by_apply_stays_valid_yaml_with_its_comments(tmp_pa
 
 def test_preset_apply_refuses_what_the_pipeline_would_refuse(tmp_path: Path, capsys) -> None:
     """An empty file takes the preset; a list, bad YAML or a missing file is one line naming it;
-    a result that breaks a rule across keys (fuse.low >= fuse.high, untouched by the preset)
+    a result that breaks a rule across keys (patches.boundary_per_pair 0, untouched by the preset)
     is refused and the file left as it was."""
     f = tmp_path / "p.yaml"
     f.write_text("")
@@ -204,7 +204,7 @@ def test_preset_apply_refuses_what_the_pipeline_would_refuse(tmp_path: Path, cap
     assert yaml.safe_load(f.read_text())["patch"] == 64
     capsys.readouterr()
     for text, words in (("- 1\n", "mapping"), ("a: [\n", "invalid YAML"), (None, "not found"),
-                        ("fuse: {low: 0.9, high: 0.8}  # keep\n", "need low < high"),
+                        ("patches: {boundary_per_pair: 0}  # keep\n", "patches.boundary_per_pair: 0"),
                         ("fuse: {tile: 30}\n", "fuse.tile")):
         g = tmp_path / "q.yaml"
         g.unlink(missing_ok=True)
@@ -274,6 +274,33 @@ def test_paper_after_real_is_the_paper(tmp_path: Path) -> None:
     # An empty per-net warm start inherits train.init; a set one wins.
     q = deep_merge(base, {"train": {"init": "a.pt", "boundary": {"init": "b.pt"}}})
     assert resolve_config(q, "initial").init == "a.pt" and resolve_config(q, "boundary").init == "b.pt"
+
+
+def test_real_after_paper_is_real_alone_and_the_paper_pins_its_fusion(tmp_path: Path) -> None:
+    """`real` sets every key `paper` sets (paper then real kept fuse.working_side 0,
+    exposure_match none, train.nproc auto ...), and `paper` pins the fusion settings the paper
+    states (Eq. 2's 0.2/0.8, the 0.5 threshold, the refinement), through --apply too."""
+    from bafusion.config import apply_preset, preset_leaves
+
+    assert set(preset_leaves(load_preset("paper"))) <= set(preset_leaves(load_preset("real")))
+    base = load_params(REPO / "params.yaml")
+    edited = deep_merge(base, {"fuse": {"low": 0.3, "high": 0.7, "threshold": 0.4, "refine": False},
+                               "train": {"nproc": 4}, "patches": {"min_focused": 0.2}})
+    real = apply_preset(edited, load_preset("real"))
+    assert apply_preset(apply_preset(edited, load_preset("paper")), load_preset("real")) == real
+    assert real["fuse"]["working_side"] == 640 and real["fuse"]["exposure_match"] == "linear"
+    assert real["train"]["nproc"] == 1 and real["patches"]["min_focused"] == 0.1
+    f, g = tmp_path / "p.yaml", tmp_path / "q.yaml"
+    for path in (f, g):
+        path.write_text(yaml.safe_dump(edited, sort_keys=False))
+    assert main(["preset", "paper", "--apply", str(f)]) == 0 and main(["preset", "real", "--apply", str(f)]) == 0
+    assert main(["preset", "real", "--apply", str(g)]) == 0
+    assert yaml.safe_load(f.read_text()) == yaml.safe_load(g.read_text()) == real
+    h = tmp_path / "h.yaml"
+    h.write_text(yaml.safe_dump(edited, sort_keys=False))
+    assert main(["preset", "paper", "--apply", str(h)]) == 0
+    fuse = yaml.safe_load(h.read_text())["fuse"]
+    assert (fuse["low"], fuse["high"], fuse["threshold"], fuse["refine"]) == (0.2, 0.8, 0.5, True)
 
 
 # -- the one reader: bafusion.config.read_params and the typed objects ----------------------
