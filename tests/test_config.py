@@ -94,6 +94,31 @@ def test_count_says_why_the_source_cannot_be_counted() -> None:
         count_samples(params)
 
 
+def test_count_names_the_real_problem(tmp_path: Path) -> None:
+    """data.source web said "unknown data.source 'web' (expected 'builtin' or 'dir')"; a missing
+    background folder was reported as "data.foregrounds is 0 (= all) and the source cannot be
+    read (...)", blaming the count."""
+    params = load_params(REPO / "params.yaml")
+    web = deep_merge(params, {"data": {"source": "web", "foregrounds": 0, "backgrounds": 700}})
+    with pytest.raises(UserError) as e:
+        count_samples(web)
+    msg = str(e.value)
+    assert "unknown data.source" not in msg and "'web' downloads the images only when the pipeline runs" in msg
+    assert "cannot count data.foregrounds " in msg and "data.backgrounds" not in msg, msg
+    c = count_samples(deep_merge(web, {"data": {"foregrounds": 27}}))
+    assert c["pairs"] == 27 * 700 and "unknown" not in c["note"] and "'web' downloads" in c["note"]
+    missing = str(tmp_path / "nonexistent")
+    bad = deep_merge(params, {"data": {"source": "dir", "foregrounds": 0, "backgrounds": 0, "holdout_foregrounds": 0,
+                                       "holdout_backgrounds": 0, "dir": {"backgrounds": missing}}})
+    fg = REPO.parent / "shared" / "data" / "train" / "alphamatting"
+    if not fg.is_dir():
+        pytest.skip("no ../shared/data/train/alphamatting")
+    bad["data"]["dir"]["alphamatting"] = str(fg)
+    with pytest.raises(UserError) as e:
+        count_samples(bad)
+    assert str(e.value).startswith(f"{missing}: background folder not found: cannot count"), str(e.value)
+
+
 def test_count_of_the_builtin_default_matches_its_sources() -> None:
     c = count_samples(load_params(REPO / "params.yaml"))
     # 8 builtin foregrounds and 10 backgrounds, 2 of each held out.

@@ -25,21 +25,27 @@ def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
     available: dict[str, int | None] = {"foregrounds": None, "backgrounds": None}
     note = None
     note_reason = ""
-    try:
-        unlimited = dict(data, foregrounds=0, backgrounds=0)
-        sel = select(unlimited, int(params.get("seed", 0)))
-        available = {"foregrounds": len(sel.train_foregrounds), "backgrounds": len(sel.train_backgrounds)}
-    except UserError as e:
-        note_reason = str(e)  # e.g. "foregrounds: cannot hold out 27 of 27 (...)"
-        note = f"source not readable here ({e}); counting from the configured numbers"
-    n: dict[str, int] = {}
-    for k in ("foregrounds", "backgrounds"):
-        if n_cfg[k]:
-            n[k] = n_cfg[k]
-        elif available[k] is not None:
-            n[k] = int(available[k])  # type: ignore[arg-type]
-        else:
-            raise UserError(f"data.{k} is 0 (= all) and the source cannot be read ({note_reason}): cannot count")
+    if data.get("source") == "web":
+        # the pipeline downloads the images (workflow/rules/download.smk): nothing to read here
+        note_reason = "data.source 'web' downloads the images only when the pipeline runs"
+        note = f"{note_reason}; counting from the configured numbers"
+    else:
+        try:
+            unlimited = dict(data, foregrounds=0, backgrounds=0)
+            sel = select(unlimited, int(params.get("seed", 0)))
+            available = {"foregrounds": len(sel.train_foregrounds), "backgrounds": len(sel.train_backgrounds)}
+        except UserError as e:
+            note_reason = str(e)  # e.g. "foregrounds: cannot hold out 27 of 27 (...)"
+            note = f"source not readable here ({e}); counting from the configured numbers"
+    unknown = [k for k in ("foregrounds", "backgrounds") if not n_cfg[k] and available[k] is None]
+    if unknown:
+        # the source's own problem first (it was "data.foregrounds is 0 (= all) and the source
+        # cannot be read (<the background folder>)", blaming the count)
+        keys = " and ".join(f"data.{k}" for k in unknown)
+        raise UserError(f"{note_reason}: cannot count {keys} (0 = all the source has); "
+                        f"set {'them' if len(unknown) > 1 else 'it'} to count from the configured numbers")
+    n = {k: n_cfg[k] or int(available[k])  # type: ignore[arg-type]
+         for k in ("foregrounds", "backgrounds")}
     pairs = n["foregrounds"] * n["backgrounds"]
     per_pair = int(pat.get("per_pair", 10))
     base = pairs * per_pair
