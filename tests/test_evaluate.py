@@ -323,6 +323,40 @@ def test_a_pair_with_one_shot_is_refused_and_a_gray_shot_beside_a_colour_one_is_
         (src / lone).unlink()
 
 
+def test_pairs_are_found_by_fuse_dirs_rules_and_two_files_for_one_source_are_refused(tmp_path: Path) -> None:
+    """A macOS AppleDouble ._p1-A.jpg made a pair '._p1' ('source B missing'), p1-A.Jpg was
+    'source A missing' though it was there, and p2-A.JPG beside p2-b.jpg 'source B missing',
+    all of which fuse-dir takes; of p1-A.png and p1-A.jpg one was taken silently."""
+    src = tmp_path / "pairs"
+    src.mkdir()
+    a, b, _, _ = _pair(np.random.default_rng(6))
+    Image.fromarray(a).save(src / "p1-A.Jpg", format="JPEG", quality=95)
+    Image.fromarray(b).save(src / "p1-B.Jpg", format="JPEG", quality=95)
+    Image.fromarray(a).save(src / "p2-A.JPG", format="JPEG", quality=95)
+    Image.fromarray(b).save(src / "p2-b.jpg", format="JPEG", quality=95)
+    Image.fromarray(a).save(src / "p3-a.png")
+    Image.fromarray(b).save(src / "p3-B.PNG")
+    (src / "._p1-A.jpg").write_bytes(b"\0\5\26\7")  # AppleDouble resource fork
+    (src / ".p4-B.png").write_bytes(b"")
+    ds = ev.Dataset(name="t", sources=src)
+    pairs = ev.find_pairs(ds)
+    assert [(p.name, p.a.name, p.b.name) for p in pairs] == [
+        ("p1", "p1-A.Jpg", "p1-B.Jpg"), ("p2", "p2-A.JPG", "p2-b.jpg"), ("p3", "p3-a.png", "p3-B.PNG")]
+    assert [p.name for p in ev.find_pairs(ev.Dataset(name="t", sources=src, pattern="p[12]"))] == ["p1", "p2"]
+    Image.fromarray(a).save(src / "p1-a.png")
+    with pytest.raises(InputFileError, match=r"dataset 't', pair 'p1': source A: 2 files, p1-A\.Jpg, p1-a\.png: keep one"):
+        ev.find_pairs(ds)
+    (src / "p1-a.png").unlink()
+    Image.fromarray(b).save(src / "p2-B.png")
+    with pytest.raises(InputFileError, match=r"pair 'p2': source B: 2 files, p2-B\.png, p2-b\.jpg"):
+        ev.find_pairs(ds)
+    (src / "p2-B.png").unlink()
+    assert cli_main(["evaluate", "--dataset", f"t={src}", "--methods", "Laplacian", "--metrics", "QG",
+                     "--root", str(tmp_path), "--out", str(tmp_path / "ev")]) == 0
+    with (tmp_path / "ev" / "t" / "metrics.csv").open() as f:
+        assert sorted({r["pair"] for r in csv.DictReader(f)}) == ["p1", "p2", "p3"]
+
+
 def test_config_errors_name_the_setting(tmp_path: Path) -> None:
     from bafusion.errors import UserError
 

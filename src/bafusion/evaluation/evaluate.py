@@ -397,23 +397,41 @@ def jpeg_reencode(img: np.ndarray, quality: int) -> tuple[np.ndarray, bytes]:
     return out, data
 
 
-def _find_file(folder: Path, stem: str) -> Path | None:
-    for ext in IMAGE_EXTENSIONS:
-        for cand in (folder / f"{stem}.{ext}", folder / f"{stem}.{ext.upper()}"):
-            if cand.is_file():
-                return cand
-    return None
+def _image_files(folder: Path) -> dict[str, list[Path]]:
+    """The images of ``folder`` by file-name stem, by ``fuse-dir``'s rules
+    (:func:`bafusion.fusion.batch.find_groups`): a suffix of :data:`IMAGE_EXTENSIONS` in either
+    case (``.Jpg``); dot-files (macOS ``._p1-A.jpg`` resource forks, editors' temporaries) are
+    no images."""
+    files: dict[str, list[Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if not p.name.startswith(".") and p.suffix[1:].lower() in IMAGE_EXTENSIONS and p.is_file():
+            files.setdefault(p.stem, []).append(p)
+    return files
+
+
+def _find_file(files: Mapping[str, Sequence[Path]], stems: Sequence[str], folder: Path, what: str) -> Path | None:
+    """The one image of ``files`` (:func:`_image_files`) whose stem is one of ``stems``, or None;
+    two (``p1-A.jpg`` and ``p1-a.png``) are an :class:`InputFileError` naming both (``what``:
+    the pair and the file's role)."""
+    found = [f for stem in dict.fromkeys(stems) for f in files.get(stem, ())]
+    if len(found) > 1:
+        raise InputFileError(folder, f"{what}: {len(found)} files, {', '.join(f.name for f in found)}: "
+                                     "keep one (rename or remove the others)")
+    return found[0] if found else None
 
 
 def find_pairs(ds: Dataset) -> list[Pair]:
     """The pairs of a dataset: the names in ``<sources>/index.json`` when present (the embedded
     test set), else every ``<pair>`` matching ``pattern`` of a ``<pair>-A.<ext>`` or
     ``<pair>-B.<ext>`` in ``<sources>``; restricted to ``pairs`` when given (each must exist).
-    A pair with only one of its shots is refused (naming it), so that a table never loses a
-    pair silently."""
+    As for ``fuse-dir``, the letter and the suffix may be in either case (``p1-a.JPG``) and
+    dot-files are left out (:func:`_image_files`); two files for one source (``p1-A.jpg``
+    and ``p1-a.png``) are refused naming both, as is a pair with only one of its shots (naming
+    it), so that a table never loses a pair silently nor takes one of two files by chance."""
     src = ds.sources
     if not src.is_dir():
         raise InputFileError(src, f"sources folder of dataset {ds.name!r} not found")
+    files = _image_files(src)
     if (src / "index.json").is_file():
         from bafusion.fusion.testset import read_pair_index
 
@@ -421,17 +439,10 @@ def find_pairs(ds: Dataset) -> list[Pair]:
     else:
         import fnmatch
 
-        names = sorted(
-            {
-                p.name.rsplit(".", 1)[0][: -len("-A")]
-                for p in src.iterdir()
-                if p.is_file()
-                and "." in p.name
-                and p.name.rsplit(".", 1)[1].lower() in IMAGE_EXTENSIONS
-                and p.name.rsplit(".", 1)[0].endswith(("-A", "-B"))
-                and fnmatch.fnmatchcase(p.name.rsplit(".", 1)[0][: -len("-A")], ds.pattern)
-            }
-        )
+        from bafusion.fusion.batch import _SHOT  # fuse-dir's <name>-<letter>
+
+        shots = [m for m in map(_SHOT.match, files) if m is not None and m["letter"] in "ABab"]
+        names = sorted({m["name"] for m in shots if fnmatch.fnmatchcase(m["name"], ds.pattern)})
     if ds.pairs:
         missing = [p for p in ds.pairs if p not in names]
         if missing:
@@ -441,10 +452,12 @@ def find_pairs(ds: Dataset) -> list[Pair]:
         raise InputFileError(src, f"dataset {ds.name!r}: no pairs (<name>-A.<ext> matching {ds.pattern!r})")
     pairs = []
     for n in names:
-        pa, pb = _find_file(src, f"{n}-A"), _find_file(src, f"{n}-B")
+        where = f"dataset {ds.name!r}, pair {n!r}"
+        pa, pb = (_find_file(files, (f"{n}-{k}", f"{n}-{k.lower()}"), src, f"{where}: source {k}") for k in "AB")
         if pa is None or pb is None:
-            raise InputFileError(src, f"dataset {ds.name!r}, pair {n!r}: source {'A' if pa is None else 'B'} missing")
-        pairs.append(Pair(n, pa, pb, _find_file(src, f"{n}-truth"), _find_file(src, f"{n}-dm")))
+            raise InputFileError(src, f"{where}: source {'A' if pa is None else 'B'} missing")
+        truth = _find_file(files, (f"{n}-truth",), src, f"{where}: truth")
+        pairs.append(Pair(n, pa, pb, truth, _find_file(files, (f"{n}-dm",), src, f"{where}: decision map")))
     return pairs
 
 
