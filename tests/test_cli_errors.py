@@ -81,6 +81,25 @@ def test_fuse_never_overwrites_a_source(work: Path, capsys, spelling: str) -> No
     assert line.startswith(f"bafusion fuse: error: {out}: ")
 
 
+@pytest.mark.parametrize("second, words", [
+    ("a.png", ["a.png is given twice (sources 1 and 2)"]),
+    ("./a.png", ["a.png and ./a.png are the same file (sources 1 and 2)"]),
+    ("LINK", ["a.png and link.png are the same file (sources 1 and 3)"]),
+    ("HARDLINK", ["a.png and hard.png are the same file (sources 1 and 3)"]),
+])
+def test_fuse_refuses_one_file_given_as_two_sources(work: Path, capsys, second: str, words: list[str]) -> None:
+    """fuse a.png a.png wrote a copy of a.png, 'fused 2 images'; a symlink to a.png as a third source too."""
+    if second == "LINK":
+        os.symlink(work / "a.png", work / "link.png")
+    if second == "HARDLINK":
+        os.link(work / "a.png", work / "hard.png")
+    link = {"LINK": "link.png", "HARDLINK": "hard.png"}.get(second)
+    images = ["a.png", "b.png", link] if link else ["a.png", second]
+    line = _refused(["fuse", *images, "--model", "nets", "--device", "cpu", "-o", "F.png"], capsys, work,
+                    *words, "give each shot once")
+    assert line.startswith("bafusion fuse: error: a.png ")
+
+
 def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
     _refused(["baseline", "a.png", "b.png", "-o", "./b.png"], capsys, work, "is also an input")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -182,6 +182,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.images]
     if len(paths) < 2:
         raise UserError("give at least two source images")
+    check_distinct_sources(args.images)
     joint = params.stack_rule == "joint" and len(paths) > 2
     if args.save_maps:
         # The maps' names are known before the work: none may be a source.
@@ -236,6 +237,26 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     print(f"fused {len(paths)} images into {out} ({fused.seconds:.2f} s fusing on {nets.device}, "
           f"{time.perf_counter() - t_start:.2f} s in all with reading, loading the nets and writing)")
     return 0
+
+
+def check_distinct_sources(images: Sequence[str]) -> None:
+    """Refuse (a :class:`UserError`, before any work) two sources of ``fuse`` that are one file,
+    however spelled (``a.jpg a.jpg``, ``./a.jpg``, a symlink or a hard link to it: resolved paths,
+    then inodes, as :func:`bafusion.preflight.same_file` compares an output with the inputs):
+    the shot would be fused with itself, the result a copy of it, silently. A source that does
+    not exist is left to the reading's error."""
+    from bafusion.preflight import same_file
+
+    paths = [Path(p) for p in images]
+    for j, q in enumerate(paths):
+        if not q.exists():
+            continue
+        for i, p in enumerate(paths[:j]):
+            if same_file(p, q):
+                what = (f"{images[i]} is given twice" if images[i] == images[j]
+                        else f"{images[i]} and {images[j]} are the same file")
+                raise UserError(f"{what} (sources {i + 1} and {j + 1}): a shot fused with itself adds nothing; "
+                                "give each shot once")
 
 
 def _stage_lines(progress: bool | None) -> Callable[[str], None]:
