@@ -336,3 +336,121 @@ def test_the_smallest_patch_trains_on_a_batch_of_one() -> None:
     net(torch.rand(1, 2, 8, 8)).sum().backward()
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         net(torch.rand(1, 2, 4, 4))
+
+
+# --------------------------------------------------------------------------------------
+# The patch centres' stream: its own when the shard holds realistic draws
+# --------------------------------------------------------------------------------------
+
+_REAL = dict(kernel="mixed", spread=True, exposure=0.3, gamma=0.1, noise=2.0, jpeg=[75, 98], shift=1.5, scale=0.02)
+
+
+def _write_stream_shard(path: Path, n_pairs: int, realistic: bool, h: int = 40, w: int = 40,
+                        signal: str = "params") -> list:
+    """One foreground with ``n_pairs`` backgrounds, its root ``params`` as the composite step
+    writes them (``realistic`` only when on) and, when realistic, the group's draws; returns
+    the draws (empty for the paper)."""
+    import dataclasses
+    import json
+
+    from bafusion.data.composite import Realism, draw_realism
+
+    r = Realism.from_mapping(_REAL)
+    rng = np.random.default_rng(4)
+    params: dict = {"sigma": [1.0, 3.0], "fit": "cover", "seed": 0}
+    draws = [draw_realism(0, pid, r) for pid in range(n_pairs)] if realistic else []
+    with h5py.File(path, "w", track_order=True) as h5:
+        h5.attrs["shard"], h5.attrs["shards"], h5.attrs["n_backgrounds"] = 0, 1, n_pairs
+        if realistic and signal == "params":
+            params["realistic"] = r.as_dict()
+        h5.attrs["params"] = json.dumps(params)
+        g = h5.create_group("fg0", track_order=True)
+        g["matte"] = np.where(np.arange(w)[None, :] < w // 2, 255, 0).astype(np.uint8).repeat(h, 0)
+        g["A"] = rng.integers(0, 256, (n_pairs, h, w), dtype=np.uint8)
+        g["B"] = rng.integers(0, 256, (n_pairs, h, w), dtype=np.uint8)
+        g["pair"] = np.arange(n_pairs, dtype=np.int64)
+        g["sigma"] = np.ones(n_pairs, np.float32)
+        if draws and signal == "draws":
+            g.attrs["realistic_draws"] = json.dumps([dataclasses.asdict(d) for d in draws])
+    return draws
+
+
+def _centres_by_pair(path: Path) -> dict[int, np.ndarray]:
+    out: dict[int, list] = {}
+    for sp in ("train", "val"):
+        d = read_split(path, sp)
+        for pid, c in zip(d["pair"], d["centre"]):
+            out.setdefault(int(pid), []).append(c)
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def _stream_centres(key: int, pid: int, opts: PatchOptions, shape: tuple[int, int]) -> np.ndarray:
+    from bafusion.data.patches import random_corners
+
+    rng = np.random.default_rng([opts.seed, pid, key])
+    return random_corners(rng, shape, opts.patch, opts.per_pair) + opts.patch // 2
+
+
+def test_paper_shards_keep_the_centres_of_stream_2(tmp_path: Path) -> None:
+    """A paper shard (no realistic draws, nothing drawn from key 2 by the composite step)
+    keeps its centres from (seed, pair, 2): the paper's patch files are unchanged."""
+    _write_stream_shard(tmp_path / "paper.h5", 6, realistic=False)
+    opts = PatchOptions(patch=16, per_pair=5, boundary_per_pair=3, val_fraction=0.2)
+    run_patches([tmp_path / "paper.h5"], opts, tmp_path / "out", progress=False)
+    got = _centres_by_pair(tmp_path / "out" / "initial.h5")
+    assert sorted(got) == list(range(6))
+    for pid, c in got.items():
+        assert np.array_equal(c, _stream_centres(2, pid, opts, (40, 40)))
+
+
+@pytest.mark.parametrize("signal", ["params", "draws"])
+def test_realistic_shards_draw_centres_from_their_own_stream(tmp_path: Path, signal: str) -> None:
+    """The realistic degradations come from (seed, pair, 2): patch centres drawn from it too
+    were a function of them (the first centre's row told a disc kernel from a Gaussian, the
+    4th row followed B's shift with corr 0.99999). A shard with realistic draws (its params,
+    or its groups' draws) has its centres drawn from (seed, pair, 5), independent of them."""
+    n = 1500
+    draws = _write_stream_shard(tmp_path / "real.h5", n, realistic=True, signal=signal)
+    opts = PatchOptions(patch=16, per_pair=8, boundary_per_pair=0, val_fraction=0.2)
+    run_patches([tmp_path / "real.h5"], opts, tmp_path / "out", progress=False)
+    got = _centres_by_pair(tmp_path / "out" / "initial.h5")
+    assert sorted(got) == list(range(n))
+    for pid in range(5):
+        assert np.array_equal(got[pid], _stream_centres(5, pid, opts, (40, 40)))
+    rows = np.array([got[pid][:, 0] for pid in range(n)])  # (pairs, per_pair)
+    same = np.array([_stream_centres(2, pid, opts, (40, 40))[:, 0] for pid in range(n)])
+    assert np.mean(rows == same) < 0.2  # not the draw stream's positions
+    dy = np.array([d.shift[0] for d in draws])
+    mag = np.array([d.magnification for d in draws])
+    disc = np.array([d.kernel == "disc" for d in draws])
+    # With key 2 these are 0.99999 and 1.0 (the module's old behaviour, kept for the record)
+    assert abs(np.corrcoef(same[:, 3], dy)[0, 1]) > 0.9
+    for k in range(opts.per_pair):
+        for v in (dy, mag, disc.astype(float)):
+            assert abs(np.corrcoef(rows[:, k], v)[0, 1]) < 0.1
+    # the first row no longer tells the kernel: both kernels' rows span the range 8..32
+    # (with key 2 a Gaussian pair's first corner row was in the lower half, a disc's upper)
+    for sel in (disc, ~disc):
+        assert rows[sel, 0].min() <= 9 and rows[sel, 0].max() >= 31
+
+
+def test_the_stream_does_not_depend_on_the_number_of_realistic_shards(tmp_path: Path) -> None:
+    """Every shard of a realistic run carries the params (even one left without a
+    foreground): the patch files are byte-identical for 1 or 3 shards."""
+    import json
+
+    opts = PatchOptions(patch=16, per_pair=3, boundary_per_pair=2, val_fraction=0.3, seed=2)
+    params = json.dumps({"sigma": [1.0, 3.0], "fit": "cover", "seed": 0, "realistic": _REAL})
+    outs = []
+    for shards in (1, 3, 6):  # 6 > 5 foregrounds: one shard holds no pair
+        files = _write_sharded(tmp_path / f"c{shards}", shards)
+        for f in files:
+            with h5py.File(f, "a") as h5:
+                h5.attrs["params"] = params
+        run_patches(files, opts, tmp_path / f"p{shards}", progress=False)
+        outs.append(tmp_path / f"p{shards}")
+    got = _centres_by_pair(outs[0] / "initial.h5")
+    assert np.array_equal(got[4], _stream_centres(5, 4, opts, (40, 48))[: opts.per_pair])
+    for kind in ("initial", "boundary"):
+        ref = (outs[0] / f"{kind}.h5").read_bytes()
+        assert all((o / f"{kind}.h5").read_bytes() == ref for o in outs[1:])

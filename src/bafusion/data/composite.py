@@ -428,7 +428,9 @@ class PairDraw:
 
 
 def draw_realism(seed: int, pair_id: int, r: Realism) -> PairDraw:
-    """The pair's draws, from the stream ``(seed, pair_id, 2)`` (the sigma stream is ``1``)."""
+    """The pair's draws, from the stream ``(seed, pair_id, 2)`` (the sigma stream is ``1``;
+    every key of the data steps is listed in :mod:`bafusion.data.patches`, whose patch centres
+    use a stream of their own, ``5``, for shards holding these draws)."""
     rng = np.random.default_rng([int(seed), int(pair_id), 2])
     kernel = r.kernel if r.kernel != "mixed" else ("gaussian", "disc")[int(rng.integers(2))]
     dy, dx = (float(v) for v in rng.uniform(-r.shift, r.shift, 2))

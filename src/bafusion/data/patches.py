@@ -13,9 +13,30 @@ For each composited pair:
 A patch "centred" at (r, c) covers rows r - p//2 .. r - p//2 + p - 1 (and likewise columns).
 Pairs are split train/validation by pair (``val_fraction`` of the pairs, a seeded
 permutation), so no pair is on both sides. Each pair's centres come from a generator
-seeded by (seed, pair id), and the pairs are read in pair-id order whatever shard holds them:
-the files do not depend on how many shards the composite step wrote (``composite.shards``)
-nor on the order the shard files are given.
+seeded by (seed, pair id) (keys below), and the pairs are read in pair-id order whatever shard
+holds them: the files do not depend on how many shards the composite step wrote
+(``composite.shards``) nor on the order the shard files are given.
+
+Random streams of the data steps, ``numpy.random.default_rng(key)``, every key listed here
+(``seed`` is ``composite.seed`` in :mod:`bafusion.data.composite`, ``patches.seed`` here;
+held-out test pairs use pair id ``10_000_000 + k``):
+
+- ``[seed, pair, 1]``: the pair's blur sigma (``draw_sigma``).
+- ``[seed, pair, 2]``: the pair's realistic degradations (``draw_realism``: kernel, shift,
+  magnification, per-shot gains, tone curves, noise levels, JPEG qualities).
+- ``[seed, pair, 3]``: the realistic sensor noise itself (``composite_realistic``).
+- ``[seed, pair, 4]``: the realistic residual defocus (``draw_realism``).
+- ``[seed, pair, 5]``: this step's patch centres (random, then boundary) of a pair whose shard
+  holds realistic draws (its ``params`` attribute has ``realistic``, or a group has the
+  ``realistic_draws`` attribute). Key 2 would make the centres a function of the pair's
+  degradations (the first centre's row told a disc kernel from a Gaussian one).
+- ``[seed, pair, 2]``: this step's patch centres of a pair whose shard holds no realistic
+  draws (the paper's composites, which draw nothing from key 2): the paper's patch files
+  are those written before key 5 was added, byte for byte.
+- ``[seed, 7]``: the train/validation split of the pairs (:func:`split_pairs`).
+
+Which key a pair's centres use depends only on what its shard holds, and every shard of one
+composite run holds the same ``params``: the same for any ``composite.shards``.
 
 Output: ``initial.h5`` (all random patches) and ``boundary.h5`` (the boundary patches),
 each with groups ``train`` and ``val`` holding ``x`` uint8 (N, 2, p, p) (channel 0 = A,
@@ -50,6 +71,10 @@ SPLITS = ("train", "val")
 AUGMENTATION_FACTOR = 12  # 6 geometric variants (4 rotations, 2 flips) x channel swap
 CHUNK = 64  # patches per HDF5 chunk of x
 GZIP_LEVEL = 4
+#: Last element of the patch centres' stream key ``[seed, pair, key]`` (see the module docstring):
+#: the paper's composites, and composites with realistic draws (which use key 2 themselves).
+PATCH_STREAM_PAPER = 2
+PATCH_STREAM_REALISTIC = 5
 
 
 @dataclass(frozen=True)
@@ -261,11 +286,14 @@ class _Shards:
                     raise InputFileError(f, f"unreadable HDF5 file: {e}") from e
                 self.files.append(f)
             rows: list[tuple[int, int, str, int]] = []  # (pair id, file, group, row)
+            #: pair ids whose shard holds realistic draws (their centres use PATCH_STREAM_REALISTIC)
+            self.realistic_ids: set[int] = set()
             for i, (f, h5) in enumerate(zip(self.files, self.h5)):
                 try:
                     names = list(h5.keys())
                 except OSError as e:
                     raise InputFileError(f, f"unreadable HDF5 file: {e}") from e
+                first = len(rows)
                 for name in names:
                     try:
                         g = h5[name]
@@ -278,6 +306,12 @@ class _Shards:
                         raise InputFileError(f, f"group {name!r} is damaged or not a composite group ({e}): "
                                              "run the composite step again") from e
                     rows.extend((int(pid), i, name, k) for k, pid in enumerate(ids))
+                try:
+                    realistic = _holds_realistic_draws(h5)
+                except (OSError, KeyError, AttributeError) as e:
+                    raise InputFileError(f, f"unreadable attributes ({e}): run the composite step again") from e
+                if realistic:
+                    self.realistic_ids.update(r[0] for r in rows[first:])
             rows.sort()
             for (pid, i, _, _), (pid2, j, _, _) in zip(rows, rows[1:]):
                 if pid == pid2:
@@ -318,6 +352,21 @@ class _Shards:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _holds_realistic_draws(h5: h5py.File) -> bool:
+    """Whether a composite shard was written with ``composite.realistic`` on: its ``params``
+    attribute names ``realistic`` (written for every shard of such a run, even one without a
+    foreground) or one of its groups has the ``realistic_draws`` attribute."""
+    raw = h5.attrs.get("params")
+    if raw is not None:
+        try:
+            params = json.loads(raw)
+        except (TypeError, ValueError):
+            params = None
+        if isinstance(params, dict) and "realistic" in params:
+            return True
+    return any("realistic_draws" in h5[name].attrs for name in h5.keys())
 
 
 def _iter_pairs(shard_files: list[Path]):
@@ -409,7 +458,8 @@ def _write_patches(shards: _Shards, opts: PatchOptions, out_dir: Path, progress:
                 if last_matte_id != id(matte) or frac is None:
                     frac = window_fraction(focus, p)
                     last_matte_id = id(matte)
-                rng = np.random.default_rng([int(opts.seed), pair_id, 2])
+                key = PATCH_STREAM_REALISTIC if pair_id in shards.realistic_ids else PATCH_STREAM_PAPER
+                rng = np.random.default_rng([int(opts.seed), pair_id, key])
                 split = "val" if pair_id in val_pairs else "train"
                 for s, corners in (
                     ("initial", random_corners(rng, (h, w), p, opts.per_pair)),
