@@ -102,3 +102,27 @@ def test_composite_index_names_a_bad_shard(tmp_path: Path) -> None:
         write_index([odd], out)
     assert not out.exists()
     assert write_index([good], out) == {"pairs": 3, "shards": [{"file": "good.h5", "foregrounds": {"GT00": 3}, "pairs": 3}]}
+
+
+def test_gray_training_pairs_match_the_colour_composite_within_a_level_unless_resized() -> None:
+    """What the module docstring and README say of the gray path (run_shard's steps: gray
+    first, the background resized in float and clipped, one rounding) against the gray of
+    the colour composite (make_testset's steps: the uint8 background resized per channel):
+    within one level when the background is not resized; more where it is, because the
+    Lanczos overshoot is clipped after the gray conversion in one, per channel in the other."""
+    from bafusion.data.composite import composite_float
+    from bafusion.io import gray_float, to_uint8
+
+    fg, _, matte = _hand_made(64, 64)
+    alpha = matte / 255.0
+
+    def worst(bg: np.ndarray) -> int:
+        bg_g = np.clip(fit_background(gray_float(bg).astype(np.float32), (64, 64)), 0, 255).astype(np.float64)
+        gray = composite_float(gray_float(fg), bg_g, alpha, 2.0)
+        colour = composite_float(fg.astype(np.float64), fit_background(bg, (64, 64)).astype(np.float64), alpha, 2.0)
+        return max(int(np.abs(to_uint8(g).astype(int) - to_gray(to_uint8(c)).astype(int)).max())
+                   for g, c in zip(gray, colour))
+
+    rng = np.random.default_rng(5)
+    assert worst(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) <= 1  # not resized: rounding
+    assert worst(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)) > 1  # upscaled noise: overshoot
