@@ -440,3 +440,33 @@ def test_the_docs_name_only_the_switch_that_exists() -> None:
     assert "BAFUSION_MLFLOW=0" in (tracking.__doc__ or "")
     readme = (root / "README.md").read_text()
     assert "never fails the work" in " ".join(readme.split())  # a store that fails
+
+
+def test_logging_a_net_does_not_print_mlflows_pickle_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every training printed "WARNING mlflow.pytorch: Saving pytorch model by Pickle ... can execute
+    # arbitrary code" (twice per dvc repro); the README says what the pickle means instead.
+    import logging
+
+    from bafusion.nets.model import build_model
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    _clear_invocation_env(monkeypatch)
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("mlflow.pytorch")
+    handler = Keep(level=logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        with tracking.stage_run("train_initial") as run:
+            run.log_model(build_model(8), "initial_net")
+        assert run.run_id  # the model was logged, not skipped
+        assert not [r for r in records if "Pickle" in r.getMessage()], [r.getMessage() for r in records]
+        logger.warning("Saving pytorch model by Pickle, outside the call")  # the filter is gone afterwards
+        assert records and records[-1].getMessage().startswith("Saving pytorch model by Pickle")
+    finally:
+        logger.removeHandler(handler)

@@ -449,6 +449,8 @@ def log_torch_model(uri: str, run_id: str, model: Any, name: str, input_example:
     mlflow.set_tracking_uri(uri)
     was_training = model.training
     model.eval()
+    quiet = _PickleWarningFilter()
+    logging.getLogger("mlflow.pytorch").addFilter(quiet)
     try:
         with mlflow.start_run(run_id=run_id, log_system_metrics=False):
             info = mlflow.pytorch.log_model(
@@ -461,8 +463,21 @@ def log_torch_model(uri: str, run_id: str, model: Any, name: str, input_example:
                 serialization_format="pickle",
             )
     finally:
+        logging.getLogger("mlflow.pytorch").removeFilter(quiet)
         model.train(was_training)
     return getattr(info, "model_uri", None)
+
+
+class _PickleWarningFilter(logging.Filter):
+    """Drop mlflow.pytorch's warning that a pickled model can run code when it is loaded.
+
+    It came on every training (twice per ``dvc repro``). The pickle is chosen on purpose (see
+    :func:`log_torch_model`) and the README says what it means: load only runs you made. The
+    project's own model files are plain ``state_dict``\ s loaded with ``weights_only=True``.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Saving pytorch model by Pickle")
 
 
 def _proc_parent(pid: int) -> tuple[int, str] | None:
