@@ -46,15 +46,17 @@ deterministic); :func:`to_uint8` rounds a [0, 255] float image to uint8.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
 import struct
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -457,7 +459,6 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         written as the PNG ``sBIT`` chunk when below 16 (the samples stay on the 16-bit scale),
         so that :func:`read_images` scales the file like its unmarked 12-bit sources.
     """
-    import errno
     import io
 
     from bafusion.errors import UserError
@@ -481,15 +482,18 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
     if exif:
         exif = _exif_sized(exif, img.shape[1], img.shape[0])
     if img.dtype == np.uint16 and not keeps_16_bits(p):
-        img = scale_to_u8(img.astype(np.float64), 16)
+        img = _u16_to_u8_table()[img]  # scale_to_u8(img, 16) by table: no float64 copy (8 bytes a sample)
+    if img.dtype == np.uint16 and fmt == "TIFF":
+        # tifffile writes straight to the file (the image, of 100+ MB, is not copied into memory)
+        _write_checked(p, lambda fh: _write_tiff16(fh, img, icc))
+        return
     # encoded in memory, then written with Python's file I/O, which raises on a short write
     # (ENOSPC): Pillow writes a JPEG of quality >= 95 in one write() straight to the file's
-    # descriptor and ignores a short one, so a full disk left a cut-off JPEG reported as written
-    buf = io.BytesIO()
-    if img.dtype == np.uint16 and fmt == "PNG":
-        buf.write(png16_bytes(img, exif=exif, icc=icc, sbit=bits if bits and bits < 16 else None))
-    elif img.dtype == np.uint16:
-        _write_tiff16(buf, img, icc)  # type: ignore[arg-type]  # tifffile writes to a file object too
+    # descriptor and ignores a short one, so a full disk left a cut-off JPEG reported as written.
+    # Compressed PNG and JPEG are small in memory; BMP and 8-bit TIFF are not compressed: about
+    # the image's size, up to three times that while the buffer grows
+    if img.dtype == np.uint16:  # PNG
+        data: bytes | memoryview = png16_bytes(img, exif=exif, icc=icc, sbit=bits if bits and bits < 16 else None)
     else:
         kwargs: dict = {"compress_level": 6} if fmt == "PNG" else ({"quality": 95} if fmt == "JPEG" else {})
         if fmt in ("PNG", "JPEG", "TIFF", "WEBP"):
@@ -497,19 +501,45 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
                 kwargs["exif"] = exif
             if icc:
                 kwargs["icc_profile"] = icc
+        buf = io.BytesIO()
         Image.fromarray(img).save(buf, format=fmt, **kwargs)
-    data = buf.getbuffer()
+        data = buf.getbuffer()
+
+    def write(fh: BinaryIO) -> int:
+        fh.write(data)
+        return len(data)
+
+    _write_checked(p, write)
+
+
+def _write_checked(p: Path, write: Callable[[BinaryIO], int]) -> None:
+    """Write ``p`` atomically by ``write(fh)``, which returns the size the file must have at
+    least; a file found shorter after the flush is a full disk (ENOSPC), and an error of a write
+    names ``p`` (not its temporary name). Python's file I/O raises on a short write, but a write
+    by C code beside it can lose its end unsaid: numpy's ``tofile`` (tifffile writes the image
+    data with it) writes through a C ``FILE`` whose closing flush it does not check."""
+    import errno
+
     with atomic_file(p) as tmp:
         try:
             with open(tmp, "wb") as fh:
-                fh.write(data)
+                size = write(fh)
                 fh.flush()
                 written = os.fstat(fh.fileno()).st_size
         except OSError as e:  # a write's error names no file: the output's name, not the .part's
+            if e.errno is None:  # numpy's short write: "120000 requested and 9888 written"
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({e})", str(p)) from e
             raise OSError(e.errno, e.strerror or str(e), str(p)) from e
-        if written != len(data):  # a short write that reported no error
-            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (only {written} of {len(data)} bytes "
-                          "written)", str(p))
+        if written < size:  # a short write that reported no error
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (only {written} of {size} bytes written)",
+                          str(p))
+
+
+@functools.cache
+def _u16_to_u8_table() -> np.ndarray:
+    """``scale_to_u8(v, 16)`` of every uint16 ``v``, as a uint8 table (indexing it with a uint16
+    image gives the same bytes without the float64 copy of the whole image)."""
+    return scale_to_u8(np.arange(1 << 16, dtype=np.float64), 16)
 
 
 #: ExifImageWidth and ExifImageHeight (PixelXDimension, PixelYDimension) in the Exif sub-IFD.
@@ -587,12 +617,15 @@ def png16_bytes(img: np.ndarray, *, exif: bytes | None = None, icc: bytes | None
     return data[:ihdr_end] + extra + data[ihdr_end:]
 
 
-def _write_tiff16(path: Path, img: np.ndarray, icc: bytes | None) -> None:
+def _write_tiff16(fh: BinaryIO, img: np.ndarray, icc: bytes | None) -> int:
+    """Write a 16-bit TIFF of ``img`` to ``fh``; the end of its image data (the size the file
+    has at least)."""
     import tifffile
 
     extratags = [(34675, "B", len(icc), icc, True)] if icc else []
-    tifffile.imwrite(path, img, photometric="minisblack" if img.ndim == 2 else "rgb", metadata=None,
-                     extratags=extratags)
+    offset, count = tifffile.imwrite(fh, img, photometric="minisblack" if img.ndim == 2 else "rgb", metadata=None,
+                                     extratags=extratags, returnoffset=True)
+    return int(offset) + int(count)
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
