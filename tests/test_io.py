@@ -532,6 +532,37 @@ def test_write_of_a_16_bit_image_makes_no_copy_of_it(tmp_path: Path) -> None:
     write_image(tmp_path / "e.bmp", every)
     assert np.array_equal(read_image(tmp_path / "e.bmp"), scale_to_u8(every.astype(np.float64), 16))
 
+
+def test_a_png_header_is_read_without_decoding_and_an_exif_after_the_pixels_is_found(
+    tmp_path: Path, rgb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow's getexif() of a PNG decodes the whole image when no eXIf chunk precedes the
+    pixel data (0.215 s for the "header" of a 24 MP PNG, 0.231 s for its full read): the
+    chunks are walked instead. A PNG with its eXIf after the pixel data (orientation 6) still
+    gets the size it is read with (a size check on the stored size refused a pair the read
+    would take), its EXIF carried."""
+    from PIL import ImageFile
+
+    from bafusion.io import _png_chunk, image_info, source_metadata
+
+    Image.fromarray(rgb).save(tmp_path / "plain.png")
+    ex = Image.Exif()
+    ex[0x0112], ex[0x010F] = 6, "Cam"
+    data = (tmp_path / "plain.png").read_bytes()
+    (tmp_path / "late.png").write_bytes(data[:-12] + _png_chunk(b"eXIf", ex.tobytes()[6:]) + data[-12:])
+    loads = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: (loads.append(1) if self.tile else None, load(self))[1])
+    plain = image_info(tmp_path / "plain.png")
+    assert (plain.width, plain.height, plain.orientation) == (9, 6, 1)
+    assert source_metadata(tmp_path / "plain.png") == (None, None)
+    assert not loads
+    late = image_info(tmp_path / "late.png")
+    assert (late.width, late.height, late.orientation) == (6, 9, 6)
+    assert read_image(tmp_path / "late.png").shape == (9, 6, 3)
+    exif = source_metadata(tmp_path / "late.png")[0]
+    assert exif is not None and b"Cam" in exif
+
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
 def test_write_refuses_other_types_and_squeezes_one_channel(tmp_path: Path, rgb, suffix: str) -> None:
     """Pillow got float RGB and int64 ('Cannot handle this data type'), float gray

@@ -192,7 +192,7 @@ def image_info(path: str | os.PathLike[str], *, decode: bool = False) -> ImageIn
         raise InputFileError(p, "empty file (0 bytes): not an image")
     try:
         with _quiet_pillow(), open(p, "rb") as fh, Image.open(fh) as im:
-            orientation = int(im.getexif().get(_ORIENTATION, 1) or 1)
+            orientation = int(header_exif(im, p).get(_ORIENTATION, 1) or 1)
             fmt, mode, (w, h) = str(im.format), im.mode, im.size
             try:
                 frames = int(getattr(im, "n_frames", 1) or 1)
@@ -212,6 +212,45 @@ def image_info(path: str | os.PathLike[str], *, decode: bool = False) -> ImageIn
         raise InputFileError(p, _tiff_problem(p) or f"unreadable image ({e.__class__.__name__}: {e})") from e
     ow, oh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     return ImageInfo(str(path), ow, oh, (w, h), orientation, frames, fmt, mode in _GRAY_MODES)
+
+
+#: PNG chunks after the pixel data that Pillow's load() adds to ``info``, where its getexif()
+#: looks: the EXIF block (eXIf) and text (an XMP packet or "Raw profile type exif": tEXt, zTXt, iTXt).
+_PNG_EXIF_CHUNKS = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")
+
+
+def header_exif(im: Image.Image, path: str | os.PathLike[str]) -> Image.Exif:
+    """``im.getexif()`` (``im`` just opened from ``path``) without decoding the pixels where it
+    can be helped: Pillow's PNG reader decodes the whole image when no eXIf chunk precedes the
+    pixel data (an eXIf or text chunk may follow it), as long as a full read. The PNG's chunks are
+    walked instead (their headers only): with no such chunk after the pixel data, the EXIF is
+    what the header gave, taken without decoding; with one (rare), Pillow's getexif() as before,
+    so the orientation is the one the read applies."""
+    if im.format == "PNG" and "exif" not in im.info and not _png_exif_after_pixels(Path(path)):
+        return Image.Image.getexif(im)  # the generic one: from ``info``, without PngImageFile's load()
+    return im.getexif()
+
+
+def _png_exif_after_pixels(path: Path) -> bool:
+    """Whether a PNG has an eXIf or text chunk after its first IDAT (True also when its chunks
+    cannot be walked to IEND: then Pillow's reader decides)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(8)  # the signature
+            seen_idat = False
+            while True:
+                head = fh.read(8)
+                if len(head) < 8:
+                    return True
+                length, kind = struct.unpack(">I4s", head)
+                if kind == b"IEND":
+                    return False
+                seen_idat = seen_idat or kind == b"IDAT"
+                if seen_idat and kind in _PNG_EXIF_CHUNKS:
+                    return True
+                fh.seek(length + 4, os.SEEK_CUR)  # the data and the CRC
+    except OSError:
+        return True
 
 
 def _tiff_info(p: Path, decode: bool) -> ImageInfo | None:
@@ -812,7 +851,7 @@ def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None] | None:
         with _quiet_pillow(), Image.open(path) as im:  # the header only
             fmt, mode = im.format, im.mode
             tiff = _tiff_depth(im) if fmt == "TIFF" else None
-            orientation = int(im.getexif().get(_ORIENTATION, 1) or 1)
+            orientation = int(header_exif(im, path).get(_ORIENTATION, 1) or 1)
     except Image.DecompressionBombError as e:
         raise _too_large(path, e) from e
     except UnidentifiedImageError:
@@ -914,10 +953,7 @@ def source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes |
     try:
         with _quiet_pillow(), Image.open(path) as im:
             icc = im.info.get("icc_profile") or None
-            exif = im.getexif()
-            if not exif and im.format == "PNG":  # PNG's eXIf may follow the header
-                im.load()
-                exif = im.getexif()
+            exif = header_exif(im, path)  # (a PNG's eXIf may follow the pixel data)
             if exif and im.format == "TIFF":
                 exif = _tiff_exif(exif)
             if not exif:
