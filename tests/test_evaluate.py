@@ -261,6 +261,43 @@ def test_unreadable_or_mismatched_sources_fail_before_any_fusion(
     assert not fused
 
 
+
+def test_each_source_is_decoded_once_by_the_check_and_once_by_the_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The up-front check ran three times (in the command, in run_evaluation, per dataset),
+    each decoding every source, and the notes' header reads decoded a PNG once more (Pillow's
+    getexif() loads it): 6 decodes of a source; now the check once and the read once, from the
+    command and from the Python API (which still checks: a truncated source is refused)."""
+    from PIL import ImageFile
+
+    src, _ = _write_set(tmp_path, ["p1", "p2"])
+    counts: dict[str, int] = {}
+    load = ImageFile.ImageFile.load
+
+    def counting(self):  # noqa: ANN001, ANN202 - Pillow's signature
+        if self.tile:
+            name = Path(getattr(self.fp, "name", "?")).name
+            counts[name] = counts.get(name, 0) + 1
+        return load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting)
+    cfg = {"methods": ["Laplacian"], "metrics": ["QG"], "figures": False, "save_fused": False,
+           "datasets": [{"name": "tiny", "sources": str(src)}]}
+    assert cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(tmp_path / "ev")]) == 0
+    sources = [f"{n}-{s}.png" for n in ("p1", "p2") for s in "AB"]
+    assert {n: counts.get(n) for n in sources} == dict.fromkeys(sources, 2), counts
+    counts.clear()
+    ds = ev.Dataset(name="tiny", sources=src)
+    ev.run_evaluation(ev.EvalConfig(datasets=(ds,), methods=("Laplacian",), metrics=("QG",), figures=False,
+                                    save_fused=False), tmp_path / "ev2", log=lambda s: None)
+    assert {n: counts.get(n) for n in sources} == dict.fromkeys(sources, 2), counts
+    data = (src / "p2-B.png").read_bytes()
+    (src / "p2-B.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputFileError, match=r"p2-B\.png: dataset 'tiny', pair 'p2': unreadable image"):
+        ev.run_evaluation(ev.EvalConfig(datasets=(ds,), methods=("Laplacian",), metrics=("QG",)), tmp_path / "ev3",
+                          log=lambda s: None)
+
 def test_a_multi_page_or_gray_beside_colour_source_is_noted_before_the_work(tmp_path: Path, capsys) -> None:
     src, imgs = _write_set(tmp_path, ["p1", "p2"])
     a, b = imgs["p1"][:2]

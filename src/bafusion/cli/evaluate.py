@@ -73,7 +73,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     run_params = {"evaluate": _config_dict(cfg), "fuse": asdict(fusion) if fusion is not None else {}}
     if nets is not None:
         run_params["models"] = list(nets.sources)
-    run_evaluation(cfg, args.out, nets, fusion, run_params, args.report, args.plots)
+    run_evaluation(cfg, args.out, nets, fusion, run_params, args.report, args.plots, checked=True)
     print(f"evaluation written to {args.out}")
     return 0
 

@@ -1073,15 +1073,17 @@ def dataset_notes(ds: Dataset, cfg: EvalConfig, pairs: Sequence[Pair]) -> list[s
 
 
 def evaluate_dataset(
-    ds: Dataset, cfg: EvalConfig, out: Path, nets: Any = None, fusion_params: Any = None, log: Any = print
+    ds: Dataset, cfg: EvalConfig, out: Path, nets: Any = None, fusion_params: Any = None, log: Any = print,
+    checked: bool = False,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Evaluate one dataset into ``out`` (its folder): metrics.csv, means.csv (and means-sets.csv
     with ``sets``), table1.md, figures/ and fused/. Returns the rows and the method order. Its
     inputs are checked first (:func:`check_dataset`): a missing reference image or peer value
-    fails before any pair is fused."""
+    fails before any pair is fused; ``checked`` says the caller has checked them (each source
+    is decoded by the check: once is enough)."""
     from bafusion.evaluation.figures import save_dataset_figures
 
-    pairs = check_dataset(ds, cfg)
+    pairs = find_pairs(ds) if checked else check_dataset(ds, cfg)
     for note in source_notes(ds, pairs):  # before the work, where they are not lost among the pairs' lines
         print(f"bafusion evaluate: {note}", file=sys.stderr)
     fig_pair = ds.figure_pair or pairs[0].name
@@ -1182,6 +1184,7 @@ def run_evaluation(
     report: str | os.PathLike[str] | None = None,
     plots: str | os.PathLike[str] | None = None,
     log: Any = print,
+    checked: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every dataset of ``cfg`` into ``out`` (replaced whole on success), log an MLflow
     run ``evaluate`` with the means as metrics and the tables and figures as artifacts, and
@@ -1189,7 +1192,9 @@ def run_evaluation(
     methods as a CSV for DVC plots (``plots``). Returns the metrics document.
 
     Raises :class:`~bafusion.errors.UserError` before any work when ``out`` is, or holds, a
-    dataset's sources or references, or the working directory."""
+    dataset's sources or references, or the working directory, and when a dataset's inputs fail
+    :func:`check_datasets` -- unless ``checked`` says the caller ran it on ``cfg`` already (the
+    command does, before loading the nets): each source is decoded by the check, once."""
     from bafusion import tracking
     from bafusion.preflight import check_output_dir
 
@@ -1198,7 +1203,8 @@ def run_evaluation(
     # sources, reference images or reference metrics (they would be deleted with it).
     inputs = [p for ds in cfg.datasets for p in (ds.sources, ds.reference, ds.reference_metrics) if p is not None]
     check_output_dir(out, inputs, replaced=True, what="evaluation output folder")
-    check_datasets(cfg)  # every dataset's inputs before the first fusion
+    if not checked:
+        check_datasets(cfg)  # every dataset's inputs before the first fusion
     doc: dict[str, Any] = {}
     plot_rows: list[dict[str, Any]] = []
     all_means: dict[str, float] = {}
@@ -1211,7 +1217,7 @@ def run_evaluation(
                         "data.holdout_foregrounds / holdout_backgrounds); not evaluated")
                     doc[ds.name] = {"pairs": 0}
                     continue
-                rows, methods = evaluate_dataset(ds, cfg, tmp / ds.name, nets, fusion_params, log)
+                rows, methods = evaluate_dataset(ds, cfg, tmp / ds.name, nets, fusion_params, log, checked=True)
                 qs = [*cfg.metrics, *(q for q in TRUTH_METRICS if _has_values(rows, methods, q))]
                 entry: dict[str, Any] = {"pairs": len({r["pair"] for r in rows})}
                 for m in methods:
