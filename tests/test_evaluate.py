@@ -339,6 +339,35 @@ def test_out_folder_holding_the_sources_or_references_is_refused_and_they_stay(
     assert (tmp_path / "ev" / "t" / "metrics.csv").is_file()
 
 
+def test_report_and_plots_inside_out_are_its_own_outputs_on_a_rerun(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--report and --plots inside --out made the second run refuse the folder ('holds files this
+    command did not write: plots.csv, report.json'): they are the command's own outputs, written
+    after --out is replaced (so they are kept); a file of the user's beside them still is refused."""
+    src, _ = _write_set(tmp_path, ["p1"])
+    out = tmp_path / "ev"
+    for report in ("report.json", "report.json", "m/report.json"):
+        argv = ["evaluate", "--dataset", f"t={src}", "--methods", "Laplacian", "--metrics", "QG",
+                "--root", str(tmp_path), "--out", str(out), "--report", str(out / report),
+                "--plots", str(out / "plots.csv")]
+        if report == "m/report.json":  # a report of another run's: not known to be this one's
+            assert cli_main(argv) == 2
+            assert "holds files this command did not write: report.json;" in capsys.readouterr().err
+            (out / "report.json").unlink()
+        assert cli_main(argv) == 0, capsys.readouterr().err
+        assert json.loads((out / report).read_text()) == json.loads((out / "metrics.json").read_text())
+        assert (out / "plots.csv").read_text().startswith("method,QG")
+    for mine in (out / "notes.txt", out / "m" / "notes.txt"):
+        mine.write_text("mine")
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"holds files this command did not write: {mine.relative_to(out).parts[0]};" in err, err
+        assert mine.read_text() == "mine"
+        mine.unlink()
+    assert cli_main(argv) == 0
+
+
 def test_a_pair_with_one_shot_is_refused_and_a_gray_shot_beside_a_colour_one_is_taken(tmp_path: Path) -> None:
     """A lone -A stopped the run while a lone -B was silently left out of the table; a gray A
     beside a colour B failed in the baselines with a message naming no pair."""

@@ -583,6 +583,25 @@ def test_cli_fuse_set_on_an_empty_test_set_fuses_nothing(tmp_path: Path, model_d
     assert rep == {"pairs": 0}
 
 
+def test_cli_fuse_set_reruns_with_its_report_inside_out(tmp_path: Path, model_dir: Path, capsys) -> None:
+    """A --report inside --out made the rerun refuse the folder ('holds files this command did
+    not write: fuse.json'): the report is fuse-set's own, written after --out is replaced."""
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    (pairs / "index.json").write_text(json.dumps({"pairs": []}))
+    out = tmp_path / "fused"
+    argv = ["fuse-set", "--pairs", str(pairs), "--models", str(model_dir), "--out", str(out),
+            "--report", str(out / "fuse.json")]
+    for _ in range(2):
+        assert cli_main(argv) == 0, capsys.readouterr().err
+        assert json.loads((out / "fuse.json").read_text()) == {"pairs": 0}
+        assert (out / "accuracy.json").is_file()
+    (out / "notes.txt").write_text("mine")
+    assert cli_main(argv) == 2
+    assert "holds files this command did not write: notes.txt;" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+
+
 def test_dense_pass_equals_the_context_view_of_training() -> None:
     """With a margin, the dense score of a pixel on the 4-px grid is the in-context logit that
     context-consistency training optimises (model.context_logits on the patch with that many

@@ -118,18 +118,49 @@ MARKER_ENTRIES: dict[str, Callable[[Any], set[str]]] = {
 _FOREIGN_OK = frozenset({".DS_Store", "Thumbs.db", ".snakemake_timestamp"})
 
 
-def foreign_entries(folder: Path, marker: str) -> list[str] | None:
+def _parts_inside(folder: Path, p: str | os.PathLike[str]) -> tuple[str, ...] | None:
+    """The parts of ``p`` relative to ``folder`` when it lies inside it (resolved), else None."""
+    try:
+        f, q = folder.resolve(), Path(p).resolve()
+    except (OSError, RuntimeError):
+        return None
+    return q.relative_to(f).parts if f in q.parents else None
+
+
+def _own_entries(folder: Path, outputs: Iterable[str | os.PathLike[str]]) -> set[str]:
+    """The entries at the top of ``folder`` that are the command's other outputs (``--report``,
+    ``--plots``: written after the folder is replaced, so they stay), or a folder holding
+    nothing but them (``out/m/report.json``; a file of the user's beside it is foreign)."""
+    own = {parts for p in outputs if (parts := _parts_inside(folder, p))}
+    dirs = {parts[:i] for parts in own for i in range(1, len(parts))}
+    names: set[str] = set()
+    for top in {parts[0] for parts in own}:
+        if (top,) in own:
+            names.add(top)
+            continue
+        ok = True
+        for base, subdirs, files in os.walk(folder / top):
+            rel = Path(base).relative_to(folder).parts
+            ok = ok and all((*rel, d) in dirs for d in subdirs) and all((*rel, f) in own for f in files)
+        if ok:
+            names.add(top)
+    return names
+
+
+def foreign_entries(folder: Path, marker: str, own: Iterable[str | os.PathLike[str]] = ()) -> list[str] | None:
     """The entries at the top of ``folder``, an earlier output that holds ``marker``, that the
-    command did not write (:data:`MARKER_ENTRIES`), sorted; None when the marker cannot be
+    command did not write (:data:`MARKER_ENTRIES`, and ``own``: its other output files, such as
+    ``--report``, where they lie inside ``folder``), sorted; None when the marker cannot be
     read or is of a layout not known here (then the marker alone vouches for the folder)."""
     entries = MARKER_ENTRIES.get(marker)
     if entries is None:
         return None
     try:
-        own = entries(json.loads((folder / marker).read_text()))
+        written = entries(json.loads((folder / marker).read_text()))
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return sorted(e.name for e in folder.iterdir() if e.name not in own and e.name != marker
+    written |= _own_entries(folder, own)
+    return sorted(e.name for e in folder.iterdir() if e.name not in written and e.name != marker
                   and e.name not in _FOREIGN_OK)
 
 
@@ -234,11 +265,13 @@ def check_output_dir(
     replaced: bool = False,
     marker: str | None = None,
     what: str = "output folder",
+    own: Iterable[str | os.PathLike[str]] = (),
 ) -> Path:
     """Check an output folder: an existing folder or a new path, never a file; ``replaced``
     (the command replaces it whole): it must not hold an input or the working directory and,
     with ``marker``, it must be empty or hold that file (an earlier output of the command) and
-    nothing the command did not write (:func:`foreign_entries`)."""
+    nothing the command did not write (:func:`foreign_entries`; ``own``: its other output
+    files, written after the folder is replaced)."""
     p, shown = Path(path), os.fspath(path)
     if os.path.lexists(p) and not p.is_dir():
         raise UserError(f"{shown}: is a file, not a folder: the {what} must be a folder or a new path")
@@ -252,7 +285,7 @@ def check_output_dir(
         if marker and p.is_dir() and not (p / marker).is_file() and any(p.iterdir()):
             raise UserError(f"{shown}: the {what} is replaced whole and holds files that are no earlier output of "
                             f"this command (no {marker}); they would be deleted: remove the folder or choose another")
-        foreign = foreign_entries(p, marker) if marker and p.is_dir() and (p / marker).is_file() else None
+        foreign = foreign_entries(p, marker, own) if marker and p.is_dir() and (p / marker).is_file() else None
         if foreign:
             more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
             raise UserError(f"{shown}: the {what} is replaced whole and holds files this command did not write: "
@@ -312,10 +345,13 @@ def check_command(args: argparse.Namespace) -> None:
     for dest in spec.dirs:
         for p in _raw(getattr(args, dest, None)):
             check_output_dir(p, inputs, what=f"{spec.flag(dest)} folder")
+    # the command's output files (evaluate's --report, --plots) are written after --out is
+    # replaced: inside it they are its own entries, not the user's
+    own = [p for dest in (*spec.images, *spec.files) for p in _raw(getattr(args, dest, None))]
     for dest in spec.replaced_dirs:
         for p in _raw(getattr(args, dest, None)):
             check_output_dir(p, inputs, replaced=True, marker=OUTPUT_MARKERS.get(getattr(args, "command", "")),
-                             what=f"{spec.flag(dest)} folder")
+                             what=f"{spec.flag(dest)} folder", own=own)
     check_outputs_distinct(
         [(p, spec.flag(dest)) for dest in (*spec.images, *spec.files, *spec.dirs, *spec.replaced_dirs)
          for p in _raw(getattr(args, dest, None))])

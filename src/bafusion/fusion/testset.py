@@ -144,8 +144,9 @@ def fuse_set(
 
     pairs, out = Path(pairs), Path(out)
     # ``out`` is replaced whole: refuse before any work when it holds the test set, the nets or
-    # files that are no earlier output of fuse-set
-    check_output_dir(out, [pairs, *(s for s in nets.sources if s)], replaced=True, marker=ACCURACY)
+    # files that are no earlier output of fuse-set (the report, written after it is replaced, is)
+    check_output_dir(out, [pairs, *(s for s in nets.sources if s)], replaced=True, marker=ACCURACY,
+                     own=[report_path] if report_path else [])
     # An empty test set (no held-out images, as in the paper preset) fuses nothing.
     names = read_pair_index(pairs, allow_empty=True)
     if not names:
