@@ -333,6 +333,15 @@ def test_a_key_given_twice_is_refused_naming_it(tmp_path: Path, capsys: pytest.C
         load_yaml("train:\n  lr: 0.1\n  lr: 0.2\n")
     # a merge key's values may be overridden, as YAML allows
     assert load_yaml("a: &x {b: 1, c: 2}\nd:\n  <<: *x\n  b: 3\n")["d"] == {"b": 3, "c": 2}
+    # also in an anchored mapping met first through a later alias's merge: PyYAML rewrote its
+    # merge key in place into the keys it merges, which read as its own ('duplicate key 'x'')
+    text = "base: &b {x: 1, y: 2}\ndefs:\n  c: &c {<<: *b, x: 2}\nuse: {<<: *c}\n"
+    assert load_yaml(text) == yaml.safe_load(text)
+    assert load_yaml(text)["defs"]["c"] == {"x": 2, "y": 2}
+    for twice, line in [("b: &b {x: 1}\nu: {<<: *b, y: 1,\n  y: 2}\n", 3), ("b: &b {x: 1,\n  x: 3}\nu: {<<: *b}\n", 2),
+                        ("b: &b {x: 1}\nc: &c {<<: *b, y: 1,\n  y: 2}\nu: {<<: *c}\n", 3)]:
+        with pytest.raises(yaml.YAMLError, match=rf"duplicate key '[xy]' on line {line} "):
+            load_yaml(twice)
 
 
 @pytest.mark.slow

@@ -46,22 +46,31 @@ class ParamsLoader(yaml.SafeLoader):
     mapping, as DVC and ruamel.yaml do (PyYAML keeps the last silently: a second ``train:``
     at the end of params.yaml replaced the whole section, its other keys back to defaults)."""
 
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, yaml.Node] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` keys may be overridden
-                    continue
-                key = self.construct_object(key_node, deep=False)
-                try:
-                    first = seen.setdefault(key, key_node)
-                except TypeError:  # unhashable: PyYAML's own error follows
-                    continue
-                if first is not key_node:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} on line {key_node.start_mark.line + 1} (first on line "
-                        f"{first.start_mark.line + 1})", key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # PyYAML rewrites a node's merge keys in place into the keys they merge (in front of its
+        # own): a node is checked once, on its first flattening, so by its own explicit keys
+        # only (an anchored node is often flattened first through an alias's ``<<: *c``, before
+        # it is constructed; its merged keys, which its own may override, are then among them)
+        checked: dict[int, yaml.Node] = self.__dict__.setdefault("_keys_checked", {})
+        if id(node) not in checked:
+            checked[id(node)] = node  # held: an id is not reused while the document is read
+            self._check_duplicate_keys(node)
+        super().flatten_mapping(node)
+
+    def _check_duplicate_keys(self, node: yaml.MappingNode) -> None:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=False)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # unhashable: PyYAML's own error follows
+                continue
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} on line {key_node.start_mark.line + 1} (first on line "
+                    f"{first.start_mark.line + 1})", key_node.start_mark)
 
 
 ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(_FLOAT_12.pattern, re.X),
