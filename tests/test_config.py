@@ -219,17 +219,17 @@ def test_a_block_list_emptied_by_apply_stays_valid_yaml_with_its_comments(tmp_pa
     assert yaml.safe_load(f.read_text()) == original
 
 
-def test_preset_apply_refuses_what_the_pipeline_would_refuse(tmp_path: Path, capsys) -> None:
+def test_preset_apply_refuses_what_the_pipeline_would_refuse(tmp_path: Path, capsys, monkeypatch) -> None:
     """An empty file takes the preset; a list, bad YAML or a missing file is one line naming it;
-    a result that breaks a rule across keys (patches.boundary_per_pair 0, untouched by the preset)
-    is refused and the file left as it was."""
+    a result that breaks a rule across keys (patches.label_threshold 0, untouched by the preset)
+    is refused and the file left as it was; patches.boundary_per_pair 0 (only train_boundary
+    needs that set) is applied with a one-line warning."""
     f = tmp_path / "p.yaml"
     f.write_text("")
     assert main(["preset", "paper", "--apply", str(f)]) == 0
     assert yaml.safe_load(f.read_text())["patch"] == 64
     capsys.readouterr()
     for text, words in (("- 1\n", "mapping"), ("a: [\n", "invalid YAML"), (None, "not found"),
-                        ("patches: {boundary_per_pair: 0}  # keep\n", "patches.boundary_per_pair: 0"),
                         ("fuse: {tile: 30}\n", "fuse.tile")):
         g = tmp_path / "q.yaml"
         g.unlink(missing_ok=True)
@@ -239,6 +239,20 @@ def test_preset_apply_refuses_what_the_pipeline_would_refuse(tmp_path: Path, cap
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and str(g) in err[0] and words in err[0] and "Traceback" not in err[0], err
         assert (g.read_text() if g.exists() else None) == text
+    # (paper and real pin every key of the rules across keys: a preset that leaves one)
+    monkeypatch.setattr("bafusion.config.load_preset", lambda name: {"patch": 64})
+    text = "patches: {label_threshold: 0}  # keep\n"
+    g.write_text(text)
+    assert main(["preset", "paper", "--apply", str(g)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(g) in err[0] and "patches.label_threshold: 0" in err[0], err
+    assert g.read_text() == text
+    g.write_text("patches: {boundary_per_pair: 0}\n")
+    assert main(["preset", "paper", "--apply", str(g)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith(f"warning: {g} with the overrides applied: patches.boundary_per_pair: "
+                                               "0 leaves the boundary net's patch set empty"), err
+    assert yaml.safe_load(g.read_text())["patches"]["boundary_per_pair"] == 0
 
 
 def test_net_init_follows_the_trainers_rule() -> None:
@@ -559,7 +573,6 @@ def test_allowed_values_are_the_schemas() -> None:
      "train.consistency: 1.0 needs patches.context > 0"),
     ({"train": {"boundary": {"consistency": 0.5}}, "patches": {"context": 0}},
      "train.boundary.consistency: 0.5 needs patches.context > 0"),
-    ({"patches": {"boundary_per_pair": 0}}, "patches.boundary_per_pair: 0 leaves the boundary net's patch set empty"),
     ({"patches": {"label_threshold": 0}}, "patches.label_threshold: 0 makes every pixel focused"),
 ])
 def test_check_params_refuses_what_the_jobs_refuse_after_the_data_stages(override: dict, words: str) -> None:
@@ -589,6 +602,18 @@ def test_check_params_warns_of_milestones_never_reached(capsys: pytest.CaptureFi
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "train.milestones: [4, 2] is not increasing" in err[0], err
     assert "train.milestones: 4 not before the last epoch (train.boundary.epochs: 3)" in err[1], err
+
+
+def test_check_params_warns_of_an_empty_boundary_patch_set(capsys: pytest.CaptureFixture[str]) -> None:
+    """patches.boundary_per_pair: 0 was refused for every Snakemake target, also train_initial,
+    which never reads the boundary set (the Snakefile is read before the targets are known)."""
+    from bafusion.cli.params_check import check_params
+
+    params = load_params(REPO / "params.yaml")
+    check_params(deep_merge(params, {"patches": {"boundary_per_pair": 0}}), "p.yaml")
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["warning: p.yaml: patches.boundary_per_pair: 0 leaves the boundary net's patch set empty: "
+                   "train_boundary (and what needs the boundary net: fuse, evaluate, all) would fail on it"], err
 
 
 def test_the_snakefiles_checks_do_not_load_torch() -> None:

@@ -175,6 +175,20 @@ def test_rules_across_keys_fail_snakemake_dry_run(project: Path, override: dict,
 
 
 @pytest.mark.slow
+def test_an_empty_boundary_patch_set_is_a_warning_for_targets_before_the_boundary_net(project: Path) -> None:
+    """patches.boundary_per_pair: 0 failed every target, also train_initial, which never reads
+    the boundary set: the Snakefile is read before Snakemake knows the targets, so one line says it."""
+    p = run(["snakemake", "-n", "--cores", "1", "train_initial", "--config", 'patches={"boundary_per_pair": 0}'],
+            project, check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "rule train_initial:" in out and "Job stats" in out, out[-2000:]
+    warning = [line for line in out.splitlines() if line.startswith("warning:") and "boundary_per_pair" in line]
+    assert warning == ["warning: params.yaml + --config: patches.boundary_per_pair: 0 leaves the boundary net's "
+                       "patch set empty: train_boundary (and what needs the boundary net: fuse, evaluate, all) "
+                       "would fail on it"], out[-2000:]
+
+
+@pytest.mark.slow
 def test_a_missing_key_of_the_rules_fails_in_one_line(project: Path) -> None:
     """A key the rules read that params.yaml lacks: its x-default (seed, patch), as the commands
     take it, or one line naming the key (it was Snakemake's KeyError traceback of data.smk)."""

@@ -6,9 +6,10 @@ keys together (``composite.sigma`` as ``lo <= hi``, ``fuse.low < fuse.high``, bo
 that sum to at most 1, the realistic degradations' ranges) live, once, in the typed object of
 the step that needs them. :func:`check_params` builds those objects from the parameters, so a
 value a job would refuse fails before any job starts, in one line that names the source.
-It also refuses what the pipeline's jobs would refuse only after the data stages (an empty
-boundary patch set, ``train.consistency`` without ``patches.context``) and warns, one line, of
-milestones the learning rate never reaches. Light on purpose (no torch): the Snakefile runs it
+It also refuses what the pipeline's jobs would refuse only after the data stages
+(``patches.label_threshold: 0``, ``train.consistency`` without ``patches.context``) and warns,
+one line each, of an empty boundary patch set (only ``train_boundary`` and what follows it
+need it) and of milestones the learning rate never reaches. Light on purpose (no torch): the Snakefile runs it
 at every ``snakemake`` call.
 The ``evaluate`` section is left to ``bafusion evaluate``: its datasets name folders that may
 not exist until the data is there.
@@ -73,16 +74,15 @@ def _net_value(params: Mapping[str, Any], net: str, key: str) -> tuple[str, Any]
 
 
 def _check_pipeline(params: Mapping[str, Any]) -> None:
-    """What the pipeline's jobs would refuse late, after the data stages: an empty boundary
-    patch set (train_boundary: "the train split is empty") and a consistency term without
-    the surroundings it compares (train)."""
+    """What the pipeline's jobs would refuse late, after the data stages, or train on
+    uselessly: a label threshold that labels every pixel focused in A (one class for the
+    initial net, an empty boundary set: train_boundary's "the train split is empty") and a
+    consistency term without the surroundings it compares (train)."""
     pat = params.get("patches") or {}
-    if pat.get("boundary_per_pair") == 0:
-        raise UserError("patches.boundary_per_pair: 0 leaves the boundary net's patch set empty "
-                        "(train_boundary trains on it)")
+    # (patches.boundary_per_pair: 0 only empties the boundary net's set: a warning, below)
     if pat.get("label_threshold") == 0:
-        raise UserError("patches.label_threshold: 0 makes every pixel focused in A: no patch holds a boundary, "
-                        "the boundary net's patch set would be empty (train_boundary trains on it)")
+        raise UserError("patches.label_threshold: 0 makes every pixel focused in A: every patch is labelled 1 (the "
+                        "initial net learns one class) and none holds a boundary (the boundary net's set is empty)")
     context = int(pat.get("context") or 0)
     for net in ("initial", "boundary"):
         key, weight = _net_value(params, net, "consistency")
@@ -93,8 +93,14 @@ def _check_pipeline(params: Mapping[str, Any]) -> None:
 
 def _training_warnings(params: Mapping[str, Any]) -> list[str]:
     """Milestones the learning rate never reaches (at or after the last epoch) or not in
-    increasing order: allowed, likely a slip (epochs cut without the milestones)."""
+    increasing order: allowed, likely a slip (epochs cut without the milestones). An empty
+    boundary patch set (``patches.boundary_per_pair: 0``): fine for targets before the
+    boundary net (``train_initial``), a failure of ``train_boundary``; the Snakefile is read
+    before Snakemake knows the targets (9.x sets them after), so it is said, not refused."""
     lines: list[str] = []
+    if (params.get("patches") or {}).get("boundary_per_pair") == 0:
+        lines.append("patches.boundary_per_pair: 0 leaves the boundary net's patch set empty: train_boundary "
+                     "(and what needs the boundary net: fuse, evaluate, all) would fail on it")
     for net in ("initial", "boundary"):
         mkey, milestones = _net_value(params, net, "milestones")
         ekey, epochs = _net_value(params, net, "epochs")
