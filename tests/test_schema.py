@@ -174,6 +174,19 @@ def test_rules_across_keys_fail_snakemake_dry_run(project: Path, override: dict,
     assert "Error in file" not in out and 'File "' not in out, out[-2000:]
 
 
+def test_the_tiny_pipeline_config_draws_no_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    """The end-to-end tests' config (epochs 1, milestones [1]) printed 'warning: ...
+    train.milestones: 1 not before the last epoch' at every snakemake call."""
+    from pipeline_project import TINY, _merge
+
+    from bafusion.cli.params_check import check_params
+
+    params = validate_params(_merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY), "tiny")
+    check_params(params, "tiny")
+    assert capsys.readouterr().err == ""
+    assert params["train"]["milestones"] == [] and validate_params(params, "tiny") == params
+
+
 @pytest.mark.slow
 def test_an_empty_boundary_patch_set_is_a_warning_for_targets_before_the_boundary_net(project: Path) -> None:
     """patches.boundary_per_pair: 0 failed every target, also train_initial, which never reads
