@@ -473,7 +473,7 @@ class _PickleWarningFilter(logging.Filter):
 
     It came on every training (twice per ``dvc repro``). The pickle is chosen on purpose (see
     :func:`log_torch_model`) and the README says what it means: load only runs you made. The
-    project's own model files are plain ``state_dict``\ s loaded with ``weights_only=True``.
+    project's own model files are plain ``state_dict`` files loaded with ``weights_only=True``.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
