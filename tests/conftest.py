@@ -63,3 +63,21 @@ def make_tiny_nets(folder: Path, patch: int = 12) -> Path:
 def tiny_nets(tmp_path: Path) -> Path:
     """:func:`make_tiny_nets` in a fresh folder."""
     return make_tiny_nets(tmp_path / "nets")
+
+
+@pytest.fixture
+def pillow_decodes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Pixel-data decodes of image files by Pillow from now on, per file name (a load with tiles)."""
+    from PIL import ImageFile
+
+    counts: dict[str, int] = {}
+    load = ImageFile.ImageFile.load
+
+    def counting(self):  # noqa: ANN001, ANN202 - Pillow's signature
+        if self.tile:
+            name = Path(getattr(self.fp, "name", "?")).name
+            counts[name] = counts.get(name, 0) + 1
+        return load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting)
+    return counts

@@ -693,31 +693,14 @@ def test_fuse_dir_lists_broken_links_and_does_not_fuse_their_stacks(tmp_path: Pa
     assert sorted(p.name for p in out.iterdir()) == ["p.png"]
 
 
-def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Pixel-data decodes of image files by Pillow, per file name (a load with tiles to decode)."""
-    from PIL import ImageFile
-
-    counts: dict[str, int] = {}
-    load = ImageFile.ImageFile.load
-
-    def counting(self):  # noqa: ANN001, ANN202 - Pillow's signature
-        if self.tile:
-            name = Path(getattr(self.fp, "name", "?")).name
-            counts[name] = counts.get(name, 0) + 1
-        return load(self)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", counting)
-    return counts
-
-
-def test_fuse_decodes_each_source_png_once(tmp_path: Path, nets: Path, monkeypatch) -> None:
+def test_fuse_decodes_each_source_png_once(tmp_path: Path, nets: Path, pillow_decodes: dict[str, int]) -> None:
     """A PNG's header was read by Pillow's getexif(), which decodes the whole image when no
     eXIf chunk precedes the pixel data: fuse of two PNGs decoded each 5 times (3 before the
     size check), now once (the read)."""
     a, b = pair(1)
     Image.fromarray(a).save(tmp_path / "a.png")
     Image.fromarray(b).save(tmp_path / "b.png")
-    counts = _count_decodes(monkeypatch)
+    counts = pillow_decodes
     assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "f.png"),
                      "--model", str(nets), "--device", "cpu"]) == 0
     assert counts == {"a.png": 1, "b.png": 1}, counts

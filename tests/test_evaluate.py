@@ -263,25 +263,14 @@ def test_unreadable_or_mismatched_sources_fail_before_any_fusion(
 
 
 def test_each_source_is_decoded_once_by_the_check_and_once_by_the_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pillow_decodes: dict[str, int]
 ) -> None:
     """The up-front check ran three times (in the command, in run_evaluation, per dataset),
     each decoding every source, and the notes' header reads decoded a PNG once more (Pillow's
     getexif() loads it): 6 decodes of a source; now the check once and the read once, from the
     command and from the Python API (which still checks: a truncated source is refused)."""
-    from PIL import ImageFile
-
     src, _ = _write_set(tmp_path, ["p1", "p2"])
-    counts: dict[str, int] = {}
-    load = ImageFile.ImageFile.load
-
-    def counting(self):  # noqa: ANN001, ANN202 - Pillow's signature
-        if self.tile:
-            name = Path(getattr(self.fp, "name", "?")).name
-            counts[name] = counts.get(name, 0) + 1
-        return load(self)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", counting)
+    counts = pillow_decodes
     cfg = {"methods": ["Laplacian"], "metrics": ["QG"], "figures": False, "save_fused": False,
            "datasets": [{"name": "tiny", "sources": str(src)}]}
     assert cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(tmp_path / "ev")]) == 0
