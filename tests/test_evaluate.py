@@ -263,7 +263,7 @@ def test_unreadable_or_mismatched_sources_fail_before_any_fusion(
 
 
 def test_each_source_is_decoded_once_by_the_check_and_once_by_the_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pillow_decodes: dict[str, int]
+    tmp_path: Path, pillow_decodes: dict[str, int]
 ) -> None:
     """The up-front check ran three times (in the command, in run_evaluation, per dataset),
     each decoding every source, and the notes' header reads decoded a PNG once more (Pillow's

@@ -434,12 +434,9 @@ for name, a in (("x.jpg", img), ("x.png", img), ("x.bmp", img), ("x.tif", img), 
 """
 
 
-def test_write_fails_on_a_short_write(tmp_path: Path) -> None:
-    """A disk that fills up while a file is written cuts the write short: every format raises
-    an OSError naming the output, and no file is left (a JPEG of quality 95, written by Pillow
-    in one write() that ignores a short one, was cut off and reported as written). The short
-    write is made by a file-size limit (RLIMIT_FSIZE), in a child process."""
-    import errno
+def _run_limited(script: str, *args: object) -> list[str]:
+    """Run ``script`` (which sets its own file-size limit) in a child Python with this tree's
+    package; its stdout lines."""
     import os
     import subprocess
     import sys
@@ -447,11 +444,21 @@ def test_write_fails_on_a_short_write(tmp_path: Path) -> None:
     pytest.importorskip("resource")
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, "-c", _SHORT_WRITE, str(tmp_path), "20000"], capture_output=True, text=True,
-                       env=env, timeout=120)
+    r = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, env=env,
+                       timeout=120)
     assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
-    assert len(lines) == 6, r.stdout
+    return r.stdout.splitlines()
+
+
+def test_write_fails_on_a_short_write(tmp_path: Path) -> None:
+    """A disk that fills up while a file is written cuts the write short: every format raises
+    an OSError naming the output, and no file is left (a JPEG of quality 95, written by Pillow
+    in one write() that ignores a short one, was cut off and reported as written). The short
+    write is made by a file-size limit (RLIMIT_FSIZE), in a child process."""
+    import errno
+
+    lines = _run_limited(_SHORT_WRITE, tmp_path, "20000")
+    assert len(lines) == 6, lines
     for line in lines:
         name, what, *rest = line.split()
         assert what == "raised", line
@@ -489,18 +496,9 @@ def test_write_of_a_16_bit_tiff_fails_when_its_last_bytes_are_lost(tmp_path: Pat
     disk full within the last few KB lost the file's end unsaid (the file was kept, a few bytes
     short). The size is checked: an OSError naming the output, no file left."""
     import errno
-    import os
-    import subprocess
-    import sys
 
-    pytest.importorskip("resource")
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, "-c", _TIFF_TAIL, str(tmp_path)], capture_output=True, text=True, env=env,
-                       timeout=120)
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
-    assert len(lines) == 3, r.stdout
+    lines = _run_limited(_TIFF_TAIL, tmp_path)
+    assert len(lines) == 3, lines
     for line in lines:
         _, what, *rest = line.split()
         assert what == "raised", line
