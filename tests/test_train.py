@@ -664,3 +664,94 @@ def test_resume_needs_no_best_pt_and_keeps_the_best_epochs_weights(toy_run: dict
         assert torch.equal(v, epoch1["model"][k]), k
     again = load_checkpoint(best_pt)  # written again from last.pt
     assert again["epoch"] == 1 and all(torch.equal(v, epoch1["model"][k]) for k, v in again["model"].items())
+
+
+def _processes_of(marker: str) -> list[int]:
+    """Pids of the processes whose command line holds ``marker`` (Linux /proc)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if marker in (d / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(d.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _nproc2_cmd(h5: Path, tmp_path: Path, *extra: str, epochs: int = 2) -> list[str]:
+    params = {**TOY, "train": {**TOY["train"], "epochs": epochs, "checkpoint_every": 5}}
+    return [sys.executable, "-m", "bafusion.cli", "train", "--net", "initial", "--patches", str(h5),
+            "--out", str(tmp_path / "initial.pt"), "--params-json", json.dumps(params), "--nproc", "2",
+            "--threads", "1", "--checkpoints", str(tmp_path / "ck"), "--metrics", str(tmp_path / "m.json"),
+            "--plots", str(tmp_path / "p.csv"), "--no-progress", *extra]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG")
+@pytest.mark.parametrize("how", ["sigterm", "sigkill", "worker"])
+def test_a_stopped_multi_process_run_leaves_no_process_behind(toy_run: dict, tmp_path: Path, how: str) -> None:
+    """SIGTERM or SIGINT to ``train --nproc 2`` killed torchrun (subprocess.run's answer) and
+    left its workers running: they wrote the model after the command had said 'terminated';
+    a SIGKILLed command left torchrun and the workers. Now the workers stop with the command
+    (a checkpoint to resume, no outputs); a killed worker is one line, not tracebacks."""
+    import signal
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BAFUSION_MLFLOW": "0"}
+    proc = subprocess.Popen(_nproc2_cmd(toy_run["h5"], tmp_path, epochs=200), env=env, cwd=tmp_path,
+                            stderr=subprocess.PIPE, text=True)
+    marker = str(tmp_path / "initial.pt")
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "ck" / "last.pt").exists():  # training, a checkpoint written
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        workers = [p for p in _processes_of(marker) if p != proc.pid]
+        assert len(workers) >= 3  # the launcher and two workers
+        if how == "worker":
+            os.kill(max(workers), signal.SIGKILL)
+        else:
+            proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        deadline = time.monotonic() + 20
+        while _processes_of(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _processes_of(marker) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    lines = [ln for ln in err.splitlines() if "epoch" not in ln and "train patches" not in ln]
+    if how == "sigterm":
+        assert proc.returncode == 143 and lines == ["bafusion train: terminated"], err
+    elif how == "sigkill":
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 128 + signal.SIGKILL, err
+        assert len(lines) == 1 and re.fullmatch(
+            r"bafusion train: error: a training process \(rank \d, pid \d+\) ended by SIGKILL; the others were "
+            r"stopped \(run the command again to resume from the last checkpoint\)", lines[0]), err
+    time.sleep(1)
+    assert not (tmp_path / "initial.pt").exists() and not (tmp_path / "m.json").exists()
+    assert (tmp_path / "ck" / "last.pt").exists()
+
+
+def test_multi_process_errors_are_one_line(toy_run: dict, tmp_path: Path) -> None:
+    """A user error of a ``--nproc 2`` run was said by every process, followed by torchrun's
+    log lines and ChildFailedError traceback, status 1; a busy checkpoint folder hung the other
+    process 30 s. Now: one line, status 2, as with one process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BAFUSION_MLFLOW": "0"}
+    res = subprocess.run(_nproc2_cmd(toy_run["h5"], tmp_path, "--set", "patch=20"), env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.splitlines() == [
+        f"bafusion train: error: {toy_run['h5']}: holds 16x16 patches but the parameters ask for patch=20"]
+    ck = tmp_path / "ck"
+    with checkpoints_lock(ck):
+        res = subprocess.run(_nproc2_cmd(toy_run["h5"], tmp_path), env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.splitlines() == [
+        f"bafusion train: error: {ck}: another training is using this checkpoint folder "
+        "(wait for it to end, or give --checkpoints another folder)"]
+    assert not (tmp_path / "initial.pt").exists()

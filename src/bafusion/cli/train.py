@@ -3,23 +3,177 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import signal
 import subprocess
 import sys
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from bafusion.atomic import clear_stop, stop_requested
 from bafusion.config import read_params
 from bafusion.errors import UserError
 from bafusion.nets.train import (
+    LOCK_HELD_ENV,
     NETS,
     Paths,
     TrainConfig,
+    checkpoints_lock,
     default_paths,
     dist_from_env,
     resolve_nproc,
     train,
 )
+
+# --------------------------------------------------------------------------------------
+# The multi-process launch
+# --------------------------------------------------------------------------------------
+# ``bafusion train --nproc N`` (the command) starts a launcher, ``torch.distributed.run``
+# (torchrun) in a process group of its own, which starts the N training processes (workers).
+# The command holds the checkpoint folder's lock for them. When it is asked to stop (SIGTERM,
+# Ctrl-C) it sends SIGTERM to the launcher, which stops its workers (SIGTERM: they stop as a
+# single-process run does, writing nothing more); what is left after a grace time is killed.
+# Killed itself (SIGKILL), the command takes the launcher with it, and the launcher its
+# workers (Linux: PR_SET_PDEATHSIG). The launcher's own log lines and tracebacks are kept
+# from stderr: a worker's error is said once, by the worker (the first process; the others
+# exit quietly), and the command exits with that worker's status.
+
+#: In the launcher's environment: the pid of the command (the launcher ends with it).
+_PARENT_ENV = "BAFUSION_TRAIN_COMMAND_PID"
+#: In the workers' environment: the pid of the launcher (the workers end with it).
+_LAUNCHER_ENV = "BAFUSION_TRAIN_LAUNCHER_PID"
+#: Exit status of a worker whose peer ended (its connection to it broke): said by the launcher.
+_PEER_GONE = 3
+#: Seconds the launcher is given to stop its workers before the command kills them all.
+_STOP_GRACE = 40.0
+#: ``python -c`` program of the launcher: its Python-level stderr (torchrun's log lines, the
+#: traceback of a failed worker) is kept in memory; the workers write to the real one.
+_LAUNCHER = ("import io, sys\n"
+             "real, sys.stderr = sys.stderr, io.StringIO()\n"
+             "try:\n"
+             "    from bafusion.cli.train import _launcher\n"
+             "except BaseException:\n"
+             "    real.write(sys.stderr.getvalue())\n"
+             "    raise\n"
+             "sys.exit(_launcher(real, sys.argv[1:]))\n")
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the OS send this process SIGTERM when its parent ends, killed too (Linux; elsewhere
+    nothing). ``parent`` is the pid the parent had: when it has already ended, the SIGTERM is
+    sent now."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _launcher(stderr: TextIO, argv: list[str]) -> int:
+    """The launcher process: torchrun with ``argv``, quiet; its exit status is the workers'
+    (see :func:`_failure_status`), 128 + N when it was stopped by signal N."""
+    log = sys.stderr
+    _die_with_parent(int(os.environ[_PARENT_ENV]))
+    os.environ[_LAUNCHER_ENV] = str(os.getpid())
+    try:
+        from torch.distributed.elastic.multiprocessing.api import SignalException
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+        from torch.distributed.run import main as torchrun
+
+        try:
+            torchrun(argv)
+        except ChildFailedError as e:
+            return _failure_status(e.failures, stderr)
+        except SignalException as e:  # asked to stop: it stopped its workers
+            return 128 + int(e.sigval)
+    except BaseException:  # noqa: BLE001 - torchrun's own failure: say all it said
+        stderr.write(log.getvalue() if isinstance(log, io.StringIO) else "")
+        traceback.print_exc(file=stderr)
+        return 1
+    return 0
+
+
+def _failure_status(failures: dict[int, Any], stderr: TextIO) -> int:
+    """The command's exit status for the failed workers ``failures`` (rank -> torchrun's
+    ``ProcessFailure``): a worker's own error (it said it) wins; else a worker ended by a
+    signal (killed, or stopped by someone else than the command) is said in one line; the
+    others ended because of it (their peer went, or torchrun stopped them)."""
+    by_rank = sorted(failures.items())
+    for _, f in by_rank:
+        if f.exitcode > 0 and f.exitcode not in (_PEER_GONE, 128 + signal.SIGINT, 128 + signal.SIGTERM):
+            return int(f.exitcode)
+    # killed (torchrun stops the others with SIGTERM: a 143 or -15 is more often its doing)
+    stops = (-signal.SIGTERM, 128 + signal.SIGTERM, 128 + signal.SIGINT)
+    ended = ([(f.timestamp, rank, f) for rank, f in by_rank if f.exitcode < 0 and f.exitcode not in stops]
+             or [(f.timestamp, rank, f) for rank, f in by_rank if f.exitcode != _PEER_GONE]
+             or [(f.timestamp, rank, f) for rank, f in by_rank])
+    _, rank, f = min(ended, key=lambda t: (t[0], t[1]))
+    signum = -f.exitcode if f.exitcode < 0 else f.exitcode - 128 if f.exitcode > 128 else None
+    try:
+        how = f"by {signal.Signals(signum).name}" if signum else f"with status {f.exitcode}"
+    except ValueError:
+        how = f"by signal {signum}"
+    print(f"bafusion train: error: a training process (rank {rank}, pid {f.pid}) ended {how}; the others "
+          "were stopped (run the command again to resume from the last checkpoint)", file=stderr)
+    return 128 + signum if signum else int(f.exitcode)
+
+
+def _launch(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the launcher ``cmd`` in a process group of its own; stop it (and what is left of
+    the group) when the command is stopped. Its exit status."""
+    proc = subprocess.Popen(cmd, env={**env, _PARENT_ENV: str(os.getpid())}, start_new_session=True)
+    try:
+        return proc.wait()
+    except BaseException:  # SIGTERM, SIGINT (cli.app's handlers raise): stop the workers
+        try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=_STOP_GRACE)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt, SystemExit):  # no time to wait: kill
+            pass
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # all of the group that is still there
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+        raise
+
+
+def _peer_gone(e: BaseException) -> bool:
+    """Whether ``e`` (in a worker) says that another process of the run has gone."""
+    import torch.distributed
+
+    text = str(e)
+    return (isinstance(e, getattr(torch.distributed, "DistError", ())) or "Connection reset by peer" in text
+            or "Connection closed by peer" in text or "Broken pipe" in text)
+
+
+def _run_worker(args: argparse.Namespace, cfg: TrainConfig) -> int:
+    """One process of a multi-process run started by the command: it ends with the launcher,
+    says a user error only as the first process (the others see the same inputs), and ends
+    quietly when stopped or when another process went (the command says so)."""
+    _die_with_parent(int(os.environ[_LAUNCHER_ENV]))
+    try:
+        return _train_cli(args, cfg)
+    except UserError:
+        if dist_from_env().main:
+            raise
+        raise SystemExit(2) from None
+    except BaseException as e:
+        signum = stop_requested()
+        if signum is not None:  # stopped: the command says it
+            clear_stop()
+            raise SystemExit(128 + signum) from None
+        if isinstance(e, Exception) and _peer_gone(e):
+            raise SystemExit(_PEER_GONE) from None
+        raise
 
 # --------------------------------------------------------------------------------------
 # Command line
@@ -108,21 +262,33 @@ def run_cli(args: argparse.Namespace) -> int:
         raise UserError(f"train.batch={cfg.batch} must be divisible by the number of processes ({nproc})")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         # Re-launch under torchrun; the children see WORLD_SIZE and train.
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+        cmd = [sys.executable, "-c", _LAUNCHER, "--standalone", f"--nproc-per-node={nproc}",
                "-m", "bafusion.cli", *_relaunch_argv(args, nproc, cfg.threads)]
         env = dict(os.environ)
-        if cfg.threads <= 0:
-            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-        return subprocess.run(cmd, env=env).returncode
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (cfg.threads or os.cpu_count() or 1) // nproc)))
+        checkpoints = _paths(args).checkpoints
+        with checkpoints_lock(checkpoints):  # held for the processes, and ends with the command
+            env[LOCK_HELD_ENV] = str(checkpoints.resolve())
+            return _launch(cmd, env)
     if "WORLD_SIZE" in os.environ:
         cfg.nproc = int(os.environ["WORLD_SIZE"])
+        if _LAUNCHER_ENV in os.environ:
+            return _run_worker(args, cfg)
+    return _train_cli(args, cfg)
+
+
+def _paths(args: argparse.Namespace) -> Paths:
     base = default_paths(args.net, args.out)
-    paths = Paths(
+    return Paths(
         out=base.out,
         checkpoints=Path(args.checkpoints) if args.checkpoints else base.checkpoints,
         metrics=Path(args.metrics) if args.metrics else base.metrics,
         plots=Path(args.plots) if args.plots else base.plots,
     )
+
+
+def _train_cli(args: argparse.Namespace, cfg: TrainConfig) -> int:
+    paths = _paths(args)
     summary = train(args.net, args.patches, cfg, paths, resume=not args.no_resume, progress=not args.no_progress)
     if dist_from_env().main:
         print(f"bafusion train: {args.net}: best val acc {summary['val_acc']} at epoch {summary['best_epoch']}, "

@@ -553,6 +553,10 @@ def _better(acc: float, best: float, n_val: int) -> bool:
 
 #: In --checkpoints: held (``flock``) by the training that uses the folder.
 LOCK_FILE = "train.lock"
+#: Set by ``bafusion train --nproc N`` in the environment of its processes: the checkpoint
+#: folder (resolved) whose lock the command holds for them while they run (it ends with the
+#: command, which also ends them); :func:`train` then takes no lock on that folder.
+LOCK_HELD_ENV = "BAFUSION_TRAIN_LOCK_HELD"
 
 
 @contextlib.contextmanager
@@ -608,8 +612,10 @@ def train(net: str, patches: str | os.PathLike[str], cfg: TrainConfig, paths: Pa
             if other.resolve() in inputs:
                 raise UserError(f"{what} {other}: would overwrite the warm-start model train.init={init} "
                                 "or its description; write the trained model elsewhere")
-    # one training per checkpoint folder (process 0 holds it for the processes of a run)
-    with checkpoints_lock(paths.checkpoints) if dist.main else contextlib.nullcontext():
+    # one training per checkpoint folder (process 0 holds it for the processes of a run, or the
+    # command that launched them does)
+    held = os.environ.get(LOCK_HELD_ENV) == str(paths.checkpoints.resolve())
+    with checkpoints_lock(paths.checkpoints) if dist.main and not held else contextlib.nullcontext():
         return _train_locked(net, patches, cfg, paths, resume, progress, dist, tqdm)
 
 
