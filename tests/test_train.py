@@ -755,3 +755,24 @@ def test_multi_process_errors_are_one_line(toy_run: dict, tmp_path: Path) -> Non
         f"bafusion train: error: {ck}: another training is using this checkpoint folder "
         "(wait for it to end, or give --checkpoints another folder)"]
     assert not (tmp_path / "initial.pt").exists()
+
+
+def test_a_resume_with_another_number_of_processes_says_so(toy_run: dict, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint of a 1-process run resumed with --nproc 2 starts afresh (the world size is
+    in the fingerprint by design); the message blamed 'other parameters or another patch set'."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "checkpoint_every": 5}}, "initial")
+    monkeypatch.setenv(ABORT_ENV, "6")
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", toy_run["h5"], cfg, Paths(out=tmp_path / "initial.pt", checkpoints=tmp_path / "ck",
+                                                  metrics=tmp_path / "m.json", plots=tmp_path / "p.csv"),
+              progress=False)
+    monkeypatch.delenv(ABORT_ENV)
+    assert load_checkpoint(tmp_path / "ck" / "last.pt")["world_size"] == 1
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BAFUSION_MLFLOW": "0"}
+    res = subprocess.run(_nproc2_cmd(toy_run["h5"], tmp_path, epochs=2), env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert (f"bafusion train: {tmp_path / 'ck' / 'last.pt'} was written by a run with 1 process(es); this run has 2 "
+            "(the number of processes changes the weights); starting afresh") in res.stderr.splitlines(), res.stderr

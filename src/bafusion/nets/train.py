@@ -717,8 +717,15 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
         ck = load_checkpoint(last_path)
         if ck.get("fingerprint") != fp:
             if dist.main:
-                print(f"bafusion train: {last_path} was written for other parameters or another patch set; "
-                      "starting afresh", file=sys.stderr)
+                ck_world = ck.get("world_size")
+                if (isinstance(ck_world, int) and ck_world != dist.world_size
+                        and fingerprint(cfg, net, patches, ck_world) == ck.get("fingerprint")):
+                    # the number of processes is in the fingerprint by design: it changes the weights
+                    why = (f"was written by a run with {ck_world} process(es); this run has {dist.world_size} "
+                           "(the number of processes changes the weights)")
+                else:
+                    why = "was written for other parameters or another patch set"
+                print(f"bafusion train: {last_path} {why}; starting afresh", file=sys.stderr)
         elif ck.get("finished"):
             # The checkpoint belongs to a run that completed and wrote its model: running again
             # (Snakemake -R/--forcerun, dvc repro -f, or by hand) means training again.
@@ -777,6 +784,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             "history": history, "best_acc": best_acc, "best_epoch": best_epoch, "best_model": best_state,
             "partial": partial.cpu().double(), "partial_time": partial_time,
             "threads": torch.get_num_threads(),  # changes the weights on the CPU, see RUNTIME_KEYS
+            "world_size": dist.world_size,  # in the fingerprint: said when a resume differs in it
             "mlflow_run_id": mlflow_run_id,  # a resumed run's MLflow run names it (resumed_run_id)
         }
 
