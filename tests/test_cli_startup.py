@@ -111,6 +111,16 @@ def test_the_module_entry_point_reads_sys_argv() -> None:
     assert p.returncode == 2 and "error: unrecognized arguments: --no-such-option" in p.stderr, p.stderr
 
 
+def test_python_dash_m_bafusion_is_the_command() -> None:
+    """``python -m bafusion`` runs the ``bafusion`` command (where its script is not on PATH)."""
+    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}
+    p = subprocess.run([sys.executable, "-m", "bafusion", "preset", "--help"], capture_output=True, text=True,
+                       env=env)
+    assert p.returncode == 0 and "usage: bafusion preset" in p.stdout, p.stderr
+    p = subprocess.run([sys.executable, "-m", "bafusion", "fuze"], capture_output=True, text=True, env=env)
+    assert p.returncode == 2 and "invalid choice" in p.stderr, p.stderr
+
+
 def test_ctrl_c_while_the_parser_is_built_is_one_line(monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     from bafusion.cli import app

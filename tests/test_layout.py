@@ -45,6 +45,8 @@ def layer(name: str) -> str:
     parts = name.split(".")
     if name == "bafusion":
         return "api"  # the package's own __init__: the public API, may import any layer
+    if name == "bafusion.__main__":
+        return "cli"  # ``python -m bafusion``: the command
     if len(parts) >= 3 or (len(parts) == 2 and parts[1] in LAYERS):
         return parts[1] if parts[1] in LAYERS else "ground"
     return "ground"
