@@ -195,3 +195,22 @@ def test_fuse_takes_what_a_file_would_give_and_names_what_it_cannot(tmp_path: Pa
     with pytest.raises(UserError, match=r"source 1: expected an \(H, W\) gray or \(H, W, 3\) colour image, got an array "
                                         r"of shape \(40, 36, 5\)"):
         bafusion.fuse(np.zeros((40, 36, 5), np.uint8), b, **kw)
+
+
+def test_fuse_size_error_says_an_exif_orientation_was_applied(tmp_path: Path) -> None:
+    """As ``bafusion fuse`` and ``metrics`` do: a file whose EXIF orientation swapped its width
+    and height is named with what it stores (the error said only "size 24x20 differs from 20x24")."""
+    rng = np.random.default_rng(1)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "r.jpg", exif=exif.tobytes())
+    s = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    Image.fromarray(s).save(tmp_path / "s.png")
+    want = f"{tmp_path / 'r.jpg'}'s EXIF orientation 6 was applied (the file stores 24x20)"
+    for other in (tmp_path / "s.png", s):
+        with pytest.raises(UserError, match=r"size 24x20 \(WxH\) differs from 20x24 of .*r\.jpg") as e:
+            bafusion.fuse(tmp_path / "r.jpg", other)
+        assert want in str(e.value)
+        with pytest.raises(UserError) as e:  # the turned file second
+            bafusion.fuse(other, tmp_path / "r.jpg")
+        assert want in str(e.value) and "r.jpg: size 20x24 (WxH) differs from 24x20" in str(e.value)

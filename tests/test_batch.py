@@ -704,3 +704,21 @@ def test_fuse_decodes_each_source_png_once(tmp_path: Path, nets: Path, pillow_de
     assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "f.png"),
                      "--model", str(nets), "--device", "cpu"]) == 0
     assert counts == {"a.png": 1, "b.png": 1}, counts
+
+
+def test_fuse_dir_size_error_says_an_exif_orientation_was_applied(tmp_path: Path, nets: Path, capsys) -> None:
+    """``fuse`` and ``metrics`` say where an EXIF orientation swapped a file's width and height;
+    fuse-dir's skipped stack said only "size 60x80 (WxH) differs from 80x60"."""
+    src = tmp_path / "in"
+    src.mkdir()
+    a, b = pair(1)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(a[:60]).save(src / "p-A.jpg", exif=exif.tobytes())  # stored 80x60, read 60x80
+    Image.fromarray(b[:60]).save(src / "p-B.jpg")
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "out"), "--model", str(nets), "--device", "cpu",
+                     "--quiet"]) == batch.EXIT_NONE_FUSED
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if "skipped" in x)
+    assert "p-B.jpg: size 80x60 (WxH) differs from 60x80 of" in line, err
+    assert f"{src / 'p-A.jpg'}'s EXIF orientation 6 was applied (the file stores 80x60)" in line, err

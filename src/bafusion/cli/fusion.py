@@ -199,13 +199,10 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
             check_not_input(Path(args.save_maps) / name, paths, "map file")
     resolve_device(other["device"])
     from bafusion.fusion.batch import fused_output, prepare_sources
-    from bafusion.io import check_same_sizes, image_info
-
-    # the sizes from the headers first: the error says where an EXIF orientation swapped them
-    check_same_sizes([image_info(p) for p in paths])
 
     say = _stage_lines(args.progress)
-    # sizes, then --align or the one-scene check (and, --align not given, the motion hint)
+    # sizes (from the headers first: the error says where an EXIF orientation swapped them),
+    # then --align or the one-scene check (and, --align not given, the motion hint)
     src = prepare_sources(paths, align=args.align or "none", force=args.force, motion_hint=args.align is None,
                           stage=say)
     images, names = src.images, [str(p) for p in paths]

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from bafusion.errors import UserError
+from bafusion.errors import InputFileError, UserError
 from bafusion.fusion.models import FusionNets, load_nets_from_dir
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.rule import check_same_size, checked_params, fuse_images, fuse_stack, source_channels
@@ -127,7 +127,7 @@ def fuse(
     params = checked_params(params)  # a mapping, e.g. {"l": 4}, is checked like params.yaml's
     images, full, names = _read_sources(sources)
     for i in range(1, len(images)):
-        check_same_size(images[0], images[i], names[0], names[i])
+        _check_same_size(sources, images, names, i)
     if align is None:
         _warn_motion(images, names)
         align = "none"
@@ -160,6 +160,21 @@ def fuse(
 
         return compose_full(full, [r.decision for r in results])
     return results[-1].fused
+
+
+def _check_same_size(sources: tuple[str | os.PathLike[str] | np.ndarray, ...], images: list[np.ndarray],
+                     names: list[str], i: int) -> None:
+    """Shot ``i`` of another size than the first is an error naming both, and, as the command
+    line says it, the EXIF orientation of a file where it swapped the file's width and height
+    (:func:`bafusion.io.orientation_clause`)."""
+    try:
+        check_same_size(images[0], images[i], names[0], names[i])
+    except InputFileError as e:
+        from bafusion.io import image_info, orientation_clause
+
+        turned = "".join(orientation_clause(image_info(sources[j])) for j in (i, 0)
+                         if not isinstance(sources[j], np.ndarray))
+        raise InputFileError(e.path, e.problem + turned) from None
 
 
 def _warn_motion(images: list[np.ndarray], names: list[str]) -> None:

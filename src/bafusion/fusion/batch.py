@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from bafusion.errors import UserError
-from bafusion.io import IMAGE_SUFFIXES, SourceSet, keeps_16_bits, read_source_set
+from bafusion.io import IMAGE_SUFFIXES, SourceSet, check_same_sizes, image_info, keeps_16_bits, read_source_set
 
 #: Exit status of ``fuse-dir`` when some groups were skipped (the others fused).
 EXIT_SKIPPED = 3
@@ -84,9 +84,10 @@ def compose_full(full: Sequence[np.ndarray], decisions: Sequence[np.ndarray]) ->
 
 def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool = False,
                     motion_hint: bool = False, stage: Callable[[str], None] | None = None) -> SourceSet:
-    """Read the shots of one scene (:func:`bafusion.io.read_source_set`), check their sizes,
-    then align them (``align`` other than ``none``: :mod:`bafusion.fusion.align`, which also refuses two
-    scenes) or check that they are one scene (:func:`bafusion.fusion.scene.check_one_scene`); unless
+    """Check the shots' sizes from their headers (:func:`bafusion.io.check_same_sizes`: the
+    error says where an EXIF orientation swapped a file's width and height), read them
+    (:func:`bafusion.io.read_source_set`), then align them (``align`` other than ``none``:
+    :mod:`bafusion.fusion.align`, which also refuses two scenes) or check that they are one scene (:func:`bafusion.fusion.scene.check_one_scene`); unless
     ``force``, shots of two scenes are a :class:`UserError`. After alignment the set's uint8
     images are the aligned ones and the full-depth ones are dropped (alignment works on 8 bits).
     With ``motion_hint`` and no alignment, a shot that moves against the first by more than
@@ -105,6 +106,8 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
         raise UserError("give at least two source images")
     say = stage or (lambda text: None)
     names = [str(p) for p in paths]
+    # the sizes from the headers first: the error says where an EXIF orientation swapped them
+    check_same_sizes([image_info(p) for p in paths])
     say(f"reading {', '.join(names)}" if len(names) <= 3 else f"reading {len(names)} images")
     src = read_source_set(paths)
     for i in range(1, len(src.images)):
