@@ -214,3 +214,15 @@ def test_fuse_size_error_says_an_exif_orientation_was_applied(tmp_path: Path) ->
         with pytest.raises(UserError) as e:  # the turned file second
             bafusion.fuse(other, tmp_path / "r.jpg")
         assert want in str(e.value) and "r.jpg: size 20x24 (WxH) differs from 24x20" in str(e.value)
+
+
+def test_a_bad_device_is_named_as_the_parameter_not_the_cli_option(tmp_path: Path, tiny_nets: Path) -> None:
+    """fuse(device=...) and load_model(device=...) said "--device cuda:99: ...", an option the
+    caller never gave; the error names the parameter, before any work."""
+    a, b, _, _ = _pair(tmp_path)
+    for device, why in (("gpu0", "not a device"), ("cuda:99", "CUDA")):
+        with pytest.raises(UserError, match=rf"^device={device!r}: .*{why}") as e:
+            bafusion.load_model(tiny_nets, device=device)
+        assert "--device" not in str(e.value)
+        with pytest.raises(UserError, match=rf"^device={device!r}: .*{why}"):
+            bafusion.fuse(a, b, model=str(tiny_nets), device=device)

@@ -303,29 +303,31 @@ def check_output_dir(
 
 def check_device(name: str | None, flag: str = "--device") -> None:
     """Refuse a device this machine lacks: ``auto``, ``cpu``, ``cuda[:N]`` (with N GPUs
-    present) or ``mps`` (where Metal is available)."""
+    present) or ``mps`` (where Metal is available). ``flag`` names what gave it: an option
+    (``--device cuda:1: ...``), or a Python parameter ending in ``=`` (``device='cuda:1': ...``)."""
     if name is None or name == "auto":
         return
     import torch
 
+    shown = f"{flag}{name!r}" if flag.endswith("=") else f"{flag} {name}"
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError, TypeError):
-        raise UserError(f"{flag} {name}: not a device (use auto, cpu, cuda, cuda:N or mps)") from None
+        raise UserError(f"{shown}: not a device (use auto, cpu, cuda, cuda:N or mps)") from None
     if dev.type == "cpu":
         return
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"{flag} {name}: CUDA is not available on this machine (use auto or cpu)")
+            raise UserError(f"{shown}: CUDA is not available on this machine (use auto or cpu)")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise UserError(f"{shown}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         return
     if dev.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise UserError(f"{flag} {name}: MPS (Apple Metal) is not available on this machine (use auto or cpu)")
+            raise UserError(f"{shown}: MPS (Apple Metal) is not available on this machine (use auto or cpu)")
         return
-    raise UserError(f"{flag} {name}: device type {dev.type!r} is not supported (use auto, cpu, cuda, cuda:N or mps)")
+    raise UserError(f"{shown}: device type {dev.type!r} is not supported (use auto, cpu, cuda, cuda:N or mps)")
 
 
 # --------------------------------------------------------------------------------------

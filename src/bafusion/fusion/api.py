@@ -15,6 +15,7 @@ from bafusion.fusion.models import FusionNets, load_nets_from_dir
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.rule import check_same_size, checked_params, fuse_images, fuse_stack, source_channels
 from bafusion.io import read_source_set, scale_to_u8
+from bafusion.preflight import check_device
 
 __all__ = ["fuse", "load_model"]
 
@@ -46,8 +47,10 @@ def load_model(model: str | os.PathLike[str] | None = None, device: str = "auto"
     Raises
     ------
     bafusion.errors.UserError
-        No such folder, a missing or invalid model file (the message names it).
+        No such folder, a missing or invalid model file (the message names it), a device
+        this machine lacks (``device='cuda:1': ...``).
     """
+    check_device(device, "device=")  # named as this parameter, not as the command line's --device
     return load_nets_from_dir(model, device)
 
 
@@ -111,7 +114,8 @@ def fuse(
     Raises
     ------
     bafusion.errors.UserError
-        Fewer than two shots, shots of different sizes, an unreadable file, a bad parameter.
+        Fewer than two shots, shots of different sizes, an unreadable file, a bad parameter
+        (a device this machine lacks: ``device='cuda:1': ...``).
 
     Examples
     --------
@@ -125,6 +129,8 @@ def fuse(
     if align is not None and align not in ALIGN_MODELS:
         raise UserError(f"align must be None or one of {', '.join(ALIGN_MODELS)}, got {align!r}")
     params = checked_params(params)  # a mapping, e.g. {"l": 4}, is checked like params.yaml's
+    if not isinstance(model, FusionNets):  # the nets are loaded on it: named as this parameter, before the work
+        check_device(device, "device=")
     images, full, names = _read_sources(sources)
     for i in range(1, len(images)):
         _check_same_size(sources, images, names, i)
