@@ -29,6 +29,22 @@ def _positive_int(s: str) -> int:
     return v
 
 
+#: The largest seed, as params.yaml's schema allows (``seed``): a signed 64-bit integer (an HDF5
+#: attribute of the patch sets; the trainer seeds torch generators with seed + 1).
+SEED_MAX = 2**63 - 1
+
+
+def _seed(s: str) -> int:
+    """``--seed``: an integer from 0 to :data:`SEED_MAX`, refused as params.yaml refuses it."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{v} is not an integer from 0 to 2^63 - 1 = {SEED_MAX}")
+    return v
+
+
 def _csv_list(s: str) -> list[str]:
     return [x for x in (t.strip() for t in s.split(",")) if x]
 
@@ -202,7 +218,7 @@ def cmd_preset(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--seed", type=int, default=0, help="random seed (params: seed)")
+    common.add_argument("--seed", type=_seed, default=0, help="random seed (params: seed)")
     common.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser("prepare", parents=[common], help="resize foregrounds + mattes, check backgrounds, write a manifest")
