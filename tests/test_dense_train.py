@@ -48,6 +48,17 @@ def test_dense_grid_and_errors():
         dense_grid(28, 32)
 
 
+@pytest.mark.parametrize("patch", [4, 0, -4, 10])
+def test_a_patch_below_8_is_refused_as_everywhere_else(patch):
+    """Patch 4 was accepted here (the patches step, the schema and training refuse it: the nets'
+    last map is then 1x1 and BatchNorm fails on a batch of one); refused with the same words."""
+    net = build_model(8)
+    with pytest.raises(UserError, match=rf"patch must be a multiple of 4 >= 8 .*1x1.*, got {patch}$"):
+        dense_grid(64, patch)
+    with pytest.raises(UserError, match=rf"patch must be a multiple of 4 >= 8 .*, got {patch}$"):
+        dense_logits(net, torch.rand(2, 2, 64, 64), patch)
+
+
 def test_dense_logits_of_a_patch_sized_crop_is_the_isolated_classifier():
     torch.manual_seed(0)
     net = build_model(8).eval()

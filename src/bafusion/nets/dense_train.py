@@ -35,10 +35,18 @@ from bafusion.nets.model import CifarResNet
 __all__ = ["CropSampler", "crop_labels", "dense_grid", "dense_logits", "dense_train_step", "read_shard_pairs"]
 
 
+def check_patch(patch: int) -> None:
+    """Refuse a patch side the nets cannot train on, with the words of the patches step
+    (:class:`bafusion.data.patches.PatchOptions`) and the schema: a multiple of 4 >= 8 (at 4
+    the trunk's last map of a patch-sized crop is 1x1 and BatchNorm fails on a batch of one)."""
+    if not isinstance(patch, (int, np.integer)) or isinstance(patch, bool) or patch < 8 or patch % 4:
+        raise UserError(f"patch must be a multiple of 4 >= 8 (the nets downsample by 4; at 4 their last map "
+                        f"is 1x1 and training fails on a batch of one), got {patch!r}")
+
+
 def dense_grid(crop: int, patch: int) -> int:
     """Grid side ``G`` of patch positions (4-px steps) in a crop of side ``crop``."""
-    if patch % 4 or patch < 4:
-        raise UserError(f"patch must be a positive multiple of 4, got {patch}")
+    check_patch(patch)
     if crop % 4 or crop < patch:
         raise UserError(f"crop side must be a multiple of 4 and at least the patch ({patch}), got {crop}")
     return (crop - patch) // 4 + 1
@@ -48,6 +56,7 @@ def dense_logits(net: CifarResNet, x: torch.Tensor, patch: int) -> torch.Tensor:
     """Logits ``(N, classes, G, G)`` of every patch position of crops ``x`` ``(N, C, S, S)``:
     the trunk once over each crop, the linear layer as a 1x1 convolution, the average over each
     patch's ``patch/4`` cells (both linear, so their order does not matter)."""
+    check_patch(patch)
     k = patch // 4
     feat = net.trunk(x)
     z = F.conv2d(feat, net.fc.weight[:, :, None, None], net.fc.bias)
