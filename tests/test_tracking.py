@@ -470,3 +470,31 @@ def test_logging_a_net_does_not_print_mlflows_pickle_warning(tmp_path: Path, mon
         assert records and records[-1].getMessage().startswith("Saving pytorch model by Pickle")
     finally:
         logger.removeHandler(handler)
+
+
+WITHOUT_FCNTL = r"""
+import sys
+sys.modules["fcntl"] = None  # as on Windows: `import fcntl` raises ImportError
+from bafusion import tracking
+uri = sys.argv[1]
+assert tracking.ensure_db(uri) == uri, "the store was turned off"
+run_id = tracking.begin_invocation({"patch": 16})
+with tracking.stage_run("patches"):
+    pass
+tracking.end_invocation(True)
+print("run", run_id)
+"""
+
+
+def test_tracking_imports_and_logs_without_fcntl(tmp_path: Path) -> None:
+    """bafusion.tracking imported fcntl unguarded: ``import bafusion.tracking`` (every pipeline
+    step) failed where it is missing (Windows). Without it the store's file locks are not
+    taken, and a run is still created and closed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BAFUSION_", "MLFLOW_TRACKING", "DVC_"))}
+    env["PYTHONPATH"] = str(Path(tracking.__file__).resolve().parents[1])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    p = subprocess.run([sys.executable, "-c", WITHOUT_FCNTL, uri], capture_output=True, text=True, env=env,
+                       cwd=tmp_path, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "run " in p.stdout and "run None" not in p.stdout, p.stdout + p.stderr[-2000:]
+    assert "going on without tracking" not in p.stderr, p.stderr[-2000:]

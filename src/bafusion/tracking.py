@@ -27,7 +27,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import socket
@@ -39,6 +38,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
+
+try:
+    import fcntl
+except ImportError:  # Windows: the store's file locks are not taken (see _locked)
+    fcntl = None  # type: ignore[assignment]
 
 EXPERIMENT = "bafusion"
 #: Environment variable that carries the parent run's id from Snakemake to its jobs.
@@ -204,20 +208,36 @@ def _ensure_db(uri: str) -> str:
         db = Path(uri[len("sqlite:///"):])
         db.parent.mkdir(parents=True, exist_ok=True)
         lock = db.with_name(db.name + ".lock")
-        with open(lock, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                from mlflow.tracking import MlflowClient
+        with open(lock, "a") as fh, _locked(fh):
+            from mlflow.tracking import MlflowClient
 
-                # Creating the client's store runs the schema migrations when needed.
-                client = MlflowClient(tracking_uri=uri)
-                if client.get_experiment_by_name(EXPERIMENT) is None:
-                    with contextlib.suppress(Exception):  # another process may have won
-                        _create_experiment(client, uri)
-                mark_training_experiment(client)
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+            # Creating the client's store runs the schema migrations when needed.
+            client = MlflowClient(tracking_uri=uri)
+            if client.get_experiment_by_name(EXPERIMENT) is None:
+                with contextlib.suppress(Exception):  # another process may have won
+                    _create_experiment(client, uri)
+            mark_training_experiment(client)
     return uri
+
+
+@contextlib.contextmanager
+def _locked(fh: Any) -> Iterator[None]:
+    """Hold an exclusive lock on the open file ``fh`` (waiting for it), released on leaving;
+    ``fh`` None (a server store): no lock.
+
+    Where ``fcntl`` is missing (Windows) no lock is taken either: tracking works, but processes
+    started together (parallel Snakemake jobs) are not serialised on the sqlite store's creation
+    (the experiment's creation tolerates losing that race) nor on finding a DVC invocation's
+    parent run (two such stages at once may each open one).
+    """
+    if fcntl is None or fh is None:
+        yield
+        return
+    fcntl.flock(fh, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 #: MLflow's experiment-kind tag: model training, so the UI opens on the runs table, not on
@@ -582,9 +602,7 @@ def _begin_invocation(uri: str, config: Mapping[str, Any] | None, targets: str) 
     key, name = invocation(targets)
     run_id = None
     lock = _lock_path(uri)
-    with open(lock, "a") if lock else contextlib.nullcontext() as fh:
-        if fh is not None:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+    with open(lock, "a") if lock else contextlib.nullcontext() as fh, _locked(fh):
         if key:
             found = client.search_runs(
                 [exp_id], filter_string=f"tags.`{INVOCATION_TAG}` = '{key}'", max_results=1
