@@ -669,3 +669,43 @@ def test_batch_size_changes_speed_not_scores() -> None:
                                atol=1e-6)
     with pytest.raises(UserError, match="batch_size"):
         FusionParams(batch_size=-1)
+
+
+@pytest.mark.parametrize("target,owned,kind", [
+    ("accuracy.json", "accuracy.json", "accuracy report"), ("p1.png", "p1.png", "fused image"),
+    ("maps", "maps", "folder of maps"), ("maps/p1-dm.png", "maps/p1-dm.png", "map"),
+    ("p1.png/fuse.json", "p1.png", "fused image")])
+def test_fuse_set_refuses_a_report_that_is_one_of_its_own_files_in_out(
+    tmp_path: Path, tiny_nets: Path, capsys, monkeypatch: pytest.MonkeyPatch, target: str, owned: str, kind: str
+) -> None:
+    """``--report out/accuracy.json`` silently replaced the accuracy report fuse-set writes into
+    --out (its marker) with the numbers-only report; --report out/maps failed after the work.
+    A --report that is (or lies in) a file fuse-set writes into --out is refused before any
+    work, in one line naming both; nothing in --out changes."""
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    rng = np.random.default_rng(0)
+    for s in ("A", "B"):
+        Image.fromarray(rng.integers(0, 256, (24, 20), dtype=np.uint8)).save(pairs / f"p1-{s}.png")
+    (pairs / "index.json").write_text(json.dumps({"pairs": ["p1"]}))
+    out = tmp_path / "fused"
+    out.mkdir()
+    (out / "accuracy.json").write_text(json.dumps({"pairs": {}}))  # an earlier run's, on an empty test set
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def reached(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the work started although the report path was refused")
+
+    monkeypatch.setattr(fusion.testset, "fuse_images", reached)
+    monkeypatch.setattr(fusion.testset, "atomic_dir", reached)
+    report = out / target
+    rc = cli_main(["fuse-set", "--pairs", str(pairs), "--models", str(tiny_nets), "--out", str(out), "--device",
+                   "cpu", "--report", str(report)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"{report}: the --report file would " in err, err
+    assert f"{out / owned}, the {kind} fuse-set writes into --out" in err, err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    with pytest.raises(UserError, match=f"the {kind} fuse-set writes"):  # the function refuses it too
+        fusion.fuse_set(pairs, out, fusion.load_nets_from_dir(tiny_nets, "cpu"), report_path=report)

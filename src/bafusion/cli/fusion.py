@@ -25,7 +25,7 @@ from bafusion.fusion.params import (
 )
 from bafusion.fusion.rule import fuse_stack
 from bafusion.fusion.scene import HINT_MOTION_PX
-from bafusion.fusion.testset import fuse_set
+from bafusion.fusion.testset import check_report_path, fuse_set, read_pair_index
 from bafusion.schema import allowed, default
 
 # --------------------------------------------------------------------------------------
@@ -276,6 +276,9 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
     from bafusion.dvc_metrics import fuse_metrics
 
     params, other = params_from_args(args)
+    if args.report:  # before loading the nets: a --report that is one of the files written into --out
+        check_report_path(args.out, args.report, read_pair_index(Path(args.pairs), allow_empty=True),
+                          what="--report file", folder="--out")
     with tracking.stage_run("fuse", {"fuse": asdict(params)}) as run:
         nets = nets_from_args(args, other["device"], args.models)
         report = fuse_set(args.pairs, args.out, nets, params, alpha=other["alpha"], report_path=args.report,

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from bafusion.atomic import atomic_dir, write_text
-from bafusion.errors import InputFileError
+from bafusion.errors import InputFileError, UserError
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.rule import fuse_images
@@ -55,6 +55,41 @@ def read_pair_index(folder: Path, allow_empty: bool = False) -> list[str]:
     if not names and not allow_empty:
         raise InputFileError(idx, "lists no pairs")
     return names
+
+
+def check_report_path(out: str | os.PathLike[str], report_path: str | os.PathLike[str] | None,
+                      names: list[str], *, what: str = "report", folder: str = "its output folder") -> None:
+    """Refuse a report path (``--report``) that is, or lies in, a file :func:`fuse_set` writes
+    into ``out`` for the pairs ``names``: ``accuracy.json``, ``<name>.png``, ``maps/`` or a map
+    in it (``maps/<name>-<key>.png``). The report is written after ``out`` is replaced, so it
+    would overwrite that file (or fail on it, after the work); another file inside ``out`` is
+    allowed (it is the command's own on a rerun). ``what`` and ``folder`` name the two in the
+    message (the command line: ``--report file``, ``--out``).
+
+    Raises
+    ------
+    UserError
+        One line naming the report path and the file it would overwrite.
+    """
+    from bafusion.fusion.maps import MAP_KEYS
+
+    if not report_path:
+        return
+    try:
+        parts = Path(report_path).resolve().relative_to(Path(out).resolve()).parts
+    except (ValueError, OSError, RuntimeError):  # outside ``out``
+        return
+    own = {ACCURACY: "accuracy report", **{f"{n}.png": "fused image" for n in names}, "maps": "folder of maps"}
+    if len(parts) > 1 and parts[0] == "maps":
+        if parts[1] not in {f"{n}-{k}.png" for n in names for k in MAP_KEYS}:
+            return
+        hit, kind, exact = Path(out, "maps", parts[1]), "map", len(parts) == 2
+    elif parts and parts[0] in own:
+        hit, kind, exact = Path(out, parts[0]), own[parts[0]], len(parts) == 1
+    else:
+        return
+    raise UserError(f"{report_path}: the {what} {'would overwrite' if exact else 'would lie in'} {hit}, the {kind} "
+                    f"fuse-set writes into {folder}; give the {what} another path")
 
 
 def decision_accuracy(dm: np.ndarray, truth: np.ndarray, band: int = 0) -> float:
@@ -130,7 +165,8 @@ def fuse_set(
     alpha : float
         Gain of the difference maps.
     report_path : path, optional
-        Also write the report's numbers here (a DVC metrics file).
+        Also write the report's numbers here (a DVC metrics file); not one of the files
+        written into ``out`` (:func:`check_report_path`).
     progress : bool, optional
         Progress bar of each fusion (see :func:`bafusion.fusion.fuse_images`).
 
@@ -149,6 +185,7 @@ def fuse_set(
                      own=[report_path] if report_path else [])
     # An empty test set (no held-out images, as in the paper preset) fuses nothing.
     names = read_pair_index(pairs, allow_empty=True)
+    check_report_path(out, report_path, names)  # written last, it would overwrite one of ``out``'s files
     if not names:
         print(f"bafusion fuse-set: {pairs / 'index.json'} lists no pairs: nothing to fuse", file=sys.stderr)
     # fuse-set fuses pairs, where the stack rule plays no part: kept out of the report.
