@@ -165,3 +165,70 @@ def test_32_bit_float_gray_files_on_their_own_scale(tmp_path: Path) -> None:
     Image.fromarray(bad, mode="F").save(p)
     with pytest.raises(InputFileError, match=r"nan\.tif.*NaN or infinite"):
         read_image(p)
+
+
+def _tiny_nets(d: Path) -> Path:
+    torch.manual_seed(0)
+    for kind in ("initial", "boundary"):
+        save_model(build_model(8), d / "nets" / f"{kind}.pt", {"patch": 12})
+    return d / "nets"
+
+
+@pytest.mark.parametrize("sbit", [10, 12, 14, 15])
+@pytest.mark.parametrize("top", [0.02, 0.2, 0.7, 1.0])
+def test_dark_sbit_data_scaled_to_16_bits_is_scaled_from_16(tmp_path: Path, sbit: int, top: float) -> None:
+    """sBIT data stored as the PNG specification asks (scaled up to 16 bits: by a left shift,
+    bit replication or linear scaling) is read from 16 bits also when it is dark, all its
+    values below 2**sbit (they were taken for unscaled data: 4x too bright at sBIT 14)."""
+    s = 16 - sbit
+    v = np.round(np.random.default_rng(sbit).random((20, 30)) * top * ((1 << sbit) - 1)).astype(np.int64)
+    for name, x in (("shift", v << s), ("replicate", (v << s) | (v >> max(sbit - s, 0))),
+                    ("linear", np.round(v * 65535 / ((1 << sbit) - 1)))):
+        x = x.astype(np.uint16)
+        got = read_images([write_png(tmp_path / f"{name}.png", x, sbit=sbit)])[0]
+        assert np.array_equal(got, np.round(x / 65535 * 255).astype(np.uint8)), name
+
+
+@pytest.mark.parametrize("sbit", [10, 12, 14, 15])
+@pytest.mark.parametrize("top", [0.001, 0.02, 0.1, 0.3, 1.0])
+def test_our_16_bit_png_reads_back_as_written_at_every_brightness(tmp_path: Path, sbit: int, top: float) -> None:
+    """``write_image(bits=...)`` and the reader agree: what a 16-bit PNG holds is what is read
+    (on the 16-bit scale), dark or bright, also for samples off the sBIT grid (the writer
+    brings them onto it: the file claims ``bits`` significant bits)."""
+    rng = np.random.default_rng(sbit)
+    for kind in ("grid", "any"):
+        x = np.round(rng.random((20, 30, 3)) * top * 65535).astype(np.uint16)
+        if kind == "grid":
+            x = np.round(np.round(x / 65535 * ((1 << sbit) - 1)) * 65535 / ((1 << sbit) - 1)).astype(np.uint16)
+        p = tmp_path / f"{kind}.png"
+        bafusion.io.write_image(p, x, bits=sbit)
+        held = bafusion.io._read_png16(p)
+        if kind == "grid":
+            assert np.array_equal(held, x), "samples already on the grid are written as they are"
+        assert np.abs(held - x).max() <= 65535 / ((1 << sbit) - 1) / 2 + 0.5
+        src = bafusion.io.read_source_set([p], metadata=False)
+        assert src.full is not None and np.array_equal(src.full[0], held), (kind, held.max())
+        assert np.array_equal(src.images[0], np.round(held / 65535 * 255).astype(np.uint8)), kind
+
+
+@pytest.mark.parametrize(("sbit", "scaled"), [(14, True), (12, True), (12, False)])
+def test_a_dark_fusion_of_sbit_sources_scores_like_its_sources(tmp_path: Path, sbit: int, scaled: bool) -> None:
+    """The 16-bit fusion of dark sBIT sources was read back 4x (sBIT 14) or 16x (sBIT 12) too
+    bright beside its sources by ``bafusion metrics``: every fused pixel is one source's pixel,
+    so A, B and F read together must agree pixel for pixel."""
+    y, x = np.indices((30, 40))
+    a = (x * 3 + y) % 170  # dark: at most 169
+    b = np.ascontiguousarray(a[:, ::-1])
+    for name, v in (("a", a), ("b", b)):
+        if scaled:  # the specification's way, as bafusion writes: 8-bit-ish data x 16 on the 16-bit scale
+            bafusion.io.write_image(tmp_path / f"{name}.png", (v * 16).astype(np.uint16), bits=sbit)
+        else:  # unscaled sBIT data (issue 16): values 0..2**sbit - 1, not on the 16-bit grid; so dark
+            # that the fusion (on the 16-bit scale) still fits in sbit bits
+            write_png(tmp_path / f"{name}.png", (v + 1).astype(np.uint16), sbit=sbit)
+    f = tmp_path / "f.png"
+    assert cli_main(["fuse", "--force", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(f),
+                     "--model", str(_tiny_nets(tmp_path)), "--device", "cpu", "--no-progress"]) == 0
+    assert png_depth(f) == (16, 0, sbit)
+    ra, rb, rf = read_images([tmp_path / "a.png", tmp_path / "b.png", f])
+    assert np.all((rf == ra) | (rf == rb)), (ra.max(), rb.max(), rf.max())
+    assert rf.max() == max(ra.max(), rb.max())

@@ -16,7 +16,9 @@ and metadata) -- the same rules for fusion, metrics, baselines, figures and the 
 * **Bit depth.** Files of at most 8 bits per sample are used as they are. Files of more (16-bit
   PNG or TIFF, gray or colour; 32-bit integer) are scaled to uint8 from the bit depth of their
   data (see "Sources of more than 8 bits per sample" below): the significant bits a file
-  marks (PNG ``sBIT``, OME-TIFF ``SignificantBits``), else one depth common to the unmarked
+  marks (PNG ``sBIT``, whose samples the PNG specification stores scaled up to 16 bits, so
+  that they are read from 16 unless they cannot be so scaled; OME-TIFF ``SignificantBits``,
+  unscaled), else one depth common to the unmarked
   files read together -- so the sources of one fusion, or the A, B, F of ``bafusion metrics``,
   are scaled alike (a 12-bit pair and its sBIT-12 fusion compare as the 8-bit triple). A file
   read on its own is a set of one.
@@ -495,8 +497,14 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         colour-managed viewers misread the pixels.
     bits : int, optional
         Significant bits of the data behind uint16 ``img`` (e.g. 12 for a 12-bit camera):
-        written as the PNG ``sBIT`` chunk when below 16 (the samples stay on the 16-bit scale),
-        so that :func:`read_images` scales the file like its unmarked 12-bit sources.
+        written as the PNG ``sBIT`` chunk when below 16 (the samples stay on the 16-bit scale,
+        as the PNG specification asks), so that :func:`read_images` scales the file like its
+        unmarked 12-bit sources. The file always reads back as ``img`` on the 16-bit scale:
+        when every sample fits in ``bits`` bits (dark data), samples off the scaled grid (see
+        :func:`sbit_scaled`; not the case for data of ``bits`` bits scaled by
+        ``round(v / (2**bits - 1) * 65535)``, as :func:`read_source_set` scales it) are
+        rounded onto it (by at most ``65535 / (2**bits - 1) / 2``), else the reader would
+        take them for unscaled ``bits``-bit data.
     """
     import io
 
@@ -532,7 +540,10 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
     # Compressed PNG and JPEG are small in memory; BMP and 8-bit TIFF are not compressed: about
     # the image's size, up to three times that while the buffer grows
     if img.dtype == np.uint16:  # PNG
-        data: bytes | memoryview = png16_bytes(img, exif=exif, icc=icc, sbit=bits if bits and bits < 16 else None)
+        sbit = bits if bits and 0 < bits < 16 else None
+        if sbit and int(img.max()) < 1 << sbit and not sbit_scaled(img, sbit):
+            img = _onto_sbit_grid(sbit)[img]  # dark and off the grid: would read back as unscaled data
+        data: bytes | memoryview = png16_bytes(img, exif=exif, icc=icc, sbit=sbit)
     else:
         kwargs: dict = {"compress_level": 6} if fmt == "PNG" else ({"quality": 95} if fmt == "JPEG" else {})
         if fmt in ("PNG", "JPEG", "TIFF", "WEBP"):
@@ -684,9 +695,17 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
 # files read together are read by :func:`read_images` / :func:`read_source_set`:
 #
 # * files of at most 8 bits per sample are read as before (byte-identical);
-# * a file that marks its significant bits (PNG ``sBIT``, OME-TIFF ``SignificantBits``) is
-#   scaled from that many bits when its values fit in them (the data is stored unscaled),
-#   else from the file's depth (the PNG specification's way: samples scaled up to the depth);
+# * a PNG that marks its significant bits b (``sBIT``) holds them as the PNG specification
+#   asks: scaled up to the file's depth (16), the original values recoverable by a right
+#   shift; it is scaled from 16 bits. Only when every value fits in b bits and some value is
+#   not what such scaling gives (:func:`sbit_scaled`) is the data taken as stored unscaled (a
+#   writer that ignored the specification: values 0..2**b - 1) and scaled from b bits. Dark
+#   scaled data (all of it below 25% of the range at b = 14, 6% at b = 12) also fits in b bits,
+#   but its samples lie on the scaled grid (it was taken for unscaled data: 4x / 16x too
+#   bright, also bafusion's own 16-bit fusions of it). :func:`write_image` brings the samples
+#   it marks onto that grid when they fit in b bits, so what it writes reads back as written;
+# * an OME-TIFF that marks them (``SignificantBits``, OME's convention: unscaled values) is
+#   scaled from that many bits when its values fit in them, else from the file's depth;
 # * the unmarked ones are scaled alike, by one factor for the pair: the bit depth of a
 #   camera sensor (10, 12, 14 or 16) that holds the largest value over all of them (8 when it
 #   fits in 8 bits, as before), so that A and B are never scaled differently.
@@ -811,7 +830,7 @@ def _read_tiff_samples(path: Path, depth: int) -> np.ndarray:
 _TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, either byte order
 
 
-def _tiff16_without_pillow(path: Path) -> tuple[np.ndarray, int, int | None] | None:
+def _tiff16_without_pillow(path: Path) -> tuple[np.ndarray, int, int | None, bool] | None:
     """A TIFF of 16-bit samples that Pillow cannot identify, read with tifffile as
     :func:`_high_depth_array` returns it: above all 16-bit gray + alpha (Photoshop's and GIMP's
     gray with transparency; Pillow has no mode for it), read as 16-bit gray, alpha dropped.
@@ -839,12 +858,13 @@ def _tiff16_without_pillow(path: Path) -> tuple[np.ndarray, int, int | None] | N
         e = Image.DecompressionBombError(f"Image size ({h * w} pixels) exceeds limit of {2 * limit} pixels, "
                                          "could be decompression bomb DOS attack.")
         raise _too_large(path, e)
-    return _orient(_read_tiff_samples(path, depth), orientation), depth, (int(m.group(1)) if m else None)
+    return _orient(_read_tiff_samples(path, depth), orientation), depth, (int(m.group(1)) if m else None), False
 
 
-def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None] | None:
+def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None, bool] | None:
     """The raw samples of a source stored with more than 8 bits (gray (H, W) or colour
-    (H, W, 3), float64), the file's depth and its marked significant bits; None for a file of
+    (H, W, 3), float64), the file's depth, its marked significant bits and whether they are a
+    PNG ``sBIT`` (samples scaled up to the depth by the specification); None for a file of
     at most 8 bits per sample, or one Pillow cannot open (both left to the 8-bit reader), except
     a 16-bit TIFF Pillow cannot identify (:func:`_tiff16_without_pillow`)."""
     try:
@@ -864,24 +884,81 @@ def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None] | None:
             return None
         depth, _, sig = png
         if mode in _HIGH_MODES:
-            return np.asarray(open_image(path), dtype=np.float64), depth, sig
-        return _orient(_read_png16(path), orientation), depth, sig  # colour: Pillow gives the high byte only
+            return np.asarray(open_image(path), dtype=np.float64), depth, sig, True
+        return _orient(_read_png16(path), orientation), depth, sig, True  # colour: Pillow gives the high byte only
     if tiff is not None and tiff[0] > 8 and mode != "F":
         depth, sig = tiff
         if mode in _HIGH_MODES:
-            return np.asarray(open_image(path), dtype=np.float64), depth, sig
+            return np.asarray(open_image(path), dtype=np.float64), depth, sig, False
         # Pillow gives colour TIFFs' high byte only
-        return _orient(_read_tiff_samples(path, depth), orientation), depth, sig
+        return _orient(_read_tiff_samples(path, depth), orientation), depth, sig, False
     if mode in _HIGH_MODES:  # other formats of 16/32-bit gray
-        return np.asarray(open_image(path), dtype=np.float64), 16 if mode.startswith("I;16") else 32, None
+        return np.asarray(open_image(path), dtype=np.float64), 16 if mode.startswith("I;16") else 32, None, False
     return None
 
 
-def source_bits(values_max: float, depth: int, sig: int | None) -> int | None:
-    """The bits a marked source is scaled from (see above); None for an unmarked one."""
+def source_bits(values_max: float, depth: int, sig: int | None, *, scaled: bool = False) -> int | None:
+    """The bits a marked source is scaled from (see above); None for an unmarked one.
+
+    Parameters
+    ----------
+    values_max : float
+        The source's largest value.
+    depth : int
+        The file's bits per sample.
+    sig : int or None
+        The significant bits the file marks (PNG ``sBIT``, OME-TIFF ``SignificantBits``).
+    scaled : bool
+        The values are stored scaled up to ``depth`` bits (a PNG whose samples are on the
+        ``sBIT`` grid, :func:`sbit_scaled`): scaled from ``depth`` also when they fit in ``sig``
+        bits.
+    """
     if sig is None or not 0 < sig < depth:
         return None
-    return sig if values_max <= (1 << sig) - 1 else depth
+    return sig if values_max <= (1 << sig) - 1 and not scaled else depth
+
+
+@functools.lru_cache(maxsize=16)
+def _sbit_grid(bits: int) -> np.ndarray:
+    """Of every 16-bit sample: is it what a PNG encoder writes for ``bits``-bit data scaled up
+    to 16 bits (bool table of 65536)? The specification's scalings of a ``bits``-bit value
+    ``v``: a left shift (``v << (16 - bits)``), left bit replication, and linear scaling
+    (``round(v / (2**bits - 1) * 65535)``, which the reader uses and :func:`write_image` writes)."""
+    s = 16 - bits
+    v = np.arange(1 << bits, dtype=np.int64)
+    rep = v << s
+    pos = s
+    while pos > 0:  # left bit replication: v repeated down the low bits
+        pos -= bits
+        rep |= v << pos if pos >= 0 else v >> -pos
+    table = np.zeros(1 << 16, dtype=bool)
+    table[v << s] = table[rep] = True
+    table[np.round(v / float((1 << bits) - 1) * 65535.0).astype(np.int64)] = True
+    return table
+
+
+def sbit_scaled(a: np.ndarray, bits: int) -> bool:
+    """Whether every sample of a 16-bit PNG (``a``: its integer values, any numeric dtype) is
+    what an encoder writes for ``bits``-bit data scaled up to 16 bits as the PNG specification
+    asks (a left shift, left bit replication or linear scaling; :func:`_sbit_grid`).
+
+    Unscaled ``bits``-bit data (values 0..2**bits - 1) lies on that grid only by chance: every
+    sample a multiple of 2**(16 - bits) where it is dark (for linear scaling, at most 1 more).
+    An image that is all zeros, or too small or flat to tell, counts as scaled (the
+    specification's reading)."""
+    if not 0 < bits < 16:
+        return True
+    return bool(_sbit_grid(bits)[np.asarray(a).astype(np.uint16)].all())
+
+
+@functools.lru_cache(maxsize=16)
+def _onto_sbit_grid(bits: int) -> np.ndarray:
+    """uint16 table: every 16-bit sample to the nearest linearly scaled ``bits``-bit value,
+    ``round(round(x / 65535 * (2**bits - 1)) / (2**bits - 1) * 65535)`` (no ties: 65535 and
+    2**bits - 1 are odd); samples already on that grid are kept."""
+    top = float((1 << bits) - 1)
+    x = np.arange(1 << 16, dtype=np.float64)
+    return np.round(np.round(x / 65535.0 * top) / top * 65535.0).astype(np.uint16)
 
 
 def common_bits(values_max: float) -> int:
@@ -1018,14 +1095,21 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     one of several frames or pages, gray sources beside colour ones."""
     out: list[np.ndarray | None] = []
     high: list[tuple[int, np.ndarray, int | None]] = []
+    significant: list[int] = []  # the marked sources' significant bits (not the bits scaled from)
     for p in map(Path, paths):
         raw = _high_depth_array(p) if p.is_file() else None
         if raw is None:
             out.append(_read_8bit(p))
             continue
-        a, depth, sig = raw
+        a, depth, sig, sbit = raw
         out.append(None)
-        high.append((len(out) - 1, a, source_bits(float(a.max()) if a.size else 0.0, depth, sig)))
+        top = float(a.max()) if a.size else 0.0
+        # PNG sBIT: the samples are scaled to the depth unless they cannot be (see above)
+        scaled = sbit and sig is not None and 0 < sig < depth and top <= (1 << sig) - 1 and sbit_scaled(a, sig)
+        bits = source_bits(top, depth, sig, scaled=scaled)
+        high.append((len(out) - 1, a, bits))
+        if bits is not None and sig is not None:
+            significant.append(sig)
     unmarked = [a for _, a, bits in high if bits is None and a.size]
     shared = common_bits(max(float(a.max()) for a in unmarked)) if unmarked else 8
     full: list[np.ndarray | None] | None = None
@@ -1043,7 +1127,7 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
         notes += frame_notes(paths)
         mixed = mix_note([os.fspath(p) for p in paths], [a.ndim == 2 for a in images])
         notes += [mixed] if mixed else []
-    bits = max([b or shared for _, _, b in high], default=8)
+    bits = max(significant + [shared for _, _, b in high if b is None], default=8)
     return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits, notes)
 
 
