@@ -328,3 +328,49 @@ def allowed(key: str) -> tuple[Any, ...]:
     if "enum" not in node:
         raise KeyError(f"parameter {key!r} has no list of allowed values in the schema")
     return tuple(node["enum"])
+
+
+def _leaves(node: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    resolved = _resolved(node) if "properties" not in node or "$ref" in node else node
+    for name, sub in resolved.get("properties", {}).items():
+        key = f"{prefix}{name}"
+        if "$ref" in sub and sub.get("$ref") == node.get("$ref"):
+            continue  # train.initial / train.boundary: per-net overrides of the keys beside them
+        inner = _resolved(sub) if "$ref" in sub else sub
+        if inner.get("type") == "object" and inner.get("properties") and "items" not in inner:
+            yield from _leaves(sub, key + ".")
+        else:
+            yield key, {**inner, **sub}
+
+
+def leaf_keys() -> dict[str, Mapping[str, Any]]:
+    """Every key of a whole params.yaml the schema knows, dotted (``"fuse.boundary_weight"``,
+    ``"download.net.retries"``), with its schema entry (``$ref`` resolved). A section's own
+    keys, not the sections; not the per-net ``train.initial.*`` / ``train.boundary.*`` (they
+    override ``train.*``) nor the keys inside list items (``evaluate.datasets``)."""
+    return dict(_leaves(load_schema(), ""))
+
+
+def _has(params: Any, key: str) -> bool:
+    node = params
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def missing_defaults(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys with an ``x-default`` that a whole ``params`` lacks, with that default: the
+    values the commands use for them. A ``train`` key both nets set (``train.initial.lr`` and
+    ``train.boundary.lr``) is not missing. Keys without an ``x-default`` are left out (the
+    rules refuse those they need, naming them)."""
+    out: dict[str, Any] = {}
+    for key, node in leaf_keys().items():
+        if "x-default" not in node or _has(params, key):
+            continue
+        head, _, rest = key.partition(".")
+        if head == "train" and all(_has(params, f"train.{net}.{rest}") for net in ("initial", "boundary")):
+            continue
+        out[key] = copy.deepcopy(node["x-default"])
+    return out
