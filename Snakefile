@@ -11,11 +11,12 @@ report: "workflow/report/workflow.rst"
 # The config (params.yaml + any --config overrides) is checked against the package's schema
 # before any rule is planned, so a bad value fails `snakemake -n` and every `dvc repro` stage
 # with one line naming the key and its allowed values.
+import os
 import sys
 
 from snakemake.utils import validate
 
-from bafusion.cli.params_check import check_init_files, check_params
+from bafusion.cli.params_check import check_init_files, check_params, warn_missing_keys
 from bafusion.errors import UserError
 from bafusion.config import load_params, retype_config_overrides, yaml12_floats
 from bafusion.schema import schema_path, validate_params
@@ -39,6 +40,11 @@ try:
     check_params(config, _source)  # rules across keys (fuse.low < fuse.high)
     # a warm-start file that is not there: Snakemake would keep an existing net and say nothing
     check_init_files(config, _source)
+    # keys an older params.yaml lacks take the library defaults (x-default): one line, once per
+    # snakemake call (not in each cluster job's reading of this file), and under `dvc repro`
+    # only in the stages that use them
+    if getattr(workflow, "is_main_process", True):
+        warn_missing_keys(config, _source, stage=os.environ.get("DVC_STAGE"))
 except UserError as _e:  # one line naming the key, not Snakemake's traceback of the Snakefile
     sys.exit(f"error: {_e}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
@@ -614,6 +615,90 @@ def test_check_params_warns_of_an_empty_boundary_patch_set(capsys: pytest.Captur
     err = capsys.readouterr().err.splitlines()
     assert err == ["warning: p.yaml: patches.boundary_per_pair: 0 leaves the boundary net's patch set empty: "
                    "train_boundary (and what needs the boundary net: fuse, evaluate, all) would fail on it"], err
+
+
+def _without(params: dict, *keys: str) -> dict:
+    import copy
+
+    params = copy.deepcopy(params)
+    for key in keys:
+        *parents, last = key.split(".")
+        node = params
+        for part in parents:
+            node = node[part]
+        del node[last]
+    return params
+
+
+def test_a_params_file_without_the_newer_keys_draws_one_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    """A project upgraded from an older bafusion keeps its params.yaml, without the keys added
+    since (fuse.boundary_weight): they took the library default (0.75) silently, so its runs
+    differed from its earlier ones (1) and from a fresh project's, and nothing said so."""
+    from bafusion.cli.params_check import warn_missing_keys
+
+    params = load_params(REPO / "params.yaml")
+    warn_missing_keys(params, "p.yaml")
+    assert capsys.readouterr().err == ""
+    old = _without(params, "fuse.boundary_weight")
+    warn_missing_keys(old, "p.yaml")
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: p.yaml: no fuse.boundary_weight (0.75 used: the library default; the paper preset's is 1) - add "
+        "the keys to pin them (new keys since the file was written)"]
+    # several: one line, those the paper preset sets otherwise first
+    warn_missing_keys(_without(old, "fuse.tile", "train.consistency", "fuse.tta"), "p.yaml")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "warning: p.yaml: no fuse.boundary_weight (0.75 used: the library default; the paper preset's is 1), "
+        "train.consistency (0 used), fuse.tta (none used), fuse.tile (128 used) - add the keys"), err
+    # a train key both nets set is pinned
+    pinned = deep_merge(_without(params, "train.lr"), {"train": {"initial": {"lr": 0.1}, "boundary": {"lr": 0.1}}})
+    warn_missing_keys(pinned, "p.yaml")
+    assert capsys.readouterr().err == ""
+    warn_missing_keys(deep_merge(_without(params, "train.lr"), {"train": {"initial": {"lr": 0.1}}}), "p.yaml")
+    assert "no train.lr (0.01 used: the library default; the paper preset's is 0.001)" in capsys.readouterr().err
+    # a file that pins little: the first keys named, the rest counted
+    warn_missing_keys({}, "p.yaml")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and re.search(r"\), depth \(20 used; the paper preset's is 56\), .* and \d+ more - add the "
+                                       r"keys to pin them", err[0]), err
+
+
+def test_the_missing_keys_warning_comes_in_the_dvc_stages_that_use_them(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every `dvc repro` stage runs snakemake, which reads the Snakefile: the line comes in the
+    stages whose params (dvc.yaml) hold the key, not in all nine."""
+    from bafusion.cli.params_check import warn_missing_keys
+
+    old = _without(load_params(REPO / "params.yaml"), "fuse.boundary_weight")
+    said = []
+    for stage in ("download", "prepare", "composite", "testset", "patches", "train_initial", "train_boundary",
+                  "fuse", "evaluate"):
+        warn_missing_keys(old, "p.yaml", stage=stage, dvc_yaml=REPO / "dvc.yaml")
+        if "fuse.boundary_weight" in capsys.readouterr().err:
+            said.append(stage)
+    assert said == ["fuse", "evaluate"]
+    for stage in ("nosuch", "dvc.yaml:fuse"):  # an unknown stage: said; a stage given with its file
+        warn_missing_keys(old, "p.yaml", stage=stage, dvc_yaml=REPO / "dvc.yaml")
+        assert "fuse.boundary_weight" in capsys.readouterr().err
+    warn_missing_keys(old, "p.yaml", stage="fuse", dvc_yaml=REPO / "absent" / "dvc.yaml")
+    assert "fuse.boundary_weight" in capsys.readouterr().err
+
+
+def test_preset_apply_warns_of_the_keys_an_older_params_yaml_lacks(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`bafusion preset paper --apply params.yaml` on an upgraded project's file: the keys it
+    lacks and the preset does not set are named; an override file (not params.yaml) is partial
+    on purpose and draws no warning."""
+    old = _without(load_params(REPO / "params.yaml"), "fuse.boundary_weight", "fuse.tile")
+    for name, warned in (("params.yaml", True), ("override.yaml", False)):
+        f = tmp_path / name
+        f.write_text(yaml.safe_dump(old, sort_keys=False))
+        assert main(["preset", "paper", "--apply", str(f)]) == 0
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+        if warned:  # the preset pins boundary_weight (1); tile stays the library's
+            assert err == [f"warning: {f} with the overrides applied: no fuse.tile (128 used: the library default) - "
+                           "add the keys to pin them (new keys since the file was written)"], err
+        else:
+            assert err == [], err
 
 
 def test_the_snakefiles_checks_do_not_load_torch() -> None:

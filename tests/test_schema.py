@@ -253,6 +253,43 @@ def test_a_missing_key_of_the_rules_fails_in_one_line(project: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_params_yaml_without_a_newer_key_draws_one_warning_per_snakemake_call(project: Path) -> None:
+    """An upgraded project's params.yaml without fuse.boundary_weight fused with 0.75 (the
+    library default), unlike its earlier runs and a fresh project (1), and snakemake -n said
+    nothing. One line per call: not where an override file pins the key, not in a DVC stage
+    that does not use it, not in a job's own reading of the Snakefile (--mode subprocess, as
+    cluster jobs run)."""
+    import os
+    import subprocess
+
+    from pipeline_project import env
+
+    def warnings(*args: str, stage: str | None = None) -> list[str]:
+        p = subprocess.run(["snakemake", "-n", *args], cwd=project, capture_output=True, text=True, timeout=300,
+                           env={**env(), **({"DVC_STAGE": stage} if stage else {})})
+        assert p.returncode == 0, (p.stdout + p.stderr)[-2000:]
+        return [line for line in (p.stdout + p.stderr).splitlines() if line.startswith("warning:")]
+
+    good = (project / "params.yaml").read_text()
+    pin = project.parent / "pin.yaml"
+    pin.write_text("fuse: {boundary_weight: 1.0}\n")
+    try:
+        old = yaml.safe_load(good)
+        del old["fuse"]["boundary_weight"]
+        (project / "params.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+        line = ("warning: params.yaml: no fuse.boundary_weight (0.75 used: the library default; the paper preset's "
+                "is 1) - add the keys to pin them (new keys since the file was written)")
+        assert warnings("all") == [line]
+        assert warnings("all", "--configfile", str(pin)) == []
+        assert warnings("prepare", stage="prepare") == []
+        assert warnings("fuse", stage="fuse") == [line]
+        assert warnings("all", "--mode", "subprocess") == []
+    finally:
+        (project / "params.yaml").write_text(good)
+    assert warnings("all") == [] and "DVC_STAGE" not in os.environ
+
+
+@pytest.mark.slow
 def test_config_override_is_checked_too(project: Path) -> None:
     p = run(["snakemake", "-n", "all", "--config", "patch=abc"], project, check=False)
     assert p.returncode != 0

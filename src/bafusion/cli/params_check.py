@@ -11,6 +11,10 @@ It also refuses what the pipeline's jobs would refuse only after the data stages
 one line each, of an empty boundary patch set (only ``train_boundary`` and what follows it
 need it) and of milestones the learning rate never reaches. Light on purpose (no torch): the Snakefile runs it
 at every ``snakemake`` call.
+:func:`warn_missing_keys` says, in one line, which keys a whole params file lacks and the
+library defaults (the schema's ``x-default``) they take: an older project's params.yaml lacks
+the keys added since, and its runs would silently differ from its earlier ones and from a
+fresh project's.
 The ``evaluate`` section is left to ``bafusion evaluate``: its datasets name folders that may
 not exist until the data is there.
 """
@@ -19,11 +23,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from bafusion.errors import UserError
 
-__all__ = ["check_init_files", "check_params"]
+__all__ = ["check_init_files", "check_params", "missing_keys_warning", "warn_missing_keys"]
 
 
 def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None:
@@ -134,3 +139,101 @@ def check_init_files(params: Mapping[str, Any], source: str = "params.yaml") -> 
             per_net = ((params.get("train") or {}).get(net) or {}).get("init")
             key = f"train.{net}.init" if per_net else "train.init"
             raise UserError(f"{source}: {key} {path}: model file not found (the warm start of the {net} net)")
+
+
+#: At most this many missing keys are named (a file that pins little: the count of the rest).
+MISSING_NAMED = 8
+
+
+def _show(value: Any) -> str:
+    """A value as params.yaml writes it (``0.75``, ``1``, ``none``, ``[1, 0.5]``, ``""``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str):
+        return value if value else '""'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _stage_params(stage: str, dvc_yaml: str | Path) -> list[str] | None:
+    """The params.yaml keys (or sections) a DVC stage declares in ``dvc_yaml``; None: not
+    known (no such file or stage, or a stage that takes a whole params file)."""
+    import yaml
+
+    try:
+        stages = (yaml.safe_load(Path(dvc_yaml).read_text()) or {}).get("stages") or {}
+        entries = stages[stage.rpartition(":")[2]].get("params") or []
+    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError):
+        return None
+    keys: list[str] = []
+    for entry in entries:
+        if isinstance(entry, str):
+            keys.append(entry)
+        elif isinstance(entry, Mapping):
+            for file, names in entry.items():
+                if Path(str(file)).name == "params.yaml":
+                    if not names:
+                        return None
+                    keys += [str(n) for n in names]
+    return keys
+
+
+def missing_keys_warning(params: Mapping[str, Any], stage: str | None = None,
+                         dvc_yaml: str | Path = "dvc.yaml") -> str | None:
+    """The warning about the keys a whole params file lacks (the schema's keys with an
+    ``x-default``), or None when it lacks none.
+
+    Parameters
+    ----------
+    params
+        The whole parameters (params.yaml, with any override files merged over it).
+    stage
+        The DVC stage this runs in (``$DVC_STAGE``): only the keys it declares in ``dvc_yaml``
+        count, so that ``dvc repro`` says it in the stages that use them, not in every stage.
+
+    Returns
+    -------
+    ``"no fuse.boundary_weight (0.75 used: the library default; the paper preset's is 1) - add
+    the keys to pin them (...)"``: the keys whose paper preset value differs first.
+    """
+    from bafusion.config import load_preset
+    from bafusion.schema import missing_defaults
+
+    missing = missing_defaults(params)
+    if stage:
+        used = _stage_params(stage, dvc_yaml)
+        if used is not None:
+            missing = {k: v for k, v in missing.items() if any(k == u or k.startswith(u + ".") for u in used)}
+    if not missing:
+        return None
+    paper: dict[str, Any] = {}
+    preset = load_preset("paper")
+    for key, value in missing.items():
+        node: Any = preset
+        for part in key.split("."):
+            node = node.get(part, paper) if isinstance(node, Mapping) else paper
+        if node is not paper and node != value:
+            paper[key] = node
+    keys = sorted(missing, key=lambda k: k not in paper)  # stable: schema order within each group
+    named = []
+    for i, k in enumerate(keys[:MISSING_NAMED]):
+        why = ": the library default" if i == 0 else ""
+        pin = f"; the paper preset's is {_show(paper[k])}" if k in paper else ""
+        named.append(f"{k} ({_show(missing[k])} used{why}{pin})")
+    more = f" and {len(keys) - MISSING_NAMED} more" if len(keys) > MISSING_NAMED else ""
+    return f"no {', '.join(named)}{more} - add the keys to pin them (new keys since the file was written)"
+
+
+def warn_missing_keys(params: Mapping[str, Any], source: str = "params.yaml", stage: str | None = None,
+                      dvc_yaml: str | Path = "dvc.yaml") -> None:
+    """Print :func:`missing_keys_warning` as one line ``warning: <source>: ...`` on stderr,
+    if there is one. For the pipeline's whole params file: the Snakefile (once per
+    ``snakemake`` call, not in the jobs' own readings of it) and ``bafusion preset --apply``."""
+    line = missing_keys_warning(params, stage, dvc_yaml)
+    if line:
+        print(f"warning: {source}: {line}", file=sys.stderr)

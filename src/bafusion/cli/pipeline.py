@@ -198,11 +198,17 @@ def cmd_preset(args: argparse.Namespace) -> int:
     if args.apply and args.format is not None:
         raise UserError("--format chooses how the preset is printed; with --apply it is written into the file")
     if args.apply:
-        from bafusion.cli.params_check import check_params
+        from bafusion.cli.params_check import check_params, warn_missing_keys
         from bafusion.schema import validate_params
+
+        # the pipeline's params file (the name the Snakefile reads), not an override file:
+        # the keys it lacks take the library defaults
+        whole = "params.yaml" in (Path(args.apply).name, Path(args.apply).resolve().name)
 
         def check(params: dict, source: str) -> None:
             check_params(validate_params(params, source), source)
+            if whole:
+                warn_missing_keys(params, source)
 
         apply_overrides_to_file(args.apply, preset, check=check)
         print(f"applied preset {args.name!r} to {args.apply}", file=sys.stderr)
