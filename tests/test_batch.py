@@ -148,7 +148,7 @@ def test_fuse_dir_fuses_the_good_stacks_and_lists_the_broken_ones(tmp_path: Path
     argv = ["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]
     assert cli_main(argv) == batch.EXIT_SKIPPED
     o, err = capsys.readouterr()
-    assert sorted(p.name for p in out.iterdir()) == ["good.png", "other.png", "stack.png"]
+    assert sorted(p.name for p in out.iterdir()) == [batch.OUTPUT_MARKER, "good.png", "other.png", "stack.png"]
     assert "fused 3 stack(s)" in o and "skipped 4" in o
     skipped = [line for line in err.splitlines() if "skipped" in line]
     assert len(skipped) == 4
@@ -628,7 +628,7 @@ def test_fuse_dir_quiet_silences_every_bar_and_a_large_pair_is_refused_by_name(
     err = capsys.readouterr().err
     assert rc == batch.EXIT_SKIPPED, err
     assert "big-A.png: image too large to read" in err and "Traceback" not in err
-    assert sorted(p.name for p in (tmp_path / "out-big").iterdir()) == ["p.png", "q.png"]
+    assert sorted(p.name for p in (tmp_path / "out-big").iterdir()) == [batch.OUTPUT_MARKER, "p.png", "q.png"]
 
 
 def test_fuse_dir_goes_on_when_one_output_cannot_be_written(tmp_path: Path, nets: Path, capsys) -> None:
@@ -644,7 +644,7 @@ def test_fuse_dir_goes_on_when_one_output_cannot_be_written(tmp_path: Path, nets
     assert rc == batch.EXIT_SKIPPED, err
     assert "cannot write" in err and "p.png" in err and "Traceback" not in err
     assert (out / "q.png").is_file() and (out / "p.png" / "keep").read_text() == "x"
-    assert not [p for p in out.iterdir() if p.name not in ("p.png", "q.png")]  # no temporary left
+    assert not [p for p in out.iterdir() if p.name not in ("p.png", "q.png", batch.OUTPUT_MARKER)]  # no temporary left
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -690,7 +690,7 @@ def test_fuse_dir_lists_broken_links_and_does_not_fuse_their_stacks(tmp_path: Pa
     assert "fused 1 stack(s)" in o, o
     for link in (src / "q-A.jpg", src / "s" / "3.jpg", src / "t"):
         assert f"skipped {link}: broken link (to {tmp_path / 'card' / link.name})" in err, err
-    assert sorted(p.name for p in out.iterdir()) == ["p.png"]
+    assert sorted(p.name for p in out.iterdir()) == [batch.OUTPUT_MARKER, "p.png"]
 
 
 def test_fuse_decodes_each_source_png_once(tmp_path: Path, nets: Path, pillow_decodes: dict[str, int]) -> None:
@@ -722,3 +722,86 @@ def test_fuse_dir_size_error_says_an_exif_orientation_was_applied(tmp_path: Path
     line = next(x for x in err.splitlines() if "skipped" in x)
     assert "p-B.jpg: size 80x60 (WxH) differs from 60x80 of" in line, err
     assert f"{src / 'p-A.jpg'}'s EXIF orientation 6 was applied (the file stores 80x60)" in line, err
+
+
+def test_fuse_dir_skip_existing_keeps_only_outputs_of_the_same_setup(tmp_path: Path, nets: Path, capsys) -> None:
+    """--skip-existing kept any output that existed: after a change of model or parameters
+    (or an upgrade) a batch held the results of two setups, silently, exit 0. The marker now
+    records the setup (the nets' sha256, the parameters, --align, --ext, the version) and the
+    outputs written with it; --skip-existing into a folder of another setup, or of an unknown
+    one (an earlier version's empty marker, no marker), is refused before any work."""
+    import json
+    import shutil
+
+    import torch
+
+    from bafusion import __version__
+    from bafusion.nets.model import build_model, save_model
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name, seed in (("p1", 3), ("p2", 4)):
+        for n, x in zip("AB", pair(seed)):
+            Image.fromarray(x).save(src / f"{name}-{n}.png")
+    argv = ["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main([*argv, "--l", "8"]) == 0
+    capsys.readouterr()
+    marker = out / batch.OUTPUT_MARKER
+    doc = json.loads(marker.read_text())
+    assert doc["bafusion"] == __version__ and doc["ext"] == "png" and doc["align"] == "none"
+    assert doc["params"]["l"] == 8 and doc["outputs"] == ["p1.png", "p2.png"]
+    assert doc["model"]["initial"]["sha256"] == batch._file_sha256(nets / "initial.pt")
+    assert doc["model"]["boundary"]["sha256"] == batch._file_sha256(nets / "boundary.pt")
+    assert not list(out.glob("*.part"))
+    (out / "p2.png").unlink()
+    kept = (out / "p1.png").stat().st_mtime_ns
+
+    def refused(*extra: str) -> str:
+        rc = cli_main([*argv, "--skip-existing", *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1, err
+        assert str(out) in err and "drop --skip-existing" in err, err
+        assert not (out / "p2.png").exists() and (out / "p1.png").stat().st_mtime_ns == kept  # no work done
+        return err
+
+    assert "other parameters (l: 8 -> 6)" in refused("--l", "6")
+    assert "refine: True -> False" in refused("--l", "8", "--no-refine")
+    assert "another --align (none -> translation)" in refused("--align", "translation")
+    assert "another --ext (png -> tif)" in refused("--ext", "tif")
+    other = tmp_path / "other-nets"  # another initial net; the boundary net the same file
+    other.mkdir()
+    shutil.copy(nets / "boundary.pt", other / "boundary.pt")
+    shutil.copy(nets / "boundary.json", other / "boundary.json")
+    torch.manual_seed(1)
+    save_model(build_model(8), other / "initial.pt", {"patch": 12})
+    err = refused("--model", str(other))
+    assert "another model" in err and "initial sha256" in err and "boundary sha256" not in err
+    doc["bafusion"] = "0.0.1"  # an upgrade
+    marker.write_text(json.dumps(doc))
+    assert "another bafusion version (0.0.1 -> " in refused()
+    marker.write_text("")  # an earlier version's empty marker
+    assert "its marker records no model or parameters" in refused()
+    marker.unlink()  # an earlier version wrote none outside IN
+    assert "no .bafusion-fuse-dir records the model" in refused()
+
+    # the same setup (the same nets in another folder too): p1 kept, p2 fused, exit 0
+    doc["bafusion"] = __version__
+    marker.write_text(json.dumps(doc))
+    shutil.copytree(nets, tmp_path / "copy")
+    assert cli_main([*argv, "--skip-existing", "--model", str(tmp_path / "copy")]) == 0
+    o = capsys.readouterr().out
+    assert "fused 1 stack(s)" in o and "1 already there" in o
+    assert (out / "p1.png").stat().st_mtime_ns == kept and (out / "p2.png").is_file()
+    # without --skip-existing: replaced, the record rewritten with the new setup
+    assert cli_main([*argv, "--l", "6"]) == 0
+    doc = json.loads(marker.read_text())
+    assert doc["params"]["l"] == 6 and doc["outputs"] == ["p1.png", "p2.png"]
+    # an output the record does not list (a run of another setup stopped before replacing
+    # it) is fused again, not kept
+    doc["outputs"] = ["p2.png"]
+    marker.write_text(json.dumps(doc))
+    before = (out / "p1.png").stat().st_mtime_ns
+    assert cli_main([*argv, "--l", "6", "--skip-existing"]) == 0
+    assert "fused 1 stack(s) into" in capsys.readouterr().out
+    assert (out / "p1.png").stat().st_mtime_ns != before
+    assert json.loads(marker.read_text())["outputs"] == ["p1.png", "p2.png"]

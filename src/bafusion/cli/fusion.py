@@ -383,7 +383,10 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
                    f"(similarity) only the stacks whose shots move more than {HINT_MOTION_PX:g} px; none: take "
                    "them as registered; not given: as none, plus a hint on stderr for the stacks that move")
     p.add_argument("--force", action="store_true", help="fuse even shots that do not look like one scene")
-    p.add_argument("--skip-existing", action="store_true", help="leave stacks whose output exists (resume a batch)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="leave stacks whose output exists (resume a batch); OUT/.bafusion-fuse-dir records the "
+                   "model, parameters, --align, --ext and version that made the outputs, and a folder of another "
+                   "setup (or of none recorded) is refused")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_param_args(p, maps=False)
     p.set_defaults(func=_cmd_fuse_dir)

@@ -11,7 +11,11 @@ Naming rule of ``fuse-dir IN OUT`` (documented in the README):
   so is a broken symbolic link (a shot on a card not mounted), with its stack;
 * the fusion of ``<name>`` is written to ``OUT/<name>.<ext>`` (``--ext``, default ``png``);
 * ``OUT`` inside ``IN`` is no stack; one that holds images other than outputs is refused
-  before any work (:func:`check_output_folder`).
+  before any work (:func:`check_output_folder`);
+* ``OUT/.bafusion-fuse-dir`` (:data:`OUTPUT_MARKER`) records what makes the outputs: the nets'
+  sha256, the fusion parameters, ``--align``, ``--ext``, bafusion's version, and the outputs
+  written so; ``--skip-existing`` keeps only outputs it lists, and refuses a folder whose
+  marker records another setup, or none (:func:`check_skip_existing`).
 
 Exit status (:data:`EXIT_SKIPPED`, :data:`EXIT_NONE_FUSED`): 0 when every group was fused (or,
 with ``--skip-existing``, already was), 3 when some were skipped (the others are fused), 4 when
@@ -22,12 +26,15 @@ in it, bad parameters).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -352,8 +359,147 @@ def _broken_reason(p: Path) -> str:
     return f"broken link (to {target})"
 
 
-#: Marks an output folder inside the input folder as fuse-dir's (written there on its first run).
+#: fuse-dir's record in its output folder: what makes the outputs (:func:`batch_setup`) and
+#: which were written so, a JSON object rewritten atomically as each output lands. Inside the
+#: input folder it also marks the folder as fuse-dir's (:func:`check_output_folder`). Earlier
+#: versions wrote it empty, and only there.
 OUTPUT_MARKER = ".bafusion-fuse-dir"
+
+#: The layout of :data:`OUTPUT_MARKER`'s JSON.
+MARKER_FORMAT = 1
+
+#: The keys of :func:`batch_setup`: what the outputs are made by, compared by ``--skip-existing``.
+SETUP_KEYS = ("bafusion", "model", "params", "align", "ext")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _weights_sha256(net) -> str:
+    """sha256 of a net's tensors (names and values), for nets that came from no file."""
+    h = hashlib.sha256()
+    for name, t in sorted(net.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update((t.float() if t.is_floating_point() else t).numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_identity(nets) -> dict[str, dict[str, Any]]:
+    """The nets as :data:`OUTPUT_MARKER` records them: per role (``initial``, ``boundary``) the
+    file they came from, its sha256 (of the weights, for nets built in memory) and the patch side."""
+    out: dict[str, dict[str, Any]] = {}
+    for role, source, net, patch in (("initial", nets.sources[0], nets.initial, nets.patch_initial),
+                                     ("boundary", nets.sources[1], nets.boundary, nets.patch_boundary)):
+        p = Path(source) if source else None
+        if p is not None and p.is_file():
+            out[role] = {"file": str(p), "sha256": _file_sha256(p), "patch": int(patch)}
+        else:
+            out[role] = {"file": "", "sha256": _weights_sha256(net), "patch": int(patch)}
+    return out
+
+
+def batch_setup(nets, params, *, ext: str, align: str) -> dict[str, Any]:
+    """What makes ``fuse-dir``'s outputs (:data:`SETUP_KEYS`): bafusion's version, the nets
+    (:func:`model_identity`), the fusion parameters, ``--align`` and ``--ext`` (the format: JPEG
+    is lossy, PNG and TIFF keep 16 bits), as JSON values. ``--force`` and the device are not in
+    it (one decides which stacks are fused, not how)."""
+    from dataclasses import asdict
+
+    from bafusion._version import __version__
+
+    return {"bafusion": __version__, "model": model_identity(nets),
+            "params": json.loads(json.dumps(asdict(params))), "align": align, "ext": ext}
+
+
+def read_marker(out: Path) -> dict[str, Any] | None:
+    """The record in ``out`` (:data:`OUTPUT_MARKER`), or None where there is none, or one that
+    records no setup (an earlier version's empty file, an unreadable one)."""
+    try:
+        doc = json.loads((out / OUTPUT_MARKER).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(doc, dict) or any(k not in doc for k in SETUP_KEYS):
+        return None
+    return doc
+
+
+def _short(v: Any) -> str:
+    return json.dumps(v) if not isinstance(v, (int, float, bool, str)) else str(v)
+
+
+def setup_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two :func:`batch_setup` records, one phrase each ("other
+    parameters (l: 8 -> 6)"); empty when they match."""
+    diffs: list[str] = []
+    om, nm = old.get("model") or {}, new.get("model") or {}
+    changed, where = [], []
+    for role in ("initial", "boundary"):
+        o, n = om.get(role) or {}, nm.get(role) or {}
+        if (o.get("sha256"), o.get("patch")) != (n.get("sha256"), n.get("patch")):
+            patch = f", patch {o.get('patch')} -> {n.get('patch')}" if o.get("patch") != n.get("patch") else ""
+            changed.append(f"{role} sha256 {str(o.get('sha256'))[:12]} -> {str(n.get('sha256'))[:12]}{patch}")
+            files = [str(Path(f).parent) if f else "(nets in memory)" for f in (o.get("file"), n.get("file"))]
+            if files[0] != files[1] and " -> ".join(files) not in where:
+                where.append(" -> ".join(files))
+    if changed:
+        diffs.append(f"another model ({'; '.join([*where, *changed])})")
+    op, np_ = old.get("params") or {}, new.get("params") or {}
+    if not isinstance(op, dict):
+        op = {}
+    keys = [k for k in np_ if op.get(k, None) != np_[k]] + [k for k in op if k not in np_]
+    if keys:
+        shown = [f"{k}: {_short(op[k]) if k in op else '(not recorded)'} -> "
+                 f"{_short(np_[k]) if k in np_ else '(none)'}" for k in keys[:4]]
+        more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+        diffs.append(f"other parameters ({', '.join(shown)}{more})")
+    for key, what in (("align", "--align"), ("ext", "--ext"), ("bafusion", "bafusion version")):
+        if old.get(key) != new.get(key):
+            diffs.append(f"another {what} ({old.get(key)} -> {new.get(key)})")
+    return diffs
+
+
+def check_skip_existing(out: Path, setup: Mapping[str, Any], targets: Sequence[Path]) -> None:
+    """Refuse (a :class:`UserError`, before any work) ``--skip-existing`` into ``out`` when its
+    :data:`OUTPUT_MARKER` records another setup than ``setup`` (the outputs kept would come
+    from two), naming what differs; or records none (an earlier version's empty marker, or no
+    marker) while one of ``targets`` (this run's outputs) exists: what made it is unknown."""
+    if not out.is_dir():
+        return
+    doc = read_marker(out)
+    if doc is None:
+        there = [t for t in targets if t.is_file()]
+        if not there:
+            return
+        marker = out / OUTPUT_MARKER
+        how = ("its marker records no model or parameters (an earlier bafusion's)" if marker.is_file()
+               else f"no {OUTPUT_MARKER} records the model and parameters that made them")
+        more = f" and {len(there) - 1} more" if len(there) > 1 else ""
+        raise UserError(f"{out}: holds outputs ({there[0].name}{more}) of an unknown setup: {how}; give another "
+                        "folder or drop --skip-existing (they are then fused again)")
+    diffs = setup_differences(doc, setup)
+    if diffs:
+        raise UserError(f"{out}: holds outputs of {', '.join(diffs)}; give another folder or drop --skip-existing "
+                        "(they are then fused again)")
+
+
+def write_marker(out: Path, setup: Mapping[str, Any], outputs: Iterable[str], device: str = "") -> None:
+    """Write :data:`OUTPUT_MARKER` in ``out`` atomically: ``setup`` (:func:`batch_setup`), the
+    outputs written with it (file names), and the device (for the record only)."""
+    from bafusion.atomic import atomic_file
+
+    doc = {"format": MARKER_FORMAT, **setup, "device": device, "outputs": sorted(set(outputs))}
+    try:
+        with atomic_file(out / OUTPUT_MARKER) as tmp:
+            tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    except OSError as e:
+        raise UserError(f"{out / OUTPUT_MARKER}: cannot write fuse-dir's record: {e.strerror or e}") from e
 
 
 def _inside(src: Path, out: Path) -> bool:
@@ -405,6 +551,13 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
     cannot be fused is skipped with its reason, the batch goes on. ``align``, ``force`` and
     ``motion_hint`` as for :func:`fuse_files`.
 
+    ``out/`` :data:`OUTPUT_MARKER` records the setup (:func:`batch_setup`) and the outputs
+    written with it, rewritten as each lands. ``skip_existing``: an output that exists and
+    that the record lists is kept; one it does not list (left by a run of another setup that
+    was stopped) is fused again; a record of another setup, or none beside existing outputs,
+    is refused before any work (:func:`check_skip_existing`). Without it every output is
+    replaced and the record starts anew (it keeps the outputs of the same setup).
+
     Returns
     -------
     BatchReport
@@ -425,14 +578,25 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
                         "stack in its own sub-folder)")
     from bafusion.progress import bars_enabled
 
-    if _inside(src, out):  # later runs take this folder for fuse-dir's (check_output_folder)
+    setup = batch_setup(nets, params, ext=ext, align=align)
+    if skip_existing:
+        check_skip_existing(out, setup, [out / f"{name}.{ext}" for name in groups])
+    old = read_marker(out) if out.is_dir() else None
+    same = old is not None and not setup_differences(old, setup) and isinstance(old.get("outputs"), list)
+    written = {str(n) for n in old["outputs"]} if same else set()  # outputs known to be of this setup
+    try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / OUTPUT_MARKER).touch()
+    except OSError as e:
+        raise UserError(f"{out}: cannot create the output folder: {e.strerror or e}") from e
+    device = str(getattr(nets, "device", ""))
+    # the record first: a stopped run leaves outputs that it describes (inside IN it also marks
+    # the folder as fuse-dir's for later runs: check_output_folder)
+    write_marker(out, setup, written, device)
     bar = tqdm(groups.items(), total=len(groups), unit="stack", file=sys.stderr, disable=not bars_enabled(progress),
                desc="fuse-dir")
     for name, shots in bar:
         target = out / f"{name}.{ext}"
-        if skip_existing and target.is_file():
+        if skip_existing and target.is_file() and target.name in written:
             rep.existing.append(name)
             continue
         try:
@@ -449,6 +613,8 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
         for note in fused.notes:
             tqdm.write(f"bafusion fuse-dir: {note}", file=sys.stderr)
         rep.fused.append(name)
+        written.add(target.name)
+        write_marker(out, setup, written, device)
     return rep
 
 
