@@ -204,3 +204,63 @@ def test_fuse_with_align_prints_the_transform_and_crops(tmp_path: Path, nets: Pa
     x0, x1, y0, y1 = (int(v) for v in re.search(r"x (\d+)\.\.(\d+), y (\d+)\.\.(\d+)", lines[2]).groups())
     assert np.asarray(Image.open(out)).shape == (y1 - y0, x1 - x0, 3)
     assert x1 - x0 < a.shape[1] and y1 - y0 < a.shape[0]
+
+
+# ---------------------------------------------------------------- clipped, implausible, flat
+
+
+def _blown_out_pair(seed: int = 31, h: int = 128, w: int = 160) -> tuple[np.ndarray, np.ndarray]:
+    """A registered pair (B a blur of A) whose A has its left half blown out to white, as a
+    bright sky or window (the probe's D3 pair)."""
+    img = _texture(seed, h, w)
+    b = ndimage.gaussian_filter(img.astype(np.float64), (2, 2, 0)).round().astype(np.uint8)
+    a = img.copy()
+    a[:, : w // 2] = 255
+    return a, b
+
+
+def test_a_blown_out_half_neither_moves_a_registered_pair_nor_makes_it_two_scenes() -> None:
+    """The clipped half carried no structure in A and the texture in B: the registration read a
+    scale of 0.4 and a rotation of 24 deg, and the match quality of the right estimate was 0.3."""
+    a, b = _blown_out_pair()
+    assert align.clipped_regions(a) is not None and align.clipped_regions(b) is None
+    al = align_images([a, b], "similarity")
+    assert al.rms_px[1] < 1.0 and al.implausible[1] is None, al.describe()
+    assert al.quality[1] > 0.9
+    black = a.copy()
+    black[:, : a.shape[1] // 2] = 0  # a shadow crushed to black, likewise
+    assert align_images([black, b], "similarity").rms_px[1] < 1.0
+
+
+def test_an_estimate_no_hand_held_pair_shows_is_implausible() -> None:
+    c = _centre(np.zeros((200, 240)))
+    assert align.implausible_motion(similarity_matrix((3.0, -2.0), 0.9, 0.90, center=c), (200, 240)) is None  # savic-08
+    why = align.implausible_motion(similarity_matrix((15.8, 20.7), -23.7, 0.40, center=c), (200, 240))
+    assert why is not None and "scale 0.40" in why and "rotation -23.7 deg" in why
+    assert "shift" in align.implausible_motion(similarity_matrix((80.0, 0.0), center=c), (200, 240))
+    assert align.implausible_motion(np.eye(3), (200, 240)) is None
+
+
+def _line_pair(h: int = 128, w: int = 160) -> tuple[np.ndarray, np.ndarray]:
+    """One bright horizontal line on gray and its blur: one-dimensional structure, registered
+    (the estimate read a scale of 0.61 with a match quality of 1)."""
+    a = np.full((h, w), 128, np.uint8)
+    a[h // 2, :] = 255
+    return a, ndimage.gaussian_filter(a.astype(np.float64), 2).round().astype(np.uint8)
+
+
+def test_an_explicit_alignment_refuses_an_implausible_estimate_unless_forced(tmp_path: Path, nets: Path,
+                                                                             capsys) -> None:
+    a, b = _line_pair()
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(b).save(tmp_path / "b.png")
+    out = tmp_path / "f.png"
+    argv = ["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out), "--model", str(nets),
+            "--device", "cpu", "--align", "similarity"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bafusion fuse: error: ") and "b.png: the similarity alignment" in err[0], err
+    assert "is not a motion a hand-held focus pair shows" in err[0] and "--align none" in err[0], err
+    assert not out.exists()
+    assert cli_main([*argv, "--force"]) == 0 and "implausible: scale" in capsys.readouterr().err
+

@@ -349,3 +349,35 @@ def test_fuse_dir_align_auto_aligns_only_the_stacks_that_move(tmp_path: Path, ne
     assert np.asarray(Image.open(out / "still.png")).shape[:2] == (h, w)
     mh, mw = np.asarray(Image.open(out / "moved.png")).shape[:2]
     assert mh < h and mw < w
+
+
+def test_a_blown_out_half_and_a_single_line_get_no_hint_and_are_fused_as_registered(capsys) -> None:
+    """Registered pairs whose estimate went astray: a blown-out half of A (scale 0.40, 71 px, and
+    --align auto cropped the fusion to 54x33 px) and one-dimensional structure (scale 0.61)."""
+    from test_align import _blown_out_pair, _line_pair
+
+    a, b = _blown_out_pair()
+    sm = shot_motions([a, b])[0]
+    assert sm.verdict == "still" and sm.px < 1.0, sm
+    assert motion_hints([a, b], ["a.png", "b.png"]) == []
+    a, b = _line_pair()
+    sm = shot_motions([a, b])[0]
+    assert sm.verdict == "implausible" and "scale 0.6" in sm.reason, sm
+    assert motion_hints([a, b], ["a.png", "b.png"]) == []
+    assert batch._auto_align([a, b], ["a.png", "b.png"], True) == "none"
+    err = capsys.readouterr().err
+    assert "b.png: the motion estimate" in err and "is not one a hand-held focus pair shows" in err, err
+    assert "fused as registered" in err
+
+
+def test_a_blown_out_half_of_a_real_pair_gives_no_false_hint(shared_data: Path) -> None:
+    """lytro-05 with the left half of A blown out: a false 2.7 px hint before, and --align auto
+    then refused the pair as two scenes (match quality 0.37)."""
+    from bafusion.io import read_image
+
+    lytro = shared_data / "eval" / "lytro"
+    a, b = read_image(lytro / "lytro-05-A.jpg"), read_image(lytro / "lytro-05-B.jpg")
+    a[:, : a.shape[1] // 2] = 255
+    assert shot_motions([a, b])[0].verdict == "still"
+    al = align.align_images([a, b], "similarity")
+    assert al.rms_px[1] < 0.5 and al.quality[1] > align.MIN_QUALITY

@@ -190,6 +190,9 @@ def _auto_align(images: Sequence[np.ndarray], names: Sequence[str], one_scene: b
         elif sm.verdict == "failed":
             say(f"{n}: the motion estimate ({sm.px:.1f} px) matches the shots worse than no motion, taken "
                 "for a failure" + ("" if moving else ": fused as registered"))
+        elif sm.verdict == "implausible":
+            say(f"{n}: the motion estimate ({sm.px:.1f} px: {sm.reason}) is not one a hand-held focus pair shows, "
+                "taken for a failure" + ("" if moving else ": fused as registered"))
         elif sm.verdict == "too flat":
             say(f"{n}: too flat to judge its motion (no structure to register by, in it or in {names[0]})"
                 + ("" if moving else ": fused as registered"))
@@ -620,7 +623,9 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
 
 def align_for_fuse(images: list[np.ndarray], names: list[str], model: str, force: bool) -> list[np.ndarray]:
     """Register the shots to the first (:mod:`bafusion.fusion.align`), print one line per shot to
-    stderr, refuse shots that are not one scene unless ``force``; returns the cropped shots."""
+    stderr, refuse unless ``force`` an estimate that no hand-held focus pair shows
+    (:func:`bafusion.fusion.align.implausible_motion`) and shots that are not one scene; returns
+    the cropped shots."""
     from bafusion.fusion.align import MIN_QUALITY, align_images
 
     al = align_images(images, model)
@@ -629,6 +634,12 @@ def align_for_fuse(images: list[np.ndarray], names: list[str], model: str, force
         n, q = bad[0]
         raise UserError(f"{n}: does not look like the same scene as {names[0]} (match quality {q:.2f} after "
                         f"{model} alignment, below {MIN_QUALITY}); use --force to fuse anyway")
+    odd = [(n, why) for n, why in zip(names[1:], al.implausible[1:]) if why]
+    if odd and not force:
+        n, why = odd[0]
+        raise UserError(f"{n}: the {model} alignment to {names[0]} failed: its estimate ({why}) is not a motion "
+                        "a hand-held focus pair shows (a blown-out or one-dimensional scene?); use --align none to "
+                        "fuse the shots as registered, or --force to use the estimate anyway")
     from tqdm import tqdm
 
     for line in al.describe(names):

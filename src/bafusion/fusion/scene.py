@@ -293,7 +293,10 @@ class ShotMotion:
     px : float or None
         Its motion (:func:`coarse_motion`); None when not judged.
     verdict : str
-        ``moves`` (more than the threshold, and the estimate holds), ``still``, ``failed`` (the
+        ``moves`` (more than the threshold, and the estimate holds), ``still``, ``implausible``
+        (the estimate is not a motion a hand-held focus pair shows,
+        :func:`bafusion.fusion.align.implausible_motion`: a failed registration, as on a scene
+        with one-dimensional structure; no motion is reported), ``failed`` (the
         registration matches the shots worse than no motion: no motion is reported),
         ``defocus`` (the motion vanishes when either shot is blurred by :data:`DEFOCUS_SIGMA`, or
         by the sigma of :data:`DEFOCUS_LADDER` at which no motion fits the shots at least
@@ -305,6 +308,8 @@ class ShotMotion:
     explains : float or None
         For ``moves`` and ``defocus``: how many times better no motion fits than the motion with
         one shot blurred (:func:`defocus_fit`).
+    reason : str or None
+        For ``implausible``: why (:func:`bafusion.fusion.align.implausible_motion`).
     """
 
     index: int
@@ -312,6 +317,7 @@ class ShotMotion:
     verdict: str
     blurred: float | None = None
     explains: float | None = None
+    reason: str | None = None
 
 
 def shot_motions(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX) -> list[ShotMotion]:
@@ -323,6 +329,9 @@ def shot_motions(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX
     motion whose registration matches the reduced shots worse than they match unmoved
     (:func:`bafusion.fusion.align.match_quality`, on the area both cover; by more than
     :data:`FAILED_MATCH_DROP`) is taken for a ``failed`` estimate, as on a strongly defocused pair.
+    Else an estimate that is not a motion a hand-held focus pair shows (a scale, rotation or shift
+    beyond the bounds of :func:`bafusion.fusion.align.implausible_motion`; a scene with
+    one-dimensional structure) is ``implausible``.
     A motion that falls to the threshold or below when either reduced shot is blurred by
     :data:`DEFOCUS_SIGMA`, or by the sigma of :data:`DEFOCUS_LADDER` at which no motion fits the
     shots at least :data:`DEFOCUS_EXPLAINS` times better than the motion does, is the focus
@@ -347,7 +356,7 @@ def shot_motions(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX
 
 
 def _shot_motions(images: Sequence[np.ndarray], threshold: float) -> list[ShotMotion]:
-    from bafusion.fusion.align import corner_rms, coverage, match_quality, warp_to_first
+    from bafusion.fusion.align import corner_rms, coverage, implausible_motion, match_quality, warp_to_first
 
     out: list[ShotMotion] = []
     first_flat: bool | None = None
@@ -369,6 +378,10 @@ def _shot_motions(images: Sequence[np.ndarray], threshold: float) -> list[ShotMo
         wb = warp_to_first(rb, m, ra.shape)
         if match_quality(ra, wb, mask) < match_quality(ra, rb, mask) - FAILED_MATCH_DROP:
             out.append(ShotMotion(i, d, "failed"))
+            continue
+        why = implausible_motion(m, ra.shape)
+        if why:  # matches no worse, yet no hand-held pair moves so (one-dimensional structure)
+            out.append(ShotMotion(i, d, "implausible", reason=why))
             continue
         blurred = _blurred_motion(ra, rb)
         explains, x, y = defocus_fit(ra, rb, wb, mask)
