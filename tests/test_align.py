@@ -264,3 +264,30 @@ def test_an_explicit_alignment_refuses_an_implausible_estimate_unless_forced(tmp
     assert not out.exists()
     assert cli_main([*argv, "--force"]) == 0 and "implausible: scale" in capsys.readouterr().err
 
+
+def test_flat_shots_are_not_aligned_and_not_refused(tmp_path: Path, nets: Path, capsys) -> None:
+    """Two frames of a blank wall (or black ones) under an explicit --align: nothing to register
+    by, fused as registered, as --align auto does; they were refused as two scenes (match quality
+    0.00), and black ones leaked scikit-image's warning."""
+    import warnings
+
+    for v in (0, 128):
+        k = np.full((128, 160, 3), v, np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            al = align_images([k, k.copy()], "similarity")
+        assert al.flat == [False, True] and al.warped == [False, False] and al.quality[1] is None
+        assert "too flat to align" in al.describe()[1]
+    k = np.full((128, 160, 3), 128, np.uint8)
+    Image.fromarray(k).save(tmp_path / "a.png")
+    Image.fromarray(k).save(tmp_path / "b.png")
+    out = tmp_path / "f.png"
+    argv = ["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out), "--model", str(nets),
+            "--device", "cpu", "--align", "similarity"]
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "b.png -> " in err and "a.png: too flat to align" in err, err
+    assert np.array_equal(np.asarray(Image.open(out)), k)
+    # one flat shot beside one with structure is not one scene (as without --align)
+    Image.fromarray(_texture(32, 128, 160)).save(tmp_path / "b.png")
+    assert cli_main(argv) == 2 and "same scene" in capsys.readouterr().err

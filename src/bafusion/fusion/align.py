@@ -33,12 +33,14 @@ measured on the 20 Lytro pairs against mismatched Lytro pairs (BENCHMARKS.md).
 
 Plausible motion: an estimate beyond what a hand-held focus pair shows (:data:`MAX_SCALE`,
 :data:`MAX_ROTATION_DEG`, :data:`MAX_SHIFT`; :func:`implausible_motion`, :attr:`Alignment.implausible`)
-is a failed one, as on a scene with one-dimensional structure.
+is a failed one, as on a scene with one-dimensional structure; shots without structure
+(:attr:`Alignment.flat`) are not aligned at all.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -105,8 +107,9 @@ class Alignment:
         RMS displacement of the four image corners under each transform, in pixels.
     warped : list of bool
         Whether each shot was resampled (motion above :data:`IDENTITY_TOLERANCE_PX`).
-    quality : list of float
-        Match quality of each shot with the first after registration (the first's is 1).
+    quality : list of float or None
+        Match quality of each shot with the first after registration (the first's is 1); None
+        for a shot not aligned because it and the first are both too flat (:attr:`flat`).
     crop : tuple of int
         ``(x0, y0, x1, y1)``, end exclusive: the largest axis-aligned rectangle inside the area
         every shot covers; the whole image when nothing was resampled.
@@ -120,6 +123,9 @@ class Alignment:
         For each shot whose estimate is not a motion a hand-held focus pair shows
         (:func:`implausible_motion`), why; else None. Such a shot is warped as estimated: the
         refusal is the caller's.
+    flat : list of bool
+        Whether a shot was left unaligned because it or the first has no structure to register
+        by (:func:`bafusion.fusion.scene.is_flat`; the first's is False).
     """
 
     model: str
@@ -132,6 +138,7 @@ class Alignment:
     seconds: float = 0.0
     size: tuple[int, int] = (0, 0)  #: (width, height) of the shots before the crop
     implausible: list[str | None] = field(default_factory=list)
+    flat: list[bool] = field(default_factory=list)
 
     def describe(self, names: Sequence[str] | None = None) -> list[str]:
         """One readable line per shot: its transform to the first (shift of the image centre,
@@ -141,6 +148,10 @@ class Alignment:
         for i, (m, name) in enumerate(zip(self.transforms, names)):
             if i == 0:
                 lines.append(f"align {name}: reference ({self.model})")
+                continue
+            if self.flat and self.flat[i]:
+                lines.append(f"align {name} -> {names[0]}: too flat to align (no structure to register by, in it "
+                             f"or in {names[0]}): not warped")
                 continue
             p = describe_matrix(m)
             c = np.array([(self.size[0] - 1) / 2, (self.size[1] - 1) / 2, 1.0])
@@ -416,10 +427,14 @@ def estimate_transform(reference: np.ndarray, moving: np.ndarray, model: str = "
     mov_p = _pyramid(_prefilter(moving, sigma))
     shape0 = ref_p[0].shape
     top = len(ref_p) - 1
-    try:
-        s, _, _ = phase_cross_correlation(ref_p[top], mov_p[top], upsample_factor=10)
-    except Exception:  # noqa: BLE001 - a flat shot: start from the identity
-        s = np.zeros(2)
+    s = np.zeros(2)  # a flat shot (nothing to correlate) starts from the identity
+    if np.ptp(ref_p[top]) > 1e-9 and np.ptp(mov_p[top]) > 1e-9:
+        with warnings.catch_warnings():  # its error estimate (unused) warns on a nearly empty shot
+            warnings.filterwarnings("ignore", "Could not determine RMS error", UserWarning)
+            try:
+                s, _, _ = phase_cross_correlation(ref_p[top], mov_p[top], upsample_factor=10)
+            except Exception:  # noqa: BLE001 - start from the identity
+                s = np.zeros(2)
     n_top = _level_matrix(shape0, top)
     t = np.array([[1, 0, -s[1]], [0, 1, -s[0]], [0, 0, 1.0]])  # reference -> moving, top-level px
     w_norm = n_top @ t @ np.linalg.inv(n_top)
@@ -584,7 +599,9 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
         Transforms, motions, match qualities, crop box and the registered, cropped shots.
         The refusal of shots that are not one scene is the caller's (compare
         :attr:`Alignment.quality` with :data:`MIN_QUALITY`), as is that of an estimate no
-        hand-held pair shows (:attr:`Alignment.implausible`).
+        hand-held pair shows (:attr:`Alignment.implausible`). A shot that, or whose first, has
+        no structure (:func:`bafusion.fusion.scene.is_flat`) is not estimated nor warped
+        (:attr:`Alignment.flat`); with both flat its quality is None (nothing to judge by).
     """
     import time
 
@@ -605,9 +622,12 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
         raise UserError(f"images of {w}x{h} px are too small to align (at least {MIN_SIDE} px a side); use --align none")
     transforms, rms, warped, out = [eye.copy()], [0.0], [False], [images[0]]
     implausible: list[str | None] = [None]
+    is_flat = [_is_flat(im) for im in images]
+    flat = [False] + [is_flat[0] or f for f in is_flat[1:]]
     common = np.ones((h, w), dtype=bool)
-    for im in images[1:]:
-        m = estimate_transform(images[0], im, model, sigma=sigma)
+    for im, f in zip(images[1:], flat[1:]):
+        # a flat shot has nothing to register by: any estimate would be noise
+        m = eye.copy() if f else estimate_transform(images[0], im, model, sigma=sigma)
         d = corner_rms(m, (h, w))
         transforms.append(m)
         rms.append(d)
@@ -621,7 +641,18 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
             common &= coverage(m, (h, w))
     crop = (0, 0, w, h) if common.all() else largest_rectangle(common)
     x0, y0, x1, y1 = crop
-    quality = [1.0] + [match_quality(images[0], o, common) for o in out[1:]]
+    # two flat shots have nothing to judge by (as :func:`bafusion.fusion.scene.scene_correlation`);
+    # one flat beside one with structure is not one scene (quality 0, below MIN_QUALITY)
+    quality: list[float | None] = [1.0] + [
+        None if is_flat[0] and f else match_quality(images[0], o, common) for o, f in zip(out[1:], is_flat[1:])]
     cropped = [o[y0:y1, x0:x1] for o in out]
     return Alignment(model, transforms, rms, warped, quality, crop, cropped, time.perf_counter() - t0, (w, h),
-                     implausible)
+                     implausible, flat)
+
+
+def _is_flat(img: np.ndarray) -> bool:
+    """:func:`bafusion.fusion.scene.is_flat` for a uint8 shot or a float one on [0, 1]."""
+    from bafusion.fusion.scene import is_flat
+
+    a = np.asarray(img)
+    return is_flat(a if a.dtype == np.uint8 else a.astype(np.float64) * 255.0)

@@ -625,11 +625,11 @@ def align_for_fuse(images: list[np.ndarray], names: list[str], model: str, force
     """Register the shots to the first (:mod:`bafusion.fusion.align`), print one line per shot to
     stderr, refuse unless ``force`` an estimate that no hand-held focus pair shows
     (:func:`bafusion.fusion.align.implausible_motion`) and shots that are not one scene; returns
-    the cropped shots."""
+    the cropped shots. Shots too flat to register are left as they are (a line says so)."""
     from bafusion.fusion.align import MIN_QUALITY, align_images
 
     al = align_images(images, model)
-    bad = [(n, q) for n, q in zip(names[1:], al.quality[1:]) if q < MIN_QUALITY]
+    bad = [(n, q) for n, q in zip(names[1:], al.quality[1:]) if q is not None and q < MIN_QUALITY]
     if bad and not force:
         n, q = bad[0]
         raise UserError(f"{n}: does not look like the same scene as {names[0]} (match quality {q:.2f} after "
