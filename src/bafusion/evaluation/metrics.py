@@ -244,6 +244,8 @@ def _entropies(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 
     def ent(p: np.ndarray) -> float:
         p = p[p > 0]
+        if p.size <= 1:  # one value: exactly 0 (its probability, summed from the joint one, may read 1 +- 2e-16)
+            return 0.0
         return float(-np.sum(p * np.log2(p)))
 
     return ent(px), ent(py), ent(joint)
@@ -253,7 +255,10 @@ def qmi(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None =
     """Hossny's normalised mutual information (toolbox ``metricMI(a, b, f, 1)``), range 0..2.
 
     QMI = 2 [I(A;F) / (H(A) + H(F)) + I(B;F) / (H(B) + H(F))] on images first stretched with
-    :func:`normalize1`. A term whose entropies are both zero (constant images) counts as 0.
+    :func:`normalize1`. A term whose entropies are both zero (constant images) counts as 0. The
+mutual information ``H(S) + H(F) - H(S, F)`` is clamped to ``[0, min(H(S), H(F))]``, where it
+lies exactly, and the entropy of a constant image is exactly 0: their rounding made QMI about
+-5e-16 beside a constant F (which shares no information: 0).
 
     Parameters
     ----------
@@ -290,8 +295,8 @@ def _qmi(a: np.ndarray, b: np.ndarray, f: np.ndarray, memo: Memo) -> float:
     for src in (a, b):
         hs, hf, hsf = _entropies(src, f)
         denom = hs + hf
-        if denom > 0:
-            total += (hs + hf - hsf) / denom
+        if denom > 0:  # the mutual information, within its exact bounds (rounding: see qmi)
+            total += min(max(hs + hf - hsf, 0.0), min(hs, hf)) / denom
     return 2.0 * total
 
 
@@ -650,7 +655,11 @@ def _qcb(a: np.ndarray, b: np.ndarray, f: np.ndarray, memo: Memo) -> float:
 
 
 def _centred_range(n: int) -> np.ndarray:
-    """Kovesi's normalised frequency range for an axis of length n (odd and even sizes)."""
+    """Kovesi's normalised frequency range for an axis of length n (odd and even sizes). For
+    n = 1 it is 0/0: NaN, as in MATLAB (Q_P of an image one pixel wide or high is undefined),
+    without numpy's warning."""
+    if n == 1:
+        return np.array([np.nan])
     if n % 2:
         return np.arange(-(n - 1) / 2, (n - 1) / 2 + 1) / (n - 1)
     return np.arange(-n / 2, n / 2) / n
