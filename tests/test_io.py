@@ -255,6 +255,40 @@ def test_a_size_error_says_where_the_exif_orientation_swapped_width_and_height(t
     assert "image sizes differ" in err and want in err and len(err.strip().splitlines()) == 1
 
 
+
+@pytest.mark.parametrize("orientation", [1, 3, 5, 6, 7, 8])
+def test_image_info_of_a_turned_tiff_is_the_size_as_read(tmp_path: Path, orientation: int) -> None:
+    """Pillow (13) gives a TIFF of orientation 5-8 its size as read (already swapped), which
+    image_info swapped a second time: ``fuse`` refused a valid pair, saying the stored size
+    backwards, while read_images, fuse-dir and metrics accepted it. Now image_info agrees with
+    the reader for 8-bit TIFFs (Pillow), 16-bit ones (gray: Pillow; colour and gray + alpha:
+    tifffile) and JPEGs, and ``stored`` is the file's ImageWidth x ImageLength."""
+    import tifffile
+
+    from bafusion.io import check_same_sizes, image_info, orientation_clause
+
+    rng = np.random.default_rng(orientation)
+    stored = {  # (H, W) = (6, 9) as stored
+        "g8.tif": (rng.integers(0, 256, (6, 9), dtype=np.uint8), "minisblack", {}),
+        "c8.tif": (rng.integers(0, 256, (6, 9, 3), dtype=np.uint8), "rgb", {}),
+        "g16.tif": (rng.integers(0, 65536, (6, 9), dtype=np.uint16), "minisblack", {}),
+        "c16.tif": (rng.integers(0, 65536, (6, 9, 3), dtype=np.uint16), "rgb", {}),
+        "ga16.tif": (rng.integers(0, 65536, (6, 9, 2), dtype=np.uint16), "minisblack", {"extrasamples": [2]}),
+    }
+    for name, (a, photometric, kw) in stored.items():
+        tifffile.imwrite(tmp_path / name, a, photometric=photometric, extratags=[(0x0112, "H", 1, orientation, True)],
+                         **kw)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored["c8.tif"][0]).save(tmp_path / "c.jpg", exif=exif.tobytes())
+    names = [*stored, "c.jpg"]
+    infos = [image_info(tmp_path / n) for n in names]
+    for name, info, img in zip(names, infos, read_images([tmp_path / n for n in names])):
+        assert (info.height, info.width) == img.shape[:2], name
+        assert info.stored == (9, 6) and info.orientation == orientation, name
+        want = "" if orientation < 5 else f"orientation {orientation} was applied (the file stores 9x6)"
+        assert want in orientation_clause(info), name
+    check_same_sizes(infos)  # one size as read: no refusal
 # --------------------------------------------------------------------------------------
 # reader: files of several frames or pages; gray beside colour
 

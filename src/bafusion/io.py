@@ -195,7 +195,7 @@ def image_info(path: str | os.PathLike[str], *, decode: bool = False) -> ImageIn
     try:
         with _quiet_pillow(), open(p, "rb") as fh, Image.open(fh) as im:
             orientation = int(header_exif(im, p).get(_ORIENTATION, 1) or 1)
-            fmt, mode, (w, h) = str(im.format), im.mode, im.size
+            fmt, mode, (w, h) = str(im.format), im.mode, _stored_size(im)
             try:
                 frames = int(getattr(im, "n_frames", 1) or 1)
             except Exception:  # noqa: BLE001 - a damaged later frame: the first is what is read
@@ -214,6 +214,17 @@ def image_info(path: str | os.PathLike[str], *, decode: bool = False) -> ImageIn
         raise InputFileError(p, _tiff_problem(p) or f"unreadable image ({e.__class__.__name__}: {e})") from e
     ow, oh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     return ImageInfo(str(path), ow, oh, (w, h), orientation, frames, fmt, mode in _GRAY_MODES)
+
+
+def _stored_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) as a just-opened image's file stores it: a TIFF's ImageWidth and
+    ImageLength tags (Pillow 13 gives a TIFF of orientation 5-8 its size as read, already
+    swapped: taken for the stored one, it was swapped twice), else ``im.size``."""
+    tags = getattr(im, "tag_v2", None) if im.format == "TIFF" else None
+    with contextlib.suppress(Exception):  # tags Pillow cannot give: its size
+        if tags is not None and 256 in tags and 257 in tags:
+            return int(tags[256]), int(tags[257])
+    return im.size
 
 
 #: PNG chunks after the pixel data that Pillow's load() adds to ``info``, where its getexif()
