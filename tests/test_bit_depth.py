@@ -232,3 +232,63 @@ def test_a_dark_fusion_of_sbit_sources_scores_like_its_sources(tmp_path: Path, s
     ra, rb, rf = read_images([tmp_path / "a.png", tmp_path / "b.png", f])
     assert np.all((rf == ra) | (rf == rb)), (ra.max(), rb.max(), rf.max())
     assert rf.max() == max(ra.max(), rb.max())
+
+
+@pytest.mark.parametrize("bits", [8, 10, 12, 14, 15])
+@pytest.mark.parametrize("top", [0.001, 0.02, 0.3, 1.0])
+def test_our_16_bit_tiff_reads_back_as_written_at_every_brightness(tmp_path: Path, bits: int, top: float) -> None:
+    """``write_image(bits=...)`` to a .tif wrote the image on the full 16-bit scale with no
+    mark, so beside its unmarked ``bits``-bit sources it was scaled from 16 bits (12-bit
+    sources came out 1/16 as bright as their fusion). Now the TIFF holds the ``bits``-bit
+    values (as its sources did) and marks them (OME-TIFF ``SignificantBits``), and reads back
+    as written on the 16-bit scale, alone or beside such sources, dark or bright."""
+    rng = np.random.default_rng(bits)
+    top_value = (1 << bits) - 1
+    for shape in ((20, 30), (20, 30, 3)):
+        x = np.round(rng.random(shape) * top * 65535).astype(np.uint16)
+        v = np.round(x / 65535 * top_value)  # the bits-bit data behind x
+        grid = np.round(v * 65535 / top_value).astype(np.uint16)
+        p = tmp_path / f"f{len(shape)}.tif"
+        bafusion.io.write_image(p, x, bits=bits)
+        with tifffile.TiffFile(p) as tf:
+            assert np.array_equal(tf.asarray(), v) and f'SignificantBits="{bits}"' in tf.pages.first.description
+        src = bafusion.io.read_source_set([p], metadata=False)
+        assert src.full is not None and np.array_equal(src.full[0], grid), (shape, x.max())
+        assert np.array_equal(src.images[0], np.round(grid / 65535 * 255).astype(np.uint8))
+        # beside an unmarked source of the same data, when that is read as bits-bit data (as the
+        # sources of a fusion written with these bits are: common_bits of their largest value)
+        tifffile.imwrite(tmp_path / "s.tif", v.astype(np.uint16), photometric="rgb" if len(shape) == 3 else None)
+        if common_bits(v.max()) == bits:
+            s, f = read_images([tmp_path / "s.tif", p])
+            assert np.array_equal(s, f)
+    for i in (1, 2):
+        bafusion.io.write_image(tmp_path / f"{i}.tif", x, bits=bits)
+    assert (tmp_path / "1.tif").read_bytes() == (tmp_path / "2.tif").read_bytes(), "deterministic"
+    bafusion.io.write_image(p, x)  # no bits: the full 16-bit scale, unmarked, as before
+    with tifffile.TiffFile(p) as tf:
+        assert np.array_equal(tf.asarray(), x) and "SignificantBits" not in str(tf.pages.first.description)
+
+
+@pytest.mark.parametrize("case", ["12-bit", "16-bit within 8 bits"])
+def test_a_16_bit_tiff_fusion_compares_like_its_sources(tmp_path: Path, case: str) -> None:
+    """``fuse a12.tif b12.tif -o f12.tif`` (12-bit data in 16-bit TIFFs): ``metrics`` read A and
+    B at 1/16 of F's brightness (QG 0.007 instead of 0.76); 16-bit sources of values within 8
+    bits came out x257 beside F. Every fused pixel is one source's pixel, so A, B and F read
+    together must agree pixel for pixel, for ``fuse`` and ``fuse-dir --ext tif`` alike."""
+    y, x = np.indices((30, 40))
+    scale = 4095 if case == "12-bit" else 5
+    a = np.round(((x * 7 + y * 3) % 101) / 100 * scale).astype(np.uint16)
+    b = np.ascontiguousarray(a[:, ::-1])
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, v in (("s-A", a), ("s-B", b)):
+        tifffile.imwrite(src / f"{name}.tif", np.dstack([v, v[::-1], v]), photometric="rgb")
+    nets = _tiny_nets(tmp_path)
+    common = ["--model", str(nets), "--device", "cpu", "--no-progress", "--force"]
+    f = tmp_path / "f.tif"
+    assert cli_main(["fuse", str(src / "s-A.tif"), str(src / "s-B.tif"), "-o", str(f), *common]) == 0
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "out"), "--ext", "tif", "--quiet", *common]) == 0
+    for fused in (f, tmp_path / "out" / "s.tif"):
+        ra, rb, rf = read_images([src / "s-A.tif", src / "s-B.tif", fused])
+        assert np.all((rf == ra) | (rf == rb)), (fused.name, ra.max(), rb.max(), rf.max())
+        assert rf.max() == max(ra.max(), rb.max())

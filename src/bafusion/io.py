@@ -515,7 +515,9 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         :func:`sbit_scaled`; not the case for data of ``bits`` bits scaled by
         ``round(v / (2**bits - 1) * 65535)``, as :func:`read_source_set` scales it) are
         rounded onto it (by at most ``65535 / (2**bits - 1) / 2``), else the reader would
-        take them for unscaled ``bits``-bit data.
+        take them for unscaled ``bits``-bit data. A 16-bit TIFF holds the ``bits``-bit values
+        themselves, marked as OME-TIFF ``SignificantBits`` (:func:`_write_tiff16`): it reads
+        back as ``img`` on the ``bits``-bit grid, and beside its unmarked sources like them.
     """
     import io
 
@@ -543,7 +545,7 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         img = _u16_to_u8_table()[img]  # scale_to_u8(img, 16) by table: no float64 copy (8 bytes a sample)
     if img.dtype == np.uint16 and fmt == "TIFF":
         # tifffile writes straight to the file (the image, of 100+ MB, is not copied into memory)
-        _write_checked(p, lambda fh: _write_tiff16(fh, img, icc))
+        _write_checked(p, lambda fh: _write_tiff16(fh, img, icc, bits))
         return
     # encoded in memory, then written with Python's file I/O, which raises on a short write
     # (ENOSPC): Pillow writes a JPEG of quality >= 95 in one write() straight to the file's
@@ -678,15 +680,41 @@ def png16_bytes(img: np.ndarray, *, exif: bytes | None = None, icc: bytes | None
     return data[:ihdr_end] + extra + data[ihdr_end:]
 
 
-def _write_tiff16(fh: BinaryIO, img: np.ndarray, icc: bytes | None) -> int:
-    """Write a 16-bit TIFF of ``img`` to ``fh``; the end of its image data (the size the file
-    has at least)."""
+def _write_tiff16(fh: BinaryIO, img: np.ndarray, icc: bytes | None, bits: int | None = None) -> int:
+    """Write a 16-bit TIFF of ``img`` (uint16 on the 16-bit scale) to ``fh``; the end of its
+    image data (the size the file has at least).
+
+    With ``bits`` below 16 the file holds the ``bits``-bit values (``round(x / 65535 *
+    (2**bits - 1))``, as a 12-bit camera's 16-bit TIFF holds 0..4095) and marks them as an
+    OME-TIFF does (``SignificantBits``, unscaled values: what :func:`read_source_set` honours),
+    so it reads back as ``img`` (on the ``bits``-bit grid) alone or beside unmarked sources of
+    ``bits`` bits. The OME-XML's UUID is derived from the pixels, so the bytes are deterministic."""
+    import hashlib
+    import uuid
+
     import tifffile
 
     extratags = [(34675, "B", len(icc), icc, True)] if icc else []
-    offset, count = tifffile.imwrite(fh, img, photometric="minisblack" if img.ndim == 2 else "rgb", metadata=None,
-                                     extratags=extratags, returnoffset=True)
+    photometric = "minisblack" if img.ndim == 2 else "rgb"
+    if bits and 0 < bits < 16:
+        img = _to_bits_table(bits)[img]
+        digest = hashlib.blake2b(img.data, digest_size=16, person=str((img.shape, bits)).encode()[:16])
+        metadata = {"SignificantBits": bits, "UUID": f"urn:uuid:{uuid.UUID(bytes=digest.digest())}"}
+        offset, count = tifffile.imwrite(fh, img, photometric=photometric, ome=True, metadata=metadata,
+                                         extratags=extratags, returnoffset=True)
+    else:
+        offset, count = tifffile.imwrite(fh, img, photometric=photometric, metadata=None, extratags=extratags,
+                                         returnoffset=True)
     return int(offset) + int(count)
+
+
+@functools.lru_cache(maxsize=16)
+def _to_bits_table(bits: int) -> np.ndarray:
+    """uint16 table: every 16-bit sample to the ``bits``-bit value ``round(x / 65535 *
+    (2**bits - 1))`` (no ties: 65535 is odd); the inverse of :func:`read_source_set`'s
+    ``round(v / (2**bits - 1) * 65535)``, so values from ``bits``-bit sources come back exactly."""
+    x = np.arange(1 << 16, dtype=np.float64)
+    return np.round(x / 65535.0 * float((1 << bits) - 1)).astype(np.uint16)
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
@@ -716,7 +744,8 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
 #   bright, also bafusion's own 16-bit fusions of it). :func:`write_image` brings the samples
 #   it marks onto that grid when they fit in b bits, so what it writes reads back as written;
 # * an OME-TIFF that marks them (``SignificantBits``, OME's convention: unscaled values) is
-#   scaled from that many bits when its values fit in them, else from the file's depth;
+#   scaled from that many bits when its values fit in them, else from the file's depth
+#   (:func:`write_image` writes its 16-bit TIFFs of fewer significant bits so);
 # * the unmarked ones are scaled alike, by one factor for the pair: the bit depth of a
 #   camera sensor (10, 12, 14 or 16) that holds the largest value over all of them (8 when it
 #   fits in 8 bits, as before), so that A and B are never scaled differently.
