@@ -167,6 +167,72 @@ def test_32_bit_float_gray_files_on_their_own_scale(tmp_path: Path) -> None:
         read_image(p)
 
 
+def _float_pair(tmp_path: Path, a: np.ndarray, b: np.ndarray) -> tuple[Path, Path]:
+    pa, pb = tmp_path / "fa.tif", tmp_path / "fb.tif"
+    tifffile.imwrite(pa, a.astype(np.float32))
+    tifffile.imwrite(pb, b.astype(np.float32))
+    return pa, pb
+
+
+def _u8(x: np.ndarray) -> np.ndarray:
+    """float data on [0, 1] as stored in float32 and read: clipped, to uint8."""
+    return np.round(np.clip(x.astype(np.float32).astype(np.float64), 0, 1) * 255).astype(np.uint8)
+
+
+def _pair01() -> tuple[np.ndarray, np.ndarray]:
+    y, x = np.indices((30, 40))
+    a = ((x * 7 + y * 3) % 101) / 100.0  # [0, 1]
+    return a, np.ascontiguousarray(a[:, ::-1])
+
+
+def test_float_sources_are_scaled_alike_and_overshoot_is_clipped_with_a_note(tmp_path: Path) -> None:
+    """A float shot on [0, 1] with one pixel at 1.001 (overshoot after float processing) was
+    read on [0, 255] (nearly black) beside its partner on [0, 1]: each file had its own scale.
+    The float sources read together now share one scale, from their largest value (1 below 16,
+    255 below 4096, else 65535); samples outside it are clipped, with a note naming the file,
+    the fraction clipped and the values."""
+    a, b = _pair01()
+    a[0, 0] = 1.001
+    pa, pb = _float_pair(tmp_path, a, b)
+    want_a, want_b = _u8(a), _u8(b)
+    ra, rb = read_images([pa, pb])
+    assert np.array_equal(ra, want_a) and np.array_equal(rb, want_b)
+    src = bafusion.io.read_source_set([pa, pb])
+    assert [n for n in src.notes if "clipped" in n] == [
+        f"{pa}: 1 of 1200 samples (0.0833 %) lie outside [0, 1], the scale its floating-point samples are read on "
+        "(values 0 to 1.001): clipped to it"]
+    # a pair that goes below 0 and over 1 (-0.1 .. 1.2): on [0, 1], both clipped, both named
+    pa, pb = _float_pair(tmp_path, a * 1.3 - 0.1, b * 1.3 - 0.1)
+    ra, rb = read_images([pa, pb])
+    for r, x in ((ra, a * 1.3 - 0.1), (rb, b * 1.3 - 0.1)):
+        assert np.array_equal(r, _u8(x))
+    notes = [n for n in bafusion.io.read_source_set([pa, pb], metadata=False).notes if "clipped" in n]
+    assert len(notes) == 2 and str(pa) in notes[0] and str(pb) in notes[1]
+    assert all("lie outside [0, 1]" in n and "(values -0.1 to 1.2" in n for n in notes), notes
+    # one scale for the set: a [0, 255] file beside a [0, 1] one is not stretched to match it
+    pa, pb = _float_pair(tmp_path, a * 255, b)
+    ra, rb = read_images([pa, pb])
+    assert np.abs(ra.astype(int) - want_a).max() <= 1 and rb.max() <= 1
+
+
+def test_fuse_of_a_float_pair_with_overshoot_fuses_and_says_so(tmp_path: Path, capsys) -> None:
+    """``fuse fa.tif fb.tif`` was refused as "not the same scene (correlation 0.00)" when A had
+    one pixel at 1.001; ``metrics`` read the pair as differently. Both now read the pair alike
+    and say on stderr what was clipped."""
+    a, b = _pair01()
+    a[0, 0] = 1.001
+    pa, pb = _float_pair(tmp_path, a, b)
+    f = tmp_path / "f.png"
+    assert cli_main(["fuse", str(pa), str(pb), "-o", str(f), "--model", str(_tiny_nets(tmp_path)), "--device", "cpu",
+                     "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"{pa}: 1 of 1200 samples" in err and "clipped" in err
+    ra, rb, rf = read_images([pa, pb, f])
+    assert np.all((rf == ra) | (rf == rb))
+    assert cli_main(["metrics", str(pa), str(pb), str(f), "--metrics", "QG"]) == 0
+    assert f"bafusion metrics: {pa}: 1 of 1200 samples" in capsys.readouterr().err
+
+
 def _tiny_nets(d: Path) -> Path:
     torch.manual_seed(0)
     for kind in ("initial", "boundary"):

@@ -21,7 +21,9 @@ and metadata) -- the same rules for fusion, metrics, baselines, figures and the 
   unscaled), else one depth common to the unmarked
   files read together -- so the sources of one fusion, or the A, B, F of ``bafusion metrics``,
   are scaled alike (a 12-bit pair and its sBIT-12 fusion compare as the 8-bit triple). A file
-  read on its own is a set of one.
+  read on its own is a set of one. 32-bit float gray files (TIFF) of a set share one scale too,
+  [0, 1], [0, 255] or [0, 65535] from their largest value (:func:`float_scale`); samples outside
+  it are clipped, with a note naming the file (:func:`float_to_u8`).
 
 Gray (:func:`gray_float`, :func:`to_gray_u8`): MATLAB ``rgb2gray``, coefficients
 :data:`RGB2GRAY`. The uint8 variant (:func:`to_gray_u8`; as float64: ``gray_float(img,
@@ -1035,7 +1037,8 @@ class SourceSet:
         Lines for the user, read with the metadata: one per source whose colour profile is not
         the first's (:func:`profile_notes`), one per source of several frames or pages (only
         the first is used: :func:`frame_note`) and one when gray and colour sources are mixed
-        (the result is gray where taken from a gray one: :func:`mix_note`).
+        (the result is gray where taken from a gray one: :func:`mix_note`); and, also without
+        metadata, one per floating-point source whose samples were clipped (:func:`float_to_u8`).
     """
 
     images: list[np.ndarray]
@@ -1132,14 +1135,20 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     uint16 versions when any source has more than 8 bits (scaled by the same bits as the
     uint8 ones, so the two agree), and the first source's EXIF and ICC profile, with notes
     (when ``metadata``, see :attr:`SourceSet.notes`): a source whose profile is not the first's,
-    one of several frames or pages, gray sources beside colour ones."""
+    one of several frames or pages, gray sources beside colour ones; always: a float source's
+    clipped samples. Floating-point sources share one scale (:func:`float_scale` of the largest
+    value over all of them), as unmarked integer sources share one bit depth."""
     out: list[np.ndarray | None] = []
     high: list[tuple[int, np.ndarray, int | None]] = []
     significant: list[int] = []  # the marked sources' significant bits (not the bits scaled from)
+    floats: list[tuple[int, Path, np.ndarray]] = []  # float sources: scaled alike, below
     for p in map(Path, paths):
         raw = _high_depth_array(p) if p.is_file() else None
         if raw is None:
-            out.append(_read_8bit(p))
+            low = _read_low(p)
+            if low.dtype != np.uint8:
+                floats.append((len(out), p, low))
+            out.append(low if low.dtype == np.uint8 else None)
             continue
         a, depth, sig, sbit = raw
         out.append(None)
@@ -1150,6 +1159,12 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
         high.append((len(out) - 1, a, bits))
         if bits is not None and sig is not None:
             significant.append(sig)
+    clipped: list[str] = []
+    if floats:  # one scale for all float sources, from their largest value (as integer ones: one depth)
+        scale = float_scale(max((float(a.max()) for _, _, a in floats if a.size), default=0.0))
+        for i, p, a in floats:
+            out[i], note = float_to_u8(a, scale, p)
+            clipped += [note] if note else []
     unmarked = [a for _, a, bits in high if bits is None and a.size]
     shared = common_bits(max(float(a.max()) for a in unmarked)) if unmarked else 8
     full: list[np.ndarray | None] | None = None
@@ -1162,6 +1177,7 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
         full[i] = np.clip(np.round(a / float((1 << b) - 1) * 65535.0), 0, 65535).astype(np.uint16)
     exif, icc = source_metadata(paths[0]) if metadata and paths else (None, None)
     notes = profile_notes(paths, icc) if metadata and len(paths) > 1 else []
+    notes += clipped
     images = [o for o in out if o is not None]
     if metadata:
         notes += frame_notes(paths)
@@ -1248,17 +1264,45 @@ def _path_list(paths: object) -> list[str | os.PathLike[str]]:
     return out
 
 
-def float_scale(a: np.ndarray) -> float:
-    """The full scale of a floating-point image's samples: 1.0 when none exceeds 1 (the usual
-    convention of float images: [0, 1]), else 255 when none exceeds 255, else 65535."""
-    top = float(a.max()) if a.size else 0.0
-    return 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else 65535.0
+def float_scale(top: float | np.ndarray) -> float:
+    """The full scale floating-point samples are read on, from their largest value ``top`` (or
+    an array's largest): 1.0 when it is below 16 (the usual convention of float images, [0, 1],
+    also when processing overshot it), 255 when below 4096, else 65535. The bounds lie between
+    the scales on a log scale (16 ~ sqrt(255), 4096 ~ sqrt(255 * 65535)), so data taken on a
+    scale it is not on is clipped in large part, which :func:`float_to_u8` says, rather than
+    read dark in silence.
+
+    The float sources read together (:func:`read_source_set`, :func:`read_images`) share one
+    scale, from the largest value over all of them, as integer sources share one bit depth."""
+    top = (float(top.max()) if top.size else 0.0) if isinstance(top, np.ndarray) else float(top)
+    return 1.0 if top < 16.0 else 255.0 if top < 4096.0 else 65535.0
+
+
+def float_to_u8(a: np.ndarray, scale: float, path: str | os.PathLike[str]) -> tuple[np.ndarray, str | None]:
+    """Floating-point samples ``a`` on [0, ``scale``] as uint8, ``round(a / scale * 255)``;
+    samples outside [0, ``scale``] (negative ones, overshoot) are clipped to it, and the line
+    for the user says so (the file, how many samples, their range), None when none is."""
+    out = np.clip(np.round(a / scale * 255.0), 0, 255).astype(np.uint8)
+    outside = int(np.count_nonzero((a < 0) | (a > scale)))
+    if not outside:
+        return out, None
+    return out, (f"{os.fspath(path)}: {outside} of {a.size} samples ({100 * outside / a.size:.3g} %) lie outside "
+                 f"[0, {scale:g}], the scale its floating-point samples are read on (values {a.min():g} to "
+                 f"{a.max():g}): clipped to it")
 
 
 def _read_8bit(path: str | os.PathLike[str]) -> np.ndarray:
-    """A file of at most 8 bits per sample, or a 32-bit float one (on the [0, 1] scale when no
-    value exceeds 1, else [0, 255], else [0, 65535]: :func:`float_scale`), by the mode rules of
-    the module docstring."""
+    """A file of at most 8 bits per sample, or a 32-bit float one read on its own scale
+    (:func:`float_scale`, clipped to it: :func:`float_to_u8`), by the mode rules of the module
+    docstring."""
+    a = _read_low(path)
+    return a if a.dtype == np.uint8 else float_to_u8(a, float_scale(a), path)[0]
+
+
+def _read_low(path: str | os.PathLike[str]) -> np.ndarray:
+    """:func:`_read_8bit` without the float scaling: a 32-bit float file's samples are returned
+    as float64, to be scaled with the other float sources read with it
+    (:func:`read_source_set`); NaN or infinite values are refused."""
     im = open_image(path)
     if im.mode in ("L", "LA", "1"):
         return np.asarray(im.convert("L"), dtype=np.uint8).copy()
@@ -1266,7 +1310,7 @@ def _read_8bit(path: str | os.PathLike[str]) -> np.ndarray:
         a = np.asarray(im, dtype=np.float64)
         if not np.isfinite(a).all():
             raise InputFileError(path, "floating-point image with NaN or infinite values")
-        return np.clip(np.round(a / float_scale(a) * 255.0), 0, 255).astype(np.uint8)
+        return a
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         a = np.asarray(im, dtype=np.float64)
         hi = 65535.0 if a.max() > 255 else 255.0

@@ -17,7 +17,7 @@ from bafusion.evaluation.metrics import (
     compute_all,
     undefined_reason,
 )
-from bafusion.io import frame_note, image_info, orientation_clause, read_images
+from bafusion.io import frame_note, image_info, orientation_clause, read_source_set
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
@@ -26,13 +26,16 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     names = _parse_metric_names(args.metrics.split(",")) if args.metrics else None
     # A, B and F as one set: files of more than 8 bits per sample are scaled alike (the bits
     # a file marks, else one depth common to the unmarked ones), as fusion scales its sources.
-    a, b, f = read_images([args.a, args.b, args.f])
+    src = read_source_set([args.a, args.b, args.f], metadata=False)
+    a, b, f = src.images
     infos = [image_info(p) for p in (args.a, args.b, args.f)]
     try:
         check_same_size(a, b, f, names=(str(args.a), str(args.b), str(args.f)))
     except UserError as e:  # where an EXIF orientation swapped a file's width and height, say so
         raise UserError(f"{e}{''.join(orientation_clause(i) for i in infos)}") from None
     for note in filter(None, map(frame_note, infos)):  # a multi-page TIFF: only its first page is read
+        print(f"bafusion metrics: {note}", file=sys.stderr)
+    for note in src.notes:  # float samples outside the scale they are read on: clipped
         print(f"bafusion metrics: {note}", file=sys.stderr)
     try:
         values: dict[str, float | None] = dict(compute_all(a, b, f, names))
