@@ -420,3 +420,31 @@ def test_a_seed_outside_params_yaml_range_is_refused_on_the_command_line(work: P
     argv = [command, "a.png", "--out", "p"] if command == "patches" else [command, "--out", "p"]
     _refused([*argv, "--seed", seed], capsys, work, "argument --seed", "from 0 to 2^63 - 1 = 9223372036854775807")
     assert build_parser(command).parse_args([*argv, "--seed", str(2**63 - 1)]).seed == 2**63 - 1
+
+
+def _evd(work: Path) -> None:
+    """``evd/``: one pair ``g01-clock-A.png``, ``-B.png`` (a dataset for ``--dataset x=evd``)."""
+    (work / "evd").mkdir()
+    for k, src in (("A", "a.png"), ("B", "b.png")):
+        (work / "evd" / f"g01-clock-{k}.png").write_bytes((work / src).read_bytes())
+
+
+EVD = ["evaluate", "--dataset", "x=evd", "--out", "ev4", "--methods", "Laplacian", "--device", "cpu"]
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        # the probe's: exit 0 and the source image overwritten with the JSON report
+        (["--report", "evd/g01-clock-A.png"], ["evd/g01-clock-A.png", "the --report file is also an input"]),
+        (["--plots", "./evd/g01-clock-B.png"], ["the --plots file is also an input"]),
+        (["--report", "evd/report.json"], ["evd/report.json", "--report file", "inside", "dataset 'x'"]),
+        # a file evaluate writes into --out: the CSV would replace its marker, or a dataset's table
+        (["--plots", "ev4/metrics.json"], ["ev4/metrics.json", "--plots file", "a file evaluate writes"]),
+        (["--report", "ev4/x/metrics.csv"], ["ev4/x/metrics.csv", "--report file", "the folder evaluate writes for dataset 'x'"]),
+    ],
+)
+def test_evaluate_report_and_plots_never_overwrite_an_input_or_its_own_output(work: Path, capsys, extra, words) -> None:
+    _evd(work)
+    _refused([*EVD, *extra], capsys, work, *words)
+

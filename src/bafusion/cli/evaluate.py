@@ -16,6 +16,7 @@ from bafusion.evaluation.evaluate import (
     OURS_INITIAL,
     _config_dict,
     check_datasets,
+    check_report_paths,
     parse_config,
     run_evaluation,
 )
@@ -57,6 +58,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     # the project the stage runs in (in `dvc exp run --temp`, DVC's copy: its data/testset)
     root = Path(args.root) if args.root else project_root()
     cfg = parse_config(section_, root, source="command line" if flagged else "parameters")
+    check_report_paths(cfg, args.out, args.report, args.plots)  # before any work: inputs are never overwritten
     check_datasets(cfg)  # a missing reference image or peer value: before the nets are loaded
     threads = args.threads or section(params, "evaluate")["threads"]
     nets = fusion = None

@@ -1175,6 +1175,59 @@ def _json_value(v: float) -> float | None:
     return float(v) if math.isfinite(v) else None
 
 
+def check_report_paths(
+    cfg: EvalConfig,
+    out: str | os.PathLike[str],
+    report: str | os.PathLike[str] | None = None,
+    plots: str | os.PathLike[str] | None = None,
+) -> None:
+    """Refuse, before any work, a ``report`` or ``plots`` file that would overwrite an input
+    or a file the evaluation writes into ``out``.
+
+    Raises :class:`~bafusion.errors.UserError` when either is a dataset's input (a source or
+    reference image, its reference metrics), lies inside a dataset's sources or reference
+    folder, or names a file the evaluation writes into ``out`` (``metrics.json``, anything in
+    ``<out>/<dataset>/``). ``report`` may be ``<out>/metrics.json``: it is a copy of that file."""
+    from bafusion.preflight import check_not_input, same_file
+
+    folders = [(ds, p) for ds in cfg.datasets for p in (ds.sources, ds.reference) if p is not None]
+    files = [p for ds in cfg.datasets if ds.reference_metrics is not None for p in (ds.reference_metrics,)]
+    outp = Path(out)
+    for value, flag in ((report, "--report"), (plots, "--plots")):
+        if not value:
+            continue
+        p, shown = Path(value), os.fspath(value)
+        what = f"{flag} file"
+        check_not_input(p, files, what)
+        for ds, f in folders:
+            if _inside(f, p):
+                if os.path.lexists(p):  # a source, reference image or index of the dataset
+                    check_not_input(p, [p.resolve()], what)
+                raise UserError(f"{shown}: the {what} lies inside the input folder {f} of dataset {ds.name!r}; "
+                                "inputs are never overwritten: choose another name")
+        if report is value and same_file(p, outp / "metrics.json"):
+            continue  # the report is a copy of <out>/metrics.json
+        if _inside(outp / "metrics.json", p):
+            raise UserError(f"{shown}: the {what} is {outp / 'metrics.json'}, a file evaluate writes: "
+                            "choose another name")
+        for ds in cfg.datasets:
+            if _inside(outp / ds.name, p):
+                raise UserError(f"{shown}: the {what} lies in {outp / ds.name}, the folder evaluate writes for "
+                                f"dataset {ds.name!r}: choose another name")
+
+
+def _inside(folder: Path, p: Path) -> bool:
+    """Whether ``p`` is ``folder`` or lies inside it (absolute, then resolved, paths)."""
+    try:
+        f, q = Path(os.path.abspath(folder)), Path(os.path.abspath(p))
+        if f == q or f in q.parents:
+            return True
+        f, q = folder.resolve(), p.resolve()
+    except (OSError, RuntimeError):
+        return False
+    return f == q or f in q.parents
+
+
 def run_evaluation(
     cfg: EvalConfig,
     out: str | os.PathLike[str],
@@ -1203,6 +1256,7 @@ def run_evaluation(
     # sources, reference images or reference metrics (they would be deleted with it).
     inputs = [p for ds in cfg.datasets for p in (ds.sources, ds.reference, ds.reference_metrics) if p is not None]
     check_output_dir(out, inputs, replaced=True, what="evaluation output folder")
+    check_report_paths(cfg, out, report, plots)
     if not checked:
         check_datasets(cfg)  # every dataset's inputs before the first fusion
     doc: dict[str, Any] = {}
