@@ -448,3 +448,12 @@ def test_evaluate_report_and_plots_never_overwrite_an_input_or_its_own_output(wo
     _evd(work)
     _refused([*EVD, *extra], capsys, work, *words)
 
+
+@pytest.mark.parametrize("out", ["prep/manifest.json", "./prep/new.h5", "prep/fg/x.h5"])
+def test_composite_never_writes_into_the_prepared_folder(work: Path, capsys, out: str) -> None:
+    # the probe's: exit 0 and prep/manifest.json replaced with the HDF5 shard
+    (work / "prep" / "fg").mkdir(parents=True)
+    (work / "prep" / "manifest.json").write_text("{}\n")
+    _refused(["composite", "--prepared", "prep", "--shard", "0", "--shards", "1", "--out", out], capsys, work,
+             out, "--out file", "inside the --prepared folder prep")
+

@@ -48,6 +48,8 @@ class OutputSpec:
     replaced_dirs: tuple[str, ...] = ()  #: folders replaced whole (atomic_dir)
     inputs: tuple[str, ...] = ()  #: input files or folders (a string or a list of them)
     positional: tuple[str, ...] = ()  #: dests given as positional arguments, named by their metavar
+    #: input folders no output may lie inside (composite's --prepared: any file there is its input)
+    closed_inputs: tuple[str, ...] = ()
 
     def flag(self, dest: str) -> str:
         """How the user gave ``dest``: ``--save-maps``, ``-o/--output``, or ``OUT`` (positional)."""
@@ -69,7 +71,7 @@ COMMAND_OUTPUTS: dict[str, OutputSpec] = {
     "train": OutputSpec(files=("out", "metrics", "plots"), dirs=("checkpoints",), inputs=("patches", "params")),
     "ensemble": OutputSpec(files=("out",), inputs=("members",)),
     "prepare": OutputSpec(replaced_dirs=("out",), inputs=("alphamatting", "backgrounds_dir")),
-    "composite": OutputSpec(files=("out",), inputs=("prepared",)),
+    "composite": OutputSpec(files=("out",), inputs=("prepared",), closed_inputs=("prepared",)),
     "composite-index": OutputSpec(files=("out",), inputs=("shards",)),
     "testset": OutputSpec(replaced_dirs=("out",), inputs=("prepared",)),
     "patches": OutputSpec(dirs=("out",), files=("summary",), inputs=("shards",)),
@@ -347,6 +349,14 @@ def check_command(args: argparse.Namespace) -> None:
     for dest in spec.dirs:
         for p in _raw(getattr(args, dest, None)):
             check_output_dir(p, inputs, what=f"{spec.flag(dest)} folder")
+    for dest in spec.closed_inputs:
+        for folder in _raw(getattr(args, dest, None)):
+            for out in (*spec.images, *spec.files, *spec.dirs, *spec.replaced_dirs):
+                for p in _raw(getattr(args, out, None)):
+                    if _contains(Path(folder), Path(p)) or _contains(Path(folder), Path(p).parent):
+                        raise UserError(f"{p}: the {spec.flag(out)} file lies inside the {spec.flag(dest)} folder "
+                                        f"{folder}, whose files are inputs; inputs are never overwritten: choose "
+                                        "another path")
     # the command's output files (evaluate's --report, --plots) are written after --out is
     # replaced: inside it they are its own entries, not the user's
     own = [p for dest in (*spec.images, *spec.files) for p in _raw(getattr(args, dest, None))]
