@@ -457,3 +457,17 @@ def test_composite_never_writes_into_the_prepared_folder(work: Path, capsys, out
     _refused(["composite", "--prepared", "prep", "--shard", "0", "--shards", "1", "--out", out], capsys, work,
              out, "--out file", "inside the --prepared folder prep")
 
+
+@pytest.mark.parametrize("shard", ["sh/initial.h5", "sh/boundary.h5"])
+def test_patches_never_overwrites_an_input_shard(work: Path, capsys, shard: str) -> None:
+    # the probe's: exit 0 and the input shard sh/initial.h5 replaced with the patch set
+    (work / "sh").mkdir()
+    (work / shard).write_bytes(b"a shard")
+    _refused(["patches", "--out", "sh", shard], capsys, work, shard, "is also an input")
+
+
+def test_patches_summary_never_overwrites_the_patch_set(work: Path, capsys) -> None:
+    (work / "sh").mkdir()
+    (work / "sh" / "s.h5").write_bytes(b"a shard")
+    _refused(["patches", "--out", "sh", "sh/s.h5", "--summary", "sh/initial.h5"], capsys, work,
+             "sh/initial.h5", "--out folder's initial.h5", "--summary", "its own path")

@@ -16,7 +16,11 @@ Every command's output paths are listed once, in :data:`COMMAND_OUTPUTS` (by the
   command (a folder neither empty nor holding its marker, :data:`OUTPUT_MARKERS`, or one holding
   it beside entries the command did not write, :func:`foreign_entries`): they would be deleted
   with it;
-* two outputs that are one path (``fuse -o X --save-maps X``): the second would overwrite the first;
+* an output inside an input folder whose every file is an input (``composite --out`` inside
+  ``--prepared``), a file a command writes into its output folder that is an input
+  (``patches --out sh sh/initial.h5``);
+* two outputs that are one path (``fuse -o X --save-maps X``, ``patches --out sh --summary
+  sh/initial.h5``): the second would overwrite the first;
 * a ``--device`` this machine does not have.
 """
 
@@ -50,6 +54,8 @@ class OutputSpec:
     positional: tuple[str, ...] = ()  #: dests given as positional arguments, named by their metavar
     #: input folders no output may lie inside (composite's --prepared: any file there is its input)
     closed_inputs: tuple[str, ...] = ()
+    #: the files the command writes into each of its ``dirs`` (patches' initial.h5, boundary.h5)
+    dir_files: tuple[str, ...] = ()
 
     def flag(self, dest: str) -> str:
         """How the user gave ``dest``: ``--save-maps``, ``-o/--output``, or ``OUT`` (positional)."""
@@ -74,7 +80,8 @@ COMMAND_OUTPUTS: dict[str, OutputSpec] = {
     "composite": OutputSpec(files=("out",), inputs=("prepared",), closed_inputs=("prepared",)),
     "composite-index": OutputSpec(files=("out",), inputs=("shards",)),
     "testset": OutputSpec(replaced_dirs=("out",), inputs=("prepared",)),
-    "patches": OutputSpec(dirs=("out",), files=("summary",), inputs=("shards",)),
+    "patches": OutputSpec(dirs=("out",), files=("summary",), inputs=("shards",),
+                          dir_files=("initial.h5", "boundary.h5")),
     "download-alphamatting": OutputSpec(replaced_dirs=("out",), inputs=("from_dir", "cache")),
     "download-coco": OutputSpec(replaced_dirs=("out",), inputs=("annotations", "images_dir", "cache")),
     "download-eval": OutputSpec(replaced_dirs=("out",), inputs=("from_dir", "manifest", "cache")),
@@ -349,6 +356,8 @@ def check_command(args: argparse.Namespace) -> None:
     for dest in spec.dirs:
         for p in _raw(getattr(args, dest, None)):
             check_output_dir(p, inputs, what=f"{spec.flag(dest)} folder")
+            for name in spec.dir_files:  # patches --out sh sh/initial.h5: the shard replaced
+                check_not_input(Path(p) / name, inputs, f"{spec.flag(dest)} folder's {name}")
     for dest in spec.closed_inputs:
         for folder in _raw(getattr(args, dest, None)):
             for out in (*spec.images, *spec.files, *spec.dirs, *spec.replaced_dirs):
@@ -366,7 +375,9 @@ def check_command(args: argparse.Namespace) -> None:
                              what=f"{spec.flag(dest)} folder", own=own)
     check_outputs_distinct(
         [(p, spec.flag(dest)) for dest in (*spec.images, *spec.files, *spec.dirs, *spec.replaced_dirs)
-         for p in _raw(getattr(args, dest, None))])
+         for p in _raw(getattr(args, dest, None))]
+        + [(os.path.join(p, name), f"{spec.flag(dest)} folder's {name}") for dest in spec.dirs
+           for p in _raw(getattr(args, dest, None)) for name in spec.dir_files])
     device = getattr(args, "device", None)
     if isinstance(device, str):
         check_device(device)
