@@ -463,3 +463,17 @@ def test_the_largest_seed_is_one_every_consumer_takes(tmp_path: Path) -> None:
         f.attrs["seed"] = top
     with h5py.File(tmp_path / "p.h5") as f:
         assert int(f.attrs["seed"]) == top
+
+
+@pytest.mark.parametrize("key", ["threshold", "boundary_weight", "min_region", "flat_level"])
+@pytest.mark.parametrize("nan", [float("nan"), "f64", "f32", "f16"])
+def test_nan_of_any_float_type_is_refused(key: str, nan: object) -> None:
+    import numpy as np
+
+    from bafusion.fusion import FusionParams
+
+    value = nan if isinstance(nan, float) else getattr(np, {"f64": "float64", "f32": "float32", "f16": "float16"}[nan])("nan")
+    (found,) = problems({"fuse": {key: value}})
+    assert re.fullmatch(rf"fuse\.{key}: \S*(NaN|nan)\S* is not a number", found), found
+    with pytest.raises(ParamsError, match=rf"fuse\.{key}: \S*(NaN|nan)\S* is not a number"):
+        FusionParams(**{key: value})

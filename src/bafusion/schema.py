@@ -27,6 +27,7 @@ import copy
 import functools
 import json
 import math
+import numbers
 from collections.abc import Iterator, Mapping
 from importlib import resources
 from typing import Any
@@ -75,9 +76,10 @@ def _validator() -> Any:
 
     # Tuples are arrays too (the typed objects hold their lists as tuples).
     # ... and NaN is no number: every bound compares false with it, so it passed them all
+    # (of any float type: numpy's float32 NaN is no Python float, but NaN all the same).
     base = Draft202012Validator.TYPE_CHECKER
     checker = base.redefine("array", lambda _c, v: isinstance(v, (list, tuple))).redefine(
-        "number", lambda c, v: base.is_type(v, "number") and not (isinstance(v, float) and math.isnan(v)))
+        "number", lambda c, v: base.is_type(v, "number") and not (isinstance(v, numbers.Real) and math.isnan(v)))
     cls = validators.extend(Draft202012Validator, {"x-resnet-depth": _resnet_depth}, type_checker=checker)
     return cls(load_schema())  # the schema itself is checked against the metaschema by the tests
 
