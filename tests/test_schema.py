@@ -477,3 +477,27 @@ def test_nan_of_any_float_type_is_refused(key: str, nan: object) -> None:
     assert re.fullmatch(rf"fuse\.{key}: \S*(NaN|nan)\S* is not a number", found), found
     with pytest.raises(ParamsError, match=rf"fuse\.{key}: \S*(NaN|nan)\S* is not a number"):
         FusionParams(**{key: value})
+
+
+def test_numpy_scalars_are_taken_as_python_scalars() -> None:
+    """A grid search over np.arange / np.linspace gives numpy scalars: each is taken as the
+    Python value it holds (np.int64(4) as 4, np.bool_(True) as True), on every path alike."""
+    import numpy as np
+
+    from bafusion.fusion import FusionParams
+    from bafusion.fusion.rule import checked_params
+    from bafusion.schema import validate_params
+
+    fuse = {"l": np.int64(4), "refine": np.bool_(True), "working_min": np.int64(0), "threshold": np.float32(0.25),
+            "tta": np.str_("swap")}
+    params = validate_params({"fuse": dict(fuse), "patch": np.int32(16)})
+    assert params["fuse"] == {"l": 4, "refine": True, "working_min": 0, "threshold": 0.25, "tta": "swap"}
+    assert type(params["fuse"]["l"]) is int and type(params["fuse"]["refine"]) is bool
+    assert type(params["fuse"]["threshold"]) is float and type(params["patch"]) is int
+    for p in (FusionParams(l=np.int32(4), refine=np.bool_(False)), checked_params({"l": np.int64(4)})):
+        assert p.l == 4 and type(p.l) is int
+    assert type(FusionParams(refine=np.bool_(False)).refine) is bool
+    with pytest.raises(ParamsError, match=r"fuse\.l: 4\.5 is not an integer"):
+        FusionParams(l=np.float32(4.5))
+    with pytest.raises(ParamsError, match=r"fuse\.threshold: NaN is not a number"):
+        FusionParams(threshold=np.float32("nan"))

@@ -190,11 +190,20 @@ def _wants_int(node: Mapping[str, Any]) -> bool:
         b.get("type") == "number" or (isinstance(b.get("type"), list) and "number" in b["type"]) for b in branches)
 
 
+def _is_numpy_scalar(v: Any) -> bool:
+    # Without importing numpy here: the schema is read where numpy need not be loaded yet.
+    return type(v).__module__ == "numpy" and getattr(v, "ndim", None) == 0 and hasattr(v, "item")
+
+
 def _whole_floats_to_ints(value: Any, node: Mapping[str, Any]) -> Any:
     """``value`` with every float that is a whole number (``16.0``) turned into an int where
     the schema ``node`` wants an integer; mappings and lists are changed in place, a tuple
-    that changes is returned anew (its parent holds the new one)."""
+    that changes is returned anew (its parent holds the new one). A numpy scalar
+    (``np.int64(4)``, ``np.bool_(True)``, ``np.float32(0.5)``) becomes the Python scalar it
+    holds, so that it is checked, and reaches the code, as that value."""
     node = _deref(node)
+    if _is_numpy_scalar(value):
+        value = value.item()
     if isinstance(value, float) and value.is_integer() and _wants_int(node):
         return int(value)
     branches = [b for key in ("anyOf", "oneOf", "allOf") for b in node.get(key, [])]
@@ -223,7 +232,8 @@ def whole_floats_to_ints(params: Any) -> Any:
     """Turn, in place, every whole number written as a float (``16.0``, as ``dvc exp run -S
     x=16.0`` or a JSON writer may give it) into an int where the schema wants an integer
     (``patch``, ``fuse.dense_margin``, ``fuse.initial_step``), so that the commands and the
-    rules get ``16``; ``16.5`` stays, for the schema to refuse. Returns ``params``."""
+    rules get ``16``; ``16.5`` stays, for the schema to refuse. Numpy scalars become the
+    Python scalars they hold (``np.int64(4)`` is ``4``). Returns ``params``."""
     return _whole_floats_to_ints(params, load_schema())
 
 
@@ -232,7 +242,8 @@ def validate_params(params: Any, source: str = "params.yaml") -> Any:
 
     A whole number written as a float where the schema wants an integer (``patch: 32.0``)
     is taken as that integer: it becomes an int in ``params`` (:func:`whole_floats_to_ints`),
-    so everything downstream sees ``32``.
+    so everything downstream sees ``32``; a numpy scalar (``np.int64(4)``) likewise becomes
+    the Python scalar it holds.
 
     Parameters
     ----------
