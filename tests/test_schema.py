@@ -501,3 +501,37 @@ def test_numpy_scalars_are_taken_as_python_scalars() -> None:
         FusionParams(l=np.float32(4.5))
     with pytest.raises(ParamsError, match=r"fuse\.threshold: NaN is not a number"):
         FusionParams(threshold=np.float32("nan"))
+
+
+def test_shipped_benchmark_and_model_params_validate() -> None:
+    for f in [*sorted((REPO / "benchmarks").glob("*.yaml")), *sorted((REPO / "models").glob("*/evaluate.yaml"))]:
+        assert problems(yaml.safe_load(f.read_text()) or {}) == [], f
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"fuse": {"threads": 10**12}}, "fuse.threads: 1000000000000 is not an integer <= 1024"),
+    ({"train": {"threads": 10**12}}, "train.threads: 1000000000000 is not an integer <= 1024"),
+    ({"train": {"initial": {"threads": 2000}}}, "train.initial.threads: 2000 is not an integer <= 1024"),
+    ({"evaluate": {"threads": 10**12}}, "evaluate.threads: 1000000000000 is not an integer <= 1024"),
+    ({"fuse": {"l": 10**12}}, "fuse.l: 1000000000000 is not an integer <= 256"),
+    ({"composite": {"sigma": [1.0, 1e12]}}, "composite.sigma[1]: 1000000000000.0 is not a number <= 64"),
+    *[({sec: {k: v}}, f"{sec}.{k.replace('/', '.')}: {s} is not a finite number")
+      for v, s in ((float("inf"), "inf"), (float("-inf"), "-inf"))
+      for sec, k in (("train", "lr"), ("train", "weight_decay"), ("fuse", "alpha"), ("fuse", "scale_confidence"))],
+    ({"download": {"net": {"timeout": float("inf")}}}, "download.net.timeout: inf is not a finite number"),
+    ({"download": {"net": {"backoff": float("inf")}}}, "download.net.backoff: inf is not a finite number"),
+    ({"download": {"coco": {"oversample": float("inf")}}}, "download.coco.oversample: inf is not a finite number"),
+])
+def test_values_that_crash_or_mislead_are_refused(params: dict, message: str) -> None:
+    """Huge thread counts crashed torch.set_num_threads, a huge l or sigma ended in an out-of-
+    memory message, inf passed every lower bound: each is now one line naming the key."""
+    assert problems(params) == [message]
+
+
+def test_numpy_inf_is_refused() -> None:
+    import numpy as np
+
+    from bafusion.fusion import FusionParams
+
+    with pytest.raises(ParamsError, match=r"fuse\.scale_confidence: inf is not a finite number"):
+        FusionParams(scale_confidence=np.float32("inf"))

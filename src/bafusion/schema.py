@@ -76,10 +76,11 @@ def _validator() -> Any:
 
     # Tuples are arrays too (the typed objects hold their lists as tuples).
     # ... and NaN is no number: every bound compares false with it, so it passed them all
-    # (of any float type: numpy's float32 NaN is no Python float, but NaN all the same).
+    # (of any float type: numpy's float32 NaN is no Python float, but NaN all the same);
+    # nor is inf, which passed every lower bound (train.lr: .inf): a number is finite.
     base = Draft202012Validator.TYPE_CHECKER
     checker = base.redefine("array", lambda _c, v: isinstance(v, (list, tuple))).redefine(
-        "number", lambda c, v: base.is_type(v, "number") and not (isinstance(v, numbers.Real) and math.isnan(v)))
+        "number", lambda c, v: base.is_type(v, "number") and not (isinstance(v, numbers.Real) and not math.isfinite(v)))
     cls = validators.extend(Draft202012Validator, {"x-resnet-depth": _resnet_depth}, type_checker=checker)
     return cls(load_schema())  # the schema itself is checked against the metaschema by the tests
 
@@ -131,6 +132,8 @@ def _problem(err: Any) -> str:
             rule = "one of " + " | ".join(_show(x) if not isinstance(x, str) else x for x in err.validator_value)
         elif v == "const":
             rule = _show(err.validator_value)
+        elif v == "type" and isinstance(value, numbers.Real) and math.isinf(value):
+            return f"{key or 'params'}: {float(value)!r} is not a finite number"
         elif v == "type":
             t = err.validator_value
             rule = " or ".join(_TYPE_WORDS.get(x, x) for x in ([t] if isinstance(t, str) else t))
