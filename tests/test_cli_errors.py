@@ -141,6 +141,12 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         ([*FUSE, "-o", "F.png", "--params-json", '{"scales": [1, NaN]}'], ["fuse.scales[1]: NaN is not a number"]),
         ([*FUSE, "-o", "F.png", "--dense-margin", "100000"], ["fuse.dense_margin: 100000", "from 0 to 256"]),
         (["evaluate", "--out", "ev", "--pattern", "g*"], ["--pattern works with --dataset"]),
+        # thread counts above the schema's maximum crashed torch.set_num_threads ("Overflow when unpacking long")
+        ([*FUSE, "-o", "F.png", "--threads", "1000000000000"], ["--threads 1000000000000", "at most 1024"]),
+        (["fuse-dir", ".", "out", "--model", "nets", "--threads", "2000"], ["--threads 2000", "at most 1024"]),
+        (["evaluate", "--out", "ev", "--threads", "1000000000000"], ["--threads 1000000000000", "at most 1024"]),
+        (["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--threads", "1000000000000"],
+         ["--threads 1000000000000", "at most 1024"]),
         (["train", "--net", "initial", "--patches", "p.h5", "--out", "afile/m.pt"], ["afile is a file"]),
         (["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--device", "mps"], ["MPS"]),
         (["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--threads", "-3"], ["--threads -3"]),

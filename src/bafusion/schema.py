@@ -332,6 +332,21 @@ def defaults(section: str) -> dict[str, Any]:
     return {k: copy.deepcopy(v["x-default"]) for k, v in props.items() if "x-default" in v}
 
 
+def maximum(key: str) -> Any:
+    """The largest value one parameter takes (its ``maximum`` in the schema), e.g.
+    ``maximum("fuse.threads")``; for the command-line options that set it.
+
+    Raises
+    ------
+    KeyError
+        The key is not in the schema, or has no maximum.
+    """
+    node = _node(key)
+    if "maximum" not in node:
+        raise KeyError(f"parameter {key!r} has no maximum in the schema")
+    return node["maximum"]
+
+
 def allowed(key: str) -> tuple[Any, ...]:
     """The allowed values (``enum``) of one parameter, e.g. ``allowed("fuse.boundary_mode")``.
 

@@ -20,6 +20,7 @@ from bafusion.evaluation.evaluate import (
     parse_config,
     run_evaluation,
 )
+from bafusion.schema import maximum
 
 # --------------------------------------------------------------------------------------
 # Command line
@@ -34,8 +35,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     params = read_params(args.params_file, [("--params-json", args.params_json, "evaluate"),
                                             ("--fuse-json", args.fuse_json, "fuse")], sections=("evaluate", "fuse"))
     section_ = dict(params["evaluate"])
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads {args.threads}: give a positive number of CPU threads (omit it for the default)")
+    if args.threads is not None and not 1 <= args.threads <= maximum("evaluate.threads"):
+        raise UserError(f"--threads {args.threads}: give a positive number of CPU threads, at most "
+                        f"{maximum('evaluate.threads')} (omit it for the default)")
     if args.pattern and not args.dataset:
         raise UserError("--pattern works with --dataset NAME=SOURCES (the configured datasets take 'pattern' in "
                         "params.yaml)")

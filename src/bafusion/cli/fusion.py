@@ -26,7 +26,7 @@ from bafusion.fusion.params import (
 from bafusion.fusion.rule import fuse_stack
 from bafusion.fusion.scene import HINT_MOTION_PX
 from bafusion.fusion.testset import check_report_path, fuse_set, read_pair_index
-from bafusion.schema import allowed, default
+from bafusion.schema import allowed, default, maximum
 
 # --------------------------------------------------------------------------------------
 # Command line
@@ -152,8 +152,9 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
         "device": args.device or base["device"],
         "alpha": getattr(args, "alpha", None) if getattr(args, "alpha", None) is not None else float(base["alpha"]),
     }
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads {args.threads}: give a positive number of CPU threads (omit it for the default)")
+    if args.threads is not None and not 1 <= args.threads <= maximum("fuse.threads"):
+        raise UserError(f"--threads {args.threads}: give a positive number of CPU threads, at most "
+                        f"{maximum('fuse.threads')} (omit it for the default)")
     if not other["alpha"] >= 0:
         raise UserError(f"--alpha {other['alpha']:g}: the difference-map gain must be 0 or more")
     fusion = FusionParams.from_mapping(merged, source="command line")  # file and JSON are checked: the flags

@@ -26,6 +26,7 @@ from bafusion.nets.train import (
     resolve_nproc,
     train,
 )
+from bafusion.schema import maximum
 
 # --------------------------------------------------------------------------------------
 # The multi-process launch
@@ -224,8 +225,9 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.device is not None:
         cfg.device = args.device
     if args.threads is not None:
-        if args.threads < 0:
-            raise UserError(f"--threads {args.threads}: give 0 (all cores) or a positive number of CPU threads")
+        if not 0 <= args.threads <= maximum("train.threads"):
+            raise UserError(f"--threads {args.threads}: give 0 (all cores) or a positive number of CPU threads, at "
+                            f"most {maximum('train.threads')}")
         cfg.threads = int(args.threads)
     if args.nproc is not None:
         cfg.nproc = args.nproc
