@@ -161,6 +161,23 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["patches", "a.png", "--out", "p", "--label-threshold", "2"], ["label_threshold", "[0, 1]", "2"]),
         (["download-eval", "--out", "/proc/eval"], ["cannot write in /proc"]),
         (["download-record", "--source", "web", "--out", "afile/r.json"], ["afile is a file"]),
+        # numeric options of download-*: refused before any work (were tracebacks or taken as 1)
+        (["download-eval", "--out", "ev", "--sets", "classic", "--timeout", "inf"], ["--timeout", "inf"]),
+        (["download-eval", "--out", "ev", "--sets", "classic", "--timeout", "nan"], ["--timeout", "nan"]),
+        (["download-eval", "--out", "ev", "--sets", "classic", "--timeout", "-5"], ["--timeout", "-5"]),
+        (["download-eval", "--out", "ev", "--timeout", "0"], ["--timeout", "0"]),
+        (["download-eval", "--out", "ev", "--backoff", "nan"], ["--backoff", "nan"]),
+        (["download-eval", "--out", "ev", "--backoff", "-1"], ["--backoff", "-1"]),
+        (["download-eval", "--out", "ev", "--workers", "0"], ["--workers", "must be at least 1"]),
+        (["download-eval", "--out", "ev", "--workers", "-3"], ["--workers", "must be at least 1"]),
+        (["download-eval", "--out", "ev", "--retries", "-1"], ["--retries", "-1"]),
+        (["download-coco", "--out", "co", "--count", "2", "--oversample", "nan"], ["--oversample", "nan"]),
+        (["download-coco", "--out", "co", "--count", "2", "--oversample", "0.5"], ["--oversample", "0.5"]),
+        (["download-coco", "--out", "co", "--count", "0"], ["--count", "must be at least 1"]),
+        (["download-coco", "--out", "co", "--count", "2", "--min-side", "-1"], ["--min-side", "-1"]),
+        (["download-coco", "--out", "co", "--count", "2", "--min-sharpness", "inf"], ["--min-sharpness", "inf"]),
+        (["download-coco", "--out", "co", "--count", "2", "--max-failures", "-1"], ["--max-failures", "-1"]),
+        (["download-coco", "--out", "co", "--count", "2", "--seed", "-1"], ["--seed", "-1"]),
     ],
 )
 def test_every_command_refuses_bad_input_in_one_line(work: Path, capsys, monkeypatch, argv, words) -> None:

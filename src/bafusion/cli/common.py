@@ -3,10 +3,54 @@
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 from bafusion.errors import UserError
 from bafusion.fusion.models import FusionNets, load_nets, load_nets_from_dir
+
+
+def _int(s: str) -> int:
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+
+
+def positive_int(s: str) -> int:
+    """An argparse type: an integer of at least 1 (``--workers 0`` is refused, not taken as 1)."""
+    v = _int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def non_negative_int(s: str) -> int:
+    """An argparse type: an integer of at least 0."""
+    v = _int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
+
+def finite_float(minimum: float = -math.inf, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number of at least ``minimum`` (more than it when ``above``);
+    ``nan`` and ``inf`` are refused with the option's name, not passed on to fail later."""
+
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
+        if v < minimum or (above and v == minimum):
+            raise argparse.ArgumentTypeError(f"must be {'more than' if above else 'at least'} {minimum:g}, got {s}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
 
 
 def nets_from_args(args: argparse.Namespace, device: str, folder: str | None) -> FusionNets:

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bafusion.cli.common import finite_float, non_negative_int, positive_int
 from bafusion.data.acquire import (
     ALPHAMATTING_URL,
     COCO_ANNOTATIONS_CHECKSUM,
@@ -157,12 +158,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     net.add_argument(
         "--cache", default="", help=f"download cache folder (default $BAFUSION_CACHE or {default_cache()})"
     )
-    net.add_argument("--retries", type=int, default=4, help="further attempts after a failed one (default %(default)s)")
+    net.add_argument("--retries", type=non_negative_int, default=4, help="further attempts after a failed one (default %(default)s)")
     net.add_argument(
-        "--backoff", type=float, default=1.0, help="seconds before the first retry, doubling (default %(default)s)"
+        "--backoff", type=finite_float(0.0), default=1.0, help="seconds before the first retry, doubling (default %(default)s)"
     )
-    net.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds (default %(default)s)")
-    net.add_argument("--workers", type=int, default=8, help="parallel downloads of small files (default %(default)s)")
+    net.add_argument("--timeout", type=finite_float(0.0, above=True), default=60.0, help="socket timeout in seconds (default %(default)s)")
+    net.add_argument("--workers", type=positive_int, default=8, help="parallel downloads of small files (default %(default)s)")
     net.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser(
@@ -178,16 +179,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("download-coco", parents=[net], help="select, fetch and rank COCO-2017 backgrounds")
     p.add_argument("--out", required=True, help="output folder of background photos")
-    p.add_argument("--count", type=int, required=True, help="backgrounds to keep (paper: 700)")
-    p.add_argument("--oversample", type=float, default=2.0, help="candidates ranked per kept image (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--count", type=positive_int, required=True, help="backgrounds to keep (paper: 700)")
+    p.add_argument("--oversample", type=finite_float(1.0), default=2.0, help="candidates ranked per kept image (default %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--split", default="train2017")
-    p.add_argument("--min-side", type=int, default=256, help="smallest allowed min(width, height)")
+    p.add_argument("--min-side", type=non_negative_int, default=256, help="smallest allowed min(width, height)")
     p.add_argument("--allow-gray", action="store_true", help="keep gray photos too")
     p.add_argument("--categories", default="", help="comma-separated COCO category names; an image needs one")
     p.add_argument("--exclude-categories", default="", help="comma-separated COCO category names to avoid")
-    p.add_argument("--min-sharpness", type=float, default=0.0, help="absolute floor for the Laplacian variance")
-    p.add_argument("--max-failures", type=int, default=None, help="failed image downloads tolerated")
+    p.add_argument("--min-sharpness", type=finite_float(0.0), default=0.0, help="absolute floor for the Laplacian variance")
+    p.add_argument("--max-failures", type=non_negative_int, default=None, help="failed image downloads tolerated")
     p.add_argument("--annotations", default="", help="local override: annotations zip or COCO JSON")
     p.add_argument("--annotations-url", default=COCO_ANNOTATIONS_URL)
     p.add_argument("--annotations-checksum", default=COCO_ANNOTATIONS_CHECKSUM, help="'' to skip the check")
