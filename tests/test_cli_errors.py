@@ -178,6 +178,15 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["download-coco", "--out", "co", "--count", "2", "--min-sharpness", "inf"], ["--min-sharpness", "inf"]),
         (["download-coco", "--out", "co", "--count", "2", "--max-failures", "-1"], ["--max-failures", "-1"]),
         (["download-coco", "--out", "co", "--count", "2", "--seed", "-1"], ["--seed", "-1"]),
+        # an empty path or list is refused, not taken as "not given" or as "."
+        (["prepare", "--out", "", "--foregrounds", "1", "--backgrounds", "1"], ["--out: empty path"]),
+        (["preset", "paper", "--apply", ""], ["--apply: empty path"]),
+        (["download-eval", "--out", ""], ["--out: empty path"]),
+        (["download-eval", "--out", "ev", "--sets", ""], ["--sets: empty list"]),
+        (["download-eval", "--out", "ev", "--sets", " , "], ["--sets: empty list"]),
+        (["download-coco", "--out", "", "--count", "2"], ["--out: empty path"]),
+        (["download-alphamatting", "--out", ""], ["--out: empty path"]),
+        (["download-record", "--source", "web", "--out", ""], ["--out: empty path"]),
     ],
 )
 def test_every_command_refuses_bad_input_in_one_line(work: Path, capsys, monkeypatch, argv, words) -> None:

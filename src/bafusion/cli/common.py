@@ -6,9 +6,12 @@ import argparse
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bafusion.errors import UserError
-from bafusion.fusion.models import FusionNets, load_nets, load_nets_from_dir
+
+if TYPE_CHECKING:  # torch: not for the light commands that parse with the types below
+    from bafusion.fusion.models import FusionNets
 
 
 def _int(s: str) -> int:
@@ -53,10 +56,28 @@ def finite_float(minimum: float = -math.inf, *, above: bool = False) -> Callable
     return parse
 
 
+def nonempty_path(s: str) -> str:
+    """An argparse type of path options: an empty string is refused ("--out: empty path"), not
+    taken as "not given" or as the current folder."""
+    if not s.strip():
+        raise argparse.ArgumentTypeError("empty path")
+    return s
+
+
+def nonempty_csv(s: str) -> str:
+    """An argparse type of comma-separated list options: one naming nothing (``''``, ``' , '``)
+    is refused ("--sets: empty list"), not taken as "not given" (the default list)."""
+    if not any(t.strip() for t in s.split(",")):
+        raise argparse.ArgumentTypeError("empty list")
+    return s
+
+
 def nets_from_args(args: argparse.Namespace, device: str, folder: str | None) -> FusionNets:
     """The nets named by ``--initial`` and ``--boundary`` (both or neither), else those of the
     model ``folder`` (``--model``/``--models``; None: the default places); a file given as
     the folder is refused, saying so."""
+    from bafusion.fusion.models import load_nets, load_nets_from_dir
+
     if args.initial or args.boundary:
         if not (args.initial and args.boundary):
             raise UserError("--initial and --boundary go together")

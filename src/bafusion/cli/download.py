@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bafusion.cli.common import finite_float, non_negative_int, positive_int
+from bafusion.cli.common import finite_float, non_negative_int, nonempty_csv, nonempty_path, positive_int
 from bafusion.data.acquire import (
     ALPHAMATTING_URL,
     COCO_ANNOTATIONS_CHECKSUM,
@@ -169,7 +169,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "download-alphamatting", parents=[net], help="fetch + verify + extract the alphamatting.com training set"
     )
-    p.add_argument("--out", required=True, help="output folder (gets input/ and gt/)")
+    p.add_argument("--out", type=nonempty_path, required=True, help="output folder (gets input/ and gt/)")
     p.add_argument("--resolution", choices=["lowres", "highres"], default="lowres")
     p.add_argument("--base-url", default=ALPHAMATTING_URL, help="where the archives are (a mirror, file:// URL or folder)")
     p.add_argument("--from-dir", default="", help="local override: folder with the archives, or with input/ and gt/")
@@ -178,7 +178,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_download_alphamatting)
 
     p = sub.add_parser("download-coco", parents=[net], help="select, fetch and rank COCO-2017 backgrounds")
-    p.add_argument("--out", required=True, help="output folder of background photos")
+    p.add_argument("--out", type=nonempty_path, required=True, help="output folder of background photos")
     p.add_argument("--count", type=positive_int, required=True, help="backgrounds to keep (paper: 700)")
     p.add_argument("--oversample", type=finite_float(1.0), default=2.0, help="candidates ranked per kept image (default %(default)s)")
     p.add_argument("--seed", type=non_negative_int, default=0)
@@ -197,15 +197,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_download_coco)
 
     p = sub.add_parser("download-eval", parents=[net], help="fetch + verify the Lytro and classic evaluation pairs")
-    p.add_argument("--out", required=True, help="output folder (gets lytro/ and classic/)")
+    p.add_argument("--out", type=nonempty_path, required=True, help="output folder (gets lytro/ and classic/)")
     p.add_argument("--base-url", default="", help="where the files are: <base>/<set>/<file>")
     p.add_argument("--from-dir", default="", help="local override: folder laid out like the manifest")
-    p.add_argument("--sets", default=",".join(EVAL_SETS), help="comma-separated: lytro, classic")
+    p.add_argument("--sets", type=nonempty_csv, default=",".join(EVAL_SETS), help="comma-separated: lytro, classic")
     p.add_argument("--manifest", default="", help="another manifest (default: the packaged one)")
     p.set_defaults(func=cmd_download_eval)
 
     p = sub.add_parser("download-record", help="write a JSON record (file counts, digests) of downloaded folders")
-    p.add_argument("--out", required=True, help="the record file (e.g. data/download/record.json)")
+    p.add_argument("--out", type=nonempty_path, required=True, help="the record file (e.g. data/download/record.json)")
     p.add_argument("--source", required=True, choices=DATA_SOURCES, help="params data.source (builtin, dir or web)")
     p.add_argument("folders", nargs="*", metavar="[NAME=]FOLDER", help="downloaded folders to describe")
     p.set_defaults(func=cmd_download_record)

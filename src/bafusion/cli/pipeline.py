@@ -12,6 +12,7 @@ from typing import Any
 
 from bafusion import tracking
 from bafusion.atomic import write_text
+from bafusion.cli.common import nonempty_path
 from bafusion.errors import InputFileError, UserError
 
 
@@ -239,7 +240,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backgrounds-dir", default="", help="folder of background photos (source dir)")
     p.add_argument("--scale", type=float, default=0.5)
     p.add_argument("--min-background-side", type=int, default=64)
-    p.add_argument("--out", required=True, help="output folder (e.g. data/prepared)")
+    p.add_argument("--out", type=nonempty_path, required=True, help="output folder (e.g. data/prepared)")
     p.set_defaults(func=cmd_prepare)
 
     def comp_args(q: argparse.ArgumentParser) -> None:
@@ -294,7 +295,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("preset", help="print a preset as `dvc exp run -S` arguments, or apply it to params.yaml")
     p.add_argument("name", help="preset name (paper, real)")
-    p.add_argument("--apply", metavar="PARAMS", help="write the preset into this params file (comments kept)")
+    p.add_argument("--apply", type=nonempty_path, metavar="PARAMS", help="write the preset into this params file (comments kept)")
     p.add_argument("--format", choices=["dvc", "yaml"], default=None,
                    help="how to print it: dvc (`-S key=value` arguments, the default) or yaml; not with --apply")
     p.set_defaults(func=cmd_preset)
