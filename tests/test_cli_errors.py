@@ -503,3 +503,12 @@ def test_patches_summary_never_overwrites_the_patch_set(work: Path, capsys) -> N
     (work / "sh" / "s.h5").write_bytes(b"a shard")
     _refused(["patches", "--out", "sh", "sh/s.h5", "--summary", "sh/initial.h5"], capsys, work,
              "sh/initial.h5", "--out folder's initial.h5", "--summary", "its own path")
+
+
+def test_a_folder_given_as_the_patch_set_is_named_in_one_line(work: Path, capsys) -> None:
+    """``train --patches FOLDER`` showed h5py's text (time, buffer address): one line now."""
+    rc = cli_main(["train", "--net", "initial", "--patches", "nets", "--out", "m.pt", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.strip() == ("bafusion train: error: nets: is a folder, not a patch set file "
+                           "(pass the .h5 file, e.g. data/patches/initial.h5)"), err

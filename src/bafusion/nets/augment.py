@@ -166,6 +166,8 @@ def read_attrs(path: str | os.PathLike[str]) -> dict:
     p = Path(path)
     if not p.exists():
         raise InputFileError(p, "patch set not found (run the 'patches' step first)")
+    if p.is_dir():  # h5py's own text names the time and a buffer address
+        raise InputFileError(p, "is a folder, not a patch set file (pass the .h5 file, e.g. data/patches/initial.h5)")
     try:
         with h5py.File(p, "r") as f:
             return {k: _plain(v) for k, v in f.attrs.items()}
