@@ -187,6 +187,12 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["download-coco", "--out", "", "--count", "2"], ["--out: empty path"]),
         (["download-alphamatting", "--out", ""], ["--out: empty path"]),
         (["download-record", "--source", "web", "--out", ""], ["--out: empty path"]),
+        ([*FUSE, "-o", ""], ["--output: empty path"]),  # was: named the path "."
+        ([*FUSE, "-o", "F.png", "--save-maps", ""], ["--save-maps: empty path"]),  # was: no maps written
+        ([*FUSE, "-o", "F.png", "--params-file", ""], ["--params-file: empty path"]),
+        ([*FUSE, "-o", "F.png", "--scales", ""], ["--scales: empty list"]),
+        (["fuse-set", "--pairs", ".", "--models", "nets", "--out", ""], ["--out: empty path"]),
+        (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs", "--report", ""], ["--report: empty path"]),
     ],
 )
 def test_every_command_refuses_bad_input_in_one_line(work: Path, capsys, monkeypatch, argv, words) -> None:

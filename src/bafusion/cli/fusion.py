@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bafusion.cli.common import nets_from_args
+from bafusion.cli.common import nets_from_args, nonempty_csv, nonempty_path
 from bafusion.errors import UserError
 from bafusion.fusion.api import ALIGN_MODELS
 from bafusion.fusion.batch import EXIT_NONE_FUSED, EXIT_SKIPPED, check_output_folder, find_groups, fuse_dir
@@ -63,7 +63,7 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True) -> None:
     g.add_argument("--tile", type=int, default=None, help=f"boundary-net tile side (default {d.tile})")
     g.add_argument("--dense-margin", type=int, default=None,
                    help=f"pixels of surroundings the dense trunk sees around each box (default {d.dense_margin})")
-    g.add_argument("--scales", default=None, metavar="S,S,...",
+    g.add_argument("--scales", type=nonempty_csv, default=None, metavar="S,S,...",
                    help="multi-scale initial scoring: comma-separated factors in (0, 1] including 1 "
                         f"(default {','.join(str(v) for v in d.scales)})")
     g.add_argument("--scale-rule", choices=SCALE_RULES, default=None,
@@ -101,7 +101,7 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True) -> None:
                    help="test-time augmentation: the nets also score the pair with A and B exchanged (swap), "
                         "turned and mirrored (dihedral: 8 views) or both (all: 16), and the scores are averaged; "
                         f"each view costs one scoring; none = the paper (default {d.tta})")
-    g.add_argument("--params-file", default=None, help="YAML file whose 'fuse' section sets the defaults (params.yaml)")
+    g.add_argument("--params-file", type=nonempty_path, default=None, help="YAML file whose 'fuse' section sets the defaults (params.yaml)")
     g.add_argument("--params-json", default=None,
                    help="JSON object of fusion parameters (the 'fuse' section; overrides --params-file)")
     p.add_argument("--device", default=None, help=f"{default('fuse.device')} (default), cpu or cuda")
@@ -299,12 +299,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "models/default/ if shipped, else data/models/ (pipeline-trained).",
     )
     p.add_argument("images", nargs="+", help="source images (same size), A B [C ...]")
-    p.add_argument("-o", "--output", required=True, help="fused image (.png, .tif, .bmp, .jpg)")
+    p.add_argument("-o", "--output", type=nonempty_path, required=True, help="fused image (.png, .tif, .bmp, .jpg)")
     p.add_argument("--model", default=None,
                    help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name (default, lytro-2026-11)")
     p.add_argument("--initial", default=None, help="initial-net file (instead of --model)")
     p.add_argument("--boundary", default=None, help="boundary-net file (instead of --model)")
-    p.add_argument("--save-maps", default=None, metavar="DIR", help="write score/decision/difference maps and figures here")
+    p.add_argument("--save-maps", type=nonempty_path, default=None, metavar="DIR", help="write score/decision/difference maps and figures here")
     p.add_argument("--align", choices=ALIGN_MODELS, default=None,
                    help="translation, similarity (handheld brackets), homography: register every shot to the "
                    "first before fusing; the result is cropped to the largest rectangle every shot covers, and "
@@ -329,8 +329,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--models", default=None, help="folder with initial.pt and boundary.pt")
     q.add_argument("--initial", default=None, help="initial-net file (instead of --models)")
     q.add_argument("--boundary", default=None, help="boundary-net file (instead of --models)")
-    q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("--report", default=None, help="also write the accuracy JSON here (e.g. a DVC metrics file)")
+    q.add_argument("--out", type=nonempty_path, required=True, help="output folder")
+    q.add_argument("--report", type=nonempty_path, default=None, help="also write the accuracy JSON here (e.g. a DVC metrics file)")
     _add_param_args(q)
     q.set_defaults(func=_cmd_fuse_set)
 
