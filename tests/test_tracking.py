@@ -256,6 +256,85 @@ def test_a_stop_signal_whose_exception_is_lost_commits_nothing(
     assert [p.name for p in folder.iterdir()] == ["old.txt"]
 
 
+_LOST_STOP = """
+import sys, signal
+from bafusion.cli import app
+
+class Loses:
+    def __init__(self, handler, signum):
+        self.handler, self.signum = handler, signum
+    def __del__(self):
+        self.handler(self.signum, None)
+
+def work(args):
+    Loses({handler}, {signum})  # dropped at once: the handler raises inside __del__
+    return 0
+
+def parser(command=None):
+    p = app.Parser(prog="bafusion")
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("composite").set_defaults(func=work)
+    return p
+
+app.build_parser = parser
+sys.exit(app.main(["composite"]))
+"""
+
+
+@pytest.mark.parametrize(("handler", "signum", "status", "said"),
+                         [("app._exit_on_sigterm", signal.SIGTERM, 143, "terminated"),
+                          ("app._interrupt", signal.SIGINT, 130, "interrupted")])
+def test_a_stop_raised_in_a_callback_prints_no_exception_ignored(
+    handler: str, signum: int, status: int, said: str,
+) -> None:
+    # Ctrl-C landing in a WeakValueDictionary callback printed "Exception ignored in: ...
+    # raise KeyboardInterrupt" with a traceback before the one line "interrupted"
+    code = _LOST_STOP.format(handler=handler, signum=int(signum))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == status
+    assert done.stderr.strip().splitlines() == [f"bafusion composite: {said}"]
+
+
+def test_the_unraisable_hook_drops_only_a_requested_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from bafusion import atomic
+    from bafusion.cli import app
+
+    seen: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    seen_in_main: list[object] = []
+
+    def work(args: object) -> int:
+        hook = sys.unraisablehook
+        other = SimpleNamespace(exc_type=ValueError, exc_value=ValueError("x"), exc_traceback=None,
+                                err_msg=None, object=None)
+        stop = SimpleNamespace(exc_type=KeyboardInterrupt, exc_value=KeyboardInterrupt(),
+                               exc_traceback=None, err_msg=None, object=None)
+        hook(stop)  # no stop requested yet: not ours to drop
+        hook(other)
+        atomic.request_stop(signal.SIGINT)
+        hook(stop)  # dropped
+        hook(SimpleNamespace(**{**vars(stop), "exc_type": SystemExit, "exc_value": SystemExit(130)}))
+        hook(other)  # still said
+        seen_in_main.extend(seen)
+        return 0
+
+    def parser(command: str | None = None) -> app.Parser:
+        p = app.Parser(prog="bafusion")
+        sub = p.add_subparsers(dest="command")
+        sub.add_parser("composite").set_defaults(func=work)
+        return p
+
+    monkeypatch.setattr(app, "build_parser", parser)
+    try:
+        assert app.main(["composite"]) == 130
+    finally:
+        atomic.clear_stop()
+    assert [a.exc_type for a in seen_in_main] == [KeyboardInterrupt, ValueError, ValueError]
+    assert sys.unraisablehook == seen.append  # given back
+
+
 def test_main_gives_the_process_its_signal_handlers_back(tmp_path: Path) -> None:
     # main() left its SIGINT handler installed and a stop it recorded set: a Ctrl-C the caller
     # caught later (a notebook) made every later write of the process refuse

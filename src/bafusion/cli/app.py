@@ -108,6 +108,22 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _quiet_stop_hook(previous: object) -> object:
+    """An ``sys.unraisablehook`` that drops the ``KeyboardInterrupt``/``SystemExit`` of a
+    requested stop (a signal landing in a weakref callback or a ``__del__``: Python would print
+    "Exception ignored in: ..." and a traceback before the one line "interrupted"); anything
+    else, and any exception while no stop is requested, goes to ``previous``."""
+
+    def hook(unraisable: object) -> None:
+        exc_type = getattr(unraisable, "exc_type", None)
+        if (stop_requested() is not None and isinstance(exc_type, type)
+                and issubclass(exc_type, (KeyboardInterrupt, SystemExit))):
+            return
+        previous(unraisable)  # type: ignore[operator]
+
+    return hook
+
+
 def install_sigterm_handler() -> dict[int, object]:
     """Turn SIGTERM (``kill``, ``timeout``, Snakemake or SLURM stopping a job) into
     ``SystemExit(143)`` so that ``finally`` blocks and context managers run: partial outputs
@@ -131,6 +147,8 @@ def install_sigterm_handler() -> dict[int, object]:
 def main(argv: Sequence[str] | None = None) -> int:
     clear_stop()
     replaced = install_sigterm_handler()
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_stop_hook(previous_hook)  # type: ignore[assignment]
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = f"bafusion {command_of(argv) or ''}".rstrip()
     # Ctrl-C at any time, also while the parser is built (the modules of some commands import
@@ -151,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # called in a process that goes on (a notebook, a test): its own handlers are back, and
         # a stop recorded here no longer refuses its later writes
         clear_stop()
+        sys.unraisablehook = previous_hook
         for signum, handler in replaced.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]
 
