@@ -350,6 +350,16 @@ def test_fetch_many_summary(server: LocalServer, tmp_path: Path) -> None:
     assert "3 downloaded" in text and "1 skipped" in text and "1 failed" in text and server.url("nope") in text
 
 
+def test_no_bar_when_stderr_is_not_a_terminal(server: LocalServer, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # the bars were drawn (only less often) into a log: carriage-return clutter, against the
+    # README and bafusion.progress
+    server.files["f"] = PAYLOAD
+    fetch(server.url("f"), tmp_path / "a.bin", checksum=sha256(PAYLOAD), progress=True)
+    fetch_many([FetchJob(server.url("f"), tmp_path / "b.bin", sha256(PAYLOAD))], workers=1, progress=True)
+    assert "\r" not in capsys.readouterr().err
+
+
 def test_checksum_parse() -> None:
     assert Checksum.parse("MD5:ABCDEF0123456789abcdef0123456789") == Checksum("md5", "abcdef0123456789abcdef0123456789")
     assert Checksum.parse("a" * 64) == Checksum("sha256", "a" * 64)

@@ -52,6 +52,7 @@ from tqdm import tqdm
 from bafusion._version import __version__
 from bafusion.atomic import part_path
 from bafusion.errors import UserError
+from bafusion.progress import bars_enabled
 
 #: Bytes read per chunk while streaming a download.
 CHUNK = 1 << 16
@@ -236,9 +237,9 @@ def _bar(total: int | None, desc: str, initial: int, enabled: bool) -> tqdm:
         unit="B",
         unit_scale=True,
         unit_divisor=1024,
-        disable=not enabled,
+        disable=not bars_enabled(enabled),  # never into a log (bafusion.progress)
         leave=False,
-        mininterval=0.2 if sys.stderr.isatty() else 5.0,
+        mininterval=0.2,
         file=sys.stderr,
     )
 
@@ -465,8 +466,8 @@ def fetch_many(
         total=len(jobs),
         desc=desc,
         unit="file",
-        disable=not progress,
-        mininterval=0.2 if sys.stderr.isatty() else 5.0,
+        disable=not bars_enabled(progress),  # never into a log (bafusion.progress)
+        mininterval=0.2,
         file=sys.stderr,
     ) as bar:
 
