@@ -190,12 +190,14 @@ def _save(path: Path, img: np.ndarray) -> Path:
 
 
 @pytest.mark.parametrize("method", sorted(B.METHODS))
-def test_cli_baseline_writes_fused_image(tmp_path: Path, method: str) -> None:
+def test_cli_baseline_writes_fused_image(tmp_path: Path, method: str, capsys: pytest.CaptureFixture[str]) -> None:
     x, a, b = _multifocus((48, 64, 3))
     pa, pb = _save(tmp_path / "a.png", a), _save(tmp_path / "b.png", b)
     out = tmp_path / "sub" / "fused.png"
     assert cli.main(["baseline", "--method", method, str(pa), str(pb), "-o", str(out)]) == 0
     assert sorted(p.name for p in out.parent.iterdir()) == ["fused.png"]  # no .part left
+    said = capsys.readouterr().out.strip().splitlines()  # was silent on success
+    assert len(said) == 1 and said[0].startswith(f"fused 2 images into {out} with {method} (")
     got = read_image(out)
     assert np.array_equal(got, to_uint8(B.fuse(method, a, b)))
     assert _mse(got, x) < 0.5 * min(_mse(a, x), _mse(b, x))

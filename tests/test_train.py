@@ -144,7 +144,8 @@ def test_changed_parameters_start_afresh(toy_run: dict, tmp_path: Path, capsys: 
     assert load_checkpoint(paths.checkpoints / "last.pt")["config"]["lr"] == 0.02
 
 
-def test_boundary_net_trains_on_the_boundary_set_via_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_boundary_net_trains_on_the_boundary_set_via_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("BAFUSION_MLFLOW", "0")
     h5 = write_toy_patches(tmp_path / "boundary.h5", n_train=16, n_val=8, patch=16, seed=3, kind="boundary")
     out = tmp_path / "models" / "boundary.pt"
@@ -158,6 +159,8 @@ def test_boundary_net_trains_on_the_boundary_set_via_cli(tmp_path: Path, monkeyp
     _, meta = load_model(out)
     assert meta["net"] == "boundary" and meta["samples_seen"] == 16 * 12  # the whole boundary set, x12
     assert json.loads((tmp_path / "m.json").read_text())["train_patches"] == 16
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # was "best val acc 0.8333333333333334"
+    assert re.search(r": best val acc \d\.\d{4} at epoch \d+, model ", last), last
 
 
 def _empty_boundary(path: Path) -> Path:

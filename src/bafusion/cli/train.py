@@ -293,7 +293,7 @@ def _train_cli(args: argparse.Namespace, cfg: TrainConfig) -> int:
     paths = _paths(args)
     summary = train(args.net, args.patches, cfg, paths, resume=not args.no_resume, progress=not args.no_progress)
     if dist_from_env().main:
-        print(f"bafusion train: {args.net}: best val acc {summary['val_acc']} at epoch {summary['best_epoch']}, "
+        print(f"bafusion train: {args.net}: best val acc {summary['val_acc']:.4f} at epoch {summary['best_epoch']}, "
               f"model {paths.out}", file=sys.stderr)
     return 0
 
