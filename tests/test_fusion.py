@@ -390,6 +390,27 @@ def _write_pair(d: Path, scene) -> tuple[Path, Path]:
     return pa, pb
 
 
+@pytest.mark.parametrize("no_progress", [False, True])
+def test_cli_fuse_says_it_writes_the_maps(tmp_path: Path, model_dir: Path, scene, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str], no_progress: bool) -> None:
+    # on a camera-size pair the maps take 20-60 s after the fusing bar, with only the stale
+    # "fusing 2 images ..." line on the terminal
+    import bafusion.progress
+
+    monkeypatch.setattr(bafusion.progress, "stderr_is_terminal", lambda: True)
+    pa, pb = _write_pair(tmp_path, scene)
+    out, maps = tmp_path / "f.png", tmp_path / "maps"
+    rc = cli_main(["fuse", str(pa), str(pb), "-o", str(out), "--model", str(model_dir), "--save-maps", str(maps),
+                   "--device", "cpu", "--l", "6", *(["--no-progress"] if no_progress else [])])
+    assert rc == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bafusion fuse: ")]
+    if no_progress:
+        assert lines == []
+    else:
+        i = lines.index(f"bafusion fuse: writing maps to {maps} ...")
+        assert lines[i - 1] == "bafusion fuse: fusing 2 images ..." and lines[i + 1] == f"bafusion fuse: writing {out} ..."
+
+
 def test_cli_fuse_writes_output_and_maps(tmp_path: Path, model_dir: Path, scene) -> None:
     pa, pb = _write_pair(tmp_path, scene)
     out = tmp_path / "f.png"

@@ -215,11 +215,13 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
 
         stack = fuse_stack_joint(images, nets, params, names)
         if args.save_maps:
+            say(f"writing maps to {args.save_maps}")
             save_stack_maps(Path(args.save_maps), out.stem, stack)
         fused = fused_output(src, stack, out)
     else:
         results = fuse_stack(images, nets, params, names, progress=args.progress)
         if args.save_maps:
+            say(f"writing maps to {args.save_maps}")  # nine PNGs and Fig. 3 a step: a camera-size pair's 20-60 s
             cur = images[0]
             for i, res in enumerate(results):
                 stem = out.stem if len(results) == 1 else f"{out.stem}-step{i + 1:02d}"
