@@ -475,6 +475,32 @@ def test_cli_json_with_metric_selection(
     assert got == {"QMI": want["QMI"], "QCB": want["QCB"]}
 
 
+@pytest.mark.parametrize(("terminal", "flag", "said"), [(True, [], True), (True, ["--no-progress"], False),
+                                                         (False, [], False)])
+def test_cli_names_each_metric_on_a_terminal(
+    triple: tuple[Path, Path, Path, dict[str, float]], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, terminal: bool, flag: list[str], said: bool,
+) -> None:
+    # camera-size images took minutes (QP) without a word on the terminal
+    import bafusion.progress
+
+    monkeypatch.setattr(bafusion.progress, "stderr_is_terminal", lambda: terminal)
+    pa, pb, pf, want = triple
+    assert cli.main(["metrics", str(pa), str(pb), str(pf), "--metrics", "QP,QMI", *flag]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == "QMI,QP"
+    expected = ["bafusion metrics: QMI ...", "bafusion metrics: QP ..."] if said else []
+    assert captured.err.splitlines() == expected
+
+
+def test_compute_all_names_each_metric_before_computing_it() -> None:
+    rng = np.random.default_rng(0)
+    a, b, f = (rng.integers(0, 256, (40, 40), dtype=np.uint8) for _ in range(3))
+    seen: list[str] = []
+    values = M.compute_all(a, b, f, "QG,QMI", stage=seen.append)
+    assert seen == ["QMI", "QG"] == list(values)
+
+
 Triple = tuple[Path, Path, Path, dict[str, float]]
 
 

@@ -1142,6 +1142,7 @@ def compute_all(
     metrics: str | Iterable[str] | None = None,
     *,
     cache: MetricCache | None = None,
+    stage: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """Compute several metrics of one triple (all of :data:`METRICS` by default; QP takes about
     a second on 520x520), ordered QMI, QG, QY, QCB, then the others. Colour inputs are
@@ -1162,6 +1163,9 @@ def compute_all(
         ``"QMI,QG"``; all eight when None.
     cache : MetricCache, optional
         Intermediate results of A and B, reused across calls with the same sources.
+    stage : callable, optional
+        Called with each metric's name just before it is computed (``bafusion metrics`` names
+        them on a terminal: QP takes minutes on camera-size images).
 
     Returns
     -------
@@ -1177,7 +1181,12 @@ def compute_all(
     names = _parse_metric_names(metrics)
     ga, gb, gf = _prepare(a, b, f)
     memo = _memo_for(cache, ga, gb)
-    return {name: _IMPLS[name](ga, gb, gf, memo) for name in names}
+    values: dict[str, float] = {}
+    for name in names:
+        if stage is not None:
+            stage(name)
+        values[name] = _IMPLS[name](ga, gb, gf, memo)
+    return values
 
 
 # --------------------------------------------------------------------------------------------
