@@ -32,8 +32,8 @@ band. Small-region removal and Eq. 3 then run at full size as for any pair
 (:func:`bafusion.fusion.fuse_images`).
 
 A pair of 4 megapixels or more shows a progress bar on stderr when stderr is a terminal
-(:func:`progress_bar`: one step per net, one per band tile); ``fuse-set``, the pipeline and
-logs never get one, and ``bafusion fuse --no-progress`` silences it. With ``params.refine``
+(:func:`progress_bar`: one step per net, one per band tile), in ``fuse`` and ``fuse-set``
+alike; logs (so the pipeline's steps) never get one, and ``--no-progress`` silences it. With ``params.refine``
 off (the ``Ours-initial`` ablation) the band is still guided-filtered: only ``"boundary"``
 uses the boundary net.
 
