@@ -651,8 +651,17 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
 
 
 def _is_flat(img: np.ndarray) -> bool:
-    """:func:`bafusion.fusion.scene.is_flat` for a uint8 shot or a float one on [0, 1]."""
-    from bafusion.fusion.scene import is_flat
-
+    """Whether a uint8 shot (or a float one on [0, 1]) has no structure to align on: its gray
+    values, subsampled to a long side of about 520 px and blurred at the coarse scale of
+    :func:`bafusion.fusion.scene.is_flat` (sigma 4 px at 520), vary by less than one gray level
+    (standard deviation). The same criterion as ``scene.is_flat``, computed here because
+    ``scene`` imports this module."""
     a = np.asarray(img)
-    return is_flat(a if a.dtype == np.uint8 else a.astype(np.float64) * 255.0)
+    k = max(1, -(-max(a.shape[:2]) // 520))
+    r = a[::k, ::k].astype(np.float64)
+    if a.dtype != np.uint8:
+        r *= 255.0
+    if r.ndim == 3:
+        r = r.mean(axis=-1)
+    r = ndimage.gaussian_filter(r, 4.0 * max(r.shape) / 520.0)
+    return float(r.std()) < 1.0
