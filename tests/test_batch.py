@@ -765,6 +765,8 @@ def test_fuse_dir_skip_existing_keeps_only_outputs_of_the_same_setup(tmp_path: P
         return err
 
     assert "other parameters (l: 8 -> 6)" in refused("--l", "6")
+    # memory settings (what the out-of-memory message advises) are no other setup
+    assert batch.setup_differences(doc, {**doc, "params": {**doc["params"], "batch_size": 64, "max_tile": 256}}) == []
     assert "refine: True -> False" in refused("--l", "8", "--no-refine")
     assert "another --align (none -> translation)" in refused("--align", "translation")
     assert "another --ext (png -> tif)" in refused("--ext", "tif")
