@@ -77,17 +77,9 @@ def test_params_yaml_has_every_key_of_the_schema() -> None:
     """params.yaml pins every key the schema knows (a new key is added to it with its value),
     so a fresh project never runs on an unpinned x-default, and the pipeline's warning about
     keys an older params.yaml lacks (bafusion.cli.params_check) is silent for it."""
-    from bafusion.schema import leaf_keys, missing_defaults
+    from bafusion.schema import _has, leaf_keys, missing_defaults
 
-    def has(key: str) -> bool:
-        node = PARAMS
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return False
-            node = node[part]
-        return True
-
-    lacking = [k for k in leaf_keys() if not has(k) and k not in ABSENT_ON_PURPOSE]
+    lacking = [k for k in leaf_keys() if not _has(PARAMS, k) and k not in ABSENT_ON_PURPOSE]
     assert lacking == [], f"params.yaml lacks {lacking}: add them (with a comment) to params.yaml"
     assert missing_defaults(PARAMS) == {}
     assert set(ABSENT_ON_PURPOSE) <= set(leaf_keys())
