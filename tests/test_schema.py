@@ -527,3 +527,12 @@ def test_numpy_inf_is_refused() -> None:
 
     with pytest.raises(ParamsError, match=r"fuse\.scale_confidence: inf is not a finite number"):
         FusionParams(scale_confidence=np.float32("inf"))
+
+
+def test_a_huge_integer_is_refused_by_its_bound_not_an_overflow() -> None:
+    """The finite-number check must not convert integers to float: ``10**400`` raised
+    OverflowError (a traceback) instead of the seed's bound."""
+    from bafusion import schema
+
+    with pytest.raises(ParamsError, match=r"seed: \d+ is not an integer from 0 to 2\^63"):
+        schema.validate_params({"seed": 10**400})

@@ -71,6 +71,12 @@ def _resnet_depth(validator: Any, enabled: Any, instance: Any, schema: Mapping[s
 
 
 @functools.lru_cache(maxsize=1)
+def _non_finite(v: Any) -> bool:
+    """NaN or inf, of any float type; never an integer (``10**400`` is finite, and too large
+    for ``math.isfinite``)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral) and not math.isfinite(v)
+
+
 def _validator() -> Any:
     from jsonschema import Draft202012Validator, validators
 
@@ -80,7 +86,7 @@ def _validator() -> Any:
     # nor is inf, which passed every lower bound (train.lr: .inf): a number is finite.
     base = Draft202012Validator.TYPE_CHECKER
     checker = base.redefine("array", lambda _c, v: isinstance(v, (list, tuple))).redefine(
-        "number", lambda c, v: base.is_type(v, "number") and not (isinstance(v, numbers.Real) and not math.isfinite(v)))
+        "number", lambda c, v: base.is_type(v, "number") and not _non_finite(v))
     cls = validators.extend(Draft202012Validator, {"x-resnet-depth": _resnet_depth}, type_checker=checker)
     return cls(load_schema())  # the schema itself is checked against the metaschema by the tests
 
@@ -132,7 +138,7 @@ def _problem(err: Any) -> str:
             rule = "one of " + " | ".join(_show(x) if not isinstance(x, str) else x for x in err.validator_value)
         elif v == "const":
             rule = _show(err.validator_value)
-        elif v == "type" and isinstance(value, numbers.Real) and math.isinf(value):
+        elif v == "type" and _non_finite(value) and math.isinf(value):
             return f"{key or 'params'}: {float(value)!r} is not a finite number"
         elif v == "type":
             t = err.validator_value
