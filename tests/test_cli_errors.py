@@ -209,6 +209,18 @@ def test_metrics_on_images_too_small_names_the_files(work: Path, capsys) -> None
              "sa.png, sb.png, sf.png", "QY needs images of at least 11x11 pixels")
 
 
+def test_metrics_default_set_on_small_images_names_the_metrics_that_fit(work: Path, capsys) -> None:
+    # With the default eight, a 9x9 triple was refused for QY with no word that the other
+    # metrics compute on it: the user had to find --metrics and the sizes by trial.
+    rng = np.random.default_rng(1)
+    for name in ("sa.png", "sb.png", "sf.png"):
+        Image.fromarray(rng.integers(0, 256, (9, 9), dtype=np.uint8)).save(work / name)
+    _refused(["metrics", "sa.png", "sb.png", "sf.png"], capsys, work,
+             "QY needs images of at least 11x11", "--metrics QMI,QG,QCB,QNCIE,QP,QE,QCV compute on this size")
+    os.chdir(work)
+    assert cli_main(["metrics", "sa.png", "sb.png", "sf.png", "--metrics", "QMI,QG,QCB,QNCIE,QP,QE,QCV"]) == 0
+
+
 def test_an_existing_output_is_replaced_and_sources_kept(work: Path, capsys, monkeypatch) -> None:
     monkeypatch.undo()  # the real work this time
     os.chdir(work)

@@ -40,8 +40,12 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
         print(f"bafusion metrics: {note}", file=sys.stderr)
     try:
         values: dict[str, float | None] = dict(compute_all(a, b, f, names, stage=_stage_lines(args.progress)))
-    except UserError as e:  # e.g. too small for QY: say which images
-        raise UserError(f"{args.a}, {args.b}, {args.f}: {e}") from e
+    except UserError as e:  # e.g. too small for QY: say which images, and what does work
+        hint = ""
+        if names is None and min(a.shape[:2]) < _MIN_SIDE["QY"]:
+            fit = [m for m in METRICS if min(a.shape[:2]) >= _MIN_SIDE.get(m, 1)]
+            hint = f" (of the default eight, --metrics {','.join(fit)} compute on this size)"
+        raise UserError(f"{args.a}, {args.b}, {args.f}: {e}{hint}") from e
     # NaN is not a number to report: an undefined metric is written as null (JSON) or an
     # empty field (CSV), with a warning naming it.
     undefined = [k for k, v in values.items() if v is None or not math.isfinite(v)]
@@ -58,6 +62,10 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
         print(",".join(values))
         print(",".join(_format_value(v) for v in values.values()))
     return 0
+
+
+#: the smallest image side some metrics need (QY's 11x11 window, QE's 8x8 box); the others take any size
+_MIN_SIDE = {"QY": 11, "QE": 8}
 
 
 def _stage_lines(progress: bool | None) -> Callable[[str], None] | None:
