@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from params_edit import without_keys
 
 from bafusion.cli import main
 from bafusion.config import (
@@ -617,19 +618,6 @@ def test_check_params_warns_of_an_empty_boundary_patch_set(capsys: pytest.Captur
                    "train_boundary (and what needs the boundary net: fuse, evaluate, all) would fail on it"], err
 
 
-def _without(params: dict, *keys: str) -> dict:
-    import copy
-
-    params = copy.deepcopy(params)
-    for key in keys:
-        *parents, last = key.split(".")
-        node = params
-        for part in parents:
-            node = node[part]
-        del node[last]
-    return params
-
-
 def test_a_params_file_without_the_newer_keys_draws_one_warning(capsys: pytest.CaptureFixture[str]) -> None:
     """A project upgraded from an older bafusion keeps its params.yaml, without the keys added
     since (fuse.boundary_weight): they took the library default (0.75) silently, so its runs
@@ -639,22 +627,22 @@ def test_a_params_file_without_the_newer_keys_draws_one_warning(capsys: pytest.C
     params = load_params(REPO / "params.yaml")
     warn_missing_keys(params, "p.yaml")
     assert capsys.readouterr().err == ""
-    old = _without(params, "fuse.boundary_weight")
+    old = without_keys(params, "fuse.boundary_weight")
     warn_missing_keys(old, "p.yaml")
     assert capsys.readouterr().err.splitlines() == [
         "warning: p.yaml: no fuse.boundary_weight (0.75 used: the library default; the paper preset's is 1) - add "
         "the keys to pin them (new keys since the file was written)"]
     # several: one line, those the paper preset sets otherwise first
-    warn_missing_keys(_without(old, "fuse.tile", "train.consistency", "fuse.tta"), "p.yaml")
+    warn_missing_keys(without_keys(old, "fuse.tile", "train.consistency", "fuse.tta"), "p.yaml")
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(
         "warning: p.yaml: no fuse.boundary_weight (0.75 used: the library default; the paper preset's is 1), "
         "train.consistency (0 used), fuse.tta (none used), fuse.tile (128 used) - add the keys"), err
     # a train key both nets set is pinned
-    pinned = deep_merge(_without(params, "train.lr"), {"train": {"initial": {"lr": 0.1}, "boundary": {"lr": 0.1}}})
+    pinned = deep_merge(without_keys(params, "train.lr"), {"train": {"initial": {"lr": 0.1}, "boundary": {"lr": 0.1}}})
     warn_missing_keys(pinned, "p.yaml")
     assert capsys.readouterr().err == ""
-    warn_missing_keys(deep_merge(_without(params, "train.lr"), {"train": {"initial": {"lr": 0.1}}}), "p.yaml")
+    warn_missing_keys(deep_merge(without_keys(params, "train.lr"), {"train": {"initial": {"lr": 0.1}}}), "p.yaml")
     assert "no train.lr (0.01 used: the library default; the paper preset's is 0.001)" in capsys.readouterr().err
     # a file that pins little: the first keys named, the rest counted
     warn_missing_keys({}, "p.yaml")
@@ -668,7 +656,7 @@ def test_the_missing_keys_warning_comes_in_the_dvc_stages_that_use_them(capsys: 
     stages whose params (dvc.yaml) hold the key, not in all nine."""
     from bafusion.cli.params_check import warn_missing_keys
 
-    old = _without(load_params(REPO / "params.yaml"), "fuse.boundary_weight")
+    old = without_keys(load_params(REPO / "params.yaml"), "fuse.boundary_weight")
     said = []
     for stage in ("download", "prepare", "composite", "testset", "patches", "train_initial", "train_boundary",
                   "fuse", "evaluate"):
@@ -688,7 +676,7 @@ def test_preset_apply_warns_of_the_keys_an_older_params_yaml_lacks(tmp_path: Pat
     """`bafusion preset paper --apply params.yaml` on an upgraded project's file: the keys it
     lacks and the preset does not set are named; an override file (not params.yaml) is partial
     on purpose and draws no warning."""
-    old = _without(load_params(REPO / "params.yaml"), "fuse.boundary_weight", "fuse.tile")
+    old = without_keys(load_params(REPO / "params.yaml"), "fuse.boundary_weight", "fuse.tile")
     for name, warned in (("params.yaml", True), ("override.yaml", False)):
         f = tmp_path / name
         f.write_text(yaml.safe_dump(old, sort_keys=False))

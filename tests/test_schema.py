@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from params_edit import without_keys
 from pipeline_project import REPO, make_project, run
 
 from bafusion import cli
@@ -223,16 +224,7 @@ def test_a_missing_key_of_the_rules_fails_in_one_line(project: Path) -> None:
     """A key the rules read that params.yaml lacks: its x-default (seed, patch), as the commands
     take it, or one line naming the key (it was Snakemake's KeyError traceback of data.smk)."""
     def without(*keys: str):
-        def edit(text: str) -> str:
-            params = yaml.safe_load(text)
-            for key in keys:
-                *parents, last = key.split(".")
-                node = params
-                for part in parents:
-                    node = node[part]
-                del node[last]
-            return yaml.safe_dump(params)
-        return edit
+        return lambda text: yaml.safe_dump(without_keys(yaml.safe_load(text), *keys))
 
     for key in ("prepare.scale", "prepare.min_background_side", "data.source", "composite.sigma",
                 "composite.fit", "composite.shards", "patches.per_pair", "patches.boundary_per_pair"):
