@@ -217,13 +217,12 @@ def test_metrics_default_set_on_small_images_names_the_metrics_that_fit(work: Pa
         Image.fromarray(rng.integers(0, 256, (9, 9), dtype=np.uint8)).save(work / name)
     _refused(["metrics", "sa.png", "sb.png", "sf.png"], capsys, work,
              "QY needs images of at least 11x11", "--metrics QMI,QG,QCB,QNCIE,QP,QE,QCV compute on this size")
-    os.chdir(work)
     assert cli_main(["metrics", "sa.png", "sb.png", "sf.png", "--metrics", "QMI,QG,QCB,QNCIE,QP,QE,QCV"]) == 0
 
 
 def test_an_existing_output_is_replaced_and_sources_kept(work: Path, capsys, monkeypatch) -> None:
     monkeypatch.undo()  # the real work this time
-    os.chdir(work)
+    monkeypatch.chdir(work)  # after undo(): a plain os.chdir left every later test of the session in this tmp folder
     (work / "F.png").write_bytes(b"old")
     src = {p: _digest(work / p) for p in ("a.png", "b.png")}
     rc = cli_main(["baseline", "a.png", "b.png", "-o", "F.png"])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import shared_data_dir
 from params_edit import without_keys
 
 from bafusion.cli import main
@@ -112,9 +113,9 @@ def test_count_names_the_real_problem(tmp_path: Path) -> None:
     missing = str(tmp_path / "nonexistent")
     bad = deep_merge(params, {"data": {"source": "dir", "foregrounds": 0, "backgrounds": 0, "holdout_foregrounds": 0,
                                        "holdout_backgrounds": 0, "dir": {"backgrounds": missing}}})
-    fg = REPO.parent / "shared" / "data" / "train" / "alphamatting"
+    fg = shared_data_dir() / "train" / "alphamatting"
     if not fg.is_dir():
-        pytest.skip("no ../shared/data/train/alphamatting")
+        pytest.skip(f"no {fg} (set BAFUSION_SHARED_DATA to use it)")
     bad["data"]["dir"]["alphamatting"] = str(fg)
     with pytest.raises(UserError) as e:
         count_samples(bad)
