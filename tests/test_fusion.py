@@ -337,6 +337,29 @@ def test_small_region_removal() -> None:
     assert np.array_equal(remove_small_regions(dm, 0.0), dm)
 
 
+def test_a_score_at_the_threshold_goes_to_b(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step 4, ``dm = s1 > threshold``: a pixel scored exactly at the threshold takes B."""
+    import bafusion.fusion.rule as rule
+
+    s1 = np.full((16, 16), 0.5, np.float32)  # the tie
+    s1[:, :4] = 0.9
+    s1[:, -4:] = 0.1
+
+    def fake_decide(ga, gb, nets, params, bar=None):
+        return s1, s1, np.zeros(s1.shape, bool), s1, {}
+
+    monkeypatch.setattr(rule, "decide", fake_decide)
+    nets = FusionNets(build_model(8), build_model(8), 8, 8, torch.device("cpu"))
+    a = np.full((16, 16), 200, np.uint8)
+    b = np.full((16, 16), 50, np.uint8)
+    res = fuse_images(a, b, nets, P(min_region=0.0, exposure_match="none"))
+    want = np.zeros((16, 16), bool)
+    want[:, :4] = True
+    np.testing.assert_array_equal(res.decision_raw, want)
+    np.testing.assert_array_equal(res.decision, want)
+    np.testing.assert_array_equal(res.fused, np.where(want, a, b))
+
+
 @pytest.mark.parametrize("shape", [(31, 45), (7, 5), (1, 1)])
 def test_odd_and_tiny_sizes(nets: FusionNets, shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(3)
