@@ -360,6 +360,19 @@ def test_a_score_at_the_threshold_goes_to_b(monkeypatch: pytest.MonkeyPatch) -> 
     np.testing.assert_array_equal(res.fused, np.where(want, a, b))
 
 
+def test_small_regions_are_4_connected() -> None:
+    """Pixels touching only at a corner are separate regions: a diagonal of 30 single pixels
+    is 30 islands (or holes) of 1 px, all removed, not one region of 30 px kept."""
+    i = np.arange(10, 40)
+    island = np.zeros((50, 50), bool)
+    island[i, i] = True
+    out = remove_small_regions(island, 0.01)  # 25 px threshold
+    np.testing.assert_array_equal(out, np.zeros_like(island))
+    holes = ~island  # a diagonal of 1-px defocused holes inside a focused region
+    out = remove_small_regions(holes, 0.01)
+    np.testing.assert_array_equal(out, np.ones_like(holes))
+
+
 @pytest.mark.parametrize("shape", [(31, 45), (7, 5), (1, 1)])
 def test_odd_and_tiny_sizes(nets: FusionNets, shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(3)
