@@ -373,6 +373,20 @@ def test_small_regions_are_4_connected() -> None:
     np.testing.assert_array_equal(out, np.ones_like(holes))
 
 
+def test_window_mean_reflects_at_the_borders() -> None:
+    """Eq. 1 with ``mode="reflect"``: the window is mirrored at the border (a b | b a), so a
+    constant map keeps its value at the borders and the corner counts its own pixel 4 times."""
+    ones = np.ones((6, 7), np.float32)
+    np.testing.assert_array_equal(fusion.window_mean(ones, 2), ones)
+    s = np.zeros((5, 5), np.float32)
+    s[0, 0] = 1.0
+    m = fusion.window_mean(s, 1)
+    # the corner's 3x3 window reads rows (0, 0, 1) and columns (0, 0, 1): s[0, 0] four times
+    assert m[0, 0] == pytest.approx(4 / 9)
+    assert m[0, 1] == pytest.approx(2 / 9) and m[1, 0] == pytest.approx(2 / 9)
+    assert m[1, 1] == pytest.approx(1 / 9)
+
+
 @pytest.mark.parametrize("shape", [(31, 45), (7, 5), (1, 1)])
 def test_odd_and_tiny_sizes(nets: FusionNets, shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(3)
