@@ -73,6 +73,35 @@ def test_labels_patches_and_boundary_fractions(shard: Path, tmp_path: Path) -> N
     assert summary["counts"]["boundary"]["train"] + summary["counts"]["boundary"]["val"] == 12 * 9
 
 
+def test_a_matte_at_the_label_threshold_is_focused(tmp_path: Path) -> None:
+    """Label 1 when ``matte >= label_threshold``: at 0.5 the uint8 threshold is
+    ceil(127.5) = 128, and a matte of exactly 128 is focused in A (127 is not)."""
+    assert PatchOptions(label_threshold=0.5).threshold_u8 == 128
+    h, w = 40, 48
+    matte = np.where(np.arange(w)[None, :] < w // 2, 127, 128).astype(np.uint8).repeat(h, 0)
+    rng = np.random.default_rng(3)
+    path = tmp_path / "shard-0.h5"
+    with h5py.File(path, "w") as h5:
+        g = h5.create_group("fg0")
+        g["matte"] = matte
+        g["A"] = rng.integers(0, 256, (4, h, w), dtype=np.uint8)
+        g["B"] = rng.integers(0, 256, (4, h, w), dtype=np.uint8)
+        g["pair"] = np.arange(4, dtype=np.int64)
+        g["sigma"] = np.ones(4, np.float32)
+    opts = PatchOptions(patch=16, per_pair=20, boundary_per_pair=5, val_fraction=0.25, label_threshold=0.5)
+    summary = run_patches([path], opts, tmp_path / "out", progress=False)
+    ys = []
+    for kind in ("initial", "boundary"):
+        for split in ("train", "val"):
+            d = read_split(tmp_path / "out" / f"{kind}.h5", split)
+            np.testing.assert_array_equal(d["y"], (d["centre"][:, 1] >= w // 2).astype(np.uint8))
+            ys.append(d["y"])
+    y = np.concatenate(ys)
+    assert 0 < y.sum() < y.size  # both labels drawn
+    # every pair has boundary windows (half its pixels are 128): all 5 per pair are drawn
+    assert summary["counts"]["boundary"]["train"] + summary["counts"]["boundary"]["val"] == 4 * 5
+
+
 def test_train_and_validation_pairs_are_disjoint(shard: Path, tmp_path: Path) -> None:
     run_patches([shard], PatchOptions(patch=16, per_pair=5, boundary_per_pair=5, val_fraction=0.25), tmp_path, progress=False)
     for kind in ("initial", "boundary"):
