@@ -40,6 +40,24 @@ def test_the_fit_recovers_a_known_gain_and_offset_despite_the_focus_difference()
     assert fit_exposure(_u8(a), np.full_like(_u8(a), 7)) == (1.0, 0.0, 0.0)  # flat B: nothing to fit
 
 
+def test_a_border_of_two_sigma_is_left_out_of_the_fit() -> None:
+    """``fit_exposure`` leaves a border of ``2 * sigma`` px out: a frame of ``sigma`` px in B
+    (a lens mount, vignetting: white at top and bottom, black at the sides) does not move the
+    gain nor lower the correlation, and the shot is still matched."""
+    a = data.camera().astype(np.float64)[::2, ::2]
+    b = 0.6 * a + 20
+    f = 8  # = sigma, inside the 16 px border left out
+    b[:f], b[-f:] = 255, 255
+    b[:, :f], b[:, -f:] = 0, 0
+    ga, gb = _u8(a), _u8(b)
+    gain, offset, corr = fit_exposure(ga, gb, sigma=8.0)
+    assert gain == pytest.approx(1 / 0.6, rel=0.01)  # with the frame in the fit: 1.35
+    assert offset == pytest.approx(-20 / 0.6, abs=2.0)
+    assert corr > 0.99  # with the frame in the fit: 0.79, and B would be left alone
+    inner = (slice(2 * f, -2 * f),) * 2
+    assert np.abs(match_exposure(ga, gb).astype(float)[inner] - a[inner]).max() <= 2.0
+
+
 def test_equal_exposure_and_an_unreliable_fit_leave_b_alone() -> None:
     a, b, _ = _scene()
     gb = _u8(b)
