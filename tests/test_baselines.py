@@ -90,6 +90,18 @@ def test_fusing_an_image_with_itself_returns_it(method: str) -> None:
     assert np.allclose(B.fuse(method, x, x), x, atol=1e-9)
 
 
+def test_gff_saliency_replicates_the_border_not_wraps_it() -> None:
+    """GFF's Laplacian saliency pads with the border pixel (``mode="nearest"``): a smooth
+    horizontal gradient (A, dark at the left, bright at the right) has no detail at its left
+    and right borders, so the textured B wins there as everywhere and the fusion is B. Wrapped
+    around, the border would see the far side's brightness and A would win a band along both
+    sides (up to 24 gray levels off B)."""
+    h, w = 48, 64
+    a = np.tile(np.linspace(30.0, 220.0, w), (h, 1))
+    b = 128.0 + np.random.default_rng(0).normal(0.0, 8.0, (h, w))
+    np.testing.assert_allclose(B.gff_fuse(a, b), b, atol=0.01)
+
+
 @pytest.mark.parametrize("method", sorted(B.METHODS))
 def test_uint8_and_float_inputs_agree(method: str) -> None:
     _, a, b = _multifocus((32, 40))
