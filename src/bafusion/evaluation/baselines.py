@@ -98,8 +98,8 @@ def gff_fuse(
 ) -> np.ndarray:
     """Guided-filter fusion of two images (Li, Kang, Hu 2013) with the paper's parameters.
 
-    Images are scaled to [0, 1]; base layers are 31x31 mean-filtered images (replicated
-    borders), detail layers the remainders. Saliency is the absolute 3x3 Laplacian of the gray
+    Images are scaled to [0, 1]; base layers are 31x31 mean-filtered images (mirrored
+    borders, scipy's ``reflect``), detail layers the remainders. Saliency is the absolute 3x3 Laplacian of the gray
     image smoothed by an 11x11 Gaussian (sigma 5); the binary weight maps (which source is most
     salient) are refined by a guided filter with the gray source as guide, (r1, eps1) for the
     base and (r2, eps2) for the detail layers, and normalised to sum to one per pixel.
