@@ -57,6 +57,9 @@ def test_count_only_mode_reports_the_papers_scale(tmp_path: Path) -> None:
     assert c["pairs"] == 18_900
     assert c["base_patches"] == 189_000
     assert c["effective_samples"] == 2_268_000
+    # the paper's boundary set is the part of those 189,000 that passes the boundary test
+    # (the preset kept the project's 40 drawn per pair: "at most 756,000", 10.8x the paper's ~70,000)
+    assert c["boundary_subset"] is True and c["boundary_patches_at_most"] == 189_000
 
 
 def test_count_cli_with_preset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -67,6 +70,8 @@ def test_count_cli_with_preset(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["count", "--params", str(f), "--preset", "paper"]) == 0
     out = capsys.readouterr().out
     assert "18,900" in out and "2,268,000" in out
+    line = next(x for x in out.splitlines() if x.startswith("boundary patches:"))
+    assert "at most 189,000 (the random patches with at least 0.1 focused and 0.1 defocused pixels" in line, line
 
 
 def test_count_outside_the_project_names_its_default_params_and_an_unknown_preset_first(

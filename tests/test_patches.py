@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bafusion.data.patches import (
+    BOUNDARY_SUBSET,
     PatchOptions,
     read_split,
     run_patches,
@@ -483,3 +484,32 @@ def test_the_stream_does_not_depend_on_the_number_of_realistic_shards(tmp_path: 
     for kind in ("initial", "boundary"):
         ref = (outs[0] / f"{kind}.h5").read_bytes()
         assert all((o / f"{kind}.h5").read_bytes() == ref for o in outs[1:])
+
+
+def test_boundary_subset_is_the_random_patches_that_pass(shard: Path, tmp_path: Path) -> None:
+    """patches.boundary_per_pair: subset (the paper's boundary set): boundary.h5 holds exactly the
+    random patches of initial.h5 with >= min_focused focused and >= min_defocused defocused
+    pixels, in the same order; initial.h5 is the file a count makes (the subset draws nothing)."""
+    base = dict(patch=16, per_pair=12, val_fraction=0.25, seed=1)
+    sub = run_patches([shard], PatchOptions(boundary_per_pair=BOUNDARY_SUBSET, **base), tmp_path / "sub", progress=False)
+    run_patches([shard], PatchOptions(boundary_per_pair=5, **base), tmp_path / "cnt", progress=False)
+    for split in ("train", "val"):
+        a, b = read_split(tmp_path / "sub" / "initial.h5", split), read_split(tmp_path / "cnt" / "initial.h5", split)
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    src = _mattes(shard)
+    total = 0
+    for split in ("train", "val"):
+        init = read_split(tmp_path / "sub" / "initial.h5", split)
+        bnd = read_split(tmp_path / "sub" / "boundary.h5", split)
+        keep = []
+        for pid, (r, c) in zip(init["pair"], init["centre"]):
+            win = src[int(pid)][0][r - 8 : r + 8, c - 8 : c + 8] >= 128
+            keep.append(0.1 <= win.mean() <= 0.9)
+        keep = np.array(keep, bool)
+        assert 0 < keep.sum() < len(keep)  # the test shard has both kinds
+        for k in init:
+            assert np.array_equal(bnd[k], init[k][keep]), k
+        total += int(keep.sum())
+    assert sum(sub["counts"]["boundary"].values()) == total
+    with pytest.raises(UserError, match="boundary_per_pair must be a count >= 0 or 'subset'"):
+        PatchOptions(boundary_per_pair="some")

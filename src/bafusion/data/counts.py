@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bafusion.data.patches import AUGMENTATION_FACTOR
+from bafusion.data.patches import AUGMENTATION_FACTOR, BOUNDARY_SUBSET
 from bafusion.data.sources import select
 from bafusion.errors import UserError
 
@@ -17,7 +17,9 @@ def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
 
     Foreground and background numbers come from ``data.foregrounds``/``data.backgrounds``
     when set (> 0); otherwise from the source itself (all images it has, less held-out ones).
-    ``available`` reports what the source really has, when it can be read.
+    ``available`` reports what the source really has, when it can be read. With
+    ``patches.boundary_per_pair: subset`` the boundary patches are the random ones that pass
+    the boundary test: at most the base patches (``boundary_subset`` is then true).
     """
     data = params.get("data", {}) or {}
     pat = params.get("patches", {}) or {}
@@ -49,7 +51,8 @@ def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
     pairs = n["foregrounds"] * n["backgrounds"]
     per_pair = int(pat.get("per_pair", 10))
     base = pairs * per_pair
-    boundary_max = pairs * int(pat.get("boundary_per_pair", 0))
+    subset = pat.get("boundary_per_pair") == BOUNDARY_SUBSET  # the random patches that pass the boundary test
+    boundary_max = base if subset else pairs * int(pat.get("boundary_per_pair", 0))
     out: dict[str, Any] = {
         "foregrounds": n["foregrounds"],
         "backgrounds": n["backgrounds"],
@@ -62,6 +65,9 @@ def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
         "boundary_patches_at_most": boundary_max,
         "boundary_effective_samples_at_most": boundary_max * AUGMENTATION_FACTOR,
     }
+    if subset:
+        out.update(boundary_subset=True, boundary_min_focused=float(pat.get("min_focused", 0.1)),
+                   boundary_min_defocused=float(pat.get("min_defocused", 0.1)))
     if note:
         out["note"] = note
     short = [k for k in ("foregrounds", "backgrounds") if available[k] is not None and n_cfg[k] > int(available[k] or 0)]

@@ -5,10 +5,17 @@ For each composited pair:
 - ``per_pair`` random centres (uniform over positions whose patch lies inside the image);
   label 1 when the matte at the centre is >= ``label_threshold`` (the centre is focused in
   A), else 0.
-- ``boundary_per_pair`` boundary patches: random centres drawn among the positions whose
-  patch holds at least ``min_focused`` focused and ``min_defocused`` defocused pixels (a
-  pixel is focused when its matte value is >= ``label_threshold``). Random centres give
-  few of them, so they are sampled deliberately from that set.
+- the boundary patches: those whose patch holds at least ``min_focused`` focused and
+  ``min_defocused`` defocused pixels (a pixel is focused when its matte value is >=
+  ``label_threshold``). Two ways to take them (``boundary_per_pair``):
+
+  - a count (the project's default): that many random centres drawn among all the positions
+    of the pair that pass the test, on their own stream after the random ones. The boundary
+    net then gets a set of its chosen size, whatever share of the random patches passes.
+  - ``"subset"`` (the paper's, section 3: the boundary set is the part of the random patches
+    that passes the test): the random patches above that pass, the same crops; no draw of
+    its own. On the paper's 27 halved mattes about 37% of 64-px positions pass, so 10 random
+    patches per pair give about 3.7 boundary patches per pair, not a number of one's choice.
 
 A patch "centred" at (r, c) covers rows r - p//2 .. r - p//2 + p - 1 (and likewise columns).
 Pairs are split train/validation by pair (``val_fraction`` of the pairs, a seeded
@@ -75,13 +82,17 @@ GZIP_LEVEL = 4
 #: the paper's composites, and composites with realistic draws (which use key 2 themselves).
 PATCH_STREAM_PAPER = 2
 PATCH_STREAM_REALISTIC = 5
+#: ``boundary_per_pair`` value that takes the boundary set as the subset of the random patches
+#: that pass the boundary test (the paper's), instead of a number of patches drawn for it.
+BOUNDARY_SUBSET = "subset"
 
 
 @dataclass(frozen=True)
 class PatchOptions:
     patch: int = 32
     per_pair: int = 10
-    boundary_per_pair: int = 10
+    #: boundary patches drawn per pair, or :data:`BOUNDARY_SUBSET` (the random patches that pass)
+    boundary_per_pair: int | str = 10
     min_focused: float = 0.1
     min_defocused: float = 0.1
     label_threshold: float = 0.5
@@ -99,8 +110,13 @@ class PatchOptions:
                             f"is 1x1 and training fails on a batch of one), got {self.patch!r}")
         if not 0 <= self.label_threshold <= 1:
             raise UserError(f"patches.label_threshold must be a fraction in [0, 1], got {self.label_threshold}")
-        if self.per_pair < 0 or self.boundary_per_pair < 0:
-            raise UserError("patches.per_pair and patches.boundary_per_pair must be >= 0")
+        if self.per_pair < 0:
+            raise UserError("patches.per_pair must be >= 0")
+        if self.boundary_per_pair != BOUNDARY_SUBSET and (
+                isinstance(self.boundary_per_pair, bool) or not isinstance(self.boundary_per_pair, int)
+                or self.boundary_per_pair < 0):
+            raise UserError(f"patches.boundary_per_pair must be a count >= 0 or {BOUNDARY_SUBSET!r} (the random "
+                            f"patches that pass the boundary test), got {self.boundary_per_pair!r}")
         if not (0 <= self.min_focused <= 1 and 0 <= self.min_defocused <= 1 and self.min_focused + self.min_defocused <= 1):
             raise UserError("patches.min_focused and min_defocused must be fractions summing to at most 1")
         if not 0 <= self.val_fraction < 1:
@@ -131,11 +147,25 @@ def random_corners(rng: np.random.Generator, shape: tuple[int, int], p: int, n: 
     return np.stack([r, c], axis=1)
 
 
+def passes_boundary_test(frac: np.ndarray, min_focused: float, min_defocused: float) -> np.ndarray:
+    """Whether each window (of focused fraction ``frac``) holds at least ``min_focused`` focused
+    and ``min_defocused`` defocused pixels."""
+    return (frac >= min_focused - 1e-12) & (1.0 - frac >= min_defocused - 1e-12)
+
+
+def subset_corners(corners: np.ndarray, frac: np.ndarray, min_focused: float, min_defocused: float) -> np.ndarray:
+    """The top-left ``corners`` (of the random patches) whose window passes the boundary test,
+    in their order (``patches.boundary_per_pair: subset``)."""
+    corners = np.asarray(corners, np.int64).reshape(-1, 2)
+    keep = passes_boundary_test(frac[corners[:, 0], corners[:, 1]], min_focused, min_defocused)
+    return corners[keep]
+
+
 def boundary_corners(
     rng: np.random.Generator, frac: np.ndarray, n: int, min_focused: float, min_defocused: float
 ) -> np.ndarray:
     """Up to ``n`` distinct top-left corners whose window meets both fractions."""
-    ok = np.flatnonzero((frac >= min_focused - 1e-12) & (1.0 - frac >= min_defocused - 1e-12))
+    ok = np.flatnonzero(passes_boundary_test(frac, min_focused, min_defocused))
     if ok.size == 0 or n == 0:
         return np.zeros((0, 2), np.int64)
     pick = rng.choice(ok, size=min(n, ok.size), replace=False)
@@ -461,10 +491,12 @@ def _write_patches(shards: _Shards, opts: PatchOptions, out_dir: Path, progress:
                 key = PATCH_STREAM_REALISTIC if pair_id in shards.realistic_ids else PATCH_STREAM_PAPER
                 rng = np.random.default_rng([int(opts.seed), pair_id, key])
                 split = "val" if pair_id in val_pairs else "train"
-                for s, corners in (
-                    ("initial", random_corners(rng, (h, w), p, opts.per_pair)),
-                    ("boundary", boundary_corners(rng, frac, opts.boundary_per_pair, opts.min_focused, opts.min_defocused)),
-                ):
+                rand = random_corners(rng, (h, w), p, opts.per_pair)
+                if opts.boundary_per_pair == BOUNDARY_SUBSET:
+                    bnd = subset_corners(rand, frac, opts.min_focused, opts.min_defocused)
+                else:
+                    bnd = boundary_corners(rng, frac, opts.boundary_per_pair, opts.min_focused, opts.min_defocused)
+                for s, corners in (("initial", rand), ("boundary", bnd)):
                     centres = corners + p // 2
                     y = focus[centres[:, 0], centres[:, 1]].astype(np.uint8)
                     app[s][split].append(crop(A, B, corners, p, opts.context), y, np.full(len(y), pair_id, np.int64), centres.astype(np.int32))
