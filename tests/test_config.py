@@ -52,6 +52,43 @@ def test_paper_preset_holds_the_papers_numbers(tmp_path: Path) -> None:
         assert p[key] == value
 
 
+#: Keys the paper does not state whose value changes a result: the paper preset pins them to the
+#: project's documented values (train.amp to false: the paper's fp32), not to a params.yaml's edits.
+PINNED = {
+    "seed": (0, 7), "composite.fit": ("cover", "stretch"),
+    "train.momentum": (0.9, 0.5), "train.weight_decay": (0.0001, 0.01), "train.nesterov": (False, True),
+    "train.amp": (False, True), "fuse.precision": ("fp32", "bf16"), "fuse.l": (8, 3), "fuse.min_region": (0.01, 0.05),
+    "fuse.exact": (False, True), "fuse.initial_mode": ("dense", "grid"), "fuse.boundary_mode": ("adaptive", "dense"),
+    "fuse.initial_step": (4, 2), "fuse.boundary_step": (0, 8), "fuse.dense_margin": (16, 0),
+    "evaluate.methods": (["Ours-initial", "Ours", "GFF-native", "Laplacian"], ["Ours"]),
+}
+
+
+def test_paper_preset_pins_the_keys_it_does_not_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The preset kept a params.yaml's edits of train.momentum, amp, fuse.l, seed... (only the
+    paper's stated keys were in it), though it says that keys not stated keep the project's
+    values: applied with --apply and as `dvc exp run -S` arguments, it sets them back."""
+    f = tmp_path / "params.yaml"
+    f.write_text((REPO / "params.yaml").read_text())
+    edited = load_params(f)
+    for key, (_, other) in PINNED.items():
+        *parents, last = key.split(".")
+        node = edited
+        for part in parents:
+            node = node[part]
+        node[last] = other
+    f.write_text(yaml.safe_dump(edited, sort_keys=False))
+    assert main(["preset", "paper", "--apply", str(f)]) == 0
+    got = flatten(load_params(f))
+    assert {k: got[k] for k in PINNED} == {k: v for k, (v, _) in PINNED.items()}
+    from omegaconf import OmegaConf  # what DVC's -S parser builds on
+
+    assert main(["preset", "paper"]) == 0
+    words = [w for w in shlex.split(capsys.readouterr().out) if w.split("=")[0] in PINNED]
+    dotlist = flatten(OmegaConf.to_container(OmegaConf.from_dotlist(words)))
+    assert {k: dotlist[k] for k in PINNED} == {k: v for k, (v, _) in PINNED.items()}
+
+
 def test_count_only_mode_reports_the_papers_scale(tmp_path: Path) -> None:
     c = count_samples(paper_params(tmp_path))
     assert c["pairs"] == 18_900
