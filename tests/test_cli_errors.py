@@ -507,6 +507,24 @@ def test_composite_never_writes_into_the_prepared_folder(work: Path, capsys, out
              out, "--out file", "inside the --prepared folder prep")
 
 
+@pytest.mark.parametrize(("doc", "words"), [
+    ("{}", ["missing key 'foregrounds'"]),
+    ('{"foregrounds": []}', ["missing key 'backgrounds'"]),
+    ('{"foregrounds": [{"id": "f"}], "backgrounds": []}', ["foregrounds[0] lacks key 'image'"]),
+    ('{"foregrounds": {}, "backgrounds": []}', ["'foregrounds' must be a list of objects"]),
+    ("[]", ["a JSON object"]),
+])
+@pytest.mark.parametrize("command", ["composite", "testset"])
+def test_a_manifest_without_its_keys_is_named_in_one_line(work: Path, capsys, doc: str, words: list[str],
+                                                          command: str) -> None:
+    """A prepared folder whose manifest.json is ``{}`` (valid JSON) gave a KeyError traceback."""
+    (work / "prep").mkdir()
+    (work / "prep" / "manifest.json").write_text(doc + "\n")
+    argv = ["--shard", "0", "--shards", "1", "--out", "x.h5"] if command == "composite" else ["--out", "ts"]
+    _refused([command, "--prepared", "prep", *argv], capsys, work, "prep/manifest.json: not a prepare manifest",
+             "run the prepare step again", *words)
+
+
 @pytest.mark.parametrize("shard", ["sh/initial.h5", "sh/boundary.h5"])
 def test_patches_never_overwrites_an_input_shard(work: Path, capsys, shard: str) -> None:
     # the probe's: exit 0 and the input shard sh/initial.h5 replaced with the patch set

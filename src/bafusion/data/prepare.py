@@ -123,14 +123,34 @@ def run_prepare(data_cfg: dict, opts: PrepareOptions, seed: int, out: Path, prog
     return manifest
 
 
+#: The keys the composite steps read from every manifest entry, by kind.
+ENTRY_KEYS = {"foregrounds": ("id", "image", "matte"), "backgrounds": ("id", "image")}
+
+
 def load_manifest(prepared: Path) -> dict[str, Any]:
+    """The prepare step's manifest of ``prepared``; one that is not JSON, or lacks a key the
+    composite steps read (``foregrounds``, ``backgrounds``, an entry's ``id``, ``image`` or
+    ``matte``), is refused naming the file and the key, not left to a KeyError."""
     p = Path(prepared) / MANIFEST
     if not p.exists():
         raise InputFileError(p, "manifest not found: run the prepare step first")
     try:
-        return json.loads(p.read_text())
+        manifest = json.loads(p.read_text())
     except ValueError as e:
         raise InputFileError(p, f"corrupt manifest: {e}") from e
+    again = "run the prepare step again"
+    if not isinstance(manifest, dict):
+        raise InputFileError(p, f"not a prepare manifest (a JSON object): {again}")
+    for kind, keys in ENTRY_KEYS.items():
+        if kind not in manifest:
+            raise InputFileError(p, f"not a prepare manifest: missing key {kind!r}: {again}")
+        if not isinstance(manifest[kind], list) or not all(isinstance(e, dict) for e in manifest[kind]):
+            raise InputFileError(p, f"not a prepare manifest: {kind!r} must be a list of objects: {again}")
+        for i, e in enumerate(manifest[kind]):
+            for k in keys:
+                if k not in e:
+                    raise InputFileError(p, f"not a prepare manifest: {kind}[{i}] lacks key {k!r}: {again}")
+    return manifest
 
 
 def entries(manifest: dict[str, Any], kind: str, split: str) -> list[dict[str, Any]]:
