@@ -507,6 +507,15 @@ def test_composite_never_writes_into_the_prepared_folder(work: Path, capsys, out
              out, "--out file", "inside the --prepared folder prep")
 
 
+@pytest.mark.parametrize("out", ["prep/ts", "./prep/fg/ts", "prep/fg"])
+def test_testset_never_writes_into_the_prepared_folder(work: Path, capsys, out: str) -> None:
+    """``testset --out prep/ts`` was taken: its folder inside --prepared, as composite's --out was."""
+    (work / "prep" / "fg").mkdir(parents=True)
+    (work / "prep" / "manifest.json").write_text('{"foregrounds": [], "backgrounds": []}\n')
+    _refused(["testset", "--prepared", "prep", "--out", out], capsys, work,
+             out, "--out folder", "inside the --prepared folder prep")
+
+
 @pytest.mark.parametrize(("doc", "words"), [
     ("{}", ["missing key 'foregrounds'"]),
     ('{"foregrounds": []}', ["missing key 'backgrounds'"]),

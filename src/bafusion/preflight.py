@@ -16,8 +16,8 @@ Every command's output paths are listed once, in :data:`COMMAND_OUTPUTS` (by the
   command (a folder neither empty nor holding its marker, :data:`OUTPUT_MARKERS`, or one holding
   it beside entries the command did not write, :func:`foreign_entries`): they would be deleted
   with it;
-* an output inside an input folder whose every file is an input (``composite --out`` inside
-  ``--prepared``), a file a command writes into its output folder that is an input
+* an output inside an input folder whose every file is an input (``composite --out`` or
+  ``testset --out`` inside ``--prepared``), a file a command writes into its output folder that is an input
   (``patches --out sh sh/initial.h5``);
 * two outputs that are one path (``fuse -o X --save-maps X``, ``patches --out sh --summary
   sh/initial.h5``): the second would overwrite the first;
@@ -79,7 +79,7 @@ COMMAND_OUTPUTS: dict[str, OutputSpec] = {
     "prepare": OutputSpec(replaced_dirs=("out",), inputs=("alphamatting", "backgrounds_dir")),
     "composite": OutputSpec(files=("out",), inputs=("prepared",), closed_inputs=("prepared",)),
     "composite-index": OutputSpec(files=("out",), inputs=("shards",)),
-    "testset": OutputSpec(replaced_dirs=("out",), inputs=("prepared",)),
+    "testset": OutputSpec(replaced_dirs=("out",), inputs=("prepared",), closed_inputs=("prepared",)),
     "patches": OutputSpec(dirs=("out",), files=("summary",), inputs=("shards",),
                           dir_files=("initial.h5", "boundary.h5")),
     "download-alphamatting": OutputSpec(replaced_dirs=("out",), inputs=("from_dir", "cache")),
@@ -363,7 +363,8 @@ def check_command(args: argparse.Namespace) -> None:
             for out in (*spec.images, *spec.files, *spec.dirs, *spec.replaced_dirs):
                 for p in _raw(getattr(args, out, None)):
                     if _contains(Path(folder), Path(p)) or _contains(Path(folder), Path(p).parent):
-                        raise UserError(f"{p}: the {spec.flag(out)} file lies inside the {spec.flag(dest)} folder "
+                        kind = "folder" if out in (*spec.dirs, *spec.replaced_dirs) else "file"
+                        raise UserError(f"{p}: the {spec.flag(out)} {kind} lies inside the {spec.flag(dest)} folder "
                                         f"{folder}, whose files are inputs; inputs are never overwritten: choose "
                                         "another path")
     # the command's output files (evaluate's --report, --plots) are written after --out is
