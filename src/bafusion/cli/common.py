@@ -72,6 +72,14 @@ def nonempty_csv(s: str) -> str:
     return s
 
 
+def nonempty_json(s: str) -> str:
+    """An argparse type of JSON options (``--params-json``): an empty string is refused ("empty
+    JSON"), not taken as "not given"."""
+    if not s.strip():
+        raise argparse.ArgumentTypeError("empty JSON: give a JSON object, or leave the option out")
+    return s
+
+
 def nets_from_args(args: argparse.Namespace, device: str, folder: str | None) -> FusionNets:
     """The nets named by ``--initial`` and ``--boundary`` (both or neither), else those of the
     model ``folder`` (``--model``/``--models``; None: the default places); a file given as

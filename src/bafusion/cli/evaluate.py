@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bafusion.cli.common import nets_from_args
+from bafusion.cli.common import nets_from_args, nonempty_csv, nonempty_json, nonempty_path
 from bafusion.errors import UserError
 from bafusion.evaluation.evaluate import (
     DEFAULT_METHODS,
@@ -93,13 +93,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "is configured, and write <out>/<dataset>/metrics.csv, table1.md, figures/ and "
         "<out>/metrics.json; log an MLflow run 'evaluate'.",
     )
-    p.add_argument("--params-file", default=None, help="YAML file with 'evaluate' and 'fuse' sections (params.yaml)")
-    p.add_argument("--params-json", default=None, help="JSON object overriding the 'evaluate' section")
-    p.add_argument("--fuse-json", default=None, help="JSON object overriding the 'fuse' section (fusion parameters)")
+    p.add_argument("--params-file", type=nonempty_path, default=None, help="YAML file with 'evaluate' and 'fuse' sections (params.yaml)")
+    p.add_argument("--params-json", type=nonempty_json, default=None, help="JSON object overriding the 'evaluate' section")
+    p.add_argument("--fuse-json", type=nonempty_json, default=None, help="JSON object overriding the 'fuse' section (fusion parameters)")
     p.add_argument("--dataset", default=None, metavar="NAME=SOURCES[,REFERENCE]", help="evaluate only this dataset")
     p.add_argument("--pattern", default=None, help="with --dataset: only pairs whose name matches this glob (e.g. 'g??-*')")
-    p.add_argument("--methods", default=None, help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)})")
-    p.add_argument("--metrics", default=None, help=f"comma-separated metrics (default {','.join(DEFAULT_METRICS)})")
+    p.add_argument("--methods", type=nonempty_csv, default=None, help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)})")
+    p.add_argument("--metrics", type=nonempty_csv, default=None, help=f"comma-separated metrics (default {','.join(DEFAULT_METRICS)})")
     p.add_argument("--models", default=None, help="folder with initial.pt and boundary.pt")
     p.add_argument("--initial", default=None, help="initial-net file (instead of --models)")
     p.add_argument("--boundary", default=None, help="boundary-net file (instead of --models)")
