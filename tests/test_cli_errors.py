@@ -464,14 +464,16 @@ def test_a_reader_that_has_gone_is_not_a_bug(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("seed", [str(2**63), str(2**64), "-1"])
-@pytest.mark.parametrize("command", ["patches", "prepare"])
+@pytest.mark.parametrize("command", ["patches", "prepare", "download-coco"])
 def test_a_seed_outside_params_yaml_range_is_refused_on_the_command_line(work: Path, capsys, seed: str,
                                                                           command: str) -> None:
     """params.yaml refuses a seed above 2^63 - 1 (an HDF5 attribute, torch generators), but
-    ``bafusion patches --seed 9223372036854775808`` was taken: one line, exit 2, as params.yaml says it."""
+    ``bafusion patches --seed 9223372036854775808`` was taken: one line, exit 2, as params.yaml says it.
+    ``download-coco --seed`` had no upper bound either."""
     from bafusion.cli.app import build_parser
 
-    argv = [command, "a.png", "--out", "p"] if command == "patches" else [command, "--out", "p"]
+    argv = {"patches": [command, "a.png", "--out", "p"], "download-coco": [command, "--out", "p", "--count", "1"]}.get(
+        command, [command, "--out", "p"])
     _refused([*argv, "--seed", seed], capsys, work, "argument --seed", "from 0 to 2^63 - 1 = 9223372036854775807")
     assert build_parser(command).parse_args([*argv, "--seed", str(2**63 - 1)]).seed == 2**63 - 1
 

@@ -37,6 +37,23 @@ def non_negative_int(s: str) -> int:
     return v
 
 
+#: The largest seed, as params.yaml's schema allows (``seed``): a signed 64-bit integer (an HDF5
+#: attribute of the patch sets; the trainer seeds torch generators with seed + 1).
+SEED_MAX = 2**63 - 1
+
+
+def seed_int(s: str) -> int:
+    """An argparse type of ``--seed`` options (the data steps', ``download-coco``'s): an integer
+    from 0 to :data:`SEED_MAX`, refused as params.yaml refuses it."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{v} is not an integer from 0 to 2^63 - 1 = {SEED_MAX}")
+    return v
+
+
 def finite_float(minimum: float = -math.inf, *, above: bool = False) -> Callable[[str], float]:
     """An argparse type: a finite number of at least ``minimum`` (more than it when ``above``);
     ``nan`` and ``inf`` are refused with the option's name, not passed on to fail later."""

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bafusion.cli.common import finite_float, non_negative_int, nonempty_csv, nonempty_path, positive_int
+from bafusion.cli.common import finite_float, non_negative_int, nonempty_csv, nonempty_path, positive_int, seed_int
 from bafusion.data.acquire import (
     ALPHAMATTING_URL,
     COCO_ANNOTATIONS_CHECKSUM,
@@ -181,7 +181,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=nonempty_path, required=True, help="output folder of background photos")
     p.add_argument("--count", type=positive_int, required=True, help="backgrounds to keep (paper: 700)")
     p.add_argument("--oversample", type=finite_float(1.0), default=2.0, help="candidates ranked per kept image (default %(default)s)")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--split", default="train2017")
     p.add_argument("--min-side", type=non_negative_int, default=256, help="smallest allowed min(width, height)")
     p.add_argument("--allow-gray", action="store_true", help="keep gray photos too")

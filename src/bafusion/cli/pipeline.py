@@ -12,7 +12,7 @@ from typing import Any
 
 from bafusion import tracking
 from bafusion.atomic import write_text
-from bafusion.cli.common import nonempty_path
+from bafusion.cli.common import nonempty_path, seed_int
 from bafusion.errors import InputFileError, UserError
 
 
@@ -40,22 +40,6 @@ def _positive_int(s: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
-#: The largest seed, as params.yaml's schema allows (``seed``): a signed 64-bit integer (an HDF5
-#: attribute of the patch sets; the trainer seeds torch generators with seed + 1).
-SEED_MAX = 2**63 - 1
-
-
-def _seed(s: str) -> int:
-    """``--seed``: an integer from 0 to :data:`SEED_MAX`, refused as params.yaml refuses it."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if not 0 <= v <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"{v} is not an integer from 0 to 2^63 - 1 = {SEED_MAX}")
     return v
 
 
@@ -243,7 +227,7 @@ def cmd_preset(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--seed", type=_seed, default=0, help="random seed (params: seed)")
+    common.add_argument("--seed", type=seed_int, default=0, help="random seed (params: seed)")
     common.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser("prepare", parents=[common], help="resize foregrounds + mattes, check backgrounds, write a manifest")
