@@ -86,6 +86,19 @@ def test_bad_options_are_rejected() -> None:
         CompositeOptions(fit="tile")
 
 
+@pytest.mark.parametrize("sigma", [(1.0, 64.5), (65.0, 65.0), (1.0, 1e9)])
+def test_options_refuse_the_sigmas_params_yaml_refuses(sigma: tuple[float, float]) -> None:
+    """The schema bounds composite.sigma at 64 px; CompositeOptions took any finite sigma."""
+    from bafusion.schema import validate_params
+
+    with pytest.raises(UserError, match="composite.sigma"):
+        validate_params({"composite": {"sigma": list(sigma)}}, "params.yaml")
+    with pytest.raises(UserError, match=r"composite\.sigma must be .*<= 64 px"):
+        CompositeOptions(sigma=sigma)
+    assert CompositeOptions(sigma=(64.0, 64.0)).sigma == (64.0, 64.0)
+    validate_params({"composite": {"sigma": [64.0, 64.0]}}, "params.yaml")
+
+
 def test_composite_index_names_a_bad_shard(tmp_path: Path) -> None:
     good = tmp_path / "good.h5"
     with h5py.File(good, "w") as h5:

@@ -340,7 +340,8 @@ def defaults(section: str) -> dict[str, Any]:
 
 def maximum(key: str) -> Any:
     """The largest value one parameter takes (its ``maximum`` in the schema), e.g.
-    ``maximum("fuse.threads")``; for the command-line options that set it.
+    ``maximum("fuse.threads")``; for the command-line options that set it. For a list of
+    numbers (``composite.sigma``), the largest of its items.
 
     Raises
     ------
@@ -348,6 +349,8 @@ def maximum(key: str) -> Any:
         The key is not in the schema, or has no maximum.
     """
     node = _node(key)
+    if "maximum" not in node and node.get("type") == "array" and isinstance(node.get("items"), dict):
+        node = node["items"]
     if "maximum" not in node:
         raise KeyError(f"parameter {key!r} has no maximum in the schema")
     return node["maximum"]

@@ -54,8 +54,12 @@ from bafusion.io import (
     write_image,
 )
 from bafusion.progress import bars_enabled
+from bafusion.schema import maximum
 
 FIT_MODES = ("cover", "stretch")
+
+#: The largest blur sigma, px (params.yaml's schema: ``composite.sigma``'s items).
+SIGMA_MAX: float = maximum("composite.sigma")
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,9 @@ class CompositeOptions:
 
     def __post_init__(self) -> None:
         lo, hi = self.sigma
-        if not 0 < lo <= hi or not math.isfinite(hi):  # NaN fails the comparisons, inf the second test
-            raise UserError(f"composite.sigma must be [lo, hi] with 0 < lo <= hi (finite), got {list(self.sigma)}")
+        if not 0 < lo <= hi <= SIGMA_MAX:  # NaN and inf fail the comparisons
+            raise UserError(f"composite.sigma must be [lo, hi] with 0 < lo <= hi <= {SIGMA_MAX:g} px (finite), "
+                            f"got {list(self.sigma)}")
         if self.fit not in FIT_MODES:
             raise UserError(f"composite.fit must be one of {FIT_MODES}, got {self.fit!r}")
 
