@@ -226,3 +226,13 @@ def test_a_bad_device_is_named_as_the_parameter_not_the_cli_option(tmp_path: Pat
         assert "--device" not in str(e.value)
         with pytest.raises(UserError, match=rf"^device={device!r}: .*{why}"):
             bafusion.fuse(a, b, model=str(tiny_nets), device=device)
+
+
+def test_a_net_file_given_as_the_model_folder_is_named_a_file(tiny_nets: Path) -> None:
+    """load_model(<a file>) said "model folder not found": the path exists, it is a file."""
+    for model in (tiny_nets / "initial.pt", str(tiny_nets / "boundary.pt")):
+        with pytest.raises(UserError, match=r"initial\.pt|boundary\.pt") as e:
+            bafusion.load_model(model, device="cpu")
+        assert str(e.value).endswith(": is a file, not a model folder: pass the folder that holds initial.pt "
+                                     "and boundary.pt"), e.value
+        assert "not found" not in str(e.value)

@@ -153,6 +153,9 @@ def find_model_dir(model: str | os.PathLike[str] | None) -> Path:
         d = Path(model)
         if d.is_dir():
             return d
+        if d.is_file():  # a net file given as the folder: "model folder not found" misled
+            raise UserError(f"{d}: is a file, not a model folder: pass the folder that holds initial.pt and "
+                            "boundary.pt")
         # A shipped model by name (models/<name>: "default", "lytro-2026-11").
         if d.name == str(model):
             for root in (PACKAGE_DIR / "models", REPO_ROOT / "models"):
