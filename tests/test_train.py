@@ -551,6 +551,29 @@ def test_a_second_training_on_the_same_checkpoints_fails_at_once(toy_run: dict, 
         pass
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_training_refused_after_taking_the_lock_leaves_no_lock_file(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                      existing: bool) -> None:
+    """``train --patches <a folder>`` is refused after the lock is taken: it left an empty
+    ``<checkpoints>/train.lock`` (and the folder it created) behind."""
+    ck = tmp_path / "ck"
+    if existing:
+        ck.mkdir()
+    (tmp_path / "nets").mkdir()
+    rc = cli.main(["train", "--net", "initial", "--patches", str(tmp_path / "nets"), "--out", str(tmp_path / "m.pt"),
+                   "--device", "cpu", "--checkpoints", str(ck), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is a folder, not a patch set file" in err, err
+    if existing:
+        assert list(ck.iterdir()) == []  # the user's folder is kept, without the lock file
+    else:
+        assert not ck.exists()
+    with checkpoints_lock(ck):
+        assert (ck / LOCK_FILE).is_file()
+        (ck / "last.pt").write_bytes(b"x")
+    assert sorted(p.name for p in ck.iterdir()) == ["last.pt"]  # the lock file goes with the lock
+
+
 @pytest.mark.parametrize("every", [0, 1])
 def test_diverging_training_stops_before_saving_the_diverged_state(toy_run: dict, tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture,

@@ -568,6 +568,12 @@ def checkpoints_lock(folder: Path) -> Iterator[None]:
     releases it when the process ends, killed too. Where ``fcntl`` is missing (Windows) no
     lock is taken.
 
+    The lock file is removed when the lock is released (while still held), and ``folder``
+    too when this call created it and it is left empty: a training refused after it took the
+    lock (a bad patch set) leaves nothing behind. A holder checks, once it has the lock, that
+    the file it locked is still the one at the path (another holder may have removed it in
+    between), and takes the lock again on the new file otherwise.
+
     Raises
     ------
     UserError
@@ -576,17 +582,33 @@ def checkpoints_lock(folder: Path) -> Iterator[None]:
     if fcntl is None:
         yield
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a") as fh:
+    created = not folder.exists()
+    lock = folder / LOCK_FILE
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        fh = open(lock, "a")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            fh.close()
             raise UserError(f"{folder}: another training is using this checkpoint folder "
                             "(wait for it to end, or give --checkpoints another folder)") from None
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            if os.stat(lock).st_ino == os.fstat(fh.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        fh.close()  # the file locked was removed by the holder before: lock the one there now
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
 
 
 def train(net: str, patches: str | os.PathLike[str], cfg: TrainConfig, paths: Paths,
