@@ -463,6 +463,17 @@ def test_nan_of_any_float_type_is_refused(key: str, nan: object) -> None:
         FusionParams(**{key: value})
 
 
+@pytest.mark.parametrize("value", [[1.0, 2.0], {"a": 1}])
+def test_a_list_or_mapping_where_a_number_goes_is_one_line(value: object) -> None:
+    """``fuse: {alpha: [1, 2]}`` raised TypeError (unhashable type: 'list') from the finite-number
+    check, which had taken the validator's cache decorator (and the validator was rebuilt per call)."""
+    from bafusion.schema import _validator
+
+    (found,) = problems({"fuse": {"alpha": value}})
+    assert found.startswith("fuse.alpha: ") and "is not a number" in found, found
+    assert _validator() is _validator()  # built once
+
+
 def test_numpy_scalars_are_taken_as_python_scalars() -> None:
     """A grid search over np.arange / np.linspace gives numpy scalars: each is taken as the
     Python value it holds (np.int64(4) as 4, np.bool_(True) as True), on every path alike."""

@@ -70,13 +70,13 @@ def _resnet_depth(validator: Any, enabled: Any, instance: Any, schema: Mapping[s
             yield ValidationError(f"{instance} is not 6n+2 with n >= 1")
 
 
-@functools.lru_cache(maxsize=1)
 def _non_finite(v: Any) -> bool:
     """NaN or inf, of any float type; never an integer (``10**400`` is finite, and too large
     for ``math.isfinite``)."""
     return isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral) and not math.isfinite(v)
 
 
+@functools.lru_cache(maxsize=1)
 def _validator() -> Any:
     from jsonschema import Draft202012Validator, validators
 
