@@ -274,6 +274,26 @@ def test_a_params_yaml_without_a_newer_key_draws_one_warning_per_snakemake_call(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("how", "value", "said"), [
+    ("params.yaml", {"train": {"lr": float("nan")}}, "params.yaml: train.lr: NaN is not a number"),
+    ("params.yaml", {"composite": {"sigma": [1.0, float("inf")]}},
+     "params.yaml: composite.sigma[1]: inf is not a finite number"),
+    ("--config", "train={lr: .inf}", "params.yaml + --config: train.lr: inf is not a finite number"),
+    ("--config", "fuse={boundary_weight: .nan}", "params.yaml + --config: fuse.boundary_weight: NaN is not a number"),
+])
+def test_nan_and_inf_in_the_config_fail_the_dry_run(project: Path, how: str, value: object, said: str) -> None:
+    """NaN and inf are refused by the Snakefile as by the commands (bafusion's validate_params,
+    before Snakemake's validate(), whose JSON Schema check takes NaN for a number), before any job."""
+    if how == "params.yaml":
+        p = _dry_run_with(project, value)
+    else:
+        p = run(["snakemake", "-n", "all", "--config", str(value)], project, check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and f"error: {said}" in out, out[-2000:]
+    assert "Job stats" not in out and 'File "' not in out, out[-2000:]
+
+
+@pytest.mark.slow
 def test_config_override_is_checked_too(project: Path) -> None:
     p = run(["snakemake", "-n", "all", "--config", "patch=abc"], project, check=False)
     assert p.returncode != 0
