@@ -353,6 +353,38 @@ def test_eval_from_server_with_its_manifest(server: LocalServer, tmp_path: Path)
     assert not (tmp_path / "eval2").exists()
 
 
+def test_eval_rerun_replaces_its_output_but_never_a_folder_of_the_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """download-eval --out mydata deleted mydata/notes.txt and mydata/raw/ (exit 0); an earlier
+    output of the command (its download.json) is still replaced, even with a set of another name."""
+    from bafusion.cli import main
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    src = tmp_path / "src"
+    files = {"lytro/a.png": png_bytes(np.zeros((8, 8), np.uint8)), "other/b.png": png_bytes(np.ones((8, 8), np.uint8))}
+    for name, data in files.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    manifest = tmp_path / "manifest.json"
+    entries = [{"name": n, "set": n.split("/")[0].replace("other", "classic"), "sha256": hashlib.sha256(d).hexdigest()}
+               for n, d in files.items()]
+    manifest.write_text(json.dumps({"files": entries}))
+    mine = tmp_path / "mydata"
+    (mine / "raw").mkdir(parents=True)
+    (mine / "notes.txt").write_text("precious")
+    argv = ["download-eval", "--from-dir", str(src), "--manifest", str(manifest), "--cache", str(tmp_path / "c"),
+            "--no-progress", "--out"]
+    assert main([*argv, str(mine)]) == 2
+    assert "no earlier output of this command (no download.json)" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "precious" and (mine / "raw").is_dir()
+    out = tmp_path / "eval"
+    assert main([*argv, str(out)]) == 0
+    assert json.loads((out / "download.json").read_text())["folders"] == ["lytro", "other"]
+    assert main([*argv, str(out)]) == 0  # its own earlier output: replaced
+    assert sorted(p.name for p in out.iterdir()) == ["download.json", "lytro", "other"]
+
+
 def test_eval_needs_a_source_and_known_sets(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="needs a source"):
         acquire_eval(tmp_path / "e", cache=tmp_path / "c", net=NET)

@@ -410,6 +410,13 @@ def test_torch_failing_to_write_a_net_or_checkpoint_names_the_file(tmp_path: Pat
     (["evaluate", "--out", "mine"], "metrics.json", '{"lytro": {"pairs": 2}}', ["lytro/"]),
     (["fuse-set", "--pairs", "pairs", "--models", "nets", "--out", "mine"], "accuracy.json",
      '{"pairs": {"p": {}}}', ["p.png", "maps/"]),
+    # the download commands deleted a folder of the user's files too (exit 0)
+    (["download-alphamatting", "--out", "mine"], "download.json", '{"foregrounds": 3}', ["input/", "gt/"]),
+    (["download-eval", "--out", "mine"], "download.json", '{"sets": ["lytro"]}', ["lytro/"]),
+    (["download-eval", "--out", "mine"], "download.json", '{"sets": ["x"], "folders": ["lytro", "classic"]}',
+     ["lytro/", "classic/"]),
+    (["download-coco", "--out", "mine", "--count", "2"], "selection.json", '{"kept": [{"file": "a.jpg"}]}',
+     ["a.jpg"]),
 ])
 def test_a_replaced_output_folder_holding_other_files_is_refused(work: Path, capsys, argv: list[str],
                                                                  marker: str, doc: str, own: list[str]) -> None:
@@ -443,7 +450,8 @@ def test_a_replaced_output_folder_holding_other_files_is_refused(work: Path, cap
     check_command(args)  # empty
     (mine / marker).write_text("{}")
     (mine / "notes.txt").write_text("mine")
-    if marker in ("accuracy.json", "index.json"):  # a marker of a layout not known: it vouches alone
+    if marker in ("accuracy.json", "index.json", "download.json", "selection.json"):  # a marker of a layout
+        # not known: it vouches alone
         check_command(args)
     else:
         _refused(argv, capsys, work, "did not write: notes.txt;")

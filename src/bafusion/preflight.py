@@ -96,6 +96,9 @@ OUTPUT_MARKERS: dict[str, str] = {
     "testset": "index.json",
     "evaluate": "metrics.json",
     "fuse-set": "accuracy.json",
+    "download-alphamatting": "download.json",
+    "download-eval": "download.json",
+    "download-coco": "selection.json",
 }
 
 
@@ -111,15 +114,31 @@ def _evaluate_entries(doc: Any) -> set[str]:
     return {str(name) for name in doc}  # a folder per dataset (none for an empty test set)
 
 
+def _download_entries(doc: Any) -> set[str]:
+    if "foregrounds" in doc:  # download-alphamatting
+        return {"input", "gt"}
+    # download-eval: the top folders it wrote (a record without them: the sets' folders)
+    return {str(name) for name in doc.get("folders", doc["sets"])}
+
+
+def _coco_entries(doc: Any) -> set[str]:
+    return {str(k["file"]) for k in doc["kept"]}
+
+
 #: What a command writes at the top of the folder it replaces, besides its marker, read from
 #: the marker (by its name): fuse-set's ``accuracy.json`` lists the pairs (``<pair>.png`` and
 #: ``maps/``), testset's ``index.json`` the pairs (``<pair>-A/B/truth/dm.png``), evaluate's
-#: ``metrics.json`` the datasets (a folder each), and prepare writes ``fg/``, ``matte/``, ``bg/``.
+#: ``metrics.json`` the datasets (a folder each), prepare writes ``fg/``, ``matte/``, ``bg/``,
+#: download-alphamatting's ``download.json`` vouches for ``input/`` and ``gt/``, download-eval's
+#: for its top folders (``lytro/``, ``classic/``), and download-coco's ``selection.json`` lists
+#: the photos it kept.
 MARKER_ENTRIES: dict[str, Callable[[Any], set[str]]] = {
     "accuracy.json": _fuse_set_entries,
     "index.json": _testset_entries,
     "metrics.json": _evaluate_entries,
     "manifest.json": lambda doc: {"fg", "matte", "bg"},
+    "download.json": _download_entries,
+    "selection.json": _coco_entries,
 }
 
 #: Entries of an output folder no command writes that are not the user's (a file manager's

@@ -502,7 +502,9 @@ def acquire_eval(
             dest = tmp / f["name"]
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(job.dest, dest)
-        record = {"source": base, "sets": list(sets), "files": len(files), "summary": summary.as_dict()}
+        folders = sorted({f["name"].split("/")[0] for f in files})  # what --out holds (see preflight)
+        record = {"source": base, "sets": list(sets), "folders": folders, "files": len(files),
+                  "summary": summary.as_dict()}
         _write_record(tmp, record)
     _log(f"eval: {len(files)} files -> {out}")
     return record
