@@ -549,6 +549,17 @@ def test_a_manifest_without_its_keys_is_named_in_one_line(work: Path, capsys, do
              "run the prepare step again", *words)
 
 
+@pytest.mark.parametrize("report", ["T/index.json", "./T/p-A.png", "T/new.json", "T/sub/r.json"])
+def test_fuse_set_report_never_writes_into_the_pairs_folder(work: Path, capsys, report: str) -> None:
+    # the probe's: exit 0 and the test set's index.json (or a source image) replaced with the report
+    (work / "T" / "sub").mkdir(parents=True)
+    (work / "T" / "index.json").write_text('{"pairs": ["p"]}\n')
+    for k in "AB":
+        (work / "T" / f"p-{k}.png").write_bytes((work / "a.png").read_bytes())
+    _refused(["fuse-set", "--pairs", "T", "--models", "nets", "--out", "FS", "--report", report], capsys, work,
+             report, "--report file", "inside the --pairs folder T")
+
+
 @pytest.mark.parametrize("shard", ["sh/initial.h5", "sh/boundary.h5"])
 def test_patches_never_overwrites_an_input_shard(work: Path, capsys, shard: str) -> None:
     # the probe's: exit 0 and the input shard sh/initial.h5 replaced with the patch set

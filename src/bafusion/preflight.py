@@ -16,8 +16,9 @@ Every command's output paths are listed once, in :data:`COMMAND_OUTPUTS` (by the
   command (a folder neither empty nor holding its marker, :data:`OUTPUT_MARKERS`, or one holding
   it beside entries the command did not write, :func:`foreign_entries`): they would be deleted
   with it;
-* an output inside an input folder whose every file is an input (``composite --out`` or
-  ``testset --out`` inside ``--prepared``), a file a command writes into its output folder that is an input
+* an output inside an input folder whose every file is an input (``composite --out`` inside
+  ``--prepared``, ``fuse-set --report`` inside ``--pairs``; also an output folder: ``testset --out``
+  inside ``--prepared``), a file a command writes into its output folder that is an input
   (``patches --out sh sh/initial.h5``);
 * two outputs that are one path (``fuse -o X --save-maps X``, ``patches --out sh --summary
   sh/initial.h5``): the second would overwrite the first;
@@ -52,8 +53,13 @@ class OutputSpec:
     replaced_dirs: tuple[str, ...] = ()  #: folders replaced whole (atomic_dir)
     inputs: tuple[str, ...] = ()  #: input files or folders (a string or a list of them)
     positional: tuple[str, ...] = ()  #: dests given as positional arguments, named by their metavar
-    #: input folders no output may lie inside (composite's --prepared: any file there is its input)
+    #: input folders no output file may lie inside (composite's --prepared, fuse-set's --pairs: any
+    #: file there is an input, or may be one: a --report replaced index.json or a pair's image);
+    #: an output folder may (it adds to the folder)
     closed_inputs: tuple[str, ...] = ()
+    #: closed inputs no output folder may lie inside either (testset's --prepared: ``--out prep/fg``
+    #: would replace the foregrounds)
+    closed_to_folders: tuple[str, ...] = ()
     #: the files the command writes into each of its ``dirs`` (patches' initial.h5, boundary.h5)
     dir_files: tuple[str, ...] = ()
 
@@ -70,7 +76,8 @@ _NETS = ("initial", "boundary", "model", "models", "params_file")
 #: like ``preset --apply``).
 COMMAND_OUTPUTS: dict[str, OutputSpec] = {
     "fuse": OutputSpec(images=("output",), dirs=("save_maps",), inputs=("images", *_NETS)),
-    "fuse-set": OutputSpec(replaced_dirs=("out",), files=("report",), inputs=("pairs", *_NETS)),
+    "fuse-set": OutputSpec(replaced_dirs=("out",), files=("report",), inputs=("pairs", *_NETS),
+                           closed_inputs=("pairs",)),
     "fuse-dir": OutputSpec(dirs=("output",), inputs=("input", *_NETS), positional=("output",)),
     "baseline": OutputSpec(images=("output",), inputs=("a", "b")),
     "evaluate": OutputSpec(replaced_dirs=("out",), files=("report", "plots"), inputs=("root", *_NETS)),
@@ -79,7 +86,8 @@ COMMAND_OUTPUTS: dict[str, OutputSpec] = {
     "prepare": OutputSpec(replaced_dirs=("out",), inputs=("alphamatting", "backgrounds_dir")),
     "composite": OutputSpec(files=("out",), inputs=("prepared",), closed_inputs=("prepared",)),
     "composite-index": OutputSpec(files=("out",), inputs=("shards",)),
-    "testset": OutputSpec(replaced_dirs=("out",), inputs=("prepared",), closed_inputs=("prepared",)),
+    "testset": OutputSpec(replaced_dirs=("out",), inputs=("prepared",), closed_inputs=("prepared",),
+                          closed_to_folders=("prepared",)),
     "patches": OutputSpec(dirs=("out",), files=("summary",), inputs=("shards",),
                           dir_files=("initial.h5", "boundary.h5")),
     "download-alphamatting": OutputSpec(replaced_dirs=("out",), inputs=("from_dir", "cache")),
@@ -379,7 +387,10 @@ def check_command(args: argparse.Namespace) -> None:
                 check_not_input(Path(p) / name, inputs, f"{spec.flag(dest)} folder's {name}")
     for dest in spec.closed_inputs:
         for folder in _raw(getattr(args, dest, None)):
-            for out in (*spec.images, *spec.files, *spec.dirs, *spec.replaced_dirs):
+            outs = (*spec.images, *spec.files)
+            if dest in spec.closed_to_folders:
+                outs = (*outs, *spec.dirs, *spec.replaced_dirs)
+            for out in outs:
                 for p in _raw(getattr(args, out, None)):
                     if _contains(Path(folder), Path(p)) or _contains(Path(folder), Path(p).parent):
                         kind = "folder" if out in (*spec.dirs, *spec.replaced_dirs) else "file"
