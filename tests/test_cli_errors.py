@@ -161,6 +161,11 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["patches", "a.png", "--out", "p", "--label-threshold", "2"], ["label_threshold", "[0, 1]", "2"]),
         (["download-eval", "--out", "/proc/eval"], ["cannot write in /proc"]),
         (["download-record", "--source", "web", "--out", "afile/r.json"], ["afile is a file"]),
+        # the record written over a file of a folder it describes (exit 0); a file said to be no folder
+        (["download-record", "--source", "web", "--out", "nets/initial.pt", "m=nets"],
+         ["nets/initial.pt: the --out file lies inside a FOLDER argument nets"]),
+        (["download-record", "--source", "web", "--out", "./nets/new/r.json", "nets"], ["inside a FOLDER argument"]),
+        (["download-record", "--source", "web", "--out", "r.json", "a=afile"], ["afile: is a file, not a folder"]),
         # numeric options of download-*: refused before any work (were tracebacks or taken as 1)
         (["download-eval", "--out", "ev", "--sets", "classic", "--timeout", "inf"], ["--timeout", "inf"]),
         (["download-eval", "--out", "ev", "--sets", "classic", "--timeout", "nan"], ["--timeout", "nan"]),

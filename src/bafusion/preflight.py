@@ -93,7 +93,8 @@ COMMAND_OUTPUTS: dict[str, OutputSpec] = {
     "download-alphamatting": OutputSpec(replaced_dirs=("out",), inputs=("from_dir", "cache")),
     "download-coco": OutputSpec(replaced_dirs=("out",), inputs=("annotations", "images_dir", "cache")),
     "download-eval": OutputSpec(replaced_dirs=("out",), inputs=("from_dir", "manifest", "cache")),
-    "download-record": OutputSpec(files=("out",)),
+    # the folders it describes (NAME=FOLDER: their paths): the record is no file of theirs
+    "download-record": OutputSpec(files=("out",), inputs=("folder_paths",), closed_inputs=("folder_paths",)),
 }
 
 
@@ -394,7 +395,8 @@ def check_command(args: argparse.Namespace) -> None:
                 for p in _raw(getattr(args, out, None)):
                     if _contains(Path(folder), Path(p)) or _contains(Path(folder), Path(p).parent):
                         kind = "folder" if out in (*spec.dirs, *spec.replaced_dirs) else "file"
-                        raise UserError(f"{p}: the {spec.flag(out)} {kind} lies inside the {spec.flag(dest)} folder "
+                        where = "a FOLDER argument" if dest == "folder_paths" else f"the {spec.flag(dest)} folder"
+                        raise UserError(f"{p}: the {spec.flag(out)} {kind} lies inside {where} "
                                         f"{folder}, whose files are inputs; inputs are never overwritten: choose "
                                         "another path")
     # the command's output files (evaluate's --report, --plots) are written after --out is

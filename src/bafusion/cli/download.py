@@ -135,14 +135,25 @@ def cmd_download_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _named_folder(item: str) -> tuple[str, str]:
+    """``NAME=FOLDER`` (or ``FOLDER``, named by its last part) of ``download-record``."""
+    name, sep, path = item.partition("=")
+    return (name, path) if sep else (Path(item).name, item)
+
+
+class _FoldersAction(argparse.Action):
+    """Store ``download-record``'s ``[NAME=]FOLDER`` arguments as given (``folders``) and their
+    paths (``folder_paths``: the inputs the preflight keeps ``--out`` out of)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[no-untyped-def]
+        items = list(values or [])
+        setattr(namespace, self.dest, items)
+        namespace.folder_paths = [_named_folder(item)[1] for item in items]
+
+
 @_logged("download")
 def cmd_download_record(args: argparse.Namespace) -> int:
-    folders = {}
-    for item in args.folders:
-        name, sep, path = item.partition("=")
-        if not sep:
-            name, path = Path(item).name, item
-        folders[name] = path
+    folders = dict(_named_folder(item) for item in args.folders)
     rec = write_download_record(args.out, args.source, folders)
     print(json.dumps({k: v["files"] for k, v in rec["folders"].items()}))
     return 0
@@ -207,5 +218,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("download-record", help="write a JSON record (file counts, digests) of downloaded folders")
     p.add_argument("--out", type=nonempty_path, required=True, help="the record file (e.g. data/download/record.json)")
     p.add_argument("--source", required=True, choices=DATA_SOURCES, help="params data.source (builtin, dir or web)")
-    p.add_argument("folders", nargs="*", metavar="[NAME=]FOLDER", help="downloaded folders to describe")
-    p.set_defaults(func=cmd_download_record)
+    p.add_argument("folders", nargs="*", metavar="[NAME=]FOLDER", action=_FoldersAction,
+                   help="downloaded folders to describe")
+    p.set_defaults(func=cmd_download_record, folder_paths=[])

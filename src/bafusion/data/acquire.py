@@ -519,7 +519,7 @@ def folder_digest(folder: str | Path) -> tuple[int, str]:
     files (such as Snakemake's ``.snakemake_timestamp``) are left out."""
     root = Path(folder)
     if not root.is_dir():
-        raise InputFileError(root, "folder not found")
+        raise InputFileError(root, "is a file, not a folder" if root.exists() else "folder not found")
     h = hashlib.sha256()
     n = 0
     files = [
