@@ -203,6 +203,22 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         ([*FUSE, "-o", "F.png", "--scales", ""], ["--scales: empty list"]),
         (["fuse-set", "--pairs", ".", "--models", "nets", "--out", ""], ["--out: empty path"]),
         (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs", "--report", ""], ["--report: empty path"]),
+        # were a traceback ("PosixPath('.') has an empty name"), ./initial.h5 written into the working
+        # directory, or the option taken as not given (no summary, report or plots; the default folder)
+        (["composite", "--prepared", "prep", "--shard", "0", "--shards", "1", "--out", ""], ["--out: empty path"]),
+        (["composite-index", "a.png", "--out", ""], ["--out: empty path"]),
+        (["testset", "--prepared", "prep", "--out", ""], ["--out: empty path"]),
+        (["patches", "a.png", "--out", ""], ["--out: empty path"]),
+        (["patches", "a.png", "--out", "p", "--summary", ""], ["--summary: empty path"]),
+        (["evaluate", "--out", ""], ["--out: empty path"]),
+        (["evaluate", "--out", "ev", "--report", ""], ["--report: empty path"]),
+        (["evaluate", "--out", "ev", "--plots", ""], ["--plots: empty path"]),
+        (["train", "--net", "initial", "--patches", "p.h5", "--out", ""], ["--out: empty path"]),
+        (["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--metrics", ""], ["--metrics: empty path"]),
+        (["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--plots", ""], ["--plots: empty path"]),
+        (["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--checkpoints", ""],
+         ["--checkpoints: empty path"]),
+        (["ensemble", "nets/initial.pt", "nets/initial.pt", "--out", ""], ["--out: empty path"]),
     ],
 )
 def test_every_command_refuses_bad_input_in_one_line(work: Path, capsys, monkeypatch, argv, words) -> None:

@@ -103,9 +103,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", default=None, help="folder with initial.pt and boundary.pt")
     p.add_argument("--initial", default=None, help="initial-net file (instead of --models)")
     p.add_argument("--boundary", default=None, help="boundary-net file (instead of --models)")
-    p.add_argument("--out", default="data/evaluation", help="output folder (replaced whole; default data/evaluation)")
-    p.add_argument("--report", default=None, help="also write the metrics JSON here (a DVC metrics file)")
-    p.add_argument("--plots", default=None, help="write every method's means as CSV here (for DVC plots)")
+    p.add_argument("--out", type=nonempty_path, default="data/evaluation",
+                   help="output folder (replaced whole; default data/evaluation)")
+    p.add_argument("--report", type=nonempty_path, default=None,
+                   help="also write the metrics JSON here (a DVC metrics file)")
+    p.add_argument("--plots", type=nonempty_path, default=None,
+                   help="write every method's means as CSV here (for DVC plots)")
     p.add_argument("--root", default=None, help="folder relative dataset paths start from (default: the project root)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (default: the fuse section's, else auto)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

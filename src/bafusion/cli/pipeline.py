@@ -256,17 +256,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     comp_args(p)
     p.add_argument("--shard", type=int, required=True)
     p.add_argument("--shards", type=int, required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", type=nonempty_path, required=True)
     p.set_defaults(func=cmd_composite)
 
     p = sub.add_parser("composite-index", help="summarise composite shards into a JSON index")
     p.add_argument("shards", nargs="+")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", type=nonempty_path, required=True)
     p.set_defaults(func=cmd_composite_index)
 
     p = sub.add_parser("testset", parents=[common], help="composite the held-out pairs in colour, with their truth")
     comp_args(p)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", type=nonempty_path, required=True)
     p.set_defaults(func=cmd_testset)
 
     p = sub.add_parser("patches", parents=[common], help="sample labelled two-channel patches into HDF5")
@@ -281,12 +281,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--context", type=int, default=0,
                    help="pixels of surroundings stored on every side of each patch (multiple of 4; 0: the patch alone)")
-    p.add_argument("--out", required=True, help="output folder for initial.h5 and boundary.h5")
+    p.add_argument("--out", type=nonempty_path, required=True, help="output folder for initial.h5 and boundary.h5")
     p.add_argument("--no-compression", action="store_true",
                    help="store without gzip: about 1.8x the disk, written about 6x faster (scratch patch sets)")
     p.add_argument("--threads", type=_positive_int, default=1,
                    help="threads that deflate the patch chunks while pairs are read (the files are identical for any number)")
-    p.add_argument("--summary", help="also write the counts as JSON here")
+    p.add_argument("--summary", type=nonempty_path, help="also write the counts as JSON here")
     p.set_defaults(func=cmd_patches)
 
     p = sub.add_parser("count", help="count pairs and samples a configuration makes, without making them")

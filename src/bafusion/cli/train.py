@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bafusion.atomic import clear_stop, stop_requested
+from bafusion.cli.common import nonempty_path
 from bafusion.config import read_params
 from bafusion.errors import UserError
 from bafusion.nets.train import (
@@ -190,14 +191,17 @@ def register(subparsers: Any) -> None:
                     "is not resumed: the training starts from scratch.")
     p.add_argument("--net", required=True, choices=NETS)
     p.add_argument("--patches", required=True, help="HDF5 patch set (from the 'patches' step)")
-    p.add_argument("--out", required=True, help="model file to write (.pt, with a .json beside it)")
+    p.add_argument("--out", type=nonempty_path, required=True, help="model file to write (.pt, with a .json beside it)")
     p.add_argument("--params", default=None, help="parameter file (params.yaml)")
     p.add_argument("--params-json", default=None, help="parameters as a JSON object (wins over --params)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one parameter, e.g. --set train.epochs=2 (repeatable)")
-    p.add_argument("--checkpoints", default=None, help="checkpoint folder (default data/checkpoints/<net>)")
-    p.add_argument("--metrics", default=None, help="metrics JSON (default metrics/train_<net>.json)")
-    p.add_argument("--plots", default=None, help="per-epoch CSV (default metrics/plots/train_<net>.csv)")
+    p.add_argument("--checkpoints", type=nonempty_path, default=None,
+                   help="checkpoint folder (default data/checkpoints/<net>)")
+    p.add_argument("--metrics", type=nonempty_path, default=None,
+                   help="metrics JSON (default metrics/train_<net>.json)")
+    p.add_argument("--plots", type=nonempty_path, default=None,
+                   help="per-epoch CSV (default metrics/plots/train_<net>.csv)")
     p.add_argument("--device", default=None, help="override train.device (auto, cpu, cuda, cuda:1, mps)")
     p.add_argument("--threads", type=int, default=None, help="override train.threads (torch CPU threads per process)")
     p.add_argument("--nproc", default=None, help="override train.nproc (processes; 'auto' = number of GPUs)")
@@ -212,7 +216,7 @@ def register(subparsers: Any) -> None:
                     "theirs (bafusion.nets.model.ensemble: grouped convolutions; 2.6x the trunk time of one net "
                     "for two members on a CPU, BENCHMARKS.md). Use it as --initial or as initial.pt of a model folder.")
     q.add_argument("members", nargs="+", help="model files (.pt with their .json)")
-    q.add_argument("--out", required=True, help="model file to write (.pt, with a .json beside it)")
+    q.add_argument("--out", type=nonempty_path, required=True, help="model file to write (.pt, with a .json beside it)")
     q.set_defaults(func=run_ensemble)
 
 
