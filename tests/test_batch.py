@@ -447,6 +447,26 @@ def test_naming_rule(tmp_path: Path) -> None:
     assert "only 1 shot" in reasons["solo-A.png"] and "sub-folder" in reasons["s-A.png"]
 
 
+def test_an_earlier_output_folder_inside_the_input_is_no_stack(tmp_path: Path, nets: Path, capsys) -> None:
+    """fuse-dir IN IN/fused, then fuse-dir IN OUT2: the earlier outputs in IN/fused were fused
+    as a stack 'fused' (OUT2/fused.png, or 'shots of two scenes' and exit 3). A sub-folder
+    holding fuse-dir's record is an output folder, never a stack; other sub-folders still are."""
+    src = tmp_path / "in"
+    src.mkdir()
+    a, b = pair(3)
+    for name in ("p1", "p2"):
+        Image.fromarray(a).save(src / f"{name}-A.png")
+        Image.fromarray(b).save(src / f"{name}-B.png")
+    argv = ["--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(["fuse-dir", str(src), str(src / "fused"), *argv]) == 0, capsys.readouterr().err
+    assert sorted(q.name for q in (src / "fused").glob("*.png")) == ["p1.png", "p2.png"]
+    assert set(batch.find_groups(src)[0]) == {"p1", "p2"}
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "out2"), *argv]) == 0, capsys.readouterr().err
+    assert sorted(q.name for q in (tmp_path / "out2").glob("*.png")) == ["p1.png", "p2.png"]
+    (src / "fused" / batch.OUTPUT_MARKER).unlink()  # a plain folder of images: a stack, as before
+    assert set(batch.find_groups(src)[0]) == {"p1", "p2", "fused"}
+
+
 def test_fuse_dir_refuses_an_output_folder_that_is_a_stack_of_the_input(tmp_path: Path, nets: Path, capsys) -> None:
     """OUT a sub-folder of IN holding shots (a stack): it was left out silently (exit 0) and its
     shot p1.png overwritten by stack p1's output; now refused before any work, naming a shot.

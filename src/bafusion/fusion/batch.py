@@ -287,6 +287,8 @@ def find_groups(folder: Path, exclude: Path | None = None) -> tuple[dict[str, li
     exclude : Path, optional
         A sub-folder that is not a stack (the output folder, when it lies inside ``folder``;
         :func:`fuse_dir` refuses one that holds other images: :func:`check_output_folder`).
+        A sub-folder holding :data:`OUTPUT_MARKER` (an earlier run's output folder) is no
+        stack either.
 
     Returns
     -------
@@ -307,6 +309,8 @@ def find_groups(folder: Path, exclude: Path | None = None) -> tuple[dict[str, li
         if p.is_dir():
             if excluded is not None and p.resolve() == excluded:
                 continue
+            if (p / OUTPUT_MARKER).is_file():  # an earlier run's OUT inside IN (fuse-dir IN IN/fused): its
+                continue  # outputs are no stack (a later fuse-dir IN OUT2 fused them as one)
             # dot-files (macOS ._1.png resource forks, editors' temporaries) are not shots
             shots = sorted(q for q in p.iterdir()
                            if (q.is_file() or _broken_link(q)) and not q.name.startswith(".")
