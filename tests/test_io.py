@@ -643,3 +643,22 @@ def test_an_empty_file_is_called_empty(tmp_path: Path) -> None:
     with pytest.raises(InputFileError) as e:
         read_image(empty)
     assert "empty file" in str(e.value) and "B0.jpg" in str(e.value) and "BufferedReader" not in str(e.value)
+
+
+@pytest.mark.parametrize("shape", [(6, 9), (6, 9, 3), (6, 9, 4)])
+def test_reading_a_16_bit_png_closes_its_file(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    """A 16-bit colour PNG (read with pypng, by file name) left its file open: a
+    ``ResourceWarning: unclosed file`` once the reader was collected."""
+    import gc
+    import warnings
+
+    x = (np.arange(np.prod(shape)).reshape(shape) * 997 % 65536).astype(np.uint16)
+    p = tmp_path / "x.png"
+    write_image(p, x)
+    gc.collect()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        read_source_set([p])
+        read_image(p)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]

@@ -828,8 +828,10 @@ def _read_png16(path: Path) -> np.ndarray:
     import png  # pypng: Pillow decodes 16-bit colour PNGs to their high byte only
 
     try:
-        w, h, rows, info = png.Reader(filename=str(path)).read()
-        a = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).astype(np.float64)
+        # through a file we close: pypng's Reader(filename=...) left its file open (a ResourceWarning)
+        with open(path, "rb") as fh:
+            w, h, rows, info = png.Reader(file=fh).read()
+            a = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).astype(np.float64)
     except Exception as e:  # noqa: BLE001 - pypng raises its own error types for bad files
         raise InputFileError(path, f"unreadable 16-bit PNG ({e.__class__.__name__}: {e})") from e
     planes = int(info["planes"])
