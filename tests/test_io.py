@@ -662,3 +662,32 @@ def test_reading_a_16_bit_png_closes_its_file(tmp_path: Path, shape: tuple[int, 
         read_image(p)
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_alpha_to_a_format_without_it_is_a_clear_error(tmp_path: Path, rgb, dtype) -> None:
+    """``write_image(rgba, "x.jpg")`` raised Pillow's bare 'OSError: cannot write mode RGBA as
+    JPEG' (gray + alpha: the same for .jpg and .bmp); now an error naming the file and the
+    problem, before anything is written. Formats that hold alpha keep it."""
+    scale = 257 if dtype == np.uint16 else 1
+    rgba = (np.dstack([rgb, np.full(rgb.shape[:2], 200, np.uint8)]).astype(dtype) * scale).astype(dtype)
+    la = np.ascontiguousarray(rgba[..., [1, 3]])
+    for img, suffix, keep in ((rgba, ".jpg", r"img\[\.\.\., :3\]"), (la, ".jpg", r"img\[\.\.\., 0\]"),
+                              (la, ".bmp", r"img\[\.\.\., 0\]")):
+        fmt = "JPEG" if suffix == ".jpg" else "BMP"
+        with pytest.raises(UserError, match=rf"x{suffix}: {fmt} cannot store an alpha channel \(image of shape "
+                                            rf"\(6, 9, {img.shape[2]}\)\): pass the image without it \({keep}\)"):
+            write_image(tmp_path / f"x{suffix}", img)
+        assert not list(tmp_path.iterdir())
+    # the formats that hold alpha write it and read back without it, 16-bit gray + alpha too
+    # (a 16-bit PNG of it was written as RGBA rows: unreadable; a 16-bit TIFF as 6 pages of 9 x 2)
+    for img in (rgba, la):
+        for suffix in (".png", ".tif") + ((".bmp",) if img is rgba else ()):
+            p = tmp_path / f"ok{img.shape[2]}{suffix}"
+            write_image(p, img)
+            assert np.array_equal(read_image(p), rgb if img is rgba else rgb[..., 1]), p.name
+        write_image(tmp_path / f"ok{img.shape[2]}.webp", img)  # lossy: written, not compared
+    # any other mode a Pillow format cannot write: named, not Pillow's bare OSError
+    with pytest.raises(UserError, match=r"x\.xbm: cannot write this image \(shape \(6, 9, 3\)\) as XBM: cannot "
+                                        "write mode RGB"):
+        write_image(tmp_path / "x.xbm", rgb)

@@ -494,7 +494,8 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
     path : path-like
         Output file; its suffix chooses the format.
     img : numpy.ndarray
-        Gray (H, W) or (H, W, 1), or colour (H, W, 3) (alpha: (H, W, 2) or (H, W, 4)); uint8,
+        Gray (H, W) or (H, W, 1), or colour (H, W, 3) (alpha: (H, W, 2) or (H, W, 4), kept by
+        PNG, TIFF and WebP, RGBA by BMP; JPEG, and BMP for gray + alpha, refuse it); uint8,
         or uint16 (16 bits per sample, full range); any other type (float, int64, bool) is an
         error naming the file, raised before anything is written. uint16 is written with 16 bits to
         PNG and TIFF (:data:`HIGH_DEPTH_SUFFIXES`); other formats keep 8 bits and get the
@@ -539,6 +540,12 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         raise UserError(f"{p}: uint8 or uint16 image expected, got {img.dtype}{hint}")
     if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (2, 3, 4))) or img.size == 0:
         raise UserError(f"{p}: gray (H, W) or colour (H, W, 3) image expected, got an array of shape {img.shape}")
+    if img.ndim == 3 and img.shape[2] in _NO_ALPHA.get(fmt, ()):
+        # Pillow raised a bare OSError ('cannot write mode RGBA as JPEG'); the reader drops alpha,
+        # but a writer that dropped it in silence would lose what the caller handed it
+        keep = "img[..., :3]" if img.shape[2] == 4 else "img[..., 0]"
+        raise UserError(f"{p}: {fmt} cannot store an alpha channel (image of shape {img.shape}): pass the image "
+                        f"without it ({keep}) or write .png or .tif, which keep it")
     if icc and not icc_fits(icc, img):
         icc = None
     if exif:
@@ -567,7 +574,10 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
             if icc:
                 kwargs["icc_profile"] = icc
         buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format=fmt, **kwargs)
+        try:
+            Image.fromarray(img).save(buf, format=fmt, **kwargs)
+        except (OSError, ValueError, KeyError) as e:  # in memory: the format, not the disk ('cannot write mode')
+            raise UserError(f"{p}: cannot write this image (shape {img.shape}) as {fmt}: {e}") from e
         data = buf.getbuffer()
 
     def write(fh: BinaryIO) -> int:
@@ -639,6 +649,10 @@ def icc_fits(icc: bytes, img: np.ndarray) -> bool:
     return space == (b"RGB " if channels in (3, 4) else b"GRAY" if channels in (1, 2) else b"\0")
 
 
+#: Pillow formats that cannot store an alpha channel: the channel counts (2: gray + alpha, 4: RGBA)
+#: :func:`write_image` refuses for them, naming the file (PNG, TIFF and WebP keep alpha; BMP RGBA).
+_NO_ALPHA = {"JPEG": (2, 4), "BMP": (2,)}
+
 #: Longest EXIF block a JPEG APP1 segment holds (a longer one is left out of a JPEG output).
 _JPEG_MAX_EXIF = 65533
 
@@ -667,7 +681,7 @@ def png16_bytes(img: np.ndarray, *, exif: bytes | None = None, icc: bytes | None
     h, w = img.shape[:2]
     planes = 1 if img.ndim == 2 else img.shape[2]
     buf = io.BytesIO()
-    png.Writer(w, h, greyscale=planes == 1, alpha=planes in (2, 4), bitdepth=16, compression=6).write_array(
+    png.Writer(w, h, greyscale=planes in (1, 2), alpha=planes in (2, 4), bitdepth=16, compression=6).write_array(
         buf, img.reshape(-1).astype(np.uint16)
     )
     data = buf.getvalue()
@@ -697,16 +711,21 @@ def _write_tiff16(fh: BinaryIO, img: np.ndarray, icc: bytes | None, bits: int | 
     import tifffile
 
     extratags = [(34675, "B", len(icc), icc, True)] if icc else []
-    photometric = "minisblack" if img.ndim == 2 else "rgb"
+    photometric = "minisblack" if img.ndim == 2 or img.shape[2] == 2 else "rgb"
+    # gray + alpha: one page of two samples (tifffile took (H, W, 2) for H pages of W x 2 gray)
+    layout: dict = ({"planarconfig": "contig", "extrasamples": ["unassalpha"]}
+                    if img.ndim == 3 and img.shape[2] == 2 else {})
     if bits and 0 < bits < 16:
         img = _to_bits_table(bits)[img]
         digest = hashlib.blake2b(img.data, digest_size=16, person=str((img.shape, bits)).encode()[:16])
         metadata = {"SignificantBits": bits, "UUID": f"urn:uuid:{uuid.UUID(bytes=digest.digest())}"}
+        if layout:
+            metadata["axes"] = "YXS"
         offset, count = tifffile.imwrite(fh, img, photometric=photometric, ome=True, metadata=metadata,
-                                         extratags=extratags, returnoffset=True)
+                                         extratags=extratags, returnoffset=True, **layout)
     else:
         offset, count = tifffile.imwrite(fh, img, photometric=photometric, metadata=None, extratags=extratags,
-                                         returnoffset=True)
+                                         returnoffset=True, **layout)
     return int(offset) + int(count)
 
 
