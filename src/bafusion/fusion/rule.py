@@ -126,21 +126,29 @@ def remove_small_regions(dm: np.ndarray, min_region: float) -> np.ndarray:
 
 
 def fuse_with_map(a: np.ndarray, b: np.ndarray, dm: np.ndarray) -> np.ndarray:
-    """Eq. 3 with a binary map: A's pixel where ``dm``, B's elsewhere (exact, uint8).
+    """Eq. 3 with a binary map: A's pixel where ``dm``, B's elsewhere (exact).
 
     Parameters
     ----------
     a, b : ndarray
-        The sources, uint8, (H, W) or (H, W, 3/4); a gray source beside a colour one is
-        replicated to three channels, alpha is dropped.
+        The sources, uint8 or uint16 (full-depth sources on the 16-bit scale; a uint8 source
+        beside a uint16 one is taken on that scale, x 257, as :func:`bafusion.fuse` takes it),
+        (H, W) or (H, W, 3/4); a gray source beside a colour one is replicated to three
+        channels, alpha is dropped.
     dm : ndarray of bool, (H, W)
 
     Returns
     -------
     ndarray
-        uint8, (H, W, 3) if a source is colour, else (H, W).
+        uint8, or uint16 when a source is uint16 (its values kept), (H, W, 3) if a source is
+        colour, else (H, W).
     """
+    a, b = _match_channels(np.asarray(a), np.asarray(b))
     sel = dm if a.ndim == 2 else dm[..., None]
+    wide = [x.dtype == np.uint16 for x in (a, b)]
+    if any(wide):  # was cast to uint8: the 16-bit values wrapped (65535 -> 255, 256 -> 0)
+        a, b = (x if w else x.astype(np.uint16) * np.uint16(257) for x, w in zip((a, b), wide))
+        return np.where(sel, a, b)
     return np.where(sel, a, b).astype(np.uint8)
 
 
