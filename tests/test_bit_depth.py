@@ -383,3 +383,73 @@ def test_fuse_with_map_keeps_16_bit_sources(tmp_path: Path) -> None:
     assert f.dtype == np.uint16 and np.array_equal(f, np.where(dm[..., None], a[..., [0, 0, 0]], b))
     f = fuse_with_map(a, b8.astype(np.uint8), dm)
     assert f.dtype == np.uint16 and np.array_equal(f, np.where(dm[..., None], a, b8 * 257))
+
+
+def _fuse_to(tmp_path: Path, a: Path, b: Path, out: Path) -> None:
+    assert cli_main(["fuse", "--force", str(a), str(b), "-o", str(out), "--model", str(tmp_path / "nets"),
+                     "--device", "cpu", "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize("top", [1.0, 0.05])
+def test_a_tiff_fusion_of_sbit_sources_on_the_16_bit_scale_stays_on_it(tmp_path: Path, capsys, top: float) -> None:
+    """sBIT-12 PNGs hold their samples scaled up to 16 bits (the PNG specification); their
+    .tif fusion held the 12-bit values (0..4095, OME SignificantBits 12): 1/16 as bright in a
+    viewer that ignores OME metadata. It now holds the 16-bit values, as its sources and its .png
+    twin do (marked SignificantBits 16, so that it reads back on that scale also when dark), and
+    reads back, alone and with its sources (``bafusion metrics``), as before and as the .png."""
+    _tiny_nets(tmp_path)
+    y, x = np.indices((30, 40))
+    v = np.round(((x * 7 + y * 3) % 101) / 100 * top * 4095)  # 12-bit data
+    for name, w in (("a", v), ("b", v[:, ::-1])):
+        bafusion.io.write_image(tmp_path / f"{name}.png", np.round(w * 65535 / 4095).astype(np.uint16), bits=12)
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for suffix in (".tif", ".png"):
+        _fuse_to(tmp_path, a, b, tmp_path / f"f{suffix}")
+    png_values = bafusion.io._read_png16(tmp_path / "f.png")
+    with tifffile.TiffFile(tmp_path / "f.tif") as tf:
+        held, desc = tf.asarray(), tf.pages.first.description
+    assert np.array_equal(held, png_values) and 'SignificantBits="16"' in desc
+    assert held.max() > 4095 or top < 1
+    # the values read back: those of the .png, and of the 12-bit TIFF it was before
+    bafusion.io.write_image(tmp_path / "old.tif", png_values.astype(np.uint16), bits=12)
+    for f in ("f.png", "old.tif"):
+        assert np.array_equal(read_image(tmp_path / "f.tif"), read_image(tmp_path / f)), f
+        assert np.array_equal(read_images([a, b, tmp_path / "f.tif"])[2], read_images([a, b, tmp_path / f])[2]), f
+        full = [bafusion.io.read_source_set([tmp_path / n], metadata=False).full[0] for n in ("f.tif", f)]
+        assert np.array_equal(*full), f
+    capsys.readouterr()
+    out = []
+    for f in ("f.tif", "f.png", "old.tif"):
+        assert cli_main(["metrics", str(a), str(b), str(tmp_path / f), "--metrics", "QMI,QG"]) == 0
+        out.append(capsys.readouterr().out)
+    assert out[0] == out[1] == out[2]
+    # camera-style sources of 12-bit values (unmarked 16-bit TIFFs): a fusion of 12-bit values, as before
+    for name, w in (("a", v), ("b", v[:, ::-1])):
+        tifffile.imwrite(tmp_path / f"c{name}.tif", w.astype(np.uint16))
+    _fuse_to(tmp_path, tmp_path / "ca.tif", tmp_path / "cb.tif", tmp_path / "cf.tif")
+    with tifffile.TiffFile(tmp_path / "cf.tif") as tf:
+        bits = common_bits(v.max())
+        assert tf.asarray().max() <= v.max() and f'SignificantBits="{bits}"' in tf.pages.first.description
+
+
+def test_a_fusion_of_sources_whose_significant_bits_do_not_hold_keeps_their_levels(tmp_path: Path) -> None:
+    """OME-TIFFs marked SignificantBits 12 whose values exceed 12 bits are read on the 16-bit
+    scale, but their fusion was written with 12 bits (to .tif: 12-bit values, 16 levels of the
+    sources' merged into one; to .png: sBIT 12). It keeps every level now."""
+    _tiny_nets(tmp_path)
+    y, x = np.indices((30, 40))
+    v = ((x * 1601 + y * 977) % 65536).astype(np.uint16)  # 16-bit values, many levels
+    for name, w in (("a", v), ("b", np.ascontiguousarray(v[:, ::-1]))):
+        tifffile.imwrite(tmp_path / f"{name}.tif", w, description='<OME><Pixels SignificantBits="12"/></OME>')
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    src = bafusion.io.read_source_set([a, b], metadata=False)
+    assert src.bits == 16 and np.array_equal(src.full[0], v)
+    for suffix in (".tif", ".png"):
+        f = tmp_path / f"f{suffix}"
+        _fuse_to(tmp_path, a, b, f)
+        got = bafusion.io.read_source_set([f], metadata=False).full[0]
+        assert np.all((got == v) | (got == v[:, ::-1])), suffix
+        assert len(np.unique(got)) == len(np.unique(np.where(got == v, v, v[:, ::-1]))), suffix
+    with tifffile.TiffFile(tmp_path / "f.tif") as tf:
+        assert np.array_equal(tf.asarray(), got)
+    assert png_depth(tmp_path / "f.png")[2] is None  # no sBIT 12 claim on 16-bit data

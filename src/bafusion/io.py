@@ -520,7 +520,9 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         rounded onto it (by at most ``65535 / (2**bits - 1) / 2``), else the reader would
         take them for unscaled ``bits``-bit data. A 16-bit TIFF holds the ``bits``-bit values
         themselves, marked as OME-TIFF ``SignificantBits`` (:func:`_write_tiff16`): it reads
-        back as ``img`` on the ``bits``-bit grid, and beside its unmarked sources like them.
+        back as ``img`` on the ``bits``-bit grid, and beside its unmarked sources like them;
+        with ``bits`` 16 (sources stored on the 16-bit scale: :meth:`SourceSet.bits_for`) it
+        holds ``img`` marked ``SignificantBits`` 16. Without ``bits``: ``img``, unmarked.
     """
     import io
 
@@ -704,7 +706,10 @@ def _write_tiff16(fh: BinaryIO, img: np.ndarray, icc: bytes | None, bits: int | 
     (2**bits - 1))``, as a 12-bit camera's 16-bit TIFF holds 0..4095) and marks them as an
     OME-TIFF does (``SignificantBits``, unscaled values: what :func:`read_source_set` honours),
     so it reads back as ``img`` (on the ``bits``-bit grid) alone or beside unmarked sources of
-    ``bits`` bits. The OME-XML's UUID is derived from the pixels, so the bytes are deterministic."""
+    ``bits`` bits. With ``bits`` of 16 or more the file holds ``img`` itself, marked
+    ``SignificantBits`` 16: it reads back on the 16-bit scale also when dark (unmarked, a dark
+    image was scaled from fewer bits). The OME-XML's UUID is derived from the pixels, so the
+    bytes are deterministic."""
     import hashlib
     import uuid
 
@@ -715,8 +720,10 @@ def _write_tiff16(fh: BinaryIO, img: np.ndarray, icc: bytes | None, bits: int | 
     # gray + alpha: one page of two samples (tifffile took (H, W, 2) for H pages of W x 2 gray)
     layout: dict = ({"planarconfig": "contig", "extrasamples": ["unassalpha"]}
                     if img.ndim == 3 and img.shape[2] == 2 else {})
-    if bits and 0 < bits < 16:
-        img = _to_bits_table(bits)[img]
+    if bits and bits > 0:
+        bits = min(bits, 16)
+        if bits < 16:
+            img = _to_bits_table(bits)[img]
         digest = hashlib.blake2b(img.data, digest_size=16, person=str((img.shape, bits)).encode()[:16])
         metadata = {"SignificantBits": bits, "UUID": f"urn:uuid:{uuid.UUID(bytes=digest.digest())}"}
         if layout:
@@ -766,7 +773,11 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
 #   it marks onto that grid when they fit in b bits, so what it writes reads back as written;
 # * an OME-TIFF that marks them (``SignificantBits``, OME's convention: unscaled values) is
 #   scaled from that many bits when its values fit in them, else from the file's depth
-#   (:func:`write_image` writes its 16-bit TIFFs of fewer significant bits so);
+#   (:func:`write_image` writes its 16-bit TIFFs of fewer significant bits so); a mark of as many
+#   bits as the file's depth (SignificantBits 16, sBIT 16) is the full scale, also when dark
+#   (:func:`write_image` marks a TIFF of data on the 16-bit scale so). A mark that does not hold
+#   (values beyond its bits, off the sBIT grid) counts as the file's depth for the bits an
+#   output is written with (:attr:`SourceSet.bits`);
 # * the unmarked ones are scaled alike, by one factor for the pair: the bit depth of a
 #   camera sensor (10, 12, 14 or 16) that holds the largest value over all of them (8 when it
 #   fits in 8 bits, as before), so that A and B are never scaled differently.
@@ -970,14 +981,17 @@ def source_bits(values_max: float, depth: int, sig: int | None, *, scaled: bool 
     depth : int
         The file's bits per sample.
     sig : int or None
-        The significant bits the file marks (PNG ``sBIT``, OME-TIFF ``SignificantBits``).
+        The significant bits the file marks (PNG ``sBIT``, OME-TIFF ``SignificantBits``); as
+        many as ``depth``: the full scale.
     scaled : bool
         The values are stored scaled up to ``depth`` bits (a PNG whose samples are on the
         ``sBIT`` grid, :func:`sbit_scaled`): scaled from ``depth`` also when they fit in ``sig``
         bits.
     """
-    if sig is None or not 0 < sig < depth:
+    if sig is None or not 0 < sig <= depth:
         return None
+    # sig == depth (OME SignificantBits 16 of a 16-bit TIFF, which write_image writes for data on
+    # the 16-bit scale): the full scale, also when dark (unmarked, it was scaled from fewer bits)
     return sig if values_max <= (1 << sig) - 1 and not scaled else depth
 
 
@@ -1053,13 +1067,19 @@ class SourceSet:
     exif, icc : bytes or None
         The first source's EXIF block (orientation reset to 1) and ICC profile.
     bits : int
-        The most significant bits of any source (8 when all have at most 8).
+        The most significant bits of any source (8 when all have at most 8); a source whose
+        mark does not hold (values beyond its marked bits, off the PNG ``sBIT`` grid) counts
+        with its file's depth.
     notes : list of str
         Lines for the user, read with the metadata: one per source whose colour profile is not
         the first's (:func:`profile_notes`), one per source of several frames or pages (only
         the first is used: :func:`frame_note`) and one when gray and colour sources are mixed
         (the result is gray where taken from a gray one: :func:`mix_note`); and, also without
         metadata, one per floating-point source whose samples were clipped (:func:`float_to_u8`).
+    full_scale : bool
+        Some source of more than 8 bits was stored on the 16-bit scale (a PNG's ``sBIT``
+        samples scaled up as the specification asks, 16-bit data), none only when all hold
+        unscaled values of fewer bits (a 12-bit camera's 0..4095): see :meth:`bits_for`.
     """
 
     images: list[np.ndarray]
@@ -1068,6 +1088,19 @@ class SourceSet:
     icc: bytes | None
     bits: int = 8
     notes: list[str] = field(default_factory=list)
+    full_scale: bool = False
+
+    def bits_for(self, output: str | os.PathLike[str]) -> int:
+        """The ``bits`` to write the full-depth fusion to ``output`` with (:func:`write_image`):
+        :attr:`bits`, except 16 for a TIFF when a source was stored on the 16-bit scale
+        (:attr:`full_scale`): the TIFF then holds the 16-bit values as its sources did (marked
+        ``SignificantBits`` 16), not ``bits``-bit ones, which viewers that ignore OME metadata
+        show 1/16 as bright (12 bits). Camera-style sources of ``bits``-bit values give
+        ``bits``-bit values; PNG keeps :attr:`bits` (its ``sBIT`` samples are on the 16-bit
+        scale anyway)."""
+        if self.full_scale and Path(output).suffix.lower() in (".tif", ".tiff"):
+            return max(self.bits, 16)
+        return self.bits
 
 
 #: Descriptive baseline TIFF tags carried from a TIFF source (not its layout tags).
@@ -1160,7 +1193,7 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     clipped samples. Floating-point sources share one scale (:func:`float_scale` of the largest
     value over all of them), as unmarked integer sources share one bit depth."""
     out: list[np.ndarray | None] = []
-    high: list[tuple[int, np.ndarray, int | None]] = []
+    high: list[tuple[int, np.ndarray, int | None, int]] = []
     significant: list[int] = []  # the marked sources' significant bits (not the bits scaled from)
     floats: list[tuple[int, Path, np.ndarray]] = []  # float sources: scaled alike, below
     for p in map(Path, paths):
@@ -1177,21 +1210,25 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
         # PNG sBIT: the samples are scaled to the depth unless they cannot be (see above)
         scaled = sbit and sig is not None and 0 < sig < depth and top <= (1 << sig) - 1 and sbit_scaled(a, sig)
         bits = source_bits(top, depth, sig, scaled=scaled)
-        high.append((len(out) - 1, a, bits))
+        high.append((len(out) - 1, a, bits, depth))
         if bits is not None and sig is not None:
-            significant.append(sig)
+            # the mark holds when the values are sig-bit ones or (PNG) on the sBIT grid; values
+            # beyond sig bits off that grid have the file's depth (an output written with sig
+            # bits lost their levels: an OME-TIFF marked 12 whose values exceed 12 bits)
+            holds = bits == sig or (sbit and sbit_scaled(a, sig))
+            significant.append(sig if holds else depth)
     clipped: list[str] = []
     if floats:  # one scale for all float sources, from their largest value (as integer ones: one depth)
         scale = float_scale(max((float(a.max()) for _, _, a in floats if a.size), default=0.0))
         for i, p, a in floats:
             out[i], note = float_to_u8(a, scale, p)
             clipped += [note] if note else []
-    unmarked = [a for _, a, bits in high if bits is None and a.size]
+    unmarked = [a for _, a, bits, _ in high if bits is None and a.size]
     shared = common_bits(max(float(a.max()) for a in unmarked)) if unmarked else 8
     full: list[np.ndarray | None] | None = None
     if high:
         full = [None if o is None else o.astype(np.uint16) * np.uint16(257) for o in out]
-    for i, a, bits in high:
+    for i, a, bits, _ in high:
         b = bits or shared
         out[i] = scale_to_u8(a, b)
         assert full is not None
@@ -1204,8 +1241,12 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
         notes += frame_notes(paths)
         mixed = mix_note([os.fspath(p) for p in paths], [a.ndim == 2 for a in images])
         notes += [mixed] if mixed else []
-    bits = max(significant + [shared for _, _, b in high if b is None], default=8)
-    return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits, notes)
+    bits = max(significant + [shared for _, _, b, _ in high if b is None], default=8)
+    # a source read from its file's full depth of 16 bits (sBIT samples scaled up as the PNG
+    # specification asks, or 16-bit data) was stored on the 16-bit scale
+    full_scale = any((b or shared) >= 16 and depth >= 16 for _, _, b, depth in high)
+    return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits, notes,
+                     full_scale)
 
 
 def read_image(path: str | os.PathLike[str], *, rgb: bool = False) -> np.ndarray:

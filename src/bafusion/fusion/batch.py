@@ -221,7 +221,7 @@ def fused_output(src: SourceSet, results, output: Path) -> Fused:
             notes.append(f"{output}: written with 8 bits per sample from sources of more than 8 ({output.suffix} "
                          "keeps 8 bits; use .png or .tif for 16)")
     secs = sum(results.seconds.values()) if joint else sum(sum(r.seconds.values()) for r in results)
-    return Fused(fused, src.exif, src.icc, notes, secs, src.bits if fused.dtype == np.uint16 else 8)
+    return Fused(fused, src.exif, src.icc, notes, secs, src.bits_for(output) if fused.dtype == np.uint16 else 8)
 
 
 def compose_index(full: Sequence[np.ndarray], index: np.ndarray) -> np.ndarray:
