@@ -82,7 +82,8 @@ def test_builtin_source_is_deterministic_with_soft_mattes(tmp_path: Path) -> Non
 
 def _assert_no_output(out: Path) -> None:
     assert not out.exists(), "a failed step left its output behind"
-    assert not list(out.parent.glob(out.name + "*")), "a failed step left a temporary output behind"
+    assert not list(out.parent.glob(out.name + "*")) and not list(out.parent.glob(f".{out.name}.part-*")), \
+        "a failed step left a temporary output behind"
 
 
 def test_foreground_without_matte_names_the_file(tmp_path: Path) -> None:
@@ -144,7 +145,7 @@ def test_a_failed_rerun_keeps_the_previous_output(tmp_path: Path) -> None:
     with pytest.raises(InputFileError):
         run_prepare(_dir_cfg(am, bg), PrepareOptions(), 0, out, progress=False)
     assert (out / "manifest.json").read_bytes() == before
-    assert not (tmp_path / "prepared.part").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".prepared", "prepared"))) == ["prepared"]
 
 
 def test_cli_prints_one_line_error_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,10 +10,13 @@ on), and then no output is renamed into place after all (:func:`raise_if_stopped
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import signal
+import socket
 import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,36 +81,99 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+#: The file that marks a temporary folder of :func:`atomic_dir` as bafusion's own: a leftover
+#: of a killed run is removed by a later run only when it holds this file (naming a process of
+#: this host that is gone), never a folder of the user's that happens to match the name.
+PART_MARKER = ".bafusion-part"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: a process of another user
+        return True
+    return True
+
+
+def _remove_part(wrap: Path) -> None:
+    """Remove the temporary folder ``wrap`` of :func:`atomic_dir`, its marker last (a run killed
+    meanwhile leaves a folder that is still known as bafusion's own). Errors are ignored: what
+    stays keeps its marker, and a later run tries again."""
+    with contextlib.suppress(OSError):  # also another run removing the same leftover meanwhile
+        for entry in wrap.iterdir():
+            if entry.name == PART_MARKER:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+        if any(e.name != PART_MARKER for e in wrap.iterdir()):
+            return
+        with contextlib.suppress(FileNotFoundError):
+            (wrap / PART_MARKER).unlink()
+        wrap.rmdir()
+
+
+def remove_stale_parts(final: Path) -> list[Path]:
+    """Remove the temporary folders ``.<name>.part-*`` beside ``final`` left by killed runs of
+    :func:`atomic_dir`: only those holding :data:`PART_MARKER` written by a process of this host
+    that no longer runs (a run in progress, of this host or another, keeps its own). Returns
+    the folders removed."""
+    removed = []
+    for wrap in final.parent.glob(f".{glob.escape(final.name)}.part-*"):
+        marker = wrap / PART_MARKER
+        if wrap.is_symlink() or not wrap.is_dir() or not marker.is_file() or marker.is_symlink():
+            continue
+        try:
+            host, _, pid = marker.read_text().strip().rpartition(" ")
+            owner = int(pid)
+        except (OSError, ValueError):
+            continue
+        if host != socket.gethostname() or owner == os.getpid() or _pid_alive(owner):
+            continue
+        _remove_part(wrap)
+        removed.append(wrap)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``path``; on success it replaces ``path`` whole
     (not when a stop was asked for meanwhile). A ``path`` that is a symbolic link keeps it: the
-    folder it points to is replaced (renaming over the link broke it, and every later run)."""
+    folder it points to is replaced (renaming over the link broke it, and every later run).
+
+    The temporary folder, and the earlier output while it is replaced, lie in a hidden folder of
+    a name of their own, ``.<name>.part-<random>`` beside ``path``, marked by
+    :data:`PART_MARKER`: a folder of the user's (``<name>.part``, ``<name>.old``) is never
+    touched (the fixed names deleted them), and the leftovers of a killed run are removed by the
+    next run (:func:`remove_stale_parts`)."""
     final = Path(path)
     if final.is_symlink():
         final = final.resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = part_path(final)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    remove_stale_parts(final)
+    wrap = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.part-"))
     try:
+        (wrap / PART_MARKER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+        tmp = wrap / final.name
+        tmp.mkdir()  # the umask's mode, as the output had (mkdtemp's folder is 700)
         yield tmp
         raise_if_stopped()
         if final.exists():
-            old = final.with_name(final.name + ".old")
-            if old.is_symlink():
-                old.unlink()
-            elif old.exists():
-                shutil.rmtree(old)
+            old = wrap / (final.name + ".old")
             os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.replace(old, final)  # the earlier output back in place, not deleted with the rest
+                raise
         else:
             os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    finally:
+        _remove_part(wrap)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
