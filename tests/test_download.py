@@ -503,3 +503,58 @@ def test_a_member_twice_or_as_file_and_folder_is_named(tmp_path: Path, names: li
     msg = str(e.value)
     assert f"member {names[-1]!r} occurs twice, or as a file and as a folder" in msg and ".extract-" not in msg
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dup.zip"]
+
+
+def _zip_bytes(payload: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("top/x.bin", payload)
+    return buf.getvalue()
+
+
+def test_without_a_checksum_a_stale_part_is_not_resumed(server: LocalServer, tmp_path: Path) -> None:
+    # a .part this call did not write was resumed with Range; a stale or corrupt one, completed
+    # and accepted by a zip check that reads only the directory, became the cached archive:
+    # its extraction failed and every later run skipped it as already present
+    from bafusion.data.acquire import _zip_ok
+
+    data = _zip_bytes(PAYLOAD)
+    server.files["a.zip"] = data
+    dest = tmp_path / "a.zip"
+    (tmp_path / "a.zip.part").write_bytes(b"\0" * 5000)
+    r = fetch(server.url("a.zip"), dest, validate=_zip_ok, progress=False, retries=0)
+    assert server.requests_for("a.zip") == [None] and r.resumed_from == 0
+    assert dest.read_bytes() == data
+    assert [p.name for p in extract_zip(dest, tmp_path / "out")] == ["x.bin"]
+
+
+def test_without_a_checksum_a_failed_transfer_keeps_no_part(server: LocalServer, tmp_path: Path) -> None:
+    server.files["big.bin"] = PAYLOAD
+    server.truncate["big.bin"] = [50_000]
+    with pytest.raises(DownloadError) as e:
+        fetch(server.url("big.bin"), tmp_path / "big.bin", retries=0, progress=False)
+    assert "resumes" not in str(e.value) and list(tmp_path.iterdir()) == []
+
+
+def test_a_zip_whose_members_are_damaged_is_rejected_and_fetched_again(server: LocalServer, tmp_path: Path) -> None:
+    from bafusion.data.acquire import _zip_ok
+
+    data = _zip_bytes(PAYLOAD)
+    bad = bytearray(data)
+    bad[1000] ^= 0xFF  # inside the member's bytes: the directory still reads
+    zipfile.ZipFile(io.BytesIO(bytes(bad))).infolist()
+    dest = tmp_path / "a.zip"
+    dest.write_bytes(bytes(bad))  # cached by an earlier run
+    with pytest.raises(UserError, match=r"corrupt zip archive.*'top/x\.bin'"):
+        _zip_ok(dest)
+    with pytest.raises(UserError, match=rf"{dest}: corrupt zip archive .*delete {dest} and run again"):
+        extract_zip(dest, tmp_path / "out")
+    server.files["a.zip"] = data
+    r = fetch(server.url("a.zip"), dest, validate=_zip_ok, progress=False, retries=0)
+    assert r.status == "downloaded" and dest.read_bytes() == data
+    server.files["a.zip"] = bytes(bad)  # a server that serves it damaged: never cached
+    dest.unlink()
+    with pytest.raises(DownloadError, match="rejected: corrupt zip archive"):
+        fetch(server.url("a.zip"), dest, validate=_zip_ok, progress=False, retries=0)
+    assert list(tmp_path.iterdir()) == []
+

@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 import zipfile
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -49,6 +50,7 @@ from bafusion.data.download import (
     Checksum,
     FetchJob,
     FetchSummary,
+    check_zip_sizes,
     extract_zip,
     fetch,
     fetch_many,
@@ -104,12 +106,22 @@ def _log(msg: str) -> None:
 
 
 def _zip_ok(path: Path) -> None:
-    """Reject a download that is not a zip archive (a server may answer 200 with a web page)."""
+    """Reject a download that is not a whole zip archive: a web page a server answered with 200,
+    or a damaged file whose directory reads but whose members do not (every member's CRC is
+    tested, after the archive passed :func:`check_zip_sizes`' limits: no zip bomb is unpacked)."""
     try:
         with zipfile.ZipFile(path) as zf:
-            zf.infolist()
+            infos = zf.infolist()
     except (zipfile.BadZipFile, OSError) as e:
         raise UserError(f"not a zip archive ({e}; a web page instead of the file?)") from e
+    check_zip_sizes(path, infos)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError, NotImplementedError) as e:
+        raise UserError(f"corrupt zip archive ({e.__class__.__name__}: {e})") from e
+    if bad is not None:
+        raise UserError(f"corrupt zip archive (member {bad!r} fails its CRC check)")
 
 
 def _annotations_ok(path: Path) -> None:

@@ -9,9 +9,11 @@ Guarantees:
   part and raises :class:`DownloadError` naming the URL, the expected and the actual digest.
 - An interrupted transfer (connection dropped, short body, timeout) is retried and resumes
   from the bytes already on disk with an HTTP ``Range`` request; a server that ignores
-  ``Range`` (answers 200) makes it start over. A ``.part`` left by a killed process, or by
-  a transfer that still failed after the last retry, is resumed the same way by the next
-  call (a resumed file whose checksum does not match is fetched once more from zero).
+  ``Range`` (answers 200) makes it start over. With a checksum, a ``.part`` left by a killed
+  process, or by a transfer that still failed after the last retry, is resumed the same way
+  by the next call (a resumed file whose checksum does not match is fetched once more from
+  zero); without one, nothing could tell a stale or corrupt ``.part`` from a good one: it is
+  deleted and the file fetched from zero (and none is kept for a next call).
 - HTTP 5xx, 408 and 429 answers and network errors are retried ``retries`` times, waiting
   ``backoff * 2**attempt`` seconds (at most ``MAX_BACKOFF``); other 4xx answers fail at once.
 - A file already present whose checksum matches is not fetched again ("skipped"). Without a
@@ -42,6 +44,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -361,6 +364,12 @@ def fetch(
         return FetchResult(url, dest, "skipped", 0, ck.hexdigest if ck else "")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
+    if ck is None:
+        # Without a checksum nothing tells whether a part this call did not write belongs to
+        # this file: resumed, a stale or corrupt one was completed and renamed into place
+        # (a zip whose directory reads but whose members do not), and skipped ever after.
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
     label = desc if desc is not None else dest.name
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme == "file":
@@ -391,7 +400,7 @@ def fetch(
                 break
             except _Retryable as e:
                 if attempt >= retries:
-                    kept = part.stat().st_size if part.exists() else 0
+                    kept = part.stat().st_size if part.exists() and ck is not None else 0
                     if kept:  # keep the bytes: the next run resumes from them
                         hint = f"; {kept} bytes kept in {part}, a rerun resumes from there"
                     else:
@@ -404,7 +413,7 @@ def fetch(
             except BaseException:
                 # Keep the bytes of an interrupted run (KeyboardInterrupt, or SystemExit: the
                 # CLI turns SIGTERM into one) for resuming; final errors leave nothing behind.
-                if not isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit)):
+                if ck is None or not isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit)):
                     with contextlib.suppress(FileNotFoundError):
                         part.unlink()
                 raise
@@ -655,9 +664,10 @@ def extract_zip(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{archive}: corrupt zip archive ({e})") from e
+        raise UserError(f"{archive}: corrupt zip archive ({e.__class__.__name__}: {e}); if it is a cached "
+                        f"download, delete {archive} and run again: it is fetched anew") from e
     except (FileExistsError, NotADirectoryError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         # named by the member, not by the temporary folder's path it had
