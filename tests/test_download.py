@@ -558,3 +558,25 @@ def test_a_zip_whose_members_are_damaged_is_rejected_and_fetched_again(server: L
         fetch(server.url("a.zip"), dest, validate=_zip_ok, progress=False, retries=0)
     assert list(tmp_path.iterdir()) == []
 
+
+@pytest.mark.parametrize("checksum", [True, False])
+@pytest.mark.parametrize("scheme", ["http", "file"])
+def test_a_part_that_is_a_symbolic_link_is_not_written_through(
+    server: LocalServer, tmp_path: Path, scheme: str, checksum: bool
+) -> None:
+    # open(part, "wb") and shutil.copyfile followed a link at <dest>.part: its target was
+    # overwritten, and the link renamed into place made the cached file a link to it
+    server.files["a.bin"] = PAYLOAD
+    src = tmp_path / "src" / "a.bin"
+    src.parent.mkdir()
+    src.write_bytes(PAYLOAD)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not yours")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "a.bin.part").symlink_to(victim)
+    url = server.url("a.bin") if scheme == "http" else src.as_uri()
+    fetch(url, cache / "a.bin", checksum=sha256(PAYLOAD) if checksum else None, progress=False, retries=0)
+    assert victim.read_text() == "not yours"
+    assert not (cache / "a.bin").is_symlink() and (cache / "a.bin").read_bytes() == PAYLOAD
+    assert [p.name for p in cache.iterdir()] == ["a.bin"]

@@ -13,7 +13,8 @@ Guarantees:
   process, or by a transfer that still failed after the last retry, is resumed the same way
   by the next call (a resumed file whose checksum does not match is fetched once more from
   zero); without one, nothing could tell a stale or corrupt ``.part`` from a good one: it is
-  deleted and the file fetched from zero (and none is kept for a next call).
+  deleted and the file fetched from zero (and none is kept for a next call). A ``.part``
+  that is a symbolic link is removed, never written through.
 - HTTP 5xx, 408 and 429 answers and network errors are retried ``retries`` times, waiting
   ``backoff * 2**attempt`` seconds (at most ``MAX_BACKOFF``); other 4xx answers fail at once.
 - A file already present whose checksum matches is not fetched again ("skipped"). Without a
@@ -364,6 +365,8 @@ def fetch(
         return FetchResult(url, dest, "skipped", 0, ck.hexdigest if ck else "")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
+    if part.is_symlink():  # written through, the link's target was changed and dest became a link
+        part.unlink()
     if ck is None:
         # Without a checksum nothing tells whether a part this call did not write belongs to
         # this file: resumed, a stale or corrupt one was completed and renamed into place
