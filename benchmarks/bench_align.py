@@ -20,6 +20,11 @@ Run: OMP_NUM_THREADS=1 python benchmarks/bench_align.py [--pairs 1 5 10] [--sim-
 [--register-first]
      OMP_NUM_THREADS=1 python benchmarks/bench_align.py --bias   (the estimator's own bias: composites of
      real mattes, registered by construction, against the estimate on the original Lytro pairs)
+     OMP_NUM_THREADS=1 python benchmarks/bench_align.py --speed [--baseline OLD/align.py] [--names lytro/lytro-11 ...]
+               (the time of ``align_images([A, B], "similarity")`` on real pairs upscaled to about
+               24 MP; with ``--baseline``, another version of ``bafusion/fusion/align.py`` (e.g. a
+               checkout of an earlier commit) is timed alternately in the same process and its
+               transforms, match qualities and aligned shots must be byte-identical)
 (shipped model, CPU, one thread; prints a Markdown table)."""
 
 from __future__ import annotations
@@ -95,6 +100,49 @@ def bias(pairs: list[int]) -> int:
     return 0
 
 
+def speed(names: list[str], megapixels: float, baseline: str | None, rounds: int) -> int:
+    """Time :func:`align_images` (similarity) on real pairs upscaled (Lanczos) to about
+    ``megapixels``; with ``baseline``, alternately with that version of the module, checking
+    that both give the same bytes."""
+    import importlib.util
+
+    from PIL import Image
+
+    versions = {"this": align_images}
+    if baseline:
+        spec = importlib.util.spec_from_file_location("align_baseline", baseline)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["align_baseline"] = mod  # its dataclass looks itself up there
+        spec.loader.exec_module(mod)  # type: ignore[union-attr]
+        versions["baseline"] = mod.align_images
+    eval_dir = LYTRO.parent
+    print(f"| pair | size | {' | '.join(f'{k} (s)' for k in versions)} |" + (" this / baseline | identical |" if baseline else ""))
+    print("|---|---|" + "---|" * len(versions) + ("---|---|" if baseline else ""))
+    for name in names:
+        shots = []
+        for s in "AB":
+            path = next(eval_dir.glob(f"{name}-{s}.*"))
+            im = Image.open(path).convert("RGB")
+            f = (megapixels * 1e6 / (im.width * im.height)) ** 0.5
+            shots.append(np.asarray(im.resize((round(im.width * f), round(im.height * f)), Image.LANCZOS)))
+        times: dict[str, list[float]] = {k: [] for k in versions}
+        results = {}
+        for _ in range(rounds):
+            for k, fn in versions.items():  # alternately, so that a busy machine slows both alike
+                t0 = time.perf_counter()
+                results[k] = fn(shots, "similarity")
+                times[k].append(time.perf_counter() - t0)
+        cells = [f"{min(times[k]):.2f}" for k in versions]
+        if baseline:
+            a, b = results["this"], results["baseline"]
+            same = (all(np.array_equal(x, y) for x, y in zip(a.transforms, b.transforms)) and a.quality == b.quality
+                    and a.crop == b.crop and all(np.array_equal(x, y) for x, y in zip(a.images, b.images)))
+            cells += [f"{min(times['this']) / min(times['baseline']):.2f}", "yes" if same else "NO"]
+        h, w = shots[0].shape[:2]
+        print(f"| {name} | {w}x{h} | " + " | ".join(cells) + " |", flush=True)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, nargs="+", default=[1, 3, 5, 7, 10, 14])
@@ -104,7 +152,15 @@ def main() -> int:
                     help="first undo the pair's own motion (B resampled by the estimate on A, B, order 5), "
                          "so that the original pair is registered, then proceed")
     ap.add_argument("--bias", action="store_true", help="measure the estimator's bias instead (no fusion)")
+    ap.add_argument("--speed", action="store_true", help="time the alignment of pairs upscaled to --megapixels")
+    ap.add_argument("--names", nargs="+", default=["lytro/lytro-11", "lytro/lytro-18", "real/tsai-06", "real/tsai-07"],
+                    help="--speed: pairs under eval/ (without -A/-B)")
+    ap.add_argument("--megapixels", type=float, default=24.0)
+    ap.add_argument("--baseline", help="--speed: another align.py to time alternately and compare with")
+    ap.add_argument("--rounds", type=int, default=2, help="--speed: runs of each version (the fastest counts)")
     args = ap.parse_args()
+    if args.speed:
+        return speed(args.names, args.megapixels, args.baseline, args.rounds)
     if args.bias:
         return bias(args.pairs)
     if not LYTRO.is_dir():

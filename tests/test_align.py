@@ -232,6 +232,44 @@ def test_a_blown_out_half_neither_moves_a_registered_pair_nor_makes_it_two_scene
     assert align_images([black, b], "similarity").rms_px[1] < 1.0
 
 
+@pytest.mark.parametrize("moved", [True, False])
+def test_each_shot_is_made_gray_and_searched_for_clipped_regions_once(monkeypatch: pytest.MonkeyPatch,
+                                                                      moved: bool) -> None:
+    """A shot's clipped regions (and the gray copy they are found on, about a second at 24 MP)
+    were computed four times per aligned shot: the first shot's in the estimate and again in
+    the match quality, the moved shot's in the estimate, the warped shot's in the quality. Now
+    once per image: the first, the moved shot, and the warped shot (another image) when it is
+    warped; the results are those of the public functions, computed anew."""
+    a, b = _blown_out_pair()
+    if moved:
+        b = warp_to_first(b, similarity_matrix((3.0, -2.0), 0.4, 1.01, center=_centre(b)))
+    calls = {"gray": [], "clipped": 0}
+    gray, clipped = align._gray, align._clipped
+
+    def counted_gray(img: np.ndarray) -> np.ndarray:
+        calls["gray"].append(img)
+        return gray(img)
+
+    def counted_clipped(g: np.ndarray) -> np.ndarray | None:
+        calls["clipped"] += 1
+        return clipped(g)
+
+    monkeypatch.setattr(align, "_gray", counted_gray)
+    monkeypatch.setattr(align, "_clipped", counted_clipped)
+    al = align_images([a, b], "similarity", tolerance=0.1 if moved else 1.0)  # estimated 0.13 px unmoved
+    assert al.warped[1] is moved, al.describe()
+    assert calls["clipped"] == (3 if moved else 2), calls["clipped"]
+    if moved:  # the first, the moved shot, the warped one: each once
+        assert len(calls["gray"]) == 3 and calls["gray"][2] is not b, len(calls["gray"])
+    monkeypatch.undo()
+    assert np.array_equal(al.transforms[1], estimate_transform(a, b, "similarity"))
+    m = al.transforms[1]
+    if moved:
+        assert al.quality[1] == align.match_quality(a, warp_to_first(b, m, order=5), align.coverage(m, a.shape[:2]))
+    else:
+        assert al.quality[1] == align.match_quality(a, b)
+
+
 def test_an_estimate_no_hand_held_pair_shows_is_implausible() -> None:
     c = _centre(np.zeros((200, 240)))
     assert align.implausible_motion(similarity_matrix((3.0, -2.0), 0.9, 0.90, center=c), (200, 240)) is None  # savic-08

@@ -87,6 +87,9 @@ CLIP_MARGIN = 1.5 / 255.0
 #: outline of an object against a white or black backdrop still enter the registration.
 CLIP_RADIUS = 2
 
+#: :func:`estimate_transform`'s iterations, samples and tolerance (:func:`align_images` uses them).
+_ITERS, _SAMPLES, _TOL = 50, 80000, 1e-3
+
 #: :func:`match_quality` leaves the clipped regions out only when at least this share of the
 #: area it judges remains.
 CLIP_KEEP = 0.1
@@ -249,10 +252,6 @@ def _gray(img: np.ndarray) -> np.ndarray:
     return g / (255.0 if a.dtype == np.uint8 else 1.0)
 
 
-def _prefilter(img: np.ndarray, sigma: float) -> np.ndarray:
-    return ndimage.gaussian_filter(_gray(img), sigma) if sigma > 0 else _gray(img)
-
-
 def clipped_regions(img: np.ndarray) -> np.ndarray | None:
     """The clipped regions of a shot: pixels whose gray value lies within :data:`CLIP_MARGIN`
     of either end of the range throughout a square of ``2 * CLIP_RADIUS + 1`` pixels (a
@@ -271,7 +270,12 @@ def clipped_regions(img: np.ndarray) -> np.ndarray | None:
     numpy.ndarray or None
         Boolean (H, W); None when the shot has no clipped region.
     """
-    g = _gray(img)
+    return _clipped(_gray(img))
+
+
+def _clipped(g: np.ndarray) -> np.ndarray | None:
+    """:func:`clipped_regions` of a shot's gray copy (:func:`_gray`): a shot's gray copy is
+    made once and its mask derived from it once (:func:`align_images`)."""
     clipped = (g >= 1.0 - CLIP_MARGIN) | (g <= CLIP_MARGIN)
     if not clipped.any():
         return None
@@ -386,7 +390,7 @@ def _gauss_newton(ref: np.ndarray, mov: np.ndarray, w_norm: np.ndarray, model: s
 
 
 def estimate_transform(reference: np.ndarray, moving: np.ndarray, model: str = "similarity",
-                       sigma: float = 1.5, iters: int = 50, samples: int = 80000, tol: float = 1e-3) -> np.ndarray:
+                       sigma: float = 1.5, iters: int = _ITERS, samples: int = _SAMPLES, tol: float = _TOL) -> np.ndarray:
     """Estimate the transform that maps ``moving``'s pixel coordinates onto ``reference``'s.
 
     Method: ECC-like: both shots are blurred (``sigma``), a phase correlation on the coarsest
@@ -418,13 +422,21 @@ def estimate_transform(reference: np.ndarray, moving: np.ndarray, model: str = "
         3x3 matrix ``M``: a point ``(x, y)`` of ``moving`` lies at ``M @ (x, y, 1)`` (after the
         perspective division) in ``reference``.
     """
-    from skimage.registration import phase_cross_correlation
-
     _check_model(model)
     if reference.shape[:2] != moving.shape[:2]:
         raise UserError(f"shots differ in size: {moving.shape[:2]} vs {reference.shape[:2]}")
-    ref_p = _pyramid(_prefilter(reference, sigma))
-    mov_p = _pyramid(_prefilter(moving, sigma))
+    g_ref, g_mov = _gray(reference), _gray(moving)
+    return _estimate(g_ref, g_mov, _clipped(g_ref), _clipped(g_mov), model, sigma, iters, samples, tol)
+
+
+def _estimate(g_ref: np.ndarray, g_mov: np.ndarray, ref_clip: np.ndarray | None, mov_clip: np.ndarray | None,
+              model: str, sigma: float, iters: int = _ITERS, samples: int = _SAMPLES, tol: float = _TOL) -> np.ndarray:
+    """:func:`estimate_transform` on the shots' gray copies (:func:`_gray`) and their clipped
+    regions (:func:`_clipped`), computed once per shot by the caller."""
+    from skimage.registration import phase_cross_correlation
+
+    ref_p = _pyramid(ndimage.gaussian_filter(g_ref, sigma) if sigma > 0 else g_ref)
+    mov_p = _pyramid(ndimage.gaussian_filter(g_mov, sigma) if sigma > 0 else g_mov)
     shape0 = ref_p[0].shape
     top = len(ref_p) - 1
     s = np.zeros(2)  # a flat shot (nothing to correlate) starts from the identity
@@ -440,8 +452,8 @@ def estimate_transform(reference: np.ndarray, moving: np.ndarray, model: str = "
     w_norm = n_top @ t @ np.linalg.inv(n_top)
     if not np.all(np.isfinite(w_norm)):
         w_norm = np.eye(3)
-    ref_c = _mask_pyramid(clipped_regions(reference), len(ref_p))
-    mov_c = _mask_pyramid(clipped_regions(moving), len(mov_p))
+    ref_c = _mask_pyramid(ref_clip, len(ref_p))
+    mov_c = _mask_pyramid(mov_clip, len(mov_p))
     for k in reversed(range(len(ref_p))):
         n_to_px = np.linalg.inv(_level_matrix(shape0, k))
         step = max(1, int(math.sqrt(ref_p[k].size / samples)))
@@ -556,9 +568,17 @@ def match_quality(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, 
     0.58 with them, 0.99 without; lytro-05 with a blown-out half of A 0.91 and 0.97; the real
     pairs with clipped regions and mismatched Lytro pairs changed by at most 0.03 but g01-clock,
     0.87 to 0.95)."""
-    ga = ndimage.gaussian_gradient_magnitude(_gray(a), sigma)
-    gb = ndimage.gaussian_gradient_magnitude(_gray(b), sigma)
-    clipped = [c for c in (clipped_regions(a), clipped_regions(b)) if c is not None]
+    g_a, g_b = _gray(a), _gray(b)
+    return _match_quality(g_a, g_b, _clipped(g_a), _clipped(g_b), mask, sigma)
+
+
+def _match_quality(g_a: np.ndarray, g_b: np.ndarray, clip_a: np.ndarray | None, clip_b: np.ndarray | None,
+                   mask: np.ndarray | None = None, sigma: float = 6.0) -> float:
+    """:func:`match_quality` on the shots' gray copies (:func:`_gray`) and their clipped
+    regions (:func:`_clipped`), computed once per shot by the caller."""
+    ga = ndimage.gaussian_gradient_magnitude(g_a, sigma)
+    gb = ndimage.gaussian_gradient_magnitude(g_b, sigma)
+    clipped = [c for c in (clip_a, clip_b) if c is not None]
     if clipped:
         out = ndimage.binary_dilation(np.logical_or.reduce(clipped), iterations=max(1, round(2 * sigma)))
         keep = ~out if mask is None else mask & ~out
@@ -625,9 +645,21 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
     is_flat = [_is_flat(im) for im in images]
     flat = [False] + [is_flat[0] or f for f in is_flat[1:]]
     common = np.ones((h, w), dtype=bool)
+    # each shot's clipped regions are found once (:func:`_clipped`; at 24 MP the gray copy they
+    # are found on costs about a second): the first's serve every shot, a shot's both its
+    # estimate and, unless it is warped, its match quality; a warped shot is another image
+    g0 = _gray(images[0])
+    clip0 = _clipped(g0)
+    clips: list[np.ndarray | None | bool] = [clip0]  # False: not found yet
     for im, f in zip(images[1:], flat[1:]):
-        # a flat shot has nothing to register by: any estimate would be noise
-        m = eye.copy() if f else estimate_transform(images[0], im, model, sigma=sigma)
+        clip: np.ndarray | None | bool = False
+        if f:  # a flat shot has nothing to register by: any estimate would be noise
+            m = eye.copy()
+        else:
+            g = _gray(im)
+            clip = _clipped(g)
+            m = _estimate(g0, g, clip0, clip, model, sigma)
+            del g
         d = corner_rms(m, (h, w))
         transforms.append(m)
         rms.append(d)
@@ -635,16 +667,23 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
         if d < tolerance:
             warped.append(False)
             out.append(im)
+            clips.append(clip)
         else:
             warped.append(True)
             out.append(warp_to_first(im, m, (h, w), order=order))
+            clips.append(False)
             common &= coverage(m, (h, w))
     crop = (0, 0, w, h) if common.all() else largest_rectangle(common)
     x0, y0, x1, y1 = crop
     # two flat shots have nothing to judge by (as :func:`bafusion.fusion.scene.scene_correlation`);
     # one flat beside one with structure is not one scene (quality 0, below MIN_QUALITY)
-    quality: list[float | None] = [1.0] + [
-        None if is_flat[0] and f else match_quality(images[0], o, common) for o, f in zip(out[1:], is_flat[1:])]
+    quality: list[float | None] = [1.0]
+    for o, f, clip in zip(out[1:], is_flat[1:], clips[1:]):
+        if is_flat[0] and f:
+            quality.append(None)
+            continue
+        g = _gray(o)
+        quality.append(_match_quality(g0, g, clip0, _clipped(g) if clip is False else clip, common))
     cropped = [o[y0:y1, x0:x1] for o in out]
     return Alignment(model, transforms, rms, warped, quality, crop, cropped, time.perf_counter() - t0, (w, h),
                      implausible, flat)
