@@ -236,3 +236,50 @@ def test_a_net_file_given_as_the_model_folder_is_named_a_file(tiny_nets: Path) -
         assert str(e.value).endswith(": is a file, not a model folder: pass the folder that holds initial.pt "
                                      "and boundary.pt"), e.value
         assert "not found" not in str(e.value)
+
+
+def _scene(seed: int, h: int = 128, w: int = 160) -> np.ndarray:
+    """A textured gray scene: smoothed noise at two scales, uint8."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    x = ndimage.gaussian_filter(rng.normal(size=(h, w)), 2) * 4 + ndimage.gaussian_filter(rng.normal(size=(h, w)), 8) * 12
+    return np.clip(128 + 40 * x / x.std(), 0, 255).astype(np.uint8)
+
+
+def _line_pair(h: int = 128, w: int = 160) -> tuple[np.ndarray, np.ndarray]:
+    """One bright line on gray and its blur: registered, but the estimate reads a scale of 0.61."""
+    from scipy import ndimage
+
+    a = np.full((h, w), 128, np.uint8)
+    a[h // 2, :] = 255
+    return a, ndimage.gaussian_filter(a.astype(np.float64), 2).round().astype(np.uint8)
+
+
+def test_fuse_with_align_refuses_what_fuse_align_refuses(tiny_nets: Path) -> None:
+    """``fuse(..., align="similarity")`` fused an implausible estimate (scale 0.61) and two
+    scenes (match quality below MIN_QUALITY) where ``fuse --align similarity`` refuses both
+    (bafusion.fusion.align.check_alignment); the message names the API's way out."""
+    nets = load_nets_from_dir(tiny_nets, "cpu")
+    a, b = _line_pair()
+    with pytest.raises(UserError, match=r'source 2: the similarity alignment to source 1 failed: .*scale 0\.61.*'
+                                        r'use align="none" to fuse the shots as registered$'):
+        bafusion.fuse(a, b, model=nets, align="similarity")
+    with pytest.raises(UserError, match=r'source 2: does not look like the same scene as source 1 \(match quality '
+                                        r'.* after translation alignment, below 0\.5\); use align="none"'):
+        bafusion.fuse(_scene(1), _scene(2), model=nets, align="translation")
+
+
+def test_fuse_align_auto_behaves_as_the_command_line(tiny_nets: Path) -> None:
+    """``align="auto"`` took an implausible coarse estimate silently for no motion and fused two
+    scenes; as ``fuse --align auto``, it now warns of the failed estimate (fused as registered)
+    and refuses two scenes."""
+    nets = load_nets_from_dir(tiny_nets, "cpu")
+    a, b = _line_pair()
+    with pytest.warns(UserWarning, match=r'align="auto": source 2: the motion estimate .* is not one a hand-held '
+                                         r"focus pair shows, taken for a failure: fused as registered"):
+        fused = bafusion.fuse(a, b, model=nets, align="auto")
+    assert np.array_equal(fused, bafusion.fuse(a, b, model=nets, align="none"))
+    with pytest.raises(UserError, match=r'source 2: does not look like the same scene as source 1 .*; use '
+                                        r'align="none" to fuse anyway, or align="similarity" if the camera moved'):
+        bafusion.fuse(_scene(1), _scene(2), model=nets, align="auto")

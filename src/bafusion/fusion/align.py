@@ -689,6 +689,42 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
                      implausible, flat)
 
 
+def check_alignment(al: Alignment, names: Sequence[str], *, force: str | None = "--force",
+                    unaligned: str = "--align none") -> None:
+    """Refuse an alignment whose shots are not one scene (:attr:`Alignment.quality` below
+    :data:`MIN_QUALITY`) or whose estimate no hand-held focus pair shows
+    (:attr:`Alignment.implausible`), as ``fuse --align`` and :func:`bafusion.fuse` do.
+
+    Parameters
+    ----------
+    al : Alignment
+        The result of :func:`align_images`.
+    names : sequence of str
+        The shots' names, for the message.
+    force : str or None
+        How the caller fuses anyway (``"--force"``), named in the message; None where it cannot.
+    unaligned : str
+        How the caller fuses the shots as registered (``"--align none"``, ``'align="none"'``).
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        Naming the first shot that fails, the problem and what to do instead.
+    """
+    bad = [(n, q) for n, q in zip(names[1:], al.quality[1:]) if q is not None and q < MIN_QUALITY]
+    if bad:
+        n, q = bad[0]
+        raise UserError(f"{n}: does not look like the same scene as {names[0]} (match quality {q:.2f} after "
+                        f"{al.model} alignment, below {MIN_QUALITY}); "
+                        + (f"use {force} to fuse anyway" if force else f"use {unaligned} to fuse them as they are"))
+    odd = [(n, why) for n, why in zip(names[1:], al.implausible[1:]) if why]
+    if odd:
+        n, why = odd[0]
+        raise UserError(f"{n}: the {al.model} alignment to {names[0]} failed: its estimate ({why}) is not a motion "
+                        f"a hand-held focus pair shows (a blown-out or one-dimensional scene?); use {unaligned} to "
+                        "fuse the shots as registered" + (f", or {force} to use the estimate anyway" if force else ""))
+
+
 def _is_flat(img: np.ndarray) -> bool:
     """Whether a uint8 shot (or a float one on [0, 1]) has no structure to align on: its gray
     values, subsampled to a long side of about 520 px and blurred at the coarse scale of

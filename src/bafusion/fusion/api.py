@@ -85,7 +85,12 @@ def fuse(
         ``"similarity"``); the result is then cropped to the area every shot covers.
         ``"auto"``: ``"similarity"`` when a shot moves more than
         :data:`bafusion.fusion.scene.HINT_MOTION_PX` pixels against the first
-        (:func:`bafusion.fusion.scene.moving_shots`), else ``"none"``. ``"none"``: the
+        (:func:`bafusion.fusion.batch.auto_alignment`), else ``"none"``, as ``fuse --align
+        auto``: shots of two scenes are refused first, and a shot whose motion estimate failed
+        gets a :class:`UserWarning` (fused as registered). As ``fuse --align`` without
+        ``--force``, an alignment whose shots do not match (two scenes) or whose estimate no
+        hand-held focus pair shows is refused
+        (:func:`bafusion.fusion.align.check_alignment`). ``"none"``: the
         shots are taken as registered, unchecked. None (the default): as ``"none"``, plus a
         :class:`bafusion.fusion.scene.MotionWarning` for each shot that moves so, as the
         command line's hint, when the shots look like one scene (a coarse check and estimate on
@@ -115,7 +120,8 @@ def fuse(
     ------
     bafusion.errors.UserError
         Fewer than two shots, shots of different sizes, an unreadable file, a bad parameter
-        (a device this machine lacks: ``device='cuda:1': ...``).
+        (a device this machine lacks: ``device='cuda:1': ...``); with ``align``, shots that are
+        not one scene or an implausible estimate (see ``align``).
 
     Examples
     --------
@@ -138,16 +144,16 @@ def fuse(
         _warn_motion(images, names)
         align = "none"
     if align == "auto":
-        from bafusion.fusion.scene import moving_shots
-
-        align = "similarity" if moving_shots(images) else "none"
+        align = _auto_align(images, names)
     if align != "none":
-        from bafusion.fusion.align import align_images
+        from bafusion.fusion.align import align_images, check_alignment
 
+        al = align_images(images, align)
+        check_alignment(al, names, force=None, unaligned='align="none"')  # as fuse --align without --force
         if full is not None and keep_depth:
             warnings.warn("sources of more than 8 bits are fused in 8 bits when aligned (alignment works on 8 bits)",
                           stacklevel=2)
-        images, full = align_images(images, align).images, None
+        images, full = al.images, None
     nets = model if isinstance(model, FusionNets) else _cached_nets(
         None if model is None else str(model), device)
     deep = full is not None and keep_depth
@@ -181,6 +187,25 @@ def _check_same_size(sources: tuple[str | os.PathLike[str] | np.ndarray, ...], i
         turned = "".join(orientation_clause(image_info(sources[j])) for j in (i, 0)
                          if not isinstance(sources[j], np.ndarray))
         raise InputFileError(e.path, e.problem + turned) from None
+
+
+def _auto_align(images: list[np.ndarray], names: list[str]) -> str:
+    """``align="auto"`` as ``fuse --align auto`` without ``--force``: shots of two scenes are
+    refused (:func:`bafusion.fusion.scene.check_one_scene`), then the model is chosen by
+    :func:`bafusion.fusion.batch.auto_alignment`; a shot whose estimate failed (implausible, or
+    matching worse than no motion) gets a warning with the command line's line, and is fused as
+    registered unless another shot moves."""
+    from bafusion.fusion.batch import AUTO_FAILURES, auto_alignment
+    from bafusion.fusion.scene import check_one_scene, shared_reductions
+
+    with shared_reductions():  # the check and the motion estimate reduce each shot once
+        check_one_scene(images, names, remedy='use align="none" to fuse anyway, or align="similarity" if the '
+                        "camera moved a lot between the shots")
+        model, lines = auto_alignment(images, names, True)
+    for verdict, text in lines:
+        if verdict in AUTO_FAILURES:
+            warnings.warn(f'align="auto": {text}', stacklevel=3)
+    return model
 
 
 def _warn_motion(images: list[np.ndarray], names: list[str]) -> None:

@@ -158,47 +158,76 @@ def _safe_motion_hints(images: Sequence[np.ndarray], names: Sequence[str]) -> li
 
 
 def _auto_align(images: Sequence[np.ndarray], names: Sequence[str], one_scene: bool) -> str:
-    """``--align auto``: ``similarity`` when a shot moves (:func:`bafusion.fusion.scene.shot_motions`),
-    else ``none``; one line on stderr per shot says why."""
+    """``--align auto``: :func:`auto_alignment`, its lines on stderr."""
     from tqdm import tqdm
 
+    model, lines = auto_alignment(images, names, one_scene)
+    for _, text in lines:
+        tqdm.write(f"bafusion: --align auto: {text}", file=sys.stderr)
+    return model
+
+
+#: The verdicts of :func:`auto_alignment` that discard an estimate (or could not make one): a
+#: failure the caller should hear of, where the others are information.
+AUTO_FAILURES = ("failed", "implausible", "error")
+
+
+def auto_alignment(images: Sequence[np.ndarray], names: Sequence[str],
+                   one_scene: bool) -> tuple[str, list[tuple[str, str]]]:
+    """``align='auto'`` (``fuse --align auto``, :func:`bafusion.fuse`): ``similarity`` when a shot
+    moves (:func:`bafusion.fusion.scene.shot_motions`), else ``none``.
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        The shots, the first the reference.
+    names : sequence of str
+        Their names, for the lines.
+    one_scene : bool
+        Whether the shots look like one scene (:func:`bafusion.fusion.scene.check_one_scene`);
+        shots of two scenes (fused with ``--force``) are not aligned.
+
+    Returns
+    -------
+    tuple
+        The model (``"similarity"`` or ``"none"``) and, per shot (or once for the set), the
+        verdict (a :class:`bafusion.fusion.scene.ShotMotion` verdict, ``"error"`` when the
+        estimate raised, ``"two scenes"``) and a line that says why.
+    """
     from bafusion.fusion.scene import HINT_MOTION_PX, HINT_REDUCED_PX, shot_motions
 
-    def say(text: str) -> None:
-        tqdm.write(f"bafusion: --align auto: {text}", file=sys.stderr)
-
     if not one_scene:
-        say("the shots do not look like one scene (fused with --force): not aligned")
-        return "none"
+        return "none", [("two scenes", "the shots do not look like one scene (fused with --force): not aligned")]
     try:
         motions = shot_motions(images)
     except Exception as e:  # noqa: BLE001 - fall back to the shots as they are
-        say(f"the motion could not be estimated ({type(e).__name__}: {e}): not aligned")
-        return "none"
+        return "none", [("error", f"the motion could not be estimated ({type(e).__name__}: {e}): not aligned")]
     moving = any(sm.verdict == "moves" for sm in motions)
+    lines: list[tuple[str, str]] = []
     for sm in motions:
         n = names[sm.index]
         if sm.verdict == "moves":
-            say(f"{n} moves about {sm.px:.1f} px against {names[0]}: aligning (similarity)")
+            text = f"{n} moves about {sm.px:.1f} px against {names[0]}: aligning (similarity)"
         elif sm.verdict == "still":
             why = (f"not more than {HINT_MOTION_PX:g} px" if sm.px <= HINT_MOTION_PX else
                    f"under {HINT_REDUCED_PX:g} px at the reduced scale it is measured on (the estimate's error)")
-            say(f"{n} moves {sm.px:.1f} px against {names[0]}, {why}" + ("" if moving else ": fused as registered"))
+            text = f"{n} moves {sm.px:.1f} px against {names[0]}, {why}" + ("" if moving else ": fused as registered")
         elif sm.verdict == "defocus":
-            say(f"{n} reads {sm.px:.1f} px against {names[0]}, but {sm.blurred:.1f} px with either shot blurred: "
-                "the focus difference, not a motion" + ("" if moving else ": fused as registered"))
+            text = (f"{n} reads {sm.px:.1f} px against {names[0]}, but {sm.blurred:.1f} px with either shot blurred: "
+                    "the focus difference, not a motion" + ("" if moving else ": fused as registered"))
         elif sm.verdict == "failed":
-            say(f"{n}: the motion estimate ({sm.px:.1f} px) matches the shots worse than no motion, taken "
-                "for a failure" + ("" if moving else ": fused as registered"))
+            text = (f"{n}: the motion estimate ({sm.px:.1f} px) matches the shots worse than no motion, taken "
+                    "for a failure" + ("" if moving else ": fused as registered"))
         elif sm.verdict == "implausible":
-            say(f"{n}: the motion estimate ({sm.px:.1f} px: {sm.reason}) is not one a hand-held focus pair shows, "
-                "taken for a failure" + ("" if moving else ": fused as registered"))
+            text = (f"{n}: the motion estimate ({sm.px:.1f} px: {sm.reason}) is not one a hand-held focus pair shows, "
+                    "taken for a failure" + ("" if moving else ": fused as registered"))
         elif sm.verdict == "too flat":
-            say(f"{n}: too flat to judge its motion (no structure to register by, in it or in {names[0]})"
-                + ("" if moving else ": fused as registered"))
+            text = (f"{n}: too flat to judge its motion (no structure to register by, in it or in {names[0]})"
+                    + ("" if moving else ": fused as registered"))
         else:
-            say(f"{n}: too small to judge its motion" + ("" if moving else ": fused as registered"))
-    return "similarity" if moving else "none"
+            text = f"{n}: too small to judge its motion" + ("" if moving else ": fused as registered")
+        lines.append((sm.verdict, text))
+    return ("similarity" if moving else "none"), lines
 
 
 def fused_output(src: SourceSet, results, output: Path) -> Fused:
@@ -638,20 +667,11 @@ def align_for_fuse(images: list[np.ndarray], names: list[str], model: str, force
     stderr, refuse unless ``force`` an estimate that no hand-held focus pair shows
     (:func:`bafusion.fusion.align.implausible_motion`) and shots that are not one scene; returns
     the cropped shots. Shots too flat to register are left as they are (a line says so)."""
-    from bafusion.fusion.align import MIN_QUALITY, align_images
+    from bafusion.fusion.align import align_images, check_alignment
 
     al = align_images(images, model)
-    bad = [(n, q) for n, q in zip(names[1:], al.quality[1:]) if q is not None and q < MIN_QUALITY]
-    if bad and not force:
-        n, q = bad[0]
-        raise UserError(f"{n}: does not look like the same scene as {names[0]} (match quality {q:.2f} after "
-                        f"{model} alignment, below {MIN_QUALITY}); use --force to fuse anyway")
-    odd = [(n, why) for n, why in zip(names[1:], al.implausible[1:]) if why]
-    if odd and not force:
-        n, why = odd[0]
-        raise UserError(f"{n}: the {model} alignment to {names[0]} failed: its estimate ({why}) is not a motion "
-                        "a hand-held focus pair shows (a blown-out or one-dimensional scene?); use --align none to "
-                        "fuse the shots as registered, or --force to use the estimate anyway")
+    if not force:
+        check_alignment(al, names)
     from tqdm import tqdm
 
     for line in al.describe(names):

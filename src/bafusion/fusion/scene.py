@@ -154,7 +154,8 @@ def scene_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(ra @ rb / math.sqrt(va * vb))
 
 
-def check_one_scene(images: Sequence[np.ndarray], names: Sequence[str], force: bool = False) -> list[float | None]:
+def check_one_scene(images: Sequence[np.ndarray], names: Sequence[str], force: bool = False, *,
+                    remedy: str = "use --force to fuse anyway") -> list[float | None]:
     """Correlation of every shot with the first; raise :class:`UserError` naming the first shot
     below :data:`MIN_CORRELATION` unless ``force``.
 
@@ -166,6 +167,8 @@ def check_one_scene(images: Sequence[np.ndarray], names: Sequence[str], force: b
         Their file names, for the message.
     force : bool
         Return the correlations without refusing.
+    remedy : str
+        What the message advises (the command line's ``--force``; :func:`bafusion.fuse` has none).
 
     Returns
     -------
@@ -179,7 +182,7 @@ def check_one_scene(images: Sequence[np.ndarray], names: Sequence[str], force: b
             if c is not None and c < MIN_CORRELATION:
                 raise UserError(
                     f"{name}: does not look like the same scene as {names[0]} (correlation {c:.2f} at a coarse "
-                    f"scale, below {MIN_CORRELATION}); use --force to fuse anyway"
+                    f"scale, below {MIN_CORRELATION}); {remedy}"
                 )
     return scores
 
