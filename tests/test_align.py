@@ -329,3 +329,18 @@ def test_flat_shots_are_not_aligned_and_not_refused(tmp_path: Path, nets: Path, 
     # one flat shot beside one with structure is not one scene (as without --align)
     Image.fromarray(_texture(32, 128, 160)).save(tmp_path / "b.png")
     assert cli_main(argv) == 2 and "same scene" in capsys.readouterr().err
+
+
+def test_match_quality_of_an_empty_mask_is_zero_without_numpy_warnings() -> None:
+    """Shots that share no area (--align auto on two different small images) gave an empty
+    mask: numpy's "Mean of empty slice" and "invalid value" warnings reached the user; the
+    value is 0 (nothing matches), now said without them."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((40, 40)), rng.random((40, 40))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert align.match_quality(a, b, np.zeros((40, 40), bool)) == 0.0
+        a[:10] = 1.0  # a clipped region too: the mask stays empty
+        assert align.match_quality(a, b, np.zeros((40, 40), bool)) == 0.0

@@ -559,7 +559,7 @@ def match_quality(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, 
     """Normalised correlation of the gradient magnitudes of two registered shots, at the scale
     of a Gaussian of ``sigma`` pixels (coarse enough that the focus difference barely
     changes them), on ``mask``: near 1 for one scene focused differently, near 0 for two
-    scenes. Flat shots (no gradient) give 0.
+    scenes. Flat shots (no gradient) and an empty ``mask`` give 0.
 
     The clipped regions of either shot (:func:`clipped_regions`), widened by ``2 * sigma``
     pixels (the reach of the gradient filter), are left out unless that leaves less than
@@ -586,6 +586,8 @@ def _match_quality(g_a: np.ndarray, g_b: np.ndarray, clip_a: np.ndarray | None, 
             mask = keep
     if mask is not None:
         ga, gb = ga[mask], gb[mask]
+    if ga.size == 0:  # an empty mask (shots that share no area): nothing matches; said without numpy's warnings
+        return 0.0
     ga = ga.ravel() - ga.mean()
     gb = gb.ravel() - gb.mean()
     den = math.sqrt(float(ga @ ga) * float(gb @ gb))
