@@ -691,3 +691,16 @@ def test_alpha_to_a_format_without_it_is_a_clear_error(tmp_path: Path, rgb, dtyp
     with pytest.raises(UserError, match=r"x\.xbm: cannot write this image \(shape \(6, 9, 3\)\) as XBM: cannot "
                                         "write mode RGB"):
         write_image(tmp_path / "x.xbm", rgb)
+
+
+def test_a_file_pillow_cannot_identify_is_said_without_python_internals(tmp_path: Path) -> None:
+    """Text saved as .png said "unreadable image (UnidentifiedImageError: cannot identify image
+    file <_io.BufferedReader name='bad.png'>)"; it says what is wrong, in words."""
+    bad = tmp_path / "bad.png"
+    bad.write_text("hello\n")
+    for read in (read_image, lambda p: read_images([p])):
+        with pytest.raises(InputFileError) as e:
+            read(bad)
+        said = str(e.value)
+        assert "bad.png: unreadable image: not an image file Pillow can read" in said
+        assert "BufferedReader" not in said and "UnidentifiedImageError" not in said

@@ -107,13 +107,21 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise _too_large(p, e) from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise InputFileError(p, _tiff_problem(p) or f"unreadable image ({e.__class__.__name__}: {e})") from e
+        raise InputFileError(p, _tiff_problem(p) or _unreadable(e)) from e
 
 
 def _too_large(p: Path, e: Exception) -> InputFileError:
     """The error for a file over Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``
     times two: about 179 megapixels by default; a program may raise it before reading)."""
     return InputFileError(p, f"image too large to read: {e}".rstrip(". ") + " (Pillow's Image.MAX_IMAGE_PIXELS)")
+
+
+def _unreadable(e: BaseException) -> str:
+    """Why Pillow read no image, in words: its UnidentifiedImageError says "cannot identify
+    image file <_io.BufferedReader name=...>", Python's internals rather than the problem."""
+    if isinstance(e, UnidentifiedImageError):
+        return "unreadable image: not an image file Pillow can read (an unknown format, or not an image)"
+    return f"unreadable image ({e.__class__.__name__}: {e})"
 
 
 def _tiff_problem(p: Path) -> str | None:
@@ -210,10 +218,10 @@ def image_info(path: str | os.PathLike[str], *, decode: bool = False) -> ImageIn
     except UnidentifiedImageError as e:
         info = _tiff_info(p, decode)
         if info is None:
-            raise InputFileError(p, _tiff_problem(p) or f"unreadable image ({e.__class__.__name__}: {e})") from e
+            raise InputFileError(p, _tiff_problem(p) or _unreadable(e)) from e
         return info
     except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise InputFileError(p, _tiff_problem(p) or f"unreadable image ({e.__class__.__name__}: {e})") from e
+        raise InputFileError(p, _tiff_problem(p) or _unreadable(e)) from e
     ow, oh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     return ImageInfo(str(path), ow, oh, (w, h), orientation, frames, fmt, mode in _GRAY_MODES)
 
