@@ -14,6 +14,23 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
+@pytest.fixture(autouse=True)
+def _no_params_yaml_note(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests run in the checkout, beside its params.yaml: the note of the commands given no
+    params file, "./params.yaml is not read" (bafusion.cli.common.note_params_yaml_unread),
+    would be in the stderr of every such command a test runs. Tests of the note request the
+    fixture ``params_yaml_note``."""
+    if "params_yaml_note" not in request.fixturenames:
+        import bafusion.cli.common
+
+        monkeypatch.setattr(bafusion.cli.common, "PARAMS_YAML", REPO / "tests" / "no-such-params.yaml")
+
+
+@pytest.fixture
+def params_yaml_note() -> None:
+    """A test of the note that ./params.yaml is not read: the note is said (see _no_params_yaml_note)."""
+
+
 def shared_data_dir() -> Path:
     return Path(os.environ.get("BAFUSION_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -369,7 +369,7 @@ def test_a_size_error_says_an_exif_orientation_was_applied(work: Path, capsys) -
              "r.jpg's EXIF orientation 6 was applied (the file stores 24x20)")
 
 
-def test_train_without_params_says_params_yaml_is_not_read(work: Path, capsys) -> None:
+def test_train_without_params_says_params_yaml_is_not_read(work: Path, capsys, params_yaml_note: None) -> None:
     """A ./params.yaml beside a `bafusion train` without --params: a note says it is not read."""
     argv = ["train", "--net", "initial", "--patches", "missing.h5", "--out", "m.pt"]
     cli_main(argv)
@@ -380,6 +380,29 @@ def test_train_without_params_says_params_yaml_is_not_read(work: Path, capsys) -
     assert "no --params given" in err and "pass --params params.yaml" in err
     cli_main([*argv, "--params", "params.yaml"])
     assert "no --params given" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "given"), [
+    (["fuse", "a.png", "a.png", "--model", "nets", "--device", "cpu", "-o", "F.png"], "--params-json"),
+    (["fuse-set", "--pairs", "nope", "--models", "nets", "--out", "o"], "--params-file"),
+    (["fuse-dir", "empty", "out", "--model", "nets", "--device", "cpu"], "--params-json"),
+    (["evaluate", "--models", "nets", "--out", "e.json", "--dataset", "x=nope"], "--fuse-json"),
+])
+def test_fusion_without_params_file_says_params_yaml_is_not_read(work: Path, capsys, argv: list[str], given: str,
+                                                                   params_yaml_note: None) -> None:
+    """fuse, fuse-set, fuse-dir and evaluate read no ./params.yaml unless --params-file names it
+    (its fuse.boundary_weight 1.0 gave other results than the built-in 0.75, silently): a note
+    says so, as train's does; none with a params file or JSON (the pipeline's rules pass JSON)."""
+    (work / "empty").mkdir()
+    cli_main(argv)
+    assert "params.yaml is not read" not in capsys.readouterr().err
+    (work / "params.yaml").write_text("fuse:\n  boundary_weight: 1.0\n")
+    cli_main(argv)
+    err = capsys.readouterr().err
+    assert f"bafusion {argv[0]}: note: no --params-file given" in err
+    assert "pass --params-file params.yaml" in err
+    cli_main([*argv, given, "params.yaml" if given == "--params-file" else "{}"])
+    assert "params.yaml is not read" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("code", [28, 13, 30, 5])  # ENOSPC, EACCES, EROFS, EIO

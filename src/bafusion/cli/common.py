@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -95,6 +96,21 @@ def nonempty_json(s: str) -> str:
     if not s.strip():
         raise argparse.ArgumentTypeError("empty JSON: give a JSON object, or leave the option out")
     return s
+
+
+#: The params file :func:`note_params_yaml_unread` looks for: the working directory's (the
+#: project's, run from the checkout). The tests point it elsewhere (tests/conftest.py).
+PARAMS_YAML = Path("params.yaml")
+
+
+def note_params_yaml_unread(command: str, option: str, *given: object, rest: str = "any flags") -> None:
+    """Say on stderr, in one line, that ``./params.yaml`` is not read when it exists and none
+    of ``given`` (the params file and JSON options) was passed: its values are not applied
+    unless named (``option``), which puzzled a user whose results differed from the pipeline's.
+    The pipeline's rules pass their parameters as JSON, so they get no note."""
+    if all(g is None for g in given) and PARAMS_YAML.is_file():
+        print(f"bafusion {command}: note: no {option} given, so the built-in defaults (and {rest}) apply; "
+              f"./params.yaml is not read (pass {option} params.yaml to use it)", file=sys.stderr)
 
 
 def nets_from_args(args: argparse.Namespace, device: str, folder: str | None) -> FusionNets:

@@ -7,7 +7,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bafusion.cli.common import nets_from_args, nonempty_csv, nonempty_json, nonempty_path
+from bafusion.cli.common import (
+    nets_from_args,
+    nonempty_csv,
+    nonempty_json,
+    nonempty_path,
+    note_params_yaml_unread,
+)
 from bafusion.errors import UserError
 from bafusion.evaluation.evaluate import (
     DEFAULT_METHODS,
@@ -32,6 +38,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from bafusion.workspace import project_root
 
     # --params-file's evaluate and fuse sections, under --params-json and --fuse-json; checked.
+    note_params_yaml_unread("evaluate", "--params-file", args.params_file, args.params_json, args.fuse_json)
     params = read_params(args.params_file, [("--params-json", args.params_json, "evaluate"),
                                             ("--fuse-json", args.fuse_json, "fuse")], sections=("evaluate", "fuse"))
     section_ = dict(params["evaluate"])
@@ -93,8 +100,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "is configured, and write <out>/<dataset>/metrics.csv, table1.md, figures/ and "
         "<out>/metrics.json; log an MLflow run 'evaluate'.",
     )
-    p.add_argument("--params-file", type=nonempty_path, default=None, help="YAML file with 'evaluate' and 'fuse' sections (params.yaml)")
-    p.add_argument("--params-json", type=nonempty_json, default=None, help="JSON object overriding the 'evaluate' section")
+    p.add_argument("--params-file", type=nonempty_path, default=None,
+                   help="YAML file with 'evaluate' and 'fuse' sections (params.yaml)")
+    p.add_argument("--params-json", type=nonempty_json, default=None,
+                   help="JSON object overriding the 'evaluate' section")
     p.add_argument("--fuse-json", type=nonempty_json, default=None, help="JSON object overriding the 'fuse' section (fusion parameters)")
     p.add_argument("--dataset", default=None, metavar="NAME=SOURCES[,REFERENCE]", help="evaluate only this dataset")
     p.add_argument("--pattern", default=None, help="with --dataset: only pairs whose name matches this glob (e.g. 'g??-*')")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bafusion.cli.common import nets_from_args, nonempty_csv, nonempty_path
+from bafusion.cli.common import nets_from_args, nonempty_csv, nonempty_path, note_params_yaml_unread
 from bafusion.errors import UserError
 from bafusion.fusion.api import ALIGN_MODELS
 from bafusion.fusion.batch import EXIT_NONE_FUSED, EXIT_SKIPPED, check_output_folder, find_groups, fuse_dir
@@ -122,6 +122,8 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
     (device, alpha). Sets torch's threads (--threads, else fuse.threads, else the free cores)."""
     from bafusion.config import read_params, section
 
+    note_params_yaml_unread(getattr(args, "command", None) or "fuse", "--params-file",
+                            getattr(args, "params_file", None), getattr(args, "params_json", None))
     params = read_params(getattr(args, "params_file", None),
                          [("--params-json", getattr(args, "params_json", None), "fuse")], sections=("fuse",))
     base = section(params, "fuse")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bafusion.atomic import clear_stop, stop_requested
-from bafusion.cli.common import nonempty_path
+from bafusion.cli.common import nonempty_path, note_params_yaml_unread
 from bafusion.config import read_params
 from bafusion.errors import UserError
 from bafusion.nets.train import (
@@ -221,9 +221,7 @@ def register(subparsers: Any) -> None:
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
-    if args.params is None and args.params_json is None and Path("params.yaml").is_file():
-        print("bafusion train: note: no --params given, so the built-in defaults (and any --set) apply; "
-              "./params.yaml is not read (pass --params params.yaml to use it)", file=sys.stderr)
+    note_params_yaml_unread("train", "--params", args.params, args.params_json, rest="any --set")
     params = read_params(args.params, [("--params-json", args.params_json, None)], args.overrides)
     cfg = TrainConfig.from_params(params, args.net)
     if args.device is not None:
