@@ -626,3 +626,17 @@ def test_a_folder_given_as_the_patch_set_is_named_in_one_line(work: Path, capsys
     assert rc == 2, err
     assert err.strip() == ("bafusion train: error: nets: is a folder, not a patch set file "
                            "(pass the .h5 file, e.g. data/patches/initial.h5)"), err
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    """28 options (prepare --source, composite --shard, patches --per-pair, ...) had no help:
+    `bafusion <cmd> --help` listed them bare. Every action but -h says what it is."""
+    import argparse
+
+    from bafusion.cli.app import build_parser
+
+    subs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    bare = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, p in subs.choices.items()
+            for a in p._actions if a.help is None and not isinstance(a, argparse._HelpAction)]
+    assert len(subs.choices) > 15 and not bare, bare
+

@@ -181,7 +181,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "download-alphamatting", parents=[net], help="fetch + verify + extract the alphamatting.com training set"
     )
     p.add_argument("--out", type=nonempty_path, required=True, help="output folder (gets input/ and gt/)")
-    p.add_argument("--resolution", choices=["lowres", "highres"], default="lowres")
+    p.add_argument("--resolution", choices=["lowres", "highres"], default="lowres",
+                   help="which archives: lowres (long side about 800 px, the paper's) or highres (no checksums known here: "
+                        "give --checksum or --allow-unverified) (default %(default)s)")
     p.add_argument("--base-url", default=ALPHAMATTING_URL, help="where the archives are (a mirror, file:// URL or folder)")
     p.add_argument("--from-dir", default="", help="local override: folder with the archives, or with input/ and gt/")
     p.add_argument("--checksum", action="append", metavar="NAME=ALGO:HEX", help="override an archive's checksum")
@@ -192,8 +194,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=nonempty_path, required=True, help="output folder of background photos")
     p.add_argument("--count", type=positive_int, required=True, help="backgrounds to keep (paper: 700)")
     p.add_argument("--oversample", type=finite_float(1.0), default=2.0, help="candidates ranked per kept image (default %(default)s)")
-    p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--split", default="train2017")
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help="seed of the shuffle that picks the candidates (default %(default)s)")
+    p.add_argument("--split", default="train2017",
+                   help="COCO split to draw from (default %(default)s, the paper's COCO-2017)")
     p.add_argument("--min-side", type=non_negative_int, default=256, help="smallest allowed min(width, height)")
     p.add_argument("--allow-gray", action="store_true", help="keep gray photos too")
     p.add_argument("--categories", default="", help="comma-separated COCO category names; an image needs one")
@@ -201,7 +205,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-sharpness", type=finite_float(0.0), default=0.0, help="absolute floor for the Laplacian variance")
     p.add_argument("--max-failures", type=non_negative_int, default=None, help="failed image downloads tolerated")
     p.add_argument("--annotations", default="", help="local override: annotations zip or COCO JSON")
-    p.add_argument("--annotations-url", default=COCO_ANNOTATIONS_URL)
+    p.add_argument("--annotations-url", default=COCO_ANNOTATIONS_URL,
+                   help="where the COCO annotations zip is fetched from when --annotations is not given (default %(default)s)")
     p.add_argument("--annotations-checksum", default=COCO_ANNOTATIONS_CHECKSUM, help="'' to skip the check")
     p.add_argument("--image-base-url", default="", help="mirror: images at <base>/<split>/<file_name>")
     p.add_argument("--images-dir", default="", help="local override: folder of <file_name> images")

@@ -119,6 +119,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plots", type=nonempty_path, default=None,
                    help="write every method's means as CSV here (for DVC plots)")
     p.add_argument("--root", default=None, help="folder relative dataset paths start from (default: the project root)")
-    p.add_argument("--device", default=None, help="auto, cpu or cuda (default: the fuse section's, else auto)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: the fuse section's, else auto)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=_cmd_evaluate)

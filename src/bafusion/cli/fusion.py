@@ -104,7 +104,7 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True) -> None:
     g.add_argument("--params-file", type=nonempty_path, default=None, help="YAML file whose 'fuse' section sets the defaults (params.yaml)")
     g.add_argument("--params-json", default=None,
                    help="JSON object of fusion parameters (the 'fuse' section; overrides --params-file)")
-    p.add_argument("--device", default=None, help=f"{default('fuse.device')} (default), cpu or cuda")
+    p.add_argument("--device", default=None, help=f"{default('fuse.device')} (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's, lowered to the cores the load average leaves "
                         "free, at least 1)")

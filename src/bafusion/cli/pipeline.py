@@ -231,54 +231,82 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser("prepare", parents=[common], help="resize foregrounds + mattes, check backgrounds, write a manifest")
-    p.add_argument("--source", choices=["builtin", "dir"], default="builtin")
+    p.add_argument("--source", choices=["builtin", "dir"], default="builtin",
+                   help="where the photos come from: builtin (scikit-image's, offline; --builtin-*) or dir "
+                        "(--alphamatting and --backgrounds-dir folders; what data.source web downloads into) "
+                        "(default %(default)s)")
     p.add_argument("--foregrounds", type=int, default=0, help="at most this many training foregrounds (0 = all)")
     p.add_argument("--backgrounds", type=int, default=0, help="at most this many training backgrounds (0 = all)")
-    p.add_argument("--holdout-foregrounds", type=int, default=0)
-    p.add_argument("--holdout-backgrounds", type=int, default=0)
+    p.add_argument("--holdout-foregrounds", type=int, default=0,
+                   help="foregrounds held back for the test set (bafusion testset), not trained on "
+                        "(default 0, the paper's; params.yaml sets 2)")
+    p.add_argument("--holdout-backgrounds", type=int, default=0,
+                   help="backgrounds held back for the test set, with --holdout-foregrounds "
+                        "(default 0, the paper's; params.yaml sets 2)")
     p.add_argument("--builtin-foregrounds", default="", help="comma-separated skimage.data names")
     p.add_argument("--builtin-backgrounds", default="", help="comma-separated skimage.data names")
     p.add_argument("--alphamatting", default="", help="folder with input/ and gt/ (source dir)")
     p.add_argument("--backgrounds-dir", default="", help="folder of background photos (source dir)")
-    p.add_argument("--scale", type=float, default=0.5)
-    p.add_argument("--min-background-side", type=int, default=64)
+    p.add_argument("--scale", type=float, default=0.5,
+                   help="factor the foregrounds and mattes are resized by (default %(default)s: halved, the paper's)")
+    p.add_argument("--min-background-side", type=int, default=64,
+                   help="a background whose shorter side is below this many pixels is an error (default %(default)s)")
     p.add_argument("--out", type=nonempty_path, required=True, help="output folder (e.g. data/prepared)")
     p.set_defaults(func=cmd_prepare)
 
     def comp_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("--prepared", required=True, help="the prepare step's folder")
-        q.add_argument("--sigma", type=float, nargs=2, default=[1.0, 3.0], metavar=("LO", "HI"))
-        q.add_argument("--fit", choices=["cover", "stretch"], default="cover")
+        q.add_argument("--sigma", type=float, nargs=2, default=[1.0, 3.0], metavar=("LO", "HI"),
+                       help="Gaussian blur sigma range in pixels, drawn uniformly per pair (default 1.0 3.0)")
+        q.add_argument("--fit", choices=["cover", "stretch"], default="cover",
+                       help="background to foreground size: cover (scale, then centre crop) or stretch "
+                            "(default %(default)s)")
         q.add_argument("--realistic", default="", metavar="JSON",
                        help="composite.realistic as a JSON object (real-camera degradations; {} = the paper's pairs)")
 
     p = sub.add_parser("composite", parents=[common], help="composite the pairs of one shard into HDF5")
     comp_args(p)
-    p.add_argument("--shard", type=int, required=True)
-    p.add_argument("--shards", type=int, required=True)
-    p.add_argument("--out", type=nonempty_path, required=True)
+    p.add_argument("--shard", type=int, required=True,
+                   help="which shard to make, 0 to --shards - 1 (foregrounds are split round-robin)")
+    p.add_argument("--shards", type=int, required=True,
+                   help="number of shards (parallel jobs) the foregrounds are split into (params: composite.shards)")
+    p.add_argument("--out", type=nonempty_path, required=True,
+                   help="HDF5 file of the shard's pairs to write (e.g. data/composite/shard-0.h5)")
     p.set_defaults(func=cmd_composite)
 
     p = sub.add_parser("composite-index", help="summarise composite shards into a JSON index")
-    p.add_argument("shards", nargs="+")
-    p.add_argument("--out", type=nonempty_path, required=True)
+    p.add_argument("shards", nargs="+", help="composite shard files (.h5) to summarise")
+    p.add_argument("--out", type=nonempty_path, required=True,
+                   help="JSON index file to write (e.g. data/composite/index.json)")
     p.set_defaults(func=cmd_composite_index)
 
     p = sub.add_parser("testset", parents=[common], help="composite the held-out pairs in colour, with their truth")
     comp_args(p)
-    p.add_argument("--out", type=nonempty_path, required=True)
+    p.add_argument("--out", type=nonempty_path, required=True,
+                   help="output folder of the test pairs, their truth and index.json (e.g. data/testset)")
     p.set_defaults(func=cmd_testset)
 
     p = sub.add_parser("patches", parents=[common], help="sample labelled two-channel patches into HDF5")
     p.add_argument("shards", nargs="+", help="composite shard files")
-    p.add_argument("--patch", type=int, default=32)
-    p.add_argument("--per-pair", type=int, default=10)
+    p.add_argument("--patch", type=int, default=32,
+                   help="patch side in pixels, a multiple of 4, at least 8 (default %(default)s, as params.yaml; "
+                        "the paper's 64)")
+    p.add_argument("--per-pair", type=int, default=10,
+                   help="random patches per pair, labelled by the matte at their centre "
+                        "(default 10, the paper's; params.yaml sets 40)")
     p.add_argument("--boundary-per-pair", type=_boundary_per_pair, default=10, metavar="N|subset",
-                   help="boundary patches drawn per pair, or subset: the random patches that pass the boundary test (the paper's)")
-    p.add_argument("--min-focused", type=float, default=0.1)
-    p.add_argument("--min-defocused", type=float, default=0.1)
-    p.add_argument("--label-threshold", type=float, default=0.5)
-    p.add_argument("--val-fraction", type=float, default=0.15)
+                   help="boundary patches drawn per pair where a patch holds both focused and defocused pixels, "
+                        "or subset: the random patches that pass that test (the paper's) (default 10; params.yaml "
+                        "sets 40)")
+    p.add_argument("--min-focused", type=float, default=0.1,
+                   help="a boundary patch holds at least this fraction of focused pixels (default %(default)s, "
+                        "the paper's)")
+    p.add_argument("--min-defocused", type=float, default=0.1,
+                   help="... and at least this fraction of defocused pixels (default %(default)s, the paper's)")
+    p.add_argument("--label-threshold", type=float, default=0.5,
+                   help="matte value at or above which a pixel is focused in A (default %(default)s)")
+    p.add_argument("--val-fraction", type=float, default=0.15,
+                   help="share of the pairs (not patches) held out for validation (default %(default)s, the paper's)")
     p.add_argument("--context", type=int, default=0,
                    help="pixels of surroundings stored on every side of each patch (multiple of 4; 0: the patch alone)")
     p.add_argument("--out", type=nonempty_path, required=True, help="output folder for initial.h5 and boundary.h5")
@@ -293,7 +321,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--params", default=None, metavar="FILE",
                    help="params file to count (default: params.yaml of the current folder, the project's)")
     p.add_argument("--preset", help="apply a preset first (e.g. paper)")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--format", choices=["text", "json"], default="text",
+                   help="text (lines for a reader) or json (the counts as one JSON object) (default %(default)s)")
     p.set_defaults(func=cmd_count)
 
     p = sub.add_parser("preset", help="print a preset as `dvc exp run -S` arguments, or apply it to params.yaml")

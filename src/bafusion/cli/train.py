@@ -189,7 +189,8 @@ def register(subparsers: Any) -> None:
                     "data/patches/boundary.h5). An interrupted run resumes from --checkpoints/last.pt (for the "
                     "same parameters and patch set); the checkpoint of a finished run (one that wrote its model) "
                     "is not resumed: the training starts from scratch.")
-    p.add_argument("--net", required=True, choices=NETS)
+    p.add_argument("--net", required=True, choices=NETS,
+                   help="which net to train: initial (on the patches' initial.h5) or boundary (on boundary.h5)")
     p.add_argument("--patches", required=True, help="HDF5 patch set (from the 'patches' step)")
     p.add_argument("--out", type=nonempty_path, required=True, help="model file to write (.pt, with a .json beside it)")
     p.add_argument("--params", default=None, help="parameter file (params.yaml)")
@@ -202,7 +203,7 @@ def register(subparsers: Any) -> None:
                    help="metrics JSON (default metrics/train_<net>.json)")
     p.add_argument("--plots", type=nonempty_path, default=None,
                    help="per-epoch CSV (default metrics/plots/train_<net>.csv)")
-    p.add_argument("--device", default=None, help="override train.device (auto, cpu, cuda, cuda:1, mps)")
+    p.add_argument("--device", default=None, help="override train.device (auto, cpu, cuda, cuda:N or mps)")
     p.add_argument("--threads", type=int, default=None, help="override train.threads (torch CPU threads per process)")
     p.add_argument("--nproc", default=None, help="override train.nproc (processes; 'auto' = number of GPUs)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start afresh")
