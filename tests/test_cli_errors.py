@@ -640,3 +640,14 @@ def test_every_option_of_every_command_has_help() -> None:
             for a in p._actions if a.help is None and not isinstance(a, argparse._HelpAction)]
     assert len(subs.choices) > 15 and not bare, bare
 
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["fuse-set", "--pairs", "nope", "--models", "nomodels", "--out", "o", "--device", "cpu"], "--models DIR"),
+    (["evaluate", "--dataset", "x=evd", "--out", "ev4", "--models", "nomodels", "--device", "cpu"], "--models DIR"),
+    ([*FUSE[:3], "--model", "nomodels", "--device", "cpu", "-o", "F.png"], "--model DIR"),
+])
+def test_a_missing_model_folder_names_the_commands_own_option(work: Path, capsys, argv: list[str], said: str) -> None:
+    """fuse-set and evaluate said "pass --model DIR", an option they do not have (theirs is --models)."""
+    _evd(work)
+    err = _refused(argv, capsys, work, "nomodels: model folder not found", said)
+    assert ("--model DIR" in err) == (said == "--model DIR")

@@ -127,6 +127,8 @@ def nets_from_args(args: argparse.Namespace, device: str, folder: str | None) ->
         return load_nets_from_dir(folder, device)
     except UserError as e:
         if folder is None or not Path(folder).is_file():
+            if "models" in vars(args) and "--model DIR" in str(e):  # fuse-set, evaluate: their option is --models
+                raise UserError(str(e).replace("--model DIR", "--models DIR")) from e
             raise
         # a net file given as the folder: "model folder not found" misled
         raise UserError(f"{folder}: is a file, not a model folder: pass the folder that holds initial.pt and "
