@@ -651,3 +651,18 @@ def test_a_missing_model_folder_names_the_commands_own_option(work: Path, capsys
     _evd(work)
     err = _refused(argv, capsys, work, "nomodels: model folder not found", said)
     assert ("--model DIR" in err) == (said == "--model DIR")
+
+
+@pytest.mark.parametrize(("shard", "shards", "said"), [
+    ("0", "0", "--shards 0: give the number of shards, at least 1"),
+    ("0", "-2", "--shards -2: give the number of shards, at least 1"),
+    ("3", "2", "--shard 3: give a shard from 0 to 1 (--shards 2"),
+])
+def test_composite_refuses_a_shard_count_below_one_clearly(work: Path, capsys, shard: str, shards: str,
+                                                            said: str) -> None:
+    """--shards 0 said "shard 0 is not in 0..-1"."""
+    (work / "prep").mkdir()
+    (work / "prep" / "manifest.json").write_text("{}\n")
+    err = _refused(["composite", "--prepared", "prep", "--shard", shard, "--shards", shards, "--out", "s.h5"],
+                   capsys, work, said)
+    assert "0..-1" not in err

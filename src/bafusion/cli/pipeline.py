@@ -97,6 +97,11 @@ def _composite_params(opts) -> dict:
 def cmd_composite(args: argparse.Namespace) -> int:
     from bafusion.data.composite import run_shard
 
+    if args.shards < 1:  # "shard 0 is not in 0..-1" puzzled
+        raise UserError(f"--shards {args.shards}: give the number of shards, at least 1")
+    if not 0 <= args.shard < args.shards:
+        raise UserError(f"--shard {args.shard}: give a shard from 0 to {args.shards - 1} (--shards {args.shards}; "
+                        "shards count from 0)")
     opts = _composite_opts(args)
     params = {"composite": {**_composite_params(opts), "shards": args.shards}, "seed": args.seed}
     with tracking.stage_run("composite", params, tags={"shard": args.shard},

@@ -129,7 +129,9 @@ def _load_prepared(prepared: Path, entry: dict[str, Any], key: str) -> np.ndarra
 
 
 def shard_foregrounds(manifest: dict[str, Any], shard: int, shards: int) -> list[tuple[int, dict[str, Any]]]:
-    if shards < 1 or not 0 <= shard < shards:
+    if shards < 1:
+        raise UserError(f"shards must be at least 1, got {shards}")
+    if not 0 <= shard < shards:
         raise UserError(f"shard {shard} is not in 0..{shards - 1}")
     fgs = entries(manifest, "foregrounds", "train")
     return [(i, e) for i, e in enumerate(fgs) if i % shards == shard]
