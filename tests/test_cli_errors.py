@@ -666,3 +666,13 @@ def test_composite_refuses_a_shard_count_below_one_clearly(work: Path, capsys, s
     err = _refused(["composite", "--prepared", "prep", "--shard", shard, "--shards", shards, "--out", "s.h5"],
                    capsys, work, said)
     assert "0..-1" not in err
+
+
+def test_prepare_source_dir_names_its_options(work: Path, capsys) -> None:
+    """`prepare --source dir` without its folders named the params keys (data.dir.alphamatting),
+    not the options the command line has."""
+    _refused(["prepare", "--source", "dir", "--alphamatting", "afile", "--out", "pp"], capsys, work,
+             "--source dir needs --backgrounds-dir")
+    err = _refused(["prepare", "--source", "dir", "--out", "pp"], capsys, work,
+                   "--source dir needs --alphamatting and --backgrounds-dir")
+    assert "data.dir.alphamatting" in err  # ... and the params keys, for the pipeline's log

@@ -51,6 +51,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from bafusion.data.prepare import PrepareOptions, run_prepare
     from bafusion.workspace import resolve
 
+    if args.source == "dir" and not (args.alphamatting and args.backgrounds_dir):
+        missing = " and ".join(f for f, v in (("--alphamatting", args.alphamatting),
+                                              ("--backgrounds-dir", args.backgrounds_dir)) if not v)
+        raise UserError(f"--source dir needs {missing} (params.yaml: data.dir.alphamatting, data.dir.backgrounds)")
     data_cfg: dict[str, Any] = {
         "source": args.source,
         "foregrounds": args.foregrounds,
