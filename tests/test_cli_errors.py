@@ -676,3 +676,16 @@ def test_prepare_source_dir_names_its_options(work: Path, capsys) -> None:
     err = _refused(["prepare", "--source", "dir", "--out", "pp"], capsys, work,
                    "--source dir needs --alphamatting and --backgrounds-dir")
     assert "data.dir.alphamatting" in err  # ... and the params keys, for the pipeline's log
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+@pytest.mark.parametrize("command", ["count", "metrics"])
+def test_a_full_standard_output_is_named(work: Path, command: str) -> None:
+    """`bafusion count > /dev/full` said "error: No space left on device", not what it wrote."""
+    argv = ["count", "--params", str(Path(__file__).resolve().parents[1] / "params.yaml")] if command == "count" \
+        else ["metrics", "a.png", "b.png", "a.png"]
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "bafusion", *argv], stdout=full, stderr=subprocess.PIPE,
+                           text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == (f"bafusion {command}: error: No space left on device (writing the standard output)")

@@ -221,6 +221,8 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
             if e.errno in _WRITE_ERRNOS:  # only a write fails so: the output
                 where = f"{outs[0]}: " if len(outs) == 1 else ""
                 writing = f" (writing {', '.join(outs)})" if len(outs) > 1 else ""
+                if not outs:  # count, metrics > /dev/full: what they write is the standard output
+                    writing = " (writing the standard output)"
             else:  # permissions, I/O: a file read as well as one written
                 where, writing = "", f" (reading the inputs or writing {', '.join(outs) or 'the outputs'})"
             print(f"{cmd}: error: {where}{os.strerror(e.errno)}{writing}", file=sys.stderr)
