@@ -593,15 +593,30 @@ def test_a_manifest_without_its_keys_is_named_in_one_line(work: Path, capsys, do
              "run the prepare step again", *words)
 
 
-@pytest.mark.parametrize("report", ["T/index.json", "./T/p-A.png", "T/new.json", "T/sub/r.json"])
+@pytest.mark.parametrize("report", ["T/index.json", "./T/p-A.png", "T/sub/p-B.png"])
 def test_fuse_set_report_never_writes_into_the_pairs_folder(work: Path, capsys, report: str) -> None:
     # the probe's: exit 0 and the test set's index.json (or a source image) replaced with the report
     (work / "T" / "sub").mkdir(parents=True)
     (work / "T" / "index.json").write_text('{"pairs": ["p"]}\n')
     for k in "AB":
         (work / "T" / f"p-{k}.png").write_bytes((work / "a.png").read_bytes())
+        (work / "T" / "sub" / f"p-{k}.png").write_bytes((work / "a.png").read_bytes())
     _refused(["fuse-set", "--pairs", "T", "--models", "nets", "--out", "FS", "--report", report], capsys, work,
-             report, "--report file", "inside the --pairs folder T")
+             report, "--report file is a file of the --pairs folder T", "inputs are never overwritten")
+
+
+@pytest.mark.parametrize(("out", "report"), [("FS", "T/new.json"), ("T/fused", "T/fused/acc.json"),
+                                             ("FS", "T/sub/r.json")])
+def test_fuse_set_report_may_be_a_new_file_in_the_pairs_folder(work: Path, out: str, report: str) -> None:
+    # review: every report inside --pairs was refused, also a new file (nothing overwritten) and
+    # one inside an --out that lies in --pairs (allowed)
+    from bafusion.cli.app import build_parser
+    from bafusion.preflight import check_command
+
+    (work / "T" / "sub").mkdir(parents=True)
+    (work / "T" / "index.json").write_text('{"pairs": ["p"]}\n')
+    check_command(build_parser("fuse-set").parse_args(
+        ["fuse-set", "--pairs", "T", "--models", "nets", "--out", out, "--report", report]))
 
 
 @pytest.mark.parametrize("shard", ["sh/initial.h5", "sh/boundary.h5"])

@@ -17,8 +17,9 @@ Every command's output paths are listed once, in :data:`COMMAND_OUTPUTS` (by the
   it beside entries the command did not write, :func:`foreign_entries`): they would be deleted
   with it;
 * an output inside an input folder whose every file is an input (``composite --out`` inside
-  ``--prepared``, ``fuse-set --report`` inside ``--pairs``; also an output folder: ``testset --out``
-  inside ``--prepared``), a file a command writes into its output folder that is an input
+  ``--prepared``; also an output folder: ``testset --out`` inside ``--prepared``), an output file
+  that is an existing file of an input folder (``fuse-set --report`` onto ``--pairs``' index.json or
+  an image), a file a command writes into its output folder that is an input
   (``patches --out sh sh/initial.h5``);
 * two outputs that are one path (``fuse -o X --save-maps X``, ``patches --out sh --summary
   sh/initial.h5``): the second would overwrite the first;
@@ -60,6 +61,9 @@ class OutputSpec:
     #: closed inputs no output folder may lie inside either (testset's --prepared: ``--out prep/fg``
     #: would replace the foregrounds)
     closed_to_folders: tuple[str, ...] = ()
+    #: input folders whose existing files are inputs (fuse-set's --pairs: its index.json and the
+    #: pairs' images): an output file may not replace one; a new file there is allowed
+    read_folders: tuple[str, ...] = ()
     #: the files the command writes into each of its ``dirs`` (patches' initial.h5, boundary.h5)
     dir_files: tuple[str, ...] = ()
 
@@ -77,7 +81,7 @@ _NETS = ("initial", "boundary", "model", "models", "params_file")
 COMMAND_OUTPUTS: dict[str, OutputSpec] = {
     "fuse": OutputSpec(images=("output",), dirs=("save_maps",), inputs=("images", *_NETS)),
     "fuse-set": OutputSpec(replaced_dirs=("out",), files=("report",), inputs=("pairs", *_NETS),
-                           closed_inputs=("pairs",)),
+                           read_folders=("pairs",)),
     "fuse-dir": OutputSpec(dirs=("output",), inputs=("input", *_NETS), positional=("output",)),
     "baseline": OutputSpec(images=("output",), inputs=("a", "b")),
     "evaluate": OutputSpec(replaced_dirs=("out",), files=("report", "plots"), inputs=("root", *_NETS)),
@@ -399,6 +403,13 @@ def check_command(args: argparse.Namespace) -> None:
                         raise UserError(f"{p}: the {spec.flag(out)} {kind} lies inside {where} "
                                         f"{folder}, whose files are inputs; inputs are never overwritten: choose "
                                         "another path")
+    for dest in spec.read_folders:
+        for folder in _raw(getattr(args, dest, None)):
+            for out in (*spec.images, *spec.files):
+                for p in _raw(getattr(args, out, None)):
+                    if Path(p).is_file() and _contains(Path(folder), Path(p)):
+                        raise UserError(f"{p}: the {spec.flag(out)} file is a file of the {spec.flag(dest)} folder "
+                                        f"{folder}, an input; inputs are never overwritten: choose another path")
     # the command's output files (evaluate's --report, --plots) are written after --out is
     # replaced: inside it they are its own entries, not the user's
     own = [p for dest in (*spec.images, *spec.files) for p in _raw(getattr(args, dest, None))]
