@@ -456,7 +456,7 @@ def test_torch_failing_to_write_a_net_or_checkpoint_names_the_file(tmp_path: Pat
      '{"pairs": {"p": {}}}', ["p.png", "maps/"]),
     # the download commands deleted a folder of the user's files too (exit 0)
     (["download-alphamatting", "--out", "mine"], "download.json", '{"foregrounds": 3}', ["input/", "gt/"]),
-    (["download-eval", "--out", "mine"], "download.json", '{"sets": ["lytro"]}', ["lytro/"]),
+    (["download-eval", "--out", "mine"], "download.json", '{"sets": ["lytro"], "folders": ["lytro"]}', ["lytro/"]),
     (["download-eval", "--out", "mine"], "download.json", '{"sets": ["x"], "folders": ["lytro", "classic"]}',
      ["lytro/", "classic/"]),
     (["download-coco", "--out", "mine", "--count", "2"], "selection.json", '{"kept": [{"file": "a.jpg"}]}',

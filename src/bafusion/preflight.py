@@ -130,8 +130,9 @@ def _evaluate_entries(doc: Any) -> set[str]:
 def _download_entries(doc: Any) -> set[str]:
     if "foregrounds" in doc:  # download-alphamatting
         return {"input", "gt"}
-    # download-eval: the top folders it wrote (a record without them: the sets' folders)
-    return {str(name) for name in doc.get("folders", doc["sets"])}
+    # download-eval: the top folders it wrote. A record of older code lacks them (its sets may be
+    # named other than their folders in a custom manifest): the KeyError lets it vouch alone.
+    return {str(name) for name in doc["folders"]}
 
 
 def _coco_entries(doc: Any) -> set[str]:
