@@ -99,6 +99,7 @@ rule composite:
         "data/composite/index.json",
     log:
         "logs/composite/index.log",
+    threads: 1
     conda:
         CONDA_ENV
     shell:

@@ -124,6 +124,7 @@ rule download:
         folders=lambda wildcards, input: " ".join(f"{k}={v}" for k, v in input.items()),
     log:
         "logs/download/record.log",
+    threads: 1
     conda:
         CONDA_ENV
     shell:
