@@ -200,6 +200,10 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         ([*FUSE, "-o", ""], ["--output: empty path"]),  # was: named the path "."
         ([*FUSE, "-o", "F.png", "--save-maps", ""], ["--save-maps: empty path"]),  # was: no maps written
         ([*FUSE, "-o", "F.png", "--params-file", ""], ["--params-file: empty path"]),
+        ([*FUSE, "-o", "F.png", "--params-json", ""], ["--params-json: empty JSON"]),  # was: not given
+        (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs", "--params-json", " "], ["--params-json: empty JSON"]),
+        (["train", "--net", "initial", "--params-json", ""], ["--params-json: empty JSON"]),
+        (["train", "--net", "initial", "--params", ""], ["--params: empty path"]),
         ([*FUSE, "-o", "F.png", "--scales", ""], ["--scales: empty list"]),
         (["fuse-set", "--pairs", ".", "--models", "nets", "--out", ""], ["--out: empty path"]),
         (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs", "--report", ""], ["--report: empty path"]),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bafusion.cli.common import nets_from_args, nonempty_csv, nonempty_path, note_params_yaml_unread
+from bafusion.cli.common import nets_from_args, nonempty_csv, nonempty_json, nonempty_path, note_params_yaml_unread
 from bafusion.errors import UserError
 from bafusion.fusion.api import ALIGN_MODELS
 from bafusion.fusion.batch import EXIT_NONE_FUSED, EXIT_SKIPPED, check_output_folder, find_groups, fuse_dir
@@ -102,7 +102,7 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True) -> None:
                         "turned and mirrored (dihedral: 8 views) or both (all: 16), and the scores are averaged; "
                         f"each view costs one scoring; none = the paper (default {d.tta})")
     g.add_argument("--params-file", type=nonempty_path, default=None, help="YAML file whose 'fuse' section sets the defaults (params.yaml)")
-    g.add_argument("--params-json", default=None,
+    g.add_argument("--params-json", type=nonempty_json, default=None,
                    help="JSON object of fusion parameters (the 'fuse' section; overrides --params-file)")
     p.add_argument("--device", default=None, help=f"{default('fuse.device')} (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, default=None,
