@@ -258,6 +258,29 @@ def test_icc_and_exif_of_the_first_source_are_carried(tmp_path: Path, nets: Path
                 assert got.get(0x0112, 1) == 1, "pixels are already turned: orientation reset"
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_the_first_sources_resolution_is_carried(tmp_path: Path, nets: Path, bits: int) -> None:
+    """A 300 dpi source gave outputs of no resolution (JPEG, PNG, BMP) or 1 dpi (TIFF)."""
+    a8, b8 = pair(1)
+    if bits == 16:
+        import tifffile
+
+        for n, x in (("a", a8), ("b", b8)):
+            tifffile.imwrite(tmp_path / f"{n}.tif", x.astype(np.uint16) * 257, photometric="rgb",
+                             resolution=(300, 300), resolutionunit="INCH", metadata=None)
+        srcs = [str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]
+    else:
+        Image.fromarray(a8).save(tmp_path / "a.jpg", dpi=(300, 300))
+        Image.fromarray(b8).save(tmp_path / "b.jpg", dpi=(72, 72))
+        srcs = [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")]
+    for ext in ("png", "jpg", "tif", "bmp"):
+        out = tmp_path / f"f.{ext}"
+        assert cli_main(["fuse", *srcs, "-o", str(out), "--model", str(nets), "--device", "cpu"]) == 0
+        with Image.open(out) as im:
+            assert im.info.get("dpi") is not None, ext
+            assert [round(v) for v in im.info["dpi"]] == [300, 300], ext
+
+
 def test_the_exif_image_size_is_the_output_size(tmp_path: Path, nets: Path) -> None:
     """A camera's portrait shot is stored turned (Orientation 6) with ExifImageWidth/Height of
     the stored frame: the output (turned, orientation reset) gets its own size there; a cropped

@@ -704,3 +704,41 @@ def test_a_file_pillow_cannot_identify_is_said_without_python_internals(tmp_path
         said = str(e.value)
         assert "bad.png: unreadable image: not an image file Pillow can read" in said
         assert "BufferedReader" not in said and "UnidentifiedImageError" not in said
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif", ".bmp"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_sources_resolution_is_carried_to_every_output_format(tmp_path: Path, suffix, dtype) -> None:
+    """A 300 dpi first source gave outputs with no resolution (JPEG without density, PNG without
+    pHYs, an 8-bit TIFF Pillow read as 1 dpi, a 16-bit one 1/1 of no unit)."""
+    from bafusion.io import read_source_set, source_dpi, write_image
+
+    rgb = np.random.default_rng(0).integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    src = tmp_path / f"a{suffix}"
+    Image.fromarray(rgb).save(src, dpi=(300, 300))
+    assert source_dpi(src) == (300.0, 300.0)  # (PNG and BMP store pixels per metre: 299.9994 read back)
+    s = read_source_set([src, src])
+    assert s.dpi == (300.0, 300.0)
+    out = tmp_path / f"out{suffix}"
+    img = rgb.astype(np.uint16) * 257 if dtype == np.uint16 else rgb
+    write_image(out, img, dpi=s.dpi)
+    assert source_dpi(out) == (300.0, 300.0)
+    with Image.open(out) as im:
+        assert im.info.get("dpi") is not None and round(im.info["dpi"][0]) == 300
+
+
+def test_a_16_bit_tiffs_resolution_is_read_and_written(tmp_path: Path) -> None:
+    import tifffile
+
+    from bafusion.io import read_source_set, write_image
+
+    a = np.random.default_rng(1).integers(0, 65535, (10, 14, 3), dtype=np.uint16)
+    src = tmp_path / "a.tif"
+    tifffile.imwrite(src, a, photometric="rgb", resolution=(120, 120), resolutionunit="CENTIMETER", metadata=None)
+    s = read_source_set([src])
+    assert s.dpi is not None and s.dpi == pytest.approx((304.8, 304.8))
+    out = tmp_path / "out.tif"
+    write_image(out, s.full[0], dpi=s.dpi)
+    with tifffile.TiffFile(out) as tf:
+        tags = tf.pages.first.tags
+        assert tags[296].value == 2 and tags[282].value[0] / tags[282].value[1] == pytest.approx(304.8)

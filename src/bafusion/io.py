@@ -493,7 +493,8 @@ def scaled_size(shape_hw: tuple[int, ...], scale: float) -> tuple[int, int]:
 
 
 def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | None = None,
-                icc: bytes | None = None, bits: int | None = None) -> None:
+                icc: bytes | None = None, bits: int | None = None,
+                dpi: tuple[float, float] | None = None) -> None:
     """Write a uint8 or uint16 gray or RGB image atomically; the format follows the suffix
     (.png, .jpg, .tif, .bmp, ...); an unknown suffix is an error naming the file.
 
@@ -531,6 +532,10 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         back as ``img`` on the ``bits``-bit grid, and beside its unmarked sources like them;
         with ``bits`` 16 (sources stored on the 16-bit scale: :meth:`SourceSet.bits_for`) it
         holds ``img`` marked ``SignificantBits`` 16. Without ``bits``: ``img``, unmarked.
+    dpi : (float, float), optional
+        Resolution in dots per inch (x, y) to store: JPEG's JFIF density, PNG's ``pHYs``,
+        TIFF's XResolution/YResolution (unit inch), BMP's pixels per metre; WebP holds none.
+        Without it the file is as before (no resolution; a 16-bit TIFF 1/1, unit none).
     """
     import io
 
@@ -564,7 +569,7 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         img = _u16_to_u8_table()[img]  # scale_to_u8(img, 16) by table: no float64 copy (8 bytes a sample)
     if img.dtype == np.uint16 and fmt == "TIFF":
         # tifffile writes straight to the file (the image, of 100+ MB, is not copied into memory)
-        _write_checked(p, lambda fh: _write_tiff16(fh, img, icc, bits))
+        _write_checked(p, lambda fh: _write_tiff16(fh, img, icc, bits, dpi))
         return
     # encoded in memory, then written with Python's file I/O, which raises on a short write
     # (ENOSPC): Pillow writes a JPEG of quality >= 95 in one write() straight to the file's
@@ -575,7 +580,7 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         sbit = bits if bits and 0 < bits < 16 else None
         if sbit and int(img.max()) < 1 << sbit and not sbit_scaled(img, sbit):
             img = _onto_sbit_grid(sbit)[img]  # dark and off the grid: would read back as unscaled data
-        data: bytes | memoryview = png16_bytes(img, exif=exif, icc=icc, sbit=sbit)
+        data: bytes | memoryview = png16_bytes(img, exif=exif, icc=icc, sbit=sbit, dpi=dpi)
     else:
         kwargs: dict = {"compress_level": 6} if fmt == "PNG" else ({"quality": 95} if fmt == "JPEG" else {})
         if fmt in ("PNG", "JPEG", "TIFF", "WEBP"):
@@ -583,6 +588,8 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
                 kwargs["exif"] = exif
             if icc:
                 kwargs["icc_profile"] = icc
+        if dpi and fmt in ("PNG", "JPEG", "TIFF", "BMP"):
+            kwargs["dpi"] = dpi
         buf = io.BytesIO()
         try:
             Image.fromarray(img).save(buf, format=fmt, **kwargs)
@@ -680,10 +687,10 @@ def _png_chunk(typ: bytes, data: bytes) -> bytes:
 
 
 def png16_bytes(img: np.ndarray, *, exif: bytes | None = None, icc: bytes | None = None,
-                sbit: int | None = None) -> bytes:
+                sbit: int | None = None, dpi: tuple[float, float] | None = None) -> bytes:
     """A 16-bit gray or RGB PNG of a uint16 (H, W) or (H, W, 3) array (encoded by pypng: Pillow
-    cannot write 16-bit colour), with ``sBIT``, ``iCCP`` and ``eXIf`` chunks when given;
-    deterministic."""
+    cannot write 16-bit colour), with ``sBIT``, ``iCCP``, ``pHYs`` (``dpi``, as pixels per
+    metre) and ``eXIf`` chunks when given; deterministic."""
     import io
 
     import png  # pypng
@@ -700,15 +707,19 @@ def png16_bytes(img: np.ndarray, *, exif: bytes | None = None, icc: bytes | None
         extra += _png_chunk(b"sBIT", bytes([sbit] * planes))
     if icc:
         extra += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
+    if dpi:  # pixels per metre, unit 1 (metre), rounded as Pillow rounds them
+        extra += _png_chunk(b"pHYs", struct.pack(">IIB", int(dpi[0] / 0.0254 + 0.5), int(dpi[1] / 0.0254 + 0.5), 1))
     if exif:
         extra += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
     ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
     return data[:ihdr_end] + extra + data[ihdr_end:]
 
 
-def _write_tiff16(fh: BinaryIO, img: np.ndarray, icc: bytes | None, bits: int | None = None) -> int:
+def _write_tiff16(fh: BinaryIO, img: np.ndarray, icc: bytes | None, bits: int | None = None,
+                  dpi: tuple[float, float] | None = None) -> int:
     """Write a 16-bit TIFF of ``img`` (uint16 on the 16-bit scale) to ``fh``; the end of its
-    image data (the size the file has at least).
+    image data (the size the file has at least). ``dpi``: XResolution/YResolution in dots per
+    inch (else tifffile's 1/1, unit none).
 
     With ``bits`` below 16 the file holds the ``bits``-bit values (``round(x / 65535 *
     (2**bits - 1))``, as a 12-bit camera's 16-bit TIFF holds 0..4095) and marks them as an
@@ -724,6 +735,10 @@ def _write_tiff16(fh: BinaryIO, img: np.ndarray, icc: bytes | None, bits: int | 
     import tifffile
 
     extratags = [(34675, "B", len(icc), icc, True)] if icc else []
+    if dpi:
+        layout_res: dict = {"resolution": (float(dpi[0]), float(dpi[1])), "resolutionunit": "INCH"}
+    else:
+        layout_res = {}
     photometric = "minisblack" if img.ndim == 2 or img.shape[2] == 2 else "rgb"
     # gray + alpha: one page of two samples (tifffile took (H, W, 2) for H pages of W x 2 gray)
     layout: dict = ({"planarconfig": "contig", "extrasamples": ["unassalpha"]}
@@ -737,10 +752,10 @@ def _write_tiff16(fh: BinaryIO, img: np.ndarray, icc: bytes | None, bits: int | 
         if layout:
             metadata["axes"] = "YXS"
         offset, count = tifffile.imwrite(fh, img, photometric=photometric, ome=True, metadata=metadata,
-                                         extratags=extratags, returnoffset=True, **layout)
+                                         extratags=extratags, returnoffset=True, **layout, **layout_res)
     else:
         offset, count = tifffile.imwrite(fh, img, photometric=photometric, metadata=None, extratags=extratags,
-                                         returnoffset=True, **layout)
+                                         returnoffset=True, **layout, **layout_res)
     return int(offset) + int(count)
 
 
@@ -1084,6 +1099,8 @@ class SourceSet:
         the first is used: :func:`frame_note`) and one when gray and colour sources are mixed
         (the result is gray where taken from a gray one: :func:`mix_note`); and, also without
         metadata, one per floating-point source whose samples were clipped (:func:`float_to_u8`).
+    dpi : (float, float) or None
+        The first source's resolution in dots per inch (:func:`source_dpi`).
     full_scale : bool
         Some source of more than 8 bits was stored on the 16-bit scale (a PNG's ``sBIT``
         samples scaled up as the specification asks, 16-bit data), none only when all hold
@@ -1097,6 +1114,7 @@ class SourceSet:
     bits: int = 8
     notes: list[str] = field(default_factory=list)
     full_scale: bool = False
+    dpi: tuple[float, float] | None = None
 
     def bits_for(self, output: str | os.PathLike[str]) -> int:
         """The ``bits`` to write the full-depth fusion to ``output`` with (:func:`write_image`):
@@ -1147,6 +1165,53 @@ def source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes |
         return None, _tiff_icc(Path(path))  # a 16-bit gray + alpha TIFF: tifffile reads its profile
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None, None
+
+
+def source_dpi(path: str | os.PathLike[str]) -> tuple[float, float] | None:
+    """The resolution of an image file in dots per inch (x, y), as Pillow reads it (JPEG: JFIF
+    density, else its EXIF's; PNG: ``pHYs`` in pixels per metre; TIFF: XResolution/YResolution
+    in inches or centimetres; BMP); a TIFF Pillow cannot identify is read with tifffile. None
+    without one (also a resolution of no unit: an aspect ratio only). Values within 0.01 of a
+    whole number are rounded to it (300 dpi stored as 11811 pixels per metre reads 299.9994)."""
+    def whole(v: float) -> float:
+        return float(round(v)) if abs(v - round(v)) < 0.01 else float(v)
+
+    try:
+        with _quiet_pillow(), Image.open(path) as im:
+            dpi = im.info.get("dpi")
+    except UnidentifiedImageError:
+        dpi = _tiff_dpi(Path(path))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    try:
+        x, y = (float(v) for v in dpi)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0):
+        return None
+    return whole(x), whole(y)
+
+
+def _tiff_dpi(path: Path) -> tuple[float, float] | None:
+    """XResolution/YResolution of a TIFF Pillow cannot identify, in dots per inch (tifffile);
+    None without them or without a unit (inch or centimetre)."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) not in _TIFF_MAGIC:
+                return None
+        import tifffile
+
+        with tifffile.TiffFile(path) as tf:
+            tags = tf.pages.first.tags
+            unit = tags.get(296)
+            per = {2: 1.0, 3: 2.54}.get(int(unit.value) if unit is not None else 2)
+            xr, yr = tags.get(282), tags.get(283)
+            if per is None or xr is None or yr is None:
+                return None
+            x, y = (v.value[0] / v.value[1] if isinstance(v.value, tuple) else float(v.value) for v in (xr, yr))
+            return x * per, y * per
+    except Exception:  # noqa: BLE001 - no resolution to carry
+        return None
 
 
 def _tiff_icc(path: Path) -> bytes | None:
@@ -1253,8 +1318,9 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     # a source read from its file's full depth of 16 bits (sBIT samples scaled up as the PNG
     # specification asks, or 16-bit data) was stored on the 16-bit scale
     full_scale = any((b or shared) >= 16 and depth >= 16 for _, _, b, depth in high)
+    dpi = source_dpi(paths[0]) if metadata and paths else None
     return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits, notes,
-                     full_scale)
+                     full_scale, dpi)
 
 
 def read_image(path: str | os.PathLike[str], *, rgb: bool = False) -> np.ndarray:

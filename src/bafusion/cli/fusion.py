@@ -235,7 +235,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     from bafusion.io import write_image as _write
 
     say(f"writing {out}")
-    _write(out, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits)
+    _write(out, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits, dpi=fused.dpi)
     print(f"fused {len(paths)} images into {out} ({fused.seconds:.2f} s fusing on {nets.device}, "
           f"{time.perf_counter() - t_start:.2f} s in all with reading, loading the nets and writing)")
     return 0

@@ -53,8 +53,9 @@ _SHOT = re.compile(r"^(?P<name>.+)-(?P<letter>[A-Za-z])$")
 @dataclass
 class Fused:
     """A fusion of files: the image to write (uint8, or uint16 for sources of more than 8 bits),
-    the first source's metadata, notes for the user (one line each), the fusion's seconds and
-    the significant bits of the image (the sources' most)."""
+    the first source's metadata (EXIF, ICC profile; ``dpi``: its resolution), notes for the user
+    (one line each), the fusion's seconds and the significant bits of the image (the sources'
+    most)."""
 
     image: np.ndarray
     exif: bytes | None
@@ -62,6 +63,7 @@ class Fused:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     bits: int = 8
+    dpi: tuple[float, float] | None = None
 
 
 def compose_full(full: Sequence[np.ndarray], decisions: Sequence[np.ndarray]) -> np.ndarray:
@@ -250,7 +252,8 @@ def fused_output(src: SourceSet, results, output: Path) -> Fused:
             notes.append(f"{output}: written with 8 bits per sample from sources of more than 8 ({output.suffix} "
                          "keeps 8 bits; use .png or .tif for 16)")
     secs = sum(results.seconds.values()) if joint else sum(sum(r.seconds.values()) for r in results)
-    return Fused(fused, src.exif, src.icc, notes, secs, src.bits_for(output) if fused.dtype == np.uint16 else 8)
+    return Fused(fused, src.exif, src.icc, notes, secs, src.bits_for(output) if fused.dtype == np.uint16 else 8,
+                 src.dpi)
 
 
 def compose_index(full: Sequence[np.ndarray], index: np.ndarray) -> np.ndarray:
@@ -647,7 +650,8 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
             # without bars (--no-progress, --quiet) no stack's own bar either
             fused = fuse_files(shots, nets, params, output=target, align=align, force=force,
                                motion_hint=motion_hint, progress=None if progress else False)
-            write_image(target, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits)
+            write_image(target, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits,
+                        dpi=fused.dpi)
         except UserError as e:
             rep.skipped.append((name, str(e)))
             continue
