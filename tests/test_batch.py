@@ -281,6 +281,21 @@ def test_the_first_sources_resolution_is_carried(tmp_path: Path, nets: Path, bit
             assert [round(v) for v in im.info["dpi"]] == [300, 300], ext
 
 
+def test_an_exif_too_large_for_a_jpeg_is_shortened_and_said(tmp_path: Path, nets: Path, capsys) -> None:
+    a8, b8 = pair(1)
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    exif.get_ifd(0x8769)[0x927C] = b"\x01" * 70000  # a 70 KB MakerNote: more than a JPEG's APP1 holds
+    Image.fromarray(a8).save(tmp_path / "a.png", exif=exif.tobytes())
+    Image.fromarray(b8).save(tmp_path / "b.png")
+    out = tmp_path / "f.jpg"
+    assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out),
+                     "--model", str(nets), "--device", "cpu"]) == 0
+    with Image.open(out) as im:
+        assert im.getexif().get(0x010F) == "TestCam"
+    assert "EXIF is written without MakerNote" in capsys.readouterr().err
+
+
 def test_the_exif_image_size_is_the_output_size(tmp_path: Path, nets: Path) -> None:
     """A camera's portrait shot is stored turned (Orientation 6) with ExifImageWidth/Height of
     the stored frame: the output (turned, orientation reset) gets its own size there; a cropped

@@ -742,3 +742,30 @@ def test_a_16_bit_tiffs_resolution_is_read_and_written(tmp_path: Path) -> None:
     with tifffile.TiffFile(out) as tf:
         tags = tf.pages.first.tags
         assert tags[296].value == 2 and tags[282].value[0] / tags[282].value[1] == pytest.approx(304.8)
+
+
+def test_an_exif_too_large_for_a_jpeg_loses_its_makernote_then_its_largest_tags_and_says_so(tmp_path: Path) -> None:
+    """EXIF over 64 KB (a PNG or TIFF source's MakerNote) was left out of a JPEG whole, unsaid."""
+    from bafusion.io import fit_jpeg_exif, write_image
+
+    ex = Image.Exif()
+    ex[0x010F] = "TestCam"
+    ex.get_ifd(0x8769)[0x927C] = b"\x01" * 70000
+    ex.get_ifd(0x8769)[0x9003] = "2024:05:01 10:11:12"
+    big = ex.tobytes()
+    assert fit_jpeg_exif(big, tmp_path / "f.png") == (big, None)  # only a JPEG has the limit
+    small, note = fit_jpeg_exif(big, tmp_path / "f.jpg")
+    assert small is not None and len(small) <= 65533
+    assert note and "MakerNote" in note and "f.jpg" in note
+    out = tmp_path / "f.jpg"
+    write_image(out, np.zeros((8, 8, 3), np.uint8), exif=small)
+    with Image.open(out) as im:
+        got = im.getexif()
+        assert got.get(0x010F) == "TestCam" and got.get_ifd(0x8769).get(0x9003) == "2024:05:01 10:11:12"
+    ex2 = Image.Exif()
+    ex2[0x010F] = "TestCam"
+    ex2.get_ifd(0x8769)[0x9286] = b"ASCII\0\0\0" + b"x" * 70000  # a UserComment: still too large without MakerNote
+    small, note = fit_jpeg_exif(ex2.tobytes(), "f.jpeg")
+    assert small is not None and len(small) <= 65533 and note and "UserComment" in note
+    assert fit_jpeg_exif(b"Exif\0\0" + b"junk" * 20000, "f.jpg")[0] is None  # unreadable: left out, said
+    assert "not written" in fit_jpeg_exif(b"Exif\0\0" + b"junk" * 20000, "f.jpg")[1]

@@ -673,6 +673,59 @@ _NO_ALPHA = {"JPEG": (2, 4), "BMP": (2,)}
 #: Longest EXIF block a JPEG APP1 segment holds (a longer one is left out of a JPEG output).
 _JPEG_MAX_EXIF = 65533
 
+#: EXIF tag names for :func:`fit_jpeg_exif`'s note (other tags are named by number).
+_EXIF_TAG_NAMES = {0x927C: "MakerNote", 0x9286: "UserComment", 0x8825: "GPS", 0x8773: "InterColorProfile",
+                   0x02BC: "XMP", 0x83BB: "IPTC", 0x8649: "Photoshop", 0xC4A5: "PrintIM"}
+
+
+def _exif_value_size(v: object) -> int:
+    if isinstance(v, (bytes, bytearray)):
+        return len(v)
+    if isinstance(v, str):
+        return len(v.encode("utf-8", "replace"))
+    if isinstance(v, (tuple, list)):
+        return sum(_exif_value_size(x) for x in v) or 1
+    if isinstance(v, dict):
+        return sum(_exif_value_size(x) for x in v.values())
+    return 8
+
+
+def fit_jpeg_exif(exif: bytes | None, output: str | os.PathLike[str]) -> tuple[bytes | None, str | None]:
+    """``exif`` made to fit a JPEG's APP1 segment (:data:`_JPEG_MAX_EXIF` bytes) when ``output``
+    is a JPEG, with a note for the user when anything is dropped; else ``(exif, None)``.
+
+    A larger block (a camera's MakerNote from a PNG or TIFF source) was left out whole and
+    unsaid: now its MakerNote (0x927C) is dropped, then, while still too large, its largest
+    remaining tag; the note names what was dropped. A block Pillow cannot rewrite is left out,
+    and the note says so."""
+    if not exif or len(exif) <= _JPEG_MAX_EXIF or Image.registered_extensions().get(
+            Path(output).suffix.lower()) != "JPEG":
+        return exif, None
+    why = f"{len(exif)} bytes, a JPEG holds at most {_JPEG_MAX_EXIF}"
+    dropped: list[str] = []
+    try:
+        with _quiet_pillow():
+            ex = Image.Exif()
+            ex.load(exif)
+            ifds = {0: ex}
+            for ifd in (0x8769, 0x8825):
+                if ifd in ex:
+                    ifds[ifd] = ex.get_ifd(ifd)
+            if 0x927C in ifds.get(0x8769, {}):
+                del ifds[0x8769][0x927C]
+                dropped.append("MakerNote")
+            data = ex.tobytes()
+            while len(data) > _JPEG_MAX_EXIF:
+                where, tag = max(((w, t) for w, d in ifds.items() for t in d if not (w == 0 and t in ifds)),
+                                 key=lambda wt: _exif_value_size(ifds[wt[0]][wt[1]]))
+                del ifds[where][tag]
+                dropped.append(_EXIF_TAG_NAMES.get(tag, f"tag 0x{tag:04X}"))
+                data = ex.tobytes()
+    except Exception:  # noqa: BLE001 - not rewritable: left out, and said
+        return None, f"{output}: the first source's EXIF is not written ({why}; it cannot be shortened)"
+    return data, f"{output}: the first source's EXIF is written without {', '.join(dropped)} ({why})"
+
+
 #: Output suffixes that keep 16 bits per sample.
 HIGH_DEPTH_SUFFIXES = (".png", ".tif", ".tiff")
 

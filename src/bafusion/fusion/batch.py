@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from bafusion.errors import UserError
-from bafusion.io import IMAGE_SUFFIXES, SourceSet, check_same_sizes, image_info, keeps_16_bits, read_source_set
+from bafusion.io import (IMAGE_SUFFIXES, SourceSet, check_same_sizes, fit_jpeg_exif, image_info, keeps_16_bits,
+                         read_source_set)
 
 #: Exit status of ``fuse-dir`` when some groups were skipped (the others fused).
 EXIT_SKIPPED = 3
@@ -238,7 +239,8 @@ def fused_output(src: SourceSet, results, output: Path) -> Fused:
     :class:`bafusion.fusion.stack.StackResult`. The uint8 fusion, or for sources of more than 8 bits
     the full-depth one (:func:`compose_full`, or the joint rule's index map) when the format
     keeps 16 bits; notes say when a source's colour profile is not the first's (the result
-    carries the first's) and when 16-bit sources end up in 8 bits."""
+    carries the first's), when 16-bit sources end up in 8 bits, and when the first source's EXIF
+    is too large for a JPEG output (:func:`bafusion.io.fit_jpeg_exif`: what is dropped)."""
     joint = not isinstance(results, (list, tuple))  # a StackResult
     fused: np.ndarray = results.fused if joint else results[-1].fused
     notes: list[str] = list(src.notes)
@@ -251,8 +253,10 @@ def fused_output(src: SourceSet, results, output: Path) -> Fused:
         else:
             notes.append(f"{output}: written with 8 bits per sample from sources of more than 8 ({output.suffix} "
                          "keeps 8 bits; use .png or .tif for 16)")
+    exif, exif_note = fit_jpeg_exif(src.exif, output)
+    notes += [exif_note] if exif_note else []
     secs = sum(results.seconds.values()) if joint else sum(sum(r.seconds.values()) for r in results)
-    return Fused(fused, src.exif, src.icc, notes, secs, src.bits_for(output) if fused.dtype == np.uint16 else 8,
+    return Fused(fused, exif, src.icc, notes, secs, src.bits_for(output) if fused.dtype == np.uint16 else 8,
                  src.dpi)
 
 
