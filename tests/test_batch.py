@@ -296,6 +296,28 @@ def test_an_exif_too_large_for_a_jpeg_is_shortened_and_said(tmp_path: Path, nets
     assert "EXIF is written without MakerNote" in capsys.readouterr().err
 
 
+def test_a_pngs_gamma_and_chromaticities_go_to_a_png_output_and_a_jpeg_says_it_lacks_them(
+        tmp_path: Path, nets: Path, capsys) -> None:
+    from PIL import PngImagePlugin
+
+    a8, b8 = pair(1)
+    info = PngImagePlugin.PngInfo()
+    info.add(b"gAMA", (45455).to_bytes(4, "big"))
+    Image.fromarray(a8).save(tmp_path / "a.png", pnginfo=info)
+    Image.fromarray(b8).save(tmp_path / "b.png", pnginfo=info)
+    for ext in ("png", "jpg"):
+        out = tmp_path / f"f.{ext}"
+        assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out),
+                         "--model", str(nets), "--device", "cpu"]) == 0
+        err = capsys.readouterr().err
+        if ext == "png":
+            with Image.open(out) as im:
+                assert im.info.get("gamma") == 0.45455
+            assert "colour description" not in err
+        else:
+            assert "f.jpg: the first source's PNG colour description" in err
+
+
 def test_the_exif_image_size_is_the_output_size(tmp_path: Path, nets: Path) -> None:
     """A camera's portrait shot is stored turned (Orientation 6) with ExifImageWidth/Height of
     the stored frame: the output (turned, orientation reset) gets its own size there; a cropped

@@ -769,3 +769,27 @@ def test_an_exif_too_large_for_a_jpeg_loses_its_makernote_then_its_largest_tags_
     assert small is not None and len(small) <= 65533 and note and "UserComment" in note
     assert fit_jpeg_exif(b"Exif\0\0" + b"junk" * 20000, "f.jpg")[0] is None  # unreadable: left out, said
     assert "not written" in fit_jpeg_exif(b"Exif\0\0" + b"junk" * 20000, "f.jpg")[1]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_pngs_gama_and_chrm_are_read_and_written_to_a_png(tmp_path: Path, dtype) -> None:
+    """A PNG source's gAMA/cHRM (colour described without an ICC profile) were dropped."""
+    from PIL import PngImagePlugin
+
+    from bafusion.io import read_source_set, source_png_colour, write_image
+
+    rgb = np.random.default_rng(2).integers(0, 255, (10, 12, 3), dtype=np.uint8)
+    info = PngImagePlugin.PngInfo()
+    info.add(b"gAMA", (100000).to_bytes(4, "big"))
+    info.add(b"cHRM", b"".join(v.to_bytes(4, "big") for v in (31270, 32900, 64000, 33000, 21000, 71000, 15000, 6000)))
+    src = tmp_path / "a.png"
+    Image.fromarray(rgb).save(src, pnginfo=info)
+    assert source_png_colour(tmp_path / "none.jpg") is None
+    s = read_source_set([src])
+    assert s.png_colour is not None and b"gAMA" in s.png_colour and b"cHRM" in s.png_colour
+    out = tmp_path / "out.png"
+    write_image(out, rgb.astype(np.uint16) * 257 if dtype == np.uint16 else rgb, png_colour=s.png_colour)
+    with Image.open(out) as im:
+        assert im.info.get("gamma") == 1.0
+        assert im.info.get("chromaticity") == (0.3127, 0.329, 0.64, 0.33, 0.21, 0.71, 0.15, 0.06)
+    assert read_source_set([out]).images[0].tolist() == rgb.tolist()

@@ -494,7 +494,7 @@ def scaled_size(shape_hw: tuple[int, ...], scale: float) -> tuple[int, int]:
 
 def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | None = None,
                 icc: bytes | None = None, bits: int | None = None,
-                dpi: tuple[float, float] | None = None) -> None:
+                dpi: tuple[float, float] | None = None, png_colour: bytes | None = None) -> None:
     """Write a uint8 or uint16 gray or RGB image atomically; the format follows the suffix
     (.png, .jpg, .tif, .bmp, ...); an unknown suffix is an error naming the file.
 
@@ -536,6 +536,10 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         Resolution in dots per inch (x, y) to store: JPEG's JFIF density, PNG's ``pHYs``,
         TIFF's XResolution/YResolution (unit inch), BMP's pixels per metre; WebP holds none.
         Without it the file is as before (no resolution; a 16-bit TIFF 1/1, unit none).
+    png_colour : bytes, optional
+        PNG chunks describing colour without an ICC profile (``gAMA``, ``cHRM``, ``sRGB``, as
+        :func:`source_png_colour` reads them), written to a PNG right after its header; other
+        formats cannot hold them (callers say so).
     """
     import io
 
@@ -581,6 +585,8 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         if sbit and int(img.max()) < 1 << sbit and not sbit_scaled(img, sbit):
             img = _onto_sbit_grid(sbit)[img]  # dark and off the grid: would read back as unscaled data
         data: bytes | memoryview = png16_bytes(img, exif=exif, icc=icc, sbit=sbit, dpi=dpi)
+        if png_colour:
+            data = _after_ihdr(bytes(data), png_colour)
     else:
         kwargs: dict = {"compress_level": 6} if fmt == "PNG" else ({"quality": 95} if fmt == "JPEG" else {})
         if fmt in ("PNG", "JPEG", "TIFF", "WEBP"):
@@ -596,6 +602,8 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         except (OSError, ValueError, KeyError) as e:  # in memory: the format, not the disk ('cannot write mode')
             raise UserError(f"{p}: cannot write this image (shape {img.shape}) as {fmt}: {e}") from e
         data = buf.getbuffer()
+        if png_colour and fmt == "PNG":
+            data = _after_ihdr(bytes(data), png_colour)
 
     def write(fh: BinaryIO) -> int:
         fh.write(data)
@@ -733,6 +741,12 @@ HIGH_DEPTH_SUFFIXES = (".png", ".tif", ".tiff")
 def keeps_16_bits(path: str | os.PathLike[str]) -> bool:
     """Whether :func:`write_image` writes 16 bits per sample to this file (PNG, TIFF)."""
     return Path(path).suffix.lower() in HIGH_DEPTH_SUFFIXES
+
+
+def _after_ihdr(png: bytes, chunks: bytes) -> bytes:
+    """A PNG's bytes with ``chunks`` (whole chunks) inserted after its IHDR chunk."""
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
+    return png[:ihdr_end] + chunks + png[ihdr_end:]
 
 
 def _png_chunk(typ: bytes, data: bytes) -> bytes:
@@ -1154,6 +1168,8 @@ class SourceSet:
         metadata, one per floating-point source whose samples were clipped (:func:`float_to_u8`).
     dpi : (float, float) or None
         The first source's resolution in dots per inch (:func:`source_dpi`).
+    png_colour : bytes or None
+        The first source's PNG ``gAMA``/``cHRM``/``sRGB`` chunks (:func:`source_png_colour`).
     full_scale : bool
         Some source of more than 8 bits was stored on the 16-bit scale (a PNG's ``sBIT``
         samples scaled up as the specification asks, 16-bit data), none only when all hold
@@ -1168,6 +1184,7 @@ class SourceSet:
     notes: list[str] = field(default_factory=list)
     full_scale: bool = False
     dpi: tuple[float, float] | None = None
+    png_colour: bytes | None = None
 
     def bits_for(self, output: str | os.PathLike[str]) -> int:
         """The ``bits`` to write the full-depth fusion to ``output`` with (:func:`write_image`):
@@ -1265,6 +1282,38 @@ def _tiff_dpi(path: Path) -> tuple[float, float] | None:
             return x * per, y * per
     except Exception:  # noqa: BLE001 - no resolution to carry
         return None
+
+
+#: PNG chunks that describe colour without an ICC profile, carried from a PNG source to PNG outputs.
+_PNG_COLOUR_CHUNKS = (b"gAMA", b"cHRM", b"sRGB")
+
+
+def source_png_colour(path: str | os.PathLike[str]) -> bytes | None:
+    """The ``gAMA``, ``cHRM`` and ``sRGB`` chunks of a PNG (as stored: length, type, data, CRC;
+    those before its image data, where the specification puts them), or None for a file with
+    none of them or no PNG."""
+    out = b""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != _PNG_MAGIC:
+                return None
+            while True:
+                head = fh.read(8)
+                if len(head) < 8:
+                    break
+                length, kind = struct.unpack(">I4s", head)
+                if kind in (b"IDAT", b"IEND", b"PLTE"):
+                    break
+                if kind in _PNG_COLOUR_CHUNKS and length <= 64:
+                    body = fh.read(length + 4)
+                    if len(body) < length + 4:
+                        break
+                    out += head + body
+                else:
+                    fh.seek(length + 4, os.SEEK_CUR)
+    except OSError:
+        return None
+    return out or None
 
 
 def _tiff_icc(path: Path) -> bytes | None:
@@ -1372,8 +1421,9 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     # specification asks, or 16-bit data) was stored on the 16-bit scale
     full_scale = any((b or shared) >= 16 and depth >= 16 for _, _, b, depth in high)
     dpi = source_dpi(paths[0]) if metadata and paths else None
+    png_colour = source_png_colour(paths[0]) if metadata and paths else None
     return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits, notes,
-                     full_scale, dpi)
+                     full_scale, dpi, png_colour)
 
 
 def read_image(path: str | os.PathLike[str], *, rgb: bool = False) -> np.ndarray:

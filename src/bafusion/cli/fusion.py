@@ -235,7 +235,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     from bafusion.io import write_image as _write
 
     say(f"writing {out}")
-    _write(out, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits, dpi=fused.dpi)
+    _write(out, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits, dpi=fused.dpi,
+           png_colour=fused.png_colour)
     print(f"fused {len(paths)} images into {out} ({fused.seconds:.2f} s fusing on {nets.device}, "
           f"{time.perf_counter() - t_start:.2f} s in all with reading, loading the nets and writing)")
     return 0

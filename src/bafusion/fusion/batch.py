@@ -56,7 +56,7 @@ class Fused:
     """A fusion of files: the image to write (uint8, or uint16 for sources of more than 8 bits),
     the first source's metadata (EXIF, ICC profile; ``dpi``: its resolution), notes for the user
     (one line each), the fusion's seconds and the significant bits of the image (the sources'
-    most)."""
+    most); ``png_colour``: its PNG gAMA/cHRM/sRGB chunks (for a PNG output only)."""
 
     image: np.ndarray
     exif: bytes | None
@@ -65,6 +65,7 @@ class Fused:
     seconds: float = 0.0
     bits: int = 8
     dpi: tuple[float, float] | None = None
+    png_colour: bytes | None = None
 
 
 def compose_full(full: Sequence[np.ndarray], decisions: Sequence[np.ndarray]) -> np.ndarray:
@@ -255,9 +256,13 @@ def fused_output(src: SourceSet, results, output: Path) -> Fused:
                          "keeps 8 bits; use .png or .tif for 16)")
     exif, exif_note = fit_jpeg_exif(src.exif, output)
     notes += [exif_note] if exif_note else []
+    png_colour = src.png_colour if Path(output).suffix.lower() == ".png" else None
+    if src.png_colour and png_colour is None and not src.icc:
+        notes.append(f"{output}: the first source's PNG colour description (gamma, chromaticities) is not written "
+                     f"({Path(output).suffix} cannot hold it; a .png output keeps it)")
     secs = sum(results.seconds.values()) if joint else sum(sum(r.seconds.values()) for r in results)
     return Fused(fused, exif, src.icc, notes, secs, src.bits_for(output) if fused.dtype == np.uint16 else 8,
-                 src.dpi)
+                 src.dpi, png_colour)
 
 
 def compose_index(full: Sequence[np.ndarray], index: np.ndarray) -> np.ndarray:
@@ -655,7 +660,7 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
             fused = fuse_files(shots, nets, params, output=target, align=align, force=force,
                                motion_hint=motion_hint, progress=None if progress else False)
             write_image(target, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits,
-                        dpi=fused.dpi)
+                        dpi=fused.dpi, png_colour=fused.png_colour)
         except UserError as e:
             rep.skipped.append((name, str(e)))
             continue
