@@ -513,6 +513,8 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         EXIF block and ICC profile to store where the format allows (PNG: ``eXIf`` and
         ``iCCP``; JPEG, WebP and 8-bit TIFF: both; 16-bit TIFF: the ICC profile only; BMP:
         neither). Without them the file is byte-identical to what it was before they existed.
+        EXIF over :data:`_JPEG_MAX_EXIF` bytes is left out of a JPEG (:func:`fit_jpeg_exif`
+        shortens it first and says what it dropped; ``fuse`` and ``fuse-dir`` call it).
         The EXIF's image size (ExifImageWidth/Height), where it has one, is set to ``img``'s
         (a source's, turned by its orientation or cropped by ``--align``, was stale).
         An ICC profile of another colour space than the output's (a CMYK or gray source's
