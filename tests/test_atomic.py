@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from bafusion.atomic import atomic_dir, atomic_file, write_text
@@ -119,3 +120,146 @@ def test_the_leftovers_of_a_killed_run_are_removed_and_only_those(tmp_path: Path
     assert (out / "a").read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.part-mine", ".out.part-other-host",
                                                          ".out.part-running", "out"]
+
+
+def test_a_file_of_the_user_named_like_the_old_temporary_name_is_kept(tmp_path: Path) -> None:
+    # atomic_file wrote to the fixed name `<file>.part`: a file of the user's of that name (or a
+    # half download of another tool) was deleted without a word, then written and renamed away
+    out = tmp_path / "out.png"
+    (tmp_path / "out.png.part").write_text("mine")
+    for run in ("first", "second"):
+        with atomic_file(out) as tmp:
+            tmp.write_text(run)
+        assert out.read_text() == run
+    assert (tmp_path / "out.png.part").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png", "out.png.part"]
+
+
+def test_a_symbolic_link_named_like_the_old_temporary_name_is_not_written_through(tmp_path: Path) -> None:
+    # `out.png.part -> elsewhere`: the link was deleted (its target existing) or, dangling, written
+    # through (a file created at its target) and then renamed to `out.png` (the output a link)
+    out = tmp_path / "out.png"
+    elsewhere, gone = tmp_path / "elsewhere.txt", tmp_path / "not-yet"
+    elsewhere.write_text("the link's target")
+    for target in (elsewhere, gone):
+        link = tmp_path / "out.png.part"
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+        with atomic_file(out) as tmp:
+            tmp.write_text("new")
+        assert out.read_text() == "new" and not out.is_symlink()
+        assert link.is_symlink() and Path(os.readlink(link)) == target
+    assert elsewhere.read_text() == "the link's target" and not gone.exists()
+
+
+def test_two_writers_of_one_output_do_not_share_a_temporary_file(tmp_path: Path) -> None:
+    # two runs writing the same output (two processes; nested here) used the same `.part`: the
+    # second deleted the first's half-written file and the first then failed or renamed the other's
+    out = tmp_path / "out.txt"
+    with atomic_file(out) as first:
+        first.write_text("first, begun")
+        with atomic_file(out) as second:
+            assert second != first
+            second.write_text("second")
+        assert first.read_text() == "first, begun" and out.read_text() == "second"
+        first.write_text("first")
+    assert out.read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_a_new_file_gets_the_mode_a_plain_open_gives(tmp_path: Path) -> None:
+    # the temporary file is the output: its mode must be what open() gives under the umask (not
+    # mkstemp's 600), and a replaced file's stays
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        with open(tmp_path / "plain", "w") as fh:
+            fh.write("x")
+        with atomic_file(tmp_path / "new.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    assert mode == 0o640 and stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == mode
+    (tmp_path / "new.txt").chmod(0o604)
+    write_text(tmp_path / "new.txt", "y")
+    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o604
+
+
+def test_the_temporary_file_has_the_outputs_name_for_writers_that_go_by_it(tmp_path: Path) -> None:
+    # np.save appends `.npy` to a name without it and Pillow picks the format from the suffix: with
+    # `out.npy.part` np.save wrote `out.npy.part.npy` (the rename then failed), Pillow refused
+    import numpy as np
+    from PIL import Image
+
+    arr = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    with atomic_file(tmp_path / "a.npy") as tmp:
+        assert tmp.name == "a.npy"
+        np.save(tmp, arr)
+    assert (np.load(tmp_path / "a.npy") == arr).all()
+    for name, fmt in (("b.png", "PNG"), ("c.jpg", "JPEG"), ("d.tif", "TIFF")):
+        with atomic_file(tmp_path / name) as tmp:
+            Image.fromarray(arr).save(tmp)
+        with Image.open(tmp_path / name) as im:
+            assert im.format == fmt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "b.png", "c.jpg", "d.tif"]
+
+
+def test_a_failed_or_stopped_block_leaves_no_file(tmp_path: Path, monkeypatch) -> None:
+    import signal
+
+    import pytest
+
+    from bafusion import atomic
+
+    out = tmp_path / "out.txt"
+    out.write_text("earlier")
+    with pytest.raises(RuntimeError), atomic_file(out) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError
+    monkeypatch.setattr(atomic, "_stop_signal", signal.SIGTERM)
+    with pytest.raises(SystemExit), atomic_file(out) as tmp:
+        tmp.write_text("half")  # a stop was asked for meanwhile: not renamed into place
+    assert out.read_text() == "earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_a_file_left_by_a_killed_run_is_removed_by_the_next_and_only_ours(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from bafusion.atomic import PART_MARKER
+
+    out = tmp_path / "out.png"
+    code = ("import os, signal, sys\nfrom bafusion.atomic import atomic_file\n"
+            "with atomic_file(sys.argv[1]) as tmp:\n    tmp.write_text('half')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    for name in ("out.png", "other.h5"):  # the folder's leftovers, of any output
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=False)
+        assert proc.returncode == -9
+        (left,) = tmp_path.glob(f".{name}.part-*")
+        assert (left / name).read_text() == "half" and (left / PART_MARKER).is_file()
+    mine = tmp_path / ".out.png.part-mine"  # the user's, of the same pattern (no marker): kept
+    mine.write_text("keep")
+    running = tmp_path / ".out.png.part-running"  # a run in progress (this process stands for it)
+    running.mkdir()
+    (running / PART_MARKER).write_text(f"{socket.gethostname()} {os.getppid()}\n")
+    with atomic_file(out) as tmp:
+        tmp.write_text("done")
+    assert out.read_text() == "done"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.png.part-mine", ".out.png.part-running", "out.png"]
+
+
+def test_a_folder_that_refuses_the_temporary_file_is_named_by_the_output(tmp_path: Path, monkeypatch) -> None:
+    # the error of the hidden folder's creation names the output, not `.out.png.part-<random>`
+    import tempfile
+
+    import pytest
+
+    def denied(dir: str, prefix: str) -> str:
+        raise PermissionError(13, "Permission denied", os.path.join(dir, prefix + "abc123"))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", denied)
+    with pytest.raises(PermissionError) as e, atomic_file(tmp_path / "out.png"):
+        pass
+    assert e.value.filename == str(tmp_path / "out.png") and e.value.strerror == "Permission denied"

@@ -802,3 +802,24 @@ def test_a_resume_with_another_number_of_processes_says_so(toy_run: dict, tmp_pa
     assert res.returncode == 0, res.stderr
     assert (f"bafusion train: {tmp_path / 'ck' / 'last.pt'} was written by a run with 1 process(es); this run has 2 "
             "(the number of processes changes the weights); starting afresh") in res.stderr.splitlines(), res.stderr
+
+
+def test_model_and_checkpoint_files_keep_their_zip_root_and_their_bytes(tmp_path: Path) -> None:
+    # torch.save names the zip's root folder after the file name less its last suffix: written as
+    # `<name>.part`, the files have had root `<name>/` (models/default/initial.pt: `initial.pt/`);
+    # a temporary name of random letters would make their bytes differ from run to run (dvc.lock)
+    import zipfile
+
+    from bafusion.nets.train import save_checkpoint
+
+    torch.manual_seed(0)
+    net = build_model(8)
+    for d in ("a", "b"):
+        save_model(net, tmp_path / d / "initial.pt")
+        save_checkpoint(tmp_path / d / "last.pt", {"x": torch.arange(3)})
+    for name in ("initial.pt", "last.pt"):
+        assert zipfile.ZipFile(tmp_path / "a" / name).namelist()[0] == f"{name}/data.pkl"
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["initial.json", "initial.pt", "last.pt"]
+    shipped = Path(__file__).resolve().parents[1] / "models" / "default" / "initial.pt"
+    assert zipfile.ZipFile(shipped).namelist()[0] == "initial.pt/data.pkl"

@@ -51,39 +51,10 @@ def raise_if_stopped() -> None:
     raise SystemExit(128 + _stop_signal)
 
 
-def part_path(path: Path) -> Path:
-    return path.with_name(path.name + ".part")
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds,
-    delete it when the block raises (or when a stop was asked for meanwhile). A ``path`` that
-    is a symbolic link keeps it: the file it points to is replaced (renaming over the link
-    turned it into a plain file, the target unchanged). A file replaced keeps its permission
-    bits (a params.yaml of mode 640 became 644)."""
-    final = Path(path)
-    if final.is_symlink():
-        final = final.resolve()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = part_path(final)
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        yield tmp
-        raise_if_stopped()
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(tmp, stat.S_IMODE(final.stat().st_mode))
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
-#: The file that marks a temporary folder of :func:`atomic_dir` as bafusion's own: a leftover
-#: of a killed run is removed by a later run only when it holds this file (naming a process of
-#: this host that is gone), never a folder of the user's that happens to match the name.
+#: The file that marks a temporary folder of :func:`atomic_dir` or :func:`atomic_file` as
+#: bafusion's own: a leftover of a killed run is removed by a later run only when it holds this
+#: file (naming a process of this host that is gone), never a folder of the user's that happens
+#: to match the name.
 PART_MARKER = ".bafusion-part"
 
 
@@ -98,7 +69,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_part(wrap: Path) -> None:
-    """Remove the temporary folder ``wrap`` of :func:`atomic_dir`, its marker last (a run killed
+    """Remove the temporary folder ``wrap`` (:func:`_new_part`), its marker last (a run killed
     meanwhile leaves a folder that is still known as bafusion's own). Errors are ignored: what
     stays keeps its marker, and a later run tries again."""
     with contextlib.suppress(OSError):  # also another run removing the same leftover meanwhile
@@ -117,26 +88,116 @@ def _remove_part(wrap: Path) -> None:
         wrap.rmdir()
 
 
+def _is_stale(wrap: Path) -> bool:
+    """Whether ``wrap`` is a temporary folder of this module left by a process of this host
+    that no longer runs: it holds :data:`PART_MARKER` naming that host and process."""
+    marker = wrap / PART_MARKER
+    if wrap.is_symlink() or not wrap.is_dir() or not marker.is_file() or marker.is_symlink():
+        return False
+    try:
+        host, _, pid = marker.read_text().strip().rpartition(" ")
+        owner = int(pid)
+    except (OSError, ValueError):
+        return False
+    return host == socket.gethostname() and owner != os.getpid() and not _pid_alive(owner)
+
+
+def _remove_stale(pattern: str, folder: Path) -> list[Path]:
+    removed = []
+    with contextlib.suppress(OSError):  # an unreadable folder: nothing removed
+        for wrap in folder.glob(pattern):
+            if _is_stale(wrap):
+                _remove_part(wrap)
+                removed.append(wrap)
+    return removed
+
+
 def remove_stale_parts(final: Path) -> list[Path]:
     """Remove the temporary folders ``.<name>.part-*`` beside ``final`` left by killed runs of
-    :func:`atomic_dir`: only those holding :data:`PART_MARKER` written by a process of this host
-    that no longer runs (a run in progress, of this host or another, keeps its own). Returns
-    the folders removed."""
-    removed = []
-    for wrap in final.parent.glob(f".{glob.escape(final.name)}.part-*"):
-        marker = wrap / PART_MARKER
-        if wrap.is_symlink() or not wrap.is_dir() or not marker.is_file() or marker.is_symlink():
-            continue
-        try:
-            host, _, pid = marker.read_text().strip().rpartition(" ")
-            owner = int(pid)
-        except (OSError, ValueError):
-            continue
-        if host != socket.gethostname() or owner == os.getpid() or _pid_alive(owner):
-            continue
+    :func:`atomic_dir` or :func:`atomic_file`: only those holding :data:`PART_MARKER` written by
+    a process of this host that no longer runs (a run in progress, of this host or another,
+    keeps its own). Returns the folders removed."""
+    return _remove_stale(f".{glob.escape(final.name)}.part-*", final.parent)
+
+
+def remove_stale_parts_in(folder: Path) -> list[Path]:
+    """:func:`remove_stale_parts` for every output in ``folder``: the leftovers ``.*.part-*``
+    of dead runs of this host."""
+    return _remove_stale(".*.part-*", folder)
+
+
+def part_path(path: Path) -> Path:
+    """``<path>.part``: the fixed name of a download in progress (:func:`bafusion.data.download.fetch`
+    resumes it on purpose). :func:`atomic_file` and :func:`atomic_dir` never use it."""
+    return path.with_name(path.name + ".part")
+
+
+def _new_part(final: Path) -> Path:
+    """Make the hidden temporary folder ``.<name>.part-<random>`` beside ``final``, marked by
+    :data:`PART_MARKER` as this process's. An error names ``final``, not the random name."""
+    try:
+        wrap = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.part-"))
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, os.fspath(final)) from e
+    try:
+        (wrap / PART_MARKER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    except BaseException as e:
         _remove_part(wrap)
-        removed.append(wrap)
-    return removed
+        if isinstance(e, OSError):
+            raise OSError(e.errno, e.strerror, os.fspath(final)) from e
+        raise
+    return wrap
+
+
+#: The folders in which this process has removed the leftovers of killed runs
+#: (:func:`remove_stale_parts_in`) before writing a file there with :func:`atomic_file`: once
+#: each, not a listing of a folder of thousands of outputs for every one written.
+_swept: set[str] = set()
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str], *, name: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path for ``path``; rename it to ``path`` when the block succeeds,
+    delete it when the block raises (or when a stop was asked for meanwhile). A ``path`` that
+    is a symbolic link keeps it: the file it points to is replaced (renaming over the link
+    turned it into a plain file, the target unchanged). A file replaced keeps its permission
+    bits (a params.yaml of mode 640 became 644); a new one has those a plain ``open()`` gives
+    (the umask's).
+
+    The temporary file lies in a hidden folder of a name of its own beside ``path``,
+    ``.<name>.part-<random>`` (as :func:`atomic_dir`'s), and has the name of ``path`` itself
+    (or ``name``): a writer that goes by the name (Pillow's format by the suffix, ``np.save``
+    that appends ``.npy``) writes what it would write to ``path``, and nothing of the user's is
+    touched. The fixed ``<path>.part`` of versions before 2026-12-04 deleted a file of that name
+    and wrote through a symbolic link of that name, and two runs writing one output shared it.
+    ``name`` is for a writer that stores the name in the file: ``torch.save`` names its zip's
+    root folder after the file name less its last suffix (the model files are written as
+    ``<name>.part``, their root ``<name>/``, as they always were).
+
+    A run killed inside the block leaves its folder (holding :data:`PART_MARKER`); the next
+    write of this module into that folder by a process of this host removes it, and every
+    other leftover of a dead run of this host there (:func:`remove_stale_parts_in`), once per
+    folder and process. One left by another machine or container stays until removed by hand."""
+    final = Path(path)
+    if final.is_symlink():
+        final = final.resolve()
+    if name is not None and (name in ("", ".", "..", PART_MARKER) or Path(name).name != name):
+        raise ValueError(f"atomic_file: name must be a plain file name, not {name!r}")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.path.realpath(final.parent)
+    if folder not in _swept:
+        _swept.add(folder)
+        remove_stale_parts_in(final.parent)
+    wrap = _new_part(final)
+    tmp = wrap / (name or final.name)
+    try:
+        yield tmp
+        raise_if_stopped()
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp, stat.S_IMODE(final.stat().st_mode))
+        os.replace(tmp, final)
+    finally:
+        _remove_part(wrap)
 
 
 @contextlib.contextmanager
@@ -155,9 +216,8 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         final = final.resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_parts(final)
-    wrap = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.part-"))
+    wrap = _new_part(final)
     try:
-        (wrap / PART_MARKER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
         tmp = wrap / final.name
         tmp.mkdir()  # the umask's mode, as the output had (mkdtemp's folder is 700)
         yield tmp

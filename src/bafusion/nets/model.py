@@ -243,6 +243,14 @@ _WRITE_FAILURES = ("inline_container", "strerror", "cannot be opened", "open fil
                    "iostream error", "PytorchStreamWriter failed")
 
 
+def torch_part_name(final: "str | os.PathLike[str]") -> str:
+    """The temporary name (``atomic_file(name=)``) under which ``torch.save`` writes ``final``:
+    ``<name>.part``. torch names the zip's root folder after the file name less its last suffix,
+    and the model files and checkpoints have always been written so, with root ``<name>/``
+    (``initial.pt/data.pkl``): the same bytes as before, whatever the temporary folder."""
+    return os.path.basename(final) + ".part"
+
+
 def save_torch(obj: object, tmp: "str | os.PathLike[str]", final: "str | os.PathLike[str]") -> None:
     """``torch.save(obj, tmp)``, where ``tmp`` is the temporary name of ``final``: a failure to
     write (disk full, permission denied, a read-only folder), a ``RuntimeError`` of torch's, is
@@ -286,7 +294,7 @@ def save_model(net: CifarResNet, path: "str | os.PathLike[str]", meta: dict | No
     p.parent.mkdir(parents=True, exist_ok=True)
     info = dict(meta or {})
     info["arch"] = net.spec.to_dict()
-    with atomic_file(p) as tmp:
+    with atomic_file(p, name=torch_part_name(p)) as tmp:
         save_torch({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp, p)
     write_text(p.with_suffix(".json"), json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
 

@@ -98,6 +98,7 @@ from bafusion.nets.model import (
     load_model,
     save_model,
     save_torch,
+    torch_part_name,
 )
 from bafusion.progress import bars_enabled
 from bafusion.schema import default, validate_params
@@ -349,7 +350,7 @@ def _set_rng_state(st: Mapping[str, Any], device: torch.device) -> None:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` under a temporary name, then rename (a kill never leaves half a file)."""
-    with atomic_file(path) as tmp:
+    with atomic_file(path, name=torch_part_name(path)) as tmp:
         save_torch(state, tmp, path)
 
 
