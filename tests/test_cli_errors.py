@@ -259,7 +259,7 @@ def test_an_existing_output_is_replaced_and_sources_kept(work: Path, capsys, mon
     assert rc == 0, capsys.readouterr().err
     assert np.asarray(Image.open(work / "F.png")).shape == (24, 20)
     assert {p: _digest(work / p) for p in src} == src
-    assert not list(work.glob("*.part")) and not list(work.glob(".bafusion-probe-*"))
+    assert not list(work.glob("*.part")) and not list(work.glob(".*.part-*")) and not list(work.glob(".bafusion-probe-*"))
 
 
 def test_maps_that_would_overwrite_a_source_are_refused(work: Path, capsys) -> None:

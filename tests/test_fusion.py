@@ -477,7 +477,7 @@ def test_cli_fuse_writes_output_and_maps(tmp_path: Path, model_dir: Path, scene)
     diff = np.asarray(Image.open(maps / "f-diff-gray.png"))
     assert diff[~dm].max() == 0 and diff[dm].max() > 0  # F = B where dm = 0
     assert np.asarray(Image.open(maps / "f-diff-colour.png")).shape == f.shape[:2] + (3,)
-    assert not list(tmp_path.rglob("*.part"))
+    assert not list(tmp_path.rglob("*.part")) and not list(tmp_path.rglob(".*.part-*"))
 
 
 def test_cli_errors_leave_no_output(tmp_path: Path, model_dir: Path, scene, capsys) -> None:
@@ -504,7 +504,7 @@ def test_cli_errors_leave_no_output(tmp_path: Path, model_dir: Path, scene, caps
         assert rc == 2, err
         for w in words:
             assert w in err, (w, err)
-        assert not out.exists() and not list(tmp_path.glob("*.part"))
+        assert not out.exists() and not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.part-*"))
 
 
 def test_cli_without_models_says_how_to_get_them(tmp_path: Path, scene, monkeypatch, capsys) -> None:

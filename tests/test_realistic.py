@@ -272,4 +272,4 @@ def test_a_recorded_stop_ends_the_shard_at_the_next_pair(tmp_path: Path, monkeyp
     finally:
         atomic.clear_stop()
     assert e.value.code == 143 and len(made) == 1
-    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.h5.part").exists()
+    assert not (tmp_path / "s.h5").exists() and not list(tmp_path.glob("s.h5.part*")) and not list(tmp_path.glob(".s.h5.part-*"))

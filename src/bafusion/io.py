@@ -628,7 +628,7 @@ def _write_checked(p: Path, write: Callable[[BinaryIO], int]) -> None:
                 size = write(fh)
                 fh.flush()
                 written = os.fstat(fh.fileno()).st_size
-        except OSError as e:  # a write's error names no file: the output's name, not the .part's
+        except OSError as e:  # a write's error names no file: the output's name, not the temporary one's
             if e.errno is None:  # numpy's short write: "120000 requested and 9888 written"
                 raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({e})", str(p)) from e
             raise OSError(e.errno, e.strerror or str(e), str(p)) from e
