@@ -142,6 +142,37 @@ def test_alphamatting_unverified_web_page_is_rejected_and_refetched(server: Loca
     assert rec["foregrounds"] == 3 and rec["summary"]["downloaded"] == 2
 
 
+def _spy_testzip(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The archives ``ZipFile.testzip`` reads (and CRCs) whole from now on."""
+    calls: list[str] = []
+    real = zipfile.ZipFile.testzip
+
+    def spy(self: zipfile.ZipFile) -> str | None:
+        calls.append(Path(str(self.filename)).name)
+        return real(self)
+
+    monkeypatch.setattr(zipfile.ZipFile, "testzip", spy)
+    return calls
+
+
+def test_a_zip_verified_by_its_checksum_is_not_crc_tested_again(
+    server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its sha256 matched, each alphamatting archive was read whole again by testzip (its
+    CRCs: minutes for the multi-GB archives) although the bytes are the published ones; an
+    archive without a checksum is still tested (nothing else tells a damaged one)."""
+    calls = _spy_testzip(monkeypatch)
+    sums = serve_alphamatting(server, alphamatting_zips())
+    rec = acquire_alphamatting(tmp_path / "am", base_url=server.url("datasets/zip/"), checksums=sums,
+                               cache=tmp_path / "c", net=NET)  # fmt: skip
+    assert rec["summary"]["downloaded"] == 2 and calls == []
+    zips = {k.replace("lowres", "highres"): v for k, v in alphamatting_zips().items()}  # no published checksum
+    serve_alphamatting(server, zips)
+    rec = acquire_alphamatting(tmp_path / "am2", resolution="highres", base_url=server.url("datasets/zip/"),
+                               allow_unverified=True, cache=tmp_path / "c", net=NET)  # fmt: skip
+    assert rec["summary"]["downloaded"] == 2 and sorted(calls) == sorted(f"{n}.part" for n in zips)
+
+
 def test_alphamatting_local_overrides(tmp_path: Path) -> None:
     zips = alphamatting_zips()
     sums = {n: sha256(d) for n, d in zips.items()}
@@ -276,6 +307,19 @@ def test_coco_unverified_annotations_that_are_a_web_page_are_fetched_again(serve
     server.files["annotations/annotations_trainval2017.zip"] = good
     rec = acquire_coco(tmp_path / "bg", **kw)
     assert len(rec["kept"]) == 2 and (cache / "coco" / "annotations_trainval2017.zip").read_bytes() == good
+
+
+def test_coco_annotations_verified_by_their_checksum_are_not_crc_tested_again(
+    server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _spy_testzip(monkeypatch)
+    _, md5 = serve_coco(server)
+    kw = dict(count=2, flt=CocoFilter(min_side=100), annotations_url=server.url("annotations/annotations_trainval2017.zip"),
+              net=NET)  # fmt: skip
+    assert len(acquire_coco(tmp_path / "bg", annotations_checksum=md5, cache=tmp_path / "c1", **kw)["kept"]) == 2
+    assert calls == []
+    assert len(acquire_coco(tmp_path / "bg2", annotations_checksum=None, cache=tmp_path / "c2", **kw)["kept"]) == 2
+    assert calls == ["annotations_trainval2017.zip.part"]
 
 
 def test_coco_local_override_and_too_few(tmp_path: Path) -> None:
