@@ -436,6 +436,69 @@ def test_eval_rerun_replaces_its_output_but_never_a_folder_of_the_users(
     assert sorted(p.name for p in out.iterdir()) == ["download.json", "lytro", "other"]
 
 
+def test_download_eval_and_alphamatting_never_replace_each_others_folder(
+    server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both commands mark --out with a download.json: download-eval --out X replaced the
+    alphamatting set download-alphamatting had put in X (exit 0), and the other way round, so a
+    mistyped path lost a download. The record now says its kind (an older one's is read from its
+    content), and each command replaces only its own kind of folder."""
+    from bafusion.cli import main
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    sums = serve_alphamatting(server, alphamatting_zips())
+    am_argv = ["download-alphamatting", "--base-url", server.url("datasets/zip/"), "--cache", str(tmp_path / "c"),
+               "--no-progress", "--retries", "0", *[x for n, d in sums.items() for x in ("--checksum", f"{n}={d}")]]
+    src = tmp_path / "src"
+    (src / "lytro").mkdir(parents=True)
+    (src / "lytro" / "a.png").write_bytes(png_bytes(np.zeros((8, 8), np.uint8)))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"files": [{"name": "lytro/a.png", "set": "lytro",
+                                               "sha256": hashlib.sha256((src / "lytro" / "a.png").read_bytes()).hexdigest()}]}))
+    ev_argv = ["download-eval", "--from-dir", str(src), "--manifest", str(manifest), "--sets", "lytro",
+               "--cache", str(tmp_path / "c"), "--no-progress"]
+    am, ev = tmp_path / "am", tmp_path / "eval"
+    assert main([*am_argv, "--out", str(am)]) == 0
+    assert main([*ev_argv, "--out", str(ev)]) == 0
+    capsys.readouterr()
+    for old in (False, True):
+        if old:  # records written before the kind was: decided from what they hold
+            for folder in (am, ev):
+                rec = json.loads((folder / "download.json").read_text())
+                del rec["kind"]
+                (folder / "download.json").write_text(json.dumps(rec))
+        assert main([*ev_argv, "--out", str(am)]) == 2, "the alphamatting set was replaced"
+        err = capsys.readouterr().err
+        assert f"{am}: " in err and "download-alphamatting" in err and "input/, gt/" in err and "3 foregrounds" in err
+        assert "download-eval replaces the folder whole and would delete it" in err, err
+        assert main([*am_argv, "--out", str(ev)]) == 2
+        err = capsys.readouterr().err
+        assert f"{ev}: " in err and "download-eval" in err and "lytro/" in err and "1 file" in err
+        assert "download-alphamatting replaces the folder whole and would delete it" in err, err
+        assert sorted(p.name for p in am.iterdir()) == ["download.json", "gt", "input"]
+        assert sorted(p.name for p in ev.iterdir()) == ["download.json", "lytro"]
+        assert main([*am_argv, "--out", str(am)]) == 0 and main([*ev_argv, "--out", str(ev)]) == 0  # their own
+        assert json.loads((am / "download.json").read_text())["kind"] == "alphamatting"
+        assert json.loads((ev / "download.json").read_text())["kind"] == "eval"
+
+
+@pytest.mark.parametrize(("doc", "kind"), [
+    ({"kind": "eval", "foregrounds": 3}, "eval"), ({"foregrounds": 3}, "alphamatting"),
+    ({"sets": ["lytro"]}, "eval"), ({"files": 2}, "eval"), ({}, None), ([], None), ({"kind": "later"}, "later"),
+])
+def test_download_kind_of_a_record(doc: object, kind: str | None, tmp_path: Path) -> None:
+    from bafusion.preflight import check_output_dir, download_kind
+
+    assert download_kind(doc) == kind
+    (tmp_path / "download.json").write_text(json.dumps(doc))
+    for ours in ("alphamatting", "eval"):
+        if kind in (None, ours):
+            check_output_dir(tmp_path, replaced=True, marker="download.json", kind=ours)
+        else:
+            with pytest.raises(UserError, match=f"{tmp_path}: the output folder holds "):
+                check_output_dir(tmp_path, replaced=True, marker="download.json", kind=ours)
+
+
 def test_eval_needs_a_source_and_known_sets(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="needs a source"):
         acquire_eval(tmp_path / "e", cache=tmp_path / "c", net=NET)

@@ -15,7 +15,8 @@ Every command's output paths are listed once, in :data:`COMMAND_OUTPUTS` (by the
   holds one of the inputs or the working directory, or files that are no earlier output of the
   command (a folder neither empty nor holding its marker, :data:`OUTPUT_MARKERS`, or one holding
   it beside entries the command did not write, :func:`foreign_entries`): they would be deleted
-  with it;
+  with it; and the output of another command that writes the same marker (download-eval's and
+  download-alphamatting's ``download.json``: the kind it records, :func:`download_kind`);
 * an output inside an input folder whose every file is an input (``composite --out`` inside
   ``--prepared``; also an output folder: ``testset --out`` inside ``--prepared``), an output file
   that is an existing file of an input folder (``fuse-set --report`` onto ``--pairs``' index.json or
@@ -128,11 +129,66 @@ def _evaluate_entries(doc: Any) -> set[str]:
 
 
 def _download_entries(doc: Any) -> set[str]:
-    if "foregrounds" in doc:  # download-alphamatting
+    if download_kind(doc) == "alphamatting":
         return {"input", "gt"}
     # download-eval: the top folders it wrote. A record of older code lacks them (its sets may be
     # named other than their folders in a custom manifest): the KeyError lets it vouch alone.
     return {str(name) for name in doc["folders"]}
+
+
+#: The kind of download each command records in the marker they share (``download.json``'s
+#: ``kind``): neither replaces a folder holding the other's (:func:`check_output_dir`'s ``kind``).
+MARKER_KINDS: dict[str, str] = {"download-alphamatting": "alphamatting", "download-eval": "eval"}
+
+
+def download_kind(doc: Any) -> str | None:
+    """The kind of download a ``download.json`` records: its ``kind``; a record written before
+    the kind was (bafusion before 2026-12-05) is told by its content: ``foregrounds`` (the count
+    of download-alphamatting) makes it ``alphamatting``; ``sets``, ``folders`` or ``files``
+    (download-eval's) ``eval``. None when nothing tells (an empty record: it vouches for its
+    folder alone, for either command, as it did before)."""
+    if not isinstance(doc, dict):
+        return None
+    kind = doc.get("kind")
+    if isinstance(kind, str) and kind:
+        return kind
+    if "foregrounds" in doc:
+        return "alphamatting"
+    if any(k in doc for k in ("sets", "folders", "files")):
+        return "eval"
+    return None
+
+
+def _download_holds(kind: str, doc: dict[str, Any]) -> str:
+    """What a folder whose ``download.json`` records ``kind`` holds, for a message."""
+    def count(key: str, unit: str) -> str:
+        n = doc.get(key)
+        return f": {n} {unit}{'' if n == 1 else 's'}" if isinstance(n, int) and not isinstance(n, bool) else ""
+
+    if kind == "alphamatting":
+        return f"the alphamatting.com training set (input/, gt/{count('foregrounds', 'foreground')})"
+    if kind == "eval":
+        tops = doc.get("folders") or doc.get("sets")
+        shown = ", ".join(f"{t}/" for t in tops) if isinstance(tops, list) and tops else "its sets"
+        return f"the evaluation pairs ({shown}{count('files', 'file')})"
+    return f"a download of kind {kind!r}"
+
+
+def _check_marker_kind(shown: str, what: str, folder: Path, marker: str, kind: str) -> None:
+    """Refuse ``folder`` when its ``marker`` records another kind of download than ``kind``."""
+    try:
+        doc = json.loads((folder / marker).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return  # unreadable: it vouches alone, as foreign_entries lets it
+    recorded = download_kind(doc)
+    if recorded is None or recorded == kind:
+        return
+    commands = {k: c for c, k in MARKER_KINDS.items()}
+    made_by = commands.get(recorded, "another command")
+    ours = commands.get(kind, "this command")
+    raise UserError(f"{shown}: the {what} holds {_download_holds(recorded, doc)}, an earlier output of {made_by} "
+                    f"(its {marker} says so); {ours} replaces the folder whole and would delete it: choose "
+                    "another folder")
 
 
 def _coco_entries(doc: Any) -> set[str]:
@@ -308,12 +364,14 @@ def check_output_dir(
     marker: str | None = None,
     what: str = "output folder",
     own: Iterable[str | os.PathLike[str]] = (),
+    kind: str | None = None,
 ) -> Path:
     """Check an output folder: an existing folder or a new path, never a file; ``replaced``
     (the command replaces it whole): it must not hold an input or the working directory and,
     with ``marker``, it must be empty or hold that file (an earlier output of the command) and
     nothing the command did not write (:func:`foreign_entries`; ``own``: its other output
-    files, written after the folder is replaced)."""
+    files, written after the folder is replaced); with ``kind`` (a marker two commands write,
+    :data:`MARKER_KINDS`), the marker must not record another kind (:func:`download_kind`)."""
     p, shown = Path(path), os.fspath(path)
     if os.path.lexists(p) and not p.is_dir():
         raise UserError(f"{shown}: is a file, not a folder: the {what} must be a folder or a new path")
@@ -327,6 +385,8 @@ def check_output_dir(
         if marker and p.is_dir() and not (p / marker).is_file() and any(p.iterdir()):
             raise UserError(f"{shown}: the {what} is replaced whole and holds files that are no earlier output of "
                             f"this command (no {marker}); they would be deleted: remove the folder or choose another")
+        if kind and marker and p.is_dir() and (p / marker).is_file():
+            _check_marker_kind(shown, what, p, marker, kind)
         foreign = foreign_entries(p, marker, own) if marker and p.is_dir() and (p / marker).is_file() else None
         if foreign:
             more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
@@ -416,8 +476,9 @@ def check_command(args: argparse.Namespace) -> None:
     own = [p for dest in (*spec.images, *spec.files) for p in _raw(getattr(args, dest, None))]
     for dest in spec.replaced_dirs:
         for p in _raw(getattr(args, dest, None)):
-            check_output_dir(p, inputs, replaced=True, marker=OUTPUT_MARKERS.get(getattr(args, "command", "")),
-                             what=f"{spec.flag(dest)} folder", own=own)
+            command = getattr(args, "command", "")
+            check_output_dir(p, inputs, replaced=True, marker=OUTPUT_MARKERS.get(command),
+                             what=f"{spec.flag(dest)} folder", own=own, kind=MARKER_KINDS.get(command))
     check_outputs_distinct(
         [(p, spec.flag(dest)) for dest in (*spec.images, *spec.files, *spec.dirs, *spec.replaced_dirs)
          for p in _raw(getattr(args, dest, None))]

@@ -89,6 +89,9 @@ def default_cache() -> Path:
 EVAL_MANIFEST = "eval_manifest.json"
 EVAL_SETS = ("lytro", "classic")
 RECORD = "download.json"
+#: The ``kind`` each command records in its ``download.json`` (the command line refuses to
+#: replace a folder of the other kind: :data:`bafusion.preflight.MARKER_KINDS`).
+KIND_ALPHAMATTING, KIND_EVAL = "alphamatting", "eval"
 
 
 @dataclass(frozen=True)
@@ -197,7 +200,8 @@ def acquire_alphamatting(
             with atomic_dir(out) as tmp:
                 for sub in ("input", "gt"):
                     shutil.copytree(src / sub, tmp / sub)
-                record = {"source": str(src.resolve()), "foregrounds": len(fgs), "resolution": resolution}
+                record = {"kind": KIND_ALPHAMATTING, "source": str(src.resolve()), "foregrounds": len(fgs),
+                          "resolution": resolution}
                 _write_record(tmp, record)
             _log(f"alphamatting: {len(fgs)} foregrounds copied from {src}")
             return record
@@ -233,6 +237,7 @@ def acquire_alphamatting(
         extract_zip(archives[names[1]], tmp / "gt")
         fgs = dir_foregrounds(tmp)  # every GTxx.png has its matte: the archives fit together
         record = {
+            "kind": KIND_ALPHAMATTING,
             "source": base_url,
             "resolution": resolution,
             "archives": digests,
@@ -529,7 +534,7 @@ def acquire_eval(
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(job.dest, dest)
         folders = sorted({f["name"].split("/")[0] for f in files})  # what --out holds (see preflight)
-        record = {"source": base, "sets": list(sets), "folders": folders, "files": len(files),
+        record = {"kind": KIND_EVAL, "source": base, "sets": list(sets), "folders": folders, "files": len(files),
                   "summary": summary.as_dict()}
         _write_record(tmp, record)
     _log(f"eval: {len(files)} files -> {out}")
