@@ -33,6 +33,7 @@ from bafusion.data.download import (
     join_url,
     read_zip_member,
 )
+from bafusion.atomic import part_path
 from bafusion.errors import UserError
 
 
@@ -52,7 +53,11 @@ class LocalServer:
     ``fail[path]``: HTTP statuses to answer first; ``truncate[path]``: cut the connection
     after this many body bytes; ``delay[path]``: seconds to wait before answering.
     ``honour_range`` False makes it ignore ``Range`` (answer 200 with the whole file).
-    Every request is recorded as ``(path, Range header or None)``.
+    ``etag[path]`` / ``last_modified[path]``: validators it sends; a ``Range`` request whose
+    ``If-Range`` does not match them gets the whole file (200), unless ``honour_if_range`` is
+    False (then it sends the range of whatever it has now, with its current validators).
+    Every request is recorded as ``(path, Range header or None)``, and its ``If-Range`` in
+    ``if_range`` as ``(path, If-Range header or None)``.
     """
 
     def __init__(self) -> None:
@@ -61,7 +66,11 @@ class LocalServer:
         self.truncate: dict[str, list[int]] = {}
         self.delay: dict[str, list[float]] = {}
         self.honour_range = True
+        self.etag: dict[str, str] = {}
+        self.last_modified: dict[str, str] = {}
+        self.honour_if_range = True
         self.requests: list[tuple[str, str | None]] = []
+        self.if_range: list[tuple[str, str | None]] = []
         self.lock = threading.Lock()
         owner = self
 
@@ -74,6 +83,7 @@ class LocalServer:
                 rng = self.headers.get("Range")
                 with owner.lock:
                     owner.requests.append((path, rng))
+                    owner.if_range.append((path, self.headers.get("If-Range")))
                     fail = owner.fail.get(path, [])
                     status = fail.pop(0) if fail else None
                     cut = owner.truncate.get(path, [])
@@ -90,6 +100,10 @@ class LocalServer:
                     return
                 body = owner.files[path]
                 start = 0
+                validators = {v for v in (owner.etag.get(path), owner.last_modified.get(path)) if v}
+                cond = self.headers.get("If-Range")
+                if cond is not None and owner.honour_if_range and cond not in validators:
+                    rng = None  # the file changed since the validator: the whole file
                 if rng and owner.honour_range and rng.startswith("bytes=") and rng.endswith("-"):
                     start = int(rng[len("bytes=") : -1])
                     if start >= len(body):
@@ -104,6 +118,10 @@ class LocalServer:
                     self.send_response(200)
                 self.send_header("Content-Length", str(len(body) - start))
                 self.send_header("Accept-Ranges", "bytes")
+                if path in owner.etag:
+                    self.send_header("ETag", owner.etag[path])
+                if path in owner.last_modified:
+                    self.send_header("Last-Modified", owner.last_modified[path])
                 self.end_headers()
                 payload = body[start:]
                 if cut_at is not None:
@@ -180,13 +198,17 @@ def test_part_left_by_a_killed_run_is_resumed(server: LocalServer, tmp_path: Pat
     assert r.resumed_from == 123_456 and r.bytes == len(PAYLOAD) - 123_456
 
 
+@pytest.mark.parametrize("verified", [True, False])  # without a checksum: resumed with If-Range
 @pytest.mark.parametrize("stop", [KeyboardInterrupt(), SystemExit(143)])  # Ctrl-C; SIGTERM as the CLI raises it
 def test_part_of_an_interrupted_run_is_kept_and_resumed(
-    server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: BaseException
+    server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: BaseException, verified: bool
 ) -> None:
     import bafusion.data.download as download
 
     server.files["big.bin"] = PAYLOAD
+    checksum = sha256(PAYLOAD) if verified else None
+    if not verified:
+        server.etag["big.bin"] = '"e"'
     real_bar = download._bar
 
     def stopping_bar(*args: object, **kwargs: object) -> object:
@@ -201,13 +223,14 @@ def test_part_of_an_interrupted_run_is_kept_and_resumed(
     monkeypatch.setattr(download, "_bar", stopping_bar)
     dest = tmp_path / "big.bin"
     with pytest.raises(type(stop)):
-        fetch(server.url("big.bin"), dest, checksum=sha256(PAYLOAD), progress=False)
+        fetch(server.url("big.bin"), dest, checksum=checksum, progress=False)
     kept = (tmp_path / "big.bin.part").stat().st_size
     assert 0 < kept < len(PAYLOAD) and not dest.exists()
     monkeypatch.setattr(download, "_bar", real_bar)
-    r = fetch(server.url("big.bin"), dest, checksum=sha256(PAYLOAD), progress=False)
+    r = fetch(server.url("big.bin"), dest, checksum=checksum, progress=False)
     assert server.requests_for("big.bin") == [None, f"bytes={kept}-"]
     assert dest.read_bytes() == PAYLOAD and r.resumed_from == kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
 
 
 def test_stale_part_of_another_file_restarts_once(server: LocalServer, tmp_path: Path) -> None:
@@ -534,6 +557,103 @@ def test_without_a_checksum_a_failed_transfer_keeps_no_part(server: LocalServer,
     with pytest.raises(DownloadError) as e:
         fetch(server.url("big.bin"), tmp_path / "big.bin", retries=0, progress=False)
     assert "resumes" not in str(e.value) and list(tmp_path.iterdir()) == []
+
+
+VALIDATORS = [("etag", '"v1"', '"v2"'), ("last_modified", "Fri, 04 Dec 2026 10:00:00 GMT", "Fri, 04 Dec 2026 11:00:00 GMT")]
+
+
+def _fail_once_without_checksum(server: LocalServer, dest: Path, kind: str, value: str) -> None:
+    """A first run without a checksum whose transfer breaks after 50,000 bytes, the server
+    sending ``kind`` (etag or last_modified) ``value``: the bytes are kept for the next run."""
+    server.files["big.bin"] = PAYLOAD
+    getattr(server, kind)["big.bin"] = value
+    server.truncate["big.bin"] = [50_000]
+    with pytest.raises(DownloadError, match="50000 bytes kept in .*big.bin.part, a rerun resumes"):
+        fetch(server.url("big.bin"), dest, retries=0, progress=False)
+    assert part_path(dest).stat().st_size == 50_000 and not dest.exists()
+
+
+@pytest.mark.parametrize(("kind", "v1", "v2"), VALIDATORS)
+def test_without_a_checksum_a_part_resumes_when_the_server_says_the_file_is_unchanged(
+    server: LocalServer, tmp_path: Path, kind: str, v1: str, v2: str
+) -> None:
+    """Without a checksum a .part left by an earlier run was always fetched anew (a multi-GB
+    archive from zero after every broken run); now the first answer's ETag (or Last-Modified)
+    and size are kept beside it and the next run resumes with If-Range: a file changed on the
+    server since is sent whole instead of completing the old bytes."""
+    dest = tmp_path / "big.bin"
+    _fail_once_without_checksum(server, dest, kind, v1)
+    r = fetch(server.url("big.bin"), dest, retries=0, progress=False)
+    assert server.requests_for("big.bin") == [None, "bytes=50000-"]
+    assert [v for p, v in server.if_range if p == "big.bin"] == [None, v1]
+    assert r.resumed_from == 50_000 and r.bytes == len(PAYLOAD) - 50_000
+    assert dest.read_bytes() == PAYLOAD and sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
+
+    dest.unlink()  # the same, but the file changes on the server between the two runs
+    server.requests.clear()
+    _fail_once_without_checksum(server, dest, kind, v1)
+    new = os.urandom(len(PAYLOAD))
+    server.files["big.bin"], getattr(server, kind)["big.bin"] = new, v2
+    r = fetch(server.url("big.bin"), dest, retries=0, progress=False)
+    assert server.requests_for("big.bin") == [None, "bytes=50000-"]  # answered 200: the whole new file
+    assert r.resumed_from == 0 and dest.read_bytes() == new
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
+
+
+def test_without_a_checksum_a_server_ignoring_if_range_has_the_changed_file_fetched_anew(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    # it answers the Range with the new file's bytes (206): its ETag tells they are another file's
+    dest = tmp_path / "big.bin"
+    _fail_once_without_checksum(server, dest, "etag", '"v1"')
+    new = os.urandom(len(PAYLOAD))
+    server.files["big.bin"], server.etag["big.bin"], server.honour_if_range = new, '"v2"', False
+    r = fetch(server.url("big.bin"), dest, retries=1, backoff=0.0, progress=False)
+    assert server.requests_for("big.bin") == [None, "bytes=50000-", None]
+    assert r.resumed_from == 0 and dest.read_bytes() == new
+
+
+def test_without_a_checksum_a_part_is_kept_only_when_the_server_sent_a_validator(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    server.files["big.bin"] = PAYLOAD
+    server.etag["big.bin"] = 'W/"weak"'  # a weak ETag cannot be used with If-Range
+    server.truncate["big.bin"] = [50_000]
+    with pytest.raises(DownloadError) as e:
+        fetch(server.url("big.bin"), tmp_path / "big.bin", retries=0, progress=False)
+    assert "resumes" not in str(e.value) and list(tmp_path.iterdir()) == []
+
+
+def test_without_a_checksum_a_part_fetched_from_another_url_is_not_resumed(server: LocalServer, tmp_path: Path) -> None:
+    # its validator is the other server's: nothing tells the bytes are this URL's file
+    dest = tmp_path / "big.bin"
+    _fail_once_without_checksum(server, dest, "etag", '"v1"')
+    server.files["mirror/big.bin"], server.etag["mirror/big.bin"] = PAYLOAD, '"v1"'
+    r = fetch(server.url("mirror/big.bin"), dest, retries=0, progress=False)
+    assert server.requests_for("mirror/big.bin") == [None] and r.resumed_from == 0
+    assert dest.read_bytes() == PAYLOAD and sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
+
+
+def test_without_a_checksum_a_resumed_part_the_validator_rejects_is_fetched_once_more(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    # kept bytes damaged on disk between the runs: the resumed zip fails its CRC test, and the
+    # file is fetched anew rather than reported broken
+    from bafusion.data.acquire import _zip_ok
+
+    data = _zip_bytes(PAYLOAD)
+    server.files["a.zip"], server.etag["a.zip"], server.truncate["a.zip"] = data, '"z"', [200_000]
+    dest = tmp_path / "a.zip"
+    with pytest.raises(DownloadError, match="rerun resumes"):
+        fetch(server.url("a.zip"), dest, validate=_zip_ok, retries=0, progress=False)
+    part = part_path(dest)
+    damaged = bytearray(part.read_bytes())
+    damaged[1000] ^= 0xFF
+    part.write_bytes(bytes(damaged))
+    r = fetch(server.url("a.zip"), dest, validate=_zip_ok, retries=0, progress=False)
+    assert server.requests_for("a.zip") == [None, "bytes=200000-", None]
+    assert r.resumed_from == 0 and dest.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip"]
 
 
 def test_a_zip_whose_members_are_damaged_is_rejected_and_fetched_again(server: LocalServer, tmp_path: Path) -> None:

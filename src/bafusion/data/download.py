@@ -9,12 +9,18 @@ Guarantees:
   part and raises :class:`DownloadError` naming the URL, the expected and the actual digest.
 - An interrupted transfer (connection dropped, short body, timeout) is retried and resumes
   from the bytes already on disk with an HTTP ``Range`` request; a server that ignores
-  ``Range`` (answers 200) makes it start over. With a checksum, a ``.part`` left by a killed
-  process, or by a transfer that still failed after the last retry, is resumed the same way
-  by the next call (a resumed file whose checksum does not match is fetched once more from
-  zero); without one, nothing could tell a stale or corrupt ``.part`` from a good one: it is
-  deleted and the file fetched from zero (and none is kept for a next call). A ``.part``
-  that is a symbolic link is removed, never written through.
+  ``Range`` (answers 200) makes it start over. The first answer's validator (a strong
+  ``ETag``, else ``Last-Modified``), size and URL are kept in ``<dest>.part.meta`` and sent
+  with every resumed request as ``If-Range``: a file changed on the server since is sent
+  whole (200) and fetched from zero, and so is a range answered with another validator or
+  size (a server that ignores ``If-Range``). A ``.part`` left by a killed process, or by a
+  transfer that still failed after the last retry, is resumed the same way by the next call:
+  with a checksum always (a resumed file whose checksum does not match is fetched once more
+  from zero); without one only when its ``.meta`` holds a validator for the same URL (a
+  resumed file that ``validate`` rejects, such as a zip damaged on disk, is fetched once more
+  from zero), else nothing could tell a stale ``.part`` from a good one: it is deleted and
+  the file fetched from zero (and none is kept for a next call when the server sends no
+  validator). A ``.part`` that is a symbolic link is removed, never written through.
 - HTTP 5xx, 408 and 429 answers and network errors are retried ``retries`` times, waiting
   ``backoff * 2**attempt`` seconds (at most ``MAX_BACKOFF``); other 4xx answers fail at once.
 - A file already present whose checksum matches is not fetched again ("skipped"). Without a
@@ -34,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import json
 import os
 import shutil
 import socket
@@ -266,18 +273,72 @@ def _range_start(value: str | None) -> int | None:
         return None
 
 
+def _meta_path(part: Path) -> Path:
+    """Where the validators of the first answer that wrote ``part`` are kept (JSON)."""
+    return part.with_name(part.name + ".meta")
+
+
+def _drop_part(part: Path) -> None:
+    """Delete ``part`` and its ``.meta``."""
+    for p in (part, _meta_path(part)):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def _read_meta(part: Path) -> dict[str, object]:
+    """The ``.meta`` of ``part`` (empty when missing or unreadable)."""
+    try:
+        doc = json.loads(_meta_path(part).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _strong_etag(value: str | None) -> str | None:
+    """An ``ETag`` that ``If-Range`` may carry: a strong one (a weak ``W/"..."`` may not)."""
+    return value if value and not value.startswith("W/") else None
+
+
+def _if_range(part: Path, url: str) -> str | None:
+    """The ``If-Range`` validator to resume ``part`` from ``url`` with: the strong ``ETag``,
+    else the ``Last-Modified``, of the answer that started it (None when none was kept, or
+    it came from another URL)."""
+    meta = _read_meta(part)
+    if meta.get("url") != url:
+        return None
+    for key in ("etag", "last_modified"):
+        value = meta.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _write_meta(part: Path, url: str, etag: str | None, last_modified: str | None, size: int | None) -> None:
+    """Keep the validators of an answer that starts ``part`` from zero (none: no ``.meta``)."""
+    meta = _meta_path(part)
+    with contextlib.suppress(FileNotFoundError):
+        meta.unlink()  # also a symbolic link: never written through
+    if etag or last_modified:
+        doc = {"url": url, "etag": etag, "last_modified": last_modified, "size": size}
+        meta.write_text(json.dumps(doc) + "\n")
+
+
 def _attempt(
     url: str, part: Path, timeout: float, bar_desc: str | None, progress: bool, headers: dict[str, str]
 ) -> tuple[int, int]:
-    """One HTTP(S) attempt, appending to ``part`` from its current size.
+    """One HTTP(S) attempt, appending to ``part`` from its current size (with ``If-Range``
+    when its ``.meta`` holds a validator, see :func:`_if_range`).
 
     Returns ``(resumed_from, total_size)``. Raises :class:`_Retryable` for transient trouble
     (the bytes received so far stay in ``part``) and :class:`DownloadError` for final errors.
     """
     have = part.stat().st_size if part.exists() else 0
     req_headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
+    condition = _if_range(part, url) if have else None
     if have:
         req_headers["Range"] = f"bytes={have}-"
+        if condition:
+            req_headers["If-Range"] = condition
     req = urllib.request.Request(url, headers=req_headers)
     try:
         resp = urllib.request.urlopen(req, timeout=timeout)
@@ -289,7 +350,7 @@ def _attempt(
             total = _content_range_total(e.headers.get("Content-Range"))
             if total is None or total == have:
                 return have, have
-            part.unlink()
+            _drop_part(part)
             raise _Retryable(f"HTTP 416 for a stale partial file of {have} bytes (size is {total}); restarting")
         if e.code in RETRY_STATUS:
             raise _Retryable(f"HTTP {e.code} {e.reason}") from e
@@ -302,18 +363,35 @@ def _attempt(
         length = resp.headers.get("Content-Length")
         length_i = int(length) if length and length.isdigit() else None
         start = 0
+        etag, modified = _strong_etag(resp.headers.get("ETag")), resp.headers.get("Last-Modified")
         if have and status == 206:
             start = _range_start(resp.headers.get("Content-Range"))
             if start != have:
-                part.unlink()
+                _drop_part(part)
                 got = resp.headers.get("Content-Range")
                 raise _Retryable(f"server answered Range bytes={have}- with {got!r}; restarting")
             total = _content_range_total(resp.headers.get("Content-Range"))
             if total is None and length_i is not None:
                 total = have + length_i
+            if condition:  # a server that ignores If-Range sends the range of a changed file
+                meta = _read_meta(part)
+                changed = [
+                    f"{name} {now!r}, was {then!r}"
+                    for name, now, then in (
+                        ("ETag", etag, meta.get("etag")),
+                        ("Last-Modified", modified, meta.get("last_modified")),
+                        ("size", total, meta.get("size")),
+                    )
+                    if now is not None and then is not None and now != then
+                ]
+                if changed:
+                    _drop_part(part)
+                    raise _Retryable(f"the file changed on the server since the kept bytes ({'; '.join(changed)}); "
+                                     "restarting")
         else:  # a full body: start over (file:// and servers that ignore Range land here)
             have = 0
             total = length_i
+            _write_meta(part, url, etag, modified, total)
         mode = "ab" if start else "wb"
         received = 0
         with open(part, mode) as f, _bar(total, bar_desc or "", start, progress and bar_desc is not None) as bar:
@@ -331,7 +409,7 @@ def _attempt(
         if total is not None and size < total:
             raise _Retryable(f"connection closed after {size} of {total} bytes")
         if total is not None and size > total:
-            part.unlink()
+            _drop_part(part)
             raise _Retryable(f"received {size} bytes, more than the announced {total}; restarting")
         return start, size
 
@@ -357,6 +435,8 @@ def fetch(
     a checksum it also decides whether an existing ``dest`` is skipped (one it rejects, such
     as an error page a server answered with 200 on an earlier run, is fetched again).
     ``retries`` further attempts follow a failed one after ``backoff * 2**attempt`` seconds.
+    A ``<dest>.part`` of an earlier call is resumed as the module docstring says (without a
+    checksum, only with ``If-Range`` and the validator kept in ``<dest>.part.meta``).
     """
     ck = Checksum.parse(checksum)
     dest = Path(dest)
@@ -367,15 +447,17 @@ def fetch(
     part = part_path(dest)
     if part.is_symlink():  # written through, the link's target was changed and dest became a link
         part.unlink()
-    if ck is None:
-        # Without a checksum nothing tells whether a part this call did not write belongs to
-        # this file: resumed, a stale or corrupt one was completed and renamed into place
-        # (a zip whose directory reads but whose members do not), and skipped ever after.
-        with contextlib.suppress(FileNotFoundError):
-            part.unlink()
+    if not part.exists() or (ck is None and _if_range(part, url) is None):
+        # Without a checksum, a part this call did not write is resumed only when the server can
+        # vouch that it is still the same file (If-Range with the validator kept in its .meta):
+        # resumed blindly, a stale one was completed and renamed into place (a zip whose
+        # directory reads but whose members do not), and skipped ever after.
+        _drop_part(part)
     label = desc if desc is not None else dest.name
+    validated = False  # validate accepted the part (a resumed one, below)
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme == "file":
+        _drop_part(part)
         src = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
         if not src.is_file():
             raise DownloadError(url, f"local file not found: {src}")
@@ -393,46 +475,52 @@ def fetch(
         while True:
             try:
                 resumed, size = _attempt(url, part, timeout, label if progress else None, progress, headers or {})
-                if ck is not None and resumed:
-                    actual = file_digest(part, ck.algorithm)
-                    if actual != ck.hexdigest and not restarted_after_mismatch:
-                        # The kept bytes may come from another version of the file: start over once.
-                        part.unlink()
+                if resumed and not restarted_after_mismatch:
+                    # The kept bytes may come from another version of the file, or be damaged:
+                    # a file that fails its checksum (or, without one, validate) starts over once.
+                    if ck is not None:
+                        bad = file_digest(part, ck.algorithm) != ck.hexdigest
+                    else:
+                        bad = not _valid(part, validate)
+                        validated = not bad
+                    if bad:
+                        _drop_part(part)
                         restarted_after_mismatch = True
                         continue
                 break
             except _Retryable as e:
                 if attempt >= retries:
-                    kept = part.stat().st_size if part.exists() and ck is not None else 0
+                    resumable = part.exists() and (ck is not None or _if_range(part, url) is not None)
+                    kept = part.stat().st_size if resumable else 0
                     if kept:  # keep the bytes: the next run resumes from them
                         hint = f"; {kept} bytes kept in {part}, a rerun resumes from there"
                     else:
                         hint = ""
-                        with contextlib.suppress(FileNotFoundError):
-                            part.unlink()
+                        _drop_part(part)
                     raise DownloadError(url, f"failed after {attempt + 1} attempts: {e}{hint}") from None
                 time.sleep(min(MAX_BACKOFF, max(0.0, backoff) * (2**attempt)))
                 attempt += 1
             except BaseException:
                 # Keep the bytes of an interrupted run (KeyboardInterrupt, or SystemExit: the
                 # CLI turns SIGTERM into one) for resuming; final errors leave nothing behind.
-                if ck is None or not isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit)):
-                    with contextlib.suppress(FileNotFoundError):
-                        part.unlink()
+                stopped = isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit))
+                if not stopped or (ck is None and _if_range(part, url) is None):
+                    _drop_part(part)
                 raise
     digest = ""
     if ck is not None:
         digest = file_digest(part, ck.algorithm)
         if digest != ck.hexdigest:
-            part.unlink()
+            _drop_part(part)
             raise ChecksumError(url, ck.algorithm, ck.hexdigest, digest)
-    if validate is not None:
+    if validate is not None and not validated:
         try:
             validate(part)
         except Exception as e:
-            part.unlink()
+            _drop_part(part)
             raise DownloadError(url, f"downloaded file rejected: {e}") from e
     os.replace(part, dest)
+    _meta_path(part).unlink(missing_ok=True)
     if scheme == "file":
         return FetchResult(url, dest, "downloaded", size, digest, 0)
     return FetchResult(url, dest, "downloaded", max(0, size - min(initial, resumed)), digest, min(initial, resumed))
