@@ -453,3 +453,39 @@ def test_a_fusion_of_sources_whose_significant_bits_do_not_hold_keeps_their_leve
     with tifffile.TiffFile(tmp_path / "f.tif") as tf:
         assert np.array_equal(tf.asarray(), got)
     assert png_depth(tmp_path / "f.png")[2] is None  # no sBIT 12 claim on 16-bit data
+
+
+def test_a_16_bit_gray_alpha_png_is_gray_like_an_8_bit_one(tmp_path: Path, capsys) -> None:
+    """A 16-bit gray + alpha PNG (colour type 4, as pypng or tifffile users write it): Pillow
+    opens it as mode RGBA, so ``image_info`` called it colour (``evaluate`` then said a gray
+    source was mixed with colour ones) while the reader read it as gray. Now it is gray like an
+    8-bit LA PNG, in ``image_info`` and through ``fuse`` (alpha dropped: a 16-bit gray result)."""
+    import png
+
+    from bafusion.io import image_info, mix_note
+
+    rng = np.random.default_rng(5)
+    a8 = rng.integers(0, 256, (26, 22), dtype=np.uint8)
+    b8 = np.asarray(Image.fromarray(a8).filter(ImageFilter.GaussianBlur(2)))
+    alpha = np.full(a8.shape, 65535, dtype=np.uint16)
+    for name, x in (("a", a8), ("b", b8)):
+        Image.fromarray(np.dstack([x, alpha.astype(np.uint8)]), mode="LA").save(tmp_path / f"{name}8.png")
+        with open(tmp_path / f"{name}16.png", "wb") as fh:
+            png.Writer(22, 26, greyscale=True, alpha=True, bitdepth=16).write_array(
+                fh, np.dstack([x.astype(np.uint16) * 257, alpha]).reshape(-1))
+    assert png_depth(tmp_path / "a16.png")[:2] == (16, 4)
+    infos = [image_info(tmp_path / n) for n in ("a8.png", "a16.png")]
+    assert [i.gray for i in infos] == [True, True]
+    assert mix_note([i.path for i in infos], [i.gray for i in infos]) is None
+    assert np.array_equal(read_image(tmp_path / "a16.png"), a8)
+    torch.manual_seed(0)
+    for kind in ("initial", "boundary"):
+        save_model(build_model(8), tmp_path / "nets" / f"{kind}.pt", {"patch": 12})
+    for bits in ("8", "16"):
+        assert cli_main(["fuse", str(tmp_path / f"a{bits}.png"), str(tmp_path / f"b{bits}.png"), "-o",
+                         str(tmp_path / f"f{bits}.png"), "--model", str(tmp_path / "nets"), "--device", "cpu",
+                         "--no-progress"]) == 0
+    assert png_depth(tmp_path / "f8.png")[:2] == (8, 0) and png_depth(tmp_path / "f16.png")[:2] == (16, 0)
+    f8, f16 = (np.asarray(Image.open(tmp_path / f"f{bits}.png")) for bits in ("8", "16"))
+    assert np.array_equal(f16, f8.astype(np.uint16) * 257)
+    assert image_info(tmp_path / "f16.png").gray

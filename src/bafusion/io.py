@@ -9,8 +9,8 @@ and metadata) -- the same rules for fusion, metrics, baselines, figures and the 
   PNG) only the first is read; :func:`read_source_set` notes it (:func:`frame_note`; also for
   a camera TIFF's thumbnail page, not for an MPO JPEG's previews), ``bafusion metrics`` and
   ``evaluate`` say it too: a focus stack is given as one file per shot.
-* **Modes.** 8-bit gray (``L``), gray + alpha (``LA``) and 1-bit (``1``, read as 0/255) give
-  a gray (H, W) array; everything else (RGB, RGBA, palette with or without transparency,
+* **Modes.** 8-bit gray (``L``), gray + alpha (``LA``; also at 16 bits, which Pillow opens as
+  RGBA) and 1-bit (``1``, read as 0/255) give a gray (H, W) array; everything else (RGB, RGBA, palette with or without transparency,
   CMYK, YCbCr, ...) gives RGB (H, W, 3). Alpha is dropped (never composited). ``rgb=True``
   replicates gray to three channels (the data stages' foregrounds and backgrounds).
 * **Bit depth.** Files of at most 8 bits per sample are used as they are. Files of more (16-bit
@@ -167,7 +167,8 @@ class ImageInfo:
     format : str
         Pillow's format name ("TIFF" for a TIFF only tifffile reads).
     gray : bool
-        Read as a gray (H, W) array (gray, gray + alpha, 1-bit, 16-bit or float gray).
+        Read as a gray (H, W) array (gray, gray + alpha of 8 or 16 bits, 1-bit, 16-bit or
+        float gray).
     """
 
     path: str
@@ -222,8 +223,15 @@ def image_info(path: str | os.PathLike[str], *, decode: bool = False) -> ImageIn
         return info
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise InputFileError(p, _tiff_problem(p) or _unreadable(e)) from e
+    gray = mode in _GRAY_MODES
+    if fmt == "PNG" and mode == "RGBA":
+        # Pillow opens a 16-bit gray + alpha PNG (colour type 4) as RGBA; the reader reads it
+        # as gray (:func:`_read_png16`), like an 8-bit one (mode LA): its header says which
+        with contextlib.suppress(OSError):
+            ihdr = png_depth(p)
+            gray = ihdr is not None and ihdr[1] == 4
     ow, oh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-    return ImageInfo(str(path), ow, oh, (w, h), orientation, frames, fmt, mode in _GRAY_MODES)
+    return ImageInfo(str(path), ow, oh, (w, h), orientation, frames, fmt, gray)
 
 
 def _stored_size(im: Image.Image) -> tuple[int, int]:
