@@ -727,6 +727,39 @@ def test_a_sources_resolution_is_carried_to_every_output_format(tmp_path: Path, 
         assert im.info.get("dpi") is not None and round(im.info["dpi"][0]) == 300
 
 
+def test_a_tiffs_resolution_unit_none_or_missing(tmp_path: Path) -> None:
+    """A TIFF's resolution is carried by its unit: inch or centimetre as such, no
+    ResolutionUnit tag as inch (the TIFF specification's default), unit 1 (no absolute unit:
+    an aspect ratio) not at all. A TIFF with no resolution tags at all (Pillow writes none
+    without ``dpi``) has none: Pillow reads it as 1 dpi, which was carried to the output (a
+    fusion of two such shots was a 1 dpi PNG, JPEG or TIFF, printed a metre wide)."""
+    import tifffile
+    from PIL import TiffImagePlugin
+
+    from bafusion.io import read_source_set, source_dpi, write_image
+
+    g = np.random.default_rng(2).integers(0, 256, (10, 14), dtype=np.uint8)
+    Image.fromarray(g).save(tmp_path / "none.tif")  # no resolution tags
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[282], tags[283] = 300.0, 300.0
+    Image.fromarray(g).save(tmp_path / "nounit.tif", tiffinfo=tags)  # resolution, no unit tag
+    tifffile.imwrite(tmp_path / "ratio.tif", g, resolution=(300, 300), resolutionunit="NONE", metadata=None)
+    for name in ("none", "nounit", "ratio"):
+        with tifffile.TiffFile(tmp_path / f"{name}.tif") as tf:
+            assert (296 in tf.pages.first.tags) == (name == "ratio") and (282 in tf.pages.first.tags) == (name != "none")
+    assert source_dpi(tmp_path / "nounit.tif") == (300.0, 300.0)
+    assert source_dpi(tmp_path / "ratio.tif") is None
+    assert source_dpi(tmp_path / "none.tif") is None
+    for name in ("none", "ratio"):
+        s = read_source_set([tmp_path / f"{name}.tif"] * 2)
+        assert s.dpi is None
+        for suffix in (".png", ".tif"):
+            write_image(tmp_path / f"{name}-out{suffix}", g, dpi=s.dpi, exif=s.exif)
+            with Image.open(tmp_path / f"{name}-out{suffix}") as im:
+                assert im.info.get("dpi") in (None, (1, 1)), f"{name} -> {suffix}: {im.info.get('dpi')}"
+            assert source_dpi(tmp_path / f"{name}-out{suffix}") is None
+
+
 def test_a_16_bit_tiffs_resolution_is_read_and_written(tmp_path: Path) -> None:
     import tifffile
 

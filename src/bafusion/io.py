@@ -1250,8 +1250,10 @@ def source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes |
 def source_dpi(path: str | os.PathLike[str]) -> tuple[float, float] | None:
     """The resolution of an image file in dots per inch (x, y), as Pillow reads it (JPEG: JFIF
     density, else its EXIF's; PNG: ``pHYs`` in pixels per metre; TIFF: XResolution/YResolution
-    in inches or centimetres; BMP); a TIFF Pillow cannot identify is read with tifffile. None
-    without one (also a resolution of no unit: an aspect ratio only). Values within 0.01 of a
+    in inches or centimetres, in inches without a ResolutionUnit tag (the TIFF specification's
+    default); BMP); a TIFF Pillow cannot identify is read with tifffile. None without one (also
+    a TIFF without XResolution/YResolution, which Pillow reads as 1 dpi, and a resolution of
+    ResolutionUnit 1, no absolute unit: an aspect ratio only). Values within 0.01 of a
     whole number are rounded to it (300 dpi stored as 11811 pixels per metre reads 299.9994)."""
     def whole(v: float) -> float:
         return float(round(v)) if abs(v - round(v)) < 0.01 else float(v)
@@ -1259,6 +1261,9 @@ def source_dpi(path: str | os.PathLike[str]) -> tuple[float, float] | None:
     try:
         with _quiet_pillow(), Image.open(path) as im:
             dpi = im.info.get("dpi")
+            tags = getattr(im, "tag_v2", None) if im.format == "TIFF" else None
+            if tags is not None and not (282 in tags and 283 in tags):
+                dpi = None  # no XResolution/YResolution: Pillow says 1 dpi (its default of 1/1 per inch)
     except UnidentifiedImageError:
         dpi = _tiff_dpi(Path(path))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
