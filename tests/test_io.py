@@ -804,6 +804,38 @@ def test_an_exif_too_large_for_a_jpeg_loses_its_makernote_then_its_largest_tags_
     assert "not written" in fit_jpeg_exif(b"Exif\0\0" + b"junk" * 20000, "f.jpg")[1]
 
 
+def test_write_image_shortens_an_exif_too_large_for_a_jpeg_and_warns(tmp_path: Path) -> None:
+    """The Python API's write_image left EXIF over 64 KB out of a JPEG whole and unsaid (the
+    command line shortens it first and says so). It now shortens it as the command line does
+    and warns, naming the file and what was dropped; a block it cannot shorten is left out,
+    with a warning too. A PNG keeps it whole, without a warning."""
+    import warnings
+
+    from bafusion.io import ExifWarning
+
+    ex = Image.Exif()
+    ex[0x010F] = "TestCam"
+    ex.get_ifd(0x8769)[0x927C] = b"\x01" * 70000
+    big = ex.tobytes()
+    img = np.zeros((8, 8, 3), np.uint8)
+    with pytest.warns(ExifWarning) as caught:
+        write_image(tmp_path / "f.jpg", img, exif=big)
+    said = str(caught[0].message)
+    assert "f.jpg" in said and "MakerNote" in said and "65533" in said, said
+    assert caught[0].filename == __file__  # points at the caller
+    assert issubclass(ExifWarning, UserWarning)
+    with Image.open(tmp_path / "f.jpg") as im:
+        got = im.getexif()
+        assert got.get(0x010F) == "TestCam" and 0x927C not in got.get_ifd(0x8769)
+    with pytest.warns(ExifWarning, match=r"g\.jpg: the EXIF given is not written"):
+        write_image(tmp_path / "g.jpg", img, exif=b"Exif\0\0" + b"junk" * 20000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_image(tmp_path / "f.png", img, exif=big)
+    with Image.open(tmp_path / "f.png") as im:
+        assert len(im.getexif().get_ifd(0x8769)[0x927C]) == 70000
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_a_pngs_gama_and_chrm_are_read_and_written_to_a_png(tmp_path: Path, dtype) -> None:
     """A PNG source's gAMA/cHRM (colour described without an ICC profile) were dropped."""

@@ -521,8 +521,11 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         EXIF block and ICC profile to store where the format allows (PNG: ``eXIf`` and
         ``iCCP``; JPEG, WebP and 8-bit TIFF: both; 16-bit TIFF: the ICC profile only; BMP:
         neither). Without them the file is byte-identical to what it was before they existed.
-        EXIF over :data:`_JPEG_MAX_EXIF` bytes is left out of a JPEG (:func:`fit_jpeg_exif`
-        shortens it first and says what it dropped; ``fuse`` and ``fuse-dir`` call it).
+        EXIF over :data:`_JPEG_MAX_EXIF` bytes, more than a JPEG holds, is shortened for a
+        JPEG as ``fuse`` and ``fuse-dir`` shorten it (:func:`fit_jpeg_exif`: its MakerNote
+        dropped, then its largest tags; left out when Pillow cannot rewrite it), with an
+        :class:`ExifWarning` naming the file and what was dropped (``fuse`` shortens it
+        before and says so on stderr: no warning then).
         The EXIF's image size (ExifImageWidth/Height), where it has one, is set to ``img``'s
         (a source's, turned by its orientation or cropped by ``--align``, was stale).
         An ICC profile of another colour space than the output's (a CMYK or gray source's
@@ -579,6 +582,9 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         icc = None
     if exif:
         exif = _exif_sized(exif, img.shape[1], img.shape[0])
+        if fmt == "JPEG" and len(exif) > _JPEG_MAX_EXIF:
+            exif, note = fit_jpeg_exif(exif, p, what="the EXIF given")
+            warnings.warn(str(note), ExifWarning, stacklevel=2)
     if img.dtype == np.uint16 and not keeps_16_bits(p):
         img = _u16_to_u8_table()[img]  # scale_to_u8(img, 16) by table: no float64 copy (8 bytes a sample)
     if img.dtype == np.uint16 and fmt == "TIFF":
@@ -600,7 +606,7 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
     else:
         kwargs: dict = {"compress_level": 6} if fmt == "PNG" else ({"quality": 95} if fmt == "JPEG" else {})
         if fmt in ("PNG", "JPEG", "TIFF", "WEBP"):
-            if exif and not (fmt == "JPEG" and len(exif) > _JPEG_MAX_EXIF):
+            if exif:
                 kwargs["exif"] = exif
             if icc:
                 kwargs["icc_profile"] = icc
@@ -688,8 +694,14 @@ def icc_fits(icc: bytes, img: np.ndarray) -> bool:
 #: :func:`write_image` refuses for them, naming the file (PNG, TIFF and WebP keep alpha; BMP RGBA).
 _NO_ALPHA = {"JPEG": (2, 4), "BMP": (2,)}
 
-#: Longest EXIF block a JPEG APP1 segment holds (a longer one is left out of a JPEG output).
+#: Longest EXIF block a JPEG APP1 segment holds (a longer one is shortened: :func:`fit_jpeg_exif`).
 _JPEG_MAX_EXIF = 65533
+
+
+class ExifWarning(UserWarning):
+    """Issued by :func:`write_image` when the EXIF block it was given does not fit a JPEG
+    (over :data:`_JPEG_MAX_EXIF` bytes) and is written shortened, or left out when it cannot
+    be shortened: the text names the file and what was dropped (:func:`fit_jpeg_exif`)."""
 
 #: EXIF tag names for :func:`fit_jpeg_exif`'s note (other tags are named by number).
 _EXIF_TAG_NAMES = {0x927C: "MakerNote", 0x9286: "UserComment", 0x8825: "GPS", 0x8773: "InterColorProfile",
@@ -708,14 +720,16 @@ def _exif_value_size(v: object) -> int:
     return 8
 
 
-def fit_jpeg_exif(exif: bytes | None, output: str | os.PathLike[str]) -> tuple[bytes | None, str | None]:
+def fit_jpeg_exif(exif: bytes | None, output: str | os.PathLike[str], *,
+                  what: str = "the first source's EXIF") -> tuple[bytes | None, str | None]:
     """``exif`` made to fit a JPEG's APP1 segment (:data:`_JPEG_MAX_EXIF` bytes) when ``output``
     is a JPEG, with a note for the user when anything is dropped; else ``(exif, None)``.
 
     A larger block (a camera's MakerNote from a PNG or TIFF source) was left out whole and
     unsaid: now its MakerNote (0x927C) is dropped, then, while still too large, its largest
     remaining tag; the note names what was dropped. A block Pillow cannot rewrite is left out,
-    and the note says so."""
+    and the note says so. ``what`` names the block in the note (:func:`write_image`: "the
+    EXIF given")."""
     if not exif or len(exif) <= _JPEG_MAX_EXIF or Image.registered_extensions().get(
             Path(output).suffix.lower()) != "JPEG":
         return exif, None
@@ -740,8 +754,8 @@ def fit_jpeg_exif(exif: bytes | None, output: str | os.PathLike[str]) -> tuple[b
                 dropped.append(_EXIF_TAG_NAMES.get(tag, f"tag 0x{tag:04X}"))
                 data = ex.tobytes()
     except Exception:  # noqa: BLE001 - not rewritable: left out, and said
-        return None, f"{output}: the first source's EXIF is not written ({why}; it cannot be shortened)"
-    return data, f"{output}: the first source's EXIF is written without {', '.join(dropped)} ({why})"
+        return None, f"{output}: {what} is not written ({why}; it cannot be shortened)"
+    return data, f"{output}: {what} is written without {', '.join(dropped)} ({why})"
 
 
 #: Output suffixes that keep 16 bits per sample.
