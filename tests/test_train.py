@@ -823,3 +823,50 @@ def test_model_and_checkpoint_files_keep_their_zip_root_and_their_bytes(tmp_path
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["initial.json", "initial.pt", "last.pt"]
     shipped = Path(__file__).resolve().parents[1] / "models" / "default" / "initial.pt"
     assert zipfile.ZipFile(shipped).namelist()[0] == "initial.pt/data.pkl"
+
+
+def test_model_json_records_its_format_and_a_newer_format_is_refused(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """The model description carried no format version (``bafusion.__version__`` never
+    changes), so a file of a later, incompatible format would be misread. New descriptions
+    record "format"; one without it (every shipped model) is format 1; a newer format is
+    refused naming the file; the .pt's bytes do not change."""
+    from bafusion.nets.model import MODEL_FORMAT
+
+    torch.manual_seed(0)
+    net = build_model(8)
+    save_model(net, tmp_path / "a" / "initial.pt", {"patch": 12, "net": "initial"})
+    desc = json.loads((tmp_path / "a" / "initial.json").read_text())
+    assert desc["format"] == MODEL_FORMAT == 1 and isinstance(desc["format"], int)
+    loaded, meta = load_model(tmp_path / "a" / "initial.pt")
+    assert meta["format"] == 1 and meta["patch"] == 12
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in net.state_dict().items())
+    # shipped models have no "format": read as format 1
+    for shipped in ("initial", "boundary"):
+        path = Path(__file__).resolve().parents[1] / "models" / "default" / f"{shipped}.pt"
+        assert "format" not in json.loads(path.with_suffix(".json").read_text())
+        load_model(path)
+    # a newer format: refused, naming the file, from the API and from fuse
+    shutil.copytree(tmp_path / "a", tmp_path / "new")
+    desc["format"] = MODEL_FORMAT + 1
+    (tmp_path / "new" / "initial.json").write_text(json.dumps(desc))
+    with pytest.raises(ModelFileError, match=r"new/initial\.json: model file format 2, written by a newer "
+                                             r"bafusion .*upgrade"):
+        load_model(tmp_path / "new" / "initial.pt")
+    for bad in ("2", 1.5, True, 0):
+        desc["format"] = bad
+        (tmp_path / "new" / "initial.json").write_text(json.dumps(desc))
+        with pytest.raises(ModelFileError, match=r"initial\.json: 'format' is .*not a model file format"):
+            load_model(tmp_path / "new" / "initial.pt")
+    desc["format"] = MODEL_FORMAT + 1
+    (tmp_path / "new" / "initial.json").write_text(json.dumps(desc))
+    save_model(net, tmp_path / "new" / "boundary.pt", {"patch": 12, "net": "boundary"})
+    from PIL import Image
+
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "x.png")
+    Image.fromarray(np.full((20, 20), 9, np.uint8)).save(tmp_path / "y.png")
+    rc = cli.main(["fuse", str(tmp_path / "x.png"), str(tmp_path / "y.png"), "-o", str(tmp_path / "f.png"),
+                   "--model", str(tmp_path / "new"), "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "initial.json: model file format 2, written by a newer bafusion" in err, err
+    assert "Traceback" not in err

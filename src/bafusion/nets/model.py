@@ -228,9 +228,17 @@ def build_model(depth: int = 56, in_channels: int = 2, num_classes: int = 2) -> 
 
 # --------------------------------------------------------------------------------------
 # Model files: ``<name>.pt`` holds a plain state_dict, ``<name>.json`` beside it the
-# architecture (``ResNetSpec.to_dict()``) under "arch" plus whatever else the trainer
-# records (patch size, params, metrics) under other keys.
+# architecture (``ResNetSpec.to_dict()``) under "arch", the file format (``MODEL_FORMAT``)
+# under "format", plus whatever else the trainer records (patch size, params, metrics) under
+# other keys.
 # --------------------------------------------------------------------------------------
+
+#: The format of the model files :func:`save_model` writes, stored as the description's
+#: integer "format" entry; raised when a change makes files that older code would misread
+#: (``bafusion.__version__`` does not change from release to release, so it cannot say).
+#: A description without the entry (every model written before it existed, the shipped ones
+#: among them) is format 1; :func:`read_model_meta` refuses a newer format than this.
+MODEL_FORMAT = 1
 
 
 class ModelFileError(RuntimeError):
@@ -280,7 +288,9 @@ def save_torch(obj: object, tmp: "str | os.PathLike[str]", final: "str | os.Path
 
 
 def save_model(net: CifarResNet, path: "str | os.PathLike[str]", meta: dict | None = None) -> None:
-    """Write ``path`` (a .pt state_dict) and ``path`` with suffix .json, each atomically."""
+    """Write ``path`` (a .pt state_dict) and ``path`` with suffix .json, each atomically; the
+    description records ``meta``, the architecture ("arch") and the file format ("format":
+    :data:`MODEL_FORMAT`). The .pt's bytes do not depend on ``meta``."""
     import json
     from pathlib import Path
 
@@ -294,12 +304,22 @@ def save_model(net: CifarResNet, path: "str | os.PathLike[str]", meta: dict | No
     p.parent.mkdir(parents=True, exist_ok=True)
     info = dict(meta or {})
     info["arch"] = net.spec.to_dict()
+    info["format"] = MODEL_FORMAT
     with atomic_file(p, name=torch_part_name(p)) as tmp:
         save_torch({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp, p)
     write_text(p.with_suffix(".json"), json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_model_meta(path: "str | os.PathLike[str]") -> dict:
+    """The description (``.json``) beside the model file ``path``, as a dict; one without a
+    "format" entry (written before it existed) is format 1.
+
+    Raises
+    ------
+    ModelFileError
+        Naming the .json when it is missing, unreadable, no bafusion model description, or of
+        a format newer than :data:`MODEL_FORMAT` (written by a newer bafusion).
+    """
     import json
     from pathlib import Path
 
@@ -315,6 +335,13 @@ def read_model_meta(path: "str | os.PathLike[str]") -> dict:
     if not isinstance(meta["arch"], dict):
         raise ModelFileError(f"{jp}: 'arch' is {meta['arch']!r}, not a description of the net: not a bafusion "
                              "model description")
+    fmt = meta.get("format", 1)
+    if isinstance(fmt, bool) or not isinstance(fmt, int) or fmt < 1:
+        raise ModelFileError(f"{jp}: 'format' is {fmt!r}, not a model file format (a positive integer): not a "
+                             "bafusion model description")
+    if fmt > MODEL_FORMAT:
+        raise ModelFileError(f"{jp}: model file format {fmt}, written by a newer bafusion (this one reads format "
+                             f"{MODEL_FORMAT} and older); upgrade bafusion to use it")
     return meta
 
 
