@@ -197,7 +197,7 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["download-coco", "--out", "", "--count", "2"], ["--out: empty path"]),
         (["download-alphamatting", "--out", ""], ["--out: empty path"]),
         (["download-record", "--source", "web", "--out", ""], ["--out: empty path"]),
-        ([*FUSE, "-o", ""], ["--output: empty path"]),  # was: named the path "."
+        ([*FUSE, "-o", ""], ["-o/--output/--out: empty path"]),  # was: named the path "."
         ([*FUSE, "-o", "F.png", "--save-maps", ""], ["--save-maps: empty path"]),  # was: no maps written
         ([*FUSE, "-o", "F.png", "--params-file", ""], ["--params-file: empty path"]),
         ([*FUSE, "-o", "F.png", "--params-json", ""], ["--params-json: empty JSON"]),  # was: not given

@@ -63,6 +63,18 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
+    def _get_option_tuples(self, option_string: str) -> list:  # type: ignore[override]
+        """The options an abbreviation may mean, one per option: ``--ou`` matches ``--out`` and
+        ``--output``, two spellings of one option, and is not "ambiguous" (argparse counts each
+        spelling; an option has several since the commands share theirs, e.g. ``-o/--output/--out``)."""
+        seen: set[int] = set()
+        unique = []
+        for t in super()._get_option_tuples(option_string):
+            if id(t[0]) not in seen:
+                seen.add(id(t[0]))
+                unique.append(t)
+        return unique
+
 
 def one_line(text: object) -> str:
     """``text`` on one line: line breaks and the blanks around them become one space."""

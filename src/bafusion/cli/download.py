@@ -180,7 +180,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "download-alphamatting", parents=[net], help="fetch + verify + extract the alphamatting.com training set"
     )
-    p.add_argument("--out", type=nonempty_path, required=True, help="output folder (gets input/ and gt/)")
+    p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True, help="output folder (gets input/ and gt/)")
     p.add_argument("--resolution", choices=["lowres", "highres"], default="lowres",
                    help="which archives: lowres (long side about 800 px, the paper's) or highres (no checksums known here: "
                         "give --checksum or --allow-unverified) (default %(default)s)")
@@ -191,7 +191,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_download_alphamatting)
 
     p = sub.add_parser("download-coco", parents=[net], help="select, fetch and rank COCO-2017 backgrounds")
-    p.add_argument("--out", type=nonempty_path, required=True, help="output folder of background photos")
+    p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True, help="output folder of background photos")
     p.add_argument("--count", type=positive_int, required=True, help="backgrounds to keep (paper: 700)")
     p.add_argument("--oversample", type=finite_float(1.0), default=2.0, help="candidates ranked per kept image (default %(default)s)")
     p.add_argument("--seed", type=seed_int, default=0,
@@ -213,7 +213,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_download_coco)
 
     p = sub.add_parser("download-eval", parents=[net], help="fetch + verify the Lytro and classic evaluation pairs")
-    p.add_argument("--out", type=nonempty_path, required=True, help="output folder (gets lytro/ and classic/)")
+    p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True, help="output folder (gets lytro/ and classic/)")
     p.add_argument("--base-url", default="", help="where the files are: <base>/<set>/<file>")
     p.add_argument("--from-dir", default="", help="local override: folder laid out like the manifest")
     p.add_argument("--sets", type=nonempty_csv, default=",".join(EVAL_SETS), help="comma-separated: lytro, classic")
@@ -221,7 +221,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_download_eval)
 
     p = sub.add_parser("download-record", help="write a JSON record (file counts, digests) of downloaded folders")
-    p.add_argument("--out", type=nonempty_path, required=True, help="the record file (e.g. data/download/record.json)")
+    p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True, help="the record file (e.g. data/download/record.json)")
     p.add_argument("--source", required=True, choices=DATA_SOURCES, help="params data.source (builtin, dir or web)")
     p.add_argument("folders", nargs="*", metavar="[NAME=]FOLDER", action=_FoldersAction,
                    help="downloaded folders to describe")

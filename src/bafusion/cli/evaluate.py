@@ -112,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", default=None, help="folder with initial.pt and boundary.pt")
     p.add_argument("--initial", default=None, help="initial-net file (instead of --models)")
     p.add_argument("--boundary", default=None, help="boundary-net file (instead of --models)")
-    p.add_argument("--out", type=nonempty_path, default="data/evaluation",
+    p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, default="data/evaluation",
                    help="output folder (replaced whole; default data/evaluation)")
     p.add_argument("--report", type=nonempty_path, default=None,
                    help="also write the metrics JSON here (a DVC metrics file)")

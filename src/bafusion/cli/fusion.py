@@ -304,7 +304,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "models/default/ if shipped, else data/models/ (pipeline-trained).",
     )
     p.add_argument("images", nargs="+", help="source images (same size), A B [C ...]")
-    p.add_argument("-o", "--output", type=nonempty_path, required=True, help="fused image (.png, .tif, .bmp, .jpg)")
+    p.add_argument("-o", "--output", "--out", dest="output", type=nonempty_path, required=True,
+                   help="fused image (.png, .tif, .bmp, .jpg)")
     p.add_argument("--model", default=None,
                    help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name (default, lytro-2026-11)")
     p.add_argument("--initial", default=None, help="initial-net file (instead of --model)")
@@ -334,7 +335,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--models", default=None, help="folder with initial.pt and boundary.pt")
     q.add_argument("--initial", default=None, help="initial-net file (instead of --models)")
     q.add_argument("--boundary", default=None, help="boundary-net file (instead of --models)")
-    q.add_argument("--out", type=nonempty_path, required=True, help="output folder")
+    q.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True, help="output folder")
     q.add_argument("--report", type=nonempty_path, default=None, help="also write the accuracy JSON here (e.g. a DVC metrics file)")
     _add_param_args(q)
     q.set_defaults(func=_cmd_fuse_set)

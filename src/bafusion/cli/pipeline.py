@@ -260,7 +260,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="factor the foregrounds and mattes are resized by (default %(default)s: halved, the paper's)")
     p.add_argument("--min-background-side", type=int, default=64,
                    help="a background whose shorter side is below this many pixels is an error (default %(default)s)")
-    p.add_argument("--out", type=nonempty_path, required=True, help="output folder (e.g. data/prepared)")
+    p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True, help="output folder (e.g. data/prepared)")
     p.set_defaults(func=cmd_prepare)
 
     def comp_args(q: argparse.ArgumentParser) -> None:
@@ -279,19 +279,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="which shard to make, 0 to --shards - 1 (foregrounds are split round-robin)")
     p.add_argument("--shards", type=int, required=True,
                    help="number of shards (parallel jobs) the foregrounds are split into (params: composite.shards)")
-    p.add_argument("--out", type=nonempty_path, required=True,
+    p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True,
                    help="HDF5 file of the shard's pairs to write (e.g. data/composite/shard-0.h5)")
     p.set_defaults(func=cmd_composite)
 
     p = sub.add_parser("composite-index", help="summarise composite shards into a JSON index")
     p.add_argument("shards", nargs="+", help="composite shard files (.h5) to summarise")
-    p.add_argument("--out", type=nonempty_path, required=True,
+    p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True,
                    help="JSON index file to write (e.g. data/composite/index.json)")
     p.set_defaults(func=cmd_composite_index)
 
     p = sub.add_parser("testset", parents=[common], help="composite the held-out pairs in colour, with their truth")
     comp_args(p)
-    p.add_argument("--out", type=nonempty_path, required=True,
+    p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True,
                    help="output folder of the test pairs, their truth and index.json (e.g. data/testset)")
     p.set_defaults(func=cmd_testset)
 
@@ -318,7 +318,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="share of the pairs (not patches) held out for validation (default %(default)s, the paper's)")
     p.add_argument("--context", type=int, default=0,
                    help="pixels of surroundings stored on every side of each patch (multiple of 4; 0: the patch alone)")
-    p.add_argument("--out", type=nonempty_path, required=True, help="output folder for initial.h5 and boundary.h5")
+    p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True, help="output folder for initial.h5 and boundary.h5")
     p.add_argument("--no-compression", action="store_true",
                    help="store without gzip: about 1.8x the disk, written about 6x faster (scratch patch sets)")
     p.add_argument("--threads", type=_positive_int, default=1,

@@ -192,7 +192,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--net", required=True, choices=NETS,
                    help="which net to train: initial (on the patches' initial.h5) or boundary (on boundary.h5)")
     p.add_argument("--patches", required=True, help="HDF5 patch set (from the 'patches' step)")
-    p.add_argument("--out", type=nonempty_path, required=True, help="model file to write (.pt, with a .json beside it)")
+    p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True, help="model file to write (.pt, with a .json beside it)")
     p.add_argument("--params", type=nonempty_path, default=None, help="parameter file (params.yaml)")
     p.add_argument("--params-json", type=nonempty_json, default=None, help="parameters as a JSON object (wins over --params)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -217,7 +217,7 @@ def register(subparsers: Any) -> None:
                     "theirs (bafusion.nets.model.ensemble: grouped convolutions; 2.6x the trunk time of one net "
                     "for two members on a CPU, BENCHMARKS.md). Use it as --initial or as initial.pt of a model folder.")
     q.add_argument("members", nargs="+", help="model files (.pt with their .json)")
-    q.add_argument("--out", type=nonempty_path, required=True, help="model file to write (.pt, with a .json beside it)")
+    q.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True, help="model file to write (.pt, with a .json beside it)")
     q.set_defaults(func=run_ensemble)
 
 

@@ -1,0 +1,80 @@
+"""One concept, one set of spellings in every command: the model folder (``--model``/``--models``),
+the parameter file (``--params``/``--params-file``), the output (``-o``/``--output``/``--out``)
+and the progress bars (``--no-progress``/``--quiet``) are spelled alike in every command that
+has them (a user who learned one command got "unrecognized arguments" in another); every old
+spelling still works, and abbreviations of one option's spellings are not ambiguous. The
+``--threads`` of every command is checked alike, before any work."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from bafusion.cli import main as cli_main
+from bafusion.cli.app import build_parser
+
+#: A command line of each command, its required arguments given, without the option under test.
+BASE: dict[str, list[str]] = {
+    "fuse": ["fuse", "a.png", "b.png"],
+    "fuse-set": ["fuse-set", "--pairs", "p"],
+    "fuse-dir": ["fuse-dir", "in", "out"],
+    "evaluate": ["evaluate"],
+    "train": ["train", "--net", "initial", "--patches", "p.h5"],
+    "ensemble": ["ensemble", "a.pt", "b.pt"],
+    "count": ["count"],
+    "baseline": ["baseline", "a.png", "b.png"],
+    "metrics": ["metrics", "a.png", "b.png", "f.png"],
+    "prepare": ["prepare"],
+    "composite": ["composite", "--prepared", "p", "--shard", "0", "--shards", "1"],
+    "composite-index": ["composite-index", "s.h5"],
+    "testset": ["testset", "--prepared", "p"],
+    "patches": ["patches", "s.h5"],
+    "download-alphamatting": ["download-alphamatting"],
+    "download-coco": ["download-coco", "--count", "2"],
+    "download-eval": ["download-eval"],
+    "download-record": ["download-record", "--source", "web"],
+}
+
+#: The output of each command: its option's dest and a value (added when another option is tested).
+OUTPUT: dict[str, tuple[str, str]] = {
+    "fuse": ("output", "F.png"), "baseline": ("output", "F.png"), "fuse-set": ("out", "o"),
+    "evaluate": ("out", "o"), "train": ("out", "m.pt"), "ensemble": ("out", "e.pt"), "prepare": ("out", "o"),
+    "composite": ("out", "s.h5"), "composite-index": ("out", "i.json"), "testset": ("out", "o"),
+    "patches": ("out", "o"), "download-alphamatting": ("out", "o"), "download-coco": ("out", "o"),
+    "download-eval": ("out", "o"), "download-record": ("out", "r.json"),
+}
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    return build_parser(argv[0]).parse_args(argv)
+
+
+def _argv(cmd: str, *more: str) -> list[str]:
+    out = ["--out" if OUTPUT[cmd][0] == "out" else "-o", OUTPUT[cmd][1]] if cmd in OUTPUT else []
+    return [*BASE[cmd], *out, *more]
+
+
+@pytest.mark.parametrize("cmd", sorted(OUTPUT))
+@pytest.mark.parametrize("spelling", ["-o", "--output", "--out", "--output=", "--out="])
+def test_the_output_is_o_output_and_out_in_every_command(cmd: str, spelling: str) -> None:
+    """``-o``/``--output`` were "unrecognized" in the commands of ``--out``; ``--out`` worked in
+    fuse and baseline only as an abbreviation of ``--output``."""
+    dest, value = OUTPUT[cmd]
+    given = [spelling + value] if spelling.endswith("=") else [spelling, value]
+    assert getattr(_parse([*BASE[cmd], *given]), dest) == value
+
+
+@pytest.mark.parametrize(("cmd", "abbrev", "dest", "value"), [
+    ("fuse-set", "--ou", "out", "o"),  # --out and --output: one option, not ambiguous
+    ("evaluate", "--outp", "out", "o"),
+    ("fuse", "--ou", "output", "F.png"),
+    ("download-eval", "--ou", "out", "o"),
+])
+def test_an_abbreviation_of_one_options_spellings_is_not_ambiguous(cmd: str, abbrev: str, dest: str,
+                                                                    value: str) -> None:
+    is_output = dest == OUTPUT.get(cmd, ("",))[0]
+    argv = [*BASE[cmd], abbrev, value] if is_output else _argv(cmd, abbrev, value)
+    assert getattr(_parse(argv), dest) == value
+
+
