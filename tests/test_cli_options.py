@@ -70,6 +70,8 @@ def test_the_output_is_o_output_and_out_in_every_command(cmd: str, spelling: str
     ("evaluate", "--outp", "out", "o"),
     ("fuse", "--ou", "output", "F.png"),
     ("download-eval", "--ou", "out", "o"),
+    ("fuse", "--mod", "model", "nets"),  # --model and --models
+    ("fuse-set", "--mod", "models", "nets"),
 ])
 def test_an_abbreviation_of_one_options_spellings_is_not_ambiguous(cmd: str, abbrev: str, dest: str,
                                                                     value: str) -> None:
@@ -78,3 +80,14 @@ def test_an_abbreviation_of_one_options_spellings_is_not_ambiguous(cmd: str, abb
     assert getattr(_parse(argv), dest) == value
 
 
+MODEL = [("fuse", "model"), ("fuse-dir", "model"), ("fuse-set", "models"), ("evaluate", "models")]
+
+
+@pytest.mark.parametrize(("cmd", "dest"), MODEL)
+@pytest.mark.parametrize("spelling", ["--model", "--models"])
+def test_the_model_folder_is_model_and_models_in_every_command(cmd: str, dest: str, spelling: str) -> None:
+    """``--models`` was "unrecognized" in fuse and fuse-dir (``--model`` worked in fuse-set and
+    evaluate only as an abbreviation, and their help did not show it)."""
+    assert getattr(_parse(_argv(cmd, spelling, "nets")), dest) == "nets"
+    subs = next(a for a in build_parser(cmd)._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"--model", "--models"} <= {s for a in subs.choices[cmd]._actions for s in a.option_strings}

@@ -127,7 +127,7 @@ def nets_from_args(args: argparse.Namespace, device: str, folder: str | None) ->
         return load_nets_from_dir(folder, device)
     except UserError as e:
         if folder is None or not Path(folder).is_file():
-            if "models" in vars(args) and "--model DIR" in str(e):  # fuse-set, evaluate: their option is --models
+            if "models" in vars(args) and "--model DIR" in str(e):  # fuse-set, evaluate: --models was theirs
                 raise UserError(str(e).replace("--model DIR", "--models DIR")) from e
             raise
         # a net file given as the folder: "model folder not found" misled

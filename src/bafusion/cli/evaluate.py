@@ -109,7 +109,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pattern", default=None, help="with --dataset: only pairs whose name matches this glob (e.g. 'g??-*')")
     p.add_argument("--methods", type=nonempty_csv, default=None, help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)})")
     p.add_argument("--metrics", type=nonempty_csv, default=None, help=f"comma-separated metrics (default {','.join(DEFAULT_METRICS)})")
-    p.add_argument("--models", default=None, help="folder with initial.pt and boundary.pt")
+    p.add_argument("--model", "--models", dest="models", default=None, metavar="DIR",
+                   help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name")
     p.add_argument("--initial", default=None, help="initial-net file (instead of --models)")
     p.add_argument("--boundary", default=None, help="boundary-net file (instead of --models)")
     p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, default="data/evaluation",

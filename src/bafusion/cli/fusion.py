@@ -306,7 +306,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", help="source images (same size), A B [C ...]")
     p.add_argument("-o", "--output", "--out", dest="output", type=nonempty_path, required=True,
                    help="fused image (.png, .tif, .bmp, .jpg)")
-    p.add_argument("--model", default=None,
+    p.add_argument("--model", "--models", dest="model", default=None, metavar="DIR",
                    help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name (default, lytro-2026-11)")
     p.add_argument("--initial", default=None, help="initial-net file (instead of --model)")
     p.add_argument("--boundary", default=None, help="boundary-net file (instead of --model)")
@@ -332,7 +332,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(255 = A focused) into <out>/accuracy.json.",
     )
     q.add_argument("--pairs", required=True, help="folder with index.json and the pairs")
-    q.add_argument("--models", default=None, help="folder with initial.pt and boundary.pt")
+    q.add_argument("--model", "--models", dest="models", default=None, metavar="DIR",
+                   help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name")
     q.add_argument("--initial", default=None, help="initial-net file (instead of --models)")
     q.add_argument("--boundary", default=None, help="boundary-net file (instead of --models)")
     q.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True, help="output folder")
@@ -382,7 +383,8 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("input", metavar="IN", help="folder of shots")
     p.add_argument("output", metavar="OUT", help="output folder")
     p.add_argument("--ext", default="png", help="output format: png (default), tif, bmp or jpg")
-    p.add_argument("--model", default=None, help="folder with initial.pt and boundary.pt, or a shipped model by name")
+    p.add_argument("--model", "--models", dest="model", default=None, metavar="DIR",
+                   help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name")
     p.add_argument("--initial", default=None, help="initial-net file (instead of --model)")
     p.add_argument("--boundary", default=None, help="boundary-net file (instead of --model)")
     p.add_argument("--align", choices=ALIGN_MODELS, default=None,
