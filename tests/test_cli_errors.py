@@ -204,6 +204,7 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs", "--params-json", " "], ["--params-json: empty JSON"]),
         (["train", "--net", "initial", "--params-json", ""], ["--params-json: empty JSON"]),
         (["train", "--net", "initial", "--params", ""], ["--params: empty path"]),
+        (["count", "--params", ""], ["--params: empty path"]),  # was: ".: params file is not a file"
         ([*FUSE, "-o", "F.png", "--scales", ""], ["--scales: empty list"]),
         (["fuse-set", "--pairs", ".", "--models", "nets", "--out", ""], ["--out: empty path"]),
         (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs", "--report", ""], ["--report: empty path"]),

@@ -72,6 +72,7 @@ def test_the_output_is_o_output_and_out_in_every_command(cmd: str, spelling: str
     ("download-eval", "--ou", "out", "o"),
     ("fuse", "--mod", "model", "nets"),  # --model and --models
     ("fuse-set", "--mod", "models", "nets"),
+    ("train", "--params-f", "params", "p.yaml"),  # --params-file and --params
 ])
 def test_an_abbreviation_of_one_options_spellings_is_not_ambiguous(cmd: str, abbrev: str, dest: str,
                                                                     value: str) -> None:
@@ -91,3 +92,22 @@ def test_the_model_folder_is_model_and_models_in_every_command(cmd: str, dest: s
     assert getattr(_parse(_argv(cmd, spelling, "nets")), dest) == "nets"
     subs = next(a for a in build_parser(cmd)._actions if isinstance(a, argparse._SubParsersAction))
     assert {"--model", "--models"} <= {s for a in subs.choices[cmd]._actions for s in a.option_strings}
+
+
+def test_an_abbreviation_of_two_options_is_still_ambiguous(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli_main(["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--params-", "x"])
+    assert e.value.code == 2
+    assert "ambiguous option: --params-" in capsys.readouterr().err
+
+
+PARAMS = [("fuse", "params_file"), ("fuse-set", "params_file"), ("fuse-dir", "params_file"),
+          ("evaluate", "params_file"), ("train", "params"), ("count", "params")]
+
+
+@pytest.mark.parametrize(("cmd", "dest"), PARAMS)
+@pytest.mark.parametrize("spelling", ["--params", "--params-file"])
+def test_the_params_file_is_params_and_params_file_in_every_command(cmd: str, dest: str, spelling: str) -> None:
+    """``--params`` was "ambiguous" in fuse, fuse-set, fuse-dir and evaluate, ``--params-file``
+    "unrecognized" in train and count."""
+    assert getattr(_parse(_argv(cmd, spelling, "my.yaml")), dest) == "my.yaml"

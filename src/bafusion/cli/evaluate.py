@@ -100,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "is configured, and write <out>/<dataset>/metrics.csv, table1.md, figures/ and "
         "<out>/metrics.json; log an MLflow run 'evaluate'.",
     )
-    p.add_argument("--params-file", type=nonempty_path, default=None,
+    p.add_argument("--params", "--params-file", dest="params_file", type=nonempty_path, default=None, metavar="FILE",
                    help="YAML file with 'evaluate' and 'fuse' sections (params.yaml)")
     p.add_argument("--params-json", type=nonempty_json, default=None,
                    help="JSON object overriding the 'evaluate' section")

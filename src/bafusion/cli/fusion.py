@@ -101,7 +101,8 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True) -> None:
                    help="test-time augmentation: the nets also score the pair with A and B exchanged (swap), "
                         "turned and mirrored (dihedral: 8 views) or both (all: 16), and the scores are averaged; "
                         f"each view costs one scoring; none = the paper (default {d.tta})")
-    g.add_argument("--params-file", type=nonempty_path, default=None, help="YAML file whose 'fuse' section sets the defaults (params.yaml)")
+    g.add_argument("--params", "--params-file", dest="params_file", type=nonempty_path, default=None, metavar="FILE",
+                   help="YAML file whose 'fuse' section sets the defaults (params.yaml)")
     g.add_argument("--params-json", type=nonempty_json, default=None,
                    help="JSON object of fusion parameters (the 'fuse' section; overrides --params-file)")
     p.add_argument("--device", default=None, help=f"{default('fuse.device')} (default), cpu, cuda, cuda:N or mps")

@@ -327,7 +327,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_patches)
 
     p = sub.add_parser("count", help="count pairs and samples a configuration makes, without making them")
-    p.add_argument("--params", default=None, metavar="FILE",
+    p.add_argument("--params-file", "--params", dest="params", type=nonempty_path, default=None, metavar="FILE",
                    help="params file to count (default: params.yaml of the current folder, the project's)")
     p.add_argument("--preset", help="apply a preset first (e.g. paper)")
     p.add_argument("--format", choices=["text", "json"], default="text",

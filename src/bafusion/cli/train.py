@@ -193,7 +193,8 @@ def register(subparsers: Any) -> None:
                    help="which net to train: initial (on the patches' initial.h5) or boundary (on boundary.h5)")
     p.add_argument("--patches", required=True, help="HDF5 patch set (from the 'patches' step)")
     p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True, help="model file to write (.pt, with a .json beside it)")
-    p.add_argument("--params", type=nonempty_path, default=None, help="parameter file (params.yaml)")
+    p.add_argument("--params-file", "--params", dest="params", type=nonempty_path, default=None, metavar="FILE",
+                   help="parameter file (params.yaml)")
     p.add_argument("--params-json", type=nonempty_json, default=None, help="parameters as a JSON object (wins over --params)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one parameter, e.g. --set train.epochs=2 (repeatable)")
