@@ -111,3 +111,19 @@ def test_the_params_file_is_params_and_params_file_in_every_command(cmd: str, de
     """``--params`` was "ambiguous" in fuse, fuse-set, fuse-dir and evaluate, ``--params-file``
     "unrecognized" in train and count."""
     assert getattr(_parse(_argv(cmd, spelling, "my.yaml")), dest) == "my.yaml"
+
+
+PROGRESS = [("fuse", "progress", False), ("fuse-set", "progress", False), ("fuse-dir", "progress", False),
+            ("metrics", "progress", False), ("train", "no_progress", True), ("prepare", "no_progress", True),
+            ("composite", "no_progress", True), ("testset", "no_progress", True), ("patches", "no_progress", True),
+            ("download-alphamatting", "no_progress", True), ("download-coco", "no_progress", True),
+            ("download-eval", "no_progress", True)]
+
+
+@pytest.mark.parametrize(("cmd", "dest", "off"), PROGRESS)
+@pytest.mark.parametrize("spelling", ["--no-progress", "--quiet"])
+def test_no_progress_is_no_progress_and_quiet_in_every_command(cmd: str, dest: str, off: bool,
+                                                               spelling: str) -> None:
+    """``--quiet`` (fuse-dir's) was "unrecognized" in every other command."""
+    assert getattr(_parse(_argv(cmd)), dest) is not off
+    assert getattr(_parse(_argv(cmd, spelling)), dest) is off

@@ -175,7 +175,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     net.add_argument("--timeout", type=finite_float(0.0, above=True), default=60.0, help="socket timeout in seconds (default %(default)s)")
     net.add_argument("--workers", type=positive_int, default=8, help="parallel downloads of small files (default %(default)s)")
-    net.add_argument("--no-progress", action="store_true", help="no progress bars")
+    net.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser(
         "download-alphamatting", parents=[net], help="fetch + verify + extract the alphamatting.com training set"

@@ -112,7 +112,7 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True) -> None:
     if maps:  # the difference maps' gain: only for commands that write maps (not fuse-dir)
         p.add_argument("--alpha", type=float, default=None,
                        help=f"difference-map gain alpha*|B-F| (default {default('fuse.alpha'):g})")
-    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
+    p.add_argument("--no-progress", "--quiet", dest="progress", action="store_const", const=False, default=None,
                    help="no progress bar (default: a bar on stderr for camera-size pairs when it is a terminal; "
                         "bafusion fuse also names each step there: reading, checking, fusing, writing)")
 
@@ -362,7 +362,7 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     nets = nets_from_args(args, other["device"], args.model)
     rep = fuse_dir(src, out, nets, params, ext=ext, align=args.align or "none", force=args.force,
                    skip_existing=args.skip_existing,
-                   progress=not args.quiet and args.progress is not False, motion_hint=args.align is None)
+                   progress=args.progress is not False, motion_hint=args.align is None)
     for what, why in rep.skipped:
         print(f"bafusion fuse-dir: skipped {what}: {why}", file=sys.stderr)
     print(f"fused {len(rep.fused)} stack(s) into {out}" + (f", {len(rep.existing)} already there" if rep.existing else "")
@@ -397,6 +397,5 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
                    help="leave stacks whose output exists (resume a batch); OUT/.bafusion-fuse-dir records the "
                    "model, parameters, --align, --ext and version that made the outputs, and a folder of another "
                    "setup (or of none recorded) is refused")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_param_args(p, maps=False)
     p.set_defaults(func=_cmd_fuse_dir)

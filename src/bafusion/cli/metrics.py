@@ -103,6 +103,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"comma-separated metrics to compute (default: all eight, {','.join(METRICS)}; the paper's "
         f"four: {','.join(REQUIRED_METRICS)})",
     )
-    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
+    p.add_argument("--no-progress", "--quiet", dest="progress", action="store_const", const=False, default=None,
                    help="do not name each metric on stderr as it starts (default: named when stderr is a terminal)")
     p.set_defaults(func=_cmd_metrics)

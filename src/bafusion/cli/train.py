@@ -208,7 +208,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, default=None, help="override train.threads (torch CPU threads per process)")
     p.add_argument("--nproc", default=None, help="override train.nproc (processes; 'auto' = number of GPUs)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start afresh")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_cli)
 
     q = subparsers.add_parser(

@@ -656,7 +656,7 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
             rep.existing.append(name)
             continue
         try:
-            # without bars (--no-progress, --quiet) no stack's own bar either
+            # without bars (--no-progress, alias --quiet) no stack's own bar either
             fused = fuse_files(shots, nets, params, output=target, align=align, force=force,
                                motion_hint=motion_hint, progress=None if progress else False)
             write_image(target, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits,
