@@ -155,7 +155,7 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["metrics", "a.png", "b.png", "a.png", "--metrics", ""], ["--metrics: no metric named"]),  # was: all eight
         (["prepare", "--out", "afile"], ["afile: is a file, not a folder"]),
         (["patches", "a.png", "--out", "afile"], ["is a file, not a folder"]),
-        (["patches", "a.png", "--out", "p", "--threads", "0"], ["--threads", "must be at least 1"]),
+        (["patches", "a.png", "--out", "p", "--threads", "0"], ["--threads 0: give a positive number of CPU threads"]),
         (["patches", "a.png", "--out", "p", "--patch", "30"], ["patch must be a multiple of 4 >= 8", "30"]),
         (["patches", "a.png", "--out", "p", "--patch", "4"], ["patch must be a multiple of 4 >= 8", "got 4"]),
         (["patches", "a.png", "--out", "p", "--label-threshold", "2"], ["label_threshold", "[0, 1]", "2"]),

@@ -127,3 +127,50 @@ def test_no_progress_is_no_progress_and_quiet_in_every_command(cmd: str, dest: s
     """``--quiet`` (fuse-dir's) was "unrecognized" in every other command."""
     assert getattr(_parse(_argv(cmd)), dest) is not off
     assert getattr(_parse(_argv(cmd, spelling)), dest) is off
+
+
+THREADS = ["fuse", "fuse-set", "fuse-dir", "evaluate", "patches"]
+
+
+@pytest.mark.parametrize("cmd", THREADS)
+@pytest.mark.parametrize("value", ["0", "-2", "1025"])
+def test_threads_out_of_range_is_refused_alike_before_any_file_is_read(cmd: str, value: str, capsys, tmp_path,
+                                                                     monkeypatch) -> None:
+    """``--threads 0`` was refused by each command in its own words, some (patches) by the parser,
+    the others only after reading the parameter file: one message, at once, now."""
+    monkeypatch.chdir(tmp_path)
+    more = ["--params-file", "missing.yaml"] if cmd != "patches" else []
+    with pytest.raises(SystemExit) as e:
+        cli_main(_argv(cmd, "--threads", value, *more))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"bafusion {cmd}: error: --threads {value}: give a positive number of CPU threads, at most 1024" in err, err
+    assert "missing.yaml" not in err
+
+
+def test_train_threads_0_is_torchs_default_and_said_in_the_help(capsys) -> None:
+    """``train --threads 0`` is taken (train.threads 0: torch's own number, all the cores); the help
+    says so. -1 is refused as in the other commands."""
+    assert _parse(_argv("train", "--threads", "0")).threads == 0
+    with pytest.raises(SystemExit):
+        build_parser("train").parse_args(["train", "--help"])
+    assert "0 = torch's default" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit) as e:
+        cli_main(_argv("train", "--threads", "-1"))
+    assert e.value.code == 2
+    assert "--threads -1: give 0 (torch's default: all cores) or a positive number of CPU threads" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cmd", [*THREADS, "train"])
+def test_the_help_of_threads_gives_its_range(cmd: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        build_parser(cmd).parse_args([cmd, "--help"])
+    assert ("0 to 1024" if cmd == "train" else "1 to 1024") in " ".join(capsys.readouterr().out.split())
+
+
+def test_threads_max_is_the_schemas() -> None:
+    from bafusion.cli.common import THREADS_MAX
+    from bafusion.schema import maximum
+
+    assert THREADS_MAX == maximum("fuse.threads") == maximum("evaluate.threads") == maximum("train.threads")

@@ -38,6 +38,39 @@ def non_negative_int(s: str) -> int:
     return v
 
 
+#: The most CPU threads a ``--threads`` option takes: the maximum of params.schema.yaml's
+#: fuse.threads, evaluate.threads and train.threads (checked by the tests).
+THREADS_MAX = 1024
+
+
+class _ThreadsAction(argparse.Action):
+    """``--threads N``: refused at once, in one wording in every command, unless 1 <= N <=
+    :data:`THREADS_MAX` (0 too where ``zero`` says what it means)."""
+
+    def __init__(self, option_strings: list[str], dest: str, zero: str | None = None, **kwargs: object) -> None:
+        self.zero = zero
+        super().__init__(option_strings, dest, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        v = int(values)  # type: ignore[call-overload]
+        if not (0 if self.zero else 1) <= v <= THREADS_MAX:
+            what = f"give 0 ({self.zero}) or a positive number" if self.zero else "give a positive number"
+            raise argparse.ArgumentError(None, f"{option_string} {v}: {what} of CPU threads, at most {THREADS_MAX} "
+                                               "(omit it for the default)")
+        setattr(namespace, self.dest, v)
+
+
+def add_threads_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup, what: str, default: str,
+                         *, zero: str | None = None, value: int | None = None) -> None:
+    """Add ``--threads``: ``what`` the threads do, ``default`` what the command does without the
+    option (``value``), ``zero`` what 0 means where it is allowed (train's: torch's default);
+    the help gives the range, and so does the refusal of a number outside it."""
+    low = f"0 to {THREADS_MAX}; 0 = {zero}" if zero else f"1 to {THREADS_MAX}"
+    p.add_argument("--threads", type=_int, action=_ThreadsAction, zero=zero, default=value, metavar="N",
+                   help=f"{what}, {low} (default: {default})")
+
+
 #: The largest seed, as params.yaml's schema allows (``seed``): a signed 64-bit integer (an HDF5
 #: attribute of the patch sets; the trainer seeds torch generators with seed + 1).
 SEED_MAX = 2**63 - 1

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bafusion.cli.common import (
+    add_threads_argument,
     nets_from_args,
     nonempty_csv,
     nonempty_json,
@@ -121,5 +122,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write every method's means as CSV here (for DVC plots)")
     p.add_argument("--root", default=None, help="folder relative dataset paths start from (default: the project root)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: the fuse section's, else auto)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_threads_argument(p, "torch CPU threads", "--params-file's evaluate.threads, else torch's")
     p.set_defaults(func=_cmd_evaluate)

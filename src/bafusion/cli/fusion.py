@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bafusion.cli.common import nets_from_args, nonempty_csv, nonempty_json, nonempty_path, note_params_yaml_unread
+from bafusion.cli.common import add_threads_argument, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, note_params_yaml_unread
 from bafusion.errors import UserError
 from bafusion.fusion.api import ALIGN_MODELS
 from bafusion.fusion.batch import EXIT_NONE_FUSED, EXIT_SKIPPED, check_output_folder, find_groups, fuse_dir
@@ -106,9 +106,8 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True) -> None:
     g.add_argument("--params-json", type=nonempty_json, default=None,
                    help="JSON object of fusion parameters (the 'fuse' section; overrides --params-file)")
     p.add_argument("--device", default=None, help=f"{default('fuse.device')} (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's, lowered to the cores the load average leaves "
-                        "free, at least 1)")
+    add_threads_argument(p, "CPU threads for torch", "--params-file's fuse.threads, else torch's, lowered to the "
+                         "cores the load average leaves free, at least 1")
     if maps:  # the difference maps' gain: only for commands that write maps (not fuse-dir)
         p.add_argument("--alpha", type=float, default=None,
                        help=f"difference-map gain alpha*|B-F| (default {default('fuse.alpha'):g})")

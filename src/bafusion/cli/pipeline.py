@@ -12,7 +12,7 @@ from typing import Any
 
 from bafusion import tracking
 from bafusion.atomic import write_text
-from bafusion.cli.common import nonempty_path, seed_int
+from bafusion.cli.common import add_threads_argument, nonempty_path, seed_int
 from bafusion.errors import InputFileError, UserError
 
 
@@ -31,16 +31,6 @@ def _boundary_per_pair(s: str) -> int | str:
     if n < 0:
         raise argparse.ArgumentTypeError(f"must be a count >= 0 or subset, got {s!r}")
     return n
-
-
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
 
 
 def _csv_list(s: str) -> list[str]:
@@ -321,8 +311,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True, help="output folder for initial.h5 and boundary.h5")
     p.add_argument("--no-compression", action="store_true",
                    help="store without gzip: about 1.8x the disk, written about 6x faster (scratch patch sets)")
-    p.add_argument("--threads", type=_positive_int, default=1,
-                   help="threads that deflate the patch chunks while pairs are read (the files are identical for any number)")
+    add_threads_argument(p, "threads that deflate the patch chunks while pairs are read (the files are identical "
+                         "for any number)", "1", value=1)
     p.add_argument("--summary", type=nonempty_path, help="also write the counts as JSON here")
     p.set_defaults(func=cmd_patches)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bafusion.atomic import clear_stop, stop_requested
-from bafusion.cli.common import nonempty_json, nonempty_path, note_params_yaml_unread
+from bafusion.cli.common import add_threads_argument, nonempty_json, nonempty_path, note_params_yaml_unread
 from bafusion.config import read_params
 from bafusion.errors import UserError
 from bafusion.nets.train import (
@@ -205,7 +205,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--plots", type=nonempty_path, default=None,
                    help="per-epoch CSV (default metrics/plots/train_<net>.csv)")
     p.add_argument("--device", default=None, help="override train.device (auto, cpu, cuda, cuda:N or mps)")
-    p.add_argument("--threads", type=int, default=None, help="override train.threads (torch CPU threads per process)")
+    add_threads_argument(p, "torch CPU threads per process", "train.threads",
+                         zero="torch's default: all cores")
     p.add_argument("--nproc", default=None, help="override train.nproc (processes; 'auto' = number of GPUs)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start afresh")
     p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")
