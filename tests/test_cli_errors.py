@@ -198,6 +198,7 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["download-alphamatting", "--out", ""], ["--out: empty path"]),
         (["download-record", "--source", "web", "--out", ""], ["--out: empty path"]),
         ([*FUSE, "-o", ""], ["-o/--output/--out: empty path"]),  # was: named the path "."
+        (["baseline", "a.png", "b.png", "-o", ""], ["-o/--output/--out: empty path"]),  # was: ".: unknown image format"
         ([*FUSE, "-o", "F.png", "--save-maps", ""], ["--save-maps: empty path"]),  # was: no maps written
         ([*FUSE, "-o", "F.png", "--params-file", ""], ["--params-file: empty path"]),
         ([*FUSE, "-o", "F.png", "--params-json", ""], ["--params-json: empty JSON"]),  # was: not given

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from bafusion.cli.common import nonempty_path
 from bafusion.errors import UserError
 from bafusion.evaluation.baselines import (
     METHODS,
@@ -44,5 +45,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("a", metavar="A", help="first source image")
     p.add_argument("b", metavar="B", help="second source image")
     p.add_argument("--method", choices=tuple(METHODS), default="gff", help="fusion method (default gff)")
-    p.add_argument("-o", "--output", "--out", dest="output", required=True, help="fused image to write (format from the suffix)")
+    p.add_argument("-o", "--output", "--out", dest="output", type=nonempty_path, required=True, help="fused image to write (format from the suffix)")
     p.set_defaults(func=_cmd_baseline)
