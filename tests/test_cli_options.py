@@ -174,3 +174,12 @@ def test_threads_max_is_the_schemas() -> None:
     from bafusion.schema import maximum
 
     assert THREADS_MAX == maximum("fuse.threads") == maximum("evaluate.threads") == maximum("train.threads")
+
+
+@pytest.mark.parametrize(("cmd", "dest"), [("train", "metrics"), ("fuse-set", "report"), ("evaluate", "report")])
+def test_the_metrics_json_is_report_in_every_command(cmd: str, dest: str) -> None:
+    """The DVC metrics file was --report in fuse-set and evaluate, --metrics in train (where --report
+    was "unrecognized"; evaluate's --metrics is a list of metric names)."""
+    assert getattr(_parse(_argv(cmd, "--report", "m.json")), dest) == "m.json"
+    if cmd == "train":
+        assert _parse(_argv(cmd, "--metrics", "m.json")).metrics == "m.json"

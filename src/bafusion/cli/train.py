@@ -200,8 +200,9 @@ def register(subparsers: Any) -> None:
                    help="override one parameter, e.g. --set train.epochs=2 (repeatable)")
     p.add_argument("--checkpoints", type=nonempty_path, default=None,
                    help="checkpoint folder (default data/checkpoints/<net>)")
-    p.add_argument("--metrics", type=nonempty_path, default=None,
-                   help="metrics JSON (default metrics/train_<net>.json)")
+    p.add_argument("--report", "--metrics", dest="metrics", type=nonempty_path, default=None, metavar="FILE",
+                   help="metrics JSON, a DVC metrics file as fuse-set's and evaluate's --report (default "
+                        "metrics/train_<net>.json)")
     p.add_argument("--plots", type=nonempty_path, default=None,
                    help="per-epoch CSV (default metrics/plots/train_<net>.csv)")
     p.add_argument("--device", default=None, help="override train.device (auto, cpu, cuda, cuda:N or mps)")
