@@ -238,6 +238,17 @@ def test_a_net_file_given_as_the_model_folder_is_named_a_file(tiny_nets: Path) -
         assert "not found" not in str(e.value)
 
 
+def test_a_missing_model_folder_names_the_model_parameter(tmp_path: Path) -> None:
+    """load_model and fuse said "pass --model DIR", an option of the command line, not of Python."""
+    for call in (lambda: bafusion.load_model(tmp_path / "nomodels", device="cpu"),
+                 lambda: bafusion.fuse(np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8),
+                                       model=str(tmp_path / "nomodels"),
+                                       device="cpu")):
+        with pytest.raises(UserError, match="nomodels: model folder not found") as e:
+            call()
+        assert "pass model=DIR" in str(e.value) and "--model" not in str(e.value), e.value
+
+
 def _scene(seed: int, h: int = 128, w: int = 160) -> np.ndarray:
     """A textured gray scene: smoothed noise at two scales, uint8."""
     from scipy import ndimage

@@ -22,9 +22,20 @@ __all__ = ["fuse", "load_model"]
 ALIGN_MODELS = ("none", "auto", "translation", "similarity", "homography")
 
 
+def _load_nets(model: str | os.PathLike[str] | None, device: str) -> FusionNets:
+    """:func:`load_nets_from_dir`, its hint on how to get a model given as this API's
+    ``model=DIR`` (it names the command line's ``--model DIR``)."""
+    try:
+        return load_nets_from_dir(model, device)
+    except UserError as e:
+        if type(e) is UserError and "--model DIR" in str(e):
+            raise UserError(str(e).replace("--model DIR", "model=DIR")) from e
+        raise
+
+
 @functools.lru_cache(maxsize=4)
 def _cached_nets(model: str | None, device: str) -> FusionNets:
-    return load_nets_from_dir(model, device)
+    return _load_nets(model, device)
 
 
 def load_model(model: str | os.PathLike[str] | None = None, device: str = "auto") -> FusionNets:
@@ -51,7 +62,7 @@ def load_model(model: str | os.PathLike[str] | None = None, device: str = "auto"
         this machine lacks (``device='cuda:1': ...``).
     """
     check_device(device, "device=")  # named as this parameter, not as the command line's --device
-    return load_nets_from_dir(model, device)
+    return _load_nets(model, device)
 
 
 def fuse(
