@@ -11,7 +11,11 @@
   nothing in the params does.
 - A store that fails (a corrupt, read-only or locked database, a server that does not answer)
   never fails the work: one warning line names the store and the problem, and the process
-  goes on untracked, its child processes too (Snakemake's jobs), see :func:`_turn_off`. An
+  goes on untracked, its child processes too (Snakemake's jobs), see :func:`_turn_off`. A
+  call of a run that fails is first tried again a few times (:data:`RETRIES`, a doubling wait
+  from :data:`RETRY_BACKOFF_S`): a database locked for a moment loses nothing. A run whose
+  store failed for good says at its end that it is incomplete and what it misses, and is
+  ended ``FAILED`` with the tag ``bafusion.incomplete=true`` if the store answers again. An
   ``http(s)`` server is first tried with a short connect (:func:`check_reachable`), so that an
   unreachable one costs seconds, not MLflow's minutes of retries.
 - One pipeline invocation is one parent run; each step is a nested child run of it (tag
@@ -89,8 +93,10 @@ def enabled() -> bool:
     return os.environ.get("BAFUSION_MLFLOW", "1").lower() not in ("0", "false", "no", "off")
 
 
-def _turn_off(uri: str, error: BaseException) -> None:
+def _turn_off(uri: str, error: BaseException, lost: str = "") -> None:
     """The store ``uri`` failed with ``error``: say so in one line (once) and track nothing more.
+
+    ``lost`` says what goes untracked (a run's later metrics, ...); default: the work.
 
     The runs are a record of the work, never a reason to fail it. ``$BAFUSION_MLFLOW`` is set to
     ``0`` as well, so that child processes (Snakemake's jobs, after its ``onstart``) do not try
@@ -110,7 +116,8 @@ def _turn_off(uri: str, error: BaseException) -> None:
     problem = problem.rstrip(".")
     _broken = problem
     os.environ["BAFUSION_MLFLOW"] = "0"
-    print(f"bafusion: warning: MLflow tracking store {_shown(uri)}: {problem}; going on without tracking "
+    print(f"bafusion: warning: MLflow tracking store {_shown(uri)}: {problem}; "
+          f"{lost or 'going on without tracking'} "
           "(BAFUSION_MLFLOW=0 turns tracking off, MLFLOW_TRACKING_URI points it at another store)",
           file=sys.stderr, flush=True)
 
@@ -284,66 +291,124 @@ class _NullRun:
         pass
 
 
-class _Run:
-    """A run of a working store. A call that fails turns tracking off (:func:`_turn_off`) and the
-    later calls do nothing: the step goes on untracked."""
+#: A failing call of a run is tried again this many times, after ``RETRY_BACKOFF_S`` seconds,
+#: then twice that, ... (a sqlite store locked by another process for a moment, a disk full
+#: for a moment, a server restarting), before tracking is turned off (:func:`_turn_off`).
+RETRIES = 3
+RETRY_BACKOFF_S = 0.5
+#: Tags of a run whose tracking stopped before its end (:meth:`_Run.end`).
+INCOMPLETE_TAG = "bafusion.incomplete"
 
-    def __init__(self, client: Any, run_id: str, uri: str | None = None) -> None:
+
+def _permanent(error: BaseException) -> bool:
+    """A store's answer that trying again cannot change (a bad value, no such run)."""
+    code = getattr(error, "error_code", None)
+    return code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
+                    "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST", "INVALID_STATE")
+
+
+def _retried(uri: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+    """Call ``fn``; a failure is tried again :data:`RETRIES` times with a doubling wait, then
+    raised. A server is checked to accept a connection before each try (:func:`check_reachable`)."""
+    from bafusion.atomic import raise_if_stopped
+
+    for attempt in range(RETRIES + 1):
+        try:
+            check_reachable(uri)  # a server that is down: seconds, not MLflow's minutes of retries
+            fn(*args, **kwargs)
+            return
+        except Exception as e:  # noqa: BLE001 - the store's failure: tried again, then raised
+            raise_if_stopped()
+            if attempt == RETRIES or _permanent(e):
+                raise
+            time.sleep(RETRY_BACKOFF_S * 2**attempt)
+
+
+class _Run:
+    """A run of a working store. A call that fails is tried again a few times (:func:`_retried`);
+    one that still fails turns tracking off (:func:`_turn_off`, one warning saying what the run
+    misses from then on) and the later calls do nothing: the step goes on untracked. The end of
+    the run says that it is incomplete, and marks it so in the store when it answers again
+    (:meth:`end`)."""
+
+    def __init__(self, client: Any, run_id: str, uri: str | None = None, name: str = "") -> None:
         self.client = client
         self.run_id = run_id
         self.uri = uri or tracking_uri()
+        self.name = name
+        #: What was not logged after the store failed: kind -> count.
+        self.lost: dict[str, int] = {}
+        #: When (UTC, ``HH:MM:SS``) the store failed during this run, else None.
+        self.failed_at: str | None = None
 
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+    def _call(self, what: str, count: int, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """``fn(*args, **kwargs)`` tried again on failure; ``count`` of ``what`` (``metric``,
+        ``artifact``, ...) are lost when it fails."""
         if _broken is not None:
+            self.lost[what] = self.lost.get(what, 0) + count
             return
         try:
-            fn(*args, **kwargs)
+            _retried(self.uri, fn, *args, **kwargs)
         except Exception as e:  # noqa: BLE001 - the store's failure: the work goes on untracked
-            _turn_off(self.uri, e)
+            self.lost[what] = self.lost.get(what, 0) + count
+            self.failed_at = time.strftime("%H:%M:%S UTC", time.gmtime())
+            _turn_off(self.uri, e, lost=(f"still failing after {RETRIES + 1} tries, tracking is now off for the "
+                                         f"rest of this process: the MLflow run {self.name!r} ({self.run_id}) "
+                                         "misses every metric, tag, artifact and model logged from now on; "
+                                         "the step goes on"))
 
     def log_metric(self, key: str, value: float, step: int | None = None) -> None:
-        self._call(self.client.log_metric, self.run_id, key, float(value), step=step or 0)
+        ts = int(time.time() * 1000)  # the same point when tried again
+        self._call("metric", 1, self.client.log_metric, self.run_id, key, float(value), timestamp=ts, step=step or 0)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        def log() -> None:
-            from mlflow.entities import Metric
+        from mlflow.entities import Metric
 
-            ts = int(time.time() * 1000)
-            self.client.log_batch(
-                self.run_id, metrics=[Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
-            )
-
-        self._call(log)
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+        self._call("metric", len(batch), self.client.log_batch, self.run_id, metrics=batch)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._call(self.client.log_artifact, self.run_id, str(path), artifact_path)
+        self._call("artifact", 1, self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def set_tag(self, key: str, value: Any) -> None:
-        self._call(self.client.set_tag, self.run_id, key, str(value))
+        self._call("tag", 1, self.client.set_tag, self.run_id, key, str(value))
 
     def log_model(self, model: Any, name: str, input_example: Any = None) -> None:
         """Log a torch net as an MLflow model of this run (see :func:`log_torch_model`)."""
-        self._call(log_torch_model, self.uri, self.run_id, model, name, input_example)
+        self._call("model", 1, log_torch_model, self.uri, self.run_id, model, name, input_example)
 
     def end(self, t0: float, status: str) -> None:
         """Log the duration since ``t0`` (``time.perf_counter``) and end the run with ``status``.
 
-        When the store failed during the run (tracking is off), one more try ends it with
-        ``status`` and the tag ``tracking_incomplete`` (the problem): a store that answers again
-        (a lock released) would otherwise show the run RUNNING forever."""
+        When the store failed during the run (tracking is off), a line on stderr says that the
+        run is incomplete and what it misses, and one more round of tries ends it with status
+        ``FAILED`` (a finished step's run is no complete record; ``KILLED`` stays) and the tags
+        :data:`INCOMPLETE_TAG` ``true``, ``tracking_incomplete`` (the problem) and
+        ``bafusion.step_status`` (the step's own status): a store that answers again (a lock
+        released) would otherwise show the run RUNNING forever, or FINISHED with holes."""
+        self.log_metric("duration_s", time.perf_counter() - t0)
+        if _broken is None:
+            self._call("the run's end", 1, self.client.set_terminated, self.run_id, status=status)
         if _broken is not None:
             self._close_incomplete(status, _broken)
-            return
-        self.log_metric("duration_s", time.perf_counter() - t0)
-        self._call(self.client.set_terminated, self.run_id, status=status)
 
     def _close_incomplete(self, status: str, problem: str) -> None:
+        ended = "FAILED" if status == "FINISHED" else status
         try:
-            check_reachable(self.uri)  # a server that is down: seconds, not MLflow's minutes
-            self.client.set_tag(self.run_id, "tracking_incomplete", problem)
-            self.client.set_terminated(self.run_id, status=status)
-        except Exception:  # noqa: BLE001, S110 - still failing: the warning has been given
-            pass
+            for key, value in ((INCOMPLETE_TAG, "true"), ("tracking_incomplete", problem),
+                               ("bafusion.step_status", status)):
+                _retried(self.uri, self.client.set_tag, self.run_id, key, value)
+            _retried(self.uri, self.client.set_terminated, self.run_id, status=ended)
+            marked = f"marked {INCOMPLETE_TAG}=true, status {ended} (the step itself: {status})"
+        except Exception:  # noqa: BLE001 - still failing: said below
+            marked = f"the store still fails, so MLflow may show it RUNNING, without the tag {INCOMPLETE_TAG}=true"
+        lost = ", ".join(what if what == "the run's end" else f"{n} {what}{'s' if n != 1 else ''}"
+                         for what, n in self.lost.items())
+        when = f" at {self.failed_at}" if self.failed_at else ""
+        print(f"bafusion: warning: the MLflow run {self.name!r} ({self.run_id}) is incomplete: it misses "
+              f"{lost or 'what was logged'} since the store failed{when}: {problem}; {marked}",
+              file=sys.stderr, flush=True)
 
 
 def _open_run(
@@ -372,7 +437,7 @@ def _open_run(
     items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
-    return _Run(client, run_id, uri)
+    return _Run(client, run_id, uri, name)
 
 
 @contextlib.contextmanager
