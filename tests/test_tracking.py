@@ -205,6 +205,48 @@ def test_artifacts_go_beside_the_database_whatever_the_working_directory(
     assert not (sub / "mlruns").exists()
 
 
+def test_an_old_stores_relative_artifact_root_scatters_no_mlruns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a store whose bafusion experiment an older MLflow created keeps the relative default
+    # "./mlruns/<id>": every run's artifacts and model went to mlruns/ of the folder it ran in
+    import sqlite3
+
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    root, other = tmp_path / "project", tmp_path / "elsewhere"
+    root.mkdir()
+    other.mkdir()
+    db = root / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(root)
+    tracking.ensure_db(uri)  # a store made by the current code ...
+    exp_id = MlflowClient(tracking_uri=uri).get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    with sqlite3.connect(db) as con:  # ... as an older MLflow left it
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                    (f"./mlruns/{exp_id}", int(exp_id)))
+    monkeypatch.chdir(other)
+    (other / "table.md").write_text("| a |\n")
+    with tracking.stage_run("evaluate") as run:
+        run.log_artifact("table.md", "evaluation")
+        run.log_model(torch.nn.Linear(2, 1), "net")
+    assert not (other / "mlruns").exists()
+    logged = list((root / "mlruns" / exp_id).rglob("table.md"))
+    assert len(logged) == 1 and logged[0].parent.name == "evaluation"
+    assert list((root / "mlruns" / exp_id).rglob("MLmodel"))
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_experiment(exp_id).artifact_location == (root / "mlruns" / exp_id).resolve().as_uri()
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    err = capsys.readouterr().err
+    assert "./mlruns/" in err and str(root.resolve() / "mlruns") in err
+    for location, rel in (("./mlruns/1", "./mlruns/1"), ("mlruns/1", "mlruns/1"), ("file:mlruns/1", "mlruns/1"),
+                          ("file:///srv/mlruns/1", None), ("/srv/mlruns/1", None), ("s3://bucket/1", None),
+                          ("mlflow-artifacts:/1", None), ("C:\\mlruns\\1", None)):
+        assert tracking._relative_location(location) == rel, location
+
+
 class _LosesItsException:
     """Calls a signal handler from ``__del__``, as a signal landing in h5py's weakref callback
     does: Python prints "Exception ignored" and drops what the handler raised."""

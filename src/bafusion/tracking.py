@@ -6,7 +6,9 @@
   holding ``dvc.yaml`` or ``Snakefile``, else the working directory.
 - A fresh sqlite database is created (and migrated) once, under a file lock, so that
   parallel Snakemake jobs never race on alembic migrations; the experiment's artifacts go to
-  ``mlruns/`` beside it (:func:`artifact_location`), whichever folder the first run began in.
+  ``mlruns/`` beside it (:func:`artifact_location`), whichever folder the first run began in;
+  an older MLflow's relative ``./mlruns/<id>`` is anchored there too
+  (:func:`_anchor_artifact_location`).
 - ``BAFUSION_MLFLOW=0`` (or ``false``/``no``/``off``) in the environment turns logging off;
   nothing in the params does.
 - A store that fails (a corrupt, read-only or locked database, a server that does not answer)
@@ -33,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -224,7 +227,50 @@ def _ensure_db(uri: str) -> str:
                 with contextlib.suppress(Exception):  # another process may have won
                     _create_experiment(client, uri)
             mark_training_experiment(client)
+            _anchor_artifact_location(client, db)
     return uri
+
+
+def _relative_location(location: str | None) -> str | None:
+    """The relative path of a local artifact location (``./mlruns/1``, ``file:mlruns/1``), else
+    None (an absolute path or ``file:`` URI, another scheme such as ``s3:`` or ``mlflow-artifacts:``)."""
+    if not location or re.match(r"^[A-Za-z]:[\\/]", location):  # None, or a Windows drive path
+        return None
+    parts = urlsplit(location)
+    if parts.scheme == "file" and not parts.netloc:
+        path = parts.path
+    elif parts.scheme == "":
+        path = location
+    else:
+        return None
+    return None if Path(path).is_absolute() else path
+
+
+def _anchor_artifact_location(client: Any, db: Path) -> None:
+    """Give the ``bafusion`` experiment of the sqlite store ``db`` an absolute artifact location
+    when an older MLflow left it relative (its default ``./mlruns/<id>``).
+
+    MLflow resolves a relative location against the working directory of each process that
+    logs, so every run scattered its artifacts and model in ``mlruns/`` of the folder it ran
+    in. It is anchored to the store's folder (where such a store's first run began, as
+    bafusion puts the store in the repository root; ``mlflow ui`` started there reads the old
+    runs' artifacts at the same place); MLflow has no call that moves an experiment, so its row
+    is updated. Said in one line; earlier runs keep their own locations.
+    """
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    rel = _relative_location(exp.artifact_location if exp is not None else None)
+    if rel is None:
+        return
+    import sqlite3
+
+    anchored = (db.resolve().parent / rel).resolve().as_uri()
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con, con:
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ? AND artifact_location = ?",
+                    (anchored, int(exp.experiment_id), exp.artifact_location))
+    print(f"bafusion: note: the MLflow experiment {EXPERIMENT!r} of {db} kept its artifacts at the relative path "
+          f"{exp.artifact_location!r} (an older MLflow's default), which MLflow resolves against the folder each run "
+          f"starts in, so they were scattered; new runs keep them in {anchored} (earlier runs keep theirs)",
+          file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
