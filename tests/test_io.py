@@ -214,6 +214,54 @@ def test_exif_orientation_is_applied_at_8_and_16_bits(tmp_path: Path, rgb, orien
     assert np.array_equal(read_image(tmp_path / "o16.png"), turn(rgb))
 
 
+def _odd_exif(orientation: int, other: tuple[int, int, int, bytes]) -> bytes:
+    """An EXIF block (little-endian) of an Orientation tag and one ``other`` entry (tag, type,
+    count, 4 value bytes) of a type Pillow reads but cannot write back."""
+    import struct
+
+    entries = [(0x0112, 3, 1, struct.pack("<HH", orientation, 0)), other]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", t, y, c) + v for t, y, c, v in entries)
+    return b"Exif\0\0II*\0" + struct.pack("<I", 8) + ifd + b"\0" * 4
+
+
+@pytest.mark.parametrize("other", [(0x011A, 2, 3, b"72\0\0"),  # XResolution as text: TypeError in Pillow
+                                   (0x0100, 2, 3, b"ab\0\0")],  # ImageWidth as text: struct.error
+                         ids=["xresolution-text", "imagewidth-text"])
+def test_a_photo_whose_exif_pillow_cannot_rewrite_is_read_and_turned(tmp_path: Path, rgb, capsys, other) -> None:
+    """A photo with an Orientation tag and another tag of the wrong type: Pillow's
+    exif_transpose rewrites the EXIF and raised TypeError / struct.error, an "internal error"
+    of ``fuse``, ``fuse-dir`` and ``metrics``. The pixels are read and turned by the
+    orientation; the EXIF, which cannot be written back, is dropped from a fusion with a note."""
+    from bafusion.cli import main
+
+    Image.fromarray(np.rot90(rgb, 1)).save(tmp_path / "odd.png", exif=_odd_exif(6, other))
+    Image.fromarray(rgb).save(tmp_path / "plain.png")
+    assert np.array_equal(read_image(tmp_path / "odd.png"), rgb)  # turned by the orientation
+    Image.fromarray(np.rot90(rgb, 1)).save(tmp_path / "odd.jpg", exif=_odd_exif(6, other))
+    assert read_image(tmp_path / "odd.jpg").shape == rgb.shape
+    src = read_source_set([tmp_path / "odd.png", tmp_path / "plain.png"])
+    assert src.exif is None and any("odd.png" in n and "EXIF" in n for n in src.notes)
+    odd, plain = str(tmp_path / "odd.jpg"), str(tmp_path / "plain.png")
+    assert main(["metrics", odd, plain, plain, "--metrics", "QG"]) == 0
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif"])
+def test_fuse_of_a_photo_whose_exif_pillow_cannot_rewrite_drops_it_with_a_note(tmp_path: Path, rgb, tiny_nets,
+                                                                                capsys, suffix) -> None:
+    from bafusion.cli import main
+
+    a = np.random.default_rng(2).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "odd.jpg", exif=_odd_exif(6, (0x011A, 2, 3, b"72\0\0")))
+    Image.fromarray(np.rot90(a, -1)).save(tmp_path / "plain.jpg")
+    out = tmp_path / f"f{suffix}"
+    assert main(["fuse", str(tmp_path / "odd.jpg"), str(tmp_path / "plain.jpg"), "-o", str(out),
+                 "--model", str(tiny_nets), "--device", "cpu", "--force"]) == 0
+    assert "odd.jpg" in capsys.readouterr().err
+    with Image.open(out) as im:
+        assert im.size == (24, 32)
+        assert im.getexif().get(0x0112, 1) == 1
+
+
 def test_metrics_command_reads_the_turned_pixels(tmp_path: Path, rgb, capsys) -> None:
     """One reader: ``bafusion metrics`` applies a file's EXIF orientation, as ``fuse`` does."""
     from bafusion.cli import main

@@ -103,11 +103,39 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         # TIFF opened by name and then turns it by its orientation tag into garbled pixels
         with _quiet_pillow(), open(p, "rb") as fh, Image.open(fh) as im:
             im.load()
-            return ImageOps.exif_transpose(im) or im
+            return _exif_transposed(im)
     except Image.DecompressionBombError as e:
         raise _too_large(p, e) from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise InputFileError(p, _tiff_problem(p) or _unreadable(e)) from e
+
+
+#: Image.transpose methods turning a stored image by its EXIF orientation (as ImageOps.exif_transpose).
+_TRANSPOSE = {2: (Image.Transpose.FLIP_LEFT_RIGHT,), 3: (Image.Transpose.ROTATE_180,),
+              4: (Image.Transpose.FLIP_TOP_BOTTOM,), 5: (Image.Transpose.TRANSPOSE,),
+              6: (Image.Transpose.ROTATE_270,), 7: (Image.Transpose.TRANSVERSE,), 8: (Image.Transpose.ROTATE_90,)}
+
+
+def _exif_transposed(im: Image.Image) -> Image.Image:
+    """``im`` turned by its EXIF orientation. Pillow's ``exif_transpose`` also rewrites the
+    EXIF block, which raises (TypeError, struct.error, ...) when another tag has a type Pillow
+    cannot write back (XResolution or ImageWidth as text): then the orientation is read from
+    ``getexif()`` and applied here, the pixels alone (the EXIF of the output is
+    :func:`source_metadata`'s, which drops such a block with a note)."""
+    try:
+        return ImageOps.exif_transpose(im) or im
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - Pillow's EXIF writer: any error of a malformed tag
+        pass
+    try:
+        orientation = im.getexif().get(_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - an EXIF Pillow cannot read: no orientation
+        return im
+    out = im
+    for method in _TRANSPOSE.get(orientation, ()) if isinstance(orientation, int) else ():
+        out = out.transpose(method)
+    return out
 
 
 def _too_large(p: Path, e: Exception) -> InputFileError:
@@ -1243,7 +1271,14 @@ def source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes |
     """(EXIF block with the orientation reset to 1, ICC profile) of an image file, each None
     when absent; a file Pillow cannot open has neither (a TIFF it cannot identify: its ICC
     profile only, read with tifffile). From a TIFF only its descriptive tags and its Exif and
-    GPS sub-IFDs are kept (its other tags describe its own layout)."""
+    GPS sub-IFDs are kept (its other tags describe its own layout). An EXIF block Pillow
+    reads but cannot write back (a tag of the wrong type, e.g. XResolution as text) is
+    dropped: :func:`_source_metadata` says so."""
+    return _source_metadata(path)[:2]
+
+
+def _source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes | None, str | None]:
+    """:func:`source_metadata` and the note for the user when an EXIF block was dropped."""
     try:
         with _quiet_pillow(), Image.open(path) as im:
             icc = im.info.get("icc_profile") or None
@@ -1251,14 +1286,20 @@ def source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes |
             if exif and im.format == "TIFF":
                 exif = _tiff_exif(exif)
             if not exif:
-                return None, icc
+                return None, icc, None
             if _ORIENTATION in exif:
                 exif[_ORIENTATION] = 1
-            return exif.tobytes(), icc
+            try:
+                return exif.tobytes(), icc, None
+            except MemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - Pillow's EXIF writer: any error of a malformed tag
+                return None, icc, (f"{os.fspath(path)}: its EXIF block is malformed ({e.__class__.__name__}: {e}): "
+                                   "the output carries no EXIF")
     except UnidentifiedImageError:
-        return None, _tiff_icc(Path(path))  # a 16-bit gray + alpha TIFF: tifffile reads its profile
+        return None, _tiff_icc(Path(path)), None  # a 16-bit gray + alpha TIFF: tifffile reads its profile
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None, None
+        return None, None, None
 
 
 def source_dpi(path: str | os.PathLike[str]) -> tuple[float, float] | None:
@@ -1437,8 +1478,9 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
         out[i] = scale_to_u8(a, b)
         assert full is not None
         full[i] = np.clip(np.round(a / float((1 << b) - 1) * 65535.0), 0, 65535).astype(np.uint16)
-    exif, icc = source_metadata(paths[0]) if metadata and paths else (None, None)
+    exif, icc, exif_note = _source_metadata(paths[0]) if metadata and paths else (None, None, None)
     notes = profile_notes(paths, icc) if metadata and len(paths) > 1 else []
+    notes += [exif_note] if exif_note else []
     notes += clipped
     images = [o for o in out if o is not None]
     if metadata:
