@@ -152,6 +152,38 @@ def test_a_16_bit_gray_alpha_tiff_is_read_as_16_bit_gray(tmp_path: Path) -> None
         read_image(tmp_path / "f.tif")
 
 
+def test_an_8_bit_gray_tiff_with_associated_alpha_reads_as_gray_unpremultiplied(tmp_path: Path) -> None:
+    """Gray + associated (premultiplied) alpha, Pillow's mode "La": "conversion from La to L
+    not supported" was an internal error. It reads as gray, the alpha divided out (as Pillow
+    does for RGBa) and dropped; image_info says gray."""
+    import tifffile
+
+    from bafusion.io import image_info
+
+    gray = np.array([[100, 200, 50], [10, 0, 255]], np.uint8)
+    alpha = np.array([[255, 128, 0], [255, 64, 255]], np.uint8)
+    stored = np.round(gray.astype(float) * alpha / 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "la.tif", np.dstack([stored, alpha]), photometric="minisblack",
+                     planarconfig="contig", extrasamples=["assocalpha"])
+    got = read_image(tmp_path / "la.tif")
+    assert got.shape == gray.shape and got.dtype == np.uint8
+    seen = alpha > 0
+    assert np.abs(got[seen].astype(int) - gray[seen]).max() <= 2  # un-premultiplied (rounding of the stored)
+    assert image_info(tmp_path / "la.tif").gray
+
+
+def test_a_mode_pillow_cannot_convert_is_named_not_an_internal_error(tmp_path: Path, monkeypatch) -> None:
+    """A ValueError of Pillow's convert (after the file was read) names the file."""
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(tmp_path / "c.png")
+
+    def refuse(self, mode=None, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - Pillow's signature
+        raise ValueError(f"conversion from {self.mode} to {mode} not supported")
+
+    monkeypatch.setattr(Image.Image, "convert", refuse)
+    with pytest.raises(InputFileError, match=r"c\.png: .*conversion from RGB to RGB not supported"):
+        read_image(tmp_path / "c.png")
+
+
 def test_a_damaged_8_bit_tiff_is_called_unreadable_not_unsupported(tmp_path: Path) -> None:
     """A truncated 8-bit TIFF: tifffile still reads its header, but 8-bit samples are
     supported, so the message says the file is unreadable (not 'unsupported sample format')."""

@@ -11,7 +11,10 @@ and metadata) -- the same rules for fusion, metrics, baselines, figures and the 
   ``evaluate`` say it too: a focus stack is given as one file per shot.
 * **Modes.** 8-bit gray (``L``), gray + alpha (``LA``; also at 16 bits, which Pillow opens as
   RGBA) and 1-bit (``1``, read as 0/255) give a gray (H, W) array; everything else (RGB, RGBA, palette with or without transparency,
-  CMYK, YCbCr, ...) gives RGB (H, W, 3). Alpha is dropped (never composited). ``rgb=True``
+  CMYK, YCbCr, ...) gives RGB (H, W, 3). Alpha is dropped (never composited); associated
+  (premultiplied) alpha of an 8-bit TIFF (Pillow's modes ``La``, gray, and ``RGBa``) is first
+  divided out, as Pillow converts ``RGBa`` (samples of alpha 0 keep theirs), so that the gray or
+  colour read is the one a viewer shows on full opacity, as for unassociated alpha. ``rgb=True``
   replicates gray to three channels (the data stages' foregrounds and backgrounds).
 * **Bit depth.** Files of at most 8 bits per sample are used as they are. Files of more (16-bit
   PNG or TIFF, gray or colour; 32-bit integer) are scaled to uint8 from the bit depth of their
@@ -210,7 +213,7 @@ class ImageInfo:
 
 
 #: Pillow modes read as gray (H, W): see the module docstring.
-_GRAY_MODES = ("L", "LA", "1", "F", "I", "I;16", "I;16B", "I;16L", "I;16N")
+_GRAY_MODES = ("L", "LA", "La", "1", "F", "I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 def image_info(path: str | os.PathLike[str], *, decode: bool = False) -> ImageInfo:
@@ -1614,6 +1617,16 @@ def _read_low(path: str | os.PathLike[str]) -> np.ndarray:
     as float64, to be scaled with the other float sources read with it
     (:func:`read_source_set`); NaN or infinite values are refused."""
     im = open_image(path)
+    try:
+        return _low_array(im, path)
+    except (ValueError, OSError) as e:  # Pillow's convert of a mode it has no conversion for
+        raise InputFileError(path, f"unsupported image mode {im.mode} ({e.__class__.__name__}: {e})") from e
+
+
+def _low_array(im: Image.Image, path: str | os.PathLike[str]) -> np.ndarray:
+    """:func:`_read_low` of the opened image ``im``."""
+    if im.mode == "La":  # gray + associated (premultiplied) alpha: divided out (La -> LA), as for RGBa
+        im = im.convert("LA")
     if im.mode in ("L", "LA", "1"):
         return np.asarray(im.convert("L"), dtype=np.uint8).copy()
     if im.mode == "F":
