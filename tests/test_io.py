@@ -201,6 +201,60 @@ def test_a_damaged_8_bit_tiff_is_called_unreadable_not_unsupported(tmp_path: Pat
     assert "unsupported" not in str(info.value)
 
 
+def _tiff_with_text_strip_offsets(path: Path) -> None:
+    """A 3x2 8-bit gray TIFF whose StripOffsets (an integer tag) is stored as ASCII text."""
+    import struct
+
+    w, h = 3, 2
+    entries = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 2, 2, int.from_bytes(b"x\0\0\0", "little")), (277, 3, 1, 1), (278, 4, 1, h), (279, 4, 1, w * h)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + b"\0" * 4
+    path.write_bytes(b"II*\0" + struct.pack("<I", 8) + ifd + bytes(range(w * h)))
+
+
+def test_a_tiff_with_an_integer_tag_stored_as_text_is_unreadable_not_an_internal_error(tmp_path: Path,
+                                                                                      capsys) -> None:
+    """Pillow's decoder raised TypeError ("'str' object cannot be interpreted as an integer"):
+    an internal error of every command. Any error of Pillow's open/load is the file's."""
+    from bafusion.cli import main
+    from bafusion.io import image_info
+
+    bad = tmp_path / "bad.png"  # a TIFF despite its name
+    _tiff_with_text_strip_offsets(bad)
+    with pytest.raises(InputFileError, match=r"bad\.png: unreadable image \(TypeError"):
+        read_image(bad)
+    with pytest.raises(InputFileError, match=r"bad\.png: unreadable image"):
+        image_info(bad, decode=True)
+    assert main(["metrics", str(bad), str(bad), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.png: unreadable image" in err and "internal error" not in err
+
+
+def test_a_png_chunk_longer_than_the_file_is_damaged_not_out_of_memory(tmp_path: Path) -> None:
+    """An IDAT chunk declaring 0xFFFFFFFF bytes in a 200-byte file: Pillow reads the declared
+    length at once, a MemoryError under a memory limit ("out of memory: try smaller images").
+    The file is named damaged."""
+    import os
+    import subprocess
+    import sys
+
+    resource = pytest.importorskip("resource")
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (17, 23), dtype=np.uint8)).save(good)
+    data = good.read_bytes()
+    at = data.index(b"IDAT") - 4
+    bad = tmp_path / "big.png"
+    bad.write_bytes(data[:at] + b"\xff\xff\xff\xff" + data[at + 4:])
+    code = (f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({1 << 30}, {1 << 30}))\n"
+            "from bafusion.io import read_image\n"
+            "from bafusion.errors import InputFileError\n"
+            f"try:\n    read_image({str(bad)!r})\nexcept InputFileError as e:\n    print(e)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "MemoryError" not in run.stderr, run.stderr[-2000:]
+    assert "big.png: damaged PNG" in run.stdout and "4294967295" in run.stdout, run.stdout
+
+
 def test_a_large_photo_and_damaged_exif_print_no_pillow_warning(tmp_path: Path, monkeypatch) -> None:
     """A photo between Pillow's bomb limit and twice it (90-179 MP by default: a 102 MP camera)
     is read without Pillow's "could be decompression bomb" warning, and EXIF cut short without

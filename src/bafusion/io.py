@@ -109,8 +109,45 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
             return _exif_transposed(im)
     except Image.DecompressionBombError as e:
         raise _too_large(p, e) from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except MemoryError as e:
+        raise _damaged_or(p, e) from e
+    except Exception as e:  # noqa: BLE001 - Pillow's readers: OSError, ValueError, but also TypeError,
+        # struct.error, IndexError, ... of a damaged file (a TIFF integer tag stored as text)
         raise InputFileError(p, _tiff_problem(p) or _unreadable(e)) from e
+
+
+def _damaged_or(p: Path, e: MemoryError) -> BaseException:
+    """The error for a MemoryError of Pillow reading ``p``: a PNG whose chunk declares more
+    bytes than the file holds (Pillow reads the declared length at once: 4 GiB for a length
+    of 0xFFFFFFFF) is damaged (:func:`_png_damage`); else ``e`` itself, out of memory."""
+    damage = _png_damage(p)
+    return InputFileError(p, damage) if damage else e
+
+
+def _png_damage(path: Path) -> str | None:
+    """Why a PNG's chunks cannot be walked (a chunk declaring more bytes than follow it in
+    the file), None when they can or it is no PNG. Chunk headers only."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            while True:
+                at = fh.tell()
+                head = fh.read(8)
+                if len(head) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", head)
+                left = size - at - 12  # after the length, type and CRC
+                if length > left:
+                    name = kind.decode("latin-1") if kind.isalpha() else repr(kind)
+                    return (f"damaged PNG: its {name} chunk at byte {at} declares {length} bytes, but only "
+                            f"{max(left, 0)} follow in the file of {size} bytes")
+                if kind == b"IEND":
+                    return None
+                fh.seek(length + 4, os.SEEK_CUR)
+    except OSError:
+        return None
 
 
 #: Image.transpose methods turning a stored image by its EXIF orientation (as ImageOps.exif_transpose).
@@ -252,7 +289,9 @@ def image_info(path: str | os.PathLike[str], *, decode: bool = False) -> ImageIn
         if info is None:
             raise InputFileError(p, _tiff_problem(p) or _unreadable(e)) from e
         return info
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
+    except MemoryError as e:
+        raise _damaged_or(p, e) from e
+    except Exception as e:  # noqa: BLE001 - any error of Pillow's readers (as open_image)
         raise InputFileError(p, _tiff_problem(p) or _unreadable(e)) from e
     gray = mode in _GRAY_MODES
     if fmt == "PNG" and mode == "RGBA":
@@ -1095,7 +1134,9 @@ def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None, bool] | 
         raise _too_large(path, e) from e
     except UnidentifiedImageError:
         return _tiff16_without_pillow(path)
-    except (OSError, ValueError, SyntaxError):
+    except MemoryError as e:
+        raise _damaged_or(path, e) from e
+    except Exception:  # noqa: BLE001 - any error of Pillow's readers: the 8-bit reader says why
         return None
     if fmt == "PNG":
         png = png_depth(path)
@@ -1301,7 +1342,9 @@ def _source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes 
                                    "the output carries no EXIF")
     except UnidentifiedImageError:
         return None, _tiff_icc(Path(path)), None  # a 16-bit gray + alpha TIFF: tifffile reads its profile
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except MemoryError as e:
+        raise _damaged_or(Path(path), e) from e
+    except Exception:  # noqa: BLE001 - any error of Pillow's readers (a bomb, a damaged header): no metadata
         return None, None, None
 
 
