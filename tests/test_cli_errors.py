@@ -335,6 +335,39 @@ def test_a_damaged_model_file_is_named_without_torchs_unsafe_advice(work: Path, 
     assert "weights_only" not in line and "train them with" not in line and "snakemake" not in line
 
 
+@pytest.mark.parametrize("edit,words", [
+    ({"arch": {"widths": [16, 32]}}, ["initial.json: arch.widths is [16, 32]", "3 positive integers"]),
+    ({"arch": {"widths": [-16, 32, 64]}}, ["initial.json: arch.widths is [-16, 32, 64]", "3 positive integers"]),
+    ({"arch": {"widths": [16, 32, 200000]}}, ["initial.json: arch.widths is [16, 32, 200000]", "at most"]),
+    ({"arch": {"widths": [16, 32, 128]}}, ["initial.json: arch.widths [16, 32, 128] does not match the weights in",
+                                           "initial.pt", "[16, 32, 64]"]),
+    ({"arch": {"depth": 1200002}}, ["initial.json: arch.depth is 1200002", "at most"]),
+    ({"arch": {"depth": 20.7}}, ["initial.json: arch.depth is 20.7", "integer"]),
+    ({"arch": {"depth": True}}, ["initial.json: arch.depth is True", "integer"]),
+    ({"arch": {"depth": 15}}, ["initial.json: arch.depth is 15", "6n+2"]),
+    ({"arch": {"depth": 14}}, ["initial.json: arch.depth 14 does not match the weights in", "initial.pt", "depth 8"]),
+    ({"patch": 1000000000}, ["initial.json: 'patch' is 1000000000", "at most"]),
+    ({"patch": 32.9}, ["initial.json: 'patch' must be an integer, got 32.9"]),
+], ids=["widths-two", "widths-negative", "widths-huge", "widths-other", "depth-huge", "depth-float", "depth-bool",
+        "depth-not-6n2", "depth-other", "patch-huge", "patch-float"])
+def test_a_hand_edited_model_description_is_refused_naming_the_field(work: Path, capsys, edit, words) -> None:
+    """The arch of a model's .json built the net before the weights were compared: [16, 32]
+    was a ValueError traceback, negative widths a RuntimeError, [16, 32, 200000] allocated
+    1.4 TB, depth 1200002 hung building, patch 1e9 ran out of memory, 32.9 and 20.7 were
+    silently truncated. Each is refused naming the .json and the field."""
+    import json
+
+    jp = work / "nets" / "initial.json"
+    meta = json.loads(jp.read_text())
+    for k, v in edit.items():
+        if isinstance(v, dict):
+            meta[k].update(v)
+        else:
+            meta[k] = v
+    jp.write_text(json.dumps(meta))
+    _refused([*FUSE, "-o", "F.png"], capsys, work, *words)
+
+
 def test_swapped_nets_are_refused_by_their_role(work: Path, capsys) -> None:
     """The .json beside each net names its role: a boundary net given as --initial was fused
     with silently (exit 0, a different result)."""
