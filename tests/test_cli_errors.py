@@ -620,6 +620,17 @@ def test_testset_never_writes_into_the_prepared_folder(work: Path, capsys, out: 
     ('{"foregrounds": [{"id": "f"}], "backgrounds": []}', ["foregrounds[0] lacks key 'image'"]),
     ('{"foregrounds": {}, "backgrounds": []}', ["'foregrounds' must be a list of objects"]),
     ("[]", ["a JSON object"]),
+    # hand-edited values: TypeError / h5py errors deep in composite before
+    ('{"foregrounds": [{"id": "f", "image": null, "matte": "m.png"}], "backgrounds": []}',
+     ["foregrounds[0]: 'image' must be a file name (a string), got None"]),
+    ('{"foregrounds": [{"id": "f", "image": 5, "matte": "m.png"}], "backgrounds": []}',
+     ["foregrounds[0]: 'image' must be a file name (a string), got 5"]),
+    ('{"foregrounds": [{"id": [1], "image": "f.png", "matte": "m.png"}], "backgrounds": []}',
+     ["foregrounds[0]: 'id' must be a non-empty string, got [1]"]),
+    ('{"foregrounds": [], "backgrounds": [{"id": "b", "image": "b.png"}, {"id": "b", "image": "c.png"}]}',
+     ["backgrounds[1]: id 'b' is also backgrounds[0]'s"]),
+    ('{"foregrounds": [{"id": "f", "image": "f.png", "matte": "m.png", "split": 1}], "backgrounds": []}',
+     ["foregrounds[0]: 'split' must be a string, got 1"]),
 ])
 @pytest.mark.parametrize("command", ["composite", "testset"])
 def test_a_manifest_without_its_keys_is_named_in_one_line(work: Path, capsys, doc: str, words: list[str],
@@ -630,6 +641,18 @@ def test_a_manifest_without_its_keys_is_named_in_one_line(work: Path, capsys, do
     argv = ["--shard", "0", "--shards", "1", "--out", "x.h5"] if command == "composite" else ["--out", "ts"]
     _refused([command, "--prepared", "prep", *argv], capsys, work, "prep/manifest.json: not a prepare manifest",
              "run the prepare step again", *words)
+
+
+def test_composite_without_training_backgrounds_says_so(work: Path, capsys) -> None:
+    """``"backgrounds": []`` with foregrounds to composite: an h5py chunk-shape error before."""
+    (work / "prep" / "fg").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(work / "prep" / "fg" / "f.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(work / "prep" / "fg" / "m.png")
+    (work / "prep" / "manifest.json").write_text(
+        '{"foregrounds": [{"id": "f", "image": "fg/f.png", "matte": "fg/m.png", "split": "train"}], '
+        '"backgrounds": [{"id": "b", "image": "fg/f.png", "split": "test"}]}\n')
+    _refused(["composite", "--prepared", "prep", "--shard", "0", "--shards", "1", "--out", "x.h5"], capsys, work,
+             "prep/manifest.json: no backgrounds of the train split", "composite needs at least one")
 
 
 @pytest.mark.parametrize("report", ["T/index.json", "./T/p-A.png", "T/sub/p-B.png"])

@@ -146,11 +146,32 @@ def load_manifest(prepared: Path) -> dict[str, Any]:
             raise InputFileError(p, f"not a prepare manifest: missing key {kind!r}: {again}")
         if not isinstance(manifest[kind], list) or not all(isinstance(e, dict) for e in manifest[kind]):
             raise InputFileError(p, f"not a prepare manifest: {kind!r} must be a list of objects: {again}")
+        seen: dict[str, int] = {}
         for i, e in enumerate(manifest[kind]):
             for k in keys:
                 if k not in e:
                     raise InputFileError(p, f"not a prepare manifest: {kind}[{i}] lacks key {k!r}: {again}")
+            # hand-edited values reached composite as TypeErrors and h5py errors (ids name HDF5 groups)
+            bad = _entry_problem(e, keys)
+            if bad:
+                raise InputFileError(p, f"not a prepare manifest: {kind}[{i}]: {bad}: {again}")
+            if e["id"] in seen:
+                raise InputFileError(p, f"not a prepare manifest: {kind}[{i}]: id {e['id']!r} is also "
+                                        f"{kind}[{seen[e['id']]}]'s (ids are unique): {again}")
+            seen[e["id"]] = i
     return manifest
+
+
+def _entry_problem(e: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    """What is wrong with the values of a manifest entry (its ``keys`` present), None if nothing."""
+    if not isinstance(e["id"], str) or not e["id"]:
+        return f"'id' must be a non-empty string, got {e['id']!r}"
+    for k in keys[1:]:
+        if not isinstance(e[k], str) or not e[k]:
+            return f"{k!r} must be a file name (a string), got {e[k]!r}"
+    if "split" in e and not isinstance(e["split"], str):
+        return f"'split' must be a string, got {e['split']!r}"
+    return None
 
 
 def entries(manifest: dict[str, Any], kind: str, split: str) -> list[dict[str, Any]]:
