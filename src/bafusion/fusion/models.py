@@ -66,8 +66,9 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise UserError(f"--device {device}: {e}") from e
 
 
-#: The largest patch side a model description may give (:func:`_load_one`).
-MAX_PATCH = 1024
+#: The largest patch side a model description may give (:func:`_load_one`): fuse.tile's
+#: ceiling (params schema), far above any patch trained (the paper's 32 and 64).
+MAX_PATCH = 4096
 
 
 def _load_one(path: Path, device: torch.device, role: str | None = None) -> tuple[CifarResNet, int]:
