@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from bafusion.atomic import atomic_dir
+from bafusion.data.mattes import matte_warning
 from bafusion.data.sources import Background, Foreground, check_foreground, select
 from bafusion.errors import InputFileError, UserError
 from bafusion.io import resize, scaled_size, write_image
@@ -38,8 +39,12 @@ class PrepareOptions:
 
 
 def prepare_foreground(fg: Foreground, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Load, check and resize one foreground and its matte with the same antialiased filter."""
+    """Load, check and resize one foreground and its matte with the same antialiased filter.
+    A matte almost all background or all foreground is warned about on stderr."""
     img, matte = check_foreground(fg)
+    warn = matte_warning(matte)
+    if warn:
+        print(f"{fg.matte_origin or fg.origin}: warning: {warn}", file=sys.stderr)
     if scale != 1.0:
         size = scaled_size(img.shape, scale)
         img, matte = resize(img, size), resize(matte, size)
