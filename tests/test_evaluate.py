@@ -830,3 +830,69 @@ def test_real_dataset_config_finds_41_pairs_and_30_peers(shared_data: Path) -> N
         ev._check_peer_rows(ds, pairs)
         assert ds.sets == ("savic", "tsai", "stand")
         assert [ds.quality_for(n) for n in ("savic-01", "tsai-11", "stand-08")] == [75, 75, 92]
+
+
+def test_a_dataset_given_on_the_command_line_compares_the_methods_of_its_reference_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`--dataset mine=PAIRS,REF` with one's own method in REF/MyGFF/ failed with '... fused
+    image(s) of method(s) 'NSCT', 'SR', ... missing', never saying which key selects them; the
+    sub-folders of REF are now its reference methods (said on stderr)."""
+    src, imgs = _write_set(tmp_path, ["p1", "p2"])
+    ref = _write_reference(tmp_path, imgs, {"MyGFF": gff_fuse, "CNN": laplacian_fuse})
+    (ref / ".cache").mkdir()  # not a method
+    out = tmp_path / "ev"
+    rc = cli_main(["evaluate", "--dataset", f"mine={src},{ref}", "--methods", "Laplacian", "--metrics", "QG",
+                   "--root", str(tmp_path), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert (f"dataset 'mine': reference methods CNN, MyGFF: the sub-folders of {ref} (<REF>/<METHOD>/<pair>.<ext>; "
+            "set the dataset's reference_methods in --params-json to choose)") in err, err
+    rows = list(csv.DictReader((out / "mine" / "metrics.csv").open()))
+    assert sorted({r["method"] for r in rows}) == ["CNN", "Laplacian", "MyGFF"]
+
+
+def test_a_reference_method_in_methods_says_where_it_goes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src, imgs = _write_set(tmp_path, ["p1"])
+    ref = _write_reference(tmp_path, imgs, {"MyGFF": gff_fuse})
+    rc = cli_main(["evaluate", "--dataset", f"mine={src},{ref}", "--methods", "Laplacian,MyGFF", "--metrics", "QG",
+                   "--root", str(tmp_path), "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert ("--methods: 'MyGFF' is not a method computed here (Ours-initial, Ours, GFF-native, Laplacian): a method "
+            "with fused images of its own is a reference method, read from <REF>/MyGFF/<pair>.<ext>") in err, err
+    assert "reference_methods" in err and f"; {ref / 'MyGFF'} exists, so it is compared already" in err
+
+
+def test_dataset_option_with_datasets_in_params_json_merges_or_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--dataset dropped the datasets of --params-json silently. A JSON dataset of the same name
+    gives its settings (reference_methods here); another name is refused."""
+    src, imgs = _write_set(tmp_path, ["p1"])
+    ref = _write_reference(tmp_path, imgs, {"MyGFF": gff_fuse, "CNN": laplacian_fuse})
+    base = ["evaluate", "--dataset", f"mine={src},{ref}", "--methods", "Laplacian", "--metrics", "QG",
+            "--root", str(tmp_path), "--out", str(tmp_path / "ev")]
+    other = {"datasets": [{"name": "other", "sources": str(src)}]}
+    assert cli_main([*base, "--params-json", json.dumps(other)]) == 2
+    err = capsys.readouterr().err
+    assert ("--dataset mine: --params-json gives evaluate.datasets too ('other'), which --dataset would drop: "
+            "name the dataset as one of them to take its settings (e.g. reference_methods), or leave "
+            "'datasets' out of --params-json") in err, err
+    same = {"datasets": [{"name": "mine", "sources": "elsewhere", "reference_methods": ["MyGFF"]}]}
+    assert cli_main([*base, "--params-json", json.dumps(same)]) == 0, capsys.readouterr().err
+    rows = list(csv.DictReader((tmp_path / "ev" / "mine" / "metrics.csv").open()))
+    assert sorted({r["method"] for r in rows}) == ["Laplacian", "MyGFF"]
+
+
+def test_missing_reference_methods_error_says_which_key_selects_them(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    src, imgs = _write_set(tmp_path, ["p1"])
+    ref = _write_reference(tmp_path, imgs, {"MyGFF": gff_fuse})
+    cfg = {"methods": ["Laplacian"], "datasets": [{"name": "mine", "sources": str(src), "reference": str(ref)}]}
+    assert cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert ("6 fused image(s) of method(s) 'NSCT', 'SR', 'NSCT-SR', 'GFF', 'DSIFT', 'CNN' missing" in err
+            and "the methods read from the reference folder are the dataset's reference_methods (default NSCT, "
+                "SR, NSCT-SR, GFF, DSIFT, CNN), each in <reference>/<METHOD>/<pair>.<ext>; its sub-folders: MyGFF"
+            in err), err

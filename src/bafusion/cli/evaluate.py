@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,12 +21,14 @@ from bafusion.errors import UserError
 from bafusion.evaluation.evaluate import (
     DEFAULT_METHODS,
     DEFAULT_METRICS,
+    NATIVE_METHODS,
     OURS,
     OURS_INITIAL,
     _config_dict,
     check_datasets,
     check_report_paths,
     parse_config,
+    reference_folders,
     run_evaluation,
 )
 from bafusion.schema import maximum
@@ -52,6 +56,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     flagged = bool(args.methods or args.metrics or args.dataset)
     if args.methods:
         section_["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+        _check_methods(section_["methods"], args.dataset)
     if args.metrics:
         section_["metrics"] = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if args.dataset:
@@ -64,9 +69,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             one["reference"] = ref
         if args.pattern:
             one["pattern"] = args.pattern
+        one = {**_json_dataset(args.params_json, name), **one}  # its settings (reference_methods, ...)
         section_["datasets"] = [one]
     # the project the stage runs in (in `dvc exp run --temp`, DVC's copy: its data/testset)
     root = Path(args.root) if args.root else project_root()
+    if args.dataset and section_["datasets"][0].get("reference") and not section_["datasets"][0].get("reference_methods"):
+        one = section_["datasets"][0]
+        from bafusion.workspace import resolve
+
+        found = reference_folders(resolve(one["reference"], root))
+        computed = [m for m in found if m in (OURS, OURS_INITIAL, *NATIVE_METHODS)]
+        one["reference_methods"] = [m for m in found if m not in computed]
+        if one["reference_methods"]:
+            print(f"bafusion evaluate: dataset {one['name']!r}: reference methods {', '.join(one['reference_methods'])}: "
+                  f"the sub-folders of {one['reference']} (<REF>/<METHOD>/<pair>.<ext>; set the dataset's "
+                  "reference_methods in --params-json to choose)"
+                  + (f"; {', '.join(computed)} left out (computed here)" if computed else ""), file=sys.stderr)
+        else:
+            raise UserError(f"--dataset {args.dataset}: {one['reference']} holds no method folders: the reference "
+                            "folder holds one sub-folder of fused images per method, <REF>/<METHOD>/<pair>.<ext>")
     cfg = parse_config(section_, root, source="command line" if flagged else "parameters")
     check_report_paths(cfg, args.out, args.report, args.plots)  # before any work: inputs are never overwritten
     check_datasets(cfg)  # a missing reference image or peer value: before the nets are loaded
@@ -88,6 +109,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     run_evaluation(cfg, args.out, nets, fusion, run_params, args.report, args.plots, checked=True)
     print(f"evaluation written to {args.out}")
     return 0
+
+
+def _check_methods(methods: list[str], dataset: str | None) -> None:
+    """--methods names methods computed here; one that is not (one's own method, with fused
+    images of its own) is refused saying where such a method goes, not with the schema's bare
+    'not one of'."""
+    computed = (OURS_INITIAL, OURS, *NATIVE_METHODS)
+    for m in methods:
+        if m not in computed:
+            ref = dataset.partition(",")[2] if dataset else ""
+            there = (f"; {Path(ref) / m} exists, so it is compared already: leave it out of --methods"
+                     if ref and (Path(ref) / m).is_dir() else "")
+            raise UserError(
+                f"--methods: {m!r} is not a method computed here ({', '.join(computed)}): a method with fused "
+                f"images of its own is a reference method, read from <REF>/{m}/<pair>.<ext>: with --dataset "
+                "NAME=PAIRS,REF every sub-folder of REF is one; in a parameter file, list it in the dataset's "
+                "reference_methods" + there)
+
+
+def _json_dataset(params_json: str | None, name: str) -> dict[str, Any]:
+    """The settings of dataset ``name`` in --params-json's ``datasets`` (empty when it has none);
+    a ``datasets`` without ``name`` is refused: --dataset would drop it silently."""
+    if not params_json:
+        return {}
+    given = json.loads(params_json)
+    datasets = given.get("datasets") if isinstance(given, dict) else None
+    if not datasets:
+        return {}
+    names = [str(d.get("name")) for d in datasets if isinstance(d, dict)]
+    if name not in names:
+        raise UserError(f"--dataset {name}: --params-json gives evaluate.datasets too ({', '.join(map(repr, names))}), "
+                        "which --dataset would drop: name the dataset as one of them to take its settings (e.g. "
+                        "reference_methods), or leave 'datasets' out of --params-json")
+    return {k: v for k, v in datasets[names.index(name)].items() if k not in ("sources", "reference", "pattern")}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -973,11 +973,24 @@ def _check_reference_images(ds: Dataset, pairs: Sequence[Pair]) -> None:
         missing += lacking
         methods += [repr(m)] if lacking else []
     if missing:
+        found = reference_folders(ds.reference)
         raise InputFileError(
             ds.reference, f"dataset {ds.name!r}: {n} fused image(s) of method(s) {', '.join(methods)} missing: "
             + ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            + f" (* = {', '.join(RESULT_EXTENSIONS)})"
+            + f" (* = {', '.join(RESULT_EXTENSIONS)}); the methods read from the reference folder are the dataset's "
+            f"reference_methods (default {', '.join(REFERENCE_METHODS)}), each in <reference>/<METHOD>/<pair>.<ext>; "
+            f"its sub-folders: {', '.join(found) if found else 'none'}"
         )
+
+
+def reference_folders(reference: Path) -> list[str]:
+    """The method folders of a ``reference`` root (its sub-folders, but dot-folders): the paper's
+    six first, in their order, then the others by name."""
+    try:
+        names = {p.name for p in Path(reference).iterdir() if p.is_dir() and not p.name.startswith(".")}
+    except OSError:
+        return []
+    return [m for m in REFERENCE_METHODS if m in names] + sorted(names - set(REFERENCE_METHODS))
 
 
 def _check_sources(ds: Dataset, pairs: Sequence[Pair]) -> None:
