@@ -896,3 +896,22 @@ def test_missing_reference_methods_error_says_which_key_selects_them(tmp_path: P
             and "the methods read from the reference folder are the dataset's reference_methods (default NSCT, "
                 "SR, NSCT-SR, GFF, DSIFT, CNN), each in <reference>/<METHOD>/<pair>.<ext>; its sub-folders: MyGFF"
             in err), err
+
+
+@pytest.mark.parametrize("which", ["truth", "dm"])
+def test_a_truth_or_map_of_another_size_fails_before_any_fusion(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, which: str
+) -> None:
+    """A truth image of the wrong size was found only on reaching its pair, after the pairs
+    before it were fused; it is checked with the sources now."""
+    src, imgs = _write_set(tmp_path, ["p1", "p2"])
+    Image.fromarray(imgs["p2"][2][:40, :50]).save(src / f"p2-{which}.png")
+    fused = []
+    monkeypatch.setattr("bafusion.evaluation.baselines.laplacian_fuse",
+                        lambda a, b: fused.append(1) or laplacian_fuse(a, b))
+    rc = cli_main(["evaluate", "--dataset", f"t={src}", "--methods", "Laplacian", "--metrics", "QG",
+                   "--root", str(tmp_path), "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    what = "truth" if which == "truth" else "decision map"
+    assert rc == 2 and not fused, err
+    assert (f"p2-{which}.png: dataset 't', pair 'p2': {what} is 50x40 (WxH) but the sources are 56x48") in err, err

@@ -997,14 +997,23 @@ def _check_sources(ds: Dataset, pairs: Sequence[Pair]) -> None:
     """Fail before any fusion when a pair's source is no readable image (its first frame is
     decoded, so a truncated file is caught; the sources are small beside the fusion) or its A
     and B differ in size: either was found only on reaching the pair, after fusing the ones
-    before it. The error names the file, the dataset and the pair."""
+    before it. So is a truth or true decision map of another size than the sources. The error
+    names the file, the dataset and the pair."""
     from bafusion.io import check_same_sizes, image_info
 
     for p in pairs:
+        where = f"dataset {ds.name!r}, pair {p.name!r}"
         try:
-            check_same_sizes([image_info(p.a, decode=True), image_info(p.b, decode=True)])
+            info = image_info(p.a, decode=True)
+            check_same_sizes([info, image_info(p.b, decode=True)])
+            for path, what in ((p.truth, "truth"), (p.dm, "decision map")):
+                if path is not None:
+                    t = image_info(path, decode=True)
+                    if (t.width, t.height) != (info.width, info.height):
+                        raise InputFileError(path, f"{what} is {t.width}x{t.height} (WxH) but the sources are "
+                                                   f"{info.width}x{info.height}")
         except InputFileError as e:
-            raise InputFileError(e.path, f"dataset {ds.name!r}, pair {p.name!r}: {e.problem}") from None
+            raise InputFileError(e.path, f"{where}: {e.problem}") from None
 
 
 def source_notes(ds: Dataset, pairs: Sequence[Pair]) -> list[str]:
