@@ -915,3 +915,18 @@ def test_a_truth_or_map_of_another_size_fails_before_any_fusion(
     what = "truth" if which == "truth" else "decision map"
     assert rc == 2 and not fused, err
     assert (f"p2-{which}.png: dataset 't', pair 'p2': {what} is 50x40 (WxH) but the sources are 56x48") in err, err
+
+
+def test_a_fused_image_equal_to_the_truth_has_infinite_psnr_and_wins() -> None:
+    """PSNR of a perfect output is infinite: it was shown as 'n/a (0)' and an empty CSV cell,
+    treated as undefined, so the perfect method could not win. NaN (undefined) stays n/a."""
+    t = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    assert ev.truth_metrics(t, t)["PSNR"] == math.inf
+    rows = _rows({"p1": {"Perfect": {"PSNR": math.inf}, "Other": {"PSNR": 30.0}, "Flat": {"PSNR": NAN}},
+                  "p2": {"Perfect": {"PSNR": 40.0}, "Other": {"PSNR": 35.0}, "Flat": {"PSNR": NAN}}})
+    methods = ["Perfect", "Other", "Flat"]
+    table = ev.table_markdown(rows, methods, ["PSNR"])
+    assert "| Perfect | **inf** (2) |" in table and "| Other | 32.50 (0) |" in table and "| Flat | n/a (0) |" in table
+    assert ev.rank_of(rows, methods, "PSNR", "Perfect") == (1, 2)
+    cells = ev.rows_to_csv(rows, ["pair", "method", "PSNR"]).splitlines()
+    assert "p1,Perfect,inf" in cells and "p1,Flat," in cells
