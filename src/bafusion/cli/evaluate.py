@@ -73,11 +73,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         section_["datasets"] = [one]
     # the project the stage runs in (in `dvc exp run --temp`, DVC's copy: its data/testset)
     root = Path(args.root) if args.root else project_root()
-    if args.dataset and section_["datasets"][0].get("reference") and not section_["datasets"][0].get("reference_methods"):
-        one = section_["datasets"][0]
+    one = section_["datasets"][0] if args.dataset else {}
+    if one.get("reference") and not one.get("reference_methods") and not one.get("reference_metrics"):
+        # (with a reference_metrics CSV from --params-json, its default stays: the six, then the CSV's)
         from bafusion.workspace import resolve
 
-        found = reference_folders(resolve(one["reference"], root))
+        ref_dir = resolve(one["reference"], root)
+        if not ref_dir.is_dir():
+            raise UserError(f"--dataset {args.dataset}: reference folder {ref_dir} not found (it holds one sub-folder "
+                            "of fused images per method, <REF>/<METHOD>/<pair>.<ext>)")
+        found = reference_folders(ref_dir)
         computed = [m for m in found if m in (OURS, OURS_INITIAL, *NATIVE_METHODS)]
         one["reference_methods"] = [m for m in found if m not in computed]
         if one["reference_methods"]:
