@@ -930,3 +930,11 @@ def test_a_fused_image_equal_to_the_truth_has_infinite_psnr_and_wins() -> None:
     assert ev.rank_of(rows, methods, "PSNR", "Perfect") == (1, 2)
     cells = ev.rows_to_csv(rows, ["pair", "method", "PSNR"]).splitlines()
     assert "p1,Perfect,inf" in cells and "p1,Flat," in cells
+
+
+def test_a_command_line_reference_folder_that_is_missing_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src, _ = _write_set(tmp_path, ["p1"])
+    rc = cli_main(["evaluate", "--dataset", f"t={src},{tmp_path / 'nope'}", "--methods", "Laplacian", "--metrics", "QG",
+                   "--root", str(tmp_path), "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"reference folder {tmp_path / 'nope'} not found" in err, err
