@@ -263,3 +263,67 @@ def test_a_folder_that_refuses_the_temporary_file_is_named_by_the_output(tmp_pat
     with pytest.raises(PermissionError) as e, atomic_file(tmp_path / "out.png"):
         pass
     assert e.value.filename == str(tmp_path / "out.png") and e.value.strerror == "Permission denied"
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    return int(proc.stdout)
+
+
+def test_a_leftover_is_removed_only_when_its_process_is_gone_from_our_own_pid_namespace(tmp_path: Path) -> None:
+    # a process of another PID namespace (a container with the host's network: same hostname)
+    # is invisible to os.kill: its folder, in use, was deleted under it and its rename failed
+    import socket
+
+    from bafusion.atomic import PART_MARKER, _marker_text
+
+    host, pid = socket.gethostname(), _dead_pid()
+    ours = _marker_text(pid)
+    assert ours.split()[:2] == [host, str(pid)]
+    fields = dict(f.split("=", 1) for f in ours.split()[2:])
+    assert set(fields) == {"pidns", "boot"}
+    other_ns = f"{host} {pid} pidns={fields['pidns']}1 boot={fields['boot']}\n"
+    other_boot = f"{host} {pid} pidns={fields['pidns']} boot=another-boot\n"
+    old_format = f"{host} {pid}\n"  # can not tell the namespace: left alone
+    for name, text in (("ns", other_ns), ("boot", other_boot), ("old", old_format), ("dead", ours)):
+        wrap = tmp_path / f".{name}.png.part-x"
+        wrap.mkdir()
+        (wrap / name).write_text("half")
+        (wrap / PART_MARKER).write_text(text)
+    write_text(tmp_path / "out.txt", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".boot.png.part-x", ".ns.png.part-x", ".old.png.part-x",
+                                                          "out.txt"]
+    # atomic_dir's sweep goes by the same rule
+    for name, text in (("ns", other_ns), ("dead", ours)):
+        wrap = tmp_path / f".d.part-{name}"
+        wrap.mkdir()
+        (wrap / PART_MARKER).write_text(text)
+    with atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "a").write_text("x")
+    assert sorted(p.name for p in tmp_path.glob(".d.part-*")) == [".d.part-ns"]
+
+
+def test_a_run_in_another_pid_namespace_of_the_same_host_keeps_our_temporary_folder(tmp_path: Path) -> None:
+    # the reviewer's reproduction: a run in a PID namespace of its own (a container with the
+    # host's network, `unshare -p`) found our folder's process gone and deleted it under us
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "--pid", "--fork", "--mount-proc", "true"],
+                                         capture_output=True, check=False).returncode != 0:
+        pytest.skip("needs unshare --pid (root)")
+    code = "import sys\nfrom bafusion.atomic import write_text\nwrite_text(sys.argv[1], '{}')\n"
+    with atomic_file(tmp_path / "result.png") as tmp:
+        tmp.write_text("ours")
+        subprocess.run([unshare, "--pid", "--fork", "--mount-proc", sys.executable, "-c", code,
+                        str(tmp_path / "other.json")], check=True)
+    assert (tmp_path / "result.png").read_text() == "ours" and (tmp_path / "other.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json", "result.png"]
