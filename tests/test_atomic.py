@@ -327,3 +327,32 @@ def test_a_run_in_another_pid_namespace_of_the_same_host_keeps_our_temporary_fol
                         str(tmp_path / "other.json")], check=True)
     assert (tmp_path / "result.png").read_text() == "ours" and (tmp_path / "other.json").read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json", "result.png"]
+
+
+def test_an_output_name_of_up_to_255_bytes_is_written(tmp_path: Path) -> None:
+    # the hidden folder `.<name>.part-<random>` is 15 bytes longer than the name: names of
+    # 241-255 bytes failed with "File name too long", naming the output
+    from bafusion.atomic import PART_MARKER, _marker_text
+
+    name = "a" * 242 + ".png"  # 246 bytes
+    write_text(tmp_path / name, "x")
+    assert (tmp_path / name).read_text() == "x" and [p.name for p in tmp_path.iterdir()] == [name]
+    wide = "a" + "é" * 124 + ".txt"  # 253 bytes
+    write_text(tmp_path / wide, "y")
+    assert (tmp_path / wide).read_text() == "y"
+    # a leftover of a dead run of such an output (shortened name) is found by the next run
+    folder = tmp_path / ("d" * 250)
+    with atomic_dir(folder) as tmp:
+        (tmp / "a").write_text("1")
+    from bafusion.atomic import _part_prefix
+
+    _part_prefix(tmp_path / wide).encode("utf-8")  # a shortened name never splits a character
+    prefix = _part_prefix(folder)
+    assert len(os.fsencode(prefix)) + 8 <= 255 and prefix.startswith(".ddd") and prefix.endswith(".part-")
+    wrap = tmp_path / (prefix + "deadbeef")
+    wrap.mkdir()
+    (wrap / PART_MARKER).write_text(_marker_text(_dead_pid()))
+    with atomic_dir(folder) as tmp:
+        (tmp / "a").write_text("2")
+    assert (folder / "a").read_text() == "2" and not wrap.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, wide, folder.name])

@@ -143,12 +143,32 @@ def _remove_stale(pattern: str, folder: Path) -> list[Path]:
     return removed
 
 
+#: The longest name part of a temporary folder ``.<name>.part-<random>``, in bytes: a longer
+#: output name is cut there (at a character's start), so that the folder's name stays within
+#: the 255 bytes a file system allows a name (``.``, ``.part-`` and the 8 random characters
+#: add 15: outputs of 241-255 bytes failed with "File name too long").
+_PART_NAME_BYTES = 200
+
+
+def _part_prefix(final: Path) -> str:
+    """``.<name>.part-``: the start of the name of a temporary folder of ``final``, ``<name>``
+    being ``final``'s name, or its first :data:`_PART_NAME_BYTES` bytes where the whole one
+    would make too long a folder name (the file inside keeps the whole name)."""
+    raw = os.fsencode(final.name)
+    if len(raw) + 15 > 255:
+        cut = _PART_NAME_BYTES
+        while cut > 0 and (raw[cut] & 0xC0) == 0x80:  # not inside a UTF-8 character
+            cut -= 1
+        raw = raw[:cut]
+    return f".{os.fsdecode(raw)}.part-"
+
+
 def remove_stale_parts(final: Path) -> list[Path]:
     """Remove the temporary folders ``.<name>.part-*`` beside ``final`` left by killed runs of
     :func:`atomic_dir` or :func:`atomic_file`: only those holding :data:`PART_MARKER` written by
     a process of this host, PID namespace and boot that no longer runs (a run in progress, of
     this host, another container or another host, keeps its own). Returns the folders removed."""
-    return _remove_stale(f".{glob.escape(final.name)}.part-*", final.parent)
+    return _remove_stale(f"{glob.escape(_part_prefix(final))}*", final.parent)
 
 
 def remove_stale_parts_in(folder: Path) -> list[Path]:
@@ -167,7 +187,7 @@ def _new_part(final: Path) -> Path:
     """Make the hidden temporary folder ``.<name>.part-<random>`` beside ``final``, marked by
     :data:`PART_MARKER` as this process's. An error names ``final``, not the random name."""
     try:
-        wrap = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.part-"))
+        wrap = Path(tempfile.mkdtemp(dir=final.parent, prefix=_part_prefix(final)))
     except OSError as e:
         raise OSError(e.errno, e.strerror, os.fspath(final)) from e
     try:
