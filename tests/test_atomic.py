@@ -356,3 +356,20 @@ def test_an_output_name_of_up_to_255_bytes_is_written(tmp_path: Path) -> None:
         (tmp / "a").write_text("2")
     assert (folder / "a").read_text() == "2" and not wrap.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, wide, folder.name])
+
+
+def test_a_relative_output_is_written_where_it_named_when_the_block_changes_folder(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    # a chdir inside the block made the rename fail and left the hidden temporary folder behind
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with atomic_file("out.txt") as tmp:
+        tmp.write_text("x")
+        os.chdir(tmp_path / "elsewhere")
+    os.chdir(tmp_path)
+    with atomic_dir("d") as tmp:
+        (tmp / "a").write_text("y")
+        os.chdir(tmp_path / "elsewhere")
+    assert (tmp_path / "out.txt").read_text() == "x" and (tmp_path / "d" / "a").read_text() == "y"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "elsewhere", "out.txt"]
+    assert list((tmp_path / "elsewhere").iterdir()) == []

@@ -230,7 +230,7 @@ def atomic_file(path: str | os.PathLike[str], *, name: str | None = None) -> Ite
     it, and every other leftover of a dead run of theirs there (:func:`remove_stale_parts_in`),
     once per folder and process. One left by another machine or container (PID namespace), or
     by a version before 2026-12-05 (a marker without the namespace), stays until removed by hand."""
-    final = Path(path)
+    final = Path(os.path.abspath(path))  # a chdir inside the block changes nothing
     if final.is_symlink():
         final = final.resolve()
     if name is not None and (name in ("", ".", "..", PART_MARKER) or Path(name).name != name):
@@ -263,7 +263,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     :data:`PART_MARKER`: a folder of the user's (``<name>.part``, ``<name>.old``) is never
     touched (the fixed names deleted them), and the leftovers of a killed run are removed by the
     next run (:func:`remove_stale_parts`)."""
-    final = Path(path)
+    final = Path(os.path.abspath(path))  # a chdir inside the block changes nothing
     if final.is_symlink():
         final = final.resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
