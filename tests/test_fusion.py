@@ -480,6 +480,57 @@ def test_cli_fuse_writes_output_and_maps(tmp_path: Path, model_dir: Path, scene)
     assert not list(tmp_path.rglob("*.part")) and not list(tmp_path.rglob(".*.part-*"))
 
 
+def _uniform_result(h: int = 60, w: int = 80, value: float = 1.0):
+    """A FusionResult whose maps are all ``value`` (1: take A everywhere) and a white fused image."""
+    from bafusion.fusion.rule import FusionResult
+
+    s = np.full((h, w), value, np.float32)
+    dm = np.full((h, w), value > 0.5)
+    return FusionResult(fused=np.full((h, w, 3), 255, np.uint8), score_initial=s, score_mean=s,
+                        near_boundary=np.zeros((h, w), bool), score_refined=s, decision_raw=dm, decision=dm)
+
+
+def test_fig3_frames_every_panel_so_an_all_white_map_shows(tmp_path: Path) -> None:
+    # Fig. 3 drew its panels with axis("off") on a white page: a decision map that takes A
+    # everywhere (all white) was a blank gap, white edge regions blended into the page
+    from bafusion.fusion.maps import figure_maps
+
+    figure_maps(_uniform_result(), tmp_path / "f.png", title="all A")
+    g = np.asarray(Image.open(tmp_path / "f.png").convert("L"))
+    row = g[g.shape[0] // 2] < 128  # through the middle of the panels
+    runs = int(np.count_nonzero(row[1:] & ~row[:-1]) + row[0])
+    assert runs >= 8, runs  # a left and a right edge for each of the four panels
+
+
+def test_fig3_says_what_its_grays_mean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the score panels had no scale and the decision map did not say which source white takes
+    import bafusion.fusion.maps as maps
+
+    figs = []
+    monkeypatch.setattr(maps, "save_figure", lambda fig, path: figs.append(fig))
+    maps.figure_maps(_uniform_result(), tmp_path / "f.png")
+    fig = figs[0]
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == list(maps.FIG3_PANELS), titles
+    assert "white = A" in titles[2]
+    every = [*fig.axes, *(child for ax in fig.axes for child in ax.child_axes)]
+    labels = [ax.get_xlabel() or ax.get_ylabel() for ax in every]
+    assert labels.count(maps.SCORE_LABEL) == 2, labels  # a colour bar for each score panel
+    bars = [ax for ax in every if (ax.get_xlabel() or ax.get_ylabel()) == maps.SCORE_LABEL]
+    assert all(ax.get_xlim() == (0.0, 1.0) or ax.get_ylim() == (0.0, 1.0) for ax in bars)
+
+
+def test_fig3_of_a_camera_size_pair_has_readable_panels(tmp_path: Path) -> None:
+    from bafusion.fusion.maps import figure_maps
+
+    figure_maps(_uniform_result(1950 // 10, 2600 // 10), tmp_path / "small.png")
+    w, h = Image.open(tmp_path / "small.png").size
+    assert w <= 1400 and h <= 500, (w, h)  # a small pair: one row of four
+    figure_maps(_uniform_result(1950, 2600), tmp_path / "big.png")
+    w, h = Image.open(tmp_path / "big.png").size
+    assert w <= 1600 and h >= 900, (w, h)  # 2 x 2: panels of about 600 px, not 300
+
+
 def test_cli_errors_leave_no_output(tmp_path: Path, model_dir: Path, scene, capsys) -> None:
     pa, pb = _write_pair(tmp_path, scene)
     out = tmp_path / "f.png"
