@@ -125,7 +125,9 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--metrics", "m.pt"],
          ["m.pt: given both as --out and as --metrics"]),
         ([*FUSE, "-o", "F.png", "--threads", "-3"], ["--threads -3", "positive number"]),
-        ([*FUSE, "-o", "F.png", "--alpha", "-1"], ["--alpha -1", "0 or more"]),
+        ([*FUSE, "-o", "F.png", "--alpha", "-1"], ["--alpha -1", "more than 0"]),
+        ([*FUSE, "-o", "F.png", "--alpha", "0"], ["--alpha 0", "more than 0", "all black"]),  # were all-black maps
+        ([*FUSE, "-o", "F.png", "--alpha", "nan"], ["--alpha nan", "more than 0"]),
         (["fuse-dir", ".", "out", "--model", "nets", "--threads", "-1"], ["--threads -1"]),
         (["fuse-dir", ".", "out", "--model", "nets", "--alpha", "3"], ["unrecognized arguments: --alpha"]),  # no maps
         (["baseline", "a.png", "b.png", "-o", "afile/F.png"], ["afile is a file, not a folder"]),

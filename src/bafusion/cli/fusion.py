@@ -157,8 +157,9 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
     if args.threads is not None and not 1 <= args.threads <= maximum("fuse.threads"):
         raise UserError(f"--threads {args.threads}: give a positive number of CPU threads, at most "
                         f"{maximum('fuse.threads')} (omit it for the default)")
-    if not other["alpha"] >= 0:
-        raise UserError(f"--alpha {other['alpha']:g}: the difference-map gain must be 0 or more")
+    if not other["alpha"] > 0:  # 0 made all-black difference maps; NaN fails too
+        raise UserError(f"--alpha {other['alpha']:g}: the difference-map gain alpha*|B-F| must be more than 0 "
+                        "(0 would write all black difference maps; the paper's is 10)")
     fusion = FusionParams.from_mapping(merged, source="command line")  # file and JSON are checked: the flags
     threads = args.threads or base["threads"]
     if not threads:
