@@ -938,3 +938,32 @@ def test_a_command_line_reference_folder_that_is_missing_is_named(tmp_path: Path
                    "--root", str(tmp_path), "--out", str(tmp_path / "ev")])
     err = capsys.readouterr().err
     assert rc == 2 and f"reference folder {tmp_path / 'nope'} not found" in err, err
+
+
+def test_dataset_flag_keeps_the_params_files_figure_pair_and_figure_pair_flag(tmp_path: Path, capsys) -> None:
+    """`evaluate --params-file F --dataset lytro=...` made Fig. 4 of the first pair: the flag's
+    dataset dropped F's figure_pair (and crop) for a dataset of that name. They are kept; a
+    --pattern that leaves the pair out falls back to the first pair with a note; --figure-pair
+    sets it."""
+    import yaml
+
+    src, _ = _write_set(tmp_path, ["p1", "p2", "p3"])
+    (src / "index.json").unlink()  # pairs by file name, so that --pattern applies
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"evaluate": {"datasets": [
+        {"name": "t", "sources": "elsewhere", "figure_pair": "p2"}]}}))
+    base = ["evaluate", "--params-file", str(params), "--dataset", f"t={src}", "--methods", "Laplacian",
+            "--metrics", "QG", "--root", str(tmp_path)]
+
+    def figure_of(out: str, *extra: str) -> list[str]:
+        assert cli_main([*base, "--out", str(tmp_path / out), *extra]) == 0
+        return sorted(p.name for p in (tmp_path / out / "t" / "figures").glob("fig4-*.png"))
+
+    assert figure_of("ev1") == ["fig4-p2.png"]
+    assert figure_of("ev2", "--figure-pair", "p3") == ["fig4-p3.png"]
+    capsys.readouterr()
+    assert figure_of("ev3", "--pattern", "p[13]") == ["fig4-p1.png"]
+    err = capsys.readouterr().err
+    assert "figure_pair 'p2' of " in err and "params.yaml's dataset 't' is not among" in err, err
+    assert cli_main([*base, "--out", str(tmp_path / "ev4"), "--figure-pair", "p9"]) == 2
+    assert "figure_pair 'p9' is not one of its pairs" in capsys.readouterr().err

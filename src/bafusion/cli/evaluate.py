@@ -53,6 +53,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.pattern and not args.dataset:
         raise UserError("--pattern works with --dataset NAME=SOURCES (the configured datasets take 'pattern' in "
                         "params.yaml)")
+    if args.figure_pair and not args.dataset:
+        raise UserError("--figure-pair works with --dataset NAME=SOURCES (the configured datasets take "
+                        "'figure_pair' in params.yaml)")
     flagged = bool(args.methods or args.metrics or args.dataset)
     if args.methods:
         section_["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -69,7 +72,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             one["reference"] = ref
         if args.pattern:
             one["pattern"] = args.pattern
-        one = {**_json_dataset(args.params_json, name), **one}  # its settings (reference_methods, ...)
+        # A dataset of that name in the parameters keeps its figure settings (its figure_pair
+        # was dropped: Fig. 4 of lytro-04, not the card's lytro-05); --figure-pair overrides.
+        configured = next((d for d in section_.get("datasets") or [] if isinstance(d, dict) and d.get("name") == name),
+                          None)
+        for key in ("figure_pair", "crop"):
+            if configured is not None and configured.get(key):
+                one[key] = configured[key]
+        one = {**one, **_json_dataset(args.params_json, name)}  # its settings (reference_methods, ...) win
+        inherited = str(one.get("figure_pair") or "")
+        if args.figure_pair:
+            one["figure_pair"], inherited = args.figure_pair, ""
+            one.pop("crop", None)  # the configured crop is a region of the configured pair
         section_["datasets"] = [one]
     # the project the stage runs in (in `dvc exp run --temp`, DVC's copy: its data/testset)
     root = Path(args.root) if args.root else project_root()
@@ -94,6 +108,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise UserError(f"--dataset {args.dataset}: {one['reference']} holds no method folders: the reference "
                             "folder holds one sub-folder of fused images per method, <REF>/<METHOD>/<pair>.<ext>")
     cfg = parse_config(section_, root, source="command line" if flagged else "parameters")
+    if args.dataset and inherited:
+        cfg = _inherited_figure_pair(cfg, inherited, args.params_file)
     check_report_paths(cfg, args.out, args.report, args.plots)  # before any work: inputs are never overwritten
     check_datasets(cfg)  # a missing reference image or peer value: before the nets are loaded
     threads = args.threads or section(params, "evaluate")["threads"]
@@ -150,6 +166,26 @@ def _json_dataset(params_json: str | None, name: str) -> dict[str, Any]:
     return {k: v for k, v in datasets[names.index(name)].items() if k not in ("sources", "reference", "pattern")}
 
 
+def _inherited_figure_pair(cfg, pair: str, params_file: str | None):
+    """``cfg`` (one dataset, from --dataset) with the figure_pair it took from the parameters'
+    dataset of its name, unless --pattern (or the sources) leave that pair out: then the first
+    pair, with a note on stderr (an explicit --figure-pair that is not a pair is refused)."""
+    import dataclasses
+    import sys
+
+    from bafusion.evaluation.evaluate import find_pairs
+
+    ds = cfg.datasets[0]
+    names = [p.name for p in find_pairs(ds)]
+    if pair in names or not names:
+        return cfg
+    print(f"bafusion evaluate: note: figure_pair {pair!r} of {params_file or 'the parameters'}'s dataset "
+          f"{ds.name!r} is not among the pairs of {ds.sources}"
+          f"{' that match --pattern ' + repr(ds.pattern) if ds.pattern != '*' else ''}: the figures show "
+          f"the first, {names[0]!r} (pass --figure-pair to choose)", file=sys.stderr)
+    return dataclasses.replace(cfg, datasets=(dataclasses.replace(ds, figure_pair="", crop=None),))
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bafusion evaluate``."""
     p = subparsers.add_parser(
@@ -168,6 +204,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fuse-json", type=nonempty_json, default=None, help="JSON object overriding the 'fuse' section (fusion parameters)")
     p.add_argument("--dataset", default=None, metavar="NAME=SOURCES[,REFERENCE]", help="evaluate only this dataset")
     p.add_argument("--pattern", default=None, help="with --dataset: only pairs whose name matches this glob (e.g. 'g??-*')")
+    p.add_argument("--figure-pair", default=None, metavar="PAIR",
+                   help="with --dataset: the pair of Fig. 4 and the difference maps (default: the figure_pair of "
+                        "--params-file's dataset of that name, else the first pair)")
     p.add_argument("--methods", type=nonempty_csv, default=None, help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)})")
     p.add_argument("--metrics", type=nonempty_csv, default=None, help=f"comma-separated metrics (default {','.join(DEFAULT_METRICS)})")
     p.add_argument("--model", "--models", dest="models", default=None, metavar="DIR",
