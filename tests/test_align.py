@@ -344,3 +344,87 @@ def test_match_quality_of_an_empty_mask_is_zero_without_numpy_warnings() -> None
         assert align.match_quality(a, b, np.zeros((40, 40), bool)) == 0.0
         a[:10] = 1.0  # a clipped region too: the mask stays empty
         assert align.match_quality(a, b, np.zeros((40, 40), bool)) == 0.0
+
+
+# ---------------------------------------------------------------- shots of another size
+
+
+def _other_size(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The same frame at another size ``(width, height)``: another resolution setting, or
+    focus breathing saved at its own size (skimage's anti-aliased resize)."""
+    from skimage.transform import resize
+
+    return (resize(img, (size[1], size[0]) + img.shape[2:], order=3, anti_aliasing=True) * 255).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["crop", "breathing", "double"])
+def test_a_shot_of_another_size_is_registered_onto_the_first_frame(kind: str) -> None:
+    """A B cropped by 7 px, saved 1.5 % larger (focus breathing) or at twice the resolution was
+    refused ("shots differ in size"); it is scaled onto A's frame and its residual motion
+    estimated as for shots of one size."""
+    a, b = _focus_pair(_texture(40, 160, 192))
+    h, w = a.shape[:2]
+    if kind == "crop":
+        bs = b[3:-4, 3:-4]
+    elif kind == "breathing":
+        bs = _other_size(b, (round(w * 1.015), round(h * 1.015)))
+    else:
+        bs = _other_size(b, (2 * w, 2 * h))
+    al = align_images([a, bs], "similarity")
+    assert al.sizes == [(w, h), (bs.shape[1], bs.shape[0])]
+    assert al.implausible[1] is None and al.quality[1] > 0.9, al.describe()
+    assert al.warped[1] and all(im.shape == al.images[0].shape for im in al.images)
+    x0, y0, x1, y1 = al.crop
+    assert (x1 - x0) >= w - 12 and (y1 - y0) >= h - 12, al.crop
+    # B's points land on A's: the registered B is B as it was taken in A's frame
+    err = np.abs(al.images[1].astype(int) - b[y0:y1, x0:x1])[4:-4, 4:-4].mean()
+    assert err < (1.0 if kind == "crop" else 2.0), err
+    assert "resampled from" in al.describe(["A", "B"])[1]
+
+
+def test_shots_turned_or_of_another_aspect_ratio_are_not_registered() -> None:
+    a = _texture(41, 120, 160)
+    with pytest.raises(align.UserError, match="turned by 90 degrees: its orientation tag may be missing"):
+        align_images([a, np.rot90(a).copy()], "similarity")
+    with pytest.raises(align.UserError, match="aspect ratio"):
+        align_images([a, a[:, :140]], "similarity")
+    with pytest.raises(align.UserError, match="shots differ in size"):
+        align_images([a, a[:-4, :-4]], "none")
+
+
+def test_fuse_registers_shots_of_another_size_with_align_and_says_how_without(tmp_path: Path, nets: Path,
+                                                                            capsys) -> None:
+    a, b = _focus_pair(_texture(42, 128, 160))
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(_other_size(b, (162, 130))).save(tmp_path / "b.png")  # 1.5 % larger
+    Image.fromarray(np.rot90(a).copy()).save(tmp_path / "t.png")
+    out = tmp_path / "f.png"
+    base = ["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out), "--model", str(nets),
+            "--device", "cpu"]
+    assert cli_main(base) == 2
+    err = capsys.readouterr().err
+    assert "size 162x130 (WxH) differs from 160x128" in err and "use --align similarity (or auto) to register" in err
+    for mode in ("similarity", "auto"):
+        assert cli_main([*base, "--align", mode]) == 0, capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "resampled from 162x130 to 160x128" in err, err
+        h, w = np.asarray(Image.open(out)).shape[:2]
+        assert 120 <= h <= 128 and 150 <= w <= 160
+    turned = ["fuse", str(tmp_path / "a.png"), str(tmp_path / "t.png"), "-o", str(out), "--model", str(nets),
+              "--device", "cpu"]
+    for extra in ([], ["--align", "similarity"]):
+        assert cli_main([*turned, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "the shot looks turned by 90 degrees: its orientation tag may be missing" in err, err
+        assert "--align similarity (or auto)" not in err
+
+
+def test_bafusion_fuse_registers_shots_of_another_size_when_asked(nets: Path) -> None:
+    import bafusion
+
+    a, b = _focus_pair(_texture(43, 128, 160))
+    big = _other_size(b, (320, 256))
+    with pytest.raises(align.UserError, match='use align="similarity"'):
+        bafusion.fuse(a, big, model=nets, device="cpu")
+    out = bafusion.fuse(a, big, model=nets, device="cpu", align="similarity")
+    assert out.shape[0] >= 120 and out.shape[1] >= 150

@@ -926,3 +926,26 @@ def test_fuse_dir_refuses_a_second_run_into_the_same_output_folder(tmp_path: Pat
     monkeypatch.setattr(batch, "fuse_files", real)
     assert cli_main(["fuse-dir", str(src2), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]) == 0
     assert json.loads((out / batch.OUTPUT_MARKER).read_text())["outputs"] == ["p1.png", "p2.png", "q1.png", "q2.png"]
+
+
+def test_fuse_dir_with_align_registers_a_shot_of_another_size(tmp_path: Path, nets: Path, capsys) -> None:
+    """A stack whose B was saved at twice the resolution was skipped under --align auto
+    ("the sources must have the same size"); it is scaled onto A's frame and registered, and
+    without --align the skip says how to fuse it."""
+    from skimage.transform import resize
+
+    src = tmp_path / "in"
+    src.mkdir()
+    a, b = pair(3)
+    Image.fromarray(a).save(src / "p-A.png")
+    big = (resize(b, (2 * N, 2 * N, 3), order=3, anti_aliasing=True) * 255).round().astype(np.uint8)
+    Image.fromarray(big).save(src / "p-B.png")
+    argv = ["fuse-dir", str(src), str(tmp_path / "out"), "--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(argv) == batch.EXIT_NONE_FUSED
+    line = next(x for x in capsys.readouterr().err.splitlines() if "skipped" in x)
+    assert "use --align similarity (or auto) to register shots of different sizes" in line, line
+    argv[2] = str(tmp_path / "out2")
+    assert cli_main([*argv, "--align", "auto"]) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"resampled from {2 * N}x{2 * N} to {N}x{N}" in err, err
+    assert (tmp_path / "out2" / "p.png").is_file()

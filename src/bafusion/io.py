@@ -437,16 +437,28 @@ def orientation_clause(info: ImageInfo) -> str:
     return f"; {info.path}'s EXIF orientation {info.orientation} was applied (the file stores {w}x{h})"
 
 
-def check_same_sizes(infos: Sequence[ImageInfo]) -> None:
+def check_same_sizes(infos: Sequence[ImageInfo], remedy: str | None = None) -> None:
     """Sources of another size than the first are an error naming both files and both sizes
     as read, and the EXIF orientation where it swapped a file's width and height
-    (:func:`orientation_clause`)."""
+    (:func:`orientation_clause`); where the sizes are swapped (WxH against HxW), that the shot
+    looks turned by 90 degrees, else ``remedy`` when given (``fuse``: register them with
+    ``--align``)."""
     a = infos[0]
     for b in infos[1:]:
         if (b.width, b.height) != (a.width, a.height):
             raise InputFileError(
                 b.path, f"size {b.width}x{b.height} (WxH) differs from {a.width}x{a.height} of {a.path}: the "
-                "sources must have the same size" + orientation_clause(b) + orientation_clause(a))
+                "sources must have the same size" + orientation_clause(b) + orientation_clause(a)
+                + size_remedy((a.width, a.height), (b.width, b.height), remedy))
+
+
+def size_remedy(first: tuple[int, int], other: tuple[int, int], remedy: str | None = None) -> str:
+    """What a size error adds: ``"; the shot looks turned by 90 degrees: its orientation tag
+    may be missing"`` when the sizes ``(width, height)`` are swapped, else ``"; " + remedy``
+    (or nothing)."""
+    if other == first[::-1]:
+        return "; the shot looks turned by 90 degrees: its orientation tag may be missing"
+    return f"; {remedy}" if remedy else ""
 
 
 def read_matte(path: str | os.PathLike[str]) -> np.ndarray:

@@ -94,6 +94,70 @@ _ITERS, _SAMPLES, _TOL = 50, 80000, 1e-3
 #: area it judges remains.
 CLIP_KEEP = 0.1
 
+#: A shot of another size than the first is registered (:func:`align_images`) when its aspect
+#: ratio (width / height) is within this fraction of the first's: a crop of a few pixels, focus
+#: breathing saved at another size, or another resolution setting. It is first scaled uniformly
+#: onto the first's frame, centre on centre (:func:`size_matrix`), and the residual motion is
+#: estimated as for shots of one size; a larger difference is not a resampled or slightly
+#: cropped shot of the same frame (a frame turned by 90 degrees swaps width and height).
+MAX_ASPECT_DIFF = 0.02
+
+
+def size_matrix(src: tuple[int, int], dst: tuple[int, int]) -> np.ndarray:
+    """The 3x3 uniform scale, centre on centre, that maps a shot of ``src`` ``(width, height)``
+    onto a frame of ``dst``: the scale is the square root of the ratio of the areas (the ratio
+    of the sides when the aspect ratios agree), so that the image's extent (pixel edges, not
+    centres) maps onto the frame's."""
+    sw, sh = src
+    dw, dh = dst
+    s = math.sqrt((dw * dh) / (sw * sh))
+    return np.array([[s, 0.0, (dw - 1) / 2 - s * (sw - 1) / 2],
+                     [0.0, s, (dh - 1) / 2 - s * (sh - 1) / 2],
+                     [0.0, 0.0, 1.0]])
+
+
+def size_problem(first: tuple[int, int], other: tuple[int, int]) -> str | None:
+    """Why a shot of size ``other`` ``(width, height)`` cannot be registered onto a first shot
+    of size ``first``, or None when it can (same size, or an aspect ratio within
+    :data:`MAX_ASPECT_DIFF`): a frame turned by 90 degrees (width and height swapped), or
+    another aspect ratio."""
+    if other == first:
+        return None
+    if other == first[::-1]:
+        return "the shot looks turned by 90 degrees: its orientation tag may be missing"
+    ra, rb = first[0] / first[1], other[0] / other[1]
+    if abs(rb / ra - 1) > MAX_ASPECT_DIFF:
+        return (f"its aspect ratio ({rb:.3f}) differs from the first's ({ra:.3f}) by more than "
+                f"{100 * MAX_ASPECT_DIFF:g} %: not the same frame at another size; crop it to the first's aspect ratio")
+    return None
+
+
+def _to_frame(img: np.ndarray, m: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
+    """:func:`warp_to_first` of a shot of another size: when ``m`` shrinks it, the shot is first
+    low-passed (Gaussian of ``0.5 * sqrt(1 / s^2 - 1)`` px, ``s`` the scale) so that the
+    resampled copy does not alias; the dtype is kept."""
+    s = describe_matrix(m)["scale"]
+    src = np.asarray(img)
+    if s < 0.99:
+        sig = 0.5 * math.sqrt(1.0 / s**2 - 1.0)
+        f = ndimage.gaussian_filter(src.astype(np.float64), (sig, sig) + (0,) * (src.ndim - 2))
+        out = warp_to_first(f, m, shape, order=order)
+        if np.issubdtype(src.dtype, np.integer):
+            info = np.iinfo(src.dtype)
+            return np.clip(np.round(out), info.min, info.max).astype(src.dtype)
+        return out.astype(src.dtype)
+    return warp_to_first(src, m, shape, order=order)
+
+
+def to_first_frame(images: Sequence[np.ndarray], order: int = 1) -> list[np.ndarray]:
+    """The shots, each of another size than the first scaled onto the first's frame
+    (:func:`size_matrix`, low-passed when shrunk): copies of one size for the checks that
+    compare shots pixel by pixel (the one-scene check, the motion estimate of ``--align
+    auto``); the shots of the first's size are returned as they are."""
+    h, w = images[0].shape[:2]
+    return [im if im.shape[:2] == (h, w) else
+            _to_frame(im, size_matrix((im.shape[1], im.shape[0]), (w, h)), (h, w), order) for im in images]
+
 
 @dataclass
 class Alignment:
@@ -129,6 +193,11 @@ class Alignment:
     flat : list of bool
         Whether a shot was left unaligned because it or the first has no structure to register
         by (:func:`bafusion.fusion.scene.is_flat`; the first's is False).
+    sizes : list of tuple of int
+        ``(width, height)`` of each shot as given: a shot of another size than the first was
+        scaled onto its frame (:func:`size_matrix`) before its residual motion was estimated;
+        its transform includes that scale, and :attr:`rms_px`, :attr:`implausible` and
+        :meth:`describe` are of the residual motion.
     """
 
     model: str
@@ -142,6 +211,7 @@ class Alignment:
     size: tuple[int, int] = (0, 0)  #: (width, height) of the shots before the crop
     implausible: list[str | None] = field(default_factory=list)
     flat: list[bool] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
 
     def describe(self, names: Sequence[str] | None = None) -> list[str]:
         """One readable line per shot: its transform to the first (shift of the image centre,
@@ -156,13 +226,19 @@ class Alignment:
                 lines.append(f"align {name} -> {names[0]}: too flat to align (no structure to register by, in it "
                              f"or in {names[0]}): not warped")
                 continue
+            resized = ""
+            if self.sizes and self.sizes[i] != self.size:
+                sm = size_matrix(self.sizes[i], self.size)
+                m = m @ np.linalg.inv(sm)
+                resized = (f"resampled from {self.sizes[i][0]}x{self.sizes[i][1]} to {self.size[0]}x{self.size[1]} "
+                           f"(scale {sm[0, 0]:.4f}), then ")
             p = describe_matrix(m)
             c = np.array([(self.size[0] - 1) / 2, (self.size[1] - 1) / 2, 1.0])
             mc = m @ c
             dx, dy = mc[0] / mc[2] - c[0], mc[1] / mc[2] - c[1]
             state = "warped" if self.warped[i] else "not warped (below tolerance)"
             lines.append(
-                f"align {name} -> {names[0]}: shift of the centre ({dx:+.2f}, {dy:+.2f}) px, "
+                f"align {name} -> {names[0]}: {resized}shift of the centre ({dx:+.2f}, {dy:+.2f}) px, "
                 f"rotation {p['rotation_deg']:+.3f} deg, scale {p['scale']:.4f}"
                 + (f", perspective ({m[2, 0]:+.2e}, {m[2, 1]:+.2e})" if self.model == "homography" else "")
                 + f"; corner motion {self.rms_px[i]:.2f} px RMS, match quality {self.quality[i]:.2f}, {state}"
@@ -601,7 +677,10 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
     Parameters
     ----------
     images : sequence of ndarray
-        Shots of the same size (uint8 or float; gray or RGB), the first is the reference.
+        Shots (uint8 or float; gray or RGB), the first is the reference. A shot of another size
+        whose aspect ratio is within :data:`MAX_ASPECT_DIFF` of the first's is scaled onto the
+        first's frame (:func:`size_matrix`) and its residual motion estimated (not with
+        ``'none'``); other sizes are a :class:`UserError` (:func:`size_problem`).
     model : {'translation', 'similarity', 'homography', 'none'}
         Motion model (``'none'``: nothing is estimated nor warped).
     sigma : float
@@ -632,9 +711,12 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
     if not images:
         raise UserError("alignment needs at least one image")
     h, w = images[0].shape[:2]
-    for im in images[1:]:
-        if im.shape[:2] != (h, w):
-            raise UserError(f"shots differ in size: {im.shape[1]}x{im.shape[0]} vs {w}x{h} (WxH)")
+    sizes = [(im.shape[1], im.shape[0]) for im in images]
+    for im, size in zip(images[1:], sizes[1:]):
+        why = size_problem((w, h), size) if model != "none" else None
+        if size != (w, h) and (model == "none" or why):
+            raise UserError(f"shots differ in size: {im.shape[1]}x{im.shape[0]} vs {w}x{h} (WxH)"
+                            + (f": {why}" if why else ""))
     eye = np.eye(3)
     if model == "none":
         return Alignment("none", [eye.copy() for _ in images], [0.0] * len(images), [False] * len(images),
@@ -653,28 +735,32 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
     g0 = _gray(images[0])
     clip0 = _clipped(g0)
     clips: list[np.ndarray | None | bool] = [clip0]  # False: not found yet
-    for im, f in zip(images[1:], flat[1:]):
+    for im, f, size in zip(images[1:], flat[1:], sizes[1:]):
         clip: np.ndarray | None | bool = False
+        # a shot of another size is scaled onto the first's frame first (its residual motion is
+        # what is estimated, judged and reported), then warped once by the whole transform
+        pre = None if size == (w, h) else size_matrix(size, (w, h))
         if f:  # a flat shot has nothing to register by: any estimate would be noise
             m = eye.copy()
         else:
-            g = _gray(im)
+            g = _gray(im) if pre is None else _gray(_to_frame(im, pre, (h, w), 3))
             clip = _clipped(g)
             m = _estimate(g0, g, clip0, clip, model, sigma)
             del g
         d = corner_rms(m, (h, w))
-        transforms.append(m)
+        transforms.append(m if pre is None else m @ pre)
         rms.append(d)
         implausible.append(implausible_motion(m, (h, w)))
-        if d < tolerance:
+        if d < tolerance and pre is None:
             warped.append(False)
             out.append(im)
             clips.append(clip)
         else:
             warped.append(True)
-            out.append(warp_to_first(im, m, (h, w), order=order))
+            out.append(warp_to_first(im, m, (h, w), order=order) if pre is None else
+                       _to_frame(im, m @ pre, (h, w), order))
             clips.append(False)
-            common &= coverage(m, (h, w))
+            common &= coverage(transforms[-1], (h, w), (size[1], size[0]))
     crop = (0, 0, w, h) if common.all() else largest_rectangle(common)
     x0, y0, x1, y1 = crop
     # two flat shots have nothing to judge by (as :func:`bafusion.fusion.scene.scene_correlation`);
@@ -688,7 +774,7 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
         quality.append(_match_quality(g0, g, clip0, _clipped(g) if clip is False else clip, common))
     cropped = [o[y0:y1, x0:x1] for o in out]
     return Alignment(model, transforms, rms, warped, quality, crop, cropped, time.perf_counter() - t0, (w, h),
-                     implausible, flat)
+                     implausible, flat, sizes)
 
 
 def check_alignment(al: Alignment, names: Sequence[str], *, force: str | None = "--force",

@@ -150,7 +150,7 @@ def fuse(
         check_device(device, "device=")
     images, full, names = _read_sources(sources)
     for i in range(1, len(images)):
-        _check_same_size(sources, images, names, i)
+        _check_same_size(sources, images, names, i, align not in (None, "none"))
     if align is None:
         _warn_motion(images, names)
         align = "none"
@@ -186,18 +186,31 @@ def fuse(
 
 
 def _check_same_size(sources: tuple[str | os.PathLike[str] | np.ndarray, ...], images: list[np.ndarray],
-                     names: list[str], i: int) -> None:
+                     names: list[str], i: int, aligned: bool = False) -> None:
     """Shot ``i`` of another size than the first is an error naming both, and, as the command
     line says it, the EXIF orientation of a file where it swapped the file's width and height
-    (:func:`bafusion.io.orientation_clause`)."""
+    (:func:`bafusion.io.orientation_clause`), and what to do (:func:`bafusion.io.size_remedy`).
+    ``aligned``: a shot of another size is registered onto the first's frame when it can be
+    (:func:`bafusion.fusion.align.size_problem`)."""
+    from bafusion.fusion.align import size_problem
+    from bafusion.io import size_remedy
+
+    size = lambda im: (im.shape[1], im.shape[0])  # noqa: E731
+    why = size_problem(size(images[0]), size(images[i])) if aligned else None
     try:
-        check_same_size(images[0], images[i], names[0], names[i])
+        if why:
+            raise InputFileError(names[i], f"size {images[i].shape[1]}x{images[i].shape[0]} (WxH) differs from "
+                                 f"{images[0].shape[1]}x{images[0].shape[0]} of {names[0]}: {why}")
+        if not aligned:
+            check_same_size(images[0], images[i], names[0], names[i])
     except InputFileError as e:
         from bafusion.io import image_info, orientation_clause
 
         turned = "".join(orientation_clause(image_info(sources[j])) for j in (i, 0)
                          if not isinstance(sources[j], np.ndarray))
-        raise InputFileError(e.path, e.problem + turned) from None
+        more = "" if why else size_remedy(size(images[0]), size(images[i]), 'use align="similarity" (or "auto") '
+                                          "to register shots of different sizes")
+        raise InputFileError(e.path, e.problem + turned + more) from None
 
 
 def _auto_align(images: list[np.ndarray], names: list[str]) -> str:
@@ -209,14 +222,18 @@ def _auto_align(images: list[np.ndarray], names: list[str]) -> str:
     from bafusion.fusion.batch import AUTO_FAILURES, auto_alignment
     from bafusion.fusion.scene import check_one_scene, shared_reductions
 
+    from bafusion.fusion.align import to_first_frame
+
+    resized = any(im.shape[:2] != images[0].shape[:2] for im in images[1:])
+    judged = to_first_frame(images) if resized else images  # the checks compare shots of one size
     with shared_reductions():  # the check and the motion estimate reduce each shot once
-        check_one_scene(images, names, remedy='use align="none" to fuse anyway, or align="similarity" if the '
+        check_one_scene(judged, names, remedy='use align="none" to fuse anyway, or align="similarity" if the '
                         "camera moved a lot between the shots")
-        model, lines = auto_alignment(images, names, True)
+        model, lines = auto_alignment(judged, names, True)
     for verdict, text in lines:
         if verdict in AUTO_FAILURES:
             warnings.warn(f'align="auto": {text}', stacklevel=3)
-    return model
+    return "similarity" if resized and model == "none" else model  # a shot of another size is registered
 
 
 def _warn_motion(images: list[np.ndarray], names: list[str]) -> None:

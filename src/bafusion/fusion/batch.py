@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from bafusion.errors import UserError
+from bafusion.errors import InputFileError, UserError
 
 try:
     import fcntl
@@ -124,16 +124,26 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
     say = stage or (lambda text: None)
     names = [str(p) for p in paths]
     # the sizes from the headers first: the error says where an EXIF orientation swapped them
-    check_same_sizes([image_info(p) for p in paths])
+    infos = [image_info(p) for p in paths]
+    if align == "none":
+        check_same_sizes(infos, remedy="use --align similarity (or auto) to register shots of different sizes")
+    else:  # --align registers a shot of another size (align.MAX_ASPECT_DIFF), not a turned or another frame
+        check_alignable_sizes(infos)
     say(f"reading {', '.join(names)}" if len(names) <= 3 else f"reading {len(names)} images")
     src = read_source_set(paths)
+    resized = [i for i in range(1, len(src.images)) if src.images[i].shape[:2] != src.images[0].shape[:2]]
     for i in range(1, len(src.images)):
-        check_same_size(src.images[0], src.images[i], names[0], names[i])
+        if align == "none":
+            check_same_size(src.images[0], src.images[i], names[0], names[i])
     if align in ("none", "auto"):
+        from bafusion.fusion.align import to_first_frame
+
+        # the checks compare shots pixel by pixel: a shot of another size is judged scaled onto the first's frame
+        judged = to_first_frame(src.images) if resized else src.images
         with shared_reductions():  # the check and the motion estimate reduce each shot once
             say("checking that the shots show one scene")
             try:
-                scores = check_one_scene(src.images, names, force)  # refuses two scenes unless force
+                scores = check_one_scene(judged, names, force)  # refuses two scenes unless force
             except UserError as e:
                 # a shot moved by a large fraction of the image also fails the check before alignment:
                 # --force would fuse it unaligned; --align similarity registers it (and checks again)
@@ -141,7 +151,14 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
             one_scene = all(c is None or c >= MIN_CORRELATION for c in scores)
             if align == "auto":
                 say("checking whether the shots move")
-                align = _auto_align(src.images, names, one_scene)
+                align = _auto_align(judged, names, one_scene)
+                if resized and align == "none":  # a shot of another size is registered in any case
+                    h, w = src.images[0].shape[:2]
+                    for i in resized:
+                        hb, wb = src.images[i].shape[:2]
+                        tqdm.write(f"bafusion: --align auto: {names[i]} is {wb}x{hb} px, {names[0]} {w}x{h}: "
+                                   "a shot of another size is registered onto the first's frame all the same (similarity)", file=sys.stderr)
+                    align = "similarity"
             elif motion_hint and one_scene:
                 say("checking whether the shots move")
                 for line in _safe_motion_hints(src.images, names):
@@ -154,6 +171,21 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
                        "8-bit data)", file=sys.stderr)
             src.full = None
     return src
+
+
+def check_alignable_sizes(infos) -> None:
+    """Under ``--align``: a shot of another size than the first is registered onto the first's
+    frame when its aspect ratio is close (:func:`bafusion.fusion.align.size_problem`); a shot
+    turned by 90 degrees or of another aspect ratio is an error naming both files and sizes."""
+    from bafusion.fusion.align import size_problem
+    from bafusion.io import orientation_clause
+
+    a = infos[0]
+    for b in infos[1:]:
+        why = size_problem((a.width, a.height), (b.width, b.height))
+        if why:
+            raise InputFileError(b.path, f"size {b.width}x{b.height} (WxH) differs from {a.width}x{a.height} of "
+                                 f"{a.path}: {why}" + orientation_clause(b) + orientation_clause(a))
 
 
 def _safe_motion_hints(images: Sequence[np.ndarray], names: Sequence[str]) -> list[str]:
