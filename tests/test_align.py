@@ -428,3 +428,49 @@ def test_bafusion_fuse_registers_shots_of_another_size_when_asked(nets: Path) ->
         bafusion.fuse(a, big, model=nets, device="cpu")
     out = bafusion.fuse(a, big, model=nets, device="cpu", align="similarity")
     assert out.shape[0] >= 120 and out.shape[1] >= 150
+
+
+# ---------------------------------------------------------------- --align auto and the one-scene check
+
+
+def _moved_a_lot(seed: int = 50, n: int = 160) -> tuple[np.ndarray, np.ndarray]:
+    """A focus pair whose B moved 14 px and turned 2 degrees: correlation 0.27 before
+    alignment (below the one-scene check's 0.55), match quality 0.95 after it."""
+    a, b = _focus_pair(_texture(seed, n, n))
+    return a, warp_to_first(b, similarity_matrix((12.0, -7.2), 2.0, 1.0, center=_centre(a)))
+
+
+def test_align_auto_aligns_shots_that_fail_the_scene_check_only_before_alignment(tmp_path: Path, nets: Path,
+                                                                                  capsys) -> None:
+    """--align auto refused a large shift + rotation as "not the same scene (correlation 0.54)"
+    before trying to align it, while --align similarity registered it at match quality 1.00:
+    auto now aligns such shots and fuses them when the match quality after alignment passes;
+    two scenes are still refused, the message giving both numbers."""
+    a, b = _moved_a_lot()
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(b).save(tmp_path / "b.png")
+    Image.fromarray(_texture(51, 160, 160)).save(tmp_path / "o.png")
+    out = tmp_path / "f.png"
+    argv = ["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out), "--model", str(nets),
+            "--device", "cpu", "--align", "auto"]
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not match" in err and "but does after similarity alignment (match quality 0.9" in err, err
+    assert "rotation -1.99" in err, err
+    assert np.asarray(Image.open(out)).shape[0] < 160
+    argv[2] = str(tmp_path / "o.png")
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "o.png: does not look like the same scene" in err[0], err
+    assert re.search(r"correlation -?0\.\d\d at a coarse scale, below 0\.55; match quality -?0\.\d\d after similarity "
+                     r"alignment, below 0\.5\); use --force", err[0]), err
+    assert cli_main([*argv, "--force"]) == 0
+
+
+def test_bafusion_fuse_auto_aligns_shots_that_fail_the_scene_check_only_before_alignment(nets: Path) -> None:
+    import bafusion
+
+    a, b = _moved_a_lot()
+    assert bafusion.fuse(a, b, model=nets, device="cpu", align="auto").shape[0] < 160
+    with pytest.raises(align.UserError, match=r"after similarity alignment, below 0\.5\); use align=\"none\""):
+        bafusion.fuse(a, _texture(51, 160, 160), model=nets, device="cpu", align="auto")

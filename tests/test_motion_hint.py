@@ -293,8 +293,9 @@ def test_align_auto_does_not_align_two_scenes_fused_with_force(tmp_path: Path, n
             "--device", "cpu", "--align", "auto"]
     assert cli_main(argv) == 2  # refused, as without auto
     err = capsys.readouterr().err
-    # a shot moved by 20 % of the side fails the check too: --force alone would fuse it unaligned
-    assert "does not look like the same scene" in err and "or --align similarity if the camera moved a lot" in err
+    # a shot moved a lot fails the check too: auto tried the alignment before refusing (both numbers)
+    assert "does not look like the same scene" in err and "after similarity alignment, below 0.5" in err, err
+    assert "or --align similarity if the camera moved a lot" not in err
     assert cli_main([*argv, "--force"]) == 0
     err = capsys.readouterr().err
     assert "do not look like one scene (fused with --force): not aligned" in err and "align crop" not in err, err

@@ -154,12 +154,13 @@ def fuse(
     if align is None:
         _warn_motion(images, names)
         align = "none"
+    aligned = None
     if align == "auto":
-        align = _auto_align(images, names)
+        align, aligned = _auto_align(images, names)
     if align != "none":
         from bafusion.fusion.align import align_images, check_alignment
 
-        al = align_images(images, align)
+        al = aligned or align_images(images, align)
         check_alignment(al, names, force=None, unaligned='align="none"')  # as fuse --align without --force
         if full is not None and keep_depth:
             warnings.warn("sources of more than 8 bits are fused in 8 bits when aligned (alignment works on 8 bits)",
@@ -213,27 +214,34 @@ def _check_same_size(sources: tuple[str | os.PathLike[str] | np.ndarray, ...], i
         raise InputFileError(e.path, e.problem + turned + more) from None
 
 
-def _auto_align(images: list[np.ndarray], names: list[str]) -> str:
-    """``align="auto"`` as ``fuse --align auto`` without ``--force``: shots of two scenes are
-    refused (:func:`bafusion.fusion.scene.check_one_scene`), then the model is chosen by
+def _auto_align(images: list[np.ndarray], names: list[str]):
+    """``align="auto"`` as ``fuse --align auto`` without ``--force``: the model and, when the
+    shots failed the one-scene check (:func:`bafusion.fusion.scene.check_one_scene`) but match
+    after alignment, that alignment (:func:`bafusion.fusion.batch.align_despite_scene_check`,
+    which refuses them when they do not: two scenes); else the model is chosen by
     :func:`bafusion.fusion.batch.auto_alignment`; a shot whose estimate failed (implausible, or
     matching worse than no motion) gets a warning with the command line's line, and is fused as
     registered unless another shot moves."""
-    from bafusion.fusion.batch import AUTO_FAILURES, auto_alignment
-    from bafusion.fusion.scene import check_one_scene, shared_reductions
+    from bafusion.fusion.batch import AUTO_FAILURES, align_despite_scene_check, auto_alignment
+    from bafusion.fusion.scene import MIN_CORRELATION, check_one_scene, shared_reductions
 
     from bafusion.fusion.align import to_first_frame
 
     resized = any(im.shape[:2] != images[0].shape[:2] for im in images[1:])
     judged = to_first_frame(images) if resized else images  # the checks compare shots of one size
     with shared_reductions():  # the check and the motion estimate reduce each shot once
-        check_one_scene(judged, names, remedy='use align="none" to fuse anyway, or align="similarity" if the '
-                        "camera moved a lot between the shots")
+        scores = check_one_scene(judged, names, True)
+        if not all(c is None or c >= MIN_CORRELATION for c in scores):
+            # a shot moved by a large fraction of the image fails the check before alignment:
+            # aligned, it may match (then it is fused aligned), else the shots are refused
+            return "similarity", align_despite_scene_check(images, names, scores, force=None,
+                                                           unaligned='align="none"', auto='align="auto"',
+                                                           tell=lambda line: None)
         model, lines = auto_alignment(judged, names, True)
     for verdict, text in lines:
         if verdict in AUTO_FAILURES:
             warnings.warn(f'align="auto": {text}', stacklevel=3)
-    return "similarity" if resized and model == "none" else model  # a shot of another size is registered
+    return ("similarity" if resized and model == "none" else model), None  # a shot of another size is registered
 
 
 def _warn_motion(images: list[np.ndarray], names: list[str]) -> None:

@@ -143,21 +143,36 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
         with shared_reductions():  # the check and the motion estimate reduce each shot once
             say("checking that the shots show one scene")
             try:
-                scores = check_one_scene(judged, names, force)  # refuses two scenes unless force
+                # refuses two scenes unless force; --align auto judges first (it may align them)
+                scores = check_one_scene(judged, names, force or align == "auto")
             except UserError as e:
                 # a shot moved by a large fraction of the image also fails the check before alignment:
                 # --force would fuse it unaligned; --align similarity registers it (and checks again)
                 raise UserError(f"{e}, or --align similarity if the camera moved a lot between the shots") from e
             one_scene = all(c is None or c >= MIN_CORRELATION for c in scores)
-            if align == "auto":
+            if align == "auto" and not one_scene and not force:
+                # a shot moved by a large fraction of the image fails the check before alignment:
+                # aligned, it may match (then it is fused aligned), else the shots are refused
+                say("aligning the shots (similarity), which do not match as they are")
+                aligned = align_despite_scene_check(src.images, names, scores)
+                for line in aligned.describe(names):
+                    tqdm.write(line, file=sys.stderr)
+                src.images = aligned.images
+                align = "none"  # done
+                if src.full is not None:
+                    tqdm.write(f"bafusion: {names[0]}: sources of more than 8 bits fused in 8 bits (--align works on "
+                               "8-bit data)", file=sys.stderr)
+                    src.full = None
+            elif align == "auto":
                 say("checking whether the shots move")
                 align = _auto_align(judged, names, one_scene)
                 if resized and align == "none":  # a shot of another size is registered in any case
                     h, w = src.images[0].shape[:2]
                     for i in resized:
                         hb, wb = src.images[i].shape[:2]
-                        tqdm.write(f"bafusion: --align auto: {names[i]} is {wb}x{hb} px, {names[0]} {w}x{h}: "
-                                   "a shot of another size is registered onto the first's frame all the same (similarity)", file=sys.stderr)
+                        tqdm.write(f"bafusion: --align auto: {names[i]} is {wb}x{hb} px, {names[0]} {w}x{h}: a shot "
+                                   "of another size is registered onto the first's frame all the same (similarity)",
+                                   file=sys.stderr)
                     align = "similarity"
             elif motion_hint and one_scene:
                 say("checking whether the shots move")
@@ -171,6 +186,42 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
                        "8-bit data)", file=sys.stderr)
             src.full = None
     return src
+
+
+def align_despite_scene_check(images: Sequence[np.ndarray], names: Sequence[str],
+                               scores: Sequence[float | None], *, force: str | None = "--force",
+                               unaligned: str = "--align none", auto: str = "--align auto",
+                               tell: Callable[[str], None] | None = None):
+    """``--align auto`` when a shot fails the one-scene check (``scores``, of
+    :func:`bafusion.fusion.scene.check_one_scene`): a shot moved by a large fraction of the
+    image (a 28 px shift and 2 degrees on 440 px read 0.54) does not match before alignment. The
+    shots are aligned (similarity) and accepted when the alignment's match quality passes
+    :data:`bafusion.fusion.align.MIN_QUALITY` (:func:`bafusion.fusion.align.check_alignment`);
+    else refused, the message giving both numbers. Returns the
+    :class:`bafusion.fusion.align.Alignment`; a line (``auto`` names the option) to ``tell``,
+    by default stderr, says why it aligned."""
+    from tqdm import tqdm
+
+    from bafusion.fusion.align import MIN_QUALITY, align_images, check_alignment
+    from bafusion.fusion.scene import MIN_CORRELATION
+
+    al = align_images(images, "similarity")
+    for n, c, q, why in zip(names[1:], scores, al.quality[1:], al.implausible[1:]):
+        if c is None or c >= MIN_CORRELATION:
+            continue
+        if (q is not None and q < MIN_QUALITY) or why:
+            after = (f"match quality {q:.2f} after similarity alignment, below {MIN_QUALITY}" if not why else
+                     f"and the similarity alignment failed: {why}")
+            raise UserError(f"{n}: does not look like the same scene as {names[0]} (correlation {c:.2f} at a coarse "
+                            f"scale, below {MIN_CORRELATION}; {after}); "
+                            + (f"use {force} to fuse anyway" if force else f"use {unaligned} to fuse them as they are"))
+    check_alignment(al, names, force=force, unaligned=unaligned)
+    for n, c, q in zip(names[1:], scores, al.quality[1:]):
+        if c is not None and c < MIN_CORRELATION:
+            line = (f"bafusion: {auto}: {n} does not match {names[0]} as it is (correlation {c:.2f}, below "
+                    f"{MIN_CORRELATION}), but does after similarity alignment (match quality {q:.2f}): aligned")
+            tell(line) if tell else tqdm.write(line, file=sys.stderr)
+    return al
 
 
 def check_alignable_sizes(infos) -> None:
