@@ -382,3 +382,36 @@ def test_a_blown_out_half_of_a_real_pair_gives_no_false_hint(shared_data: Path) 
     assert shot_motions([a, b])[0].verdict == "still"
     al = align.align_images([a, b], "similarity")
     assert al.rms_px[1] < 0.5 and al.quality[1] > align.MIN_QUALITY
+
+
+# ---------------------------------------------------------------- a sideways shot
+
+
+def test_turned_by_names_the_turn_of_a_shot() -> None:
+    from bafusion.fusion.scene import turned_by
+
+    a, b = _focus_pair(_texture(60, 128, 128))
+    assert turned_by(a, b) is None  # not turned
+    for k, deg in ((-1, 90), (2, 180), (1, 270)):  # np.rot90 turns counter-clockwise
+        turn = turned_by(a, np.rot90(b, k))
+        assert turn is not None and turn[0] == deg and turn[1] > 0.8, (k, turn)
+    assert turned_by(a, _texture(61, 128, 128)) is None
+
+
+@pytest.mark.parametrize("extra", [[], ["--align", "similarity"], ["--align", "auto"]])
+def test_a_sideways_shot_without_orientation_tag_is_named_turned_not_sent_to_align(tmp_path: Path, nets: Path,
+                                                                                  capsys, extra: list[str]) -> None:
+    """A square pair whose B is turned by 90 degrees (its orientation tag missing): the refusal
+    suggested --align similarity, which then failed with match quality 0.26; it now says that B
+    looks turned and by how much, without --align or with it."""
+    a, b = _focus_pair(_texture(62, 128, 128))
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(np.rot90(b).copy()).save(tmp_path / "b.png")  # turned counter-clockwise
+    out = tmp_path / "f.png"
+    argv = ["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out), "--model", str(nets),
+            "--device", "cpu", *extra]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "b.png: looks turned by 90 degrees counter-clockwise against" in err[0], err
+    assert "its orientation tag may be missing" in err[0] and "--align similarity" not in err[0], err
+    assert not out.exists()

@@ -161,6 +161,11 @@ def fuse(
         from bafusion.fusion.align import align_images, check_alignment
 
         al = aligned or align_images(images, align)
+        from bafusion.fusion.align import MIN_QUALITY
+        from bafusion.fusion.scene import check_turned
+
+        # a sideways shot (orientation tag missing): turning it helps, not the alignment
+        check_turned(images, names, [i for i, q in enumerate(al.quality[1:], 1) if q is not None and q < MIN_QUALITY])
         check_alignment(al, names, force=None, unaligned='align="none"')  # as fuse --align without --force
         if full is not None and keep_depth:
             warnings.warn("sources of more than 8 bits are fused in 8 bits when aligned (alignment works on 8 bits)",

@@ -117,7 +117,7 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
     from tqdm import tqdm
 
     from bafusion.fusion.rule import check_same_size
-    from bafusion.fusion.scene import MIN_CORRELATION, check_one_scene, shared_reductions
+    from bafusion.fusion.scene import MIN_CORRELATION, check_one_scene, check_turned, shared_reductions
 
     if len(paths) < 2:
         raise UserError("give at least two source images")
@@ -142,10 +142,17 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
         judged = to_first_frame(src.images) if resized else src.images
         with shared_reductions():  # the check and the motion estimate reduce each shot once
             say("checking that the shots show one scene")
+            failing: list[int] = []
             try:
-                # refuses two scenes unless force; --align auto judges first (it may align them)
-                scores = check_one_scene(judged, names, force or align == "auto")
+                scores = check_one_scene(judged, names, True)
+                failing = [i for i, c in enumerate(scores, 1) if c is not None and c < MIN_CORRELATION]
+                if failing and not force:
+                    check_turned(judged, names, failing)  # a sideways shot: turning it helps, not --align
+                    if align != "auto":  # auto judges first (it may align them)
+                        check_one_scene(judged, names)  # refuses two scenes
             except UserError as e:
+                if not failing or "looks turned" in str(e):
+                    raise
                 # a shot moved by a large fraction of the image also fails the check before alignment:
                 # --force would fuse it unaligned; --align similarity registers it (and checks again)
                 raise UserError(f"{e}, or --align similarity if the camera moved a lot between the shots") from e
@@ -203,8 +210,15 @@ def align_despite_scene_check(images: Sequence[np.ndarray], names: Sequence[str]
     from tqdm import tqdm
 
     from bafusion.fusion.align import MIN_QUALITY, align_images, check_alignment
-    from bafusion.fusion.scene import MIN_CORRELATION
+    from bafusion.fusion.scene import MIN_CORRELATION, check_turned
 
+    judged = None
+    if any(im.shape[:2] != images[0].shape[:2] for im in images[1:]):
+        from bafusion.fusion.align import to_first_frame
+
+        judged = to_first_frame(images)
+    # a sideways shot (orientation tag missing): turning it helps, not the alignment
+    check_turned(judged or images, names, [i for i, c in enumerate(scores, 1) if c is not None and c < MIN_CORRELATION])
     al = align_images(images, "similarity")
     for n, c, q, why in zip(names[1:], scores, al.quality[1:], al.implausible[1:]):
         if c is None or c >= MIN_CORRELATION:
@@ -849,8 +863,13 @@ def align_for_fuse(images: list[np.ndarray], names: list[str], model: str, force
     the cropped shots. Shots too flat to register are left as they are (a line says so)."""
     from bafusion.fusion.align import align_images, check_alignment
 
+    from bafusion.fusion.align import MIN_QUALITY
+    from bafusion.fusion.scene import check_turned
+
     al = align_images(images, model)
     if not force:
+        failing = [i for i, q in enumerate(al.quality[1:], 1) if q is not None and q < MIN_QUALITY]
+        check_turned(images, names, failing)  # a sideways shot: turning it helps, not the alignment
         check_alignment(al, names)
     from tqdm import tqdm
 

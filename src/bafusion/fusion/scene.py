@@ -187,6 +187,39 @@ def check_one_scene(images: Sequence[np.ndarray], names: Sequence[str], force: b
     return scores
 
 
+#: How :func:`turned_by` names a turn of a shot (degrees clockwise against the first).
+TURNS = {90: "90 degrees clockwise", 180: "180 degrees", 270: "90 degrees counter-clockwise"}
+
+
+def turned_by(a: np.ndarray, b: np.ndarray) -> tuple[int, float] | None:
+    """Whether shot ``b`` looks like shot ``a`` turned by a multiple of 90 degrees (a sideways
+    shot whose orientation tag is missing): the degrees clockwise (90, 180 or 270) and the
+    correlation (:func:`scene_correlation`) of ``b`` turned back, when that passes
+    :data:`MIN_CORRELATION` (only turns that keep ``b``'s size the first's are tried); else None.
+    Cheap: the coarse, reduced copies of the one-scene check."""
+    best = None
+    for k in (1, 2, 3):  # np.rot90 by k (counter-clockwise) undoes a clockwise turn of 90 k
+        back = np.rot90(b, k)
+        if back.shape[:2] != a.shape[:2]:
+            continue
+        c = scene_correlation(a, back)
+        if c is not None and c >= MIN_CORRELATION and (best is None or c > best[1]):
+            best = (90 * k, c)
+    return best
+
+
+def check_turned(images: Sequence[np.ndarray], names: Sequence[str], suspects: Sequence[int]) -> None:
+    """Refuse the first of the shots ``suspects`` (indices) that looks turned against the first
+    shot (:func:`turned_by`) with a :class:`UserError` that says so: aligning it would not help
+    (it registers motion of a few degrees), turning it upright would."""
+    for i in suspects:
+        turn = turned_by(images[0], images[i])
+        if turn:
+            raise UserError(f"{names[i]}: looks turned by {TURNS[turn[0]]} against {names[0]} (correlation "
+                            f"{turn[1]:.2f} turned back): its orientation tag may be missing; turn it upright and "
+                            "fuse again")
+
+
 #: A shot that moves more than this against the first (RMS corner displacement, pixels of the
 #: shots, :func:`coarse_motion`) gets a hint to fuse with ``--align`` (BENCHMARKS.md, "Do the
 #: shots move?").
