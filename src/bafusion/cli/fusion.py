@@ -322,7 +322,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "scored against the others, one decision). Without --model the nets come from "
         "models/default/ if shipped, else data/models/ (pipeline-trained).",
     )
-    p.add_argument("images", nargs="+", help="source images (same size; with --align a shot of another size is registered onto the first), A B [C ...]")
+    p.add_argument("images", nargs="+", help="source images (same size; with --align a shot of another size is "
+                   "registered onto the first), A B [C ...]")
     p.add_argument("-o", "--output", "--out", dest="output", type=nonempty_path, required=True,
                    help="fused image (.png, .tif, .bmp, .jpg)")
     p.add_argument("--model", "--models", dest="model", default=None, metavar="DIR",
