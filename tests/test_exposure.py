@@ -92,3 +92,28 @@ def test_the_paper_preset_keeps_it_off() -> None:
 
     assert load_preset("paper")["fuse"]["exposure_match"] == "none"
     assert FusionParams().exposure_match in ("none", "linear")
+
+
+def test_the_fusing_time_counts_the_gray_conversion_and_exposure_matching(monkeypatch, tiny_nets) -> None:
+    """The summary's "s fusing" is the sum of ``seconds``: exposure matching (30 s of a 24 MP
+    pair's 36 s) and the gray conversion ran outside it, so the line said 12 s for 36 s of work."""
+    import time
+
+    import bafusion.fusion.exposure as exposure
+    from bafusion.fusion.stack import fuse_stack_joint
+
+    real = exposure.fit_exposure
+
+    def slow_fit(*args, **kwargs):
+        time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(exposure, "fit_exposure", slow_fit)
+    a, b, _ = _scene()
+    nets = load_nets_from_dir(tiny_nets, "cpu")
+    params = FusionParams(exposure_match="linear", working_min=0)
+    r = fuse_images(_u8(a), _u8(0.6 * b + 20), nets, params)
+    assert r.seconds["exposure"] >= 0.5 and "gray" in r.seconds
+    assert sum(r.seconds.values()) >= 0.5
+    s = fuse_stack_joint([_u8(a), _u8(0.6 * b + 20), _u8(b)], nets, params)
+    assert s.seconds["exposure"] >= 1.0 and "gray" in s.seconds
