@@ -23,6 +23,13 @@ existed) at the smallest large size. ``--working-sides 512 640 768 1024`` also r
 ``.json`` and ``bench_camera.png``. About 5 minutes on 2 cores::
 
     python benchmarks/bench_camera.py --working-sides 512 640 768 1024
+
+``--preprocessing`` (alone) times, before and after in one run, the two steps a camera-size
+pair goes through before the nets (``--sizes``, default 6000x4500 here): the gray conversion
+(:func:`bafusion.io.to_gray_u8`, before: the float64 sum and rounding) and exposure matching
+(:func:`bafusion.fusion.exposure.match_exposure`, before: a float64 copy filtered and the
+float64 mapping), on the same-exposure pair and on B at 0.7x, checks that both give the same
+bits, and writes ``bench_camera-preprocessing.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -86,6 +93,80 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": dt, "peak_before_fusion_mib": rss0, "peak_mib": _vm("VmHWM")}))
 
 
+def preprocessing(args: argparse.Namespace) -> None:
+    """Before/after of the gray conversion and exposure matching (module docstring)."""
+    from scipy import ndimage
+
+    from bafusion.fusion import exposure
+    from bafusion.io import _matlab_sum, to_gray_u8, to_uint8
+
+    def gray_before(img: np.ndarray) -> np.ndarray:
+        return to_uint8(_matlab_sum(img))
+
+    def match_before(ga: np.ndarray, gb: np.ndarray, sigma: float = exposure.SIGMA) -> np.ndarray:
+        la = ndimage.gaussian_filter(ga.astype(np.float64), sigma)
+        lb = ndimage.gaussian_filter(gb.astype(np.float64), sigma)
+        m = int(2 * sigma)
+        la, lb = la[m:-m, m:-m].ravel(), lb[m:-m, m:-m].ravel()
+        sa, sb = float(la.std()), float(lb.std())
+        corr = float(((la - la.mean()) * (lb - lb.mean())).mean() / (sa * sb))
+        gain = sa / sb
+        offset = float(la.mean() - gain * lb.mean())
+        level = (gain - 1.0) * float(gb.mean()) + offset
+        if corr < exposure.MIN_CORRELATION or (abs(gain - 1.0) < exposure.SAME_GAIN and abs(level) < exposure.SAME_LEVEL):
+            return gb
+        return np.clip(np.round(gain * gb.astype(np.float64) + offset), 0, 255).astype(np.uint8)
+
+    def clock(f, *x):
+        t0 = time.perf_counter()
+        y = f(*x)
+        return time.perf_counter() - t0, y
+
+    from bafusion.io import to_gray_u8 as _warm
+
+    _warm(np.zeros((2, 2, 3), np.uint8))  # the gray table is built once a process (counted apart)
+    rows = []
+    load = {"before": os.getloadavg()}
+    for size in args.sizes:
+        w, h = (int(v) for v in size.split("x"))
+        a, b = scene(args.pair, (h, w))
+        dark = np.clip(np.round(b * 0.7), 0, 255).astype(np.uint8)
+        t_old, g_old = clock(gray_before, a)
+        t_new, g_new = clock(to_gray_u8, a)
+        rows.append({"step": "gray", "size": size, "before_s": t_old, "after_s": t_new,
+                     "ratio": t_old / t_new, "identical": bool(np.array_equal(g_old, g_new))})
+        print(rows[-1], flush=True)
+        ga = g_new
+        for label, bb in (("same exposure", b), ("B at 0.7x", dark)):
+            gb = to_gray_u8(bb)
+            t_old, m_old = clock(match_before, ga, gb)
+            t_new, m_new = clock(exposure.match_exposure, ga, gb)
+            rows.append({"step": f"exposure ({label})", "size": size, "before_s": t_old, "after_s": t_new,
+                         "ratio": t_old / t_new, "identical": bool(np.array_equal(m_old, m_new))})
+            print(rows[-1], flush=True)
+    load["after"] = os.getloadavg()
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "bench_camera-preprocessing.json").write_text(json.dumps({"pair": args.pair, "rows": rows,
+                                                                     "loadavg": load}, indent=2) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        x = np.arange(len(rows))
+        ax.bar(x - 0.2, [r["before_s"] for r in rows], 0.4, label="before")
+        ax.bar(x + 0.2, [r["after_s"] for r in rows], 0.4, label="after")
+        ax.set_xticks(x, [f"{r['step']}\n{r['size']}, {r['ratio']:.1f}x" for r in rows], fontsize=7)
+        ax.set_ylabel("seconds")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(OUT / "bench_camera-preprocessing.png", dpi=100)
+    except ImportError:
+        pass
+
+
 def busy() -> subprocess.Popen:
     """A low-priority process spinning on one core (started here, stopped by its pid)."""
     return subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", "while True: pass"])
@@ -102,6 +183,8 @@ def main() -> None:
     ap.add_argument("--baseline", action="store_true",
                     help="also time the full-size path (working_side 0) at the smallest large size, one thread")
     ap.add_argument("--skip-timing", action="store_true", help="memory only (writes bench_camera-memory.json)")
+    ap.add_argument("--preprocessing", action="store_true",
+                    help="only the before/after of the gray conversion and exposure matching (default size 6000x4500)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--params-json", default="{}", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -111,6 +194,11 @@ def main() -> None:
         return
     if not (SHARED / "eval" / "lytro").is_dir():
         sys.exit(f"bench_camera: real data not found at {SHARED} (set BAFUSION_SHARED_DATA)")
+    if args.preprocessing:
+        if args.sizes == ap.get_default("sizes"):
+            args.sizes = ["6000x4500"]
+        preprocessing(args)
+        return
     import torch
 
     from bafusion.fusion import FusionParams, fuse_images, load_nets_from_dir

@@ -117,3 +117,15 @@ def test_the_fusing_time_counts_the_gray_conversion_and_exposure_matching(monkey
     assert sum(r.seconds.values()) >= 0.5
     s = fuse_stack_joint([_u8(a), _u8(0.6 * b + 20), _u8(b)], nets, params)
     assert s.seconds["exposure"] >= 1.0 and "gray" in s.seconds
+
+
+def test_matching_by_a_table_of_levels_equals_the_float_arithmetic() -> None:
+    """uint8 B is mapped by a table of its 256 levels: the same bits as the float64 formula."""
+    a, b, _ = _scene()
+    ga, gb = _u8(a), _u8(0.6 * b + 20)
+    gain, offset, _ = fit_exposure(ga, gb)
+    want = np.clip(np.round(gain * gb.astype(np.float64) + offset), 0, 255).astype(np.uint8)
+    assert np.array_equal(match_exposure(ga, gb), want)
+    la = ndimage.gaussian_filter(ga.astype(np.float64), 8.0)[16:-16, 16:-16]
+    lb = ndimage.gaussian_filter(gb.astype(np.float64), 8.0)[16:-16, 16:-16]
+    assert gain == float(la.std()) / float(lb.std())

@@ -559,7 +559,43 @@ def to_gray_u8(img: np.ndarray) -> np.ndarray:
     a = _gray_input(img)
     if a.ndim == 2:
         return a.copy() if a.dtype == np.uint8 else to_uint8(a.astype(np.float64))
+    if a.dtype == np.uint8:  # a table of every (r, g, b): bit-identical, 10-20x faster than the sum
+        return _gray_by_table(a)
     return to_uint8(_matlab_sum(a))  # rounded once: the same as to_uint8(gray_float(a, rounded=True))
+
+
+_GRAY_TABLE: np.ndarray | None = None
+
+
+def _gray_table() -> np.ndarray:
+    """uint8 (2**24,): ``to_uint8(_matlab_sum(rgb))`` of every uint8 ``(r, g, b)``, indexed by
+    ``r << 16 | g << 8 | b`` (16 MB, built once: the same float64 operations in the same order
+    as :func:`_matlab_sum`, so the same bits; compared on every colour in tests/test_io.py)."""
+    global _GRAY_TABLE
+    if _GRAY_TABLE is None:
+        v = np.arange(256, dtype=np.float64)
+        c = RGB2GRAY
+        table = np.empty((256, 256, 256), np.uint8)
+        for r0 in range(0, 256, 16):  # 16 reds at a time: 8 MB of float64, not 134 MB
+            r = v[r0:r0 + 16, None, None]
+            table[r0:r0 + 16] = to_uint8((r * c[0] + v[None, :, None] * c[1]) + v[None, None, :] * c[2])
+        _GRAY_TABLE = table.ravel()
+    return _GRAY_TABLE
+
+
+def _gray_by_table(a: np.ndarray, rows: int = 256) -> np.ndarray:
+    """:func:`to_gray_u8` of uint8 colour (H, W, 3 or 4) by :func:`_gray_table`, a band of
+    ``rows`` rows at a time (no float64 copies of a 24 MP image: 26 s of a camera pair under load)."""
+    table = _gray_table()
+    h, w = a.shape[:2]
+    out = np.empty((h, w), np.uint8)
+    for y in range(0, h, rows):
+        s = a[y:y + rows]
+        idx = s[..., 0].astype(np.uint32) << 16
+        idx |= s[..., 1].astype(np.uint32) << 8
+        idx |= s[..., 2]
+        np.take(table, idx, out=out[y:y + rows])
+    return out
 
 
 def resize(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:

@@ -56,8 +56,10 @@ def fit_exposure(ga: np.ndarray, gb: np.ndarray, sigma: float = SIGMA) -> tuple[
     """
     if ga.shape != gb.shape or ga.ndim != 2:
         raise UserError(f"exposure matching needs two gray images of one size, got {ga.shape} and {gb.shape}")
-    la = ndimage.gaussian_filter(ga.astype(np.float64), sigma)
-    lb = ndimage.gaussian_filter(gb.astype(np.float64), sigma)
+    # uint8 in, float64 out: ndimage filters each line in float64 either way (the same bits as
+    # filtering a float64 copy), without the copy
+    la = ndimage.gaussian_filter(ga, sigma, output=np.float64)
+    lb = ndimage.gaussian_filter(gb, sigma, output=np.float64)
     m = int(2 * sigma)
     if min(ga.shape) > 4 * m:
         la, lb = la[m:-m, m:-m], lb[m:-m, m:-m]
@@ -91,4 +93,7 @@ def match_exposure(ga: np.ndarray, gb: np.ndarray, sigma: float = SIGMA) -> np.n
     level = (gain - 1.0) * float(gb.mean()) + offset
     if corr < MIN_CORRELATION or (abs(gain - 1.0) < SAME_GAIN and abs(level) < SAME_LEVEL):
         return gb
-    return np.clip(np.round(gain * gb.astype(np.float64) + offset), 0, 255).astype(np.uint8)
+    if gb.dtype != np.uint8:
+        return np.clip(np.round(gain * gb.astype(np.float64) + offset), 0, 255).astype(np.uint8)
+    # uint8: a table of the 256 levels (the same arithmetic, so the same bits), not 24 MP of float64
+    return np.clip(np.round(gain * np.arange(256, dtype=np.float64) + offset), 0, 255).astype(np.uint8)[gb]
