@@ -949,3 +949,41 @@ def test_fuse_dir_with_align_registers_a_shot_of_another_size(tmp_path: Path, ne
     err = capsys.readouterr().err
     assert f"resampled from {2 * N}x{2 * N} to {N}x{N}" in err, err
     assert (tmp_path / "out2" / "p.png").is_file()
+
+
+def test_output_exposure_matching_reaches_16_bit_outputs_and_joint_stacks(tmp_path: Path, tiny_nets: Path,
+                                                                          capsys) -> None:
+    """``--match-output-exposure`` applies B's gains to the full-depth pixels a 16-bit output
+    is composed of and to every shot of the joint rule; without it each brighter shot gets a note."""
+    rng = np.random.default_rng(5)
+    a8 = ndimage.uniform_filter(rng.integers(20, 160, (48, 40, 3)).astype(np.uint8), (3, 3, 1))
+    a16 = a8.astype(np.uint16) * 257
+    b16 = np.clip(np.round(a16 * 1.4), 0, 65535).astype(np.uint16)
+    (tmp_path / "a.png").write_bytes(png16_bytes(a16))
+    (tmp_path / "b.png").write_bytes(png16_bytes(b16))
+    common = ["--model", str(tiny_nets), "--device", "cpu", "--no-progress", "--min-region", "0"]
+    assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "f.png"),
+                     "--match-output-exposure", *common]) == 0
+    f16 = read_source_set([tmp_path / "f.png"]).full[0]
+    assert f16.dtype == np.uint16 and np.abs(f16.astype(float) - a16).max() < 257 * 1.5  # B at A's exposure
+    dm = np.zeros(a16.shape[:2], bool)
+    dm[:, :20] = True  # the right half from B, at A's exposure
+    gains = np.full(3, 1 / 1.4)
+    got = batch.compose_full([a16, b16], [dm], [gains])
+    assert np.abs(got.astype(float) - a16).max() <= 1  # without the gains: B's own, 1.4x
+    assert np.array_equal(batch.compose_full([a16, b16], [dm])[:, 20:], b16[:, 20:])
+    idx = np.where(dm, 0, 1).astype(np.int16)
+    assert np.array_equal(batch.compose_index([a16, b16], idx, [None, gains]), got)
+    Image.fromarray(a8).save(tmp_path / "a8.png")
+    Image.fromarray(np.clip(np.round(a8 * 1.4), 0, 255).astype(np.uint8)).save(tmp_path / "b8.png")
+    Image.fromarray(np.clip(np.round(a8 * 0.7), 0, 255).astype(np.uint8)).save(tmp_path / "c8.png")
+    shots = [str(tmp_path / f"{x}8.png") for x in "abc"]
+    capsys.readouterr()
+    assert cli_main(["fuse", *shots, "-o", str(tmp_path / "j.png"), "--stack-rule", "joint", *common]) == 0
+    err = capsys.readouterr().err
+    assert "b8.png differs from" in err and "c8.png differs from" in err and "darker" in err
+    assert cli_main(["fuse", *shots, "-o", str(tmp_path / "k.png"), "--stack-rule", "joint",
+                     "--match-output-exposure", *common]) == 0
+    assert "differs from" not in capsys.readouterr().err
+    k = np.asarray(Image.open(tmp_path / "k.png")).astype(float)
+    assert np.abs(k - a8).max() <= 3

@@ -129,3 +129,65 @@ def test_matching_by_a_table_of_levels_equals_the_float_arithmetic() -> None:
     la = ndimage.gaussian_filter(ga.astype(np.float64), 8.0)[16:-16, 16:-16]
     lb = ndimage.gaussian_filter(gb.astype(np.float64), 8.0)[16:-16, 16:-16]
     assert gain == float(la.std()) / float(lb.std())
+
+
+def _brighter_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A colour scene pair where B is A's exposure x 1.4 (clipped): A, B, B at A's exposure
+    (the truth the output should show where it takes B), and the true map."""
+    a, b, truth = _scene()
+    tint = np.array([1.0, 0.95, 0.85])  # a colour scene, kept below 255 at A's exposure
+    a3, b3 = _u8(0.7 * a[..., None] * tint), _u8(0.7 * b[..., None] * tint)
+    bright = _u8(np.clip(b3 * 1.4, 0, 255))
+    return a3, bright, b3, truth
+
+
+def test_output_exposure_matching_leaves_no_seam_and_without_it_a_note_says_so() -> None:
+    """B 1.4x brighter: the output took B's pixels as they are (a seam of two exposures where it
+    switches) and nothing said so; ``match_output_exposure`` brings them to A's exposure first."""
+    a, bright, b_at_a, truth = _brighter_pair()
+    nets = load_nets_from_dir(None, "cpu")
+    base = dict(flat_level=0, working_min=0)
+    off = fuse_images(a, bright, nets, FusionParams(**base), names=("a.png", "b.png"))
+    on = fuse_images(a, bright, nets, FusionParams(**base, match_output_exposure=True), names=("a.png", "b.png"))
+    assert np.array_equal(off.decision, on.decision)  # the scoring is unchanged
+    assert len(off.notes) == 1 and "b.png differs from a.png in exposure by about +1.1 EV" in off.notes[0]
+    assert "--match-output-exposure" in off.notes[0] and on.notes == []
+    took_b = ~on.decision
+    err_on = np.abs(on.fused.astype(float) - b_at_a)[took_b].mean()
+    err_off = np.abs(off.fused.astype(float) - b_at_a)[took_b].mean()
+    assert err_on < 1.5 < 20 < err_off, (err_on, err_off)
+    # across the boundary: the step between the two sides is the scene's, not an exposure's
+    band = ndimage.binary_dilation(truth, iterations=3) & ~ndimage.binary_erosion(truth, iterations=3)
+    ideal = np.where(truth[..., None], a, b_at_a).astype(float)
+    assert np.abs(on.fused - ideal)[band].mean() < np.abs(off.fused - ideal)[band].mean() / 3
+    # alike shots: no note
+    same = fuse_images(a, b_at_a, nets, FusionParams(**base))
+    assert same.notes == []
+
+
+def test_fuse_prints_the_exposure_note_and_the_option_composites_at_as_exposure(tmp_path, capsys) -> None:
+    from PIL import Image
+
+    from bafusion.cli import main as cli_main
+
+    a, bright, b_at_a, _ = _brighter_pair()
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(bright).save(tmp_path / "b.png")
+    common = ["--device", "cpu", "--no-progress", "--working-min", "0"]  # the shipped nets
+    assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "f.png"),
+                     *common]) == 0
+    err = capsys.readouterr().err
+    assert "b.png differs from" in err and "seams may show" in err and "--match-output-exposure" in err
+    assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "g.png"),
+                     "--match-output-exposure", *common]) == 0
+    assert "differs from" not in capsys.readouterr().err
+    g = np.asarray(Image.open(tmp_path / "g.png")).astype(float)
+    took_a = np.all(g == a, axis=2)
+    assert 0.2 < took_a.mean() < 0.8 and np.abs(g - b_at_a)[~took_a].mean() < 1.5
+
+
+def test_the_paper_preset_and_the_defaults_keep_the_sources_pixels() -> None:
+    from bafusion.config import load_preset
+
+    assert load_preset("paper")["fuse"]["match_output_exposure"] is False
+    assert FusionParams().match_output_exposure is False

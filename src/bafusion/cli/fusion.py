@@ -88,6 +88,10 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True) -> None:
     g.add_argument("--exposure-match", choices=allowed("fuse.exposure_match"), default=None,
                    help="map B onto A's exposure before the nets score the pair (shots of different brightness): "
                         f"linear or none (default {d.exposure_match})")
+    g.add_argument("--match-output-exposure", action=argparse.BooleanOptionalAction, default=None,
+                   help="bring B's pixels to A's exposure and colour (per-channel gains) before compositing, so "
+                        "that shots of different exposure or white balance leave no seam; off: the sources' own "
+                        f"pixels, the paper (default {'on' if d.match_output_exposure else 'off'})")
     g.add_argument("--flat-level", type=float, default=None,
                    help="flat-region filling: where A and B differ by under about this many gray levels, the "
                         "score follows the textured neighbourhood (blank page, sky); 0 = off, the paper "
@@ -140,6 +144,7 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
         "working_band": getattr(args, "working_band", None), "working_refine": getattr(args, "working_refine", None),
         "working_min": getattr(args, "working_min", None),
         "exposure_match": getattr(args, "exposure_match", None),
+        "match_output_exposure": getattr(args, "match_output_exposure", None),
         "flat_level": getattr(args, "flat_level", None), "flat_sigma": getattr(args, "flat_sigma", None),
         "tta": getattr(args, "tta", None),
         "boundary_weight": getattr(args, "boundary_weight", None),

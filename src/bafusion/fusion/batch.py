@@ -74,7 +74,8 @@ class Fused:
     png_colour: bytes | None = None
 
 
-def compose_full(full: Sequence[np.ndarray], decisions: Sequence[np.ndarray]) -> np.ndarray:
+def compose_full(full: Sequence[np.ndarray], decisions: Sequence[np.ndarray],
+                 gains: Sequence[np.ndarray | None] = ()) -> np.ndarray:
     """Eq. 3 on the full-depth sources with the binary decision maps of a chained fusion:
     ``F1 = DM1*I1 + (1-DM1)*I2``, ``Fk = DMk*F(k-1) + (1-DMk)*I(k+1)``; a gray source with
     colour ones is replicated to three channels.
@@ -85,6 +86,9 @@ def compose_full(full: Sequence[np.ndarray], decisions: Sequence[np.ndarray]) ->
         The N sources (uint16, gray or RGB, same size).
     decisions : sequence of numpy.ndarray
         The N-1 boolean maps (True: the fusion so far / A).
+    gains : sequence of (numpy.ndarray or None)
+        Per step, the gains brought B to A's exposure by (``match_output_exposure``:
+        :attr:`FusionResult.gains`), applied to the full-depth source too; None: as it is.
 
     Returns
     -------
@@ -93,8 +97,12 @@ def compose_full(full: Sequence[np.ndarray], decisions: Sequence[np.ndarray]) ->
     """
     colour = any(f.ndim == 3 for f in full)
     srcs = [np.repeat(f[..., None], 3, axis=2) if colour and f.ndim == 2 else f for f in full]
+    from bafusion.fusion.exposure import apply_gains
+
     cur = srcs[0]
-    for dm, nxt in zip(decisions, srcs[1:]):
+    gains = list(gains) + [None] * (len(decisions) - len(gains))
+    for dm, nxt, g in zip(decisions, srcs[1:], gains):
+        nxt = nxt if g is None else apply_gains(nxt.astype(np.uint16), g)
         cur = np.where(dm[..., None] if cur.ndim == 3 else dm, cur, nxt)
     return cur.astype(np.uint16)
 
@@ -351,12 +359,13 @@ def fused_output(src: SourceSet, results, output: Path) -> Fused:
     if src.full is not None:
         if keeps_16_bits(output):
             if joint:
-                fused = compose_index(src.full, results.index)
+                fused = compose_index(src.full, results.index, results.gains)
             else:
-                fused = compose_full(src.full, [r.decision for r in results])
+                fused = compose_full(src.full, [r.decision for r in results], [r.gains for r in results])
         else:
             notes.append(f"{output}: written with 8 bits per sample from sources of more than 8 ({output.suffix} "
                          "keeps 8 bits; use .png or .tif for 16)")
+    notes += list(getattr(results, "notes", [])) if joint else [n for r in results for n in r.notes]
     exif, exif_note = fit_jpeg_exif(src.exif, output)
     notes += [exif_note] if exif_note else []
     png_colour = src.png_colour if Path(output).suffix.lower() == ".png" else None
@@ -368,11 +377,16 @@ def fused_output(src: SourceSet, results, output: Path) -> Fused:
                  src.dpi, png_colour)
 
 
-def compose_index(full: Sequence[np.ndarray], index: np.ndarray) -> np.ndarray:
+def compose_index(full: Sequence[np.ndarray], index: np.ndarray, gains: Sequence | None = None) -> np.ndarray:
     """Each pixel from the full-depth source ``index`` names (the joint stack rule's map); a
-    gray source with colour ones is replicated to three channels."""
+    gray source with colour ones is replicated to three channels; ``gains`` (per source, or
+    None): those ``match_output_exposure`` applied."""
+    from bafusion.fusion.exposure import apply_gains
+
     colour = any(f.ndim == 3 for f in full)
-    st = np.stack([np.repeat(f[..., None], 3, axis=2) if colour and f.ndim == 2 else f for f in full])
+    srcs = [np.repeat(f[..., None], 3, axis=2) if colour and f.ndim == 2 else f for f in full]
+    st = np.stack([f if not gains or gains[i] is None else apply_gains(f.astype(np.uint16), gains[i])
+                   for i, f in enumerate(srcs)])
     sel = index[None, ..., None] if st.ndim == 4 else index[None]
     return np.take_along_axis(st, sel.astype(np.intp), 0)[0].astype(np.uint16)
 

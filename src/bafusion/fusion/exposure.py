@@ -6,6 +6,13 @@ A's exposure by a gain and an offset fitted on heavily low-passed copies of both
 ``sigma`` px: what is left there is exposure and tone, not focus). Only the scoring input
 changes: the fused pixels are the sources' own.
 
+The fused pixels are composited as they are, so shots of different exposure or white balance
+give a seam where the decision switches: :func:`exposure_note` says so (``bafusion fuse``
+prints it), and :attr:`FusionParams.match_output_exposure` (off by default and in the paper
+preset) brings B's pixels to A's exposure and colour first, by per-channel gains
+(:func:`colour_gains`, :func:`apply_gains`). A is the reference, as for the scoring: the
+output keeps the first shot's exposure.
+
 Measured in ``benchmarks/realistic_validation.py`` and on the real development pairs
 (BENCHMARKS.md, "Exposure matching").
 """
@@ -17,7 +24,7 @@ from scipy import ndimage
 
 from bafusion.errors import UserError
 
-__all__ = ["fit_exposure", "match_exposure"]
+__all__ = ["apply_gains", "colour_gains", "exposure_note", "fit_exposure", "match_exposure"]
 
 #: Gaussian sigma (px) of the low-pass copies the gain and offset are fitted on.
 SIGMA = 8.0
@@ -97,3 +104,102 @@ def match_exposure(ga: np.ndarray, gb: np.ndarray, sigma: float = SIGMA) -> np.n
         return np.clip(np.round(gain * gb.astype(np.float64) + offset), 0, 255).astype(np.uint8)
     # uint8: a table of the 256 levels (the same arithmetic, so the same bits), not 24 MP of float64
     return np.clip(np.round(gain * np.arange(256, dtype=np.float64) + offset), 0, 255).astype(np.uint8)[gb]
+
+
+
+#: :func:`exposure_note` speaks up when B's exposure differs from A's by more than this (stops)
+#: or one channel's ratio B/A differs from another's by more than :data:`NOTE_CHANNEL` (5 %):
+#: about what shows as a seam where the output switches from one shot to the other.
+NOTE_EV = 0.15
+NOTE_CHANNEL = 0.05
+#: The encoding gamma the note assumes (sRGB's, roughly) to give a ratio of pixel values in stops.
+GAMMA = 2.2
+
+
+def _colour(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 2:
+        return x[..., None]
+    return x[..., :3]
+
+
+def colour_gains(a: np.ndarray, b: np.ndarray, step: int = 4) -> np.ndarray:
+    """Per-channel gains that bring B's pixels to A's exposure and colour, ``A_c ~ g_c * B_c``.
+
+    The ratio of the channel sums of A and B over the pixels (every ``step``-th row and
+    column) that are neither clipped nor black in either shot (3 to 252 on the 8-bit scale):
+    the focus difference moves the pixels but not the sums, and clipped pixels would pull a
+    brighter shot's gain towards 1.
+
+    Parameters
+    ----------
+    a, b : ndarray
+        The sources, uint8 or uint16, (H, W) or (H, W, 3/4), of one size and channel count
+        (alpha ignored).
+    step : int
+        Subsampling of rows and columns.
+
+    Returns
+    -------
+    ndarray
+        float64 (C,), one gain per channel (1 where a channel has too few usable pixels).
+    """
+    a, b = _colour(a)[::step, ::step], _colour(b)[::step, ::step]
+    top = 65535.0 if a.dtype == np.uint16 or b.dtype == np.uint16 else 255.0
+    fa = a.astype(np.float64) * (top / (65535.0 if a.dtype == np.uint16 else 255.0))
+    fb = b.astype(np.float64) * (top / (65535.0 if b.dtype == np.uint16 else 255.0))
+    lo, hi = 3.0 * top / 255.0, 252.0 * top / 255.0
+    gains = np.ones(fa.shape[2])
+    for c in range(fa.shape[2]):
+        ok = (fa[..., c] >= lo) & (fa[..., c] <= hi) & (fb[..., c] >= lo) & (fb[..., c] <= hi)
+        if ok.sum() >= 100:
+            gains[c] = float(fa[..., c][ok].sum() / fb[..., c][ok].sum())
+    return gains
+
+
+def apply_gains(b: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    """B with each channel multiplied by its gain, rounded and clipped to its type's range
+    (uint8 or uint16; alpha and gray kept as they are shaped)."""
+    b = np.asarray(b)
+    top = 65535 if b.dtype == np.uint16 else 255
+    g = np.asarray(gains, dtype=np.float64)
+    out = b.copy()
+    if b.ndim == 2:
+        return np.clip(np.round(b * g[0]), 0, top).astype(b.dtype)
+    n = min(3, b.shape[2])
+    gg = g if g.size == n else np.full(n, g[0])
+    out[..., :n] = np.clip(np.round(b[..., :n] * gg), 0, top).astype(b.dtype)
+    return out
+
+
+def exposure_note(gains: np.ndarray, names: tuple[str, str] = ("A", "B"), option: str = "") -> str | None:
+    """A line saying that B's exposure or colour differs visibly from A's (gains from
+    :func:`colour_gains`), or None when it does not (:data:`NOTE_EV`, :data:`NOTE_CHANNEL`).
+
+    ``option`` names what brings B to A (``--match-output-exposure``, ...)."""
+    ratio = 1.0 / np.asarray(gains, dtype=np.float64)  # B / A per channel
+    if ratio.size == 3:
+        from bafusion.io import RGB2GRAY
+
+        level = float(ratio @ RGB2GRAY)
+    else:
+        level = float(ratio.mean())
+    # stops of light: the pixel values are gamma-encoded (sRGB: about 2.2), so a ratio r of
+    # them is about r ** 2.2 of light (+0.5 EV: the values x 1.17)
+    ev = GAMMA * float(np.log2(level)) if level > 0 else 0.0
+    spread = float(ratio.max() / ratio.min() - 1.0) if ratio.min() > 0 else 0.0
+    if abs(ev) <= NOTE_EV and spread <= NOTE_CHANNEL:
+        return None
+    na, nb = names
+    how = []
+    if abs(ev) > NOTE_EV:
+        how.append("brighter" if ev > 0 else "darker")
+    if ratio.size == 3 and spread > NOTE_CHANNEL:
+        warm = ratio[0] / ratio[2]
+        how.append("warmer" if warm > 1 + NOTE_CHANNEL else "cooler" if warm < 1 - NOTE_CHANNEL else "tinted")
+    per = "/".join(f"{r:.2f}" for r in ratio)
+    what = f"in exposure by about {ev:+.1f} EV" if abs(ev) > NOTE_EV else "in colour balance"
+    return (f"{nb} differs from {na} {what} ({nb} {', '.join(how)}; mean ratio {nb}/{na} "
+            f"{'R/G/B ' if ratio.size == 3 else ''}{per}): the output takes pixels from both as they are, so seams "
+            f"may show where it switches between them"
+            + (f"; {option} brings {nb}'s pixels to {na}'s exposure and colour before compositing" if option else ""))

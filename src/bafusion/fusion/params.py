@@ -137,6 +137,12 @@ class FusionParams:
     #: brighter shot does not read as the sharper one; the fused pixels stay the sources'
     #: own. "none": the paper (the nets see the pair as it is).
     exposure_match: str = _default("exposure_match")
+    #: The fused pixels: B's brought to A's exposure and colour by per-channel gains
+    #: (:func:`bafusion.fusion.exposure.colour_gains`) before ``F = DM*A + (1-DM)*B``, so that
+    #: shots of different exposure or white balance leave no seam where the output switches.
+    #: False: the sources' own pixels (the paper, and the default; ``bafusion fuse`` notes a
+    #: visible difference).
+    match_output_exposure: bool = _default("match_output_exposure")
     #: Flat-region filling (:func:`bafusion.fusion.decide.fill_flat`): gray levels of
     #: difference between A and B (smoothed |A - B|, after exposure matching) at which a pixel
     #: keeps half its own score; flatter pixels take the score of their neighbourhood, so

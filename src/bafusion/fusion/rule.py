@@ -34,7 +34,7 @@ import numpy as np
 
 from bafusion.errors import InputFileError, UserError
 from bafusion.fusion.decide import decide
-from bafusion.fusion.exposure import match_exposure
+from bafusion.fusion.exposure import apply_gains, colour_gains, exposure_note, match_exposure
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.working import (
@@ -45,6 +45,10 @@ from bafusion.fusion.working import (
     uses_working,
 )
 from bafusion.io import to_gray_u8
+
+
+#: How the note of a visible exposure difference names the option that matches the pixels.
+OUTPUT_EXPOSURE_OPTION = "--match-output-exposure (fuse.match_output_exposure: true)"
 
 
 @dataclass
@@ -81,6 +85,11 @@ class FusionResult:
     decision_raw: np.ndarray  #: bool, s1 > threshold
     decision: np.ndarray  #: bool, after small-region removal (True: take A)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: Lines for the user: B's exposure or colour differs visibly from A's
+    #: (:func:`bafusion.fusion.exposure.exposure_note`).
+    notes: list[str] = field(default_factory=list)
+    #: B's per-channel gains applied before compositing (``match_output_exposure``), else None.
+    gains: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -276,6 +285,15 @@ def fuse_images(
         with progress_bar(1, ga.size, progress, desc="matching exposure"):  # shown as the fusion's bar
             gb = match_exposure(ga, gb)
         t_pre["exposure"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    gains = colour_gains(a, b)
+    notes = []
+    if params.match_output_exposure:  # B's pixels at A's exposure and colour: no seam of two exposures
+        b = apply_gains(b, gains)
+    else:
+        note = exposure_note(gains, names, OUTPUT_EXPOSURE_OPTION)
+        notes += [note] if note else []
+    t_pre["colour"] = time.perf_counter() - t0
     if uses_working(ga.shape, params):
         s0, mean, near, s1, t = decide_working(ga, gb, nets, params, progress=progress)
     elif uses_upscale(ga.shape, params):
@@ -291,7 +309,8 @@ def fuse_images(
     dm = remove_small_regions(dm_raw, params.min_region)
     fused = fuse_with_map(a, b, dm)
     t["post"] = time.perf_counter() - t0
-    return FusionResult(fused, s0, mean, near, s1, dm_raw, dm, {**t_pre, **t})
+    return FusionResult(fused, s0, mean, near, s1, dm_raw, dm, {**t_pre, **t}, notes,
+                        gains if params.match_output_exposure else None)
 
 
 def fuse_stack(

@@ -68,10 +68,10 @@ from scipy import ndimage
 from bafusion.data.composite import defocus, fit_background
 from bafusion.errors import InputFileError, UserError
 from bafusion.fusion.decide import blend_scores, fill_flat, window_mean
-from bafusion.fusion.exposure import match_exposure
+from bafusion.fusion.exposure import apply_gains, colour_gains, exposure_note, match_exposure
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import STACK_RULES, FusionParams
-from bafusion.fusion.rule import FusionResult, check_same_size
+from bafusion.fusion.rule import OUTPUT_EXPOSURE_OPTION, FusionResult, check_same_size
 from bafusion.fusion.scoring import _logit, boundary_steps, score, score_multiscale
 from bafusion.fusion.working import decision_size, resize_gray
 from bafusion.io import gray_float, read_image, read_matte, resize, to_gray_u8, to_uint8
@@ -281,6 +281,11 @@ class StackResult:
     index_raw: np.ndarray  #: int16, after the boundary net
     index: np.ndarray  #: int16, after small-region removal
     seconds: dict[str, float] = field(default_factory=dict)
+    #: Lines for the user: a shot's exposure or colour differs visibly from the first's.
+    notes: list[str] = field(default_factory=list)
+    #: Per shot, the gains applied before compositing (``match_output_exposure``; the first
+    #: shot's: None), else None.
+    gains: list | None = None
 
 
 def chain_index(results: Sequence[FusionResult]) -> np.ndarray:
@@ -482,10 +487,22 @@ def fuse_stack_joint(
         index0, near, index1 = (_nearest(m, (h, w)) for m in (index0, near, index1))
         t["resize"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    colour = any(np.asarray(i).ndim == 3 for i in images)
+    gains = [None] + [colour_gains(_rgb(images[0], colour), _rgb(im, colour)) for im in images[1:]]
+    notes = []
+    if params.match_output_exposure:  # every shot's pixels at the first one's exposure and colour
+        images = [images[0]] + [apply_gains(_rgb(im, colour), g) for im, g in zip(images[1:], gains[1:])]
+    else:
+        for i in range(1, n):
+            note = exposure_note(gains[i], (names[0], names[i]), OUTPUT_EXPOSURE_OPTION)
+            notes += [note] if note else []
+    t_pre["colour"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     index = remove_small_labels(index1, params.min_region)
     fused = compose(images, index)
     t["post"] = time.perf_counter() - t0
-    return StackResult(fused, scores, index0, near, index1, index, {**t_pre, **t})
+    return StackResult(fused, scores, index0, near, index1, index, {**t_pre, **t}, notes,
+                       gains if params.match_output_exposure else None)
 
 
 #: The files :func:`save_stack_maps` writes, ``<stem>-<key>.png``.
