@@ -150,7 +150,7 @@ def test_output_exposure_matching_leaves_no_seam_and_without_it_a_note_says_so()
     off = fuse_images(a, bright, nets, FusionParams(**base), names=("a.png", "b.png"))
     on = fuse_images(a, bright, nets, FusionParams(**base, match_output_exposure=True), names=("a.png", "b.png"))
     assert np.array_equal(off.decision, on.decision)  # the scoring is unchanged
-    assert len(off.notes) == 1 and "b.png differs from a.png in exposure by about +1.1 EV" in off.notes[0]
+    assert len(off.notes) == 1 and "b.png differs from a.png by about +1.1 EV (brighter" in off.notes[0]
     assert "--match-output-exposure" in off.notes[0] and on.notes == []
     took_b = ~on.decision
     err_on = np.abs(on.fused.astype(float) - b_at_a)[took_b].mean()

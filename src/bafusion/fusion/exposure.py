@@ -172,11 +172,13 @@ def apply_gains(b: np.ndarray, gains: np.ndarray) -> np.ndarray:
     return out
 
 
-def exposure_note(gains: np.ndarray, names: tuple[str, str] = ("A", "B"), option: str = "") -> str | None:
+def exposure_note(gains: np.ndarray, names: tuple[str, str] = ("A", "B"), option: str = "",
+                  colour: bool = True) -> str | None:
     """A line saying that B's exposure or colour differs visibly from A's (gains from
     :func:`colour_gains`), or None when it does not (:data:`NOTE_EV`, :data:`NOTE_CHANNEL`).
 
-    ``option`` names what brings B to A (``--match-output-exposure``, ...)."""
+    ``option`` names what brings B to A (``--match-output-exposure``, ...); ``colour`` False
+    (a gray shot beside a colour one, noted apart): the exposure alone."""
     ratio = 1.0 / np.asarray(gains, dtype=np.float64)  # B / A per channel
     if ratio.size == 3:
         from bafusion.io import RGB2GRAY
@@ -187,7 +189,7 @@ def exposure_note(gains: np.ndarray, names: tuple[str, str] = ("A", "B"), option
     # stops of light: the pixel values are gamma-encoded (sRGB: about 2.2), so a ratio r of
     # them is about r ** 2.2 of light (+0.5 EV: the values x 1.17)
     ev = GAMMA * float(np.log2(level)) if level > 0 else 0.0
-    spread = float(ratio.max() / ratio.min() - 1.0) if ratio.min() > 0 else 0.0
+    spread = float(ratio.max() / ratio.min() - 1.0) if ratio.min() > 0 and colour else 0.0
     if abs(ev) <= NOTE_EV and spread <= NOTE_CHANNEL:
         return None
     na, nb = names
@@ -198,8 +200,8 @@ def exposure_note(gains: np.ndarray, names: tuple[str, str] = ("A", "B"), option
         warm = ratio[0] / ratio[2]
         how.append("warmer" if warm > 1 + NOTE_CHANNEL else "cooler" if warm < 1 - NOTE_CHANNEL else "tinted")
     per = "/".join(f"{r:.2f}" for r in ratio)
-    what = f"in exposure by about {ev:+.1f} EV" if abs(ev) > NOTE_EV else "in colour balance"
-    return (f"{nb} differs from {na} {what} ({nb} {', '.join(how)}; mean ratio {nb}/{na} "
-            f"{'R/G/B ' if ratio.size == 3 else ''}{per}): the output takes pixels from both as they are, so seams "
-            f"may show where it switches between them"
-            + (f"; {option} brings {nb}'s pixels to {na}'s exposure and colour before compositing" if option else ""))
+    what = f"by about {ev:+.1f} EV" if abs(ev) > NOTE_EV else "in colour balance"
+    chans = "R/G/B " if ratio.size == 3 else ""
+    return (f"{nb} differs from {na} {what} ({', '.join(how)}; channel means {chans}x{per} of {na}'s): the output "
+            "takes pixels from both as they are, so seams may show where it switches between them"
+            + (f"; {option} brings its pixels to {na}'s exposure and colour before compositing" if option else ""))

@@ -275,6 +275,7 @@ def fuse_images(
     for x, name in ((a, names[0]), (b, names[1])):
         if x.dtype != np.uint8:
             raise UserError(f"{name}: sources must be uint8 images, got {x.dtype}")
+    both_colour = a.ndim == 3 and b.ndim == 3  # a gray shot beside a colour one: noted apart
     a, b = _match_channels(a, b)
     t_pre: dict[str, float] = {}  # counted in the fusing time: a camera-size pair's seconds
     t0 = time.perf_counter()
@@ -291,7 +292,7 @@ def fuse_images(
     if params.match_output_exposure:  # B's pixels at A's exposure and colour: no seam of two exposures
         b = apply_gains(b, gains)
     else:
-        note = exposure_note(gains, names, OUTPUT_EXPOSURE_OPTION)
+        note = exposure_note(gains, names, OUTPUT_EXPOSURE_OPTION, colour=both_colour)
         notes += [note] if note else []
     t_pre["colour"] = time.perf_counter() - t0
     if uses_working(ga.shape, params):

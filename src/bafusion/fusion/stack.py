@@ -494,7 +494,8 @@ def fuse_stack_joint(
         images = [images[0]] + [apply_gains(_rgb(im, colour), g) for im, g in zip(images[1:], gains[1:])]
     else:
         for i in range(1, n):
-            note = exposure_note(gains[i], (names[0], names[i]), OUTPUT_EXPOSURE_OPTION)
+            note = exposure_note(gains[i], (names[0], names[i]), OUTPUT_EXPOSURE_OPTION,
+                                 colour=np.asarray(images[0]).ndim == 3 and np.asarray(images[i]).ndim == 3)
             notes += [note] if note else []
     t_pre["colour"] = time.perf_counter() - t0
     t0 = time.perf_counter()
