@@ -60,7 +60,7 @@ PINNED = {
     "train.amp": (False, True), "fuse.precision": ("fp32", "bf16"), "fuse.l": (8, 3), "fuse.min_region": (0.01, 0.05),
     "fuse.exact": (False, True), "fuse.initial_mode": ("dense", "grid"), "fuse.boundary_mode": ("adaptive", "dense"),
     "fuse.initial_step": (4, 2), "fuse.boundary_step": (0, 8), "fuse.dense_margin": (16, 0),
-    "fuse.match_output_exposure": (False, True),
+    "fuse.match_output_exposure": (False, True), "fuse.exposure_fit_step": (1, 4),
     "evaluate.methods": (["Ours-initial", "Ours", "GFF-native", "Laplacian"], ["Ours"]),
 }
 

@@ -191,3 +191,19 @@ def test_the_paper_preset_and_the_defaults_keep_the_sources_pixels() -> None:
 
     assert load_preset("paper")["fuse"]["match_output_exposure"] is False
     assert FusionParams().match_output_exposure is False
+
+
+def test_a_fit_on_block_means_is_an_option_close_to_the_full_one() -> None:
+    """``exposure_fit_step`` N fits on N x N block means (a camera pair's 10-30 s of filtering
+    cut N**2 times); 1, the default, is the full-resolution fit, bit for bit."""
+    a, b, _ = _scene()
+    ga, gb = _u8(a), _u8(0.6 * b + 20)
+    full = fit_exposure(ga, gb)
+    assert fit_exposure(ga, gb, step=1) == full and FusionParams().exposure_fit_step == 1
+    gain, offset, corr = fit_exposure(ga, gb, step=4)
+    assert gain == pytest.approx(full[0], rel=0.01) and offset == pytest.approx(full[1], abs=1.0)
+    assert corr == pytest.approx(full[2], abs=0.01)
+    assert np.abs(match_exposure(ga, gb, step=4).astype(int) - match_exposure(ga, gb)).max() <= 1
+    from bafusion.config import load_preset
+
+    assert load_preset("paper")["fuse"]["exposure_fit_step"] == 1

@@ -143,6 +143,11 @@ class FusionParams:
     #: False: the sources' own pixels (the paper, and the default; ``bafusion fuse`` notes a
     #: visible difference).
     match_output_exposure: bool = _default("match_output_exposure")
+    #: Exposure matching's fit on N x N block means (1: full resolution, the default): N**2
+    #: times less low-pass filtering (a 24 MP pair's 10-30 s on a CPU); the gain moves in
+    #: the 4th digit, so the matched B of a pair that differs in exposure may move by a gray
+    #: level at some levels (:func:`bafusion.fusion.exposure.fit_exposure`).
+    exposure_fit_step: int = _default("exposure_fit_step")
     #: Flat-region filling (:func:`bafusion.fusion.decide.fill_flat`): gray levels of
     #: difference between A and B (smoothed |A - B|, after exposure matching) at which a pixel
     #: keeps half its own score; flatter pixels take the score of their neighbourhood, so

@@ -284,7 +284,7 @@ def fuse_images(
     if params.exposure_match == "linear":  # the nets score B at A's exposure
         t0 = time.perf_counter()
         with progress_bar(1, ga.size, progress, desc="matching exposure"):  # shown as the fusion's bar
-            gb = match_exposure(ga, gb)
+            gb = match_exposure(ga, gb, step=params.exposure_fit_step)
         t_pre["exposure"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     gains = colour_gains(a, b)

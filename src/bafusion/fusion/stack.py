@@ -474,7 +474,7 @@ def fuse_stack_joint(
     t_pre["gray"] = time.perf_counter() - t0
     if params.exposure_match == "linear":  # the nets score every shot at the first one's exposure
         t0 = time.perf_counter()
-        grays = [grays[0]] + [match_exposure(grays[0], g) for g in grays[1:]]
+        grays = [grays[0]] + [match_exposure(grays[0], g, step=params.exposure_fit_step) for g in grays[1:]]
         t_pre["exposure"] = time.perf_counter() - t0
     h, w = grays[0].shape
     size = decision_size((h, w), params)
