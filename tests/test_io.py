@@ -997,11 +997,13 @@ def test_a_pngs_gama_and_chrm_are_read_and_written_to_a_png(tmp_path: Path, dtyp
 def test_to_gray_u8_by_its_table_equals_the_sum_on_every_colour() -> None:
     """uint8 colour goes through a table of every (r, g, b) (a camera pair's 26 s were float64
     temporaries): bit-identical to rounding the float64 sum in MATLAB's order, RGB and RGBA."""
-    from bafusion.io import _matlab_sum, to_uint8
+    from bafusion.io import GRAY_TABLE_MIN_PIXELS, _gray_by_table, _matlab_sum, to_uint8
 
     v = np.arange(256, dtype=np.uint8)
     every = np.stack(np.meshgrid(v, v, v, indexing="ij"), -1).reshape(4096, 4096, 3)
+    assert every.shape[0] * every.shape[1] >= GRAY_TABLE_MIN_PIXELS  # the table's path
     assert np.array_equal(to_gray_u8(every), to_uint8(_matlab_sum(every)))
     rgba = np.concatenate([every[:300, :200], np.full((300, 200, 1), 7, np.uint8)], axis=2)
-    assert np.array_equal(to_gray_u8(rgba), to_uint8(_matlab_sum(rgba)))
+    assert np.array_equal(_gray_by_table(rgba), to_uint8(_matlab_sum(rgba)))
+    assert np.array_equal(to_gray_u8(rgba), to_uint8(_matlab_sum(rgba)))  # small: the sum's path
     assert np.array_equal(to_gray_u8(every[:5, :7].astype(np.float64)), to_uint8(_matlab_sum(every[:5, :7])))
