@@ -19,6 +19,7 @@ traceback is printed, followed by one line saying so, and the status is 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
@@ -136,9 +137,16 @@ def _quiet_stop_hook(previous: object) -> object:
     return hook
 
 
+#: The signals turned into ``SystemExit(128 + N)`` (:func:`install_sigterm_handler`): SIGTERM, and
+#: SIGHUP (the terminal closed, an ssh connection dropped), which ended the command silently with
+#: 129, leaving its temporary folders and its MLflow run RUNNING.
+_STOP_SIGNALS: tuple[int, ...] = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
 def install_sigterm_handler() -> dict[int, object]:
-    """Turn SIGTERM (``kill``, ``timeout``, Snakemake or SLURM stopping a job) into
-    ``SystemExit(143)`` so that ``finally`` blocks and context managers run: partial outputs
+    """Turn SIGTERM (``kill``, ``timeout``, Snakemake or SLURM stopping a job) and SIGHUP (the
+    terminal closed, ssh dropped) into ``SystemExit(143)`` (``129``) so that ``finally`` blocks
+    and context managers run: partial outputs
     are not renamed into place and the step's MLflow run ends as KILLED instead of staying
     RUNNING. SIGINT (Ctrl-C) still raises ``KeyboardInterrupt``. Both handlers also record the
     stop (:func:`bafusion.atomic.request_stop`): raised inside a weakref callback or a
@@ -149,8 +157,9 @@ def install_sigterm_handler() -> dict[int, object]:
     replaced: dict[int, object] = {}
     if threading.current_thread() is not threading.main_thread():
         return replaced
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        replaced[signal.SIGTERM] = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    for signum in _STOP_SIGNALS:
+        if signal.getsignal(signum) == signal.SIG_DFL:  # not over nohup's SIG_IGN
+            replaced[signum] = signal.signal(signum, _exit_on_sigterm)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         replaced[signal.SIGINT] = signal.signal(signal.SIGINT, _interrupt)
     return replaced
@@ -201,7 +210,9 @@ def _stopped(cmd: str) -> int | None:
     signum = stop_requested()
     if signum is None:
         return None
-    print(f"{cmd}: {'interrupted' if signum == signal.SIGINT else 'terminated'}", file=sys.stderr)
+    said = {signal.SIGINT: "interrupted", getattr(signal, "SIGHUP", None): "hangup: stopped"}.get(signum, "terminated")
+    with contextlib.suppress(OSError, ValueError):  # after a hangup the terminal may be gone (EIO)
+        print(f"{cmd}: {said}", file=sys.stderr)
     return 128 + signum
 
 
