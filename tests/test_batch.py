@@ -887,3 +887,63 @@ def test_fuse_dir_skip_existing_keeps_only_outputs_of_the_same_setup(tmp_path: P
     assert "fused 1 stack(s) into" in capsys.readouterr().out
     assert (out / "p1.png").stat().st_mtime_ns != before
     assert json.loads(marker.read_text())["outputs"] == ["p1.png", "p2.png"]
+
+
+def _three_pairs(tmp_path: Path) -> tuple[Path, Path]:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name, seed in (("p", 3), ("q", 4), ("r", 5)):
+        for n, x in zip("AB", pair(seed)):
+            Image.fromarray(x).save(src / f"{name}-{n}.png")
+    return src, out
+
+
+def test_fuse_dir_skips_a_stack_that_runs_out_of_memory_and_goes_on(tmp_path: Path, nets: Path, capsys,
+                                                                    monkeypatch) -> None:
+    """A MemoryError in one stack (a camera-size pair under a memory limit) stopped the whole
+    batch (exit 1, nothing fused): it is skipped with its reason, the others are fused, exit 3."""
+    src, out = _three_pairs(tmp_path)
+    real = batch.fuse_files
+
+    def short_of_memory(paths, *args, **kwargs):
+        if paths[0].name.startswith("q-"):
+            raise MemoryError("Unable to allocate 275. MiB for an array with shape (3000, 4000, 3)")
+        return real(paths, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "fuse_files", short_of_memory)
+    rc = cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"])
+    o, err = capsys.readouterr()
+    assert rc == batch.EXIT_SKIPPED, err
+    assert "skipped q: out of memory (Unable to allocate 275. MiB" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == [batch.OUTPUT_MARKER, "p.png", "r.png"]
+    assert batch.read_marker(out)["outputs"] == ["p.png", "r.png"]
+
+
+def test_fuse_dir_stops_at_a_full_disk(tmp_path: Path, nets: Path, capsys, monkeypatch) -> None:
+    """On a full disk every remaining stack was fused and failed at its write, one after the
+    other: the batch stops at the first, says to free space and rerun with --skip-existing, and
+    the record lists what was written."""
+    import errno
+    import os
+
+    import bafusion.io as bio
+
+    src, out = _three_pairs(tmp_path)
+    real, tried = bio.write_image, []
+
+    def full(path, *args, **kwargs):
+        tried.append(Path(path).name)
+        if Path(path).name == "q.png":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(bio, "write_image", full)
+    rc = cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"])
+    o, err = capsys.readouterr()
+    assert rc == 2, err
+    assert tried == ["p.png", "q.png"]  # r is not fused
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"bafusion fuse-dir: error: {out / 'q.png'}: No space left on device"), err
+    assert "free space" in last and "--skip-existing" in last and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == [batch.OUTPUT_MARKER, "p.png"]
+    assert batch.read_marker(out)["outputs"] == ["p.png"]

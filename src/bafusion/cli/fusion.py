@@ -366,6 +366,8 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
         print(f"bafusion fuse-dir: skipped {what}: {why}", file=sys.stderr)
     print(f"fused {len(rep.fused)} stack(s) into {out}" + (f", {len(rep.existing)} already there" if rep.existing else "")
           + (f", skipped {len(rep.skipped)} (listed on stderr)" if rep.skipped else ""))
+    if rep.stopped:
+        print(f"bafusion fuse-dir: error: {rep.stopped}", file=sys.stderr)
     return rep.exit_code
 
 
@@ -378,7 +380,8 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
         "(-C, ...) are one stack, in letter order; each sub-folder of IN is one stack (its images in name order). "
         "What cannot be fused (one shot, a name outside the rule, an unreadable file, sizes that differ, shots "
         f"of two scenes) is skipped and listed at the end. Exit status: 0 all fused, {EXIT_SKIPPED} some skipped "
-        f"(the others fused), {EXIT_NONE_FUSED} all skipped (nothing fused), 2 bad usage.",
+        f"(the others fused), {EXIT_NONE_FUSED} all skipped (nothing fused), 2 bad usage or a full disk (the batch "
+        "stops; rerun with --skip-existing).",
     )
     p.add_argument("input", metavar="IN", help="folder of shots")
     p.add_argument("output", metavar="OUT", help="output folder")
