@@ -754,3 +754,23 @@ def test_a_hangup_stops_the_command_as_sigterm_does(tmp_path: Path, signum: int,
     assert proc.returncode == status, err
     assert err.strip().splitlines() == [f"bafusion evaluate: {said}"]
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary folder
+
+
+def test_out_of_memory_advice_is_the_commands_own(work: Path, capsys, monkeypatch) -> None:
+    """The advice "a smaller fuse.max_tile / train.batch" was given to every command: fuse has
+    no such flag, train.batch is train's, and what fills the memory of a fusion is the
+    full-size images. Each command now says what lowers its memory, and fuse what it needs."""
+    import argparse
+
+    from bafusion.cli import app
+
+    def short(*args: object, **kwargs: object) -> None:
+        raise MemoryError("Unable to allocate 275. MiB for an array with shape (3000, 4000, 3) and data type float64")
+
+    monkeypatch.setattr(cli_fusion, "fuse_stack", short)
+    assert cli_main([*FUSE, "-o", "F.png"]) == 1
+    err = capsys.readouterr().err
+    assert "train.batch" not in err and "max_tile /" not in err
+    assert "-megapixel pair needs about" in err and "MiB per megapixel" in err and "--working-side 0" in err
+    assert "train.batch" in app._memory_advice(argparse.Namespace(command="train"))
+    assert "--pattern" in app._memory_advice(argparse.Namespace(command="evaluate"))

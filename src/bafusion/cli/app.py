@@ -28,6 +28,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from bafusion._version import __version__
 from bafusion.atomic import clear_stop, request_stop, stop_requested
@@ -258,10 +259,28 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
     except Exception as e:  # noqa: BLE001 - a bug: keep the traceback, say so
         if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":  # torch's is a RuntimeError
             # the machine, not a bug: one line
-            print(f"{cmd}: error: out of memory ({one_line(e)[:200] or type(e).__name__}): try smaller images, "
-                  "a smaller fuse.max_tile / train.batch, or another device", file=sys.stderr)
+            print(f"{cmd}: error: out of memory ({one_line(e)[:200] or type(e).__name__}): "
+                  f"{_memory_advice(args)}", file=sys.stderr)
             return 1
         return _internal_error(cmd)
+
+
+def _memory_advice(args: argparse.Namespace) -> str:
+    """What lowers the memory of the command ``args`` names (a fusion: the full-size images, with
+    what the shots of ``fuse`` need; train: the batch; else more memory or another device)."""
+    command = getattr(args, "command", None)
+    if command in ("fuse", "fuse-dir", "fuse-set", "evaluate"):
+        from bafusion.fusion.memory import fuse_advice
+
+        shots = [Path(p) for p in getattr(args, "images", None) or []] if command == "fuse" else []
+        advice = fuse_advice(shots)
+        if command == "evaluate":
+            advice += "; --dataset NAME=... with --pattern evaluates fewer pairs, --methods fewer methods"
+        return advice
+    if command == "train":
+        return ("lower train.batch (--set train.batch=N; train.val_batch for the validation passes), or train on "
+                "another device")
+    return "free memory, or run it on a machine with more"
 
 
 def _drop_stdout() -> None:
