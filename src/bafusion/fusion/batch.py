@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from bafusion.errors import UserError
+from bafusion.errors import UserError, is_out_of_memory
 from bafusion.io import (IMAGE_SUFFIXES, SourceSet, check_same_sizes, fit_jpeg_exif, image_info, keeps_16_bits,
                          read_source_set)
 
@@ -702,7 +702,7 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
             rep.skipped.append((name, f"{target}: cannot write: {e.strerror or e}"))
             continue
         except Exception as e:  # noqa: BLE001 - re-raised unless out of memory
-            if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"):  # torch's: a RuntimeError
+            if not is_out_of_memory(e):
                 raise
             # this stack is too large for the memory left: the others may fit
             rep.skipped.append((name, out_of_memory_reason(e, shots)))
