@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bafusion._version import __version__
-from bafusion.atomic import clear_stop, request_stop, stop_requested
-from bafusion.errors import UserError
+from bafusion.atomic import clear_stop, request_stop, shown_path, stop_requested
+from bafusion.errors import UserError, is_out_of_memory
 
 COMMAND_MODULES: tuple[str, ...] = (
     "bafusion.cli.pipeline",
@@ -232,7 +232,7 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
         check_command(args)
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"{cmd}: error: {one_line(e)}", file=sys.stderr)
+        print(f"{cmd}: error: {shown_path(one_line(e))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `bafusion count | head -3`: the reader has gone, as for any Unix tool
         _drop_stdout()
@@ -253,11 +253,13 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
             return 2
         if e.filename is None:
             return _internal_error(cmd)
-        name = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
-        print(f"{cmd}: error: {name}: {one_line(e.strerror or e)}", file=sys.stderr)
+        # a file inside an output's temporary folder (.<out>.part-<random>) is told by the output's path
+        name = shown_path(os.fsdecode(e.filename)) if e.filename2 is None else \
+            f"{shown_path(os.fsdecode(e.filename))} -> {shown_path(os.fsdecode(e.filename2))}"
+        print(f"{cmd}: error: {name}: {shown_path(one_line(e.strerror or e))}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - a bug: keep the traceback, say so
-        if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":  # torch's is a RuntimeError
+        if is_out_of_memory(e):  # numpy's MemoryError, torch's RuntimeErrors
             # the machine, not a bug: one line
             print(f"{cmd}: error: out of memory ({one_line(e)[:200] or type(e).__name__}): "
                   f"{_memory_advice(args)}", file=sys.stderr)
