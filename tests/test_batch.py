@@ -952,3 +952,21 @@ def test_fuse_dir_stops_at_a_full_disk(tmp_path: Path, nets: Path, capsys, monke
     assert "free space" in last and "--skip-existing" in last and "Traceback" not in err
     assert sorted(p.name for p in out.iterdir()) == [batch.OUTPUT_MARKER, "p.png"]
     assert batch.read_marker(out)["outputs"] == ["p.png"]
+
+
+def test_an_interrupted_fuse_dir_says_to_rerun_with_skip_existing(tmp_path: Path, nets: Path, capsys,
+                                                                   monkeypatch) -> None:
+    src, out = _three_pairs(tmp_path)
+    real = batch.fuse_files
+
+    def stopped(paths, *args, **kwargs):
+        if paths[0].name.startswith("q-"):
+            raise KeyboardInterrupt
+        return real(paths, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "fuse_files", stopped)
+    rc = cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 130
+    assert last.startswith("bafusion fuse-dir: interrupted; rerun it with --skip-existing: the stacks fused into")
+    assert batch.read_marker(out)["outputs"] == ["p.png"]

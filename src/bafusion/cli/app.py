@@ -27,7 +27,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bafusion._version import __version__
@@ -112,6 +112,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: What the line of a stopped command adds: how to continue (set by the command, :func:`on_stop_say`).
+_stop_advice: Callable[[], str | None] | None = None
+
+
+def on_stop_say(advice: Callable[[], str | None] | None) -> None:
+    """Have the line that says the command was stopped (Ctrl-C, SIGTERM, SIGHUP) add how to
+    continue: ``advice()``, asked then (e.g. whether a checkpoint was saved meanwhile); ``None``
+    (or an ``advice`` that returns ``None``) adds nothing. :func:`main` forgets it at its end."""
+    global _stop_advice
+    _stop_advice = advice
+
+
+def _stop_line(cmd: str, said: str) -> str:
+    try:
+        advice = _stop_advice() if _stop_advice is not None else None
+    except Exception:  # noqa: BLE001 - advice only
+        advice = None
+    return f"{cmd}: {said}" + (f"; {advice}" if advice else "")
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     request_stop(signum)
     raise SystemExit(128 + signum)
@@ -168,6 +188,7 @@ def install_sigterm_handler() -> dict[int, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     clear_stop()
+    on_stop_say(None)
     replaced = install_sigterm_handler()
     previous_hook = sys.unraisablehook
     sys.unraisablehook = _quiet_stop_hook(previous_hook)  # type: ignore[assignment]
@@ -180,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rc = _main(argv)
         except KeyboardInterrupt:
             if stop_requested() is None:  # else said by _stopped
-                print(f"{cmd}: interrupted", file=sys.stderr)
+                print(_stop_line(cmd, "interrupted"), file=sys.stderr)
             rc = 130
         except SystemExit:
             if stop_requested() is None:  # argparse's exits
@@ -191,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # called in a process that goes on (a notebook, a test): its own handlers are back, and
         # a stop recorded here no longer refuses its later writes
         clear_stop()
+        on_stop_say(None)
         sys.unraisablehook = previous_hook
         for signum, handler in replaced.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]
@@ -213,7 +235,7 @@ def _stopped(cmd: str) -> int | None:
         return None
     said = {signal.SIGINT: "interrupted", getattr(signal, "SIGHUP", None): "hangup: stopped"}.get(signum, "terminated")
     with contextlib.suppress(OSError, ValueError):  # after a hangup the terminal may be gone (EIO)
-        print(f"{cmd}: {said}", file=sys.stderr)
+        print(_stop_line(cmd, said), file=sys.stderr)
     return 128 + signum
 
 
