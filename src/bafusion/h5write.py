@@ -18,23 +18,27 @@ import errno
 import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import h5py
 
 _ERRNO = re.compile(r"\berrno = (\d+)")
+_FILENAME = re.compile(r"\bfilename = '([^']*)'")
 
 #: Errors of a write that h5py raises without a file name: the output's.
 _WRITE_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG, errno.EROFS, errno.EIO})
 
 
-def write_error(e: BaseException, final: str | os.PathLike[str]) -> OSError | None:
+def write_error(e: BaseException, final: str | os.PathLike[str], tmp: str | os.PathLike[str] | None = None) -> OSError | None:
     """The ``OSError`` naming ``final`` that h5py's error ``e`` stands for (a failed write of
-    the file: disk full, quota, read-only, I/O), or ``None`` when ``e`` is something else."""
+    the file: disk full, quota, read-only, I/O), or ``None`` when ``e`` is something else, or
+    names (HDF5's "filename = '...'") another file than ``tmp``."""
     if not isinstance(e, (OSError, RuntimeError)) or getattr(e, "filename", None) is not None:
         return None
-    m = _ERRNO.search(str(e)) if "write failed" in str(e) else None
+    named = _FILENAME.search(str(e))
+    if tmp is not None and named and os.path.abspath(named.group(1)) != os.path.abspath(tmp):
+        return None  # another file's (two outputs written at once: patches)
+    m = _ERRNO.search(str(e))
     code = int(m.group(1)) if m else e.errno if isinstance(e, OSError) else None
     if code not in _WRITE_ERRNOS:
         return None
@@ -68,7 +72,7 @@ def h5_output(tmp: str | os.PathLike[str], final: str | os.PathLike[str], **kwar
         yield f
     except BaseException as e:
         discard(f)
-        err = write_error(e, final)
+        err = write_error(e, final, tmp)
         if err is not None:
             raise err from e
         raise
@@ -76,7 +80,7 @@ def h5_output(tmp: str | os.PathLike[str], final: str | os.PathLike[str], **kwar
         f.close()
     except (OSError, RuntimeError) as e:
         discard(f)
-        err = write_error(e, Path(final))
+        err = write_error(e, final, tmp)
         if err is not None:
             raise err from e
         raise
