@@ -294,3 +294,16 @@ def test_fuse_align_auto_behaves_as_the_command_line(tiny_nets: Path) -> None:
     with pytest.raises(UserError, match=r'source 2: does not look like the same scene as source 1 .*; use '
                                         r'align="none" to fuse anyway, or align="similarity" if the camera moved'):
         bafusion.fuse(_scene(1), _scene(2), model=nets, align="auto")
+
+
+def test_nets_or_params_passed_as_a_source_say_which_keyword_takes_them() -> None:
+    """fuse(a, b, nets) said only 'source 3: expected a file path or a numpy array, got FusionNets'."""
+    from bafusion.fusion import FusionNets
+
+    a = np.zeros((8, 8), np.uint8)
+    nets = object.__new__(FusionNets)  # the type is what counts
+    with pytest.raises(UserError, match=r"source 3: expected a file path or a numpy array, got FusionNets \(the nets: "
+                                        r"pass them as model=\.\.\., e\.g\. fuse\(a, b, model=nets\)\)"):
+        bafusion.fuse(a, a, nets)
+    with pytest.raises(UserError, match=r"got FusionParams \(the fusion parameters: pass them as params=\.\.\.\)"):
+        bafusion.fuse(a, a, FusionParams())

@@ -297,3 +297,113 @@ def test_an_error_inside_a_temporary_folder_names_the_output(tmp_path: Path, mon
     assert atomic.shown_path(f"{tmp_path}/.x.part-zz/x.old") == f"{tmp_path}/x"
     assert atomic.shown_path(f"{tmp_path}/.x.part-zz/y") == f"{tmp_path}/.x.part-zz/y"  # not ours: as it is
     assert atomic.shown_path("my.part-of/my") == "my.part-of/my"
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    return int(proc.stdout)
+
+
+def test_a_leftover_is_removed_only_when_its_process_is_gone_from_our_own_pid_namespace(tmp_path: Path) -> None:
+    # a process of another PID namespace (a container with the host's network: same hostname)
+    # is invisible to os.kill: its folder, in use, was deleted under it and its rename failed
+    import socket
+
+    from bafusion.atomic import PART_MARKER, _marker_text
+
+    host, pid = socket.gethostname(), _dead_pid()
+    ours = _marker_text(pid)
+    assert ours.split()[:2] == [host, str(pid)]
+    fields = dict(f.split("=", 1) for f in ours.split()[2:])
+    assert set(fields) == {"pidns", "boot"}
+    other_ns = f"{host} {pid} pidns={fields['pidns']}1 boot={fields['boot']}\n"
+    other_boot = f"{host} {pid} pidns={fields['pidns']} boot=another-boot\n"
+    old_format = f"{host} {pid}\n"  # can not tell the namespace: left alone
+    for name, text in (("ns", other_ns), ("boot", other_boot), ("old", old_format), ("dead", ours)):
+        wrap = tmp_path / f".{name}.png.part-x"
+        wrap.mkdir()
+        (wrap / name).write_text("half")
+        (wrap / PART_MARKER).write_text(text)
+    write_text(tmp_path / "out.txt", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".boot.png.part-x", ".ns.png.part-x", ".old.png.part-x",
+                                                          "out.txt"]
+    # atomic_dir's sweep goes by the same rule
+    for name, text in (("ns", other_ns), ("dead", ours)):
+        wrap = tmp_path / f".d.part-{name}"
+        wrap.mkdir()
+        (wrap / PART_MARKER).write_text(text)
+    with atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "a").write_text("x")
+    assert sorted(p.name for p in tmp_path.glob(".d.part-*")) == [".d.part-ns"]
+
+
+def test_a_run_in_another_pid_namespace_of_the_same_host_keeps_our_temporary_folder(tmp_path: Path) -> None:
+    # the reviewer's reproduction: a run in a PID namespace of its own (a container with the
+    # host's network, `unshare -p`) found our folder's process gone and deleted it under us
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "--pid", "--fork", "--mount-proc", "true"],
+                                         capture_output=True, check=False).returncode != 0:
+        pytest.skip("needs unshare --pid (root)")
+    code = "import sys\nfrom bafusion.atomic import write_text\nwrite_text(sys.argv[1], '{}')\n"
+    with atomic_file(tmp_path / "result.png") as tmp:
+        tmp.write_text("ours")
+        subprocess.run([unshare, "--pid", "--fork", "--mount-proc", sys.executable, "-c", code,
+                        str(tmp_path / "other.json")], check=True)
+    assert (tmp_path / "result.png").read_text() == "ours" and (tmp_path / "other.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json", "result.png"]
+
+
+def test_an_output_name_of_up_to_255_bytes_is_written(tmp_path: Path) -> None:
+    # the hidden folder `.<name>.part-<random>` is 15 bytes longer than the name: names of
+    # 241-255 bytes failed with "File name too long", naming the output
+    from bafusion.atomic import PART_MARKER, _marker_text
+
+    name = "a" * 242 + ".png"  # 246 bytes
+    write_text(tmp_path / name, "x")
+    assert (tmp_path / name).read_text() == "x" and [p.name for p in tmp_path.iterdir()] == [name]
+    wide = "a" + "é" * 124 + ".txt"  # 253 bytes
+    write_text(tmp_path / wide, "y")
+    assert (tmp_path / wide).read_text() == "y"
+    # a leftover of a dead run of such an output (shortened name) is found by the next run
+    folder = tmp_path / ("d" * 250)
+    with atomic_dir(folder) as tmp:
+        (tmp / "a").write_text("1")
+    from bafusion.atomic import _part_prefix
+
+    _part_prefix(tmp_path / wide).encode("utf-8")  # a shortened name never splits a character
+    prefix = _part_prefix(folder)
+    assert len(os.fsencode(prefix)) + 8 <= 255 and prefix.startswith(".ddd") and prefix.endswith(".part-")
+    wrap = tmp_path / (prefix + "deadbeef")
+    wrap.mkdir()
+    (wrap / PART_MARKER).write_text(_marker_text(_dead_pid()))
+    with atomic_dir(folder) as tmp:
+        (tmp / "a").write_text("2")
+    assert (folder / "a").read_text() == "2" and not wrap.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, wide, folder.name])
+
+
+def test_a_relative_output_is_written_where_it_named_when_the_block_changes_folder(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    # a chdir inside the block made the rename fail and left the hidden temporary folder behind
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with atomic_file("out.txt") as tmp:
+        tmp.write_text("x")
+        os.chdir(tmp_path / "elsewhere")
+    os.chdir(tmp_path)
+    with atomic_dir("d") as tmp:
+        (tmp / "a").write_text("y")
+        os.chdir(tmp_path / "elsewhere")
+    assert (tmp_path / "out.txt").read_text() == "x" and (tmp_path / "d" / "a").read_text() == "y"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "elsewhere", "out.txt"]
+    assert list((tmp_path / "elsewhere").iterdir()) == []

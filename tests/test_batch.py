@@ -970,3 +970,42 @@ def test_an_interrupted_fuse_dir_says_to_rerun_with_skip_existing(tmp_path: Path
     assert rc == 130
     assert last.startswith("bafusion fuse-dir: interrupted; rerun it with --skip-existing: the stacks fused into")
     assert batch.read_marker(out)["outputs"] == ["p.png"]
+
+
+def test_fuse_dir_refuses_a_second_run_into_the_same_output_folder(tmp_path: Path, nets: Path, capsys,
+                                                                   monkeypatch) -> None:
+    """Two fuse-dir runs into one output folder (two terminals) each rewrote its record from
+    their own list: the last one's record forgot the other's outputs (``--skip-existing`` then
+    fused them again). A second run while one writes there is refused, naming the folder and
+    the other process; the first one's record is whole."""
+    import json
+    import os
+
+    src1, src2, out = tmp_path / "card1", tmp_path / "card2", tmp_path / "out"
+    for src, names in ((src1, ("p1", "p2")), (src2, ("q1", "q2"))):
+        src.mkdir()
+        for k, name in enumerate(names):
+            for n, x in zip("AB", pair(3 + k)):
+                Image.fromarray(x).save(src / f"{name}-{n}.png")
+    real = batch.fuse_files
+    second: list[tuple[int, str]] = []
+
+    def first_fuses(*args, **kwargs):
+        if not second:  # the second terminal starts while the first fuses its first stack
+            second.append((-1, ""))
+            rc = cli_main(["fuse-dir", str(src2), str(out), "--model", str(nets), "--device", "cpu", "--quiet"])
+            second[0] = (rc, capsys.readouterr().err)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "fuse_files", first_fuses)
+    assert cli_main(["fuse-dir", str(src1), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]) == 0
+    rc, err = second[0]
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert str(out) in err and f"another bafusion fuse-dir (process {os.getpid()})" in err, err
+    assert not (out / "q1.png").exists()
+    assert json.loads((out / batch.OUTPUT_MARKER).read_text())["outputs"] == ["p1.png", "p2.png"]
+    assert not (out / ".bafusion-fuse-dir.lock").exists()  # released and removed at the end
+    # once the first has ended the second runs, and the record keeps both runs' outputs
+    monkeypatch.setattr(batch, "fuse_files", real)
+    assert cli_main(["fuse-dir", str(src2), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]) == 0
+    assert json.loads((out / batch.OUTPUT_MARKER).read_text())["outputs"] == ["p1.png", "p2.png", "q1.png", "q2.png"]

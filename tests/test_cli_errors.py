@@ -125,7 +125,9 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--metrics", "m.pt"],
          ["m.pt: given both as --out and as --metrics"]),
         ([*FUSE, "-o", "F.png", "--threads", "-3"], ["--threads -3", "positive number"]),
-        ([*FUSE, "-o", "F.png", "--alpha", "-1"], ["--alpha -1", "0 or more"]),
+        ([*FUSE, "-o", "F.png", "--alpha", "-1"], ["--alpha -1", "more than 0"]),
+        ([*FUSE, "-o", "F.png", "--alpha", "0"], ["--alpha 0", "more than 0", "all black"]),  # were all-black maps
+        ([*FUSE, "-o", "F.png", "--alpha", "nan"], ["--alpha nan", "more than 0"]),
         (["fuse-dir", ".", "out", "--model", "nets", "--threads", "-1"], ["--threads -1"]),
         (["fuse-dir", ".", "out", "--model", "nets", "--alpha", "3"], ["unrecognized arguments: --alpha"]),  # no maps
         (["baseline", "a.png", "b.png", "-o", "afile/F.png"], ["afile is a file, not a folder"]),
@@ -333,6 +335,39 @@ def test_a_damaged_model_file_is_named_without_torchs_unsafe_advice(work: Path, 
     line = _refused([*FUSE, "-o", "F.png"], capsys, work, "nets/boundary.pt: unreadable model file",
                     "damaged, truncated or not written by bafusion")
     assert "weights_only" not in line and "train them with" not in line and "snakemake" not in line
+
+
+@pytest.mark.parametrize("edit,words", [
+    ({"arch": {"widths": [16, 32]}}, ["initial.json: arch.widths is [16, 32]", "3 positive integers"]),
+    ({"arch": {"widths": [-16, 32, 64]}}, ["initial.json: arch.widths is [-16, 32, 64]", "3 positive integers"]),
+    ({"arch": {"widths": [16, 32, 200000]}}, ["initial.json: arch.widths is [16, 32, 200000]", "at most"]),
+    ({"arch": {"widths": [16, 32, 128]}}, ["initial.json: arch.widths [16, 32, 128] does not match the weights in",
+                                           "initial.pt", "[16, 32, 64]"]),
+    ({"arch": {"depth": 1200002}}, ["initial.json: arch.depth is 1200002", "at most"]),
+    ({"arch": {"depth": 20.7}}, ["initial.json: arch.depth is 20.7", "integer"]),
+    ({"arch": {"depth": True}}, ["initial.json: arch.depth is True", "integer"]),
+    ({"arch": {"depth": 15}}, ["initial.json: arch.depth is 15", "6n+2"]),
+    ({"arch": {"depth": 14}}, ["initial.json: arch.depth 14 does not match the weights in", "initial.pt", "depth 8"]),
+    ({"patch": 1000000000}, ["initial.json: 'patch' is 1000000000", "at most"]),
+    ({"patch": 32.9}, ["initial.json: 'patch' must be an integer, got 32.9"]),
+], ids=["widths-two", "widths-negative", "widths-huge", "widths-other", "depth-huge", "depth-float", "depth-bool",
+        "depth-not-6n2", "depth-other", "patch-huge", "patch-float"])
+def test_a_hand_edited_model_description_is_refused_naming_the_field(work: Path, capsys, edit, words) -> None:
+    """The arch of a model's .json built the net before the weights were compared: [16, 32]
+    was a ValueError traceback, negative widths a RuntimeError, [16, 32, 200000] allocated
+    1.4 TB, depth 1200002 hung building, patch 1e9 ran out of memory, 32.9 and 20.7 were
+    silently truncated. Each is refused naming the .json and the field."""
+    import json
+
+    jp = work / "nets" / "initial.json"
+    meta = json.loads(jp.read_text())
+    for k, v in edit.items():
+        if isinstance(v, dict):
+            meta[k].update(v)
+        else:
+            meta[k] = v
+    jp.write_text(json.dumps(meta))
+    _refused([*FUSE, "-o", "F.png"], capsys, work, *words)
 
 
 def test_swapped_nets_are_refused_by_their_role(work: Path, capsys) -> None:
@@ -587,6 +622,17 @@ def test_testset_never_writes_into_the_prepared_folder(work: Path, capsys, out: 
     ('{"foregrounds": [{"id": "f"}], "backgrounds": []}', ["foregrounds[0] lacks key 'image'"]),
     ('{"foregrounds": {}, "backgrounds": []}', ["'foregrounds' must be a list of objects"]),
     ("[]", ["a JSON object"]),
+    # hand-edited values: TypeError / h5py errors deep in composite before
+    ('{"foregrounds": [{"id": "f", "image": null, "matte": "m.png"}], "backgrounds": []}',
+     ["foregrounds[0]: 'image' must be a file name (a string), got None"]),
+    ('{"foregrounds": [{"id": "f", "image": 5, "matte": "m.png"}], "backgrounds": []}',
+     ["foregrounds[0]: 'image' must be a file name (a string), got 5"]),
+    ('{"foregrounds": [{"id": [1], "image": "f.png", "matte": "m.png"}], "backgrounds": []}',
+     ["foregrounds[0]: 'id' must be a non-empty string, got [1]"]),
+    ('{"foregrounds": [], "backgrounds": [{"id": "b", "image": "b.png"}, {"id": "b", "image": "c.png"}]}',
+     ["backgrounds[1]: id 'b' is also backgrounds[0]'s"]),
+    ('{"foregrounds": [{"id": "f", "image": "f.png", "matte": "m.png", "split": 1}], "backgrounds": []}',
+     ["foregrounds[0]: 'split' must be a string, got 1"]),
 ])
 @pytest.mark.parametrize("command", ["composite", "testset"])
 def test_a_manifest_without_its_keys_is_named_in_one_line(work: Path, capsys, doc: str, words: list[str],
@@ -597,6 +643,18 @@ def test_a_manifest_without_its_keys_is_named_in_one_line(work: Path, capsys, do
     argv = ["--shard", "0", "--shards", "1", "--out", "x.h5"] if command == "composite" else ["--out", "ts"]
     _refused([command, "--prepared", "prep", *argv], capsys, work, "prep/manifest.json: not a prepare manifest",
              "run the prepare step again", *words)
+
+
+def test_composite_without_training_backgrounds_says_so(work: Path, capsys) -> None:
+    """``"backgrounds": []`` with foregrounds to composite: an h5py chunk-shape error before."""
+    (work / "prep" / "fg").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(work / "prep" / "fg" / "f.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(work / "prep" / "fg" / "m.png")
+    (work / "prep" / "manifest.json").write_text(
+        '{"foregrounds": [{"id": "f", "image": "fg/f.png", "matte": "fg/m.png", "split": "train"}], '
+        '"backgrounds": [{"id": "b", "image": "fg/f.png", "split": "test"}]}\n')
+    _refused(["composite", "--prepared", "prep", "--shard", "0", "--shards", "1", "--out", "x.h5"], capsys, work,
+             "prep/manifest.json: no backgrounds of the train split", "composite needs at least one")
 
 
 @pytest.mark.parametrize("report", ["T/index.json", "./T/p-A.png", "T/sub/p-B.png"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import stat
 import sys
@@ -56,6 +57,7 @@ class LocalServer:
     ``etag[path]`` / ``last_modified[path]``: validators it sends; a ``Range`` request whose
     ``If-Range`` does not match them gets the whole file (200), unless ``honour_if_range`` is
     False (then it sends the range of whatever it has now, with its current validators).
+    ``validators_on_416`` True makes its 416 (a ``Range`` past the end) carry them too.
     Every request is recorded as ``(path, Range header or None)``, and its ``If-Range`` in
     ``if_range`` as ``(path, If-Range header or None)``.
     """
@@ -69,6 +71,7 @@ class LocalServer:
         self.etag: dict[str, str] = {}
         self.last_modified: dict[str, str] = {}
         self.honour_if_range = True
+        self.validators_on_416 = False
         self.requests: list[tuple[str, str | None]] = []
         self.if_range: list[tuple[str, str | None]] = []
         self.lock = threading.Lock()
@@ -110,6 +113,10 @@ class LocalServer:
                         self.send_response(416)
                         self.send_header("Content-Range", f"bytes */{len(body)}")
                         self.send_header("Content-Length", "0")
+                        if owner.validators_on_416 and path in owner.etag:
+                            self.send_header("ETag", owner.etag[path])
+                        if owner.validators_on_416 and path in owner.last_modified:
+                            self.send_header("Last-Modified", owner.last_modified[path])
                         self.end_headers()
                         return
                     self.send_response(206)
@@ -611,6 +618,46 @@ def test_without_a_checksum_a_server_ignoring_if_range_has_the_changed_file_fetc
     r = fetch(server.url("big.bin"), dest, retries=1, backoff=0.0, progress=False)
     assert server.requests_for("big.bin") == [None, "bytes=50000-", None]
     assert r.resumed_from == 0 and dest.read_bytes() == new
+
+
+def _whole_part(server: LocalServer, dest: Path, data: bytes, etag: str) -> None:
+    """A .part holding the whole of ``data`` (a run stopped while validating it), its .meta
+    naming ``etag`` as the file's."""
+    part = part_path(dest)
+    part.write_bytes(data)
+    meta = {"url": server.url("big.bin"), "etag": etag, "last_modified": None, "size": len(PAYLOAD)}
+    part.with_name(part.name + ".meta").write_text(json.dumps(meta))
+
+
+def test_without_a_checksum_a_whole_part_is_trusted_only_when_the_416_names_the_same_file(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    # a whole part answered 416 was renamed into place unchecked: a file replaced on a server
+    # that ignores If-Range by one of the same size left the old bytes "downloaded"
+    dest = tmp_path / "big.bin"
+    new = os.urandom(len(PAYLOAD))
+    server.files["big.bin"], server.etag["big.bin"], server.honour_if_range = new, '"v2"', False
+    _whole_part(server, dest, PAYLOAD, '"v1"')
+    r = fetch(server.url("big.bin"), dest, retries=0, progress=False)
+    assert server.requests_for("big.bin") == [f"bytes={len(PAYLOAD)}-", None]
+    assert dest.read_bytes() == new and r.resumed_from == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
+    # the 416 names the file the part's .meta names, and its size: the part is the file
+    for on_416, requests in ((True, [f"bytes={len(PAYLOAD)}-"]), (False, [f"bytes={len(PAYLOAD)}-", None])):
+        dest.unlink()
+        server.requests.clear()
+        server.validators_on_416 = on_416
+        _whole_part(server, dest, new, '"v2"')
+        r = fetch(server.url("big.bin"), dest, retries=0, progress=False)
+        assert server.requests_for("big.bin") == requests and dest.read_bytes() == new
+    # a part longer than the file (416 with another size) starts over at once, not as a retry
+    dest.unlink()
+    server.requests.clear()
+    server.honour_if_range = True
+    _whole_part(server, dest, new + b"junk", '"v2"')
+    r = fetch(server.url("big.bin"), dest, retries=0, progress=False)
+    assert server.requests_for("big.bin") == [f"bytes={len(PAYLOAD) + 4}-", None] and dest.read_bytes() == new
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
 
 
 def test_without_a_checksum_a_part_is_kept_only_when_the_server_sent_a_validator(

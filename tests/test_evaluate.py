@@ -830,3 +830,140 @@ def test_real_dataset_config_finds_41_pairs_and_30_peers(shared_data: Path) -> N
         ev._check_peer_rows(ds, pairs)
         assert ds.sets == ("savic", "tsai", "stand")
         assert [ds.quality_for(n) for n in ("savic-01", "tsai-11", "stand-08")] == [75, 75, 92]
+
+
+def test_a_dataset_given_on_the_command_line_compares_the_methods_of_its_reference_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`--dataset mine=PAIRS,REF` with one's own method in REF/MyGFF/ failed with '... fused
+    image(s) of method(s) 'NSCT', 'SR', ... missing', never saying which key selects them; the
+    sub-folders of REF are now its reference methods (said on stderr)."""
+    src, imgs = _write_set(tmp_path, ["p1", "p2"])
+    ref = _write_reference(tmp_path, imgs, {"MyGFF": gff_fuse, "CNN": laplacian_fuse})
+    (ref / ".cache").mkdir()  # not a method
+    out = tmp_path / "ev"
+    rc = cli_main(["evaluate", "--dataset", f"mine={src},{ref}", "--methods", "Laplacian", "--metrics", "QG",
+                   "--root", str(tmp_path), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert (f"dataset 'mine': reference methods CNN, MyGFF: the sub-folders of {ref} (<REF>/<METHOD>/<pair>.<ext>; "
+            "set the dataset's reference_methods in --params-json to choose)") in err, err
+    rows = list(csv.DictReader((out / "mine" / "metrics.csv").open()))
+    assert sorted({r["method"] for r in rows}) == ["CNN", "Laplacian", "MyGFF"]
+
+
+def test_a_reference_method_in_methods_says_where_it_goes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src, imgs = _write_set(tmp_path, ["p1"])
+    ref = _write_reference(tmp_path, imgs, {"MyGFF": gff_fuse})
+    rc = cli_main(["evaluate", "--dataset", f"mine={src},{ref}", "--methods", "Laplacian,MyGFF", "--metrics", "QG",
+                   "--root", str(tmp_path), "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert ("--methods: 'MyGFF' is not a method computed here (Ours-initial, Ours, GFF-native, Laplacian): a method "
+            "with fused images of its own is a reference method, read from <REF>/MyGFF/<pair>.<ext>") in err, err
+    assert "reference_methods" in err and f"; {ref / 'MyGFF'} exists, so it is compared already" in err
+
+
+def test_dataset_option_with_datasets_in_params_json_merges_or_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--dataset dropped the datasets of --params-json silently. A JSON dataset of the same name
+    gives its settings (reference_methods here); another name is refused."""
+    src, imgs = _write_set(tmp_path, ["p1"])
+    ref = _write_reference(tmp_path, imgs, {"MyGFF": gff_fuse, "CNN": laplacian_fuse})
+    base = ["evaluate", "--dataset", f"mine={src},{ref}", "--methods", "Laplacian", "--metrics", "QG",
+            "--root", str(tmp_path), "--out", str(tmp_path / "ev")]
+    other = {"datasets": [{"name": "other", "sources": str(src)}]}
+    assert cli_main([*base, "--params-json", json.dumps(other)]) == 2
+    err = capsys.readouterr().err
+    assert ("--dataset mine: --params-json gives evaluate.datasets too ('other'), which --dataset would drop: "
+            "name the dataset as one of them to take its settings (e.g. reference_methods), or leave "
+            "'datasets' out of --params-json") in err, err
+    same = {"datasets": [{"name": "mine", "sources": "elsewhere", "reference_methods": ["MyGFF"]}]}
+    assert cli_main([*base, "--params-json", json.dumps(same)]) == 0, capsys.readouterr().err
+    rows = list(csv.DictReader((tmp_path / "ev" / "mine" / "metrics.csv").open()))
+    assert sorted({r["method"] for r in rows}) == ["Laplacian", "MyGFF"]
+
+
+def test_missing_reference_methods_error_says_which_key_selects_them(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    src, imgs = _write_set(tmp_path, ["p1"])
+    ref = _write_reference(tmp_path, imgs, {"MyGFF": gff_fuse})
+    cfg = {"methods": ["Laplacian"], "datasets": [{"name": "mine", "sources": str(src), "reference": str(ref)}]}
+    assert cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert ("6 fused image(s) of method(s) 'NSCT', 'SR', 'NSCT-SR', 'GFF', 'DSIFT', 'CNN' missing" in err
+            and "the methods read from the reference folder are the dataset's reference_methods (default NSCT, "
+                "SR, NSCT-SR, GFF, DSIFT, CNN), each in <reference>/<METHOD>/<pair>.<ext>; its sub-folders: MyGFF"
+            in err), err
+
+
+@pytest.mark.parametrize("which", ["truth", "dm"])
+def test_a_truth_or_map_of_another_size_fails_before_any_fusion(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, which: str
+) -> None:
+    """A truth image of the wrong size was found only on reaching its pair, after the pairs
+    before it were fused; it is checked with the sources now."""
+    src, imgs = _write_set(tmp_path, ["p1", "p2"])
+    Image.fromarray(imgs["p2"][2][:40, :50]).save(src / f"p2-{which}.png")
+    fused = []
+    monkeypatch.setattr("bafusion.evaluation.baselines.laplacian_fuse",
+                        lambda a, b: fused.append(1) or laplacian_fuse(a, b))
+    rc = cli_main(["evaluate", "--dataset", f"t={src}", "--methods", "Laplacian", "--metrics", "QG",
+                   "--root", str(tmp_path), "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    what = "truth" if which == "truth" else "decision map"
+    assert rc == 2 and not fused, err
+    assert (f"p2-{which}.png: dataset 't', pair 'p2': {what} is 50x40 (WxH) but the sources are 56x48") in err, err
+
+
+def test_a_fused_image_equal_to_the_truth_has_infinite_psnr_and_wins() -> None:
+    """PSNR of a perfect output is infinite: it was shown as 'n/a (0)' and an empty CSV cell,
+    treated as undefined, so the perfect method could not win. NaN (undefined) stays n/a."""
+    t = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    assert ev.truth_metrics(t, t)["PSNR"] == math.inf
+    rows = _rows({"p1": {"Perfect": {"PSNR": math.inf}, "Other": {"PSNR": 30.0}, "Flat": {"PSNR": NAN}},
+                  "p2": {"Perfect": {"PSNR": 40.0}, "Other": {"PSNR": 35.0}, "Flat": {"PSNR": NAN}}})
+    methods = ["Perfect", "Other", "Flat"]
+    table = ev.table_markdown(rows, methods, ["PSNR"])
+    assert "| Perfect | **inf** (2) |" in table and "| Other | 32.50 (0) |" in table and "| Flat | n/a (0) |" in table
+    assert ev.rank_of(rows, methods, "PSNR", "Perfect") == (1, 2)
+    cells = ev.rows_to_csv(rows, ["pair", "method", "PSNR"]).splitlines()
+    assert "p1,Perfect,inf" in cells and "p1,Flat," in cells
+
+
+def test_a_command_line_reference_folder_that_is_missing_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src, _ = _write_set(tmp_path, ["p1"])
+    rc = cli_main(["evaluate", "--dataset", f"t={src},{tmp_path / 'nope'}", "--methods", "Laplacian", "--metrics", "QG",
+                   "--root", str(tmp_path), "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"reference folder {tmp_path / 'nope'} not found" in err, err
+
+
+def test_dataset_flag_keeps_the_params_files_figure_pair_and_figure_pair_flag(tmp_path: Path, capsys) -> None:
+    """`evaluate --params-file F --dataset lytro=...` made Fig. 4 of the first pair: the flag's
+    dataset dropped F's figure_pair (and crop) for a dataset of that name. They are kept; a
+    --pattern that leaves the pair out falls back to the first pair with a note; --figure-pair
+    sets it."""
+    import yaml
+
+    src, _ = _write_set(tmp_path, ["p1", "p2", "p3"])
+    (src / "index.json").unlink()  # pairs by file name, so that --pattern applies
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"evaluate": {"datasets": [
+        {"name": "t", "sources": "elsewhere", "figure_pair": "p2"}]}}))
+    base = ["evaluate", "--params-file", str(params), "--dataset", f"t={src}", "--methods", "Laplacian",
+            "--metrics", "QG", "--root", str(tmp_path)]
+
+    def figure_of(out: str, *extra: str) -> list[str]:
+        assert cli_main([*base, "--out", str(tmp_path / out), *extra]) == 0
+        return sorted(p.name for p in (tmp_path / out / "t" / "figures").glob("fig4-*.png"))
+
+    assert figure_of("ev1") == ["fig4-p2.png"]
+    assert figure_of("ev2", "--figure-pair", "p3") == ["fig4-p3.png"]
+    capsys.readouterr()
+    assert figure_of("ev3", "--pattern", "p[13]") == ["fig4-p1.png"]
+    err = capsys.readouterr().err
+    assert "figure_pair 'p2' of " in err and "params.yaml's dataset 't' is not among" in err, err
+    assert cli_main([*base, "--out", str(tmp_path / "ev4"), "--figure-pair", "p9"]) == 2
+    assert "figure_pair 'p9' is not one of its pairs" in capsys.readouterr().err

@@ -454,6 +454,7 @@ def test_cli_fuse_says_it_writes_the_maps(tmp_path: Path, model_dir: Path, scene
                    "--device", "cpu", "--l", "6", *(["--no-progress"] if no_progress else [])])
     assert rc == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bafusion fuse: ")]
+    assert lines.pop().startswith(f"bafusion fuse: maps: 9 files in {maps} ")  # last, --no-progress or not
     if no_progress:
         assert lines == []
     else:
@@ -461,7 +462,7 @@ def test_cli_fuse_says_it_writes_the_maps(tmp_path: Path, model_dir: Path, scene
         assert lines[i - 1] == "bafusion fuse: fusing 2 images ..." and lines[i + 1] == f"bafusion fuse: writing {out} ..."
 
 
-def test_cli_fuse_writes_output_and_maps(tmp_path: Path, model_dir: Path, scene) -> None:
+def test_cli_fuse_writes_output_and_maps(tmp_path: Path, model_dir: Path, scene, capsys) -> None:
     pa, pb = _write_pair(tmp_path, scene)
     out = tmp_path / "f.png"
     rc = cli_main(["fuse", str(pa), str(pb), "-o", str(out), "--model", str(model_dir),
@@ -478,6 +479,80 @@ def test_cli_fuse_writes_output_and_maps(tmp_path: Path, model_dir: Path, scene)
     assert diff[~dm].max() == 0 and diff[dm].max() > 0  # F = B where dm = 0
     assert np.asarray(Image.open(maps / "f-diff-colour.png")).shape == f.shape[:2] + (3,)
     assert not list(tmp_path.rglob("*.part")) and not list(tmp_path.rglob(".*.part-*"))
+    # ... and says so: fuse printed nothing about the maps it wrote
+    err = capsys.readouterr().err
+    assert f"bafusion fuse: maps: 9 files in {maps} (f-*.png:" in err and "white = take A" in err, err
+
+
+def _uniform_result(h: int = 60, w: int = 80, value: float = 1.0):
+    """A FusionResult whose maps are all ``value`` (1: take A everywhere) and a white fused image."""
+    from bafusion.fusion.rule import FusionResult
+
+    s = np.full((h, w), value, np.float32)
+    dm = np.full((h, w), value > 0.5)
+    return FusionResult(fused=np.full((h, w, 3), 255, np.uint8), score_initial=s, score_mean=s,
+                        near_boundary=np.zeros((h, w), bool), score_refined=s, decision_raw=dm, decision=dm)
+
+
+def test_fig3_frames_every_panel_so_an_all_white_map_shows(tmp_path: Path) -> None:
+    # Fig. 3 drew its panels with axis("off") on a white page: a decision map that takes A
+    # everywhere (all white) was a blank gap, white edge regions blended into the page
+    from bafusion.fusion.maps import figure_maps
+
+    figure_maps(_uniform_result(), tmp_path / "f.png", title="all A")
+    g = np.asarray(Image.open(tmp_path / "f.png").convert("L"))
+    row = g[g.shape[0] // 2] < 128  # through the middle of the panels
+    runs = int(np.count_nonzero(row[1:] & ~row[:-1]) + row[0])
+    assert runs >= 8, runs  # a left and a right edge for each of the four panels
+
+
+def test_fig3_says_what_its_grays_mean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the score panels had no scale and the decision map did not say which source white takes
+    import bafusion.fusion.maps as maps
+
+    figs = []
+    monkeypatch.setattr(maps, "save_figure", lambda fig, path: figs.append(fig))
+    maps.figure_maps(_uniform_result(), tmp_path / "f.png")
+    fig = figs[0]
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == list(maps.FIG3_PANELS), titles
+    assert "white = A" in titles[2]
+    every = [*fig.axes, *(child for ax in fig.axes for child in ax.child_axes)]
+    labels = [ax.get_xlabel() or ax.get_ylabel() for ax in every]
+    assert labels.count(maps.SCORE_LABEL) == 2, labels  # a colour bar for each score panel
+    bars = [ax for ax in every if (ax.get_xlabel() or ax.get_ylabel()) == maps.SCORE_LABEL]
+    assert all(ax.get_xlim() == (0.0, 1.0) or ax.get_ylim() == (0.0, 1.0) for ax in bars)
+
+
+def test_fig3_of_a_camera_size_pair_has_readable_panels(tmp_path: Path) -> None:
+    from bafusion.fusion.maps import figure_maps
+
+    figure_maps(_uniform_result(1950 // 10, 2600 // 10), tmp_path / "small.png")
+    w, h = Image.open(tmp_path / "small.png").size
+    assert w <= 1400 and h <= 500, (w, h)  # a small pair: one row of four
+    figure_maps(_uniform_result(1950, 2600), tmp_path / "big.png")
+    w, h = Image.open(tmp_path / "big.png").size
+    assert w <= 1600 and h >= 900, (w, h)  # 2 x 2: panels of about 600 px, not 300
+
+
+def test_fused_report_caption_names_the_panels_of_fig3() -> None:
+    # the Snakemake report's caption listed six panels (sources, window mean, ...) of a
+    # figure that has four
+    from bafusion.fusion.maps import FIG3_PANELS
+
+    caption = " ".join((Path(__file__).parents[1] / "workflow" / "report" / "fused.rst").read_text().split())
+    for title in FIG3_PANELS:
+        assert title in caption, title
+    assert f"{len(FIG3_PANELS)} framed panels" in caption.replace("four", "4") and "the sources" not in caption
+
+
+def test_readme_lists_the_map_files(tmp_path: Path) -> None:
+    from bafusion.fusion.maps import MAP_KEYS
+    from bafusion.fusion.stack import STACK_MAP_KEYS
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for key in (*MAP_KEYS, *STACK_MAP_KEYS):
+        assert f"`<stem>-{key}.png`" in readme, key
 
 
 def test_cli_errors_leave_no_output(tmp_path: Path, model_dir: Path, scene, capsys) -> None:

@@ -152,6 +152,38 @@ def test_a_16_bit_gray_alpha_tiff_is_read_as_16_bit_gray(tmp_path: Path) -> None
         read_image(tmp_path / "f.tif")
 
 
+def test_an_8_bit_gray_tiff_with_associated_alpha_reads_as_gray_unpremultiplied(tmp_path: Path) -> None:
+    """Gray + associated (premultiplied) alpha, Pillow's mode "La": "conversion from La to L
+    not supported" was an internal error. It reads as gray, the alpha divided out (as Pillow
+    does for RGBa) and dropped; image_info says gray."""
+    import tifffile
+
+    from bafusion.io import image_info
+
+    gray = np.array([[100, 200, 50], [10, 0, 255]], np.uint8)
+    alpha = np.array([[255, 128, 0], [255, 64, 255]], np.uint8)
+    stored = np.round(gray.astype(float) * alpha / 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "la.tif", np.dstack([stored, alpha]), photometric="minisblack",
+                     planarconfig="contig", extrasamples=["assocalpha"])
+    got = read_image(tmp_path / "la.tif")
+    assert got.shape == gray.shape and got.dtype == np.uint8
+    seen = alpha > 0
+    assert np.abs(got[seen].astype(int) - gray[seen]).max() <= 2  # un-premultiplied (rounding of the stored)
+    assert image_info(tmp_path / "la.tif").gray
+
+
+def test_a_mode_pillow_cannot_convert_is_named_not_an_internal_error(tmp_path: Path, monkeypatch) -> None:
+    """A ValueError of Pillow's convert (after the file was read) names the file."""
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(tmp_path / "c.png")
+
+    def refuse(self, mode=None, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - Pillow's signature
+        raise ValueError(f"conversion from {self.mode} to {mode} not supported")
+
+    monkeypatch.setattr(Image.Image, "convert", refuse)
+    with pytest.raises(InputFileError, match=r"c\.png: .*conversion from RGB to RGB not supported"):
+        read_image(tmp_path / "c.png")
+
+
 def test_a_damaged_8_bit_tiff_is_called_unreadable_not_unsupported(tmp_path: Path) -> None:
     """A truncated 8-bit TIFF: tifffile still reads its header, but 8-bit samples are
     supported, so the message says the file is unreadable (not 'unsupported sample format')."""
@@ -167,6 +199,60 @@ def test_a_damaged_8_bit_tiff_is_called_unreadable_not_unsupported(tmp_path: Pat
     with pytest.raises(InputFileError, match=r"cut\.tif: unreadable image") as info:
         read_images([cut])
     assert "unsupported" not in str(info.value)
+
+
+def _tiff_with_text_strip_offsets(path: Path) -> None:
+    """A 3x2 8-bit gray TIFF whose StripOffsets (an integer tag) is stored as ASCII text."""
+    import struct
+
+    w, h = 3, 2
+    entries = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 2, 2, int.from_bytes(b"x\0\0\0", "little")), (277, 3, 1, 1), (278, 4, 1, h), (279, 4, 1, w * h)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + b"\0" * 4
+    path.write_bytes(b"II*\0" + struct.pack("<I", 8) + ifd + bytes(range(w * h)))
+
+
+def test_a_tiff_with_an_integer_tag_stored_as_text_is_unreadable_not_an_internal_error(tmp_path: Path,
+                                                                                      capsys) -> None:
+    """Pillow's decoder raised TypeError ("'str' object cannot be interpreted as an integer"):
+    an internal error of every command. Any error of Pillow's open/load is the file's."""
+    from bafusion.cli import main
+    from bafusion.io import image_info
+
+    bad = tmp_path / "bad.png"  # a TIFF despite its name
+    _tiff_with_text_strip_offsets(bad)
+    with pytest.raises(InputFileError, match=r"bad\.png: unreadable image \(TypeError"):
+        read_image(bad)
+    with pytest.raises(InputFileError, match=r"bad\.png: unreadable image"):
+        image_info(bad, decode=True)
+    assert main(["metrics", str(bad), str(bad), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.png: unreadable image" in err and "internal error" not in err
+
+
+def test_a_png_chunk_longer_than_the_file_is_damaged_not_out_of_memory(tmp_path: Path) -> None:
+    """An IDAT chunk declaring 0xFFFFFFFF bytes in a 200-byte file: Pillow reads the declared
+    length at once, a MemoryError under a memory limit ("out of memory: try smaller images").
+    The file is named damaged."""
+    import os
+    import subprocess
+    import sys
+
+    resource = pytest.importorskip("resource")
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (17, 23), dtype=np.uint8)).save(good)
+    data = good.read_bytes()
+    at = data.index(b"IDAT") - 4
+    bad = tmp_path / "big.png"
+    bad.write_bytes(data[:at] + b"\xff\xff\xff\xff" + data[at + 4:])
+    code = (f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({1 << 30}, {1 << 30}))\n"
+            "from bafusion.io import read_image\n"
+            "from bafusion.errors import InputFileError\n"
+            f"try:\n    read_image({str(bad)!r})\nexcept InputFileError as e:\n    print(e)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "MemoryError" not in run.stderr, run.stderr[-2000:]
+    assert "big.png: damaged PNG" in run.stdout and "4294967295" in run.stdout, run.stdout
 
 
 def test_a_large_photo_and_damaged_exif_print_no_pillow_warning(tmp_path: Path, monkeypatch) -> None:
@@ -212,6 +298,54 @@ def test_exif_orientation_is_applied_at_8_and_16_bits(tmp_path: Path, rgb, orien
     full = rgb.astype(np.uint16) * 257  # 16-bit colour: read with pypng, turned by bafusion
     (tmp_path / "o16.png").write_bytes(png16_bytes(full, exif=exif.tobytes()))
     assert np.array_equal(read_image(tmp_path / "o16.png"), turn(rgb))
+
+
+def _odd_exif(orientation: int, other: tuple[int, int, int, bytes]) -> bytes:
+    """An EXIF block (little-endian) of an Orientation tag and one ``other`` entry (tag, type,
+    count, 4 value bytes) of a type Pillow reads but cannot write back."""
+    import struct
+
+    entries = [(0x0112, 3, 1, struct.pack("<HH", orientation, 0)), other]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", t, y, c) + v for t, y, c, v in entries)
+    return b"Exif\0\0II*\0" + struct.pack("<I", 8) + ifd + b"\0" * 4
+
+
+@pytest.mark.parametrize("other", [(0x011A, 2, 3, b"72\0\0"),  # XResolution as text: TypeError in Pillow
+                                   (0x0100, 2, 3, b"ab\0\0")],  # ImageWidth as text: struct.error
+                         ids=["xresolution-text", "imagewidth-text"])
+def test_a_photo_whose_exif_pillow_cannot_rewrite_is_read_and_turned(tmp_path: Path, rgb, capsys, other) -> None:
+    """A photo with an Orientation tag and another tag of the wrong type: Pillow's
+    exif_transpose rewrites the EXIF and raised TypeError / struct.error, an "internal error"
+    of ``fuse``, ``fuse-dir`` and ``metrics``. The pixels are read and turned by the
+    orientation; the EXIF, which cannot be written back, is dropped from a fusion with a note."""
+    from bafusion.cli import main
+
+    Image.fromarray(np.rot90(rgb, 1)).save(tmp_path / "odd.png", exif=_odd_exif(6, other))
+    Image.fromarray(rgb).save(tmp_path / "plain.png")
+    assert np.array_equal(read_image(tmp_path / "odd.png"), rgb)  # turned by the orientation
+    Image.fromarray(np.rot90(rgb, 1)).save(tmp_path / "odd.jpg", exif=_odd_exif(6, other))
+    assert read_image(tmp_path / "odd.jpg").shape == rgb.shape
+    src = read_source_set([tmp_path / "odd.png", tmp_path / "plain.png"])
+    assert src.exif is None and any("odd.png" in n and "EXIF" in n for n in src.notes)
+    odd, plain = str(tmp_path / "odd.jpg"), str(tmp_path / "plain.png")
+    assert main(["metrics", odd, plain, plain, "--metrics", "QG"]) == 0
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif"])
+def test_fuse_of_a_photo_whose_exif_pillow_cannot_rewrite_drops_it_with_a_note(tmp_path: Path, rgb, tiny_nets,
+                                                                                capsys, suffix) -> None:
+    from bafusion.cli import main
+
+    a = np.random.default_rng(2).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "odd.jpg", exif=_odd_exif(6, (0x011A, 2, 3, b"72\0\0")))
+    Image.fromarray(np.rot90(a, -1)).save(tmp_path / "plain.jpg")
+    out = tmp_path / f"f{suffix}"
+    assert main(["fuse", str(tmp_path / "odd.jpg"), str(tmp_path / "plain.jpg"), "-o", str(out),
+                 "--model", str(tiny_nets), "--device", "cpu", "--force"]) == 0
+    assert "odd.jpg" in capsys.readouterr().err
+    with Image.open(out) as im:
+        assert im.size == (24, 32)
+        assert im.getexif().get(0x0112, 1) == 1
 
 
 def test_metrics_command_reads_the_turned_pixels(tmp_path: Path, rgb, capsys) -> None:

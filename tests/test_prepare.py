@@ -177,3 +177,43 @@ def test_fewer_items_than_configured_are_noted(tmp_path: Path, capsys: pytest.Ca
     assert "note: data.backgrounds is 700, but the source has 2 for training (after 1 held out): using 2" in err
     assert "data.foregrounds" not in err  # 0 = all: nothing to say
     assert sum(b["split"] == "train" for b in m["backgrounds"]) == 2
+
+
+def test_a_0_1_matte_is_refused_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A numpy 0/1 mask saved as an 8-bit PNG labelled every pixel "not focused in A", silently.
+    from bafusion.cli import main
+
+    am = _alphamatting(tmp_path / "am")
+    m = np.zeros((80, 100), np.uint8)
+    m[:, :50] = 1
+    Image.fromarray(m).save(am / "gt" / "GT01.png")
+    with pytest.raises(InputFileError, match=r"GT01\.png: matte values are 0\.\.1; mattes are 0\.\.255 \(multiply by 255\)"):
+        run_prepare(_dir_cfg(am, _bgs(tmp_path / "bg")), PrepareOptions(), 0, tmp_path / "out" / "p", progress=False)
+    _assert_no_output(tmp_path / "out" / "p")
+    rc = main(["prepare", "--source", "dir", "--alphamatting", str(am), "--backgrounds-dir", str(tmp_path / "bg"),
+               "--out", str(tmp_path / "p"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "GT01.png: matte values are 0..1" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", [0, 255])
+def test_a_matte_almost_all_one_value_is_warned(tmp_path: Path, value: int, capsys: pytest.CaptureFixture[str]) -> None:
+    am = _alphamatting(tmp_path / "am")
+    m = np.full((80, 100), value, np.uint8)
+    m[:2, :2] = 255 - value  # 4 of 8000 pixels on the other side
+    Image.fromarray(m).save(am / "gt" / "GT00.png")
+    run_prepare(_dir_cfg(am, _bgs(tmp_path / "bg")), PrepareOptions(), 0, tmp_path / "p", progress=False)
+    err = capsys.readouterr().err
+    side = "background (0)" if value == 0 else "foreground (255)"
+    assert f"GT00.png: warning: the matte is 99.95% {side}" in err
+    assert "GT01" not in err  # a half-and-half matte is not warned
+
+
+def test_the_shipped_alphamatting_mattes_pass_without_warning(shared_data: Path) -> None:
+    from bafusion.data.mattes import matte_warning
+    from bafusion.data.sources import check_foreground, dir_foregrounds
+
+    am = shared_data / "train" / "alphamatting"
+    for fg in dir_foregrounds(am):
+        _, matte = check_foreground(fg)
+        assert matte_warning(matte) is None, fg.id

@@ -333,7 +333,7 @@ def test_two_images_fuse_exactly_as_a_pair_under_both_rules(tiny_nets, tmp_path:
     assert np.array_equal(outs["chain"], pair) and np.array_equal(outs["joint"], pair)
 
 
-def test_stack_rules_on_the_command_line_with_save_maps(tiny_nets, tmp_path: Path) -> None:
+def test_stack_rules_on_the_command_line_with_save_maps(tiny_nets, tmp_path: Path, capsys) -> None:
     d, nets = tiny_nets
     paths = _write_shots(tmp_path, 3)
     shots = [np.asarray(Image.open(p)) for p in paths]
@@ -344,6 +344,8 @@ def test_stack_rules_on_the_command_line_with_save_maps(tiny_nets, tmp_path: Pat
     assert np.array_equal(np.asarray(Image.open(out)), want)
     for key in STACK_MAP_KEYS:
         assert (tmp_path / "maps" / f"joint-{key}.png").is_file(), key
+    err = capsys.readouterr().err
+    assert f"bafusion fuse: maps: 5 files in {tmp_path / 'maps'} (joint-*.png: index-initial," in err, err
     index = np.asarray(Image.open(tmp_path / "maps" / "joint-index.png"))
     assert set(np.unique(index)) <= {0, 128, 255}
     out = tmp_path / "chain.png"
@@ -351,6 +353,8 @@ def test_stack_rules_on_the_command_line_with_save_maps(tiny_nets, tmp_path: Pat
                      "--save-maps", str(tmp_path / "maps"), "--device", "cpu"]) == 0
     assert np.array_equal(np.asarray(Image.open(out)), fuse_stack(shots, nets)[-1].fused)
     assert (tmp_path / "maps" / "chain-step02-dm.png").is_file()
+    assert f"bafusion fuse: maps: 18 files in {tmp_path / 'maps'} (chain-step01-*.png, chain-step02-*.png:" \
+        in capsys.readouterr().err
 
 
 def test_command_line_refuses_bad_stacks(tiny_nets, tmp_path: Path, capsys) -> None:

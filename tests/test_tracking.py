@@ -205,6 +205,48 @@ def test_artifacts_go_beside_the_database_whatever_the_working_directory(
     assert not (sub / "mlruns").exists()
 
 
+def test_an_old_stores_relative_artifact_root_scatters_no_mlruns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a store whose bafusion experiment an older MLflow created keeps the relative default
+    # "./mlruns/<id>": every run's artifacts and model went to mlruns/ of the folder it ran in
+    import sqlite3
+
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    root, other = tmp_path / "project", tmp_path / "elsewhere"
+    root.mkdir()
+    other.mkdir()
+    db = root / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(root)
+    tracking.ensure_db(uri)  # a store made by the current code ...
+    exp_id = MlflowClient(tracking_uri=uri).get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    with sqlite3.connect(db) as con:  # ... as an older MLflow left it
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                    (f"./mlruns/{exp_id}", int(exp_id)))
+    monkeypatch.chdir(other)
+    (other / "table.md").write_text("| a |\n")
+    with tracking.stage_run("evaluate") as run:
+        run.log_artifact("table.md", "evaluation")
+        run.log_model(torch.nn.Linear(2, 1), "net")
+    assert not (other / "mlruns").exists()
+    logged = list((root / "mlruns" / exp_id).rglob("table.md"))
+    assert len(logged) == 1 and logged[0].parent.name == "evaluation"
+    assert list((root / "mlruns" / exp_id).rglob("MLmodel"))
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_experiment(exp_id).artifact_location == (root / "mlruns" / exp_id).resolve().as_uri()
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    err = capsys.readouterr().err
+    assert "./mlruns/" in err and str(root.resolve() / "mlruns") in err
+    for location, rel in (("./mlruns/1", "./mlruns/1"), ("mlruns/1", "mlruns/1"), ("file:mlruns/1", "mlruns/1"),
+                          ("file:///srv/mlruns/1", None), ("/srv/mlruns/1", None), ("s3://bucket/1", None),
+                          ("mlflow-artifacts:/1", None), ("C:\\mlruns\\1", None)):
+        assert tracking._relative_location(location) == rel, location
+
+
 class _LosesItsException:
     """Calls a signal handler from ``__del__``, as a signal landing in h5py's weakref callback
     does: Python prints "Exception ignored" and drops what the handler raised."""
@@ -435,6 +477,7 @@ def test_a_store_failing_mid_run_only_warns_once(
     def locked(*args: object, **kwargs: object) -> None:
         raise MlflowException("(sqlite3.OperationalError) database is locked\n[SQL: INSERT ...]")
 
+    monkeypatch.setattr(tracking, "RETRY_BACKOFF_S", 0.01, raising=False)
     with tracking.stage_run("train_initial") as run:
         monkeypatch.setattr(run.client, "log_batch", locked)
         monkeypatch.setattr(run.client, "log_metric", locked)
@@ -444,12 +487,13 @@ def test_a_store_failing_mid_run_only_warns_once(
         run.set_tag("t", "v")
         (tmp_path / "model.pt").write_text("trained")
     assert (tmp_path / "model.pt").read_text() == "trained"
-    assert "database is locked" in _one_warning(capsys.readouterr().err, uri)
+    err = capsys.readouterr().err
+    assert "database is locked" in _one_warning(err.split("bafusion: warning: the MLflow run")[0], uri)
     # the store answers again at the end: the run is ended and marked, not left RUNNING forever
     from mlflow.tracking import MlflowClient
 
     info = MlflowClient(tracking_uri=uri).get_run(run.run_id)
-    assert info.info.status == "FINISHED"
+    assert info.info.status == "FAILED" and info.data.tags["bafusion.incomplete"] == "true"
     assert "database is locked" in info.data.tags["tracking_incomplete"]
     # the work's own exceptions still come through, untouched
     with pytest.raises(ValueError, match="bad input"):
@@ -577,3 +621,94 @@ def test_tracking_imports_and_logs_without_fcntl(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr[-3000:]
     assert "run " in p.stdout and "run None" not in p.stdout, p.stdout + p.stderr[-2000:]
     assert "going on without tracking" not in p.stderr, p.stderr[-2000:]
+
+
+@pytest.mark.usefixtures("turned_off_afterwards")
+def test_a_store_failing_for_a_moment_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # one "database is locked" (another process writing for a moment) turned tracking off for
+    # the rest of a multi-hour training: every later epoch's metrics were lost
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(tracking, "RETRY_BACKOFF_S", 0.01, raising=False)
+    with tracking.stage_run("train_initial") as run:
+        real = run.client.log_batch
+        fails = {"left": 2, "calls": 0}
+
+        def flaky(*args: object, **kwargs: object) -> None:
+            fails["calls"] += 1
+            if fails["left"]:
+                fails["left"] -= 1
+                raise MlflowException("(sqlite3.OperationalError) database is locked")
+            real(*args, **kwargs)
+
+        monkeypatch.setattr(run.client, "log_batch", flaky)
+        for epoch in range(3):
+            run.log_metrics({"val_acc": 0.5 + epoch / 10}, step=epoch)
+    assert fails["calls"] == 5
+    err = "\n".join(ln for ln in capsys.readouterr().err.splitlines() if " INFO mlflow." not in ln)
+    assert "warning" not in err
+    client = MlflowClient(tracking_uri=uri)
+    got = client.get_run(run.run_id)
+    assert got.info.status == "FINISHED" and tracking.INCOMPLETE_TAG not in got.data.tags
+    assert [m.step for m in client.get_metric_history(run.run_id, "val_acc")] == [0, 1, 2]
+
+
+@pytest.mark.usefixtures("turned_off_afterwards")
+def test_a_store_failing_for_good_says_what_the_run_misses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(tracking, "RETRY_BACKOFF_S", 0.01, raising=False)
+    calls = []
+
+    def full(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        raise MlflowException("(sqlite3.OperationalError) database or disk is full")
+
+    with tracking.stage_run("train_initial") as run:
+        run.log_metrics({"val_acc": 0.4}, step=0)
+        monkeypatch.setattr(run.client, "log_batch", full)
+        monkeypatch.setattr(run.client, "log_metric", full)
+        monkeypatch.setattr(run.client, "log_artifact", full)
+        for epoch in range(1, 4):
+            run.log_metrics({"val_acc": 0.5}, step=epoch)
+        run.log_artifact(tmp_path / "model.pt", "model")
+    assert len(calls) == tracking.RETRIES + 1  # tried again, then given up: not once per epoch
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and " INFO mlflow." not in ln]
+    assert len(lines) == 2, lines
+    assert "database or disk is full" in lines[0] and "tracking is now off" in lines[0]
+    assert "'train_initial'" in lines[0] and run.run_id in lines[0]
+    # the end of the step says the run is incomplete and what it misses
+    assert lines[1].startswith(f"bafusion: warning: the MLflow run 'train_initial' ({run.run_id}) is incomplete")
+    assert "misses 4 metrics, 1 artifact since the store failed at " in lines[1] and "bafusion.incomplete=true" in lines[1]
+    # the store answers again at the end: the run is marked, not FINISHED as if complete
+    got = MlflowClient(tracking_uri=uri).get_run(run.run_id)
+    assert got.info.status == "FAILED"
+    assert got.data.tags[tracking.INCOMPLETE_TAG] == "true"
+    assert got.data.tags["bafusion.step_status"] == "FINISHED"
+    assert "disk is full" in got.data.tags["tracking_incomplete"]
+
+
+def test_a_server_down_mid_run_is_not_called_into_minutes_of_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    # MLflow's own client retries a refused request for minutes: each try first checks that
+    # the server accepts a connection, the first one too (the run's end after a failure)
+    monkeypatch.setattr(tracking, "RETRY_BACKOFF_S", 0.0)
+    checked, called = [], []
+
+    def down(uri: str, timeout: float = 0) -> None:
+        checked.append(uri)
+        raise tracking.Unreachable("cannot connect to 127.0.0.1:9: Connection refused")
+
+    monkeypatch.setattr(tracking, "check_reachable", down)
+    with pytest.raises(tracking.Unreachable):
+        tracking._retried("http://127.0.0.1:9", lambda: called.append(1))
+    assert called == [] and len(checked) == tracking.RETRIES + 1

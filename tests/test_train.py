@@ -139,9 +139,73 @@ def test_changed_parameters_start_afresh(toy_run: dict, tmp_path: Path, capsys: 
     train("initial", toy_run["h5"], cfg, paths, progress=False)
     assert "starting afresh" not in capsys.readouterr().err
     cfg.lr = 0.02
-    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    train("initial", toy_run["h5"], cfg, paths, progress=False, replace_stale=True)
     assert "starting afresh" in capsys.readouterr().err
     assert load_checkpoint(paths.checkpoints / "last.pt")["config"]["lr"] == 0.02
+
+
+def test_a_checkpoint_of_other_parameters_is_refused_not_replaced(toy_run: dict, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training run by hand with other parameters on a checkpoint folder in use (the
+    pipeline's data/checkpoints/<net>) replaced its resume state, saying only "starting
+    afresh". It is refused, naming the folder and the ways out; --restart-if-changed (what the
+    pipeline's rules pass, so that a parameter edit retrains) and --no-resume replace it."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    monkeypatch.chdir(tmp_path)
+    ck = tmp_path / "ck"
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "checkpoint_every": 5}}, "initial")
+    monkeypatch.setenv(ABORT_ENV, "6")  # an interrupted run: its last.pt is resume state
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", toy_run["h5"], cfg, Paths(out=tmp_path / "initial.pt", checkpoints=ck,
+                                                  metrics=tmp_path / "m.json", plots=tmp_path / "p.csv"),
+              progress=False)
+    monkeypatch.delenv(ABORT_ENV)
+    before = (ck / "last.pt").read_bytes()
+    capsys.readouterr()
+    params = {**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 64, "lr": 0.02}}
+    argv = ["train", "--net", "initial", "--patches", str(toy_run["h5"]), "--out", str(tmp_path / "m.pt"),
+            "--params-json", json.dumps(params), "--checkpoints", str(ck), "--no-progress"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert (f"{ck}: its last.pt was written for other parameters or another patch set: pass --checkpoints DIR "
+            "for a separate training, or --no-resume (or --restart-if-changed) to replace it") in err, err
+    assert "Traceback" not in err and (ck / "last.pt").read_bytes() == before and not (tmp_path / "m.pt").exists()
+    assert cli.main([*argv, "--restart-if-changed"]) == 0
+    assert "starting afresh" in capsys.readouterr().err
+    assert load_checkpoint(ck / "last.pt")["config"]["lr"] == 0.02
+    # the checkpoint of a finished run holds nothing to resume: trained over, as before
+    params["train"]["lr"] = 0.03
+    assert cli.main(argv[:-5] + ["--params-json", json.dumps(params), "--checkpoints", str(ck), "--no-progress"]) == 0
+    assert "other parameters or another patch set; starting afresh" in capsys.readouterr().err
+
+
+def test_a_hand_run_beside_a_pipeline_keeps_to_its_own_out(toy_run: dict, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run by hand in a pipeline project with --out elsewhere, the training wrote its checkpoints
+    into the pipeline's data/checkpoints/<net> and its metrics over the git-tracked
+    metrics/train_<net>.json and metrics/plots/train_<net>.csv. Now they go beside --out; with
+    --out data/models/<net>.pt (the pipeline's model) the defaults stay the pipeline's."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(toy_run["paths"].checkpoints, tmp_path / "data" / "checkpoints" / "initial")
+    (tmp_path / "metrics" / "plots").mkdir(parents=True)
+    (tmp_path / "metrics" / "train_initial.json").write_text("{}\n")
+    (tmp_path / "metrics" / "plots" / "train_initial.csv").write_text("epoch\n")
+    pipeline = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    params = {**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 64, "lr": 0.02}}
+    assert cli.main(["train", "--net", "initial", "--patches", str(toy_run["h5"]), "--out", "mine/try.pt",
+                     "--params-json", json.dumps(params), "--no-progress"]) == 0
+    assert {p: p.read_bytes() for p in pipeline} == pipeline
+    assert (tmp_path / "mine" / "try.checkpoints" / "last.pt").is_file()
+    assert json.loads((tmp_path / "mine" / "try.metrics.json").read_text())["epochs"] == 1
+    assert (tmp_path / "mine" / "try.epochs.csv").read_text().startswith("epoch")
+    from bafusion.nets.train import default_paths
+
+    assert default_paths("boundary", "data/models/boundary.pt") == Paths(
+        out=Path("data/models/boundary.pt"), checkpoints=Path("data/checkpoints/boundary"),
+        metrics=Path("metrics/train_boundary.json"), plots=Path("metrics/plots/train_boundary.csv"))
+    assert default_paths("initial", tmp_path / "data" / "models" / "initial.pt").checkpoints == Path("data/checkpoints/initial")
 
 
 def test_boundary_net_trains_on_the_boundary_set_via_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -797,7 +861,7 @@ def test_a_resume_with_another_number_of_processes_says_so(toy_run: dict, tmp_pa
     monkeypatch.delenv(ABORT_ENV)
     assert load_checkpoint(tmp_path / "ck" / "last.pt")["world_size"] == 1
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BAFUSION_MLFLOW": "0"}
-    res = subprocess.run(_nproc2_cmd(toy_run["h5"], tmp_path, epochs=2), env=env, cwd=tmp_path,
+    res = subprocess.run(_nproc2_cmd(toy_run["h5"], tmp_path, "--restart-if-changed", epochs=2), env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert (f"bafusion train: {tmp_path / 'ck' / 'last.pt'} was written by a run with 1 process(es); this run has 2 "

@@ -54,8 +54,8 @@ def raise_if_stopped() -> None:
 
 #: The file that marks a temporary folder of :func:`atomic_dir` or :func:`atomic_file` as
 #: bafusion's own: a leftover of a killed run is removed by a later run only when it holds this
-#: file (naming a process of this host that is gone), never a folder of the user's that happens
-#: to match the name.
+#: file (naming a process of this host, PID namespace and boot that is gone, see
+#: :func:`_is_stale`), never a folder of the user's that happens to match the name.
 PART_MARKER = ".bafusion-part"
 
 
@@ -89,17 +89,48 @@ def _remove_part(wrap: Path) -> None:
         wrap.rmdir()
 
 
+def _read_proc(path: str, what: str) -> str:
+    """``what`` of ``path`` under /proc (``"-"`` where there is none)."""
+    try:
+        if what == "inode":
+            return str(os.stat(path).st_ino)
+        with open(path) as f:
+            return f.read().strip() or "-"
+    except OSError:
+        return "-"
+
+
+def _identity() -> dict[str, str]:
+    """What tells this process's PIDs apart from those of another that shares the hostname:
+    the PID namespace (a container with the host's network has the host's name, and its own
+    PIDs, which ``os.kill`` here does not see) and the boot (PIDs are reused after a reboot)."""
+    return {"pidns": _read_proc("/proc/self/ns/pid", "inode"),
+            "boot": _read_proc("/proc/sys/kernel/random/boot_id", "text")}
+
+
+def _marker_text(pid: int) -> str:
+    """The content of :data:`PART_MARKER` for process ``pid`` of this process's host, PID
+    namespace and boot: ``<host> <pid> pidns=<inode> boot=<id>`` (``-`` for one unknown)."""
+    return " ".join([socket.gethostname(), str(pid), *(f"{k}={v}" for k, v in _identity().items())]) + "\n"
+
+
 def _is_stale(wrap: Path) -> bool:
-    """Whether ``wrap`` is a temporary folder of this module left by a process of this host
-    that no longer runs: it holds :data:`PART_MARKER` naming that host and process."""
+    """Whether ``wrap`` is a temporary folder of this module left by a process that no longer
+    runs: it holds :data:`PART_MARKER` naming this host, PID namespace and boot, and a process
+    that ``os.kill`` does not find. A marker of the older form ``<host> <pid>`` (versions of
+    2026-12-04) cannot tell a process of another PID namespace from a dead one: it is kept."""
     marker = wrap / PART_MARKER
     if wrap.is_symlink() or not wrap.is_dir() or not marker.is_file() or marker.is_symlink():
         return False
     try:
-        host, _, pid = marker.read_text().strip().rpartition(" ")
+        host, pid, *rest = marker.read_text().split()
         owner = int(pid)
-    except (OSError, ValueError):
+        fields = dict(field.split("=", 1) for field in rest)
+    except (OSError, UnicodeDecodeError, ValueError):
         return False
+    ours = _identity()
+    if any(fields.get(key) != value for key, value in ours.items()):
+        return False  # another namespace or boot, or the older form
     return host == socket.gethostname() and owner != os.getpid() and not _pid_alive(owner)
 
 
@@ -113,12 +144,32 @@ def _remove_stale(pattern: str, folder: Path) -> list[Path]:
     return removed
 
 
+#: The longest name part of a temporary folder ``.<name>.part-<random>``, in bytes: a longer
+#: output name is cut there (at a character's start), so that the folder's name stays within
+#: the 255 bytes a file system allows a name (``.``, ``.part-`` and the 8 random characters
+#: add 15: outputs of 241-255 bytes failed with "File name too long").
+_PART_NAME_BYTES = 200
+
+
+def _part_prefix(final: Path) -> str:
+    """``.<name>.part-``: the start of the name of a temporary folder of ``final``, ``<name>``
+    being ``final``'s name, or its first :data:`_PART_NAME_BYTES` bytes where the whole one
+    would make too long a folder name (the file inside keeps the whole name)."""
+    raw = os.fsencode(final.name)
+    if len(raw) + 15 > 255:
+        cut = _PART_NAME_BYTES
+        while cut > 0 and (raw[cut] & 0xC0) == 0x80:  # not inside a UTF-8 character
+            cut -= 1
+        raw = raw[:cut]
+    return f".{os.fsdecode(raw)}.part-"
+
+
 def remove_stale_parts(final: Path) -> list[Path]:
     """Remove the temporary folders ``.<name>.part-*`` beside ``final`` left by killed runs of
     :func:`atomic_dir` or :func:`atomic_file`: only those holding :data:`PART_MARKER` written by
-    a process of this host that no longer runs (a run in progress, of this host or another,
-    keeps its own). Returns the folders removed."""
-    return _remove_stale(f".{glob.escape(final.name)}.part-*", final.parent)
+    a process of this host, PID namespace and boot that no longer runs (a run in progress, of
+    this host, another container or another host, keeps its own). Returns the folders removed."""
+    return _remove_stale(f"{glob.escape(_part_prefix(final))}*", final.parent)
 
 
 def remove_stale_parts_in(folder: Path) -> list[Path]:
@@ -152,11 +203,11 @@ def _new_part(final: Path) -> Path:
     """Make the hidden temporary folder ``.<name>.part-<random>`` beside ``final``, marked by
     :data:`PART_MARKER` as this process's. An error names ``final``, not the random name."""
     try:
-        wrap = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.part-"))
+        wrap = Path(tempfile.mkdtemp(dir=final.parent, prefix=_part_prefix(final)))
     except OSError as e:
         raise OSError(e.errno, e.strerror, os.fspath(final)) from e
     try:
-        (wrap / PART_MARKER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+        (wrap / PART_MARKER).write_text(_marker_text(os.getpid()))
     except BaseException as e:
         _remove_part(wrap)
         if isinstance(e, OSError):
@@ -191,10 +242,11 @@ def atomic_file(path: str | os.PathLike[str], *, name: str | None = None) -> Ite
     ``<name>.part``, their root ``<name>/``, as they always were).
 
     A run killed inside the block leaves its folder (holding :data:`PART_MARKER`); the next
-    write of this module into that folder by a process of this host removes it, and every
-    other leftover of a dead run of this host there (:func:`remove_stale_parts_in`), once per
-    folder and process. One left by another machine or container stays until removed by hand."""
-    final = Path(path)
+    write of this module into that folder by a process of this host and PID namespace removes
+    it, and every other leftover of a dead run of theirs there (:func:`remove_stale_parts_in`),
+    once per folder and process. One left by another machine or container (PID namespace), or
+    by a version before 2026-12-05 (a marker without the namespace), stays until removed by hand."""
+    final = Path(os.path.abspath(path))  # a chdir inside the block changes nothing
     if final.is_symlink():
         final = final.resolve()
     if name is not None and (name in ("", ".", "..", PART_MARKER) or Path(name).name != name):
@@ -227,7 +279,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     :data:`PART_MARKER`: a folder of the user's (``<name>.part``, ``<name>.old``) is never
     touched (the fixed names deleted them), and the leftovers of a killed run are removed by the
     next run (:func:`remove_stale_parts`)."""
-    final = Path(path)
+    final = Path(os.path.abspath(path))  # a chdir inside the block changes nothing
     if final.is_symlink():
         final = final.resolve()
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,10 @@ and metadata) -- the same rules for fusion, metrics, baselines, figures and the 
   ``evaluate`` say it too: a focus stack is given as one file per shot.
 * **Modes.** 8-bit gray (``L``), gray + alpha (``LA``; also at 16 bits, which Pillow opens as
   RGBA) and 1-bit (``1``, read as 0/255) give a gray (H, W) array; everything else (RGB, RGBA, palette with or without transparency,
-  CMYK, YCbCr, ...) gives RGB (H, W, 3). Alpha is dropped (never composited). ``rgb=True``
+  CMYK, YCbCr, ...) gives RGB (H, W, 3). Alpha is dropped (never composited); associated
+  (premultiplied) alpha of an 8-bit TIFF (Pillow's modes ``La``, gray, and ``RGBa``) is first
+  divided out, as Pillow converts ``RGBa`` (samples of alpha 0 keep theirs), so that the gray or
+  colour read is the one a viewer shows on full opacity, as for unassociated alpha. ``rgb=True``
   replicates gray to three channels (the data stages' foregrounds and backgrounds).
 * **Bit depth.** Files of at most 8 bits per sample are used as they are. Files of more (16-bit
   PNG or TIFF, gray or colour; 32-bit integer) are scaled to uint8 from the bit depth of their
@@ -103,11 +106,76 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         # TIFF opened by name and then turns it by its orientation tag into garbled pixels
         with _quiet_pillow(), open(p, "rb") as fh, Image.open(fh) as im:
             im.load()
-            return ImageOps.exif_transpose(im) or im
+            return _exif_transposed(im)
     except Image.DecompressionBombError as e:
         raise _too_large(p, e) from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except MemoryError as e:
+        raise _damaged_or(p, e) from e
+    except Exception as e:  # noqa: BLE001 - Pillow's readers: OSError, ValueError, but also TypeError,
+        # struct.error, IndexError, ... of a damaged file (a TIFF integer tag stored as text)
         raise InputFileError(p, _tiff_problem(p) or _unreadable(e)) from e
+
+
+def _damaged_or(p: Path, e: MemoryError) -> BaseException:
+    """The error for a MemoryError of Pillow reading ``p``: a PNG whose chunk declares more
+    bytes than the file holds (Pillow reads the declared length at once: 4 GiB for a length
+    of 0xFFFFFFFF) is damaged (:func:`_png_damage`); else ``e`` itself, out of memory."""
+    damage = _png_damage(p)
+    return InputFileError(p, damage) if damage else e
+
+
+def _png_damage(path: Path) -> str | None:
+    """Why a PNG's chunks cannot be walked (a chunk declaring more bytes than follow it in
+    the file), None when they can or it is no PNG. Chunk headers only."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            while True:
+                at = fh.tell()
+                head = fh.read(8)
+                if len(head) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", head)
+                left = size - at - 12  # after the length, type and CRC
+                if length > left:
+                    name = kind.decode("latin-1") if kind.isalpha() else repr(kind)
+                    return (f"damaged PNG: its {name} chunk at byte {at} declares {length} bytes, but only "
+                            f"{max(left, 0)} follow in the file of {size} bytes")
+                if kind == b"IEND":
+                    return None
+                fh.seek(length + 4, os.SEEK_CUR)
+    except OSError:
+        return None
+
+
+#: Image.transpose methods turning a stored image by its EXIF orientation (as ImageOps.exif_transpose).
+_TRANSPOSE = {2: (Image.Transpose.FLIP_LEFT_RIGHT,), 3: (Image.Transpose.ROTATE_180,),
+              4: (Image.Transpose.FLIP_TOP_BOTTOM,), 5: (Image.Transpose.TRANSPOSE,),
+              6: (Image.Transpose.ROTATE_270,), 7: (Image.Transpose.TRANSVERSE,), 8: (Image.Transpose.ROTATE_90,)}
+
+
+def _exif_transposed(im: Image.Image) -> Image.Image:
+    """``im`` turned by its EXIF orientation. Pillow's ``exif_transpose`` also rewrites the
+    EXIF block, which raises (TypeError, struct.error, ...) when another tag has a type Pillow
+    cannot write back (XResolution or ImageWidth as text): then the orientation is read from
+    ``getexif()`` and applied here, the pixels alone (the EXIF of the output is
+    :func:`source_metadata`'s, which drops such a block with a note)."""
+    try:
+        return ImageOps.exif_transpose(im) or im
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - Pillow's EXIF writer: any error of a malformed tag
+        pass
+    try:
+        orientation = im.getexif().get(_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - an EXIF Pillow cannot read: no orientation
+        return im
+    out = im
+    for method in _TRANSPOSE.get(orientation, ()) if isinstance(orientation, int) else ():
+        out = out.transpose(method)
+    return out
 
 
 def _too_large(p: Path, e: Exception) -> InputFileError:
@@ -182,7 +250,7 @@ class ImageInfo:
 
 
 #: Pillow modes read as gray (H, W): see the module docstring.
-_GRAY_MODES = ("L", "LA", "1", "F", "I", "I;16", "I;16B", "I;16L", "I;16N")
+_GRAY_MODES = ("L", "LA", "La", "1", "F", "I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 def image_info(path: str | os.PathLike[str], *, decode: bool = False) -> ImageInfo:
@@ -221,7 +289,9 @@ def image_info(path: str | os.PathLike[str], *, decode: bool = False) -> ImageIn
         if info is None:
             raise InputFileError(p, _tiff_problem(p) or _unreadable(e)) from e
         return info
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
+    except MemoryError as e:
+        raise _damaged_or(p, e) from e
+    except Exception as e:  # noqa: BLE001 - any error of Pillow's readers (as open_image)
         raise InputFileError(p, _tiff_problem(p) or _unreadable(e)) from e
     gray = mode in _GRAY_MODES
     if fmt == "PNG" and mode == "RGBA":
@@ -1064,7 +1134,9 @@ def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None, bool] | 
         raise _too_large(path, e) from e
     except UnidentifiedImageError:
         return _tiff16_without_pillow(path)
-    except (OSError, ValueError, SyntaxError):
+    except MemoryError as e:
+        raise _damaged_or(path, e) from e
+    except Exception:  # noqa: BLE001 - any error of Pillow's readers: the 8-bit reader says why
         return None
     if fmt == "PNG":
         png = png_depth(path)
@@ -1243,7 +1315,14 @@ def source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes |
     """(EXIF block with the orientation reset to 1, ICC profile) of an image file, each None
     when absent; a file Pillow cannot open has neither (a TIFF it cannot identify: its ICC
     profile only, read with tifffile). From a TIFF only its descriptive tags and its Exif and
-    GPS sub-IFDs are kept (its other tags describe its own layout)."""
+    GPS sub-IFDs are kept (its other tags describe its own layout). An EXIF block Pillow
+    reads but cannot write back (a tag of the wrong type, e.g. XResolution as text) is
+    dropped: :func:`_source_metadata` says so."""
+    return _source_metadata(path)[:2]
+
+
+def _source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes | None, str | None]:
+    """:func:`source_metadata` and the note for the user when an EXIF block was dropped."""
     try:
         with _quiet_pillow(), Image.open(path) as im:
             icc = im.info.get("icc_profile") or None
@@ -1251,14 +1330,22 @@ def source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes |
             if exif and im.format == "TIFF":
                 exif = _tiff_exif(exif)
             if not exif:
-                return None, icc
+                return None, icc, None
             if _ORIENTATION in exif:
                 exif[_ORIENTATION] = 1
-            return exif.tobytes(), icc
+            try:
+                return exif.tobytes(), icc, None
+            except MemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - Pillow's EXIF writer: any error of a malformed tag
+                return None, icc, (f"{os.fspath(path)}: its EXIF block is malformed ({e.__class__.__name__}: {e}): "
+                                   "the output carries no EXIF")
     except UnidentifiedImageError:
-        return None, _tiff_icc(Path(path))  # a 16-bit gray + alpha TIFF: tifffile reads its profile
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None, None
+        return None, _tiff_icc(Path(path)), None  # a 16-bit gray + alpha TIFF: tifffile reads its profile
+    except MemoryError as e:
+        raise _damaged_or(Path(path), e) from e
+    except Exception:  # noqa: BLE001 - any error of Pillow's readers (a bomb, a damaged header): no metadata
+        return None, None, None
 
 
 def source_dpi(path: str | os.PathLike[str]) -> tuple[float, float] | None:
@@ -1437,8 +1524,9 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
         out[i] = scale_to_u8(a, b)
         assert full is not None
         full[i] = np.clip(np.round(a / float((1 << b) - 1) * 65535.0), 0, 65535).astype(np.uint16)
-    exif, icc = source_metadata(paths[0]) if metadata and paths else (None, None)
+    exif, icc, exif_note = _source_metadata(paths[0]) if metadata and paths else (None, None, None)
     notes = profile_notes(paths, icc) if metadata and len(paths) > 1 else []
+    notes += [exif_note] if exif_note else []
     notes += clipped
     images = [o for o in out if o is not None]
     if metadata:
@@ -1572,6 +1660,16 @@ def _read_low(path: str | os.PathLike[str]) -> np.ndarray:
     as float64, to be scaled with the other float sources read with it
     (:func:`read_source_set`); NaN or infinite values are refused."""
     im = open_image(path)
+    try:
+        return _low_array(im, path)
+    except (ValueError, OSError) as e:  # Pillow's convert of a mode it has no conversion for
+        raise InputFileError(path, f"unsupported image mode {im.mode} ({e.__class__.__name__}: {e})") from e
+
+
+def _low_array(im: Image.Image, path: str | os.PathLike[str]) -> np.ndarray:
+    """:func:`_read_low` of the opened image ``im``."""
+    if im.mode == "La":  # gray + associated (premultiplied) alpha: divided out (La -> LA), as for RGBa
+        im = im.convert("LA")
     if im.mode in ("L", "LA", "1"):
         return np.asarray(im.convert("L"), dtype=np.uint8).copy()
     if im.mode == "F":

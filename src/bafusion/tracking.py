@@ -6,12 +6,18 @@
   holding ``dvc.yaml`` or ``Snakefile``, else the working directory.
 - A fresh sqlite database is created (and migrated) once, under a file lock, so that
   parallel Snakemake jobs never race on alembic migrations; the experiment's artifacts go to
-  ``mlruns/`` beside it (:func:`artifact_location`), whichever folder the first run began in.
+  ``mlruns/`` beside it (:func:`artifact_location`), whichever folder the first run began in;
+  an older MLflow's relative ``./mlruns/<id>`` is anchored there too
+  (:func:`_anchor_artifact_location`).
 - ``BAFUSION_MLFLOW=0`` (or ``false``/``no``/``off``) in the environment turns logging off;
   nothing in the params does.
 - A store that fails (a corrupt, read-only or locked database, a server that does not answer)
   never fails the work: one warning line names the store and the problem, and the process
-  goes on untracked, its child processes too (Snakemake's jobs), see :func:`_turn_off`. An
+  goes on untracked, its child processes too (Snakemake's jobs), see :func:`_turn_off`. A
+  call of a run that fails is first tried again a few times (:data:`RETRIES`, a doubling wait
+  from :data:`RETRY_BACKOFF_S`): a database locked for a moment loses nothing. A run whose
+  store failed for good says at its end that it is incomplete and what it misses, and is
+  ended ``FAILED`` with the tag ``bafusion.incomplete=true`` if the store answers again. An
   ``http(s)`` server is first tried with a short connect (:func:`check_reachable`), so that an
   unreachable one costs seconds, not MLflow's minutes of retries.
 - One pipeline invocation is one parent run; each step is a nested child run of it (tag
@@ -29,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -89,8 +96,10 @@ def enabled() -> bool:
     return os.environ.get("BAFUSION_MLFLOW", "1").lower() not in ("0", "false", "no", "off")
 
 
-def _turn_off(uri: str, error: BaseException) -> None:
+def _turn_off(uri: str, error: BaseException, lost: str = "") -> None:
     """The store ``uri`` failed with ``error``: say so in one line (once) and track nothing more.
+
+    ``lost`` says what goes untracked (a run's later metrics, ...); default: the work.
 
     The runs are a record of the work, never a reason to fail it. ``$BAFUSION_MLFLOW`` is set to
     ``0`` as well, so that child processes (Snakemake's jobs, after its ``onstart``) do not try
@@ -110,7 +119,8 @@ def _turn_off(uri: str, error: BaseException) -> None:
     problem = problem.rstrip(".")
     _broken = problem
     os.environ["BAFUSION_MLFLOW"] = "0"
-    print(f"bafusion: warning: MLflow tracking store {_shown(uri)}: {problem}; going on without tracking "
+    print(f"bafusion: warning: MLflow tracking store {_shown(uri)}: {problem}; "
+          f"{lost or 'going on without tracking'} "
           "(BAFUSION_MLFLOW=0 turns tracking off, MLFLOW_TRACKING_URI points it at another store)",
           file=sys.stderr, flush=True)
 
@@ -217,7 +227,50 @@ def _ensure_db(uri: str) -> str:
                 with contextlib.suppress(Exception):  # another process may have won
                     _create_experiment(client, uri)
             mark_training_experiment(client)
+            _anchor_artifact_location(client, db)
     return uri
+
+
+def _relative_location(location: str | None) -> str | None:
+    """The relative path of a local artifact location (``./mlruns/1``, ``file:mlruns/1``), else
+    None (an absolute path or ``file:`` URI, another scheme such as ``s3:`` or ``mlflow-artifacts:``)."""
+    if not location or re.match(r"^[A-Za-z]:[\\/]", location):  # None, or a Windows drive path
+        return None
+    parts = urlsplit(location)
+    if parts.scheme == "file" and not parts.netloc:
+        path = parts.path
+    elif parts.scheme == "":
+        path = location
+    else:
+        return None
+    return None if Path(path).is_absolute() else path
+
+
+def _anchor_artifact_location(client: Any, db: Path) -> None:
+    """Give the ``bafusion`` experiment of the sqlite store ``db`` an absolute artifact location
+    when an older MLflow left it relative (its default ``./mlruns/<id>``).
+
+    MLflow resolves a relative location against the working directory of each process that
+    logs, so every run scattered its artifacts and model in ``mlruns/`` of the folder it ran
+    in. It is anchored to the store's folder (where such a store's first run began, as
+    bafusion puts the store in the repository root; ``mlflow ui`` started there reads the old
+    runs' artifacts at the same place); MLflow has no call that moves an experiment, so its row
+    is updated. Said in one line; earlier runs keep their own locations.
+    """
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    rel = _relative_location(exp.artifact_location if exp is not None else None)
+    if rel is None:
+        return
+    import sqlite3
+
+    anchored = (db.resolve().parent / rel).resolve().as_uri()
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con, con:
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ? AND artifact_location = ?",
+                    (anchored, int(exp.experiment_id), exp.artifact_location))
+    print(f"bafusion: note: the MLflow experiment {EXPERIMENT!r} of {db} kept its artifacts at the relative path "
+          f"{exp.artifact_location!r} (an older MLflow's default), which MLflow resolves against the folder each run "
+          f"starts in, so they were scattered; new runs keep them in {anchored} (earlier runs keep theirs)",
+          file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -284,66 +337,124 @@ class _NullRun:
         pass
 
 
-class _Run:
-    """A run of a working store. A call that fails turns tracking off (:func:`_turn_off`) and the
-    later calls do nothing: the step goes on untracked."""
+#: A failing call of a run is tried again this many times, after ``RETRY_BACKOFF_S`` seconds,
+#: then twice that, ... (a sqlite store locked by another process for a moment, a disk full
+#: for a moment, a server restarting), before tracking is turned off (:func:`_turn_off`).
+RETRIES = 3
+RETRY_BACKOFF_S = 0.5
+#: Tags of a run whose tracking stopped before its end (:meth:`_Run.end`).
+INCOMPLETE_TAG = "bafusion.incomplete"
 
-    def __init__(self, client: Any, run_id: str, uri: str | None = None) -> None:
+
+def _permanent(error: BaseException) -> bool:
+    """A store's answer that trying again cannot change (a bad value, no such run)."""
+    code = getattr(error, "error_code", None)
+    return code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
+                    "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST", "INVALID_STATE")
+
+
+def _retried(uri: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+    """Call ``fn``; a failure is tried again :data:`RETRIES` times with a doubling wait, then
+    raised. A server is checked to accept a connection before each try (:func:`check_reachable`)."""
+    from bafusion.atomic import raise_if_stopped
+
+    for attempt in range(RETRIES + 1):
+        try:
+            check_reachable(uri)  # a server that is down: seconds, not MLflow's minutes of retries
+            fn(*args, **kwargs)
+            return
+        except Exception as e:  # noqa: BLE001 - the store's failure: tried again, then raised
+            raise_if_stopped()
+            if attempt == RETRIES or _permanent(e):
+                raise
+            time.sleep(RETRY_BACKOFF_S * 2**attempt)
+
+
+class _Run:
+    """A run of a working store. A call that fails is tried again a few times (:func:`_retried`);
+    one that still fails turns tracking off (:func:`_turn_off`, one warning saying what the run
+    misses from then on) and the later calls do nothing: the step goes on untracked. The end of
+    the run says that it is incomplete, and marks it so in the store when it answers again
+    (:meth:`end`)."""
+
+    def __init__(self, client: Any, run_id: str, uri: str | None = None, name: str = "") -> None:
         self.client = client
         self.run_id = run_id
         self.uri = uri or tracking_uri()
+        self.name = name
+        #: What was not logged after the store failed: kind -> count.
+        self.lost: dict[str, int] = {}
+        #: When (UTC, ``HH:MM:SS``) the store failed during this run, else None.
+        self.failed_at: str | None = None
 
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+    def _call(self, what: str, count: int, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """``fn(*args, **kwargs)`` tried again on failure; ``count`` of ``what`` (``metric``,
+        ``artifact``, ...) are lost when it fails."""
         if _broken is not None:
+            self.lost[what] = self.lost.get(what, 0) + count
             return
         try:
-            fn(*args, **kwargs)
+            _retried(self.uri, fn, *args, **kwargs)
         except Exception as e:  # noqa: BLE001 - the store's failure: the work goes on untracked
-            _turn_off(self.uri, e)
+            self.lost[what] = self.lost.get(what, 0) + count
+            self.failed_at = time.strftime("%H:%M:%S UTC", time.gmtime())
+            _turn_off(self.uri, e, lost=(f"still failing after {RETRIES + 1} tries, tracking is now off for the "
+                                         f"rest of this process: the MLflow run {self.name!r} ({self.run_id}) "
+                                         "misses every metric, tag, artifact and model logged from now on; "
+                                         "the step goes on"))
 
     def log_metric(self, key: str, value: float, step: int | None = None) -> None:
-        self._call(self.client.log_metric, self.run_id, key, float(value), step=step or 0)
+        ts = int(time.time() * 1000)  # the same point when tried again
+        self._call("metric", 1, self.client.log_metric, self.run_id, key, float(value), timestamp=ts, step=step or 0)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        def log() -> None:
-            from mlflow.entities import Metric
+        from mlflow.entities import Metric
 
-            ts = int(time.time() * 1000)
-            self.client.log_batch(
-                self.run_id, metrics=[Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
-            )
-
-        self._call(log)
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+        self._call("metric", len(batch), self.client.log_batch, self.run_id, metrics=batch)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._call(self.client.log_artifact, self.run_id, str(path), artifact_path)
+        self._call("artifact", 1, self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def set_tag(self, key: str, value: Any) -> None:
-        self._call(self.client.set_tag, self.run_id, key, str(value))
+        self._call("tag", 1, self.client.set_tag, self.run_id, key, str(value))
 
     def log_model(self, model: Any, name: str, input_example: Any = None) -> None:
         """Log a torch net as an MLflow model of this run (see :func:`log_torch_model`)."""
-        self._call(log_torch_model, self.uri, self.run_id, model, name, input_example)
+        self._call("model", 1, log_torch_model, self.uri, self.run_id, model, name, input_example)
 
     def end(self, t0: float, status: str) -> None:
         """Log the duration since ``t0`` (``time.perf_counter``) and end the run with ``status``.
 
-        When the store failed during the run (tracking is off), one more try ends it with
-        ``status`` and the tag ``tracking_incomplete`` (the problem): a store that answers again
-        (a lock released) would otherwise show the run RUNNING forever."""
+        When the store failed during the run (tracking is off), a line on stderr says that the
+        run is incomplete and what it misses, and one more round of tries ends it with status
+        ``FAILED`` (a finished step's run is no complete record; ``KILLED`` stays) and the tags
+        :data:`INCOMPLETE_TAG` ``true``, ``tracking_incomplete`` (the problem) and
+        ``bafusion.step_status`` (the step's own status): a store that answers again (a lock
+        released) would otherwise show the run RUNNING forever, or FINISHED with holes."""
+        self.log_metric("duration_s", time.perf_counter() - t0)
+        if _broken is None:
+            self._call("the run's end", 1, self.client.set_terminated, self.run_id, status=status)
         if _broken is not None:
             self._close_incomplete(status, _broken)
-            return
-        self.log_metric("duration_s", time.perf_counter() - t0)
-        self._call(self.client.set_terminated, self.run_id, status=status)
 
     def _close_incomplete(self, status: str, problem: str) -> None:
+        ended = "FAILED" if status == "FINISHED" else status
         try:
-            check_reachable(self.uri)  # a server that is down: seconds, not MLflow's minutes
-            self.client.set_tag(self.run_id, "tracking_incomplete", problem)
-            self.client.set_terminated(self.run_id, status=status)
-        except Exception:  # noqa: BLE001, S110 - still failing: the warning has been given
-            pass
+            for key, value in ((INCOMPLETE_TAG, "true"), ("tracking_incomplete", problem),
+                               ("bafusion.step_status", status)):
+                _retried(self.uri, self.client.set_tag, self.run_id, key, value)
+            _retried(self.uri, self.client.set_terminated, self.run_id, status=ended)
+            marked = f"marked {INCOMPLETE_TAG}=true, status {ended} (the step itself: {status})"
+        except Exception:  # noqa: BLE001 - still failing: said below
+            marked = f"the store still fails, so MLflow may show it RUNNING, without the tag {INCOMPLETE_TAG}=true"
+        lost = ", ".join(what if what == "the run's end" else f"{n} {what}{'s' if n != 1 else ''}"
+                         for what, n in self.lost.items())
+        when = f" at {self.failed_at}" if self.failed_at else ""
+        print(f"bafusion: warning: the MLflow run {self.name!r} ({self.run_id}) is incomplete: it misses "
+              f"{lost or 'what was logged'} since the store failed{when}: {problem}; {marked}",
+              file=sys.stderr, flush=True)
 
 
 def _open_run(
@@ -372,7 +483,7 @@ def _open_run(
     items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
-    return _Run(client, run_id, uri)
+    return _Run(client, run_id, uri, name)
 
 
 @contextlib.contextmanager

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,12 +21,14 @@ from bafusion.errors import UserError
 from bafusion.evaluation.evaluate import (
     DEFAULT_METHODS,
     DEFAULT_METRICS,
+    NATIVE_METHODS,
     OURS,
     OURS_INITIAL,
     _config_dict,
     check_datasets,
     check_report_paths,
     parse_config,
+    reference_folders,
     run_evaluation,
 )
 from bafusion.schema import maximum
@@ -49,9 +53,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.pattern and not args.dataset:
         raise UserError("--pattern works with --dataset NAME=SOURCES (the configured datasets take 'pattern' in "
                         "params.yaml)")
+    if args.figure_pair and not args.dataset:
+        raise UserError("--figure-pair works with --dataset NAME=SOURCES (the configured datasets take "
+                        "'figure_pair' in params.yaml)")
     flagged = bool(args.methods or args.metrics or args.dataset)
     if args.methods:
         section_["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+        _check_methods(section_["methods"], args.dataset)
     if args.metrics:
         section_["metrics"] = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if args.dataset:
@@ -64,10 +72,44 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             one["reference"] = ref
         if args.pattern:
             one["pattern"] = args.pattern
+        # A dataset of that name in the parameters keeps its figure settings (its figure_pair
+        # was dropped: Fig. 4 of lytro-04, not the card's lytro-05); --figure-pair overrides.
+        configured = next((d for d in section_.get("datasets") or [] if isinstance(d, dict) and d.get("name") == name),
+                          None)
+        for key in ("figure_pair", "crop"):
+            if configured is not None and configured.get(key):
+                one[key] = configured[key]
+        one = {**one, **_json_dataset(args.params_json, name)}  # its settings (reference_methods, ...) win
+        inherited = str(one.get("figure_pair") or "")
+        if args.figure_pair:
+            one["figure_pair"], inherited = args.figure_pair, ""
+            one.pop("crop", None)  # the configured crop is a region of the configured pair
         section_["datasets"] = [one]
     # the project the stage runs in (in `dvc exp run --temp`, DVC's copy: its data/testset)
     root = Path(args.root) if args.root else project_root()
+    one = section_["datasets"][0] if args.dataset else {}
+    if one.get("reference") and not one.get("reference_methods") and not one.get("reference_metrics"):
+        # (with a reference_metrics CSV from --params-json, its default stays: the six, then the CSV's)
+        from bafusion.workspace import resolve
+
+        ref_dir = resolve(one["reference"], root)
+        if not ref_dir.is_dir():
+            raise UserError(f"--dataset {args.dataset}: reference folder {ref_dir} not found (it holds one sub-folder "
+                            "of fused images per method, <REF>/<METHOD>/<pair>.<ext>)")
+        found = reference_folders(ref_dir)
+        computed = [m for m in found if m in (OURS, OURS_INITIAL, *NATIVE_METHODS)]
+        one["reference_methods"] = [m for m in found if m not in computed]
+        if one["reference_methods"]:
+            print(f"bafusion evaluate: dataset {one['name']!r}: reference methods {', '.join(one['reference_methods'])}: "
+                  f"the sub-folders of {one['reference']} (<REF>/<METHOD>/<pair>.<ext>; set the dataset's "
+                  "reference_methods in --params-json to choose)"
+                  + (f"; {', '.join(computed)} left out (computed here)" if computed else ""), file=sys.stderr)
+        else:
+            raise UserError(f"--dataset {args.dataset}: {one['reference']} holds no method folders: the reference "
+                            "folder holds one sub-folder of fused images per method, <REF>/<METHOD>/<pair>.<ext>")
     cfg = parse_config(section_, root, source="command line" if flagged else "parameters")
+    if args.dataset and inherited:
+        cfg = _inherited_figure_pair(cfg, inherited, args.params_file)
     check_report_paths(cfg, args.out, args.report, args.plots)  # before any work: inputs are never overwritten
     check_datasets(cfg)  # a missing reference image or peer value: before the nets are loaded
     threads = args.threads or section(params, "evaluate")["threads"]
@@ -90,6 +132,60 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_methods(methods: list[str], dataset: str | None) -> None:
+    """--methods names methods computed here; one that is not (one's own method, with fused
+    images of its own) is refused saying where such a method goes, not with the schema's bare
+    'not one of'."""
+    computed = (OURS_INITIAL, OURS, *NATIVE_METHODS)
+    for m in methods:
+        if m not in computed:
+            ref = dataset.partition(",")[2] if dataset else ""
+            there = (f"; {Path(ref) / m} exists, so it is compared already: leave it out of --methods"
+                     if ref and (Path(ref) / m).is_dir() else "")
+            raise UserError(
+                f"--methods: {m!r} is not a method computed here ({', '.join(computed)}): a method with fused "
+                f"images of its own is a reference method, read from <REF>/{m}/<pair>.<ext>: with --dataset "
+                "NAME=PAIRS,REF every sub-folder of REF is one; in a parameter file, list it in the dataset's "
+                "reference_methods" + there)
+
+
+def _json_dataset(params_json: str | None, name: str) -> dict[str, Any]:
+    """The settings of dataset ``name`` in --params-json's ``datasets`` (empty when it has none);
+    a ``datasets`` without ``name`` is refused: --dataset would drop it silently."""
+    if not params_json:
+        return {}
+    given = json.loads(params_json)
+    datasets = given.get("datasets") if isinstance(given, dict) else None
+    if not datasets:
+        return {}
+    names = [str(d.get("name")) for d in datasets if isinstance(d, dict)]
+    if name not in names:
+        raise UserError(f"--dataset {name}: --params-json gives evaluate.datasets too ({', '.join(map(repr, names))}), "
+                        "which --dataset would drop: name the dataset as one of them to take its settings (e.g. "
+                        "reference_methods), or leave 'datasets' out of --params-json")
+    return {k: v for k, v in datasets[names.index(name)].items() if k not in ("sources", "reference", "pattern")}
+
+
+def _inherited_figure_pair(cfg, pair: str, params_file: str | None):
+    """``cfg`` (one dataset, from --dataset) with the figure_pair it took from the parameters'
+    dataset of its name, unless --pattern (or the sources) leave that pair out: then the first
+    pair, with a note on stderr (an explicit --figure-pair that is not a pair is refused)."""
+    import dataclasses
+    import sys
+
+    from bafusion.evaluation.evaluate import find_pairs
+
+    ds = cfg.datasets[0]
+    names = [p.name for p in find_pairs(ds)]
+    if pair in names or not names:
+        return cfg
+    print(f"bafusion evaluate: note: figure_pair {pair!r} of {params_file or 'the parameters'}'s dataset "
+          f"{ds.name!r} is not among the pairs of {ds.sources}"
+          f"{' that match --pattern ' + repr(ds.pattern) if ds.pattern != '*' else ''}: the figures show "
+          f"the first, {names[0]!r} (pass --figure-pair to choose)", file=sys.stderr)
+    return dataclasses.replace(cfg, datasets=(dataclasses.replace(ds, figure_pair="", crop=None),))
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bafusion evaluate``."""
     p = subparsers.add_parser(
@@ -108,10 +204,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fuse-json", type=nonempty_json, default=None, help="JSON object overriding the 'fuse' section (fusion parameters)")
     p.add_argument("--dataset", default=None, metavar="NAME=SOURCES[,REFERENCE]", help="evaluate only this dataset")
     p.add_argument("--pattern", default=None, help="with --dataset: only pairs whose name matches this glob (e.g. 'g??-*')")
+    p.add_argument("--figure-pair", default=None, metavar="PAIR",
+                   help="with --dataset: the pair of Fig. 4 and the difference maps (default: the figure_pair of "
+                        "--params-file's dataset of that name, else the first pair)")
     p.add_argument("--methods", type=nonempty_csv, default=None, help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)})")
     p.add_argument("--metrics", type=nonempty_csv, default=None, help=f"comma-separated metrics (default {','.join(DEFAULT_METRICS)})")
     p.add_argument("--model", "--models", dest="models", default=None, metavar="DIR",
-                   help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name")
+                   help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name (default: the "
+                        "shipped model models/default, even inside a project that has data/models: give --models "
+                        "data/models for the pipeline's nets, as the pipeline's evaluate stage does with --initial "
+                        "data/models/initial.pt --boundary data/models/boundary.pt)")
     p.add_argument("--initial", default=None, help="initial-net file (instead of --models)")
     p.add_argument("--boundary", default=None, help="boundary-net file (instead of --models)")
     p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, default="data/evaluation",

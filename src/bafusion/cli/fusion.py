@@ -157,8 +157,9 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
     if args.threads is not None and not 1 <= args.threads <= maximum("fuse.threads"):
         raise UserError(f"--threads {args.threads}: give a positive number of CPU threads, at most "
                         f"{maximum('fuse.threads')} (omit it for the default)")
-    if not other["alpha"] >= 0:
-        raise UserError(f"--alpha {other['alpha']:g}: the difference-map gain must be 0 or more")
+    if not other["alpha"] > 0:  # 0 made all-black difference maps; NaN fails too
+        raise UserError(f"--alpha {other['alpha']:g}: the difference-map gain alpha*|B-F| must be more than 0 "
+                        "(0 would write all black difference maps; the paper's is 10)")
     fusion = FusionParams.from_mapping(merged, source="command line")  # file and JSON are checked: the flags
     threads = args.threads or base["threads"]
     if not threads:
@@ -187,6 +188,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         raise UserError("give at least two source images")
     check_distinct_sources(args.images)
     joint = params.stack_rule == "joint" and len(paths) > 2
+    maps_line = ""
     if args.save_maps:
         # The maps' names are known before the work: none may be a source.
         from bafusion.fusion.maps import MAP_KEYS
@@ -200,6 +202,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
             maps = [f"{stem}-{key}.png" for stem in stems for key in MAP_KEYS]
         for name in maps:
             check_not_input(Path(args.save_maps) / name, paths, "map file")
+        maps_line = _maps_line(Path(args.save_maps), out.stem, joint, len(paths))
     resolve_device(other["device"])
     from bafusion.fusion.batch import fused_output, prepare_sources
 
@@ -239,7 +242,23 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
            png_colour=fused.png_colour)
     print(f"fused {len(paths)} images into {out} ({fused.seconds:.2f} s fusing on {nets.device}, "
           f"{time.perf_counter() - t_start:.2f} s in all with reading, loading the nets and writing)")
+    if maps_line:
+        print(f"bafusion fuse: {maps_line}", file=sys.stderr)
     return 0
+
+
+def _maps_line(folder: Path, stem: str, joint: bool, n: int) -> str:
+    """The line ``fuse --save-maps`` ends with on stderr: how many files it wrote where, their
+    names and what white means (the README's table gives every file's scale)."""
+    from bafusion.fusion.maps import MAP_KEYS
+    from bafusion.fusion.stack import STACK_MAP_KEYS
+
+    if joint:
+        return (f"maps: {len(STACK_MAP_KEYS)} files in {folder} ({stem}-*.png: {', '.join(STACK_MAP_KEYS)}; "
+                f"index: shot 1 black ... shot {n} white)")
+    stems = [stem] if n == 2 else [f"{stem}-step{i + 1:02d}" for i in range(n - 1)]
+    return (f"maps: {len(MAP_KEYS) * len(stems)} files in {folder} ({', '.join(f'{s}-*.png' for s in stems)}: "
+            f"{', '.join(MAP_KEYS)}; score and dm: white = take A, black = take B)")
 
 
 def check_distinct_sources(images: Sequence[str]) -> None:

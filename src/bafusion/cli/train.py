@@ -188,7 +188,11 @@ def register(subparsers: Any) -> None:
         description="Train the initial net (on data/patches/initial.h5) or the boundary net (on "
                     "data/patches/boundary.h5). An interrupted run resumes from --checkpoints/last.pt (for the "
                     "same parameters and patch set); the checkpoint of a finished run (one that wrote its model) "
-                    "is not resumed: the training starts from scratch.")
+                    "is not resumed: the training starts from scratch. An interrupted run's checkpoint of other "
+                    "parameters is refused (give another --checkpoints, or --no-resume or --restart-if-changed "
+                    "to replace it). The checkpoints, metrics and per-epoch CSV go beside --out unless --out is "
+                    "the pipeline's data/models/<net>.pt, so a run by hand in a pipeline project leaves the "
+                    "pipeline's resume state and metrics alone.")
     p.add_argument("--net", required=True, choices=NETS,
                    help="which net to train: initial (on the patches' initial.h5) or boundary (on boundary.h5)")
     p.add_argument("--patches", required=True, help="HDF5 patch set (from the 'patches' step)")
@@ -199,17 +203,24 @@ def register(subparsers: Any) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one parameter, e.g. --set train.epochs=2 (repeatable)")
     p.add_argument("--checkpoints", type=nonempty_path, default=None,
-                   help="checkpoint folder (default data/checkpoints/<net>)")
+                   help="checkpoint folder (default: beside --out, <out stem>.checkpoints/; for --out "
+                        "data/models/<net>.pt, the pipeline's data/checkpoints/<net>)")
     p.add_argument("--report", "--metrics", dest="metrics", type=nonempty_path, default=None, metavar="FILE",
-                   help="metrics JSON, a DVC metrics file as fuse-set's and evaluate's --report (default "
+                   help="metrics JSON, a DVC metrics file as fuse-set's and evaluate's --report (default: "
+                        "<out stem>.metrics.json beside --out; for --out data/models/<net>.pt, "
                         "metrics/train_<net>.json)")
     p.add_argument("--plots", type=nonempty_path, default=None,
-                   help="per-epoch CSV (default metrics/plots/train_<net>.csv)")
+                   help="per-epoch CSV (default: <out stem>.epochs.csv beside --out; for --out "
+                        "data/models/<net>.pt, metrics/plots/train_<net>.csv)")
     p.add_argument("--device", default=None, help="override train.device (auto, cpu, cuda, cuda:N or mps)")
     add_threads_argument(p, "torch CPU threads per process", "train.threads",
                          zero="torch's default: all cores")
     p.add_argument("--nproc", default=None, help="override train.nproc (processes; 'auto' = number of GPUs)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start afresh")
+    p.add_argument("--restart-if-changed", action="store_true",
+                   help="resume a checkpoint of the same parameters and patch set, and start afresh over one of "
+                        "others (the pipeline's rules pass it, so that a parameter edit retrains); without it a "
+                        "run's checkpoint of other parameters is refused, not replaced")
     p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_cli)
 
@@ -254,6 +265,8 @@ def _relaunch_argv(args: argparse.Namespace, nproc: int, threads: int) -> list[s
         argv += ["--set", o]
     if args.no_resume:
         argv.append("--no-resume")
+    if args.restart_if_changed:
+        argv.append("--restart-if-changed")
     if args.no_progress:
         argv.append("--no-progress")
     return argv
@@ -310,7 +323,8 @@ def _paths(args: argparse.Namespace) -> Paths:
 
 def _train_cli(args: argparse.Namespace, cfg: TrainConfig) -> int:
     paths = _paths(args)
-    summary = train(args.net, args.patches, cfg, paths, resume=not args.no_resume, progress=not args.no_progress)
+    summary = train(args.net, args.patches, cfg, paths, resume=not args.no_resume, progress=not args.no_progress,
+                    replace_stale=args.restart_if_changed)
     if dist_from_env().main:
         print(f"bafusion train: {args.net}: best val acc {summary['val_acc']:.4f} at epoch {summary['best_epoch']}, "
               f"model {paths.out}", file=sys.stderr)

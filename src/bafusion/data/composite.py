@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from bafusion._version import __version__
 from bafusion.atomic import atomic_dir, atomic_file, raise_if_stopped
-from bafusion.data.prepare import entries, load_manifest
+from bafusion.data.prepare import MANIFEST, entries, load_manifest
 from bafusion.errors import InputFileError, UserError
 from bafusion.h5write import h5_output
 from bafusion.io import (
@@ -144,6 +144,9 @@ def run_shard(prepared: Path, shard: int, shards: int, opts: CompositeOptions, o
     manifest = load_manifest(prepared)
     bgs = entries(manifest, "backgrounds", "train")
     mine = shard_foregrounds(manifest, shard, shards)
+    if mine and not bgs:  # an h5py chunk-shape error before
+        raise InputFileError(prepared / MANIFEST, "no backgrounds of the train split: composite needs at least one "
+                                                  "(run the prepare step again)")
     n_bg = len(bgs)
     bg_cache: dict[str, np.ndarray] = {}
     count = 0

@@ -13,7 +13,9 @@ Guarantees:
   ``ETag``, else ``Last-Modified``), size and URL are kept in ``<dest>.part.meta`` and sent
   with every resumed request as ``If-Range``: a file changed on the server since is sent
   whole (200) and fetched from zero, and so is a range answered with another validator or
-  size (a server that ignores ``If-Range``). A ``.part`` left by a killed process, or by a
+  size (a server that ignores ``If-Range``). A ``.part`` already whole (answered 416) is
+  kept, without a checksum, only when the 416 carries that validator and the part's size;
+  else it is fetched from zero. A ``.part`` left by a killed process, or by a
   transfer that still failed after the last retry, is resumed the same way by the next call:
   with a checksum always (a resumed file whose checksum does not match is fetched once more
   from zero); without one only when its ``.meta`` holds a validator for the same URL (a
@@ -323,11 +325,29 @@ def _write_meta(part: Path, url: str, etag: str | None, last_modified: str | Non
         meta.write_text(json.dumps(doc) + "\n")
 
 
+def _same_file_416(part: Path, url: str, answer: http.client.HTTPMessage, have: int) -> bool:
+    """Whether the 416 ``answer`` to ``Range: bytes=<have>-`` vouches that ``part`` is the whole
+    file it started as: its ``Content-Range`` total is ``have``, and it carries a validator
+    (``ETag``, ``Last-Modified``) equal to the one kept in the part's ``.meta``, none other.
+    A server that ignores ``If-Range`` answers 416 for a file replaced by one of the same size."""
+    meta = _read_meta(part)
+    if meta.get("url") != url or _content_range_total(answer.get("Content-Range")) != have:
+        return False
+    if meta.get("size") is not None and meta.get("size") != have:
+        return False
+    pairs = [(now, then) for now, then in ((_strong_etag(answer.get("ETag")), meta.get("etag")),
+                                          (answer.get("Last-Modified"), meta.get("last_modified"))) if now and then]
+    return bool(pairs) and all(now == then for now, then in pairs)
+
+
 def _attempt(
-    url: str, part: Path, timeout: float, bar_desc: str | None, progress: bool, headers: dict[str, str]
+    url: str, part: Path, timeout: float, bar_desc: str | None, progress: bool, headers: dict[str, str],
+    checked: bool = False,
 ) -> tuple[int, int]:
     """One HTTP(S) attempt, appending to ``part`` from its current size (with ``If-Range``
-    when its ``.meta`` holds a validator, see :func:`_if_range`).
+    when its ``.meta`` holds a validator, see :func:`_if_range`). ``checked``: a checksum will
+    tell whether a ``part`` that is already whole (416) is the file; without one, such a part is
+    kept only when the 416 vouches for it (:func:`_same_file_416`), else it starts from zero.
 
     Returns ``(resumed_from, total_size)``. Raises :class:`_Retryable` for transient trouble
     (the bytes received so far stay in ``part``) and :class:`DownloadError` for final errors.
@@ -346,12 +366,13 @@ def _attempt(
         with contextlib.suppress(Exception):
             e.close()
         if e.code == 416 and have:
-            # Range not satisfiable: the part is probably already whole. The caller verifies it.
+            # Range not satisfiable: the part is probably already whole. With a checksum the
+            # caller verifies it; without one only the 416's validators can say it is the file.
             total = _content_range_total(e.headers.get("Content-Range"))
-            if total is None or total == have:
+            if (checked and total in (None, have)) or (not checked and _same_file_416(part, url, e.headers, have)):
                 return have, have
-            _drop_part(part)
-            raise _Retryable(f"HTTP 416 for a stale partial file of {have} bytes (size is {total}); restarting")
+            _drop_part(part)  # a stale or unvouched part: the whole file, in this attempt
+            return _attempt(url, part, timeout, bar_desc, progress, headers, checked)
         if e.code in RETRY_STATUS:
             raise _Retryable(f"HTTP {e.code} {e.reason}") from e
         raise DownloadError(url, f"HTTP {e.code} {e.reason}") from e
@@ -474,7 +495,8 @@ def fetch(
         restarted_after_mismatch = False
         while True:
             try:
-                resumed, size = _attempt(url, part, timeout, label if progress else None, progress, headers or {})
+                resumed, size = _attempt(url, part, timeout, label if progress else None, progress, headers or {},
+                                         ck is not None)
                 if resumed and not restarted_after_mismatch:
                     # The kept bytes may come from another version of the file, or be damaged:
                     # a file that fails its checksum (or, without one, validate) starts over once.

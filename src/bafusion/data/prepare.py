@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from bafusion.atomic import atomic_dir
+from bafusion.data.mattes import matte_warning
 from bafusion.data.sources import Background, Foreground, check_foreground, select
 from bafusion.errors import InputFileError, UserError
 from bafusion.io import resize, scaled_size, write_image
@@ -38,8 +39,12 @@ class PrepareOptions:
 
 
 def prepare_foreground(fg: Foreground, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Load, check and resize one foreground and its matte with the same antialiased filter."""
+    """Load, check and resize one foreground and its matte with the same antialiased filter.
+    A matte almost all background or all foreground is warned about on stderr."""
     img, matte = check_foreground(fg)
+    warn = matte_warning(matte)
+    if warn:
+        print(f"{fg.matte_origin or fg.origin}: warning: {warn}", file=sys.stderr)
     if scale != 1.0:
         size = scaled_size(img.shape, scale)
         img, matte = resize(img, size), resize(matte, size)
@@ -146,11 +151,32 @@ def load_manifest(prepared: Path) -> dict[str, Any]:
             raise InputFileError(p, f"not a prepare manifest: missing key {kind!r}: {again}")
         if not isinstance(manifest[kind], list) or not all(isinstance(e, dict) for e in manifest[kind]):
             raise InputFileError(p, f"not a prepare manifest: {kind!r} must be a list of objects: {again}")
+        seen: dict[str, int] = {}
         for i, e in enumerate(manifest[kind]):
             for k in keys:
                 if k not in e:
                     raise InputFileError(p, f"not a prepare manifest: {kind}[{i}] lacks key {k!r}: {again}")
+            # hand-edited values reached composite as TypeErrors and h5py errors (ids name HDF5 groups)
+            bad = _entry_problem(e, keys)
+            if bad:
+                raise InputFileError(p, f"not a prepare manifest: {kind}[{i}]: {bad}: {again}")
+            if e["id"] in seen:
+                raise InputFileError(p, f"not a prepare manifest: {kind}[{i}]: id {e['id']!r} is also "
+                                        f"{kind}[{seen[e['id']]}]'s (ids are unique): {again}")
+            seen[e["id"]] = i
     return manifest
+
+
+def _entry_problem(e: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    """What is wrong with the values of a manifest entry (its ``keys`` present), None if nothing."""
+    if not isinstance(e["id"], str) or not e["id"]:
+        return f"'id' must be a non-empty string, got {e['id']!r}"
+    for k in keys[1:]:
+        if not isinstance(e[k], str) or not e[k]:
+            return f"{k!r} must be a file name (a string), got {e[k]!r}"
+    if "split" in e and not isinstance(e["split"], str):
+        return f"'split' must be a string, got {e['split']!r}"
+    return None
 
 
 def entries(manifest: dict[str, Any], kind: str, split: str) -> list[dict[str, Any]]:

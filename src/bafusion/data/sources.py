@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bafusion.data.mattes import object_matte
+from bafusion.data.mattes import check_matte_range, object_matte
 from bafusion.errors import InputFileError, UserError
 from bafusion.io import list_images, read_image, read_matte, resize, scaled_size
 
@@ -56,6 +56,8 @@ class Foreground:
     origin: str
     load_image: Callable[[], np.ndarray] = field(repr=False, compare=False)
     load_matte: Callable[[], np.ndarray] = field(repr=False, compare=False)
+    #: The matte's file, where it has one (named by the checks of the matte).
+    matte_origin: str | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,7 @@ def dir_foregrounds(root: str | Path) -> list[Foreground]:
             origin=str(images[stem]),
             load_image=lambda p=images[stem]: read_image(p, rgb=True),
             load_matte=lambda p=mattes[stem]: read_matte(p),
+            matte_origin=str(mattes[stem]),
         )
         for stem in sorted(images)
     ]
@@ -171,9 +174,11 @@ def dir_backgrounds(folder: str | Path) -> list[Background]:
 
 
 def check_foreground(fg: Foreground) -> tuple[np.ndarray, np.ndarray]:
-    """Load a foreground and its matte; a matte of another size is an error naming both."""
+    """Load a foreground and its matte; a matte of another size, or one on the 0..1 scale
+    (:func:`~bafusion.data.mattes.check_matte_range`), is an error naming the file."""
     img = fg.load_image()
     matte = fg.load_matte()
+    check_matte_range(matte, fg.matte_origin or fg.origin)
     if matte.shape[:2] != img.shape[:2]:
         raise InputFileError(
             fg.origin,

@@ -43,7 +43,9 @@ tsai) and ~92 (stand), hence ``jpeg_quality: {savic: 75, tsai: 75, stand: 92}``.
 development set for choosing configurations; never train on it.
 
 On pairs with an all-in-focus truth (``<pair>-truth.<ext>``, the embedded set), PSNR and SSIM of
-each fused image against it (``skimage.metrics``, data range 255, colour SSIM over channels);
+each fused image against it (``skimage.metrics``, data range 255, colour SSIM over channels; a
+fused image equal to the truth has PSNR ``inf``, written so in the tables and CSVs, the best value
+and a win, and ``null`` in ``metrics.json``, which JSON numbers cannot hold);
 with a true decision map (``<pair>-dm.<ext>``, 255 = A focused) the decision-map accuracy of
 our two variants.
 
@@ -475,7 +477,9 @@ def _better(metric: str, x: float, y: float) -> bool:
 
 
 def _finite(v: Any) -> bool:
-    return v is not None and isinstance(v, (int, float, np.floating)) and math.isfinite(float(v))
+    """Whether ``v`` is a defined value: a number, not NaN. An infinite value is defined (the
+    PSNR of a fused image equal to the truth is +inf: the best there is, not undefined)."""
+    return v is not None and isinstance(v, (int, float, np.floating)) and not math.isnan(float(v))
 
 
 def count_wins(rows: Rows, methods: Sequence[str], metric: str) -> dict[str, int]:
@@ -526,7 +530,7 @@ def partial_mark(k: int, n: int) -> str:
 
 def _complete(means: Mapping[str, float], counts: Mapping[str, int] | None) -> set[str]:
     """The methods with a finite mean over the most pairs (all with a finite mean without counts)."""
-    finite = [m for m, v in means.items() if math.isfinite(v)]
+    finite = [m for m, v in means.items() if not math.isnan(v)]
     if counts is None or not finite:
         return set(finite)
     full = max(counts[m] for m in finite)
@@ -547,8 +551,10 @@ def best_methods(means: Mapping[str, float], metric: str, counts: Mapping[str, i
 
 
 def _fmt(metric: str, v: float) -> str:
-    if not math.isfinite(v):
+    if math.isnan(v):
         return "n/a"
+    if math.isinf(v):  # PSNR of an output equal to the truth
+        return "inf" if v > 0 else "-inf"
     return f"{v:.2f}" if metric == "PSNR" else f"{v:.4f}"
 
 
@@ -612,7 +618,7 @@ def rank_of(rows: Rows, methods: Sequence[str], metric: str, method: str) -> tup
     all means over the most pairs, and among themselves by their means: a method cannot climb
     by leaving out the pairs where its output was degenerate."""
     all_means = mean_values(rows, methods, metric)
-    means = {m: v for m, v in all_means.items() if math.isfinite(v)}
+    means = {m: v for m, v in all_means.items() if not math.isnan(v)}
     if method not in means:
         return None, len(means)
     complete = _complete(all_means, defined_counts(rows, methods, metric))
@@ -743,7 +749,8 @@ def table1_document(
 
 
 def rows_to_csv(rows: Rows, columns: Sequence[str]) -> str:
-    """CSV text with ``columns`` (missing / NaN values as empty cells, floats in full precision)."""
+    """CSV text with ``columns`` (missing / NaN values as empty cells, floats in full precision,
+    an infinite PSNR as ``inf``)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)
@@ -752,7 +759,7 @@ def rows_to_csv(rows: Rows, columns: Sequence[str]) -> str:
         for c in columns:
             v = r.get(c)
             if isinstance(v, (float, np.floating)):
-                cells.append(repr(float(v)) if math.isfinite(v) else "")
+                cells.append("" if math.isnan(v) else repr(float(v)))  # inf: "inf" (PSNR of a perfect output)
             else:
                 cells.append("" if v is None else str(v))
         w.writerow(cells)
@@ -973,25 +980,47 @@ def _check_reference_images(ds: Dataset, pairs: Sequence[Pair]) -> None:
         missing += lacking
         methods += [repr(m)] if lacking else []
     if missing:
+        found = reference_folders(ds.reference)
         raise InputFileError(
             ds.reference, f"dataset {ds.name!r}: {n} fused image(s) of method(s) {', '.join(methods)} missing: "
             + ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            + f" (* = {', '.join(RESULT_EXTENSIONS)})"
+            + f" (* = {', '.join(RESULT_EXTENSIONS)}); the methods read from the reference folder are the dataset's "
+            f"reference_methods (default {', '.join(REFERENCE_METHODS)}), each in <reference>/<METHOD>/<pair>.<ext>; "
+            f"its sub-folders: {', '.join(found) if found else 'none'}"
         )
+
+
+def reference_folders(reference: Path) -> list[str]:
+    """The method folders of a ``reference`` root (its sub-folders, but dot-folders): the paper's
+    six first, in their order, then the others by name."""
+    try:
+        names = {p.name for p in Path(reference).iterdir() if p.is_dir() and not p.name.startswith(".")}
+    except OSError:
+        return []
+    return [m for m in REFERENCE_METHODS if m in names] + sorted(names - set(REFERENCE_METHODS))
 
 
 def _check_sources(ds: Dataset, pairs: Sequence[Pair]) -> None:
     """Fail before any fusion when a pair's source is no readable image (its first frame is
     decoded, so a truncated file is caught; the sources are small beside the fusion) or its A
     and B differ in size: either was found only on reaching the pair, after fusing the ones
-    before it. The error names the file, the dataset and the pair."""
+    before it. So is a truth or true decision map of another size than the sources. The error
+    names the file, the dataset and the pair."""
     from bafusion.io import check_same_sizes, image_info
 
     for p in pairs:
+        where = f"dataset {ds.name!r}, pair {p.name!r}"
         try:
-            check_same_sizes([image_info(p.a, decode=True), image_info(p.b, decode=True)])
+            info = image_info(p.a, decode=True)
+            check_same_sizes([info, image_info(p.b, decode=True)])
+            for path, what in ((p.truth, "truth"), (p.dm, "decision map")):
+                if path is not None:
+                    t = image_info(path, decode=True)
+                    if (t.width, t.height) != (info.width, info.height):
+                        raise InputFileError(path, f"{what} is {t.width}x{t.height} (WxH) but the sources are "
+                                                   f"{info.width}x{info.height}")
         except InputFileError as e:
-            raise InputFileError(e.path, f"dataset {ds.name!r}, pair {p.name!r}: {e.problem}") from None
+            raise InputFileError(e.path, f"{where}: {e.problem}") from None
 
 
 def source_notes(ds: Dataset, pairs: Sequence[Pair]) -> list[str]:

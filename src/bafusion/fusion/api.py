@@ -259,7 +259,14 @@ def _read_sources(
 
     for i, s in enumerate(sources):
         if not isinstance(s, (np.ndarray, str, os.PathLike)):
-            hint = " (a PIL image: pass numpy.asarray(image), or its file)" if hasattr(s, "getbands") else ""
+            if hasattr(s, "getbands"):
+                hint = " (a PIL image: pass numpy.asarray(image), or its file)"
+            elif isinstance(s, FusionNets):
+                hint = " (the nets: pass them as model=..., e.g. fuse(a, b, model=nets))"
+            elif isinstance(s, FusionParams):
+                hint = " (the fusion parameters: pass them as params=...)"
+            else:
+                hint = ""
             raise UserError(f"source {i + 1}: expected a file path or a numpy array, got {type(s).__name__}{hint}")
     paths = [s for s in sources if not isinstance(s, np.ndarray)]
     src = read_source_set(paths, metadata=False) if paths else None

@@ -28,6 +28,7 @@ runs out of memory is skipped with what it needs, and the batch goes on.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import hashlib
@@ -35,7 +36,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,11 @@ from typing import Any
 import numpy as np
 
 from bafusion.errors import UserError, is_out_of_memory
+
+try:
+    import fcntl
+except ImportError:  # Windows: fuse-dir takes no lock on its output folder (see output_lock)
+    fcntl = None  # type: ignore[assignment]
 from bafusion.io import (IMAGE_SUFFIXES, SourceSet, check_same_sizes, fit_jpeg_exif, image_info, keeps_16_bits,
                          read_source_set)
 
@@ -562,6 +568,69 @@ def write_marker(out: Path, setup: Mapping[str, Any], outputs: Iterable[str], de
         raise UserError(f"{out / OUTPUT_MARKER}: cannot write fuse-dir's record: {e.strerror or e}") from e
 
 
+#: In fuse-dir's output folder while a run writes there: held (``flock``) by that run, holding its
+#: process id (:func:`output_lock`).
+LOCK_FILE = ".bafusion-fuse-dir.lock"
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the output folder ``out`` (its :data:`LOCK_FILE`) for one
+    ``fuse-dir`` run, created when missing.
+
+    Two runs into one folder (two terminals) each rewrote :data:`OUTPUT_MARKER` from their own
+    list, so the last one's record forgot the other's outputs (and ``--skip-existing`` then fused
+    them again, or a run of another setup replaced the record under the other). The lock is
+    taken without waiting; the OS releases it when the process ends, killed too. The lock file
+    holds the holder's process id, named by the refusal, and is removed on release. Where
+    ``fcntl`` is missing (Windows) no lock is taken.
+
+    Raises
+    ------
+    UserError
+        ``out`` cannot be created, or another process holds the lock.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{out}: cannot create the output folder: {e.strerror or e}") from e
+    if fcntl is None:
+        yield
+        return
+    lock = out / LOCK_FILE
+    while True:
+        try:
+            fh = open(lock, "a+")
+        except OSError as e:
+            raise UserError(f"{lock}: cannot create fuse-dir's lock: {e.strerror or e}") from e
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            pid = fh.read().strip()
+            fh.close()
+            who = f"process {pid}" if pid.isdigit() else "another process"
+            raise UserError(f"{out}: another bafusion fuse-dir ({who}) is writing into this output folder; "
+                            "wait for it to end, or give another output folder") from None
+        try:
+            if os.stat(lock).st_ino == os.fstat(fh.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        fh.close()  # the file locked was removed by its holder meanwhile: lock the one there now
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
 def _inside(src: Path, out: Path) -> bool:
     try:
         return out.resolve().parent == src.resolve()
@@ -640,16 +709,13 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
     that the record lists is kept; one it does not list (left by a run of another setup that
     was stopped) is fused again; a record of another setup, or none beside existing outputs,
     is refused before any work (:func:`check_skip_existing`). Without it every output is
-    replaced and the record starts anew (it keeps the outputs of the same setup).
+    replaced and the record starts anew (it keeps the outputs of the same setup). A second
+    run into ``out`` while one runs there is refused (:func:`output_lock`).
 
     Returns
     -------
     BatchReport
     """
-    from tqdm import tqdm
-
-    from bafusion.io import write_image
-
     if not src.is_dir():
         raise UserError(f"{src}: not a folder")
     groups, skipped = find_groups(src, exclude=out)
@@ -660,18 +726,36 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
     if not groups:
         raise UserError(f"{src}: no pair or stack to fuse (name shots <name>-A.<ext>, <name>-B.<ext>, or put each "
                         "stack in its own sub-folder)")
+    setup = batch_setup(nets, params, ext=ext, align=align)
+    if skip_existing:  # before the folder is made (refused: nothing left behind); again under the lock
+        check_skip_existing(out, setup, [out / f"{name}.{ext}" for name in groups])
+    created = not out.exists()
+    try:
+        # one run at a time per output folder: each keeps the record of what it wrote
+        with output_lock(out):
+            return _fuse_dir_locked(groups, out, nets, params, rep, setup, ext=ext, align=align, force=force,
+                                    skip_existing=skip_existing, progress=progress, motion_hint=motion_hint)
+    except UserError:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only when empty: a run refused leaves no folder
+        raise
+
+
+def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, params, rep: BatchReport,
+                     setup: Mapping[str, Any], *, ext: str, align: str, force: bool, skip_existing: bool,
+                     progress: bool, motion_hint: bool) -> BatchReport:
+    """:func:`fuse_dir` once ``out`` exists and its lock is held (:func:`output_lock`)."""
+    from tqdm import tqdm
+
+    from bafusion.io import write_image
     from bafusion.progress import bars_enabled
 
-    setup = batch_setup(nets, params, ext=ext, align=align)
     if skip_existing:
         check_skip_existing(out, setup, [out / f"{name}.{ext}" for name in groups])
-    old = read_marker(out) if out.is_dir() else None
+    old = read_marker(out)
     same = old is not None and not setup_differences(old, setup) and isinstance(old.get("outputs"), list)
     written = {str(n) for n in old["outputs"]} if same else set()  # outputs known to be of this setup
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{out}: cannot create the output folder: {e.strerror or e}") from e
     device = str(getattr(nets, "device", ""))
     # the record first: a stopped run leaves outputs that it describes (inside IN it also marks
     # the folder as fuse-dir's for later runs: check_output_folder)

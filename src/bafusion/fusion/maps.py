@@ -58,29 +58,74 @@ def pseudo_colour(gray: np.ndarray, cmap: str = DIFF_CMAP) -> np.ndarray:
     return np.round(rgba[..., :3] * 255.0).astype(np.uint8)
 
 
+#: The titles of Fig. 3's panels, in order (:func:`figure_maps`).
+FIG3_PANELS = ("score map (initial net)", "score map (boundary refined)", "decision map (white = A)", "fused image")
+#: The label of the score panels' colour bars: a score is the nets' probability that A is the
+#: focused source at the pixel (1, white: A; 0, black: B).
+SCORE_LABEL = "P(A in focus)"
+#: Inputs whose long side exceeds this many pixels get Fig. 3 as 2 x 2 larger panels.
+FIG3_GRID_ABOVE = 1000
+
+
 def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str = "") -> None:
-    """Fig. 3: initial score map, refined score map, decision map, fused image, in one PNG."""
+    """Fig. 3: initial score map, refined score map, decision map, fused image, in one PNG.
+
+    Each panel is framed (a thin black line: an all-white map, A taken everywhere, still shows
+    as a panel); the score panels have a colour bar from 0 to 1 (:data:`SCORE_LABEL`), the
+    decision map a two-step key (black = B, white = A). Inputs up to :data:`FIG3_GRID_ABOVE`
+    pixels on the long side give one row of four panels about 320 px wide; larger ones (camera
+    photos) two rows of two panels about 640 px wide."""
     plt = _plt()
-    panels = [
-        ("score map (initial net)", result.score_initial, "gray"),
-        ("score map (boundary refined)", result.score_refined, "gray"),
-        ("decision map", result.decision.astype(np.float32), "gray"),
-        ("fused image", result.fused, None),
+    from matplotlib.colors import ListedColormap
+
+    images = [
+        (result.score_initial, "score"),
+        (result.score_refined, "score"),
+        (result.decision.astype(np.float32), "decision"),
+        (result.fused, None),
     ]
     h, w = result.decision.shape
-    fig, axes = plt.subplots(1, 4, figsize=(4 * 3.2, 3.2 * h / max(w, 1) + 0.6), dpi=100)
-    for ax, (name, img, cmap) in zip(axes, panels):
-        if cmap is None:
+    grid = max(h, w) > FIG3_GRID_ABOVE
+    rows, cols, side = (2, 2, 6.4) if grid else (1, 4, 3.2)
+    aspect = h / max(w, 1)
+    bar = 0.45  # inches under each panel for its colour bar and label
+    fig = plt.figure(figsize=(cols * side, rows * (side * aspect + bar + 0.3) + (0.3 if title else 0.0)), dpi=100,
+                     layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.04, h_pad=0.04, hspace=0.0, wspace=0.02)
+    gs = fig.add_gridspec(rows, cols)
+    for i, ((img, kind), name) in enumerate(zip(images, FIG3_PANELS)):
+        r, c = divmod(i, cols)
+        ax = fig.add_subplot(gs[r, c])
+        if kind is None:
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
-        else:
-            ax.imshow(np.nan_to_num(img), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+        else:  # the decision map in two steps: its key is two boxes, not a gradient
+            cmap = "gray" if kind == "score" else ListedColormap(["black", "white"])
+            im = ax.imshow(np.nan_to_num(img), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(True)
+            spine.set_color("black")
+            spine.set_linewidth(0.8)
         ax.set_title(name, fontsize=9)
-        ax.axis("off")
+        if kind is None:
+            continue
+        # a short bar under the panel, as wide as half the panel, centred
+        panel_h = side * aspect  # inches: the bar 0.12 in high, 0.08 in under the panel
+        cax = ax.inset_axes([0.25, -(0.08 + 0.12) / panel_h, 0.5, 0.12 / panel_h])
+        cb = fig.colorbar(im, cax=cax, orientation="horizontal")
+        cb.outline.set_linewidth(0.6)
+        cax.tick_params(labelsize=7, length=2, pad=1)
+        if kind == "score":
+            cb.set_ticks([0.0, 0.5, 1.0])
+            cax.set_xlabel(SCORE_LABEL, fontsize=7, labelpad=1)
+        else:
+            cb.set_ticks([0.25, 0.75])
+            cb.set_ticklabels(["B", "A"])
+            cax.set_xlabel("source taken", fontsize=7, labelpad=1)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     save_figure(fig, path)
-
 
 
 def save_figure(fig, path: str | os.PathLike[str]) -> None:
@@ -108,9 +153,21 @@ def save_maps(
     b: np.ndarray,
     alpha: float = 10.0,
 ) -> list[Path]:
-    """Write ``<stem>-*.png`` into ``folder``: raw maps (``score-initial``, ``score-mean``,
-    ``near-boundary``, ``score-refined``, ``dm-raw``, ``dm``; 255 = take A), the difference map
-    (``diff-gray``, ``diff-colour``) and Fig. 3 (``fig3``). Returns the paths written."""
+    """Write ``<stem>-<key>.png`` for :data:`MAP_KEYS` into ``folder``. Returns the paths written.
+
+    The maps have the sources' size, without axes or keys; their scales:
+
+    * ``score-initial``, ``score-mean``, ``score-refined``: 8-bit gray, value = 255 x the score,
+      the nets' probability that A is the focused source (255, white: A; 0, black: B);
+      ``score-mean`` is the Eq. 1 window mean of ``score-initial``.
+    * ``near-boundary``: 255 where the boundary net rescored the pixel (Eq. 2), else 0.
+    * ``dm-raw`` (the thresholded refined score), ``dm`` (after small-region removal, the map
+      the fusion used): 255 (white) = the pixel is taken from A, 0 (black) = from B.
+    * ``diff-gray``: ``min(255, alpha * |B - F|)`` on the gray images (Fig. 5; alpha = 10: a
+      gray-level difference of 25.5 or more is white); ``diff-colour``: the same values through
+      matplotlib's ``jet`` (0: dark blue, 128: green, 255: dark red).
+    * ``fig3``: the paper's Fig. 3 (:func:`figure_maps`), which has titles and colour bars.
+    """
     d = Path(folder)
     d.mkdir(parents=True, exist_ok=True)
     raw = {

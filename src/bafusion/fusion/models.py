@@ -66,6 +66,11 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise UserError(f"--device {device}: {e}") from e
 
 
+#: The largest patch side a model description may give (:func:`_load_one`): fuse.tile's
+#: ceiling (params schema), far above any patch trained (the paper's 32 and 64).
+MAX_PATCH = 4096
+
+
 def _load_one(path: Path, device: torch.device, role: str | None = None) -> tuple[CifarResNet, int]:
     if not path.exists():
         raise UserError(f"{path}: model file not found ({HOW_TO_GET_MODELS})")
@@ -81,12 +86,13 @@ def _load_one(path: Path, device: torch.device, role: str | None = None) -> tupl
     patch = meta.get("patch", meta.get("patch_size"))
     if patch is None:
         raise UserError(f"{path.with_suffix('.json')}: no 'patch' entry (the patch side the net was trained on)")
-    try:
-        patch = int(patch)
-    except (TypeError, ValueError):
-        raise UserError(f"{path.with_suffix('.json')}: 'patch' must be an integer, got {patch!r}") from None
+    if isinstance(patch, bool) or not isinstance(patch, int):  # 32.9 was truncated to 32 in silence
+        raise UserError(f"{path.with_suffix('.json')}: 'patch' must be an integer, got {patch!r}")
     if patch < 4 or patch % 4:
         raise UserError(f"{path.with_suffix('.json')}: patch side {patch} is not a positive multiple of 4")
+    if patch > MAX_PATCH:  # 1e9: an "out of memory" that blamed the images
+        raise UserError(f"{path.with_suffix('.json')}: 'patch' is {patch}: a patch side is at most {MAX_PATCH} "
+                        "(the paper's is 32)")
     scale = meta.get("input_scale")
     if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool)
                               or not abs(float(scale) - 1.0 / 255.0) <= 1e-9):

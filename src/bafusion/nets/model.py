@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -53,15 +54,67 @@ class ResNetSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ResNetSpec":
+        """The spec a description (``to_dict``, a model's .json "arch") gives. Its fields are
+        checked before anything is built (a hand-edited description built a net of 1.4 TB,
+        or hung building 200000 blocks): integers (not floats, which were truncated, nor
+        booleans), depth 6n+2 of at most :data:`MAX_DEPTH`, three positive widths of at most
+        :data:`MAX_WIDTH`. A ValueError names the field ("arch.widths is [16, 32]: ...")."""
         if d.get("arch", "cifar_resnet") != "cifar_resnet":
             raise ValueError(f"unknown architecture {d.get('arch')!r}")
+        if "depth" not in d:
+            raise ValueError("no arch.depth entry")
+
+        def whole(name: str, v: object, top: int) -> int:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"arch.{name} is {v!r}: not an integer")
+            if not 1 <= v <= top:
+                raise ValueError(f"arch.{name} is {v!r}: must be between 1 and {top}")
+            return v
+
+        depth = d["depth"]
+        if isinstance(depth, bool) or not isinstance(depth, int):
+            raise ValueError(f"arch.depth is {depth!r}: not an integer")
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"arch.depth is {depth}: a ResNet depth is 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, ...)")
+        if depth > MAX_DEPTH:
+            raise ValueError(f"arch.depth is {depth}: at most {MAX_DEPTH} (ResNet-{MAX_DEPTH}, the deepest CIFAR ResNet)")
+        widths = d.get("widths", [16, 32, 64])
+        if (not isinstance(widths, (list, tuple)) or len(widths) != 3
+                or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths)):
+            raise ValueError(f"arch.widths is {widths!r}: must be 3 positive integers (the channels of the three "
+                             "stages, e.g. [16, 32, 64])")
+        if max(widths) > MAX_WIDTH:
+            raise ValueError(f"arch.widths is {list(widths)!r}: each at most {MAX_WIDTH}")
         return cls(
-            depth=int(d["depth"]),
-            in_channels=int(d.get("in_channels", 2)),
-            num_classes=int(d.get("num_classes", 2)),
-            widths=tuple(int(w) for w in d.get("widths", (16, 32, 64))),  # type: ignore[arg-type]
-            members=int(d.get("members", 1)),
+            depth=depth,
+            in_channels=whole("in_channels", d.get("in_channels", 2), MAX_WIDTH),
+            num_classes=whole("num_classes", d.get("num_classes", 2), MAX_WIDTH),
+            widths=(widths[0], widths[1], widths[2]),
+            members=whole("members", d.get("members", 1), 64),
         )
+
+
+#: Bounds of a model description's arch (:meth:`ResNetSpec.from_dict`): far above any net
+#: bafusion trains (the paper's is ResNet-56 of widths 16/32/64), far below a net that would
+#: not fit in memory.
+MAX_DEPTH = 1202
+MAX_WIDTH = 4096
+
+
+def weights_arch(state: dict) -> dict | None:
+    """depth, widths (of all members together), in_channels and num_classes as the weight
+    shapes of a :class:`CifarResNet` state_dict give them; None when it is not laid out as one."""
+    try:
+        blocks = sorted(int(k.split(".")[1]) for k in state if re.fullmatch(r"trunk\.\d+\.conv1\.weight", k))
+        if not blocks or len(blocks) % 3 or blocks != list(range(3, 3 + len(blocks))):
+            return None
+        n = len(blocks) // 3
+        return {"depth": 6 * n + 2,
+                "widths": [int(state[f"trunk.{3 + s * n}.conv2.weight"].shape[0]) for s in range(3)],
+                "in_channels": int(state["trunk.0.weight"].shape[1]),
+                "num_classes": int(state["fc.weight"].shape[0])}
+    except (KeyError, AttributeError, IndexError, TypeError, ValueError):
+        return None
 
 
 class BasicBlock(nn.Module):
@@ -361,6 +414,35 @@ def _load_problem(path: "os.PathLike[str]", e: BaseException) -> str:
     return " ".join(detail.split())[:200]
 
 
+def _check_weights_fit(spec: ResNetSpec, state: dict, p: "os.PathLike[str]") -> None:
+    """Refuse, naming the .json's field, an arch that does not fit the weights in ``p``:
+    compared with the shapes the weights give (:func:`weights_arch`) and, shape by shape, with
+    a net of ``spec`` built on the meta device (no memory), before the net itself is built."""
+    from pathlib import Path
+
+    p = Path(p)
+    jp = p.with_suffix(".json")
+    got = weights_arch(state)
+    if got is not None:
+        described = spec.to_dict()
+        described["widths"] = [w * spec.members for w in spec.widths]
+        for field in ("depth", "widths", "in_channels", "num_classes"):
+            if described[field] != got[field]:
+                shown = spec.to_dict()[field]
+                raise ModelFileError(f"{jp}: arch.{field} {shown} does not match the weights in {p}, which are of "
+                                     f"{field} {got[field]}: restore the description written with them")
+    with torch.device("meta"):
+        probe = CifarResNet(spec)
+    want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    for k, shape in want.items():
+        v = state.get(k)
+        have = tuple(v.shape) if isinstance(v, torch.Tensor) else None
+        if have != shape:
+            raise ModelFileError(f"{jp}: the architecture it describes ({spec.to_dict()}) does not match the weights "
+                                 f"in {p}: {k} is {have if have is not None else 'missing'} there, {shape} in the "
+                                 "description")
+
+
 def load_model(
     path: "str | os.PathLike[str]", expect: ResNetSpec | None = None, map_location: str | torch.device = "cpu"
 ) -> tuple[CifarResNet, dict]:
@@ -377,9 +459,14 @@ def load_model(
     if not p.exists():
         raise ModelFileError(f"{p}: model file not found")
     meta = read_model_meta(p)
+    jp = p.with_suffix(".json")
     try:
         spec = ResNetSpec.from_dict(meta["arch"])
-    except (KeyError, ValueError, TypeError, AttributeError) as e:
+    except ValueError as e:
+        if str(e).startswith(("arch.", "no arch.")):
+            raise ModelFileError(f"{jp}: {e}") from e
+        raise ModelFileError(f"{p}: unsupported architecture {meta.get('arch')!r}: {e}") from e
+    except (KeyError, TypeError, AttributeError) as e:
         raise ModelFileError(f"{p}: unsupported architecture {meta.get('arch')!r}: {e}") from e
     if expect is not None and spec != expect:
         raise ModelFileError(f"{p}: architecture {spec.to_dict()} does not match the expected {expect.to_dict()}")
@@ -399,6 +486,7 @@ def load_model(
     if bad:  # a diverged training: the net would decide every pixel alike (NaN logits)
         raise ModelFileError(f"{p}: {len(bad)} of {len(state)} weight tensors hold NaN or infinite values "
                              f"(first: {bad[0]}): a diverged training; train it again (a lower train.lr)")
+    _check_weights_fit(spec, state, p)
     net = CifarResNet(spec)
     try:
         net.load_state_dict(state)

@@ -10,7 +10,8 @@ epoch. The final model is the epoch with the best validation accuracy, written w
 Outputs (all written atomically):
 
 - ``--out`` (+ ``.json``): the best model and its description;
-- ``--checkpoints`` (default ``data/checkpoints/<net>/``): ``last.pt`` (full training state:
+- ``--checkpoints`` (default ``<out stem>.checkpoints/`` beside ``--out``; the pipeline's
+  ``data/checkpoints/<net>/`` for ``--out data/models/<net>.pt``, :func:`default_paths`): ``last.pt`` (full training state:
   weights, optimizer, scheduler, loader position, RNG states, history, and the weights of the
   best epoch so far), ``best.pt`` (a copy of the latter, to look at; a run never reads it, so
   a damaged or deleted ``best.pt`` costs nothing: a resume writes it again from ``last.pt``,
@@ -18,8 +19,10 @@ Outputs (all written atomically):
   epoch's numbers) and ``history.csv`` (the curve so far, rewritten at every
   epoch end to watch a long run; ``--plots`` is written only at the end, with the model and
   the metrics, so a killed run leaves the previous run's outputs in step with each other);
-- ``--metrics`` (default ``metrics/train_<net>.json``) for ``dvc metrics``;
-- ``--plots`` (default ``metrics/plots/train_<net>.csv``): one row per epoch for ``dvc plots``;
+- ``--metrics`` (default ``<out stem>.metrics.json``; ``metrics/train_<net>.json`` for the
+  pipeline's ``--out``) for ``dvc metrics``;
+- ``--plots`` (default ``<out stem>.epochs.csv``; ``metrics/plots/train_<net>.csv`` for the
+  pipeline's ``--out``): one row per epoch for ``dvc plots``;
 - an MLflow run ``train_<net>`` with the flattened parameters, per-epoch metrics (step =
   epoch) and the model as an artifact; a resumed run is a new MLflow run, tagged
   ``resumed_from`` (epoch and step) and ``resumed_run_id`` (the interrupted run's MLflow run).
@@ -30,8 +33,10 @@ fixed seed the final weights equal those of an uninterrupted run (on CPU exactly
 number of CPU threads; on GPU with ``deterministic: true``). The thread count changes the
 weights on the CPU but not the fingerprint (a job resumed under other ``--cores`` keeps its
 epochs): a resume with another count than the checkpoint's warns that the weights will differ.
-A checkpoint written for other parameters or another patch set (see :func:`fingerprint`) is
-ignored, and training starts afresh. Once the run has written its outputs, ``last.pt`` is
+A checkpoint of an interrupted run written for other parameters or another patch set (see
+:func:`fingerprint`) is refused, naming the folder (a training run by hand must not replace
+another's resume state), unless ``replace_stale`` (``--restart-if-changed``, which the pipeline's rules pass, so that a
+parameter edit retrains) or ``--no-resume``: then training starts afresh. Once the run has written its outputs, ``last.pt`` is
 marked ``finished``: a later run (``snakemake -R``, ``dvc repro -f``) trains from scratch
 instead of resuming a run that has nothing left to do. One training at a time per checkpoint
 folder: a second one given the same ``--checkpoints`` fails at once (:func:`checkpoints_lock`).
@@ -382,11 +387,28 @@ class Paths:
 
 
 def default_paths(net: str, out: str | os.PathLike[str]) -> Paths:
+    """The checkpoint folder, metrics JSON and per-epoch CSV of a training that writes ``out``.
+
+    For the pipeline's model ``data/models/<net>.pt`` (relative to the working directory) they
+    are the pipeline's: ``data/checkpoints/<net>/``, ``metrics/train_<net>.json`` and
+    ``metrics/plots/train_<net>.csv``. For any other ``out`` they lie beside it,
+    ``<dir>/<stem>.checkpoints/``, ``<dir>/<stem>.metrics.json`` and ``<dir>/<stem>.epochs.csv``:
+    a training run by hand inside a pipeline project neither takes over the pipeline's resume
+    state nor rewrites its git-tracked metrics."""
+    out = Path(out)
+    pipeline = Path("data/models") / f"{net}.pt"
+    if out.resolve() == pipeline.resolve():
+        return Paths(
+            out=out,
+            checkpoints=Path("data/checkpoints") / net,
+            metrics=Path("metrics") / f"train_{net}.json",
+            plots=Path("metrics/plots") / f"train_{net}.csv",
+        )
     return Paths(
-        out=Path(out),
-        checkpoints=Path("data/checkpoints") / net,
-        metrics=Path("metrics") / f"train_{net}.json",
-        plots=Path("metrics/plots") / f"train_{net}.csv",
+        out=out,
+        checkpoints=out.with_name(f"{out.stem}.checkpoints"),
+        metrics=out.with_name(f"{out.stem}.metrics.json"),
+        plots=out.with_name(f"{out.stem}.epochs.csv"),
     )
 
 
@@ -613,8 +635,14 @@ def checkpoints_lock(folder: Path) -> Iterator[None]:
 
 
 def train(net: str, patches: str | os.PathLike[str], cfg: TrainConfig, paths: Paths,
-          resume: bool = True, progress: bool = True, dist: Dist | None = None) -> dict[str, Any]:
+          resume: bool = True, progress: bool = True, dist: Dist | None = None,
+          replace_stale: bool = False) -> dict[str, Any]:
     """Train ``net`` on the patch set ``patches`` and write the outputs in ``paths``.
+
+    A ``last.pt`` of an interrupted run in ``paths.checkpoints`` written for other parameters,
+    another patch set or another number of processes is refused (:class:`~bafusion.errors.UserError` naming the
+    folder) unless ``replace_stale`` (the pipeline's rules: a parameter edit retrains) or not
+    ``resume``: then training starts afresh over it.
 
     Returns the summary written to ``paths.metrics``, numbers only (on every process; only
     process 0 writes).
@@ -639,11 +667,11 @@ def train(net: str, patches: str | os.PathLike[str], cfg: TrainConfig, paths: Pa
     # command that launched them does)
     held = os.environ.get(LOCK_HELD_ENV) == str(paths.checkpoints.resolve())
     with checkpoints_lock(paths.checkpoints) if dist.main and not held else contextlib.nullcontext():
-        return _train_locked(net, patches, cfg, paths, resume, progress, dist, tqdm)
+        return _train_locked(net, patches, cfg, paths, resume, progress, dist, tqdm, replace_stale)
 
 
 def _train_locked(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool, progress: bool,
-                  dist: Dist, tqdm: Any) -> dict[str, Any]:
+                  dist: Dist, tqdm: Any, replace_stale: bool = False) -> dict[str, Any]:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device, dist.local_rank)
@@ -655,14 +683,14 @@ def _train_locked(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resum
             torch.cuda.set_device(device)
         torch.distributed.init_process_group(backend=backend)
     try:
-        return _train(net, patches, cfg, paths, resume, progress, dist, device, tqdm)
+        return _train(net, patches, cfg, paths, resume, progress, dist, device, tqdm, replace_stale)
     finally:
         if dist.active and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
 def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool, progress: bool,
-           dist: Dist, device: torch.device, tqdm: Any) -> dict[str, Any]:
+           dist: Dist, device: torch.device, tqdm: Any, replace_stale: bool = False) -> dict[str, Any]:
     amp = _auto_flag(cfg.amp, device) and device.type in ("cuda", "cpu")
     channels_last = _auto_flag(cfg.channels_last, device)
     if cfg.deterministic:
@@ -739,15 +767,21 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     if resume and last_path.exists():
         ck = load_checkpoint(last_path)
         if ck.get("fingerprint") != fp:
+            ck_world = ck.get("world_size")
+            if (isinstance(ck_world, int) and ck_world != dist.world_size
+                    and fingerprint(cfg, net, patches, ck_world) == ck.get("fingerprint")):
+                # the number of processes is in the fingerprint by design: it changes the weights
+                why = (f"was written by a run with {ck_world} process(es); this run has {dist.world_size} "
+                       "(the number of processes changes the weights)")
+            else:
+                why = "was written for other parameters or another patch set"
+            if not replace_stale and not ck.get("finished"):
+                # another training's resume state (the pipeline's, run by hand with other
+                # parameters): never replaced unasked. Every process sees the same file, so all
+                # stop here, before any collective. A finished run's has nothing left to resume.
+                raise UserError(f"{paths.checkpoints}: its last.pt {why}: pass --checkpoints DIR for a separate "
+                                "training, or --no-resume (or --restart-if-changed) to replace it")
             if dist.main:
-                ck_world = ck.get("world_size")
-                if (isinstance(ck_world, int) and ck_world != dist.world_size
-                        and fingerprint(cfg, net, patches, ck_world) == ck.get("fingerprint")):
-                    # the number of processes is in the fingerprint by design: it changes the weights
-                    why = (f"was written by a run with {ck_world} process(es); this run has {dist.world_size} "
-                           "(the number of processes changes the weights)")
-                else:
-                    why = "was written for other parameters or another patch set"
                 print(f"bafusion train: {last_path} {why}; starting afresh", file=sys.stderr)
         elif ck.get("finished"):
             # The checkpoint belongs to a run that completed and wrote its model: running again
