@@ -297,6 +297,8 @@ def test_an_error_inside_a_temporary_folder_names_the_output(tmp_path: Path, mon
     assert atomic.shown_path(f"{tmp_path}/.x.part-zz/x.old") == f"{tmp_path}/x"
     assert atomic.shown_path(f"{tmp_path}/.x.part-zz/y") == f"{tmp_path}/.x.part-zz/y"  # not ours: as it is
     assert atomic.shown_path("my.part-of/my") == "my.part-of/my"
+    long = "x" * 230 + ".png"  # the folder's name is cut short (atomic._new_part): the whole name is said
+    assert atomic.shown_path(f"{tmp_path}/.{'x' * 200}.part-ab12/{long}: No space") == f"{tmp_path}/{long}: No space"
 
 
 def _dead_pid() -> int:
