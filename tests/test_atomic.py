@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from bafusion.atomic import atomic_dir, atomic_file, write_text
 
 
@@ -263,6 +265,40 @@ def test_a_folder_that_refuses_the_temporary_file_is_named_by_the_output(tmp_pat
     with pytest.raises(PermissionError) as e, atomic_file(tmp_path / "out.png"):
         pass
     assert e.value.filename == str(tmp_path / "out.png") and e.value.strerror == "Permission denied"
+
+
+def test_an_error_inside_a_temporary_folder_names_the_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """prepare and evaluate on a full disk named the hidden temporary path
+    (/tmp/fk/.prep.part-qkdkfhzg/prep/bg/gravel.png): the message names the output's own path."""
+    import errno
+
+    from bafusion import atomic
+    from bafusion.cli import app
+
+    out = tmp_path / "prep"
+
+    def work(args: object) -> int:
+        with atomic.atomic_dir(out) as tmp:
+            (tmp / "bg").mkdir()
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp / "bg" / "gravel.png"))
+
+    def parser(command: str | None = None) -> app.Parser:
+        p = app.Parser(prog="bafusion")
+        sub = p.add_subparsers(dest="command")
+        sub.add_parser("prepare").set_defaults(func=work)
+        return p
+
+    monkeypatch.setattr(app, "build_parser", parser)
+    assert app.main(["prepare"]) == 2
+    assert capsys.readouterr().err.strip() == f"bafusion prepare: error: {out}/bg/gravel.png: No space left on device"
+    f = tmp_path / "m.pt"
+    assert atomic.shown_path(f"{tmp_path}/.m.pt.part-ab_c12x/m.pt.part: Permission denied") == f"{f}: Permission denied"
+    assert atomic.shown_path(f"{tmp_path}/.x.part-zz/x.old") == f"{tmp_path}/x"
+    assert atomic.shown_path(f"{tmp_path}/.x.part-zz/y") == f"{tmp_path}/.x.part-zz/y"  # not ours: as it is
+    assert atomic.shown_path("my.part-of/my") == "my.part-of/my"
+    long = "x" * 230 + ".png"  # the folder's name is cut short (atomic._new_part): the whole name is said
+    assert atomic.shown_path(f"{tmp_path}/.{'x' * 200}.part-ab12/{long}: No space") == f"{tmp_path}/{long}: No space"
 
 
 def _dead_pid() -> int:

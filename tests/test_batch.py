@@ -889,6 +889,89 @@ def test_fuse_dir_skip_existing_keeps_only_outputs_of_the_same_setup(tmp_path: P
     assert json.loads(marker.read_text())["outputs"] == ["p1.png", "p2.png"]
 
 
+def _three_pairs(tmp_path: Path) -> tuple[Path, Path]:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name, seed in (("p", 3), ("q", 4), ("r", 5)):
+        for n, x in zip("AB", pair(seed)):
+            Image.fromarray(x).save(src / f"{name}-{n}.png")
+    return src, out
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError("Unable to allocate 275. MiB for an array with shape (3000, 4000, 3)"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                 "tried to allocate 22127616 bytes. Error code 12 (Cannot allocate memory)"),
+])
+def test_fuse_dir_skips_a_stack_that_runs_out_of_memory_and_goes_on(tmp_path: Path, nets: Path, capsys,
+                                                                    monkeypatch, error: Exception) -> None:
+    """A MemoryError in one stack (a camera-size pair under a memory limit) stopped the whole
+    batch (exit 1, nothing fused): it is skipped with its reason, the others are fused, exit 3."""
+    src, out = _three_pairs(tmp_path)
+    real = batch.fuse_files
+
+    def short_of_memory(paths, *args, **kwargs):
+        if paths[0].name.startswith("q-"):
+            raise error
+        return real(paths, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "fuse_files", short_of_memory)
+    rc = cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"])
+    o, err = capsys.readouterr()
+    assert rc == batch.EXIT_SKIPPED, err
+    assert f"skipped q: out of memory ({str(error)[:40]}" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == [batch.OUTPUT_MARKER, "p.png", "r.png"]
+    assert batch.read_marker(out)["outputs"] == ["p.png", "r.png"]
+
+
+def test_fuse_dir_stops_at_a_full_disk(tmp_path: Path, nets: Path, capsys, monkeypatch) -> None:
+    """On a full disk every remaining stack was fused and failed at its write, one after the
+    other: the batch stops at the first, says to free space and rerun with --skip-existing, and
+    the record lists what was written."""
+    import errno
+    import os
+
+    import bafusion.io as bio
+
+    src, out = _three_pairs(tmp_path)
+    real, tried = bio.write_image, []
+
+    def full(path, *args, **kwargs):
+        tried.append(Path(path).name)
+        if Path(path).name == "q.png":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(bio, "write_image", full)
+    rc = cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"])
+    o, err = capsys.readouterr()
+    assert rc == 2, err
+    assert tried == ["p.png", "q.png"]  # r is not fused
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"bafusion fuse-dir: error: {out / 'q.png'}: No space left on device"), err
+    assert "free space" in last and "--skip-existing" in last and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == [batch.OUTPUT_MARKER, "p.png"]
+    assert batch.read_marker(out)["outputs"] == ["p.png"]
+
+
+def test_an_interrupted_fuse_dir_says_to_rerun_with_skip_existing(tmp_path: Path, nets: Path, capsys,
+                                                                   monkeypatch) -> None:
+    src, out = _three_pairs(tmp_path)
+    real = batch.fuse_files
+
+    def stopped(paths, *args, **kwargs):
+        if paths[0].name.startswith("q-"):
+            raise KeyboardInterrupt
+        return real(paths, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "fuse_files", stopped)
+    rc = cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 130
+    assert last.startswith("bafusion fuse-dir: interrupted; rerun it with --skip-existing: the stacks fused into")
+    assert batch.read_marker(out)["outputs"] == ["p.png"]
+
+
 def test_fuse_dir_refuses_a_second_run_into_the_same_output_folder(tmp_path: Path, nets: Path, capsys,
                                                                    monkeypatch) -> None:
     """Two fuse-dir runs into one output folder (two terminals) each rewrote its record from

@@ -768,3 +768,67 @@ def test_a_full_standard_output_is_named(work: Path, command: str) -> None:
                            text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip() == (f"bafusion {command}: error: No space left on device (writing the standard output)")
+
+
+_STOPPABLE = """
+import signal, sys, time
+from pathlib import Path
+from bafusion import atomic
+from bafusion.cli import app
+
+def work(args):
+    with atomic.atomic_dir(Path(sys.argv[1])) as tmp:
+        (tmp / "half.txt").write_text("half")
+        print("ready", flush=True)
+        time.sleep(60)
+    return 0
+
+def parser(command=None):
+    p = app.Parser(prog="bafusion")
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("evaluate").set_defaults(func=work)
+    return p
+
+app.build_parser = parser
+sys.exit(app.main(["evaluate"]))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize(("signum", "status", "said"), [(1, 129, "hangup: stopped"), (15, 143, "terminated")])
+def test_a_hangup_stops_the_command_as_sigterm_does(tmp_path: Path, signum: int, status: int, said: str) -> None:
+    """SIGHUP (the terminal closed, ssh dropped) ended the command silently with 129, leaving
+    the temporary folder of its output (and its MLflow run RUNNING): it now stops as SIGTERM
+    does, finally blocks run, one line says so."""
+    import signal
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = subprocess.Popen([sys.executable, "-c", _STOPPABLE, str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.Signals(signum))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    assert err.strip().splitlines() == [f"bafusion evaluate: {said}"]
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary folder
+
+
+def test_out_of_memory_advice_is_the_commands_own(work: Path, capsys, monkeypatch) -> None:
+    """The advice "a smaller fuse.max_tile / train.batch" was given to every command: fuse has
+    no such flag, train.batch is train's, and what fills the memory of a fusion is the
+    full-size images. Each command now says what lowers its memory, and fuse what it needs."""
+    import argparse
+
+    from bafusion.cli import app
+
+    def short(*args: object, **kwargs: object) -> None:
+        raise MemoryError("Unable to allocate 275. MiB for an array with shape (3000, 4000, 3) and data type float64")
+
+    monkeypatch.setattr(cli_fusion, "fuse_stack", short)
+    assert cli_main([*FUSE, "-o", "F.png"]) == 1
+    err = capsys.readouterr().err
+    assert "train.batch" not in err and "max_tile /" not in err
+    assert "-megapixel pair needs about" in err and "MiB per megapixel" in err and "--working-side 0" in err
+    assert "train.batch" in app._memory_advice(argparse.Namespace(command="train"))
+    assert "--pattern" in app._memory_advice(argparse.Namespace(command="evaluate"))

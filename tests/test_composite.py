@@ -139,3 +139,35 @@ def test_gray_training_pairs_match_the_colour_composite_within_a_level_unless_re
     rng = np.random.default_rng(5)
     assert worst(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) <= 1  # not resized: rounding
     assert worst(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)) > 1  # upscaled noise: overshoot
+
+
+_FULL_DISK = r"""
+import resource, signal, sys
+from bafusion.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+sys.exit(main(["composite", "--prepared", sys.argv[1], "--shard", "0", "--shards", "1", "--out", sys.argv[2],
+               "--no-progress"]))
+"""
+
+
+@pytest.mark.parametrize("limit", [6000, 20000])
+def test_a_shard_that_cannot_be_written_is_one_line_not_a_crash(tmp_path: Path, limit: int) -> None:
+    """On a full disk h5py failed in a dataset's deallocation ("Exception ignored"), then at the
+    close (an "internal error" traceback), then Python crashed at exit (Segmentation fault, 139):
+    now one line naming the output, exit 2, and no file left."""
+    import subprocess
+    import sys
+
+    from test_realistic import _prepared
+
+    prepared = _prepared(tmp_path)
+    out = tmp_path / "shards" / "s0.h5"
+    out.parent.mkdir()
+    src = Path(__file__).resolve().parents[1] / "src"
+    done = subprocess.run([sys.executable, "-c", _FULL_DISK, str(prepared), str(out), str(limit)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(src), "BAFUSION_MLFLOW": "0"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [f"bafusion composite: error: {out}: File too large"]
+    assert list(out.parent.iterdir()) == []

@@ -513,3 +513,29 @@ def test_boundary_subset_is_the_random_patches_that_pass(shard: Path, tmp_path: 
     assert sum(sub["counts"]["boundary"].values()) == total
     with pytest.raises(UserError, match="boundary_per_pair must be a count >= 0 or 'subset'"):
         PatchOptions(boundary_per_pair="some")
+
+
+_FULL_DISK = r"""
+import resource, signal, sys
+from bafusion.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), resource.RLIM_INFINITY))
+sys.exit(main(["patches", sys.argv[1], "-o", sys.argv[2], "--no-progress", "--per-pair", "50"]))
+"""
+
+
+@pytest.mark.parametrize("limit", [3000, 40000])
+def test_a_patch_set_that_cannot_be_written_is_one_line(shard: Path, tmp_path: Path, limit: int) -> None:
+    """h5py's "Can't decrement id ref count (unable to extend file properly, errno = 27)" at the
+    close was an "internal error" traceback: one line naming the file, exit 2, nothing left."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "pt"
+    src = Path(__file__).resolve().parents[1] / "src"
+    done = subprocess.run([sys.executable, "-c", _FULL_DISK, str(shard), str(out), str(limit)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(src), "BAFUSION_MLFLOW": "0"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [f"bafusion patches: error: {out / 'initial.h5'}: File too large"]
+    assert not out.exists() or list(out.iterdir()) == []

@@ -934,3 +934,31 @@ def test_model_json_records_its_format_and_a_newer_format_is_refused(tmp_path: P
     err = capsys.readouterr().err
     assert rc == 2 and "initial.json: model file format 2, written by a newer bafusion" in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("saved", [False, True])
+def test_an_interrupted_train_says_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture, saved: bool) -> None:
+    """"bafusion train: interrupted" said nothing of what next: it says to rerun the same
+    command and the checkpoint it resumes from (or that none was saved yet)."""
+    import bafusion.cli.train as cli_train
+    from bafusion.cli import main as cli_main
+
+    ck = tmp_path / "ck"
+    if saved:
+        ck.mkdir()
+        (ck / "last.pt").write_bytes(b"a checkpoint")
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_train, "_config_from_args", stopped)
+    (tmp_path / "p.h5").write_bytes(b"")
+    rc = cli_main(["train", "--net", "initial", "--patches", str(tmp_path / "p.h5"), "-o", str(tmp_path / "m.pt"),
+                   "--checkpoints", str(ck)])
+    assert rc == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    if saved:
+        assert last == f"bafusion train: interrupted; rerun the same command: it resumes from {ck / 'last.pt'}"
+    else:
+        assert last == "bafusion train: interrupted; rerun the same command: no checkpoint was saved yet, so it starts afresh"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import signal
 import socket
@@ -181,6 +182,28 @@ def part_path(path: Path) -> Path:
     """``<path>.part``: the fixed name of a download in progress (:func:`bafusion.data.download.fetch`
     resumes it on purpose). :func:`atomic_file` and :func:`atomic_dir` never use it."""
     return path.with_name(path.name + ".part")
+
+
+#: A path inside a temporary folder of :func:`atomic_dir` or :func:`atomic_file`:
+#: ``.<name>.part-<random>/<name>`` (or ``<name>.old``, the earlier output, or ``<name>.part``,
+#: a net's temporary file), at the start of a path component.
+_PART_IN_TEXT = re.compile(r"(?<![^/\s'\"(])\.(?P<name>[^/]+?)\.part-[A-Za-z0-9_]+/(?P<inner>(?P=name)[^/\s:'\",)]*)"
+                           r"(?=/|$|[\s:'\",)])")
+
+
+def _output_name(m: re.Match[str]) -> str:
+    name, inner = m.group("name"), m.group("inner")
+    if inner in (name + ".old", name + ".part"):  # the earlier output, a net's temporary file
+        return name
+    return inner  # the output's name (whole where the folder's is cut short)
+
+
+def shown_path(text: str) -> str:
+    """``text`` (a path, or a message naming paths) with each path inside a temporary folder of
+    this module told as the output's own: ``/d/.prep.part-qkdkfhzg/prep/bg/x.png`` as
+    ``/d/prep/bg/x.png``, the path the user gave (a disk-full error of prepare named the hidden
+    temporary folder)."""
+    return _PART_IN_TEXT.sub(_output_name, text)
 
 
 def _new_part(final: Path) -> Path:

@@ -19,6 +19,7 @@ traceback is printed, followed by one line saying so, and the status is 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
@@ -26,11 +27,12 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from bafusion._version import __version__
-from bafusion.atomic import clear_stop, request_stop, stop_requested
-from bafusion.errors import UserError
+from bafusion.atomic import clear_stop, request_stop, shown_path, stop_requested
+from bafusion.errors import UserError, is_out_of_memory
 
 COMMAND_MODULES: tuple[str, ...] = (
     "bafusion.cli.pipeline",
@@ -110,6 +112,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: What the line of a stopped command adds: how to continue (set by the command, :func:`on_stop_say`).
+_stop_advice: Callable[[], str | None] | None = None
+
+
+def on_stop_say(advice: Callable[[], str | None] | None) -> None:
+    """Have the line that says the command was stopped (Ctrl-C, SIGTERM, SIGHUP) add how to
+    continue: ``advice()``, asked then (e.g. whether a checkpoint was saved meanwhile); ``None``
+    (or an ``advice`` that returns ``None``) adds nothing. :func:`main` forgets it at its end."""
+    global _stop_advice
+    _stop_advice = advice
+
+
+def _stop_line(cmd: str, said: str) -> str:
+    try:
+        advice = _stop_advice() if _stop_advice is not None else None
+    except Exception:  # noqa: BLE001 - advice only
+        advice = None
+    return f"{cmd}: {said}" + (f"; {advice}" if advice else "")
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     request_stop(signum)
     raise SystemExit(128 + signum)
@@ -136,9 +158,16 @@ def _quiet_stop_hook(previous: object) -> object:
     return hook
 
 
+#: The signals turned into ``SystemExit(128 + N)`` (:func:`install_sigterm_handler`): SIGTERM, and
+#: SIGHUP (the terminal closed, an ssh connection dropped), which ended the command silently with
+#: 129, leaving its temporary folders and its MLflow run RUNNING.
+_STOP_SIGNALS: tuple[int, ...] = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
 def install_sigterm_handler() -> dict[int, object]:
-    """Turn SIGTERM (``kill``, ``timeout``, Snakemake or SLURM stopping a job) into
-    ``SystemExit(143)`` so that ``finally`` blocks and context managers run: partial outputs
+    """Turn SIGTERM (``kill``, ``timeout``, Snakemake or SLURM stopping a job) and SIGHUP (the
+    terminal closed, ssh dropped) into ``SystemExit(143)`` (``129``) so that ``finally`` blocks
+    and context managers run: partial outputs
     are not renamed into place and the step's MLflow run ends as KILLED instead of staying
     RUNNING. SIGINT (Ctrl-C) still raises ``KeyboardInterrupt``. Both handlers also record the
     stop (:func:`bafusion.atomic.request_stop`): raised inside a weakref callback or a
@@ -149,8 +178,9 @@ def install_sigterm_handler() -> dict[int, object]:
     replaced: dict[int, object] = {}
     if threading.current_thread() is not threading.main_thread():
         return replaced
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        replaced[signal.SIGTERM] = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    for signum in _STOP_SIGNALS:
+        if signal.getsignal(signum) == signal.SIG_DFL:  # not over nohup's SIG_IGN
+            replaced[signum] = signal.signal(signum, _exit_on_sigterm)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         replaced[signal.SIGINT] = signal.signal(signal.SIGINT, _interrupt)
     return replaced
@@ -158,6 +188,7 @@ def install_sigterm_handler() -> dict[int, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     clear_stop()
+    on_stop_say(None)
     replaced = install_sigterm_handler()
     previous_hook = sys.unraisablehook
     sys.unraisablehook = _quiet_stop_hook(previous_hook)  # type: ignore[assignment]
@@ -170,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rc = _main(argv)
         except KeyboardInterrupt:
             if stop_requested() is None:  # else said by _stopped
-                print(f"{cmd}: interrupted", file=sys.stderr)
+                print(_stop_line(cmd, "interrupted"), file=sys.stderr)
             rc = 130
         except SystemExit:
             if stop_requested() is None:  # argparse's exits
@@ -181,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # called in a process that goes on (a notebook, a test): its own handlers are back, and
         # a stop recorded here no longer refuses its later writes
         clear_stop()
+        on_stop_say(None)
         sys.unraisablehook = previous_hook
         for signum, handler in replaced.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]
@@ -201,7 +233,9 @@ def _stopped(cmd: str) -> int | None:
     signum = stop_requested()
     if signum is None:
         return None
-    print(f"{cmd}: {'interrupted' if signum == signal.SIGINT else 'terminated'}", file=sys.stderr)
+    said = {signal.SIGINT: "interrupted", getattr(signal, "SIGHUP", None): "hangup: stopped"}.get(signum, "terminated")
+    with contextlib.suppress(OSError, ValueError):  # after a hangup the terminal may be gone (EIO)
+        print(_stop_line(cmd, said), file=sys.stderr)
     return 128 + signum
 
 
@@ -220,7 +254,7 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
         check_command(args)
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"{cmd}: error: {one_line(e)}", file=sys.stderr)
+        print(f"{cmd}: error: {shown_path(one_line(e))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `bafusion count | head -3`: the reader has gone, as for any Unix tool
         _drop_stdout()
@@ -241,16 +275,36 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
             return 2
         if e.filename is None:
             return _internal_error(cmd)
-        name = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
-        print(f"{cmd}: error: {name}: {one_line(e.strerror or e)}", file=sys.stderr)
+        # a file inside an output's temporary folder (.<out>.part-<random>) is told by the output's path
+        name = shown_path(os.fsdecode(e.filename)) if e.filename2 is None else \
+            f"{shown_path(os.fsdecode(e.filename))} -> {shown_path(os.fsdecode(e.filename2))}"
+        print(f"{cmd}: error: {name}: {shown_path(one_line(e.strerror or e))}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - a bug: keep the traceback, say so
-        if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":  # torch's is a RuntimeError
+        if is_out_of_memory(e):  # numpy's MemoryError, torch's RuntimeErrors
             # the machine, not a bug: one line
-            print(f"{cmd}: error: out of memory ({one_line(e)[:200] or type(e).__name__}): try smaller images, "
-                  "a smaller fuse.max_tile / train.batch, or another device", file=sys.stderr)
+            print(f"{cmd}: error: out of memory ({one_line(e)[:200] or type(e).__name__}): "
+                  f"{_memory_advice(args)}", file=sys.stderr)
             return 1
         return _internal_error(cmd)
+
+
+def _memory_advice(args: argparse.Namespace) -> str:
+    """What lowers the memory of the command ``args`` names (a fusion: the full-size images, with
+    what the shots of ``fuse`` need; train: the batch; else more memory or another device)."""
+    command = getattr(args, "command", None)
+    if command in ("fuse", "fuse-dir", "fuse-set", "evaluate"):
+        from bafusion.fusion.memory import fuse_advice
+
+        shots = [Path(p) for p in getattr(args, "images", None) or []] if command == "fuse" else []
+        advice = fuse_advice(shots)
+        if command == "evaluate":
+            advice += "; --dataset NAME=... with --pattern evaluates fewer pairs, --methods fewer methods"
+        return advice
+    if command == "train":
+        return ("lower train.batch (--set train.batch=N; train.val_batch for the validation passes), or train on "
+                "another device")
+    return "free memory, or run it on a machine with more"
 
 
 def _drop_stdout() -> None:

@@ -388,6 +388,10 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     check_output_folder(src, out, find_groups(src, exclude=out)[0])  # before the nets load; fuse_dir checks again
     resolve_device(other["device"])
     nets = nets_from_args(args, other["device"], args.model)
+    from bafusion.cli.app import on_stop_say
+
+    on_stop_say(lambda: f"rerun {'the same command' if args.skip_existing else 'it with --skip-existing'}: the "
+                f"stacks fused into {out} are kept, the others fused")
     rep = fuse_dir(src, out, nets, params, ext=ext, align=args.align or "none", force=args.force,
                    skip_existing=args.skip_existing,
                    progress=args.progress is not False, motion_hint=args.align is None)
@@ -395,6 +399,8 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
         print(f"bafusion fuse-dir: skipped {what}: {why}", file=sys.stderr)
     print(f"fused {len(rep.fused)} stack(s) into {out}" + (f", {len(rep.existing)} already there" if rep.existing else "")
           + (f", skipped {len(rep.skipped)} (listed on stderr)" if rep.skipped else ""))
+    if rep.stopped:
+        print(f"bafusion fuse-dir: error: {rep.stopped}", file=sys.stderr)
     return rep.exit_code
 
 
@@ -407,7 +413,8 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
         "(-C, ...) are one stack, in letter order; each sub-folder of IN is one stack (its images in name order). "
         "What cannot be fused (one shot, a name outside the rule, an unreadable file, sizes that differ, shots "
         f"of two scenes) is skipped and listed at the end. Exit status: 0 all fused, {EXIT_SKIPPED} some skipped "
-        f"(the others fused), {EXIT_NONE_FUSED} all skipped (nothing fused), 2 bad usage.",
+        f"(the others fused), {EXIT_NONE_FUSED} all skipped (nothing fused), 2 bad usage or a full disk (the batch "
+        "stops; rerun with --skip-existing).",
     )
     p.add_argument("input", metavar="IN", help="folder of shots")
     p.add_argument("output", metavar="OUT", help="output folder")

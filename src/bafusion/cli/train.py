@@ -272,7 +272,20 @@ def _relaunch_argv(args: argparse.Namespace, nproc: int, threads: int) -> list[s
     return argv
 
 
+def _resume_advice(args: argparse.Namespace) -> str:
+    """How to continue a stopped training: from its checkpoint, when one was saved."""
+    last = _paths(args).checkpoints / "last.pt"
+    if not last.is_file():
+        return "rerun the same command: no checkpoint was saved yet, so it starts afresh"
+    again = "rerun it without --no-resume" if args.no_resume else "rerun the same command"
+    return f"{again}: it resumes from {last}"
+
+
 def run_cli(args: argparse.Namespace) -> int:
+    from bafusion.cli.app import on_stop_say
+
+    if "WORLD_SIZE" not in os.environ or _LAUNCHER_ENV not in os.environ:  # the command, not a worker it started
+        on_stop_say(lambda: _resume_advice(args))
     cfg = _config_from_args(args)
     if Path(args.out).suffix != ".pt":
         # the description goes to <out>.json: with --out X.json it overwrote the weights

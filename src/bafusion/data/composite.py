@@ -45,6 +45,7 @@ from bafusion._version import __version__
 from bafusion.atomic import atomic_dir, atomic_file, raise_if_stopped
 from bafusion.data.prepare import MANIFEST, entries, load_manifest
 from bafusion.errors import InputFileError, UserError
+from bafusion.h5write import h5_output
 from bafusion.io import (
     gray_float,
     read_image,
@@ -149,7 +150,7 @@ def run_shard(prepared: Path, shard: int, shards: int, opts: CompositeOptions, o
     n_bg = len(bgs)
     bg_cache: dict[str, np.ndarray] = {}
     count = 0
-    with atomic_file(out) as tmp, h5py.File(tmp, "w", track_order=True) as h5:
+    with atomic_file(out) as tmp, h5_output(tmp, out, track_order=True) as h5:
         h5.attrs["shard"] = shard
         h5.attrs["shards"] = shards
         h5.attrs["n_backgrounds"] = n_bg
@@ -169,7 +170,7 @@ def run_shard(prepared: Path, shard: int, shards: int, opts: CompositeOptions, o
             g = h5.create_group(fe["id"], track_order=True)
             g.attrs["fg_index"] = fg_index
             kw: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True, "track_times": False}
-            g.create_dataset("matte", data=matte, **kw)
+            dM = g.create_dataset("matte", data=matte, **kw)
             dA = g.create_dataset("A", shape=(n_bg, h, w), dtype=np.uint8, chunks=(1, h, w), **kw)
             dB = g.create_dataset("B", shape=(n_bg, h, w), dtype=np.uint8, chunks=(1, h, w), **kw)
             sigmas = np.zeros(n_bg, np.float32)
@@ -208,11 +209,17 @@ def run_shard(prepared: Path, shard: int, shards: int, opts: CompositeOptions, o
                 # SIGTERM's exception is often lost inside h5py's writes above ("Exception
                 # ignored"): the stop the handler recorded ends the shard here, not at its end
                 raise_if_stopped()
-            g.create_dataset("sigma", data=sigmas, track_times=False)
-            g.create_dataset("pair", data=pairs, track_times=False)
-            g.create_dataset("background", data=np.array([b["id"] for b in bgs], dtype=h5py.string_dtype()), track_times=False)
+            held = [dM, dA, dB, g.create_dataset("sigma", data=sigmas, track_times=False),
+                    g.create_dataset("pair", data=pairs, track_times=False),
+                    g.create_dataset("background", data=np.array([b["id"] for b in bgs], dtype=h5py.string_dtype()),
+                                     track_times=False)]
             if draws:
                 g.attrs["realistic_draws"] = json.dumps(draws)
+            # what is cached for this foreground's datasets is written now, while they are held: a
+            # full disk raises here (h5_output names the output), not in their deallocation at the
+            # next one ("Exception ignored", then a crash at exit); the data are as before
+            h5.flush()
+            del held
         bar.close()
     return count
 

@@ -71,6 +71,7 @@ from tqdm import tqdm
 from bafusion._version import __version__
 from bafusion.atomic import atomic_file
 from bafusion.errors import InputFileError, UserError
+from bafusion.h5write import h5_output
 from bafusion.progress import bars_enabled
 
 SETS = ("initial", "boundary")
@@ -467,7 +468,8 @@ def _write_patches(shards: _Shards, opts: PatchOptions, out_dir: Path, progress:
         t_bnd = stack.enter_context(atomic_file(out_dir / "boundary.h5"))
         pool = stack.enter_context(ThreadPoolExecutor(threads, thread_name_prefix="deflate")) if threads > 1 else None
         writer = _ChunkWriter(compress, pool)
-        with h5py.File(t_init, "w", track_order=True) as f_init, h5py.File(t_bnd, "w", track_order=True) as f_bnd:
+        with h5_output(t_init, out_dir / "initial.h5", track_order=True) as f_init, \
+                h5_output(t_bnd, out_dir / "boundary.h5", track_order=True) as f_bnd:
             files = {"initial": f_init, "boundary": f_bnd}
             app = {}
             for s, f in files.items():

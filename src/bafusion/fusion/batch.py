@@ -21,12 +21,16 @@ Exit status (:data:`EXIT_SKIPPED`, :data:`EXIT_NONE_FUSED`): 0 when every group 
 with ``--skip-existing``, already was), 3 when some were skipped (the others are fused), 4 when
 every group was skipped (nothing fused, none already there; also when every image of ``IN``
 was skipped before fusing, e.g. one shot alone), 2 for bad usage (no ``IN`` folder, no image
-in it, bad parameters).
+in it, bad parameters) and for a full disk: the batch stops at the first output that finds the
+disk full (the record lists what was written; rerun with ``--skip-existing``). A stack that
+runs out of memory is skipped with what it needs, and the batch goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import gc
 import hashlib
 import json
 import os
@@ -39,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from bafusion.errors import InputFileError, UserError
+from bafusion.errors import InputFileError, UserError, is_out_of_memory
 
 try:
     import fcntl
@@ -766,6 +770,26 @@ def check_output_folder(src: Path, out: Path, groups: Mapping[str, Sequence[Path
                         "choose another output folder")
 
 
+#: Write errors after which every later output fails too: :func:`fuse_dir` stops the batch.
+_DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+def out_of_memory_reason(e: BaseException, shots: Sequence[Path]) -> str:
+    """Why a stack was skipped for a ``MemoryError`` ``e``: numpy's words (the array it failed
+    to allocate) and what the stack needs (:func:`bafusion.fusion.memory.fuse_advice`)."""
+    from bafusion.fusion.memory import fuse_advice
+
+    what = " ".join(str(e).split())[:200] or type(e).__name__
+    return f"out of memory ({what}): {fuse_advice(shots)}"
+
+
+def _free_memory() -> None:
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 @dataclass
 class BatchReport:
     """What :func:`fuse_dir` did: fused names, names already done, (file, reason) skipped."""
@@ -773,9 +797,13 @@ class BatchReport:
     fused: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: Why the batch stopped before its end (a full disk), or ``None``.
+    stopped: str | None = None
 
     @property
     def exit_code(self) -> int:
+        if self.stopped:
+            return 2
         if not self.skipped:
             return 0
         return EXIT_SKIPPED if self.fused or self.existing else EXIT_NONE_FUSED
@@ -859,8 +887,22 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
         except UserError as e:
             rep.skipped.append((name, str(e)))
             continue
-        except OSError as e:  # this output cannot be written (disk full, a folder in the way): the others may be
+        except OSError as e:
+            if e.errno in _DISK_FULL:  # every stack after it would be fused and fail at its write too: stop
+                rep.stopped = (f"{e.filename or target}: {os.strerror(e.errno)}: the batch stopped at stack {name!r}; "
+                               f"free space on the disk of {out} and rerun with --skip-existing (the "
+                               f"{len(written)} output(s) written are kept)")
+                break
+            # this output cannot be written (a folder in the way): the others may be
             rep.skipped.append((name, f"{target}: cannot write: {e.strerror or e}"))
+            continue
+        except Exception as e:  # noqa: BLE001 - re-raised unless out of memory
+            if not is_out_of_memory(e):
+                raise
+            # this stack is too large for the memory left: the others may fit
+            rep.skipped.append((name, out_of_memory_reason(e, shots)))
+            del e
+            _free_memory()  # the failed stack's arrays, held by the traceback until here
             continue
         for note in fused.notes:
             tqdm.write(f"bafusion fuse-dir: {note}", file=sys.stderr)

@@ -1,0 +1,51 @@
+"""How much memory a fusion needs, and what to say when it runs out (measured: README,
+"Memory"; BENCHMARKS.md, "Camera resolution")."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+#: Peak memory of ``bafusion fuse`` for a pair decided at the working resolution (pairs above
+#: ``fuse.working_above``): a base (Python, torch, the nets) and MiB per megapixel of the pair
+#: (its full-size sources, as float64, and the output). Measured with ``/usr/bin/time -v``
+#: (maximum resident set size), ``--threads 1``, CPU, a Lytro pair upscaled to 2000x1500 (468 MiB)
+#: and 4000x3000 (750 MiB): 31 MiB per megapixel over a base of 375 MiB.
+BASE_MIB = 380
+MIB_PER_MEGAPIXEL = 32
+#: ... for each shot of a stack beyond two (an estimate, not measured: its full-size source).
+MIB_PER_MEGAPIXEL_SHOT = 16
+
+
+def _megapixels(path: Path) -> float:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception:  # noqa: BLE001 - an estimate only
+        return 0.0
+    return w * h / 1e6
+
+
+def fuse_need_mib(shots: Sequence[Path]) -> int | None:
+    """The memory (MiB) :data:`MIB_PER_MEGAPIXEL` predicts for fusing ``shots``, or ``None``
+    when their size cannot be read."""
+    mp = max((_megapixels(Path(p)) for p in shots), default=0.0)
+    if mp <= 0:
+        return None
+    return int(round(BASE_MIB + MIB_PER_MEGAPIXEL * mp + MIB_PER_MEGAPIXEL_SHOT * mp * max(len(shots) - 2, 0)))
+
+
+def fuse_advice(shots: Sequence[Path] = ()) -> str:
+    """What lowers the memory of a fusion (``fuse``, ``fuse-dir``, ``fuse-set``, ``evaluate``):
+    the full-size images dominate (a pair above ``fuse.working_above`` is decided at
+    ``fuse.working_side``, so the nets and their tiles take little), so smaller images or more
+    free memory; with ``shots``, what they need."""
+    need = fuse_need_mib(shots) if shots else None
+    mp = max((_megapixels(Path(p)) for p in shots), default=0.0) if shots else 0.0
+    size = (f"a {mp:.3g}-megapixel {'pair' if len(shots) == 2 else f'stack of {len(shots)}'} needs about "
+            f"{need} MiB; " if need else "")
+    return (f"{size}the full-size images take ~{MIB_PER_MEGAPIXEL} MiB per megapixel (the nets' tiles, --tile "
+            "and fuse.max_tile, are not what fills it): free memory or downscale the shots, and keep "
+            "fuse.working_side on (--working-side 0 fuses at full size and needs far more)")
