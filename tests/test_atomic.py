@@ -409,3 +409,25 @@ def test_a_relative_output_is_written_where_it_named_when_the_block_changes_fold
     assert (tmp_path / "out.txt").read_text() == "x" and (tmp_path / "d" / "a").read_text() == "y"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "elsewhere", "out.txt"]
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_an_os_error_naming_a_file_descriptor_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """os.stat(fd) and the like set the OSError's filename to the int: the handler that names
+    the output for a temporary path called os.fsdecode on it and crashed with a TypeError
+    traceback; the message is one line naming the descriptor, exit 2."""
+    from bafusion.cli import app
+
+    def work(args: object) -> int:
+        os.stat(987654)  # no such descriptor: EBADF, filename 987654
+        return 0
+
+    def parser(command: str | None = None) -> app.Parser:
+        p = app.Parser(prog="bafusion")
+        sub = p.add_subparsers(dest="command")
+        sub.add_parser("evaluate").set_defaults(func=work)
+        return p
+
+    monkeypatch.setattr(app, "build_parser", parser)
+    assert app.main(["evaluate"]) == 2
+    assert capsys.readouterr().err.strip() == "bafusion evaluate: error: 987654: Bad file descriptor"

@@ -276,8 +276,8 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
         if e.filename is None:
             return _internal_error(cmd)
         # a file inside an output's temporary folder (.<out>.part-<random>) is told by the output's path
-        name = shown_path(os.fsdecode(e.filename)) if e.filename2 is None else \
-            f"{shown_path(os.fsdecode(e.filename))} -> {shown_path(os.fsdecode(e.filename2))}"
+        name = _shown_filename(e.filename) if e.filename2 is None else \
+            f"{_shown_filename(e.filename)} -> {_shown_filename(e.filename2)}"
         print(f"{cmd}: error: {name}: {shown_path(one_line(e.strerror or e))}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - a bug: keep the traceback, say so
@@ -287,6 +287,14 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
                   f"{_memory_advice(args)}", file=sys.stderr)
             return 1
         return _internal_error(cmd)
+
+
+def _shown_filename(filename: object) -> str:
+    """An OSError's ``filename`` as the message names it: a path inside an output's temporary
+    folder by the output's path; a file descriptor (``os.stat(fd)`` sets an int) as it is."""
+    if isinstance(filename, (str, bytes, os.PathLike)):
+        return shown_path(os.fsdecode(filename))
+    return str(filename)
 
 
 def _memory_advice(args: argparse.Namespace) -> str:
