@@ -962,3 +962,32 @@ def test_an_interrupted_train_says_how_to_resume(tmp_path: Path, monkeypatch: py
         assert last == f"bafusion train: interrupted; rerun the same command: it resumes from {ck / 'last.pt'}"
     else:
         assert last == "bafusion train: interrupted; rerun the same command: no checkpoint was saved yet, so it starts afresh"
+
+
+def test_the_pipelines_own_training_trains_over_its_checkpoint_of_other_parameters(
+        toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline's training (--out data/models/<net>.pt, --checkpoints data/checkpoints/<net>,
+    as the rules run it) retrains after a parameter edit over its own interrupted checkpoint
+    without --restart-if-changed: the rules' commands stay as they were, so Snakemake's "code
+    changed" trigger does not retrain a project after an upgrade; a run by hand elsewhere is
+    refused (test above)."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    monkeypatch.chdir(tmp_path)
+    ck = Path("data/checkpoints/initial")
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "checkpoint_every": 5}}, "initial")
+    monkeypatch.setenv(ABORT_ENV, "6")  # an interrupted run of the pipeline
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", toy_run["h5"], cfg, Paths(out=Path("data/models/initial.pt"), checkpoints=ck,
+                                                  metrics=tmp_path / "m.json", plots=tmp_path / "p.csv"),
+              progress=False)
+    monkeypatch.delenv(ABORT_ENV)
+    capsys.readouterr()
+    params = {**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 64, "lr": 0.02}}
+    argv = ["train", "--net", "initial", "--patches", str(toy_run["h5"]), "--out", "data/models/initial.pt",
+            "--params-json", json.dumps(params), "--checkpoints", str(ck), "--metrics", str(tmp_path / "m.json"),
+            "--plots", str(tmp_path / "p.csv"), "--no-progress"]
+    assert cli.main(argv) == 0
+    assert "starting afresh" in capsys.readouterr().err
+    assert load_checkpoint(ck / "last.pt")["config"]["lr"] == 0.02
+    rules = (Path(__file__).parents[1] / "workflow" / "rules" / "train.smk").read_text()
+    assert "--restart-if-changed" not in rules  # the rules' shell is unchanged: no "code changed" retrain

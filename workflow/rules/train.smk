@@ -2,8 +2,7 @@
 # Both read the top-level seed/patch/depth and the `train:` section of the config (params.yaml),
 # passed whole as JSON so that `--config` overrides reach the trainer too.
 # A killed job resumes from data/checkpoints/<net>/last.pt (not an output: it survives the
-# deletion of incomplete outputs; --restart-if-changed: a checkpoint of other parameters is
-# trained over, so a parameter edit retrains, where a run by hand would refuse it). A finished
+# deletion of incomplete outputs, and a checkpoint of other parameters is ignored). A finished
 # run marks its checkpoint finished, so a forced rerun (-R/--forcerun, dvc repro -f) trains
 # from scratch. Progress: one line per epoch, copied from the log to the console (stderr).
 
@@ -32,7 +31,7 @@ rule train_initial:
         CONDA_ENV
     shell:
         "bafusion train --net initial --patches {input.patches} --out {output.model}"
-        " --params-json {params.cfg:q} --threads {threads} --checkpoints {params.checkpoints} --restart-if-changed"
+        " --params-json {params.cfg:q} --threads {threads} --checkpoints {params.checkpoints}"
         " --metrics {output.metrics} --plots {output.plots} 2>&1 | tee {log} >&2"
 
 
@@ -58,5 +57,5 @@ rule train_boundary:
         CONDA_ENV
     shell:
         "bafusion train --net boundary --patches {input.patches} --out {output.model}"
-        " --params-json {params.cfg:q} --threads {threads} --checkpoints {params.checkpoints} --restart-if-changed"
+        " --params-json {params.cfg:q} --threads {threads} --checkpoints {params.checkpoints}"
         " --metrics {output.metrics} --plots {output.plots} 2>&1 | tee {log} >&2"

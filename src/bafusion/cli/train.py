@@ -219,8 +219,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start afresh")
     p.add_argument("--restart-if-changed", action="store_true",
                    help="resume a checkpoint of the same parameters and patch set, and start afresh over one of "
-                        "others (the pipeline's rules pass it, so that a parameter edit retrains); without it a "
-                        "run's checkpoint of other parameters is refused, not replaced")
+                        "others (the pipeline's own training, --out data/models/<net>.pt with the checkpoints "
+                        "in data/checkpoints/<net>, does so always, so that a parameter edit retrains); "
+                        "without it a run's checkpoint of other parameters is refused, not replaced")
     p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_cli)
 
@@ -321,10 +322,20 @@ def _paths(args: argparse.Namespace) -> Paths:
     )
 
 
+def _pipeline_training(net: str, paths: Paths) -> bool:
+    """Whether ``paths`` are the pipeline's own (``data/models/<net>.pt`` with its checkpoints in
+    ``data/checkpoints/<net>``, as the training rules pass them): that training trains over its
+    own checkpoint of other parameters, as ``--restart-if-changed`` does, so a parameter edit
+    retrains (``dvc repro``, ``dvc exp run -S``) with the rules' commands unchanged."""
+    pipeline = default_paths(net, Path("data/models") / f"{net}.pt")
+    return paths.out.resolve() == pipeline.out.resolve() and \
+        paths.checkpoints.resolve() == pipeline.checkpoints.resolve()
+
+
 def _train_cli(args: argparse.Namespace, cfg: TrainConfig) -> int:
     paths = _paths(args)
     summary = train(args.net, args.patches, cfg, paths, resume=not args.no_resume, progress=not args.no_progress,
-                    replace_stale=args.restart_if_changed)
+                    replace_stale=args.restart_if_changed or _pipeline_training(args.net, paths))
     if dist_from_env().main:
         print(f"bafusion train: {args.net}: best val acc {summary['val_acc']:.4f} at epoch {summary['best_epoch']}, "
               f"model {paths.out}", file=sys.stderr)

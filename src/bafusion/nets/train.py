@@ -35,8 +35,8 @@ weights on the CPU but not the fingerprint (a job resumed under other ``--cores`
 epochs): a resume with another count than the checkpoint's warns that the weights will differ.
 A checkpoint of an interrupted run written for other parameters or another patch set (see
 :func:`fingerprint`) is refused, naming the folder (a training run by hand must not replace
-another's resume state), unless ``replace_stale`` (``--restart-if-changed``, which the pipeline's rules pass, so that a
-parameter edit retrains) or ``--no-resume``: then training starts afresh. Once the run has written its outputs, ``last.pt`` is
+another's resume state), unless ``replace_stale`` (``--restart-if-changed``, and always for the pipeline's own training,
+``data/models/<net>.pt`` with ``data/checkpoints/<net>``, so that a parameter edit retrains) or ``--no-resume``: then training starts afresh. Once the run has written its outputs, ``last.pt`` is
 marked ``finished``: a later run (``snakemake -R``, ``dvc repro -f``) trains from scratch
 instead of resuming a run that has nothing left to do. One training at a time per checkpoint
 folder: a second one given the same ``--checkpoints`` fails at once (:func:`checkpoints_lock`).
