@@ -926,7 +926,9 @@ def test_a_fused_image_equal_to_the_truth_has_infinite_psnr_and_wins() -> None:
                   "p2": {"Perfect": {"PSNR": 40.0}, "Other": {"PSNR": 35.0}, "Flat": {"PSNR": NAN}}})
     methods = ["Perfect", "Other", "Flat"]
     table = ev.table_markdown(rows, methods, ["PSNR"])
-    assert "| Perfect | **inf** (2) |" in table and "| Other | 32.50 (0) |" in table and "| Flat | n/a (0) |" in table
+    # in the mean, inf counts as 100 dB: one perfect pair made the mean inf whatever the others were
+    assert ev.mean_values(rows, methods, "PSNR")["Perfect"] == (ev.INF_PSNR_IN_MEANS + 40.0) / 2 == 70.0
+    assert "| Perfect | **70.00** (2) |" in table and "| Other | 32.50 (0) |" in table and "| Flat | n/a (0) |" in table
     assert ev.rank_of(rows, methods, "PSNR", "Perfect") == (1, 2)
     cells = ev.rows_to_csv(rows, ["pair", "method", "PSNR"]).splitlines()
     assert "p1,Perfect,inf" in cells and "p1,Flat," in cells

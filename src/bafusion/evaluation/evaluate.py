@@ -45,7 +45,8 @@ development set for choosing configurations; never train on it.
 On pairs with an all-in-focus truth (``<pair>-truth.<ext>``, the embedded set), PSNR and SSIM of
 each fused image against it (``skimage.metrics``, data range 255, colour SSIM over channels; a
 fused image equal to the truth has PSNR ``inf``, written so in the tables and CSVs, the best value
-and a win, and ``null`` in ``metrics.json``, which JSON numbers cannot hold);
+and a win, and ``null`` in ``metrics.json``, which JSON numbers cannot hold; in a method's mean it
+counts as 100 dB, :data:`INF_PSNR_IN_MEANS`, so one perfect pair does not make the mean ``inf``);
 with a true decision map (``<pair>-dm.<ext>``, 255 = A focused) the decision-map accuracy of
 our two variants.
 
@@ -501,13 +502,22 @@ def count_wins(rows: Rows, methods: Sequence[str], metric: str) -> dict[str, int
     return wins
 
 
+#: The value an infinite PSNR (a fused image equal to the truth) counts as in a mean: one pair
+#: equal to the truth made the method's mean ``inf`` whatever its other pairs were. 100 dB is
+#: beyond any 8-bit image that differs from the truth (one level off in one pixel of a 1 MP
+#: image is 108 dB; a typical fusion is 30-45 dB), so it still ranks a perfect pair best.
+INF_PSNR_IN_MEANS = 100.0
+
+
 def mean_values(rows: Rows, methods: Sequence[str], metric: str) -> dict[str, float]:
-    """Per method, the mean of its finite ``metric`` values (NaN when it has none). A mean over
+    """Per method, the mean of its defined ``metric`` values (NaN when it has none); an infinite
+    value (the PSNR of a pair equal to the truth) counts as :data:`INF_PSNR_IN_MEANS`. A mean over
     fewer pairs than others' (:func:`defined_counts`) is not comparable with theirs: the tables
     mark it (:func:`partial_mark`), and :func:`best_methods` and :func:`rank_of` put it behind."""
     out = {}
     for m in methods:
         vals = [float(r[metric]) for r in rows if r["method"] == m and _finite(r.get(metric))]
+        vals = [min(v, INF_PSNR_IN_MEANS) if math.isinf(v) else v for v in vals]
         out[m] = float(np.mean(vals)) if vals else float("nan")
     return out
 
