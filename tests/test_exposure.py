@@ -207,3 +207,20 @@ def test_a_fit_on_block_means_is_an_option_close_to_the_full_one() -> None:
     from bafusion.config import load_preset
 
     assert load_preset("paper")["fuse"]["exposure_fit_step"] == 1
+
+
+def test_a_sharp_shot_and_its_blurred_copy_have_one_exposure() -> None:
+    """The gains were taken over pixels from 3 to 252 in both shots: a sharp shot's blacks,
+    lifted by the blur in the other, were left out of one sum only, and a Lytro pair of one
+    exposure (lytro-13) got a note of a tint. A fine black/gray pattern against its blurred
+    copy: gains 1, no note."""
+    from bafusion.fusion.exposure import colour_gains, exposure_note
+
+    yy, xx = np.mgrid[0:128, 0:128]
+    a = np.where((yy + xx) % 3 == 0, 0, 60).astype(np.uint8)  # a third black (period 3: not aliased by step 4)
+    a = np.stack([a, a, a // 2 * 2], axis=-1)
+    b = np.stack([ndimage.uniform_filter(a[..., c].astype(np.float64), 5) for c in range(3)], -1)
+    b = np.round(b).astype(np.uint8)
+    gains = colour_gains(a, b)
+    assert np.allclose(gains, 1.0, atol=0.02), gains
+    assert exposure_note(gains, ("a.png", "b.png")) is None
