@@ -954,6 +954,47 @@ def test_fuse_dir_stops_at_a_full_disk(tmp_path: Path, nets: Path, capsys, monke
     assert batch.read_marker(out)["outputs"] == ["p.png"]
 
 
+def test_fuse_dir_stops_at_a_full_disk_when_writing_its_record(tmp_path: Path, nets: Path, capsys,
+                                                              monkeypatch) -> None:
+    """A full disk while fuse-dir rewrote its record after an output was only "cannot write
+    fuse-dir's record", exit 2: no summary, the stacks skipped before unsaid, no advice, and the
+    output just written was on disk but not in the record. It stops as at an output's full disk:
+    the skip reasons, the summary, the advice; the output not in the record is removed."""
+    import errno
+    import os
+
+    from bafusion.errors import UserError
+
+    src, out = _three_pairs(tmp_path)
+    real_marker, real_fuse, calls = batch.write_marker, batch.fuse_files, []
+
+    def full_at_second(out_, setup, outputs, device=""):
+        calls.append(sorted(outputs))
+        if len(calls) == 2:  # the first after an output (q's): as write_marker raises it
+            cause = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out_ / batch.OUTPUT_MARKER))
+            raise UserError(f"{out_ / batch.OUTPUT_MARKER}: cannot write fuse-dir's record: {cause.strerror}") \
+                from cause
+        return real_marker(out_, setup, outputs, device)
+
+    def p_refused(paths, *args, **kwargs):
+        if paths[0].name.startswith("p-"):
+            raise UserError("p-A.png: not an image")
+        return real_fuse(paths, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "write_marker", full_at_second)
+    monkeypatch.setattr(batch, "fuse_files", p_refused)
+    rc = cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"])
+    o, err = capsys.readouterr()
+    assert rc == 2, err
+    assert calls == [[], ["q.png"]]  # r is not fused
+    assert "skipped p: p-A.png: not an image" in err and "fused 0 stack(s) into" in o
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"bafusion fuse-dir: error: {out / batch.OUTPUT_MARKER}: No space left on device"), err
+    assert "free space" in last and "--skip-existing" in last and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == [batch.OUTPUT_MARKER]
+    assert batch.read_marker(out)["outputs"] == []
+
+
 def test_an_interrupted_fuse_dir_says_to_rerun_with_skip_existing(tmp_path: Path, nets: Path, capsys,
                                                                    monkeypatch) -> None:
     src, out = _three_pairs(tmp_path)

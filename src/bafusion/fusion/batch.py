@@ -904,11 +904,24 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
             del e
             _free_memory()  # the failed stack's arrays, held by the traceback until here
             continue
+        try:
+            write_marker(out, setup, written | {target.name}, device)
+        except UserError as e:
+            cause = e.__cause__
+            if not (isinstance(cause, OSError) and cause.errno in _DISK_FULL):
+                raise
+            # the record cannot list this output: it goes, so that the record (the one before)
+            # still describes the folder, and the batch stops as at an output's full disk
+            with contextlib.suppress(OSError):
+                target.unlink()
+            rep.stopped = (f"{out / OUTPUT_MARKER}: {os.strerror(cause.errno)}: the batch stopped at stack {name!r} "
+                           f"(its output, not in fuse-dir's record, is removed); free space on the disk of {out} "
+                           f"and rerun with --skip-existing (the {len(written)} output(s) written are kept)")
+            break
         for note in fused.notes:
             tqdm.write(f"bafusion fuse-dir: {note}", file=sys.stderr)
         rep.fused.append(name)
         written.add(target.name)
-        write_marker(out, setup, written, device)
     return rep
 
 
