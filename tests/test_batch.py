@@ -924,6 +924,28 @@ def test_fuse_dir_skips_a_stack_that_runs_out_of_memory_and_goes_on(tmp_path: Pa
     assert batch.read_marker(out)["outputs"] == ["p.png", "r.png"]
 
 
+def test_fuse_dir_frees_an_out_of_memory_stack_once_its_exception_is_gone(tmp_path: Path, nets: Path, capsys,
+                                                                          monkeypatch) -> None:
+    """The memory freed after a stack that ran out of memory was freed inside the ``except``,
+    whose traceback still held the stack's arrays (gc could not free them): it runs after it."""
+    import sys
+
+    src, out = _three_pairs(tmp_path)
+    real = batch.fuse_files
+    handling: list[object] = []
+
+    def short_of_memory(paths, *args, **kwargs):
+        if paths[0].name.startswith("q-"):
+            raise MemoryError("Unable to allocate 275. MiB")
+        return real(paths, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "fuse_files", short_of_memory)
+    monkeypatch.setattr(batch, "_free_memory", lambda: handling.append(sys.exc_info()[0]))
+    rc = cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"])
+    assert rc == batch.EXIT_SKIPPED, capsys.readouterr().err
+    assert handling == [None]
+
+
 def test_fuse_dir_stops_at_a_full_disk(tmp_path: Path, nets: Path, capsys, monkeypatch) -> None:
     """On a full disk every remaining stack was fused and failed at its write, one after the
     other: the batch stops at the first, says to free space and rerun with --skip-existing, and

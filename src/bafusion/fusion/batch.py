@@ -878,6 +878,7 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
         if skip_existing and target.is_file() and target.name in written:
             rep.existing.append(name)
             continue
+        out_of_memory = False
         try:
             # without bars (--no-progress, alias --quiet) no stack's own bar either
             fused = fuse_files(shots, nets, params, output=target, align=align, force=force,
@@ -901,8 +902,10 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
                 raise
             # this stack is too large for the memory left: the others may fit
             rep.skipped.append((name, out_of_memory_reason(e, shots)))
-            del e
-            _free_memory()  # the failed stack's arrays, held by the traceback until here
+            out_of_memory = True
+        if out_of_memory:
+            # here, past the except: its traceback held the failed stack's arrays until it ended
+            _free_memory()
             continue
         try:
             write_marker(out, setup, written | {target.name}, device)
