@@ -813,7 +813,9 @@ def test_a_stopped_multi_process_run_leaves_no_process_behind(toy_run: dict, tmp
             proc.communicate()
     lines = [ln for ln in err.splitlines() if "epoch" not in ln and "train patches" not in ln]
     if how == "sigterm":
-        assert proc.returncode == 143 and lines == ["bafusion train: terminated"], err
+        # the workers wrote last.pt during this run: a rerun resumes from it
+        assert proc.returncode == 143 and lines == [
+            f"bafusion train: terminated; rerun the same command: it resumes from {tmp_path / 'ck' / 'last.pt'}"], err
     elif how == "sigkill":
         assert proc.returncode == -signal.SIGKILL
     else:
@@ -991,3 +993,47 @@ def test_the_pipelines_own_training_trains_over_its_checkpoint_of_other_paramete
     assert load_checkpoint(ck / "last.pt")["config"]["lr"] == 0.02
     rules = (Path(__file__).parents[1] / "workflow" / "rules" / "train.smk").read_text()
     assert "--restart-if-changed" not in rules  # the rules' shell is unchanged: no "code changed" retrain
+
+
+        assert last == ("bafusion train: interrupted; rerun the same command: no checkpoint was saved yet by this run, "
+                        "so it starts afresh")
+
+
+@pytest.mark.parametrize("case", ["no-resume over an older run's", "a finished run's", "no-resume, saved by this run"])
+def test_an_interrupted_train_resumes_only_from_what_a_rerun_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture, case: str) -> None:
+    """The stop advice only looked whether last.pt existed: with --no-resume over an older run's
+    last.pt, stopped before its first save, it said "rerun it without --no-resume: it resumes
+    from last.pt" (the run the user chose to throw away), and a finished run's last.pt (never
+    resumed) also got "resumes from". Only a last.pt that a rerun resumes is named."""
+    import os
+    import time
+
+    import bafusion.cli.train as cli_train
+    from bafusion.cli import main as cli_main
+    from bafusion.nets.train import CHECKPOINT_FORMAT, save_checkpoint
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    last_pt = ck / "last.pt"
+    if case != "no-resume, saved by this run":
+        save_checkpoint(last_pt, {"format": CHECKPOINT_FORMAT, "finished": case == "a finished run's"})
+        old = time.time() - 3600
+        os.utime(last_pt, (old, old))
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        if case == "no-resume, saved by this run":
+            save_checkpoint(last_pt, {"format": CHECKPOINT_FORMAT})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_train, "_config_from_args", stopped)
+    (tmp_path / "p.h5").write_bytes(b"")
+    rc = cli_main(["train", "--net", "initial", "--patches", str(tmp_path / "p.h5"), "-o", str(tmp_path / "m.pt"),
+                   "--checkpoints", str(ck), *([] if case == "a finished run's" else ["--no-resume"])])
+    assert rc == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    if case == "no-resume, saved by this run":
+        assert last == f"bafusion train: interrupted; rerun it without --no-resume: it resumes from {last_pt}"
+    else:
+        assert last == ("bafusion train: interrupted; rerun the same command: no checkpoint was saved yet by this run, "
+                        "so it starts afresh")

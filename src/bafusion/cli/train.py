@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any, TextIO
@@ -273,20 +274,42 @@ def _relaunch_argv(args: argparse.Namespace, nproc: int, threads: int) -> list[s
     return argv
 
 
-def _resume_advice(args: argparse.Namespace) -> str:
-    """How to continue a stopped training: from its checkpoint, when one was saved."""
+#: How much earlier than the run's start a last.pt's time may read and still be this run's: file
+#: systems keep times at coarser steps (2 s on FAT) and from a coarser clock than time.time().
+_MTIME_SLACK_S = 2.0
+
+
+def _resume_advice(args: argparse.Namespace, started: float) -> str:
+    """How to continue a stopped training (begun at time ``started``): from its checkpoint, when
+    a rerun resumes one. With ``--no-resume`` only a last.pt that this run wrote (an older run's
+    is the one it replaces); never a finished run's (a rerun trains from scratch)."""
     last = _paths(args).checkpoints / "last.pt"
-    if not last.is_file():
-        return "rerun the same command: no checkpoint was saved yet, so it starts afresh"
-    again = "rerun it without --no-resume" if args.no_resume else "rerun the same command"
-    return f"{again}: it resumes from {last}"
+    try:
+        ours = last.stat().st_mtime >= started - _MTIME_SLACK_S
+    except OSError:  # none
+        ours = None
+    if ours is not None and (ours or not args.no_resume) and not _finished(last):
+        again = "rerun it without --no-resume" if args.no_resume else "rerun the same command"
+        return f"{again}: it resumes from {last}"
+    return "rerun the same command: no checkpoint was saved yet by this run, so it starts afresh"
+
+
+def _finished(last: Path) -> bool:
+    """Whether the checkpoint ``last`` is a finished run's (not resumed); ``False`` when unreadable."""
+    try:
+        from bafusion.nets.train import load_checkpoint
+
+        return bool(load_checkpoint(last).get("finished"))
+    except Exception:  # noqa: BLE001 - advice only
+        return False
 
 
 def run_cli(args: argparse.Namespace) -> int:
     from bafusion.cli.app import on_stop_say
 
     if "WORLD_SIZE" not in os.environ or _LAUNCHER_ENV not in os.environ:  # the command, not a worker it started
-        on_stop_say(lambda: _resume_advice(args))
+        started = time.time()
+        on_stop_say(lambda: _resume_advice(args, started))
     cfg = _config_from_args(args)
     if Path(args.out).suffix != ".pt":
         # the description goes to <out>.json: with --out X.json it overwrote the weights
