@@ -1037,3 +1037,19 @@ def test_an_interrupted_train_resumes_only_from_what_a_rerun_resumes(tmp_path: P
     else:
         assert last == ("bafusion train: interrupted; rerun the same command: no checkpoint was saved yet by this run, "
                         "so it starts afresh")
+
+
+def test_a_worker_stopped_by_sighup_is_no_worker_error() -> None:
+    """A worker stopped by SIGHUP (``kill -HUP -<pgid>``, a closed terminal) ends with 129, which
+    counted as the worker's own error (returned unsaid); like 130 and 143 it is said as a stop."""
+    import io
+    import signal
+    from types import SimpleNamespace
+
+    from bafusion.cli.train import _failure_status
+
+    err = io.StringIO()
+    failures = {0: SimpleNamespace(exitcode=128 + signal.SIGHUP, timestamp=1, pid=11),
+                1: SimpleNamespace(exitcode=128 + signal.SIGTERM, timestamp=2, pid=12)}
+    assert _failure_status(failures, err) == 128 + signal.SIGHUP
+    assert "a training process (rank 0, pid 11) ended by SIGHUP; the others were stopped" in err.getvalue()

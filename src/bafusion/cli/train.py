@@ -103,6 +103,11 @@ def _launcher(stderr: TextIO, argv: list[str]) -> int:
     return 0
 
 
+#: A worker's exit status when it was asked to stop (bafusion.cli.app: Ctrl-C, SIGTERM, SIGHUP):
+#: 128 + the signal, not an error of its own.
+_STOPPED = tuple(128 + getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
 def _failure_status(failures: dict[int, Any], stderr: TextIO) -> int:
     """The command's exit status for the failed workers ``failures`` (rank -> torchrun's
     ``ProcessFailure``): a worker's own error (it said it) wins; else a worker ended by a
@@ -110,10 +115,10 @@ def _failure_status(failures: dict[int, Any], stderr: TextIO) -> int:
     others ended because of it (their peer went, or torchrun stopped them)."""
     by_rank = sorted(failures.items())
     for _, f in by_rank:
-        if f.exitcode > 0 and f.exitcode not in (_PEER_GONE, 128 + signal.SIGINT, 128 + signal.SIGTERM):
+        if f.exitcode > 0 and f.exitcode not in (_PEER_GONE, *_STOPPED):
             return int(f.exitcode)
     # killed (torchrun stops the others with SIGTERM: a 143 or -15 is more often its doing)
-    stops = (-signal.SIGTERM, 128 + signal.SIGTERM, 128 + signal.SIGINT)
+    stops = (-signal.SIGTERM, *_STOPPED)
     ended = ([(f.timestamp, rank, f) for rank, f in by_rank if f.exitcode < 0 and f.exitcode not in stops]
              or [(f.timestamp, rank, f) for rank, f in by_rank if f.exitcode != _PEER_GONE]
              or [(f.timestamp, rank, f) for rank, f in by_rank])
