@@ -963,7 +963,8 @@ def test_an_interrupted_train_says_how_to_resume(tmp_path: Path, monkeypatch: py
     if saved:
         assert last == f"bafusion train: interrupted; rerun the same command: it resumes from {ck / 'last.pt'}"
     else:
-        assert last == "bafusion train: interrupted; rerun the same command: no checkpoint was saved yet, so it starts afresh"
+        assert last == ("bafusion train: interrupted; rerun the same command: no checkpoint was saved yet by this run, "
+                        "so it starts afresh")
 
 
 def test_the_pipelines_own_training_trains_over_its_checkpoint_of_other_parameters(
@@ -993,10 +994,6 @@ def test_the_pipelines_own_training_trains_over_its_checkpoint_of_other_paramete
     assert load_checkpoint(ck / "last.pt")["config"]["lr"] == 0.02
     rules = (Path(__file__).parents[1] / "workflow" / "rules" / "train.smk").read_text()
     assert "--restart-if-changed" not in rules  # the rules' shell is unchanged: no "code changed" retrain
-
-
-        assert last == ("bafusion train: interrupted; rerun the same command: no checkpoint was saved yet by this run, "
-                        "so it starts afresh")
 
 
 @pytest.mark.parametrize("case", ["no-resume over an older run's", "a finished run's", "no-resume, saved by this run"])
