@@ -408,6 +408,7 @@ def test_fuse_registers_shots_of_another_size_with_align_and_says_how_without(tm
         assert cli_main([*base, "--align", mode]) == 0, capsys.readouterr().err
         err = capsys.readouterr().err
         assert "resampled from 162x130 to 160x128" in err, err
+        assert "fused as registered" not in err, err  # it is registered: no line says otherwise
         h, w = np.asarray(Image.open(out)).shape[:2]
         assert 120 <= h <= 128 and 150 <= w <= 160
     turned = ["fuse", str(tmp_path / "a.png"), str(tmp_path / "t.png"), "-o", str(out), "--model", str(nets),

@@ -184,7 +184,7 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
                     src.full = None
             elif align == "auto":
                 say("checking whether the shots move")
-                align = _auto_align(judged, names, one_scene)
+                align = _auto_align(judged, names, one_scene, resized)
                 if resized and align == "none":  # a shot of another size is registered in any case
                     h, w = src.images[0].shape[:2]
                     for i in resized:
@@ -276,12 +276,17 @@ def _safe_motion_hints(images: Sequence[np.ndarray], names: Sequence[str]) -> li
         return []
 
 
-def _auto_align(images: Sequence[np.ndarray], names: Sequence[str], one_scene: bool) -> str:
-    """``--align auto``: :func:`auto_alignment`, its lines on stderr."""
+def _auto_align(images: Sequence[np.ndarray], names: Sequence[str], one_scene: bool,
+                resized: Sequence[int] = ()) -> str:
+    """``--align auto``: :func:`auto_alignment`, its lines on stderr; with a shot of another size
+    (``resized``), which is registered in any case, the lines do not say "fused as registered"."""
     from tqdm import tqdm
 
     model, lines = auto_alignment(images, names, one_scene)
+    suffix = ": fused as registered"
     for _, text in lines:
+        if resized and text.endswith(suffix):
+            text = text[: -len(suffix)]
         tqdm.write(f"bafusion: --align auto: {text}", file=sys.stderr)
     return model
 
