@@ -91,3 +91,22 @@ def test_two_experiments_two_rows_metrics_diff_and_one_parent_run_each(
     assert all(len(r.outputs.model_outputs) == 1 for r in trained)
     assert all(r.data.tags.get("mlflow.source.git.commit") for r in runs)
     assert {r.data.params["patch"] for r in parents.values()} == {"16", "12", "20"}
+
+
+def test_every_evaluation_column_is_plotted_on_a_scale_that_shows_the_differences() -> None:
+    """`dvc plots show` drew the four quality metrics as bars from 0, so methods 0.767-0.800 apart
+    in QG looked equal, and left PSNR, SSIM and DM_acc out. Every column of the evaluation CSV is
+    a plot, drawn by a template whose value axis does not start at 0; the epoch axis has whole
+    ticks."""
+    import yaml
+
+    root = Path(__file__).parents[1]
+    plots = {k: v for entry in yaml.safe_load((root / "dvc.yaml").read_text())["plots"] for k, v in entry.items()}
+    columns = (root / "metrics" / "plots" / "evaluate.csv").read_text().splitlines()[0].split(",")[1:]
+    for col in columns:
+        plot = plots[f"evaluate_{col}"]
+        assert plot["x"] == col and plot["y"] == {"metrics/plots/evaluate.csv": "method"}
+        template = json.loads((root / plot["template"]).read_text())
+        assert template["encoding"]["x"]["scale"] == {"zero": False}, col
+    series = json.loads((root / "workflow" / "plots" / "series.json").read_text())
+    assert series["encoding"]["x"]["axis"]["tickMinStep"] == 1
