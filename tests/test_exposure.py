@@ -179,11 +179,16 @@ def test_fuse_prints_the_exposure_note_and_the_option_composites_at_as_exposure(
     err = capsys.readouterr().err
     assert "b.png differs from" in err and "seams may show" in err and "--match-output-exposure" in err
     assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "g.png"),
-                     "--match-output-exposure", *common]) == 0
+                     "--match-output-exposure", "--save-maps", str(tmp_path / "maps"), *common]) == 0
     assert "differs from" not in capsys.readouterr().err
     g = np.asarray(Image.open(tmp_path / "g.png")).astype(float)
     took_a = np.all(g == a, axis=2)
     assert 0.2 < took_a.mean() < 0.8 and np.abs(g - b_at_a)[~took_a].mean() < 1.5
+    # Fig. 5's |B - F| compares F with the B it was composited from (B at A's exposure): black
+    # where F took B (it compared with the original B: 148 of 255 there)
+    dm = np.asarray(Image.open(tmp_path / "maps" / "g-dm.png")) > 127
+    diff = np.asarray(Image.open(tmp_path / "maps" / "g-diff-gray.png")).astype(float)
+    assert (~dm).mean() > 0.2 and diff[~dm].mean() < 5, diff[~dm].mean()
 
 
 def test_the_paper_preset_and_the_defaults_keep_the_sources_pixels() -> None:

@@ -164,7 +164,8 @@ def save_maps(
     * ``dm-raw`` (the thresholded refined score), ``dm`` (after small-region removal, the map
       the fusion used): 255 (white) = the pixel is taken from A, 0 (black) = from B.
     * ``diff-gray``: ``min(255, alpha * |B - F|)`` on the gray images (Fig. 5; alpha = 10: a
-      gray-level difference of 25.5 or more is white); ``diff-colour``: the same values through
+      gray-level difference of 25.5 or more is white; with ``match_output_exposure``, B at A's
+      exposure, the B that F was composited from); ``diff-colour``: the same values through
       matplotlib's ``jet`` (0: dark blue, 128: green, 255: dark red).
     * ``fig3``: the paper's Fig. 3 (:func:`figure_maps`), which has titles and colour bars.
     """
@@ -178,6 +179,11 @@ def save_maps(
         "dm-raw": result.decision_raw.astype(np.uint8) * 255,
         "dm": result.decision.astype(np.uint8) * 255,
     }
+    gains = getattr(result, "gains", None)
+    if gains is not None:  # match_output_exposure: F was composited from B at A's exposure
+        from bafusion.fusion.exposure import apply_gains
+
+        b = apply_gains(b, gains)
     diff = difference_map(b, result.fused, alpha)
     raw["diff-gray"] = diff
     raw["diff-colour"] = pseudo_colour(diff)
