@@ -89,8 +89,8 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True) -> None:
                    help="map B onto A's exposure before the nets score the pair (shots of different brightness): "
                         f"linear or none (default {d.exposure_match})")
     g.add_argument("--exposure-fit-step", type=int, default=None, metavar="N",
-                   help="exposure matching: fit the gain on N x N block means (4: about 16x less work on a "
-                        f"camera-size pair, the gain moves in its 4th digit); 1 = full resolution (default {d.exposure_fit_step})")
+                   help="exposure matching: fit the gain on N x N block means (4: 16x fewer pixels, about 10x faster on a "
+                        f"camera-size pair as measured in BENCHMARKS.md; the gain moves in its 4th digit); 1 = full resolution (default {d.exposure_fit_step})")
     g.add_argument("--match-output-exposure", action=argparse.BooleanOptionalAction, default=None,
                    help="bring B's pixels to A's exposure and colour (per-channel gains) before compositing, so "
                         "that shots of different exposure or white balance leave no seam; off: the sources' own "

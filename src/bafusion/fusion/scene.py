@@ -217,7 +217,8 @@ def check_turned(images: Sequence[np.ndarray], names: Sequence[str], suspects: S
         if turn:
             raise UserError(f"{names[i]}: looks turned by {TURNS[turn[0]]} against {names[0]} (correlation "
                             f"{turn[1]:.2f} turned back): its orientation tag may be missing; turn it upright and "
-                            "fuse again")
+                            "fuse again (if it is not turned, as a repeating pattern can look, fuse with --force, "
+                            "or --align similarity; force=True / align='similarity' in Python)")
 
 
 #: A shot that moves more than this against the first (RMS corner displacement, pixels of the
