@@ -3,6 +3,8 @@ one-scene check of ``fuse`` (issue 14)."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -1133,3 +1135,33 @@ def test_output_exposure_matching_reaches_16_bit_outputs_and_joint_stacks(tmp_pa
     assert "differs from" not in capsys.readouterr().err
     k = np.asarray(Image.open(tmp_path / "k.png")).astype(float)
     assert np.abs(k - a8).max() <= 3
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.EOPNOTSUPP])
+def test_output_lock_goes_on_without_locks_where_the_filesystem_has_none(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                         monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """On NFS without lockd (or some FUSE mounts) ``flock`` raises ENOLCK/EOPNOTSUPP: fuse-dir
+    ended with "internal error". It now goes on without the lock and says so once."""
+    import fcntl
+
+    def no_locks(fh, op):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = tmp_path / "nfs-out"
+    with batch.output_lock(out):
+        assert out.is_dir()
+    with batch.output_lock(out):
+        pass
+    err = capsys.readouterr().err
+    assert err.count("does not support locks") == 1, err
+    assert f"{out}: this filesystem does not support locks ({errno.errorcode[code]})" in err, err
+    assert not (out / batch.LOCK_FILE).exists()
+
+    def other(fh, op):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(fcntl, "flock", other)
+    with pytest.raises(OSError):  # other errors are not taken for a missing lock service
+        with batch.output_lock(out):
+            pass

@@ -1050,3 +1050,29 @@ def test_a_worker_stopped_by_sighup_is_no_worker_error() -> None:
                 1: SimpleNamespace(exitcode=128 + signal.SIGTERM, timestamp=2, pid=12)}
     assert _failure_status(failures, err) == 128 + signal.SIGHUP
     assert "a training process (rank 0, pid 11) ended by SIGHUP; the others were stopped" in err.getvalue()
+
+
+def test_checkpoints_lock_goes_on_without_locks_where_the_filesystem_has_none(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """On NFS without lockd ``flock`` raises ENOLCK: train ended with "internal error". It now
+    goes on without the lock and says so once."""
+    import errno
+    import fcntl
+
+    def no_locks(fh, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    ck = tmp_path / "nfs-ck"
+    with checkpoints_lock(ck):
+        assert ck.is_dir() and not (ck / "train.lock").exists()
+        (ck / "last.pt").write_bytes(b"x")
+    with checkpoints_lock(ck):
+        pass
+    err = capsys.readouterr().err
+    assert err.count("does not support locks") == 1, err
+    assert f"{ck}: this filesystem does not support locks (ENOLCK): two runs into it are not kept apart" in err, err
+    assert sorted(p.name for p in ck.iterdir()) == ["last.pt"]
+    with checkpoints_lock(tmp_path / "empty"):
+        pass
+    assert not (tmp_path / "empty").exists()  # a folder it created is removed when left empty

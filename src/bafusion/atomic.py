@@ -10,6 +10,7 @@ on), and then no output is renamed into place after all (:func:`raise_if_stopped
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import re
@@ -17,6 +18,7 @@ import shutil
 import signal
 import socket
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -314,3 +316,22 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(text)
+
+
+#: What ``flock`` raises on a filesystem without locks (NFS without lockd, some FUSE mounts).
+NO_LOCK_ERRNOS = frozenset(e for e in (getattr(errno, n, None) for n in ("ENOLCK", "EOPNOTSUPP", "ENOTSUP", "EINVAL"))
+                           if e is not None)
+_said_no_locks: set[str] = set()
+
+
+def locks_unsupported(e: OSError, folder: Path) -> bool:
+    """Whether ``flock`` failed with ``e`` because ``folder``'s filesystem has no locks; if so,
+    say once (per folder and process) on stderr that the run goes on without one."""
+    if e.errno not in NO_LOCK_ERRNOS:
+        return False
+    if str(folder) not in _said_no_locks:
+        _said_no_locks.add(str(folder))
+        name = errno.errorcode.get(e.errno, str(e.errno))
+        print(f"{folder}: this filesystem does not support locks ({name}): two runs into it are not kept apart",
+              file=sys.stderr)
+    return True

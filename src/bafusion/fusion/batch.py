@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from bafusion.atomic import locks_unsupported
 from bafusion.errors import InputFileError, UserError, is_out_of_memory
 
 try:
@@ -699,7 +700,8 @@ def output_lock(out: Path) -> Iterator[None]:
     them again, or a run of another setup replaced the record under the other). The lock is
     taken without waiting; the OS releases it when the process ends, killed too. The lock file
     holds the holder's process id, named by the refusal, and is removed on release. Where
-    ``fcntl`` is missing (Windows) no lock is taken.
+    ``fcntl`` is missing (Windows), or the filesystem has no locks (``ENOLCK``: NFS without
+    lockd, some FUSE mounts), no lock is taken (the latter said once on stderr).
 
     Raises
     ------
@@ -728,6 +730,14 @@ def output_lock(out: Path) -> Iterator[None]:
             who = f"process {pid}" if pid.isdigit() else "another process"
             raise UserError(f"{out}: another bafusion fuse-dir ({who}) is writing into this output folder; "
                             "wait for it to end, or give another output folder") from None
+        except OSError as e:
+            fh.close()
+            if not locks_unsupported(e, out):
+                raise
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            yield  # no lock on this filesystem: go on without one
+            return
         try:
             if os.stat(lock).st_ino == os.fstat(fh.fileno()).st_ino:
                 break

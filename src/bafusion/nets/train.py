@@ -87,7 +87,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bafusion import tracking
-from bafusion.atomic import atomic_file, write_text
+from bafusion.atomic import atomic_file, locks_unsupported, write_text
 from bafusion.errors import InputFileError, UserError
 from bafusion.nets.augment import (
     INPUT_SCALE,
@@ -588,8 +588,9 @@ def checkpoints_lock(folder: Path) -> Iterator[None]:
 
     A second training given the same ``--checkpoints`` would resume the first one's live
     ``last.pt`` and both would write into it. The lock is taken without waiting; the OS
-    releases it when the process ends, killed too. Where ``fcntl`` is missing (Windows) no
-    lock is taken.
+    releases it when the process ends, killed too. Where ``fcntl`` is missing (Windows), or the
+    filesystem has no locks (``ENOLCK``: NFS without lockd, some FUSE mounts), no lock is taken
+    (the latter said once on stderr).
 
     The lock file is removed when the lock is released (while still held), and ``folder``
     too when this call created it and it is left empty: a training refused after it took the
@@ -616,6 +617,19 @@ def checkpoints_lock(folder: Path) -> Iterator[None]:
             fh.close()
             raise UserError(f"{folder}: another training is using this checkpoint folder "
                             "(wait for it to end, or give --checkpoints another folder)") from None
+        except OSError as e:
+            fh.close()
+            if not locks_unsupported(e, folder):
+                raise
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            try:
+                yield  # no lock on this filesystem: go on without one
+            finally:
+                if created:
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()  # only when empty
+            return
         try:
             if os.stat(lock).st_ino == os.fstat(fh.fileno()).st_ino:
                 break
