@@ -140,7 +140,17 @@ def test_changed_parameters_start_afresh(toy_run: dict, tmp_path: Path, capsys: 
     assert "starting afresh" not in capsys.readouterr().err
     cfg.lr = 0.02
     train("initial", toy_run["h5"], cfg, paths, progress=False, replace_stale=True)
-    assert "starting afresh" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # says what changed, not only that something did
+    assert "other parameters or another patch set (train.lr 0.01 -> 0.02); starting afresh" in err, err
+    # another patch set, same parameters: named as such
+    other = tmp_path / "other.h5"
+    shutil.copy(toy_run["h5"], other)
+    with h5py.File(other, "r+") as f:
+        f["train"]["y"][0] = 1 - f["train"]["y"][0]
+    train("initial", other, cfg, paths, progress=False, replace_stale=True)
+    err = capsys.readouterr().err
+    assert "other parameters or another patch set (the patch set); starting afresh" in err, err
     assert load_checkpoint(paths.checkpoints / "last.pt")["config"]["lr"] == 0.02
 
 
@@ -168,7 +178,8 @@ def test_a_checkpoint_of_other_parameters_is_refused_not_replaced(toy_run: dict,
             "--params-json", json.dumps(params), "--checkpoints", str(ck), "--no-progress"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert (f"{ck}: its last.pt was written for other parameters or another patch set: pass --checkpoints DIR "
+    assert (f"{ck}: its last.pt was written for other parameters or another patch set (train.epochs 2 -> 1, "
+            "train.lr 0.01 -> 0.02, train.samples_per_epoch 384 -> 64): pass --checkpoints DIR "
             "for a separate training, or --no-resume (or --restart-if-changed) to replace it") in err, err
     assert "Traceback" not in err and (ck / "last.pt").read_bytes() == before and not (tmp_path / "m.pt").exists()
     assert cli.main([*argv, "--restart-if-changed"]) == 0
@@ -177,7 +188,7 @@ def test_a_checkpoint_of_other_parameters_is_refused_not_replaced(toy_run: dict,
     # the checkpoint of a finished run holds nothing to resume: trained over, as before
     params["train"]["lr"] = 0.03
     assert cli.main(argv[:-5] + ["--params-json", json.dumps(params), "--checkpoints", str(ck), "--no-progress"]) == 0
-    assert "other parameters or another patch set; starting afresh" in capsys.readouterr().err
+    assert "other parameters or another patch set (train.lr 0.02 -> 0.03); starting afresh" in capsys.readouterr().err
 
 
 def test_a_hand_run_beside_a_pipeline_keeps_to_its_own_out(toy_run: dict, tmp_path: Path,

@@ -304,8 +304,6 @@ def fingerprint(cfg: TrainConfig, net: str, patches: Path, world_size: int) -> s
     the training code (source of this module, ``augment`` and ``model``: a fixed trainer must
     not resume a checkpoint of the old one), and the patch set (its root attributes, its size,
     and a hash of its labels and of a strided sample of its patches)."""
-    import h5py
-
     from bafusion.nets import augment, model
 
     d = {k: v for k, v in cfg.to_dict().items() if k not in TrainConfig.RUNTIME_KEYS}
@@ -317,6 +315,14 @@ def fingerprint(cfg: TrainConfig, net: str, patches: Path, world_size: int) -> s
     if cfg.init:  # the warm-start weights, not just their path
         with contextlib.suppress(OSError):
             h.update(Path(cfg.init).read_bytes())
+    _hash_patches(h, patches)
+    return h.hexdigest()
+
+
+def _hash_patches(h: Any, patches: Path) -> None:
+    """Feed the patch set's identity to the hash ``h`` (see :func:`fingerprint`)."""
+    import h5py
+
     h.update(json.dumps(read_attrs(patches), sort_keys=True, default=str).encode())
     h.update(str(patches.stat().st_size).encode())
     with h5py.File(patches, "r") as f:
@@ -328,7 +334,48 @@ def fingerprint(cfg: TrainConfig, net: str, patches: Path, world_size: int) -> s
                 if n:
                     step = max(1, n // 64)
                     h.update(np.asarray(f[split]["x"][0:n:step]).tobytes())
+
+
+def patches_digest(patches: Path) -> str:
+    """The patch set's part of :func:`fingerprint` alone (stored in checkpoints, so that a
+    refused or replaced one can say whether the patch set changed)."""
+    h = hashlib.sha256()
+    _hash_patches(h, patches)
     return h.hexdigest()
+
+
+def _what_changed(ck: Mapping[str, Any], cfg: TrainConfig, net: str, pdigest: str, most: int = 3) -> str:
+    """What differs between the run that wrote the checkpoint ``ck`` and this one, for the
+    user: up to ``most`` parameters as ``train.lr 0.01 -> 0.005``, and "the patch set"."""
+    def show(v: Any) -> str:
+        return json.dumps(v, default=str)
+
+    parts: list[str] = []
+    old = ck.get("config")
+    if isinstance(old, Mapping):
+        new = cfg.to_dict()
+        missing = object()
+        for k in sorted(set(old) | set(new)):
+            if k in TrainConfig.RUNTIME_KEYS:
+                continue
+            a, b = old.get(k, missing), new.get(k, missing)
+            if a != b:
+                parts.append(f"train.{k} {'(unset)' if a is missing else show(a)} -> "
+                             f"{'(unset)' if b is missing else show(b)}")
+    if isinstance(ck.get("net"), str) and ck["net"] != net:
+        parts.insert(0, f"net {ck['net']} -> {net}")
+    shown = parts[:most]
+    if len(parts) > most:
+        shown.append(f"{len(parts) - most} more")
+    old_digest = ck.get("patches_digest")
+    if isinstance(old_digest, str):
+        if old_digest != pdigest:
+            shown.append("the patch set")
+    elif not parts:
+        shown.append("the patch set or the training code")
+    if not shown:
+        shown.append("the training code or the --init weights")
+    return ", ".join(shown)
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -765,6 +812,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.milestones, gamma=cfg.gamma)
 
     fp = fingerprint(cfg, net, patches, dist.world_size)
+    pdigest = patches_digest(patches)
     last_path = paths.checkpoints / "last.pt"
     best_path = paths.checkpoints / "best.pt"
     start_epoch, global_step, samples_seen, train_time = 0, 0, 0, 0.0
@@ -788,7 +836,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 why = (f"was written by a run with {ck_world} process(es); this run has {dist.world_size} "
                        "(the number of processes changes the weights)")
             else:
-                why = "was written for other parameters or another patch set"
+                why = ("was written for other parameters or another patch set "
+                       f"({_what_changed(ck, cfg, net, pdigest)})")
             if not replace_stale and not ck.get("finished"):
                 # another training's resume state (the pipeline's, run by hand with other
                 # parameters): never replaced unasked. Every process sees the same file, so all
@@ -849,6 +898,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     def checkpoint_state(epoch: int, partial: torch.Tensor, partial_time: float) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT, "fingerprint": fp, "net": net, "config": cfg.to_dict(),
+            "patches_digest": pdigest,
             "model": _cpu_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "loader": loader.state_dict(), "rng": _rng_state(device), "epoch": epoch,
             "global_step": global_step, "samples_seen": samples_seen, "train_time": train_time,
