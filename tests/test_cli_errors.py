@@ -790,6 +790,7 @@ def parser(command=None):
     return p
 
 app.build_parser = parser
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as from a terminal, even when the tests run under nohup
 sys.exit(app.main(["evaluate"]))
 """
 

@@ -56,7 +56,7 @@ def test_below_the_threshold_the_result_is_the_plain_path(nets) -> None:
     a, b, _ = _scene(96, 128)
     plain = fuse_images(a, b, nets, FusionParams(working_side=0))
     default = fuse_images(a, b, nets, FusionParams())
-    assert set(default.seconds) == {"initial", "boundary", "post"}
+    assert set(default.seconds) == {"gray", "exposure", "colour", "initial", "boundary", "post"}
     assert np.array_equal(plain.fused, default.fused) and np.array_equal(plain.score_refined, default.score_refined)
 
 
