@@ -571,14 +571,15 @@ def test_fuse_dir_refuses_an_output_folder_that_is_a_stack_of_the_input(tmp_path
     assert (src / "beach" / "p2.png").is_file() and (src / "beach" / "p1.jpg").is_file()
 
 
-def test_align_with_16_bit_sources_says_the_output_is_8_bit(tmp_path: Path, nets: Path, capsys) -> None:
+def test_align_with_16_bit_sources_keeps_16_bits(tmp_path: Path, nets: Path, capsys) -> None:
+    """Was: aligned 16-bit shots were fused in 8 bits (a line said so); now at their depth."""
     a8, b8 = pair(1)
     for n, x in (("a", a8), ("b", b8)):
         (tmp_path / f"{n}.png").write_bytes(png16_bytes(x.astype(np.uint16) * 257))
     assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "f.png"),
                      "--model", str(nets), "--device", "cpu", "--align", "translation"]) == 0
-    assert "fused in 8 bits (--align" in capsys.readouterr().err
-    assert png_depth(tmp_path / "f.png")[0] == 8
+    assert "fused in 8 bits" not in capsys.readouterr().err
+    assert png_depth(tmp_path / "f.png")[0] == 16
 
 
 @pytest.mark.parametrize("case", ["same", "file", "missing", "ext"])

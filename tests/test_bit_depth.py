@@ -489,3 +489,46 @@ def test_a_16_bit_gray_alpha_png_is_gray_like_an_8_bit_one(tmp_path: Path, capsy
     f8, f16 = (np.asarray(Image.open(tmp_path / f"f{bits}.png")) for bits in ("8", "16"))
     assert np.array_equal(f16, f8.astype(np.uint16) * 257)
     assert image_info(tmp_path / "f16.png").gray
+
+
+
+def _moved_16_bit_pair(tmp_path: Path) -> tuple[np.ndarray, np.ndarray, Path, Path]:
+    """A 16-bit RGB pair of one textured scene, B moved by (7, 5) px, with detail below 8 bits."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:300, 0:300]
+    base = np.sin(xx / 7.0) * np.cos(yy / 11.0) * 0.4 + 0.5 + 0.1 * np.sin((xx + yy) / 23.0)
+    scene = np.clip(np.stack([base, base**1.3, 1 - base], -1), 0, 1) * 65000
+    scene = (scene + rng.integers(0, 256, scene.shape)).astype(np.uint16)
+    a, b = scene[10:270, 10:270], scene[15:275, 17:277]
+    return a, b, write_png(tmp_path / "a.png", a), write_png(tmp_path / "b.png", b)
+
+
+def test_aligned_16_bit_pair_is_fused_at_16_bits(tmp_path: Path, capsys) -> None:
+    """``fuse --align`` of 16-bit shots fused and wrote them in 8 bits (a note said so) while the
+    same shots unaligned kept 16; so did ``bafusion.fuse(align=...)`` (with a warning). The
+    full-depth shots now get the same registration and crop as their 8-bit copies, and each
+    pixel of the fusion is one of them."""
+    import warnings
+
+    from bafusion import fuse
+    from bafusion.fusion.align import align_images
+    from bafusion.io import read_source_set, scale_to_u8
+
+    a, b, pa, pb = _moved_16_bit_pair(tmp_path)
+    nets = _tiny_nets(tmp_path)
+    out = tmp_path / "f.png"
+    assert cli_main(["fuse", str(pa), str(pb), "-o", str(out), "--model", str(nets), "--align", "similarity",
+                     "--device", "cpu", "--no-progress"]) == 0
+    assert "fused in 8 bits" not in capsys.readouterr().err
+    full = read_source_set([out]).full
+    assert full is not None and full[0].dtype == np.uint16
+    f = full[0]
+    al = align_images([scale_to_u8(a, 16), scale_to_u8(b, 16)], "similarity")
+    assert al.warped[1]
+    fa, fb = al.apply([a, b])
+    assert f.shape == fa.shape and np.all((f == fa) | (f == fb))
+    assert (f % 257 != 0).any()  # the bits below 8 are there
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = fuse(a, b, model=str(nets), align="similarity", device="cpu")
+    assert r.dtype == np.uint16 and r.shape == fa.shape and np.all((r == fa) | (r == fb))

@@ -212,6 +212,25 @@ class Alignment:
     implausible: list[str | None] = field(default_factory=list)
     flat: list[bool] = field(default_factory=list)
     sizes: list[tuple[int, int]] = field(default_factory=list)
+    #: Interpolation the shots were resampled with (:func:`warp_to_first`'s ``order``).
+    order: int = 5
+
+    def apply(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The same registration and crop applied to other copies of the shots, of their sizes
+        (the full-depth uint16 versions of 8-bit shots that were aligned): each shot resampled
+        as its copy was (the same transform, interpolation and low-pass; a shot not resampled
+        is taken as it is), the dtype kept, and cropped to :attr:`crop`."""
+        h, w = self.size[1], self.size[0]
+        x0, y0, x1, y1 = self.crop
+        out = []
+        for i, im in enumerate(images):
+            im = np.asarray(im)
+            if self.warped[i]:
+                m = self.transforms[i]
+                im = warp_to_first(im, m, (h, w), order=self.order) if im.shape[:2] == (h, w) else \
+                    _to_frame(im, m, (h, w), self.order)
+            out.append(im[y0:y1, x0:x1])
+        return out
 
     def describe(self, names: Sequence[str] | None = None) -> list[str]:
         """One readable line per shot: its transform to the first (shift of the image centre,
@@ -774,7 +793,7 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
         quality.append(_match_quality(g0, g, clip0, _clipped(g) if clip is False else clip, common))
     cropped = [o[y0:y1, x0:x1] for o in out]
     return Alignment(model, transforms, rms, warped, quality, crop, cropped, time.perf_counter() - t0, (w, h),
-                     implausible, flat, sizes)
+                     implausible, flat, sizes, order)
 
 
 def check_alignment(al: Alignment, names: Sequence[str], *, force: str | None = "--force",

@@ -117,8 +117,8 @@ def fuse(
         14 or 16 bits that holds their largest value (12-bit camera data in uint16 is 12-bit),
         and the result keeps their values (uint8 arrays beside them are brought to that scale:
         x 257 at 16 bits); beside a file of more than 8 bits, all is on the 16-bit scale, as
-        files are read. False: the uint8 fusion. Alignment works on 8 bits, so with ``align``
-        the result is uint8 (a warning says so).
+        files are read. False: the uint8 fusion. With ``align`` the full-depth shots are
+        registered and cropped as their 8-bit copies are (the same transforms).
 
     Returns
     -------
@@ -167,10 +167,8 @@ def fuse(
         # a sideways shot (orientation tag missing): turning it helps, not the alignment
         check_turned(images, names, [i for i, q in enumerate(al.quality[1:], 1) if q is not None and q < MIN_QUALITY])
         check_alignment(al, names, force=None, unaligned='align="none"')  # as fuse --align without --force
-        if full is not None and keep_depth:
-            warnings.warn("sources of more than 8 bits are fused in 8 bits when aligned (alignment works on 8 bits)",
-                          stacklevel=2)
-        images, full = al.images, None
+        # the full-depth shots registered and cropped as their 8-bit copies were
+        images, full = al.images, (al.apply(full) if full is not None and keep_depth else None)
     nets = model if isinstance(model, FusionNets) else _cached_nets(
         None if model is None else str(model), device)
     deep = full is not None and keep_depth

@@ -119,7 +119,8 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
     (:func:`bafusion.io.read_source_set`), then align them (``align`` other than ``none``:
     :mod:`bafusion.fusion.align`, which also refuses two scenes) or check that they are one scene (:func:`bafusion.fusion.scene.check_one_scene`); unless
     ``force``, shots of two scenes are a :class:`UserError`. After alignment the set's uint8
-    images are the aligned ones and the full-depth ones are dropped (alignment works on 8 bits).
+    images are the aligned ones, and its full-depth ones (sources of more than 8 bits) are
+    registered and cropped alike (:meth:`bafusion.fusion.align.Alignment.apply`).
     With ``motion_hint`` and no alignment, a shot that moves against the first by more than
     :data:`bafusion.fusion.scene.HINT_MOTION_PX` gets a line on stderr that suggests ``--align``
     (:func:`bafusion.fusion.scene.motion_hints`). ``align='auto'``: ``similarity`` when a shot
@@ -179,10 +180,8 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
                     tqdm.write(line, file=sys.stderr)
                 src.images = aligned.images
                 align = "none"  # done
-                if src.full is not None:
-                    tqdm.write(f"bafusion: {names[0]}: sources of more than 8 bits fused in 8 bits (--align works on "
-                               "8-bit data)", file=sys.stderr)
-                    src.full = None
+                if src.full is not None:  # the full-depth shots registered and cropped alike
+                    src.full = aligned.apply(src.full)
             elif align == "auto":
                 say("checking whether the shots move")
                 align = _auto_align(judged, names, one_scene, resized)
@@ -200,11 +199,10 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
                     tqdm.write(f"bafusion: {line}", file=sys.stderr)
     if align != "none":
         say(f"aligning the shots ({align})")
-        src.images = align_for_fuse(src.images, names, align, force)
-        if src.full is not None:
-            tqdm.write(f"bafusion: {names[0]}: sources of more than 8 bits fused in 8 bits (--align works on "
-                       "8-bit data)", file=sys.stderr)
-            src.full = None
+        al = align_for_fuse(src.images, names, align, force, alignment=True)
+        src.images = al.images
+        if src.full is not None:  # the full-depth shots registered and cropped alike
+            src.full = al.apply(src.full)
     return src
 
 
@@ -943,11 +941,14 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
     return rep
 
 
-def align_for_fuse(images: list[np.ndarray], names: list[str], model: str, force: bool) -> list[np.ndarray]:
+def align_for_fuse(images: list[np.ndarray], names: list[str], model: str, force: bool, *,
+                   alignment: bool = False):
     """Register the shots to the first (:mod:`bafusion.fusion.align`), print one line per shot to
     stderr, refuse unless ``force`` an estimate that no hand-held focus pair shows
     (:func:`bafusion.fusion.align.implausible_motion`) and shots that are not one scene; returns
-    the cropped shots. Shots too flat to register are left as they are (a line says so)."""
+    the cropped shots (``alignment``: the :class:`bafusion.fusion.align.Alignment`, whose
+    ``apply`` registers other copies of the shots alike). Shots too flat to register are left as
+    they are (a line says so)."""
     from bafusion.fusion.align import align_images, check_alignment
 
     from bafusion.fusion.align import MIN_QUALITY
@@ -962,4 +963,4 @@ def align_for_fuse(images: list[np.ndarray], names: list[str], model: str, force
 
     for line in al.describe(names):
         tqdm.write(line, file=sys.stderr)  # between the lines of a fuse-dir bar, not into it
-    return al.images
+    return al if alignment else al.images
