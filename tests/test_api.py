@@ -297,6 +297,34 @@ def test_fuse_align_auto_behaves_as_the_command_line(tiny_nets: Path) -> None:
         bafusion.fuse(_scene(1), _scene(2), model=nets, align="auto")
 
 
+def test_fuse_align_auto_says_when_it_falls_back_to_the_shots_as_registered(tiny_nets: Path) -> None:
+    """``align="auto"`` left a shot it could not judge (too flat, or a thin strip too small)
+    unaligned in silence, where ``fuse --align auto`` says "fused as registered" on stderr; and
+    its warning of a failed estimate was a plain UserWarning. Every fall-back is now an
+    :class:`bafusion.fusion.scene.AutoAlignWarning` (a UserWarning) whose text is the command
+    line's line, and the shots are fused as registered."""
+    import warnings
+
+    from bafusion.fusion.scene import AutoAlignWarning
+
+    nets = load_nets_from_dir(tiny_nets, "cpu")
+    flat = np.full((128, 160), 120, np.uint8)
+    cases = {"too flat": (flat, flat + 3), "implausible": _line_pair(),
+             "too small": (_scene(1, 40, 400), _scene(1, 40, 400))}
+    for what, (a, b) in cases.items():
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            fused = bafusion.fuse(a, b, model=nets, align="auto")
+        lines = [str(w.message) for w in got if issubclass(w.category, AutoAlignWarning)]
+        assert len(lines) == 1 and lines[0].startswith('align="auto": source 2') and \
+            lines[0].endswith("fused as registered"), (what, [str(w.message) for w in got])
+        assert np.array_equal(fused, bafusion.fuse(a, b, model=nets, align="none")), what
+    with warnings.catch_warnings():  # a shot that moves is aligned: nothing to warn of
+        warnings.simplefilter("error", AutoAlignWarning)
+        s = _scene(3, 160, 200)
+        bafusion.fuse(s[10:138, 10:170], s[14:142, 13:173], model=nets, align="auto")
+
+
 def test_nets_or_params_passed_as_a_source_say_which_keyword_takes_them() -> None:
     """fuse(a, b, nets) said only 'source 3: expected a file path or a numpy array, got FusionNets'."""
     from bafusion.fusion import FusionNets

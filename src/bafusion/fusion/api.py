@@ -97,8 +97,10 @@ def fuse(
         ``"auto"``: ``"similarity"`` when a shot moves more than
         :data:`bafusion.fusion.scene.HINT_MOTION_PX` pixels against the first
         (:func:`bafusion.fusion.batch.auto_alignment`), else ``"none"``, as ``fuse --align
-        auto``: shots of two scenes are refused first, and a shot whose motion estimate failed
-        gets a :class:`UserWarning` (fused as registered). As ``fuse --align`` without
+        auto``: shots of two scenes are refused first, and a shot it could not judge -- its
+        motion estimate failed, or it is too flat or too small to judge -- is left as registered
+        with a :class:`bafusion.fusion.scene.AutoAlignWarning` (a :class:`UserWarning`) whose
+        text is the command line's line (catch it to know the shots were not aligned). As ``fuse --align`` without
         ``--force``, an alignment whose shots do not match (two scenes) or whose estimate no
         hand-held focus pair shows is refused
         (:func:`bafusion.fusion.align.check_alignment`). ``"none"``: the
@@ -224,7 +226,8 @@ def _auto_align(images: list[np.ndarray], names: list[str]):
     which refuses them when they do not: two scenes); else the model is chosen by
     :func:`bafusion.fusion.batch.auto_alignment`; a shot whose estimate failed (implausible, or
     matching worse than no motion) gets a warning with the command line's line, and is fused as
-    registered unless another shot moves."""
+    registered unless another shot moves; a shot too flat or too small to judge gets one too
+    (:class:`bafusion.fusion.scene.AutoAlignWarning`, as the failures)."""
     from bafusion.fusion.batch import AUTO_FAILURES, align_despite_scene_check, auto_alignment
     from bafusion.fusion.scene import MIN_CORRELATION, check_one_scene, shared_reductions
 
@@ -241,9 +244,11 @@ def _auto_align(images: list[np.ndarray], names: list[str]):
                                                            unaligned='align="none"', auto='align="auto"',
                                                            tell=lambda line: None)
         model, lines = auto_alignment(judged, names, True)
+    from bafusion.fusion.scene import AutoAlignWarning
+
     for verdict, text in lines:
-        if verdict in AUTO_FAILURES:
-            warnings.warn(f'align="auto": {text}', stacklevel=3)
+        if verdict in AUTO_FAILURES or verdict in ("too flat", "too small"):  # not judged: left as registered
+            warnings.warn(f'align="auto": {text}', AutoAlignWarning, stacklevel=3)
     return ("similarity" if resized and model == "none" else model), None  # a shot of another size is registered
 
 

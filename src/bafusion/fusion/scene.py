@@ -493,6 +493,15 @@ def moving_shots(images: Sequence[np.ndarray], threshold: float = HINT_MOTION_PX
     return [(sm.index, float(sm.px)) for sm in shot_motions(images, threshold) if sm.verdict == "moves"]
 
 
+class AutoAlignWarning(UserWarning):
+    """Issued by :func:`bafusion.fuse` with ``align="auto"`` for each shot it could not judge and
+    so leaves as registered (where ``fuse --align auto`` says so on stderr): its motion estimate
+    failed (``failed``, ``implausible``, ``error``) or the shot is too flat or too small to judge
+    (:class:`ShotMotion`'s verdicts). The text is the command line's line, after
+    ``align="auto": ``. Filter it with :mod:`warnings`; catch it to know that the fusion was not
+    aligned for that shot."""
+
+
 class MotionWarning(UserWarning):
     """Issued by :func:`bafusion.fuse` (``align=None``, its default) when a shot moves against
     the first by more than :data:`HINT_MOTION_PX`: the text is :func:`motion_hints`' line."""
