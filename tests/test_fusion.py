@@ -458,8 +458,51 @@ def test_cli_fuse_says_it_writes_the_maps(tmp_path: Path, model_dir: Path, scene
     if no_progress:
         assert lines == []
     else:
-        i = lines.index(f"bafusion fuse: writing maps to {maps} ...")
-        assert lines[i - 1] == "bafusion fuse: fusing 2 images ..." and lines[i + 1] == f"bafusion fuse: writing {out} ..."
+        i = lines.index(f"bafusion fuse: writing {out} ...")  # the fused image first, then the maps
+        assert lines[i - 1] == "bafusion fuse: fusing 2 images ..." and lines[i + 1] == f"bafusion fuse: writing maps to {maps} ..."
+
+
+@pytest.mark.parametrize("failing", ["output", "maps"])
+def test_cli_fuse_says_what_was_written_when_a_write_fails(tmp_path: Path, model_dir: Path, scene, capsys,
+                                                          monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    """``fuse --save-maps`` wrote the maps, then the fused image; a disk that filled up said only
+    "No space left on device (writing f.png, maps)": which of them was written, the user could not
+    tell (the maps were, the image was not). The image is now written first, and the error says
+    what was written and what was not."""
+    import errno
+
+    import bafusion.fusion.maps
+    import bafusion.io
+
+    pa, pb = _write_pair(tmp_path, scene)
+    out, maps = tmp_path / "f.png", tmp_path / "maps"
+    calls = []
+
+    def full_disk(real):
+        def write(path, *args, **kw):
+            calls.append(Path(path).name)
+            if (failing == "output" and Path(path) == out) or (failing == "maps" and len(calls) == 3):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(path, *args, **kw)
+        return write
+
+    if failing == "output":
+        monkeypatch.setattr(bafusion.io, "write_image", full_disk(bafusion.io.write_image))
+    else:
+        monkeypatch.setattr(bafusion.fusion.maps, "write_image", full_disk(bafusion.fusion.maps.write_image))
+    rc = cli_main(["fuse", str(pa), str(pb), "-o", str(out), "--model", str(model_dir), "--save-maps", str(maps),
+                   "--device", "cpu", "--l", "6", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    written = sorted(p.name for p in maps.iterdir()) if maps.is_dir() else []
+    if failing == "output":
+        assert not out.exists() and written == []
+        assert f"bafusion fuse: error: {out}: No space left on device: not written; nothing was written (the maps " \
+               "are written after the fused image)" in err, err
+    else:
+        assert out.is_file() and written == ["f-score-initial.png", "f-score-mean.png"]
+        assert (f"bafusion fuse: error: {maps}: No space left on device writing the maps: 2 of 9 map files written "
+                f"(f-score-initial.png, f-score-mean.png), the others not; the fused image {out} was written") in err, err
 
 
 def test_cli_fuse_writes_output_and_maps(tmp_path: Path, model_dir: Path, scene, capsys) -> None:

@@ -4,6 +4,7 @@ by :mod:`bafusion.fusion`."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -198,6 +199,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     check_distinct_sources(args.images)
     joint = params.stack_rule == "joint" and len(paths) > 2
     maps_line = ""
+    maps: list[str] = []  # the map files --save-maps writes
     if args.save_maps:
         # The maps' names are known before the work: none may be a source.
         from bafusion.fusion.maps import MAP_KEYS
@@ -228,32 +230,67 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         from bafusion.fusion.stack import fuse_stack_joint, save_stack_maps
 
         stack = fuse_stack_joint(images, nets, params, names)
-        if args.save_maps:
-            say(f"writing maps to {args.save_maps}")
-            save_stack_maps(Path(args.save_maps), out.stem, stack)
         fused = fused_output(src, stack, out)
+
+        def write_maps() -> None:
+            save_stack_maps(Path(args.save_maps), out.stem, stack)
     else:
         results = fuse_stack(images, nets, params, names, progress=args.progress)
-        if args.save_maps:
-            say(f"writing maps to {args.save_maps}")  # nine PNGs and Fig. 3 a step: a camera-size pair's 20-60 s
+        fused = fused_output(src, results, out)
+
+        def write_maps() -> None:
             cur = images[0]
             for i, res in enumerate(results):
                 stem = out.stem if len(results) == 1 else f"{out.stem}-step{i + 1:02d}"
                 save_maps(Path(args.save_maps), stem, res, cur, images[i + 1], alpha=other["alpha"])
                 cur = res.fused
-        fused = fused_output(src, results, out)
     for note in fused.notes:
         print(f"bafusion fuse: {note}", file=sys.stderr)
-    from bafusion.io import write_image as _write
+    import bafusion.io
 
+    # the fused image first, then the maps: a failing write says what was written and what not
     say(f"writing {out}")
-    _write(out, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits, dpi=fused.dpi,
-           png_colour=fused.png_colour)
+    try:
+        bafusion.io.write_image(out, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits, dpi=fused.dpi,
+                                png_colour=fused.png_colour)
+    except OSError as e:
+        if not args.save_maps:
+            raise
+        raise UserError(f"{out}: {_os_reason(e)}: not written; nothing was written (the maps are written after "
+                        "the fused image)") from e
+    if args.save_maps:
+        say(f"writing maps to {args.save_maps}")  # nine PNGs and Fig. 3 a step: a camera-size pair's 20-60 s
+        folder = Path(args.save_maps)
+        before = {name: _file_id(folder / name) for name in maps}
+        try:
+            write_maps()
+        except OSError as e:
+            done = [name for name in maps if _file_id(folder / name) not in (None, before[name])]
+            listed = ", ".join(done[:12]) + (", ..." if len(done) > 12 else "")
+            raise UserError(f"{folder}: {_os_reason(e)} writing the maps: "
+                            + (f"{len(done)} of {len(maps)} map files written ({listed}), the others not"
+                               if done else f"none of the {len(maps)} map files written")
+                            + f"; the fused image {out} was written") from e
     print(f"fused {len(paths)} images into {out} ({fused.seconds:.2f} s fusing on {nets.device}, "
           f"{time.perf_counter() - t_start:.2f} s in all with reading, loading the nets and writing)")
     if maps_line:
         print(f"bafusion fuse: {maps_line}", file=sys.stderr)
     return 0
+
+
+def _os_reason(e: OSError) -> str:
+    """An OSError's reason without its file name ("No space left on device")."""
+    return os.strerror(e.errno) if e.errno else (e.strerror or str(e) or type(e).__name__)
+
+
+def _file_id(p: Path) -> tuple[int, int] | None:
+    """The inode and modification time of ``p`` (None: none there): a file written anew (atomic:
+    a new inode) has another."""
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def _maps_line(folder: Path, stem: str, joint: bool, n: int) -> str:
