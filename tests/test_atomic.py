@@ -431,3 +431,90 @@ def test_an_os_error_naming_a_file_descriptor_is_one_line(monkeypatch: pytest.Mo
     monkeypatch.setattr(app, "build_parser", parser)
     assert app.main(["evaluate"]) == 2
     assert capsys.readouterr().err.strip() == "bafusion evaluate: error: 987654: Bad file descriptor"
+
+
+class _Busy(Exception):
+    def __init__(self, pid: int | None) -> None:
+        super().__init__(pid)
+        self.pid = pid
+
+
+def test_folder_lock_refuses_a_second_holder_naming_the_first_and_is_free_again_after(tmp_path: Path) -> None:
+    """fuse-dir's and train's folder locks are one function (they were two copies)."""
+    import subprocess
+    import sys
+
+    from bafusion.atomic import folder_lock
+
+    out = tmp_path / "new" / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from bafusion.atomic import folder_lock\n"
+         "with folder_lock(Path(sys.argv[1]), 'x.lock', busy=RuntimeError) as held:\n"
+         "    print('held', held, flush=True); time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held True"
+        assert (out / "x.lock").read_text() == f"{holder.pid}\n"
+        with pytest.raises(_Busy) as e:
+            with folder_lock(out, "x.lock", busy=_Busy):
+                pass
+        assert e.value.pid == holder.pid
+    finally:
+        holder.kill()  # killed, not ended: the OS releases its lock
+        holder.wait()
+    with folder_lock(out, "x.lock", busy=_Busy) as held:
+        assert held and (out / "x.lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(_Busy) as e:  # a second holder in one process too
+            with folder_lock(out, "x.lock", busy=_Busy):
+                pass
+        assert e.value.pid == os.getpid()
+    assert list(out.iterdir()) == []  # the lock file (the killed holder's, then ours) removed on release
+    with folder_lock(tmp_path / "gone", "x.lock", busy=_Busy, remove_created=True):
+        assert (tmp_path / "gone").is_dir()
+    assert not (tmp_path / "gone").exists()  # created by the call, left empty: removed
+    with folder_lock(out, "x.lock", busy=_Busy, remove_created=True):
+        pass
+    assert out.is_dir()  # there before: kept
+
+
+@pytest.mark.parametrize("code", ["ENOLCK", "EOPNOTSUPP"])
+def test_folder_lock_goes_on_without_a_lock_where_the_filesystem_has_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture, code: str) -> None:
+    import errno
+    import fcntl
+
+    from bafusion.atomic import folder_lock
+
+    def no_locks(fh, op):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = tmp_path / "nfs"
+    for _ in range(2):
+        with folder_lock(out, "x.lock", busy=_Busy) as held:
+            assert held is False and out.is_dir() and not (out / "x.lock").exists()
+            with folder_lock(out, "x.lock", busy=_Busy) as again:  # nothing to refuse a second one
+                assert again is False
+    err = capsys.readouterr().err
+    assert err == f"{out}: this filesystem does not support locks ({errno.errorcode[getattr(errno, code)]}): two runs into it are not kept apart\n"
+
+    def other(fh, op):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(fcntl, "flock", other)
+    with pytest.raises(OSError, match="I/O error"):  # not taken for a missing lock service
+        with folder_lock(out, "x.lock", busy=_Busy):
+            pass
+
+
+def test_folder_lock_names_a_lock_file_it_cannot_create(tmp_path: Path) -> None:
+    from bafusion.atomic import folder_lock
+    from bafusion.errors import UserError
+
+    out = tmp_path / "out"
+    (out / "x.lock").mkdir(parents=True)  # a folder in the way (root may write anywhere)
+    with pytest.raises(UserError, match=r"x\.lock: cannot create fuse-dir's lock: Is a directory"):
+        with folder_lock(out, "x.lock", busy=_Busy, what="fuse-dir's lock"):
+            pass
+    with pytest.raises(IsADirectoryError):
+        with folder_lock(out, "x.lock", busy=_Busy):
+            pass

@@ -20,8 +20,13 @@ import socket
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: folder_lock takes no lock
+    fcntl = None  # type: ignore[assignment]
 
 #: The signal that asked this process to stop (set by the command's handlers), or ``None``.
 _stop_signal: int | None = None
@@ -335,3 +340,82 @@ def locks_unsupported(e: OSError, folder: Path) -> bool:
         print(f"{folder}: this filesystem does not support locks ({name}): two runs into it are not kept apart",
               file=sys.stderr)
     return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, lock_name: str, *, busy: Callable[[int | None], BaseException],
+                what: str | None = None, remove_created: bool = False) -> Iterator[bool]:
+    """Hold an exclusive lock (``flock``) on ``folder`` for one run: on its file ``lock_name``,
+    created when missing and holding the holder's process id. Yields whether a lock is held.
+
+    The lock is taken without waiting: where another process holds it, ``busy(pid)`` is raised
+    (``pid`` the holder's process id as its lock file names it, ``None`` when unknown). The OS
+    releases the lock when the process ends, killed too; the lock file is removed on release
+    (while still held). A holder checks, once it has the lock, that the file it locked is still
+    the one at the path (another holder may have removed it in between), and takes the lock
+    again on the new file otherwise. ``folder`` is created when missing, and with
+    ``remove_created`` removed again on release when this call created it and it is left empty.
+
+    Where ``fcntl`` is missing (Windows), or the filesystem has no locks (``ENOLCK``: NFS
+    without lockd, some FUSE mounts), no lock is taken and ``False`` is yielded (the latter said
+    once per folder on stderr, :func:`locks_unsupported`). Another error of ``flock``, or one
+    creating ``folder``, is raised as the ``OSError`` it is; one creating the lock file too,
+    or with ``what`` (the lock's name for the user, e.g. ``"fuse-dir's lock"``) a
+    :class:`~bafusion.errors.UserError` ``<lock file>: cannot create <what>: <reason>``.
+    """
+    created = not folder.exists()
+    lock = folder / lock_name
+    fh = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:
+            yield False
+            return
+        while True:
+            folder.mkdir(parents=True, exist_ok=True)  # removed by an earlier holder that created it
+            try:
+                fh = open(lock, "a+")
+            except OSError as e:
+                if what is None:
+                    raise
+                from bafusion.errors import UserError
+
+                raise UserError(f"{lock}: cannot create {what}: {e.strerror or e}") from e
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                text = fh.read().strip()
+                fh.close()
+                fh = None
+                raise busy(int(text) if text.isdigit() else None) from None
+            except OSError as e:
+                fh.close()
+                fh = None
+                if not locks_unsupported(e, folder):
+                    raise
+                with contextlib.suppress(OSError):
+                    lock.unlink()
+                yield False  # no lock on this filesystem: go on without one
+                return
+            try:
+                if os.stat(lock).st_ino == os.fstat(fh.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            fh.close()  # the file locked was removed by its holder meanwhile: lock the one there now
+            fh = None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield True
+    finally:
+        if fh is not None:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+        if created and remove_created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty

@@ -43,13 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from bafusion.atomic import locks_unsupported
+from bafusion.atomic import folder_lock
 from bafusion.errors import InputFileError, UserError, is_out_of_memory
-
-try:
-    import fcntl
-except ImportError:  # Windows: fuse-dir takes no lock on its output folder (see output_lock)
-    fcntl = None  # type: ignore[assignment]
 from bafusion.io import (IMAGE_SUFFIXES, SourceSet, check_same_sizes, fit_jpeg_exif, image_info, keeps_16_bits,
                          read_source_set)
 
@@ -699,7 +694,7 @@ def output_lock(out: Path) -> Iterator[None]:
     taken without waiting; the OS releases it when the process ends, killed too. The lock file
     holds the holder's process id, named by the refusal, and is removed on release. Where
     ``fcntl`` is missing (Windows), or the filesystem has no locks (``ENOLCK``: NFS without
-    lockd, some FUSE mounts), no lock is taken (the latter said once on stderr).
+    lockd, some FUSE mounts), no lock is taken (the latter said once on stderr; :func:`bafusion.atomic.folder_lock`).
 
     Raises
     ------
@@ -710,49 +705,14 @@ def output_lock(out: Path) -> Iterator[None]:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"{out}: cannot create the output folder: {e.strerror or e}") from e
-    if fcntl is None:
+
+    def busy(pid: int | None) -> UserError:
+        who = f"process {pid}" if pid is not None else "another process"
+        return UserError(f"{out}: another bafusion fuse-dir ({who}) is writing into this output folder; "
+                         "wait for it to end, or give another output folder")
+
+    with folder_lock(out, LOCK_FILE, busy=busy, what="fuse-dir's lock"):
         yield
-        return
-    lock = out / LOCK_FILE
-    while True:
-        try:
-            fh = open(lock, "a+")
-        except OSError as e:
-            raise UserError(f"{lock}: cannot create fuse-dir's lock: {e.strerror or e}") from e
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            pid = fh.read().strip()
-            fh.close()
-            who = f"process {pid}" if pid.isdigit() else "another process"
-            raise UserError(f"{out}: another bafusion fuse-dir ({who}) is writing into this output folder; "
-                            "wait for it to end, or give another output folder") from None
-        except OSError as e:
-            fh.close()
-            if not locks_unsupported(e, out):
-                raise
-            with contextlib.suppress(OSError):
-                lock.unlink()
-            yield  # no lock on this filesystem: go on without one
-            return
-        try:
-            if os.stat(lock).st_ino == os.fstat(fh.fileno()).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        fh.close()  # the file locked was removed by its holder meanwhile: lock the one there now
-    try:
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            lock.unlink()
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
 
 
 def _inside(src: Path, out: Path) -> bool:

@@ -78,16 +78,11 @@ from typing import Any
 
 import numpy as np
 import torch
-
-try:
-    import fcntl
-except ImportError:  # Windows: checkpoints_lock takes no lock
-    fcntl = None  # type: ignore[assignment]
 import torch.nn.functional as F
 from torch import nn
 
 from bafusion import tracking
-from bafusion.atomic import atomic_file, locks_unsupported, write_text
+from bafusion.atomic import atomic_file, folder_lock, write_text
 from bafusion.errors import InputFileError, UserError
 from bafusion.nets.augment import (
     INPUT_SCALE,
@@ -637,7 +632,7 @@ def checkpoints_lock(folder: Path) -> Iterator[None]:
     ``last.pt`` and both would write into it. The lock is taken without waiting; the OS
     releases it when the process ends, killed too. Where ``fcntl`` is missing (Windows), or the
     filesystem has no locks (``ENOLCK``: NFS without lockd, some FUSE mounts), no lock is taken
-    (the latter said once on stderr).
+    (the latter said once on stderr; :func:`bafusion.atomic.folder_lock`).
 
     The lock file is removed when the lock is released (while still held), and ``folder``
     too when this call created it and it is left empty: a training refused after it took the
@@ -650,49 +645,12 @@ def checkpoints_lock(folder: Path) -> Iterator[None]:
     UserError
         Another process holds the lock.
     """
-    if fcntl is None:
+    def busy(pid: int | None) -> UserError:
+        return UserError(f"{folder}: another training is using this checkpoint folder "
+                         "(wait for it to end, or give --checkpoints another folder)")
+
+    with folder_lock(folder, LOCK_FILE, busy=busy, remove_created=True):
         yield
-        return
-    created = not folder.exists()
-    lock = folder / LOCK_FILE
-    while True:
-        folder.mkdir(parents=True, exist_ok=True)
-        fh = open(lock, "a")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
-            raise UserError(f"{folder}: another training is using this checkpoint folder "
-                            "(wait for it to end, or give --checkpoints another folder)") from None
-        except OSError as e:
-            fh.close()
-            if not locks_unsupported(e, folder):
-                raise
-            with contextlib.suppress(OSError):
-                lock.unlink()
-            try:
-                yield  # no lock on this filesystem: go on without one
-            finally:
-                if created:
-                    with contextlib.suppress(OSError):
-                        folder.rmdir()  # only when empty
-            return
-        try:
-            if os.stat(lock).st_ino == os.fstat(fh.fileno()).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        fh.close()  # the file locked was removed by the holder before: lock the one there now
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            lock.unlink()
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
-        if created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only when empty
 
 
 def train(net: str, patches: str | os.PathLike[str], cfg: TrainConfig, paths: Paths,
