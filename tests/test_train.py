@@ -1087,3 +1087,52 @@ def test_checkpoints_lock_goes_on_without_locks_where_the_filesystem_has_none(tm
     with checkpoints_lock(tmp_path / "empty"):
         pass
     assert not (tmp_path / "empty").exists()  # a folder it created is removed when left empty
+
+
+@pytest.mark.parametrize("case", ["restart-if-changed, other parameters", "restart-if-changed, same parameters",
+                                  "other parameters"])
+def test_an_interrupted_train_over_a_checkpoint_of_other_parameters_does_not_say_it_resumes(
+        toy_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+        case: str) -> None:
+    """With --restart-if-changed over an older run's last.pt of other parameters, stopped before
+    its first save, the advice said "rerun the same command: it resumes from last.pt", but the
+    rerun starts afresh over it (and without the option refuses it). Only a last.pt of this
+    run's parameters is said to be resumed."""
+    import time
+
+    import bafusion.cli.train as cli_train
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    ck = tmp_path / "ck"
+    params = {**TOY, "train": {**TOY["train"], "checkpoint_every": 5}}
+    monkeypatch.setenv(ABORT_ENV, "6")  # an older interrupted run
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", toy_run["h5"], resolve_config(params, "initial"),
+              Paths(out=tmp_path / "m.pt", checkpoints=ck, metrics=tmp_path / "metrics.json", plots=tmp_path / "p.csv"),
+              progress=False)
+    monkeypatch.delenv(ABORT_ENV)
+    old = time.time() - 3600
+    os.utime(ck / "last.pt", (old, old))
+    capsys.readouterr()
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # stopped before this run saved a checkpoint
+
+    monkeypatch.setattr(cli_train, "train", stopped)
+    if "other" in case:
+        params = {**TOY, "train": {**TOY["train"], "lr": 0.02}}
+    rc = cli.main(["train", "--net", "initial", "--patches", str(toy_run["h5"]), "--out", str(tmp_path / "m.pt"),
+                   "--params-json", json.dumps(params), "--checkpoints", str(ck), "--metrics",
+                   str(tmp_path / "metrics.json"), "--plots", str(tmp_path / "p.csv"), "--no-progress",
+                   *(["--restart-if-changed"] if "restart" in case else [])])
+    assert rc == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    if case == "restart-if-changed, same parameters":
+        assert last == f"bafusion train: interrupted; rerun the same command: it resumes from {ck / 'last.pt'}"
+    elif case == "restart-if-changed, other parameters":
+        assert last == ("bafusion train: interrupted; rerun the same command: no checkpoint was saved yet by this run, "
+                        f"so it starts afresh (over {ck / 'last.pt'}, of other parameters or another patch set)")
+    else:
+        assert last == (f"bafusion train: interrupted; {ck / 'last.pt'} is of other parameters or another patch set, "
+                        "and the same command refuses it: pass --checkpoints DIR for a separate training, or "
+                        "--restart-if-changed to replace it")

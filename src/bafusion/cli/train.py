@@ -284,19 +284,44 @@ def _relaunch_argv(args: argparse.Namespace, nproc: int, threads: int) -> list[s
 _MTIME_SLACK_S = 2.0
 
 
-def _resume_advice(args: argparse.Namespace, started: float) -> str:
+def _resume_advice(args: argparse.Namespace, started: float, run: dict[str, Any] | None = None) -> str:
     """How to continue a stopped training (begun at time ``started``): from its checkpoint, when
     a rerun resumes one. With ``--no-resume`` only a last.pt that this run wrote (an older run's
-    is the one it replaces); never a finished run's (a rerun trains from scratch)."""
-    last = _paths(args).checkpoints / "last.pt"
+    is the one it replaces); never a finished run's (a rerun trains from scratch); nor an older
+    run's of other parameters or another patch set (``run``: this run's ``cfg`` and ``nproc``,
+    once known), which a rerun replaces (``--restart-if-changed``, the pipeline's own training)
+    or refuses."""
+    paths = _paths(args)
+    last = paths.checkpoints / "last.pt"
     try:
         ours = last.stat().st_mtime >= started - _MTIME_SLACK_S
     except OSError:  # none
         ours = None
+    if ours is False and not args.no_resume and not _finished(last) and _same_run(args, last, run or {}) is False:
+        if args.restart_if_changed or _pipeline_training(args.net, paths):
+            return (f"rerun the same command: no checkpoint was saved yet by this run, so it starts afresh "
+                    f"(over {last}, of other parameters or another patch set)")
+        return (f"{last} is of other parameters or another patch set, and the same command refuses it: pass "
+                "--checkpoints DIR for a separate training, or --restart-if-changed to replace it")
     if ours is not None and (ours or not args.no_resume) and not _finished(last):
         again = "rerun it without --no-resume" if args.no_resume else "rerun the same command"
         return f"{again}: it resumes from {last}"
     return "rerun the same command: no checkpoint was saved yet by this run, so it starts afresh"
+
+
+def _same_run(args: argparse.Namespace, last: Path, run: dict[str, Any]) -> bool | None:
+    """Whether the checkpoint ``last`` is of this run's parameters, patch set and number of
+    processes (its fingerprint, as :func:`bafusion.nets.train.train` compares it); ``None``
+    when unknown (stopped before the parameters were read, or ``last`` unreadable)."""
+    if "cfg" not in run or "nproc" not in run:
+        return None
+    try:
+        from bafusion.nets.train import fingerprint, load_checkpoint
+
+        return bool(load_checkpoint(last).get("fingerprint") ==
+                    fingerprint(run["cfg"], args.net, Path(args.patches), run["nproc"]))
+    except Exception:  # noqa: BLE001 - advice only
+        return None
 
 
 def _finished(last: Path) -> bool:
@@ -312,15 +337,17 @@ def _finished(last: Path) -> bool:
 def run_cli(args: argparse.Namespace) -> int:
     from bafusion.cli.app import on_stop_say
 
+    run: dict[str, Any] = {}  # what the stop advice needs to know of this run, once known
     if "WORLD_SIZE" not in os.environ or _LAUNCHER_ENV not in os.environ:  # the command, not a worker it started
         started = time.time()
-        on_stop_say(lambda: _resume_advice(args, started))
+        on_stop_say(lambda: _resume_advice(args, started, run))
     cfg = _config_from_args(args)
     if Path(args.out).suffix != ".pt":
         # the description goes to <out>.json: with --out X.json it overwrote the weights
         raise UserError(f"--out {args.out}: give the model file a .pt suffix (its description is written "
                         "beside it as .json)")
     nproc = resolve_nproc(cfg.nproc, cfg.device)
+    run.update(cfg=cfg, nproc=int(os.environ.get("WORLD_SIZE") or nproc))  # the processes a run has
     if nproc > 1 and cfg.batch % nproc:  # checked by each child too, after torchrun started them
         raise UserError(f"train.batch={cfg.batch} must be divisible by the number of processes ({nproc})")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
