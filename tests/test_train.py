@@ -1136,3 +1136,23 @@ def test_an_interrupted_train_over_a_checkpoint_of_other_parameters_does_not_say
         assert last == (f"bafusion train: interrupted; {ck / 'last.pt'} is of other parameters or another patch set, "
                         "and the same command refuses it: pass --checkpoints DIR for a separate training, or "
                         "--restart-if-changed to replace it")
+
+
+@pytest.mark.parametrize("init", [False, True])
+def test_what_changed_names_only_what_can_have_changed(tmp_path: Path, init: bool) -> None:
+    """The refusal of a checkpoint whose recorded parameters and patch set match (or of an older
+    version's, without a recorded patch set) named "the --init weights" for a run without
+    train.init (and there is no --init option), and left them out of the older checkpoint's
+    fallback: it names the training code, the patch set where unrecorded, and the weights of
+    train.init only where a run has one."""
+    from bafusion.nets.train import _what_changed
+
+    params = {**TOY, "train": {**TOY["train"], **({"init": str(tmp_path / "w.pt")} if init else {})}}
+    cfg = resolve_config(params, "initial")
+    ck = {"config": cfg.to_dict(), "net": "initial"}
+    w = f"the weights of train.init={tmp_path / 'w.pt'}"
+    assert _what_changed({**ck, "patches_digest": "d"}, cfg, "initial", "d") == \
+        (f"the training code or {w}" if init else "the training code")
+    assert _what_changed(ck, cfg, "initial", "d") == \
+        (f"the patch set, the training code or {w}" if init else "the patch set or the training code")
+    assert _what_changed({**ck, "patches_digest": "e"}, cfg, "initial", "d") == "the patch set"

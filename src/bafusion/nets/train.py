@@ -366,11 +366,17 @@ def _what_changed(ck: Mapping[str, Any], cfg: TrainConfig, net: str, pdigest: st
     if isinstance(old_digest, str):
         if old_digest != pdigest:
             shown.append("the patch set")
-    elif not parts:
-        shown.append("the patch set or the training code")
-    if not shown:
-        shown.append("the training code or the --init weights")
+    elif not parts:  # a checkpoint of a version that did not record its patch set
+        shown.append(_either(["the patch set", "the training code",
+                              *([f"the weights of train.init={cfg.init}"] if cfg.init else [])]))
+    if not shown:  # the rest of the fingerprint: the code, and the warm-start file's content
+        shown.append(_either(["the training code", *([f"the weights of train.init={cfg.init}"] if cfg.init else [])]))
     return ", ".join(shown)
+
+
+def _either(items: list[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
