@@ -20,6 +20,7 @@ import socket
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -141,13 +142,65 @@ def _is_stale(wrap: Path) -> bool:
     return host == socket.gethostname() and owner != os.getpid() and not _pid_alive(owner)
 
 
+#: The leftovers this process has named (:func:`_note_kept`): once each.
+_said_kept: set[str] = set()
+
+
+def _kept_owner(wrap: Path) -> str | None:
+    """Who wrote the temporary folder ``wrap`` that :func:`_is_stale` keeps, for the user:
+    ``host <host> (process <pid>)``, ``process <pid> of another container or an earlier boot of
+    this host``, ``process <pid> of this host written by a bafusion version before 2026-12-05``
+    (a marker without PID namespace and boot); ``None`` for a folder without a readable marker
+    (not bafusion's) and for one of a process that runs here (a run in progress)."""
+    marker = wrap / PART_MARKER
+    if wrap.is_symlink() or not wrap.is_dir() or not marker.is_file() or marker.is_symlink():
+        return None
+    try:
+        host, pid, *rest = marker.read_text().split()
+        owner = int(pid)
+        fields = dict(field.split("=", 1) for field in rest)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if host != socket.gethostname():
+        return f"host {host} (process {owner})"
+    if not fields:
+        if owner == os.getpid() or _pid_alive(owner):
+            return None  # most likely a run in progress here (of an earlier version)
+        return f"process {owner} of this host written by a bafusion version before 2026-12-05"
+    if any(fields.get(key) != value for key, value in _identity().items()):
+        return f"process {owner} of another container or an earlier boot of this host"
+    return None  # ours: stale (removed) or running
+
+
+def _note_kept(wrap: Path) -> None:
+    """Say once on stderr that the leftover ``wrap`` of another host, container, boot or an
+    earlier version is kept (:func:`_is_stale` cannot tell whether its process still runs)."""
+    if str(wrap) in _said_kept:
+        return
+    who = _kept_owner(wrap)
+    if who is None:
+        return
+    _said_kept.add(str(wrap))
+    try:
+        hours = (time.time() - (wrap / PART_MARKER).stat().st_mtime) / 3600
+        age = f", begun {hours:.0f} h ago" if hours >= 1 else ""
+    except OSError:
+        age = ""
+    print(f"bafusion: note: {wrap}: the temporary folder of a write by {who}{age} is not removed (whether that "
+          "run still goes on cannot be told from here): remove it by hand once no run writes there", file=sys.stderr)
+
+
 def _remove_stale(pattern: str, folder: Path) -> list[Path]:
+    """Remove the leftovers ``pattern`` in ``folder`` of dead runs of this host (:func:`_is_stale`);
+    name those kept of another host, container, boot or earlier version (:func:`_note_kept`)."""
     removed = []
     with contextlib.suppress(OSError):  # an unreadable folder: nothing removed
         for wrap in folder.glob(pattern):
             if _is_stale(wrap):
                 _remove_part(wrap)
                 removed.append(wrap)
+            else:
+                _note_kept(wrap)
     return removed
 
 
@@ -259,7 +312,13 @@ def atomic_file(path: str | os.PathLike[str], *, name: str | None = None) -> Ite
     write of this module into that folder by a process of this host and PID namespace removes
     it, and every other leftover of a dead run of theirs there (:func:`remove_stale_parts_in`),
     once per folder and process. One left by another machine or container (PID namespace), or
-    by a version before 2026-12-05 (a marker without the namespace), stays until removed by hand."""
+    by a version before 2026-12-05 (a marker without the namespace), stays until removed by hand
+    (the sweep names it on stderr, once per process: :func:`_note_kept`).
+
+    A file or folder ``<name>.part`` beside ``path`` (the fixed temporary name of versions before
+    2026-12-04, left only by a run killed with SIGKILL or a crash) is never touched nor named: it
+    holds no marker, so nothing tells it from a file of the user's of that name or a download
+    in progress (:func:`part_path`); such a leftover is removed by hand."""
     final = Path(os.path.abspath(path))  # a chdir inside the block changes nothing
     if final.is_symlink():
         final = final.resolve()
