@@ -172,6 +172,39 @@ def test_an_8_bit_gray_tiff_with_associated_alpha_reads_as_gray_unpremultiplied(
     assert image_info(tmp_path / "la.tif").gray
 
 
+def test_a_16_bit_tiff_with_associated_alpha_reads_unpremultiplied(tmp_path: Path) -> None:
+    """16-bit RGB or gray + associated (premultiplied, ExtraSamples 1) alpha was read as
+    stored: darkened where alpha < 1 (half as bright at half opacity), unlike an 8-bit one,
+    which Pillow un-premultiplies. The samples are divided by alpha (65535 opaque), rounded,
+    as the 8-bit ones are; alpha 0 keeps its (zero) samples; unassociated alpha is untouched."""
+    import tifffile
+
+    rng = np.random.default_rng(3)
+    colour = rng.integers(0, 65536, (20, 30, 3)).astype(np.uint16)
+    alpha = rng.integers(1, 65536, (20, 30)).astype(np.uint16)
+    alpha[0, :5] = 0
+    alpha[1, :5] = 65535
+    colour[0, :5] = 0  # premultiplied by 0: nothing to recover
+    stored = np.round(colour.astype(float) * alpha[..., None] / 65535).astype(np.uint16)
+    # the exact inverse of the stored samples (what a reader can recover), clipped, alpha 0: 0
+    want = np.where(alpha[..., None] > 0, np.round(stored * 65535.0 / np.maximum(alpha, 1)[..., None]), 0)
+    want = np.clip(want, 0, 65535).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "rgb.tif", np.dstack([stored, alpha]), photometric="rgb", extrasamples=[1])
+    tifffile.imwrite(tmp_path / "rgbp.tif", np.moveaxis(np.dstack([stored, alpha]), -1, 0), photometric="rgb",
+                     extrasamples=[1], planarconfig="separate")
+    tifffile.imwrite(tmp_path / "gray.tif", np.dstack([stored[..., 1], alpha]), photometric="minisblack",
+                     extrasamples=[1])
+    tifffile.imwrite(tmp_path / "un.tif", np.dstack([stored, alpha]), photometric="rgb", extrasamples=[2])
+    src = read_source_set([tmp_path / "rgb.tif", tmp_path / "rgbp.tif", tmp_path / "gray.tif",
+                           tmp_path / "un.tif"], metadata=False)
+    assert src.full is not None
+    assert np.array_equal(src.full[0], want) and np.array_equal(src.full[1], want)
+    assert np.array_equal(src.full[2], want[..., 1])
+    assert np.array_equal(src.full[3], stored)  # unassociated: the colour as stored
+    assert np.array_equal(src.images[0], np.round(want / 65535 * 255).astype(np.uint8))
+    assert np.array_equal(read_image(tmp_path / "gray.tif"), np.round(want[..., 1] / 65535 * 255).astype(np.uint8))
+
+
 def test_a_mode_pillow_cannot_convert_is_named_not_an_internal_error(tmp_path: Path, monkeypatch) -> None:
     """A ValueError of Pillow's convert (after the file was read) names the file."""
     Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(tmp_path / "c.png")

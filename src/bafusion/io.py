@@ -12,8 +12,9 @@ and metadata) -- the same rules for fusion, metrics, baselines, figures and the 
 * **Modes.** 8-bit gray (``L``), gray + alpha (``LA``; also at 16 bits, which Pillow opens as
   RGBA) and 1-bit (``1``, read as 0/255) give a gray (H, W) array; everything else (RGB, RGBA, palette with or without transparency,
   CMYK, YCbCr, ...) gives RGB (H, W, 3). Alpha is dropped (never composited); associated
-  (premultiplied) alpha of an 8-bit TIFF (Pillow's modes ``La``, gray, and ``RGBa``) is first
-  divided out, as Pillow converts ``RGBa`` (samples of alpha 0 keep theirs), so that the gray or
+  (premultiplied) alpha of a TIFF (8-bit: Pillow's modes ``La``, gray, and ``RGBa``; 16-bit,
+  read with tifffile: :func:`_unpremultiplied`, rounded) is first divided out, as Pillow
+  converts ``RGBa`` (samples of alpha 0 keep theirs), so that the gray or
   colour read is the one a viewer shows on full opacity, as for unassociated alpha. ``rgb=True``
   replicates gray to three channels (the data stages' foregrounds and backgrounds).
 * **Bit depth.** Files of at most 8 bits per sample are used as they are. Files of more (16-bit
@@ -1123,18 +1124,39 @@ def _read_tiff_samples(path: Path, depth: int) -> np.ndarray:
                 raise InputFileError(path, f"{depth}-bit TIFF in colour space {photometric.name} is not supported: "
                                            "save the shots as RGB or gray")
             planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and page.samplesperpixel > 1
-            a = np.asarray(page.asarray(), dtype=np.float64)
+            colours = 3 if photometric == tifffile.PHOTOMETRIC.RGB else 1
+            extra = tuple(page.extrasamples or ())
+            # associated (premultiplied) alpha: its sample, and its value of full opacity
+            assoc = colours + extra.index(tifffile.EXTRASAMPLE.ASSOCALPHA) if 1 in extra else None
+            raw = page.asarray()
+            opaque = float(np.iinfo(raw.dtype).max) if raw.dtype.kind in "ui" else 1.0
+            a = np.asarray(raw, dtype=np.float64)
+            del raw
     except InputFileError:
         raise
     except Exception as e:  # noqa: BLE001 - tifffile raises many types for bad files
         raise InputFileError(path, f"unreadable {depth}-bit TIFF ({e.__class__.__name__}: {e})") from e
     if a.ndim == 3 and planar:  # (samples, H, W); a guess by shape took a 3-4 px tall image for one
         a = np.moveaxis(a, 0, -1)
+    if assoc is not None and a.ndim == 3 and a.shape[2] > assoc:
+        a = _unpremultiplied(a[..., :colours], a[..., assoc], opaque)
     if a.ndim == 3:
         a = a[..., 0] if a.shape[2] <= 2 else a[..., :3]
     if a.ndim != 2 and not (a.ndim == 3 and a.shape[2] == 3):
         raise InputFileError(path, f"unsupported TIFF layout {a.shape}")
     return a
+
+
+def _unpremultiplied(colour: np.ndarray, alpha: np.ndarray, opaque: float) -> np.ndarray:
+    """Samples ``colour`` (H, W, C) stored premultiplied by ``alpha`` (H, W; ``opaque`` = full
+    opacity) divided by it, ``round(v * opaque / alpha)`` clipped to [0, ``opaque``], as Pillow
+    un-premultiplies an 8-bit TIFF's (``RGBa``, where it truncates); samples of alpha 0 keep
+    theirs (zero in a valid file). What a viewer shows on full opacity, as for unassociated
+    alpha."""
+    out = colour * opaque
+    np.divide(out, alpha[..., None], out=out, where=alpha[..., None] > 0)
+    np.round(out, out=out)
+    return np.clip(out, 0.0, opaque, out=out)
 
 
 _TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, either byte order
