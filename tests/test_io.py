@@ -350,7 +350,7 @@ def test_a_photo_whose_exif_pillow_cannot_rewrite_is_read_and_turned(tmp_path: P
     """A photo with an Orientation tag and another tag of the wrong type: Pillow's
     exif_transpose rewrites the EXIF and raised TypeError / struct.error, an "internal error"
     of ``fuse``, ``fuse-dir`` and ``metrics``. The pixels are read and turned by the
-    orientation; the EXIF, which cannot be written back, is dropped from a fusion with a note."""
+    orientation; the tag that cannot be written back is dropped from a fusion's EXIF with a note."""
     from bafusion.cli import main
 
     Image.fromarray(np.rot90(rgb, 1)).save(tmp_path / "odd.png", exif=_odd_exif(6, other))
@@ -359,9 +359,54 @@ def test_a_photo_whose_exif_pillow_cannot_rewrite_is_read_and_turned(tmp_path: P
     Image.fromarray(np.rot90(rgb, 1)).save(tmp_path / "odd.jpg", exif=_odd_exif(6, other))
     assert read_image(tmp_path / "odd.jpg").shape == rgb.shape
     src = read_source_set([tmp_path / "odd.png", tmp_path / "plain.png"])
-    assert src.exif is None and any("odd.png" in n and "EXIF" in n for n in src.notes)
+    assert src.exif is not None and any("odd.png" in n and "EXIF" in n for n in src.notes)  # the rest kept
+    kept = Image.Exif()
+    kept.load(src.exif)
+    assert dict(kept) == {0x0112: 1}
     odd, plain = str(tmp_path / "odd.jpg"), str(tmp_path / "plain.png")
     assert main(["metrics", odd, plain, plain, "--metrics", "QG"]) == 0
+
+
+def _camera_exif_with(*malformed: int) -> bytes:
+    """A camera's EXIF block (big-endian, as Pillow writes it): Make, Model, DateTime,
+    Orientation 6, X/YResolution, an Exif sub-IFD (ExposureTime, FNumber, DateTimeOriginal) and
+    a GPS one (GPSLatitudeRef, GPSAltitude), each ``malformed`` tag (a RATIONAL one) retyped as
+    8 bytes of text, which Pillow reads but cannot write back."""
+    import struct
+
+    ex = Image.Exif()
+    ex[0x010F], ex[0x0110], ex[0x0112], ex[0x0132] = "Canon", "EOS R5", 6, "2024:05:01 10:00:00"
+    ex[0x011A], ex[0x011B], ex[0x0128] = 300.0, 300.0, 2
+    ex[0x8769] = {0x829A: 0.004, 0x829D: 2.8, 0x9003: "2024:05:01 09:59:59"}
+    ex[0x8825] = {0x0001: "N", 0x0006: 120.5}
+    data = ex.tobytes()
+    for tag in malformed:
+        i = data.find(struct.pack(">HHI", tag, 5, 1))  # the RATIONAL entry
+        assert i > 0
+        data = data[:i] + struct.pack(">HHI", tag, 2, 8) + data[i + 8:]  # its 8 bytes (at its offset) as text
+    return data
+
+
+def test_a_malformed_exif_tag_is_dropped_and_the_rest_kept(tmp_path: Path, rgb) -> None:
+    """One tag of a type Pillow cannot write back (XResolution as text in IFD0, GPSAltitude as
+    text in the GPS sub-IFD) dropped the whole EXIF (date, camera, exposure) from the output.
+    Now only those tags are dropped, each tried on its own; the note names them."""
+    from bafusion.io import source_metadata
+
+    Image.fromarray(rgb).save(tmp_path / "odd.jpg", exif=_camera_exif_with(0x011A, 0x0006))
+    src = read_source_set([tmp_path / "odd.jpg"])
+    assert src.exif is not None
+    ex = Image.Exif()
+    ex.load(src.exif)
+    assert (ex[0x010F], ex[0x0110], ex[0x0132], ex[0x0112]) == ("Canon", "EOS R5", "2024:05:01 10:00:00", 1)
+    assert ex[0x011B] == 300.0 and 0x011A not in ex
+    sub = ex.get_ifd(0x8769)
+    assert (sub[0x829A], sub[0x829D], sub[0x9003]) == (0.004, 2.8, "2024:05:01 09:59:59")
+    assert ex.get_ifd(0x8825) == {0x0001: "N"}
+    [note] = [n for n in src.notes if "EXIF" in n]
+    assert "odd.jpg" in note and "XResolution" in note and "GPSAltitude" in note
+    assert "the output carries the rest of its EXIF" in note
+    assert source_metadata(tmp_path / "odd.jpg")[0] == src.exif
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif"])

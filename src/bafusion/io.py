@@ -162,7 +162,7 @@ def _exif_transposed(im: Image.Image) -> Image.Image:
     EXIF block, which raises (TypeError, struct.error, ...) when another tag has a type Pillow
     cannot write back (XResolution or ImageWidth as text): then the orientation is read from
     ``getexif()`` and applied here, the pixels alone (the EXIF of the output is
-    :func:`source_metadata`'s, which drops such a block with a note)."""
+    :func:`source_metadata`'s, which drops such tags with a note)."""
     try:
         return ImageOps.exif_transpose(im) or im
     except MemoryError:
@@ -1389,14 +1389,15 @@ def source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes |
     """(EXIF block with the orientation reset to 1, ICC profile) of an image file, each None
     when absent; a file Pillow cannot open has neither (a TIFF it cannot identify: its ICC
     profile only, read with tifffile). From a TIFF only its descriptive tags and its Exif and
-    GPS sub-IFDs are kept (its other tags describe its own layout). An EXIF block Pillow
-    reads but cannot write back (a tag of the wrong type, e.g. XResolution as text) is
-    dropped: :func:`_source_metadata` says so."""
+    GPS sub-IFDs are kept (its other tags describe its own layout). Of an EXIF block Pillow
+    reads but cannot write back (a tag of the wrong type, e.g. XResolution as text) the tags
+    it cannot write are dropped, the rest kept (:func:`_exif_without_malformed`; all of it
+    when the rest still cannot be written): :func:`_source_metadata` says so."""
     return _source_metadata(path)[:2]
 
 
 def _source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes | None, str | None]:
-    """:func:`source_metadata` and the note for the user when an EXIF block was dropped."""
+    """:func:`source_metadata` and the note for the user when EXIF tags (or the block) were dropped."""
     try:
         with _quiet_pillow(), Image.open(path) as im:
             icc = im.info.get("icc_profile") or None
@@ -1412,14 +1413,73 @@ def _source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes 
             except MemoryError:
                 raise
             except Exception as e:  # noqa: BLE001 - Pillow's EXIF writer: any error of a malformed tag
-                return None, icc, (f"{os.fspath(path)}: its EXIF block is malformed ({e.__class__.__name__}: {e}): "
-                                   "the output carries no EXIF")
+                error = e
+            data, dropped = _exif_without_malformed(exif)
+            why = f"{error.__class__.__name__}: {error}"
+            if data is None:
+                return None, icc, (f"{os.fspath(path)}: its EXIF block is malformed ({why}): the output carries "
+                                   "no EXIF")
+            return data, icc, (f"{os.fspath(path)}: its EXIF has malformed tags, of a type that cannot be written "
+                               f"back ({', '.join(dropped)}): the output carries the rest of its EXIF without them")
     except UnidentifiedImageError:
         return None, _tiff_icc(Path(path)), None  # a 16-bit gray + alpha TIFF: tifffile reads its profile
     except MemoryError as e:
         raise _damaged_or(Path(path), e) from e
     except Exception:  # noqa: BLE001 - any error of Pillow's readers (a bomb, a damaged header): no metadata
         return None, None, None
+
+
+#: The EXIF sub-IFDs rewritten tag by tag (:func:`_exif_without_malformed`): Exif, GPS.
+_EXIF_SUB_IFDS = (0x8769, 0x8825)
+
+
+def _exif_without_malformed(exif: Image.Exif) -> tuple[bytes | None, list[str]]:
+    """An EXIF block Pillow cannot write back (a tag of a type it cannot write: XResolution
+    as text) without the tags it cannot write, each tried on its own (those of IFD0, of the
+    Exif sub-IFD with its Interoperability IFD, and of the GPS sub-IFD), and the names of the
+    dropped ones; ``(None, names)`` when the rest still cannot be written. Only tags Pillow
+    read and wrote back are kept, re-serialised: the raw block is not copied, since the
+    orientation must be reset and a malformed block's offsets cannot be trusted."""
+    from PIL import ExifTags
+
+    def writes(tag: int, value: object, where: int | None) -> bool:
+        trial = Image.Exif()
+        trial[where if where is not None else tag] = {tag: value} if where is not None else value
+        try:
+            trial.tobytes()
+        except MemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - Pillow's EXIF writer: any error of a malformed tag
+            return False
+        return True
+
+    def name(tag: int, where: int | None) -> str:
+        names = ExifTags.GPSTAGS if where == 0x8825 else ExifTags.TAGS
+        return names.get(tag) or f"tag 0x{tag:04X}"
+
+    dropped: list[str] = []
+    ifds: dict[int | None, dict] = {None: exif}  # type: ignore[dict-item]
+    for ifd in _EXIF_SUB_IFDS:
+        if ifd in exif:
+            ifds[ifd] = exif.get_ifd(ifd)
+    try:
+        if 0xA005 in ifds.get(0x8769, {}):  # Interoperability, within the Exif sub-IFD: as one
+            ifds[0x8769][0xA005] = exif.get_ifd(0xA005)
+        for where, tags in ifds.items():
+            for tag in list(tags):
+                if where is None and tag in _EXIF_SUB_IFDS:
+                    continue  # a sub-IFD: its tags are tried
+                if not writes(tag, tags[tag], where):
+                    del tags[tag]
+                    dropped.append(name(tag, where))
+        for ifd in _EXIF_SUB_IFDS:  # a sub-IFD left empty is left out
+            if ifd in ifds and not ifds[ifd]:
+                del exif[ifd]
+        return exif.tobytes(), dropped
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - the rest still cannot be written: none of it
+        return None, dropped
 
 
 def source_dpi(path: str | os.PathLike[str]) -> tuple[float, float] | None:
