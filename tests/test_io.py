@@ -972,6 +972,53 @@ def test_a_tiffs_resolution_unit_none_or_missing(tmp_path: Path) -> None:
             assert source_dpi(tmp_path / f"{name}-out{suffix}") is None
 
 
+def _jpeg_with(path: Path, res: dict[int, object] | None, *, jfif: bool = True, **save) -> Path:
+    """A small JPEG with an EXIF of a camera make and the resolution tags ``res`` (None: no
+    EXIF); without its JFIF (APP0) segment when not ``jfif``, as cameras write them."""
+    exif = None
+    if res is not None:
+        ex = Image.Exif()
+        ex[0x010F] = "Canon"
+        for tag, v in res.items():
+            ex[tag] = v
+        exif = ex.tobytes()
+    Image.fromarray(np.full((8, 10, 3), 90, np.uint8)).save(path, **({"exif": exif} if exif else {}), **save)
+    if not jfif:
+        data = path.read_bytes()
+        assert data[2:4] == b"\xff\xe0"
+        path.write_bytes(data[:2] + data[4 + int.from_bytes(data[4:6], "big"):])
+    return path
+
+
+def test_a_jpegs_resolution_is_what_it_states_not_pillows_72_dpi(tmp_path: Path) -> None:
+    """A JPEG whose EXIF has no XResolution/YResolution (JFIF density of no unit, or no JFIF)
+    was read as 72 dpi (Pillow's fallback for a JPEG with EXIF) and the output claimed 72
+    dpi; one with no ResolutionUnit (inch, the EXIF default) too; and YResolution was taken
+    from XResolution. Now the EXIF's resolution as stated, none where it states none."""
+    from bafusion.io import read_source_set, source_dpi, write_image
+
+    X, Y, U = 0x011A, 0x011B, 0x0128
+    cases = {
+        "exif-nores": (_jpeg_with(tmp_path / "a.jpg", {}), None),
+        "camera-nores": (_jpeg_with(tmp_path / "b.jpg", {}, jfif=False), None),
+        "no-unit": (_jpeg_with(tmp_path / "c.jpg", {X: 300.0, Y: 300.0}, jfif=False), (300.0, 300.0)),
+        "x-and-y": (_jpeg_with(tmp_path / "d.jpg", {X: 300.0, Y: 150.0, U: 2}), (300.0, 150.0)),
+        "cm": (_jpeg_with(tmp_path / "e.jpg", {X: 118.11, Y: 118.11, U: 3}), (300.0, 300.0)),
+        "unit-none": (_jpeg_with(tmp_path / "f.jpg", {X: 2.0, Y: 1.0, U: 1}), None),
+        "x-only": (_jpeg_with(tmp_path / "g.jpg", {X: 300.0, U: 2}), (300.0, 300.0)),  # square pixels (as Pillow)
+        "jfif-dpi": (_jpeg_with(tmp_path / "h.jpg", {}, dpi=(200, 200)), (200.0, 200.0)),
+        "no-exif": (_jpeg_with(tmp_path / "i.jpg", None), None),
+    }
+    got = {name: source_dpi(p) for name, (p, _) in cases.items()}
+    assert got == {name: want for name, (_, want) in cases.items()}
+    s = read_source_set([tmp_path / "a.jpg"] * 2)
+    assert s.dpi is None
+    write_image(tmp_path / "out.jpg", s.images[0], dpi=s.dpi, exif=s.exif)
+    with Image.open(tmp_path / "out.jpg") as im:
+        assert im.info.get("jfif_unit") == 0  # the output states no resolution either
+        assert 0x011A not in im.getexif()
+
+
 def test_a_16_bit_tiffs_resolution_is_read_and_written(tmp_path: Path) -> None:
     import tifffile
 

@@ -1484,7 +1484,8 @@ def _exif_without_malformed(exif: Image.Exif) -> tuple[bytes | None, list[str]]:
 
 def source_dpi(path: str | os.PathLike[str]) -> tuple[float, float] | None:
     """The resolution of an image file in dots per inch (x, y), as Pillow reads it (JPEG: JFIF
-    density, else its EXIF's; PNG: ``pHYs`` in pixels per metre; TIFF: XResolution/YResolution
+    density in inches or cm, else its EXIF's as stated: :func:`_exif_dpi`, not Pillow's 72 dpi
+    of a JPEG whose EXIF has none; PNG: ``pHYs`` in pixels per metre; TIFF: XResolution/YResolution
     in inches or centimetres, in inches without a ResolutionUnit tag (the TIFF specification's
     default); BMP); a TIFF Pillow cannot identify is read with tifffile. None without one (also
     a TIFF without XResolution/YResolution, which Pillow reads as 1 dpi, and a resolution of
@@ -1499,6 +1500,13 @@ def source_dpi(path: str | os.PathLike[str]) -> tuple[float, float] | None:
             tags = getattr(im, "tag_v2", None) if im.format == "TIFF" else None
             if tags is not None and not (282 in tags and 283 in tags):
                 dpi = None  # no XResolution/YResolution: Pillow says 1 dpi (its default of 1/1 per inch)
+            if im.format in ("JPEG", "MPO") and im.info.get("jfif_unit") not in (1, 2):
+                # no JFIF density in inches or cm: Pillow reads the EXIF's, or says 72 dpi without it
+                try:
+                    exif = header_exif(im, path)
+                except Exception:  # noqa: BLE001 - an EXIF Pillow cannot read: no resolution from it
+                    exif = Image.Exif()
+                dpi = _exif_dpi(exif)
     except UnidentifiedImageError:
         dpi = _tiff_dpi(Path(path))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
@@ -1510,6 +1518,24 @@ def source_dpi(path: str | os.PathLike[str]) -> tuple[float, float] | None:
     if not (math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0):
         return None
     return whole(x), whole(y)
+
+
+def _exif_dpi(exif: Image.Exif) -> tuple[float, float] | None:
+    """The resolution an EXIF block (IFD0) states, in dots per inch: XResolution and
+    YResolution (XResolution alone: square pixels) in its ResolutionUnit, inch without one
+    (the EXIF default), centimetre; None without XResolution or with unit 1 (no absolute
+    unit). Pillow's JPEG reader instead says 72 dpi for a JPEG with EXIF but no resolution
+    (or no ResolutionUnit), which was carried to the output, and takes YResolution from
+    XResolution."""
+    try:
+        per = {2: 1.0, 3: 2.54}.get(int(exif.get(0x0128, 2)))
+        x = exif.get(0x011A)
+        if per is None or x is None:
+            return None
+        y = exif.get(0x011B, x)
+        return float(x) * per, float(y) * per
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):  # a malformed tag: no resolution
+        return None
 
 
 def _tiff_dpi(path: Path) -> tuple[float, float] | None:
