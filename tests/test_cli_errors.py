@@ -833,3 +833,27 @@ def test_out_of_memory_advice_is_the_commands_own(work: Path, capsys, monkeypatc
     assert "-megapixel pair needs about" in err and "MiB per megapixel" in err and "--working-side 0" in err
     assert "train.batch" in app._memory_advice(argparse.Namespace(command="train"))
     assert "--pattern" in app._memory_advice(argparse.Namespace(command="evaluate"))
+
+
+def test_evaluate_missing_reference_image_names_the_command_lines_methods(work: Path, capsys) -> None:
+    """With --dataset NAME=PAIRS,REF the reference methods are REF's sub-folders, not the paper's six:
+    the message listed '(default NSCT, SR, ...)' though those were never asked for: it names the
+    methods the dataset reads."""
+    _evd(work)
+    (work / "ref" / "Mine").mkdir(parents=True)  # a method folder without the pair's image
+    rc = cli_main(["evaluate", "--dataset", "x=evd,ref", "--out", "ev4", "--methods", "Laplacian", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    line = err.strip().splitlines()[-1]  # after the note naming the reference methods it found
+    assert line.startswith("bafusion evaluate: error: ") and "Mine/g01-clock.*" in line, err
+    assert "default NSCT" not in line and "reference_methods, here Mine," in line, line
+    assert not (work / "ev4").exists()
+
+
+def test_evaluate_figure_pair_outside_pattern_says_so(work: Path, capsys) -> None:
+    """--figure-pair naming a pair that --pattern leaves out said only 'is not one of its pairs'."""
+    _evd(work)
+    for k, src in (("A", "a.png"), ("B", "b.png")):
+        (work / "evd" / f"t01-leaf-{k}.png").write_bytes((work / src).read_bytes())
+    _refused([*EVD, "--pattern", "g*", "--figure-pair", "t01-leaf"], capsys, work,
+             "--figure-pair 't01-leaf'", "--pattern 'g*'", "g01-clock")

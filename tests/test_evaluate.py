@@ -893,8 +893,8 @@ def test_missing_reference_methods_error_says_which_key_selects_them(tmp_path: P
     assert cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(tmp_path / "ev")]) == 2
     err = capsys.readouterr().err
     assert ("6 fused image(s) of method(s) 'NSCT', 'SR', 'NSCT-SR', 'GFF', 'DSIFT', 'CNN' missing" in err
-            and "the methods read from the reference folder are the dataset's reference_methods (default NSCT, "
-                "SR, NSCT-SR, GFF, DSIFT, CNN), each in <reference>/<METHOD>/<pair>.<ext>; its sub-folders: MyGFF"
+            and "the methods read from the reference folder are the dataset's reference_methods, here NSCT, "
+                "SR, NSCT-SR, GFF, DSIFT, CNN (the default: the paper's six), each in <reference>/<METHOD>/<pair>.<ext>; its sub-folders: MyGFF"
             in err), err
 
 
@@ -968,4 +968,4 @@ def test_dataset_flag_keeps_the_params_files_figure_pair_and_figure_pair_flag(tm
     err = capsys.readouterr().err
     assert "figure_pair 'p2' of " in err and "params.yaml's dataset 't' is not among" in err, err
     assert cli_main([*base, "--out", str(tmp_path / "ev4"), "--figure-pair", "p9"]) == 2
-    assert "figure_pair 'p9' is not one of its pairs" in capsys.readouterr().err
+    assert "--figure-pair 'p9' is not among the pairs of " in capsys.readouterr().err

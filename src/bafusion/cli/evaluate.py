@@ -110,6 +110,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = parse_config(section_, root, source="command line" if flagged else "parameters")
     if args.dataset and inherited:
         cfg = _inherited_figure_pair(cfg, inherited, args.params_file)
+    if args.dataset and args.figure_pair:
+        _check_figure_pair(cfg, args.figure_pair)
     check_report_paths(cfg, args.out, args.report, args.plots)  # before any work: inputs are never overwritten
     check_datasets(cfg)  # a missing reference image or peer value: before the nets are loaded
     threads = args.threads or section(params, "evaluate")["threads"]
@@ -164,6 +166,22 @@ def _json_dataset(params_json: str | None, name: str) -> dict[str, Any]:
                         "which --dataset would drop: name the dataset as one of them to take its settings (e.g. "
                         "reference_methods), or leave 'datasets' out of --params-json")
     return {k: v for k, v in datasets[names.index(name)].items() if k not in ("sources", "reference", "pattern")}
+
+
+def _check_figure_pair(cfg, pair: str) -> None:
+    """--figure-pair names one of the pairs --dataset (and --pattern) select: else refused
+    naming both options and the pairs there are (the dataset check said only 'figure_pair ...
+    is not one of its pairs')."""
+    from bafusion.evaluation.evaluate import find_pairs
+
+    ds = cfg.datasets[0]
+    names = [p.name for p in find_pairs(ds)]
+    if not names or pair in names:
+        return
+    among = f"the pairs of {ds.sources}" + (f" that match --pattern {ds.pattern!r}" if ds.pattern != "*" else "")
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    raise UserError(f"--figure-pair {pair!r} is not among {among}: {shown}"
+                    + (" (widen --pattern or choose one of these)" if ds.pattern != "*" else ""))
 
 
 def _inherited_figure_pair(cfg, pair: str, params_file: str | None):
