@@ -969,3 +969,21 @@ def test_dataset_flag_keeps_the_params_files_figure_pair_and_figure_pair_flag(tm
     assert "figure_pair 'p2' of " in err and "params.yaml's dataset 't' is not among" in err, err
     assert cli_main([*base, "--out", str(tmp_path / "ev4"), "--figure-pair", "p9"]) == 2
     assert "--figure-pair 'p9' is not among the pairs of " in capsys.readouterr().err
+
+
+def test_dataset_figures_show_the_difference_to_each_source(tmp_path: Path) -> None:
+    """The difference maps were alpha |B - F| only: |A - F| (where F took A's pixels it is black)
+    is written too, per method (diffA-<pair>-<method>.png) and as a second row of diff-<pair>.png."""
+    from bafusion.evaluation.figures import save_dataset_figures
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (24, 32), dtype=np.uint8)
+    b = rng.integers(0, 256, (24, 32), dtype=np.uint8)
+    f = a.copy()
+    f[:, 16:] = b[:, 16:]
+    written = save_dataset_figures(tmp_path, "p1", a, b, {"M": f}, alpha=10.0)
+    names = {p.name for p in written}
+    assert {"diff-p1.png", "diff-p1-M.png", "diffA-p1-M.png"} <= names, names
+    da = np.asarray(Image.open(tmp_path / "diffA-p1-M.png"))
+    np.testing.assert_array_equal(da, np.clip(np.round(10 * np.abs(a.astype(float) - f)), 0, 255).astype(np.uint8))
+    assert not da[:, :16].any() and (np.asarray(Image.open(tmp_path / "diff-p1-M.png"))[:, 16:] == 0).all()

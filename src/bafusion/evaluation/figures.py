@@ -4,8 +4,9 @@
   side by side (top row), with a square region framed in red and enlarged below (bottom row).
 * :func:`figure_differences`: ``alpha * |B - F|`` (alpha = 10, clipped to 255, on the gray
   images; :func:`bafusion.fusion.maps.difference_map`) for every method in one figure: where F
-  takes B's pixels it is black, so a good fusion shows only A's focused region.
-* :func:`save_dataset_figures`: both, plus each method's difference map as a gray PNG.
+  takes B's pixels it is black, so a good fusion shows only A's focused region; under it
+  ``alpha * |A - F|``, black where F takes A's pixels (the difference to each source).
+* :func:`save_dataset_figures`: both, plus each method's difference maps as gray PNGs.
 
 The crop is chosen where the methods disagree most (:func:`choose_crop`) unless given.
 """
@@ -125,26 +126,34 @@ def figure_differences(
     alpha: float = 10.0,
     title: str = "",
     max_columns: int = 6,
+    a: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """One row of ``alpha * |B - F|`` maps (gray), one per method. Returns the maps (uint8)."""
+    """``alpha * |B - F|`` maps (gray), one per method; with ``a``, under each row of them the
+    same methods' ``alpha * |A - F|`` (the difference to each source, as the paper's difference
+    figure: where F took A's pixels the A row is black, where it took B's the B row). Returns
+    the ``|B - F|`` maps (uint8)."""
     from bafusion.fusion.maps import difference_map
 
     plt = _plt()
     maps = {m: difference_map(b, f, alpha) for m, f in fused.items()}
+    rows_of = [("B", maps)] + ([("A", {m: difference_map(a, f, alpha) for m, f in fused.items()})] if a is not None else [])
     h, w = b.shape[:2]
     n = max(len(maps), 1)
     ncols = min(n, max_columns)
-    nrows = math.ceil(n / ncols)
+    groups = math.ceil(n / ncols)
+    nrows = groups * len(rows_of)
     cw = 2.6
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cw, nrows * (cw * h / max(w, 1) + 0.5) + 0.4), dpi=100,
                              squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for k, (m, d) in enumerate(maps.items()):
-        ax = axes[divmod(k, ncols)]
-        ax.axis("on")
-        _show(ax, d)
-        ax.set_title(m, fontsize=9)
+    for r, (src, row_maps) in enumerate(rows_of):
+        for k, (m, d) in enumerate(row_maps.items()):
+            g, j = divmod(k, ncols)
+            ax = axes[g * len(rows_of) + r, j]
+            ax.axis("on")
+            _show(ax, d)
+            ax.set_title(m if a is None else f"{m}: |{src} - F|", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -165,8 +174,10 @@ def save_dataset_figures(
     alpha: float = 10.0,
     crop: tuple[int, int, int] | None = None,
 ) -> list[Path]:
-    """Write ``fig4-<pair>.png``, ``diff-<pair>.png`` and ``diff-<pair>-<method>.png`` (gray
-    ``alpha * |B - F|``) into ``folder``. Returns the paths written."""
+    """Write ``fig4-<pair>.png``, ``diff-<pair>.png`` (both sources' rows), ``diff-<pair>-<method>.png``
+    (gray ``alpha * |B - F|``) and ``diffA-<pair>-<method>.png`` (gray ``alpha * |A - F|``) into
+    ``folder``. Returns the paths written."""
+    from bafusion.fusion.maps import difference_map
     from bafusion.io import write_image
 
     d = Path(folder)
@@ -177,10 +188,15 @@ def save_dataset_figures(
     figure_comparison(a, b, fused, d / f"fig4-{_safe(pair)}.png", crop,
                       title=f"{pair}: enlarged {side}x{side} region at row {top}, column {left}")
     written = [d / f"fig4-{_safe(pair)}.png"]
-    maps = figure_differences(b, fused, d / f"diff-{_safe(pair)}.png", alpha, title=f"{pair}: {alpha:g} x |B - F|")
+    maps = figure_differences(b, fused, d / f"diff-{_safe(pair)}.png", alpha,
+                              title=f"{pair}: {alpha:g} x |B - F| and {alpha:g} x |A - F|", a=a)
     written.append(d / f"diff-{_safe(pair)}.png")
     for m, dm in maps.items():
         p = d / f"diff-{_safe(pair)}-{_safe(m)}.png"
         write_image(p, dm)  # the same bytes as Pillow's default PNG (zlib level 6)
+        written.append(p)
+    for m, f in fused.items():
+        p = d / f"diffA-{_safe(pair)}-{_safe(m)}.png"
+        write_image(p, difference_map(a, f, alpha))
         written.append(p)
     return written
