@@ -898,3 +898,43 @@ def test_fuse_set_refuses_a_report_that_is_one_of_its_own_files_in_out(
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     with pytest.raises(UserError, match=f"the {kind} fuse-set writes"):  # the function refuses it too
         fusion.fuse_set(pairs, out, fusion.load_nets_from_dir(tiny_nets, "cpu"), report_path=report)
+
+
+def test_fig3_of_a_pair_with_truth_shows_it_beside_the_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the test set's Fig. 3 showed our decision map and fused image but not the truth they are
+    # scored against, so the error could not be seen: the true decision map and the all-in-focus
+    # truth stand beside them (a pair without truth keeps the four panels)
+    import bafusion.fusion.maps as maps
+
+    figs = []
+    monkeypatch.setattr(maps, "save_figure", lambda fig, path: figs.append(fig))
+    res = _uniform_result()
+    truth_dm = np.zeros(res.decision.shape, bool)
+    truth_dm[:, :40] = True
+    maps.figure_maps(res, tmp_path / "f.png", truth=np.zeros((60, 80, 3), np.uint8), truth_dm=truth_dm)
+    titles = [ax.get_title() for ax in figs[0].axes if ax.get_title()]
+    assert titles == [*maps.FIG3_PANELS[:3], maps.FIG3_TRUTH_PANELS[0], maps.FIG3_PANELS[3], maps.FIG3_TRUTH_PANELS[1]]
+    maps.figure_maps(res, tmp_path / "g.png")
+    assert [ax.get_title() for ax in figs[1].axes if ax.get_title()] == list(maps.FIG3_PANELS)
+
+
+def test_fuse_set_draws_the_truth_into_fig3(tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bafusion.fusion.maps as maps
+
+    pairs = tmp_path / "testset"
+    pairs.mkdir()
+    a, b, m = composite(np.random.default_rng(5), 48, 56, rgb=True)
+    Image.fromarray(a).save(pairs / "p1-A.png")
+    Image.fromarray(b).save(pairs / "p1-B.png")
+    Image.fromarray(m.astype(np.uint8) * 255).save(pairs / "p1-dm.png")
+    Image.fromarray(a).save(pairs / "p1-truth.png")
+    (pairs / "index.json").write_text(json.dumps({"pairs": ["p1"]}))
+    seen = []
+    monkeypatch.setattr(maps, "figure_maps", lambda res, path, title="", **kw: seen.append(kw))
+    params = tmp_path / "params.yaml"
+    params.write_text("fuse:\n  device: cpu\n  flat_level: 0\n  working_min: 0\n")
+    assert cli_main(["fuse-set", "--pairs", str(pairs), "--models", str(model_dir), "--out", str(tmp_path / "f"),
+                     "--params-file", str(params)]) == 0
+    (kw,) = seen
+    np.testing.assert_array_equal(kw["truth"], a)
+    np.testing.assert_array_equal(kw["truth_dm"], m.astype(bool))

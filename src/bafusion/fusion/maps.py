@@ -60,6 +60,9 @@ def pseudo_colour(gray: np.ndarray, cmap: str = DIFF_CMAP) -> np.ndarray:
 
 #: The titles of Fig. 3's panels, in order (:func:`figure_maps`).
 FIG3_PANELS = ("score map (initial net)", "score map (boundary refined)", "decision map (white = A)", "fused image")
+#: The titles of the panels Fig. 3 adds for a pair with a truth (a test-set composite): the true
+#: decision map beside the decision map, the all-in-focus truth beside the fused image.
+FIG3_TRUTH_PANELS = ("true decision map", "all-in-focus truth")
 #: The label of the score panels' colour bars: a score is the nets' probability that A is the
 #: focused source at the pixel (1, white: A; 0, black: B).
 SCORE_LABEL = "P(A in focus)"
@@ -67,8 +70,14 @@ SCORE_LABEL = "P(A in focus)"
 FIG3_GRID_ABOVE = 1000
 
 
-def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str = "") -> None:
+def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str = "",
+                truth: np.ndarray | None = None, truth_dm: np.ndarray | None = None) -> None:
     """Fig. 3: initial score map, refined score map, decision map, fused image, in one PNG.
+
+    With ``truth`` (the all-in-focus image) and ``truth_dm`` (the true decision map, bool, True
+    = A) of a test-set composite, the true decision map stands right of the decision map and
+    the truth right of the fused image (:data:`FIG3_TRUTH_PANELS`): six panels in one row, or
+    three columns of two (each result above its truth) for large inputs.
 
     Each panel is framed (a thin black line: an all-white map, A taken everywhere, still shows
     as a panel); the score panels have a colour bar from 0 to 1 (:data:`SCORE_LABEL`), the
@@ -84,17 +93,27 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
         (result.decision.astype(np.float32), "decision"),
         (result.fused, None),
     ]
+    names = list(FIG3_PANELS)
     h, w = result.decision.shape
     grid = max(h, w) > FIG3_GRID_ABOVE
     rows, cols, side = (2, 2, 6.4) if grid else (1, 4, 3.2)
+    cells = None  # (row, column) of each panel; None: in order, row by row
+    if truth is not None and truth_dm is not None:
+        images[3:3] = [(np.asarray(truth_dm).astype(np.float32), "decision")]
+        images.append((np.asarray(truth), None))
+        names[3:3] = [FIG3_TRUTH_PANELS[0]]
+        names.append(FIG3_TRUTH_PANELS[1])
+        rows, cols = (2, 3) if grid else (1, 6)
+        if grid:  # each result above its truth
+            cells = [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]
     aspect = h / max(w, 1)
     bar = 0.45  # inches under each panel for its colour bar and label
     fig = plt.figure(figsize=(cols * side, rows * (side * aspect + bar + 0.3) + (0.3 if title else 0.0)), dpi=100,
                      layout="constrained")
     fig.get_layout_engine().set(w_pad=0.04, h_pad=0.04, hspace=0.0, wspace=0.02)
     gs = fig.add_gridspec(rows, cols)
-    for i, ((img, kind), name) in enumerate(zip(images, FIG3_PANELS)):
-        r, c = divmod(i, cols)
+    for i, ((img, kind), name) in enumerate(zip(images, names)):
+        r, c = divmod(i, cols) if cells is None else cells[i]
         ax = fig.add_subplot(gs[r, c])
         if kind is None:
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
@@ -152,8 +171,11 @@ def save_maps(
     a: np.ndarray,
     b: np.ndarray,
     alpha: float = 10.0,
+    truth: np.ndarray | None = None,
+    truth_dm: np.ndarray | None = None,
 ) -> list[Path]:
     """Write ``<stem>-<key>.png`` for :data:`MAP_KEYS` into ``folder``. Returns the paths written.
+    ``truth`` and ``truth_dm`` (a test-set composite's): drawn into ``fig3`` beside the result.
 
     The maps have the sources' size, without axes or keys; their scales:
 
@@ -193,6 +215,6 @@ def save_maps(
         write_image(p, img)
         written.append(p)
     p = d / f"{stem}-fig3.png"
-    figure_maps(result, p, title=stem)
+    figure_maps(result, p, title=stem, truth=truth, truth_dm=truth_dm)
     written.append(p)
     return written

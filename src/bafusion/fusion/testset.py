@@ -209,6 +209,7 @@ def fuse_set(
             # same for the same inputs.
             print(f"bafusion fuse-set: {name}: {sum(res.seconds.values()):.3f} s", file=sys.stderr)
             entry: dict = {"near_boundary_fraction": float(res.near_boundary.mean())}
+            truth = truth_aif = None
             if pt.is_file():
                 truth_img = read_image(pt)
                 truth_img = to_gray_u8(truth_img)
@@ -224,7 +225,14 @@ def fuse_set(
                 )
             # undefined (a true map without a boundary has no band): null in the JSON, not NaN
             entry = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in entry.items()}
-            save_maps(tmp / "maps", name, res, a, b, alpha=alpha)
+            paif = pairs / f"{name}-truth.png"  # the all-in-focus truth: Fig. 3 shows it beside the result
+            if truth is not None and paif.is_file():
+                truth_aif = read_image(paif)
+                if truth_aif.shape[:2] != a.shape[:2]:
+                    raise InputFileError(paif, f"all-in-focus truth size {truth_aif.shape[1]}x{truth_aif.shape[0]} "
+                                         f"(WxH) differs from {a.shape[1]}x{a.shape[0]} of {pa}")
+            save_maps(tmp / "maps", name, res, a, b, alpha=alpha, truth=truth_aif,
+                      truth_dm=truth if truth_aif is not None else None)
             write_image(tmp / f"{name}.png", res.fused)
             report["pairs"][name] = entry
             print(f"{name}: " + ", ".join(f"{k}={'n/a' if v is None else format(v, '.4f')}" for k, v in entry.items()))
