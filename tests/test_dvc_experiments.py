@@ -110,3 +110,18 @@ def test_every_evaluation_column_is_plotted_on_a_scale_that_shows_the_difference
         assert template["encoding"]["x"]["scale"] == {"zero": False}, col
     series = json.loads((root / "workflow" / "plots" / "series.json").read_text())
     assert series["encoding"]["x"]["axis"]["tickMinStep"] == 1
+
+
+def test_every_evaluation_plot_says_which_way_is_better() -> None:
+    """DVC has no direction key for a metric: the evaluate plots' value axes were the bare metric
+    names. Each says '(higher is better)' or '(lower is better)' (x_label, which DVC accepts)."""
+    import yaml
+
+    from bafusion.evaluation.evaluate import LOWER_IS_BETTER
+
+    root = Path(__file__).parents[1]
+    plots = {k: v for entry in yaml.safe_load((root / "dvc.yaml").read_text())["plots"] for k, v in entry.items()}
+    for name, plot in plots.items():
+        if name.startswith("evaluate_"):
+            col = plot["x"]
+            assert plot.get("x_label") == f"{col} ({'lower' if col in LOWER_IS_BETTER else 'higher'} is better)", name

@@ -987,3 +987,22 @@ def test_dataset_figures_show_the_difference_to_each_source(tmp_path: Path) -> N
     da = np.asarray(Image.open(tmp_path / "diffA-p1-M.png"))
     np.testing.assert_array_equal(da, np.clip(np.round(10 * np.abs(a.astype(float) - f)), 0, 255).astype(np.uint8))
     assert not da[:, :16].any() and (np.asarray(Image.open(tmp_path / "diff-p1-M.png"))[:, 16:] == 0).all()
+
+
+def test_evaluate_run_says_which_way_each_metric_is_better(tmp_path: Path) -> None:
+    """MLflow showed the means as bare numbers: nothing said QCV is better lower and the others
+    higher. The run carries tags higher_is_better and lower_is_better naming its metrics."""
+    from mlflow.tracking import MlflowClient
+
+    from bafusion.tracking import EXPERIMENT, tracking_uri
+
+    src, _ = _write_set(tmp_path, ["p1"])
+    cfg = ev.parse_config({"methods": ["Laplacian"], "metrics": ["QMI", "QCV"], "figures": False,
+                           "datasets": [{"name": "t", "sources": str(src)}]})
+    ev.run_evaluation(cfg, tmp_path / "ev", log=lambda *a: None)
+    client = MlflowClient(tracking_uri=tracking_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.stage = 'evaluate'")
+    assert run.data.tags["higher_is_better"] == "QMI, PSNR, SSIM, DM_acc", run.data.tags
+    assert run.data.tags["lower_is_better"] == "QCV"
+    means = {k.rsplit(".", 1)[1] for k in run.data.metrics if k.startswith("t.Laplacian.")}
+    assert means == {"QMI", "QCV", "PSNR", "SSIM"}, run.data.metrics  # DM_acc: our methods' only

@@ -110,6 +110,7 @@ __all__ = [
     "NATIVE_METHODS",
     "REFERENCE_METHODS",
     "LOWER_IS_BETTER",
+    "metric_directions",
     "Pair",
     "Dataset",
     "EvalConfig",
@@ -1303,7 +1304,7 @@ def run_evaluation(
     doc: dict[str, Any] = {}
     plot_rows: list[dict[str, Any]] = []
     all_means: dict[str, float] = {}
-    with tracking.stage_run("evaluate", run_params or {"evaluate": _config_dict(cfg)}) as run:
+    with tracking.stage_run("evaluate", run_params or {"evaluate": _config_dict(cfg)}, tags=metric_directions(cfg)) as run:
         with atomic_dir(out) as tmp:
             for ds in cfg.datasets:
                 if _is_empty_testset(ds):
@@ -1353,6 +1354,17 @@ def run_evaluation(
                 for p in sorted(figs.glob("*.png")):
                     run.log_artifact(p, f"evaluation/{ds.name}/figures")
     return doc
+
+
+def metric_directions(cfg: EvalConfig) -> dict[str, str]:
+    """The MLflow tags that say which way each metric the run may log (``<dataset>.<method>.<metric>``:
+    ``cfg.metrics`` and, where a dataset has a truth, :data:`TRUTH_METRICS`) is better:
+    ``higher_is_better`` and ``lower_is_better`` (:data:`LOWER_IS_BETTER`), comma-separated
+    metric names; a direction none of them has is left out."""
+    names = list(dict.fromkeys([*cfg.metrics, *TRUTH_METRICS]))
+    tags = {"higher_is_better": ", ".join(q for q in names if q not in LOWER_IS_BETTER),
+            "lower_is_better": ", ".join(q for q in names if q in LOWER_IS_BETTER)}
+    return {k: v for k, v in tags.items() if v}
 
 
 def _is_empty_testset(ds: Dataset) -> bool:
