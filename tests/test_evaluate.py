@@ -1006,3 +1006,20 @@ def test_evaluate_run_says_which_way_each_metric_is_better(tmp_path: Path) -> No
     assert run.data.tags["lower_is_better"] == "QCV"
     means = {k.rsplit(".", 1)[1] for k in run.data.metrics if k.startswith("t.Laplacian.")}
     assert means == {"QMI", "QCV", "PSNR", "SSIM"}, run.data.metrics  # DM_acc: our methods' only
+
+
+def test_reference_methods_option_chooses_the_published_methods(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Choosing which of REF's methods appear in Table 1 took a --params-json dataset of the same
+    name: --reference-methods does it; without a reference folder it is refused, naming why."""
+    src, imgs = _write_set(tmp_path, ["p1"])
+    ref = _write_reference(tmp_path, imgs, {"MyGFF": gff_fuse, "CNN": laplacian_fuse})
+    base = ["evaluate", "--methods", "Laplacian", "--metrics", "QG", "--root", str(tmp_path), "--out", str(tmp_path / "ev")]
+    assert cli_main([*base, "--dataset", f"mine={src},{ref}", "--reference-methods", "MyGFF"]) == 0, capsys.readouterr().err
+    rows = list(csv.DictReader((tmp_path / "ev" / "mine" / "metrics.csv").open()))
+    assert sorted({r["method"] for r in rows}) == ["Laplacian", "MyGFF"]
+    assert cli_main([*base, "--dataset", f"mine={src}", "--reference-methods", "MyGFF"]) == 2
+    err = capsys.readouterr().err
+    assert "--reference-methods works with --dataset NAME=SOURCES,REFERENCE" in err, err
+    assert cli_main([*base, "--dataset", f"mine={src},{ref}", "--reference-methods", "MyGFF,Laplacian"]) == 2
+    err = capsys.readouterr().err
+    assert f"--reference-methods: 'Laplacian' computed here, not read from {ref}: name it in --methods" in err, err

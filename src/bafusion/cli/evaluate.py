@@ -56,6 +56,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.figure_pair and not args.dataset:
         raise UserError("--figure-pair works with --dataset NAME=SOURCES (the configured datasets take "
                         "'figure_pair' in params.yaml)")
+    if args.reference_methods and not (args.dataset and args.dataset.partition("=")[2].partition(",")[2]):
+        raise UserError("--reference-methods works with --dataset NAME=SOURCES,REFERENCE: it chooses among the "
+                        "method folders of REFERENCE (a configured dataset takes 'reference_methods' in params.yaml)")
     flagged = bool(args.methods or args.metrics or args.dataset)
     if args.methods:
         section_["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -80,6 +83,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             if configured is not None and configured.get(key):
                 one[key] = configured[key]
         one = {**one, **_json_dataset(args.params_json, name)}  # its settings (reference_methods, ...) win
+        if args.reference_methods:  # over --params-json's
+            one["reference_methods"] = [m.strip() for m in args.reference_methods.split(",") if m.strip()]
+            computed = [m for m in one["reference_methods"] if m in (OURS, OURS_INITIAL, *NATIVE_METHODS)]
+            if computed:
+                raise UserError(f"--reference-methods: {', '.join(map(repr, computed))} computed here, not read from "
+                                f"{ref}: name it in --methods")
         inherited = str(one.get("figure_pair") or "")
         if args.figure_pair:
             one["figure_pair"], inherited = args.figure_pair, ""
@@ -225,6 +234,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--figure-pair", default=None, metavar="PAIR",
                    help="with --dataset: the pair of Fig. 4 and the difference maps (default: the figure_pair of "
                         "--params-file's dataset of that name, else the first pair)")
+    p.add_argument("--reference-methods", type=nonempty_csv, default=None, metavar="M1,M2",
+                   help="with --dataset NAME=SOURCES,REFERENCE: the published methods of Table 1, each a sub-folder "
+                        "REFERENCE/<METHOD>/ (default: every sub-folder)")
     p.add_argument("--methods", type=nonempty_csv, default=None, help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)})")
     p.add_argument("--metrics", type=nonempty_csv, default=None, help=f"comma-separated metrics (default {','.join(DEFAULT_METRICS)})")
     p.add_argument("--model", "--models", dest="models", default=None, metavar="DIR",
