@@ -1304,7 +1304,8 @@ def run_evaluation(
     doc: dict[str, Any] = {}
     plot_rows: list[dict[str, Any]] = []
     all_means: dict[str, float] = {}
-    with tracking.stage_run("evaluate", run_params or {"evaluate": _config_dict(cfg)}, tags=metric_directions(cfg)) as run:
+    with tracking.stage_run("evaluate", run_params or {"evaluate": _config_dict(cfg)},
+                            tags=metric_directions(cfg)) as run:
         with atomic_dir(out) as tmp:
             for ds in cfg.datasets:
                 if _is_empty_testset(ds):

@@ -136,7 +136,9 @@ def figure_differences(
 
     plt = _plt()
     maps = {m: difference_map(b, f, alpha) for m, f in fused.items()}
-    rows_of = [("B", maps)] + ([("A", {m: difference_map(a, f, alpha) for m, f in fused.items()})] if a is not None else [])
+    rows_of = [("B", maps)]
+    if a is not None:
+        rows_of.append(("A", {m: difference_map(a, f, alpha) for m, f in fused.items()}))
     h, w = b.shape[:2]
     n = max(len(maps), 1)
     ncols = min(n, max_columns)
