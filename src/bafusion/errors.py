@@ -1,5 +1,9 @@
 """Errors meant for the user: the CLI prints them as one line naming the file and the problem."""
 
+from __future__ import annotations
+
+import re
+
 
 class UserError(Exception):
     """Bad input or configuration: printed without a traceback, exit status 2."""
@@ -14,10 +18,41 @@ class InputFileError(UserError):
         super().__init__(f"{self.path}: {problem}")
 
 
+#: A request of this many bytes or more is no image's (a 100-megapixel pair as float64 takes a
+#: few GiB): it comes from a wrong shape, a bug, and is not said as "out of memory".
+ABSURD_ALLOCATION = 2**40  # 1 TiB
+
+_UNITS = {"": 1, "B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "PIB": 2**50, "EIB": 2**60,
+          "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "PB": 10**15, "EB": 10**18, "BYTES": 1}
+# numpy: "Unable to allocate 728. TiB for an array ..."; torch (CPU): "you tried to allocate
+# 400000000000000 bytes"; torch (CUDA): "Tried to allocate 20.00 GiB"
+_REQUESTED = re.compile(r"(?:unable to allocate|tried to allocate)\s+(-?[0-9.]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)",
+                        re.IGNORECASE)
+
+
+def requested_bytes(e: BaseException) -> float | None:
+    """The size an allocation error says was asked for (bytes), or None when it names none."""
+    m = _REQUESTED.search(str(e))
+    if m is None:
+        return None
+    try:
+        number = float(m.group(1))
+    except ValueError:
+        return None
+    return number * _UNITS.get(m.group(2).upper(), 1)
+
+
 def is_out_of_memory(e: BaseException) -> bool:
     """Whether ``e`` says the machine ran out of memory: a ``MemoryError`` (numpy's), torch's
     ``OutOfMemoryError`` (a GPU's) or a ``RuntimeError`` of torch's CPU allocator ("can't
-    allocate memory": a ``ulimit -v``/``prlimit --as`` or a container's limit)."""
+    allocate memory": a ``ulimit -v``/``prlimit --as`` or a container's limit). Not when the
+    size asked for is negative or :data:`ABSURD_ALLOCATION` or more: a wrong shape, a bug,
+    whose traceback is kept."""
     if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
-        return True
-    return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+        oom = True
+    else:
+        oom = isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+    if not oom:
+        return False
+    size = requested_bytes(e)
+    return size is None or 0 <= size < ABSURD_ALLOCATION
