@@ -218,8 +218,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signum, handler)  # type: ignore[arg-type]
 
 
+#: The modules that load torch (and with it ~800 MiB of address space): see
+#: :data:`bafusion.fusion.memory.MIN_ADDRESS_SPACE_MIB`.
+_TORCH_MODULES = frozenset({"bafusion.cli.train", "bafusion.cli.fusion", "bafusion.cli.evaluate"})
+
+
+def _loading_out_of_memory(e: BaseException) -> bool:
+    """Whether loading the command's modules failed for want of memory: a ``MemoryError``, or
+    an ``ImportError`` of a shared library that could not be mapped (an address-space limit)."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, ImportError) and ("failed to map segment" in text or "cannot allocate memory" in text)
+
+
 def _main(argv: list[str]) -> int:
-    parser = build_parser(command_of(argv))
+    from bafusion.fusion.memory import MIN_ADDRESS_SPACE_MIB, address_space_limit_mib, address_space_note
+
+    command = command_of(argv)
+    cmd = f"bafusion {command or ''}".rstrip()
+    modules = {COMMANDS[command]} if command in COMMANDS else set(COMMAND_MODULES)
+    limit = address_space_limit_mib()
+    if limit is not None and limit < MIN_ADDRESS_SPACE_MIB and modules & _TORCH_MODULES:
+        # below it, loading torch fails with a traceback, a C++ abort or OpenBLAS's message, or hangs
+        print(f"{cmd}: error: the address-space limit (ulimit -v / prlimit --as) of {limit} MiB is too small to "
+              f"load torch: this command needs at least {MIN_ADDRESS_SPACE_MIB} MiB of address space to start, and a "
+              "fusion far more than its resident estimate (~380 MiB + 32 MiB per megapixel): raise or lift the limit",
+              file=sys.stderr)
+        return 1
+    try:
+        parser = build_parser(command)
+    except (MemoryError, ImportError) as e:
+        if not _loading_out_of_memory(e):
+            raise
+        print(f"{cmd}: error: out of memory loading the program ({one_line(e)[:200] or type(e).__name__}): "
+              f"free memory{'; ' + address_space_note() if limit is not None else ''}", file=sys.stderr)
+        return 1
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the command's parser: "bafusion fuse-dir: error: ... (see bafusion fuse-dir --help)"
         subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -300,6 +334,13 @@ def _shown_filename(filename: object) -> str:
 def _memory_advice(args: argparse.Namespace) -> str:
     """What lowers the memory of the command ``args`` names (a fusion: the full-size images, with
     what the shots of ``fuse`` need; train: the batch; else more memory or another device)."""
+    from bafusion.fusion.memory import address_space_note
+
+    note = address_space_note()
+    return "; ".join(x for x in (_command_memory_advice(args), note) if x)
+
+
+def _command_memory_advice(args: argparse.Namespace) -> str:
     command = getattr(args, "command", None)
     if command in ("fuse", "fuse-dir", "fuse-set", "evaluate"):
         from bafusion.fusion.memory import fuse_advice

@@ -17,6 +17,40 @@ MIB_PER_MEGAPIXEL = 32
 MIB_PER_MEGAPIXEL_SHOT = 16
 
 
+#: Address space (MiB) the commands that load torch need to start at all (``fuse``, ``train``,
+#: ``evaluate``, ...): measured under ``prlimit --as``, 750 MiB failed to load the modules and
+#: 800 MiB did; torch maps far more virtual memory than it keeps resident, so an address-space
+#: limit must be well above the resident estimates below. Below this the command refuses to
+#: start (it failed with a traceback, a C++ abort, OpenBLAS's message or a hang).
+MIN_ADDRESS_SPACE_MIB = 1024
+
+
+def address_space_limit_mib() -> int | None:
+    """The address-space limit (``ulimit -v``, ``prlimit --as``: RLIMIT_AS, soft) in MiB, or
+    None when there is none (or the platform has no such limit)."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, AttributeError, OSError, ValueError):
+        return None
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return None
+    return int(soft // 2**20)
+
+
+def address_space_note() -> str:
+    """A clause on the address-space limit, when one is set: it counts the virtual memory that
+    torch reserves, far more than the resident memory the estimates give ("" when none)."""
+    limit = address_space_limit_mib()
+    if limit is None:
+        return ""
+    return (f"an address-space limit (ulimit -v / prlimit --as) of {limit} MiB is set: it counts the virtual "
+            f"memory torch reserves, far more than the resident memory estimated here (at least "
+            f"{MIN_ADDRESS_SPACE_MIB} MiB only to start), so raise or lift it rather than set it to the estimate "
+            "(a container's or cgroup's limit, on resident memory, is what the estimate is for)")
+
+
 def _megapixels(path: Path) -> float:
     from PIL import Image
 
