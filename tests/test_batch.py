@@ -628,19 +628,27 @@ def test_joint_stack_index_composes_the_full_depth_sources():
 
 
 def test_fuse_dir_no_progress_and_no_terminal_draw_no_bar(tmp_path: Path, nets: Path, capsys, monkeypatch) -> None:
-    """--no-progress is honoured by fuse-dir, and without a terminal no bar is drawn either."""
+    """--no-progress is honoured by fuse-dir, and without a terminal no bar is drawn either,
+    but one plain line per stack."""
     import bafusion.progress as progress
 
     src = tmp_path / "in"
     src.mkdir()
     for n, x in zip("AB", pair(3)):
         Image.fromarray(x).save(src / f"p-{n}.png")
-    for terminal, extra in ((True, ["--no-progress"]), (False, [])):
+    for terminal, extra in ((True, ["--no-progress"]), (False, ["--no-progress"]), (False, [])):
         monkeypatch.setattr(progress, "stderr_is_terminal", lambda: terminal)
-        rc = cli_main(["fuse-dir", str(src), str(tmp_path / f"out{terminal}"), "--model", str(nets), "--device", "cpu",
-                       *extra])
+        out = tmp_path / f"out{terminal}{len(extra)}"
+        rc = cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", *extra])
         err = capsys.readouterr().err
-        assert rc == 0 and "fuse-dir:" not in err and "stack/s" not in err, err
+        assert rc == 0 and "stack/s" not in err and "\r" not in err, err
+        # without a terminal (nohup, cron, a Snakemake log) one plain line per stack, else a
+        # two-hour batch logged nothing until its end; none with --no-progress
+        assert ("bafusion fuse-dir: 1/1 p: fused in " in err) == (not extra), err
+        if not extra:  # again: the stack already there is said too
+            assert cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu",
+                             "--skip-existing"]) == 0
+            assert "bafusion fuse-dir: 1/1 p: already there" in capsys.readouterr().err
     monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
     assert cli_main(["fuse-dir", str(src), str(tmp_path / "out-bar"), "--model", str(nets), "--device", "cpu"]) == 0
     assert "fuse-dir:" in capsys.readouterr().err  # the bar, asked for on a terminal

@@ -36,6 +36,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -846,12 +847,23 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
     write_marker(out, setup, written, device)
     bar = tqdm(groups.items(), total=len(groups), unit="stack", file=sys.stderr, disable=not bars_enabled(progress),
                desc="fuse-dir")
-    for name, shots in bar:
+    # without a terminal (nohup, cron, a Snakemake log) no bar is drawn: one plain line per
+    # stack instead, so that a long batch's log shows how far it got (none with --no-progress)
+    plain = bool(progress) and bar.disable
+    total = len(groups)
+
+    def said(i: int, name: str, what: str) -> None:
+        if plain:
+            print(f"bafusion fuse-dir: {i}/{total} {name}: {what}", file=sys.stderr, flush=True)
+
+    for i, (name, shots) in enumerate(bar, 1):
         target = out / f"{name}.{ext}"
         if skip_existing and target.is_file() and target.name in written:
             rep.existing.append(name)
+            said(i, name, "already there")
             continue
         out_of_memory = False
+        t0 = time.perf_counter()
         try:
             # without bars (--no-progress, alias --quiet) no stack's own bar either
             fused = fuse_files(shots, nets, params, output=target, align=align, force=force,
@@ -860,6 +872,7 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
                         dpi=fused.dpi, png_colour=fused.png_colour)
         except UserError as e:
             rep.skipped.append((name, str(e)))
+            said(i, name, f"skipped after {time.perf_counter() - t0:.1f} s (why: at the end)")
             continue
         except OSError as e:
             if e.errno in _DISK_FULL:  # every stack after it would be fused and fail at its write too: stop
@@ -869,6 +882,7 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
                 break
             # this output cannot be written (a folder in the way): the others may be
             rep.skipped.append((name, f"{target}: cannot write: {e.strerror or e}"))
+            said(i, name, f"skipped after {time.perf_counter() - t0:.1f} s (why: at the end)")
             continue
         except Exception as e:  # noqa: BLE001 - re-raised unless out of memory
             if not is_out_of_memory(e):
@@ -879,6 +893,7 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
         if out_of_memory:
             # here, past the except: its traceback held the failed stack's arrays until it ended
             _free_memory()
+            said(i, name, f"skipped after {time.perf_counter() - t0:.1f} s (out of memory)")
             continue
         try:
             write_marker(out, setup, written | {target.name}, device)
@@ -898,6 +913,7 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
             tqdm.write(f"bafusion fuse-dir: {note}", file=sys.stderr)
         rep.fused.append(name)
         written.add(target.name)
+        said(i, name, f"fused in {time.perf_counter() - t0:.1f} s")
     return rep
 
 
