@@ -336,3 +336,16 @@ def test_nets_or_params_passed_as_a_source_say_which_keyword_takes_them() -> Non
         bafusion.fuse(a, a, nets)
     with pytest.raises(UserError, match=r"got FusionParams \(the fusion parameters: pass them as params=\.\.\.\)"):
         bafusion.fuse(a, a, FusionParams())
+
+
+def test_fusion_nets_have_a_short_repr(tiny_nets: Path) -> None:
+    """``nets`` in a notebook printed the whole torch module tree of both nets (hundreds of
+    lines); it is one line: the depths, patch sides, device and model folder."""
+    import bafusion
+
+    nets = bafusion.load_model(tiny_nets, device="cpu")
+    text = repr(nets)
+    assert "\n" not in text and len(text) < 300, text
+    assert text.startswith("FusionNets(") and "ResNet-8" in text and "device=cpu" in text, text
+    assert str(tiny_nets) in text and "Conv2d" not in text
+    assert str(nets) == text

@@ -47,6 +47,26 @@ class FusionNets:
         self.initial = _inference_net(self.initial, self.device)
         self.boundary = _inference_net(self.boundary, self.device)
 
+    def __repr__(self) -> str:
+        """One line (the dataclass's printed both module trees, hundreds of lines in a notebook):
+        each net's depth and patch side, the device, the model folder (or the two files)."""
+        def net(m: object, patch: int) -> str:
+            spec = getattr(m, "spec", None)
+            kind = f"ResNet-{spec.depth}" if spec is not None and hasattr(spec, "depth") else type(m).__name__
+            return f"{kind}, patch {patch}"
+
+        files = [Path(s) for s in self.sources if s]
+        if len(files) == 2 and files[0].parent == files[1].parent:
+            where = f"model={str(files[0].parent)!r}"
+        elif files:
+            where = f"sources={tuple(str(f) for f in files)!r}"
+        else:
+            where = "model=None"
+        return (f"FusionNets(initial={net(self.initial, self.patch_initial)}; boundary="
+                f"{net(self.boundary, self.patch_boundary)}; device={self.device}; {where})")
+
+    __str__ = __repr__
+
 
 # --------------------------------------------------------------------------------------
 # Models
