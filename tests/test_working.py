@@ -173,3 +173,27 @@ def test_progress_bar_of_a_large_pair_fused_at_full_size(nets, capsys) -> None:
     fuse_images(a, b, nets, FusionParams(working_side=0), progress=True)
     err = capsys.readouterr().err
     assert "fusing" in err and "2/2" in err
+
+
+def test_the_exposure_matching_bar_has_steps(nets, capsys) -> None:
+    """The "matching exposure" bar (10-30 s on a camera-size pair) was one step, 0/1 until
+    the end: no progress and no ETA. It counts its three steps (the two low-pass filters and
+    the mapping) advanced after each."""
+    a, b, _ = _scene(96, 128)
+    capsys.readouterr()
+    fuse_images(a, b, nets, FusionParams(working_side=0, exposure_match="linear"), progress=True)
+    err = capsys.readouterr().err
+    lines = [x for x in err.replace("\r", "\n").splitlines() if "matching exposure" in x]
+    assert lines and all("/3 " in x for x in lines), lines
+
+    from bafusion.fusion.exposure import match_exposure
+
+    class Bar:
+        n = 0
+
+        def update(self, k: int = 1) -> None:
+            self.n += k
+
+    bar = Bar()
+    match_exposure(a if a.ndim == 2 else a[..., 0], b if b.ndim == 2 else b[..., 0], bar=bar)
+    assert bar.n == 3

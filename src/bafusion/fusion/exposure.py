@@ -19,6 +19,8 @@ Measured in ``benchmarks/realistic_validation.py`` and on the real development p
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import ndimage
 
@@ -46,7 +48,8 @@ def _block_mean(g: np.ndarray, step: int) -> np.ndarray:
     return g[:h, :w].reshape(h // step, step, w // step, step).mean(axis=(1, 3))
 
 
-def fit_exposure(ga: np.ndarray, gb: np.ndarray, sigma: float = SIGMA, step: int = 1) -> tuple[float, float, float]:
+def fit_exposure(ga: np.ndarray, gb: np.ndarray, sigma: float = SIGMA, step: int = 1,
+                 bar: Any = None) -> tuple[float, float, float]:
     """Gain and offset that map B's exposure onto A's, ``A ~ gain * B + offset``.
 
     The low-passed copies' means and standard deviations are matched (moment matching:
@@ -63,6 +66,8 @@ def fit_exposure(ga: np.ndarray, gb: np.ndarray, sigma: float = SIGMA, step: int
         1: the fit at full resolution. N > 1 (``fuse.exposure_fit_step``): on N x N block means
         (sigma / N): N**2 times less filtering (a 24 MP pair's 10-30 s), a slightly different
         gain, so a slightly different matched B on pairs that differ in exposure.
+    bar : tqdm bar, optional
+        Advanced by one after each low-pass filter (two steps).
 
     Returns
     -------
@@ -77,7 +82,11 @@ def fit_exposure(ga: np.ndarray, gb: np.ndarray, sigma: float = SIGMA, step: int
     if step > 1 and min(ga.shape) >= 8 * step:
         ga, gb, sigma = _block_mean(ga, step), _block_mean(gb, step), sigma / step
     la = ndimage.gaussian_filter(ga, sigma, output=np.float64)
+    if bar is not None:
+        bar.update(1)
     lb = ndimage.gaussian_filter(gb, sigma, output=np.float64)
+    if bar is not None:
+        bar.update(1)
     m = int(2 * sigma)
     if min(ga.shape) > 4 * m:
         la, lb = la[m:-m, m:-m], lb[m:-m, m:-m]
@@ -90,7 +99,12 @@ def fit_exposure(ga: np.ndarray, gb: np.ndarray, sigma: float = SIGMA, step: int
     return gain, float(la.mean() - gain * lb.mean()), corr
 
 
-def match_exposure(ga: np.ndarray, gb: np.ndarray, sigma: float = SIGMA, step: int = 1) -> np.ndarray:
+#: Steps of the ``bar`` of :func:`match_exposure`: the two low-pass filters, the mapping.
+MATCH_STEPS = 3
+
+
+def match_exposure(ga: np.ndarray, gb: np.ndarray, sigma: float = SIGMA, step: int = 1,
+                   bar: Any = None) -> np.ndarray:
     """B's gray mapped onto A's exposure (:func:`fit_exposure`), rounded to uint8.
 
     Parameters
@@ -99,6 +113,8 @@ def match_exposure(ga: np.ndarray, gb: np.ndarray, sigma: float = SIGMA, step: i
         uint8 gray sources, (H, W), of one size.
     sigma, step
         See :func:`fit_exposure`.
+    bar : tqdm bar, optional
+        Advanced by :data:`MATCH_STEPS` in all: after each low-pass filter and the mapping.
 
     Returns
     -------
@@ -107,14 +123,18 @@ def match_exposure(ga: np.ndarray, gb: np.ndarray, sigma: float = SIGMA, step: i
         the shots are exposed alike (:data:`SAME_GAIN`, :data:`SAME_LEVEL`) or the fit is not
         reliable (correlation below :data:`MIN_CORRELATION`).
     """
-    gain, offset, corr = fit_exposure(ga, gb, sigma, step)
+    gain, offset, corr = fit_exposure(ga, gb, sigma, step, bar=bar)
     level = (gain - 1.0) * float(gb.mean()) + offset
     if corr < MIN_CORRELATION or (abs(gain - 1.0) < SAME_GAIN and abs(level) < SAME_LEVEL):
-        return gb
-    if gb.dtype != np.uint8:
-        return np.clip(np.round(gain * gb.astype(np.float64) + offset), 0, 255).astype(np.uint8)
-    # uint8: a table of the 256 levels (the same arithmetic, so the same bits), not 24 MP of float64
-    return np.clip(np.round(gain * np.arange(256, dtype=np.float64) + offset), 0, 255).astype(np.uint8)[gb]
+        out = gb
+    elif gb.dtype != np.uint8:
+        out = np.clip(np.round(gain * gb.astype(np.float64) + offset), 0, 255).astype(np.uint8)
+    else:
+        # uint8: a table of the 256 levels (the same arithmetic, so the same bits), not 24 MP of float64
+        out = np.clip(np.round(gain * np.arange(256, dtype=np.float64) + offset), 0, 255).astype(np.uint8)[gb]
+    if bar is not None:
+        bar.update(1)
+    return out
 
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from bafusion.errors import InputFileError, UserError
 from bafusion.fusion.decide import decide
-from bafusion.fusion.exposure import apply_gains, colour_gains, exposure_note, match_exposure
+from bafusion.fusion.exposure import MATCH_STEPS, apply_gains, colour_gains, exposure_note, match_exposure
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.working import (
@@ -283,8 +283,8 @@ def fuse_images(
     t_pre["gray"] = time.perf_counter() - t0
     if params.exposure_match == "linear":  # the nets score B at A's exposure
         t0 = time.perf_counter()
-        with progress_bar(1, ga.size, progress, desc="matching exposure"):  # shown as the fusion's bar
-            gb = match_exposure(ga, gb, step=params.exposure_fit_step)
+        with progress_bar(MATCH_STEPS, ga.size, progress, desc="matching exposure") as bar:  # as the fusion's bar
+            gb = match_exposure(ga, gb, step=params.exposure_fit_step, bar=bar)
         t_pre["exposure"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     gains = colour_gains(a, b)
