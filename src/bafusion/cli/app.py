@@ -194,6 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.unraisablehook = _quiet_stop_hook(previous_hook)  # type: ignore[assignment]
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = f"bafusion {command_of(argv) or ''}".rstrip()
+    # stdout to a file (nohup, cron, a Snakemake log) is block-buffered: the one line per pair of
+    # evaluate and fuse-set showed up at the end of a long run; line by line while the command runs
+    stdout, line_buffered = sys.stdout, getattr(sys.stdout, "line_buffering", None)
+    if line_buffered is False:
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stdout.reconfigure(line_buffering=True)
     # Ctrl-C at any time, also while the parser is built (the modules of some commands import
     # torch: a second or two), is one line, not a traceback
     try:
@@ -214,6 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         clear_stop()
         on_stop_say(None)
         sys.unraisablehook = previous_hook
+        if line_buffered is False:
+            with contextlib.suppress(AttributeError, ValueError, OSError):
+                stdout.reconfigure(line_buffering=False)
         for signum, handler in replaced.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]
 
