@@ -4,6 +4,7 @@ one-scene check of ``fuse`` (issue 14)."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 from pathlib import Path
 
@@ -396,6 +397,60 @@ def test_sources_of_different_colour_profiles_are_noted(tmp_path: Path, nets: Pa
     assert cli_main(["fuse-dir", str(src), str(tmp_path / "out"), "--model", str(nets), "--device", "cpu",
                      "--quiet"]) == 0
     assert f"bafusion fuse-dir: {src / 'p-B.png'} has a different colour profile" in capsys.readouterr().err
+
+
+def test_png_colour_chunks_and_profiles_not_written_are_noted_truly(tmp_path: Path, nets: Path, capsys) -> None:
+    """Shots differing only in PNG gAMA/cHRM/sRGB chunks were fused in silence (the result had
+    A's gamma, B's pixels mislabelled); a CMYK or gray A's profile, not written on an RGB
+    result, was said to be carried; an A with an sRGB chunk beside a B with a profile was said
+    to carry none while the result had A's sRGB chunk. Each is now said as it is."""
+    import struct
+    import zlib
+
+    from PIL import ImageCms
+
+    def chunked(x: np.ndarray, name: str, chunks: list[tuple[bytes, bytes]]) -> None:
+        buf = io.BytesIO()
+        Image.fromarray(x).save(buf, "PNG")
+        d = buf.getvalue()
+        ext = b"".join(struct.pack(">I", len(c)) + t + c + struct.pack(">I", zlib.crc32(t + c)) for t, c in chunks)
+        (tmp_path / name).write_bytes(d[:33] + ext + d[33:])
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    a8, b8 = pair(1)
+    chunked(a8, "a-g45.png", [(b"gAMA", struct.pack(">I", 45455))])
+    chunked(b8, "b-g55.png", [(b"gAMA", struct.pack(">I", 55555))])
+    chunked(b8, "b-g45.png", [(b"gAMA", struct.pack(">I", 45455))])
+    chunked(a8, "a-srgbchunk.png", [(b"sRGB", b"\0")])
+    Image.fromarray(b8).save(tmp_path / "b-srgb.png", icc_profile=srgb)
+    Image.fromarray(a8).convert("CMYK").save(tmp_path / "a-cmyk.jpg", icc_profile=srgb[:16] + b"CMYK" + srgb[20:])
+    from bafusion.io import to_gray_u8
+
+    Image.fromarray(to_gray_u8(a8)).save(tmp_path / "a-gray.png", icc_profile=srgb[:16] + b"GRAY" + srgb[20:])
+
+    def fuse(a: str, b: str) -> tuple[str, Path]:
+        out = tmp_path / f"{a}+{b}.png"
+        assert cli_main(["fuse", str(tmp_path / a), str(tmp_path / b), "-o", str(out),
+                         "--model", str(nets), "--device", "cpu"]) == 0
+        return capsys.readouterr().err, out
+
+    err, _ = fuse("a-g45.png", "b-g55.png")
+    assert (f"{tmp_path / 'b-g55.png'} has a different colour description from {tmp_path / 'a-g45.png'} "
+            f"(PNG gamma 0.55555; {tmp_path / 'a-g45.png'}: PNG gamma 0.45455); the result carries "
+            f"{tmp_path / 'a-g45.png'}'s PNG gamma 0.45455 (colours are not converted)") in err, err
+    assert "colour" not in fuse("a-g45.png", "b-g45.png")[0]
+    err, out = fuse("a-cmyk.jpg", "b-srgb.png")
+    assert (f"the result carries no profile: {tmp_path / 'a-cmyk.jpg'}'s CMYK profile does not fit an RGB "
+            "image") in err, err
+    assert f"{tmp_path / 'a-cmyk.jpg'} is CMYK: converted to RGB without colour management" in err, err
+    with Image.open(out) as im:
+        assert "icc_profile" not in im.info
+    err, _ = fuse("a-gray.png", "b-srgb.png")
+    assert f"the result carries no profile: {tmp_path / 'a-gray.png'}'s gray profile does not fit" in err, err
+    err, out = fuse("a-srgbchunk.png", "b-srgb.png")
+    assert f"the result carries {tmp_path / 'a-srgbchunk.png'}'s PNG sRGB mark" in err, err
+    with Image.open(out) as im:
+        assert "srgb" in im.info and "icc_profile" not in im.info
 
 
 def test_a_multi_page_source_and_a_gray_source_beside_a_colour_one_are_noted(tmp_path: Path, nets: Path,

@@ -1614,24 +1614,84 @@ def _icc_key(icc: bytes | None) -> bytes | None:
     return None if not icc else icc[:24] + icc[36:84] + icc[100:]
 
 
-def profile_notes(paths: Sequence[str | os.PathLike[str]], first_icc: bytes | None) -> list[str]:
-    """One line per source after the first whose ICC profile differs from the first's
-    (``first_icc``), or that has one where the first has none or the reverse: the result of a
-    fusion carries the first source's profile (or none), and colours are not converted, so the
-    user is told."""
+def _png_colour_label(chunks: bytes | None) -> tuple[tuple | None, str]:
+    """A comparable key and a label for a PNG's ``sRGB``/``gAMA``/``cHRM`` chunks (as
+    :func:`source_png_colour` reads them): the ``sRGB`` chunk, else gamma and chromaticities."""
+    found: dict[bytes, bytes] = {}
+    i = 0
+    while chunks and i + 8 <= len(chunks):
+        length, kind = struct.unpack(">I4s", chunks[i:i + 8])
+        found.setdefault(kind, chunks[i + 8:i + 8 + length])
+        i += 12 + length
+    if b"sRGB" in found:
+        return ("sRGB",), "the PNG sRGB mark"
+    if not found:
+        return None, "none"
+    parts = []
+    if len(found.get(b"gAMA", b"")) == 4:
+        parts.append(f"gamma {struct.unpack('>I', found[b'gAMA'])[0] / 100000:g}")
+    if b"cHRM" in found:
+        parts.append("chromaticities")
+    return ("png", found.get(b"gAMA"), found.get(b"cHRM")), "PNG " + " and ".join(parts or ["colour chunks"])
+
+
+def _colour_description(path: str | os.PathLike[str], icc: bytes | None) -> tuple[tuple | None, str]:
+    """A source's colour description (its ICC profile, else its PNG ``sRGB`` chunk, else its
+    ``gAMA``/``cHRM`` chunks) as a comparable key and a label; (None, 'none') without one."""
+    if icc:
+        return ("icc", _icc_key(icc)), "a colour profile"
+    return _png_colour_label(source_png_colour(path))
+
+
+_ICC_SPACE_NAMES = {b"CMYK": "CMYK", b"GRAY": "gray", b"RGB ": "RGB"}
+
+
+def profile_notes(paths: Sequence[str | os.PathLike[str]], first_icc: bytes | None,
+                  rgb: bool | None = None) -> list[str]:
+    """One line per source after the first whose colour description (ICC profile, else PNG
+    ``sRGB`` chunk, else ``gAMA``/``cHRM`` chunks) differs from the first's, or that has one
+    where the first has none or the reverse: the result of a fusion carries the first source's
+    description (or none), and colours are not converted, so the user is told. ``rgb``: whether
+    the result is colour (True) or gray (False); a first profile of another colour space is not
+    written (:func:`icc_fits`) and the line says the result carries no profile."""
     notes: list[str] = []
-    first, key = os.fspath(paths[0]), _icc_key(first_icc)
+    first = os.fspath(paths[0])
+    key, label = _colour_description(paths[0], first_icc)
+    carried = f"{first}'s" if label != "none" else "none"
+    if first_icc and rgb is not None and not icc_fits(first_icc, np.zeros((1, 1, 3) if rgb else (1, 1), np.uint8)):
+        space = _ICC_SPACE_NAMES.get(bytes(first_icc[16:20]), repr(bytes(first_icc[16:20]).decode("latin-1")))
+        carried = f"no profile: {first}'s {space} profile does not fit {'an RGB' if rgb else 'a gray'} image"
+    elif label != "none" and not first_icc:
+        carried = f"{first}'s {label.removeprefix('the ')}"
     for p in paths[1:]:
         icc = source_metadata(p)[1]
-        if _icc_key(icc) == key:
+        k, lab = _colour_description(p, icc)
+        if k == key:
             continue
         if icc and first_icc:
-            what, carried = f"a different colour profile from {first}", f"{first}'s"
-        elif icc:
-            what, carried = f"a colour profile and {first} none", "none"
+            what = f"a different colour profile from {first}"
+        elif icc and label == "none":
+            what = f"a colour profile and {first} none"
+        elif first_icc and lab == "none":
+            what = f"no colour profile and {first} one"
         else:
-            what, carried = f"no colour profile and {first} one", f"{first}'s"
+            what = f"a different colour description from {first} ({lab}; {first}: {label})"
         notes.append(f"{os.fspath(p)} has {what}; the result carries {carried} (colours are not converted)")
+    return notes
+
+
+def cmyk_notes(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """One line per CMYK source: it is converted to RGB without colour management."""
+    notes: list[str] = []
+    for p in paths:
+        try:
+            with _quiet_pillow(), Image.open(p) as im:
+                cmyk = im.mode == "CMYK"
+        except Exception:  # noqa: BLE001 - the reader reports what it cannot open
+            continue
+        if cmyk:
+            notes.append(f"{os.fspath(p)} is CMYK: converted to RGB without colour management "
+                         "(its colours are approximate)")
     return notes
 
 
@@ -1685,10 +1745,12 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
         assert full is not None
         full[i] = np.clip(np.round(a / float((1 << b) - 1) * 65535.0), 0, 65535).astype(np.uint16)
     exif, icc, exif_note = _source_metadata(paths[0]) if metadata and paths else (None, None, None)
-    notes = profile_notes(paths, icc) if metadata and len(paths) > 1 else []
+    images = [o for o in out if o is not None]
+    rgb = any(a.ndim == 3 and a.shape[2] >= 3 for a in images)
+    notes = profile_notes(paths, icc, rgb) if metadata and len(paths) > 1 else []
+    notes += cmyk_notes(paths) if metadata else []
     notes += [exif_note] if exif_note else []
     notes += clipped
-    images = [o for o in out if o is not None]
     if metadata:
         notes += frame_notes(paths)
         mixed = mix_note([os.fspath(p) for p in paths], [a.ndim == 2 for a in images])
