@@ -453,6 +453,35 @@ def test_png_colour_chunks_and_profiles_not_written_are_noted_truly(tmp_path: Pa
         assert "srgb" in im.info and "icc_profile" not in im.info
 
 
+def test_xmp_and_comments_not_kept_are_noted_once(tmp_path: Path, nets: Path, capsys) -> None:
+    """A source's XMP and JPEG comment were dropped in silence; ``fuse`` now names what is not
+    kept in one line, ``fuse-dir`` once a run (not per pair); plain shots get no such line."""
+    a8, b8 = pair(1)
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"></x:xmpmeta>'
+    Image.fromarray(a8).save(tmp_path / "a.jpg", quality=95, xmp=xmp)
+    Image.fromarray(b8).save(tmp_path / "b.jpg", quality=95, comment=b"by Alice")
+    Image.fromarray(a8).save(tmp_path / "a-plain.jpg", quality=95)
+    Image.fromarray(b8).save(tmp_path / "b-plain.jpg", quality=95)
+
+    def fuse(a: str, b: str) -> str:
+        assert cli_main(["fuse", str(tmp_path / a), str(tmp_path / b), "-o", str(tmp_path / "F.png"),
+                         "--model", str(nets), "--device", "cpu"]) == 0
+        return capsys.readouterr().err
+
+    err = fuse("a.jpg", "b.jpg")
+    assert "bafusion fuse: the sources' XMP and comments are not kept" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "not kept" not in fuse("a-plain.jpg", "b-plain.jpg")
+    src = tmp_path / "in"
+    src.mkdir()
+    for pre in ("p", "q"):
+        for n in ("A", "B"):
+            (src / f"{pre}-{n}.jpg").write_bytes((tmp_path / f"{n.lower()}.jpg").read_bytes())
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "out"), "--model", str(nets), "--device", "cpu",
+                     "--quiet"]) == 0
+    assert capsys.readouterr().err.count("are not kept") == 1
+
+
 def test_a_multi_page_source_and_a_gray_source_beside_a_colour_one_are_noted(tmp_path: Path, nets: Path,
                                                                              capsys) -> None:
     """Both fused silently: a multi-page TIFF from its first page, a gray A with a colour B

@@ -1695,6 +1695,31 @@ def cmyk_notes(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
     return notes
 
 
+def unkept_metadata_note(paths: Sequence[str | os.PathLike[str]]) -> str | None:
+    """One line naming the kinds of metadata the sources hold that no output keeps (XMP, IPTC,
+    JPEG comments: only the first source's EXIF, ICC profile and resolution are written), or
+    None when they hold none. The line names no file, so that ``fuse-dir`` says it once."""
+    kinds: list[str] = []
+    for p in paths:
+        try:
+            with _quiet_pillow(), Image.open(p) as im:
+                info, tags = im.info, getattr(im, "tag_v2", {})
+                found = [("XMP", bool(info.get("xmp") or info.get("XML:com.adobe.xmp") or 700 in tags)),
+                         ("IPTC", 0x0404 in (info.get("photoshop") or {}) or 33723 in tags),
+                         ("comments", bool(info.get("comment")))]
+        except Exception:  # noqa: BLE001 - the reader reports what it cannot open
+            continue
+        kinds += [k for k, has in found if has and k not in kinds]
+    if not kinds:
+        return None
+    order = ["XMP", "IPTC", "comments"]
+    names = [k for k in order if k in kinds]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    verb = "is" if names in (["XMP"], ["IPTC"]) else "are"
+    return (f"the sources' {listed} {verb} not kept (the output carries the first source's EXIF, ICC profile "
+            "and resolution only)")
+
+
 def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = True) -> SourceSet:
     """Read the sources of one fusion: uint8 images as :func:`read_images`, the full-depth
     uint16 versions when any source has more than 8 bits (scaled by the same bits as the
@@ -1749,6 +1774,8 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     rgb = any(a.ndim == 3 and a.shape[2] >= 3 for a in images)
     notes = profile_notes(paths, icc, rgb) if metadata and len(paths) > 1 else []
     notes += cmyk_notes(paths) if metadata else []
+    unkept = unkept_metadata_note(paths) if metadata else None
+    notes += [unkept] if unkept else []
     notes += [exif_note] if exif_note else []
     notes += clipped
     if metadata:

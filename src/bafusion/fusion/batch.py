@@ -841,6 +841,7 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
     old = read_marker(out)
     same = old is not None and not setup_differences(old, setup) and isinstance(old.get("outputs"), list)
     written = {str(n) for n in old["outputs"]} if same else set()  # outputs known to be of this setup
+    said_once: set[str] = set()  # notes said once a run (metadata not kept)
     device = str(getattr(nets, "device", ""))
     # the record first: a stopped run leaves outputs that it describes (inside IN it also marks
     # the folder as fuse-dir's for later runs: check_output_folder)
@@ -910,7 +911,10 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
                            f"and rerun with --skip-existing (the {len(written)} output(s) written are kept)")
             break
         for note in fused.notes:
-            tqdm.write(f"bafusion fuse-dir: {note}", file=sys.stderr)
+            if note not in said_once:  # a line without a file name (metadata not kept): once a run
+                tqdm.write(f"bafusion fuse-dir: {note}", file=sys.stderr)
+            if note.startswith("the sources' "):
+                said_once.add(note)
         rep.fused.append(name)
         written.add(target.name)
         said(i, name, f"fused in {time.perf_counter() - t0:.1f} s")
