@@ -437,7 +437,7 @@ def test_png_colour_chunks_and_profiles_not_written_are_noted_truly(tmp_path: Pa
     err, _ = fuse("a-g45.png", "b-g55.png")
     assert (f"{tmp_path / 'b-g55.png'} has a different colour description from {tmp_path / 'a-g45.png'} "
             f"(PNG gamma 0.55555; {tmp_path / 'a-g45.png'}: PNG gamma 0.45455); the result carries "
-            f"{tmp_path / 'a-g45.png'}'s PNG gamma 0.45455 (colours are not converted)") in err, err
+            f"{tmp_path / 'a-g45.png'}'s PNG gamma 0.45455 if it is a .png (colours are not converted)") in err, err
     assert "colour" not in fuse("a-g45.png", "b-g45.png")[0]
     err, out = fuse("a-cmyk.jpg", "b-srgb.png")
     assert (f"the result carries no profile: {tmp_path / 'a-cmyk.jpg'}'s CMYK profile does not fit an RGB "

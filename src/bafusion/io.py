@@ -1662,7 +1662,7 @@ def profile_notes(paths: Sequence[str | os.PathLike[str]], first_icc: bytes | No
         space = _ICC_SPACE_NAMES.get(bytes(first_icc[16:20]), repr(bytes(first_icc[16:20]).decode("latin-1")))
         carried = f"no profile: {first}'s {space} profile does not fit {'an RGB' if rgb else 'a gray'} image"
     elif label != "none" and not first_icc:
-        carried = f"{first}'s {label.removeprefix('the ')}"
+        carried = f"{first}'s {label.removeprefix('the ')} if it is a .png"  # other formats cannot hold it
     for p in paths[1:]:
         icc = source_metadata(p)[1]
         k, lab = _colour_description(p, icc)
