@@ -78,3 +78,23 @@ def test_the_advice_names_an_address_space_limit(monkeypatch) -> None:
     monkeypatch.setattr(resource, "getrlimit",
                         lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY) if which == resource.RLIMIT_AS else real(which))
     assert "address-space" not in app._memory_advice(argparse.Namespace(command="fuse"))
+
+
+def test_a_static_tls_import_error_is_not_called_out_of_memory(monkeypatch) -> None:
+    """libgomp's "cannot allocate memory in static TLS block" (aarch64, torch beside sklearn or
+    cv2) is not a memory shortage (its fix is LD_PRELOAD): it keeps its traceback."""
+    def fail(name: str):
+        raise ImportError("/lib/aarch64-linux-gnu/libgomp.so.1: cannot allocate memory in static TLS block")
+
+    monkeypatch.setattr(app.importlib, "import_module", fail)
+    with pytest.raises(ImportError, match="static TLS"):
+        cli_main(["fuse", "a.png", "b.png", "-o", "F.png"])
+
+
+def test_version_under_a_small_address_space_limit(monkeypatch, capsys) -> None:
+    """``bafusion --version`` loads no command module: a limit too small for torch must not
+    refuse it with "this command needs at least 1024 MiB"."""
+    monkeypatch.setattr("bafusion.fusion.memory.address_space_limit_mib", lambda: 900)
+    assert cli_main(["--version"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("bafusion ") and "address-space" not in out.err, out

@@ -238,7 +238,10 @@ def _loading_out_of_memory(e: BaseException) -> bool:
     if isinstance(e, MemoryError):
         return True
     text = str(e).lower()
-    return isinstance(e, ImportError) and ("failed to map segment" in text or "cannot allocate memory" in text)
+    # "cannot allocate memory in static TLS block" (libgomp on aarch64) is not a memory
+    # shortage: its fix is LD_PRELOAD, and its traceback says so better than we could
+    return isinstance(e, ImportError) and "static tls" not in text and (
+        "failed to map segment" in text or "cannot allocate memory" in text)
 
 
 def _main(argv: list[str]) -> int:
@@ -246,6 +249,9 @@ def _main(argv: list[str]) -> int:
 
     command = command_of(argv)
     cmd = f"bafusion {command or ''}".rstrip()
+    if command is None and "--version" in argv:  # needs no command module (and no torch)
+        print(f"bafusion {__version__}")
+        return 0
     modules = {COMMANDS[command]} if command in COMMANDS else set(COMMAND_MODULES)
     limit = address_space_limit_mib()
     if limit is not None and limit < MIN_ADDRESS_SPACE_MIB and modules & _TORCH_MODULES:
