@@ -938,3 +938,23 @@ def test_fuse_set_draws_the_truth_into_fig3(tmp_path: Path, model_dir: Path, mon
     (kw,) = seen
     np.testing.assert_array_equal(kw["truth"], a)
     np.testing.assert_array_equal(kw["truth_dm"], m.astype(bool))
+
+
+def test_cli_fuse_save_maps_keeps_a_write_bug_a_bug(tmp_path: Path, model_dir: Path, scene, capsys,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OSError without errno while writing (Pillow's "cannot write mode X") is a bug, said as
+    one (internal error) as without ``--save-maps``; with it, it became the user error "not
+    written; nothing was written" (review)."""
+    import bafusion.io
+
+    pa, pb = _write_pair(tmp_path, scene)
+    out = tmp_path / "f.png"
+
+    def bug(path, *args, **kw):
+        raise OSError("cannot write mode X as PNG")
+
+    monkeypatch.setattr(bafusion.io, "write_image", bug)
+    rc = cli_main(["fuse", str(pa), str(pb), "-o", str(out), "--model", str(model_dir), "--save-maps",
+                   str(tmp_path / "maps"), "--device", "cpu", "--l", "6", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc != 2 and "nothing was written" not in err, (rc, err)

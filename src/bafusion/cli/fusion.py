@@ -254,7 +254,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         bafusion.io.write_image(out, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits, dpi=fused.dpi,
                                 png_colour=fused.png_colour)
     except OSError as e:
-        if not args.save_maps:
+        if not args.save_maps or e.errno is None:  # no errno (Pillow's "cannot write mode X"): a bug, said as one
             raise
         raise UserError(f"{out}: {_os_reason(e)}: not written; nothing was written (the maps are written after "
                         "the fused image)") from e
@@ -265,6 +265,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         try:
             write_maps()
         except OSError as e:
+            if e.errno is None:
+                raise
             done = [name for name in maps if _file_id(folder / name) not in (None, before[name])]
             listed = ", ".join(done[:12]) + (", ..." if len(done) > 12 else "")
             raise UserError(f"{folder}: {_os_reason(e)} writing the maps: "
