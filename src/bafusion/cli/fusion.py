@@ -430,7 +430,7 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     from bafusion.cli.app import on_stop_say
 
     on_stop_say(lambda: f"rerun {'the same command' if args.skip_existing else 'it with --skip-existing'}: the "
-                f"stacks fused into {out} are kept, the others fused")
+                f"stacks fused into {out} are kept, the others are fused then")
     rep = fuse_dir(src, out, nets, params, ext=ext, align=args.align or "none", force=args.force,
                    skip_existing=args.skip_existing,
                    progress=args.progress is not False, motion_hint=args.align is None)
