@@ -579,8 +579,11 @@ def test_resumed_mlflow_run_names_the_interrupted_run(toy_run: dict, tmp_path: P
         train("initial", toy_run["h5"], cfg, paths, progress=False)
     first_id = load_checkpoint(paths.checkpoints / "last.pt")["mlflow_run_id"]
     monkeypatch.delenv(ABORT_ENV)
-    train("initial", toy_run["h5"], cfg, paths, progress=False)
     client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    # as SIGKILL leaves it (nothing ended the run): the resuming run ends it KILLED (it stayed
+    # RUNNING in the MLflow UI for good)
+    client.update_run(first_id, status="RUNNING")
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
     exp = client.get_experiment_by_name(EXPERIMENT)
     runs = {r.info.run_id: r for r in client.search_runs([exp.experiment_id])
             if r.data.params.get("patches") == str(toy_run["h5"]) and r.data.params.get("seed") == "4242"}
@@ -588,6 +591,7 @@ def test_resumed_mlflow_run_names_the_interrupted_run(toy_run: dict, tmp_path: P
     (second,) = (r for i, r in runs.items() if i != first_id)
     assert second.data.tags["resumed_from"] == "epoch 1 step 0"
     assert second.data.tags["resumed_run_id"] == first_id
+    assert runs[first_id].data.tags["resumed_by_run_id"] == second.info.run_id
     assert load_checkpoint(paths.checkpoints / "last.pt")["mlflow_run_id"] == second.info.run_id
 
 

@@ -336,6 +336,9 @@ class _NullRun:
     def log_model(self, model: Any, name: str, input_example: Any = None) -> None:
         pass
 
+    def end_interrupted(self, run_id: str) -> None:
+        pass
+
 
 #: A failing call of a run is tried again this many times, after ``RETRY_BACKOFF_S`` seconds,
 #: then twice that, ... (a sqlite store locked by another process for a moment, a disk full
@@ -423,6 +426,21 @@ class _Run:
     def log_model(self, model: Any, name: str, input_example: Any = None) -> None:
         """Log a torch net as an MLflow model of this run (see :func:`log_torch_model`)."""
         self._call("model", 1, log_torch_model, self.uri, self.run_id, model, name, input_example)
+
+    def end_interrupted(self, run_id: str) -> None:
+        """End the run ``run_id`` of an interrupted step that this run resumes as ``KILLED``,
+        when it is still ``RUNNING`` (SIGKILL, a lost machine: nothing ended it), and tag it
+        ``resumed_by_run_id``. A run this store does not hold (another store) is left alone."""
+        def end() -> None:
+            try:
+                status = self.client.get_run(run_id).info.status
+            except Exception:  # noqa: BLE001 - not in this store (or gone): nothing to end
+                return
+            if status == "RUNNING":
+                self.client.set_terminated(run_id, status="KILLED")
+                self.client.set_tag(run_id, "resumed_by_run_id", self.run_id)
+
+        self._call("the interrupted run's end", 1, end)
 
     def end(self, t0: float, status: str) -> None:
         """Log the duration since ``t0`` (``time.perf_counter``) and end the run with ``status``.

@@ -881,6 +881,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                if dist.main else contextlib.nullcontext(_NoRun()))
     with run_ctx as run:
         mlflow_run_id = getattr(run, "run_id", None)
+        if resumed_run_id and hasattr(run, "end_interrupted"):  # a SIGKILLed run stayed RUNNING
+            run.end_interrupted(resumed_run_id)
         for row in history:  # a resumed run repeats the earlier epochs so it holds the whole curve
             run.log_metrics(_epoch_metrics(row), step=int(row["epoch"]))
         for epoch in range(start_epoch, cfg.epochs):
