@@ -122,20 +122,29 @@ def _marker_text(pid: int) -> str:
     return " ".join([socket.gethostname(), str(pid), *(f"{k}={v}" for k, v in _identity().items())]) + "\n"
 
 
+def _read_marker(wrap: Path) -> tuple[str, int, dict[str, str]] | None:
+    """The host, process id and other fields (``pidns``, ``boot``) of the temporary folder
+    ``wrap``'s :data:`PART_MARKER`; ``None`` when ``wrap`` is no folder of ours with a readable
+    marker (a link, a file, no marker, another content)."""
+    marker = wrap / PART_MARKER
+    if wrap.is_symlink() or not wrap.is_dir() or not marker.is_file() or marker.is_symlink():
+        return None
+    try:
+        host, pid, *rest = marker.read_text().split()
+        return host, int(pid), dict(field.split("=", 1) for field in rest)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
 def _is_stale(wrap: Path) -> bool:
     """Whether ``wrap`` is a temporary folder of this module left by a process that no longer
     runs: it holds :data:`PART_MARKER` naming this host, PID namespace and boot, and a process
     that ``os.kill`` does not find. A marker of the older form ``<host> <pid>`` (versions of
     2026-12-04) cannot tell a process of another PID namespace from a dead one: it is kept."""
-    marker = wrap / PART_MARKER
-    if wrap.is_symlink() or not wrap.is_dir() or not marker.is_file() or marker.is_symlink():
+    read = _read_marker(wrap)
+    if read is None:
         return False
-    try:
-        host, pid, *rest = marker.read_text().split()
-        owner = int(pid)
-        fields = dict(field.split("=", 1) for field in rest)
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
+    host, owner, fields = read
     ours = _identity()
     if any(fields.get(key) != value for key, value in ours.items()):
         return False  # another namespace or boot, or the older form
@@ -152,15 +161,10 @@ def _kept_owner(wrap: Path) -> str | None:
     this host``, ``process <pid> of this host written by a bafusion version before 2026-12-05``
     (a marker without PID namespace and boot); ``None`` for a folder without a readable marker
     (not bafusion's) and for one of a process that runs here (a run in progress)."""
-    marker = wrap / PART_MARKER
-    if wrap.is_symlink() or not wrap.is_dir() or not marker.is_file() or marker.is_symlink():
+    read = _read_marker(wrap)
+    if read is None:
         return None
-    try:
-        host, pid, *rest = marker.read_text().split()
-        owner = int(pid)
-        fields = dict(field.split("=", 1) for field in rest)
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
+    host, owner, fields = read
     if host != socket.gethostname():
         return f"host {host} (process {owner})"
     if not fields:
