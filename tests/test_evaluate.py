@@ -847,7 +847,7 @@ def test_a_dataset_given_on_the_command_line_compares_the_methods_of_its_referen
     err = capsys.readouterr().err
     assert rc == 0, err
     assert (f"dataset 'mine': reference methods CNN, MyGFF: the sub-folders of {ref} (<REF>/<METHOD>/<pair>.<ext>; "
-            "set the dataset's reference_methods in --params-json to choose)") in err, err
+            "pass --reference-methods M1,M2 to choose)") in err, err
     rows = list(csv.DictReader((out / "mine" / "metrics.csv").open()))
     assert sorted({r["method"] for r in rows}) == ["CNN", "Laplacian", "MyGFF"]
 

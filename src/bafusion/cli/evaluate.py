@@ -110,8 +110,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         one["reference_methods"] = [m for m in found if m not in computed]
         if one["reference_methods"]:
             print(f"bafusion evaluate: dataset {one['name']!r}: reference methods {', '.join(one['reference_methods'])}: "
-                  f"the sub-folders of {one['reference']} (<REF>/<METHOD>/<pair>.<ext>; set the dataset's "
-                  "reference_methods in --params-json to choose)"
+                  f"the sub-folders of {one['reference']} (<REF>/<METHOD>/<pair>.<ext>; pass "
+                  "--reference-methods M1,M2 to choose)"
                   + (f"; {', '.join(computed)} left out (computed here)" if computed else ""), file=sys.stderr)
         else:
             raise UserError(f"--dataset {args.dataset}: {one['reference']} holds no method folders: the reference "
