@@ -712,3 +712,55 @@ def test_a_server_down_mid_run_is_not_called_into_minutes_of_retries(monkeypatch
     with pytest.raises(tracking.Unreachable):
         tracking._retried("http://127.0.0.1:9", lambda: called.append(1))
     assert called == [] and len(checked) == tracking.RETRIES + 1
+
+
+_KILLABLE = """
+import time
+from bafusion import tracking
+with tracking.stage_run("evaluate") as run:
+    print(run.run_id, flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times from /proc")
+def test_a_sigkilled_steps_run_is_ended_killed_by_the_next_step(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # SIGKILL (the OOM killer, a node lost) left an evaluate's MLflow run RUNNING for good: the
+    # next step's run ends it KILLED, naming itself; runs of live processes, of another host, or
+    # without the process tags are left alone, and a PID reused by a later process is seen as such
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    procs = [subprocess.Popen([sys.executable, "-c", _KILLABLE], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    try:
+        killed_id, alive_id = (p.stdout.readline().strip() for p in procs)  # type: ignore[union-attr]
+        procs[0].kill()
+        procs[0].wait(timeout=60)
+        client = MlflowClient(tracking_uri=uri)
+        exp_id = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+        tags = client.get_run(alive_id).data.tags
+        # the live process's PID, with another start time: a later process reusing a dead one's PID
+        reused = client.create_run(exp_id, tags={**{k: v for k, v in tags.items() if k.startswith("bafusion.process")},
+                                                 "bafusion.process.start": "1"}).info.run_id
+        elsewhere = client.create_run(exp_id, tags={**client.get_run(killed_id).data.tags,
+                                                    "bafusion.process.host": "another-host"}).info.run_id
+        untagged = client.create_run(exp_id).info.run_id  # an earlier version's, or a parent run
+        with tracking.stage_run("evaluate") as run:
+            later = run.run_id
+            run.end_interrupted(killed_id)  # a training resuming it: ended already, still named
+        status = {r.info.run_id: r.info.status for r in client.search_runs([exp_id])}
+        assert status == {killed_id: "KILLED", reused: "KILLED", alive_id: "RUNNING", elsewhere: "RUNNING",
+                          untagged: "RUNNING", later: "FINISHED"}
+        assert client.get_run(killed_id).data.tags["ended_by_run_id"] == later
+        assert client.get_run(killed_id).data.tags["resumed_by_run_id"] == later
+        assert client.get_run(reused).data.tags["ended_by_run_id"] == later
+        assert "ended_by_run_id" not in client.get_run(alive_id).data.tags
+        assert tags["bafusion.process.pid"] == str(procs[1].pid)
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate(timeout=60)

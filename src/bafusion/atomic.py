@@ -116,6 +116,45 @@ def _identity() -> dict[str, str]:
             "boot": _read_proc("/proc/sys/kernel/random/boot_id", "text")}
 
 
+def _start_time(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since the boot, /proc/<pid>/stat's 22nd field),
+    ``"-"`` where there is no /proc (or no such process): a PID reused by a later process has
+    another start time."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "-"
+
+
+def process_identity() -> dict[str, str]:
+    """What names this process for :func:`process_gone` in another one: ``host``, ``pid``, its
+    ``start`` time (:func:`_start_time`) and :func:`_identity`'s ``pidns`` and ``boot``."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": str(pid), "start": _start_time(pid), **_identity()}
+
+
+def process_gone(named: dict[str, str]) -> bool:
+    """Whether the process ``named`` (:func:`process_identity`'s fields, ``start`` may be left
+    out) is known to run no more: it is of this host, PID namespace and boot, and no process has
+    its PID, or the one that has it started at another time (the PID reused). A process of
+    another host, namespace or boot, or named without them, is not known gone: ``False``."""
+    ours = {"host": socket.gethostname(), **_identity()}
+    if any(named.get(key) != value for key, value in ours.items()):
+        return False
+    try:
+        pid = int(named.get("pid", ""))
+    except ValueError:
+        return False
+    if pid == os.getpid() or pid <= 0:
+        return False
+    if not _pid_alive(pid):
+        return True
+    start = named.get("start", "-")
+    now = _start_time(pid)
+    return "-" not in (start, now) and start != now
+
+
 def _marker_text(pid: int) -> str:
     """The content of :data:`PART_MARKER` for process ``pid`` of this process's host, PID
     namespace and boot: ``<host> <pid> pidns=<inode> boot=<id>`` (``-`` for one unknown)."""
@@ -145,10 +184,8 @@ def _is_stale(wrap: Path) -> bool:
     if read is None:
         return False
     host, owner, fields = read
-    ours = _identity()
-    if any(fields.get(key) != value for key, value in ours.items()):
-        return False  # another namespace or boot, or the older form
-    return host == socket.gethostname() and owner != os.getpid() and not _pid_alive(owner)
+    # another host, namespace or boot, or the older form: not known gone
+    return process_gone({**fields, "host": host, "pid": str(owner)})
 
 
 #: The leftovers this process has named (:func:`_note_kept`): once each.

@@ -26,6 +26,9 @@
   Snakemake call, so the parent is found again by an invocation key (the DVC experiment's name,
   else the ``dvc`` process that runs the stages) and reopened. A step run by hand, outside
   both, is a top-level run.
+- A step's run names its process (host, PID, start time, PID namespace, boot: tags
+  ``bafusion.process.*``); each step that starts ends as ``KILLED`` the runs still ``RUNNING``
+  whose process is known gone (SIGKILL), tagging them ``ended_by_run_id`` (:meth:`_Run.end_dead_runs`).
 - Every run carries MLflow's own source tags (``mlflow.source.git.commit``, ``mlflow.source.name``,
   ``mlflow.source.type``), so the UI shows the commit it ran.
 """
@@ -339,6 +342,9 @@ class _NullRun:
     def end_interrupted(self, run_id: str) -> None:
         pass
 
+    def end_dead_runs(self) -> None:
+        pass
+
 
 #: A failing call of a run is tried again this many times, after ``RETRY_BACKOFF_S`` seconds,
 #: then twice that, ... (a sqlite store locked by another process for a moment, a disk full
@@ -347,6 +353,13 @@ RETRIES = 3
 RETRY_BACKOFF_S = 0.5
 #: Tags of a run whose tracking stopped before its end (:meth:`_Run.end`).
 INCOMPLETE_TAG = "bafusion.incomplete"
+#: The tags ``bafusion.process.<field>`` of a step's run name its process (:data:`PROCESS_FIELDS`, see
+#: :func:`bafusion.atomic.process_identity`), so that a later step ends it ``KILLED`` once that
+#: process is gone and the run still says ``RUNNING`` (:meth:`_Run.end_dead_runs`).
+PROCESS_TAG = "bafusion.process"
+PROCESS_FIELDS = ("host", "pid", "start", "pidns", "boot")
+#: The tag of a run ended by :meth:`_Run.end_dead_runs`: the id of the run that ended it.
+ENDED_BY_TAG = "ended_by_run_id"
 
 
 def _permanent(error: BaseException) -> bool:
@@ -431,16 +444,40 @@ class _Run:
         """End the run ``run_id`` of an interrupted step that this run resumes as ``KILLED``,
         when it is still ``RUNNING`` (SIGKILL, a lost machine: nothing ended it), and tag it
         ``resumed_by_run_id``. A run this store does not hold (another store) is left alone."""
-        def end() -> None:
-            try:
-                status = self.client.get_run(run_id).info.status
-            except Exception:  # noqa: BLE001 - not in this store (or gone): nothing to end
-                return
-            if status == "RUNNING":
-                self.client.set_terminated(run_id, status="KILLED")
-                self.client.set_tag(run_id, "resumed_by_run_id", self.run_id)
+        self._call("the interrupted run's end", 1, self._end_killed, run_id, "resumed_by_run_id")
 
-        self._call("the interrupted run's end", 1, end)
+    def end_dead_runs(self) -> None:
+        """End as ``KILLED`` the runs of this run's experiment that are still ``RUNNING`` though
+        their process is known gone (:func:`bafusion.atomic.process_gone`, by the tags
+        :data:`PROCESS_TAG` ``.host``, ``.pid``, ...: SIGKILL, the out-of-memory killer), and tag
+        them :data:`ENDED_BY_TAG`; those of another host, PID namespace or boot, of a process
+        that runs, or without the tags (an earlier version, a parent run) are left alone."""
+        from bafusion.atomic import process_gone
+
+        def end() -> None:
+            experiment = self.client.get_run(self.run_id).info.experiment_id
+            for run in self.client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'",
+                                               max_results=1000):
+                tags = run.data.tags
+                named = {key: tags[f"{PROCESS_TAG}.{key}"] for key in PROCESS_FIELDS
+                         if f"{PROCESS_TAG}.{key}" in tags}
+                if run.info.run_id != self.run_id and named and process_gone(named):
+                    self._end_killed(run.info.run_id, ENDED_BY_TAG)
+
+        self._call("the dead runs' end", 1, end)
+
+    def _end_killed(self, run_id: str, tag: str) -> None:
+        """End the run ``run_id`` as ``KILLED`` when it is still ``RUNNING``, tagging it ``tag`` =
+        this run's id; also tag it when this run ended it already (:meth:`end_dead_runs`). A run
+        this store does not hold is left alone; the store's other failures are raised."""
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:  # noqa: BLE001 - not in this store (or gone): nothing to end
+            return
+        if run.info.status == "RUNNING" or run.data.tags.get(ENDED_BY_TAG) == self.run_id:
+            self.client.set_tag(run_id, tag, self.run_id)  # first: a run ended untagged would say nothing
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run_id, status="KILLED")
 
     def end(self, t0: float, status: str) -> None:
         """Log the duration since ``t0`` (``time.perf_counter``) and end the run with ``status``.
@@ -487,7 +524,10 @@ def _open_run(
     exp = client.get_experiment_by_name(EXPERIMENT)
     exp_id = exp.experiment_id if exp is not None else _create_experiment(client, uri)
     name = run_name or stage
-    all_tags = {"stage": stage, "mlflow.runName": name, **source_tags(f"bafusion {stage}")}
+    from bafusion.atomic import process_identity
+
+    all_tags = {"stage": stage, "mlflow.runName": name, **source_tags(f"bafusion {stage}"),
+                **{f"{PROCESS_TAG}.{key}": value for key, value in process_identity().items()}}
     for var in ("DVC_EXP_NAME", "DVC_STAGE"):
         if os.environ.get(var):
             all_tags[var.lower()] = os.environ[var]
@@ -541,6 +581,7 @@ def stage_run(
         return
     t0 = time.perf_counter()
     try:
+        handle.end_dead_runs()  # a SIGKILLed step's run said RUNNING for good
         yield handle
     except BaseException as e:
         # Ctrl-C, or SIGTERM turned into SystemExit by the CLI (bafusion.cli): the job was
