@@ -857,3 +857,47 @@ def test_evaluate_figure_pair_outside_pattern_says_so(work: Path, capsys) -> Non
         (work / "evd" / f"t01-leaf-{k}.png").write_bytes((work / src).read_bytes())
     _refused([*EVD, "--pattern", "g*", "--figure-pair", "t01-leaf"], capsys, work,
              "--figure-pair 't01-leaf'", "--pattern 'g*'", "g01-clock")
+
+
+_SLOW_EXIT = """
+import atexit, gc, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal, even from a background job
+def slow_exit():  # as the exit handlers of MLflow and torch under load: seconds
+    print("frozen" if gc.get_freeze_count() else "not frozen", flush=True)
+    print("exiting", flush=True)
+    time.sleep(60)
+atexit.register(slow_exit)  # before the command's own: runs after them
+from bafusion.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize(("signum", "status", "said"), [(15, 143, "terminated"), (2, 130, "interrupted")])
+def test_a_signal_while_the_finished_command_exits_says_its_outputs_are_complete(
+    tmp_path: Path, signum: int, status: int, said: str,
+) -> None:
+    """A signal after the command's last line, while Python exits (MLflow's, torch's teardown:
+    seconds under load), ended it with -15 (-2) and no word: the handlers were given back in
+    main's finally. One line says that it had finished and its outputs are complete; the status
+    is 128 + N. The exit collects and freezes the garbage first (gc.freeze), so that the
+    teardown of torch's and MLflow's modules is not walked again and again."""
+    import signal
+
+    rng = np.random.default_rng(0)
+    for name in ("A.png", "B.png"):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / name)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "BAFUSION_MLFLOW": "0"}
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_EXIT, "baseline", "--method", "laplacian", "-o", "F.png",
+                             "A.png", "B.png"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    assert proc.stdout is not None
+    lines = []
+    while not lines or lines[-1] not in ("exiting", ""):
+        lines.append(proc.stdout.readline().strip())
+    proc.send_signal(signal.Signals(signum))
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err.strip().splitlines()) == (
+        status, [f"bafusion baseline: {said} while exiting, after it had finished: its outputs are complete (F.png)"])
+    assert lines[-2:] == ["frozen", "exiting"]
+    assert (tmp_path / "F.png").is_file()
