@@ -764,3 +764,50 @@ def test_a_sigkilled_steps_run_is_ended_killed_by_the_next_step(tmp_path: Path,
         for p in procs:
             p.kill()
             p.communicate(timeout=60)
+
+
+_PARENT = """
+import sys, time
+from bafusion import tracking
+print(tracking.begin_invocation({}, "all"), flush=True)
+if sys.argv[1] == "end":
+    tracking.end_invocation(True)
+else:
+    time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times from /proc")
+def test_a_killed_snakemakes_parent_run_is_ended_and_a_reopened_one_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a Snakemake killed (SIGKILL, or stopped without its onerror) left its parent run RUNNING;
+    # a DVC stage's Snakemake reopens the parent of the last one, which has exited: it is its own
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    _clear_invocation_env(monkeypatch)
+    env = {k: v for k, v in os.environ.items() if k not in (tracking.PARENT_ENV, "DVC_STAGE", "DVC_EXP_NAME")}
+    killed = subprocess.Popen([sys.executable, "-c", _PARENT, "sleep"], stdout=subprocess.PIPE, text=True,
+                              env={**env, "MLFLOW_TRACKING_URI": uri})
+    try:
+        killed_id = killed.stdout.readline().strip()  # type: ignore[union-attr]
+    finally:
+        killed.kill()
+        killed.communicate(timeout=60)
+    dvc = {**env, "MLFLOW_TRACKING_URI": uri, "DVC_STAGE": "patches", "DVC_EXP_NAME": "exp-a"}
+    done = subprocess.run([sys.executable, "-c", _PARENT, "end"], capture_output=True, text=True, env=dvc,
+                          check=True, timeout=120)
+    monkeypatch.setenv("DVC_STAGE", "train_initial")
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-a")
+    reopened = tracking.begin_invocation({}, "all")
+    assert reopened == done.stdout.strip()
+    with tracking.stage_run("train_initial") as run:
+        step = run.run_id
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(killed_id).info.status == "KILLED"
+    assert client.get_run(killed_id).data.tags["ended_by_run_id"] == step
+    assert client.get_run(reopened).info.status == "RUNNING"  # until its end_invocation
+    assert client.get_run(reopened).data.tags["bafusion.process.pid"] == str(os.getpid())
+    tracking.end_invocation(True)

@@ -26,9 +26,10 @@
   Snakemake call, so the parent is found again by an invocation key (the DVC experiment's name,
   else the ``dvc`` process that runs the stages) and reopened. A step run by hand, outside
   both, is a top-level run.
-- A step's run names its process (host, PID, start time, PID namespace, boot: tags
-  ``bafusion.process.*``); each step that starts ends as ``KILLED`` the runs still ``RUNNING``
-  whose process is known gone (SIGKILL), tagging them ``ended_by_run_id`` (:meth:`_Run.end_dead_runs`).
+- A step's run, and a parent run, names its process (host, PID, start time, PID namespace,
+  boot: tags ``bafusion.process.*``); each step that starts ends as ``KILLED`` the runs still
+  ``RUNNING`` whose process is known gone (SIGKILL), tagging them ``ended_by_run_id``
+  (:meth:`_Run.end_dead_runs`).
 - Every run carries MLflow's own source tags (``mlflow.source.git.commit``, ``mlflow.source.name``,
   ``mlflow.source.type``), so the UI shows the commit it ran.
 """
@@ -362,6 +363,13 @@ PROCESS_FIELDS = ("host", "pid", "start", "pidns", "boot")
 ENDED_BY_TAG = "ended_by_run_id"
 
 
+def process_tags() -> dict[str, str]:
+    """The tags :data:`PROCESS_TAG` ``.<field>`` that name this process on a run it holds ``RUNNING``."""
+    from bafusion.atomic import process_identity
+
+    return {f"{PROCESS_TAG}.{key}": value for key, value in process_identity().items()}
+
+
 def _permanent(error: BaseException) -> bool:
     """A store's answer that trying again cannot change (a bad value, no such run)."""
     code = getattr(error, "error_code", None)
@@ -451,7 +459,9 @@ class _Run:
         their process is known gone (:func:`bafusion.atomic.process_gone`, by the tags
         :data:`PROCESS_TAG` ``.host``, ``.pid``, ...: SIGKILL, the out-of-memory killer), and tag
         them :data:`ENDED_BY_TAG`; those of another host, PID namespace or boot, of a process
-        that runs, or without the tags (an earlier version, a parent run) are left alone."""
+        that runs, or without the tags (an earlier version's) are left alone. A parent run
+        (:func:`begin_invocation`) names its Snakemake process: killed, or stopped without its
+        ``onerror``, it is ended alike."""
         from bafusion.atomic import process_gone
 
         def end() -> None:
@@ -524,10 +534,7 @@ def _open_run(
     exp = client.get_experiment_by_name(EXPERIMENT)
     exp_id = exp.experiment_id if exp is not None else _create_experiment(client, uri)
     name = run_name or stage
-    from bafusion.atomic import process_identity
-
-    all_tags = {"stage": stage, "mlflow.runName": name, **source_tags(f"bafusion {stage}"),
-                **{f"{PROCESS_TAG}.{key}": value for key, value in process_identity().items()}}
+    all_tags = {"stage": stage, "mlflow.runName": name, **source_tags(f"bafusion {stage}"), **process_tags()}
     for var in ("DVC_EXP_NAME", "DVC_STAGE"):
         if os.environ.get(var):
             all_tags[var.lower()] = os.environ[var]
@@ -753,7 +760,7 @@ def begin_invocation(config: Mapping[str, Any] | None = None, targets: str = "")
 
 def _begin_invocation(uri: str, config: Mapping[str, Any] | None, targets: str) -> str:
     """:func:`begin_invocation` with the store ``uri``, raising what the store raises."""
-    from mlflow.entities import Param, RunStatus
+    from mlflow.entities import Param, RunStatus, RunTag
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -779,9 +786,12 @@ def _begin_invocation(uri: str, config: Mapping[str, Any] | None, targets: str) 
             )
             if found:
                 run_id = found[0].info.run_id
+                # this process holds it RUNNING now (first: else a step would find the last
+                # stage's Snakemake gone and end it, see _Run.end_dead_runs)
+                client.log_batch(run_id, tags=[RunTag(k, v) for k, v in process_tags().items()])
                 client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         if run_id is None:
-            tags = {PARENT_TAG: "1", "mlflow.runName": name, **source_tags(name)}
+            tags = {PARENT_TAG: "1", "mlflow.runName": name, **source_tags(name), **process_tags()}
             if key:
                 tags[INVOCATION_TAG] = key
             if os.environ.get("DVC_EXP_NAME"):
