@@ -560,3 +560,16 @@ def test_leftovers_that_are_kept_are_named_once(tmp_path: Path, capsys: pytest.C
         f"bafusion: note: {tmp_path / '.a.part-oldform'}: the temporary folder of a write by process {dead.pid} of "
         f"this host written by a bafusion version before 2026-12-05 {end}"], err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*markers, ".a.part-mine", "a", "a.d"])
+
+
+def test_on_windows_no_process_is_killed_to_see_whether_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # os.kill(pid, 0) on Windows is TerminateProcess(pid, 0): asking whether a leftover's (or a
+    # RUNNING MLflow run's) process still ran killed it; there it is not known gone
+    from bafusion import atomic
+
+    killed: list[tuple[int, int]] = []
+    named = {**atomic.process_identity(), "pid": str(_dead_pid())}
+    monkeypatch.setattr(os, "kill", lambda pid, sig: killed.append((pid, sig)))
+    monkeypatch.setattr(atomic, "_KILL_TERMINATES", True, raising=False)  # as on Windows
+    assert not atomic.process_gone(named)
+    assert killed == []

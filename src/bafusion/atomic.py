@@ -67,7 +67,16 @@ def raise_if_stopped() -> None:
 PART_MARKER = ".bafusion-part"
 
 
+#: Whether ``os.kill(pid, 0)`` terminates the process instead of asking whether it runs (Windows:
+#: TerminateProcess for any signal but CTRL_C_EVENT and CTRL_BREAK_EVENT).
+_KILL_TERMINATES = os.name == "nt"
+
+
 def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs (of any user); where ``os.kill`` cannot ask that
+    (:data:`_KILL_TERMINATES`) always ``True``: a process there is never known gone."""
+    if _KILL_TERMINATES:
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
