@@ -562,7 +562,7 @@ def test_leftovers_that_are_kept_are_named_once(tmp_path: Path, capsys: pytest.C
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*markers, ".a.part-mine", "a", "a.d"])
 
 
-def test_on_windows_no_process_is_killed_to_see_whether_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_on_windows_no_process_is_killed_to_see_whether_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     # os.kill(pid, 0) on Windows is TerminateProcess(pid, 0): asking whether a leftover's (or a
     # RUNNING MLflow run's) process still ran killed it; there it is not known gone
     from bafusion import atomic
