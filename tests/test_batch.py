@@ -437,7 +437,11 @@ def test_png_colour_chunks_and_profiles_not_written_are_noted_truly(tmp_path: Pa
     err, _ = fuse("a-g45.png", "b-g55.png")
     assert (f"{tmp_path / 'b-g55.png'} has a different colour description from {tmp_path / 'a-g45.png'} "
             f"(PNG gamma 0.55555; {tmp_path / 'a-g45.png'}: PNG gamma 0.45455); the result carries "
-            f"{tmp_path / 'a-g45.png'}'s PNG gamma 0.45455 if it is a .png (colours are not converted)") in err, err
+            f"{tmp_path / 'a-g45.png'}'s PNG gamma 0.45455 (colours are not converted)") in err, err
+    assert cli_main(["fuse", str(tmp_path / "a-g45.png"), str(tmp_path / "b-g55.png"), "-o", str(tmp_path / "g.jpg"),
+                     "--model", str(nets), "--device", "cpu"]) == 0
+    assert (f"the result carries no colour description (.jpg cannot hold {tmp_path / 'a-g45.png'}'s PNG gamma "
+            "0.45455)") in capsys.readouterr().err
     assert "colour" not in fuse("a-g45.png", "b-g45.png")[0]
     err, out = fuse("a-cmyk.jpg", "b-srgb.png")
     assert (f"the result carries no profile: {tmp_path / 'a-cmyk.jpg'}'s CMYK profile does not fit an RGB "
@@ -451,6 +455,49 @@ def test_png_colour_chunks_and_profiles_not_written_are_noted_truly(tmp_path: Pa
     assert f"the result carries {tmp_path / 'a-srgbchunk.png'}'s PNG sRGB mark" in err, err
     with Image.open(out) as im:
         assert "srgb" in im.info and "icc_profile" not in im.info
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_the_notes_claim_only_the_metadata_each_output_format_holds(tmp_path: Path, nets: Path, capsys,
+                                                                     bits: int) -> None:
+    """A .bmp output dropped the first source's ICC profile (and EXIF) while the note said the
+    result carried it. For every output format fuse accepts (8- and 16-bit sources) the notes
+    say what the written file holds, read back here: the profile carried or not, and the ICC
+    profile or EXIF that the format cannot hold named as not written."""
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    other = srgb[:-4] + b"P3XX"  # a distinct RGB profile
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    a8, b8 = pair(1)
+    if bits == 16:
+        (tmp_path / "a.png").write_bytes(png16_bytes(a8.astype(np.uint16) * 257, exif=exif.tobytes(), icc=srgb))
+        (tmp_path / "b.png").write_bytes(png16_bytes(b8.astype(np.uint16) * 257, icc=other))
+    else:
+        Image.fromarray(a8).save(tmp_path / "a.png", exif=exif.tobytes(), icc_profile=srgb)
+        Image.fromarray(b8).save(tmp_path / "b.png", icc_profile=other)
+    a = tmp_path / "a.png"
+    for ext in ("png", "jpg", "jpeg", "tif", "tiff", "bmp"):
+        out = tmp_path / f"f.{ext}"
+        assert cli_main(["fuse", str(a), str(tmp_path / "b.png"), "-o", str(out), "--model", str(nets),
+                         "--device", "cpu"]) == 0
+        err = capsys.readouterr().err
+        with Image.open(out) as im:
+            icc, has_exif = im.info.get("icc_profile"), im.getexif().get(0x010F) == "TestCam"
+        assert f"{tmp_path / 'b.png'} has a different colour profile from {a}" in err, (ext, err)
+        if icc:
+            assert icc == srgb and f"the result carries {a}'s (colours are not converted)" in err, (ext, err)
+        else:
+            assert f"the result carries no profile (.{ext} cannot hold {a}'s)" in err, (ext, err)
+            assert f"{out}: the first source's ICC profile" in err and "not written" in err, (ext, err)
+        if not has_exif:
+            assert "EXIF is not written" in err or "EXIF are not written" in err, (ext, err)
+            assert ("and EXIF are not written" if not icc else "EXIF is not written") in err, (ext, err)
+        else:
+            assert "EXIF is not written" not in err and "EXIF are not written" not in err, (ext, err)
+        expected = {"bmp": (False, False), "tif": (True, bits == 8), "tiff": (True, bits == 8)}.get(ext, (True, True))
+        assert (icc is not None, has_exif) == expected, ext
 
 
 def test_xmp_and_comments_not_kept_are_noted_once(tmp_path: Path, nets: Path, capsys) -> None:

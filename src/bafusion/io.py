@@ -728,12 +728,12 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
             data = _after_ihdr(bytes(data), png_colour)
     else:
         kwargs: dict = {"compress_level": 6} if fmt == "PNG" else ({"quality": 95} if fmt == "JPEG" else {})
-        if fmt in ("PNG", "JPEG", "TIFF", "WEBP"):
-            if exif:
-                kwargs["exif"] = exif
-            if icc:
-                kwargs["icc_profile"] = icc
-        if dpi and fmt in ("PNG", "JPEG", "TIFF", "BMP"):
+        keeps = written_metadata(p)
+        if exif and "exif" in keeps:
+            kwargs["exif"] = exif
+        if icc and "icc" in keeps:
+            kwargs["icc_profile"] = icc
+        if dpi and "dpi" in keeps:
             kwargs["dpi"] = dpi
         buf = io.BytesIO()
         try:
@@ -749,6 +749,25 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         return len(data)
 
     _write_checked(p, write)
+
+
+#: What :func:`write_image` stores of the metadata it is given, by Pillow format (:func:`written_metadata`).
+_WRITTEN_METADATA = {"PNG": frozenset({"icc", "exif", "dpi", "png_colour"}),
+                     "JPEG": frozenset({"icc", "exif", "dpi"}), "TIFF": frozenset({"icc", "exif", "dpi"}),
+                     "WEBP": frozenset({"icc", "exif"}), "BMP": frozenset({"dpi"})}
+
+
+def written_metadata(path: str | os.PathLike[str], high_depth: bool = False) -> frozenset[str]:
+    """The metadata :func:`write_image` stores in a file of ``path``'s suffix: ``'icc'`` (the ICC
+    profile, when it fits the image: :func:`icc_fits`), ``'exif'``, ``'dpi'`` and
+    ``'png_colour'`` (PNG ``gAMA``/``cHRM``/``sRGB`` chunks). ``high_depth``: a uint16 image,
+    which a TIFF holds without EXIF. A BMP holds the resolution only, a WebP no resolution, other
+    formats none of them."""
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    keeps = _WRITTEN_METADATA.get(fmt or "", frozenset())
+    if high_depth and fmt == "TIFF":
+        keeps = keeps - {"exif"}
+    return keeps
 
 
 def _write_checked(p: Path, write: Callable[[BinaryIO], int]) -> None:
@@ -1340,6 +1359,11 @@ class SourceSet:
         The first source's resolution in dots per inch (:func:`source_dpi`).
     png_colour : bytes or None
         The first source's PNG ``gAMA``/``cHRM``/``sRGB`` chunks (:func:`source_png_colour`).
+    paths : list of str
+        The source files (read with metadata; else empty).
+    colour_notes : list of str
+        The lines of :attr:`notes` from :func:`profile_notes`, said without knowing the output:
+        :meth:`notes_for` says them for the file written.
     full_scale : bool
         Some source of more than 8 bits was stored on the 16-bit scale (a PNG's ``sBIT``
         samples scaled up as the specification asks, 16-bit data), none only when all hold
@@ -1355,6 +1379,19 @@ class SourceSet:
     full_scale: bool = False
     dpi: tuple[float, float] | None = None
     png_colour: bytes | None = None
+    paths: list[str] = field(default_factory=list)
+    colour_notes: list[str] = field(default_factory=list)
+
+    def notes_for(self, output: str | os.PathLike[str], high_depth: bool = False) -> list[str]:
+        """:attr:`notes` with the colour-description lines (:attr:`colour_notes`) saying what
+        ``output`` holds (:func:`profile_notes`; ``high_depth``: a uint16 result)."""
+        if not self.colour_notes:
+            return list(self.notes)
+        rgb = any(a.ndim == 3 and a.shape[2] >= 3 for a in self.images)
+        told = profile_notes(self.paths, self.icc, rgb, output, high_depth)
+        first = self.notes.index(self.colour_notes[0]) if self.colour_notes[0] in self.notes else len(self.notes)
+        rest = [n for n in self.notes if n not in self.colour_notes]
+        return rest[:first] + told + rest[first:]
 
     def bits_for(self, output: str | os.PathLike[str]) -> int:
         """The ``bits`` to write the full-depth fusion to ``output`` with (:func:`write_image`):
@@ -1647,22 +1684,36 @@ _ICC_SPACE_NAMES = {b"CMYK": "CMYK", b"GRAY": "gray", b"RGB ": "RGB"}
 
 
 def profile_notes(paths: Sequence[str | os.PathLike[str]], first_icc: bytes | None,
-                  rgb: bool | None = None) -> list[str]:
+                  rgb: bool | None = None, output: str | os.PathLike[str] | None = None,
+                  high_depth: bool = False) -> list[str]:
     """One line per source after the first whose colour description (ICC profile, else PNG
     ``sRGB`` chunk, else ``gAMA``/``cHRM`` chunks) differs from the first's, or that has one
     where the first has none or the reverse: the result of a fusion carries the first source's
     description (or none), and colours are not converted, so the user is told. ``rgb``: whether
     the result is colour (True) or gray (False); a first profile of another colour space is not
-    written (:func:`icc_fits`) and the line says the result carries no profile."""
+    written (:func:`icc_fits`) and the line says the result carries no profile. ``output`` (and
+    ``high_depth``, a uint16 result: :func:`written_metadata`): the file the result is written to;
+    the line says what it holds (no profile in a .bmp, no PNG chunks outside a .png); without it,
+    that PNG chunks are carried to a .png only."""
     notes: list[str] = []
     first = os.fspath(paths[0])
     key, label = _colour_description(paths[0], first_icc)
     carried = f"{first}'s" if label != "none" else "none"
+    keeps = written_metadata(output, high_depth) if output is not None else None
+    suffix = Path(output).suffix if output is not None else ""
     if first_icc and rgb is not None and not icc_fits(first_icc, np.zeros((1, 1, 3) if rgb else (1, 1), np.uint8)):
         space = _ICC_SPACE_NAMES.get(bytes(first_icc[16:20]), repr(bytes(first_icc[16:20]).decode("latin-1")))
         carried = f"no profile: {first}'s {space} profile does not fit {'an RGB' if rgb else 'a gray'} image"
+    elif first_icc and keeps is not None and "icc" not in keeps:
+        carried = f"no profile ({suffix} cannot hold {first}'s)"
     elif label != "none" and not first_icc:
-        carried = f"{first}'s {label.removeprefix('the ')} if it is a .png"  # other formats cannot hold it
+        what = label.removeprefix("the ")
+        if keeps is None:
+            carried = f"{first}'s {what} if it is a .png"  # other formats cannot hold it
+        elif "png_colour" in keeps:
+            carried = f"{first}'s {what}"
+        else:
+            carried = f"no colour description ({suffix} cannot hold {first}'s {what})"
     for p in paths[1:]:
         icc = source_metadata(p)[1]
         k, lab = _colour_description(p, icc)
@@ -1697,7 +1748,8 @@ def cmyk_notes(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
 
 def unkept_metadata_note(paths: Sequence[str | os.PathLike[str]]) -> str | None:
     """One line naming the kinds of metadata the sources hold that no output keeps (XMP, IPTC,
-    JPEG comments: only the first source's EXIF, ICC profile and resolution are written), or
+    JPEG comments: only the first source's EXIF, ICC profile and resolution are written, where the
+    output's format holds them: :func:`written_metadata`), or
     None when they hold none. The line names no file, so that ``fuse-dir`` says it once."""
     kinds: list[str] = []
     for p in paths:
@@ -1716,8 +1768,8 @@ def unkept_metadata_note(paths: Sequence[str | os.PathLike[str]]) -> str | None:
     names = [k for k in order if k in kinds]
     listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     verb = "is" if names in (["XMP"], ["IPTC"]) else "are"
-    return (f"the sources' {listed} {verb} not kept (the output carries the first source's EXIF, ICC profile "
-            "and resolution only)")
+    return (f"the sources' {listed} {verb} not kept (an output carries at most the first source's EXIF, ICC "
+            "profile and resolution)")
 
 
 def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = True) -> SourceSet:
@@ -1773,6 +1825,7 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     images = [o for o in out if o is not None]
     rgb = any(a.ndim == 3 and a.shape[2] >= 3 for a in images)
     notes = profile_notes(paths, icc, rgb) if metadata and len(paths) > 1 else []
+    colour_notes = list(notes)
     notes += cmyk_notes(paths) if metadata else []
     unkept = unkept_metadata_note(paths) if metadata else None
     notes += [unkept] if unkept else []
@@ -1789,7 +1842,7 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     dpi = source_dpi(paths[0]) if metadata and paths else None
     png_colour = source_png_colour(paths[0]) if metadata and paths else None
     return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits, notes,
-                     full_scale, dpi, png_colour)
+                     full_scale, dpi, png_colour, [os.fspath(p) for p in paths] if metadata else [], colour_notes)
 
 
 def read_image(path: str | os.PathLike[str], *, rgb: bool = False) -> np.ndarray:

@@ -46,8 +46,8 @@ import numpy as np
 
 from bafusion.atomic import folder_lock
 from bafusion.errors import InputFileError, UserError, is_out_of_memory
-from bafusion.io import (IMAGE_SUFFIXES, SourceSet, check_same_sizes, fit_jpeg_exif, image_info, keeps_16_bits,
-                         read_source_set)
+from bafusion.io import (IMAGE_SUFFIXES, SourceSet, check_same_sizes, fit_jpeg_exif, icc_fits, image_info,
+                         keeps_16_bits, read_source_set, written_metadata)
 
 #: Exit status of ``fuse-dir`` when some groups were skipped (the others fused).
 EXIT_SKIPPED = 3
@@ -359,9 +359,10 @@ def fused_output(src: SourceSet, results, output: Path) -> Fused:
     is too large for a JPEG output (:func:`bafusion.io.fit_jpeg_exif`: what is dropped)."""
     joint = not isinstance(results, (list, tuple))  # a StackResult
     fused: np.ndarray = results.fused if joint else results[-1].fused
-    notes: list[str] = list(src.notes)
+    high_depth = src.full is not None and keeps_16_bits(output)
+    notes: list[str] = src.notes_for(output, high_depth)
     if src.full is not None:
-        if keeps_16_bits(output):
+        if high_depth:
             if joint:
                 fused = compose_index(src.full, results.index, results.gains)
             else:
@@ -372,6 +373,8 @@ def fused_output(src: SourceSet, results, output: Path) -> Fused:
     notes += list(getattr(results, "notes", [])) if joint else [n for r in results for n in r.notes]
     exif, exif_note = fit_jpeg_exif(src.exif, output)
     notes += [exif_note] if exif_note else []
+    lost = unwritten_metadata_note(output, high_depth, src.icc is not None and icc_fits(src.icc, fused), bool(exif))
+    notes += [lost] if lost else []
     png_colour = src.png_colour if Path(output).suffix.lower() == ".png" else None
     if src.png_colour and png_colour is None and not src.icc:
         notes.append(f"{output}: the first source's PNG colour description (gamma, chromaticities) is not written "
@@ -379,6 +382,23 @@ def fused_output(src: SourceSet, results, output: Path) -> Fused:
     secs = sum(results.seconds.values()) if joint else sum(sum(r.seconds.values()) for r in results)
     return Fused(fused, exif, src.icc, notes, secs, src.bits_for(output) if fused.dtype == np.uint16 else 8,
                  src.dpi, png_colour)
+
+
+def unwritten_metadata_note(output: Path, high_depth: bool, icc: bool, exif: bool) -> str | None:
+    """The line saying that the first source's ICC profile (``icc``: it has one that fits the
+    result) or EXIF (``exif``) is not written, since ``output``'s format cannot hold it
+    (:func:`bafusion.io.written_metadata`: a .bmp holds neither, a 16-bit .tif no EXIF); None
+    when the output holds both."""
+    keeps = written_metadata(output, high_depth)
+    lost = [name for name, has, key in (("ICC profile", icc, "icc"), ("EXIF", exif, "exif")) if has and key not in keeps]
+    if not lost:
+        return None
+    them = "it" if len(lost) == 1 else "them"
+    if high_depth and Path(output).suffix.lower() in (".tif", ".tiff"):
+        why = f"a 16-bit {Path(output).suffix} is written without EXIF; a .png output keeps 16 bits and {them}"
+    else:
+        why = f"{Path(output).suffix} cannot hold {them}; a .png, .tif or .jpg output keeps {them}"
+    return f"{output}: the first source's {' and '.join(lost)} {'is' if len(lost) == 1 else 'are'} not written ({why})"
 
 
 def compose_index(full: Sequence[np.ndarray], index: np.ndarray, gains: Sequence | None = None) -> np.ndarray:
