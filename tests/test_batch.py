@@ -500,6 +500,40 @@ def test_the_notes_claim_only_the_metadata_each_output_format_holds(tmp_path: Pa
         assert (icc is not None, has_exif) == expected, ext
 
 
+def test_fuse_set_carries_the_metadata_and_says_the_notes_as_fuse(tmp_path: Path, nets: Path, capsys) -> None:
+    """fuse-set wrote its fused PNGs without A's ICC profile, EXIF and resolution, and compared
+    no profiles: a B of another profile was fused in silence. It writes them as fuse does and
+    says fuse's notes (prefixed 'bafusion fuse-set:'); the pixels are those of the same pair
+    without metadata."""
+    import json
+
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    a8, b8 = pair(1)
+    meta, bare = tmp_path / "meta", tmp_path / "bare"
+    for folder in (meta, bare):
+        folder.mkdir()
+        (folder / "index.json").write_text(json.dumps(["p"]))
+    Image.fromarray(a8).save(meta / "p-A.png", exif=exif.tobytes(), icc_profile=srgb, dpi=(300, 300))
+    Image.fromarray(b8).save(meta / "p-B.png", icc_profile=srgb[:-4] + b"P3XX")
+    Image.fromarray(a8).save(bare / "p-A.png")
+    Image.fromarray(b8).save(bare / "p-B.png")
+    for folder in (meta, bare):
+        assert cli_main(["fuse-set", "--pairs", str(folder), "--models", str(nets),
+                         "--out", str(tmp_path / f"{folder.name}-out"), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert (f"bafusion fuse-set: {meta / 'p-B.png'} has a different colour profile from {meta / 'p-A.png'}; the result "
+            f"carries {meta / 'p-A.png'}'s (colours are not converted)") in err, err
+    with Image.open(tmp_path / "meta-out" / "p.png") as im, Image.open(tmp_path / "bare-out" / "p.png") as plain:
+        assert im.info.get("icc_profile") == srgb and im.getexif().get(0x010F) == "TestCam"
+        assert [round(v) for v in im.info["dpi"]] == [300, 300]
+        assert not {"icc_profile", "exif", "dpi"} & set(plain.info)  # no metadata: written as before
+        assert np.array_equal(np.asarray(im), np.asarray(plain))
+
+
 def test_xmp_and_comments_not_kept_are_noted_once(tmp_path: Path, nets: Path, capsys) -> None:
     """A source's XMP and JPEG comment were dropped in silence; ``fuse`` now names what is not
     kept in one line, ``fuse-dir`` once a run (not per pair); plain shots get no such line."""

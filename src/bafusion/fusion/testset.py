@@ -8,7 +8,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from bafusion.errors import InputFileError, UserError
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.rule import fuse_images
-from bafusion.io import read_image, read_images, to_gray_u8, write_image
+from bafusion.io import read_image, read_source_set, to_gray_u8, write_image
 
 
 #: The report in the output folder (it marks an earlier fuse-set output, which may be replaced).
@@ -156,7 +156,8 @@ def fuse_set(
         Folder with ``index.json`` (:func:`read_pair_index`) and ``<name>-A.png``,
         ``<name>-B.png`` and, where there is a truth, ``<name>-dm.png`` (255 = A focused).
     out : path
-        Output folder: ``<name>.png`` (fused), ``maps/`` (:func:`bafusion.fusion.maps.save_maps`)
+        Output folder: ``<name>.png`` (fused, with A's EXIF, ICC profile, resolution and PNG colour
+        chunks as ``fuse`` writes them, and its notes on stderr), ``maps/`` (:func:`bafusion.fusion.maps.save_maps`)
         and ``accuracy.json`` (the report). It is written under a temporary name and replaces
         ``out`` whole at the end; an existing ``out`` must be empty or an earlier output of
         ``fuse-set`` (hold ``accuracy.json``).
@@ -175,6 +176,7 @@ def fuse_set(
     dict
         The report: parameters, device, models, per-pair accuracies and their mean.
     """
+    from bafusion.fusion.batch import fused_output
     from bafusion.fusion.maps import save_maps
     from bafusion.preflight import check_output_dir
 
@@ -203,8 +205,14 @@ def fuse_set(
     with atomic_dir(out) as tmp:
         for name in names:
             pa, pb, pt = pairs / f"{name}-A.png", pairs / f"{name}-B.png", pairs / f"{name}-dm.png"
-            a, b = read_images([pa, pb])
+            src = read_source_set([pa, pb])  # the images as read_images reads them, and A's metadata
+            a, b = src.images
             res = fuse_images(a, b, nets, params, (str(pa), str(pb)), progress=progress)
+            # A's EXIF, ICC profile, resolution and PNG colour chunks, and the notes, as fuse writes and says
+            # them (the 8-bit fusion: a test set's 16-bit pairs are scored and written in 8 bits, as before)
+            fused = fused_output(replace(src, full=None), [res], out / f"{name}.png")
+            for note in fused.notes:
+                print(f"bafusion fuse-set: {note}", file=sys.stderr)
             # Timings go to the log, not the report: DVC tracks the report, and it must be the
             # same for the same inputs.
             print(f"bafusion fuse-set: {name}: {sum(res.seconds.values()):.3f} s", file=sys.stderr)
@@ -233,7 +241,8 @@ def fuse_set(
                                          f"(WxH) differs from {a.shape[1]}x{a.shape[0]} of {pa}")
             save_maps(tmp / "maps", name, res, a, b, alpha=alpha, truth=truth_aif,
                       truth_dm=truth if truth_aif is not None else None)
-            write_image(tmp / f"{name}.png", res.fused)
+            write_image(tmp / f"{name}.png", res.fused, exif=fused.exif, icc=fused.icc, dpi=fused.dpi,
+                        png_colour=fused.png_colour)
             report["pairs"][name] = entry
             print(f"{name}: " + ", ".join(f"{k}={'n/a' if v is None else format(v, '.4f')}" for k, v in entry.items()))
         accs = [e["dm_accuracy"] for e in report["pairs"].values() if "dm_accuracy" in e]
