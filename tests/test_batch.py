@@ -1273,6 +1273,30 @@ def test_fuse_dir_with_align_registers_a_shot_of_another_size(tmp_path: Path, ne
     assert (tmp_path / "out2" / "p.png").is_file()
 
 
+def test_a_chains_colour_note_names_the_files_of_the_fusion_it_compares_with(tmp_path: Path, tiny_nets: Path,
+                                                                              capsys) -> None:
+    """The chain's third shot was said to differ from 'fusion of 2 images' ('... of fusion of 2
+    images's'), naming no file: it names the shots fused so far, without a broken possessive."""
+    rng = np.random.default_rng(5)
+    a8 = ndimage.uniform_filter(rng.integers(20, 160, (48, 40, 3)).astype(np.uint8), (3, 3, 1))
+    tint = np.clip(np.round(a8 * np.array([1.12, 1.0, 0.7])), 0, 255).astype(np.uint8)
+    for n, x in (("a", a8), ("b", a8), ("c", tint)):
+        Image.fromarray(x).save(tmp_path / f"{n}.png")
+    shots = [str(tmp_path / f"{x}.png") for x in "abc"]
+    assert cli_main(["fuse", *shots, "-o", str(tmp_path / "f.png"), "--model", str(tiny_nets), "--device", "cpu",
+                     "--no-progress", "--min-region", "0"]) == 0
+    err = capsys.readouterr().err
+    fusion = f"the fusion of {shots[0]} and {shots[1]}"
+    assert f"{shots[2]} differs from {fusion} in colour balance" in err, err
+    assert f"those of {fusion}): the output takes pixels" in err and f"the exposure and colour of {fusion}" in err, err
+    assert "images's" not in err and "fusion of 2 images" not in err, err
+    from bafusion.fusion.rule import fusion_name
+
+    assert fusion_name(["a.png"]) == "a.png"
+    assert fusion_name(["a", "b", "c"]) == "the fusion of a, b and c"
+    assert fusion_name(list("abcde")) == "the fusion of the 5 shots a to e"
+
+
 def test_output_exposure_matching_reaches_16_bit_outputs_and_joint_stacks(tmp_path: Path, tiny_nets: Path,
                                                                           capsys) -> None:
     """``--match-output-exposure`` applies B's gains to the full-depth pixels a 16-bit output

@@ -235,6 +235,6 @@ def exposure_note(gains: np.ndarray, names: tuple[str, str] = ("A", "B"), option
     per = "/".join(f"{r:.2f}" for r in ratio)
     what = f"by about {ev:+.1f} EV" if abs(ev) > NOTE_EV else "in colour balance"
     chans = "R/G/B " if ratio.size == 3 else ""
-    return (f"{nb} differs from {na} {what} ({', '.join(how)}; channel means {chans}x{per} of {na}'s): the output "
-            "takes pixels from both as they are, so seams may show where it switches between them"
-            + (f"; {option} brings its pixels to {na}'s exposure and colour before compositing" if option else ""))
+    return (f"{nb} differs from {na} {what} ({', '.join(how)}; channel means {chans}x{per} those of {na}): the "
+            "output takes pixels from both as they are, so seams may show where it switches between them"
+            + (f"; {option} brings its pixels to the exposure and colour of {na} before compositing" if option else ""))

@@ -314,6 +314,18 @@ def fuse_images(
                         gains if params.match_output_exposure else None)
 
 
+def fusion_name(names: Sequence[str]) -> str:
+    """How a chain's step names its A, the fusion of the shots ``names`` (the first alone: its
+    name): "the fusion of a.png and b.png", "... of a.png, b.png and c.png", beyond four shots
+    "the fusion of the 5 shots a.png to e.png"."""
+    names = [str(n) for n in names]
+    if len(names) == 1:
+        return names[0]
+    if len(names) > 4:
+        return f"the fusion of the {len(names)} shots {names[0]} to {names[-1]}"
+    return f"the fusion of {', '.join(names[:-1])} and {names[-1]}"
+
+
 def fuse_stack(
     images: Sequence[np.ndarray], nets: FusionNets, params: FusionParams | Mapping[str, Any] | None = FusionParams(),
     names: Sequence[str] = (), progress: bool | None = None,
@@ -350,8 +362,7 @@ def fuse_stack(
     results = []
     cur = images[0]
     for i in range(1, len(images)):
-        res = fuse_images(cur, images[i], nets, params, (names[0] if i == 1 else f"fusion of {i} images", names[i]),
-                          progress=progress)
+        res = fuse_images(cur, images[i], nets, params, (fusion_name(names[:i]), names[i]), progress=progress)
         results.append(res)
         cur = res.fused
     return results
