@@ -169,6 +169,17 @@ def test_the_help_of_threads_gives_its_range(cmd: str, capsys) -> None:
     assert ("0 to 1024" if cmd == "train" else "1 to 1024") in " ".join(capsys.readouterr().out.split())
 
 
+@pytest.mark.parametrize("cmd", ["fuse", "fuse-dir"])
+def test_the_help_of_fuse_says_what_metadata_is_kept(cmd: str, capsys) -> None:
+    """fuse's and fuse-dir's --help said nothing of the metadata an output keeps (EXIF, ICC
+    profile, resolution) and what it drops (XMP, IPTC, comments)."""
+    with pytest.raises(SystemExit):
+        build_parser(cmd).parse_args([cmd, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the first source's EXIF (its orientation reset: the pixels are turned), ICC profile and resolution" in text
+    assert "a .bmp the resolution only" in text and "XMP, IPTC and comments are not kept" in text
+
+
 def test_threads_max_is_the_schemas() -> None:
     from bafusion.cli.common import THREADS_MAX
     from bafusion.schema import maximum

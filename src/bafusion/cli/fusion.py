@@ -360,6 +360,16 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What ``fuse``'s and ``fuse-dir``'s outputs keep of the sources' metadata (their --help epilog;
+#: :func:`bafusion.io.written_metadata`, the README's Metadata paragraph).
+METADATA_EPILOG = (
+    "Metadata: the output carries the first source's EXIF (its orientation reset: the pixels are turned), ICC "
+    "profile and resolution (dpi) where its format holds them: .png, .jpg and 8-bit .tif all three, a 16-bit .tif "
+    "no EXIF, a .bmp the resolution only (stderr says what is not written); a PNG source's gAMA/cHRM/sRGB chunks "
+    "go to a .png only. The sources' XMP, IPTC and comments are not kept, and colours are not converted (stderr "
+    "says when a shot's colour profile differs from the first's).")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fuse`` and ``fuse-set`` to the ``bafusion`` command."""
     p = subparsers.add_parser(
@@ -369,6 +379,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--stack-rule: chain (one into the next: F1 = fuse(I1, I2), F2 = fuse(F1, I3), ...) or joint (every shot "
         "scored against the others, one decision). Without --model the nets come from "
         "models/default/ if shipped, else data/models/ (pipeline-trained).",
+        epilog=METADATA_EPILOG,
     )
     p.add_argument("images", nargs="+", help="source images (same size; with --align a shot of another size is "
                    "registered onto the first), A B [C ...]")
@@ -397,7 +408,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fuse every pair of a test set and score the decision maps against the truth",
         description="Fuse <pairs>/<name>-A.png and -B.png for each name in <pairs>/index.json into "
         "<out>/<name>.png, figures into <out>/maps/, and decision-map accuracy vs <name>-dm.png "
-        "(255 = A focused) into <out>/accuracy.json.",
+        "(255 = A focused) into <out>/accuracy.json. Each <name>.png carries A's EXIF, ICC profile, resolution "
+        "and PNG colour chunks, as bafusion fuse writes them (see its --help).",
     )
     q.add_argument("--pairs", required=True, help="folder with index.json and the pairs")
     q.add_argument("--model", "--models", dest="models", default=None, metavar="DIR",
@@ -454,6 +466,7 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
         f"of two scenes) is skipped and listed at the end. Exit status: 0 all fused, {EXIT_SKIPPED} some skipped "
         f"(the others fused), {EXIT_NONE_FUSED} all skipped (nothing fused), 2 bad usage or a full disk (the batch "
         "stops; rerun with --skip-existing).",
+        epilog=METADATA_EPILOG,
     )
     p.add_argument("input", metavar="IN", help="folder of shots")
     p.add_argument("output", metavar="OUT", help="output folder")
