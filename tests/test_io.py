@@ -968,8 +968,35 @@ def test_a_tiffs_resolution_unit_none_or_missing(tmp_path: Path) -> None:
         for suffix in (".png", ".tif"):
             write_image(tmp_path / f"{name}-out{suffix}", g, dpi=s.dpi, exif=s.exif)
             with Image.open(tmp_path / f"{name}-out{suffix}") as im:
-                assert im.info.get("dpi") in (None, (1, 1)), f"{name} -> {suffix}: {im.info.get('dpi')}"
+                assert im.info.get("dpi") is None, f"{name} -> {suffix}: {im.info.get('dpi')}"
             assert source_dpi(tmp_path / f"{name}-out{suffix}") is None
+
+
+@pytest.mark.parametrize("exif", [False, True])
+def test_an_output_of_no_resolution_states_none_in_every_format(tmp_path: Path, exif: bool) -> None:
+    """Written without a resolution (its first source stated none), a .bmp claimed 96 dpi
+    (Pillow's default: read back as 96.01 dpi by Pillow and by source_dpi, and carried on) and
+    an 8-bit .tif was read by Pillow as 1 dpi (no resolution tags). Every output format fuse
+    accepts now states none: Pillow reads no dpi, except its 72 dpi fallback for a JPEG with
+    EXIF (which no file can avoid: a JPEG source of that EXIF reads 72 too), and source_dpi
+    reads none."""
+    from bafusion.io import source_dpi, write_image
+
+    rgb = np.random.default_rng(3).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    ex = Image.Exif()
+    ex[0x010F] = "Canon"
+    for suffix, dtype in ((".png", np.uint8), (".png", np.uint16), (".jpg", np.uint8), (".tif", np.uint8),
+                          (".tif", np.uint16), (".bmp", np.uint8)):
+        out = tmp_path / f"o-{np.dtype(dtype).name}{suffix}"
+        write_image(out, rgb.astype(dtype) * (257 if dtype == np.uint16 else 1), exif=ex.tobytes() if exif else None)
+        with Image.open(out) as im:
+            pillow = im.info.get("dpi")
+        assert pillow == ((72, 72) if exif and suffix == ".jpg" else None), (out.name, pillow)
+        assert source_dpi(out) is None, out.name
+    src = tmp_path / "src.jpg"
+    Image.fromarray(rgb).save(src, exif=ex.tobytes())
+    with Image.open(src) as im:
+        assert im.info.get("dpi") == (72, 72)  # Pillow's own fallback for the source alike
 
 
 def _jpeg_with(path: Path, res: dict[int, object] | None, *, jfif: bool = True, **save) -> Path:

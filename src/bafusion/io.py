@@ -671,7 +671,12 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
     dpi : (float, float), optional
         Resolution in dots per inch (x, y) to store: JPEG's JFIF density, PNG's ``pHYs``,
         TIFF's XResolution/YResolution (unit inch), BMP's pixels per metre; WebP holds none.
-        Without it the file is as before (no resolution; a 16-bit TIFF 1/1, unit none).
+        Without it the file states none, so that neither Pillow nor :func:`source_dpi` reads one:
+        a PNG has no ``pHYs``, a TIFF 1/1 of no unit (ResolutionUnit 1: Pillow read 1 dpi
+        from an 8-bit one without the tags), a BMP 0 pixels per metre (Pillow writes 96 dpi
+        by default), a JPEG a JFIF density 1:1 of no unit; only for a JPEG with EXIF does
+        Pillow still say 72 dpi, its fallback for any JPEG whose EXIF states no resolution (a
+        JPEG source of that EXIF reads so too; :func:`source_dpi` reads none).
     png_colour : bytes, optional
         PNG chunks describing colour without an ICC profile (``gAMA``, ``cHRM``, ``sRGB``, as
         :func:`source_png_colour` reads them), written to a PNG right after its header; other
@@ -735,6 +740,10 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
             kwargs["icc_profile"] = icc
         if dpi and "dpi" in keeps:
             kwargs["dpi"] = dpi
+        elif fmt == "BMP":  # Pillow's default is 96 dpi; 0 pixels per metre states none
+            kwargs["dpi"] = (0, 0)
+        elif fmt == "TIFF":  # without these tags Pillow reads 1 dpi: 1/1 of no unit, as the 16-bit TIFF
+            kwargs.update(resolution_unit=1, x_resolution=1, y_resolution=1)
         buf = io.BytesIO()
         try:
             Image.fromarray(img).save(buf, format=fmt, **kwargs)
