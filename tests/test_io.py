@@ -929,6 +929,8 @@ def test_a_sources_resolution_is_carried_to_every_output_format(tmp_path: Path, 
     src = tmp_path / f"a{suffix}"
     Image.fromarray(rgb).save(src, dpi=(300, 300))
     assert source_dpi(src) == (300.0, 300.0)  # (PNG and BMP store pixels per metre: 299.9994 read back)
+    Image.fromarray(rgb).save(tmp_path / f"96{suffix}", dpi=(96, 96))  # 3780 per metre: 96.0119 was carried on
+    assert source_dpi(tmp_path / f"96{suffix}") == (96.0, 96.0)
     s = read_source_set([src, src])
     assert s.dpi == (300.0, 300.0)
     out = tmp_path / f"out{suffix}"

@@ -1535,10 +1535,11 @@ def source_dpi(path: str | os.PathLike[str]) -> tuple[float, float] | None:
     in inches or centimetres, in inches without a ResolutionUnit tag (the TIFF specification's
     default); BMP); a TIFF Pillow cannot identify is read with tifffile. None without one (also
     a TIFF without XResolution/YResolution, which Pillow reads as 1 dpi, and a resolution of
-    ResolutionUnit 1, no absolute unit: an aspect ratio only). Values within 0.01 of a
-    whole number are rounded to it (300 dpi stored as 11811 pixels per metre reads 299.9994)."""
+    ResolutionUnit 1, no absolute unit: an aspect ratio only). Values within 0.013 of a whole
+    number, half a pixel per metre, are rounded to it (PNG and BMP store whole pixels per metre:
+    300 dpi as 11811 reads 299.9994, 96 dpi as 3780 reads 96.0119)."""
     def whole(v: float) -> float:
-        return float(round(v)) if abs(v - round(v)) < 0.01 else float(v)
+        return float(round(v)) if abs(v - round(v)) < 0.013 else float(v)
 
     try:
         with _quiet_pillow(), Image.open(path) as im:
