@@ -354,9 +354,11 @@ def fused_output(src: SourceSet, results, output: Path) -> Fused:
     chain (:func:`bafusion.fusion.fuse_stack`) or the joint rule's
     :class:`bafusion.fusion.stack.StackResult`. The uint8 fusion, or for sources of more than 8 bits
     the full-depth one (:func:`compose_full`, or the joint rule's index map) when the format
-    keeps 16 bits; notes say when a source's colour profile is not the first's (the result
-    carries the first's), when 16-bit sources end up in 8 bits, and when the first source's EXIF
-    is too large for a JPEG output (:func:`bafusion.io.fit_jpeg_exif`: what is dropped)."""
+    keeps 16 bits; notes say when a source's colour profile is not the first's (and what
+    ``output`` carries: :meth:`bafusion.io.SourceSet.notes_for`), when 16-bit sources end up in
+    8 bits, when the first source's EXIF is too large for a JPEG output
+    (:func:`bafusion.io.fit_jpeg_exif`: what is dropped) and when ``output``'s format cannot hold
+    its ICC profile or EXIF (:func:`unwritten_metadata_note`)."""
     joint = not isinstance(results, (list, tuple))  # a StackResult
     fused: np.ndarray = results.fused if joint else results[-1].fused
     high_depth = src.full is not None and keeps_16_bits(output)
@@ -390,7 +392,8 @@ def unwritten_metadata_note(output: Path, high_depth: bool, icc: bool, exif: boo
     (:func:`bafusion.io.written_metadata`: a .bmp holds neither, a 16-bit .tif no EXIF); None
     when the output holds both."""
     keeps = written_metadata(output, high_depth)
-    lost = [name for name, has, key in (("ICC profile", icc, "icc"), ("EXIF", exif, "exif")) if has and key not in keeps]
+    lost = [name for name, has, key in (("ICC profile", icc, "icc"), ("EXIF", exif, "exif"))
+            if has and key not in keeps]
     if not lost:
         return None
     them = "it" if len(lost) == 1 else "them"
