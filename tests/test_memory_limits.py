@@ -98,3 +98,70 @@ def test_version_under_a_small_address_space_limit(monkeypatch, capsys) -> None:
     assert cli_main(["--version"]) == 0
     out = capsys.readouterr()
     assert out.out.startswith("bafusion ") and "address-space" not in out.err, out
+
+
+def _limit(monkeypatch, mib: int) -> None:
+    monkeypatch.setattr("bafusion.fusion.memory.address_space_limit_mib", lambda: mib)
+
+
+@pytest.mark.parametrize("command", ["fuse", "fuse-dir", "train", "evaluate"])
+def test_help_under_a_limit_that_loads_torch_but_is_too_small_to_run(monkeypatch, capsys, command) -> None:
+    """``--help`` needs only to load the command's options (torch: ``fuse --help`` worked from
+    768 MiB; ``evaluate --help`` does not import it): under a limit of 900 MiB it was refused
+    with "this command needs at least 1024 MiB to start"."""
+    from bafusion.fusion.memory import MIN_ADDRESS_SPACE_LOAD_MIB, MIN_ADDRESS_SPACE_MIB
+
+    _limit(monkeypatch, (MIN_ADDRESS_SPACE_LOAD_MIB + MIN_ADDRESS_SPACE_MIB) // 2)
+    with pytest.raises(SystemExit) as e:
+        cli_main([command, "--help"])
+    out = capsys.readouterr()
+    assert e.value.code == 0 and out.out.startswith("usage: bafusion ") and "address-space" not in out.err, out
+
+
+def test_evaluate_help_loads_no_torch_and_is_never_refused(monkeypatch, capsys) -> None:
+    _limit(monkeypatch, 300)
+    with pytest.raises(SystemExit) as e:
+        cli_main(["evaluate", "--help"])
+    assert e.value.code == 0 and "address-space" not in capsys.readouterr().err
+
+
+def test_an_argument_error_under_a_small_limit_is_the_argument_error(monkeypatch, capsys) -> None:
+    from bafusion.fusion.memory import MIN_ADDRESS_SPACE_MIB
+
+    _limit(monkeypatch, MIN_ADDRESS_SPACE_MIB - 1)
+    with pytest.raises(SystemExit) as e:
+        cli_main(["fuse", "a.png", "b.png", "-o", "F.png", "--no-such-option"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--no-such-option" in err and "address-space" not in err, err
+
+
+@pytest.mark.parametrize("argv", [["fuse", "a.png", "b.png", "-o", "F.png"], ["evaluate", "--models", "m"]])
+def test_a_job_under_the_measured_minimum_is_refused_naming_limit_and_minimum(monkeypatch, capsys, argv) -> None:
+    from bafusion.fusion.memory import MIN_ADDRESS_SPACE_MIB
+
+    _limit(monkeypatch, MIN_ADDRESS_SPACE_MIB - 1)
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"of {MIN_ADDRESS_SPACE_MIB - 1} MiB" in err and f"at least {MIN_ADDRESS_SPACE_MIB} MiB" in err, err
+
+
+def test_help_below_what_loading_torch_needs_is_refused_naming_it(monkeypatch, capsys) -> None:
+    """Below what loading torch needs, ``fuse --help`` aborted or hung (measured): refused."""
+    from bafusion.fusion.memory import MIN_ADDRESS_SPACE_LOAD_MIB
+
+    _limit(monkeypatch, 700)
+    assert cli_main(["fuse", "--help"]) == 1
+    err = capsys.readouterr().err
+    assert "of 700 MiB" in err and f"at least {MIN_ADDRESS_SPACE_LOAD_MIB} MiB" in err, err
+
+
+def test_a_library_that_cannot_be_mapped_while_running_is_out_of_memory(capsys) -> None:
+    """Under ``prlimit --as=900M`` a tiny fuse died in a lazy ``import scipy.sparse`` ("failed
+    to map segment from shared object") with a traceback called a bug in bafusion."""
+    def fail(args):
+        raise ImportError("/venv/scipy/sparse/_sparsetools.so: failed to map segment from shared object")
+
+    rc = app._run("bafusion fuse", argparse.Namespace(command="fuse", images=[], func=fail))
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err and err.startswith("bafusion fuse: error: out of memory"), err

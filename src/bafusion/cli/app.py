@@ -285,9 +285,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stdout.reconfigure(line_buffering=False)
 
 
-#: The modules that load torch (and with it ~800 MiB of address space): see
-#: :data:`bafusion.fusion.memory.MIN_ADDRESS_SPACE_MIB`.
+#: The modules whose commands run torch (and need
+#: :data:`bafusion.fusion.memory.MIN_ADDRESS_SPACE_MIB` of address space to run) ...
 _TORCH_MODULES = frozenset({"bafusion.cli.train", "bafusion.cli.fusion", "bafusion.cli.evaluate"})
+#: ... and of them, those that import torch to build their options, so also for ``--help``
+#: (:data:`bafusion.fusion.memory.MIN_ADDRESS_SPACE_LOAD_MIB`; ``evaluate`` loads it to run).
+_TORCH_AT_LOAD_MODULES = frozenset({"bafusion.cli.train", "bafusion.cli.fusion"})
+
+
+def _address_space_refusal(cmd: str, limit: int, need: int, what: str) -> str:
+    return (f"{cmd}: error: the address-space limit (ulimit -v / prlimit --as) of {limit} MiB is too small to "
+            f"{what}: it needs at least {need} MiB of address space, and a fusion far more than its resident "
+            "estimate (~380 MiB + 32 MiB per megapixel, more with more --threads): raise or lift the limit")
 
 
 def _loading_out_of_memory(e: BaseException) -> bool:
@@ -303,7 +312,12 @@ def _loading_out_of_memory(e: BaseException) -> bool:
 
 
 def _main(argv: list[str]) -> int:
-    from bafusion.fusion.memory import MIN_ADDRESS_SPACE_MIB, address_space_limit_mib, address_space_note
+    from bafusion.fusion.memory import (
+        MIN_ADDRESS_SPACE_LOAD_MIB,
+        MIN_ADDRESS_SPACE_MIB,
+        address_space_limit_mib,
+        address_space_note,
+    )
 
     command = command_of(argv)
     cmd = f"bafusion {command or ''}".rstrip()
@@ -312,11 +326,10 @@ def _main(argv: list[str]) -> int:
         return 0
     modules = {COMMANDS[command]} if command in COMMANDS else set(COMMAND_MODULES)
     limit = address_space_limit_mib()
-    if limit is not None and limit < MIN_ADDRESS_SPACE_MIB and modules & _TORCH_MODULES:
+    if limit is not None and limit < MIN_ADDRESS_SPACE_LOAD_MIB and modules & _TORCH_AT_LOAD_MODULES:
         # below it, loading torch fails with a traceback, a C++ abort or OpenBLAS's message, or hangs
-        print(f"{cmd}: error: the address-space limit (ulimit -v / prlimit --as) of {limit} MiB is too small to "
-              f"load torch: this command needs at least {MIN_ADDRESS_SPACE_MIB} MiB of address space to start, and a "
-              "fusion far more than its resident estimate (~380 MiB + 32 MiB per megapixel): raise or lift the limit",
+        print(_address_space_refusal(cmd, limit, MIN_ADDRESS_SPACE_LOAD_MIB,
+                                     "load torch (which this command's options, --help included, import)"),
               file=sys.stderr)
         return 1
     try:
@@ -331,7 +344,13 @@ def _main(argv: list[str]) -> int:
     if extra:  # said by the command's parser: "bafusion fuse-dir: error: ... (see bafusion fuse-dir --help)"
         subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         subs.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
-    return _run(f"bafusion {args.command}", args)
+    cmd = f"bafusion {args.command}"
+    if limit is not None and limit < MIN_ADDRESS_SPACE_MIB and COMMANDS.get(args.command) in _TORCH_MODULES:
+        # checked once --help and the arguments are through (they need less): below it, the
+        # command runs out of memory loading the rest of its libraries or at its first tensor
+        print(_address_space_refusal(cmd, limit, MIN_ADDRESS_SPACE_MIB, "run torch"), file=sys.stderr)
+        return 1
+    return _run(cmd, args)
 
 
 def _stopped(cmd: str) -> int | None:
@@ -393,7 +412,9 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
         print(f"{cmd}: error: {name}: {shown_path(one_line(e.strerror or e))}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - a bug: keep the traceback, say so
-        if is_out_of_memory(e):  # numpy's MemoryError, torch's RuntimeErrors
+        # numpy's MemoryError, torch's RuntimeErrors; a library imported on the way that
+        # cannot be mapped ("failed to map segment": an address-space limit)
+        if is_out_of_memory(e) or _loading_out_of_memory(e):
             # the machine, not a bug: one line
             print(f"{cmd}: error: out of memory ({one_line(e)[:200] or type(e).__name__}): "
                   f"{_memory_advice(args)}", file=sys.stderr)

@@ -17,12 +17,24 @@ MIB_PER_MEGAPIXEL = 32
 MIB_PER_MEGAPIXEL_SHOT = 16
 
 
-#: Address space (MiB) the commands that load torch need to start at all (``fuse``, ``train``,
-#: ``evaluate``, ...): measured under ``prlimit --as``, 750 MiB failed to load the modules and
-#: 800 MiB did; torch maps far more virtual memory than it keeps resident, so an address-space
-#: limit must be well above the resident estimates below. Below this the command refuses to
-#: start (it failed with a traceback, a C++ abort, OpenBLAS's message or a hang).
-MIN_ADDRESS_SPACE_MIB = 1024
+#: Address space (MiB) needed to load torch at all: building the options of ``fuse``, ``fuse-set``,
+#: ``fuse-dir``, ``train`` and ``ensemble`` (their modules import torch), so also their ``--help``
+#: and their argument errors, and ``bafusion --help``. Measured under ``prlimit --as`` (torch
+#: 2.13 CPU, Python 3.11, x86-64): ``fuse --help`` failed at 759 MiB and worked from 768 MiB
+#: (``train --help`` from 635); below, loading fails with a traceback, a C++ abort
+#: (std::bad_alloc), OpenBLAS's message, "cannot allocate memory for thread-local data" or a
+#: hang. Set at the measured 768 MiB plus a margin of 64 MiB (another torch, other libraries).
+MIN_ADDRESS_SPACE_LOAD_MIB = 768 + 64
+
+#: Address space (MiB) a command that runs torch (``fuse``, ``train``, ``evaluate``, ...) needs to
+#: run at all, checked once its arguments are parsed (``--help`` and argument errors do not need
+#: it): measured under ``prlimit --as``, ``fuse`` of a 64x64 pair (``--threads`` 1 or 2) failed at
+#: 917 MiB and worked from 922 MiB (each thread beyond two takes more: 1227 MiB with
+#: ``--threads 4``, 1425 with 8); torch maps far more virtual memory than it keeps resident, so
+#: an address-space limit must be well above the resident estimates below. Set at the measured
+#: 922 MiB plus a margin of 64 MiB; below it the command refuses to start (it would run out of
+#: memory anyway, loading the rest of its libraries or at its first tensor).
+MIN_ADDRESS_SPACE_MIB = 922 + 64
 
 
 def address_space_limit_mib() -> int | None:
