@@ -614,7 +614,7 @@ def test_a_second_training_on_the_same_checkpoints_fails_at_once(toy_run: dict, 
         err = capsys.readouterr().err
         assert rc == 2
         assert err.strip().splitlines() == [
-            f"bafusion train: error: {ck}: another training is using this checkpoint folder "
+            f"bafusion train: error: {ck}: another training (process {holder.pid}) is using this checkpoint folder "
             "(wait for it to end, or give --checkpoints another folder)"], err
         assert sorted(p.name for p in ck.iterdir()) == [LOCK_FILE]  # nothing trained, nothing written
         assert not (tmp_path / "m.pt").exists()
@@ -623,7 +623,7 @@ def test_a_second_training_on_the_same_checkpoints_fails_at_once(toy_run: dict, 
         holder.wait()
     with checkpoints_lock(ck):  # free again
         # and two holders in one process exclude each other too
-        with pytest.raises(UserError, match="another training is using this checkpoint folder"):
+        with pytest.raises(UserError, match=rf"another training \(process {os.getpid()}\) is using this checkpoint folder"):
             with checkpoints_lock(ck):
                 pass
     with checkpoints_lock(ck):  # released at the end of the block
@@ -859,7 +859,7 @@ def test_multi_process_errors_are_one_line(toy_run: dict, tmp_path: Path) -> Non
                              capture_output=True, text=True, timeout=120)
     assert res.returncode == 2, res.stderr
     assert res.stderr.splitlines() == [
-        f"bafusion train: error: {ck}: another training is using this checkpoint folder "
+        f"bafusion train: error: {ck}: another training (process {os.getpid()}) is using this checkpoint folder "
         "(wait for it to end, or give --checkpoints another folder)"]
     assert not (tmp_path / "initial.pt").exists()
 

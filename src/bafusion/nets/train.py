@@ -651,8 +651,9 @@ def checkpoints_lock(folder: Path) -> Iterator[None]:
     UserError
         Another process holds the lock.
     """
-    def busy(pid: int | None) -> UserError:
-        return UserError(f"{folder}: another training is using this checkpoint folder "
+    def busy(pid: int | None) -> UserError:  # worded as fuse-dir's (bafusion.fusion.batch)
+        who = f"process {pid}" if pid is not None else "another process"
+        return UserError(f"{folder}: another training ({who}) is using this checkpoint folder "
                          "(wait for it to end, or give --checkpoints another folder)")
 
     with folder_lock(folder, LOCK_FILE, busy=busy, remove_created=True):
