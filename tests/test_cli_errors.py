@@ -156,6 +156,15 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["metrics", "a.png", "b.png", "a.png", "--metrics", "QX"], ["unknown metric 'QX'"]),
         (["metrics", "a.png", "b.png", "a.png", "--metrics", ""], ["--metrics: no metric named"]),  # was: all eight
         (["prepare", "--out", "afile"], ["afile: is a file, not a folder"]),
+        # counts of prepare: a negative one was "foregrounds: holdout and limit must be >= 0" (no
+        # option named), after the run had started; --min-background-side -5 was taken (0 = all
+        # stays the limits' meaning)
+        (["prepare", "--out", "pp", "--foregrounds", "-1"], ["--foregrounds", "must be 0 or more, got -1"]),
+        (["prepare", "--out", "pp", "--backgrounds", "-2"], ["--backgrounds", "must be 0 or more, got -2"]),
+        (["prepare", "--out", "pp", "--holdout-foregrounds", "-1"], ["--holdout-foregrounds", "must be 0 or more"]),
+        (["prepare", "--out", "pp", "--holdout-backgrounds", "-1"], ["--holdout-backgrounds", "must be 0 or more"]),
+        (["prepare", "--out", "pp", "--min-background-side", "0"], ["--min-background-side", "must be at least 1"]),
+        (["prepare", "--out", "pp", "--foregrounds", "x"], ["--foregrounds", "not an integer: 'x'"]),
         (["patches", "a.png", "--out", "afile"], ["is a file, not a folder"]),
         (["patches", "a.png", "--out", "p", "--threads", "0"], ["--threads 0: give a positive number of CPU threads"]),
         (["patches", "a.png", "--out", "p", "--patch", "30"], ["patch must be a multiple of 4 >= 8", "30"]),

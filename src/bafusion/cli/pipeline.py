@@ -12,7 +12,7 @@ from typing import Any
 
 from bafusion import tracking
 from bafusion.atomic import write_text
-from bafusion.cli.common import add_threads_argument, nonempty_path, seed_int
+from bafusion.cli.common import add_threads_argument, non_negative_int, nonempty_path, positive_int, seed_int
 from bafusion.errors import InputFileError, UserError
 
 
@@ -234,12 +234,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where the photos come from: builtin (scikit-image's, offline; --builtin-*) or dir "
                         "(--alphamatting and --backgrounds-dir folders; what data.source web downloads into) "
                         "(default %(default)s)")
-    p.add_argument("--foregrounds", type=int, default=0, help="at most this many training foregrounds (0 = all)")
-    p.add_argument("--backgrounds", type=int, default=0, help="at most this many training backgrounds (0 = all)")
-    p.add_argument("--holdout-foregrounds", type=int, default=0,
+    p.add_argument("--foregrounds", type=non_negative_int, default=0, help="at most this many training foregrounds (0 = all)")
+    p.add_argument("--backgrounds", type=non_negative_int, default=0, help="at most this many training backgrounds (0 = all)")
+    p.add_argument("--holdout-foregrounds", type=non_negative_int, default=0,
                    help="foregrounds held back for the test set (bafusion testset), not trained on "
                         "(default 0, the paper's; params.yaml sets 2)")
-    p.add_argument("--holdout-backgrounds", type=int, default=0,
+    p.add_argument("--holdout-backgrounds", type=non_negative_int, default=0,
                    help="backgrounds held back for the test set, with --holdout-foregrounds "
                         "(default 0, the paper's; params.yaml sets 2)")
     p.add_argument("--builtin-foregrounds", default="", help="comma-separated skimage.data names")
@@ -248,7 +248,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backgrounds-dir", default="", help="folder of background photos (source dir)")
     p.add_argument("--scale", type=float, default=0.5,
                    help="factor the foregrounds and mattes are resized by (default %(default)s: halved, the paper's)")
-    p.add_argument("--min-background-side", type=int, default=64,
+    p.add_argument("--min-background-side", type=positive_int, default=64,
                    help="a background whose shorter side is below this many pixels is an error (default %(default)s)")
     p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True, help="output folder (e.g. data/prepared)")
     p.set_defaults(func=cmd_prepare)
