@@ -32,6 +32,8 @@ BAD = [
     ({"seed": 2**64}, "seed", "from 0 to 2^63 - 1"),  # passed, then an HDF5 object dtype / torch overflow
     ({"composite": {"fit": "bogus"}}, "composite.fit", "cover | stretch"),
     ({"depth": 21}, "depth", "6n+2"),
+    # above the nets' MAX_DEPTH: passed, and training failed later building the net
+    ({"depth": 1208}, "depth", "at most 1202"),
     ({"bogus_key": 1}, "bogus_key", "unknown key"),
     ({"train": {"initial": {"epoch": 3}}}, "train.initial.epoch", "unknown key"),
     ({"fuse": {"boundary_mode": "fast"}}, "fuse.boundary_mode", "adaptive | grid | dense | exact"),
@@ -559,3 +561,13 @@ def test_a_huge_integer_is_refused_by_its_bound_not_an_overflow() -> None:
 
     with pytest.raises(ParamsError, match=r"seed: \d+ is not an integer from 0 to 2\^63"):
         schema.validate_params({"seed": 10**400})
+
+
+def test_the_depth_maximum_is_the_nets_own() -> None:
+    """The schema bounds depth as :class:`bafusion.nets.model.ResNetSpec` does (it did not:
+    a depth above 1202 passed every check, then failed building the net)."""
+    from bafusion.nets.model import MAX_DEPTH
+    from bafusion.schema import maximum
+
+    assert maximum("depth") == MAX_DEPTH
+    assert problems({"depth": MAX_DEPTH}) == [] and problems({"depth": MAX_DEPTH + 6})
