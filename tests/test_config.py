@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -865,16 +866,30 @@ def test_every_third_party_import_of_the_package_is_a_declared_dependency() -> N
     assert not missing, sorted(missing)
 
 
-def test_the_version_of_pyproject_is_the_package_version() -> None:
+def test_the_version_of_pyproject_is_the_package_version(tmp_path: Path) -> None:
     # two copies of one number (pyproject.toml for the wheel, _version.py for bafusion
-    # --version and the runs' records): nothing kept them equal
+    # --version and the runs' records) were kept equal only by this test: pyproject now takes
+    # it from _version.py (dynamic), and the wheel's metadata says the version bafusion does
+    import subprocess
+    import sys
     import tomllib
 
     import bafusion
     from bafusion._version import __version__
 
-    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-    assert version == __version__ == bafusion.__version__
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    for f in ("pyproject.toml", "README.md", "LICENSE", "src/bafusion/__init__.py", "src/bafusion/_version.py"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / f, tmp_path / f)
+    (tmp_path / "meta").mkdir()
+    r = subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
+                        "print(build_meta.prepare_metadata_for_build_wheel(sys.argv[1]))", str(tmp_path / "meta")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    metadata = (tmp_path / "meta" / r.stdout.split()[-1] / "METADATA").read_text()
+    assert f"\nVersion: {__version__}\n" in metadata
+    assert bafusion.__version__ == __version__
 
 
 def test_the_license_file_is_the_mit_license_that_pyproject_names() -> None:
