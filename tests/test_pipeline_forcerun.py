@@ -1,5 +1,6 @@
-"""Under Snakemake: training progress reaches the console, logs stay clean, and a forced rerun
-of a training rule (-R / --forcerun) trains from scratch instead of "resuming" a finished run."""
+"""Under Snakemake: training progress reaches the console, logs stay clean, and a rerun of a
+training rule whose outputs Snakemake deleted (a job killed after its run finished, or -R /
+--forcerun) writes the finished run's model again without training."""
 
 from __future__ import annotations
 
@@ -20,10 +21,17 @@ def test_forcerun_retrains_and_progress_reaches_the_console(tmp_path: Path) -> N
     assert "initial epoch 1/1 " in log and "\r" not in log
     assert "training from scratch" not in log
 
+    # Snakemake deletes the rule's outputs before it runs it again, as after a job killed in the
+    # seconds between the finished mark in last.pt and its exit: the finished run's model is
+    # written again, the same bytes, without an epoch (it trained everything again, hours)
+    model = project / "data" / "models" / "initial.pt"
+    want = {p: p.read_bytes() for p in (model, model.with_suffix(".json"))}
     again = run(["snakemake", "train_initial", "--cores", "2", "-R", "train_initial"], project)
     console = again.stdout + again.stderr
-    assert "belongs to a finished run" in console and "training from scratch" in console, console[-3000:]
-    assert "initial epoch 1/1 " in console and "resuming" not in console
+    assert "the model of the finished run in data/checkpoints/initial/last.pt was restored" in console, console[-3000:]
+    assert "training from scratch" not in console and "initial epoch 1/1 " not in console
+    assert "resuming" not in console
+    assert {p: p.read_bytes() for p in want} == want
     assert "rule patches" not in console  # only the forced rule ran
 
     # A DVC stage's call (`snakemake <target> --allowed-rules <target>`) after DVC rewrote an

@@ -339,6 +339,13 @@ def test_two_process_ddp_on_cpu(toy_run: dict, tmp_path: Path) -> None:
     assert m["val_acc"] > 0.8 and m["val_patches"] == 96
     _, meta = load_model(out)
     assert meta["world_size"] == 2
+    # killed after it finished, its model deleted: both processes agree to restore it, no epoch
+    want = out.read_bytes(), out.with_suffix(".json").read_bytes()
+    out.unlink()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "was restored" in res.stderr and "epoch 1/2" not in res.stderr, res.stderr[-3000:]
+    assert (out.read_bytes(), out.with_suffix(".json").read_bytes()) == want
 
 
 def test_warm_start_from_a_model_file(toy_run: dict, tmp_path: Path) -> None:
@@ -446,12 +453,12 @@ def test_killed_while_logging_the_finished_run_resumes_without_training(
     assert paths.out.is_file() and load_checkpoint(paths.checkpoints / "last.pt")["finished"]
 
 
-def test_forced_rerun_of_a_finished_run_trains_from_scratch(toy_run: dict, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rerun_of_a_finished_run_with_its_outputs_trains_from_scratch(toy_run: dict, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A finished checkpoint belongs to the run that wrote its model: running the same training
-    again (Snakemake -R deletes the model first) trains every epoch again and gets the same
-    weights (seeded, CPU), instead of "resuming" a run that has nothing left to do."""
+    again by hand, its outputs all there, trains every epoch again and gets the same weights
+    (seeded, CPU), instead of "resuming" a run that has nothing left to do."""
     monkeypatch.setenv("BAFUSION_MLFLOW", "0")
     cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 64}}, "initial")
     paths = _paths(tmp_path, "initial")
@@ -459,15 +466,86 @@ def test_forced_rerun_of_a_finished_run_trains_from_scratch(toy_run: dict, tmp_p
     first = load_checkpoint(paths.checkpoints / "last.pt")
     assert first["finished"] and first["epoch"] == 1
     capsys.readouterr()
-    paths.out.unlink()
     summary = train("initial", toy_run["h5"], cfg, paths, progress=False)
     err = capsys.readouterr().err
     assert "belongs to a finished run" in err and "training from scratch" in err and "resuming" not in err
-    assert "initial epoch 1/1" in err  # the epoch really ran
+    assert "initial epoch 1/1" in err and "restored" not in err  # the epoch really ran
     again = load_checkpoint(paths.checkpoints / "last.pt")
     assert again["samples_seen"] == first["samples_seen"] == summary["samples_seen"] == 64
     for k in first["model"]:
         assert torch.equal(first["model"][k], again["model"][k]), k
+
+
+def _outputs(paths: Paths) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (paths.out, paths.out.with_suffix(".json"), paths.metrics, paths.plots)}
+
+
+@pytest.mark.parametrize("damage", ["deleted", "model truncated"])
+def test_a_finished_run_killed_before_its_exit_is_restored_without_training(
+        toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        damage: str) -> None:
+    """Killed in the seconds after it marked last.pt finished (MLflow's end, the interpreter's
+    exit), the job failed, Snakemake deleted its outputs, and the retry said "belongs to a
+    finished run; training from scratch" and trained everything again (hours). The retry of
+    the same training writes that run's outputs again from last.pt, byte for byte, without
+    running an epoch, and says so; its MLflow run is FINISHED with the model logged."""
+    from mlflow.tracking import MlflowClient
+
+    from bafusion.tracking import EXPERIMENT
+
+    monkeypatch.delenv("BAFUSION_MLFLOW", raising=False)
+    # 2 epochs, the best one the 1st or the 2nd; a seed of its own tells its MLflow runs apart
+    cfg = resolve_config({**TOY, "seed": 4343, "train": {**TOY["train"], "samples_per_epoch": 64}}, "initial")
+    paths = _paths(tmp_path, "initial")
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    first = load_checkpoint(paths.checkpoints / "last.pt")
+    assert first["finished"]
+    want = _outputs(paths)
+    if damage == "deleted":  # as Snakemake and SLURM do with the outputs of a failed job
+        for p in (paths.out, paths.out.with_suffix(".json"), paths.metrics, paths.plots):
+            p.unlink()
+    else:
+        paths.out.write_bytes(want[paths.out.name][:100])
+    capsys.readouterr()
+    summary = train("initial", toy_run["h5"], cfg, paths, progress=False)
+    err = capsys.readouterr().err
+    assert "training from scratch" not in err and "epoch 1/2" not in err and "epoch 2/2" not in err, err
+    line = (f"bafusion train: the model of the finished run in {paths.checkpoints / 'last.pt'} was restored to "
+            f"{paths.out} (best val acc ")
+    assert sum(x.startswith(line) for x in err.splitlines()) == 1, err
+    assert "no training needed" in err
+    assert _outputs(paths) == want  # the same bytes as the uninterrupted run's
+    assert summary["best_epoch"] == first["best_epoch"] and summary["samples_seen"] == first["samples_seen"]
+    again = load_checkpoint(paths.checkpoints / "last.pt")
+    assert again["finished"] and again["epoch"] == 2
+    for k in first["best_model"]:
+        assert torch.equal(first["best_model"][k], again["best_model"][k]), k
+    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = [r for r in client.search_runs([exp.experiment_id])
+            if r.data.params.get("patches") == str(toy_run["h5"]) and r.data.params.get("seed") == "4343"
+            and r.info.run_id == again["mlflow_run_id"]]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["resumed_from"] == "finished run (model restored)"
+    assert runs[0].data.tags["resumed_run_id"] == first["mlflow_run_id"]
+    assert "best_val_acc" in runs[0].data.metrics
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "model")} >= {"model/initial.pt"}
+
+
+def test_a_finished_run_of_other_parameters_without_outputs_trains_afresh(
+        toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a finished run of the same fingerprint is restored: after a parameter edit (the
+    outputs deleted, as Snakemake does) the new parameters are trained."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 64}}, "initial")
+    paths = _paths(tmp_path, "initial")
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    paths.out.unlink()
+    capsys.readouterr()
+    train("initial", toy_run["h5"], dataclasses.replace(cfg, lr=0.005), paths, progress=False, replace_stale=True)
+    err = capsys.readouterr().err
+    assert "starting afresh" in err and "initial epoch 1/1" in err and "restored" not in err, err
+    assert paths.out.is_file()
 
 
 def test_progress_is_one_line_per_epoch_without_bars_when_stderr_is_not_a_terminal(toy_run: dict, tmp_path: Path) -> None:

@@ -3,8 +3,10 @@
 # passed whole as JSON so that `--config` overrides reach the trainer too.
 # A killed job resumes from data/checkpoints/<net>/last.pt (not an output: it survives the
 # deletion of incomplete outputs, and a checkpoint of other parameters is ignored). A finished
-# run marks its checkpoint finished, so a forced rerun (-R/--forcerun, dvc repro -f) trains
-# from scratch. Progress: one line per epoch, copied from the log to the console (stderr).
+# run marks its checkpoint finished: a rerun of it (killed before its exit, or -R/--forcerun,
+# dvc repro -f: its outputs deleted) writes its model again without training; delete
+# data/checkpoints/<net> to train again. Progress: one line per epoch, copied from the log to
+# the console (stderr).
 
 TRAIN = config.get("train", {})
 

@@ -37,8 +37,13 @@ A checkpoint of an interrupted run written for other parameters or another patch
 :func:`fingerprint`) is refused, naming the folder (a training run by hand must not replace
 another's resume state), unless ``replace_stale`` (``--restart-if-changed``, and always for the pipeline's own training,
 ``data/models/<net>.pt`` with ``data/checkpoints/<net>``, so that a parameter edit retrains) or ``--no-resume``: then training starts afresh. Once the run has written its outputs, ``last.pt`` is
-marked ``finished``: a later run (``snakemake -R``, ``dvc repro -f``) trains from scratch
-instead of resuming a run that has nothing left to do. One training at a time per checkpoint
+marked ``finished``: a later run by hand, the outputs all there, trains from scratch instead of
+resuming a run that has nothing left to do. A later run of the same fingerprint whose outputs
+are missing or whose model does not load (a job killed in the seconds between the mark and its
+exit, whose outputs Snakemake or SLURM then deleted; also ``snakemake -R`` and ``dvc repro -f``,
+which delete them first) writes the finished run's outputs again from ``last.pt``, the same
+bytes, without training, in a new MLflow run tagged ``resumed_from`` ``finished run (model
+restored)``; ``--no-resume`` trains again. One training at a time per checkpoint
 folder: a second one given the same ``--checkpoints`` fails at once (:func:`checkpoints_lock`).
 
 Divergence: when the training loss or the weights become NaN or infinite (a learning rate too
@@ -791,6 +796,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     saved_at: str | None = None  # what last.pt holds of this training (said when it diverges)
     resumed_run_id: str | None = None  # the MLflow run of the interrupted run, when it had one
     mlflow_run_id: str | None = None  # this run's, recorded in last.pt
+    restoring = False  # a finished run's outputs are written again from last.pt, without training
     if resume and last_path.exists():
         ck = load_checkpoint(last_path)
         if ck.get("fingerprint") != fp:
@@ -811,13 +817,18 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                                 "training, or --no-resume (or --restart-if-changed) to replace it")
             if dist.main:
                 print(f"bafusion train: {last_path} {why}; starting afresh", file=sys.stderr)
-        elif ck.get("finished"):
-            # The checkpoint belongs to a run that completed and wrote its model: running again
-            # (Snakemake -R/--forcerun, dvc repro -f, or by hand) means training again.
+        elif ck.get("finished") and not (restoring := _agreed(dist.main and _outputs_missing(paths), dist, device)):
+            # The checkpoint belongs to a run that completed and whose outputs are all there:
+            # running the same training again by hand means training again.
             if dist.main:
                 print(f"bafusion train: {last_path} belongs to a finished run (its model was written); "
                       "training from scratch", file=sys.stderr)
         else:
+            # An interrupted run resumes; a finished run of this fingerprint whose outputs are
+            # gone (killed in the seconds after it marked last.pt finished, while MLflow ended
+            # the run and the interpreter exited: Snakemake and SLURM then delete the outputs of
+            # the failed job) "resumes" after its last epoch: no epoch runs, and the end below
+            # writes the best epoch's model, its description, metrics and plots as that run did.
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
@@ -840,13 +851,16 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             saved_at = (f"step {global_step} (in epoch {start_epoch + 1})" if loader.position
                         else f"the end of epoch {start_epoch} (step {global_step})")
             resumed_run_id = ck.get("mlflow_run_id")
-            if dist.main:
+            if restoring:
+                resumed_from = "finished run (model restored)"
+            if dist.main and not restoring:
                 print(f"bafusion train: resuming {net} from {last_path} ({resumed_from})", file=sys.stderr)
+            if dist.main:
                 if best_state is not None:  # best.pt is for a look only: put back what last.pt holds
                     save_checkpoint(best_path, {"format": CHECKPOINT_FORMAT, "fingerprint": fp, "epoch": best_epoch,
                                                 "val_acc": best_acc, "model": best_state})
                 was = ck.get("threads")
-                if device.type == "cpu" and was is not None and int(was) != torch.get_num_threads():
+                if device.type == "cpu" and was is not None and int(was) != torch.get_num_threads() and not restoring:
                     print(f"bafusion train: warning: {last_path} was trained with {was} CPU thread(s) per process, "
                           f"this run uses {torch.get_num_threads()}: the final weights will differ from an "
                           f"uninterrupted run's ({was} per process would resume exactly)", file=sys.stderr)
@@ -998,8 +1012,13 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             run.log_metrics({"train_time_s": train_time,
                              "samples_per_s_overall": samples_seen / train_time if train_time > 0 else 0.0},
                             step=cfg.epochs)
-            print(f"bafusion train: {net} done: {samples_seen} samples in {train_time:.1f} s, best val acc "
-                  f"{best_row['val_acc']:.4f} (epoch {best_epoch})", file=sys.stderr)
+            if restoring:
+                print(f"bafusion train: the model of the finished run in {last_path} was restored to {paths.out} "
+                      f"(best val acc {best_row['val_acc']:.4f}, epoch {best_epoch}); no training needed "
+                      f"(to train again: --no-resume, or delete {paths.checkpoints})", file=sys.stderr)
+            else:
+                print(f"bafusion train: {net} done: {samples_seen} samples in {train_time:.1f} s, best val acc "
+                      f"{best_row['val_acc']:.4f} (epoch {best_epoch})", file=sys.stderr)
             run.set_tag("best_epoch", best_epoch)
             run.log_artifact(paths.out, "model")
             run.log_artifact(paths.out.with_suffix(".json"), "model")
@@ -1016,6 +1035,27 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             save_checkpoint(last_path, {**checkpoint_state(cfg.epochs, torch.zeros(3, dtype=torch.float64), 0.0),
                                         "finished": True})
         return summary
+
+
+def _outputs_missing(paths: Paths) -> bool:
+    """Whether any output of a training (the model, its description, ``--metrics``, ``--plots``)
+    is missing, or the model does not load (damaged): those a finished run writes again."""
+    if not all(p.is_file() for p in (paths.out, paths.out.with_suffix(".json"), paths.metrics, paths.plots)):
+        return True
+    try:
+        load_model(paths.out)
+    except Exception:  # noqa: BLE001 - any damage: written again
+        return True
+    return False
+
+
+def _agreed(flag: bool, dist: Dist, device: torch.device) -> bool:
+    """Process 0's ``flag``, on every process of a run (one decision for all)."""
+    if not dist.active:
+        return flag
+    t = torch.tensor([int(flag)], device=device if device.type == "cuda" else "cpu")
+    torch.distributed.broadcast(t, 0)
+    return bool(t.item())
 
 
 def _epoch_metrics(row: Mapping[str, Any]) -> dict[str, float]:
