@@ -1060,6 +1060,31 @@ def test_an_interrupted_train_says_how_to_resume(tmp_path: Path, monkeypatch: py
                         "so it starts afresh")
 
 
+def test_a_train_stopped_after_its_run_finished_says_a_rerun_restores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """Stopped after it had marked last.pt finished (while MLflow ended the run), it said "no
+    checkpoint was saved yet by this run, so it starts afresh": the rerun writes the model
+    again from last.pt, should the outputs be gone."""
+    import bafusion.cli.train as cli_train
+    from bafusion.cli import main as cli_main
+    from bafusion.nets.train import CHECKPOINT_FORMAT, save_checkpoint
+
+    ck = tmp_path / "ck"
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        save_checkpoint(ck / "last.pt", {"format": CHECKPOINT_FORMAT, "finished": True})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_train, "_config_from_args", stopped)
+    (tmp_path / "p.h5").write_bytes(b"")
+    rc = cli_main(["train", "--net", "initial", "--patches", str(tmp_path / "p.h5"), "-o", str(tmp_path / "m.pt"),
+                   "--checkpoints", str(ck)])
+    assert rc == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"bafusion train: interrupted; the run had finished ({ck / 'last.pt'} says so): should its "
+                    "outputs be gone, rerun the same command: it writes the model again from it, without training")
+
+
 def test_the_pipelines_own_training_trains_over_its_checkpoint_of_other_parameters(
         toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """The pipeline's training (--out data/models/<net>.pt, --checkpoints data/checkpoints/<net>,

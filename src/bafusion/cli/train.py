@@ -308,6 +308,9 @@ def _resume_advice(args: argparse.Namespace, started: float, run: dict[str, Any]
     if ours is not None and (ours or not args.no_resume) and not _finished(last):
         again = "rerun it without --no-resume" if args.no_resume else "rerun the same command"
         return f"{again}: it resumes from {last}"
+    if ours and _finished(last):  # stopped after the outputs were written (MLflow's end, the exit)
+        return (f"the run had finished ({last} says so): should its outputs be gone, rerun the same command: "
+                "it writes the model again from it, without training")
     return "rerun the same command: no checkpoint was saved yet by this run, so it starts afresh"
 
 
