@@ -910,3 +910,30 @@ def test_a_signal_while_the_finished_command_exits_says_its_outputs_are_complete
         status, [f"bafusion baseline: {said} while exiting, after it had finished: its outputs are complete (F.png)"])
     assert lines[-2:] == ["frozen", "exiting"]
     assert (tmp_path / "F.png").is_file()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_training_worker_stopped_while_it_exits_says_nothing(tmp_path: Path) -> None:
+    """A worker process of ``train --nproc N`` (its environment names the launcher) that was
+    stopped while it exited said 'terminated while exiting, after it had ended with status 3
+    (said above)', though nothing was said above: the launcher stops the workers when one of
+    them ends, and the command says in one line what happened. A worker ends with 128 + N and
+    no word, as while it trains."""
+    import signal
+
+    rng = np.random.default_rng(0)
+    for name in ("A.png", "B.png"):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / name)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "BAFUSION_MLFLOW": "0",
+           "BAFUSION_TRAIN_LAUNCHER_PID": str(os.getpid())}
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_EXIT, "baseline", "--method", "laplacian", "-o", "F.png",
+                             "A.png", "B.png"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    assert proc.stdout is not None
+    lines = []
+    while not lines or lines[-1] not in ("exiting", ""):
+        lines.append(proc.stdout.readline().strip())
+    assert lines[-1] == "exiting"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (143, "")

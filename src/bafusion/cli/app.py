@@ -188,6 +188,10 @@ def install_sigterm_handler() -> dict[int, object]:
     return replaced
 
 
+#: In the environment of the processes that ``bafusion train --nproc N`` starts (its workers):
+#: the pid of the launcher. The command speaks for its workers (:mod:`bafusion.cli.train`).
+TRAIN_LAUNCHER_ENV = "BAFUSION_TRAIN_LAUNCHER_PID"
+
 #: The outputs of the command that :func:`_run` saw finish (its exit's line names them, see
 #: :func:`_exit_signal_handler`).
 _finished_outputs: list[str] = []
@@ -201,9 +205,14 @@ def _exit_signal_handler(cmd: str, rc: int | None) -> Callable[[int, object], No
     one line that the command had finished and its outputs are complete (or had ended with
     status ``rc``), and ends the process at once with 128 + N, as the signal's own default
     action would have ended it (a stop asked for is a non-zero status, as while it works:
-    Snakemake, SLURM and ``timeout`` see what they asked for; the line says nothing is lost)."""
+    Snakemake, SLURM and ``timeout`` see what they asked for; the line says nothing is lost).
+    A worker of ``train --nproc N`` ends so without a word: the launcher stops the workers when
+    one of them ends, and the command says what happened."""
+    worker = TRAIN_LAUNCHER_ENV in os.environ
 
     def handler(signum: int, frame: object) -> None:
+        if worker:
+            os._exit(128 + signum)
         said = {signal.SIGINT: "interrupted", getattr(signal, "SIGHUP", None): "hangup"}.get(signum, "terminated")
         if rc == 0:
             outputs = f" ({', '.join(_finished_outputs)})" if _finished_outputs else ""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bafusion.atomic import clear_stop, stop_requested
+from bafusion.cli.app import TRAIN_LAUNCHER_ENV
 from bafusion.cli.common import add_threads_argument, nonempty_json, nonempty_path, note_params_yaml_unread
 from bafusion.config import read_params
 from bafusion.errors import UserError
@@ -46,7 +47,7 @@ from bafusion.schema import maximum
 #: In the launcher's environment: the pid of the command (the launcher ends with it).
 _PARENT_ENV = "BAFUSION_TRAIN_COMMAND_PID"
 #: In the workers' environment: the pid of the launcher (the workers end with it).
-_LAUNCHER_ENV = "BAFUSION_TRAIN_LAUNCHER_PID"
+_LAUNCHER_ENV = TRAIN_LAUNCHER_ENV
 #: Exit status of a worker whose peer ended (its connection to it broke): said by the launcher.
 _PEER_GONE = 3
 #: Seconds the launcher is given to stop its workers before the command kills them all.
