@@ -1363,3 +1363,24 @@ def test_output_lock_goes_on_without_locks_where_the_filesystem_has_none(tmp_pat
     with pytest.raises(OSError):  # other errors are not taken for a missing lock service
         with batch.output_lock(out):
             pass
+
+
+def test_fuse_dir_fuses_avif_and_jpeg_2000_shots_as_fuse_does(tmp_path: Path, nets: Path, capsys) -> None:
+    """A folder of .avif shots (which fuse reads) fused nothing: fuse-dir took only .png .jpg
+    .jpeg .bmp .tif .tiff .webp ('no pair or stack to fuse'). Pairs and a sub-folder stack of
+    .avif and .jp2 shots are fused now."""
+    from PIL import features
+
+    ext = ".avif" if features.check("avif") else ".jp2"
+    src = tmp_path / "in"
+    (src / "stack").mkdir(parents=True)
+    a, b = pair(1)
+    Image.fromarray(a).save(src / f"p-A{ext}", quality=100)
+    Image.fromarray(b).save(src / f"p-B{ext}", quality=100)
+    for i, im in enumerate(pair(1)):
+        Image.fromarray(im).save(src / "stack" / f"IMG_000{i}.jp2")
+    out = tmp_path / "out"
+    assert cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]) == 0, \
+        capsys.readouterr()
+    assert (out / "p.png").is_file() and (out / "stack.png").is_file()
+    assert "fused 2 stack(s)" in capsys.readouterr().out

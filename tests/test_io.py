@@ -1161,3 +1161,36 @@ def test_to_gray_u8_by_its_table_equals_the_sum_on_every_colour() -> None:
     assert np.array_equal(_gray_by_table(rgba), to_uint8(_matlab_sum(rgba)))
     assert np.array_equal(to_gray_u8(rgba), to_uint8(_matlab_sum(rgba)))  # small: the sum's path
     assert np.array_equal(to_gray_u8(every[:5, :7].astype(np.float64)), to_uint8(_matlab_sum(every[:5, :7])))
+
+
+# --------------------------------------------------------------------------------------
+# the formats fuse-dir takes
+
+
+@pytest.mark.parametrize("suffix", __import__("bafusion.io", fromlist=["IMAGE_SUFFIXES"]).IMAGE_SUFFIXES)
+def test_every_suffix_fuse_dir_takes_is_read_as_fuse_reads_it(tmp_path: Path, suffix: str) -> None:
+    """Each of IMAGE_SUFFIXES (fuse-dir's shots) is a format fuse reads: written by Pillow, read
+    by read_source_set; AVIF where this Pillow has libavif (else fuse-dir names the file it
+    cannot read, as fuse does)."""
+    from PIL import features
+
+    if suffix == ".avif" and not features.check("avif"):
+        pytest.skip("this Pillow reads no AVIF")
+    img = np.random.default_rng(2).integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    p = tmp_path / f"x{suffix}"
+    Image.fromarray(img).save(p)
+    got = read_source_set([p, p]).images[0]
+    assert got.shape == (16, 20, 3) and got.dtype == np.uint8
+
+
+def test_fuse_dir_takes_the_photo_formats_that_fuse_reads() -> None:
+    """A folder of .avif (or JPEG 2000, GIF, TGA, netpbm) shots fused nothing: fuse-dir listed only
+    .png .jpg .jpeg .bmp .tif .tiff .webp, though fuse read these."""
+    from PIL import features
+
+    from bafusion.io import IMAGE_SUFFIXES
+
+    wanted = {".jp2", ".jfif", ".jpe", ".gif", ".tga", ".ppm", ".pgm", ".qoi"} | ({".avif"} if features.check("avif")
+                                                                                    else set())
+    assert wanted <= set(IMAGE_SUFFIXES)
+    assert not {".ico", ".icns", ".dds", ".xbm"} & set(IMAGE_SUFFIXES)  # icons and textures are no shots

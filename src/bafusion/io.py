@@ -75,7 +75,17 @@ from bafusion.errors import InputFileError
 #: MATLAB ``rgb2gray`` coefficients for R, G, B (the reference metric code and our patches use these).
 RGB2GRAY = np.array([0.298936021293775, 0.587043074451121, 0.114020904255103])
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: The suffixes ``fuse-dir`` takes for shots (and for images in an output folder): the photo formats
+#: that ``fuse`` reads, each measured by writing a file with Pillow and reading it as ``fuse`` does
+#: (``tests/test_io.py``): PNG (APNG), JPEG (``.jpe``, ``.jfif``, MPO), BMP (DIB), TIFF, WebP, AVIF
+#: (where Pillow has libavif, as Pillow 11.2 and later do), JPEG 2000, GIF, TGA, the netpbm formats,
+#: QOI, SGI and PCX. It listed only .png .jpg .jpeg .bmp .tif .tiff .webp, so a folder of .avif
+#: shots fused nothing though ``fuse`` read each. Left out, though Pillow reads them: icons
+#: (``.ico``, ``.icns``, ``.cur``), textures (``.dds``, ``.blp``) and 1-bit bitmaps (``.xbm``,
+#: ``.msp``).
+IMAGE_SUFFIXES = (".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".bmp", ".dib", ".tif", ".tiff",
+                  ".webp", ".avif", ".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx", ".gif", ".tga", ".ppm", ".pgm",
+                  ".pbm", ".pnm", ".pfm", ".qoi", ".sgi", ".rgb", ".bw", ".pcx")
 
 
 @contextlib.contextmanager
