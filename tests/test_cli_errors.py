@@ -937,3 +937,44 @@ def test_a_training_worker_stopped_while_it_exits_says_nothing(tmp_path: Path) -
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert (proc.returncode, err) == (143, "")
+
+
+def _camera_file(path: Path, kind: str) -> None:
+    """A stand-in of a camera's file: ``tiff-raw`` a TIFF whose first page is a small RGB preview
+    and whose sub-IFD holds 12-bit sensor data (as NEF, ARW, PEF, DNG are built), ``cr2`` a TIFF
+    header with no readable page, ``heic`` an ISO media file of brand heic."""
+    import struct
+
+    import tifffile
+
+    rng = np.random.default_rng(3)
+    if kind == "tiff-raw":
+        with tifffile.TiffWriter(path) as tw:
+            tw.write(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), subfiletype=1, subifds=1, photometric="rgb")
+            tw.write(rng.integers(0, 4096, (48, 64), dtype=np.uint16), photometric="minisblack")
+    elif kind == "cr2":
+        path.write_bytes(b"II*\x00\x10\x00\x00\x00CR\x02\x00" + rng.bytes(4000))
+    else:
+        path.write_bytes(struct.pack(">I4s4sI", 24, b"ftyp", b"heic", 0) + b"mif1heic" + rng.bytes(3000))
+
+
+@pytest.mark.parametrize(("names", "kind", "said", "tool"), [
+    (("DSC_0001.NEF", "DSC_0002.NEF"), "tiff-raw", "camera RAW file", "dcraw -T -6"),  # fused its 16x12 preview
+    (("IMG_0001.CR2", "IMG_0002.CR2"), "cr2", "camera RAW file", "RawTherapee"),
+    (("x.dng", "y.dng"), "tiff-raw", "camera RAW file", "darktable"),
+    (("IMG_0001.HEIC", "IMG_0002.HEIC"), "heic", "HEIC/HEIF file", "heif-convert"),
+    (("phone.jpg", "phone2.jpg"), "heic", "HEIC/HEIF file", "heif-convert"),  # a HEIC named .jpg
+])
+def test_a_camera_raw_or_heic_source_is_refused_with_what_to_convert_it_to(work: Path, capsys, names, kind, said,
+                                                                           tool) -> None:
+    """fuse of two NEF files (TIFF inside) fused their small preview pages without a word; a CR2
+    or HEIC was 'unreadable image: not an image file Pillow can read (an unknown format, or not
+    an image)', no advice and a library's name. Each is refused naming the file and its kind,
+    with the advice to convert it to TIFF or JPEG first and with what."""
+    for n in names:
+        _camera_file(work / n, kind)
+    line = _refused(["fuse", *names, "--model", "nets", "--device", "cpu", "-o", "F.png"], capsys, work,
+                    f"{names[0]}: {said}, which bafusion does not read", "convert it to TIFF (16-bit keeps the most) "
+                    "or JPEG first", tool)
+    assert "Pillow" not in line
+    _refused(["metrics", *names, names[0]], capsys, work, f"{names[0]}: {said}")

@@ -9,6 +9,9 @@ and metadata) -- the same rules for fusion, metrics, baselines, figures and the 
   PNG) only the first is read; :func:`read_source_set` notes it (:func:`frame_note`; also for
   a camera TIFF's thumbnail page, not for an MPO JPEG's previews), ``bafusion metrics`` and
   ``evaluate`` say it too: a focus stack is given as one file per shot.
+* **Not read.** Camera RAW files and HEIC/HEIF ones (without a Pillow plugin for them) are
+  refused by suffix, before Pillow opens them (it read a NEF's or DNG's preview page as the
+  shot), and a HEIC by its content, saying what to convert them to (:func:`unread_format`).
 * **Modes.** 8-bit gray (``L``), gray + alpha (``LA``; also at 16 bits, which Pillow opens as
   RGBA) and 1-bit (``1``, read as 0/255) give a gray (H, W) array; everything else (RGB, RGBA, palette with or without transparency,
   CMYK, YCbCr, ...) gives RGB (H, W, 3). Alpha is dropped (never composited); associated
@@ -88,6 +91,71 @@ IMAGE_SUFFIXES = (".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".b
                   ".pbm", ".pnm", ".pfm", ".qoi", ".sgi", ".rgb", ".bw", ".pcx")
 
 
+#: Camera RAW files: read by no reader here (no demosaicing). Many are TIFF inside (NEF, ARW, DNG,
+#: PEF, ...), which Pillow opened as TIFF and read their small preview page: ``fuse`` fused two
+#: 160x120 thumbnails without a word. They are refused by suffix, with the advice to convert them
+#: (:func:`unread_format`).
+RAW_SUFFIXES = (".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".orf", ".rw2", ".raf",
+                ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mrw", ".mef", ".mos", ".rwl", ".raw")
+
+#: HEIC/HEIF files (phones, recent cameras: Canon's ``.hif``): read only where a Pillow plugin for
+#: them is registered (pillow-heif's opener, which bafusion does not load itself).
+HEIF_SUFFIXES = (".heic", ".heif", ".hif")
+
+#: The brands of an ISO media file's ``ftyp`` box that make it a HEIF image (a HEIC named .jpg).
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1")
+
+_CONVERT = ("convert it to TIFF (16-bit keeps the most) or JPEG first, e.g. with the camera's software, "
+            "darktable, RawTherapee or 'dcraw -T -6'")
+_CONVERT_HEIF = "convert it to TIFF (16-bit keeps the most) or JPEG first, e.g. with 'heif-convert' or darktable"
+
+
+def _heif_readable() -> bool:
+    """Whether a HEIF reader is registered with Pillow (pillow-heif's ``register_heif_opener``)."""
+    return ".heic" in Image.registered_extensions()
+
+
+def unread_format(path: str | os.PathLike[str]) -> str | None:
+    """What kind of photo ``path`` is that no reader here reads, by its suffix: ``"camera RAW"``,
+    ``"HEIC/HEIF"`` (unless a Pillow plugin reads it), else None."""
+    suffix = Path(path).suffix.lower()
+    if suffix in RAW_SUFFIXES:
+        return "camera RAW"
+    if suffix in HEIF_SUFFIXES and not _heif_readable():
+        return "HEIC/HEIF"
+    return None
+
+
+def unread_advice(kind: str) -> str:
+    """What to do with files of an :func:`unread_format` kind: convert them, and with what."""
+    return _CONVERT_HEIF if kind == "HEIC/HEIF" else _CONVERT
+
+
+def _unread_problem(kind: str) -> str:
+    return f"{kind} file, which bafusion does not read: {unread_advice(kind)}"
+
+
+def _check_format(p: Path) -> None:
+    """Refuse a camera RAW file (and a HEIC/HEIF one Pillow cannot read) by its suffix, before
+    Pillow opens it (:func:`unread_format`): the error says what to convert it to and with what."""
+    kind = unread_format(p)
+    if kind is not None:
+        raise InputFileError(p, _unread_problem(kind))
+
+
+def _heif_problem(p: Path) -> str | None:
+    """Why ``p`` is not read when it starts as a HEIF image does (an ``ftyp`` box of a HEIF
+    brand: a HEIC named .jpg) and Pillow could not open it; None otherwise. Only on the error path."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(32)
+    except OSError:
+        return None
+    if head[4:8] == b"ftyp" and any(b in head[8:32] for b in _HEIF_BRANDS):
+        return _unread_problem("HEIC/HEIF")
+    return None
+
+
 @contextlib.contextmanager
 def _quiet_pillow() -> Iterator[None]:
     """Pillow's warnings silenced while a file is opened, decoded or its metadata read: the
@@ -112,6 +180,7 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         raise InputFileError(p, "not a regular file")
     if p.stat().st_size == 0:  # Pillow: "cannot identify image file <_io.BufferedReader name=...>"
         raise InputFileError(p, "empty file (0 bytes): not an image")
+    _check_format(p)
     try:
         # through a file object, not the name: Pillow (13.0) memory-maps an uncompressed gray
         # TIFF opened by name and then turns it by its orientation tag into garbled pixels
@@ -124,7 +193,7 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         raise _damaged_or(p, e) from e
     except Exception as e:  # noqa: BLE001 - Pillow's readers: OSError, ValueError, but also TypeError,
         # struct.error, IndexError, ... of a damaged file (a TIFF integer tag stored as text)
-        raise InputFileError(p, _tiff_problem(p) or _unreadable(e)) from e
+        raise InputFileError(p, _tiff_problem(p) or _heif_problem(p) or _unreadable(e)) from e
 
 
 def _damaged_or(p: Path, e: MemoryError) -> BaseException:
@@ -282,6 +351,7 @@ def image_info(path: str | os.PathLike[str], *, decode: bool = False) -> ImageIn
         raise InputFileError(p, "not a regular file")
     if p.stat().st_size == 0:
         raise InputFileError(p, "empty file (0 bytes): not an image")
+    _check_format(p)
     try:
         with _quiet_pillow(), open(p, "rb") as fh, Image.open(fh) as im:
             orientation = int(header_exif(im, p).get(_ORIENTATION, 1) or 1)
@@ -298,12 +368,12 @@ def image_info(path: str | os.PathLike[str], *, decode: bool = False) -> ImageIn
     except UnidentifiedImageError as e:
         info = _tiff_info(p, decode)
         if info is None:
-            raise InputFileError(p, _tiff_problem(p) or _unreadable(e)) from e
+            raise InputFileError(p, _tiff_problem(p) or _heif_problem(p) or _unreadable(e)) from e
         return info
     except MemoryError as e:
         raise _damaged_or(p, e) from e
     except Exception as e:  # noqa: BLE001 - any error of Pillow's readers (as open_image)
-        raise InputFileError(p, _tiff_problem(p) or _unreadable(e)) from e
+        raise InputFileError(p, _tiff_problem(p) or _heif_problem(p) or _unreadable(e)) from e
     gray = mode in _GRAY_MODES
     if fmt == "PNG" and mode == "RGBA":
         # Pillow opens a 16-bit gray + alpha PNG (colour type 4) as RGBA; the reader reads it
@@ -1805,7 +1875,7 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     significant: list[int] = []  # the marked sources' significant bits (not the bits scaled from)
     floats: list[tuple[int, Path, np.ndarray]] = []  # float sources: scaled alike, below
     for p in map(Path, paths):
-        raw = _high_depth_array(p) if p.is_file() else None
+        raw = _high_depth_array(p) if p.is_file() and unread_format(p) is None else None  # else refused below
         if raw is None:
             low = _read_low(p)
             if low.dtype != np.uint8:
