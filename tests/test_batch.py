@@ -1384,3 +1384,52 @@ def test_fuse_dir_fuses_avif_and_jpeg_2000_shots_as_fuse_does(tmp_path: Path, ne
         capsys.readouterr()
     assert (out / "p.png").is_file() and (out / "stack.png").is_file()
     assert "fused 2 stack(s)" in capsys.readouterr().out
+
+
+def test_fuse_dir_names_the_camera_raw_and_heic_files_it_does_not_read(tmp_path: Path, nets: Path, capsys) -> None:
+    """A folder of RAW (or HEIC) shots said "stack 'raws' has only 0 shot(s)", RAW files beside
+    a camera's JPEGs or directly in IN were passed over without a word, and a folder of RAW files
+    only said "no pair or stack to fuse (name shots ...)". Each folder's files are named in one
+    line with what to convert them to; a RAW + JPEG folder is fused from its JPEGs, status 0 for it."""
+    import struct
+
+    rng = np.random.default_rng(0)
+    cr2 = b"II*\x00\x10\x00\x00\x00CR\x02\x00" + rng.bytes(2000)
+    heic = struct.pack(">I4s4sI", 24, b"ftyp", b"heic", 0) + b"mif1heic" + rng.bytes(2000)
+    src = tmp_path / "in"
+    for sub in ("raws", "mixed", "heics"):
+        (src / sub).mkdir(parents=True)
+    for i, im in enumerate(pair(1)):
+        Image.fromarray(im).save(src / "mixed" / f"IMG_000{i}.JPG", quality=95)
+        for folder in (src / "raws", src / "mixed"):
+            (folder / f"IMG_000{i}.CR2").write_bytes(cr2)
+        (src / "heics" / f"IMG_000{i}.HEIC").write_bytes(heic)
+    for n in range(7):
+        (src / f"DSC_{n:04d}.NEF").write_bytes(cr2)
+    out = tmp_path / "out"
+    argv = ["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(argv) == batch.EXIT_SKIPPED
+    o, err = capsys.readouterr()
+    assert "fused 1 stack(s)" in o and "skipped 2" in o and (out / "mixed.png").is_file()
+    lines = err.splitlines()
+    assert len(lines) == 4, err  # one per folder
+    advice = "convert them to TIFF (16-bit keeps the most) or JPEG first, e.g. with the camera's software"
+    assert lines[0] == (f"bafusion fuse-dir: {src}: 7 camera RAW files are not read (DSC_0000.NEF, DSC_0001.NEF, "
+                        f"DSC_0002.NEF, DSC_0003.NEF, DSC_0004.NEF and 2 more): {advice}, darktable, RawTherapee or "
+                        "'dcraw -T -6'")
+    assert lines[1].startswith(f"bafusion fuse-dir: {src / 'mixed'}: 2 camera RAW files are not read (IMG_0000.CR2, "
+                               "IMG_0001.CR2); stack 'mixed' is fused from its other images; to fuse them, convert")
+    assert lines[2] == (f"bafusion fuse-dir: skipped {src / 'heics'}: stack 'heics' has only 0 shot(s) bafusion reads; "
+                        "its 2 HEIC/HEIF files are not read (IMG_0000.HEIC, IMG_0001.HEIC): convert them to TIFF "
+                        "(16-bit keeps the most) or JPEG first, e.g. with 'heif-convert' or darktable")
+    assert lines[3].startswith(f"bafusion fuse-dir: skipped {src / 'raws'}: stack 'raws' has only 0 shot(s) bafusion "
+                               f"reads; its 2 camera RAW files are not read (IMG_0000.CR2, IMG_0001.CR2): {advice}")
+    # RAW files alone: the refusal names them
+    for sub in ("raws", "mixed", "heics"):
+        for f in (src / sub).iterdir():
+            f.unlink()
+        (src / sub).rmdir()
+    assert cli_main([*argv[:2], str(tmp_path / "out2"), *argv[3:]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bafusion fuse-dir: error: {src}: no pair or stack to fuse: 7 camera RAW files are not "
+                          "read (DSC_0000.NEF"), err

@@ -105,9 +105,9 @@ HEIF_SUFFIXES = (".heic", ".heif", ".hif")
 #: The brands of an ISO media file's ``ftyp`` box that make it a HEIF image (a HEIC named .jpg).
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1")
 
-_CONVERT = ("convert it to TIFF (16-bit keeps the most) or JPEG first, e.g. with the camera's software, "
-            "darktable, RawTherapee or 'dcraw -T -6'")
-_CONVERT_HEIF = "convert it to TIFF (16-bit keeps the most) or JPEG first, e.g. with 'heif-convert' or darktable"
+#: The converters :func:`unread_advice` names for each :func:`unread_format` kind.
+_CONVERTERS = {"camera RAW": ("the camera's software", "darktable", "RawTherapee", "'dcraw -T -6'"),
+               "HEIC/HEIF": ("'heif-convert'", "darktable")}
 
 
 def _heif_readable() -> bool:
@@ -126,13 +126,19 @@ def unread_format(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def unread_advice(kind: str) -> str:
-    """What to do with files of an :func:`unread_format` kind: convert them, and with what."""
-    return _CONVERT_HEIF if kind == "HEIC/HEIF" else _CONVERT
+def unread_advice(kinds: Iterable[str], *, them: bool = False) -> str:
+    """What to do with files of these :func:`unread_format` kinds: convert ``it`` (``them``) to
+    TIFF or JPEG first, and with what."""
+    tools: list[str] = []
+    given = set(kinds)
+    for kind in (k for k in _CONVERTERS if k in given):
+        tools += [t for t in _CONVERTERS[kind] if t not in tools]
+    with_ = f", e.g. with {', '.join(tools[:-1])} or {tools[-1]}" if len(tools) > 1 else ""
+    return f"convert {'them' if them else 'it'} to TIFF (16-bit keeps the most) or JPEG first{with_}"
 
 
 def _unread_problem(kind: str) -> str:
-    return f"{kind} file, which bafusion does not read: {unread_advice(kind)}"
+    return f"{kind} file, which bafusion does not read: {unread_advice([kind])}"
 
 
 def _check_format(p: Path) -> None:

@@ -446,6 +446,8 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     rep = fuse_dir(src, out, nets, params, ext=ext, align=args.align or "none", force=args.force,
                    skip_existing=args.skip_existing,
                    progress=args.progress is not False, motion_hint=args.align is None)
+    for where, line in rep.notes:  # RAW and HEIC files not read, where no stack was skipped for them
+        print(f"bafusion fuse-dir: {where}: {line}", file=sys.stderr)
     for what, why in rep.skipped:
         print(f"bafusion fuse-dir: skipped {what}: {why}", file=sys.stderr)
     print(f"fused {len(rep.fused)} stack(s) into {out}" + (f", {len(rep.existing)} already there" if rep.existing else "")
@@ -463,7 +465,8 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
         description="Fuse every stack of IN into OUT/<name>.<ext>. Naming rule: files <name>-A.<ext>, <name>-B.<ext>, "
         "(-C, ...) are one stack, in letter order; each sub-folder of IN is one stack (its images in name order). "
         "What cannot be fused (one shot, a name outside the rule, an unreadable file, sizes that differ, shots "
-        f"of two scenes) is skipped and listed at the end. Exit status: 0 all fused, {EXIT_SKIPPED} some skipped "
+        "of two scenes) is skipped and listed at the end, and camera RAW and HEIC files, which are not read, are "
+        f"named there (one line per folder). Exit status: 0 all fused, {EXIT_SKIPPED} some skipped "
         f"(the others fused), {EXIT_NONE_FUSED} all skipped (nothing fused), 2 bad usage or a full disk (the batch "
         "stops; rerun with --skip-existing).",
         epilog=METADATA_EPILOG,

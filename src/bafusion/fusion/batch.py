@@ -47,7 +47,7 @@ import numpy as np
 from bafusion.atomic import folder_lock
 from bafusion.errors import InputFileError, UserError, is_out_of_memory
 from bafusion.io import (IMAGE_SUFFIXES, SourceSet, check_same_sizes, fit_jpeg_exif, icc_fits, image_info,
-                         keeps_16_bits, read_source_set, written_metadata)
+                         keeps_16_bits, read_source_set, unread_advice, unread_format, written_metadata)
 
 #: Exit status of ``fuse-dir`` when some groups were skipped (the others fused).
 EXIT_SKIPPED = 3
@@ -461,7 +461,8 @@ def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str 
     return fused_output(src, results, output)
 
 
-def find_groups(folder: Path, exclude: Path | None = None) -> tuple[dict[str, list[Path]], list[tuple[str, str]]]:
+def find_groups(folder: Path, exclude: Path | None = None, notes: list[tuple[str, str]] | None = None,
+                ) -> tuple[dict[str, list[Path]], list[tuple[str, str]]]:
     """The stacks of ``folder`` by the naming rule (module doc), sorted by name, and the
     images skipped with the reason.
 
@@ -482,11 +483,18 @@ def find_groups(folder: Path, exclude: Path | None = None) -> tuple[dict[str, li
         symbolic link (its target gone: a card not mounted) named like a shot, or like a stack
         folder (no suffix), is listed with its target, and its stack is not fused (it was left
         out silently: the stack fused without that shot, or not at all, unsaid).
+
+    Camera RAW and HEIC files (:func:`bafusion.io.unread_format`), which were passed over without
+    a word (a folder of RAW shots: "stack 'x' has only 0 shot(s)"), are named, one line per folder
+    (:func:`unread_files`): in the reason of a stack skipped for too few shots, else appended to
+    ``notes`` as (folder, line) when a list is given (a RAW + JPEG folder whose JPEGs are fused;
+    RAW files directly in ``folder``).
     """
     groups: dict[str, list[tuple[str, Path]]] = {}
     folders: set[str] = set()
     skipped: list[tuple[str, str]] = []
     broken: dict[str, list[Path]] = {}  # stack name -> its shots that are broken links
+    unread: dict[str, list[Path]] = {}  # stack folder name ("" for folder itself) -> RAW, HEIC files
     excluded = exclude.resolve() if exclude is not None else None
     for p in sorted(folder.iterdir()):
         if p.name.startswith("."):
@@ -501,6 +509,9 @@ def find_groups(folder: Path, exclude: Path | None = None) -> tuple[dict[str, li
                            if (q.is_file() or _broken_link(q)) and not q.name.startswith(".")
                            and q.suffix.lower() in IMAGE_SUFFIXES)
             groups[p.name] = [(q.name, q) for q in shots]
+            others = sorted(q for q in p.iterdir() if not q.name.startswith(".") and unread_format(q) and q.is_file())
+            if others:
+                unread[p.name] = others
             folders.add(p.name)
             broken_shots = [q for q in shots if _broken_link(q)]
             if broken_shots:
@@ -508,6 +519,9 @@ def find_groups(folder: Path, exclude: Path | None = None) -> tuple[dict[str, li
             continue
         if _broken_link(p) and not p.suffix:  # a stack folder's link
             skipped.append((str(p), _broken_reason(p)))
+            continue
+        if p.is_file() and unread_format(p):
+            unread.setdefault("", []).append(p)
             continue
         if not (p.is_file() or _broken_link(p)) or p.suffix.lower() not in IMAGE_SUFFIXES:
             continue
@@ -532,10 +546,38 @@ def find_groups(folder: Path, exclude: Path | None = None) -> tuple[dict[str, li
             skipped.append((", ".join(map(str, shots)), f"stack {name!r} has two shots with one letter"))
         elif len(shots) < 2:
             where = shots[0] if shots else folder / name
-            skipped.append((str(where), f"stack {name!r} has only {len(shots)} shot(s)"))
+            if name in folders and name in unread:
+                others = unread.pop(name)
+                skipped.append((str(folder / name), f"stack {name!r} has only {len(shots)} shot(s) bafusion reads; "
+                                f"{unread_files(others, 'its')}"))
+            else:
+                skipped.append((str(where), f"stack {name!r} has only {len(shots)} shot(s)"))
         else:
             out[name] = shots
+    if notes is not None:
+        for name, others in sorted(unread.items()):
+            notes.append((str(folder / name) if name else str(folder),
+                          unread_files(others, fused=name if name in out else None)))
     return out, skipped
+
+
+def unread_files(files: Sequence[Path], whose: str = "", fused: str | None = None) -> str:
+    """One line naming camera RAW and HEIC ``files`` (:func:`bafusion.io.unread_format`), at most
+    :data:`NAMED` of them, and what to do: "2 camera RAW files are not read (a.CR2, b.CR2):
+    convert them to TIFF ... first"; ``whose`` before the count ("its"); ``fused``: the stack
+    fused from the other images of their folder (a camera's RAW + JPEG pairs), said before the advice."""
+    kinds = [unread_format(q) or "" for q in files]
+    counts = [(kinds.count(k), k) for k in dict.fromkeys(kinds)]
+    what = " and ".join(f"{n} {k}" for n, k in counts) + (" files" if len(files) > 1 else " file")
+    names = ", ".join(q.name for q in files[:NAMED]) + (f" and {len(files) - NAMED} more" if len(files) > NAMED else "")
+    verb, it = ("are", "them") if len(files) > 1 else ("is", "it")
+    then = f"; stack {fused!r} is fused from its other images; to fuse {it}, " if fused is not None else ": "
+    advice = unread_advice(kinds, them=it == "them")
+    return f"{whose + ' ' if whose else ''}{what} {verb} not read ({names}){then}{advice}"
+
+
+#: How many files a line of fuse-dir names before "and N more".
+NAMED = 5
 
 
 def _broken_link(p: Path) -> bool:
@@ -796,6 +838,8 @@ class BatchReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     #: Why the batch stopped before its end (a full disk), or ``None``.
     stopped: str | None = None
+    #: (folder, line) of files not read that skipped no stack (:func:`find_groups`' ``notes``).
+    notes: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -826,14 +870,16 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
     """
     if not src.is_dir():
         raise UserError(f"{src}: not a folder")
-    groups, skipped = find_groups(src, exclude=out)
+    notes: list[tuple[str, str]] = []
+    groups, skipped = find_groups(src, exclude=out, notes=notes)
     check_output_folder(src, out, groups)
-    rep = BatchReport(skipped=list(skipped))
+    rep = BatchReport(skipped=list(skipped), notes=notes)
     if not groups and skipped:  # every stack dropped before fusing (one shot, a name outside the rule): listed, status 4
         return rep
     if not groups:
-        raise UserError(f"{src}: no pair or stack to fuse (name shots <name>-A.<ext>, <name>-B.<ext>, or put each "
-                        "stack in its own sub-folder)")
+        unread = "; ".join(line for _, line in notes)  # RAW or HEIC files directly in src
+        raise UserError(f"{src}: no pair or stack to fuse" + (f": {unread}" if unread else
+                        " (name shots <name>-A.<ext>, <name>-B.<ext>, or put each stack in its own sub-folder)"))
     setup = batch_setup(nets, params, ext=ext, align=align)
     if skip_existing:  # before the folder is made (refused: nothing left behind); again under the lock
         check_skip_existing(out, setup, [out / f"{name}.{ext}" for name in groups])
