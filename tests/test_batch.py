@@ -1433,3 +1433,34 @@ def test_fuse_dir_names_the_camera_raw_and_heic_files_it_does_not_read(tmp_path:
     err = capsys.readouterr().err
     assert err.startswith(f"bafusion fuse-dir: error: {src}: no pair or stack to fuse: 7 camera RAW files are not "
                           "read (DSC_0000.NEF"), err
+
+
+def test_fuse_dir_says_the_camera_named_files_in_in_in_one_line_with_how_to_lay_them_out(
+        tmp_path: Path, nets: Path, capsys) -> None:
+    """Camera-named shots (IMG_0001.JPG, ...) directly in IN beside a stack folder gave one
+    'skipped ...: name does not follow the rule' line each and no hint; they are one line with
+    their count, a few names and the layout fuse-dir takes (a sub-folder per stack, or the
+    <name>-A.<ext> names); one such file gets the hint too. The count and status are as before."""
+    src = tmp_path / "in"
+    (src / "flower").mkdir(parents=True)
+    a, b = pair(1)
+    for i in range(1, 8):
+        Image.fromarray(a).save(src / f"IMG_{i:04d}.JPG")
+    Image.fromarray(a).save(src / "flower" / "IMG_0101.JPG")
+    Image.fromarray(b).save(src / "flower" / "IMG_0102.JPG")
+    argv = ["fuse-dir", str(src), str(tmp_path / "out"), "--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(argv) == batch.EXIT_SKIPPED
+    o, err = capsys.readouterr()
+    assert "fused 1 stack(s)" in o and "skipped 7 (" in o
+    assert err.splitlines() == [
+        f"bafusion fuse-dir: skipped 7 images directly in {src}: their names do not follow the rule <name>-A.<ext>, "
+        "<name>-B.<ext>, ... (IMG_0001.JPG, IMG_0002.JPG, IMG_0003.JPG, IMG_0004.JPG, IMG_0005.JPG and 2 more): files "
+        "directly in the input folder are shots only when so named; put each stack in a sub-folder of its own (its "
+        "images are fused in name order) or rename its shots so"]
+    for i in range(2, 8):
+        (src / f"IMG_{i:04d}.JPG").unlink()
+    assert cli_main(argv) == batch.EXIT_SKIPPED
+    assert capsys.readouterr().err.splitlines() == [
+        f"bafusion fuse-dir: skipped {src / 'IMG_0001.JPG'}: name does not follow the rule <name>-A.<ext>, "
+        "<name>-B.<ext>, ...: files directly in the input folder are shots only when so named; put each stack in a "
+        "sub-folder of its own (its images are fused in name order) or rename its shots so"]

@@ -15,7 +15,8 @@ import torch
 from bafusion.cli.common import add_threads_argument, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, note_params_yaml_unread
 from bafusion.errors import UserError
 from bafusion.fusion.api import ALIGN_MODELS
-from bafusion.fusion.batch import EXIT_NONE_FUSED, EXIT_SKIPPED, check_output_folder, find_groups, fuse_dir
+from bafusion.fusion.batch import (EXIT_NONE_FUSED, EXIT_SKIPPED, check_output_folder, find_groups, fuse_dir,
+                                   skip_lines)
 from bafusion.fusion.models import resolve_device
 from bafusion.fusion.params import (
     BOUNDARY_MODES,
@@ -448,7 +449,7 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
                    progress=args.progress is not False, motion_hint=args.align is None)
     for where, line in rep.notes:  # RAW and HEIC files not read, where no stack was skipped for them
         print(f"bafusion fuse-dir: {where}: {line}", file=sys.stderr)
-    for what, why in rep.skipped:
+    for what, why in skip_lines(rep.skipped):  # the images outside the naming rule in one line
         print(f"bafusion fuse-dir: skipped {what}: {why}", file=sys.stderr)
     print(f"fused {len(rep.fused)} stack(s) into {out}" + (f", {len(rep.existing)} already there" if rep.existing else "")
           + (f", skipped {len(rep.skipped)} (listed on stderr)" if rep.skipped else ""))

@@ -7,7 +7,8 @@ Naming rule of ``fuse-dir IN OUT`` (documented in the README):
 * files directly in ``IN`` named ``<name>-<L>.<ext>`` with ``<L>`` one letter (``A``, ``B``,
   ``C``, ... in either case) are the shots of stack ``<name>``, in letter order;
 * every sub-folder of ``IN`` is one stack: its images in file-name order, named after the folder;
-* a group of one shot, and an image in ``IN`` that follows neither rule, is skipped and listed;
+* a group of one shot, and an image in ``IN`` that follows neither rule, is skipped and listed
+  (the latter in one line: :func:`skip_lines`);
   so is a broken symbolic link (a shot on a card not mounted), with its stack;
 * the fusion of ``<name>`` is written to ``OUT/<name>.<ext>`` (``--ext``, default ``png``);
 * ``OUT`` inside ``IN`` is no stack; one that holds images other than outputs is refused
@@ -527,8 +528,7 @@ def find_groups(folder: Path, exclude: Path | None = None, notes: list[tuple[str
             continue
         m = _SHOT.match(p.stem)
         if m is None:
-            skipped.append((str(p), _broken_reason(p) if _broken_link(p) else
-                            "name does not follow the rule <name>-A.<ext>, <name>-B.<ext>, ..."))
+            skipped.append((str(p), _broken_reason(p) if _broken_link(p) else OUTSIDE_RULE))
             continue
         if m["name"] in folders:
             skipped.append((str(p), f"stack {m['name']!r} is also a sub-folder: rename one of them"))
@@ -578,6 +578,43 @@ def unread_files(files: Sequence[Path], whose: str = "", fused: str | None = Non
 
 #: How many files a line of fuse-dir names before "and N more".
 NAMED = 5
+
+#: Why an image directly in IN is no shot (:func:`find_groups`); :func:`skip_lines` says them in one line.
+OUTSIDE_RULE = "name does not follow the rule <name>-A.<ext>, <name>-B.<ext>, ..."
+
+#: How to lay out shots that follow neither rule (:func:`skip_lines`).
+LAYOUT_HINT = ("files directly in the input folder are shots only when so named; put each stack in a sub-folder of "
+               "its own (its images are fused in name order) or rename its shots so")
+
+
+def skip_lines(skipped: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``(what, why)`` of :attr:`BatchReport.skipped` as ``fuse-dir`` lists them: the images of a
+    folder whose names follow neither rule (:data:`OUTSIDE_RULE`: camera names IMG_0001.JPG, ...
+    beside stack folders) in one line where the first of them was, with their count, at most
+    :data:`NAMED` names and how to lay them out (:data:`LAYOUT_HINT`); they were one line each,
+    with no hint. The others as they are."""
+    outside: dict[str, list[str]] = {}
+    for what, why in skipped:
+        if why == OUTSIDE_RULE:
+            outside.setdefault(str(Path(what).parent), []).append(what)
+    out: list[tuple[str, str]] = []
+    for what, why in skipped:
+        if why != OUTSIDE_RULE:
+            out.append((what, why))
+            continue
+        folder = str(Path(what).parent)
+        files = outside.pop(folder, None)
+        if files is None:  # said with the first
+            continue
+        if len(files) == 1:
+            out.append((what, f"{why}: {LAYOUT_HINT}"))
+            continue
+        names = ", ".join(Path(f).name for f in files[:NAMED])
+        more = f" and {len(files) - NAMED} more" if len(files) > NAMED else ""
+        out.append((f"{len(files)} images directly in {folder}",
+                    f"their names do not follow the rule <name>-A.<ext>, <name>-B.<ext>, ... ({names}{more}): "
+                    f"{LAYOUT_HINT}"))
+    return out
 
 
 def _broken_link(p: Path) -> bool:
