@@ -217,3 +217,15 @@ def test_the_shipped_alphamatting_mattes_pass_without_warning(shared_data: Path)
     for fg in dir_foregrounds(am):
         _, matte = check_foreground(fg)
         assert matte_warning(matte) is None, fg.id
+
+
+def test_the_data_stages_list_the_formats_they_listed_before_fuse_dir_took_more(tmp_path: Path) -> None:
+    """fuse-dir's IMAGE_SUFFIXES grew to every photo format fuse reads (.gif, .avif, .tga, ...);
+    the data stages' folders keep their list, so that a prepared data set does not change."""
+    from bafusion.io import IMAGE_SUFFIXES
+
+    img = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    for name in ("a.png", "b.jpg", "c.gif", "d.tga", "e.ppm"):
+        img.save(tmp_path / name)
+    assert {".gif", ".tga", ".ppm"} <= set(IMAGE_SUFFIXES)
+    assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.jpg"]

@@ -1096,12 +1096,19 @@ def _to_bits_table(bits: int) -> np.ndarray:
     return np.round(x / 65535.0 * float((1 << bits) - 1)).astype(np.uint16)
 
 
+#: The suffixes :func:`list_images` lists (the data stages' foreground, matte and background
+#: folders): those :data:`IMAGE_SUFFIXES` held before it took every photo format ``fuse`` reads,
+#: so that a folder prepared before (a .gif or .avif beside its images) gives the same data set.
+LISTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
-    """The image files in ``folder`` (by extension), sorted; hidden files (``.name``, such as
-    macOS's ``._GT01.png`` metadata) are left out, as the download record leaves them out."""
+    """The image files in ``folder`` (by extension: :data:`LISTED_SUFFIXES`), sorted; hidden
+    files (``.name``, such as macOS's ``._GT01.png`` metadata) are left out, as the download
+    record leaves them out."""
     d = Path(folder)
     return sorted(
-        p for p in d.iterdir() if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        p for p in d.iterdir() if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in LISTED_SUFFIXES
     )
 
 
