@@ -1003,10 +1003,45 @@ def test_evaluate_run_says_which_way_each_metric_is_better(tmp_path: Path) -> No
     client = MlflowClient(tracking_uri=tracking_uri())
     run = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.stage = 'evaluate'",
                              order_by=["attributes.start_time DESC"])[0]  # this test's: the store may hold others
-    assert run.data.tags["higher_is_better"] == "QMI, PSNR, SSIM, DM_acc", run.data.tags
+    assert run.data.tags["higher_is_better"] == "QMI, PSNR, SSIM", run.data.tags  # DM_acc: not logged
     assert run.data.tags["lower_is_better"] == "QCV"
     means = {k.rsplit(".", 1)[1] for k in run.data.metrics if k.startswith("t.Laplacian.")}
     assert means == {"QMI", "QCV", "PSNR", "SSIM"}, run.data.metrics  # DM_acc: our methods' only
+
+
+def test_direction_tags_name_exactly_the_metrics_the_run_logs_ranks_lower(tmp_path: Path) -> None:
+    """The tags named PSNR, SSIM and DM_acc better higher on a run without a truth (which logs
+    none of them), and not our ranks (``<dataset>.Ours.rank.<metric>``, 1 = best) at all, though
+    README said every evaluate metric is better higher. They name exactly the logged metrics:
+    the ranks as ``rank.<metric>``, lower is better."""
+    from mlflow.tracking import MlflowClient
+
+    from bafusion.fusion import FusionNets, FusionParams
+    from bafusion.nets.model import build_model
+    from bafusion.tracking import EXPERIMENT, tracking_uri
+
+    torch.manual_seed(1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        nets = FusionNets(build_model(8), build_model(8), 12, 12, torch.device("cpu"))
+        src, _ = _write_set(tmp_path, ["p1"])
+        for f in [*src.glob("*-truth.png"), *src.glob("*-dm.png")]:
+            f.unlink()  # no truth: no PSNR, SSIM or DM_acc
+        cfg = ev.parse_config({"methods": ["Ours", "Laplacian"], "metrics": ["QMI", "QCV"], "figures": False,
+                               "datasets": [{"name": "t", "sources": str(src)}]})
+        ev.run_evaluation(cfg, tmp_path / "ev", nets, FusionParams(l=2, min_region=0.0), log=lambda *a: None)
+    finally:
+        torch.set_num_threads(before)
+    client = MlflowClient(tracking_uri=tracking_uri())
+    run = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.stage = 'evaluate'",
+                             order_by=["attributes.start_time DESC"])[0]
+    assert run.data.tags["higher_is_better"] == "QMI", run.data.tags
+    assert run.data.tags["lower_is_better"] == "QCV, rank.QMI, rank.QCV", run.data.tags
+    logged = {k.split(".", 2)[2] for k in run.data.metrics if k.startswith("t.")}  # t.<method>.<name>
+    assert "rank.QMI" in logged and "PSNR" not in logged, run.data.metrics
+    tagged = {q for k in ("higher_is_better", "lower_is_better") for q in run.data.tags[k].split(", ")}
+    assert tagged == logged
 
 
 def test_reference_methods_option_chooses_the_published_methods(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

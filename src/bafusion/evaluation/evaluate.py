@@ -93,7 +93,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -1304,8 +1304,8 @@ def run_evaluation(
     doc: dict[str, Any] = {}
     plot_rows: list[dict[str, Any]] = []
     all_means: dict[str, float] = {}
-    with tracking.stage_run("evaluate", run_params or {"evaluate": _config_dict(cfg)},
-                            tags=metric_directions(cfg)) as run:
+    logged: dict[str, None] = {}  # the metric names of all_means' keys (QMI, rank.QMI), in order
+    with tracking.stage_run("evaluate", run_params or {"evaluate": _config_dict(cfg)}) as run:
         with atomic_dir(out) as tmp:
             for ds in cfg.datasets:
                 if _is_empty_testset(ds):
@@ -1322,6 +1322,7 @@ def run_evaluation(
                     for q, v in means.items():
                         if math.isfinite(v):
                             all_means[f"{ds.name}.{m}.{q}"] = v
+                            logged[q] = None
                     plot_rows.append({"method": f"{ds.name}/{m}", **means})
                     if m in (OURS, OURS_INITIAL):
                         entry[m] = {q: _json_value(v) for q, v in means.items()}
@@ -1332,7 +1333,7 @@ def run_evaluation(
                         # those of the ablation table (all methods)
                         rivals = _table1_methods(methods) if m == OURS else methods
                         entry[m]["wins"] = {q: count_wins(rows, rivals, q)[m] for q in cfg.metrics}
-                        _add_ranks_and_sets(entry[m], ds, rows, methods, m, cfg.metrics, all_means)
+                        _add_ranks_and_sets(entry[m], ds, rows, methods, m, cfg.metrics, all_means, logged)
                 doc[ds.name] = entry
             write_text(tmp / "metrics.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
         if report:
@@ -1342,6 +1343,8 @@ def run_evaluation(
             for r in plot_rows:
                 qs_all += [k for k in r if k != "method" and k not in qs_all]
             write_text(plots, rows_to_csv(plot_rows, ["method", *qs_all]))
+        for key, value in metric_directions(logged).items():
+            run.set_tag(key, value)
         run.log_metrics(all_means)
         run.log_artifact(out / "metrics.json")
         for ds in cfg.datasets:
@@ -1357,14 +1360,22 @@ def run_evaluation(
     return doc
 
 
-def metric_directions(cfg: EvalConfig) -> dict[str, str]:
-    """The MLflow tags that say which way each metric the run may log (``<dataset>.<method>.<metric>``:
-    ``cfg.metrics`` and, where a dataset has a truth, :data:`TRUTH_METRICS`) is better:
-    ``higher_is_better`` and ``lower_is_better`` (:data:`LOWER_IS_BETTER`), comma-separated
-    metric names; a direction none of them has is left out."""
-    names = list(dict.fromkeys([*cfg.metrics, *TRUTH_METRICS]))
-    tags = {"higher_is_better": ", ".join(q for q in names if q not in LOWER_IS_BETTER),
-            "lower_is_better": ", ".join(q for q in names if q in LOWER_IS_BETTER)}
+def metric_directions(names: Iterable[str]) -> dict[str, str]:
+    """The MLflow tags that say which way each metric the run logged is better: ``higher_is_better``
+    and ``lower_is_better``, comma-separated metric names; a direction none of them has is left out.
+
+    ``names`` are the names the run's metric keys end in: a metric (``QMI`` of
+    ``<dataset>.<method>.QMI`` and ``<dataset>.<set>.<method>.QMI``; lower is better for
+    :data:`LOWER_IS_BETTER`), and our rank on it (``rank.QMI`` of ``<dataset>.<method>.rank.QMI``:
+    1 is the best, so lower is better). Only the logged names: PSNR, SSIM and DM_acc where a
+    dataset has a truth and a method has a value."""
+    names = list(dict.fromkeys(names))
+
+    def lower(q: str) -> bool:
+        return q in LOWER_IS_BETTER or q.startswith("rank.")
+
+    tags = {"higher_is_better": ", ".join(q for q in names if not lower(q)),
+            "lower_is_better": ", ".join(q for q in names if lower(q))}
     return {k: v for k, v in tags.items() if v}
 
 
@@ -1379,10 +1390,11 @@ def _is_empty_testset(ds: Dataset) -> bool:
 
 def _add_ranks_and_sets(
     entry: dict[str, Any], ds: Dataset, rows: Rows, methods: Sequence[str], m: str,
-    metrics: Sequence[str], all_means: dict[str, float],
+    metrics: Sequence[str], all_means: dict[str, float], logged: dict[str, None],
 ) -> None:
     """metrics.json of one of our variants: its rank among Table 1's methods (``rank``, out of
-    ``rank_of``), per set (``sets``: means and ranks) and its lossless means (``lossless``)."""
+    ``rank_of``), per set (``sets``: means and ranks) and its lossless means (``lossless``).
+    The ranks and the per-set means go into ``all_means`` too, their names into ``logged``."""
     rivals = _rank_rivals(methods, m)
     if len(rivals) > 1:
         ranks = {q: rank_of(rows, rivals, q, m) for q in metrics}
@@ -1391,6 +1403,7 @@ def _add_ranks_and_sets(
         for q, (k, _) in ranks.items():
             if k is not None:
                 all_means[f"{ds.name}.{m}.rank.{q}"] = float(k)
+                logged[f"rank.{q}"] = None
     lossless = _lossless_rows([r for r in rows if r["method"] == m], metrics)
     if lossless:
         entry["lossless"] = {q: _json_value(mean_values(lossless, [m], q)[m]) for q in metrics}
@@ -1408,6 +1421,7 @@ def _add_ranks_and_sets(
                 se[q] = _json_value(v)
                 if math.isfinite(v):
                     all_means[f"{ds.name}.{sname}.{m}.{q}"] = v
+                    logged[q] = None
             if _n_defined(sr, m, metrics):
                 se["n_defined"] = _n_defined(sr, m, metrics)
             if len(rivals) > 1:
