@@ -1059,3 +1059,33 @@ def test_reference_methods_option_chooses_the_published_methods(tmp_path: Path, 
     assert cli_main([*base, "--dataset", f"mine={src},{ref}", "--reference-methods", "MyGFF,Laplacian"]) == 2
     err = capsys.readouterr().err
     assert f"--reference-methods: 'Laplacian' computed here, not read from {ref}: name it in --methods" in err, err
+
+
+@pytest.mark.parametrize(("option", "value", "words"), [
+    ("--reference-methods", "MyGFF,MyGFF", "'MyGFF' given twice"),
+    ("--reference-methods", "MyGFF,,CNN", "empty item"),
+    ("--reference-methods", "MyGFF,", "empty item"),
+    ("--reference-methods", "NOPE", "'NOPE' is not a method folder of"),
+    ("--methods", "Laplacian,Laplacian", "'Laplacian' given twice"),
+    ("--methods", "Laplacian,,GFF-native", "empty item"),
+    ("--metrics", "QG,QG", "'QG' given twice"),
+    ("--metrics", "QG,,QY", "empty item"),
+    ("--metrics", "QG,NOPE", "'NOPE' is no metric: choose among QMI, QG"),
+])
+def test_a_malformed_method_or_metric_list_is_refused_naming_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture, option: str, value: str, words: str,
+) -> None:
+    """--reference-methods GFF,GFF said "evaluate.datasets[0].reference_methods: repeated method",
+    a setting the user never wrote; GFF,,X dropped the empty item silently, and an unknown method
+    was named only as the dataset's reference_methods. Each error names the option typed."""
+    src, imgs = _write_set(tmp_path, ["p1"])
+    ref = _write_reference(tmp_path, imgs, {"MyGFF": gff_fuse, "CNN": laplacian_fuse})
+    args = {"--methods": "Laplacian", "--metrics": "QG", "--reference-methods": "MyGFF", option: value}
+    argv = ["evaluate", "--root", str(tmp_path), "--out", str(tmp_path / "ev"), "--dataset", f"mine={src},{ref}",
+            *(x for k, v in args.items() for x in (k, v))]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert f"error: {option} {value}: " in line and words in line, err
+    assert "evaluate." not in line, err  # no config path the user did not write
+    assert not (tmp_path / "ev").exists()

@@ -61,10 +61,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                         "method folders of REFERENCE (a configured dataset takes 'reference_methods' in params.yaml)")
     flagged = bool(args.methods or args.metrics or args.dataset)
     if args.methods:
-        section_["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+        section_["methods"] = _option_list("--methods", args.methods)
         _check_methods(section_["methods"], args.dataset)
     if args.metrics:
-        section_["metrics"] = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        section_["metrics"] = _option_list("--metrics", args.metrics)
+        from bafusion.evaluation.metrics import METRICS
+
+        unknown = [q for q in section_["metrics"] if q not in METRICS]
+        if unknown:
+            raise UserError(f"--metrics {args.metrics}: {', '.join(map(repr, unknown))} "
+                            f"{'is no metric' if len(unknown) == 1 else 'are no metrics'}: choose among "
+                            f"{', '.join(METRICS)}")
     if args.dataset:
         name, _, rest = args.dataset.partition("=")
         src, _, ref = rest.partition(",")
@@ -84,11 +91,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 one[key] = configured[key]
         one = {**one, **_json_dataset(args.params_json, name)}  # its settings (reference_methods, ...) win
         if args.reference_methods:  # over --params-json's
-            one["reference_methods"] = [m.strip() for m in args.reference_methods.split(",") if m.strip()]
+            one["reference_methods"] = _option_list("--reference-methods", args.reference_methods)
             computed = [m for m in one["reference_methods"] if m in (OURS, OURS_INITIAL, *NATIVE_METHODS)]
             if computed:
                 raise UserError(f"--reference-methods: {', '.join(map(repr, computed))} computed here, not read from "
                                 f"{ref}: name it in --methods")
+            _check_reference_methods(args.reference_methods, one, args.root)
         inherited = str(one.get("figure_pair") or "")
         if args.figure_pair:
             one["figure_pair"], inherited = args.figure_pair, ""
@@ -141,6 +149,39 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     run_evaluation(cfg, args.out, nets, fusion, run_params, args.report, args.plots, checked=True)
     print(f"evaluation written to {args.out}")
     return 0
+
+
+def _option_list(option: str, value: str) -> list[str]:
+    """The items of a comma-separated list option, stripped. An empty item (``GFF,,X``, ``GFF,``)
+    or one given twice is refused naming the option; the repeat was refused naming a setting the
+    user never wrote (``evaluate.datasets[0].reference_methods``), the empty item dropped."""
+    items = [m.strip() for m in value.split(",")]
+    if "" in items:
+        raise UserError(f"{option} {value}: empty item (item {items.index('') + 1}): give comma-separated names, "
+                        "e.g. GFF,CNN")
+    for i, m in enumerate(items):
+        if m in items[:i]:
+            raise UserError(f"{option} {value}: {m!r} given twice: name each once")
+    return items
+
+
+def _check_reference_methods(value: str, one: dict[str, Any], root: str | None) -> None:
+    """A method of --reference-methods that is no folder of the reference folder is refused naming
+    the option (unless --params-json gives the dataset a reference_metrics CSV: its methods may
+    be there); a missing reference folder is left to the dataset check, which names it."""
+    from bafusion.workspace import project_root, resolve
+
+    if one.get("reference_metrics"):
+        return
+    ref_dir = resolve(one["reference"], Path(root) if root else project_root())
+    if not ref_dir.is_dir():
+        return
+    found = reference_folders(ref_dir)
+    unknown = [m for m in one["reference_methods"] if m not in found]
+    if unknown:
+        raise UserError(f"--reference-methods {value}: {', '.join(map(repr, unknown))} {'is not a method folder' if len(unknown) == 1 else 'are no method folders'} of "
+                        f"{one['reference']} (<REF>/<METHOD>/<pair>.<ext>); its method folders: "
+                        f"{', '.join(found) or 'none'}")
 
 
 def _check_methods(methods: list[str], dataset: str | None) -> None:
