@@ -819,6 +819,27 @@ def test_fuse_dir_no_progress_and_no_terminal_draw_no_bar(tmp_path: Path, nets: 
     assert "fuse-dir:" in capsys.readouterr().err  # the bar, asked for on a terminal
 
 
+def test_fuse_dir_plain_line_of_a_stack_refused_at_once_claims_no_duration(tmp_path: Path, nets: Path, capsys,
+                                                                             monkeypatch) -> None:
+    """A stack refused before any work (sources of two sizes) was logged "skipped after 0.0 s",
+    a duration of nothing that ran: it says "skipped (why: at the end)"; a fused one keeps its time."""
+    import bafusion.progress as progress
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for n, x in zip("AB", pair(3)):
+        Image.fromarray(x).save(src / f"p-{n}.png")
+    a, b = pair(4)
+    Image.fromarray(a).save(src / "q-A.png")
+    Image.fromarray(b[:-8, :-8]).save(src / "q-B.png")
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)
+    rc = cli_main(["fuse-dir", str(src), str(tmp_path / "out"), "--model", str(nets), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert "bafusion fuse-dir: 2/2 q: skipped (why: at the end)" in err, err
+    assert "skipped after" not in err and "bafusion fuse-dir: 1/2 p: fused in " in err, err
+
+
 def test_fuse_names_its_steps_on_a_terminal_and_not_with_no_progress(tmp_path: Path, nets: Path, capsys,
                                                                      monkeypatch) -> None:
     """A camera-size fuse spent most of its minute outside the fusion's bar (reading, the scene

@@ -963,6 +963,11 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
         if plain:
             print(f"bafusion fuse-dir: {i}/{total} {name}: {what}", file=sys.stderr, flush=True)
 
+    def _skipped(t0: float, why: str) -> str:
+        # a stack refused before any work said "skipped after 0.0 s": no time where nothing ran
+        dt = time.perf_counter() - t0
+        return f"skipped after {dt:.1f} s ({why})" if dt >= 0.05 else f"skipped ({why})"
+
     for i, (name, shots) in enumerate(bar, 1):
         target = out / f"{name}.{ext}"
         if skip_existing and target.is_file() and target.name in written:
@@ -979,7 +984,7 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
                         dpi=fused.dpi, png_colour=fused.png_colour)
         except UserError as e:
             rep.skipped.append((name, str(e)))
-            said(i, name, f"skipped after {time.perf_counter() - t0:.1f} s (why: at the end)")
+            said(i, name, _skipped(t0, "why: at the end"))
             continue
         except OSError as e:
             if e.errno in _DISK_FULL:  # every stack after it would be fused and fail at its write too: stop
@@ -989,7 +994,7 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
                 break
             # this output cannot be written (a folder in the way): the others may be
             rep.skipped.append((name, f"{target}: cannot write: {e.strerror or e}"))
-            said(i, name, f"skipped after {time.perf_counter() - t0:.1f} s (why: at the end)")
+            said(i, name, _skipped(t0, "why: at the end"))
             continue
         except Exception as e:  # noqa: BLE001 - re-raised unless out of memory
             if not is_out_of_memory(e):
@@ -1000,7 +1005,7 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
         if out_of_memory:
             # here, past the except: its traceback held the failed stack's arrays until it ended
             _free_memory()
-            said(i, name, f"skipped after {time.perf_counter() - t0:.1f} s (out of memory)")
+            said(i, name, _skipped(t0, "out of memory"))
             continue
         try:
             write_marker(out, setup, written | {target.name}, device)
