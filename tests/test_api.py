@@ -38,6 +38,21 @@ def test_every_public_name_resolves() -> None:
         bafusion.nope  # noqa: B018
 
 
+def test_dir_shows_only_the_public_api() -> None:
+    """dir(bafusion) listed implementation names beside the API (Any, annotations, importlib,
+    _API, _version), and bafusion.Any worked: it lists __all__ (and the module's dunders) only,
+    and those names are gone; a subpackage stays reachable by import."""
+    import bafusion.fusion  # noqa: F401 - a loaded subpackage is an attribute, not listed
+
+    names = dir(bafusion)
+    assert set(bafusion.__all__) <= set(names)
+    extra = [n for n in names if n not in bafusion.__all__ and not (n.startswith("__") and n.endswith("__"))]
+    assert extra == [], extra
+    for name in ("Any", "annotations", "importlib"):
+        assert not hasattr(bafusion, name), name
+    assert bafusion.fusion.__name__ == "bafusion.fusion"
+
+
 def test_import_bafusion_loads_nothing_heavy() -> None:
     code = "import sys, bafusion; print(sorted(m for m in ('torch', 'numpy', 'bafusion.fusion') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

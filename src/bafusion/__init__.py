@@ -16,10 +16,9 @@ The subpackages follow the pipeline: :mod:`bafusion.data` -> :mod:`bafusion.nets
 :mod:`bafusion.tracking`, ...); :mod:`bafusion.cli` is the command line.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+# No ``from __future__ import annotations``, ``import importlib`` or ``from typing import Any``
+# here: each left its name in the package's namespace (``bafusion.Any``, ``dir(bafusion)``).
+import typing as _typing
 
 from bafusion._version import __version__
 
@@ -40,16 +39,20 @@ _API: dict[str, tuple[str, str | None]] = {
 __all__ = ["__version__", *_API]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
+    from importlib import import_module
+
     try:
         module, attr = _API[name]
     except KeyError:
         raise AttributeError(f"module 'bafusion' has no attribute {name!r}") from None
-    mod = importlib.import_module(module)
+    mod = import_module(module)
     value = mod if attr is None else getattr(mod, attr)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+    """The public API (:data:`__all__`, loaded or not) and the module's dunders: not the private
+    helpers (``_API``) nor the subpackages loaded so far (``bafusion.cli``, ...)."""
+    return sorted({*__all__, *(n for n in globals() if n.startswith("__") and n.endswith("__"))})
