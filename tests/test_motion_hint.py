@@ -419,3 +419,25 @@ def test_a_sideways_shot_without_orientation_tag_is_named_turned_not_sent_to_ali
     advice, escape = err[0].split("(if it is not turned", 1)
     assert "--align similarity" not in advice and "--force" in escape, err
     assert not out.exists()
+
+
+def test_align_auto_says_a_still_shot_is_aligned_when_another_moves(capsys) -> None:
+    """A stack whose second shot moves 1.4 px (not more than 2) and whose third moves 5 px: every
+    shot is aligned, the still one too, but its line said "moves 1.4 px ..., not more than 2 px"
+    and nothing more, which read as if it were left as it was; a shot of another size (registered
+    in any case) had the same line. Each line now says what is done with the shot."""
+    a, b = _focus_pair(_texture(16, 120, 136))
+    still, moved = _moved(b, (1.2, -0.8)), _moved(b, (4.0, -3.0))
+    names = ["a.png", "b.png", "c.png"]
+    assert batch._auto_align([a, still, moved], names, True) == "similarity"
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "--align auto:" in ln]
+    assert lines[0].startswith("bafusion: --align auto: b.png moves 1.") and lines[0].endswith(
+        "not more than 2 px: aligned all the same (similarity), as c.png moves"), lines
+    assert lines[1].endswith("c.png moves about 5.0 px against a.png: aligning (similarity)"), lines
+    # a still shot of another size: "none" here, the caller registers it all the same
+    assert batch._auto_align([a, still], names[:2], True, [1]) == "none"
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.endswith("not more than 2 px: aligned all the same (similarity), as b.png is of another size"), line
+    # nothing moves and all of one size: left as they are, as before
+    assert batch._auto_align([a, still], names[:2], True) == "none"
+    assert capsys.readouterr().err.rstrip().endswith("not more than 2 px: fused as registered")

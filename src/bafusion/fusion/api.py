@@ -233,7 +233,8 @@ def _auto_align(images: list[np.ndarray], names: list[str]):
 
     from bafusion.fusion.align import to_first_frame
 
-    resized = any(im.shape[:2] != images[0].shape[:2] for im in images[1:])
+    others = [i for i in range(1, len(images)) if images[i].shape[:2] != images[0].shape[:2]]
+    resized = bool(others)
     judged = to_first_frame(images) if resized else images  # the checks compare shots of one size
     with shared_reductions():  # the check and the motion estimate reduce each shot once
         scores = check_one_scene(judged, names, True)
@@ -243,7 +244,7 @@ def _auto_align(images: list[np.ndarray], names: list[str]):
             return "similarity", align_despite_scene_check(images, names, scores, force=None,
                                                            unaligned='align="none"', auto='align="auto"',
                                                            tell=lambda line: None)
-        model, lines = auto_alignment(judged, names, True)
+        model, lines = auto_alignment(judged, names, True, others)
     from bafusion.fusion.scene import AutoAlignWarning
 
     for verdict, text in lines:

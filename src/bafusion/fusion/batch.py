@@ -275,14 +275,11 @@ def _safe_motion_hints(images: Sequence[np.ndarray], names: Sequence[str]) -> li
 def _auto_align(images: Sequence[np.ndarray], names: Sequence[str], one_scene: bool,
                 resized: Sequence[int] = ()) -> str:
     """``--align auto``: :func:`auto_alignment`, its lines on stderr; with a shot of another size
-    (``resized``), which is registered in any case, the lines do not say "fused as registered"."""
+    (``resized``), which is registered in any case, the lines say that the shots are aligned."""
     from tqdm import tqdm
 
-    model, lines = auto_alignment(images, names, one_scene)
-    suffix = ": fused as registered"
+    model, lines = auto_alignment(images, names, one_scene, resized)
     for _, text in lines:
-        if resized and text.endswith(suffix):
-            text = text[: -len(suffix)]
         tqdm.write(f"bafusion: --align auto: {text}", file=sys.stderr)
     return model
 
@@ -293,7 +290,7 @@ AUTO_FAILURES = ("failed", "implausible", "error")
 
 
 def auto_alignment(images: Sequence[np.ndarray], names: Sequence[str],
-                   one_scene: bool) -> tuple[str, list[tuple[str, str]]]:
+                   one_scene: bool, resized: Sequence[int] = ()) -> tuple[str, list[tuple[str, str]]]:
     """``align='auto'`` (``fuse --align auto``, :func:`bafusion.fuse`): ``similarity`` when a shot
     moves (:func:`bafusion.fusion.scene.shot_motions`), else ``none``.
 
@@ -306,6 +303,10 @@ def auto_alignment(images: Sequence[np.ndarray], names: Sequence[str],
     one_scene : bool
         Whether the shots look like one scene (:func:`bafusion.fusion.scene.check_one_scene`);
         shots of two scenes (fused with ``--force``) are not aligned.
+    resized : sequence of int
+        The shots of another size than the first, which the caller registers onto its frame
+        whatever the model (``images`` holds them scaled onto it): the lines of the shots that
+        do not move then say that they are aligned all the same, as they do when a shot moves.
 
     Returns
     -------
@@ -322,7 +323,15 @@ def auto_alignment(images: Sequence[np.ndarray], names: Sequence[str],
         motions = shot_motions(images)
     except Exception as e:  # noqa: BLE001 - fall back to the shots as they are
         return "none", [("error", f"the motion could not be estimated ({type(e).__name__}: {e}): not aligned")]
-    moving = any(sm.verdict == "moves" for sm in motions)
+    movers = [names[sm.index] for sm in motions if sm.verdict == "moves"]
+    # a shot that does not move is aligned all the same when another moves (every shot is
+    # registered onto the first) or is of another size (``resized``): its line says so
+    if movers:
+        outcome = f": aligned all the same (similarity), as {movers[0]} moves"
+    elif resized:
+        outcome = f": aligned all the same (similarity), as {names[resized[0]]} is of another size"
+    else:
+        outcome = ": fused as registered"
     lines: list[tuple[str, str]] = []
     for sm in motions:
         n = names[sm.index]
@@ -331,23 +340,23 @@ def auto_alignment(images: Sequence[np.ndarray], names: Sequence[str],
         elif sm.verdict == "still":
             why = (f"not more than {HINT_MOTION_PX:g} px" if sm.px <= HINT_MOTION_PX else
                    f"under {HINT_REDUCED_PX:g} px at the reduced scale it is measured on (the estimate's error)")
-            text = f"{n} moves {sm.px:.1f} px against {names[0]}, {why}" + ("" if moving else ": fused as registered")
+            text = f"{n} moves {sm.px:.1f} px against {names[0]}, {why}{outcome}"
         elif sm.verdict == "defocus":
             text = (f"{n} reads {sm.px:.1f} px against {names[0]}, but {sm.blurred:.1f} px with either shot blurred: "
-                    "the focus difference, not a motion" + ("" if moving else ": fused as registered"))
+                    f"the focus difference, not a motion{outcome}")
         elif sm.verdict == "failed":
             text = (f"{n}: the motion estimate ({sm.px:.1f} px) matches the shots worse than no motion, taken "
-                    "for a failure" + ("" if moving else ": fused as registered"))
+                    f"for a failure{outcome}")
         elif sm.verdict == "implausible":
             text = (f"{n}: the motion estimate ({sm.px:.1f} px: {sm.reason}) is not one a hand-held focus pair shows, "
-                    "taken for a failure" + ("" if moving else ": fused as registered"))
+                    f"taken for a failure{outcome}")
         elif sm.verdict == "too flat":
             text = (f"{n}: too flat to judge its motion (no structure to register by, in it or in {names[0]})"
-                    + ("" if moving else ": fused as registered"))
+                    + (": not aligned (nothing to register by)" if movers or resized else outcome))
         else:
-            text = f"{n}: too small to judge its motion" + ("" if moving else ": fused as registered")
+            text = f"{n}: too small to judge its motion{outcome}"
         lines.append((sm.verdict, text))
-    return ("similarity" if moving else "none"), lines
+    return ("similarity" if movers else "none"), lines
 
 
 def fused_output(src: SourceSet, results, output: Path) -> Fused:
