@@ -199,11 +199,41 @@ def test_fuse_with_align_prints_the_transform_and_crops(tmp_path: Path, nets: Pa
     assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out), "--model", str(nets),
                      "--device", "cpu", "--align", "similarity"]) == 0
     err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("align")]
+    lines = [ln for ln in err.splitlines() if ln.startswith("bafusion fuse: align")]
     assert len(lines) == 3 and "rotation -0.5" in lines[1] and "scale 0.99" in lines[1], err
     x0, x1, y0, y1 = (int(v) for v in re.search(r"x (\d+)\.\.(\d+), y (\d+)\.\.(\d+)", lines[2]).groups())
     assert np.asarray(Image.open(out)).shape == (y1 - y0, x1 - x0, 3)
     assert x1 - x0 < a.shape[1] and y1 - y0 < a.shape[0]
+
+
+def test_the_alignment_lines_carry_the_command_prefix_and_keep_quiet_under_quiet(tmp_path: Path, nets: Path,
+                                                                                   capsys) -> None:
+    """The per-shot lines of --align ("align b.png -> a.png: shift ...", the crop) had no
+    "bafusion fuse:" as every other line on stderr, and were printed under --quiet too. They
+    now carry the command's prefix (fuse-dir's in a batch) and are details that --quiet drops;
+    the --align auto line, which says what is done, stays."""
+    a, b = _focus_pair(_texture(7, 120, 136))
+    t = similarity_matrix((3.0, 2.0), 0.5, 1.01, center=_centre(a))
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(a).save(src / "s-A.png")
+    Image.fromarray(warp_to_first(b, t)).save(src / "s-B.png")
+    out = tmp_path / "out"
+    for argv, prefix in ((["fuse", str(src / "s-A.png"), str(src / "s-B.png"), "-o", str(tmp_path / "f.png")],
+                          "bafusion fuse: "),
+                         (["fuse-dir", str(src), str(out)], "bafusion fuse-dir: ")):
+        argv = [*argv, "--model", str(nets), "--device", "cpu", "--align"]
+        for model in ("similarity", "auto"):
+            assert cli_main([*argv, model]) == 0
+            err = capsys.readouterr().err.splitlines()
+            assert all(ln.startswith(prefix) for ln in err), err
+            assert any(ln.startswith(f"{prefix}align ") and "s-B.png -> " in ln for ln in err), err
+            assert any(ln.startswith(f"{prefix}align crop: ") for ln in err), err
+            assert any(ln.startswith(f"{prefix}--align auto: ") for ln in err) == (model == "auto"), err
+        assert cli_main([*argv, "auto", "--quiet"]) == 0
+        err = capsys.readouterr().err.splitlines()
+        assert not any(ln.startswith(f"{prefix}align ") for ln in err), err
+        assert any(ln.startswith(f"{prefix}--align auto: ") and "aligning (similarity)" in ln for ln in err), err
 
 
 # ---------------------------------------------------------------- clipped, implausible, flat

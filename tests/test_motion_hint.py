@@ -112,7 +112,7 @@ def test_fuse_hints_at_align_when_the_shots_move_unless_told_none(tmp_path: Path
     assert cli_main(argv) == 0
     err = capsys.readouterr().err
     hint = [ln for ln in err.splitlines() if "moves about" in ln]
-    assert len(hint) == 1 and hint[0].startswith(f"bafusion: {pb}: moves about") and "--align similarity" in hint[0]
+    assert len(hint) == 1 and hint[0].startswith(f"bafusion fuse: {pb}: moves about") and "--align similarity" in hint[0]
     assert abs(_printed_px(hint[0]) - MOVED) <= 0.3
     assert cli_main([*argv, "--align", "none"]) == 0  # the user said the shots are registered
     assert "moves about" not in capsys.readouterr().err
@@ -220,10 +220,10 @@ def test_align_auto_aligns_moving_shots_and_leaves_registered_ones(tmp_path: Pat
                      "--align", "auto"]) == 0
     err = capsys.readouterr().err
     line = next(ln for ln in err.splitlines() if "--align auto:" in ln)
-    assert line.startswith(f"bafusion: --align auto: {pb} moves about") and line.endswith(
+    assert line.startswith(f"bafusion fuse: --align auto: {pb} moves about") and line.endswith(
         f"px against {pa}: aligning (similarity)"), err
     assert abs(_printed_px(line) - MOVED) <= 0.3
-    assert any(ln.startswith("align crop:") for ln in err.splitlines()), err
+    assert any(ln.startswith("bafusion fuse: align crop:") for ln in err.splitlines()), err
     h, w = np.asarray(Image.open(pa)).shape[:2]
     fh, fw = np.asarray(Image.open(out)).shape[:2]
     assert fh < h and fw < w  # cropped to the area both shots cover

@@ -222,7 +222,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     # sizes (from the headers first: the error says where an EXIF orientation swapped them),
     # then --align or the one-scene check (and, --align not given, the motion hint)
     src = prepare_sources(paths, align=args.align or "none", force=args.force, motion_hint=args.align is None,
-                          stage=say)
+                          stage=say, prefix="bafusion fuse", details=args.progress is not False)
     images, names = src.images, [str(p) for p in paths]
     say("loading the nets")
     nets = nets_from_args(args, other["device"], args.model)
@@ -394,7 +394,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--align", choices=ALIGN_MODELS, default=None,
                    help="translation, similarity (handheld brackets), homography: register every shot to the "
                    "first before fusing; the result is cropped to the largest rectangle every shot covers, and "
-                   "the transforms and the crop are printed to stderr. auto: similarity only when a shot moves "
+                   "the transforms and the crop are printed to stderr (not with --quiet). auto: similarity only when a shot moves "
                    f"more than {HINT_MOTION_PX:g} px against the first (a coarse estimate), else none. none: take "
                    "the shots as registered, no motion check. Not given: as none, plus a hint on stderr when a "
                    f"shot moves more than {HINT_MOTION_PX:g} px")

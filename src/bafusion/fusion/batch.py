@@ -110,7 +110,8 @@ def compose_full(full: Sequence[np.ndarray], decisions: Sequence[np.ndarray],
 
 
 def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool = False,
-                    motion_hint: bool = False, stage: Callable[[str], None] | None = None) -> SourceSet:
+                    motion_hint: bool = False, stage: Callable[[str], None] | None = None,
+                    prefix: str = "bafusion", details: bool = True) -> SourceSet:
     """Check the shots' sizes from their headers (:func:`bafusion.io.check_same_sizes`: the
     error says where an EXIF orientation swapped a file's width and height), read them
     (:func:`bafusion.io.read_source_set`), then align them (``align`` other than ``none``:
@@ -124,6 +125,9 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
     moves so (:func:`bafusion.fusion.scene.shot_motions`), else ``none``; a line on stderr says
     which and why. Neither looks for motion between shots of two scenes (fused with ``force``).
     ``stage``, when given, is told each step before it starts ("reading ...", "checking ...").
+    Every line on stderr starts with ``prefix`` and a colon (the command's: ``bafusion fuse``);
+    the alignment's per-shot lines (:meth:`bafusion.fusion.align.Alignment.describe`) are
+    details, written only with ``details`` (not under ``--quiet``).
     """
     from tqdm import tqdm
 
@@ -133,6 +137,10 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
     if len(paths) < 2:
         raise UserError("give at least two source images")
     say = stage or (lambda text: None)
+
+    def note(text: str) -> None:
+        tqdm.write(f"{prefix}: {text}", file=sys.stderr)  # between the lines of a fuse-dir bar, not into it
+
     names = [str(p) for p in paths]
     # the sizes from the headers first: the error says where an EXIF orientation swapped them
     infos = [image_info(p) for p in paths]
@@ -172,31 +180,30 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
                 # a shot moved by a large fraction of the image fails the check before alignment:
                 # aligned, it may match (then it is fused aligned), else the shots are refused
                 say("aligning the shots (similarity), which do not match as they are")
-                aligned = align_despite_scene_check(src.images, names, scores)
-                for line in aligned.describe(names):
-                    tqdm.write(line, file=sys.stderr)
+                aligned = align_despite_scene_check(src.images, names, scores, tell=note)
+                for line in aligned.describe(names) if details else ():
+                    note(line)
                 src.images = aligned.images
                 align = "none"  # done
                 if src.full is not None:  # the full-depth shots registered and cropped alike
                     src.full = aligned.apply(src.full)
             elif align == "auto":
                 say("checking whether the shots move")
-                align = _auto_align(judged, names, one_scene, resized)
+                align = _auto_align(judged, names, one_scene, resized, prefix)
                 if resized and align == "none":  # a shot of another size is registered in any case
                     h, w = src.images[0].shape[:2]
                     for i in resized:
                         hb, wb = src.images[i].shape[:2]
-                        tqdm.write(f"bafusion: --align auto: {names[i]} is {wb}x{hb} px, {names[0]} {w}x{h}: a shot "
-                                   "of another size is registered onto the first's frame all the same (similarity)",
-                                   file=sys.stderr)
+                        note(f"--align auto: {names[i]} is {wb}x{hb} px, {names[0]} {w}x{h}: a shot of another "
+                             "size is registered onto the first's frame all the same (similarity)")
                     align = "similarity"
             elif motion_hint and one_scene:
                 say("checking whether the shots move")
                 for line in _safe_motion_hints(src.images, names):
-                    tqdm.write(f"bafusion: {line}", file=sys.stderr)
+                    note(line)
     if align != "none":
         say(f"aligning the shots ({align})")
-        al = align_for_fuse(src.images, names, align, force, alignment=True)
+        al = align_for_fuse(src.images, names, align, force, alignment=True, prefix=prefix, details=details)
         src.images = al.images
         if src.full is not None:  # the full-depth shots registered and cropped alike
             src.full = al.apply(src.full)
@@ -214,7 +221,7 @@ def align_despite_scene_check(images: Sequence[np.ndarray], names: Sequence[str]
     :data:`bafusion.fusion.align.MIN_QUALITY` (:func:`bafusion.fusion.align.check_alignment`);
     else refused, the message giving both numbers. Returns the
     :class:`bafusion.fusion.align.Alignment`; a line (``auto`` names the option) to ``tell``,
-    by default stderr, says why it aligned."""
+    by default stderr after ``bafusion: ``, says why it aligned."""
     from tqdm import tqdm
 
     from bafusion.fusion.align import MIN_QUALITY, align_images, check_alignment
@@ -240,9 +247,9 @@ def align_despite_scene_check(images: Sequence[np.ndarray], names: Sequence[str]
     check_alignment(al, names, force=force, unaligned=unaligned)
     for n, c, q in zip(names[1:], scores, al.quality[1:]):
         if c is not None and c < MIN_CORRELATION:
-            line = (f"bafusion: {auto}: {n} does not match {names[0]} as it is (correlation {c:.2f}, below "
+            line = (f"{auto}: {n} does not match {names[0]} as it is (correlation {c:.2f}, below "
                     f"{MIN_CORRELATION}), but does after similarity alignment (match quality {q:.2f}): aligned")
-            tell(line) if tell else tqdm.write(line, file=sys.stderr)
+            tell(line) if tell else tqdm.write(f"bafusion: {line}", file=sys.stderr)
     return al
 
 
@@ -273,14 +280,15 @@ def _safe_motion_hints(images: Sequence[np.ndarray], names: Sequence[str]) -> li
 
 
 def _auto_align(images: Sequence[np.ndarray], names: Sequence[str], one_scene: bool,
-                resized: Sequence[int] = ()) -> str:
-    """``--align auto``: :func:`auto_alignment`, its lines on stderr; with a shot of another size
-    (``resized``), which is registered in any case, the lines say that the shots are aligned."""
+                resized: Sequence[int] = (), prefix: str = "bafusion") -> str:
+    """``--align auto``: :func:`auto_alignment`, its lines on stderr after ``prefix``; with a shot
+    of another size (``resized``), which is registered in any case, the lines say that the shots
+    are aligned."""
     from tqdm import tqdm
 
     model, lines = auto_alignment(images, names, one_scene, resized)
     for _, text in lines:
-        tqdm.write(f"bafusion: --align auto: {text}", file=sys.stderr)
+        tqdm.write(f"{prefix}: --align auto: {text}", file=sys.stderr)
     return model
 
 
@@ -441,7 +449,8 @@ def fuse_shots(images: Sequence[np.ndarray], nets, params, names: Sequence[str],
 
 
 def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str = "none",
-               force: bool = False, motion_hint: bool = False, progress: bool | None = None) -> Fused:
+               force: bool = False, motion_hint: bool = False, progress: bool | None = None,
+               prefix: str = "bafusion", details: bool = True) -> Fused:
     """Read, check, align (optionally) and fuse the shots of one scene (:func:`prepare_sources`,
     :func:`fuse_shots`, :func:`fused_output`).
 
@@ -461,12 +470,15 @@ def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str 
         Without alignment, say on stderr when the shots move (:func:`prepare_sources`).
     progress : bool or None
         The fusion's progress bar (None: for camera-size shots on a terminal; False: never).
+    prefix, details : str, bool
+        The lines on stderr start with ``prefix``; the alignment's per-shot lines are written
+        only with ``details`` (:func:`prepare_sources`).
 
     Returns
     -------
     Fused
     """
-    src = prepare_sources(paths, align=align, force=force, motion_hint=motion_hint)
+    src = prepare_sources(paths, align=align, force=force, motion_hint=motion_hint, prefix=prefix, details=details)
     results = fuse_shots(src.images, nets, params, [str(p) for p in paths], progress=progress)
     return fused_output(src, results, output)
 
@@ -988,7 +1000,8 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
         try:
             # without bars (--no-progress, alias --quiet) no stack's own bar either
             fused = fuse_files(shots, nets, params, output=target, align=align, force=force,
-                               motion_hint=motion_hint, progress=None if progress else False)
+                               motion_hint=motion_hint, progress=None if progress else False,
+                               prefix="bafusion fuse-dir", details=bool(progress))
             write_image(target, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits,
                         dpi=fused.dpi, png_colour=fused.png_colour)
         except UserError as e:
@@ -1042,9 +1055,9 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
 
 
 def align_for_fuse(images: list[np.ndarray], names: list[str], model: str, force: bool, *,
-                   alignment: bool = False):
+                   alignment: bool = False, prefix: str = "bafusion", details: bool = True):
     """Register the shots to the first (:mod:`bafusion.fusion.align`), print one line per shot to
-    stderr, refuse unless ``force`` an estimate that no hand-held focus pair shows
+    stderr (after ``prefix``; only with ``details``), refuse unless ``force`` an estimate that no hand-held focus pair shows
     (:func:`bafusion.fusion.align.implausible_motion`) and shots that are not one scene; returns
     the cropped shots (``alignment``: the :class:`bafusion.fusion.align.Alignment`, whose
     ``apply`` registers other copies of the shots alike). Shots too flat to register are left as
@@ -1061,6 +1074,6 @@ def align_for_fuse(images: list[np.ndarray], names: list[str], model: str, force
         check_alignment(al, names)
     from tqdm import tqdm
 
-    for line in al.describe(names):
-        tqdm.write(line, file=sys.stderr)  # between the lines of a fuse-dir bar, not into it
+    for line in al.describe(names) if details else ():
+        tqdm.write(f"{prefix}: {line}", file=sys.stderr)  # between the lines of a fuse-dir bar, not into it
     return al if alignment else al.images
