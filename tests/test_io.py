@@ -362,7 +362,9 @@ def test_a_photo_whose_exif_pillow_cannot_rewrite_is_read_and_turned(tmp_path: P
     assert src.exif is not None and any("odd.png" in n and "EXIF" in n for n in src.notes)  # the rest kept
     kept = Image.Exif()
     kept.load(src.exif)
-    assert dict(kept) == {0x0112: 1}
+    from bafusion._version import __version__
+
+    assert dict(kept) == {0x0112: 1, 0x0131: f"bafusion {__version__}"}  # Software: the output's
     odd, plain = str(tmp_path / "odd.jpg"), str(tmp_path / "plain.png")
     assert main(["metrics", odd, plain, plain, "--metrics", "QG"]) == 0
 
@@ -1194,3 +1196,42 @@ def test_fuse_dir_takes_the_photo_formats_that_fuse_reads() -> None:
                                                                                     else set())
     assert wanted <= set(IMAGE_SUFFIXES)
     assert not {".ico", ".icns", ".dds", ".xbm"} & set(IMAGE_SUFFIXES)  # icons and textures are no shots
+
+
+def test_the_output_exif_names_bafusion_not_the_source_s_software_or_description(tmp_path: Path, rgb) -> None:
+    """The first source's EXIF is carried to the output (camera, exposure, date, GPS); from a
+    TIFF its ImageDescription and Software came too, so a fused JPEG said 'Software: tifffile.py'
+    or a raw converter's name and its description ('{"shape": [6, 9, 3]}', 'converted from
+    IMG_0001.CR2'), both about the source. Software now names bafusion, ProcessingSoftware and a
+    TIFF's ImageDescription are dropped; a source without EXIF still gives an output without."""
+    import tifffile
+
+    from bafusion._version import __version__
+    from bafusion.io import read_source_set, write_image
+
+    tifffile.imwrite(tmp_path / "conv.tif", rgb, software="RawConv 3.1", description="converted from IMG_0001.CR2",
+                     extratags=[(0x010F, "s", 0, "Canon", True), (0x0110, "s", 0, "EOS R5", True),
+                                (0x0132, "s", 0, "2026:01:02 03:04:05", True)])
+    tifffile.imwrite(tmp_path / "plain.tif", rgb)  # tifffile's own Software and ImageDescription only
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0131], exif[0x000B] = "Canon", "Firmware 1.1", "Some Editor 2"
+    exif.get_ifd(0x8769)[0x829A] = (1, 125)  # ExposureTime: kept
+    Image.fromarray(rgb).save(tmp_path / "cam.jpg", exif=exif.tobytes())
+    for name, make in (("conv.tif", "Canon"), ("cam.jpg", "Canon"), ("plain.tif", None)):
+        src = read_source_set([tmp_path / name])
+        for suffix in (".jpg", ".png", ".tif"):
+            out = tmp_path / f"out-{Path(name).stem}{suffix}"
+            write_image(out, src.images[0], exif=src.exif, icc=src.icc)
+            with Image.open(out) as im:
+                got = im.getexif()
+                sub = got.get_ifd(0x8769)  # (read from the file)
+            if make is None:
+                assert src.exif is None and 0x010F not in got and got.get(0x0131) is None, (out.name, dict(got))
+                assert 0x010E not in got, (out.name, dict(got))
+                continue
+            assert got.get(0x010F) == make and got.get(0x0131) == f"bafusion {__version__}", (out.name, dict(got))
+            assert 0x010E not in got and 0x000B not in got, (out.name, dict(got))
+            if name == "conv.tif":
+                assert got.get(0x0110) == "EOS R5" and got.get(0x0132) == "2026:01:02 03:04:05", (out.name, dict(got))
+            else:
+                assert 0x829A in sub, (out.name, dict(got), sub)  # ExposureTime

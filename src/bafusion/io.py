@@ -1508,8 +1508,29 @@ class SourceSet:
         return self.bits
 
 
-#: Descriptive baseline TIFF tags carried from a TIFF source (not its layout tags).
-_DESCRIPTIVE_TAGS = (0x010E, 0x010F, 0x0110, 0x0112, 0x0131, 0x0132, 0x013B, 0x8298)
+#: Descriptive baseline TIFF tags carried from a TIFF source (not its layout tags): Make, Model,
+#: Orientation, DateTime, Artist, Copyright. Not its ImageDescription, which a TIFF writer fills
+#: with its own record of the file (tifffile's '{"shape": [...]}', ImageJ's, OME-XML, a raw
+#: converter's note): it would describe the source, not the output. Its Software is replaced
+#: (:func:`_exif_for_output`).
+_DESCRIPTIVE_TAGS = (0x010F, 0x0110, 0x0112, 0x0132, 0x013B, 0x8298)
+
+#: EXIF tags of the program that wrote a file: Software (IFD0), replaced by bafusion's name in
+#: the EXIF an output carries, and ProcessingSoftware, dropped (:func:`_exif_for_output`).
+_SOFTWARE, _PROCESSING_SOFTWARE = 0x0131, 0x000B
+
+
+def _exif_for_output(exif: Image.Exif) -> None:
+    """Make the first source's EXIF (changed in place) the output's: the orientation reset to 1
+    (the pixels are turned on reading), Software naming bafusion, which wrote the output, not
+    the camera's firmware or the converter that wrote the source, and no ProcessingSoftware. The
+    camera, exposure, date and GPS tags -- why the EXIF is carried -- are kept."""
+    from bafusion._version import __version__
+
+    if _ORIENTATION in exif:
+        exif[_ORIENTATION] = 1
+    exif.pop(_PROCESSING_SOFTWARE, None)
+    exif[_SOFTWARE] = f"bafusion {__version__}"
 
 
 def _tiff_exif(tags: Image.Exif) -> Image.Exif:
@@ -1525,10 +1546,12 @@ def _tiff_exif(tags: Image.Exif) -> Image.Exif:
 
 
 def source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes | None]:
-    """(EXIF block with the orientation reset to 1, ICC profile) of an image file, each None
-    when absent; a file Pillow cannot open has neither (a TIFF it cannot identify: its ICC
-    profile only, read with tifffile). From a TIFF only its descriptive tags and its Exif and
-    GPS sub-IFDs are kept (its other tags describe its own layout). Of an EXIF block Pillow
+    """(EXIF block for the output, ICC profile) of an image file, each None when absent: the
+    EXIF with the orientation reset to 1 and Software naming bafusion (:func:`_exif_for_output`);
+    a file Pillow cannot open has neither (a TIFF it cannot identify: its ICC profile only, read
+    with tifffile). From a TIFF only its descriptive tags (:data:`_DESCRIPTIVE_TAGS`: not its
+    ImageDescription) and its Exif and GPS sub-IFDs are kept (its other tags describe its own
+    layout). Of an EXIF block Pillow
     reads but cannot write back (a tag of the wrong type, e.g. XResolution as text) the tags
     it cannot write are dropped, the rest kept (:func:`_exif_without_malformed`; all of it
     when the rest still cannot be written): :func:`_source_metadata` says so."""
@@ -1545,8 +1568,7 @@ def _source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes 
                 exif = _tiff_exif(exif)
             if not exif:
                 return None, icc, None
-            if _ORIENTATION in exif:
-                exif[_ORIENTATION] = 1
+            _exif_for_output(exif)
             try:
                 return exif.tobytes(), icc, None
             except MemoryError:
