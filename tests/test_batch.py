@@ -318,7 +318,7 @@ def test_a_pngs_gamma_and_chromaticities_go_to_a_png_output_and_a_jpeg_says_it_l
                 assert im.info.get("gamma") == 0.45455
             assert "colour description" not in err
         else:
-            assert "f.jpg: the first source's PNG colour description" in err
+            assert "f.jpg: the first source's PNG colour description (PNG gamma 0.45455) is not written" in err, err
 
 
 def test_the_exif_image_size_is_the_output_size(tmp_path: Path, nets: Path) -> None:
@@ -386,7 +386,7 @@ def test_sources_of_different_colour_profiles_are_noted(tmp_path: Path, nets: Pa
     err = fuse("a-srgb", "b-other")
     assert f"{tmp_path / 'b-other.png'} has a different colour profile from {tmp_path / 'a-srgb.png'}" in err
     assert "the result carries" in err and len(err.strip().splitlines()) == 1, err
-    assert "has a colour profile and" in fuse("a-none", "b-other")
+    assert "has a colour profile ('sRGB built-in') and" in fuse("a-none", "b-other")
     assert "has no colour profile and" in fuse("a-srgb", "b-none")
     assert "colour profile" not in fuse("a-srgb", "b-later") + fuse("a-none", "b-none")
 
@@ -452,9 +452,65 @@ def test_png_colour_chunks_and_profiles_not_written_are_noted_truly(tmp_path: Pa
     err, _ = fuse("a-gray.png", "b-srgb.png")
     assert f"the result carries no profile: {tmp_path / 'a-gray.png'}'s gray profile does not fit" in err, err
     err, out = fuse("a-srgbchunk.png", "b-srgb.png")
-    assert f"the result carries {tmp_path / 'a-srgbchunk.png'}'s PNG sRGB mark" in err, err
+    assert f"the result carries {tmp_path / 'a-srgbchunk.png'}'s PNG sRGB chunk" in err, err
     with Image.open(out) as im:
         assert "srgb" in im.info and "icc_profile" not in im.info
+
+
+def _rgb_profile(name: str, primaries: tuple[tuple[float, float, float], ...]) -> bytes:
+    """A minimal ICC v2 RGB profile (matrix and gamma 2.2) whose description is ``name``."""
+    import struct
+
+    def s15(x: float) -> bytes:
+        return struct.pack(">i", round(x * 65536))
+
+    def xyz(x: float, y: float, z: float) -> bytes:
+        return b"XYZ " + b"\0" * 4 + s15(x) + s15(y) + s15(z)
+
+    text = name.encode() + b"\0"
+    curve = b"curv" + b"\0" * 4 + struct.pack(">IH", 1, round(2.2 * 256))
+    tags = [(b"desc", b"desc" + b"\0" * 4 + struct.pack(">I", len(text)) + text + b"\0" * 78),
+            (b"cprt", b"text" + b"\0" * 4 + b"none\0"), (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+            *((sig, xyz(*p)) for sig, p in zip((b"rXYZ", b"gXYZ", b"bXYZ"), primaries)),
+            *((sig, curve) for sig in (b"rTRC", b"gTRC", b"bTRC"))]
+    off, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for sig, d in tags:
+        data += b"\0" * (-(off + len(data)) % 4)
+        table += sig + struct.pack(">II", off + len(data), len(d))
+        data += d
+    body = struct.pack(">I", len(tags)) + table + data
+    header = (struct.pack(">I", 128 + len(body)) + b"none" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + b"\0" * 12
+              + b"acspAPPL" + b"\0" * 24 + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 48)
+    assert len(header) == 128
+    return header + body
+
+
+def test_the_colour_profile_note_names_both_profiles(tmp_path: Path, nets: Path, capsys) -> None:
+    """A of sRGB and B of Display P3 (or the reverse) got "b.png has a different colour profile
+    from a.png", naming neither profile: the user could not tell which shot needs converting.
+    The note names both (the profiles' descriptions; an unreadable one is "an ICC profile")."""
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    p3 = _rgb_profile("Display P3", ((0.5151, 0.2412, -0.0011), (0.2920, 0.6922, 0.0419), (0.1571, 0.0666, 0.7841)))
+    a8, b8 = pair(1)
+    for name, x, icc in (("a-srgb", a8, srgb), ("b-p3", b8, p3), ("a-p3", a8, p3), ("b-srgb", b8, srgb),
+                         ("b-junk", b8, b"\0" * 200), ("b-none", b8, None)):
+        Image.fromarray(x).save(tmp_path / f"{name}.png", **({"icc_profile": icc} if icc else {}))
+
+    def note(a: str, b: str) -> str:
+        assert cli_main(["fuse", str(tmp_path / f"{a}.png"), str(tmp_path / f"{b}.png"), "-o",
+                         str(tmp_path / "f.png"), "--model", str(nets), "--device", "cpu"]) == 0
+        return capsys.readouterr().err
+
+    a, b = tmp_path / "a-srgb.png", tmp_path / "b-p3.png"
+    assert (f"{b} has a different colour profile from {a} ('Display P3'; {a}: 'sRGB built-in'); the result "
+            f"carries {a}'s (colours are not converted)") in note("a-srgb", "b-p3")
+    a, b = tmp_path / "a-p3.png", tmp_path / "b-srgb.png"
+    assert f"{b} has a different colour profile from {a} ('sRGB built-in'; {a}: 'Display P3')" in note("a-p3", "b-srgb")
+    err = note("a-srgb", "b-junk")  # a profile that cannot be read
+    assert f"from {tmp_path / 'a-srgb.png'} (an ICC profile; {tmp_path / 'a-srgb.png'}: 'sRGB built-in')" in err, err
+    assert f"has no colour profile and {tmp_path / 'a-p3.png'} one ('Display P3')" in note("a-p3", "b-none")
 
 
 @pytest.mark.parametrize("bits", [8, 16])
@@ -525,8 +581,9 @@ def test_fuse_set_carries_the_metadata_and_says_the_notes_as_fuse(tmp_path: Path
         assert cli_main(["fuse-set", "--pairs", str(folder), "--models", str(nets),
                          "--out", str(tmp_path / f"{folder.name}-out"), "--device", "cpu"]) == 0
     err = capsys.readouterr().err
-    assert (f"bafusion fuse-set: {meta / 'p-B.png'} has a different colour profile from {meta / 'p-A.png'}; the result "
-            f"carries {meta / 'p-A.png'}'s (colours are not converted)") in err, err
+    assert (f"bafusion fuse-set: {meta / 'p-B.png'} has a different colour profile from {meta / 'p-A.png'} (both "
+            f"'sRGB built-in', of different contents); the result carries {meta / 'p-A.png'}'s (colours are not "
+            "converted)") in err, err
     with Image.open(tmp_path / "meta-out" / "p.png") as im, Image.open(tmp_path / "bare-out" / "p.png") as plain:
         assert im.info.get("icc_profile") == srgb and im.getexif().get(0x010F) == "TestCam"
         assert [round(v) for v in im.info["dpi"]] == [300, 300]

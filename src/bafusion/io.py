@@ -1786,7 +1786,7 @@ def _png_colour_label(chunks: bytes | None) -> tuple[tuple | None, str]:
         found.setdefault(kind, chunks[i + 8:i + 8 + length])
         i += 12 + length
     if b"sRGB" in found:
-        return ("sRGB",), "the PNG sRGB mark"
+        return ("sRGB",), "a PNG sRGB chunk"
     if not found:
         return None, "none"
     parts = []
@@ -1797,12 +1797,38 @@ def _png_colour_label(chunks: bytes | None) -> tuple[tuple | None, str]:
     return ("png", found.get(b"gAMA"), found.get(b"cHRM")), "PNG " + " and ".join(parts or ["colour chunks"])
 
 
+def png_colour_name(chunks: bytes) -> str:
+    """What a PNG's ``sRGB``/``gAMA``/``cHRM`` chunks (:func:`source_png_colour`) say, for a
+    line: ``a PNG sRGB chunk``, ``PNG gamma 0.45455 and chromaticities``."""
+    return _png_colour_label(chunks)[1]
+
+
 def _colour_description(path: str | os.PathLike[str], icc: bytes | None) -> tuple[tuple | None, str]:
     """A source's colour description (its ICC profile, else its PNG ``sRGB`` chunk, else its
     ``gAMA``/``cHRM`` chunks) as a comparable key and a label; (None, 'none') without one."""
     if icc:
-        return ("icc", _icc_key(icc)), "a colour profile"
+        return ("icc", _icc_key(icc)), f"the colour profile {icc_name(icc)}"
     return _png_colour_label(source_png_colour(path))
+
+
+def icc_name(icc: bytes) -> str:
+    """An ICC profile's description (its ``desc`` tag, as colour-managed programs list it), in
+    quotes and on one line: ``'Display P3'``; ``an ICC profile`` when it cannot be read."""
+    try:
+        from io import BytesIO
+
+        from PIL import ImageCms
+
+        with _quiet_pillow():
+            name = ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(BytesIO(icc)))
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - a damaged profile, or Pillow without littleCMS: unnamed
+        name = ""
+    name = " ".join(str(name or "").split())
+    if not name:
+        return "an ICC profile"
+    return repr(name if len(name) <= 60 else name[:57] + "...")
 
 
 _ICC_SPACE_NAMES = {b"CMYK": "CMYK", b"GRAY": "gray", b"RGB ": "RGB"}
@@ -1832,7 +1858,7 @@ def profile_notes(paths: Sequence[str | os.PathLike[str]], first_icc: bytes | No
     elif first_icc and keeps is not None and "icc" not in keeps:
         carried = f"no profile ({suffix} cannot hold {first}'s)"
     elif label != "none" and not first_icc:
-        what = label.removeprefix("the ")
+        what = label.removeprefix("a ")
         if keeps is None:
             carried = f"{first}'s {what} if it is a .png"  # other formats cannot hold it
         elif "png_colour" in keeps:
@@ -1845,11 +1871,18 @@ def profile_notes(paths: Sequence[str | os.PathLike[str]], first_icc: bytes | No
         if k == key:
             continue
         if icc and first_icc:
-            what = f"a different colour profile from {first}"
+            mine, theirs = icc_name(icc), icc_name(first_icc)
+            names = (f"{mine}; {first}: {theirs}" if mine != theirs else
+                     f"both {mine}, of different contents" if mine.startswith("'") else "neither named")
+            what = f"a different colour profile from {first} ({names})"
         elif icc and label == "none":
-            what = f"a colour profile and {first} none"
+            what = f"a colour profile ({icc_name(icc)}) and {first} none"
         elif first_icc and lab == "none":
-            what = f"no colour profile and {first} one"
+            what = f"no colour profile and {first} one ({icc_name(first_icc)})"
+        elif lab == "none":
+            what = f"no colour description and {first} {label}"
+        elif label == "none":
+            what = f"{lab} and {first} no colour description"
         else:
             what = f"a different colour description from {first} ({lab}; {first}: {label})"
         notes.append(f"{os.fspath(p)} has {what}; the result carries {carried} (colours are not converted)")

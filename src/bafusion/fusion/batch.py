@@ -397,8 +397,10 @@ def fused_output(src: SourceSet, results, output: Path) -> Fused:
     notes += [lost] if lost else []
     png_colour = src.png_colour if Path(output).suffix.lower() == ".png" else None
     if src.png_colour and png_colour is None and not src.icc:
-        notes.append(f"{output}: the first source's PNG colour description (gamma, chromaticities) is not written "
-                     f"({Path(output).suffix} cannot hold it; a .png output keeps it)")
+        from bafusion.io import png_colour_name
+
+        notes.append(f"{output}: the first source's PNG colour description ({png_colour_name(src.png_colour)}) is not "
+                     f"written ({Path(output).suffix} cannot hold it; a .png output keeps it)")
     secs = sum(results.seconds.values()) if joint else sum(sum(r.seconds.values()) for r in results)
     return Fused(fused, exif, src.icc, notes, secs, src.bits_for(output) if fused.dtype == np.uint16 else 8,
                  src.dpi, png_colour)
