@@ -548,6 +548,87 @@ def test_a_finished_run_of_other_parameters_without_outputs_trains_afresh(
     assert paths.out.is_file()
 
 
+def test_a_finished_run_of_other_cpu_threads_without_outputs_trains_afresh(
+        toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread count is outside the fingerprint but changes the weights on the CPU: after a
+    finished run, train.threads edited (DVC and Snakemake then delete the outputs), the old
+    model was restored and its .json said the new count, a record of a run that never was. It
+    trains afresh, says why in one line, and records the count that trained it."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 64}}, "initial")
+    paths = _paths(tmp_path, "initial")
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    assert load_checkpoint(paths.checkpoints / "last.pt")["threads"] == 1
+    for p in (paths.out, paths.out.with_suffix(".json"), paths.metrics, paths.plots):
+        p.unlink()
+    capsys.readouterr()
+    try:
+        train("initial", toy_run["h5"], dataclasses.replace(cfg, threads=2), paths, progress=False)
+    finally:
+        torch.set_num_threads(1)
+    err = capsys.readouterr().err
+    assert (f"bafusion train: {paths.checkpoints / 'last.pt'} belongs to a finished run whose outputs are missing, "
+            "but its model is not what this run trains (1 CPU thread(s) per process, now 2: that changes the "
+            "weights); training from scratch instead of restoring it") in err.splitlines(), err
+    assert "initial epoch 1/1" in err and "restored" not in err, err
+    _, meta = load_model(paths.out)
+    assert meta["params"]["threads"] == 2 and load_checkpoint(paths.checkpoints / "last.pt")["threads"] == 2
+
+
+@pytest.mark.parametrize("setting", ["device", "compile"])
+def test_a_finished_run_of_another_device_or_compile_is_not_restored(
+        toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        setting: str) -> None:
+    """As for the thread count: a finished run trained on another device (a GPU's, this run's on
+    the CPU) or with another train.compile is trained again, not restored under this run's
+    settings. (The checkpoint is edited to say so: no GPU, and no compiler, in the tests.)"""
+    from bafusion.nets.train import save_checkpoint
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 64}}, "initial")
+    paths = _paths(tmp_path, "initial")
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    last = paths.checkpoints / "last.pt"
+    ck = load_checkpoint(last)
+    assert ck.get("device", "cpu") == "cpu"  # recorded by the fix (the restore did not look at it)
+    if setting == "device":
+        ck["device"], ck["config"]["device"] = "cuda:0", "cuda"
+    else:
+        ck["config"]["compile"] = True
+    save_checkpoint(last, ck)
+    paths.out.unlink()
+    capsys.readouterr()
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    err = capsys.readouterr().err
+    why = "device cuda:0, now cpu" if setting == "device" else "train.compile true, now false"
+    assert f"its model is not what this run trains ({why}: that changes the weights)" in err, err
+    assert "initial epoch 1/1" in err and "restored" not in err, err
+    _, meta = load_model(paths.out)
+    assert meta["device"] == "cpu" and meta["params"]["compile"] is False
+
+
+def test_a_restored_model_records_the_settings_that_trained_it(
+        toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.val_batch and train.checkpoint_every do not change the weights: a finished run whose
+    outputs are gone is restored under other values of them, and its .json (and last.pt) keep
+    the values that trained it (they said this run's: the same bytes as the first run's now)."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 64}}, "initial")
+    paths = _paths(tmp_path, "initial")
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    want = _outputs(paths)
+    for p in (paths.out, paths.out.with_suffix(".json"), paths.metrics, paths.plots):
+        p.unlink()
+    capsys.readouterr()
+    other = dataclasses.replace(cfg, val_batch=cfg.val_batch // 2, checkpoint_every=3)
+    train("initial", toy_run["h5"], other, paths, progress=False)
+    err = capsys.readouterr().err
+    assert "was restored" in err and "initial epoch 1/1" not in err, err
+    assert _outputs(paths) == want
+    ck = load_checkpoint(paths.checkpoints / "last.pt")
+    assert ck["config"]["val_batch"] == cfg.val_batch and ck["config"]["checkpoint_every"] == 0
+
+
 def test_progress_is_one_line_per_epoch_without_bars_when_stderr_is_not_a_terminal(toy_run: dict, tmp_path: Path) -> None:
     """As under Snakemake or DVC (stderr a pipe or a log file): no carriage-return bars, one
     summary line per epoch with loss, accuracy, validation and time."""

@@ -197,9 +197,10 @@ def register(subparsers: Any) -> None:
                     "same parameters and patch set); the checkpoint of a finished run (one that wrote its model) "
                     "is not resumed: the training starts from scratch, unless the run's outputs are missing or "
                     "damaged (deleted after a kill, or by snakemake -R): then its model is written again from "
-                    "last.pt without training (--no-resume trains again). An interrupted run's checkpoint of other "
-                    "parameters is refused (give another --checkpoints, or --no-resume or --restart-if-changed "
-                    "to replace it). The checkpoints, metrics and per-epoch CSV go beside --out unless --out is "
+                    "last.pt without training, unless this run has another device type, CPU thread count or "
+                    "train.compile, which change the weights (--no-resume trains again). An interrupted run's "
+                    "checkpoint of other parameters is refused (give another --checkpoints, or --no-resume or "
+                    "--restart-if-changed to replace it). The checkpoints, metrics and per-epoch CSV go beside --out unless --out is "
                     "the pipeline's data/models/<net>.pt, so a run by hand in a pipeline project leaves the "
                     "pipeline's resume state and metrics alone.")
     p.add_argument("--net", required=True, choices=NETS,

@@ -43,7 +43,12 @@ are missing or whose model does not load (a job killed in the seconds between th
 exit, whose outputs Snakemake or SLURM then deleted; also ``snakemake -R`` and ``dvc repro -f``,
 which delete them first) writes the finished run's outputs again from ``last.pt``, the same
 bytes, without training, in a new MLflow run tagged ``resumed_from`` ``finished run (model
-restored)``; ``--no-resume`` trains again. One training at a time per checkpoint
+restored)``; its ``.json`` and MLflow parameters are the finished run's settings (a
+``checkpoint_every`` or ``val_batch`` of this run, which do not change the weights, may
+differ). It is not restored, but trained from scratch (saying why in one line), when this run
+has another device type, CPU thread count (on the CPU) or ``compile``: those change the weights,
+so a parameter edit of them retrains. ``--no-resume``, or deleting the checkpoint folder,
+trains again. One training at a time per checkpoint
 folder: a second one given the same ``--checkpoints`` fails at once (:func:`checkpoints_lock`).
 
 Divergence: when the training loss or the weights become NaN or infinite (a learning rate too
@@ -154,13 +159,15 @@ class TrainConfig:
     consistency: float = default("train.consistency")
 
     # Keys that may differ between a checkpoint and the run resuming from it (they are not in
-    # its fingerprint). All but ``threads`` leave the trained weights as they are (on a given
-    # device). The CPU thread count changes the order of torch's floating-point sums on the
-    # CPU, and so the weights; it stays out of the fingerprint so that a job resumed with
-    # other --cores (train.threads: 0) is not thrown away, but the checkpoint records the
-    # count and a resume with another one says that its weights will differ from an
-    # uninterrupted run's. (The number of processes enters the fingerprint as the actual
-    # world size.)
+    # its fingerprint). ``checkpoint_every``, ``val_batch`` and ``nproc`` leave the trained
+    # weights as they are (the number of processes enters the fingerprint as the actual world
+    # size); the device, ``compile`` (fused kernels round otherwise) and ``threads`` change
+    # them. The CPU thread count changes the order of torch's floating-point sums on the
+    # CPU; it stays out of the fingerprint so that a job resumed with other --cores
+    # (train.threads: 0) is not thrown away, but the checkpoint records the count and a resume
+    # with another one says that its weights will differ from an uninterrupted run's. A
+    # finished run is restored only under the same device type, thread count (on the CPU) and
+    # ``compile`` (see ``_not_restorable``).
     RUNTIME_KEYS = ("device", "threads", "checkpoint_every", "compile", "val_batch", "nproc")
     TOP_LEVEL = ("seed", "patch", "depth")
 
@@ -797,8 +804,16 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     resumed_run_id: str | None = None  # the MLflow run of the interrupted run, when it had one
     mlflow_run_id: str | None = None  # this run's, recorded in last.pt
     restoring = False  # a finished run's outputs are written again from last.pt, without training
+    # What produces the model written: this run's settings, or a restored run's (its runtime keys
+    # may differ from this run's: those that do not change the weights, see _not_restorable).
+    record: dict[str, Any] = {"config": cfg.to_dict(), "device": str(device), "threads": torch.get_num_threads()}
     if resume and last_path.exists():
         ck = load_checkpoint(last_path)
+        not_restored = ""  # why a finished run of this fingerprint, its outputs missing, trains again
+        if ck.get("fingerprint") == fp and ck.get("finished"):
+            missing = dist.main and _outputs_missing(paths)
+            not_restored = _not_restorable(ck, cfg, device) if missing else ""
+            restoring = _agreed(missing and not not_restored, dist, device)  # every process takes part
         if ck.get("fingerprint") != fp:
             ck_world = ck.get("world_size")
             if (isinstance(ck_world, int) and ck_world != dist.world_size
@@ -817,10 +832,17 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                                 "training, or --no-resume (or --restart-if-changed) to replace it")
             if dist.main:
                 print(f"bafusion train: {last_path} {why}; starting afresh", file=sys.stderr)
-        elif ck.get("finished") and not (restoring := _agreed(dist.main and _outputs_missing(paths), dist, device)):
+        elif ck.get("finished") and not restoring:
             # The checkpoint belongs to a run that completed and whose outputs are all there:
-            # running the same training again by hand means training again.
-            if dist.main:
+            # running the same training again by hand means training again. So does a run whose
+            # outputs are gone when a setting outside the fingerprint that changes the weights
+            # differs (a parameter edit retrains; its model would be recorded under settings
+            # that did not produce it).
+            if dist.main and not_restored:
+                print(f"bafusion train: {last_path} belongs to a finished run whose outputs are missing, but its "
+                      f"model is not what this run trains ({not_restored}: that changes the weights); training "
+                      "from scratch instead of restoring it", file=sys.stderr)
+            elif dist.main:
                 print(f"bafusion train: {last_path} belongs to a finished run (its model was written); "
                       "training from scratch", file=sys.stderr)
         else:
@@ -853,6 +875,12 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             resumed_run_id = ck.get("mlflow_run_id")
             if restoring:
                 resumed_from = "finished run (model restored)"
+                # its outputs record the settings that trained it (runtime keys of this run that do
+                # not change the weights may differ: checkpoint_every, val_batch, nproc's spelling)
+                old_cfg = ck.get("config")
+                record = {"config": {**record["config"], **(old_cfg if isinstance(old_cfg, Mapping) else {})},
+                          "device": str(ck.get("device", record["device"])),
+                          "threads": ck.get("threads", record["threads"])}
             if dist.main and not restoring:
                 print(f"bafusion train: resuming {net} from {last_path} ({resumed_from})", file=sys.stderr)
             if dist.main:
@@ -876,20 +904,21 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
 
     def checkpoint_state(epoch: int, partial: torch.Tensor, partial_time: float) -> dict[str, Any]:
         return {
-            "format": CHECKPOINT_FORMAT, "fingerprint": fp, "net": net, "config": cfg.to_dict(),
+            "format": CHECKPOINT_FORMAT, "fingerprint": fp, "net": net, "config": record["config"],
             "patches_digest": pdigest,
             "model": _cpu_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "loader": loader.state_dict(), "rng": _rng_state(device), "epoch": epoch,
             "global_step": global_step, "samples_seen": samples_seen, "train_time": train_time,
             "history": history, "best_acc": best_acc, "best_epoch": best_epoch, "best_model": best_state,
             "partial": partial.cpu().double(), "partial_time": partial_time,
-            "threads": torch.get_num_threads(),  # changes the weights on the CPU, see RUNTIME_KEYS
+            "threads": record["threads"],  # changes the weights on the CPU, see RUNTIME_KEYS
+            "device": record["device"],  # so does the device: a finished run is restored on its own only
             "world_size": dist.world_size,  # in the fingerprint: said when a resume differs in it
             "mlflow_run_id": mlflow_run_id,  # a resumed run's MLflow run names it (resumed_run_id)
         }
 
-    run_params = {"net": net, "patches": str(patches), "world_size": dist.world_size, "device": str(device),
-                  "amp": amp, "channels_last": channels_last, **cfg.to_dict()}
+    run_params = {"net": net, "patches": str(patches), "world_size": dist.world_size, "device": record["device"],
+                  "amp": amp, "channels_last": channels_last, **record["config"]}
     run_tags = {"net": net, "resumed_from": resumed_from or "none",
                 **({"resumed_run_id": resumed_run_id} if resumed_run_id else {})}
     run_ctx = (tracking.stage_run(f"train_{net}", params=run_params, tags=run_tags)
@@ -997,10 +1026,10 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             final = build_model(cfg.depth)
             final.load_state_dict(best_state)  # never the last weights under the best epoch's numbers
             meta = {
-                "net": net, "patch": cfg.patch, "depth": cfg.depth, "params": cfg.to_dict(),
+                "net": net, "patch": cfg.patch, "depth": cfg.depth, "params": record["config"],
                 **({"context": context} if context else {}),
                 "epochs": cfg.epochs, "best_epoch": best_epoch, "val_acc": best_row["val_acc"],
-                "samples_seen": samples_seen, "device": str(device),
+                "samples_seen": samples_seen, "device": record["device"],
                 "world_size": dist.world_size, "input_scale": INPUT_SCALE, "augment_variants": N_VARIANTS,
                 "patches": str(patches), "patches_attrs": {k: v for k, v in train_set.attrs.items() if k != "params"},
             }
@@ -1047,6 +1076,36 @@ def _outputs_missing(paths: Paths) -> bool:
     except Exception:  # noqa: BLE001 - any damage: written again
         return True
     return False
+
+
+def _not_restorable(ck: Mapping[str, Any], cfg: TrainConfig, device: torch.device) -> str:
+    """Why the model of the finished run in the checkpoint ``ck`` (of this run's fingerprint) is
+    not the one this run would train: the settings outside the fingerprint that change the
+    weights, as ``4 CPU thread(s) per process, now 2``; ``""`` when none differs.
+
+    Of :attr:`TrainConfig.RUNTIME_KEYS`, the device (its type: the kernels), the CPU thread count
+    (on the CPU: the order of the floating-point sums) and ``compile`` (``torch.compile`` fuses
+    operations: other roundings) change the weights; ``checkpoint_every`` (a save reads the
+    state, never changes it), ``val_batch`` (the validation is the same in any batch, see
+    :func:`evaluate`) and ``nproc`` (the number of processes is in the fingerprint) do not."""
+    old = ck.get("config") if isinstance(ck.get("config"), Mapping) else {}
+    why: list[str] = []
+    was_device = ck.get("device")
+    if isinstance(was_device, str):
+        was_type = torch.device(was_device).type
+        if was_type != device.type:
+            why.append(f"device {was_device}, now {device}")
+    else:  # a checkpoint of a version that did not record the device: its setting
+        was_type = None
+        if "device" in old and str(old["device"]) != str(cfg.device):
+            why.append(f"train.device {old['device']}, now {cfg.device}")
+    was_threads = ck.get("threads")
+    if (device.type == "cpu" and was_type in (None, "cpu") and isinstance(was_threads, int)
+            and was_threads != torch.get_num_threads()):
+        why.append(f"{was_threads} CPU thread(s) per process, now {torch.get_num_threads()}")
+    if "compile" in old and bool(old["compile"]) != bool(cfg.compile):
+        why.append(f"train.compile {json.dumps(bool(old['compile']))}, now {json.dumps(bool(cfg.compile))}")
+    return ", ".join(why)
 
 
 def _agreed(flag: bool, dist: Dist, device: torch.device) -> bool:
