@@ -514,6 +514,11 @@ def test_a_finished_run_killed_before_its_exit_is_restored_without_training(
             f"{paths.out} (best val acc ")
     assert sum(x.startswith(line) for x in err.splitlines()) == 1, err
     assert "no training needed" in err
+    # snakemake -R and dvc repro -f restore too (they delete the outputs as after a kill): the
+    # hint leads with what a pipeline user can do (it offered --no-resume first, an option the
+    # training rules never pass)
+    assert (f"(to train again, also under snakemake -R or dvc repro -f: delete {paths.checkpoints} first, or "
+            "run by hand with --no-resume)") in err, err
     assert _outputs(paths) == want  # the same bytes as the uninterrupted run's
     assert summary["best_epoch"] == first["best_epoch"] and summary["samples_seen"] == first["samples_seen"]
     again = load_checkpoint(paths.checkpoints / "last.pt")

@@ -48,7 +48,10 @@ restored)``; its ``.json`` and MLflow parameters are the finished run's settings
 differ). It is not restored, but trained from scratch (saying why in one line), when this run
 has another device type, CPU thread count (on the CPU) or ``compile``: those change the weights,
 so a parameter edit of them retrains. ``--no-resume``, or deleting the checkpoint folder,
-trains again. One training at a time per checkpoint
+trains again (also the way to retrain under ``snakemake -R`` or ``dvc repro -f``: the training
+cannot tell the outputs they deleted from those of a job killed after the mark: such a job ends
+its MLflow run right after the mark and spends most of its last seconds in the interpreter's
+exit, which no later mark would cover). One training at a time per checkpoint
 folder: a second one given the same ``--checkpoints`` fails at once (:func:`checkpoints_lock`).
 
 Divergence: when the training loss or the weights become NaN or infinite (a learning rate too
@@ -1044,7 +1047,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             if restoring:
                 print(f"bafusion train: the model of the finished run in {last_path} was restored to {paths.out} "
                       f"(best val acc {best_row['val_acc']:.4f}, epoch {best_epoch}); no training needed "
-                      f"(to train again: --no-resume, or delete {paths.checkpoints})", file=sys.stderr)
+                      f"(to train again, also under snakemake -R or dvc repro -f: delete {paths.checkpoints} first, "
+                      "or run by hand with --no-resume)", file=sys.stderr)
             else:
                 print(f"bafusion train: {net} done: {samples_seen} samples in {train_time:.1f} s, best val acc "
                       f"{best_row['val_acc']:.4f} (epoch {best_epoch})", file=sys.stderr)
