@@ -811,3 +811,50 @@ def test_a_killed_snakemakes_parent_run_is_ended_and_a_reopened_one_is_not(
     assert client.get_run(reopened).info.status == "RUNNING"  # until its end_invocation
     assert client.get_run(reopened).data.tags["bafusion.process.pid"] == str(os.getpid())
     tracking.end_invocation(True)
+
+
+@pytest.mark.usefixtures("turned_off_afterwards")
+def test_an_old_run_that_cannot_be_ended_leaves_the_step_tracked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # ending the runs that dead processes left RUNNING went through the run's retries and, when
+    # one of them could not be updated, turned tracking off for the whole step: housekeeping of
+    # an old run cost the current one its metrics. Each dead run is ended on its own, once; one
+    # that fails is named in one warning line, the others are ended, the step stays tracked
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from bafusion import atomic
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(tracking, "RETRY_BACKOFF_S", 0.01, raising=False)
+    assert tracking.ensure_db() == uri
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    dead = {f"{tracking.PROCESS_TAG}.host": "dead-host", f"{tracking.PROCESS_TAG}.pid": "12"}
+    stuck, ended = (client.create_run(exp_id, tags=dead, run_name=n).info.run_id for n in ("stuck", "ended"))
+    monkeypatch.setattr(atomic, "process_gone", lambda named: named.get("host") == "dead-host")
+    real = MlflowClient.set_terminated
+    tries = []
+
+    def set_terminated(self: MlflowClient, run_id: str, *args: object, **kwargs: object) -> None:
+        if run_id == stuck:
+            tries.append(run_id)
+            raise MlflowException("(sqlite3.OperationalError) attempt to write a readonly row")
+        real(self, run_id, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "set_terminated", set_terminated)
+    with tracking.stage_run("evaluate") as run:
+        run.log_metric("acc", 0.9)
+    assert tracking.enabled() and tries == [stuck]  # once: no retries for housekeeping
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and " INFO mlflow." not in ln]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("bafusion: warning: ") and stuck in lines[0] and "readonly row" in lines[0]
+    assert ended not in lines[0] and "tracking is now off" not in lines[0] and "tracked as usual" in lines[0]
+    got = client.get_run(run.run_id)
+    assert got.info.status == "FINISHED" and tracking.INCOMPLETE_TAG not in got.data.tags
+    assert got.data.metrics["acc"] == 0.9
+    assert client.get_run(ended).info.status == "KILLED"
+    assert client.get_run(ended).data.tags[tracking.ENDED_BY_TAG] == run.run_id
+    assert client.get_run(stuck).info.status == "RUNNING"

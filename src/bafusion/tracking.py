@@ -29,7 +29,8 @@
 - A step's run, and a parent run, names its process (host, PID, start time, PID namespace,
   boot: tags ``bafusion.process.*``); each step that starts ends as ``KILLED`` the runs still
   ``RUNNING`` whose process is known gone (SIGKILL), tagging them ``ended_by_run_id``
-  (:meth:`_Run.end_dead_runs`).
+  (:meth:`_Run.end_dead_runs`); one it cannot end is named in a warning line, and the step's
+  own run stays tracked.
 - Every run carries MLflow's own source tags (``mlflow.source.git.commit``, ``mlflow.source.name``,
   ``mlflow.source.type``), so the UI shows the commit it ran.
 """
@@ -127,6 +128,14 @@ def _turn_off(uri: str, error: BaseException, lost: str = "") -> None:
           f"{lost or 'going on without tracking'} "
           "(BAFUSION_MLFLOW=0 turns tracking off, MLFLOW_TRACKING_URI points it at another store)",
           file=sys.stderr, flush=True)
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name when it has none), at most 600
+    characters, without a final full stop: for a warning line."""
+    lines = str(error).strip().splitlines()
+    problem = lines[0].strip() if lines else type(error).__name__
+    return (problem[:600] + "..." if len(problem) > 600 else problem).rstrip(".")
 
 
 def _shown(uri: str) -> str:
@@ -461,20 +470,40 @@ class _Run:
         them :data:`ENDED_BY_TAG`; those of another host, PID namespace or boot, of a process
         that runs, or without the tags (an earlier version's) are left alone. A parent run
         (:func:`begin_invocation`) names its Snakemake process: killed, or stopped without its
-        ``onerror``, it is ended alike."""
-        from bafusion.atomic import process_gone
+        ``onerror``, it is ended alike.
 
-        def end() -> None:
+        This is housekeeping of old runs, never a reason to leave this one untracked: each dead
+        run is ended in its own try, once (no :data:`RETRIES`); those that fail (and a search
+        that fails) are said in one warning line naming them, they stay ``RUNNING`` for a later
+        step to end, and tracking stays on (no :func:`_turn_off`)."""
+        from bafusion.atomic import process_gone, raise_if_stopped
+
+        if _broken is not None:
+            return
+        failed: list[str] = []
+        try:
+            check_reachable(self.uri)
             experiment = self.client.get_run(self.run_id).info.experiment_id
-            for run in self.client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'",
-                                               max_results=1000):
+            runs = self.client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'",
+                                           max_results=1000)
+        except Exception as e:  # noqa: BLE001 - housekeeping: said below, this run goes on tracked
+            raise_if_stopped()
+            runs, failed = [], [f"the search for them failed: {_first_line(e)}"]
+        for run in runs:
+            try:
                 tags = run.data.tags
                 named = {key: tags[f"{PROCESS_TAG}.{key}"] for key in PROCESS_FIELDS
                          if f"{PROCESS_TAG}.{key}" in tags}
                 if run.info.run_id != self.run_id and named and process_gone(named):
                     self._end_killed(run.info.run_id, ENDED_BY_TAG)
-
-        self._call("the dead runs' end", 1, end)
+            except Exception as e:  # noqa: BLE001 - housekeeping: said below, the others are ended
+                raise_if_stopped()
+                failed.append(f"{run.info.run_id} ({_first_line(e)})")
+        if failed:
+            print(f"bafusion: warning: MLflow tracking store {_shown(self.uri)}: could not end as KILLED the runs "
+                  f"left RUNNING by processes that are gone: {'; '.join(failed)}; they stay RUNNING (a later step "
+                  f"tries again); the MLflow run {self.name!r} ({self.run_id}) is tracked as usual",
+                  file=sys.stderr, flush=True)
 
     def _end_killed(self, run_id: str, tag: str) -> None:
         """End the run ``run_id`` as ``KILLED`` when it is still ``RUNNING``, tagging it ``tag`` =
