@@ -147,8 +147,14 @@ def process_gone(named: dict[str, str]) -> bool:
     """Whether the process ``named`` (:func:`process_identity`'s fields, ``start`` may be left
     out) is known to run no more: it is of this host, PID namespace and boot, and no process has
     its PID, or the one that has it started at another time (the PID reused). A process of
-    another host, namespace or boot, or named without them, is not known gone: ``False``."""
-    ours = {"host": socket.gethostname(), **_identity()}
+    another host, namespace or boot, or named without them, is not known gone: ``False``; so is
+    one whose namespace or boot is unknown (``"-"``: no /proc there or here), even when ours is
+    unknown too: two unknowns are no proof of one namespace (containers that share a host
+    name each have their own PIDs)."""
+    identity = _identity()
+    if "-" in identity.values():  # unknown here (and so, where it matches, there)
+        return False
+    ours = {"host": socket.gethostname(), **identity}
     if any(named.get(key) != value for key, value in ours.items()):
         return False
     try:
@@ -219,6 +225,10 @@ def _kept_owner(wrap: Path) -> str | None:
         return f"process {owner} of this host written by a bafusion version before 2026-12-05"
     if any(fields.get(key) != value for key, value in _identity().items()):
         return f"process {owner} of another container or an earlier boot of this host"
+    if "-" in fields.values():  # unknown there and here (no /proc): never known gone (process_gone)
+        if owner == os.getpid() or _pid_alive(owner):
+            return None  # most likely a run in progress here
+        return f"process {owner} of this host whose PID namespace or boot is unknown (no /proc)"
     return None  # ours: stale (removed) or running
 
 
