@@ -202,10 +202,11 @@ def _exit_signal_handler(cmd: str, rc: int | None) -> Callable[[int, object], No
     (``rc``: its status, None when it ended by an exception): Python's exit (MLflow's and torch's
     exit handlers, the teardown of their thousands of modules) takes a second, seconds under
     load, and a signal then killed the process without a word after its last line. It says in
-    one line that the command had finished and its outputs are complete (or had ended with
-    status ``rc``), and ends the process at once with 128 + N, as the signal's own default
-    action would have ended it (a stop asked for is a non-zero status, as while it works:
-    Snakemake, SLURM and ``timeout`` see what they asked for; the line says nothing is lost).
+    one line that the command had finished and its outputs were complete when the stop came (or
+    had ended with status ``rc``), and ends the process at once with 128 + N, as the signal's own
+    default action would have ended it (a stop asked for is a non-zero status, as while it works:
+    Snakemake, SLURM and ``timeout`` see what they asked for; the line says that Snakemake, seeing a
+    failed job, removes its outputs)
     A worker of ``train --nproc N`` ends so without a word: the launcher stops the workers when
     one of them ends, and the command says what happened."""
     worker = TRAIN_LAUNCHER_ENV in os.environ
@@ -216,7 +217,8 @@ def _exit_signal_handler(cmd: str, rc: int | None) -> Callable[[int, object], No
         said = {signal.SIGINT: "interrupted", getattr(signal, "SIGHUP", None): "hangup"}.get(signum, "terminated")
         if rc == 0:
             outputs = f" ({', '.join(_finished_outputs)})" if _finished_outputs else ""
-            what = f"it had finished: its outputs are complete{outputs}"
+            what = (f"it had finished: its outputs{outputs} were complete when the stop came (a workflow manager "
+                    "such as Snakemake removes the outputs of a job that fails: rerun it there)")
         else:
             what = "it had ended" + (f" with status {rc} (said above)" if rc is not None else "")
         line = f"{cmd}: {said} while exiting, after {what}\n"
