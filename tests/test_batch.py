@@ -591,6 +591,28 @@ def test_fuse_set_carries_the_metadata_and_says_the_notes_as_fuse(tmp_path: Path
         assert np.array_equal(np.asarray(im), np.asarray(plain))
 
 
+def test_fuse_set_says_the_metadata_not_kept_once_a_run(tmp_path: Path, nets: Path, capsys) -> None:
+    """fuse-set said 'the sources' XMP is not kept' once per pair, fuse-dir once a run: a test
+    set of sources with XMP repeated the same line hundreds of times. Said once, as fuse-dir."""
+    import json
+
+    from PIL import PngImagePlugin
+
+    meta = PngImagePlugin.PngInfo()
+    meta.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta xmlns:x="adobe:ns:meta/"></x:xmpmeta>')
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    (folder / "index.json").write_text(json.dumps(["p", "q", "r"]))
+    a8, b8 = pair(1)
+    for name in ("p", "q", "r"):
+        Image.fromarray(a8).save(folder / f"{name}-A.png", pnginfo=meta)
+        Image.fromarray(b8).save(folder / f"{name}-B.png")
+    assert cli_main(["fuse-set", "--pairs", str(folder), "--models", str(nets), "--out", str(tmp_path / "out"),
+                     "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("bafusion fuse-set: the sources' XMP is not kept") == 1, err
+
+
 def test_xmp_and_comments_not_kept_are_noted_once(tmp_path: Path, nets: Path, capsys) -> None:
     """A source's XMP and JPEG comment were dropped in silence; ``fuse`` now names what is not
     kept in one line, ``fuse-dir`` once a run (not per pair); plain shots get no such line."""

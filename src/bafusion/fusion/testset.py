@@ -202,6 +202,7 @@ def fuse_set(
         _check_pair_sizes(pairs, name)
     # into a fresh folder that replaces ``out`` at the end: a killed run leaves the earlier
     # results whole, never mixed with new ones
+    said_once: set[str] = set()  # notes said once a run (metadata not kept), as fuse-dir says them
     with atomic_dir(out) as tmp:
         for name in names:
             pa, pb, pt = pairs / f"{name}-A.png", pairs / f"{name}-B.png", pairs / f"{name}-dm.png"
@@ -212,7 +213,10 @@ def fuse_set(
             # them (the 8-bit fusion: a test set's 16-bit pairs are scored and written in 8 bits, as before)
             fused = fused_output(replace(src, full=None), [res], out / f"{name}.png")
             for note in fused.notes:
-                print(f"bafusion fuse-set: {note}", file=sys.stderr)
+                if note not in said_once:  # a line without a file name (metadata not kept): once a run
+                    print(f"bafusion fuse-set: {note}", file=sys.stderr)
+                if note.startswith("the sources' "):
+                    said_once.add(note)
             # Timings go to the log, not the report: DVC tracks the report, and it must be the
             # same for the same inputs.
             print(f"bafusion fuse-set: {name}: {sum(res.seconds.values()):.3f} s", file=sys.stderr)
