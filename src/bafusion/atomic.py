@@ -117,6 +117,12 @@ def _read_proc(path: str, what: str) -> str:
         return "-"
 
 
+def _namespace_unknown(fields: dict[str, str]) -> bool:
+    """Whether ``fields`` (:func:`_identity`'s) leave the PID namespace unknown where there are
+    PID namespaces (Linux): there a process not seen here may run in another one."""
+    return sys.platform.startswith("linux") and fields.get("pidns", "-") == "-"
+
+
 def _identity() -> dict[str, str]:
     """What tells this process's PIDs apart from those of another that shares the hostname:
     the PID namespace (a container with the host's network has the host's name, and its own
@@ -148,11 +154,13 @@ def process_gone(named: dict[str, str]) -> bool:
     out) is known to run no more: it is of this host, PID namespace and boot, and no process has
     its PID, or the one that has it started at another time (the PID reused). A process of
     another host, namespace or boot, or named without them, is not known gone: ``False``; so is
-    one whose namespace or boot is unknown (``"-"``: no /proc there or here), even when ours is
-    unknown too: two unknowns are no proof of one namespace (containers that share a host
-    name each have their own PIDs)."""
+    one whose PID namespace is unknown on Linux (``"-"``: no /proc there or here), even when
+    ours is unknown too: two unknowns are no proof of one namespace (containers that share a
+    host name each have their own PIDs). Systems without PID namespaces (macOS, the BSDs) have
+    none to tell, and an unknown boot never makes a live process look gone (a PID not alive is
+    gone whatever the boot; a live one is compared by its start time)."""
     identity = _identity()
-    if "-" in identity.values():  # unknown here (and so, where it matches, there)
+    if _namespace_unknown(identity):  # unknown here (and so, where it matches, there)
         return False
     ours = {"host": socket.gethostname(), **identity}
     if any(named.get(key) != value for key, value in ours.items()):
@@ -225,10 +233,10 @@ def _kept_owner(wrap: Path) -> str | None:
         return f"process {owner} of this host written by a bafusion version before 2026-12-05"
     if any(fields.get(key) != value for key, value in _identity().items()):
         return f"process {owner} of another container or an earlier boot of this host"
-    if "-" in fields.values():  # unknown there and here (no /proc): never known gone (process_gone)
+    if _namespace_unknown(fields):  # unknown there and here (no /proc): never known gone (process_gone)
         if owner == os.getpid() or _pid_alive(owner):
             return None  # most likely a run in progress here
-        return f"process {owner} of this host whose PID namespace or boot is unknown (no /proc)"
+        return f"process {owner} of this host whose PID namespace is unknown (no /proc)"
     return None  # ours: stale (removed) or running
 
 
