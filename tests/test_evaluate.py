@@ -1089,3 +1089,23 @@ def test_a_malformed_method_or_metric_list_is_refused_naming_the_option(
     assert f"error: {option} {value}: " in line and words in line, err
     assert "evaluate." not in line, err  # no config path the user did not write
     assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize(("option", "value", "example"), [
+    ("--metrics", "QMI,,QG", "e.g. QMI,QG"),
+    ("--methods", "Laplacian,", "e.g. Ours,GFF-native"),
+    ("--reference-methods", "MyGFF,,CNN", "e.g. GFF,CNN"),
+])
+def test_an_empty_item_of_a_list_option_gives_an_example_of_that_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture, option: str, value: str, example: str,
+) -> None:
+    """An empty item of every list option gave the example "e.g. GFF,CNN", reference methods,
+    also for --metrics (QMI,,QG) and --methods (methods computed here): each option's own now."""
+    src, imgs = _write_set(tmp_path, ["p1"])
+    ref = _write_reference(tmp_path, imgs, {"MyGFF": gff_fuse, "CNN": laplacian_fuse})
+    args = {"--methods": "Laplacian", "--metrics": "QG", "--reference-methods": "MyGFF", option: value}
+    argv = ["evaluate", "--root", str(tmp_path), "--out", str(tmp_path / "ev"), "--dataset", f"mine={src},{ref}",
+            *(x for k, v in args.items() for x in (k, v))]
+    assert cli_main(argv) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"error: {option} {value}: empty item" in line and line.endswith(example), line

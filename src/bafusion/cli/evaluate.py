@@ -151,6 +151,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# An example of each list option, for the empty-item error (it gave "e.g. GFF,CNN", reference
+# methods, also for --metrics and --methods).
+_LIST_EXAMPLES: dict[str, str] = {
+    "--methods": f"{OURS},{NATIVE_METHODS[0]}",
+    "--metrics": "QMI,QG",
+    "--reference-methods": "GFF,CNN",
+}
+
+
 def _option_list(option: str, value: str) -> list[str]:
     """The items of a comma-separated list option, stripped. An empty item (``GFF,,X``, ``GFF,``)
     or one given twice is refused naming the option; the repeat was refused naming a setting the
@@ -158,7 +167,7 @@ def _option_list(option: str, value: str) -> list[str]:
     items = [m.strip() for m in value.split(",")]
     if "" in items:
         raise UserError(f"{option} {value}: empty item (item {items.index('') + 1}): give comma-separated names, "
-                        "e.g. GFF,CNN")
+                        f"e.g. {_LIST_EXAMPLES[option]}")
     for i, m in enumerate(items):
         if m in items[:i]:
             raise UserError(f"{option} {value}: {m!r} given twice: name each once")
