@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fuse-json", action="append", default=[], help="fusion parameter overrides (repeatable)")
     ap.add_argument("--pairs", type=int, default=10, help="pairs per kind (default 10)")
     ap.add_argument("--kinds", default=",".join(KINDS),
-                    help=f"comma-separated kinds (default: the six above; also: {', '.join(OPTIONAL_KINDS)})")
+                    help=f"comma-separated degradation kinds (the table at the top of this script says what each "
+                         f"is; quote names with spaces, e.g. --kinds 'paper,strong blur'): {', '.join(KINDS)} (the "
+                         f"default: all of these); also {', '.join(OPTIONAL_KINDS)} (only when named)")
     ap.add_argument("--band", type=int, default=8, help="also the accuracy within this many px of the true boundary")
     ap.add_argument("--shrink", type=float, default=1.0,
                     help="shrink every pair (and its truth) by this factor, Lanczos: small photographs "
@@ -150,16 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "realistic-validation"))
     args = ap.parse_args(argv)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS and k not in OPTIONAL_KINDS]
+    if unknown:  # before the models load (a missing model folder hid it)
+        ap.error(f"unknown kind(s) {unknown}; known: {list(KINDS) + list(OPTIONAL_KINDS)}")
     import torch
 
     torch.set_num_threads(args.threads)
     models = args.model or [None]
     settings = args.fuse_json or ["{}"]
     nets = {m: load_nets_from_dir(m, "cpu") for m in models}
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in KINDS and k not in OPTIONAL_KINDS]
-    if unknown:
-        ap.error(f"unknown kind(s) {unknown}; known: {list(KINDS) + list(OPTIONAL_KINDS)}")
     rows = []
     for kind in kinds:
         for name, a, b, truth, tdm in make_pairs(kind, args.pairs):
