@@ -432,12 +432,36 @@ def test_align_auto_says_a_still_shot_is_aligned_when_another_moves(capsys) -> N
     assert batch._auto_align([a, still, moved], names, True) == "similarity"
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "--align auto:" in ln]
     assert lines[0].startswith("bafusion: --align auto: b.png moves 1.") and lines[0].endswith(
-        "not more than 2 px: aligned all the same (similarity), as c.png moves"), lines
+        "not more than 2 px: registered with the others (similarity) and cropped to the area they all cover, as "
+        "c.png moves"), lines
     assert lines[1].endswith("c.png moves about 5.0 px against a.png: aligning (similarity)"), lines
     # a still shot of another size: "none" here, the caller registers it all the same
     assert batch._auto_align([a, still], names[:2], True, [1]) == "none"
     (line,) = capsys.readouterr().err.splitlines()
-    assert line.endswith("not more than 2 px: aligned all the same (similarity), as b.png is of another size"), line
+    assert line.endswith("not more than 2 px: registered with the others (similarity) and cropped to the area they "
+                         "all cover, as b.png is of another size"), line
     # nothing moves and all of one size: left as they are, as before
     assert batch._auto_align([a, still], names[:2], True) == "none"
     assert capsys.readouterr().err.rstrip().endswith("not more than 2 px: fused as registered")
+
+
+def test_align_auto_says_the_same_of_a_still_shot_that_is_not_resampled(tmp_path: Path, nets: Path, capsys) -> None:
+    """A stack whose second shot does not move (its registration under the 0.1 px tolerance)
+    and whose third moves 5 px: the --align auto line said the still shot was "aligned all the
+    same (similarity)", then its align line said "not warped (below tolerance)". It is registered
+    with the others (its motion estimated: below the tolerance, it is not resampled) and cropped
+    to the area they all cover: the lines now say so, and agree."""
+    a, b = _focus_pair(_texture(16, 120, 136))
+    still = (a.astype(float) * 0.9 + 12).clip(0, 255).astype(np.uint8)  # another exposure, no motion
+    for n, im in (("a", a), ("b", still), ("c", _moved(b, (4.0, -3.0)))):
+        Image.fromarray(im).save(tmp_path / f"{n}.png")
+    argv = ["fuse", *(str(tmp_path / f"{n}.png") for n in "abc"), "-o", str(tmp_path / "f.png"),
+            "--model", str(nets), "--device", "cpu", "--align", "auto"]
+    assert cli_main(argv) == 0
+    err = capsys.readouterr().err
+    (auto,) = [ln for ln in err.splitlines() if "--align auto:" in ln and "b.png moves" in ln]
+    assert auto.endswith("not more than 2 px: registered with the others (similarity) and cropped to the area "
+                         "they all cover, as " + str(tmp_path / "c.png") + " moves"), auto
+    (line,) = [ln for ln in err.splitlines() if "align " + str(tmp_path / "b.png") + " ->" in ln]
+    assert line.endswith("not warped (its motion is below the tolerance: kept as it is)"), line
+    assert "aligned all the same" not in err, err

@@ -314,7 +314,8 @@ def auto_alignment(images: Sequence[np.ndarray], names: Sequence[str],
     resized : sequence of int
         The shots of another size than the first, which the caller registers onto its frame
         whatever the model (``images`` holds them scaled onto it): the lines of the shots that
-        do not move then say that they are aligned all the same, as they do when a shot moves.
+        do not move then say that they are registered with the others and cropped to the area
+        they all cover, as they do when a shot moves.
 
     Returns
     -------
@@ -332,12 +333,15 @@ def auto_alignment(images: Sequence[np.ndarray], names: Sequence[str],
     except Exception as e:  # noqa: BLE001 - fall back to the shots as they are
         return "none", [("error", f"the motion could not be estimated ({type(e).__name__}: {e}): not aligned")]
     movers = [names[sm.index] for sm in motions if sm.verdict == "moves"]
-    # a shot that does not move is aligned all the same when another moves (every shot is
-    # registered onto the first) or is of another size (``resized``): its line says so
+    # a shot that does not move is registered with the others when another moves (every shot is
+    # registered onto the first) or is of another size (``resized``), and cropped to the area
+    # they all cover: its line says so (it said "aligned all the same", where its align line
+    # then said "not warped": one under the tolerance is not resampled, only cropped)
+    common = ": registered with the others (similarity) and cropped to the area they all cover, as"
     if movers:
-        outcome = f": aligned all the same (similarity), as {movers[0]} moves"
+        outcome = f"{common} {movers[0]} moves"
     elif resized:
-        outcome = f": aligned all the same (similarity), as {names[resized[0]]} is of another size"
+        outcome = f"{common} {names[resized[0]]} is of another size"
     else:
         outcome = ": fused as registered"
     lines: list[tuple[str, str]] = []
