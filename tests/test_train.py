@@ -1349,3 +1349,14 @@ def test_what_changed_names_only_what_can_have_changed(tmp_path: Path, init: boo
     assert _what_changed(ck, cfg, "initial", "d") == \
         (f"the patch set, the training code or {w}" if init else "the patch set or the training code")
     assert _what_changed({**ck, "patches_digest": "e"}, cfg, "initial", "d") == "the patch set"
+
+
+def test_what_changed_names_top_level_keys_as_params_yaml_does() -> None:
+    """seed, patch and depth are top-level parameters (params.yaml's ``seed:``, ``--set seed=8``),
+    but the refusal named them ``train.seed`` / ``train.depth``, keys that do not exist."""
+    from bafusion.nets.train import _what_changed
+
+    cfg = resolve_config(TOY, "initial")
+    ck = {"config": cfg.to_dict(), "net": "initial", "patches_digest": "d"}
+    new = resolve_config({**TOY, "seed": 8, "depth": 14, "train": {**TOY["train"], "lr": 0.02}}, "initial")
+    assert _what_changed(ck, new, "initial", "d") == "depth 8 -> 14, seed 7 -> 8, train.lr 0.01 -> 0.02"

@@ -356,7 +356,9 @@ def patches_digest(patches: Path) -> str:
 
 def _what_changed(ck: Mapping[str, Any], cfg: TrainConfig, net: str, pdigest: str, most: int = 3) -> str:
     """What differs between the run that wrote the checkpoint ``ck`` and this one, for the
-    user: up to ``most`` parameters as ``train.lr 0.01 -> 0.005``, and "the patch set"."""
+    user: up to ``most`` parameters as ``train.lr 0.01 -> 0.005`` (``seed``, ``patch`` and
+    ``depth`` by their top-level names, as params.yaml and ``--set`` spell them), and "the
+    patch set"."""
     def show(v: Any) -> str:
         return json.dumps(v, default=str)
 
@@ -365,12 +367,11 @@ def _what_changed(ck: Mapping[str, Any], cfg: TrainConfig, net: str, pdigest: st
     if isinstance(old, Mapping):
         new = cfg.to_dict()
         missing = object()
-        for k in sorted(set(old) | set(new)):
-            if k in TrainConfig.RUNTIME_KEYS:
-                continue
+        keys = (k for k in set(old) | set(new) if k not in TrainConfig.RUNTIME_KEYS)
+        for name, k in sorted((k if k in TrainConfig.TOP_LEVEL else f"train.{k}", k) for k in keys):
             a, b = old.get(k, missing), new.get(k, missing)
             if a != b:
-                parts.append(f"train.{k} {'(unset)' if a is missing else show(a)} -> "
+                parts.append(f"{name} {'(unset)' if a is missing else show(a)} -> "
                              f"{'(unset)' if b is missing else show(b)}")
     if isinstance(ck.get("net"), str) and ck["net"] != net:
         parts.insert(0, f"net {ck['net']} -> {net}")
