@@ -716,6 +716,76 @@ def test_resume_with_another_thread_count_warns(toy_run: dict, tmp_path: Path, c
     assert load_checkpoint(paths.checkpoints / "last.pt")["threads"] == 2
 
 
+@pytest.mark.parametrize("setting", ["device", "compile", "torch"])
+def test_resume_with_another_device_compile_or_torch_warns(
+        toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        setting: str) -> None:
+    """A resume across a change of the device type, train.compile or torch's version (which
+    change the roundings, as the thread count does) continued without a word, while a restore of
+    a finished run refuses them: it resumes (the weights go on) and says so in one line. (The
+    checkpoint is edited to say so: no GPU, no compiler and one torch in the tests.)"""
+    from bafusion.nets.train import save_checkpoint
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    cfg = resolve_config(TOY, "initial")
+    paths = _paths(tmp_path, "initial")
+    monkeypatch.setenv(ABORT_ENV, "34")
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", toy_run["h5"], cfg, paths, progress=False)
+    monkeypatch.delenv(ABORT_ENV)
+    last = paths.checkpoints / "last.pt"
+    ck = load_checkpoint(last)
+    assert ck["torch_version"] == torch.__version__  # recorded from now on
+    if setting == "device":
+        ck["device"], ck["config"]["device"] = "cuda:0", "cuda"
+        why = "device cuda:0, now cpu"
+    elif setting == "compile":
+        ck["config"]["compile"] = True
+        why = "train.compile true, now false"
+    else:
+        ck["torch_version"] = "1.13.0"
+        why = f"torch 1.13.0, now {torch.__version__}"
+    save_checkpoint(last, ck)
+    capsys.readouterr()
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    err = capsys.readouterr().err
+    assert "resuming initial" in err and "initial epoch 2/2" in err and "initial epoch 1/2" not in err, err
+    warning = [ln for ln in err.splitlines() if "warning" in ln]
+    assert warning == [f"bafusion train: warning: {last} was trained with {why}: the remaining epochs run so, "
+                       "and the final weights may differ in the last bits from an uninterrupted run's"], err
+
+
+def test_a_finished_run_of_another_torch_is_not_restored(
+        toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished run whose outputs are gone was restored whatever torch wrote last.pt, though
+    another torch rounds otherwise (as another device or compile): trained again, saying why,
+    where the checkpoint records torch's version; one that does not record it is restored."""
+    from bafusion.nets.train import save_checkpoint
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 64}}, "initial")
+    paths = _paths(tmp_path, "initial")
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    last = paths.checkpoints / "last.pt"
+    ck = load_checkpoint(last)
+    assert ck["torch_version"] == torch.__version__
+    save_checkpoint(last, {k: v for k, v in ck.items() if k != "torch_version"})  # an older version's
+    paths.out.unlink()
+    capsys.readouterr()
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    err = capsys.readouterr().err
+    assert "restored" in err and "epoch 1/1" not in err, err
+    assert "torch_version" not in load_checkpoint(last)  # a restore does not claim this torch trained it
+    save_checkpoint(last, {**ck, "torch_version": "1.13.0"})
+    paths.out.unlink()
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    err = capsys.readouterr().err
+    assert (f"its model is not what this run trains (torch 1.13.0, now {torch.__version__}: that changes the "
+            "weights)") in err, err
+    assert "initial epoch 1/1" in err and "restored" not in err, err
+    assert load_checkpoint(last)["torch_version"] == torch.__version__
+
+
 def test_help_says_only_an_interrupted_run_is_resumed(capsys: pytest.CaptureFixture) -> None:
     """A finished run's last.pt is not resumed (the help said any existing last.pt was)."""
     with pytest.raises(SystemExit):

@@ -33,6 +33,9 @@ fixed seed the final weights equal those of an uninterrupted run (on CPU exactly
 number of CPU threads; on GPU with ``deterministic: true``). The thread count changes the
 weights on the CPU but not the fingerprint (a job resumed under other ``--cores`` keeps its
 epochs): a resume with another count than the checkpoint's warns that the weights will differ.
+So does a resume with another device type, ``compile`` or torch version (recorded in
+``last.pt`` since this version): the weights go on, the remaining epochs run under the new
+setting, and the final weights may differ in the last bits from an uninterrupted run's.
 A checkpoint of an interrupted run written for other parameters or another patch set (see
 :func:`fingerprint`) is refused, naming the folder (a training run by hand must not replace
 another's resume state), unless ``replace_stale`` (``--restart-if-changed``, and always for the pipeline's own training,
@@ -46,8 +49,8 @@ bytes, without training, in a new MLflow run tagged ``resumed_from`` ``finished 
 restored)``; its ``.json`` and MLflow parameters are the finished run's settings (a
 ``checkpoint_every`` or ``val_batch`` of this run, which do not change the weights, may
 differ). It is not restored, but trained from scratch (saying why in one line), when this run
-has another device type, CPU thread count (on the CPU) or ``compile``: those change the weights,
-so a parameter edit of them retrains. ``--no-resume``, or deleting the checkpoint folder,
+has another device type, CPU thread count (on the CPU), ``compile`` or torch version (where
+``last.pt`` records it): those change the weights, so a parameter edit of them retrains. ``--no-resume``, or deleting the checkpoint folder,
 trains again (also the way to retrain under ``snakemake -R`` or ``dvc repro -f``: the training
 cannot tell the outputs they deleted from those of a job killed after the mark: such a job ends
 its MLflow run right after the mark and spends most of its last seconds in the interpreter's
@@ -170,7 +173,7 @@ class TrainConfig:
     # (train.threads: 0) is not thrown away, but the checkpoint records the count and a resume
     # with another one says that its weights will differ from an uninterrupted run's. A
     # finished run is restored only under the same device type, thread count (on the CPU) and
-    # ``compile`` (see ``_not_restorable``).
+    # ``compile`` (see ``_not_restorable``), and with the torch version that wrote the checkpoint.
     RUNTIME_KEYS = ("device", "threads", "checkpoint_every", "compile", "val_batch", "nproc")
     TOP_LEVEL = ("seed", "patch", "depth")
 
@@ -810,7 +813,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     restoring = False  # a finished run's outputs are written again from last.pt, without training
     # What produces the model written: this run's settings, or a restored run's (its runtime keys
     # may differ from this run's: those that do not change the weights, see _not_restorable).
-    record: dict[str, Any] = {"config": cfg.to_dict(), "device": str(device), "threads": torch.get_num_threads()}
+    record: dict[str, Any] = {"config": cfg.to_dict(), "device": str(device), "threads": torch.get_num_threads(),
+                              "torch": str(torch.__version__)}
     if resume and last_path.exists():
         ck = load_checkpoint(last_path)
         not_restored = ""  # why a finished run of this fingerprint, its outputs missing, trains again
@@ -884,7 +888,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 old_cfg = ck.get("config")
                 record = {"config": {**record["config"], **(old_cfg if isinstance(old_cfg, Mapping) else {})},
                           "device": str(ck.get("device", record["device"])),
-                          "threads": ck.get("threads", record["threads"])}
+                          "threads": ck.get("threads", record["threads"]),
+                          "torch": ck.get("torch_version")}  # None: not recorded (an older version's)
             if dist.main and not restoring:
                 print(f"bafusion train: resuming {net} from {last_path} ({resumed_from})", file=sys.stderr)
             if dist.main:
@@ -896,6 +901,11 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                     print(f"bafusion train: warning: {last_path} was trained with {was} CPU thread(s) per process, "
                           f"this run uses {torch.get_num_threads()}: the final weights will differ from an "
                           f"uninterrupted run's ({was} per process would resume exactly)", file=sys.stderr)
+                changed = _weight_settings_changed(ck, cfg, device, threads=False)
+                if changed and not restoring:  # allowed (the weights go on), but not an uninterrupted run
+                    print(f"bafusion train: warning: {last_path} was trained with {', '.join(changed)}: the remaining "
+                          "epochs run so, and the final weights may differ in the last bits from an uninterrupted "
+                          "run's", file=sys.stderr)
 
     train_model: nn.Module = model
     if dist.active:
@@ -917,6 +927,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             "partial": partial.cpu().double(), "partial_time": partial_time,
             "threads": record["threads"],  # changes the weights on the CPU, see RUNTIME_KEYS
             "device": record["device"],  # so does the device: a finished run is restored on its own only
+            **({"torch_version": record["torch"]} if record["torch"] else {}),  # and torch's version
             "world_size": dist.world_size,  # in the fingerprint: said when a resume differs in it
             "mlflow_run_id": mlflow_run_id,  # a resumed run's MLflow run names it (resumed_run_id)
         }
@@ -1092,7 +1103,16 @@ def _not_restorable(ck: Mapping[str, Any], cfg: TrainConfig, device: torch.devic
     (on the CPU: the order of the floating-point sums) and ``compile`` (``torch.compile`` fuses
     operations: other roundings) change the weights; ``checkpoint_every`` (a save reads the
     state, never changes it), ``val_batch`` (the validation is the same in any batch, see
-    :func:`evaluate`) and ``nproc`` (the number of processes is in the fingerprint) do not."""
+    :func:`evaluate`) and ``nproc`` (the number of processes is in the fingerprint) do not.
+    So does torch's version (its kernels), where the checkpoint records it."""
+    return ", ".join(_weight_settings_changed(ck, cfg, device))
+
+
+def _weight_settings_changed(ck: Mapping[str, Any], cfg: TrainConfig, device: torch.device,
+                             threads: bool = True) -> list[str]:
+    """The settings outside the fingerprint that change the weights and differ between the run
+    that wrote ``ck`` and this one (see :func:`_not_restorable`), each as ``train.compile true,
+    now false``; the CPU thread count only with ``threads``."""
     old = ck.get("config") if isinstance(ck.get("config"), Mapping) else {}
     why: list[str] = []
     was_device = ck.get("device")
@@ -1105,12 +1125,15 @@ def _not_restorable(ck: Mapping[str, Any], cfg: TrainConfig, device: torch.devic
         if "device" in old and str(old["device"]) != str(cfg.device):
             why.append(f"train.device {old['device']}, now {cfg.device}")
     was_threads = ck.get("threads")
-    if (device.type == "cpu" and was_type in (None, "cpu") and isinstance(was_threads, int)
+    if (threads and device.type == "cpu" and was_type in (None, "cpu") and isinstance(was_threads, int)
             and was_threads != torch.get_num_threads()):
         why.append(f"{was_threads} CPU thread(s) per process, now {torch.get_num_threads()}")
     if "compile" in old and bool(old["compile"]) != bool(cfg.compile):
         why.append(f"train.compile {json.dumps(bool(old['compile']))}, now {json.dumps(bool(cfg.compile))}")
-    return ", ".join(why)
+    was_torch = ck.get("torch_version")  # not recorded before: not compared
+    if isinstance(was_torch, str) and was_torch != str(torch.__version__):
+        why.append(f"torch {was_torch}, now {torch.__version__}")
+    return why
 
 
 def _agreed(flag: bool, dist: Dist, device: torch.device) -> bool:
