@@ -858,3 +858,111 @@ def test_an_old_run_that_cannot_be_ended_leaves_the_step_tracked(
     assert client.get_run(ended).info.status == "KILLED"
     assert client.get_run(ended).data.tags[tracking.ENDED_BY_TAG] == run.run_id
     assert client.get_run(stuck).info.status == "RUNNING"
+
+
+@pytest.mark.usefixtures("turned_off_afterwards")
+def test_a_server_that_stops_during_the_cleanup_of_dead_runs_costs_one_try(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a tracking server that stopped while the runs of dead processes were ended: each remaining
+    # run went to the server on its own (MLflow retries a refused connection for minutes, here 1 s)
+    # and its failure was taken for a run of another store, in silence. The cleanup stops at the
+    # first server that does not accept a connection and says once that the rest stay RUNNING
+    import socket
+    from types import SimpleNamespace
+
+    from bafusion import atomic
+
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    port = server.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    dead = {f"{tracking.PROCESS_TAG}.host": "dead-host", f"{tracking.PROCESS_TAG}.pid": "12"}
+    ids = [f"dead{i}" for i in range(5)]
+    calls: list[str] = []
+
+    def run(run_id: str, tags: dict[str, str]) -> SimpleNamespace:
+        return SimpleNamespace(info=SimpleNamespace(run_id=run_id, experiment_id="1", status="RUNNING"),
+                               data=SimpleNamespace(tags=tags))
+
+    class Client:
+        def _call(self, what: str) -> None:
+            calls.append(what)
+            if server.fileno() == -1:  # stopped: MLflow's retries, then its error
+                time.sleep(1)
+                raise ConnectionError(f"{uri}: Max retries exceeded (Connection refused)")
+
+        def get_run(self, run_id: str) -> SimpleNamespace:
+            self._call(f"get_run {run_id}")
+            return run(run_id, dead if run_id != "mine" else {})
+
+        def search_runs(self, *args: object, **kwargs: object) -> list[SimpleNamespace]:
+            self._call("search_runs")
+            return [run("mine", {}), *(run(i, dead) for i in ids)]
+
+        def set_tag(self, run_id: str, key: str, value: str) -> None:
+            self._call(f"set_tag {run_id}")
+
+        def set_terminated(self, run_id: str, status: str) -> None:
+            self._call(f"set_terminated {run_id}")
+            server.close()  # the server stops after the first run was ended
+
+    monkeypatch.setattr(atomic, "process_gone", lambda named: named.get("host") == "dead-host")
+    t0 = time.monotonic()
+    try:
+        tracking._Run(Client(), "mine", uri, "evaluate").end_dead_runs()
+    finally:
+        server.close()
+    assert time.monotonic() - t0 < 3
+    assert calls[-1] == "set_terminated dead0" and not any("dead1" in c for c in calls), calls
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"bafusion: warning: MLflow tracking store {uri}: could not end as KILLED ")
+    assert (f"the store stopped answering (cannot connect to 127.0.0.1:{port}: "
+            "Connection refused), so 4 were not tried (dead1, dead2, dead3, dead4)") in lines[0], lines[0]
+    assert "they stay RUNNING" in lines[0] and "dead0" not in lines[0]
+    assert tracking.enabled()
+
+
+@pytest.mark.usefixtures("turned_off_afterwards")
+def test_the_cleanup_of_dead_runs_has_an_overall_bound(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a store that answers, slowly (a server under load): the cleanup stops after
+    # DEAD_RUNS_BUDGET_S seconds in all instead of going through every dead run
+    from types import SimpleNamespace
+
+    from bafusion import atomic
+
+    dead = {f"{tracking.PROCESS_TAG}.host": "dead-host", f"{tracking.PROCESS_TAG}.pid": "12"}
+    ended: list[str] = []
+
+    def run(run_id: str) -> SimpleNamespace:
+        return SimpleNamespace(info=SimpleNamespace(run_id=run_id, experiment_id="1", status="RUNNING"),
+                               data=SimpleNamespace(tags=dead if run_id != "mine" else {}))
+
+    class Client:
+        def get_run(self, run_id: str) -> SimpleNamespace:
+            return run(run_id)
+
+        def search_runs(self, *args: object, **kwargs: object) -> list[SimpleNamespace]:
+            return [run("mine"), *(run(f"dead{i}") for i in range(9))]
+
+        def set_tag(self, run_id: str, key: str, value: str) -> None:
+            pass
+
+        def set_terminated(self, run_id: str, status: str) -> None:
+            time.sleep(0.2)
+            ended.append(run_id)
+
+    monkeypatch.setattr(atomic, "process_gone", lambda named: named.get("host") == "dead-host")
+    monkeypatch.setattr(tracking, "DEAD_RUNS_BUDGET_S", 0.3)
+    tracking._Run(Client(), "mine", "sqlite:///nowhere.db", "evaluate").end_dead_runs()
+    assert ended == ["dead0", "dead1"]
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert ("the cleanup took more than 0.3 s, so 7 were not tried (dead2, dead3, dead4, dead5, dead6 and 2 more); "
+            "they stay RUNNING (a later step tries again)") in lines[0], lines[0]

@@ -370,6 +370,8 @@ PROCESS_TAG = "bafusion.process"
 PROCESS_FIELDS = ("host", "pid", "start", "pidns", "boot")
 #: The tag of a run ended by :meth:`_Run.end_dead_runs`: the id of the run that ended it.
 ENDED_BY_TAG = "ended_by_run_id"
+#: Seconds :meth:`_Run.end_dead_runs` may spend in all: the runs not tried by then stay ``RUNNING``.
+DEAD_RUNS_BUDGET_S = 60.0
 
 
 def process_tags() -> dict[str, str]:
@@ -475,12 +477,16 @@ class _Run:
         This is housekeeping of old runs, never a reason to leave this one untracked: each dead
         run is ended in its own try, once (no :data:`RETRIES`); those that fail (and a search
         that fails) are said in one warning line naming them, they stay ``RUNNING`` for a later
-        step to end, and tracking stays on (no :func:`_turn_off`)."""
+        step to end, and tracking stays on (no :func:`_turn_off`). The cleanup is bounded: a
+        server is checked to accept a connection before each run (one that stopped costs one
+        connect, not MLflow's minutes of retries per run), and after :data:`DEAD_RUNS_BUDGET_S`
+        seconds in all it stops; the runs not tried are counted in the same line."""
         from bafusion.atomic import process_gone, raise_if_stopped
 
         if _broken is not None:
             return
         failed: list[str] = []
+        deadline = time.monotonic() + DEAD_RUNS_BUDGET_S
         try:
             check_reachable(self.uri)
             experiment = self.client.get_run(self.run_id).info.experiment_id
@@ -489,29 +495,52 @@ class _Run:
         except Exception as e:  # noqa: BLE001 - housekeeping: said below, this run goes on tracked
             raise_if_stopped()
             runs, failed = [], [f"the search for them failed: {_first_line(e)}"]
+        dead: list[str] = []
         for run in runs:
             try:
                 tags = run.data.tags
                 named = {key: tags[f"{PROCESS_TAG}.{key}"] for key in PROCESS_FIELDS
                          if f"{PROCESS_TAG}.{key}" in tags}
                 if run.info.run_id != self.run_id and named and process_gone(named):
-                    self._end_killed(run.info.run_id, ENDED_BY_TAG)
+                    dead.append(run.info.run_id)
             except Exception as e:  # noqa: BLE001 - housekeeping: said below, the others are ended
                 raise_if_stopped()
                 failed.append(f"{run.info.run_id} ({_first_line(e)})")
+        for i, run_id in enumerate(dead):
+            stop = ""
+            if time.monotonic() > deadline:
+                stop = f"the cleanup took more than {DEAD_RUNS_BUDGET_S:g} s"
+            else:
+                try:
+                    check_reachable(self.uri)
+                except Unreachable as e:
+                    stop = f"the store stopped answering ({_first_line(e)})"
+            if stop:
+                rest = dead[i:]
+                shown = ", ".join(rest[:5]) + (f" and {len(rest) - 5} more" if len(rest) > 5 else "")
+                failed.append(f"{stop}, so {len(rest)} {'was' if len(rest) == 1 else 'were'} not tried ({shown})")
+                break
+            try:
+                self._end_killed(run_id, ENDED_BY_TAG, ours=True)
+            except Exception as e:  # noqa: BLE001 - housekeeping: said below, the others are ended
+                raise_if_stopped()
+                failed.append(f"{run_id} ({_first_line(e)})")
         if failed:
             print(f"bafusion: warning: MLflow tracking store {_shown(self.uri)}: could not end as KILLED the runs "
                   f"left RUNNING by processes that are gone: {'; '.join(failed)}; they stay RUNNING (a later step "
                   f"tries again); the MLflow run {self.name!r} ({self.run_id}) is tracked as usual",
                   file=sys.stderr, flush=True)
 
-    def _end_killed(self, run_id: str, tag: str) -> None:
+    def _end_killed(self, run_id: str, tag: str, ours: bool = False) -> None:
         """End the run ``run_id`` as ``KILLED`` when it is still ``RUNNING``, tagging it ``tag`` =
         this run's id; also tag it when this run ended it already (:meth:`end_dead_runs`). A run
-        this store does not hold is left alone; the store's other failures are raised."""
+        this store does not hold is left alone (unless ``ours``: a run its search found, whose
+        failing read is the store's failure); the store's other failures are raised."""
         try:
             run = self.client.get_run(run_id)
         except Exception:  # noqa: BLE001 - not in this store (or gone): nothing to end
+            if ours:
+                raise
             return
         if run.info.status == "RUNNING" or run.data.tags.get(ENDED_BY_TAG) == self.run_id:
             self.client.set_tag(run_id, tag, self.run_id)  # first: a run ended untagged would say nothing
