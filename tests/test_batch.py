@@ -1564,3 +1564,36 @@ def test_fuse_dir_says_the_camera_named_files_in_in_in_one_line_with_how_to_lay_
         f"bafusion fuse-dir: skipped {src / 'IMG_0001.JPG'}: name does not follow the rule <name>-A.<ext>, "
         "<name>-B.<ext>, ...: files directly in the input folder are shots only when so named; put each stack in a "
         "sub-folder of its own (its images are fused in name order) or rename its shots so"]
+
+
+def test_fuse_dir_says_a_raw_jpeg_stack_is_fused_only_when_it_was(tmp_path: Path, nets: Path, capsys) -> None:
+    """The line naming a folder's RAW files said "stack 'x' is fused from its other images"
+    before any fusing, so a stack then skipped (a damaged JPEG among its shots) was said fused
+    and skipped at once. The line is now made after the fusing from what happened: fused, its
+    output already there (--skip-existing), skipped (no claim that it is fused)."""
+    rng = np.random.default_rng(0)
+    cr2 = b"II*\x00\x10\x00\x00\x00CR\x02\x00" + rng.bytes(2000)
+    src = tmp_path / "in"
+    for sub in ("good", "hurt"):
+        (src / sub).mkdir(parents=True)
+        for i, im in enumerate(pair(1)):
+            Image.fromarray(im).save(src / sub / f"IMG_000{i}.JPG", quality=95)
+            (src / sub / f"IMG_000{i}.CR2").write_bytes(cr2)
+    (src / "hurt" / "IMG_0002.JPG").write_bytes(b"\xff\xd8\xff\xe0" + rng.bytes(300))  # a damaged JPEG
+    out = tmp_path / "out"
+    argv = ["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(argv) == batch.EXIT_SKIPPED
+    o, err = capsys.readouterr()
+    assert "fused 1 stack(s)" in o and "skipped 1" in o and not (out / "hurt.png").exists()
+    hurt = [line for line in err.splitlines() if line.startswith(f"bafusion fuse-dir: {src / 'hurt'}: ")]
+    assert len(hurt) == 1 and "is fused" not in hurt[0], err
+    assert "2 camera RAW files are not read (IMG_0000.CR2, IMG_0001.CR2); stack 'hurt' is skipped (listed below); " \
+           "to fuse them, convert" in hurt[0], err
+    assert f"bafusion fuse-dir: {src / 'good'}: 2 camera RAW files are not read (IMG_0000.CR2, IMG_0001.CR2); " \
+           "stack 'good' is fused from its other images; to fuse them, convert" in err
+    assert any(line.startswith("bafusion fuse-dir: skipped hurt: ") for line in err.splitlines()), err
+    # again with --skip-existing: 'good' is not fused this time, its output from its other images is there
+    assert cli_main([*argv, "--skip-existing"]) == batch.EXIT_SKIPPED
+    err = capsys.readouterr().err
+    assert "stack 'good' is fused" not in err and "stack 'hurt' is fused" not in err, err
+    assert "stack 'good' was fused from its other images (its output is already there); to fuse them" in err, err

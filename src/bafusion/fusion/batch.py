@@ -489,7 +489,8 @@ def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str 
     return fused_output(src, results, output)
 
 
-def find_groups(folder: Path, exclude: Path | None = None, notes: list[tuple[str, str]] | None = None,
+def find_groups(folder: Path, exclude: Path | None = None,
+                notes: list[tuple[str, list[Path], str | None]] | None = None,
                 ) -> tuple[dict[str, list[Path]], list[tuple[str, str]]]:
     """The stacks of ``folder`` by the naming rule (module doc), sorted by name, and the
     images skipped with the reason.
@@ -515,8 +516,10 @@ def find_groups(folder: Path, exclude: Path | None = None, notes: list[tuple[str
     Camera RAW and HEIC files (:func:`bafusion.io.unread_format`), which were passed over without
     a word (a folder of RAW shots: "stack 'x' has only 0 shot(s)"), are named, one line per folder
     (:func:`unread_files`): in the reason of a stack skipped for too few shots, else appended to
-    ``notes`` as (folder, line) when a list is given (a RAW + JPEG folder whose JPEGs are fused;
-    RAW files directly in ``folder``).
+    ``notes`` as (folder, files, stack) when a list is given: ``stack`` is the name of the stack
+    fused from the other images of the folder (a RAW + JPEG folder), ``None`` for RAW files
+    directly in ``folder``. Their line is made once the fusing is over (:func:`unread_notes`):
+    made here, it said such a stack fused before it was, also when it was then skipped.
     """
     groups: dict[str, list[tuple[str, Path]]] = {}
     folders: set[str] = set()
@@ -583,24 +586,39 @@ def find_groups(folder: Path, exclude: Path | None = None, notes: list[tuple[str
             out[name] = shots
     if notes is not None:
         for name, others in sorted(unread.items()):
-            notes.append((str(folder / name) if name else str(folder),
-                          unread_files(others, fused=name if name in out else None)))
+            notes.append((str(folder / name) if name else str(folder), others, name if name in out else None))
     return out, skipped
 
 
-def unread_files(files: Sequence[Path], whose: str = "", fused: str | None = None) -> str:
+def unread_files(files: Sequence[Path], whose: str = "", fused: str | None = None, outcome: str = "fused") -> str:
     """One line naming camera RAW and HEIC ``files`` (:func:`bafusion.io.unread_format`), at most
     :data:`NAMED` of them, and what to do: "2 camera RAW files are not read (a.CR2, b.CR2):
     convert them to TIFF ... first"; ``whose`` before the count ("its"); ``fused``: the stack
-    fused from the other images of their folder (a camera's RAW + JPEG pairs), said before the advice."""
+    of the other images of their folder (a camera's RAW + JPEG pairs), and what became of it
+    said before the advice by ``outcome``: ``fused``, ``existing`` (its output was there:
+    ``--skip-existing``), ``skipped`` (listed after the line), anything else (not reached: the
+    batch stopped) nothing."""
     kinds = [unread_format(q) or "" for q in files]
     counts = [(kinds.count(k), k) for k in dict.fromkeys(kinds)]
     what = " and ".join(f"{n} {k}" for n, k in counts) + (" files" if len(files) > 1 else " file")
     names = ", ".join(q.name for q in files[:NAMED]) + (f" and {len(files) - NAMED} more" if len(files) > NAMED else "")
     verb, it = ("are", "them") if len(files) > 1 else ("is", "it")
-    then = f"; stack {fused!r} is fused from its other images; to fuse {it}, " if fused is not None else ": "
+    became = {"fused": "is fused from its other images",
+              "existing": "was fused from its other images (its output is already there)",
+              "skipped": "is skipped (listed below)"}.get(outcome) if fused is not None else None
+    then = f"; stack {fused!r} {became}; to fuse {it}, " if became else ": "
     advice = unread_advice(kinds, them=it == "them")
     return f"{whose + ' ' if whose else ''}{what} {verb} not read ({names}){then}{advice}"
+
+
+def unread_notes(notes: Sequence[tuple[str, Sequence[Path], str | None]], rep: BatchReport) -> list[tuple[str, str]]:
+    """(folder, line) of :func:`find_groups`' ``notes`` (files not read), said from what became
+    of the stack of each folder in ``rep`` (:func:`unread_files`)."""
+    skipped = {name for name, _ in rep.skipped}
+    return [(where, unread_files(files, fused=stack,
+                                 outcome="fused" if stack in rep.fused else "existing" if stack in rep.existing
+                                 else "skipped" if stack in skipped else "not reached"))
+            for where, files, stack in notes]
 
 
 #: How many files a line of fuse-dir names before "and N more".
@@ -902,7 +920,8 @@ class BatchReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     #: Why the batch stopped before its end (a full disk), or ``None``.
     stopped: str | None = None
-    #: (folder, line) of files not read that skipped no stack (:func:`find_groups`' ``notes``).
+    #: (folder, line) of files not read that skipped no stack (:func:`find_groups`' ``notes``,
+    #: :func:`unread_notes`), made once the stacks are fused.
     notes: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -934,14 +953,15 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
     """
     if not src.is_dir():
         raise UserError(f"{src}: not a folder")
-    notes: list[tuple[str, str]] = []
+    notes: list[tuple[str, list[Path], str | None]] = []
     groups, skipped = find_groups(src, exclude=out, notes=notes)
     check_output_folder(src, out, groups)
-    rep = BatchReport(skipped=list(skipped), notes=notes)
+    rep = BatchReport(skipped=list(skipped))
     if not groups and skipped:  # every stack dropped before fusing (one shot, a name outside the rule): listed, status 4
+        rep.notes = unread_notes(notes, rep)
         return rep
     if not groups:
-        unread = "; ".join(line for _, line in notes)  # RAW or HEIC files directly in src
+        unread = "; ".join(line for _, line in unread_notes(notes, rep))  # RAW or HEIC files directly in src
         raise UserError(f"{src}: no pair or stack to fuse" + (f": {unread}" if unread else
                         " (name shots <name>-A.<ext>, <name>-B.<ext>, or put each stack in its own sub-folder)"))
     setup = batch_setup(nets, params, ext=ext, align=align)
@@ -951,8 +971,10 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
     try:
         # one run at a time per output folder: each keeps the record of what it wrote
         with output_lock(out):
-            return _fuse_dir_locked(groups, out, nets, params, rep, setup, ext=ext, align=align, force=force,
-                                    skip_existing=skip_existing, progress=progress, motion_hint=motion_hint)
+            rep = _fuse_dir_locked(groups, out, nets, params, rep, setup, ext=ext, align=align, force=force,
+                                   skip_existing=skip_existing, progress=progress, motion_hint=motion_hint)
+        rep.notes = unread_notes(notes, rep)  # what became of a RAW + JPEG folder's stack, now known
+        return rep
     except UserError:
         if created:
             with contextlib.suppress(OSError):
