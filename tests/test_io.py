@@ -1235,3 +1235,40 @@ def test_the_output_exif_names_bafusion_not_the_source_s_software_or_description
                 assert got.get(0x0110) == "EOS R5" and got.get(0x0132) == "2026:01:02 03:04:05", (out.name, dict(got))
             else:
                 assert 0x829A in sub, (out.name, dict(got), sub)  # ExposureTime
+
+
+def _iso_media(path: Path, major: bytes, compatible: bytes, rest: int = 3000) -> Path:
+    """A damaged ISO media file: an ``ftyp`` box of ``major`` and ``compatible`` brands, then noise."""
+    import struct
+
+    path.write_bytes(struct.pack(">I4s4sI", 16 + len(compatible), b"ftyp", major, 0) + compatible
+                     + np.random.default_rng(5).bytes(rest))
+    return path
+
+
+@pytest.mark.parametrize(("major", "compatible", "heic"), [
+    (b"heic", b"mif1heic", True),  # a phone's HEIC
+    (b"mif1", b"mif1heic", True),  # a HEIF image of the generic brand
+    (b"heix", b"mif1heixmiaf", True),  # Canon's .hif
+    (b"avif", b"avifmif1miafMA1B", False),  # an AVIF (libavif, Pillow): mif1 too
+    (b"mif1", b"avifmif1miaf", False),  # an AVIF whose major brand is the generic one
+    (b"avis", b"avismsf1miafMA1B", False),  # an AVIF image sequence: msf1 too
+])
+def test_a_damaged_avif_is_not_called_heic(tmp_path: Path, major: bytes, compatible: bytes, heic: bool) -> None:
+    """A damaged AVIF file was refused as 'HEIC/HEIF file, which bafusion does not read: convert
+    it ... with heif-convert': AVIF files carry the brands mif1/msf1 of HEIF too. The ftyp box's
+    brands (major and compatible) are read: with avif or avis among them the file gets the
+    unreadable-image error naming it and AVIF; a HEIC (named .jpg or .avif alike) is still said HEIC."""
+    from bafusion.io import image_info, open_image
+
+    for name in ("x.avif", "x.jpg"):
+        path = _iso_media(tmp_path / name, major, compatible)
+        for read in (open_image, image_info):
+            with pytest.raises(InputFileError) as e:
+                read(path)
+            msg = str(e.value)
+            assert msg.startswith(f"{path}: "), msg
+            if heic:
+                assert "HEIC/HEIF file, which bafusion does not read" in msg, msg
+            else:
+                assert "HEIC" not in msg and "unreadable image: " in msg and "AVIF file" in msg, msg

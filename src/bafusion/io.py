@@ -105,6 +105,10 @@ HEIF_SUFFIXES = (".heic", ".heif", ".hif")
 #: The brands of an ISO media file's ``ftyp`` box that make it a HEIF image (a HEIC named .jpg).
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1")
 
+#: The brands of an AVIF file, which also carries the generic HEIF brands (mif1, msf1) and is
+#: no HEIC (Pillow reads it, where built with AVIF): :func:`_heif_problem`.
+_AVIF_BRANDS = (b"avif", b"avis")
+
 #: The converters :func:`unread_advice` names for each :func:`unread_format` kind.
 _CONVERTERS = {"camera RAW": ("the camera's software", "darktable", "RawTherapee", "'dcraw -T -6'"),
                "HEIC/HEIF": ("'heif-convert'", "darktable")}
@@ -151,13 +155,28 @@ def _check_format(p: Path) -> None:
 
 def _heif_problem(p: Path) -> str | None:
     """Why ``p`` is not read when it starts as a HEIF image does (an ``ftyp`` box of a HEIF
-    brand: a HEIC named .jpg) and Pillow could not open it; None otherwise. Only on the error path."""
+    brand: a HEIC named .jpg) and Pillow could not open it; an AVIF file (:data:`_AVIF_BRANDS`
+    among the ``ftyp`` box's brands: it carries mif1 too, and a damaged one was called HEIC, with
+    the advice to convert it) is said unreadable as an AVIF; None otherwise. Only on the error path."""
     try:
         with open(p, "rb") as fh:
-            head = fh.read(32)
+            head = fh.read(256)
     except OSError:
         return None
-    if head[4:8] == b"ftyp" and any(b in head[8:32] for b in _HEIF_BRANDS):
+    if head[4:8] != b"ftyp":
+        return None
+    # the box: size, 'ftyp', major brand, minor version, compatible brands to its end
+    size = int.from_bytes(head[:4], "big")
+    end = len(head) if size == 0 else min(size, len(head))  # 0: the box runs to the file's end
+    brands = {head[8:12]} | {head[i:i + 4] for i in range(16, end - 3, 4)}
+    if brands & set(_AVIF_BRANDS):
+        from PIL import features
+
+        if not features.check("avif"):
+            return "unreadable image: an AVIF file, which this Pillow does not read (built without AVIF): convert it " \
+                   "to PNG or TIFF first"
+        return "unreadable image: an AVIF file Pillow could not decode (damaged or cut short)"
+    if brands & set(_HEIF_BRANDS):
         return _unread_problem("HEIC/HEIF")
     return None
 
