@@ -1272,3 +1272,27 @@ def test_a_damaged_avif_is_not_called_heic(tmp_path: Path, major: bytes, compati
                 assert "HEIC/HEIF file, which bafusion does not read" in msg, msg
             else:
                 assert "HEIC" not in msg and "unreadable image: " in msg and "AVIF file" in msg, msg
+
+
+def test_a_tiff_with_no_pages_is_one_clear_error(tmp_path: Path, capsys, caplog) -> None:
+    """A TIFF with no pages (tifffile.TiffWriter closed before any write: a header only) gave
+    tifffile's own "<tifffile.TiffFile 'z.tif'> contains no pages" twice on stderr, without the
+    command's prefix, then 'unreadable image: not an image file Pillow can read'. It is one
+    error, prefixed, naming the file and what is wrong with it."""
+    import logging
+
+    import tifffile
+
+    from bafusion.cli import main as cli_main
+
+    empty = tmp_path / "z.tif"
+    with tifffile.TiffWriter(empty):
+        pass
+    ok = tmp_path / "g.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(ok)
+    caplog.set_level(logging.WARNING)
+    assert cli_main(["metrics", str(empty), str(ok), str(ok)]) == 2
+    err = capsys.readouterr().err
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("tifffile")] == []
+    assert err.splitlines() == [f"bafusion metrics: error: {empty}: TIFF file with no image in it (no pages: an empty "
+                                "or unfinished file)"], err

@@ -58,10 +58,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import os
 import re
 import struct
+import threading
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -297,18 +299,50 @@ def _unreadable(e: BaseException) -> str:
     return f"unreadable image ({e.__class__.__name__}: {e})"
 
 
+_tifffile_quiet = threading.local()
+
+
+class _QuietTifffile(logging.Filter):
+    """Drops tifffile's log records in a thread inside :func:`_tiff_file`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_tifffile_quiet, "depth", 0)
+
+
+@contextlib.contextmanager
+def _tiff_file(path: Path) -> Iterator:
+    """``tifffile.TiffFile(path)``, opened and used with tifffile's log records of a damaged
+    file dropped: a TIFF with no pages printed "<tifffile.TiffFile 'z.tif'> contains no pages"
+    once per look at it, without the command's prefix, beside bafusion's own error for it."""
+    import tifffile
+
+    log = logging.getLogger("tifffile")
+    if not any(isinstance(f, _QuietTifffile) for f in log.filters):
+        log.addFilter(_QuietTifffile())
+    _tifffile_quiet.depth = getattr(_tifffile_quiet, "depth", 0) + 1
+    try:
+        with tifffile.TiffFile(path) as tf:
+            yield tf
+    finally:
+        _tifffile_quiet.depth -= 1
+
+
+#: Why a TIFF of no pages (a header only: a write that never came) is not read.
+NO_PAGES = "TIFF file with no image in it (no pages: an empty or unfinished file)"
+
+
 def _tiff_problem(p: Path) -> str | None:
     """Why a TIFF Pillow cannot open is not read, when tifffile can say (floating-point or
     other sample formats); None otherwise, also for 1-, 8- and 16-bit samples, which Pillow
     reads (16-bit ones it cannot identify, such as gray + alpha, are read with tifffile:
     :func:`_tiff16_without_pillow`), so such a file is damaged, and the caller's generic
-    message says so. Only on the error path."""
+    message says so; a TIFF of no pages is said so (:data:`NO_PAGES`). Only on the error path."""
     if p.suffix.lower() not in (".tif", ".tiff"):
         return None
     try:
-        import tifffile
-
-        with tifffile.TiffFile(p) as tf:
+        with _tiff_file(p) as tf:
+            if len(tf.pages) == 0:
+                return NO_PAGES
             page = tf.pages[0]
             dtype, shape = np.dtype(page.dtype), page.shape
     except Exception:  # noqa: BLE001 - not a TIFF tifffile reads either: the generic message
@@ -463,16 +497,16 @@ def _png_exif_after_pixels(path: Path) -> bool:
 def _tiff_info(p: Path, decode: bool) -> ImageInfo | None:
     """:func:`image_info` of a TIFF Pillow cannot identify, read with tifffile as
     :func:`_tiff16_without_pillow` reads it (16-bit gray + alpha); None for anything else."""
-    try:
-        with open(p, "rb") as fh:
-            if fh.read(4) not in _TIFF_MAGIC:
-                return None
-        import tifffile
+    import tifffile
 
-        tf = tifffile.TiffFile(p)
-    except Exception:  # noqa: BLE001 - not a TIFF tifffile reads either
-        return None
-    with tf:
+    with contextlib.ExitStack() as stack:
+        try:
+            with open(p, "rb") as fh:
+                if fh.read(4) not in _TIFF_MAGIC:
+                    return None
+            tf = stack.enter_context(_tiff_file(p))
+        except Exception:  # noqa: BLE001 - not a TIFF tifffile reads either
+            return None
         try:
             page = tf.pages.first
             if np.dtype(page.dtype) != np.uint16:
@@ -1256,7 +1290,7 @@ def _read_tiff_samples(path: Path, depth: int) -> np.ndarray:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tf:
+        with _tiff_file(path) as tf:
             page = tf.pages.first
             photometric = tifffile.PHOTOMETRIC(page.photometric)
             if photometric not in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.MINISBLACK):
@@ -1313,9 +1347,7 @@ def _tiff16_without_pillow(path: Path) -> tuple[np.ndarray, int, int | None, boo
         with open(path, "rb") as fh:
             if fh.read(4) not in _TIFF_MAGIC:
                 return None
-        import tifffile
-
-        with tifffile.TiffFile(path) as tf:
+        with _tiff_file(path) as tf:
             page = tf.pages.first
             if np.dtype(page.dtype) != np.uint16:
                 return None
@@ -1726,9 +1758,7 @@ def _tiff_dpi(path: Path) -> tuple[float, float] | None:
         with open(path, "rb") as fh:
             if fh.read(4) not in _TIFF_MAGIC:
                 return None
-        import tifffile
-
-        with tifffile.TiffFile(path) as tf:
+        with _tiff_file(path) as tf:
             tags = tf.pages.first.tags
             unit = tags.get(296)
             per = {2: 1.0, 3: 2.54}.get(int(unit.value) if unit is not None else 2)
@@ -1780,9 +1810,7 @@ def _tiff_icc(path: Path) -> bytes | None:
         with open(path, "rb") as fh:
             if fh.read(4) not in _TIFF_MAGIC:
                 return None
-        import tifffile
-
-        with tifffile.TiffFile(path) as tf:
+        with _tiff_file(path) as tf:
             tag = tf.pages.first.tags.get(34675)
             return bytes(tag.value) if tag is not None and tag.value else None
     except Exception:  # noqa: BLE001 - no profile to carry
