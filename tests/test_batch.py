@@ -1597,3 +1597,42 @@ def test_fuse_dir_says_a_raw_jpeg_stack_is_fused_only_when_it_was(tmp_path: Path
     err = capsys.readouterr().err
     assert "stack 'good' is fused" not in err and "stack 'hurt' is fused" not in err, err
     assert "stack 'good' was fused from its other images (its output is already there); to fuse them" in err, err
+
+
+@pytest.mark.parametrize("rule", ["chain", "joint"])
+def test_a_stack_names_each_step_as_it_fuses(tmp_path: Path, nets: Path, capsys, monkeypatch, rule: str) -> None:
+    """A stack of many shots (10 frames: 90 s) was fused with nothing said between 'fusing 10
+    images' and the end (fuse), or between two stacks (fuse-dir). Each step is named as it
+    starts: fuse on a terminal (as its other steps), fuse-dir on a terminal and in its plain
+    lines without one; none with --quiet, and none for a pair (one step)."""
+    import bafusion.progress as progress
+
+    frames = [*pair(3), *pair(3)]  # 4 shots of one scene
+    src = tmp_path / "in"
+    (src / "s").mkdir(parents=True)
+    paths = []
+    for i, x in enumerate(frames):
+        paths.append(src / "s" / f"f{i}.png")
+        Image.fromarray(x).save(paths[-1])
+    for n, x in zip("AB", pair(4)):
+        Image.fromarray(x).save(src / f"p-{n}.png")
+    base = ["--model", str(nets), "--device", "cpu", "--stack-rule", rule]
+    what = "fusing" if rule == "chain" else "scoring"
+    chain = ["step 1/3: fusing f1.png into f0.png", "step 2/3: fusing f2.png into the fusion of f0.png and f1.png",
+             "step 3/3: fusing f3.png into the fusion of f0.png, f1.png and f2.png"]
+    joint = ["step 1/3: scoring f0.png against the 3 shots after it", "step 2/3: scoring f1.png against the 2 shots "
+             "after it", "step 3/3: scoring f2.png against the shot after it"]
+    steps = chain if rule == "chain" else joint
+    for terminal, quiet in ((True, []), (False, []), (True, ["--quiet"])):
+        monkeypatch.setattr(progress, "stderr_is_terminal", lambda: terminal)
+        out = tmp_path / f"f{terminal}{len(quiet)}.png"
+        assert cli_main(["fuse", *map(str, paths), "-o", str(out), *base, *quiet]) == 0
+        err = capsys.readouterr().err
+        said = [line for line in err.splitlines() if f": {what} f" in line]
+        assert said == ([f"bafusion fuse: {s} ..." for s in steps] if terminal and not quiet else []), err
+        assert cli_main(["fuse-dir", str(src), str(tmp_path / f"o{terminal}{len(quiet)}"), *base, *quiet]) == 0
+        err = capsys.readouterr().err
+        said = [line for line in err.splitlines() if ": step " in line]
+        assert said == ([] if quiet else [f"bafusion fuse-dir: s: {s} ..." for s in steps]), err
+        if not terminal:  # before the stack's own line, none for the pair p
+            assert err.index("step 3/3") < err.index("bafusion fuse-dir: 2/2 s: fused in "), err

@@ -230,13 +230,13 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     if joint:
         from bafusion.fusion.stack import fuse_stack_joint, save_stack_maps
 
-        stack = fuse_stack_joint(images, nets, params, names)
+        stack = fuse_stack_joint(images, nets, params, names, step=say)  # each step of a stack named, as the others
         fused = fused_output(src, stack, out)
 
         def write_maps() -> None:
             save_stack_maps(Path(args.save_maps), out.stem, stack)
     else:
-        results = fuse_stack(images, nets, params, names, progress=args.progress)
+        results = fuse_stack(images, nets, params, names, progress=args.progress, step=say)
         fused = fused_output(src, results, out)
 
         def write_maps() -> None:

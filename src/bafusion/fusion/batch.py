@@ -442,21 +442,23 @@ def compose_index(full: Sequence[np.ndarray], index: np.ndarray, gains: Sequence
     return np.take_along_axis(st, sel.astype(np.intp), 0)[0].astype(np.uint16)
 
 
-def fuse_shots(images: Sequence[np.ndarray], nets, params, names: Sequence[str], progress: bool | None = None):
+def fuse_shots(images: Sequence[np.ndarray], nets, params, names: Sequence[str], progress: bool | None = None,
+               step: Callable[[str], None] | None = None):
     """Fuse registered uint8 shots by ``params.stack_rule``: a list of per-step results
-    (pairs, and stacks under ``chain``) or a :class:`bafusion.fusion.stack.StackResult` (``joint``)."""
+    (pairs, and stacks under ``chain``) or a :class:`bafusion.fusion.stack.StackResult` (``joint``);
+    ``step`` is called with a line naming each step of a stack of three or more as it starts."""
     from bafusion.fusion.rule import fuse_stack
 
     if len(images) > 2 and params.stack_rule == "joint":
         from bafusion.fusion.stack import fuse_stack_joint
 
-        return fuse_stack_joint(images, nets, params, names)
-    return fuse_stack(images, nets, params, names, progress=progress)
+        return fuse_stack_joint(images, nets, params, names, step=step)
+    return fuse_stack(images, nets, params, names, progress=progress, step=step)
 
 
 def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str = "none",
                force: bool = False, motion_hint: bool = False, progress: bool | None = None,
-               prefix: str = "bafusion", details: bool = True) -> Fused:
+               prefix: str = "bafusion", details: bool = True, step: Callable[[str], None] | None = None) -> Fused:
     """Read, check, align (optionally) and fuse the shots of one scene (:func:`prepare_sources`,
     :func:`fuse_shots`, :func:`fused_output`).
 
@@ -479,13 +481,15 @@ def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str 
     prefix, details : str, bool
         The lines on stderr start with ``prefix``; the alignment's per-shot lines are written
         only with ``details`` (:func:`prepare_sources`).
+    step : callable, optional
+        Called with a line naming each step of a stack of three or more shots (:func:`fuse_shots`).
 
     Returns
     -------
     Fused
     """
     src = prepare_sources(paths, align=align, force=force, motion_hint=motion_hint, prefix=prefix, details=details)
-    results = fuse_shots(src.images, nets, params, [str(p) for p in paths], progress=progress)
+    results = fuse_shots(src.images, nets, params, [str(p) for p in paths], progress=progress, step=step)
     return fused_output(src, results, output)
 
 
@@ -1012,6 +1016,15 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
         if plain:
             print(f"bafusion fuse-dir: {i}/{total} {name}: {what}", file=sys.stderr, flush=True)
 
+    def steps(name: str) -> Callable[[str], None] | None:
+        # each step of a stack of three or more shots as it starts (a 10-shot stack: a minute and
+        # more without a word): between the lines of the bar, or plain lines in a log
+        if not progress:
+            return None
+        if plain:
+            return lambda text: print(f"bafusion fuse-dir: {name}: {text} ...", file=sys.stderr, flush=True)
+        return lambda text: tqdm.write(f"bafusion fuse-dir: {name}: {text} ...", file=sys.stderr)
+
     def _skipped(t0: float, why: str) -> str:
         # a stack refused before any work said "skipped after 0.0 s": no time where nothing ran
         dt = time.perf_counter() - t0
@@ -1029,7 +1042,7 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
             # without bars (--no-progress, alias --quiet) no stack's own bar either
             fused = fuse_files(shots, nets, params, output=target, align=align, force=force,
                                motion_hint=motion_hint, progress=None if progress else False,
-                               prefix="bafusion fuse-dir", details=bool(progress))
+                               prefix="bafusion fuse-dir", details=bool(progress), step=steps(name))
             write_image(target, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits,
                         dpi=fused.dpi, png_colour=fused.png_colour)
         except UserError as e:

@@ -26,8 +26,9 @@ import inspect
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -328,7 +329,7 @@ def fusion_name(names: Sequence[str]) -> str:
 
 def fuse_stack(
     images: Sequence[np.ndarray], nets: FusionNets, params: FusionParams | Mapping[str, Any] | None = FusionParams(),
-    names: Sequence[str] = (), progress: bool | None = None,
+    names: Sequence[str] = (), progress: bool | None = None, step: Callable[[str], None] | None = None,
 ) -> list[FusionResult]:
     """Fuse a focal stack one into the next (the "chain" stack rule).
 
@@ -345,6 +346,10 @@ def fuse_stack(
         The shots' names, for error messages.
     progress : bool or None
         As for :func:`fuse_images`.
+    step : callable, optional
+        Called with a line naming each step as it starts ("step 2/9: fusing c.png into the
+        fusion of a.png and b.png"; the shots by file name), for three or more shots: a long
+        stack said nothing from its start to its end.
 
     Returns
     -------
@@ -361,7 +366,10 @@ def fuse_stack(
         check_same_size(images[0], images[i], names[0], names[i])
     results = []
     cur = images[0]
+    short = [Path(n).name for n in names]
     for i in range(1, len(images)):
+        if step is not None and len(images) > 2:
+            step(f"step {i}/{len(images) - 1}: fusing {short[i]} into {fusion_name(short[:i])}")
         res = fuse_images(cur, images[i], nets, params, (fusion_name(names[:i]), names[i]), progress=progress)
         results.append(res)
         cur = res.fused

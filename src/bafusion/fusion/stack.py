@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -347,10 +347,11 @@ def _nearest(m: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 
 def _joint_decide(
-    grays: Sequence[np.ndarray], nets: FusionNets, params: FusionParams
+    grays: Sequence[np.ndarray], nets: FusionNets, params: FusionParams, step: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
     """Steps 1-4 of the joint rule (module docstring) on gray shots at the size they are
-    decided at: ``(scores, index_initial, near_boundary, index_raw, seconds)``."""
+    decided at: ``(scores, index_initial, near_boundary, index_raw, seconds)``; ``step(i)``
+    before shot ``i`` is scored against the shots after it."""
     n = len(grays)
     h, w = grays[0].shape
     dev = nets.device
@@ -361,6 +362,8 @@ def _joint_decide(
     z: dict[tuple[int, int], np.ndarray] = {}
     scores = np.zeros((n, h, w), np.float32)
     for i in range(n):
+        if step is not None and i < n - 1:
+            step(i)
         for j in range(i + 1, n):
             with amp:
                 sij = score_multiscale(nets.initial, grays[i], grays[j], nets.patch_initial, params, device=dev)
@@ -415,7 +418,8 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def fuse_stack_joint(
-    images: Sequence[np.ndarray], nets: FusionNets, params: FusionParams = FusionParams(), names: Sequence[str] = ()
+    images: Sequence[np.ndarray], nets: FusionNets, params: FusionParams = FusionParams(), names: Sequence[str] = (),
+    step: Callable[[str], None] | None = None,
 ) -> StackResult:
     """The joint stack rule (module docstring) on two or more registered uint8 shots.
 
@@ -453,6 +457,10 @@ def fuse_stack_joint(
           (``long side / working_side`` full-resolution pixels).
     names : sequence of str
         The shots' names, for error messages.
+    step : callable, optional
+        Called with a line naming each step of the pairwise scoring as it starts ("step 1/9:
+        scoring a.png against the 9 shots after it"; by file name), for three or more shots:
+        a long stack said nothing from its start to its end.
 
     Returns
     -------
@@ -478,10 +486,18 @@ def fuse_stack_joint(
         t_pre["exposure"] = time.perf_counter() - t0
     h, w = grays[0].shape
     size = decision_size((h, w), params)
+    said = None
+    if step is not None and n > 2:
+        short = [Path(nm).name for nm in names]
+
+        def said(i: int) -> None:
+            later = n - 1 - i
+            step(f"step {i + 1}/{n - 1}: scoring {short[i]} against "
+                 + (f"the {later} shots after it" if later > 1 else "the shot after it"))
     if size is None:
-        scores, index0, near, index1, t = _joint_decide(grays, nets, params)
+        scores, index0, near, index1, t = _joint_decide(grays, nets, params, said)
     else:
-        scores, index0, near, index1, t = _joint_decide([resize_gray(g, size) for g in grays], nets, params)
+        scores, index0, near, index1, t = _joint_decide([resize_gray(g, size) for g in grays], nets, params, said)
         t0 = time.perf_counter()
         scores = np.stack([resize(s, (h, w)) for s in scores]).astype(np.float32)
         index0, near, index1 = (_nearest(m, (h, w)) for m in (index0, near, index1))
