@@ -372,7 +372,7 @@ def test_float_inputs_nan_and_0_1_scale_are_refused() -> None:
     bad[3, 4] = np.inf
     with pytest.raises(UserError, match="image F has NaN or infinite values"):
         M.compute_all(a, b, bad)
-    with pytest.raises(UserError, match=r"within \[0, 1\].*multiply them by 255"):
+    with pytest.raises(UserError, match=r"image A .*within \[0, 1\].*multiply it by 255"):
         M.qmi(a / 255.0, b / 255.0, x / 255.0)  # gave 1.61 instead of 1.20
     rgb, rgb2, fused = _colour_triple()
     with pytest.raises(UserError, match=r"within \[0, 1\]"):
@@ -381,6 +381,34 @@ def test_float_inputs_nan_and_0_1_scale_are_refused() -> None:
     assert M.qmi(a, b, x) == M.qmi(a.astype(np.uint8), b.astype(np.uint8), x.astype(np.float32))
     z = np.zeros_like(x)
     assert M.qmi(z, z, z) == 0.0
+
+
+def test_float_inputs_are_checked_image_by_image() -> None:
+    """Each float image is checked on its own: a 0-1 fusion beside 0-255 float sources gave QG
+    0.0003 instead of 0.87 (the check looked at the largest value of all the floats), and
+    negative floats or floats above 255 were taken as they were (integers above 255 are refused)."""
+    x, a, b = _multifocus()
+    with pytest.raises(UserError, match=r"image F is float64 with values all within \[0, 1\].*multiply it by 255"):
+        M.qg(a, b, x / 255.0)
+    with pytest.raises(UserError, match=r"image A is float32 with values all within \[0, 1\]"):
+        M.compute_all((a / 255.0).astype(np.float32), b, x)
+    with pytest.raises(UserError, match=r"image B is float64 with values outside 0-255 \(-68 to 118\).*clip them"):
+        M.qg(a, b - 100.0, x)
+    with pytest.raises(UserError, match=r"image F is float64 with values outside 0-255 \(40 to 498\)"):
+        M.qy(a, b, x * 2.0)
+    # values at the ends of the scale are fine
+    assert M.qg(a, b, np.clip(x * 2.0, 0, 255)) == M.qg(a.astype(np.uint8), b.astype(np.uint8),
+                                                         np.clip(x * 2.0, 0, 255).astype(np.uint8))
+
+
+def test_paths_are_refused_pointing_to_the_reader(tmp_path: Path) -> None:
+    """A file path for an image said "image A is <U7: the metrics take uint8, ..."."""
+    x, a, b = _multifocus()
+    for bad in ("l1A.png", tmp_path / "l1A.png", b"l1A.png"):
+        with pytest.raises(UserError, match=r"image A is a path \('.*l1A.png'\).*bafusion.io.read_images"):
+            M.qg(bad, b, x)
+    with pytest.raises(UserError, match=r"image F is a path \('f.png'\)"):
+        M.compute_all(a, b, "f.png")
 
 
 def test_compute_all_order_and_selection() -> None:

@@ -5,8 +5,9 @@ Zheng Liu's fusion-metric toolbox, with that survey's corrections. Every functio
 the toolbox's conventions (see ``../shared/README.md``):
 
 * colour images become gray with MATLAB's ``rgb2gray`` (rounded back to uint8), then float64
-  (:func:`bafusion.io.gray_float` with ``rounded=True``); image files are read with
-  :func:`bafusion.io.read_images` (A, B and F as one set: scaled alike when of more than 8 bits);
+  (:func:`bafusion.io.gray_float` with ``rounded=True``); the functions take arrays, not
+  paths: read image files with :func:`bafusion.io.read_images` (A, B and F as one set: scaled
+  alike when of more than 8 bits), as ``bafusion metrics`` does;
 * ``filter2(..., 'same')`` is a correlation with zero padding, ``'valid'`` keeps only the
   windows that lie fully inside the image;
 * ``normalize1`` min-max stretches to [0, 255] and rounds half away from zero.
@@ -35,9 +36,10 @@ bring them to the [0, 255] scale by their type:
   read as uint8 like the 8-bit triple;
 * **other integer types** (int64, ...): taken as uint8 when every value lies in 0-255;
 * **floats**: taken on the 0-255 scale (gray as they are, colour rounded by ``rgb2gray``).
-  Float images whose values all lie within [0, 1] (largest above 0) are refused as 0-1
-  floats (multiply by 255), as are NaN and infinite values;
-* anything else (bool, complex, ...) is refused.
+  Each image is checked on its own: one whose values all lie within [0, 1] (largest above 0)
+  is refused as a 0-1 float image (multiply by 255), as are values outside 0-255 (negative
+  or above 255: clip them), NaN and infinite values;
+* anything else (bool, complex, paths, ...) is refused.
 
 Refusals are :class:`bafusion.errors.UserError` naming the image (A, B or F). Colour inputs
 are then converted with ``gray_float(x, rounded=True)``. Everything is vectorised with
@@ -49,6 +51,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -100,7 +103,6 @@ def _eight_bit_scale(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> list[np.ndarra
     scales uint16 sources), other integers within 0-255 as uint8; anything else refused."""
     images = [np.asarray(x) for x in (a, b, f)]
     out: list[np.ndarray] = []
-    floats: list[np.ndarray] = []
     deep16 = [x for x in images if x.dtype == np.uint16 and x.size]
     bits = common_bits(max(float(x.max()) for x in deep16)) if deep16 else 8
     for name, x in zip("ABF", images):
@@ -112,7 +114,13 @@ def _eight_bit_scale(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> list[np.ndarra
         elif kind == "f":
             if not np.isfinite(x).all():
                 raise UserError(f"image {name} has NaN or infinite values")
-            floats.append(x)
+            lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+            if lo < 0.0 or hi > 255.0:
+                raise UserError(f"image {name} is {x.dtype} with values outside 0-255 ({lo:g} to {hi:g}): the "
+                                "metrics take floats on the 0-255 scale (clip them to 0-255)")
+            if 0.0 < hi <= 1.0:
+                raise UserError(f"image {name} is {x.dtype} with values all within [0, 1] (largest {hi:g}): it looks "
+                                "like a 0-1 float image, and the metrics take the 0-255 scale: multiply it by 255")
             out.append(x)
         elif kind in "iu":
             if x.size and (int(x.min()) < 0 or int(x.max()) > 255):
@@ -122,14 +130,19 @@ def _eight_bit_scale(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> list[np.ndarra
         else:
             raise UserError(f"image {name} is {x.dtype}: the metrics take uint8, uint16, other integers within "
                             "0-255 or floats on the 0-255 scale")
-    top = max((float(x.max()) for x in floats if x.size), default=0.0)
-    if 0.0 < top <= 1.0:
-        raise UserError(f"the float images' values are all within [0, 1] (largest {top:g}): they look like 0-1 "
-                        "floats, and the metrics take the 0-255 scale: multiply them by 255")
     return out
 
 
+def _refuse_paths(a: object, b: object, f: object) -> None:
+    """Refuse a file path given for an image, pointing to the reader (the metrics take arrays)."""
+    for name, x in zip("ABF", (a, b, f)):
+        if isinstance(x, (str, bytes, os.PathLike)):
+            raise UserError(f"image {name} is a path ({os.fsdecode(x)!r}): the metrics take image arrays; read the "
+                            "files with bafusion.io.read_images([a, b, f]) (A, B and F as one set, scaled alike)")
+
+
 def _prepare(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    _refuse_paths(a, b, f)
     check_same_size(a, b, f)
     ga, gb, gf = (gray_float(x, rounded=True) for x in _eight_bit_scale(a, b, f))
     return ga, gb, gf
