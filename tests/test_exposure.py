@@ -260,3 +260,32 @@ def test_a_stacks_maps_follow_match_output_exposure_as_a_pairs_do(tmp_path, caps
     on, off = tmp_path / "maps-joint--match-output-exposure", tmp_path / "maps-joint--no-match-output-exposure"
     for p in sorted(on.iterdir()):
         assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(off / p.name))), p.name
+
+
+def test_a_black_channel_or_black_shots_give_gain_1_without_warnings(tiny_nets) -> None:
+    """A channel all zero in both shots (or two black shots) gave 0/0: numpy's "invalid value
+    encountered in scalar divide" leaked from every fuse, and with match_output_exposure the NaN
+    gain was cast to uint8 (right only by chance); zero in B alone gave an infinite gain."""
+    import warnings
+
+    from bafusion.fusion.exposure import apply_gains, colour_gains
+
+    a, b = (x[:64, :64].copy() for x in _brighter_pair()[:2])
+    a[..., 2] = 0
+    b[..., 2] = 0
+    z = np.zeros_like(a)
+    b_no_green = b.copy()
+    b_no_green[..., 1] = 0
+    nets = load_nets_from_dir(tiny_nets, "cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = colour_gains(a, b)
+        assert np.isfinite(g).all() and g[2] == 1.0 and g[0] != 1.0
+        assert colour_gains(z, z).tolist() == [1.0, 1.0, 1.0]
+        assert colour_gains(a, b_no_green)[1] == 1.0
+        assert np.array_equal(apply_gains(b, g)[..., 2], b[..., 2])
+        for x, y in ((a, b), (z, z), (a, b_no_green)):
+            for match in (False, True):
+                r = fuse_images(x, y, nets, FusionParams(working_min=0, match_output_exposure=match))
+                assert r.fused.shape == x.shape
+        assert not fuse_images(z, z, nets, FusionParams(working_min=0, match_output_exposure=True)).fused.any()

@@ -175,7 +175,8 @@ def colour_gains(a: np.ndarray, b: np.ndarray, step: int = 4) -> np.ndarray:
     Returns
     -------
     ndarray
-        float64 (C,), one gain per channel (1 where a channel has too few usable pixels).
+        float64 (C,), one gain per channel, always finite and above 0: 1 where a channel has
+        too few usable pixels or is black (all zero) in either shot (no signal to scale).
     """
     a, b = _colour(a)[::step, ::step], _colour(b)[::step, ::step]
     top = 65535.0 if a.dtype == np.uint16 or b.dtype == np.uint16 else 255.0
@@ -186,7 +187,9 @@ def colour_gains(a: np.ndarray, b: np.ndarray, step: int = 4) -> np.ndarray:
     for c in range(fa.shape[2]):
         ok = (fa[..., c] >= lo) & (fa[..., c] <= hi) & (fb[..., c] >= lo) & (fb[..., c] <= hi)
         if ok.sum() >= 100:
-            gains[c] = float(fa[..., c][ok].sum() / fb[..., c][ok].sum())
+            sa, sb = float(fa[..., c][ok].sum()), float(fb[..., c][ok].sum())
+            if sa > 0.0 and sb > 0.0:  # a channel black in either shot has no ratio: left alone
+                gains[c] = sa / sb
     return gains
 
 
