@@ -269,6 +269,29 @@ def test_docstrings_list_the_parameters_in_signature_order() -> None:
         assert documented == list(inspect.signature(fn).parameters), fn.__name__
 
 
+def test_help_of_fusion_params_describes_every_field() -> None:
+    """help(FusionParams) showed one line ("defaults chosen in benchmarks/bench_fusion.py"):
+    its fields were described only in #: comments. The docstring's Attributes section is built
+    from those comments: every field with its type, default and text, in field order."""
+    import dataclasses
+    import inspect
+    import pydoc
+    import re
+
+    doc = inspect.getdoc(FusionParams)
+    section = doc.split("Attributes\n----------\n")[1]
+    heads = re.findall(r"^(\w+) : (.+), default (.+)$", section, re.M)
+    names = [f.name for f in dataclasses.fields(FusionParams)]
+    assert [h[0] for h in heads] == names
+    for f, (_, typ, dflt) in zip(dataclasses.fields(FusionParams), heads):
+        assert typ == f.type and dflt == repr(f.default)
+        body = re.search(rf"^{f.name} : .*\n((?:    .*\n?)+)", section, re.M)
+        assert body and len(body[1].strip()) > 20 and "(undocumented)" not in body[1], f.name
+    assert "high : float, default 0.8\n    Eq. 2: the upper bound" in section
+    rendered = pydoc.render_doc(FusionParams, renderer=pydoc.plaintext)
+    assert all(f"{n} : " in rendered for n in names)
+
+
 def test_adaptive_boundary_scoring_matches_exact_decisions(nets: FusionNets, scene) -> None:
     """Adaptive refinement down to step 1 reproduces the exact boundary net's decision wherever
     a cell holds the boundary; elsewhere the interpolation keeps the corners' common side."""

@@ -31,13 +31,19 @@ WORKING_REFINES: tuple[str, ...] = allowed("fuse.working_refine")
 
 @dataclass(frozen=True)
 class FusionParams:
-    """Every constant of the fusion rule; defaults chosen in ``benchmarks/bench_fusion.py``."""
+    """Every constant of the fusion rule; defaults chosen in ``benchmarks/bench_fusion.py``.
+
+    Give the fields by keyword (``FusionParams(l=4, tta="swap")``) or build one from a ``fuse``
+    section (:meth:`from_mapping`); types and ranges are checked on creation (:class:`UserError`).
+    The instance is frozen: ``dataclasses.replace(p, l=4)`` gives a changed copy.
+    """
 
     #: Eq. 1 window half-size: the mean score is taken over (2l+1) x (2l+1) pixels (8: see the
     #: module docstring's measurements).
     l: int = _default("l")  # noqa: E741 - the paper's name
-    #: Eq. 2: pixels with low < mean < high are near the boundary.
+    #: Eq. 2: pixels with low < mean < high are near the boundary (lower bound).
     low: float = _default("low")
+    #: Eq. 2: the upper bound of ``low < mean < high`` (above ``low``).
     high: float = _default("high")
     #: Binarisation threshold on the refined score.
     threshold: float = _default("threshold")
@@ -209,3 +215,45 @@ class FusionParams:
     def from_params(cls, params: Mapping[str, Any], source: str = "parameters") -> FusionParams:
         """Build from a whole parameter mapping (its ``fuse`` section; see :meth:`from_mapping`)."""
         return cls.from_mapping(params.get("fuse") or {}, source)
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """The ``#:`` comment lines right above each field of the dataclass ``cls`` in its source
+    (the one place a field is described), by field name; empty when the source is not there."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        lines = textwrap.dedent(inspect.getsource(cls)).splitlines()
+    except (OSError, TypeError):  # no source (a frozen or source-less install)
+        return {}
+    node = ast.parse("\n".join(lines)).body[0]
+    out: dict[str, str] = {}
+    for item in getattr(node, "body", []):
+        if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+            i, text = item.lineno - 2, []
+            while i >= 0 and lines[i].strip().startswith("#:"):
+                text.insert(0, lines[i].strip()[2:].strip())
+                i -= 1
+            out[item.target.id] = "\n".join(text)
+    return out
+
+
+def _attributes_section(cls: type) -> str:
+    """A numpydoc "Attributes" section of ``cls``'s fields: name, type, default and the text of
+    its ``#:`` comment (:func:`_field_comments`), so that ``help(FusionParams)`` describes them."""
+    import textwrap
+
+    comments = _field_comments(cls)
+    if not comments:
+        return ""
+    out = ["", "Attributes", "----------"]
+    for f in fields(cls):
+        out.append(f"{f.name} : {f.type}, default {f.default!r}")
+        out.append(textwrap.indent(comments.get(f.name) or "(undocumented)", "    "))
+    return textwrap.indent("\n".join(out), "    ") + "\n"
+
+
+if FusionParams.__doc__:  # None under python -OO
+    FusionParams.__doc__ += _attributes_section(FusionParams)
