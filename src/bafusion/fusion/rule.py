@@ -56,6 +56,16 @@ OUTPUT_EXPOSURE_OPTION = "--match-output-exposure (fuse.match_output_exposure: t
 class FusionResult:
     """Everything one fusion of two images produced.
 
+    All maps are at the sources' size (H, W). The relations between the score maps below are
+    exact for a pair decided at its own size (the paper's way; ``working_min`` and
+    ``working_side`` 0, or a pair between ``working_min`` and ``working_above`` px). A pair
+    decided at another resolution (Notes) has its maps computed there and resampled back to
+    (H, W), so they hold only approximately: ``score_mean`` is not exactly the window mean of
+    the returned ``score_initial``, and ``score_refined`` differs from it outside
+    ``near_boundary`` too (on a 128 px pair decided upscaled: on 17 % of those pixels, by up
+    to 0.18).
+    ``decision_raw`` and ``decision`` are exact at any size.
+
     Attributes
     ----------
     fused : ndarray
@@ -64,11 +74,17 @@ class FusionResult:
         float32 (H, W) in [0, 1]: the initial net's score s0 (1: focused in A), after
         flat-region filling when ``flat_level`` > 0.
     score_mean : ndarray
-        float32 (H, W): the Eq. 1 window mean of s0.
+        float32 (H, W): the Eq. 1 window mean of s0 (of s0 at the resolution the pair was
+        decided at, resampled: see above).
     near_boundary : ndarray
-        bool (H, W): Eq. 2, ``low < score_mean < high``.
+        bool (H, W): Eq. 2, ``low < score_mean < high``. A camera-size pair (above
+        ``working_above``): the band of full-resolution pixels refined around the decision's
+        boundary (``working_band``) instead.
     score_refined : ndarray
-        float32 (H, W): s1, s0 with the near-boundary pixels rescored by the boundary net.
+        float32 (H, W): s1, s0 with the near-boundary pixels rescored by the boundary net
+        (weighed with s0 by ``boundary_weight``); elsewhere s0 itself when decided at the
+        pair's own size without flat-region filling (``flat_level`` > 0 fills s1 again), and
+        approximately so when resampled (see above).
     decision_raw : ndarray
         bool (H, W): ``score_refined > threshold``.
     decision : ndarray
@@ -76,13 +92,25 @@ class FusionResult:
     seconds : dict of str to float
         Wall time of each step (``gray``, ``exposure``, ``initial``, ``boundary``, ``post``, ...);
         their sum is the fusing time `bafusion fuse` reports.
+    notes : list of str
+        Lines for the user: B's exposure or colour differs visibly from A's
+        (:func:`bafusion.fusion.exposure.exposure_note`); empty when it does not.
+    gains : ndarray or None
+        B's per-channel gains applied before compositing (``match_output_exposure``), else None.
+
+    Notes
+    -----
+    A pair whose long side is below ``working_min`` is decided upscaled to it
+    (:func:`bafusion.fusion.working.decide_upscaled`); one above ``working_above`` at the
+    working resolution ``working_side`` and refined in a band at full size
+    (:func:`bafusion.fusion.working.decide_working`).
     """
 
     fused: np.ndarray  #: uint8, (H, W) or (H, W, 3)
     score_initial: np.ndarray  #: float32 in [0, 1], the initial net's score s0
-    score_mean: np.ndarray  #: float32, Eq. 1 window mean of s0
-    near_boundary: np.ndarray  #: bool, Eq. 2
-    score_refined: np.ndarray  #: float32, s1 (s0 with near-boundary pixels rescored)
+    score_mean: np.ndarray  #: float32, Eq. 1 window mean of s0 (approximate when resampled: see above)
+    near_boundary: np.ndarray  #: bool, Eq. 2 (a camera-size pair: the refined band)
+    score_refined: np.ndarray  #: float32, s1 (s0 with near-boundary pixels rescored; see above)
     decision_raw: np.ndarray  #: bool, s1 > threshold
     decision: np.ndarray  #: bool, after small-region removal (True: take A)
     seconds: dict[str, float] = field(default_factory=dict)
