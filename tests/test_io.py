@@ -663,6 +663,28 @@ def test_write_unknown_suffix_names_the_file(tmp_path: Path, rgb) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_write_unknown_or_read_only_suffix_names_the_formats_it_writes(tmp_path: Path, rgb) -> None:
+    """'o.xyz' said "use .png, .tif, .bmp or .jpg", leaving out .webp, which write_image
+    documents; a format Pillow reads but cannot write (.psd) said "cannot write this image
+    (shape (6, 9, 3)) as PSD: 'PSD'". Both name the formats of the writer's table, each of
+    which writes and reads back."""
+    use = r"\(use \.png, \.jpg, \.tif, \.webp, \.bmp"
+    with pytest.raises(UserError, match=r"o\.xyz: unknown image format '\.xyz' " + use + ", or another format"):
+        write_image(tmp_path / "o.xyz", rgb)
+    with pytest.raises(UserError, match=r"o: unknown image format '\(no suffix\)'"):
+        write_image(tmp_path / "o", rgb)
+    with pytest.raises(UserError, match=r"o\.psd: cannot write PSD files \('\.psd'\): Pillow reads them but does "
+                                        r"not write them " + use + r"\)$"):
+        write_image(tmp_path / "o.psd", rgb)
+    assert not list(tmp_path.iterdir())
+    from bafusion.io import _USUAL_SUFFIX, _WRITTEN_METADATA
+
+    assert list(_USUAL_SUFFIX) == list(_WRITTEN_METADATA)
+    for suffix in _USUAL_SUFFIX.values():
+        write_image(tmp_path / f"o{suffix}", rgb)
+        assert read_image(tmp_path / f"o{suffix}").shape == rgb.shape, suffix
+
+
 _SHORT_WRITE = r"""
 import resource, signal, sys
 import numpy as np

@@ -766,7 +766,8 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
                 icc: bytes | None = None, bits: int | None = None,
                 dpi: tuple[float, float] | None = None, png_colour: bytes | None = None) -> None:
     """Write a uint8 or uint16 gray or RGB image atomically; the format follows the suffix
-    (.png, .jpg, .tif, .bmp, ...); an unknown suffix is an error naming the file.
+    (.png, .jpg, .tif, .webp, .bmp, or another format Pillow writes); a suffix of no format
+    Pillow writes is an error naming the file and those five.
 
     Parameters
     ----------
@@ -827,8 +828,13 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
 
     p = Path(path)
     fmt = Image.registered_extensions().get(p.suffix.lower())
-    if fmt is None:
-        raise UserError(f"{p}: unknown image format {p.suffix!r} (use .png, .tif, .bmp or .jpg)")
+    if fmt is None or fmt not in Image.SAVE:  # Image.SAVE: the formats Pillow writes (registered_extensions loads it)
+        use = ", ".join(_USUAL_SUFFIX[f] for f in _WRITTEN_METADATA)
+        if fmt is None:
+            raise UserError(f"{p}: unknown image format {p.suffix or '(no suffix)'!r} (use {use}, or another "
+                            "format Pillow writes)")
+        raise UserError(f"{p}: cannot write {fmt} files ({p.suffix!r}): Pillow reads them but does not write "
+                        f"them (use {use})")
     img = np.ascontiguousarray(img)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[..., 0]  # gray (H, W, 1): Pillow cannot make an image of it
@@ -899,6 +905,9 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
     _write_checked(p, write)
 
 
+#: The usual suffix of each format of :data:`_WRITTEN_METADATA`: the ones :func:`write_image`
+#: names when a suffix names no format it writes.
+_USUAL_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp"}
 #: What :func:`write_image` stores of the metadata it is given, by Pillow format (:func:`written_metadata`).
 _WRITTEN_METADATA = {"PNG": frozenset({"icc", "exif", "dpi", "png_colour"}),
                      "JPEG": frozenset({"icc", "exif", "dpi"}), "TIFF": frozenset({"icc", "exif", "dpi"}),
