@@ -16,7 +16,7 @@ import sys
 
 from snakemake.utils import validate
 
-from bafusion.cli.params_check import check_init_files, check_params, warn_missing_keys
+from bafusion.cli.params_check import check_init_files, check_params, pipeline_outputs, warn_missing_keys
 from bafusion.errors import UserError
 from bafusion.config import load_params, retype_config_overrides, yaml12_floats
 from bafusion.schema import schema_path, validate_params
@@ -38,8 +38,6 @@ try:
     validate_params(config, _source)  # also makes a whole float at an integer key an int (seed: 1.0)
     validate(config, schema_path())
     check_params(config, _source)  # rules across keys (fuse.low < fuse.high)
-    # a warm-start file that is not there: Snakemake would keep an existing net and say nothing
-    check_init_files(config, _source)
     # keys an older params.yaml lacks take the library defaults (x-default): one line, once per
     # snakemake call (not in each cluster job's reading of this file), and under `dvc repro`
     # only in the stages that use them
@@ -55,6 +53,17 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/fuse.smk"
 include: "workflow/rules/evaluate.smk"
+
+
+# What needs the rules' outputs, checked before any rule is planned as well.
+try:
+    _outputs = pipeline_outputs(workflow.rules)
+    # a warm-start file that is not there (Snakemake would keep an existing net and say
+    # nothing) or that the pipeline writes (data/models/initial.pt: a cycle, and the run
+    # deleted both trained nets)
+    check_init_files(config, _source, _outputs)
+except UserError as _e:
+    sys.exit(f"error: {_e}")
 
 
 # Every DVC stage runs `snakemake <target> --allowed-rules <its rules>`: DVC has run the

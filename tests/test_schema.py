@@ -350,6 +350,35 @@ def test_a_warm_start_file_that_is_not_there_fails_the_dry_run(project: Path) ->
 
 
 @pytest.mark.slow
+def test_a_warm_start_from_the_pipelines_own_output_fails_the_dry_run(project: Path) -> None:
+    """train.init: data/models/initial.pt (the trained net, to warm-start from it): the dry run
+    said nothing (exit 0), the run logged a cycle for train_initial, went on and deleted both
+    trained nets. Refused at planning time; the boundary net may start from the initial one."""
+    models = project / "data" / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    made = [models / f"{net}.{ext}" for net in ("initial", "boundary") for ext in ("pt", "json")]
+    try:
+        for f in made:
+            f.write_text("{}")
+        for cfg, key, rule in (
+                ("train={init: data/models/initial.pt}", "train.init data/models/initial.pt", "train_initial"),
+                ("train={initial: {init: data/models/boundary.pt}, boundary: {init: data/models/initial.pt}}",
+                 "train.initial.init data/models/boundary.pt", "train_boundary"),
+                ("train={init: data/checkpoints/initial/last.pt}", "train.init data/checkpoints/initial/last.pt",
+                 "train_initial")):
+            p = run(["snakemake", "-n", "all", "--config", cfg], project, check=False)
+            out = p.stdout + p.stderr
+            assert p.returncode != 0 and "Job stats" not in out, out[-2000:]
+            assert f"params.yaml + --config: {key}: is the pipeline's own output (rule {rule} writes" in out, out[-2000:]
+        ok = run(["snakemake", "-n", "all", "--config", "train={boundary: {init: data/models/initial.pt}}"],
+                 project, check=False)
+        assert ok.returncode == 0, (ok.stdout + ok.stderr)[-2000:]
+    finally:
+        for f in made:
+            f.unlink()
+
+
+@pytest.mark.slow
 def test_a_bad_value_of_a_configfile_names_it(project: Path) -> None:
     # `snakemake -n --configfile bad.yaml` blamed params.yaml for bad.yaml's value
     bad = project.parent / "bad.yaml"

@@ -22,13 +22,14 @@ not exist until the data is there.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bafusion.errors import UserError
 
-__all__ = ["check_init_files", "check_params", "missing_keys_warning", "warn_missing_keys"]
+__all__ = ["check_init_files", "check_params", "missing_keys_warning", "pipeline_outputs", "warn_missing_keys",
+           "written_by"]
 
 
 def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None:
@@ -119,10 +120,14 @@ def _training_warnings(params: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(lines))
 
 
-def check_init_files(params: Mapping[str, Any], source: str = "params.yaml") -> None:
+def check_init_files(params: Mapping[str, Any], source: str = "params.yaml",
+                     outputs: Sequence[PipelineOutput] = ()) -> None:
     """Refuse a warm-start model file (``train.init``, ``train.<net>.init``) that does not
     exist. Snakemake takes it for a rule input, but once a net has been trained it keeps the
     net and drops the training job silently (exit 0, the typo unnoticed, the old weights used).
+    Also refuse one that a rule of the pipeline writes (``outputs``: :func:`pipeline_outputs`),
+    such as ``data/models/initial.pt``: ``train_initial`` would need its own output (Snakemake
+    logs a cycle and goes on) and the run deleted both trained nets.
 
     Raises
     ------
@@ -133,12 +138,67 @@ def check_init_files(params: Mapping[str, Any], source: str = "params.yaml") -> 
 
     from bafusion.config import net_init
 
+    writers = {net: written_by(net_init(params, net), outputs) if net_init(params, net) else None
+               for net in ("initial", "boundary")}
     for net in ("initial", "boundary"):
         path = net_init(params, net)
-        if path and not Path(path).is_file():
-            per_net = ((params.get("train") or {}).get(net) or {}).get("init")
-            key = f"train.{net}.init" if per_net else "train.init"
+        if not path:
+            continue
+        per_net = ((params.get("train") or {}).get(net) or {}).get("init")
+        key = f"train.{net}.init" if per_net else "train.init"
+        made = writers[net]
+        other = "boundary" if net == "initial" else "initial"
+        other_made = writers[other]
+        # the net trained first, for the other (train.boundary.init: data/models/initial.pt): no cycle
+        if made and not (made[0] == f"train_{other}" and not (other_made and other_made[0] == f"train_{net}")):
+            raise UserError(f"{source}: {key} {path}: is the pipeline's own output ({made[1]}): copy it elsewhere "
+                            "to warm-start from it")
+        if not Path(path).is_file() and not made:
             raise UserError(f"{source}: {key} {path}: model file not found (the warm start of the {net} net)")
+
+
+#: What a rule of the pipeline writes: (rule name, path or pattern, a folder?).
+PipelineOutput = tuple[str, str, bool]
+
+
+def pipeline_outputs(rules: Iterable[Any]) -> list[PipelineOutput]:
+    """The outputs of Snakemake's ``rules`` (``workflow.rules``) as :data:`PipelineOutput`:
+    every output file or folder (``directory()``), and a ``checkpoints`` param (the folder a
+    training job keeps its ``last.pt`` in)."""
+    found: list[PipelineOutput] = []
+    for rule in rules:
+        for f in getattr(rule, "output", ()):
+            found.append((str(rule.name), str(f), bool(getattr(f, "is_directory", False))))
+        params = getattr(rule, "params", None)
+        folder = params.get("checkpoints") if hasattr(params, "get") else None
+        if isinstance(folder, str) and folder:
+            found.append((str(rule.name), folder, True))
+    return found
+
+
+def written_by(path: str | Path, outputs: Sequence[PipelineOutput]) -> tuple[str, str] | None:
+    """Which rule writes ``path`` (the output itself, or a file in an output folder): the
+    rule's name and ``"rule train_initial writes it"``; None when none does. Paths are compared from the
+    working directory (the project's root, where Snakemake runs), symbolic links resolved;
+    an output with wildcards (``data/composite/shard-{shard}.h5``) matches by its pattern."""
+    import os
+    import re
+
+    def norm(p: str | Path) -> str:
+        return os.path.realpath(os.path.abspath(os.path.expanduser(str(p))))
+
+    here = norm(path)
+    rel = os.path.relpath(here, norm("."))
+    for rule, out, folder in outputs:
+        if "{" in out:
+            pattern = re.sub(r"\\\{[^}]*\\\}", ".+", re.escape(out))
+            hit = re.fullmatch(pattern + ("(/.*)?" if folder else ""), rel) is not None
+        else:
+            where = norm(out)
+            hit = here == where or (folder and here.startswith(where.rstrip(os.sep) + os.sep))
+        if hit:
+            return rule, f"rule {rule} writes {'it' if here == norm(out) or not folder else out}"
+    return None
 
 
 #: At most this many missing keys are named (a file that pins little: the count of the rest).
