@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from PIL import Image
 from scipy import ndimage
 
 from bafusion.cli import main as cli_main
-from bafusion.errors import InputFileError
+from bafusion.errors import InputFileError, UserError
 from bafusion.evaluation import evaluate as ev
 from bafusion.evaluation.baselines import gff_fuse, laplacian_fuse
 from bafusion.io import gray_float, to_uint8
@@ -1109,3 +1110,25 @@ def test_an_empty_item_of_a_list_option_gives_an_example_of_that_option(
     assert cli_main(argv) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"error: {option} {value}: empty item" in line and line.endswith(example), line
+
+
+def test_a_crop_that_does_not_fit_is_refused_before_any_fusion(tmp_path: Path, capsys) -> None:
+    """evaluate.datasets[i].crop [0, 0, 5000] (or [500, 500, 100] on 520x520 images) passed, every
+    pair was fused, and the figures ended in an internal error (ValueError traceback, exit 1;
+    the pipeline's earlier data/evaluation deleted): refused with the pairs' check, naming the
+    key and the figure pair's size; a crop that fits, or figures off, passes."""
+    src, _ = _write_set(tmp_path, ["p1", "p2"])  # 56x48 (WxH)
+    for crop in ([0, 0, 5000], [40, 0, 16], [0, 50, 8]):
+        cfg = {"methods": ["Laplacian"], "metrics": ["QG"],
+               "datasets": [{"name": "a", "sources": str(src)}, {"name": "b", "sources": str(src), "crop": crop}]}
+        with pytest.raises(UserError, match=re.escape(f"evaluate.datasets[1].crop {crop}: ")) as e:
+            ev.check_datasets(ev.parse_config(cfg))
+        assert "56x48 (WxH)" in str(e.value) and "'p1'" in str(e.value), e.value
+        out = tmp_path / "ev"
+        rc = cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"evaluate.datasets[1].crop {crop}: " in err and "internal error" not in err, err
+        assert not out.exists()
+    ok = {"methods": ["Laplacian"], "metrics": ["QG"], "datasets": [{"name": "b", "sources": str(src), "crop": [32, 40, 16]}]}
+    ev.check_datasets(ev.parse_config(ok))
+    ev.check_datasets(ev.parse_config({**ok, "datasets": [{**ok["datasets"][0], "crop": [0, 0, 5000]}], "figures": False}))

@@ -1051,17 +1051,35 @@ def source_notes(ds: Dataset, pairs: Sequence[Pair]) -> list[str]:
     return notes
 
 
+def _check_crop(ds: Dataset, cfg: EvalConfig, pair: Pair) -> None:
+    """Refuse a ``crop`` that does not fit in the figure pair's images: it failed only at the
+    figures, after every pair was fused, as an internal error."""
+    from bafusion.io import image_info
+
+    assert ds.crop is not None
+    top, left, side = ds.crop
+    info = image_info(pair.a)
+    w, h = info.width, info.height
+    if top + side > h or left + side > w:
+        i = next((k for k, d in enumerate(cfg.datasets) if d.name == ds.name), 0)
+        raise UserError(f"evaluate.datasets[{i}].crop [{top}, {left}, {side}]: the square [top, left, side] does not "
+                        f"fit in the {w}x{h} (WxH) images of the figure pair {pair.name!r} (dataset {ds.name!r}): "
+                        f"top + side <= {h} and left + side <= {w} are needed")
+
+
 def check_dataset(ds: Dataset, cfg: EvalConfig) -> list[Pair]:
     """The pairs of ``ds`` (:func:`find_pairs`), after checking what can be checked before any
     fusion: its sources (each a readable image, A and B of one size: :func:`_check_sources`),
-    its ``figure_pair``, its reference metrics (a row and a value for every pair and peer) and
-    its reference folder (a fused image for every pair and method). Raises
+    its ``figure_pair`` (and that ``crop`` fits in it), its reference metrics (a row and a value
+    for every pair and peer) and its reference folder (a fused image for every pair and method). Raises
     :class:`~bafusion.errors.UserError` naming the file."""
     pairs = find_pairs(ds)
     _check_sources(ds, pairs)
     fig_pair = ds.figure_pair or pairs[0].name
     if fig_pair not in {p.name for p in pairs}:
         raise UserError(f"dataset {ds.name!r}: figure_pair {fig_pair!r} is not one of its pairs")
+    if cfg.figures and ds.crop is not None:
+        _check_crop(ds, cfg, next(p for p in pairs if p.name == fig_pair))
     _check_peer_rows(ds, pairs, cfg.metrics)
     _check_reference_images(ds, pairs)
     return pairs
