@@ -16,7 +16,8 @@ import sys
 
 from snakemake.utils import validate
 
-from bafusion.cli.params_check import check_init_files, check_params, pipeline_outputs, warn_missing_keys
+from bafusion.cli.params_check import (check_evaluate_inputs, check_init_files, check_params, pipeline_outputs,
+                                       warn_missing_keys)
 from bafusion.errors import UserError
 from bafusion.config import load_params, retype_config_overrides, yaml12_floats
 from bafusion.schema import schema_path, validate_params
@@ -62,6 +63,8 @@ try:
     # nothing) or that the pipeline writes (data/models/initial.pt: a cycle, and the run
     # deleted both trained nets)
     check_init_files(config, _source, _outputs)
+    # an evaluate dataset folder that is not there: refused by the evaluate job, after training
+    check_evaluate_inputs(config, _source, _outputs)
 except UserError as _e:
     sys.exit(f"error: {_e}")
 

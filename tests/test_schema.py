@@ -350,6 +350,36 @@ def test_a_warm_start_file_that_is_not_there_fails_the_dry_run(project: Path) ->
 
 
 @pytest.mark.slow
+def test_an_evaluate_folder_that_is_not_there_fails_the_dry_run(project: Path, tmp_path: Path) -> None:
+    """evaluate.datasets[].sources: /nonexist passed the dry run, and the evaluate job refused
+    it at the end, after training: refused at planning time, naming the key; a folder a rule
+    makes (data/testset, data/download/eval/...) passes, and the crop of a folder that is there
+    is checked against its figure pair (the job found it after fusing every pair)."""
+    import numpy as np
+    from PIL import Image
+
+    for cfg, key in (("evaluate={datasets: [{name: testset, sources: data/testset}, {name: x, sources: /nonexist}]}",
+                      "evaluate.datasets[1].sources /nonexist: folder not found"),
+                     ("evaluate={datasets: [{name: x, sources: data/testset, reference: ../no/ref}]}",
+                      "evaluate.datasets[0].reference ../no/ref: folder not found")):
+        p = run(["snakemake", "-n", "all", "--config", cfg], project, check=False)
+        out = p.stdout + p.stderr
+        assert p.returncode != 0 and f"params.yaml + --config: {key}" in out and "Job stats" not in out, out[-2000:]
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    for letter in "AB":
+        Image.fromarray(np.full((30, 40, 3), 99, np.uint8)).save(pairs / f"p1-{letter}.png")
+    p = run(["snakemake", "-n", "all", "--config", f"evaluate={{datasets: [{{name: x, sources: {pairs}, crop: [20, 0, 16]}}]}}"],
+            project, check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "evaluate.datasets[0].crop [20, 0, 16]: " in out and "40x30 (WxH)" in out, out[-2000:]
+    for cfg in (f"evaluate={{datasets: [{{name: x, sources: {pairs}, crop: [10, 20, 16]}}]}}",
+                "evaluate={datasets: [{name: x, sources: data/download/eval/lytro}]}"):
+        ok = run(["snakemake", "-n", "all", "--config", cfg], project, check=False)
+        assert ok.returncode == 0, (ok.stdout + ok.stderr)[-2000:]
+
+
+@pytest.mark.slow
 def test_a_warm_start_from_the_pipelines_own_output_fails_the_dry_run(project: Path) -> None:
     """train.init: data/models/initial.pt (the trained net, to warm-start from it): the dry run
     said nothing (exit 0), the run logged a cycle for train_initial, went on and deleted both

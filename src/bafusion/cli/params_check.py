@@ -15,8 +15,10 @@ at every ``snakemake`` call.
 library defaults (the schema's ``x-default``) they take: an older project's params.yaml lacks
 the keys added since, and its runs would silently differ from its earlier ones and from a
 fresh project's.
-The ``evaluate`` section is left to ``bafusion evaluate``: its datasets name folders that may
-not exist until the data is there.
+:func:`check_init_files` and :func:`check_evaluate_inputs` refuse the files and folders a
+warm start or an evaluate dataset names that are not there (or, for a warm start, that the
+pipeline writes itself), given the rules' outputs (:func:`pipeline_outputs`): a folder a rule
+makes (``data/testset``) is left to the job.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 
 from bafusion.errors import UserError
 
-__all__ = ["check_init_files", "check_params", "missing_keys_warning", "pipeline_outputs", "warn_missing_keys",
+__all__ = ["check_evaluate_inputs", "check_init_files", "check_params", "missing_keys_warning", "pipeline_outputs", "warn_missing_keys",
            "written_by"]
 
 
@@ -155,6 +157,57 @@ def check_init_files(params: Mapping[str, Any], source: str = "params.yaml",
                             "to warm-start from it")
         if not Path(path).is_file() and not made:
             raise UserError(f"{source}: {key} {path}: model file not found (the warm start of the {net} net)")
+
+
+def check_evaluate_inputs(params: Mapping[str, Any], source: str = "params.yaml",
+                          outputs: Sequence[PipelineOutput] = ()) -> None:
+    """Refuse an ``evaluate.datasets`` entry whose ``sources`` or ``reference`` folder or
+    ``reference_metrics`` file is not there and that no rule of the pipeline makes
+    (``outputs``: :func:`pipeline_outputs`; ``data/testset``, ``data/download/eval/...``): the
+    evaluate job refused it only at the end, after training. For a dataset whose folder is
+    there and no rule rewrites, its ``crop`` is checked against its figure pair's size too (the
+    job's check, before any fusion: :func:`bafusion.evaluation.evaluate.check_dataset`).
+
+    Raises
+    ------
+    UserError
+        ``<source>: evaluate.datasets[1].sources /nonexist: folder not found (...)``, one line.
+    """
+    from bafusion.workspace import resolve
+
+    section = params.get("evaluate") or {}
+    datasets = section.get("datasets") or []
+    kept = []  # (index, name): folders that are there and that no rule rewrites
+    for i, d in enumerate(datasets):
+        if not isinstance(d, Mapping):
+            continue
+        made = False
+        for key, what in (("sources", "folder"), ("reference", "folder"), ("reference_metrics", "file")):
+            value = d.get(key)
+            if not value:
+                continue
+            if written_by(resolve(str(value)), outputs):
+                made = made or key == "sources"
+                continue
+            there = resolve(str(value))
+            if not (there.is_dir() if what == "folder" else there.is_file()):
+                raise UserError(f"{source}: evaluate.datasets[{i}].{key} {value}: {what} not found (and no rule of "
+                                "the pipeline makes it): the evaluate job would refuse it after training")
+        if d.get("crop") and not made:
+            kept.append(i)
+    if kept and section.get("figures", True):
+        from bafusion.evaluation import evaluate as ev
+
+        try:
+            cfg = ev.parse_config(section, Path("."), source)
+            for i in kept:
+                ds = cfg.datasets[i]
+                pairs = ev.find_pairs(ds)
+                fig = ds.figure_pair or pairs[0].name
+                ev._check_crop(ds, cfg, next((p for p in pairs if p.name == fig), pairs[0]))
+        except UserError as e:
+            text = str(e)
+            raise UserError(text if text.startswith(source) else f"{source}: {text}") from e
 
 
 #: What a rule of the pipeline writes: (rule name, path or pattern, a folder?).
