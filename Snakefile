@@ -16,8 +16,8 @@ import sys
 
 from snakemake.utils import validate
 
-from bafusion.cli.params_check import (check_evaluate_inputs, check_init_files, check_params, pipeline_outputs,
-                                       warn_missing_keys)
+from bafusion.cli.params_check import (check_devices, check_evaluate_inputs, check_init_files, check_params,
+                                       pipeline_outputs, runs_locally, warn_missing_keys)
 from bafusion.errors import UserError
 from bafusion.config import load_params, retype_config_overrides, yaml12_floats
 from bafusion.schema import schema_path, validate_params
@@ -65,6 +65,10 @@ try:
     check_init_files(config, _source, _outputs)
     # an evaluate dataset folder that is not there: refused by the evaluate job, after training
     check_evaluate_inputs(config, _source, _outputs)
+    # a device this machine lacks (fuse.device: cuda without CUDA), when the jobs run here (not
+    # under a cluster executor or profile): the fuse job refused it after training
+    if getattr(workflow, "is_main_process", True) and runs_locally(sys.argv):
+        check_devices(config, _source)
 except UserError as _e:
     sys.exit(f"error: {_e}")
 

@@ -117,6 +117,12 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         ([*FUSE, "-o", "F.png", "--save-maps", "afile/maps"], ["afile is a file, not a folder"]),
         (["fuse", "a.png", "b.png", "--model", "nets", "-o", "F.png", "--device", "mps"], ["--device mps", "MPS"]),
         (["fuse", "a.png", "b.png", "--model", "nets", "-o", "F.png", "--device", "tpu9"], ["--device tpu9"]),
+        # a device from the parameters (the pipeline's fuse.device) was blamed on "--device", not given
+        (["fuse", "a.png", "b.png", "--model", "nets", "-o", "F.png", "--params-json", '{"device": "mps"}'],
+         ["fuse.device mps: MPS"]),
+        (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs", "--params-json", '{"device": "mps"}'],
+         ["fuse.device mps: MPS"]),
+        (["fuse-dir", ".", "out", "--model", "nets", "--params-json", '{"device": "mps"}'], ["fuse.device mps: MPS"]),
         (["fuse", "a.png", "b.png", "-o", "F.png"], ["no trained nets found"]),
         (["fuse", "a.png", "-o", "F.png", "--model", "nets"], ["at least two"]),
         (["fuse", "a.png", "b.png"], ["-o/--output", "required"]),

@@ -1132,3 +1132,21 @@ def test_a_crop_that_does_not_fit_is_refused_before_any_fusion(tmp_path: Path, c
     ok = {"methods": ["Laplacian"], "metrics": ["QG"], "datasets": [{"name": "b", "sources": str(src), "crop": [32, 40, 16]}]}
     ev.check_datasets(ev.parse_config(ok))
     ev.check_datasets(ev.parse_config({**ok, "datasets": [{**ok["datasets"][0], "crop": [0, 0, 5000]}], "figures": False}))
+
+
+def test_a_device_from_the_parameters_is_named_by_its_key(tmp_path: Path, capsys) -> None:
+    """evaluate with fuse.device (or evaluate.device) a device this machine lacks said
+    "--device mps: ..." though no --device was given: the key is named."""
+    from bafusion.nets.model import build_model, save_model
+
+    src, _ = _write_set(tmp_path, ["p1"])
+    for kind in ("initial", "boundary"):
+        save_model(build_model(8), tmp_path / "nets" / f"{kind}.pt", {"patch": 12})
+    nets = ["--initial", str(tmp_path / "nets" / "initial.pt"), "--boundary", str(tmp_path / "nets" / "boundary.pt")]
+    cfg = {"methods": ["Ours"], "metrics": ["QG"], "datasets": [{"name": "t", "sources": str(src)}]}
+    for extra, said in ((["--params-json", json.dumps({**cfg, "device": "mps"})], "evaluate.device mps: MPS"),
+                        (["--params-json", json.dumps(cfg), "--fuse-json", '{"device": "mps"}'], "fuse.device mps: MPS"),
+                        (["--params-json", json.dumps(cfg), "--device", "mps"], "--device mps: MPS")):
+        rc = cli_main(["evaluate", *nets, *extra, "--out", str(tmp_path / "ev")])
+        err = capsys.readouterr().err
+        assert rc == 2 and said in err, err

@@ -380,6 +380,37 @@ def test_an_evaluate_folder_that_is_not_there_fails_the_dry_run(project: Path, t
 
 
 @pytest.mark.slow
+def test_a_device_this_machine_lacks_fails_the_dry_run_of_a_local_run(project: Path) -> None:
+    """fuse.device: mps (or cuda without CUDA) passed the dry run, and the fuse job refused it
+    after training ("--device mps", an option nobody gave): a local run refuses it at planning
+    time naming the key; under a cluster profile the jobs' machines are not known here."""
+    for cfg, key in (("fuse={device: mps}", "fuse.device mps"),
+                     ("train={boundary: {device: mps}}", "train.boundary.device mps"),
+                     ("evaluate={device: mps}", "evaluate.device mps")):
+        p = run(["snakemake", "-n", "all", "--config", cfg], project, check=False)
+        out = p.stdout + p.stderr
+        assert p.returncode != 0 and f"params.yaml + --config: {key}: MPS" in out and "Job stats" not in out, out[-2000:]
+    ok = run(["snakemake", "-n", "all", "--profile", "workflow/profiles/slurm-generic", "--config", "fuse={device: mps}"],
+             project, check=False)
+    assert ok.returncode == 0, (ok.stdout + ok.stderr)[-2000:]
+
+
+def test_runs_locally_reads_the_executor_and_the_profiles(tmp_path: Path) -> None:
+    from bafusion.cli.params_check import runs_locally
+
+    assert runs_locally(["snakemake", "-n", "all"], {})
+    assert runs_locally(["snakemake", "--executor", "local"], {})
+    assert not runs_locally(["snakemake", "--executor", "slurm"], {})
+    assert not runs_locally(["snakemake", "-e", "cluster-generic"], {})
+    assert not runs_locally(["snakemake", "--executor=slurm"], {})
+    assert not runs_locally(["snakemake", "--profile", str(REPO / "workflow/profiles/slurm")], {})
+    assert not runs_locally(["snakemake", "--prof=" + str(REPO / "workflow/profiles/slurm-generic")], {})
+    assert runs_locally(["snakemake", "--profile", str(REPO / "workflow/profiles/local")], {})
+    assert not runs_locally(["snakemake"], {"SNAKEMAKE_PROFILE": str(REPO / "workflow/profiles/slurm")})
+    assert not runs_locally(["snakemake", "--profile", str(tmp_path / "nonexistent")], {})
+
+
+@pytest.mark.slow
 def test_a_warm_start_from_the_pipelines_own_output_fails_the_dry_run(project: Path) -> None:
     """train.init: data/models/initial.pt (the trained net, to warm-start from it): the dry run
     said nothing (exit 0), the run logged a cycle for train_initial, went on and deleted both

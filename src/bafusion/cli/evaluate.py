@@ -142,6 +142,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             torch.set_num_threads(int(threads))
         fusion = FusionParams.from_params(params, source="fuse parameters")
         device = args.device or section_.get("device") or section(params, "fuse")["device"]
+        from bafusion.preflight import check_device
+
+        check_device(device, "--device" if args.device else "evaluate.device" if section_.get("device") else "fuse.device")
         nets = nets_from_args(args, device, args.models)
     run_params = {"evaluate": _config_dict(cfg), "fuse": asdict(fusion) if fusion is not None else {}}
     if nets is not None:

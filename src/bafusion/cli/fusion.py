@@ -28,6 +28,7 @@ from bafusion.fusion.params import (
 from bafusion.fusion.rule import fuse_stack
 from bafusion.fusion.scene import HINT_MOTION_PX
 from bafusion.fusion.testset import check_report_path, fuse_set, read_pair_index
+from bafusion.preflight import check_device
 from bafusion.schema import allowed, default, maximum
 
 # --------------------------------------------------------------------------------------
@@ -165,6 +166,9 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
         "device": args.device or base["device"],
         "alpha": getattr(args, "alpha", None) if getattr(args, "alpha", None) is not None else float(base["alpha"]),
     }
+    # before any work, naming where the device came from (the pipeline passes fuse.device in
+    # --params-json: "--device cuda" named an option nobody gave)
+    check_device(other["device"], "--device" if args.device else "fuse.device")
     if args.threads is not None and not 1 <= args.threads <= maximum("fuse.threads"):
         raise UserError(f"--threads {args.threads}: give a positive number of CPU threads, at most "
                         f"{maximum('fuse.threads')} (omit it for the default)")

@@ -30,8 +30,8 @@ from typing import Any
 
 from bafusion.errors import UserError
 
-__all__ = ["check_evaluate_inputs", "check_init_files", "check_params", "missing_keys_warning", "pipeline_outputs", "warn_missing_keys",
-           "written_by"]
+__all__ = ["check_devices", "check_evaluate_inputs", "check_init_files", "check_params", "missing_keys_warning",
+           "pipeline_outputs", "runs_locally", "warn_missing_keys", "written_by"]
 
 
 def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None:
@@ -208,6 +208,76 @@ def check_evaluate_inputs(params: Mapping[str, Any], source: str = "params.yaml"
         except UserError as e:
             text = str(e)
             raise UserError(text if text.startswith(source) else f"{source}: {text}") from e
+
+
+def check_devices(params: Mapping[str, Any], source: str = "params.yaml") -> None:
+    """Refuse a ``train.device``, ``train.<net>.device``, ``fuse.device`` or ``evaluate.device``
+    this machine lacks (``cuda`` without CUDA): the job refused it only when it ran (the fuse
+    job after training). For a run whose jobs run here (:func:`runs_locally`); torch is
+    imported only for a device other than ``auto`` and ``cpu``.
+
+    Raises
+    ------
+    UserError
+        ``<source>: fuse.device cuda: CUDA is not available on this machine (use auto or cpu)``.
+    """
+    keys = [_net_value(params, net, "device") for net in ("initial", "boundary")]
+    for section in ("fuse", "evaluate"):
+        value = (params.get(section) or {}).get("device")
+        if value:
+            keys.append((f"{section}.device", value))
+    for key, value in dict(keys).items():
+        if value and str(value) not in ("auto", "cpu"):
+            from bafusion.preflight import check_device
+
+            try:
+                check_device(str(value), key)
+            except UserError as e:
+                raise UserError(f"{source}: {e} - the jobs of this run run on this machine") from e
+
+
+#: Snakemake executors whose jobs run on this machine.
+LOCAL_EXECUTORS = ("local", "dryrun", "touch")
+
+
+def runs_locally(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the jobs of a ``snakemake`` command line ``argv`` run on this machine: no
+    ``--executor`` (``-e``) other than local, and no profile (``--profile``, ``--workflow-profile``,
+    ``$SNAKEMAKE_PROFILE``) that names one (its ``config.yaml``'s ``executor:``). A profile
+    that cannot be read counts as not local (its jobs' machines are not known here)."""
+    import os
+
+    import yaml
+
+    environ = os.environ if environ is None else environ
+    args = list(argv)
+    profiles = [environ["SNAKEMAKE_PROFILE"]] if environ.get("SNAKEMAKE_PROFILE") else []
+    for i, a in enumerate(args):
+        opt, eq, value = a.partition("=")
+        if not eq:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        if opt == "-e" or (opt.startswith("--exe") and "--executor".startswith(opt)):
+            if value not in LOCAL_EXECUTORS:
+                return False
+        elif (opt.startswith("--prof") and "--profile".startswith(opt)) or (
+                opt.startswith("--workflow-p") and "--workflow-profile".startswith(opt)):
+            if value and value != "none":
+                profiles.append(value)
+    for name in profiles:
+        places = [Path(name)]
+        if os.sep not in name:
+            places += [Path(os.path.expanduser("~/.config/snakemake")) / name, Path("/etc/xdg/snakemake") / name]
+        folder = next((f for f in places if f.is_dir()), None)
+        if folder is None:
+            return False
+        files = sorted(folder.glob("config*.yaml"))
+        try:
+            executors = [(yaml.safe_load(f.read_text()) or {}).get("executor") for f in files]
+        except (OSError, yaml.YAMLError, AttributeError):
+            return False
+        if any(e and e not in LOCAL_EXECUTORS for e in executors):
+            return False
+    return True
 
 
 #: What a rule of the pipeline writes: (rule name, path or pattern, a folder?).
