@@ -364,3 +364,41 @@ def test_fusion_nets_have_a_short_repr(tiny_nets: Path) -> None:
     assert text.startswith("FusionNets(") and "ResNet-8" in text and "device=cpu" in text, text
     assert str(tiny_nets) in text and "Conv2d" not in text
     assert str(nets) == text
+
+
+def test_fuse_reloads_a_model_folder_that_changed_or_another_of_the_same_name(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """fuse(a, b, model='m') cached the nets on the string 'm': after a chdir to a folder with
+    another 'm', or after the nets in 'm' were retrained, it fused with the first nets."""
+    import os
+
+    import torch
+
+    from bafusion.nets.model import build_model, save_model
+    from conftest import make_tiny_nets
+
+    def other_nets(folder: Path, seed: int) -> None:
+        torch.manual_seed(seed)
+        for kind in ("initial", "boundary"):
+            save_model(build_model(8), folder / f"{kind}.pt", {"patch": 12})
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (40, 36), dtype=np.uint8)
+    b = rng.integers(0, 256, (40, 36), dtype=np.uint8)
+
+    def direct(folder: Path) -> np.ndarray:
+        return fuse_images(a, b, load_nets_from_dir(folder, "cpu")).fused
+
+    make_tiny_nets(tmp_path / "one" / "m")
+    other_nets(tmp_path / "two" / "m", 5)
+    assert not np.array_equal(direct(tmp_path / "one" / "m"), direct(tmp_path / "two" / "m"))  # a test that tells
+    monkeypatch.chdir(tmp_path / "one")
+    assert np.array_equal(bafusion.fuse(a, b, model="m", device="cpu"), direct(tmp_path / "one" / "m"))
+    monkeypatch.chdir(tmp_path / "two")  # another folder named m
+    assert np.array_equal(bafusion.fuse(a, b, model="m", device="cpu"), direct(tmp_path / "two" / "m"))
+    # the nets of a folder retrained in place (a later mtime): reloaded
+    other_nets(tmp_path / "two" / "m", 9)
+    for f in (tmp_path / "two" / "m").iterdir():
+        st = f.stat()
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert np.array_equal(bafusion.fuse(a, b, model="m", device="cpu"), direct(tmp_path / "two" / "m"))

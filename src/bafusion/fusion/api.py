@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bafusion.errors import InputFileError, UserError
-from bafusion.fusion.models import FusionNets, load_nets_from_dir
+from bafusion.fusion.models import FusionNets, find_model_dir, load_nets_from_dir
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.rule import check_same_size, checked_params, fuse_images, fuse_stack, source_channels
 from bafusion.io import read_source_set, scale_to_u8
@@ -33,9 +34,45 @@ def _load_nets(model: str | os.PathLike[str] | None, device: str) -> FusionNets:
         raise
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_nets(model: str | None, device: str) -> FusionNets:
-    return _load_nets(model, device)
+#: The nets :func:`fuse` loaded (``model=`` a folder or name), the last :data:`_CACHE_SIZE`,
+#: keyed on :func:`_model_identity`: a folder of the same name after a chdir, or nets retrained
+#: in place, are loaded anew (keyed on the string ``model``, the first nets stayed in use).
+_NETS_CACHE: OrderedDict[tuple[Any, ...], FusionNets] = OrderedDict()
+_CACHE_SIZE = 4
+_MODEL_FILES = ("initial.pt", "initial.json", "boundary.pt", "boundary.json")
+
+
+def _model_identity(model: str | os.PathLike[str] | None) -> tuple[Any, ...]:
+    """The folder ``model`` names now (:func:`bafusion.fusion.models.find_model_dir`, resolved)
+    and its model files' (mtime_ns, size), None for a file that is not there."""
+    try:
+        d = find_model_dir(model).resolve()
+    except UserError as e:  # as loading says it: model=DIR, not the command line's --model DIR
+        if type(e) is UserError and "--model DIR" in str(e):
+            raise UserError(str(e).replace("--model DIR", "model=DIR")) from e
+        raise
+
+    def stamp(f: Path) -> tuple[int, int] | None:
+        try:
+            st = f.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    return (str(d), *(stamp(d / name) for name in _MODEL_FILES))
+
+
+def _cached_nets(model: str | os.PathLike[str] | None, device: str) -> FusionNets:
+    key = (_model_identity(model), device)
+    nets = _NETS_CACHE.get(key)
+    if nets is None:
+        nets = _load_nets(model, device)  # messages name the model as given
+        _NETS_CACHE[key] = nets
+        while len(_NETS_CACHE) > _CACHE_SIZE:
+            _NETS_CACHE.popitem(last=False)
+    else:
+        _NETS_CACHE.move_to_end(key)
+    return nets
 
 
 def load_model(model: str | os.PathLike[str] | None = None, device: str = "auto") -> FusionNets:
@@ -85,7 +122,9 @@ def fuse(
         (H, W, 2) and (H, W, 4) is dropped, as from a file).
     model : str, path or FusionNets, optional
         The nets: a model folder or shipped model name (see :func:`load_model`; loaded once
-        and cached), or nets already loaded. None: the shipped default.
+        and cached: on the folder it names and its files' times and sizes, so another folder
+        of that name after a change of directory, or nets retrained in it, are loaded anew),
+        or nets already loaded. None: the shipped default.
     params : FusionParams or mapping, optional
         The fusion rule's parameters; a mapping of its fields (``{"l": 4}``, a ``fuse``
         section) is checked like ``params.yaml``'s; None: the defaults (``FusionParams()``).
@@ -171,8 +210,7 @@ def fuse(
         check_alignment(al, names, force=None, unaligned='align="none"')  # as fuse --align without --force
         # the full-depth shots registered and cropped as their 8-bit copies were
         images, full = al.images, (al.apply(full) if full is not None and keep_depth else None)
-    nets = model if isinstance(model, FusionNets) else _cached_nets(
-        None if model is None else str(model), device)
+    nets = model if isinstance(model, FusionNets) else _cached_nets(model, device)
     deep = full is not None and keep_depth
     if len(images) > 2 and params.stack_rule == "joint":
         from bafusion.fusion.batch import compose_index
