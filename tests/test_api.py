@@ -402,3 +402,33 @@ def test_fuse_reloads_a_model_folder_that_changed_or_another_of_the_same_name(tm
         st = f.stat()
         os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert np.array_equal(bafusion.fuse(a, b, model="m", device="cpu"), direct(tmp_path / "two" / "m"))
+
+
+def test_fuse_warns_with_the_notes_of_the_fusion_named_the_python_way(tiny_nets: Path) -> None:
+    """fuse(a, darker b) was silent, where fuse_images' notes (and the command line) say that B
+    differs by about -1.6 EV and that --match-output-exposure brings it to A: the notes are
+    FusionNoteWarnings, naming params={"match_output_exposure": True}."""
+    import warnings
+
+    from bafusion.fusion.rule import FusionNoteWarning
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+    dark = (a * 0.6).astype(np.uint8)
+    nets = load_nets_from_dir(tiny_nets, "cpu")
+    assert fuse_images(a, dark, nets).notes  # the rule notes it
+    with pytest.warns(FusionNoteWarning) as got:
+        fused = bafusion.fuse(a, dark, model=nets, align="none")
+    assert np.array_equal(fused, fuse_images(a, dark, nets, names=("source 1", "source 2")).fused)
+    (w,) = got
+    text = str(w.message)
+    assert text.startswith("source 2 differs from source 1 by about -1.6 EV (darker"), text
+    assert 'params={"match_output_exposure": True} brings its pixels to the exposure' in text, text
+    assert "--match-output-exposure" not in text and issubclass(FusionNoteWarning, UserWarning)
+    with warnings.catch_warnings():  # matched: nothing to note
+        warnings.simplefilter("error")
+        bafusion.fuse(a, dark, model=nets, align="none", params={"match_output_exposure": True})
+    with pytest.warns(FusionNoteWarning, match=r"source 3 differs from the fusion of source 1 and source 2"):
+        bafusion.fuse(a, a, dark, model=nets, align="none")  # a chain: each step's notes
+    with pytest.warns(FusionNoteWarning, match=r"source 3 differs from source 1"):
+        bafusion.fuse(a, a, dark, model=nets, align="none", params={"stack_rule": "joint"})

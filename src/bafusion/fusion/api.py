@@ -161,6 +161,15 @@ def fuse(
         files are read. False: the uint8 fusion. With ``align`` the full-depth shots are
         registered and cropped as their 8-bit copies are (the same transforms).
 
+    Warns
+    -----
+    bafusion.fusion.rule.FusionNoteWarning
+        For each note of the fusion (:attr:`bafusion.FusionResult.notes`, the command line's
+        notes): a shot whose exposure or colour differs visibly from the first's, so that seams
+        may show; ``params={"match_output_exposure": True}`` brings it to the first's.
+    bafusion.fusion.scene.MotionWarning, bafusion.fusion.scene.AutoAlignWarning
+        See ``align``.
+
     Returns
     -------
     ndarray
@@ -217,11 +226,13 @@ def fuse(
         from bafusion.fusion.stack import fuse_stack_joint
 
         res = fuse_stack_joint(images, nets, params, names)
+        _warn_notes(res.notes)
         return compose_index(full, res.index) if deep else res.fused
     if len(images) == 2:
         results = [fuse_images(images[0], images[1], nets, params, (names[0], names[1]), progress=progress)]
     else:
         results = fuse_stack(images, nets, params, names, progress=progress)
+    _warn_notes([n for r in results for n in r.notes])
     if deep:
         from bafusion.fusion.batch import compose_full
 
@@ -289,6 +300,16 @@ def _auto_align(images: list[np.ndarray], names: list[str]):
         if verdict in AUTO_FAILURES or verdict in ("too flat", "too small"):  # not judged: left as registered
             warnings.warn(f'align="auto": {text}', AutoAlignWarning, stacklevel=3)
     return ("similarity" if resized and model == "none" else model), None  # a shot of another size is registered
+
+
+def _warn_notes(notes: list[str]) -> None:
+    """A :class:`~bafusion.fusion.rule.FusionNoteWarning` per note of the fusion, naming the
+    parameter as this API takes it (``params={"match_output_exposure": True}``), not as the
+    command line's option."""
+    from bafusion.fusion.rule import OUTPUT_EXPOSURE_OPTION, OUTPUT_EXPOSURE_PARAM, FusionNoteWarning
+
+    for note in notes:
+        warnings.warn(note.replace(OUTPUT_EXPOSURE_OPTION, OUTPUT_EXPOSURE_PARAM), FusionNoteWarning, stacklevel=3)
 
 
 def _warn_motion(images: list[np.ndarray], names: list[str]) -> None:

@@ -50,6 +50,16 @@ from bafusion.io import to_gray_u8
 
 #: How the note of a visible exposure difference names the option that matches the pixels.
 OUTPUT_EXPOSURE_OPTION = "--match-output-exposure (fuse.match_output_exposure: true)"
+#: The same in the Python API (:func:`bafusion.fuse`'s :class:`FusionNoteWarning`).
+OUTPUT_EXPOSURE_PARAM = 'params={"match_output_exposure": True}'
+
+
+class FusionNoteWarning(UserWarning):
+    """Issued by :func:`bafusion.fuse` for each of the fusion's notes (:attr:`FusionResult.notes`,
+    what ``bafusion fuse`` prints as a note): a shot whose exposure or colour differs visibly
+    from the first's, so that seams may show. The text is the note, naming the parameter that
+    helps as the Python API takes it (``params={"match_output_exposure": True}``) rather than
+    the command line's option. Filter it with :mod:`warnings`."""
 
 
 @dataclass
@@ -93,10 +103,13 @@ class FusionResult:
         Wall time of each step (``gray``, ``exposure``, ``initial``, ``boundary``, ``post``, ...);
         their sum is the fusing time `bafusion fuse` reports.
     notes : list of str
-        Lines for the user: B's exposure or colour differs visibly from A's
-        (:func:`bafusion.fusion.exposure.exposure_note`); empty when it does not.
+        Lines for the user (``bafusion fuse`` prints them as notes, :func:`bafusion.fuse` issues
+        them as :class:`FusionNoteWarning`): B's exposure or colour differs visibly from A's, so
+        seams may show (:func:`bafusion.fusion.exposure.exposure_note`); empty when it does not
+        or when ``match_output_exposure`` brought B to A.
     gains : ndarray or None
-        B's per-channel gains applied before compositing (``match_output_exposure``), else None.
+        float64 (C,), B's per-channel gains applied before compositing when
+        ``match_output_exposure`` is on (``fused`` holds B's pixels times them), else None.
 
     Notes
     -----
