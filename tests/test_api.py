@@ -432,3 +432,47 @@ def test_fuse_warns_with_the_notes_of_the_fusion_named_the_python_way(tiny_nets:
         bafusion.fuse(a, a, dark, model=nets, align="none")  # a chain: each step's notes
     with pytest.warns(FusionNoteWarning, match=r"source 3 differs from source 1"):
         bafusion.fuse(a, a, dark, model=nets, align="none", params={"stack_rule": "joint"})
+
+
+def test_fuse_and_fuse_images_take_threads_and_restore_torchs(tiny_nets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Python API ran on torch's default threads (both cores on a loaded 2-core machine: 3x
+    slower than one), where the command line picks auto_threads(); threads= sets them for the
+    call (None: the command line's choice) and torch's setting is restored; same fused image."""
+    import torch
+
+    import bafusion.threads
+
+    rng = np.random.default_rng(4)
+    a = rng.integers(0, 256, (48, 40), dtype=np.uint8)
+    b = rng.integers(0, 256, (48, 40), dtype=np.uint8)
+    nets = load_nets_from_dir(tiny_nets, "cpu")
+    seen: list[int] = []
+    conv = next(m for m in nets.initial.modules() if isinstance(m, torch.nn.Conv2d))  # dense scoring runs the trunk
+    conv.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ref = fuse_images(a, b, nets, threads=2).fused
+        assert seen and set(seen) == {2}
+        for call in (lambda **kw: fuse_images(a, b, nets, **kw).fused,
+                     lambda **kw: bafusion.fuse(a, b, model=nets, align="none", **kw),
+                     lambda **kw: bafusion.fuse(a, b, a, model=nets, align="none", **kw),
+                     lambda **kw: bafusion.fuse(a, b, a, model=nets, align="none", params={"stack_rule": "joint"},
+                                                **kw)):
+            seen.clear()
+            got = call(threads=1)
+            assert set(seen) == {1} and torch.get_num_threads() == 2
+            if got.shape == ref.shape:
+                assert np.array_equal(got, ref)
+            monkeypatch.setattr(bafusion.threads, "auto_threads", lambda: 1)  # a loaded machine
+            seen.clear()
+            call()
+            assert set(seen) == {1} and torch.get_num_threads() == 2
+            monkeypatch.undo()
+        for bad in (0, -1, 1.5, True, "2"):
+            with pytest.raises(UserError, match=r"threads=.*: give a positive number of CPU threads"):
+                bafusion.fuse(a, b, model=nets, threads=bad)
+            with pytest.raises(UserError, match=r"threads=.*: give a positive number of CPU threads"):
+                fuse_images(a, b, nets, threads=bad)
+    finally:
+        torch.set_num_threads(before)

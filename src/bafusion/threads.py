@@ -10,6 +10,8 @@ that other processes leave free, by the 1-minute load average, and at least one.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def available_cores() -> int:
@@ -46,4 +48,39 @@ def auto_threads(cores: int | None = None, load: float | None = None) -> int:
     return max(1, min(cores, int(round(cores - float(load)))))
 
 
-__all__ = ["auto_threads", "available_cores"]
+def checked_threads(threads: object, name: str = "threads=") -> int | None:
+    """``threads`` of the Python API (:func:`bafusion.fuse`, :func:`bafusion.fuse_images`): None,
+    or a positive number of threads, at most ``fuse.threads``' maximum, else a
+    :class:`bafusion.errors.UserError` naming it as ``name``."""
+    from bafusion.errors import UserError
+    from bafusion.schema import maximum
+
+    top = maximum("fuse.threads")
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= top:
+        raise UserError(f"{name}{threads!r}: give a positive number of CPU threads, at most {top}, or None for "
+                        "the automatic choice")
+    return threads
+
+
+@contextmanager
+def torch_threads(threads: int | None = None) -> Iterator[int]:
+    """Torch's intra-op threads set to ``threads`` for a block, and torch's previous setting
+    restored after it. None: as ``bafusion fuse`` without ``--threads``: torch's current
+    setting, lowered to :func:`auto_threads` (the cores the load leaves free). Yields the
+    number set."""
+    import torch
+
+    before = torch.get_num_threads()
+    n = int(threads) if threads is not None else min(before, auto_threads())
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+__all__ = ["auto_threads", "available_cores", "checked_threads", "torch_threads"]

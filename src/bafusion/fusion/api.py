@@ -14,9 +14,10 @@ import numpy as np
 from bafusion.errors import InputFileError, UserError
 from bafusion.fusion.models import FusionNets, find_model_dir, load_nets_from_dir
 from bafusion.fusion.params import FusionParams
-from bafusion.fusion.rule import check_same_size, checked_params, fuse_images, fuse_stack, source_channels
+from bafusion.fusion.rule import _fuse_pair, check_same_size, checked_params, fuse_stack, source_channels
 from bafusion.io import read_source_set, scale_to_u8
 from bafusion.preflight import check_device
+from bafusion.threads import checked_threads, torch_threads
 
 __all__ = ["fuse", "load_model"]
 
@@ -110,6 +111,7 @@ def fuse(
     align: str | None = None,
     progress: bool | None = False,
     keep_depth: bool = True,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Fuse two or more shots of one scene, focused at different depths, into one image.
 
@@ -160,6 +162,11 @@ def fuse(
         x 257 at 16 bits); beside a file of more than 8 bits, all is on the 16-bit scale, as
         files are read. False: the uint8 fusion. With ``align`` the full-depth shots are
         registered and cropped as their 8-bit copies are (the same transforms).
+    threads : int or None
+        CPU threads torch runs the nets on (:func:`torch.set_num_threads`), torch's setting
+        restored afterwards. None: as ``bafusion fuse`` without ``--threads``: torch's setting,
+        lowered to the cores the load leaves free (:func:`bafusion.threads.auto_threads`). The
+        fused image does not depend on it.
 
     Warns
     -----
@@ -196,6 +203,7 @@ def fuse(
     if align is not None and align not in ALIGN_MODELS:
         raise UserError(f"align must be None or one of {', '.join(ALIGN_MODELS)}, got {align!r}")
     params = checked_params(params)  # a mapping, e.g. {"l": 4}, is checked like params.yaml's
+    threads = checked_threads(threads)
     if not isinstance(model, FusionNets):  # the nets are loaded on it: named as this parameter, before the work
         check_device(device, "device=")
     images, full, names = _read_sources(sources)
@@ -225,13 +233,15 @@ def fuse(
         from bafusion.fusion.batch import compose_index
         from bafusion.fusion.stack import fuse_stack_joint
 
-        res = fuse_stack_joint(images, nets, params, names)
+        with torch_threads(threads):
+            res = fuse_stack_joint(images, nets, params, names)
         _warn_notes(res.notes)
         return compose_index(full, res.index) if deep else res.fused
-    if len(images) == 2:
-        results = [fuse_images(images[0], images[1], nets, params, (names[0], names[1]), progress=progress)]
-    else:
-        results = fuse_stack(images, nets, params, names, progress=progress)
+    with torch_threads(threads):
+        if len(images) == 2:
+            results = [_fuse_pair(images[0], images[1], nets, params, (names[0], names[1]), progress)]
+        else:
+            results = fuse_stack(images, nets, params, names, progress=progress)
     _warn_notes([n for r in results for n in r.notes])
     if deep:
         from bafusion.fusion.batch import compose_full

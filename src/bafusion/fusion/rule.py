@@ -272,6 +272,7 @@ def fuse_images(
     params: FusionParams | Mapping[str, Any] | None = FusionParams(),
     names: tuple[str, str] = ("A", "B"),
     progress: bool | None = None,
+    threads: int | None = None,
 ) -> FusionResult:
     """Fuse two registered sources by the paper's rule (section 2, Eqs. 1-3).
 
@@ -291,6 +292,12 @@ def fuse_images(
     progress : bool or None
         A progress bar on stderr. None: when stderr is a terminal and the pair has 4
         megapixels or more; True: always; False: never.
+    threads : int or None
+        CPU threads torch runs the nets on for this call (:func:`torch.set_num_threads`), torch's
+        setting restored afterwards. None: as ``bafusion fuse`` without ``--threads``: torch's
+        setting, lowered to the cores the load leaves free (:func:`bafusion.threads.auto_threads`:
+        on a 2-core CPU with another process running, two threads wait for each other and run
+        several times slower than one). The fused image does not depend on it.
 
     Returns
     -------
@@ -310,6 +317,16 @@ def fuse_images(
     ``params.working_min`` are decided upscaled to it
     (:func:`bafusion.fusion.working.decide_upscaled`); the others at their size.
     """
+    from bafusion.threads import checked_threads, torch_threads
+
+    threads = checked_threads(threads)
+    with torch_threads(threads):
+        return _fuse_pair(a, b, nets, params, names, progress)
+
+
+def _fuse_pair(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionParams | Mapping[str, Any] | None,
+               names: tuple[str, str], progress: bool | None) -> FusionResult:
+    """:func:`fuse_images` on torch's threads as they are set (the command line sets them)."""
     params = checked_params(params)
     _check_nets(nets)
     a, b = source_channels(a, names[0]), source_channels(b, names[1])
@@ -411,7 +428,7 @@ def fuse_stack(
     for i in range(1, len(images)):
         if step is not None and len(images) > 2:
             step(f"step {i}/{len(images) - 1}: fusing {short[i]} into {fusion_name(short[:i])}")
-        res = fuse_images(cur, images[i], nets, params, (fusion_name(names[:i]), names[i]), progress=progress)
+        res = _fuse_pair(cur, images[i], nets, params, (fusion_name(names[:i]), names[i]), progress)
         results.append(res)
         cur = res.fused
     return results
