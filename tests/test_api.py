@@ -476,3 +476,25 @@ def test_fuse_and_fuse_images_take_threads_and_restore_torchs(tiny_nets: Path, m
                 fuse_images(a, b, nets, threads=bad)
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_shipped_models_name_is_the_shipped_model_beside_a_folder_of_that_name_without_nets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_model('default') where the working directory has a folder 'default' (an output
+    folder) failed 'default/initial.pt: model file not found', not a word of the shipped model
+    of that name: a folder holding neither model file is not taken for the model; './default'
+    still names the folder."""
+    from bafusion.fusion.models import PACKAGE_DIR, REPO_ROOT
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default" / "fused.png").write_bytes(b"")
+    nets = bafusion.load_model("default", device="cpu")
+    shipped = {str(root / "default" / "initial.pt") for root in (PACKAGE_DIR / "models", REPO_ROOT / "models")}
+    assert nets.sources[0] in shipped, nets.sources
+    with pytest.raises(UserError, match=r"default/initial\.pt: model file not found"):
+        bafusion.load_model("./default", device="cpu")
+    from conftest import make_tiny_nets
+
+    make_tiny_nets(tmp_path / "default")  # a folder that holds nets is the folder
+    assert bafusion.load_model("default", device="cpu").sources[0] == str(Path("default") / "initial.pt")

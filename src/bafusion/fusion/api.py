@@ -83,8 +83,10 @@ def load_model(model: str | os.PathLike[str] | None = None, device: str = "auto"
     ----------
     model : str or path, optional
         A folder holding ``initial.pt`` and ``boundary.pt`` (with their ``.json``), or the
-        name of a shipped model (``"default"``, ``"lytro-2026-11"``). None: the shipped
-        ``default`` model, else the pipeline's ``data/models``.
+        name of a shipped model (``"default"``, ``"lytro-2026-11"``; a folder of that name in
+        the working directory that holds neither net file does not hide it, ``"./default"``
+        names the folder). None: the shipped ``default`` model, else the pipeline's
+        ``data/models``.
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:N]"``.
 

@@ -172,21 +172,32 @@ def shipped_models() -> list[str]:
     return sorted(names)
 
 
+def _shipped_model_dir(name: str) -> Path | None:
+    """The folder of the shipped model ``name`` (``models/<name>``), or None."""
+    for root in (PACKAGE_DIR / "models", REPO_ROOT / "models"):
+        if (root / name / "initial.pt").is_file() and (root / name / "boundary.pt").is_file():
+            return root / name
+    return None
+
+
 def find_model_dir(model: str | os.PathLike[str] | None) -> Path:
-    """The folder holding initial.pt and boundary.pt: ``model`` if given, else the first of
-    :func:`default_model_dirs` that holds both."""
+    """The folder holding initial.pt and boundary.pt: ``model`` if given (a folder, or a shipped
+    model's name: a folder of that name that holds neither file, an output folder ``default``
+    in the working directory, is not taken for it; ``./default`` names the folder), else the
+    first of :func:`default_model_dirs` that holds both."""
     if model is not None:
         d = Path(model)
         if d.is_dir():
-            return d
+            bare = d.name == str(model) and not any((d / f).exists() for f in ("initial.pt", "boundary.pt"))
+            shipped = _shipped_model_dir(d.name) if bare else None
+            return shipped or d
         if d.is_file():  # a net file given as the folder: "model folder not found" misled
             raise UserError(f"{d}: is a file, not a model folder: pass the folder that holds initial.pt and "
                             "boundary.pt")
         # A shipped model by name (models/<name>: "default", "lytro-2026-11").
-        if d.name == str(model):
-            for root in (PACKAGE_DIR / "models", REPO_ROOT / "models"):
-                if (root / d.name / "initial.pt").is_file() and (root / d.name / "boundary.pt").is_file():
-                    return root / d.name
+        shipped = _shipped_model_dir(d.name) if d.name == str(model) else None
+        if shipped is not None:
+            return shipped
         raise UserError(f"{d}: model folder not found ({HOW_TO_GET_MODELS}; shipped models: {', '.join(shipped_models())})")
     for d in default_model_dirs():
         if (d / "initial.pt").is_file() and (d / "boundary.pt").is_file():
