@@ -498,3 +498,22 @@ def test_a_shipped_models_name_is_the_shipped_model_beside_a_folder_of_that_name
 
     make_tiny_nets(tmp_path / "default")  # a folder that holds nets is the folder
     assert bafusion.load_model("default", device="cpu").sources[0] == str(Path("default") / "initial.pt")
+
+
+def test_fuse_of_float_or_int_arrays_says_how_to_convert_them_and_is_a_type_error(tiny_nets: Path) -> None:
+    """fuse(a / 255., b / 255.) said only 'sources must be uint8 or uint16 arrays, got float64':
+    it names bafusion.io.to_uint8 (as write_image does), and the error is also a TypeError."""
+    from bafusion.errors import InputTypeError
+
+    a = np.zeros((40, 36), np.uint8)
+    kw = {"model": str(tiny_nets), "device": "cpu"}
+    with pytest.raises(UserError, match=r"^source 1: sources must be uint8 or uint16 arrays, got float64 \(a float "
+                                        r"image: bafusion\.io\.to_uint8\(x \* 255\) converts one in \[0, 1\], "
+                                        r"to_uint8\(x\) one on the \[0, 255\] scale\)$") as e:
+        bafusion.fuse(a / 255.0, a / 255.0, **kw)
+    assert isinstance(e.value, TypeError) and isinstance(e.value, InputTypeError)
+    with pytest.raises(TypeError, match=r"^source 2: sources must be uint8 or uint16 arrays, got int64 \(an integer "
+                                        r"image of 8-bit values: x\.astype\(numpy\.uint8\)\)$"):
+        bafusion.fuse(a, a.astype(np.int64), **kw)
+    with pytest.raises(TypeError, match=r"source 2: expected a file path or a numpy array, got int"):
+        bafusion.fuse(a, 3, **kw)

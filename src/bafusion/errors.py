@@ -9,6 +9,12 @@ class UserError(Exception):
     """Bad input or configuration: printed without a traceback, exit status 2."""
 
 
+class InputTypeError(UserError, TypeError):
+    """An argument of the Python API of the wrong type (a float array given as an image, a PIL
+    image as a source): a :class:`UserError` (the command line prints it as one), and a
+    :class:`TypeError` for code that catches that."""
+
+
 class InputFileError(UserError):
     """A named input file is missing, unreadable or inconsistent with another."""
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from bafusion.errors import InputFileError, UserError
+from bafusion.errors import InputFileError, InputTypeError, UserError
 from bafusion.fusion.models import FusionNets, find_model_dir, load_nets_from_dir
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.rule import _fuse_pair, check_same_size, checked_params, fuse_stack, source_channels
@@ -191,7 +191,10 @@ def fuse(
     bafusion.errors.UserError
         Fewer than two shots, shots of different sizes, an unreadable file, a bad parameter
         (a device this machine lacks: ``device='cuda:1': ...``); with ``align``, shots that are
-        not one scene or an implausible estimate (see ``align``).
+        not one scene or an implausible estimate (see ``align``). A source that is neither a
+        path nor an array, or an array of another type than uint8 and uint16 (floats: the
+        message says how to convert them), is a :class:`bafusion.errors.InputTypeError`, a
+        UserError that is also a :class:`TypeError`.
 
     Examples
     --------
@@ -372,7 +375,7 @@ def _read_sources(
                 hint = " (the fusion parameters: pass them as params=...)"
             else:
                 hint = ""
-            raise UserError(f"source {i + 1}: expected a file path or a numpy array, got {type(s).__name__}{hint}")
+            raise InputTypeError(f"source {i + 1}: expected a file path or a numpy array, got {type(s).__name__}{hint}")
     paths = [s for s in sources if not isinstance(s, np.ndarray)]
     src = read_source_set(paths, metadata=False) if paths else None
     read8 = iter(src.images) if src else iter(())
@@ -383,7 +386,14 @@ def _read_sources(
         if isinstance(s, np.ndarray):
             s = source_channels(s, name)  # (H, W) or (H, W, 3): alpha dropped, as from a file
             if s.dtype not in (np.uint8, np.uint16):
-                raise UserError(f"{name}: sources must be uint8 or uint16 arrays, got {s.dtype}")
+                if s.dtype.kind == "f":
+                    hint = (" (a float image: bafusion.io.to_uint8(x * 255) converts one in [0, 1], to_uint8(x) one "
+                            "on the [0, 255] scale)")
+                elif s.dtype.kind in "iu":
+                    hint = " (an integer image of 8-bit values: x.astype(numpy.uint8))"
+                else:
+                    hint = ""
+                raise InputTypeError(f"{name}: sources must be uint8 or uint16 arrays, got {s.dtype}{hint}")
             arrays[i] = np.ascontiguousarray(s)
     deep16 = [a for a in arrays.values() if a.dtype == np.uint16]
     bits = common_bits(max(float(a.max()) for a in deep16)) if deep16 else 8
