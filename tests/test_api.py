@@ -517,3 +517,17 @@ def test_fuse_of_float_or_int_arrays_says_how_to_convert_them_and_is_a_type_erro
         bafusion.fuse(a, a.astype(np.int64), **kw)
     with pytest.raises(TypeError, match=r"source 2: expected a file path or a numpy array, got int"):
         bafusion.fuse(a, 3, **kw)
+
+
+def test_an_empty_path_is_named_empty(tiny_nets: Path) -> None:
+    """fuse('a.png', '') said '.: not a regular file' (pathlib reads '' as '.'), as did
+    read_image('') and bafusion fuse a.png ''."""
+    from bafusion.errors import InputFileError
+
+    a = Path(__file__).parent / "data" / "never-read.png"
+    with pytest.raises(InputFileError, match=r"^source 2: the path is empty \(''\): no file named$"):
+        bafusion.fuse(a, "", model=str(tiny_nets), device="cpu")
+    with pytest.raises(InputFileError, match=r"^'': the path is empty: no file named$"):
+        bafusion.read_image("")
+    with pytest.raises(InputFileError, match=r"^'': the path is empty: no file named$"):
+        bafusion.read_images(["", a])

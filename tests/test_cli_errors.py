@@ -100,6 +100,12 @@ def test_fuse_refuses_one_file_given_as_two_sources(work: Path, capsys, second: 
     assert line.startswith("bafusion fuse: error: a.png ")
 
 
+def test_fuse_names_an_empty_source_path(work: Path, capsys) -> None:
+    """bafusion fuse a.png "$UNSET" said '.: not a regular file' (pathlib reads '' as '.')."""
+    line = _refused(["fuse", "a.png", "", "--model", "nets", "--device", "cpu", "-o", "F.png"], capsys, work)
+    assert line == "bafusion fuse: error: source 2: the path is empty (''): no file named", line
+
+
 def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
     _refused(["baseline", "a.png", "b.png", "-o", "./b.png"], capsys, work, "is also an input")
 

@@ -197,9 +197,16 @@ def _quiet_pillow() -> Iterator[None]:
         yield
 
 
+def _check_not_empty(path: str | os.PathLike[str]) -> None:
+    """An empty path is named so (pathlib reads '' as '.', which was '.: not a regular file')."""
+    if os.fspath(path) in ("", b""):
+        raise InputFileError("''", "the path is empty: no file named")
+
+
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
     """Open and fully decode an image, applying its EXIF orientation (Pillow's warnings
     silenced: :func:`_quiet_pillow`)."""
+    _check_not_empty(path)
     p = Path(path)
     if not p.exists():
         raise InputFileError(p, "file not found")
@@ -403,6 +410,7 @@ def image_info(path: str | os.PathLike[str], *, decode: bool = False) -> ImageIn
         Naming the file when it is missing, not a file, or not a readable image (as
         :func:`open_image` says it).
     """
+    _check_not_empty(path)
     p = Path(path)
     if not p.exists():
         raise InputFileError(p, "file not found")
@@ -1998,6 +2006,8 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     high: list[tuple[int, np.ndarray, int | None, int]] = []
     significant: list[int] = []  # the marked sources' significant bits (not the bits scaled from)
     floats: list[tuple[int, Path, np.ndarray]] = []  # float sources: scaled alike, below
+    for p in paths:
+        _check_not_empty(p)
     for p in map(Path, paths):
         raw = _high_depth_array(p) if p.is_file() and unread_format(p) is None else None  # else refused below
         if raw is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from bafusion.cli.common import add_threads_argument, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, note_params_yaml_unread
-from bafusion.errors import UserError
+from bafusion.errors import InputFileError, UserError
 from bafusion.fusion.api import ALIGN_MODELS
 from bafusion.fusion.batch import (EXIT_NONE_FUSED, EXIT_SKIPPED, check_output_folder, find_groups, fuse_dir,
                                    skip_lines)
@@ -198,6 +198,9 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         raise UserError(f"{out}: output must be .png, .tif, .bmp or .jpg")
     if out.exists() and out.is_dir():
         raise UserError(f"{out}: is a folder, not an output file")
+    for i, p in enumerate(args.images):  # an unset shell variable; pathlib reads '' as '.': 'not a regular file'
+        if p == "":
+            raise InputFileError(f"source {i + 1}", "the path is empty (''): no file named")
     paths = [Path(p) for p in args.images]
     if len(paths) < 2:
         raise UserError("give at least two source images")

@@ -376,6 +376,8 @@ def _read_sources(
             else:
                 hint = ""
             raise InputTypeError(f"source {i + 1}: expected a file path or a numpy array, got {type(s).__name__}{hint}")
+        if not isinstance(s, np.ndarray) and os.fspath(s) in ("", b""):  # pathlib reads '' as '.': 'not a regular file'
+            raise InputFileError(f"source {i + 1}", "the path is empty (''): no file named")
     paths = [s for s in sources if not isinstance(s, np.ndarray)]
     src = read_source_set(paths, metadata=False) if paths else None
     read8 = iter(src.images) if src else iter(())
