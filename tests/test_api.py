@@ -531,3 +531,35 @@ def test_an_empty_path_is_named_empty(tiny_nets: Path) -> None:
         bafusion.read_image("")
     with pytest.raises(InputFileError, match=r"^'': the path is empty: no file named$"):
         bafusion.read_images(["", a])
+
+
+def test_align_auto_names_a_runaway_estimate_too_flat_or_too_small_not_by_its_figure(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registration that ran away on a nearly flat 64 px crop said 'the motion estimate
+    (232591.3 px) matches the shots worse than no motion': an estimate that moves a shot further
+    than its own size is said as too flat or too small to judge, without the figure."""
+    import bafusion.fusion.scene as scene
+    from bafusion.fusion.batch import auto_alignment
+
+    im = np.zeros((64, 64), np.uint8)
+    for verdict in ("failed", "implausible"):
+        monkeypatch.setattr(scene, "shot_motions", lambda images, v=verdict: [
+            scene.ShotMotion(1, 232591.3, v, reason="scale 5200.00")])
+        model, [(said, text)] = auto_alignment([im, im], ["a.png", "b.png"], True)
+        assert (model, said) == ("none", verdict)
+        assert text == ("b.png: too flat or too small to judge its motion (its motion estimate ran away, moving it "
+                        "further than its own size), taken for a failure: fused as registered"), text
+    monkeypatch.setattr(scene, "shot_motions", lambda images: [scene.ShotMotion(1, 40.0, "failed")])
+    assert "the motion estimate (40.0 px) matches the shots worse" in auto_alignment([im, im], ["a", "b"], True)[1][0][1]
+
+
+def test_align_auto_on_a_flat_crop_of_a_real_pair_gives_no_absurd_figure(shared_data: Path, tiny_nets: Path) -> None:
+    """The 64 px top-left crop of g01-clock, as the report found it."""
+    from bafusion.fusion.scene import AutoAlignWarning
+
+    a, b = (np.asarray(bafusion.read_image(shared_data / "eval" / "classic" / f"g01-clock-{s}.png"))[:64, :64]
+            for s in "AB")
+    with pytest.warns(AutoAlignWarning) as got:
+        bafusion.fuse(a, b, model=load_nets_from_dir(tiny_nets, "cpu"), align="auto")
+    text = " ".join(str(w.message) for w in got if issubclass(w.category, AutoAlignWarning))
+    assert "too flat or too small to judge its motion" in text and "232591" not in text, text
