@@ -241,7 +241,7 @@ def fuse(
         with torch_threads(threads):
             res = fuse_stack_joint(images, nets, params, names)
         _warn_notes(res.notes)
-        return compose_index(full, res.index) if deep else res.fused
+        return compose_index(full, res.index, res.gains) if deep else res.fused  # match_output_exposure's gains
     with torch_threads(threads):
         if len(images) == 2:
             results = [_fuse_pair(images[0], images[1], nets, params, (names[0], names[1]), progress)]
@@ -251,7 +251,7 @@ def fuse(
     if deep:
         from bafusion.fusion.batch import compose_full
 
-        return compose_full(full, [r.decision for r in results])
+        return compose_full(full, [r.decision for r in results], [r.gains for r in results])  # as bafusion fuse
     return results[-1].fused
 
 
