@@ -163,7 +163,7 @@ def test_count_names_the_real_problem(tmp_path: Path) -> None:
     bad["data"]["dir"]["alphamatting"] = str(fg)
     with pytest.raises(UserError) as e:
         count_samples(bad)
-    assert str(e.value).startswith(f"{missing}: background folder not found: cannot count"), str(e.value)
+    assert str(e.value).startswith(f"data.dir.backgrounds {missing}: background folder not found: cannot count"), str(e.value)
 
 
 def test_count_of_the_builtin_default_matches_its_sources() -> None:
@@ -633,6 +633,24 @@ def test_check_params_refuses_what_the_jobs_refuse_after_the_data_stages(overrid
         check_params(deep_merge(params, override), "p.yaml")
     assert str(e.value).startswith("p.yaml: ") and words in str(e.value) and "\n" not in str(e.value), str(e.value)
     check_params(deep_merge(params, {"train": {"consistency": 1.0}, "patches": {"context": 16}}))
+
+
+@pytest.mark.parametrize("data,words", [
+    ({"holdout_backgrounds": 0}, "data.holdout_foregrounds and data.holdout_backgrounds must both be 0 or both be > 0"),
+    ({"builtin": {"foregrounds": ["chelsea", "coffee", "astronaut"]}, "holdout_foregrounds": 5},
+     "data.holdout_foregrounds: cannot hold out 5 of 3 foregrounds (data.builtin.foregrounds)"),
+    ({"builtin": {"foregrounds": ["nosuchimage"]}}, "data.builtin.foregrounds: unknown builtin image 'nosuchimage'"),
+])
+def test_check_params_refuses_a_data_selection_the_prepare_job_would_refuse(data: dict, words: str) -> None:
+    """The data section's rules were checked only by the prepare job, after Snakemake (or DVC)
+    had deleted data/prepared, in messages that named "foregrounds" instead of the key."""
+    from bafusion.cli.params_check import check_params
+
+    params = deep_merge(load_params(REPO / "params.yaml"), {"data": {"holdout_foregrounds": 1, "holdout_backgrounds": 1}})
+    check_params(params)
+    with pytest.raises(UserError) as e:
+        check_params(deep_merge(params, {"data": data}), "p.yaml")
+    assert str(e.value).startswith(f"p.yaml: {words}") and "\n" not in str(e.value), str(e.value)
 
 
 def test_check_params_warns_of_milestones_never_reached(capsys: pytest.CaptureFixture[str]) -> None:

@@ -168,6 +168,35 @@ def test_holdout_and_limits(tmp_path: Path) -> None:
         select({"source": "ftp"}, 0)
 
 
+def test_the_selection_errors_name_the_key(tmp_path: Path) -> None:
+    """The prepare job said "foregrounds: cannot hold out 5 of 3", "foregrounds: cannot hold out
+    1 of 1" for an unknown builtin name (the names were read after the hold-out) and
+    "/nonexist: folder not found" without the key."""
+    builtin = {"source": "builtin", "holdout_foregrounds": 1, "holdout_backgrounds": 1,
+               "builtin": {"foregrounds": ["nosuchimage"], "backgrounds": ["brick", "grass"]}}
+    with pytest.raises(UserError) as e:
+        select(builtin, 0)
+    assert str(e.value).startswith("data.builtin.foregrounds: unknown builtin image 'nosuchimage'"), str(e.value)
+    builtin["builtin"]["foregrounds"] = ["chelsea", "coffee", "astronaut"]
+    with pytest.raises(UserError) as e:
+        select({**builtin, "holdout_foregrounds": 5}, 0)
+    assert str(e.value).startswith("data.holdout_foregrounds: cannot hold out 5 of 3 foregrounds"), str(e.value)
+    with pytest.raises(UserError) as e:
+        select({**builtin, "holdout_backgrounds": 0}, 0)
+    assert "data.holdout_foregrounds and data.holdout_backgrounds must both be 0 or both be > 0" in str(e.value)
+    am, bg = _alphamatting(tmp_path / "am", n=2), _bgs(tmp_path / "bg", n=3)
+    with pytest.raises(UserError) as e:
+        select(_dir_cfg(tmp_path / "nonexist", bg), 0)
+    assert str(e.value).startswith(f"data.dir.alphamatting {tmp_path / 'nonexist'}: folder not found"), str(e.value)
+    with pytest.raises(UserError) as e:
+        select(_dir_cfg(am, tmp_path / "nobg"), 0)
+    assert str(e.value).startswith(f"data.dir.backgrounds {tmp_path / 'nobg'}: background folder not found")
+    with pytest.raises(UserError) as e:
+        select(_dir_cfg(am, bg, holdout_foregrounds=2, holdout_backgrounds=1), 0)
+    assert str(e.value).startswith(f"data.holdout_foregrounds: cannot hold out 2 of the 2 foregrounds in {am} "), \
+        str(e.value)
+
+
 def test_fewer_items_than_configured_are_noted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # the paper preset's 700 backgrounds on ../shared's 128 made 27 x 128 pairs without a word
     cfg = _dir_cfg(_alphamatting(tmp_path / "am"), _bgs(tmp_path / "bg", 3), backgrounds=700,

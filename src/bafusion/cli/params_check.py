@@ -49,6 +49,7 @@ def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None
 
     seed = int(params.get("seed", 0))
     try:
+        _check_data(params)
         comp = dict(params.get("composite") or {})
         CompositeOptions(seed=seed, realistic=Realism.from_mapping(comp.get("realistic")),
                          **({"sigma": tuple(comp["sigma"])} if "sigma" in comp else {}),
@@ -65,6 +66,15 @@ def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None
         raise UserError(text if text.startswith(source) else f"{source}: {text}") from e
     for line in _training_warnings(params):
         print(f"warning: {source}: {line}", file=sys.stderr)
+
+
+def _check_data(params: Mapping[str, Any]) -> None:
+    """The ``data`` section's rules that its values alone decide (the hold-out counts, the
+    builtin images' names), which the prepare job would refuse only after Snakemake (or DVC)
+    deleted data/prepared: :func:`bafusion.data.sources.check_selection`."""
+    from bafusion.data.sources import check_selection
+
+    check_selection(dict(params.get("data") or {}))
 
 
 def _net_value(params: Mapping[str, Any], net: str, key: str) -> tuple[str, Any]:

@@ -198,11 +198,12 @@ class Selection:
     test_backgrounds: list[Background]
 
 
-def _split(items: list, holdout: int, limit: int, seed: int, what: str) -> tuple[list, list]:
+def _split(items: list, holdout: int, limit: int, seed: int, what: str, where: str = "") -> tuple[list, list]:
     if holdout < 0 or limit < 0:
-        raise UserError(f"{what}: holdout and limit must be >= 0")
+        raise UserError(f"data.holdout_{what}, data.{what}: must be >= 0, got {holdout}, {limit}")
     if holdout >= len(items) and holdout > 0:
-        raise UserError(f"{what}: cannot hold out {holdout} of {len(items)} (nothing would be left to train on)")
+        raise UserError(f"data.holdout_{what}: cannot hold out {holdout} of the {len(items)} {what}{where} "
+                        "(nothing would be left to train on)")
     order = np.random.default_rng(stable_seed(seed, "holdout:" + what)).permutation(len(items))
     held = sorted(int(i) for i in order[:holdout])
     rest = [x for i, x in enumerate(items) if i not in set(held)]
@@ -212,9 +213,48 @@ def _split(items: list, holdout: int, limit: int, seed: int, what: str) -> tuple
     return rest, test
 
 
+def _builtin_known(name: str) -> bool:
+    """Whether scikit-image's ``skimage.data`` has an image ``name`` (as :func:`_builtin_image` reads it)."""
+    from skimage import data as skdata
+
+    return name == "motorcycle" or (not name.startswith("_") and callable(getattr(skdata, name, None)))
+
+
+def check_selection(data_cfg: dict) -> None:
+    """The rules of ``params.yaml``'s ``data`` section that the values alone decide (no image
+    read): the two hold-out counts both 0 or both > 0, builtin names that scikit-image has, and
+    a hold-out that leaves builtin images to train on. :func:`select` runs it first; the
+    parameter check (:func:`bafusion.cli.params_check.check_params`) runs it before any job.
+
+    Raises
+    ------
+    UserError
+        One line naming the key (``data.holdout_foregrounds``, ``data.builtin.foregrounds``).
+    """
+    holdout = {w: int(data_cfg.get(f"holdout_{w}", 0) or 0) for w in ("foregrounds", "backgrounds")}
+    if (holdout["foregrounds"] > 0) != (holdout["backgrounds"] > 0):
+        raise UserError("data.holdout_foregrounds and data.holdout_backgrounds must both be 0 or both be > 0, "
+                        f"got {holdout['foregrounds']} and {holdout['backgrounds']}")
+    if data_cfg.get("source", "builtin") != "builtin":
+        return
+    b = data_cfg.get("builtin", {}) or {}
+    for what, default in (("foregrounds", BUILTIN_FOREGROUNDS), ("backgrounds", BUILTIN_BACKGROUNDS)):
+        names = list(b.get(what) or default)
+        unknown = [n for n in names if not _builtin_known(str(n))]
+        if unknown:
+            raise UserError(f"data.builtin.{what}: unknown builtin image {unknown[0]!r} "
+                            "(scikit-image's skimage.data has no such image)")
+        if holdout[what] >= len(names) and holdout[what] > 0:
+            listed = f"data.builtin.{what}" if b.get(what) else f"the builtin set: data.builtin.{what} is empty"
+            raise UserError(f"data.holdout_{what}: cannot hold out {holdout[what]} of {len(names)} {what} ({listed}): "
+                            "nothing would be left to train on")
+
+
 def select(data_cfg: dict, seed: int) -> Selection:
     """Resolve ``params.yaml``'s ``data`` section into the items to use."""
+    check_selection(data_cfg)
     source = data_cfg.get("source", "builtin")
+    where = {"foregrounds": "", "backgrounds": ""}
     if source == "builtin":
         b = data_cfg.get("builtin", {}) or {}
         fgs = builtin_foregrounds(b.get("foregrounds") or BUILTIN_FOREGROUNDS, seed)
@@ -223,16 +263,22 @@ def select(data_cfg: dict, seed: int) -> Selection:
         d = data_cfg.get("dir", {}) or {}
         if not d.get("alphamatting") or not d.get("backgrounds"):
             raise UserError("data.source 'dir' needs data.dir.alphamatting and data.dir.backgrounds")
+        for key in ("alphamatting", "backgrounds"):
+            if not Path(d[key]).is_dir():
+                what = ("folder not found (expected an alphamatting-style folder with input/ and gt/)"
+                        if key == "alphamatting" else "background folder not found")
+                raise UserError(f"data.dir.{key} {d[key]}: {what}")
         fgs = dir_foregrounds(d["alphamatting"])
         bgs = dir_backgrounds(d["backgrounds"])
+        where = {"foregrounds": f" in {d['alphamatting']}", "backgrounds": f" in {d['backgrounds']}"}
     else:
         raise UserError(f"unknown data.source {source!r} (expected 'builtin' or 'dir')")
     train_fg, test_fg = _split(
-        fgs, int(data_cfg.get("holdout_foregrounds", 0)), int(data_cfg.get("foregrounds", 0)), seed, "foregrounds"
+        fgs, int(data_cfg.get("holdout_foregrounds", 0)), int(data_cfg.get("foregrounds", 0)), seed, "foregrounds",
+        where["foregrounds"]
     )
     train_bg, test_bg = _split(
-        bgs, int(data_cfg.get("holdout_backgrounds", 0)), int(data_cfg.get("backgrounds", 0)), seed, "backgrounds"
+        bgs, int(data_cfg.get("holdout_backgrounds", 0)), int(data_cfg.get("backgrounds", 0)), seed, "backgrounds",
+        where["backgrounds"]
     )
-    if bool(test_fg) != bool(test_bg):
-        raise UserError("data.holdout_foregrounds and data.holdout_backgrounds must both be 0 or both be > 0")
     return Selection(train_fg, train_bg, test_fg, test_bg)
