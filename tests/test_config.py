@@ -653,6 +653,30 @@ def test_check_params_refuses_a_data_selection_the_prepare_job_would_refuse(data
     assert str(e.value).startswith(f"p.yaml: {words}") and "\n" not in str(e.value), str(e.value)
 
 
+def test_check_params_refuses_a_prepare_scale_that_makes_a_foreground_smaller_than_the_patch() -> None:
+    """prepare.scale: 0.01 was accepted; the patches job refused the 5x3 pairs after prepare and
+    composite had run, naming neither prepare.scale nor patch."""
+    from bafusion.cli.params_check import check_params
+    from bafusion.data.sources import BUILTIN_FOREGROUND_SIZES, _builtin_image
+
+    params = deep_merge(load_params(REPO / "params.yaml"), {"patch": 16, "data": {
+        "source": "builtin", "foregrounds": 0, "holdout_foregrounds": 1, "holdout_backgrounds": 1,
+        "builtin": {"foregrounds": ["chelsea", "coffee", "astronaut"]}}})
+    check_params(deep_merge(params, {"prepare": {"scale": 0.06}}))
+    with pytest.raises(UserError) as e:
+        check_params(deep_merge(params, {"prepare": {"scale": 0.01}}), "p.yaml")
+    assert str(e.value) == ("p.yaml: prepare.scale: 0.01 makes the builtin foreground 'coffee' 5x3 (from 512x341), "
+                            "smaller than patch: 16 (the pairs take the prepared foreground's size): raise "
+                            "prepare.scale or lower patch"), str(e.value)
+    # the held-out foreground (chelsea, 300 px high: 15 at 0.05) makes no training pair
+    check_params(deep_merge(params, {"prepare": {"scale": 0.05}}))
+    with pytest.raises(UserError, match="'chelsea' 23x15"):
+        check_params(deep_merge(params, {"prepare": {"scale": 0.05}, "data": {"holdout_foregrounds": 0,
+                                                                              "holdout_backgrounds": 0}}))
+    # the table is the images' size
+    assert {n: _builtin_image(n).shape[:2] for n in BUILTIN_FOREGROUND_SIZES} == BUILTIN_FOREGROUND_SIZES
+
+
 def test_check_params_warns_of_milestones_never_reached(capsys: pytest.CaptureFixture[str]) -> None:
     from bafusion.cli.params_check import check_params
 

@@ -238,6 +238,16 @@ def test_whole_chunks_and_an_empty_split(shard: Path, tmp_path: Path) -> None:
         assert e["x"].shape == (0, 2, 16, 16) and e["y"].shape == (0,) and e["centre"].shape == (0, 2)
 
 
+def test_a_pair_smaller_than_the_patch_names_prepare_scale_and_patch(tmp_path: Path) -> None:
+    """prepare.scale: 0.01 was accepted and the patches job said only "pair 0: image 5x3 is
+    smaller than the patch side 16", naming neither key."""
+    _write_shard(tmp_path / "s.h5", n_fg=1, n_bg=1, h=12, w=20)
+    with pytest.raises(UserError) as e:
+        run_patches([tmp_path / "s.h5"], PatchOptions(patch=16, per_pair=2, boundary_per_pair=2), tmp_path / "out",
+                    progress=False)
+    assert str(e.value).startswith("pair 0: image 20x12 is smaller than patch: 16") and "prepare.scale" in str(e.value)
+
+
 def test_threads_must_be_positive(shard: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="threads"):
         run_patches([shard], PatchOptions(patch=16), tmp_path / "out", progress=False, threads=0)

@@ -50,6 +50,7 @@ def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None
     seed = int(params.get("seed", 0))
     try:
         _check_data(params)
+        _check_prepared_size(params)
         comp = dict(params.get("composite") or {})
         CompositeOptions(seed=seed, realistic=Realism.from_mapping(comp.get("realistic")),
                          **({"sigma": tuple(comp["sigma"])} if "sigma" in comp else {}),
@@ -75,6 +76,28 @@ def _check_data(params: Mapping[str, Any]) -> None:
     from bafusion.data.sources import check_selection
 
     check_selection(dict(params.get("data") or {}))
+
+
+def _check_prepared_size(params: Mapping[str, Any]) -> None:
+    """A ``prepare.scale`` that makes a training foreground smaller than ``patch``: the pairs
+    take the prepared foreground's size, and the patches job refused them only after prepare
+    and composite had run. Known here for the builtin images; a folder's are refused by the
+    patches job."""
+    from bafusion.data.sources import builtin_train_foreground_sizes
+    from bafusion.io import scaled_size
+
+    scale, patch = (params.get("prepare") or {}).get("scale"), params.get("patch")
+    if scale is None or patch is None:  # (an override file that leaves them to params.yaml)
+        return
+    scale, patch = float(scale), int(patch)
+    sizes = builtin_train_foreground_sizes(dict(params.get("data") or {}), int(params.get("seed", 0)))
+    small = [(min(scaled_size(hw, scale)), name, hw) for name, hw in sizes.items() if min(scaled_size(hw, scale)) < patch]
+    if small:
+        _, name, (h, w) = min(small)
+        sh, sw = scaled_size((h, w), scale)
+        raise UserError(f"prepare.scale: {scale:g} makes the builtin foreground {name!r} {sw}x{sh} (from {w}x{h}), "
+                        f"smaller than patch: {patch} (the pairs take the prepared foreground's size): "
+                        "raise prepare.scale or lower patch")
 
 
 def _net_value(params: Mapping[str, Any], net: str, key: str) -> tuple[str, Any]:

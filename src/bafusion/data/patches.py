@@ -485,7 +485,9 @@ def _write_patches(shards: _Shards, opts: PatchOptions, out_dir: Path, progress:
             ):
                 h, w = matte.shape
                 if h < p or w < p:
-                    raise UserError(f"pair {pair_id}: image {w}x{h} is smaller than the patch side {p}")
+                    raise UserError(f"pair {pair_id}: image {w}x{h} is smaller than patch: {p} (a pair takes the size of "
+                                    "its prepared foreground, the source's times prepare.scale): raise prepare.scale "
+                                    "or lower patch")
                 focus = matte >= thr
                 if last_matte_id != id(matte) or frac is None:
                     frac = window_fraction(focus, p)

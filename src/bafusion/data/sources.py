@@ -48,6 +48,18 @@ BUILTIN_BACKGROUNDS: tuple[str, ...] = (
 )
 #: Builtin photos are first brought to at most this long side (retina is 1411 px).
 BUILTIN_MAX_SIDE = 512
+#: The builtin foregrounds' sizes (height, width) as :func:`_builtin_image` gives them: the
+#: parameter check compares them, times ``prepare.scale``, with ``patch`` without loading them.
+BUILTIN_FOREGROUND_SIZES: dict[str, tuple[int, int]] = {
+    "astronaut": (512, 512),
+    "chelsea": (300, 451),
+    "coffee": (341, 512),
+    "rocket": (342, 512),
+    "motorcycle": (345, 512),
+    "immunohistochemistry": (512, 512),
+    "hubble_deep_field": (446, 512),
+    "retina": (512, 512),
+}
 
 
 @dataclass(frozen=True)
@@ -248,6 +260,18 @@ def check_selection(data_cfg: dict) -> None:
             listed = f"data.builtin.{what}" if b.get(what) else f"the builtin set: data.builtin.{what} is empty"
             raise UserError(f"data.holdout_{what}: cannot hold out {holdout[what]} of {len(names)} {what} ({listed}): "
                             "nothing would be left to train on")
+
+
+def builtin_train_foreground_sizes(data_cfg: dict, seed: int) -> dict[str, tuple[int, int]]:
+    """The sizes (height, width, before ``prepare.scale``) of the builtin foregrounds that
+    :func:`select` puts in the training split, for those of :data:`BUILTIN_FOREGROUND_SIZES`
+    (no image loaded); empty for another source."""
+    if data_cfg.get("source", "builtin") != "builtin":
+        return {}
+    names = list((data_cfg.get("builtin", {}) or {}).get("foregrounds") or BUILTIN_FOREGROUNDS)
+    train, _ = _split(names, int(data_cfg.get("holdout_foregrounds", 0) or 0),
+                      int(data_cfg.get("foregrounds", 0) or 0), seed, "foregrounds")
+    return {n: BUILTIN_FOREGROUND_SIZES[n] for n in train if n in BUILTIN_FOREGROUND_SIZES}
 
 
 def select(data_cfg: dict, seed: int) -> Selection:
