@@ -45,7 +45,11 @@ try:
     if getattr(workflow, "is_main_process", True):
         warn_missing_keys(config, _source, stage=os.environ.get("DVC_STAGE"))
 except UserError as _e:  # one line naming the key, not Snakemake's traceback of the Snakefile
-    sys.exit(f"error: {_e}")
+    # under `dvc repro` / `dvc exp run`, DVC deleted this stage's outputs before calling us: say so
+    from bafusion.workspace import dvc_removed_outputs_note
+
+    _note = dvc_removed_outputs_note()
+    sys.exit(f"error: {_e}" + (f"\n{_note}" if _note else ""))
 
 
 include: "workflow/rules/common.smk"

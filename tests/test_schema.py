@@ -239,6 +239,27 @@ def test_a_missing_key_of_the_rules_fails_in_one_line(project: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_refusal_in_a_dvc_stage_says_dvc_removed_the_stages_outputs(project: Path) -> None:
+    """Under `dvc exp run -S prepare.scale=0.01` DVC deleted data/prepared before calling
+    Snakemake, which refused the value in one line that did not say so."""
+    import subprocess
+
+    from pipeline_project import env
+
+    def dry_run(**extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["snakemake", "-n", "prepare", "--config", "prepare={scale: 0.01}"], cwd=project,
+                              capture_output=True, text=True, timeout=300, env={**env(), **extra})
+
+    p = dry_run(DVC_STAGE="prepare", DVC_ROOT=str(project))
+    lines = (p.stdout + p.stderr).strip().splitlines()
+    assert p.returncode != 0 and lines[-2].startswith("error: params.yaml + --config: prepare.scale: 0.01"), lines
+    assert lines[-1] == ("note: dvc removed the outputs of stage 'prepare' (data/prepared) before running it "
+                         "(dvc.lock has no record of them): fix the value and run the stage again"), lines
+    p = dry_run()  # not under DVC: the error alone
+    assert p.returncode != 0 and (p.stdout + p.stderr).strip().splitlines()[-1].startswith("error: "), p.stderr
+
+
+@pytest.mark.slow
 def test_a_params_yaml_without_a_newer_key_draws_one_warning_per_snakemake_call(project: Path) -> None:
     """An upgraded project's params.yaml without fuse.boundary_weight fused with 0.75 (the
     library default), unlike its earlier runs and a fresh project (1), and snakemake -n said

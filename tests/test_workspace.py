@@ -84,3 +84,41 @@ def test_a_folder_outside_the_project_is_not_moved(tmp_path: Path, monkeypatch: 
     nested.mkdir()
     (nested / "Snakefile").write_text("")
     assert resolve("../x", nested) == nested / "../x"
+
+
+def test_a_refusal_in_a_dvc_stage_says_dvc_removed_its_outputs(tmp_path: Path) -> None:
+    """`dvc exp run -S fuse.l=-1` was refused at once, but DVC had already deleted data/fused and
+    metrics/fuse.json, without a word: the refusal now says so and how to bring them back."""
+    import subprocess
+
+    from bafusion.workspace import dvc_removed_outputs_note
+
+    ws = tmp_path / "ws"
+    (ws / "metrics").mkdir(parents=True)
+    (ws / "dvc.yaml").write_text("stages:\n  fuse:\n    cmd: snakemake fuse\n    outs:\n      - data/fused\n"
+                                 "      - metrics/fuse.json:\n          cache: false\n"
+                                 "      - data/kept:\n          persist: true\n")
+    (ws / "dvc.lock").write_text("schema: '2.0'\nstages:\n  fuse:\n    cmd: snakemake fuse\n")
+    (ws / "metrics" / "fuse.json").write_text("{}\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    for cmd in (["init", "-q"], ["add", "metrics/fuse.json"], ["commit", "-qm", "m"]):
+        subprocess.run(git + cmd, cwd=ws, check=True, capture_output=True)
+    (ws / "metrics" / "fuse.json").unlink()
+    env = {"DVC_STAGE": "fuse", "DVC_ROOT": str(ws)}
+    assert dvc_removed_outputs_note(env, ws) == (
+        "note: dvc removed the outputs of stage 'fuse' (data/fused, metrics/fuse.json) before running it: fix the "
+        "value, or `git checkout -- params.yaml metrics/fuse.json && dvc checkout fuse` brings them back")
+    # not in a DVC stage; in `dvc exp run --temp`'s copy (the workspace's outputs are untouched)
+    assert dvc_removed_outputs_note({}, ws) is None
+    copy = ws / ".dvc" / "tmp" / "exps" / "tmpabc"
+    copy.mkdir(parents=True)
+    (copy / "dvc.yaml").write_text((ws / "dvc.yaml").read_text())
+    assert dvc_removed_outputs_note(env, copy) is None
+    # a stage DVC never ran: nothing to check out; outputs all there: nothing removed
+    (ws / "dvc.lock").unlink()
+    assert dvc_removed_outputs_note(env, ws).endswith(  # type: ignore[union-attr]
+        "before running it (dvc.lock has no record of them): fix the value and run the stage again")
+    (ws / "data" / "fused").mkdir(parents=True)
+    (ws / "metrics" / "fuse.json").write_text("{}\n")
+    assert dvc_removed_outputs_note(env, ws) is None
+    assert dvc_removed_outputs_note({**env, "DVC_STAGE": "nosuch"}, ws) is None

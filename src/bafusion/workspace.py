@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["project_root", "resolve"]
+__all__ = ["dvc_removed_outputs_note", "project_root", "resolve"]
 
 
 def project_root(start: str | os.PathLike[str] | None = None) -> Path:
@@ -51,3 +51,66 @@ def resolve(path: str | os.PathLike[str], base: str | os.PathLike[str] | None = 
         if local.is_relative_to(ws / ".dvc" / "tmp" / "exps") and not target.is_relative_to(local):
             return Path(os.path.normpath(ws / here.relative_to(local) / p))
     return p if base is None else b / p
+
+
+def _git_tracked(root: Path, paths: list[str]) -> list[str]:
+    """Those of ``paths`` that git tracks in ``root`` (none when git cannot say)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--", *paths], cwd=root, capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    tracked = set(out.stdout.decode(errors="replace").split("\0")) if out.returncode == 0 else set()
+    return [p for p in paths if p in tracked]
+
+
+def dvc_removed_outputs_note(environ: dict[str, str] | None = None, cwd: str | os.PathLike[str] | None = None) -> str | None:
+    """The line that says, under a DVC stage run in the workspace, that DVC deleted the stage's
+    outputs before calling its command (it does so for every stage it runs): a refusal of the
+    parameters there (``dvc exp run -S fuse.l=-1``) leaves them gone, and how to bring them back.
+
+    A stage's command runs with ``$DVC_STAGE`` (its name) and ``$DVC_ROOT`` (the workspace);
+    in ``dvc exp run --temp``/``--queue`` it runs in a copy (the working directory is not
+    ``$DVC_ROOT``), whose removal leaves the workspace's outputs: None. None too when the
+    stage is not in ``dvc.yaml`` or none of its outputs is missing.
+
+    Returns
+    -------
+    ``"note: dvc removed the outputs of stage 'fuse' (data/fused, metrics/fuse.json) before
+    running it: fix the value, or `git checkout -- params.yaml metrics/fuse.json && dvc
+    checkout fuse` brings them back"``
+    """
+    env = os.environ if environ is None else environ
+    stage, root = env.get("DVC_STAGE"), env.get("DVC_ROOT")
+    if not stage or not root:
+        return None
+    try:
+        import yaml
+
+        here = Path(cwd if cwd is not None else Path.cwd()).resolve()
+        if here != Path(root).resolve():
+            return None
+        name = stage.rpartition(":")[2]
+        outs: list[tuple[str, bool]] = []  # (path, in DVC's cache)
+        for out in (yaml.safe_load((here / "dvc.yaml").read_text()) or {})["stages"][name].get("outs") or []:
+            if isinstance(out, str):
+                outs.append((out, True))
+            elif isinstance(out, dict):
+                for path, opts in out.items():
+                    opts = opts if isinstance(opts, dict) else {}
+                    if not opts.get("persist"):
+                        outs.append((str(path), opts.get("cache", True) is not False))
+        gone = [p for p, _ in outs if not (here / p).exists()]
+        if not gone:
+            return None
+        lock = here / "dvc.lock"
+        locked = lock.is_file() and name in ((yaml.safe_load(lock.read_text()) or {}).get("stages") or {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError, yaml.YAMLError):
+        return None
+    head = f"note: dvc removed the outputs of stage {name!r} ({', '.join(gone)}) before running it"
+    if not locked:
+        return f"{head} (dvc.lock has no record of them): fix the value and run the stage again"
+    from_git = _git_tracked(here, [p for p, cached in outs if not cached and p in gone])
+    return (f"{head}: fix the value, or `git checkout -- {' '.join(['params.yaml', *from_git])} && "
+            f"dvc checkout {name}` brings them back")
