@@ -277,7 +277,10 @@ def test_preset_apply_refuses_what_the_pipeline_would_refuse(tmp_path: Path, cap
     assert yaml.safe_load(f.read_text())["patch"] == 64
     capsys.readouterr()
     for text, words in (("- 1\n", "mapping"), ("a: [\n", "invalid YAML"), (None, "not found"),
-                        ("fuse: {tile: 30}\n", "fuse.tile")):
+                        ("fuse: {tile: 30}\n", "fuse.tile"),
+                        # as the other readers say it (it was ruamel.yaml's "while constructing a mapping")
+                        ("train: {lr: 0.1}\nfuse: {l: 8}\ntrain: {epochs: 2}\n",
+                         "invalid YAML: duplicate key 'train' on line 3 (first on line 1)")):
         g = tmp_path / "q.yaml"
         g.unlink(missing_ok=True)
         if text is not None:

@@ -453,6 +453,9 @@ def apply_overrides_to_file(path: str | os.PathLike[str], overrides: Mapping[str
     ry.preserve_quotes = True
     ry.width = 4096  # long values (URLs) stay on their line
     ry.indent(mapping=2, sequence=4, offset=2)  # params.yaml's block lists: "    - {...}"
+    # read first as every other reader does, for the same message: ruamel.yaml's first line of
+    # a key given twice was "while constructing a mapping", not "duplicate key 'train' on line 170"
+    _read_mapping(p, empty_ok=True)
     try:
         doc = ry.load(p.read_text())
     except (OSError, UnicodeDecodeError, YAMLError) as e:
