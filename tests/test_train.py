@@ -154,6 +154,22 @@ def test_changed_parameters_start_afresh(toy_run: dict, tmp_path: Path, capsys: 
     assert load_checkpoint(paths.checkpoints / "last.pt")["config"]["lr"] == 0.02
 
 
+def test_a_batch_larger_than_an_epoch_is_warned_once(toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.batch 100000 on 64 samples per epoch trained one step of 64 per epoch, silently."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 2, "samples_per_epoch": 64, "batch": 100000}},
+                         "initial")
+    train("initial", toy_run["h5"], cfg, _paths(tmp_path, "initial"), progress=False)
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert err == ["bafusion train: warning: initial: train.batch 100000 is more than the 64 samples of an epoch "
+                   "(train.samples_per_epoch): each epoch is one step of 64 (the batch is capped at the samples "
+                   "per epoch)"], err
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 64}}, "initial")
+    train("initial", toy_run["h5"], cfg, _paths(tmp_path / "b", "initial"), progress=False)
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_a_checkpoint_of_other_parameters_is_refused_not_replaced(toy_run: dict, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:

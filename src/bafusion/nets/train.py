@@ -775,6 +775,12 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
         print(f"bafusion train: {net}: {len(train_set)} train patches x 12 = {loader.num_samples} samples, "
               f"{loader.epoch_samples} per epoch, {len(val_set)} val patches; {device}, {dist.world_size} "
               f"process(es), batch {cfg.batch}, amp {amp}, channels_last {channels_last}", file=sys.stderr)
+        if cfg.batch > loader.epoch_samples:  # one short step per epoch: the batch is capped
+            why = ("train.samples_per_epoch" if loader.epoch_samples < loader.num_samples
+                   else f"{len(train_set)} train patches x 12")
+            print(f"bafusion train: warning: {net}: train.batch {cfg.batch} is more than the {loader.epoch_samples} "
+                  f"samples of an epoch ({why}): each epoch is one step of {loader.epoch_samples} (the batch is "
+                  "capped at the samples per epoch)", file=sys.stderr)
 
     # model, optimizer ---------------------------------------------------------------
     torch.manual_seed(cfg.seed)
