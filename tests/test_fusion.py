@@ -429,6 +429,25 @@ def test_focal_stack_is_fused_one_into_the_next(nets: FusionNets, scene) -> None
     assert np.array_equal(res[1].fused, fuse_images(two, b, nets).fused)
 
 
+def test_low_not_below_high_names_where_each_value_came_from(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`fuse --params p.yaml --high 0.5` said "FusionParams: fuse.low, fuse.high: need low < high,
+    got low=0.9, high=0.5": an internal class name, and not where the values came from."""
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / name)
+    (tmp_path / "p.yaml").write_text("fuse:\n  low: 0.9\n")
+    pair = [str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "f.png")]
+    for extra, said in ((["--params", str(tmp_path / "p.yaml"), "--high", "0.5"],
+                         f"got low=0.9 ({tmp_path / 'p.yaml'}), high=0.5 (--high)"),
+                        (["--params-json", '{"low": 0.9}'], "got low=0.9 (--params-json), high=0.8 (default)"),
+                        (["--low", "0.9"], "got low=0.9 (--low), high=0.8 (default)")):
+        assert cli_main(["fuse", *pair, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"bafusion fuse: error: fuse.low, fuse.high: need low < high, {said}"], err
+    with pytest.raises(UserError) as e:
+        FusionParams(low=0.9, high=0.1)
+    assert str(e.value) == "fuse.low, fuse.high: need low < high, got low=0.9, high=0.1"
+
+
 def test_auto_boundary_step() -> None:
     assert [fusion.auto_step(p) for p in (4, 12, 32, 48, 64, 128)] == [1, 2, 8, 8, 16, 16]
 

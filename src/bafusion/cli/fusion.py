@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -126,6 +127,33 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True) -> None:
                         "bafusion fuse also names each step there: reading, checking, fusing, writing)")
 
 
+def _origins(args: argparse.Namespace, flags: dict[str, Any], keys: tuple[str, ...]) -> dict[str, str]:
+    """Where each of the fuse ``keys`` came from, by precedence: its flag (``--high``),
+    ``--params-json``, the ``--params-file`` (its name), else ``default``."""
+    import json
+
+    from bafusion.config import load_params
+
+    given_json: dict[str, Any] = {}
+    if getattr(args, "params_json", None):
+        try:
+            given_json = json.loads(args.params_json)
+        except ValueError:
+            pass  # (read_params has refused it)
+    path = getattr(args, "params_file", None)
+    in_file: dict[str, Any] = {}
+    if path and any(flags.get(k) is None and k not in given_json for k in keys):
+        try:
+            in_file = load_params(path, validate=False).get("fuse") or {}
+        except UserError:
+            pass
+    out = {}
+    for k in keys:
+        out[k] = ("--" + k.replace("_", "-") if flags.get(k) is not None else "--params-json" if k in given_json
+                  else str(path) if k in in_file else "default")
+    return out
+
+
 def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
     """FusionParams from --params-file's 'fuse' section, overridden by --params-json, then by
     explicit flags (absent keys: the schema's defaults); also returns the other settings
@@ -175,7 +203,8 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
     if not other["alpha"] > 0:  # 0 made all-black difference maps; NaN fails too
         raise UserError(f"--alpha {other['alpha']:g}: the difference-map gain alpha*|B-F| must be more than 0 "
                         "(0 would write all black difference maps; the paper's is 10)")
-    fusion = FusionParams.from_mapping(merged, source="command line")  # file and JSON are checked: the flags
+    fusion = FusionParams.from_mapping(merged, source="command line",  # file and JSON are checked: the flags
+                                       origins=_origins(args, flags, ("low", "high")))
     threads = args.threads or base["threads"]
     if not threads:
         from bafusion.threads import auto_threads

@@ -187,11 +187,12 @@ class FusionParams:
                 object.__setattr__(self, name, value)
         # The one check across keys, which the schema cannot say.
         if not self.low < self.high:
-            raise UserError(f"FusionParams: fuse.low, fuse.high: need low < high, got low={self.low}, high={self.high}")
+            raise UserError(low_high_problem(self.low, self.high))
         object.__setattr__(self, "scales", tuple(sorted({float(v) for v in self.scales}, reverse=True)))
 
     @classmethod
-    def from_mapping(cls, d: Mapping[str, Any], source: str = "parameters") -> FusionParams:
+    def from_mapping(cls, d: Mapping[str, Any], source: str = "parameters",
+                     origins: Mapping[str, str] | None = None) -> FusionParams:
         """Build from a ``fuse`` section (a mapping; absent keys take their defaults).
 
         Parameters
@@ -201,6 +202,9 @@ class FusionParams:
             rule (``device``, ``alpha``, ``threads``, ``save_maps``) are checked, then ignored.
         source
             Where ``d`` came from; starts an error message.
+        origins
+            Where each key's value came from, where known (``{"low": "p.yaml", "high":
+            "--high"}``): named by the message of ``low < high``.
 
         Raises
         ------
@@ -208,6 +212,9 @@ class FusionParams:
             An unknown key or a value outside its rule (one line naming the key).
         """
         validate_section("fuse", dict(d), source)
+        low, high = d.get("low", _default("low")), d.get("high", _default("high"))
+        if origins is not None and not low < high:
+            raise UserError(low_high_problem(low, high, origins))
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -215,6 +222,17 @@ class FusionParams:
     def from_params(cls, params: Mapping[str, Any], source: str = "parameters") -> FusionParams:
         """Build from a whole parameter mapping (its ``fuse`` section; see :meth:`from_mapping`)."""
         return cls.from_mapping(params.get("fuse") or {}, source)
+
+
+def low_high_problem(low: float, high: float, origins: Mapping[str, str] | None = None) -> str:
+    """The message of ``fuse.low`` not below ``fuse.high``, naming where each value came from
+    when ``origins`` says it: ``"fuse.low, fuse.high: need low < high, got low=0.9 (p.yaml),
+    high=0.5 (--high)"``."""
+    def one(key: str, value: float) -> str:
+        where = (origins or {}).get(key)
+        return f"{key}={value}" + (f" ({where})" if where else "")
+
+    return f"fuse.low, fuse.high: need low < high, got {one('low', low)}, {one('high', high)}"
 
 
 def _field_comments(cls: type) -> dict[str, str]:
