@@ -680,6 +680,23 @@ def test_check_params_refuses_a_prepare_scale_that_makes_a_foreground_smaller_th
     assert {n: _builtin_image(n).shape[:2] for n in BUILTIN_FOREGROUND_SIZES} == BUILTIN_FOREGROUND_SIZES
 
 
+def test_a_json_option_of_one_section_given_the_section_says_to_unwrap_it(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`fuse --params-json '{"fuse": {"l": 8}}'` (train's takes a whole file) said "unknown key
+    fuse.fuse (known in fuse: ...)"."""
+    from bafusion.config import read_params
+
+    with pytest.raises(UserError) as e:
+        read_params(None, [("--params-json", '{"fuse": {"l": 8}}', "fuse")], sections=("fuse",))
+    assert str(e.value) == ("--params-json: unknown key fuse.fuse: --params-json takes the keys of the fuse section: "
+                            "give them without the wrapper (--params-json '{\"l\": 8}')"), str(e.value)
+    with pytest.raises(UserError, match=r"^--fuse-json: unknown key fuse\.fuse: .* without the wrapper$"):
+        read_params(None, [("--fuse-json", '{"fuse": {"l": 8}, "low": 0.1}', "fuse")])
+    assert read_params(None, [("--params-json", '{"fuse": {"l": 8}}', None)])["fuse"] == {"l": 8}  # train's
+    assert main(["fuse", "a.png", "b.png", "-o", str(tmp_path / "f.png"), "--params-json", '{"fuse": {"l": 8}}']) == 2
+    assert "without the wrapper" in capsys.readouterr().err
+
+
 def test_check_params_warns_of_milestones_never_reached(capsys: pytest.CaptureFixture[str]) -> None:
     from bafusion.cli.params_check import check_params
 

@@ -193,6 +193,20 @@ def _set(params: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
+def _refuse_section_wrapper(obj: Mapping[str, Any], label: str, sec: str) -> None:
+    """A JSON option that takes one section's keys given the section itself
+    (``--params-json '{"fuse": {"l": 8}}'`` to ``bafusion fuse``, as ``train``'s takes a whole
+    file) was refused as "unknown key fuse.fuse (known in fuse: ...)": say what to give."""
+    from bafusion.schema import load_schema
+
+    if sec not in obj or sec in ((load_schema()["properties"].get(sec) or {}).get("properties") or {}):
+        return
+    inner = obj[sec]
+    example = f" ({label} '{json.dumps(inner)}')" if len(obj) == 1 and isinstance(inner, Mapping) else ""
+    raise UserError(f"{label}: unknown key {sec}.{sec}: {label} takes the keys of the {sec} section: give them "
+                    f"without the wrapper{example}")
+
+
 def read_params(path: str | os.PathLike[str] | None = None,
                 json_layers: Sequence[tuple[str, str | None, str | None]] = (),
                 overrides: Sequence[str] = (), sections: Sequence[str] | None = None) -> dict[str, Any]:
@@ -237,6 +251,8 @@ def read_params(path: str | os.PathLike[str] | None = None,
         if not text:
             continue
         obj = parse_json_object(text, label)
+        if sec is not None:
+            _refuse_section_wrapper(obj, label, sec)
         params = deep_merge(params, obj if sec is None else {sec: obj})
         given.append(label)
     for item in overrides:
