@@ -253,8 +253,9 @@ def test_a_refusal_in_a_dvc_stage_says_dvc_removed_the_stages_outputs(project: P
     p = dry_run(DVC_STAGE="prepare", DVC_ROOT=str(project))
     lines = (p.stdout + p.stderr).strip().splitlines()
     assert p.returncode != 0 and lines[-2].startswith("error: params.yaml + --config: prepare.scale: 0.01"), lines
-    assert lines[-1] == ("note: dvc removed the outputs of stage 'prepare' (data/prepared) before running it "
-                         "(dvc.lock has no record of them): fix the value and run the stage again"), lines
+    assert lines[-1] == ("note: dvc removes a stage's outputs before running it: those of stage 'prepare' "
+                         "(data/prepared), if there were any, are gone (dvc.lock has no record of them): fix the "
+                         "value and run the stage again"), lines
     p = dry_run()  # not under DVC: the error alone
     assert p.returncode != 0 and (p.stdout + p.stderr).strip().splitlines()[-1].startswith("error: "), p.stderr
 

@@ -116,8 +116,10 @@ def test_a_refusal_in_a_dvc_stage_says_dvc_removed_its_outputs(tmp_path: Path) -
     assert dvc_removed_outputs_note(env, copy) is None
     # a stage DVC never ran: nothing to check out; outputs all there: nothing removed
     (ws / "dvc.lock").unlink()
-    assert dvc_removed_outputs_note(env, ws).endswith(  # type: ignore[union-attr]
-        "before running it (dvc.lock has no record of them): fix the value and run the stage again")
+    assert dvc_removed_outputs_note(env, ws) == (
+        "note: dvc removes a stage's outputs before running it: those of stage 'fuse' (data/fused, "
+        "metrics/fuse.json), if there were any, are gone (dvc.lock has no record of them): fix the value and run "
+        "the stage again")
     (ws / "data" / "fused").mkdir(parents=True)
     (ws / "metrics" / "fuse.json").write_text("{}\n")
     assert dvc_removed_outputs_note(env, ws) is None

@@ -108,9 +108,11 @@ def dvc_removed_outputs_note(environ: dict[str, str] | None = None, cwd: str | o
         locked = lock.is_file() and name in ((yaml.safe_load(lock.read_text()) or {}).get("stages") or {})
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError, yaml.YAMLError):
         return None
+    if not locked:  # never run by DVC: whether there were any is not known
+        return (f"note: dvc removes a stage's outputs before running it: those of stage {name!r} "
+                f"({', '.join(gone)}), if there were any, are gone (dvc.lock has no record of them): fix the value "
+                "and run the stage again")
     head = f"note: dvc removed the outputs of stage {name!r} ({', '.join(gone)}) before running it"
-    if not locked:
-        return f"{head} (dvc.lock has no record of them): fix the value and run the stage again"
     from_git = _git_tracked(here, [p for p, cached in outs if not cached and p in gone])
     return (f"{head}: fix the value, or `git checkout -- {' '.join(['params.yaml', *from_git])} && "
             f"dvc checkout {name}` brings them back")
