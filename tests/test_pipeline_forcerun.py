@@ -58,8 +58,8 @@ def test_forcerun_retrains_and_progress_reaches_the_console(tmp_path: Path) -> N
 
 
 def test_a_param_changed_to_a_value_another_param_has_reruns_the_rule(tmp_path: Path) -> None:
-    """Snakemake compares a rule's params as a set of values, names dropped: holdout_backgrounds
-    1 -> 0 (holdout_foregrounds... 0 too) or per_pair 6 -> 16 (patch 16) left the set as it was,
+    """Snakemake compares a rule's params as a set of values, names dropped: the hold-outs
+    1 -> 0 (seed is 0 too) or per_pair 6 -> 16 (patch 16) left the set as it was,
     and the rule was not rerun ("Nothing to be done"). Each rule also passes all its values as
     one JSON string, which changes with any of them."""
     import yaml
@@ -68,12 +68,14 @@ def test_a_param_changed_to_a_value_another_param_has_reruns_the_rule(tmp_path: 
     run(["snakemake", "--cores", "2", "patches", "testset"], project)
     good = (project / "params.yaml").read_text()
     assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "2", "patches", "testset"], project).stdout
-    for section, key, value, rule in (("data", "holdout_backgrounds", 0, "prepare"),
-                                      ("patches", "per_pair", 16, "patches")):
+    # both hold-outs 1 -> 0 (one alone is refused before any job: both 0 or both > 0); 0 is seed's value
+    for section, keys, value, rule in (("data", ("holdout_foregrounds", "holdout_backgrounds"), 0, "prepare"),
+                                       ("patches", ("per_pair",), 16, "patches")):
         params = yaml.safe_load(good)
-        params[section][key] = value
+        for key in keys:
+            params[section][key] = value
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         p = run(["snakemake", "-n", "--cores", "2", rule], project)
         out = p.stdout + p.stderr
-        assert f"rule {rule}:" in out and "Params have changed" in out, (key, out[-3000:])
+        assert f"rule {rule}:" in out and "Params have changed" in out, (keys, out[-3000:])
     (project / "params.yaml").write_text(good)
