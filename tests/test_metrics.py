@@ -401,6 +401,28 @@ def test_float_inputs_are_checked_image_by_image() -> None:
                                                          np.clip(x * 2.0, 0, 255).astype(np.uint8))
 
 
+def test_dark_float_images_on_the_0_255_scale_are_taken() -> None:
+    """A nearly black 0-255 float frame (values only 0.0 and 1.0) beside 0-255 images was refused
+    as "looks like a 0-1 float image": only fractional values within [0, 1] say 0-1 scale, or
+    0/1 floats with no image of the triple on the 0-255 scale (then either reading is possible)."""
+    x, a, b = _multifocus()
+    dark = (x > 128).astype(np.float64)  # values 0.0 and 1.0 only: a nearly black 0-255 frame
+    assert M.qg(a, b, dark) == M.qg(a.astype(np.uint8), b.astype(np.uint8), dark.astype(np.uint8))
+    assert M.compute_all(a.astype(np.uint8), dark.astype(np.float32), x, ["QMI", "QG"]) == \
+        M.compute_all(a.astype(np.uint8), dark.astype(np.uint8), x.astype(np.uint8), ["QMI", "QG"])
+    # uint8 images are on the 0-255 scale whatever their values: a dark uint8 pair fixes the scale
+    d8 = dark.astype(np.uint8)
+    assert M.qmi(d8, d8[::-1].copy(), dark) == M.qmi(d8, d8[::-1].copy(), d8)
+    # fractions within [0, 1] are still a 0-1 image, beside any other image
+    with pytest.raises(UserError, match=r"image F is float64 with values all within \[0, 1\].*multiply it by 255"):
+        M.qg(a.astype(float), b.astype(float), x / 255.0)
+    with pytest.raises(UserError, match=r"image F is float64 with values all within \[0, 1\]"):
+        M.qg(dark, dark, x / 255.0)
+    # only 0/1 floats and nothing on the 0-255 scale: either reading is possible, refused
+    with pytest.raises(UserError, match=r"image A is float64 with values only 0 and 1.*no image.*0-255 scale"):
+        M.qg(dark, dark[::-1].copy(), dark)
+
+
 def test_paths_are_refused_pointing_to_the_reader(tmp_path: Path) -> None:
     """A file path for an image said "image A is <U7: the metrics take uint8, ..."."""
     x, a, b = _multifocus()

@@ -36,9 +36,11 @@ bring them to the [0, 255] scale by their type:
   read as uint8 like the 8-bit triple;
 * **other integer types** (int64, ...): taken as uint8 when every value lies in 0-255;
 * **floats**: taken on the 0-255 scale (gray as they are, colour rounded by ``rgb2gray``).
-  Each image is checked on its own: one whose values all lie within [0, 1] (largest above 0)
-  is refused as a 0-1 float image (multiply by 255), as are values outside 0-255 (negative
-  or above 255: clip them), NaN and infinite values;
+  Each image is checked on its own: one whose values all lie within [0, 1] with fractions
+  (largest above 0) is refused as a 0-1 float image (multiply by 255), as are values outside
+  0-255 (negative or above 255: clip them), NaN and infinite values; a float image of only
+  0 and 1 is a nearly black 0-255 frame when another image is on the 0-255 scale (an integer
+  type, or floats above 1), and refused as unclear when none is;
 * anything else (bool, complex, paths, ...) is refused.
 
 Refusals are :class:`bafusion.errors.UserError` naming the image (A, B or F). Colour inputs
@@ -105,6 +107,7 @@ def _eight_bit_scale(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> list[np.ndarra
     out: list[np.ndarray] = []
     deep16 = [x for x in images if x.dtype == np.uint16 and x.size]
     bits = common_bits(max(float(x.max()) for x in deep16)) if deep16 else 8
+    unit: list[tuple[str, np.ndarray]] = []  # float images with values all within [0, 1], largest above 0
     for name, x in zip("ABF", images):
         kind = x.dtype.kind
         if x.dtype == np.uint8:
@@ -119,8 +122,7 @@ def _eight_bit_scale(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> list[np.ndarra
                 raise UserError(f"image {name} is {x.dtype} with values outside 0-255 ({lo:g} to {hi:g}): the "
                                 "metrics take floats on the 0-255 scale (clip them to 0-255)")
             if 0.0 < hi <= 1.0:
-                raise UserError(f"image {name} is {x.dtype} with values all within [0, 1] (largest {hi:g}): it looks "
-                                "like a 0-1 float image, and the metrics take the 0-255 scale: multiply it by 255")
+                unit.append((name, x))
             out.append(x)
         elif kind in "iu":
             if x.size and (int(x.min()) < 0 or int(x.max()) > 255):
@@ -130,6 +132,19 @@ def _eight_bit_scale(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> list[np.ndarra
         else:
             raise UserError(f"image {name} is {x.dtype}: the metrics take uint8, uint16, other integers within "
                             "0-255 or floats on the 0-255 scale")
+    # Values within [0, 1] with fractions are a 0-1 image; only 0 and 1 (a nearly black frame)
+    # are 0-255 values when another image is on the 0-255 scale (an integer type, or floats
+    # above 1), and either scale when none is.
+    scaled = any(x.dtype.kind != "f" or (x.size and float(x.max()) > 1.0) for x in images)
+    for name, x in unit:
+        if not np.array_equal(x, np.floor(x)):
+            raise UserError(f"image {name} is {x.dtype} with values all within [0, 1] (largest {float(x.max()):g}): it "
+                            "looks like a 0-1 float image, and the metrics take the 0-255 scale: multiply it by 255")
+    if unit and not scaled:
+        name, x = unit[0]
+        raise UserError(f"image {name} is {x.dtype} with values only 0 and 1, and no image of the three is on the "
+                        "0-255 scale (all are floats within [0, 1]): the scale is unclear; the metrics take the "
+                        "0-255 scale: multiply 0-1 images by 255, or give 0-255 values as uint8")
     return out
 
 
