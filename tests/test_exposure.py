@@ -289,3 +289,31 @@ def test_a_black_channel_or_black_shots_give_gain_1_without_warnings(tiny_nets) 
                 r = fuse_images(x, y, nets, FusionParams(working_min=0, match_output_exposure=match))
                 assert r.fused.shape == x.shape
         assert not fuse_images(z, z, nets, FusionParams(working_min=0, match_output_exposure=True)).fused.any()
+
+
+def test_a_channel_black_in_a_alone_keeps_gain_0_and_its_note() -> None:
+    """A channel black in A but not in B had gain 0 (finite: with match_output_exposure B's
+    channel is brought to A's black) until f4a962b made it 1 (B's channel kept); only gains that
+    are not finite are replaced: 0/0 and x/0 (B black: nothing to scale) are 1. The note for the
+    gain 0 said "+inf EV" after a RuntimeWarning; it now names the black channel."""
+    import warnings
+
+    from bafusion.fusion.exposure import apply_gains, colour_gains, exposure_note
+
+    a, b = (x[:64, :64].copy() for x in _brighter_pair()[:2])
+    a_no_green = a.copy()
+    a_no_green[..., 1] = 0
+    b_no_green = b.copy()
+    b_no_green[..., 1] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        whole = colour_gains(a, b)
+        g = colour_gains(a_no_green, b)
+        assert g.tolist() == [whole[0], 0.0, whole[2]]  # as at eb0173c: [sum A / sum B, 0, sum A / sum B]
+        out = apply_gains(b, g)
+        assert not out[..., 1].any() and np.array_equal(out[..., 0], apply_gains(b, whole)[..., 0])
+        note = exposure_note(g, ("a.png", "b.png"), "--match-output-exposure")
+        assert note is not None and "a.png is black (all zero) in G where b.png is not" in note, note
+        assert "inf" not in note and "--match-output-exposure" in note
+        assert "a.png is black (all zero) where b.png is not" in exposure_note(np.zeros(1), ("a.png", "b.png"))
+        assert colour_gains(a, b_no_green)[1] == 1.0  # x/0: B's channel has nothing to scale

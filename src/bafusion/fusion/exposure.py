@@ -175,8 +175,9 @@ def colour_gains(a: np.ndarray, b: np.ndarray, step: int = 4) -> np.ndarray:
     Returns
     -------
     ndarray
-        float64 (C,), one gain per channel, always finite and above 0: 1 where a channel has
-        too few usable pixels or is black (all zero) in either shot (no signal to scale).
+        float64 (C,), one gain per channel, always finite: 1 where a channel has too few
+        usable pixels or is black (all zero) in B (no signal to scale: 0/0 or x/0), 0 where
+        it is black in A alone (B's channel brought to A's black).
     """
     a, b = _colour(a)[::step, ::step], _colour(b)[::step, ::step]
     top = 65535.0 if a.dtype == np.uint16 or b.dtype == np.uint16 else 255.0
@@ -188,7 +189,7 @@ def colour_gains(a: np.ndarray, b: np.ndarray, step: int = 4) -> np.ndarray:
         ok = (fa[..., c] >= lo) & (fa[..., c] <= hi) & (fb[..., c] >= lo) & (fb[..., c] <= hi)
         if ok.sum() >= 100:
             sa, sb = float(fa[..., c][ok].sum()), float(fb[..., c][ok].sum())
-            if sa > 0.0 and sb > 0.0:  # a channel black in either shot has no ratio: left alone
+            if sb > 0.0:  # a channel black in B has nothing to scale (0/0, x/0): left alone
                 gains[c] = sa / sb
     return gains
 
@@ -215,7 +216,14 @@ def exposure_note(gains: np.ndarray, names: tuple[str, str] = ("A", "B"), option
 
     ``option`` names what brings B to A (``--match-output-exposure``, ...); ``colour`` False
     (a gray shot beside a colour one, noted apart): the exposure alone."""
-    ratio = 1.0 / np.asarray(gains, dtype=np.float64)  # B / A per channel
+    na, nb = names
+    tail = ("the output takes pixels from both as they are, so seams may show where it switches between them"
+            + (f"; {option} brings its pixels to the exposure and colour of {na} before compositing" if option else ""))
+    g = np.asarray(gains, dtype=np.float64)
+    if (g == 0).any():  # a channel black in A alone: no ratio of means to give
+        which = " in " + "/".join(c for c, x in zip("RGB", g) if x == 0) if g.size == 3 and g.any() else ""
+        return f"{nb} differs from {na}: {na} is black (all zero){which} where {nb} is not: " + tail
+    ratio = 1.0 / g  # B / A per channel
     if ratio.size == 3:
         from bafusion.io import RGB2GRAY
 
@@ -228,7 +236,6 @@ def exposure_note(gains: np.ndarray, names: tuple[str, str] = ("A", "B"), option
     spread = float(ratio.max() / ratio.min() - 1.0) if ratio.min() > 0 and colour else 0.0
     if abs(ev) <= NOTE_EV and spread <= NOTE_CHANNEL:
         return None
-    na, nb = names
     how = []
     if abs(ev) > NOTE_EV:
         how.append("brighter" if ev > 0 else "darker")
@@ -238,6 +245,4 @@ def exposure_note(gains: np.ndarray, names: tuple[str, str] = ("A", "B"), option
     per = "/".join(f"{r:.2f}" for r in ratio)
     what = f"by about {ev:+.1f} EV" if abs(ev) > NOTE_EV else "in colour balance"
     chans = "R/G/B " if ratio.size == 3 else ""
-    return (f"{nb} differs from {na} {what} ({', '.join(how)}; channel means {chans}x{per} those of {na}): the "
-            "output takes pixels from both as they are, so seams may show where it switches between them"
-            + (f"; {option} brings its pixels to the exposure and colour of {na} before compositing" if option else ""))
+    return f"{nb} differs from {na} {what} ({', '.join(how)}; channel means {chans}x{per} those of {na}): " + tail
