@@ -255,7 +255,7 @@ class Alignment:
             c = np.array([(self.size[0] - 1) / 2, (self.size[1] - 1) / 2, 1.0])
             mc = m @ c
             dx, dy = mc[0] / mc[2] - c[0], mc[1] / mc[2] - c[1]
-            state = "warped" if self.warped[i] else "not warped (its motion is below the tolerance: kept as it is)"
+            state = "warped" if self.warped[i] else "not resampled (its motion is below the tolerance)"
             lines.append(
                 f"align {name} -> {names[0]}: {resized}shift of the centre ({dx:+.2f}, {dy:+.2f}) px, "
                 f"rotation {p['rotation_deg']:+.3f} deg, scale {p['scale']:.4f}"
