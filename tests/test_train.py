@@ -802,6 +802,47 @@ def test_a_finished_run_of_another_torch_is_not_restored(
     assert load_checkpoint(last)["torch_version"] == torch.__version__
 
 
+@pytest.mark.parametrize("was", ["unrecorded", "1.13.0"])
+def test_a_resume_keeps_the_torch_of_earlier_epochs_in_last_pt(
+        toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        was: str) -> None:
+    """Resuming an interrupted run from a last.pt that does not record torch's version (or
+    records another) wrote this torch's version into the new last.pt, so a later restore of the
+    finished run trusted it though earlier epochs ran under another torch: an unknown version
+    stays unrecorded (as a restore keeps it), another is kept beside this one, and then never
+    matches this torch (trained again, saying why)."""
+    from bafusion.nets.train import save_checkpoint
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    cfg = resolve_config(TOY, "initial")
+    paths = _paths(tmp_path, "initial")
+    monkeypatch.setenv(ABORT_ENV, "34")
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", toy_run["h5"], cfg, paths, progress=False)
+    monkeypatch.delenv(ABORT_ENV)
+    last = paths.checkpoints / "last.pt"
+    ck = load_checkpoint(last)
+    if was == "unrecorded":
+        del ck["torch_version"]
+    else:
+        ck["torch_version"] = was
+    save_checkpoint(last, ck)
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    done = load_checkpoint(last)
+    assert done["finished"]
+    if was == "unrecorded":
+        assert "torch_version" not in done  # never claims this torch trained the earlier epochs
+        return
+    assert done["torch_version"] == f"1.13.0 then {torch.__version__}"
+    paths.out.unlink()
+    capsys.readouterr()
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    err = capsys.readouterr().err
+    assert (f"its model is not what this run trains (torch 1.13.0 then {torch.__version__}, now "
+            f"{torch.__version__}: that changes the weights)") in err, err
+    assert load_checkpoint(last)["torch_version"] == torch.__version__
+
+
 def test_help_says_only_an_interrupted_run_is_resumed(capsys: pytest.CaptureFixture) -> None:
     """A finished run's last.pt is not resumed (the help said any existing last.pt was)."""
     with pytest.raises(SystemExit):

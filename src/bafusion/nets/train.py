@@ -36,6 +36,8 @@ epochs): a resume with another count than the checkpoint's warns that the weight
 So does a resume with another device type, ``compile`` or torch version (recorded in
 ``last.pt`` since this version): the weights go on, the remaining epochs run under the new
 setting, and the final weights may differ in the last bits from an uninterrupted run's.
+The resumed ``last.pt`` keeps the torch versions its epochs ran under (``"1.13.0 then 2.4.1"``;
+none when the checkpoint recorded none), so a restore never takes them for this torch's alone.
 A checkpoint of an interrupted run written for other parameters or another patch set (see
 :func:`fingerprint`) is refused, naming the folder (a training run by hand must not replace
 another's resume state), unless ``replace_stale`` (``--restart-if-changed``, and always for the pipeline's own training,
@@ -896,6 +898,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                           "device": str(ck.get("device", record["device"])),
                           "threads": ck.get("threads", record["threads"]),
                           "torch": ck.get("torch_version")}  # None: not recorded (an older version's)
+            else:  # the epochs so far ran under the checkpoint's torch: last.pt goes on saying so
+                record["torch"] = _torch_after_resume(ck.get("torch_version"))
             if dist.main and not restoring:
                 print(f"bafusion train: resuming {net} from {last_path} ({resumed_from})", file=sys.stderr)
             if dist.main:
@@ -1112,6 +1116,17 @@ def _not_restorable(ck: Mapping[str, Any], cfg: TrainConfig, device: torch.devic
     :func:`evaluate`) and ``nproc`` (the number of processes is in the fingerprint) do not.
     So does torch's version (its kernels), where the checkpoint records it."""
     return ", ".join(_weight_settings_changed(ck, cfg, device))
+
+
+def _torch_after_resume(was: object) -> str | None:
+    """The torch version(s) a resumed run's last.pt records: None (unrecorded: never compared)
+    when the checkpoint's epochs ran under an unknown version, else the checkpoint's versions
+    and this one, as ``"1.13.0 then 2.4.1"`` when they differ (never this torch's alone, so a
+    restore of the finished run under it trains again)."""
+    if not isinstance(was, str) or not was:
+        return None
+    now = str(torch.__version__)
+    return was if was.rsplit(" then ", 1)[-1] == now else f"{was} then {now}"
 
 
 def _weight_settings_changed(ck: Mapping[str, Any], cfg: TrainConfig, device: torch.device,
