@@ -292,6 +292,27 @@ def test_help_of_fusion_params_describes_every_field() -> None:
     assert all(f"{n} : " in rendered for n in names)
 
 
+def test_fusion_params_docstring_is_built_on_first_use_not_at_import() -> None:
+    """The Attributes section was built at import (inspect.getsource + ast: about 8 ms of every
+    command's and job's start); it is built when the docstring is first read, once."""
+    import subprocess
+    import sys
+
+    code = (
+        "import inspect\n"
+        "calls = []\n"
+        "real = inspect.getsource\n"
+        "inspect.getsource = lambda *a, **k: calls.append(1) or real(*a, **k)\n"
+        "from bafusion.fusion.params import FusionParams\n"
+        "print(len(calls))\n"
+        "doc = FusionParams.__doc__\n"
+        "print(len(calls), 'Attributes' in doc, FusionParams.__doc__ is doc, FusionParams().__doc__ is doc)\n"
+        "print(len(calls))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:3] == ["0", "1 True True True", "1"], out
+
+
 def test_adaptive_boundary_scoring_matches_exact_decisions(nets: FusionNets, scene) -> None:
     """Adaptive refinement down to step 1 reproduces the exact boundary net's decision wherever
     a cell holds the boundary; elsewhere the interpolation keeps the corners' common side."""
