@@ -17,7 +17,8 @@ import sys
 from snakemake.utils import validate
 
 from bafusion.cli.params_check import (check_devices, check_evaluate_inputs, check_init_files, check_params,
-                                       pipeline_outputs, runs_locally, warn_missing_keys)
+                                       pipeline_outputs, plans_jobs, runs_locally, snakemake_args,
+                                       warn_missing_keys)
 from bafusion.errors import UserError
 from bafusion.config import load_params, retype_config_overrides, yaml12_floats
 from bafusion.schema import schema_path, validate_params
@@ -67,12 +68,18 @@ try:
     # nothing) or that the pipeline writes (data/models/initial.pt: a cycle, and the run
     # deleted both trained nets)
     check_init_files(config, _source, _outputs)
-    # an evaluate dataset folder that is not there: refused by the evaluate job, after training
-    check_evaluate_inputs(config, _source, _outputs)
-    # a device this machine lacks (fuse.device: cuda without CUDA), when the jobs run here (not
-    # under a cluster executor or profile): the fuse job refused it after training
-    if getattr(workflow, "is_main_process", True) and runs_locally(sys.argv):
-        check_devices(config, _source)
+    # snakemake's command line as Snakemake reads it (its profiles included): what follows only
+    # matters for a run that plans jobs (not --unlock, --cleanup-metadata, --report, --list-*,
+    # --touch), and only in the main process (not in each job's reading of this file)
+    _args = snakemake_args(sys.argv) if getattr(workflow, "is_main_process", True) else None
+    if getattr(workflow, "is_main_process", True) and plans_jobs(_args):
+        # an evaluate dataset folder that is not there: refused by the evaluate job, after training
+        check_evaluate_inputs(config, _source, _outputs)
+        # a device this machine lacks (fuse.device: cuda without CUDA), when the jobs run here with
+        # this torch (not under a cluster executor or profile, nor in a conda or apptainer
+        # environment): the fuse job refused it after training
+        if runs_locally(_args):
+            check_devices(config, _source)
 except UserError as _e:
     sys.exit(f"error: {_e}")
 

@@ -401,35 +401,104 @@ def test_an_evaluate_folder_that_is_not_there_fails_the_dry_run(project: Path, t
         assert ok.returncode == 0, (ok.stdout + ok.stderr)[-2000:]
 
 
+def _absent_device() -> tuple[str, str]:
+    """A device this machine surely lacks and the words of its refusal (skip where it has both)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cuda", "CUDA is not available"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is None or not mps.is_available():
+        return "mps", "MPS"
+    pytest.skip("this machine has both CUDA and MPS")
+
+
 @pytest.mark.slow
 def test_a_device_this_machine_lacks_fails_the_dry_run_of_a_local_run(project: Path) -> None:
     """fuse.device: mps (or cuda without CUDA) passed the dry run, and the fuse job refused it
     after training ("--device mps", an option nobody gave): a local run refuses it at planning
-    time naming the key; under a cluster profile the jobs' machines are not known here."""
-    for cfg, key in (("fuse={device: mps}", "fuse.device mps"),
-                     ("train={boundary: {device: mps}}", "train.boundary.device mps"),
-                     ("evaluate={device: mps}", "evaluate.device mps")):
+    time naming the key; under a cluster profile the jobs' machines are not known here (also
+    Snakemake's implicit workflow profile, profiles/default/profile.yaml), and a run that plans
+    no job (--unlock) does not care."""
+    device, words = _absent_device()
+    for cfg, key in ((f"fuse={{device: {device}}}", f"fuse.device {device}"),
+                     (f"train={{boundary: {{device: {device}}}}}", f"train.boundary.device {device}"),
+                     (f"evaluate={{device: {device}}}", f"evaluate.device {device}")):
         p = run(["snakemake", "-n", "all", "--config", cfg], project, check=False)
         out = p.stdout + p.stderr
-        assert p.returncode != 0 and f"params.yaml + --config: {key}: MPS" in out and "Job stats" not in out, out[-2000:]
-    ok = run(["snakemake", "-n", "all", "--profile", "workflow/profiles/slurm-generic", "--config", "fuse={device: mps}"],
+        assert p.returncode != 0 and f"params.yaml + --config: {key}: {words}" in out and "Job stats" not in out, out[-2000:]
+    cfg = f"fuse={{device: {device}}}"
+    ok = run(["snakemake", "-n", "all", "--profile", "workflow/profiles/slurm-generic", "--config", cfg],
              project, check=False)
     assert ok.returncode == 0, (ok.stdout + ok.stderr)[-2000:]
+    ok = run(["snakemake", "--unlock", "--config", cfg], project, check=False)
+    assert ok.returncode == 0, (ok.stdout + ok.stderr)[-2000:]
+    default = project / "profiles" / "default"
+    default.mkdir(parents=True)
+    try:
+        (default / "profile.yaml").write_text((project / "workflow/profiles/slurm-generic/config.yaml").read_text())
+        ok = run(["snakemake", "-n", "all", "--config", cfg], project, check=False)
+        assert ok.returncode == 0 and "Job stats" in ok.stdout, (ok.stdout + ok.stderr)[-2000:]
+    finally:
+        import shutil
+
+        shutil.rmtree(project / "profiles")
 
 
-def test_runs_locally_reads_the_executor_and_the_profiles(tmp_path: Path) -> None:
-    from bafusion.cli.params_check import runs_locally
+def test_runs_locally_reads_the_executor_and_the_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Snakemake's own reading of its command line: its options, its profiles (--profile,
+    $SNAKEMAKE_PROFILE, the workflow profile: --workflow-profile, or profiles/default/ used
+    unasked, in the working directory or beside the Snakefile; profile.yaml or config.yaml) and
+    a software deployment (the jobs' own torch)."""
+    from bafusion.cli.params_check import plans_jobs, runs_locally, snakemake_args
 
-    assert runs_locally(["snakemake", "-n", "all"], {})
-    assert runs_locally(["snakemake", "--executor", "local"], {})
-    assert not runs_locally(["snakemake", "--executor", "slurm"], {})
-    assert not runs_locally(["snakemake", "-e", "cluster-generic"], {})
-    assert not runs_locally(["snakemake", "--executor=slurm"], {})
-    assert not runs_locally(["snakemake", "--profile", str(REPO / "workflow/profiles/slurm")], {})
-    assert not runs_locally(["snakemake", "--prof=" + str(REPO / "workflow/profiles/slurm-generic")], {})
-    assert runs_locally(["snakemake", "--profile", str(REPO / "workflow/profiles/local")], {})
-    assert not runs_locally(["snakemake"], {"SNAKEMAKE_PROFILE": str(REPO / "workflow/profiles/slurm")})
-    assert not runs_locally(["snakemake", "--profile", str(tmp_path / "nonexistent")], {})
+    monkeypatch.delenv("SNAKEMAKE_PROFILE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Snakefile").write_text("rule all:\n    output: 'x'\n")
+
+    def local(*argv: str) -> bool:
+        return runs_locally(snakemake_args(["snakemake", *argv]))
+
+    assert local("-n", "all")
+    assert local("--executor", "local")
+    assert not local("--executor", "slurm")
+    assert not local("-e", "cluster-generic")
+    assert not local("--executor=slurm")
+    assert not local("--profile", str(REPO / "workflow/profiles/slurm"))
+    assert not local("--prof=" + str(REPO / "workflow/profiles/slurm-generic"))
+    assert local("--profile", str(REPO / "workflow/profiles/local"))
+    assert not local("--profile", str(tmp_path / "nonexistent"))  # Snakemake refuses it: not known here
+    assert not local("-n", "--sdm", "conda")
+    assert not local("-n", "--software-deployment-method", "apptainer")
+    assert not local("-n", "--use-conda")
+    assert not local("-n", "--use-singularity")
+    assert local("-n", "--sdm", "env-modules")
+    assert not runs_locally(None)
+    monkeypatch.setenv("SNAKEMAKE_PROFILE", str(REPO / "workflow/profiles/slurm"))
+    assert not local()
+    monkeypatch.delenv("SNAKEMAKE_PROFILE")
+    slurm = (REPO / "workflow/profiles/slurm-generic/config.yaml").read_text()
+    for folder, name in (("profiles/default", "profile.yaml"), ("profiles/default", "config.yaml"),
+                         ("profiles/cluster", "profile.yaml")):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / name).write_text(slurm)
+        argv = ["--workflow-profile", "cluster"] if folder.endswith("cluster") else []
+        assert not local("-n", *argv), (folder, name)
+        assert local("-n", "--workflow-profile", "none")
+        import shutil
+
+        shutil.rmtree(tmp_path / "profiles")
+    # beside the Snakefile, run from elsewhere
+    (tmp_path / "wf" / "profiles" / "default").mkdir(parents=True)
+    (tmp_path / "wf" / "Snakefile").write_text("rule all:\n    output: 'x'\n")
+    (tmp_path / "wf" / "profiles" / "default" / "profile.yaml").write_text(slurm)
+    assert not local("-n", "-s", str(tmp_path / "wf" / "Snakefile"))
+    # what plans jobs: not --unlock, --cleanup-metadata, --report, --list-*, --touch
+    assert plans_jobs(snakemake_args(["snakemake", "-n", "all"])) and plans_jobs(None)
+    assert plans_jobs(snakemake_args(["snakemake", "--report", "r.html", "--report-after-run"]))
+    for argv in (["--unlock"], ["--unl"], ["--cleanup-metadata", "x"], ["--report", "r.html"], ["--list-rules"],
+                 ["--lc", "code"], ["--list-untracked"], ["--summary"], ["-t"], ["--dag"], ["--delete-all-output"]):
+        assert not plans_jobs(snakemake_args(["snakemake", *argv])), argv
 
 
 @pytest.mark.slow

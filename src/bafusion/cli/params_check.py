@@ -31,7 +31,8 @@ from typing import Any
 from bafusion.errors import UserError
 
 __all__ = ["check_devices", "check_evaluate_inputs", "check_init_files", "check_params", "missing_keys_warning",
-           "pipeline_outputs", "runs_locally", "warn_missing_keys", "written_by"]
+           "pipeline_outputs", "plans_jobs", "runs_locally", "snakemake_args", "warn_missing_keys",
+           "written_by"]
 
 
 def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None:
@@ -272,45 +273,64 @@ def check_devices(params: Mapping[str, Any], source: str = "params.yaml") -> Non
 #: Snakemake executors whose jobs run on this machine.
 LOCAL_EXECUTORS = ("local", "dryrun", "touch")
 
+#: Snakemake's options (their ``argparse`` names) for which it runs no job: it lists, draws, unlocks
+#: or cleans up (``--unlock``, ``--cleanup-metadata``, ``--report`` without ``--report-after-run``,
+#: ``--list-*``, ``--summary``, ``--dag``, ...), or only marks the outputs up to date (``--touch``).
+NO_JOB_OPTIONS = ("lint", "list_target_rules", "list_rules", "print_compilation", "containerize", "report",
+                  "generate_unit_tests", "dag", "rulegraph", "filegraph", "d3dag", "unlock", "cleanup_metadata",
+                  "conda_cleanup_envs", "conda_create_envs_only", "list_conda_envs", "cleanup_shadow",
+                  "container_cleanup_images", "list_changes", "list_input_changes", "list_params_changes",
+                  "list_untracked", "summary", "detailed_summary", "archive", "delete_all_output",
+                  "delete_temp_output", "export_cwl", "touch")
 
-def runs_locally(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> bool:
-    """Whether the jobs of a ``snakemake`` command line ``argv`` run on this machine: no
-    ``--executor`` (``-e``) other than local, and no profile (``--profile``, ``--workflow-profile``,
-    ``$SNAKEMAKE_PROFILE``) that names one (its ``config.yaml``'s ``executor:``). A profile
-    that cannot be read counts as not local (its jobs' machines are not known here)."""
-    import os
 
-    import yaml
+def snakemake_args(argv: Sequence[str]) -> Any | None:
+    """Snakemake's own reading of its command line ``argv`` (``sys.argv``), its profiles
+    included: ``--profile`` and ``$SNAKEMAKE_PROFILE``, and the workflow profile
+    (``--workflow-profile``, else an existing ``profiles/default/`` in the working directory or
+    beside the Snakefile, which Snakemake uses unasked), each with its ``profile.yaml`` or
+    ``config.yaml`` (:func:`snakemake.cli.parse_args`, its messages silenced). None when it
+    cannot be read (not a snakemake command line: Snakemake run through its Python API; another
+    Snakemake version): what depends on it is then left to the jobs."""
+    import contextlib
+    import io
 
-    environ = os.environ if environ is None else environ
-    args = list(argv)
-    profiles = [environ["SNAKEMAKE_PROFILE"]] if environ.get("SNAKEMAKE_PROFILE") else []
-    for i, a in enumerate(args):
-        opt, eq, value = a.partition("=")
-        if not eq:
-            value = args[i + 1] if i + 1 < len(args) else ""
-        if opt == "-e" or (opt.startswith("--exe") and "--executor".startswith(opt)):
-            if value not in LOCAL_EXECUTORS:
-                return False
-        elif (opt.startswith("--prof") and "--profile".startswith(opt)) or (
-                opt.startswith("--workflow-p") and "--workflow-profile".startswith(opt)):
-            if value and value != "none":
-                profiles.append(value)
-    for name in profiles:
-        places = [Path(name)]
-        if os.sep not in name:
-            places += [Path(os.path.expanduser("~/.config/snakemake")) / name, Path("/etc/xdg/snakemake") / name]
-        folder = next((f for f in places if f.is_dir()), None)
-        if folder is None:
-            return False
-        files = sorted(folder.glob("config*.yaml"))
-        try:
-            executors = [(yaml.safe_load(f.read_text()) or {}).get("executor") for f in files]
-        except (OSError, yaml.YAMLError, AttributeError):
-            return False
-        if any(e and e not in LOCAL_EXECUTORS for e in executors):
-            return False
-    return True
+    try:
+        from snakemake.cli import parse_args
+
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            _, args = parse_args(list(argv[1:]))
+    except (Exception, SystemExit):  # argparse refuses with SystemExit
+        return None
+    return args
+
+
+def plans_jobs(args: Any | None) -> bool:
+    """Whether a snakemake command line (:func:`snakemake_args`) plans the jobs of its targets,
+    to run them or to show them (``-n``): not ``--unlock``, ``--cleanup-metadata``, ``--report``,
+    ``--list-*``, ``--touch`` ... (:data:`NO_JOB_OPTIONS`), for which a value a job would refuse
+    does not matter. A command line that cannot be read counts as planning jobs."""
+    if args is None:
+        return True
+    if getattr(args, "report", None) and getattr(args, "report_after_run", False):
+        return True
+    return not any(getattr(args, name, None) not in (None, False) for name in NO_JOB_OPTIONS)
+
+
+def runs_locally(args: Any | None) -> bool:
+    """Whether the jobs of a snakemake command line (:func:`snakemake_args`, profiles
+    included) run on this machine with this Python's packages (its torch): no ``--executor``
+    (``-e``) other than local, and no software deployment (``--sdm conda`` / ``apptainer``,
+    ``--use-conda``, ``--use-apptainer`` / ``--use-singularity``: the jobs' own environment). A
+    command line that cannot be read counts as not local (its jobs' machines are not known here)."""
+    if args is None:
+        return False
+    if (getattr(args, "executor", None) or "local") not in LOCAL_EXECUTORS:
+        return False
+    methods = {str(getattr(m, "name", m)).lower().replace("_", "-")
+               for m in getattr(args, "software_deployment_method", None) or ()}
+    return not (methods & {"conda", "apptainer", "singularity"} or getattr(args, "use_conda", False)
+                or getattr(args, "use_apptainer", False))
 
 
 #: What a rule of the pipeline writes: (rule name, path or pattern, a folder?).
