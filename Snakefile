@@ -18,7 +18,7 @@ from snakemake.utils import validate
 
 from bafusion.cli.params_check import (check_devices, check_evaluate_inputs, check_init_files, check_params,
                                        pipeline_outputs, plans_jobs, runs_locally, snakemake_args,
-                                       warn_missing_keys)
+                                       upstream_rules, warn_missing_keys)
 from bafusion.errors import UserError
 from bafusion.config import load_params, retype_config_overrides, yaml12_floats
 from bafusion.schema import schema_path, validate_params
@@ -74,7 +74,8 @@ try:
     _args = snakemake_args(sys.argv) if getattr(workflow, "is_main_process", True) else None
     if getattr(workflow, "is_main_process", True) and plans_jobs(_args):
         # an evaluate dataset folder that is not there: refused by the evaluate job, after training
-        check_evaluate_inputs(config, _source, _outputs)
+        # (a folder counts as made only by a rule the evaluate rule waits for: not download_eval)
+        check_evaluate_inputs(config, _source, _outputs, upstream_rules(workflow.rules, "evaluate"))
         # a device this machine lacks (fuse.device: cuda without CUDA), when the jobs run here with
         # this torch (not under a cluster executor or profile, nor in a conda or apptainer
         # environment): the fuse job refused it after training

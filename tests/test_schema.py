@@ -375,8 +375,9 @@ def test_a_warm_start_file_that_is_not_there_fails_the_dry_run(project: Path) ->
 def test_an_evaluate_folder_that_is_not_there_fails_the_dry_run(project: Path, tmp_path: Path) -> None:
     """evaluate.datasets[].sources: /nonexist passed the dry run, and the evaluate job refused
     it at the end, after training: refused at planning time, naming the key; a folder a rule
-    makes (data/testset, data/download/eval/...) passes, and the crop of a folder that is there
-    is checked against its figure pair (the job found it after fusing every pair)."""
+    before evaluate makes (data/testset) passes, one of download_eval only once it is there, and
+    the crop of a folder that is there is checked against its figure pair (the job found it
+    after fusing every pair)."""
     import numpy as np
     from PIL import Image
 
@@ -395,10 +396,27 @@ def test_an_evaluate_folder_that_is_not_there_fails_the_dry_run(project: Path, t
             project, check=False)
     out = p.stdout + p.stderr
     assert p.returncode != 0 and "evaluate.datasets[0].crop [20, 0, 16]: " in out and "40x30 (WxH)" in out, out[-2000:]
-    for cfg in (f"evaluate={{datasets: [{{name: x, sources: {pairs}, crop: [10, 20, 16]}}]}}",
-                "evaluate={datasets: [{name: x, sources: data/download/eval/lytro}]}"):
+    ok = run(["snakemake", "-n", "all", "--config", f"evaluate={{datasets: [{{name: x, sources: {pairs}, crop: [10, 20, 16]}}]}}"],
+             project, check=False)
+    assert ok.returncode == 0, (ok.stdout + ok.stderr)[-2000:]
+    # data/download/eval is made by download_eval, which no target runs before evaluate: it has
+    # to be there (the dry run passed, and the evaluate job refused it after training)
+    cfg = "evaluate={datasets: [{name: x, sources: data/download/eval/lytro}]}"
+    p = run(["snakemake", "-n", "all", "--config", cfg], project, check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "Job stats" not in out, out[-2000:]
+    assert ("evaluate.datasets[0].sources data/download/eval/lytro: folder not found (rule download_eval makes it, "
+            "but no target runs it before evaluate: run `snakemake download_eval` first): the evaluate job (targets "
+            "evaluate, all) would refuse it after training: fix it, or remove the dataset") in out, out[-2000:]
+    lytro = project / "data" / "download" / "eval" / "lytro"
+    lytro.mkdir(parents=True)
+    try:
         ok = run(["snakemake", "-n", "all", "--config", cfg], project, check=False)
         assert ok.returncode == 0, (ok.stdout + ok.stderr)[-2000:]
+    finally:
+        import shutil
+
+        shutil.rmtree(project / "data" / "download")
 
 
 def _absent_device() -> tuple[str, str]:

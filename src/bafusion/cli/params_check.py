@@ -24,14 +24,14 @@ makes (``data/testset``) is left to the job.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bafusion.errors import UserError
 
 __all__ = ["check_devices", "check_evaluate_inputs", "check_init_files", "check_params", "missing_keys_warning",
-           "pipeline_outputs", "plans_jobs", "runs_locally", "snakemake_args", "warn_missing_keys",
+           "pipeline_outputs", "plans_jobs", "runs_locally", "snakemake_args", "upstream_rules", "warn_missing_keys",
            "written_by"]
 
 
@@ -194,13 +194,16 @@ def check_init_files(params: Mapping[str, Any], source: str = "params.yaml",
 
 
 def check_evaluate_inputs(params: Mapping[str, Any], source: str = "params.yaml",
-                          outputs: Sequence[PipelineOutput] = ()) -> None:
+                          outputs: Sequence[PipelineOutput] = (), upstream: Collection[str] | None = None) -> None:
     """Refuse an ``evaluate.datasets`` entry whose ``sources`` or ``reference`` folder or
-    ``reference_metrics`` file is not there and that no rule of the pipeline makes
-    (``outputs``: :func:`pipeline_outputs`; ``data/testset``, ``data/download/eval/...``): the
-    evaluate job refused it only at the end, after training. For a dataset whose folder is
-    there and no rule rewrites, its ``crop`` is checked against its figure pair's size too (the
-    job's check, before any fusion: :func:`bafusion.evaluation.evaluate.check_dataset`).
+    ``reference_metrics`` file is not there and that no rule the evaluate rule waits for makes
+    (``outputs``: :func:`pipeline_outputs`; ``upstream``: the names of the rules the evaluate
+    rule needs, :func:`upstream_rules`, None: any rule; ``data/testset``): the evaluate job
+    refused it only at the end, after training. A folder only a rule off that path makes
+    (``data/download/eval/...``: ``download_eval``, which no target runs before ``evaluate``)
+    has to be there. For a dataset whose folder is there and no rule before evaluate rewrites,
+    its ``crop`` is checked against its figure pair's size too (the job's check, before any
+    fusion: :func:`bafusion.evaluation.evaluate.check_dataset`).
 
     Raises
     ------
@@ -220,13 +223,17 @@ def check_evaluate_inputs(params: Mapping[str, Any], source: str = "params.yaml"
             value = d.get(key)
             if not value:
                 continue
-            if written_by(resolve(str(value)), outputs):
+            writer = written_by(resolve(str(value)), outputs)
+            if writer and (upstream is None or writer[0] in upstream):
                 made = made or key == "sources"
                 continue
             there = resolve(str(value))
             if not (there.is_dir() if what == "folder" else there.is_file()):
-                raise UserError(f"{source}: evaluate.datasets[{i}].{key} {value}: {what} not found (and no rule of "
-                                "the pipeline makes it): the evaluate job would refuse it after training")
+                why = (f"rule {writer[0]} makes it, but no target runs it before evaluate: run `snakemake {writer[0]}` "
+                       "first" if writer else "and no rule of the pipeline makes it")
+                raise UserError(f"{source}: evaluate.datasets[{i}].{key} {value}: {what} not found ({why}): the "
+                                "evaluate job (targets evaluate, all) would refuse it after training: fix it, or "
+                                "remove the dataset")
         if d.get("crop") and not made:
             kept.append(i)
     if kept and section.get("figures", True):
@@ -349,6 +356,24 @@ def pipeline_outputs(rules: Iterable[Any]) -> list[PipelineOutput]:
         folder = params.get("checkpoints") if hasattr(params, "get") else None
         if isinstance(folder, str) and folder:
             found.append((str(rule.name), folder, True))
+    return found
+
+
+def upstream_rules(rules: Iterable[Any], target: str) -> set[str]:
+    """The names of the rules whose outputs the rule ``target`` needs, directly or through
+    other rules, among Snakemake's ``rules`` (``workflow.rules``): each input file matched
+    against the rules' outputs (:func:`written_by`)."""
+    rules = list(rules)
+    outputs = pipeline_outputs(rules)
+    by_name = {str(r.name): r for r in rules}
+    found: set[str] = set()
+    todo = [target]
+    while todo:
+        for f in getattr(by_name.get(todo.pop()), "input", ()):
+            hit = None if callable(f) else written_by(str(f), outputs)
+            if hit and hit[0] not in found:
+                found.add(hit[0])
+                todo.append(hit[0])
     return found
 
 
