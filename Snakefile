@@ -67,7 +67,7 @@ try:
     # a warm-start file that is not there (Snakemake would keep an existing net and say
     # nothing) or that the pipeline writes (data/models/initial.pt: a cycle, and the run
     # deleted both trained nets)
-    check_init_files(config, _source, _outputs)
+    check_init_files(config, _source, _outputs, stage=os.environ.get("DVC_STAGE"))
     # snakemake's command line as Snakemake reads it (its profiles included): what follows only
     # matters for a run that plans jobs (not --unlock, --cleanup-metadata, --report, --list-*,
     # --touch), and only in the main process (not in each job's reading of this file)
@@ -82,7 +82,10 @@ try:
         if runs_locally(_args):
             check_devices(config, _source)
 except UserError as _e:
-    sys.exit(f"error: {_e}")
+    from bafusion.workspace import dvc_removed_outputs_note
+
+    _note = dvc_removed_outputs_note()
+    sys.exit(f"error: {_e}" + (f"\n{_note}" if _note else ""))
 
 
 # Every DVC stage runs `snakemake <target> --allowed-rules <its rules>`: DVC has run the

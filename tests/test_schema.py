@@ -520,32 +520,53 @@ def test_runs_locally_reads_the_executor_and_the_profiles(tmp_path: Path, monkey
 
 
 @pytest.mark.slow
-def test_a_warm_start_from_the_pipelines_own_output_fails_the_dry_run(project: Path) -> None:
+def test_a_warm_start_from_the_pipelines_own_output_fails_the_dry_run(project: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """train.init: data/models/initial.pt (the trained net, to warm-start from it): the dry run
     said nothing (exit 0), the run logged a cycle for train_initial, went on and deleted both
-    trained nets. Refused at planning time; the boundary net may start from the initial one."""
+    trained nets. Refused at planning time; the boundary net may start from the initial one
+    (with snakemake: not in a DVC stage, train_boundary's does not depend on it), not from a
+    file of its checkpoint folder (a raw MissingInputException when not there; no dependency,
+    and train_initial rewriting it, when there)."""
+    import shutil
+
     models = project / "data" / "models"
     models.mkdir(parents=True, exist_ok=True)
     made = [models / f"{net}.{ext}" for net in ("initial", "boundary") for ext in ("pt", "json")]
     try:
         for f in made:
             f.write_text("{}")
+        best = "train={boundary: {init: data/checkpoints/initial/best.pt}}"
         for cfg, key, rule in (
                 ("train={init: data/models/initial.pt}", "train.init data/models/initial.pt", "train_initial"),
                 ("train={initial: {init: data/models/boundary.pt}, boundary: {init: data/models/initial.pt}}",
                  "train.initial.init data/models/boundary.pt", "train_boundary"),
                 ("train={init: data/checkpoints/initial/last.pt}", "train.init data/checkpoints/initial/last.pt",
-                 "train_initial")):
+                 "train_initial"),
+                (best, "train.boundary.init data/checkpoints/initial/best.pt", "train_initial"),
+                ("there", "train.boundary.init data/checkpoints/initial/best.pt", "train_initial")):
+            if cfg == "there":
+                (project / "data" / "checkpoints" / "initial").mkdir(parents=True)
+                (project / "data" / "checkpoints" / "initial" / "best.pt").write_text("{}")
+                cfg = best
             p = run(["snakemake", "-n", "all", "--config", cfg], project, check=False)
             out = p.stdout + p.stderr
-            assert p.returncode != 0 and "Job stats" not in out, out[-2000:]
+            assert p.returncode != 0 and "Job stats" not in out and "Exception" not in out, out[-2000:]
             assert f"params.yaml + --config: {key}: is the pipeline's own output (rule {rule} writes" in out, out[-2000:]
         ok = run(["snakemake", "-n", "all", "--config", "train={boundary: {init: data/models/initial.pt}}"],
                  project, check=False)
         assert ok.returncode == 0, (ok.stdout + ok.stderr)[-2000:]
+        monkeypatch.setenv("DVC_STAGE", "train_boundary")
+        p = run(["snakemake", "-n", "train_boundary", "--config", "train={boundary: {init: data/models/initial.pt}}"],
+                project, check=False)
+        out = p.stdout + p.stderr
+        assert p.returncode != 0 and ("train.boundary.init data/models/initial.pt: the model of rule train_initial is a "
+                                      "warm start under snakemake only: in dvc.yaml the train_boundary stage does not "
+                                      "depend on it") in out, out[-2000:]
     finally:
         for f in made:
             f.unlink()
+        shutil.rmtree(project / "data" / "checkpoints", ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -157,13 +157,18 @@ def _training_warnings(params: Mapping[str, Any]) -> list[str]:
 
 
 def check_init_files(params: Mapping[str, Any], source: str = "params.yaml",
-                     outputs: Sequence[PipelineOutput] = ()) -> None:
+                     outputs: Sequence[PipelineOutput] = (), stage: str | None = None) -> None:
     """Refuse a warm-start model file (``train.init``, ``train.<net>.init``) that does not
     exist. Snakemake takes it for a rule input, but once a net has been trained it keeps the
     net and drops the training job silently (exit 0, the typo unnoticed, the old weights used).
     Also refuse one that a rule of the pipeline writes (``outputs``: :func:`pipeline_outputs`),
     such as ``data/models/initial.pt``: ``train_initial`` would need its own output (Snakemake
-    logs a cycle and goes on) and the run deleted both trained nets.
+    logs a cycle and goes on) and the run deleted both trained nets; and any file in a
+    training job's checkpoint folder (``data/checkpoints/initial/best.pt``: no rule declares
+    it, and ``train_initial`` rewrites it while ``train_boundary`` reads it). The boundary net
+    may start from the initial net's model (``train.boundary.init: data/models/initial.pt``)
+    under Snakemake, not in a DVC stage (``stage``: ``$DVC_STAGE``): the ``train_boundary``
+    stage does not depend on ``train_initial``'s model in dvc.yaml.
 
     Raises
     ------
@@ -185,11 +190,21 @@ def check_init_files(params: Mapping[str, Any], source: str = "params.yaml",
         made = writers[net]
         other = "boundary" if net == "initial" else "initial"
         other_made = writers[other]
-        # the net trained first, for the other (train.boundary.init: data/models/initial.pt): no cycle
-        if made and not (made[0] == f"train_{other}" and not (other_made and other_made[0] == f"train_{net}")):
+        if made:
+            # the net trained first, for the other (train.boundary.init: data/models/initial.pt): no
+            # cycle; only its declared model file (not a file of its checkpoint folder, which no
+            # rule declares: no edge, and the training rewrites it), and not under DVC
+            model = written_by(path, [o for o in outputs if not o[2]])
+            first = bool(model and model[0] == f"train_{other}" and not (other_made and other_made[0] == f"train_{net}"))
+            if first and not stage:
+                continue
+            if first:
+                raise UserError(f"{source}: {key} {path}: the model of rule train_{other} is a warm start under "
+                                f"snakemake only: in dvc.yaml the train_{net} stage does not depend on it (it may run "
+                                "first, or keep a stale start): copy it elsewhere to warm-start from it under DVC")
             raise UserError(f"{source}: {key} {path}: is the pipeline's own output ({made[1]}): copy it elsewhere "
                             "to warm-start from it")
-        if not Path(path).is_file() and not made:
+        if not Path(path).is_file():
             raise UserError(f"{source}: {key} {path}: model file not found (the warm start of the {net} net)")
 
 
