@@ -399,6 +399,14 @@ def test_an_evaluate_folder_that_is_not_there_fails_the_dry_run(project: Path, t
     ok = run(["snakemake", "-n", "all", "--config", f"evaluate={{datasets: [{{name: x, sources: {pairs}, crop: [10, 20, 16]}}]}}"],
              project, check=False)
     assert ok.returncode == 0, (ok.stdout + ok.stderr)[-2000:]
+    # an unknown figure_pair: the crop was checked against the first pair, named as the figure pair
+    for extra in (", crop: [20, 0, 16]", ""):
+        cfg = f"evaluate={{datasets: [{{name: x, sources: {pairs}, figure_pair: p9{extra}}}]}}"
+        p = run(["snakemake", "-n", "all", "--config", cfg], project, check=False)
+        out = p.stdout + p.stderr
+        assert p.returncode != 0 and "Job stats" not in out, out[-2000:]
+        assert ("params.yaml + --config: evaluate.datasets[0].figure_pair p9: not one of the pairs of dataset 'x' (p1): "
+                "the evaluate job would refuse it") in out, out[-2000:]
     # data/download/eval is made by download_eval, which no target runs before evaluate: it has
     # to be there (the dry run passed, and the evaluate job refused it after training)
     cfg = "evaluate={datasets: [{name: x, sources: data/download/eval/lytro}]}"

@@ -217,8 +217,9 @@ def check_evaluate_inputs(params: Mapping[str, Any], source: str = "params.yaml"
     refused it only at the end, after training. A folder only a rule off that path makes
     (``data/download/eval/...``: ``download_eval``, which no target runs before ``evaluate``)
     has to be there. For a dataset whose folder is there and no rule before evaluate rewrites,
-    its ``crop`` is checked against its figure pair's size too (the job's check, before any
-    fusion: :func:`bafusion.evaluation.evaluate.check_dataset`).
+    its ``figure_pair`` is checked to be one of its pairs and its ``crop`` against that pair's
+    size too (the job's checks, before any fusion:
+    :func:`bafusion.evaluation.evaluate.check_dataset`).
 
     Raises
     ------
@@ -249,9 +250,9 @@ def check_evaluate_inputs(params: Mapping[str, Any], source: str = "params.yaml"
                 raise UserError(f"{source}: evaluate.datasets[{i}].{key} {value}: {what} not found ({why}): the "
                                 "evaluate job (targets evaluate, all) would refuse it after training: fix it, or "
                                 "remove the dataset")
-        if d.get("crop") and not made:
+        if (d.get("crop") or d.get("figure_pair")) and not made:
             kept.append(i)
-    if kept and section.get("figures", True):
+    if kept:
         from bafusion.evaluation import evaluate as ev
 
         try:
@@ -259,8 +260,16 @@ def check_evaluate_inputs(params: Mapping[str, Any], source: str = "params.yaml"
             for i in kept:
                 ds = cfg.datasets[i]
                 pairs = ev.find_pairs(ds)
-                fig = ds.figure_pair or pairs[0].name
-                ev._check_crop(ds, cfg, next((p for p in pairs if p.name == fig), pairs[0]))
+                names = [p.name for p in pairs]
+                fig = ds.figure_pair or (names[0] if names else None)
+                if fig is None:
+                    continue
+                if fig not in names:
+                    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+                    raise UserError(f"evaluate.datasets[{i}].figure_pair {fig}: not one of the pairs of dataset "
+                                    f"{ds.name!r} ({shown}): the evaluate job would refuse it")
+                if ds.crop is not None and cfg.figures:
+                    ev._check_crop(ds, cfg, next(p for p in pairs if p.name == fig))
         except UserError as e:
             text = str(e)
             raise UserError(text if text.startswith(source) else f"{source}: {text}") from e
