@@ -89,7 +89,7 @@ def child(args: argparse.Namespace) -> None:
     rss0 = _vm("VmHWM")
     params = FusionParams(**json.loads(args.params_json))
     t0 = time.perf_counter()
-    fuse_images(a, b, nets, params, progress=False)
+    fuse_images(a, b, nets, params, progress=False, threads=args.threads)
     dt = time.perf_counter() - t0
     print(json.dumps({"seconds": dt, "peak_before_fusion_mib": rss0, "peak_mib": _vm("VmHWM")}))
 
@@ -235,7 +235,7 @@ def main() -> None:
 
     def timed(a: np.ndarray, b: np.ndarray, p) -> tuple[float, np.ndarray]:
         t0 = time.perf_counter()
-        r = fuse_images(a, b, nets, p, progress=False)
+        r = fuse_images(a, b, nets, p, progress=False, threads=torch.get_num_threads())  # as set for the row
         return time.perf_counter() - t0, r.decision
 
     for cont in ([] if args.skip_timing else args.contention):

@@ -46,7 +46,7 @@ def main() -> int:
     for _ in range(args.repeats):  # interleaved, so that a busy machine slows all alike
         for m, n in nets.items():
             t0 = time.perf_counter()
-            fuse_images(a, b, n, params, ("A", "B"))
+            fuse_images(a, b, n, params, ("A", "B"), threads=args.threads)
             times[m].append(time.perf_counter() - t0)
             with torch.no_grad():
                 t0 = time.perf_counter()

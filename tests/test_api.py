@@ -437,7 +437,8 @@ def test_fuse_warns_with_the_notes_of_the_fusion_named_the_python_way(tiny_nets:
 def test_fuse_and_fuse_images_take_threads_and_restore_torchs(tiny_nets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The Python API ran on torch's default threads (both cores on a loaded 2-core machine: 3x
     slower than one), where the command line picks auto_threads(); threads= sets them for the
-    call (None: the command line's choice) and torch's setting is restored; same fused image."""
+    call ("auto": the command line's choice; None: torch's setting as the caller left it) and
+    torch's setting is restored; same fused image."""
     import torch
 
     import bafusion.threads
@@ -466,10 +467,16 @@ def test_fuse_and_fuse_images_take_threads_and_restore_torchs(tiny_nets: Path, m
                 assert np.array_equal(got, ref)
             monkeypatch.setattr(bafusion.threads, "auto_threads", lambda: 1)  # a loaded machine
             seen.clear()
-            call()
+            call(threads="auto")
             assert set(seen) == {1} and torch.get_num_threads() == 2
+            seen.clear()
+            call()  # None: the 2 threads the caller set (a benchmark's "2 threads" ran on 1)
+            assert set(seen) == {2} and torch.get_num_threads() == 2
             monkeypatch.undo()
-        for bad in (0, -1, 1.5, True, "2"):
+            seen.clear()
+            call(threads=np.int64(1))  # a numpy integer, e.g. from an array of thread counts
+            assert set(seen) == {1} and torch.get_num_threads() == 2
+        for bad in (0, -1, 1.5, True, "2", np.float64(2.0), "Auto"):
             with pytest.raises(UserError, match=r"threads=.*: give a positive number of CPU threads"):
                 bafusion.fuse(a, b, model=nets, threads=bad)
             with pytest.raises(UserError, match=r"threads=.*: give a positive number of CPU threads"):

@@ -48,32 +48,45 @@ def auto_threads(cores: int | None = None, load: float | None = None) -> int:
     return max(1, min(cores, int(round(cores - float(load)))))
 
 
-def checked_threads(threads: object, name: str = "threads=") -> int | None:
-    """``threads`` of the Python API (:func:`bafusion.fuse`, :func:`bafusion.fuse_images`): None,
-    or a positive number of threads, at most ``fuse.threads``' maximum, else a
-    :class:`bafusion.errors.UserError` naming it as ``name``."""
+def checked_threads(threads: object, name: str = "threads=") -> int | str | None:
+    """``threads`` of the Python API (:func:`bafusion.fuse`, :func:`bafusion.fuse_images`): None
+    (torch's current setting), ``"auto"`` (the command line's choice, :func:`torch_threads`), or
+    a positive number of threads (an int or a numpy integer), at most ``fuse.threads``' maximum,
+    else a :class:`bafusion.errors.UserError` naming it as ``name``."""
+    import operator
+
     from bafusion.errors import UserError
     from bafusion.schema import maximum
 
     top = maximum("fuse.threads")
-    if threads is None:
-        return None
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= top:
-        raise UserError(f"{name}{threads!r}: give a positive number of CPU threads, at most {top}, or None for "
-                        "the automatic choice")
-    return threads
+    if threads is None or (isinstance(threads, str) and threads == "auto"):
+        return threads
+    try:
+        n = None if isinstance(threads, bool) else operator.index(threads)  # numpy integers too, not 1.5
+    except TypeError:
+        n = None
+    if n is None or not 1 <= n <= top:
+        raise UserError(f"{name}{threads!r}: give a positive number of CPU threads, at most {top}, \"auto\" for "
+                        "the cores the load leaves free, or None for torch's current setting")
+    return n
 
 
 @contextmanager
-def torch_threads(threads: int | None = None) -> Iterator[int]:
+def torch_threads(threads: int | str | None = None) -> Iterator[int]:
     """Torch's intra-op threads set to ``threads`` for a block, and torch's previous setting
-    restored after it. None: as ``bafusion fuse`` without ``--threads``: torch's current
-    setting, lowered to :func:`auto_threads` (the cores the load leaves free). Yields the
-    number set."""
+    restored after it. None: torch's setting as it is (nothing changed, as a caller that set
+    :func:`torch.set_num_threads` expects); ``"auto"``: as ``bafusion fuse`` without
+    ``--threads``: torch's current setting, lowered to :func:`auto_threads` (the cores the
+    1-minute load average leaves free, read at each call). Yields the number in use."""
     import torch
 
     before = torch.get_num_threads()
-    n = int(threads) if threads is not None else min(before, auto_threads())
+    if threads is None:
+        n = before
+    elif isinstance(threads, str) and threads == "auto":
+        n = min(before, auto_threads())
+    else:
+        n = int(threads)
     if n != before:
         torch.set_num_threads(n)
     try:

@@ -818,10 +818,7 @@ def _ours(a: np.ndarray, b: np.ndarray, nets: Any, params: Any, names: tuple[str
         remove_small_regions,
     )
 
-    import torch
-
-    # on the threads the command line set (fuse_images' None would lower them to the free cores)
-    res = fuse_images(a, b, nets, replace(params, refine=True), names, threads=torch.get_num_threads())
+    res = fuse_images(a, b, nets, replace(params, refine=True), names)  # on the threads the command line set
     ma, mb = _match_channels(a, b)
     dm0 = remove_small_regions(res.score_initial > params.threshold, params.min_region)
     return {OURS: (res.fused, res.decision), OURS_INITIAL: (fuse_with_map(ma, mb, dm0), dm0)}

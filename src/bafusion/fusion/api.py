@@ -113,7 +113,7 @@ def fuse(
     align: str | None = None,
     progress: bool | None = False,
     keep_depth: bool = True,
-    threads: int | None = None,
+    threads: int | str | None = None,
 ) -> np.ndarray:
     """Fuse two or more shots of one scene, focused at different depths, into one image.
 
@@ -164,11 +164,12 @@ def fuse(
         x 257 at 16 bits); beside a file of more than 8 bits, all is on the 16-bit scale, as
         files are read. False: the uint8 fusion. With ``align`` the full-depth shots are
         registered and cropped as their 8-bit copies are (the same transforms).
-    threads : int or None
+    threads : int, "auto" or None
         CPU threads torch runs the nets on (:func:`torch.set_num_threads`), torch's setting
-        restored afterwards. None: as ``bafusion fuse`` without ``--threads``: torch's setting,
-        lowered to the cores the load leaves free (:func:`bafusion.threads.auto_threads`). The
-        fused image does not depend on it.
+        restored afterwards. None: torch's setting as it is (what the caller set with
+        :func:`torch.set_num_threads`). ``"auto"``: as ``bafusion fuse`` without ``--threads``:
+        torch's setting, lowered to the cores the 1-minute load average leaves free at this call
+        (:func:`bafusion.threads.auto_threads`). The fused image does not depend on it.
 
     Warns
     -----

@@ -272,7 +272,7 @@ def fuse_images(
     params: FusionParams | Mapping[str, Any] | None = FusionParams(),
     names: tuple[str, str] = ("A", "B"),
     progress: bool | None = None,
-    threads: int | None = None,
+    threads: int | str | None = None,
 ) -> FusionResult:
     """Fuse two registered sources by the paper's rule (section 2, Eqs. 1-3).
 
@@ -292,12 +292,14 @@ def fuse_images(
     progress : bool or None
         A progress bar on stderr. None: when stderr is a terminal and the pair has 4
         megapixels or more; True: always; False: never.
-    threads : int or None
+    threads : int, "auto" or None
         CPU threads torch runs the nets on for this call (:func:`torch.set_num_threads`), torch's
-        setting restored afterwards. None: as ``bafusion fuse`` without ``--threads``: torch's
-        setting, lowered to the cores the load leaves free (:func:`bafusion.threads.auto_threads`:
-        on a 2-core CPU with another process running, two threads wait for each other and run
-        several times slower than one). The fused image does not depend on it.
+        setting restored afterwards. None: torch's setting as it is (what the caller set with
+        :func:`torch.set_num_threads`). ``"auto"``: as ``bafusion fuse`` without ``--threads``:
+        torch's setting, lowered to the cores the 1-minute load average leaves free at this call
+        (:func:`bafusion.threads.auto_threads`: on a 2-core CPU with another process running, two
+        threads wait for each other and run several times slower than one). The fused image does
+        not depend on it.
 
     Returns
     -------

@@ -203,16 +203,12 @@ def fuse_set(
     # into a fresh folder that replaces ``out`` at the end: a killed run leaves the earlier
     # results whole, never mixed with new ones
     said_once: set[str] = set()  # notes said once a run (metadata not kept), as fuse-dir says them
-    import torch
-
     with atomic_dir(out) as tmp:
         for name in names:
             pa, pb, pt = pairs / f"{name}-A.png", pairs / f"{name}-B.png", pairs / f"{name}-dm.png"
             src = read_source_set([pa, pb])  # the images as read_images reads them, and A's metadata
             a, b = src.images
-            # on the threads the command line set (fuse_images' None would lower them to the free cores)
-            res = fuse_images(a, b, nets, params, (str(pa), str(pb)), progress=progress,
-                              threads=torch.get_num_threads())
+            res = fuse_images(a, b, nets, params, (str(pa), str(pb)), progress=progress)  # the command line's threads
             # A's EXIF, ICC profile, resolution and PNG colour chunks, and the notes, as fuse writes and says
             # them (the 8-bit fusion: a test set's 16-bit pairs are scored and written in 8 bits, as before)
             fused = fused_output(replace(src, full=None), [res], out / f"{name}.png")
