@@ -107,7 +107,13 @@ def test_a_refusal_in_a_dvc_stage_says_dvc_removed_its_outputs(tmp_path: Path) -
     env = {"DVC_STAGE": "fuse", "DVC_ROOT": str(ws)}
     assert dvc_removed_outputs_note(env, ws) == (
         "note: dvc removed the outputs of stage 'fuse' (data/fused, metrics/fuse.json) before running it: fix the "
-        "value, or `git checkout -- params.yaml metrics/fuse.json && dvc checkout fuse` brings them back")
+        "value in params.yaml; `dvc checkout fuse && git checkout -- metrics/fuse.json` brings them back")
+    # never `git checkout -- params.yaml`: it threw away the user's uncommitted edits of it
+    # (a git-untracked uncached output: dvc checkout alone)
+    subprocess.run(git + ["rm", "-q", "--cached", "metrics/fuse.json"], cwd=ws, check=True, capture_output=True)
+    assert dvc_removed_outputs_note(env, ws) == (
+        "note: dvc removed the outputs of stage 'fuse' (data/fused, metrics/fuse.json) before running it: fix the "
+        "value in params.yaml; `dvc checkout fuse` brings them back")
     # not in a DVC stage; in `dvc exp run --temp`'s copy (the workspace's outputs are untouched)
     assert dvc_removed_outputs_note({}, ws) is None
     copy = ws / ".dvc" / "tmp" / "exps" / "tmpabc"

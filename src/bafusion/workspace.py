@@ -78,8 +78,9 @@ def dvc_removed_outputs_note(environ: dict[str, str] | None = None, cwd: str | o
     Returns
     -------
     ``"note: dvc removed the outputs of stage 'fuse' (data/fused, metrics/fuse.json) before
-    running it: fix the value, or `git checkout -- params.yaml metrics/fuse.json && dvc
-    checkout fuse` brings them back"``
+    running it: fix the value in params.yaml; `dvc checkout fuse && git checkout --
+    metrics/fuse.json` brings them back"`` (``git checkout`` only for the stage's git-tracked
+    outputs that DVC does not cache, never for ``params.yaml``: its uncommitted edits are kept)
     """
     env = os.environ if environ is None else environ
     stage, root = env.get("DVC_STAGE"), env.get("DVC_ROOT")
@@ -113,6 +114,8 @@ def dvc_removed_outputs_note(environ: dict[str, str] | None = None, cwd: str | o
                 f"({', '.join(gone)}), if there were any, are gone (dvc.lock has no record of them): fix the value "
                 "and run the stage again")
     head = f"note: dvc removed the outputs of stage {name!r} ({', '.join(gone)}) before running it"
+    # never `git checkout -- params.yaml`: it would throw away every uncommitted edit of it; only the
+    # stage's git-tracked outputs outside DVC's cache (cache: false), which `dvc checkout` cannot restore
     from_git = _git_tracked(here, [p for p, cached in outs if not cached and p in gone])
-    return (f"{head}: fix the value, or `git checkout -- {' '.join(['params.yaml', *from_git])} && "
-            f"dvc checkout {name}` brings them back")
+    back = f"dvc checkout {name}" + (f" && git checkout -- {' '.join(from_git)}" if from_git else "")
+    return f"{head}: fix the value in params.yaml; `{back}` brings them back"
