@@ -258,6 +258,16 @@ def test_a_refusal_in_a_dvc_stage_says_dvc_removed_the_stages_outputs(project: P
                          "value and run the stage again"), lines
     p = dry_run()  # not under DVC: the error alone
     assert p.returncode != 0 and (p.stdout + p.stderr).strip().splitlines()[-1].startswith("error: "), p.stderr
+    # the refusals checked once the rules are read (a warm-start file that is not there; also
+    # evaluate's folders, a device this machine lacks) said nothing of the deleted outputs
+    p = subprocess.run(["snakemake", "-n", "prepare", "--config", "train={init: models/typo/initial.pt}"],
+                       cwd=project, capture_output=True, text=True, timeout=300,
+                       env={**env(), "DVC_STAGE": "prepare", "DVC_ROOT": str(project)})
+    lines = (p.stdout + p.stderr).strip().splitlines()
+    assert p.returncode != 0 and lines[-2] == ("error: params.yaml + --config: train.init models/typo/initial.pt: "
+                                               "model file not found (the warm start of the initial net)"), lines
+    assert lines[-1].startswith("note: dvc removes a stage's outputs before running it: those of stage 'prepare' "
+                                "(data/prepared)"), lines
 
 
 @pytest.mark.slow
