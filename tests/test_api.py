@@ -522,6 +522,16 @@ def test_fuse_of_float_or_int_arrays_says_how_to_convert_them_and_is_a_type_erro
     with pytest.raises(TypeError, match=r"^source 2: sources must be uint8 or uint16 arrays, got int64 \(an integer "
                                         r"image of 8-bit values: x\.astype\(numpy\.uint8\)\)$"):
         bafusion.fuse(a, a.astype(np.int64), **kw)
+    # values above 255 (a 16-bit file read as PIL mode "I"): astype(numpy.uint8) wrapped 1000 to 232
+    with pytest.raises(TypeError, match=r"got int32 \(an integer image of values up to 1000: x\.astype\(numpy\.uint16\), "
+                                        r"a 16-bit image; x\.astype\(numpy\.uint8\) would wrap the values above 255\)$"):
+        bafusion.fuse(a, np.full(a.shape, 1000, np.int32), **kw)
+    with pytest.raises(TypeError, match=r"got int64 \(an integer image of values from -3 to 70000, outside 0\.\.65535: "
+                                        r"astype alone would wrap them; clip or rescale first, e\.g\. "
+                                        r"numpy\.clip\(x, 0, 65535\)\.astype\(numpy\.uint16\)\)$"):
+        bafusion.fuse(a, np.array([[-3, 70000]] * 4, np.int64), **kw)
+    with pytest.raises(TypeError, match=r"outside 0\.\.255: .* numpy\.clip\(x, 0, 255\)\.astype\(numpy\.uint8\)\)$"):
+        bafusion.fuse(a, np.full(a.shape, -1, np.int16), **kw)
     with pytest.raises(TypeError, match=r"source 2: expected a file path or a numpy array, got int"):
         bafusion.fuse(a, 3, **kw)
 
