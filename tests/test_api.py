@@ -486,19 +486,36 @@ def test_fuse_and_fuse_images_take_threads_and_restore_torchs(tiny_nets: Path, m
 
 
 def test_a_shipped_models_name_is_the_shipped_model_beside_a_folder_of_that_name_without_nets(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """load_model('default') where the working directory has a folder 'default' (an output
     folder) failed 'default/initial.pt: model file not found', not a word of the shipped model
-    of that name: a folder holding neither model file is not taken for the model; './default'
-    still names the folder."""
-    from bafusion.fusion.models import PACKAGE_DIR, REPO_ROOT
+    of that name: a folder holding neither model file is not taken for the model, and a warning
+    says so (it used the shipped model silently); './default' still names the folder."""
+    import argparse
+    import warnings
+
+    from bafusion.cli.common import nets_from_args
+    from bafusion.fusion.models import PACKAGE_DIR, REPO_ROOT, ModelNameWarning
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "default").mkdir()
     (tmp_path / "default" / "fused.png").write_bytes(b"")
-    nets = bafusion.load_model("default", device="cpu")
+    said = "default: the folder holds no nets; using the shipped model 'default' (write ./default to mean the folder)"
+    with pytest.warns(ModelNameWarning, match=r"^default: the folder holds no nets; using the shipped model "
+                                              r"'default' \(write \./default to mean the folder\)$") as caught:
+        nets = bafusion.load_model("default", device="cpu")
+    assert len(caught) == 1
     shipped = {str(root / "default" / "initial.pt") for root in (PACKAGE_DIR / "models", REPO_ROOT / "models")}
     assert nets.sources[0] in shipped, nets.sources
+    with pytest.warns(ModelNameWarning) as caught:  # once, though fuse() looks the folder up twice
+        bafusion.fuse(np.zeros((40, 36), np.uint8), np.zeros((40, 36), np.uint8), model="default", device="cpu")
+    assert [str(w.message) for w in caught if issubclass(w.category, ModelNameWarning)] == [said]
+    # the command line (--model default): one line on stderr
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not also a Python warning
+        nets_from_args(argparse.Namespace(command="fuse-dir", initial=None, boundary=None), "cpu", "default")
+    assert capsys.readouterr().err == f"bafusion fuse-dir: warning: {said}\n"
     with pytest.raises(UserError, match=r"default/initial\.pt: model file not found"):
         bafusion.load_model("./default", device="cpu")
     from conftest import make_tiny_nets

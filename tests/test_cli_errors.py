@@ -221,6 +221,8 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["download-alphamatting", "--out", ""], ["--out: empty path"]),
         (["download-record", "--source", "web", "--out", ""], ["--out: empty path"]),
         ([*FUSE, "-o", ""], ["-o/--output/--out: empty path"]),  # was: named the path "."
+        (["fuse-dir", "", "out"], ["IN: empty path"]),  # was: ".: no pair or stack to fuse"
+        (["fuse-dir", ".", ""], ["OUT: empty path"]),  # was: ".: the output folder must not be the input folder"
         (["baseline", "a.png", "b.png", "-o", ""], ["-o/--output/--out: empty path"]),  # was: ".: unknown image format"
         ([*FUSE, "-o", "F.png", "--save-maps", ""], ["--save-maps: empty path"]),  # was: no maps written
         ([*FUSE, "-o", "F.png", "--params-file", ""], ["--params-file: empty path"]),

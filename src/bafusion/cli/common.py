@@ -146,18 +146,37 @@ def note_params_yaml_unread(command: str, option: str, *given: object, rest: str
               f"./params.yaml is not read (pass {option} params.yaml to use it)", file=sys.stderr)
 
 
+def _load_saying_the_shipped_model(args: argparse.Namespace, folder: str | None, device: str) -> FusionNets:
+    """:func:`bafusion.fusion.models.load_nets_from_dir`, its
+    :class:`~bafusion.fusion.models.ModelNameWarning` (``--model default`` beside a folder
+    ``default`` that holds no nets) said as one line ``bafusion <command>: warning: ...``."""
+    import warnings
+
+    from bafusion.fusion.models import ModelNameWarning, load_nets_from_dir
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ModelNameWarning)
+        nets = load_nets_from_dir(folder, device)
+    for w in caught:
+        if issubclass(w.category, ModelNameWarning):
+            print(f"bafusion {getattr(args, 'command', None) or 'fuse'}: warning: {w.message}", file=sys.stderr)
+        else:  # others as they would have been (their filters apply)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return nets
+
+
 def nets_from_args(args: argparse.Namespace, device: str, folder: str | None) -> FusionNets:
     """The nets named by ``--initial`` and ``--boundary`` (both or neither), else those of the
     model ``folder`` (``--model``/``--models``; None: the default places); a file given as
     the folder is refused, saying so."""
-    from bafusion.fusion.models import load_nets, load_nets_from_dir
+    from bafusion.fusion.models import load_nets
 
     if args.initial or args.boundary:
         if not (args.initial and args.boundary):
             raise UserError("--initial and --boundary go together")
         return load_nets(args.initial, args.boundary, device)
     try:
-        return load_nets_from_dir(folder, device)
+        return _load_saying_the_shipped_model(args, folder, device)
     except UserError as e:
         if folder is None or not Path(folder).is_file():
             if "models" in vars(args) and "--model DIR" in str(e):  # fuse-set, evaluate: --models was theirs

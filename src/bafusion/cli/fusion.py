@@ -508,8 +508,8 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
         "stops; rerun with --skip-existing).",
         epilog=METADATA_EPILOG,
     )
-    p.add_argument("input", metavar="IN", help="folder of shots")
-    p.add_argument("output", metavar="OUT", help="output folder")
+    p.add_argument("input", metavar="IN", type=nonempty_path, help="folder of shots")  # '' is not '.'
+    p.add_argument("output", metavar="OUT", type=nonempty_path, help="output folder")
     p.add_argument("--ext", default="png", help="output format: png (default), tif, bmp or jpg")
     p.add_argument("--model", "--models", dest="model", default=None, metavar="DIR",
                    help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name")

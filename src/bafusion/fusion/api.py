@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from bafusion.errors import InputFileError, InputTypeError, UserError
-from bafusion.fusion.models import FusionNets, find_model_dir, load_nets_from_dir
+from bafusion.fusion.models import FusionNets, ModelNameWarning, find_model_dir, load_nets_from_dir
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.rule import _fuse_pair, check_same_size, checked_params, fuse_stack, source_channels
 from bafusion.io import read_source_set, scale_to_u8
@@ -67,7 +67,9 @@ def _cached_nets(model: str | os.PathLike[str] | None, device: str) -> FusionNet
     key = (_model_identity(model), device)
     nets = _NETS_CACHE.get(key)
     if nets is None:
-        nets = _load_nets(model, device)  # messages name the model as given
+        with warnings.catch_warnings():  # _model_identity has said it (ModelNameWarning): once
+            warnings.simplefilter("ignore", ModelNameWarning)
+            nets = _load_nets(model, device)  # messages name the model as given
         _NETS_CACHE[key] = nets
         while len(_NETS_CACHE) > _CACHE_SIZE:
             _NETS_CACHE.popitem(last=False)

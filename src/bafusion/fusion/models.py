@@ -5,6 +5,7 @@ inference (:class:`FusionNets`).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,16 +181,25 @@ def _shipped_model_dir(name: str) -> Path | None:
     return None
 
 
+class ModelNameWarning(UserWarning):
+    """A model named as a shipped one (``"default"``) beside a folder of that name that holds no
+    nets: the shipped model is used, and this says so (``./default`` names the folder)."""
+
+
 def find_model_dir(model: str | os.PathLike[str] | None) -> Path:
     """The folder holding initial.pt and boundary.pt: ``model`` if given (a folder, or a shipped
     model's name: a folder of that name that holds neither file, an output folder ``default``
-    in the working directory, is not taken for it; ``./default`` names the folder), else the
-    first of :func:`default_model_dirs` that holds both."""
+    in the working directory, is not taken for it, with a :class:`ModelNameWarning` that says
+    so; ``./default`` names the folder), else the first of :func:`default_model_dirs` that
+    holds both."""
     if model is not None:
         d = Path(model)
         if d.is_dir():
             bare = d.name == str(model) and not any((d / f).exists() for f in ("initial.pt", "boundary.pt"))
             shipped = _shipped_model_dir(d.name) if bare else None
+            if shipped is not None:
+                warnings.warn(f"{model}: the folder holds no nets; using the shipped model {d.name!r} (write "
+                              f"./{d.name} to mean the folder)", ModelNameWarning, stacklevel=2)
             return shipped or d
         if d.is_file():  # a net file given as the folder: "model folder not found" misled
             raise UserError(f"{d}: is a file, not a model folder: pass the folder that holds initial.pt and "
