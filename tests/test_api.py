@@ -404,6 +404,63 @@ def test_fuse_reloads_a_model_folder_that_changed_or_another_of_the_same_name(tm
     assert np.array_equal(bafusion.fuse(a, b, model="m", device="cpu"), direct(tmp_path / "two" / "m"))
 
 
+def test_the_nets_cache_is_safe_from_threads_and_tells_a_replaced_file(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """fuse() from two threads with more than 4 models raised KeyError: one thread found its
+    nets in the cache, another evicted them, the first's move_to_end failed. And a net file
+    replaced by one of the same size and mtime (cp -p, a rename) kept the old nets."""
+    import os
+    import threading
+    import time
+    from collections import OrderedDict
+
+    import bafusion.fusion.api as api
+
+    found = threading.Event()
+
+    class SlowCache(OrderedDict):  # the finding thread is paused right after its lookup
+        def get(self, key, default=None):
+            value = super().get(key, default)
+            if value is not None and threading.current_thread().name == "finder":
+                found.set()
+                time.sleep(0.3)
+            return value
+
+    cache = SlowCache()
+    monkeypatch.setattr(api, "_NETS_CACHE", cache)
+    monkeypatch.setattr(api, "_model_identity", lambda model: (str(model),))
+    monkeypatch.setattr(api, "_load_nets", lambda model, device, warn=True: f"nets of {model}")
+    assert api._cached_nets("m0", "cpu") == "nets of m0"
+    errors: list[BaseException] = []
+
+    def find() -> None:
+        try:
+            assert api._cached_nets("m0", "cpu") == "nets of m0"
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    finder = threading.Thread(target=find, name="finder")
+    finder.start()
+    assert found.wait(10)
+    for i in range(1, 6):  # evicts m0 while the finder holds it
+        api._cached_nets(f"m{i}", "cpu")
+    finder.join()
+    assert not errors, errors
+    assert len(cache) == api._CACHE_SIZE and ("m5",) in {k[0] for k in cache}
+    monkeypatch.undo()
+    # the key changes with a file replaced by one of the same size and mtime (its inode)
+    d = tmp_path / "m"
+    d.mkdir()
+    for name in ("initial.pt", "boundary.pt"):
+        (d / name).write_bytes(b"x" * 10)
+    before = api._model_identity(str(d))
+    st = (d / "initial.pt").stat()
+    (tmp_path / "new.pt").write_bytes(b"y" * 10)
+    os.utime(tmp_path / "new.pt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(tmp_path / "new.pt", d / "initial.pt")
+    assert api._model_identity(str(d)) != before
+
+
 def test_fuse_warns_with_the_notes_of_the_fusion_named_the_python_way(tiny_nets: Path) -> None:
     """fuse(a, darker b) was silent, where fuse_images' notes (and the command line) say that B
     differs by about -1.6 EV and that --match-output-exposure brings it to A: the notes are

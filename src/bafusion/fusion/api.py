@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from bafusion.errors import InputFileError, InputTypeError, UserError
-from bafusion.fusion.models import FusionNets, ModelNameWarning, find_model_dir, load_nets_from_dir
+from bafusion.fusion.models import FusionNets, find_model_dir, load_nets_from_dir
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.rule import _fuse_pair, check_same_size, checked_params, fuse_stack, source_channels
 from bafusion.io import read_source_set, scale_to_u8
@@ -24,11 +25,11 @@ __all__ = ["fuse", "load_model"]
 ALIGN_MODELS = ("none", "auto", "translation", "similarity", "homography")
 
 
-def _load_nets(model: str | os.PathLike[str] | None, device: str) -> FusionNets:
+def _load_nets(model: str | os.PathLike[str] | None, device: str, warn: bool = True) -> FusionNets:
     """:func:`load_nets_from_dir`, its hint on how to get a model given as this API's
     ``model=DIR`` (it names the command line's ``--model DIR``)."""
     try:
-        return load_nets_from_dir(model, device)
+        return load_nets_from_dir(model, device, warn=warn)
     except UserError as e:
         if type(e) is UserError and "--model DIR" in str(e):
             raise UserError(str(e).replace("--model DIR", "model=DIR")) from e
@@ -38,14 +39,18 @@ def _load_nets(model: str | os.PathLike[str] | None, device: str) -> FusionNets:
 #: The nets :func:`fuse` loaded (``model=`` a folder or name), the last :data:`_CACHE_SIZE`,
 #: keyed on :func:`_model_identity`: a folder of the same name after a chdir, or nets retrained
 #: in place, are loaded anew (keyed on the string ``model``, the first nets stayed in use).
+#: :data:`_CACHE_LOCK` guards it: fuse() from several threads with more than 4 models raised
+#: KeyError (one thread evicted the nets another had just found).
 _NETS_CACHE: OrderedDict[tuple[Any, ...], FusionNets] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 4
 _MODEL_FILES = ("initial.pt", "initial.json", "boundary.pt", "boundary.json")
 
 
 def _model_identity(model: str | os.PathLike[str] | None) -> tuple[Any, ...]:
     """The folder ``model`` names now (:func:`bafusion.fusion.models.find_model_dir`, resolved)
-    and its model files' (mtime_ns, size), None for a file that is not there."""
+    and its model files' (inode, mtime_ns, size), None for a file that is not there (the inode:
+    a file replaced by another of the same size and time, ``cp -p`` or a rename, is new)."""
     try:
         d = find_model_dir(model).resolve()
     except UserError as e:  # as loading says it: model=DIR, not the command line's --model DIR
@@ -53,28 +58,30 @@ def _model_identity(model: str | os.PathLike[str] | None) -> tuple[Any, ...]:
             raise UserError(str(e).replace("--model DIR", "model=DIR")) from e
         raise
 
-    def stamp(f: Path) -> tuple[int, int] | None:
+    def stamp(f: Path) -> tuple[int, int, int] | None:
         try:
             st = f.stat()
         except OSError:
             return None
-        return st.st_mtime_ns, st.st_size
+        return st.st_ino, st.st_mtime_ns, st.st_size
 
     return (str(d), *(stamp(d / name) for name in _MODEL_FILES))
 
 
 def _cached_nets(model: str | os.PathLike[str] | None, device: str) -> FusionNets:
     key = (_model_identity(model), device)
-    nets = _NETS_CACHE.get(key)
-    if nets is None:
-        with warnings.catch_warnings():  # _model_identity has said it (ModelNameWarning): once
-            warnings.simplefilter("ignore", ModelNameWarning)
-            nets = _load_nets(model, device)  # messages name the model as given
+    with _CACHE_LOCK:  # found and marked recent at once: no other thread evicts it between
+        nets = _NETS_CACHE.get(key)
+        if nets is not None:
+            _NETS_CACHE.move_to_end(key)
+            return nets
+    # messages name the model as given; _model_identity has said a ModelNameWarning; not under the lock
+    nets = _load_nets(model, device, warn=False)
+    with _CACHE_LOCK:
         _NETS_CACHE[key] = nets
+        _NETS_CACHE.move_to_end(key)
         while len(_NETS_CACHE) > _CACHE_SIZE:
             _NETS_CACHE.popitem(last=False)
-    else:
-        _NETS_CACHE.move_to_end(key)
     return nets
 
 

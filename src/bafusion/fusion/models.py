@@ -186,18 +186,18 @@ class ModelNameWarning(UserWarning):
     nets: the shipped model is used, and this says so (``./default`` names the folder)."""
 
 
-def find_model_dir(model: str | os.PathLike[str] | None) -> Path:
+def find_model_dir(model: str | os.PathLike[str] | None, *, warn: bool = True) -> Path:
     """The folder holding initial.pt and boundary.pt: ``model`` if given (a folder, or a shipped
     model's name: a folder of that name that holds neither file, an output folder ``default``
     in the working directory, is not taken for it, with a :class:`ModelNameWarning` that says
-    so; ``./default`` names the folder), else the first of :func:`default_model_dirs` that
-    holds both."""
+    so (not with ``warn=False``); ``./default`` names the folder), else the first of
+    :func:`default_model_dirs` that holds both."""
     if model is not None:
         d = Path(model)
         if d.is_dir():
             bare = d.name == str(model) and not any((d / f).exists() for f in ("initial.pt", "boundary.pt"))
             shipped = _shipped_model_dir(d.name) if bare else None
-            if shipped is not None:
+            if shipped is not None and warn:
                 warnings.warn(f"{model}: the folder holds no nets; using the shipped model {d.name!r} (write "
                               f"./{d.name} to mean the folder)", ModelNameWarning, stacklevel=2)
             return shipped or d
@@ -216,10 +216,10 @@ def find_model_dir(model: str | os.PathLike[str] | None) -> Path:
     raise UserError(f"no trained nets found (looked for initial.pt and boundary.pt in {looked}); {HOW_TO_GET_MODELS}")
 
 
-def load_nets_from_dir(model: str | os.PathLike[str] | None, device: str = "auto") -> FusionNets:
-    """Load the two nets of a model folder (:func:`find_model_dir`), or of a shipped model by
-    name; ``model=None``: the shipped ``default``, else the pipeline's ``data/models``.
-    Same as :func:`bafusion.load_model`."""
-    d = find_model_dir(model)
+def load_nets_from_dir(model: str | os.PathLike[str] | None, device: str = "auto", *, warn: bool = True) -> FusionNets:
+    """Load the two nets of a model folder (:func:`find_model_dir`, ``warn`` passed to it), or
+    of a shipped model by name; ``model=None``: the shipped ``default``, else the pipeline's
+    ``data/models``. Same as :func:`bafusion.load_model`."""
+    d = find_model_dir(model, warn=warn)
     return load_nets(d / "initial.pt", d / "boundary.pt", device)
 
