@@ -163,11 +163,28 @@ def test_a_batch_larger_than_an_epoch_is_warned_once(toy_run: dict, tmp_path: Pa
     train("initial", toy_run["h5"], cfg, _paths(tmp_path, "initial"), progress=False)
     err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert err == ["bafusion train: warning: initial: train.batch 100000 is more than the 64 samples of an epoch "
-                   "(train.samples_per_epoch): each epoch is one step of 64 (the batch is capped at the samples "
+                   "(train.samples_per_epoch 64): each epoch is one step of 64 (the batch is capped at the samples "
                    "per epoch)"], err
     cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 64}}, "initial")
     train("initial", toy_run["h5"], cfg, _paths(tmp_path / "b", "initial"), progress=False)
     assert "warning" not in capsys.readouterr().err
+
+
+def test_the_batch_warning_blames_samples_per_epoch_only_where_it_sets_the_epoch() -> None:
+    """With train.samples_per_epoch 0 on 5 processes, 7 patches x 12 = 84 samples are trimmed to
+    80 an epoch: the warning blamed train.samples_per_epoch, which was not set."""
+    from bafusion.nets.train import _batch_over_epoch
+
+    def why(*args: int) -> str | None:
+        line = _batch_over_epoch("initial", *args)
+        return line and line.split("(", 1)[1].split(")", 1)[0]
+
+    assert why(100, 80, 7, 0, 5) == "7 train patches x 12, trimmed to a multiple of the 5 processes"
+    assert why(100, 84, 7, 0, 1) == "7 train patches x 12"
+    assert why(100, 84, 7, 500, 1) == "7 train patches x 12"  # more than the split: the split is the epoch
+    assert why(100, 64, 7, 64, 1) == "train.samples_per_epoch 64"
+    assert why(100, 63, 7, 65, 3) == "train.samples_per_epoch 65, trimmed to a multiple of the 3 processes"
+    assert why(64, 64, 7, 64, 1) is None
 
 
 def test_a_checkpoint_of_other_parameters_is_refused_not_replaced(toy_run: dict, tmp_path: Path,

@@ -643,6 +643,24 @@ def _better(acc: float, best: float, n_val: int) -> bool:
     return math.isnan(best) or acc > best
 
 
+
+def _batch_over_epoch(net: str, batch: int, epoch_samples: int, patches: int, samples_per_epoch: int,
+                      world_size: int) -> str | None:
+    """The warning that ``train.batch`` exceeds the samples of an epoch (each epoch is then one
+    short step), saying what sets the epoch: ``train.samples_per_epoch`` only where it is set
+    and below the split's ``patches x 12`` (it blamed the key at 0 too, where the epoch was the
+    split trimmed to a multiple of the process count); None when the batch fits."""
+    if batch <= epoch_samples:
+        return None
+    whole = patches * 12
+    sub = 0 < samples_per_epoch < whole
+    why = f"train.samples_per_epoch {samples_per_epoch}" if sub else f"{patches} train patches x 12"
+    if epoch_samples != (samples_per_epoch if sub else whole):
+        why += f", trimmed to a multiple of the {world_size} processes"
+    return (f"bafusion train: warning: {net}: train.batch {batch} is more than the {epoch_samples} samples of an "
+            f"epoch ({why}): each epoch is one step of {epoch_samples} (the batch is capped at the samples per "
+            "epoch)")
+
 #: In --checkpoints: held (``flock``) by the training that uses the folder.
 LOCK_FILE = "train.lock"
 #: Set by ``bafusion train --nproc N`` in the environment of its processes: the checkpoint
@@ -777,12 +795,10 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
         print(f"bafusion train: {net}: {len(train_set)} train patches x 12 = {loader.num_samples} samples, "
               f"{loader.epoch_samples} per epoch, {len(val_set)} val patches; {device}, {dist.world_size} "
               f"process(es), batch {cfg.batch}, amp {amp}, channels_last {channels_last}", file=sys.stderr)
-        if cfg.batch > loader.epoch_samples:  # one short step per epoch: the batch is capped
-            why = ("train.samples_per_epoch" if loader.epoch_samples < loader.num_samples
-                   else f"{len(train_set)} train patches x 12")
-            print(f"bafusion train: warning: {net}: train.batch {cfg.batch} is more than the {loader.epoch_samples} "
-                  f"samples of an epoch ({why}): each epoch is one step of {loader.epoch_samples} (the batch is "
-                  "capped at the samples per epoch)", file=sys.stderr)
+        line = _batch_over_epoch(net, cfg.batch, loader.epoch_samples, len(train_set), cfg.samples_per_epoch,
+                                 dist.world_size)
+        if line:  # one short step per epoch: the batch is capped
+            print(line, file=sys.stderr)
 
     # model, optimizer ---------------------------------------------------------------
     torch.manual_seed(cfg.seed)
