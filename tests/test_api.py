@@ -639,7 +639,7 @@ def test_align_auto_names_a_runaway_estimate_too_flat_or_too_small_not_by_its_fi
         model, [(said, text)] = auto_alignment([im, im], ["a.png", "b.png"], True)
         assert (model, said) == ("none", verdict)
         assert text == ("b.png: too flat or too small to judge its motion (its motion estimate ran away, moving it "
-                        "further than its own size), taken for a failure: fused as registered"), text
+                        "further than the size of a.png), taken for a failure: fused as registered"), text
     monkeypatch.setattr(scene, "shot_motions", lambda images: [scene.ShotMotion(1, 40.0, "failed")])
     assert "the motion estimate (40.0 px) matches the shots worse" in auto_alignment([im, im], ["a", "b"], True)[1][0][1]
 

@@ -358,9 +358,10 @@ def auto_alignment(images: Sequence[np.ndarray], names: Sequence[str],
                     f"the focus difference, not a motion{outcome}")
         elif sm.verdict in ("failed", "implausible") and sm.px is not None and sm.px > max(images[0].shape[:2]):
             # a registration that ran away on a shot with too little structure (a 64 px crop of a
-            # smooth backdrop read 232591.3 px): no figure, the reason
+            # smooth backdrop read 232591.3 px): no figure, the reason; the size compared is the
+            # first shot's (every shot is judged on its frame), named as such
             text = (f"{n}: too flat or too small to judge its motion (its motion estimate ran away, moving it "
-                    f"further than its own size), taken for a failure{outcome}")
+                    f"further than the size of {names[0]}), taken for a failure{outcome}")
         elif sm.verdict == "failed":
             text = (f"{n}: the motion estimate ({sm.px:.1f} px) matches the shots worse than no motion, taken "
                     f"for a failure{outcome}")
