@@ -17,7 +17,7 @@ import sys
 from snakemake.utils import validate
 
 from bafusion.cli.params_check import (check_devices, check_evaluate_inputs, check_init_files, check_params,
-                                       pipeline_outputs, plans_jobs, runs_locally, snakemake_args,
+                                       pipeline_outputs, planned_rules, plans_jobs, runs_locally, snakemake_args,
                                        upstream_rules, warn_missing_keys)
 from bafusion.errors import UserError
 from bafusion.config import load_params, retype_config_overrides, yaml12_floats
@@ -61,7 +61,18 @@ include: "workflow/rules/fuse.smk"
 include: "workflow/rules/evaluate.smk"
 
 
+rule all:
+    default_target: True
+    input:
+        rules.testset.output,
+        rules.train_initial.output,
+        rules.train_boundary.output,
+        rules.fuse.output,
+        rules.evaluate.output,
+
+
 # What needs the rules' outputs, checked before any rule is planned as well.
+# (After `rule all`: a run's targets are followed to the rules they need.)
 try:
     _outputs = pipeline_outputs(workflow.rules)
     # a warm-start file that is not there (Snakemake would keep an existing net and say
@@ -74,8 +85,12 @@ try:
     _args = snakemake_args(sys.argv) if getattr(workflow, "is_main_process", True) else None
     if getattr(workflow, "is_main_process", True) and plans_jobs(_args):
         # an evaluate dataset folder that is not there: refused by the evaluate job, after training
-        # (a folder counts as made only by a rule the evaluate rule waits for: not download_eval)
-        check_evaluate_inputs(config, _source, _outputs, upstream_rules(workflow.rules, "evaluate"))
+        # (a folder counts as made only by a rule the evaluate rule waits for: not download_eval,
+        # which is left to a run that does not evaluate or runs download_eval: its way forward)
+        _planned = planned_rules(getattr(_args, "targets", None) if _args is not None else None, workflow.rules,
+                                 workflow.default_target)
+        check_evaluate_inputs(config, _source, _outputs, upstream_rules(workflow.rules, "evaluate"), _planned,
+                              stage=os.environ.get("DVC_STAGE"))
         # a device this machine lacks (fuse.device: cuda without CUDA), when the jobs run here with
         # this torch (not under a cluster executor or profile, nor in a conda or apptainer
         # environment): the fuse job refused it after training
@@ -99,13 +114,3 @@ if any(a.split("=", 1)[0].startswith("--allowe") and "--allowed-rules".startswit
        for a in sys.argv):
     for _rule in workflow.rules:
         _rule.dependencies.clear()
-
-
-rule all:
-    default_target: True
-    input:
-        rules.testset.output,
-        rules.train_initial.output,
-        rules.train_boundary.output,
-        rules.fuse.output,
-        rules.evaluate.output,

@@ -382,10 +382,12 @@ def test_a_warm_start_file_that_is_not_there_fails_the_dry_run(project: Path) ->
 
 
 @pytest.mark.slow
-def test_an_evaluate_folder_that_is_not_there_fails_the_dry_run(project: Path, tmp_path: Path) -> None:
+def test_an_evaluate_folder_that_is_not_there_fails_the_dry_run(project: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """evaluate.datasets[].sources: /nonexist passed the dry run, and the evaluate job refused
     it at the end, after training: refused at planning time, naming the key; a folder a rule
-    before evaluate makes (data/testset) passes, one of download_eval only once it is there, and
+    before evaluate makes (data/testset) passes, one of download_eval only once it is there (or
+    when the run does not evaluate or runs download_eval: `snakemake download_eval`), and
     the crop of a folder that is there is checked against its figure pair (the job found it
     after fusing every pair)."""
     import numpy as np
@@ -426,6 +428,18 @@ def test_an_evaluate_folder_that_is_not_there_fails_the_dry_run(project: Path, t
     assert ("evaluate.datasets[0].sources data/download/eval/lytro: folder not found (rule download_eval makes it, "
             "but no target runs it before evaluate: run `snakemake download_eval` first): the evaluate job (targets "
             "evaluate, all) would refuse it after training: fix it, or remove the dataset") in out, out[-2000:]
+    # ... but the way forward the message names, and a run that does not evaluate, pass (they were
+    # refused by the same check); a DVC stage refuses it (no stage runs download_eval)
+    for targets in (["download_eval"], ["data/download/eval"], ["download"], ["download_eval", "all"]):
+        ok = run(["snakemake", "-n", *targets, "--config", cfg], project, check=False)
+        assert ok.returncode == 0 and "Job stats" in ok.stdout, (targets, (ok.stdout + ok.stderr)[-2000:])
+    for targets in (["evaluate"], [], ["metrics/evaluate.json"]):
+        p = run(["snakemake", "-n", *targets, "--config", cfg], project, check=False)
+        assert p.returncode != 0 and "run `snakemake download_eval` first" in p.stdout + p.stderr, targets
+    monkeypatch.setenv("DVC_STAGE", "download")
+    p = run(["snakemake", "-n", "download", "--config", cfg], project, check=False)
+    assert p.returncode != 0 and "run `snakemake download_eval` first" in p.stdout + p.stderr
+    monkeypatch.delenv("DVC_STAGE")
     lytro = project / "data" / "download" / "eval" / "lytro"
     lytro.mkdir(parents=True)
     try:

@@ -31,8 +31,8 @@ from typing import Any
 from bafusion.errors import UserError
 
 __all__ = ["check_devices", "check_evaluate_inputs", "check_init_files", "check_params", "missing_keys_warning",
-           "pipeline_outputs", "plans_jobs", "runs_locally", "snakemake_args", "upstream_rules", "warn_missing_keys",
-           "written_by"]
+           "pipeline_outputs", "planned_rules", "plans_jobs", "runs_locally", "snakemake_args", "upstream_rules",
+           "warn_missing_keys", "written_by"]
 
 
 def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None:
@@ -209,14 +209,19 @@ def check_init_files(params: Mapping[str, Any], source: str = "params.yaml",
 
 
 def check_evaluate_inputs(params: Mapping[str, Any], source: str = "params.yaml",
-                          outputs: Sequence[PipelineOutput] = (), upstream: Collection[str] | None = None) -> None:
+                          outputs: Sequence[PipelineOutput] = (), upstream: Collection[str] | None = None,
+                          planned: Collection[str] | None = None, stage: str | None = None) -> None:
     """Refuse an ``evaluate.datasets`` entry whose ``sources`` or ``reference`` folder or
     ``reference_metrics`` file is not there and that no rule the evaluate rule waits for makes
     (``outputs``: :func:`pipeline_outputs`; ``upstream``: the names of the rules the evaluate
     rule needs, :func:`upstream_rules`, None: any rule; ``data/testset``): the evaluate job
-    refused it only at the end, after training. A folder only a rule off that path makes
-    (``data/download/eval/...``: ``download_eval``, which no target runs before ``evaluate``)
-    has to be there. For a dataset whose folder is there and no rule before evaluate rewrites,
+    refused it only at the end, after training. One no rule makes is refused for any target.
+    One only a rule off that path makes (``data/download/eval/...``: ``download_eval``, which no
+    target runs before ``evaluate``) is refused only when the run's rules (``planned``:
+    :func:`planned_rules`) include ``evaluate`` and not that rule (``snakemake download_eval``,
+    the way forward, passes; None: not known, left to the job), and in every DVC stage
+    (``stage``: ``$DVC_STAGE``; no stage runs ``download_eval``).
+    For a dataset whose folder is there and no rule before evaluate rewrites,
     its ``figure_pair`` is checked to be one of its pairs and its ``crop`` against that pair's
     size too (the job's checks, before any fusion:
     :func:`bafusion.evaluation.evaluate.check_dataset`).
@@ -245,6 +250,10 @@ def check_evaluate_inputs(params: Mapping[str, Any], source: str = "params.yaml"
                 continue
             there = resolve(str(value))
             if not (there.is_dir() if what == "folder" else there.is_file()):
+                if writer and not stage and (planned is None or "evaluate" not in planned or writer[0] in planned):
+                    # this run does not evaluate, or runs the rule that makes it (`snakemake download_eval`)
+                    made = made or key == "sources"
+                    continue
                 why = (f"rule {writer[0]} makes it, but no target runs it before evaluate: run `snakemake {writer[0]}` "
                        "first" if writer else "and no rule of the pipeline makes it")
                 raise UserError(f"{source}: evaluate.datasets[{i}].{key} {value}: {what} not found ({why}): the "
@@ -398,6 +407,28 @@ def upstream_rules(rules: Iterable[Any], target: str) -> set[str]:
             if hit and hit[0] not in found:
                 found.add(hit[0])
                 todo.append(hit[0])
+    return found
+
+
+def planned_rules(targets: Sequence[str] | None, rules: Iterable[Any], default: str | None = None) -> set[str] | None:
+    """The names of the rules a snakemake command's ``targets`` (:func:`snakemake_args`'s
+    ``targets``: rule names or files) run, with every rule they need (:func:`upstream_rules`),
+    among Snakemake's ``rules``; no target: the ``default`` rule (``workflow.default_target``).
+    A file counts for the rule that writes it (:func:`written_by`). None when the targets are
+    not known (``targets`` None)."""
+    if targets is None:
+        return None
+    rules = list(rules)
+    names = {str(r.name) for r in rules}
+    outputs = pipeline_outputs(rules)
+    start: set[str] = set()
+    for target in list(targets) or ([default] if default else []):
+        hit = str(target) if str(target) in names else (written_by(str(target), outputs) or (None,))[0]
+        if hit:
+            start.add(hit)
+    found = set(start)
+    for name in start:
+        found |= upstream_rules(rules, name)
     return found
 
 
