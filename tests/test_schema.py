@@ -543,6 +543,10 @@ def test_runs_locally_reads_the_executor_and_the_profiles(tmp_path: Path, monkey
     (tmp_path / "wf" / "Snakefile").write_text("rule all:\n    output: 'x'\n")
     (tmp_path / "wf" / "profiles" / "default" / "profile.yaml").write_text(slurm)
     assert not local("-n", "-s", str(tmp_path / "wf" / "Snakefile"))
+    # -d: Snakemake has moved into that folder when the Snakefile reads its command line, so a
+    # relative -s / --profile and the launch folder's profiles/default/ are not known here
+    assert not local("-n", "-d", str(tmp_path))
+    assert not local("-n", "--directory=" + str(tmp_path))
     # what plans jobs: not --unlock, --cleanup-metadata, --report, --list-*, --touch
     assert plans_jobs(snakemake_args(["snakemake", "-n", "all"])) and plans_jobs(None)
     assert plans_jobs(snakemake_args(["snakemake", "--report", "r.html", "--report-after-run"]))

@@ -362,8 +362,11 @@ def runs_locally(args: Any | None) -> bool:
     included) run on this machine with this Python's packages (its torch): no ``--executor``
     (``-e``) other than local, and no software deployment (``--sdm conda`` / ``apptainer``,
     ``--use-conda``, ``--use-apptainer`` / ``--use-singularity``: the jobs' own environment). A
-    command line that cannot be read counts as not local (its jobs' machines are not known here)."""
-    if args is None:
+    command line that cannot be read counts as not local (its jobs' machines are not known here),
+    as does one with ``--directory`` (``-d``): Snakemake has moved into that folder before the
+    Snakefile reads its command line, so a relative ``-s`` or ``--profile`` and the launch
+    folder's ``profiles/default/`` would be looked up in the wrong folder."""
+    if args is None or getattr(args, "directory", None):
         return False
     if (getattr(args, "executor", None) or "local") not in LOCAL_EXECUTORS:
         return False
