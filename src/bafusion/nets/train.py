@@ -1134,14 +1134,15 @@ def _not_restorable(ck: Mapping[str, Any], cfg: TrainConfig, device: torch.devic
     return ", ".join(_weight_settings_changed(ck, cfg, device))
 
 
-def _torch_after_resume(was: object) -> str | None:
-    """The torch version(s) a resumed run's last.pt records: None (unrecorded: never compared)
-    when the checkpoint's epochs ran under an unknown version, else the checkpoint's versions
-    and this one, as ``"1.13.0 then 2.4.1"`` when they differ (never this torch's alone, so a
-    restore of the finished run under it trains again)."""
-    if not isinstance(was, str) or not was:
-        return None
+def _torch_after_resume(was: object) -> str:
+    """The torch version(s) a resumed run's last.pt records: the checkpoint's versions and this
+    one, as ``"1.13.0 then 2.4.1"`` when they differ, ``"unknown then 2.4.1"`` when the
+    checkpoint's epochs ran under a version it does not record (never this torch's alone, so a
+    restore of the finished run under it trains again; left unrecorded, it was restored under
+    any torch)."""
     now = str(torch.__version__)
+    if not isinstance(was, str) or not was:
+        return f"unknown then {now}"
     return was if was.rsplit(" then ", 1)[-1] == now else f"{was} then {now}"
 
 
