@@ -75,14 +75,16 @@ rule all:
 # (After `rule all`: a run's targets are followed to the rules they need.)
 try:
     _outputs = pipeline_outputs(workflow.rules)
-    # a warm-start file that is not there (Snakemake would keep an existing net and say
-    # nothing) or that the pipeline writes (data/models/initial.pt: a cycle, and the run
-    # deleted both trained nets)
-    check_init_files(config, _source, _outputs, stage=os.environ.get("DVC_STAGE"))
     # snakemake's command line as Snakemake reads it (its profiles included): what follows only
     # matters for a run that plans jobs (not --unlock, --cleanup-metadata, --report, --list-*,
-    # --touch), and only in the main process (not in each job's reading of this file)
+    # --touch; a job's own reading of this file counts as one: _args None)
     _args = snakemake_args(sys.argv) if getattr(workflow, "is_main_process", True) else None
+    if plans_jobs(_args):
+        # a warm-start file that is not there (Snakemake would keep an existing net and say
+        # nothing) or that the pipeline writes (data/models/initial.pt: a cycle, and the run
+        # deleted both trained nets); in the jobs too, as before
+        check_init_files(config, _source, _outputs, stage=os.environ.get("DVC_STAGE"))
+    # ... and only in the main process (not in each job's reading of this file)
     if getattr(workflow, "is_main_process", True) and plans_jobs(_args):
         # an evaluate dataset folder that is not there: refused by the evaluate job, after training
         # (a folder counts as made only by a rule the evaluate rule waits for: not download_eval,

@@ -376,6 +376,9 @@ def test_a_warm_start_file_that_is_not_there_fails_the_dry_run(project: Path) ->
         out = p.stdout + p.stderr
         assert p.returncode != 0 and f"params.yaml + --config: {key}: model file not found" in out, out[-2000:]
         assert "Job stats" not in out
+        # ... but not by a call that plans no job: --unlock is the way out of a killed run
+        ok = run(["snakemake", "--unlock", "--config", cfg], project, check=False)
+        assert ok.returncode == 0, (ok.stdout + ok.stderr)[-2000:]
     ok = run(["snakemake", "-n", "train_initial", "--config",
               f"train={{initial: {{init: {project / 'params.yaml'}}}}}"], project, check=False)
     assert ok.returncode == 0, (ok.stdout + ok.stderr)[-2000:]
