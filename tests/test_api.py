@@ -581,6 +581,34 @@ def test_a_shipped_models_name_is_the_shipped_model_beside_a_folder_of_that_name
     assert bafusion.load_model("default", device="cpu").sources[0] == str(Path("default") / "initial.pt")
 
 
+def test_the_command_lines_model_lookup_leaves_the_warnings_of_loading_nets_to_their_filters(
+        tiny_nets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line records the lookup of --model (its ModelNameWarning, said as one line):
+    it recorded the loading of the nets too and emitted their warnings again with
+    warnings.warn_explicit, without their module, so a filter by module no longer applied (one
+    that lets a module's warnings through under "error" raised them)."""
+    import argparse
+    import re
+    import warnings
+
+    import bafusion.fusion.models as models
+    from bafusion.cli.common import nets_from_args
+
+    real = models.load_nets
+
+    def load_nets(*a: object, **kw: object) -> object:
+        warnings.warn("probe: a warning of loading the nets", UserWarning)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(models, "load_nets", load_nets)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("error")
+        warnings.filterwarnings("always", category=UserWarning, module=re.escape(__name__))
+        nets = nets_from_args(argparse.Namespace(command="fuse", initial=None, boundary=None), "cpu", str(tiny_nets))
+    assert nets.sources[0] == str(tiny_nets / "initial.pt")
+    assert [str(w.message) for w in caught] == ["probe: a warning of loading the nets"]
+
+
 def test_fuse_of_float_or_int_arrays_says_how_to_convert_them_and_is_a_type_error(tiny_nets: Path) -> None:
     """fuse(a / 255., b / 255.) said only 'sources must be uint8 or uint16 arrays, got float64':
     it names bafusion.io.to_uint8 (as write_image does), and the error is also a TypeError."""

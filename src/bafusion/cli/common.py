@@ -149,20 +149,22 @@ def note_params_yaml_unread(command: str, option: str, *given: object, rest: str
 def _load_saying_the_shipped_model(args: argparse.Namespace, folder: str | None, device: str) -> FusionNets:
     """:func:`bafusion.fusion.models.load_nets_from_dir`, its
     :class:`~bafusion.fusion.models.ModelNameWarning` (``--model default`` beside a folder
-    ``default`` that holds no nets) said as one line ``bafusion <command>: warning: ...``."""
+    ``default`` that holds no nets) said as one line ``bafusion <command>: warning: ...``. Only
+    the lookup of the folder is recorded: the nets load outside, their warnings (torch's, ...)
+    left to their filters (emitted again, they lost their module and its filters)."""
     import warnings
 
-    from bafusion.fusion.models import ModelNameWarning, load_nets_from_dir
+    from bafusion.fusion.models import ModelNameWarning, find_model_dir, load_nets
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ModelNameWarning)
-        nets = load_nets_from_dir(folder, device)
+        d = find_model_dir(folder)
     for w in caught:
         if issubclass(w.category, ModelNameWarning):
             print(f"bafusion {getattr(args, 'command', None) or 'fuse'}: warning: {w.message}", file=sys.stderr)
-        else:  # others as they would have been (their filters apply)
+        else:  # (find_model_dir warns of nothing else) as they would have been
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return nets
+    return load_nets(d / "initial.pt", d / "boundary.pt", device)
 
 
 def nets_from_args(args: argparse.Namespace, device: str, folder: str | None) -> FusionNets:
