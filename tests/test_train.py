@@ -613,6 +613,16 @@ def test_a_finished_run_of_other_cpu_threads_without_outputs_trains_afresh(
     assert meta["params"]["threads"] == 2 and load_checkpoint(paths.checkpoints / "last.pt")["threads"] == 2
 
 
+def _finished_toy_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                      toy_run: dict) -> tuple[TrainConfig, Paths, Path]:
+    """The toy initial net trained for one epoch of 64 samples (no MLflow): its config, paths and last.pt."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 64}}, "initial")
+    paths = _paths(tmp_path, "initial")
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    return cfg, paths, paths.checkpoints / "last.pt"
+
+
 @pytest.mark.parametrize("setting", ["device", "compile"])
 def test_a_finished_run_of_another_device_or_compile_is_not_restored(
         toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
@@ -622,11 +632,7 @@ def test_a_finished_run_of_another_device_or_compile_is_not_restored(
     settings. (The checkpoint is edited to say so: no GPU, and no compiler, in the tests.)"""
     from bafusion.nets.train import save_checkpoint
 
-    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
-    cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 64}}, "initial")
-    paths = _paths(tmp_path, "initial")
-    train("initial", toy_run["h5"], cfg, paths, progress=False)
-    last = paths.checkpoints / "last.pt"
+    cfg, paths, last = _finished_toy_run(tmp_path, monkeypatch, toy_run)
     ck = load_checkpoint(last)
     assert ck.get("device", "cpu") == "cpu"  # recorded by the fix (the restore did not look at it)
     if setting == "device":
@@ -722,20 +728,27 @@ def test_killed_run_leaves_the_previous_plots_file_alone(toy_run: dict, tmp_path
     assert paths.plots.read_text() == toy_run["paths"].plots.read_text()  # both epochs, as uninterrupted
 
 
-def test_resume_with_another_thread_count_warns(toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CPU thread count changes the weights (the order of torch's sums) but is not in the
-    fingerprint (a job resumed under other --cores keeps its epochs): the checkpoint records it,
-    and a resume with another count says that the weights will differ from an uninterrupted run's
-    (it resumed silently, while the README promised equal weights)."""
+def _interrupted_toy_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                         toy_run: dict) -> tuple[TrainConfig, Paths, Path]:
+    """The toy initial net's run stopped after 34 steps (no MLflow): its config, paths and last.pt."""
     monkeypatch.setenv("BAFUSION_MLFLOW", "0")
     cfg = resolve_config(TOY, "initial")
     paths = _paths(tmp_path, "initial")
     monkeypatch.setenv(ABORT_ENV, "34")
     with pytest.raises(KeyboardInterrupt):
         train("initial", toy_run["h5"], cfg, paths, progress=False)
-    assert load_checkpoint(paths.checkpoints / "last.pt")["threads"] == 1
     monkeypatch.delenv(ABORT_ENV)
+    return cfg, paths, paths.checkpoints / "last.pt"
+
+
+def test_resume_with_another_thread_count_warns(toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU thread count changes the weights (the order of torch's sums) but is not in the
+    fingerprint (a job resumed under other --cores keeps its epochs): the checkpoint records it,
+    and a resume with another count says that the weights will differ from an uninterrupted run's
+    (it resumed silently, while the README promised equal weights)."""
+    cfg, paths, last = _interrupted_toy_run(tmp_path, monkeypatch, toy_run)
+    assert load_checkpoint(last)["threads"] == 1
     capsys.readouterr()
     try:
         train("initial", toy_run["h5"], dataclasses.replace(cfg, threads=2), paths, progress=False)
@@ -759,14 +772,7 @@ def test_resume_with_another_device_compile_or_torch_warns(
     checkpoint is edited to say so: no GPU, no compiler and one torch in the tests.)"""
     from bafusion.nets.train import save_checkpoint
 
-    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
-    cfg = resolve_config(TOY, "initial")
-    paths = _paths(tmp_path, "initial")
-    monkeypatch.setenv(ABORT_ENV, "34")
-    with pytest.raises(KeyboardInterrupt):
-        train("initial", toy_run["h5"], cfg, paths, progress=False)
-    monkeypatch.delenv(ABORT_ENV)
-    last = paths.checkpoints / "last.pt"
+    cfg, paths, last = _interrupted_toy_run(tmp_path, monkeypatch, toy_run)
     ck = load_checkpoint(last)
     assert ck["torch_version"] == torch.__version__  # recorded from now on
     if setting == "device":
@@ -795,11 +801,7 @@ def test_a_finished_run_of_another_torch_is_not_restored(
     where the checkpoint records torch's version; one that does not record it is restored."""
     from bafusion.nets.train import save_checkpoint
 
-    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
-    cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 64}}, "initial")
-    paths = _paths(tmp_path, "initial")
-    train("initial", toy_run["h5"], cfg, paths, progress=False)
-    last = paths.checkpoints / "last.pt"
+    cfg, paths, last = _finished_toy_run(tmp_path, monkeypatch, toy_run)
     ck = load_checkpoint(last)
     assert ck["torch_version"] == torch.__version__
     save_checkpoint(last, {k: v for k, v in ck.items() if k != "torch_version"})  # an older version's
@@ -830,14 +832,7 @@ def test_a_resume_keeps_the_torch_of_earlier_epochs_in_last_pt(
     saying why)."""
     from bafusion.nets.train import save_checkpoint
 
-    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
-    cfg = resolve_config(TOY, "initial")
-    paths = _paths(tmp_path, "initial")
-    monkeypatch.setenv(ABORT_ENV, "34")
-    with pytest.raises(KeyboardInterrupt):
-        train("initial", toy_run["h5"], cfg, paths, progress=False)
-    monkeypatch.delenv(ABORT_ENV)
-    last = paths.checkpoints / "last.pt"
+    cfg, paths, last = _interrupted_toy_run(tmp_path, monkeypatch, toy_run)
     ck = load_checkpoint(last)
     if was == "unrecorded":
         del ck["torch_version"]
