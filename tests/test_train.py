@@ -759,7 +759,8 @@ def test_resume_with_another_thread_count_warns(toy_run: dict, tmp_path: Path, c
     warning = [ln for ln in err.splitlines() if "warning" in ln]
     assert len(warning) == 1 and "1 CPU thread(s)" in warning[0] and "uses 2" in warning[0], err
     assert "differ from an uninterrupted run" in warning[0]
-    assert load_checkpoint(paths.checkpoints / "last.pt")["threads"] == 2
+    # both counts (it said 2 alone: a later restore under 2 threads trusted it)
+    assert load_checkpoint(paths.checkpoints / "last.pt")["threads"] == "1 then 2"
 
 
 @pytest.mark.parametrize("setting", ["device", "compile", "torch"])
@@ -853,6 +854,49 @@ def test_a_resume_keeps_the_torch_of_earlier_epochs_in_last_pt(
     assert (f"its model is not what this run trains (torch {earlier} then {torch.__version__}, now "
             f"{torch.__version__}: that changes the weights)") in err, err
     assert load_checkpoint(last)["torch_version"] == torch.__version__
+
+
+@pytest.mark.parametrize("setting", ["threads", "device"])
+def test_a_resume_keeps_the_threads_or_device_of_earlier_epochs_in_last_pt(
+        toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        setting: str) -> None:
+    """As for torch's version: a resume under another CPU thread count or device type recorded only
+    the new one in last.pt, so a later restore of the finished run under it was trusted though the
+    earlier epochs ran otherwise. Both are kept ("1 then 2", "cuda:0 then cpu"), which never equal a
+    single setting: the restore trains again, saying why. A GPU-trained checkpoint resumed on the CPU
+    warns of the device only (the GPU run's thread count did not matter). (The checkpoint is edited
+    for the device: no GPU in the tests.)"""
+    from bafusion.nets.train import save_checkpoint
+
+    cfg, paths, last = _interrupted_toy_run(tmp_path, monkeypatch, toy_run)
+    if setting == "device":
+        ck = load_checkpoint(last)
+        ck["device"], ck["config"]["device"], ck["threads"] = "cuda:0", "cuda", 4
+        save_checkpoint(last, ck)
+        run_cfg, mixed, why = cfg, "cuda:0 then cpu", "device cuda:0 then cpu, now cpu"
+    else:
+        run_cfg, mixed, why = dataclasses.replace(cfg, threads=2), "1 then 2", "1 then 2 CPU thread(s) per process, now 2"
+    capsys.readouterr()
+    try:
+        train("initial", toy_run["h5"], run_cfg, paths, progress=False)
+        err = capsys.readouterr().err
+        warning = [ln for ln in err.splitlines() if "warning" in ln]
+        assert len(warning) == 1, err
+        if setting == "device":  # one line, the device's: the GPU's 4 threads changed nothing
+            assert "device cuda:0, now cpu" in warning[0], err
+        done = load_checkpoint(last)
+        assert done["finished"] and done[setting] == mixed
+        _, meta = load_model(paths.out)
+        assert meta["device"] == (mixed if setting == "device" else "cpu")
+        paths.out.unlink()
+        train("initial", toy_run["h5"], run_cfg, paths, progress=False)
+    finally:
+        torch.set_num_threads(1)
+    err = capsys.readouterr().err
+    assert f"its model is not what this run trains ({why}: that changes the weights)" in err, err
+    assert "initial epoch 1/2" in err and "restored" not in err, err
+    done = load_checkpoint(last)
+    assert done["threads"] == (2 if setting == "threads" else 1) and done["device"] == "cpu"
 
 
 def test_help_says_only_an_interrupted_run_is_resumed(capsys: pytest.CaptureFixture) -> None:

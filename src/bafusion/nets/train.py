@@ -914,16 +914,20 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                           "device": str(ck.get("device", record["device"])),
                           "threads": ck.get("threads", record["threads"]),
                           "torch": ck.get("torch_version")}  # None: not recorded (an older version's)
-            else:  # the epochs so far ran under the checkpoint's torch: last.pt goes on saying so
+            else:  # the epochs so far ran under the checkpoint's torch, threads, device: last.pt goes on saying so
                 record["torch"] = _torch_after_resume(ck.get("torch_version"))
+                threads = _after_resume(ck.get("threads"), str(record["threads"]))
+                record["threads"] = record["threads"] if threads == str(record["threads"]) else threads
+                record["device"] = _device_after_resume(ck.get("device"), device)
             if dist.main and not restoring:
                 print(f"bafusion train: resuming {net} from {last_path} ({resumed_from})", file=sys.stderr)
             if dist.main:
                 if best_state is not None:  # best.pt is for a look only: put back what last.pt holds
                     save_checkpoint(best_path, {"format": CHECKPOINT_FORMAT, "fingerprint": fp, "epoch": best_epoch,
                                                 "val_acc": best_acc, "model": best_state})
-                was = ck.get("threads")
-                if device.type == "cpu" and was is not None and int(was) != torch.get_num_threads() and not restoring:
+                was = ck.get("threads")  # on the CPU only: a GPU-trained one warns of the device below
+                if (_threads_matter(ck.get("device"), device) and was is not None
+                        and str(was) != str(torch.get_num_threads()) and not restoring):
                     print(f"bafusion train: warning: {last_path} was trained with {was} CPU thread(s) per process, "
                           f"this run uses {torch.get_num_threads()}: the final weights will differ from an "
                           f"uninterrupted run's ({was} per process would resume exactly)", file=sys.stderr)
@@ -1140,10 +1144,46 @@ def _torch_after_resume(was: object) -> str:
     checkpoint's epochs ran under a version it does not record (never this torch's alone, so a
     restore of the finished run under it trains again; left unrecorded, it was restored under
     any torch)."""
-    now = str(torch.__version__)
-    if not isinstance(was, str) or not was:
+    return _after_resume(was, str(torch.__version__))
+
+
+def _after_resume(was: object, now: str) -> str:
+    """A setting a resumed run's last.pt records (torch's version, the CPU thread count): the
+    checkpoint's ``was`` (``"unknown"`` when it records none), then ``now`` where that differs from
+    the last one, as ``"1 then 2"``: never a single setting's value, so a restore under ``now``
+    trains again (see :func:`_weight_settings_changed`)."""
+    if isinstance(was, bool) or not isinstance(was, (str, int)) or was == "":
         return f"unknown then {now}"
+    was = str(was)
     return was if was.rsplit(" then ", 1)[-1] == now else f"{was} then {now}"
+
+
+def _recorded_type(was: object) -> str | None:
+    """The device type of the last device a checkpoint records (``"cuda:0 then cpu"``: cpu; None:
+    none recorded, or ``unknown``)."""
+    if not isinstance(was, str) or not was:
+        return None
+    last = was.rsplit(" then ", 1)[-1]
+    try:
+        return torch.device(last).type
+    except RuntimeError:
+        return None
+
+
+def _threads_matter(was: object, device: torch.device) -> bool:
+    """Whether the CPU thread count of the checkpoint whose device record is ``was`` is compared
+    with this run's: on the CPU, after CPU epochs only (or a device not recorded); after a GPU's,
+    the change of device is said instead."""
+    return device.type == "cpu" and (was is None or (_recorded_type(was) == "cpu" and " then " not in str(was)))
+
+
+def _device_after_resume(was: object, device: torch.device) -> str:
+    """The device(s) a resumed run's last.pt records, as :func:`_after_resume` does, by device type
+    (another GPU of the type replaces the last one: the restore compares types)."""
+    if isinstance(was, str) and was and _recorded_type(was) == device.type:
+        head = was.rpartition(" then ")[0]
+        return f"{head} then {device}" if head else str(device)
+    return _after_resume(was, str(device))
 
 
 def _weight_settings_changed(ck: Mapping[str, Any], cfg: TrainConfig, device: torch.device,
@@ -1155,16 +1195,15 @@ def _weight_settings_changed(ck: Mapping[str, Any], cfg: TrainConfig, device: to
     why: list[str] = []
     was_device = ck.get("device")
     if isinstance(was_device, str):
-        was_type = torch.device(was_device).type
-        if was_type != device.type:
+        if _recorded_type(was_device) != device.type or " then " in was_device:  # devices of a resumed run: never this one
             why.append(f"device {was_device}, now {device}")
     else:  # a checkpoint of a version that did not record the device: its setting
-        was_type = None
         if "device" in old and str(old["device"]) != str(cfg.device):
             why.append(f"train.device {old['device']}, now {cfg.device}")
     was_threads = ck.get("threads")
-    if (threads and device.type == "cpu" and was_type in (None, "cpu") and isinstance(was_threads, int)
-            and was_threads != torch.get_num_threads()):
+    if (threads and _threads_matter(was_device if isinstance(was_device, str) else None, device)
+            and isinstance(was_threads, (int, str))
+            and str(was_threads) != str(torch.get_num_threads())):
         why.append(f"{was_threads} CPU thread(s) per process, now {torch.get_num_threads()}")
     if "compile" in old and bool(old["compile"]) != bool(cfg.compile):
         why.append(f"train.compile {json.dumps(bool(old['compile']))}, now {json.dumps(bool(cfg.compile))}")
