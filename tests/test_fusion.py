@@ -250,8 +250,32 @@ def test_fuse_images_checks_its_arguments_like_fuse(nets: FusionNets, scene) -> 
         fuse_stack([a, b.tolist()], nets)
     with pytest.raises(UserError, match=r"^B: expected an \(H, W\) gray .* shape \(120, 136, 5\)$"):
         fuse_images(a, np.zeros((120, 136, 5), np.uint8), nets)
-    with pytest.raises(UserError, match="^B: sources must be uint8 images, got float64$"):
+    with pytest.raises(UserError, match=r"^B: sources must be uint8 images, got float64 \(a float image: "):
         fuse_images(a, b.astype(np.float64), nets)
+
+
+def test_fuse_images_and_the_stack_rule_say_how_to_convert_other_dtypes(nets: FusionNets, scene) -> None:
+    """fuse_images and fuse_stack_joint said only 'sources must be uint8 images, got float64' (a
+    UserError; the stack's named the image as a file): they give bafusion.fuse's hint (uint8 only
+    here) and raise InputTypeError, also a TypeError."""
+    from bafusion.errors import InputTypeError
+    from bafusion.fusion.stack import fuse_stack_joint
+
+    a, b, _ = scene
+    float_hint = (r" \(a float image: bafusion\.io\.to_uint8\(x \* 255\) converts one in \[0, 1\], to_uint8\(x\) one "
+                  r"on the \[0, 255\] scale\)$")
+    with pytest.raises(InputTypeError, match=r"^B: sources must be uint8 images, got float64" + float_hint):
+        fuse_images(a, b / 255.0, nets)
+    with pytest.raises(TypeError, match=r"^image 2: sources must be uint8 images, got float64" + float_hint):
+        fuse_stack_joint([a, b / 255.0], nets)
+    with pytest.raises(TypeError, match=r"^A: sources must be uint8 images, got int64 \(an integer image of 8-bit "
+                                        r"values: x\.astype\(numpy\.uint8\)\)$"):
+        fuse_images(a.astype(np.int64), b, nets)
+    # uint8 only: values above 255 are not sent to uint16, which these refuse too
+    with pytest.raises(TypeError, match=r"^image 1: sources must be uint8 images, got uint16 \(an integer image of "
+                                        r"values from 1000 to 1000, outside 0\.\.255: astype alone would wrap them; clip "
+                                        r"or rescale first, e\.g\. numpy\.clip\(x, 0, 255\)\.astype\(numpy\.uint8\)\)$"):
+        fuse_stack_joint([np.full(a.shape, 1000, np.uint16), b], nets)
 
 
 def test_docstrings_list_the_parameters_in_signature_order() -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from bafusion.errors import InputFileError, InputTypeError, UserError
 from bafusion.fusion.models import FusionNets, find_model_dir, load_nets_from_dir
 from bafusion.fusion.params import FusionParams
-from bafusion.fusion.rule import _fuse_pair, check_same_size, checked_params, fuse_stack, source_channels
+from bafusion.fusion.rule import _fuse_pair, check_same_size, checked_params, dtype_hint, fuse_stack, source_channels
 from bafusion.io import read_source_set, scale_to_u8
 from bafusion.preflight import check_device
 from bafusion.threads import checked_threads, torch_threads
@@ -361,20 +361,6 @@ def _warn_motion(images: list[np.ndarray], names: list[str]) -> None:
         warnings.warn(line, MotionWarning, stacklevel=3)
 
 
-def _integer_hint(x: np.ndarray) -> str:
-    """How to convert an integer array of another dtype (int32, int64, uint32) by its values:
-    astype(numpy.uint8) wraps 1000 (a 16-bit file read as PIL mode "I") to 232."""
-    lo, hi = (int(x.min()), int(x.max())) if x.size else (0, 0)
-    if lo >= 0 and hi <= 255:
-        return " (an integer image of 8-bit values: x.astype(numpy.uint8))"
-    if lo >= 0 and hi <= 65535:
-        return (f" (an integer image of values up to {hi}: x.astype(numpy.uint16), a 16-bit image; "
-                "x.astype(numpy.uint8) would wrap the values above 255)")
-    top, to = (255, "uint8") if hi <= 255 else (65535, "uint16")
-    return (f" (an integer image of values from {lo} to {hi}, outside 0..{top}: astype alone would wrap them; "
-            f"clip or rescale first, e.g. numpy.clip(x, 0, {top}).astype(numpy.{to}))")
-
-
 def _read_sources(
     sources: tuple[str | os.PathLike[str] | np.ndarray, ...],
 ) -> tuple[list[np.ndarray], list[np.ndarray] | None, list[str]]:
@@ -412,14 +398,7 @@ def _read_sources(
         if isinstance(s, np.ndarray):
             s = source_channels(s, name)  # (H, W) or (H, W, 3): alpha dropped, as from a file
             if s.dtype not in (np.uint8, np.uint16):
-                if s.dtype.kind == "f":
-                    hint = (" (a float image: bafusion.io.to_uint8(x * 255) converts one in [0, 1], to_uint8(x) one "
-                            "on the [0, 255] scale)")
-                elif s.dtype.kind in "iu":
-                    hint = _integer_hint(s)
-                else:
-                    hint = ""
-                raise InputTypeError(f"{name}: sources must be uint8 or uint16 arrays, got {s.dtype}{hint}")
+                raise InputTypeError(f"{name}: sources must be uint8 or uint16 arrays, got {s.dtype}{dtype_hint(s)}")
             arrays[i] = np.ascontiguousarray(s)
     deep16 = [a for a in arrays.values() if a.dtype == np.uint16]
     bits = common_bits(max(float(a.max()) for a in deep16)) if deep16 else 8

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from bafusion.errors import InputFileError, UserError
+from bafusion.errors import InputFileError, InputTypeError, UserError
 from bafusion.fusion.decide import decide
 from bafusion.fusion.exposure import MATCH_STEPS, apply_gains, colour_gains, exposure_note, match_exposure
 from bafusion.fusion.models import FusionNets
@@ -326,6 +326,28 @@ def fuse_images(
         return _fuse_pair(a, b, nets, params, names, progress)
 
 
+def dtype_hint(x: np.ndarray, wide: bool = True) -> str:
+    """How to convert an image array of another dtype than the sources' (said after the error):
+    a float one by :func:`bafusion.io.to_uint8`, an integer one (int32, int64, uint32) by its
+    values (astype(numpy.uint8) wraps 1000, a 16-bit file read as PIL mode "I", to 232); ``wide``:
+    uint16 is taken too (:func:`bafusion.fuse`), else uint8 only (:func:`fuse_images`, the stack
+    rules). ``""`` for other kinds."""
+    if x.dtype.kind == "f":
+        return (" (a float image: bafusion.io.to_uint8(x * 255) converts one in [0, 1], to_uint8(x) one "
+                "on the [0, 255] scale)")
+    if x.dtype.kind not in "iu":
+        return ""
+    lo, hi = (int(x.min()), int(x.max())) if x.size else (0, 0)
+    if lo >= 0 and hi <= 255:
+        return " (an integer image of 8-bit values: x.astype(numpy.uint8))"
+    if wide and lo >= 0 and hi <= 65535:
+        return (f" (an integer image of values up to {hi}: x.astype(numpy.uint16), a 16-bit image; "
+                "x.astype(numpy.uint8) would wrap the values above 255)")
+    top, to = (255, "uint8") if hi <= 255 or not wide else (65535, "uint16")
+    return (f" (an integer image of values from {lo} to {hi}, outside 0..{top}: astype alone would wrap them; "
+            f"clip or rescale first, e.g. numpy.clip(x, 0, {top}).astype(numpy.{to}))")
+
+
 def _fuse_pair(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionParams | Mapping[str, Any] | None,
                names: tuple[str, str], progress: bool | None) -> FusionResult:
     """:func:`fuse_images` on torch's threads as they are set (the command line sets them)."""
@@ -335,7 +357,7 @@ def _fuse_pair(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionPar
     check_same_size(a, b, *names)
     for x, name in ((a, names[0]), (b, names[1])):
         if x.dtype != np.uint8:
-            raise UserError(f"{name}: sources must be uint8 images, got {x.dtype}")
+            raise InputTypeError(f"{name}: sources must be uint8 images, got {x.dtype}{dtype_hint(x, wide=False)}")
     both_colour = a.ndim == 3 and b.ndim == 3  # a gray shot beside a colour one: noted apart
     a, b = _match_channels(a, b)
     t_pre: dict[str, float] = {}  # counted in the fusing time: a camera-size pair's seconds

@@ -66,12 +66,12 @@ import torch
 from scipy import ndimage
 
 from bafusion.data.composite import defocus, fit_background
-from bafusion.errors import InputFileError, UserError
+from bafusion.errors import InputFileError, InputTypeError, UserError
 from bafusion.fusion.decide import blend_scores, fill_flat, window_mean
 from bafusion.fusion.exposure import apply_gains, colour_gains, exposure_note, match_exposure
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import STACK_RULES, FusionParams
-from bafusion.fusion.rule import OUTPUT_EXPOSURE_OPTION, FusionResult, check_same_size
+from bafusion.fusion.rule import OUTPUT_EXPOSURE_OPTION, FusionResult, check_same_size, dtype_hint
 from bafusion.fusion.scoring import _logit, boundary_steps, score, score_multiscale
 from bafusion.fusion.working import decision_size, resize_gray
 from bafusion.io import gray_float, read_image, read_matte, resize, to_gray_u8, to_uint8
@@ -475,7 +475,8 @@ def fuse_stack_joint(
         check_same_size(images[0], images[i], names[0], names[i])
     for nm, im in zip(names, images):
         if np.asarray(im).dtype != np.uint8:
-            raise InputFileError(nm, f"sources must be uint8 images, got {np.asarray(im).dtype}")
+            raise InputTypeError(f"{nm}: sources must be uint8 images, got {np.asarray(im).dtype}"
+                                 f"{dtype_hint(np.asarray(im), wide=False)}")
     t_pre: dict[str, float] = {}  # counted in the fusing time: a camera-size stack's seconds
     t0 = time.perf_counter()
     grays = [to_gray_u8(_rgb(im, False)) for im in images]
