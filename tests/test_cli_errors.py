@@ -225,6 +225,14 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["fuse-dir", ".", ""], ["OUT: empty path"]),  # was: ".: the output folder must not be the input folder"
         (["baseline", "a.png", "b.png", "-o", ""], ["-o/--output/--out: empty path"]),  # was: ".: unknown image format"
         ([*FUSE, "-o", "F.png", "--save-maps", ""], ["--save-maps: empty path"]),  # was: no maps written
+        # the model folder and net files: were read as the working directory ("initial.pt: model file not found")
+        ([*FUSE, "-o", "F.png", "--model", ""], ["--model/--models: empty path"]),
+        ([*FUSE, "-o", "F.png", "--initial", " ", "--boundary", "b.pt"], ["--initial: empty path"]),
+        ([*FUSE, "-o", "F.png", "--initial", "i.pt", "--boundary", ""], ["--boundary: empty path"]),
+        (["fuse-dir", ".", "out", "--models", ""], ["--model/--models: empty path"]),
+        (["fuse-set", "--pairs", ".", "--models", "", "--out", "fs"], ["--model/--models: empty path"]),
+        (["evaluate", "--out", "ev", "--models", ""], ["--model/--models: empty path"]),
+        (["evaluate", "--out", "ev", "--initial", "", "--boundary", "b.pt"], ["--initial: empty path"]),
         ([*FUSE, "-o", "F.png", "--params-file", ""], ["--params-file: empty path"]),
         ([*FUSE, "-o", "F.png", "--params-json", ""], ["--params-json: empty JSON"]),  # was: not given
         (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs", "--params-json", " "], ["--params-json: empty JSON"]),

@@ -292,13 +292,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "REFERENCE/<METHOD>/ (default: every sub-folder)")
     p.add_argument("--methods", type=nonempty_csv, default=None, help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)})")
     p.add_argument("--metrics", type=nonempty_csv, default=None, help=f"comma-separated metrics (default {','.join(DEFAULT_METRICS)})")
-    p.add_argument("--model", "--models", dest="models", default=None, metavar="DIR",
+    p.add_argument("--model", "--models", dest="models", type=nonempty_path, default=None, metavar="DIR",
                    help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name (default: the "
                         "shipped model models/default, even inside a project that has data/models: give --models "
                         "data/models for the pipeline's nets, as the pipeline's evaluate stage does with --initial "
                         "data/models/initial.pt --boundary data/models/boundary.pt)")
-    p.add_argument("--initial", default=None, help="initial-net file (instead of --models)")
-    p.add_argument("--boundary", default=None, help="boundary-net file (instead of --models)")
+    p.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --models)")
+    p.add_argument("--boundary", type=nonempty_path, default=None, help="boundary-net file (instead of --models)")
     p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, default="data/evaluation",
                    help="output folder (replaced whole; default data/evaluation)")
     p.add_argument("--report", type=nonempty_path, default=None,

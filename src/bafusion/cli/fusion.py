@@ -422,10 +422,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "registered onto the first), A B [C ...]")
     p.add_argument("-o", "--output", "--out", dest="output", type=nonempty_path, required=True,
                    help="fused image (.png, .tif, .bmp, .jpg)")
-    p.add_argument("--model", "--models", dest="model", default=None, metavar="DIR",
+    p.add_argument("--model", "--models", dest="model", type=nonempty_path, default=None, metavar="DIR",
                    help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name (default, lytro-2026-11)")
-    p.add_argument("--initial", default=None, help="initial-net file (instead of --model)")
-    p.add_argument("--boundary", default=None, help="boundary-net file (instead of --model)")
+    p.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --model)")
+    p.add_argument("--boundary", type=nonempty_path, default=None, help="boundary-net file (instead of --model)")
     p.add_argument("--save-maps", type=nonempty_path, default=None, metavar="DIR", help="write score/decision/difference maps and figures here")
     p.add_argument("--align", choices=ALIGN_MODELS, default=None,
                    help="translation, similarity (handheld brackets), homography: register every shot to the "
@@ -449,10 +449,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and PNG colour chunks, as bafusion fuse writes them (see its --help).",
     )
     q.add_argument("--pairs", required=True, help="folder with index.json and the pairs")
-    q.add_argument("--model", "--models", dest="models", default=None, metavar="DIR",
+    q.add_argument("--model", "--models", dest="models", type=nonempty_path, default=None, metavar="DIR",
                    help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name")
-    q.add_argument("--initial", default=None, help="initial-net file (instead of --models)")
-    q.add_argument("--boundary", default=None, help="boundary-net file (instead of --models)")
+    q.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --models)")
+    q.add_argument("--boundary", type=nonempty_path, default=None, help="boundary-net file (instead of --models)")
     q.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True, help="output folder")
     q.add_argument("--report", type=nonempty_path, default=None, help="also write the accuracy JSON here (e.g. a DVC metrics file)")
     _add_param_args(q)
@@ -511,10 +511,10 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("input", metavar="IN", type=nonempty_path, help="folder of shots")  # '' is not '.'
     p.add_argument("output", metavar="OUT", type=nonempty_path, help="output folder")
     p.add_argument("--ext", default="png", help="output format: png (default), tif, bmp or jpg")
-    p.add_argument("--model", "--models", dest="model", default=None, metavar="DIR",
+    p.add_argument("--model", "--models", dest="model", type=nonempty_path, default=None, metavar="DIR",
                    help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name")
-    p.add_argument("--initial", default=None, help="initial-net file (instead of --model)")
-    p.add_argument("--boundary", default=None, help="boundary-net file (instead of --model)")
+    p.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --model)")
+    p.add_argument("--boundary", type=nonempty_path, default=None, help="boundary-net file (instead of --model)")
     p.add_argument("--align", choices=ALIGN_MODELS, default=None,
                    help="as for bafusion fuse: a model registers every stack's shots to its first; auto: align "
                    f"(similarity) only the stacks whose shots move more than {HINT_MOTION_PX:g} px; none: take "
