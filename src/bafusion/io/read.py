@@ -1,0 +1,332 @@
+"""Reading images by the rules of :mod:`bafusion.io`: :func:`read_image`, :func:`read_images`
+and :func:`read_source_set` (:class:`SourceSet`: full depth, metadata and notes).
+
+Also :func:`read_matte` and the scale of floating-point sources (:func:`float_scale`,
+:func:`float_to_u8`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bafusion.errors import InputFileError
+from bafusion.io.depth import _high_depth_array, common_bits, sbit_scaled, scale_to_u8, source_bits
+from bafusion.io.formats import _check_not_empty, open_image, unread_format
+from bafusion.io.info import frame_notes, mix_note
+from bafusion.io.metadata import (
+    _source_metadata,
+    cmyk_notes,
+    profile_notes,
+    source_dpi,
+    source_png_colour,
+    unkept_metadata_note,
+)
+
+
+def read_matte(path: str | os.PathLike[str]) -> np.ndarray:
+    """An alpha matte as uint8 (H, W), read by :func:`read_image`. RGB mattes (alphamatting
+    stores R=G=B) take the R channel; a matte whose channels differ is an error, since it would
+    not be a matte."""
+    a = read_image(path)
+    if a.ndim == 3:
+        if not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
+            raise InputFileError(path, "matte is not gray (its R, G and B channels differ)")
+        a = a[..., 0].copy()
+    return a
+
+
+@dataclass
+class SourceSet:
+    """The sources of one fusion as read by :func:`read_source_set`.
+
+    Attributes
+    ----------
+    images : list of numpy.ndarray
+        uint8 sources (what the decision is made on; equal to :func:`read_images`).
+    full : list of numpy.ndarray or None
+        The same sources as uint16 on the 16-bit scale (``round(v / (2**bits - 1) * 65535)``
+        with each source's bits, 8-bit sources times 257), when any source has more than 8
+        bits per sample; None when all have at most 8 (the uint8 images are the data).
+    exif, icc : bytes or None
+        The first source's EXIF block (orientation reset to 1) and ICC profile.
+    bits : int
+        The most significant bits of any source (8 when all have at most 8); a source whose
+        mark does not hold (values beyond its marked bits, off the PNG ``sBIT`` grid) counts
+        with its file's depth.
+    notes : list of str
+        Lines for the user, read with the metadata: one per source whose colour profile is not
+        the first's (:func:`profile_notes`), one per source of several frames or pages (only
+        the first is used: :func:`frame_note`) and one when gray and colour sources are mixed
+        (the result is gray where taken from a gray one: :func:`mix_note`); and, also without
+        metadata, one per floating-point source whose samples were clipped (:func:`float_to_u8`).
+    dpi : (float, float) or None
+        The first source's resolution in dots per inch (:func:`source_dpi`).
+    png_colour : bytes or None
+        The first source's PNG ``gAMA``/``cHRM``/``sRGB`` chunks (:func:`source_png_colour`).
+    paths : list of str
+        The source files (read with metadata; else empty).
+    colour_notes : list of str
+        The lines of :attr:`notes` from :func:`profile_notes`, said without knowing the output:
+        :meth:`notes_for` says them for the file written.
+    full_scale : bool
+        Some source of more than 8 bits was stored on the 16-bit scale (a PNG's ``sBIT``
+        samples scaled up as the specification asks, 16-bit data), none only when all hold
+        unscaled values of fewer bits (a 12-bit camera's 0..4095): see :meth:`bits_for`.
+    """
+
+    images: list[np.ndarray]
+    full: list[np.ndarray] | None
+    exif: bytes | None
+    icc: bytes | None
+    bits: int = 8
+    notes: list[str] = field(default_factory=list)
+    full_scale: bool = False
+    dpi: tuple[float, float] | None = None
+    png_colour: bytes | None = None
+    paths: list[str] = field(default_factory=list)
+    colour_notes: list[str] = field(default_factory=list)
+
+    def notes_for(self, output: str | os.PathLike[str], high_depth: bool = False) -> list[str]:
+        """:attr:`notes` with the colour-description lines (:attr:`colour_notes`) saying what
+        ``output`` holds (:func:`profile_notes`; ``high_depth``: a uint16 result)."""
+        if not self.colour_notes:
+            return list(self.notes)
+        rgb = any(a.ndim == 3 and a.shape[2] >= 3 for a in self.images)
+        told = profile_notes(self.paths, self.icc, rgb, output, high_depth)
+        first = self.notes.index(self.colour_notes[0]) if self.colour_notes[0] in self.notes else len(self.notes)
+        rest = [n for n in self.notes if n not in self.colour_notes]
+        return rest[:first] + told + rest[first:]
+
+    def bits_for(self, output: str | os.PathLike[str]) -> int:
+        """The ``bits`` to write the full-depth fusion to ``output`` with (:func:`write_image`):
+        :attr:`bits`, except 16 for a TIFF when a source was stored on the 16-bit scale
+        (:attr:`full_scale`): the TIFF then holds the 16-bit values as its sources did (marked
+        ``SignificantBits`` 16), not ``bits``-bit ones, which viewers that ignore OME metadata
+        show 1/16 as bright (12 bits). Camera-style sources of ``bits``-bit values give
+        ``bits``-bit values; PNG keeps :attr:`bits` (its ``sBIT`` samples are on the 16-bit
+        scale anyway)."""
+        if self.full_scale and Path(output).suffix.lower() in (".tif", ".tiff"):
+            return max(self.bits, 16)
+        return self.bits
+
+
+def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = True) -> SourceSet:
+    """Read the sources of one fusion: uint8 images as :func:`read_images`, the full-depth
+    uint16 versions when any source has more than 8 bits (scaled by the same bits as the
+    uint8 ones, so the two agree), and the first source's EXIF and ICC profile, with notes
+    (when ``metadata``, see :attr:`SourceSet.notes`): a source whose profile is not the first's,
+    one of several frames or pages, gray sources beside colour ones; always: a float source's
+    clipped samples. Floating-point sources share one scale (:func:`float_scale` of the largest
+    value over all of them), as unmarked integer sources share one bit depth."""
+    out: list[np.ndarray | None] = []
+    high: list[tuple[int, np.ndarray, int | None, int]] = []
+    significant: list[int] = []  # the marked sources' significant bits (not the bits scaled from)
+    floats: list[tuple[int, Path, np.ndarray]] = []  # float sources: scaled alike, below
+    for p in paths:
+        _check_not_empty(p)
+    for p in map(Path, paths):
+        raw = _high_depth_array(p) if p.is_file() and unread_format(p) is None else None  # else refused below
+        if raw is None:
+            low = _read_low(p)
+            if low.dtype != np.uint8:
+                floats.append((len(out), p, low))
+            out.append(low if low.dtype == np.uint8 else None)
+            continue
+        a, depth, sig, sbit = raw
+        out.append(None)
+        top = float(a.max()) if a.size else 0.0
+        # PNG sBIT: the samples are scaled to the depth unless they cannot be (see bafusion.io.depth)
+        scaled = sbit and sig is not None and 0 < sig < depth and top <= (1 << sig) - 1 and sbit_scaled(a, sig)
+        bits = source_bits(top, depth, sig, scaled=scaled)
+        high.append((len(out) - 1, a, bits, depth))
+        if bits is not None and sig is not None:
+            # the mark holds when the values are sig-bit ones or (PNG) on the sBIT grid; values
+            # beyond sig bits off that grid have the file's depth (an output written with sig
+            # bits lost their levels: an OME-TIFF marked 12 whose values exceed 12 bits)
+            holds = bits == sig or (sbit and sbit_scaled(a, sig))
+            significant.append(sig if holds else depth)
+    clipped: list[str] = []
+    if floats:  # one scale for all float sources, from their largest value (as integer ones: one depth)
+        scale = float_scale(max((float(a.max()) for _, _, a in floats if a.size), default=0.0))
+        for i, p, a in floats:
+            out[i], note = float_to_u8(a, scale, p)
+            clipped += [note] if note else []
+    unmarked = [a for _, a, bits, _ in high if bits is None and a.size]
+    shared = common_bits(max(float(a.max()) for a in unmarked)) if unmarked else 8
+    full: list[np.ndarray | None] | None = None
+    if high:
+        full = [None if o is None else o.astype(np.uint16) * np.uint16(257) for o in out]
+    for i, a, bits, _ in high:
+        b = bits or shared
+        out[i] = scale_to_u8(a, b)
+        assert full is not None
+        full[i] = np.clip(np.round(a / float((1 << b) - 1) * 65535.0), 0, 65535).astype(np.uint16)
+    exif, icc, exif_note = _source_metadata(paths[0]) if metadata and paths else (None, None, None)
+    images = [o for o in out if o is not None]
+    rgb = any(a.ndim == 3 and a.shape[2] >= 3 for a in images)
+    notes = profile_notes(paths, icc, rgb) if metadata and len(paths) > 1 else []
+    colour_notes = list(notes)
+    notes += cmyk_notes(paths) if metadata else []
+    unkept = unkept_metadata_note(paths) if metadata else None
+    notes += [unkept] if unkept else []
+    notes += [exif_note] if exif_note else []
+    notes += clipped
+    if metadata:
+        notes += frame_notes(paths)
+        mixed = mix_note([os.fspath(p) for p in paths], [a.ndim == 2 for a in images])
+        notes += [mixed] if mixed else []
+    bits = max(significant + [shared for _, _, b, _ in high if b is None], default=8)
+    # a source read from its file's full depth of 16 bits (sBIT samples scaled up as the PNG
+    # specification asks, or 16-bit data) was stored on the 16-bit scale
+    full_scale = any((b or shared) >= 16 and depth >= 16 for _, _, b, depth in high)
+    dpi = source_dpi(paths[0]) if metadata and paths else None
+    png_colour = source_png_colour(paths[0]) if metadata and paths else None
+    return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits, notes,
+                     full_scale, dpi, png_colour, [os.fspath(p) for p in paths] if metadata else [], colour_notes)
+
+
+def read_image(path: str | os.PathLike[str], *, rgb: bool = False) -> np.ndarray:
+    """Read one image file as uint8, by the rules in :mod:`bafusion.io`'s docstring.
+
+    Parameters
+    ----------
+    path : path-like
+        The file (any format Pillow reads; 16-bit colour PNG and TIFF at full precision).
+    rgb : bool
+        Replicate gray to three channels, so the result is always (H, W, 3).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 (H, W) for gray files (L, LA, 1-bit, 16-bit gray), (H, W, 3) otherwise (alpha
+        dropped, palette expanded), EXIF orientation applied. A file of more than 8 bits per
+        sample is scaled from its marked significant bits, else from the smallest sensor
+        depth (8, 10, 12, 14, 16) that holds its largest value; read files that belong
+        together with :func:`read_images` instead, so that they are scaled alike.
+
+    Raises
+    ------
+    InputFileError
+        Naming the file when it is missing, not a file, or not a readable image.
+    TypeError
+        When ``path`` is no path (e.g. an image array).
+    """
+    return read_images([path], rgb=rgb)[0]
+
+
+def read_images(paths: Sequence[str | os.PathLike[str]], *, rgb: bool = False) -> list[np.ndarray]:
+    """Read files that belong together (the sources of one fusion; the A, B and F of a metric)
+    like :func:`read_image`, scaling those of more than 8 bits per sample **alike**: by the
+    significant bits a file marks, else by one bit depth common to all the unmarked ones. Files
+    of at most 8 bits per sample read exactly as :func:`read_image` reads them alone.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        The files, e.g. ``[a, b]`` (any iterable of paths; a single path is an error: use
+        :func:`read_image`).
+    rgb : bool
+        Replicate gray to three channels, so every result is (H, W, 3).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One uint8 image per file, in order: (H, W) for gray files, (H, W, 3) otherwise, as
+        :func:`read_image` describes.
+
+    Raises
+    ------
+    InputFileError
+        Naming the file when one is missing, not a file, or not a readable image.
+    TypeError
+        When ``paths`` is a single path or holds something other than paths (e.g. an array).
+    """
+    images = read_source_set(_path_list(paths), metadata=False).images
+    return [np.repeat(a[..., None], 3, axis=2) if rgb and a.ndim == 2 else a for a in images]
+
+
+def _path_list(paths: object) -> list[str | os.PathLike[str]]:
+    """``paths`` as a list, or a TypeError saying what was expected: a single path (it was
+    walked character by character: '/: not a regular file') or anything but paths (an array
+    reached pathlib's own TypeError)."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise TypeError(f"read_images expects a list of paths, got the single path {os.fsdecode(paths)!r} "
+                        "(use read_image, or read_images([path]))")
+    if isinstance(paths, np.ndarray) or not isinstance(paths, Iterable):
+        raise TypeError(f"read_images expects a list of paths, got {type(paths).__name__}")
+    out = list(paths)
+    for p in out:
+        if not isinstance(p, (str, os.PathLike)):
+            hint = " (an image already read?)" if isinstance(p, np.ndarray) else ""
+            raise TypeError(f"expected an image file path (str or os.PathLike), got {type(p).__name__}{hint}")
+    return out
+
+
+def float_scale(top: float | np.ndarray) -> float:
+    """The full scale floating-point samples are read on, from their largest value ``top`` (or
+    an array's largest): 1.0 when it is below 16 (the usual convention of float images, [0, 1],
+    also when processing overshot it), 255 when below 4096, else 65535. The bounds lie between
+    the scales on a log scale (16 ~ sqrt(255), 4096 ~ sqrt(255 * 65535)), so data taken on a
+    scale it is not on is clipped in large part, which :func:`float_to_u8` says, rather than
+    read dark in silence.
+
+    The float sources read together (:func:`read_source_set`, :func:`read_images`) share one
+    scale, from the largest value over all of them, as integer sources share one bit depth."""
+    top = (float(top.max()) if top.size else 0.0) if isinstance(top, np.ndarray) else float(top)
+    return 1.0 if top < 16.0 else 255.0 if top < 4096.0 else 65535.0
+
+
+def float_to_u8(a: np.ndarray, scale: float, path: str | os.PathLike[str]) -> tuple[np.ndarray, str | None]:
+    """Floating-point samples ``a`` on [0, ``scale``] as uint8, ``round(a / scale * 255)``;
+    samples outside [0, ``scale``] (negative ones, overshoot) are clipped to it, and the line
+    for the user says so (the file, how many samples, their range), None when none is."""
+    out = np.clip(np.round(a / scale * 255.0), 0, 255).astype(np.uint8)
+    outside = int(np.count_nonzero((a < 0) | (a > scale)))
+    if not outside:
+        return out, None
+    return out, (f"{os.fspath(path)}: {outside} of {a.size} samples ({100 * outside / a.size:.3g} %) lie outside "
+                 f"[0, {scale:g}], the scale its floating-point samples are read on (values {a.min():g} to "
+                 f"{a.max():g}): clipped to it")
+
+
+def _read_8bit(path: str | os.PathLike[str]) -> np.ndarray:
+    """A file of at most 8 bits per sample, or a 32-bit float one read on its own scale
+    (:func:`float_scale`, clipped to it: :func:`float_to_u8`), by the mode rules of the module
+    docstring."""
+    a = _read_low(path)
+    return a if a.dtype == np.uint8 else float_to_u8(a, float_scale(a), path)[0]
+
+
+def _read_low(path: str | os.PathLike[str]) -> np.ndarray:
+    """:func:`_read_8bit` without the float scaling: a 32-bit float file's samples are returned
+    as float64, to be scaled with the other float sources read with it
+    (:func:`read_source_set`); NaN or infinite values are refused."""
+    im = open_image(path)
+    try:
+        return _low_array(im, path)
+    except (ValueError, OSError) as e:  # Pillow's convert of a mode it has no conversion for
+        raise InputFileError(path, f"unsupported image mode {im.mode} ({e.__class__.__name__}: {e})") from e
+
+
+def _low_array(im: Image.Image, path: str | os.PathLike[str]) -> np.ndarray:
+    """:func:`_read_low` of the opened image ``im``."""
+    if im.mode == "La":  # gray + associated (premultiplied) alpha: divided out (La -> LA), as for RGBa
+        im = im.convert("LA")
+    if im.mode in ("L", "LA", "1"):
+        return np.asarray(im.convert("L"), dtype=np.uint8).copy()
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise InputFileError(path, "floating-point image with NaN or infinite values")
+        return a
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if a.max() > 255 else 255.0
+        return np.clip(np.round(a / hi * 255.0), 0, 255).astype(np.uint8)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()

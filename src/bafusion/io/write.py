@@ -1,0 +1,422 @@
+"""Writing images: :func:`write_image` (uint8 or uint16, format from the suffix, atomic,
+deterministic) and what it needs.
+
+16-bit PNG (:func:`png16_bytes`) and TIFF, the metadata each format keeps
+(:func:`written_metadata`, :func:`keeps_16_bits`, :data:`HIGH_DEPTH_SUFFIXES`, :func:`icc_fits`)
+and EXIF fitted to the output (its image size; shortened for a JPEG: :func:`fit_jpeg_exif`,
+:class:`ExifWarning`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import struct
+import warnings
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image
+
+from bafusion.atomic import atomic_file
+from bafusion.io.depth import _onto_sbit_grid, sbit_scaled, scale_to_u8
+from bafusion.io.formats import _quiet_pillow
+
+
+def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | None = None,
+                icc: bytes | None = None, bits: int | None = None,
+                dpi: tuple[float, float] | None = None, png_colour: bytes | None = None) -> None:
+    """Write a uint8 or uint16 gray or RGB image atomically; the format follows the suffix
+    (.png, .jpg, .tif, .webp, .bmp, or another format Pillow writes); a suffix of no format
+    Pillow writes is an error naming the file and those five.
+
+    Parameters
+    ----------
+    path : path-like
+        Output file; its suffix chooses the format.
+    img : numpy.ndarray
+        Gray (H, W) or (H, W, 1), or colour (H, W, 3) (alpha: (H, W, 2) or (H, W, 4), kept by
+        PNG, TIFF and WebP, RGBA by BMP; JPEG, and BMP for gray + alpha, refuse it); uint8,
+        or uint16 (16 bits per sample, full range); any other type (float, int64, bool) is an
+        error naming the file, raised before anything is written. uint16 is written with 16 bits to
+        PNG and TIFF (:data:`HIGH_DEPTH_SUFFIXES`); other formats keep 8 bits and get the
+        image scaled to 8 bits (callers warn, see :func:`keeps_16_bits`).
+    exif, icc : bytes, optional
+        EXIF block and ICC profile to store where the format allows (PNG: ``eXIf`` and
+        ``iCCP``; JPEG, WebP and 8-bit TIFF: both; 16-bit TIFF: the ICC profile only; BMP:
+        neither). Without them the file is byte-identical to what it was before they existed.
+        EXIF over :data:`_JPEG_MAX_EXIF` bytes, more than a JPEG holds, is shortened for a
+        JPEG as ``fuse`` and ``fuse-dir`` shorten it (:func:`fit_jpeg_exif`: its MakerNote
+        dropped, then its largest tags; left out when Pillow cannot rewrite it), with an
+        :class:`ExifWarning` naming the file and what was dropped (``fuse`` shortens it
+        before and says so on stderr: no warning then).
+        The EXIF's image size (ExifImageWidth/Height), where it has one, is set to ``img``'s
+        (a source's, turned by its orientation or cropped by ``--align``, was stale).
+        An ICC profile of another colour space than the output's (a CMYK or gray source's
+        profile on an RGB output, an RGB profile on a gray one) is left out: it would make
+        colour-managed viewers misread the pixels.
+    bits : int, optional
+        Significant bits of the data behind uint16 ``img`` (e.g. 12 for a 12-bit camera):
+        written as the PNG ``sBIT`` chunk when below 16 (the samples stay on the 16-bit scale,
+        as the PNG specification asks), so that :func:`read_images` scales the file like its
+        unmarked 12-bit sources. The file always reads back as ``img`` on the 16-bit scale:
+        when every sample fits in ``bits`` bits (dark data), samples off the scaled grid (see
+        :func:`sbit_scaled`; not the case for data of ``bits`` bits scaled by
+        ``round(v / (2**bits - 1) * 65535)``, as :func:`read_source_set` scales it) are
+        rounded onto it (by at most ``65535 / (2**bits - 1) / 2``), else the reader would
+        take them for unscaled ``bits``-bit data. A 16-bit TIFF holds the ``bits``-bit values
+        themselves, marked as OME-TIFF ``SignificantBits`` (:func:`_write_tiff16`): it reads
+        back as ``img`` on the ``bits``-bit grid, and beside its unmarked sources like them;
+        with ``bits`` 16 (sources stored on the 16-bit scale: :meth:`SourceSet.bits_for`) it
+        holds ``img`` marked ``SignificantBits`` 16. Without ``bits``: ``img``, unmarked.
+    dpi : (float, float), optional
+        Resolution in dots per inch (x, y) to store: JPEG's JFIF density, PNG's ``pHYs``,
+        TIFF's XResolution/YResolution (unit inch), BMP's pixels per metre; WebP holds none.
+        Without it the file states none, so that neither Pillow nor :func:`source_dpi` reads one:
+        a PNG has no ``pHYs``, a TIFF 1/1 of no unit (ResolutionUnit 1: Pillow read 1 dpi
+        from an 8-bit one without the tags), a BMP 0 pixels per metre (Pillow writes 96 dpi
+        by default), a JPEG a JFIF density 1:1 of no unit; only for a JPEG with EXIF does
+        Pillow still say 72 dpi, its fallback for any JPEG whose EXIF states no resolution (a
+        JPEG source of that EXIF reads so too; :func:`source_dpi` reads none).
+    png_colour : bytes, optional
+        PNG chunks describing colour without an ICC profile (``gAMA``, ``cHRM``, ``sRGB``, as
+        :func:`source_png_colour` reads them), written to a PNG right after its header; other
+        formats cannot hold them (callers say so).
+    """
+    import io
+
+    from bafusion.errors import UserError
+
+    p = Path(path)
+    fmt = Image.registered_extensions().get(p.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:  # Image.SAVE: the formats Pillow writes (registered_extensions loads it)
+        use = ", ".join(_USUAL_SUFFIX[f] for f in _WRITTEN_METADATA)
+        if fmt is None:
+            raise UserError(f"{p}: unknown image format {p.suffix or '(no suffix)'!r} (use {use}, or another "
+                            "format Pillow writes)")
+        raise UserError(f"{p}: cannot write {fmt} files ({p.suffix!r}): Pillow reads them but does not write "
+                        f"them (use {use})")
+    img = np.ascontiguousarray(img)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]  # gray (H, W, 1): Pillow cannot make an image of it
+    if img.dtype not in (np.uint8, np.uint16):
+        # Pillow raised 'Cannot handle this data type' (float RGB, int64), 'cannot write mode F
+        # as PNG', or wrote a float TIFF nothing here reads back as the image
+        hint = " (bafusion.io.to_uint8 rounds a [0, 255] float image)" if img.dtype.kind == "f" else ""
+        raise UserError(f"{p}: uint8 or uint16 image expected, got {img.dtype}{hint}")
+    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (2, 3, 4))) or img.size == 0:
+        raise UserError(f"{p}: gray (H, W) or colour (H, W, 3) image expected, got an array of shape {img.shape}")
+    if img.ndim == 3 and img.shape[2] in _NO_ALPHA.get(fmt, ()):
+        # Pillow raised a bare OSError ('cannot write mode RGBA as JPEG'); the reader drops alpha,
+        # but a writer that dropped it in silence would lose what the caller handed it
+        keep = "img[..., :3]" if img.shape[2] == 4 else "img[..., 0]"
+        raise UserError(f"{p}: {fmt} cannot store an alpha channel (image of shape {img.shape}): pass the image "
+                        f"without it ({keep}) or write .png or .tif, which keep it")
+    if icc and not icc_fits(icc, img):
+        icc = None
+    if exif:
+        exif = _exif_sized(exif, img.shape[1], img.shape[0])
+        if fmt == "JPEG" and len(exif) > _JPEG_MAX_EXIF:
+            exif, note = fit_jpeg_exif(exif, p, what="the EXIF given")
+            warnings.warn(str(note), ExifWarning, stacklevel=2)
+    if img.dtype == np.uint16 and not keeps_16_bits(p):
+        img = _u16_to_u8_table()[img]  # scale_to_u8(img, 16) by table: no float64 copy (8 bytes a sample)
+    if img.dtype == np.uint16 and fmt == "TIFF":
+        # tifffile writes straight to the file (the image, of 100+ MB, is not copied into memory)
+        _write_checked(p, lambda fh: _write_tiff16(fh, img, icc, bits, dpi))
+        return
+    # encoded in memory, then written with Python's file I/O, which raises on a short write
+    # (ENOSPC): Pillow writes a JPEG of quality >= 95 in one write() straight to the file's
+    # descriptor and ignores a short one, so a full disk left a cut-off JPEG reported as written.
+    # Compressed PNG and JPEG are small in memory; BMP and 8-bit TIFF are not compressed: about
+    # the image's size, up to three times that while the buffer grows
+    if img.dtype == np.uint16:  # PNG
+        sbit = bits if bits and 0 < bits < 16 else None
+        if sbit and int(img.max()) < 1 << sbit and not sbit_scaled(img, sbit):
+            img = _onto_sbit_grid(sbit)[img]  # dark and off the grid: would read back as unscaled data
+        data: bytes | memoryview = png16_bytes(img, exif=exif, icc=icc, sbit=sbit, dpi=dpi)
+        if png_colour:
+            data = _after_ihdr(bytes(data), png_colour)
+    else:
+        kwargs: dict = {"compress_level": 6} if fmt == "PNG" else ({"quality": 95} if fmt == "JPEG" else {})
+        keeps = written_metadata(p)
+        if exif and "exif" in keeps:
+            kwargs["exif"] = exif
+        if icc and "icc" in keeps:
+            kwargs["icc_profile"] = icc
+        if dpi and "dpi" in keeps:
+            kwargs["dpi"] = dpi
+        elif fmt == "BMP":  # Pillow's default is 96 dpi; 0 pixels per metre states none
+            kwargs["dpi"] = (0, 0)
+        elif fmt == "TIFF":  # without these tags Pillow reads 1 dpi: 1/1 of no unit, as the 16-bit TIFF
+            kwargs.update(resolution_unit=1, x_resolution=1, y_resolution=1)
+        buf = io.BytesIO()
+        try:
+            Image.fromarray(img).save(buf, format=fmt, **kwargs)
+        except (OSError, ValueError, KeyError) as e:  # in memory: the format, not the disk ('cannot write mode')
+            raise UserError(f"{p}: cannot write this image (shape {img.shape}) as {fmt}: {e}") from e
+        data = buf.getbuffer()
+        if png_colour and fmt == "PNG":
+            data = _after_ihdr(bytes(data), png_colour)
+
+    def write(fh: BinaryIO) -> int:
+        fh.write(data)
+        return len(data)
+
+    _write_checked(p, write)
+
+
+#: The usual suffix of each format of :data:`_WRITTEN_METADATA`: the ones :func:`write_image`
+#: names when a suffix names no format it writes.
+_USUAL_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp"}
+#: What :func:`write_image` stores of the metadata it is given, by Pillow format (:func:`written_metadata`).
+_WRITTEN_METADATA = {"PNG": frozenset({"icc", "exif", "dpi", "png_colour"}),
+                     "JPEG": frozenset({"icc", "exif", "dpi"}), "TIFF": frozenset({"icc", "exif", "dpi"}),
+                     "WEBP": frozenset({"icc", "exif"}), "BMP": frozenset({"dpi"})}
+
+
+def written_metadata(path: str | os.PathLike[str], high_depth: bool = False) -> frozenset[str]:
+    """The metadata :func:`write_image` stores in a file of ``path``'s suffix: ``'icc'`` (the ICC
+    profile, when it fits the image: :func:`icc_fits`), ``'exif'``, ``'dpi'`` and
+    ``'png_colour'`` (PNG ``gAMA``/``cHRM``/``sRGB`` chunks). ``high_depth``: a uint16 image,
+    which a TIFF holds without EXIF. A BMP holds the resolution only, a WebP no resolution, other
+    formats none of them."""
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    keeps = _WRITTEN_METADATA.get(fmt or "", frozenset())
+    if high_depth and fmt == "TIFF":
+        keeps = keeps - {"exif"}
+    return keeps
+
+
+def _write_checked(p: Path, write: Callable[[BinaryIO], int]) -> None:
+    """Write ``p`` atomically by ``write(fh)``, which returns the size the file must have at
+    least; a file found shorter after the flush is a full disk (ENOSPC), and an error of a write
+    names ``p`` (not its temporary name). Python's file I/O raises on a short write, but a write
+    by C code beside it can lose its end unsaid: numpy's ``tofile`` (tifffile writes the image
+    data with it) writes through a C ``FILE`` whose closing flush it does not check."""
+    import errno
+
+    with atomic_file(p) as tmp:
+        try:
+            with open(tmp, "wb") as fh:
+                size = write(fh)
+                fh.flush()
+                written = os.fstat(fh.fileno()).st_size
+        except OSError as e:  # a write's error names no file: the output's name, not the temporary one's
+            if e.errno is None:  # numpy's short write: "120000 requested and 9888 written"
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({e})", str(p)) from e
+            raise OSError(e.errno, e.strerror or str(e), str(p)) from e
+        if written < size:  # a short write that reported no error
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (only {written} of {size} bytes written)",
+                          str(p))
+
+
+@functools.cache
+def _u16_to_u8_table() -> np.ndarray:
+    """``scale_to_u8(v, 16)`` of every uint16 ``v``, as a uint8 table (indexing it with a uint16
+    image gives the same bytes without the float64 copy of the whole image)."""
+    return scale_to_u8(np.arange(1 << 16, dtype=np.float64), 16)
+
+
+#: ExifImageWidth and ExifImageHeight (PixelXDimension, PixelYDimension) in the Exif sub-IFD.
+_EXIF_IFD, _EXIF_WIDTH, _EXIF_HEIGHT = 0x8769, 0xA002, 0xA003
+
+
+def _exif_sized(exif: bytes, width: int, height: int) -> bytes:
+    """``exif`` with the Exif sub-IFD's ExifImageWidth/Height set to ``width`` x ``height``
+    when it has either and they differ (a camera's shot stored turned, or an output cropped);
+    else (also when Pillow cannot parse it) ``exif`` unchanged, byte for byte."""
+    try:
+        with _quiet_pillow():
+            ex = Image.Exif()
+            ex.load(exif)
+            sub = ex.get_ifd(_EXIF_IFD)
+            if not ({_EXIF_WIDTH, _EXIF_HEIGHT} & set(sub)) or (sub.get(_EXIF_WIDTH), sub.get(_EXIF_HEIGHT)) == (
+                    width, height):
+                return exif
+            sub[_EXIF_WIDTH], sub[_EXIF_HEIGHT] = int(width), int(height)
+            return ex.tobytes()
+    except Exception:  # noqa: BLE001 - EXIF Pillow cannot rewrite is stored as the source had it
+        return exif
+
+
+def icc_fits(icc: bytes, img: np.ndarray) -> bool:
+    """Whether the ICC profile ``icc`` describes ``img``'s colour space: its header's data
+    colour space (bytes 16-19) is ``'RGB '`` for an RGB or RGBA image, ``'GRAY'`` for a gray
+    one (with or without alpha: (H, W), (H, W, 1) or (H, W, 2)); an alpha channel is not part
+    of the colour space."""
+    space = bytes(icc[16:20]) if len(icc) >= 128 else b""
+    channels = 1 if img.ndim == 2 else img.shape[2] if img.ndim == 3 else 0
+    return space == (b"RGB " if channels in (3, 4) else b"GRAY" if channels in (1, 2) else b"\0")
+
+
+#: Pillow formats that cannot store an alpha channel: the channel counts (2: gray + alpha, 4: RGBA)
+#: :func:`write_image` refuses for them, naming the file (PNG, TIFF and WebP keep alpha; BMP RGBA).
+_NO_ALPHA = {"JPEG": (2, 4), "BMP": (2,)}
+
+#: Longest EXIF block a JPEG APP1 segment holds (a longer one is shortened: :func:`fit_jpeg_exif`).
+_JPEG_MAX_EXIF = 65533
+
+
+class ExifWarning(UserWarning):
+    """Issued by :func:`write_image` when the EXIF block it was given does not fit a JPEG
+    (over :data:`_JPEG_MAX_EXIF` bytes) and is written shortened, or left out when it cannot
+    be shortened: the text names the file and what was dropped (:func:`fit_jpeg_exif`)."""
+
+#: EXIF tag names for :func:`fit_jpeg_exif`'s note (other tags are named by number).
+_EXIF_TAG_NAMES = {0x927C: "MakerNote", 0x9286: "UserComment", 0x8825: "GPS", 0x8773: "InterColorProfile",
+                   0x02BC: "XMP", 0x83BB: "IPTC", 0x8649: "Photoshop", 0xC4A5: "PrintIM"}
+
+
+def _exif_value_size(v: object) -> int:
+    if isinstance(v, (bytes, bytearray)):
+        return len(v)
+    if isinstance(v, str):
+        return len(v.encode("utf-8", "replace"))
+    if isinstance(v, (tuple, list)):
+        return sum(_exif_value_size(x) for x in v) or 1
+    if isinstance(v, dict):
+        return sum(_exif_value_size(x) for x in v.values())
+    return 8
+
+
+def fit_jpeg_exif(exif: bytes | None, output: str | os.PathLike[str], *,
+                  what: str = "the first source's EXIF") -> tuple[bytes | None, str | None]:
+    """``exif`` made to fit a JPEG's APP1 segment (:data:`_JPEG_MAX_EXIF` bytes) when ``output``
+    is a JPEG, with a note for the user when anything is dropped; else ``(exif, None)``.
+
+    A larger block (a camera's MakerNote from a PNG or TIFF source) was left out whole and
+    unsaid: now its MakerNote (0x927C) is dropped, then, while still too large, its largest
+    remaining tag; the note names what was dropped. A block Pillow cannot rewrite is left out,
+    and the note says so. ``what`` names the block in the note (:func:`write_image`: "the
+    EXIF given")."""
+    if not exif or len(exif) <= _JPEG_MAX_EXIF or Image.registered_extensions().get(
+            Path(output).suffix.lower()) != "JPEG":
+        return exif, None
+    why = f"{len(exif)} bytes, a JPEG holds at most {_JPEG_MAX_EXIF}"
+    dropped: list[str] = []
+    try:
+        with _quiet_pillow():
+            ex = Image.Exif()
+            ex.load(exif)
+            ifds = {0: ex}
+            for ifd in (0x8769, 0x8825):
+                if ifd in ex:
+                    ifds[ifd] = ex.get_ifd(ifd)
+            if 0x927C in ifds.get(0x8769, {}):
+                del ifds[0x8769][0x927C]
+                dropped.append("MakerNote")
+            data = ex.tobytes()
+            while len(data) > _JPEG_MAX_EXIF:
+                where, tag = max(((w, t) for w, d in ifds.items() for t in d if not (w == 0 and t in ifds)),
+                                 key=lambda wt: _exif_value_size(ifds[wt[0]][wt[1]]))
+                del ifds[where][tag]
+                dropped.append(_EXIF_TAG_NAMES.get(tag, f"tag 0x{tag:04X}"))
+                data = ex.tobytes()
+    except Exception:  # noqa: BLE001 - not rewritable: left out, and said
+        return None, f"{output}: {what} is not written ({why}; it cannot be shortened)"
+    return data, f"{output}: {what} is written without {', '.join(dropped)} ({why})"
+
+
+#: Output suffixes that keep 16 bits per sample.
+HIGH_DEPTH_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def keeps_16_bits(path: str | os.PathLike[str]) -> bool:
+    """Whether :func:`write_image` writes 16 bits per sample to this file (PNG, TIFF)."""
+    return Path(path).suffix.lower() in HIGH_DEPTH_SUFFIXES
+
+
+def _after_ihdr(png: bytes, chunks: bytes) -> bytes:
+    """A PNG's bytes with ``chunks`` (whole chunks) inserted after its IHDR chunk."""
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
+    return png[:ihdr_end] + chunks + png[ihdr_end:]
+
+
+def _png_chunk(typ: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + typ + data + struct.pack(">I", zlib.crc32(typ + data) & 0xFFFFFFFF)
+
+
+def png16_bytes(img: np.ndarray, *, exif: bytes | None = None, icc: bytes | None = None,
+                sbit: int | None = None, dpi: tuple[float, float] | None = None) -> bytes:
+    """A 16-bit gray or RGB PNG of a uint16 (H, W) or (H, W, 3) array (encoded by pypng: Pillow
+    cannot write 16-bit colour), with ``sBIT``, ``iCCP``, ``pHYs`` (``dpi``, as pixels per
+    metre) and ``eXIf`` chunks when given; deterministic."""
+    import io
+
+    import png  # pypng
+
+    h, w = img.shape[:2]
+    planes = 1 if img.ndim == 2 else img.shape[2]
+    buf = io.BytesIO()
+    png.Writer(w, h, greyscale=planes in (1, 2), alpha=planes in (2, 4), bitdepth=16, compression=6).write_array(
+        buf, img.reshape(-1).astype(np.uint16)
+    )
+    data = buf.getvalue()
+    extra = b""
+    if sbit:
+        extra += _png_chunk(b"sBIT", bytes([sbit] * planes))
+    if icc:
+        extra += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
+    if dpi:  # pixels per metre, unit 1 (metre), rounded as Pillow rounds them
+        extra += _png_chunk(b"pHYs", struct.pack(">IIB", int(dpi[0] / 0.0254 + 0.5), int(dpi[1] / 0.0254 + 0.5), 1))
+    if exif:
+        extra += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
+    return data[:ihdr_end] + extra + data[ihdr_end:]
+
+
+def _write_tiff16(fh: BinaryIO, img: np.ndarray, icc: bytes | None, bits: int | None = None,
+                  dpi: tuple[float, float] | None = None) -> int:
+    """Write a 16-bit TIFF of ``img`` (uint16 on the 16-bit scale) to ``fh``; the end of its
+    image data (the size the file has at least). ``dpi``: XResolution/YResolution in dots per
+    inch (else tifffile's 1/1, unit none).
+
+    With ``bits`` below 16 the file holds the ``bits``-bit values (``round(x / 65535 *
+    (2**bits - 1))``, as a 12-bit camera's 16-bit TIFF holds 0..4095) and marks them as an
+    OME-TIFF does (``SignificantBits``, unscaled values: what :func:`read_source_set` honours),
+    so it reads back as ``img`` (on the ``bits``-bit grid) alone or beside unmarked sources of
+    ``bits`` bits. With ``bits`` of 16 or more the file holds ``img`` itself, marked
+    ``SignificantBits`` 16: it reads back on the 16-bit scale also when dark (unmarked, a dark
+    image was scaled from fewer bits). The OME-XML's UUID is derived from the pixels, so the
+    bytes are deterministic."""
+    import hashlib
+    import uuid
+
+    import tifffile
+
+    extratags = [(34675, "B", len(icc), icc, True)] if icc else []
+    if dpi:
+        layout_res: dict = {"resolution": (float(dpi[0]), float(dpi[1])), "resolutionunit": "INCH"}
+    else:
+        layout_res = {}
+    photometric = "minisblack" if img.ndim == 2 or img.shape[2] == 2 else "rgb"
+    # gray + alpha: one page of two samples (tifffile took (H, W, 2) for H pages of W x 2 gray)
+    layout: dict = ({"planarconfig": "contig", "extrasamples": ["unassalpha"]}
+                    if img.ndim == 3 and img.shape[2] == 2 else {})
+    if bits and bits > 0:
+        bits = min(bits, 16)
+        if bits < 16:
+            img = _to_bits_table(bits)[img]
+        digest = hashlib.blake2b(img.data, digest_size=16, person=str((img.shape, bits)).encode()[:16])
+        metadata = {"SignificantBits": bits, "UUID": f"urn:uuid:{uuid.UUID(bytes=digest.digest())}"}
+        if layout:
+            metadata["axes"] = "YXS"
+        offset, count = tifffile.imwrite(fh, img, photometric=photometric, ome=True, metadata=metadata,
+                                         extratags=extratags, returnoffset=True, **layout, **layout_res)
+    else:
+        offset, count = tifffile.imwrite(fh, img, photometric=photometric, metadata=None, extratags=extratags,
+                                         returnoffset=True, **layout, **layout_res)
+    return int(offset) + int(count)
+
+
+@functools.lru_cache(maxsize=16)
+def _to_bits_table(bits: int) -> np.ndarray:
+    """uint16 table: every 16-bit sample to the ``bits``-bit value ``round(x / 65535 *
+    (2**bits - 1))`` (no ties: 65535 is odd); the inverse of :func:`read_source_set`'s
+    ``round(v / (2**bits - 1) * 65535)``, so values from ``bits``-bit sources come back exactly."""
+    x = np.arange(1 << 16, dtype=np.float64)
+    return np.round(x / 65535.0 * float((1 << bits) - 1)).astype(np.uint16)
