@@ -17,7 +17,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "bafusion"
 
-#: What each layer may import (besides itself). The ground floor is every top-level module.
+#: What each layer may import (besides itself). The ground floor is every top-level module and
+#: package not named in LAYERS (bafusion.io and its modules).
 LAYERS = ("ground", "data", "nets", "fusion", "evaluation", "cli")
 ALLOWED = {
     "ground": {"ground"},
@@ -186,3 +187,40 @@ def test_a_public_name_that_is_also_a_submodule_stays_the_function() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def _defined_names(path: Path) -> list[str]:
+    """The names a module's top level defines (functions, classes, assignments)."""
+    out: list[str] = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            out.append(node.name)
+        elif isinstance(node, ast.Assign):
+            for t in node.targets:
+                out += [e.id for e in (t.elts if isinstance(t, ast.Tuple) else [t]) if isinstance(e, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            out.append(node.target.id)
+    return out
+
+
+def test_the_io_package_states_its_public_api() -> None:
+    """bafusion.io is a package of one concern per module (it was one module of 2,210 lines);
+    its own namespace is the public API, so that no caller names a module: every public name
+    of its modules is in ``bafusion.io.__all__`` as the same object, defined in one module
+    only, no module's name is also a public name, and the docstring names every module."""
+    import bafusion.io as io
+
+    subs = sorted(p.stem for p in (PACKAGE / "io").glob("*.py") if p.stem != "__init__")
+    assert subs, "bafusion/io is a package"
+    where: dict[str, list[str]] = {}
+    for sub in subs:
+        mod = importlib.import_module(f"bafusion.io.{sub}")
+        assert f":mod:`.{sub}`" in (io.__doc__ or ""), f"bafusion.io's docstring does not name its module {sub}"
+        for name in _defined_names(PACKAGE / "io" / f"{sub}.py"):
+            where.setdefault(name, []).append(sub)
+            if not name.startswith("_"):
+                assert name in io.__all__, f"bafusion.io.{sub}.{name} is public but not in bafusion.io.__all__"
+                assert getattr(io, name) is getattr(mod, name), name
+    assert {n: w for n, w in where.items() if len(w) > 1} == {}
+    assert sorted(io.__all__) == sorted(n for n in where if not n.startswith("_"))
+    assert not set(subs) & set(io.__all__)

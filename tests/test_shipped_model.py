@@ -144,6 +144,10 @@ def test_wheel_ships_the_model(tmp_path: Path) -> None:
     for f in ("initial.pt", "initial.json", "boundary.pt", "boundary.json", "README.md"):
         assert f"bafusion/models/default/{f}" in names, f
         assert f"bafusion/models/lytro-2026-11/{f}" in names, f
+    # every module of the source tree, those of subpackages too (bafusion.io is one: bafusion/io/*.py)
+    modules = [p.relative_to(src / "src").as_posix() for p in (src / "src" / "bafusion").rglob("*.py")]
+    assert "bafusion/io/__init__.py" in modules
+    assert sorted(m for m in modules if m not in names) == []
     # the MIT licence text travels with the installed package (PEP 639 metadata)
     info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
     assert f"{info}/licenses/LICENSE" in names
