@@ -1543,3 +1543,24 @@ def test_what_changed_names_top_level_keys_as_params_yaml_does() -> None:
     ck = {"config": cfg.to_dict(), "net": "initial", "patches_digest": "d"}
     new = resolve_config({**TOY, "seed": 8, "depth": 14, "train": {**TOY["train"], "lr": 0.02}}, "initial")
     assert _what_changed(ck, new, "initial", "d") == "depth 8 -> 14, seed 7 -> 8, train.lr 0.01 -> 0.02"
+
+
+def test_what_changed_names_a_per_net_value_by_its_per_net_key(tmp_path: Path) -> None:
+    """A value set in the net's own section (``train: {initial: {lr: ...}}``, ``--set
+    train.initial.lr=``) was named ``train.lr``, a key the user had not touched (TrainConfig did
+    not record where a value came from); it is named by the key that set it, the section's
+    keys by theirs."""
+    from bafusion.nets.train import _what_changed
+
+    cfg = resolve_config(TOY, "initial")
+    ck = {"config": cfg.to_dict(), "net": "initial", "patches_digest": "d"}
+    new = resolve_config({**TOY, "train": {**TOY["train"], "gamma": 0.25, "initial": {"lr": 0.02}}}, "initial")
+    assert _what_changed(ck, new, "initial", "d") == "train.gamma 0.5 -> 0.25, train.initial.lr 0.01 -> 0.02"
+    # the other net's section does not apply to this one, nor name its keys
+    other = resolve_config({**TOY, "train": {**TOY["train"], "lr": 0.02, "boundary": {"lr": 0.5}}}, "initial")
+    assert _what_changed(ck, other, "initial", "d") == "train.lr 0.01 -> 0.02"
+    w = tmp_path / "w.pt"
+    warm = resolve_config({**TOY, "train": {**TOY["train"], "initial": {"init": str(w)}}}, "initial")
+    assert _what_changed({**ck, "config": warm.to_dict()}, warm, "initial", "d") == \
+        f"the training code or the weights of train.initial.init={w}"
+    assert warm.key("init") == "train.initial.init" and warm.key("seed") == "seed" and warm.key("lr") == "train.lr"

@@ -194,6 +194,20 @@ class TrainConfig:
         self.threads, self.checkpoint_every = int(self.threads), int(self.checkpoint_every)
         self.init = str(self.init)
         self.consistency = float(self.consistency)
+        # Set by from_params: the net whose ``train.<net>:`` section gave the keys in
+        # ``_per_net_keys`` (not a field: not in to_dict, the fingerprint or equality).
+        self._net: str | None = None
+        self._per_net_keys: frozenset[str] = frozenset()
+
+    def key(self, name: str) -> str:
+        """The parameter key that set field ``name``, as params.yaml and ``--set`` spell it:
+        ``seed``/``patch``/``depth`` top-level, ``train.<net>.<name>`` where :meth:`from_params`
+        took the value from the net's own section, else ``train.<name>``."""
+        if name in self.TOP_LEVEL:
+            return name
+        if self._net is not None and name in self._per_net_keys:
+            return f"train.{self._net}.{name}"
+        return f"train.{name}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -220,8 +234,11 @@ class TrainConfig:
         section = dict(mine.get("train") or {})
         per_net = {n: section.pop(n, None) or {} for n in NETS}
         values.update(section)
-        values.update({k: v for k, v in per_net[net].items() if not (k == "init" and not v)})
-        return cls(**values)
+        own = {k: v for k, v in per_net[net].items() if not (k == "init" and not v)}
+        values.update(own)
+        cfg = cls(**values)
+        cfg._net, cfg._per_net_keys = net, frozenset(own)
+        return cfg
 
 
 def resolve_config(params: Mapping[str, Any], net: str) -> TrainConfig:
@@ -361,9 +378,9 @@ def patches_digest(patches: Path) -> str:
 
 def _what_changed(ck: Mapping[str, Any], cfg: TrainConfig, net: str, pdigest: str, most: int = 3) -> str:
     """What differs between the run that wrote the checkpoint ``ck`` and this one, for the
-    user: up to ``most`` parameters as ``train.lr 0.01 -> 0.005`` (``seed``, ``patch`` and
-    ``depth`` by their top-level names, as params.yaml and ``--set`` spell them), and "the
-    patch set"."""
+    user: up to ``most`` parameters as ``train.lr 0.01 -> 0.005`` (each by the key that set it
+    in this run, :meth:`TrainConfig.key`: ``seed``, ``patch`` and ``depth`` by their top-level
+    names, ``train.initial.lr`` for a value of the net's own section), and "the patch set"."""
     def show(v: Any) -> str:
         return json.dumps(v, default=str)
 
@@ -373,7 +390,7 @@ def _what_changed(ck: Mapping[str, Any], cfg: TrainConfig, net: str, pdigest: st
         new = cfg.to_dict()
         missing = object()
         keys = (k for k in set(old) | set(new) if k not in TrainConfig.RUNTIME_KEYS)
-        for name, k in sorted((k if k in TrainConfig.TOP_LEVEL else f"train.{k}", k) for k in keys):
+        for name, k in sorted((cfg.key(k), k) for k in keys):
             a, b = old.get(k, missing), new.get(k, missing)
             if a != b:
                 parts.append(f"{name} {'(unset)' if a is missing else show(a)} -> "
@@ -389,9 +406,9 @@ def _what_changed(ck: Mapping[str, Any], cfg: TrainConfig, net: str, pdigest: st
             shown.append("the patch set")
     elif not parts:  # a checkpoint of a version that did not record its patch set
         shown.append(_either(["the patch set", "the training code",
-                              *([f"the weights of train.init={cfg.init}"] if cfg.init else [])]))
+                              *([f"the weights of {cfg.key('init')}={cfg.init}"] if cfg.init else [])]))
     if not shown:  # the rest of the fingerprint: the code, and the warm-start file's content
-        shown.append(_either(["the training code", *([f"the weights of train.init={cfg.init}"] if cfg.init else [])]))
+        shown.append(_either(["the training code", *([f"the weights of {cfg.key('init')}={cfg.init}"] if cfg.init else [])]))
     return ", ".join(shown)
 
 
@@ -615,7 +632,7 @@ def _finite(loss_sum: torch.Tensor, model: nn.Module) -> bool:
 
 
 def _diverged(net: str, epoch: int, first_bad: torch.Tensor, step: int, lr: float, last_path: Path,
-              saved_at: str | None, dist: Dist) -> UserError:
+              saved_at: str | None, dist: Dist, lr_key: str = "train.lr") -> UserError:
     """The error of a training whose loss or weights became NaN or infinite (every process
     raises it: the losses it saw were summed over all of them)."""
     if dist.active:
@@ -628,7 +645,7 @@ def _diverged(net: str, epoch: int, first_bad: torch.Tensor, step: int, lr: floa
     kept = (f"{last_path} keeps {saved_at}, the last finite state," if saved_at
             else "no checkpoint of this training was written,")
     return UserError(f"{net}: training diverged: the loss or the weights became NaN or infinite in epoch {epoch} "
-                     f"at step {first} (learning rate {lr:.3g}); train again with a lower train.lr; {kept} and no "
+                     f"at step {first} (learning rate {lr:.3g}); train again with a lower {lr_key}; {kept} and no "
                      "model was written")
 
 
@@ -1000,7 +1017,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                     if dist.active:
                         torch.distributed.all_reduce(part)
                     if not _finite(part[0], model):  # never save a diverged state over the last good one
-                        raise _diverged(net, epoch + 1, first_bad, global_step, lr, last_path, saved_at, dist)
+                        raise _diverged(net, epoch + 1, first_bad, global_step, lr, last_path, saved_at, dist,
+                                        cfg.key("lr"))
                     if dist.main:
                         save_checkpoint(last_path, checkpoint_state(epoch, part, time.perf_counter() - t0))
                     saved_at = f"step {global_step} (in epoch {epoch + 1})"
@@ -1011,7 +1029,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 torch.cuda.synchronize(device)
             epoch_time = time.perf_counter() - t0
             if not _finite(tot[0], model):  # before anything is saved: the checkpoints keep the last good state
-                raise _diverged(net, epoch + 1, first_bad, global_step, lr, last_path, saved_at, dist)
+                raise _diverged(net, epoch + 1, first_bad, global_step, lr, last_path, saved_at, dist,
+                                cfg.key("lr"))
             n_epoch = int(tot[2].item())
             samples_seen += n_epoch
             train_time += epoch_time
