@@ -233,6 +233,13 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["fuse-set", "--pairs", ".", "--models", "", "--out", "fs"], ["--model/--models: empty path"]),
         (["evaluate", "--out", "ev", "--models", ""], ["--model/--models: empty path"]),
         (["evaluate", "--out", "ev", "--initial", "", "--boundary", "b.pt"], ["--initial: empty path"]),
+        # read as the working directory (fuse-set "index.json: pair index not found", evaluate's --root) or as
+        # not given (--dataset: every configured dataset evaluated; --pattern: every pair; --figure-pair: the first)
+        (["fuse-set", "--pairs", "", "--out", "fs"], ["--pairs: empty path"]),
+        (["evaluate", "--out", "ev", "--root", " "], ["--root: empty path"]),
+        (["evaluate", "--out", "ev", "--dataset", ""], ["--dataset: empty value"]),
+        (["evaluate", "--out", "ev", "--dataset", "x=s", "--pattern", ""], ["--pattern: empty value"]),
+        (["evaluate", "--out", "ev", "--dataset", "x=s", "--figure-pair", " "], ["--figure-pair: empty value"]),
         ([*FUSE, "-o", "F.png", "--params-file", ""], ["--params-file: empty path"]),
         ([*FUSE, "-o", "F.png", "--params-json", ""], ["--params-json: empty JSON"]),  # was: not given
         (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs", "--params-json", " "], ["--params-json: empty JSON"]),

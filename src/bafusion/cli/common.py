@@ -115,6 +115,14 @@ def nonempty_path(s: str) -> str:
     return s
 
 
+def nonempty_text(s: str) -> str:
+    """An argparse type of text options whose empty value would mean "not given" (``--dataset
+    ''`` evaluated every configured dataset): refused ("--dataset: empty value")."""
+    if not s.strip():
+        raise argparse.ArgumentTypeError("empty value")
+    return s
+
+
 def nonempty_csv(s: str) -> str:
     """An argparse type of comma-separated list options: one naming nothing (``''``, ``' , '``)
     is refused ("--sets: empty list"), not taken as "not given" (the default list)."""

@@ -15,6 +15,7 @@ from bafusion.cli.common import (
     nonempty_csv,
     nonempty_json,
     nonempty_path,
+    nonempty_text,
     note_params_yaml_unread,
 )
 from bafusion.errors import UserError
@@ -282,9 +283,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--params-json", type=nonempty_json, default=None,
                    help="JSON object overriding the 'evaluate' section")
     p.add_argument("--fuse-json", type=nonempty_json, default=None, help="JSON object overriding the 'fuse' section (fusion parameters)")
-    p.add_argument("--dataset", default=None, metavar="NAME=SOURCES[,REFERENCE]", help="evaluate only this dataset")
-    p.add_argument("--pattern", default=None, help="with --dataset: only pairs whose name matches this glob (e.g. 'g??-*')")
-    p.add_argument("--figure-pair", default=None, metavar="PAIR",
+    p.add_argument("--dataset", type=nonempty_text, default=None, metavar="NAME=SOURCES[,REFERENCE]", help="evaluate only this dataset")
+    p.add_argument("--pattern", type=nonempty_text, default=None, help="with --dataset: only pairs whose name matches this glob (e.g. 'g??-*')")
+    p.add_argument("--figure-pair", type=nonempty_text, default=None, metavar="PAIR",
                    help="with --dataset: the pair of Fig. 4 and the difference maps (default: the figure_pair of "
                         "--params-file's dataset of that name, else the first pair)")
     p.add_argument("--reference-methods", type=nonempty_csv, default=None, metavar="M1,M2",
@@ -305,7 +306,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also write the metrics JSON here (a DVC metrics file)")
     p.add_argument("--plots", type=nonempty_path, default=None,
                    help="write every method's means as CSV here (for DVC plots)")
-    p.add_argument("--root", default=None, help="folder relative dataset paths start from (default: the project root)")
+    p.add_argument("--root", type=nonempty_path, default=None, help="folder relative dataset paths start from (default: the project root)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: the fuse section's, else auto)")
     add_threads_argument(p, "torch CPU threads", "--params-file's evaluate.threads, else torch's")
     p.set_defaults(func=_cmd_evaluate)

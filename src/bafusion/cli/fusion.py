@@ -448,7 +448,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(255 = A focused) into <out>/accuracy.json. Each <name>.png carries A's EXIF, ICC profile, resolution "
         "and PNG colour chunks, as bafusion fuse writes them (see its --help).",
     )
-    q.add_argument("--pairs", required=True, help="folder with index.json and the pairs")
+    q.add_argument("--pairs", type=nonempty_path, required=True, help="folder with index.json and the pairs")
     q.add_argument("--model", "--models", dest="models", type=nonempty_path, default=None, metavar="DIR",
                    help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name")
     q.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --models)")
