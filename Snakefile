@@ -32,6 +32,17 @@ retype_config_overrides(config, _config_args if isinstance(_config_args, (list, 
 _configfiles = getattr(getattr(workflow, "config_settings", None), "configfiles", None) or []
 _source = " + ".join(["params.yaml", *(str(f) for f in _configfiles if str(f) != "params.yaml"),
                       *(["--config"] if _overrides else [])])
+
+
+def _refuse(e):
+    """Exit with one line naming the problem, not Snakemake's traceback of the Snakefile; under
+    `dvc repro` / `dvc exp run`, DVC deleted this stage's outputs before calling us: say so."""
+    from bafusion.workspace import dvc_removed_outputs_note
+
+    note = dvc_removed_outputs_note()
+    sys.exit(f"error: {e}" + (f"\n{note}" if note else ""))
+
+
 try:
     # a key given twice: Snakemake's reader keeps the last silently (a second `train:` replaced
     # the whole section); the package's reader names it and its lines
@@ -45,12 +56,8 @@ try:
     # only in the stages that use them
     if getattr(workflow, "is_main_process", True):
         warn_missing_keys(config, _source, stage=os.environ.get("DVC_STAGE"))
-except UserError as _e:  # one line naming the key, not Snakemake's traceback of the Snakefile
-    # under `dvc repro` / `dvc exp run`, DVC deleted this stage's outputs before calling us: say so
-    from bafusion.workspace import dvc_removed_outputs_note
-
-    _note = dvc_removed_outputs_note()
-    sys.exit(f"error: {_e}" + (f"\n{_note}" if _note else ""))
+except UserError as _e:  # one line naming the key
+    _refuse(_e)
 
 
 include: "workflow/rules/common.smk"
@@ -79,13 +86,14 @@ try:
     # matters for a run that plans jobs (not --unlock, --cleanup-metadata, --report, --list-*,
     # --touch; a job's own reading of this file counts as one: _args None)
     _args = snakemake_args(sys.argv) if getattr(workflow, "is_main_process", True) else None
-    if plans_jobs(_args):
+    _plans_jobs = plans_jobs(_args)
+    if _plans_jobs:
         # a warm-start file that is not there (Snakemake would keep an existing net and say
         # nothing) or that the pipeline writes (data/models/initial.pt: a cycle, and the run
         # deleted both trained nets); in the jobs too, as before
         check_init_files(config, _source, _outputs, stage=os.environ.get("DVC_STAGE"))
     # ... and only in the main process (not in each job's reading of this file)
-    if getattr(workflow, "is_main_process", True) and plans_jobs(_args):
+    if getattr(workflow, "is_main_process", True) and _plans_jobs:
         # an evaluate dataset folder that is not there: refused by the evaluate job, after training
         # (a folder counts as made only by a rule the evaluate rule waits for: not download_eval,
         # which is left to a run that does not evaluate or runs download_eval: its way forward)
@@ -99,10 +107,7 @@ try:
         if runs_locally(_args):
             check_devices(config, _source)
 except UserError as _e:
-    from bafusion.workspace import dvc_removed_outputs_note
-
-    _note = dvc_removed_outputs_note()
-    sys.exit(f"error: {_e}" + (f"\n{_note}" if _note else ""))
+    _refuse(_e)
 
 
 # Every DVC stage runs `snakemake <target> --allowed-rules <its rules>`: DVC has run the
