@@ -389,8 +389,8 @@ def test_an_evaluate_folder_that_is_not_there_fails_the_dry_run(project: Path, t
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """evaluate.datasets[].sources: /nonexist passed the dry run, and the evaluate job refused
     it at the end, after training: refused at planning time, naming the key; a folder a rule
-    before evaluate makes (data/testset) passes, one of download_eval only once it is there (or
-    when the run does not evaluate or runs download_eval: `snakemake download_eval`), and
+    before evaluate makes (data/testset or, once a dataset reads from it, data/download/eval:
+    download_eval runs first) passes, one of download_eval under dvc only once it is there, and
     the crop of a folder that is there is checked against its figure pair (the job found it
     after fusing every pair)."""
     import numpy as np
@@ -422,26 +422,33 @@ def test_an_evaluate_folder_that_is_not_there_fails_the_dry_run(project: Path, t
         assert p.returncode != 0 and "Job stats" not in out, out[-2000:]
         assert ("params.yaml + --config: evaluate.datasets[0].figure_pair p9: not one of the pairs of dataset 'x' (p1): "
                 "the evaluate job would refuse it") in out, out[-2000:]
-    # data/download/eval is made by download_eval, which no target runs before evaluate: it has
-    # to be there (the dry run passed, and the evaluate job refused it after training)
+    # data/download/eval is made by download_eval. Nothing ordered it before evaluate, which reads the
+    # dataset folders from its --params-json: `snakemake download_eval all` could evaluate first, and
+    # `snakemake all` was refused ("run `snakemake download_eval` first"). It is evaluate's input now that a
+    # dataset reads from it: every target that reaches evaluate runs download_eval before it.
     cfg = "evaluate={datasets: [{name: x, sources: data/download/eval/lytro}]}"
-    p = run(["snakemake", "-n", "all", "--config", cfg], project, check=False)
-    out = p.stdout + p.stderr
-    assert p.returncode != 0 and "Job stats" not in out, out[-2000:]
-    assert ("evaluate.datasets[0].sources data/download/eval/lytro: folder not found (rule download_eval makes it, "
-            "but no target runs it before evaluate: run `snakemake download_eval` first): the evaluate job (targets "
-            "evaluate, all) would refuse it after training: fix it, or remove the dataset") in out, out[-2000:]
-    # ... but the way forward the message names, and a run that does not evaluate, pass (they were
-    # refused by the same check); a DVC stage refuses it (no stage runs download_eval)
-    for targets in (["download_eval"], ["data/download/eval"], ["download"], ["download_eval", "all"]):
+    for targets in (["download_eval", "all"], ["download_eval", "evaluate"], ["all"], ["evaluate"], [],
+                    ["metrics/evaluate.json"]):
+        ok = run(["snakemake", "-n", *targets, "--config", cfg], project, check=False)
+        out = ok.stdout + ok.stderr
+        assert ok.returncode == 0 and "Job stats" in out, (targets, out[-2000:])
+        assert -1 < out.find("rule download_eval:") < out.find("rule evaluate:"), (targets, out[-3000:])
+        inputs = out[out.find("rule evaluate:"):].split("output:")[0]
+        assert "data/download/eval" in inputs, (targets, inputs)
+    for targets in (["download_eval"], ["data/download/eval"], ["download"]):  # passed, and still do
         ok = run(["snakemake", "-n", *targets, "--config", cfg], project, check=False)
         assert ok.returncode == 0 and "Job stats" in ok.stdout, (targets, (ok.stdout + ok.stderr)[-2000:])
-    for targets in (["evaluate"], [], ["metrics/evaluate.json"]):
-        p = run(["snakemake", "-n", *targets, "--config", cfg], project, check=False)
-        assert p.returncode != 0 and "run `snakemake download_eval` first" in p.stdout + p.stderr, targets
-    monkeypatch.setenv("DVC_STAGE", "download")
-    p = run(["snakemake", "-n", "download", "--config", cfg], project, check=False)
-    assert p.returncode != 0 and "run `snakemake download_eval` first" in p.stdout + p.stderr
+        assert "rule evaluate:" not in ok.stdout, targets
+    # without such a dataset, evaluate does not wait for download_eval
+    p = run(["snakemake", "-n", "evaluate"], project, check=False)
+    assert p.returncode == 0 and "rule download_eval:" not in p.stdout, (p.stdout + p.stderr)[-2000:]
+    # a DVC stage refuses it (no stage runs download_eval: dvc repro never makes the folder)
+    for stage, target in (("download", "download"), ("evaluate", "evaluate")):
+        monkeypatch.setenv("DVC_STAGE", stage)
+        p = run(["snakemake", "-n", target, "--config", cfg], project, check=False)
+        assert p.returncode != 0 and ("evaluate.datasets[0].sources data/download/eval/lytro: folder not found (rule "
+                                      "download_eval makes it, but no dvc stage runs it: run `snakemake download_eval` "
+                                      "first)") in p.stdout + p.stderr, (stage, (p.stdout + p.stderr)[-2000:])
     monkeypatch.delenv("DVC_STAGE")
     lytro = project / "data" / "download" / "eval" / "lytro"
     lytro.mkdir(parents=True)
@@ -452,6 +459,16 @@ def test_an_evaluate_folder_that_is_not_there_fails_the_dry_run(project: Path, t
         import shutil
 
         shutil.rmtree(project / "data" / "download")
+
+
+def test_no_dvc_stage_runs_the_rules_said_to_run_in_none() -> None:
+    """check_evaluate_inputs refuses, in a DVC stage, a folder that only NO_STAGE_RULES make
+    (download_eval: evaluate's input when a dataset reads from it, but never run by dvc repro)."""
+    from bafusion.cli.params_check import NO_STAGE_RULES
+
+    cmds = [stage["cmd"] for stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values()]
+    for rule in NO_STAGE_RULES:
+        assert not any(re.search(rf"(?<![\w-]){rule}(?![\w-])", cmd) for cmd in cmds), rule
 
 
 def _absent_device() -> tuple[str, str]:

@@ -208,19 +208,25 @@ def check_init_files(params: Mapping[str, Any], source: str = "params.yaml",
             raise UserError(f"{source}: {key} {path}: model file not found (the warm start of the {net} net)")
 
 
+#: Rules that no DVC stage runs (dvc.yaml: no stage's target or --allowed-rules): what only
+#: they make is not there under `dvc repro` unless a snakemake call made it before.
+NO_STAGE_RULES = ("download_eval",)
+
+
 def check_evaluate_inputs(params: Mapping[str, Any], source: str = "params.yaml",
                           outputs: Sequence[PipelineOutput] = (), upstream: Collection[str] | None = None,
                           planned: Collection[str] | None = None, stage: str | None = None) -> None:
     """Refuse an ``evaluate.datasets`` entry whose ``sources`` or ``reference`` folder or
     ``reference_metrics`` file is not there and that no rule the evaluate rule waits for makes
     (``outputs``: :func:`pipeline_outputs`; ``upstream``: the names of the rules the evaluate
-    rule needs, :func:`upstream_rules`, None: any rule; ``data/testset``): the evaluate job
-    refused it only at the end, after training. One no rule makes is refused for any target.
-    One only a rule off that path makes (``data/download/eval/...``: ``download_eval``, which no
-    target runs before ``evaluate``) is refused only when the run's rules (``planned``:
-    :func:`planned_rules`) include ``evaluate`` and not that rule (``snakemake download_eval``,
-    the way forward, passes; None: not known, left to the job), and in every DVC stage
-    (``stage``: ``$DVC_STAGE``; no stage runs ``download_eval``).
+    rule needs, :func:`upstream_rules`, None: any rule; ``data/testset``, and
+    ``data/download/eval/...`` once a dataset reads from it: evaluate.smk makes download_eval's
+    folder an input of evaluate then): the evaluate job refused it only at the end, after
+    training. One no rule makes is refused for any target. One only a rule off that path makes
+    is refused only when the run's rules (``planned``: :func:`planned_rules`) include
+    ``evaluate`` and not that rule (None: not known, left to the job). In a DVC stage
+    (``stage``: ``$DVC_STAGE``) one that only a rule no stage runs makes
+    (:data:`NO_STAGE_RULES`: ``download_eval``) is refused.
     For a dataset whose folder is there and no rule before evaluate rewrites,
     its ``figure_pair`` is checked to be one of its pairs and its ``crop`` against that pair's
     size too (the job's checks, before any fusion:
@@ -245,17 +251,22 @@ def check_evaluate_inputs(params: Mapping[str, Any], source: str = "params.yaml"
             if not value:
                 continue
             writer = written_by(resolve(str(value)), outputs)
-            if writer and (upstream is None or writer[0] in upstream):
+            unstaged = bool(stage and writer and writer[0] in NO_STAGE_RULES)  # dvc repro never makes it
+            if writer and (upstream is None or writer[0] in upstream) and not unstaged:
                 made = made or key == "sources"
                 continue
             there = resolve(str(value))
             if not (there.is_dir() if what == "folder" else there.is_file()):
                 if writer and not stage and (planned is None or "evaluate" not in planned or writer[0] in planned):
-                    # this run does not evaluate, or runs the rule that makes it (`snakemake download_eval`)
+                    # this run does not evaluate, or runs the rule that makes it
                     made = made or key == "sources"
                     continue
-                why = (f"rule {writer[0]} makes it, but no target runs it before evaluate: run `snakemake {writer[0]}` "
-                       "first" if writer else "and no rule of the pipeline makes it")
+                if unstaged:
+                    why = f"rule {writer[0]} makes it, but no dvc stage runs it: run `snakemake {writer[0]}` first"
+                elif writer:
+                    why = f"rule {writer[0]} makes it, but no target runs it before evaluate: run `snakemake {writer[0]}` first"
+                else:
+                    why = "and no rule of the pipeline makes it"
                 raise UserError(f"{source}: evaluate.datasets[{i}].{key} {value}: {what} not found ({why}): the "
                                 "evaluate job (targets evaluate, all) would refuse it after training: fix it, or "
                                 "remove the dataset")
