@@ -685,6 +685,35 @@ def test_align_auto_on_a_flat_crop_of_a_real_pair_gives_no_absurd_figure(shared_
     assert "too flat or too small to judge its motion" in text and "232591" not in text, text
 
 
+def test_match_output_exposure_keeps_12_bit_arrays_within_12_bits() -> None:
+    """uint16 arrays of 12-bit data (0..4095: 12 bits, as io.common_bits takes unmarked data) of
+    an overexposed A and a darker B: match_output_exposure's gains (> 1) pushed B's highlights,
+    clipped in A, beyond 4095 (the gains clipped at 65535): a "12-bit" result that is not. They
+    are clipped at the data's bits now (joint stack rule too); 16-bit data is as before."""
+    import warnings
+
+    from bafusion.fusion.batch import compose_full
+
+    a8, b8 = _focus_pair()
+    bright8 = np.clip(np.round(a8 * 1.6), 0, 255).astype(np.uint8)  # A overexposed: its highlights clipped
+    to12 = lambda x: np.round(x * (4095 / 255)).astype(np.uint16)  # noqa: E731
+    a12, b12 = to12(bright8), to12(b8)
+    nets = bafusion.load_model("default", device="cpu")
+    params = FusionParams(min_region=0.0, working_min=0, match_output_exposure=True)
+    res = fuse_images(bright8, b8, nets, params)
+    assert res.gains is not None and res.gains.min() > 1.3 and 0.05 < res.decision.mean() < 0.95
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f12 = bafusion.fuse(a12, b12, model=nets, params=params)
+        assert compose_full([a12, b12], [res.decision], [res.gains]).max() > 4095  # B's highlights at 16 bits
+        assert f12.dtype == np.uint16 and f12.max() == 4095, f12.max()
+        p3 = FusionParams(min_region=0.0, working_min=0, match_output_exposure=True, stack_rule="joint")
+        assert bafusion.fuse(a12, b12, a12, model=nets, params=p3).max() <= 4095
+        a16, b16 = _deep(bright8, 1), _deep(b8, 2)  # 16-bit data: clipped at 65535, as before
+        f16 = bafusion.fuse(a16, b16, model=nets, params=params)
+        assert np.array_equal(f16, compose_full([a16, b16], [res.decision], [res.gains])) and f16.max() == 65535
+
+
 def test_fuse_keeps_16_bits_with_the_gains_of_match_output_exposure() -> None:
     """fuse(a16, darker b16, params={"match_output_exposure": True}) brought B to A in the uint8
     fusion only: the uint16 one took B's raw pixels (a 128 px Lytro crop: mean 87 against the

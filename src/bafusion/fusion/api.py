@@ -221,7 +221,7 @@ def fuse(
     threads = checked_threads(threads)
     if not isinstance(model, FusionNets):  # the nets are loaded on it: named as this parameter, before the work
         check_device(device, "device=")
-    images, full, names = _read_sources(sources)
+    images, full, names, top = _read_sources(sources)
     for i in range(1, len(images)):
         _check_same_size(sources, images, names, i, align not in (None, "none"))
     if align is None:
@@ -251,7 +251,7 @@ def fuse(
         with torch_threads(threads):
             res = fuse_stack_joint(images, nets, params, names)
         _warn_notes(res.notes)
-        return compose_index(full, res.index, res.gains) if deep else res.fused  # match_output_exposure's gains
+        return compose_index(full, res.index, res.gains, top) if deep else res.fused  # match_output_exposure's gains
     with torch_threads(threads):
         if len(images) == 2:
             results = [_fuse_pair(images[0], images[1], nets, params, (names[0], names[1]), progress)]
@@ -261,7 +261,7 @@ def fuse(
     if deep:
         from bafusion.fusion.batch import compose_full
 
-        return compose_full(full, [r.decision for r in results], [r.gains for r in results])  # as bafusion fuse
+        return compose_full(full, [r.decision for r in results], [r.gains for r in results], top)  # as bafusion fuse
     return results[-1].fused
 
 
@@ -363,9 +363,11 @@ def _warn_motion(images: list[np.ndarray], names: list[str]) -> None:
 
 def _read_sources(
     sources: tuple[str | os.PathLike[str] | np.ndarray, ...],
-) -> tuple[list[np.ndarray], list[np.ndarray] | None, list[str]]:
+) -> tuple[list[np.ndarray], list[np.ndarray] | None, list[str], int]:
     """The uint8 images the decision is made on, their full-depth uint16 versions when any
-    source has more than 8 bits (else None), and the sources' names for messages.
+    source has more than 8 bits (else None), the sources' names for messages, and the largest
+    value of the full-depth scale (where ``match_output_exposure``'s gains clip: 4095 for
+    12-bit data, which they would otherwise push beyond its bits).
 
     uint16 arrays follow the rule of unmarked 16-bit files (:func:`bafusion.io.common_bits`):
     the decision sees them scaled from the smallest of 8, 10, 12, 14, 16 bits that holds their
@@ -430,4 +432,4 @@ def _read_sources(
         if files_deep and bits != 16:  # beside files read to the 16-bit scale: that scale
             own = np.clip(np.round(own / top * 65535.0), 0, 65535).astype(np.uint16)
         full.append(own)
-    return images, (full if deep else None), names
+    return images, (full if deep else None), names, 65535 if files_deep else int(top)

@@ -77,7 +77,7 @@ class Fused:
 
 
 def compose_full(full: Sequence[np.ndarray], decisions: Sequence[np.ndarray],
-                 gains: Sequence[np.ndarray | None] = ()) -> np.ndarray:
+                 gains: Sequence[np.ndarray | None] = (), top: int | None = None) -> np.ndarray:
     """Eq. 3 on the full-depth sources with the binary decision maps of a chained fusion:
     ``F1 = DM1*I1 + (1-DM1)*I2``, ``Fk = DMk*F(k-1) + (1-DMk)*I(k+1)``; a gray source with
     colour ones is replicated to three channels.
@@ -91,6 +91,10 @@ def compose_full(full: Sequence[np.ndarray], decisions: Sequence[np.ndarray],
     gains : sequence of (numpy.ndarray or None)
         Per step, the gains brought B to A's exposure by (``match_output_exposure``:
         :attr:`FusionResult.gains`), applied to the full-depth source too; None: as it is.
+    top : int, optional
+        The largest value of the sources' scale, where the gains clip (default 65535, the
+        16-bit scale files are read to; ``bafusion.fuse`` of uint16 arrays of fewer bits
+        passes theirs, e.g. 4095).
 
     Returns
     -------
@@ -104,7 +108,7 @@ def compose_full(full: Sequence[np.ndarray], decisions: Sequence[np.ndarray],
     cur = srcs[0]
     gains = list(gains) + [None] * (len(decisions) - len(gains))
     for dm, nxt, g in zip(decisions, srcs[1:], gains):
-        nxt = nxt if g is None else apply_gains(nxt.astype(np.uint16), g)
+        nxt = nxt if g is None else apply_gains(nxt.astype(np.uint16), g, top)
         cur = np.where(dm[..., None] if cur.ndim == 3 else dm, cur, nxt)
     return cur.astype(np.uint16)
 
@@ -434,15 +438,16 @@ def unwritten_metadata_note(output: Path, high_depth: bool, icc: bool, exif: boo
     return f"{output}: the first source's {' and '.join(lost)} {'is' if len(lost) == 1 else 'are'} not written ({why})"
 
 
-def compose_index(full: Sequence[np.ndarray], index: np.ndarray, gains: Sequence | None = None) -> np.ndarray:
+def compose_index(full: Sequence[np.ndarray], index: np.ndarray, gains: Sequence | None = None,
+                  top: int | None = None) -> np.ndarray:
     """Each pixel from the full-depth source ``index`` names (the joint stack rule's map); a
     gray source with colour ones is replicated to three channels; ``gains`` (per source, or
-    None): those ``match_output_exposure`` applied."""
+    None): those ``match_output_exposure`` applied, clipped at ``top`` (as :func:`compose_full`)."""
     from bafusion.fusion.exposure import apply_gains
 
     colour = any(f.ndim == 3 for f in full)
     srcs = [np.repeat(f[..., None], 3, axis=2) if colour and f.ndim == 2 else f for f in full]
-    st = np.stack([f if not gains or gains[i] is None else apply_gains(f.astype(np.uint16), gains[i])
+    st = np.stack([f if not gains or gains[i] is None else apply_gains(f.astype(np.uint16), gains[i], top)
                    for i, f in enumerate(srcs)])
     sel = index[None, ..., None] if st.ndim == 4 else index[None]
     return np.take_along_axis(st, sel.astype(np.intp), 0)[0].astype(np.uint16)

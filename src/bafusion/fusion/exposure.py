@@ -194,11 +194,13 @@ def colour_gains(a: np.ndarray, b: np.ndarray, step: int = 4) -> np.ndarray:
     return gains
 
 
-def apply_gains(b: np.ndarray, gains: np.ndarray) -> np.ndarray:
+def apply_gains(b: np.ndarray, gains: np.ndarray, top: int | None = None) -> np.ndarray:
     """B with each channel multiplied by its gain, rounded and clipped to its type's range
-    (uint8 or uint16; alpha and gray kept as they are shaped)."""
+    (uint8 or uint16; alpha and gray kept as they are shaped), or to ``top``, the largest value
+    of the data's scale (4095 for uint16 arrays of 12-bit data: ``bafusion.fuse``)."""
     b = np.asarray(b)
-    top = 65535 if b.dtype == np.uint16 else 255
+    if top is None:
+        top = 65535 if b.dtype == np.uint16 else 255
     g = np.asarray(gains, dtype=np.float64)
     out = b.copy()
     if b.ndim == 2:
