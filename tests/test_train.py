@@ -1564,3 +1564,25 @@ def test_what_changed_names_a_per_net_value_by_its_per_net_key(tmp_path: Path) -
     assert _what_changed({**ck, "config": warm.to_dict()}, warm, "initial", "d") == \
         f"the training code or the weights of train.initial.init={w}"
     assert warm.key("init") == "train.initial.init" and warm.key("seed") == "seed" and warm.key("lr") == "train.lr"
+
+
+def test_refusals_name_a_per_net_value_by_its_per_net_key(toy_run: dict, tmp_path: Path) -> None:
+    """The refusals and restore reasons that name a parameter said ``train.init``, ``train.consistency``,
+    ``train.compile`` for a value set as ``train.initial.init`` (...): the key that set it now."""
+    from bafusion.nets.train import _weight_settings_changed
+
+    init = tmp_path / "init" / "initial.pt"
+    init.parent.mkdir()
+    shutil.copy2(toy_run["paths"].out, init)
+    shutil.copy2(toy_run["paths"].out.with_suffix(".json"), init.with_suffix(".json"))
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "initial": {"init": str(init)}}}, "initial")
+    with pytest.raises(UserError, match=r"would overwrite the warm-start model train\.initial\.init="):
+        train("initial", toy_run["h5"], cfg, dataclasses.replace(_paths(tmp_path / "run", "initial"), out=init),
+              progress=False)
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "initial": {"consistency": 1.0}}}, "initial")
+    with pytest.raises(UserError, match=r"^train\.initial\.consistency=1\.0 needs patches with surroundings"):
+        train("initial", toy_run["h5"], cfg, _paths(tmp_path / "no", "initial"), progress=False)
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "boundary": {"compile": False}}}, "boundary")
+    ck = {"config": {**cfg.to_dict(), "compile": True}}
+    assert _weight_settings_changed(ck, cfg, torch.device("cpu"), threads=False) == [
+        "train.boundary.compile true, now false"]

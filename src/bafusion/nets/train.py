@@ -743,7 +743,7 @@ def train(net: str, patches: str | os.PathLike[str], cfg: TrainConfig, paths: Pa
         for what, other in (("--out", paths.out), ("--out", paths.out.with_suffix(".json")),
                             ("--metrics", paths.metrics), ("--plots", paths.plots)):
             if other.resolve() in inputs:
-                raise UserError(f"{what} {other}: would overwrite the warm-start model train.init={init} "
+                raise UserError(f"{what} {other}: would overwrite the warm-start model {cfg.key('init')}={init} "
                                 "or its description; write the trained model elsewhere")
     # one training per checkpoint folder (process 0 holds it for the processes of a run, or the
     # command that launched them does)
@@ -781,7 +781,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if cfg.batch % dist.world_size:
-        raise UserError(f"train.batch={cfg.batch} must be divisible by the number of processes ({dist.world_size})")
+        raise UserError(f"{cfg.key('batch')}={cfg.batch} must be divisible by the number of processes "
+                        f"({dist.world_size})")
     local_batch = cfg.batch // dist.world_size
 
     # data ---------------------------------------------------------------------------
@@ -791,7 +792,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     val_set = load_split(patches, "val", device, expect_kind=net, expect_patch=cfg.patch)
     context = train_set.context
     if cfg.consistency and not context:
-        raise UserError(f"train.consistency={cfg.consistency} needs patches with surroundings, but {patches} holds "
+        raise UserError(f"{cfg.key('consistency')}={cfg.consistency} needs patches with surroundings, but {patches} holds "
                         "the patches alone: set patches.context (e.g. 16) and rerun the patches step")
     if context and context % CifarResNet.stride:
         raise InputFileError(patches, f"context {context} is not a multiple of the nets' stride {CifarResNet.stride}")
@@ -826,7 +827,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
         try:
             init_net, _ = load_model(cfg.init, expect=model.spec)
         except ModelFileError as e:
-            raise UserError(f"train.init: {e}") from e
+            raise UserError(f"{cfg.key('init')}: {e}") from e
         model.load_state_dict(init_net.state_dict())
         if dist.main:
             print(f"bafusion train: {net} starts from the weights of {cfg.init}", file=sys.stderr)
@@ -1218,14 +1219,14 @@ def _weight_settings_changed(ck: Mapping[str, Any], cfg: TrainConfig, device: to
             why.append(f"device {was_device}, now {device}")
     else:  # a checkpoint of a version that did not record the device: its setting
         if "device" in old and str(old["device"]) != str(cfg.device):
-            why.append(f"train.device {old['device']}, now {cfg.device}")
+            why.append(f"{cfg.key('device')} {old['device']}, now {cfg.device}")
     was_threads = ck.get("threads")
     if (threads and _threads_matter(was_device if isinstance(was_device, str) else None, device)
             and isinstance(was_threads, (int, str))
             and str(was_threads) != str(torch.get_num_threads())):
         why.append(f"{was_threads} CPU thread(s) per process, now {torch.get_num_threads()}")
     if "compile" in old and bool(old["compile"]) != bool(cfg.compile):
-        why.append(f"train.compile {json.dumps(bool(old['compile']))}, now {json.dumps(bool(cfg.compile))}")
+        why.append(f"{cfg.key('compile')} {json.dumps(bool(old['compile']))}, now {json.dumps(bool(cfg.compile))}")
     was_torch = ck.get("torch_version")  # not recorded before: not compared
     if isinstance(was_torch, str) and was_torch != str(torch.__version__):
         why.append(f"torch {was_torch}, now {torch.__version__}")
