@@ -95,8 +95,8 @@ try:
     # ... and only in the main process (not in each job's reading of this file)
     if getattr(workflow, "is_main_process", True) and _plans_jobs:
         # an evaluate dataset folder that is not there: refused by the evaluate job, after training
-        # (a folder counts as made only by a rule the evaluate rule waits for: not download_eval,
-        # which is left to a run that does not evaluate or runs download_eval: its way forward)
+        # (a folder counts as made only by a rule the evaluate rule waits for: download_eval too
+        # once a dataset reads from its folder, see evaluate.smk; not in a dvc stage, none runs it)
         _planned = planned_rules(getattr(_args, "targets", None) if _args is not None else None, workflow.rules,
                                  workflow.default_target)
         check_evaluate_inputs(config, _source, _outputs, upstream_rules(workflow.rules, "evaluate"), _planned,
