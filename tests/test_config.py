@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -96,6 +97,10 @@ def test_count_only_mode_reports_the_papers_scale(tmp_path: Path) -> None:
     assert c["pairs"] == 18_900
     assert c["base_patches"] == 189_000
     assert c["effective_samples"] == 2_268_000
+    # the paper's 2,268,000 is the total: an epoch trains on the 85 % of pairs that are not held out
+    # for validation (round(0.15 * 18,900) = 2,835), 16,065 x 10 x 12 = 1,927,800 samples
+    assert (c["train_pairs"], c["val_pairs"]) == (16_065, 2_835)
+    assert c["train_effective_samples"] == 1_927_800 and c["val_patches"] == 28_350
     # the paper's boundary set is the part of those 189,000 that passes the boundary test
     # (the preset kept the project's 40 drawn per pair: "at most 756,000", 10.8x the paper's ~70,000)
     assert c["boundary_subset"] is True and c["boundary_patches_at_most"] == 189_000
@@ -109,6 +114,9 @@ def test_count_cli_with_preset(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["count", "--params", str(f), "--preset", "paper"]) == 0
     out = capsys.readouterr().out
     assert "18,900" in out and "2,268,000" in out
+    # it said only "effective samples: 2,268,000 (x12 augmentation)", read as an epoch's samples
+    assert "training:           1,927,800 (16,065 pairs x 10 x 12): an epoch of the initial net" in out, out
+    assert "validation:         2,835 pairs held out (patches.val_fraction 0.15): 28,350 patches" in out, out
     line = next(x for x in out.splitlines() if x.startswith("boundary patches:"))
     assert "at most 189,000 (the random patches with at least 0.1 focused and 0.1 defocused pixels" in line, line
 
@@ -171,6 +179,10 @@ def test_count_of_the_builtin_default_matches_its_sources() -> None:
     # 8 builtin foregrounds and 10 backgrounds, 2 of each held out.
     assert (c["foregrounds"], c["backgrounds"], c["pairs"]) == (6, 8, 48)
     assert c["effective_samples"] == 48 * load_params(REPO / "params.yaml")["patches"]["per_pair"] * 12
+    # the training split is what the trainer counts: the committed run's metrics say so
+    trained = json.loads((REPO / "metrics" / "train_initial.json").read_text())
+    assert c["train_effective_samples"] == trained["effective_train_samples"]
+    assert c["val_patches"] == trained["val_patches"]
 
 
 def test_dvc_set_args_round_trip_through_the_override_grammar() -> None:

@@ -181,7 +181,17 @@ def cmd_count(args: argparse.Namespace) -> int:
     print(f"backgrounds:        {c['backgrounds']:,}")
     print(f"pairs:              {c['pairs']:,}")
     print(f"base patches:       {c['base_patches']:,} ({c['patches_per_pair']} per pair)")
-    print(f"effective samples:  {c['effective_samples']:,} (x{c['augmentation_factor']} augmentation)")
+    print(f"effective samples:  {c['effective_samples']:,} (x{c['augmentation_factor']} augmentation; training and "
+          "validation pairs together)")
+    train = (f"training:           {c['train_effective_samples']:,} ({c['train_pairs']:,} pairs x "
+             f"{c['patches_per_pair']} x {c['augmentation_factor']}): an epoch of the initial net")
+    per_epoch = int((params.get("train", {}) or {}).get("samples_per_epoch", 0) or 0)
+    if 0 < per_epoch < c["train_effective_samples"]:
+        train += f" draws {per_epoch:,} of them (train.samples_per_epoch)"
+    print(train)
+    val_fraction = float((params.get("patches", {}) or {}).get("val_fraction", 0.15))
+    print(f"validation:         {c['val_pairs']:,} pairs held out (patches.val_fraction {val_fraction:g}): "
+          f"{c['val_patches']:,} patches, scored without augmentation")
     if c.get("boundary_subset"):
         print(f"boundary patches:   at most {c['boundary_patches_at_most']:,} (the random patches with at least "
               f"{c['boundary_min_focused']:g} focused and {c['boundary_min_defocused']:g} defocused pixels; "

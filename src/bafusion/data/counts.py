@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bafusion.data.patches import AUGMENTATION_FACTOR, BOUNDARY_SUBSET
+from bafusion.data.patches import AUGMENTATION_FACTOR, BOUNDARY_SUBSET, val_pair_count
 from bafusion.data.sources import select
 from bafusion.errors import UserError
 
@@ -20,6 +20,10 @@ def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
     ``available`` reports what the source really has, when it can be read. With
     ``patches.boundary_per_pair: subset`` the boundary patches are the random ones that pass
     the boundary test: at most the base patches (``boundary_subset`` is then true).
+    ``effective_samples`` counts every pair; the training loader sees only the pairs that
+    ``patches.val_fraction`` does not hold out (``train_pairs``, ``train_effective_samples``:
+    an epoch of the initial net with ``train.samples_per_epoch`` 0); the held-out pairs'
+    ``val_patches`` are scored without augmentation.
     """
     data = params.get("data", {}) or {}
     pat = params.get("patches", {}) or {}
@@ -51,6 +55,7 @@ def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
     pairs = n["foregrounds"] * n["backgrounds"]
     per_pair = int(pat.get("per_pair", 10))
     base = pairs * per_pair
+    val_pairs = val_pair_count(pairs, float(pat.get("val_fraction", 0.15)))
     subset = pat.get("boundary_per_pair") == BOUNDARY_SUBSET  # the random patches that pass the boundary test
     boundary_max = base if subset else pairs * int(pat.get("boundary_per_pair", 0))
     out: dict[str, Any] = {
@@ -62,6 +67,10 @@ def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
         "base_patches": base,
         "augmentation_factor": AUGMENTATION_FACTOR,
         "effective_samples": base * AUGMENTATION_FACTOR,
+        "train_pairs": pairs - val_pairs,
+        "val_pairs": val_pairs,
+        "train_effective_samples": (pairs - val_pairs) * per_pair * AUGMENTATION_FACTOR,
+        "val_patches": val_pairs * per_pair,
         "boundary_patches_at_most": boundary_max,
         "boundary_effective_samples_at_most": boundary_max * AUGMENTATION_FACTOR,
     }

@@ -189,13 +189,20 @@ def crop(A: np.ndarray, B: np.ndarray, corners: np.ndarray, p: int, context: int
     return out
 
 
+def val_pair_count(n: int, val_fraction: float) -> int:
+    """How many of ``n`` pairs :func:`split_pairs` holds out: round(val_fraction * n), at least
+    one and at most n - 1 when there are two or more pairs and val_fraction > 0."""
+    n_val = int(round(val_fraction * n))
+    if val_fraction > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    return n_val
+
+
 def split_pairs(pair_ids: np.ndarray, val_fraction: float, seed: int) -> set[int]:
     """The validation pairs: a seeded permutation's first round(val_fraction * n) pairs
     (at least one when there are two or more pairs and val_fraction > 0)."""
     ids = np.sort(np.asarray(pair_ids, np.int64))
-    n_val = int(round(val_fraction * len(ids)))
-    if val_fraction > 0 and len(ids) >= 2:
-        n_val = min(max(n_val, 1), len(ids) - 1)
+    n_val = val_pair_count(len(ids), val_fraction)
     perm = np.random.default_rng([int(seed), 7]).permutation(len(ids))
     return {int(ids[i]) for i in perm[:n_val]}
 
