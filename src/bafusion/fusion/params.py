@@ -94,8 +94,10 @@ class FusionParams:
     #: which the image would be smaller than ``scale_min_side`` are skipped. The boundary net
     #: always works at full resolution, and ``exact`` mode (the reference) uses one scale.
     #: Default (1.0,): with the shipped initial net, (1, 0.5, 0.25) under the "confident"
-    #: rule raised the Lytro and held-out validation means but cut thin sharp structures
-    #: (the fence of lytro-05) where the coarse scale is confidently wrong (BENCHMARKS.md);
+    #: rule raised the held-out validation accuracy (0.924 against 0.922) and QY and QCB on
+    #: Lytro and the classic pairs, not every mean (Lytro QG and classic QMI fell), and cut
+    #: thin sharp structures (the fence of lytro-05) where the coarse scale is confidently
+    #: wrong (BENCHMARKS.md);
     #: worth trying on large, strongly blurred photos.
     scales: tuple[float, ...] = tuple(_default("scales"))
     #: How the scales' logits (z = log(p / (1 - p))) combine per pixel: "confident" (the
