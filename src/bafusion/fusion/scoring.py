@@ -28,8 +28,10 @@ exact patches in cache-sized batches (:func:`auto_batch`).
   scores differ from its patch scores. Nets trained with context consistency
   (``train.consistency`` on ``patches.context`` crops: both views in the loss, and a term
   that makes them agree; the shipped nets) are patch classifiers whose dense scores follow
-  their patch scores: with them the default decides like exact mode on 99.3-99.7 % of the
-  pixels of three Lytro pairs at 256x256 (98.8-99.8 % at full size, BENCHMARKS.md).
+  their patch scores: with them the default (``boundary_weight`` 0.75) decides like exact
+  mode on 99.03-99.71 % of the pixels of three Lytro pairs at 256x256 (99.31-99.72 % at
+  w = 1; at full size measured only with the previous nets, ``lytro-2026-11``, and w = 1:
+  98.8-99.8 %; BENCHMARKS.md).
 
 * ``initial_mode="grid"``: the whole net on exact patches whose pixels lie on a grid of step
   ``initial_grid_step``, logit differences interpolated bilinearly: exact mode's scores at the
