@@ -81,10 +81,13 @@ class FusionParams:
     #: Dense mode: the initial net runs on tiles of at most this side (bounds memory).
     max_tile: int = _default("max_tile")
     #: Exact patches per forward pass; 0: auto (:func:`auto_batch`: 65536 / p^2 on CPU, where
-    #: small batches stay in cache and run 2-3x faster than 512; 512 on GPUs).
+    #: small batches stay in cache and run 1.7-3.5x faster per patch than 512 on the project's
+    #: 2-core CPU; 512 on GPUs).
     batch_size: int = _default("batch_size")
-    #: "fp32", or "bf16": the nets run under bfloat16 autocast (2.5-4x faster on CPUs with
-    #: AMX/AVX512-BF16 and on recent GPUs; scores differ slightly, see the benchmark).
+    #: "fp32", or "bf16": the nets run under bfloat16 autocast, for CPUs with AMX/AVX512-BF16
+    #: and recent GPUs (on the project's 2-core CPU a fusion ran 1.8-2.4x faster with its
+    #: ResNet-20 nets and 2.1-2.8x with ResNet-56 at patch 64; GPUs not measured; scores
+    #: differ slightly, see the benchmark).
     precision: str = _default("precision")
     #: Multi-scale scoring of the initial net: the scales (factors <= 1 of the source size) at
     #: which it judges the pair; (1.0,) = the paper (one scale). At a scale s < 1 the gray
