@@ -12,10 +12,12 @@ May import: the ground floor (:mod:`bafusion.io`, ``errors``, ``atomic``, ``conf
 :mod:`bafusion.evaluation` or :mod:`bafusion.cli`.
 """
 
-import importlib
-import sys
-import types
-from typing import Any
+# Imported under private names (as in :mod:`bafusion`): ``import importlib`` or ``from typing
+# import Any`` left ``bafusion.fusion.importlib``, ``bafusion.fusion.Any`` (and ``dir()``).
+import importlib as _importlib
+import sys as _sys
+import types as _types
+import typing as _typing
 
 #: Public name -> (module, attribute), imported on first use: ``import bafusion.fusion.params``
 #: (the Snakefile's parameter checks) does not load torch and the nets.
@@ -56,21 +58,24 @@ _API: dict[str, tuple[str, str]] = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     try:
         module, attr = _API[name]
     except KeyError:
         raise AttributeError(f"module 'bafusion.fusion' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), attr)
+    value = getattr(_importlib.import_module(module), attr)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+    """The public API (:data:`__all__`, loaded or not) and the module's dunders: not the private
+    helpers (``_API``, ``_Package``) nor the submodules loaded so far (``bafusion.fusion.rule``,
+    ...)."""
+    return sorted({*__all__, *(n for n in globals() if n.startswith("__") and n.endswith("__"))})
 
 
-class _Package(types.ModuleType):
+class _Package(_types.ModuleType):
     """The package object, so that a public name that is also a submodule stays the function.
 
     Importing ``bafusion.fusion.decide`` (as :mod:`.rule` does) makes the import system set
@@ -79,15 +84,15 @@ class _Package(types.ModuleType):
     :data:`sys.modules` (``importlib.import_module("bafusion.fusion.decide")``).
     """
 
-    def __setattr__(self, name: str, value: Any) -> None:
+    def __setattr__(self, name: str, value: _typing.Any) -> None:
         target = _API.get(name)
         if (
             target is not None
-            and isinstance(value, types.ModuleType)
+            and isinstance(value, _types.ModuleType)
             and value.__name__ == target[0]
         ):
             value = getattr(value, target[1])
         super().__setattr__(name, value)
 
 
-sys.modules[__name__].__class__ = _Package
+_sys.modules[__name__].__class__ = _Package

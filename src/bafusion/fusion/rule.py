@@ -269,7 +269,7 @@ def fuse_images(
     a: np.ndarray,
     b: np.ndarray,
     nets: FusionNets,
-    params: FusionParams | Mapping[str, Any] | None = FusionParams(),
+    params: FusionParams | Mapping[str, Any] | None = None,
     names: tuple[str, str] = ("A", "B"),
     progress: bool | None = None,
     threads: int | str | None = None,
@@ -410,7 +410,7 @@ def fusion_name(names: Sequence[str]) -> str:
 
 
 def fuse_stack(
-    images: Sequence[np.ndarray], nets: FusionNets, params: FusionParams | Mapping[str, Any] | None = FusionParams(),
+    images: Sequence[np.ndarray], nets: FusionNets, params: FusionParams | Mapping[str, Any] | None = None,
     names: Sequence[str] = (), progress: bool | None = None, step: Callable[[str], None] | None = None,
 ) -> list[FusionResult]:
     """Fuse a focal stack one into the next (the "chain" stack rule).
