@@ -97,7 +97,8 @@ def load_model(model: str | os.PathLike[str] | None = None, device: str = "auto"
         names the folder). None: the shipped ``default`` model, else the pipeline's
         ``data/models``.
     device : str
-        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:N]"``.
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda[:N]"`` or ``"mps"`` (Apple
+        Metal).
 
     Returns
     -------
@@ -142,7 +143,8 @@ def fuse(
         The fusion rule's parameters; a mapping of its fields (``{"l": 4}``, a ``fuse``
         section) is checked like ``params.yaml``'s; None: the defaults (``FusionParams()``).
     device : str
-        Where the nets run when ``model`` is not loaded yet: ``"auto"``, ``"cpu"``, ``"cuda"``.
+        Where the nets run when ``model`` is not loaded yet: ``"auto"``, ``"cpu"``,
+        ``"cuda[:N]"`` or ``"mps"``.
     align : {None, "none", "auto", "translation", "similarity", "homography"}
         Register every shot to the first before fusing (handheld brackets:
         ``"similarity"``); the result is then cropped to the area every shot covers.

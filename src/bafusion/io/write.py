@@ -48,7 +48,7 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         EXIF block and ICC profile to store where the format allows (PNG: ``eXIf`` and
         ``iCCP``; JPEG, WebP and 8-bit TIFF: both; 16-bit TIFF: the ICC profile only; BMP:
         neither). Without them the file is byte-identical to what it was before they existed.
-        EXIF over :data:`_JPEG_MAX_EXIF` bytes, more than a JPEG holds, is shortened for a
+        EXIF over 65,533 bytes, more than a JPEG's APP1 segment holds, is shortened for a
         JPEG as ``fuse`` and ``fuse-dir`` shorten it (:func:`fit_jpeg_exif`: its MakerNote
         dropped, then its largest tags; left out when Pillow cannot rewrite it), with an
         :class:`ExifWarning` naming the file and what was dropped (``fuse`` shortens it
@@ -68,7 +68,7 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         ``round(v / (2**bits - 1) * 65535)``, as :func:`read_source_set` scales it) are
         rounded onto it (by at most ``65535 / (2**bits - 1) / 2``), else the reader would
         take them for unscaled ``bits``-bit data. A 16-bit TIFF holds the ``bits``-bit values
-        themselves, marked as OME-TIFF ``SignificantBits`` (:func:`_write_tiff16`): it reads
+        themselves, marked as OME-TIFF ``SignificantBits`` (written with tifffile): it reads
         back as ``img`` on the ``bits``-bit grid, and beside its unmarked sources like them;
         with ``bits`` 16 (sources stored on the 16-bit scale: :meth:`SourceSet.bits_for`) it
         holds ``img`` marked ``SignificantBits`` 16. Without ``bits``: ``img``, unmarked.
@@ -85,6 +85,17 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         PNG chunks describing colour without an ICC profile (``gAMA``, ``cHRM``, ``sRGB``, as
         :func:`source_png_colour` reads them), written to a PNG right after its header; other
         formats cannot hold them (callers say so).
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        Naming ``path``, before anything is written: a suffix of no format Pillow writes, an
+        image that is not uint8 or uint16, of another shape than above, with alpha for a format
+        that cannot store it, or that Pillow cannot encode in that format.
+    OSError
+        The file cannot be written (naming ``path``, not its temporary name; a short write is
+        ``ENOSPC``). The file is written atomically: on error its temporary file is deleted
+        and a file already at ``path`` is left as it was.
     """
     import io
 
