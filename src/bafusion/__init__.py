@@ -4,7 +4,8 @@ Liao, ICME 2019), as a data pipeline.
 The public API (loaded on first use, so that ``import bafusion`` stays light):
 
 * :func:`fuse` -- shots (paths or arrays) to one all-in-focus image;
-* :func:`load_model` -- the two trained nets of a model folder or shipped model;
+* :func:`load_model` -- the two trained nets of a model folder or shipped model, as a
+  :class:`FusionNets`;
 * :func:`fuse_images`, :class:`FusionParams`, :class:`FusionResult` -- the paper's rule on
   two arrays, with all its maps;
 * :func:`read_image`, :func:`read_images`, :func:`write_image` -- the one image I/O;

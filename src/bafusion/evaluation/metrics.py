@@ -89,7 +89,23 @@ ArrayLike = np.ndarray
 
 
 def check_same_size(a: ArrayLike, b: ArrayLike, f: ArrayLike, names: Sequence[str] = ("A", "B", "F")) -> None:
-    """Raise :class:`UserError` naming both sizes when the three images differ in height/width."""
+    """Raise :class:`UserError` naming both sizes when the three images differ in height/width.
+
+    Every metric checks this first; ``bafusion metrics`` calls it with the file names.
+
+    Parameters
+    ----------
+    a, b, f : array_like
+        The sources and the fused image (anything :func:`numpy.shape` takes); only height and
+        width (the first two dimensions) are compared, F's and B's to A's.
+    names : sequence of str
+        Names of A, B and F for the message (file names; default "A", "B", "F").
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        "image sizes differ: A is WxH (WxH) but B is WxH", for the first that differs.
+    """
     shapes = [np.shape(x)[:2] for x in (a, b, f)]
     for i in (1, 2):
         if shapes[i] != shapes[0]:
@@ -238,6 +254,16 @@ def normalize1(x: np.ndarray) -> np.ndarray:
 
     An all-zero image is returned unchanged; any other constant image (where MATLAB would
     divide 0 by 0) becomes all zeros.
+
+    Parameters
+    ----------
+    x : array_like
+        An image of any shape (the metrics pass gray float64 (H, W) on the 0-255 scale).
+
+    Returns
+    -------
+    numpy.ndarray of float64
+        ``round((x - min) / (max - min) * 255)``, integer values 0-255, ``x``'s shape.
     """
     x = np.asarray(x, dtype=np.float64)
     hi = float(x.max())
@@ -284,9 +310,9 @@ def qmi(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None =
 
     QMI = 2 [I(A;F) / (H(A) + H(F)) + I(B;F) / (H(B) + H(F))] on images first stretched with
     :func:`normalize1`. A term whose entropies are both zero (constant images) counts as 0. The
-mutual information ``H(S) + H(F) - H(S, F)`` is clamped to ``[0, min(H(S), H(F))]``, where it
-lies exactly, and the entropy of a constant image is exactly 0: their rounding made QMI about
--5e-16 beside a constant F (which shares no information: 0).
+    mutual information ``H(S) + H(F) - H(S, F)`` is clamped to ``[0, min(H(S), H(F))]``, where it
+    lies exactly, and the entropy of a constant image is exactly 0: their rounding made QMI about
+    -5e-16 beside a constant F (which shares no information: 0).
 
     Parameters
     ----------
@@ -1011,7 +1037,11 @@ def qe(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = 
     Returns
     -------
     float
-        Q_E, 0..1; NaN where undefined (0/0, e.g. constant images).
+        Q_E, 0..1; NaN where undefined (0/0, e.g. constant images). As in MATLAB, a triple
+        of one constant whose windows' rounding noise is exactly 0 there gives 1.0, not NaN:
+        the toolbox adds 0.5 to both variances where they sum to exactly 0. That holds for an
+        all-zero triple and for the constants 23, 46, 47, 91-95 and 182-191 (other constants,
+        e.g. 100 or 255, give NaN).
 
     Raises
     ------

@@ -30,7 +30,20 @@ __all__ = ["blend_scores", "decide", "fill_flat", "window_mean"]
 
 
 def window_mean(s: np.ndarray, l: int) -> np.ndarray:  # noqa: E741
-    """Eq. 1: mean over the (2l+1) x (2l+1) window around each pixel (reflect at borders)."""
+    """Eq. 1: mean over the (2l+1) x (2l+1) window around each pixel (reflect at borders).
+
+    Parameters
+    ----------
+    s : ndarray, (H, W)
+        Score map (probabilities in [0, 1]).
+    l : int
+        Window half-size, >= 0; 0: the map itself.
+
+    Returns
+    -------
+    ndarray of float32, (H, W)
+        The window means (computed in float64).
+    """
     if l == 0:
         return s.astype(np.float32)
     return ndimage.uniform_filter(s.astype(np.float64), size=2 * l + 1, mode="reflect").astype(np.float32)
@@ -110,7 +123,33 @@ def decide(
     after filling (so that thresholding it is the rule without refinement, ``Ours-initial``),
     the window mean is that of this ``s0``, and ``s1`` is filled again after the boundary
     net has rescored the near-boundary pixels. With ``params.boundary_weight`` < 1 a
-    near-boundary pixel's ``s1`` weighs both nets' votes (:func:`blend_scores`)."""
+    near-boundary pixel's ``s1`` weighs both nets' votes (:func:`blend_scores`).
+
+    Parameters
+    ----------
+    ga, gb : ndarray of uint8, (H, W)
+        The gray sources (gray levels 0-255).
+    nets : FusionNets
+        The initial and boundary nets.
+    params : FusionParams
+        The rule's constants (a checked :class:`FusionParams`, not a mapping).
+    bar : tqdm bar, optional
+        Advanced by one after each net.
+
+    Returns
+    -------
+    s0 : ndarray of float32, (H, W)
+        The initial net's score (probability that A is in focus, in [0, 1]).
+    mean : ndarray of float32, (H, W)
+        Eq. 1: the window mean of ``s0`` (:func:`window_mean`, half-size ``params.l``).
+    near : ndarray of bool, (H, W)
+        Eq. 2: ``params.low < mean < params.high``, the near-boundary pixels.
+    s1 : ndarray of float32, (H, W)
+        ``s0`` with the near-boundary pixels rescored by the boundary net (equal to ``s0``
+        without ``params.refine`` or near-boundary pixels).
+    seconds : dict of str to float
+        Seconds taken, under ``"initial"`` and ``"boundary"``.
+    """
     dev = nets.device
     t = {}
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=params.precision == "bf16")

@@ -32,13 +32,28 @@ def _inference_net(net: torch.nn.Module, device: torch.device) -> torch.nn.Modul
 
 @dataclass
 class FusionNets:
-    """The two trained nets with their patch sides and the files they came from."""
+    """The two trained nets with their patch sides and the files they came from.
 
+    Made by :func:`bafusion.load_model` (:func:`load_nets`, :func:`load_nets_from_dir`) and
+    passed to :func:`bafusion.fuse_images` and the other fusion functions. Built directly, it
+    keeps inference copies of the nets given (BatchNorm folded into the convolutions, moved to
+    ``device``, channels-last, eval mode); the caller's nets are left untouched.
+    """
+
+    #: The initial net (step 1: scores every pixel), :class:`bafusion.nets.model.CifarResNet`.
     initial: CifarResNet
+    #: The boundary net (step 3: rescores the near-boundary pixels).
     boundary: CifarResNet
+    #: Patch side (pixels) the initial net was trained on (its ``.json``'s ``patch``; 32 in the
+    #: paper).
     patch_initial: int
+    #: Patch side (pixels) the boundary net was trained on.
     patch_boundary: int
+    #: The :class:`torch.device` both nets run on.
     device: torch.device
+    #: The files the nets came from (initial, boundary), as given; ``("", "")`` when built
+    #: from nets in memory. Shown by ``repr`` and recorded in the outputs' markers (the files
+    #: and their sha256: ``fuse-dir``, ``fuse-set``).
     sources: tuple[str, str] = ("", "")
 
     def __post_init__(self) -> None:
@@ -75,7 +90,24 @@ class FusionNets:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."""
+    """The torch device for a device name, checked against this machine.
+
+    Parameters
+    ----------
+    device : str
+        ``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda[:N]"`` or ``"mps"``
+        (Apple Metal).
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        A name that is not a device, or a device this machine lacks (no CUDA, no GPU N, no
+        Metal).
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     from bafusion.preflight import check_device
@@ -132,7 +164,8 @@ def load_nets(
         Model files (``.pt`` with a ``.json`` beside it that gives the patch side), loaded
         with ``torch.load(..., weights_only=True)``.
     device : str or torch.device
-        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda[:N]"``.
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda[:N]"`` or ``"mps"``
+        (:func:`resolve_device`); a :class:`torch.device` is used as it is.
 
     Returns
     -------
@@ -154,7 +187,13 @@ def load_nets(
 def default_model_dirs() -> list[Path]:
     """Where fusion looks for nets without --model, in order: the shipped ``models/default``
     (package, then repository), then the pipeline's ``data/models`` (working directory, then
-    repository)."""
+    repository).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The candidate folders, without duplicates; they need not exist.
+    """
     dirs = [PACKAGE_DIR / "models" / "default", REPO_ROOT / "models" / "default", Path.cwd() / "data" / "models"]
     dirs.append(REPO_ROOT / "data" / "models")
     seen: list[Path] = []
@@ -165,7 +204,14 @@ def default_model_dirs() -> list[Path]:
 
 
 def shipped_models() -> list[str]:
-    """Names of the models shipped with the package (``models/<name>``), usable as ``--model``."""
+    """Names of the models shipped with the package (``models/<name>``), usable as ``--model``.
+
+    Returns
+    -------
+    list of str
+        Sorted names of the folders under the package's (or repository's) ``models`` that hold
+        both ``initial.pt`` and ``boundary.pt`` (``"default"``, ...).
+    """
     names: set[str] = set()
     for root in (PACKAGE_DIR / "models", REPO_ROOT / "models"):
         if root.is_dir():
@@ -191,7 +237,28 @@ def find_model_dir(model: str | os.PathLike[str] | None, *, warn: bool = True) -
     model's name: a folder of that name that holds neither file, an output folder ``default``
     in the working directory, is not taken for it, with a :class:`ModelNameWarning` that says
     so (not with ``warn=False``); ``./default`` names the folder), else the first of
-    :func:`default_model_dirs` that holds both."""
+    :func:`default_model_dirs` that holds both.
+
+    Parameters
+    ----------
+    model : str, path or None
+        A model folder or a shipped model's name; None: the first folder of
+        :func:`default_model_dirs` that holds both files.
+    warn : bool
+        Warn (:class:`ModelNameWarning`) when a shipped model's name is taken over a folder of
+        that name that holds no nets.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder; the net files in it are not checked here (:func:`load_nets` does).
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        ``model`` is a file, or neither a folder nor a shipped model's name; with ``model=None``,
+        no default folder holds both files.
+    """
     if model is not None:
         d = Path(model)
         if d.is_dir():
@@ -219,7 +286,26 @@ def find_model_dir(model: str | os.PathLike[str] | None, *, warn: bool = True) -
 def load_nets_from_dir(model: str | os.PathLike[str] | None, device: str = "auto", *, warn: bool = True) -> FusionNets:
     """Load the two nets of a model folder (:func:`find_model_dir`, ``warn`` passed to it), or
     of a shipped model by name; ``model=None``: the shipped ``default``, else the pipeline's
-    ``data/models``. Same as :func:`bafusion.load_model`."""
+    ``data/models``. Same as :func:`bafusion.load_model`.
+
+    Parameters
+    ----------
+    model : str, path or None
+        As for :func:`find_model_dir`.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or ``"mps"`` (:func:`resolve_device`).
+    warn : bool
+        As for :func:`find_model_dir`.
+
+    Returns
+    -------
+    FusionNets
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        As :func:`find_model_dir` and :func:`load_nets` raise.
+    """
     d = find_model_dir(model, warn=warn)
     return load_nets(d / "initial.pt", d / "boundary.pt", device)
 

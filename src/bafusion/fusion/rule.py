@@ -188,6 +188,7 @@ def fuse_with_map(a: np.ndarray, b: np.ndarray, dm: np.ndarray) -> np.ndarray:
         (H, W) or (H, W, 3/4); a gray source beside a colour one is replicated to three
         channels, alpha is dropped.
     dm : ndarray of bool, (H, W)
+        Decision map of the sources' height and width: True takes A's pixel, False B's.
 
     Returns
     -------
@@ -254,7 +255,21 @@ def _check_nets(nets: FusionNets) -> None:
 
 
 def check_same_size(a: np.ndarray, b: np.ndarray, name_a: str = "A", name_b: str = "B") -> None:
-    """Sources of different sizes are an error naming both sizes and both files."""
+    """Sources of different sizes are an error naming both sizes and both files.
+
+    Parameters
+    ----------
+    a, b : ndarray
+        The sources, (H, W) or (H, W, C): only height and width are compared.
+    name_a, name_b : str
+        Their names (file names) for the message.
+
+    Raises
+    ------
+    bafusion.errors.InputFileError
+        Different heights or widths (a :class:`bafusion.errors.UserError`, naming ``name_b``
+        first, both sizes as WxH).
+    """
     if a.shape[:2] != b.shape[:2]:
         ha, wa = a.shape[:2]
         hb, wb = b.shape[:2]
@@ -422,8 +437,10 @@ def fuse_stack(
     ----------
     images : sequence of ndarray
         Two or more registered uint8 shots of one size.
-    nets, params
+    nets : FusionNets
         As for :func:`fuse_images`.
+    params : FusionParams or mapping, optional
+        As for :func:`fuse_images` (None: the defaults).
     names : sequence of str
         The shots' names, for error messages.
     progress : bool or None

@@ -83,7 +83,18 @@ MAX_GRID_STEP = 32
 def auto_step(patch: int) -> int:
     """The boundary grid step for ``boundary_step = 0`` in grid mode, and the fine step of the
     adaptive mode: the largest power of two <= p/4 (8 for p = 32, 16 for the paper's p = 64,
-    2 for p = 12)."""
+    2 for p = 12).
+
+    Parameters
+    ----------
+    patch : int
+        The boundary net's patch side (pixels).
+
+    Returns
+    -------
+    int
+        A power of two, at least 1 and at most 16 (half of :data:`MAX_GRID_STEP`).
+    """
     step = 1
     while step * 2 <= min(patch // 4, MAX_GRID_STEP // 2):
         step *= 2
@@ -93,7 +104,21 @@ def auto_step(patch: int) -> int:
 def boundary_steps(params: "FusionParams", patch: int) -> tuple[int, int]:
     """(step, fine step) of the boundary net for ``params`` and patch side ``patch``: the set
     values, or for 0 (auto) p/4 in grid mode and p/2 refined to p/4 in adaptive mode (16 -> 8
-    for p = 32, 32 -> 16 for p = 64; measured in BENCHMARKS.md)."""
+    for p = 32, 32 -> 16 for p = 64; measured in BENCHMARKS.md).
+
+    Parameters
+    ----------
+    params : FusionParams
+        Its ``boundary_mode``, ``boundary_step`` and ``boundary_fine_step`` are read.
+    patch : int
+        The boundary net's patch side (pixels).
+
+    Returns
+    -------
+    tuple of (int, int)
+        The grid step, and the fine step (adaptive mode: at most the grid step; other modes:
+        ``params.boundary_fine_step`` as it is).
+    """
     base = auto_step(patch)
     if params.boundary_mode == "adaptive":
         coarse = params.boundary_step or 2 * base
@@ -106,7 +131,20 @@ def auto_batch(patch: int, device: torch.device | str = "cpu") -> int:
     """Exact patches per forward pass for ``batch_size = 0``: 512 on GPUs; on CPUs
     65536 / p^2 (64 for p = 32, 16 for p = 64), whose activations stay in cache: ResNet-56 at
     p = 64 on 2 cores took 4.0 ms per patch in batches of 16 and 8.3 ms in batches of 512
-    (bf16: 1.3 and 4.6 ms), ResNet-20 at p = 32 0.42 and 0.71 ms (BENCHMARKS.md)."""
+    (bf16: 1.3 and 4.6 ms), ResNet-20 at p = 32 0.42 and 0.71 ms (BENCHMARKS.md).
+
+    Parameters
+    ----------
+    patch : int
+        The net's patch side (pixels).
+    device : torch.device or str
+        Where the net runs; every type but ``"cpu"`` counts as a GPU.
+
+    Returns
+    -------
+    int
+        Patches per batch, at least 1.
+    """
     if torch.device(device).type != "cpu":
         return 512
     return max(1, 65536 // (patch * patch))
@@ -150,7 +188,27 @@ def score_exact(
 ) -> np.ndarray:
     """Reference scores: the whole net on every pixel's patch (or only where ``mask``).
 
-    Returns float32 (H, W) probabilities of class 1 (NaN outside ``mask``)."""
+    Parameters
+    ----------
+    net : CifarResNet
+        The initial or boundary net (:class:`FusionNets`' copies), on ``device``.
+    gray_a, gray_b : ndarray, (H, W)
+        The gray sources, gray levels 0-255 (uint8 or float); reflect-padded and divided by
+        255 before the net sees them.
+    patch : int
+        The net's patch side; pixel (r, c)'s patch is centred on it.
+    mask : ndarray of bool, (H, W), optional
+        The pixels to score; None: every pixel.
+    batch_size : int
+        Patches per forward pass; 0: :func:`auto_batch`.
+    device : torch.device or str
+        Where the patches go (the net's device).
+
+    Returns
+    -------
+    ndarray of float32, (H, W)
+        Probabilities of class 1 (focused in A) in [0, 1]; NaN outside ``mask``.
+    """
     dev = torch.device(device)
     batch_size = batch_size or auto_batch(patch, dev)
     h, w = gray_a.shape
@@ -187,7 +245,37 @@ def score_grid(
     The whole net runs on the patches of the grid points (rows and columns multiples of
     ``step``) that surround a masked pixel; their logit differences are interpolated
     bilinearly to the masked pixels. ``step = 1`` is :func:`score_exact` on the mask; each
-    doubling of the step divides the work by four. Pixels outside ``mask`` are NaN."""
+    doubling of the step divides the work by four. Pixels outside ``mask`` are NaN.
+
+    Parameters
+    ----------
+    net : CifarResNet
+        The net, on ``device``.
+    gray_a, gray_b : ndarray, (H, W)
+        The gray sources, gray levels 0-255 (uint8 or float); reflect-padded and divided by
+        255 before the net sees them.
+    patch : int
+        The net's patch side.
+    mask : ndarray of bool, (H, W)
+        The pixels to score.
+    step : int
+        Grid step (pixels), at most :data:`MAX_GRID_STEP`.
+    batch_size : int
+        Patches per forward pass; 0: :func:`auto_batch`.
+    device : torch.device or str
+        The net's device.
+
+    Returns
+    -------
+    ndarray of float32, (H, W)
+        Probabilities of class 1 in [0, 1] (sigmoid of the interpolated logit differences);
+        NaN outside ``mask``.
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        ``step`` above :data:`MAX_GRID_STEP`.
+    """
     dev = torch.device(device)
     batch_size = batch_size or auto_batch(patch, dev)
     h, w = gray_a.shape
@@ -273,7 +361,41 @@ def score_adaptive(
     down to cells of side ``fine`` (``fine = 1``: exact scores there). So the work goes where
     the decision is made: about the ``coarse`` grid's cost plus a few patches per pixel of
     boundary length. Pixels outside ``mask`` are NaN. ``stats`` (a dict), if given, receives
-    the patch starts (rows, cols) that were evaluated, under "positions" (benchmarks)."""
+    the patch starts (rows, cols) that were evaluated, under "positions" (benchmarks).
+
+    Parameters
+    ----------
+    net : CifarResNet
+        The net, on ``device``.
+    gray_a, gray_b : ndarray, (H, W)
+        The gray sources, gray levels 0-255 (uint8 or float); reflect-padded and divided by
+        255 before the net sees them.
+    patch : int
+        The net's patch side.
+    mask : ndarray of bool, (H, W)
+        The pixels to score.
+    coarse, fine : int
+        The first and the finest cell side: 1, 2, 4, 8, 16 or 32, ``fine <= coarse``.
+    threshold : float
+        The probability in (0, 1) whose sides the corners are compared to (the rule's
+        binarisation threshold).
+    batch_size : int
+        Patches per forward pass; 0: :func:`auto_batch`.
+    device : torch.device or str
+        The net's device.
+    stats : dict, optional
+        Receives ``"positions"``: the (rows, cols) arrays of the evaluated patch starts.
+
+    Returns
+    -------
+    ndarray of float32, (H, W)
+        Probabilities of class 1 in [0, 1]; NaN outside ``mask``.
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        A step not in 1-32 (powers of two), or ``fine > coarse``.
+    """
     for v, name in ((coarse, "coarse"), (fine, "fine")):
         if v not in (1, 2, 4, 8, 16, 32):
             raise UserError(f"{name} grid step must be 1, 2, 4, 8, 16 or 32, got {v}")
@@ -394,7 +516,40 @@ def score_dense(
 
     Without ``mask`` the whole image is scored, in tiles of at most ``max_tile``. With a mask,
     only tiles of side ``tile`` holding masked pixels are scored, consecutive ones in a tile row
-    merged into one box and each box cropped to the masked pixels' extent; other pixels are NaN."""
+    merged into one box and each box cropped to the masked pixels' extent; other pixels are NaN.
+
+    Parameters
+    ----------
+    net : CifarResNet
+        The net, on ``device``.
+    gray_a, gray_b : ndarray, (H, W)
+        The gray sources, gray levels 0-255 (uint8 or float); reflect-padded and divided by
+        255 before the net sees them.
+    patch : int
+        The net's patch side, a positive multiple of 4.
+    step : int
+        Grid step (4, 2 or 1) at which the trunk's output is evaluated.
+    mask : ndarray of bool, (H, W), optional
+        The pixels to score; None: every pixel.
+    tile : int
+        Tile side (pixels) with a mask.
+    max_tile : int
+        Largest tile side without a mask (bounds memory).
+    device : torch.device or str
+        The net's device.
+    margin : int
+        Surroundings (pixels, a multiple of 4, >= 0) the trunk sees around each box.
+
+    Returns
+    -------
+    ndarray of float32, (H, W)
+        Probabilities of class 1 in [0, 1]; NaN outside ``mask``.
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        ``patch`` or ``margin`` not a multiple of 4 (``patch`` below 4, ``margin`` negative).
+    """
     if patch % 4 or patch < 4:
         raise UserError(f"patch side must be a positive multiple of 4 for dense fusion, got {patch}")
     if margin < 0 or margin % 4:
@@ -481,6 +636,32 @@ def score(
     pair, whose class 1 means "focused in B") and the probabilities averaged. ``mask`` is
     transformed with the pair; pixels outside it are NaN in every view. With ``tta="none"``
     (the paper) this is one scoring of the pair as it is.
+
+    Parameters
+    ----------
+    net : CifarResNet
+        The net, on ``device``.
+    gray_a, gray_b : ndarray, (H, W)
+        The gray sources, gray levels 0-255 (uint8 or float); reflect-padded and divided by
+        255 before the net sees them.
+    patch : int
+        The net's patch side.
+    params : FusionParams
+        Chooses the scoring (``exact``, ``initial_mode``, ``boundary_mode``; with ``mask`` the
+        boundary net's modes, without it the initial net's), ``tta`` and the batch and tile
+        sizes.
+    step : int
+        Grid step: dense mode's (at most 4 used), or the boundary net's grid step with a mask
+        (:func:`boundary_steps`).
+    mask : ndarray of bool, (H, W), optional
+        The pixels to score; None: every pixel.
+    device : torch.device or str
+        The net's device.
+
+    Returns
+    -------
+    ndarray of float32, (H, W)
+        Probabilities of class 1 (focused in A) in [0, 1]; NaN outside ``mask``.
     """
     views = TTA_VIEWS[params.tta]
     if len(views) == 1:
@@ -542,7 +723,29 @@ def _downscale(gray: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 def combine_scales(logits: Sequence[np.ndarray], rule: str = "confident", confidence: float = 2.0) -> np.ndarray:
     """Combine per-scale logit maps (the first is the full scale) into one, by ``rule``
-    (see :attr:`FusionParams.scale_rule`)."""
+    (see :attr:`FusionParams.scale_rule`).
+
+    Parameters
+    ----------
+    logits : sequence of ndarray, (H, W)
+        Logit maps (log odds of class 1) of one size, the full scale's first.
+    rule : str
+        ``"mean"`` (their mean), ``"confident"`` (per pixel the logit of largest magnitude) or
+        ``"fill"`` (the full scale's logit where its magnitude is at least ``confidence``,
+        else the mean).
+    confidence : float
+        The ``"fill"`` rule's logit magnitude.
+
+    Returns
+    -------
+    ndarray, (H, W)
+        The combined logits (float32 for float32 maps).
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        An unknown ``rule``.
+    """
     z = np.stack(logits)
     if rule == "mean":
         return z.mean(0)
@@ -563,7 +766,29 @@ def score_multiscale(
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """The initial net's scores at every scale of ``params.scales``, combined by
-    ``params.scale_rule``; with one scale exactly :func:`score`."""
+    ``params.scale_rule``; with one scale exactly :func:`score`.
+
+    Parameters
+    ----------
+    net : CifarResNet
+        The initial net, on ``device``.
+    gray_a, gray_b : ndarray, (H, W)
+        The gray sources, gray levels 0-255 (uint8 or float); reflect-padded and divided by
+        255 before the net sees them.
+    patch : int
+        The net's patch side.
+    params : FusionParams
+        ``scales``, ``scale_rule``, ``scale_confidence``, ``scale_min_side`` and
+        ``initial_step``, and what :func:`score` reads; with ``exact`` only the full scale.
+    device : torch.device or str
+        The net's device.
+
+    Returns
+    -------
+    ndarray of float32, (H, W)
+        Probabilities of class 1 in [0, 1]. Scales at which the pair's short side falls below
+        the patch side or ``params.scale_min_side`` are skipped.
+    """
     s_full = score(net, gray_a, gray_b, patch, params, params.initial_step, device=device)
     scales = [s for s in params.scales if s < 1.0] if not params.exact else []
     if not scales:

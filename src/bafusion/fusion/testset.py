@@ -94,7 +94,22 @@ def check_report_path(out: str | os.PathLike[str], report_path: str | os.PathLik
 
 def decision_accuracy(dm: np.ndarray, truth: np.ndarray, band: int = 0) -> float:
     """Share of pixels where ``dm`` equals ``truth`` (bool); with ``band`` > 0 only pixels
-    within ``band`` pixels (city-block distance) of the true boundary count."""
+    within ``band`` pixels (city-block distance) of the true boundary count.
+
+    Parameters
+    ----------
+    dm : ndarray of bool, (H, W)
+        Decision map (True: take A).
+    truth : ndarray of bool, (H, W)
+        The true map (True: A is in focus).
+    band : int
+        Half-width (pixels) of the band around the true boundary; 0: the whole image.
+
+    Returns
+    -------
+    float
+        The share in [0, 1]; NaN when ``band`` > 0 and ``truth`` has no boundary (one class).
+    """
     if band > 0:
         grow = ndimage.binary_dilation(truth, iterations=band) & ~ndimage.binary_erosion(
             truth, iterations=band, border_value=1
