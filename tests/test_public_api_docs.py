@@ -3,7 +3,10 @@ the numpydoc sections of every public function and class."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import inspect
+import re
 
 import bafusion
 import bafusion.fusion
@@ -32,3 +35,128 @@ def test_dir_of_bafusion_fusion_shows_only_its_public_api() -> None:
     from bafusion.fusion import decide  # a public name that is also a submodule stays the function
 
     assert callable(decide) and decide.__name__ == "decide"
+
+
+# --------------------------------------------------------------------------------------------
+# numpydoc sections of the public API (numpydoc itself is not a dependency: a small check)
+
+#: The modules whose ``__all__`` is the public API the README calls documented.
+DOCUMENTED_MODULES = ("bafusion", "bafusion.fusion", "bafusion.evaluation.metrics", "bafusion.io")
+
+#: Public names documented by a change in progress elsewhere, checked once it lands (remove the
+#: name here then): read_pair_index's behaviour (a str path) is being changed with its docstring.
+PENDING: frozenset[str] = frozenset({"bafusion.fusion.read_pair_index"})
+
+_SECTION = re.compile(r"^([A-Z][A-Za-z ]+)\n-{3,}[ \t]*$", re.M)
+
+
+def _sections(doc: str | None) -> dict[str, str]:
+    """The numpydoc sections of a docstring (dedented as help() shows it): title -> body."""
+    text = inspect.cleandoc(doc or "")
+    heads = list(_SECTION.finditer(text))
+    return {m.group(1).strip(): text[m.end() : heads[i + 1].start() if i + 1 < len(heads) else len(text)]
+            for i, m in enumerate(heads)}
+
+
+def _listed(body: str) -> set[str]:
+    """The names a Parameters/Attributes section lists: its unindented lines, ``name : type``,
+    ``a, b : type`` or a bare ``name``."""
+    names: set[str] = set()
+    for line in body.splitlines():
+        if not line.strip() or line[0].isspace():
+            continue
+        names |= {n.strip().lstrip("*") for n in line.split(" :")[0].split(",")}
+    return names
+
+
+def _commented_fields(cls: type) -> set[str]:
+    """The fields of a dataclass documented by a ``#:`` comment right above them (as
+    FusionParams' are: Sphinx reads them as the attributes' docs)."""
+    lines = inspect.getsource(cls).splitlines()
+    out = set()
+    for i, line in enumerate(lines[1:], 1):
+        m = re.match(r"\s+(\w+)\s*:", line)
+        if m and lines[i - 1].strip().startswith("#:"):
+            out.add(m.group(1))
+    return out
+
+
+def docstring_problems(obj: object) -> list[str]:
+    """What the docstring of a public function or class lacks: a Parameters section listing
+    every parameter of its signature (not ``*args``, ``**kwargs``, ``self``), and for a function
+    whose return annotation is not None a Returns (or Yields) section. A dataclass's fields may
+    instead be listed under Attributes or documented by ``#:`` comments."""
+    try:
+        sig = inspect.signature(obj)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # a builtin's signature (an Exception subclass): nothing to check
+        return []
+    params = [p.name for p in sig.parameters.values()
+              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in ("self", "cls")]
+    sections = _sections(obj.__doc__)
+    documented = _listed(sections.get("Parameters", ""))
+    if dataclasses.is_dataclass(obj):
+        documented |= _listed(sections.get("Attributes", "")) | _commented_fields(obj)  # type: ignore[arg-type]
+    problems = []
+    missing = [p for p in params if p not in documented]
+    if missing:
+        problems.append(f"parameters not documented: {', '.join(missing)}")
+    if inspect.isfunction(obj) and sig.return_annotation not in (None, "None") \
+            and not {"Returns", "Yields"} & set(sections):
+        problems.append("no Returns section")
+    return problems
+
+
+def test_the_docstring_check_finds_a_missing_parameter_and_returns() -> None:
+    def documented(a: int, b: int = 0, *args: int, **kw: int) -> int:
+        """Sum.
+
+        Parameters
+        ----------
+        a, b : int
+            Numbers.
+
+        Returns
+        -------
+        int
+        """
+        return a + b
+
+    def lacking(a: int, c: int) -> int:
+        """Sum.
+
+        Parameters
+        ----------
+        a : int
+            A number (c is only named in this line, which is indented).
+        """
+        return a + c
+
+    def unindented(a: int) -> None:  # as qmi's was: lines at the left margin inside the text
+        """Sum.
+
+        The text,
+continued at the margin.
+
+        Parameters
+        ----------
+        a : int
+        """
+
+    assert docstring_problems(documented) == []
+    assert docstring_problems(lacking) == ["parameters not documented: c", "no Returns section"]
+    assert docstring_problems(unindented) == ["parameters not documented: a"]  # help() shows no section
+
+
+def test_every_public_function_and_class_has_numpydoc_parameters_and_returns() -> None:
+    """The README says the public API has numpydoc docstrings: bafusion.FusionNets' fields, 19 of
+    bafusion.fusion.__all__'s functions, metrics' check_same_size, normalize1 and qmi (three
+    unindented lines) and 39 of bafusion.io.__all__'s had no Parameters/Returns sections."""
+    problems = []
+    for module_name in DOCUMENTED_MODULES:
+        module = importlib.import_module(module_name)
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)) or f"{module_name}.{name}" in PENDING:
+                continue
+            problems += [f"{module_name}.{name}: {p}" for p in docstring_problems(obj)]
+    assert problems == [], "\n".join(problems)

@@ -84,13 +84,36 @@ def _matlab_sum(a: np.ndarray) -> np.ndarray:
 
 
 def round_half_away(a: np.ndarray) -> np.ndarray:
-    """MATLAB ``round``: halves go away from zero (numpy's ``round`` goes to even)."""
+    """MATLAB ``round``: halves go away from zero (numpy's ``round`` goes to even).
+
+    Parameters
+    ----------
+    a : ndarray
+        Numbers of any shape.
+
+    Returns
+    -------
+    ndarray
+        The rounded values as floats, of ``a``'s shape (float32 stays float32; integers give
+        float64).
+    """
     return np.sign(a) * np.floor(np.abs(a) + 0.5)
 
 
 def to_uint8(a: np.ndarray) -> np.ndarray:
     """A [0, 255] image as uint8: rounded half away from zero (MATLAB's ``round``), clipped.
-    Computed in the input's own float type (float32 stays float32, as the data stages had it)."""
+    Computed in the input's own float type (float32 stays float32, as the data stages had it).
+
+    Parameters
+    ----------
+    a : array_like
+        An image of any shape on the 0-255 scale (float; values outside are clipped).
+
+    Returns
+    -------
+    ndarray of uint8
+        Of ``a``'s shape.
+    """
     return np.clip(round_half_away(np.asarray(a)), 0, 255).astype(np.uint8)
 
 
@@ -163,7 +186,26 @@ def _gray_by_table(a: np.ndarray, rows: int = 256) -> np.ndarray:
 
 def resize(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """Antialiased (Lanczos) resize of a uint8 gray/RGB image or a float gray image; mattes too,
-    so soft edges stay soft."""
+    so soft edges stay soft.
+
+    Parameters
+    ----------
+    img : ndarray
+        uint8 (H, W) or (H, W, C), or a float gray (H, W) image (computed in float32).
+    size_hw : tuple of (int, int)
+        The new (height, width).
+
+    Returns
+    -------
+    ndarray
+        uint8 for a uint8 image, float32 for a float one (not rounded or clipped: Lanczos
+        overshoots); a copy when the size is unchanged.
+
+    Raises
+    ------
+    ValueError
+        A float image that is not gray (H, W).
+    """
     h, w = size_hw
     if img.shape[:2] == (h, w):
         return img.copy()
@@ -177,5 +219,21 @@ def resize(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 
 def scaled_size(shape_hw: tuple[int, ...], scale: float) -> tuple[int, int]:
+    """The (height, width) of an image of shape ``shape_hw`` resized by ``scale`` (for
+    :func:`resize`), as the data stages and ``bafusion params check`` compute it.
+
+    Parameters
+    ----------
+    shape_hw : tuple of int
+        An array's shape; its first two entries (height, width) are used.
+    scale : float
+        The factor.
+
+    Returns
+    -------
+    tuple of (int, int)
+        ``(round(h * scale), round(w * scale))``, each at least 1 (Python's ``round``: halves
+        to even).
+    """
     h, w = shape_hw[:2]
     return max(1, round(h * scale)), max(1, round(w * scale))

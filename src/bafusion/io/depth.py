@@ -75,7 +75,19 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def png_depth(path: str | os.PathLike[str]) -> tuple[int, int, int | None] | None:
     """(bit depth, colour type, significant bits from ``sBIT`` or None) of a PNG file, read
-    from its chunks before the image data; None when it is not a PNG."""
+    from its chunks before the image data; None when it is not a PNG.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file (read up to its first image data chunk).
+
+    Returns
+    -------
+    tuple of (int, int, int or None), or None
+        ``(depth, colour_type, sig)``: the IHDR's bits per sample and colour type, and the
+        largest of the colour channels' ``sBIT`` values (not alpha's) or None without one.
+    """
     depth = ctype = None
     sig: int | None = None
     with open(path, "rb") as f:
@@ -280,6 +292,12 @@ def source_bits(values_max: float, depth: int, sig: int | None, *, scaled: bool 
         The values are stored scaled up to ``depth`` bits (a PNG whose samples are on the
         ``sBIT`` grid, :func:`sbit_scaled`): scaled from ``depth`` also when they fit in ``sig``
         bits.
+
+    Returns
+    -------
+    int or None
+        ``sig`` when the values fit in ``sig`` bits and are not ``scaled``, else ``depth``; None
+        when the file marks none (or a ``sig`` outside 1..``depth``).
     """
     if sig is None or not 0 < sig <= depth:
         return None
@@ -315,7 +333,19 @@ def sbit_scaled(a: np.ndarray, bits: int) -> bool:
     Unscaled ``bits``-bit data (values 0..2**bits - 1) lies on that grid only by chance: every
     sample a multiple of 2**(16 - bits) where it is dark (for linear scaling, at most 1 more).
     An image that is all zeros, or too small or flat to tell, counts as scaled (the
-    specification's reading)."""
+    specification's reading).
+
+    Parameters
+    ----------
+    a : array_like
+        The samples, integers 0-65535.
+    bits : int
+        The ``sBIT`` significant bits; outside 1-15 the answer is True.
+
+    Returns
+    -------
+    bool
+    """
     if not 0 < bits < 16:
         return True
     return bool(_sbit_grid(bits)[np.asarray(a).astype(np.uint16)].all())
@@ -333,7 +363,18 @@ def _onto_sbit_grid(bits: int) -> np.ndarray:
 
 def common_bits(values_max: float) -> int:
     """The bits the unmarked high-depth sources of one fusion are scaled from: the smallest
-    of :data:`SENSOR_BITS` that holds ``values_max`` (beyond 16 bits: as many as it needs)."""
+    of :data:`SENSOR_BITS` that holds ``values_max`` (beyond 16 bits: as many as it needs).
+
+    Parameters
+    ----------
+    values_max : float
+        The largest sample value of those sources.
+
+    Returns
+    -------
+    int
+        8, 10, 12, 14 or 16 (:data:`SENSOR_BITS`), or more beyond 65535.
+    """
     for bits in SENSOR_BITS:
         if values_max <= (1 << bits) - 1:
             return bits
@@ -341,5 +382,18 @@ def common_bits(values_max: float) -> int:
 
 
 def scale_to_u8(a: np.ndarray, bits: int) -> np.ndarray:
-    """Samples of ``bits`` bits to uint8: ``round(a / (2**bits - 1) * 255)``, clipped."""
+    """Samples of ``bits`` bits to uint8: ``round(a / (2**bits - 1) * 255)``, clipped.
+
+    Parameters
+    ----------
+    a : ndarray
+        Samples (any shape, integer or float) on the ``bits``-bit scale.
+    bits : int
+        The bits the samples are scaled from.
+
+    Returns
+    -------
+    ndarray of uint8
+        Of ``a``'s shape (numpy's ``round``: halves to even).
+    """
     return np.clip(np.round(a / float((1 << bits) - 1) * 255.0), 0, 255).astype(np.uint8)

@@ -68,7 +68,19 @@ def _heif_readable() -> bool:
 
 def unread_format(path: str | os.PathLike[str]) -> str | None:
     """What kind of photo ``path`` is that no reader here reads, by its suffix: ``"camera RAW"``,
-    ``"HEIC/HEIF"`` (unless a Pillow plugin reads it), else None."""
+    ``"HEIC/HEIF"`` (unless a Pillow plugin reads it), else None.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file (only its suffix is looked at, case-insensitively).
+
+    Returns
+    -------
+    str or None
+        ``"camera RAW"`` (:data:`RAW_SUFFIXES`), ``"HEIC/HEIF"`` (:data:`HEIF_SUFFIXES`,
+        without a plugin) or None.
+    """
     suffix = Path(path).suffix.lower()
     if suffix in RAW_SUFFIXES:
         return "camera RAW"
@@ -79,7 +91,21 @@ def unread_format(path: str | os.PathLike[str]) -> str | None:
 
 def unread_advice(kinds: Iterable[str], *, them: bool = False) -> str:
     """What to do with files of these :func:`unread_format` kinds: convert ``it`` (``them``) to
-    TIFF or JPEG first, and with what."""
+    TIFF or JPEG first, and with what.
+
+    Parameters
+    ----------
+    kinds : iterable of str
+        Kinds that :func:`unread_format` returned (``"camera RAW"``, ``"HEIC/HEIF"``).
+    them : bool
+        Say "them" (several files) instead of "it".
+
+    Returns
+    -------
+    str
+        ``"convert it to TIFF (16-bit keeps the most) or JPEG first"``, followed by ``", e.g.
+        with ... or ..."`` when two or more converters are known for those kinds.
+    """
     tools: list[str] = []
     given = set(kinds)
     for kind in (k for k in _CONVERTERS if k in given):
@@ -150,7 +176,27 @@ def _check_not_empty(path: str | os.PathLike[str]) -> None:
 
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
     """Open and fully decode an image, applying its EXIF orientation (Pillow's warnings
-    silenced: :func:`_quiet_pillow`)."""
+    silenced: :func:`_quiet_pillow`).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The image file.
+
+    Returns
+    -------
+    PIL.Image.Image
+        The first frame, loaded (the file is closed), turned by its EXIF orientation.
+
+    Raises
+    ------
+    bafusion.errors.InputFileError
+        Naming the file: an empty path, a missing file, not a regular file, an empty file, a
+        format not read here (camera RAW, HEIC), an image too large for Pillow's limit, or a
+        file Pillow cannot read (damaged, not an image).
+    MemoryError
+        Decoding ran out of memory and the file shows no damage that explains it.
+    """
     _check_not_empty(path)
     p = Path(path)
     if not p.exists():
@@ -320,7 +366,20 @@ def header_exif(im: Image.Image, path: str | os.PathLike[str]) -> Image.Exif:
     pixel data (an eXIf or text chunk may follow it), as long as a full read. The PNG's chunks are
     walked instead (their headers only): with no such chunk after the pixel data, the EXIF is
     what the header gave, taken without decoding; with one (rare), Pillow's getexif() as before,
-    so the orientation is the one the read applies."""
+    so the orientation is the one the read applies.
+
+    Parameters
+    ----------
+    im : PIL.Image.Image
+        The image, opened (not loaded) from ``path``.
+    path : str or path-like
+        Its file, whose PNG chunks are walked.
+
+    Returns
+    -------
+    PIL.Image.Exif
+        The EXIF tags (empty when the file has none).
+    """
     if im.format == "PNG" and "exif" not in im.info and not _png_exif_after_pixels(Path(path)):
         return Image.Image.getexif(im)  # the generic one: from ``info``, without PngImageFile's load()
     return im.getexif()
@@ -357,7 +416,18 @@ LISTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     """The image files in ``folder`` (by extension: :data:`LISTED_SUFFIXES`), sorted; hidden
     files (``.name``, such as macOS's ``._GT01.png`` metadata) are left out, as the download
-    record leaves them out."""
+    record leaves them out.
+
+    Parameters
+    ----------
+    folder : str or path-like
+        The folder (not searched recursively).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files, sorted by path; the suffix is compared case-insensitively.
+    """
     d = Path(folder)
     return sorted(
         p for p in d.iterdir() if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in LISTED_SUFFIXES

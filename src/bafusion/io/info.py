@@ -76,6 +76,17 @@ def image_info(path: str | os.PathLike[str], *, decode: bool = False) -> ImageIn
     gray, from its header; with ``decode`` its first frame is also fully decoded, so a
     truncated or damaged file is refused here, not on reading.
 
+    Parameters
+    ----------
+    path : str or path-like
+        The image file.
+    decode : bool
+        Also decode the first frame (slow: the whole image).
+
+    Returns
+    -------
+    ImageInfo
+
     Raises
     ------
     InputFileError
@@ -172,7 +183,19 @@ def frame_note(info: ImageInfo) -> str | None:
     """The line for the user when a file holds several frames or pages (a focus stack saved
     as one multi-page TIFF, an animated GIF, WebP or PNG): only the first is read. None for a
     single image, and for an MPO JPEG (its further images are the camera's previews or a
-    stereo view). A camera TIFF with a thumbnail page gets the line too: it is only a note."""
+    stereo view). A camera TIFF with a thumbnail page gets the line too: it is only a note.
+
+    Parameters
+    ----------
+    info : ImageInfo
+        The file's header (:func:`image_info`).
+
+    Returns
+    -------
+    str or None
+        ``"<path> holds N pages; only the first is used (a focus stack: give its shots as
+        separate files)"`` ("frames" for other formats than TIFF), or None.
+    """
     if info.frames <= 1 or info.format == "MPO":
         return None
     unit = "pages" if info.format == "TIFF" else "frames"
@@ -182,7 +205,18 @@ def frame_note(info: ImageInfo) -> str | None:
 
 def frame_notes(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
     """:func:`frame_note` of each file that has one (from its header; a file that cannot be
-    read is left to the reader, which names it)."""
+    read is left to the reader, which names it).
+
+    Parameters
+    ----------
+    paths : sequence of str or path-like
+        The files.
+
+    Returns
+    -------
+    list of str
+        The notes, in the order of ``paths``.
+    """
     notes = []
     for p in paths:
         try:
@@ -197,7 +231,19 @@ def frame_notes(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
 def mix_note(names: Sequence[str], gray: Sequence[bool]) -> str | None:
     """The line for the user when the sources of one fusion mix gray and colour files: the
     gray ones are used as colour (R = G = B), so the result is gray where it is taken from
-    them. None when all are gray or all colour."""
+    them. None when all are gray or all colour.
+
+    Parameters
+    ----------
+    names : sequence of str
+        The sources' names, as the note names them.
+    gray : sequence of bool
+        For each source, whether it is gray (:attr:`ImageInfo.gray`).
+
+    Returns
+    -------
+    str or None
+    """
     if all(gray) or not any(gray):
         return None
     g = [n for n, k in zip(names, gray) if k]
@@ -211,7 +257,18 @@ def mix_note(names: Sequence[str], gray: Sequence[bool]) -> str | None:
 def orientation_clause(info: ImageInfo) -> str:
     """``'' `` or, for a file whose EXIF orientation swaps width and height, ``"; <file>'s
     EXIF orientation 6 was applied (the file stores 192x160)"``: what a size error adds, so
-    that a user checking the stored sizes understands it."""
+    that a user checking the stored sizes understands it.
+
+    Parameters
+    ----------
+    info : ImageInfo
+        The file's header.
+
+    Returns
+    -------
+    str
+        The clause, or ``""`` when the size as read is the size stored.
+    """
     if (info.width, info.height) == info.stored:
         return ""
     w, h = info.stored
@@ -223,7 +280,21 @@ def check_same_sizes(infos: Sequence[ImageInfo], remedy: str | None = None) -> N
     as read, and the EXIF orientation where it swapped a file's width and height
     (:func:`orientation_clause`); where the sizes are swapped (WxH against HxW), that the shot
     looks turned by 90 degrees, else ``remedy`` when given (``fuse``: register them with
-    ``--align``)."""
+    ``--align``).
+
+    Parameters
+    ----------
+    infos : sequence of ImageInfo
+        The sources' headers (:func:`image_info`), the first the reference; at least one.
+    remedy : str, optional
+        What to do about different sizes, added to the message (not for swapped sizes).
+
+    Raises
+    ------
+    bafusion.errors.InputFileError
+        Naming the first file whose size (as read, orientation applied) differs from the
+        first's.
+    """
     a = infos[0]
     for b in infos[1:]:
         if (b.width, b.height) != (a.width, a.height):
@@ -236,7 +307,20 @@ def check_same_sizes(infos: Sequence[ImageInfo], remedy: str | None = None) -> N
 def size_remedy(first: tuple[int, int], other: tuple[int, int], remedy: str | None = None) -> str:
     """What a size error adds: ``"; the shot looks turned by 90 degrees: its orientation tag
     may be missing"`` when the sizes ``(width, height)`` are swapped, else ``"; " + remedy``
-    (or nothing)."""
+    (or nothing).
+
+    Parameters
+    ----------
+    first, other : tuple of (int, int)
+        The two sizes, ``(width, height)``.
+    remedy : str, optional
+        What to add when the sizes are not swapped.
+
+    Returns
+    -------
+    str
+        The clause, starting with ``"; "``, or ``""``.
+    """
     if other == first[::-1]:
         return "; the shot looks turned by 90 degrees: its orientation tag may be missing"
     return f"; {remedy}" if remedy else ""

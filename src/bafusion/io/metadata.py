@@ -69,7 +69,20 @@ def source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes |
     layout). Of an EXIF block Pillow
     reads but cannot write back (a tag of the wrong type, e.g. XResolution as text) the tags
     it cannot write are dropped, the rest kept (:func:`_exif_without_malformed`; all of it
-    when the rest still cannot be written): :func:`_source_metadata` says so."""
+    when the rest still cannot be written): :func:`_source_metadata` says so.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The image file.
+
+    Returns
+    -------
+    exif : bytes or None
+        The EXIF block to write (orientation 1, Software naming bafusion), or None.
+    icc : bytes or None
+        The ICC profile, or None.
+    """
     return _source_metadata(path)[:2]
 
 
@@ -167,7 +180,18 @@ def source_dpi(path: str | os.PathLike[str]) -> tuple[float, float] | None:
     a TIFF without XResolution/YResolution, which Pillow reads as 1 dpi, and a resolution of
     ResolutionUnit 1, no absolute unit: an aspect ratio only). Values within 0.013 of a whole
     number, half a pixel per metre, are rounded to it (PNG and BMP store whole pixels per metre:
-    300 dpi as 11811 reads 299.9994, 96 dpi as 3780 reads 96.0119)."""
+    300 dpi as 11811 reads 299.9994, 96 dpi as 3780 reads 96.0119).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The image file (a file that cannot be read gives None).
+
+    Returns
+    -------
+    tuple of (float, float) or None
+        (x, y) dots per inch, both finite and positive.
+    """
     def whole(v: float) -> float:
         return float(round(v)) if abs(v - round(v)) < 0.013 else float(v)
 
@@ -242,7 +266,18 @@ _PNG_COLOUR_CHUNKS = (b"gAMA", b"cHRM", b"sRGB")
 def source_png_colour(path: str | os.PathLike[str]) -> bytes | None:
     """The ``gAMA``, ``cHRM`` and ``sRGB`` chunks of a PNG (as stored: length, type, data, CRC;
     those before its image data, where the specification puts them), or None for a file with
-    none of them or no PNG."""
+    none of them or no PNG.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file (a file that cannot be opened gives None).
+
+    Returns
+    -------
+    bytes or None
+        The chunks, concatenated in file order (each of at most 64 bytes of data).
+    """
     out = b""
     try:
         with open(path, "rb") as fh:
@@ -310,7 +345,17 @@ def _png_colour_label(chunks: bytes | None) -> tuple[tuple | None, str]:
 
 def png_colour_name(chunks: bytes) -> str:
     """What a PNG's ``sRGB``/``gAMA``/``cHRM`` chunks (:func:`source_png_colour`) say, for a
-    line: ``a PNG sRGB chunk``, ``PNG gamma 0.45455 and chromaticities``."""
+    line: ``a PNG sRGB chunk``, ``PNG gamma 0.45455 and chromaticities``.
+
+    Parameters
+    ----------
+    chunks : bytes
+        The chunks, as :func:`source_png_colour` returns them.
+
+    Returns
+    -------
+    str
+    """
     return _png_colour_label(chunks)[1]
 
 
@@ -324,7 +369,18 @@ def _colour_description(path: str | os.PathLike[str], icc: bytes | None) -> tupl
 
 def icc_name(icc: bytes) -> str:
     """An ICC profile's description (its ``desc`` tag, as colour-managed programs list it), in
-    quotes and on one line: ``'Display P3'``; ``an ICC profile`` when it cannot be read."""
+    quotes and on one line: ``'Display P3'``; ``an ICC profile`` when it cannot be read.
+
+    Parameters
+    ----------
+    icc : bytes
+        The profile.
+
+    Returns
+    -------
+    str
+        The quoted description (cut to 60 characters with ``...``), or ``"an ICC profile"``.
+    """
     try:
         from io import BytesIO
 
@@ -356,7 +412,26 @@ def profile_notes(paths: Sequence[str | os.PathLike[str]], first_icc: bytes | No
     written (:func:`icc_fits`) and the line says the result carries no profile. ``output`` (and
     ``high_depth``, a uint16 result: :func:`written_metadata`): the file the result is written to;
     the line says what it holds (no profile in a .bmp, no PNG chunks outside a .png); without it,
-    that PNG chunks are carried to a .png only."""
+    that PNG chunks are carried to a .png only.
+
+    Parameters
+    ----------
+    paths : sequence of str or path-like
+        The source files.
+    first_icc : bytes or None
+        The first source's ICC profile (as :func:`source_metadata` reads it).
+    rgb : bool or None
+        The result is colour (True) or gray (False); None: not known (no fit check).
+    output : str or path-like, optional
+        The file the result is written to.
+    high_depth : bool
+        The result is uint16.
+
+    Returns
+    -------
+    list of str
+        One line per source whose description differs, in the order of ``paths``.
+    """
     notes: list[str] = []
     first = os.fspath(paths[0])
     key, label = _colour_description(paths[0], first_icc)
@@ -401,7 +476,19 @@ def profile_notes(paths: Sequence[str | os.PathLike[str]], first_icc: bytes | No
 
 
 def cmyk_notes(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """One line per CMYK source: it is converted to RGB without colour management."""
+    """One line per CMYK source: it is converted to RGB without colour management.
+
+    Parameters
+    ----------
+    paths : sequence of str or path-like
+        The source files.
+
+    Returns
+    -------
+    list of str
+        ``"<file> is CMYK: converted to RGB without colour management (its colours are
+        approximate)"`` per CMYK source; files Pillow cannot open are skipped.
+    """
     notes: list[str] = []
     for p in paths:
         try:
@@ -419,7 +506,17 @@ def unkept_metadata_note(paths: Sequence[str | os.PathLike[str]]) -> str | None:
     """One line naming the kinds of metadata the sources hold that no output keeps (XMP, IPTC,
     JPEG comments: only the first source's EXIF, ICC profile and resolution are written, where the
     output's format holds them: :func:`written_metadata`), or
-    None when they hold none. The line names no file, so that ``fuse-dir`` says it once."""
+    None when they hold none. The line names no file, so that ``fuse-dir`` says it once.
+
+    Parameters
+    ----------
+    paths : sequence of str or path-like
+        The source files.
+
+    Returns
+    -------
+    str or None
+    """
     kinds: list[str] = []
     for p in paths:
         try:

@@ -32,7 +32,22 @@ from bafusion.io.metadata import (
 def read_matte(path: str | os.PathLike[str]) -> np.ndarray:
     """An alpha matte as uint8 (H, W), read by :func:`read_image`. RGB mattes (alphamatting
     stores R=G=B) take the R channel; a matte whose channels differ is an error, since it would
-    not be a matte."""
+    not be a matte.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The matte file.
+
+    Returns
+    -------
+    ndarray of uint8, (H, W)
+
+    Raises
+    ------
+    bafusion.errors.InputFileError
+        Naming the file: as :func:`read_image`, or a colour matte whose channels differ.
+    """
     a = read_image(path)
     if a.ndim == 3:
         if not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
@@ -123,7 +138,27 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     (when ``metadata``, see :attr:`SourceSet.notes`): a source whose profile is not the first's,
     one of several frames or pages, gray sources beside colour ones; always: a float source's
     clipped samples. Floating-point sources share one scale (:func:`float_scale` of the largest
-    value over all of them), as unmarked integer sources share one bit depth."""
+    value over all of them), as unmarked integer sources share one bit depth.
+
+    Parameters
+    ----------
+    paths : sequence of str or path-like
+        The source files, the first the one whose metadata is kept.
+    metadata : bool
+        Read the first source's EXIF, ICC profile, resolution and PNG colour chunks, and make
+        the notes on profiles, frames, gray/colour mixes and unkept metadata; False: images
+        (and the clipping notes) only.
+
+    Returns
+    -------
+    SourceSet
+
+    Raises
+    ------
+    bafusion.errors.InputFileError
+        Naming the file when one is missing, not a file, of a format not read here, or not a
+        readable image.
+    """
     out: list[np.ndarray | None] = []
     high: list[tuple[int, np.ndarray, int | None, int]] = []
     significant: list[int] = []  # the marked sources' significant bits (not the bits scaled from)
@@ -277,7 +312,18 @@ def float_scale(top: float | np.ndarray) -> float:
     read dark in silence.
 
     The float sources read together (:func:`read_source_set`, :func:`read_images`) share one
-    scale, from the largest value over all of them, as integer sources share one bit depth."""
+    scale, from the largest value over all of them, as integer sources share one bit depth.
+
+    Parameters
+    ----------
+    top : float or ndarray
+        The largest sample value, or the samples (an empty array counts as 0).
+
+    Returns
+    -------
+    float
+        1.0, 255.0 or 65535.0.
+    """
     top = (float(top.max()) if top.size else 0.0) if isinstance(top, np.ndarray) else float(top)
     return 1.0 if top < 16.0 else 255.0 if top < 4096.0 else 65535.0
 
@@ -285,7 +331,24 @@ def float_scale(top: float | np.ndarray) -> float:
 def float_to_u8(a: np.ndarray, scale: float, path: str | os.PathLike[str]) -> tuple[np.ndarray, str | None]:
     """Floating-point samples ``a`` on [0, ``scale``] as uint8, ``round(a / scale * 255)``;
     samples outside [0, ``scale``] (negative ones, overshoot) are clipped to it, and the line
-    for the user says so (the file, how many samples, their range), None when none is."""
+    for the user says so (the file, how many samples, their range), None when none is.
+
+    Parameters
+    ----------
+    a : ndarray
+        Floating-point samples, any shape.
+    scale : float
+        The full scale (:func:`float_scale`).
+    path : str or path-like
+        The file, named in the note.
+
+    Returns
+    -------
+    image : ndarray of uint8
+        Of ``a``'s shape (numpy's ``round``: halves to even).
+    note : str or None
+        The clipping note, or None when every sample lies in [0, ``scale``].
+    """
     out = np.clip(np.round(a / scale * 255.0), 0, 255).astype(np.uint8)
     outside = int(np.count_nonzero((a < 0) | (a > scale)))
     if not outside:

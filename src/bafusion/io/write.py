@@ -194,7 +194,21 @@ def written_metadata(path: str | os.PathLike[str], high_depth: bool = False) -> 
     profile, when it fits the image: :func:`icc_fits`), ``'exif'``, ``'dpi'`` and
     ``'png_colour'`` (PNG ``gAMA``/``cHRM``/``sRGB`` chunks). ``high_depth``: a uint16 image,
     which a TIFF holds without EXIF. A BMP holds the resolution only, a WebP no resolution, other
-    formats none of them."""
+    formats none of them.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The output file (only its suffix is looked at).
+    high_depth : bool
+        The image is uint16.
+
+    Returns
+    -------
+    frozenset of str
+        Some of ``'icc'``, ``'exif'``, ``'dpi'``, ``'png_colour'``; empty for a suffix of no
+        format listed above.
+    """
     fmt = Image.registered_extensions().get(Path(path).suffix.lower())
     keeps = _WRITTEN_METADATA.get(fmt or "", frozenset())
     if high_depth and fmt == "TIFF":
@@ -258,7 +272,19 @@ def icc_fits(icc: bytes, img: np.ndarray) -> bool:
     """Whether the ICC profile ``icc`` describes ``img``'s colour space: its header's data
     colour space (bytes 16-19) is ``'RGB '`` for an RGB or RGBA image, ``'GRAY'`` for a gray
     one (with or without alpha: (H, W), (H, W, 1) or (H, W, 2)); an alpha channel is not part
-    of the colour space."""
+    of the colour space.
+
+    Parameters
+    ----------
+    icc : bytes
+        The profile (one shorter than its 128-byte header fits nothing).
+    img : ndarray
+        The image, (H, W) or (H, W, C).
+
+    Returns
+    -------
+    bool
+    """
     space = bytes(icc[16:20]) if len(icc) >= 128 else b""
     channels = 1 if img.ndim == 2 else img.shape[2] if img.ndim == 3 else 0
     return space == (b"RGB " if channels in (3, 4) else b"GRAY" if channels in (1, 2) else b"\0")
@@ -296,14 +322,33 @@ def _exif_value_size(v: object) -> int:
 
 def fit_jpeg_exif(exif: bytes | None, output: str | os.PathLike[str], *,
                   what: str = "the first source's EXIF") -> tuple[bytes | None, str | None]:
-    """``exif`` made to fit a JPEG's APP1 segment (:data:`_JPEG_MAX_EXIF` bytes) when ``output``
+    """``exif`` made to fit a JPEG's APP1 segment (65,533 bytes) when ``output``
     is a JPEG, with a note for the user when anything is dropped; else ``(exif, None)``.
 
     A larger block (a camera's MakerNote from a PNG or TIFF source) was left out whole and
     unsaid: now its MakerNote (0x927C) is dropped, then, while still too large, its largest
     remaining tag; the note names what was dropped. A block Pillow cannot rewrite is left out,
     and the note says so. ``what`` names the block in the note (:func:`write_image`: "the
-    EXIF given")."""
+    EXIF given").
+
+    Parameters
+    ----------
+    exif : bytes or None
+        The EXIF block.
+    output : str or path-like
+        The output file (a JPEG by its suffix, as Pillow registers it).
+    what : str
+        The block's name in the note.
+
+    Returns
+    -------
+    exif : bytes or None
+        The block as it fits (unchanged when it already fits or ``output`` is no JPEG), or None
+        when it could not be shortened.
+    note : str or None
+        ``"<output>: <what> is written without MakerNote, ... (N bytes, a JPEG holds at most
+        65533)"``, or that it is not written; None when nothing was dropped.
+    """
     if not exif or len(exif) <= _JPEG_MAX_EXIF or Image.registered_extensions().get(
             Path(output).suffix.lower()) != "JPEG":
         return exif, None
@@ -337,7 +382,17 @@ HIGH_DEPTH_SUFFIXES = (".png", ".tif", ".tiff")
 
 
 def keeps_16_bits(path: str | os.PathLike[str]) -> bool:
-    """Whether :func:`write_image` writes 16 bits per sample to this file (PNG, TIFF)."""
+    """Whether :func:`write_image` writes 16 bits per sample to this file (PNG, TIFF).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The output file (its suffix, in :data:`HIGH_DEPTH_SUFFIXES`, case-insensitively).
+
+    Returns
+    -------
+    bool
+    """
     return Path(path).suffix.lower() in HIGH_DEPTH_SUFFIXES
 
 
@@ -355,7 +410,26 @@ def png16_bytes(img: np.ndarray, *, exif: bytes | None = None, icc: bytes | None
                 sbit: int | None = None, dpi: tuple[float, float] | None = None) -> bytes:
     """A 16-bit gray or RGB PNG of a uint16 (H, W) or (H, W, 3) array (encoded by pypng: Pillow
     cannot write 16-bit colour), with ``sBIT``, ``iCCP``, ``pHYs`` (``dpi``, as pixels per
-    metre) and ``eXIf`` chunks when given; deterministic."""
+    metre) and ``eXIf`` chunks when given; deterministic.
+
+    Parameters
+    ----------
+    img : ndarray
+        uint16 (H, W), or (H, W, C) with C = 1 or 2 (gray, gray + alpha), 3 or 4 (RGB, RGBA).
+    exif : bytes, optional
+        EXIF block (with or without the ``Exif\\0\\0`` header), as ``eXIf``.
+    icc : bytes, optional
+        ICC profile, as ``iCCP`` (named "ICC profile", zlib-compressed).
+    sbit : int, optional
+        Significant bits per sample, as ``sBIT`` (the same for every channel).
+    dpi : tuple of (float, float), optional
+        Resolution (x, y) in dots per inch, as ``pHYs``.
+
+    Returns
+    -------
+    bytes
+        The PNG file, the chunks right after the header.
+    """
     import io
 
     import png  # pypng
