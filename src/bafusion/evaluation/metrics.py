@@ -29,11 +29,14 @@ All metrics take three images of one height and width (sources ``a``, ``b`` and 
 bring them to the [0, 255] scale by their type:
 
 * **uint8**: as they are (the reference values are computed so);
-* **uint16**: scaled to uint8 alike, as :func:`bafusion.fuse` and :func:`bafusion.io.read_images`
-  scale unmarked 16-bit data: from the smallest of 8, 10, 12, 14 or 16 bits that holds the
-  largest uint16 value of the three (``round(v / (2**bits - 1) * 255)``; at 16 bits
-  ``v / 257``), so a 16-bit fusion (``fuse`` on 16-bit files) measures against its sources
-  read as uint8 like the 8-bit triple;
+* **uint16**: all three or none; scaled to uint8 alike, as :func:`bafusion.fuse` and
+  :func:`bafusion.io.read_images` scale unmarked 16-bit data: from the smallest of 8, 10, 12,
+  14 or 16 bits that holds the largest value of the three (``round(v / (2**bits - 1) * 255)``;
+  at 16 bits ``v / 257``), so a 16-bit fusion (``fuse`` on 16-bit sources) measured against
+  those sources gives the value of the 8-bit triple. A uint16 image beside uint8 (or other
+  0-255) images is refused: its bit depth cannot be told (a dark 16-bit fusion, largest value
+  below 16384, would read as 14-bit data, 4 times too bright); bring the three to one depth
+  (``x.astype(np.uint16) * 257`` for 8-bit ones, or ``read_images([a, b, f])`` for files);
 * **other integer types** (int64, ...): taken as uint8 when every value lies in 0-255;
 * **floats**: taken on the 0-255 scale (gray as they are, colour rounded by ``rgb2gray``).
   Each image is checked on its own: one whose values all lie within [0, 1] with fractions
@@ -118,9 +121,30 @@ def check_same_size(a: ArrayLike, b: ArrayLike, f: ArrayLike, names: Sequence[st
 def _eight_bit_scale(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> list[np.ndarray]:
     """A, B and F on the [0, 255] scale the metrics take, by the input rules of the module
     docstring: uint8 and floats as they are, uint16 scaled to uint8 alike (as :func:`bafusion.fuse`
-    scales uint16 sources), other integers within 0-255 as uint8; anything else refused."""
+    scales uint16 sources; all three uint16 or none), other integers within 0-255 as uint8;
+    anything else refused."""
     images = [np.asarray(x) for x in (a, b, f)]
     out: list[np.ndarray] = []
+    wide = [name for name, x in zip("ABF", images) if x.dtype == np.uint16]
+    if wide and len(wide) < 3 and all(x.dtype.kind in "iuf" for x in images):  # other types: refused below
+        # uint16 data carries no bit depth: beside uint8 (or 0-255) images there is no safe
+        # reading of it (a dark 16-bit fusion, largest value below 16384, reads as 14-bit data:
+        # 4 times too bright), so the three are asked for at one depth.
+        def named(names: list[str], dtype: object) -> str:
+            return f"{' and '.join(names)} {'are' if len(names) > 1 else 'is'} {dtype}"
+
+        narrow: dict[str, list[str]] = {}
+        for name, x in zip("ABF", images):
+            if x.dtype != np.uint16:
+                narrow.setdefault(str(x.dtype), []).append(name)
+        raise UserError(
+            f"image{'s' if len(wide) > 1 else ''} {named(wide, 'uint16')} but "
+            + " and ".join(named(n, dt) for dt, n in narrow.items())
+            + ": the metrics cannot tell the bit depth of uint16 data beside 0-255 images (a dark 16-bit image "
+            "would read as brighter data of fewer bits); give A, B and F at one depth: all uint16 (the 16-bit "
+            "arrays that were fused; x.astype(np.uint16) * 257 brings uint8 to the 16-bit scale), all uint8 "
+            "(bafusion.fuse(..., keep_depth=False)), or read the files as one set with "
+            "bafusion.io.read_images([a, b, f])")
     deep16 = [x for x in images if x.dtype == np.uint16 and x.size]
     bits = common_bits(max(float(x.max()) for x in deep16)) if deep16 else 8
     unit: list[tuple[str, np.ndarray]] = []  # float images with values all within [0, 1], largest above 0
@@ -320,7 +344,7 @@ def qmi(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None =
         The source images.
     f : numpy.ndarray
         The fused image, of the sources' height and width. Each image gray (H, W) or colour
-        (H, W, 3 or 4): uint8; uint16 (the uint16 ones scaled to 8 bits alike, ``v / 257`` for
+        (H, W, 3 or 4): uint8; uint16 (all three then, scaled to 8 bits alike, ``v / 257`` for
         16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
         0-1). See the module docstring.
     cache : MetricCache, optional
@@ -368,7 +392,7 @@ def qncie(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None
         The source images.
     f : numpy.ndarray
         The fused image, of the sources' height and width. Each image gray (H, W) or colour
-        (H, W, 3 or 4): uint8; uint16 (the uint16 ones scaled to 8 bits alike, ``v / 257`` for
+        (H, W, 3 or 4): uint8; uint16 (all three then, scaled to 8 bits alike, ``v / 257`` for
         16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
         0-1). See the module docstring.
     cache : MetricCache, optional
@@ -431,7 +455,7 @@ def qg(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = 
         The source images.
     f : numpy.ndarray
         The fused image, of the sources' height and width. Each image gray (H, W) or colour
-        (H, W, 3 or 4): uint8; uint16 (the uint16 ones scaled to 8 bits alike, ``v / 257`` for
+        (H, W, 3 or 4): uint8; uint16 (all three then, scaled to 8 bits alike, ``v / 257`` for
         16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
         0-1). See the module docstring.
     cache : MetricCache, optional
@@ -573,7 +597,7 @@ def qy(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = 
         The source images.
     f : numpy.ndarray
         The fused image, of the sources' height and width. Each image gray (H, W) or colour
-        (H, W, 3 or 4): uint8; uint16 (the uint16 ones scaled to 8 bits alike, ``v / 257`` for
+        (H, W, 3 or 4): uint8; uint16 (all three then, scaled to 8 bits alike, ``v / 257`` for
         16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
         0-1). See the module docstring.
     cache : MetricCache, optional
@@ -657,7 +681,7 @@ def qcb(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None =
         The source images.
     f : numpy.ndarray
         The fused image, of the sources' height and width. Each image gray (H, W) or colour
-        (H, W, 3 or 4): uint8; uint16 (the uint16 ones scaled to 8 bits alike, ``v / 257`` for
+        (H, W, 3 or 4): uint8; uint16 (all three then, scaled to 8 bits alike, ``v / 257`` for
         16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
         0-1). See the module docstring.
     cache : MetricCache, optional
@@ -879,7 +903,7 @@ def qp(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = 
         The source images.
     f : numpy.ndarray
         The fused image, of the sources' height and width. Each image gray (H, W) or colour
-        (H, W, 3 or 4): uint8; uint16 (the uint16 ones scaled to 8 bits alike, ``v / 257`` for
+        (H, W, 3 or 4): uint8; uint16 (all three then, scaled to 8 bits alike, ``v / 257`` for
         16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
         0-1). See the module docstring.
     cache : MetricCache, optional
@@ -1028,7 +1052,7 @@ def qe(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = 
         The source images.
     f : numpy.ndarray
         The fused image, of the sources' height and width. Each image gray (H, W) or colour
-        (H, W, 3 or 4): uint8; uint16 (the uint16 ones scaled to 8 bits alike, ``v / 257`` for
+        (H, W, 3 or 4): uint8; uint16 (all three then, scaled to 8 bits alike, ``v / 257`` for
         16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
         0-1). See the module docstring.
     cache : MetricCache, optional
@@ -1095,7 +1119,7 @@ def qcv(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None =
         The source images.
     f : numpy.ndarray
         The fused image, of the sources' height and width. Each image gray (H, W) or colour
-        (H, W, 3 or 4): uint8; uint16 (the uint16 ones scaled to 8 bits alike, ``v / 257`` for
+        (H, W, 3 or 4): uint8; uint16 (all three then, scaled to 8 bits alike, ``v / 257`` for
         16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
         0-1). See the module docstring.
     cache : MetricCache, optional
@@ -1213,7 +1237,7 @@ def compute_all(
         The source images.
     f : numpy.ndarray
         The fused image, of the sources' height and width. Each image gray (H, W) or colour
-        (H, W, 3 or 4): uint8; uint16 (the uint16 ones scaled to 8 bits alike, ``v / 257`` for
+        (H, W, 3 or 4): uint8; uint16 (all three then, scaled to 8 bits alike, ``v / 257`` for
         16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
         0-1). See the module docstring.
     metrics : str or iterable of str, optional
