@@ -243,6 +243,40 @@ def test_a_bad_device_is_named_as_the_parameter_not_the_cli_option(tmp_path: Pat
             bafusion.fuse(a, b, model=str(tiny_nets), device=device)
 
 
+def test_the_model_loaders_of_bafusion_fusion_name_python_arguments_not_cli_options(tiny_nets: Path) -> None:
+    """load_nets, load_nets_from_dir and resolve_device, called from Python, said "swap the
+    --initial and --boundary files", "--device gpu: not a device" and "or pass --model DIR":
+    options of the command line. They name the Python arguments (the command line's wording
+    is kept: tests/test_cli_errors.py)."""
+    import json
+
+    from bafusion.fusion import load_nets, resolve_device
+
+    for role in ("initial", "boundary"):
+        jp = tiny_nets / f"{role}.json"
+        jp.write_text(json.dumps({**json.loads(jp.read_text()), "net": role}))
+    calls = [
+        (lambda: load_nets(tiny_nets / "boundary.pt", tiny_nets / "initial.pt", "cpu"),
+         "given as the initial net: swap the initial and boundary arguments"),
+        (lambda: load_nets(tiny_nets / "initial.pt", tiny_nets / "boundary.pt", device="gpu"),
+         "device='gpu': not a device"),
+        (lambda: resolve_device("gpu"), "device='gpu': not a device"),
+        (lambda: load_nets(tiny_nets / "nope.pt", tiny_nets / "boundary.pt", "cpu"),
+         "nope.pt: model file not found (train them with"),
+        (lambda: load_nets_from_dir(tiny_nets.parent / "nomodels", "cpu"), "pass model=DIR"),
+    ]
+    for call, said in calls:
+        with pytest.raises(UserError) as e:
+            call()
+        assert said in str(e.value) and not any(f"--{o}" in str(e.value) for o in ("model", "device", "initial")), e.value
+    for ext in ("pt", "json"):  # a folder whose two nets are swapped
+        (tiny_nets / f"initial.{ext}").rename(tiny_nets / f"x.{ext}")
+        (tiny_nets / f"boundary.{ext}").rename(tiny_nets / f"initial.{ext}")
+        (tiny_nets / f"x.{ext}").rename(tiny_nets / f"boundary.{ext}")
+    with pytest.raises(UserError, match=r"initial net: the folder's initial\.pt and boundary\.pt are swapped"):
+        load_nets_from_dir(tiny_nets, "cpu")
+
+
 def test_a_net_file_given_as_the_model_folder_is_named_a_file(tiny_nets: Path) -> None:
     """load_model(<a file>) said "model folder not found": the path exists, it is a file."""
     for model in (tiny_nets / "initial.pt", str(tiny_nets / "boundary.pt")):
@@ -594,13 +628,13 @@ def test_the_command_lines_model_lookup_leaves_the_warnings_of_loading_nets_to_t
     import bafusion.fusion.models as models
     from bafusion.cli.common import nets_from_args
 
-    real = models.load_nets
+    real = models._load_files  # load_nets as the command line calls it (worded for its options)
 
-    def load_nets(*a: object, **kw: object) -> object:
+    def load_files(*a: object, **kw: object) -> object:
         warnings.warn("probe: a warning of loading the nets", UserWarning)
         return real(*a, **kw)
 
-    monkeypatch.setattr(models, "load_nets", load_nets)
+    monkeypatch.setattr(models, "_load_files", load_files)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("error")
         warnings.filterwarnings("always", category=UserWarning, module=re.escape(__name__))

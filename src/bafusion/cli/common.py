@@ -162,29 +162,29 @@ def _load_saying_the_shipped_model(args: argparse.Namespace, folder: str | None,
     left to their filters (emitted again, they lost their module and its filters)."""
     import warnings
 
-    from bafusion.fusion.models import ModelNameWarning, find_model_dir, load_nets
+    from bafusion.fusion.models import ModelNameWarning, _find_model_dir, _load_files
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ModelNameWarning)
-        d = find_model_dir(folder)
+        d = _find_model_dir(folder)  # worded for the command line: --model DIR
     for w in caught:
         if issubclass(w.category, ModelNameWarning):
             print(f"bafusion {getattr(args, 'command', None) or 'fuse'}: warning: {w.message}", file=sys.stderr)
         else:  # (find_model_dir warns of nothing else) as they would have been
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return load_nets(d / "initial.pt", d / "boundary.pt", device)
+    return _load_files(d / "initial.pt", d / "boundary.pt", device, "cli")
 
 
 def nets_from_args(args: argparse.Namespace, device: str, folder: str | None) -> FusionNets:
     """The nets named by ``--initial`` and ``--boundary`` (both or neither), else those of the
     model ``folder`` (``--model``/``--models``; None: the default places); a file given as
     the folder is refused, saying so."""
-    from bafusion.fusion.models import load_nets
+    from bafusion.fusion.models import _load_files
 
     if args.initial or args.boundary:
         if not (args.initial and args.boundary):
             raise UserError("--initial and --boundary go together")
-        return load_nets(args.initial, args.boundary, device)
+        return _load_files(args.initial, args.boundary, device, "cli")  # worded for the command line
     try:
         return _load_saying_the_shipped_model(args, folder, device)
     except UserError as e:

@@ -251,7 +251,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         for name in maps:
             check_not_input(Path(args.save_maps) / name, paths, "map file")
         maps_line = _maps_line(Path(args.save_maps), out.stem, joint, len(paths))
-    resolve_device(other["device"])
+    resolve_device(other["device"], "--device")
     from bafusion.fusion.batch import fused_output, prepare_sources
 
     say = _stage_lines(args.progress)
@@ -474,7 +474,7 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     if out.resolve() == src.resolve():
         raise UserError(f"{out}: the output folder must not be the input folder")
     check_output_folder(src, out, find_groups(src, exclude=out)[0])  # before the nets load; fuse_dir checks again
-    resolve_device(other["device"])
+    resolve_device(other["device"], "--device")
     nets = nets_from_args(args, other["device"], args.model)
     from bafusion.cli.app import on_stop_say
 

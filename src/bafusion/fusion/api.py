@@ -26,14 +26,8 @@ ALIGN_MODELS = ("none", "auto", "translation", "similarity", "homography")
 
 
 def _load_nets(model: str | os.PathLike[str] | None, device: str, warn: bool = True) -> FusionNets:
-    """:func:`load_nets_from_dir`, its hint on how to get a model given as this API's
-    ``model=DIR`` (it names the command line's ``--model DIR``)."""
-    try:
-        return load_nets_from_dir(model, device, warn=warn)
-    except UserError as e:
-        if type(e) is UserError and "--model DIR" in str(e):
-            raise UserError(str(e).replace("--model DIR", "model=DIR")) from e
-        raise
+    """:func:`load_nets_from_dir` (its messages name this API's ``model=DIR``)."""
+    return load_nets_from_dir(model, device, warn=warn)
 
 
 #: The nets :func:`fuse` loaded (``model=`` a folder or name), the last :data:`_CACHE_SIZE`,
@@ -51,12 +45,7 @@ def _model_identity(model: str | os.PathLike[str] | None) -> tuple[Any, ...]:
     """The folder ``model`` names now (:func:`bafusion.fusion.models.find_model_dir`, resolved)
     and its model files' (inode, mtime_ns, size), None for a file that is not there (the inode:
     a file replaced by another of the same size and time, ``cp -p`` or a rename, is new)."""
-    try:
-        d = find_model_dir(model).resolve()
-    except UserError as e:  # as loading says it: model=DIR, not the command line's --model DIR
-        if type(e) is UserError and "--model DIR" in str(e):
-            raise UserError(str(e).replace("--model DIR", "model=DIR")) from e
-        raise
+    d = find_model_dir(model).resolve()  # its messages name model=DIR, not the command line's --model DIR
 
     def stamp(f: Path) -> tuple[int, int, int] | None:
         try:

@@ -17,11 +17,19 @@ from bafusion.nets.model import CifarResNet, ModelFileError, fold_batchnorm, loa
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
-#: How to get trained nets, shown when none are found.
-HOW_TO_GET_MODELS = (
-    "train them with `snakemake --cores 2 train_boundary` (or `dvc repro`), which writes "
-    "data/models/initial.pt and data/models/boundary.pt, or pass --model DIR"
-)
+def _how_to_get_models(other: str) -> str:
+    """How to get trained nets, shown when none are found; ``other`` says how to name others."""
+    return ("train them with `snakemake --cores 2 train_boundary` (or `dvc repro`), which writes "
+            f"data/models/initial.pt and data/models/boundary.pt, or {other}")
+
+
+#: How to get trained nets, as the command line says it (its option ``--model``).
+HOW_TO_GET_MODELS = _how_to_get_models("pass --model DIR")
+
+# The public functions below word their messages for a Python caller (``device='gpu'``,
+# ``model=DIR``); the command line calls their private forms (_find_model_dir, _load_files(...,
+# "cli")) for its options' names (``--device gpu``, ``--model DIR``, ``--initial``/``--boundary``).
+_PY_MODEL_HINT = _how_to_get_models("pass model=DIR")
 
 
 def _inference_net(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -89,14 +97,19 @@ class FusionNets:
 # --------------------------------------------------------------------------------------
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """The torch device for a device name, checked against this machine.
+def resolve_device(device: str = "auto", flag: str = "device=") -> torch.device:
+    """The torch device named ``device``: ``"auto"`` (CUDA when available), ``"cpu"``,
+    ``"cuda[:N]"`` or ``"mps"``; one this machine lacks is refused.
 
     Parameters
     ----------
     device : str
         ``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda[:N]"`` or ``"mps"``
         (Apple Metal).
+    flag : str
+        What gave it, for the message: a Python parameter ending in ``=`` (``device='gpu': not
+        a device ...``, the default) or a command-line option (``"--device"``: ``--device gpu:
+        ...``), as :func:`bafusion.preflight.check_device` takes it.
 
     Returns
     -------
@@ -112,11 +125,12 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     from bafusion.preflight import check_device
 
-    check_device(device)
+    check_device(device, flag)
     try:
         return torch.device(device)
     except RuntimeError as e:
-        raise UserError(f"--device {device}: {e}") from e
+        shown = f"{flag}{device!r}" if flag.endswith("=") else f"{flag} {device}"
+        raise UserError(f"{shown}: {e}") from e
 
 
 #: The largest patch side a model description may give (:func:`_load_one`): fuse.tile's
@@ -124,9 +138,12 @@ def resolve_device(device: str = "auto") -> torch.device:
 MAX_PATCH = 4096
 
 
-def _load_one(path: Path, device: torch.device, role: str | None = None) -> tuple[CifarResNet, int]:
+def _load_one(path: Path, device: torch.device, role: str | None = None, *, hint: str = HOW_TO_GET_MODELS,
+              swap: str = "swap the --initial and --boundary files") -> tuple[CifarResNet, int]:
+    """One net and its patch side; ``hint`` (how to get nets) and ``swap`` (what to do with a net
+    of the other role) end the messages, worded for the caller."""
     if not path.exists():
-        raise UserError(f"{path}: model file not found ({HOW_TO_GET_MODELS})")
+        raise UserError(f"{path}: model file not found ({hint})")
     try:
         net, meta = load_model(path, map_location="cpu")
     except ModelFileError as e:  # a file that is there but wrong: how to train one does not help
@@ -135,7 +152,7 @@ def _load_one(path: Path, device: torch.device, role: str | None = None) -> tupl
     if role is not None and trained_as in ("initial", "boundary") and trained_as != role:
         other = "boundary" if role == "initial" else "initial"
         raise UserError(f"{path}: is a {trained_as} net (its {path.with_suffix('.json').name} says so), given as the "
-                        f"{role} net: swap the --{role} and --{other} files")
+                        f"{role} net: {swap.format(role=role, other=other)}")
     patch = meta.get("patch", meta.get("patch_size"))
     if patch is None:
         raise UserError(f"{path.with_suffix('.json')}: no 'patch' entry (the patch side the net was trained on)")
@@ -174,13 +191,28 @@ def load_nets(
     Raises
     ------
     bafusion.errors.UserError
-        A missing or invalid file (the message names it and says how to get nets), or a net
+        A missing or invalid file (the message names it and says how to get nets), a net
         whose ``.json`` says it was trained for the other role (``"net": "boundary"`` given as
-        ``initial``).
+        ``initial``), or a device this machine lacks (``device='cuda:1': ...``).
     """
-    dev = resolve_device(device) if isinstance(device, str) else device
-    ni, pi = _load_one(Path(initial), dev, "initial")
-    nb, pb = _load_one(Path(boundary), dev, "boundary")
+    return _load_files(initial, boundary, device, "arguments")
+
+
+def _load_files(initial: str | os.PathLike[str], boundary: str | os.PathLike[str], device: str | torch.device,
+                given: str) -> FusionNets:
+    """:func:`load_nets`, its messages worded for how the files were ``given``: ``"arguments"``
+    (load_nets' own), ``"folder"`` (a model folder's initial.pt and boundary.pt, from Python), or
+    ``"cli"`` (the command line's options: ``--device``, ``--model DIR``, ``--initial``/``--boundary``)."""
+    if given == "cli":
+        flag, hint, swap = "--device", HOW_TO_GET_MODELS, "swap the --{role} and --{other} files"
+    elif given == "folder":
+        flag, hint, swap = "device=", _PY_MODEL_HINT, "the folder's {role}.pt and {other}.pt are swapped (rename them)"
+    else:
+        flag, swap = "device=", "swap the {role} and {other} arguments"
+        hint = _how_to_get_models("load a model folder or a shipped model with bafusion.load_model")
+    dev = resolve_device(device, flag) if isinstance(device, str) else device
+    ni, pi = _load_one(Path(initial), dev, "initial", hint=hint, swap=swap)
+    nb, pb = _load_one(Path(boundary), dev, "boundary", hint=hint, swap=swap)
     return FusionNets(ni, nb, pi, pb, dev, (str(initial), str(boundary)))
 
 
@@ -259,6 +291,12 @@ def find_model_dir(model: str | os.PathLike[str] | None, *, warn: bool = True) -
         ``model`` is a file, or neither a folder nor a shipped model's name; with ``model=None``,
         no default folder holds both files.
     """
+    return _find_model_dir(model, warn=warn, hint=_PY_MODEL_HINT)
+
+
+def _find_model_dir(model: str | os.PathLike[str] | None, *, warn: bool = True, hint: str = HOW_TO_GET_MODELS) -> Path:
+    """:func:`find_model_dir`, ``hint`` (how to get nets) ending its messages: the command line's
+    by default (``--model DIR``)."""
     if model is not None:
         d = Path(model)
         if d.is_dir():
@@ -275,18 +313,19 @@ def find_model_dir(model: str | os.PathLike[str] | None, *, warn: bool = True) -
         shipped = _shipped_model_dir(d.name) if d.name == str(model) else None
         if shipped is not None:
             return shipped
-        raise UserError(f"{d}: model folder not found ({HOW_TO_GET_MODELS}; shipped models: {', '.join(shipped_models())})")
+        raise UserError(f"{d}: model folder not found ({hint}; shipped models: {', '.join(shipped_models())})")
     for d in default_model_dirs():
         if (d / "initial.pt").is_file() and (d / "boundary.pt").is_file():
             return d
     looked = ", ".join(str(d) for d in default_model_dirs())
-    raise UserError(f"no trained nets found (looked for initial.pt and boundary.pt in {looked}); {HOW_TO_GET_MODELS}")
+    raise UserError(f"no trained nets found (looked for initial.pt and boundary.pt in {looked}); {hint}")
 
 
 def load_nets_from_dir(model: str | os.PathLike[str] | None, device: str = "auto", *, warn: bool = True) -> FusionNets:
     """Load the two nets of a model folder (:func:`find_model_dir`, ``warn`` passed to it), or
     of a shipped model by name; ``model=None``: the shipped ``default``, else the pipeline's
-    ``data/models``. Same as :func:`bafusion.load_model`.
+    ``data/models``. Same as :func:`bafusion.load_model`; messages name the Python arguments
+    (``model=DIR``, ``device='gpu'``), not the command line's options.
 
     Parameters
     ----------
@@ -307,5 +346,5 @@ def load_nets_from_dir(model: str | os.PathLike[str] | None, device: str = "auto
         As :func:`find_model_dir` and :func:`load_nets` raise.
     """
     d = find_model_dir(model, warn=warn)
-    return load_nets(d / "initial.pt", d / "boundary.pt", device)
+    return _load_files(d / "initial.pt", d / "boundary.pt", device, "folder")
 
