@@ -987,6 +987,25 @@ def test_fuse_set_refuses_a_report_that_is_one_of_its_own_files_in_out(
         fusion.fuse_set(pairs, out, fusion.load_nets_from_dir(tiny_nets, "cpu"), report_path=report)
 
 
+def test_fuse_set_from_python_takes_a_mapping_of_params_and_str_paths(tmp_path: Path, tiny_nets: Path) -> None:
+    """fuse_set(pairs, out, nets, {"l": 4}) failed with a raw "TypeError: asdict() should be
+    called on dataclass instances" (fuse, fuse_images and fuse_stack take a mapping), and
+    read_pair_index("pairs") with "unsupported operand type(s) for /" (fuse_set takes str)."""
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    rng = np.random.default_rng(0)
+    for s in ("A", "B"):
+        Image.fromarray(rng.integers(0, 256, (24, 20), dtype=np.uint8)).save(pairs / f"p1-{s}.png")
+    (pairs / "index.json").write_text(json.dumps({"pairs": ["p1"]}))
+    assert fusion.read_pair_index(str(pairs)) == ["p1"]
+    nets = fusion.load_nets_from_dir(tiny_nets, "cpu")
+    report = fusion.fuse_set(str(pairs), str(tmp_path / "out"), nets, {"l": 4, "flat_level": 0})
+    assert report["params"]["l"] == 4 and report["params"]["flat_level"] == 0
+    assert list(report["pairs"]) == ["p1"] and (tmp_path / "out" / "p1.png").is_file()
+    with pytest.raises(UserError, match=r"params: .*\bl\b"):  # checked like params.yaml's fuse section
+        fusion.fuse_set(pairs, tmp_path / "out2", nets, {"l": -1})
+
+
 def test_fig3_of_a_pair_with_truth_shows_it_beside_the_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the test set's Fig. 3 showed our decision map and fused image but not the truth they are
     # scored against, so the error could not be seen: the true decision map and the all-in-focus

@@ -9,7 +9,9 @@ import math
 import os
 import sys
 from dataclasses import asdict, replace
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -18,7 +20,7 @@ from bafusion.atomic import atomic_dir, write_text
 from bafusion.errors import InputFileError, UserError
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
-from bafusion.fusion.rule import fuse_images
+from bafusion.fusion.rule import checked_params, fuse_images
 from bafusion.io import read_image, read_source_set, to_gray_u8, write_image
 
 
@@ -26,10 +28,10 @@ from bafusion.io import read_image, read_source_set, to_gray_u8, write_image
 ACCURACY = "accuracy.json"
 
 
-def read_pair_index(folder: Path, allow_empty: bool = False) -> list[str]:
+def read_pair_index(folder: str | os.PathLike[str], allow_empty: bool = False) -> list[str]:
     """Pair names from ``<folder>/index.json``: a list of names, or {"pairs": [names or
     {"name": ...}]}."""
-    idx = folder / "index.json"
+    idx = Path(folder) / "index.json"
     if not idx.is_file():
         raise InputFileError(idx, "pair index not found (run the testset rule first)")
     try:
@@ -157,7 +159,7 @@ def fuse_set(
     pairs: str | os.PathLike[str],
     out: str | os.PathLike[str],
     nets: FusionNets,
-    params: FusionParams = FusionParams(),
+    params: FusionParams | Mapping[str, Any] | None = None,
     *,
     alpha: float = 10.0,
     report_path: str | os.PathLike[str] | None = None,
@@ -176,8 +178,11 @@ def fuse_set(
         and ``accuracy.json`` (the report). It is written under a temporary name and replaces
         ``out`` whole at the end; an existing ``out`` must be empty or an earlier output of
         ``fuse-set`` (hold ``accuracy.json``).
-    nets, params
-        The nets and the fusion rule's parameters.
+    nets : FusionNets
+        The nets (:func:`bafusion.load_model`).
+    params : FusionParams or mapping, optional
+        The fusion rule's parameters: a :class:`FusionParams`, or a mapping of its fields
+        (``{"l": 4}``, a ``fuse`` section) checked like ``params.yaml``'s; None: the defaults.
     alpha : float
         Gain of the difference maps.
     report_path : path, optional
@@ -196,6 +201,7 @@ def fuse_set(
     from bafusion.preflight import check_output_dir
 
     pairs, out = Path(pairs), Path(out)
+    params = checked_params(params)
     # ``out`` is replaced whole: refuse before any work when it holds the test set, the nets or
     # files that are no earlier output of fuse-set (the report, written after it is replaced, is)
     check_output_dir(out, [pairs, *(s for s in nets.sources if s)], replaced=True, marker=ACCURACY,
