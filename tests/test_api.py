@@ -775,3 +775,14 @@ def test_fuse_keeps_16_bits_with_the_gains_of_match_output_exposure() -> None:
                               compose_index([a16, dark16, a16], joint.index, joint.gains))
         assert np.abs(scale16(bafusion.fuse(a16, dark16, a16, model=nets, params=p3)).astype(int)
                       - joint.fused).max() <= 1
+
+
+def test_from_params_refuses_fields_of_the_rule_at_the_top_level() -> None:
+    """FusionParams.from_params({"l": 4}) returned l=8 in silence: it reads the ``fuse`` section
+    of a whole parameter mapping. Fields of the rule without one are refused, pointing to
+    from_mapping; a whole mapping still reads its section."""
+    with pytest.raises(UserError, match=r"^parameters: l at the top level, and no 'fuse' section: .*from_mapping"):
+        FusionParams.from_params({"l": 4})
+    assert FusionParams.from_params({"fuse": {"l": 4}, "seed": 1}).l == 4
+    assert FusionParams.from_params({"seed": 1}) == FusionParams()
+    assert FusionParams.from_mapping({"l": 4}).l == 4

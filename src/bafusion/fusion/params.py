@@ -225,7 +225,30 @@ class FusionParams:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], source: str = "parameters") -> FusionParams:
-        """Build from a whole parameter mapping (its ``fuse`` section; see :meth:`from_mapping`)."""
+        """Build from a whole parameter mapping (its ``fuse`` section; see :meth:`from_mapping`).
+
+        Parameters
+        ----------
+        params
+            The whole parameters, as ``params.yaml`` holds them: ``{"fuse": {"l": 4, ...},
+            "train": ..., ...}``. Only the ``fuse`` section is read (absent: the defaults). A
+            ``fuse`` section's fields alone (``{"l": 4}``) go to :meth:`from_mapping`.
+        source
+            Where ``params`` came from; starts an error message.
+
+        Raises
+        ------
+        bafusion.errors.UserError
+            No ``fuse`` section but fields of the rule at the top level (``{"l": 4}``, which
+            gave the defaults in silence), or what :meth:`from_mapping` refuses.
+        """
+        if "fuse" not in params:
+            names = {f.name for f in fields(cls)}
+            stray = [k for k in params if k in names]
+            if stray:
+                raise UserError(f"{source}: {', '.join(map(str, stray))} at the top level, and no 'fuse' section: "
+                                "from_params reads a whole parameter mapping ({'fuse': {...}, ...}); give the "
+                                "rule's fields alone to FusionParams.from_mapping")
         return cls.from_mapping(params.get("fuse") or {}, source)
 
 
