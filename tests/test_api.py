@@ -59,6 +59,20 @@ def test_import_bafusion_loads_nothing_heavy() -> None:
     assert out.strip() == "[]"
 
 
+def test_bafusion_metrics_imports_as_a_module() -> None:
+    """``import bafusion.metrics`` and ``from bafusion.metrics import qg`` failed with
+    ModuleNotFoundError, though the package's docstring presents bafusion.metrics as a module
+    (``from bafusion import metrics`` worked). Each form gives bafusion.evaluation.metrics
+    itself, in a fresh interpreter, whichever comes first."""
+    check = ("import bafusion.evaluation.metrics as em\n"
+             "assert bafusion.metrics is em and sys.modules['bafusion.metrics'] is em, bafusion.metrics\n"
+             "assert qg is em.qg\n")
+    for first in ("import sys, bafusion.metrics\nfrom bafusion.metrics import qg\n",
+                  "import sys\nfrom bafusion.metrics import qg\nimport bafusion.metrics\n",
+                  "import sys\nfrom bafusion import metrics\nimport bafusion.metrics\nfrom bafusion.metrics import qg\n"):
+        subprocess.run([sys.executable, "-c", first + check], capture_output=True, text=True, check=True)
+
+
 def test_fuse_equals_the_rule_on_arrays_and_on_paths(tmp_path: Path, tiny_nets: Path) -> None:
     a, b, pa, pb = _pair(tmp_path)
     nets = bafusion.load_model(tiny_nets, device="cpu")

@@ -44,8 +44,10 @@ def modules() -> dict[str, Path]:
 
 def layer(name: str) -> str:
     parts = name.split(".")
-    if name == "bafusion":
-        return "api"  # the package's own __init__: the public API, may import any layer
+    if name in ("bafusion", "bafusion.metrics"):
+        # the package's own __init__: the public API, may import any layer; bafusion.metrics
+        # is the API's name for bafusion.evaluation.metrics (``import bafusion.metrics``)
+        return "api"
     if name == "bafusion.__main__":
         return "cli"  # ``python -m bafusion``: the command
     if len(parts) >= 3 or (len(parts) == 2 and parts[1] in LAYERS):
