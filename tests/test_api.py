@@ -93,6 +93,23 @@ def test_fuse_a_stack_follows_the_stack_rule(tmp_path: Path, tiny_nets: Path) ->
     assert joint.shape == a.shape and joint.dtype == np.uint8
 
 
+def test_fuse_progress_of_a_joint_stack_says_its_steps(tmp_path: Path, tiny_nets: Path, capsys) -> None:
+    """fuse(a, b, c, params={"stack_rule": "joint"}, progress=True) said nothing: the joint rule
+    draws no bar and was called without a way to report. It says each step on stderr, as the
+    command line does; progress=False stays silent, and the fusion is the same."""
+    a, b, pa, pb = _pair(tmp_path)
+    c = np.ascontiguousarray(a[::-1])
+    nets = load_nets_from_dir(tiny_nets, "cpu")
+    joint = {"stack_rule": "joint"}
+    quiet = bafusion.fuse(a, b, c, model=nets, params=joint, progress=False)
+    assert capsys.readouterr().err == ""
+    loud = bafusion.fuse(pa, pb, c, model=nets, params=joint, progress=True)
+    err = capsys.readouterr().err
+    assert "step 1/2: scoring a.png against the 2 shots after it ...\n" in err, err
+    assert "step 2/2: scoring b.png against the shot after it ...\n" in err, err
+    assert np.array_equal(quiet, loud)
+
+
 def test_fuse_refuses_before_work(tmp_path: Path) -> None:
     a, b, _, _ = _pair(tmp_path)
     with pytest.raises(UserError, match="at least two"):

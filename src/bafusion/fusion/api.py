@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +154,10 @@ def fuse(
         copies reduced to a long side of 520 px: about half a second for a 24-megapixel pair;
         silence it with ``align="none"`` or the :mod:`warnings` filters).
     progress : bool or None
-        A progress bar on stderr (None: for camera-size pairs on a terminal).
+        A progress bar on stderr (None: for camera-size pairs on a terminal). Three or more
+        shots by the joint stack rule (``params.stack_rule="joint"``), which draws no bar: a
+        line on stderr as each step of its scoring starts ("step 1/2: scoring a.jpg against
+        the 2 shots after it ..."), on the same terms.
     keep_depth : bool
         When a source has more than 8 bits per sample (a uint16 array, or a file read as
         such), return the uint16 fusion: every pixel is one source's full-depth pixel, chosen
@@ -240,7 +244,7 @@ def fuse(
         from bafusion.fusion.stack import fuse_stack_joint
 
         with torch_threads(threads):
-            res = fuse_stack_joint(images, nets, params, names)
+            res = fuse_stack_joint(images, nets, params, names, step=_step_lines(progress, images[0]))
         _warn_notes(res.notes)
         return compose_index(full, res.index, res.gains, top) if deep else res.fused  # match_output_exposure's gains
     with torch_threads(threads):
@@ -254,6 +258,18 @@ def fuse(
 
         return compose_full(full, [r.decision for r in results], [r.gains for r in results], top)  # as bafusion fuse
     return results[-1].fused
+
+
+def _step_lines(progress: bool | None, image: np.ndarray) -> Callable[[str], None] | None:
+    """The joint stack rule's step lines on stderr where a bar would be drawn (it draws none):
+    ``progress`` True, or None for a camera-size stack on a terminal (as
+    :func:`bafusion.fusion.working.progress_bar` decides)."""
+    from bafusion.fusion.working import PROGRESS_MIN_PIXELS
+    from bafusion.progress import stderr_is_terminal
+
+    pixels = image.shape[0] * image.shape[1]
+    show = bool(progress) if progress is not None else pixels >= PROGRESS_MIN_PIXELS and stderr_is_terminal()
+    return (lambda text: print(f"{text} ...", file=sys.stderr, flush=True)) if show else None
 
 
 def _check_same_size(sources: tuple[str | os.PathLike[str] | np.ndarray, ...], images: list[np.ndarray],
