@@ -1006,6 +1006,38 @@ def test_fuse_set_from_python_takes_a_mapping_of_params_and_str_paths(tmp_path: 
         fusion.fuse_set(pairs, tmp_path / "out2", nets, {"l": -1})
 
 
+def test_fuse_set_from_python_prints_nothing_and_warns_its_notes(tmp_path: Path, tiny_nets: Path, capsys) -> None:
+    """fuse_set called from Python printed the command line's lines ("bafusion fuse-set: p1:
+    0.021 s", its notes, "p1: near_boundary_fraction=..." on stdout). From Python it prints
+    nothing: the notes are FusionNoteWarnings naming the Python parameter, as bafusion.fuse
+    issues them; the command line passes say= and show= and prints as before."""
+    from bafusion.fusion.rule import OUTPUT_EXPOSURE_PARAM, FusionNoteWarning
+
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    a = np.random.default_rng(0).integers(60, 200, (48, 40), dtype=np.uint8)
+    Image.fromarray(a).save(pairs / "p1-A.png")
+    Image.fromarray(a // 2).save(pairs / "p1-B.png")  # B darker: a note
+    (pairs / "index.json").write_text(json.dumps({"pairs": ["p1"]}))
+    nets = fusion.load_nets_from_dir(tiny_nets, "cpu")
+    with pytest.warns(FusionNoteWarning, match=r"p1-B\.png differs from .*p1-A\.png by about -2\.2 EV") as caught:
+        fusion.fuse_set(pairs, tmp_path / "out", nets)
+    assert capsys.readouterr() == ("", "")
+    assert OUTPUT_EXPOSURE_PARAM in str(caught[0].message) and "--match" not in str(caught[0].message)
+    said: list[str] = []
+    shown: list[str] = []
+    fusion.fuse_set(pairs, tmp_path / "out", nets, say=said.append, show=shown.append)
+    assert capsys.readouterr() == ("", "")
+    assert any("-2.2 EV" in line and "--match-output-exposure" in line for line in said), said
+    assert any(line.startswith("p1: ") and line.endswith(" s") for line in said), said
+    assert len(shown) == 1 and shown[0].startswith("p1: near_boundary_fraction="), shown
+    rc = cli_main(["fuse-set", "--pairs", str(pairs), "--models", str(tiny_nets), "--out", str(tmp_path / "out"),
+                   "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and out.startswith("p1: near_boundary_fraction="), out
+    assert "bafusion fuse-set: " in err and "-2.2 EV" in err and "--match-output-exposure" in err, err
+
+
 def test_fig3_of_a_pair_with_truth_shows_it_beside_the_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the test set's Fig. 3 showed our decision map and fused image but not the truth they are
     # scored against, so the error could not be seen: the true decision map and the all-in-focus

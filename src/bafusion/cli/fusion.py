@@ -392,7 +392,8 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
     with tracking.stage_run("fuse", {"fuse": asdict(params)}) as run:
         nets = nets_from_args(args, other["device"], args.models)
         report = fuse_set(args.pairs, args.out, nets, params, alpha=other["alpha"], report_path=args.report,
-                          progress=args.progress)
+                          progress=args.progress, say=lambda text: print(f"bafusion fuse-set: {text}", file=sys.stderr),
+                          show=print)
         run.log_metrics({k: float(v) for k, v in fuse_metrics(report).items()})
     return 0
 

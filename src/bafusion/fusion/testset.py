@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,13 @@ from bafusion.atomic import atomic_dir, write_text
 from bafusion.errors import InputFileError, UserError
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
-from bafusion.fusion.rule import checked_params, fuse_images
+from bafusion.fusion.rule import (
+    OUTPUT_EXPOSURE_OPTION,
+    OUTPUT_EXPOSURE_PARAM,
+    FusionNoteWarning,
+    checked_params,
+    fuse_images,
+)
 from bafusion.io import read_image, read_source_set, to_gray_u8, write_image
 
 
@@ -164,6 +170,8 @@ def fuse_set(
     alpha: float = 10.0,
     report_path: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
+    say: Callable[[str], None] | None = None,
+    show: Callable[[str], None] | None = None,
 ) -> dict:
     """Fuse every pair of a test set and score its decision map against the truth.
 
@@ -174,7 +182,7 @@ def fuse_set(
         ``<name>-B.png`` and, where there is a truth, ``<name>-dm.png`` (255 = A focused).
     out : path
         Output folder: ``<name>.png`` (fused, with A's EXIF, ICC profile, resolution and PNG colour
-        chunks as ``fuse`` writes them, and its notes on stderr), ``maps/`` (:func:`bafusion.fusion.maps.save_maps`)
+        chunks as ``fuse`` writes them, and its notes: see ``say``), ``maps/`` (:func:`bafusion.fusion.maps.save_maps`)
         and ``accuracy.json`` (the report). It is written under a temporary name and replaces
         ``out`` whole at the end; an existing ``out`` must be empty or an earlier output of
         ``fuse-set`` (hold ``accuracy.json``).
@@ -190,6 +198,17 @@ def fuse_set(
         written into ``out`` (:func:`check_report_path`).
     progress : bool, optional
         Progress bar of each fusion (see :func:`bafusion.fusion.fuse_images`).
+    say : callable, optional
+        Called with each line ``bafusion fuse-set`` prints on stderr (after its
+        ``bafusion fuse-set:``): the notes of the fusions and of the written files, each pair's
+        seconds, an index that lists no pairs. None (the default, from Python): each note is
+        issued as a :class:`bafusion.fusion.rule.FusionNoteWarning` (naming
+        ``params={"match_output_exposure": True}`` where the command line names its option),
+        the rest is not said.
+    show : callable, optional
+        Called with each pair's line of numbers as it is scored (``p1: dm_accuracy=0.9876,
+        ...``), which ``bafusion fuse-set`` prints on stdout; None: not shown (the report
+        returned holds them).
 
     Returns
     -------
@@ -209,8 +228,8 @@ def fuse_set(
     # An empty test set (no held-out images, as in the paper preset) fuses nothing.
     names = read_pair_index(pairs, allow_empty=True)
     check_report_path(out, report_path, names)  # written last, it would overwrite one of ``out``'s files
-    if not names:
-        print(f"bafusion fuse-set: {pairs / 'index.json'} lists no pairs: nothing to fuse", file=sys.stderr)
+    if not names and say is not None:
+        say(f"{pairs / 'index.json'} lists no pairs: nothing to fuse")
     # fuse-set fuses pairs, where the stack rule plays no part: kept out of the report.
     report: dict = {"params": {k: v for k, v in asdict(params).items() if k != "stack_rule"}, "device": str(nets.device), "models": list(nets.sources), "pairs": {}}
     # every pair's shots before any work: a missing one found after an hour would lose it
@@ -235,12 +254,17 @@ def fuse_set(
             fused = fused_output(replace(src, full=None), [res], out / f"{name}.png")
             for note in fused.notes:
                 if note not in said_once:  # a line without a file name (metadata not kept): once a run
-                    print(f"bafusion fuse-set: {note}", file=sys.stderr)
+                    if say is not None:
+                        say(note)
+                    else:  # from Python: a warning, as bafusion.fuse issues its notes
+                        warnings.warn(note.replace(OUTPUT_EXPOSURE_OPTION, OUTPUT_EXPOSURE_PARAM), FusionNoteWarning,
+                                      stacklevel=2)
                 if note.startswith("the sources' "):
                     said_once.add(note)
             # Timings go to the log, not the report: DVC tracks the report, and it must be the
             # same for the same inputs.
-            print(f"bafusion fuse-set: {name}: {sum(res.seconds.values()):.3f} s", file=sys.stderr)
+            if say is not None:
+                say(f"{name}: {sum(res.seconds.values()):.3f} s")
             entry: dict = {"near_boundary_fraction": float(res.near_boundary.mean())}
             truth = truth_aif = None
             if pt.is_file():
@@ -269,7 +293,8 @@ def fuse_set(
             write_image(tmp / f"{name}.png", res.fused, exif=fused.exif, icc=fused.icc, dpi=fused.dpi,
                         png_colour=fused.png_colour)
             report["pairs"][name] = entry
-            print(f"{name}: " + ", ".join(f"{k}={'n/a' if v is None else format(v, '.4f')}" for k, v in entry.items()))
+            if show is not None:
+                show(f"{name}: " + ", ".join(f"{k}={'n/a' if v is None else format(v, '.4f')}" for k, v in entry.items()))
         accs = [e["dm_accuracy"] for e in report["pairs"].values() if "dm_accuracy" in e]
         if accs:
             report["mean_dm_accuracy"] = float(np.mean(accs))
