@@ -36,7 +36,26 @@ ACCURACY = "accuracy.json"
 
 def read_pair_index(folder: str | os.PathLike[str], allow_empty: bool = False) -> list[str]:
     """Pair names from ``<folder>/index.json``: a list of names, or {"pairs": [names or
-    {"name": ...}]}."""
+    {"name": ...}]}.
+
+    Parameters
+    ----------
+    folder : str or path
+        The pair folder (``data/testset``: ``<name>-A.png``, ``<name>-B.png`` and ``index.json``).
+    allow_empty : bool
+        Accept an index that lists no pairs (else refused).
+
+    Returns
+    -------
+    list of str
+        The pair names, in the index's order (plain file-name stems, each once).
+
+    Raises
+    ------
+    bafusion.errors.InputFileError
+        No ``index.json``, unreadable JSON, not a list of names, a name that is not a plain name
+        (a folder, ``..``), a name listed twice, or (without ``allow_empty``) no names.
+    """
     idx = Path(folder) / "index.json"
     if not idx.is_file():
         raise InputFileError(idx, "pair index not found (run the testset rule first)")
