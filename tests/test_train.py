@@ -1586,3 +1586,46 @@ def test_refusals_name_a_per_net_value_by_its_per_net_key(toy_run: dict, tmp_pat
     ck = {"config": {**cfg.to_dict(), "compile": True}}
     assert _weight_settings_changed(ck, cfg, torch.device("cpu"), threads=False) == [
         "train.boundary.compile true, now false"]
+
+
+@pytest.mark.skipif(getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+                    reason="the refusal needs a machine without MPS")
+def test_the_command_names_a_per_net_batch_or_device_by_its_per_net_key(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bafusion train`` checked the batch against --nproc itself and said "train.batch=30 must be
+    divisible" for ``--set train.initial.batch=30``; a device set as ``train.boundary.device`` was
+    refused as "train.device='mps'"; and after ``--device`` the restore reasons named the per-net key."""
+    monkeypatch.chdir(tmp_path)
+    base = ["train", "--patches", "p.h5", "--out", "m.pt", "--params-json", json.dumps(TOY)]
+    assert cli.main([*base, "--net", "initial", "--set", "train.initial.batch=30", "--nproc", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["bafusion train: error: train.initial.batch=30 must be divisible by the number of processes (4)"], err
+    assert cli.main([*base, "--net", "boundary", "--set", "train.boundary.device=mps"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bafusion train: error: train.boundary.device='mps' but MPS"), err
+    assert cli.main([*base, "--net", "initial", "--nproc", "abc"]) == 2
+    assert "error: --nproc must be a positive integer or 'auto', got 'abc'" in capsys.readouterr().err
+    from bafusion.cli.train import _config_from_args
+    from bafusion.nets.train import _weight_settings_changed
+
+    args = cli.build_parser().parse_args([*base, "--net", "boundary", "--set", "train.boundary.device=cuda",
+                                          "--device", "cpu"])
+    cfg = _config_from_args(args)
+    assert cfg.key("device") == "--device" and cfg.key("batch") == "train.batch"
+    assert _weight_settings_changed({"config": {**cfg.to_dict(), "device": "cuda"}}, cfg, torch.device("cpu"),
+                                    threads=False) == ["--device cuda, now cpu"]
+
+
+def test_the_batch_warning_names_a_per_net_batch_by_its_per_net_key(toy_run: dict, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warning that the batch exceeds an epoch said train.batch / train.samples_per_epoch for values
+    set in train.initial."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 1,
+                                           "initial": {"samples_per_epoch": 64, "batch": 100000}}}, "initial")
+    train("initial", toy_run["h5"], cfg, _paths(tmp_path, "initial"), progress=False)
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert err == ["bafusion train: warning: initial: train.initial.batch 100000 is more than the 64 samples of an "
+                   "epoch (train.initial.samples_per_epoch 64): each epoch is one step of 64 (the batch is capped at "
+                   "the samples per epoch)"], err

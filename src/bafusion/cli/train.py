@@ -251,14 +251,14 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     params = read_params(args.params, [("--params-json", args.params_json, None)], args.overrides)
     cfg = TrainConfig.from_params(params, args.net)
     if args.device is not None:
-        cfg.device = args.device
+        cfg.set_by_option("device", args.device, "--device")
     if args.threads is not None:
         if not 0 <= args.threads <= maximum("train.threads"):
             raise UserError(f"--threads {args.threads}: give 0 (all cores) or a positive number of CPU threads, at "
                             f"most {maximum('train.threads')}")
-        cfg.threads = int(args.threads)
+        cfg.set_by_option("threads", int(args.threads), "--threads")
     if args.nproc is not None:
-        cfg.nproc = args.nproc
+        cfg.set_by_option("nproc", args.nproc, "--nproc")
     return cfg
 
 
@@ -353,10 +353,10 @@ def run_cli(args: argparse.Namespace) -> int:
         # the description goes to <out>.json: with --out X.json it overwrote the weights
         raise UserError(f"--out {args.out}: give the model file a .pt suffix (its description is written "
                         "beside it as .json)")
-    nproc = resolve_nproc(cfg.nproc, cfg.device)
+    nproc = resolve_nproc(cfg.nproc, cfg.device, cfg.key("nproc"))
     run.update(cfg=cfg, nproc=int(os.environ.get("WORLD_SIZE") or nproc))  # the processes a run has
     if nproc > 1 and cfg.batch % nproc:  # checked by each child too, after torchrun started them
-        raise UserError(f"train.batch={cfg.batch} must be divisible by the number of processes ({nproc})")
+        raise UserError(f"{cfg.key('batch')}={cfg.batch} must be divisible by the number of processes ({nproc})")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         # Re-launch under torchrun; the children see WORLD_SIZE and train.
         cmd = [sys.executable, "-c", _LAUNCHER, "--standalone", f"--nproc-per-node={nproc}",

@@ -89,7 +89,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,16 +198,27 @@ class TrainConfig:
         # ``_per_net_keys`` (not a field: not in to_dict, the fingerprint or equality).
         self._net: str | None = None
         self._per_net_keys: frozenset[str] = frozenset()
+        # Fields set by a command-line option since (``{"device": "--device"}``): named by it.
+        self._options: dict[str, str] = {}
 
     def key(self, name: str) -> str:
         """The parameter key that set field ``name``, as params.yaml and ``--set`` spell it:
         ``seed``/``patch``/``depth`` top-level, ``train.<net>.<name>`` where :meth:`from_params`
-        took the value from the net's own section, else ``train.<name>``."""
+        took the value from the net's own section, else ``train.<name>``; the option that set it
+        where :meth:`set_by_option` did (``--device``)."""
+        if name in self._options:
+            return self._options[name]
         if name in self.TOP_LEVEL:
             return name
         if self._net is not None and name in self._per_net_keys:
             return f"train.{self._net}.{name}"
         return f"train.{name}"
+
+    def set_by_option(self, name: str, value: Any, option: str) -> None:
+        """Set field ``name`` to ``value`` from the command-line option ``option``, which
+        :meth:`key` names for it from then on."""
+        setattr(self, name, value)
+        self._options[name] = option
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -261,8 +272,9 @@ def load_params(path: str | os.PathLike[str] | None, json_text: str | None = Non
 # --------------------------------------------------------------------------------------
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> cuda (``cuda:<local_rank>``), then mps, then cpu; else the named device."""
+def pick_device(name: str, local_rank: int = 0, key: str = "train.device") -> torch.device:
+    """``auto`` -> cuda (``cuda:<local_rank>``), then mps, then cpu; else the named device.
+    ``key``: what set ``name``, for the refusals (``train.boundary.device``, ``--device``)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
@@ -272,15 +284,17 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"train.device={name!r} but CUDA is not available")
+            raise UserError(f"{key}={name!r} but CUDA is not available")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"train.device={name!r} but MPS is not available")
+        raise UserError(f"{key}={name!r} but MPS is not available")
     return dev
 
 
-def resolve_nproc(nproc: int | str, device: str) -> int:
+def resolve_nproc(nproc: int | str, device: str, key: str = "train.nproc") -> int:
+    """The number of processes of ``nproc`` (``auto``: one per GPU where ``device`` may be
+    CUDA, else 1); ``key``: what set it, for the refusals (``--nproc``)."""
     if nproc in ("auto", None, 0):
         if device in ("auto", "cuda") and torch.cuda.is_available():
             return max(torch.cuda.device_count(), 1)
@@ -288,9 +302,9 @@ def resolve_nproc(nproc: int | str, device: str) -> int:
     try:
         n = int(nproc)
     except (TypeError, ValueError) as e:
-        raise UserError(f"train.nproc must be a positive integer or 'auto', got {nproc!r}") from e
+        raise UserError(f"{key} must be a positive integer or 'auto', got {nproc!r}") from e
     if n < 1:
-        raise UserError(f"train.nproc must be >= 1, got {n}")
+        raise UserError(f"{key} must be >= 1, got {n}")
     return n
 
 
@@ -662,19 +676,20 @@ def _better(acc: float, best: float, n_val: int) -> bool:
 
 
 def _batch_over_epoch(net: str, batch: int, epoch_samples: int, patches: int, samples_per_epoch: int,
-                      world_size: int) -> str | None:
+                      world_size: int, key: Callable[[str], str] = lambda name: f"train.{name}") -> str | None:
     """The warning that ``train.batch`` exceeds the samples of an epoch (each epoch is then one
     short step), saying what sets the epoch: ``train.samples_per_epoch`` only where it is set
     and below the split's ``patches x 12`` (it blamed the key at 0 too, where the epoch was the
-    split trimmed to a multiple of the process count); None when the batch fits."""
+    split trimmed to a multiple of the process count); None when the batch fits. ``key`` names
+    a field by the key that set it (:meth:`TrainConfig.key`: ``train.initial.batch``)."""
     if batch <= epoch_samples:
         return None
     whole = patches * 12
     sub = 0 < samples_per_epoch < whole
-    why = f"train.samples_per_epoch {samples_per_epoch}" if sub else f"{patches} train patches x 12"
+    why = f"{key('samples_per_epoch')} {samples_per_epoch}" if sub else f"{patches} train patches x 12"
     if epoch_samples != (samples_per_epoch if sub else whole):
         why += f", trimmed to a multiple of the {world_size} processes"
-    return (f"bafusion train: warning: {net}: train.batch {batch} is more than the {epoch_samples} samples of an "
+    return (f"bafusion train: warning: {net}: {key('batch')} {batch} is more than the {epoch_samples} samples of an "
             f"epoch ({why}): each epoch is one step of {epoch_samples} (the batch is capped at the samples per "
             "epoch)")
 
@@ -756,7 +771,7 @@ def _train_locked(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resum
                   dist: Dist, tqdm: Any, replace_stale: bool = False) -> dict[str, Any]:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device, dist.local_rank)
+    device = pick_device(cfg.device, dist.local_rank, cfg.key("device"))
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal gradients of a well-fit net slow the CPU down ~2x
     if dist.active and not torch.distributed.is_initialized():
@@ -814,7 +829,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
               f"{loader.epoch_samples} per epoch, {len(val_set)} val patches; {device}, {dist.world_size} "
               f"process(es), batch {cfg.batch}, amp {amp}, channels_last {channels_last}", file=sys.stderr)
         line = _batch_over_epoch(net, cfg.batch, loader.epoch_samples, len(train_set), cfg.samples_per_epoch,
-                                 dist.world_size)
+                                 dist.world_size, cfg.key)
         if line:  # one short step per epoch: the batch is capped
             print(line, file=sys.stderr)
 
