@@ -265,6 +265,12 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--checkpoints", ""],
          ["--checkpoints: empty path"]),
         (["ensemble", "nets/initial.pt", "nets/initial.pt", "--out", ""], ["--out: empty path"]),
+        # taken as not given (fuse.device / evaluate.device used), or "--device : not a device" (train)
+        ([*FUSE[:-1], "", "-o", "F.png"], ["--device: empty value"]),
+        (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs", "--device", " "], ["--device: empty value"]),
+        (["fuse-dir", ".", "out", "--model", "nets", "--device", ""], ["--device: empty value"]),
+        (["evaluate", "--out", "ev", "--device", ""], ["--device: empty value"]),
+        (["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--device", ""], ["--device: empty value"]),
     ],
 )
 def test_every_command_refuses_bad_input_in_one_line(work: Path, capsys, monkeypatch, argv, words) -> None:

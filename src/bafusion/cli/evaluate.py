@@ -307,6 +307,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plots", type=nonempty_path, default=None,
                    help="write every method's means as CSV here (for DVC plots)")
     p.add_argument("--root", type=nonempty_path, default=None, help="folder relative dataset paths start from (default: the project root)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: the fuse section's, else auto)")
+    p.add_argument("--device", type=nonempty_text, default=None, help="auto, cpu, cuda, cuda:N or mps (default: the fuse section's, else auto)")
     add_threads_argument(p, "torch CPU threads", "--params-file's evaluate.threads, else torch's")
     p.set_defaults(func=_cmd_evaluate)

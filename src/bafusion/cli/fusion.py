@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from bafusion.cli.common import add_threads_argument, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, note_params_yaml_unread
+from bafusion.cli.common import add_threads_argument, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread
 from bafusion.errors import InputFileError, UserError
 from bafusion.fusion.api import ALIGN_MODELS
 from bafusion.fusion.batch import (EXIT_NONE_FUSED, EXIT_SKIPPED, check_output_folder, find_groups, fuse_dir,
@@ -116,7 +116,7 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True) -> None:
                    help="YAML file whose 'fuse' section sets the defaults (params.yaml)")
     g.add_argument("--params-json", type=nonempty_json, default=None,
                    help="JSON object of fusion parameters (the 'fuse' section; overrides --params-file)")
-    p.add_argument("--device", default=None, help=f"{default('fuse.device')} (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", type=nonempty_text, default=None, help=f"{default('fuse.device')} (default), cpu, cuda, cuda:N or mps")
     add_threads_argument(p, "CPU threads for torch", "--params-file's fuse.threads, else torch's, lowered to the "
                          "cores the load average leaves free, at least 1")
     if maps:  # the difference maps' gain: only for commands that write maps (not fuse-dir)

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from bafusion.atomic import clear_stop, stop_requested
 from bafusion.cli.app import TRAIN_LAUNCHER_ENV
-from bafusion.cli.common import add_threads_argument, nonempty_json, nonempty_path, note_params_yaml_unread
+from bafusion.cli.common import add_threads_argument, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread
 from bafusion.config import read_params
 from bafusion.errors import UserError
 from bafusion.nets.train import (
@@ -222,7 +222,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--plots", type=nonempty_path, default=None,
                    help="per-epoch CSV (default: <out stem>.epochs.csv beside --out; for --out "
                         "data/models/<net>.pt, metrics/plots/train_<net>.csv)")
-    p.add_argument("--device", default=None, help="override train.device (auto, cpu, cuda, cuda:N or mps)")
+    p.add_argument("--device", type=nonempty_text, default=None, help="override train.device (auto, cpu, cuda, cuda:N or mps)")
     add_threads_argument(p, "torch CPU threads per process", "train.threads",
                          zero="torch's default: all cores")
     p.add_argument("--nproc", default=None, help="override train.nproc (processes; 'auto' = number of GPUs)")
