@@ -425,18 +425,20 @@ def test_an_evaluate_folder_that_is_not_there_fails_the_dry_run(project: Path, t
     # data/download/eval is made by download_eval. Nothing ordered it before evaluate, which reads the
     # dataset folders from its --params-json: `snakemake download_eval all` could evaluate first, and
     # `snakemake all` was refused ("run `snakemake download_eval` first"). It is evaluate's input now that a
-    # dataset reads from it: every target that reaches evaluate runs download_eval before it.
+    # dataset reads from it: every target that reaches evaluate runs download_eval before it (once
+    # download_eval has a source: test_download_eval_without_a_source_is_not_planned_before_evaluate).
     cfg = "evaluate={datasets: [{name: x, sources: data/download/eval/lytro}]}"
+    source = f"download={{eval: {{from_dir: {tmp_path}}}}}"
     for targets in (["download_eval", "all"], ["download_eval", "evaluate"], ["all"], ["evaluate"], [],
                     ["metrics/evaluate.json"]):
-        ok = run(["snakemake", "-n", *targets, "--config", cfg], project, check=False)
+        ok = run(["snakemake", "-n", *targets, "--config", cfg, source], project, check=False)
         out = ok.stdout + ok.stderr
         assert ok.returncode == 0 and "Job stats" in out, (targets, out[-2000:])
         assert -1 < out.find("rule download_eval:") < out.find("rule evaluate:"), (targets, out[-3000:])
         inputs = out[out.find("rule evaluate:"):].split("output:")[0]
         assert "data/download/eval" in inputs, (targets, inputs)
     for targets in (["download_eval"], ["data/download/eval"], ["download"]):  # passed, and still do
-        ok = run(["snakemake", "-n", *targets, "--config", cfg], project, check=False)
+        ok = run(["snakemake", "-n", *targets, "--config", cfg, source], project, check=False)
         assert ok.returncode == 0 and "Job stats" in ok.stdout, (targets, (ok.stdout + ok.stderr)[-2000:])
         assert "rule evaluate:" not in ok.stdout, targets
     # without such a dataset, evaluate does not wait for download_eval
@@ -458,6 +460,34 @@ def test_an_evaluate_folder_that_is_not_there_fails_the_dry_run(project: Path, t
     finally:
         import shutil
 
+        shutil.rmtree(project / "data" / "download")
+
+
+@pytest.mark.slow
+def test_download_eval_without_a_source_is_not_planned_before_evaluate(project: Path) -> None:
+    """9e3a14e made download_eval's folder an input of evaluate whenever a dataset reads from it.
+    With download.eval's base_url and from_dir both empty (the defaults), `snakemake all` then
+    planned download_eval, which fails when it runs ("needs a source"), other jobs started
+    first; and with the folder filled by hand, `snakemake -F evaluate` reran download_eval,
+    which replaces the folder. Without a source: no folder is refused at planning, as before 9e3a14e,
+    saying what to do; a folder that is there is used as it is, download_eval not planned."""
+    import shutil
+
+    cfg = "evaluate={datasets: [{name: x, sources: data/download/eval/lytro}]}"
+    for targets in (["all"], ["evaluate"], ["download_eval", "evaluate"]):
+        p = run(["snakemake", "-n", *targets, "--config", cfg], project, check=False)
+        out = p.stdout + p.stderr
+        assert p.returncode != 0 and "Job stats" not in out, (targets, out[-2000:])
+        assert ("evaluate.datasets[0].sources data/download/eval/lytro: folder not found (rule download_eval makes "
+                "it, but download.eval.base_url and download.eval.from_dir are both empty: set one and run `snakemake "
+                "download_eval`, or fill the folder by hand)") in out, (targets, out[-2000:])
+    (project / "data" / "download" / "eval" / "lytro").mkdir(parents=True)
+    try:
+        for targets in (["all"], ["-F", "evaluate"]):
+            ok = run(["snakemake", "-n", *targets, "--config", cfg], project, check=False)
+            assert ok.returncode == 0 and "rule evaluate:" in ok.stdout, (targets, (ok.stdout + ok.stderr)[-2000:])
+            assert "rule download_eval:" not in ok.stdout, (targets, ok.stdout[-3000:])
+    finally:
         shutil.rmtree(project / "data" / "download")
 
 

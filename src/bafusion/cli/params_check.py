@@ -30,9 +30,9 @@ from typing import Any
 
 from bafusion.errors import UserError
 
-__all__ = ["check_devices", "check_evaluate_inputs", "check_init_files", "check_params", "missing_keys_warning",
-           "pipeline_outputs", "planned_rules", "plans_jobs", "runs_locally", "snakemake_args", "upstream_rules",
-           "warn_missing_keys", "written_by"]
+__all__ = ["check_devices", "check_evaluate_inputs", "check_init_files", "check_params", "download_eval_has_source",
+           "missing_keys_warning", "pipeline_outputs", "planned_rules", "plans_jobs", "runs_locally", "snakemake_args",
+           "upstream_rules", "warn_missing_keys", "written_by"]
 
 
 def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None:
@@ -213,6 +213,13 @@ def check_init_files(params: Mapping[str, Any], source: str = "params.yaml",
 NO_STAGE_RULES = ("download_eval",)
 
 
+def download_eval_has_source(params: Mapping[str, Any]) -> bool:
+    """Whether rule ``download_eval`` has something to fetch from: ``download.eval.base_url``
+    or ``download.eval.from_dir`` (both empty, the defaults: ``bafusion download-eval`` fails)."""
+    section = (params.get("download") or {}).get("eval") or {}
+    return bool(section.get("base_url") or section.get("from_dir"))
+
+
 def check_evaluate_inputs(params: Mapping[str, Any], source: str = "params.yaml",
                           outputs: Sequence[PipelineOutput] = (), upstream: Collection[str] | None = None,
                           planned: Collection[str] | None = None, stage: str | None = None) -> None:
@@ -226,7 +233,9 @@ def check_evaluate_inputs(params: Mapping[str, Any], source: str = "params.yaml"
     is refused only when the run's rules (``planned``: :func:`planned_rules`) include
     ``evaluate`` and not that rule (None: not known, left to the job). In a DVC stage
     (``stage``: ``$DVC_STAGE``) one that only a rule no stage runs makes
-    (:data:`NO_STAGE_RULES`: ``download_eval``) is refused.
+    (:data:`NO_STAGE_RULES`: ``download_eval``) is refused, and so is one of ``download_eval``
+    without a source (:func:`download_eval_has_source`) where the run evaluates: evaluate does
+    not wait for it then (the folder, filled by hand, is used as it is).
     For a dataset whose folder is there and no rule before evaluate rewrites,
     its ``figure_pair`` is checked to be one of its pairs and its ``crop`` against that pair's
     size too (the job's checks, before any fusion:
@@ -252,17 +261,22 @@ def check_evaluate_inputs(params: Mapping[str, Any], source: str = "params.yaml"
                 continue
             writer = written_by(resolve(str(value)), outputs)
             unstaged = bool(stage and writer and writer[0] in NO_STAGE_RULES)  # dvc repro never makes it
+            sourceless = bool(writer and writer[0] == "download_eval" and not download_eval_has_source(params))
             if writer and (upstream is None or writer[0] in upstream) and not unstaged:
                 made = made or key == "sources"
                 continue
             there = resolve(str(value))
             if not (there.is_dir() if what == "folder" else there.is_file()):
-                if writer and not stage and (planned is None or "evaluate" not in planned or writer[0] in planned):
+                if writer and not stage and (planned is None or "evaluate" not in planned
+                                             or (writer[0] in planned and not sourceless)):
                     # this run does not evaluate, or runs the rule that makes it
                     made = made or key == "sources"
                     continue
                 if unstaged:
                     why = f"rule {writer[0]} makes it, but no dvc stage runs it: run `snakemake {writer[0]}` first"
+                elif sourceless:
+                    why = (f"rule {writer[0]} makes it, but download.eval.base_url and download.eval.from_dir are both "
+                           f"empty: set one and run `snakemake {writer[0]}`, or fill the folder by hand")
                 elif writer:
                     why = f"rule {writer[0]} makes it, but no target runs it before evaluate: run `snakemake {writer[0]}` first"
                 else:
