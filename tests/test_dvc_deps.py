@@ -1,0 +1,210 @@
+"""Every DVC stage lists, among its deps, each bafusion module its command runs: the evaluate
+stage read every image through bafusion.io and listed none of src/bafusion/io/*, so an edit
+there left `dvc repro` calling the evaluation up to date.
+
+What a stage runs is found statically (no import): the stage's `snakemake <target>
+--allowed-rules <rules>` command, each rule's `bafusion <command>` in workflow/rules/*.smk, the
+function the command's module registers for it (`set_defaults(func=...)`), and from there, over
+src/bafusion with ``ast``: the module-level code of every module imported (and of its parent
+packages), and the functions and classes reached by name from the code reached, the imports
+inside them included. A function-level import counts only where its function is reached
+(`bafusion prepare` does not run the fusion code `cli.common.nets_from_args` imports). A folder
+dep covers its files."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+
+Node = tuple[str, str | None]  # (module, None: its module-level code | a top-level name | "*": all of it)
+
+
+def _file(module: str) -> Path | None:
+    base = SRC.joinpath(*module.split("."))
+    for f in (base / "__init__.py", base.with_suffix(".py")):
+        if f.is_file():
+            return f
+    return None
+
+
+class _Module:
+    def __init__(self, name: str) -> None:
+        path = _file(name)
+        assert path is not None, name
+        self.name, self.path = name, path
+        self.package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        self.tree = ast.parse(path.read_text(), str(path))
+        self.defs = {n.name: n for n in self.tree.body
+                     if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+        self.imported: dict[str, Node] = {}  # a name bound by a module-level import -> what it is
+        for stmt in self.tree.body:
+            if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                for local, node in self.bound(stmt):
+                    self.imported[local] = node
+
+    def absolute(self, stmt: ast.ImportFrom) -> str:
+        if not stmt.level:
+            return stmt.module or ""
+        parts = self.package.split(".")
+        parts = parts[: len(parts) - stmt.level + 1]
+        return ".".join(parts + ([stmt.module] if stmt.module else []))
+
+    def bound(self, stmt: ast.Import | ast.ImportFrom) -> list[tuple[str, Node]]:
+        """The names an import binds in this module, each with the bafusion code it stands for."""
+        out: list[tuple[str, Node]] = []
+        if isinstance(stmt, ast.Import):
+            for a in stmt.names:
+                if a.name.split(".")[0] == "bafusion":
+                    out.append(((a.asname or a.name).split(".")[0], (a.name, "*")))
+            return out
+        base = self.absolute(stmt)
+        if base.split(".")[0] != "bafusion":
+            return out
+        for a in stmt.names:
+            sub = f"{base}.{a.name}"
+            out.append((a.asname or a.name, (sub, "*") if _file(sub) else (base, a.name)))
+        return out
+
+
+@functools.cache
+def _module(name: str) -> _Module:
+    return _Module(name)
+
+
+def _code(nodes: list[ast.AST], skip_bodies: bool) -> list[ast.AST]:
+    """The AST nodes of ``nodes``; with ``skip_bodies``, not those inside a function's body
+    (module-level code: what runs on import)."""
+    out: list[ast.AST] = []
+    todo = list(nodes)
+    while todo:
+        n = todo.pop()
+        out.append(n)
+        if skip_bodies and isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            todo += [*getattr(n, "decorator_list", []), *ast.walk(n.args)]
+            continue
+        todo += list(ast.iter_child_nodes(n))
+    return out
+
+
+def _not_run_on_import(stmt: ast.stmt) -> bool:
+    """``if TYPE_CHECKING:`` and ``if __name__ == "__main__":`` blocks."""
+    return isinstance(stmt, ast.If) and ("TYPE_CHECKING" in ast.unparse(stmt.test) or "__main__" in ast.unparse(stmt.test))
+
+
+def _edges(node: Node) -> set[Node]:
+    module, name = node
+    m = _module(module)
+    parts = module.split(".")
+    out: set[Node] = {(".".join(parts[:i]), None) for i in range(1, len(parts)) if _file(".".join(parts[:i]))}
+    if name is None:
+        body = [s for s in m.tree.body if not _not_run_on_import(s)]
+        code = _code(body, skip_bodies=True)
+    elif name == "*":
+        return out | {(module, None)} | {(module, n) for n in m.defs}
+    elif name in m.defs:
+        out.add((module, None))
+        code = _code([m.defs[name]], skip_bodies=False)
+    elif name in m.imported:  # a name this module imports (a re-export: bafusion.io.read_image)
+        return out | {(module, None), m.imported[name]}
+    else:  # a module-level value
+        return out | {(module, None)}
+    for n in code:
+        if isinstance(n, (ast.Import, ast.ImportFrom)):
+            for _, target in m.bound(n):
+                # an import in a function reached is there to be used; one at module level
+                # runs the module's own code only (what it binds counts where it is used)
+                out.add(target if name is not None else (target[0], None))
+                out.add((target[0], None))
+            if isinstance(n, ast.ImportFrom) and m.absolute(n).startswith("bafusion"):
+                out.add((m.absolute(n), None))
+        elif isinstance(n, ast.Name):
+            if n.id in m.defs:
+                out.add((module, n.id))
+            elif n.id in m.imported:
+                out.add(m.imported[n.id])
+    return out
+
+
+def _modules_reached(start: Node) -> set[str]:
+    seen: set[Node] = set()
+    todo = [start]
+    while todo:
+        node = todo.pop()
+        if node in seen or _file(node[0]) is None:
+            continue
+        seen.add(node)
+        todo += _edges(node)
+    return {module for module, _ in seen}
+
+
+def _handler(command: str) -> Node:
+    """The module and function that run ``bafusion <command>``: its ``set_defaults(func=...)``
+    after its ``add_parser("<command>")``, in the module cli.app's COMMANDS names."""
+    from bafusion.cli.app import COMMANDS
+
+    module = COMMANDS[command]
+    calls = sorted((n for n in ast.walk(_module(module).tree) if isinstance(n, ast.Call)
+                    and isinstance(n.func, ast.Attribute) and n.func.attr in ("add_parser", "set_defaults")),
+                   key=lambda n: (n.lineno, n.col_offset))
+    current = None
+    for call in calls:
+        if call.func.attr == "add_parser":
+            current = call.args[0].value if call.args and isinstance(call.args[0], ast.Constant) else None
+        elif current == command:
+            func = next(k.value for k in call.keywords if k.arg == "func")
+            assert isinstance(func, ast.Name), ast.unparse(func)
+            return module, func.id
+    raise AssertionError(f"no set_defaults(func=...) for {command} in {module}")
+
+
+def _rule_commands() -> dict[str, set[str]]:
+    """Each Snakemake rule's ``bafusion <command>`` (workflow/rules/*.smk)."""
+    found: dict[str, set[str]] = {}
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        for block in re.split(r"^(?=rule \w+:)", smk.read_text(), flags=re.M):
+            head = re.match(r"rule (\w+):", block)
+            if head:
+                found[head.group(1)] = set(re.findall(r"\bbafusion ([a-z][a-z-]*)", block))
+    return found
+
+
+def _stage_rules(cmd: str) -> list[str]:
+    words = cmd.split()
+    assert words[0] == "snakemake", cmd
+    if "--allowed-rules" in words:
+        rest = words[words.index("--allowed-rules") + 1:]
+        return [w for w in rest[: next((i for i, w in enumerate(rest) if w.startswith("-")), len(rest))]]
+    return [words[1]]
+
+
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def test_the_reachability_is_not_empty() -> None:
+    """The analysis itself: prepare reaches the io package through data.prepare, and the fusion
+    code only where a command fuses."""
+    prepare = _modules_reached(_handler("prepare"))
+    assert {"bafusion.data.prepare", "bafusion.io.read", "bafusion.io"} <= prepare, sorted(prepare)
+    assert "bafusion.fusion.scoring" not in prepare, sorted(prepare)
+    assert "bafusion.fusion.scoring" in _modules_reached(_handler("evaluate"))
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_stage_depends_on_the_modules_its_command_runs(stage: str) -> None:
+    rules = _rule_commands()
+    commands = {c for r in _stage_rules(STAGES[stage]["cmd"]) for c in rules[r]}
+    assert commands, stage
+    needed: set[str] = set()
+    for c in sorted(commands):
+        needed |= {str(_file(m).relative_to(REPO)) for m in _modules_reached(_handler(c))}
+    deps = [d.rstrip("/") for d in STAGES[stage].get("deps", [])]
+    missing = sorted(f for f in needed if not any(f == d or f.startswith(d + "/") for d in deps))
+    assert not missing, f"dvc.yaml stage {stage} ({', '.join(sorted(commands))}) lacks the deps {missing}"
