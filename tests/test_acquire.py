@@ -397,6 +397,22 @@ def test_eval_from_server_with_its_manifest(server: LocalServer, tmp_path: Path)
     assert not (tmp_path / "eval2").exists()
 
 
+def test_eval_download_is_cut_off_at_the_manifest_size(server: LocalServer, tmp_path: Path) -> None:
+    """The manifest's sizes went unused: a mirror could send any amount before the checksum
+    was checked after the last byte."""
+    good = jpeg_bytes(_builtin_image("coffee")[:40, :40])
+    server.files["mfif/lytro/a.jpg"] = good + b"\0" * 100_000
+    manifest = tmp_path / "manifest.json"
+    entry = {"name": "lytro/a.jpg", "set": "lytro", "size": len(good), "sha256": hashlib.sha256(good).hexdigest()}
+    manifest.write_text(json.dumps({"files": [entry]}))
+    with pytest.raises(UserError, match=rf"lytro/a\.jpg: the server announces {len(good) + 100_000} bytes, more than "
+                                        rf"the expected size \({len(good)} bytes\)"):
+        acquire_eval(tmp_path / "e", base_url=server.url("mfif/"), manifest=manifest, sets=("lytro",),
+                     cache=tmp_path / "c", net=NET)  # fmt: skip
+    assert not (tmp_path / "e").exists() and not list((tmp_path / "c").rglob("a.jpg*"))
+    assert len(server.requests) == 1  # refused, not retried
+
+
 def test_eval_rerun_replaces_its_output_but_never_a_folder_of_the_users(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -521,6 +537,8 @@ def test_eval_needs_a_source_and_known_sets(tmp_path: Path) -> None:
         ({"files": [{"name": "lytro/a.jpg"}]}, "'sha256' must be 64 hexadecimal digits"),
         ({"files": [{"name": "lytro/a.jpg", "sha256": "0" * 64, "set": ["lytro"]}]}, "'set' must be a string"),
         ({"files": [{"name": "lytro/a.jpg", "sha256": "0" * 64}] * 2}, "listed twice"),
+        ({"files": [{"name": "lytro/a.jpg", "sha256": "0" * 64, "size": "12"}]}, "'size' must be the file's size"),
+        ({"files": [{"name": "lytro/a.jpg", "sha256": "0" * 64, "size": -1}]}, "'size' must be the file's size"),
     ],
 )
 def test_malformed_eval_manifest_is_refused_naming_it(tmp_path: Path, manifest: object, problem: str) -> None:

@@ -747,3 +747,118 @@ def test_a_part_that_is_a_symbolic_link_is_not_written_through(
     assert victim.read_text() == "not yours"
     assert not (cache / "a.bin").is_symlink() and (cache / "a.bin").read_bytes() == PAYLOAD
     assert [p.name for p in cache.iterdir()] == ["a.bin"]
+
+
+class _Misbehaving:
+    """A 127.0.0.1 server with bodies no honest mirror sends: ``/endless`` (zeros, no
+    Content-Length, until the client hangs up), ``/drip`` (one byte every 0.2 s),
+    ``/announce`` (a Content-Length of 10 MB for a short body), and redirects ``/to/<url>``
+    (302 to ``<url>``)."""
+
+    def __init__(self) -> None:
+        self.hits: list[str] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                owner.hits.append(self.path)
+                try:
+                    if self.path == "/endless":
+                        self.send_response(200)
+                        self.end_headers()
+                        while True:
+                            self.wfile.write(b"\0" * 65536)
+                    elif self.path == "/drip":
+                        self.send_response(200)
+                        self.send_header("Content-Length", "1000")
+                        self.end_headers()
+                        for _ in range(1000):
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                    elif self.path == "/announce":
+                        self.send_response(200)
+                        self.send_header("Content-Length", str(10**7))
+                        self.end_headers()
+                        self.wfile.write(b"y" * 100)
+                    elif self.path.startswith("/to/"):
+                        self.send_response(302)
+                        self.send_header("Location", self.path[len("/to/"):])
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                    elif self.path == "/good":
+                        self.send_response(200)
+                        self.send_header("Content-Length", "4")
+                        self.end_headers()
+                        self.wfile.write(b"good")
+                    else:
+                        self.send_error(404)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                self.close_connection = True
+
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{path}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def bad_server() -> Iterator[_Misbehaving]:
+    s = _Misbehaving()
+    yield s
+    s.close()
+
+
+def _nothing_left(dest: Path) -> bool:
+    return not dest.exists() and not part_path(dest).exists()
+
+
+def test_an_endless_body_is_cut_off_at_max_bytes(bad_server: _Misbehaving, tmp_path: Path) -> None:
+    """It grew to gigabytes: the read went on while the server sent, whatever the checksum."""
+    dest = tmp_path / "e.bin"
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match=r"/endless: the server sent more than the limit max_bytes \(200000 bytes\)"):
+        fetch(bad_server.url("endless"), dest, checksum=sha256(b"x"), max_bytes=200_000, retries=2, backoff=0,
+              progress=False)
+    assert time.monotonic() - t0 < 10 and _nothing_left(dest)
+    assert len(bad_server.hits) == 1  # final: not retried
+
+
+def test_a_body_longer_than_the_expected_size_is_cut_off(bad_server: _Misbehaving, tmp_path: Path) -> None:
+    dest = tmp_path / "e.bin"
+    with pytest.raises(DownloadError, match=r"more than the expected size \(5000 bytes\)"):
+        fetch(bad_server.url("endless"), dest, size=5000, retries=0, progress=False)
+    assert _nothing_left(dest)
+    jobs = [FetchJob(bad_server.url("endless"), tmp_path / "m.bin", None, 3000)]
+    s = fetch_many(jobs, retries=0, progress=False)
+    assert len(s.failed) == 1 and "more than the expected size (3000 bytes)" in s.failed[0][1]
+    assert _nothing_left(tmp_path / "m.bin")
+
+
+def test_an_announced_length_beyond_the_bound_is_refused_before_reading(bad_server: _Misbehaving, tmp_path: Path) -> None:
+    dest = tmp_path / "a.bin"
+    with pytest.raises(DownloadError, match=r"announces 10000000 bytes, more than the limit max_bytes \(1000000 bytes\)"):
+        fetch(bad_server.url("announce"), dest, max_bytes=1_000_000, retries=0, progress=False)
+    assert _nothing_left(dest)
+
+
+def test_a_dripping_server_is_stopped_as_too_slow(bad_server: _Misbehaving, tmp_path: Path) -> None:
+    """One byte every 0.2 s never hit the per-read timeout: 1,000 bytes took 200 s (a 12 kB
+    file 100 minutes); now an attempt must average min_rate after `timeout` s of grace."""
+    dest = tmp_path / "d.bin"
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match=r"/drip: failed after 1 attempts: too slow: \d+ bytes in [\d.]+ s, below the "
+                                            r"minimum rate of 100 B/s after 0.5 s \(min_rate\)"):
+        fetch(bad_server.url("drip"), dest, timeout=0.5, min_rate=100, retries=0, progress=False)
+    assert time.monotonic() - t0 < 5
+    assert not dest.exists()

@@ -71,8 +71,19 @@ ALPHAMATTING_SHA256: dict[str, str] = {
     "gt_training_lowres.zip": "686d560ea2b6e920b97485a34b64c24657b049e751cf97b05c962ebd5f1f7569",
     "trimap_training_lowres.zip": "819a095689057c3747df5d18492b4ef42f13f2d8d58b18de1411938229a3f4b6",
 }
+#: Sizes (bytes) of the archives with those published checksums: a download is cut off there.
+ALPHAMATTING_SIZE: dict[str, int] = {
+    "input_training_lowres.zip": 18_218_854,
+    "gt_training_lowres.zip": 2_268_429,
+    "trimap_training_lowres.zip": 375_510,
+}
 COCO_ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
 COCO_ANNOTATIONS_CHECKSUM = "md5:f4bbac642086de4f52a3fdda2de5fa2c"
+#: Size in bytes of the annotations archive with :data:`COCO_ANNOTATIONS_CHECKSUM`.
+COCO_ANNOTATIONS_SIZE = 252_907_541
+#: Most bytes one COCO photo may hold (they have no published size; the largest train2017
+#: photos are a few MB): a server sending more is cut off.
+COCO_IMAGE_MAX_BYTES = 64 * 2**20
 
 
 def default_cache() -> Path:
@@ -216,10 +227,14 @@ def acquire_alphamatting(
                 f"no published checksum for {name}: pass one (--checksum {name}=sha256:<hex>) or --allow-unverified"
             )
         url = join_url(base_url, name)
+        published = bool(expected) and name in ALPHAMATTING_SHA256 and (
+            Checksum.parse(expected) == Checksum.parse(ALPHAMATTING_SHA256[name])
+        )
         res = fetch(
             url,
             cache / "alphamatting" / name,
             checksum=expected,
+            size=ALPHAMATTING_SIZE.get(name) if published else None,
             retries=net.retries,
             backoff=net.backoff,
             timeout=net.timeout,
@@ -315,6 +330,7 @@ def acquire_coco(
             annotations_url,
             cache / "coco" / Path(annotations_url.rstrip("/")).name,
             checksum=annotations_checksum or None,
+            size=COCO_ANNOTATIONS_SIZE if annotations_checksum == COCO_ANNOTATIONS_CHECKSUM else None,
             retries=net.retries,
             backoff=net.backoff,
             timeout=net.timeout,
@@ -362,6 +378,7 @@ def acquire_coco(
             progress=net.progress,
             desc="coco images",
             validate=_image_ok,
+            max_bytes=COCO_IMAGE_MAX_BYTES,
         )
         summary.extend(s)
         if len(summary.failed) > max_failures:
@@ -478,6 +495,9 @@ def _manifest_entry_problem(f: object) -> str | None:
         return "'sha256' must be 64 hexadecimal digits"
     if not isinstance(f.get("set", ""), str):
         return "'set' must be a string"
+    size = f.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        return "'size' must be the file's size in bytes (an integer >= 0)"
     return None
 
 
@@ -514,7 +534,8 @@ def acquire_eval(
     if unknown:
         raise UserError(f"unknown eval set(s) {unknown}; the manifest has {sorted(known)}")
     files = [f for f in m["files"] if _eval_set(f) in sets]
-    jobs = [FetchJob(join_url(base, f["name"]), cache / "eval" / f["name"], f"sha256:{f['sha256']}") for f in files]
+    jobs = [FetchJob(join_url(base, f["name"]), cache / "eval" / f["name"], f"sha256:{f['sha256']}", f.get("size"))
+            for f in files]
     summary = fetch_many(
         jobs,
         workers=net.workers,

@@ -23,6 +23,15 @@ Guarantees:
   from zero), else nothing could tell a stale ``.part`` from a good one: it is deleted and
   the file fetched from zero (and none is kept for a next call when the server sends no
   validator). A ``.part`` that is a symbolic link is removed, never written through.
+- A download never grows past a bound: the expected ``size`` when the caller knows it (a
+  manifest entry, a published archive), else ``max_bytes`` (:data:`MAX_DOWNLOAD_BYTES`,
+  4 GiB, by default). A server that announces more (``Content-Length``/``Content-Range``) or
+  sends more is refused at once with a :class:`DownloadError` naming the URL and the bound;
+  the part is deleted and nothing is written under ``dest``. And it never takes forever: an
+  attempt whose average rate, after a first ``timeout`` seconds of grace, falls below
+  ``min_rate`` (:data:`MIN_RATE`, 1 KiB/s) is stopped as too slow (retried like a dropped
+  connection), so one attempt takes at most ``timeout + size / min_rate`` seconds (with the
+  ``timeout`` of one read on top); ``timeout`` alone bounds only one read.
 - HTTP 5xx, 408 and 429 answers and network errors are retried ``retries`` times, waiting
   ``backoff * 2**attempt`` seconds (at most ``MAX_BACKOFF``); other 4xx answers fail at once.
 - A file already present whose checksum matches is not fetched again ("skipped"). Without a
@@ -77,6 +86,13 @@ HASH_ALGORITHMS = ("sha256", "md5", "sha1", "sha512")
 HEX_DIGITS = {"sha256": 64, "md5": 32, "sha1": 40, "sha512": 128}
 #: Longest wait between two attempts, in seconds.
 MAX_BACKOFF = 120.0
+#: Most bytes one download may hold when its size is not known in advance (4 GiB: the largest
+#: file the pipeline fetches, COCO's annotations, is 241 MiB). Parameter ``max_bytes``.
+MAX_DOWNLOAD_BYTES = 4 * 2**30
+#: Slowest average rate (bytes/s) an attempt may keep after its first ``timeout`` seconds;
+#: slower, it is stopped (a server dripping bytes would otherwise hold it for ever).
+#: Parameter ``min_rate``; None: no bound.
+MIN_RATE = 1024.0
 
 
 class DownloadError(UserError):
@@ -342,12 +358,15 @@ def _same_file_416(part: Path, url: str, answer: http.client.HTTPMessage, have: 
 
 def _attempt(
     url: str, part: Path, timeout: float, bar_desc: str | None, progress: bool, headers: dict[str, str],
-    checked: bool = False,
+    checked: bool = False, limit: tuple[int, str] | None = None, min_rate: float | None = MIN_RATE,
 ) -> tuple[int, int]:
     """One HTTP(S) attempt, appending to ``part`` from its current size (with ``If-Range``
     when its ``.meta`` holds a validator, see :func:`_if_range`). ``checked``: a checksum will
     tell whether a ``part`` that is already whole (416) is the file; without one, such a part is
     kept only when the 416 vouches for it (:func:`_same_file_416`), else it starts from zero.
+
+    ``limit`` is ``(most bytes, what that bound is)``: a file announced or sent larger is a
+    final :class:`DownloadError` (the part deleted). ``min_rate``: see :data:`MIN_RATE`.
 
     Returns ``(resumed_from, total_size)``. Raises :class:`_Retryable` for transient trouble
     (the bytes received so far stay in ``part``) and :class:`DownloadError` for final errors.
@@ -372,7 +391,7 @@ def _attempt(
             if (checked and total in (None, have)) or (not checked and _same_file_416(part, url, e.headers, have)):
                 return have, have
             _drop_part(part)  # a stale or unvouched part: the whole file, in this attempt
-            return _attempt(url, part, timeout, bar_desc, progress, headers, checked)
+            return _attempt(url, part, timeout, bar_desc, progress, headers, checked, limit, min_rate)
         if e.code in RETRY_STATUS:
             raise _Retryable(f"HTTP {e.code} {e.reason}") from e
         raise DownloadError(url, f"HTTP {e.code} {e.reason}") from e
@@ -413,17 +432,32 @@ def _attempt(
             have = 0
             total = length_i
             _write_meta(part, url, etag, modified, total)
+        if limit is not None and total is not None and total > limit[0]:
+            _drop_part(part)
+            raise DownloadError(url, f"the server announces {total} bytes, more than {limit[1]} ({limit[0]} bytes); "
+                                     "refused, nothing was kept")
         mode = "ab" if start else "wb"
         received = 0
+        t0 = time.monotonic()
         with open(part, mode) as f, _bar(total, bar_desc or "", start, progress and bar_desc is not None) as bar:
             try:
                 while True:
-                    chunk = resp.read(CHUNK)
+                    # read1: what has arrived (one read of the socket), so that the bounds
+                    # below are checked while a slow or endless body streams in
+                    chunk = resp.read1(CHUNK)
                     if not chunk:
                         break
+                    if limit is not None and start + received + len(chunk) > limit[0]:
+                        f.close()
+                        _drop_part(part)
+                        raise DownloadError(url, f"the server sent more than {limit[1]} ({limit[0]} bytes); "
+                                                 "the download was deleted")
                     f.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
+                    slow = _too_slow(received, time.monotonic() - t0, timeout, min_rate)
+                    if slow:
+                        raise _Retryable(f"too slow: {slow}")
             except (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException, OSError) as e:
                 raise _Retryable(f"transfer interrupted after {start + received} bytes ({e.__class__.__name__}: {e})") from e
         size = start + received
@@ -433,6 +467,26 @@ def _attempt(
             _drop_part(part)
             raise _Retryable(f"received {size} bytes, more than the announced {total}; restarting")
         return start, size
+
+
+def _too_slow(received: int, elapsed: float, grace: float, min_rate: float | None) -> str | None:
+    """Why an attempt that got ``received`` bytes in ``elapsed`` seconds is too slow (None
+    when it is not): after ``grace`` seconds, it must average ``min_rate`` bytes/s since then."""
+    if min_rate is None or min_rate <= 0 or elapsed <= grace:
+        return None
+    if received >= min_rate * (elapsed - grace):
+        return None
+    return (f"{received} bytes in {elapsed:.1f} s, below the minimum rate of {human_bytes(min_rate)}/s "
+            f"after {grace:g} s (min_rate)")
+
+
+def _limit(size: int | None, max_bytes: int | None) -> tuple[int, str] | None:
+    """The bound of a download and its name: the expected ``size``, else ``max_bytes``."""
+    if size is not None:
+        return int(size), "the expected size"
+    if max_bytes is not None:
+        return int(max_bytes), "the limit max_bytes"
+    return None
 
 
 def fetch(
@@ -447,6 +501,9 @@ def fetch(
     desc: str | None = None,
     validate: Callable[[Path], None] | None = None,
     headers: dict[str, str] | None = None,
+    size: int | None = None,
+    max_bytes: int | None = MAX_DOWNLOAD_BYTES,
+    min_rate: float | None = MIN_RATE,
 ) -> FetchResult:
     """Download ``url`` (http, https, file, or a local path) to ``dest``.
 
@@ -458,8 +515,11 @@ def fetch(
     ``retries`` further attempts follow a failed one after ``backoff * 2**attempt`` seconds.
     A ``<dest>.part`` of an earlier call is resumed as the module docstring says (without a
     checksum, only with ``If-Range`` and the validator kept in ``<dest>.part.meta``).
+    ``size`` (the expected bytes, when known), else ``max_bytes``, bounds the download, and
+    ``min_rate`` (bytes/s) its time, as the module docstring says.
     """
     ck = Checksum.parse(checksum)
+    limit = _limit(size, max_bytes)
     dest = Path(dest)
     url = to_url(url)
     if verify(dest, ck) and (ck is not None or dest.stat().st_size > 0) and (ck is not None or _valid(dest, validate)):
@@ -482,21 +542,23 @@ def fetch(
         src = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
         if not src.is_file():
             raise DownloadError(url, f"local file not found: {src}")
+        if limit is not None and src.stat().st_size > limit[0]:
+            raise DownloadError(url, f"{src} holds {src.stat().st_size} bytes, more than {limit[1]} ({limit[0]} bytes)")
         try:
             shutil.copyfile(src, part)
         except OSError as e:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
             raise DownloadError(url, f"cannot copy {src}: {e}") from e
-        resumed, size = 0, part.stat().st_size
+        resumed, got = 0, part.stat().st_size
     else:
-        resumed, size, attempt = 0, 0, 0
+        resumed, got, attempt = 0, 0, 0
         initial = part.stat().st_size if part.exists() else 0
         restarted_after_mismatch = False
         while True:
             try:
-                resumed, size = _attempt(url, part, timeout, label if progress else None, progress, headers or {},
-                                         ck is not None)
+                resumed, got = _attempt(url, part, timeout, label if progress else None, progress, headers or {},
+                                        ck is not None, limit, min_rate)
                 if resumed and not restarted_after_mismatch:
                     # The kept bytes may come from another version of the file, or be damaged:
                     # a file that fails its checksum (or, without one, validate) starts over once.
@@ -544,8 +606,8 @@ def fetch(
     os.replace(part, dest)
     _meta_path(part).unlink(missing_ok=True)
     if scheme == "file":
-        return FetchResult(url, dest, "downloaded", size, digest, 0)
-    return FetchResult(url, dest, "downloaded", max(0, size - min(initial, resumed)), digest, min(initial, resumed))
+        return FetchResult(url, dest, "downloaded", got, digest, 0)
+    return FetchResult(url, dest, "downloaded", max(0, got - min(initial, resumed)), digest, min(initial, resumed))
 
 
 def _valid(path: Path, validate: Callable[[Path], None] | None) -> bool:
@@ -564,6 +626,8 @@ class FetchJob:
     url: str
     dest: Path
     checksum: str | None = None
+    #: the expected bytes, when known (a manifest's ``size``): the download's bound
+    size: int | None = None
 
 
 def fetch_many(
@@ -576,8 +640,11 @@ def fetch_many(
     progress: bool = True,
     desc: str = "download",
     validate: Callable[[Path], None] | None = None,
+    max_bytes: int | None = MAX_DOWNLOAD_BYTES,
+    min_rate: float | None = MIN_RATE,
 ) -> FetchSummary:
     """Fetch many (small) files with a thread pool; failures are collected, not raised.
+    Each file is bounded by its job's ``size``, else ``max_bytes`` (see :func:`fetch`).
 
     One progress bar counts files (with ETA) and shows the bytes and the byte rate.
     """
@@ -603,6 +670,9 @@ def fetch_many(
                 timeout=timeout,
                 progress=False,
                 validate=validate,
+                size=job.size,
+                max_bytes=max_bytes,
+                min_rate=min_rate,
             )
 
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="fetch") as pool:
