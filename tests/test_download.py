@@ -13,6 +13,7 @@ import stat
 import sys
 import threading
 import time
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -862,3 +863,38 @@ def test_a_dripping_server_is_stopped_as_too_slow(bad_server: _Misbehaving, tmp_
         fetch(bad_server.url("drip"), dest, timeout=0.5, min_rate=100, retries=0, progress=False)
     assert time.monotonic() - t0 < 5
     assert not dest.exists()
+
+
+def test_a_redirect_to_another_scheme_is_refused(bad_server: _Misbehaving, tmp_path: Path) -> None:
+    """A redirect to ftp:// connected to that port, although ftp:// given directly is refused."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(0.5)
+    ftp = f"ftp://127.0.0.1:{listener.getsockname()[1]}/x.zip"
+    dest = tmp_path / "r.bin"
+    try:
+        with pytest.raises(DownloadError, match=r"/to/ftp://.*: refusing the redirect \(HTTP 302\) to ftp://127.0.0.1:\d+/x.zip: "
+                                                r"it changes the scheme from http to ftp"):
+            fetch(bad_server.url("to/" + ftp), dest, retries=2, backoff=0, progress=False)
+        with pytest.raises(OSError):  # nothing connected to the ftp port
+            listener.accept()
+    finally:
+        listener.close()
+    assert _nothing_left(dest) and len(bad_server.hits) == 1
+    # a redirect on the same scheme is still followed
+    r = fetch(bad_server.url("to/" + bad_server.url("good")), dest, retries=0, progress=False)
+    assert r.status == "downloaded" and dest.read_bytes() == b"good"
+    # an https download sent to plain http is a downgrade, refused; http -> https is followed
+    from bafusion.data.download import _SameSchemeRedirects
+
+    handler = _SameSchemeRedirects()
+    with pytest.raises(DownloadError, match=r"https://example.invalid/a: refusing the redirect \(HTTP 301\) to "
+                                            r"http://example.invalid/a: it changes the scheme from https to http"):
+        handler.redirect_request(urllib.request.Request("https://example.invalid/a"), io.BytesIO(), 301, "Moved", {},
+                                 "http://example.invalid/a")
+    up = handler.redirect_request(urllib.request.Request("http://example.invalid/a"), io.BytesIO(), 301, "Moved", {},
+                                  "https://example.invalid/a")
+    assert up is not None and up.full_url == "https://example.invalid/a"

@@ -32,6 +32,8 @@ Guarantees:
   ``min_rate`` (:data:`MIN_RATE`, 1 KiB/s) is stopped as too slow (retried like a dropped
   connection), so one attempt takes at most ``timeout + size / min_rate`` seconds (with the
   ``timeout`` of one read on top); ``timeout`` alone bounds only one read.
+- A redirect is followed only to the same scheme or to https (http to https is fine); one
+  that changes to another (https to http, http to ftp) is refused naming both URLs.
 - HTTP 5xx, 408 and 429 answers and network errors are retried ``retries`` times, waiting
   ``backoff * 2**attempt`` seconds (at most ``MAX_BACKOFF``); other 4xx answers fail at once.
 - A file already present whose checksum matches is not fetched again ("skipped"). Without a
@@ -356,6 +358,27 @@ def _same_file_416(part: Path, url: str, answer: http.client.HTTPMessage, have: 
     return bool(pairs) and all(now == then for now, then in pairs)
 
 
+class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to the same scheme or to https: an https download answered
+    with a redirect to plain http (a downgrade), or an http one sent to ftp://, is refused
+    with a :class:`DownloadError` naming both URLs (files without a checksum, such as COCO
+    photos, are only checked to decode)."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: object, code: int, msg: str,
+                         headers: object, newurl: str) -> urllib.request.Request | None:
+        old = urllib.parse.urlsplit(req.full_url).scheme.lower()
+        new = urllib.parse.urlsplit(newurl).scheme.lower()
+        if new != old and new != "https":
+            with contextlib.suppress(Exception):
+                fp.close()  # type: ignore[attr-defined]
+            raise DownloadError(req.full_url, f"refusing the redirect (HTTP {code}) to {newurl}: it changes the scheme "
+                                              f"from {old} to {new} (only the same scheme or https is followed)")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)  # type: ignore[arg-type]
+
+
+_OPENER = urllib.request.build_opener(_SameSchemeRedirects)
+
+
 def _attempt(
     url: str, part: Path, timeout: float, bar_desc: str | None, progress: bool, headers: dict[str, str],
     checked: bool = False, limit: tuple[int, str] | None = None, min_rate: float | None = MIN_RATE,
@@ -380,7 +403,7 @@ def _attempt(
             req_headers["If-Range"] = condition
     req = urllib.request.Request(url, headers=req_headers)
     try:
-        resp = urllib.request.urlopen(req, timeout=timeout)
+        resp = _OPENER.open(req, timeout=timeout)
     except urllib.error.HTTPError as e:
         with contextlib.suppress(Exception):
             e.close()
