@@ -7,6 +7,7 @@ import argparse
 import hashlib
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -363,6 +364,34 @@ def test_coco_file_name_outside_the_cache_is_refused(server: LocalServer, tmp_pa
     assert server.requests == []  # refused before any download
     assert not work.exists() and not (tmp_path / "escaped.jpg").exists()
     assert not (tmp_path / "abs-escaped.jpg").exists()
+
+
+@pytest.mark.parametrize("split", ["../../ESCAPED", "/abs", "a/b", "..", ".", "", "train 2017", "x\\y"])
+def test_coco_split_that_is_no_plain_name_is_refused(tmp_path: Path, split: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`--split ../../ESCAPED` wrote the photos to <cache>/../ESCAPED, outside the cache."""
+    from bafusion.config import validate_params
+    from bafusion.schema import ParamsError
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    data = coco_dataset(4)
+    for rec in data["images"]:
+        (imgs / rec["file_name"]).write_bytes(jpeg_bytes(_builtin_image("coffee")[:120, :160]))
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(data))
+    work = tmp_path / "w" / "x"
+    with pytest.raises(UserError, match=rf"coco split {re.escape(repr(split))}: expected a plain COCO split name"):
+        acquire_coco(work / "bg", count=2, flt=CocoFilter(split=split, min_side=100), annotations=ann, images_dir=imgs,
+                     cache=work / "cache", net=NET)  # fmt: skip
+    with pytest.raises(SystemExit) as e:
+        cli(["download-coco", "--out", str(work / "bg"), "--count", "2", "--split", split, "--annotations", str(ann),
+             "--images-dir", str(imgs), "--cache", str(work / "cache"), "--no-progress"])  # fmt: skip
+    assert e.value.code == 2 and "--split" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "ESCAPED").exists()
+    with pytest.raises(ParamsError, match=r"download\.coco\.split: .*a COCO split name such as train2017"):
+        validate_params({"download": {"coco": {"split": split}}}, "params.yaml")
+    assert validate_params({"download": {"coco": {"split": "val2017"}}}, "p")["download"]["coco"]["split"] == "val2017"
 
 
 # ---------------------------------------------------------------------------------------------

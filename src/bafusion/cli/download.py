@@ -17,6 +17,7 @@ from bafusion.data.acquire import (
     acquire_coco,
     acquire_eval,
     default_cache,
+    split_problem,
     write_download_record,
 )
 from bafusion.data.coco import CocoFilter
@@ -89,6 +90,14 @@ def cmd_download_alphamatting(args: argparse.Namespace) -> int:
     )
     print(json.dumps({"foregrounds": rec["foregrounds"], "out": args.out}))
     return 0
+
+
+def _split(s: str) -> str:
+    """argparse type of ``--split``: a plain name (see :func:`bafusion.data.acquire.split_problem`)."""
+    problem = split_problem(s)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{s!r}: {problem}")
+    return s
 
 
 @_logged("download_coco")
@@ -196,7 +205,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--oversample", type=finite_float(1.0), default=2.0, help="candidates ranked per kept image (default %(default)s)")
     p.add_argument("--seed", type=seed_int, default=0,
                    help="seed of the shuffle that picks the candidates (default %(default)s)")
-    p.add_argument("--split", default="train2017",
+    p.add_argument("--split", type=_split, default="train2017",
                    help="COCO split to draw from (default %(default)s, the paper's COCO-2017)")
     p.add_argument("--min-side", type=non_negative_int, default=256, help="smallest allowed min(width, height)")
     p.add_argument("--allow-gray", action="store_true", help="keep gray photos too")

@@ -278,6 +278,17 @@ def _file_name_problem(name: object) -> str | None:
     return None
 
 
+def split_problem(split: object) -> str | None:
+    """Why ``split`` (``download.coco.split``, ``--split``) cannot name a COCO split (None when
+    it can): a plain name such as ``train2017``, since the photos land in ``<cache>/coco/<split>/``
+    (``../../x`` wrote them outside the cache)."""
+    if not isinstance(split, str) or not split or not (split[0].isascii() and split[0].isalnum()) or any(
+        not (c.isascii() and (c.isalnum() or c in "_.-")) for c in split
+    ):
+        return "expected a plain COCO split name such as train2017 (letters, digits, '_', '.', '-'; no '/')"
+    return None
+
+
 def _image_ok(path: Path) -> None:
     """Reject a download that is not a complete, decodable image."""
     with Image.open(path) as im:
@@ -316,6 +327,9 @@ def acquire_coco(
         raise UserError(f"coco count must be > 0, got {count}")
     if oversample < 1.0:
         raise UserError(f"coco oversample must be >= 1, got {oversample}")
+    problem = split_problem(flt.split)
+    if problem:
+        raise UserError(f"coco split {flt.split!r}: {problem}")
     pool_size = max(count, math.ceil(count * oversample))
     max_failures = (pool_size // 10 + 10) if max_failures is None else max_failures
     summary = FetchSummary()
