@@ -394,6 +394,29 @@ def test_coco_split_that_is_no_plain_name_is_refused(tmp_path: Path, split: str,
     assert validate_params({"download": {"coco": {"split": "val2017"}}}, "p")["download"]["coco"]["split"] == "val2017"
 
 
+@pytest.mark.parametrize("scheme", ["file", "ftp", "data"])
+def test_coco_url_that_is_no_http_url_is_refused(tmp_path: Path, scheme: str) -> None:
+    """A `file:///...` coco_url in annotations was copied into the backgrounds."""
+    from bafusion.data.coco import image_url
+
+    local = tmp_path / "secret.jpg"
+    local.write_bytes(jpeg_bytes(_builtin_image("coffee")[:120, :160]))
+    data = coco_dataset(4, base_url="http://127.0.0.1:9/")
+    bad = {"file": local.as_uri(), "ftp": "ftp://127.0.0.1:9/a.jpg", "data": "data:image/jpeg;base64,AAAA"}[scheme]
+    data["images"][1]["coco_url"] = bad
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(data))
+    work = tmp_path / "work"
+    with pytest.raises(InputFileError, match=rf"ann\.json: image record 2 has coco_url {re.escape(repr(bad))}: "
+                                             r"expected an http\(s\) URL"):
+        acquire_coco(work / "bg", count=1, flt=CocoFilter(min_side=100), annotations=ann, cache=work / "cache", net=NET)
+    assert not work.exists()
+    with pytest.raises(UserError, match=r"COCO image 2 has coco_url .*expected an http\(s\) URL"):
+        image_url(data["images"][1], "train2017")
+    # a mirror or a local folder replaces the coco_url: then it is not used, nor checked
+    assert image_url(data["images"][1], "train2017", "http://mirror.local/").startswith("http://mirror.local/")
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation pairs
 

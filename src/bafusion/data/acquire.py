@@ -42,6 +42,7 @@ from bafusion.atomic import atomic_dir
 from bafusion.data.coco import (
     CocoFilter,
     Ranked,
+    coco_url_problem,
     image_url,
     load_coco,
     measure,
@@ -362,6 +363,10 @@ def acquire_coco(
             raise InputFileError(
                 ann_path, f"image record {r.get('id')!r} has file_name {r.get('file_name')!r}: {problem}"
             )
+        if not images_dir and not image_base_url and r.get("coco_url"):  # fetched from its coco_url
+            problem = coco_url_problem(r["coco_url"])
+            if problem:
+                raise InputFileError(ann_path, f"image record {r.get('id')!r} has coco_url {r['coco_url']!r}: {problem}")
     local: Path | None = Path(images_dir) if images_dir else None
     if local is not None:
         if not local.is_dir():

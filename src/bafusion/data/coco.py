@@ -22,6 +22,7 @@ import io
 import json
 import math
 import os
+import urllib.parse
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -154,7 +155,18 @@ def image_url(record: dict[str, Any], split: str, base_url: str | None = None) -
     url = record.get("coco_url")
     if not url:
         raise UserError(f"COCO image {record.get('id')} has no coco_url (give an image mirror)")
+    problem = coco_url_problem(url)
+    if problem:
+        raise UserError(f"COCO image {record.get('id')} has coco_url {url!r}: {problem}")
     return str(url)
+
+
+def coco_url_problem(url: object) -> str | None:
+    """Why a record's ``coco_url`` cannot be fetched (None when it can): only an http(s) URL
+    is (a ``file://`` one in annotations copied a local file into the backgrounds)."""
+    if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https"):
+        return "expected an http(s) URL (a local copy is given with images_dir / --images-dir)"
+    return None
 
 
 def is_colour(rgb: np.ndarray, min_chroma: float = COLOUR_MIN_CHROMA) -> bool:
