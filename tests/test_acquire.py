@@ -417,6 +417,25 @@ def test_coco_url_that_is_no_http_url_is_refused(tmp_path: Path, scheme: str) ->
     assert image_url(data["images"][1], "train2017", "http://mirror.local/").startswith("http://mirror.local/")
 
 
+def test_coco_records_sharing_a_file_name_are_kept_once(server: LocalServer, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Two records of one file_name both counted as kept ("kept 2", selection.json listing the
+    file twice) while one photo was on disk; over http two threads wrote the same .part."""
+    data = coco_dataset(4, base_url=server.base)
+    for rec, name in zip(data["images"], SHARP):
+        server.files[f"train2017/{rec['file_name']}"] = jpeg_bytes(_builtin_image(name)[:120, :160])
+    twin = dict(data["images"][0], id=99)  # same file_name as record 1
+    data["images"].append(twin)
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(data))
+    rec = acquire_coco(tmp_path / "bg", count=4, oversample=1.0, flt=CocoFilter(min_side=100), annotations=ann,
+                       cache=tmp_path / "c", net=NET)  # fmt: skip
+    files = [k["file"] for k in rec["kept"]]
+    assert len(files) == len(set(files)) == 4 == len(list((tmp_path / "bg").glob("*.jpg")))
+    assert "coco: 1 image record(s) whose file_name an earlier candidate has were dropped" in capsys.readouterr().err
+    assert len(server.requests_for(f"train2017/{twin['file_name']}")) == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation pairs
 

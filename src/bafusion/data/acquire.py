@@ -367,6 +367,16 @@ def acquire_coco(
             problem = coco_url_problem(r["coco_url"])
             if problem:
                 raise InputFileError(ann_path, f"image record {r.get('id')!r} has coco_url {r['coco_url']!r}: {problem}")
+    seen: set[str] = set()
+    unique = []
+    for r in candidates:  # one photo per file name: a second record would overwrite the first
+        if r["file_name"] not in seen:
+            seen.add(r["file_name"])
+            unique.append(r)
+    if len(unique) < len(candidates):
+        _log(f"coco: {len(candidates) - len(unique)} image record(s) whose file_name an earlier candidate has were "
+             "dropped (a file name is kept once)")
+        candidates = unique
     local: Path | None = Path(images_dir) if images_dir else None
     if local is not None:
         if not local.is_dir():
