@@ -157,6 +157,45 @@ def test_cli_prints_one_line_error_and_exit_2(tmp_path: Path, capsys: pytest.Cap
     assert rc == 2 and "nope" in err and "folder not found" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("name", ["lbp_frontal_face_cascade_filename", "download_all", "eagle", "brain",
+                                  "binary_blobs", "lfw_subset", "data_dir", "file_hash", "_fetch"])
+def test_a_builtin_name_that_is_no_shipped_image_is_refused(tmp_path: Path, name: str,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Any callable of skimage.data was taken: lbp_frontal_face_cascade_filename ended in
+    "internal error", and download_all / eagle / brain would download with pooch although the
+    builtin source is documented offline."""
+    from bafusion.cli import main
+    from bafusion.data.sources import BUILTIN_IMAGES, _builtin_image, check_selection
+
+    listed = "the builtin source takes the images that ship with scikit-image: " + ", ".join(BUILTIN_IMAGES)
+    with pytest.raises(UserError) as e:
+        check_selection({"source": "builtin", "builtin": {"foregrounds": ["astronaut", name]}})
+    assert str(e.value) == f"data.builtin.foregrounds: unknown builtin image {name!r} ({listed})"
+    with pytest.raises(UserError, match=f"unknown builtin image {name!r}"):
+        _builtin_image(name)
+    rc = main(["prepare", "--source", "builtin", "--builtin-foregrounds", f"{name},astronaut,chelsea",
+               "--builtin-backgrounds", "brick,grass", "--holdout-foregrounds", "0", "--holdout-backgrounds", "0",
+               "--out", str(tmp_path / "p"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"unknown builtin image {name!r}" in err and "internal error" not in err, err
+    assert not (tmp_path / "p").exists()
+
+
+def test_every_builtin_image_loads_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from bafusion.data.sources import BUILTIN_BACKGROUNDS, BUILTIN_FOREGROUNDS, BUILTIN_IMAGES, _builtin_image
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the builtin source touched the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    assert set(BUILTIN_FOREGROUNDS) | set(BUILTIN_BACKGROUNDS) <= set(BUILTIN_IMAGES)
+    for name in BUILTIN_IMAGES:
+        img = _builtin_image(name)
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and min(img.shape[:2]) >= 100, name
+
+
 def test_holdout_and_limits(tmp_path: Path) -> None:
     cfg = _dir_cfg(_alphamatting(tmp_path / "am", n=4), _bgs(tmp_path / "bg", n=5), holdout_foregrounds=1,
                    holdout_backgrounds=2, backgrounds=2)

@@ -46,6 +46,17 @@ BUILTIN_BACKGROUNDS: tuple[str, ...] = (
     "clock",
     "cell",
 )
+#: Every name the builtin source takes: the images that ship inside scikit-image (read
+#: offline, without pooch), ``motorcycle`` being the left view of ``stereo_motorcycle``. Other
+#: callables of ``skimage.data`` are no such image: a file name
+#: (``lbp_frontal_face_cascade_filename``), a download (``download_all``, and ``brain``,
+#: ``eagle``... which pooch would fetch over the network), a random image (``binary_blobs``)
+#: or a stack (``lfw_subset``, ``stereo_motorcycle``).
+BUILTIN_IMAGES: tuple[str, ...] = (
+    "astronaut", "brick", "camera", "cat", "cell", "checkerboard", "chelsea", "clock", "coffee", "coins",
+    "colorwheel", "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo",
+    "microaneurysms", "moon", "motorcycle", "page", "retina", "rocket", "shepp_logan_phantom", "text",
+)  # fmt: skip
 #: Builtin photos are first brought to at most this long side (retina is 1411 px).
 BUILTIN_MAX_SIDE = 512
 #: The builtin foregrounds' sizes (height, width) as :func:`_builtin_image` gives them: the
@@ -85,16 +96,21 @@ def stable_seed(seed: int, name: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**32)
 
 
+def _unknown_builtin(name: object) -> str:
+    """The message for a name that is not one of :data:`BUILTIN_IMAGES`."""
+    return (f"unknown builtin image {name!r} (the builtin source takes the images that ship with scikit-image: "
+            f"{', '.join(BUILTIN_IMAGES)})")
+
+
 def _builtin_image(name: str) -> np.ndarray:
     from skimage import data as skdata
 
+    if name not in BUILTIN_IMAGES:
+        raise UserError(_unknown_builtin(name))
     if name == "motorcycle":
         img = skdata.stereo_motorcycle()[0]
     else:
-        try:
-            fn = getattr(skdata, name)
-        except AttributeError as e:
-            raise UserError(f"unknown builtin image {name!r} (scikit-image's skimage.data has no such image)") from e
+        fn = getattr(skdata, name)
         try:
             img = fn()
         except ModuleNotFoundError as e:  # images that need pooch + network
@@ -226,10 +242,8 @@ def _split(items: list, holdout: int, limit: int, seed: int, what: str, where: s
 
 
 def _builtin_known(name: str) -> bool:
-    """Whether scikit-image's ``skimage.data`` has an image ``name`` (as :func:`_builtin_image` reads it)."""
-    from skimage import data as skdata
-
-    return name == "motorcycle" or (not name.startswith("_") and callable(getattr(skdata, name, None)))
+    """Whether ``name`` is an image the builtin source takes (:data:`BUILTIN_IMAGES`)."""
+    return name in BUILTIN_IMAGES
 
 
 def check_selection(data_cfg: dict) -> None:
@@ -254,8 +268,7 @@ def check_selection(data_cfg: dict) -> None:
         names = list(b.get(what) or default)
         unknown = [n for n in names if not _builtin_known(str(n))]
         if unknown:
-            raise UserError(f"data.builtin.{what}: unknown builtin image {unknown[0]!r} "
-                            "(scikit-image's skimage.data has no such image)")
+            raise UserError(f"data.builtin.{what}: {_unknown_builtin(unknown[0])}")
         if holdout[what] >= len(names) and holdout[what] > 0:
             listed = f"data.builtin.{what}" if b.get(what) else f"the builtin set: data.builtin.{what} is empty"
             raise UserError(f"data.holdout_{what}: cannot hold out {holdout[what]} of {len(names)} {what} ({listed}): "
