@@ -1,5 +1,6 @@
 import json
 import os
+import shlex
 import sys
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -112,7 +113,7 @@ def download_net_args():
         f"--workers {int(net.get('workers', 8))}",
     ]
     if cache:
-        args.append(f"--cache '{cache}'")
+        args.append(f"--cache {shlex.quote(str(cache))}")  # a path with ' or $(...) stays one argument
     return " ".join(args)
 
 

@@ -62,11 +62,11 @@ rule prepare:
     conda:
         CONDA_ENV
     shell:
-        "bafusion prepare --source {params.source} --seed {params.seed}"
+        "bafusion prepare --source={params.source:q} --seed {params.seed}"
         " --foregrounds {params.foregrounds} --backgrounds {params.backgrounds}"
         " --holdout-foregrounds {params.holdout_fg} --holdout-backgrounds {params.holdout_bg}"
-        " --builtin-foregrounds '{params.builtin_fg}' --builtin-backgrounds '{params.builtin_bg}'"
-        " --alphamatting '{params.alphamatting}' --backgrounds-dir '{params.backgrounds_dir}'"
+        " --builtin-foregrounds={params.builtin_fg:q} --builtin-backgrounds={params.builtin_bg:q}"
+        " --alphamatting={params.alphamatting:q} --backgrounds-dir={params.backgrounds_dir:q}"
         " --scale {params.scale} --min-background-side {params.min_bg} --out {output} > {log} 2>&1"
 
 

@@ -8,6 +8,10 @@
 # digests of the downloaded folders when data.source is web, just the source otherwise), so a
 # DVC stage can track it without the builtin quick run ever touching the network.
 
+# Config values reach the shell quoted ({x:q}, shlex.quote): a path with an apostrophe broke
+# the command, and one with $(...) ran it. `--option={x:q}`, because {x:q} of an empty value
+# is nothing at all (`--option ''` would lose its value).
+
 # Compute nodes often have no internet: under a cluster executor these rules run on the
 # submitting (login) node.
 localrules:
@@ -27,7 +31,7 @@ AM_PARAMS = dict(
     resolution=DL_AM.get("resolution", "lowres"),
     base_url=DL_AM.get("base_url") or "http://www.alphamatting.com/datasets/zip/",
     from_dir=DL_AM.get("from_dir") or "",
-    checksums=" ".join(f"--checksum '{k}={v}'" for k, v in (DL_AM.get("checksums") or {}).items()),
+    checksums=" ".join(f"--checksum {shlex.quote(f'{k}={v}')}" for k, v in (DL_AM.get("checksums") or {}).items()),
     net=download_net_args(),
 )
 COCO_PARAMS = dict(
@@ -69,7 +73,7 @@ rule download_alphamatting:
         CONDA_ENV
     shell:
         "bafusion download-alphamatting --out {output} --resolution {params.resolution}"
-        " --base-url '{params.base_url}' --from-dir '{params.from_dir}' {params.checksums} {params.net}"
+        " --base-url={params.base_url:q} --from-dir={params.from_dir:q} {params.checksums} {params.net}"
         " > {log} 2>&1"
 
 
@@ -86,11 +90,11 @@ rule download_coco:
         CONDA_ENV
     shell:
         "bafusion download-coco --out {output} --count {params.n} --oversample {params.oversample}"
-        " --seed {params.seed} --split {params.split} --min-side {params.min_side} {params.gray}"
-        " --categories '{params.categories}' --exclude-categories '{params.exclude}'"
-        " --min-sharpness {params.min_sharpness} --annotations '{params.annotations}'"
-        " --annotations-url '{params.annotations_url}' --annotations-checksum '{params.annotations_checksum}'"
-        " --image-base-url '{params.image_base_url}' --images-dir '{params.images_dir}' {params.net}"
+        " --seed {params.seed} --split={params.split:q} --min-side {params.min_side} {params.gray}"
+        " --categories={params.categories:q} --exclude-categories={params.exclude:q}"
+        " --min-sharpness {params.min_sharpness} --annotations={params.annotations:q}"
+        " --annotations-url={params.annotations_url:q} --annotations-checksum={params.annotations_checksum:q}"
+        " --image-base-url={params.image_base_url:q} --images-dir={params.images_dir:q} {params.net}"
         " > {log} 2>&1"
 
 
@@ -106,8 +110,8 @@ rule download_eval:
     conda:
         CONDA_ENV
     shell:
-        "bafusion download-eval --out {output} --base-url '{params.base_url}' --from-dir '{params.from_dir}'"
-        " --sets '{params.sets}' {params.net} > {log} 2>&1"
+        "bafusion download-eval --out {output} --base-url={params.base_url:q} --from-dir={params.from_dir:q}"
+        " --sets={params.sets:q} {params.net} > {log} 2>&1"
 
 
 rule download:

@@ -1,0 +1,63 @@
+"""Config values reach the rules' shell commands quoted: a path with an apostrophe broke the
+command ("unexpected EOF while looking for matching `''"), and one with ``$(...)`` ran it.
+Checked on the commands ``snakemake -n -p`` prints, split as a POSIX shell splits them and
+parsed by ``bafusion``'s own parser."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+from pathlib import Path
+
+from pipeline_project import make_project, run
+
+from bafusion.cli.app import build_parser
+
+
+def _commands(output: str) -> dict[str, argparse.Namespace]:
+    """rule name -> its command's arguments as ``bafusion`` parses them (``snakemake -n -p``)."""
+    found: dict[str, argparse.Namespace] = {}
+    for m in re.finditer(r"^(?:local)?rule (\w+):\n(.*?)(?=^(?:local)?rule \w+:|\Z)", output, re.M | re.S):
+        cmd = [ln.strip() for ln in m.group(2).splitlines() if ln.strip().startswith("Shell command: bafusion ")]
+        if cmd:
+            words = shlex.split(cmd[0][len("Shell command: "):])
+            words = words[1:words.index(">")] if ">" in words else words[1:]
+            found[m.group(1)] = build_parser(words[0]).parse_args(words)
+    return found
+
+
+def test_config_paths_with_quotes_and_dollar_reach_the_commands_as_one_word(tmp_path: Path) -> None:
+    odd = tmp_path / "o'brien $(touch INJECTED) `id`"
+    for sub in ("am", "ann", "imgs", "eval", "cache", "dir/input", "dir/gt", "bg"):
+        (odd / sub).mkdir(parents=True)
+    (odd / "ann" / "a.json").write_text("{}")
+    web = {
+        "data": {"source": "web"},
+        "download": {
+            "cache": str(odd / "cache"),
+            "alphamatting": {"from_dir": str(odd / "am"), "base_url": "http://127.0.0.1:9/it's/",
+                             "checksums": {"input_training_lowres.zip": "sha256:" + "0" * 64}},
+            "coco": {"annotations": str(odd / "ann" / "a.json"), "images_dir": str(odd / "imgs"),
+                     "categories": ["it's"], "image_base_url": "http://127.0.0.1:9/$(id)/"},
+            "eval": {"from_dir": str(odd / "eval")},
+        },
+    }
+    project = make_project(tmp_path / "p", web, git=False)
+    out = run(["snakemake", "-n", "-p", "--cores", "1", "download_alphamatting", "download_coco", "download_eval"],
+              project).stdout
+    cmds = _commands(out)
+    am, coco, ev = cmds["download_alphamatting"], cmds["download_coco"], cmds["download_eval"]
+    assert am.from_dir == str(odd / "am") and am.base_url == "http://127.0.0.1:9/it's/"
+    assert am.checksum == ["input_training_lowres.zip=sha256:" + "0" * 64]
+    assert am.cache == coco.cache == ev.cache == str(odd / "cache")
+    assert coco.annotations == str(odd / "ann" / "a.json") and coco.images_dir == str(odd / "imgs")
+    assert coco.categories == "it's" and coco.exclude_categories == "" and coco.split == "train2017"
+    assert coco.image_base_url == "http://127.0.0.1:9/$(id)/"
+    assert ev.from_dir == str(odd / "eval") and ev.base_url == "" and ev.sets == "lytro,classic"
+
+    dirs = {"alphamatting": str(odd / "dir"), "backgrounds": str(odd / "bg")}
+    project = make_project(tmp_path / "q", {"data": {"source": "dir", "dir": dirs}}, git=False)
+    prep = _commands(run(["snakemake", "-n", "-p", "--cores", "1", "prepare"], project).stdout)["prepare"]
+    assert prep.alphamatting == str(odd / "dir") and prep.backgrounds_dir == str(odd / "bg") and prep.source == "dir"
+    assert not list(tmp_path.rglob("INJECTED"))
