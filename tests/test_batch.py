@@ -1252,12 +1252,15 @@ def test_fuse_dir_stops_at_a_full_disk(tmp_path: Path, nets: Path, capsys, monke
     assert batch.read_marker(out)["outputs"] == ["p.png"]
 
 
+@pytest.mark.parametrize("at", [2, 3])
 def test_fuse_dir_stops_at_a_full_disk_when_writing_its_record(tmp_path: Path, nets: Path, capsys,
-                                                              monkeypatch) -> None:
+                                                              monkeypatch, at: int) -> None:
     """A full disk while fuse-dir rewrote its record after an output was only "cannot write
     fuse-dir's record", exit 2: no summary, the stacks skipped before unsaid, no advice, and the
     output just written was on disk but not in the record. It stops as at an output's full disk:
-    the skip reasons, the summary, the advice; the output not in the record is removed."""
+    the skip reasons, the summary, the advice; the output not in the record is removed. The
+    record is also written before each output (``at`` 2: saying which shots it is fused from),
+    where a full disk stops the batch alike, the output not written."""
     import errno
     import os
 
@@ -1266,13 +1269,13 @@ def test_fuse_dir_stops_at_a_full_disk_when_writing_its_record(tmp_path: Path, n
     src, out = _three_pairs(tmp_path)
     real_marker, real_fuse, calls = batch.write_marker, batch.fuse_files, []
 
-    def full_at_second(out_, setup, outputs, device=""):
+    def full_at_second(out_, setup, outputs, device="", sources=None):
         calls.append(sorted(outputs))
-        if len(calls) == 2:  # the first after an output (q's): as write_marker raises it
+        if len(calls) == at:  # before (2) or after (3) q's output: as write_marker raises it
             cause = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out_ / batch.OUTPUT_MARKER))
             raise UserError(f"{out_ / batch.OUTPUT_MARKER}: cannot write fuse-dir's record: {cause.strerror}") \
                 from cause
-        return real_marker(out_, setup, outputs, device)
+        return real_marker(out_, setup, outputs, device, sources)
 
     def p_refused(paths, *args, **kwargs):
         if paths[0].name.startswith("p-"):
@@ -1284,7 +1287,7 @@ def test_fuse_dir_stops_at_a_full_disk_when_writing_its_record(tmp_path: Path, n
     rc = cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"])
     o, err = capsys.readouterr()
     assert rc == 2, err
-    assert calls == [[], ["q.png"]]  # r is not fused
+    assert calls == [[], [], ["q.png"]][:at]  # r is not fused
     assert "skipped p: p-A.png: not an image" in err and "fused 0 stack(s) into" in o
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"bafusion fuse-dir: error: {out / batch.OUTPUT_MARKER}: No space left on device"), err
@@ -1636,3 +1639,97 @@ def test_a_stack_names_each_step_as_it_fuses(tmp_path: Path, nets: Path, capsys,
         assert said == ([] if quiet else [f"bafusion fuse-dir: s: {s} ..." for s in steps]), err
         if not terminal:  # before the stack's own line, none for the pair p
             assert err.index("step 3/3") < err.index("bafusion fuse-dir: 2/2 s: fused in "), err
+
+
+def _pairs_in(folder: Path, seeds: dict[str, int]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, seed in seeds.items():
+        for n, x in zip("AB", pair(seed)):
+            Image.fromarray(x).save(folder / f"{name}-{n}.png")
+    return folder
+
+
+def test_fuse_dir_never_writes_through_a_link_to_a_shot_or_a_file_of_another_format(
+        tmp_path: Path, nets: Path, capsys) -> None:
+    """OUT/p1.png a symbolic link to IN/p1-A.png: fuse-dir wrote the fusion into the shot (exit 0;
+    fuse -o refuses an input). A link to a shot, or to a file of another format (keepme.jpg
+    would get PNG bytes), is now not written through: that stack is skipped with the reason."""
+    src = _pairs_in(tmp_path / "in", {"p1": 3, "p2": 4, "p3": 5})
+    out = tmp_path / "out"
+    argv = ["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    shot = (src / "p1-A.png").read_bytes()
+    keep = tmp_path / "keepme.jpg"
+    keep.write_bytes(b"my jpeg")
+    for name, to in (("p1", src / "p1-A.png"), ("p2", keep)):
+        (out / f"{name}.png").unlink()
+        (out / f"{name}.png").symlink_to(to)
+    rc = cli_main(argv)
+    o, err = capsys.readouterr()
+    assert rc == batch.EXIT_SKIPPED, err
+    assert (src / "p1-A.png").read_bytes() == shot and keep.read_bytes() == b"my jpeg"
+    assert "a file of the input folder: fuse-dir never overwrites an input" in err
+    assert "whose suffix is not .png" in err and "fused 1 stack(s)" in o
+    # a link to a png elsewhere is written through, as before
+    other = tmp_path / "mine.png"
+    other.write_bytes(b"x")
+    (out / "p2.png").unlink()
+    (out / "p2.png").symlink_to(other)
+    (out / "p1.png").unlink()
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    assert Image.open(other).size == (N, N) and (out / "p2.png").is_symlink()
+    # in a fresh output folder (no record) the link is refused before any work
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "p1.png").symlink_to(src / "p1-A.png")
+    assert cli_main(["fuse-dir", str(src), str(fresh), "--model", str(nets), "--device", "cpu", "--quiet"]) == 2
+    assert (src / "p1-A.png").read_bytes() == shot and "p1.png" in capsys.readouterr().err
+
+
+def test_fuse_dir_replaces_only_its_own_outputs_of_the_same_input_folder(tmp_path: Path, nets: Path, capsys) -> None:
+    """fuse-dir IN OUT overwrote a file of the user's named like an output (OUT/p1.png) and the
+    outputs of an earlier batch of another input folder (day2 into day1's OUT), silently, exit 0.
+    It now refuses before any work, naming them; its own outputs of the same IN are replaced."""
+    day1 = _pairs_in(tmp_path / "day1", {"p1": 3, "p2": 4})
+    day2 = _pairs_in(tmp_path / "day2", {"p1": 5, "p2": 6})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "p1.png").write_bytes(b"mine")
+    run = ["--model", str(nets), "--device", "cpu", "--quiet"]
+    rc = cli_main(["fuse-dir", str(day1), str(out), *run])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "p1.png" in err and "p2.png" not in err and "move them away" in err
+    assert (out / "p1.png").read_bytes() == b"mine" and not (out / "p2.png").exists()  # no work done
+    (out / "p1.png").unlink()
+    assert cli_main(["fuse-dir", str(day1), str(out), *run]) == 0, capsys.readouterr().err
+    made = {n: (out / n).read_bytes() for n in ("p1.png", "p2.png")}
+    for flags in ((), ("--skip-existing",)):
+        rc = cli_main(["fuse-dir", str(day2), str(out), *run, *flags])
+        err = capsys.readouterr().err
+        assert rc == 2 and "p1.png, p2.png" in err and str(day2) in err, err
+        assert {n: (out / n).read_bytes() for n in made} == made
+    os.utime(out / "p1.png", ns=(1, 1))
+    assert cli_main(["fuse-dir", str(day1), str(out), *run]) == 0, capsys.readouterr().err  # a rerun replaces
+    assert (out / "p1.png").stat().st_mtime_ns != 1
+
+
+def test_fuse_dir_skip_existing_fuses_again_a_stack_whose_shots_changed(tmp_path: Path, nets: Path, capsys) -> None:
+    """--skip-existing said "already there" for an output fused from other shots (p1-A re-shot in
+    the same IN): it matched names and setup, never the sources. The record now holds each
+    output's shots (resolved path, size, time); a change fuses it again, saying why."""
+    src = _pairs_in(tmp_path / "in", {"p1": 3, "p2": 4})
+    out = tmp_path / "out"
+    argv = ["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    p1, p2 = ((out / n).stat().st_mtime_ns for n in ("p1.png", "p2.png"))
+    a, _ = pair(7)
+    Image.fromarray(a).save(src / "p1-A.png")  # re-shot
+    Image.fromarray(pair(7)[1]).save(src / "p1-B.png")
+    assert cli_main([*argv, "--skip-existing"]) == 0
+    o, err = capsys.readouterr()
+    assert "fused 1 stack(s)" in o and "1 already there" in o, o + err
+    assert "p1: fused again" in err and "p1-A.png, p1-B.png changed since it was fused" in err, err
+    assert (out / "p1.png").stat().st_mtime_ns != p1 and (out / "p2.png").stat().st_mtime_ns == p2
+    assert cli_main([*argv, "--skip-existing"]) == 0  # now recorded: kept
+    assert "2 already there" in capsys.readouterr().out

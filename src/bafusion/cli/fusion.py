@@ -506,7 +506,10 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
         "of two scenes) is skipped and listed at the end, and camera RAW and HEIC files, which are not read, are "
         f"named there (one line per folder). Exit status: 0 all fused, {EXIT_SKIPPED} some skipped "
         f"(the others fused), {EXIT_NONE_FUSED} all skipped (nothing fused), 2 bad usage or a full disk (the batch "
-        "stops; rerun with --skip-existing).",
+        "stops; rerun with --skip-existing). Only fuse-dir's own outputs of the same IN are replaced: a file in OUT "
+        "named like an output that OUT/.bafusion-fuse-dir does not record as fused from this IN (a file of yours, "
+        "another folder's outputs) is refused before any work; an output that is a link to a shot is not written "
+        "through (its stack is skipped).",
         epilog=METADATA_EPILOG,
     )
     p.add_argument("input", metavar="IN", type=nonempty_path, help="folder of shots")  # '' is not '.'
@@ -524,6 +527,7 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-existing", action="store_true",
                    help="leave stacks whose output exists (resume a batch); OUT/.bafusion-fuse-dir records the "
                    "model, parameters, --align, --ext and version that made the outputs, and a folder of another "
-                   "setup (or of none recorded) is refused")
+                   "setup (or of none recorded) is refused; a stack whose shots changed since (it records each "
+                   "output's shots) is fused again")
     _add_param_args(p, maps=False)
     p.set_defaults(func=_cmd_fuse_dir)

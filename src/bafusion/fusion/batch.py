@@ -15,8 +15,15 @@ Naming rule of ``fuse-dir IN OUT`` (documented in the README):
   before any work (:func:`check_output_folder`);
 * ``OUT/.bafusion-fuse-dir`` (:data:`OUTPUT_MARKER`) records what makes the outputs: the nets'
   sha256, the fusion parameters, ``--align``, ``--ext``, bafusion's version, and the outputs
-  written so; ``--skip-existing`` keeps only outputs it lists, and refuses a folder whose
-  marker records another setup, or none (:func:`check_skip_existing`).
+  written so, and per output the input folder and the shots it was fused from (resolved
+  paths, sizes, modification times); ``--skip-existing`` keeps only outputs it lists whose
+  shots are unchanged, and refuses a folder whose marker records another setup, or none
+  (:func:`check_skip_existing`);
+* an existing file in ``OUT`` named like an output that the record does not show fuse-dir
+  wrote from this ``IN`` (a file of the user's, an earlier batch of another input folder) is
+  refused before any work (:func:`check_replaced`); an output that is a symbolic link to a
+  file of ``IN`` (or to a file of another format) is not written through: its stack is skipped
+  (:func:`link_problem`).
 
 Exit status (:data:`EXIT_SKIPPED`, :data:`EXIT_NONE_FUSED`): 0 when every group was fused (or,
 with ``--skip-existing``, already was), 3 when some were skipped (the others are fused), 4 when
@@ -828,17 +835,139 @@ def check_skip_existing(out: Path, setup: Mapping[str, Any], targets: Sequence[P
                         "(they are then fused again)")
 
 
-def write_marker(out: Path, setup: Mapping[str, Any], outputs: Iterable[str], device: str = "") -> None:
+def write_marker(out: Path, setup: Mapping[str, Any], outputs: Iterable[str], device: str = "",
+                 sources: Mapping[str, Any] | None = None) -> None:
     """Write :data:`OUTPUT_MARKER` in ``out`` atomically: ``setup`` (:func:`batch_setup`), the
-    outputs written with it (file names), and the device (for the record only)."""
+    outputs written with it (file names), the device (for the record only) and ``sources``: per
+    output file name (of any setup) what it was fused from (:func:`shots_record`)."""
     from bafusion.atomic import atomic_file
 
-    doc = {"format": MARKER_FORMAT, **setup, "device": device, "outputs": sorted(set(outputs))}
+    doc = {"format": MARKER_FORMAT, **setup, "device": device, "outputs": sorted(set(outputs)),
+           "sources": {k: sources[k] for k in sorted(sources or {})}}
     try:
         with atomic_file(out / OUTPUT_MARKER) as tmp:
             tmp.write_text(json.dumps(doc, indent=1) + "\n")
     except OSError as e:
         raise UserError(f"{out / OUTPUT_MARKER}: cannot write fuse-dir's record: {e.strerror or e}") from e
+
+
+def _write_record(out: Path, setup: Mapping[str, Any], outputs: Iterable[str], device: str,
+                  sources: Mapping[str, Any]) -> None:
+    """:func:`write_marker` before an output is written; a full disk is an ``OSError`` (the
+    batch stops as at an output's), other failures a :class:`UserError`."""
+    try:
+        write_marker(out, setup, outputs, device, sources)
+    except UserError as e:
+        cause = e.__cause__
+        if isinstance(cause, OSError) and cause.errno in _DISK_FULL:
+            raise OSError(cause.errno, cause.strerror, str(out / OUTPUT_MARKER)) from e
+        raise
+
+
+def _recorded_sources(doc: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The record's ``sources`` (per output, :func:`shots_record`); empty when it has none."""
+    got = doc.get("sources") if doc is not None else None
+    return {str(k): v for k, v in got.items() if isinstance(v, dict)} if isinstance(got, dict) else {}
+
+
+def shots_record(src: Path, shots: Sequence[Path]) -> dict[str, Any]:
+    """What :data:`OUTPUT_MARKER` records of the shots an output is fused from: the input
+    folder and each shot's path (both resolved), size and modification time (ns)."""
+    def one(p: Path) -> list[Any]:
+        try:
+            q = p.resolve()
+            st = q.stat()
+            return [str(q), st.st_size, st.st_mtime_ns]
+        except (OSError, RuntimeError):
+            return [str(p), -1, -1]
+
+    try:
+        where = str(src.resolve())
+    except (OSError, RuntimeError):
+        where = str(src)
+    return {"in": where, "shots": [one(p) for p in shots]}
+
+
+def sources_changed(old: Any, new: Mapping[str, Any]) -> str | None:
+    """Why an output recorded as fused from ``old`` (:func:`shots_record`) is not one of the
+    shots ``new``: "p1-A.png changed since", "another input folder", ...; None when they match."""
+    if not isinstance(old, dict) or not isinstance(old.get("shots"), list):
+        return "the record does not say which shots it was fused from"
+    if old.get("in") != new["in"]:
+        return f"it was fused from another input folder ({old.get('in')})"
+    was = {str(s[0]): list(s[1:]) for s in old["shots"] if isinstance(s, list) and s}
+    now = {str(s[0]): list(s[1:]) for s in new["shots"]}
+    changed = [Path(k).name for k in now if k in was and was[k] != now[k]]
+    added = [Path(k).name for k in now if k not in was]
+    gone = [Path(k).name for k in was if k not in now]
+    parts = ([f"{', '.join(changed)} changed since it was fused"] if changed else []) + \
+            ([f"{', '.join(added)} not among the shots it was fused from"] if added else []) + \
+            ([f"{', '.join(gone)} no longer among its shots"] if gone else [])
+    if not parts and [str(s[0]) for s in old["shots"] if isinstance(s, list) and s] != list(now):
+        parts = ["its shots are in another order"]
+    return "; ".join(parts) or None
+
+
+def check_replaced(src: Path, out: Path, targets: Sequence[Path]) -> None:
+    """Refuse (a :class:`UserError`, before any work) to replace an existing file among
+    ``targets`` (this run's outputs in ``out``) that :data:`OUTPUT_MARKER` does not record as
+    fused from ``src``: a file of the user's named like an output, or an earlier batch of
+    another input folder (``fuse-dir day2 OUT`` into the outputs of ``day1``), were overwritten
+    silently. A record of a version before the input folder was recorded vouches for the
+    outputs it lists. A folder in the way of an output is left to the write (that stack is
+    skipped, "cannot write")."""
+    if not out.is_dir():
+        return
+    doc = read_marker(out)
+    sources = _recorded_sources(doc)
+    legacy = (set(map(str, doc["outputs"])) if doc is not None and "sources" not in doc
+              and isinstance(doc.get("outputs"), list) else set())
+    here = shots_record(src, ())["in"]
+    foreign: list[str] = []
+    for t in targets:
+        if not os.path.lexists(t) or (t.is_dir() and not t.is_symlink()):
+            continue
+        rec = sources.get(t.name)
+        if (isinstance(rec, dict) and rec.get("in") == here) or t.name in legacy:
+            continue
+        foreign.append(t.name)
+    if foreign:
+        shown = ", ".join(foreign[:NAMED]) + (f" and {len(foreign) - NAMED} more" if len(foreign) > NAMED else "")
+        raise UserError(f"{out}: holds {shown}, named like outputs of this run, that fuse-dir's record "
+                        f"({OUTPUT_MARKER}) does not show it fused from {src} (files of yours, or outputs of "
+                        "another input folder); fuse-dir replaces only its own outputs of the same input folder: "
+                        "move them away, or give another output folder")
+
+
+#: Suffixes that name one image format (an output written through a link keeps its format).
+_SAME_FORMAT = {".jpeg": ".jpg", ".tiff": ".tif"}
+
+
+def link_problem(target: Path, src: Path, out: Path, inputs: Iterable[Path] = ()) -> str | None:
+    """Why the output ``target``, a symbolic link, must not be written through (the write
+    replaces the file it points to: :func:`bafusion.atomic.atomic_file`): it points to a file of
+    the input folder ``src`` (outside ``out``) or to one of ``inputs`` (the resolved shots), or
+    to a file of another format than its suffix says (``keepme.jpg`` would get PNG bytes).
+    None for a plain file or a link that is fine."""
+    if not target.is_symlink():
+        return None
+    try:
+        real = target.resolve()
+        home, dest = src.resolve(), out.resolve()
+    except (OSError, RuntimeError) as e:
+        return f"{target}: a symbolic link that cannot be followed ({e}): not written through"
+
+    def under(p: Path, folder: Path) -> bool:
+        return p == folder or folder in p.parents
+
+    if real in set(inputs) or (under(real, home) and not under(real, dest)):
+        return (f"{target}: a symbolic link to {real}, a file of the input folder: fuse-dir never overwrites an "
+                "input; remove the link")
+    fmt = [_SAME_FORMAT.get(x.lower(), x.lower()) for x in (real.suffix, target.suffix)]
+    if fmt[0] != fmt[1]:
+        return (f"{target}: a symbolic link to {real}, whose suffix is not {target.suffix}: the output would be "
+                "written into it in another format; remove the link")
+    return None
 
 
 #: In fuse-dir's output folder while a run writes there: held (``flock``) by that run, holding its
@@ -982,11 +1111,12 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
     setup = batch_setup(nets, params, ext=ext, align=align)
     if skip_existing:  # before the folder is made (refused: nothing left behind); again under the lock
         check_skip_existing(out, setup, [out / f"{name}.{ext}" for name in groups])
+    check_replaced(src, out, [out / f"{name}.{ext}" for name in groups])  # again under the lock
     created = not out.exists()
     try:
         # one run at a time per output folder: each keeps the record of what it wrote
         with output_lock(out):
-            rep = _fuse_dir_locked(groups, out, nets, params, rep, setup, ext=ext, align=align, force=force,
+            rep = _fuse_dir_locked(src, groups, out, nets, params, rep, setup, ext=ext, align=align, force=force,
                                    skip_existing=skip_existing, progress=progress, motion_hint=motion_hint)
         rep.notes = unread_notes(notes, rep)  # what became of a RAW + JPEG folder's stack, now known
         return rep
@@ -997,7 +1127,7 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
         raise
 
 
-def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, params, rep: BatchReport,
+def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path, nets, params, rep: BatchReport,
                      setup: Mapping[str, Any], *, ext: str, align: str, force: bool, skip_existing: bool,
                      progress: bool, motion_hint: bool) -> BatchReport:
     """:func:`fuse_dir` once ``out`` exists and its lock is held (:func:`output_lock`)."""
@@ -1008,14 +1138,22 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
 
     if skip_existing:
         check_skip_existing(out, setup, [out / f"{name}.{ext}" for name in groups])
+    check_replaced(src, out, [out / f"{name}.{ext}" for name in groups])
     old = read_marker(out)
     same = old is not None and not setup_differences(old, setup) and isinstance(old.get("outputs"), list)
     written = {str(n) for n in old["outputs"]} if same else set()  # outputs known to be of this setup
+    # what each output in out was fused from, of any setup (check_replaced: what fuse-dir may replace)
+    sources = {k: v for k, v in _recorded_sources(old).items() if os.path.lexists(out / k)}
+    inputs = set()  # the resolved shots of every stack: no output is written through a link to one
+    for shots in groups.values():
+        for q in shots:
+            with contextlib.suppress(OSError, RuntimeError):
+                inputs.add(q.resolve())
     said_once: set[str] = set()  # notes said once a run (metadata not kept)
     device = str(getattr(nets, "device", ""))
     # the record first: a stopped run leaves outputs that it describes (inside IN it also marks
     # the folder as fuse-dir's for later runs: check_output_folder)
-    write_marker(out, setup, written, device)
+    write_marker(out, setup, written, device, sources)
     bar = tqdm(groups.items(), total=len(groups), unit="stack", file=sys.stderr, disable=not bars_enabled(progress),
                desc="fuse-dir")
     # without a terminal (nohup, cron, a Snakemake log) no bar is drawn: one plain line per
@@ -1043,17 +1181,32 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
 
     for i, (name, shots) in enumerate(bar, 1):
         target = out / f"{name}.{ext}"
-        if skip_existing and target.is_file() and target.name in written:
-            rep.existing.append(name)
-            said(i, name, "already there")
-            continue
-        out_of_memory = False
         t0 = time.perf_counter()
+        why = link_problem(target, src, out, inputs)
+        if why:
+            rep.skipped.append((name, why))
+            said(i, name, _skipped(t0, "why: at the end"))
+            continue
+        record = shots_record(src, shots)  # before the fusion: a shot changed meanwhile reads as changed later
+        if skip_existing and target.is_file() and target.name in written:
+            changed = sources_changed(sources.get(target.name), record)
+            if changed is None:
+                rep.existing.append(name)
+                said(i, name, "already there")
+                continue
+            tqdm.write(f"bafusion fuse-dir: {name}: fused again (--skip-existing keeps an output only when its shots "
+                       f"are unchanged): {changed}", file=sys.stderr)
+        out_of_memory = False
         try:
             # without bars (--no-progress, alias --quiet) no stack's own bar either
             fused = fuse_files(shots, nets, params, output=target, align=align, force=force,
                                motion_hint=motion_hint, progress=None if progress else False,
                                prefix="bafusion fuse-dir", details=bool(progress), step=steps(name))
+            # the record first says that fuse-dir writes this output from these shots (a run stopped
+            # while writing it leaves a file the next run may replace) and no longer lists it as written
+            _write_record(out, setup, written - {target.name}, device, {**sources, target.name: record})
+            sources[target.name] = record
+            written.discard(target.name)
             write_image(target, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits,
                         dpi=fused.dpi, png_colour=fused.png_colour)
         except UserError as e:
@@ -1082,7 +1235,7 @@ def _fuse_dir_locked(groups: Mapping[str, Sequence[Path]], out: Path, nets, para
             said(i, name, _skipped(t0, "out of memory"))
             continue
         try:
-            write_marker(out, setup, written | {target.name}, device)
+            write_marker(out, setup, written | {target.name}, device, sources)
         except UserError as e:
             cause = e.__cause__
             if not (isinstance(cause, OSError) and cause.errno in _DISK_FULL):
