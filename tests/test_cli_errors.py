@@ -586,6 +586,44 @@ def test_a_replaced_output_folder_holding_other_files_is_refused(work: Path, cap
         _refused(argv, capsys, work, "did not write: notes.txt;")
 
 
+@pytest.mark.parametrize("argv, marker, doc, own, foreign", [
+    (["prepare", "--out", "mine"], "manifest.json", '{"foregrounds": []}',
+     ["fg/a.png", "matte/a.png", "bg/b.PNG"], ["fg/MY-NOTES.txt", "bg/sub/b.png"]),
+    (["evaluate", "--out", "mine"], "metrics.json", '{"lytro": {"pairs": 2}}',
+     ["lytro/metrics.csv", "lytro/means.csv", "lytro/means-sets.csv", "lytro/table1.md", "lytro/figures/fig4-p.png",
+      "lytro/fused/Ours/p.png", "lytro/fused/Ours/p.jpg"], ["lytro/MY-ANALYSIS.md", "lytro/figures/x.jpg"]),
+    (["fuse-set", "--pairs", "pairs", "--models", "nets", "--out", "mine"], "accuracy.json",
+     '{"pairs": {"p": {}}}', ["p.png", "maps/p-dm.png", "maps/p-fig3.png"], ["maps/MY-NOTES.txt"]),
+    (["download-alphamatting", "--out", "mine"], "download.json", '{"kind": "alphamatting", "foregrounds": 1}',
+     ["input/GT01.png", "gt/GT01.png"], ["gt/notes.txt", "input/sub/GT02.png"]),
+])
+def test_a_replaced_output_folder_holding_other_files_in_its_sub_folders_is_refused(
+        work: Path, capsys, argv: list[str], marker: str, doc: str, own: list[str], foreign: list[str]) -> None:
+    """fuse-set/evaluate/prepare/download-alphamatting --out deleted the user's files inside the
+    sub-folders of an earlier output (fs/maps/MY-NOTES.txt, out/lytro/MY-ANALYSIS.md, exit 0): only
+    the top level was looked at. What each writes inside them is known: anything else is refused."""
+    from bafusion.cli.app import build_parser
+    from bafusion.preflight import check_command
+
+    mine = work / "mine"
+    mine.mkdir()
+    (mine / marker).write_text(doc)
+    for name in own:
+        (mine / name).parent.mkdir(parents=True, exist_ok=True)
+        (mine / name).write_text("x")
+    (mine / own[-1]).with_name(".DS_Store").write_text("x")
+    args = build_parser(argv[0]).parse_args(argv)
+    check_command(args)  # an earlier output: replaced
+    for name in foreign:
+        (mine / name).parent.mkdir(parents=True, exist_ok=True)
+        (mine / name).write_text("mine")
+    _refused(argv, capsys, work, "mine: ", f"holds files this command did not write: {', '.join(sorted(foreign))};",
+             "move them away or choose another folder")
+    for name in foreign:
+        (mine / name).unlink()
+    check_command(args)
+
+
 def test_a_reader_that_has_gone_is_not_a_bug(tmp_path: Path) -> None:
     """`bafusion count | head -3`: the closed pipe ended in a traceback and 'internal error (a bug
     in bafusion)'; now the command stops quietly with 141 (128 + SIGPIPE), as Unix tools do."""

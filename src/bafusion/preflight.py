@@ -14,8 +14,8 @@ Every command's output paths are listed once, in :data:`COMMAND_OUTPUTS` (by the
 * an output folder that is an existing file; a folder that the command replaces whole when it
   holds one of the inputs or the working directory, or files that are no earlier output of the
   command (a folder neither empty nor holding its marker, :data:`OUTPUT_MARKERS`, or one holding
-  it beside entries the command did not write, :func:`foreign_entries`): they would be deleted
-  with it; and the output of another command that writes the same marker (download-eval's and
+  it beside entries the command did not write, also inside the folders it vouches for:
+  ``maps/notes.txt`` of fuse-set, :func:`foreign_entries`): they would be deleted with it; and the output of another command that writes the same marker (download-eval's and
   download-alphamatting's ``download.json``: the kind it records, :func:`download_kind`);
 * an output inside an input folder whose every file is an input (``composite --out`` inside
   ``--prepared``; also an output folder: ``testset --out`` inside ``--prepared``), an output file
@@ -211,6 +211,67 @@ MARKER_ENTRIES: dict[str, Callable[[Any], set[str]]] = {
     "selection.json": _coco_entries,
 }
 
+#: Image suffixes a download-alphamatting copy (``--from-dir``) may hold in ``input/`` and ``gt/``.
+_ALPHAMATTING_IMAGES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def _download_inner(doc: Any) -> tuple[str, ...] | None:
+    if download_kind(doc) == "alphamatting":
+        return tuple(f"{d}/*{x}" for d in ("input", "gt") for x in _ALPHAMATTING_IMAGES)
+    return None  # download-eval: the layout of its sets is the manifest's
+
+
+#: What a command writes inside the folders its marker vouches for (:data:`MARKER_ENTRIES`), by
+#: marker: patterns (``fnmatch``, one part per part of the path, the suffix in any case) of the
+#: files' paths in the output folder; a file there matching none is the user's and would be
+#: deleted with the folder (``fs/maps/MY-NOTES.txt``, ``out/lytro/MY-ANALYSIS.md`` were, exit 0).
+#: fuse-set writes ``maps/<name>-<map>.png``; evaluate per dataset ``metrics.csv``, ``means.csv``,
+#: ``means-sets.csv``, ``table1.md``, ``figures/*.png``, ``fused/<method>/<pair>.png`` (and
+#: ``.jpg``); prepare ``fg/``, ``matte/``, ``bg/`` PNGs; download-alphamatting images in ``input/``
+#: and ``gt/``. None: the folders' contents are not known here (download-eval's sets).
+MARKER_INNER: dict[str, Callable[[Any], tuple[str, ...] | None]] = {
+    "accuracy.json": lambda doc: ("maps/*.png",),
+    "metrics.json": lambda doc: ("*/metrics.csv", "*/means.csv", "*/means-sets.csv", "*/table1.md",
+                                 "*/figures/*.png", "*/fused/*/*.png", "*/fused/*/*.jpg"),
+    "manifest.json": lambda doc: ("fg/*.png", "matte/*.png", "bg/*.png"),
+    "download.json": _download_inner,
+}
+
+
+def _matches(parts: tuple[str, ...], patterns: Iterable[str]) -> bool:
+    import fnmatch
+
+    last = parts[-1]
+    parts = (*parts[:-1], last[: len(last) - len(Path(last).suffix)] + Path(last).suffix.lower())
+    for pat in patterns:
+        pp = pat.split("/")
+        if len(pp) == len(parts) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, pp)):
+            return True
+    return False
+
+
+def _inner_foreign(folder: Path, tops: Iterable[str], patterns: Sequence[str],
+                   own: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """The files inside the folders ``tops`` of ``folder`` that match none of ``patterns`` nor
+    are one of ``own`` (the command's other outputs), as paths relative to ``folder``."""
+    mine = {parts for p in own if (parts := _parts_inside(folder, p))}
+    found: list[str] = []
+    for top in sorted(tops):
+        d = folder / top
+        if d.is_symlink() or not d.is_dir():
+            continue
+        for base, subdirs, files in os.walk(d):
+            rel = Path(base).relative_to(folder).parts
+            # a link to a folder is no folder of the command's: removed with the output, listed as a file
+            links = [x for x in subdirs if (Path(base) / x).is_symlink()]
+            for name in sorted([*files, *links]):
+                parts = (*rel, name)
+                if name in _FOREIGN_OK or parts in mine or _matches(parts, patterns):
+                    continue
+                found.append("/".join(parts))
+    return found
+
+
 #: Entries of an output folder no command writes that are not the user's (a file manager's
 #: or Snakemake's, in a ``directory()`` output): replaced with the folder without a word.
 _FOREIGN_OK = frozenset({".DS_Store", "Thumbs.db", ".snakemake_timestamp"})
@@ -248,18 +309,25 @@ def _own_entries(folder: Path, outputs: Iterable[str | os.PathLike[str]]) -> set
 def foreign_entries(folder: Path, marker: str, own: Iterable[str | os.PathLike[str]] = ()) -> list[str] | None:
     """The entries at the top of ``folder``, an earlier output that holds ``marker``, that the
     command did not write (:data:`MARKER_ENTRIES`, and ``own``: its other output files, such as
-    ``--report``, where they lie inside ``folder``), sorted; None when the marker cannot be
-    read or is of a layout not known here (then the marker alone vouches for the folder)."""
+    ``--report``, where they lie inside ``folder``), sorted, then the files inside the folders the
+    marker vouches for that the command does not write there (:data:`MARKER_INNER`: ``maps/notes.txt``);
+    None when the marker cannot be read or is of a layout not known here (then the marker alone
+    vouches for the folder)."""
     entries = MARKER_ENTRIES.get(marker)
     if entries is None:
         return None
     try:
-        written = entries(json.loads((folder / marker).read_text()))
+        doc = json.loads((folder / marker).read_text())
+        vouched = entries(doc)
+        inner = MARKER_INNER[marker](doc) if marker in MARKER_INNER else None
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    written |= _own_entries(folder, own)
-    return sorted(e.name for e in folder.iterdir() if e.name not in written and e.name != marker
-                  and e.name not in _FOREIGN_OK)
+    written = vouched | _own_entries(folder, own)
+    top = sorted(e.name for e in folder.iterdir() if e.name not in written and e.name != marker
+                 and e.name not in _FOREIGN_OK)
+    if inner is None:
+        return top
+    return top + _inner_foreign(folder, vouched, inner, own)
 
 
 # --------------------------------------------------------------------------------------
