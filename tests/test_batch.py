@@ -1733,3 +1733,19 @@ def test_fuse_dir_skip_existing_fuses_again_a_stack_whose_shots_changed(tmp_path
     assert (out / "p1.png").stat().st_mtime_ns != p1 and (out / "p2.png").stat().st_mtime_ns == p2
     assert cli_main([*argv, "--skip-existing"]) == 0  # now recorded: kept
     assert "2 already there" in capsys.readouterr().out
+
+
+def test_stacks_whose_names_differ_only_in_case_are_not_both_fused(tmp_path: Path) -> None:
+    """A sub-folder P/ and flat shots p-A.png, p-B.png were stacks P and p, fused to P.png and
+    p.png: one file on macOS and Windows, where the second output replaced the first. The names
+    are now compared ignoring case: the later stack is skipped, saying why."""
+    src = tmp_path / "in"
+    (src / "P").mkdir(parents=True)
+    a, b = pair(3)
+    for folder, names in ((src / "P", ("1.png", "2.png")), (src, ("p-A.png", "p-B.png")), (src, ("q-A.png", "q-B.png"))):
+        for n, x in zip(names, (a, b)):
+            Image.fromarray(x).save(folder / n)
+    groups, skipped = batch.find_groups(src)
+    assert sorted(groups) == ["P", "q"]
+    assert len(skipped) == 1 and str(src / "p-A.png") in skipped[0][0], skipped
+    assert "stack 'p' differs from stack 'P' only in case" in skipped[0][1]

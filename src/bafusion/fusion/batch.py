@@ -10,7 +10,8 @@ Naming rule of ``fuse-dir IN OUT`` (documented in the README):
 * a group of one shot, and an image in ``IN`` that follows neither rule, is skipped and listed
   (the latter in one line: :func:`skip_lines`);
   so is a broken symbolic link (a shot on a card not mounted), with its stack;
-* the fusion of ``<name>`` is written to ``OUT/<name>.<ext>`` (``--ext``, default ``png``);
+* the fusion of ``<name>`` is written to ``OUT/<name>.<ext>`` (``--ext``, default ``png``); of
+  two stacks whose names differ only in case (``P/`` and ``p-A.jpg``) the later is skipped;
 * ``OUT`` inside ``IN`` is no stack; one that holds images other than outputs is refused
   before any work (:func:`check_output_folder`);
 * ``OUT/.bafusion-fuse-dir`` (:data:`OUTPUT_MARKER`) records what makes the outputs: the nets'
@@ -606,6 +607,16 @@ def find_groups(folder: Path, exclude: Path | None = None,
                 skipped.append((str(where), f"stack {name!r} has only {len(shots)} shot(s)"))
         else:
             out[name] = shots
+    # P/ and p-A.jpg, p-B.jpg: P.png and p.png are one file where names ignore case (macOS,
+    # Windows), so one output would replace the other: the later stack is skipped
+    seen: dict[str, str] = {}
+    for name in list(out):
+        first = seen.setdefault(name.casefold(), name)
+        if first != name:
+            shots = out.pop(name)
+            where = str(folder / name) if name in folders else ", ".join(map(str, shots))
+            skipped.append((where, f"stack {name!r} differs from stack {first!r} only in case: their outputs would be "
+                            "one file where file names ignore case (macOS, Windows): rename one of them"))
     if notes is not None:
         for name, others in sorted(unread.items()):
             notes.append((str(folder / name) if name else str(folder), others, name if name in out else None))
