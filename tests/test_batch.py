@@ -1749,3 +1749,28 @@ def test_stacks_whose_names_differ_only_in_case_are_not_both_fused(tmp_path: Pat
     assert sorted(groups) == ["P", "q"]
     assert len(skipped) == 1 and str(src / "p-A.png") in skipped[0][0], skipped
     assert "stack 'p' differs from stack 'P' only in case" in skipped[0][1]
+
+
+def test_an_output_that_cannot_be_replaced_is_named_once(tmp_path: Path, nets: Path, capsys, monkeypatch) -> None:
+    """fuse -o imm.png (an immutable file) said "error: /d/imm.png -> /d/imm.png: Operation not
+    permitted": the rename of the temporary file onto the output, both told by the output's path.
+    The path is now said once."""
+    import errno
+
+    for n, x in zip("AB", pair(3)):
+        Image.fromarray(x).save(tmp_path / f"{n}.png")
+    out = tmp_path / "imm.png"
+    out.write_bytes(b"x")
+    real = os.replace
+
+    def refused(a, b, *args, **kwargs):
+        if os.fspath(b) == str(out):
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM), os.fspath(a), None, os.fspath(b))
+        return real(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", refused)
+    rc = cli_main(["fuse", str(tmp_path / "A.png"), str(tmp_path / "B.png"), "-o", str(out), "--model", str(nets),
+                   "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.strip().splitlines()[-1] == f"bafusion fuse: error: {out}: {os.strerror(errno.EPERM)}", err

@@ -418,8 +418,9 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
         if e.filename is None:
             return _internal_error(cmd)
         # a file inside an output's temporary folder (.<out>.part-<random>) is told by the output's path
-        name = _shown_filename(e.filename) if e.filename2 is None else \
-            f"{_shown_filename(e.filename)} -> {_shown_filename(e.filename2)}"
+        name = _shown_filename(e.filename)
+        if e.filename2 is not None and _shown_filename(e.filename2) != name:  # a rename of the temporary file
+            name = f"{name} -> {_shown_filename(e.filename2)}"  # onto the output: the output once
         print(f"{cmd}: error: {name}: {shown_path(one_line(e.strerror or e))}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - a bug: keep the traceback, say so
