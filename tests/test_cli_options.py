@@ -176,7 +176,8 @@ def test_the_help_of_fuse_says_what_metadata_is_kept(cmd: str, capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser(cmd).parse_args([cmd, "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "the first source's EXIF (its orientation reset: the pixels are turned), ICC profile and resolution" in text
+    assert ("the first source's EXIF (its orientation reset: the pixels are turned; its Software set to "
+            "'bafusion <version>', which wrote the output), ICC profile and resolution") in text
     assert "a .bmp the resolution only" in text and "XMP, IPTC and comments are not kept" in text
 
 

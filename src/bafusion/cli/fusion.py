@@ -401,7 +401,8 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
 #: What ``fuse``'s and ``fuse-dir``'s outputs keep of the sources' metadata (their --help epilog;
 #: :func:`bafusion.io.written_metadata`, the README's Metadata paragraph).
 METADATA_EPILOG = (
-    "Metadata: the output carries the first source's EXIF (its orientation reset: the pixels are turned), ICC "
+    "Metadata: the output carries the first source's EXIF (its orientation reset: the pixels are turned; its "
+    "Software set to 'bafusion <version>', which wrote the output), ICC "
     "profile and resolution (dpi) where its format holds them: .png, .jpg and 8-bit .tif all three, a 16-bit .tif "
     "no EXIF, a .bmp the resolution only (stderr says what is not written); a PNG source's gAMA/cHRM/sRGB chunks "
     "go to a .png only. The sources' XMP, IPTC and comments are not kept, and colours are not converted (stderr "
@@ -422,7 +423,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", help="source images (same size; with --align a shot of another size is "
                    "registered onto the first), A B [C ...]")
     p.add_argument("-o", "--output", "--out", dest="output", type=nonempty_path, required=True,
-                   help="fused image (.png, .tif, .bmp, .jpg)")
+                   help="fused image (.png, .tif, .bmp, .jpg); an existing file that is not a source is "
+                   "replaced (atomically), a source is refused")
     p.add_argument("--model", "--models", dest="model", type=nonempty_path, default=None, metavar="DIR",
                    help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name (default, lytro-2026-11)")
     p.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --model)")
