@@ -81,6 +81,15 @@ def test_fuse_never_overwrites_a_source(work: Path, capsys, spelling: str) -> No
     assert line.startswith(f"bafusion fuse: error: {out}: ")
 
 
+def test_an_output_link_into_a_folder_that_cannot_be_written_is_refused_before_any_work(work: Path, capsys) -> None:
+    """fuse -o link.png, a symbolic link to a file in a folder that cannot be written: the check
+    looked at the link's folder (writable), the fusion ran, and the write failed at its end. The
+    file it points to is what is replaced: its folder is checked, before any work."""
+    (work / "link.png").symlink_to("/proc/bafusion-fused.png")  # /proc takes no new file, even for root
+    _refused(["fuse", "a.png", "b.png", "-o", "link.png", "--model", "nets"], capsys, work,
+             "link.png: cannot write in /proc")
+
+
 @pytest.mark.parametrize("second, words", [
     ("a.png", ["a.png is given twice (sources 1 and 2)"]),
     ("./a.png", ["a.png and ./a.png are the same file (sources 1 and 2)"]),

@@ -420,8 +420,16 @@ def check_output_file(
     if os.path.lexists(p) and not (p.is_file() or p.is_symlink()):
         raise UserError(f"{shown}: is not a regular file (a device, fifo or socket): not replaced")
     check_not_input(path, list(inputs), what)
-    _check_can_create_in(shown, p.parent)
+    # a symbolic link: the file it points to is replaced (bafusion.atomic.atomic_file), in its folder
+    _check_can_create_in(shown, _link_target(p).parent if p.is_symlink() else p.parent)
     return p
+
+
+def _link_target(p: Path) -> Path:
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):  # a loop of links: the write fails on its own
+        return p
 
 
 def check_output_dir(
