@@ -1701,6 +1701,9 @@ def test_fuse_dir_replaces_only_its_own_outputs_of_the_same_input_folder(tmp_pat
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert "p1.png" in err and "p2.png" not in err and "move them away" in err
     assert (out / "p1.png").read_bytes() == b"mine" and not (out / "p2.png").exists()  # no work done
+    # before the nets load (a model that does not exist is not reached)
+    rc = cli_main(["fuse-dir", str(day1), str(out), "--model", str(tmp_path / "no-nets"), "--device", "cpu"])
+    assert rc == 2 and "p1.png" in capsys.readouterr().err
     (out / "p1.png").unlink()
     assert cli_main(["fuse-dir", str(day1), str(out), *run]) == 0, capsys.readouterr().err
     made = {n: (out / n).read_bytes() for n in ("p1.png", "p2.png")}

@@ -16,8 +16,8 @@ import torch
 from bafusion.cli.common import add_threads_argument, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread
 from bafusion.errors import InputFileError, UserError
 from bafusion.fusion.api import ALIGN_MODELS
-from bafusion.fusion.batch import (EXIT_NONE_FUSED, EXIT_SKIPPED, check_output_folder, find_groups, fuse_dir,
-                                   skip_lines)
+from bafusion.fusion.batch import (EXIT_NONE_FUSED, EXIT_SKIPPED, check_output_folder, check_replaced, find_groups,
+                                   fuse_dir, skip_lines)
 from bafusion.fusion.models import resolve_device
 from bafusion.fusion.params import (
     BOUNDARY_MODES,
@@ -476,7 +476,10 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
         raise UserError(f"--ext {args.ext}: use png, tif, bmp or jpg")
     if out.resolve() == src.resolve():
         raise UserError(f"{out}: the output folder must not be the input folder")
-    check_output_folder(src, out, find_groups(src, exclude=out)[0])  # before the nets load; fuse_dir checks again
+    groups = find_groups(src, exclude=out)[0]
+    check_output_folder(src, out, groups)  # before the nets load; fuse_dir checks again
+    if not args.skip_existing:  # with it, fuse_dir says first whether the folder's setup is this one
+        check_replaced(src, out, [out / f"{name}.{ext}" for name in groups])
     resolve_device(other["device"], "--device")
     nets = nets_from_args(args, other["device"], args.model)
     from bafusion.cli.app import on_stop_say
