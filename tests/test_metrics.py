@@ -361,8 +361,10 @@ def test_uint16_beside_uint8_is_refused() -> None:
     a, b, f = (np.round(v * 0.24).astype(np.uint8) for v in (a, b, x))  # dark: 61 at most
     wide = [v.astype(np.uint16) * np.uint16(257) for v in (a, b, f)]
     assert int(wide[2].max()) < 16384
-    with pytest.raises(UserError, match=r"image F is uint16 but A and B are uint8: .*one depth.*read_images\(\[a, b, f\]\)"):
+    with pytest.raises(UserError, match=r"image F is uint16 but A and B are uint8: .*one depth") as e:
         M.qg(a, b, wide[2])
+    # read_images reads an unmarked 16-bit file beside 8-bit ones by its own largest value: no way out
+    assert "read_images" not in str(e.value)
     with pytest.raises(UserError, match="images A and F are uint16 but B is float64"):
         M.compute_all(wide[0], b.astype(np.float64), wide[2])
     with pytest.raises(UserError, match="image B is bool"):  # another type: its own refusal
@@ -444,7 +446,7 @@ def test_paths_are_refused_pointing_to_the_reader(tmp_path: Path) -> None:
     """A file path for an image said "image A is <U7: the metrics take uint8, ..."."""
     x, a, b = _multifocus()
     for bad in ("l1A.png", tmp_path / "l1A.png", b"l1A.png"):
-        with pytest.raises(UserError, match=r"image A is a path \('.*l1A.png'\).*bafusion.io.read_images"):
+        with pytest.raises(UserError, match=r"image A is a path \('.*l1A.png'\).*metrics.read_metric_files\(a, b, f\)"):
             M.qg(bad, b, x)
     with pytest.raises(UserError, match=r"image F is a path \('f.png'\)"):
         M.compute_all(a, b, "f.png")
@@ -513,6 +515,53 @@ def test_read_gray_of_rgb_png(tmp_path: Path) -> None:
     rgb = _texture((20, 24, 3)).astype(np.uint8)
     got = _read_gray(_save(tmp_path / "c.png", rgb))
     assert np.array_equal(got, gray_float(rgb, rounded=True))
+
+
+def _dark_files(tmp_path: Path) -> tuple[list[Path], list[Path], float]:
+    """A dark uint8 triple (61 at most) as 8-bit PNGs, as unmarked 16-bit PNGs (x 257: largest
+    value below 16384, read alone as 14-bit data) and its 8-bit QG."""
+    from PIL import Image
+
+    x, a, b = _multifocus()
+    dark = [np.round(v * 0.24).astype(np.uint8) for v in (a, b, x)]
+    eight = [_save(tmp_path / f"{n}8.png", v) for n, v in zip("abf", dark)]
+    sixteen = []
+    for n, v in zip("abf", dark):
+        Image.fromarray(v.astype(np.uint16) * np.uint16(257)).save(tmp_path / f"{n}16.png")
+        sixteen.append(tmp_path / f"{n}16.png")
+    return eight, sixteen, M.qg(*dark)
+
+
+def test_unmarked_16_bit_file_beside_8_bit_files_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``bafusion metrics a8.png b8.png f16.png`` with a dark unmarked 16-bit F (largest value
+    13107) read F as 14-bit data, 4 times too bright: QG 0.03 instead of the 8-bit triple's value,
+    exit 0, no note (the refusal of arrays pointed to read_images, which reads so too). Refused
+    naming the files, by the CLI and read_metric_files; all 8-bit, all 16-bit, or a 16-bit F that
+    marks its significant bits, are measured as the 8-bit triple."""
+    from bafusion.io import write_image
+
+    eight, sixteen, want = _dark_files(tmp_path)
+    (a8, b8, f8), (a16, b16, f16) = eight, sixteen
+    for trio, deep in (([a8, b8, f16], "F"), ([a8, b16, f16], "B .* and F"), ([a16, b16, f8], "A .* and B")):
+        with pytest.raises(UserError, match=rf"{deep} .*16-bit without marked significant bits but .*8-bit: "
+                                            r"the metrics cannot tell the bit depth"):
+            M.read_metric_files(*trio)
+        assert cli.main(["metrics", *map(str, trio), "--metrics", "QG"]) == 2
+        err = capsys.readouterr().err
+        assert f"F ({trio[2]})" in err and f"A ({trio[0]})" in err and "read_images" not in err
+    marked = tmp_path / "f16m.tif"  # OME-TIFF SignificantBits 16: the 16-bit scale, told by the file
+    write_image(marked, np.asarray(_read_u16(f16)), bits=16)
+    for trio in ([a8, b8, f8], [a16, b16, f16], [a8, b8, marked]):
+        assert M.qg(*M.read_metric_files(*trio).images) == pytest.approx(want, abs=1e-6)
+        assert cli.main(["metrics", *map(str, trio), "--metrics", "QG"]) == 0
+        assert float(capsys.readouterr().out.splitlines()[1]) == pytest.approx(want, abs=1e-6)
+
+
+def _read_u16(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im).astype(np.uint16)
 
 
 @pytest.fixture()

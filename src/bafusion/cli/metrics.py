@@ -16,9 +16,10 @@ from bafusion.evaluation.metrics import (
     _parse_metric_names,
     check_same_size,
     compute_all,
+    read_metric_files,
     undefined_reason,
 )
-from bafusion.io import frame_note, image_info, orientation_clause, read_source_set
+from bafusion.io import frame_note, image_info, orientation_clause
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
@@ -26,8 +27,9 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
         raise UserError("--metrics: no metric named (omit the option for all eight)")
     names = _parse_metric_names(args.metrics.split(",")) if args.metrics else None
     # A, B and F as one set: files of more than 8 bits per sample are scaled alike (the bits
-    # a file marks, else one depth common to the unmarked ones), as fusion scales its sources.
-    src = read_source_set([args.a, args.b, args.f], metadata=False)
+    # a file marks, else one depth common to the unmarked ones), as fusion scales its sources;
+    # unmarked deeper files beside 8-bit ones are refused (their depth cannot be told)
+    src = read_metric_files(args.a, args.b, args.f)
     a, b, f = src.images
     infos = [image_info(p) for p in (args.a, args.b, args.f)]
     try:

@@ -6,8 +6,9 @@ the toolbox's conventions (see ``../shared/README.md``):
 
 * colour images become gray with MATLAB's ``rgb2gray`` (rounded back to uint8), then float64
   (:func:`bafusion.io.gray_float` with ``rounded=True``); the functions take arrays, not
-  paths: read image files with :func:`bafusion.io.read_images` (A, B and F as one set: scaled
-  alike when of more than 8 bits), as ``bafusion metrics`` does;
+  paths: read image files with :func:`read_metric_files` (A, B and F as one set: scaled alike
+  when of more than 8 bits; 8-bit files beside unmarked deeper ones refused, see below), as
+  ``bafusion metrics`` does;
 * ``filter2(..., 'same')`` is a correlation with zero padding, ``'valid'`` keeps only the
   windows that lie fully inside the image;
 * ``normalize1`` min-max stretches to [0, 255] and rounds half away from zero.
@@ -33,10 +34,13 @@ bring them to the [0, 255] scale by their type:
   :func:`bafusion.io.read_images` scale unmarked 16-bit data: from the smallest of 8, 10, 12,
   14 or 16 bits that holds the largest value of the three (``round(v / (2**bits - 1) * 255)``;
   at 16 bits ``v / 257``), so a 16-bit fusion (``fuse`` on 16-bit sources) measured against
-  those sources gives the value of the 8-bit triple. A uint16 image beside uint8 (or other
-  0-255) images is refused: its bit depth cannot be told (a dark 16-bit fusion, largest value
-  below 16384, would read as 14-bit data, 4 times too bright); bring the three to one depth
-  (``x.astype(np.uint16) * 257`` for 8-bit ones, or ``read_images([a, b, f])`` for files);
+  those sources gives the value of the 8-bit triple. A uint16 image beside 8-bit data (uint8,
+  other integers within 0-255, floats) is refused: its bit depth cannot be told (a dark 16-bit
+  fusion, largest value below 16384, would read as 14-bit data, 4 times too bright); bring the
+  three to one depth (``x.astype(np.uint16) * 257`` for 8-bit ones). Files alike: a file of
+  more than 8 bits that marks no significant bits (PNG ``sBIT``, OME-TIFF ``SignificantBits``)
+  beside 8-bit files is refused by :func:`read_metric_files` (``bafusion metrics``), as the
+  readers of :mod:`bafusion.io` would take a dark one for data of fewer bits;
 * **other integer types** (int64, ...): taken as uint8 when every value lies in 0-255;
 * **floats**: taken on the 0-255 scale (gray as they are, colour rounded by ``rgb2gray``).
   Each image is checked on its own: one whose values all lie within [0, 1] with fractions
@@ -65,7 +69,7 @@ from scipy import fft as sfft
 from scipy import ndimage
 
 from bafusion.errors import UserError
-from bafusion.io import common_bits, gray_float, round_half_away, scale_to_u8
+from bafusion.io import SourceSet, common_bits, gray_float, read_source_set, round_half_away, scale_to_u8
 
 __all__ = [
     "REQUIRED_METRICS",
@@ -82,6 +86,7 @@ __all__ = [
     "qe",
     "qcv",
     "compute_all",
+    "read_metric_files",
 ]
 
 ArrayLike = np.ndarray
@@ -142,9 +147,8 @@ def _eight_bit_scale(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> list[np.ndarra
             + " and ".join(named(n, dt) for dt, n in narrow.items())
             + ": the metrics cannot tell the bit depth of uint16 data beside 0-255 images (a dark 16-bit image "
             "would read as brighter data of fewer bits); give A, B and F at one depth: all uint16 (the 16-bit "
-            "arrays that were fused; x.astype(np.uint16) * 257 brings uint8 to the 16-bit scale), all uint8 "
-            "(bafusion.fuse(..., keep_depth=False)), or read the files as one set with "
-            "bafusion.io.read_images([a, b, f])")
+            "arrays that were fused; x.astype(np.uint16) * 257 brings uint8 to the 16-bit scale) or all uint8 "
+            "(bafusion.fuse(..., keep_depth=False))")
     deep16 = [x for x in images if x.dtype == np.uint16 and x.size]
     bits = common_bits(max(float(x.max()) for x in deep16)) if deep16 else 8
     unit: list[tuple[str, np.ndarray]] = []  # float images with values all within [0, 1], largest above 0
@@ -193,7 +197,59 @@ def _refuse_paths(a: object, b: object, f: object) -> None:
     for name, x in zip("ABF", (a, b, f)):
         if isinstance(x, (str, bytes, os.PathLike)):
             raise UserError(f"image {name} is a path ({os.fsdecode(x)!r}): the metrics take image arrays; read the "
-                            "files with bafusion.io.read_images([a, b, f]) (A, B and F as one set, scaled alike)")
+                            "files with bafusion.evaluation.metrics.read_metric_files(a, b, f) (A, B and F as one "
+                            "set, scaled alike)")
+
+
+def read_metric_files(
+    a: str | os.PathLike[str], b: str | os.PathLike[str], f: str | os.PathLike[str]
+) -> SourceSet:
+    """Read the image files of sources A, B and fused F for the metrics, as one set (as
+    ``bafusion metrics`` does): :func:`bafusion.io.read_source_set` without metadata, files of
+    more than 8 bits per sample scaled alike (by the significant bits a file marks, else by one
+    bit depth common to the unmarked ones).
+
+    A file of more than 8 bits that marks no significant bits (PNG ``sBIT``, OME-TIFF
+    ``SignificantBits``) beside 8-bit files is refused: its bit depth cannot be told (a dark
+    16-bit fusion, largest value below 16384, would read as 14-bit data, 4 times too bright,
+    beside its 8-bit sources). All 8-bit, all unmarked deeper files, or marked ones, are read.
+
+    Parameters
+    ----------
+    a, b, f : str or path-like
+        The files of source A, source B and the fused image F.
+
+    Returns
+    -------
+    bafusion.io.SourceSet
+        Its ``images`` are A, B and F as uint8 (the arrays the metrics take); its ``notes``
+        the lines for the user (float samples clipped).
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        Naming the files, for 8-bit files beside unmarked deeper ones.
+    bafusion.errors.InputFileError
+        Naming the file when one is missing or not a readable image.
+    """
+    paths = [a, b, f]
+    src = read_source_set(paths, metadata=False)
+    wide = [i for i, u in enumerate(src.unmarked) if u]
+    narrow = [i for i, d in enumerate(src.depths) if d == 8]
+    if wide and narrow:
+        def named(idx: list[int], what: str) -> str:
+            files = " and ".join(f"{'ABF'[i]} ({os.fsdecode(os.fspath(paths[i]))})" for i in idx)
+            return f"{files} {'are' if len(idx) > 1 else 'is'} {what}"
+
+        deep = sorted({src.depths[i] for i in wide})
+        raise UserError(
+            named(wide, f"{'/'.join(map(str, deep))}-bit without marked significant bits") + " but "
+            + named(narrow, "8-bit") + ": the metrics cannot tell the bit depth of unmarked deeper data beside "
+            "8-bit files (a dark 16-bit image would read as brighter data of fewer bits, as if 10-, 12- or "
+            "14-bit); give A, B and F at one depth (all 8-bit, or all 16-bit: the 16-bit sources that were "
+            "fused, not 8-bit copies), or mark the deeper file's significant bits (PNG sBIT, OME-TIFF "
+            "SignificantBits)")
+    return src
 
 
 def _prepare(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

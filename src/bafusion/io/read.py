@@ -93,6 +93,13 @@ class SourceSet:
         Some source of more than 8 bits was stored on the 16-bit scale (a PNG's ``sBIT``
         samples scaled up as the specification asks, 16-bit data), none only when all hold
         unscaled values of fewer bits (a 12-bit camera's 0..4095): see :meth:`bits_for`.
+    depths : list of int or None
+        Per source, its file's bits per sample: 8 for files of at most 8 bits, 16 (or 32) for
+        deeper integer files, None for floating-point files.
+    unmarked : list of bool
+        Per source, True for a file of more than 8 bits that marks no significant bits it is
+        read by (PNG ``sBIT``, OME-TIFF ``SignificantBits``): its bit depth is taken from the
+        largest value of all such sources (:func:`bafusion.io.depth.common_bits`).
     """
 
     images: list[np.ndarray]
@@ -106,6 +113,8 @@ class SourceSet:
     png_colour: bytes | None = None
     paths: list[str] = field(default_factory=list)
     colour_notes: list[str] = field(default_factory=list)
+    depths: list[int | None] = field(default_factory=list)
+    unmarked: list[bool] = field(default_factory=list)
 
     def notes_for(self, output: str | os.PathLike[str], high_depth: bool = False) -> list[str]:
         """:attr:`notes` with the colour-description lines (:attr:`colour_notes`) saying what
@@ -163,6 +172,8 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     high: list[tuple[int, np.ndarray, int | None, int]] = []
     significant: list[int] = []  # the marked sources' significant bits (not the bits scaled from)
     floats: list[tuple[int, Path, np.ndarray]] = []  # float sources: scaled alike, below
+    depths: list[int | None] = []
+    no_mark: list[bool] = []  # per source: more than 8 bits, no significant bits marked
     for p in paths:
         _check_not_empty(p)
     for p in map(Path, paths):
@@ -172,6 +183,8 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
             if low.dtype != np.uint8:
                 floats.append((len(out), p, low))
             out.append(low if low.dtype == np.uint8 else None)
+            depths.append(8 if low.dtype == np.uint8 else None)
+            no_mark.append(False)
             continue
         a, depth, sig, sbit = raw
         out.append(None)
@@ -180,6 +193,8 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
         scaled = sbit and sig is not None and 0 < sig < depth and top <= (1 << sig) - 1 and sbit_scaled(a, sig)
         bits = source_bits(top, depth, sig, scaled=scaled)
         high.append((len(out) - 1, a, bits, depth))
+        depths.append(depth)
+        no_mark.append(bits is None)
         if bits is not None and sig is not None:
             # the mark holds when the values are sig-bit ones or (PNG) on the sBIT grid; values
             # beyond sig bits off that grid have the file's depth (an output written with sig
@@ -223,7 +238,8 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     dpi = source_dpi(paths[0]) if metadata and paths else None
     png_colour = source_png_colour(paths[0]) if metadata and paths else None
     return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits, notes,
-                     full_scale, dpi, png_colour, [os.fspath(p) for p in paths] if metadata else [], colour_notes)
+                     full_scale, dpi, png_colour, [os.fspath(p) for p in paths] if metadata else [], colour_notes,
+                     depths, no_mark)
 
 
 def read_image(path: str | os.PathLike[str], *, rgb: bool = False) -> np.ndarray:
