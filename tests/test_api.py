@@ -646,6 +646,29 @@ def test_a_shipped_models_name_is_the_shipped_model_beside_a_folder_of_that_name
     assert bafusion.load_model("default", device="cpu").sources[0] == str(Path("default") / "initial.pt")
 
 
+def test_the_model_name_warning_points_at_the_users_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ModelNameWarning of model="default" beside an empty ./default pointed at models.py
+    (find_model_dir's own `return _find_model_dir(...)`; inside the package for load_model and
+    fuse too), not at the line that called: it names the caller's file for each entry point."""
+    from bafusion.fusion import find_model_dir, load_nets_from_dir
+    from bafusion.fusion.models import ModelNameWarning
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").mkdir()
+    calls = {
+        "find_model_dir": lambda: find_model_dir("default"),
+        "load_nets_from_dir": lambda: load_nets_from_dir("default", "cpu"),
+        "load_model": lambda: bafusion.load_model("default", device="cpu"),
+        "fuse": lambda: bafusion.fuse(np.zeros((40, 36), np.uint8), np.zeros((40, 36), np.uint8), model="default",
+                                      device="cpu"),
+    }
+    for name, call in calls.items():
+        with pytest.warns(ModelNameWarning) as caught:
+            call()
+        got = [w for w in caught if issubclass(w.category, ModelNameWarning)]
+        assert len(got) == 1 and got[0].filename == __file__, (name, got[0].filename)
+
+
 def test_the_command_lines_model_lookup_leaves_the_warnings_of_loading_nets_to_their_filters(
         tiny_nets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The command line records the lookup of --model (its ModelNameWarning, said as one line):

@@ -5,6 +5,7 @@ inference (:class:`FusionNets`).
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,6 +265,18 @@ class ModelNameWarning(UserWarning):
     nets: the shipped model is used, and this says so (``./default`` names the folder)."""
 
 
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` for a warning its caller issues that points at the user's line: the
+    first frame outside the bafusion package (find_model_dir, load_nets_from_dir, load_model
+    and fuse reach the warning through different numbers of the package's own frames)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    frame = sys._getframe(1)  # the function that warns: stacklevel 1
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level if frame is not None else 2
+
+
 def find_model_dir(model: str | os.PathLike[str] | None, *, warn: bool = True) -> Path:
     """The folder holding initial.pt and boundary.pt: ``model`` if given (a folder, or a shipped
     model's name: a folder of that name that holds neither file, an output folder ``default``
@@ -304,7 +317,7 @@ def _find_model_dir(model: str | os.PathLike[str] | None, *, warn: bool = True, 
             shipped = _shipped_model_dir(d.name) if bare else None
             if shipped is not None and warn:
                 warnings.warn(f"{model}: the folder holds no nets; using the shipped model {d.name!r} (write "
-                              f"./{d.name} to mean the folder)", ModelNameWarning, stacklevel=2)
+                              f"./{d.name} to mean the folder)", ModelNameWarning, stacklevel=_user_stacklevel())
             return shipped or d
         if d.is_file():  # a net file given as the folder: "model folder not found" misled
             raise UserError(f"{d}: is a file, not a model folder: pass the folder that holds initial.pt and "
