@@ -837,6 +837,13 @@ def test_from_params_refuses_fields_of_the_rule_at_the_top_level() -> None:
     from_mapping; a whole mapping still reads its section."""
     with pytest.raises(UserError, match=r"^parameters: l at the top level, and no 'fuse' section: .*from_mapping"):
         FusionParams.from_params({"l": 4})
+    # an empty `fuse:` in YAML (None) with a stray top-level l gave l=8 in silence
+    for empty in (None, {}):
+        with pytest.raises(UserError, match=r"^p.yaml: l at the top level, and an empty 'fuse' section: "
+                                            r".*put the rule's fields in its 'fuse' section"):
+            FusionParams.from_params({"fuse": empty, "l": 4}, "p.yaml")
+    with pytest.raises(UserError, match=r"^parameters: low at the top level, beside the 'fuse' section"):
+        FusionParams.from_params({"fuse": {"l": 4}, "low": 0.2})
     assert FusionParams.from_params({"fuse": {"l": 4}, "seed": 1}).l == 4
     assert FusionParams.from_params({"seed": 1}) == FusionParams()
     assert FusionParams.from_mapping({"l": 4}).l == 4

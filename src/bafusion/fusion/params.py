@@ -239,16 +239,19 @@ class FusionParams:
         Raises
         ------
         bafusion.errors.UserError
-            No ``fuse`` section but fields of the rule at the top level (``{"l": 4}``, which
-            gave the defaults in silence), or what :meth:`from_mapping` refuses.
+            Fields of the rule at the top level (``{"l": 4}``, ``{"fuse": None, "l": 4}``: an
+            empty ``fuse:`` in YAML; they gave the defaults in silence), or what
+            :meth:`from_mapping` refuses.
         """
-        if "fuse" not in params:
-            names = {f.name for f in fields(cls)}
-            stray = [k for k in params if k in names]
-            if stray:
-                raise UserError(f"{source}: {', '.join(map(str, stray))} at the top level, and no 'fuse' section: "
-                                "from_params reads a whole parameter mapping ({'fuse': {...}, ...}); give the "
-                                "rule's fields alone to FusionParams.from_mapping")
+        names = {f.name for f in fields(cls)}
+        stray = [k for k in params if k in names]
+        if stray:  # read from nowhere: with no fuse section, an empty one (`fuse:` in YAML) or beside one
+            section = params.get("fuse")
+            where = ("and no 'fuse' section" if "fuse" not in params
+                     else "and an empty 'fuse' section" if not section else "beside the 'fuse' section")
+            raise UserError(f"{source}: {', '.join(map(str, stray))} at the top level, {where}: from_params reads "
+                            "a whole parameter mapping ({'fuse': {...}, ...}): put the rule's fields in its 'fuse' "
+                            "section, or give them alone to FusionParams.from_mapping")
         return cls.from_mapping(params.get("fuse") or {}, source)
 
 
