@@ -167,13 +167,59 @@ def _handler(command: str) -> Node:
 
 def _rule_commands() -> dict[str, set[str]]:
     """Each Snakemake rule's ``bafusion <command>`` (workflow/rules/*.smk)."""
-    found: dict[str, set[str]] = {}
+    return {rule: commands for rule, (commands, _) in _rules().items()}
+
+
+def _rules() -> dict[str, tuple[set[str], str]]:
+    """Each Snakemake rule's ``bafusion <command>`` and the rule file that defines it."""
+    found: dict[str, tuple[set[str], str]] = {}
     for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
         for block in re.split(r"^(?=rule \w+:)", smk.read_text(), flags=re.M):
             head = re.match(r"rule (\w+):", block)
             if head:
-                found[head.group(1)] = set(re.findall(r"\bbafusion ([a-z][a-z-]*)", block))
+                found[head.group(1)] = (set(re.findall(r"\bbafusion ([a-z][a-z-]*)", block)),
+                                        str(smk.relative_to(REPO)))
     return found
+
+
+#: What every `snakemake <target>` reads before any rule: the Snakefile, which includes the rule
+#: files (common.smk's helpers decide the values the rules pass: param() fills in the schema's
+#: defaults, train_config_json() the keys `train --params-json` gets, coco_count() how many
+#: photos are downloaded) and rewrites config values (config.yaml12_floats,
+#: retype_config_overrides, schema.validate_params) before any rule is planned.
+SNAKEMAKE_FILES = ("Snakefile", "workflow/rules/common.smk")
+
+#: Code the Snakefile calls that only refuses, warns, logs or words a message (it reads the
+#: config and changes no value a rule passes), so its reach is not followed: a module here, or
+#: "module.name" for one function of it.
+SNAKEFILE_NOT_FOLLOWED: dict[str, str] = {
+    "bafusion.cli.params_check": "parse-time refusals and warnings: they read the config, change no value",
+    "bafusion.workspace.dvc_removed_outputs_note": "the note a refusal adds under dvc repro",
+    "bafusion.errors": "exception classes",
+    "bafusion.tracking": "MLflow logging of the invocation",
+}
+
+
+def _snakemake_starts() -> set[Node]:
+    """The bafusion code the Snakefile and common.smk call: each name a ``from bafusion...
+    import`` (or ``import bafusion...``) line binds and the file uses (``tracking.enabled()``:
+    the attribute used), less SNAKEFILE_NOT_FOLLOWED. Snakemake files are not Python, so the
+    import lines are read one by one."""
+    starts: set[Node] = set()
+    for f in SNAKEMAKE_FILES:
+        text = (REPO / f).read_text()
+        for m in re.finditer(r"^[ \t]*(from\s+bafusion[\w.]*\s+import\s+(?:\([^)]*\)|[^\n]*)|import\s+bafusion[^\n]*)",
+                             text, flags=re.M):
+            rest = text[: m.start()] + text[m.end():]
+            for local, (module, name) in _module("bafusion").bound(ast.parse(m.group(1).strip()).body[0]):
+                if name == "*":
+                    found = [(module, a) for a in sorted(set(re.findall(rf"\b{re.escape(local)}\.(\w+)", rest)))]
+                else:
+                    found = [(module, name)] if re.search(rf"\b{re.escape(local)}\b", rest) else []
+                starts |= {n for n in found if n[0] not in SNAKEFILE_NOT_FOLLOWED
+                           and f"{n[0]}.{n[1]}" not in SNAKEFILE_NOT_FOLLOWED}
+    assert starts, "no bafusion call found in the Snakefile and common.smk"
+    return starts
 
 
 def _stage_rules(cmd: str) -> list[str]:
@@ -197,6 +243,9 @@ NOT_DEPS: dict[str, str] = {
     "src/bafusion/atomic.py": "writes to a temporary name and renames: the same bytes",
     "src/bafusion/cli/app.py": "the command dispatcher: exit codes and error lines",
     "src/bafusion/_version.py": "the release string: a version bump alone re-runs nothing",
+    "Snakefile": ("glue: includes the rule files and calls config.py, schema.py (deps of every stage: "
+                  "they rewrite the config's values) and the parse-time refusals of cli/params_check.py"),
+    "src/bafusion/cli/params_check.py": "the Snakefile's parse-time refusals and warnings: they change no value",
     # package __init__ files: docstrings and re-exports of the modules that are deps
     **{f"src/bafusion/{p}__init__.py": "a package's docstring and re-exports"
        for p in ("", "cli/", "data/", "evaluation/", "fusion/", "io/", "nets/", "schemas/")},
@@ -217,9 +266,13 @@ def test_every_stage_depends_on_the_modules_its_command_runs(stage: str) -> None
     rules = _rule_commands()
     commands = {c for r in _stage_rules(STAGES[stage]["cmd"]) for c in rules[r]}
     assert commands, stage
-    needed: set[str] = set()
-    for c in sorted(commands):
-        needed |= {str(_file(m).relative_to(REPO)) for m in _modules_reached(_handler(c))}
+    # the rule files of its rules, and what the Snakefile runs for every target
+    needed: set[str] = {_rules()[r][1] for r in _stage_rules(STAGES[stage]["cmd"])} | set(SNAKEMAKE_FILES)
+    starts = [_handler(c) for c in sorted(commands)] + sorted(_snakemake_starts(), key=str)
+    for start in starts:
+        needed |= {str(_file(m).relative_to(REPO)) for m in _modules_reached(start)}
+    if "src/bafusion/schema.py" in needed:  # the schema's defaults (x-default) and allowed values
+        needed.add("src/bafusion/schemas/params.schema.yaml")
     deps = [d.rstrip("/") for d in STAGES[stage].get("deps", [])]
     missing = sorted(f for f in needed - NOT_DEPS.keys() if not any(f == d or f.startswith(d + "/") for d in deps))
     assert not missing, f"dvc.yaml stage {stage} ({', '.join(sorted(commands))}) lacks the deps {missing}"
