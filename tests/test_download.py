@@ -752,7 +752,8 @@ def test_a_part_that_is_a_symbolic_link_is_not_written_through(
 
 class _Misbehaving:
     """A 127.0.0.1 server with bodies no honest mirror sends: ``/endless`` (zeros, no
-    Content-Length, until the client hangs up), ``/drip`` (one byte every 0.2 s),
+    Content-Length, until the client hangs up), ``/drip`` (one byte every 0.2 s), ``/late``
+    (999 of 1000 bytes after 0.6 s, the last 0.6 s later),
     ``/announce`` (a Content-Length of 10 MB for a short body), and redirects ``/to/<url>``
     (302 to ``<url>``)."""
 
@@ -780,6 +781,15 @@ class _Misbehaving:
                             self.wfile.write(b"x")
                             self.wfile.flush()
                             time.sleep(0.2)
+                    elif self.path == "/late":
+                        self.send_response(200)
+                        self.send_header("Content-Length", "1000")
+                        self.end_headers()
+                        time.sleep(0.6)
+                        self.wfile.write(b"a" * 999)
+                        self.wfile.flush()
+                        time.sleep(0.6)
+                        self.wfile.write(b"b")
                     elif self.path == "/announce":
                         self.send_response(200)
                         self.send_header("Content-Length", str(10**7))
@@ -863,6 +873,16 @@ def test_a_dripping_server_is_stopped_as_too_slow(bad_server: _Misbehaving, tmp_
         fetch(bad_server.url("drip"), dest, timeout=0.5, min_rate=100, retries=0, progress=False)
     assert time.monotonic() - t0 < 5
     assert not dest.exists()
+
+
+def test_the_chunk_that_completes_the_body_is_not_too_slow(bad_server: _Misbehaving, tmp_path: Path) -> None:
+    """The rate was checked after every chunk, the last one too: a 1000-byte body whose last
+    byte came after 1.2 s (below min_rate past the 1 s grace) failed "too slow" with the whole
+    body received, and the retry asked for bytes=1000-."""
+    dest = tmp_path / "l.bin"
+    fetch(bad_server.url("late"), dest, timeout=1.0, min_rate=100_000, retries=0, progress=False)
+    assert dest.read_bytes() == b"a" * 999 + b"b"
+    assert bad_server.hits == ["/late"]
 
 
 def test_a_redirect_to_another_scheme_is_refused(bad_server: _Misbehaving, tmp_path: Path) -> None:

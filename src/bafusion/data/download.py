@@ -478,7 +478,9 @@ def _attempt(
                     f.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
-                    slow = _too_slow(received, time.monotonic() - t0, timeout, min_rate)
+                    # not once the body is complete: its last chunk came in, however late
+                    complete = total is not None and start + received >= total
+                    slow = None if complete else _too_slow(received, time.monotonic() - t0, timeout, min_rate)
                     if slow:
                         raise _Retryable(f"too slow: {slow}")
             except (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException, OSError) as e:
