@@ -444,13 +444,19 @@ def test_an_evaluate_folder_that_is_not_there_fails_the_dry_run(project: Path, t
     # without such a dataset, evaluate does not wait for download_eval
     p = run(["snakemake", "-n", "evaluate"], project, check=False)
     assert p.returncode == 0 and "rule download_eval:" not in p.stdout, (p.stdout + p.stderr)[-2000:]
-    # a DVC stage refuses it (no stage runs download_eval: dvc repro never makes the folder)
+    # a DVC stage refuses it (no stage runs download_eval: dvc repro never makes the folder); without a
+    # source, running download_eval would fail: the refusal says to set one first
     for stage, target in (("download", "download"), ("evaluate", "evaluate")):
         monkeypatch.setenv("DVC_STAGE", stage)
-        p = run(["snakemake", "-n", target, "--config", cfg], project, check=False)
+        p = run(["snakemake", "-n", target, "--config", cfg, source], project, check=False)
         assert p.returncode != 0 and ("evaluate.datasets[0].sources data/download/eval/lytro: folder not found (rule "
                                       "download_eval makes it, but no dvc stage runs it: run `snakemake download_eval` "
                                       "first)") in p.stdout + p.stderr, (stage, (p.stdout + p.stderr)[-2000:])
+        p = run(["snakemake", "-n", target, "--config", cfg], project, check=False)
+        assert p.returncode != 0 and ("folder not found (rule download_eval makes it, but download.eval.base_url and "
+                                      "download.eval.from_dir are both empty and no dvc stage runs it: set one and run "
+                                      "`snakemake download_eval` first, or fill the folder by hand)") in p.stdout + p.stderr, (
+            stage, (p.stdout + p.stderr)[-2000:])
     monkeypatch.delenv("DVC_STAGE")
     lytro = project / "data" / "download" / "eval" / "lytro"
     lytro.mkdir(parents=True)
@@ -489,6 +495,27 @@ def test_download_eval_without_a_source_is_not_planned_before_evaluate(project: 
             assert "rule download_eval:" not in ok.stdout, (targets, ok.stdout[-3000:])
     finally:
         shutil.rmtree(project / "data" / "download")
+
+
+def test_a_dvc_stage_without_a_download_eval_source_says_to_set_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a DVC stage, a dataset in data/download/eval with download.eval's base_url and
+    from_dir both empty was refused with "run `snakemake download_eval` first": advice that
+    fails (download_eval needs a source). The refusal says to set one, or fill the folder."""
+    from bafusion.cli.params_check import check_evaluate_inputs
+    from bafusion.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    params = {"evaluate": {"datasets": [{"name": "x", "sources": "data/download/eval/lytro"}]}}
+    outputs = [("download_eval", "data/download/eval", True)]
+    with pytest.raises(UserError) as e:
+        check_evaluate_inputs(params, "params.yaml", outputs, {"testset"}, {"evaluate"}, stage="evaluate")
+    assert ("evaluate.datasets[0].sources data/download/eval/lytro: folder not found (rule download_eval makes it, "
+            "but download.eval.base_url and download.eval.from_dir are both empty and no dvc stage runs it: set one "
+            "and run `snakemake download_eval` first, or fill the folder by hand)") in str(e.value), str(e.value)
+    # with a source, the advice to run it stands
+    params["download"] = {"eval": {"from_dir": str(tmp_path)}}
+    with pytest.raises(UserError, match=r"but no dvc stage runs it: run `snakemake download_eval` first\)"):
+        check_evaluate_inputs(params, "params.yaml", outputs, {"testset"}, {"evaluate"}, stage="evaluate")
 
 
 def test_no_dvc_stage_runs_the_rules_said_to_run_in_none() -> None:

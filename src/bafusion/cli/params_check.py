@@ -272,11 +272,12 @@ def check_evaluate_inputs(params: Mapping[str, Any], source: str = "params.yaml"
                     # this run does not evaluate, or runs the rule that makes it
                     made = made or key == "sources"
                     continue
-                if unstaged:
-                    why = f"rule {writer[0]} makes it, but no dvc stage runs it: run `snakemake {writer[0]}` first"
-                elif sourceless:
+                if sourceless:  # first: running the rule fails without a source
                     why = (f"rule {writer[0]} makes it, but download.eval.base_url and download.eval.from_dir are both "
-                           f"empty: set one and run `snakemake {writer[0]}`, or fill the folder by hand")
+                           f"empty{' and no dvc stage runs it' if unstaged else ''}: set one and run "
+                           f"`snakemake {writer[0]}`{' first' if unstaged else ''}, or fill the folder by hand")
+                elif unstaged:
+                    why = f"rule {writer[0]} makes it, but no dvc stage runs it: run `snakemake {writer[0]}` first"
                 elif writer:
                     why = f"rule {writer[0]} makes it, but no target runs it before evaluate: run `snakemake {writer[0]}` first"
                 else:
