@@ -237,12 +237,14 @@ STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 #: that rewording a message or a progress line does not make `dvc repro` train again (each with
 #: why its edits leave the outputs' bytes as they are):
 NOT_DEPS: dict[str, str] = {
-    "src/bafusion/errors.py": "exception classes: the wording of refusals",
+    "src/bafusion/errors.py": ("exception classes (the wording of refusals) and is_out_of_memory, which decides "
+                               "whether fuse-set skips a pair or fails: it only matters when memory runs out"),
     "src/bafusion/progress.py": "progress bars and lines on stderr",
     "src/bafusion/tracking.py": "MLflow logging: the tracking store, not the stage's outs",
     "src/bafusion/atomic.py": "writes to a temporary name and renames: the same bytes",
     "src/bafusion/cli/app.py": "the command dispatcher: exit codes and error lines",
-    "src/bafusion/_version.py": "the release string: a version bump alone re-runs nothing",
+    "src/bafusion/_version.py": ("provenance only: recorded in the outputs (code_version, EXIF Software), which still "
+                                 "name the version that made them; a bump alone re-runs nothing"),
     "Snakefile": ("glue: includes the rule files and calls config.py, schema.py (deps of every stage: "
                   "they rewrite the config's values) and the parse-time refusals of cli/params_check.py"),
     "src/bafusion/cli/params_check.py": "the Snakefile's parse-time refusals and warnings: they change no value",
