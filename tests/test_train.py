@@ -1613,7 +1613,7 @@ def test_the_command_names_a_per_net_batch_or_device_by_its_per_net_key(tmp_path
     cfg = _config_from_args(args)
     assert cfg.key("device") == "--device" and cfg.key("batch") == "train.batch"
     assert _weight_settings_changed({"config": {**cfg.to_dict(), "device": "cuda"}}, cfg, torch.device("cpu"),
-                                    threads=False) == ["--device cuda, now cpu"]
+                                    threads=False) == ["the checkpoint's device cuda, now cpu (--device)"]
 
 
 def test_the_batch_warning_names_a_per_net_batch_by_its_per_net_key(toy_run: dict, tmp_path: Path,

@@ -1221,6 +1221,16 @@ def _device_after_resume(was: object, device: torch.device) -> str:
     return _after_resume(was, str(device))
 
 
+def _setting_changed(cfg: TrainConfig, name: str, was: object, now: object) -> str:
+    """``train.compile true, now false``; for a field an option set this run, the checkpoint's
+    value came from its config, not from that option: ``the checkpoint's device cuda, now cpu
+    (--device)``."""
+    key = cfg.key(name)
+    if key.startswith("-"):
+        return f"the checkpoint's {name} {was}, now {now} ({key})"
+    return f"{key} {was}, now {now}"
+
+
 def _weight_settings_changed(ck: Mapping[str, Any], cfg: TrainConfig, device: torch.device,
                              threads: bool = True) -> list[str]:
     """The settings outside the fingerprint that change the weights and differ between the run
@@ -1234,14 +1244,14 @@ def _weight_settings_changed(ck: Mapping[str, Any], cfg: TrainConfig, device: to
             why.append(f"device {was_device}, now {device}")
     else:  # a checkpoint of a version that did not record the device: its setting
         if "device" in old and str(old["device"]) != str(cfg.device):
-            why.append(f"{cfg.key('device')} {old['device']}, now {cfg.device}")
+            why.append(_setting_changed(cfg, "device", old["device"], cfg.device))
     was_threads = ck.get("threads")
     if (threads and _threads_matter(was_device if isinstance(was_device, str) else None, device)
             and isinstance(was_threads, (int, str))
             and str(was_threads) != str(torch.get_num_threads())):
         why.append(f"{was_threads} CPU thread(s) per process, now {torch.get_num_threads()}")
     if "compile" in old and bool(old["compile"]) != bool(cfg.compile):
-        why.append(f"{cfg.key('compile')} {json.dumps(bool(old['compile']))}, now {json.dumps(bool(cfg.compile))}")
+        why.append(_setting_changed(cfg, "compile", json.dumps(bool(old["compile"])), json.dumps(bool(cfg.compile))))
     was_torch = ck.get("torch_version")  # not recorded before: not compared
     if isinstance(was_torch, str) and was_torch != str(torch.__version__):
         why.append(f"torch {was_torch}, now {torch.__version__}")
