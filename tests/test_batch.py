@@ -1777,3 +1777,43 @@ def test_an_output_that_cannot_be_replaced_is_named_once(tmp_path: Path, nets: P
     err = capsys.readouterr().err
     assert rc == 2, err
     assert err.strip().splitlines()[-1] == f"bafusion fuse: error: {out}: {os.strerror(errno.EPERM)}", err
+
+
+def test_fuse_dir_reruns_on_an_output_folder_of_an_earlier_version(tmp_path: Path, nets: Path, capsys,
+                                                                    monkeypatch) -> None:
+    """A rerun into an OUT made by an earlier version was refused, its outputs called files of
+    the user's: (a) an empty record (versions before the JSON record), (b) a record listing
+    outputs but not their shots, once an upgraded run had rewritten it with an empty
+    ``sources`` (a run interrupted before it re-fused them). Such a record vouches for the
+    outputs of this IN's stacks, and the rewritten record keeps them covered until re-fused."""
+    import json
+
+    import bafusion.io
+
+    src = _pairs_in(tmp_path / "in", {"p1": 3, "p2": 4})
+    out = tmp_path / "out"
+    argv = ["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    marker = out / batch.OUTPUT_MARKER
+    doc = json.loads(marker.read_text())
+    marker.write_text("")  # (a) an earlier version's empty marker
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    assert sorted(batch.read_marker(out)["sources"]) == ["p1.png", "p2.png"]
+    # (b) a record of outputs without their shots; the upgraded run is stopped at its first stack
+    del doc["sources"]
+    marker.write_text(json.dumps(doc))
+    real = bafusion.io.write_image
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bafusion.io, "write_image", stopped)
+    assert cli_main(argv) == 130
+    capsys.readouterr()
+    monkeypatch.setattr(bafusion.io, "write_image", real)
+    # the outputs kept covered are this IN's: another input folder's run is still refused
+    day2 = _pairs_in(tmp_path / "day2", {"p1": 5, "p2": 6})
+    assert cli_main(["fuse-dir", str(day2), *argv[2:]]) == 2
+    assert "p1.png, p2.png" in capsys.readouterr().err
+    assert cli_main([*argv, "--skip-existing"]) == 0, capsys.readouterr().err
+    assert cli_main(argv) == 0, capsys.readouterr().err

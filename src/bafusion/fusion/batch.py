@@ -919,27 +919,50 @@ def sources_changed(old: Any, new: Mapping[str, Any]) -> str | None:
     return "; ".join(parts) or None
 
 
+def _legacy_record(out: Path, doc: Mapping[str, Any] | None) -> bool:
+    """Whether ``out``'s :data:`OUTPUT_MARKER` (``doc``: :func:`read_marker`) is an earlier
+    version's that does not record what its outputs were fused from: an empty file (versions
+    before the JSON record), or a record listing outputs without ``sources``."""
+    if doc is not None:
+        return "sources" not in doc and isinstance(doc.get("outputs"), list)
+    try:
+        return not (out / OUTPUT_MARKER).read_bytes().strip()
+    except OSError:
+        return False
+
+
+def _legacy_sources(src: Path, out: Path, doc: Mapping[str, Any] | None, targets: Sequence[Path]) -> dict[str, Any]:
+    """The ``sources`` entries that keep the outputs an earlier version's record vouches for
+    (:func:`_legacy_record`: those of ``targets`` that exist) covered once the record is
+    rewritten: fused from ``src``, ``"legacy": true`` and no shots, until fused again."""
+    if not _legacy_record(out, doc):
+        return {}
+    here = shots_record(src, ())["in"]
+    return {t.name: {"in": here, "legacy": True} for t in targets
+            if os.path.lexists(t) and not (t.is_dir() and not t.is_symlink())}
+
+
 def check_replaced(src: Path, out: Path, targets: Sequence[Path]) -> None:
     """Refuse (a :class:`UserError`, before any work) to replace an existing file among
     ``targets`` (this run's outputs in ``out``) that :data:`OUTPUT_MARKER` does not record as
     fused from ``src``: a file of the user's named like an output, or an earlier batch of
     another input folder (``fuse-dir day2 OUT`` into the outputs of ``day1``), were overwritten
     silently. A record of a version before the input folder was recorded vouches for the
-    outputs it lists. A folder in the way of an output is left to the write (that stack is
-    skipped, "cannot write")."""
+    outputs of this run, as before (an earlier version's record: :func:`_legacy_record`). A
+    folder in the way of an output is left to the write (that stack is skipped, "cannot write")."""
     if not out.is_dir():
         return
     doc = read_marker(out)
+    if _legacy_record(out, doc):
+        return
     sources = _recorded_sources(doc)
-    legacy = (set(map(str, doc["outputs"])) if doc is not None and "sources" not in doc
-              and isinstance(doc.get("outputs"), list) else set())
     here = shots_record(src, ())["in"]
     foreign: list[str] = []
     for t in targets:
         if not os.path.lexists(t) or (t.is_dir() and not t.is_symlink()):
             continue
         rec = sources.get(t.name)
-        if (isinstance(rec, dict) and rec.get("in") == here) or t.name in legacy:
+        if isinstance(rec, dict) and rec.get("in") == here:
             continue
         foreign.append(t.name)
     if foreign:
@@ -1155,6 +1178,8 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
     written = {str(n) for n in old["outputs"]} if same else set()  # outputs known to be of this setup
     # what each output in out was fused from, of any setup (check_replaced: what fuse-dir may replace)
     sources = {k: v for k, v in _recorded_sources(old).items() if os.path.lexists(out / k)}
+    # an earlier version's record vouched for this IN's outputs: still so once rewritten, until re-fused
+    sources.update(_legacy_sources(src, out, old, [out / f"{name}.{ext}" for name in groups]))
     inputs = set()  # the resolved shots of every stack: no output is written through a link to one
     for shots in groups.values():
         for q in shots:
