@@ -1817,3 +1817,28 @@ def test_fuse_dir_reruns_on_an_output_folder_of_an_earlier_version(tmp_path: Pat
     assert "p1.png, p2.png" in capsys.readouterr().err
     assert cli_main([*argv, "--skip-existing"]) == 0, capsys.readouterr().err
     assert cli_main(argv) == 0, capsys.readouterr().err
+
+
+def test_fuse_dir_skip_existing_keeps_the_outputs_of_an_earlier_versions_record(tmp_path: Path, nets: Path,
+                                                                                 capsys) -> None:
+    """--skip-existing after an upgrade fused every stack again ("the record does not say which
+    shots it was fused from"): a record of an earlier version lists outputs, not their shots.
+    Such outputs are kept by the old rule (listed, same setup), said once."""
+    import json
+
+    src = _pairs_in(tmp_path / "in", {"p1": 3, "p2": 4})
+    out = tmp_path / "out"
+    argv = ["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    marker = out / batch.OUTPUT_MARKER
+    doc = json.loads(marker.read_text())
+    del doc["sources"]
+    marker.write_text(json.dumps(doc))
+    made = {n: (out / n).stat().st_mtime_ns for n in ("p1.png", "p2.png")}
+    for _ in range(2):  # the record rewritten by the first keeps them so
+        assert cli_main([*argv, "--skip-existing"]) == 0
+        o, err = capsys.readouterr()
+        assert "2 already there" in o, o + err
+        assert {n: (out / n).stat().st_mtime_ns for n in made} == made
+        assert err.count("does not list the shots") == 1 and "fused again" not in err, err

@@ -1186,6 +1186,7 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
             with contextlib.suppress(OSError, RuntimeError):
                 inputs.add(q.resolve())
     said_once: set[str] = set()  # notes said once a run (metadata not kept)
+    said_legacy = False  # outputs of an earlier version's record kept without their shots: said once
     device = str(getattr(nets, "device", ""))
     # the record first: a stopped run leaves outputs that it describes (inside IN it also marks
     # the folder as fuse-dir's for later runs: check_output_folder)
@@ -1225,7 +1226,17 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
             continue
         record = shots_record(src, shots)  # before the fusion: a shot changed meanwhile reads as changed later
         if skip_existing and target.is_file() and target.name in written:
-            changed = sources_changed(sources.get(target.name), record)
+            was = sources.get(target.name)
+            changed = sources_changed(was, record)
+            if changed is not None and isinstance(was, dict) and was.get("legacy") and "shots" not in was:
+                # an earlier version's record lists its outputs, not their shots: kept by its rule
+                changed = None
+                if not said_legacy:
+                    said_legacy = True
+                    tqdm.write(f"bafusion fuse-dir: {name}: already there: fuse-dir's record of an earlier "
+                               f"version ({OUTPUT_MARKER}) does not list the shots of its outputs; --skip-existing "
+                               "keeps those it lists as made by this setup without comparing their shots (drop "
+                               "--skip-existing to fuse them again)", file=sys.stderr)
             if changed is None:
                 rep.existing.append(name)
                 said(i, name, "already there")
