@@ -1842,3 +1842,32 @@ def test_fuse_dir_skip_existing_keeps_the_outputs_of_an_earlier_versions_record(
         assert "2 already there" in o, o + err
         assert {n: (out / n).stat().st_mtime_ns for n in made} == made
         assert err.count("does not list the shots") == 1 and "fused again" not in err, err
+
+
+def test_fuse_dir_knows_its_input_folder_by_another_spelling(tmp_path: Path, nets: Path, capsys) -> None:
+    """The recorded IN was compared as a string: on macOS and Windows, where names ignore case,
+    ~/photos/shoot after ~/Photos/Shoot (the same folder) had every output refused as another
+    input folder's. The recorded IN (and its shots) now count as this one when it is the same
+    folder (os.path.samefile). Here the record names IN by a link to it, a spelling
+    Path.resolve() does not turn into this run's."""
+    import json
+
+    src = _pairs_in(tmp_path / "in", {"p1": 3, "p2": 4})
+    out = tmp_path / "out"
+    argv = ["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    spelt = tmp_path / "IN"
+    spelt.symlink_to(src.resolve(), target_is_directory=True)
+    marker = out / batch.OUTPUT_MARKER
+    here = str(src.resolve())
+    marker.write_text(marker.read_text().replace(json.dumps(here)[1:-1], json.dumps(str(spelt))[1:-1]))
+    assert batch.read_marker(out)["sources"]["p1.png"]["in"] == str(spelt)
+    made = {n: (out / n).stat().st_mtime_ns for n in ("p1.png", "p2.png")}
+    assert cli_main([*argv, "--skip-existing"]) == 0
+    o, err = capsys.readouterr()
+    assert "2 already there" in o and "fused again" not in err, o + err
+    assert {n: (out / n).stat().st_mtime_ns for n in made} == made
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    other = _pairs_in(tmp_path / "day2", {"p1": 5, "p2": 6})  # another folder is still another
+    assert cli_main(["fuse-dir", str(other), *argv[2:]]) == 2

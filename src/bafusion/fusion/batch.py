@@ -899,14 +899,36 @@ def shots_record(src: Path, shots: Sequence[Path]) -> dict[str, Any]:
     return {"in": where, "shots": [one(p) for p in shots]}
 
 
+def same_folder(recorded: Any, here: str) -> bool:
+    """Whether the input folder ``recorded`` (as :func:`shots_record` wrote it) is ``here``: the
+    same string, or, where both exist, the same folder (:func:`os.path.samefile`: another
+    spelling of it where names ignore case, macOS and Windows, ``~/photos/shoot`` after
+    ``~/Photos/Shoot``)."""
+    if not isinstance(recorded, str):
+        return False
+    if recorded == here:
+        return True
+    try:
+        return os.path.samefile(recorded, here)
+    except (OSError, ValueError):
+        return False
+
+
 def sources_changed(old: Any, new: Mapping[str, Any]) -> str | None:
     """Why an output recorded as fused from ``old`` (:func:`shots_record`) is not one of the
     shots ``new``: "p1-A.png changed since", "another input folder", ...; None when they match."""
     if not isinstance(old, dict) or not isinstance(old.get("shots"), list):
         return "the record does not say which shots it was fused from"
-    if old.get("in") != new["in"]:
+    if not same_folder(old.get("in"), new["in"]):
         return f"it was fused from another input folder ({old.get('in')})"
-    was = {str(s[0]): list(s[1:]) for s in old["shots"] if isinstance(s, list) and s}
+    then, now_in = str(old["in"]), new["in"]
+
+    def spelt(path: str) -> str:  # a shot in IN spelt as this run spells IN (same_folder)
+        rest = path[len(then):]
+        return now_in + rest if then != now_in and path.startswith(then) and rest[:1] in ("/", os.sep) else path
+
+    shots = [[spelt(str(s[0])), *s[1:]] for s in old["shots"] if isinstance(s, list) and s]
+    was = {str(s[0]): list(s[1:]) for s in shots}
     now = {str(s[0]): list(s[1:]) for s in new["shots"]}
     changed = [Path(k).name for k in now if k in was and was[k] != now[k]]
     added = [Path(k).name for k in now if k not in was]
@@ -914,7 +936,7 @@ def sources_changed(old: Any, new: Mapping[str, Any]) -> str | None:
     parts = ([f"{', '.join(changed)} changed since it was fused"] if changed else []) + \
             ([f"{', '.join(added)} not among the shots it was fused from"] if added else []) + \
             ([f"{', '.join(gone)} no longer among its shots"] if gone else [])
-    if not parts and [str(s[0]) for s in old["shots"] if isinstance(s, list) and s] != list(now):
+    if not parts and [str(s[0]) for s in shots] != list(now):
         parts = ["its shots are in another order"]
     return "; ".join(parts) or None
 
@@ -962,7 +984,7 @@ def check_replaced(src: Path, out: Path, targets: Sequence[Path]) -> None:
         if not os.path.lexists(t) or (t.is_dir() and not t.is_symlink()):
             continue
         rec = sources.get(t.name)
-        if isinstance(rec, dict) and rec.get("in") == here:
+        if isinstance(rec, dict) and same_folder(rec.get("in"), here):
             continue
         foreign.append(t.name)
     if foreign:
