@@ -140,11 +140,29 @@ def test_fuse_and_metrics_of_a_12_bit_pair_equal_those_of_the_8_bit_pair(tmp_pat
     assert cli_main(["metrics", str(tmp_path / "a8.png"), str(tmp_path / "b8.png"), str(tmp_path / "f8.png"),
                      "--metrics", "QMI,QG"]) == 0
     out.append(capsys.readouterr().out)
-    # unmarked 12-bit data in 16-bit PNGs beside an 8-bit F: their depth cannot be told (dark
-    # 16-bit data reads so too), refused naming the files
-    assert cli_main(["metrics", str(tmp_path / "a12.png"), str(tmp_path / "b12.png"), str(tmp_path / "f8.png"),
-                     "--metrics", "QMI,QG"]) == 2
-    assert "without marked significant bits but F (" in capsys.readouterr().err
+    # fuse's own 8-bit output (.bmp, .jpg) of the unmarked 12-bit pair: A and B read by the rule
+    # fuse read them by (one depth common to the two), so it scores as the 8-bit triple (it was
+    # refused as "16-bit without marked significant bits ... beside 8-bit")
+    for suffix in (".bmp", ".jpg"):
+        assert cli_main(["fuse", str(tmp_path / "a12.png"), str(tmp_path / "b12.png"), "-o",
+                         str(tmp_path / f"f12{suffix}"), "--model", str(tmp_path / "nets"), "--device", "cpu"]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "f12.bmp")), f8)
+    capsys.readouterr()
+    for f in ("f12.bmp", "f8.png"):
+        assert cli_main(["metrics", str(tmp_path / "a12.png"), str(tmp_path / "b12.png"), str(tmp_path / f),
+                         "--metrics", "QMI,QG"]) == 0
+        assert capsys.readouterr().out == out[0]
+    assert cli_main(["metrics", str(tmp_path / "a12.png"), str(tmp_path / "b12.png"), str(tmp_path / "f12.jpg"),
+                     "--metrics", "QMI,QG"]) == 0
+    capsys.readouterr()
+    # the uint8 fusion of the uint16 arrays (keep_depth=False) is measured beside them as fuse read them
+    from bafusion import fuse
+    from bafusion.evaluation import metrics as M
+
+    a12, b12 = to12(a8), to12(b8)
+    f12_8 = fuse(a12, b12, model=tmp_path / "nets", device="cpu", keep_depth=False)
+    assert f12_8.dtype == np.uint8 and np.array_equal(f12_8, f8)
+    assert M.compute_all(a12, b12, f12_8) == M.compute_all(a8, b8, f8)
     # the 16-bit fusion marks sBIT 12: with its 12-bit sources it scores as the 8-bit triple
     assert png_depth(tmp_path / "f12.png") == (16, 0, 12)
     assert cli_main(["metrics", str(tmp_path / "a12.png"), str(tmp_path / "b12.png"), str(tmp_path / "f12.png"),

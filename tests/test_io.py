@@ -542,7 +542,7 @@ def test_a_file_of_several_frames_is_noted_and_its_first_read(tmp_path: Path, rg
     assert read_source_set([tmp_path / "b.png", tmp_path / "b.png"]).notes == []
     capsys.readouterr()
     other = tmp_path / "b.png"
-    if kind == "tifffile16":  # unmarked 16-bit beside 8-bit files is refused by metrics: B and F 16-bit too
+    if kind == "tifffile16":  # an unmarked 16-bit F beside an 8-bit source is refused by metrics: B and F 16-bit too
         other = tmp_path / "b16.png"
         Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(other)
     assert main(["metrics", str(multi), str(other), str(other), "--metrics", "QG"]) == 0

@@ -16,7 +16,7 @@ from scipy import ndimage
 from bafusion import cli
 from bafusion.errors import InputFileError, UserError
 from bafusion.evaluation import metrics as M
-from bafusion.io import gray_float, read_image, round_half_away
+from bafusion.io import gray_float, read_image, read_images, round_half_away
 
 LYTRO_PAIRS = [f"lytro-{i:02d}" for i in range(1, 21)]
 CLASSIC_PAIRS = [
@@ -370,6 +370,15 @@ def test_uint16_beside_uint8_is_refused() -> None:
     with pytest.raises(UserError, match="image B is bool"):  # another type: its own refusal
         M.qg(wide[0], b > 10, wide[2])
     assert M.qg(*wide) == pytest.approx(M.qg(a, b, f), abs=1e-6)  # 14-bit rounding: 1e-9 off
+    with pytest.raises(UserError, match=r"images A and F are uint16 but B is uint8"):
+        M.qg(wide[0], b, wide[2])
+    # uint16 sources beside a uint8 F (fuse(a16, b16, keep_depth=False)): scaled by the sources'
+    # common depth, as fuse scales them (they were refused); x 257 data: the 8-bit triple's value
+    full = [v.astype(np.uint8).astype(np.uint16) * np.uint16(257) for v in _multifocus()]
+    x8, a8, b8 = (v.astype(np.uint8) for v in _multifocus())
+    assert M.compute_all(full[1], full[2], x8) == M.compute_all(a8, b8, x8)
+    assert M.qg(full[1], b8, x8) == M.qg(a8, b8, x8)
+    assert M.qg(full[1], full[2], x8.astype(np.float64)) == pytest.approx(M.qg(a8, b8, x8), abs=1e-12)
 
 
 def test_integer_inputs_within_0_255_equal_uint8() -> None:
@@ -542,7 +551,7 @@ def test_unmarked_16_bit_file_beside_8_bit_files_is_refused(tmp_path: Path, caps
 
     eight, sixteen, want = _dark_files(tmp_path)
     (a8, b8, f8), (a16, b16, f16) = eight, sixteen
-    for trio, deep in (([a8, b8, f16], "F"), ([a8, b16, f16], "B .* and F"), ([a16, b16, f8], "A .* and B")):
+    for trio, deep in (([a8, b8, f16], "F"), ([a8, b16, f16], "B .* and F"), ([a16, b8, f16], "A .* and F")):
         with pytest.raises(UserError, match=rf"{deep} .*16-bit without marked significant bits but .*8-bit: "
                                             r"the metrics cannot tell the bit depth"):
             M.read_metric_files(*trio)
@@ -555,6 +564,38 @@ def test_unmarked_16_bit_file_beside_8_bit_files_is_refused(tmp_path: Path, caps
         assert M.qg(*M.read_metric_files(*trio).images) == pytest.approx(want, abs=1e-6)
         assert cli.main(["metrics", *map(str, trio), "--metrics", "QG"]) == 0
         assert float(capsys.readouterr().out.splitlines()[1]) == pytest.approx(want, abs=1e-6)
+
+
+def test_unmarked_deep_sources_beside_an_8_bit_fusion_are_measured(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``bafusion metrics a16.tif b16.tif f.jpg``: fuse writes an 8-bit .jpg/.bmp of 16-bit sources,
+    having read A and B by one depth common to the two; that triple was refused as "16-bit without
+    marked significant bits ... beside 8-bit". Only an unmarked deeper F (its depth guessed) beside
+    an 8-bit A or B is refused; unmarked A, B (or one of them) beside an 8-bit F are read as fuse
+    reads them (here the full-range x 257 data: the 8-bit triple's value)."""
+    from PIL import Image
+
+    x, a, b = _multifocus()
+    eight = [_save(tmp_path / f"{n}8.png", v.astype(np.uint8)) for n, v in zip("abf", (a, b, x))]
+    deep = []
+    for n, v in zip("ab", (a, b)):
+        tifffile = pytest.importorskip("tifffile")
+        tifffile.imwrite(tmp_path / f"{n}16.tif", v.astype(np.uint8).astype(np.uint16) * np.uint16(257))
+        deep.append(tmp_path / f"{n}16.tif")
+    want = M.qg(*(v.astype(np.uint8) for v in (a, b, x)))
+    Image.fromarray(x.astype(np.uint8)).save(tmp_path / "f.jpg", quality=95)
+    jpg = M.qg(a.astype(np.uint8), b.astype(np.uint8), read_image(tmp_path / "f.jpg"))
+    for trio, value in (([deep[0], deep[1], eight[2]], want), ([deep[0], eight[1], eight[2]], want),
+                        ([deep[0], deep[1], tmp_path / "f.jpg"], jpg)):
+        assert M.qg(*M.read_metric_files(*trio).images) == pytest.approx(value, abs=1e-9)
+        assert cli.main(["metrics", *map(str, trio), "--metrics", "QG"]) == 0, capsys.readouterr().err
+        assert float(capsys.readouterr().out.splitlines()[1]) == pytest.approx(value, abs=1e-9)
+    # dark unmarked sources beside an 8-bit F: read as fuse reads them (one depth common to A and
+    # B, here 14 bits), which its 8-bit output of them matches
+    (tmp_path / "dark").mkdir()
+    _, (a16, b16, _), _ = _dark_files(tmp_path / "dark")
+    src = M.read_metric_files(a16, b16, eight[2])
+    assert np.array_equal(src.images[0], read_images([a16, b16])[0])
 
 
 def _read_u16(path: Path) -> np.ndarray:

@@ -28,7 +28,8 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     names = _parse_metric_names(args.metrics.split(",")) if args.metrics else None
     # A, B and F as one set: files of more than 8 bits per sample are scaled alike (the bits
     # a file marks, else one depth common to the unmarked ones), as fusion scales its sources;
-    # unmarked deeper files beside 8-bit ones are refused (their depth cannot be told)
+    # an unmarked deeper F beside an 8-bit A or B is refused (its depth cannot be told); unmarked
+    # deeper A, B beside an 8-bit F (fuse's .jpg/.bmp of 16-bit sources) are read as fuse reads them
     src = read_metric_files(args.a, args.b, args.f)
     a, b, f = src.images
     infos = [image_info(p) for p in (args.a, args.b, args.f)]

@@ -7,7 +7,7 @@ the toolbox's conventions (see ``../shared/README.md``):
 * colour images become gray with MATLAB's ``rgb2gray`` (rounded back to uint8), then float64
   (:func:`bafusion.io.gray_float` with ``rounded=True``); the functions take arrays, not
   paths: read image files with :func:`read_metric_files` (A, B and F as one set: scaled alike
-  when of more than 8 bits; 8-bit files beside unmarked deeper ones refused, see below), as
+  when of more than 8 bits; an unmarked deeper F beside an 8-bit source refused, see below), as
   ``bafusion metrics`` does;
 * ``filter2(..., 'same')`` is a correlation with zero padding, ``'valid'`` keeps only the
   windows that lie fully inside the image;
@@ -30,17 +30,21 @@ All metrics take three images of one height and width (sources ``a``, ``b`` and 
 bring them to the [0, 255] scale by their type:
 
 * **uint8**: as they are (the reference values are computed so);
-* **uint16**: all three or none; scaled to uint8 alike, as :func:`bafusion.fuse` and
+* **uint16**: scaled to uint8 alike, as :func:`bafusion.fuse` and
   :func:`bafusion.io.read_images` scale unmarked 16-bit data: from the smallest of 8, 10, 12,
-  14 or 16 bits that holds the largest value of the three (``round(v / (2**bits - 1) * 255)``;
+  14 or 16 bits that holds the largest value of the uint16 ones (``round(v / (2**bits - 1) * 255)``;
   at 16 bits ``v / 257``), so a 16-bit fusion (``fuse`` on 16-bit sources) measured against
-  those sources gives the value of the 8-bit triple. A uint16 image beside 8-bit data (uint8,
-  other integers within 0-255, floats) is refused: its bit depth cannot be told (a dark 16-bit
-  fusion, largest value below 16384, would read as 14-bit data, 4 times too bright); bring the
-  three to one depth (``x.astype(np.uint16) * 257`` for 8-bit ones). Files alike: a file of
-  more than 8 bits that marks no significant bits (PNG ``sBIT``, OME-TIFF ``SignificantBits``)
-  beside 8-bit files is refused by :func:`read_metric_files` (``bafusion metrics``), as the
-  readers of :mod:`bafusion.io` would take a dark one for data of fewer bits;
+  those sources gives the value of the 8-bit triple. uint16 sources beside an 8-bit F (uint8,
+  other integers within 0-255, floats) are scaled by the depth common to the uint16 ones, as
+  ``fuse`` scales them, so its uint8 output (``keep_depth=False``) matches them. A uint16 F
+  beside an 8-bit A or B is refused: its bit depth cannot be told (a dark 16-bit fusion,
+  largest value below 16384, would read as 14-bit data, 4 times too bright); bring the three
+  to one depth (``x.astype(np.uint16) * 257`` for 8-bit ones). Files alike: an F of more than
+  8 bits that marks no significant bits (PNG ``sBIT``, OME-TIFF ``SignificantBits``) beside an
+  8-bit A or B is refused by :func:`read_metric_files` (``bafusion metrics``), as the readers
+  of :mod:`bafusion.io` would take a dark one for data of fewer bits; unmarked deeper A, B
+  beside an 8-bit F (``fuse``'s ``.jpg``/``.bmp`` output of 16-bit sources) are read as ``fuse``
+  reads them;
 * **other integer types** (int64, ...): taken as uint8 when every value lies in 0-255;
 * **floats**: taken on the 0-255 scale (gray as they are, colour rounded by ``rgb2gray``).
   Each image is checked on its own: one whose values all lie within [0, 1] with fractions
@@ -126,15 +130,17 @@ def check_same_size(a: ArrayLike, b: ArrayLike, f: ArrayLike, names: Sequence[st
 def _eight_bit_scale(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> list[np.ndarray]:
     """A, B and F on the [0, 255] scale the metrics take, by the input rules of the module
     docstring: uint8 and floats as they are, uint16 scaled to uint8 alike (as :func:`bafusion.fuse`
-    scales uint16 sources; all three uint16 or none), other integers within 0-255 as uint8;
+    scales uint16 sources; a uint16 F only beside uint16 A and B), other integers within 0-255 as uint8;
     anything else refused."""
     images = [np.asarray(x) for x in (a, b, f)]
     out: list[np.ndarray] = []
     wide = [name for name, x in zip("ABF", images) if x.dtype == np.uint16]
-    if wide and len(wide) < 3 and all(x.dtype.kind in "iuf" for x in images):  # other types: refused below
-        # uint16 data carries no bit depth: beside uint8 (or 0-255) images there is no safe
-        # reading of it (a dark 16-bit fusion, largest value below 16384, reads as 14-bit data:
-        # 4 times too bright), so the three are asked for at one depth.
+    if "F" in wide and len(wide) < 3 and all(x.dtype.kind in "iuf" for x in images):  # other types: refused below
+        # uint16 data carries no bit depth: a uint16 F beside a uint8 (or 0-255) source has no
+        # safe reading (a dark 16-bit fusion, largest value below 16384, reads as 14-bit data:
+        # 4 times too bright), so the three are asked for at one depth. uint16 sources beside a
+        # 0-255 F are scaled by their common depth, as fuse scales them: its uint8 output of
+        # them (keep_depth=False) matches them.
         def named(names: list[str], dtype: object) -> str:
             return f"{' and '.join(names)} {'are' if len(names) > 1 else 'is'} {dtype}"
 
@@ -145,7 +151,7 @@ def _eight_bit_scale(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> list[np.ndarra
         raise UserError(
             f"image{'s' if len(wide) > 1 else ''} {named(wide, 'uint16')} but "
             + " and ".join(named(n, dt) for dt, n in narrow.items())
-            + ": the metrics cannot tell the bit depth of uint16 data beside 0-255 images (a dark 16-bit image "
+            + ": the metrics cannot tell the bit depth of a uint16 F beside 0-255 sources (a dark 16-bit fusion "
             "would read as brighter data of fewer bits); give A, B and F at one depth: all uint16 (the 16-bit "
             "arrays that were fused; x.astype(np.uint16) * 257 brings uint8 to the 16-bit scale) or all uint8 "
             "(bafusion.fuse(..., keep_depth=False))")
@@ -209,10 +215,13 @@ def read_metric_files(
     more than 8 bits per sample scaled alike (by the significant bits a file marks, else by one
     bit depth common to the unmarked ones).
 
-    A file of more than 8 bits that marks no significant bits (PNG ``sBIT``, OME-TIFF
-    ``SignificantBits``) beside 8-bit files is refused: its bit depth cannot be told (a dark
+    A fused F of more than 8 bits that marks no significant bits (PNG ``sBIT``, OME-TIFF
+    ``SignificantBits``) beside an 8-bit A or B is refused: its bit depth cannot be told (a dark
     16-bit fusion, largest value below 16384, would read as 14-bit data, 4 times too bright,
-    beside its 8-bit sources). All 8-bit, all unmarked deeper files, or marked ones, are read.
+    beside its 8-bit sources). All 8-bit, all unmarked deeper files, marked ones, or unmarked
+    deeper A and B (or one of them) beside an 8-bit F are read: the sources as ``bafusion fuse``
+    reads them (one depth common to the unmarked ones), so its 8-bit output of them (``.jpg``,
+    ``.bmp``) is measured against the data it was fused from.
 
     Parameters
     ----------
@@ -228,15 +237,16 @@ def read_metric_files(
     Raises
     ------
     bafusion.errors.UserError
-        Naming the files, for 8-bit files beside unmarked deeper ones.
+        Naming the files, for an unmarked deeper F beside an 8-bit A or B.
     bafusion.errors.InputFileError
         Naming the file when one is missing or not a readable image.
     """
     paths = [a, b, f]
     src = read_source_set(paths, metadata=False)
     wide = [i for i, u in enumerate(src.unmarked) if u]
-    narrow = [i for i, d in enumerate(src.depths) if d == 8]
-    if wide and narrow:
+    narrow = [i for i, d in enumerate(src.depths[:2]) if d == 8]
+    # F's depth guessed beside an 8-bit source; unmarked A, B beside an 8-bit F are read as fuse reads them
+    if 2 in wide and narrow:
         def named(idx: list[int], what: str) -> str:
             files = " and ".join(f"{'ABF'[i]} ({os.fsdecode(os.fspath(paths[i]))})" for i in idx)
             return f"{files} {'are' if len(idx) > 1 else 'is'} {what}"
@@ -244,11 +254,10 @@ def read_metric_files(
         deep = sorted({src.depths[i] for i in wide})
         raise UserError(
             named(wide, f"{'/'.join(map(str, deep))}-bit without marked significant bits") + " but "
-            + named(narrow, "8-bit") + ": the metrics cannot tell the bit depth of unmarked deeper data beside "
-            "8-bit files (a dark 16-bit image would read as brighter data of fewer bits, as if 10-, 12- or "
+            + named(narrow, "8-bit") + ": the metrics cannot tell the bit depth of an unmarked deeper F beside "
+            "8-bit sources (a dark 16-bit fusion would read as brighter data of fewer bits, as if 10-, 12- or "
             "14-bit); give A, B and F at one depth (all 8-bit, or all 16-bit: the 16-bit sources that were "
-            "fused, not 8-bit copies), or mark the deeper file's significant bits (PNG sBIT, OME-TIFF "
-            "SignificantBits)")
+            "fused, not 8-bit copies), or mark F's significant bits (PNG sBIT, OME-TIFF SignificantBits)")
     return src
 
 
@@ -400,9 +409,9 @@ def qmi(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None =
         The source images.
     f : numpy.ndarray
         The fused image, of the sources' height and width. Each image gray (H, W) or colour
-        (H, W, 3 or 4): uint8; uint16 (all three then, scaled to 8 bits alike, ``v / 257`` for
-        16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
-        0-1). See the module docstring.
+        (H, W, 3 or 4): uint8; uint16 (scaled to 8 bits alike, ``v / 257`` for 16-bit data;
+        a uint16 F only beside uint16 A and B); other integers within 0-255; or finite floats
+        on the 0-255 scale (not 0-1). See the module docstring.
     cache : MetricCache, optional
         Intermediate results of A and B, reused across calls with the same sources.
 
@@ -448,9 +457,9 @@ def qncie(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None
         The source images.
     f : numpy.ndarray
         The fused image, of the sources' height and width. Each image gray (H, W) or colour
-        (H, W, 3 or 4): uint8; uint16 (all three then, scaled to 8 bits alike, ``v / 257`` for
-        16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
-        0-1). See the module docstring.
+        (H, W, 3 or 4): uint8; uint16 (scaled to 8 bits alike, ``v / 257`` for 16-bit data;
+        a uint16 F only beside uint16 A and B); other integers within 0-255; or finite floats
+        on the 0-255 scale (not 0-1). See the module docstring.
     cache : MetricCache, optional
         Intermediate results of A and B, reused across calls with the same sources.
 
@@ -511,9 +520,9 @@ def qg(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = 
         The source images.
     f : numpy.ndarray
         The fused image, of the sources' height and width. Each image gray (H, W) or colour
-        (H, W, 3 or 4): uint8; uint16 (all three then, scaled to 8 bits alike, ``v / 257`` for
-        16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
-        0-1). See the module docstring.
+        (H, W, 3 or 4): uint8; uint16 (scaled to 8 bits alike, ``v / 257`` for 16-bit data;
+        a uint16 F only beside uint16 A and B); other integers within 0-255; or finite floats
+        on the 0-255 scale (not 0-1). See the module docstring.
     cache : MetricCache, optional
         Intermediate results of A and B, reused across calls with the same sources.
 
@@ -653,9 +662,9 @@ def qy(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = 
         The source images.
     f : numpy.ndarray
         The fused image, of the sources' height and width. Each image gray (H, W) or colour
-        (H, W, 3 or 4): uint8; uint16 (all three then, scaled to 8 bits alike, ``v / 257`` for
-        16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
-        0-1). See the module docstring.
+        (H, W, 3 or 4): uint8; uint16 (scaled to 8 bits alike, ``v / 257`` for 16-bit data;
+        a uint16 F only beside uint16 A and B); other integers within 0-255; or finite floats
+        on the 0-255 scale (not 0-1). See the module docstring.
     cache : MetricCache, optional
         Intermediate results of A and B, reused across calls with the same sources.
 
@@ -737,9 +746,9 @@ def qcb(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None =
         The source images.
     f : numpy.ndarray
         The fused image, of the sources' height and width. Each image gray (H, W) or colour
-        (H, W, 3 or 4): uint8; uint16 (all three then, scaled to 8 bits alike, ``v / 257`` for
-        16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
-        0-1). See the module docstring.
+        (H, W, 3 or 4): uint8; uint16 (scaled to 8 bits alike, ``v / 257`` for 16-bit data;
+        a uint16 F only beside uint16 A and B); other integers within 0-255; or finite floats
+        on the 0-255 scale (not 0-1). See the module docstring.
     cache : MetricCache, optional
         Intermediate results of A and B, reused across calls with the same sources.
 
@@ -959,9 +968,9 @@ def qp(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = 
         The source images.
     f : numpy.ndarray
         The fused image, of the sources' height and width. Each image gray (H, W) or colour
-        (H, W, 3 or 4): uint8; uint16 (all three then, scaled to 8 bits alike, ``v / 257`` for
-        16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
-        0-1). See the module docstring.
+        (H, W, 3 or 4): uint8; uint16 (scaled to 8 bits alike, ``v / 257`` for 16-bit data;
+        a uint16 F only beside uint16 A and B); other integers within 0-255; or finite floats
+        on the 0-255 scale (not 0-1). See the module docstring.
     cache : MetricCache, optional
         Intermediate results of A and B, reused across calls with the same sources.
 
@@ -1108,9 +1117,9 @@ def qe(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = 
         The source images.
     f : numpy.ndarray
         The fused image, of the sources' height and width. Each image gray (H, W) or colour
-        (H, W, 3 or 4): uint8; uint16 (all three then, scaled to 8 bits alike, ``v / 257`` for
-        16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
-        0-1). See the module docstring.
+        (H, W, 3 or 4): uint8; uint16 (scaled to 8 bits alike, ``v / 257`` for 16-bit data;
+        a uint16 F only beside uint16 A and B); other integers within 0-255; or finite floats
+        on the 0-255 scale (not 0-1). See the module docstring.
     cache : MetricCache, optional
         Intermediate results of A and B, reused across calls with the same sources.
 
@@ -1175,9 +1184,9 @@ def qcv(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None =
         The source images.
     f : numpy.ndarray
         The fused image, of the sources' height and width. Each image gray (H, W) or colour
-        (H, W, 3 or 4): uint8; uint16 (all three then, scaled to 8 bits alike, ``v / 257`` for
-        16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
-        0-1). See the module docstring.
+        (H, W, 3 or 4): uint8; uint16 (scaled to 8 bits alike, ``v / 257`` for 16-bit data;
+        a uint16 F only beside uint16 A and B); other integers within 0-255; or finite floats
+        on the 0-255 scale (not 0-1). See the module docstring.
     cache : MetricCache, optional
         Intermediate results of A and B, reused across calls with the same sources.
 
@@ -1293,9 +1302,9 @@ def compute_all(
         The source images.
     f : numpy.ndarray
         The fused image, of the sources' height and width. Each image gray (H, W) or colour
-        (H, W, 3 or 4): uint8; uint16 (all three then, scaled to 8 bits alike, ``v / 257`` for
-        16-bit data); other integers within 0-255; or finite floats on the 0-255 scale (not
-        0-1). See the module docstring.
+        (H, W, 3 or 4): uint8; uint16 (scaled to 8 bits alike, ``v / 257`` for 16-bit data;
+        a uint16 F only beside uint16 A and B); other integers within 0-255; or finite floats
+        on the 0-255 scale (not 0-1). See the module docstring.
     metrics : str or iterable of str, optional
         Metric names (any case), e.g. ``["QMI", "QG"]``, or one string ``"QG"`` or
         ``"QMI,QG"``; all eight when None.
