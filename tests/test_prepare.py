@@ -297,3 +297,25 @@ def test_the_data_stages_list_the_formats_they_listed_before_fuse_dir_took_more(
         img.save(tmp_path / name)
     assert {".gif", ".tga", ".ppm"} <= set(IMAGE_SUFFIXES)
     assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.jpg"]
+
+
+def test_a_rerun_with_jpeg_backgrounds_is_not_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A plain RGB JPEG background is copied as bg/<id>.jpg, but the rerun's check of the folder
+    prepare replaces knew only bg/*.png: an identical rerun was refused, "holds files this command
+    did not write: bg/000000000000.jpg". What prepare writes is its own; a user's file is not."""
+    from bafusion.cli import main
+
+    am, bg = _alphamatting(tmp_path / "am", n=1), _bgs(tmp_path / "bg", n=2)
+    _img(bg / "photo.v2.jpeg", 90, 120, 20)  # copied as bg/photo.v2.jpg
+    _img(bg / "lossless.png", 90, 120, 21)
+    argv = ["prepare", "--source", "dir", "--alphamatting", str(am), "--backgrounds-dir", str(bg), "--scale", "0.25",
+            "--out", str(tmp_path / "prep"), "--no-progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+    written = sorted(p.relative_to(tmp_path / "prep").as_posix() for p in (tmp_path / "prep").rglob("*.*"))
+    assert "bg/000000000000.jpg" in written and "bg/photo.v2.jpg" in written and "bg/lossless.png" in written
+    capsys.readouterr()
+    assert main(argv) == 0, capsys.readouterr().err
+    (tmp_path / "prep" / "bg" / "MY-NOTES.txt").write_text("mine")
+    assert main(argv) == 2
+    assert "did not write: bg/MY-NOTES.txt;" in capsys.readouterr().err
+    assert (tmp_path / "prep" / "bg" / "MY-NOTES.txt").read_text() == "mine"

@@ -227,13 +227,15 @@ def _download_inner(doc: Any) -> tuple[str, ...] | None:
 #: deleted with the folder (``fs/maps/MY-NOTES.txt``, ``out/lytro/MY-ANALYSIS.md`` were, exit 0).
 #: fuse-set writes ``maps/<name>-<map>.png``; evaluate per dataset ``metrics.csv``, ``means.csv``,
 #: ``means-sets.csv``, ``table1.md``, ``figures/*.png``, ``fused/<method>/<pair>.png`` (and
-#: ``.jpg``); prepare ``fg/``, ``matte/``, ``bg/`` PNGs; download-alphamatting images in ``input/``
+#: ``.jpg``); prepare ``fg/``, ``matte/``, ``bg/`` PNGs and ``bg/`` JPEGs (``.jpg``); download-alphamatting images in ``input/``
 #: and ``gt/``. None: the folders' contents are not known here (download-eval's sets).
 MARKER_INNER: dict[str, Callable[[Any], tuple[str, ...] | None]] = {
     "accuracy.json": lambda doc: ("maps/*.png",),
     "metrics.json": lambda doc: ("*/metrics.csv", "*/means.csv", "*/means-sets.csv", "*/table1.md",
                                  "*/figures/*.png", "*/fused/*/*.png", "*/fused/*/*.jpg"),
-    "manifest.json": lambda doc: ("fg/*.png", "matte/*.png", "bg/*.png"),
+    # prepare writes every foreground and matte as PNG; a background as PNG, or a plain RGB JPEG
+    # (.jpg or .jpeg) copied as bg/<id>.jpg (data/prepare.py prepare_background)
+    "manifest.json": lambda doc: ("fg/*.png", "matte/*.png", "bg/*.png", "bg/*.jpg"),
     "download.json": _download_inner,
 }
 
