@@ -724,3 +724,43 @@ def test_real_alphamatting_images_round_trip(shared_data: Path, server: LocalSer
     rec = acquire_alphamatting(out, base_url=server.url("datasets/zip/"), checksums=sums, cache=tmp_path / "c", net=NET)
     assert rec["foregrounds"] == len(list((src / "input").glob("*.png"))) == 27
     assert (out / "gt" / "GT27.png").read_bytes() == (src / "gt" / "GT27.png").read_bytes()
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_download_alphamatting_rerun_keeps_what_it_copied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str], legacy: bool) -> None:
+    """--from-dir copies input/ and gt/ whole (a README.txt, a gt/old/ folder too), but the check
+    of the folder it replaces vouched only for the images directly in them: an identical rerun
+    was refused, "holds files this command did not write: gt/old/GT01.png, input/README.txt".
+    The record lists what the command wrote (one of an earlier version: what its source folder
+    holds); a file of the user's added later is still refused."""
+    from bafusion.cli import main
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    src, out = tmp_path / "am2", tmp_path / "am"
+    rng = np.random.default_rng(0)
+    for sub in ("input", "gt"):
+        (src / sub).mkdir(parents=True)
+        for i in (1, 2):
+            (src / sub / f"GT{i:02d}.png").write_bytes(png_bytes(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))
+    (src / "input" / "README.txt").write_text("from the site")
+    (src / "gt" / "old").mkdir()
+    (src / "gt" / "old" / "GT01.png").write_bytes((src / "gt" / "GT01.png").read_bytes())
+    (src / "gt" / "[x] notes.TXT").write_text("x")
+    argv = ["download-alphamatting", "--from-dir", str(src), "--out", str(out), "--no-progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (out / "input" / "README.txt").is_file() and (out / "gt" / "old" / "GT01.png").is_file()
+    if legacy:  # a record of a version that did not list the files: its source folder tells
+        rec = json.loads((out / "download.json").read_text())
+        del rec["written"]
+        (out / "download.json").write_text(json.dumps(rec))
+    capsys.readouterr()
+    assert main(argv) == 0, capsys.readouterr().err
+    for mine in ("input/MY-NOTES.txt", "gt/old/MY-EDIT.png"):
+        (out / mine).write_text("mine")
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"holds files this command did not write: {mine};" in err, err
+        (out / mine).unlink()
+    assert main(argv) == 0, capsys.readouterr().err
+

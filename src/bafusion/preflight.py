@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -215,9 +216,31 @@ MARKER_ENTRIES: dict[str, Callable[[Any], set[str]]] = {
 _ALPHAMATTING_IMAGES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
+def _literal(rel: str) -> str:
+    """A pattern of :func:`_matches` that matches the relative path ``rel`` alone."""
+    *dirs, last = rel.split("/")
+    last = last[: len(last) - len(Path(last).suffix)] + Path(last).suffix.lower()
+    return "/".join(re.sub(r"([*?[])", r"[\1]", part) for part in (*dirs, last))
+
+
 def _download_inner(doc: Any) -> tuple[str, ...] | None:
     if download_kind(doc) == "alphamatting":
-        return tuple(f"{d}/*{x}" for d in ("input", "gt") for x in _ALPHAMATTING_IMAGES)
+        written = doc.get("written")
+        if isinstance(written, list) and all(isinstance(w, str) for w in written):
+            # every file it copied or extracted (--from-dir copies input/ and gt/ whole: a
+            # README.txt, a gt/old/ folder), recorded: that and nothing else
+            return tuple(_literal(w) for w in written)
+        # a record of an earlier version: the images in input/ and gt/, and, for a copy of a
+        # local folder, the files that folder holds (what copytree copied)
+        own = [f"{d}/*{x}" for d in ("input", "gt") for x in _ALPHAMATTING_IMAGES]
+        source = doc.get("source")
+        if isinstance(source, str) and source and "://" not in source:
+            src = Path(source)
+            with contextlib.suppress(OSError):
+                if (src / "input").is_dir() and (src / "gt").is_dir():
+                    own += [_literal(p.relative_to(src).as_posix()) for d in ("input", "gt")
+                            for p in (src / d).rglob("*") if p.is_file()]
+        return tuple(own)
     return None  # download-eval: the layout of its sets is the manifest's
 
 
@@ -227,8 +250,9 @@ def _download_inner(doc: Any) -> tuple[str, ...] | None:
 #: deleted with the folder (``fs/maps/MY-NOTES.txt``, ``out/lytro/MY-ANALYSIS.md`` were, exit 0).
 #: fuse-set writes ``maps/<name>-<map>.png``; evaluate per dataset ``metrics.csv``, ``means.csv``,
 #: ``means-sets.csv``, ``table1.md``, ``figures/*.png``, ``fused/<method>/<pair>.png`` (and
-#: ``.jpg``); prepare ``fg/``, ``matte/``, ``bg/`` PNGs and ``bg/`` JPEGs (``.jpg``); download-alphamatting images in ``input/``
-#: and ``gt/``. None: the folders' contents are not known here (download-eval's sets).
+#: ``.jpg``); prepare ``fg/``, ``matte/``, ``bg/`` PNGs and ``bg/`` JPEGs (``.jpg``); download-alphamatting the files its record
+#: lists as ``written`` (an older record: the images in ``input/`` and ``gt/``, and what the
+#: local folder it copied holds). None: the folders' contents are not known here (download-eval's sets).
 MARKER_INNER: dict[str, Callable[[Any], tuple[str, ...] | None]] = {
     "accuracy.json": lambda doc: ("maps/*.png",),
     "metrics.json": lambda doc: ("*/metrics.csv", "*/means.csv", "*/means-sets.csv", "*/table1.md",

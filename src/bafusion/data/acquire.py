@@ -168,6 +168,14 @@ def _annotations_ok(path: Path, *, test_crcs: bool = True) -> None:
         raise UserError(f"not COCO annotations (JSON {type(data).__name__}, expected an object)")
 
 
+def _written(folder: Path, subs: tuple[str, ...]) -> list[str]:
+    """Every file under ``folder``'s ``subs``, as sorted paths relative to ``folder``: what a
+    command copied or extracted there, recorded so that a rerun knows them for its own (and a
+    file the user adds later for no output of it: bafusion.preflight.MARKER_INNER)."""
+    return sorted(p.relative_to(folder).as_posix() for sub in subs for p in (folder / sub).rglob("*")
+                  if p.is_file() or p.is_symlink())
+
+
 def _write_record(folder: Path, record: dict[str, Any], name: str = RECORD) -> None:
     (folder / name).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
@@ -213,7 +221,7 @@ def acquire_alphamatting(
                 for sub in ("input", "gt"):
                     shutil.copytree(src / sub, tmp / sub)
                 record = {"kind": KIND_ALPHAMATTING, "source": str(src.resolve()), "foregrounds": len(fgs),
-                          "resolution": resolution}
+                          "resolution": resolution, "written": _written(tmp, ("input", "gt"))}
                 _write_record(tmp, record)
             _log(f"alphamatting: {len(fgs)} foregrounds copied from {src}")
             return record
@@ -259,6 +267,7 @@ def acquire_alphamatting(
             "archives": digests,
             "foregrounds": len(fgs),
             "summary": summary.as_dict(),
+            "written": _written(tmp, ("input", "gt")),
         }
         _write_record(tmp, record)
     _log(f"alphamatting: {len(fgs)} foregrounds with mattes -> {out}")
