@@ -263,6 +263,31 @@ def test_unreadable_or_mismatched_sources_fail_before_any_fusion(
 
 
 
+def test_the_python_api_never_replaces_a_folder_of_the_users_files(tmp_path: Path) -> None:
+    """run_evaluation(cfg, out) checked --out without its marker: a folder of the user's
+    (results/MY-THESIS.md) was replaced whole, the file deleted, no error; the command refused it.
+    It refuses the same now (a folder of other files; an earlier output holding a file of the
+    user's), and still replaces its own earlier output with the report and plots inside it."""
+    src, _ = _write_set(tmp_path, ["p1"])
+    cfg = ev.EvalConfig(datasets=(ev.Dataset(name="t", sources=src),), methods=("Laplacian",), metrics=("QG",),
+                        figures=False, save_fused=False)
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "MY-THESIS.md").write_text("mine")
+    with pytest.raises(UserError, match=r"results: the evaluation output folder is replaced whole and holds files "
+                                        r"that are no earlier output of this command \(no metrics\.json\)"):
+        ev.run_evaluation(cfg, out, log=lambda s: None)
+    assert (out / "MY-THESIS.md").read_text() == "mine"
+    (out / "MY-THESIS.md").unlink()
+    for _ in range(2):  # its own earlier output, with the report and plots inside it: replaced
+        ev.run_evaluation(cfg, out, report=out / "r.json", plots=out / "p.csv", log=lambda s: None)
+    assert (out / "r.json").is_file() and (out / "t" / "metrics.csv").is_file()
+    (out / "t" / "MY-THESIS.md").write_text("mine")
+    with pytest.raises(UserError, match=r"holds files this command did not write: t/MY-THESIS\.md;"):
+        ev.run_evaluation(cfg, out, report=out / "r.json", plots=out / "p.csv", log=lambda s: None)
+    assert (out / "t" / "MY-THESIS.md").read_text() == "mine"
+
+
 def test_each_source_is_decoded_once_by_the_check_and_once_by_the_read(
     tmp_path: Path, pillow_decodes: dict[str, int]
 ) -> None:

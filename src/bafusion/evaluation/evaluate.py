@@ -1309,13 +1309,16 @@ def run_evaluation(
     :func:`check_datasets` -- unless ``checked`` says the caller ran it on ``cfg`` already (the
     command does, before loading the nets): each source is decoded by the check, once."""
     from bafusion import tracking
-    from bafusion.preflight import check_output_dir
+    from bafusion.preflight import OUTPUT_MARKERS, check_output_dir
 
     out = Path(out)
     # ``out`` is replaced whole: refuse before any work when it is, or holds, a dataset's
-    # sources, reference images or reference metrics (they would be deleted with it).
+    # sources, reference images or reference metrics, or files that are no earlier output of
+    # evaluate (they would be deleted with it), as the command does: report and plots, written
+    # after it is replaced, are its own
     inputs = [p for ds in cfg.datasets for p in (ds.sources, ds.reference, ds.reference_metrics) if p is not None]
-    check_output_dir(out, inputs, replaced=True, what="evaluation output folder")
+    check_output_dir(out, inputs, replaced=True, marker=OUTPUT_MARKERS["evaluate"], what="evaluation output folder",
+                     own=[p for p in (report, plots) if p])
     check_report_paths(cfg, out, report, plots)
     if not checked:
         check_datasets(cfg)  # every dataset's inputs before the first fusion
