@@ -1782,10 +1782,12 @@ def test_an_output_that_cannot_be_replaced_is_named_once(tmp_path: Path, nets: P
 def test_fuse_dir_reruns_on_an_output_folder_of_an_earlier_version(tmp_path: Path, nets: Path, capsys,
                                                                     monkeypatch) -> None:
     """A rerun into an OUT made by an earlier version was refused, its outputs called files of
-    the user's: (a) an empty record (versions before the JSON record), (b) a record listing
-    outputs but not their shots, once an upgraded run had rewritten it with an empty
-    ``sources`` (a run interrupted before it re-fused them). Such a record vouches for the
-    outputs of this IN's stacks, and the rewritten record keeps them covered until re-fused."""
+    the user's, for a record listing outputs but not their shots once an upgraded run had
+    rewritten it with an empty ``sources`` (a run interrupted before it re-fused them). Such a
+    record vouches for the outputs it lists, and the rewritten record keeps them covered until
+    re-fused; not for a file it does not list (a user's file named like a new stack's output).
+    An empty record (versions before the JSON record) says neither which files are fuse-dir's
+    nor from which folder: refused, as another input folder's run would overwrite them."""
     import json
 
     import bafusion.io
@@ -1796,12 +1798,17 @@ def test_fuse_dir_reruns_on_an_output_folder_of_an_earlier_version(tmp_path: Pat
     assert cli_main(argv) == 0, capsys.readouterr().err
     marker = out / batch.OUTPUT_MARKER
     doc = json.loads(marker.read_text())
-    marker.write_text("")  # (a) an earlier version's empty marker
-    assert cli_main(argv) == 0, capsys.readouterr().err
-    assert sorted(batch.read_marker(out)["sources"]) == ["p1.png", "p2.png"]
+    marker.write_text("")  # (a) an earlier version's empty marker: nothing to vouch for them
+    assert cli_main(argv) == 2
+    assert "p1.png, p2.png" in capsys.readouterr().err
     # (b) a record of outputs without their shots; the upgraded run is stopped at its first stack
     del doc["sources"]
     marker.write_text(json.dumps(doc))
+    _pairs_in(src, {"p3": 7})  # a new stack whose output name a file of the user's has
+    (out / "p3.png").write_bytes(b"mine")
+    assert cli_main(argv) == 2  # the record does not list p3.png: not replaced
+    assert "p3.png" in capsys.readouterr().err
+    (out / "p3.png").unlink()
     real = bafusion.io.write_image
 
     def stopped(*args, **kwargs):

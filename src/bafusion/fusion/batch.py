@@ -941,27 +941,26 @@ def sources_changed(old: Any, new: Mapping[str, Any]) -> str | None:
     return "; ".join(parts) or None
 
 
-def _legacy_record(out: Path, doc: Mapping[str, Any] | None) -> bool:
-    """Whether ``out``'s :data:`OUTPUT_MARKER` (``doc``: :func:`read_marker`) is an earlier
-    version's that does not record what its outputs were fused from: an empty file (versions
-    before the JSON record), or a record listing outputs without ``sources``."""
-    if doc is not None:
-        return "sources" not in doc and isinstance(doc.get("outputs"), list)
-    try:
-        return not (out / OUTPUT_MARKER).read_bytes().strip()
-    except OSError:
-        return False
+def _legacy_names(doc: Mapping[str, Any] | None) -> set[str]:
+    """The outputs an earlier version's record (``doc``: :func:`read_marker`) lists without
+    recording what they were fused from (a record with ``outputs`` and no ``sources``): they are
+    vouched for as that version did. An empty record (versions before the JSON record) lists
+    none: it does not say which files are fuse-dir's, nor from which input folder."""
+    if doc is not None and "sources" not in doc and isinstance(doc.get("outputs"), list):
+        return set(map(str, doc["outputs"]))
+    return set()
 
 
-def _legacy_sources(src: Path, out: Path, doc: Mapping[str, Any] | None, targets: Sequence[Path]) -> dict[str, Any]:
-    """The ``sources`` entries that keep the outputs an earlier version's record vouches for
-    (:func:`_legacy_record`: those of ``targets`` that exist) covered once the record is
+def _legacy_sources(src: Path, doc: Mapping[str, Any] | None, targets: Sequence[Path]) -> dict[str, Any]:
+    """The ``sources`` entries that keep the outputs an earlier version's record lists
+    (:func:`_legacy_names`: those of ``targets`` that exist) covered once the record is
     rewritten: fused from ``src``, ``"legacy": true`` and no shots, until fused again."""
-    if not _legacy_record(out, doc):
+    names = _legacy_names(doc)
+    if not names:
         return {}
     here = shots_record(src, ())["in"]
     return {t.name: {"in": here, "legacy": True} for t in targets
-            if os.path.lexists(t) and not (t.is_dir() and not t.is_symlink())}
+            if t.name in names and os.path.lexists(t) and not (t.is_dir() and not t.is_symlink())}
 
 
 def check_replaced(src: Path, out: Path, targets: Sequence[Path]) -> None:
@@ -970,13 +969,12 @@ def check_replaced(src: Path, out: Path, targets: Sequence[Path]) -> None:
     fused from ``src``: a file of the user's named like an output, or an earlier batch of
     another input folder (``fuse-dir day2 OUT`` into the outputs of ``day1``), were overwritten
     silently. A record of a version before the input folder was recorded vouches for the
-    outputs of this run, as before (an earlier version's record: :func:`_legacy_record`). A
+    outputs it lists (:func:`_legacy_names`); an empty one (older still) for none. A
     folder in the way of an output is left to the write (that stack is skipped, "cannot write")."""
     if not out.is_dir():
         return
     doc = read_marker(out)
-    if _legacy_record(out, doc):
-        return
+    legacy = _legacy_names(doc)
     sources = _recorded_sources(doc)
     here = shots_record(src, ())["in"]
     foreign: list[str] = []
@@ -984,7 +982,7 @@ def check_replaced(src: Path, out: Path, targets: Sequence[Path]) -> None:
         if not os.path.lexists(t) or (t.is_dir() and not t.is_symlink()):
             continue
         rec = sources.get(t.name)
-        if isinstance(rec, dict) and same_folder(rec.get("in"), here):
+        if (isinstance(rec, dict) and same_folder(rec.get("in"), here)) or t.name in legacy:
             continue
         foreign.append(t.name)
     if foreign:
@@ -1201,7 +1199,7 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
     # what each output in out was fused from, of any setup (check_replaced: what fuse-dir may replace)
     sources = {k: v for k, v in _recorded_sources(old).items() if os.path.lexists(out / k)}
     # an earlier version's record vouched for this IN's outputs: still so once rewritten, until re-fused
-    sources.update(_legacy_sources(src, out, old, [out / f"{name}.{ext}" for name in groups]))
+    sources.update(_legacy_sources(src, old, [out / f"{name}.{ext}" for name in groups]))
     inputs = set()  # the resolved shots of every stack: no output is written through a link to one
     for shots in groups.values():
         for q in shots:
