@@ -183,11 +183,12 @@ def _rules() -> dict[str, tuple[set[str], str]]:
 
 
 #: What every `snakemake <target>` reads before any rule: the Snakefile, which includes the rule
-#: files (common.smk's helpers decide the values the rules pass: param() fills in the schema's
-#: defaults, train_config_json() the keys `train --params-json` gets, coco_count() how many
-#: photos are downloaded) and rewrites config values (config.yaml12_floats,
-#: retype_config_overrides, schema.validate_params) before any rule is planned.
-SNAKEMAKE_FILES = ("Snakefile", "workflow/rules/common.smk")
+#: files: common.smk first, which rewrites config values (config.yaml12_floats,
+#: retype_config_overrides, schema.validate_params) before any rule is planned and whose helpers
+#: decide the values the rules pass (param() fills in the schema's defaults, train_config_json()
+#: the keys `train --params-json` gets, coco_count() how many photos are downloaded), and
+#: checks.smk last (refusals that need the rules).
+SNAKEMAKE_FILES = ("Snakefile", "workflow/rules/common.smk", "workflow/rules/checks.smk")
 
 #: Code the Snakefile calls that only refuses, warns, logs or words a message (it reads the
 #: config and changes no value a rule passes), so its reach is not followed: a module here, or
@@ -218,7 +219,7 @@ def _snakemake_starts() -> set[Node]:
                     found = [(module, name)] if re.search(rf"\b{re.escape(local)}\b", rest) else []
                 starts |= {n for n in found if n[0] not in SNAKEFILE_NOT_FOLLOWED
                            and f"{n[0]}.{n[1]}" not in SNAKEFILE_NOT_FOLLOWED}
-    assert starts, "no bafusion call found in the Snakefile and common.smk"
+    assert starts, f"no bafusion call found in {SNAKEMAKE_FILES}"
     return starts
 
 
@@ -245,8 +246,9 @@ NOT_DEPS: dict[str, str] = {
     "src/bafusion/cli/app.py": "the command dispatcher: exit codes and error lines",
     "src/bafusion/_version.py": ("provenance only: recorded in the outputs (code_version, EXIF Software), which still "
                                  "name the version that made them; a bump alone re-runs nothing"),
-    "Snakefile": ("glue: includes the rule files and calls config.py, schema.py (deps of every stage: "
-                  "they rewrite the config's values) and the parse-time refusals of cli/params_check.py"),
+    "Snakefile": ("glue: names params.yaml and includes the rule files (it calls no bafusion code: "
+                  "test_the_snakefile_calls_no_bafusion_code; the config is rewritten in common.smk, a dep)"),
+    "workflow/rules/checks.smk": "parse-time refusals of cli/params_check.py that need the rules: they change no value",
     "src/bafusion/cli/params_check.py": "the Snakefile's parse-time refusals and warnings: they change no value",
     # package __init__ files: docstrings and re-exports of the modules that are deps
     **{f"src/bafusion/{p}__init__.py": "a package's docstring and re-exports"
@@ -278,6 +280,19 @@ def test_every_stage_depends_on_the_modules_its_command_runs(stage: str) -> None
     deps = [d.rstrip("/") for d in STAGES[stage].get("deps", [])]
     missing = sorted(f for f in needed - NOT_DEPS.keys() if not any(f == d or f.startswith(d + "/") for d in deps))
     assert not missing, f"dvc.yaml stage {stage} ({', '.join(sorted(commands))}) lacks the deps {missing}"
+
+
+def test_the_snakefile_calls_no_bafusion_code() -> None:
+    """The Snakefile is left out of the deps (NOT_DEPS): it may only name the config file and
+    include the rule files. Code that rewrites the config or decides a value belongs in
+    common.smk, a dep of every stage (the Snakefile once called yaml12_floats and validate_params
+    itself: deleting such a call changed the values the rules pass without `dvc repro` noticing)."""
+    text = (REPO / "Snakefile").read_text()
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert "bafusion" not in code and "config" not in code.replace('configfile: "params.yaml"', ""), code
+    includes = re.findall(r'^include: "(workflow/rules/[\w.]+\.smk)"', text, flags=re.M)
+    assert includes[0] == "workflow/rules/common.smk", includes
+    assert sorted(includes) == sorted(str(p.relative_to(REPO)) for p in (REPO / "workflow" / "rules").glob("*.smk"))
 
 
 def test_the_modules_left_out_of_the_deps_exist_and_are_not_listed() -> None:

@@ -1,7 +1,55 @@
+# Included first by the Snakefile. The config (params.yaml + any --config overrides) is read as
+# the rules use it and checked against the package's schema before any rule is planned, so a bad
+# value fails `snakemake -n` and every `dvc repro` stage with one line naming the key and its
+# allowed values.
 import json
 import os
 import shlex
 import sys
+
+from snakemake.utils import validate
+
+from bafusion.cli.params_check import check_params, warn_missing_keys
+from bafusion.errors import UserError
+from bafusion.config import load_params, retype_config_overrides, yaml12_floats
+from bafusion.schema import schema_path, validate_params
+
+yaml12_floats(config)  # 5e-05 (as `dvc exp run -S` writes it) is a number, not PyYAML 1.1's string
+_overrides = getattr(getattr(workflow, "config_settings", None), "config", None)
+# --config "train={epochs: 2}": Snakemake reads the nested values as strings; read them as YAML
+_config_args = getattr(getattr(workflow, "config_settings", None), "config_args", None)
+retype_config_overrides(config, _config_args if isinstance(_config_args, (list, tuple)) else None)
+# where the values came from, for the messages: params.yaml, any --configfile, any --config
+_configfiles = getattr(getattr(workflow, "config_settings", None), "configfiles", None) or []
+_source = " + ".join(["params.yaml", *(str(f) for f in _configfiles if str(f) != "params.yaml"),
+                      *(["--config"] if _overrides else [])])
+
+
+def _refuse(e):
+    """Exit with one line naming the problem, not Snakemake's traceback of the Snakefile; under
+    `dvc repro` / `dvc exp run`, DVC deleted this stage's outputs before calling us: say so."""
+    from bafusion.workspace import dvc_removed_outputs_note
+
+    note = dvc_removed_outputs_note()
+    sys.exit(f"error: {e}" + (f"\n{note}" if note else ""))
+
+
+try:
+    # a key given twice: Snakemake's reader keeps the last silently (a second `train:` replaced
+    # the whole section); the package's reader names it and its lines
+    for _file in dict.fromkeys(["params.yaml", *(str(f) for f in _configfiles)]):
+        load_params(_file, validate=False)
+    validate_params(config, _source)  # also makes a whole float at an integer key an int (seed: 1.0)
+    validate(config, schema_path())
+    check_params(config, _source)  # rules across keys (fuse.low < fuse.high)
+    # keys an older params.yaml lacks take the library defaults (x-default): one line, once per
+    # snakemake call (not in each cluster job's reading of this file), and under `dvc repro`
+    # only in the stages that use them
+    if getattr(workflow, "is_main_process", True):
+        warn_missing_keys(config, _source, stage=os.environ.get("DVC_STAGE"))
+except UserError as _e:  # one line naming the key
+    _refuse(_e)
+
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
