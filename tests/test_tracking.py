@@ -966,3 +966,29 @@ def test_the_cleanup_of_dead_runs_has_an_overall_bound(
     assert len(lines) == 1, lines
     assert ("the cleanup took more than 0.3 s, so 7 were not tried (dead2, dead3, dead4, dead5, dead6 and 2 more); "
             "they stay RUNNING (a later step tries again)") in lines[0], lines[0]
+
+
+@pytest.mark.slow
+def test_snakemake_touch_records_no_parent_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`snakemake --touch` (the README's step after `dvc pull`) runs no job: it recorded a
+    FINISHED parent run "snakemake <target>" of no work beside the real ones."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline_project import make_project, run
+
+    project = make_project(tmp_path / "p", git=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    _clear_invocation_env(monkeypatch)
+
+    def runs() -> list[tuple[str, str]]:
+        client = MlflowClient(tracking_uri=uri)
+        return sorted((r.info.run_name, r.info.status) for e in client.search_experiments()
+                      for r in client.search_runs([e.experiment_id]))
+
+    run(["snakemake", "--cores", "1", "prepare"], project)
+    before = runs()
+    assert before == [("prepare", "FINISHED"), ("snakemake prepare", "FINISHED")], before
+    done = run(["snakemake", "--cores", "1", "prepare", "--touch", "--forcerun", "prepare"], project)
+    assert "localrule prepare:" in done.stderr, done.stderr[-2000:]  # its job was touched
+    assert runs() == before

@@ -65,12 +65,20 @@ def _targets():
         return ""
 
 
+def _runs_jobs():
+    """Whether this snakemake call runs jobs: `--touch` (after `dvc pull`) only marks the
+    outputs as made, and recorded a FINISHED parent run of no work in MLflow."""
+    from bafusion.cli.params_check import plans_jobs, snakemake_args
+
+    return plans_jobs(snakemake_args(sys.argv))
+
+
 onstart:
     # Create/migrate the MLflow database once, before parallel jobs log into it, and open
     # this invocation's parent run: the jobs' runs nest under it ($BAFUSION_PARENT_RUN).
     from bafusion import tracking
 
-    if tracking.enabled():
+    if tracking.enabled() and _runs_jobs():
         tracking.ensure_db()
         tracking.begin_invocation(config, _targets())
 
@@ -78,13 +86,15 @@ onstart:
 onsuccess:
     from bafusion import tracking
 
-    tracking.end_invocation(True)
+    if _runs_jobs():
+        tracking.end_invocation(True)
 
 
 onerror:
     from bafusion import tracking
 
-    tracking.end_invocation(False)
+    if _runs_jobs():
+        tracking.end_invocation(False)
 
 
 def csv(values):
