@@ -4,6 +4,7 @@ as before."""
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -474,7 +475,7 @@ def test_a_fusion_of_sources_whose_significant_bits_do_not_hold_keeps_their_leve
         assert len(np.unique(got)) == len(np.unique(np.where(got == v, v, v[:, ::-1]))), suffix
     with tifffile.TiffFile(tmp_path / "f.tif") as tf:
         assert np.array_equal(tf.asarray(), got)
-    assert png_depth(tmp_path / "f.png")[2] is None  # no sBIT 12 claim on 16-bit data
+    assert png_depth(tmp_path / "f.png")[2] == 16  # no sBIT 12 claim on 16-bit data: marked 16, as the .tif
 
 
 def test_a_16_bit_gray_alpha_png_is_gray_like_an_8_bit_one(tmp_path: Path, capsys) -> None:
@@ -554,3 +555,67 @@ def test_aligned_16_bit_pair_is_fused_at_16_bits(tmp_path: Path, capsys) -> None
         warnings.simplefilter("error")
         r = fuse(a, b, model=str(nets), align="similarity", device="cpu")
     assert r.dtype == np.uint16 and r.shape == fa.shape and np.all((r == fa) | (r == fb))
+
+
+def _raw_converter_pair(tmp_path: Path) -> tuple[Path, Path, np.ndarray, np.ndarray, np.ndarray]:
+    """A as an 8-bit PNG (a camera JPEG's data), B as what a raw converter exports for a shot
+    1/5 as bright: an unmarked full-range 16-bit colour PNG, ``round(v * 257 * 0.2)`` (largest
+    value 13107, below 16384); the 8-bit A and dark B (``round(v * 0.2)``) they hold, and B's samples."""
+    y, x = np.indices((64, 72))
+    v = np.stack([(x * 11 + y * 7 + 40 * c) % 256 for c in range(3)], axis=2).astype(np.uint8)
+    v[6:34, 10:38] = 255  # a white patch: B's largest value 255 * 257 * 0.2 after the blur too
+    base = Image.fromarray(v)
+    a8 = np.asarray(base)
+    b = np.asarray(base.filter(ImageFilter.GaussianBlur(3))).astype(np.float64)
+    b16 = np.round(b * 257 * 0.2).astype(np.uint16)
+    assert 8192 <= b16.max() < 16384  # read by its largest value: 14-bit data, 4 times too bright
+    Image.fromarray(a8).save(tmp_path / "a.png")
+    return tmp_path / "a.png", write_png(tmp_path / "b16.png", b16), a8, np.round(b * 0.2).astype(np.uint8), b16
+
+
+def test_an_unmarked_16_bit_export_beside_an_8_bit_shot_is_read_on_its_16_bit_scale(tmp_path: Path) -> None:
+    """A dark unmarked 16-bit shot beside an 8-bit one was scaled from the smallest sensor depth
+    holding its largest value (14 bits: 4 times too bright; fuse saw a false exposure
+    difference). Beside an 8-bit source it is read on its file's full scale, as raw converters
+    write it (PNG and TIFF), with a note naming it; unmarked deeper shots together keep their
+    common depth, and a deeper F measured beside them does not change how A and B are read."""
+    pa, pb, a8, b8, b16 = _raw_converter_pair(tmp_path)
+    tifffile.imwrite(tmp_path / "b16.tif", b16, photometric="rgb")
+    for b in (pb, tmp_path / "b16.tif"):
+        ra, rb = read_images([pa, b])
+        assert np.array_equal(ra, a8) and np.array_equal(rb, b8), b
+        assert np.array_equal(read_images([b, pa])[0], b8), b
+        src = bafusion.io.read_source_set([pa, b])
+        assert src.bits == 16 and src.unmarked == [False, True] and np.array_equal(src.full[1], b16)
+        note = [n for n in src.notes if "no significant bits marked" in n]
+        assert len(note) == 1 and note[0].startswith(f"{b}: 16-bit") and f"the 8-bit {pa}" in note[0], src.notes
+        assert "largest value 13107" in note[0] and "unscaled 14-bit camera values" in note[0]
+        assert not bafusion.io.read_source_set([pa, b], metadata=False).notes
+    # bright (largest value above 16383): read so before, and no note
+    bright = write_png(tmp_path / "bright.png", np.maximum(b16, np.uint16(40000)))
+    assert not bafusion.io.read_source_set([pa, bright]).notes
+    # all unmarked deeper shots: one depth common to them (14 bits here), as before
+    assert read_images([pb, pb])[0].max() > 4 * b8.max() - 4
+    # an 8-bit F after two unmarked 16-bit sources: A and B read as fuse reads them
+    src = bafusion.io.read_source_set([pb, pb, pa], metadata=False, sources=2)
+    assert np.array_equal(src.images[0], read_images([pb, pb])[0])
+    assert np.array_equal(bafusion.io.read_source_set([pb, pa, pa], metadata=False, sources=2).images[0], b8)
+
+
+def test_fuse_of_an_8_bit_shot_and_a_dark_16_bit_export_sees_their_true_exposure(tmp_path: Path, capsys) -> None:
+    """``bafusion fuse a.png b16.png`` (B a raw converter's unmarked 16-bit export, 1/5 as bright)
+    read B 4 times too bright and told of a false exposure difference (x0.8). It sees x0.20 now,
+    writes a 16-bit PNG marked sBIT 16 (the 16-bit scale), and ``bafusion metrics`` measures that
+    output beside its sources (an unmarked one it refuses beside an 8-bit source)."""
+    pa, pb, a8, b8, _ = _raw_converter_pair(tmp_path)
+    f = tmp_path / "f.png"
+    assert cli_main(["fuse", str(pa), str(pb), "-o", str(f), "--model", str(_tiny_nets(tmp_path)), "--device", "cpu",
+                     "--no-progress", "--force"]) == 0
+    err = capsys.readouterr().err
+    assert f"{pb}: 16-bit, no significant bits marked, beside the 8-bit {pa}" in err
+    assert re.search(rf"{re.escape(str(pb))} differs from {re.escape(str(pa))} by about -\d.\d EV "
+                     r"\(darker; channel means R/G/B x0\.2\d/0\.2\d/0\.2\d", err), err
+    assert png_depth(f) == (16, 2, 16)
+    ra, rb, rf = read_images([pa, pb, f])
+    assert np.all((rf == ra) | (rf == rb)) and np.array_equal(rb, b8)
+    assert cli_main(["metrics", str(pa), str(pb), str(f), "--metrics", "QG"]) == 0, capsys.readouterr().err

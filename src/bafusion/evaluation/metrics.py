@@ -44,7 +44,8 @@ bring them to the [0, 255] scale by their type:
   8-bit A or B is refused by :func:`read_metric_files` (``bafusion metrics``), as the readers
   of :mod:`bafusion.io` would take a dark one for data of fewer bits; unmarked deeper A, B
   beside an 8-bit F (``fuse``'s ``.jpg``/``.bmp`` output of 16-bit sources) are read as ``fuse``
-  reads them;
+  reads them (one depth common to the two; one of them beside an 8-bit other on its file's
+  full scale);
 * **other integer types** (int64, ...): taken as uint8 when every value lies in 0-255;
 * **floats**: taken on the 0-255 scale (gray as they are, colour rounded by ``rgb2gray``).
   Each image is checked on its own: one whose values all lie within [0, 1] with fractions
@@ -220,8 +221,9 @@ def read_metric_files(
     16-bit fusion, largest value below 16384, would read as 14-bit data, 4 times too bright,
     beside its 8-bit sources). All 8-bit, all unmarked deeper files, marked ones, or unmarked
     deeper A and B (or one of them) beside an 8-bit F are read: the sources as ``bafusion fuse``
-    reads them (one depth common to the unmarked ones), so its 8-bit output of them (``.jpg``,
-    ``.bmp``) is measured against the data it was fused from.
+    reads them (one depth common to the unmarked ones; an unmarked one beside an 8-bit other on
+    its file's full scale, :func:`bafusion.io.read_source_set`), so its 8-bit output of them
+    (``.jpg``, ``.bmp``) is measured against the data it was fused from.
 
     Parameters
     ----------
@@ -242,7 +244,7 @@ def read_metric_files(
         Naming the file when one is missing or not a readable image.
     """
     paths = [a, b, f]
-    src = read_source_set(paths, metadata=False)
+    src = read_source_set(paths, metadata=False, sources=2)  # A and B as fuse read them, not by F's depth
     wide = [i for i, u in enumerate(src.unmarked) if u]
     narrow = [i for i, d in enumerate(src.depths[:2]) if d == 8]
     # F's depth guessed beside an 8-bit source; unmarked A, B beside an 8-bit F are read as fuse reads them

@@ -56,7 +56,12 @@ from bafusion.io.formats import (
 #   output is written with (:attr:`SourceSet.bits`);
 # * the unmarked ones are scaled alike, by one factor for the pair: the bit depth of a
 #   camera sensor (10, 12, 14 or 16) that holds the largest value over all of them (8 when it
-#   fits in 8 bits, as before), so that A and B are never scaled differently.
+#   fits in 8 bits, as before), so that A and B are never scaled differently;
+# * except beside an 8-bit source (a camera JPEG): an unmarked one of up to 16 bits is then
+#   scaled from its file's depth, its full scale, as raw converters write their 16-bit TIFFs
+#   and PNGs (by its largest value, a dark export read as 14- or 12-bit data: 4x / 16x too
+#   bright beside the JPEG, a false exposure difference); with the metadata, a note says so
+#   when its values would fit fewer bits (unscaled camera values: mark them, see above).
 #
 # Pillow decodes 16-bit colour PNGs and TIFFs to their high byte only; 16-bit colour TIFFs are
 # read with tifffile instead, 16-bit colour PNGs with pypng (both then get the file's EXIF

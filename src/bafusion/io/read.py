@@ -99,7 +99,8 @@ class SourceSet:
     unmarked : list of bool
         Per source, True for a file of more than 8 bits that marks no significant bits it is
         read by (PNG ``sBIT``, OME-TIFF ``SignificantBits``): its bit depth is taken from the
-        largest value of all such sources (:func:`bafusion.io.depth.common_bits`).
+        largest value of all such sources (:func:`bafusion.io.depth.common_bits`), or, beside
+        an 8-bit source, from its file (its full scale, for files of up to 16 bits).
     """
 
     images: list[np.ndarray]
@@ -140,14 +141,18 @@ class SourceSet:
         return self.bits
 
 
-def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = True) -> SourceSet:
+def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = True, *,
+                    sources: int | None = None) -> SourceSet:
     """Read the sources of one fusion: uint8 images as :func:`read_images`, the full-depth
     uint16 versions when any source has more than 8 bits (scaled by the same bits as the
     uint8 ones, so the two agree), and the first source's EXIF and ICC profile, with notes
     (when ``metadata``, see :attr:`SourceSet.notes`): a source whose profile is not the first's,
-    one of several frames or pages, gray sources beside colour ones; always: a float source's
-    clipped samples. Floating-point sources share one scale (:func:`float_scale` of the largest
-    value over all of them), as unmarked integer sources share one bit depth.
+    one of several frames or pages, gray sources beside colour ones, an unmarked deeper source
+    read on its file's scale beside an 8-bit one although its values would fit fewer bits;
+    always: a float source's clipped samples. Floating-point sources share one scale
+    (:func:`float_scale` of the largest value over all of them), as unmarked integer sources
+    share one bit depth -- unless a source is an 8-bit file: the unmarked ones of up to 16 bits
+    are then read on their file's full scale (see :mod:`bafusion.io.depth`).
 
     Parameters
     ----------
@@ -157,6 +162,10 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
         Read the first source's EXIF, ICC profile, resolution and PNG colour chunks, and make
         the notes on profiles, frames, gray/colour mixes and unkept metadata; False: images
         (and the clipping notes) only.
+    sources : int, optional
+        How many of ``paths``, from the first, are the fusion's sources (default: all); only
+        they decide whether an 8-bit source is among them (the files after them, e.g. a fused
+        image measured beside its sources, do not: the sources read as ``fuse`` read them).
 
     Returns
     -------
@@ -207,6 +216,25 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
         for i, p, a in floats:
             out[i], note = float_to_u8(a, scale, p)
             clipped += [note] if note else []
+    # an 8-bit source beside unmarked deeper ones: those were exported on their file's full scale
+    # (a raw converter's 16-bit TIFF or PNG beside a camera JPEG), not unscaled sensor values; by
+    # their largest value a dark one read as 14- or 12-bit data, 4x / 16x too bright beside it
+    n_sources = len(depths) if sources is None else sources
+    container: list[str] = []
+    if 8 in depths[:n_sources]:
+        narrow = os.fspath(paths[depths.index(8)])
+        for k, (i, a, bits, depth) in enumerate(high):
+            if bits is None and depth <= 16:
+                high[k] = (i, a, depth, depth)
+                significant.append(depth)
+                guess = common_bits(float(a.max()) if a.size else 0.0)
+                if guess < depth:
+                    container.append(
+                        f"{os.fspath(paths[i])}: {depth}-bit, no significant bits marked, beside the 8-bit "
+                        f"{narrow}: read on its full {depth}-bit scale, as raw converters write their exports "
+                        f"(it is dark: largest value {float(a.max()):g}); if it holds unscaled {guess}-bit camera "
+                        "values, mark their bits (PNG sBIT, OME-TIFF SignificantBits) or give every shot at one "
+                        "depth")
     unmarked = [a for _, a, bits, _ in high if bits is None and a.size]
     shared = common_bits(max(float(a.max()) for a in unmarked)) if unmarked else 8
     full: list[np.ndarray | None] | None = None
@@ -228,6 +256,7 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     notes += [exif_note] if exif_note else []
     notes += clipped
     if metadata:
+        notes += container
         notes += frame_notes(paths)
         mixed = mix_note([os.fspath(p) for p in paths], [a.ndim == 2 for a in images])
         notes += [mixed] if mixed else []

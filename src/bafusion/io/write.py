@@ -60,9 +60,12 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         colour-managed viewers misread the pixels.
     bits : int, optional
         Significant bits of the data behind uint16 ``img`` (e.g. 12 for a 12-bit camera):
-        written as the PNG ``sBIT`` chunk when below 16 (the samples stay on the 16-bit scale,
-        as the PNG specification asks), so that :func:`read_images` scales the file like its
-        unmarked 12-bit sources. The file always reads back as ``img`` on the 16-bit scale:
+        written as the PNG ``sBIT`` chunk (the samples stay on the 16-bit scale, as the PNG
+        specification asks), so that :func:`read_images` scales the file like its unmarked
+        12-bit sources; ``sBIT`` 16 (``bits`` of 16 or more) marks data on the 16-bit scale,
+        read so also when dark and beside 8-bit files (unmarked, its depth is guessed from its
+        largest value beside other 16-bit files, and ``bafusion metrics`` refuses it beside
+        8-bit sources). The file always reads back as ``img`` on the 16-bit scale:
         when every sample fits in ``bits`` bits (dark data), samples off the scaled grid (see
         :func:`sbit_scaled`; not the case for data of ``bits`` bits scaled by
         ``round(v / (2**bits - 1) * 65535)``, as :func:`read_source_set` scales it) are
@@ -145,8 +148,8 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
     # Compressed PNG and JPEG are small in memory; BMP and 8-bit TIFF are not compressed: about
     # the image's size, up to three times that while the buffer grows
     if img.dtype == np.uint16:  # PNG
-        sbit = bits if bits and 0 < bits < 16 else None
-        if sbit and int(img.max()) < 1 << sbit and not sbit_scaled(img, sbit):
+        sbit = min(bits, 16) if bits and bits > 0 else None  # 16: the 16-bit scale, also when dark
+        if sbit and sbit < 16 and int(img.max()) < 1 << sbit and not sbit_scaled(img, sbit):
             img = _onto_sbit_grid(sbit)[img]  # dark and off the grid: would read back as unscaled data
         data: bytes | memoryview = png16_bytes(img, exif=exif, icc=icc, sbit=sbit, dpi=dpi)
         if png_colour:
