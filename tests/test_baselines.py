@@ -190,6 +190,37 @@ def test_read_method_results_other_extension_and_errors(tmp_path: Path) -> None:
         B.read_method_results(tmp_path, "NOPE", "p1")
 
 
+def test_read_method_results_beside_the_sources_follows_the_metrics_rule(tmp_path: Path) -> None:
+    """A peer's dark 16-bit result without marked significant bits (largest value below 16384)
+    was read alone by its largest value, as 14-bit data, 4 times too bright, beside 8-bit
+    sources, where ``bafusion metrics`` refuses such an F. Given the pair's sources it is read
+    as the metrics read F: refused beside 8-bit sources, naming it; scaled alike with unmarked
+    16-bit sources; a result that marks its bits (sBIT 16: the 16-bit scale) is read so."""
+    from PIL import Image
+
+    from bafusion.io import common_bits, scale_to_u8, write_image
+
+    x, a, b = (np.round(v * 0.24).astype(np.uint8) for v in _multifocus())  # dark: 61 at most
+    a8, b8 = tmp_path / "a8.png", tmp_path / "b8.png"
+    Image.fromarray(a).save(a8)
+    Image.fromarray(b).save(b8)
+    deep = {n: v.astype(np.uint16) * np.uint16(257) for n, v in (("a16", a), ("b16", b), ("f16", x))}
+    for n, v in deep.items():
+        Image.fromarray(v).save(tmp_path / f"{n}.png")
+    (tmp_path / "PEER").mkdir()
+    peer = tmp_path / "PEER" / "p1.png"
+    Image.fromarray(deep["f16"]).save(peer)
+    with pytest.raises(UserError, match=r"F \(.*PEER/p1.png\) is 16-bit without marked significant bits but "
+                                        r"A \(.*a8.png\) and B \(.*b8.png\) are 8-bit"):
+        B.read_method_results(tmp_path, "PEER", "p1", (a8, b8))
+    a16, b16 = tmp_path / "a16.png", tmp_path / "b16.png"
+    alike = scale_to_u8(deep["f16"], common_bits(max(int(v.max()) for v in deep.values())))
+    assert np.array_equal(B.read_method_results(tmp_path, "PEER", "p1", (a16, b16)), alike)
+    write_image(peer, deep["f16"], bits=16)  # marked: sBIT 16
+    for sources in ((a8, b8), (a16, b16)):
+        assert np.array_equal(B.read_method_results(tmp_path, "PEER", "p1", sources), x)
+
+
 # --------------------------------------------------------------------------------------------
 # CLI
 

@@ -169,6 +169,30 @@ def test_missing_fused_image_names_pair_and_method(tmp_path: Path) -> None:
     assert "'p2'" in msg and "'CNN'" in msg and "tiny" in msg
 
 
+def test_a_peer_result_of_unmarked_16_bits_beside_8_bit_sources_is_refused(tmp_path: Path) -> None:
+    """A peer's dark fusion stored as an unmarked 16-bit PNG (largest value below 16384) beside the
+    8-bit sources was read alone as 14-bit data, 4 times too bright, and scored so (exit 0),
+    where ``bafusion metrics`` refuses that F. evaluate refuses it too, naming the dataset, pair,
+    method and file; stored marked (sBIT 16) it is scored as the 8-bit result."""
+    from bafusion.io import write_image
+
+    src, imgs = _write_set(tmp_path, ["p1"])
+    a, b, _, _ = imgs["p1"]
+    f8 = np.round(gray_float(to_uint8(laplacian_fuse(a, b)), rounded=True) * 0.24).astype(np.uint8)  # dark, gray
+    (tmp_path / "reference" / "CNN").mkdir(parents=True)
+    peer = tmp_path / "reference" / "CNN" / "p1.png"
+    Image.fromarray(f8.astype(np.uint16) * np.uint16(257)).save(peer)  # unmarked 16-bit gray
+    assert int(f8.max()) * 257 < 16384
+    cfg = ev.parse_config({"methods": ["Laplacian"], "metrics": ["QG"], "figures": False, "save_fused": False})
+    ds = _dataset(src, tmp_path / "reference", ("CNN",))
+    with pytest.raises(UserError, match=rf"dataset 'tiny', pair 'p1', method 'CNN': F \({re.escape(str(peer))}\) is "
+                                        r"16-bit without marked significant bits"):
+        ev.evaluate_pair(ds, ev.find_pairs(ds)[0], cfg)
+    write_image(peer, f8.astype(np.uint16) * np.uint16(257), bits=16)
+    rows = ev.evaluate_pair(ds, ev.find_pairs(ds)[0], cfg)[0]
+    assert [r["QG"] for r in rows if r["method"] == "CNN"] == [compute_all(a, b, f8, ["QG"])["QG"]]
+
+
 def test_size_mismatch_names_pair_and_method(tmp_path: Path) -> None:
     src, imgs = _write_set(tmp_path, ["p1"])
     ref = _write_reference(tmp_path, imgs, {"DSIFT": laplacian_fuse})

@@ -244,16 +244,48 @@ def find_method_result(root: str | os.PathLike[str], method: str, pair: str) -> 
     return None
 
 
-def read_method_results(root: str | os.PathLike[str], method: str, pair: str) -> np.ndarray:
+def read_method_results(
+    root: str | os.PathLike[str],
+    method: str,
+    pair: str,
+    sources: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
+) -> np.ndarray:
     """Read ``<root>/<method>/<pair>.<ext>`` (ext png, jpg, jpeg, tif, tiff or bmp) as uint8.
 
-    Raises :class:`InputFileError` naming the pair, the method and the folder searched when no
-    such file exists (or it cannot be decoded).
+    Parameters
+    ----------
+    root : str or path-like
+        The folder of the methods' folders.
+    method, pair : str
+        The method (its folder) and the pair (the file's stem).
+    sources : (path, path), optional
+        The pair's source files A and B: the result is read beside them as ``bafusion
+        metrics`` reads an F (:func:`bafusion.evaluation.metrics.read_metric_files`): of more
+        than 8 bits, scaled alike with them, and refused when it marks no significant bits
+        beside an 8-bit A or B (its depth cannot be told: a dark 16-bit result would read 4 or
+        16 times too bright). Without them the file is read alone (:func:`bafusion.io.read_image`).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8, (H, W) or (H, W, 3).
+
+    Raises
+    ------
+    bafusion.errors.InputFileError
+        Naming the pair, the method and the folder searched when no such file exists (or it
+        cannot be decoded).
+    bafusion.errors.UserError
+        With ``sources``: naming the files, for an unmarked deeper result beside an 8-bit source.
     """
     folder = Path(root) / method
     path = find_method_result(root, method, pair)
     if path is not None:
-        return read_image(path)
+        if sources is None:
+            return read_image(path)
+        from bafusion.evaluation.metrics import read_metric_files
+
+        return read_metric_files(sources[0], sources[1], path).images[2]
     if not folder.is_dir():
         problem = f"no results of method {method!r}: folder missing (wanted pair {pair!r})"
     else:

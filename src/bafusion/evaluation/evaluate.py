@@ -883,11 +883,13 @@ def evaluate_pair(
         if dataset.reference is None:
             raise UserError(f"dataset {dataset.name!r}: reference method {m!r} is not in the reference metrics CSV")
         try:
-            img = read_method_results(dataset.reference, m, pair.name)
+            img = read_method_results(dataset.reference, m, pair.name, (pair.a, pair.b))  # as the metrics read F
         except InputFileError as e:
             raise InputFileError(
                 e.path, f"dataset {dataset.name!r}, pair {pair.name!r}, method {m!r}: {e.problem}"
             ) from None
+        except UserError as e:  # an unmarked deeper result beside 8-bit sources
+            raise UserError(f"dataset {dataset.name!r}, pair {pair.name!r}, method {m!r}: {e}") from None
         _check_shape(img, a, dataset.name, pair.name, m, dataset.reference / m)
         fused[m] = img
     truth = read_image(pair.truth) if pair.truth is not None else None
