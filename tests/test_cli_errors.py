@@ -287,6 +287,37 @@ def test_every_command_refuses_bad_input_in_one_line(work: Path, capsys, monkeyp
     _refused(argv, capsys, work, *words)
 
 
+@pytest.mark.parametrize("text, where", [
+    ("l: 4\nthreshold: 0.9\n", "l, threshold at the top level, and no 'fuse' section"),
+    ("fuse:\nl: 4\n", "l at the top level, and an empty 'fuse' section"),
+    ("fuse:\n  tile: 64\nlow: 0.2\nseed: 1\n", "low at the top level, beside the 'fuse' section"),
+])
+def test_params_file_with_rule_fields_at_its_top_level_is_refused_as_from_params_refuses_it(
+        work: Path, capsys, monkeypatch, text: str, where: str) -> None:
+    """``bafusion fuse --params-file p.yaml`` read only the file's ``fuse`` section: ``l: 4`` at its
+    top level (or under an empty ``fuse:``) fused with l=8 in silence, exit 0, while
+    FusionParams.from_params refuses that file. fuse, fuse-dir and fuse-set refuse it too, before
+    any work, naming the file and the fields; the file's other sections and scalars are fine."""
+    from bafusion.config import load_yaml
+    from bafusion.errors import UserError
+    from bafusion.fusion.params import FusionParams
+
+    monkeypatch.setattr(fusion_models, "default_model_dirs", lambda: [work / "none"])
+    (work / "p.yaml").write_text(text)
+    with pytest.raises(UserError, match=rf"^p.yaml: {where}"):
+        FusionParams.from_params(load_yaml(text), "p.yaml")
+    for argv in ([*FUSE, "-o", "F.png"], ["fuse-dir", ".", "out", "--model", "nets", "--device", "cpu"],
+                 ["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs"]):
+        line = _refused([*argv, "--params-file", "p.yaml"], capsys, work, f"p.yaml: {where}")
+        assert "put them under 'fuse:'" in line, line
+    (work / "p.yaml").write_text("seed: 1\nfuse:\n  l: 4\ntrain:\n  epochs: 3\n")  # read as before
+    from bafusion.cli.fusion import params_from_args
+    from bafusion.cli.app import build_parser
+
+    args = build_parser().parse_args([*FUSE, "-o", "F.png", "--params-file", "p.yaml"])
+    assert params_from_args(args)[0].l == 4
+
+
 def test_metrics_on_images_too_small_names_the_files(work: Path, capsys) -> None:
     # QY's 11x11 window: the one line said "QY needs images of at least 11x11 pixels" and no file.
     rng = np.random.default_rng(1)

@@ -162,8 +162,15 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
 
     note_params_yaml_unread(getattr(args, "command", None) or "fuse", "--params-file",
                             getattr(args, "params_file", None), getattr(args, "params_json", None))
-    params = read_params(getattr(args, "params_file", None),
-                         [("--params-json", getattr(args, "params_json", None), "fuse")], sections=("fuse",))
+    params_file = getattr(args, "params_file", None)
+    if params_file:  # rule fields at its top level: read by nothing (refused as FusionParams.from_params refuses them)
+        from bafusion.config import _read_mapping
+        from bafusion.fusion.params import refuse_top_level_fields
+
+        refuse_top_level_fields(_read_mapping(params_file, empty_ok=True), str(params_file),
+                                "--params-file reads the file's 'fuse' section only: put them under 'fuse:'")
+    params = read_params(params_file, [("--params-json", getattr(args, "params_json", None), "fuse")],
+                         sections=("fuse",))
     base = section(params, "fuse")
     flags = {
         "l": args.l, "low": args.low, "high": args.high, "threshold": args.threshold,

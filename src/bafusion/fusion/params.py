@@ -243,16 +243,40 @@ class FusionParams:
             empty ``fuse:`` in YAML; they gave the defaults in silence), or what
             :meth:`from_mapping` refuses.
         """
-        names = {f.name for f in fields(cls)}
-        stray = [k for k in params if k in names]
-        if stray:  # read from nowhere: with no fuse section, an empty one (`fuse:` in YAML) or beside one
-            section = params.get("fuse")
-            where = ("and no 'fuse' section" if "fuse" not in params
-                     else "and an empty 'fuse' section" if not section else "beside the 'fuse' section")
-            raise UserError(f"{source}: {', '.join(map(str, stray))} at the top level, {where}: from_params reads "
-                            "a whole parameter mapping ({'fuse': {...}, ...}): put the rule's fields in its 'fuse' "
-                            "section, or give them alone to FusionParams.from_mapping")
+        refuse_top_level_fields(params, source, "from_params reads a whole parameter mapping ({'fuse': {...}, "
+                                "...}): put the rule's fields in its 'fuse' section, or give them alone to "
+                                "FusionParams.from_mapping")
         return cls.from_mapping(params.get("fuse") or {}, source)
+
+
+def refuse_top_level_fields(params: Mapping[str, Any], source: str, remedy: str) -> None:
+    """Refuse fields of the rule (:class:`FusionParams`) at the top level of a whole parameter
+    mapping, where nothing reads them: with no ``fuse`` section, an empty one (``fuse:`` in YAML)
+    or beside one (they gave the defaults in silence). :meth:`FusionParams.from_params` and the
+    command line's ``--params-file`` (:func:`bafusion.cli.fusion.params_from_args`) refuse the
+    same files so.
+
+    Parameters
+    ----------
+    params : mapping
+        The whole parameters, as a params file holds them.
+    source : str
+        Where ``params`` came from (the file); starts the message.
+    remedy : str
+        What to do, ending the message.
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        Naming ``source``, the fields and where the ``fuse`` section is.
+    """
+    names = {f.name for f in fields(FusionParams)}
+    stray = [k for k in params if k in names]
+    if stray:  # read from nowhere: with no fuse section, an empty one (`fuse:` in YAML) or beside one
+        section = params.get("fuse")
+        where = ("and no 'fuse' section" if "fuse" not in params
+                 else "and an empty 'fuse' section" if not section else "beside the 'fuse' section")
+        raise UserError(f"{source}: {', '.join(map(str, stray))} at the top level, {where}: {remedy}")
 
 
 def low_high_problem(low: float, high: float, origins: Mapping[str, str] | None = None) -> str:
