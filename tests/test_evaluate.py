@@ -383,18 +383,18 @@ def test_report_and_plots_inside_out_are_its_own_outputs_on_a_rerun(
 ) -> None:
     """--report and --plots inside --out made the second run refuse the folder ('holds files this
     command did not write: plots.csv, report.json'): they are the command's own outputs, written
-    after --out is replaced (so they are kept); a file of the user's beside them still is refused."""
+    after --out is replaced (so they are kept); an earlier run's report elsewhere in it is known by
+    its record (evaluate-record.json); a file of the user's beside them still is refused."""
     src, _ = _write_set(tmp_path, ["p1"])
     out = tmp_path / "ev"
     for report in ("report.json", "report.json", "m/report.json"):
         argv = ["evaluate", "--dataset", f"t={src}", "--methods", "Laplacian", "--metrics", "QG",
                 "--root", str(tmp_path), "--out", str(out), "--report", str(out / report),
                 "--plots", str(out / "plots.csv")]
-        if report == "m/report.json":  # a report of another run's: not known to be this one's
-            assert cli_main(argv) == 2
-            assert "holds files this command did not write: report.json;" in capsys.readouterr().err
-            (out / "report.json").unlink()
         assert cli_main(argv) == 0, capsys.readouterr().err
+        if report == "m/report.json":  # the earlier run's report.json: its own, replaced with the folder
+            assert not (out / "report.json").exists()
+            assert f"{out / 'report.json'}: written by an earlier evaluate" in capsys.readouterr().out
         assert json.loads((out / report).read_text()) == json.loads((out / "metrics.json").read_text())
         assert (out / "plots.csv").read_text().startswith("method,QG")
     for mine in (out / "notes.txt", out / "m" / "notes.txt"):
@@ -405,6 +405,51 @@ def test_report_and_plots_inside_out_are_its_own_outputs_on_a_rerun(
         assert mine.read_text() == "mine"
         mine.unlink()
     assert cli_main(argv) == 0
+
+
+def test_a_rerun_without_report_takes_the_report_an_earlier_run_wrote_into_out_for_its_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``evaluate --out ev --report ev/report.json``, then ``evaluate --out ev``: the rerun refused
+    the folder, saying evaluate "did not write" ev/report.json (its marker, the DVC metrics file,
+    cannot list the report). The first run records the report and plots it wrote into --out with
+    the SHA-256 of their content (ev/evaluate-record.json), and the rerun takes them for its own:
+    replaced with the folder, said on stdout. A recorded file changed since, a file of the user's
+    of another name, or a broken record, are not its own: refused, nothing deleted; the record's
+    name is refused as --report."""
+    src, _ = _write_set(tmp_path, ["p1"])
+    out = tmp_path / "ev"
+    base = ["evaluate", "--dataset", f"t={src}", "--methods", "Laplacian", "--metrics", "QG",
+            "--root", str(tmp_path), "--out", str(out)]
+    with_report = [*base, "--report", str(out / "report.json"), "--plots", str(out / "plots.csv")]
+    assert cli_main(with_report) == 0, capsys.readouterr().err
+    record = json.loads((out / "evaluate-record.json").read_text())
+    assert sorted(record["sha256"]) == ["plots.csv", "report.json"]
+    assert cli_main(base) == 0, capsys.readouterr().err
+    said = capsys.readouterr().out
+    assert f"{out / 'report.json'}: written by an earlier evaluate" in said and f"{out / 'plots.csv'}:" in said
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "t"]
+    # the user's: a recorded report edited since, a copy of it under another name, a damaged record
+    for case in ("edited", "copy", "damaged"):
+        assert cli_main(with_report) == 0, capsys.readouterr().err
+        mine = out / ("report.json" if case != "copy" else "report-v1.json")
+        if case == "edited":
+            mine.write_text(mine.read_text() + "my note\n")
+        elif case == "copy":
+            mine.write_text((out / "report.json").read_text())
+        else:
+            (out / "evaluate-record.json").write_text("{")
+        kept = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        assert cli_main(base) == 2
+        err = capsys.readouterr().err
+        assert "holds files this command did not write: " in err and mine.name in err, (case, err)
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == kept
+        mine.unlink() if case == "copy" else (out / "report.json").unlink()
+        if case == "damaged":
+            (out / "evaluate-record.json").unlink()
+            (out / "plots.csv").unlink()
+    assert cli_main([*base, "--report", str(out / "evaluate-record.json")]) == 2
+    assert "a file evaluate writes" in capsys.readouterr().err
 
 
 def test_a_pair_with_one_shot_is_refused_and_a_gray_shot_beside_a_colour_one_is_taken(tmp_path: Path) -> None:

@@ -15,7 +15,9 @@ Every command's output paths are listed once, in :data:`COMMAND_OUTPUTS` (by the
   holds one of the inputs or the working directory, or files that are no earlier output of the
   command (a folder neither empty nor holding its marker, :data:`OUTPUT_MARKERS`, or one holding
   it beside entries the command did not write, also inside the folders it vouches for:
-  ``maps/notes.txt`` of fuse-set, :func:`foreign_entries`): they would be deleted with it; and the output of another command that writes the same marker (download-eval's and
+  ``maps/notes.txt`` of fuse-set, :func:`foreign_entries`; an earlier ``--report`` or
+  ``--plots`` of evaluate inside ``--out`` is its own while it holds what its record,
+  :data:`OUTPUT_RECORDS`, says was written): they would be deleted with it; and the output of another command that writes the same marker (download-eval's and
   download-alphamatting's ``download.json``: the kind it records, :func:`download_kind`);
 * an output inside an input folder whose every file is an input (``composite --out`` inside
   ``--prepared``; also an output folder: ``testset --out`` inside ``--prepared``), an output file
@@ -332,10 +334,102 @@ def _own_entries(folder: Path, outputs: Iterable[str | os.PathLike[str]]) -> set
     return names
 
 
+#: The record a command writes beside its marker (by the marker's name) when it writes other
+#: files of its own into the folder it replaces: evaluate's ``--report`` and ``--plots`` inside
+#: ``--out`` (its marker, the DVC metrics file ``metrics.json``, cannot list them). It lists each
+#: file's path in the folder and the SHA-256 of what was written (:func:`write_output_record`); on
+#: a rerun the files that still hold that are the command's own (:func:`recorded_outputs`), one
+#: changed since, or any other file, is the user's.
+OUTPUT_RECORDS: dict[str, str] = {"metrics.json": "evaluate-record.json"}
+
+
+def _sha256(p: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_output_record(folder: str | os.PathLike[str], marker: str,
+                        files: Iterable[str | os.PathLike[str]]) -> Path | None:
+    """Write the record of :data:`OUTPUT_RECORDS` into ``folder`` (an output the command just
+    replaced, holding ``marker``), listing those of ``files`` (written by the command) that lie
+    inside it, with the SHA-256 of their content; nothing when none does.
+
+    Parameters
+    ----------
+    folder : str or path-like
+        The output folder.
+    marker : str
+        Its marker's name (:data:`OUTPUT_MARKERS`), naming the record.
+    files : iterable of str or path-like
+        The command's other output files, written already.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The record written, or None.
+    """
+    from bafusion.atomic import write_text
+
+    folder = Path(folder)
+    if marker not in OUTPUT_RECORDS:
+        return None
+    record = folder / OUTPUT_RECORDS[marker]
+    inside = {"/".join(parts): p for p in files if (parts := _parts_inside(folder, p)) and Path(p).is_file()
+              and parts not in ((marker,), (record.name,))}  # --report out/metrics.json: the marker itself
+    if not inside:
+        return None
+    doc = {"about": f"files this command wrote into this folder besides its {marker} (--report, --plots), with "
+                    "the SHA-256 of their content: a rerun replaces them with the folder, unless changed since",
+           "sha256": {rel: _sha256(Path(p)) for rel, p in sorted(inside.items())}}
+    write_text(record, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return record
+
+
+def recorded_outputs(folder: Path, marker: str) -> list[str] | None:
+    """The files (paths relative to ``folder``, ``/``-separated) that the record of
+    :data:`OUTPUT_RECORDS` beside ``marker`` lists and that still hold what the command wrote
+    (their SHA-256), sorted; None without a readable record (none written, or not of this layout).
+
+    Parameters
+    ----------
+    folder : pathlib.Path
+        An earlier output of the command.
+    marker : str
+        Its marker's name.
+
+    Returns
+    -------
+    list of str or None
+    """
+    name = OUTPUT_RECORDS.get(marker)
+    if name is None or not (folder / name).is_file():
+        return None
+    try:
+        listed = json.loads((folder / name).read_text())["sha256"]
+        items = [(str(rel), str(digest)) for rel, digest in listed.items()]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    kept = []
+    for rel, digest in items:
+        p = folder / rel
+        if ".." in Path(rel).parts or Path(rel).is_absolute() or p.is_symlink() or not p.is_file():
+            continue
+        with contextlib.suppress(OSError):
+            if _sha256(p) == digest:
+                kept.append(rel)
+    return sorted(kept)
+
+
 def foreign_entries(folder: Path, marker: str, own: Iterable[str | os.PathLike[str]] = ()) -> list[str] | None:
     """The entries at the top of ``folder``, an earlier output that holds ``marker``, that the
     command did not write (:data:`MARKER_ENTRIES`, and ``own``: its other output files, such as
-    ``--report``, where they lie inside ``folder``), sorted, then the files inside the folders the
+    ``--report``, where they lie inside ``folder``, and those an earlier run wrote there, listed
+    by its record, :func:`recorded_outputs`), sorted, then the files inside the folders the
     marker vouches for that the command does not write there (:data:`MARKER_INNER`: ``maps/notes.txt``);
     None when the marker cannot be read or is of a layout not known here (then the marker alone
     vouches for the folder)."""
@@ -348,7 +442,11 @@ def foreign_entries(folder: Path, marker: str, own: Iterable[str | os.PathLike[s
         inner = MARKER_INNER[marker](doc) if marker in MARKER_INNER else None
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    written = vouched | _own_entries(folder, own)
+    own = list(own)
+    recorded = recorded_outputs(folder, marker)
+    if recorded is not None:
+        own += [folder / rel for rel in recorded]
+    written = vouched | _own_entries(folder, own) | ({OUTPUT_RECORDS[marker]} if recorded is not None else set())
     top = sorted(e.name for e in folder.iterdir() if e.name not in written and e.name != marker
                  and e.name not in _FOREIGN_OK)
     if inner is None:

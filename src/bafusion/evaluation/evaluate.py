@@ -1248,9 +1248,10 @@ def check_report_paths(
 
     Raises :class:`~bafusion.errors.UserError` when either is a dataset's input (a source or
     reference image, its reference metrics), lies inside a dataset's sources or reference
-    folder, or names a file the evaluation writes into ``out`` (``metrics.json``, anything in
-    ``<out>/<dataset>/``). ``report`` may be ``<out>/metrics.json``: it is a copy of that file."""
-    from bafusion.preflight import check_not_input, same_file
+    folder, or names a file the evaluation writes into ``out`` (``metrics.json``, the record of
+    a report and plots inside it, ``evaluate-record.json``, anything in ``<out>/<dataset>/``).
+    ``report`` may be ``<out>/metrics.json``: it is a copy of that file."""
+    from bafusion.preflight import OUTPUT_RECORDS, check_not_input, same_file
 
     folders = [(ds, p) for ds in cfg.datasets for p in (ds.sources, ds.reference) if p is not None]
     files = [p for ds in cfg.datasets if ds.reference_metrics is not None for p in (ds.reference_metrics,)]
@@ -1269,9 +1270,9 @@ def check_report_paths(
                                 "inputs are never overwritten: choose another name")
         if report is value and same_file(p, outp / "metrics.json"):
             continue  # the report is a copy of <out>/metrics.json
-        if _inside(outp / "metrics.json", p):
-            raise UserError(f"{shown}: the {what} is {outp / 'metrics.json'}, a file evaluate writes: "
-                            "choose another name")
+        for written in ("metrics.json", OUTPUT_RECORDS["metrics.json"]):  # the record of report and plots in out
+            if _inside(outp / written, p):
+                raise UserError(f"{shown}: the {what} is {outp / written}, a file evaluate writes: choose another name")
         for ds in cfg.datasets:
             if _inside(outp / ds.name, p):
                 raise UserError(f"{shown}: the {what} lies in {outp / ds.name}, the folder evaluate writes for "
@@ -1311,7 +1312,7 @@ def run_evaluation(
     :func:`check_datasets` -- unless ``checked`` says the caller ran it on ``cfg`` already (the
     command does, before loading the nets): each source is decoded by the check, once."""
     from bafusion import tracking
-    from bafusion.preflight import OUTPUT_MARKERS, check_output_dir
+    from bafusion.preflight import OUTPUT_MARKERS, check_output_dir, recorded_outputs, same_file, write_output_record
 
     out = Path(out)
     # ``out`` is replaced whole: refuse before any work when it is, or holds, a dataset's
@@ -1322,6 +1323,9 @@ def run_evaluation(
     check_output_dir(out, inputs, replaced=True, marker=OUTPUT_MARKERS["evaluate"], what="evaluation output folder",
                      own=[p for p in (report, plots) if p])
     check_report_paths(cfg, out, report, plots)
+    # an earlier run's --report/--plots inside out (its record vouches for them): replaced with out
+    earlier = [rel for rel in (recorded_outputs(out, OUTPUT_MARKERS["evaluate"]) or []) if out.is_dir()
+               and not any(same_file(out / rel, Path(p)) for p in (report, plots) if p)]
     if not checked:
         check_datasets(cfg)  # every dataset's inputs before the first fusion
     doc: dict[str, Any] = {}
@@ -1366,6 +1370,11 @@ def run_evaluation(
             for r in plot_rows:
                 qs_all += [k for k in r if k != "method" and k not in qs_all]
             write_text(plots, rows_to_csv(plot_rows, ["method", *qs_all]))
+        # report and plots inside out: recorded, so that a rerun knows them for its own
+        write_output_record(out, OUTPUT_MARKERS["evaluate"], [p for p in (report, plots) if p])
+        for rel in earlier:
+            log(f"{out / rel}: written by an earlier evaluate into {out} (--report or --plots), not asked for now: "
+                "removed with the folder it replaced")
         for key, value in metric_directions(logged).items():
             run.set_tag(key, value)
         run.log_metrics(all_means)
