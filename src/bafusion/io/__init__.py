@@ -26,7 +26,8 @@ and metadata) -- the same rules for fusion, metrics, baselines, figures and the 
   marks (PNG ``sBIT``, whose samples the PNG specification stores scaled up to 16 bits, so
   that they are read from 16 unless they cannot be so scaled; OME-TIFF ``SignificantBits``,
   unscaled), else one depth common to the unmarked
-  files read together -- so the sources of one fusion, or the A, B, F of ``bafusion metrics``,
+  files read together (beside an 8-bit source, an unmarked one's file depth: its full scale, as
+  raw converters export) -- so the sources of one fusion, or the A, B, F of ``bafusion metrics``,
   are scaled alike (a 12-bit pair and its sBIT-12 fusion compare as the 8-bit triple). A file
   read on its own is a set of one. 32-bit float gray files (TIFF) of a set share one scale too,
   [0, 1], [0, 255] or [0, 65535] from their largest value (:func:`float_scale`); samples outside
