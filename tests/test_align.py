@@ -376,6 +376,57 @@ def test_match_quality_of_an_empty_mask_is_zero_without_numpy_warnings() -> None
         assert align.match_quality(a, b, np.zeros((40, 40), bool)) == 0.0
 
 
+def _gray_scene(seed: int, h: int, w: int, zoom: int) -> np.ndarray:
+    """A gray scene (detail at 2 and 8 px) of ``h`` x ``w``, enlarged ``zoom`` times: the
+    same scene at a camera's resolution."""
+    rng = np.random.default_rng(seed)
+    x = ndimage.gaussian_filter(rng.normal(size=(h, w)), 2) * 4 + ndimage.gaussian_filter(rng.normal(size=(h, w)), 8) * 12
+    x = 128 + 40 * x / x.std()
+    return ndimage.zoom(x, zoom, order=1) if zoom > 1 else x
+
+
+def _gray_focus_pair(img: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    blur = ndimage.gaussian_filter(img, sigma)
+    w = img.shape[1]
+    a, b = img.copy(), img.copy()
+    a[:, w // 2:] = blur[:, w // 2:]
+    b[:, : w // 2] = blur[:, : w // 2]
+    return tuple(np.clip(np.round(x), 0, 255).astype(np.uint8) for x in (a, b))
+
+
+def test_match_quality_of_one_scene_does_not_depend_on_the_resolution() -> None:
+    """The match quality was judged at a fixed 6 px whatever the resolution: a registered
+    24-megapixel focus pair scored 0.32 (the defocus removes 6-px detail there), and every
+    camera-size pair was refused with --align as "not the same scene". Now it is judged at a
+    long side of 520 px (sigma scaled): a pair of 520 px and the same pair enlarged 5 times
+    (2600 px, its defocus too) score about the same, and another scene stays far below
+    MIN_QUALITY at either size (also on a mask, reduced with the shots)."""
+    scores = {}
+    for zoom in (1, 5):
+        a, b = _gray_focus_pair(_gray_scene(3, 390, 520, zoom), 3.0 * zoom)
+        _, other = _gray_focus_pair(_gray_scene(4, 390, 520, zoom), 3.0 * zoom)
+        mask = np.zeros(a.shape, bool)
+        mask[8 * zoom:-11 * zoom, 13 * zoom:-6 * zoom] = True  # a crop after alignment
+        scores[zoom] = (align.match_quality(a, b), align.match_quality(a, b, mask),
+                        align.match_quality(a, other), align.match_quality(a, other, mask))
+    for zoom, (same, same_masked, other, other_masked) in scores.items():
+        assert min(same, same_masked) > 0.85 and max(other, other_masked) < 0.2, (zoom, scores)
+    assert abs(scores[5][0] - scores[1][0]) < 0.03 and abs(scores[5][1] - scores[1][1]) < 0.03, scores
+
+
+def test_the_match_quality_scale_follows_the_long_side() -> None:
+    """The rule itself: up to 520 px the shots are judged as they are; above, block-mean
+    reduced to at most 520 px with sigma scaled, continuous at 520 (the same sigma at full
+    size: factor x reduced sigma = sigma x long side / 520)."""
+    assert align._quality_scale((390, 520), 6.0) == (1, 6.0)
+    for shape in [(521, 400), (1500, 2000), (4000, 6000), (5504, 8256)]:
+        k, s = align._quality_scale(shape, 6.0)
+        assert max(shape) / k <= align.QUALITY_SIDE and k == -(-max(shape) // 520), shape
+        assert k * s == pytest.approx(6.0 * max(shape) / 520), shape
+    x = np.arange(7 * 9, dtype=float).reshape(7, 9)
+    assert align._block_mean(x, 3).tolist() == x[:6, :9].reshape(2, 3, 3, 3).mean(axis=(1, 3)).tolist()
+
+
 # ---------------------------------------------------------------- shots of another size
 
 
