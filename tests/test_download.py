@@ -34,6 +34,7 @@ from bafusion.data.download import (
     fetch_many,
     join_url,
     read_zip_member,
+    verify,
 )
 from bafusion.atomic import part_path
 from bafusion.errors import UserError
@@ -184,6 +185,20 @@ def test_fetch_verifies_then_skips(server: LocalServer, tmp_path: Path) -> None:
     r2 = fetch(server.url("a.bin"), dest, checksum=sha256(PAYLOAD), progress=False)
     assert r2.status == "skipped"
     assert len(server.requests) == 1  # the second call did not touch the network
+
+
+def test_existing_file_with_the_wrong_digest_is_fetched_again(server: LocalServer, tmp_path: Path) -> None:
+    # A file already present is skipped only when its checksum matches (module docstring): a
+    # stale or tampered one is downloaded again, never kept as "verified".
+    server.files["a.bin"] = PAYLOAD
+    dest = tmp_path / "a.bin"
+    dest.write_bytes(b"stale or tampered")
+    assert not verify(dest, Checksum.parse(sha256(PAYLOAD)))
+    assert verify(dest, Checksum.parse(sha256(b"stale or tampered")))
+    r = fetch(server.url("a.bin"), dest, checksum=sha256(PAYLOAD), progress=False)
+    assert r.status == "downloaded"
+    assert dest.read_bytes() == PAYLOAD
+    assert server.requests_for("a.bin") == [None]
 
 
 def test_interrupted_download_resumes_with_range(server: LocalServer, tmp_path: Path) -> None:
