@@ -428,6 +428,32 @@ def test_a_score_at_the_threshold_goes_to_b(monkeypatch: pytest.MonkeyPatch) -> 
     np.testing.assert_array_equal(res.fused, np.where(want, a, b))
 
 
+def test_fused_image_is_built_from_the_cleaned_map(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step 5 (Eq. 3) composites F from the map after small-region removal: a 4 px island of A
+    in B's side and a 4 px hole of B in A's side (below min_region, 16 px of 40x40) take the
+    surrounding source in the fused image too, not only in ``decision``."""
+    import bafusion.fusion.rule as rule
+
+    s1 = np.full((40, 40), 0.1, np.float32)
+    s1[:, :20] = 0.9
+    s1[30:32, 30:32] = 0.9  # island of A
+    s1[5:7, 5:7] = 0.1  # hole of B
+
+    def fake_decide(ga, gb, nets, params, bar=None):
+        return s1, s1, np.zeros(s1.shape, bool), s1, {}
+
+    monkeypatch.setattr(rule, "decide", fake_decide)
+    nets = FusionNets(build_model(8), build_model(8), 8, 8, torch.device("cpu"))
+    a = np.full((40, 40), 200, np.uint8)
+    b = np.full((40, 40), 50, np.uint8)
+    res = fuse_images(a, b, nets, P(min_region=0.01, exposure_match="none"))
+    want = np.zeros((40, 40), bool)
+    want[:, :20] = True
+    np.testing.assert_array_equal(res.decision_raw, s1 > 0.5)
+    np.testing.assert_array_equal(res.decision, want)
+    np.testing.assert_array_equal(res.fused, np.where(want, a, b))
+
+
 def test_small_regions_are_4_connected() -> None:
     """Pixels touching only at a corner are separate regions: a diagonal of 30 single pixels
     is 30 islands (or holes) of 1 px, all removed, not one region of 30 px kept."""
