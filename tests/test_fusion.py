@@ -428,6 +428,32 @@ def test_a_score_at_the_threshold_goes_to_b(monkeypatch: pytest.MonkeyPatch) -> 
     np.testing.assert_array_equal(res.fused, np.where(want, a, b))
 
 
+def test_threshold_param_sets_the_binarisation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fuse.threshold`` is the binarisation threshold of step 4 (``dm = s1 > threshold``):
+    at 0.3 a pixel scored 0.4 takes A, one scored 0.2 takes B (at 0.5, 0.4 would take B)."""
+    import bafusion.fusion.rule as rule
+
+    s1 = np.full((16, 16), 0.2, np.float32)
+    s1[:, :6] = 0.4
+    s1[:, 6:10] = 0.6
+
+    def fake_decide(ga, gb, nets, params, bar=None):
+        return s1, s1, np.zeros(s1.shape, bool), s1, {}
+
+    monkeypatch.setattr(rule, "decide", fake_decide)
+    nets = FusionNets(build_model(8), build_model(8), 8, 8, torch.device("cpu"))
+    a = np.full((16, 16), 200, np.uint8)
+    b = np.full((16, 16), 50, np.uint8)
+    want = np.zeros((16, 16), bool)
+    want[:, :10] = True
+    res = fuse_images(a, b, nets, P(min_region=0.0, exposure_match="none", threshold=0.3))
+    np.testing.assert_array_equal(res.decision_raw, want)
+    np.testing.assert_array_equal(res.fused, np.where(want, a, b))
+    want[:, :6] = False  # 0.4 <= 0.5
+    res = fuse_images(a, b, nets, P(min_region=0.0, exposure_match="none", threshold=0.5))
+    np.testing.assert_array_equal(res.decision_raw, want)
+
+
 def test_fused_image_is_built_from_the_cleaned_map(monkeypatch: pytest.MonkeyPatch) -> None:
     """Step 5 (Eq. 3) composites F from the map after small-region removal: a 4 px island of A
     in B's side and a 4 px hole of B in A's side (below min_region, 16 px of 40x40) take the
