@@ -428,6 +428,28 @@ def test_a_score_at_the_threshold_goes_to_b(monkeypatch: pytest.MonkeyPatch) -> 
     np.testing.assert_array_equal(res.fused, np.where(want, a, b))
 
 
+def test_band_uses_both_low_and_high(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eq. 2 with an asymmetric band (``fuse.low`` 0.2, ``fuse.high`` 0.6): a pixel whose
+    window mean is 0.3 or 0.5 is near the boundary, one at 0.1 or 0.7 is not."""
+    import importlib
+
+    decide_mod = importlib.import_module("bafusion.fusion.decide")  # the module, not the function
+    s0 = np.zeros((20, 40), np.float32)
+    for k, v in enumerate((0.1, 0.3, 0.5, 0.7)):
+        s0[:, 10 * k : 10 * k + 10] = v
+    monkeypatch.setattr(decide_mod, "score_multiscale", lambda *a, **k: s0.copy())
+    nets = FusionNets(build_model(8), build_model(8), 8, 8, torch.device("cpu"))
+    g = np.zeros((20, 40), np.uint8)
+    _, mean, near, s1, _ = fusion.decide(g, g, nets, P(l=1, low=0.2, high=0.6, refine=False))
+    inner = np.zeros((20, 40), bool)  # columns whose 3x3 window lies inside one block
+    for k in range(4):
+        inner[:, 10 * k + 1 : 10 * k + 9] = True
+    np.testing.assert_allclose(mean[inner], s0[inner], atol=1e-6)
+    want = (s0 > 0.2) & (s0 < 0.6)
+    np.testing.assert_array_equal(near[inner], want[inner])
+    np.testing.assert_array_equal(s1, s0)  # refine=False: s0 stands
+
+
 def test_threshold_param_sets_the_binarisation(monkeypatch: pytest.MonkeyPatch) -> None:
     """``fuse.threshold`` is the binarisation threshold of step 4 (``dm = s1 > threshold``):
     at 0.3 a pixel scored 0.4 takes A, one scored 0.2 takes B (at 0.5, 0.4 would take B)."""
