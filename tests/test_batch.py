@@ -950,7 +950,40 @@ def test_fuse_names_its_steps_on_a_terminal_and_not_with_no_progress(tmp_path: P
     monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
     rc = cli_main(["fuse", str(pa), str(pb), "-o", str(tmp_path / "g.png"), "--model", str(nets), "--device", "cpu",
                    "--align", "translation"])
-    assert rc == 0 and "bafusion fuse: aligning the shots (translation) ..." in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 0 and "bafusion fuse: aligning the shots (translation) ..." in err
+    # and the alignment's own steps (a camera-size pair aligns for minutes)
+    assert "bafusion fuse: aligning: shot 2 of 2: estimating its motion (translation) ..." in err, err
+
+
+def test_fuse_dir_names_the_steps_of_each_stack_on_a_terminal_as_fuse_does(tmp_path: Path, nets: Path, capsys,
+                                                                             monkeypatch) -> None:
+    """fuse-dir named none of a stack's steps before and after its fusion: a camera-size pair
+    with --align sat 93 s behind a frozen bar, and its write 15-30 s more. On a terminal it
+    names reading, aligning (and the alignment's own steps) and writing, as fuse does; a log
+    keeps its one line per stack."""
+    import bafusion.progress as progress
+
+    src = _pairs_in(tmp_path / "in", {"p": 3})
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
+    out = tmp_path / "out"
+    assert cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu",
+                     "--align", "similarity"]) == 0
+    err = capsys.readouterr().err
+    steps = [f"bafusion fuse-dir: p: reading {src / 'p-A.png'}, {src / 'p-B.png'} ...",
+             "bafusion fuse-dir: p: aligning the shots (similarity) ...",
+             "bafusion fuse-dir: p: aligning: shot 2 of 2: estimating its motion (similarity) ...",
+             "bafusion fuse-dir: p: aligning: shot 2 of 2: judging the match ...",
+             f"bafusion fuse-dir: p: writing {out / 'p.png'} ..."]
+    at = [err.find(s) for s in steps]
+    assert -1 not in at and at == sorted(at), err
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "out2"), "--model", str(nets), "--device", "cpu"]) == 0
+    assert "bafusion fuse-dir: p: checking that the shots show one scene ..." in capsys.readouterr().err
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)  # a log: one line per stack
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "out3"), "--model", str(nets), "--device", "cpu",
+                     "--align", "similarity"]) == 0
+    err = capsys.readouterr().err
+    assert "bafusion fuse-dir: 1/1 p: fused in " in err and " ...\n" not in err, err
 
 
 def test_fuse_dir_quiet_silences_every_bar_and_a_large_pair_is_refused_by_name(

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,6 +87,10 @@ CLIP_MARGIN = 1.5 / 255.0
 #: ``2 * CLIP_RADIUS + 1`` pixels, so a specular glint, the white gaps of printed text and the
 #: outline of an object against a white or black backdrop still enter the registration.
 CLIP_RADIUS = 2
+
+#: :func:`align_images` names (its ``step``) each pyramid level and each channel it resamples of
+#: at least this many pixels (the smaller ones take a fraction of a second each).
+STEP_MIN_PIXELS = 1_000_000
 
 #: :func:`estimate_transform`'s iterations, samples and tolerance (:func:`align_images` uses them).
 _ITERS, _SAMPLES, _TOL = 50, 80000, 1e-3
@@ -137,7 +141,8 @@ def size_problem(first: tuple[int, int], other: tuple[int, int]) -> str | None:
     return None
 
 
-def _to_frame(img: np.ndarray, m: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
+def _to_frame(img: np.ndarray, m: np.ndarray, shape: tuple[int, int], order: int,
+              step: Callable[[str], None] | None = None) -> np.ndarray:
     """:func:`warp_to_first` of a shot of another size: when ``m`` shrinks it, the shot is first
     low-passed (Gaussian of ``0.5 * sqrt(1 / s^2 - 1)`` px, ``s`` the scale) so that the
     resampled copy does not alias; the dtype is kept."""
@@ -146,12 +151,12 @@ def _to_frame(img: np.ndarray, m: np.ndarray, shape: tuple[int, int], order: int
     if s < 0.99:
         sig = 0.5 * math.sqrt(1.0 / s**2 - 1.0)
         f = ndimage.gaussian_filter(src.astype(np.float64), (sig, sig) + (0,) * (src.ndim - 2))
-        out = warp_to_first(f, m, shape, order=order)
+        out = warp_to_first(f, m, shape, order=order, step=step)
         if np.issubdtype(src.dtype, np.integer):
             info = np.iinfo(src.dtype)
             return np.clip(np.round(out), info.min, info.max).astype(src.dtype)
         return out.astype(src.dtype)
-    return warp_to_first(src, m, shape, order=order)
+    return warp_to_first(src, m, shape, order=order, step=step)
 
 
 def to_first_frame(images: Sequence[np.ndarray], order: int = 1) -> list[np.ndarray]:
@@ -530,9 +535,12 @@ def estimate_transform(reference: np.ndarray, moving: np.ndarray, model: str = "
 
 
 def _estimate(g_ref: np.ndarray, g_mov: np.ndarray, ref_clip: np.ndarray | None, mov_clip: np.ndarray | None,
-              model: str, sigma: float, iters: int = _ITERS, samples: int = _SAMPLES, tol: float = _TOL) -> np.ndarray:
+              model: str, sigma: float, iters: int = _ITERS, samples: int = _SAMPLES, tol: float = _TOL,
+              step: Callable[[str], None] | None = None) -> np.ndarray:
     """:func:`estimate_transform` on the shots' gray copies (:func:`_gray`) and their clipped
-    regions (:func:`_clipped`), computed once per shot by the caller."""
+    regions (:func:`_clipped`), computed once per shot by the caller. ``step`` is told each
+    pyramid level of at least :data:`STEP_MIN_PIXELS` before its fit starts (``"level 6 of 7
+    (3000x2000 px)"``; the coarser levels take a fraction of a second)."""
     from skimage.registration import phase_cross_correlation
 
     ref_p = _pyramid(ndimage.gaussian_filter(g_ref, sigma) if sigma > 0 else g_ref)
@@ -555,9 +563,11 @@ def _estimate(g_ref: np.ndarray, g_mov: np.ndarray, ref_clip: np.ndarray | None,
     ref_c = _mask_pyramid(ref_clip, len(ref_p))
     mov_c = _mask_pyramid(mov_clip, len(mov_p))
     for k in reversed(range(len(ref_p))):
+        if step is not None and ref_p[k].size >= STEP_MIN_PIXELS:
+            step(f"level {len(ref_p) - k} of {len(ref_p)} ({ref_p[k].shape[1]}x{ref_p[k].shape[0]} px)")
         n_to_px = np.linalg.inv(_level_matrix(shape0, k))
-        step = max(1, int(math.sqrt(ref_p[k].size / samples)))
-        w_norm = _gauss_newton(ref_p[k], mov_p[k], w_norm, model, n_to_px, iters, step, tol, ref_c[k], mov_c[k])
+        stride = max(1, int(math.sqrt(ref_p[k].size / samples)))
+        w_norm = _gauss_newton(ref_p[k], mov_p[k], w_norm, model, n_to_px, iters, stride, tol, ref_c[k], mov_c[k])
     n0 = _norm_matrix(shape0)
     out = np.linalg.inv(np.linalg.inv(n0) @ w_norm @ n0)
     return out / out[2, 2]
@@ -567,7 +577,8 @@ def _estimate(g_ref: np.ndarray, g_mov: np.ndarray, ref_clip: np.ndarray | None,
 # Warping, common area, crop
 
 
-def warp_to_first(img: np.ndarray, m: np.ndarray, shape: tuple[int, int] | None = None, order: int = 1) -> np.ndarray:
+def warp_to_first(img: np.ndarray, m: np.ndarray, shape: tuple[int, int] | None = None, order: int = 1, *,
+                  step: Callable[[str], None] | None = None) -> np.ndarray:
     """Resample a shot onto the first shot's pixel grid. ``m`` maps the shot's coordinates to
     the first's; pixels the shot does not cover are set to the nearest edge pixel; values are
     clipped to the dtype's range and the dtype is kept (uint8 rounded).
@@ -576,11 +587,13 @@ def warp_to_first(img: np.ndarray, m: np.ndarray, shape: tuple[int, int] | None 
     prefiltered quintic spline (``scipy.ndimage``, one channel at a time), which keeps more of
     the finest detail than bicubic (BENCHMARKS.md: about 0.003-0.009 more QG after a round trip
     on Lytro, at 0.25 s for 520x520 RGB and 3 s for 2000x1500 on one thread, against 0.06 s and
-    0.7 s)."""
+    0.7 s). ``step``, when given, is told each channel of a quintic warp of an image of at
+    least :data:`STEP_MIN_PIXELS` before it starts (``"channel 1 of 3"``: 8 s each at 24 MP)."""
     h, w = shape or img.shape[:2]
     src = np.asarray(img)
     if order == 5:
-        out = _spline_warp(src.astype(np.float64), np.linalg.inv(m), (h, w))
+        out = _spline_warp(src.astype(np.float64), np.linalg.inv(m), (h, w),
+                           step if step is not None and h * w >= STEP_MIN_PIXELS else None)
     elif order in (0, 1, 3):
         from skimage.transform import ProjectiveTransform, warp
 
@@ -597,23 +610,33 @@ def warp_to_first(img: np.ndarray, m: np.ndarray, shape: tuple[int, int] | None 
     return out.astype(src.dtype)
 
 
-def _spline_warp(src: np.ndarray, inv: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def _spline_warp(src: np.ndarray, inv: np.ndarray, shape: tuple[int, int],
+                 step: Callable[[str], None] | None = None) -> np.ndarray:
     """Quintic-spline resampling of ``src`` (H, W) or (H, W, C) float at the points
     ``inv @ (x, y, 1)`` of an output grid of ``shape``; edge pixels extend outside. Affine
     ``inv`` (similarity, translation) uses ``ndimage.affine_transform``, a homography
     ``map_coordinates`` on the computed points; each channel separately (a 3-D spline across
-    the channels would cost ~6x as much for the same values)."""
+    the channels would cost ~6x as much for the same values); ``step`` is told each channel of
+    a colour image as it starts."""
     h, w = shape
     chans = [src] if src.ndim == 2 else [src[..., c] for c in range(src.shape[2])]
+
+    def told(i: int, c: np.ndarray) -> np.ndarray:
+        if step is not None and len(chans) > 1:
+            step(f"channel {i + 1} of {len(chans)}")
+        return c
+
     if np.allclose(inv[2], [0.0, 0.0, 1.0]):
         mat = np.array([[inv[1, 1], inv[1, 0]], [inv[0, 1], inv[0, 0]]])  # (row, col) order
         off = np.array([inv[1, 2], inv[0, 2]])
-        outs = [ndimage.affine_transform(c, mat, off, output_shape=(h, w), order=5, mode="nearest") for c in chans]
+        outs = [ndimage.affine_transform(told(i, c), mat, off, output_shape=(h, w), order=5, mode="nearest")
+                for i, c in enumerate(chans)]
     else:
         ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
         q = inv @ np.stack([xs.ravel(), ys.ravel(), np.ones(h * w)])
         coords = np.stack([q[1] / q[2], q[0] / q[2]])
-        outs = [ndimage.map_coordinates(c, coords, order=5, mode="nearest").reshape(h, w) for c in chans]
+        outs = [ndimage.map_coordinates(told(i, c), coords, order=5, mode="nearest").reshape(h, w)
+                for i, c in enumerate(chans)]
     return outs[0] if src.ndim == 2 else np.stack(outs, axis=-1)
 
 
@@ -731,7 +754,8 @@ def _match_quality(g_a: np.ndarray, g_b: np.ndarray, clip_a: np.ndarray | None, 
 
 
 def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sigma: float = 1.5,
-                 tolerance: float = IDENTITY_TOLERANCE_PX, order: int = 5) -> Alignment:
+                 tolerance: float = IDENTITY_TOLERANCE_PX, order: int = 5,
+                 step: Callable[[str], None] | None = None) -> Alignment:
     """Register every shot to the first and crop all to the area every shot covers.
 
     Parameters
@@ -753,6 +777,13 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
         default), 3 (bicubic) or 1 (bilinear). Measured on Lytro (BENCHMARKS.md), the QG that a
         round trip through a known motion costs: bilinear ~0.05, bicubic 0.004-0.015, quintic
         0.001-0.008.
+    step : callable, optional
+        Told each step as it starts, with a line such as ``"shot 2 of 2: estimating its motion
+        (similarity)"``, ``"shot 2 of 2: estimating its motion (similarity), level 7 of 7
+        (6000x4000 px)"``, ``"shot 2 of 2: resampling (quintic spline), channel 1 of 3"``,
+        ``"shot 2 of 2: judging the match"``: a 24-megapixel pair takes a minute or more (the
+        levels and channels of at least :data:`STEP_MIN_PIXELS` are named; measured at 24 MP on a
+        loaded CPU, none of the steps took more than 14 s).
 
     Returns
     -------
@@ -792,10 +823,25 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
     # each shot's clipped regions are found once (:func:`_clipped`; at 24 MP the gray copy they
     # are found on costs about a second): the first's serve every shot, a shot's both its
     # estimate and, unless it is warped, its match quality; a warped shot is another image
+    n = len(images)
+
+    def say(i: int, text: str, told: bool = False) -> Callable[[str], None] | None:
+        """Tell ``step`` (unless ``told``: said already, or its sub-steps say it) that shot ``i``
+        (0-based) starts ``text``; the hook that names its sub-steps (``"..., level 7 of 7"``)."""
+        if step is None:
+            return None
+        if not told:
+            step(f"shot {i + 1} of {n}: {text}")
+        return lambda sub: step(f"shot {i + 1} of {n}: {text}, {sub}")
+
+    estimating = f"estimating its motion ({model})"
+    resampling = "resampling" + (" (quintic spline)" if order == 5 else "")
+    if n > 1 and not flat[1]:  # the first's gray copy is made for the first estimate (4 s at 24 MP): said before
+        say(1, estimating)
     g0 = _gray(images[0])
     clip0 = _clipped(g0)
     clips: list[np.ndarray | None | bool] = [clip0]  # False: not found yet
-    for im, f, size in zip(images[1:], flat[1:], sizes[1:]):
+    for i, (im, f, size) in enumerate(zip(images[1:], flat[1:], sizes[1:]), 1):
         clip: np.ndarray | None | bool = False
         # a shot of another size is scaled onto the first's frame first (its residual motion is
         # what is estimated, judged and reported), then warped once by the whole transform
@@ -803,9 +849,10 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
         if f:  # a flat shot has nothing to register by: any estimate would be noise
             m = eye.copy()
         else:
+            sub = say(i, estimating, told=i == 1)
             g = _gray(im) if pre is None else _gray(_to_frame(im, pre, (h, w), 3))
             clip = _clipped(g)
-            m = _estimate(g0, g, clip0, clip, model, sigma)
+            m = _estimate(g0, g, clip0, clip, model, sigma, step=sub)
             del g
         d = corner_rms(m, (h, w))
         transforms.append(m if pre is None else m @ pre)
@@ -817,8 +864,10 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
             clips.append(clip)
         else:
             warped.append(True)
-            out.append(warp_to_first(im, m, (h, w), order=order) if pre is None else
-                       _to_frame(im, m @ pre, (h, w), order))
+            # a colour shot's quintic warp names each channel (warp_to_first), which says it
+            sub = say(i, resampling, told=order == 5 and im.ndim == 3 and im.shape[2] > 1 and h * w >= STEP_MIN_PIXELS)
+            out.append(warp_to_first(im, m, (h, w), order=order, step=sub) if pre is None else
+                       _to_frame(im, m @ pre, (h, w), order, sub))
             clips.append(False)
             common &= coverage(transforms[-1], (h, w), (size[1], size[0]))
     crop = (0, 0, w, h) if common.all() else largest_rectangle(common)
@@ -826,10 +875,11 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
     # two flat shots have nothing to judge by (as :func:`bafusion.fusion.scene.scene_correlation`);
     # one flat beside one with structure is not one scene (quality 0, below MIN_QUALITY)
     quality: list[float | None] = [1.0]
-    for o, f, clip in zip(out[1:], is_flat[1:], clips[1:]):
+    for i, (o, f, clip) in enumerate(zip(out[1:], is_flat[1:], clips[1:]), 1):
         if is_flat[0] and f:
             quality.append(None)
             continue
+        say(i, "judging the match")
         g = _gray(o)
         quality.append(_match_quality(g0, g, clip0, _clipped(g) if clip is False else clip, common))
     cropped = [o[y0:y1, x0:x1] for o in out]

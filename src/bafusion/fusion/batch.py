@@ -136,7 +136,9 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
     (:func:`bafusion.fusion.scene.motion_hints`). ``align='auto'``: ``similarity`` when a shot
     moves so (:func:`bafusion.fusion.scene.shot_motions`), else ``none``; a line on stderr says
     which and why. Neither looks for motion between shots of two scenes (fused with ``force``).
-    ``stage``, when given, is told each step before it starts ("reading ...", "checking ...").
+    ``stage``, when given, is told each step before it starts ("reading ...", "checking ...",
+    "aligning the shots ...", and the alignment's own steps: "aligning: shot 2 of 2: estimating
+    its motion (similarity), level 7 of 7 (6000x4000 px)", :func:`bafusion.fusion.align.align_images`).
     Every line on stderr starts with ``prefix`` and a colon (the command's: ``bafusion fuse``);
     the alignment's per-shot lines (:meth:`bafusion.fusion.align.Alignment.describe`) are
     details, written only with ``details`` (not under ``--quiet``).
@@ -192,12 +194,14 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
                 # a shot moved by a large fraction of the image fails the check before alignment:
                 # aligned, it may match (then it is fused aligned), else the shots are refused
                 say("aligning the shots (similarity), which do not match as they are")
-                aligned = align_despite_scene_check(src.images, names, scores, tell=note)
+                aligned = align_despite_scene_check(src.images, names, scores, tell=note,
+                                                    step=stage and (lambda text: say(f"aligning: {text}")))
                 for line in aligned.describe(names) if details else ():
                     note(line)
                 src.images = aligned.images
                 align = "none"  # done
                 if src.full is not None:  # the full-depth shots registered and cropped alike
+                    say("aligning the full-depth shots alike")
                     src.full = aligned.apply(src.full)
             elif align == "auto":
                 say("checking whether the shots move")
@@ -215,9 +219,11 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
                     note(line)
     if align != "none":
         say(f"aligning the shots ({align})")
-        al = align_for_fuse(src.images, names, align, force, alignment=True, prefix=prefix, details=details)
+        al = align_for_fuse(src.images, names, align, force, alignment=True, prefix=prefix, details=details,
+                            step=stage and (lambda text: say(f"aligning: {text}")))
         src.images = al.images
         if src.full is not None:  # the full-depth shots registered and cropped alike
+            say("aligning the full-depth shots alike")
             src.full = al.apply(src.full)
     return src
 
@@ -225,7 +231,8 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
 def align_despite_scene_check(images: Sequence[np.ndarray], names: Sequence[str],
                                scores: Sequence[float | None], *, force: str | None = "--force",
                                unaligned: str = "--align none", auto: str = "--align auto",
-                               tell: Callable[[str], None] | None = None):
+                               tell: Callable[[str], None] | None = None,
+                               step: Callable[[str], None] | None = None):
     """``--align auto`` when a shot fails the one-scene check (``scores``, of
     :func:`bafusion.fusion.scene.check_one_scene`): a shot moved by a large fraction of the
     image (a 28 px shift and 2 degrees on 440 px read 0.54) does not match before alignment. The
@@ -233,7 +240,8 @@ def align_despite_scene_check(images: Sequence[np.ndarray], names: Sequence[str]
     :data:`bafusion.fusion.align.MIN_QUALITY` (:func:`bafusion.fusion.align.check_alignment`);
     else refused, the message giving both numbers. Returns the
     :class:`bafusion.fusion.align.Alignment`; a line (``auto`` names the option) to ``tell``,
-    by default stderr after ``bafusion: ``, says why it aligned."""
+    by default stderr after ``bafusion: ``, says why it aligned; ``step`` is told each step of the
+    alignment as it starts (:func:`bafusion.fusion.align.align_images`)."""
     from tqdm import tqdm
 
     from bafusion.fusion.align import MIN_QUALITY, align_images, check_alignment
@@ -246,7 +254,7 @@ def align_despite_scene_check(images: Sequence[np.ndarray], names: Sequence[str]
         judged = to_first_frame(images)
     # a sideways shot (orientation tag missing): turning it helps, not the alignment
     check_turned(judged or images, names, [i for i, c in enumerate(scores, 1) if c is not None and c < MIN_CORRELATION])
-    al = align_images(images, "similarity")
+    al = align_images(images, "similarity", step=step)
     for n, c, q, why in zip(names[1:], scores, al.quality[1:], al.implausible[1:]):
         if c is None or c >= MIN_CORRELATION:
             continue
@@ -477,7 +485,8 @@ def fuse_shots(images: Sequence[np.ndarray], nets, params, names: Sequence[str],
 
 def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str = "none",
                force: bool = False, motion_hint: bool = False, progress: bool | None = None,
-               prefix: str = "bafusion", details: bool = True, step: Callable[[str], None] | None = None) -> Fused:
+               prefix: str = "bafusion", details: bool = True, step: Callable[[str], None] | None = None,
+               stage: Callable[[str], None] | None = None) -> Fused:
     """Read, check, align (optionally) and fuse the shots of one scene (:func:`prepare_sources`,
     :func:`fuse_shots`, :func:`fused_output`).
 
@@ -502,12 +511,16 @@ def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str 
         only with ``details`` (:func:`prepare_sources`).
     step : callable, optional
         Called with a line naming each step of a stack of three or more shots (:func:`fuse_shots`).
+    stage : callable, optional
+        Called with a line naming each step before the fusion as it starts: reading, checking,
+        aligning and the alignment's own steps (:func:`prepare_sources`).
 
     Returns
     -------
     Fused
     """
-    src = prepare_sources(paths, align=align, force=force, motion_hint=motion_hint, prefix=prefix, details=details)
+    src = prepare_sources(paths, align=align, force=force, motion_hint=motion_hint, prefix=prefix, details=details,
+                          stage=stage)
     results = fuse_shots(src.images, nets, params, [str(p) for p in paths], progress=progress, step=step)
     return fused_output(src, results, output)
 
@@ -1231,6 +1244,15 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
             return lambda text: print(f"bafusion fuse-dir: {name}: {text} ...", file=sys.stderr, flush=True)
         return lambda text: tqdm.write(f"bafusion fuse-dir: {name}: {text} ...", file=sys.stderr)
 
+    def stages(name: str) -> Callable[[str], None] | None:
+        # each step of a stack before and after its fusion (reading, checking, aligning and the
+        # alignment's own steps, writing) as it starts, as ``fuse`` names them: between the lines
+        # of the bar, so only where it is drawn (a log keeps its line per stack); a camera-size
+        # pair spends minutes aligning and half a minute writing
+        if bar.disable:
+            return None
+        return lambda text: tqdm.write(f"bafusion fuse-dir: {name}: {text} ...", file=sys.stderr)
+
     def _skipped(t0: float, why: str) -> str:
         # a stack refused before any work said "skipped after 0.0 s": no time where nothing ran
         dt = time.perf_counter() - t0
@@ -1264,16 +1286,20 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
             tqdm.write(f"bafusion fuse-dir: {name}: fused again (--skip-existing keeps an output only when its shots "
                        f"are unchanged): {changed}", file=sys.stderr)
         out_of_memory = False
+        stage = stages(name)
         try:
             # without bars (--no-progress, alias --quiet) no stack's own bar either
             fused = fuse_files(shots, nets, params, output=target, align=align, force=force,
                                motion_hint=motion_hint, progress=None if progress else False,
-                               prefix="bafusion fuse-dir", details=bool(progress), step=steps(name))
+                               prefix="bafusion fuse-dir", details=bool(progress), step=steps(name),
+                               stage=stage)
             # the record first says that fuse-dir writes this output from these shots (a run stopped
             # while writing it leaves a file the next run may replace) and no longer lists it as written
             _write_record(out, setup, written - {target.name}, device, {**sources, target.name: record})
             sources[target.name] = record
             written.discard(target.name)
+            if stage is not None:
+                stage(f"writing {target}")
             write_image(target, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits,
                         dpi=fused.dpi, png_colour=fused.png_colour)
         except UserError as e:
@@ -1327,19 +1353,21 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
 
 
 def align_for_fuse(images: list[np.ndarray], names: list[str], model: str, force: bool, *,
-                   alignment: bool = False, prefix: str = "bafusion", details: bool = True):
+                   alignment: bool = False, prefix: str = "bafusion", details: bool = True,
+                   step: Callable[[str], None] | None = None):
     """Register the shots to the first (:mod:`bafusion.fusion.align`), print one line per shot to
     stderr (after ``prefix``; only with ``details``), refuse unless ``force`` an estimate that no hand-held focus pair shows
     (:func:`bafusion.fusion.align.implausible_motion`) and shots that are not one scene; returns
     the cropped shots (``alignment``: the :class:`bafusion.fusion.align.Alignment`, whose
     ``apply`` registers other copies of the shots alike). Shots too flat to register are left as
-    they are (a line says so)."""
+    they are (a line says so). ``step`` is told each step of the alignment as it starts
+    (:func:`bafusion.fusion.align.align_images`)."""
     from bafusion.fusion.align import align_images, check_alignment
 
     from bafusion.fusion.align import MIN_QUALITY
     from bafusion.fusion.scene import check_turned
 
-    al = align_images(images, model)
+    al = align_images(images, model, step=step)
     if not force:
         failing = [i for i, q in enumerate(al.quality[1:], 1) if q is not None and q < MIN_QUALITY]
         check_turned(images, names, failing)  # a sideways shot: turning it helps, not the alignment
