@@ -142,6 +142,42 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(nets, capsys) -> None:
     assert "fusing" in capsys.readouterr().err
 
 
+def test_the_working_bar_never_goes_back(nets, capsys, monkeypatch) -> None:
+    """The bar of a camera-size fusion went from 75 % (3/4, the nets done) back to 8 % (3/38)
+    when the band's tiles were counted, and the nets' 3.3 s a step promised two minutes for
+    tiles that took two seconds. Now its total stays four steps, the tiles advance the last one
+    in fractions: every redraw shows as much or more done, ending at 4.0/4."""
+    import tqdm
+
+    class EveryRedraw(tqdm.tqdm):  # a redraw for every update (tqdm skips those within 0.1 s)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "mininterval": 0, "miniters": 1})
+
+    from bafusion.fusion import working
+
+    monkeypatch.setattr(tqdm, "tqdm", EveryRedraw)
+    monkeypatch.setattr(working, "BAND_TILE", 32)  # the band of a small pair in many tiles, as at camera size
+    a, b, _ = _scene(192, 256)
+    p = FusionParams(working_side=64, working_above=64)
+    capsys.readouterr()
+    import re
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tqdm.TqdmWarning)  # "clamping frac": past the end
+        fuse_images(a, b, nets, p, progress=True)
+    err = capsys.readouterr().err
+
+    shown = [(int(m.group(1)), float(m.group(2)), int(m.group(3)))
+             for m in re.finditer(r"fusing:\s+(\d+)%\|[^|]*\| ([\d.]+)/(\d+) ", err)]
+    assert len(shown) > 5 and "band, " in err, err
+    tiles = int(re.search(r"band, (\d+) tiles", err).group(1))
+    assert tiles > 1, err  # the band has tiles to count
+    assert {t for _, _, t in shown} == {4}, shown
+    assert [x[:2] for x in shown] == sorted(x[:2] for x in shown), shown
+    assert shown[-1][:2] == (100, 4.0), shown
+
+
 @pytest.mark.parametrize("field,bad", [("working_side", 32), ("working_side", -1), ("working_side", 1.5),
                                        ("working_above", -5), ("working_band", 0), ("working_band", True),
                                        ("working_refine", "bilateral")])
