@@ -171,3 +171,81 @@ def test_a_shard_that_cannot_be_written_is_one_line_not_a_crash(tmp_path: Path, 
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [f"bafusion composite: error: {out}: File too large"]
     assert list(out.parent.iterdir()) == []
+
+
+def _save(path: Path, img: np.ndarray) -> str:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+    return f"{path.parent.name}/{path.name}"
+
+
+def _tiny_prepared(tmp_path: Path) -> Path:
+    """A prepared folder by hand: 2 train and 1 test foreground (40x60, a matte with a soft
+    ramp 0..255 that holds the value 128), 3 train backgrounds (one of the foreground's size,
+    a small black/white checkerboard that is upscaled with another aspect, so Lanczos
+    overshoots, one larger) and 2 test backgrounds (one needs resizing)."""
+    import json
+
+    rng = np.random.default_rng(11)
+    root = tmp_path / "prepared"
+    manifest: dict = {"foregrounds": [], "backgrounds": []}
+    ramp = np.clip(np.round(np.linspace(-40, 300, 60)), 0, 255).astype(np.uint8)
+    for i, split in enumerate(("train", "train", "test")):
+        fg = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+        matte = np.repeat(np.roll(ramp, 6 * i)[None, :], 40, axis=0)
+        matte[:, 0] = 128  # the label's threshold exactly (GT = 0.502 >= 0.5)
+        fid = f"F{i}"
+        manifest["foregrounds"].append({"id": fid, "image": _save(root / "fg" / f"{fid}.png", fg),
+                                        "matte": _save(root / "matte" / f"{fid}.png", matte), "split": split})
+    checker = (((np.arange(24)[:, None] // 2 + np.arange(30)[None, :] // 2) % 2) * 255).astype(np.uint8)
+    bgs = [rng.integers(0, 256, (40, 60, 3), dtype=np.uint8), np.repeat(checker[..., None], 3, axis=2),
+           rng.integers(0, 256, (70, 80, 3), dtype=np.uint8),
+           rng.integers(0, 256, (40, 60, 3), dtype=np.uint8), rng.integers(0, 256, (30, 90, 3), dtype=np.uint8)]
+    for i, bg in enumerate(bgs):
+        bid = f"b{i}"
+        manifest["backgrounds"].append({"id": bid, "image": _save(root / "bg" / f"{bid}.png", bg),
+                                        "split": "train" if i < 3 else "test"})
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_training_shards_hold_the_papers_gray_pairs_with_their_sigma_and_pair_ids(tmp_path: Path) -> None:
+    """run_shard against the module docstring: per pair, A = FG*GT + blur(BG)*(1-GT) and
+    B = blur(FG)*GT + BG*(1-GT) in gray, GT = the soft matte / 255, BG the gray background
+    fitted (cover) in float with its Lanczos overshoot clipped, one sigma drawn per pair by
+    draw_sigma(seed, pair id), pair id = fg index * n_backgrounds + bg index, rounded once."""
+    from scipy import ndimage
+
+    from bafusion.data.composite import run_shard
+    from bafusion.io import gray_float, read_image, read_matte, to_uint8
+
+    prepared = _tiny_prepared(tmp_path)
+    opts = CompositeOptions(sigma=(1.0, 3.0), seed=7)
+    shards = [tmp_path / "s0.h5", tmp_path / "s1.h5"]
+    assert sum(run_shard(prepared, k, 2, opts, f, progress=False) for k, f in enumerate(shards)) == 6
+    bgs = [gray_float(read_image(prepared / "bg" / f"b{i}.png", rgb=True)) for i in range(3)]
+    seen_pairs, seen_sigmas = [], []
+    for k, f in enumerate(shards):
+        with h5py.File(f) as h5:
+            assert list(h5.keys()) == [f"F{k}"]  # round-robin: foreground k in shard k
+            g = h5[f"F{k}"]
+            matte = read_matte(prepared / "matte" / f"F{k}.png")
+            np.testing.assert_array_equal(g["matte"][()], matte)
+            assert [b.decode() for b in g["background"][()]] == ["b0", "b1", "b2"]
+            np.testing.assert_array_equal(g["pair"][()], k * 3 + np.arange(3))
+            fg = gray_float(read_image(prepared / "fg" / f"F{k}.png", rgb=True))
+            a = matte / 255.0
+            for j in range(3):
+                s = draw_sigma(7, k * 3 + j, (1.0, 3.0))
+                assert g["sigma"][j] == np.float32(s)
+                bg = np.clip(fit_background(bgs[j].astype(np.float32), (40, 60), "cover"), 0, 255).astype(np.float64)
+                A = fg * a + ndimage.gaussian_filter(bg, s, mode="reflect") * (1 - a)
+                B = ndimage.gaussian_filter(fg, s, mode="reflect") * a + bg * (1 - a)
+                np.testing.assert_array_equal(g["A"][j], to_uint8(A))
+                np.testing.assert_array_equal(g["B"][j], to_uint8(B))
+            seen_pairs += list(g["pair"][()])
+            seen_sigmas += list(g["sigma"][()])
+    assert sorted(seen_pairs) == list(range(6))  # global ids: unique across shards
+    assert len(set(seen_sigmas)) == 6 and all(1.0 <= x <= 3.0 for x in seen_sigmas)
