@@ -249,3 +249,40 @@ def test_training_shards_hold_the_papers_gray_pairs_with_their_sigma_and_pair_id
             seen_sigmas += list(g["sigma"][()])
     assert sorted(seen_pairs) == list(range(6))  # global ids: unique across shards
     assert len(set(seen_sigmas)) == 6 and all(1.0 <= x <= 3.0 for x in seen_sigmas)
+
+
+def test_testset_holds_colour_pairs_their_truth_and_the_true_decision_map(tmp_path: Path) -> None:
+    """make_testset against its docstring: per held-out pair, A and B the colour composites
+    with the index's sigma, the truth FG*GT + BG*(1-GT) (all in focus: no blur), and the true
+    decision map 255 where GT >= 0.5 (matte >= 128, the training label's threshold: a matte
+    value of 128 is A's)."""
+    import json
+
+    from scipy import ndimage
+
+    from bafusion.data.composite import make_testset
+    from bafusion.data.patches import PatchOptions
+    from bafusion.io import read_image, read_matte, to_uint8
+
+    prepared = _tiny_prepared(tmp_path)
+    out = tmp_path / "testset"
+    index = make_testset(prepared, CompositeOptions(sigma=(1.0, 3.0), seed=3), out, progress=False)
+    assert json.loads((out / "index.json").read_text()) == index
+    assert [p["name"] for p in index["pairs"]] == ["F2__b3", "F2__b4"]
+    fg = read_image(prepared / "fg" / "F2.png", rgb=True).astype(np.float64)
+    matte = read_matte(prepared / "matte" / "F2.png")
+    assert (matte == 128).any() and (matte == 127).any()
+    a = (matte / 255.0)[..., None]
+    for p in index["pairs"]:
+        s = p["sigma"]
+        assert 1.0 <= s <= 3.0 and (p["height"], p["width"]) == (40, 60)
+        bg = fit_background(read_image(prepared / "bg" / f"{p['background']}.png", rgb=True), (40, 60), "cover")
+        bg = bg.astype(np.float64)
+        np.testing.assert_array_equal(read_image(out / f"{p['name']}-truth.png"), to_uint8(fg * a + bg * (1 - a)))
+        dm = read_image(out / f"{p['name']}-dm.png")
+        np.testing.assert_array_equal(dm, np.where(matte >= 128, 255, 0))
+        np.testing.assert_array_equal(dm > 0, matte >= PatchOptions().threshold_u8)  # as training labels it
+        blurred = [ndimage.gaussian_filter(x, (s, s, 0), mode="reflect") for x in (fg, bg)]
+        np.testing.assert_array_equal(read_image(out / f"{p['name']}-A.png"), to_uint8(fg * a + blurred[1] * (1 - a)))
+        np.testing.assert_array_equal(read_image(out / f"{p['name']}-B.png"), to_uint8(blurred[0] * a + bg * (1 - a)))
+    assert index["pairs"][0]["sigma"] != index["pairs"][1]["sigma"]
