@@ -68,6 +68,23 @@ def test_fit_cover_keeps_size_and_centre(bg_shape: tuple[int, int, int]) -> None
     assert fit_background(bg, (40, 60), "stretch").shape == (40, 60, 3)
 
 
+@pytest.mark.parametrize("bg_shape", [(30, 90), (200, 50), (20, 30), (80, 120)])
+def test_fit_cover_scales_both_sides_by_one_factor_and_crops_the_centre(bg_shape: tuple[int, int]) -> None:
+    """``cover`` scales the background by s = max(h/bh, w/bw) (it covers the target), keeping
+    its aspect ratio, and crops the centre: a 10x10 square at the background's centre becomes
+    a square of about 10*s px at the target's centre (a stretch would make it a rectangle)."""
+    bh, bw = bg_shape
+    bg = np.zeros(bg_shape, np.uint8)
+    bg[bh // 2 - 5 : bh // 2 + 5, bw // 2 - 5 : bw // 2 + 5] = 255
+    out = fit_background(bg, (40, 60), "cover")
+    assert out.shape == (40, 60)
+    s = max(40 / bh, 60 / bw)
+    ys, xs = np.nonzero(out > 128)
+    height, width = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    assert abs(height - 10 * s) <= 1.5 and abs(width - 10 * s) <= 1.5, (height, width, 10 * s)
+    assert abs(ys.mean() - 19.5) <= 1 and abs(xs.mean() - 29.5) <= 1
+
+
 def test_sigma_is_drawn_per_pair_deterministically() -> None:
     s = [draw_sigma(0, k, (1.0, 3.0)) for k in range(50)]
     assert s == [draw_sigma(0, k, (1.0, 3.0)) for k in range(50)]
