@@ -144,6 +144,17 @@ def test_split_pairs_fraction_and_determinism() -> None:
     assert len(split_pairs(np.arange(3), 0.15, 0)) == 1  # at least one validation pair
 
 
+def test_split_pairs_rounds_and_leaves_a_training_pair() -> None:
+    """val_pair_count's docstring: round(val_fraction * n) pairs, at least one and at most
+    n - 1 when there are two or more pairs and val_fraction > 0."""
+    assert len(split_pairs(np.arange(20), 0.18, 0)) == 4  # round(3.6), not its floor 3
+    assert len(split_pairs(np.arange(20), 0.12, 0)) == 2  # round(2.4)
+    for n, frac in ((2, 0.75), (2, 0.9), (4, 0.95)):  # round(frac * n) would take every pair
+        v = split_pairs(np.arange(n), frac, 0)
+        assert len(v) == n - 1, (n, frac, v)
+    assert split_pairs(np.arange(5), 0.0, 0) == set()
+
+
 def test_context_stores_the_same_patches_with_their_surroundings(shard: Path, tmp_path: Path) -> None:
     """patches.context: crops of side p + 2*context around the very patches (same centres,
     labels and boundary picks) that context 0 draws, reflect-padded at the image border."""
