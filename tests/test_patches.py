@@ -12,6 +12,7 @@ import pytest
 from bafusion.data.patches import (
     BOUNDARY_SUBSET,
     PatchOptions,
+    passes_boundary_test,
     read_split,
     run_patches,
     split_pairs,
@@ -153,6 +154,21 @@ def test_split_pairs_rounds_and_leaves_a_training_pair() -> None:
         v = split_pairs(np.arange(n), frac, 0)
         assert len(v) == n - 1, (n, frac, v)
     assert split_pairs(np.arange(5), 0.0, 0) == set()
+
+
+def test_boundary_test_uses_both_fractions_and_includes_its_limits() -> None:
+    """A window passes when its focused fraction is >= patches.min_focused and its defocused
+    fraction >= patches.min_defocused, each its own parameter (here not equal)."""
+    frac = np.array([0.2, 0.85, 0.5])
+    np.testing.assert_array_equal(passes_boundary_test(frac, 0.3, 0.1), [False, True, True])
+    np.testing.assert_array_equal(passes_boundary_test(frac, 0.1, 0.3), [True, False, True])
+    # at the limits (a 10x10 window with 10 and with 90 focused pixels): "at least" includes them
+    mask = np.zeros((10, 20), bool)
+    mask[:, :1] = True
+    mask[:, 10:19] = True
+    f = window_fraction(mask, 10)[0, [0, 10]]
+    np.testing.assert_array_equal(f, [0.1, 0.9])
+    np.testing.assert_array_equal(passes_boundary_test(f, 0.1, 0.1), [True, True])
 
 
 def test_context_stores_the_same_patches_with_their_surroundings(shard: Path, tmp_path: Path) -> None:
