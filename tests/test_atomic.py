@@ -90,6 +90,31 @@ def test_a_failed_block_leaves_the_earlier_output_and_nothing_else(tmp_path: Pat
     assert (out / "a").read_text() == "earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_a_failed_rename_into_place_puts_the_earlier_output_back(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The earlier output is moved aside before the new folder is renamed into place; when that
+    rename fails (a full or read-only parent, EXDEV), the earlier output is put back, not
+    deleted with the temporary folder, and the error is raised."""
+    import bafusion.atomic as atomic
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_text("earlier")
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(src).name == "out" and Path(dst) == out:  # the new folder into place
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with pytest.raises(OSError, match="No space left"), atomic_dir(out) as tmp:
+        (tmp / "a").write_text("new")
+    monkeypatch.undo()
+    assert (out / "a").read_text() == "earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def test_the_leftovers_of_a_killed_run_are_removed_and_only_those(tmp_path: Path) -> None:
     import os
     import socket
