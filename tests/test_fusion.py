@@ -502,6 +502,21 @@ def test_fused_image_is_built_from_the_cleaned_map(monkeypatch: pytest.MonkeyPat
     np.testing.assert_array_equal(res.fused, np.where(want, a, b))
 
 
+def test_small_region_area_is_rounded_up() -> None:
+    """remove_small_regions' docstring: regions with fewer than ceil(min_region * H * W) pixels
+    are flipped. At 0.0113 of 20x20 (4.52 px, so 5) an island and a hole of 4 px are flipped,
+    an island of 5 px is kept."""
+    dm = np.zeros((20, 20), bool)
+    dm[2:4, 2:4] = True  # island of 4 px
+    dm[10:15, 2] = True  # island of 5 px
+    dm[:, 12:] = True
+    dm[5:7, 15:17] = False  # hole of 4 px
+    want = np.zeros((20, 20), bool)
+    want[10:15, 2] = True
+    want[:, 12:] = True
+    np.testing.assert_array_equal(remove_small_regions(dm, 0.0113), want)
+
+
 def test_small_regions_are_4_connected() -> None:
     """Pixels touching only at a corner are separate regions: a diagonal of 30 single pixels
     is 30 islands (or holes) of 1 px, all removed, not one region of 30 px kept."""
