@@ -450,6 +450,25 @@ def test_band_uses_both_low_and_high(monkeypatch: pytest.MonkeyPatch) -> None:
     np.testing.assert_array_equal(s1, s0)  # refine=False: s0 stands
 
 
+def test_band_excludes_its_limits_at_the_source_size_and_upscaled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eq. 2 is strict, low < mean < high: a window mean exactly at low or at high (0.25 and
+    0.75, exact in binary) is not near the boundary, one between is; in decide() and in
+    decide_upscaled() (a small pair decided at working_min), which recomputes the band."""
+    import importlib
+
+    from bafusion.fusion.working import decide_upscaled
+
+    decide_mod = importlib.import_module("bafusion.fusion.decide")  # the module, not the function
+    nets = FusionNets(build_model(8), build_model(8), 8, 8, torch.device("cpu"))
+    g = np.zeros((20, 30), np.uint8)
+    for v, want in ((0.25, False), (0.75, False), (0.5, True)):
+        monkeypatch.setattr(decide_mod, "score_multiscale", lambda net, a, *x, v=v, **k: np.full(a.shape, v, np.float32))
+        _, mean, near, _, _ = fusion.decide(g, g, nets, P(l=1, low=0.25, high=0.75, refine=False))
+        assert np.all(mean == v) and np.all(near == want), (v, np.unique(mean))
+        _, mean, near, _, _ = decide_upscaled(g, g, nets, P(l=1, low=0.25, high=0.75, refine=False, working_min=64))
+        assert mean.shape == g.shape and np.all(mean == v) and np.all(near == want), ("upscaled", v, np.unique(mean))
+
+
 def test_threshold_param_sets_the_binarisation(monkeypatch: pytest.MonkeyPatch) -> None:
     """``fuse.threshold`` is the binarisation threshold of step 4 (``dm = s1 > threshold``):
     at 0.3 a pixel scored 0.4 takes A, one scored 0.2 takes B (at 0.5, 0.4 would take B)."""
