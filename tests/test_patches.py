@@ -13,6 +13,7 @@ from bafusion.data.patches import (
     BOUNDARY_SUBSET,
     PatchOptions,
     passes_boundary_test,
+    random_corners,
     read_split,
     run_patches,
     split_pairs,
@@ -169,6 +170,15 @@ def test_boundary_test_uses_both_fractions_and_includes_its_limits() -> None:
     f = window_fraction(mask, 10)[0, [0, 10]]
     np.testing.assert_array_equal(f, [0.1, 0.9])
     np.testing.assert_array_equal(passes_boundary_test(f, 0.1, 0.1), [True, True])
+
+
+def test_random_corners_cover_every_position_of_a_whole_patch() -> None:
+    """Random patches lie anywhere inside the image, each whole: top-left corners take every
+    row 0..H-p and column 0..W-p (the last ones included), never more."""
+    rng = np.random.default_rng(0)
+    c = random_corners(rng, (10, 12), 8, 2000)
+    assert c.shape == (2000, 2)
+    assert set(c[:, 0].tolist()) == {0, 1, 2} and set(c[:, 1].tolist()) == {0, 1, 2, 3, 4}
 
 
 def test_context_stores_the_same_patches_with_their_surroundings(shard: Path, tmp_path: Path) -> None:
