@@ -300,6 +300,32 @@ def test_qy_flat_windows_are_stable() -> None:
     assert M.qy(a, b, x + 0.25) == pytest.approx(M.qy(a + 0.25, b + 0.25, x + 0.5), abs=0.05)
 
 
+def test_qy_takes_the_weighted_rule_where_ssim_ab_is_exactly_075(monkeypatch: pytest.MonkeyPatch) -> None:
+    """qy's docstring: where SSIM(A, B) >= 0.75 the local score is lambda SSIM(A, F) +
+    (1 - lambda) SSIM(B, F), else the max. With the SSIM maps faked (A,B: 0.75 exactly, A,F: 1,
+    B,F: 0), the tie takes the weighted rule: QY = mean lambda = var(A) / (var(A) + var(B)) < 1,
+    not max = 1; just below the tie it is the max."""
+    rng = np.random.default_rng(4)
+    a = rng.integers(0, 256, (20, 20)).astype(float)
+    b = np.round(a / 4 + 90)  # lower variance: lambda > 0.5 but < 1
+    f = np.round(a / 2)
+    role = {round(float(np.var(x)), 6): r for x, r in ((a, "a"), (b, "b"), (f, "f"))}
+    assert len(role) == 3
+    for ab, want_max in ((0.75, False), (np.nextafter(0.75, 0), True)):
+        def fake(sx, sy, ab=ab):
+            pair = role[round(float(np.var(sx.x)), 6)] + role[round(float(np.var(sy.x)), 6)]
+            return np.full((14, 14), {"ab": ab, "af": 1.0, "bf": 0.0}[pair])
+
+        monkeypatch.setattr(M, "_ssim_yang", fake)
+        got = M.qy(a, b, f)
+        if want_max:
+            assert got == 1.0
+        else:
+            k = M._fspecial_gaussian(7, 1.5).sum(axis=1)
+            lam = M._LocalStats(a, k).var / (M._LocalStats(a, k).var + M._LocalStats(b, k).var)
+            assert 0.5 < got < 1.0 and got == pytest.approx(float(np.mean(lam)))
+
+
 def test_flat_windows_are_found_exactly() -> None:
     rng = np.random.default_rng(7)
     for x in (rng.integers(0, 3, (30, 41)).astype(float), rng.random((25, 19)) * 1e-3):
