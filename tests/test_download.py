@@ -447,6 +447,26 @@ def test_extract_zip_strips_top_folder(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["input"]
 
 
+def test_members_that_hold_more_than_they_declare_are_refused(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The module docstring: the bytes actually written are counted too. CPython's zipfile stops
+    reading a member at its declared size (then fails its CRC), so a reader that yields more is
+    faked here; extract_zip must refuse, naming the archive, and leave no target behind."""
+    z = make_zip(tmp_path / "a.zip", {"a.png": b"1" * 10, "b.png": b"2" * 10})
+    real_open = zipfile.ZipFile.open
+
+    def open_more(self, name, mode="r", *a, **k):
+        if mode == "r":
+            return io.BytesIO(b"x" * 5000)  # 5000 bytes from a member that declares 10
+        return real_open(self, name, mode, *a, **k)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", open_more)
+    target = tmp_path / "out"
+    with pytest.raises(UserError, match=r"a\.zip: refusing to extract: members hold more than they declare"):
+        extract_zip(z, target)
+    assert not target.exists()
+
+
 @pytest.mark.parametrize(
     "members,symlinks",
     [
