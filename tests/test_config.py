@@ -977,3 +977,36 @@ def test_the_license_file_is_the_mit_license_that_pyproject_names() -> None:
     assert text.startswith("MIT License\n")
     assert "Copyright (c) 2026 the bafusion authors" in text
     assert "Permission is hereby granted, free of charge" in text
+
+
+def _comments(text: str) -> list[str]:
+    """The comments of a YAML text in order: each line's text from its first `` #`` (or a
+    leading ``#``) on, stripped (params.yaml has no ``#`` inside a value)."""
+    out = []
+    for line in text.splitlines():
+        m = re.search(r"(?:^|\s)(#.*)$", line)
+        if m:
+            out.append(m.group(1).strip())
+    return out
+
+
+@pytest.mark.parametrize("overrides", [
+    ["patch=48"],
+    ["evaluate.threads=3", "fuse.scales=[1.0,0.5]"],
+    ["evaluate.datasets=[{name: testset, sources: data/other}]"],
+])
+def test_dvc_exp_run_set_keeps_every_comment_of_params_yaml(overrides: list[str], tmp_path: Path) -> None:
+    """``dvc exp run -S patch=48`` (README's way of running experiments) rewrote params.yaml
+    without the commented dataset examples that trailed the ``evaluate.datasets`` list: DVC's
+    writer drops comments after a sequence's last item. Every comment must survive DVC's own
+    ``-S`` writer, in order, wherever it sits in the file."""
+    from dvc.utils.hydra import apply_overrides
+
+    original = (REPO / "params.yaml").read_text()
+    f = tmp_path / "params.yaml"
+    f.write_text(original)
+    apply_overrides(str(f), overrides)
+    text = f.read_text()
+    assert text != original  # the override was written
+    assert _comments(text) == _comments(original)
+    assert "# - {name: real, sources: ../shared/data/eval/real" in text
