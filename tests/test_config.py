@@ -1010,3 +1010,14 @@ def test_dvc_exp_run_set_keeps_every_comment_of_params_yaml(overrides: list[str]
     assert text != original  # the override was written
     assert _comments(text) == _comments(original)
     assert "# - {name: real, sources: ../shared/data/eval/real" in text
+
+
+def test_count_note_tells_the_available_number_from_the_configured_one() -> None:
+    """With 700 backgrounds configured and fewer in the source, the note read "the source has
+    fewer backgrounds than configured (backgrounds: 128)", as if 128 were the configured value;
+    it now names both numbers."""
+    params = load_params(REPO / "params.yaml")
+    c = count_samples(deep_merge(params, {"data": {"backgrounds": 700}}))
+    have = c["available"]["backgrounds"]
+    assert 0 < have < 700
+    assert f"(backgrounds: {have} available, 700 configured): a run here would make" in c["note"], c["note"]

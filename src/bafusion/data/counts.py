@@ -86,6 +86,7 @@ def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
             real *= min(n[k], int(available[k])) if available[k] is not None else n[k]
         out["note"] = (
             f"the source has fewer {' and '.join(short)} than configured "
-            f"({', '.join(f'{k}: {available[k]}' for k in short)}): a run here would make {real:,} pairs"
+            f"({'; '.join(f'{k}: {available[k]} available, {n_cfg[k]} configured' for k in short)}): "
+            f"a run here would make {real:,} pairs"
         )
     return out
