@@ -329,6 +329,16 @@ def test_a_missing_model_folder_names_the_model_parameter(tmp_path: Path) -> Non
         assert "pass model=DIR" in str(e.value) and "--model" not in str(e.value), e.value
 
 
+def test_a_shipped_models_repository_path_elsewhere_points_at_its_name(tmp_path: Path, monkeypatch) -> None:
+    """load_model("models/default") outside the repository root said only how to train nets;
+    it now says model='default' uses the shipped model (and does not take the path for it)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"^models/default: model folder not found") as e:
+        bafusion.load_model("models/default", device="cpu")
+    assert "'default' is a shipped model: pass model='default' to use it" in str(e.value), e.value
+    assert "--model" not in str(e.value)
+
+
 def _scene(seed: int, h: int = 128, w: int = 160) -> np.ndarray:
     """A textured gray scene: smoothed noise at two scales, uint8."""
     from scipy import ndimage

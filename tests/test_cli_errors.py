@@ -854,6 +854,24 @@ def test_a_missing_model_folder_names_the_commands_own_option(work: Path, capsys
     assert ("--model DIR" in err) == (said == "--model DIR")
 
 
+@pytest.mark.parametrize(("argv", "option"), [
+    (["evaluate", "--dataset", "x=evd", "--out", "ev4", "--models", "models/default", "--device", "cpu"], "--models"),
+    (["fuse-set", "--pairs", "evd", "--models", "../models/default", "--out", "o", "--device", "cpu"], "--models"),
+    ([*FUSE[:3], "--model", "models/lytro-2026-11", "--device", "cpu", "-o", "F.png"], "--model"),
+])
+def test_a_shipped_models_repository_path_outside_the_repository_points_at_its_name(
+    work: Path, capsys, argv: list[str], option: str
+) -> None:
+    """README's `--models models/default`, run outside the repository root, said first "train
+    them with `snakemake ...`"; it now says that the name alone uses the shipped model."""
+    _evd(work)
+    name = Path(argv[argv.index(option) + 1]).name
+    err = _refused(argv, capsys, work, "model folder not found (relative to the current folder, ",
+                   f"{name!r} is a shipped model: pass {option} {name} to use it (from any folder)")
+    assert err.index(f"{option} {name}") < err.index("train them")
+    assert (option == "--model") == ("--models" not in err)
+
+
 @pytest.mark.parametrize(("shard", "shards", "said"), [
     ("0", "0", "--shards 0: give the number of shards, at least 1"),
     ("0", "-2", "--shards -2: give the number of shards, at least 1"),

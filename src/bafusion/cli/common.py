@@ -189,8 +189,8 @@ def nets_from_args(args: argparse.Namespace, device: str, folder: str | None) ->
         return _load_saying_the_shipped_model(args, folder, device)
     except UserError as e:
         if folder is None or not Path(folder).is_file():
-            if "models" in vars(args) and "--model DIR" in str(e):  # fuse-set, evaluate: --models was theirs
-                raise UserError(str(e).replace("--model DIR", "--models DIR")) from e
+            if "models" in vars(args) and "--model " in str(e):  # fuse-set, evaluate: --models was theirs
+                raise UserError(str(e).replace("--model ", "--models ")) from e
             raise
         # a net file given as the folder: "model folder not found" misled
         raise UserError(f"{folder}: is a file, not a model folder: pass the folder that holds initial.pt and "

@@ -326,6 +326,13 @@ def _find_model_dir(model: str | os.PathLike[str] | None, *, warn: bool = True, 
         shipped = _shipped_model_dir(d.name) if d.name == str(model) else None
         if shipped is not None:
             return shipped
+        if _shipped_model_dir(d.name) is not None:
+            # `models/default` outside the repository root: the shipped model is named by its
+            # name alone; not taken for it here, as the path may mean a folder of one's own
+            by_name = f"model={d.name!r}" if hint == _PY_MODEL_HINT else f"--model {d.name}"
+            where = "" if d.is_absolute() else f" (relative to the current folder, {Path.cwd()})"
+            raise UserError(f"{d}: model folder not found{where}; {d.name!r} is a shipped model: pass {by_name} "
+                            f"to use it (from any folder); for other nets, {hint}")
         raise UserError(f"{d}: model folder not found ({hint}; shipped models: {', '.join(shipped_models())})")
     for d in default_model_dirs():
         if (d / "initial.pt").is_file() and (d / "boundary.pt").is_file():
