@@ -443,6 +443,7 @@ def test_align_images_names_its_steps_the_levels_and_channels_of_camera_size_sho
     levels = len(align._pyramid(np.zeros((900, 1200))))
     assert said == [
         "shot 2 of 2: estimating its motion (similarity)",
+        "shot 2 of 2: estimating its motion (similarity), blurring and reducing both shots",
         f"shot 2 of 2: estimating its motion (similarity), level {levels} of {levels} (1200x900 px)",
         "shot 2 of 2: resampling (quintic spline), channel 1 of 3",
         "shot 2 of 2: resampling (quintic spline), channel 2 of 3",

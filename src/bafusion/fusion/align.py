@@ -538,11 +538,14 @@ def _estimate(g_ref: np.ndarray, g_mov: np.ndarray, ref_clip: np.ndarray | None,
               model: str, sigma: float, iters: int = _ITERS, samples: int = _SAMPLES, tol: float = _TOL,
               step: Callable[[str], None] | None = None) -> np.ndarray:
     """:func:`estimate_transform` on the shots' gray copies (:func:`_gray`) and their clipped
-    regions (:func:`_clipped`), computed once per shot by the caller. ``step`` is told each
-    pyramid level of at least :data:`STEP_MIN_PIXELS` before its fit starts (``"level 6 of 7
-    (3000x2000 px)"``; the coarser levels take a fraction of a second)."""
+    regions (:func:`_clipped`), computed once per shot by the caller. For shots of at least
+    :data:`STEP_MIN_PIXELS`, ``step`` is told when their pyramids are made and each pyramid level
+    of at least as many pixels before its fit starts (``"level 6 of 7 (3000x2000 px)"``; the
+    coarser levels take a fraction of a second)."""
     from skimage.registration import phase_cross_correlation
 
+    if step is not None and g_ref.size >= STEP_MIN_PIXELS:
+        step("blurring and reducing both shots")
     ref_p = _pyramid(ndimage.gaussian_filter(g_ref, sigma) if sigma > 0 else g_ref)
     mov_p = _pyramid(ndimage.gaussian_filter(g_mov, sigma) if sigma > 0 else g_mov)
     shape0 = ref_p[0].shape
@@ -591,10 +594,10 @@ def warp_to_first(img: np.ndarray, m: np.ndarray, shape: tuple[int, int] | None 
     least :data:`STEP_MIN_PIXELS` before it starts (``"channel 1 of 3"``: 8 s each at 24 MP)."""
     h, w = shape or img.shape[:2]
     src = np.asarray(img)
-    if order == 5:
-        out = _spline_warp(src.astype(np.float64), np.linalg.inv(m), (h, w),
-                           step if step is not None and h * w >= STEP_MIN_PIXELS else None)
-    elif order in (0, 1, 3):
+    if order == 5:  # converted a channel at a time: a 24 MP RGB shot is never float64 whole
+        return _spline_warp(src, np.linalg.inv(m), (h, w), step if step is not None and h * w >= STEP_MIN_PIXELS
+                            else None)
+    if order in (0, 1, 3):
         from skimage.transform import ProjectiveTransform, warp
 
         inv = ProjectiveTransform(matrix=np.linalg.inv(m))
@@ -602,42 +605,53 @@ def warp_to_first(img: np.ndarray, m: np.ndarray, shape: tuple[int, int] | None 
                    preserve_range=True)
     else:
         raise UserError(f"warp order must be 0, 1, 3 or 5, got {order!r}")
-    if src.dtype == np.uint8:
-        return np.clip(np.round(out), 0, 255).astype(np.uint8)
-    if np.issubdtype(src.dtype, np.integer):
-        info = np.iinfo(src.dtype)
-        return np.clip(np.round(out), info.min, info.max).astype(src.dtype)
-    return out.astype(src.dtype)
+    return _as_dtype(out, src.dtype)
+
+
+def _as_dtype(out: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Resampled float values in ``dtype``: an integer type's rounded and clipped to its range."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.round(out), info.min, info.max).astype(dtype)
+    return out.astype(dtype)
 
 
 def _spline_warp(src: np.ndarray, inv: np.ndarray, shape: tuple[int, int],
                  step: Callable[[str], None] | None = None) -> np.ndarray:
-    """Quintic-spline resampling of ``src`` (H, W) or (H, W, C) float at the points
-    ``inv @ (x, y, 1)`` of an output grid of ``shape``; edge pixels extend outside. Affine
+    """Quintic-spline resampling of ``src`` (H, W) or (H, W, C) at the points ``inv @ (x, y, 1)``
+    of an output grid of ``shape``, in ``src``'s dtype (each channel resampled in float64, then
+    rounded and clipped to an integer dtype's range); edge pixels extend outside. Affine
     ``inv`` (similarity, translation) uses ``ndimage.affine_transform``, a homography
     ``map_coordinates`` on the computed points; each channel separately (a 3-D spline across
     the channels would cost ~6x as much for the same values); ``step`` is told each channel of
     a colour image as it starts."""
     h, w = shape
-    chans = [src] if src.ndim == 2 else [src[..., c] for c in range(src.shape[2])]
-
-    def told(i: int, c: np.ndarray) -> np.ndarray:
-        if step is not None and len(chans) > 1:
-            step(f"channel {i + 1} of {len(chans)}")
-        return c
-
+    n = 1 if src.ndim == 2 else src.shape[2]
+    result = np.empty((h, w) + src.shape[2:], dtype=src.dtype)
     if np.allclose(inv[2], [0.0, 0.0, 1.0]):
         mat = np.array([[inv[1, 1], inv[1, 0]], [inv[0, 1], inv[0, 0]]])  # (row, col) order
         off = np.array([inv[1, 2], inv[0, 2]])
-        outs = [ndimage.affine_transform(told(i, c), mat, off, output_shape=(h, w), order=5, mode="nearest")
-                for i, c in enumerate(chans)]
+
+        def one(c: np.ndarray) -> np.ndarray:
+            return ndimage.affine_transform(c, mat, off, output_shape=(h, w), order=5, mode="nearest")
     else:
         ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
         q = inv @ np.stack([xs.ravel(), ys.ravel(), np.ones(h * w)])
         coords = np.stack([q[1] / q[2], q[0] / q[2]])
-        outs = [ndimage.map_coordinates(told(i, c), coords, order=5, mode="nearest").reshape(h, w)
-                for i, c in enumerate(chans)]
-    return outs[0] if src.ndim == 2 else np.stack(outs, axis=-1)
+        del ys, xs, q
+
+        def one(c: np.ndarray) -> np.ndarray:
+            return ndimage.map_coordinates(c, coords, order=5, mode="nearest").reshape(h, w)
+    for i in range(n):
+        if step is not None and n > 1:
+            step(f"channel {i + 1} of {n}")
+        chan = src if src.ndim == 2 else src[..., i]
+        out = _as_dtype(one(chan.astype(np.float64)), src.dtype)
+        if src.ndim == 2:
+            result[:] = out
+        else:
+            result[..., i] = out
+    return result
 
 
 def coverage(m: np.ndarray, shape: tuple[int, int], src_shape: tuple[int, int] | None = None) -> np.ndarray:
