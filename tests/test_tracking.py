@@ -616,6 +616,7 @@ def test_tracking_imports_and_logs_without_fcntl(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BAFUSION_", "MLFLOW_TRACKING", "DVC_"))}
     env["PYTHONPATH"] = str(Path(tracking.__file__).resolve().parents[1])
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env["MLFLOW_TRACKING_URI"] = uri  # tmp_path is outside any project: tracking is asked for
     p = subprocess.run([sys.executable, "-c", WITHOUT_FCNTL, uri], capture_output=True, text=True, env=env,
                        cwd=tmp_path, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -992,3 +993,88 @@ def test_snakemake_touch_records_no_parent_run(tmp_path: Path, monkeypatch: pyte
     done = run(["snakemake", "--cores", "1", "prepare", "--touch", "--forcerun", "prepare"], project)
     assert "localrule prepare:" in done.stderr, done.stderr[-2000:]  # its job was touched
     assert runs() == before
+
+
+# --------------------------------------------------------------------------------------
+# Outside a project: nothing logged unless asked
+
+
+@pytest.fixture
+def photo_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory outside any project (no dvc.yaml or Snakefile up the tree, no
+    $DVC_ROOT), with no tracking asked for in the environment."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for var in ("MLFLOW_TRACKING_URI", "BAFUSION_MLFLOW", "DVC_ROOT", tracking.PARENT_ENV):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(tracking, "_broken", None, raising=False)
+    monkeypatch.chdir(folder)
+    assert not any((d / f).exists() for d in (folder, *folder.parents) for f in ("dvc.yaml", "Snakefile"))
+    return folder
+
+
+def _store_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(("mlflow", "mlruns")))
+
+
+def test_a_step_outside_a_project_logs_nothing_unless_asked(photo_folder: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Path) -> None:
+    """Outside a project the store defaulted to the working directory: `bafusion evaluate` in a
+    folder of photos left mlflow.db, mlflow.db.lock and mlruns/ there. Now nothing is logged
+    there unless $MLFLOW_TRACKING_URI or $BAFUSION_MLFLOW=1 asks for it."""
+    assert not tracking.enabled()
+    with tracking.stage_run("evaluate") as run:
+        run.log_metric("x", 1.0)
+    assert tracking.begin_invocation({}, "all") is None
+    assert _store_files(photo_folder) == []
+
+    uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"  # asked for: a store of one's choice
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert tracking.enabled()
+    with tracking.stage_run("asked"):
+        pass
+    assert _runs(uri) == {"asked": "FINISHED"} and _store_files(photo_folder) == []
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "1")  # asked for: the working directory's store
+    assert tracking.enabled()
+    with tracking.stage_run("here"):
+        pass
+    assert _runs(f"sqlite:///{photo_folder / 'mlflow.db'}") == {"here": "FINISHED"}
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    assert not tracking.enabled()
+
+
+def test_a_step_inside_a_project_is_logged_into_its_store(photo_folder: Path) -> None:
+    """In a project (a Snakefile or dvc.yaml up the tree) a step is logged, as before."""
+    (photo_folder / "dvc.yaml").write_text("stages: {}\n")
+    sub = photo_folder / "sub"
+    sub.mkdir()
+    os.chdir(sub)  # monkeypatch.chdir (the fixture) restores the original directory
+    assert tracking.enabled() and tracking.repo_root() == photo_folder.resolve()
+    with tracking.stage_run("evaluate"):
+        pass
+    assert _runs(f"sqlite:///{photo_folder.resolve() / 'mlflow.db'}") == {"evaluate": "FINISHED"}
+    assert _store_files(sub) == []
+
+
+def test_evaluate_in_a_folder_of_photos_leaves_no_tracking_store(photo_folder: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """README's `bafusion evaluate --dataset mine=PAIRS,...` run beside one's pairs left
+    mlflow.db, mlflow.db.lock and mlruns/ in that folder."""
+    import numpy as np
+    from PIL import Image
+
+    from bafusion.cli import main as cli_main
+
+    pairs = photo_folder / "pairs"
+    pairs.mkdir()
+    rng = np.random.default_rng(0)
+    for k in "AB":
+        Image.fromarray(rng.integers(0, 256, (40, 48), dtype=np.uint8)).save(pairs / f"p1-{k}.png")
+    rc = cli_main(["evaluate", "--dataset", "mine=pairs", "--methods", "Laplacian", "--metrics", "QG",
+                   "--out", "ev"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert (photo_folder / "ev" / "mine" / "metrics.csv").is_file()
+    assert _store_files(photo_folder) == [] and not list(photo_folder.rglob("mlflow.db*"))

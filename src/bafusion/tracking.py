@@ -3,7 +3,10 @@
 - The URI is ``$MLFLOW_TRACKING_URI`` when set; otherwise ``sqlite:///<repo root>/mlflow.db``
   where the repo root is ``$DVC_ROOT`` (set by DVC, also for ``dvc exp run --temp`` whose
   working copy is deleted afterwards), else the nearest folder above the working directory
-  holding ``dvc.yaml`` or ``Snakefile``, else the working directory.
+  holding ``dvc.yaml`` or ``Snakefile``. Outside any project, nothing is logged unless
+  ``$MLFLOW_TRACKING_URI`` is set (or ``$BAFUSION_MLFLOW=1``: then into the working
+  directory), see :func:`enabled`; the pipeline's Snakemake sets ``BAFUSION_MLFLOW=1`` for its
+  jobs when unset, so a ``--directory`` without a Snakefile is tracked as before.
 - A fresh sqlite database is created (and migrated) once, under a file lock, so that
   parallel Snakemake jobs never race on alembic migrations; the experiment's artifacts go to
   ``mlruns/`` beside it (:func:`artifact_location`), whichever folder the first run began in;
@@ -66,14 +69,22 @@ INVOCATION_TAG = "bafusion.invocation"
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
-def repo_root(start: Path | None = None) -> Path:
+def project_root(start: Path | None = None) -> Path | None:
+    """The project a command runs in: ``$DVC_ROOT`` (set by DVC), else the nearest folder at or
+    above ``start`` (default: the working directory) holding ``dvc.yaml`` or ``Snakefile``;
+    None outside any project (a folder of photos)."""
     if os.environ.get("DVC_ROOT"):
         return Path(os.environ["DVC_ROOT"]).resolve()
     here = (start or Path.cwd()).resolve()
     for d in (here, *here.parents):
         if (d / "dvc.yaml").exists() or (d / "Snakefile").exists():
             return d
-    return here
+    return None
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """:func:`project_root`, else ``start`` (default: the working directory) itself."""
+    return project_root(start) or (start or Path.cwd()).resolve()
 
 
 def tracking_uri(start: Path | None = None) -> str:
@@ -94,11 +105,18 @@ CONNECT_TIMEOUT = 5.0
 
 
 def enabled() -> bool:
-    """Whether steps are logged: ``$BAFUSION_MLFLOW`` is not ``0``/``false``/``no``/``off`` and
-    the store has not failed in this process."""
+    """Whether steps are logged: ``$BAFUSION_MLFLOW`` is not ``0``/``false``/``no``/``off``, the
+    store has not failed in this process, and tracking was asked for or has a project to go
+    to: ``$MLFLOW_TRACKING_URI`` or ``$BAFUSION_MLFLOW`` (``1``) set, or a project found by
+    :func:`project_root`. A command run outside any project (``bafusion evaluate`` in a folder
+    of photos) logs nothing unless asked: the default store would be ``mlflow.db`` and
+    ``mlruns/`` in that folder."""
     if _broken is not None:
         return False
-    return os.environ.get("BAFUSION_MLFLOW", "1").lower() not in ("0", "false", "no", "off")
+    switch = os.environ.get("BAFUSION_MLFLOW", "").strip().lower()
+    if switch in ("0", "false", "no", "off"):
+        return False
+    return bool(switch) or bool(os.environ.get("MLFLOW_TRACKING_URI")) or project_root() is not None
 
 
 def _turn_off(uri: str, error: BaseException, lost: str = "") -> None:

@@ -53,6 +53,10 @@ except UserError as _e:  # one line naming the key
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# The pipeline's steps are tracked (into the project's mlflow.db) even where the working
+# directory (--directory) holds no Snakefile; a command run by hand outside a project is not
+# (bafusion.tracking.enabled). BAFUSION_MLFLOW=0 still turns it off.
+os.environ.setdefault("BAFUSION_MLFLOW", "1")
 
 # The software environment of every rule (used with `--sdm conda`; see the file).
 CONDA_ENV = "../envs/bafusion.yaml"

@@ -276,7 +276,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "data/testset) fuse every pair with our method (with and without boundary refinement) "
         "and the native baselines, read the reference baselines' results when a reference root "
         "is configured, and write <out>/<dataset>/metrics.csv, table1.md, figures/ and "
-        "<out>/metrics.json; log an MLflow run 'evaluate'.",
+        "<out>/metrics.json; log an MLflow run 'evaluate' (into the project's mlflow.db; outside a "
+        "project only when MLFLOW_TRACKING_URI is set or BAFUSION_MLFLOW=1).",
     )
     p.add_argument("--params", "--params-file", dest="params_file", type=nonempty_path, default=None, metavar="FILE",
                    help="YAML file with 'evaluate' and 'fuse' sections (params.yaml)")
