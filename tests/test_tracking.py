@@ -1078,3 +1078,110 @@ def test_evaluate_in_a_folder_of_photos_leaves_no_tracking_store(photo_folder: P
     assert rc == 0, err
     assert (photo_folder / "ev" / "mine" / "metrics.csv").is_file()
     assert _store_files(photo_folder) == [] and not list(photo_folder.rglob("mlflow.db*"))
+
+
+# A stop while the sqlite store is created: no half-built store that breaks tracking for good
+
+#: Builds a store (``ensure_db`` of bafusion, or MLflow's own client in place as bafusion did
+#: before) and SIGKILLs itself halfway through MLflow's schema migrations: at alembic's third
+#: copy of a table being changed, as a Ctrl-C or a SLURM stop seconds into a first step did.
+KILLED_MID_MIGRATION = """
+import os, signal, sys
+import sqlalchemy
+from sqlalchemy import event
+
+copies = 0
+
+@event.listens_for(sqlalchemy.engine.Engine, "before_cursor_execute")
+def _stop(conn, cursor, statement, *args):
+    global copies
+    if statement.lstrip().upper().startswith("INSERT INTO _ALEMBIC_TMP_"):
+        copies += 1
+        if copies == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+if sys.argv[2] == "in-place":
+    from mlflow.tracking import MlflowClient
+    MlflowClient(tracking_uri=sys.argv[1])
+else:
+    from bafusion import tracking
+    tracking.ensure_db(sys.argv[1])
+print("not stopped")
+"""
+
+
+def _killed_mid_migration(uri: str, how: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", KILLED_MID_MIGRATION, uri, how], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.usefixtures("turned_off_afterwards")
+def test_a_stop_while_the_store_is_created_leaves_no_half_built_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the store was migrated in place: the stopped step left it half-built, and every later
+    # step warned "table review_queues already exists; going on without tracking", for good
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    _killed_mid_migration(uri, "ensure_db")
+    assert not db.exists()  # what was stopped was a store under a temporary name
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with tracking.stage_run("prepare") as run:
+        run.log_metrics({"n": 1.0})
+    assert _runs(uri) == {"prepare": "FINISHED"}
+    assert "warning" not in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "mlflow.db.lock"]  # nothing left over
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.usefixtures("turned_off_afterwards")
+def test_a_half_built_store_of_an_older_version_without_runs_is_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    _killed_mid_migration(uri, "in-place")  # as bafusion built a store before
+    state = tracking._store_state(db)
+    assert state.unfinished and state.holds_nothing
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with tracking.stage_run("prepare"):
+        pass
+    assert _runs(uri) == {"prepare": "FINISHED"}
+    err = capsys.readouterr().err
+    assert "was half-built" in err and "held no runs and was built again" in err and "warning" not in err
+
+
+@pytest.mark.usefixtures("turned_off_afterwards")
+def test_a_half_built_store_with_runs_is_kept_and_the_warning_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a store with runs whose migration (an MLflow upgrade) was stopped: never replaced
+    import sqlite3
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with tracking.stage_run("train_initial"):
+        pass
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config, _get_latest_schema_revision
+
+    script = ScriptDirectory.from_config(_get_alembic_config(""))
+    earlier = script.get_revision(_get_latest_schema_revision()).down_revision
+    with sqlite3.connect(db) as con:  # as a stopped batch migration of the last revision leaves it
+        con.execute("CREATE TABLE _alembic_tmp_latest_metrics (key VARCHAR(250))")
+        con.execute("UPDATE alembic_version SET version_num = ?", (earlier,))
+    before = db.read_bytes()
+    # the next step, a new process (this one keeps MLflow's store open)
+    step = ("from bafusion import tracking\nwith tracking.stage_run('prepare'):\n    print('done')")
+    proc = subprocess.run([sys.executable, "-c", step], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 0 and proc.stdout == "done\n", proc.stderr
+    line = _one_warning(proc.stderr, str(db))
+    assert "a half-built store" in line and "_alembic_tmp_latest_metrics" in line, line
+    assert "it holds 1 run, so it is kept" in line and f"mv {db} {db}.half-built" in line, line
+    assert db.read_bytes() == before  # its run is there as it was
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT name FROM runs").fetchall() == [("train_initial",)]

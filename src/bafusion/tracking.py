@@ -8,7 +8,10 @@
   directory), see :func:`enabled`; the pipeline's Snakemake sets ``BAFUSION_MLFLOW=1`` for its
   jobs when unset, so a ``--directory`` without a Snakefile is tracked as before.
 - A fresh sqlite database is created (and migrated) once, under a file lock, so that
-  parallel Snakemake jobs never race on alembic migrations; the experiment's artifacts go to
+  parallel Snakemake jobs never race on alembic migrations, under a temporary name renamed into
+  place when complete (:func:`_build_store`): a stop during its migrations (seconds) leaves no
+  half-built store; one that an older version left so is built again when it holds no runs,
+  else named in the warning with what to do (:func:`_store_state`); the experiment's artifacts go to
   ``mlruns/`` beside it (:func:`artifact_location`), whichever folder the first run began in;
   an older MLflow's relative ``./mlruns/<id>`` is anchored there too
   (:func:`_anchor_artifact_location`).
@@ -252,14 +255,156 @@ def _ensure_db(uri: str) -> str:
         with open(lock, "a") as fh, _locked(fh):
             from mlflow.tracking import MlflowClient
 
-            # Creating the client's store runs the schema migrations when needed.
-            client = MlflowClient(tracking_uri=uri)
+            state = None
+            if not db.exists() or db.stat().st_size == 0:
+                _build_store(db, uri)
+            else:
+                state = _store_state(db)
+                if state.unfinished and state.holds_nothing:
+                    _build_store(db, uri, replace=True)
+                    print(f"bafusion: note: the MLflow store {db} was half-built ({state.unfinished}: a schema "
+                          "migration that was stopped, e.g. by an older bafusion that built stores in place); it "
+                          "held no runs and was built again", file=sys.stderr, flush=True)
+            try:
+                # Creating the client's store runs the schema migrations when needed.
+                client = MlflowClient(tracking_uri=uri)
+            except Exception as e:
+                if state is not None and state.unfinished:
+                    raise _HalfBuiltStore(db, state, e) from e
+                raise
             if client.get_experiment_by_name(EXPERIMENT) is None:
                 with contextlib.suppress(Exception):  # another process may have won
                     _create_experiment(client, uri)
             mark_training_experiment(client)
             _anchor_artifact_location(client, db)
     return uri
+
+
+#: How the temporary name of a store being built begins (``.mlflow.db.building-<pid>``),
+#: beside the store.
+_BUILDING = ".{name}.building-"
+#: Tables of a fresh store that hold MLflow's own rows, not a user's records.
+_BOOKKEEPING = frozenset({"alembic_version", "experiments", "experiment_tags", "workspaces"})
+
+
+class _StoreState:
+    """What :func:`_store_state` found in a sqlite store."""
+
+    def __init__(self, unfinished: str | None, holds_nothing: bool, runs: int) -> None:
+        self.unfinished, self.holds_nothing, self.runs = unfinished, holds_nothing, runs
+
+
+class _HalfBuiltStore(Exception):
+    """A sqlite store whose schema migration was stopped halfway, that holds records (runs)."""
+
+    def __init__(self, db: Path, state: _StoreState, error: BaseException) -> None:
+        said = _first_line(error)
+        said = said if len(said) <= 200 else said[:200] + "..."
+        runs = f"{state.runs} run{'s' if state.runs != 1 else ''}"
+        super().__init__(
+            f"a half-built store ({state.unfinished}: its schema migration was stopped halfway; MLflow: {said}); "
+            f"it holds {runs}, so it is kept: move it aside (mv {db} {db}.half-built) and the next step makes a "
+            "new store")
+
+
+def _store_state(db: Path) -> _StoreState:
+    """Whether the sqlite store ``db`` was left half-built by a stopped schema migration (the
+    reason, else None), and whether it holds nothing of a user's (only MLflow's bookkeeping rows:
+    no runs, no experiment but ``Default`` and ``bafusion``); it only reads.
+
+    Half-built: a table ``_alembic_tmp_*`` (alembic's copy of a table being changed) is left,
+    or the schema is not MLflow's latest and some of its tables are missing (a store begun but
+    not finished; an older MLflow's complete store, which MLflow migrates, holds runs).
+    A file that sqlite cannot read counts as neither (MLflow's own error says what it is).
+    """
+    import sqlite3
+
+    try:
+        # (not read-only: sqlite first rolls back what a stopped writer left in a journal)
+        with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+            tables = {t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                      if not t.startswith("sqlite_")}
+            version = (con.execute("SELECT version_num FROM alembic_version").fetchall()
+                       if "alembic_version" in tables else [])
+            unfinished = _unfinished(tables, [v for (v,) in version])
+            if unfinished is None:  # (a complete store: its rows are not counted, at every step)
+                return _StoreState(None, False, 0)
+            filled = [t for t in tables - _BOOKKEEPING if con.execute(f'SELECT 1 FROM "{t}" LIMIT 1').fetchone()]
+            runs = sum(con.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0]
+                       for t in tables & {"runs", "_alembic_tmp_runs"})
+            experiments = (set() if "experiments" not in tables else
+                           {n for (n,) in con.execute("SELECT name FROM experiments")})
+    except sqlite3.Error:
+        return _StoreState(None, False, 0)
+    return _StoreState(unfinished, not filled and experiments <= {"Default", EXPERIMENT}, runs)
+
+
+def _unfinished(tables: set[str], version: list[str]) -> str | None:
+    """Why a sqlite store with ``tables`` at the alembic ``version`` is half-built, else None."""
+    leftovers = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+    if leftovers:
+        return f"alembic's table {leftovers[0]} is left"
+    if not tables:
+        return None
+    from mlflow.store.db.base_sql_model import Base
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    missing = sorted(set(Base.metadata.tables) - tables)
+    if missing and version != [_get_latest_schema_revision()]:
+        return f"its table {missing[0]} is missing"
+    return None
+
+
+def _build_store(db: Path, uri: str, replace: bool = False) -> None:
+    """Create and migrate a new sqlite store under a temporary name beside ``db`` and rename it
+    to ``db``, so that a stop leaves no half-built store (sqlite's schema changes are no one
+    transaction, and MLflow runs about a hundred migrations); called under the store's lock.
+
+    ``replace``: ``db`` is a half-built store that holds nothing, replaced; otherwise a store
+    that another process (not taking the lock) made meanwhile is kept, and the new one dropped.
+    What a stopped build left (its temporary files) is removed first.
+    """
+    from mlflow.tracking import MlflowClient
+
+    prefix = _BUILDING.format(name=db.name)
+    for old in db.parent.glob(prefix + "*"):
+        with contextlib.suppress(OSError):
+            old.unlink()
+    tmp = db.with_name(f"{prefix}{os.getpid()}")
+    tmp_uri = f"sqlite:///{tmp}"
+    try:
+        client = MlflowClient(tracking_uri=tmp_uri)
+        if client.get_experiment_by_name(EXPERIMENT) is None:
+            _create_experiment(client, uri)  # its artifacts beside the store's final name
+        mark_training_experiment(client)
+        _dispose(tmp_uri)
+        if replace:
+            for f in (db.with_name(db.name + x) for x in ("-journal", "-wal", "-shm")):
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()  # else sqlite would "roll back" the old store's journal into the new one
+            os.replace(tmp, db)
+        else:
+            try:
+                os.link(tmp, db)  # never replaces a store that is there
+            except FileExistsError:
+                pass
+            except OSError:  # a file system without hard links
+                if not db.exists():
+                    os.replace(tmp, db)
+    finally:
+        for f in (tmp, tmp.with_name(tmp.name + "-journal")):
+            with contextlib.suppress(OSError):
+                f.unlink()
+
+
+def _dispose(uri: str) -> None:
+    """Close MLflow's cached database connections of ``uri`` (a store renamed away)."""
+    with contextlib.suppress(Exception):
+        from mlflow.tracking._tracking_service.utils import _get_store
+
+        engine = getattr(_get_store(uri), "engine", None)
+        if engine is not None:
+            engine.dispose()
 
 
 def _relative_location(location: str | None) -> str | None:
