@@ -189,6 +189,56 @@ def test_alphamatting_local_overrides(tmp_path: Path) -> None:
         assert (tmp_path / d / "gt" / "GT03.png").read_bytes() == (tmp_path / "a" / "gt" / "GT03.png").read_bytes()
 
 
+def _local_sources(root: Path, zips: dict[str, bytes]) -> None:
+    """``root/src``: an alphamatting folder of the archives ``zips``, one extracted, COCO
+    annotations and the photos, as a project's params would name them (``../src/...``)."""
+    (root / "src" / "zips").mkdir(parents=True)
+    for name, data in zips.items():
+        (root / "src" / "zips" / name).write_bytes(data)
+    with zipfile.ZipFile(io.BytesIO(zips["input_training_lowres.zip"])) as zf:
+        zf.extractall(root / "src" / "am" / "input")
+    with zipfile.ZipFile(io.BytesIO(zips["gt_training_lowres.zip"])) as zf:
+        for member in zf.namelist():
+            (root / "src" / "am" / "gt").mkdir(parents=True, exist_ok=True)
+            (root / "src" / "am" / "gt" / Path(member).name).write_bytes(zf.read(member))
+    imgs = root / "src" / "coco" / "train2017"
+    imgs.mkdir(parents=True)
+    data = coco_dataset(6)
+    for rec in data["images"]:
+        arr = _builtin_image(SHARP[rec["id"] % len(SHARP)])[: rec["height"] // 2, : rec["width"] // 2]
+        (imgs / rec["file_name"]).write_bytes(jpeg_bytes(arr))
+    (root / "src" / "coco" / "instances_train2017.json").write_text(json.dumps(data))
+    (root / "proj").mkdir()
+
+
+def test_the_download_records_are_the_same_in_every_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the records held the resolved paths of the local sources ("source": "/home/a/src/am",
+    # file:///home/a/... URLs): data/download/record.json, which digests them, differed
+    # between two clones of one project, and so did dvc.lock
+    records, zips = [], alphamatting_zips()
+    for where in ("one", "two/deeper"):
+        _local_sources(tmp_path / where, zips)
+        monkeypatch.chdir(tmp_path / where / "proj")
+        net = ["--retries", "1", "--backoff", "0.01", "--no-progress", "--cache", "../cache"]
+        assert cli(["download-alphamatting", "--out", "am", "--from-dir", "../src/am", *net]) == 0
+        sums = [a for n, d in zips.items() for a in ("--checksum", f"{n}={sha256(d)}")]
+        assert cli(["download-alphamatting", "--out", "amz", "--from-dir", "../src/zips", *sums, *net]) == 0
+        assert cli(["download-coco", "--out", "bg", "--count", "2", "--min-side", "100",
+                    "--annotations", "../src/coco/instances_train2017.json",
+                    "--images-dir", "../src/coco/train2017", *net]) == 0
+        rec = acquire.write_download_record("record.json", "web", {"alphamatting": "am", "backgrounds": "bg",
+                                                                   "archives": "amz"})
+        records.append({"record": rec, **{f: Path(f).read_text() for f in
+                                          ("am/download.json", "amz/download.json", "bg/selection.json")}})
+    assert records[0] == records[1]
+    assert json.loads(records[0]["am/download.json"])["source"] == "../src/am"
+    assert json.loads(records[0]["amz/download.json"])["source"] == "../src/zips"
+    selection = json.loads(records[0]["bg/selection.json"])
+    assert selection["source"] == {"annotations": "../src/coco/instances_train2017.json",
+                                   "images": "../src/coco/train2017"}
+    assert all(k["url"] == f"../src/coco/train2017/{k['file']}" for k in selection["kept"])
+
+
 def test_alphamatting_highres_needs_a_checksum(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no published checksum for input_training_highres.zip"):
         acquire_alphamatting(tmp_path / "am", resolution="highres", base_url=str(tmp_path), cache=tmp_path / "c", net=NET)
@@ -335,7 +385,8 @@ def test_coco_local_override_and_too_few(tmp_path: Path) -> None:
     ann.write_text(json.dumps(data))
     flt = CocoFilter(min_side=100)
     rec = acquire_coco(tmp_path / "bg", count=2, flt=flt, annotations=ann, images_dir=imgs, cache=tmp_path / "c", net=NET)
-    assert len(rec["kept"]) == 2 and all(k["url"].startswith("file://") for k in rec["kept"])
+    # where each kept photo is from: the folder as given (it was a file:// URL of the resolved path)
+    assert len(rec["kept"]) == 2 and all(k["url"] == (imgs / k["file"]).as_posix() for k in rec["kept"])
     with pytest.raises(UserError, match="only 5 usable backgrounds of the 6 requested"):
         # ids 1-6 are present locally; id 5 (200x150) fails min_side=151: 5 candidates for 6
         acquire_coco(

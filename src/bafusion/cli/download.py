@@ -37,8 +37,10 @@ def _net(args: argparse.Namespace) -> NetOptions:
 
 
 def _outside(path: str | None) -> str | None:
-    """A folder option: None when empty; ``../x`` from a DVC experiment's copy of the project
-    is the workspace's (:func:`bafusion.workspace.resolve`)."""
+    """The cache folder option: None when empty; ``../x`` from a DVC experiment's copy of the
+    project is the workspace's (:func:`bafusion.workspace.resolve`). The data folders are passed
+    as given: the records name them so (the same in every checkout), and
+    :mod:`bafusion.data.acquire` reads them from the same place."""
     from bafusion.workspace import resolve
 
     return str(resolve(path)) if path else None
@@ -82,7 +84,7 @@ def cmd_download_alphamatting(args: argparse.Namespace) -> int:
         args.out,
         resolution=args.resolution,
         base_url=args.base_url,
-        from_dir=_outside(args.from_dir),
+        from_dir=args.from_dir or None,
         checksums=_checksums(args.checksum),
         allow_unverified=args.allow_unverified,
         cache=_outside(args.cache),
@@ -134,7 +136,7 @@ def cmd_download_eval(args: argparse.Namespace) -> int:
     rec = acquire_eval(
         args.out,
         base_url=args.base_url or None,
-        from_dir=_outside(args.from_dir),
+        from_dir=args.from_dir or None,
         sets=_csv(args.sets) or EVAL_SETS,
         manifest=args.manifest or None,
         cache=_outside(args.cache),

@@ -63,6 +63,7 @@ from bafusion.data.download import (
 )
 from bafusion.data.sources import dir_foregrounds
 from bafusion.errors import InputFileError, UserError
+from bafusion.workspace import resolve
 
 ALPHAMATTING_URL = "http://www.alphamatting.com/datasets/zip/"
 #: Published SHA-256 of the alphamatting.com archives (the highres ones are not published
@@ -205,14 +206,17 @@ def acquire_alphamatting(
     """Fetch, verify and extract the alphamatting.com training set into ``out``.
 
     ``from_dir`` is a local override: a folder holding the two archives, or an already
-    extracted ``input/`` + ``gt/`` folder (checked and copied). ``checksums`` maps archive
-    names to ``"<algorithm>:<hex>"`` and overrides the published values (for a mirror with
-    repacked archives). Returns the record written to ``<out>/download.json``.
+    extracted ``input/`` + ``gt/`` folder (checked and copied); the record names it as given
+    (a relative path stays relative, so that the record is the same in every checkout; it is
+    read from :func:`bafusion.workspace.resolve`). ``checksums`` maps archive names to
+    ``"<algorithm>:<hex>"`` and overrides the published values (for a mirror with repacked
+    archives). Returns the record written to ``<out>/download.json``.
     """
     out, cache = Path(out), Path(cache) if cache else default_cache()
     names = alphamatting_archives(resolution)
+    source = base_url
     if from_dir:
-        src = Path(from_dir)
+        src, source = resolve(from_dir), os.fspath(from_dir)
         if not src.is_dir():
             raise InputFileError(src, "alphamatting folder not found")
         if (src / "input").is_dir() and (src / "gt").is_dir():
@@ -220,7 +224,7 @@ def acquire_alphamatting(
             with atomic_dir(out) as tmp:
                 for sub in ("input", "gt"):
                     shutil.copytree(src / sub, tmp / sub)
-                record = {"kind": KIND_ALPHAMATTING, "source": str(src.resolve()), "foregrounds": len(fgs),
+                record = {"kind": KIND_ALPHAMATTING, "source": source, "foregrounds": len(fgs),
                           "resolution": resolution, "written": _written(tmp, ("input", "gt"))}
                 _write_record(tmp, record)
             _log(f"alphamatting: {len(fgs)} foregrounds copied from {src}")
@@ -262,7 +266,7 @@ def acquire_alphamatting(
         fgs = dir_foregrounds(tmp)  # every GTxx.png has its matte: the archives fit together
         record = {
             "kind": KIND_ALPHAMATTING,
-            "source": base_url,
+            "source": source,
             "resolution": resolution,
             "archives": digests,
             "foregrounds": len(fgs),
@@ -330,7 +334,9 @@ def acquire_coco(
     JSON) overrides ``annotations_url``; ``image_base_url`` (``<base>/<split>/<file_name>``)
     or ``images_dir`` (a folder of ``<file_name>``; only the images present there are
     candidates) override each record's ``coco_url``. More than ``max_failures`` failed
-    downloads (default: 10% of the pool + 10) stop the step.
+    downloads (default: 10% of the pool + 10) stop the step. Local paths are recorded as
+    given (in ``selection.json``: the same in every checkout) and read from
+    :func:`bafusion.workspace.resolve`.
     """
     out, cache = Path(out), Path(cache) if cache else default_cache()
     if count <= 0:
@@ -345,10 +351,10 @@ def acquire_coco(
     summary = FetchSummary()
 
     if annotations:
-        ann_path = Path(annotations)
+        ann_path = resolve(annotations)
         if not ann_path.is_file():
             raise InputFileError(ann_path, "COCO annotations file not found")
-        ann_source = str(ann_path.resolve())
+        ann_source = os.fspath(annotations)
     else:
         res = fetch(
             annotations_url,
@@ -386,7 +392,7 @@ def acquire_coco(
         _log(f"coco: {len(candidates) - len(unique)} image record(s) whose file_name an earlier candidate has were "
              "dropped (a file name is kept once)")
         candidates = unique
-    local: Path | None = Path(images_dir) if images_dir else None
+    local: Path | None = resolve(images_dir) if images_dir else None
     if local is not None:
         if not local.is_dir():
             raise InputFileError(local, "COCO images folder not found")
@@ -404,9 +410,11 @@ def acquire_coco(
         batch = candidates[next_i : next_i + need]
         next_i += len(batch)
         jobs = []
+        shown = []  # where each candidate is from, as recorded
         for r in batch:
             url = join_url(str(local), r["file_name"]) if local is not None else image_url(r, flt.split, image_base_url)
             jobs.append(FetchJob(url, cache / "coco" / flt.split / r["file_name"]))
+            shown.append((Path(images_dir) / r["file_name"]).as_posix() if images_dir else url)
         s = fetch_many(
             jobs,
             workers=net.workers,
@@ -426,10 +434,10 @@ def acquire_coco(
                 f"first: {summary.failed[0][0]}: {summary.failed[0][1]}"
             )
         ok = {r.path for r in s.downloaded + s.skipped}
-        for r, job in zip(batch, jobs):
+        for r, job, where in zip(batch, jobs, shown):
             if job.dest not in ok:
                 continue
-            m = measure(job.dest, id=Path(r["file_name"]).stem, meta={"coco_id": r["id"], "url": job.url})
+            m = measure(job.dest, id=Path(r["file_name"]).stem, meta={"coco_id": r["id"], "url": where})
             measured.append(m)
     kept, dropped = rank_by_sharpness(measured, count, colour_only=flt.colour_only, min_sharpness=min_sharpness)
     _log(summary.format("coco"))
@@ -443,7 +451,8 @@ def acquire_coco(
         for m in kept:
             shutil.copyfile(m.path, tmp / m.path.name)
         record = {
-            "source": {"annotations": ann_source, "images": str(local) if local else (image_base_url or "coco_url")},
+            "source": {"annotations": ann_source,
+                       "images": os.fspath(images_dir) if images_dir else (image_base_url or "coco_url")},
             "params": {
                 "count": count,
                 "oversample": oversample,
@@ -552,16 +561,17 @@ def acquire_eval(
     """Fetch the evaluation pairs listed in the manifest, verify their SHA-256, write ``out``.
 
     The files come from ``<base_url>/<name>`` or, with ``from_dir``, from
-    ``<from_dir>/<name>`` (a folder laid out like the manifest: ``lytro/lytro-01-A.jpg``...).
+    ``<from_dir>/<name>`` (a folder laid out like the manifest: ``lytro/lytro-01-A.jpg``...;
+    recorded as given, read from :func:`bafusion.workspace.resolve`).
     """
     out, cache = Path(out), Path(cache) if cache else default_cache()
     m = load_eval_manifest(manifest)
     if from_dir:
-        if not Path(from_dir).is_dir():
-            raise InputFileError(from_dir, "eval folder not found")
-        base = to_url(from_dir)
+        if not resolve(from_dir).is_dir():
+            raise InputFileError(resolve(from_dir), "eval folder not found")
+        base, source = to_url(resolve(from_dir)), os.fspath(from_dir)
     elif base_url:
-        base = base_url
+        base = source = base_url
     else:
         raise UserError(
             "download-eval needs a source: a base URL (--base-url, params download.eval.base_url) "
@@ -593,7 +603,7 @@ def acquire_eval(
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(job.dest, dest)
         folders = sorted({f["name"].split("/")[0] for f in files})  # what --out holds (see preflight)
-        record = {"kind": KIND_EVAL, "source": base, "sets": list(sets), "folders": folders, "files": len(files),
+        record = {"kind": KIND_EVAL, "source": source, "sets": list(sets), "folders": folders, "files": len(files),
                   "summary": summary.as_dict()}
         _write_record(tmp, record)
     _log(f"eval: {len(files)} files -> {out}")
