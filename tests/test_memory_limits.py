@@ -66,7 +66,7 @@ def test_an_import_error_of_another_kind_stays_a_traceback(monkeypatch) -> None:
 
 
 def test_the_advice_names_an_address_space_limit(monkeypatch) -> None:
-    """The advice estimates resident memory (~380 MiB + 32 MiB per megapixel); under an
+    """The advice estimates resident memory (~460 MiB + 36 MiB per megapixel); under an
     address-space limit torch reserves far more virtual memory than that, and the advice
     did not say so: a user set ``ulimit -v`` to the estimate and still ran out."""
     real = resource.getrlimit
@@ -165,3 +165,25 @@ def test_a_library_that_cannot_be_mapped_while_running_is_out_of_memory(capsys) 
     rc = app._run("bafusion fuse", argparse.Namespace(command="fuse", images=[], func=fail))
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err and err.startswith("bafusion fuse: error: out of memory"), err
+
+
+def test_the_out_of_memory_estimate_counts_the_alignment(monkeypatch) -> None:
+    """The estimate (fuse's out-of-memory line, fuse-dir's skip reason) ignored --align, which
+    measured 1.7x the fusion's peak at 24 MP (2.3x before its warp was made leaner): a 24 MP
+    aligned pair was said to need the fusion's 1.3 GB. With --align (auto too: it may align)
+    the estimate is the larger of the fusion's and the alignment's, and says so."""
+    from bafusion.fusion import batch, memory
+
+    monkeypatch.setattr(memory, "_megapixels", lambda path: 24.0)
+    shots = [Path("a.jpg"), Path("b.jpg")]
+    plain = round(memory.BASE_MIB + memory.MIB_PER_MEGAPIXEL * 24)
+    aligned = round(memory.ALIGN_BASE_MIB + memory.ALIGN_MIB_PER_MEGAPIXEL * 24)
+    assert memory.fuse_need_mib(shots) == plain and memory.fuse_need_mib(shots, align=True) == aligned > plain
+    monkeypatch.setattr(memory, "_megapixels", lambda path: 1.0)  # small: the fusion's peak is the larger
+    assert memory.fuse_need_mib(shots, align=True) == memory.fuse_need_mib(shots)
+    monkeypatch.setattr(memory, "_megapixels", lambda path: 24.0)
+    for align, need in ((None, plain), ("none", plain), ("similarity", aligned), ("auto", aligned)):
+        advice = app._memory_advice(argparse.Namespace(command="fuse", images=["a.jpg", "b.jpg"], align=align))
+        assert f"needs about {need} MiB" in advice and (("with --align" in advice) == (need == aligned)), advice
+    reason = batch.out_of_memory_reason(MemoryError("Unable to allocate"), shots, align=True)
+    assert f"needs about {aligned} MiB with --align" in reason, reason

@@ -305,9 +305,13 @@ _TORCH_AT_LOAD_MODULES = frozenset({"bafusion.cli.train", "bafusion.cli.fusion"}
 
 
 def _address_space_refusal(cmd: str, limit: int, need: int, what: str) -> str:
+    from bafusion.fusion.memory import ALIGN_BASE_MIB, ALIGN_MIB_PER_MEGAPIXEL, BASE_MIB, MIB_PER_MEGAPIXEL
+
     return (f"{cmd}: error: the address-space limit (ulimit -v / prlimit --as) of {limit} MiB is too small to "
             f"{what}: it needs at least {need} MiB of address space, and a fusion far more than its resident "
-            "estimate (~380 MiB + 32 MiB per megapixel, more with more --threads): raise or lift the limit")
+            f"estimate (~{BASE_MIB} MiB + {MIB_PER_MEGAPIXEL} MiB per megapixel, ~{ALIGN_BASE_MIB} MiB + "
+            f"{ALIGN_MIB_PER_MEGAPIXEL} MiB per megapixel with --align, more with more --threads): raise or lift "
+            "the limit")
 
 
 def _loading_out_of_memory(e: BaseException) -> bool:
@@ -457,7 +461,8 @@ def _command_memory_advice(args: argparse.Namespace) -> str:
         from bafusion.fusion.memory import fuse_advice
 
         shots = [Path(p) for p in getattr(args, "images", None) or []] if command == "fuse" else []
-        advice = fuse_advice(shots)
+        # --align auto may align (its estimate is the larger one): the peak it may reach
+        advice = fuse_advice(shots, align=(getattr(args, "align", None) or "none") != "none")
         if command == "evaluate":
             advice += "; --dataset NAME=... with --pattern evaluates fewer pairs, --methods fewer methods"
         return advice

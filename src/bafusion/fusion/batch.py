@@ -1106,13 +1106,14 @@ def check_output_folder(src: Path, out: Path, groups: Mapping[str, Sequence[Path
 _DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
-def out_of_memory_reason(e: BaseException, shots: Sequence[Path]) -> str:
+def out_of_memory_reason(e: BaseException, shots: Sequence[Path], align: bool = False) -> str:
     """Why a stack was skipped for a ``MemoryError`` ``e``: numpy's words (the array it failed
-    to allocate) and what the stack needs (:func:`bafusion.fusion.memory.fuse_advice`)."""
+    to allocate) and what the stack needs (:func:`bafusion.fusion.memory.fuse_advice`; ``align``:
+    aligned)."""
     from bafusion.fusion.memory import fuse_advice
 
     what = " ".join(str(e).split())[:200] or type(e).__name__
-    return f"out of memory ({what}): {fuse_advice(shots)}"
+    return f"out of memory ({what}): {fuse_advice(shots, align)}"
 
 
 def _free_memory() -> None:
@@ -1320,7 +1321,7 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
             if not is_out_of_memory(e):
                 raise
             # this stack is too large for the memory left: the others may fit
-            rep.skipped.append((name, out_of_memory_reason(e, shots)))
+            rep.skipped.append((name, out_of_memory_reason(e, shots, align != "none")))
             out_of_memory = True
         if out_of_memory:
             # here, past the except: its traceback held the failed stack's arrays until it ended

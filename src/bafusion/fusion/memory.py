@@ -9,10 +9,21 @@ from pathlib import Path
 #: Peak memory of ``bafusion fuse`` for a pair decided at the working resolution (pairs above
 #: ``fuse.working_above``): a base (Python, torch, the nets) and MiB per megapixel of the pair
 #: (its full-size sources, as float64, and the output). Measured with ``/usr/bin/time -v``
-#: (maximum resident set size), ``--threads 1``, CPU, a Lytro pair upscaled to 2000x1500 (468 MiB)
-#: and 4000x3000 (750 MiB): 31 MiB per megapixel over a base of 375 MiB.
-BASE_MIB = 380
-MIB_PER_MEGAPIXEL = 32
+#: (maximum resident set size), ``--threads 1``, CPU, single runs on a shared machine: JPEG pairs
+#: whose shots differ by 0.3 EV (the camera probe's 24 MP handheld pair and copies of it resized)
+#: 670 MiB at 6 MP, 916 at 13.5, 1301 at 24 (2091 at 45.4 MP in the probe, 2026-12-06): 35 MiB
+#: per megapixel over 460, rounded up to 36 (2094 predicted at 45.4 MP). A registered Lytro PNG pair upscaled to
+#: 2000x1500 needed less (468 MiB), and 750 MiB at 4000x3000.
+BASE_MIB = 460
+MIB_PER_MEGAPIXEL = 36
+
+#: Peak memory of the alignment (``--align``): both shots' float64 gray copies and pyramids, the
+#: warped shot, the masks; the fusion's nets are not loaded yet, so the peak of an aligned fusion
+#: is the larger of the two. Measured as above, ``--align similarity``: 748 MiB at 6 MP, 1364 at
+#: 13.5, 2202 at 24 (1.3x, 1.5x and 1.7x the fusion without it): 81 MiB per megapixel over 265,
+#: rounded to 270.
+ALIGN_BASE_MIB = 270
+ALIGN_MIB_PER_MEGAPIXEL = 81
 #: ... for each shot of a stack beyond two (an estimate, not measured: its full-size source).
 MIB_PER_MEGAPIXEL_SHOT = 16
 
@@ -74,24 +85,30 @@ def _megapixels(path: Path) -> float:
     return w * h / 1e6
 
 
-def fuse_need_mib(shots: Sequence[Path]) -> int | None:
-    """The memory (MiB) :data:`MIB_PER_MEGAPIXEL` predicts for fusing ``shots``, or ``None``
-    when their size cannot be read."""
+def fuse_need_mib(shots: Sequence[Path], align: bool = False) -> int | None:
+    """The memory (MiB) that :data:`BASE_MIB` and :data:`MIB_PER_MEGAPIXEL` predict for fusing
+    ``shots`` (with ``align``, the larger of that and the alignment's, :data:`ALIGN_BASE_MIB` and
+    :data:`ALIGN_MIB_PER_MEGAPIXEL`), or ``None`` when their size cannot be read."""
     mp = max((_megapixels(Path(p)) for p in shots), default=0.0)
     if mp <= 0:
         return None
-    return int(round(BASE_MIB + MIB_PER_MEGAPIXEL * mp + MIB_PER_MEGAPIXEL_SHOT * mp * max(len(shots) - 2, 0)))
+    peak = BASE_MIB + MIB_PER_MEGAPIXEL * mp
+    if align:
+        peak = max(peak, ALIGN_BASE_MIB + ALIGN_MIB_PER_MEGAPIXEL * mp)
+    return int(round(peak + MIB_PER_MEGAPIXEL_SHOT * mp * max(len(shots) - 2, 0)))
 
 
-def fuse_advice(shots: Sequence[Path] = ()) -> str:
+def fuse_advice(shots: Sequence[Path] = (), align: bool = False) -> str:
     """What lowers the memory of a fusion (``fuse``, ``fuse-dir``, ``fuse-set``, ``evaluate``):
     the full-size images dominate (a pair above ``fuse.working_above`` is decided at
     ``fuse.working_side``, so the nets and their tiles take little), so smaller images or more
-    free memory; with ``shots``, what they need."""
-    need = fuse_need_mib(shots) if shots else None
+    free memory; with ``shots``, what they need (``align``: aligned, :func:`fuse_need_mib`)."""
+    need = fuse_need_mib(shots, align) if shots else None
     mp = max((_megapixels(Path(p)) for p in shots), default=0.0) if shots else 0.0
     size = (f"a {mp:.3g}-megapixel {'pair' if len(shots) == 2 else f'stack of {len(shots)}'} needs about "
-            f"{need} MiB; " if need else "")
-    return (f"{size}the full-size images take ~{MIB_PER_MEGAPIXEL} MiB per megapixel (the nets' tiles, --tile "
-            "and fuse.max_tile, are not what fills it): free memory or downscale the shots, and keep "
+            f"{need} MiB{' with --align' if align else ''}; " if need else "")
+    aligned = (f", ~{ALIGN_MIB_PER_MEGAPIXEL} with --align (the alignment's copies of the shots; "
+               "--align none needs less)" if align else "")
+    return (f"{size}the full-size images take ~{MIB_PER_MEGAPIXEL} MiB per megapixel{aligned} (the nets' tiles, "
+            "--tile and fuse.max_tile, are not what fills it): free memory or downscale the shots, and keep "
             "fuse.working_side on (--working-side 0 fuses at full size and needs far more)")
