@@ -70,6 +70,40 @@ def test_prepare_in_a_temp_experiment_finds_the_shared_folders(
     assert rc == 2 and str(ws.resolve().parent / "shared" / "am") in err, err
 
 
+def test_prepare_in_a_temp_experiment_writes_what_a_workspace_run_writes(
+        temp_experiment: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    # the manifest's origins were the resolved workspace paths ("/home/a/shared/am/input/GT01.png"
+    # for "../shared/am/input/GT01.png"): `dvc exp run --temp`/`--queue` gave data/prepared
+    # another hash than a workspace run of the same params, and composite and testset ran again
+    import numpy as np
+    from PIL import Image
+
+    ws, copy = temp_experiment
+    shared = ws.resolve().parent / "shared"
+    rng = np.random.default_rng(0)
+    for sub in ("am/input", "am/gt", "bg"):
+        (shared / sub).mkdir(parents=True)
+    for i in (1, 2):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(shared / "am/input" / f"GT0{i}.png")
+        Image.fromarray(rng.integers(0, 256, (40, 48), dtype=np.uint8)).save(shared / "am/gt" / f"GT0{i}.png")
+    for i in (1, 2, 3):
+        Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(shared / "bg" / f"b{i}.png")
+    argv = ["prepare", "--source", "dir", "--alphamatting", "../shared/am", "--backgrounds-dir", "../shared/bg",
+            "--holdout-foregrounds", "0", "--holdout-backgrounds", "0", "--min-background-side", "16",
+            "--no-progress", "--out", "data/prepared"]
+    assert main(argv) == 0  # in the experiment's copy
+    monkeypatch.chdir(ws)
+    assert main(argv) == 0  # in the workspace
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    assert files(copy / "data" / "prepared") == files(ws / "data" / "prepared")
+    manifest = json.loads((copy / "data" / "prepared" / "manifest.json").read_text())
+    assert [e["origin"] for e in manifest["foregrounds"]] == ["../shared/am/input/GT01.png", "../shared/am/input/GT02.png"]
+    assert {e["origin"] for e in manifest["backgrounds"]} == {f"../shared/bg/b{i}.png" for i in (1, 2, 3)}
+
+
 def test_a_folder_outside_the_project_is_not_moved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # DVC sets DVC_ROOT in workspace runs too: `evaluate --root /elsewhere` with `sources:
     # ../x` went to the workspace's parent (a base outside any project was taken for a copy)

@@ -39,7 +39,6 @@ def _csv_list(s: str) -> list[str]:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from bafusion.data.prepare import PrepareOptions, run_prepare
-    from bafusion.workspace import resolve
 
     if args.source == "dir" and not (args.alphamatting and args.backgrounds_dir):
         missing = " and ".join(f for f, v in (("--alphamatting", args.alphamatting),
@@ -52,9 +51,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         "holdout_foregrounds": args.holdout_foregrounds,
         "holdout_backgrounds": args.holdout_backgrounds,
         "builtin": {"foregrounds": _csv_list(args.builtin_foregrounds), "backgrounds": _csv_list(args.builtin_backgrounds)},
-        # ../shared/... from a DVC experiment's copy of the project: the workspace's
-        "dir": {k: str(resolve(v)) if v else v for k, v in (("alphamatting", args.alphamatting),
-                                                           ("backgrounds", args.backgrounds_dir))},
+        # as written: the manifest names the files so (the same in a DVC experiment's copy of the
+        # project, whose ../shared/... sources.select reads from the workspace)
+        "dir": {"alphamatting": args.alphamatting, "backgrounds": args.backgrounds_dir},
     }
     opts = PrepareOptions(scale=args.scale, min_background_side=args.min_background_side)
     with tracking.stage_run("prepare", {"seed": args.seed, "data": data_cfg, "prepare": vars(opts)}) as run:

@@ -21,6 +21,7 @@ import numpy as np
 from bafusion.data.mattes import check_matte_range, object_matte
 from bafusion.errors import InputFileError, UserError
 from bafusion.io import list_images, read_image, read_matte, resize, scaled_size
+from bafusion.workspace import resolve
 
 #: Colour photos with a clear subject: builtin foregrounds.
 BUILTIN_FOREGROUNDS: tuple[str, ...] = (
@@ -161,10 +162,21 @@ def _by_stem(files: Sequence[Path], what: str) -> dict[str, Path]:
     return out
 
 
-def dir_foregrounds(root: str | Path) -> list[Foreground]:
+def _shown_as(root: Path, shown: str | Path | None) -> Callable[[Path], str]:
+    """How a file under ``root`` is named in a manifest: under ``shown`` (the folder as the
+    user gave it, ``root`` being where it is read from), else as it is."""
+    if shown is None:
+        return str
+    return lambda p: str(Path(shown) / p.relative_to(root))
+
+
+def dir_foregrounds(root: str | Path, shown: str | Path | None = None) -> list[Foreground]:
     """``root/input/<id>.<ext>`` with ``root/gt/<id>.<ext>``. A foreground without a matte
-    (or a matte without a foreground), or two files with one id, is an error naming the file."""
+    (or a matte without a foreground), or two files with one id, is an error naming the file.
+    The origins name the files under ``shown`` when given (the folder as the user wrote it,
+    where ``root`` is where it is read from)."""
     root = Path(root)
+    origin = _shown_as(root, shown)
     inp, gt = root / "input", root / "gt"
     for d in (root, inp, gt):
         if not d.is_dir():
@@ -182,23 +194,27 @@ def dir_foregrounds(root: str | Path) -> list[Foreground]:
     return [
         Foreground(
             id=stem,
-            origin=str(images[stem]),
+            origin=origin(images[stem]),
             load_image=lambda p=images[stem]: read_image(p, rgb=True),
             load_matte=lambda p=mattes[stem]: read_matte(p),
-            matte_origin=str(mattes[stem]),
+            matte_origin=origin(mattes[stem]),
         )
         for stem in sorted(images)
     ]
 
 
-def dir_backgrounds(folder: str | Path) -> list[Background]:
+def dir_backgrounds(folder: str | Path, shown: str | Path | None = None) -> list[Background]:
+    """The images of ``folder``; their origins name them under ``shown`` when given (the folder
+    as the user wrote it, where ``folder`` is where it is read from)."""
     d = Path(folder)
+    origin = _shown_as(d, shown)
     if not d.is_dir():
         raise InputFileError(d, "background folder not found")
     files = list_images(d)
     if not files:
         raise InputFileError(d, "background folder holds no images (.png, .jpg, ...)")
-    return [Background(id=p.stem, origin=str(p), load_image=lambda p=p: read_image(p, rgb=True), path=p) for p in files]
+    return [Background(id=p.stem, origin=origin(p), load_image=lambda p=p: read_image(p, rgb=True), path=p)
+            for p in files]
 
 
 def check_foreground(fg: Foreground) -> tuple[np.ndarray, np.ndarray]:
@@ -300,13 +316,17 @@ def select(data_cfg: dict, seed: int) -> Selection:
         d = data_cfg.get("dir", {}) or {}
         if not d.get("alphamatting") or not d.get("backgrounds"):
             raise UserError("data.source 'dir' needs data.dir.alphamatting and data.dir.backgrounds")
+        # read from where the paths point (../shared/... from a DVC experiment's copy of the
+        # project: the workspace's); the manifest names the files as the paths are written
+        where_is = {key: resolve(d[key]) for key in ("alphamatting", "backgrounds")}
         for key in ("alphamatting", "backgrounds"):
-            if not Path(d[key]).is_dir():
+            if not where_is[key].is_dir():
                 what = ("folder not found (expected an alphamatting-style folder with input/ and gt/)"
                         if key == "alphamatting" else "background folder not found")
-                raise UserError(f"data.dir.{key} {d[key]}: {what}")
-        fgs = dir_foregrounds(d["alphamatting"])
-        bgs = dir_backgrounds(d["backgrounds"])
+                shown = d[key] if Path(d[key]) == where_is[key] else f"{d[key]} (read from {where_is[key]})"
+                raise UserError(f"data.dir.{key} {shown}: {what}")
+        fgs = dir_foregrounds(where_is["alphamatting"], shown=d["alphamatting"])
+        bgs = dir_backgrounds(where_is["backgrounds"], shown=d["backgrounds"])
         where = {"foregrounds": f" in {d['alphamatting']}", "backgrounds": f" in {d['backgrounds']}"}
     else:
         raise UserError(f"unknown data.source {source!r} (expected 'builtin' or 'dir')")
