@@ -101,6 +101,27 @@ def test_mlflow_run_holds_per_epoch_metrics(toy_run: dict) -> None:
     assert "model/initial.pt" in arts
 
 
+def test_mlflow_run_logs_what_trained_the_weights(tmp_path: Path) -> None:
+    # device, amp and channels_last were logged as "auto" and threads as 0 (the settings, merged
+    # last over the resolved values), and no torch version: two runs on other devices, thread
+    # counts or torch versions showed the same params
+    from mlflow.tracking import MlflowClient
+
+    h5 = write_toy_patches(tmp_path / "initial.h5", n_train=48, n_val=16, patch=16, seed=3)
+    params = {"seed": 11, "patch": 16, "depth": 8,
+              "train": {"epochs": 1, "batch": 16, "milestones": [], "samples_per_epoch": 32, "val_samples": 16,
+                        "device": "auto", "amp": "auto", "channels_last": "auto", "threads": 0}}
+    paths = _paths(tmp_path, "initial")
+    train("initial", h5, resolve_config(params, "initial"), paths, progress=False)
+    ck = load_checkpoint(paths.checkpoints / "last.pt")
+    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    logged = client.get_run(ck["mlflow_run_id"]).data.params
+    assert logged["resolved.device"] == ck["device"] == "cpu"  # (no GPU in the tests)
+    assert logged["resolved.amp"] == "False" and logged["resolved.channels_last"] == "False"
+    assert logged["resolved.threads"] == str(ck["threads"]) == str(torch.get_num_threads())
+    assert logged["resolved.torch"] == ck["torch_version"] == torch.__version__
+
+
 @pytest.mark.parametrize("every", [10, 0])
 def test_killed_mid_epoch_and_resumed_equals_uninterrupted(toy_run: dict, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch, every: int) -> None:

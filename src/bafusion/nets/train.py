@@ -995,8 +995,12 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             "mlflow_run_id": mlflow_run_id,  # a resumed run's MLflow run names it (resumed_run_id)
         }
 
-    run_params = {"net": net, "patches": str(patches), "world_size": dist.world_size, "device": record["device"],
-                  "amp": amp, "channels_last": channels_last, **record["config"]}
+    # The settings as given (device: auto), and under resolved.* what trained the weights: the
+    # device, bf16 autocast, memory layout, CPU threads per process and torch version (all of
+    # which change them; resolved.device came last before, and "auto" of the settings won).
+    run_params = {"net": net, "patches": str(patches), "world_size": dist.world_size, **record["config"],
+                  "resolved": {"device": record["device"], "amp": amp, "channels_last": channels_last,
+                               "threads": record["threads"], "torch": record["torch"] or "unknown"}}
     run_tags = {"net": net, "resumed_from": resumed_from or "none",
                 **({"resumed_run_id": resumed_run_id} if resumed_run_id else {})}
     run_ctx = (tracking.stage_run(f"train_{net}", params=run_params, tags=run_tags)
