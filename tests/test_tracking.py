@@ -1185,3 +1185,27 @@ def test_a_half_built_store_with_runs_is_kept_and_the_warning_says_what_to_do(
     assert db.read_bytes() == before  # its run is there as it was
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT name FROM runs").fetchall() == [("train_initial",)]
+
+
+def test_a_setting_has_one_name_and_spelling_in_the_parent_and_its_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the parent logged params.yaml's fuse.scales as "[1.0]", the fuse and evaluate steps
+    # asdict(FusionParams)'s tuple as "(1.0,)": a search for either missed half the runs
+    from dataclasses import asdict
+
+    from mlflow.tracking import MlflowClient
+
+    from bafusion.fusion import FusionParams
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    _clear_invocation_env(monkeypatch)
+    parent = tracking.begin_invocation({"fuse": {"scales": [1.0], "l": 8}}, "all")
+    with tracking.stage_run("fuse", {"fuse": asdict(FusionParams())}) as run:
+        pass
+    tracking.end_invocation(True)
+    client = MlflowClient(tracking_uri=uri)
+    parent_params, step_params = client.get_run(parent).data.params, client.get_run(run.run_id).data.params
+    assert parent_params["fuse.scales"] == step_params["fuse.scales"] == "[1.0]"
+    assert parent_params["fuse.l"] == step_params["fuse.l"] == "8"

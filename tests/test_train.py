@@ -93,7 +93,11 @@ def test_mlflow_run_holds_per_epoch_metrics(toy_run: dict) -> None:
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["net"] == "initial"
-    assert run.data.params["lr"] == "0.01" and run.data.params["depth"] == "8"
+    # params.yaml's names, as the parent run logs them (the train section was logged without its
+    # prefix: "lr", so a search for params.`train.lr` missed every training run)
+    assert run.data.params["train.lr"] == "0.01" and run.data.params["depth"] == "8"
+    assert run.data.params["train.milestones"] == "[1]" and run.data.params["seed"] == "7"
+    assert not {"lr", "epochs", "threads", "train.seed"} & set(run.data.params)
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "samples_per_s"):
         hist = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in hist) == [1, 2], key
@@ -120,6 +124,16 @@ def test_mlflow_run_logs_what_trained_the_weights(tmp_path: Path) -> None:
     assert logged["resolved.amp"] == "False" and logged["resolved.channels_last"] == "False"
     assert logged["resolved.threads"] == str(ck["threads"]) == str(torch.get_num_threads())
     assert logged["resolved.torch"] == ck["torch_version"] == torch.__version__
+
+
+def test_the_param_names_of_a_training_run_are_params_yamls() -> None:
+    from bafusion.nets.train import _param_name
+
+    params = {"seed": 1, "train": {"lr": 0.1, "initial": {"lr": 0.2}, "boundary": {"epochs": 3}}}
+    cfg = resolve_config(params, "initial")
+    cfg.set_by_option("device", "cpu", "--device")
+    assert [_param_name(cfg, k) for k in ("seed", "lr", "epochs", "device")] == [
+        "seed", "train.initial.lr", "train.epochs", "train.device"]
 
 
 @pytest.mark.parametrize("every", [10, 0])

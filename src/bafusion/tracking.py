@@ -211,6 +211,25 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def spelled(value: Any) -> str:
+    """A param's value as MLflow logs it: ``str``, with tuples spelled as the lists params.yaml
+    holds (``[1.0]``, not ``(1.0,)``), so that a setting has one spelling in every run.
+
+    Examples
+    --------
+    >>> spelled((1.0,)), spelled([1, (2, 3)]), spelled(0.01), spelled(True)
+    ('[1.0]', '[1, [2, 3]]', '0.01', 'True')
+    """
+    def listed(v: Any) -> Any:
+        if isinstance(v, (tuple, list)):
+            return [listed(x) for x in v]
+        if isinstance(v, Mapping):
+            return {k: listed(x) for k, x in v.items()}
+        return v
+
+    return str(listed(value))[:6000]
+
+
 def artifact_location(uri: str) -> str | None:
     """Where the ``bafusion`` experiment keeps its artifacts: ``mlruns/`` beside a sqlite
     store (as a ``file:`` URI), so they land there whichever folder the first run started
@@ -766,7 +785,7 @@ def _open_run(
     run = client.create_run(exp_id, tags=all_tags, run_name=name)
     run_id = run.info.run_id
     flat = flatten(params or {})
-    items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+    items = [Param(k, spelled(v)) for k, v in flat.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
     return _Run(client, run_id, uri, name)
@@ -1018,7 +1037,7 @@ def _begin_invocation(uri: str, config: Mapping[str, Any] | None, targets: str) 
             if os.environ.get("DVC_EXP_NAME"):
                 tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
             run_id = client.create_run(exp_id, tags=tags, run_name=name).info.run_id
-            items = [Param(k, str(v)[:6000]) for k, v in flatten(config or {}).items()]
+            items = [Param(k, spelled(v)) for k, v in flatten(config or {}).items()]
             for i in range(0, len(items), 100):
                 client.log_batch(run_id, params=items[i : i + 100])
     os.environ[PARENT_ENV] = run_id

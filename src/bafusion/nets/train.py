@@ -252,6 +252,16 @@ class TrainConfig:
         return cfg
 
 
+def _param_name(cfg: TrainConfig, name: str) -> str:
+    """The params.yaml key of the field ``name`` of ``cfg`` (:meth:`TrainConfig.key`, but the
+    parameter's key also where a command-line option set it): an MLflow param name."""
+    if name in cfg.TOP_LEVEL:
+        return name
+    if cfg._net is not None and name in cfg._per_net_keys:
+        return f"train.{cfg._net}.{name}"
+    return f"train.{name}"
+
+
 def resolve_config(params: Mapping[str, Any], net: str) -> TrainConfig:
     """Build the :class:`TrainConfig` of ``net`` from the parameter dict (params.yaml):
     :meth:`TrainConfig.from_params`."""
@@ -998,7 +1008,11 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     # The settings as given (device: auto), and under resolved.* what trained the weights: the
     # device, bf16 autocast, memory layout, CPU threads per process and torch version (all of
     # which change them; resolved.device came last before, and "auto" of the settings won).
-    run_params = {"net": net, "patches": str(patches), "world_size": dist.world_size, **record["config"],
+    # The settings under params.yaml's names (seed, train.lr, train.initial.lr where the net's own
+    # section set it), as the parent run logs them: the train section was logged without its
+    # prefix (lr, epochs), so a search for params.`train.lr` missed the training runs.
+    run_params = {"net": net, "patches": str(patches), "world_size": dist.world_size,
+                  **{_param_name(cfg, k): v for k, v in record["config"].items()},
                   "resolved": {"device": record["device"], "amp": amp, "channels_last": channels_last,
                                "threads": record["threads"], "torch": record["torch"] or "unknown"}}
     run_tags = {"net": net, "resumed_from": resumed_from or "none",
