@@ -169,7 +169,7 @@ def test_a_library_that_cannot_be_mapped_while_running_is_out_of_memory(capsys) 
 
 def test_the_out_of_memory_estimate_counts_the_alignment(monkeypatch) -> None:
     """The estimate (fuse's out-of-memory line, fuse-dir's skip reason) ignored --align, which
-    measured 1.7x the fusion's peak at 24 MP (2.3x before its warp was made leaner): a 24 MP
+    measured 1.8x the fusion's peak at 24 MP (2.1x the old estimate): a 24 MP
     aligned pair was said to need the fusion's 1.3 GB. With --align (auto too: it may align)
     the estimate is the larger of the fusion's and the alignment's, and says so."""
     from bafusion.fusion import batch, memory

@@ -19,11 +19,12 @@ MIB_PER_MEGAPIXEL = 36
 
 #: Peak memory of the alignment (``--align``): both shots' float64 gray copies and pyramids, the
 #: warped shot, the masks; the fusion's nets are not loaded yet, so the peak of an aligned fusion
-#: is the larger of the two. Measured as above, ``--align similarity``: 748 MiB at 6 MP, 1364 at
-#: 13.5, 2202 at 24 (1.3x, 1.5x and 1.7x the fusion without it): 81 MiB per megapixel over 265,
-#: rounded to 270.
-ALIGN_BASE_MIB = 270
-ALIGN_MIB_PER_MEGAPIXEL = 81
+#: is the larger of the two. Measured as above, ``--align similarity`` (with the estimate's
+#: anti-aliasing blur, :data:`bafusion.fusion.align._ANTIALIAS`): 800 MiB at 6 MP, 1477 at 13.5,
+#: 2388 at 24 (1.2x, 1.6x and 1.8x the fusion without it): 88 MiB per megapixel over 271,
+#: rounded up to 280 + 89.
+ALIGN_BASE_MIB = 280
+ALIGN_MIB_PER_MEGAPIXEL = 89
 #: ... for each shot of a stack beyond two (an estimate, not measured: its full-size source).
 MIB_PER_MEGAPIXEL_SHOT = 16
 
