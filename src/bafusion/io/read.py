@@ -303,8 +303,12 @@ def read_image(path: str | os.PathLike[str], *, rgb: bool = False) -> np.ndarray
 def read_images(paths: Sequence[str | os.PathLike[str]], *, rgb: bool = False) -> list[np.ndarray]:
     """Read files that belong together (the sources of one fusion; the A, B and F of a metric)
     like :func:`read_image`, scaling those of more than 8 bits per sample **alike**: by the
-    significant bits a file marks, else by one bit depth common to all the unmarked ones. Files
-    of at most 8 bits per sample read exactly as :func:`read_image` reads them alone.
+    significant bits a file marks, else by one bit depth common to all the unmarked ones --
+    except beside a file of at most 8 bits per sample (a camera JPEG), where an unmarked one
+    of up to 16 bits is read on its file's full scale (a 16-bit file's 0..65535, also when
+    dark), as raw converters export (see "Sources of more than 8 bits per sample" in
+    :mod:`bafusion.io.depth`). Files of at most 8 bits per sample read exactly as
+    :func:`read_image` reads them alone.
 
     Parameters
     ----------
