@@ -297,7 +297,9 @@ def test_params_file_with_rule_fields_at_its_top_level_is_refused_as_from_params
     """``bafusion fuse --params-file p.yaml`` read only the file's ``fuse`` section: ``l: 4`` at its
     top level (or under an empty ``fuse:``) fused with l=8 in silence, exit 0, while
     FusionParams.from_params refuses that file. fuse, fuse-dir and fuse-set refuse it too, before
-    any work, naming the file and the fields; the file's other sections and scalars are fine."""
+    any work, naming the file and the fields; the file's other sections and scalars are fine.
+    ``bafusion evaluate --params-file``, which fuses with the file's ``fuse`` section, dropped
+    them in silence too (exit 0) and refuses them likewise."""
     from bafusion.config import load_yaml
     from bafusion.errors import UserError
     from bafusion.fusion.params import FusionParams
@@ -307,7 +309,9 @@ def test_params_file_with_rule_fields_at_its_top_level_is_refused_as_from_params
     with pytest.raises(UserError, match=rf"^p.yaml: {where}"):
         FusionParams.from_params(load_yaml(text), "p.yaml")
     for argv in ([*FUSE, "-o", "F.png"], ["fuse-dir", ".", "out", "--model", "nets", "--device", "cpu"],
-                 ["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs"]):
+                 ["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs"],
+                 ["evaluate", "--dataset", "tiny=.", "--methods", "Ours", "--metrics", "QG", "--model", "nets",
+                  "--device", "cpu", "--out", "ev"]):
         line = _refused([*argv, "--params-file", "p.yaml"], capsys, work, f"p.yaml: {where}")
         assert "put them under 'fuse:'" in line, line
     (work / "p.yaml").write_text("seed: 1\nfuse:\n  l: 4\ntrain:\n  epochs: 3\n")  # read as before
@@ -316,6 +320,9 @@ def test_params_file_with_rule_fields_at_its_top_level_is_refused_as_from_params
 
     args = build_parser().parse_args([*FUSE, "-o", "F.png", "--params-file", "p.yaml"])
     assert params_from_args(args)[0].l == 4
+    # evaluate reads that file too: past the check, to the dataset (here without pairs)
+    _refused(["evaluate", "--dataset", "tiny=.", "--methods", "Ours", "--metrics", "QG", "--model", "nets",
+              "--device", "cpu", "--out", "ev", "--params-file", "p.yaml"], capsys, work, "dataset 'tiny': no pairs")
 
 
 def test_metrics_on_images_too_small_names_the_files(work: Path, capsys) -> None:

@@ -45,6 +45,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     # --params-file's evaluate and fuse sections, under --params-json and --fuse-json; checked.
     note_params_yaml_unread("evaluate", "--params-file", args.params_file, args.params_json, args.fuse_json)
+    if args.params_file:  # rule fields at its top level: read by nothing (refused as fuse's --params-file refuses them)
+        from bafusion.config import _read_mapping
+        from bafusion.fusion.params import refuse_top_level_fields
+
+        refuse_top_level_fields(_read_mapping(args.params_file, empty_ok=True), str(args.params_file),
+                                "--params-file reads the file's 'evaluate' and 'fuse' sections only: put them "
+                                "under 'fuse:'")
     params = read_params(args.params_file, [("--params-json", args.params_json, "evaluate"),
                                             ("--fuse-json", args.fuse_json, "fuse")], sections=("evaluate", "fuse"))
     section_ = dict(params["evaluate"])

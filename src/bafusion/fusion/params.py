@@ -253,8 +253,8 @@ def refuse_top_level_fields(params: Mapping[str, Any], source: str, remedy: str)
     """Refuse fields of the rule (:class:`FusionParams`) at the top level of a whole parameter
     mapping, where nothing reads them: with no ``fuse`` section, an empty one (``fuse:`` in YAML)
     or beside one (they gave the defaults in silence). :meth:`FusionParams.from_params` and the
-    command line's ``--params-file`` (:func:`bafusion.cli.fusion.params_from_args`) refuse the
-    same files so.
+    command line's ``--params-file`` (:func:`bafusion.cli.fusion.params_from_args`, and
+    ``bafusion evaluate``'s) refuse the same files so.
 
     Parameters
     ----------
