@@ -325,6 +325,33 @@ def test_params_file_with_rule_fields_at_its_top_level_is_refused_as_from_params
               "--device", "cpu", "--out", "ev", "--params-file", "p.yaml"], capsys, work, "dataset 'tiny': no pairs")
 
 
+@pytest.mark.parametrize("flag, progress", [([], None), (["--no-progress"], False), (["--quiet"], False)])
+def test_evaluate_takes_no_progress_as_the_other_commands_do(work: Path, monkeypatch, flag: list[str],
+                                                             progress: bool | None) -> None:
+    """``bafusion evaluate`` fuses camera-size pairs with the fusion's progress bar on a terminal,
+    but refused ``--no-progress`` ("unrecognized arguments") although the README says every
+    command that shows bars takes it: it now reaches our fusion as ``progress=False`` (``--quiet``
+    alike); without it, the fusion's default (None: a bar on a terminal, for large pairs)."""
+    import bafusion.fusion.rule as rule
+
+    class Reached(Exception):  # stops the command where our fusion starts
+        pass
+
+    seen: list[object] = []
+
+    def fuse_images(*args: object, progress: object = "absent", **kwargs: object) -> None:
+        seen.append(progress)
+        raise Reached
+
+    monkeypatch.setattr(rule, "fuse_images", fuse_images)
+    (work / "ds").mkdir()
+    for s in "ab":
+        (work / "ds" / f"p-{s.upper()}.png").write_bytes((work / f"{s}.png").read_bytes())
+    rc = cli_main(["evaluate", "--dataset", "tiny=ds", "--methods", "Ours", "--metrics", "QG", "--model", "nets",
+                   "--device", "cpu", "--out", "ev", *flag])  # stopped in our fusion: the internal-error exit
+    assert rc != 0 and seen == [progress], (rc, seen)
+
+
 def test_metrics_on_images_too_small_names_the_files(work: Path, capsys) -> None:
     # QY's 11x11 window: the one line said "QY needs images of at least 11x11 pixels" and no file.
     rng = np.random.default_rng(1)

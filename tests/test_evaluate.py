@@ -708,7 +708,7 @@ def test_our_mean_over_fewer_pairs_is_marked_in_every_output(tmp_path: Path, mon
     methods with a value on both pairs; the other metrics and methods are as before."""
     src, _ = _write_set(tmp_path, ["p1", "p2"])
 
-    def fake_ours(a, b, nets, params, names):
+    def fake_ours(a, b, nets, params, names, progress=None):
         lap = to_uint8(laplacian_fuse(a, b))
         dm = np.ones(a.shape[:2], bool)
         return {"Ours": (np.full_like(lap, 128) if "p2-A" in names[0] else lap, dm), "Ours-initial": (lap, dm)}

@@ -157,7 +157,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     run_params = {"evaluate": _config_dict(cfg), "fuse": asdict(fusion) if fusion is not None else {}}
     if nets is not None:
         run_params["models"] = list(nets.sources)
-    run_evaluation(cfg, args.out, nets, fusion, run_params, args.report, args.plots, checked=True)
+    run_evaluation(cfg, args.out, nets, fusion, run_params, args.report, args.plots, checked=True,
+                   progress=args.progress)
     print(f"evaluation written to {args.out}")
     return 0
 
@@ -317,4 +318,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--root", type=nonempty_path, default=None, help="folder relative dataset paths start from (default: the project root)")
     p.add_argument("--device", type=nonempty_text, default=None, help="auto, cpu, cuda, cuda:N or mps (default: the fuse section's, else auto)")
     add_threads_argument(p, "torch CPU threads", "--params-file's evaluate.threads, else torch's")
+    p.add_argument("--no-progress", "--quiet", dest="progress", action="store_const", const=False, default=None,
+                   help="no progress bars (by default a fusion of 4 megapixels or more shows one on a terminal)")
     p.set_defaults(func=_cmd_evaluate)

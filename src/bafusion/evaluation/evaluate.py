@@ -809,8 +809,10 @@ def _check_shape(img: np.ndarray, ref: np.ndarray, dataset: str, pair: str, meth
         )
 
 
-def _ours(a: np.ndarray, b: np.ndarray, nets: Any, params: Any, names: tuple[str, str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Both of our variants from one fusion run: {method: (fused uint8, decision map)}."""
+def _ours(a: np.ndarray, b: np.ndarray, nets: Any, params: Any, names: tuple[str, str],
+          progress: bool | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Both of our variants from one fusion run: {method: (fused uint8, decision map)};
+    ``progress``: the fusion's progress bar (:func:`bafusion.fusion.working.progress_bar`)."""
     from bafusion.fusion.rule import (
         _match_channels,
         fuse_images,
@@ -818,7 +820,8 @@ def _ours(a: np.ndarray, b: np.ndarray, nets: Any, params: Any, names: tuple[str
         remove_small_regions,
     )
 
-    res = fuse_images(a, b, nets, replace(params, refine=True), names)  # on the threads the command line set
+    res = fuse_images(a, b, nets, replace(params, refine=True), names,  # on the threads the command line set
+                      progress=progress)
     ma, mb = _match_channels(a, b)
     dm0 = remove_small_regions(res.score_initial > params.threshold, params.min_region)
     return {OURS: (res.fused, res.decision), OURS_INITIAL: (fuse_with_map(ma, mb, dm0), dm0)}
@@ -830,8 +833,10 @@ def evaluate_pair(
     cfg: EvalConfig,
     nets: Any = None,
     fusion_params: Any = None,
+    progress: bool | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Fuse and score one pair with every method.
+    """Fuse and score one pair with every method (``progress``: our fusion's progress bar, as
+    :func:`bafusion.fusion.working.progress_bar` takes it; None: on a terminal, for large pairs).
 
     Returns the rows (one per method), the fused uint8 images by method, and the sources.
     The sources' share of the metric work is done once (:class:`~bafusion.evaluation.metrics.MetricCache`)."""
@@ -860,7 +865,7 @@ def evaluate_pair(
     if wants_ours:
         if nets is None:
             raise UserError(f"methods {wants_ours} need the trained nets (none loaded)")
-        ours = _ours(a, b, nets, fusion_params, (str(pair.a), str(pair.b)))
+        ours = _ours(a, b, nets, fusion_params, (str(pair.a), str(pair.b)), progress)
     for m in cfg.methods:
         if m in (OURS, OURS_INITIAL):
             fused[m], dms[m] = ours[m]
@@ -1136,13 +1141,13 @@ def dataset_notes(ds: Dataset, cfg: EvalConfig, pairs: Sequence[Pair]) -> list[s
 
 def evaluate_dataset(
     ds: Dataset, cfg: EvalConfig, out: Path, nets: Any = None, fusion_params: Any = None, log: Any = print,
-    checked: bool = False,
+    checked: bool = False, progress: bool | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Evaluate one dataset into ``out`` (its folder): metrics.csv, means.csv (and means-sets.csv
     with ``sets``), table1.md, figures/ and fused/. Returns the rows and the method order. Its
     inputs are checked first (:func:`check_dataset`): a missing reference image or peer value
     fails before any pair is fused; ``checked`` says the caller has checked them (each source
-    is decoded by the check: once is enough)."""
+    is decoded by the check: once is enough); ``progress`` as :func:`evaluate_pair` takes it."""
     from bafusion.evaluation.figures import save_dataset_figures
 
     pairs = find_pairs(ds) if checked else check_dataset(ds, cfg)
@@ -1153,7 +1158,7 @@ def evaluate_dataset(
     csv_peers = set(read_peer_metrics(ds.reference_metrics).methods) if ds.reference_metrics is not None else set()
     rows: list[dict[str, Any]] = []
     for pair in pairs:
-        prow, fused, (a, b) = evaluate_pair(ds, pair, cfg, nets, fusion_params)
+        prow, fused, (a, b) = evaluate_pair(ds, pair, cfg, nets, fusion_params, progress)
         rows.extend(prow)
         if cfg.save_fused:
             from bafusion.io import write_image
@@ -1301,6 +1306,7 @@ def run_evaluation(
     plots: str | os.PathLike[str] | None = None,
     log: Any = print,
     checked: bool = False,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate every dataset of ``cfg`` into ``out`` (replaced whole on success), log an MLflow
     run ``evaluate`` with the means as metrics and the tables and figures as artifacts, and
@@ -1310,7 +1316,9 @@ def run_evaluation(
     Raises :class:`~bafusion.errors.UserError` before any work when ``out`` is, or holds, a
     dataset's sources or references, or the working directory, and when a dataset's inputs fail
     :func:`check_datasets` -- unless ``checked`` says the caller ran it on ``cfg`` already (the
-    command does, before loading the nets): each source is decoded by the check, once."""
+    command does, before loading the nets): each source is decoded by the check, once.
+    ``progress``: our fusion's progress bar, as :func:`evaluate_pair` takes it (False:
+    ``--no-progress``)."""
     from bafusion import tracking
     from bafusion.preflight import OUTPUT_MARKERS, check_output_dir, recorded_outputs, same_file, write_output_record
 
@@ -1341,7 +1349,8 @@ def run_evaluation(
                         "data.holdout_foregrounds / holdout_backgrounds); not evaluated")
                     doc[ds.name] = {"pairs": 0}
                     continue
-                rows, methods = evaluate_dataset(ds, cfg, tmp / ds.name, nets, fusion_params, log, checked=True)
+                rows, methods = evaluate_dataset(ds, cfg, tmp / ds.name, nets, fusion_params, log, checked=True,
+                                                 progress=progress)
                 qs = [*cfg.metrics, *(q for q in TRUTH_METRICS if _has_values(rows, methods, q))]
                 entry: dict[str, Any] = {"pairs": len({r["pair"] for r in rows})}
                 for m in methods:
