@@ -1209,3 +1209,23 @@ def test_a_setting_has_one_name_and_spelling_in_the_parent_and_its_steps(
     parent_params, step_params = client.get_run(parent).data.params, client.get_run(run.run_id).data.params
     assert parent_params["fuse.scales"] == step_params["fuse.scales"] == "[1.0]"
     assert parent_params["fuse.l"] == step_params["fuse.l"] == "8"
+
+
+def test_an_empty_store_file_is_built_under_the_temporary_name_too(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 0-byte mlflow.db (what sqlite leaves when a process is stopped right after opening a
+    new store) was kept by the hard link of _build_store, and MlflowClient then migrated it in
+    place: the non-atomic build that a stop leaves half-done."""
+    db = tmp_path / "mlflow.db"
+    db.touch()
+    sizes: list[int] = []
+    real = tracking._build_store
+
+    def spy(path: Path, uri: str, replace: bool = False) -> None:
+        real(path, uri, replace=replace)
+        sizes.append(path.stat().st_size)
+
+    monkeypatch.setattr(tracking, "_build_store", spy)
+    tracking._ensure_db(f"sqlite:///{db}")
+    assert sizes and sizes[0] > 0, sizes  # the built store is in place before any in-place migration
+    assert not list(tmp_path.glob(".mlflow.db.building*"))

@@ -276,7 +276,9 @@ def _ensure_db(uri: str) -> str:
 
             state = None
             if not db.exists() or db.stat().st_size == 0:
-                _build_store(db, uri)
+                # an empty file (sqlite's new store of a process stopped at once) holds nothing: replaced,
+                # else the link below would keep it and MlflowClient migrate it in place
+                _build_store(db, uri, replace=db.exists())
             else:
                 state = _store_state(db)
                 if state.unfinished and state.holds_nothing:
