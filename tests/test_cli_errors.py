@@ -325,6 +325,23 @@ def test_params_file_with_rule_fields_at_its_top_level_is_refused_as_from_params
               "--device", "cpu", "--out", "ev", "--params-file", "p.yaml"], capsys, work, "dataset 'tiny': no pairs")
 
 
+@pytest.mark.parametrize("text, where", [("methods: [Ours]\nmetrics: [QG]\n", "methods, metrics at the top level, and no 'evaluate' section"),
+                                         ("evaluate:\nmethods: [Ours]\n", "methods at the top level, and an empty 'evaluate' section"),
+                                         ("evaluate: {alpha: 5}\nthreads: 1\n", "threads at the top level, beside the 'evaluate' section")])
+def test_evaluate_params_file_with_evaluate_fields_at_its_top_level_is_refused(work: Path, capsys, text: str,
+                                                                                 where: str) -> None:
+    """``bafusion evaluate --params-file p.yaml`` reads the file's ``evaluate`` and ``fuse``
+    sections: ``methods: [Ours]`` at its top level (or under an empty ``evaluate:``) ran every
+    default method in silence, exit 0. It is refused before any work, naming the file and the
+    fields; the same fields under ``evaluate:`` are read as before."""
+    (work / "p.yaml").write_text(text)
+    argv = ["evaluate", "--dataset", "tiny=.", "--model", "nets", "--device", "cpu", "--out", "ev"]
+    line = _refused([*argv, "--params-file", "p.yaml"], capsys, work, f"p.yaml: {where}")
+    assert "put them under 'evaluate:'" in line, line
+    (work / "p.yaml").write_text("seed: 1\nevaluate:\n  methods: [Ours]\n  metrics: [QG]\n")  # read as before
+    _refused([*argv, "--params-file", "p.yaml"], capsys, work, "dataset 'tiny': no pairs")
+
+
 @pytest.mark.parametrize("flag, progress", [([], None), (["--no-progress"], False), (["--quiet"], False)])
 def test_evaluate_takes_no_progress_as_the_other_commands_do(work: Path, monkeypatch, flag: list[str],
                                                              progress: bool | None) -> None:

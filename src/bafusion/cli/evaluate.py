@@ -49,9 +49,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         from bafusion.config import _read_mapping
         from bafusion.fusion.params import refuse_top_level_fields
 
-        refuse_top_level_fields(_read_mapping(args.params_file, empty_ok=True), str(args.params_file),
+        whole = _read_mapping(args.params_file, empty_ok=True)
+        refuse_top_level_fields(whole, str(args.params_file),
                                 "--params-file reads the file's 'evaluate' and 'fuse' sections only: put them "
                                 "under 'fuse:'")
+        # and evaluate's own fields there (methods: [...] beside no evaluate section): dropped in silence too
+        from bafusion.schema import load_schema
+
+        own = load_schema()["properties"]["evaluate"]["properties"]
+        stray = [str(k) for k in whole if k in own]
+        if stray:
+            where = ("and no 'evaluate' section" if "evaluate" not in whole
+                     else "and an empty 'evaluate' section" if not whole["evaluate"] else "beside the 'evaluate' section")
+            raise UserError(f"{args.params_file}: {', '.join(stray)} at the top level, {where}: --params-file reads "
+                            "the file's 'evaluate' and 'fuse' sections only: put them under 'evaluate:'")
     params = read_params(args.params_file, [("--params-json", args.params_json, "evaluate"),
                                             ("--fuse-json", args.fuse_json, "fuse")], sections=("evaluate", "fuse"))
     section_ = dict(params["evaluate"])
