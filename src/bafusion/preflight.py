@@ -346,11 +346,8 @@ OUTPUT_RECORDS: dict[str, str] = {"metrics.json": "evaluate-record.json"}
 def _sha256(p: Path) -> str:
     import hashlib
 
-    h = hashlib.sha256()
     with open(p, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def write_output_record(folder: str | os.PathLike[str], marker: str,

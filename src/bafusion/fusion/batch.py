@@ -735,11 +735,8 @@ SETUP_KEYS = ("bafusion", "model", "params", "align", "ext")
 
 
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _weights_sha256(net) -> str:
