@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from figure_panels import lit_lines, record_renders
 from PIL import Image
 from scipy import ndimage
 
@@ -1082,6 +1083,24 @@ def test_dataset_figures_show_the_difference_to_each_source(tmp_path: Path) -> N
     da = np.asarray(Image.open(tmp_path / "diffA-p1-M.png"))
     np.testing.assert_array_equal(da, np.clip(np.round(10 * np.abs(a.astype(float) - f)), 0, 255).astype(np.uint8))
     assert not da[:, :16].any() and (np.asarray(Image.open(tmp_path / "diff-p1-M.png"))[:, 16:] == 0).all()
+
+
+def test_difference_and_comparison_figures_show_one_pixel_lines_they_shrink(tmp_path: Path, monkeypatch) -> None:
+    """diff-<pair>.png and fig4-<pair>.png drew 520 px images into ~240 px panels nearest-
+    neighbour: of 52 one-pixel lines 10 px apart about half were drawn (24 here), the others
+    dropped. Shrunk images are anti-aliased: each of a panel's 52 lines shows."""
+    from bafusion.evaluation.figures import figure_comparison, figure_differences
+
+    renders = record_renders(monkeypatch)
+    f = np.zeros((520, 520), np.uint8)
+    f[:, 5::10] = 255  # 52 one-pixel columns
+    zeros = np.zeros_like(f)
+    figure_differences(zeros, {"M": f}, tmp_path / "d.png")
+    figure_comparison(f, f, {"M": f}, tmp_path / "c.png", crop=(0, 0, 130))
+    for name, (gray, boxes) in zip(("diff", "fig. 4"), renders):
+        for box in boxes if name == "diff" else boxes[:3]:  # fig. 4: the full views (the crops are enlarged)
+            assert box[2] - box[0] < 400, (name, boxes)  # shrunk
+            assert lit_lines(gray, box)[0] == 52, (name, box, lit_lines(gray, box))
 
 
 def test_evaluate_run_says_which_way_each_metric_is_better(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from figure_panels import lit_lines, record_renders
 from PIL import Image
 from scipy import ndimage
 from torch import nn
@@ -771,6 +772,39 @@ def test_fig3_of_a_camera_size_pair_has_readable_panels(tmp_path: Path) -> None:
     figure_maps(_uniform_result(1950, 2600), tmp_path / "big.png")
     w, h = Image.open(tmp_path / "big.png").size
     assert w <= 1600 and h >= 900, (w, h)  # 2 x 2: panels of about 600 px, not 300
+
+
+def test_fig3_shows_a_one_pixel_column_and_row_of_a_map_it_shrinks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fig. 3 drew a 520 px map into a ~310 px panel nearest-neighbour: every k-th column was
+    # kept, and a 1-px column of A in the decision map (and the score maps, the fused image) was
+    # missing from all four panels; the row beside it happened to survive. Shrunk maps are
+    # anti-aliased: the thin column and row both show, dimmed, and a line says they are shrunk.
+    import bafusion.fusion.maps as maps
+    from bafusion.fusion.rule import FusionResult
+
+    dm = np.zeros((520, 520), bool)
+    dm[:, 261] = True
+    dm[301, :] = True
+    s = dm.astype(np.float32)
+    res = FusionResult(fused=dm.astype(np.uint8) * 255, score_initial=s, score_mean=s, near_boundary=dm,
+                       score_refined=s, decision_raw=dm, decision=dm)
+    renders = record_renders(monkeypatch)
+    maps.figure_maps(res, tmp_path / "f.png", title="thin")
+    gray, boxes = renders[0]
+    assert len(boxes) == 4 and all(right - left < 400 for left, _, right, _ in boxes), boxes  # shrunk
+    shown = [lit_lines(gray, box) for box in boxes]
+    assert shown == [(1, 1)] * 4, shown  # the column and the row in each panel
+    maps.figure_maps(res, tmp_path / "g.png", title="thin")
+    assert (tmp_path / "f.png").read_bytes() == (tmp_path / "g.png").read_bytes()  # deterministic
+    # a map drawn at its size or larger stays sharp: the column is one white block, nothing dimmed
+    small = FusionResult(fused=dm[:60, :80].astype(np.uint8) * 255, score_initial=s[:60, :80], score_mean=s[:60, :80],
+                         near_boundary=dm[:60, :80], score_refined=s[:60, :80], decision_raw=dm[:60, :80],
+                         decision=dm[:60, :80])
+    figs = []
+    monkeypatch.setattr(maps, "save_figure", lambda fig, path: figs.append(fig))
+    maps.figure_maps(small, tmp_path / "h.png")
+    assert {im.get_interpolation() for ax in figs[0].axes for im in ax.get_images()} == {"nearest"}
+    assert not figs[0]._supxlabel  # no line about shrinking
 
 
 def test_fused_report_caption_names_the_panels_of_fig3() -> None:

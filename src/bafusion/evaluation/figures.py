@@ -63,8 +63,11 @@ def _show(ax, img: np.ndarray) -> None:
 
 
 def _save_fig(fig, path: str | os.PathLike[str]) -> None:
-    from bafusion.fusion.maps import save_figure
+    """Draw the images to scale (anti-aliased where shrunk, :func:`draw_images_to_scale`; after
+    ``tight_layout``) and save the figure."""
+    from bafusion.fusion.maps import draw_images_to_scale, save_figure
 
+    draw_images_to_scale(fig, relayout=fig.tight_layout)
     save_figure(fig, path)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -144,7 +145,58 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
             cax.set_xlabel("source taken", fontsize=7, labelpad=1)
     if title:
         fig.suptitle(title, fontsize=10)
+    draw_images_to_scale(fig, note="gray in a decision map: A and B both in the pixel")
     save_figure(fig, path)
+
+
+def _image_scales(fig) -> list[tuple[object, float]]:
+    """Each image of ``fig`` and the scale it is drawn at (screen pixels per image pixel, the
+    smaller of width and height), after the figure's layout."""
+    fig.draw_without_rendering()  # runs the layout and each panel's aspect
+    renderer = fig.canvas.get_renderer()
+    scales = []
+    for ax in fig.axes:
+        for im in ax.get_images():
+            h, w = im.get_array().shape[:2]
+            box = im.get_window_extent(renderer)
+            scales.append((im, min(box.width / max(w, 1), box.height / max(h, 1))))
+    return scales
+
+
+def draw_images_to_scale(fig, relayout=None, note: str = "") -> float:
+    """Choose how each image of ``fig`` is resampled onto its panel, once the layout is known.
+
+    An image drawn at its size or larger is drawn ``nearest`` (each pixel a sharp block); one
+    drawn smaller is anti-aliased (a Hanning filter over the RGBA colours): nearest-neighbour
+    shrinking kept every k-th row and column and dropped the others, so a 1-pixel line of a map
+    or a thin slip at a focus boundary could vanish; anti-aliased, it shows dimmed (in a
+    two-colour decision map a pixel that holds both colours is gray). If any image is drawn
+    smaller, a line under the figure says so, by how much, followed by ``note``; ``relayout``
+    (e.g. ``fig.tight_layout``) is called after the line is added, for a figure without a
+    layout engine. The layout is then kept as measured (a layout engine is switched off), so
+    the figure saved has these scales. Returns the smallest scale (1.0 without images)."""
+    scales = _image_scales(fig)
+    if any(s < 1.0 for _, s in scales):
+        line = fig.supxlabel(" ", fontsize=7)
+        for _ in range(3):  # the words depend on the scale and the scale on the line's room: until both settle
+            low = min(s for _, s in scales)
+            text = textwrap.fill(
+                f"shrunk to {100.0 * low:.3g} % of the image size, anti-aliased: a detail thinner than "
+                f"{1.0 / low:.2g} image pixels shows dimmed, not dropped" + (f"; {note}" if note else ""),
+                width=max(30, int(fig.get_figwidth() * 72 / 4.2)), break_on_hyphens=False)  # ~4.2 pt a character at 7 pt
+            if text == line.get_text():
+                break
+            line.set_text(text)
+            if relayout is not None:
+                relayout()
+            scales = _image_scales(fig)
+    for im, s in scales:
+        im.set_interpolation("nearest" if s >= 1.0 else "hanning")
+        im.set_interpolation_stage("rgba")
+    if fig.get_layout_engine() is not None:
+        # the layout measured is the one saved: a constrained layout moves a little at each draw
+        fig.set_layout_engine("none")
+    return min((s for _, s in scales), default=1.0)
 
 
 def save_figure(fig, path: str | os.PathLike[str]) -> None:
