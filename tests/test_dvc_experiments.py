@@ -125,3 +125,19 @@ def test_every_evaluation_plot_says_which_way_is_better() -> None:
         if name.startswith("evaluate_"):
             col = plot["x"]
             assert plot.get("x_label") == f"{col} ({'lower' if col in LOWER_IS_BETTER else 'higher'} is better)", name
+
+
+def test_training_plots_legend_draws_each_revisions_dash() -> None:
+    """`dvc plots diff HEAD "$exp"` dashed the lines by revision, but the 'revision' legend took
+    the point mark's symbol: a filled black circle for every revision (its dash invisible), so
+    nobody could tell which dash was the experiment. The legend draws a black line in each
+    revision's dash (Vega-Lite puts a transparent stroke on these symbols unless the legend's
+    own encode sets one)."""
+    root = Path(__file__).parents[1]
+    series = json.loads((root / "workflow" / "plots" / "series.json").read_text())
+    dash = series["encoding"]["strokeDash"]
+    assert dash["field"] == "rev"
+    legend = dash["legend"]
+    assert legend["symbolType"] == "stroke" and legend["symbolStrokeWidth"] >= 1, legend
+    symbols = legend["encode"]["symbols"]["update"]
+    assert symbols["stroke"] == {"value": "black"} and symbols["fill"] == {"value": "transparent"}, symbols
