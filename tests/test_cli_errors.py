@@ -164,6 +164,9 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         ([*FUSE, "-o", "F.png", "--params-json", '{"scales": [1, NaN]}'], ["fuse.scales[1]: NaN is not a number"]),
         ([*FUSE, "-o", "F.png", "--dense-margin", "100000"], ["fuse.dense_margin: 100000", "from 0 to 256"]),
         (["evaluate", "--out", "ev", "--pattern", "g*"], ["--pattern works with --dataset"]),
+        # a second --dataset replaced the first: only the last dataset was evaluated (exit 0)
+        (["evaluate", "--out", "ev", "--dataset", "x=a", "--dataset", "y=b"],
+         ["--dataset given twice (x=a and y=b)", "one --dataset a run"]),
         # thread counts above the schema's maximum crashed torch.set_num_threads ("Overflow when unpacking long")
         ([*FUSE, "-o", "F.png", "--threads", "1000000000000"], ["--threads 1000000000000", "at most 1024"]),
         (["fuse-dir", ".", "out", "--model", "nets", "--threads", "2000"], ["--threads 2000", "at most 1024"]),

@@ -286,6 +286,20 @@ def _inherited_figure_pair(cfg, pair: str, params_file: str | None):
     return dataclasses.replace(cfg, datasets=(dataclasses.replace(ds, figure_pair="", crop=None),))
 
 
+class _OneDatasetAction(argparse.Action):
+    """``--dataset``: one per run. argparse kept the last of several, so ``--dataset X=...
+    --dataset Y=...`` evaluated only Y (exit 0): a second one is refused naming both."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        first = getattr(namespace, self.dest, None)
+        if first is not None:
+            raise argparse.ArgumentError(
+                None, f"{option_string} given twice ({first} and {values}): evaluate takes one --dataset a run; run it "
+                      "once for each, or list them in the evaluate section's datasets (--params-file or --params-json)")
+        setattr(namespace, self.dest, values)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bafusion evaluate``."""
     p = subparsers.add_parser(
@@ -303,7 +317,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--params-json", type=nonempty_json, default=None,
                    help="JSON object overriding the 'evaluate' section")
     p.add_argument("--fuse-json", type=nonempty_json, default=None, help="JSON object overriding the 'fuse' section (fusion parameters)")
-    p.add_argument("--dataset", type=nonempty_text, default=None, metavar="NAME=SOURCES[,REFERENCE]", help="evaluate only this dataset")
+    p.add_argument("--dataset", type=nonempty_text, action=_OneDatasetAction, default=None,
+                   metavar="NAME=SOURCES[,REFERENCE]", help="evaluate only this dataset (one --dataset a run)")
     p.add_argument("--pattern", type=nonempty_text, default=None, help="with --dataset: only pairs whose name matches this glob (e.g. 'g??-*')")
     p.add_argument("--figure-pair", type=nonempty_text, default=None, metavar="PAIR",
                    help="with --dataset: the pair of Fig. 4 and the difference maps (default: the figure_pair of "
