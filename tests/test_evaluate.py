@@ -1085,6 +1085,29 @@ def test_dataset_figures_show_the_difference_to_each_source(tmp_path: Path) -> N
     assert not da[:, :16].any() and (np.asarray(Image.open(tmp_path / "diff-p1-M.png"))[:, 16:] == 0).all()
 
 
+def test_dataset_figures_of_methods_whose_names_differ_only_in_odd_characters_are_all_kept(tmp_path: Path) -> None:
+    """Methods 'My GFF' and 'My_GFF' (reference folder names) both wrote diff-p1-My_GFF.png and
+    diffA-p1-My_GFF.png: the second overwrote the first's maps, silently. Names that would share
+    a file (also only by case: one file on a case-insensitive disk) each get a hash suffix."""
+    from bafusion.evaluation.figures import save_dataset_figures
+
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (24, 32), dtype=np.uint8)
+    b = rng.integers(0, 256, (24, 32), dtype=np.uint8)
+    fused = {"My GFF": a, "My_GFF": b, "Ours": a, "ours": b, "Laplacian": b}
+    written = save_dataset_figures(tmp_path, "p1", a, b, fused, alpha=10.0)
+    per_method = [p for p in written if p.name.startswith(("diff-p1-", "diffA-p1-"))]
+    assert len({p.name.casefold() for p in per_method}) == 2 * len(fused), sorted(p.name for p in per_method)
+    assert {p.name for p in tmp_path.iterdir()} == {p.name for p in written}
+    assert (tmp_path / "diff-p1-Laplacian.png").is_file()  # a name without a clash keeps its plain file name
+    for m, f in fused.items():  # each method's own |B - F|: zero where it took B (all of it for B)
+        mine = [p for p in per_method if p.name.startswith("diff-p1-") and p.name[8:].startswith(m.replace(" ", "_"))]
+        expected = np.clip(np.round(10 * np.abs(b.astype(float) - f)), 0, 255).astype(np.uint8)
+        assert any(np.array_equal(np.asarray(Image.open(p)), expected) for p in mine), m
+    again = save_dataset_figures(tmp_path / "again", "p1", a, b, fused, alpha=10.0)
+    assert [p.name for p in again] == [p.name for p in written]  # deterministic
+
+
 def test_difference_and_comparison_figures_show_one_pixel_lines_they_shrink(tmp_path: Path, monkeypatch) -> None:
     """diff-<pair>.png and fig4-<pair>.png drew 520 px images into ~240 px panels nearest-
     neighbour: of 52 one-pixel lines 10 px apart about half were drawn (24 here), the others

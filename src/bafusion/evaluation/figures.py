@@ -170,6 +170,23 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+def _file_parts(names: list[str]) -> dict[str, str]:
+    """Each method name's part of a file name: :func:`_safe` of it, unless another name gives
+    the same part (``My GFF`` and ``My_GFF``; or ``Ours`` and ``ours``, one file on a
+    case-insensitive disk): then each of those gets ``-`` and the first 8 hex digits of the
+    SHA-256 of its name appended, so no method's files overwrite another's."""
+    import hashlib
+    from collections import Counter
+
+    safe = {n: _safe(n) for n in names}
+    shared = Counter(v.casefold() for v in safe.values())
+    parts = {n: v if shared[v.casefold()] == 1 else f"{v}-{hashlib.sha256(n.encode()).hexdigest()[:8]}"
+             for n, v in safe.items()}
+    if len({v.casefold() for v in parts.values()}) < len(parts):  # a name spelt like another's suffixed one
+        raise ValueError(f"methods {sorted(names)} give clashing figure file names {sorted(parts.values())}")
+    return parts
+
+
 def save_dataset_figures(
     folder: str | os.PathLike[str],
     pair: str,
@@ -181,7 +198,9 @@ def save_dataset_figures(
 ) -> list[Path]:
     """Write ``fig4-<pair>.png``, ``diff-<pair>.png`` (both sources' rows), ``diff-<pair>-<method>.png``
     (gray ``alpha * |B - F|``) and ``diffA-<pair>-<method>.png`` (gray ``alpha * |A - F|``) into
-    ``folder``. Returns the paths written."""
+    ``folder``; ``<method>`` is the name with characters other than letters, digits, ``_.-``
+    replaced by ``_``, and where two methods would share a file name each gets the start of a
+    hash of its name appended (:func:`_file_parts`). Returns the paths written."""
     from bafusion.fusion.maps import difference_map
     from bafusion.io import write_image
 
@@ -196,12 +215,13 @@ def save_dataset_figures(
     maps = figure_differences(b, fused, d / f"diff-{_safe(pair)}.png", alpha,
                               title=f"{pair}: {alpha:g} x |B - F| and {alpha:g} x |A - F|", a=a)
     written.append(d / f"diff-{_safe(pair)}.png")
+    part = _file_parts(list(fused))
     for m, dm in maps.items():
-        p = d / f"diff-{_safe(pair)}-{_safe(m)}.png"
+        p = d / f"diff-{_safe(pair)}-{part[m]}.png"
         write_image(p, dm)  # the same bytes as Pillow's default PNG (zlib level 6)
         written.append(p)
     for m, f in fused.items():
-        p = d / f"diffA-{_safe(pair)}-{_safe(m)}.png"
+        p = d / f"diffA-{_safe(pair)}-{part[m]}.png"
         write_image(p, difference_map(a, f, alpha))
         written.append(p)
     return written
