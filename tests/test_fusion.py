@@ -807,6 +807,23 @@ def test_fig3_shows_a_one_pixel_column_and_row_of_a_map_it_shrinks(tmp_path: Pat
     assert not figs[0]._supxlabel  # no line about shrinking
 
 
+def test_fig3_of_a_tall_or_long_pair_stays_a_bounded_size(tmp_path: Path) -> None:
+    # Fig. 3's panels had a fixed width and the pair's height: a 64 x 1200 (W x H) pair gave a
+    # 1280 x 24180 px figure (17 s, 0.7 GB more), a 24 x 3000 strip one of 205 megapixels that
+    # Pillow refuses to open. Each panel fits a box limited in both directions.
+    from bafusion.fusion.maps import figure_maps
+
+    figure_maps(_uniform_result(1200, 64), tmp_path / "tall.png")
+    w, h = Image.open(tmp_path / "tall.png").size
+    assert w <= 1400 and h <= 2300, (w, h)
+    figure_maps(_uniform_result(3000, 24), tmp_path / "tower.png")
+    w, h = Image.open(tmp_path / "tower.png").size
+    assert w <= 1400 and h <= 2300, (w, h)
+    figure_maps(_uniform_result(600, 400), tmp_path / "portrait.png")  # 2:3: one row of four, as high as allowed
+    w, h = Image.open(tmp_path / "portrait.png").size
+    assert w <= 1400 and 480 <= h <= 700, (w, h)
+
+
 def test_fused_report_caption_names_the_panels_of_fig3() -> None:
     # the Snakemake report's caption listed six panels (sources, window mean, ...) of a
     # figure that has four

@@ -69,6 +69,9 @@ FIG3_TRUTH_PANELS = ("true decision map", "all-in-focus truth")
 SCORE_LABEL = "P(A in focus)"
 #: Inputs whose long side exceeds this many pixels get Fig. 3 as 2 x 2 larger panels.
 FIG3_GRID_ABOVE = 1000
+#: Fig. 3's panels fit a box this many times as high as it is wide (a portrait 3:4 pair fills
+#: the width; a taller one is narrower), so the figure's size is bounded for any shape of pair.
+FIG3_PANEL_HEIGHT = 1.5
 
 
 def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str = "",
@@ -84,7 +87,9 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
     as a panel); the score panels have a colour bar from 0 to 1 (:data:`SCORE_LABEL`), the
     decision map a two-step key (black = B, white = A). Inputs up to :data:`FIG3_GRID_ABOVE`
     pixels on the long side give one row of four panels about 320 px wide; larger ones (camera
-    photos) two rows of two panels about 640 px wide."""
+    photos) two rows of two panels about 640 px wide; a panel is at most
+    :data:`FIG3_PANEL_HEIGHT` times as high as that width (a taller pair's panels are narrower).
+    A map larger than its panel is shrunk anti-aliased (:func:`draw_images_to_scale`)."""
     plt = _plt()
     from matplotlib.colors import ListedColormap
 
@@ -108,8 +113,12 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
         if grid:  # each result above its truth
             cells = [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]
     aspect = h / max(w, 1)
+    # each panel fits a box side wide and FIG3_PANEL_HEIGHT x side high: the width alone made a
+    # 64 x 1200 pair's panels 640 x 12000 px (and a 24 x 3000 strip a 205-megapixel figure)
+    panel_w = min(side, FIG3_PANEL_HEIGHT * side / aspect)
+    panel_h = panel_w * aspect
     bar = 0.45  # inches under each panel for its colour bar and label
-    fig = plt.figure(figsize=(cols * side, rows * (side * aspect + bar + 0.3) + (0.3 if title else 0.0)), dpi=100,
+    fig = plt.figure(figsize=(cols * side, rows * (panel_h + bar + 0.3) + (0.3 if title else 0.0)), dpi=100,
                      layout="constrained")
     fig.get_layout_engine().set(w_pad=0.04, h_pad=0.04, hspace=0.0, wspace=0.02)
     gs = fig.add_gridspec(rows, cols)
@@ -130,9 +139,10 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
         ax.set_title(name, fontsize=9)
         if kind is None:
             continue
-        # a short bar under the panel, as wide as half the panel, centred
-        panel_h = side * aspect  # inches: the bar 0.12 in high, 0.08 in under the panel
-        cax = ax.inset_axes([0.25, -(0.08 + 0.12) / panel_h, 0.5, 0.12 / panel_h])
+        # a short bar under the panel, as wide as half a column (a narrow panel's bar is wider
+        # than the panel), centred; 0.12 in high, 0.08 in under the panel
+        frac = 0.5 * side / panel_w
+        cax = ax.inset_axes([0.5 - frac / 2, -(0.08 + 0.12) / panel_h, frac, 0.12 / panel_h])
         cb = fig.colorbar(im, cax=cax, orientation="horizontal")
         cb.outline.set_linewidth(0.6)
         cax.tick_params(labelsize=7, length=2, pad=1)
