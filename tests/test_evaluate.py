@@ -1126,6 +1126,43 @@ def test_difference_and_comparison_figures_show_one_pixel_lines_they_shrink(tmp_
             assert lit_lines(gray, box)[0] == 52, (name, box, lit_lines(gray, box))
 
 
+def test_long_method_names_fit_over_their_panels(tmp_path: Path, monkeypatch) -> None:
+    """The difference figure's titles '<method>: |B - F|' at 9 pt over 2.6 in panels: a long
+    method name (a reference folder's) ran into the next title, and the lone panel of a third
+    row lost its title's start past the figure's left edge. Titles wrap to their panel's width."""
+    import bafusion.fusion.maps as maps
+    from bafusion.evaluation.figures import figure_comparison, figure_differences
+
+    drawn = []
+    real = maps.save_figure
+
+    def recording(fig, path):
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        drawn.append((fig.bbox.width, [(ax.title.get_text(), ax.title.get_window_extent(r)) for ax in fig.axes
+                                       if ax.title.get_text()]))
+        real(fig, path)
+
+    monkeypatch.setattr(maps, "save_figure", recording)
+    rng = np.random.default_rng(7)
+    a = rng.integers(0, 256, (90, 120), dtype=np.uint8)
+    b = rng.integers(0, 256, (90, 120), dtype=np.uint8)
+    names = ["NSCT-SR-published-2016", "GuidedFilterFusion-r7-eps0.3", "DenseSIFT-multiscale", "CNN-Liu2017-authors-code",
+             "Ours", "Ours-initial", "BoundaryAware-ResNet56-paper-preset", "ALongFolderNameWithoutAnyBreakAtAll_0123456789"]
+    fused = {n: (a if i % 2 else b) for i, n in enumerate(names)}
+    figure_differences(b, fused, tmp_path / "d.png", a=a, title="diff")
+    figure_comparison(a, b, fused, tmp_path / "c.png", title="fig4")
+    expected = [[f"{n}: |{src} - F|" for src in "BA" for n in names[:6]] + [f"{n}: |{src} - F|" for src in "BA" for n in names[6:]],
+                ["source A", "source B", *names]]
+    for (width, titles), want in zip(drawn, expected):
+        assert sorted("".join(t.split()) for t, _ in titles) == sorted("".join(t.split()) for t in want)
+        for i, (text, box) in enumerate(titles):
+            assert box.x0 >= 0 and box.x1 <= width, (text, box)  # inside the figure
+            for other, obox in titles[i + 1 :]:  # no two titles overlap
+                assert not box.overlaps(obox), (text, other)
+        assert any("\n" in t for t, _ in titles)  # the long names were wrapped, not shrunk away
+
+
 def test_evaluate_run_says_which_way_each_metric_is_better(tmp_path: Path) -> None:
     """MLflow showed the means as bare numbers: nothing said QCV is better lower and the others
     higher. The run carries tags higher_is_better and lower_is_better naming its metrics."""

@@ -62,6 +62,40 @@ def _show(ax, img: np.ndarray) -> None:
     ax.set_yticks([])
 
 
+def _fit_title(ax, name: str, width: float, suffix: str = "", fontsize: float = 9) -> None:
+    """Set ``name + suffix`` as the title of ``ax``, wrapped onto lines at most ``width`` display
+    pixels wide: ``name`` at spaces and after ``-``, ``_``, ``.`` (a word wider than that
+    anywhere), ``suffix`` kept whole. A long method name (a reference folder's) ran into its
+    neighbour's title or past the figure's edge."""
+    renderer = ax.figure.canvas.get_renderer()
+    text = name + suffix
+    title = ax.set_title(text, fontsize=fontsize)
+
+    def fits(line: str) -> bool:
+        title.set_text(line)
+        return title.get_window_extent(renderer).width <= width
+
+    if fits(text):
+        return
+    lines: list[str] = []
+    line = ""
+    for piece in [*re.findall(r"[^\s_.-]*[_.-]*\s*", name), suffix]:
+        if not piece:
+            continue
+        if line and not fits((line + piece).rstrip()):
+            lines.append(line.rstrip())
+            line = ""
+        line += piece
+        while len(line.rstrip()) > 1 and not fits(line.rstrip()):  # one word wider than the panel
+            k = len(line.rstrip()) - 1
+            while k > 1 and not fits(line[:k]):
+                k -= 1
+            lines.append(line[:k])
+            line = line[k:]
+    lines.append(line.rstrip())
+    title.set_text("\n".join(x for x in lines if x))
+
+
 def _save_fig(fig, path: str | os.PathLike[str]) -> None:
     """Draw the images to scale (anti-aliased where shrunk, :func:`draw_images_to_scale`; after
     ``tight_layout``) and save the figure."""
@@ -110,7 +144,7 @@ def figure_comparison(
         full.axis("on")
         zoom.axis("on")
         _show(full, img)
-        full.set_title(name, fontsize=9)
+        _fit_title(full, name, 0.92 * cw * fig.dpi)
         full.add_patch(Rectangle((left - 0.5, top - 0.5), side, side, fill=False, edgecolor="red", linewidth=1.2))
         _show(zoom, img[top : top + side, left : left + side])
         for sp in zoom.spines.values():
@@ -158,7 +192,7 @@ def figure_differences(
             ax = axes[g * len(rows_of) + r, j]
             ax.axis("on")
             _show(ax, d)
-            ax.set_title(m if a is None else f"{m}: |{src} - F|", fontsize=9)
+            _fit_title(ax, m, 0.92 * cw * fig.dpi, suffix="" if a is None else f": |{src} - F|")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
