@@ -966,6 +966,7 @@ def test_fuse_dir_names_the_steps_of_each_stack_on_a_terminal_as_fuse_does(tmp_p
 
     src = _pairs_in(tmp_path / "in", {"p": 3})
     monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
+    monkeypatch.setattr(batch, "STEP_LINES_MIN_PIXELS", 1)  # every stack is "camera size"
     out = tmp_path / "out"
     assert cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu",
                      "--align", "similarity"]) == 0
@@ -984,6 +985,42 @@ def test_fuse_dir_names_the_steps_of_each_stack_on_a_terminal_as_fuse_does(tmp_p
                      "--align", "similarity"]) == 0
     err = capsys.readouterr().err
     assert "bafusion fuse-dir: 1/1 p: fused in " in err and " ...\n" not in err, err
+
+
+def test_fuse_dir_names_the_steps_around_a_fusion_only_for_stacks_of_some_size(tmp_path: Path, nets: Path, capsys,
+                                                                                monkeypatch) -> None:
+    """On a terminal every stack named its steps around the fusion, small or not: three lines per
+    stack (reading, checking the scene, checking the motion; eight with --align), a batch of
+    hundreds of small stacks a screenful each second. Only a stack whose shots hold
+    batch.STEP_LINES_MIN_PIXELS or more in all names them; the bar over the stacks and the steps of
+    a stack of three or more shots stay."""
+    import bafusion.progress as progress
+
+    src = _pairs_in(tmp_path / "in", {"p": 3, "q": 4})
+    frames = [*pair(5), pair(5)[0]]  # a stack of three shots of 80x80 px
+    (src / "s").mkdir()
+    for i, x in enumerate(frames):
+        Image.fromarray(x).save(src / "s" / f"f{i}.png")
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
+    for align in ([], ["--align", "similarity"]):
+        out = tmp_path / f"out{len(align)}"
+        assert batch.STEP_LINES_MIN_PIXELS > 3 * N * N
+        assert cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", *align]) == 0
+        err = capsys.readouterr().err
+        assert "fuse-dir: 100%" in err and "| 3/3 [" in err, err  # the bar over the stacks
+        lines = [line for line in err.splitlines() if line.endswith(" ...")]
+        assert [line for line in lines if ": step " not in line] == [], err
+        assert [line.split(": step ")[1] for line in lines] == ["1/2: fusing f1.png into f0.png ...",
+                                                                "2/2: fusing f2.png into the fusion of f0.png and "
+                                                                "f1.png ..."], err
+    # at the threshold a pair names them (two 80x80 shots), just above it not
+    for least, named in ((2 * N * N, True), (2 * N * N + 1, False)):
+        monkeypatch.setattr(batch, "STEP_LINES_MIN_PIXELS", least)
+        out = tmp_path / f"at{least}"
+        assert cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu"]) == 0
+        err = capsys.readouterr().err
+        assert (f"bafusion fuse-dir: p: writing {out / 'p.png'} ..." in err) is named, err
+        assert (f"bafusion fuse-dir: s: writing {out / 's.png'} ..." in err), err  # three shots: over it
 
 
 def test_fuse_dir_quiet_silences_every_bar_and_a_large_pair_is_refused_by_name(

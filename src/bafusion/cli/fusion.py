@@ -16,8 +16,8 @@ import torch
 from bafusion.cli.common import add_threads_argument, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread
 from bafusion.errors import InputFileError, UserError
 from bafusion.fusion.api import ALIGN_MODELS
-from bafusion.fusion.batch import (EXIT_NONE_FUSED, EXIT_SKIPPED, check_output_folder, check_replaced, find_groups,
-                                   fuse_dir, skip_lines)
+from bafusion.fusion.batch import (EXIT_NONE_FUSED, EXIT_SKIPPED, STEP_LINES_MIN_PIXELS, check_output_folder,
+                                   check_replaced, find_groups, fuse_dir, skip_lines)
 from bafusion.fusion.models import resolve_device
 from bafusion.fusion.params import (
     BOUNDARY_MODES,
@@ -37,7 +37,7 @@ from bafusion.schema import allowed, default, maximum
 # --------------------------------------------------------------------------------------
 
 
-def _add_param_args(p: argparse.ArgumentParser, maps: bool = True) -> None:
+def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help: str | None = None) -> None:
     d = FusionParams()
     g = p.add_argument_group("fusion parameters (defaults: --params-file section 'fuse', else built in)")
     g.add_argument("--l", type=int, default=None, help=f"Eq. 1 window half-size (default {d.l})")
@@ -123,8 +123,8 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True) -> None:
         p.add_argument("--alpha", type=float, default=None,
                        help=f"difference-map gain alpha*|B-F| (default {default('fuse.alpha'):g})")
     p.add_argument("--no-progress", "--quiet", dest="progress", action="store_const", const=False, default=None,
-                   help="no progress bar (default: a bar on stderr for camera-size pairs when it is a terminal; "
-                        "bafusion fuse also names each step there: reading, checking, fusing, writing)")
+                   help=progress_help or "no progress bar (default: a bar on stderr for camera-size pairs when it "
+                        "is a terminal; bafusion fuse also names each step there: reading, checking, fusing, writing)")
 
 
 def _origins(args: argparse.Namespace, flags: dict[str, Any], keys: tuple[str, ...]) -> dict[str, str]:
@@ -541,5 +541,12 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
                    "model, parameters, --align, --ext and version that made the outputs, and a folder of another "
                    "setup (or of none recorded) is refused; a stack whose shots changed since (it records each "
                    "output's shots) is fused again")
-    _add_param_args(p, maps=False)
+    from bafusion.fusion.working import PROGRESS_MIN_PIXELS
+
+    _add_param_args(p, maps=False, progress_help=(
+        "no progress bar and no lines per stack (default: on a terminal a bar over the stacks, each stack's own "
+        f"fusion bar from {PROGRESS_MIN_PIXELS / 1e6:g} megapixels a shot, the steps of a stack of three or more "
+        "shots, and the steps around a stack's fusion (reading, checking, aligning, writing) where its shots hold "
+        f"{STEP_LINES_MIN_PIXELS / 1e6:g} megapixels or more in all; without a terminal one line per stack and the "
+        "steps of a stack of three or more shots)"))
     p.set_defaults(func=_cmd_fuse_dir)
