@@ -268,21 +268,22 @@ def test_the_alignment_lines_carry_the_command_prefix_and_keep_quiet_under_quiet
     Image.fromarray(a).save(src / "s-A.png")
     Image.fromarray(warp_to_first(b, t)).save(src / "s-B.png")
     out = tmp_path / "out"
-    for argv, prefix in ((["fuse", str(src / "s-A.png"), str(src / "s-B.png"), "-o", str(tmp_path / "f.png")],
-                          "bafusion fuse: "),
-                         (["fuse-dir", str(src), str(out)], "bafusion fuse-dir: ")):
+    # fuse-dir's lines about a stack also name the stack (s), as its other lines do
+    for argv, prefix, lead in ((["fuse", str(src / "s-A.png"), str(src / "s-B.png"), "-o", str(tmp_path / "f.png")],
+                                "bafusion fuse: ", "bafusion fuse: "),
+                               (["fuse-dir", str(src), str(out)], "bafusion fuse-dir: ", "bafusion fuse-dir: s: ")):
         argv = [*argv, "--model", str(nets), "--device", "cpu", "--align"]
         for model in ("similarity", "auto"):
             assert cli_main([*argv, model]) == 0
             err = capsys.readouterr().err.splitlines()
             assert all(ln.startswith(prefix) for ln in err), err
-            assert any(ln.startswith(f"{prefix}align ") and "s-B.png -> " in ln for ln in err), err
-            assert any(ln.startswith(f"{prefix}align crop: ") for ln in err), err
-            assert any(ln.startswith(f"{prefix}--align auto: ") for ln in err) == (model == "auto"), err
+            assert any(ln.startswith(f"{lead}align ") and "s-B.png -> " in ln for ln in err), err
+            assert any(ln.startswith(f"{lead}align crop: ") for ln in err), err
+            assert any(ln.startswith(f"{lead}--align auto: ") for ln in err) == (model == "auto"), err
         assert cli_main([*argv, "auto", "--quiet"]) == 0
         err = capsys.readouterr().err.splitlines()
-        assert not any(ln.startswith(f"{prefix}align ") for ln in err), err
-        assert any(ln.startswith(f"{prefix}--align auto: ") and "aligning (similarity)" in ln for ln in err), err
+        assert not any(ln.startswith(f"{lead}align ") for ln in err), err
+        assert any(ln.startswith(f"{lead}--align auto: ") and "aligning (similarity)" in ln for ln in err), err
 
 
 # ---------------------------------------------------------------- clipped, implausible, flat

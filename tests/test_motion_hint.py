@@ -355,6 +355,27 @@ def test_fuse_dir_align_auto_aligns_only_the_stacks_that_move(tmp_path: Path, ne
     assert mh < h and mw < w
 
 
+def test_fuse_dir_lines_about_a_stacks_motion_name_the_stack(tmp_path: Path, nets: Path, capsys) -> None:
+    """fuse-dir's "--align auto: ... moves about ..." lines (and the hints without --align) named
+    the files but not the stack, where every other line of a stack starts with its name
+    ("bafusion fuse-dir: moved: reading ..."): in a batch of sub-folders of IMG_0001.jpg ... the
+    user could not tell which stack moved. They start with the stack's name too."""
+    src = tmp_path / "in"
+    for stack, shift in (("moved", (4.0, -3.0)), ("still", (0.0, 0.0))):
+        (src / stack).mkdir(parents=True)
+        _write_pair(src / stack, shift, "IMG_")
+    for align in (["--align", "auto"], []):
+        out = tmp_path / f"out{len(align)}"
+        assert cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet",
+                         *align]) == 0
+        err = capsys.readouterr().err
+        moved = [ln for ln in err.splitlines() if "moves about" in ln]
+        lead = "bafusion fuse-dir: moved: --align auto: " if align else "bafusion fuse-dir: moved: "
+        assert len(moved) == 1 and moved[0].startswith(lead + str(src / "moved" / "IMG_b.png")), err
+        if align:
+            assert f"bafusion fuse-dir: still: --align auto: {src / 'still' / 'IMG_b.png'} moves " in err, err
+
+
 def test_a_blown_out_half_and_a_single_line_get_no_hint_and_are_fused_as_registered(capsys) -> None:
     """Registered pairs whose estimate went astray: a blown-out half of A (scale 0.40, 71 px, and
     --align auto cropped the fusion to 54x33 px) and one-dimensional structure (scale 0.61)."""

@@ -1310,10 +1310,12 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
         out_of_memory = False
         stage = stages(name, shots)
         try:
-            # without bars (--no-progress, alias --quiet) no stack's own bar either
+            # without bars (--no-progress, alias --quiet) no stack's own bar either; the lines about
+            # the stack's motion and alignment ("--align auto: b.jpg moves about ...") name it, as
+            # its other lines do
             fused = fuse_files(shots, nets, params, output=target, align=align, force=force,
                                motion_hint=motion_hint, progress=None if progress else False,
-                               prefix="bafusion fuse-dir", details=bool(progress), step=steps(name),
+                               prefix=f"bafusion fuse-dir: {name}", details=bool(progress), step=steps(name),
                                stage=stage)
             # the record first says that fuse-dir writes this output from these shots (a run stopped
             # while writing it leaves a file the next run may replace) and no longer lists it as written
