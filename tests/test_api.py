@@ -857,3 +857,21 @@ def test_from_params_refuses_fields_of_the_rule_at_the_top_level() -> None:
     assert FusionParams.from_params({"fuse": {"l": 4}, "seed": 1}).l == 4
     assert FusionParams.from_params({"seed": 1}) == FusionParams()
     assert FusionParams.from_mapping({"l": 4}).l == 4
+
+
+def test_from_params_refuses_the_fuse_sections_settings_at_the_top_level() -> None:
+    """FusionParams.from_params refused the rule's fields at the top level, but took
+    ``{"device": "cpu", "threads": 2, "alpha": 5}`` there in silence, where the commands and the
+    pipeline read those settings from the ``fuse`` section only. They are refused likewise, the
+    message saying where they belong; in the section they are checked and left to the commands."""
+    with pytest.raises(UserError, match=r"^parameters: device at the top level, and no 'fuse' section: fuse.device "
+                                        r"is a setting of the commands and the pipeline, read from the 'fuse' section "
+                                        r"only: put it there$"):
+        FusionParams.from_params({"device": "cpu"})
+    with pytest.raises(UserError, match=r"^p.yaml: threads, alpha at the top level, beside the 'fuse' section: "
+                                        r"fuse.threads, fuse.alpha are settings .*: put them there$"):
+        FusionParams.from_params({"fuse": {"l": 4}, "threads": 2, "alpha": 5}, "p.yaml")
+    with pytest.raises(UserError, match=r"^parameters: l, device at the top level, and an empty 'fuse' section: "
+                                        r".*from_mapping \(fuse.device is a setting .*put it there\)$"):
+        FusionParams.from_params({"fuse": None, "l": 4, "device": "cpu"})
+    assert FusionParams.from_params({"fuse": {"l": 4, "device": "cpu", "threads": 2, "alpha": 5}}).l == 4

@@ -328,6 +328,28 @@ def test_params_file_with_rule_fields_at_its_top_level_is_refused_as_from_params
               "--device", "cpu", "--out", "ev", "--params-file", "p.yaml"], capsys, work, "dataset 'tiny': no pairs")
 
 
+@pytest.mark.parametrize("text, where", [
+    ("device: cpu\n", "device at the top level, and no 'fuse' section"),
+    ("fuse:\n  tile: 64\nthreads: 1\nalpha: 5\n", "threads, alpha at the top level, beside the 'fuse' section"),
+])
+def test_params_file_with_fuse_settings_at_its_top_level_is_refused(work: Path, capsys, monkeypatch, text: str,
+                                                                     where: str) -> None:
+    """``device: cpu`` or ``threads: 1`` at a --params-file's top level was dropped in silence (the
+    nets ran on fuse.device's default, exit 0), where the rule's fields there are refused:
+    fuse, fuse-dir and fuse-set refuse them too, saying that they belong in the 'fuse' section.
+    evaluate refuses them as its own section's (its message names 'evaluate:')."""
+    monkeypatch.setattr(fusion_models, "default_model_dirs", lambda: [work / "none"])
+    (work / "p.yaml").write_text(text)
+    for argv in ([*FUSE, "-o", "F.png"], ["fuse-dir", ".", "out", "--model", "nets", "--device", "cpu"],
+                 ["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs"]):
+        line = _refused([*argv, "--params-file", "p.yaml"], capsys, work, f"p.yaml: {where}")
+        assert line.endswith("read from the 'fuse' section only: put them there") or \
+            line.endswith("read from the 'fuse' section only: put it there"), line
+    line = _refused(["evaluate", "--dataset", "tiny=.", "--methods", "Ours", "--metrics", "QG", "--model", "nets",
+                     "--device", "cpu", "--out", "ev", "--params-file", "p.yaml"], capsys, work, "p.yaml: ")
+    assert "put them under 'evaluate:'" in line, line
+
+
 @pytest.mark.parametrize("text, where", [("methods: [Ours]\nmetrics: [QG]\n", "methods, metrics at the top level, and no 'evaluate' section"),
                                          ("evaluate:\nmethods: [Ours]\n", "methods at the top level, and an empty 'evaluate' section"),
                                          ("evaluate: {alpha: 5}\nthreads: 1\n", "threads at the top level, beside the 'evaluate' section")])

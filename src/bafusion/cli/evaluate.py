@@ -52,7 +52,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         whole = _read_mapping(args.params_file, empty_ok=True)
         refuse_top_level_fields(whole, str(args.params_file),
                                 "--params-file reads the file's 'evaluate' and 'fuse' sections only: put them "
-                                "under 'fuse:'")
+                                "under 'fuse:'", settings=False)  # device, threads, alpha: evaluate's own, below
         # and evaluate's own fields there (methods: [...] beside no evaluate section): dropped in silence too
         from bafusion.schema import load_schema
 

@@ -240,7 +240,9 @@ class FusionParams:
         ------
         bafusion.errors.UserError
             Fields of the rule at the top level (``{"l": 4}``, ``{"fuse": None, "l": 4}``: an
-            empty ``fuse:`` in YAML; they gave the defaults in silence), or what
+            empty ``fuse:`` in YAML; they gave the defaults in silence), or the ``fuse``
+            section's settings there (``device``, ``threads``, ``alpha``: read by the commands
+            and the pipeline from that section, ignored at the top level), or what
             :meth:`from_mapping` refuses.
         """
         refuse_top_level_fields(params, source, "from_params reads a whole parameter mapping ({'fuse': {...}, "
@@ -249,7 +251,13 @@ class FusionParams:
         return cls.from_mapping(params.get("fuse") or {}, source)
 
 
-def refuse_top_level_fields(params: Mapping[str, Any], source: str, remedy: str) -> None:
+#: The ``fuse`` section's keys that are no field of the rule and that the commands and the
+#: pipeline read from it: ``fuse.device``, ``fuse.threads``, ``fuse.alpha`` (``save_maps``
+#: is read by nothing: the pipeline's fuse always writes its maps, ``fuse`` takes --save-maps).
+FUSE_SETTINGS = ("device", "threads", "alpha")
+
+
+def refuse_top_level_fields(params: Mapping[str, Any], source: str, remedy: str, *, settings: bool = True) -> None:
     """Refuse fields of the rule (:class:`FusionParams`) at the top level of a whole parameter
     mapping, where nothing reads them: with no ``fuse`` section, an empty one (``fuse:`` in YAML)
     or beside one (they gave the defaults in silence). :meth:`FusionParams.from_params` and the
@@ -264,6 +272,11 @@ def refuse_top_level_fields(params: Mapping[str, Any], source: str, remedy: str)
         Where ``params`` came from (the file); starts the message.
     remedy : str
         What to do, ending the message.
+    settings : bool
+        Also refuse the ``fuse`` section's settings there (:data:`FUSE_SETTINGS`: read by the
+        commands and the pipeline from that section only); the message says that they belong
+        in it. False where the caller refuses them itself
+        (``bafusion evaluate``, whose own section has ``device``, ``threads`` and ``alpha``).
 
     Raises
     ------
@@ -271,12 +284,18 @@ def refuse_top_level_fields(params: Mapping[str, Any], source: str, remedy: str)
         Naming ``source``, the fields and where the ``fuse`` section is.
     """
     names = {f.name for f in fields(FusionParams)}
-    stray = [k for k in params if k in names]
+    others = set(FUSE_SETTINGS) if settings else set()
+    stray = [k for k in params if k in names or k in others]
     if stray:  # read from nowhere: with no fuse section, an empty one (`fuse:` in YAML) or beside one
         section = params.get("fuse")
         where = ("and no 'fuse' section" if "fuse" not in params
                  else "and an empty 'fuse' section" if not section else "beside the 'fuse' section")
-        raise UserError(f"{source}: {', '.join(map(str, stray))} at the top level, {where}: {remedy}")
+        kept = [str(k) for k in stray if k in others]
+        one = len(kept) == 1
+        said = (f"{', '.join(f'fuse.{k}' for k in kept)} {'is a setting' if one else 'are settings'} of the "
+                f"commands and the pipeline, read from the 'fuse' section only: put {'it' if one else 'them'} there")
+        why = remedy if not kept else said if len(kept) == len(stray) else f"{remedy} ({said})"
+        raise UserError(f"{source}: {', '.join(map(str, stray))} at the top level, {where}: {why}")
 
 
 def low_high_problem(low: float, high: float, origins: Mapping[str, str] | None = None) -> str:
