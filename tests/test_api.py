@@ -3,6 +3,7 @@ metrics, ...``, loaded lazily, and the same results as the functions it wraps.""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -159,8 +160,8 @@ def test_fuse_keeps_16_bits(tmp_path: Path) -> None:
     # each pixel is A's or B's full-depth pixel, as the decision made on 8 bits says
     assert np.array_equal(f16, np.where(res8.decision[..., None], a16, b16))
     assert np.array_equal(bafusion.fuse(a16, b16, model=nets, params=params, keep_depth=False), res8.fused)
-    # a uint8 source beside a uint16 one is taken on the 16-bit scale
-    mixed = bafusion.fuse(a16, b8, model=nets, params=params)
+    # a uint8 source beside a uint16 one: at one depth (x 257), not mixed (test_a_uint16_array_beside_...)
+    mixed = bafusion.fuse(a16, b8.astype(np.uint16) * 257, model=nets, params=params)
     assert np.array_equal(mixed, np.where(res8.decision[..., None], a16, b8.astype(np.uint16) * 257))
     # 16-bit files are read at their full depth
     pa, pb = tmp_path / "a16.png", tmp_path / "b16.png"
@@ -175,6 +176,34 @@ def test_fuse_keeps_16_bits(tmp_path: Path) -> None:
         assert f3.dtype == np.uint16
         assert np.array_equal(scale16(f3), f3_8), rule
         assert np.all((f3 == a16) | (f3 == b16)), rule
+
+
+@pytest.mark.filterwarnings("ignore::bafusion.fusion.rule.FusionNoteWarning")  # the dark shot's note: not tested here
+def test_a_uint16_array_beside_an_8_bit_source_is_refused(tmp_path: Path) -> None:
+    """A uint16 array beside a uint8 array (or an 8-bit file) was scaled for the decision by a
+    depth guessed from its largest value: a dark 16-bit shot (maximum 4000) was taken for 12-bit
+    data, 16 times too bright beside the 8-bit shot, where an unmarked 16-bit file beside an
+    8-bit one is read on its full 16-bit scale and ``bafusion.metrics`` refuses a uint16 F beside
+    8-bit sources. It is refused, naming the sources and how to give them at one depth; uint16
+    arrays alone, uint8 ones alone and a uint8 array beside a 16-bit file are fused as before."""
+    a8, b8 = _focus_pair()
+    dark16 = (b8.astype(np.uint16) * 257 // 17).astype(np.uint16)  # a dark 16-bit shot: largest value 3855
+    assert dark16.max() < 4096
+    nets = bafusion.load_model("default", device="cpu")
+    params = FusionParams(min_region=0.0, working_min=0)
+    with pytest.raises(UserError, match=r"^source 2 is a uint16 array but source 1 is 8-bit: the bit depth of "
+                                        r"uint16 data beside 8-bit shots cannot be told .*x.astype\(np.uint16\) \* 257"):
+        bafusion.fuse(a8, dark16, model=nets, params=params)
+    p8 = tmp_path / "a8.png"
+    bafusion.write_image(p8, a8)
+    with pytest.raises(UserError, match=rf"^source 2 and source 3 are uint16 arrays but {re.escape(str(p8))} is 8-bit"):
+        bafusion.fuse(p8, dark16, dark16, model=nets, params=params)
+    # one depth: fused
+    assert bafusion.fuse(a8.astype(np.uint16) * 257, dark16, model=nets, params=params).dtype == np.uint16
+    assert bafusion.fuse(a8, b8, model=nets, params=params).dtype == np.uint8
+    p16 = tmp_path / "b16.png"
+    bafusion.write_image(p16, dark16)
+    assert bafusion.fuse(a8, p16, model=nets, params=params).dtype == np.uint16  # a file carries its depth (sBIT)
 
 
 def test_12_bit_data_in_uint16_arrays_is_decided_as_12_bit_and_keeps_its_values(tmp_path: Path) -> None:
@@ -192,14 +221,13 @@ def test_12_bit_data_in_uint16_arrays_is_decided_as_12_bit_and_keeps_its_values(
     assert f12.dtype == np.uint16 and f12.max() <= 4095
     assert np.array_equal(f12, np.where(res.decision[..., None], a12, b12))
     assert np.array_equal(bafusion.fuse(a12, b12, model=nets, params=params, keep_depth=False), res.fused)
-    # a uint8 array beside them is brought to their 12-bit scale
-    mixed = bafusion.fuse(a12, scale_to_u8(b12, 12), model=nets, params=params)
-    b_on_12 = np.round(scale_to_u8(b12, 12) * (4095 / 255)).astype(np.uint16)
-    assert np.array_equal(mixed, np.where(res.decision[..., None], a12, b_on_12))
-    # ... and so is an 8-bit file (it was x 257: two scales in one result)
+    # a uint8 array or an 8-bit file beside them is refused (a depth guessed from their largest
+    # value: test_a_uint16_array_beside_an_8_bit_source_is_refused)
     p8 = tmp_path / "b8.png"
     bafusion.write_image(p8, scale_to_u8(b12, 12))
-    assert np.array_equal(bafusion.fuse(a12, p8, model=nets, params=params), mixed)
+    for b in (scale_to_u8(b12, 12), p8):
+        with pytest.raises(UserError, match="cannot be told"):
+            bafusion.fuse(a12, b, model=nets, params=params)
     # the same data as a 16-bit PNG file: the same decision (the file rule), on the 16-bit scale
     pa = tmp_path / "a12.png"
     bafusion.write_image(pa, a12)

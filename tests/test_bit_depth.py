@@ -386,8 +386,8 @@ def test_a_16_bit_tiff_fusion_compares_like_its_sources(tmp_path: Path, case: st
 def test_fuse_with_map_keeps_16_bit_sources(tmp_path: Path) -> None:
     """``fuse_with_map`` cast its result to uint8: uint16 sources wrapped (65535 -> 255,
     4096 -> 0). Now uint16 sources give a uint16 fusion of their own values; uint8 ones give
-    the same uint8 fusion as before; a uint8 source beside a uint16 one is taken x 257 (as
-    ``bafusion.fuse`` takes it)."""
+    the same uint8 fusion as before; a uint8 source beside a uint16 one is taken x 257 (the
+    docstring's 16-bit scale)."""
     from bafusion.fusion import fuse_with_map
 
     rng = np.random.default_rng(11)

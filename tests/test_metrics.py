@@ -403,8 +403,26 @@ def test_uint16_beside_uint8_is_refused() -> None:
     full = [v.astype(np.uint8).astype(np.uint16) * np.uint16(257) for v in _multifocus()]
     x8, a8, b8 = (v.astype(np.uint8) for v in _multifocus())
     assert M.compute_all(full[1], full[2], x8) == M.compute_all(a8, b8, x8)
-    assert M.qg(full[1], b8, x8) == M.qg(a8, b8, x8)
     assert M.qg(full[1], full[2], x8.astype(np.float64)) == pytest.approx(M.qg(a8, b8, x8), abs=1e-12)
+
+
+def test_a_uint16_source_beside_a_0_255_source_is_refused() -> None:
+    """A uint16 A beside a uint8 (or float, int) B was scaled by a depth guessed from its largest
+    value: a dark 16-bit A (largest value 3855) read as 12-bit data, 16 times too bright against
+    B (read_metric_files reads such an unmarked 16-bit file beside an 8-bit one on its full
+    scale; bafusion.fuse refuses the arrays). Refused, naming the images and how to give them at
+    one depth; A and B at one depth are measured as before."""
+    x8, a8, b8 = (v.astype(np.uint8) for v in _multifocus())
+    dark16 = (a8.astype(np.uint16) * 257 // 17).astype(np.uint16)
+    assert dark16.max() < 4096
+    for b in (b8, b8.astype(np.float64), b8.astype(np.int64)):
+        with pytest.raises(UserError, match=rf"^image A is uint16 but B is {b.dtype}: the metrics cannot tell the bit "
+                                            r"depth of a uint16 source beside a 0-255 one .*one depth"):
+            M.qg(dark16, b, x8)
+        with pytest.raises(UserError, match=rf"^image B is uint16 but A is {b.dtype}"):
+            M.compute_all(b, dark16, x8, ["QG"])
+    wide = [v.astype(np.uint16) * np.uint16(257) for v in (a8, b8)]
+    assert M.qg(*wide, x8) == M.qg(a8, b8, x8)
 
 
 def test_integer_inputs_within_0_255_equal_uint8() -> None:

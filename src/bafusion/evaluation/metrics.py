@@ -36,7 +36,11 @@ bring them to the [0, 255] scale by their type:
   at 16 bits ``v / 257``), so a 16-bit fusion (``fuse`` on 16-bit sources) measured against
   those sources gives the value of the 8-bit triple. uint16 sources beside an 8-bit F (uint8,
   other integers within 0-255, floats) are scaled by the depth common to the uint16 ones, as
-  ``fuse`` scales them, so its uint8 output (``keep_depth=False``) matches them. A uint16 F
+  ``fuse`` scales them, so its uint8 output (``keep_depth=False``) matches them. A uint16 A or
+  B beside a 0-255 other source is refused, as :func:`bafusion.fuse` refuses such arrays: its
+  depth cannot be told (a dark 16-bit shot would read as 12-bit data, 16 times too bright;
+  :func:`read_metric_files` reads an unmarked 16-bit file beside an 8-bit one on its full
+  scale). A uint16 F
   beside an 8-bit A or B is refused: its bit depth cannot be told (a dark 16-bit fusion,
   largest value below 16384, would read as 14-bit data, 4 times too bright); bring the three
   to one depth (``x.astype(np.uint16) * 257`` for 8-bit ones). Files alike: an F of more than
@@ -156,6 +160,19 @@ def _eight_bit_scale(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> list[np.ndarra
             "would read as brighter data of fewer bits); give A, B and F at one depth: all uint16 (the 16-bit "
             "arrays that were fused; x.astype(np.uint16) * 257 brings uint8 to the 16-bit scale) or all uint8 "
             "(bafusion.fuse(..., keep_depth=False))")
+    sources16 = [name for name, x in zip("AB", images) if x.dtype == np.uint16]
+    narrow_sources = [name for name, x in zip("AB", images) if x.dtype != np.uint16 and x.dtype.kind in "iuf"]
+    if sources16 and narrow_sources:
+        # a uint16 source beside a 0-255 one: its depth guessed from its largest value (a dark
+        # 16-bit shot read as 12-bit data, 16 times too bright), where a file of it is read on
+        # its full 16-bit scale and bafusion.fuse refuses the two arrays alike
+        other = images["AB".index(narrow_sources[0])]
+        raise UserError(
+            f"image {sources16[0]} is uint16 but {narrow_sources[0]} is {other.dtype}: the metrics cannot tell the "
+            "bit depth of a uint16 source beside a 0-255 one (12-bit camera data and a dark 16-bit image look "
+            "alike); give A and B at one depth: both uint16 on one scale (x.astype(np.uint16) * 257 brings uint8 "
+            "to the 16-bit scale) or both on the 0-255 scale (bafusion.io.scale_to_u8(x, bits)), or read the "
+            "files with read_metric_files (an unmarked 16-bit file beside an 8-bit one is read on its full scale)")
     deep16 = [x for x in images if x.dtype == np.uint16 and x.size]
     bits = common_bits(max(float(x.max()) for x in deep16)) if deep16 else 8
     unit: list[tuple[str, np.ndarray]] = []  # float images with values all within [0, 1], largest above 0

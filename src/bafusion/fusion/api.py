@@ -7,7 +7,7 @@ import sys
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,9 +164,10 @@ def fuse(
         by the decision made on the 8-bit versions, as the command line does. uint16 arrays
         are scaled for the decision like unmarked 16-bit files: from the smallest of 8, 10, 12,
         14 or 16 bits that holds their largest value (12-bit camera data in uint16 is 12-bit),
-        and the result keeps their values (uint8 arrays beside them are brought to that scale:
-        x 257 at 16 bits); beside a file of more than 8 bits, all is on the 16-bit scale, as
-        files are read. False: the uint8 fusion. With ``align`` the full-depth shots are
+        and the result keeps their values; beside a file of more than 8 bits, all is on the
+        16-bit scale, as files are read. uint16 arrays beside an 8-bit source (a uint8 array,
+        an 8-bit file) are refused: their depth cannot be told there (give the shots at one
+        depth, or the 16-bit ones as files). False: the uint8 fusion. With ``align`` the full-depth shots are
         registered and cropped as their 8-bit copies are (the same transforms).
     threads : int, "auto" or None
         CPU threads torch runs the nets on (:func:`torch.set_num_threads`), torch's setting
@@ -195,8 +196,9 @@ def fuse(
     ------
     bafusion.errors.UserError
         Fewer than two shots, shots of different sizes, an unreadable file, a bad parameter
-        (a device this machine lacks: ``device='cuda:1': ...``); with ``align``, shots that are
-        not one scene or an implausible estimate (see ``align``). A source that is neither a
+        (a device this machine lacks: ``device='cuda:1': ...``), uint16 arrays beside an 8-bit
+        source (see ``keep_depth``); with ``align``, shots that are not one scene or an
+        implausible estimate (see ``align``). A source that is neither a
         path nor an array, or an array of another type than uint8 and uint16 (floats: the
         message says how to convert them), is a :class:`bafusion.errors.InputTypeError`, a
         UserError that is also a :class:`TypeError`.
@@ -368,6 +370,39 @@ def _warn_motion(images: list[np.ndarray], names: list[str]) -> None:
         warnings.warn(line, MotionWarning, stacklevel=3)
 
 
+def _refuse_mixed_depths(wide: Sequence[str], narrow: Sequence[str]) -> None:
+    """Refuse uint16 arrays (``wide``, their names) beside 8-bit sources (``narrow``: uint8
+    arrays, files of 8 bits): a uint16 array carries no bit depth, and beside an 8-bit source
+    none can be told (12-bit camera data in uint16 and a dark 16-bit image look alike, so a
+    depth guessed from its largest value made one of them 16 times too bright or too dark
+    against the 8-bit shot). Files carry theirs: an unmarked 16-bit file beside an 8-bit one is
+    read on its full 16-bit scale (:func:`bafusion.io.read_source_set`), as ``bafusion fuse``
+    reads it; arrays are asked for at one depth.
+
+    Parameters
+    ----------
+    wide, narrow : sequence of str
+        The names of the uint16 arrays and of the 8-bit sources, for the message.
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        When both are given.
+    """
+    if not wide or not narrow:
+        return
+
+    def named(items: Sequence[str], what: str) -> str:
+        return f"{' and '.join(items)} {'are' if len(items) > 1 else 'is'} {what}"
+
+    raise UserError(
+        f"{named(wide, 'a uint16 array' if len(wide) == 1 else 'uint16 arrays')} but {named(narrow, '8-bit')}: the "
+        "bit depth of uint16 data beside 8-bit shots cannot be told (12-bit camera data and a dark 16-bit image look "
+        "alike); give the shots at one depth: all uint16 on one scale (x.astype(np.uint16) * 257 brings uint8 to the "
+        "16-bit scale), or all uint8 (bafusion.io.scale_to_u8(x, bits)), or pass the 16-bit shots as files (an "
+        "unmarked 16-bit file beside an 8-bit one is read on its full 16-bit scale, as bafusion fuse reads it)")
+
+
 def _read_sources(
     sources: tuple[str | os.PathLike[str] | np.ndarray, ...],
 ) -> tuple[list[np.ndarray], list[np.ndarray] | None, list[str], int]:
@@ -379,9 +414,10 @@ def _read_sources(
     uint16 arrays follow the rule of unmarked 16-bit files (:func:`bafusion.io.common_bits`):
     the decision sees them scaled from the smallest of 8, 10, 12, 14, 16 bits that holds their
     largest value, all alike (12-bit camera data in uint16 is not taken for a dark 16-bit
-    image). The full-depth result stays on that scale -- the arrays' own values, uint8 arrays
-    brought to it (x 257 at 16 bits) -- unless a file of more than 8 bits is among the
-    sources: then everything is on the 16-bit scale, as files are read."""
+    image). The full-depth result stays on that scale -- the arrays' own values -- unless a
+    file of more than 8 bits is among the sources: then everything is on the 16-bit scale, as
+    files are read (a uint8 array beside such a file: x 257). uint16 arrays beside an 8-bit
+    source are refused (:func:`_refuse_mixed_depths`)."""
     from bafusion.io import common_bits
 
     for i, s in enumerate(sources):
@@ -410,6 +446,12 @@ def _read_sources(
                 raise InputTypeError(f"{name}: sources must be uint8 or uint16 arrays, got {s.dtype}{dtype_hint(s)}")
             arrays[i] = np.ascontiguousarray(s)
     deep16 = [a for a in arrays.values() if a.dtype == np.uint16]
+    if deep16:
+        _refuse_mixed_depths(
+            [names[i] for i, a in arrays.items() if a.dtype == np.uint16],
+            [names[i] for i, a in arrays.items() if a.dtype == np.uint8]
+            + [n for n, d in zip((names[i] for i, s in enumerate(sources) if i not in arrays),
+                                 src.depths if src else ()) if d == 8])
     bits = common_bits(max(float(a.max()) for a in deep16)) if deep16 else 8
     files_deep = src is not None and src.full is not None
     deep = files_deep or bool(deep16)  # else no full-depth copies at all (all 8-bit: the usual case)

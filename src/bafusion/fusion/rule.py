@@ -184,9 +184,10 @@ def fuse_with_map(a: np.ndarray, b: np.ndarray, dm: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     a, b : ndarray
-        The sources, uint8 or uint16 (full-depth sources on the 16-bit scale; a uint8 source
-        beside a uint16 one is taken on that scale, x 257, as :func:`bafusion.fuse` takes it),
-        (H, W) or (H, W, 3/4); a gray source beside a colour one is replicated to three
+        The sources, uint8 or uint16 (full-depth sources on the 16-bit scale: a uint8 source
+        beside a uint16 one is taken x 257, so 12-bit data is brought to that scale first;
+        :func:`bafusion.fuse`, which cannot tell the depth of a uint16 array, refuses one
+        beside a uint8 one), (H, W) or (H, W, 3/4); a gray source beside a colour one is replicated to three
         channels, alpha is dropped.
     dm : ndarray of bool, (H, W)
         Decision map of the sources' height and width: True takes A's pixel, False B's.
