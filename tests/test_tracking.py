@@ -136,6 +136,50 @@ def test_invocation_is_a_parent_run_with_named_children_and_a_loadable_model(
     assert get_model_info(model.model_uri).signature is not None
 
 
+def test_runs_say_whether_the_code_had_uncommitted_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run of modified (uncommitted) code carried HEAD's commit and nothing else: it read as
+    the commit's code. Runs now carry bafusion.git_dirty, true when a tracked source file has
+    uncommitted changes (staged or not), false when not; files the runs write (dvc.lock,
+    metrics/), params.yaml (logged as params) and untracked files do not count; no tag and no
+    failure outside a git checkout."""
+    from mlflow.tracking import MlflowClient
+
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "code.py").write_text("x = 1\n")
+    for name in ("dvc.yaml", "dvc.lock", "params.yaml"):
+        (repo / name).write_text("a: 1\n")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "c"]):
+        subprocess.run(["git", *cmd], cwd=repo, check=True, env=env)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    _clear_invocation_env(monkeypatch)
+    monkeypatch.chdir(repo)
+
+    def tags(run_name: str) -> dict[str, str]:
+        with tracking.stage_run("prepare", run_name=run_name):
+            pass
+        client = MlflowClient(tracking_uri=uri)
+        exp_id = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+        return next(r for r in client.search_runs([exp_id]) if r.info.run_name == run_name).data.tags
+
+    clean = tags("clean")
+    assert clean["mlflow.source.git.commit"] and clean[tracking.DIRTY_TAG] == "false"
+    (repo / "dvc.lock").write_text("a: 2\n")  # what a run writes, and params: not the code
+    (repo / "params.yaml").write_text("a: 2\n")
+    (repo / "new.py").write_text("")  # untracked
+    assert tags("outputs changed")[tracking.DIRTY_TAG] == "false"
+    (repo / "src" / "code.py").write_text("x = 2\n")
+    assert tags("code changed")[tracking.DIRTY_TAG] == "true"
+    subprocess.run(["git", "add", "src"], cwd=repo, check=True)
+    assert tags("code staged")[tracking.DIRTY_TAG] == "true"
+    outside = tmp_path / "photos"
+    outside.mkdir()
+    assert tracking.git_dirty(outside) is None and tracking.DIRTY_TAG not in tracking.source_tags("x", outside)
+
+
 def test_stages_of_one_dvc_invocation_share_one_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

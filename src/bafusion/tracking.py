@@ -38,7 +38,9 @@
   (:meth:`_Run.end_dead_runs`); one it cannot end is named in a warning line, and the step's
   own run stays tracked.
 - Every run carries MLflow's own source tags (``mlflow.source.git.commit``, ``mlflow.source.name``,
-  ``mlflow.source.type``), so the UI shows the commit it ran.
+  ``mlflow.source.type``), so the UI shows the commit it ran, and ``bafusion.git_dirty``
+  (``true`` when the tracked source files had uncommitted changes: the code was not the
+  commit's).
 """
 
 from __future__ import annotations
@@ -513,6 +515,32 @@ def git_commit(root: Path | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+#: The tracked files whose uncommitted changes make a run's code differ from its commit
+#: (:func:`git_dirty`): the package, the pipeline's rules and definitions. Not the files a run
+#: itself writes or records otherwise (dvc.lock, metrics/, params.yaml: logged as params), nor
+#: documentation and tests.
+SOURCE_PATHS = ("src", "workflow", "Snakefile", "dvc.yaml", "pyproject.toml")
+
+
+#: The tag that says whether a run's code had uncommitted changes (:func:`source_tags`).
+DIRTY_TAG = "bafusion.git_dirty"
+
+
+def git_dirty(root: Path | None = None) -> bool | None:
+    """Whether the checkout's tracked source files (:data:`SOURCE_PATHS`) have uncommitted
+    changes, staged or not (untracked files are not looked at, so the data folders cost
+    nothing); None outside a git checkout or when git fails. It takes no lock (``git
+    --no-optional-locks``): stages running side by side do not contend for the index."""
+    try:
+        out = subprocess.run(
+            ["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no", "--", *SOURCE_PATHS],
+            cwd=root or repo_root(), capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 class _NullRun:
     """Stands in for a run when tracking is off, so callers need no ``if``."""
 
@@ -859,13 +887,18 @@ def source_tags(name: str, root: Path | None = None) -> dict[str, str]:
     -------
     dict
         ``mlflow.source.name``, ``mlflow.source.type`` and, inside a git checkout,
-        ``mlflow.source.git.commit`` (also kept as ``git_commit``).
+        ``mlflow.source.git.commit`` (also kept as ``git_commit``) and ``bafusion.git_dirty``
+        (``"true"`` when the tracked source files had uncommitted changes: the run's code is
+        not the commit's, :func:`git_dirty`; else ``"false"``).
     """
     tags = {"mlflow.source.name": name, "mlflow.source.type": "LOCAL"}
     commit = git_commit(root)
     if commit:
         tags["mlflow.source.git.commit"] = commit
         tags["git_commit"] = commit
+        dirty = git_dirty(root)
+        if dirty is not None:
+            tags[DIRTY_TAG] = "true" if dirty else "false"
     return tags
 
 
