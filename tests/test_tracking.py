@@ -1251,8 +1251,34 @@ def test_a_setting_has_one_name_and_spelling_in_the_parent_and_its_steps(
     tracking.end_invocation(True)
     client = MlflowClient(tracking_uri=uri)
     parent_params, step_params = client.get_run(parent).data.params, client.get_run(run.run_id).data.params
-    assert parent_params["fuse.scales"] == step_params["fuse.scales"] == "[1.0]"
+    assert parent_params["fuse.scales"] == step_params["fuse.scales"] == "[1]"
     assert parent_params["fuse.l"] == step_params["fuse.l"] == "8"
+
+
+def test_a_whole_float_setting_has_one_spelling_in_the_parent_and_the_training_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train.lr: 1`` in params.yaml logged as "1" in the parent run and "1.0" in the training
+    run (the trainer casts it to float): a search for either missed half the runs. Both are
+    "1" now; a fraction keeps its digits."""
+    from mlflow.tracking import MlflowClient
+
+    from bafusion.nets.train import TrainConfig
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    _clear_invocation_env(monkeypatch)
+    params = {"seed": 0, "patch": 16, "depth": 8, "train": {"lr": 1, "momentum": 0.5, "epochs": 1}}
+    cfg = TrainConfig.from_params(params, "initial")
+    assert isinstance(cfg.lr, float) and cfg.lr == 1.0  # the trainer's value
+    parent = tracking.begin_invocation(params, "train_initial")
+    with tracking.stage_run("train_initial", {"train": {"lr": cfg.lr, "momentum": cfg.momentum}}) as run:
+        pass
+    tracking.end_invocation(True)
+    client = MlflowClient(tracking_uri=uri)
+    parent_params, step_params = client.get_run(parent).data.params, client.get_run(run.run_id).data.params
+    assert parent_params["train.lr"] == step_params["train.lr"] == "1"
+    assert parent_params["train.momentum"] == step_params["train.momentum"] == "0.5"
 
 
 def test_an_empty_store_file_is_built_under_the_temporary_name_too(tmp_path: Path,

@@ -215,18 +215,22 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def spelled(value: Any) -> str:
     """A param's value as MLflow logs it: ``str``, with tuples spelled as the lists params.yaml
-    holds (``[1.0]``, not ``(1.0,)``), so that a setting has one spelling in every run.
+    holds (``[1]``, not ``(1.0,)``) and whole floats as the whole numbers they are (``1``, not
+    ``1.0``), so that a setting has one spelling in every run: ``train.lr: 1`` in params.yaml
+    is the int 1 in the parent run and the float 1.0 the trainer casts it to in its own.
 
     Examples
     --------
-    >>> spelled((1.0,)), spelled([1, (2, 3)]), spelled(0.01), spelled(True)
-    ('[1.0]', '[1, [2, 3]]', '0.01', 'True')
+    >>> spelled((1.0,)), spelled([1, (2, 3)]), spelled(0.01), spelled(True), spelled(1.0), spelled(2.5)
+    ('[1]', '[1, [2, 3]]', '0.01', 'True', '1', '2.5')
     """
     def listed(v: Any) -> Any:
         if isinstance(v, (tuple, list)):
             return [listed(x) for x in v]
         if isinstance(v, Mapping):
             return {k: listed(x) for k, x in v.items()}
+        if isinstance(v, float) and v.is_integer() and abs(v) < 2.0 ** 53:  # exactly that int
+            return int(v)
         return v
 
     return str(listed(value))[:6000]
