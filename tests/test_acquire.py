@@ -209,6 +209,7 @@ def _local_sources(root: Path, zips: dict[str, bytes]) -> None:
         (imgs / rec["file_name"]).write_bytes(jpeg_bytes(arr))
     (root / "src" / "coco" / "instances_train2017.json").write_text(json.dumps(data))
     (root / "proj").mkdir()
+    (root / "proj" / "dvc.yaml").write_text("stages: {}\n")  # the project's root
 
 
 def test_the_download_records_are_the_same_in_every_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -237,6 +238,43 @@ def test_the_download_records_are_the_same_in_every_checkout(tmp_path: Path, mon
     assert selection["source"] == {"annotations": "../src/coco/instances_train2017.json",
                                    "images": "../src/coco/train2017"}
     assert all(k["url"] == f"../src/coco/train2017/{k['file']}" for k in selection["kept"])
+
+
+def test_a_failed_local_photo_and_a_run_from_a_subfolder_are_recorded_as_given(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """download-coco --images-dir recorded its kept photos as given (../src/coco/train2017/x.jpg)
+    but a photo that failed as the file:///home/... URL of the folder resolved here, so the record
+    still differed between two checkouts; and a by-hand run in a subfolder of the project
+    recorded "../../src/am" without saying from where. Failures are recorded as the kept photos
+    are, and a record made outside the project's root says from which folder its relative
+    paths start ("relative_to": "sub"); at the root (the pipeline's runs) it has no such key."""
+    records, zips = [], alphamatting_zips()
+    net = ["--retries", "1", "--backoff", "0.01", "--no-progress", "--cache", "../cache"]
+    for where in ("one", "two/deeper"):
+        _local_sources(tmp_path / where, zips)
+        photos = sorted((tmp_path / where / "src" / "coco" / "train2017").iterdir())
+        for q in photos[:3]:
+            q.write_bytes(b"not a jpeg")  # fails to read: failure entries
+        monkeypatch.chdir(tmp_path / where / "proj")
+        assert cli(["download-coco", "--out", "bg", "--count", "2", "--min-side", "100",
+                    "--annotations", "../src/coco/instances_train2017.json",
+                    "--images-dir", "../src/coco/train2017", "--max-failures", "5", *net]) == 0
+        records.append(Path("bg/selection.json").read_text())
+    assert records[0] == records[1]
+    selection = json.loads(records[0])
+    failed = [f["url"] for f in selection["summary"]["failures"]]
+    assert failed and set(failed) <= {f"../src/coco/train2017/{q.name}" for q in photos[:3]}, failed
+    assert "relative_to" not in selection
+    # by hand in a subfolder: the record says where its relative paths start
+    (Path("sub")).mkdir()
+    monkeypatch.chdir("sub")
+    assert cli(["download-alphamatting", "--out", "am", "--from-dir", "../../src/am", *net]) == 0
+    rec = json.loads(Path("am/download.json").read_text())
+    assert rec["source"] == "../../src/am" and rec["relative_to"] == "sub"
+    assert acquire.write_download_record("record.json", "web", {"alphamatting": "am"})["relative_to"] == "sub"
+    assert cli(["download-alphamatting", "--out", "am2", "--from-dir", str(tmp_path / "two/deeper/src/am"),
+                *net]) == 0
+    assert "relative_to" not in json.loads(Path("am2/download.json").read_text())  # absolute: nothing to say
 
 
 def test_alphamatting_highres_needs_a_checksum(tmp_path: Path) -> None:

@@ -177,6 +177,32 @@ def _written(folder: Path, subs: tuple[str, ...]) -> list[str]:
                   if p.is_file() or p.is_symlink())
 
 
+#: The key of a record that says which folder its relative local paths are relative to, where
+#: that is not the project's root (:func:`relative_base`).
+RELATIVE_TO = "relative_to"
+
+
+def relative_base(*paths: str | os.PathLike[str] | None) -> dict[str, str]:
+    """``{"relative_to": folder}`` for a record that names some of ``paths`` (local folders or
+    files as the user gave them) relatively and was made outside the project's root folder (a
+    by-hand ``download-eval --from-dir ../photos`` run in ``proj/sub``): ``folder`` is the
+    working directory relative to the project's root (``sub``), or absolute outside any project
+    (no ``dvc.yaml`` or ``Snakefile`` above it). Empty at the root (the pipeline's runs, also in a
+    DVC experiment's copy, whose records stay the same in every checkout) and when every path is
+    absolute or a URL."""
+    from bafusion.workspace import project_root
+
+    relative = [p for p in paths if p and "://" not in os.fspath(p) and not Path(p).is_absolute()]
+    if not relative:
+        return {}
+    here = Path.cwd().resolve()
+    root = project_root(here)
+    if root == here:
+        in_project = (root / "dvc.yaml").exists() or (root / "Snakefile").exists()
+        return {} if in_project else {RELATIVE_TO: str(here)}
+    return {RELATIVE_TO: here.relative_to(root).as_posix()}
+
+
 def _write_record(folder: Path, record: dict[str, Any], name: str = RECORD) -> None:
     (folder / name).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
@@ -225,7 +251,8 @@ def acquire_alphamatting(
                 for sub in ("input", "gt"):
                     shutil.copytree(src / sub, tmp / sub)
                 record = {"kind": KIND_ALPHAMATTING, "source": source, "foregrounds": len(fgs),
-                          "resolution": resolution, "written": _written(tmp, ("input", "gt"))}
+                          "resolution": resolution, "written": _written(tmp, ("input", "gt")),
+                          **relative_base(source)}
                 _write_record(tmp, record)
             _log(f"alphamatting: {len(fgs)} foregrounds copied from {src}")
             return record
@@ -267,6 +294,7 @@ def acquire_alphamatting(
         record = {
             "kind": KIND_ALPHAMATTING,
             "source": source,
+            **relative_base(source if from_dir else None),
             "resolution": resolution,
             "archives": digests,
             "foregrounds": len(fgs),
@@ -426,6 +454,10 @@ def acquire_coco(
             validate=_image_ok,
             max_bytes=COCO_IMAGE_MAX_BYTES,
         )
+        # a failed local photo as its kept ones are recorded (the path as given), not the file:// URL
+        # of the folder resolved here (the record would differ between checkouts)
+        where_of = {job.url: where for job, where in zip(jobs, shown)}
+        s.failed = [(where_of.get(u, u), msg) for u, msg in s.failed]
         summary.extend(s)
         if len(summary.failed) > max_failures:
             _log(summary.format("coco"))
@@ -453,6 +485,7 @@ def acquire_coco(
         record = {
             "source": {"annotations": ann_source,
                        "images": os.fspath(images_dir) if images_dir else (image_base_url or "coco_url")},
+            **relative_base(annotations, images_dir),
             "params": {
                 "count": count,
                 "oversample": oversample,
@@ -604,7 +637,7 @@ def acquire_eval(
             shutil.copyfile(job.dest, dest)
         folders = sorted({f["name"].split("/")[0] for f in files})  # what --out holds (see preflight)
         record = {"kind": KIND_EVAL, "source": source, "sets": list(sets), "folders": folders, "files": len(files),
-                  "summary": summary.as_dict()}
+                  "summary": summary.as_dict(), **relative_base(from_dir)}
         _write_record(tmp, record)
     _log(f"eval: {len(files)} files -> {out}")
     return record
@@ -636,7 +669,7 @@ def write_download_record(out: str | Path, source: str, folders: dict[str, str |
     content digest. With ``source`` other than ``web`` it records that nothing was fetched."""
     from bafusion.atomic import write_text
 
-    record: dict[str, Any] = {"source": source, "folders": {}}
+    record: dict[str, Any] = {"source": source, "folders": {}, **relative_base(*folders.values())}
     for name, folder in sorted(folders.items()):
         n, digest = folder_digest(folder)
         record["folders"][name] = {"path": str(folder), "files": n, "sha256": digest}
