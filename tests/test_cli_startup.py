@@ -131,3 +131,60 @@ def test_ctrl_c_while_the_parser_is_built_is_one_line(monkeypatch: pytest.Monkey
     monkeypatch.setattr(app, "build_parser", interrupted)
     assert app.main(["train", "--help"]) == 130
     assert capsys.readouterr().err == "bafusion train: interrupted\n"
+
+
+@pytest.mark.parametrize(("signum", "status", "said"), [(2, 130, "interrupted"), (15, 143, "terminated")])
+@pytest.mark.parametrize("raised", [
+    ImportError("cannot load module more than once per process"),  # numpy's, Ctrl-C inside its C import
+    RecursionError("maximum recursion depth exceeded"),  # numpy's __getattr__ of the half-imported module
+    AttributeError("module 'numpy._core' has no attribute '_multiarray_umath'"),
+])
+def test_a_stop_while_the_parser_is_built_is_the_stop_whatever_it_raises(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], signum: int, status: int, said: str,
+    raised: Exception,
+) -> None:
+    """A signal that lands inside numpy's or torch's import (the parser of fuse, train, evaluate
+    imports them) came out as an ImportError, a RecursionError or an AttributeError: a traceback
+    of 40 lines and status 1 instead of one line and 130/143."""
+    from bafusion.atomic import request_stop
+    from bafusion.cli import app
+
+    def stopped_import(command: str | None = None) -> Parser:
+        request_stop(signum)  # what the handlers do before raising
+        raise raised
+
+    monkeypatch.setattr(app, "build_parser", stopped_import)
+    assert app.main(["fuse", "a.png", "b.png", "-o", "f.png"]) == status
+    assert capsys.readouterr().err == f"bafusion fuse: {said}\n"
+
+
+def test_a_stop_while_the_command_runs_is_not_a_bug(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """An exception after a stop was requested (a module the command imports late, half
+    initialised by the signal) printed a traceback and 'internal error (a bug in bafusion ...)'
+    before the line 'interrupted'."""
+    from bafusion.atomic import request_stop
+    from bafusion.cli import app
+
+    def func(args: object) -> int:
+        request_stop(2)
+        raise RecursionError("maximum recursion depth exceeded")
+
+    parser = Parser(prog="bafusion")
+    parser.add_subparsers(dest="command").add_parser("count").set_defaults(func=func)
+    monkeypatch.setattr(app, "build_parser", lambda command=None: parser)
+    monkeypatch.setattr("bafusion.preflight.check_command", lambda args: None)
+    assert app.main(["count"]) == 130
+    assert capsys.readouterr().err == "bafusion count: interrupted\n"
+
+
+def test_an_exception_without_a_stop_is_still_a_bug(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from bafusion.cli import app
+
+    def broken(command: str | None = None) -> Parser:
+        raise ImportError("cannot load module more than once per process")
+
+    monkeypatch.setattr(app, "build_parser", broken)
+    with pytest.raises(ImportError):
+        app.main(["fuse", "a.png"])

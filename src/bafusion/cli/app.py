@@ -13,7 +13,9 @@ errors (no usage block), :class:`bafusion.errors.UserError` raised anywhere, the
 :mod:`bafusion.preflight` (output paths, devices) that run before the command's work, and an
 ``OSError`` naming a file (permission denied, disk full, ...) or, without a name, one of the
 disk or its permissions (h5py's, Pillow's: the command's output is named). Anything else is a bug: its
-traceback is printed, followed by one line saying so, and the status is 1.
+traceback is printed, followed by one line saying so, and the status is 1, unless a signal had asked
+the command to stop (numpy and torch turn a Ctrl-C inside their imports into an ``ImportError`` or a
+half-initialised module): then it is the stop, one line and 128 + N.
 """
 
 from __future__ import annotations
@@ -280,6 +282,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rc = e.code if isinstance(e.code, int) else None
                 raise
             rc = 0  # the status is _stopped's
+        except BaseException:
+            # a signal raised inside a C-level import (numpy's, torch's, while the parser is built)
+            # comes out as another exception: "cannot load module more than once", a RecursionError
+            # or AttributeError of the half-initialised module; after a stop, it is the stop
+            if stop_requested() is None:
+                raise
+            rc = 0  # the status is _stopped's
         rc = _stopped(cmd) or rc
         return rc
     finally:
@@ -487,6 +496,8 @@ def _drop_stdout() -> None:
 
 
 def _internal_error(cmd: str) -> int:
+    if stop_requested() is not None:  # the stop's consequence, not a bug: main says the stop
+        return 0
     traceback.print_exc()
     exc = sys.exc_info()[1]
     print(f"{cmd}: internal error (a bug in bafusion, not in your input): {type(exc).__name__}: "
