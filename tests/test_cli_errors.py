@@ -557,6 +557,24 @@ def test_a_model_file_given_as_the_folder_is_named_a_file(work: Path, capsys) ->
              work, "nets/initial.pt: is a file, not a model folder", "--initial and --boundary")
 
 
+@pytest.mark.parametrize("argv", [
+    ["fuse", "a.png", "b.png", "-o", "F.png", "--device", "cpu"],
+    ["fuse-dir", ".", "out", "--device", "cpu"],
+    ["fuse-set", "--pairs", ".", "--out", "fs", "--device", "cpu"],
+    ["evaluate", "--dataset", "x=evd", "--out", "ev4", "--methods", "Ours", "--metrics", "QG", "--device", "cpu"],
+])
+@pytest.mark.parametrize(("model", "said"), [("--models", "no/such/folder"), ("--model", "nets")])
+def test_net_files_and_a_model_folder_together_are_refused(work: Path, capsys, argv: list[str], model: str,
+                                                           said: str) -> None:
+    """--initial/--boundary silently won over --model/--models, even over a folder that does not
+    exist: the user's model was not used, without a word (fuse-dir recorded nets not asked for)."""
+    _evd(work)
+    default = Path(bafusion_models_dir()) / "default"
+    option = "--models" if argv[0] in ("evaluate", "fuse-set") else "--model"
+    _refused([*argv, "--initial", str(default / "initial.pt"), "--boundary", str(default / "boundary.pt"), model,
+              said], capsys, work, f"--initial/--boundary and {option} {said} both name the nets")
+
+
 def test_a_size_error_says_an_exif_orientation_was_applied(work: Path, capsys) -> None:
     """A JPEG stored 24x20 with EXIF orientation 6 is read 20x24: "size 20x24 (WxH) differs
     from 24x20" puzzled a user checking the files; the error says what was applied."""

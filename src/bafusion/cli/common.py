@@ -178,12 +178,17 @@ def _load_saying_the_shipped_model(args: argparse.Namespace, folder: str | None,
 def nets_from_args(args: argparse.Namespace, device: str, folder: str | None) -> FusionNets:
     """The nets named by ``--initial`` and ``--boundary`` (both or neither), else those of the
     model ``folder`` (``--model``/``--models``; None: the default places); a file given as
-    the folder is refused, saying so."""
+    the folder is refused, saying so, and so are the files and a folder together (the files
+    won, and the folder was not even looked at)."""
     from bafusion.fusion.models import _load_files
 
     if args.initial or args.boundary:
         if not (args.initial and args.boundary):
             raise UserError("--initial and --boundary go together")
+        if folder is not None:
+            option = "--models" if "models" in vars(args) else "--model"
+            raise UserError(f"--initial/--boundary and {option} {folder} both name the nets: give the two net "
+                            f"files or the model folder, not both")
         return _load_files(args.initial, args.boundary, device, "cli")  # worded for the command line
     try:
         return _load_saying_the_shipped_model(args, folder, device)
