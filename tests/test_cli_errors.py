@@ -991,6 +991,23 @@ def test_prepare_source_dir_names_its_options(work: Path, capsys) -> None:
     assert "data.dir.alphamatting" in err  # ... and the params keys, for the pipeline's log
 
 
+@pytest.mark.parametrize(("extra", "said"), [
+    (["--alphamatting", "am"], "--alphamatting is used only with --source dir, not with --source builtin (the "
+                               "default): add --source dir"),
+    (["--source", "builtin", "--alphamatting", "am", "--backgrounds-dir", "bg"],
+     "--alphamatting and --backgrounds-dir are used only with --source dir"),
+    (["--source", "dir", "--alphamatting", "am", "--backgrounds-dir", "bg", "--builtin-foregrounds", "nope"],
+     "--builtin-foregrounds is used only with --source builtin, not with --source dir: leave it out"),
+])
+def test_prepare_refuses_the_other_sources_options(work: Path, capsys, extra: list[str], said: str) -> None:
+    """`prepare --alphamatting DIR` without --source dir composited scikit-image's photos, the
+    folder ignored without a word (exit 0); --builtin-* with --source dir were ignored too."""
+    (work / "am" / "input").mkdir(parents=True)
+    (work / "am" / "gt").mkdir()
+    (work / "bg").mkdir()
+    _refused(["prepare", "--out", "pp", *extra], capsys, work, said)
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
 @pytest.mark.parametrize("command", ["count", "metrics"])
 def test_a_full_standard_output_is_named(work: Path, command: str) -> None:

@@ -14,16 +14,18 @@ PREP_BG = rules.download_coco.output[0] if WEB else DATA.get("dir", {}).get("bac
 
 # Each rule's values once; the rule passes them as params and, whole, as `settings` (see
 # settings_json: a change of any of them reruns the rule).
+PREP_SOURCE = "dir" if WEB else param("data.source")
 PREPARE = dict(
-    source="dir" if WEB else param("data.source"),
+    source=PREP_SOURCE,
     foregrounds=DATA.get("foregrounds", 0),
     backgrounds=DATA.get("backgrounds", 0),
     holdout_fg=DATA.get("holdout_foregrounds", 0),
     holdout_bg=DATA.get("holdout_backgrounds", 0),
-    builtin_fg=csv(DATA.get("builtin", {}).get("foregrounds")),
-    builtin_bg=csv(DATA.get("builtin", {}).get("backgrounds")),
-    alphamatting=PREP_FG,
-    backgrounds_dir=PREP_BG,
+    # the source's own options only (prepare refuses the other source's)
+    builtin_fg=csv(DATA.get("builtin", {}).get("foregrounds")) if PREP_SOURCE == "builtin" else "",
+    builtin_bg=csv(DATA.get("builtin", {}).get("backgrounds")) if PREP_SOURCE == "builtin" else "",
+    alphamatting=PREP_FG if PREP_SOURCE == "dir" else "",
+    backgrounds_dir=PREP_BG if PREP_SOURCE == "dir" else "",
     scale=param("prepare.scale"),
     min_bg=param("prepare.min_background_side"),
     seed=param("seed"),

@@ -44,6 +44,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         missing = " and ".join(f for f, v in (("--alphamatting", args.alphamatting),
                                               ("--backgrounds-dir", args.backgrounds_dir)) if not v)
         raise UserError(f"--source dir needs {missing} (params.yaml: data.dir.alphamatting, data.dir.backgrounds)")
+    # the other source's options were ignored in silence: --alphamatting without --source dir
+    # composited scikit-image's photos, not the user's
+    others = {"builtin": (("--alphamatting", args.alphamatting), ("--backgrounds-dir", args.backgrounds_dir)),
+              "dir": (("--builtin-foregrounds", args.builtin_foregrounds),
+                      ("--builtin-backgrounds", args.builtin_backgrounds))}[args.source]
+    unused = [flag for flag, value in others if value]
+    if unused:
+        other = "dir" if args.source == "builtin" else "builtin"
+        fix = "add --source dir" if other == "dir" else f"leave {'it' if len(unused) == 1 else 'them'} out"
+        raise UserError(f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} used only with --source {other}, "
+                        f"not with --source {args.source}{' (the default)' if args.source == 'builtin' else ''}: "
+                        f"{fix}")
     data_cfg: dict[str, Any] = {
         "source": args.source,
         "foregrounds": args.foregrounds,
@@ -251,8 +263,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout-backgrounds", type=non_negative_int, default=0,
                    help="backgrounds held back for the test set, with --holdout-foregrounds "
                         "(default 0, the paper's; params.yaml sets 2)")
-    p.add_argument("--builtin-foregrounds", default="", help="comma-separated skimage.data names")
-    p.add_argument("--builtin-backgrounds", default="", help="comma-separated skimage.data names")
+    p.add_argument("--builtin-foregrounds", default="", help="comma-separated skimage.data names (source builtin)")
+    p.add_argument("--builtin-backgrounds", default="", help="comma-separated skimage.data names (source builtin)")
     p.add_argument("--alphamatting", default="", help="folder with input/ and gt/ (source dir)")
     p.add_argument("--backgrounds-dir", default="", help="folder of background photos (source dir)")
     p.add_argument("--scale", type=float, default=0.5,
