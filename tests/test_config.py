@@ -106,6 +106,23 @@ def test_count_only_mode_reports_the_papers_scale(tmp_path: Path) -> None:
     assert c["boundary_subset"] is True and c["boundary_patches_at_most"] == 189_000
 
 
+def test_count_without_patch_keys_counts_with_the_defaults_patches_uses(tmp_path: Path) -> None:
+    """A params file without patches.boundary_per_pair counted "boundary patches: at most 0",
+    while `bafusion patches` (and PatchOptions) draws 10 per pair: count takes the same defaults."""
+    import dataclasses
+
+    from bafusion.cli.app import build_parser
+    from bafusion.data.patches import PatchOptions
+
+    c = count_samples({"seed": 0})
+    assert c["pairs"] > 0 and c["patches_per_pair"] == 10
+    assert c["boundary_patches_at_most"] == c["pairs"] * 10 == c["base_patches"]
+    # the defaults of `bafusion patches` are PatchOptions' (the one source count reads)
+    args = build_parser("patches").parse_args(["patches", "s.h5", "-o", "p"])
+    for f in dataclasses.fields(PatchOptions):
+        assert getattr(args, f.name) == f.default, f.name
+
+
 def test_count_cli_with_preset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     params = load_params(REPO / "params.yaml")
     params["data"]["dir"] = {"alphamatting": str(tmp_path / "absent"), "backgrounds": str(tmp_path / "absent")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bafusion.data.patches import AUGMENTATION_FACTOR, BOUNDARY_SUBSET, val_pair_count
+from bafusion.data.patches import AUGMENTATION_FACTOR, BOUNDARY_SUBSET, PatchOptions, val_pair_count
 from bafusion.data.sources import select
 from bafusion.errors import UserError
 
@@ -27,6 +27,7 @@ def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
     """
     data = params.get("data", {}) or {}
     pat = params.get("patches", {}) or {}
+    default = PatchOptions()  # a key the params lack: what `bafusion patches` takes then
     n_cfg = {"foregrounds": int(data.get("foregrounds", 0) or 0), "backgrounds": int(data.get("backgrounds", 0) or 0)}
     available: dict[str, int | None] = {"foregrounds": None, "backgrounds": None}
     note = None
@@ -53,11 +54,12 @@ def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
     n = {k: n_cfg[k] or int(available[k])  # type: ignore[arg-type]
          for k in ("foregrounds", "backgrounds")}
     pairs = n["foregrounds"] * n["backgrounds"]
-    per_pair = int(pat.get("per_pair", 10))
+    per_pair = int(pat.get("per_pair", default.per_pair))
     base = pairs * per_pair
-    val_pairs = val_pair_count(pairs, float(pat.get("val_fraction", 0.15)))
-    subset = pat.get("boundary_per_pair") == BOUNDARY_SUBSET  # the random patches that pass the boundary test
-    boundary_max = base if subset else pairs * int(pat.get("boundary_per_pair", 0))
+    val_pairs = val_pair_count(pairs, float(pat.get("val_fraction", default.val_fraction)))
+    boundary_per_pair = pat.get("boundary_per_pair", default.boundary_per_pair)
+    subset = boundary_per_pair == BOUNDARY_SUBSET  # the random patches that pass the boundary test
+    boundary_max = base if subset else pairs * int(boundary_per_pair)
     out: dict[str, Any] = {
         "foregrounds": n["foregrounds"],
         "backgrounds": n["backgrounds"],
@@ -75,8 +77,8 @@ def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
         "boundary_effective_samples_at_most": boundary_max * AUGMENTATION_FACTOR,
     }
     if subset:
-        out.update(boundary_subset=True, boundary_min_focused=float(pat.get("min_focused", 0.1)),
-                   boundary_min_defocused=float(pat.get("min_defocused", 0.1)))
+        out.update(boundary_subset=True, boundary_min_focused=float(pat.get("min_focused", default.min_focused)),
+                   boundary_min_defocused=float(pat.get("min_defocused", default.min_defocused)))
     if note:
         out["note"] = note
     short = [k for k in ("foregrounds", "backgrounds") if available[k] is not None and n_cfg[k] > int(available[k] or 0)]
