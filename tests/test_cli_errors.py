@@ -575,6 +575,37 @@ def test_net_files_and_a_model_folder_together_are_refused(work: Path, capsys, a
               said], capsys, work, f"--initial/--boundary and {option} {said} both name the nets")
 
 
+def test_a_params_file_with_unknown_top_level_keys_is_refused_by_every_command(work: Path, capsys) -> None:
+    """A file that is no params file (a test set's index.json: keys pairs, params) was refused
+    by count and train, but fuse, fuse-dir, fuse-set and evaluate fused with the built-in
+    defaults without a word: they read only their sections."""
+    _evd(work)
+    (work / "index.json").write_text('{"pairs": [], "params": {}}')
+    for argv in ([*FUSE, "-o", "F.png"], ["fuse-dir", ".", "out", "--model", "nets", "--device", "cpu"],
+                 ["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs"],
+                 ["evaluate", "--dataset", "x=evd", "--methods", "Ours", "--metrics", "QG", "--model", "nets",
+                  "--device", "cpu", "--out", "ev"], ["count"]):
+        _refused([*argv, "--params-file", "index.json"], capsys, work,
+                 "index.json: unknown keys pairs, params (known: seed, ")
+
+
+def test_a_params_file_without_the_commands_section_is_noted(work: Path, capsys) -> None:
+    """A params file without a fuse section (another step's) gave the built-in defaults in
+    silence: one line says so. The project's params.yaml, all its sections, is read as before."""
+    from bafusion.cli.app import build_parser
+    from bafusion.cli.fusion import params_from_args
+
+    (work / "onlytrain.yaml").write_text("train:\n  epochs: 3\n")
+    args = build_parser("fuse").parse_args([*FUSE, "-o", "F.png", "--params-file", "onlytrain.yaml"])
+    params_from_args(args)
+    assert capsys.readouterr().err == ("bafusion fuse: note: onlytrain.yaml has no 'fuse' section: the built-in "
+                                       "defaults apply\n")
+    project = Path(__file__).resolve().parents[1] / "params.yaml"
+    args = build_parser("fuse").parse_args([*FUSE, "-o", "F.png", "--params-file", str(project)])
+    params_from_args(args)
+    assert capsys.readouterr().err == ""
+
+
 def test_a_size_error_says_an_exif_orientation_was_applied(work: Path, capsys) -> None:
     """A JPEG stored 24x20 with EXIF orientation 6 is read 20x24: "size 20x24 (WxH) differs
     from 24x20" puzzled a user checking the files; the error says what was applied."""

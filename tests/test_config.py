@@ -498,14 +498,17 @@ def test_read_params_precedence_and_sources(tmp_path: Path) -> None:
     f.write_text("depth: 8\nfuse: {l: 3, tile: 64}\ntrain: {epochs: 4, initial: {lr: 0.5}}\n")
     p = read_params(f, [("--params-json", '{"train": {"epochs": 5}, "patch": 16}', None)], ["train.epochs=6", "seed=3"])
     assert (p["depth"], p["patch"], p["seed"], p["train"]["epochs"], p["train"]["initial"]) == (8, 16, 3, 6, {"lr": 0.5})
-    # A section's JSON merges into that section only; the rest of the file is not read.
+    # A section's JSON merges into that section only; the other sections of the file are not read
+    # (their values not checked), but a key no params file has is refused, with sections too
     f2 = tmp_path / "other.yaml"
-    f2.write_text("bogus: 1\nfuse: {l: 3}\n")
+    f2.write_text("train: {epochs: -1}\nfuse: {l: 3}\n")
     p = read_params(f2, [("--params-json", '{"l": 5}', "fuse")], sections=("fuse",))
     assert p == {"fuse": {"l": 5}}
     assert section(p, "fuse")["l"] == 5 and section(p, "fuse")["tile"] == section({}, "fuse")["tile"]
-    with pytest.raises(ParamsError, match=r"other\.yaml: unknown key bogus "):
-        read_params(f2)
+    f2.write_text("bogus: 1\nfuse: {l: 3}\n")
+    for sections in (None, ("fuse",)):
+        with pytest.raises(ParamsError, match=r"other\.yaml: unknown key bogus "):
+            read_params(f2, sections=sections)
     with pytest.raises(ParamsError, match=r"p\.yaml \+ --params-json \+ --set: fuse\.tile: 30 is not a multiple of 4 from 4 to 4096$"):
         read_params(f, [("--params-json", "{}", None)], ["fuse.tile=30"])
     with pytest.raises(ParamsError, match=r"^--fuse-json: fuse\.l: -1 is not an integer >= 0$"):

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from bafusion.errors import InputFileError, UserError
-from bafusion.schema import defaults, validate_params
+from bafusion.schema import defaults, load_schema, validate_params
 from bafusion.tracking import flatten
 
 __all__ = ["PRESET_WHOLE_KEYS", "ParamsLoader", "apply_overrides_to_file", "apply_preset", "deep_merge", "dvc_set_args",
@@ -225,7 +225,9 @@ def read_params(path: str | os.PathLike[str] | None = None,
     sections
         Check (and keep) only these top-level sections (``("fuse",)``: ``bafusion fuse`` reads
         its section of a params file and ignores the rest, as before); None: check everything.
-        A section that is absent or empty (``fuse:``) becomes ``{}``.
+        A section that is absent or empty (``fuse:``) becomes ``{}``. The file's top-level keys
+        are checked either way: one that no params file has (a pair index, a typo) is refused
+        by name, as without ``sections``.
 
     Returns
     -------
@@ -246,6 +248,11 @@ def read_params(path: str | os.PathLike[str] | None = None,
     params: dict[str, Any] = _read_mapping(path, empty_ok=True) if path else {}
     given = [str(path)] if path else []
     if sections is not None:
+        if path:  # unknown keys are refused by name, also where only some sections are read
+            known = load_schema()["properties"]
+            unknown = {k: v for k, v in params.items() if k not in known}
+            if unknown:
+                validate_params(unknown, str(path))  # "p.yaml: unknown keys pairs, params (known: ...)"
         params = {s: {} if params.get(s) is None else params[s] for s in sections}
     for label, text, sec in json_layers:
         if not text:

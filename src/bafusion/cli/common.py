@@ -154,6 +154,21 @@ def note_params_yaml_unread(command: str, option: str, *given: object, rest: str
               f"./params.yaml is not read (pass {option} params.yaml to use it)", file=sys.stderr)
 
 
+def note_params_file_without(command: str, path: str | None, sections: tuple[str, ...]) -> None:
+    """Say on stderr, in one line, that the params file ``path`` has none of the ``sections``
+    the command reads (a file of another step's, ``train:`` alone): its defaults apply, which
+    happened without a word. Nothing without a file, or when it has one of them."""
+    if not path:
+        return
+    from bafusion.config import _read_mapping
+
+    if any(s in _read_mapping(path, empty_ok=True) for s in sections):
+        return
+    names = " or ".join(f"'{s}'" for s in sections)
+    print(f"bafusion {command}: note: {path} has no {names} section: the built-in defaults apply",
+          file=sys.stderr)
+
+
 def _load_saying_the_shipped_model(args: argparse.Namespace, folder: str | None, device: str) -> FusionNets:
     """:func:`bafusion.fusion.models.load_nets_from_dir`, its
     :class:`~bafusion.fusion.models.ModelNameWarning` (``--model default`` beside a folder

@@ -16,6 +16,7 @@ from bafusion.cli.common import (
     nonempty_json,
     nonempty_path,
     nonempty_text,
+    note_params_file_without,
     note_params_yaml_unread,
 )
 from bafusion.errors import UserError
@@ -65,6 +66,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                             "the file's 'evaluate' and 'fuse' sections only: put them under 'evaluate:'")
     params = read_params(args.params_file, [("--params-json", args.params_json, "evaluate"),
                                             ("--fuse-json", args.fuse_json, "fuse")], sections=("evaluate", "fuse"))
+    note_params_file_without("evaluate", args.params_file, ("evaluate", "fuse"))
     section_ = dict(params["evaluate"])
     if args.threads is not None and not 1 <= args.threads <= maximum("evaluate.threads"):
         raise UserError(f"--threads {args.threads}: give a positive number of CPU threads, at most "

@@ -171,6 +171,9 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
                                 "--params-file reads the file's 'fuse' section only: put them under 'fuse:'")
     params = read_params(params_file, [("--params-json", getattr(args, "params_json", None), "fuse")],
                          sections=("fuse",))
+    from bafusion.cli.common import note_params_file_without
+
+    note_params_file_without(getattr(args, "command", None) or "fuse", params_file, ("fuse",))
     base = section(params, "fuse")
     flags = {
         "l": args.l, "low": args.low, "high": args.high, "threshold": args.threshold,
