@@ -606,6 +606,18 @@ def test_a_params_file_without_the_commands_section_is_noted(work: Path, capsys)
     assert capsys.readouterr().err == ""
 
 
+def test_evaluate_takes_metric_names_in_any_case_as_metrics_does(work: Path, capsys) -> None:
+    """`bafusion metrics --metrics qmi,qg` worked while `bafusion evaluate --metrics qmi,qg` was
+    refused ("'qmi', 'qg' are no metrics"); README says evaluate's are "as in bafusion metrics"."""
+    _evd(work)
+    _refused([*EVD, "--metrics", "qg,QG"], capsys, work, "--metrics qg,QG: 'QG' given twice")
+    _refused([*EVD, "--metrics", "qg,qx"], capsys, work, "'qx' is no metric")
+    rc = cli_main([*EVD, "--metrics", "qg,Qmi"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "x/g01-clock: Laplacian QG=" in out and " QMI=" in out, out
+
+
 def test_a_size_error_says_an_exif_orientation_was_applied(work: Path, capsys) -> None:
     """A JPEG stored 24x20 with EXIF orientation 6 is read 20x24: "size 20x24 (WxH) differs
     from 24x20" puzzled a user checking the files; the error says what was applied."""

@@ -85,10 +85,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         section_["methods"] = _option_list("--methods", args.methods)
         _check_methods(section_["methods"], args.dataset)
     if args.metrics:
-        section_["metrics"] = _option_list("--metrics", args.metrics)
+        given = _option_list("--metrics", args.metrics)
         from bafusion.evaluation.metrics import METRICS
 
-        unknown = [q for q in section_["metrics"] if q not in METRICS]
+        section_["metrics"] = [q.upper() for q in given]  # as `bafusion metrics` reads them: qmi is QMI
+        for i, q in enumerate(section_["metrics"]):
+            if q in section_["metrics"][:i]:
+                raise UserError(f"--metrics {args.metrics}: {given[i]!r} given twice: name each once")
+        unknown = [g for g, q in zip(given, section_["metrics"]) if q not in METRICS]
         if unknown:
             raise UserError(f"--metrics {args.metrics}: {', '.join(map(repr, unknown))} "
                             f"{'is no metric' if len(unknown) == 1 else 'are no metrics'}: choose among "
@@ -329,7 +333,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --dataset NAME=SOURCES,REFERENCE: the published methods of Table 1, each a sub-folder "
                         "REFERENCE/<METHOD>/ (default: every sub-folder)")
     p.add_argument("--methods", type=nonempty_csv, default=None, help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)})")
-    p.add_argument("--metrics", type=nonempty_csv, default=None, help=f"comma-separated metrics (default {','.join(DEFAULT_METRICS)})")
+    p.add_argument("--metrics", type=nonempty_csv, default=None, help=f"comma-separated metrics, in any case as in bafusion metrics (default {','.join(DEFAULT_METRICS)})")
     p.add_argument("--model", "--models", dest="models", type=nonempty_path, default=None, metavar="DIR",
                    help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name (default: the "
                         "shipped model models/default, even inside a project that has data/models: give --models "
