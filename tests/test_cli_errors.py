@@ -618,6 +618,12 @@ def test_evaluate_takes_metric_names_in_any_case_as_metrics_does(work: Path, cap
     assert "x/g01-clock: Laplacian QG=" in out and " QMI=" in out, out
 
 
+@pytest.mark.parametrize("b", ["a.png", "./a.png"])
+def test_baseline_refuses_a_source_given_twice_as_fuse_does(work: Path, capsys, b: str) -> None:
+    """`baseline a.png a.png` fused the shot with itself (exit 0, a copy), which fuse refuses."""
+    _refused(["baseline", "a.png", b, "-o", "F.png"], capsys, work, "(sources 1 and 2): a shot fused with itself")
+
+
 def test_a_size_error_says_an_exif_orientation_was_applied(work: Path, capsys) -> None:
     """A JPEG stored 24x20 with EXIF orientation 6 is read 20x24: "size 20x24 (WxH) differs
     from 24x20" puzzled a user checking the files; the error says what was applied."""

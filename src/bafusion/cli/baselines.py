@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from bafusion.cli.common import nonempty_path
+from bafusion.cli.common import check_distinct_sources, nonempty_path
 from bafusion.errors import UserError
 from bafusion.evaluation.baselines import (
     METHODS,
@@ -20,6 +20,7 @@ from bafusion.io import read_images, to_uint8, write_image
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
+    check_distinct_sources([args.a, args.b])
     a, b = read_images([args.a, args.b])  # > 8 bits per sample: scaled alike
     if a.shape[:2] != b.shape[:2]:
         raise UserError(

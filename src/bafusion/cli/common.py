@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -152,6 +152,26 @@ def note_params_yaml_unread(command: str, option: str, *given: object, rest: str
     if all(g is None for g in given) and PARAMS_YAML.is_file():
         print(f"bafusion {command}: note: no {option} given, so the built-in defaults (and {rest}) apply; "
               f"./params.yaml is not read (pass {option} params.yaml to use it)", file=sys.stderr)
+
+
+def check_distinct_sources(images: Sequence[str]) -> None:
+    """Refuse (a :class:`UserError`, before any work) two sources of ``fuse`` that are one file,
+    however spelled (``a.jpg a.jpg``, ``./a.jpg``, a symlink or a hard link to it: resolved paths,
+    then inodes, as :func:`bafusion.preflight.same_file` compares an output with the inputs):
+    the shot would be fused with itself, the result a copy of it, silently (``baseline``'s two
+    sources too). A source that does not exist is left to the reading's error."""
+    from bafusion.preflight import same_file
+
+    paths = [Path(p) for p in images]
+    for j, q in enumerate(paths):
+        if not q.exists():
+            continue
+        for i, p in enumerate(paths[:j]):
+            if same_file(p, q):
+                what = (f"{images[i]} is given twice" if images[i] == images[j]
+                        else f"{images[i]} and {images[j]} are the same file")
+                raise UserError(f"{what} (sources {i + 1} and {j + 1}): a shot fused with itself adds nothing; "
+                                "give each shot once")
 
 
 def note_params_file_without(command: str, path: str | None, sections: tuple[str, ...]) -> None:

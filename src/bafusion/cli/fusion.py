@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bafusion.cli.common import add_threads_argument, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread
+from bafusion.cli.common import add_threads_argument, check_distinct_sources, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread
 from bafusion.errors import InputFileError, UserError
 from bafusion.fusion.api import ALIGN_MODELS
 from bafusion.fusion.batch import (EXIT_NONE_FUSED, EXIT_SKIPPED, STEP_LINES_MIN_PIXELS, check_output_folder,
@@ -354,26 +354,6 @@ def _maps_line(folder: Path, stem: str, joint: bool, n: int) -> str:
     stems = [stem] if n == 2 else [f"{stem}-step{i + 1:02d}" for i in range(n - 1)]
     return (f"maps: {len(MAP_KEYS) * len(stems)} files in {folder} ({', '.join(f'{s}-*.png' for s in stems)}: "
             f"{', '.join(MAP_KEYS)}; score and dm: white = take A, black = take B)")
-
-
-def check_distinct_sources(images: Sequence[str]) -> None:
-    """Refuse (a :class:`UserError`, before any work) two sources of ``fuse`` that are one file,
-    however spelled (``a.jpg a.jpg``, ``./a.jpg``, a symlink or a hard link to it: resolved paths,
-    then inodes, as :func:`bafusion.preflight.same_file` compares an output with the inputs):
-    the shot would be fused with itself, the result a copy of it, silently. A source that does
-    not exist is left to the reading's error."""
-    from bafusion.preflight import same_file
-
-    paths = [Path(p) for p in images]
-    for j, q in enumerate(paths):
-        if not q.exists():
-            continue
-        for i, p in enumerate(paths[:j]):
-            if same_file(p, q):
-                what = (f"{images[i]} is given twice" if images[i] == images[j]
-                        else f"{images[i]} and {images[j]} are the same file")
-                raise UserError(f"{what} (sources {i + 1} and {j + 1}): a shot fused with itself adds nothing; "
-                                "give each shot once")
 
 
 def _stage_lines(progress: bool | None) -> Callable[[str], None]:
