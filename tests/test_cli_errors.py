@@ -148,7 +148,11 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         ([*FUSE, "-o", "F.png", "--threads", "-3"], ["--threads -3", "positive number"]),
         ([*FUSE, "-o", "F.png", "--alpha", "-1"], ["--alpha -1", "more than 0"]),
         ([*FUSE, "-o", "F.png", "--alpha", "0"], ["--alpha 0", "more than 0", "all black"]),  # were all-black maps
-        ([*FUSE, "-o", "F.png", "--alpha", "nan"], ["--alpha nan", "more than 0"]),
+        ([*FUSE, "-o", "F.png", "--alpha", "nan"], ["--alpha: must be a finite number, got nan"]),
+        # inf was taken: inf * 0 = NaN in the difference maps, cast to uint8 (numpy's warnings)
+        ([*FUSE, "-o", "F.png", "--alpha", "inf"], ["--alpha: must be a finite number, got inf"]),
+        (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs", "--alpha=-inf"],
+         ["--alpha: must be a finite number, got -inf"]),
         (["fuse-dir", ".", "out", "--model", "nets", "--threads", "-1"], ["--threads -1"]),
         (["fuse-dir", ".", "out", "--model", "nets", "--alpha", "3"], ["unrecognized arguments: --alpha"]),  # no maps
         (["baseline", "a.png", "b.png", "-o", "afile/F.png"], ["afile is a file, not a folder"]),

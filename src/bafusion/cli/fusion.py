@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from bafusion.cli.common import add_threads_argument, check_distinct_sources, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread
+from bafusion.cli.common import add_threads_argument, check_distinct_sources, finite_float, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread
 from bafusion.errors import InputFileError, UserError
 from bafusion.fusion.api import ALIGN_MODELS
 from bafusion.fusion.batch import (EXIT_NONE_FUSED, EXIT_SKIPPED, STEP_LINES_MIN_PIXELS, check_output_folder,
@@ -120,7 +120,7 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
     add_threads_argument(p, "CPU threads for torch", "--params-file's fuse.threads, else torch's, lowered to the "
                          "cores the load average leaves free, at least 1")
     if maps:  # the difference maps' gain: only for commands that write maps (not fuse-dir)
-        p.add_argument("--alpha", type=float, default=None,
+        p.add_argument("--alpha", type=finite_float(), default=None,  # inf: NaN maps; 0 and below: refused later
                        help=f"difference-map gain alpha*|B-F| (default {default('fuse.alpha'):g})")
     p.add_argument("--no-progress", "--quiet", dest="progress", action="store_const", const=False, default=None,
                    help=progress_help or "no progress bar (default: a bar on stderr for camera-size pairs when it "
