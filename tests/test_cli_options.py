@@ -195,3 +195,11 @@ def test_the_metrics_json_is_report_in_every_command(cmd: str, dest: str) -> Non
     assert getattr(_parse(_argv(cmd, "--report", "m.json")), dest) == "m.json"
     if cmd == "train":
         assert _parse(_argv(cmd, "--metrics", "m.json")).metrics == "m.json"
+
+
+@pytest.mark.parametrize("cmd", ["prepare", "composite", "testset", "patches", "download-coco", "train"])
+def test_the_seed_is_seed_in_every_command_that_draws(cmd: str) -> None:
+    """README's table: --seed in every step that draws at random; train had none (only --set seed=N)."""
+    assert _parse(_argv(cmd, "--seed", "5")).seed == 5
+    with pytest.raises(SystemExit):
+        _parse(_argv(cmd, "--seed", "-1"))

@@ -1651,6 +1651,23 @@ def test_the_command_names_a_per_net_batch_or_device_by_its_per_net_key(tmp_path
                                     threads=False) == ["the checkpoint's device cuda, now cpu (--device)"]
 
 
+def test_train_takes_seed_as_the_data_steps_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every data step takes --seed; train refused it ("unrecognized arguments: --seed 1"), the seed
+    reachable only as --set seed=N. --seed overrides the parameters' seed, is named by its option,
+    and reaches the processes of --nproc N."""
+    from bafusion.cli.train import _config_from_args, _relaunch_argv
+
+    monkeypatch.chdir(tmp_path)
+    base = ["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--params-json", json.dumps(TOY)]
+    args = cli.build_parser().parse_args([*base, "--set", "seed=3", "--seed", "11"])
+    cfg = _config_from_args(args)
+    assert (cfg.seed, cfg.key("seed")) == (11, "--seed")
+    assert _relaunch_argv(args, 2, 0)[-4:] == ["--seed", "11", "--set", "seed=3"]
+    assert _config_from_args(cli.build_parser().parse_args(base)).seed == TOY["seed"] == 7
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args([*base, "--seed", "-1"])
+
+
 def test_the_batch_warning_names_a_per_net_batch_by_its_per_net_key(toy_run: dict, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:

@@ -247,7 +247,7 @@ def cmd_preset(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--seed", type=seed_int, default=0, help="random seed (params: seed)")
+    common.add_argument("--seed", type=seed_int, default=0, help="random seed (params: seed; default %(default)s)")
     common.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser("prepare", parents=[common], help="resize foregrounds + mattes, check backgrounds, write a manifest")

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from bafusion.atomic import clear_stop, stop_requested
 from bafusion.cli.app import TRAIN_LAUNCHER_ENV
-from bafusion.cli.common import add_threads_argument, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread
+from bafusion.cli.common import add_threads_argument, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread, seed_int
 from bafusion.config import read_params
 from bafusion.errors import UserError
 from bafusion.nets.train import (
@@ -223,6 +223,9 @@ def register(subparsers: Any) -> None:
                    help="per-epoch CSV (default: <out stem>.epochs.csv beside --out; for --out "
                         "data/models/<net>.pt, metrics/plots/train_<net>.csv)")
     p.add_argument("--device", type=nonempty_text, default=None, help="override train.device (auto, cpu, cuda, cuda:N or mps)")
+    p.add_argument("--seed", type=seed_int, default=None,
+                   help="override seed, the seed of the weights' initialisation, the sample order and the "
+                        "augmentation (default: the parameters' seed, else 0), e.g. for the members of an ensemble")
     add_threads_argument(p, "torch CPU threads per process", "train.threads",
                          zero="torch's default: all cores")
     p.add_argument("--nproc", default=None, help="override train.nproc (processes; 'auto' = number of GPUs)")
@@ -252,6 +255,8 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig.from_params(params, args.net)
     if args.device is not None:
         cfg.set_by_option("device", args.device, "--device")
+    if args.seed is not None:
+        cfg.set_by_option("seed", args.seed, "--seed")
     if args.threads is not None:
         if not 0 <= args.threads <= maximum("train.threads"):
             raise UserError(f"--threads {args.threads}: give 0 (all cores) or a positive number of CPU threads, at "
@@ -266,7 +271,7 @@ def _relaunch_argv(args: argparse.Namespace, nproc: int, threads: int) -> list[s
     # (No --nproc: the children see WORLD_SIZE and never re-launch; and torchrun's argument
     # parser would take "--nproc" for an abbreviation of its own --nproc-per-node.)
     argv = ["train", "--net", args.net, "--patches", args.patches, "--out", args.out]
-    for opt in ("params", "params_json", "checkpoints", "metrics", "plots", "device"):
+    for opt in ("params", "params_json", "checkpoints", "metrics", "plots", "device", "seed"):
         v = getattr(args, opt)
         if v is not None:
             argv += [f"--{opt.replace('_', '-')}", str(v)]
