@@ -113,6 +113,7 @@ def test_cli_ensemble_makes_a_model_fusion_uses(tmp_path: Path, capsys: pytest.C
         paths.append(str(tmp_path / f"m{i}.pt"))
     model = tmp_path / "model"
     assert cli_main(["ensemble", *paths, "--out", str(model / "initial.pt")]) == 0
+    assert capsys.readouterr().out.startswith(f"2 nets -> {model / 'initial.pt'} (")  # the result: stdout, as fuse's
     meta = json.loads((model / "initial.json").read_text())
     assert meta["patch"] == 12 and meta["net"] == "initial"
     assert [m["file"] for m in meta["ensemble_of"]] == paths

@@ -404,8 +404,9 @@ def _train_cli(args: argparse.Namespace, cfg: TrainConfig) -> int:
     summary = train(args.net, args.patches, cfg, paths, resume=not args.no_resume, progress=not args.no_progress,
                     replace_stale=args.restart_if_changed or _pipeline_training(args.net, paths))
     if dist_from_env().main:
-        print(f"bafusion train: {args.net}: best val acc {summary['val_acc']:.4f} at epoch {summary['best_epoch']}, "
-              f"model {paths.out}", file=sys.stderr)
+        # the result, on stdout as every command's (the progress and the epochs' lines: stderr)
+        print(f"{args.net}: best val acc {summary['val_acc']:.4f} at epoch {summary['best_epoch']}, "
+              f"model {paths.out}")
     return 0
 
 
@@ -460,5 +461,5 @@ def run_ensemble(args: argparse.Namespace) -> int:
         for m, mt in zip(args.members, metas)
     ]
     save_model(net, args.out, meta)
-    print(f"bafusion ensemble: {len(nets)} nets -> {args.out} ({net.spec.to_dict()})", file=sys.stderr)
+    print(f"{len(nets)} nets -> {args.out} ({net.spec.to_dict()})")
     return 0
