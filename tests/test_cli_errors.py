@@ -149,6 +149,9 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         ([*FUSE, "-o", "F.png", "--alpha", "-1"], ["--alpha -1", "more than 0"]),
         ([*FUSE, "-o", "F.png", "--alpha", "0"], ["--alpha 0", "more than 0", "all black"]),  # were all-black maps
         ([*FUSE, "-o", "F.png", "--alpha", "nan"], ["--alpha: must be a finite number, got nan"]),
+        # wrote two empty patch sets, exit 0; only train refused them ("the train split is empty")
+        (["patches", "afile", "-o", "p0", "--per-pair", "0", "--boundary-per-pair", "0"],
+         ["--per-pair: must be at least 1, got 0"]),
         # inf was taken: inf * 0 = NaN in the difference maps, cast to uint8 (numpy's warnings)
         ([*FUSE, "-o", "F.png", "--alpha", "inf"], ["--alpha: must be a finite number, got inf"]),
         (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs", "--alpha=-inf"],

@@ -562,6 +562,13 @@ def test_boundary_subset_is_the_random_patches_that_pass(shard: Path, tmp_path: 
         PatchOptions(boundary_per_pair="some")
 
 
+def test_no_random_patches_are_refused_before_any_work() -> None:
+    """per_pair 0 wrote an empty initial set (exit 0) that only train refused ("the train split
+    is empty"): at least 1, as params.schema.yaml's patches.per_pair."""
+    with pytest.raises(UserError, match=r"patches.per_pair must be at least 1 \(the initial net's patches per pair\), got 0"):
+        PatchOptions(per_pair=0, boundary_per_pair=0)
+
+
 _FULL_DISK = r"""
 import resource, signal, sys
 from bafusion.cli import main

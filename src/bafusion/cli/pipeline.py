@@ -311,8 +311,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patch", type=int, default=32,
                    help="patch side in pixels, a multiple of 4, at least 8 (default %(default)s, as params.yaml; "
                         "the paper's 64)")
-    p.add_argument("--per-pair", type=int, default=10,
-                   help="random patches per pair, labelled by the matte at their centre "
+    p.add_argument("--per-pair", type=positive_int, default=10,
+                   help="random patches per pair, labelled by the matte at their centre, at least 1 "
                         "(default 10, the paper's; params.yaml sets 40)")
     p.add_argument("--boundary-per-pair", type=_boundary_per_pair, default=10, metavar="N|subset",
                    help="boundary patches drawn per pair where a patch holds both focused and defocused pixels, "

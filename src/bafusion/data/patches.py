@@ -111,8 +111,9 @@ class PatchOptions:
                             f"is 1x1 and training fails on a batch of one), got {self.patch!r}")
         if not 0 <= self.label_threshold <= 1:
             raise UserError(f"patches.label_threshold must be a fraction in [0, 1], got {self.label_threshold}")
-        if self.per_pair < 0:
-            raise UserError("patches.per_pair must be >= 0")
+        if self.per_pair < 1:  # 0: an empty initial set, written, that train refuses only then
+            raise UserError(f"patches.per_pair must be at least 1 (the initial net's patches per pair), got "
+                            f"{self.per_pair}")
         if self.boundary_per_pair != BOUNDARY_SUBSET and (
                 isinstance(self.boundary_per_pair, bool) or not isinstance(self.boundary_per_pair, int)
                 or self.boundary_per_pair < 0):
