@@ -1065,16 +1065,18 @@ def test_prepare_refuses_the_other_sources_options(work: Path, capsys, extra: li
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
-@pytest.mark.parametrize("command", ["count", "metrics"])
+@pytest.mark.parametrize("command", ["count", "metrics", ""])
 def test_a_full_standard_output_is_named(work: Path, command: str) -> None:
-    """`bafusion count > /dev/full` said "error: No space left on device", not what it wrote."""
+    """`bafusion count > /dev/full` said "error: No space left on device", not what it wrote;
+    `bafusion --version > /dev/full` printed a traceback, status 1."""
     argv = ["count", "--params", str(Path(__file__).resolve().parents[1] / "params.yaml")] if command == "count" \
-        else ["metrics", "a.png", "b.png", "a.png"]
+        else ["metrics", "a.png", "b.png", "a.png"] if command else ["--version"]
     with open("/dev/full", "w") as full:
         r = subprocess.run([sys.executable, "-m", "bafusion", *argv], stdout=full, stderr=subprocess.PIPE,
                            text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
     assert r.returncode == 2, r.stderr
-    assert r.stderr.strip() == (f"bafusion {command}: error: No space left on device (writing the standard output)")
+    assert r.stderr.strip() == (f"bafusion{' ' if command else ''}{command}: error: No space left on device (writing "
+                                "the standard output)")
 
 
 _STOPPABLE = """

@@ -346,7 +346,16 @@ def _main(argv: list[str]) -> int:
     command = command_of(argv)
     cmd = f"bafusion {command or ''}".rstrip()
     if command is None and "--version" in argv:  # needs no command module (and no torch)
-        print(f"bafusion {__version__}")
+        try:
+            print(f"bafusion {__version__}", flush=True)
+        except BrokenPipeError:  # `bafusion --version | true`
+            _drop_stdout()
+            return 128 + signal.SIGPIPE
+        except OSError as e:  # > /dev/full: one line, as every command's writes to stdout
+            _drop_stdout()
+            print(f"{cmd}: error: {os.strerror(e.errno) if e.errno else one_line(e)} (writing the standard output)",
+                  file=sys.stderr)
+            return 2
         return 0
     modules = {COMMANDS[command]} if command in COMMANDS else set(COMMAND_MODULES)
     limit = address_space_limit_mib()
