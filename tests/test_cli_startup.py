@@ -188,3 +188,30 @@ def test_an_exception_without_a_stop_is_still_a_bug(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(app, "build_parser", broken)
     with pytest.raises(ImportError):
         app.main(["fuse", "a.png"])
+
+
+@pytest.mark.parametrize(("argv", "hint"), [
+    (["fus", "a.png"], "; did you mean 'fuse'? (see bafusion --help)"),
+    (["count", "--fromat", "json"], "unrecognized arguments: --fromat json; --fromat: did you mean --format?"),
+    (["count", "--fromat=json"], "; --fromat: did you mean --format?"),
+    (["baseline", "--method", "gfff", "a", "b", "-o", "f.png"], "invalid choice: 'gfff' (choose from 'gff', "
+                                                                "'laplacian'); did you mean 'gff'?"),
+])
+def test_a_mistyped_command_or_option_gets_the_closest_name(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                                            hint: str) -> None:
+    """`bafusion fus` listed 19 commands without a word of 'fuse'; `count --fromat json` said only
+    'unrecognized arguments' (Python 3.11's argparse suggests nothing)."""
+    from bafusion.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and hint in err, err
+
+
+def test_no_suggestion_when_nothing_is_close(capsys: pytest.CaptureFixture[str]) -> None:
+    from bafusion.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["count", "--zzz"])
+    assert capsys.readouterr().err == "bafusion count: error: unrecognized arguments: --zzz (see bafusion count --help)\n"

@@ -67,7 +67,31 @@ class Parser(argparse.ArgumentParser):
     subcommand parsers inherit the class."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+        message = one_line(message)
+        self.exit(2, f"{self.prog}: error: {message}{self._did_you_mean(message)} (see {self.prog} --help)\n")
+
+    def _did_you_mean(self, message: str) -> str:
+        """A mistyped command or choice (``bafusion fus``), or an unknown option of this parser
+        (``--fromat``): ``"; did you mean 'fuse'?"`` naming the closest (difflib's), else ``""``
+        (Python 3.11's argparse suggests nothing)."""
+        import difflib
+        import re
+
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if m:
+            choices = re.findall(r"'([^']*)'", m.group(2)) or [c.strip() for c in m.group(2).split(",")]
+            close = difflib.get_close_matches(m.group(1), choices, n=1)
+            return f"; did you mean '{close[0]}'?" if close else ""
+        if message.startswith("unrecognized arguments: "):
+            options = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+            hints = []
+            for word in message.split()[2:]:
+                name = word.partition("=")[0]
+                close = difflib.get_close_matches(name, options, n=1) if name.startswith("--") else []
+                if close:
+                    hints.append(f"{name}: did you mean {close[0]}?")
+            return f"; {' '.join(hints)}" if hints else ""
+        return ""
 
     def _get_option_tuples(self, option_string: str) -> list:  # type: ignore[override]
         """The options an abbreviation may mean, one per option: ``--ou`` matches ``--out`` and
