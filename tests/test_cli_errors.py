@@ -144,7 +144,10 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         ([*FUSE, "-o", "F.png", "--l", "x"], ["--l", "invalid int"]),
         ([*FUSE, "-o", "F.png", "--save-maps", "./F.png"], ["./F.png", "-o/--output", "--save-maps", "its own path"]),
         (["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--metrics", "m.pt"],
-         ["m.pt: given both as --out and as --metrics"]),
+         ["m.pt: given both as --out and as --report/--metrics"]),
+        # "the --metrics file": README's table leads with --report, the spelling the user typed
+        (["train", "--net", "initial", "--patches", "afile", "--out", "m.pt", "--report", "afile"],
+         ["afile: the --report/--metrics file is also an input"]),
         ([*FUSE, "-o", "F.png", "--threads", "-3"], ["--threads -3", "positive number"]),
         ([*FUSE, "-o", "F.png", "--alpha", "-1"], ["--alpha -1", "more than 0"]),
         ([*FUSE, "-o", "F.png", "--alpha", "0"], ["--alpha 0", "more than 0", "all black"]),  # were all-black maps

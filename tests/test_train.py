@@ -457,7 +457,7 @@ def test_warm_start_model_is_never_overwritten(toy_run: dict, tmp_path: Path) ->
     base = _paths(tmp_path / "run", "initial")
     for flag, paths in (("--out", dataclasses.replace(base, out=init)),
                         ("--out", dataclasses.replace(base, out=init.with_suffix(".json"))),
-                        ("--metrics", dataclasses.replace(base, metrics=init.with_suffix(".json"))),
+                        ("--report/--metrics", dataclasses.replace(base, metrics=init.with_suffix(".json"))),
                         ("--plots", dataclasses.replace(base, plots=init))):
         with pytest.raises(UserError, match=f"{flag} .*would overwrite the warm-start model"):
             train("initial", toy_run["h5"], cfg, paths, progress=False)

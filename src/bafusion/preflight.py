@@ -70,9 +70,15 @@ class OutputSpec:
     read_folders: tuple[str, ...] = ()
     #: the files the command writes into each of its ``dirs`` (patches' initial.h5, boundary.h5)
     dir_files: tuple[str, ...] = ()
+    #: ``(dest, option)`` where the option's main spelling is not the dest's (train's ``--report``,
+    #: dest ``metrics``: "the --metrics file" named a spelling README does not lead with)
+    flags: tuple[tuple[str, str], ...] = ()
 
     def flag(self, dest: str) -> str:
         """How the user gave ``dest``: ``--save-maps``, ``-o/--output``, or ``OUT`` (positional)."""
+        named = dict(self.flags)
+        if dest in named:
+            return named[dest]
         if dest in self.positional:
             return dest.upper() if dest != "output" else "OUT"
         return "-o/--output" if dest == "output" else f"--{dest.replace('_', '-')}"
@@ -89,7 +95,8 @@ COMMAND_OUTPUTS: dict[str, OutputSpec] = {
     "fuse-dir": OutputSpec(dirs=("output",), inputs=("input", *_NETS), positional=("output",)),
     "baseline": OutputSpec(images=("output",), inputs=("a", "b")),
     "evaluate": OutputSpec(replaced_dirs=("out",), files=("report", "plots"), inputs=("root", *_NETS)),
-    "train": OutputSpec(files=("out", "metrics", "plots"), dirs=("checkpoints",), inputs=("patches", "params")),
+    "train": OutputSpec(files=("out", "metrics", "plots"), dirs=("checkpoints",), inputs=("patches", "params"),
+                        flags=(("metrics", "--report/--metrics"),)),
     "ensemble": OutputSpec(files=("out",), inputs=("members",)),
     "prepare": OutputSpec(replaced_dirs=("out",), inputs=("alphamatting", "backgrounds_dir")),
     "composite": OutputSpec(files=("out",), inputs=("prepared",), closed_inputs=("prepared",)),

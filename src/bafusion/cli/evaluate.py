@@ -339,8 +339,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "shipped model models/default, even inside a project that has data/models: give --models "
                         "data/models for the pipeline's nets, as the pipeline's evaluate stage does with --initial "
                         "data/models/initial.pt --boundary data/models/boundary.pt)")
-    p.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --models)")
-    p.add_argument("--boundary", type=nonempty_path, default=None, help="boundary-net file (instead of --models)")
+    p.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --model)")
+    p.add_argument("--boundary", type=nonempty_path, default=None, help="boundary-net file (instead of --model)")
     p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, default="data/evaluation",
                    help="output folder (replaced whole; default data/evaluation)")
     p.add_argument("--report", type=nonempty_path, default=None,

@@ -116,7 +116,8 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
                    help="YAML file whose 'fuse' section sets the defaults (params.yaml)")
     g.add_argument("--params-json", type=nonempty_json, default=None,
                    help="JSON object of fusion parameters (the 'fuse' section; overrides --params-file)")
-    p.add_argument("--device", type=nonempty_text, default=None, help=f"{default('fuse.device')} (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", type=nonempty_text, default=None,
+                   help=f"auto, cpu, cuda, cuda:N or mps (default: --params-file's fuse.device, else {default('fuse.device')})")
     add_threads_argument(p, "CPU threads for torch", "--params-file's fuse.threads, else torch's, lowered to the "
                          "cores the load average leaves free, at least 1")
     if maps:  # the difference maps' gain: only for commands that write maps (not fuse-dir)
@@ -444,8 +445,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--pairs", type=nonempty_path, required=True, help="folder with index.json and the pairs")
     q.add_argument("--model", "--models", dest="models", type=nonempty_path, default=None, metavar="DIR",
                    help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name")
-    q.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --models)")
-    q.add_argument("--boundary", type=nonempty_path, default=None, help="boundary-net file (instead of --models)")
+    q.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --model)")
+    q.add_argument("--boundary", type=nonempty_path, default=None, help="boundary-net file (instead of --model)")
     q.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True, help="output folder")
     q.add_argument("--report", type=nonempty_path, default=None, help="also write the accuracy JSON here (e.g. a DVC metrics file)")
     _add_param_args(q)

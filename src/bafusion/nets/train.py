@@ -19,7 +19,7 @@ Outputs (all written atomically):
   epoch's numbers) and ``history.csv`` (the curve so far, rewritten at every
   epoch end to watch a long run; ``--plots`` is written only at the end, with the model and
   the metrics, so a killed run leaves the previous run's outputs in step with each other);
-- ``--metrics`` (default ``<out stem>.metrics.json``; ``metrics/train_<net>.json`` for the
+- ``--report`` (``--metrics``; default ``<out stem>.metrics.json``; ``metrics/train_<net>.json`` for the
   pipeline's ``--out``) for ``dvc metrics``;
 - ``--plots`` (default ``<out stem>.epochs.csv``; ``metrics/plots/train_<net>.csv`` for the
   pipeline's ``--out``): one row per epoch for ``dvc plots``;
@@ -766,7 +766,7 @@ def train(net: str, patches: str | os.PathLike[str], cfg: TrainConfig, paths: Pa
         init = Path(cfg.init)
         inputs = {init.resolve(), init.with_suffix(".json").resolve()}
         for what, other in (("--out", paths.out), ("--out", paths.out.with_suffix(".json")),
-                            ("--metrics", paths.metrics), ("--plots", paths.plots)):
+                            ("--report/--metrics", paths.metrics), ("--plots", paths.plots)):
             if other.resolve() in inputs:
                 raise UserError(f"{what} {other}: would overwrite the warm-start model {cfg.key('init')}={init} "
                                 "or its description; write the trained model elsewhere")
