@@ -1283,3 +1283,23 @@ def test_a_camera_raw_or_heic_source_is_refused_with_what_to_convert_it_to(work:
                     "or JPEG first", tool)
     assert "Pillow" not in line
     _refused(["metrics", *names, names[0]], capsys, work, f"{names[0]}: {said}")
+
+
+def test_a_reader_that_has_gone_is_not_a_bug_without_sigpipe(monkeypatch, capsys) -> None:
+    """Windows' ``signal`` module has no SIGPIPE: ``bafusion count | more`` whose reader had gone
+    ended in a traceback (AttributeError: module 'signal' has no attribute 'SIGPIPE', in the
+    handler of BrokenPipeError); now it stops with 141, as on Unix."""
+    import argparse
+    import signal
+
+    import bafusion.cli.app as app
+
+    monkeypatch.delattr(signal, "SIGPIPE", raising=False)
+    monkeypatch.setattr(app, "_drop_stdout", lambda: None)
+    monkeypatch.setattr("bafusion.preflight.check_command", lambda args: None)
+
+    def gone(args: argparse.Namespace) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    assert app._run("bafusion count", argparse.Namespace(command="count", func=gone)) == 141
+    assert "Traceback" not in capsys.readouterr().err

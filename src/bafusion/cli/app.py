@@ -429,6 +429,11 @@ _MACHINE_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC
 _WRITE_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS, errno.EFBIG})
 
 
+#: SIGPIPE's number, for the status of a command whose reader has gone (141, as Unix tools
+#: exit); Windows' ``signal`` has no SIGPIPE (``signal.SIGPIPE`` raised AttributeError there).
+_SIGPIPE = getattr(signal, "SIGPIPE", 13)
+
+
 def _run(cmd: str, args: argparse.Namespace) -> int:
     """Run the parsed command: its exit status, its errors said in one line (see the module docstring)."""
     from bafusion.preflight import check_command
@@ -446,7 +451,7 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
         return 2
     except BrokenPipeError:  # `bafusion count | head -3`: the reader has gone, as for any Unix tool
         _drop_stdout()
-        return 128 + signal.SIGPIPE
+        return 128 + _SIGPIPE
     except OSError as e:
         if e.filename is None and e.errno in _MACHINE_ERRNOS:  # h5py's, Pillow's: no file name
             from bafusion.preflight import output_paths
