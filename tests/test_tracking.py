@@ -1299,3 +1299,38 @@ def test_an_empty_store_file_is_built_under_the_temporary_name_too(tmp_path: Pat
     tracking._ensure_db(f"sqlite:///{db}")
     assert sizes and sizes[0] > 0, sizes  # the built store is in place before any in-place migration
     assert not list(tmp_path.glob(".mlflow.db.building*"))
+
+
+@pytest.mark.parametrize("name", ["proj?x", "proj?x#y %41"])
+def test_a_project_path_holding_a_question_mark_is_tracked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str], name: str) -> None:
+    """``sqlite:///<path>`` with a ``?`` in the project's path: SQLAlchemy took the rest for the
+    URI's query, the store was created at ``.../proj`` and renamed into place failed, "No such
+    file or directory", and tracking was turned off. Now the URI is SQLite's URI file name with
+    the path percent-encoded: the store is ``mlflow.db`` in the project, its artifacts beside."""
+    root = tmp_path / name
+    root.mkdir()
+    (root / "Snakefile").write_text("")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(root)
+    uri = tracking.tracking_uri()
+    (root / "table.md").write_text("| a |\n")
+    with tracking.stage_run("evaluate") as run:
+        run.log_artifact(root / "table.md", "evaluation")
+    assert "warning" not in capsys.readouterr().err
+    assert (root / "mlflow.db").is_file()
+    assert not (tmp_path / "proj").exists() and not (tmp_path / "proj.lock").exists()
+    assert sorted(p.name for p in root.iterdir()) == ["Snakefile", "mlflow.db", "mlflow.db.lock", "mlruns", "table.md"]
+    assert _runs(uri) == {"evaluate": "FINISHED"}
+    logged = list((root / "mlruns").rglob("table.md"))
+    assert len(logged) == 1 and logged[0].parent.name == "evaluation"
+
+
+def test_sqlite_path_reads_the_plain_and_the_uri_forms() -> None:
+    assert tracking.sqlite_path("sqlite:////a/b/mlflow.db") == Path("/a/b/mlflow.db")
+    assert tracking.sqlite_path("sqlite:////a/b/mlflow.db?timeout=20") == Path("/a/b/mlflow.db")
+    assert tracking.sqlite_path("sqlite:///file:/a/b%3Fc%23d/m.db?uri=true") == Path("/a/b?c#d/m.db")
+    assert tracking.sqlite_uri(Path("/a/b?c/m.db")) == "sqlite:///file:%2Fa%2Fb%3Fc%2Fm.db?uri=true"
+    assert tracking.sqlite_path(tracking.sqlite_uri(Path("/a/b?c/m.db"))) == Path("/a/b?c/m.db")
+    assert tracking.sqlite_uri(Path("/a/b #c/m.db")) == "sqlite:////a/b #c/m.db"
+    assert tracking.sqlite_path("http://host:5000") is None

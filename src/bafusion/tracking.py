@@ -1,6 +1,6 @@
 """MLflow glue: one place that resolves the tracking URI and logs a pipeline step as a run.
 
-- The URI is ``$MLFLOW_TRACKING_URI`` when set; otherwise ``sqlite:///<repo root>/mlflow.db``
+- The URI is ``$MLFLOW_TRACKING_URI`` when set; otherwise ``sqlite:///<repo root>/mlflow.db`` (:func:`sqlite_uri`)
   where the repo root is ``$DVC_ROOT`` (set by DVC, also for ``dvc exp run --temp`` whose
   working copy is deleted afterwards), else the nearest folder above the working directory
   holding ``dvc.yaml`` or ``Snakefile``. Outside any project, nothing is logged unless
@@ -56,7 +56,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 try:
@@ -96,7 +96,37 @@ def tracking_uri(start: Path | None = None) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    return f"sqlite:///{repo_root(start) / 'mlflow.db'}"
+    return sqlite_uri(repo_root(start) / "mlflow.db")
+
+
+def sqlite_uri(db: Path) -> str:
+    """The tracking URI of the sqlite store file ``db``: ``sqlite:///<path>``.
+
+    A path holding ``?`` is given as SQLite's URI file name,
+    ``sqlite:///file:<percent-encoded path>?uri=true`` (SQLAlchemy passes it to SQLite, which
+    decodes it): in the plain form SQLAlchemy takes ``?`` for the start of the URI's query, so
+    a store under ``/home/me/proj?x`` was looked for at ``/home/me/proj`` and tracking was
+    turned off. Other characters (``#``, ``%``, spaces) are taken literally in the plain form.
+    The slashes are encoded too: MLflow creates the parent folder of what follows
+    ``sqlite:///``, which for ``file:/home/...`` would be a folder ``file:`` in the working
+    directory. :func:`sqlite_path` reads both forms back.
+    """
+    path = os.fspath(db)
+    if "?" not in path:
+        return f"sqlite:///{path}"
+    return f"sqlite:///file:{quote(path, safe='')}?uri=true"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The store file of a ``sqlite:///`` tracking URI, as SQLAlchemy and SQLite read it: the
+    path before the query (``?...``), percent-decoded in SQLite's URI form
+    ``sqlite:///file:<path>?uri=true`` (:func:`sqlite_uri`); ``None`` for another URI."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    rest, _, query = uri[len("sqlite:///"):].partition("?")
+    if rest.startswith("file:") and "uri=true" in query.split("&"):
+        return Path(unquote(rest[len("file:"):]))
+    return Path(rest)
 
 
 # A failing store is said in one line by _turn_off: MLflow's own logger printed ~65 lines of
@@ -241,9 +271,10 @@ def artifact_location(uri: str) -> str | None:
     store (as a ``file:`` URI), so they land there whichever folder the first run started
     in (MLflow's default is ``./mlruns`` of that working directory); None for other stores
     (their server decides)."""
-    if not uri.startswith("sqlite:///"):
+    db = sqlite_path(uri)
+    if db is None:
         return None
-    return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns").as_uri()
+    return (db.resolve().parent / "mlruns").as_uri()
 
 
 def _create_experiment(client: Any, uri: str) -> str:
@@ -273,8 +304,8 @@ def ensure_db(uri: str | None = None) -> str | None:
 def _ensure_db(uri: str) -> str:
     """:func:`ensure_db`, raising what the store raises."""
     check_reachable(uri)
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+    db = sqlite_path(uri)
+    if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
         lock = db.with_name(db.name + ".lock")
         with open(lock, "a") as fh, _locked(fh):
@@ -398,7 +429,7 @@ def _build_store(db: Path, uri: str, replace: bool = False) -> None:
         with contextlib.suppress(OSError):
             old.unlink()
     tmp = db.with_name(f"{prefix}{os.getpid()}")
-    tmp_uri = f"sqlite:///{tmp}"
+    tmp_uri = sqlite_uri(tmp)
     try:
         client = MlflowClient(tracking_uri=tmp_uri)
         if client.get_experiment_by_name(EXPERIMENT) is None:
@@ -1105,7 +1136,7 @@ def end_invocation(ok: bool) -> None:
 
 
 def _lock_path(uri: str) -> Path | None:
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+    db = sqlite_path(uri)
+    if db is not None:
         return db.with_name(db.name + ".lock")
     return None
