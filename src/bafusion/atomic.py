@@ -111,7 +111,7 @@ def _read_proc(path: str, what: str) -> str:
     try:
         if what == "inode":
             return str(os.stat(path).st_ino)
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return f.read().strip() or "-"
     except OSError:
         return "-"
@@ -136,7 +136,7 @@ def _start_time(pid: int) -> str:
     ``"-"`` where there is no /proc (or no such process): a PID reused by a later process has
     another start time."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
             return f.read().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return "-"
@@ -192,7 +192,7 @@ def _read_marker(wrap: Path) -> tuple[str, int, dict[str, str]] | None:
     if wrap.is_symlink() or not wrap.is_dir() or not marker.is_file() or marker.is_symlink():
         return None
     try:
-        host, pid, *rest = marker.read_text().split()
+        host, pid, *rest = marker.read_text(encoding="utf-8-sig").split()
         return host, int(pid), dict(field.split("=", 1) for field in rest)
     except (OSError, UnicodeDecodeError, ValueError):
         return None
@@ -342,7 +342,7 @@ def _new_part(final: Path) -> Path:
     except OSError as e:
         raise OSError(e.errno, e.strerror, os.fspath(final)) from e
     try:
-        (wrap / PART_MARKER).write_text(_marker_text(os.getpid()))
+        (wrap / PART_MARKER).write_text(_marker_text(os.getpid()), encoding="utf-8")
     except BaseException as e:
         _remove_part(wrap)
         if isinstance(e, OSError):
@@ -446,8 +446,12 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` through :func:`atomic_file`: in UTF-8 and with its line ends
+    as given, whatever the locale and the platform (a CSV, JSON or Markdown output is the same
+    bytes everywhere; in the locale's encoding, cp1252 on Windows, a pair named 日本 failed the
+    write of metrics.csv after the work, and Windows' text mode turned ``\n`` into ``\r\n``)."""
     with atomic_file(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8", newline="")
 
 
 #: What ``flock`` raises on a filesystem without locks (NFS without lockd, some FUSE mounts).
@@ -501,7 +505,7 @@ def folder_lock(folder: Path, lock_name: str, *, busy: Callable[[int | None], Ba
         while True:
             folder.mkdir(parents=True, exist_ok=True)  # removed by an earlier holder that created it
             try:
-                fh = open(lock, "a+")
+                fh = open(lock, "a+", encoding="utf-8")
             except OSError as e:
                 if what is None:
                     raise

@@ -131,7 +131,7 @@ def _read_mapping(path: str | os.PathLike[str], empty_ok: bool) -> dict[str, Any
     if not p.is_file():
         raise InputFileError(p, "params file not found" if not p.exists() else "params file is not a file")
     try:
-        data = load_yaml(p.read_text())
+        data = load_yaml(p.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise InputFileError(p, f"invalid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     if data is None and empty_ok:
@@ -304,7 +304,8 @@ def load_preset(name: str) -> dict[str, Any]:
     f = resources.files("bafusion.presets") / f"{name}.yaml"
     if not f.is_file():
         raise UserError(f"unknown preset {name!r} (available: {', '.join(preset_names())})")
-    return validate_params(load_yaml(f.read_text()) or {}, f"preset {name} (bafusion/presets/{name}.yaml)")
+    return validate_params(load_yaml(f.read_text(encoding="utf-8-sig")) or {},
+                           f"preset {name} (bafusion/presets/{name}.yaml)")
 
 
 def _hydra_value(v: Any) -> str:
@@ -480,7 +481,7 @@ def apply_overrides_to_file(path: str | os.PathLike[str], overrides: Mapping[str
     # a key given twice was "while constructing a mapping", not "duplicate key 'train' on line 170"
     _read_mapping(p, empty_ok=True)
     try:
-        doc = ry.load(p.read_text())
+        doc = ry.load(p.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, YAMLError) as e:
         raise InputFileError(p, f"invalid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     if doc is None:
@@ -504,4 +505,4 @@ def apply_overrides_to_file(path: str | os.PathLike[str], overrides: Mapping[str
     if check is not None:
         check(load_yaml(text) or {}, f"{p} with the overrides applied")
     with atomic_file(p) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")

@@ -187,7 +187,7 @@ def _download_holds(kind: str, doc: dict[str, Any]) -> str:
 def _check_marker_kind(shown: str, what: str, folder: Path, marker: str, kind: str) -> None:
     """Refuse ``folder`` when its ``marker`` records another kind of download than ``kind``."""
     try:
-        doc = json.loads((folder / marker).read_text())
+        doc = json.loads((folder / marker).read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, ValueError):
         return  # unreadable: it vouches alone, as foreign_entries lets it
     recorded = download_kind(doc)
@@ -414,7 +414,7 @@ def recorded_outputs(folder: Path, marker: str) -> list[str] | None:
     if name is None or not (folder / name).is_file():
         return None
     try:
-        listed = json.loads((folder / name).read_text())["sha256"]
+        listed = json.loads((folder / name).read_text(encoding="utf-8-sig"))["sha256"]
         items = [(str(rel), str(digest)) for rel, digest in listed.items()]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -441,7 +441,7 @@ def foreign_entries(folder: Path, marker: str, own: Iterable[str | os.PathLike[s
     if entries is None:
         return None
     try:
-        doc = json.loads((folder / marker).read_text())
+        doc = json.loads((folder / marker).read_text(encoding="utf-8-sig"))
         vouched = entries(doc)
         inner = MARKER_INNER[marker](doc) if marker in MARKER_INNER else None
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):

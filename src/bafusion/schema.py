@@ -59,7 +59,8 @@ def schema_path() -> str:
 def load_schema() -> dict[str, Any]:
     """The parsed schema (cached)."""
     f = resources.files(SCHEMA_RESOURCE[0]) / SCHEMA_RESOURCE[1]
-    return yaml.load(f.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
+    text = f.read_text(encoding="utf-8-sig")
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
 
 
 def _resnet_depth(validator: Any, enabled: Any, instance: Any, schema: Mapping[str, Any]) -> Iterator[Any]:

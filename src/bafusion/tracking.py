@@ -308,7 +308,7 @@ def _ensure_db(uri: str) -> str:
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
         lock = db.with_name(db.name + ".lock")
-        with open(lock, "a") as fh, _locked(fh):
+        with open(lock, "a", encoding="utf-8") as fh, _locked(fh):
             from mlflow.tracking import MlflowClient
 
             state = None
@@ -990,7 +990,7 @@ class _PickleWarningFilter(logging.Filter):
 def _proc_parent(pid: int) -> tuple[int, str] | None:
     """(parent pid, start time) of ``pid`` from /proc, or None where there is no /proc."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
     except OSError:
         return None
     fields = stat.rsplit(")", 1)[1].split()
@@ -1089,7 +1089,7 @@ def _begin_invocation(uri: str, config: Mapping[str, Any] | None, targets: str) 
     key, name = invocation(targets)
     run_id = None
     lock = _lock_path(uri)
-    with open(lock, "a") if lock else contextlib.nullcontext() as fh, _locked(fh):
+    with open(lock, "a", encoding="utf-8") if lock else contextlib.nullcontext() as fh, _locked(fh):
         if key:
             found = client.search_runs(
                 [exp_id], filter_string=f"tags.`{INVOCATION_TAG}` = '{key}'", max_results=1

@@ -94,7 +94,8 @@ def dvc_removed_outputs_note(environ: dict[str, str] | None = None, cwd: str | o
             return None
         name = stage.rpartition(":")[2]
         outs: list[tuple[str, bool]] = []  # (path, in DVC's cache)
-        for out in (yaml.safe_load((here / "dvc.yaml").read_text()) or {})["stages"][name].get("outs") or []:
+        stages = (yaml.safe_load((here / "dvc.yaml").read_text(encoding="utf-8-sig")) or {})["stages"]
+        for out in stages[name].get("outs") or []:
             if isinstance(out, str):
                 outs.append((out, True))
             elif isinstance(out, dict):
@@ -106,7 +107,8 @@ def dvc_removed_outputs_note(environ: dict[str, str] | None = None, cwd: str | o
         if not gone:
             return None
         lock = here / "dvc.lock"
-        locked = lock.is_file() and name in ((yaml.safe_load(lock.read_text()) or {}).get("stages") or {})
+        locked = lock.is_file() and name in (
+            (yaml.safe_load(lock.read_text(encoding="utf-8-sig")) or {}).get("stages") or {})
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError, yaml.YAMLError):
         return None
     if not locked:  # never run by DVC: whether there were any is not known

@@ -511,7 +511,7 @@ def _stage_params(stage: str, dvc_yaml: str | Path) -> list[str] | None:
     import yaml
 
     try:
-        stages = (yaml.safe_load(Path(dvc_yaml).read_text()) or {}).get("stages") or {}
+        stages = (yaml.safe_load(Path(dvc_yaml).read_text(encoding="utf-8-sig")) or {}).get("stages") or {}
         entries = stages[stage.rpartition(":")[2]].get("params") or []
     except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError):
         return None

@@ -204,7 +204,7 @@ def relative_base(*paths: str | os.PathLike[str] | None) -> dict[str, str]:
 
 
 def _write_record(folder: Path, record: dict[str, Any], name: str = RECORD) -> None:
-    (folder / name).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    (folder / name).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,10 +533,10 @@ def load_eval_manifest(path: str | Path | None = None) -> dict[str, Any]:
     packaged one when ``path`` is None)."""
     try:
         if path is None:
-            text = resources.files("bafusion.data").joinpath(EVAL_MANIFEST).read_text()
+            text = resources.files("bafusion.data").joinpath(EVAL_MANIFEST).read_text(encoding="utf-8-sig")
             where = f"bafusion/{EVAL_MANIFEST}"
         else:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8-sig")
             where = str(path)
         m = json.loads(text)
     except FileNotFoundError as e:

@@ -244,7 +244,7 @@ def write_index(shard_files: list[Path], out: Path) -> dict[str, Any]:
         total += sum(fgs.values())
     index = {"pairs": total, "shards": shards}
     with atomic_file(out) as tmp:
-        tmp.write_text(json.dumps(index, indent=1) + "\n")
+        tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
     return index
 
 
@@ -286,7 +286,7 @@ def make_testset(prepared: Path, opts: CompositeOptions, out: Path, progress: bo
         if opts.realistic.active:
             index_params["realistic"] = opts.realistic.as_dict()
         index = {"pairs": pairs, "params": index_params}
-        (tmp / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+        (tmp / "index.json").write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
     return index
 
 

@@ -308,7 +308,7 @@ def _drop_part(part: Path) -> None:
 def _read_meta(part: Path) -> dict[str, object]:
     """The ``.meta`` of ``part`` (empty when missing or unreadable)."""
     try:
-        doc = json.loads(_meta_path(part).read_text())
+        doc = json.loads(_meta_path(part).read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, ValueError):
         return {}
     return doc if isinstance(doc, dict) else {}
@@ -340,7 +340,7 @@ def _write_meta(part: Path, url: str, etag: str | None, last_modified: str | Non
         meta.unlink()  # also a symbolic link: never written through
     if etag or last_modified:
         doc = {"url": url, "etag": etag, "last_modified": last_modified, "size": size}
-        meta.write_text(json.dumps(doc) + "\n")
+        meta.write_text(json.dumps(doc) + "\n", encoding="utf-8")
 
 
 def _same_file_416(part: Path, url: str, answer: http.client.HTTPMessage, have: int) -> bool:
@@ -459,10 +459,10 @@ def _attempt(
             _drop_part(part)
             raise DownloadError(url, f"the server announces {total} bytes, more than {limit[1]} ({limit[0]} bytes); "
                                      "refused, nothing was kept")
-        mode = "ab" if start else "wb"
         received = 0
         t0 = time.monotonic()
-        with open(part, mode) as f, _bar(total, bar_desc or "", start, progress and bar_desc is not None) as bar:
+        with open(part, "ab" if start else "wb") as f, \
+                _bar(total, bar_desc or "", start, progress and bar_desc is not None) as bar:
             try:
                 while True:
                     # read1: what has arrived (one read of the socket), so that the bounds

@@ -124,7 +124,7 @@ def run_prepare(data_cfg: dict, opts: PrepareOptions, seed: int, out: Path, prog
             entry = prepare_background(bg, tmp / "bg", opts.min_background_side)
             entry["split"] = split
             manifest["backgrounds"].append(entry)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return manifest
 
 
@@ -140,7 +140,7 @@ def load_manifest(prepared: Path) -> dict[str, Any]:
     if not p.exists():
         raise InputFileError(p, "manifest not found: run the prepare step first")
     try:
-        manifest = json.loads(p.read_text())
+        manifest = json.loads(p.read_text(encoding="utf-8-sig"))
     except ValueError as e:
         raise InputFileError(p, f"corrupt manifest: {e}") from e
     again = "run the prepare step again"

@@ -355,7 +355,7 @@ def read_peer_metrics(path: str | os.PathLike[str]) -> PeerMetrics:
     if key in _PEER_CACHE:
         return _PEER_CACHE[key]
     try:
-        with open(p, newline="") as fh:
+        with open(p, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             fields = [f.strip() for f in (reader.fieldnames or [])]
             if "pair" not in fields or "method" not in fields:

@@ -804,7 +804,7 @@ def read_marker(out: Path) -> dict[str, Any] | None:
     """The record in ``out`` (:data:`OUTPUT_MARKER`), or None where there is none, or one that
     records no setup (an earlier version's empty file, an unreadable one)."""
     try:
-        doc = json.loads((out / OUTPUT_MARKER).read_text())
+        doc = json.loads((out / OUTPUT_MARKER).read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     if not isinstance(doc, dict) or any(k not in doc for k in SETUP_KEYS):
@@ -890,7 +890,7 @@ def write_marker(out: Path, setup: Mapping[str, Any], outputs: Iterable[str], de
            "sources": {k: sources[k] for k in sorted(sources or {})}}
     try:
         with atomic_file(out / OUTPUT_MARKER) as tmp:
-            tmp.write_text(json.dumps(doc, indent=1) + "\n")
+            tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     except OSError as e:
         raise UserError(f"{out / OUTPUT_MARKER}: cannot write fuse-dir's record: {e.strerror or e}") from e
 

@@ -60,7 +60,7 @@ def read_pair_index(folder: str | os.PathLike[str], allow_empty: bool = False) -
     if not idx.is_file():
         raise InputFileError(idx, "pair index not found (run the testset rule first)")
     try:
-        doc = json.loads(idx.read_text())
+        doc = json.loads(idx.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as e:
         raise InputFileError(idx, f"unreadable JSON: {e}") from e
     items = doc.get("pairs", doc.get("names")) if isinstance(doc, dict) else doc

@@ -380,7 +380,7 @@ def read_model_meta(path: "str | os.PathLike[str]") -> dict:
     if not jp.exists():
         raise ModelFileError(f"{jp}: missing model description (expected beside {Path(path).name})")
     try:
-        meta = json.loads(jp.read_text())
+        meta = json.loads(jp.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as e:
         raise ModelFileError(f"{jp}: unreadable model description: {e}") from e
     if not isinstance(meta, dict) or "arch" not in meta:

@@ -1,0 +1,123 @@
+"""Text files are UTF-8 whatever the locale."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+# --------------------------------------------------------------------------------------------
+# Text files are UTF-8 whatever the locale (Windows' cp1252, a POSIX locale that is not UTF-8)
+
+#: Calls that open a file in text mode: the callable's name, and where its mode is given
+#: (positional index), for the checks of :func:`_text_opens_without_encoding`.
+_OPENERS = {"open": 1, "fdopen": 1, "NamedTemporaryFile": 0, "TemporaryFile": 0, "SpooledTemporaryFile": 1,
+            "TextIOWrapper": None, "read_text": None, "write_text": None}
+#: Receivers of an ``.open()`` that is not a text open (Pillow's image, a zip member, os's fd open,
+#: urllib's opener).
+_BINARY_OPENERS = {"Image", "zf", "os", "_OPENER"}
+
+
+def _text_opens_without_encoding(tree: ast.AST) -> list[int]:
+    """The lines of ``tree``'s calls that open a file in text mode without ``encoding=``."""
+    lines = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name):
+            name, receiver = func.id, None
+            if name == "write_text":  # bafusion.atomic.write_text(path, text): UTF-8 itself
+                continue
+        elif isinstance(func, ast.Attribute):
+            name = func.attr
+            receiver = func.value.id if isinstance(func.value, ast.Name) else None
+        else:
+            continue
+        if name not in _OPENERS or receiver in _BINARY_OPENERS:
+            continue
+        if any(k.arg == "encoding" for k in node.keywords):
+            continue
+        where = _OPENERS[name]
+        if where is not None:
+            if name == "open" and receiver is not None:
+                where = 0  # Path.open(mode)
+            mode = next((k.value for k in node.keywords if k.arg == "mode"), None)
+            if mode is None and len(node.args) > where:
+                mode = node.args[where]
+            if mode is None and name in ("NamedTemporaryFile", "TemporaryFile", "SpooledTemporaryFile"):
+                continue  # binary by default
+            modes = [mode.body, mode.orelse] if isinstance(mode, ast.IfExp) else [mode]
+            if all(isinstance(m, ast.Constant) and isinstance(m.value, str) and "b" in m.value for m in modes):
+                continue
+        lines.append(node.lineno)
+    return lines
+
+
+def test_every_text_file_is_opened_with_an_encoding() -> None:
+    """Text files read or written without ``encoding=`` were read and written in the locale's
+    encoding: cp1252 on Windows (metrics.csv of a pair named 日本 failed to be written, after the
+    work), a UTF-8 BOM of a params file hid its first section. Every text open in ``src/`` names
+    its encoding (``utf-8``, ``utf-8-sig`` where a file may come from an editor)."""
+    src = Path(__file__).resolve().parents[1] / "src" / "bafusion"
+    found = []
+    for f in sorted(src.rglob("*.py")):
+        tree = ast.parse(f.read_text(encoding="utf-8"), str(f))
+        found += [f"{f.relative_to(src)}:{line}" for line in _text_opens_without_encoding(tree)]
+    assert found == []
+
+
+def test_the_check_for_text_opens_finds_them() -> None:
+    code = ("open(p)\nopen(p, 'rb')\nopen(p, 'w', encoding='utf-8')\np.read_text()\np.write_text(t)\n"
+            "p.read_bytes()\nwrite_text(p, t)\nImage.open(p)\np.open('a')\np.open('rb')\n"
+            "tempfile.NamedTemporaryFile('w')\ntempfile.NamedTemporaryFile()\nio.TextIOWrapper(f)\n"
+            "open(p, mode='r+b')\nopen(p, 'ab' if a else 'wb')\nopen(p, 'a' if a else 'wb')\nopen(p, mode)\n")
+    assert _text_opens_without_encoding(ast.parse(code)) == [1, 4, 5, 9, 11, 13, 16, 17]
+
+
+def _in_legacy_locale(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (ASCII) in a Python whose locale encoding is not UTF-8 (the C locale without UTF-8
+    mode or locale coercion: ASCII), as Windows' cp1252 or a Latin-1 POSIX locale are."""
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONIOENCODING": "utf-8"}
+    env.pop("LANGUAGE", None)
+    p = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                       encoding="utf-8", timeout=300)
+    return p
+
+
+def test_params_and_outputs_are_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """In a locale that is not UTF-8, a params file with a UTF-8 BOM and a comment "by Ádám" was
+    refused as "invalid YAML: 'charmap' codec can't decode byte 0x81" (in cp1252, the BOM made the
+    first key "ï»¿fuse" and its section was ignored); a CSV output with a pair named 日本 failed to
+    be written (UnicodeEncodeError, after the work). Now both are UTF-8: the file's values are
+    checked as in any locale, and the output holds the name."""
+    (tmp_path / "p.yaml").write_bytes("\ufefffuse:\n  l: -5\n# notes by Ádám\n".encode())
+    code = ("import locale, sys\n"
+            "from bafusion.atomic import write_text\n"
+            "from bafusion.config import load_params\n"
+            "from bafusion.errors import UserError\n"
+            "assert 'utf' not in locale.getpreferredencoding(False).lower(), locale.getpreferredencoding(False)\n"
+            "write_text('m.csv', 'pair,QG\\n\\u65e5\\u672c,0.5\\n')\n"  # the code itself is ASCII
+            "try:\n"
+            "    load_params('p.yaml')\n"
+            "except UserError as e:\n"
+            "    print(e)\n")
+    p = _in_legacy_locale(code, tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "m.csv").read_bytes() == "pair,QG\n日本,0.5\n".encode()
+    assert "fuse.l" in p.stdout and "invalid YAML" not in p.stdout, p.stdout
+
+
+def test_a_reference_metrics_csv_with_a_bom_is_read(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts with a BOM: its first column was '\\ufeffpair' and the file was
+    refused, "expected columns pair, method and metrics; got ['\\ufeffpair', 'method', 'QG']"."""
+    from bafusion.evaluation.evaluate import read_peer_metrics
+
+    csv_path = tmp_path / "peers.csv"
+    csv_path.write_bytes("\ufeffpair,method,QG\r\ncafé,Peer1,0.7\r\n".encode())
+    peers = read_peer_metrics(csv_path)
+    assert peers.values == {("café", "Peer1"): {"QG": 0.7}}
