@@ -1041,3 +1041,19 @@ def test_count_note_tells_the_available_number_from_the_configured_one() -> None
     have = c["available"]["backgrounds"]
     assert 0 < have < 700
     assert f"(backgrounds: {have} available, 700 configured): a run here would make" in c["note"], c["note"]
+
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+@pytest.mark.parametrize("end", [b"\r\n", b"\n"])
+def test_preset_apply_keeps_the_files_line_ends_and_bom(tmp_path: Path, end: bytes, bom: bytes) -> None:
+    """A params.yaml with CRLF line ends (saved on Windows) was rewritten with LF by
+    ``preset paper --apply``: git showed every line changed. Its line ends, and a UTF-8 BOM
+    (Notepad), are kept."""
+    original = (REPO / "params.yaml").read_bytes().replace(b"\r\n", b"\n")
+    f = tmp_path / "params.yaml"
+    f.write_bytes(bom + original.replace(b"\n", end))
+    assert main(["preset", "paper", "--apply", str(f)]) == 0
+    written = f.read_bytes()
+    assert written.startswith(bom) and not written[len(bom):].startswith(b"\xef\xbb\xbf")
+    assert written.count(b"\n") == written.count(end) > 100
+    assert yaml.safe_load(written.decode("utf-8-sig"))["patch"] == 64

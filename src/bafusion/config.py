@@ -15,6 +15,7 @@ commands (flags > JSON > file > defaults).
 
 from __future__ import annotations
 
+import codecs
 import copy
 import json
 import os
@@ -448,7 +449,8 @@ def _keep_end_comments(parent: Any, key: str, old: Any) -> None:
 
 def apply_overrides_to_file(path: str | os.PathLike[str], overrides: Mapping[str, Any],
                             check: Callable[[dict[str, Any], str], None] | None = None) -> None:
-    """Write ``overrides`` into a params file in place, keeping its comments and order.
+    """Write ``overrides`` into a params file in place, keeping its comments and order, its
+    line ends (those of its first line: ``\r\n`` or ``\n``) and its UTF-8 BOM, if any.
 
     ``check(params, source)``, when given, sees the result (parsed) before the file is
     replaced, and raises to leave the file as it was (``bafusion preset --apply``: the schema
@@ -504,5 +506,10 @@ def apply_overrides_to_file(path: str | os.PathLike[str], overrides: Mapping[str
     text = buf.getvalue()
     if check is not None:
         check(load_yaml(text) or {}, f"{p} with the overrides applied")
+    # the file's conventions kept: its line ends (a CRLF file from Windows was rewritten with LF,
+    # every line shown changed by git) and its UTF-8 BOM, if any
+    raw = p.read_bytes()
+    end = re.search(rb"\r?\n", raw)
     with atomic_file(p) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8-sig" if raw.startswith(codecs.BOM_UTF8) else "utf-8",
+                       newline=end.group().decode() if end else "\n")
