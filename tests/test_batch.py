@@ -1948,3 +1948,21 @@ def test_fuse_dir_knows_its_input_folder_by_another_spelling(tmp_path: Path, net
     assert cli_main(argv) == 0, capsys.readouterr().err
     other = _pairs_in(tmp_path / "day2", {"p1": 5, "p2": 6})  # another folder is still another
     assert cli_main(["fuse-dir", str(other), *argv[2:]]) == 2
+
+
+def test_stacks_are_compared_as_case_ignoring_file_systems_compare_names(tmp_path: Path) -> None:
+    """``casefold()`` folded ß to ss: Straße was skipped beside Strasse ("differs only in case"),
+    although Straße.png and Strasse.png are two files on macOS and Windows too; and café with
+    é composed (NFC) and decomposed (NFD) gave two outputs, one file on macOS (the second
+    replaced the first). Names are now compared as those file systems do."""
+    src = tmp_path / "in"
+    src.mkdir()
+    a, b = pair(3)
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    for stack in ("Strasse", "Stra\u00dfe", nfc, nfd):
+        for letter, x in zip("AB", (a, b)):
+            Image.fromarray(x).save(src / f"{stack}-{letter}.png")
+    groups, skipped = batch.find_groups(src)
+    assert sorted(groups) == sorted(["Strasse", "Stra\u00dfe", nfd])
+    assert len(skipped) == 1 and str(src / f"{nfc}-A.png") in skipped[0][0], skipped
+    assert f"stack {nfc!r} differs from stack {nfd!r} only in Unicode normalization" in skipped[0][1]

@@ -11,7 +11,8 @@ Naming rule of ``fuse-dir IN OUT`` (documented in the README):
   (the latter in one line: :func:`skip_lines`);
   so is a broken symbolic link (a shot on a card not mounted), with its stack;
 * the fusion of ``<name>`` is written to ``OUT/<name>.<ext>`` (``--ext``, default ``png``); of
-  two stacks whose names differ only in case (``P/`` and ``p-A.jpg``) the later is skipped;
+  two stacks whose names differ only in case (``P/`` and ``p-A.jpg``) or Unicode normalization
+  (:func:`same_file_key`) the later is skipped;
 * ``OUT`` inside ``IN`` is no stack; one that holds images other than outputs is refused
   before any work (:func:`check_output_folder`);
 * ``OUT/.bafusion-fuse-dir`` (:data:`OUTPUT_MARKER`) records what makes the outputs: the nets'
@@ -46,6 +47,7 @@ import os
 import re
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -624,16 +626,40 @@ def find_groups(folder: Path, exclude: Path | None = None,
     # Windows), so one output would replace the other: the later stack is skipped
     seen: dict[str, str] = {}
     for name in list(out):
-        first = seen.setdefault(name.casefold(), name)
+        first = seen.setdefault(same_file_key(name), name)
         if first != name:
             shots = out.pop(name)
             where = str(folder / name) if name in folders else ", ".join(map(str, shots))
-            skipped.append((where, f"stack {name!r} differs from stack {first!r} only in case: their outputs would be "
-                            "one file where file names ignore case (macOS, Windows): rename one of them"))
+            skipped.append((where, f"stack {name!r} differs from stack {first!r} only in {name_difference(name, first)}: "
+                            "their outputs would be one file where file names ignore case (macOS, Windows): rename "
+                            "one of them"))
     if notes is not None:
         for name, others in sorted(unread.items()):
             notes.append((str(folder / name) if name else str(folder), others, name if name in out else None))
     return out, skipped
+
+
+def same_file_key(name: str) -> str:
+    """``name`` as file systems that ignore case compare names: two names of one key are one
+    file on macOS (APFS and HFS+ also ignore the Unicode normalization: ``café`` with ``é`` as
+    one character or as ``e`` and a combining accent) or on Windows (NTFS).
+
+    Their case mapping is the simple one, character for character (``str.lower()`` of the
+    decomposed form, NFD), not Python's ``casefold()``, which also folds ``ß`` to ``ss``:
+    ``Straße`` and ``Strasse`` are two files everywhere.
+    """
+    return unicodedata.normalize("NFD", name).lower()
+
+
+def name_difference(name: str, other: str) -> str:
+    """How ``name`` and ``other`` (of one :func:`same_file_key`) differ, for a message: ``case``,
+    ``Unicode normalization (accents composed or decomposed)`` or both."""
+    nfd, other_nfd = unicodedata.normalize("NFD", name), unicodedata.normalize("NFD", other)
+    if nfd == other_nfd:
+        return "Unicode normalization (accents composed or decomposed)"
+    if name.lower() == other.lower():
+        return "case"
+    return "case and Unicode normalization (accents composed or decomposed)"
 
 
 def unread_files(files: Sequence[Path], whose: str = "", fused: str | None = None, outcome: str = "fused") -> str:
