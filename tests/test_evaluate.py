@@ -1323,3 +1323,18 @@ def test_a_device_from_the_parameters_is_named_by_its_key(tmp_path: Path, capsys
         rc = cli_main(["evaluate", *nets, *extra, "--out", str(tmp_path / "ev")])
         err = capsys.readouterr().err
         assert rc == 2 and said in err, err
+
+
+def test_pairs_whose_names_differ_only_in_case_are_refused(tmp_path: Path) -> None:
+    """Pairs P and p (from a case-sensitive source) were both evaluated into fused/<method>/P.png
+    and p.png: one file on macOS and Windows, showing the wrong pair's fusion. They are refused,
+    as fuse-dir skips such stacks; a pattern that leaves one out is taken."""
+    src = tmp_path / "pairs"
+    src.mkdir()
+    a, b, _, _ = _pair(np.random.default_rng(6))
+    for n in ("p", "P", "q"):
+        Image.fromarray(a).save(src / f"{n}-A.png")
+        Image.fromarray(b).save(src / f"{n}-B.png")
+    with pytest.raises(InputFileError, match=r"dataset 't': pairs 'P' and 'p' differ only in case"):
+        ev.find_pairs(ev.Dataset(name="t", sources=src))
+    assert [p.name for p in ev.find_pairs(ev.Dataset(name="t", sources=src, pattern="[pq]"))] == ["p", "q"]

@@ -431,7 +431,10 @@ def find_pairs(ds: Dataset) -> list[Pair]:
     As for ``fuse-dir``, the letter and the suffix may be in either case (``p1-a.JPG``) and
     dot-files are left out (:func:`_image_files`); two files for one source (``p1-A.jpg``
     and ``p1-a.png``) are refused naming both, as is a pair with only one of its shots (naming
-    it), so that a table never loses a pair silently nor takes one of two files by chance."""
+    it), so that a table never loses a pair silently nor takes one of two files by chance; so
+    are two pairs whose names differ only in case or Unicode normalization (``P`` and ``p``,
+    :func:`bafusion.fusion.batch.same_file_key`), whose outputs would be one file on macOS and
+    Windows."""
     src = ds.sources
     if not src.is_dir():
         raise InputFileError(src, f"sources folder of dataset {ds.name!r} not found")
@@ -454,6 +457,16 @@ def find_pairs(ds: Dataset) -> list[Pair]:
         names = list(ds.pairs)
     if not names:
         raise InputFileError(src, f"dataset {ds.name!r}: no pairs (<name>-A.<ext> matching {ds.pattern!r})")
+    from bafusion.fusion.batch import name_difference, same_file_key
+
+    seen: dict[str, str] = {}
+    for n in names:  # P and p: fused/<method>/P.png and p.png are one file on macOS and Windows
+        first = seen.setdefault(same_file_key(n), n)
+        if first != n:
+            raise InputFileError(src, f"dataset {ds.name!r}: pairs {first!r} and {n!r} differ only in "
+                                 f"{name_difference(n, first)}: their outputs (fused/<method>/{n}.png, ...) would be "
+                                 "one file where file names ignore case (macOS, Windows): rename one of them, or "
+                                 "leave one out (pattern, pairs)")
     pairs = []
     for n in names:
         where = f"dataset {ds.name!r}, pair {n!r}"
