@@ -1303,3 +1303,25 @@ def test_a_reader_that_has_gone_is_not_a_bug_without_sigpipe(monkeypatch, capsys
 
     assert app._run("bafusion count", argparse.Namespace(command="count", func=gone)) == 141
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_path_the_standard_output_cannot_encode_does_not_fail_the_command(monkeypatch) -> None:
+    """``bafusion fuse ... -o 日本.png > log.txt`` on Windows (stdout cp1252) and ``-o Ádám.png``
+    in a legacy POSIX locale (a surrogate) wrote the output, then failed on its final line:
+    status 1, "internal error: UnicodeEncodeError". Such characters are now printed escaped;
+    the stream is as it was once the command returns."""
+    import io
+
+    import bafusion.cli.pipeline as pipeline
+
+    def prints_paths(args: object) -> int:
+        print("fused 2 images into \u65e5\u672c.png and Ad\udcc3\udc81m.png")
+        return 0
+
+    monkeypatch.setattr(pipeline, "cmd_count", prints_paths)
+    out = io.TextIOWrapper(io.BytesIO(), encoding="cp1252", errors="strict")
+    monkeypatch.setattr(sys, "stdout", out)
+    assert cli_main(["count"]) == 0
+    out.flush()
+    assert out.buffer.getvalue() == b"fused 2 images into \\u65e5\\u672c.png and Ad\\udcc3\\udc81m.png\n"
+    assert out.errors == "strict"

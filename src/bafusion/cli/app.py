@@ -270,6 +270,21 @@ def _exit_sooner() -> None:
     gc.freeze()
 
 
+def _printable_anything() -> list[object]:
+    """Have stdout and stderr write a character their encoding lacks as a ``\\x..`` escape
+    (``backslashreplace``) instead of raising: a path printed by a command (``fused ... into
+    日本.png``, a file name undecodable in the locale) to a cp1252 or ASCII stdout (Windows' redirected
+    output, a legacy POSIX locale) failed the command with "internal error" after its work was
+    done. Returns the streams changed (those that were ``strict``), for the caller to restore."""
+    changed = []
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict":
+            with contextlib.suppress(AttributeError, ValueError, OSError):
+                stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+                changed.append(stream)
+    return changed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # argv None: the process's own command (the `bafusion` script, python -m bafusion): its exit
     # is this command's too; a caller's (a test, a notebook) process goes on, as it was
@@ -291,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if line_buffered is False:
         with contextlib.suppress(AttributeError, ValueError, OSError):
             stdout.reconfigure(line_buffering=True)
+    strict = _printable_anything()
     # Ctrl-C at any time, also while the parser is built (the modules of some commands import
     # torch: a second or two), is one line, not a traceback
     rc: int | None = None
@@ -327,6 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if line_buffered is False:
             with contextlib.suppress(AttributeError, ValueError, OSError):
                 stdout.reconfigure(line_buffering=False)
+        for stream in strict:
+            with contextlib.suppress(AttributeError, ValueError, OSError):
+                stream.reconfigure(errors="strict")
 
 
 #: The modules whose commands run torch (and need
