@@ -1,4 +1,4 @@
-"""Text files are UTF-8 whatever the locale."""
+"""Text files are UTF-8 whatever the locale, and names the locale cannot decode are still shown."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,3 +123,29 @@ def test_a_reference_metrics_csv_with_a_bom_is_read(tmp_path: Path) -> None:
     csv_path.write_bytes("\ufeffpair,method,QG\r\ncafé,Peer1,0.7\r\n".encode())
     peers = read_peer_metrics(csv_path)
     assert peers.values == {("café", "Peer1"): {"QG": 0.7}}
+
+
+def test_figures_of_names_undecodable_in_the_locale_are_drawn(tmp_path: Path) -> None:
+    """Under a cp1252 or ASCII locale a pair file named Ádám (UTF-8 bytes C3 81 ...) has a name
+    holding lone surrogates: its figure titles failed in matplotlib ("TypeError: set_text():
+    incompatible function arguments") and evaluate ended in "internal error" with nothing
+    written. The titles now show the name (read back as UTF-8)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from bafusion.evaluation.figures import figure_comparison, figure_differences
+    from bafusion.fusion.maps import displayable, figure_maps
+
+    name = "caf\udcc3\udca9"  # café's UTF-8 bytes as os.fsdecode gives them where they are no text
+    if os.fsencode(name) != "café".encode():
+        pytest.skip("the file system encoding here is not UTF-8")
+    assert displayable(name) == "café" and displayable("日本 x") == "日本 x"
+    assert displayable("a\udcff") == "a\ufffd"
+    img = np.tile(np.arange(32, dtype=np.uint8), (32, 1))
+    figure_comparison(img, img, {f"ref {name}": img}, tmp_path / "fig4.png", title=f"{name}: enlarged")
+    figure_differences(img, {f"ref {name}": img}, tmp_path / "diff.png", title=f"{name}: diff", a=img)
+    score = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    result = SimpleNamespace(score_initial=score, score_refined=score, decision=score > 0.5, fused=img)
+    figure_maps(result, tmp_path / "fig3.png", title=name)
+    assert all((tmp_path / f).stat().st_size > 0 for f in ("fig4.png", "diff.png", "fig3.png"))

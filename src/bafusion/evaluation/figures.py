@@ -118,6 +118,8 @@ def figure_comparison(
     ``max_columns`` images per row. Returns the crop used ``(top, left, side)``."""
     from matplotlib.patches import Rectangle
 
+    from bafusion.fusion.maps import displayable
+
     plt = _plt()
     h, w = a.shape[:2]
     if crop is None:
@@ -144,13 +146,13 @@ def figure_comparison(
         full.axis("on")
         zoom.axis("on")
         _show(full, img)
-        _fit_title(full, name, 0.92 * cw * fig.dpi)
+        _fit_title(full, displayable(name), 0.92 * cw * fig.dpi)
         full.add_patch(Rectangle((left - 0.5, top - 0.5), side, side, fill=False, edgecolor="red", linewidth=1.2))
         _show(zoom, img[top : top + side, left : left + side])
         for sp in zoom.spines.values():
             sp.set_edgecolor("red")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(displayable(title), fontsize=10)
     fig.tight_layout()
     _save_fig(fig, path)
     return crop
@@ -169,7 +171,7 @@ def figure_differences(
     same methods' ``alpha * |A - F|`` (the difference to each source, as the paper's difference
     figure: where F took A's pixels the A row is black, where it took B's the B row). Returns
     the ``|B - F|`` maps (uint8)."""
-    from bafusion.fusion.maps import difference_map
+    from bafusion.fusion.maps import difference_map, displayable
 
     plt = _plt()
     maps = {m: difference_map(b, f, alpha) for m, f in fused.items()}
@@ -192,9 +194,9 @@ def figure_differences(
             ax = axes[g * len(rows_of) + r, j]
             ax.axis("on")
             _show(ax, d)
-            _fit_title(ax, m, 0.92 * cw * fig.dpi, suffix="" if a is None else f": |{src} - F|")
+            _fit_title(ax, displayable(m), 0.92 * cw * fig.dpi, suffix="" if a is None else f": |{src} - F|")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(displayable(title), fontsize=10)
     fig.tight_layout()
     _save_fig(fig, path)
     return maps

@@ -36,6 +36,20 @@ def _plt():
     return plt
 
 
+def displayable(text: str) -> str:
+    """``text`` as matplotlib can draw it: a file name undecodable in the locale (``os.fsdecode``
+    gives its bytes as lone surrogates, such as ``Ádám`` in UTF-8 under a cp1252 or ASCII
+    locale) is read back as UTF-8, its bytes that are not UTF-8 as U+FFFD; other text is
+    returned as it is. A lone surrogate in a title failed the whole figure ("TypeError:
+    set_text(): incompatible function arguments"), and with it the command after its work."""
+    if not any("\ud800" <= c <= "\udfff" for c in text):
+        return text
+    try:
+        return os.fsencode(text).decode("utf-8", "replace")
+    except UnicodeEncodeError:  # characters the locale lacks beside the surrogates: those kept
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
+
+
 def map_to_u8(score: np.ndarray) -> np.ndarray:
     """A score map in [0, 1] (NaN as 0) as uint8 0..255."""
     s = np.nan_to_num(np.asarray(score, dtype=np.float64), nan=0.0)
@@ -154,7 +168,7 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
             cb.set_ticklabels(["B", "A"])
             cax.set_xlabel("source taken", fontsize=7, labelpad=1)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(displayable(title), fontsize=10)
     draw_images_to_scale(fig, note="gray in a decision map: A and B both in the pixel")
     save_figure(fig, path)
 
