@@ -203,3 +203,60 @@ def test_the_seed_is_seed_in_every_command_that_draws(cmd: str) -> None:
     assert _parse(_argv(cmd, "--seed", "5")).seed == 5
     with pytest.raises(SystemExit):
         _parse(_argv(cmd, "--seed", "-1"))
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """A home folder of the test's own (``~``), and a working directory outside it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return home
+
+
+def test_a_tilde_in_path_options_and_params_is_the_home_folder(home, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shell leaves ``~`` alone in ``--from-dir=~/x`` and in quotes, which Snakemake's rules
+    put around the params they pass: ``download.cache: ~/x`` created a folder ``./~/x`` in the
+    project (a later ``rm -rf ~`` there deletes the home), ``--from-dir='~/evalcopy'`` was "not
+    found", and ``evaluate.datasets: [{sources: ~/ev}]`` was looked for in ``<project>/~/ev``.
+    Each is now the home folder's, where it is parsed."""
+    from pathlib import Path
+
+    from bafusion.data.acquire import default_cache
+    from bafusion.evaluation.evaluate import parse_config
+
+    args = build_parser("download-eval").parse_args(
+        ["download-eval", "--out", "~/out", "--cache", "~/datasets/cache", "--from-dir=~/evalcopy",
+         "--manifest=~/m.json", "--base-url=https://example.org/~x"])
+    assert (args.out, args.cache, args.from_dir, args.manifest) == (
+        f"{home}/out", f"{home}/datasets/cache", f"{home}/evalcopy", f"{home}/m.json")
+    assert args.base_url == "https://example.org/~x"
+    args = build_parser("download-coco").parse_args(
+        ["download-coco", "--out", "o", "--count", "1", "--images-dir=~/coco", "--annotations=~/a.zip"])
+    assert (args.images_dir, args.annotations, args.out) == (f"{home}/coco", f"{home}/a.zip", "o")
+    args = build_parser("prepare").parse_args(["prepare", "--out", "p", "--alphamatting=~/am",
+                                               "--backgrounds-dir=~/bg"])
+    assert (args.alphamatting, args.backgrounds_dir) == (f"{home}/am", f"{home}/bg")
+    args = build_parser("fuse-dir").parse_args(["fuse-dir", "~/in", "~/out", "--model=~/nets"])
+    assert (args.input, args.output, args.model) == (f"{home}/in", f"{home}/out", f"{home}/nets")
+    monkeypatch.setenv("BAFUSION_CACHE", "~/bcache")
+    assert default_cache() == home / "bcache"
+    (home / "peers.csv").write_text("pair,method,QG\np,Peer,0.5\n", encoding="utf-8")
+    cfg = parse_config({"datasets": [{"name": "x", "sources": "~/ev", "reference": "~/ref",
+                                      "reference_metrics": "~/peers.csv"}]}, Path("project"))
+    ds = cfg.datasets[0]
+    assert (ds.sources, ds.reference, ds.reference_metrics) == (home / "ev", home / "ref", home / "peers.csv")
+
+
+def test_a_missing_folder_given_with_a_tilde_is_named_in_the_home(home, capsys) -> None:
+    """``download-eval --from-dir='~/evalcopy'`` said "~/evalcopy: eval folder not found" for a
+    folder that was there; a missing one is named by its path in the home folder, and nothing
+    named ``~`` is created."""
+    from pathlib import Path
+
+    assert cli_main(["download-eval", "--out", "dl", "--from-dir=~/evalcopy", "--cache", "~/c", "--quiet"]) == 2
+    assert f"{home}/evalcopy: eval folder not found" in capsys.readouterr().err
+    assert not Path("~").exists()

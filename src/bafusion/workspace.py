@@ -31,14 +31,15 @@ def resolve(path: str | os.PathLike[str], base: str | os.PathLike[str] | None = 
     """``path`` taken from ``base`` (default: the working directory, and then a relative path
     stays relative); from a DVC experiment's copy of the project (a project under
     ``$DVC_ROOT/.dvc/tmp/exps/``), a relative path that leaves the copy is taken from the same
-    place in the workspace (``$DVC_ROOT``), absolute.
+    place in the workspace (``$DVC_ROOT``), absolute. A leading ``~`` is the home folder (a
+    param ``sources: ~/photos`` was taken as ``<project>/~/photos``).
 
     Examples
     --------
     >>> str(resolve("/data/x")), str(resolve("data/testset"))
     ('/data/x', 'data/testset')
     """
-    p = Path(path)
+    p = Path(os.path.expanduser(path))  # ~/x from a param or an option the shell did not expand
     if p.is_absolute():
         return p
     b = Path(base) if base is not None else Path(".")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -109,10 +110,20 @@ def finite_float(minimum: float = -math.inf, *, above: bool = False) -> Callable
 
 def nonempty_path(s: str) -> str:
     """An argparse type of path options: an empty string is refused ("--out: empty path"), not
-    taken as "not given" or as the current folder."""
+    taken as "not given" or as the current folder; a leading ``~`` is the home folder
+    (:func:`user_path`)."""
     if not s.strip():
         raise argparse.ArgumentTypeError("empty path")
-    return s
+    return user_path(s)
+
+
+def user_path(s: str) -> str:
+    """An argparse type of path options that may be empty ("not given"): a leading ``~`` or
+    ``~user`` is that home folder (``os.path.expanduser``), as a shell would have made it.
+    The shell leaves ``~`` alone in ``--from-dir=~/x`` and in quotes (Snakemake's rules quote
+    the params they pass): ``--cache '~/cache'`` created a folder named ``~`` in the working
+    directory. URLs and other paths are kept as given."""
+    return os.path.expanduser(s)
 
 
 def nonempty_text(s: str) -> str:

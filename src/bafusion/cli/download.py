@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from bafusion.cli.common import finite_float, non_negative_int, nonempty_csv, nonempty_path, positive_int, seed_int
+from bafusion.cli.common import (finite_float, non_negative_int, nonempty_csv, nonempty_path, positive_int, seed_int,
+                                 user_path)
 from bafusion.data.acquire import (
     ALPHAMATTING_URL,
     COCO_ANNOTATIONS_CHECKSUM,
@@ -178,7 +179,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``download-alphamatting``, ``download-coco``, ``download-eval`` and ``download-record``."""
     net = argparse.ArgumentParser(add_help=False)
     net.add_argument(
-        "--cache", default="", help=f"download cache folder (default $BAFUSION_CACHE or {default_cache()})"
+        "--cache", type=user_path, default="", help=f"download cache folder (default $BAFUSION_CACHE or {default_cache()})"
     )
     net.add_argument("--retries", type=non_negative_int, default=4, help="further attempts after a failed one (default %(default)s)")
     net.add_argument(
@@ -196,8 +197,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", choices=["lowres", "highres"], default="lowres",
                    help="which archives: lowres (long side about 800 px, the paper's) or highres (no checksums known here: "
                         "give --checksum or --allow-unverified) (default %(default)s)")
-    p.add_argument("--base-url", default=ALPHAMATTING_URL, help="where the archives are (a mirror, file:// URL or folder)")
-    p.add_argument("--from-dir", default="", help="local override: folder with the archives, or with input/ and gt/")
+    p.add_argument("--base-url", type=user_path, default=ALPHAMATTING_URL,
+                   help="where the archives are (a mirror, file:// URL or folder)")
+    p.add_argument("--from-dir", type=user_path, default="",
+                   help="local override: folder with the archives, or with input/ and gt/")
     p.add_argument("--checksum", action="append", metavar="NAME=ALGO:HEX", help="override an archive's checksum")
     p.add_argument("--allow-unverified", action="store_true", help="accept archives without a known checksum")
     p.set_defaults(func=cmd_download_alphamatting)
@@ -216,20 +219,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude-categories", default="", help="comma-separated COCO category names to avoid")
     p.add_argument("--min-sharpness", type=finite_float(0.0), default=0.0, help="absolute floor for the Laplacian variance")
     p.add_argument("--max-failures", type=non_negative_int, default=None, help="failed image downloads tolerated")
-    p.add_argument("--annotations", default="", help="local override: annotations zip or COCO JSON")
+    p.add_argument("--annotations", type=user_path, default="", help="local override: annotations zip or COCO JSON")
     p.add_argument("--annotations-url", default=COCO_ANNOTATIONS_URL,
                    help="where the COCO annotations zip is fetched from when --annotations is not given (default %(default)s)")
     p.add_argument("--annotations-checksum", default=COCO_ANNOTATIONS_CHECKSUM, help="'' to skip the check")
     p.add_argument("--image-base-url", default="", help="mirror: images at <base>/<split>/<file_name>")
-    p.add_argument("--images-dir", default="", help="local override: folder of <file_name> images")
+    p.add_argument("--images-dir", type=user_path, default="", help="local override: folder of <file_name> images")
     p.set_defaults(func=cmd_download_coco)
 
     p = sub.add_parser("download-eval", parents=[net], help="fetch + verify the Lytro and classic evaluation pairs")
     p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True, help="output folder (gets lytro/ and classic/)")
-    p.add_argument("--base-url", default="", help="where the files are: <base>/<set>/<file>")
-    p.add_argument("--from-dir", default="", help="local override: folder laid out like the manifest")
+    p.add_argument("--base-url", type=user_path, default="", help="where the files are: <base>/<set>/<file>")
+    p.add_argument("--from-dir", type=user_path, default="", help="local override: folder laid out like the manifest")
     p.add_argument("--sets", type=nonempty_csv, default=",".join(EVAL_SETS), help="comma-separated: lytro, classic")
-    p.add_argument("--manifest", default="", help="another manifest (default: the packaged one)")
+    p.add_argument("--manifest", type=user_path, default="", help="another manifest (default: the packaged one)")
     p.set_defaults(func=cmd_download_eval)
 
     p = sub.add_parser("download-record", help="write a JSON record (file counts, digests) of downloaded folders")

@@ -12,7 +12,8 @@ from typing import Any
 
 from bafusion import tracking
 from bafusion.atomic import write_text
-from bafusion.cli.common import add_threads_argument, non_negative_int, nonempty_path, positive_int, seed_int
+from bafusion.cli.common import (add_threads_argument, non_negative_int, nonempty_path, positive_int, seed_int,
+                                 user_path)
 from bafusion.errors import InputFileError, UserError
 
 
@@ -265,8 +266,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default 0, the paper's; params.yaml sets 2)")
     p.add_argument("--builtin-foregrounds", default="", help="comma-separated skimage.data names (source builtin)")
     p.add_argument("--builtin-backgrounds", default="", help="comma-separated skimage.data names (source builtin)")
-    p.add_argument("--alphamatting", default="", help="folder with input/ and gt/ (source dir)")
-    p.add_argument("--backgrounds-dir", default="", help="folder of background photos (source dir)")
+    p.add_argument("--alphamatting", type=user_path, default="", help="folder with input/ and gt/ (source dir)")
+    p.add_argument("--backgrounds-dir", type=user_path, default="", help="folder of background photos (source dir)")
     p.add_argument("--scale", type=float, default=0.5,
                    help="factor the foregrounds and mattes are resized by (default %(default)s: halved, the paper's)")
     p.add_argument("--min-background-side", type=positive_int, default=64,

@@ -94,9 +94,9 @@ def default_cache() -> Path:
     and every ``dvc exp run --temp`` workspace reuses the verified downloads."""
     env = os.environ.get("BAFUSION_CACHE")
     if env:
-        return Path(env)
+        return Path(env).expanduser()  # BAFUSION_CACHE='~/x' (quoted): the home's x, not ./~/x
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "bafusion" / "downloads"
+    return Path(xdg).expanduser() / "bafusion" / "downloads"
 
 
 EVAL_MANIFEST = "eval_manifest.json"
