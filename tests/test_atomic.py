@@ -633,3 +633,45 @@ def test_a_process_whose_namespace_or_boot_is_unknown_is_not_known_gone(
         tmp.write_text("done")
     assert (tmp_path / ".a.part-x" / PART_MARKER).is_file() and (tmp_path / "a").read_text() == "done"
     assert f"a write by process {pid} of this host whose PID namespace is unknown" in capsys.readouterr().err
+
+
+def test_folder_lock_without_fcntl_locks_with_msvcrt_and_says_when_it_cannot_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Windows has no fcntl: folder_lock yielded "no lock" silently, and a second fuse-dir into
+    the same folder (or a second training of one checkpoint) ran beside the first, each writing
+    the record. It now locks with msvcrt.locking (here a stand-in made of flock, whose locks
+    also exclude a second open of the file); a system with neither says so once per folder."""
+    import errno
+    import fcntl
+
+    import bafusion.atomic as atomic
+
+    class FakeMsvcrt:
+        LK_UNLCK, LK_NBLCK = 0, 2
+
+        @staticmethod
+        def locking(fd: int, mode: int, nbytes: int) -> None:
+            assert nbytes == 1 and os.lseek(fd, 0, os.SEEK_CUR) == atomic._MSVCRT_LOCK_OFFSET
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if mode == FakeMsvcrt.LK_NBLCK else fcntl.LOCK_UN)
+            except BlockingIOError:
+                raise OSError(errno.EACCES, "Permission denied") from None
+
+    monkeypatch.setattr(atomic, "fcntl", None)
+    monkeypatch.setattr(atomic, "msvcrt", FakeMsvcrt, raising=False)
+    out = tmp_path / "out"
+    with atomic.folder_lock(out, "x.lock", busy=_Busy) as held:
+        assert held is True and (out / "x.lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(_Busy) as e:
+            with atomic.folder_lock(out, "x.lock", busy=_Busy):
+                pass
+        assert e.value.pid == os.getpid()
+    assert list(out.iterdir()) == []
+    with atomic.folder_lock(out, "x.lock", busy=_Busy) as held:  # free again
+        assert held is True
+    monkeypatch.setattr(atomic, "msvcrt", None)
+    for _ in range(2):
+        with atomic.folder_lock(out, "x.lock", busy=_Busy) as held:
+            assert held is False
+    assert capsys.readouterr().err == (f"{out}: this system has no file locks (neither fcntl nor msvcrt): two runs "
+                                       "into it are not kept apart\n")

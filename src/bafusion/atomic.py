@@ -26,8 +26,12 @@ from pathlib import Path
 
 try:
     import fcntl
-except ImportError:  # Windows: folder_lock takes no lock
+except ImportError:  # Windows: folder_lock locks with msvcrt
     fcntl = None  # type: ignore[assignment]
+try:
+    import msvcrt
+except ImportError:  # not Windows
+    msvcrt = None  # type: ignore[assignment]
 
 #: The signal that asked this process to stop (set by the command's handlers), or ``None``.
 _stop_signal: int | None = None
@@ -473,6 +477,46 @@ def locks_unsupported(e: OSError, folder: Path) -> bool:
     return True
 
 
+#: Where the byte that ``msvcrt.locking`` locks lies in a lock file (Windows): past the holder's
+#: process id, which Windows' mandatory lock would hide from the process it refuses.
+_MSVCRT_LOCK_OFFSET = 1 << 30
+#: The folders this process said that it cannot lock (no ``fcntl`` nor ``msvcrt``): once each.
+_said_no_lock_api: set[str] = set()
+
+
+def _msvcrt_lock(fh: object, mode: int) -> None:
+    """``msvcrt.locking`` of the byte at :data:`_MSVCRT_LOCK_OFFSET` of the open file ``fh``;
+    a lock held by another raises ``BlockingIOError``, as ``flock`` does."""
+    fd = fh.fileno()  # type: ignore[attr-defined]
+    fh.flush()  # type: ignore[attr-defined]
+    os.lseek(fd, _MSVCRT_LOCK_OFFSET, os.SEEK_SET)
+    try:
+        msvcrt.locking(fd, mode, 1)
+    except OSError as e:
+        if mode == msvcrt.LK_NBLCK and e.errno in (errno.EACCES, getattr(errno, "EDEADLOCK", errno.EDEADLK)):
+            raise BlockingIOError(e.errno, e.strerror) from e
+        raise
+    finally:
+        fh.seek(0)  # type: ignore[attr-defined]
+
+
+def _lock(fh: object) -> None:
+    """Take the exclusive lock of the open file ``fh`` without waiting (``flock``, on Windows
+    ``msvcrt.locking``): ``BlockingIOError`` when another holds it. The OS releases it when the
+    process ends."""
+    if fcntl is not None:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    else:
+        _msvcrt_lock(fh, msvcrt.LK_NBLCK)
+
+
+def _unlock(fh: object) -> None:
+    if fcntl is not None:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    else:
+        _msvcrt_lock(fh, msvcrt.LK_UNLCK)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path, lock_name: str, *, busy: Callable[[int | None], BaseException],
                 what: str | None = None, remove_created: bool = False) -> Iterator[bool]:
@@ -487,9 +531,12 @@ def folder_lock(folder: Path, lock_name: str, *, busy: Callable[[int | None], Ba
     again on the new file otherwise. ``folder`` is created when missing, and with
     ``remove_created`` removed again on release when this call created it and it is left empty.
 
-    Where ``fcntl`` is missing (Windows), or the filesystem has no locks (``ENOLCK``: NFS
-    without lockd, some FUSE mounts), no lock is taken and ``False`` is yielded (the latter said
-    once per folder on stderr, :func:`locks_unsupported`). Another error of ``flock``, or one
+    On Windows, which has no ``fcntl``, the lock is ``msvcrt.locking``'s on one byte of the lock
+    file (:func:`_lock`), also released by the OS when the process ends; there the lock file
+    is removed once released (Windows removes no open file). Where neither is there, or the
+    filesystem has no locks (``ENOLCK``: NFS without lockd, some FUSE mounts), no lock is taken
+    and ``False`` is yielded, said once per folder on stderr (:func:`locks_unsupported`; no
+    ``fcntl`` nor ``msvcrt`` took no lock silently, and two runs wrote one record). Another error of ``flock``, or one
     creating ``folder``, is raised as the ``OSError`` it is; one creating the lock file too,
     or with ``what`` (the lock's name for the user, e.g. ``"fuse-dir's lock"``) a
     :class:`~bafusion.errors.UserError` ``<lock file>: cannot create <what>: <reason>``.
@@ -499,7 +546,11 @@ def folder_lock(folder: Path, lock_name: str, *, busy: Callable[[int | None], Ba
     fh = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        if fcntl is None:
+        if fcntl is None and msvcrt is None:
+            if str(folder) not in _said_no_lock_api:
+                _said_no_lock_api.add(str(folder))
+                print(f"{folder}: this system has no file locks (neither fcntl nor msvcrt): two runs into it are "
+                      "not kept apart", file=sys.stderr)
             yield False
             return
         while True:
@@ -513,7 +564,7 @@ def folder_lock(folder: Path, lock_name: str, *, busy: Callable[[int | None], Ba
 
                 raise UserError(f"{lock}: cannot create {what}: {e.strerror or e}") from e
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _lock(fh)
             except BlockingIOError:
                 fh.seek(0)
                 text = fh.read().strip()
@@ -544,9 +595,12 @@ def folder_lock(folder: Path, lock_name: str, *, busy: Callable[[int | None], Ba
     finally:
         if fh is not None:
             with contextlib.suppress(OSError):
-                lock.unlink()
-            fcntl.flock(fh, fcntl.LOCK_UN)
+                lock.unlink()  # while held (Windows refuses: removed below)
+            _unlock(fh)
             fh.close()
+            if fcntl is None:  # Windows: a file another process has opened meanwhile is not removed
+                with contextlib.suppress(OSError):
+                    lock.unlink()
         if created and remove_created:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty

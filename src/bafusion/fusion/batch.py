@@ -1097,9 +1097,9 @@ def output_lock(out: Path) -> Iterator[None]:
     list, so the last one's record forgot the other's outputs (and ``--skip-existing`` then fused
     them again, or a run of another setup replaced the record under the other). The lock is
     taken without waiting; the OS releases it when the process ends, killed too. The lock file
-    holds the holder's process id, named by the refusal, and is removed on release. Where
-    ``fcntl`` is missing (Windows), or the filesystem has no locks (``ENOLCK``: NFS without
-    lockd, some FUSE mounts), no lock is taken (the latter said once on stderr; :func:`bafusion.atomic.folder_lock`).
+    holds the holder's process id, named by the refusal, and is removed on release. On Windows
+    the lock is ``msvcrt``'s; where the system or the filesystem has no locks (``ENOLCK``: NFS
+    without lockd, some FUSE mounts), no lock is taken, said once on stderr (:func:`bafusion.atomic.folder_lock`).
 
     Raises
     ------

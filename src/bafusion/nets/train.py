@@ -717,9 +717,9 @@ def checkpoints_lock(folder: Path) -> Iterator[None]:
 
     A second training given the same ``--checkpoints`` would resume the first one's live
     ``last.pt`` and both would write into it. The lock is taken without waiting; the OS
-    releases it when the process ends, killed too. Where ``fcntl`` is missing (Windows), or the
-    filesystem has no locks (``ENOLCK``: NFS without lockd, some FUSE mounts), no lock is taken
-    (the latter said once on stderr; :func:`bafusion.atomic.folder_lock`).
+    releases it when the process ends, killed too. On Windows the lock is ``msvcrt``'s; where
+    the system or the filesystem has no locks (``ENOLCK``: NFS without lockd, some FUSE mounts),
+    no lock is taken, said once on stderr (:func:`bafusion.atomic.folder_lock`).
 
     The lock file is removed when the lock is released (while still held), and ``folder``
     too when this call created it and it is left empty: a training refused after it took the
