@@ -589,13 +589,22 @@ def test_leftovers_that_are_kept_are_named_once(tmp_path: Path, capsys: pytest.C
 
 def test_on_windows_no_process_is_killed_to_see_whether_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     # os.kill(pid, 0) on Windows is TerminateProcess(pid, 0): asking whether a leftover's (or a
-    # RUNNING MLflow run's) process still ran killed it; there it is not known gone
+    # RUNNING MLflow run's) process still ran killed it; there psutil is asked (OpenProcess on
+    # Windows), and without psutil the process is not known gone
+    import sys
+    import types
+
     from bafusion import atomic
 
     killed: list[tuple[int, int]] = []
     named = {**atomic.process_identity(), "pid": str(_dead_pid())}
     monkeypatch.setattr(os, "kill", lambda pid, sig: killed.append((pid, sig)))
     monkeypatch.setattr(atomic, "_KILL_TERMINATES", True, raising=False)  # as on Windows
+    asked: list[int] = []
+    windows_psutil = types.SimpleNamespace(pid_exists=lambda pid: asked.append(pid) or False)
+    monkeypatch.setitem(sys.modules, "psutil", windows_psutil)
+    assert atomic.process_gone(named) and asked == [int(named["pid"])]
+    monkeypatch.setitem(sys.modules, "psutil", None)  # not installed: not known gone
     assert not atomic.process_gone(named)
     assert killed == []
 
@@ -675,3 +684,36 @@ def test_folder_lock_without_fcntl_locks_with_msvcrt_and_says_when_it_cannot_loc
             assert held is False
     assert capsys.readouterr().err == (f"{out}: this system has no file locks (neither fcntl nor msvcrt): two runs "
                                        "into it are not kept apart\n")
+
+
+def test_a_killed_writes_leftover_is_removed_where_os_kill_cannot_ask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """On Windows os.kill(pid, 0) terminates instead of asking, so every process counted as
+    running: the temporary folder of a killed write (50 MB, hundreds for patches) was never
+    removed and never named. Whether the process runs is now asked without os.kill (psutil,
+    whose Windows side opens the process; on Linux, where this runs, it asks os.kill itself);
+    where that cannot be told, the kept folder is named."""
+    import sys
+
+    import bafusion.atomic as atomic
+
+    monkeypatch.setattr(atomic, "_KILL_TERMINATES", True)
+    dead = tmp_path / ".out.bin.part-qn9nzss7"
+    dead.mkdir()
+    (dead / "out.bin").write_bytes(b"half")
+    (dead / atomic.PART_MARKER).write_text(atomic._marker_text(_dead_pid()))
+    live = tmp_path / ".other.bin.part-abcdefgh"
+    live.mkdir()
+    (live / atomic.PART_MARKER).write_text(atomic._marker_text(os.getppid()))  # a run in progress
+    write_text(tmp_path / "out.bin", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.bin.part-abcdefgh", "out.bin"]
+    assert capsys.readouterr().err == ""
+    # without a way to ask (no psutil): kept, and named once
+    dead.mkdir()
+    (dead / atomic.PART_MARKER).write_text(atomic._marker_text(_dead_pid()))
+    monkeypatch.setitem(sys.modules, "psutil", None)
+    monkeypatch.setattr(atomic, "_swept", set())  # the folder is swept again
+    write_text(tmp_path / "out.bin", "y")
+    assert dead.exists()
+    err = capsys.readouterr().err
+    assert f"{dead}: the temporary folder of a write by process" in err and "psutil is missing" in err

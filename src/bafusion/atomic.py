@@ -76,11 +76,28 @@ PART_MARKER = ".bafusion-part"
 _KILL_TERMINATES = os.name == "nt"
 
 
+def _pid_alive_without_kill(pid: int) -> bool | None:
+    """Whether a process ``pid`` runs, asked without ``os.kill`` (Windows: psutil opens the
+    process and reads its exit code); ``None`` where that cannot be told (no psutil, which dvc
+    and snakemake install)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        return bool(psutil.pid_exists(pid))
+    except Exception:  # noqa: BLE001 - psutil's own failure: not known
+        return None
+
+
 def _pid_alive(pid: int) -> bool:
     """Whether a process ``pid`` runs (of any user); where ``os.kill`` cannot ask that
-    (:data:`_KILL_TERMINATES`) always ``True``: a process there is never known gone."""
+    (:data:`_KILL_TERMINATES`: Windows) :func:`_pid_alive_without_kill` says, and where that
+    cannot tell either, ``True``: a process there is never known gone. (It was always ``True``
+    there: a killed write's temporary folder was never removed, nor named.)"""
     if _KILL_TERMINATES:
-        return True
+        alive = _pid_alive_without_kill(pid)
+        return True if alive is None else alive
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -241,6 +258,8 @@ def _kept_owner(wrap: Path) -> str | None:
         if owner == os.getpid() or _pid_alive(owner):
             return None  # most likely a run in progress here
         return f"process {owner} of this host whose PID namespace is unknown (no /proc)"
+    if _KILL_TERMINATES and owner != os.getpid() and _pid_alive_without_kill(owner) is None:
+        return f"process {owner} of this host (whether a process runs cannot be asked here: psutil is missing)"
     return None  # ours: stale (removed) or running
 
 
