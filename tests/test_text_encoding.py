@@ -149,3 +149,18 @@ def test_figures_of_names_undecodable_in_the_locale_are_drawn(tmp_path: Path) ->
     result = SimpleNamespace(score_initial=score, score_refined=score, decision=score > 0.5, fused=img)
     figure_maps(result, tmp_path / "fig3.png", title=name)
     assert all((tmp_path / f).stat().st_size > 0 for f in ("fig4.png", "diff.png", "fig3.png"))
+
+
+def test_an_output_naming_a_file_undecodable_in_the_locale_is_written(tmp_path: Path) -> None:
+    """Under a locale that is not UTF-8, the pair Ádám (a UTF-8 file name) is named with lone
+    surrogates, which UTF-8 cannot hold: evaluate fused it, then failed writing metrics.csv
+    ("surrogates not allowed", internal error, nothing kept). Such a name is written as the
+    UTF-8 it was."""
+    code = ("import os\n"
+            "from bafusion.atomic import write_text\n"
+            "name = os.fsdecode(b'\\xc3\\x81d\\xc3\\xa1m')\n"
+            "assert any(0xd800 <= ord(c) <= 0xdfff for c in name), ascii(name)\n"
+            "write_text('m.csv', 'pair,method\\n' + name + ',\\u65e5\\u672c\\n')\n")
+    p = _in_legacy_locale(code, tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "m.csv").read_bytes() == "pair,method\nÁdám,日本\n".encode()

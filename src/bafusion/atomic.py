@@ -468,13 +468,42 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         _remove_part(wrap)
 
 
+def displayable(text: str) -> str:
+    """``text`` as UTF-8 can hold it: a file name undecodable in the locale (``os.fsdecode``
+    gives its bytes as lone surrogates, such as ``Ádám`` in UTF-8 under a cp1252 or ASCII
+    locale) is read back as UTF-8, its bytes that are not UTF-8 as U+FFFD; other text is
+    returned as it is. A lone surrogate failed a figure's title in matplotlib ("TypeError:
+    set_text(): incompatible function arguments") and the write of metrics.csv, and with them
+    the command after its work (:func:`write_text`, :mod:`bafusion.fusion.maps`)."""
+    if not _SURROGATE.search(text):
+        return text
+    return _NON_ASCII.sub(lambda m: _read_back(m.group()), text)  # each run alone: one name's bytes
+
+
+#: A lone surrogate (``os.fsdecode``'s stand-in for a byte the locale cannot decode) ...
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: ... and a run of characters that are not ASCII (every file system encoding's ASCII is ASCII).
+_NON_ASCII = re.compile("[^\x00-\x7f]+")
+
+
+def _read_back(run: str) -> str:
+    """A run of non-ASCII characters of :func:`displayable`: its bytes in the locale read as UTF-8."""
+    if not _SURROGATE.search(run):
+        return run
+    try:
+        return os.fsencode(run).decode("utf-8", "replace")
+    except UnicodeEncodeError:  # characters the locale lacks beside the surrogates: those kept
+        return _SURROGATE.sub("\ufffd", run)
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` through :func:`atomic_file`: in UTF-8 and with its line ends
     as given, whatever the locale and the platform (a CSV, JSON or Markdown output is the same
     bytes everywhere; in the locale's encoding, cp1252 on Windows, a pair named 日本 failed the
-    write of metrics.csv after the work, and Windows' text mode turned ``\n`` into ``\r\n``)."""
+    write of metrics.csv after the work, and Windows' text mode turned ``\n`` into ``\r\n``).
+    A name the locale could not decode is written as :func:`displayable` reads it."""
     with atomic_file(path) as tmp:
-        tmp.write_text(text, encoding="utf-8", newline="")
+        tmp.write_text(displayable(text), encoding="utf-8", newline="")
 
 
 #: What ``flock`` raises on a filesystem without locks (NFS without lockd, some FUSE mounts).

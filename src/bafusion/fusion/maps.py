@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bafusion.atomic import atomic_file
+from bafusion.atomic import atomic_file, displayable
 from bafusion.io import write_image
 
 if TYPE_CHECKING:
@@ -34,20 +34,6 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def displayable(text: str) -> str:
-    """``text`` as matplotlib can draw it: a file name undecodable in the locale (``os.fsdecode``
-    gives its bytes as lone surrogates, such as ``Ádám`` in UTF-8 under a cp1252 or ASCII
-    locale) is read back as UTF-8, its bytes that are not UTF-8 as U+FFFD; other text is
-    returned as it is. A lone surrogate in a title failed the whole figure ("TypeError:
-    set_text(): incompatible function arguments"), and with it the command after its work."""
-    if not any("\ud800" <= c <= "\udfff" for c in text):
-        return text
-    try:
-        return os.fsencode(text).decode("utf-8", "replace")
-    except UnicodeEncodeError:  # characters the locale lacks beside the surrogates: those kept
-        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
 
 
 def map_to_u8(score: np.ndarray) -> np.ndarray:
