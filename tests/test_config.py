@@ -59,7 +59,7 @@ def test_paper_preset_holds_the_papers_numbers(tmp_path: Path) -> None:
 PINNED = {
     "seed": (0, 7), "composite.fit": ("cover", "stretch"),
     "train.momentum": (0.9, 0.5), "train.weight_decay": (0.0001, 0.01), "train.nesterov": (False, True),
-    "train.amp": (False, True), "fuse.precision": ("fp32", "bf16"), "fuse.l": (8, 3), "fuse.min_region": (0.01, 0.05),
+    "train.amp": (False, True), "train.bn_recalibrate": (0, 1024), "fuse.precision": ("fp32", "bf16"), "fuse.l": (8, 3), "fuse.min_region": (0.01, 0.05),
     "fuse.exact": (False, True), "fuse.initial_mode": ("dense", "grid"), "fuse.boundary_mode": ("adaptive", "dense"),
     "fuse.initial_step": (4, 2), "fuse.boundary_step": (0, 8), "fuse.dense_margin": (16, 0),
     "fuse.match_output_exposure": (False, True), "fuse.exposure_fit_step": (1, 4),
@@ -1057,3 +1057,20 @@ def test_preset_apply_keeps_the_files_line_ends_and_bom(tmp_path: Path, end: byt
     assert written.startswith(bom) and not written[len(bom):].startswith(b"\xef\xbb\xbf")
     assert written.count(b"\n") == written.count(end) > 100
     assert yaml.safe_load(written.decode("utf-8-sig"))["patch"] == 64
+
+
+def test_count_says_when_the_batchnorm_statistics_are_re_estimated(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    params = load_params(REPO / "params.yaml")
+    params["data"]["dir"] = {"alphamatting": str(tmp_path / "absent"), "backgrounds": str(tmp_path / "absent")}
+    f = tmp_path / "params.yaml"
+    params["train"]["bn_recalibrate"] = 0
+    f.write_text(yaml.safe_dump(params))
+    assert main(["count", "--params", str(f)]) == 0
+    assert "BatchNorm" not in capsys.readouterr().out
+    params["train"]["bn_recalibrate"] = 1024
+    params["train"]["boundary"] = {"bn_recalibrate": 2048}
+    f.write_text(yaml.safe_dump(params))
+    assert main(["count", "--params", str(f)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("BatchNorm:"))
+    assert "1,024 (initial net) / 2,048 (boundary net) augmented training samples before each validation" in line, line

@@ -1683,3 +1683,120 @@ def test_the_batch_warning_names_a_per_net_batch_by_its_per_net_key(toy_run: dic
     assert err == ["bafusion train: warning: initial: train.initial.batch 100000 is more than the 64 samples of an "
                    "epoch (train.initial.samples_per_epoch 64): each epoch is one step of 64 (the batch is capped at "
                    "the samples per epoch)"], err
+
+
+# --- train.bn_recalibrate ("precise BN") ------------------------------------------------------
+
+
+def test_recalibrate_bn_is_the_plain_average_of_the_batches_with_frozen_weights() -> None:
+    """The running statistics become the unweighted mean of the batch statistics (momentum
+    None), the weights and every layer's momentum and batch count stay, and the global RNG is
+    not advanced (a resume must draw what an uninterrupted run draws)."""
+    from bafusion.nets.augment import AugmentedLoader, PatchSplit
+    from bafusion.nets.train import Dist, recalibrate_bn
+
+    torch.manual_seed(0)
+    model = build_model(8)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:  # stale statistics, as after training steps
+        m.running_mean.fill_(5.0)
+        m.running_var.fill_(9.0)
+        m.num_batches_tracked.fill_(123)
+    bns[1].momentum = 0.3
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    g = torch.Generator().manual_seed(1)
+    data = PatchSplit(path=Path("toy.h5"), split="train", kind="initial", patch=16, attrs={},
+                      x=torch.randint(0, 256, (20, 2, 16, 16), dtype=torch.uint8, generator=g),
+                      y=torch.randint(0, 2, (20,), generator=g))
+    loader = AugmentedLoader(data, 8, "cpu", seed=3, augment=True, samples_per_epoch=24, drop_last=True)
+    # the first layer's expected statistics: the mean over the batches of the batch mean and
+    # unbiased variance of its input (the stem convolution's output)
+    means, vars_ = [], []
+    for x, _ in AugmentedLoader(data, 8, "cpu", seed=3, augment=True, samples_per_epoch=24, drop_last=True):
+        h = model.trunk[0](x)  # the stem convolution, the first BatchNorm's input
+        means.append(h.mean((0, 2, 3)))
+        vars_.append(h.var((0, 2, 3), unbiased=True))
+    model.eval()
+    rng = torch.get_rng_state()
+    n = recalibrate_bn(model, loader, False, torch.device("cpu"), Dist())
+    assert n == 24 and not model.training
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.allclose(bns[0].running_mean, torch.stack(means).mean(0), atol=1e-5)
+    assert torch.allclose(bns[0].running_var, torch.stack(vars_).mean(0), rtol=1e-4, atol=1e-6)
+    assert all(not torch.equal(m.running_mean, torch.full_like(m.running_mean, 5.0)) for m in bns)
+    assert [m.momentum for m in bns] == [0.1, 0.3] + [0.1] * (len(bns) - 2)
+    assert all(int(m.num_batches_tracked) == 123 for m in bns)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in weights.items())
+
+
+def test_bn_recalibrate_changes_only_the_statistics_and_resumes_exactly(toy_run: dict, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With train.bn_recalibrate the trained weights are those of the run without it (the
+    re-estimation is forward only, off the training's draws), its statistics are not; a run
+    killed mid-epoch and resumed equals the uninterrupted one bit for bit."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    params = json.loads(json.dumps(TOY))
+    params["train"]["bn_recalibrate"] = 96
+    cfg = resolve_config(params, "initial")
+    assert cfg.bn_recalibrate == 96 and cfg.key("bn_recalibrate") == "train.bn_recalibrate"
+    whole = _paths(tmp_path / "whole", "initial")
+    summary = train("initial", toy_run["h5"], cfg, whole, progress=False)
+    ref = load_checkpoint(toy_run["paths"].checkpoints / "last.pt")
+    got = load_checkpoint(whole.checkpoints / "last.pt")
+    stats = [k for k in ref["model"] if "running_" in k]
+    assert stats and all(torch.equal(ref["model"][k], got["model"][k]) for k in ref["model"] if k not in stats)
+    assert all(not torch.equal(ref["model"][k], got["model"][k]) for k in stats)
+    assert [r["train_loss"] for r in got["history"]] == [r["train_loss"] for r in ref["history"]]
+    assert all(r["bn_recalibrate_s"] > 0 for r in got["history"])
+    _, meta = load_model(whole.out)
+    assert meta["params"]["bn_recalibrate"] == 96
+    # killed in epoch 2, resumed: the same nets, statistics and choice of the best epoch
+    part = _paths(tmp_path / "part", "initial")
+    monkeypatch.setenv(ABORT_ENV, "34")
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", toy_run["h5"], cfg, part, progress=False)
+    monkeypatch.delenv(ABORT_ENV)
+    resumed = train("initial", toy_run["h5"], cfg, part, progress=False)
+    again = load_checkpoint(part.checkpoints / "last.pt")
+    for key in ("model", "best_model"):
+        assert got[key].keys() == again[key].keys()
+        assert all(torch.equal(got[key][k], again[key][k]) for k in got[key]), key
+    assert resumed["val_acc"] == summary["val_acc"] and resumed["best_epoch"] == summary["best_epoch"]
+    assert part.out.read_bytes() == whole.out.read_bytes()
+
+
+def test_bn_recalibrate_per_net_and_refused_when_negative() -> None:
+    from bafusion.schema import ParamsError
+
+    params = {"train": {"bn_recalibrate": 512, "boundary": {"bn_recalibrate": 0}}}
+    assert resolve_config(params, "initial").bn_recalibrate == 512
+    b = resolve_config(params, "boundary")
+    assert b.bn_recalibrate == 0 and b.key("bn_recalibrate") == "train.boundary.bn_recalibrate"
+    assert resolve_config({}, "initial").bn_recalibrate == 0  # off unless asked for
+    with pytest.raises(ParamsError, match="train.bn_recalibrate"):
+        resolve_config({"train": {"bn_recalibrate": -1}}, "initial")
+
+
+def test_bn_recalibrate_with_two_ddp_processes_on_cpu(toy_run: dict, tmp_path: Path) -> None:
+    """Under DDP each process re-estimates on its shard and the estimates are averaged: the
+    saved model's statistics differ from the run without it, and the run completes."""
+    params = json.loads(json.dumps(TOY))
+    params["train"].update(bn_recalibrate=64, epochs=1, milestones=[])
+    out = tmp_path / "initial.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BAFUSION_MLFLOW": "0"}
+    cmd = [sys.executable, "-m", "bafusion.cli", "train", "--net", "initial", "--patches", str(toy_run["h5"]),
+           "--out", str(out), "--params-json", json.dumps(params), "--nproc", "2", "--threads", "1",
+           "--checkpoints", str(tmp_path / "ck"), "--metrics", str(tmp_path / "m.json"),
+           "--plots", str(tmp_path / "p.csv"), "--no-progress"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "re-estimating BatchNorm on 64 samples" in res.stderr, res.stderr[-3000:]
+    assert "BatchNorm statistics re-estimated on 64 samples before each validation (train.bn_recalibrate)" \
+        in res.stderr, res.stderr[-3000:]
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["world_size"] == 2 and m["val_acc"] > 0.5
+    net, meta = load_model(out)
+    assert meta["params"]["bn_recalibrate"] == 64
+    bn = next(mod for mod in net.modules() if isinstance(mod, torch.nn.BatchNorm2d))
+    assert bn.running_var.min() > 0 and not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))

@@ -201,6 +201,14 @@ def cmd_count(args: argparse.Namespace) -> int:
     if 0 < per_epoch < c["train_effective_samples"]:
         train += f" draws {per_epoch:,} of them (train.samples_per_epoch)"
     print(train)
+    section = params.get("train", {}) or {}
+    bn = {n: int(((section.get(n) or {}).get("bn_recalibrate", section.get("bn_recalibrate", 0))) or 0)
+          for n in ("initial", "boundary")}
+    if any(bn.values()):
+        how = (f"{bn['initial']:,}" if bn["initial"] == bn["boundary"] else
+               f"{bn['initial']:,} (initial net) / {bn['boundary']:,} (boundary net)")
+        print(f"BatchNorm:          statistics re-estimated on {how} augmented training samples before each "
+              "validation, weights frozen (train.bn_recalibrate)")
     val_fraction = float((params.get("patches", {}) or {}).get("val_fraction", 0.15))
     print(f"validation:         {c['val_pairs']:,} pairs held out (patches.val_fraction {val_fraction:g}): "
           f"{c['val_patches']:,} patches, scored without augmentation")

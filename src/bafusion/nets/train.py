@@ -4,8 +4,9 @@
 --params params.yaml`` trains a CIFAR ResNet (``depth`` from the parameters) on the patch set
 with the x12 augmentation of :mod:`bafusion.nets.augment`: SGD with momentum, softmax
 cross-entropy, step decay of the learning rate (``MultiStepLR``), validation after every
-epoch. The final model is the epoch with the best validation accuracy, written with
-:func:`bafusion.nets.model.save_model`.
+epoch (with ``bn_recalibrate`` > 0, after re-estimating the BatchNorm statistics with the
+weights frozen: :func:`recalibrate_bn`). The final model is the epoch with the best validation
+accuracy, written with :func:`bafusion.nets.model.save_model`.
 
 Outputs (all written atomically):
 
@@ -165,6 +166,11 @@ class TrainConfig:
     # Weight of the context-consistency term; needs a patch set with surroundings
     # (patches.context > 0), see :func:`train_step`. 0 with such a set: both views, no term.
     consistency: float = default("train.consistency")
+    # "Precise BN": augmented train samples over which every BatchNorm layer's running mean and
+    # variance are re-estimated with frozen weights before each validation (so the net that is
+    # validated, chosen as the best epoch and saved has statistics that match its weights);
+    # 0: off, the running averages of the training steps (see :func:`recalibrate_bn`).
+    bn_recalibrate: int = default("train.bn_recalibrate")
 
     # Keys that may differ between a checkpoint and the run resuming from it (they are not in
     # its fingerprint). ``checkpoint_every``, ``val_batch`` and ``nproc`` leave the trained
@@ -194,6 +200,7 @@ class TrainConfig:
         self.threads, self.checkpoint_every = int(self.threads), int(self.checkpoint_every)
         self.init = str(self.init)
         self.consistency = float(self.consistency)
+        self.bn_recalibrate = int(self.bn_recalibrate)
         # Set by from_params: the net whose ``train.<net>:`` section gave the keys in
         # ``_per_net_keys`` (not a field: not in to_dict, the fingerprint or equality).
         self._net: str | None = None
@@ -613,6 +620,73 @@ def evaluate(model: nn.Module, loader: AugmentedLoader, amp: bool, device: torch
     return float(tot[0] / n), float(tot[1] / n), n, extra
 
 
+def bn_recalibration_seed(seed: int, epoch: int) -> int:
+    """The seed of the draw of the samples that re-estimate the BatchNorm statistics after
+    epoch ``epoch`` (1-based) of a run of ``seed``: a function of both only, so that a resumed
+    run draws what an uninterrupted one does, and separate from the training's own draws
+    (which it neither advances nor repeats)."""
+    digest = hashlib.sha256(f"bafusion bn_recalibrate {int(seed)} {int(epoch)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # < 2**63
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader: AugmentedLoader, amp: bool, device: torch.device,
+                   dist: Dist, context: int = 0) -> int:
+    """Re-estimate the running mean and variance of every BatchNorm layer of ``model`` with its
+    weights frozen ("precise BN"): the statistics are reset, then averaged over every batch of
+    ``loader`` in training mode (forward only, cumulative average: ``momentum=None``), each
+    layer's momentum and batch count are restored after. Under DDP the processes' estimates are
+    averaged (their shards hold equally many batches), so all of them hold the same statistics.
+
+    While the learning rate is high the weights move faster than the running averages of the
+    training steps (momentum 0.1) follow, and the eval-mode net (validated, chosen as the best
+    epoch and saved) swings with where in that lag an epoch ends; these statistics match the
+    weights. Returns the number of samples this process used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+           and m.track_running_stats]
+    if not bns:
+        return 0
+    was = model.training
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    model.train()
+    n = 0
+    try:
+        for x, y in loader:
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                model(x, context) if context else model(x)
+            n += int(y.shape[0])
+    finally:
+        for m, (momentum, count) in zip(bns, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
+        model.train(was)
+    if dist.active:
+        for m in bns:
+            for buf in (m.running_mean, m.running_var):
+                torch.distributed.all_reduce(buf)
+                buf.div_(dist.world_size)
+    return n
+
+
+def _recalibration_loader(train_set: Any, cfg: TrainConfig, epoch: int, local_batch: int, device: torch.device,
+                          dist: Dist, channels_last: bool) -> AugmentedLoader:
+    """The ``cfg.bn_recalibrate`` augmented train samples (all of them when that is more) of the
+    BatchNorm re-estimation after epoch ``epoch``, drawn with :func:`bn_recalibration_seed`, in
+    training batches; a last short batch is left out where a full one exists (a cumulative
+    average weighs every batch alike)."""
+    def make(drop_last: bool) -> AugmentedLoader:
+        return AugmentedLoader(train_set, local_batch, device, seed=bn_recalibration_seed(cfg.seed, epoch),
+                               augment=True, samples_per_epoch=cfg.bn_recalibrate, rank=dist.rank,
+                               world_size=dist.world_size, drop_last=drop_last, channels_last=channels_last)
+
+    loader = make(True)
+    return loader if len(loader) else make(False)
+
+
 class _NoRun:
     def log_metric(self, *a: Any, **k: Any) -> None: ...
     def log_metrics(self, *a: Any, **k: Any) -> None: ...
@@ -837,7 +911,10 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     if dist.main:
         print(f"bafusion train: {net}: {len(train_set)} train patches x 12 = {loader.num_samples} samples, "
               f"{loader.epoch_samples} per epoch, {len(val_set)} val patches; {device}, {dist.world_size} "
-              f"process(es), batch {cfg.batch}, amp {amp}, channels_last {channels_last}", file=sys.stderr)
+              f"process(es), batch {cfg.batch}, amp {amp}, channels_last {channels_last}"
+              + (f"; BatchNorm statistics re-estimated on {min(cfg.bn_recalibrate, loader.num_samples)} samples "
+                 f"before each validation ({cfg.key('bn_recalibrate')})" if cfg.bn_recalibrate else ""),
+              file=sys.stderr)
         line = _batch_over_epoch(net, cfg.batch, loader.epoch_samples, len(train_set), cfg.samples_per_epoch,
                                  dist.world_size, cfg.key)
         if line:  # one short step per epoch: the batch is capped
@@ -1069,6 +1146,15 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             samples_seen += n_epoch
             train_time += epoch_time
             sched.step()
+            bn_time, bn_samples = 0.0, 0
+            if cfg.bn_recalibrate:  # before the validation: the best epoch is chosen and saved with these
+                t_bn = time.perf_counter()
+                bn_samples = recalibrate_bn(model, _recalibration_loader(train_set, cfg, epoch + 1, local_batch,
+                                                                         device, dist, channels_last),
+                                            amp, device, dist, context) * dist.world_size
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                bn_time = time.perf_counter() - t_bn
             val_loss, val_acc, n_val, val_extra = evaluate(model, val_loader, amp, device, dist, context)
             row = {
                 "epoch": epoch + 1, "lr": lr,
@@ -1076,6 +1162,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 "val_loss": val_loss, "val_acc": val_acc,
                 "samples_per_s": n_epoch / epoch_time if epoch_time > 0 else math.nan,
                 "epoch_time_s": epoch_time, "samples_seen": samples_seen, **val_extra,
+                **({"bn_recalibrate_s": bn_time} if cfg.bn_recalibrate else {}),
             }
             history.append(row)
             improved = _better(val_acc, best_acc, n_val)
@@ -1094,7 +1181,9 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                       f"val loss {val_loss:.4f} acc {val_acc:.4f}"
                       + (f" (in context {val_extra['val_acc_context']:.4f}, views agree "
                          f"{val_extra['val_view_agreement']:.4f})" if val_extra else "")
-                      + f" | {row['samples_per_s']:.1f} samples/s, {epoch_time:.1f} s",
+                      + f" | {row['samples_per_s']:.1f} samples/s, {epoch_time:.1f} s"
+                      + (f" (+ {bn_time:.1f} s re-estimating BatchNorm on {bn_samples} samples)"
+                         if cfg.bn_recalibrate else ""),
                       file=sys.stderr)
             saved_at = f"the end of epoch {epoch + 1} (step {global_step})"
             if dist.active:
@@ -1287,5 +1376,5 @@ def _agreed(flag: bool, dist: Dist, device: torch.device) -> bool:
 
 def _epoch_metrics(row: Mapping[str, Any]) -> dict[str, float]:
     keys = ("lr", "train_loss", "train_acc", "val_loss", "val_acc", "samples_per_s", "epoch_time_s",
-            "val_acc_context", "val_view_agreement")
+            "val_acc_context", "val_view_agreement", "bn_recalibrate_s")
     return {k: float(row[k]) for k in keys if k in row and not (isinstance(row[k], float) and math.isnan(row[k]))}
