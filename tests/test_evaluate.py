@@ -1108,6 +1108,17 @@ def test_dataset_figures_of_methods_whose_names_differ_only_in_odd_characters_ar
     assert [p.name for p in again] == [p.name for p in written]  # deterministic
 
 
+def test_readme_examples_of_hashed_figure_names_are_the_names_written() -> None:
+    """README gave `diff-<pair>-My_GFF-1a2b3c4d.png` for a clashing method name, a suffix the
+    program never writes (it is the SHA-256 of the name). Each example is the file written."""
+    from bafusion.evaluation.figures import _file_parts
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    examples = dict(re.findall(r"`([^`]+)`\s+writes\s+`diff-<pair>-([^`]+)\.png`", readme))
+    assert set(examples) == {"My GFF", "My_GFF"}, examples
+    assert examples == _file_parts(["My GFF", "My_GFF"])
+
+
 def test_difference_and_comparison_figures_show_one_pixel_lines_they_shrink(tmp_path: Path, monkeypatch) -> None:
     """diff-<pair>.png and fig4-<pair>.png drew 520 px images into ~240 px panels nearest-
     neighbour: of 52 one-pixel lines 10 px apart about half were drawn (24 here), the others
