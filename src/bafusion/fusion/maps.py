@@ -161,15 +161,26 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
 
 def _image_scales(fig) -> list[tuple[object, float]]:
     """Each image of ``fig`` and the scale it is drawn at (screen pixels per image pixel, the
-    smaller of width and height), after the figure's layout."""
-    fig.draw_without_rendering()  # runs the layout and each panel's aspect
+    smaller of width and height), after the figure's layout.
+
+    The images are hidden while the layout runs: drawing one resamples the whole image onto its
+    panel (seconds for a camera photo), and the layout does not depend on it (an image lies
+    inside its panel), so only the saved figure resamples each image, once."""
+    images = [im for ax in fig.axes for im in ax.get_images()]
+    shown = [im.get_visible() for im in images]
+    for im in images:
+        im.set_visible(False)
+    try:
+        fig.draw_without_rendering()  # runs the layout and each panel's aspect
+    finally:
+        for im, visible in zip(images, shown):
+            im.set_visible(visible)
     renderer = fig.canvas.get_renderer()
     scales = []
-    for ax in fig.axes:
-        for im in ax.get_images():
-            h, w = im.get_array().shape[:2]
-            box = im.get_window_extent(renderer)
-            scales.append((im, min(box.width / max(w, 1), box.height / max(h, 1))))
+    for im in images:
+        h, w = im.get_array().shape[:2]
+        box = im.get_window_extent(renderer)
+        scales.append((im, min(box.width / max(w, 1), box.height / max(h, 1))))
     return scales
 
 
@@ -204,8 +215,13 @@ def draw_images_to_scale(fig, relayout=None, note: str = "") -> float:
         im.set_interpolation("nearest" if s >= 1.0 else "hanning")
         im.set_interpolation_stage("rgba")
     if fig.get_layout_engine() is not None:
-        # the layout measured is the one saved: a constrained layout moves a little at each draw
-        fig.set_layout_engine("none")
+        # the layout measured is the one saved: a constrained layout moves a little at each draw.
+        # No engine at all, not "none" (a placeholder engine): savefig draws a figure that has
+        # an engine once more before it renders it, which resampled every image twice
+        import matplotlib
+
+        with matplotlib.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+            fig.set_layout_engine(None)
     return min((s for _, s in scales), default=1.0)
 
 
