@@ -839,6 +839,34 @@ def test_a_shrunk_figure_resamples_each_image_once(tmp_path: Path, monkeypatch: 
     assert sorted(made.values()) == [1] * 4, made  # two methods, |B - F| and |A - F|
 
 
+@pytest.mark.parametrize("scale", [0.99996, 0.9995, 0.99, 0.975, 0.9524, 0.952, 0.9, 0.5, 0.158, 0.1, 0.03, 0.004])
+def test_the_line_under_a_shrunk_figure_says_its_scale_and_the_detail_it_dims_in_words_that_hold(scale: float) -> None:
+    """Drawn at 95.2 % to 100 % the line read 'a detail thinner than 1 image pixels shows
+    dimmed' (1 / scale to 2 digits), a detail that does not exist; from 99.95 % it read
+    'shrunk to 100 %', and at 0.4 % an exponent ('2.5e+02 image pixels'). The percentage is
+    under 100, the thickness is 1 / scale to 5 % in plain digits, or '1-pixel details'."""
+    import re
+
+    import bafusion.fusion.maps as maps
+
+    plt = maps._plt()
+    fig = plt.figure(figsize=(1.0, 1.0), dpi=100)  # 100 x 100 px; the image's panel scale x that
+    ax = fig.add_axes((0.0, 0.0, scale, scale))
+    ax.imshow(np.zeros((100, 100)), cmap="gray", vmin=0, vmax=1)
+    low = maps.draw_images_to_scale(fig)
+    text = " ".join(fig._supxlabel.get_text().split())
+    plt.close(fig)
+    assert abs(low - scale) < 1e-9, low
+    percent = re.fullmatch(r"shrunk to ([0-9.]+) % of the image size, anti-aliased: (.*)", text)
+    assert percent, text
+    assert float(percent[1]) < 100.0 and abs(float(percent[1]) - 100.0 * scale) <= 0.005 * 100.0 * scale, text
+    thicker = re.fullmatch(r"a detail thinner than ([0-9.]+) image pixels shows dimmed, not dropped", percent[2])
+    if 1.0 / scale < 1.05:  # rounds to 1 pixel: no thinner detail to speak of
+        assert percent[2] == "1-pixel details show dimmed, not dropped", text
+    else:
+        assert thicker and float(thicker[1]) > 1.0 and abs(float(thicker[1]) * scale - 1.0) < 0.05, text
+
+
 def test_fig3_of_a_tall_or_long_pair_stays_a_bounded_size(tmp_path: Path) -> None:
     # Fig. 3's panels had a fixed width and the pair's height: a 64 x 1200 (W x H) pair gave a
     # 1280 x 24180 px figure (17 s, 0.7 GB more), a 24 x 3000 strip one of 205 megapixels that

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import textwrap
 from pathlib import Path
@@ -184,6 +185,29 @@ def _image_scales(fig) -> list[tuple[object, float]]:
     return scales
 
 
+def _significant(x: float, digits: int) -> str:
+    """``x`` to ``digits`` significant digits, without an exponent (123.4, 2 -> '120')."""
+    return np.format_float_positional(x, precision=digits, unique=False, fractional=False, trim="-")
+
+
+def _shrink_text(scale: float) -> str:
+    """The line under a figure whose smallest image is drawn at ``scale`` (< 1) of its size.
+
+    The percentage is never shown as 100 (a scale of 0.9996 is '99.96 %', not '100 %'); the
+    thickness of a detail that shows dimmed is 1 / scale image pixels, said as '1-pixel details'
+    where that rounds to 1 (a scale above 0.952: '1 image pixels' said nothing), and in whole
+    pixels from 10 up."""
+    percent = 100.0 * scale
+    shown = _significant(percent, 3)
+    if float(shown) >= 100.0:
+        shown = f"{math.floor(percent * 100.0) / 100.0:.2f}"
+    thick = 1.0 / scale
+    pixels = f"{thick:.0f}" if thick >= 9.5 else _significant(thick, 2)
+    detail = ("1-pixel details show dimmed, not dropped" if pixels == "1"
+              else f"a detail thinner than {pixels} image pixels shows dimmed, not dropped")
+    return f"shrunk to {shown} % of the image size, anti-aliased: {detail}"
+
+
 def draw_images_to_scale(fig, relayout=None, note: str = "") -> float:
     """Choose how each image of ``fig`` is resampled onto its panel, once the layout is known.
 
@@ -202,8 +226,7 @@ def draw_images_to_scale(fig, relayout=None, note: str = "") -> float:
         for _ in range(3):  # the words depend on the scale and the scale on the line's room: until both settle
             low = min(s for _, s in scales)
             text = textwrap.fill(
-                f"shrunk to {100.0 * low:.3g} % of the image size, anti-aliased: a detail thinner than "
-                f"{1.0 / low:.2g} image pixels shows dimmed, not dropped" + (f"; {note}" if note else ""),
+                _shrink_text(low) + (f"; {note}" if note else ""),
                 width=max(30, int(fig.get_figwidth() * 72 / 4.2)), break_on_hyphens=False)  # ~4.2 pt a character at 7 pt
             if text == line.get_text():
                 break
