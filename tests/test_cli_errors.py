@@ -157,6 +157,9 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
          ["--per-pair: must be at least 1, got 0"]),
         # inf was taken: inf * 0 = NaN in the difference maps, cast to uint8 (numpy's warnings)
         ([*FUSE, "-o", "F.png", "--alpha", "inf"], ["--alpha: must be a finite number, got inf"]),
+        # 1e308 * |B - F| overflowed (numpy RuntimeWarning); above 255 every map is the one of 255
+        ([*FUSE, "-o", "F.png", "--alpha", "1e308"], ["--alpha 1e+308", "at most 255", "white already"]),
+        (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs", "--alpha", "256"], ["--alpha 256", "at most 255"]),
         (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs", "--alpha=-inf"],
          ["--alpha: must be a finite number, got -inf"]),
         (["fuse-dir", ".", "out", "--model", "nets", "--threads", "-1"], ["--threads -1"]),

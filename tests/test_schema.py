@@ -829,6 +829,22 @@ def test_a_list_or_mapping_where_a_number_goes_is_one_line(value: object) -> Non
     assert _validator() is _validator()  # built once
 
 
+@pytest.mark.parametrize("section", ["fuse", "evaluate"])
+def test_the_difference_map_gain_is_at_most_255(section: str) -> None:
+    """alpha had no maximum: 1e308 passed, and alpha * |B - F| overflowed (numpy RuntimeWarning).
+    The maps are 8-bit gray differences clipped to 255: from alpha 255 up every pixel that
+    differs by one level is white, the same map, so 255 is the largest gain."""
+    import numpy as np
+
+    from bafusion.fusion.maps import difference_map
+
+    assert problems({section: {"alpha": 255}}) == []
+    assert problems({section: {"alpha": 1e308}}) == [f"{section}.alpha: 1e+308 is not a number <= 255"]
+    b = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    f = np.roll(b, 1)
+    assert np.array_equal(difference_map(b, f, 255.0), difference_map(b, f, 1e6))  # nothing above 255 differs
+
+
 def test_numpy_scalars_are_taken_as_python_scalars() -> None:
     """A grid search over np.arange / np.linspace gives numpy scalars: each is taken as the
     Python value it holds (np.int64(4) as 4, np.bool_(True) as True), on every path alike."""

@@ -122,7 +122,8 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
                          "cores the load average leaves free, at least 1")
     if maps:  # the difference maps' gain: only for commands that write maps (not fuse-dir)
         p.add_argument("--alpha", type=finite_float(), default=None,  # inf: NaN maps; 0 and below: refused later
-                       help=f"difference-map gain alpha*|B-F| (default {default('fuse.alpha'):g})")
+                       help=f"difference-map gain alpha*|B-F|, more than 0 and at most {maximum('fuse.alpha'):g} "
+                            f"(default {default('fuse.alpha'):g})")
     p.add_argument("--no-progress", "--quiet", dest="progress", action="store_const", const=False, default=None,
                    help=progress_help or "no progress bar (default: a bar on stderr for camera-size pairs when it "
                         "is a terminal; bafusion fuse also names each step there: reading, checking, fusing, writing)")
@@ -214,6 +215,10 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
     if not other["alpha"] > 0:  # 0 made all-black difference maps; NaN fails too
         raise UserError(f"--alpha {other['alpha']:g}: the difference-map gain alpha*|B-F| must be more than 0 "
                         "(0 would write all black difference maps; the paper's is 10)")
+    if other["alpha"] > maximum("fuse.alpha"):  # 1e308 overflowed (numpy RuntimeWarning) to the map of 255
+        raise UserError(f"--alpha {other['alpha']:g}: the difference-map gain alpha*|B-F| is at most "
+                        f"{maximum('fuse.alpha'):g}: the maps are 8-bit, so from {maximum('fuse.alpha'):g} up "
+                        "every pixel that differs by one gray level is white already (the paper's is 10)")
     fusion = FusionParams.from_mapping(merged, source="command line",  # file and JSON are checked: the flags
                                        origins=_origins(args, flags, ("low", "high")))
     threads = args.threads or base["threads"]
