@@ -160,6 +160,12 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         # 1e308 * |B - F| overflowed (numpy RuntimeWarning); above 255 every map is the one of 255
         ([*FUSE, "-o", "F.png", "--alpha", "1e308"], ["--alpha 1e+308", "at most 255", "white already"]),
         (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs", "--alpha", "256"], ["--alpha 256", "at most 255"]),
+        # the nets' options without a net method: ignored in silence
+        (["evaluate", "--out", "ev", "--methods", "GFF-native", "--models", "nets"],
+         ["--models: the nets of Ours and Ours-initial", "--methods GFF-native evaluates neither"]),
+        (["evaluate", "--out", "ev", "--methods", "Laplacian,GFF-native", "--initial", "nets/initial.pt",
+          "--boundary", "nets/boundary.pt", "--device", "cpu"],
+         ["--initial, --boundary: the nets", "leave --initial, --boundary out"]),
         (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs", "--alpha=-inf"],
          ["--alpha: must be a finite number, got -inf"]),
         (["fuse-dir", ".", "out", "--model", "nets", "--threads", "-1"], ["--threads -1"]),
@@ -301,6 +307,22 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
 def test_every_command_refuses_bad_input_in_one_line(work: Path, capsys, monkeypatch, argv, words) -> None:
     monkeypatch.setattr(fusion_models, "default_model_dirs", lambda: [work / "none"])
     _refused(argv, capsys, work, *words)
+
+
+def test_evaluate_says_the_nets_options_are_not_used_when_the_parameters_choose_no_net_method(
+        work: Path, capsys) -> None:
+    """With evaluate.methods from the parameters (the pipeline's evaluate stage always passes
+    --initial and --boundary), the nets' options and no Ours method are not refused: a note says
+    they are not used (they were ignored in silence). Here the run goes on to the dataset."""
+    try:
+        rc = cli_main(["evaluate", "--out", "ev", "--dataset", "tiny=.", "--params-json", '{"methods": ["Laplacian"]}',
+                       "--initial", "nets/initial.pt", "--boundary", "nets/boundary.pt", "--metrics", "QG"])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and "dataset 'tiny': no pairs" in err, err  # past the nets' options, to the dataset
+    assert ("bafusion evaluate: note: --initial, --boundary not used: the methods evaluated (Laplacian) include "
+            "neither Ours nor Ours-initial") in err, err
 
 
 @pytest.mark.parametrize("text, where", [

@@ -150,6 +150,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise UserError(f"--dataset {args.dataset}: {one['reference']} holds no method folders: the reference "
                             "folder holds one sub-folder of fused images per method, <REF>/<METHOD>/<pair>.<ext>")
     cfg = parse_config(section_, root, source="command line" if flagged else "parameters")
+    _check_net_options(args, cfg.methods)
     if args.dataset and inherited:
         cfg = _inherited_figure_pair(cfg, inherited, args.params_file)
     if args.dataset and args.figure_pair:
@@ -220,6 +221,24 @@ def _check_reference_methods(value: str, one: dict[str, Any], root: str | None) 
         raise UserError(f"--reference-methods {value}: {', '.join(map(repr, unknown))} {'is not a method folder' if len(unknown) == 1 else 'are no method folders'} of "
                         f"{one['reference']} (<REF>/<METHOD>/<pair>.<ext>); its method folders: "
                         f"{', '.join(found) or 'none'}")
+
+
+def _check_net_options(args: argparse.Namespace, methods: tuple[str, ...] | list[str]) -> None:
+    """--models, --initial and --boundary choose the nets of Ours and Ours-initial and were ignored
+    in silence when neither method is evaluated. With --methods on the command line they are
+    refused naming both; with the methods from the parameters (the pipeline's evaluate stage
+    always passes --initial and --boundary) a note on stderr says they are not used. (--device
+    is left alone: scripts pass --device cpu whatever the methods, and it chooses no files.)"""
+    given = [o for o, v in (("--models", args.models), ("--initial", args.initial), ("--boundary", args.boundary))
+             if v is not None]
+    if not given or OURS in methods or OURS_INITIAL in methods:
+        return
+    them = ", ".join(given)
+    if args.methods:
+        raise UserError(f"{them}: the nets of {OURS} and {OURS_INITIAL}, but --methods {args.methods} evaluates "
+                        f"neither: add {OURS} to --methods, or leave {them} out")
+    print(f"bafusion evaluate: note: {them} not used: the methods evaluated ({', '.join(methods)}) include neither "
+          f"{OURS} nor {OURS_INITIAL}", file=sys.stderr)
 
 
 def _check_methods(methods: list[str], dataset: str | None) -> None:
