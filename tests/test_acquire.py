@@ -853,3 +853,37 @@ def test_a_download_alphamatting_rerun_keeps_what_it_copied(tmp_path: Path, monk
         (out / mine).unlink()
     assert main(argv) == 0, capsys.readouterr().err
 
+
+
+def test_sources_given_with_a_tilde_are_recorded_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # --from-dir='~/src/am' (params download.alphamatting.from_dir: ~/src/am, data.dir...) was
+    # expanded where parsed: download.json, selection.json and prepare's manifest.json held
+    # /home/<user>/src/..., so two users with the same params and data had a different
+    # data/download/record.json, data/prepared/manifest.json and dvc.lock
+    from bafusion.cli import main
+
+    outputs, zips = [], alphamatting_zips()
+    for home in ("homeA", "homeB/deeper"):
+        _local_sources(tmp_path / home, zips)
+        monkeypatch.setenv("HOME", str(tmp_path / home))
+        monkeypatch.chdir(tmp_path / home / "proj")
+        net = ["--retries", "1", "--backoff", "0.01", "--no-progress", "--cache", "~/cache"]
+        assert cli(["download-alphamatting", "--out", "am", "--from-dir=~/src/am", *net]) == 0
+        sums = [a for n, d in zips.items() for a in ("--checksum", f"{n}={sha256(d)}")]
+        assert cli(["download-alphamatting", "--out", "amz", "--base-url=~/src/zips", *sums, *net]) == 0
+        assert cli(["download-coco", "--out", "bg", "--count", "2", "--min-side", "100",
+                    "--annotations=~/src/coco/instances_train2017.json", "--images-dir=~/src/coco/train2017", *net]) == 0
+        assert main(["prepare", "--source", "dir", "--alphamatting=~/src/am", "--backgrounds-dir=~/src/coco/train2017",
+                     "--min-background-side", "16", "--out", "prep"]) == 0
+        rec = acquire.write_download_record("record.json", "web", {"alphamatting": "am", "backgrounds": "bg",
+                                                                   "archives": "amz"})
+        outputs.append({"record": rec, **{f: Path(f).read_bytes() for f in
+                                          ("am/download.json", "amz/download.json", "bg/selection.json",
+                                           "prep/manifest.json")}})
+        assert not (tmp_path / home / "proj" / "~").exists()
+    assert outputs[0] == outputs[1]
+    assert json.loads(outputs[0]["am/download.json"])["source"] == "~/src/am"
+    assert json.loads(outputs[0]["amz/download.json"])["source"] == "~/src/zips"
+    assert json.loads(outputs[0]["bg/selection.json"])["source"] == {
+        "annotations": "~/src/coco/instances_train2017.json", "images": "~/src/coco/train2017"}
+    assert b'"~/src/am/input/GT01.png"' in outputs[0]["prep/manifest.json"]

@@ -222,7 +222,9 @@ def test_a_tilde_in_path_options_and_params_is_the_home_folder(home, monkeypatch
     put around the params they pass: ``download.cache: ~/x`` created a folder ``./~/x`` in the
     project (a later ``rm -rf ~`` there deletes the home), ``--from-dir='~/evalcopy'`` was "not
     found", and ``evaluate.datasets: [{sources: ~/ev}]`` was looked for in ``<project>/~/ev``.
-    Each is now the home folder's, where it is parsed."""
+    Each is now the home folder's: output and model paths where they are parsed; the data
+    sources that records name (--from-dir, --alphamatting...) are kept as written, so that the
+    records are the same in every home (tests/test_acquire.py), and read from the home."""
     from pathlib import Path
 
     from bafusion.data.acquire import default_cache
@@ -232,14 +234,17 @@ def test_a_tilde_in_path_options_and_params_is_the_home_folder(home, monkeypatch
         ["download-eval", "--out", "~/out", "--cache", "~/datasets/cache", "--from-dir=~/evalcopy",
          "--manifest=~/m.json", "--base-url=https://example.org/~x"])
     assert (args.out, args.cache, args.from_dir, args.manifest) == (
-        f"{home}/out", f"{home}/datasets/cache", f"{home}/evalcopy", f"{home}/m.json")
+        f"{home}/out", "~/datasets/cache", "~/evalcopy", "~/m.json")
     assert args.base_url == "https://example.org/~x"
     args = build_parser("download-coco").parse_args(
         ["download-coco", "--out", "o", "--count", "1", "--images-dir=~/coco", "--annotations=~/a.zip"])
-    assert (args.images_dir, args.annotations, args.out) == (f"{home}/coco", f"{home}/a.zip", "o")
+    assert (args.images_dir, args.annotations, args.out) == ("~/coco", "~/a.zip", "o")
     args = build_parser("prepare").parse_args(["prepare", "--out", "p", "--alphamatting=~/am",
                                                "--backgrounds-dir=~/bg"])
-    assert (args.alphamatting, args.backgrounds_dir) == (f"{home}/am", f"{home}/bg")
+    assert (args.alphamatting, args.backgrounds_dir) == ("~/am", "~/bg")
+    from bafusion.workspace import resolve
+
+    assert resolve(args.alphamatting) == home / "am"
     args = build_parser("fuse-dir").parse_args(["fuse-dir", "~/in", "~/out", "--model=~/nets"])
     assert (args.input, args.output, args.model) == (f"{home}/in", f"{home}/out", f"{home}/nets")
     monkeypatch.setenv("BAFUSION_CACHE", "~/bcache")

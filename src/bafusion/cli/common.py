@@ -110,20 +110,22 @@ def finite_float(minimum: float = -math.inf, *, above: bool = False) -> Callable
 
 def nonempty_path(s: str) -> str:
     """An argparse type of path options: an empty string is refused ("--out: empty path"), not
-    taken as "not given" or as the current folder; a leading ``~`` is the home folder
-    (:func:`user_path`)."""
+    taken as "not given" or as the current folder; a leading ``~`` or ``~user`` is that home
+    folder (``os.path.expanduser``), as a shell would have made it: the shell leaves ``~`` alone
+    in ``--out=~/x`` and in quotes (Snakemake's rules quote the params they pass)."""
     if not s.strip():
         raise argparse.ArgumentTypeError("empty path")
-    return user_path(s)
+    return os.path.expanduser(s)
 
 
 def user_path(s: str) -> str:
-    """An argparse type of path options that may be empty ("not given"): a leading ``~`` or
-    ``~user`` is that home folder (``os.path.expanduser``), as a shell would have made it.
-    The shell leaves ``~`` alone in ``--from-dir=~/x`` and in quotes (Snakemake's rules quote
-    the params they pass): ``--cache '~/cache'`` created a folder named ``~`` in the working
-    directory. URLs and other paths are kept as given."""
-    return os.path.expanduser(s)
+    """An argparse type of the data-source options that may be empty ("not given") and that
+    records name (``--from-dir``, ``--alphamatting``, ``--images-dir``...): kept as written, a
+    leading ``~`` included, so that a DVC-tracked record (prepare's manifest, ``download.json``)
+    is the same for every user and checkout; :mod:`bafusion.data` reads them through
+    :func:`bafusion.workspace.resolve`, which takes ``~`` as the home folder (``--cache
+    '~/cache'`` created a folder named ``~`` in the working directory)."""
+    return s
 
 
 def nonempty_text(s: str) -> str:

@@ -192,7 +192,7 @@ def relative_base(*paths: str | os.PathLike[str] | None) -> dict[str, str]:
     absolute or a URL."""
     from bafusion.workspace import project_root
 
-    relative = [p for p in paths if p and "://" not in os.fspath(p) and not Path(p).is_absolute()]
+    relative = [p for p in paths if p and "://" not in os.fspath(p) and not Path(p).expanduser().is_absolute()]
     if not relative:
         return {}
     here = Path.cwd().resolve()
@@ -536,7 +536,7 @@ def load_eval_manifest(path: str | Path | None = None) -> dict[str, Any]:
             text = resources.files("bafusion.data").joinpath(EVAL_MANIFEST).read_text(encoding="utf-8-sig")
             where = f"bafusion/{EVAL_MANIFEST}"
         else:
-            text = Path(path).read_text(encoding="utf-8-sig")
+            text = Path(path).expanduser().read_text(encoding="utf-8-sig")
             where = str(path)
         m = json.loads(text)
     except FileNotFoundError as e:

@@ -189,7 +189,7 @@ def to_url(location: str | os.PathLike[str]) -> str:
         return s
     if "://" in s:
         raise UserError(f"{s}: unsupported URL scheme {scheme or '(empty)'} (expected http, https, file or a local path)")
-    return Path(s).resolve().as_uri()
+    return Path(s).expanduser().resolve().as_uri()  # ~/mirror, kept as written in records
 
 
 def join_url(base: str, name: str) -> str:
