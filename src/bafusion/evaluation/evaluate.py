@@ -457,16 +457,16 @@ def find_pairs(ds: Dataset) -> list[Pair]:
         names = list(ds.pairs)
     if not names:
         raise InputFileError(src, f"dataset {ds.name!r}: no pairs (<name>-A.<ext> matching {ds.pattern!r})")
-    from bafusion.fusion.batch import name_difference, same_file_key
+    from bafusion.fusion.batch import name_difference, same_file_key, where_one_file
 
     seen: dict[str, str] = {}
-    for n in names:  # P and p: fused/<method>/P.png and p.png are one file on macOS and Windows
+    for n in names:  # P and p: fused/<method>/P.png and p.png are one file on macOS and Windows (NFC/NFD: macOS)
         first = seen.setdefault(same_file_key(n), n)
         if first != n:
             raise InputFileError(src, f"dataset {ds.name!r}: pairs {first!r} and {n!r} differ only in "
                                  f"{name_difference(n, first)}: their outputs (fused/<method>/{n}.png, ...) would be "
-                                 "one file where file names ignore case (macOS, Windows): rename one of them, or "
-                                 "leave one out (pattern, pairs)")
+                                 f"one file {where_one_file(n, first)}: rename one of them, or leave one out "
+                                 "(pattern, pairs)")
     pairs = []
     for n in names:
         where = f"dataset {ds.name!r}, pair {n!r}"

@@ -623,7 +623,8 @@ def find_groups(folder: Path, exclude: Path | None = None,
         else:
             out[name] = shots
     # P/ and p-A.jpg, p-B.jpg: P.png and p.png are one file where names ignore case (macOS,
-    # Windows), so one output would replace the other: the later stack is skipped
+    # Windows; café NFC and NFD on macOS only), so one output would replace the other: the later
+    # stack is skipped
     seen: dict[str, str] = {}
     for name in list(out):
         first = seen.setdefault(same_file_key(name), name)
@@ -631,8 +632,7 @@ def find_groups(folder: Path, exclude: Path | None = None,
             shots = out.pop(name)
             where = str(folder / name) if name in folders else ", ".join(map(str, shots))
             skipped.append((where, f"stack {name!r} differs from stack {first!r} only in {name_difference(name, first)}: "
-                            "their outputs would be one file where file names ignore case (macOS, Windows): rename "
-                            "one of them"))
+                            f"their outputs would be one file {where_one_file(name, first)}: rename one of them"))
     if notes is not None:
         for name, others in sorted(unread.items()):
             notes.append((str(folder / name) if name else str(folder), others, name if name in out else None))
@@ -640,9 +640,10 @@ def find_groups(folder: Path, exclude: Path | None = None,
 
 
 def same_file_key(name: str) -> str:
-    """``name`` as file systems that ignore case compare names: two names of one key are one
-    file on macOS (APFS and HFS+ also ignore the Unicode normalization: ``café`` with ``é`` as
-    one character or as ``e`` and a combining accent) or on Windows (NTFS).
+    """``name`` as macOS's file systems compare names: two names of one key are one file on
+    macOS (APFS and HFS+ ignore case and also the Unicode normalization: ``café`` with ``é`` as
+    one character or as ``e`` and a combining accent); on Windows (NTFS, which ignores case but
+    not the normalization) only when they differ in case alone (:func:`where_one_file`).
 
     Their case mapping is the simple one, character for character (``str.lower()`` of the
     decomposed form, NFD), not Python's ``casefold()``, which also folds ``ß`` to ``ss``:
@@ -660,6 +661,16 @@ def name_difference(name: str, other: str) -> str:
     if name.lower() == other.lower():
         return "case"
     return "case and Unicode normalization (accents composed or decomposed)"
+
+
+def where_one_file(name: str, other: str) -> str:
+    """Where ``name`` and ``other`` (of one :func:`same_file_key`) are one file, for a message:
+    ``where file names ignore case (macOS, Windows)`` when they differ in case alone, else
+    ``on macOS, whose file names also ignore Unicode normalization (not on Windows)``: NTFS
+    keeps ``café`` with a composed and a decomposed ``é`` apart."""
+    if name.lower() == other.lower():
+        return "where file names ignore case (macOS, Windows)"
+    return "on macOS, whose file names also ignore Unicode normalization (not on Windows)"
 
 
 def unread_files(files: Sequence[Path], whose: str = "", fused: str | None = None, outcome: str = "fused") -> str:
