@@ -444,6 +444,34 @@ def test_warm_start_from_a_model_file(toy_run: dict, tmp_path: Path) -> None:
         train("initial", toy_run["h5"], other, _paths(tmp_path / "other", "initial"), progress=False)
 
 
+def test_a_warm_start_model_given_with_a_tilde_is_the_home_folders(toy_run: dict, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.init: ~/m.pt was refused by the params check ("model file not found") and opened as
+    ./~/m.pt by the trainer; it is the home folder's file (the path is recorded as written)."""
+    from bafusion.cli.params_check import check_init_files
+
+    home = tmp_path / "home"
+    home.mkdir()
+    for suffix in (".pt", ".json"):
+        shutil.copyfile(toy_run["paths"].out.with_suffix(suffix), home / f"m{suffix}")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    params = {**TOY, "train": {**TOY["train"], "epochs": 1, "milestones": [], "samples_per_epoch": 64,
+                               "lr": 1e-12, "init": "~/m.pt"}}
+    check_init_files({"train": {"init": "~/m.pt"}})  # no error
+    with pytest.raises(UserError, match=r"train.init ~/gone.pt: model file not found"):
+        check_init_files({"train": {"init": "~/gone.pt"}})
+    paths = _paths(tmp_path / "warm", "initial")
+    train("initial", toy_run["h5"], resolve_config(params, "initial"), paths, progress=False)
+    start, _ = load_model(home / "m.pt")
+    got, meta = load_model(paths.out)
+    assert meta["params"]["init"] == "~/m.pt"
+    for (k, a), (_, b) in zip(start.state_dict().items(), got.state_dict().items()):
+        if k.endswith("weight") and a.dim() == 4:
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert not (tmp_path / "~").exists()
+
+
 def test_warm_start_model_is_never_overwritten(toy_run: dict, tmp_path: Path) -> None:
     """train.init is an input: an --out, --metrics or --plots that would replace the warm-start
     model or its .json is refused before any work, with both files left as they were."""

@@ -157,11 +157,12 @@ def train_config_json():
 
 def init_input(net):
     """train.<net>.init, else train.init (an empty per-net init inherits, as the trainer
-    reads it): the warm-start model file, an input when set."""
+    reads it): the warm-start model file, an input when set; a leading ~ is the home folder, as
+    the trainer and the params check read it."""
     from bafusion.config import net_init
 
     v = net_init(config, net)
-    return [v] if v else []
+    return [os.path.expanduser(v)] if v else []
 
 
 def download_net_args():

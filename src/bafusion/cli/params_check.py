@@ -204,7 +204,7 @@ def check_init_files(params: Mapping[str, Any], source: str = "params.yaml",
                                 "first, or keep a stale start): copy it elsewhere to warm-start from it under DVC")
             raise UserError(f"{source}: {key} {path}: is the pipeline's own output ({made[1]}): copy it elsewhere "
                             "to warm-start from it")
-        if not Path(path).is_file():
+        if not Path(path).expanduser().is_file():  # ~/m.pt: the home's, as the trainer reads it
             raise UserError(f"{source}: {key} {path}: model file not found (the warm start of the {net} net)")
 
 
