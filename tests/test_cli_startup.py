@@ -215,3 +215,21 @@ def test_no_suggestion_when_nothing_is_close(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit):
         main(["count", "--zzz"])
     assert capsys.readouterr().err == "bafusion count: error: unrecognized arguments: --zzz (see bafusion count --help)\n"
+
+
+@pytest.mark.parametrize(("argv", "word"), [
+    (["fuse", "a.png", "b.png", "-o", "x.png", "--gpu"], "--gpu"),
+    (["fuse", "a.png", "b.png", "-o", "x.png", "--resize"], "--resize"),
+    (["fuse-dir", "in", "out", "--methd", "gff"], "--methd"),
+])
+def test_no_suggestion_from_the_leading_dashes_alone(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                                     word: str) -> None:
+    """The options were compared with their "--", which made --gpu "close" to --output, --resize
+    to --precision and --methd to --ext: a user looking for a GPU option was
+    pointed at --output."""
+    from bafusion.cli import main
+
+    with pytest.raises(SystemExit):
+        main(argv)
+    err = capsys.readouterr().err
+    assert f"unrecognized arguments: {word}" in err and "did you mean" not in err, err

@@ -83,13 +83,15 @@ class Parser(argparse.ArgumentParser):
             close = difflib.get_close_matches(m.group(1), choices, n=1)
             return f"; did you mean '{close[0]}'?" if close else ""
         if message.startswith("unrecognized arguments: "):
-            options = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+            # compared without the leading "--": those two shared characters made --gpu "close"
+            # to --output and --resize to --precision
+            options = {s[2:]: s for a in self._actions for s in a.option_strings if s.startswith("--")}
             hints = []
             for word in message.split()[2:]:
                 name = word.partition("=")[0]
-                close = difflib.get_close_matches(name, options, n=1) if name.startswith("--") else []
+                close = difflib.get_close_matches(name[2:], list(options), n=1) if name.startswith("--") else []
                 if close:
-                    hints.append(f"{name}: did you mean {close[0]}?")
+                    hints.append(f"{name}: did you mean {options[close[0]]}?")
             return f"; {' '.join(hints)}" if hints else ""
         return ""
 
