@@ -605,9 +605,9 @@ def test_net_files_and_a_model_folder_together_are_refused(work: Path, capsys, a
     exist: the user's model was not used, without a word (fuse-dir recorded nets not asked for)."""
     _evd(work)
     default = Path(bafusion_models_dir()) / "default"
-    option = "--models" if argv[0] in ("evaluate", "fuse-set") else "--model"
+    # the option is named as typed: evaluate and fuse-set said --models to a user who typed --model
     _refused([*argv, "--initial", str(default / "initial.pt"), "--boundary", str(default / "boundary.pt"), model,
-              said], capsys, work, f"--initial/--boundary and {option} {said} both name the nets")
+              said], capsys, work, f"--initial/--boundary and {model} {said} both name the nets")
 
 
 def test_a_params_file_with_unknown_top_level_keys_is_refused_by_every_command(work: Path, capsys) -> None:

@@ -223,6 +223,22 @@ def _load_saying_the_shipped_model(args: argparse.Namespace, folder: str | None,
     return _load_files(d / "initial.pt", d / "boundary.pt", device, "cli")
 
 
+class ModelOption(argparse.Action):
+    """The ``--model``/``--models`` option (one option, two spellings): stores the folder in its
+    ``dest`` and the spelling the user typed in ``model_option``, for messages that name it
+    (:func:`nets_from_args`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[no-untyped-def]
+        setattr(namespace, self.dest, values)
+        namespace.model_option = option_string
+
+
+def _model_option(args: argparse.Namespace) -> str:
+    """The spelling of the model-folder option to name: the one typed, else the command's own."""
+    typed = getattr(args, "model_option", None)
+    return typed or ("--models" if "models" in vars(args) else "--model")
+
+
 def nets_from_args(args: argparse.Namespace, device: str, folder: str | None) -> FusionNets:
     """The nets named by ``--initial`` and ``--boundary`` (both or neither), else those of the
     model ``folder`` (``--model``/``--models``; None: the default places); a file given as
@@ -234,15 +250,14 @@ def nets_from_args(args: argparse.Namespace, device: str, folder: str | None) ->
         if not (args.initial and args.boundary):
             raise UserError("--initial and --boundary go together")
         if folder is not None:
-            option = "--models" if "models" in vars(args) else "--model"
-            raise UserError(f"--initial/--boundary and {option} {folder} both name the nets: give the two net "
+            raise UserError(f"--initial/--boundary and {_model_option(args)} {folder} both name the nets: give the two net "
                             f"files or the model folder, not both")
         return _load_files(args.initial, args.boundary, device, "cli")  # worded for the command line
     try:
         return _load_saying_the_shipped_model(args, folder, device)
     except UserError as e:
         if folder is None or not Path(folder).is_file():
-            if "models" in vars(args) and "--model " in str(e):  # fuse-set, evaluate: --models was theirs
+            if _model_option(args) == "--models" and "--model " in str(e):  # the spelling typed
                 raise UserError(str(e).replace("--model ", "--models ")) from e
             raise
         # a net file given as the folder: "model folder not found" misled

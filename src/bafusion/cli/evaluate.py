@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bafusion.cli.common import (
+    ModelOption,
     add_threads_argument,
     nets_from_args,
     nonempty_csv,
@@ -353,7 +354,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "REFERENCE/<METHOD>/ (default: every sub-folder)")
     p.add_argument("--methods", type=nonempty_csv, default=None, help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)})")
     p.add_argument("--metrics", type=nonempty_csv, default=None, help=f"comma-separated metrics, in any case as in bafusion metrics (default {','.join(DEFAULT_METRICS)})")
-    p.add_argument("--model", "--models", dest="models", type=nonempty_path, default=None, metavar="DIR",
+    p.add_argument("--model", "--models", dest="models", action=ModelOption, type=nonempty_path, default=None, metavar="DIR",
                    help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name (default: the "
                         "shipped model models/default, even inside a project that has data/models: give --models "
                         "data/models for the pipeline's nets, as the pipeline's evaluate stage does with --initial "

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from bafusion.cli.common import add_threads_argument, check_distinct_sources, finite_float, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread
+from bafusion.cli.common import ModelOption, add_threads_argument, check_distinct_sources, finite_float, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread
 from bafusion.errors import InputFileError, UserError
 from bafusion.fusion.api import ALIGN_MODELS
 from bafusion.fusion.batch import (EXIT_NONE_FUSED, EXIT_SKIPPED, STEP_LINES_MIN_PIXELS, check_output_folder,
@@ -421,7 +421,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", "--out", dest="output", type=nonempty_path, required=True,
                    help="fused image (.png, .tif, .bmp, .jpg); an existing file that is not a source is "
                    "replaced (atomically), a source is refused")
-    p.add_argument("--model", "--models", dest="model", type=nonempty_path, default=None, metavar="DIR",
+    p.add_argument("--model", "--models", dest="model", action=ModelOption, type=nonempty_path, default=None, metavar="DIR",
                    help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name (default, lytro-2026-11)")
     p.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --model)")
     p.add_argument("--boundary", type=nonempty_path, default=None, help="boundary-net file (instead of --model)")
@@ -448,7 +448,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and PNG colour chunks, as bafusion fuse writes them (see its --help).",
     )
     q.add_argument("--pairs", type=nonempty_path, required=True, help="folder with index.json and the pairs")
-    q.add_argument("--model", "--models", dest="models", type=nonempty_path, default=None, metavar="DIR",
+    q.add_argument("--model", "--models", dest="models", action=ModelOption, type=nonempty_path, default=None, metavar="DIR",
                    help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name")
     q.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --model)")
     q.add_argument("--boundary", type=nonempty_path, default=None, help="boundary-net file (instead of --model)")
@@ -516,7 +516,7 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("input", metavar="IN", type=nonempty_path, help="folder of shots")  # '' is not '.'
     p.add_argument("output", metavar="OUT", type=nonempty_path, help="output folder")
     p.add_argument("--ext", default="png", help="output format: png (default), tif, bmp or jpg")
-    p.add_argument("--model", "--models", dest="model", type=nonempty_path, default=None, metavar="DIR",
+    p.add_argument("--model", "--models", dest="model", action=ModelOption, type=nonempty_path, default=None, metavar="DIR",
                    help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name")
     p.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --model)")
     p.add_argument("--boundary", type=nonempty_path, default=None, help="boundary-net file (instead of --model)")
