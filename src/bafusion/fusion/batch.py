@@ -706,8 +706,8 @@ def unread_notes(notes: Sequence[tuple[str, Sequence[Path], str | None]], rep: B
 
 #: Pixels of a stack (its shots' in all, from their headers) from which ``fuse-dir`` names the
 #: steps around its fusion on a terminal (reading, checking, aligning, writing), as ``fuse``
-#: does: below it reading, checking and writing take a second or less (aligning up to 10 s),
-#: and a batch of small stacks printed three lines per stack (eight with ``--align``) between
+#: does: below it those steps are short (aligning up to 10 s; reading, checking and writing
+#: as measured below: not timed for every size under it), and a batch of small stacks printed three lines per stack (eight with ``--align``) between
 #: the lines of its bar. Measured on a shared 2-core CPU (load average about 5; pairs of 4:3
 #: JPEGs scaled from a Lytro pair): a pair of 1 MP shots was read, checked and written in under
 #: 0.6 s in all and aligned (similarity) in 8.7-9.7 s (0.27 MP shots: 4.7-5.0 s); a pair of
@@ -1306,8 +1306,8 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
         # each step of a stack before and after its fusion (reading, checking, aligning and the
         # alignment's own steps, writing) as it starts, as ``fuse`` names them: between the lines
         # of the bar, so only where it is drawn (a log keeps its line per stack); a camera-size
-        # pair spends minutes aligning and half a minute writing, a small stack a second or
-        # less on each (STEP_LINES_MIN_PIXELS): its bar's line is enough
+        # pair spends minutes aligning and half a minute writing, a small stack about a second
+        # or less on each (measured: STEP_LINES_MIN_PIXELS): its bar's line is enough
         if bar.disable or _stack_pixels(shots) < STEP_LINES_MIN_PIXELS:
             return None
         return lambda text: tqdm.write(f"bafusion fuse-dir: {name}: {text} ...", file=sys.stderr)
