@@ -160,6 +160,10 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         # 1e308 * |B - F| overflowed (numpy RuntimeWarning); above 255 every map is the one of 255
         ([*FUSE, "-o", "F.png", "--alpha", "1e308"], ["--alpha 1e+308", "at most 255", "white already"]),
         (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs", "--alpha", "256"], ["--alpha 256", "at most 255"]),
+        ([*FUSE, "-o", "F.png", "--diff-cmap", "jte"], ["--diff-cmap: 'jte' is not a matplotlib colour map",
+                                                        "did you mean jet?", "magma"]),
+        (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs", "--diff-cmap", "rainbowz"],
+         ["--diff-cmap: 'rainbowz' is not a matplotlib colour map", "magma, inferno, viridis"]),
         # the nets' options without a net method: ignored in silence
         (["evaluate", "--out", "ev", "--methods", "GFF-native", "--models", "nets"],
          ["--models: the nets of Ours and Ours-initial", "--methods GFF-native evaluates neither"]),
@@ -170,6 +174,7 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
          ["--alpha: must be a finite number, got -inf"]),
         (["fuse-dir", ".", "out", "--model", "nets", "--threads", "-1"], ["--threads -1"]),
         (["fuse-dir", ".", "out", "--model", "nets", "--alpha", "3"], ["unrecognized arguments: --alpha"]),  # no maps
+        (["fuse-dir", ".", "out", "--model", "nets", "--diff-cmap", "jet"], ["unrecognized arguments: --diff-cmap"]),
         (["baseline", "a.png", "b.png", "-o", "afile/F.png"], ["afile is a file, not a folder"]),
         (["baseline", "a.png", "b.png", "-o", "/proc/F.png"], ["cannot write in /proc"]),
         (["baseline", "a.png", "missing.png", "-o", "F.png"], ["missing.png"]),

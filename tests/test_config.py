@@ -62,7 +62,7 @@ PINNED = {
     "train.amp": (False, True), "train.bn_recalibrate": (0, 1024), "fuse.precision": ("fp32", "bf16"), "fuse.l": (8, 3), "fuse.min_region": (0.01, 0.05),
     "fuse.exact": (False, True), "fuse.initial_mode": ("dense", "grid"), "fuse.boundary_mode": ("adaptive", "dense"),
     "fuse.initial_step": (4, 2), "fuse.boundary_step": (0, 8), "fuse.dense_margin": (16, 0),
-    "fuse.match_output_exposure": (False, True), "fuse.exposure_fit_step": (1, 4),
+    "fuse.match_output_exposure": (False, True), "fuse.exposure_fit_step": (1, 4), "fuse.diff_cmap": ("jet", "magma"),
     "evaluate.methods": (["Ours-initial", "Ours", "GFF-native", "Laplacian"], ["Ours"]),
 }
 
@@ -470,7 +470,7 @@ def test_typed_objects_take_their_defaults_from_the_schema() -> None:
     validate_params({**defaults(""), **{s: defaults(s) for s in ("fuse", "train", "evaluate")}}, "x-default")
     # Every default of the fuse section is a field of the rule or a setting its commands read.
     assert set(defaults("fuse")) - {f.name for f in dataclasses.fields(FusionParams)} == {
-        "device", "threads", "alpha", "save_maps"}
+        "device", "threads", "alpha", "diff_cmap", "save_maps"}
 
 
 def test_schema_defaults_never_reach_snakemakes_config() -> None:
@@ -560,11 +560,12 @@ def test_fuse_flags_over_json_over_file_over_defaults(tmp_path: Path) -> None:
     ap = argparse.ArgumentParser()
     _add_param_args(ap)
     f = tmp_path / "p.yaml"
-    f.write_text("fuse: {l: 3, tile: 64, alpha: 4, device: cpu, threads: 1}\ntrain: {bogus: 1}\n")
+    f.write_text("fuse: {l: 3, tile: 64, alpha: 4, diff_cmap: cividis, device: cpu, threads: 1}\ntrain: {bogus: 1}\n")
     threads = torch.get_num_threads()
     try:
         p, other = params_from_args(ap.parse_args(["--params-file", str(f)]))
-        assert (p.l, p.tile, p.low, other) == (3, 64, FusionParams().low, {"device": "cpu", "alpha": 4.0})
+        assert (p.l, p.tile, p.low, other) == (3, 64, FusionParams().low,
+                                               {"device": "cpu", "alpha": 4.0, "diff_cmap": "cividis"})
         p, _ = params_from_args(ap.parse_args(["--params-file", str(f), "--params-json", '{"l": 5, "low": 0.1}']))
         assert (p.l, p.tile, p.low) == (5, 64, 0.1)
         p, other = params_from_args(ap.parse_args(["--params-file", str(f), "--params-json", '{"l": 5}', "--l", "7",

@@ -723,6 +723,86 @@ def test_cli_fuse_writes_output_and_maps(tmp_path: Path, model_dir: Path, scene,
     assert f"bafusion fuse: maps: 9 files in {maps} (f-*.png:" in err and "white = take A" in err, err
 
 
+def _through(cmap: str, gray: np.ndarray) -> np.ndarray:
+    """``gray`` (uint8) through a matplotlib colour map as the maps were always coloured: RGB
+    rounded to uint8."""
+    import matplotlib
+
+    return np.round(matplotlib.colormaps[cmap](gray / 255.0)[..., :3] * 255.0).astype(np.uint8)
+
+
+def test_the_colour_difference_map_is_magma_and_jet_in_the_paper_preset(tmp_path: Path) -> None:
+    """diff-colour was always matplotlib's jet: no difference (dark blue) and saturation (dark
+    red) print as about the same gray, and its red-green middle fails colour-blind readers. The
+    colour map is fuse.diff_cmap: magma by default, darkest at 0 and lightest at 255; the paper
+    preset sets jet, whose pixels are the ones the maps always had."""
+    import dataclasses
+
+    from bafusion.config import load_preset
+    from bafusion.fusion.maps import save_maps
+
+    ramp = np.arange(256, dtype=np.uint8).reshape(16, 16)  # every gray level once: alpha 1 x |B - 0|
+    res = dataclasses.replace(_uniform_result(16, 16, 0.0), fused=np.zeros((16, 16), np.uint8))
+    save_maps(tmp_path / "default", "r", res, ramp, ramp, alpha=1.0)
+    got = np.asarray(Image.open(tmp_path / "default" / "r-diff-colour.png"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "default" / "r-diff-gray.png")), ramp)
+    assert np.array_equal(got, _through("magma", ramp))
+    assert tuple(got[0, 0]) == (0, 0, 4) and tuple(got[15, 15]) == (252, 253, 191)  # black ... pale yellow
+    light = (got.astype(float) @ [0.299, 0.587, 0.114]).ravel()  # in gray print: lighter every 8 levels
+    assert np.all(np.diff(light[::8]) > 0) and light[255] - light[0] > 200, light
+    paper = load_preset("paper")["fuse"]["diff_cmap"]
+    assert paper == "jet"
+    save_maps(tmp_path / "paper", "r", res, ramp, ramp, alpha=1.0, diff_cmap=paper)
+    got = np.asarray(Image.open(tmp_path / "paper" / "r-diff-colour.png"))
+    assert np.array_equal(got, _through("jet", ramp))
+    assert tuple(got[0, 0]) == (0, 0, 128) and tuple(got[8, 0]) == (125, 255, 122) and tuple(got[15, 15]) == (128, 0, 0)
+
+
+def test_cli_fuse_colours_the_difference_map_with_diff_cmap(tmp_path: Path, model_dir: Path, scene) -> None:
+    """fuse.diff_cmap (the paper preset's jet, from --params-file) and --diff-cmap reach the
+    map fuse --save-maps writes; an unknown name is refused before any work, naming where it
+    was given and colour maps that exist."""
+    from bafusion.config import load_preset
+
+    pa, pb = _write_pair(tmp_path, scene)
+    paper = tmp_path / "paper.yaml"
+    paper.write_text(json.dumps({"fuse": load_preset("paper")["fuse"]}))
+    for name, extra, cmap in (("m", [], "magma"), ("j", ["--params-file", str(paper)], "jet"),
+                              ("v", ["--params-file", str(paper), "--diff-cmap", "viridis"], "viridis")):
+        rc = cli_main(["fuse", str(pa), str(pb), "-o", str(tmp_path / f"{name}.png"), "--model", str(model_dir),
+                       "--save-maps", str(tmp_path / "maps"), "--device", "cpu", "--l", "6", "--no-progress", *extra])
+        assert rc == 0
+        diff = np.asarray(Image.open(tmp_path / "maps" / f"{name}-diff-gray.png"))
+        assert diff.max() > 0
+        colour = np.asarray(Image.open(tmp_path / "maps" / f"{name}-diff-colour.png"))
+        assert np.array_equal(colour, _through(cmap, diff)), cmap
+
+
+@pytest.mark.parametrize("where", ["flag", "file"])
+def test_an_unknown_diff_cmap_is_refused_before_any_work(tmp_path: Path, where: str, nets: FusionNets,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from bafusion.fusion.maps import save_maps
+
+    f = tmp_path / "p.yaml"
+    f.write_text("fuse:\n  diff_cmap: jte\n")
+    extra = ["--diff-cmap", "jte"] if where == "flag" else ["--params-file", str(f)]
+    # no sources, no nets: the colour map is refused first
+    rc = cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "o.png"),
+                   "--model", str(tmp_path / "none"), "--save-maps", str(tmp_path / "maps"), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2
+    option = "--diff-cmap" if where == "flag" else f"{f}: fuse.diff_cmap"
+    assert f"{option}: 'jte' is not a matplotlib colour map (did you mean jet? e.g. magma," in err, err
+    assert not (tmp_path / "maps").exists() and not (tmp_path / "o.png").exists()
+    # from Python too: fuse_set refuses it before it looks at the pairs, save_maps before it writes
+    with pytest.raises(UserError, match=r"diff_cmap: 'jte' is not a matplotlib colour map .*magma"):
+        fusion.fuse_set(tmp_path / "pairs", tmp_path / "out", nets, diff_cmap="jte")
+    with pytest.raises(UserError, match=r"diff_cmap: 'Magma' is not .*did you mean magma"):
+        save_maps(tmp_path / "maps", "x", _uniform_result(), np.zeros((60, 80), np.uint8),
+                  np.zeros((60, 80), np.uint8), diff_cmap="Magma")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "maps").exists()
+
+
 def _uniform_result(h: int = 60, w: int = 80, value: float = 1.0):
     """A FusionResult whose maps are all ``value`` (1: take A everywhere) and a white fused image."""
     from bafusion.fusion.rule import FusionResult

@@ -10,6 +10,7 @@ Two extensions of JSON Schema, ignored by other validators (Snakemake's ``valida
 
 - ``x-rule``: the phrase an error message uses for a key (``"a positive multiple of 4"``);
 - ``x-resnet-depth: true``: the value is a CIFAR ResNet depth ``6n + 2`` with ``n >= 1``;
+- ``x-colour-map: true``: the value names a matplotlib colour map (:func:`colour_map_problem`);
 - ``x-default``: the value used when the key is absent (:func:`default`, :func:`defaults`).
   The typed objects built from the parameters (:class:`bafusion.fusion.FusionParams`,
   :class:`bafusion.nets.train.TrainConfig`, :class:`bafusion.evaluation.evaluate.EvalConfig`)
@@ -71,6 +72,47 @@ def _resnet_depth(validator: Any, enabled: Any, instance: Any, schema: Mapping[s
             yield ValidationError(f"{instance} is not 6n+2 with n >= 1")
 
 
+#: Colour maps an unknown colour map's message offers (perceptually uniform ones first; jet: the paper's).
+COLOUR_MAP_EXAMPLES = ("magma", "inferno", "viridis", "cividis", "gray", "jet")
+
+
+def colour_map_problem(name: Any) -> str | None:
+    """Why ``name`` is not the name of a matplotlib colour map (``"magma"``, ``"jet"``, ...), or
+    None where it is one.
+
+    Parameters
+    ----------
+    name : str
+        The name to check (matplotlib's names are case-sensitive: ``Greys``, ``gray``).
+
+    Returns
+    -------
+    str or None
+        ``"'jte' is not a matplotlib colour map (did you mean jet? others: magma, ...)"``; None
+        for a known name.
+    """
+    import difflib
+
+    import matplotlib
+
+    known = list(matplotlib.colormaps)
+    if isinstance(name, str) and name in known:
+        return None
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6) if isinstance(name, str) else []
+    hint = f"did you mean {close[0]}? " if close else ""
+    examples = ", ".join(c for c in COLOUR_MAP_EXAMPLES if c in known)
+    return f"{_show(name)} is not a matplotlib colour map ({hint}e.g. {examples}; all: matplotlib.colormaps)"
+
+
+def _colour_map(validator: Any, enabled: Any, instance: Any, schema: Mapping[str, Any]) -> Iterator[Any]:
+    from jsonschema import ValidationError
+
+    if enabled and isinstance(instance, str):  # a non-string: the type rule says so
+        problem = colour_map_problem(instance)
+        if problem:
+            yield ValidationError(problem)
+
+
 def _non_finite(v: Any) -> bool:
     """NaN or inf, of any float type; never an integer (``10**400`` is finite, and too large
     for ``math.isfinite``)."""
@@ -88,7 +130,7 @@ def _validator() -> Any:
     base = Draft202012Validator.TYPE_CHECKER
     checker = base.redefine("array", lambda _c, v: isinstance(v, (list, tuple))).redefine(
         "number", lambda c, v: base.is_type(v, "number") and not _non_finite(v))
-    cls = validators.extend(Draft202012Validator, {"x-resnet-depth": _resnet_depth}, type_checker=checker)
+    cls = validators.extend(Draft202012Validator, {"x-resnet-depth": _resnet_depth, "x-colour-map": _colour_map}, type_checker=checker)
     return cls(load_schema())  # the schema itself is checked against the metaschema by the tests
 
 

@@ -124,6 +124,10 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
         p.add_argument("--alpha", type=finite_float(), default=None,  # inf: NaN maps; 0 and below: refused later
                        help=f"difference-map gain alpha*|B-F|, more than 0 and at most {maximum('fuse.alpha'):g} "
                             f"(default {default('fuse.alpha'):g})")
+        p.add_argument("--diff-cmap", type=nonempty_text, default=None, metavar="NAME",
+                       help="matplotlib colour map of the pseudo-colour difference map (<stem>-diff-colour.png): "
+                            "magma, viridis, cividis, gray, ...; jet = the paper's "
+                            f"(default: --params-file's fuse.diff_cmap, else {default('fuse.diff_cmap')})")
     p.add_argument("--no-progress", "--quiet", dest="progress", action="store_const", const=False, default=None,
                    help=progress_help or "no progress bar (default: a bar on stderr for camera-size pairs when it "
                         "is a terminal; bafusion fuse also names each step there: reading, checking, fusing, writing)")
@@ -159,7 +163,7 @@ def _origins(args: argparse.Namespace, flags: dict[str, Any], keys: tuple[str, .
 def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
     """FusionParams from --params-file's 'fuse' section, overridden by --params-json, then by
     explicit flags (absent keys: the schema's defaults); also returns the other settings
-    (device, alpha). Sets torch's threads (--threads, else fuse.threads, else the free cores)."""
+    (device, alpha, diff_cmap). Sets torch's threads (--threads, else fuse.threads, else the free cores)."""
     from bafusion.config import read_params, section
 
     note_params_yaml_unread(getattr(args, "command", None) or "fuse", "--params-file",
@@ -205,6 +209,7 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
     other = {
         "device": args.device or base["device"],
         "alpha": getattr(args, "alpha", None) if getattr(args, "alpha", None) is not None else float(base["alpha"]),
+        "diff_cmap": getattr(args, "diff_cmap", None) or base["diff_cmap"],
     }
     # before any work, naming where the device came from (the pipeline passes fuse.device in
     # --params-json: "--device cuda" named an option nobody gave)
@@ -219,6 +224,10 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
         raise UserError(f"--alpha {other['alpha']:g}: the difference-map gain alpha*|B-F| is at most "
                         f"{maximum('fuse.alpha'):g}: the maps are 8-bit, so from {maximum('fuse.alpha'):g} up "
                         "every pixel that differs by one gray level is white already (the paper's is 10)")
+    if getattr(args, "diff_cmap", None):  # the file's and JSON's fuse.diff_cmap: checked by the schema
+        from bafusion.fusion.maps import check_colour_map
+
+        check_colour_map(args.diff_cmap, "--diff-cmap")
     fusion = FusionParams.from_mapping(merged, source="command line",  # file and JSON are checked: the flags
                                        origins=_origins(args, flags, ("low", "high")))
     threads = args.threads or base["threads"]
@@ -295,7 +304,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
             cur = images[0]
             for i, res in enumerate(results):
                 stem = out.stem if len(results) == 1 else f"{out.stem}-step{i + 1:02d}"
-                save_maps(Path(args.save_maps), stem, res, cur, images[i + 1], alpha=other["alpha"])
+                save_maps(Path(args.save_maps), stem, res, cur, images[i + 1], alpha=other["alpha"],
+                          diff_cmap=other["diff_cmap"])
                 cur = res.fused
     for note in fused.notes:
         print(f"bafusion fuse: {note}", file=sys.stderr)
@@ -387,7 +397,8 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
                           what="--report file", folder="--out")
     with tracking.stage_run("fuse", {"fuse": asdict(params)}) as run:
         nets = nets_from_args(args, other["device"], args.models)
-        report = fuse_set(args.pairs, args.out, nets, params, alpha=other["alpha"], report_path=args.report,
+        report = fuse_set(args.pairs, args.out, nets, params, alpha=other["alpha"], diff_cmap=other["diff_cmap"],
+                          report_path=args.report,
                           progress=args.progress, say=lambda text: print(f"bafusion fuse-set: {text}", file=sys.stderr),
                           show=print)
         run.log_metrics({k: float(v) for k, v in fuse_metrics(report).items()})

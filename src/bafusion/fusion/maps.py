@@ -24,8 +24,10 @@ from bafusion.io import write_image
 if TYPE_CHECKING:
     from bafusion.fusion.rule import FusionResult
 
-#: Matplotlib colour map of the pseudo-colour difference map.
-DIFF_CMAP = "jet"
+#: Matplotlib colour map of the pseudo-colour difference map by default (``fuse.diff_cmap``):
+#: magma, whose lightness grows from black to pale yellow, so the map reads in gray print and
+#: by colour-blind readers; the paper preset sets the paper's ``jet``.
+DIFF_CMAP = "magma"
 
 
 def _plt():
@@ -53,11 +55,41 @@ def difference_map(b: np.ndarray, f: np.ndarray, alpha: float = 10.0) -> np.ndar
 
 
 def pseudo_colour(gray: np.ndarray, cmap: str = DIFF_CMAP) -> np.ndarray:
-    """A uint8 gray map through a matplotlib colour map, as uint8 RGB."""
+    """A uint8 gray map through a matplotlib colour map, as uint8 RGB.
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        ``cmap`` is no matplotlib colour map (the message names a few that are).
+    """
     import matplotlib
 
+    check_colour_map(cmap, "cmap")
     rgba = matplotlib.colormaps[cmap](gray.astype(np.float64) / 255.0)
     return np.round(rgba[..., :3] * 255.0).astype(np.uint8)
+
+
+def check_colour_map(name: str, option: str = "fuse.diff_cmap") -> None:
+    """Refuse ``name`` unless it is a matplotlib colour map.
+
+    Parameters
+    ----------
+    name : str
+        The colour map's name (``magma``, ``jet``, ...).
+    option : str
+        Where it was given (``--diff-cmap``, ``fuse.diff_cmap``): starts the message.
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        Naming ``option``, the value and a few valid names.
+    """
+    from bafusion.errors import UserError
+    from bafusion.schema import colour_map_problem
+
+    problem = colour_map_problem(name)
+    if problem:
+        raise UserError(f"{option}: {problem}")
 
 
 #: The titles of Fig. 3's panels, in order (:func:`figure_maps`).
@@ -274,9 +306,12 @@ def save_maps(
     alpha: float = 10.0,
     truth: np.ndarray | None = None,
     truth_dm: np.ndarray | None = None,
+    diff_cmap: str = DIFF_CMAP,
 ) -> list[Path]:
     """Write ``<stem>-<key>.png`` for :data:`MAP_KEYS` into ``folder``. Returns the paths written.
     ``truth`` and ``truth_dm`` (a test-set composite's): drawn into ``fig3`` beside the result.
+    ``diff_cmap``: the matplotlib colour map of ``diff-colour`` (``fuse.diff_cmap``), checked
+    before anything is written.
 
     The maps have the sources' size, without axes or keys; their scales:
 
@@ -289,9 +324,12 @@ def save_maps(
     * ``diff-gray``: ``min(255, alpha * |B - F|)`` on the gray images (Fig. 5; alpha = 10: a
       gray-level difference of 25.5 or more is white; with ``match_output_exposure``, B at A's
       exposure, the B that F was composited from); ``diff-colour``: the same values through
-      matplotlib's ``jet`` (0: dark blue, 128: green, 255: dark red).
+      the colour map ``diff_cmap``: by default ``magma``, darkest to lightest (0: black, 128:
+      magenta, 255: pale yellow); the paper preset's ``jet`` (0: dark blue, 128: green,
+      255: dark red).
     * ``fig3``: the paper's Fig. 3 (:func:`figure_maps`), which has titles and colour bars.
     """
+    check_colour_map(diff_cmap, "diff_cmap")
     d = Path(folder)
     d.mkdir(parents=True, exist_ok=True)
     raw = {
@@ -309,7 +347,7 @@ def save_maps(
         b = apply_gains(b, gains)
     diff = difference_map(b, result.fused, alpha)
     raw["diff-gray"] = diff
-    raw["diff-colour"] = pseudo_colour(diff)
+    raw["diff-colour"] = pseudo_colour(diff, diff_cmap)
     written = []
     for key, img in raw.items():
         p = d / f"{stem}-{key}.png"

@@ -204,7 +204,8 @@ class FusionParams:
         ----------
         d
             The section, e.g. ``params.yaml``'s ``fuse``; its keys that are not fields of the
-            rule (``device``, ``alpha``, ``threads``, ``save_maps``) are checked, then ignored.
+            rule (``device``, ``alpha``, ``diff_cmap``, ``threads``, ``save_maps``) are checked,
+            then ignored.
         source
             Where ``d`` came from; starts an error message.
         origins
@@ -252,9 +253,10 @@ class FusionParams:
 
 
 #: The ``fuse`` section's keys that are no field of the rule and that the commands and the
-#: pipeline read from it: ``fuse.device``, ``fuse.threads``, ``fuse.alpha`` (``save_maps``
-#: is read by nothing: the pipeline's fuse always writes its maps, ``fuse`` takes --save-maps).
-FUSE_SETTINGS = ("device", "threads", "alpha")
+#: pipeline read from it: ``fuse.device``, ``fuse.threads``, ``fuse.alpha``, ``fuse.diff_cmap``
+#: (``save_maps`` is read by nothing: the pipeline's fuse always writes its maps, ``fuse`` takes
+#: --save-maps).
+FUSE_SETTINGS = ("device", "threads", "alpha", "diff_cmap")
 
 
 def refuse_top_level_fields(params: Mapping[str, Any], source: str, remedy: str, *, settings: bool = True) -> None:

@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from bafusion.atomic import atomic_dir, write_text
 from bafusion.errors import InputFileError, UserError
+from bafusion.fusion.maps import DIFF_CMAP, check_colour_map
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.rule import (
@@ -187,6 +188,7 @@ def fuse_set(
     params: FusionParams | Mapping[str, Any] | None = None,
     *,
     alpha: float = 10.0,
+    diff_cmap: str = DIFF_CMAP,
     report_path: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
     say: Callable[[str], None] | None = None,
@@ -212,6 +214,9 @@ def fuse_set(
         (``{"l": 4}``, a ``fuse`` section) checked like ``params.yaml``'s; None: the defaults.
     alpha : float
         Gain of the difference maps.
+    diff_cmap : str
+        Matplotlib colour map of the pseudo-colour difference maps (``fuse.diff_cmap``: magma by
+        default, jet in the paper preset); checked before any work.
     report_path : path, optional
         Also write the report's numbers here (a DVC metrics file); not one of the files
         written into ``out`` (:func:`check_report_path`).
@@ -240,6 +245,7 @@ def fuse_set(
 
     pairs, out = Path(pairs), Path(out)
     params = checked_params(params)
+    check_colour_map(diff_cmap, "diff_cmap")  # before any work: refused after the first pair, the set's time lost
     # ``out`` is replaced whole: refuse before any work when it holds the test set, the nets or
     # files that are no earlier output of fuse-set (the report, written after it is replaced, is)
     check_output_dir(out, [pairs, *(s for s in nets.sources if s)], replaced=True, marker=ACCURACY,
@@ -307,7 +313,7 @@ def fuse_set(
                 if truth_aif.shape[:2] != a.shape[:2]:
                     raise InputFileError(paif, f"all-in-focus truth size {truth_aif.shape[1]}x{truth_aif.shape[0]} "
                                          f"(WxH) differs from {a.shape[1]}x{a.shape[0]} of {pa}")
-            save_maps(tmp / "maps", name, res, a, b, alpha=alpha, truth=truth_aif,
+            save_maps(tmp / "maps", name, res, a, b, alpha=alpha, diff_cmap=diff_cmap, truth=truth_aif,
                       truth_dm=truth if truth_aif is not None else None)
             write_image(tmp / f"{name}.png", res.fused, exif=fused.exif, icc=fused.icc, dpi=fused.dpi,
                         png_colour=fused.png_colour)
