@@ -1085,6 +1085,27 @@ def test_dataset_figures_show_the_difference_to_each_source(tmp_path: Path) -> N
     assert not da[:, :16].any() and (np.asarray(Image.open(tmp_path / "diff-p1-M.png"))[:, 16:] == 0).all()
 
 
+def test_a_much_shrunk_difference_figure_names_the_full_size_maps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shrunk to ~26 %, a lone pixel of a difference map keeps a few % of its contrast, yet the
+    line under diff-<pair>.png said 'shows dimmed, not dropped': it says thin details may not
+    be visible at this size and names the maps at full size written beside it."""
+    import bafusion.fusion.maps as maps
+    from bafusion.evaluation.figures import save_dataset_figures
+
+    lines: dict[str, str] = {}
+    monkeypatch.setattr(maps, "save_figure", lambda fig, path: lines.setdefault(
+        Path(path).name, " ".join(fig._supxlabel.get_text().split()) if fig._supxlabel else ""))
+    a = np.zeros((1000, 1000), np.uint8)
+    f = a.copy()
+    f[500, 500] = 255
+    written = {p.name for p in save_dataset_figures(tmp_path, "p1", a, a, {"M": f}, alpha=10.0)}
+    assert {"diff-p1-M.png", "diffA-p1-M.png"} <= written, written
+    line = lines["diff-p1.png"]
+    assert "so thin details may not be visible at this size; the maps at full size are diff-p1-<method>.png and " \
+           "diffA-p1-<method>.png beside this figure" in line, line
+    assert "not dropped" not in line, line
+
+
 def test_dataset_figures_of_methods_whose_names_differ_only_in_odd_characters_are_all_kept(tmp_path: Path) -> None:
     """Methods 'My GFF' and 'My_GFF' (reference folder names) both wrote diff-p1-My_GFF.png and
     diffA-p1-My_GFF.png: the second overwrote the first's maps, silently. Names that would share

@@ -96,12 +96,13 @@ def _fit_title(ax, name: str, width: float, suffix: str = "", fontsize: float = 
     title.set_text("\n".join(x for x in lines if x))
 
 
-def _save_fig(fig, path: str | os.PathLike[str]) -> None:
+def _save_fig(fig, path: str | os.PathLike[str], full_size: str = "") -> None:
     """Draw the images to scale (anti-aliased where shrunk, :func:`draw_images_to_scale`; after
-    ``tight_layout``) and save the figure."""
+    ``tight_layout``; ``full_size``: where the images are at full size, named where thin details
+    may not be visible) and save the figure."""
     from bafusion.fusion.maps import draw_images_to_scale, save_figure
 
-    draw_images_to_scale(fig, relayout=fig.tight_layout)
+    draw_images_to_scale(fig, relayout=fig.tight_layout, full_size=full_size)
     save_figure(fig, path)
 
 
@@ -166,11 +167,13 @@ def figure_differences(
     title: str = "",
     max_columns: int = 6,
     a: np.ndarray | None = None,
+    full_size: str = "",
 ) -> dict[str, np.ndarray]:
     """``alpha * |B - F|`` maps (gray), one per method; with ``a``, under each row of them the
     same methods' ``alpha * |A - F|`` (the difference to each source, as the paper's difference
     figure: where F took A's pixels the A row is black, where it took B's the B row). Returns
-    the ``|B - F|`` maps (uint8)."""
+    the ``|B - F|`` maps (uint8). ``full_size``: where the maps are at full size, named under
+    the figure where they are shrunk so much that thin details may not be visible."""
     from bafusion.fusion.maps import difference_map, displayable
 
     plt = _plt()
@@ -198,7 +201,7 @@ def figure_differences(
     if title:
         fig.suptitle(displayable(title), fontsize=10)
     fig.tight_layout()
-    _save_fig(fig, path)
+    _save_fig(fig, path, full_size)
     return maps
 
 
@@ -248,10 +251,12 @@ def save_dataset_figures(
     figure_comparison(a, b, fused, d / f"fig4-{_safe(pair)}.png", crop,
                       title=f"{pair}: enlarged {side}x{side} region at row {top}, column {left}")
     written = [d / f"fig4-{_safe(pair)}.png"]
-    maps = figure_differences(b, fused, d / f"diff-{_safe(pair)}.png", alpha,
-                              title=f"{pair}: {alpha:g} x |B - F| and {alpha:g} x |A - F|", a=a)
-    written.append(d / f"diff-{_safe(pair)}.png")
     part = _file_parts(list(fused))
+    maps = figure_differences(b, fused, d / f"diff-{_safe(pair)}.png", alpha,
+                              title=f"{pair}: {alpha:g} x |B - F| and {alpha:g} x |A - F|", a=a,
+                              full_size=f"the maps at full size are diff-{_safe(pair)}-<method>.png and "
+                                        f"diffA-{_safe(pair)}-<method>.png beside this figure")
+    written.append(d / f"diff-{_safe(pair)}.png")
     for m, dm in maps.items():
         p = d / f"diff-{_safe(pair)}-{part[m]}.png"
         write_image(p, dm)  # the same bytes as Pillow's default PNG (zlib level 6)

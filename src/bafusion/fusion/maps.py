@@ -108,7 +108,7 @@ FIG3_PANEL_HEIGHT = 1.5
 
 
 def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str = "",
-                truth: np.ndarray | None = None, truth_dm: np.ndarray | None = None) -> None:
+                truth: np.ndarray | None = None, truth_dm: np.ndarray | None = None, full_size: str = "") -> None:
     """Fig. 3: initial score map, refined score map, decision map, fused image, in one PNG.
 
     With ``truth`` (the all-in-focus image) and ``truth_dm`` (the true decision map, bool, True
@@ -122,7 +122,9 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
     pixels on the long side give one row of four panels about 320 px wide; larger ones (camera
     photos) two rows of two panels about 640 px wide; a panel is at most
     :data:`FIG3_PANEL_HEIGHT` times as high as that width (a taller pair's panels are narrower).
-    A map larger than its panel is shrunk anti-aliased (:func:`draw_images_to_scale`)."""
+    A map larger than its panel is shrunk anti-aliased (:func:`draw_images_to_scale`); where it
+    is shrunk so much that thin details may not be visible, the line under the figure says so,
+    followed by ``full_size`` (where the maps are at full size: :func:`save_maps` names its files)."""
     plt = _plt()
     from matplotlib.colors import ListedColormap
 
@@ -188,7 +190,7 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
             cax.set_xlabel("source taken", fontsize=7, labelpad=1)
     if title:
         fig.suptitle(displayable(title), fontsize=10)
-    draw_images_to_scale(fig, note="gray in a decision map: A and B both in the pixel")
+    draw_images_to_scale(fig, note="gray in a decision map: A and B both in the pixel", full_size=full_size)
     save_figure(fig, path)
 
 
@@ -222,25 +224,67 @@ def _significant(x: float, digits: int) -> str:
     return np.format_float_positional(x, precision=digits, unique=False, fractional=False, trim="-")
 
 
-def _shrink_text(scale: float) -> str:
+#: The share of its contrast below which a detail is taken as too faint to see: a shrunk
+#: figure's line then says that thin details may not be visible at its size.
+VISIBLE_CONTRAST = 0.10
+
+
+def kept_contrast(scale: float) -> tuple[float, float]:
+    """About what share of its contrast a 1-pixel line and a lone pixel keep in a map drawn at
+    ``scale`` (< 1) of its size, anti-aliased: averaged over a screen pixel ``1 / scale`` image
+    pixels wide, a line keeps about ``scale``, a lone pixel (thin both ways) about ``scale**2``.
+
+    ``benchmarks/bench_figures.py --part contrast`` measured, over sub-pixel phases, a line at
+    39-59 % and a lone pixel at 16-58 % at a scale of 0.60, a line at 9-15 % and a lone pixel at
+    1-2 % at 0.157 (BENCHMARKS.md): the same order, the phase moving them about it.
+
+    Parameters
+    ----------
+    scale : float
+        Screen pixels per image pixel, more than 0.
+
+    Returns
+    -------
+    tuple of float
+        ``(line, pixel)``, shares of the full contrast from 0 to 1.
+    """
+    s = min(max(float(scale), 0.0), 1.0)
+    return s, s * s
+
+
+def _percent(share: float) -> str:
+    """A share as 'about N %' (rounded), 'under 1 %' below 0.5 %."""
+    return "under 1 %" if share < 0.005 else f"about {100.0 * share:.0f} %"
+
+
+def _shrink_text(scale: float, full_size: str = "") -> str:
     """The line under a figure whose smallest image is drawn at ``scale`` (< 1) of its size.
 
     The percentage is never shown as 100 (a scale of 0.9996 is '99.96 %', not '100 %'); the
     thickness of a detail that shows dimmed is 1 / scale image pixels, said as '1-pixel details'
     where that rounds to 1 (a scale above 0.952: '1 image pixels' said nothing), and in whole
-    pixels from 10 up."""
+    pixels from 10 up. Where a lone pixel keeps less than :data:`VISIBLE_CONTRAST` of its
+    contrast (:func:`kept_contrast`: at scales under about 0.32, a camera photo's Fig. 3) the
+    line says so and that thin details may not be visible at this size, followed by
+    ``full_size`` (where the images are at full size), where given."""
     percent = 100.0 * scale
     shown = _significant(percent, 3)
     if float(shown) >= 100.0:
         shown = f"{math.floor(percent * 100.0) / 100.0:.2f}"
     thick = 1.0 / scale
     pixels = f"{thick:.0f}" if thick >= 9.5 else _significant(thick, 2)
-    detail = ("1-pixel details show dimmed, not dropped" if pixels == "1"
-              else f"a detail thinner than {pixels} image pixels shows dimmed, not dropped")
+    line, pixel = kept_contrast(scale)
+    if pixel >= VISIBLE_CONTRAST:
+        detail = ("1-pixel details show dimmed, not dropped" if pixels == "1"
+                  else f"a detail thinner than {pixels} image pixels shows dimmed, not dropped")
+    else:
+        detail = (f"a detail thinner than {pixels} image pixels is averaged away: a 1-pixel line keeps "
+                  f"{_percent(line)} of its contrast, a lone pixel {_percent(pixel)}, so thin details may "
+                  f"not be visible at this size" + (f"; {full_size}" if full_size else ""))
     return f"shrunk to {shown} % of the image size, anti-aliased: {detail}"
 
 
-def draw_images_to_scale(fig, relayout=None, note: str = "") -> float:
+def draw_images_to_scale(fig, relayout=None, note: str = "", full_size: str = "") -> float:
     """Choose how each image of ``fig`` is resampled onto its panel, once the layout is known.
 
     An image drawn at its size or larger is drawn ``nearest`` (each pixel a sharp block); one
@@ -248,7 +292,9 @@ def draw_images_to_scale(fig, relayout=None, note: str = "") -> float:
     shrinking kept every k-th row and column and dropped the others, so a 1-pixel line of a map
     or a thin slip at a focus boundary could vanish; anti-aliased, it shows dimmed (in a
     two-colour decision map a pixel that holds both colours is gray). If any image is drawn
-    smaller, a line under the figure says so, by how much, followed by ``note``; ``relayout``
+    smaller, a line under the figure says so, by how much, and how much of its contrast a thin
+    detail keeps where it may not be visible (:func:`_shrink_text`: then followed by
+    ``full_size``, where the images are at full size), followed by ``note``; ``relayout``
     (e.g. ``fig.tight_layout``) is called after the line is added, for a figure without a
     layout engine. The layout is then kept as measured (a layout engine is switched off), so
     the figure saved has these scales. Returns the smallest scale (1.0 without images)."""
@@ -258,7 +304,7 @@ def draw_images_to_scale(fig, relayout=None, note: str = "") -> float:
         for _ in range(3):  # the words depend on the scale and the scale on the line's room: until both settle
             low = min(s for _, s in scales)
             text = textwrap.fill(
-                _shrink_text(low) + (f"; {note}" if note else ""),
+                _shrink_text(low, full_size) + (f"; {note}" if note else ""),
                 width=max(30, int(fig.get_figwidth() * 72 / 4.2)), break_on_hyphens=False)  # ~4.2 pt a character at 7 pt
             if text == line.get_text():
                 break
@@ -354,6 +400,8 @@ def save_maps(
         write_image(p, img)
         written.append(p)
     p = d / f"{stem}-fig3.png"
-    figure_maps(result, p, title=stem, truth=truth, truth_dm=truth_dm)
+    figure_maps(result, p, title=stem, truth=truth, truth_dm=truth_dm,
+                full_size=f"the maps at full size are {stem}-score-initial.png, {stem}-score-refined.png and "
+                          f"{stem}-dm.png beside this figure")
     written.append(p)
     return written
