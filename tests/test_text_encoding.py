@@ -91,6 +91,15 @@ def _in_legacy_locale(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return p
 
 
+def _csv_written_in_legacy_locale(code: str, cwd: Path, want: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a locale that is not UTF-8 (:func:`_in_legacy_locale`), check that it
+    ran through and that the ``m.csv`` it wrote in ``cwd`` is ``want`` in UTF-8; the run."""
+    p = _in_legacy_locale(code, cwd)
+    assert p.returncode == 0, p.stderr
+    assert (cwd / "m.csv").read_bytes() == want.encode()
+    return p
+
+
 def test_params_and_outputs_are_utf8_whatever_the_locale(tmp_path: Path) -> None:
     """In a locale that is not UTF-8, a params file with a UTF-8 BOM and a comment "by Ádám" was
     refused as "invalid YAML: 'charmap' codec can't decode byte 0x81" (in cp1252, the BOM made the
@@ -108,9 +117,7 @@ def test_params_and_outputs_are_utf8_whatever_the_locale(tmp_path: Path) -> None
             "    load_params('p.yaml')\n"
             "except UserError as e:\n"
             "    print(e)\n")
-    p = _in_legacy_locale(code, tmp_path)
-    assert p.returncode == 0, p.stderr
-    assert (tmp_path / "m.csv").read_bytes() == "pair,QG\n日本,0.5\n".encode()
+    p = _csv_written_in_legacy_locale(code, tmp_path, "pair,QG\n日本,0.5\n")
     assert "fuse.l" in p.stdout and "invalid YAML" not in p.stdout, p.stdout
 
 
@@ -161,6 +168,4 @@ def test_an_output_naming_a_file_undecodable_in_the_locale_is_written(tmp_path: 
             "name = os.fsdecode(b'\\xc3\\x81d\\xc3\\xa1m')\n"
             "assert any(0xd800 <= ord(c) <= 0xdfff for c in name), ascii(name)\n"
             "write_text('m.csv', 'pair,method\\n' + name + ',\\u65e5\\u672c\\n')\n")
-    p = _in_legacy_locale(code, tmp_path)
-    assert p.returncode == 0, p.stderr
-    assert (tmp_path / "m.csv").read_bytes() == "pair,method\nÁdám,日本\n".encode()
+    _csv_written_in_legacy_locale(code, tmp_path, "pair,method\nÁdám,日本\n")

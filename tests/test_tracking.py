@@ -1231,6 +1231,23 @@ def test_a_half_built_store_with_runs_is_kept_and_the_warning_says_what_to_do(
         assert con.execute("SELECT name FROM runs").fetchall() == [("train_initial",)]
 
 
+def _parent_and_step_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, params: dict, target: str,
+                            stage: str, logged: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """The params MLflow holds (a store in ``tmp_path``) for the parent run of an invocation of
+    ``target`` with ``params`` and for its step ``stage`` that logged ``logged``."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    _clear_invocation_env(monkeypatch)
+    parent = tracking.begin_invocation(params, target)
+    with tracking.stage_run(stage, logged) as run:
+        pass
+    tracking.end_invocation(True)
+    client = MlflowClient(tracking_uri=uri)
+    return client.get_run(parent).data.params, client.get_run(run.run_id).data.params
+
+
 def test_a_setting_has_one_name_and_spelling_in_the_parent_and_its_steps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1238,19 +1255,10 @@ def test_a_setting_has_one_name_and_spelling_in_the_parent_and_its_steps(
     # asdict(FusionParams)'s tuple as "(1.0,)": a search for either missed half the runs
     from dataclasses import asdict
 
-    from mlflow.tracking import MlflowClient
-
     from bafusion.fusion import FusionParams
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    _clear_invocation_env(monkeypatch)
-    parent = tracking.begin_invocation({"fuse": {"scales": [1.0], "l": 8}}, "all")
-    with tracking.stage_run("fuse", {"fuse": asdict(FusionParams())}) as run:
-        pass
-    tracking.end_invocation(True)
-    client = MlflowClient(tracking_uri=uri)
-    parent_params, step_params = client.get_run(parent).data.params, client.get_run(run.run_id).data.params
+    parent_params, step_params = _parent_and_step_params(tmp_path, monkeypatch, {"fuse": {"scales": [1.0], "l": 8}},
+                                                         "all", "fuse", {"fuse": asdict(FusionParams())})
     assert parent_params["fuse.scales"] == step_params["fuse.scales"] == "[1]"
     assert parent_params["fuse.l"] == step_params["fuse.l"] == "8"
 
@@ -1261,22 +1269,13 @@ def test_a_whole_float_setting_has_one_spelling_in_the_parent_and_the_training_r
     """``train.lr: 1`` in params.yaml logged as "1" in the parent run and "1.0" in the training
     run (the trainer casts it to float): a search for either missed half the runs. Both are
     "1" now; a fraction keeps its digits."""
-    from mlflow.tracking import MlflowClient
-
     from bafusion.nets.train import TrainConfig
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    _clear_invocation_env(monkeypatch)
     params = {"seed": 0, "patch": 16, "depth": 8, "train": {"lr": 1, "momentum": 0.5, "epochs": 1}}
     cfg = TrainConfig.from_params(params, "initial")
     assert isinstance(cfg.lr, float) and cfg.lr == 1.0  # the trainer's value
-    parent = tracking.begin_invocation(params, "train_initial")
-    with tracking.stage_run("train_initial", {"train": {"lr": cfg.lr, "momentum": cfg.momentum}}) as run:
-        pass
-    tracking.end_invocation(True)
-    client = MlflowClient(tracking_uri=uri)
-    parent_params, step_params = client.get_run(parent).data.params, client.get_run(run.run_id).data.params
+    parent_params, step_params = _parent_and_step_params(tmp_path, monkeypatch, params, "train_initial",
+                                                         "train_initial", {"train": {"lr": cfg.lr, "momentum": cfg.momentum}})
     assert parent_params["train.lr"] == step_params["train.lr"] == "1"
     assert parent_params["train.momentum"] == step_params["train.momentum"] == "0.5"
 

@@ -394,14 +394,22 @@ def test_per_net_overrides() -> None:
     assert isinstance(b, TrainConfig)
 
 
-def test_two_process_ddp_on_cpu(toy_run: dict, tmp_path: Path) -> None:
-    """``--nproc 2`` re-launches itself under torchrun: 2 processes, gloo, global batch split."""
+def _two_process_train(toy_run: dict, tmp_path: Path, params: dict) -> tuple[list[str], dict[str, str], Path]:
+    """The command that trains the initial net on ``toy_run``'s patches with ``params`` in two
+    DDP processes on the CPU (``--nproc 2``, one thread each; checkpoints, metrics and plots in
+    ``tmp_path``), its environment (MLflow off) and the model file it writes."""
     out = tmp_path / "initial.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BAFUSION_MLFLOW": "0"}
     cmd = [sys.executable, "-m", "bafusion.cli", "train", "--net", "initial", "--patches", str(toy_run["h5"]),
-           "--out", str(out), "--params-json", json.dumps(TOY), "--nproc", "2", "--threads", "1",
+           "--out", str(out), "--params-json", json.dumps(params), "--nproc", "2", "--threads", "1",
            "--checkpoints", str(tmp_path / "ck"), "--metrics", str(tmp_path / "m.json"),
            "--plots", str(tmp_path / "p.csv"), "--no-progress"]
+    return cmd, env, out
+
+
+def test_two_process_ddp_on_cpu(toy_run: dict, tmp_path: Path) -> None:
+    """``--nproc 2`` re-launches itself under torchrun: 2 processes, gloo, global batch split."""
+    cmd, env, out = _two_process_train(toy_run, tmp_path, TOY)
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((tmp_path / "m.json").read_text())
@@ -1811,12 +1819,7 @@ def test_bn_recalibrate_with_two_ddp_processes_on_cpu(toy_run: dict, tmp_path: P
     saved model's statistics differ from the run without it, and the run completes."""
     params = json.loads(json.dumps(TOY))
     params["train"].update(bn_recalibrate=64, epochs=1, milestones=[])
-    out = tmp_path / "initial.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "BAFUSION_MLFLOW": "0"}
-    cmd = [sys.executable, "-m", "bafusion.cli", "train", "--net", "initial", "--patches", str(toy_run["h5"]),
-           "--out", str(out), "--params-json", json.dumps(params), "--nproc", "2", "--threads", "1",
-           "--checkpoints", str(tmp_path / "ck"), "--metrics", str(tmp_path / "m.json"),
-           "--plots", str(tmp_path / "p.csv"), "--no-progress"]
+    cmd, env, out = _two_process_train(toy_run, tmp_path, params)
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "re-estimating BatchNorm on 64 samples" in res.stderr, res.stderr[-3000:]
