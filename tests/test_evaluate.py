@@ -1370,3 +1370,21 @@ def test_pairs_whose_names_differ_only_in_case_are_refused(tmp_path: Path) -> No
     with pytest.raises(InputFileError, match=r"dataset 't': pairs 'P' and 'p' differ only in case"):
         ev.find_pairs(ev.Dataset(name="t", sources=src))
     assert [p.name for p in ev.find_pairs(ev.Dataset(name="t", sources=src, pattern="[pq]"))] == ["p", "q"]
+
+
+def test_clashing_method_names_holding_undecodable_bytes_get_distinct_figure_names() -> None:
+    """Two method names from file names that are no text in the locale (``os.fsdecode`` of
+    ``x\\xff`` and ``x\\xfe``: lone surrogates) both give the part ``x_``; hashing them to tell
+    them apart failed ("UnicodeEncodeError: surrogates not allowed"). Each now gets its own
+    safe part."""
+    import os
+
+    from bafusion.evaluation.figures import _file_parts
+
+    names = [os.fsdecode(b"x\xff"), os.fsdecode(b"x\xfe"), "x?"]
+    assert all(any(0xD800 <= ord(c) <= 0xDFFF for c in n) for n in names[:2]), [ascii(n) for n in names]
+    parts = _file_parts(names)
+    assert set(parts) == set(names)
+    assert len({v.casefold() for v in parts.values()}) == 3, parts
+    assert all(re.fullmatch(r"x_-[0-9a-f]{8}", v) for v in parts.values()), parts
+    assert parts == _file_parts(list(reversed(names)))  # the same name, the same part

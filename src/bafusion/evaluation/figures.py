@@ -213,14 +213,18 @@ def _file_parts(names: list[str]) -> dict[str, str]:
     """Each method name's part of a file name: :func:`_safe` of it, unless another name gives
     the same part (``My GFF`` and ``My_GFF``; or ``Ours`` and ``ours``, one file on a
     case-insensitive disk): then each of those gets ``-`` and the first 8 hex digits of the
-    SHA-256 of its name appended, so no method's files overwrite another's."""
+    SHA-256 of its name appended, so no method's files overwrite another's. The name is hashed
+    as UTF-8 with lone surrogates (``os.fsdecode``'s stand-ins for undecodable bytes) kept as
+    their own code units, so such names hash too, each to its own digits."""
     import hashlib
     from collections import Counter
 
     safe = {n: _safe(n) for n in names}
     shared = Counter(v.casefold() for v in safe.values())
-    parts = {n: v if shared[v.casefold()] == 1 else f"{v}-{hashlib.sha256(n.encode()).hexdigest()[:8]}"
-             for n, v in safe.items()}
+    def digits(n: str) -> str:
+        return hashlib.sha256(n.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+    parts = {n: v if shared[v.casefold()] == 1 else f"{v}-{digits(n)}" for n, v in safe.items()}
     if len({v.casefold() for v in parts.values()}) < len(parts):  # a name spelt like another's suffixed one
         raise ValueError(f"methods {sorted(names)} give clashing figure file names {sorted(parts.values())}")
     return parts
