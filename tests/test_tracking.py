@@ -1333,3 +1333,47 @@ def test_sqlite_path_reads_the_plain_and_the_uri_forms() -> None:
     assert tracking.sqlite_path(tracking.sqlite_uri(Path("/a/b?c/m.db"))) == Path("/a/b?c/m.db")
     assert tracking.sqlite_uri(Path("/a/b #c/m.db")) == "sqlite:////a/b #c/m.db"
     assert tracking.sqlite_path("http://host:5000") is None
+
+
+def test_the_store_lock_without_fcntl_is_taken_with_msvcrt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where there is no fcntl (Windows) the store's lock (_locked: the sqlite store's creation,
+    a DVC invocation's parent run) took no lock at all, so parallel Snakemake jobs raced on the
+    store's migrations. It now takes bafusion.atomic's lock, msvcrt.locking there (here a
+    stand-in made of flock, whose locks also exclude a second open of the file), and waits for
+    a holder to release it."""
+    import errno
+    import fcntl
+    import threading
+
+    import bafusion.atomic as atomic
+
+    class FakeMsvcrt:
+        LK_UNLCK, LK_NBLCK = 0, 2
+
+        @staticmethod
+        def locking(fd: int, mode: int, nbytes: int) -> None:
+            assert nbytes == 1 and os.lseek(fd, 0, os.SEEK_CUR) == atomic._MSVCRT_LOCK_OFFSET
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if mode == FakeMsvcrt.LK_NBLCK else fcntl.LOCK_UN)
+            except BlockingIOError:
+                raise OSError(errno.EACCES, "Permission denied") from None
+
+    monkeypatch.setattr(atomic, "fcntl", None)
+    monkeypatch.setattr(atomic, "msvcrt", FakeMsvcrt, raising=False)
+    monkeypatch.setattr(tracking, "fcntl", None, raising=False)  # as the module had it on Windows
+    lock = tmp_path / "mlflow.db.lock"
+    events: list[str] = []
+    with open(lock, "a", encoding="utf-8") as fh1, open(lock, "a", encoding="utf-8") as fh2:
+
+        def second() -> None:
+            with tracking._locked(fh2):
+                events.append("second holds it")
+
+        with tracking._locked(fh1):
+            t = threading.Thread(target=second)
+            t.start()
+            t.join(0.5)
+            events.append("first releases it")
+        t.join(10)
+    assert not t.is_alive()
+    assert events == ["first releases it", "second holds it"]

@@ -548,14 +548,26 @@ def _msvcrt_lock(fh: object, mode: int) -> None:
         fh.seek(0)  # type: ignore[attr-defined]
 
 
-def _lock(fh: object) -> None:
-    """Take the exclusive lock of the open file ``fh`` without waiting (``flock``, on Windows
-    ``msvcrt.locking``): ``BlockingIOError`` when another holds it. The OS releases it when the
-    process ends."""
+#: Seconds between tries of a lock that :func:`_lock` waits for with ``msvcrt`` (Windows).
+_MSVCRT_WAIT_S = 0.05
+
+
+def _lock(fh: object, wait: bool = False) -> None:
+    """Take the exclusive lock of the open file ``fh`` (``flock``, on Windows
+    ``msvcrt.locking``): without waiting, ``BlockingIOError`` when another holds it; with
+    ``wait``, once the other releases it (``msvcrt``'s own wait gives up after 10 s, so it is
+    tried again every :data:`_MSVCRT_WAIT_S`). The OS releases it when the process ends."""
     if fcntl is not None:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    else:
-        _msvcrt_lock(fh, msvcrt.LK_NBLCK)
+        fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    while True:
+        try:
+            _msvcrt_lock(fh, msvcrt.LK_NBLCK)
+            return
+        except BlockingIOError:
+            if not wait:
+                raise
+        time.sleep(_MSVCRT_WAIT_S)
 
 
 def _unlock(fh: object) -> None:

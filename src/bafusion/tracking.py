@@ -59,11 +59,6 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 from urllib.request import getproxies, proxy_bypass
 
-try:
-    import fcntl
-except ImportError:  # Windows: the store's file locks are not taken (see _locked)
-    fcntl = None  # type: ignore[assignment]
-
 EXPERIMENT = "bafusion"
 #: Environment variable that carries the parent run's id from Snakemake to its jobs.
 PARENT_ENV = "BAFUSION_PARENT_RUN"
@@ -512,19 +507,23 @@ def _locked(fh: Any) -> Iterator[None]:
     """Hold an exclusive lock on the open file ``fh`` (waiting for it), released on leaving;
     ``fh`` None (a server store): no lock.
 
-    Where ``fcntl`` is missing (Windows) no lock is taken either: tracking works, but processes
-    started together (parallel Snakemake jobs) are not serialised on the sqlite store's creation
-    (the experiment's creation tolerates losing that race) nor on finding a DVC invocation's
-    parent run (two such stages at once may each open one).
+    The lock is :mod:`bafusion.atomic`'s (``flock``; on Windows, which has no ``fcntl``,
+    ``msvcrt.locking``), so processes started together (parallel Snakemake jobs) are
+    serialised on the sqlite store's creation and on finding a DVC invocation's parent run.
+    Where the system has neither, no lock is taken: tracking works, but the experiment's
+    creation may race (it tolerates losing that race) and two such stages at once may each
+    open a parent run.
     """
-    if fcntl is None or fh is None:
+    from bafusion import atomic
+
+    if fh is None or (atomic.fcntl is None and atomic.msvcrt is None):
         yield
         return
-    fcntl.flock(fh, fcntl.LOCK_EX)
+    atomic._lock(fh, wait=True)
     try:
         yield
     finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
+        atomic._unlock(fh)
 
 
 #: MLflow's experiment-kind tag: model training, so the UI opens on the runs table, not on
