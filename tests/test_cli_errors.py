@@ -1112,6 +1112,19 @@ def test_a_full_standard_output_is_named(work: Path, command: str) -> None:
                                 "the standard output)")
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+@pytest.mark.parametrize("argv", [["--help"], ["count", "--help"], ["metrics", "-h"]])
+def test_help_to_a_full_standard_output_is_an_error(work: Path, argv: list[str]) -> None:
+    """`bafusion --help > /dev/full` (and a command's --help) exited 0 having written nothing:
+    argparse ignores a failed write of the help. It is now said as for --version, status 2."""
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "bafusion", *argv], stdout=full, stderr=subprocess.PIPE,
+                           text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    assert r.returncode == 2, r.stderr
+    cmd = " ".join(["bafusion", *argv[:-1]])
+    assert r.stderr.strip() == f"{cmd}: error: No space left on device (writing the standard output)"
+
+
 _STOPPABLE = """
 import signal, sys, time
 from pathlib import Path

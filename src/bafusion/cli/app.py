@@ -33,6 +33,7 @@ import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from bafusion._version import __version__
 from bafusion.atomic import clear_stop, request_stop, shown_path, stop_requested
@@ -94,6 +95,16 @@ class Parser(argparse.ArgumentParser):
                     hints.append(f"{name}: did you mean {options[close[0]]}?")
             return f"; {' '.join(hints)}" if hints else ""
         return ""
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        """argparse's, except that a failed write of the standard output (``--help > /dev/full``,
+        a reader gone) is raised (:func:`_main` says it, as for ``--version``): argparse ignored
+        it, and ``--help`` exited 0 having written nothing. Messages to stderr are argparse's."""
+        if not message or file is not sys.stdout:
+            super()._print_message(message, file)
+            return
+        file.write(message)
+        file.flush()
 
     def _get_option_tuples(self, option_string: str) -> list:  # type: ignore[override]
         """The options an abbreviation may mean, one per option: ``--ou`` matches ``--out`` and
@@ -393,14 +404,8 @@ def _main(argv: list[str]) -> int:
     if command is None and "--version" in argv:  # needs no command module (and no torch)
         try:
             print(f"bafusion {__version__}", flush=True)
-        except BrokenPipeError:  # `bafusion --version | true`
-            _drop_stdout()
-            return 128 + signal.SIGPIPE
-        except OSError as e:  # > /dev/full: one line, as every command's writes to stdout
-            _drop_stdout()
-            print(f"{cmd}: error: {os.strerror(e.errno) if e.errno else one_line(e)} (writing the standard output)",
-                  file=sys.stderr)
-            return 2
+        except OSError as e:
+            return _stdout_failed(cmd, e)
         return 0
     modules = {COMMANDS[command]} if command in COMMANDS else set(COMMAND_MODULES)
     limit = address_space_limit_mib()
@@ -418,7 +423,10 @@ def _main(argv: list[str]) -> int:
         print(f"{cmd}: error: out of memory loading the program ({one_line(e)[:200] or type(e).__name__}): "
               f"free memory{'; ' + address_space_note() if limit is not None else ''}", file=sys.stderr)
         return 1
-    args, extra = parser.parse_known_args(argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except OSError as e:  # --help's write of the standard output (Parser._print_message)
+        return _stdout_failed(cmd, e)
     if extra:  # said by the command's parser: "bafusion fuse-dir: error: ... (see bafusion fuse-dir --help)"
         subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         subs.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
@@ -429,6 +437,18 @@ def _main(argv: list[str]) -> int:
         print(_address_space_refusal(cmd, limit, MIN_ADDRESS_SPACE_MIB, "run torch"), file=sys.stderr)
         return 1
     return _run(cmd, args)
+
+
+def _stdout_failed(cmd: str, e: OSError) -> int:
+    """Say that writing the standard output of ``--version`` or ``--help`` failed: a reader
+    gone (``| true``) ends silently with 128 + SIGPIPE, as any Unix tool; another error
+    (``> /dev/full``) is one line, as every command's writes to stdout, and status 2."""
+    _drop_stdout()
+    if isinstance(e, BrokenPipeError):
+        return 128 + _SIGPIPE
+    print(f"{cmd}: error: {os.strerror(e.errno) if e.errno else one_line(e)} (writing the standard output)",
+          file=sys.stderr)
+    return 2
 
 
 def _stopped(cmd: str) -> int | None:
