@@ -194,6 +194,9 @@ def test_an_exception_without_a_stop_is_still_a_bug(monkeypatch: pytest.MonkeyPa
     (["fus", "a.png"], "; did you mean 'fuse'? (see bafusion --help)"),
     (["count", "--fromat", "json"], "unrecognized arguments: --fromat json; --fromat: did you mean --format?"),
     (["count", "--fromat=json"], "; --fromat: did you mean --format?"),
+    (["prep"], "; did you mean 'prepare'?"),
+    (["evalute"], "; did you mean 'evaluate'?"),
+    (["fuse", "a.png", "b.png", "-o", "x.png", "--precison", "fp16"], "--precison: did you mean --precision?"),
     (["baseline", "--method", "gfff", "a", "b", "-o", "f.png"], "invalid choice: 'gfff' (choose from 'gff', "
                                                                 "'laplacian'); did you mean 'gff'?"),
 ])
@@ -221,12 +224,15 @@ def test_no_suggestion_when_nothing_is_close(capsys: pytest.CaptureFixture[str])
     (["fuse", "a.png", "b.png", "-o", "x.png", "--gpu"], "--gpu"),
     (["fuse", "a.png", "b.png", "-o", "x.png", "--resize"], "--resize"),
     (["fuse-dir", "in", "out", "--methd", "gff"], "--methd"),
+    (["fuse-dir", "in", "out", "--cores", "2"], "--cores"),
 ])
 def test_no_suggestion_from_the_leading_dashes_alone(capsys: pytest.CaptureFixture[str], argv: list[str],
                                                      word: str) -> None:
     """The options were compared with their "--", which made --gpu "close" to --output, --resize
     to --precision and --methd to --ext: a user looking for a GPU option was
-    pointed at --output."""
+    pointed at --output. --cores was still pointed at --force (three letters of five in
+    common: difflib's cutoff of 0.6 exactly); a hint now needs a typo's distance (one edit per
+    four letters), the typed word being the name's start, or a clearly close name."""
     from bafusion.cli import main
 
     with pytest.raises(SystemExit):

@@ -73,16 +73,15 @@ class Parser(argparse.ArgumentParser):
 
     def _did_you_mean(self, message: str) -> str:
         """A mistyped command or choice (``bafusion fus``), or an unknown option of this parser
-        (``--fromat``): ``"; did you mean 'fuse'?"`` naming the closest (difflib's), else ``""``
-        (Python 3.11's argparse suggests nothing)."""
-        import difflib
+        (``--fromat``): ``"; did you mean 'fuse'?"`` naming the closest (:func:`_close_name`), else
+        ``""`` (Python 3.11's argparse suggests nothing)."""
         import re
 
         m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
         if m:
             choices = re.findall(r"'([^']*)'", m.group(2)) or [c.strip() for c in m.group(2).split(",")]
-            close = difflib.get_close_matches(m.group(1), choices, n=1)
-            return f"; did you mean '{close[0]}'?" if close else ""
+            close = _close_name(m.group(1), choices)
+            return f"; did you mean '{close}'?" if close else ""
         if message.startswith("unrecognized arguments: "):
             # compared without the leading "--": those two shared characters made --gpu "close"
             # to --output and --resize to --precision
@@ -90,9 +89,9 @@ class Parser(argparse.ArgumentParser):
             hints = []
             for word in message.split()[2:]:
                 name = word.partition("=")[0]
-                close = difflib.get_close_matches(name[2:], list(options), n=1) if name.startswith("--") else []
+                close = _close_name(name[2:], list(options)) if name.startswith("--") else None
                 if close:
-                    hints.append(f"{name}: did you mean {options[close[0]]}?")
+                    hints.append(f"{name}: did you mean {options[close]}?")
             return f"; {' '.join(hints)}" if hints else ""
         return ""
 
@@ -117,6 +116,34 @@ class Parser(argparse.ArgumentParser):
                 seen.add(id(t[0]))
                 unique.append(t)
         return unique
+
+
+def _edits(a: str, b: str) -> int:
+    """The fewest insertions, deletions, substitutions and swaps of neighbours that make ``a``
+    into ``b`` (optimal string alignment distance)."""
+    rows = [list(range(len(b) + 1))]
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
+
+
+def _close_name(word: str, names: Sequence[str]) -> str | None:
+    """The name a mistyped ``word`` most likely meant, else ``None``: of the names that are a
+    typo away (one edit per four characters of ``word``, at least one: ``fromat``, ``methd``,
+    ``fus``), that ``word`` begins (``prep``), or that difflib finds clearly close (a ratio of
+    0.75: ``output-dir``), the closest by difflib. difflib alone, at its cutoff of 0.6, pointed
+    ``--cores`` at ``--force`` (three letters of five in common)."""
+    import difflib
+
+    near = [n for n in names if _edits(word, n) <= max(1, len(word) // 4) or (len(word) >= 3 and n.startswith(word))
+            or difflib.SequenceMatcher(None, word, n).ratio() >= 0.75]
+    close = difflib.get_close_matches(word, near, n=1, cutoff=0.0)
+    return close[0] if close else None
 
 
 def one_line(text: object) -> str:
