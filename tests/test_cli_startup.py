@@ -35,7 +35,7 @@ def test_command_of() -> None:
     assert command_of(["--help"]) is None
     assert command_of(["--version"]) is None
     assert command_of([]) is None
-    assert command_of(["fuseX"]) is None  # unknown: the full parser says which exist
+    assert command_of(["fuseX"]) is None  # unknown: the commands' names say which exist
 
 
 def _subparser(parser, command: str):
@@ -63,8 +63,10 @@ def _run(code: str) -> str:
 
 
 @pytest.mark.parametrize("argv", [["metrics", "--help"], ["preset", "--help"], ["count", "--bogus"],
-                                  ["download-record", "--help"]])
+                                  ["download-record", "--help"], ["fus", "a.png"], []])
 def test_light_commands_do_not_import_torch(argv: list[str]) -> None:
+    """... nor a mistyped command (`bafusion fus`: 2.7 s importing every command's module,
+    torch with them, to print one line) or none."""
     code = (
         "import sys\n"
         "from bafusion.cli import main\n"
@@ -239,3 +241,19 @@ def test_no_suggestion_from_the_leading_dashes_alone(capsys: pytest.CaptureFixtu
         main(argv)
     err = capsys.readouterr().err
     assert f"unrecognized arguments: {word}" in err and "did you mean" not in err, err
+
+
+@pytest.mark.parametrize("argv", [["fus", "a.png"], ["evalute"], ["zzz"], []])
+def test_an_unknown_command_is_refused_as_the_full_parser_refuses_it(capsys: pytest.CaptureFixture[str],
+                                                                     argv: list[str]) -> None:
+    """An unknown command (or none) is refused from the commands' names alone: the same line,
+    the same status, as the parser of every command gives."""
+    from bafusion.cli import main
+
+    with pytest.raises(SystemExit) as full:
+        build_parser().parse_known_args(argv)
+    expected = capsys.readouterr().err
+    with pytest.raises(SystemExit) as light:
+        main(argv)
+    assert (light.value.code, capsys.readouterr().err) == (full.value.code, expected) == (2, expected)
+    assert "error: " in expected

@@ -158,9 +158,11 @@ def command_of(argv: Sequence[str]) -> str | None:
     return first if first in COMMANDS else None
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None, *, names_only: bool = False) -> argparse.ArgumentParser:
     """The ``bafusion`` parser; with ``command``, only the subcommands of the module that
-    registers it (the same parser for that command line, without importing the others)."""
+    registers it (the same parser for that command line, without importing the others); with
+    ``names_only``, the commands' names (:data:`COMMANDS`) without their options, importing no
+    command module: enough to refuse a command line whose first word is no command."""
     modules = (COMMANDS[command],) if command in COMMANDS else COMMAND_MODULES
     parser = Parser(
         prog="bafusion",
@@ -169,6 +171,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bafusion {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    if names_only:
+        for name in COMMANDS:
+            sub.add_parser(name)
+        return parser
     for name in modules:
         try:
             module = importlib.import_module(name)
@@ -434,6 +440,11 @@ def _main(argv: list[str]) -> int:
         except OSError as e:
             return _stdout_failed(cmd, e)
         return 0
+    if command is None and (not argv or not argv[0].startswith("-")):
+        # no command, or an unknown one (`bafusion fus`): refused by the commands' names alone,
+        # without importing their modules (torch: seconds, to print one line)
+        parser = build_parser(names_only=True)
+        parser.parse_known_args(argv)  # exits 2: "invalid choice: 'fus' ...; did you mean 'fuse'?"
     modules = {COMMANDS[command]} if command in COMMANDS else set(COMMAND_MODULES)
     limit = address_space_limit_mib()
     if limit is not None and limit < MIN_ADDRESS_SPACE_LOAD_MIB and modules & _TORCH_AT_LOAD_MODULES:
