@@ -330,6 +330,35 @@ def test_evaluate_says_the_nets_options_are_not_used_when_the_parameters_choose_
             "neither Ours nor Ours-initial") in err, err
 
 
+@pytest.mark.parametrize("methods", [["--methods", "Laplacian"], ["--params-json", '{"methods": ["Laplacian"]}']])
+def test_evaluate_says_the_device_is_not_used_when_no_net_method_is_evaluated(work: Path, capsys,
+                                                                               methods: list[str]) -> None:
+    """`evaluate --device cuda` evaluating no Ours method was refused on a machine without CUDA
+    ("CUDA is not available") and ignored in silence on one with it, while --initial/--boundary
+    were refused or noted. A note now says it is not used (not refused: scripts pass --device
+    whatever the methods); the run goes on to the dataset. (This machine may have CUDA or not.)"""
+    try:
+        rc = cli_main(["evaluate", "--out", "ev", "--dataset", "tiny=.", *methods, "--device", "cuda",
+                       "--metrics", "QG"])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and "dataset 'tiny': no pairs" in err, err  # past the nets' options, to the dataset
+    assert ("bafusion evaluate: note: --device cuda not used: the methods evaluated (Laplacian) include "
+            "neither Ours nor Ours-initial") in err, err
+
+
+def test_evaluate_still_refuses_a_bad_device_for_the_nets(work: Path, capsys) -> None:
+    """The device evaluate's nets run on is checked by evaluate (no longer by the preflight, which
+    refused it also when no net method ran): a bad --device with Ours is refused, naming it."""
+    _evd(work)
+    rc = cli_main(["evaluate", "--dataset", "x=evd", "--out", "ev4", "--methods", "Ours", "--metrics", "QG",
+                   "--device", "gpu0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == "bafusion evaluate: error: --device gpu0: not a device (use auto, cpu, cuda, cuda:N or mps)\n", err
+    assert not (work / "ev4").exists()
+
+
 @pytest.mark.parametrize("text, where", [
     ("l: 4\nthreshold: 0.9\n", "l, threshold at the top level, and no 'fuse' section"),
     ("fuse:\nl: 4\n", "l at the top level, and an empty 'fuse' section"),
@@ -883,7 +912,7 @@ def _evd(work: Path) -> None:
         (work / "evd" / f"g01-clock-{k}.png").write_bytes((work / src).read_bytes())
 
 
-EVD = ["evaluate", "--dataset", "x=evd", "--out", "ev4", "--methods", "Laplacian", "--device", "cpu"]
+EVD = ["evaluate", "--dataset", "x=evd", "--out", "ev4", "--methods", "Laplacian"]
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,8 @@ Every command's output paths are listed once, in :data:`COMMAND_OUTPUTS` (by the
   (``patches --out sh sh/initial.h5``);
 * two outputs that are one path (``fuse -o X --save-maps X``, ``patches --out sh --summary
   sh/initial.h5``): the second would overwrite the first;
-* a ``--device`` this machine does not have.
+* a ``--device`` this machine does not have (evaluate's is checked by evaluate, only where a
+  method it evaluates runs the nets: otherwise it is not used, and said so).
 """
 
 from __future__ import annotations
@@ -689,7 +690,7 @@ def check_command(args: argparse.Namespace) -> None:
         + [(os.path.join(p, name), f"{spec.flag(dest)} folder's {name}") for dest in spec.dirs
            for p in _raw(getattr(args, dest, None)) for name in spec.dir_files])
     device = getattr(args, "device", None)
-    if isinstance(device, str):
+    if isinstance(device, str) and getattr(args, "command", None) != "evaluate":
         check_device(device)
 
 

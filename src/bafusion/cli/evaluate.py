@@ -228,18 +228,22 @@ def _check_net_options(args: argparse.Namespace, methods: tuple[str, ...] | list
     """--models, --initial and --boundary choose the nets of Ours and Ours-initial and were ignored
     in silence when neither method is evaluated. With --methods on the command line they are
     refused naming both; with the methods from the parameters (the pipeline's evaluate stage
-    always passes --initial and --boundary) a note on stderr says they are not used. (--device
-    is left alone: scripts pass --device cpu whatever the methods, and it chooses no files.)"""
+    always passes --initial and --boundary) a note on stderr says they are not used. --device
+    (which device runs the nets) was ignored in silence too: a note says it is not used, also
+    with --methods (not refused: scripts pass --device cpu whatever the methods, and it chooses
+    no files)."""
+    if OURS in methods or OURS_INITIAL in methods:
+        return
     given = [o for o, v in (("--models", args.models), ("--initial", args.initial), ("--boundary", args.boundary))
              if v is not None]
-    if not given or OURS in methods or OURS_INITIAL in methods:
-        return
-    them = ", ".join(given)
-    if args.methods:
+    if given and args.methods:
+        them = ", ".join(given)
         raise UserError(f"{them}: the nets of {OURS} and {OURS_INITIAL}, but --methods {args.methods} evaluates "
                         f"neither: add {OURS} to --methods, or leave {them} out")
-    print(f"bafusion evaluate: note: {them} not used: the methods evaluated ({', '.join(methods)}) include neither "
-          f"{OURS} nor {OURS_INITIAL}", file=sys.stderr)
+    unused = ([] if args.methods else given) + ([f"--device {args.device}"] if args.device is not None else [])
+    if unused:
+        print(f"bafusion evaluate: note: {', '.join(unused)} not used: the methods evaluated ({', '.join(methods)}) "
+              f"include neither {OURS} nor {OURS_INITIAL}", file=sys.stderr)
 
 
 def _check_methods(methods: list[str], dataset: str | None) -> None:
