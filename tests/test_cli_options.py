@@ -256,6 +256,37 @@ def test_a_tilde_in_path_options_and_params_is_the_home_folder(home, monkeypatch
     assert (ds.sources, ds.reference, ds.reference_metrics) == (home / "ev", home / "ref", home / "peers.csv")
 
 
+@pytest.mark.parametrize(("argv", "dests"), [
+    (["fuse", "~/a.png", "~b/b.png", "-o", "f.png"], {"images": ["{home}/a.png", "~b/b.png"]}),
+    (["baseline", "~/a.png", "~/b.png", "-o", "g.png"], {"a": "{home}/a.png", "b": "{home}/b.png"}),
+    (["metrics", "~/a.png", "~/b.png", "~/f.png"], {"a": "{home}/a.png", "b": "{home}/b.png", "f": "{home}/f.png"}),
+    (["composite-index", "~/s0.h5", "s1.h5", "-o", "i.json"], {"shards": ["{home}/s0.h5", "s1.h5"]}),
+    (["patches", "~/s0.h5", "-o", "p"], {"shards": ["{home}/s0.h5"]}),
+    (["ensemble", "~/m1.pt", "~/m2.pt", "-o", "e.pt"], {"members": ["{home}/m1.pt", "{home}/m2.pt"]}),
+])
+def test_a_tilde_in_positional_paths_is_the_home_folder(home, argv: list[str], dests: dict) -> None:
+    """The options' paths took ``~`` as the home folder, the positional ones did not:
+    ``bafusion metrics '~/a.png' ...`` (quoted, or from Windows' cmd, which expands nothing) said
+    "~/a.png: file not found". Each is now the home folder's, as in the options (``~b``, a user
+    this machine lacks, is left as it is, as a shell leaves it)."""
+    args = build_parser(argv[0]).parse_args(argv)
+    expected = {k: [x.format(home=home) for x in v] if isinstance(v, list) else v.format(home=home)
+                for k, v in dests.items()}
+    assert {k: getattr(args, k) for k in dests} == expected
+
+
+def test_a_source_image_given_with_a_tilde_is_read_from_the_home(home, capsys) -> None:
+    """``bafusion metrics '~/a.png' '~/b.png' '~/a.png'`` said "~/a.png: file not found"."""
+    import numpy as np
+    from PIL import Image
+
+    img = np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1))
+    Image.fromarray(img).save(home / "a.png")
+    Image.fromarray(img[:, ::-1]).save(home / "b.png")
+    assert cli_main(["metrics", "~/a.png", "~/b.png", "~/a.png", "--metrics", "QG"]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.splitlines()[0] == "QG"
+
+
 def test_a_missing_folder_given_with_a_tilde_is_named_in_the_home(home, capsys) -> None:
     """``download-eval --from-dir='~/evalcopy'`` said "~/evalcopy: eval folder not found" for a
     folder that was there; a missing one is named by its path in the home folder, and nothing

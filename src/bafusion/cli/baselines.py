@@ -43,8 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fuse two images with a native baseline (guided-filter fusion or Laplacian pyramid)",
         description="Fuse sources A and B with a native baseline method and write the fused image.",
     )
-    p.add_argument("a", metavar="A", help="first source image")
-    p.add_argument("b", metavar="B", help="second source image")
+    p.add_argument("a", metavar="A", type=nonempty_path, help="first source image")
+    p.add_argument("b", metavar="B", type=nonempty_path, help="second source image")
     p.add_argument("--method", choices=tuple(METHODS), default="gff", help="fusion method (default gff)")
     p.add_argument("-o", "--output", "--out", dest="output", type=nonempty_path, required=True, help="fused image to write (format from the suffix)")
     p.set_defaults(func=_cmd_baseline)

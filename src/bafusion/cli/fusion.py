@@ -427,7 +427,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "models/default/ if shipped, else data/models/ (pipeline-trained).",
         epilog=METADATA_EPILOG,
     )
-    p.add_argument("images", nargs="+", help="source images (same size; with --align a shot of another size is "
+    # ~/a.png (quoted, Windows cmd) is the home's, as in the path options (nonempty_path); an empty
+    # source is named by its position where the sources are read ("source 2: the path is empty")
+    p.add_argument("images", nargs="+", type=os.path.expanduser, help="source images (same size; with --align a shot of another size is "
                    "registered onto the first), A B [C ...]")
     p.add_argument("-o", "--output", "--out", dest="output", type=nonempty_path, required=True,
                    help="fused image (.png, .tif, .bmp, .jpg); an existing file that is not a source is "

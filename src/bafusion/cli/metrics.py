@@ -8,6 +8,7 @@ import math
 import sys
 from collections.abc import Callable
 
+from bafusion.cli.common import nonempty_path
 from bafusion.errors import UserError
 from bafusion.evaluation.metrics import (
     METRICS,
@@ -96,9 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "frames or pages only the first is read (said on stderr)."
         ),
     )
-    p.add_argument("a", metavar="A", help="first source image")
-    p.add_argument("b", metavar="B", help="second source image")
-    p.add_argument("f", metavar="F", help="fused image")
+    p.add_argument("a", metavar="A", type=nonempty_path, help="first source image")
+    p.add_argument("b", metavar="B", type=nonempty_path, help="second source image")
+    p.add_argument("f", metavar="F", type=nonempty_path, help="fused image")
     p.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (default csv)")
     p.add_argument(
         "--metrics",

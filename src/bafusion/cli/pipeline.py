@@ -304,7 +304,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_composite)
 
     p = sub.add_parser("composite-index", help="summarise composite shards into a JSON index")
-    p.add_argument("shards", nargs="+", help="composite shard files (.h5) to summarise")
+    p.add_argument("shards", nargs="+", type=nonempty_path, help="composite shard files (.h5) to summarise")
     p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True,
                    help="JSON index file to write (e.g. data/composite/index.json)")
     p.set_defaults(func=cmd_composite_index)
@@ -316,7 +316,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_testset)
 
     p = sub.add_parser("patches", parents=[common], help="sample labelled two-channel patches into HDF5")
-    p.add_argument("shards", nargs="+", help="composite shard files")
+    p.add_argument("shards", nargs="+", type=nonempty_path, help="composite shard files")
     p.add_argument("--patch", type=int, default=32,
                    help="patch side in pixels, a multiple of 4, at least 8 (default %(default)s, as params.yaml; "
                         "the paper's 64)")

@@ -244,7 +244,7 @@ def register(subparsers: Any) -> None:
                     "trained from other seeds or data) into one model file whose logits are the mean of "
                     "theirs (bafusion.nets.model.ensemble: grouped convolutions; 2.6x the trunk time of one net "
                     "for two members on a CPU, BENCHMARKS.md). Use it as --initial or as initial.pt of a model folder.")
-    q.add_argument("members", nargs="+", help="model files (.pt with their .json)")
+    q.add_argument("members", nargs="+", type=nonempty_path, help="model files (.pt with their .json)")
     q.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True, help="model file to write (.pt, with a .json beside it)")
     q.set_defaults(func=run_ensemble)
 
