@@ -993,7 +993,8 @@ def test_fuse_dir_names_the_steps_around_a_fusion_only_for_stacks_of_some_size(t
     stack (reading, checking the scene, checking the motion; eight with --align), a batch of
     hundreds of small stacks a screenful each second. Only a stack whose shots hold
     batch.STEP_LINES_MIN_PIXELS or more in all names them; the bar over the stacks and the steps of
-    a stack of three or more shots stay."""
+    a stack of three or more shots stay. With --align a small stack still names its alignment,
+    in one line: it spends 5-10 s there, and the bar alone did not say why it stood still."""
     import bafusion.progress as progress
 
     src = _pairs_in(tmp_path / "in", {"p": 3, "q": 4})
@@ -1009,8 +1010,9 @@ def test_fuse_dir_names_the_steps_around_a_fusion_only_for_stacks_of_some_size(t
         err = capsys.readouterr().err
         assert "fuse-dir: 100%" in err and "| 3/3 [" in err, err  # the bar over the stacks
         lines = [line for line in err.splitlines() if line.endswith(" ...")]
-        assert [line for line in lines if ": step " not in line] == [], err
-        assert [line.split(": step ")[1] for line in lines] == ["1/2: fusing f1.png into f0.png ...",
+        aligning = [f"bafusion fuse-dir: {s}: aligning the shots (similarity) ..." for s in ("p", "q", "s")]
+        assert [line for line in lines if ": step " not in line] == (aligning if align else []), err
+        assert [line.split(": step ")[1] for line in lines if ": step " in line] == ["1/2: fusing f1.png into f0.png ...",
                                                                 "2/2: fusing f2.png into the fusion of f0.png and "
                                                                 "f1.png ..."], err
     # at the threshold a pair names them (two 80x80 shots), just above it not

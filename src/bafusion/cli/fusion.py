@@ -549,6 +549,6 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
         "no progress bar and no lines per stack (default: on a terminal a bar over the stacks, each stack's own "
         f"fusion bar from {PROGRESS_MIN_PIXELS / 1e6:g} megapixels a shot, the steps of a stack of three or more "
         "shots, and the steps around a stack's fusion (reading, checking, aligning, writing) where its shots hold "
-        f"{STEP_LINES_MIN_PIXELS / 1e6:g} megapixels or more in all; without a terminal one line per stack and the "
+        f"{STEP_LINES_MIN_PIXELS / 1e6:g} megapixels or more in all (in a smaller one, its aligning only); without a terminal one line per stack and the "
         "steps of a stack of three or more shots)"))
     p.set_defaults(func=_cmd_fuse_dir)
