@@ -887,3 +887,29 @@ def test_sources_given_with_a_tilde_are_recorded_as_written(tmp_path: Path, monk
     assert json.loads(outputs[0]["bg/selection.json"])["source"] == {
         "annotations": "~/src/coco/instances_train2017.json", "images": "~/src/coco/train2017"}
     assert b'"~/src/am/input/GT01.png"' in outputs[0]["prep/manifest.json"]
+
+
+def test_eval_from_a_local_folder_names_its_files_by_path_not_by_file_url(tmp_path: Path, capsys) -> None:
+    """download-eval --base-url FOLDER (or --from-dir) named a missing or oversized local file by
+    its file:// URL ("FAILED file:///home/me/ev/lytro/a.jpg: local file not found: /home/me/...");
+    the messages now show the plain path, once."""
+    good = jpeg_bytes(_builtin_image("coffee")[:40, :40])
+    src = tmp_path / "ev dir"
+    (src / "lytro").mkdir(parents=True)
+    (src / "lytro" / "b.jpg").write_bytes(good + b"\0" * 10)
+    manifest = tmp_path / "manifest.json"
+    entries = [{"name": f"lytro/{n}.jpg", "set": "lytro", "size": len(good), "sha256": hashlib.sha256(good).hexdigest()}
+               for n in ("a", "b")]
+    manifest.write_text(json.dumps({"files": entries}))
+    with pytest.raises(UserError) as e:
+        acquire_eval(tmp_path / "e", base_url=str(src), manifest=manifest, sets=("lytro",), cache=tmp_path / "c",
+                     net=NET)
+    err = capsys.readouterr().err
+    assert str(e.value) == f"2 of 2 eval files failed; first: {src / 'lytro' / 'a.jpg'}: local file not found"
+    assert f"  FAILED {src / 'lytro' / 'a.jpg'}: local file not found\n" in err, err
+    assert f"  FAILED {src / 'lytro' / 'b.jpg'}: holds {len(good) + 10} bytes, more than the expected size" in err, err
+    assert "file:" not in err + str(e.value)
+    with pytest.raises(DownloadError) as d:  # fetch's own error too; the error keeps the URL
+        acquire.fetch((src / "lytro" / "a.jpg").as_uri(), tmp_path / "x.jpg")
+    assert str(d.value) == f"{src / 'lytro' / 'a.jpg'}: local file not found"
+    assert d.value.url == (src / "lytro" / "a.jpg").as_uri()

@@ -59,6 +59,7 @@ from bafusion.data.download import (
     fetch_many,
     file_digest,
     join_url,
+    shown_location,
     to_url,
 )
 from bafusion.data.sources import dir_foregrounds
@@ -463,7 +464,7 @@ def acquire_coco(
             _log(summary.format("coco"))
             raise UserError(
                 f"coco: {len(summary.failed)} image downloads failed (more than max_failures={max_failures}); "
-                f"first: {summary.failed[0][0]}: {summary.failed[0][1]}"
+                f"first: {shown_location(summary.failed[0][0])}: {summary.failed[0][1]}"
             )
         ok = {r.path for r in s.downloaded + s.skipped}
         for r, job, where in zip(batch, jobs, shown):
@@ -629,7 +630,7 @@ def acquire_eval(
     _log(summary.format("eval pairs"))
     if summary.failed:
         url, msg = summary.failed[0]
-        raise UserError(f"{len(summary.failed)} of {len(jobs)} eval files failed; first: {url}: {msg}")
+        raise UserError(f"{len(summary.failed)} of {len(jobs)} eval files failed; first: {shown_location(url)}: {msg}")
     with atomic_dir(out) as tmp:
         for f, job in zip(files, jobs):
             dest = tmp / f["name"]

@@ -103,7 +103,7 @@ class DownloadError(UserError):
     def __init__(self, url: str, problem: str) -> None:
         self.url = url
         self.problem = problem
-        super().__init__(f"{url}: {problem}")
+        super().__init__(f"{shown_location(url)}: {problem}")
 
 
 class ChecksumError(DownloadError):
@@ -192,6 +192,16 @@ def to_url(location: str | os.PathLike[str]) -> str:
     return Path(s).expanduser().resolve().as_uri()  # ~/mirror, kept as written in records
 
 
+def shown_location(url: str) -> str:
+    """``url`` as a message shows it: a ``file://`` URL (a local folder given as the source,
+    :func:`to_url`) as the local path it names, another URL as it is. Records keep the URL."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "file":
+        return url
+    path = urllib.request.url2pathname(parts.path)
+    return f"//{parts.netloc}{path}" if parts.netloc not in ("", "localhost") else path
+
+
 def join_url(base: str, name: str) -> str:
     """``base`` (URL or local folder) joined with a relative ``name`` (``/``-separated)."""
     base = to_url(base)
@@ -245,7 +255,7 @@ class FetchSummary:
             f"{len(self.skipped)} skipped (already present and verified), {len(self.failed)} failed"
         ]
         for url, msg in self.failed[:20]:
-            lines.append(f"  FAILED {url}: {msg}")
+            lines.append(f"  FAILED {shown_location(url)}: {msg}")
         if len(self.failed) > 20:
             lines.append(f"  ... and {len(self.failed) - 20} more failures")
         return "\n".join(lines)
@@ -566,9 +576,9 @@ def fetch(
         _drop_part(part)
         src = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
         if not src.is_file():
-            raise DownloadError(url, f"local file not found: {src}")
+            raise DownloadError(url, "local file not found")  # the message names src (shown_location)
         if limit is not None and src.stat().st_size > limit[0]:
-            raise DownloadError(url, f"{src} holds {src.stat().st_size} bytes, more than {limit[1]} ({limit[0]} bytes)")
+            raise DownloadError(url, f"holds {src.stat().st_size} bytes, more than {limit[1]} ({limit[0]} bytes)")
         try:
             shutil.copyfile(src, part)
         except OSError as e:
