@@ -913,3 +913,18 @@ def test_eval_from_a_local_folder_names_its_files_by_path_not_by_file_url(tmp_pa
         acquire.fetch((src / "lytro" / "a.jpg").as_uri(), tmp_path / "x.jpg")
     assert str(d.value) == f"{src / 'lytro' / 'a.jpg'}: local file not found"
     assert d.value.url == (src / "lytro" / "a.jpg").as_uri()
+
+
+def test_a_path_given_with_a_tilde_needs_no_relative_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record's path given as ``~/photos`` (--from-dir '~/photos', download.eval.from_dir) is the
+    home folder's, as absolute as /home/me/photos: a by-hand run in a sub-folder of the project
+    adds no ``relative_to`` for it (taken as relative, the record would say that ~/photos starts
+    from ``sub``); a relative path beside it still does."""
+    (tmp_path / "proj" / "sub").mkdir(parents=True)
+    (tmp_path / "proj" / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path / "proj" / "sub")
+    assert acquire.relative_base("~/photos") == {}
+    assert acquire.relative_base("~/photos", None, "https://example.org/x") == {}
+    assert acquire.relative_base("~/photos", "photos") == {"relative_to": "sub"}
