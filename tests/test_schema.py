@@ -920,3 +920,26 @@ def test_the_depth_maximum_is_the_nets_own() -> None:
 
     assert maximum("depth") == MAX_DEPTH
     assert problems({"depth": MAX_DEPTH}) == [] and problems({"depth": MAX_DEPTH + 6})
+
+
+@pytest.mark.slow
+def test_the_warm_start_rules_input_given_with_a_tilde_is_the_home_folders(tmp_path: Path) -> None:
+    """train.init: ~/m.pt is the home folder's model file in the Snakemake rule too (common.smk's
+    init_input): its input is the expanded path, which exists; kept as written, Snakemake refuses
+    it ("Missing input files(Using '~' in your paths is not allowed ...) for rule train_initial")."""
+    import subprocess
+
+    from pipeline_project import env
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "m.pt").write_bytes(b"a model file")  # the dry run only checks that it is there
+    project = make_project(tmp_path / "p", {"train": {"init": "~/m.pt"}}, git=False)
+    p = subprocess.run(["snakemake", "-n", "--cores", "1", "train_initial"], cwd=project, capture_output=True,
+                       text=True, timeout=300, env={**env(), "HOME": str(home)})
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "rule train_initial:" in out, out[-3000:]
+    block = out[out.index("rule train_initial:"):]
+    inputs = next(line for line in block.splitlines() if line.strip().startswith("input:"))
+    assert str(home / "m.pt") in inputs and "~" not in inputs, inputs
+    assert not (project / "~").exists()
