@@ -771,6 +771,22 @@ def test_download_record(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "b.json").read_text()) == {"source": "builtin", "folders": {}}
 
 
+def test_download_record_reads_a_folder_given_with_a_tilde_from_the_home(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """download-record --source web 'backgrounds=~/bg' (quoted, or after '=', where a shell may
+    leave ~ alone) said "~/bg: folder not found": the folder is the home folder's, and the record
+    names it as given, the same in every home."""
+    home = tmp_path / "home"
+    (home / "bg").mkdir(parents=True)
+    (home / "bg" / "a.jpg").write_bytes(b"1")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert cli(["download-record", "--source", "web", "--out", "r.json", "backgrounds=~/bg"]) == 0
+    rec = json.loads(Path("r.json").read_text())
+    assert rec["folders"]["backgrounds"]["path"] == "~/bg" and rec["folders"]["backgrounds"]["files"] == 1
+    assert "relative_to" not in rec and not Path("~").exists()
+
+
 def test_download_record_refuses_an_unknown_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--source is params data.source: a value outside the schema's enum was written into the
     record (exit 0)."""

@@ -650,8 +650,9 @@ def acquire_eval(
 
 def folder_digest(folder: str | Path) -> tuple[int, str]:
     """(number of files, sha256 over the sorted (relative path, file sha256) list); hidden
-    files (such as Snakemake's ``.snakemake_timestamp``) are left out."""
-    root = Path(folder)
+    files (such as Snakemake's ``.snakemake_timestamp``) are left out. A leading ``~`` is the
+    home folder (a record names the folder as given)."""
+    root = Path(folder).expanduser()
     if not root.is_dir():
         raise InputFileError(root, "is a file, not a folder" if root.exists() else "folder not found")
     h = hashlib.sha256()
