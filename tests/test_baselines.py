@@ -190,6 +190,23 @@ def test_read_method_results_other_extension_and_errors(tmp_path: Path) -> None:
         B.read_method_results(tmp_path, "NOPE", "p1")
 
 
+def test_a_result_stored_twice_is_refused_naming_both_files(tmp_path: Path) -> None:
+    """``p1.png`` and ``p1.jpg`` of one method (evaluate's own fused/<method>/ with jpeg_quality)
+    were read silently as the PNG, while the JPEG was the image that run measured."""
+    from PIL import Image
+
+    (tmp_path / "OLD").mkdir()
+    img = np.arange(72, dtype=np.uint8).reshape(8, 9)
+    Image.fromarray(img).save(tmp_path / "OLD" / "p1.png")
+    Image.fromarray(img).save(tmp_path / "OLD" / "p1.jpg")
+    with pytest.raises(InputFileError, match=r"pair 'p1' by method 'OLD' is stored 2 times, p1\.png, p1\.jpg: keep one"):
+        B.read_method_results(tmp_path, "OLD", "p1")
+    with pytest.raises(InputFileError, match=r"p1\.png, p1\.jpg"):
+        B.find_method_result(tmp_path, "OLD", "p1")
+    (tmp_path / "OLD" / "p1.jpg").unlink()
+    assert B.find_method_result(tmp_path, "OLD", "p1") == tmp_path / "OLD" / "p1.png"
+
+
 def test_read_method_results_beside_the_sources_follows_the_metrics_rule(tmp_path: Path) -> None:
     """A peer's dark 16-bit result without marked significant bits (largest value below 16384)
     was read alone by its largest value, as 14-bit data, 4 times too bright, beside 8-bit

@@ -257,6 +257,20 @@ def test_missing_reference_images_fail_before_any_fusion(
     assert not fused
 
 
+def test_a_reference_result_stored_twice_is_refused_before_any_fusion(tmp_path: Path) -> None:
+    """A peer's p2.png beside p2.jpg was read silently as the PNG: refused before any work,
+    naming the dataset and both files."""
+    src, imgs = _write_set(tmp_path, ["p1", "p2"])
+    ref = _write_reference(tmp_path, imgs, {"CNN": laplacian_fuse})
+    Image.open(ref / "CNN" / "p2.png").save(ref / "CNN" / "p2.jpg")
+    cfg = ev.parse_config({"methods": ["Laplacian"], "metrics": ["QG"], "figures": False})
+    ds = _dataset(src, ref, ("CNN",))
+    with pytest.raises(InputFileError, match=r"dataset 'tiny': the result of pair 'p2' by method 'CNN' is stored 2 "
+                                             r"times, p2\.png, p2\.jpg") as e:
+        ev.check_dataset(ds, cfg)
+    assert str(e.value.path) == str(ref / "CNN")
+
+
 def test_unreadable_or_mismatched_sources_fail_before_any_fusion(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

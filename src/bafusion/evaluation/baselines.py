@@ -233,15 +233,34 @@ def fuse(method: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def find_method_result(root: str | os.PathLike[str], method: str, pair: str) -> Path | None:
-    """The file ``<root>/<method>/<pair>.<ext>`` (ext png, jpg, jpeg, tif, tiff or bmp, also in
-    upper case, tried in that order) that :func:`read_method_results` reads, or None."""
+    """The file ``<root>/<method>/<pair>.<ext>`` (ext png, jpg, jpeg, tif, tiff or bmp, in either
+    case) that :func:`read_method_results` reads, or None.
+
+    Raises
+    ------
+    bafusion.errors.InputFileError
+        Naming the files when the pair's result is stored twice (``p1.png`` and ``p1.jpg``, as
+        evaluate's own ``fused/<method>/`` holds with ``jpeg_quality``): which one is the image
+        to measure cannot be told, and they differ (a JPEG and its lossless original)."""
     folder = Path(root) / method
+    found: list[Path] = []
     for ext in IMAGE_EXTENSIONS:
-        for name in (f"{pair}.{ext}", f"{pair}.{ext.upper()}"):
+        for name in dict.fromkeys((f"{pair}.{ext}", f"{pair}.{ext.upper()}")):
             path = folder / name
-            if path.is_file():
-                return path
-    return None
+            if path.is_file() and not any(_same(path, f) for f in found):  # p1.png, p1.PNG: one file on macOS
+                found.append(path)
+    if len(found) > 1:
+        raise InputFileError(folder, f"the result of pair {pair!r} by method {method!r} is stored "
+                                     f"{len(found)} times, {', '.join(f.name for f in found)}: keep one "
+                                     "(rename or remove the others), as which one to measure cannot be told")
+    return found[0] if found else None
+
+
+def _same(p: Path, q: Path) -> bool:
+    try:
+        return p.samefile(q)
+    except OSError:
+        return False
 
 
 def read_method_results(
@@ -274,7 +293,7 @@ def read_method_results(
     ------
     bafusion.errors.InputFileError
         Naming the pair, the method and the folder searched when no such file exists (or it
-        cannot be decoded).
+        cannot be decoded); naming the files when there are two (:func:`find_method_result`).
     bafusion.errors.UserError
         With ``sources``: naming the files, for an unmarked deeper result beside an 8-bit source.
     """

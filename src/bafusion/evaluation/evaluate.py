@@ -989,7 +989,9 @@ def _check_peer_rows(ds: Dataset, pairs: Sequence[Pair], metrics: Sequence[str] 
 def _check_reference_images(ds: Dataset, pairs: Sequence[Pair]) -> None:
     """Fail before any fusion when a reference method read from the ``reference`` folder lacks
     the fused image of a pair: one line with the first few missing files and their count (it
-    was found only on reaching that pair, after fusing the ones before)."""
+    was found only on reaching that pair, after fusing the ones before); or has two of one pair
+    (``p1.png`` and ``p1.jpg``: :func:`~bafusion.evaluation.baselines.find_method_result`), or
+    one of another size than its pair's sources (naming the file)."""
     from bafusion.evaluation.baselines import IMAGE_EXTENSIONS as RESULT_EXTENSIONS
     from bafusion.evaluation.baselines import find_method_result
 
@@ -1006,7 +1008,10 @@ def _check_reference_images(ds: Dataset, pairs: Sequence[Pair]) -> None:
             lacking = [f"{m}/ (folder missing)"]
             n += len(pairs)
         else:
-            lacking = [f"{m}/{p.name}.*" for p in pairs if find_method_result(ds.reference, m, p.name) is None]
+            try:
+                lacking = [f"{m}/{p.name}.*" for p in pairs if find_method_result(ds.reference, m, p.name) is None]
+            except InputFileError as e:  # stored twice (p1.png and p1.jpg)
+                raise InputFileError(e.path, f"dataset {ds.name!r}: {e.problem}") from None
             n += len(lacking)
         missing += lacking
         methods += [repr(m)] if lacking else []
