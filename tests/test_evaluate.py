@@ -862,6 +862,42 @@ def test_peer_metrics_jpeg_storage_and_sets(tmp_path: Path) -> None:
     assert float(sm[("aa", "P2")]["QMI"]) == by_hand["aa-01"]["QMI"] + 0.25 and sm[("all", "P1")]["n"] == "2"
 
 
+def test_jpeg_quality_beside_lossless_reference_files_says_it_is_not_like_for_like(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """With jpeg_quality only the methods computed here are re-encoded; reference files are
+    measured as stored. table1.md said "like for like" beside PNG references: now its header says
+    which methods were re-encoded at which quality, that the references are measured as stored,
+    and (with a warning) that lossless references are not like for like."""
+    src, imgs = _write_set(tmp_path, ["p1", "p2"])
+    ref = _write_reference(tmp_path, imgs, {"CNN": laplacian_fuse, "JP": gff_fuse})
+    for n in ("p1", "p2"):  # JP stored as JPEG: like for like
+        Image.open(ref / "JP" / f"{n}.png").save(ref / "JP" / f"{n}.jpg", quality=80)
+        (ref / "JP" / f"{n}.png").unlink()
+    out = tmp_path / "out"
+    cfg = {"methods": ["Laplacian"], "metrics": ["QG"], "figures": False,
+           "datasets": [{"name": "tiny", "sources": str(src), "reference": str(ref), "reference_methods": ["CNN", "JP"],
+                         "jpeg_quality": 80}]}
+    assert cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: dataset 'tiny': not like for like: the stored results of CNN (2 pair(s)) are lossless" in err
+    head = (out / "tiny" / "table1.md").read_text().split("| Method")[0]
+    assert "like for like." not in head.replace("Not like for like", "")
+    assert "The output of the methods computed here (Laplacian) is measured after re-encoding it as JPEG" in head
+    assert "quality 80 on 2 pair(s)" in head
+    assert "reference folder (CNN, JP) are measured as stored, not re-encoded" in head
+    assert "**Not like for like:** the stored results of CNN (2 pair(s)) are lossless files" in head
+    # JPEG references only: no warning, and the header says like for like
+    import shutil
+
+    shutil.rmtree(ref / "CNN")
+    cfg["datasets"][0]["reference_methods"] = ["JP"]
+    assert cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(out), "--no-progress"]) == 0
+    assert "not like for like" not in capsys.readouterr().err
+    head = (out / "tiny" / "table1.md").read_text().split("| Method")[0]
+    assert "Not like for like" not in head and "Like for like where the peers' files are JPEG" in head
+
+
 def test_peer_config_errors(tmp_path: Path) -> None:
     from bafusion.errors import UserError
 

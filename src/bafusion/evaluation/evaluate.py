@@ -27,7 +27,9 @@ counts; pairs matched by none are measured as computed). The output of every met
 here (ours and the native baselines) is then re-encoded as JPEG in memory with Pillow at that
 quality, chroma subsampling 4:2:0, decoded, and *that* image is measured (all metrics, truth
 values too): Table 1, the means, wins, ranks and ``metrics.json`` are like for like with peers
-whose published files are lossy JPEG. The values of the output as computed are kept in the
+whose published files are lossy JPEG. Methods read from a ``reference`` folder are measured as
+stored, not re-encoded: where those files are lossless (PNG, TIFF, BMP) the comparison is not
+like for like, and a warning and the header of table1.md say so (:func:`lossless_references`). The values of the output as computed are kept in the
 ``lossless_<metric>`` columns of metrics.csv / means.csv, in a *Lossless output* section of
 table1.md and under ``lossless`` in metrics.json; the header of table1.md says which qualities
 were applied. ``sets``: pair-name prefixes (e.g. ``[savic, tsai, stand]``); table1.md then has
@@ -138,6 +140,8 @@ __all__ = [
     "rank_of",
     "ordinal",
     "dataset_notes",
+    "LOSSLESS_SUFFIXES",
+    "lossless_references",
 ]
 
 OURS = "Ours"
@@ -1146,15 +1150,64 @@ def dataset_notes(ds: Dataset, cfg: EvalConfig, pairs: Sequence[Pair]) -> list[s
             for q, names in sorted(by_quality.items())
         )
         lossless = len(pairs) - sum(len(v) for v in by_quality.values())
-        notes.append(
-            f"**Storage: like for like.** The output of the methods computed here ({', '.join(cfg.methods)}) "
-            "is measured after re-encoding it as JPEG in memory (Pillow, chroma subsampling 4:2:0), "
-            f"as the peers' published files are stored: {per_q}"
-            + (f"; {lossless} pair(s) matched by no prefix are measured as computed" if lossless else "")
+        computed = [m for m in _method_order(cfg, ds) if m in cfg.methods]
+        note = (
+            f"**Storage.** The output of the methods computed here ({', '.join(computed)}) "
+            "is measured after re-encoding it as JPEG in memory (Pillow, chroma subsampling 4:2:0): "
+            f"{per_q}" + (f"; {lossless} pair(s) matched by no prefix are measured as computed" if lossless else "")
             + ". The values of the output before re-encoding are in the section *Lossless output* "
             f"and in the `{LOSSLESS}*` columns of metrics.csv."
         )
+        csv_methods = set(read_peer_metrics(ds.reference_metrics).methods) if ds.reference_metrics is not None else set()
+        folder = [m for m in ds.reference_methods if m not in csv_methods] if ds.reference is not None else []
+        if csv_methods & set(ds.reference_methods):
+            note += " The peers' values are as published, measured on their published files."
+        if folder:
+            note += (f" The reference methods read from the reference folder ({', '.join(folder)}) are measured "
+                     "as stored, not re-encoded.")
+        stored = lossless_references(ds, pairs)
+        if stored:
+            note += (" **Not like for like:** " + _lossless_reference_text(stored) + "; compare them with the "
+                     "section *Lossless output*.")
+        else:
+            note += " Like for like where the peers' files are JPEG at about these qualities."
+        notes.append(note)
     return notes
+
+
+LOSSLESS_SUFFIXES: frozenset[str] = frozenset({".png", ".tif", ".tiff", ".bmp"})
+"""Suffixes of reference results taken as lossless files (:func:`lossless_references`)."""
+
+
+def lossless_references(ds: Dataset, pairs: Sequence[Pair]) -> dict[str, int]:
+    """With ``jpeg_quality``: per method read from the ``reference`` folder, the number of the
+    re-encoded pairs (:meth:`Dataset.quality_for`) whose stored result is a lossless file
+    (:data:`LOSSLESS_SUFFIXES`). Those results are measured as stored while the output of the
+    methods computed here is measured after JPEG re-encoding: not like for like. Methods with
+    no such pair are left out."""
+    from bafusion.evaluation.baselines import find_method_result
+
+    if ds.reference is None or not ds.jpeg_quality:
+        return {}
+    csv_methods = set(read_peer_metrics(ds.reference_metrics).methods) if ds.reference_metrics is not None else set()
+    out: dict[str, int] = {}
+    for m in ds.reference_methods:
+        if m in csv_methods:
+            continue
+        k = 0
+        for p in pairs:
+            if ds.quality_for(p.name) is not None:
+                f = find_method_result(ds.reference, m, p.name)
+                k += f is not None and f.suffix.lower() in LOSSLESS_SUFFIXES
+        if k:
+            out[m] = k
+    return out
+
+
+def _lossless_reference_text(stored: Mapping[str, int]) -> str:
+    return ("the stored results of " + ", ".join(f"{m} ({k} pair(s))" for m, k in stored.items())
+            + " are lossless files (PNG, TIFF or BMP), measured as stored, without the JPEG loss that the "
+            "output of the methods computed here is measured with (jpeg_quality)")
 
 
 def evaluate_dataset(
@@ -1171,6 +1224,10 @@ def evaluate_dataset(
     pairs = find_pairs(ds) if checked else check_dataset(ds, cfg)
     for note in source_notes(ds, pairs):  # before the work, where they are not lost among the pairs' lines
         print(f"bafusion evaluate: {note}", file=sys.stderr)
+    stored = lossless_references(ds, pairs)
+    if stored:
+        print(f"bafusion evaluate: warning: dataset {ds.name!r}: not like for like: {_lossless_reference_text(stored)}; "
+              "table1.md says so", file=sys.stderr)
     fig_pair = ds.figure_pair or pairs[0].name
     methods = _method_order(cfg, ds)
     csv_peers = set(read_peer_metrics(ds.reference_metrics).methods) if ds.reference_metrics is not None else set()
