@@ -733,11 +733,28 @@ def test_our_mean_over_fewer_pairs_is_marked_in_every_output(tmp_path: Path, mon
         "methods": ["Ours-initial", "Ours", "GFF-native"], "metrics": ["QG", "QCB"], "figures": False,
         "datasets": [{"name": "tiny", "sources": str(src), "sets": ["p1", "p"]}],
     })
-    doc = ev.run_evaluation(cfg, tmp_path / "out", object(), None, log=lambda s: None)
+    doc = ev.run_evaluation(cfg, tmp_path / "out", object(), None, log=lambda s: None, plots=tmp_path / "plots.csv")
     d = tmp_path / "out" / "tiny"
     with open(d / "means.csv", newline="") as fh:
         means = {r["method"]: r for r in csv.DictReader(fh)}
     assert means["Ours"]["n_QCB"] == "1" and means["GFF-native"]["n_QCB"] == "2" and "n_QG" not in means["Ours"]
+    # the plots CSV and MLflow carried the partial mean bare (a dot at the top of the QCB plot):
+    # left out there, the other means as in means.csv
+    with open(tmp_path / "plots.csv", newline="") as fh:
+        plots = {r["method"]: r for r in csv.DictReader(fh)}
+    assert plots["tiny/Ours"]["QCB"] == "" and plots["tiny/Ours"]["QG"] == means["Ours"]["QG"]
+    assert plots["tiny/GFF-native"]["QCB"] == means["GFF-native"]["QCB"] != ""
+    from mlflow.tracking import MlflowClient
+
+    from bafusion.tracking import EXPERIMENT, tracking_uri
+
+    client = MlflowClient(tracking_uri=tracking_uri())
+    run = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.stage = 'evaluate'",
+                             order_by=["attributes.start_time DESC"])[0]
+    logged = run.data.metrics
+    assert "tiny.Ours.QCB" not in logged and "tiny.p.Ours.QCB" not in logged  # over 1 of 2 pairs
+    assert logged["tiny.p1.Ours.QCB"] == float(means["Ours"]["QCB"])  # set p1: over its one pair, like the others
+    assert "tiny.Ours.QG" in logged and "tiny.GFF-native.QCB" in logged and "tiny.Ours-initial.QCB" in logged
     with open(d / "metrics.csv", newline="") as fh:
         rows = [{**r, "QCB": float(r["QCB"] or "nan")} for r in csv.DictReader(fh)]
     ours_qcb = next(r["QCB"] for r in rows if r["pair"] == "p1" and r["method"] == "Ours")

@@ -1313,6 +1313,13 @@ def _partial_columns(rows: Rows, methods: Sequence[str], qs: Sequence[str]) -> l
     return [q for q in qs if q in cols]
 
 
+def _comparable(rows: Rows, methods: Sequence[str], q: str) -> set[str]:
+    """The methods whose finite mean of ``q`` over ``rows`` is over the most pairs: the means that
+    may be bold (:func:`best_methods`). The others (NaN on some pairs) are left out of the MLflow
+    metrics and the plots CSV, which cannot carry their count."""
+    return _complete(mean_values(rows, methods, q), defined_counts(rows, methods, q))
+
+
 def _json_value(v: float) -> float | None:
     return float(v) if math.isfinite(v) else None
 
@@ -1386,7 +1393,10 @@ def run_evaluation(
     """Evaluate every dataset of ``cfg`` into ``out`` (replaced whole on success), log an MLflow
     run ``evaluate`` with the means as metrics and the tables and figures as artifacts, and
     write the DVC metrics JSON (``out/metrics.json``, copied to ``report``) and the means of all
-    methods as a CSV for DVC plots (``plots``). Returns the metrics document.
+    methods as a CSV for DVC plots (``plots``). Returns the metrics document. A mean over fewer
+    pairs than another method's (the metric NaN on some pairs; marked ``(n=k/N)``, never bold,
+    in the tables) is left out of the MLflow metrics and the plots CSV (an empty cell): neither
+    can carry its count, and as a bare number it would rank or plot as if comparable.
 
     Raises :class:`~bafusion.errors.UserError` before any work when ``out`` is, or holds, a
     dataset's sources or references, or the working directory, and when a dataset's inputs fail
@@ -1428,13 +1438,18 @@ def run_evaluation(
                                                  progress=progress)
                 qs = [*cfg.metrics, *(q for q in TRUTH_METRICS if _has_values(rows, methods, q))]
                 entry: dict[str, Any] = {"pairs": len({r["pair"] for r in rows})}
+                comparable = {q: _comparable(rows, methods, q) for q in qs}
                 for m in methods:
                     means = {q: mean_values(rows, [m], q)[m] for q in qs}
                     for q, v in means.items():
-                        if math.isfinite(v):
+                        if math.isfinite(v) and m in comparable[q]:
                             all_means[f"{ds.name}.{m}.{q}"] = v
                             logged[q] = None
-                    plot_rows.append({"method": f"{ds.name}/{m}", **means})
+                    # a mean over fewer pairs than another method's (never bold in the tables):
+                    # left out (an empty cell, which the dots template drops), not a dot that
+                    # could stand best; means.csv and table1.md give it with its count
+                    plot_rows.append({"method": f"{ds.name}/{m}",
+                                      **{q: v if m in comparable[q] else float("nan") for q, v in means.items()}})
                     if m in (OURS, OURS_INITIAL):
                         entry[m] = {q: _json_value(v) for q, v in means.items()}
                         partial = _n_defined(rows, m, qs)
@@ -1535,7 +1550,7 @@ def _add_ranks_and_sets(
             for q in metrics:
                 v = mean_values(sr, [m], q)[m]
                 se[q] = _json_value(v)
-                if math.isfinite(v):
+                if math.isfinite(v) and m in _comparable(sr, methods, q):  # not a mean over fewer pairs
                     all_means[f"{ds.name}.{sname}.{m}.{q}"] = v
                     logged[q] = None
             if _n_defined(sr, m, metrics):
