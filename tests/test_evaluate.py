@@ -1091,7 +1091,11 @@ def test_a_fused_image_equal_to_the_truth_has_infinite_psnr_and_wins() -> None:
     table = ev.table_markdown(rows, methods, ["PSNR"])
     # in the mean, inf counts as 100 dB: one perfect pair made the mean inf whatever the others were
     assert ev.mean_values(rows, methods, "PSNR")["Perfect"] == (ev.INF_PSNR_IN_MEANS + 40.0) / 2 == 70.0
-    assert "| Perfect | **70.00** (2) |" in table and "| Other | 32.50 (0) |" in table and "| Flat | n/a (0) |" in table
+    # the 100 dB was never measured: the mean is marked, and a note says how many pairs were exact
+    assert "| Perfect | **70.00†** (2) |" in table and "| Other | 32.50 (0) |" in table and "| Flat | n/a (0) |" in table
+    assert table.endswith("\n\n†: mean over pairs some of which are exact (the fused image equals the truth, PSNR inf in "
+                          "metrics.csv), each counted as 100 dB (PSNR: Perfect 1 pair(s)).\n")
+    assert "†" not in ev.table_markdown([r for r in rows if r["pair"] == "p2"], methods, ["PSNR"])
     assert ev.rank_of(rows, methods, "PSNR", "Perfect") == (1, 2)
     cells = ev.rows_to_csv(rows, ["pair", "method", "PSNR"]).splitlines()
     assert "p1,Perfect,inf" in cells and "p1,Flat," in cells

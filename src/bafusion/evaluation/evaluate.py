@@ -142,6 +142,8 @@ __all__ = [
     "dataset_notes",
     "LOSSLESS_SUFFIXES",
     "lossless_references",
+    "CAPPED_MARK",
+    "capped_note",
 ]
 
 OURS = "Ours"
@@ -607,18 +609,45 @@ def table_markdown(rows: Rows, methods: Sequence[str], metrics: Sequence[str]) -
         means, counts = mean_values(rows, methods, q), defined_counts(rows, methods, q)
         cols[q] = (means, counts, count_wins(rows, methods, q), best_methods(means, q, counts))
     partial = False
+    capped: dict[str, dict[str, int]] = {}
     for m in methods:
         cells = []
         for q in metrics:
             means, counts, wins, best = cols[q]
-            s = _fmt(q, means[m])
+            s = _fmt(q, means[m]) + _capped_mark(rows, m, q, capped)
             mark = partial_mark(counts[m], npairs)
             partial = partial or bool(mark)
             cells.append(f"**{s}**{mark} ({wins[m]})" if m in best else f"{s}{mark} ({wins[m]})")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if partial:
         lines += ["", PARTIAL_NOTE]
+    if capped:
+        lines += ["", capped_note(capped)]
     return "\n".join(lines) + "\n"
+
+
+CAPPED_MARK = "†"
+"""The mark after a mean that counts an infinite value (a PSNR of a fused image equal to the
+truth) as :data:`INF_PSNR_IN_MEANS`; :func:`capped_note` under the table says how many."""
+
+
+def _capped_mark(rows: Rows, m: str, q: str, capped: dict[str, dict[str, int]]) -> str:
+    """:data:`CAPPED_MARK` when ``m``'s mean of ``q`` counts infinite values as
+    :data:`INF_PSNR_IN_MEANS` (their number recorded in ``capped[q][m]``), else empty."""
+    k = sum(1 for r in rows if r["method"] == m and _finite(r.get(q)) and math.isinf(float(r[q])))
+    if not k:
+        return ""
+    capped.setdefault(q, {})[m] = k
+    return CAPPED_MARK
+
+
+def capped_note(capped: Mapping[str, Mapping[str, int]]) -> str:
+    """The note under a table with :data:`CAPPED_MARK`: per metric, the methods and their number of
+    pairs whose value is infinite (the fused image equals the truth: PSNR ``inf`` in metrics.csv),
+    each counted as :data:`INF_PSNR_IN_MEANS` in the mean."""
+    per = "; ".join(f"{q}: " + ", ".join(f"{m} {k} pair(s)" for m, k in by_m.items()) for q, by_m in capped.items())
+    return (f"{CAPPED_MARK}: mean over pairs some of which are exact (the fused image equals the truth, PSNR inf in "
+            f"metrics.csv), each counted as {INF_PSNR_IN_MEANS:g} dB ({per}).")
 
 
 def _has_values(rows: Rows, methods: Sequence[str], metric: str) -> bool:
