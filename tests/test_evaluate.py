@@ -271,6 +271,38 @@ def test_a_reference_result_stored_twice_is_refused_before_any_fusion(tmp_path: 
     assert str(e.value.path) == str(ref / "CNN")
 
 
+def test_a_pair_too_small_for_a_metric_fails_before_any_fusion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An 8x8 pair crashed evaluate with "QY needs images of at least 11x11 pixels, got 8x8" only
+    after every pair before it was fused, naming no dataset, pair or file: now the check before
+    any fusion names them, for QY (11x11) and QE (8x8); the metrics that take the size pass."""
+    src, imgs = _write_set(tmp_path, ["p1", "z-tiny"])
+    for k in "AB":
+        Image.fromarray(imgs["z-tiny"][0 if k == "A" else 1][:9, :10]).save(src / f"z-tiny-{k}.png")
+    for k in ("truth", "dm"):
+        (src / f"z-tiny-{k}.png").unlink()
+    fused = []
+    monkeypatch.setattr("bafusion.evaluation.baselines.laplacian_fuse",
+                        lambda a, b: fused.append(1) or laplacian_fuse(a, b))
+    ds = ev.Dataset(name="tiny", sources=src)
+    cfg = ev.EvalConfig(datasets=(ds,), methods=("Laplacian",), metrics=("QG", "QY"), figures=False)
+    want = (rf"{re.escape(str(src / 'z-tiny-A.png'))}: dataset 'tiny', pair 'z-tiny': the sources are 10x9 \(WxH\), "
+            r"too small for the metrics asked for \(QY at least 11x11 pixels\)")
+    with pytest.raises(InputFileError, match=want):
+        ev.run_evaluation(cfg, tmp_path / "out", log=lambda s: None)
+    assert not fused and not (tmp_path / "out").exists()
+    with pytest.raises(InputFileError, match=r"\(QY at least 11x11, QE at least 8x8 pixels\)"):
+        Image.fromarray(imgs["z-tiny"][0][:7, :10]).save(src / "z-tiny-A.png")
+        Image.fromarray(imgs["z-tiny"][1][:7, :10]).save(src / "z-tiny-B.png")
+        ev.check_dataset(ds, replace_cfg(cfg, metrics=("QY", "QE")))
+    assert len(ev.check_dataset(ds, replace_cfg(cfg, metrics=("QG", "QMI")))) == 2
+
+
+def replace_cfg(cfg: ev.EvalConfig, **kw) -> ev.EvalConfig:
+    from dataclasses import replace
+
+    return replace(cfg, **kw)
+
+
 def test_unreadable_or_mismatched_sources_fail_before_any_fusion(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,6 +12,7 @@ from bafusion.cli.common import nonempty_path
 from bafusion.errors import UserError
 from bafusion.evaluation.metrics import (
     METRICS,
+    MIN_SIDE,
     REQUIRED_METRICS,
     _format_value,
     _parse_metric_names,
@@ -69,7 +70,7 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
 
 #: the smallest image side some metrics need (QY's 11x11 window, QE's 8x8 box); the others take any size
-_MIN_SIDE = {"QY": 11, "QE": 8}
+_MIN_SIDE = MIN_SIDE
 
 
 def _stage_lines(progress: bool | None) -> Callable[[str], None] | None:

@@ -1071,12 +1071,15 @@ def reference_folders(reference: Path) -> list[str]:
     return [m for m in REFERENCE_METHODS if m in names] + sorted(names - set(REFERENCE_METHODS))
 
 
-def _check_sources(ds: Dataset, pairs: Sequence[Pair]) -> None:
+def _check_sources(ds: Dataset, pairs: Sequence[Pair], metrics: Sequence[str] = ()) -> None:
     """Fail before any fusion when a pair's source is no readable image (its first frame is
     decoded, so a truncated file is caught; the sources are small beside the fusion) or its A
     and B differ in size: either was found only on reaching the pair, after fusing the ones
-    before it. So is a truth or true decision map of another size than the sources. The error
-    names the file, the dataset and the pair."""
+    before it. So is a truth or true decision map of another size than the sources, and a pair
+    smaller than one of ``metrics`` needs (QY 11x11, QE 8x8:
+    :data:`~bafusion.evaluation.metrics.MIN_SIDE`). The error names the file, the dataset and
+    the pair."""
+    from bafusion.evaluation.metrics import MIN_SIDE
     from bafusion.io import check_same_sizes, image_info
 
     for p in pairs:
@@ -1084,6 +1087,12 @@ def _check_sources(ds: Dataset, pairs: Sequence[Pair]) -> None:
         try:
             info = image_info(p.a, decode=True)
             check_same_sizes([info, image_info(p.b, decode=True)])
+            small = [q for q in metrics if min(info.width, info.height) < MIN_SIDE.get(q, 1)]
+            if small:
+                need = ", ".join(f"{q} at least {MIN_SIDE[q]}x{MIN_SIDE[q]}" for q in small)
+                raise InputFileError(p.a, f"the sources are {info.width}x{info.height} (WxH), too small for the "
+                                          f"metrics asked for ({need} pixels): leave the pair out (pattern, pairs) "
+                                          f"or {'that metric' if len(small) == 1 else 'those metrics'} (metrics)")
             for path, what in ((p.truth, "truth"), (p.dm, "decision map")):
                 if path is not None:
                     t = image_info(path, decode=True)
@@ -1127,12 +1136,13 @@ def _check_crop(ds: Dataset, cfg: EvalConfig, pair: Pair) -> None:
 
 def check_dataset(ds: Dataset, cfg: EvalConfig) -> list[Pair]:
     """The pairs of ``ds`` (:func:`find_pairs`), after checking what can be checked before any
-    fusion: its sources (each a readable image, A and B of one size: :func:`_check_sources`),
+    fusion: its sources (each a readable image, A and B of one size, not smaller than the
+    metrics need: :func:`_check_sources`),
     its ``figure_pair`` (and that ``crop`` fits in it), its reference metrics (a row and a value
     for every pair and peer) and its reference folder (a fused image for every pair and method). Raises
     :class:`~bafusion.errors.UserError` naming the file."""
     pairs = find_pairs(ds)
-    _check_sources(ds, pairs)
+    _check_sources(ds, pairs, cfg.metrics)
     fig_pair = ds.figure_pair or pairs[0].name
     if fig_pair not in {p.name for p in pairs}:
         raise UserError(f"dataset {ds.name!r}: figure_pair {fig_pair!r} is not one of its pairs")

@@ -96,9 +96,14 @@ __all__ = [
     "qcv",
     "compute_all",
     "read_metric_files",
+    "MIN_SIDE",
 ]
 
 ArrayLike = np.ndarray
+
+MIN_SIDE: dict[str, int] = {"QY": 11, "QE": 8}
+"""The smallest image side (pixels) that some metrics need (QY's 11x11 window, QE's 8x8 box);
+the others take any size."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -702,7 +707,7 @@ def qy(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = 
 
 
 def _qy(a: np.ndarray, b: np.ndarray, f: np.ndarray, memo: Memo) -> float:
-    if min(a.shape) < 11:
+    if min(a.shape) < MIN_SIDE["QY"]:
         raise UserError(f"QY needs images of at least 11x11 pixels, got {a.shape[1]}x{a.shape[0]}")
     k1d = _fspecial_gaussian(7, 1.5).sum(axis=1)  # the window is separable: outer(k1d, k1d)
     sa = memo("yang_stats", "a", lambda: _LocalStats(a, k1d))
@@ -1161,7 +1166,7 @@ def qe(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = 
 
 
 def _qe(a: np.ndarray, b: np.ndarray, f: np.ndarray, memo: Memo) -> float:
-    if min(a.shape) < 8:
+    if min(a.shape) < MIN_SIDE["QE"]:
         raise UserError(f"QE needs images of at least 8x8 pixels, got {a.shape[1]}x{a.shape[0]}")
     q = _piella_weighted_index(
         memo("box_stats", "a", lambda: _BoxStats(a)),
