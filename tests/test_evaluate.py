@@ -200,8 +200,26 @@ def test_size_mismatch_names_pair_and_method(tmp_path: Path) -> None:
     Image.fromarray(imgs["p1"][0][:40, :50]).save(ref / "DSIFT" / "p1.png")
     cfg = ev.parse_config({"methods": ["GFF-native"], "figures": False})
     ds = _dataset(src, ref, ("DSIFT",))
-    with pytest.raises(InputFileError, match=r"pair 'p1', method 'DSIFT': fused image is 50x40 \(WxH\) but the sources are 56x48"):
+    with pytest.raises(InputFileError, match=r"pair 'p1', method 'DSIFT': fused image is 50x40 \(WxH\) but the sources are 56x48") as e:
         ev.evaluate_pair(ds, ev.find_pairs(ds)[0], cfg)
+    assert str(e.value.path) == str(ref / "DSIFT" / "p1.png")  # the file, not the method's folder
+
+
+def test_a_reference_image_of_another_size_fails_before_any_fusion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer's p2.png of another size was found only on reaching p2, after fusing p1, and the
+    error named the method's folder: the check before any fusion names the file."""
+    src, imgs = _write_set(tmp_path, ["p1", "p2"])
+    ref = _write_reference(tmp_path, imgs, {"CNN": laplacian_fuse, "GFF": laplacian_fuse})
+    Image.fromarray(imgs["p2"][0][:40, :56]).save(ref / "GFF" / "p2.png")
+    fused = []
+    monkeypatch.setattr("bafusion.evaluation.baselines.laplacian_fuse",
+                        lambda a, b: fused.append(1) or laplacian_fuse(a, b))
+    ds = _dataset(src, ref, ("CNN", "GFF"))
+    cfg = ev.EvalConfig(datasets=(ds,), methods=("Laplacian",), metrics=("QG",), figures=False)
+    with pytest.raises(InputFileError, match=r"dataset 'tiny', pair 'p2', method 'GFF': fused image is 56x40 \(WxH\) "
+                                             r"but the sources are 56x48") as e:
+        ev.run_evaluation(cfg, tmp_path / "out", log=lambda s: None)
+    assert str(e.value.path) == str(ref / "GFF" / "p2.png") and not fused
 
 
 def test_cli_error_is_one_line_and_leaves_no_output(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -887,6 +887,7 @@ def evaluate_pair(
     Returns the rows (one per method), the fused uint8 images by method, and the sources.
     The sources' share of the metric work is done once (:class:`~bafusion.evaluation.metrics.MetricCache`)."""
     from bafusion.evaluation.baselines import (
+        find_method_result,
         gff_fuse,
         laplacian_fuse,
         read_method_results,
@@ -941,7 +942,8 @@ def evaluate_pair(
             ) from None
         except UserError as e:  # an unmarked deeper result beside 8-bit sources
             raise UserError(f"dataset {dataset.name!r}, pair {pair.name!r}, method {m!r}: {e}") from None
-        _check_shape(img, a, dataset.name, pair.name, m, dataset.reference / m)
+        _check_shape(img, a, dataset.name, pair.name, m,
+                     find_method_result(dataset.reference, m, pair.name) or dataset.reference / m)
         fused[m] = img
     truth = read_image(pair.truth) if pair.truth is not None else None
     if truth is not None and truth.shape[:2] != a.shape[:2]:
@@ -1059,6 +1061,29 @@ def _check_reference_images(ds: Dataset, pairs: Sequence[Pair]) -> None:
             + ", each in <reference>/<METHOD>/<pair>.<ext>; "
             f"its sub-folders: {', '.join(found) if found else 'none'}"
         )
+    _check_reference_sizes(ds, pairs, [m for m in ds.reference_methods if m not in csv_methods])
+
+
+def _check_reference_sizes(ds: Dataset, pairs: Sequence[Pair], methods: Sequence[str]) -> None:
+    """Fail before any fusion, naming the file, when a reference method's fused image is of
+    another size than its pair's sources (it was found only on reaching the pair, naming the
+    method's folder). Only the headers are read (:func:`bafusion.io.image_info`)."""
+    from bafusion.evaluation.baselines import find_method_result
+    from bafusion.io import image_info
+
+    assert ds.reference is not None
+    for p in pairs:
+        src = None
+        for m in methods:
+            f = find_method_result(ds.reference, m, p.name)
+            if f is None:
+                continue
+            if src is None:
+                src = image_info(p.a)
+            info = image_info(f)
+            if (info.width, info.height) != (src.width, src.height):
+                raise InputFileError(f, f"dataset {ds.name!r}, pair {p.name!r}, method {m!r}: fused image is "
+                                        f"{info.width}x{info.height} (WxH) but the sources are {src.width}x{src.height}")
 
 
 def reference_folders(reference: Path) -> list[str]:
