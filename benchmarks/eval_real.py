@@ -56,7 +56,14 @@ def load_config(shared: Path, methods: list[str] | None = None, pattern: str | N
         section["datasets"][0]["pattern"] = pattern
     if jpeg_quality is not ...:
         section["datasets"][0]["jpeg_quality"] = jpeg_quality
-    return ev.parse_config(section, REPO)
+    cfg = ev.parse_config(section, REPO)
+    if pattern:  # the sets with pairs left (evaluate refuses a set that matches no pair)
+        names = [p.name for p in ev.find_pairs(cfg.datasets[0])]
+        section["datasets"][0]["sets"] = [s for s in cfg.datasets[0].sets if any(n.startswith(s) for n in names)]
+        if not section["datasets"][0]["sets"]:
+            del section["datasets"][0]["sets"]
+        cfg = ev.parse_config(section, REPO)
+    return cfg
 
 
 def summary(rows: list[dict[str, Any]], methods: list[str], ds: ev.Dataset, metrics: tuple[str, ...]) -> dict[str, Any]:

@@ -965,6 +965,23 @@ def test_jpeg_quality_beside_lossless_reference_files_says_it_is_not_like_for_li
     assert "Not like for like" not in head and "Like for like where the peers' files are JPEG" in head
 
 
+def test_a_set_that_matches_no_pair_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A ``sets`` prefix matching no pair ("zzz", "P" for "p") was accepted: no table, no word,
+    and means-sets.csv rows over 0 pairs. Refused before any work, naming the set and listing
+    the pairs' prefixes."""
+    src, _ = _write_set(tmp_path, ["aa-1", "aa-2", "bb-1"])
+    out = tmp_path / "out"
+    cfg = {"methods": ["Laplacian"], "metrics": ["QG"], "figures": False,
+           "datasets": [{"name": "t", "sources": str(src), "sets": ["aa", "zzz"]}]}
+    assert cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert ("evaluate.datasets[0].sets: 'zzz' matches none of the 3 pairs of dataset 't' (a set is a pair-name "
+            "prefix, case-sensitive); their prefixes: aa, bb") in err
+    assert not out.exists() and "Traceback" not in err
+    ds = ev.Dataset(name="t", sources=src, sets=("aa", "b"))  # every set has a pair: accepted
+    assert len(ev.check_dataset(ds, ev.EvalConfig(datasets=(ds,), methods=("Laplacian",)))) == 3
+
+
 def test_peer_config_errors(tmp_path: Path) -> None:
     from bafusion.errors import UserError
 

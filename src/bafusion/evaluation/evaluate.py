@@ -1159,14 +1159,29 @@ def _check_crop(ds: Dataset, cfg: EvalConfig, pair: Pair) -> None:
                         f"top + side <= {h} and left + side <= {w} are needed")
 
 
+def _check_sets(ds: Dataset, cfg: EvalConfig, pairs: Sequence[Pair]) -> None:
+    """Refuse a ``sets`` prefix that matches none of the dataset's pairs (a typo, ``Savic`` for
+    ``savic``): its set was left out of the tables without a word. The error lists the pairs'
+    name prefixes (their part before the first ``-``)."""
+    for sname in ds.sets:
+        if set_rows([{"pair": p.name} for p in pairs], sname):
+            continue
+        i = next((k for k, d in enumerate(cfg.datasets) if d.name == ds.name), 0)
+        prefixes = list(dict.fromkeys(p.name.split("-")[0] for p in pairs))
+        raise UserError(f"evaluate.datasets[{i}].sets: {sname!r} matches none of the {len(pairs)} pairs of dataset "
+                        f"{ds.name!r} (a set is a pair-name prefix, case-sensitive); their prefixes: "
+                        + ", ".join(prefixes[:12]) + (f" and {len(prefixes) - 12} more" if len(prefixes) > 12 else ""))
+
+
 def check_dataset(ds: Dataset, cfg: EvalConfig) -> list[Pair]:
     """The pairs of ``ds`` (:func:`find_pairs`), after checking what can be checked before any
     fusion: its sources (each a readable image, A and B of one size, not smaller than the
     metrics need: :func:`_check_sources`),
     its ``figure_pair`` (and that ``crop`` fits in it), its reference metrics (a row and a value
     for every pair and peer) and its reference folder (a fused image for every pair and method). Raises
-    :class:`~bafusion.errors.UserError` naming the file."""
+    :class:`~bafusion.errors.UserError` naming the file. A ``sets`` prefix must match a pair."""
     pairs = find_pairs(ds)
+    _check_sets(ds, cfg, pairs)
     _check_sources(ds, pairs, cfg.metrics)
     fig_pair = ds.figure_pair or pairs[0].name
     if fig_pair not in {p.name for p in pairs}:
