@@ -1082,6 +1082,20 @@ def test_a_dataset_given_on_the_command_line_compares_the_methods_of_its_referen
     assert sorted({r["method"] for r in rows}) == ["CNN", "Laplacian", "MyGFF"]
 
 
+def test_a_reference_folder_of_computed_method_names_says_to_rename_them(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`--dataset mine=PAIRS,<earlier out>/mine/fused` said the folder "holds no method folders"
+    though it holds Laplacian/ and Ours/: their names are those of methods computed here. Said
+    so, with a suggestion to rename them."""
+    src, imgs = _write_set(tmp_path, ["p1"])
+    ref = _write_reference(tmp_path, imgs, {"Laplacian": laplacian_fuse, "Ours": gff_fuse})
+    rc = cli_main(["evaluate", "--dataset", f"mine={src},{ref}", "--methods", "Laplacian", "--metrics", "QG",
+                   "--root", str(tmp_path), "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "holds no method folders" not in err
+    assert (f"the folders of {ref} (Laplacian, Ours) have the names of methods computed here, so none is read as a "
+            "reference method: rename them (e.g. Laplacian-old) to compare them") in err, err
+
+
 def test_a_reference_method_in_methods_says_where_it_goes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     src, imgs = _write_set(tmp_path, ["p1"])
     ref = _write_reference(tmp_path, imgs, {"MyGFF": gff_fuse})

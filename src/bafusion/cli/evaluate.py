@@ -147,6 +147,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                   f"the sub-folders of {one['reference']} (<REF>/<METHOD>/<pair>.<ext>; pass "
                   "--reference-methods M1,M2 to choose)"
                   + (f"; {', '.join(computed)} left out (computed here)" if computed else ""), file=sys.stderr)
+        elif computed:  # e.g. an earlier evaluate's fused/ folder: Ours, Laplacian, ...
+            raise UserError(f"--dataset {args.dataset}: the folders of {one['reference']} ({', '.join(computed)}) "
+                            "have the names of methods computed here, so none is read as a reference method: rename "
+                            f"them (e.g. {computed[0]}-old) to compare them, one image per pair in each "
+                            "(<REF>/<METHOD>/<pair>.<ext>)")
         else:
             raise UserError(f"--dataset {args.dataset}: {one['reference']} holds no method folders: the reference "
                             "folder holds one sub-folder of fused images per method, <REF>/<METHOD>/<pair>.<ext>")
