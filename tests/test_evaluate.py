@@ -982,6 +982,19 @@ def test_a_set_that_matches_no_pair_is_refused_before_any_work(tmp_path: Path, c
     assert len(ev.check_dataset(ds, ev.EvalConfig(datasets=(ds,), methods=("Laplacian",)))) == 3
 
 
+def test_the_progress_line_never_prints_nan(tmp_path: Path) -> None:
+    """A flat reference result has QCB NaN: the per-pair line printed 'QCB=nan' (README: NaN is
+    never printed); it prints n/a, as the tables do."""
+    src, imgs = _write_set(tmp_path, ["p1"])
+    ref = _write_reference(tmp_path, imgs, {"FLAT": lambda a, b: np.full_like(a, 128)})
+    ds = _dataset(src, ref, ("FLAT",))
+    cfg = ev.EvalConfig(datasets=(ds,), methods=("Laplacian",), metrics=("QG", "QCB"), figures=False)
+    lines: list[str] = []
+    ev.run_evaluation(cfg, tmp_path / "out", log=lines.append)
+    line = next(ln for ln in lines if ln.startswith("tiny/p1: "))
+    assert ", FLAT QG=" in line and line.endswith(" QCB=n/a") and "nan" not in line.lower(), line
+
+
 def test_peer_config_errors(tmp_path: Path) -> None:
     from bafusion.errors import UserError
 

@@ -1328,7 +1328,7 @@ def evaluate_dataset(
             save_dataset_figures(out / "figures", pair.name, a, b, {m: fused[m] for m in methods if m in fused},
                                  cfg.alpha, ds.crop)
         log(f"{ds.name}/{pair.name}: " + ", ".join(
-            f"{r['method']} " + " ".join(f"{q}={r[q]:.4f}" for q in cfg.metrics)
+            f"{r['method']} " + " ".join(f"{q}={_fmt(q, r[q])}" for q in cfg.metrics)  # NaN: n/a, as the tables
             for r in prow if r["method"] not in csv_peers))
     rows.sort(key=lambda r: ([p.name for p in pairs].index(r["pair"]), methods.index(r["method"])))
     extra = [q for q in TRUTH_METRICS if _has_values(rows, methods, q)]
