@@ -995,6 +995,25 @@ def test_the_progress_line_never_prints_nan(tmp_path: Path) -> None:
     assert ", FLAT QG=" in line and line.endswith(" QCB=n/a") and "nan" not in line.lower(), line
 
 
+def test_peer_values_outside_their_range_or_infinite_are_refused(tmp_path: Path) -> None:
+    """QMI 2.5 and QG -3 were taken (and won), and an 'inf' cell was called "no value": refused
+    naming line and column, inf as not finite; values within the documented ranges pass."""
+    peers = tmp_path / "peers.csv"
+    for cell, want in (("2.5,0.7", r"line 3, column QMI: 2\.5 is outside the range of QMI \(0 to 2\)"),
+                       ("1.0,-3", r"line 3, column QG: -3 is outside the range of QG \(0 to 1\)"),
+                       ("1.0,70", r"line 3, column QG: 70 is outside the range of QG \(0 to 1\): a value in percent"),
+                       ("inf,0.7", r"line 3, column QMI: 'inf' is not finite"),
+                       ("1.0,-Infinity", r"line 3, column QG: '-Infinity' is not finite")):
+        peers.write_text(f"pair,method,QMI,QG,QCV\np1,P1,1.0,0.7,3\np2,P1,{cell},4\n")
+        with pytest.raises(InputFileError, match=want):
+            ev.read_peer_metrics(peers)
+    peers.write_text("pair,method,QMI,QG,QCV\np1,P1,0,1,0\np2,P1,2,0,1e6\n")  # the bounds and a large QCV
+    assert ev.read_peer_metrics(peers).values[("p2", "P1")] == {"QMI": 2.0, "QG": 0.0, "QCV": 1e6}
+    peers.write_text("pair,method,QCV\np1,P1,-0.5\n")
+    with pytest.raises(InputFileError, match=r"column QCV: -0\.5 is outside the range of QCV \(at least 0\)"):
+        ev.read_peer_metrics(peers)
+
+
 def test_peer_config_errors(tmp_path: Path) -> None:
     from bafusion.errors import UserError
 

@@ -350,7 +350,8 @@ def read_peer_metrics(path: str | os.PathLike[str]) -> PeerMetrics:
     """Read a CSV with columns ``pair``, ``method`` and one column per metric (names as in
     :data:`bafusion.evaluation.metrics.METRICS`; other columns are ignored; empty cells are NaN,
     which :func:`evaluate_dataset` accepts only for a method blank on every pair of its table). A
-    (pair, method) given twice is an error."""
+    (pair, method) given twice, an infinite value and a value outside the metric's documented
+    range (:data:`~bafusion.evaluation.metrics.VALUE_RANGES`) are errors naming line and column."""
     from bafusion.evaluation.metrics import METRICS
 
     p = Path(path)
@@ -383,6 +384,8 @@ def read_peer_metrics(path: str | os.PathLike[str]) -> PeerMetrics:
                     values[k] = {c.upper(): float(r[c]) if (r.get(c) or "").strip() else float("nan") for c in metric_cols}
                 except ValueError as e:
                     raise InputFileError(p, f"line {n}: not a number: {e}") from None
+                for c in metric_cols:
+                    _check_peer_value(p, n, c, values[k][c.upper()], (r.get(c) or "").strip())
                 lines[k] = n
                 methods.setdefault(k[1])
     except (OSError, UnicodeDecodeError, csv.Error) as e:
@@ -391,6 +394,22 @@ def read_peer_metrics(path: str | os.PathLike[str]) -> PeerMetrics:
                      {c.upper(): c for c in metric_cols})
     _PEER_CACHE[key] = pm
     return pm
+
+
+def _check_peer_value(path: Path, line: int, column: str, v: float, text: str) -> None:
+    """Refuse an infinite value (not finite: NaN, like a blank cell, is no value) and one outside
+    the metric's documented range (:data:`~bafusion.evaluation.metrics.VALUE_RANGES`: a column
+    in percent or shifted by one would make its peer best), naming the line and column."""
+    from bafusion.evaluation.metrics import VALUE_RANGES
+
+    if math.isinf(v):
+        raise InputFileError(path, f"line {line}, column {column}: {text!r} is not finite (a metric value is a finite "
+                                   "number; a blank cell is no value)")
+    lo, hi = VALUE_RANGES[column.upper()]
+    if not math.isnan(v) and not lo <= v <= hi:
+        span = (f"at most {hi:g}" if math.isinf(lo) else f"at least {lo:g}" if math.isinf(hi) else f"{lo:g} to {hi:g}")
+        raise InputFileError(path, f"line {line}, column {column}: {text} is outside the range of {column.upper()} "
+                                   f"({span}): a value in percent, or a column shifted?")
 
 
 def jpeg_reencode(img: np.ndarray, quality: int) -> tuple[np.ndarray, bytes]:

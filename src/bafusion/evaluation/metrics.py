@@ -97,6 +97,7 @@ __all__ = [
     "compute_all",
     "read_metric_files",
     "MIN_SIDE",
+    "VALUE_RANGES",
 ]
 
 ArrayLike = np.ndarray
@@ -1285,6 +1286,19 @@ _IMPLS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, Memo], float]] =
 }
 
 REQUIRED_METRICS: tuple[str, ...] = ("QMI", "QG", "QY", "QCB")
+
+VALUE_RANGES: dict[str, tuple[float, float]] = {
+    "QMI": (0.0, 2.0),
+    "QG": (0.0, 1.0),
+    "QY": (-math.inf, 1.0),
+    "QCB": (0.0, 1.0),
+    "QNCIE": (0.0, 1.0),
+    "QP": (0.0, 1.0),
+    "QE": (0.0, 1.0),
+    "QCV": (0.0, math.inf),
+}
+"""Each metric's range as its function documents it (QY: at most 1; QCV: at least 0):
+:func:`bafusion.evaluation.evaluate.read_peer_metrics` refuses published values outside it."""
 
 
 def _parse_metric_names(names: str | Iterable[str] | None) -> list[str]:
