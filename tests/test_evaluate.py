@@ -105,6 +105,15 @@ def test_a_mean_over_fewer_pairs_is_marked_never_best_and_ranked_behind() -> Non
     assert "| Z | **0.7500** (n=2/3) (2) |" in ev.table_markdown(flat, ["X", "Z"], ["QCB"])
 
 
+def test_a_method_alone_in_a_table_gets_no_bold_and_no_wins() -> None:
+    """One method gave '**0.9927** (3)': bold and a win on every pair, with no one to beat."""
+    table = ev.table_markdown(HAND, ["X"], ["QMI", "QCV"])
+    assert "| X | 1.2188 (0) | 25.2500 (0) |" in table and "**" not in table
+    assert ev.count_wins(HAND, ["X"], "QMI") == {"X": 0}
+    assert ev.best_methods({"X": 1.0}, "QMI") == set()
+    assert ev.count_wins(HAND, ["X", "Z"], "QMI")["X"] == 3  # p1, p2 and p4: X alone with a value wins it, as before
+
+
 def test_all_nan_column_is_na_without_bold() -> None:
     rows = _rows({"p": {"X": {"QP": NAN}, "Y": {"QP": NAN}}})
     text = ev.table_markdown(rows, ["X", "Y"], ["QP"])

@@ -73,7 +73,8 @@ value is strictly better than the value of every other method in the table that 
 value on that pair (higher is better, lower for QCV). A tie for the best value gives nobody the
 win, so the win counts of a column add up to at most the number of pairs. NaN values never win
 and are left out of the means (a mean over no finite value is NaN, shown as ``n/a``). Bold marks
-the best mean of a column; equal best means are all bold.
+the best mean of a column; equal best means are all bold. A method alone in its table has no
+bold and no wins: there is no one to beat.
 
 Undefined values (NaN, e.g. QCB or QCV of a flat output): a method's mean is over the pairs where
 its value is defined. Where that is fewer than the table's pairs, but not none, the cell says so,
@@ -526,9 +527,12 @@ def count_wins(rows: Rows, methods: Sequence[str], metric: str) -> dict[str, int
     """Per method, the number of pairs on which its ``metric`` value is strictly better than the
     value of every other method in ``methods`` with a finite value there. Ties for the best
     value: no win for anyone. NaN/missing never wins and is not a competitor. A method alone
-    with a finite value wins that pair (it beats all others present). A count, not a mean: a
+    with a finite value wins that pair (it beats all others present), but a lone method in
+    ``methods`` wins nothing: there is no one to beat. A count, not a mean: a
     method undefined on some pairs only has fewer pairs to win (tables mark it,
     :func:`partial_mark`)."""
+    if len(set(methods)) < 2:
+        return {m: 0 for m in methods}
     by_pair: dict[str, dict[str, float]] = {}
     for r in rows:
         if r["method"] in methods and _finite(r.get(metric)):
@@ -591,9 +595,10 @@ def best_methods(means: Mapping[str, float], metric: str, counts: Mapping[str, i
 
     With ``counts`` (:func:`defined_counts`), only the methods whose mean is over the most pairs
     compete: a mean over fewer pairs (NaN on the others) is never best, as it leaves out
-    exactly the pairs where its method's output was degenerate."""
+    exactly the pairs where its method's output was degenerate. A method alone in ``means`` is
+    not best: there is nothing to compare it with."""
     finite = {m: means[m] for m in _complete(means, counts)}
-    if not finite:
+    if not finite or len(means) < 2:
         return set()
     best = min(finite.values()) if metric in LOWER_IS_BETTER else max(finite.values())
     return {m for m, v in finite.items() if v == best}
