@@ -495,6 +495,20 @@ def test_dark_float_images_on_the_0_255_scale_are_taken() -> None:
         M.qg(dark, dark[::-1].copy(), dark)
 
 
+def test_an_array_of_two_or_five_channels_is_refused_naming_the_image() -> None:
+    """An (H, W, 2) F raised a bare ValueError naming no image; the module promises a UserError
+    naming A, B or F."""
+    b = np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8)
+    with pytest.raises(UserError, match=r"image F has 2 channels \(shape \(16, 16, 2\)\): the metrics take a gray"):
+        M.qmi(b, b, np.zeros((16, 16, 2), np.uint8))
+    with pytest.raises(UserError, match=r"image B has 5 channels"):
+        M.compute_all(b, np.zeros((16, 16, 5), np.uint8), b, ["QG"])
+    with pytest.raises(UserError, match=r"image A has 1 dimensions"):
+        M.qg(np.zeros(16, np.uint8), b, b)
+    rgba = np.dstack([b, b, b, np.zeros_like(b)])
+    assert M.qg(b, b, rgba) == M.qg(b, b, b)  # RGBA: alpha ignored
+
+
 def test_paths_are_refused_pointing_to_the_reader(tmp_path: Path) -> None:
     """A file path for an image said "image A is <U7: the metrics take uint8, ..."."""
     x, a, b = _multifocus()

@@ -288,6 +288,12 @@ def read_metric_files(
 
 def _prepare(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     _refuse_paths(a, b, f)
+    for name, x in zip("ABF", (a, b, f)):
+        shape = np.shape(x)
+        if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3, 4)):
+            what = f"{shape[2]} channels" if len(shape) == 3 else f"{len(shape)} dimensions"
+            raise UserError(f"image {name} has {what} (shape {shape}): the metrics take a gray (H x W or H x W x 1) "
+                            "or colour (H x W x 3, or 4 with alpha) image")
     check_same_size(a, b, f)
     ga, gb, gf = (gray_float(x, rounded=True) for x in _eight_bit_scale(a, b, f))
     return ga, gb, gf
