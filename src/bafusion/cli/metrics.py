@@ -93,7 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Compute objective fusion metrics (QMI, QG, QY, QCB, ...) of a fused image F of "
             "sources A and B, as the survey's MATLAB reference code computes them. Prints a "
             "CSV header and one line of values, or a JSON object. A metric that is undefined "
-            "on the images (0/0, e.g. QCB, QP, QE, QCV on constant images) is written as null "
+            "on the images (0/0, e.g. QCB, QP, QCV on constant images, and QE on most of them: "
+            "as in MATLAB, QE of an all-black triple is 1.0) is written as null "
             "(JSON) or an empty field (CSV), with a warning on stderr naming it. Of a file of several "
             "frames or pages only the first is read (said on stderr)."
         ),

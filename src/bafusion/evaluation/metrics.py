@@ -449,7 +449,8 @@ def qmi(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None =
     Returns
     -------
     float
-        QMI, 0..2 (2 when A, B and F are one image).
+        QMI, 0..2 (2 when A, B and F are one image that is not constant; 0 when that image is
+        constant: its entropy is 0 and such a term counts as 0).
 
     Raises
     ------
