@@ -1237,6 +1237,65 @@ def test_fuse_dir_skip_existing_keeps_only_outputs_of_the_same_setup(tmp_path: P
     assert json.loads(marker.read_text())["outputs"] == ["p1.png", "p2.png"]
 
 
+def test_fuse_dir_skip_existing_does_not_keep_outputs_of_other_fusion_code(tmp_path: Path, nets: Path,
+                                                                           capsys) -> None:
+    """The record's guard against other code was ``bafusion``'s version, which stayed 0.1.0
+    across fixes that change outputs: after an upgrade --skip-existing kept the outputs the old,
+    buggy code made as "made by this setup", exit 0. The record now holds a digest of the
+    fusion sources (``code``); one of other code, or without it (an earlier version's), is
+    refused as another setup is, saying that the fusion code changed; without --skip-existing
+    they are fused again, as the message says."""
+    import json
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name, seed in (("p1", 3), ("p2", 4)):
+        for n, x in zip("AB", pair(seed)):
+            Image.fromarray(x).save(src / f"{name}-{n}.png")
+    argv = ["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(argv) == 0
+    capsys.readouterr()
+    marker = out / batch.OUTPUT_MARKER
+    doc = json.loads(marker.read_text())
+    assert doc["code"] == batch.fusion_code_digest() and len(doc["code"]) == 64
+    (out / "p2.png").unlink()  # a batch stopped before its last stack
+    kept = (out / "p1.png").stat().st_mtime_ns
+    for code, said in (("0" * 64, "code digest 000000000000 -> " + doc["code"][:12]),
+                       (None, "code digest (not recorded: an earlier version) -> ")):
+        old = {**doc, "code": code} if code else {k: v for k, v in doc.items() if k != "code"}
+        marker.write_text(json.dumps(old))
+        rc = cli_main([*argv, "--skip-existing"])
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1, err
+        assert "other fusion code (bafusion's fusion code changed since they were made by bafusion " in err, err
+        assert said in err and "drop --skip-existing (they are then fused again)" in err, err
+        assert (out / "p1.png").stat().st_mtime_ns == kept and not (out / "p2.png").exists()
+    # the advice: without --skip-existing both are fused again, the record names this code
+    assert cli_main(argv) == 0
+    assert "fused 2 stack(s)" in capsys.readouterr().out
+    assert (out / "p1.png").stat().st_mtime_ns != kept and (out / "p2.png").is_file()
+    assert json.loads(marker.read_text())["code"] == doc["code"]
+
+
+def test_fusion_code_digest_changes_with_the_fusion_sources(tmp_path: Path, monkeypatch) -> None:
+    """:func:`batch.fusion_code_digest` hashes the sources fusion runs: an edit of one (here a
+    copy of the package with one byte more in fusion/rule.py) changes it."""
+    import shutil
+
+    pkg = Path(batch.__file__).resolve().parents[1]
+    copy = tmp_path / "bafusion"
+    for sub in ("fusion", "io", "nets", "data"):
+        shutil.copytree(pkg / sub, copy / sub, ignore=shutil.ignore_patterns("__pycache__", "*.json"))
+    monkeypatch.setattr(batch, "__file__", str(copy / "fusion" / "batch.py"))
+    seen = [batch.fusion_code_digest()]
+    assert seen[0] == batch.fusion_code_digest()
+    for edited in ("fusion/rule.py", "io/read.py", "nets/model.py", "data/composite.py"):
+        with open(copy / edited, "a") as f:
+            f.write("\n")
+        seen.append(batch.fusion_code_digest())
+    assert len(set(seen)) == len(seen), seen
+
+
 def _three_pairs(tmp_path: Path) -> tuple[Path, Path]:
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
@@ -1898,11 +1957,13 @@ def test_fuse_dir_reruns_on_an_output_folder_of_an_earlier_version(tmp_path: Pat
     assert cli_main(argv) == 0, capsys.readouterr().err
 
 
-def test_fuse_dir_skip_existing_keeps_the_outputs_of_an_earlier_versions_record(tmp_path: Path, nets: Path,
-                                                                                 capsys) -> None:
-    """--skip-existing after an upgrade fused every stack again ("the record does not say which
-    shots it was fused from"): a record of an earlier version lists outputs, not their shots.
-    Such outputs are kept by the old rule (listed, same setup), said once."""
+def test_fuse_dir_skip_existing_refuses_an_earlier_versions_record_and_fuses_it_again_without(
+        tmp_path: Path, nets: Path, capsys) -> None:
+    """A record of an earlier version lists outputs, not their shots, nor the fusion code's
+    digest: --skip-existing kept its outputs "as made by this setup", whatever the code that
+    made them (the version number never changed). They are of other fusion code: refused before
+    any work, and without --skip-existing fused again (the record vouches that they are
+    fuse-dir's outputs of this IN), as the refusal says."""
     import json
 
     src = _pairs_in(tmp_path / "in", {"p1": 3, "p2": 4})
@@ -1912,15 +1973,16 @@ def test_fuse_dir_skip_existing_keeps_the_outputs_of_an_earlier_versions_record(
     capsys.readouterr()
     marker = out / batch.OUTPUT_MARKER
     doc = json.loads(marker.read_text())
-    del doc["sources"]
+    del doc["sources"], doc["code"]  # as a version before either wrote it
     marker.write_text(json.dumps(doc))
     made = {n: (out / n).stat().st_mtime_ns for n in ("p1.png", "p2.png")}
-    for _ in range(2):  # the record rewritten by the first keeps them so
-        assert cli_main([*argv, "--skip-existing"]) == 0
-        o, err = capsys.readouterr()
-        assert "2 already there" in o, o + err
-        assert {n: (out / n).stat().st_mtime_ns for n in made} == made
-        assert err.count("does not list the shots") == 1 and "fused again" not in err, err
+    assert cli_main([*argv, "--skip-existing"]) == 2
+    err = capsys.readouterr().err
+    assert "other fusion code" in err and "drop --skip-existing (they are then fused again)" in err, err
+    assert {n: (out / n).stat().st_mtime_ns for n in made} == made
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    assert all((out / n).stat().st_mtime_ns != t for n, t in made.items())
+    assert json.loads(marker.read_text())["code"] == batch.fusion_code_digest()
 
 
 def test_fuse_dir_knows_its_input_folder_by_another_spelling(tmp_path: Path, nets: Path, capsys) -> None:

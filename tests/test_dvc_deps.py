@@ -245,7 +245,9 @@ NOT_DEPS: dict[str, str] = {
     "src/bafusion/atomic.py": "writes to a temporary name and renames: the same bytes",
     "src/bafusion/cli/app.py": "the command dispatcher: exit codes and error lines",
     "src/bafusion/_version.py": ("provenance only: recorded in the outputs (code_version, EXIF Software), which still "
-                                 "name the version that made them; a bump alone re-runs nothing"),
+                                 "name the version that made them; a bump alone re-runs nothing. Its hash_sources "
+                                 "hashes the sources that are deps themselves (a checkpoint's or fuse-dir's record "
+                                 "of the code)"),
     "Snakefile": ("glue: names params.yaml and includes the rule files (it calls no bafusion code: "
                   "test_the_snakefile_calls_no_bafusion_code; the config is rewritten in common.smk, a dep)"),
     "workflow/rules/checks.smk": "parse-time refusals of cli/params_check.py that need the rules: they change no value",

@@ -16,8 +16,8 @@ Naming rule of ``fuse-dir IN OUT`` (documented in the README):
 * ``OUT`` inside ``IN`` is no stack; one that holds images other than outputs is refused
   before any work (:func:`check_output_folder`);
 * ``OUT/.bafusion-fuse-dir`` (:data:`OUTPUT_MARKER`) records what makes the outputs: the nets'
-  sha256, the fusion parameters, ``--align``, ``--ext``, bafusion's version, and the outputs
-  written so, and per output the input folder and the shots it was fused from (resolved
+  sha256, the fusion parameters, ``--align``, ``--ext``, bafusion's version and the digest of
+  its fusion code (:func:`fusion_code_digest`), and the outputs written so, and per output the input folder and the shots it was fused from (resolved
   paths, sizes, modification times); ``--skip-existing`` keeps only outputs it lists whose
   shots are unchanged, and refuses a folder whose marker records another setup, or none
   (:func:`check_skip_existing`);
@@ -790,8 +790,29 @@ OUTPUT_MARKER = ".bafusion-fuse-dir"
 #: The layout of :data:`OUTPUT_MARKER`'s JSON.
 MARKER_FORMAT = 1
 
-#: The keys of :func:`batch_setup`: what the outputs are made by, compared by ``--skip-existing``.
+#: The keys a record must have to record a setup (:func:`read_marker`): what the outputs are
+#: made by, compared by ``--skip-existing``. :func:`batch_setup` adds ``code``
+#: (:func:`fusion_code_digest`); a record without it (an earlier version's) is of other code.
 SETUP_KEYS = ("bafusion", "model", "params", "align", "ext")
+
+
+def fusion_code_digest() -> str:
+    """sha256 of the sources of the code that makes ``fuse-dir``'s outputs: the modules of
+    :mod:`bafusion.fusion` and :mod:`bafusion.io`, the nets (``nets/model.py``) and the
+    defocus model of the stack rule (``data/composite.py``), hashed as
+    :func:`bafusion.nets.train.fingerprint` hashes the training code
+    (:func:`bafusion._version.hash_sources`). The version number is no such identity: it
+    stayed 0.1.0 across fixes that change outputs. Any edit of these files changes it."""
+    from bafusion._version import hash_sources
+
+    pkg = Path(__file__).resolve().parents[1]
+    files = [*sorted((pkg / "fusion").glob("*.py")), *sorted((pkg / "io").glob("*.py")),
+             pkg / "nets" / "model.py", pkg / "data" / "composite.py"]
+    h = hashlib.sha256()
+    for f in files:  # the name too: a module moved or added is other code
+        h.update(f.relative_to(pkg).as_posix().encode())
+    hash_sources(h, files)
+    return h.hexdigest()
 
 
 def _file_sha256(path: Path) -> str:
@@ -825,7 +846,8 @@ def model_identity(nets) -> dict[str, dict[str, Any]]:
 
 
 def batch_setup(nets, params, *, ext: str, align: str) -> dict[str, Any]:
-    """What makes ``fuse-dir``'s outputs (:data:`SETUP_KEYS`): bafusion's version, the nets
+    """What makes ``fuse-dir``'s outputs (:data:`SETUP_KEYS`): bafusion's version and the
+    digest of its fusion code (``code``: :func:`fusion_code_digest`), the nets
     (:func:`model_identity`), the fusion parameters, ``--align`` and ``--ext`` (the format: JPEG
     is lossy, PNG and TIFF keep 16 bits), as JSON values. ``--force`` and the device are not in
     it (one decides which stacks are fused, not how)."""
@@ -833,7 +855,7 @@ def batch_setup(nets, params, *, ext: str, align: str) -> dict[str, Any]:
 
     from bafusion._version import __version__
 
-    return {"bafusion": __version__, "model": model_identity(nets),
+    return {"bafusion": __version__, "code": fusion_code_digest(), "model": model_identity(nets),
             "params": json.loads(json.dumps(asdict(params))), "align": align, "ext": ext}
 
 
@@ -889,6 +911,12 @@ def setup_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[st
     for key, what in (("align", "--align"), ("ext", "--ext"), ("bafusion", "bafusion version")):
         if old.get(key) != new.get(key):
             diffs.append(f"another {what} ({old.get(key)} -> {new.get(key)})")
+    if old.get("code") != new.get("code"):  # a record without it: a version before the digest
+        was = old.get("code")
+        by = f" by bafusion {old['bafusion']}" if isinstance(old.get("bafusion"), str) else ""
+        diffs.append(f"other fusion code (bafusion's fusion code changed since they were made{by}: code digest "
+                     f"{str(was)[:12] if isinstance(was, str) else '(not recorded: an earlier version)'} -> "
+                     f"{str(new.get('code'))[:12]})")
     return diffs
 
 
@@ -1277,7 +1305,6 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
             with contextlib.suppress(OSError, RuntimeError):
                 inputs.add(q.resolve())
     said_once: set[str] = set()  # notes said once a run (metadata not kept)
-    said_legacy = False  # outputs of an earlier version's record kept without their shots: said once
     device = str(getattr(nets, "device", ""))
     # the record first: a stopped run leaves outputs that it describes (inside IN it also marks
     # the folder as fuse-dir's for later runs: check_output_folder)
@@ -1335,16 +1362,9 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
         record = shots_record(src, shots)  # before the fusion: a shot changed meanwhile reads as changed later
         if skip_existing and target.is_file() and target.name in written:
             was = sources.get(target.name)
+            # (an earlier version's record, which lists outputs without their shots, is of other
+            # fusion code: refused by check_skip_existing, so none of its outputs is kept here)
             changed = sources_changed(was, record)
-            if changed is not None and isinstance(was, dict) and was.get("legacy") and "shots" not in was:
-                # an earlier version's record lists its outputs, not their shots: kept by its rule
-                changed = None
-                if not said_legacy:
-                    said_legacy = True
-                    tqdm.write(f"bafusion fuse-dir: {name}: already there: fuse-dir's record of an earlier "
-                               f"version ({OUTPUT_MARKER}) does not list the shots of its outputs; --skip-existing "
-                               "keeps those it lists as made by this setup without comparing their shots (drop "
-                               "--skip-existing to fuse them again)", file=sys.stderr)
             if changed is None:
                 rep.existing.append(name)
                 said(i, name, "already there")

@@ -101,6 +101,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bafusion import tracking
+from bafusion._version import hash_sources
 from bafusion.atomic import atomic_file, folder_lock, write_text
 from bafusion.errors import InputFileError, UserError
 from bafusion.nets.augment import (
@@ -372,9 +373,7 @@ def fingerprint(cfg: TrainConfig, net: str, patches: Path, world_size: int) -> s
     d = {k: v for k, v in cfg.to_dict().items() if k not in TrainConfig.RUNTIME_KEYS}
     h = hashlib.sha256()
     h.update(json.dumps({"cfg": d, "net": net, "world": world_size}, sort_keys=True, default=str).encode())
-    for mod in (sys.modules[__name__], augment, model):
-        with contextlib.suppress(OSError, TypeError):
-            h.update(Path(mod.__file__ or "").read_bytes())
+    hash_sources(h, [mod.__file__ or "" for mod in (sys.modules[__name__], augment, model)])
     if cfg.init:  # the warm-start weights, not just their path
         with contextlib.suppress(OSError):
             h.update(Path(cfg.init).expanduser().read_bytes())
