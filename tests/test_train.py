@@ -259,6 +259,78 @@ def test_a_checkpoint_of_other_parameters_is_refused_not_replaced(toy_run: dict,
     assert "other parameters or another patch set (train.lr 0.02 -> 0.03); starting afresh" in capsys.readouterr().err
 
 
+def test_a_checkpoint_of_other_training_code_is_refused_as_such(toy_run: dict, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an upgrade an interrupted training was refused (in the pipeline: thrown away) "for
+    other parameters" naming ``train.bn_recalibrate (unset) -> 0``, a key the old version did
+    not have, at the value that trains as before: no parameter the user changed. The training
+    code is what changed (it is in the fingerprint on purpose: still refused / started afresh):
+    the message now says so, for a checkpoint that records the code's digest and for an older
+    one that lacks a key at its default."""
+    from bafusion.nets.train import save_checkpoint, training_code_digest
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    monkeypatch.chdir(tmp_path)
+    ck = tmp_path / "ck"
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "checkpoint_every": 5}}, "initial")
+    monkeypatch.setenv(ABORT_ENV, "6")  # an interrupted run: its last.pt is resume state
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", toy_run["h5"], cfg, Paths(out=tmp_path / "initial.pt", checkpoints=ck,
+                                                  metrics=tmp_path / "m.json", plots=tmp_path / "p.csv"),
+              progress=False)
+    monkeypatch.delenv(ABORT_ENV)
+    state = load_checkpoint(ck / "last.pt")
+    assert state["code_digest"] == training_code_digest()
+    params = {**TOY, "train": {**TOY["train"], "checkpoint_every": 5}}
+    argv = ["train", "--net", "initial", "--patches", str(toy_run["h5"]), "--out", str(tmp_path / "m.pt"),
+            "--params-json", json.dumps(params), "--checkpoints", str(ck), "--no-progress"]
+    said = (f"{ck}: its last.pt was written by other training code (the training code changed since this "
+            "checkpoint was written: bafusion was upgraded or edited, and a checkpoint is resumed only by the code "
+            "that wrote it): pass --checkpoints DIR for a separate training, or --no-resume (or "
+            "--restart-if-changed) to replace it")
+    older = {k: v for k, v in state["config"].items() if k != "bn_recalibrate"}  # a version before the key
+    for edit in ({"code_digest": "0" * 64},  # this version's checkpoint, written by other code
+                 {"config": older, "code_digest": None}):  # an earlier version's: no digest, no key
+        old = {**state, "fingerprint": "1" * 64, **edit}
+        save_checkpoint(ck / "last.pt", {k: v for k, v in old.items() if v is not None})
+        before = (ck / "last.pt").read_bytes()
+        capsys.readouterr()
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert said in err and "(unset)" not in err and "other parameters" not in err, err
+        assert (ck / "last.pt").read_bytes() == before and not (tmp_path / "m.pt").exists()
+    # as the pipeline runs it: replaced, saying why
+    assert cli.main([*argv, "--restart-if-changed"]) == 0
+    err = capsys.readouterr().err
+    assert (f"bafusion train: {ck / 'last.pt'} was written by other training code (the training code changed since "
+            "this checkpoint was written: bafusion was upgraded or edited, and a checkpoint is resumed only by the "
+            "code that wrote it); starting afresh") in err, err
+    assert "(unset)" not in err
+
+
+def test_what_changed_names_a_new_key_only_away_from_its_default() -> None:
+    """A key the checkpoint does not record (a version before it) at its default in this run is
+    other code, not a parameter change; set to something else it is a parameter change."""
+    from bafusion.nets.train import CODE_CHANGED, _what_changed
+
+    cfg = resolve_config(TOY, "initial")
+    old = {k: v for k, v in cfg.to_dict().items() if k != "bn_recalibrate"}
+    ck = {"config": old, "net": "initial", "patches_digest": "d"}
+    assert cfg.bn_recalibrate == 0
+    assert _what_changed(ck, cfg, "initial", "d") == CODE_CHANGED
+    assert _what_changed(ck, cfg, "initial", "e") == f"the patch set, {CODE_CHANGED}"
+    on = resolve_config({**TOY, "train": {**TOY["train"], "bn_recalibrate": 512}}, "initial")
+    assert _what_changed(ck, on, "initial", "d") == "train.bn_recalibrate (unset) -> 512"
+    # a recorded digest decides: the same code, other parameters; other code, said as well
+    this = {"config": cfg.to_dict(), "net": "initial", "patches_digest": "d", "code_digest": "c"}
+    assert _what_changed(this, cfg, "initial", "d", code="c") == "the run's fingerprint"
+    assert _what_changed(this, cfg, "initial", "d", code="x") == CODE_CHANGED
+    lr = resolve_config({**TOY, "train": {**TOY["train"], "lr": 0.02}}, "initial")
+    assert _what_changed(this, lr, "initial", "d", code="c") == "train.lr 0.01 -> 0.02"
+    assert _what_changed(this, lr, "initial", "d", code="x") == f"train.lr 0.01 -> 0.02, {CODE_CHANGED}"
+
+
 def test_a_hand_run_beside_a_pipeline_keeps_to_its_own_out(toy_run: dict, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Run by hand in a pipeline project with --out elsewhere, the training wrote its checkpoints

@@ -39,8 +39,8 @@ So does a resume with another device type, ``compile`` or torch version (recorde
 setting, and the final weights may differ in the last bits from an uninterrupted run's.
 The resumed ``last.pt`` keeps the torch versions its epochs ran under (``"1.13.0 then 2.4.1"``;
 none when the checkpoint recorded none), so a restore never takes them for this torch's alone.
-A checkpoint of an interrupted run written for other parameters or another patch set (see
-:func:`fingerprint`) is refused, naming the folder (a training run by hand must not replace
+A checkpoint of an interrupted run written for other parameters or another patch set, or by
+other training code (see :func:`fingerprint`; an upgrade: said as such, see :func:`_why_refused`) is refused, naming the folder (a training run by hand must not replace
 another's resume state), unless ``replace_stale`` (``--restart-if-changed``, and always for the pipeline's own training,
 ``data/models/<net>.pt`` with ``data/checkpoints/<net>``, so that a parameter edit retrains) or ``--no-resume``: then training starts afresh. Once the run has written its outputs, ``last.pt`` is
 marked ``finished``: a later run by hand, the outputs all there, trains from scratch instead of
@@ -406,15 +406,44 @@ def patches_digest(patches: Path) -> str:
     return h.hexdigest()
 
 
-def _what_changed(ck: Mapping[str, Any], cfg: TrainConfig, net: str, pdigest: str, most: int = 3) -> str:
+def training_code_digest() -> str:
+    """sha256 of the training code's sources, the part of :func:`fingerprint` that is code
+    (this module, ``augment`` and ``model``), stored in checkpoints so that a refused or
+    replaced one can say that the code changed (bafusion upgraded or edited)."""
+    from bafusion.nets import augment, model
+
+    h = hashlib.sha256()
+    hash_sources(h, [mod.__file__ or "" for mod in (sys.modules[__name__], augment, model)])
+    return h.hexdigest()
+
+
+def _neutral(cfg: TrainConfig, k: str) -> Any:
+    """The default of :class:`TrainConfig`'s field ``k`` (the schema's ``x-default``): for a
+    key added after a checkpoint was written, the value that trains as before it existed (a
+    new setting is off by default: ``train.bn_recalibrate: 0``, ``train.init: ""``)."""
+    f = next((f for f in dataclasses.fields(cfg) if f.name == k), None)
+    if f is None:
+        return object()
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else object()
+
+
+def _what_changed(ck: Mapping[str, Any], cfg: TrainConfig, net: str, pdigest: str, most: int = 3,
+                  code: str | None = None) -> str:
     """What differs between the run that wrote the checkpoint ``ck`` and this one, for the
     user: up to ``most`` parameters as ``train.lr 0.01 -> 0.005`` (each by the key that set it
     in this run, :meth:`TrainConfig.key`: ``seed``, ``patch`` and ``depth`` by their top-level
-    names, ``train.initial.lr`` for a value of the net's own section), and "the patch set"."""
+    names, ``train.initial.lr`` for a value of the net's own section), "the patch set", and
+    "the training code changed since this checkpoint was written" where ``code`` (this run's
+    :func:`training_code_digest`) differs from the checkpoint's. A key the checkpoint does not
+    record, at its default in this run (:func:`_neutral`), is no parameter change: the
+    checkpoint predates the key, so its code is another (an upgrade)."""
     def show(v: Any) -> str:
         return json.dumps(v, default=str)
 
     parts: list[str] = []
+    added = False  # a key newer than the checkpoint, at its default: other code, not a parameter
     old = ck.get("config")
     if isinstance(old, Mapping):
         new = cfg.to_dict()
@@ -422,6 +451,9 @@ def _what_changed(ck: Mapping[str, Any], cfg: TrainConfig, net: str, pdigest: st
         keys = (k for k in set(old) | set(new) if k not in TrainConfig.RUNTIME_KEYS)
         for name, k in sorted((cfg.key(k), k) for k in keys):
             a, b = old.get(k, missing), new.get(k, missing)
+            if a is missing and b is not missing and b == _neutral(cfg, k):
+                added = True
+                continue
             if a != b:
                 parts.append(f"{name} {'(unset)' if a is missing else show(a)} -> "
                              f"{'(unset)' if b is missing else show(b)}")
@@ -431,15 +463,38 @@ def _what_changed(ck: Mapping[str, Any], cfg: TrainConfig, net: str, pdigest: st
     if len(parts) > most:
         shown.append(f"{len(parts) - most} more")
     old_digest = ck.get("patches_digest")
+    old_code = ck.get("code_digest")
+    # True: changed; False: the same; None: unknown (a checkpoint of a version that did not record it)
+    code_changed = (old_code != code) if isinstance(old_code, str) and code is not None else (True if added else None)
     if isinstance(old_digest, str):
         if old_digest != pdigest:
             shown.append("the patch set")
-    elif not parts:  # a checkpoint of a version that did not record its patch set
+    elif not parts and code_changed is None:  # a checkpoint of a version that did not record its patch set
         shown.append(_either(["the patch set", "the training code",
                               *([f"the weights of {cfg.key('init')}={cfg.init}"] if cfg.init else [])]))
+    if code_changed:
+        shown.append(CODE_CHANGED)
     if not shown:  # the rest of the fingerprint: the code, and the warm-start file's content
-        shown.append(_either(["the training code", *([f"the weights of {cfg.key('init')}={cfg.init}"] if cfg.init else [])]))
+        rest = [*(["the training code"] if code_changed is None else []),
+                *([f"the weights of {cfg.key('init')}={cfg.init}"] if cfg.init else [])]
+        shown.append(_either(rest) if rest else "the run's fingerprint")
     return ", ".join(shown)
+
+
+#: What :func:`_what_changed` says of a checkpoint written by other training code.
+CODE_CHANGED = "the training code changed since this checkpoint was written"
+
+
+def _why_refused(ck: Mapping[str, Any], cfg: TrainConfig, net: str, pdigest: str, code: str) -> str:
+    """Why the checkpoint ``ck``, of another fingerprint than this run's, is not resumed (after
+    "its last.pt"): other parameters or another patch set (:func:`_what_changed`), or, where
+    that is all, other training code (bafusion upgraded or edited: a checkpoint is resumed only
+    by the code that wrote it, whose steps it continues)."""
+    what = _what_changed(ck, cfg, net, pdigest, code=code)
+    if what == CODE_CHANGED:
+        return (f"was written by other training code ({CODE_CHANGED}: bafusion was upgraded or edited, and a "
+                "checkpoint is resumed only by the code that wrote it)")
+    return f"was written for other parameters or another patch set ({what})"
 
 
 def _either(items: list[str]) -> str:
@@ -940,6 +995,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
 
     fp = fingerprint(cfg, net, patches, dist.world_size)
     pdigest = patches_digest(patches)
+    code_digest = training_code_digest()
     last_path = paths.checkpoints / "last.pt"
     best_path = paths.checkpoints / "best.pt"
     start_epoch, global_step, samples_seen, train_time = 0, 0, 0, 0.0
@@ -973,8 +1029,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 why = (f"was written by a run with {ck_world} process(es); this run has {dist.world_size} "
                        "(the number of processes changes the weights)")
             else:
-                why = ("was written for other parameters or another patch set "
-                       f"({_what_changed(ck, cfg, net, pdigest)})")
+                why = _why_refused(ck, cfg, net, pdigest, code_digest)
             if not replace_stale and not ck.get("finished"):
                 # another training's resume state (the pipeline's, run by hand with other
                 # parameters): never replaced unasked. Every process sees the same file, so all
@@ -1068,7 +1123,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     def checkpoint_state(epoch: int, partial: torch.Tensor, partial_time: float) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT, "fingerprint": fp, "net": net, "config": record["config"],
-            "patches_digest": pdigest,
+            "patches_digest": pdigest, "code_digest": code_digest,
             "model": _cpu_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "loader": loader.state_dict(), "rng": _rng_state(device), "epoch": epoch,
             "global_step": global_step, "samples_seen": samples_seen, "train_time": train_time,
