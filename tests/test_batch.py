@@ -1184,11 +1184,11 @@ def test_fuse_dir_skip_existing_keeps_only_outputs_of_the_same_setup(tmp_path: P
     (out / "p2.png").unlink()
     kept = (out / "p1.png").stat().st_mtime_ns
 
-    def refused(*extra: str) -> str:
+    def refused(*extra: str, advice: str = "drop --skip-existing") -> str:
         rc = cli_main([*argv, "--skip-existing", *extra])
         err = capsys.readouterr().err
         assert rc == 2 and len(err.strip().splitlines()) == 1, err
-        assert str(out) in err and "drop --skip-existing" in err, err
+        assert str(out) in err and advice in err, err
         assert not (out / "p2.png").exists() and (out / "p1.png").stat().st_mtime_ns == kept  # no work done
         return err
 
@@ -1210,9 +1210,9 @@ def test_fuse_dir_skip_existing_keeps_only_outputs_of_the_same_setup(tmp_path: P
     marker.write_text(json.dumps(doc))
     assert "another bafusion version (0.0.1 -> " in refused()
     marker.write_text("")  # an earlier version's empty marker
-    assert "its marker records no model or parameters" in refused()
+    assert "its marker records no model or parameters" in refused(advice="move them away")
     marker.unlink()  # an earlier version wrote none outside IN
-    assert "no .bafusion-fuse-dir records the model" in refused()
+    assert "no .bafusion-fuse-dir records the model" in refused(advice="move them away")
 
     # the same setup (the same nets in another folder too): p1 kept, p2 fused, exit 0
     doc["bafusion"] = __version__
@@ -1294,6 +1294,39 @@ def test_fusion_code_digest_changes_with_the_fusion_sources(tmp_path: Path, monk
             f.write("\n")
         seen.append(batch.fusion_code_digest())
     assert len(set(seen)) == len(seen), seen
+
+
+@pytest.mark.parametrize("marker", ["none", "empty"])
+def test_fuse_dir_an_output_folder_without_a_record_is_refused_with_advice_that_works(
+        tmp_path: Path, nets: Path, capsys, marker: str) -> None:
+    """A batch of a version before the record (none, or an empty one), stopped before its last
+    stack: --skip-existing refused it saying "drop --skip-existing (they are then fused
+    again)", and the run without it was refused too ("move them away, or give another output
+    folder"). Each refusal now gives advice that works: moving them away resumes the batch."""
+    src = _pairs_in(tmp_path / "in", {"p1": 3, "p2": 4, "p3": 5})
+    out = tmp_path / "out"
+    argv = ["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    (out / "p3.png").unlink()  # the old batch was stopped before p3
+    (out / batch.OUTPUT_MARKER).unlink()
+    if marker == "empty":
+        (out / batch.OUTPUT_MARKER).write_text("")
+    for extra in (["--skip-existing"], []):
+        assert cli_main([*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "move them away" in err and "give another output folder" in err, err
+        assert "drop --skip-existing" not in err, err
+    # the advice: move them away (here into a folder of their own), then resume
+    keep = tmp_path / "old-outputs"
+    keep.mkdir()
+    for name in ("p1.png", "p2.png"):
+        (out / name).rename(keep / name)
+    assert cli_main([*argv, "--skip-existing"]) == 0, capsys.readouterr().err
+    assert "fused 3 stack(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("*.png")) == ["p1.png", "p2.png", "p3.png"]
+    # or give another output folder
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "other"), *argv[3:], "--skip-existing"]) == 0
 
 
 def _three_pairs(tmp_path: Path) -> tuple[Path, Path]:

@@ -924,7 +924,9 @@ def check_skip_existing(out: Path, setup: Mapping[str, Any], targets: Sequence[P
     """Refuse (a :class:`UserError`, before any work) ``--skip-existing`` into ``out`` when its
     :data:`OUTPUT_MARKER` records another setup than ``setup`` (the outputs kept would come
     from two), naming what differs; or records none (an earlier version's empty marker, or no
-    marker) while one of ``targets`` (this run's outputs) exists: what made it is unknown."""
+    marker) while one of ``targets`` (this run's outputs) exists: what made it is unknown, and
+    a run without ``--skip-existing`` does not replace it either (:func:`check_replaced`), so
+    the message says to move them away or give another folder."""
     if not out.is_dir():
         return
     doc = read_marker(out)
@@ -936,8 +938,11 @@ def check_skip_existing(out: Path, setup: Mapping[str, Any], targets: Sequence[P
         how = ("its marker records no model or parameters (an earlier bafusion's)" if marker.is_file()
                else f"no {OUTPUT_MARKER} records the model and parameters that made them")
         more = f" and {len(there) - 1} more" if len(there) > 1 else ""
-        raise UserError(f"{out}: holds outputs ({there[0].name}{more}) of an unknown setup: {how}; give another "
-                        "folder or drop --skip-existing (they are then fused again)")
+        # not "drop --skip-existing": without it check_replaced refuses them too (no record shows
+        # them fuse-dir's, they may be files of the user's), so nothing but moving them works
+        raise UserError(f"{out}: holds outputs ({there[0].name}{more}) of an unknown setup: {how}; fuse-dir neither "
+                        "keeps nor replaces files it has no record of (with or without --skip-existing): move them "
+                        "away (or delete them) to fuse those stacks again, or give another output folder")
     diffs = setup_differences(doc, setup)
     if diffs:
         raise UserError(f"{out}: holds outputs of {', '.join(diffs)}; give another folder or drop --skip-existing "
