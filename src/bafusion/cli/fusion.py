@@ -540,9 +540,9 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="fuse even shots that do not look like one scene")
     p.add_argument("--skip-existing", action="store_true",
                    help="leave stacks whose output exists (resume a batch); OUT/.bafusion-fuse-dir records the "
-                   "model, parameters, --align, --ext and version that made the outputs, and a folder of another "
-                   "setup (or of none recorded) is refused; a stack whose shots changed since (it records each "
-                   "output's shots) is fused again")
+                   "model, parameters, --align, --ext, version and fusion code (a digest of its sources) that made "
+                   "the outputs, and a folder of another setup (an upgrade too; or of none recorded) is refused; "
+                   "a stack whose shots changed since (it records each output's shots) is fused again")
     from bafusion.fusion.working import PROGRESS_MIN_PIXELS
 
     _add_param_args(p, maps=False, progress_help=(
