@@ -324,6 +324,36 @@ def test_a_pair_too_small_for_a_metric_fails_before_any_fusion(tmp_path: Path, m
     assert len(ev.check_dataset(ds, replace_cfg(cfg, metrics=("QG", "QMI")))) == 2
 
 
+def test_a_pair_with_a_truth_too_small_for_ssim_fails_before_any_fusion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 6x6 pair with a truth crashed evaluate as an internal error (SSIM's 7x7 window, computed
+    against every truth) after the pairs before it were fused: refused before any fusion, naming
+    the dataset, the pair and the truth; 7x7 passes, and 6x6 without a truth too."""
+    src, imgs = _write_set(tmp_path, ["p1", "z-tiny"])
+    for k, img in (("A", imgs["z-tiny"][0]), ("B", imgs["z-tiny"][1]), ("truth", imgs["z-tiny"][2])):
+        Image.fromarray(img[:6, :6]).save(src / f"z-tiny-{k}.png")
+    (src / "z-tiny-dm.png").unlink()
+    fused = []
+    monkeypatch.setattr("bafusion.evaluation.baselines.laplacian_fuse",
+                        lambda a, b: fused.append(1) or laplacian_fuse(a, b))
+    ds = ev.Dataset(name="tiny", sources=src)
+    cfg = ev.EvalConfig(datasets=(ds,), methods=("Laplacian",), metrics=("QG",), figures=False)
+    want = (rf"{re.escape(str(src / 'z-tiny-truth.png'))}: dataset 'tiny', pair 'z-tiny': the pair is 6x6 \(WxH\), "
+            r"too small for SSIM against its truth \(at least 7x7 pixels, its window\): leave the pair out")
+    with pytest.raises(InputFileError, match=want):
+        ev.run_evaluation(cfg, tmp_path / "out", log=lambda s: None)
+    assert not fused and not (tmp_path / "out").exists()
+    for k, img in (("A", imgs["z-tiny"][0]), ("B", imgs["z-tiny"][1]), ("truth", imgs["z-tiny"][2])):
+        Image.fromarray(img[:7, :7]).save(src / f"z-tiny-{k}.png")
+    ev.run_evaluation(cfg, tmp_path / "out", log=lambda s: None)  # 7x7: SSIM is defined
+    assert len(fused) == 2
+    for k, img in (("A", imgs["z-tiny"][0]), ("B", imgs["z-tiny"][1])):
+        Image.fromarray(img[:6, :6]).save(src / f"z-tiny-{k}.png")
+    (src / "z-tiny-truth.png").unlink()
+    assert len(ev.check_dataset(ds, cfg)) == 2  # no truth: no SSIM, any size
+
+
 def replace_cfg(cfg: ev.EvalConfig, **kw) -> ev.EvalConfig:
     from dataclasses import replace
 

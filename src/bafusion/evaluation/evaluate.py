@@ -1120,14 +1120,19 @@ def reference_folders(reference: Path) -> list[str]:
     return [m for m in REFERENCE_METHODS if m in names] + sorted(names - set(REFERENCE_METHODS))
 
 
+#: SSIM's window (scikit-image's default 7x7): the truth-based measures of a pair with a truth
+#: (:func:`truth_metrics`) need sources at least this wide and high.
+_SSIM_MIN_SIDE = 7
+
+
 def _check_sources(ds: Dataset, pairs: Sequence[Pair], metrics: Sequence[str] = ()) -> None:
     """Fail before any fusion when a pair's source is no readable image (its first frame is
     decoded, so a truncated file is caught; the sources are small beside the fusion) or its A
     and B differ in size: either was found only on reaching the pair, after fusing the ones
     before it. So is a truth or true decision map of another size than the sources, and a pair
     smaller than one of ``metrics`` needs (QY 11x11, QE 8x8:
-    :data:`~bafusion.evaluation.metrics.MIN_SIDE`). The error names the file, the dataset and
-    the pair."""
+    :data:`~bafusion.evaluation.metrics.MIN_SIDE`), or, with a truth, than SSIM needs (7x7: it
+    is computed against every truth). The error names the file, the dataset and the pair."""
     from bafusion.evaluation.metrics import MIN_SIDE
     from bafusion.io import check_same_sizes, image_info
 
@@ -1148,6 +1153,11 @@ def _check_sources(ds: Dataset, pairs: Sequence[Pair], metrics: Sequence[str] = 
                     if (t.width, t.height) != (info.width, info.height):
                         raise InputFileError(path, f"{what} is {t.width}x{t.height} (WxH) but the sources are "
                                                    f"{info.width}x{info.height}")
+            if p.truth is not None and min(info.width, info.height) < _SSIM_MIN_SIDE:
+                raise InputFileError(p.truth, f"the pair is {info.width}x{info.height} (WxH), too small for SSIM "
+                                              f"against its truth (at least {_SSIM_MIN_SIDE}x{_SSIM_MIN_SIDE} "
+                                              "pixels, its window): leave the pair out (pattern, pairs) or move its "
+                                              "truth out of the sources folder (no PSNR and SSIM then)")
         except InputFileError as e:
             raise InputFileError(e.path, f"{where}: {e.problem}") from None
 
