@@ -1053,6 +1053,27 @@ def test_peer_values_outside_their_range_or_infinite_are_refused(tmp_path: Path)
         ev.read_peer_metrics(peers)
 
 
+def test_negative_qe_qp_qy_as_our_metrics_compute_them_are_accepted_from_peers(tmp_path: Path) -> None:
+    """QE was refused below 0 (its docstring said 0..1) although ``bafusion metrics`` computes
+    -0.78 for a textured A = B and F = 255 - A: QE, QP and QY are correlations, -1..1; a value
+    below -1 is refused."""
+    from bafusion.evaluation.metrics import VALUE_RANGES, qe
+
+    rng = np.random.default_rng(0)
+    a = ndimage.gaussian_filter(rng.random((64, 64)) * 255, 2)
+    a = np.clip((a - a.mean()) * 4 + 128, 0, 255).astype(np.uint8)
+    v = qe(a, a, 255 - a)
+    assert -1 <= v < -0.5
+    peers = tmp_path / "peers.csv"
+    peers.write_text(f"pair,method,QE,QP,QY\np1,P1,{v!r},-0.12,-0.98\n")
+    assert ev.read_peer_metrics(peers).values[("p1", "P1")] == {"QE": v, "QP": -0.12, "QY": -0.98}
+    for q in ("QE", "QP", "QY"):
+        assert VALUE_RANGES[q] == (-1.0, 1.0)
+        peers.write_text(f"pair,method,{q}\np1,P1,-1.5\n")
+        with pytest.raises(InputFileError, match=rf"line 2, column {q}: -1\.5 is outside the range of {q} \(-1 to 1\)"):
+            ev.read_peer_metrics(peers)
+
+
 def test_peer_config_errors(tmp_path: Path) -> None:
     from bafusion.errors import UserError
 

@@ -672,7 +672,7 @@ def _ssim_yang(sx: _LocalStats, sy: _LocalStats) -> np.ndarray:
 
 
 def qy(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = None) -> float:
-    """Yang's SSIM-based metric (survey-corrected ``metricYang``), at most 1.
+    """Yang's SSIM-based metric (survey-corrected ``metricYang``), -1..1 (a mean of SSIM values).
 
     Where SSIM(A, B) >= 0.75 the local score is lambda SSIM(A, F) + (1 - lambda) SSIM(B, F)
     with lambda = var(A) / (var(A) + var(B)) (0.5 where both variances are 0); elsewhere it is
@@ -703,7 +703,7 @@ def qy(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = 
     Returns
     -------
     float
-        QY, at most 1.
+        QY, -1..1.
 
     Raises
     ------
@@ -988,11 +988,13 @@ def _zhao_correlation(
 
 
 def qp(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = None) -> float:
-    """Zhao's phase-congruency metric Q_P (toolbox ``metricZhao``), 0..1.
+    """Zhao's phase-congruency metric Q_P (toolbox ``metricZhao``), -1..1.
 
     Phase congruency (PC) and its maximum (M) and minimum (m) moments of A, B and F; for each
     of the three features, the local correlation of F's map with A's, B's and the
-    pixelwise-larger-PC source's maps (where PC > 0.1); Q_P = P_PC * P_M * P_m.
+    pixelwise-larger-PC source's maps (where PC > 0.1); Q_P = P_PC * P_M * P_m. Each factor
+    is a mean of local correlations (-1..1): Q_P is negative where F's features lie off the
+    sources' (vertical stripes with F shifted by half a period gave -0.12).
 
     Parameters
     ----------
@@ -1009,7 +1011,7 @@ def qp(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = 
     Returns
     -------
     float
-        Q_P, 0..1; NaN where undefined (sources without phase-congruency features).
+        Q_P, -1..1; NaN where undefined (sources without phase-congruency features).
 
     Raises
     ------
@@ -1140,8 +1142,10 @@ def _prewitt_magnitude(img: np.ndarray) -> np.ndarray:
 
 def qe(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = None) -> float:
     """Piella's edge-dependent fusion quality index Q_E (survey-corrected
-    ``metricPeilla(..., 3)``), 0..1: Q_W of the images times Q_W of their Prewitt edge
-    magnitude images (alpha = 1).
+    ``metricPeilla(..., 3)``), -1..1: Q_W of the images times Q_W of their Prewitt edge
+    magnitude images (alpha = 1). Q_W is a weighted mean of local UIQI-like indexes, each in
+    -1..1; it is negative where F is anticorrelated with the sources, so Q_E can be negative
+    too (a textured 64x64 A = B with F = 255 - A gives -0.78).
 
     Parameters
     ----------
@@ -1158,7 +1162,7 @@ def qe(a: ArrayLike, b: ArrayLike, f: ArrayLike, *, cache: MetricCache | None = 
     Returns
     -------
     float
-        Q_E, 0..1; NaN where undefined (0/0, e.g. constant images). As in MATLAB, a triple
+        Q_E, -1..1; NaN where undefined (0/0, e.g. constant images). As in MATLAB, a triple
         of one constant whose windows' rounding noise is exactly 0 there gives 1.0, not NaN:
         the toolbox adds 0.5 to both variances where they sum to exactly 0. That holds for an
         all-zero triple and for the constants 23, 46, 47, 91-95 and 182-191 (other constants,
@@ -1297,15 +1301,19 @@ REQUIRED_METRICS: tuple[str, ...] = ("QMI", "QG", "QY", "QCB")
 VALUE_RANGES: dict[str, tuple[float, float]] = {
     "QMI": (0.0, 2.0),
     "QG": (0.0, 1.0),
-    "QY": (-math.inf, 1.0),
+    "QY": (-1.0, 1.0),
     "QCB": (0.0, 1.0),
     "QNCIE": (0.0, 1.0),
-    "QP": (0.0, 1.0),
-    "QE": (0.0, 1.0),
+    "QP": (-1.0, 1.0),
+    "QE": (-1.0, 1.0),
     "QCV": (0.0, math.inf),
 }
-"""Each metric's range as its function documents it (QY: at most 1; QCV: at least 0):
-:func:`bafusion.evaluation.evaluate.read_peer_metrics` refuses published values outside it."""
+"""Each metric's range as its function documents it, from its formula (QCV: at least 0):
+:func:`bafusion.evaluation.evaluate.read_peer_metrics` refuses published values outside it.
+QY, QP and QE are built from (local) correlations, each in -1..1, and are negative where F is
+anticorrelated with the sources (QE of a textured A = B and F = 255 - A: -0.78). QG is below
+0.9994 * 0.9879 (its sigmoids' gains) and QNCIE above 1 - log2(3)/8 (0.80), inside the ranges
+given."""
 
 
 def _parse_metric_names(names: str | Iterable[str] | None) -> list[str]:
