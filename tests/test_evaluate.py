@@ -1021,6 +1021,24 @@ def test_a_set_that_matches_no_pair_is_refused_before_any_work(tmp_path: Path, c
     assert len(ev.check_dataset(ds, ev.EvalConfig(datasets=(ds,), methods=("Laplacian",)))) == 3
 
 
+def test_a_set_emptied_by_pattern_or_pairs_names_the_filter(tmp_path: Path) -> None:
+    """A set that ``pattern`` or ``pairs`` left without pairs was refused as "'bb' matches none of
+    the 2 pairs", read as a typo: the message names the filter that chose the pairs."""
+    src, _ = _write_set(tmp_path, ["aa-1", "aa-2", "bb-1"])
+    (src / "index.json").unlink()  # a plain folder: pattern applies
+    for kw, chosen, widen in (({"pattern": "aa-*"}, "chosen by its pattern 'aa-*'", "widen pattern"),
+                              ({"pairs": ("aa-1", "aa-2")}, "chosen by its pairs [aa-1, aa-2]", "widen pairs"),
+                              ({"pattern": "aa*", "pairs": ("aa-1",)},
+                               "chosen by its pattern 'aa*' and pairs [aa-1]", "widen pattern and pairs")):
+        ds = ev.Dataset(name="t", sources=src, sets=("aa", "bb"), **kw)
+        with pytest.raises(UserError) as e:
+            ev.check_dataset(ds, ev.EvalConfig(datasets=(ds,), methods=("Laplacian",)))
+        n = len(kw.get("pairs", ())) or 2
+        assert str(e.value) == (f"evaluate.datasets[0].sets: 'bb' matches none of the {n} pairs of dataset 't' {chosen} "
+                                f"(a set is a pair-name prefix, case-sensitive); their prefixes: aa; leave the set out "
+                                f"(sets) or {widen} to take its pairs")
+
+
 def test_the_progress_line_never_prints_nan(tmp_path: Path) -> None:
     """A flat reference result has QCB NaN: the per-pair line printed 'QCB=nan' (README: NaN is
     never printed); it prints n/a, as the tables do."""

@@ -1196,15 +1196,25 @@ def _check_crop(ds: Dataset, cfg: EvalConfig, pair: Pair) -> None:
 def _check_sets(ds: Dataset, cfg: EvalConfig, pairs: Sequence[Pair]) -> None:
     """Refuse a ``sets`` prefix that matches none of the dataset's pairs (a typo, ``Savic`` for
     ``savic``): its set was left out of the tables without a word. The error lists the pairs'
-    name prefixes (their part before the first ``-``)."""
+    name prefixes (their part before the first ``-``) and, when ``pattern`` or ``pairs`` chose
+    them, says so (the set may be one the filter left out, not a typo)."""
     for sname in ds.sets:
         if set_rows([{"pair": p.name} for p in pairs], sname):
             continue
         i = next((k for k, d in enumerate(cfg.datasets) if d.name == ds.name), 0)
         prefixes = list(dict.fromkeys(p.name.split("-")[0] for p in pairs))
+        filters = []
+        if ds.pattern != "*" and not (ds.sources / "index.json").is_file():
+            filters.append(f"pattern {ds.pattern!r}")
+        if ds.pairs:
+            filters.append("pairs [" + ", ".join(ds.pairs[:5]) + (f" and {len(ds.pairs) - 5} more" if len(ds.pairs) > 5
+                                                                 else "") + "]")
+        chosen = f" chosen by its {' and '.join(filters)}" if filters else ""
         raise UserError(f"evaluate.datasets[{i}].sets: {sname!r} matches none of the {len(pairs)} pairs of dataset "
-                        f"{ds.name!r} (a set is a pair-name prefix, case-sensitive); their prefixes: "
-                        + ", ".join(prefixes[:12]) + (f" and {len(prefixes) - 12} more" if len(prefixes) > 12 else ""))
+                        f"{ds.name!r}{chosen} (a set is a pair-name prefix, case-sensitive); their prefixes: "
+                        + ", ".join(prefixes[:12]) + (f" and {len(prefixes) - 12} more" if len(prefixes) > 12 else "")
+                        + (f"; leave the set out (sets) or widen {' and '.join(f.split()[0] for f in filters)} to "
+                           "take its pairs" if filters else ""))
 
 
 def check_dataset(ds: Dataset, cfg: EvalConfig) -> list[Pair]:
