@@ -298,6 +298,30 @@ def test_a_reference_result_stored_twice_is_refused_before_any_fusion(tmp_path: 
     assert str(e.value.path) == str(ref / "CNN")
 
 
+def test_reference_results_stored_twice_are_listed_with_their_count(tmp_path: Path) -> None:
+    """Every pair's result stored twice (an earlier evaluate's fused/Ours, PNG and JPEG, copied as
+    a reference) was named one pair a run: the refusal names the first, a few more and their
+    count."""
+    names = [f"p{k}" for k in range(1, 9)]
+    src, imgs = _write_set(tmp_path, names)
+    ref = _write_reference(tmp_path, imgs, {"CNN": laplacian_fuse, "GFF": laplacian_fuse})
+    for n in names:
+        Image.open(ref / "CNN" / f"{n}.png").save(ref / "CNN" / f"{n}.jpg")
+    cfg = ev.parse_config({"methods": ["Laplacian"], "metrics": ["QG"], "figures": False})
+    with pytest.raises(InputFileError) as e:
+        ev.check_dataset(_dataset(src, ref, ("CNN", "GFF")), cfg)
+    assert e.value.problem == (
+        "dataset 'tiny': the result of pair 'p1' by method 'CNN' is stored 2 times, p1.png, p1.jpg: keep one (rename "
+        "or remove the others), as which one to measure cannot be told; 7 more result(s) stored more than once: "
+        "CNN: p2.png, p2.jpg; CNN: p3.png, p3.jpg; CNN: p4.png, p4.jpg; CNN: p5.png, p5.jpg; CNN: p6.png, p6.jpg "
+        "and 2 more")
+    assert str(e.value.path) == str(ref / "CNN")
+    Image.open(ref / "GFF" / "p8.png").save(ref / "GFF" / "p8.tif")  # two folders: the reference root
+    with pytest.raises(InputFileError, match=r"; 8 more result\(s\) .* and 3 more$") as e:
+        ev.check_dataset(_dataset(src, ref, ("CNN", "GFF")), cfg)
+    assert str(e.value.path) == str(ref)
+
+
 def test_a_pair_too_small_for_a_metric_fails_before_any_fusion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An 8x8 pair crashed evaluate with "QY needs images of at least 11x11 pixels, got 8x8" only
     after every pair before it was fused, naming no dataset, pair or file: now the check before

@@ -243,17 +243,23 @@ def find_method_result(root: str | os.PathLike[str], method: str, pair: str) -> 
         evaluate's own ``fused/<method>/`` holds with ``jpeg_quality``): which one is the image
         to measure cannot be told, and they differ (a JPEG and its lossless original)."""
     folder = Path(root) / method
+    found = _method_result_files(folder, pair)
+    if len(found) > 1:
+        raise InputFileError(folder, f"the result of pair {pair!r} by method {method!r} is stored "
+                                     f"{len(found)} times, {', '.join(f.name for f in found)}: keep one "
+                                     "(rename or remove the others), as which one to measure cannot be told")
+    return found[0] if found else None
+
+
+def _method_result_files(folder: Path, pair: str) -> list[Path]:
+    """Every ``<folder>/<pair>.<ext>`` of :func:`find_method_result` (one file counted once)."""
     found: list[Path] = []
     for ext in IMAGE_EXTENSIONS:
         for name in dict.fromkeys((f"{pair}.{ext}", f"{pair}.{ext.upper()}")):
             path = folder / name
             if path.is_file() and not any(_same(path, f) for f in found):  # p1.png, p1.PNG: one file on macOS
                 found.append(path)
-    if len(found) > 1:
-        raise InputFileError(folder, f"the result of pair {pair!r} by method {method!r} is stored "
-                                     f"{len(found)} times, {', '.join(f.name for f in found)}: keep one "
-                                     "(rename or remove the others), as which one to measure cannot be told")
-    return found[0] if found else None
+    return found
 
 
 def _same(p: Path, q: Path) -> bool:

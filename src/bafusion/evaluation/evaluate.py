@@ -1057,6 +1057,7 @@ def _check_reference_images(ds: Dataset, pairs: Sequence[Pair]) -> None:
     if ds.reference is None:
         return
     csv_methods = read_peer_metrics(ds.reference_metrics).methods if ds.reference_metrics is not None else ()
+    _check_stored_once(ds, [m for m in ds.reference_methods if m not in csv_methods], pairs)
     missing: list[str] = []
     n = 0
     methods: list[str] = []
@@ -1067,10 +1068,7 @@ def _check_reference_images(ds: Dataset, pairs: Sequence[Pair]) -> None:
             lacking = [f"{m}/ (folder missing)"]
             n += len(pairs)
         else:
-            try:
-                lacking = [f"{m}/{p.name}.*" for p in pairs if find_method_result(ds.reference, m, p.name) is None]
-            except InputFileError as e:  # stored twice (p1.png and p1.jpg)
-                raise InputFileError(e.path, f"dataset {ds.name!r}: {e.problem}") from None
+            lacking = [f"{m}/{p.name}.*" for p in pairs if find_method_result(ds.reference, m, p.name) is None]
             n += len(lacking)
         missing += lacking
         methods += [repr(m)] if lacking else []
@@ -1086,6 +1084,32 @@ def _check_reference_images(ds: Dataset, pairs: Sequence[Pair]) -> None:
             f"its sub-folders: {', '.join(found) if found else 'none'}"
         )
     _check_reference_sizes(ds, pairs, [m for m in ds.reference_methods if m not in csv_methods])
+
+
+def _check_stored_once(ds: Dataset, methods: Sequence[str], pairs: Sequence[Pair]) -> None:
+    """Refuse reference results stored twice (``p1.png`` and ``p1.jpg``:
+    :func:`~bafusion.evaluation.baselines.find_method_result`), naming the first and, when there
+    are more, a few others and their count (one run per pair was needed to find them all)."""
+    from bafusion.evaluation.baselines import _method_result_files, find_method_result
+
+    assert ds.reference is not None
+    twice = [(m, p.name, files) for m in methods if (ds.reference / m).is_dir() for p in pairs
+             if len(files := _method_result_files(ds.reference / m, p.name)) > 1]
+    if not twice:
+        return
+    m, pair, _ = twice[0]
+    try:
+        find_method_result(ds.reference, m, pair)
+    except InputFileError as e:
+        more = ""
+        if len(twice) > 1:
+            shown = [f"{mm}: {', '.join(f.name for f in files)}" for mm, _, files in twice[1:6]]
+            more = (f"; {len(twice) - 1} more result(s) stored more than once: " + "; ".join(shown)
+                    + (f" and {len(twice) - 6} more" if len(twice) > 6 else ""))
+        folders = {mm for mm, _, _ in twice}
+        raise InputFileError(e.path if len(folders) == 1 else ds.reference,
+                             f"dataset {ds.name!r}: {e.problem}{more}") from None
+    raise AssertionError(f"{m}/{pair}: stored twice but found once")  # pragma: no cover
 
 
 def _check_reference_sizes(ds: Dataset, pairs: Sequence[Pair], methods: Sequence[str]) -> None:
