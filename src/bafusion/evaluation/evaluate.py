@@ -557,18 +557,24 @@ def mean_values(rows: Rows, methods: Sequence[str], metric: str) -> dict[str, fl
     value (the PSNR of a pair equal to the truth) counts as :data:`INF_PSNR_IN_MEANS`. A mean over
     fewer pairs than others' (:func:`defined_counts`) is not comparable with theirs: the tables
     mark it (:func:`partial_mark`), and :func:`best_methods` and :func:`rank_of` put it behind."""
-    out = {}
-    for m in methods:
-        vals = [float(r[metric]) for r in rows if r["method"] == m and _finite(r.get(metric))]
-        vals = [min(v, INF_PSNR_IN_MEANS) if math.isinf(v) else v for v in vals]
-        out[m] = float(np.mean(vals)) if vals else float("nan")
-    return out
+    by_method: dict[str, list[float]] = {m: [] for m in methods}  # one pass over rows, in their order
+    for r in rows:
+        vals = by_method.get(r["method"])
+        if vals is not None and _finite(r.get(metric)):
+            v = float(r[metric])
+            vals.append(min(v, INF_PSNR_IN_MEANS) if math.isinf(v) else v)
+    return {m: float(np.mean(vals)) if vals else float("nan") for m, vals in by_method.items()}
 
 
 def defined_counts(rows: Rows, methods: Sequence[str], metric: str) -> dict[str, int]:
     """Per method, the number of its rows (pairs) with a finite ``metric`` value: the pairs its
     mean (:func:`mean_values`) is taken over."""
-    return {m: sum(1 for r in rows if r["method"] == m and _finite(r.get(metric))) for m in methods}
+    counts = dict.fromkeys(methods, 0)  # one pass over rows
+    for r in rows:
+        m = r["method"]
+        if m in counts and _finite(r.get(metric)):
+            counts[m] += 1
+    return counts
 
 
 def _npairs(rows: Rows) -> int:
@@ -1463,8 +1469,22 @@ def _partial_columns(rows: Rows, methods: Sequence[str], qs: Sequence[str]) -> l
 def _comparable(rows: Rows, methods: Sequence[str], q: str) -> set[str]:
     """The methods whose finite mean of ``q`` over ``rows`` is over the most pairs: the means that
     may be bold (:func:`best_methods`). The others (NaN on some pairs) are left out of the MLflow
-    metrics and the plots CSV, which cannot carry their count."""
-    return _complete(mean_values(rows, methods, q), defined_counts(rows, methods, q))
+    metrics and the plots CSV, which cannot carry their count.
+
+    A method's mean is finite exactly when it has a defined value, so the counts decide."""
+    counts = defined_counts(rows, methods, q)
+    full = max(counts.values(), default=0)
+    return {m for m, k in counts.items() if k == full and k > 0}
+
+
+def _set_comparable(ds: Dataset, rows: Rows, methods: Sequence[str], metrics: Sequence[str]) -> dict[str, dict[str, set[str]]]:
+    """:func:`_comparable` on each of ``ds``'s sets (``{set: {metric: methods}}``), once per
+    dataset rather than once for each of our variants."""
+    out: dict[str, dict[str, set[str]]] = {}
+    for sname in ds.sets:
+        sr = set_rows(rows, sname)
+        out[sname] = {q: _comparable(sr, methods, q) for q in metrics}
+    return out
 
 
 def _json_value(v: float) -> float | None:
@@ -1586,6 +1606,7 @@ def run_evaluation(
                 qs = [*cfg.metrics, *(q for q in TRUTH_METRICS if _has_values(rows, methods, q))]
                 entry: dict[str, Any] = {"pairs": len({r["pair"] for r in rows})}
                 comparable = {q: _comparable(rows, methods, q) for q in qs}
+                set_comparable = _set_comparable(ds, rows, methods, cfg.metrics)
                 for m in methods:
                     means = {q: mean_values(rows, [m], q)[m] for q in qs}
                     for q, v in means.items():
@@ -1606,7 +1627,8 @@ def run_evaluation(
                         # those of the ablation table (all methods)
                         rivals = _table1_methods(methods) if m == OURS else methods
                         entry[m]["wins"] = {q: count_wins(rows, rivals, q)[m] for q in cfg.metrics}
-                        _add_ranks_and_sets(entry[m], ds, rows, methods, m, cfg.metrics, all_means, logged)
+                        _add_ranks_and_sets(entry[m], ds, rows, methods, m, cfg.metrics, all_means, logged,
+                                            set_comparable)
                 doc[ds.name] = entry
             write_text(tmp / "metrics.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
         if report:
@@ -1669,10 +1691,14 @@ def _is_empty_testset(ds: Dataset) -> bool:
 def _add_ranks_and_sets(
     entry: dict[str, Any], ds: Dataset, rows: Rows, methods: Sequence[str], m: str,
     metrics: Sequence[str], all_means: dict[str, float], logged: dict[str, None],
+    comparable: dict[str, dict[str, set[str]]] | None = None,
 ) -> None:
     """metrics.json of one of our variants: its rank among Table 1's methods (``rank``, out of
     ``rank_of``), per set (``sets``: means and ranks) and its lossless means (``lossless``).
-    The ranks and the per-set means go into ``all_means`` too, their names into ``logged``."""
+    The ranks and the per-set means go into ``all_means`` too, their names into ``logged``;
+    ``comparable`` is :func:`_set_comparable` (computed here when not given)."""
+    if comparable is None:
+        comparable = _set_comparable(ds, rows, methods, metrics)
     rivals = _rank_rivals(methods, m)
     if len(rivals) > 1:
         ranks = {q: rank_of(rows, rivals, q, m) for q in metrics}
@@ -1697,7 +1723,7 @@ def _add_ranks_and_sets(
             for q in metrics:
                 v = mean_values(sr, [m], q)[m]
                 se[q] = _json_value(v)
-                if math.isfinite(v) and m in _comparable(sr, methods, q):  # not a mean over fewer pairs
+                if math.isfinite(v) and m in comparable[sname][q]:  # not a mean over fewer pairs
                     all_means[f"{ds.name}.{sname}.{m}.{q}"] = v
                     logged[q] = None
             if _n_defined(sr, m, metrics):
