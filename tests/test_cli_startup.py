@@ -214,6 +214,39 @@ def test_a_mistyped_command_or_option_gets_the_closest_name(capsys: pytest.Captu
     assert e.value.code == 2 and len(err.splitlines()) == 1 and hint in err, err
 
 
+_FUSE = ["fuse", "a.png", "b.png", "-o", "x.png"]
+
+
+@pytest.mark.parametrize(("argv", "hint"), [
+    ([*_FUSE, "--outdir", "y"], "--outdir: did you mean --out?"),
+    ([*_FUSE, "--out-dir", "y"], "--out-dir: did you mean --out?"),
+    (["baseline", "--method", "gff", "a", "b", "-o", "f.png", "--out-dir", "y"], "--out-dir: did you mean --out?"),
+    ([*_FUSE, "--alignment", "similarity"], "--alignment: did you mean --align?"),
+    (["fuse-dir", "in", "out", "--alignment", "similarity"], "--alignment: did you mean --align?"),
+    ([*_FUSE, "--tile-size", "512"], "--tile-size: did you mean --tile?"),
+    ([*_FUSE, "--cmap", "magma"], "--cmap: did you mean --diff-cmap?"),
+    (["metrics", "a.png", "b.png", "f.png", "--fmt", "json"], "--fmt: did you mean --format?"),
+    (["evaluate", "--initial-model", "m.pt"], "--initial-model: did you mean --initial?"),
+    (["evaluate", "--boundary-model", "m.pt"], "--boundary-model: did you mean --boundary?"),
+    # --params and --params-file are one option: either spelling is the right hint
+    ([*_FUSE, "--params-yaml", "p.yaml"], "--params-yaml: did you mean --params"),
+    (["count", "--params-yaml", "p.yaml"], "--params-yaml: did you mean --params"),
+    ([*_FUSE, "--precision", "bfloat16"], "did you mean 'bf16'?"),
+    (["fuse-directory", "in", "out"], "did you mean 'fuse-dir'?"),
+])
+def test_a_longer_name_or_an_abbreviation_gets_a_hint(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                                      hint: str) -> None:
+    """The rule that stopped --cores from meaning --force dropped these hints (given by difflib
+    before): a typed name that the real one begins (--outdir, --tile-size), whose words end
+    with the name's (--cmap), or an abbreviation (--fmt, bfloat16)."""
+    from bafusion.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and hint in err, err
+
+
 def test_no_suggestion_when_nothing_is_close(capsys: pytest.CaptureFixture[str]) -> None:
     from bafusion.cli import main
 
@@ -227,6 +260,7 @@ def test_no_suggestion_when_nothing_is_close(capsys: pytest.CaptureFixture[str])
     (["fuse", "a.png", "b.png", "-o", "x.png", "--resize"], "--resize"),
     (["fuse-dir", "in", "out", "--methd", "gff"], "--methd"),
     (["fuse-dir", "in", "out", "--cores", "2"], "--cores"),
+    ([*_FUSE, "--cores", "2"], "--cores"),
 ])
 def test_no_suggestion_from_the_leading_dashes_alone(capsys: pytest.CaptureFixture[str], argv: list[str],
                                                      word: str) -> None:
@@ -234,7 +268,8 @@ def test_no_suggestion_from_the_leading_dashes_alone(capsys: pytest.CaptureFixtu
     to --precision and --methd to --ext: a user looking for a GPU option was
     pointed at --output. --cores was still pointed at --force (three letters of five in
     common: difflib's cutoff of 0.6 exactly); a hint now needs a typo's distance (one edit per
-    four letters), the typed word being the name's start, or a clearly close name."""
+    four letters), one name beginning the other, the typed words ending the name's, an
+    abbreviation or a clearly close name (app._close_name)."""
     from bafusion.cli import main
 
     with pytest.raises(SystemExit):

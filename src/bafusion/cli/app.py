@@ -132,17 +132,35 @@ def _edits(a: str, b: str) -> int:
     return rows[-1][-1]
 
 
+def _abbreviates(short: str, long: str) -> bool:
+    """Whether ``short`` is an abbreviation of ``long``: its letters in order in ``long``, the
+    first one first, and at least half as many (``fmt``: ``format``; ``bf16``: ``bfloat16``)."""
+    if len(short) < 3 or 2 * len(short) < len(long) or not long or short[0] != long[0]:
+        return False
+    rest = iter(long)
+    return all(c in rest for c in short)
+
+
 def _close_name(word: str, names: Sequence[str]) -> str | None:
     """The name a mistyped ``word`` most likely meant, else ``None``: of the names that are a
     typo away (one edit per four characters of ``word``, at least one: ``fromat``, ``methd``,
-    ``fus``), that ``word`` begins (``prep``), or that difflib finds clearly close (a ratio of
-    0.75: ``output-dir``), the closest by difflib. difflib alone, at its cutoff of 0.6, pointed
-    ``--cores`` at ``--force`` (three letters of five in common)."""
+    ``fus``), that ``word`` begins (``prep``: ``prepare``) or that begin ``word`` (``outdir``,
+    ``tile-size``: ``out``, ``tile``), whose last dash-separated words ``word``'s are
+    (``cmap``: ``diff-cmap``), that ``word`` abbreviates or that abbreviate it (``fmt``:
+    ``format``; ``bfloat16``: ``bf16``; see :func:`_abbreviates`), or that difflib finds
+    clearly close (a ratio of 0.75: ``output-dir``), the closest by difflib. difflib alone, at
+    its cutoff of 0.6, pointed ``--cores`` at ``--force`` (three letters of five in common)."""
     import difflib
 
-    near = [n for n in names if _edits(word, n) <= max(1, len(word) // 4) or (len(word) >= 3 and n.startswith(word))
-            or difflib.SequenceMatcher(None, word, n).ratio() >= 0.75]
-    close = difflib.get_close_matches(word, near, n=1, cutoff=0.0)
+    def near(n: str) -> bool:
+        words, name_words = word.split("-"), n.split("-")
+        return (_edits(word, n) <= max(1, len(word) // 4)
+                or (len(word) >= 3 and n.startswith(word)) or (len(n) >= 3 and word.startswith(n))
+                or (len(name_words) > len(words) and name_words[-len(words):] == words and len(word) >= 3)
+                or _abbreviates(word, n) or _abbreviates(n, word)
+                or difflib.SequenceMatcher(None, word, n).ratio() >= 0.75)
+
+    close = difflib.get_close_matches(word, [n for n in names if near(n)], n=1, cutoff=0.0)
     return close[0] if close else None
 
 
