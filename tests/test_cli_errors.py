@@ -1154,6 +1154,26 @@ def test_help_to_a_full_standard_output_is_an_error(work: Path, argv: list[str])
     assert r.stderr.strip() == f"{cmd}: error: No space left on device (writing the standard output)"
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="closes fd 1 in the child (preexec_fn)")
+@pytest.mark.parametrize("argv", [["--help"], ["count", "--help"], ["--version"]])
+def test_help_with_the_standard_output_closed_goes_to_stderr(work: Path, argv: list[str]) -> None:
+    """`bafusion --help >&-` ended in a traceback (AttributeError: 'NoneType' object has no
+    attribute 'write', status 1): with stdout closed sys.stdout is None and so is the file argparse
+    passes. The help goes to stderr, as argparse sent it before; --version's line too (it wrote
+    nothing)."""
+    r = subprocess.run([sys.executable, "-m", "bafusion", *argv], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True, preexec_fn=lambda: os.close(1),  # noqa: PLW1509 - a test's child only
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    if argv == ["--version"]:
+        from bafusion._version import __version__
+
+        assert r.stderr == f"bafusion {__version__}\n", r.stderr
+    else:
+        assert r.stderr.startswith(f"usage: {' '.join(['bafusion', *argv[:-1]])} "), r.stderr
+
+
 _STOPPABLE = """
 import signal, sys, time
 from pathlib import Path

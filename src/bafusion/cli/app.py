@@ -98,8 +98,10 @@ class Parser(argparse.ArgumentParser):
     def _print_message(self, message: str, file: Any = None) -> None:
         """argparse's, except that a failed write of the standard output (``--help > /dev/full``,
         a reader gone) is raised (:func:`_main` says it, as for ``--version``): argparse ignored
-        it, and ``--help`` exited 0 having written nothing. Messages to stderr are argparse's."""
-        if not message or file is not sys.stdout:
+        it, and ``--help`` exited 0 having written nothing. Messages to stderr are argparse's, and
+        so is a closed standard output (``--help >&-``: ``sys.stdout`` and ``file`` are ``None``;
+        the help goes to stderr, as ``--version``'s line, see :func:`_main`)."""
+        if not message or file is None or file is not sys.stdout:
             super()._print_message(message, file)
             return
         file.write(message)
@@ -453,8 +455,8 @@ def _main(argv: list[str]) -> int:
     command = command_of(argv)
     cmd = f"bafusion {command or ''}".rstrip()
     if command is None and "--version" in argv:  # needs no command module (and no torch)
-        try:
-            print(f"bafusion {__version__}", flush=True)
+        try:  # stdout closed (`bafusion --version >&-`): to stderr, as argparse does with --help
+            print(f"bafusion {__version__}", file=sys.stdout if sys.stdout is not None else sys.stderr, flush=True)
         except OSError as e:
             return _stdout_failed(cmd, e)
         return 0
