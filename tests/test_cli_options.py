@@ -275,6 +275,34 @@ def test_a_tilde_in_positional_paths_is_the_home_folder(home, argv: list[str], d
     assert {k: getattr(args, k) for k in dests} == expected
 
 
+@pytest.mark.parametrize(("argv", "dests"), [
+    (["fuse", "~draft.jpg", "~/b.jpg", "-o", "~\\f.png"], {"images": ["~draft.jpg", "{home}/b.jpg"],
+                                                          "output": "{home}\\f.png"}),
+    (["metrics", "~a.png", "~", "~x\\f.png"], {"a": "~a.png", "b": "{home}", "f": "~x\\f.png"}),
+    (["download-record", "--out", "~r.json", "--source", "dir", "bg=~bg"], {"out": "~r.json", "folder_paths": ["~bg"]}),
+])
+def test_on_windows_a_tilde_word_is_not_a_home_folder(monkeypatch: pytest.MonkeyPatch, argv: list[str],
+                                                      dests: dict) -> None:
+    """On Windows ``ntpath.expanduser`` turns any leading ``~word`` into a sibling of the home
+    folder, without asking whether such a user exists: ``bafusion fuse ~draft.jpg b.jpg`` read
+    ``C:\\Users\\draft.jpg``, not the file of the current folder. Only ``~`` alone and ``~\\``,
+    ``~/`` are the home there (checked with os.path being ntpath while the arguments are parsed)."""
+    import ntpath
+    import os
+
+    home = "C:\\Users\\me"
+    monkeypatch.setenv("USERPROFILE", home)
+    monkeypatch.setenv("USERNAME", "me")  # as Windows sets it: ntpath guesses C:\Users\<word> from it
+    monkeypatch.delenv("HOME", raising=False)
+    parser = build_parser(argv[0])
+    with monkeypatch.context() as m:
+        m.setattr(os, "path", ntpath)
+        args = parser.parse_args(argv)
+    expected = {k: [x.format(home=home) for x in v] if isinstance(v, list) else v.format(home=home)
+                for k, v in dests.items()}
+    assert {k: getattr(args, k) for k in dests} == expected
+
+
 def test_a_source_image_given_with_a_tilde_is_read_from_the_home(home, capsys) -> None:
     """``bafusion metrics '~/a.png' '~/b.png' '~/a.png'`` said "~/a.png: file not found"."""
     import numpy as np

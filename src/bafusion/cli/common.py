@@ -108,14 +108,33 @@ def finite_float(minimum: float = -math.inf, *, above: bool = False) -> Callable
     return parse
 
 
+def home_path(s: str) -> str:
+    """``s`` with a leading ``~`` made the home folder, as a shell would have made it: the shell
+    leaves ``~`` alone in ``--out=~/x`` and in quotes (Snakemake's rules quote the params they
+    pass), Windows' cmd everywhere. On POSIX ``~user`` is that user's home when the user exists
+    (``os.path.expanduser``, as the shell), else ``s`` is kept. On Windows only ``~`` alone and
+    ``~\\...`` or ``~/...`` are expanded: ``ntpath.expanduser`` turns any ``~word`` into a
+    sibling of the home folder without asking whether the user exists, so a file ``~draft.jpg``
+    of the current folder was read as ``C:\\Users\\draft.jpg``.
+
+    Examples
+    --------
+    >>> home_path("photos/a.png")
+    'photos/a.png'
+    """
+    path = os.path
+    if path.sep == "\\" and s != "~" and not (s.startswith("~") and s[1:2] in ("\\", "/")):
+        return s
+    return path.expanduser(s)
+
+
 def nonempty_path(s: str) -> str:
     """An argparse type of path options: an empty string is refused ("--out: empty path"), not
-    taken as "not given" or as the current folder; a leading ``~`` or ``~user`` is that home
-    folder (``os.path.expanduser``), as a shell would have made it: the shell leaves ``~`` alone
-    in ``--out=~/x`` and in quotes (Snakemake's rules quote the params they pass)."""
+    taken as "not given" or as the current folder; a leading ``~`` is the home folder
+    (:func:`home_path`; ``~user`` that user's, on POSIX)."""
     if not s.strip():
         raise argparse.ArgumentTypeError("empty path")
-    return os.path.expanduser(s)
+    return home_path(s)
 
 
 def user_path(s: str) -> str:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from bafusion.cli.common import (finite_float, non_negative_int, nonempty_csv, nonempty_path, positive_int, seed_int,
+from bafusion.cli.common import (finite_float, home_path, non_negative_int, nonempty_csv, nonempty_path, positive_int, seed_int,
                                  user_path)
 from bafusion.data.acquire import (
     ALPHAMATTING_URL,
@@ -161,7 +160,7 @@ class _FoldersAction(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[no-untyped-def]
         items = list(values or [])
         setattr(namespace, self.dest, items)
-        namespace.folder_paths = [os.path.expanduser(_named_folder(item)[1]) for item in items]
+        namespace.folder_paths = [home_path(_named_folder(item)[1]) for item in items]
 
 
 @_logged("download")

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from bafusion.cli.common import ModelOption, add_threads_argument, check_distinct_sources, finite_float, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread
+from bafusion.cli.common import ModelOption, add_threads_argument, check_distinct_sources, finite_float, home_path, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread
 from bafusion.errors import InputFileError, UserError
 from bafusion.fusion.api import ALIGN_MODELS
 from bafusion.fusion.batch import (EXIT_NONE_FUSED, EXIT_SKIPPED, STEP_LINES_MIN_PIXELS, check_output_folder,
@@ -429,7 +429,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     # ~/a.png (quoted, Windows cmd) is the home's, as in the path options (nonempty_path); an empty
     # source is named by its position where the sources are read ("source 2: the path is empty")
-    p.add_argument("images", nargs="+", type=os.path.expanduser, help="source images (same size; with --align a shot of another size is "
+    p.add_argument("images", nargs="+", type=home_path, help="source images (same size; with --align a shot of another size is "
                    "registered onto the first), A B [C ...]")
     p.add_argument("-o", "--output", "--out", dest="output", type=nonempty_path, required=True,
                    help="fused image (.png, .tif, .bmp, .jpg); an existing file that is not a source is "
