@@ -1611,7 +1611,7 @@ def test_checkpoints_lock_goes_on_without_locks_where_the_filesystem_has_none(tm
 
 
 @pytest.mark.parametrize("case", ["restart-if-changed, other parameters", "restart-if-changed, same parameters",
-                                  "other parameters"])
+                                  "other parameters", "restart-if-changed, other code", "other code"])
 def test_an_interrupted_train_over_a_checkpoint_of_other_parameters_does_not_say_it_resumes(
         toy_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
         case: str) -> None:
@@ -1632,6 +1632,11 @@ def test_an_interrupted_train_over_a_checkpoint_of_other_parameters_does_not_say
               Paths(out=tmp_path / "m.pt", checkpoints=ck, metrics=tmp_path / "metrics.json", plots=tmp_path / "p.csv"),
               progress=False)
     monkeypatch.delenv(ABORT_ENV)
+    if "code" in case:  # written by other training code (an upgrade), of the same parameters
+        from bafusion.nets.train import save_checkpoint
+
+        state = load_checkpoint(ck / "last.pt")
+        save_checkpoint(ck / "last.pt", {**state, "fingerprint": "1" * 64, "code_digest": "0" * 64})
     old = time.time() - 3600
     os.utime(ck / "last.pt", (old, old))
     capsys.readouterr()
@@ -1640,7 +1645,7 @@ def test_an_interrupted_train_over_a_checkpoint_of_other_parameters_does_not_say
         raise KeyboardInterrupt  # stopped before this run saved a checkpoint
 
     monkeypatch.setattr(cli_train, "train", stopped)
-    if "other" in case:
+    if "other parameters" in case:
         params = {**TOY, "train": {**TOY["train"], "lr": 0.02}}
     rc = cli.main(["train", "--net", "initial", "--patches", str(toy_run["h5"]), "--out", str(tmp_path / "m.pt"),
                    "--params-json", json.dumps(params), "--checkpoints", str(ck), "--metrics",
@@ -1653,10 +1658,17 @@ def test_an_interrupted_train_over_a_checkpoint_of_other_parameters_does_not_say
     elif case == "restart-if-changed, other parameters":
         assert last == ("bafusion train: interrupted; rerun the same command: no checkpoint was saved yet by this run, "
                         f"so it starts afresh (over {ck / 'last.pt'}, of other parameters or another patch set)")
-    else:
+    elif case == "other parameters":
         assert last == (f"bafusion train: interrupted; {ck / 'last.pt'} is of other parameters or another patch set, "
                         "and the same command refuses it: pass --checkpoints DIR for a separate training, or "
                         "--restart-if-changed to replace it")
+    else:  # the training code changed, not the parameters: said as train's refusal says it
+        code = ("of other training code (the training code changed since this checkpoint was written: bafusion was "
+                "upgraded or edited)")
+        assert last == ("bafusion train: interrupted; rerun the same command: no checkpoint was saved yet by this run, "
+                        f"so it starts afresh (over {ck / 'last.pt'}, {code})" if "restart" in case else
+                        f"bafusion train: interrupted; {ck / 'last.pt'} is {code}, and the same command refuses it: "
+                        "pass --checkpoints DIR for a separate training, or --restart-if-changed to replace it")
 
 
 @pytest.mark.parametrize("init", [False, True])

@@ -297,9 +297,9 @@ def _resume_advice(args: argparse.Namespace, started: float, run: dict[str, Any]
     """How to continue a stopped training (begun at time ``started``): from its checkpoint, when
     a rerun resumes one. With ``--no-resume`` only a last.pt that this run wrote (an older run's
     is the one it replaces); never a finished run's (a rerun trains from scratch); nor an older
-    run's of other parameters or another patch set (``run``: this run's ``cfg`` and ``nproc``,
-    once known), which a rerun replaces (``--restart-if-changed``, the pipeline's own training)
-    or refuses."""
+    run's of other parameters, another patch set or other training code (``run``: this run's
+    ``cfg`` and ``nproc``, once known; :func:`_other_run` says which), which a rerun replaces
+    (``--restart-if-changed``, the pipeline's own training) or refuses."""
     paths = _paths(args)
     last = paths.checkpoints / "last.pt"
     try:
@@ -307,10 +307,11 @@ def _resume_advice(args: argparse.Namespace, started: float, run: dict[str, Any]
     except OSError:  # none
         ours = None
     if ours is False and not args.no_resume and not _finished(last) and _same_run(args, last, run or {}) is False:
+        other = _other_run(args, last, run or {})
         if args.restart_if_changed or _pipeline_training(args.net, paths):
             return (f"rerun the same command: no checkpoint was saved yet by this run, so it starts afresh "
-                    f"(over {last}, of other parameters or another patch set)")
-        return (f"{last} is of other parameters or another patch set, and the same command refuses it: pass "
+                    f"(over {last}, {other})")
+        return (f"{last} is {other}, and the same command refuses it: pass "
                 "--checkpoints DIR for a separate training, or --restart-if-changed to replace it")
     if ours is not None and (ours or not args.no_resume) and not _finished(last):
         again = "rerun it without --no-resume" if args.no_resume else "rerun the same command"
@@ -334,6 +335,23 @@ def _same_run(args: argparse.Namespace, last: Path, run: dict[str, Any]) -> bool
                     fingerprint(run["cfg"], args.net, Path(args.patches), run["nproc"]))
     except Exception:  # noqa: BLE001 - advice only
         return None
+
+
+def _other_run(args: argparse.Namespace, last: Path, run: dict[str, Any]) -> str:
+    """What the checkpoint ``last``, of another fingerprint than this run's (:func:`_same_run`),
+    is of, as :func:`bafusion.nets.train.train` refuses it: "of other training code (...)" when
+    the code alone changed (``_what_changed`` says :data:`~bafusion.nets.train.CODE_CHANGED`:
+    bafusion upgraded or edited), else "of other parameters or another patch set"."""
+    try:
+        from bafusion.nets.train import CODE_CHANGED, _what_changed, load_checkpoint, patches_digest, training_code_digest
+
+        what = _what_changed(load_checkpoint(last), run["cfg"], args.net, patches_digest(Path(args.patches)),
+                             code=training_code_digest())
+        if what == CODE_CHANGED:
+            return f"of other training code ({CODE_CHANGED}: bafusion was upgraded or edited)"
+    except Exception:  # noqa: BLE001 - advice only
+        pass
+    return "of other parameters or another patch set"
 
 
 def _finished(last: Path) -> bool:
