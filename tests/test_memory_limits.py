@@ -187,3 +187,19 @@ def test_the_out_of_memory_estimate_counts_the_alignment(monkeypatch) -> None:
         assert f"needs about {need} MiB" in advice and (("with --align" in advice) == (need == aligned)), advice
     reason = batch.out_of_memory_reason(MemoryError("Unable to allocate"), shots, align=True)
     assert f"needs about {aligned} MiB with --align" in reason, reason
+
+
+def test_fuse_dir_out_of_memory_reason_names_the_address_space_limit(monkeypatch) -> None:
+    """fuse-dir's skip reason under ``prlimit --as=1300M`` said "a 12-megapixel pair needs about
+    892 MiB" and nothing of the 1300 MiB limit (fuse's error says what the limit counts): read
+    as a contradiction. The reason now ends with the same note, and has none without a limit."""
+    from bafusion.fusion import batch, memory
+
+    monkeypatch.setattr(memory, "_megapixels", lambda path: 12.0)
+    shots = [Path("a.jpg"), Path("b.jpg")]
+    _limit(monkeypatch, 1300)
+    reason = batch.out_of_memory_reason(MemoryError("Unable to allocate 89.9 MiB"), shots)
+    assert "needs about" in reason and "address-space limit (ulimit -v / prlimit --as) of 1300 MiB" in reason, reason
+    monkeypatch.setattr("bafusion.fusion.memory.address_space_limit_mib", lambda: None)
+    reason = batch.out_of_memory_reason(MemoryError("Unable to allocate 89.9 MiB"), shots)
+    assert "needs about" in reason and "address-space" not in reason and not reason.endswith("; "), reason

@@ -1199,11 +1199,13 @@ _DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 def out_of_memory_reason(e: BaseException, shots: Sequence[Path], align: bool = False) -> str:
     """Why a stack was skipped for a ``MemoryError`` ``e``: numpy's words (the array it failed
     to allocate) and what the stack needs (:func:`bafusion.fusion.memory.fuse_advice`; ``align``:
-    aligned)."""
-    from bafusion.fusion.memory import fuse_advice
+    aligned), and, where an address-space limit is set, what it counts
+    (:func:`bafusion.fusion.memory.address_space_note`: without it, "needs about 892 MiB" beside
+    a limit of 1300 MiB read as a contradiction)."""
+    from bafusion.fusion.memory import address_space_note, fuse_advice
 
     what = " ".join(str(e).split())[:200] or type(e).__name__
-    return f"out of memory ({what}): {fuse_advice(shots, align)}"
+    return "; ".join(x for x in (f"out of memory ({what}): {fuse_advice(shots, align)}", address_space_note()) if x)
 
 
 def _free_memory() -> None:
