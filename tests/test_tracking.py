@@ -596,6 +596,31 @@ def test_the_warning_hides_a_password_in_the_uri(monkeypatch: pytest.MonkeyPatch
     assert "s3cret" not in line and "https://me:***@mlflow.example.org: 401 Unauthorized" in line
 
 
+def test_the_warning_names_the_cause_behind_sqlalchemys_autoflush_note(monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """An sqlite store on a full disk failed during an autoflush: SQLAlchemy's message begins
+    with its note "(raised as a result of Query-invoked autoflush; ...)" and names the cause on
+    the next line; the warning gave only the note, nothing of the full disk."""
+    import sqlite3
+
+    from sqlalchemy import exc
+
+    error = exc.OperationalError("INSERT INTO runs (run_uuid) VALUES (?)", ("abc",),
+                                 sqlite3.OperationalError("database or disk is full"))
+    error.add_detail("raised as a result of Query-invoked autoflush; consider using a session.no_autoflush block "
+                     "if this flush is occurring prematurely")
+    assert str(error).startswith("(raised as a result of Query-invoked autoflush")  # the shape met
+    monkeypatch.setattr(tracking, "_broken", None)
+    monkeypatch.setenv("BAFUSION_MLFLOW", "1")
+    tracking._turn_off("sqlite:////full/ml/mlflow.db", RuntimeError(str(error)))  # as MLflow passes it on
+    line = _one_warning(capsys.readouterr().err, "sqlite:////full/ml/mlflow.db")
+    assert "mlflow.db: (sqlite3.OperationalError) database or disk is full;" in line, line
+    assert "autoflush" not in line, line
+    assert tracking._first_line(error) == "(sqlite3.OperationalError) database or disk is full"
+    assert tracking._first_line(RuntimeError("(only a note)")) == "(only a note)"  # nothing else: kept
+    assert tracking._first_line(RuntimeError("")) == "RuntimeError"
+
+
 def test_the_docs_name_only_the_switch_that_exists() -> None:
     # the module said "tracking.enabled: false in params" turned logging off: no such option
     import yaml

@@ -165,11 +165,7 @@ def _turn_off(uri: str, error: BaseException, lost: str = "") -> None:
     global _broken
     if _broken is not None:
         return
-    lines = str(error).strip().splitlines()
-    problem = lines[0].strip() if lines else type(error).__name__
-    if len(problem) > 600:
-        problem = problem[:600] + "..."
-    problem = problem.rstrip(".")
+    problem = _first_line(error)
     _broken = problem
     os.environ["BAFUSION_MLFLOW"] = "0"
     print(f"bafusion: warning: MLflow tracking store {_shown(uri)}: {problem}; "
@@ -179,11 +175,30 @@ def _turn_off(uri: str, error: BaseException, lost: str = "") -> None:
 
 
 def _first_line(error: BaseException) -> str:
-    """The first line of ``error``'s message (its type's name when it has none), at most 600
-    characters, without a final full stop: for a warning line."""
-    lines = str(error).strip().splitlines()
-    problem = lines[0].strip() if lines else type(error).__name__
+    """The first line of ``error``'s message that says what went wrong (its type's name when it
+    has none), at most 600 characters, without a final full stop: for a warning line.
+
+    SQLAlchemy puts its notes on the error first, each a line of its own wholly in parentheses
+    (``(raised as a result of Query-invoked autoflush; ...)``), and the cause after them
+    (``(sqlite3.OperationalError) database or disk is full``): such lines are passed over, the
+    first line is kept where every line is one."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    said = [line for line in lines if not _is_note(line)]
+    problem = (said or lines or [type(error).__name__])[0]
     return (problem[:600] + "..." if len(problem) > 600 else problem).rstrip(".")
+
+
+def _is_note(line: str) -> bool:
+    """Whether ``line`` is wholly one parenthesis, as SQLAlchemy's notes on an error are (the
+    cause, ``(sqlite3.OperationalError) database or disk is full``, goes on after its own)."""
+    if not (line.startswith("(") and line.endswith(")")):
+        return False
+    depth = 0
+    for i, ch in enumerate(line):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0:
+            return i == len(line) - 1
+    return False
 
 
 def _shown(uri: str) -> str:
