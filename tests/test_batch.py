@@ -1632,6 +1632,56 @@ def test_output_lock_goes_on_without_locks_where_the_filesystem_has_none(tmp_pat
             pass
 
 
+class _FullDiskFile:
+    """An open file whose writes fail as on a full disk (ENOSPC); the rest is the real file's."""
+
+    def __init__(self, fh) -> None:
+        self._fh = fh
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name: str):
+        return getattr(self._fh, name)
+
+
+def test_fuse_dir_on_a_full_disk_names_the_lock_file_and_leaves_no_new_folder(
+        tmp_path: Path, nets: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a full disk ``fuse-dir --skip-existing`` with nothing left to fuse failed writing its
+    lock's process id with "error: OUT: No space left on device" (neither the lock file nor the
+    full disk named), and a new OUT was left behind empty. The error now names the lock file
+    and says the disk is full; a new OUT is removed again."""
+    from bafusion import atomic
+
+    src, out, new = tmp_path / "in", tmp_path / "out", tmp_path / "new-out"
+    src.mkdir()
+    for n, x in zip("AB", pair(3)):
+        Image.fromarray(x).save(src / f"p-{n}.png")
+    common = ["--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(["fuse-dir", str(src), str(out), *common]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(atomic, "open", lambda *a, **k: _FullDiskFile(open(*a, **k)), raising=False)
+    for folder, extra in ((out, ["--skip-existing"]), (new, [])):
+        assert cli_main(["fuse-dir", str(src), str(folder), *common, *extra]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert f"{folder / batch.LOCK_FILE}: cannot write fuse-dir's lock: " in err, err
+        assert "the disk is full" in err and "free space" in err, err
+        assert not (folder / batch.LOCK_FILE).exists()
+    assert (out / "p.png").is_file()  # the earlier output kept
+    assert not new.exists()  # made for the lock only: removed again
+    # a later write failing so (here the record's) leaves no new OUT either (only a refusal did)
+    monkeypatch.undo()
+
+    def full(folder, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(folder / batch.OUTPUT_MARKER))
+
+    monkeypatch.setattr(batch, "write_marker", full)
+    assert cli_main(["fuse-dir", str(src), str(new), *common]) == 2
+    assert os.strerror(errno.ENOSPC) in capsys.readouterr().err
+    assert not new.exists()
+
+
 def test_fuse_dir_fuses_avif_and_jpeg_2000_shots_as_fuse_does(tmp_path: Path, nets: Path, capsys) -> None:
     """A folder of .avif shots (which fuse reads) fused nothing: fuse-dir took only .png .jpg
     .jpeg .bmp .tif .tiff .webp ('no pair or stack to fuse'). Pairs and a sub-folder stack of

@@ -577,6 +577,24 @@ def _unlock(fh: object) -> None:
         _msvcrt_lock(fh, msvcrt.LK_UNLCK)
 
 
+#: The errors of a full disk (or of a user's quota reached).
+_DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+def _lock_write_error(e: OSError, lock: Path, what: str | None) -> OSError:
+    """The error for ``e``, raised writing the holder's process id into the lock file ``lock``
+    (:func:`folder_lock`): with ``what``, a :class:`~bafusion.errors.UserError` ``<lock>: cannot
+    write <what>: <reason>`` (a full disk said so, with what to do); else ``e`` naming ``lock``."""
+    if what is None:
+        return OSError(e.errno, e.strerror, os.fspath(lock))
+    from bafusion.errors import UserError
+
+    why = e.strerror or str(e)
+    if e.errno in _DISK_FULL:
+        why += " (the disk is full: free space on it and rerun)"
+    return UserError(f"{lock}: cannot write {what}: {why}")
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path, lock_name: str, *, busy: Callable[[int | None], BaseException],
                 what: str | None = None, remove_created: bool = False) -> Iterator[bool]:
@@ -599,7 +617,9 @@ def folder_lock(folder: Path, lock_name: str, *, busy: Callable[[int | None], Ba
     ``fcntl`` nor ``msvcrt`` took no lock silently, and two runs wrote one record). Another error of ``flock``, or one
     creating ``folder``, is raised as the ``OSError`` it is; one creating the lock file too,
     or with ``what`` (the lock's name for the user, e.g. ``"fuse-dir's lock"``) a
-    :class:`~bafusion.errors.UserError` ``<lock file>: cannot create <what>: <reason>``.
+    :class:`~bafusion.errors.UserError` ``<lock file>: cannot create <what>: <reason>``; one
+    writing the process id into it (a full disk) likewise ``<lock file>: cannot write <what>:
+    <reason>``, or without ``what`` the ``OSError`` naming the lock file.
     """
     created = not folder.exists()
     lock = folder / lock_name
@@ -647,10 +667,13 @@ def folder_lock(folder: Path, lock_name: str, *, busy: Callable[[int | None], Ba
                 pass
             fh.close()  # the file locked was removed by its holder meanwhile: lock the one there now
             fh = None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+        except OSError as e:  # a full disk: the error named only the folder
+            raise _lock_write_error(e, lock, what) from e
         yield True
     finally:
         if fh is not None:

@@ -1280,10 +1280,10 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
                                    skip_existing=skip_existing, progress=progress, motion_hint=motion_hint)
         rep.notes = unread_notes(notes, rep)  # what became of a RAW + JPEG folder's stack, now known
         return rep
-    except UserError:
+    except (UserError, OSError):
         if created:
             with contextlib.suppress(OSError):
-                out.rmdir()  # only when empty: a run refused leaves no folder
+                out.rmdir()  # only when empty: a run refused (or failed: a full disk) leaves no folder
         raise
 
 
