@@ -717,3 +717,57 @@ def test_a_killed_writes_leftover_is_removed_where_os_kill_cannot_ask(tmp_path: 
     assert dead.exists()
     err = capsys.readouterr().err
     assert f"{dead}: the temporary folder of a write by process" in err and "psutil is missing" in err
+
+
+def test_an_earlier_output_that_cannot_be_removed_is_named_once_and_again_by_a_later_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """An earlier folder output with a read-only sub-folder was kept for good, hidden as
+    ``.out.part-*/out.old``, and no run said a word (errors ignored). The new output is still
+    put in place, and the folder left behind is named with the cause, once; a later run that
+    cannot remove it either says so again. Root ignores permission bits (the tests run as root
+    in CI), so where running as root the refusal is simulated by ``os.unlink``."""
+    import errno
+
+    from bafusion import atomic
+
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "maps").mkdir()
+        (tmp / "maps" / "m.png").write_text("earlier")
+    real_unlink = os.unlink
+
+    def refuse(path, *args, **kwargs):
+        if os.fspath(path) == "m.png" or os.fspath(path).endswith(os.sep + "m.png"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_unlink(path, *args, **kwargs)
+
+    if os.geteuid() == 0:
+        monkeypatch.setattr(os, "unlink", refuse)
+    (out / "maps").chmod(0o555)
+    try:
+        with atomic_dir(out) as tmp:
+            (tmp / "new.txt").write_text("new")
+        assert sorted(p.name for p in out.iterdir()) == ["new.txt"]  # the work is done
+        (left,) = tmp_path.glob(".out.part-*")
+        err = capsys.readouterr().err
+        assert err.count("warning") == 1, err
+        assert f"could not remove {left / 'out.old'}: {os.strerror(errno.EACCES)}: " in err, err
+        assert "m.png" in err and "remove it by hand" in err, err
+        # a later run (the first one's process gone) tries again and says so again
+        (left / atomic.PART_MARKER).write_text(atomic._marker_text(2**22 + 12345))
+        assert atomic._is_stale(left)
+        monkeypatch.setattr(atomic, "_said_unremoved", set())  # a later run: another process
+        with atomic_dir(out) as tmp:
+            (tmp / "new.txt").write_text("newer")
+        assert (out / "new.txt").read_text() == "newer" and left.is_dir()
+        err = capsys.readouterr().err
+        assert err.count(f"could not remove {left / 'out.old'}: ") == 1, err
+        # once it can be removed, the next run removes it without a word
+        monkeypatch.setattr(os, "unlink", real_unlink)
+        (left / "out.old" / "maps").chmod(0o755)
+        with atomic_dir(out) as tmp:
+            (tmp / "new.txt").write_text("newest")
+        assert not left.exists() and capsys.readouterr().err == ""
+    finally:
+        for p in tmp_path.rglob("maps"):
+            p.chmod(0o755)

@@ -109,22 +109,59 @@ def _pid_alive(pid: int) -> bool:
 
 def _remove_part(wrap: Path) -> None:
     """Remove the temporary folder ``wrap`` (:func:`_new_part`), its marker last (a run killed
-    meanwhile leaves a folder that is still known as bafusion's own). Errors are ignored: what
-    stays keeps its marker, and a later run tries again."""
-    with contextlib.suppress(OSError):  # also another run removing the same leftover meanwhile
+    meanwhile leaves a folder that is still known as bafusion's own). What cannot be removed
+    (an earlier output with a read-only sub-folder) stays, with its marker, for a later run to
+    try again, and is named once on stderr (:func:`_note_unremoved`): it was kept, hidden and
+    unsaid, for good. One removed meanwhile by another run is no error."""
+    failed: list[OSError] = []
+
+    def record(_func: object, _path: object, exc: object) -> None:
+        error = exc[1] if isinstance(exc, tuple) else exc  # onerror's exc_info, onexc's exception
+        if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
+            failed.append(error)
+
+    handler = {"onexc": record} if sys.version_info >= (3, 12) else {"onerror": record}
+    try:
         for entry in wrap.iterdir():
             if entry.name == PART_MARKER:
                 continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
+            try:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, **handler)
+                else:
                     entry.unlink()
-        if any(e.name != PART_MARKER for e in wrap.iterdir()):
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                failed.append(e)
+        left = [e for e in wrap.iterdir() if e.name != PART_MARKER]
+        if left:
+            if failed:
+                _note_unremoved(left, failed[0])
             return
         with contextlib.suppress(FileNotFoundError):
             (wrap / PART_MARKER).unlink()
         wrap.rmdir()
+    except FileNotFoundError:  # another run removed the same leftover meanwhile
+        return
+    except OSError as e:
+        _note_unremoved([wrap], failed[0] if failed else e)
+
+
+#: The leftovers this process has said it could not remove (:func:`_note_unremoved`): once each.
+_said_unremoved: set[str] = set()
+
+
+def _note_unremoved(left: list[Path], error: OSError) -> None:
+    """Say once on stderr that ``left`` (in a temporary folder of this module) could not be
+    removed, and why (``error``)."""
+    if str(left[0]) in _said_unremoved:
+        return
+    _said_unremoved.add(str(left[0]))
+    names = ", ".join(map(str, left[:3])) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+    why = error.strerror or str(error) or type(error).__name__
+    where = f": {error.filename}" if error.filename is not None else ""
+    print(f"bafusion: warning: could not remove {names}: {why}{where}; remove it by hand", file=sys.stderr)
 
 
 def _read_proc(path: str, what: str) -> str:
