@@ -1122,6 +1122,114 @@ def test_a_second_training_on_the_same_checkpoints_fails_at_once(toy_run: dict, 
         pass
 
 
+def _train_rule_command(net: str) -> str:
+    """The shell command of the rule train_<net> (workflow/rules/train.smk), as written there."""
+    import ast
+
+    text = (Path(__file__).resolve().parents[1] / "workflow" / "rules" / "train.smk").read_text(encoding="utf-8")
+    rule = text.split(f"rule train_{net}:", 1)[1].split("\nrule ", 1)[0]
+    shell = rule.split("shell:", 1)[1].strip()
+    return ast.literal_eval("(" + shell + ")")
+
+
+#: A ``bafusion`` for the rule's command whose training, with $PAUSE_TRAIN set, takes the
+#: checkpoint lock as train() does (unless the command holds it), says epoch 1, waits for the
+#: file $PAUSE_TRAIN, says epoch 2 and ends: a live training held in place.
+_PAUSED_BAFUSION = """\
+import os, sys, time
+from pathlib import Path
+import bafusion.nets.train as T
+
+def paused(net, patches, cfg, paths, **kwargs):
+    held = os.environ.get(T.LOCK_HELD_ENV) == str(Path(paths.checkpoints).resolve())
+    import contextlib
+    with T.checkpoints_lock(paths.checkpoints) if not held else contextlib.nullcontext():
+        print("epoch 1/2 of the live run", file=sys.stderr, flush=True)
+        while not os.path.exists(os.environ["PAUSE_TRAIN"]):
+            time.sleep(0.05)
+        print("epoch 2/2 of the live run", file=sys.stderr, flush=True)
+    return {"val_acc": 0.5, "best_epoch": 2}
+
+if os.environ.get("PAUSE_TRAIN"):
+    T.train = paused
+from bafusion.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("removed", [False, True], ids=["kept", "removed-by-snakemake"])
+def test_a_duplicate_training_job_refused_by_the_lock_leaves_the_live_jobs_log_whole(tmp_path: Path,
+                                                                                   removed: bool) -> None:
+    """Snakemake >= 9.17 deletes .snakemake/locks whenever a run ends, so a second
+    ``snakemake train_initial`` is no longer refused by Snakemake; bafusion's checkpoint lock
+    refused its job, but the rule's ``2>&1 | tee {log}`` had emptied the live training's log
+    first: the log of the job that went on to finish held only the refusal. Both jobs run the
+    rule's own command here; with ``removed``, the log is first deleted as Snakemake deletes a
+    job's log before running it: the live run writes it again whole."""
+    import shlex
+    import time
+
+    h5 = write_toy_patches(tmp_path / "patches" / "initial.h5", n_train=12, n_val=6, patch=16, seed=1)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "bafusion").write_text(f"#!{sys.executable}\n{_PAUSED_BAFUSION}", encoding="utf-8")
+    (bindir / "bafusion").chmod(0o755)
+    log = tmp_path / "logs" / "train_initial.log"
+    log.parent.mkdir()  # (Snakemake makes it)
+    values = {"input.patches": str(h5), "output.model": str(tmp_path / "models" / "initial.pt"),
+              "params.cfg:q": shlex.quote(json.dumps(TOY)), "threads": "1", "params.checkpoints": str(tmp_path / "ck"),
+              "output.metrics": str(tmp_path / "metrics.json"), "output.plots": str(tmp_path / "epochs.csv"),
+              "log": str(log)}
+    # as Snakemake runs it: bash in its strict mode
+    command = "set -euo pipefail; " + re.sub(r"\{([^{}]+)\}", lambda m: values[m.group(1)],
+                                             _train_rule_command("initial"))
+    go = tmp_path / "go"
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "BAFUSION_MLFLOW": "0"}
+    live = subprocess.Popen(["bash", "-c", command], env={**env, "PAUSE_TRAIN": str(go)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "epoch 1/2" not in (log.read_text() if log.exists() else ""):
+            assert live.poll() is None and time.monotonic() < deadline, live.communicate()
+            time.sleep(0.1)
+        if removed:
+            log.unlink()  # Snakemake's remove_existing_output for the duplicate job
+        dup = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=300)
+        assert dup.returncode != 0
+        assert "another training" in dup.stderr and "is using this checkpoint folder" in dup.stderr, dup.stderr
+        if not removed:
+            assert "epoch 1/2 of the live run" in log.read_text()  # untouched by the refused job
+        go.write_text("")
+        out, err = live.communicate(timeout=300)
+    finally:
+        if live.poll() is None:
+            live.kill()
+            live.wait()
+    assert live.returncode == 0, err
+    text = log.read_text()
+    assert "another training" not in text, text
+    assert "epoch 1/2 of the live run" in text and "epoch 2/2 of the live run" in text, text
+    assert "initial: best val acc 0.5000 at epoch 2" in text, text
+    # and the console (the job's stderr) got it all as well, as under tee
+    assert "epoch 1/2 of the live run" in err and "epoch 2/2 of the live run" in err and "best val acc" in err, err
+
+
+def test_train_log_holds_the_commands_error_line_as_tee_did(tmp_path: Path) -> None:
+    """``--log`` (the training rules' log, written once the checkpoint lock is held) holds what
+    ``2>&1 | tee`` held: the error line too, which the command prints once its work has ended;
+    the console gets it as well."""
+    h5 = write_toy_patches(tmp_path / "initial.h5", n_train=12, n_val=6, patch=16, seed=1)
+    log = tmp_path / "logs" / "train.log"
+    proc = subprocess.run([sys.executable, "-m", "bafusion.cli", "train", "--net", "initial", "--patches", str(h5),
+                           "--out", str(tmp_path / "m.json"), "--params-json", json.dumps(TOY), "--checkpoints",
+                           str(tmp_path / "ck"), "--log", str(log)],
+                          capture_output=True, text=True, env={**os.environ, "BAFUSION_MLFLOW": "0"}, timeout=300)
+    line = "bafusion train: error: --out "
+    assert proc.returncode == 2 and line in proc.stderr, proc.stderr
+    assert line in log.read_text() and "give the model file a .pt suffix" in log.read_text(), log.read_text()
+    assert not (tmp_path / "ck").exists()  # the lock's folder, made for it, is gone with it
+
+
 @pytest.mark.parametrize("existing", [False, True])
 def test_a_training_refused_after_taking_the_lock_leaves_no_lock_file(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                       existing: bool) -> None:

@@ -96,7 +96,7 @@ COMMAND_OUTPUTS: dict[str, OutputSpec] = {
     "fuse-dir": OutputSpec(dirs=("output",), inputs=("input", *_NETS), positional=("output",)),
     "baseline": OutputSpec(images=("output",), inputs=("a", "b")),
     "evaluate": OutputSpec(replaced_dirs=("out",), files=("report", "plots"), inputs=("root", *_NETS)),
-    "train": OutputSpec(files=("out", "metrics", "plots"), dirs=("checkpoints",), inputs=("patches", "params"),
+    "train": OutputSpec(files=("out", "metrics", "plots", "log"), dirs=("checkpoints",), inputs=("patches", "params"),
                         flags=(("metrics", "--report/--metrics"),)),
     "ensemble": OutputSpec(files=("out",), inputs=("members",)),
     "prepare": OutputSpec(replaced_dirs=("out",), inputs=("alphamatting", "backgrounds_dir")),

@@ -6,7 +6,11 @@
 # run marks its checkpoint finished: a rerun of it (killed before its exit, or -R/--forcerun,
 # dvc repro -f: its outputs deleted) writes its model again without training; delete
 # data/checkpoints/<net> to train again. Progress: one line per epoch, copied from the log to
-# the console (stderr).
+# the console (stderr). The log is written by `bafusion train --log` once it holds the checkpoint
+# folder's lock: a second run of the rule refused by that lock (Snakemake >= 9.17 removes every
+# lock of .snakemake/locks when any run ends, so it no longer refuses a duplicate) leaves the
+# running job's log alone, and writes it again should Snakemake have removed it (`| tee {log}`
+# emptied it, and the log of the job that went on to finish held only the refusal).
 
 TRAIN = config.get("train", {})
 
@@ -34,7 +38,7 @@ rule train_initial:
     shell:
         "bafusion train --net initial --patches {input.patches} --out {output.model}"
         " --params-json {params.cfg:q} --threads {threads} --checkpoints {params.checkpoints}"
-        " --metrics {output.metrics} --plots {output.plots} 2>&1 | tee {log} >&2"
+        " --metrics {output.metrics} --plots {output.plots} --log {log} >&2"
 
 
 rule train_boundary:
@@ -60,4 +64,4 @@ rule train_boundary:
     shell:
         "bafusion train --net boundary --patches {input.patches} --out {output.model}"
         " --params-json {params.cfg:q} --threads {threads} --checkpoints {params.checkpoints}"
-        " --metrics {output.metrics} --plots {output.plots} 2>&1 | tee {log} >&2"
+        " --metrics {output.metrics} --plots {output.plots} --log {log} >&2"

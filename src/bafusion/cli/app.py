@@ -218,6 +218,23 @@ def on_stop_say(advice: Callable[[], str | None] | None) -> None:
     _stop_advice = advice
 
 
+#: What :func:`main` calls once it has said how the command ended (:func:`at_command_end`), and
+#: how many calls of :func:`main` are running (one that is not cannot call them).
+_at_end: list[Callable[[], None]] = []
+_mains_running = 0
+
+
+def at_command_end(fn: Callable[[], None]) -> bool:
+    """Have :func:`main` call ``fn`` once it has said how the command ended (its error line, or
+    the line of a stop), as the last thing it does: ``train --log`` stops copying the output
+    into its log then, so that the log holds that line too. ``False`` (``fn`` not kept) when no
+    :func:`main` runs: the caller ends what ``fn`` would itself."""
+    if _mains_running <= 0:
+        return False
+    _at_end.append(fn)
+    return True
+
+
 def _stop_line(cmd: str, said: str) -> str:
     try:
         advice = _stop_advice() if _stop_advice is not None else None
@@ -376,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Ctrl-C at any time, also while the parser is built (the modules of some commands import
     # torch: a second or two), is one line, not a traceback
     rc: int | None = None
+    global _mains_running
+    _mains_running += 1
     try:
         try:
             rc = _main(argv)
@@ -412,6 +431,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for stream in strict:
             with contextlib.suppress(AttributeError, ValueError, OSError):
                 stream.reconfigure(errors="strict")
+        _mains_running -= 1
+        while _at_end:
+            with contextlib.suppress(Exception):
+                _at_end.pop()()
 
 
 #: The modules whose commands run torch (and need

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from bafusion.atomic import clear_stop, stop_requested
-from bafusion.cli.app import TRAIN_LAUNCHER_ENV
+from bafusion.cli.app import TRAIN_LAUNCHER_ENV, at_command_end
 from bafusion.cli.common import add_threads_argument, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread, seed_int
 from bafusion.config import read_params
 from bafusion.errors import UserError
@@ -236,6 +240,12 @@ def register(subparsers: Any) -> None:
                         "in data/checkpoints/<net>, does so always, so that a parameter edit retrains); "
                         "without it a run's checkpoint of other parameters is refused, not replaced")
     p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")
+    p.add_argument("--log", type=nonempty_path, default=None, metavar="FILE",
+                   help="also write what the command prints (stdout, stderr) to FILE, emptied and opened only "
+                        "once the checkpoint folder's lock is held: a second training refused by that lock "
+                        "leaves the running one's log alone (`... 2>&1 | tee FILE` emptied it first). Should "
+                        "FILE be removed meanwhile (Snakemake removes a job's log before it runs, a duplicate "
+                        "job's too), it is written again whole at the next line (the pipeline's rules use it)")
     p.set_defaults(func=run_cli)
 
     q = subparsers.add_parser(
@@ -371,6 +381,10 @@ def run_cli(args: argparse.Namespace) -> int:
     if "WORLD_SIZE" not in os.environ or _LAUNCHER_ENV not in os.environ:  # the command, not a worker it started
         started = time.time()
         on_stop_say(lambda: _resume_advice(args, started, run))
+    if getattr(args, "log", None) and "WORLD_SIZE" not in os.environ:  # the command, not a worker it started
+        with _locked_with_log(args):
+            args.log = None
+            return run_cli(args)
     cfg = _config_from_args(args)
     if Path(args.out).suffix != ".pt":
         # the description goes to <out>.json: with --out X.json it overwrote the weights
@@ -387,7 +401,9 @@ def run_cli(args: argparse.Namespace) -> int:
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (cfg.threads or os.cpu_count() or 1) // nproc)))
         checkpoints = _paths(args).checkpoints
-        with checkpoints_lock(checkpoints):  # held for the processes, and ends with the command
+        held = os.environ.get(LOCK_HELD_ENV) == str(checkpoints.resolve())  # by --log's (_locked_with_log)
+        with checkpoints_lock(checkpoints) if not held else contextlib.nullcontext():
+            # held for the processes, and ends with the command
             env[LOCK_HELD_ENV] = str(checkpoints.resolve())
             return _launch(cmd, env)
     if "WORLD_SIZE" in os.environ:
@@ -395,6 +411,157 @@ def run_cli(args: argparse.Namespace) -> int:
         if _LAUNCHER_ENV in os.environ:
             return _run_worker(args, cfg)
     return _train_cli(args, cfg)
+
+
+@contextlib.contextmanager
+def _locked_with_log(args: argparse.Namespace) -> Iterator[None]:
+    """Hold the checkpoint folder's lock (:func:`~bafusion.nets.train.checkpoints_lock`), and
+    then only open ``--log`` and copy the command's output into it (:class:`_LogCopy`): a second
+    training refused by the lock never touches the running one's log. The lock is marked held
+    (:data:`~bafusion.nets.train.LOCK_HELD_ENV`) for the training and its processes, which take
+    it no more."""
+    checkpoints = _paths(args).checkpoints
+    before = os.environ.get(LOCK_HELD_ENV)
+    with checkpoints_lock(checkpoints):
+        copy = _LogCopy(Path(args.log))
+        copy.start()
+        # the copy ends once the command has said how it ended: its error line too in the log, as
+        # under `2>&1 | tee` (at the end of this block where no bafusion.cli.main runs)
+        later = at_command_end(copy.stop)
+        try:
+            os.environ[LOCK_HELD_ENV] = str(checkpoints.resolve())
+            yield
+        finally:
+            if not later:
+                copy.stop()
+            if before is None:
+                os.environ.pop(LOCK_HELD_ENV, None)
+            else:
+                os.environ[LOCK_HELD_ENV] = before
+
+
+class _LogCopy:
+    """Copy what this process and the processes it starts write to file descriptors 1 and 2 into
+    the log ``path`` as well (as ``2>&1 | tee`` did), from :meth:`start` to :meth:`stop`: each
+    goes through a pipe that a thread copies to where it went before and to the log.
+
+    The log is emptied by :meth:`start`, not before. Should its path be removed meanwhile
+    (Snakemake removes a job's log before running it, that of a duplicate job refused by the lock
+    too), it is written again whole, from what the open file holds, at the next output and at
+    :meth:`stop`; a file put at the path by another is left alone. Should the log fail (a
+    full disk) it is said once on stderr, and the output goes on to where it went."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.fh: Any = None
+        self.ident: tuple[int, int] | None = None
+        self.failed = False
+        self.saved: dict[int, int] = {}
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Empty and open the log, and copy the output into it from now on."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = open(self.path, "w+b")  # noqa: SIM115 - closed by stop()
+        except OSError as e:
+            raise UserError(f"{self.path}: cannot write the log: {e.strerror or e}") from e
+        st = os.fstat(self.fh.fileno())
+        self.ident = (st.st_dev, st.st_ino)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(AttributeError, ValueError, OSError):
+                stream.flush()
+        try:
+            for fd in (1, 2):
+                self.saved[fd] = os.dup(fd)
+                r, w = os.pipe()
+                os.dup2(w, fd)
+                os.close(w)
+                t = threading.Thread(target=self._pump, args=(r, self.saved[fd]), daemon=True,
+                                     name=f"bafusion-log-{fd}")
+                t.start()
+                self.threads.append(t)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Send the output where it went before, copy what is still on its way, close the log."""
+        if self.fh is None:
+            return
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(AttributeError, ValueError, OSError):
+                stream.flush()
+        for fd, saved in self.saved.items():
+            os.dup2(saved, fd)  # closes this process's end of the pipe: its thread reads to the end
+        for t in self.threads:
+            t.join(timeout=10)  # (a process started here that still runs holds the pipe open)
+        with self.lock:
+            self._keep_at_path()
+            with contextlib.suppress(OSError):
+                self.fh.close()
+            self.fh = None
+        for saved in self.saved.values():
+            with contextlib.suppress(OSError):
+                os.close(saved)
+        self.saved.clear()
+
+    def _pump(self, r: int, out: int) -> None:
+        try:
+            while True:
+                data = os.read(r, 65536)
+                if not data:
+                    return
+                view = memoryview(data)
+                with contextlib.suppress(OSError):  # the console gone: the log goes on
+                    while view:
+                        view = view[os.write(out, view):]
+                with self.lock:
+                    self._write_log(data, out)
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(r)
+
+    def _write_log(self, data: bytes, console: int) -> None:
+        if self.failed or self.fh is None:  # (stopped: a process started here still writes)
+            return
+        try:
+            self._keep_at_path()
+            self.fh.write(data)
+            self.fh.flush()
+        except OSError as e:
+            self.failed = True
+            with contextlib.suppress(OSError):
+                os.write(console, f"bafusion train: warning: {self.path}: {e.strerror or e}: the log stops here "
+                                  "(the training goes on)\n".encode(errors="replace"))
+
+    def _keep_at_path(self) -> None:
+        """Write the log again at its path when that was removed (not when another file is there)."""
+        if self.fh is None:
+            return
+        try:
+            os.stat(self.path)
+            return  # ours, or another's: left alone
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        try:
+            new = open(self.path, "x+b")  # noqa: SIM115 - becomes self.fh
+        except OSError:
+            return
+        try:
+            self.fh.flush()
+            self.fh.seek(0)
+            shutil.copyfileobj(self.fh, new)
+            new.flush()
+        except OSError:
+            new.close()
+            return
+        with contextlib.suppress(OSError):
+            self.fh.close()
+        self.fh = new
 
 
 def _paths(args: argparse.Namespace) -> Paths:
