@@ -203,3 +203,36 @@ def test_fuse_dir_out_of_memory_reason_names_the_address_space_limit(monkeypatch
     monkeypatch.setattr("bafusion.fusion.memory.address_space_limit_mib", lambda: None)
     reason = batch.out_of_memory_reason(MemoryError("Unable to allocate 89.9 MiB"), shots)
     assert "needs about" in reason and "address-space" not in reason and not reason.endswith("; "), reason
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS as Linux counts it")
+def test_an_address_space_limit_too_small_for_numpy_is_one_line_not_an_interrupt(tmp_path: Path) -> None:
+    """Under ``prlimit --as=150M`` ``count`` and ``patches`` said "interrupted" (status 130):
+    OpenBLAS, unable to start its threads, raised SIGINT while numpy loaded. They now refuse up
+    front, naming the limit and what loading numpy needs, status 1."""
+    from bafusion.fusion.memory import MIN_ADDRESS_SPACE_NUMPY_MIB
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+           "BAFUSION_MLFLOW": "0"}
+    r = subprocess.run([sys.executable, "-m", "bafusion.cli", "count"], capture_output=True, text=True, env=env,
+                       cwd=Path(__file__).resolve().parents[1], timeout=120, preexec_fn=_limit_address_space(150))
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "interrupted" not in r.stderr, r.stderr
+    assert lines[0].startswith("bafusion count: error: the address-space limit (ulimit -v / prlimit --as) of 150 MiB")
+    assert f"at least {MIN_ADDRESS_SPACE_NUMPY_MIB} MiB" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("argv", [["count"], ["patches", "shard-0.h5", "--out", "p"]])
+def test_a_numpy_command_under_the_measured_minimum_is_refused_naming_limit_and_minimum(monkeypatch, capsys,
+                                                                                       argv) -> None:
+    from bafusion.fusion.memory import MIN_ADDRESS_SPACE_NUMPY_MIB
+
+    _limit(monkeypatch, MIN_ADDRESS_SPACE_NUMPY_MIB - 1)
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"of {MIN_ADDRESS_SPACE_NUMPY_MIB - 1} MiB" in err and f"at least {MIN_ADDRESS_SPACE_NUMPY_MIB} MiB" in err
+    with pytest.raises(SystemExit) as e:  # --help needs less: never refused
+        cli_main([argv[0], "--help"])
+    assert e.value.code == 0 and "address-space" not in capsys.readouterr().err

@@ -443,6 +443,9 @@ _TORCH_MODULES = frozenset({"bafusion.cli.train", "bafusion.cli.fusion", "bafusi
 #: ... and of them, those that import torch to build their options, so also for ``--help``
 #: (:data:`bafusion.fusion.memory.MIN_ADDRESS_SPACE_LOAD_MIB`; ``evaluate`` loads it to run).
 _TORCH_AT_LOAD_MODULES = frozenset({"bafusion.cli.train", "bafusion.cli.fusion"})
+#: The commands that run numpy, scipy and h5py but not torch (and need
+#: :data:`bafusion.fusion.memory.MIN_ADDRESS_SPACE_NUMPY_MIB` of address space to run).
+_NUMPY_COMMANDS = frozenset({"prepare", "composite", "composite-index", "testset", "patches", "count"})
 
 
 def _address_space_refusal(cmd: str, limit: int, need: int, what: str) -> str:
@@ -471,6 +474,7 @@ def _main(argv: list[str]) -> int:
     from bafusion.fusion.memory import (
         MIN_ADDRESS_SPACE_LOAD_MIB,
         MIN_ADDRESS_SPACE_MIB,
+        MIN_ADDRESS_SPACE_NUMPY_MIB,
         address_space_limit_mib,
         address_space_note,
     )
@@ -516,6 +520,14 @@ def _main(argv: list[str]) -> int:
         # checked once --help and the arguments are through (they need less): below it, the
         # command runs out of memory loading the rest of its libraries or at its first tensor
         print(_address_space_refusal(cmd, limit, MIN_ADDRESS_SPACE_MIB, "run torch"), file=sys.stderr)
+        return 1
+    if limit is not None and limit < MIN_ADDRESS_SPACE_NUMPY_MIB and args.command in _NUMPY_COMMANDS:
+        # below it, loading numpy fails as OpenBLAS cannot start its threads: it raised SIGINT
+        # ("interrupted", status 130), aborted with its own message, or the command hung
+        print(f"{cmd}: error: the address-space limit (ulimit -v / prlimit --as) of {limit} MiB is too small to "
+              f"load numpy, scipy and h5py: it needs at least {MIN_ADDRESS_SPACE_NUMPY_MIB} MiB of address space "
+              "(more on a machine of more cores: OpenBLAS maps memory for each of its threads): raise or lift the "
+              "limit", file=sys.stderr)
         return 1
     return _run(cmd, args)
 

@@ -38,6 +38,18 @@ MIB_PER_MEGAPIXEL_SHOT = 16
 #: hang. Set at the measured 768 MiB plus a margin of 64 MiB (another torch, other libraries).
 MIN_ADDRESS_SPACE_LOAD_MIB = 768 + 64
 
+#: Address space (MiB) a command that runs numpy, scipy and h5py without torch (``count``,
+#: ``patches`` and the other data commands of the pipeline) needs to run at all, checked once its
+#: arguments are parsed. Measured under ``prlimit --as`` on a 2-core x86-64 machine (numpy 2,
+#: OpenBLAS, Python 3.11), ``bafusion count``: at 150 MiB OpenBLAS could not start its threads
+#: and raised SIGINT while numpy loaded ("interrupted", status 130), at 100 MiB it aborted with
+#: its own message only, at 180-200 MiB loading scipy failed (one line), at 210-250 MiB it hung
+#: (SIGTERM did not end it), at 300 MiB it failed with "SystemError: error return without
+#: exception set"; it worked from 320 MiB, as ``patches`` of the toy project did. Set at 320
+#: MiB plus a margin of 64; OpenBLAS maps more for each thread, so a machine of more cores needs
+#: more (not measured).
+MIN_ADDRESS_SPACE_NUMPY_MIB = 320 + 64
+
 #: Address space (MiB) a command that runs torch (``fuse``, ``train``, ``evaluate``, ...) needs to
 #: run at all, checked once its arguments are parsed (``--help`` and argument errors do not need
 #: it): measured under ``prlimit --as``, ``fuse`` of a 64x64 pair (``--threads`` 1 or 2) failed at
