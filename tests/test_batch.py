@@ -1296,6 +1296,27 @@ def test_fusion_code_digest_changes_with_the_fusion_sources(tmp_path: Path, monk
     assert len(set(seen)) == len(seen), seen
 
 
+def test_fusion_code_digest_ignores_line_endings_hidden_and_unreadable_files(tmp_path: Path) -> None:
+    """The same code checked out with CRLF line endings (Git for Windows' default), or with an
+    editor's hidden lock file (``.#rule.py``, a dangling link) or an unreadable entry beside
+    it, hashes the same, so ``--skip-existing`` does not refuse a batch of the same code."""
+    import shutil
+
+    pkg = Path(batch.__file__).resolve().parents[1]
+    copy = tmp_path / "bafusion"
+    for sub in ("fusion", "io", "nets", "data"):
+        shutil.copytree(pkg / sub, copy / sub, ignore=shutil.ignore_patterns("__pycache__", "*.json"))
+    before = batch.fusion_code_digest(copy)
+    assert before == batch.fusion_code_digest(pkg)
+    for f in [*copy.glob("fusion/*.py"), *copy.glob("io/*.py")]:
+        f.write_bytes(f.read_bytes().replace(b"\n", b"\r\n"))
+    (copy / "fusion" / ".#rule.py").symlink_to(copy / "nowhere")
+    (copy / "io" / "broken.py").symlink_to(copy / "nowhere")  # cannot be read
+    assert batch.fusion_code_digest(copy) == before
+    (copy / "io" / "read.py").write_bytes((copy / "io" / "read.py").read_bytes() + b"x = 1\r\n")
+    assert batch.fusion_code_digest(copy) != before
+
+
 @pytest.mark.parametrize("marker", ["none", "empty"])
 def test_fuse_dir_an_output_folder_without_a_record_is_refused_with_advice_that_works(
         tmp_path: Path, nets: Path, capsys, marker: str) -> None:

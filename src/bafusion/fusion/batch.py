@@ -796,22 +796,39 @@ MARKER_FORMAT = 1
 SETUP_KEYS = ("bafusion", "model", "params", "align", "ext")
 
 
-def fusion_code_digest() -> str:
+def fusion_code_digest(pkg: Path | None = None) -> str:
     """sha256 of the sources of the code that makes ``fuse-dir``'s outputs: the modules of
     :mod:`bafusion.fusion` and :mod:`bafusion.io`, the nets (``nets/model.py``) and the
-    defocus model of the stack rule (``data/composite.py``), hashed as
-    :func:`bafusion.nets.train.fingerprint` hashes the training code
-    (:func:`bafusion._version.hash_sources`). The version number is no such identity: it
-    stayed 0.1.0 across fixes that change outputs. Any edit of these files changes it."""
-    from bafusion._version import hash_sources
+    defocus model of the stack rule (``data/composite.py``). The version number is no such
+    identity: it stayed 0.1.0 across fixes that change outputs. Any edit of these files
+    changes it (a message's wording too); line endings do not (a Windows checkout's CRLF
+    hashes as LF), and neither do hidden files (an editor's ``.#x.py`` lock) or files that
+    cannot be read.
 
-    pkg = Path(__file__).resolve().parents[1]
+    Parameters
+    ----------
+    pkg : Path, optional
+        The package folder to hash; default: this installed ``bafusion``.
+
+    Returns
+    -------
+    str
+        The hex digest.
+    """
+    pkg = Path(__file__).resolve().parents[1] if pkg is None else Path(pkg)
     files = [*sorted((pkg / "fusion").glob("*.py")), *sorted((pkg / "io").glob("*.py")),
              pkg / "nets" / "model.py", pkg / "data" / "composite.py"]
     h = hashlib.sha256()
-    for f in files:  # the name too: a module moved or added is other code
-        h.update(f.relative_to(pkg).as_posix().encode())
-    hash_sources(h, files)
+    for f in files:
+        if f.name.startswith("."):
+            continue
+        try:
+            data = f.read_bytes()
+        except OSError:
+            continue
+        # the name too: a module moved or added is other code
+        h.update(f.relative_to(pkg).as_posix().encode() + b"\0")
+        h.update(data.replace(b"\r\n", b"\n"))
     return h.hexdigest()
 
 
