@@ -2,6 +2,8 @@
 # the rules use it and checked against the package's schema before any rule is planned, so a bad
 # value fails `snakemake -n` and every `dvc repro` stage with one line naming the key and its
 # allowed values.
+import atexit
+import contextlib
 import json
 import os
 import shlex
@@ -77,7 +79,31 @@ def _runs_jobs():
     return plans_jobs(snakemake_args(sys.argv))
 
 
+#: The project's run lock while this snakemake call executes jobs (onstart): released when the
+#: process ends.
+_RUN_LOCK = contextlib.ExitStack()
+
+
+def _take_run_lock():
+    """One snakemake run executing jobs in the project at a time. Snakemake's own lock does not
+    hold: from 9.17 any run (a dry run too) deletes the whole .snakemake/locks at its end, and a
+    second run then rebuilt data/prepared, data/composite and data/patches under a running
+    training. Taken in onstart, which Snakemake calls before the first job and never for a dry
+    run (-n), nor in the jobs it spawns (--no-hooks); --touch marks outputs only and takes none.
+    The OS releases the lock when this process ends, killed too."""
+    from bafusion.cli.params_check import run_lock
+
+    folder = getattr(getattr(workflow, "persistence", None), "path", None) or ".snakemake"
+    try:
+        _RUN_LOCK.enter_context(run_lock(folder))
+    except UserError as e:
+        _refuse(e)
+    atexit.register(_RUN_LOCK.close)
+
+
 onstart:
+    if _runs_jobs():
+        _take_run_lock()
     # Create/migrate the MLflow database once, before parallel jobs log into it, and open
     # this invocation's parent run: the jobs' runs nest under it ($BAFUSION_PARENT_RUN).
     from bafusion import tracking

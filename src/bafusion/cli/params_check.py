@@ -19,10 +19,14 @@ fresh project's.
 warm start or an evaluate dataset names that are not there (or, for a warm start, that the
 pipeline writes itself), given the rules' outputs (:func:`pipeline_outputs`): a folder a rule
 makes (``data/testset``) is left to the job.
+:func:`run_lock` is the lock a ``snakemake`` call that executes jobs holds while it lives (the
+Snakefile's ``onstart``): a second run is refused before any job.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -31,8 +35,8 @@ from typing import Any
 from bafusion.errors import UserError
 
 __all__ = ["check_devices", "check_evaluate_inputs", "check_init_files", "check_params", "download_eval_has_source",
-           "missing_keys_warning", "pipeline_outputs", "planned_rules", "plans_jobs", "runs_locally", "snakemake_args",
-           "upstream_rules", "warn_missing_keys", "written_by"]
+           "missing_keys_warning", "pipeline_outputs", "planned_rules", "plans_jobs", "run_lock", "runs_locally",
+           "snakemake_args", "upstream_rules", "warn_missing_keys", "written_by"]
 
 
 def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None:
@@ -381,6 +385,59 @@ def plans_jobs(args: Any | None) -> bool:
     if getattr(args, "report", None) and getattr(args, "report_after_run", False):
         return True
     return not any(getattr(args, name, None) not in (None, False) for name in NO_JOB_OPTIONS)
+
+
+#: The file, in Snakemake's folder (``.snakemake/``, not its ``locks/``), that a snakemake run
+#: which executes jobs holds locked (``flock``) while it lives: :func:`run_lock`.
+RUN_LOCK_FILE = "bafusion-run.lock"
+
+
+def run_lock(folder: str | os.PathLike[str]) -> contextlib.AbstractContextManager[bool]:
+    """Hold the project's run lock (``folder``/:data:`RUN_LOCK_FILE`, ``folder`` being
+    Snakemake's ``.snakemake``) for a ``snakemake`` call that executes jobs (its ``onstart``).
+
+    Snakemake 9.17 and later delete the whole ``.snakemake/locks`` folder at the end of any run
+    (a dry run, another target's), so a second run started while a first one trains was no
+    longer refused and rebuilt the data under the running training. This lock is
+    :func:`bafusion.atomic.folder_lock`'s: taken without waiting, held in the file the holder's
+    process id is written into, and released by the OS when the holder ends, killed too (so a
+    lock is never left behind by a dead run). Yields whether a lock is held (not where the
+    filesystem has no locks, said on stderr).
+
+    Parameters
+    ----------
+    folder : path
+        Snakemake's folder of the working directory (``workflow.persistence.path``).
+
+    Returns
+    -------
+    context manager
+        Holding the lock while entered.
+
+    Raises
+    ------
+    UserError
+        Another process holds the lock: naming the lock file, the holder's process id and when
+        it took the lock, and what to do.
+    """
+    import time
+
+    from bafusion.atomic import folder_lock
+
+    lock = Path(folder) / RUN_LOCK_FILE
+
+    def busy(pid: int | None) -> UserError:
+        who = f"process {pid}" if pid is not None else "another process"
+        try:
+            since = time.strftime(", running since %Y-%m-%d %H:%M:%S %Z", time.localtime(lock.stat().st_mtime))
+        except OSError:
+            since = ""
+        return UserError(f"{lock}: another snakemake run ({who}{since}) is executing jobs in this project; a "
+                         "second one would rebuild the data under its jobs (the training). Wait for it to end, "
+                         "or stop it; the lock goes with the process that holds it, so there is nothing to "
+                         "delete (`snakemake -n` still shows what would run)")
+
+    return folder_lock(Path(folder), RUN_LOCK_FILE, busy=busy, what="the run lock")
 
 
 def runs_locally(args: Any | None) -> bool:
