@@ -8,6 +8,7 @@ B = blur*M + sharp*(1-M)): about half a minute on 2 cores."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -1352,6 +1353,27 @@ def test_fuse_set_from_python_takes_a_mapping_of_params_and_str_paths(tmp_path: 
     assert list(report["pairs"]) == ["p1"] and (tmp_path / "out" / "p1.png").is_file()
     with pytest.raises(UserError, match=r"params: .*\bl\b"):  # checked like params.yaml's fuse section
         fusion.fuse_set(pairs, tmp_path / "out2", nets, {"l": -1})
+
+
+@pytest.mark.parametrize("alpha", [0, -1.0, float("nan"), 1e308, "10"])
+def test_fuse_set_from_python_checks_alpha_before_any_work(tmp_path: Path, tiny_nets: Path, alpha: object) -> None:
+    """fuse_set(..., alpha=0) from Python wrote all-black difference maps (1e308: overflowed
+    ones), where --alpha is refused: it is refused up front with the command line's words,
+    naming the Python parameter, before any pair is fused or out is created."""
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    rng = np.random.default_rng(0)
+    for s in ("A", "B"):
+        Image.fromarray(rng.integers(0, 256, (24, 20), dtype=np.uint8)).save(pairs / f"p1-{s}.png")
+    (pairs / "index.json").write_text(json.dumps({"pairs": ["p1"]}))
+    nets = fusion.load_nets_from_dir(tiny_nets, "cpu")
+    shown = f"{alpha!r}" if isinstance(alpha, str) else f"{alpha:g}"
+    why = {"0": "must be more than 0 .0 would write all black", "-1": "must be more than 0",
+           "nan": "must be more than 0", "1e+308": "is at most 255: the maps are 8-bit",
+           "'10'": "must be a number more than 0 and at most 255"}[shown]
+    with pytest.raises(UserError, match=rf"^alpha {re.escape(shown)}: the difference-map gain alpha\*\|B-F\| {why}"):
+        fusion.fuse_set(pairs, tmp_path / "out", nets, alpha=alpha)  # type: ignore[arg-type]
+    assert not (tmp_path / "out").exists()
 
 
 def test_fuse_set_from_python_prints_nothing_and_warns_its_notes(tmp_path: Path, tiny_nets: Path, capsys) -> None:

@@ -217,13 +217,9 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
     if args.threads is not None and not 1 <= args.threads <= maximum("fuse.threads"):
         raise UserError(f"--threads {args.threads}: give a positive number of CPU threads, at most "
                         f"{maximum('fuse.threads')} (omit it for the default)")
-    if not other["alpha"] > 0:  # 0 made all-black difference maps; NaN fails too
-        raise UserError(f"--alpha {other['alpha']:g}: the difference-map gain alpha*|B-F| must be more than 0 "
-                        "(0 would write all black difference maps; the paper's is 10)")
-    if other["alpha"] > maximum("fuse.alpha"):  # 1e308 overflowed (numpy RuntimeWarning) to the map of 255
-        raise UserError(f"--alpha {other['alpha']:g}: the difference-map gain alpha*|B-F| is at most "
-                        f"{maximum('fuse.alpha'):g}: the maps are 8-bit, so from {maximum('fuse.alpha'):g} up "
-                        "every pixel that differs by one gray level is white already (the paper's is 10)")
+    from bafusion.fusion.maps import check_alpha
+
+    check_alpha(other["alpha"], "--alpha")  # as fuse_set checks its alpha
     if getattr(args, "diff_cmap", None):  # the file's and JSON's fuse.diff_cmap: checked by the schema
         from bafusion.fusion.maps import check_colour_map
 

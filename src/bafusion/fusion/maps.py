@@ -54,6 +54,40 @@ def difference_map(b: np.ndarray, f: np.ndarray, alpha: float = 10.0) -> np.ndar
     return np.clip(np.round(alpha * np.abs(gb - gf)), 0, 255).astype(np.uint8)
 
 
+def check_alpha(alpha: float, option: str = "fuse.alpha") -> None:
+    """Refuse a difference-map gain ``alpha`` (:func:`difference_map`) outside more than 0 and
+    at most the schema's maximum of ``fuse.alpha``, as ``--alpha`` is refused.
+
+    Parameters
+    ----------
+    alpha : float
+        The gain of ``alpha * |B - F|``.
+    option : str
+        Where it was given (``--alpha``, ``alpha``): starts the message.
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        Naming ``option``, the value and the range (0 wrote all-black maps, NaN NaN maps, a
+        gain above the maximum only white ones).
+    """
+    import numbers
+
+    from bafusion.errors import UserError
+    from bafusion.schema import maximum
+
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise UserError(f"{option} {alpha!r}: the difference-map gain alpha*|B-F| must be a number more than 0 "
+                        f"and at most {maximum('fuse.alpha'):g} (the paper's is 10)")
+    if not alpha > 0:  # 0 made all-black difference maps; NaN fails too
+        raise UserError(f"{option} {alpha:g}: the difference-map gain alpha*|B-F| must be more than 0 "
+                        "(0 would write all black difference maps; the paper's is 10)")
+    if alpha > maximum("fuse.alpha"):  # 1e308 overflowed (numpy RuntimeWarning) to the map of 255
+        raise UserError(f"{option} {alpha:g}: the difference-map gain alpha*|B-F| is at most "
+                        f"{maximum('fuse.alpha'):g}: the maps are 8-bit, so from {maximum('fuse.alpha'):g} up "
+                        "every pixel that differs by one gray level is white already (the paper's is 10)")
+
+
 def pseudo_colour(gray: np.ndarray, cmap: str = DIFF_CMAP) -> np.ndarray:
     """A uint8 gray map through a matplotlib colour map, as uint8 RGB.
 

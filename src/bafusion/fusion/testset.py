@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from bafusion.atomic import atomic_dir, write_text
 from bafusion.errors import InputFileError, UserError
-from bafusion.fusion.maps import DIFF_CMAP, check_colour_map
+from bafusion.fusion.maps import DIFF_CMAP, check_alpha, check_colour_map
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.rule import (
@@ -213,7 +213,8 @@ def fuse_set(
         The fusion rule's parameters: a :class:`FusionParams`, or a mapping of its fields
         (``{"l": 4}``, a ``fuse`` section) checked like ``params.yaml``'s; None: the defaults.
     alpha : float
-        Gain of the difference maps.
+        Gain of the difference maps, more than 0 and at most the schema's maximum of
+        ``fuse.alpha``; checked before any work (:func:`bafusion.fusion.maps.check_alpha`).
     diff_cmap : str
         Matplotlib colour map of the pseudo-colour difference maps (``fuse.diff_cmap``: magma by
         default, jet in the paper preset); checked before any work.
@@ -245,6 +246,7 @@ def fuse_set(
 
     pairs, out = Path(pairs), Path(out)
     params = checked_params(params)
+    check_alpha(alpha, "alpha")  # before any work, as --alpha: 0 wrote all-black maps, 1e308 overflowed
     check_colour_map(diff_cmap, "diff_cmap")  # before any work: refused after the first pair, the set's time lost
     # ``out`` is replaced whole: refuse before any work when it holds the test set, the nets or
     # files that are no earlier output of fuse-set (the report, written after it is replaced, is)
