@@ -1719,14 +1719,16 @@ def test_checkpoints_lock_goes_on_without_locks_where_the_filesystem_has_none(tm
 
 
 @pytest.mark.parametrize("case", ["restart-if-changed, other parameters", "restart-if-changed, same parameters",
-                                  "other parameters", "restart-if-changed, other code", "other code"])
+                                  "other parameters", "restart-if-changed, other code", "other code",
+                                  "restart-if-changed, other processes", "other processes"])
 def test_an_interrupted_train_over_a_checkpoint_of_other_parameters_does_not_say_it_resumes(
         toy_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
         case: str) -> None:
     """With --restart-if-changed over an older run's last.pt of other parameters, stopped before
     its first save, the advice said "rerun the same command: it resumes from last.pt", but the
     rerun starts afresh over it (and without the option refuses it). Only a last.pt of this
-    run's parameters is said to be resumed."""
+    run's parameters is said to be resumed; one of another is said to be of what differs, as
+    train's refusal says it (only the number of processes was said as "other parameters")."""
     import time
 
     import bafusion.cli.train as cli_train
@@ -1755,19 +1757,24 @@ def test_an_interrupted_train_over_a_checkpoint_of_other_parameters_does_not_say
     monkeypatch.setattr(cli_train, "train", stopped)
     if "other parameters" in case:
         params = {**TOY, "train": {**TOY["train"], "lr": 0.02}}
+    if "processes" in case:  # the same parameters, in a process of a 2-process run (as torchrun starts it)
+        monkeypatch.setenv("WORLD_SIZE", "2")
     rc = cli.main(["train", "--net", "initial", "--patches", str(toy_run["h5"]), "--out", str(tmp_path / "m.pt"),
                    "--params-json", json.dumps(params), "--checkpoints", str(ck), "--metrics",
                    str(tmp_path / "metrics.json"), "--plots", str(tmp_path / "p.csv"), "--no-progress",
                    *(["--restart-if-changed"] if "restart" in case else [])])
     assert rc == 130
     last = capsys.readouterr().err.strip().splitlines()[-1]
+    # what differs, as train's refusal says it (only the number of processes: "other parameters" was said)
+    what = ("of a run with 1 process(es); this run has 2 (the number of processes changes the weights)"
+            if "processes" in case else "of other parameters or another patch set (train.lr 0.01 -> 0.02)")
     if case == "restart-if-changed, same parameters":
         assert last == f"bafusion train: interrupted; rerun the same command: it resumes from {ck / 'last.pt'}"
-    elif case == "restart-if-changed, other parameters":
+    elif case in ("restart-if-changed, other parameters", "restart-if-changed, other processes"):
         assert last == ("bafusion train: interrupted; rerun the same command: no checkpoint was saved yet by this run, "
-                        f"so it starts afresh (over {ck / 'last.pt'}, of other parameters or another patch set)")
-    elif case == "other parameters":
-        assert last == (f"bafusion train: interrupted; {ck / 'last.pt'} is of other parameters or another patch set, "
+                        f"so it starts afresh (over {ck / 'last.pt'}, {what})")
+    elif case in ("other parameters", "other processes"):
+        assert last == (f"bafusion train: interrupted; {ck / 'last.pt'} is {what}, "
                         "and the same command refuses it: pass --checkpoints DIR for a separate training, or "
                         "--restart-if-changed to replace it")
     else:  # the training code changed, not the parameters: said as train's refusal says it

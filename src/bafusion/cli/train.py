@@ -349,16 +349,31 @@ def _same_run(args: argparse.Namespace, last: Path, run: dict[str, Any]) -> bool
 
 def _other_run(args: argparse.Namespace, last: Path, run: dict[str, Any]) -> str:
     """What the checkpoint ``last``, of another fingerprint than this run's (:func:`_same_run`),
-    is of, as :func:`bafusion.nets.train.train` refuses it: "of other training code (...)" when
-    the code alone changed (``_what_changed`` says :data:`~bafusion.nets.train.CODE_CHANGED`:
-    bafusion upgraded or edited), else "of other parameters or another patch set"."""
+    is of, as :func:`bafusion.nets.train.train` refuses it: "of a run with 1 process(es); this
+    run has 2 (...)" when only the number of processes differs; "of other training code (...)"
+    when the code alone changed (``_what_changed`` says :data:`~bafusion.nets.train.CODE_CHANGED`:
+    bafusion upgraded or edited); else "of other parameters or another patch set (<what
+    changed>)" (no "what" where the checkpoint cannot be read)."""
     try:
-        from bafusion.nets.train import CODE_CHANGED, _what_changed, load_checkpoint, patches_digest, training_code_digest
+        from bafusion.nets.train import (
+            CODE_CHANGED,
+            _other_world_size,
+            _processes_differ,
+            _what_changed,
+            load_checkpoint,
+            patches_digest,
+            training_code_digest,
+        )
 
-        what = _what_changed(load_checkpoint(last), run["cfg"], args.net, patches_digest(Path(args.patches)),
-                             code=training_code_digest())
+        ck = load_checkpoint(last)
+        patches = Path(args.patches)
+        ck_world = _other_world_size(ck, run["cfg"], args.net, patches, run["nproc"])
+        if ck_world is not None:
+            return f"of {_processes_differ(ck_world, run['nproc'])}"
+        what = _what_changed(ck, run["cfg"], args.net, patches_digest(patches), code=training_code_digest())
         if what == CODE_CHANGED:
             return f"of other training code ({CODE_CHANGED}: bafusion was upgraded or edited)"
+        return f"of other parameters or another patch set ({what})"
     except Exception:  # noqa: BLE001 - advice only
         pass
     return "of other parameters or another patch set"

@@ -497,6 +497,24 @@ def _why_refused(ck: Mapping[str, Any], cfg: TrainConfig, net: str, pdigest: str
     return f"was written for other parameters or another patch set ({what})"
 
 
+def _other_world_size(ck: Mapping[str, Any], cfg: TrainConfig, net: str, patches: Path, world_size: int) -> int | None:
+    """The number of processes of the run that wrote the checkpoint ``ck`` where that alone
+    differs from this run's (``world_size``): the rest of its fingerprint is this run's. None
+    otherwise (the same number, another fingerprint for it too, or not recorded)."""
+    ck_world = ck.get("world_size")
+    if (isinstance(ck_world, int) and not isinstance(ck_world, bool) and ck_world != world_size
+            and fingerprint(cfg, net, patches, ck_world) == ck.get("fingerprint")):
+        return ck_world
+    return None
+
+
+def _processes_differ(ck_world: int, world_size: int) -> str:
+    """What differs for a checkpoint of :func:`_other_world_size` (after "was written by" or
+    "of"): the number of processes is in the fingerprint by design, as it changes the weights."""
+    return (f"a run with {ck_world} process(es); this run has {world_size} "
+            "(the number of processes changes the weights)")
+
+
 def _either(items: list[str]) -> str:
     """``a``, ``a or b``, ``a, b or c``."""
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
@@ -1022,12 +1040,9 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             not_restored = _not_restorable(ck, cfg, device) if missing else ""
             restoring = _agreed(missing and not not_restored, dist, device)  # every process takes part
         if ck.get("fingerprint") != fp:
-            ck_world = ck.get("world_size")
-            if (isinstance(ck_world, int) and ck_world != dist.world_size
-                    and fingerprint(cfg, net, patches, ck_world) == ck.get("fingerprint")):
-                # the number of processes is in the fingerprint by design: it changes the weights
-                why = (f"was written by a run with {ck_world} process(es); this run has {dist.world_size} "
-                       "(the number of processes changes the weights)")
+            ck_world = _other_world_size(ck, cfg, net, patches, dist.world_size)
+            if ck_world is not None:
+                why = f"was written by {_processes_differ(ck_world, dist.world_size)}"
             else:
                 why = _why_refused(ck, cfg, net, pdigest, code_digest)
             if not replace_stale and not ck.get("finished"):
