@@ -1392,6 +1392,34 @@ def test_a_much_shrunk_difference_figure_names_the_full_size_maps(tmp_path: Path
     assert "not dropped" not in line, line
 
 
+def test_a_much_shrunk_fig4_names_the_images_at_full_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a Fig. 4 shrunk below ~32 % the line said thin details may not be visible but, unlike
+    the difference figure's and Fig. 3's, named no file at full size: it names the sources, the
+    fused images evaluate writes (evaluate.save_fused) and the reference folder's results."""
+    import bafusion.fusion.maps as maps
+
+    lines: dict[str, str] = {}
+    monkeypatch.setattr(maps, "save_figure", lambda fig, path: lines.setdefault(
+        Path(path).name, " ".join(fig._supxlabel.get_text().split()) if fig._supxlabel else ""))
+    src = tmp_path / "pairs"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (1000, 1000), dtype=np.uint8)
+    b = ndimage.uniform_filter(a, 5)
+    Image.fromarray(a).save(src / "p1-A.png")
+    Image.fromarray(b).save(src / "p1-B.png")
+    ref = tmp_path / "reference"
+    (ref / "CNN").mkdir(parents=True)
+    Image.fromarray(a).save(ref / "CNN" / "p1.png")
+    cfg = ev.parse_config({"methods": ["Laplacian"], "metrics": ["QG"]})
+    ev.evaluate_dataset(_dataset(src, ref, ("CNN",)), cfg, tmp_path / "out" / "tiny", log=lambda line: None)
+    assert (tmp_path / "out" / "tiny" / "fused" / "Laplacian" / "p1.png").is_file()
+    line = lines["fig4-p1.png"]
+    assert ("so thin details may not be visible at this size; the images at full size are the sources p1-A.png and "
+            "p1-B.png, tiny/fused/<method>/p1.png for the methods computed here and the reference results in "
+            "reference/") in line, line
+
+
 def test_dataset_figures_of_methods_whose_names_differ_only_in_odd_characters_are_all_kept(tmp_path: Path) -> None:
     """Methods 'My GFF' and 'My_GFF' (reference folder names) both wrote diff-p1-My_GFF.png and
     diffA-p1-My_GFF.png: the second overwrote the first's maps, silently. Names that would share

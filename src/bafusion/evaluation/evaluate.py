@@ -1363,6 +1363,20 @@ def _lossless_reference_text(stored: Mapping[str, int]) -> str:
             "output of the methods computed here is measured with (jpeg_quality)")
 
 
+def _fig4_full_size(ds: Dataset, cfg: EvalConfig, pair: Pair, out: Path, shown: Mapping[str, Any]) -> str:
+    """Where Fig. 4's images are at full size, for the line under a much shrunk figure: the
+    source files, ``<dataset folder>/fused/<method>/<pair>.png`` of the methods computed here
+    (with ``evaluate.save_fused``) and the reference folder's files of the others. Names only,
+    no absolute path: the figure's bytes do not depend on where the project lies."""
+    places = [f"the sources {pair.a.name} and {pair.b.name}"]
+    if cfg.save_fused and any(m in cfg.methods for m in shown):
+        places.append(f"{out.name}/fused/<method>/{pair.name}.png for the methods computed here")
+    if ds.reference is not None and any(m not in cfg.methods for m in shown):
+        places.append(f"the reference results in {ds.reference.name}/")
+    return "the images at full size are " + (", ".join(places[:-1]) + " and " + places[-1] if len(places) > 1
+                                               else places[0])
+
+
 def evaluate_dataset(
     ds: Dataset, cfg: EvalConfig, out: Path, nets: Any = None, fusion_params: Any = None, log: Any = print,
     checked: bool = False, progress: bool | None = None,
@@ -1399,8 +1413,9 @@ def evaluate_dataset(
                         with atomic_file(out / "fused" / m / f"{pair.name}.jpg") as tmp:
                             tmp.write_bytes(jpeg_reencode(f, quality)[1])
         if cfg.figures and pair.name == fig_pair:
-            save_dataset_figures(out / "figures", pair.name, a, b, {m: fused[m] for m in methods if m in fused},
-                                 cfg.alpha, ds.crop)
+            shown = {m: fused[m] for m in methods if m in fused}
+            save_dataset_figures(out / "figures", pair.name, a, b, shown, cfg.alpha, ds.crop,
+                                 full_size=_fig4_full_size(ds, cfg, pair, out, shown))
         log(f"{ds.name}/{pair.name}: " + ", ".join(
             f"{r['method']} " + " ".join(f"{q}={_fmt(q, r[q])}" for q in cfg.metrics)  # NaN: n/a, as the tables
             for r in prow if r["method"] not in csv_peers))

@@ -114,9 +114,12 @@ def figure_comparison(
     crop: tuple[int, int, int] | None = None,
     title: str = "",
     max_columns: int = 6,
+    full_size: str = "",
 ) -> tuple[int, int, int]:
     """Fig. 4: sources and each method's result, each above its framed crop enlarged; at most
-    ``max_columns`` images per row. Returns the crop used ``(top, left, side)``."""
+    ``max_columns`` images per row. Returns the crop used ``(top, left, side)``. ``full_size``:
+    where the images are at full size, named under the figure where they are shrunk so much
+    that thin details may not be visible."""
     from matplotlib.patches import Rectangle
 
     from bafusion.fusion.maps import displayable
@@ -155,7 +158,7 @@ def figure_comparison(
     if title:
         fig.suptitle(displayable(title), fontsize=10)
     fig.tight_layout()
-    _save_fig(fig, path)
+    _save_fig(fig, path, full_size)
     return crop
 
 
@@ -238,12 +241,16 @@ def save_dataset_figures(
     fused: Mapping[str, np.ndarray],
     alpha: float = 10.0,
     crop: tuple[int, int, int] | None = None,
+    full_size: str = "",
 ) -> list[Path]:
     """Write ``fig4-<pair>.png``, ``diff-<pair>.png`` (both sources' rows), ``diff-<pair>-<method>.png``
     (gray ``alpha * |B - F|``) and ``diffA-<pair>-<method>.png`` (gray ``alpha * |A - F|``) into
     ``folder``; ``<method>`` is the name with characters other than letters, digits, ``_.-``
     replaced by ``_``, and where two methods would share a file name each gets the start of a
-    hash of its name appended (:func:`_file_parts`). Returns the paths written."""
+    hash of its name appended (:func:`_file_parts`). ``full_size``: where Fig. 4's images (the
+    sources and the results) are at full size, named under it where they are shrunk so much
+    that thin details may not be visible (the difference figure names the maps written beside
+    it). Returns the paths written."""
     from bafusion.fusion.maps import difference_map
     from bafusion.io import write_image
 
@@ -253,7 +260,7 @@ def save_dataset_figures(
         crop = choose_crop(fused) if fused else (0, 0, min(a.shape[:2]))
     top, left, side = crop
     figure_comparison(a, b, fused, d / f"fig4-{_safe(pair)}.png", crop,
-                      title=f"{pair}: enlarged {side}x{side} region at row {top}, column {left}")
+                      title=f"{pair}: enlarged {side}x{side} region at row {top}, column {left}", full_size=full_size)
     written = [d / f"fig4-{_safe(pair)}.png"]
     part = _file_parts(list(fused))
     maps = figure_differences(b, fused, d / f"diff-{_safe(pair)}.png", alpha,
