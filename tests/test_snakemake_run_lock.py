@@ -36,4 +36,8 @@ def test_a_second_snakemake_run_is_refused_while_one_executes_jobs(tmp_path: Pat
         assert not db.exists()  # refused before the parent run was opened
         dry = run(["snakemake", "-n", "--cores", "1", "prepare"], project)  # check=True: exit status 0
         assert "rule prepare" in dry.stdout + dry.stderr and str(lock) not in dry.stdout + dry.stderr
+        # --nolock: the user asked for no lock of the working directory, so this one is not taken
+        unlocked = run(["snakemake", "--nolock", "--cores", "1", "prepare"], project, check=False)
+        assert unlocked.returncode == 0, (unlocked.stdout + unlocked.stderr)[-3000:]
+        assert (project / "data" / "prepared").exists()
     assert not lock.exists()  # removed on release

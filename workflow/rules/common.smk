@@ -101,8 +101,16 @@ def _take_run_lock():
     atexit.register(_RUN_LOCK.close)
 
 
+def _nolock():
+    """`--nolock`: the user asked for no lock of the working directory (two runs on separate
+    targets, knowingly), so the run lock is not taken either."""
+    from bafusion.cli.params_check import snakemake_args
+
+    return bool(getattr(snakemake_args(sys.argv), "nolock", False))
+
+
 onstart:
-    if _runs_jobs():
+    if _runs_jobs() and not _nolock():
         _take_run_lock()
     # Create/migrate the MLflow database once, before parallel jobs log into it, and open
     # this invocation's parent run: the jobs' runs nest under it ($BAFUSION_PARENT_RUN).
