@@ -236,3 +236,49 @@ def test_a_numpy_command_under_the_measured_minimum_is_refused_naming_limit_and_
     with pytest.raises(SystemExit) as e:  # --help needs less: never refused
         cli_main([argv[0], "--help"])
     assert e.value.code == 0 and "address-space" not in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS as Linux counts it")
+@pytest.mark.parametrize("argv", [["metrics", "a.png", "b.png", "f.png"], ["download-record", "--help"]],
+                         ids=["metrics", "download-record-help"])
+def test_a_command_loading_scipy_with_its_options_is_refused_not_hung(tmp_path: Path, argv) -> None:
+    """Under ``prlimit --as=230M`` ``metrics``, ``baseline`` and the ``download-*`` commands (also
+    their ``--help``: their modules load numpy and scipy to build the options) hung, SIGTERM
+    unheard, as scipy's OpenBLAS retried its allocations; at 150 MiB they said "out of memory
+    loading the program", at 300 MiB OpenBLAS aborted. Refused up front as ``count`` is."""
+    from bafusion.fusion.memory import MIN_ADDRESS_SPACE_NUMPY_MIB
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+           "BAFUSION_MLFLOW": "0"}
+    try:
+        r = subprocess.run([sys.executable, "-m", "bafusion.cli", *argv], capture_output=True, text=True, env=env,
+                           cwd=tmp_path, timeout=60, preexec_fn=_limit_address_space(230))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"bafusion {argv[0]} hung under a 230 MiB address-space limit")
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"bafusion {argv[0]}: error: the address-space limit (ulimit -v / prlimit --as) of "
+                               "230 MiB"), lines[0]
+    assert f"at least {MIN_ADDRESS_SPACE_NUMPY_MIB} MiB" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("argv", [
+    ["metrics", "a.png", "b.png", "f.png"], ["baseline", "a.png", "b.png", "-o", "F.png"],
+    ["download-eval", "-o", "ev"], ["download-alphamatting", "-o", "am"], ["download-coco", "-o", "bg", "--count", "3"],
+    ["download-record", "-o", "r.json", "--source", "dir", "bg=bg"], ["preset", "paper"],
+    ["composite-index", "-o", "i.json", "s.h5"], ["prepare", "-o", "prepared"],
+], ids=lambda a: a[0])
+def test_every_command_running_numpy_is_refused_under_its_minimum(monkeypatch, capsys, argv) -> None:
+    """The check covered the data commands of the pipeline only: ``metrics``, ``baseline``, the
+    ``download-*`` commands and ``preset`` (its check of the params loads numpy) went on to fail
+    loading numpy (SIGINT, OpenBLAS's message, a SystemError called a bug) or hang."""
+    from bafusion.fusion.memory import MIN_ADDRESS_SPACE_NUMPY_MIB
+
+    _limit(monkeypatch, MIN_ADDRESS_SPACE_NUMPY_MIB - 1)
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"bafusion {argv[0]}: error: the address-space limit"), err
+    assert f"of {MIN_ADDRESS_SPACE_NUMPY_MIB - 1} MiB" in err and f"at least {MIN_ADDRESS_SPACE_NUMPY_MIB} MiB" in err
+

@@ -443,9 +443,20 @@ _TORCH_MODULES = frozenset({"bafusion.cli.train", "bafusion.cli.fusion", "bafusi
 #: ... and of them, those that import torch to build their options, so also for ``--help``
 #: (:data:`bafusion.fusion.memory.MIN_ADDRESS_SPACE_LOAD_MIB`; ``evaluate`` loads it to run).
 _TORCH_AT_LOAD_MODULES = frozenset({"bafusion.cli.train", "bafusion.cli.fusion"})
-#: The commands that run numpy, scipy and h5py but not torch (and need
-#: :data:`bafusion.fusion.memory.MIN_ADDRESS_SPACE_NUMPY_MIB` of address space to run).
-_NUMPY_COMMANDS = frozenset({"prepare", "composite", "composite-index", "testset", "patches", "count"})
+#: Every command runs numpy (``preset`` too: checking params loads matplotlib) and needs
+#: :data:`bafusion.fusion.memory.MIN_ADDRESS_SPACE_NUMPY_MIB` of address space to run; the
+#: modules that load numpy and scipy to build their options need it also for ``--help`` (below it,
+#: ``metrics --help`` hung at 210-250 MiB while scipy's OpenBLAS retried its allocations).
+_NUMPY_AT_LOAD_MODULES = frozenset({"bafusion.cli.download", "bafusion.cli.metrics", "bafusion.cli.baselines"})
+
+
+def _numpy_refusal(cmd: str, limit: int) -> str:
+    from bafusion.fusion.memory import MIN_ADDRESS_SPACE_NUMPY_MIB
+
+    return (f"{cmd}: error: the address-space limit (ulimit -v / prlimit --as) of {limit} MiB is too small to "
+            f"load numpy, scipy and h5py: it needs at least {MIN_ADDRESS_SPACE_NUMPY_MIB} MiB of address space "
+            "(more on a machine of more cores: OpenBLAS maps memory for each of its threads): raise or lift the "
+            "limit")
 
 
 def _address_space_refusal(cmd: str, limit: int, need: int, what: str) -> str:
@@ -500,6 +511,11 @@ def _main(argv: list[str]) -> int:
                                      "load torch (which this command's options, --help included, import)"),
               file=sys.stderr)
         return 1
+    if limit is not None and limit < MIN_ADDRESS_SPACE_NUMPY_MIB and modules & _NUMPY_AT_LOAD_MODULES:
+        # checked before the modules load numpy and scipy: below it that raised SIGINT, failed
+        # with "out of memory loading the program" or OpenBLAS's message, or hung (SIGTERM unheard)
+        print(_numpy_refusal(cmd, limit), file=sys.stderr)
+        return 1
     try:
         parser = build_parser(command)
     except (MemoryError, ImportError) as e:
@@ -521,13 +537,10 @@ def _main(argv: list[str]) -> int:
         # command runs out of memory loading the rest of its libraries or at its first tensor
         print(_address_space_refusal(cmd, limit, MIN_ADDRESS_SPACE_MIB, "run torch"), file=sys.stderr)
         return 1
-    if limit is not None and limit < MIN_ADDRESS_SPACE_NUMPY_MIB and args.command in _NUMPY_COMMANDS:
+    if limit is not None and limit < MIN_ADDRESS_SPACE_NUMPY_MIB:
         # below it, loading numpy fails as OpenBLAS cannot start its threads: it raised SIGINT
         # ("interrupted", status 130), aborted with its own message, or the command hung
-        print(f"{cmd}: error: the address-space limit (ulimit -v / prlimit --as) of {limit} MiB is too small to "
-              f"load numpy, scipy and h5py: it needs at least {MIN_ADDRESS_SPACE_NUMPY_MIB} MiB of address space "
-              "(more on a machine of more cores: OpenBLAS maps memory for each of its threads): raise or lift the "
-              "limit", file=sys.stderr)
+        print(_numpy_refusal(cmd, limit), file=sys.stderr)
         return 1
     return _run(cmd, args)
 

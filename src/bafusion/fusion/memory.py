@@ -39,8 +39,11 @@ MIB_PER_MEGAPIXEL_SHOT = 16
 MIN_ADDRESS_SPACE_LOAD_MIB = 768 + 64
 
 #: Address space (MiB) a command that runs numpy, scipy and h5py without torch (``count``,
-#: ``patches`` and the other data commands of the pipeline) needs to run at all, checked once its
-#: arguments are parsed. Measured under ``prlimit --as`` on a 2-core x86-64 machine (numpy 2,
+#: ``patches`` and the other data commands of the pipeline, ``metrics``, ``baseline``, the
+#: ``download-*`` commands; ``preset``'s check of the params loads numpy too) needs to run at all,
+#: checked once its arguments are parsed, and before they are for the modules whose options load
+#: numpy and scipy (``metrics``, ``baseline``, ``download-*``: their ``--help`` hung at 210-250
+#: MiB, scipy's OpenBLAS retrying its allocations, and worked from 300). Measured under ``prlimit --as`` on a 2-core x86-64 machine (numpy 2,
 #: OpenBLAS, Python 3.11), ``bafusion count``: at 150 MiB OpenBLAS could not start its threads
 #: and raised SIGINT while numpy loaded ("interrupted", status 130), at 100 MiB it aborted with
 #: its own message only, at 180-200 MiB loading scipy failed (one line), at 210-250 MiB it hung
