@@ -324,3 +324,37 @@ def test_a_missing_folder_given_with_a_tilde_is_named_in_the_home(home, capsys) 
     assert cli_main(["download-eval", "--out", "dl", "--from-dir=~/evalcopy", "--cache", "~/c", "--quiet"]) == 2
     assert f"{home}/evalcopy: eval folder not found" in capsys.readouterr().err
     assert not Path("~").exists()
+
+
+def test_on_windows_a_tilde_word_in_params_and_data_sources_is_not_a_home_folder(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The options used :func:`bafusion.cli.common.home_path`, the paths read from params.yaml
+    and the data sources plain ``expanduser``: on Windows a param ``sources: ~draft`` (a folder
+    of the project), a warm start ``train.init: ~m.pt``, ``BAFUSION_CACHE=~cache`` or a
+    ``download-record`` folder ``~bg`` were read as ``C:\\Users\\draft`` and so on. They keep
+    ``~word`` as written there, and ``~\\`` is still the home (os.path being ntpath)."""
+    import ntpath
+    import os
+    from pathlib import Path
+
+    from bafusion.cli.params_check import check_init_files
+    from bafusion.data.acquire import default_cache, folder_digest
+    from bafusion.workspace import home_path, resolve
+
+    home = "C:\\Users\\me"
+    monkeypatch.setenv("USERPROFILE", home)
+    monkeypatch.setenv("USERNAME", "me")
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "~bg").mkdir()
+    (tmp_path / "~bg" / "a.txt").write_text("a")
+    (tmp_path / "~m.pt").write_bytes(b"model")
+    monkeypatch.setenv("BAFUSION_CACHE", "~cache")
+    with monkeypatch.context() as m:
+        m.setattr(os, "path", ntpath)
+        assert resolve("~draft") == Path("~draft") and resolve("~\\photos") == Path(f"{home}\\photos")
+        assert default_cache() == Path("~cache")
+        count = folder_digest("~bg")[0]
+        check_init_files({"train": {"init": "~m.pt"}})  # found here, not in C:\Users
+        assert home_path(Path("~/x")) == f"{home}/x"
+    assert count == 1

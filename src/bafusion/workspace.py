@@ -12,7 +12,39 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["dvc_removed_outputs_note", "project_root", "resolve"]
+__all__ = ["dvc_removed_outputs_note", "home_path", "project_root", "resolve"]
+
+
+def home_path(s: str | os.PathLike[str]) -> str:
+    """``s`` with a leading ``~`` made the home folder, as a shell would have made it: the shell
+    leaves ``~`` alone in ``--out=~/x`` and in quotes (Snakemake's rules quote the params they
+    pass), Windows' cmd everywhere, and a param of params.yaml or a data source is never a
+    shell's. On POSIX ``~user`` is that user's home when the user exists
+    (``os.path.expanduser``, as the shell), else ``s`` is kept. On Windows only ``~`` alone and
+    ``~\\...`` or ``~/...`` are expanded: ``ntpath.expanduser`` turns any ``~word`` into a
+    sibling of the home folder without asking whether the user exists, so a file ``~draft.jpg``
+    of the current folder was read as ``C:\\Users\\draft.jpg``.
+
+    Parameters
+    ----------
+    s : str or os.PathLike
+        A path as written (an option, a param, an environment variable).
+
+    Returns
+    -------
+    str
+        The path, its leading ``~`` (if any, as above) made the home folder.
+
+    Examples
+    --------
+    >>> home_path("photos/a.png")
+    'photos/a.png'
+    """
+    s = os.fspath(s)
+    path = os.path
+    if path.sep == "\\" and s != "~" and not (s.startswith("~") and s[1:2] in ("\\", "/")):
+        return s
+    return path.expanduser(s)
 
 
 def project_root(start: str | os.PathLike[str] | None = None) -> Path:
@@ -39,7 +71,7 @@ def resolve(path: str | os.PathLike[str], base: str | os.PathLike[str] | None = 
     >>> str(resolve("/data/x")), str(resolve("data/testset"))
     ('/data/x', 'data/testset')
     """
-    p = Path(os.path.expanduser(path))  # ~/x from a param or an option the shell did not expand
+    p = Path(home_path(path))  # ~/x from a param or an option the shell did not expand
     if p.is_absolute():
         return p
     b = Path(base) if base is not None else Path(".")

@@ -194,9 +194,10 @@ def init_input(net):
     reads it): the warm-start model file, an input when set; a leading ~ is the home folder, as
     the trainer and the params check read it."""
     from bafusion.config import net_init
+    from bafusion.workspace import home_path
 
     v = net_init(config, net)
-    return [os.path.expanduser(v)] if v else []
+    return [home_path(v)] if v else []
 
 
 def download_net_args():

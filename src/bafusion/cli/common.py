@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bafusion.errors import UserError
+from bafusion.workspace import home_path
 
 if TYPE_CHECKING:  # torch: not for the light commands that parse with the types below
     from bafusion.fusion.models import FusionNets
@@ -106,26 +107,6 @@ def finite_float(minimum: float = -math.inf, *, above: bool = False) -> Callable
 
     parse.__name__ = "number"
     return parse
-
-
-def home_path(s: str) -> str:
-    """``s`` with a leading ``~`` made the home folder, as a shell would have made it: the shell
-    leaves ``~`` alone in ``--out=~/x`` and in quotes (Snakemake's rules quote the params they
-    pass), Windows' cmd everywhere. On POSIX ``~user`` is that user's home when the user exists
-    (``os.path.expanduser``, as the shell), else ``s`` is kept. On Windows only ``~`` alone and
-    ``~\\...`` or ``~/...`` are expanded: ``ntpath.expanduser`` turns any ``~word`` into a
-    sibling of the home folder without asking whether the user exists, so a file ``~draft.jpg``
-    of the current folder was read as ``C:\\Users\\draft.jpg``.
-
-    Examples
-    --------
-    >>> home_path("photos/a.png")
-    'photos/a.png'
-    """
-    path = os.path
-    if path.sep == "\\" and s != "~" and not (s.startswith("~") and s[1:2] in ("\\", "/")):
-        return s
-    return path.expanduser(s)
 
 
 def nonempty_path(s: str) -> str:

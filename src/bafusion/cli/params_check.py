@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bafusion.errors import UserError
+from bafusion.workspace import home_path
 
 __all__ = ["check_devices", "check_evaluate_inputs", "check_init_files", "check_params", "download_eval_has_source",
            "missing_keys_warning", "pipeline_outputs", "planned_rules", "plans_jobs", "run_lock", "runs_locally",
@@ -208,7 +209,7 @@ def check_init_files(params: Mapping[str, Any], source: str = "params.yaml",
                                 "first, or keep a stale start): copy it elsewhere to warm-start from it under DVC")
             raise UserError(f"{source}: {key} {path}: is the pipeline's own output ({made[1]}): copy it elsewhere "
                             "to warm-start from it")
-        if not Path(path).expanduser().is_file():  # ~/m.pt: the home's, as the trainer reads it
+        if not Path(home_path(path)).is_file():  # ~/m.pt: the home's, as the trainer reads it
             raise UserError(f"{source}: {key} {path}: model file not found (the warm start of the {net} net)")
 
 
@@ -527,7 +528,7 @@ def written_by(path: str | Path, outputs: Sequence[PipelineOutput]) -> tuple[str
     import re
 
     def norm(p: str | Path) -> str:
-        return os.path.realpath(os.path.abspath(os.path.expanduser(str(p))))
+        return os.path.realpath(os.path.abspath(home_path(p)))
 
     here = norm(path)
     rel = os.path.relpath(here, norm("."))

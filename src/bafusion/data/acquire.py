@@ -64,7 +64,7 @@ from bafusion.data.download import (
 )
 from bafusion.data.sources import dir_foregrounds
 from bafusion.errors import InputFileError, UserError
-from bafusion.workspace import resolve
+from bafusion.workspace import home_path, resolve
 
 ALPHAMATTING_URL = "http://www.alphamatting.com/datasets/zip/"
 #: Published SHA-256 of the alphamatting.com archives (the highres ones are not published
@@ -95,9 +95,9 @@ def default_cache() -> Path:
     and every ``dvc exp run --temp`` workspace reuses the verified downloads."""
     env = os.environ.get("BAFUSION_CACHE")
     if env:
-        return Path(env).expanduser()  # BAFUSION_CACHE='~/x' (quoted): the home's x, not ./~/x
+        return Path(home_path(env))  # BAFUSION_CACHE='~/x' (quoted): the home's x, not ./~/x
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "bafusion" / "downloads"
+    return Path(home_path(xdg)) / "bafusion" / "downloads"
 
 
 EVAL_MANIFEST = "eval_manifest.json"
@@ -193,7 +193,7 @@ def relative_base(*paths: str | os.PathLike[str] | None) -> dict[str, str]:
     absolute or a URL."""
     from bafusion.workspace import project_root
 
-    relative = [p for p in paths if p and "://" not in os.fspath(p) and not Path(p).expanduser().is_absolute()]
+    relative = [p for p in paths if p and "://" not in os.fspath(p) and not Path(home_path(p)).is_absolute()]
     if not relative:
         return {}
     here = Path.cwd().resolve()
@@ -537,7 +537,7 @@ def load_eval_manifest(path: str | Path | None = None) -> dict[str, Any]:
             text = resources.files("bafusion.data").joinpath(EVAL_MANIFEST).read_text(encoding="utf-8-sig")
             where = f"bafusion/{EVAL_MANIFEST}"
         else:
-            text = Path(path).expanduser().read_text(encoding="utf-8-sig")
+            text = Path(home_path(path)).read_text(encoding="utf-8-sig")
             where = str(path)
         m = json.loads(text)
     except FileNotFoundError as e:
@@ -652,7 +652,7 @@ def folder_digest(folder: str | Path) -> tuple[int, str]:
     """(number of files, sha256 over the sorted (relative path, file sha256) list); hidden
     files (such as Snakemake's ``.snakemake_timestamp``) are left out. A leading ``~`` is the
     home folder (a record names the folder as given)."""
-    root = Path(folder).expanduser()
+    root = Path(home_path(folder))
     if not root.is_dir():
         raise InputFileError(root, "is a file, not a folder" if root.exists() else "folder not found")
     h = hashlib.sha256()

@@ -77,6 +77,7 @@ from bafusion._version import __version__
 from bafusion.atomic import part_path
 from bafusion.errors import UserError
 from bafusion.progress import bars_enabled
+from bafusion.workspace import home_path
 
 #: Bytes read per chunk while streaming a download.
 CHUNK = 1 << 16
@@ -189,7 +190,7 @@ def to_url(location: str | os.PathLike[str]) -> str:
         return s
     if "://" in s:
         raise UserError(f"{s}: unsupported URL scheme {scheme or '(empty)'} (expected http, https, file or a local path)")
-    return Path(s).expanduser().resolve().as_uri()  # ~/mirror, kept as written in records
+    return Path(home_path(s)).resolve().as_uri()  # ~/mirror, kept as written in records
 
 
 def shown_location(url: str) -> str:

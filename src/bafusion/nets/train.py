@@ -122,6 +122,7 @@ from bafusion.nets.model import (
 )
 from bafusion.progress import bars_enabled
 from bafusion.schema import default, validate_params
+from bafusion.workspace import home_path
 
 NETS = ("initial", "boundary")
 CHECKPOINT_FORMAT = 1
@@ -376,7 +377,7 @@ def fingerprint(cfg: TrainConfig, net: str, patches: Path, world_size: int) -> s
     hash_sources(h, [mod.__file__ or "" for mod in (sys.modules[__name__], augment, model)])
     if cfg.init:  # the warm-start weights, not just their path
         with contextlib.suppress(OSError):
-            h.update(Path(cfg.init).expanduser().read_bytes())
+            h.update(Path(home_path(cfg.init)).read_bytes())
     _hash_patches(h, patches)
     return h.hexdigest()
 
@@ -909,7 +910,7 @@ def train(net: str, patches: str | os.PathLike[str], cfg: TrainConfig, paths: Pa
         if other.resolve() in taken:
             raise UserError(f"{other}: would overwrite the model or its description; choose another path")
     if cfg.init:  # the warm-start model is an input: no output may replace it or its description
-        init = Path(cfg.init).expanduser()
+        init = Path(home_path(cfg.init))
         inputs = {init.resolve(), init.with_suffix(".json").resolve()}
         for what, other in (("--out", paths.out), ("--out", paths.out.with_suffix(".json")),
                             ("--report/--metrics", paths.metrics), ("--plots", paths.plots)):
@@ -999,7 +1000,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     model: CifarResNet = build_model(cfg.depth).to(device)
     if cfg.init:  # a checkpoint resumed below overrides these weights
         try:
-            init_net, _ = load_model(Path(cfg.init).expanduser(), expect=model.spec)  # ~/m.pt: the home's
+            init_net, _ = load_model(Path(home_path(cfg.init)), expect=model.spec)  # ~/m.pt: the home's
         except ModelFileError as e:
             raise UserError(f"{cfg.key('init')}: {e}") from e
         model.load_state_dict(init_net.state_dict())
