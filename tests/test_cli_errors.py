@@ -1417,3 +1417,74 @@ def test_a_path_the_standard_output_cannot_encode_does_not_fail_the_command(monk
     out.flush()
     assert out.buffer.getvalue() == b"fused 2 images into \\u65e5\\u672c.png and Ad\\udcc3\\udc81m.png\n"
     assert out.errors == "strict"
+
+
+def _stdout_case(tmp_path: Path, command: str) -> list[str]:
+    """Two sources a.png, b.png in ``tmp_path`` and the command line of ``command``."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (24, 20), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    return {"count": ["count", "--params", str(Path(__file__).resolve().parents[1] / "params.yaml")],
+            "count-json": ["count", "--format", "json", "--params", str(Path(__file__).resolve().parents[1] / "params.yaml")],
+            "metrics": ["metrics", "--metrics", "QG", "a.png", "b.png", "a.png"],
+            "preset": ["preset", "paper"],
+            "baseline": ["baseline", "a.png", "b.png", "-o", "F.png"]}[command]
+
+
+def _user_env() -> dict[str, str]:
+    """The environment of a user's shell: without PYTHONUNBUFFERED (which some CI sets), the
+    standard output is buffered and a failed write stays in its buffer until Python exits."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    return {**env, "PYTHONPATH": str(SRC), "BAFUSION_MLFLOW": "0"}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="closes fd 1 in the child (preexec_fn)")
+@pytest.mark.parametrize("command", ["count", "metrics", "preset", "baseline"])
+def test_a_command_whose_result_is_its_output_refuses_a_closed_standard_output(tmp_path: Path, command: str) -> None:
+    """`bafusion count >&-`, `metrics ... >&-`, `preset paper >&-` exited 0 having written nothing
+    (with fd 1 closed sys.stdout is None, and print() drops what it is given): what they print
+    is their only output, so they refuse, one line and status 2. A command that writes files
+    (baseline) goes on: its image is written, its progress line lost."""
+    argv = _stdout_case(tmp_path, command)
+    r = subprocess.run([sys.executable, "-m", "bafusion", *argv], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True, cwd=tmp_path, env=_user_env(), timeout=300,
+                       preexec_fn=lambda: os.close(1))  # noqa: PLW1509 - a test's child only
+    if command == "baseline":
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        assert (tmp_path / "F.png").is_file()
+        return
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == (f"bafusion {command}: error: the standard output is closed (>&-): the "
+                                f"{'preset' if command == 'preset' else 'counts' if command == 'count' else 'metrics'} "
+                                "would be written nowhere; redirect it to a file or a pipe instead"), r.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+@pytest.mark.parametrize("command", ["count", "count-json", "metrics", "preset", "baseline"])
+def test_a_full_standard_output_is_one_line_with_a_buffered_stdout(tmp_path: Path, command: str) -> None:
+    """Without PYTHONUNBUFFERED (a user's shell) `bafusion count > /dev/full` said its error and
+    then "Exception ignored in: <_io.TextIOWrapper name='<stdout>'...> OSError: [Errno 28]", status
+    120, as Python's flush at exit failed again on the lines left in the buffer; `baseline ... >
+    /dev/full` blamed its image ("F.png: No space left on device"), which it had written whole."""
+    argv = _stdout_case(tmp_path, command)
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "bafusion", *argv], stdin=subprocess.DEVNULL, stdout=full,
+                           stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=_user_env(), timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == f"bafusion {argv[0]}: error: No space left on device (writing the standard output)", \
+        r.stderr
+
+
+@pytest.mark.parametrize("command", ["count-json", "metrics", "baseline"])
+def test_a_reader_that_has_gone_stays_quiet_with_a_buffered_stdout(tmp_path: Path, command: str) -> None:
+    """`bafusion count --format json | true` and the like: the reader gone, the command stops
+    quietly with 141 (128 + SIGPIPE), as Python's docs advise, also with the standard output
+    buffered (nothing said at exit)."""
+    argv = _stdout_case(tmp_path, command)
+    p = subprocess.Popen([sys.executable, "-m", "bafusion", *argv], cwd=tmp_path, env=_user_env(),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()  # the reader is gone before the first line
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=300) == 141, err
+    assert err == "", err

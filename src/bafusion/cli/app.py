@@ -16,6 +16,11 @@ disk or its permissions (h5py's, Pillow's: the command's output is named). Anyth
 traceback is printed, followed by one line saying so, and the status is 1, unless a signal had asked
 the command to stop (numpy and torch turn a Ctrl-C inside their imports into an ``ImportError`` or a
 half-initialised module): then it is the stop, one line and 128 + N.
+
+The standard output: a failed write (``> /dev/full``) is one line, status 2; a reader gone
+(``| head``) ends quietly with 128 + SIGPIPE; a command whose result is what it prints
+(``count``, ``metrics``, ``preset``) refuses a closed one (``>&-``), status 2, while the commands
+that write files go on, their progress lines lost.
 """
 
 from __future__ import annotations
@@ -542,7 +547,53 @@ def _main(argv: list[str]) -> int:
         # ("interrupted", status 130), aborted with its own message, or the command hung
         print(_numpy_refusal(cmd, limit), file=sys.stderr)
         return 1
-    return _run(cmd, args)
+    return _finish_stdout(cmd, _run(cmd, args))
+
+
+def _result_on_stdout(args: argparse.Namespace) -> str | None:
+    """What the command ``args`` names prints as its result, the standard output being its only
+    output (``count``, ``metrics``, ``preset`` without ``--apply``), else None: the others write
+    files, and what they print (progress, a summary, evaluate's copy of its table1.md) is lost
+    when stdout is closed while their work goes on."""
+    command = getattr(args, "command", None)
+    if command == "preset" and not getattr(args, "apply", None):
+        return "the preset"
+    return {"count": "the counts", "metrics": "the metrics"}.get(command)
+
+
+def _stdout_fails() -> bool:
+    """Whether the standard output holds lines it cannot write (a failed write leaves them in
+    its buffer: flushing fails again); False when it is fine, closed or None."""
+    stream = sys.stdout
+    if stream is None:
+        return False
+    try:
+        stream.flush()
+    except OSError:
+        return True
+    except ValueError:  # closed
+        return False
+    return False
+
+
+def _finish_stdout(cmd: str, rc: int) -> int:
+    """Flush what the command printed: a write that fails only now (the last lines still in the
+    buffer) is said as any failed write of the standard output (:func:`_stdout_failed`), and
+    after a failure already said, the stream is dropped so that Python's flush at exit does not
+    fail again ("Exception ignored ... OSError", status 120)."""
+    stream = sys.stdout
+    if stream is None:
+        return rc
+    try:
+        stream.flush()
+    except ValueError:  # closed by the command or a test: nothing buffered to lose
+        return rc
+    except OSError as e:
+        if rc != 0:  # said already: the command's own error, or this stream's
+            _drop_stdout()
+            return rc
+        return _stdout_failed(cmd, e)
+    return rc
 
 
 def _stdout_failed(cmd: str, e: OSError) -> int:
@@ -585,6 +636,11 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
     """Run the parsed command: its exit status, its errors said in one line (see the module docstring)."""
     from bafusion.preflight import check_command
 
+    what = _result_on_stdout(args)
+    if what is not None and sys.stdout is None:  # `bafusion count >&-`: it exited 0 having written nothing
+        print(f"{cmd}: error: the standard output is closed (>&-): {what} would be written nowhere; redirect it to "
+              "a file or a pipe instead", file=sys.stderr)
+        return 2
     try:
         check_command(args)
         rc = int(args.func(args) or 0)
@@ -600,6 +656,11 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
         _drop_stdout()
         return 128 + _SIGPIPE
     except OSError as e:
+        if e.filename is None and e.errno in _WRITE_ERRNOS and _stdout_fails():
+            # the standard output (`baseline ... > /dev/full`: its line after the image was written),
+            # not the output file that the lines below would have named
+            print(f"{cmd}: error: {os.strerror(e.errno)} (writing the standard output)", file=sys.stderr)
+            return 2
         if e.filename is None and e.errno in _MACHINE_ERRNOS:  # h5py's, Pillow's: no file name
             from bafusion.preflight import output_paths
 
