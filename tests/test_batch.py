@@ -3,6 +3,7 @@ one-scene check of ``fuse`` (issue 14)."""
 
 from __future__ import annotations
 
+import ast
 import errno
 import io
 import os
@@ -1278,8 +1279,8 @@ def test_fuse_dir_skip_existing_does_not_keep_outputs_of_other_fusion_code(tmp_p
 
 
 def test_fusion_code_digest_changes_with_the_fusion_sources(tmp_path: Path, monkeypatch) -> None:
-    """:func:`batch.fusion_code_digest` hashes the sources fusion runs: an edit of one (here a
-    copy of the package with one byte more in fusion/rule.py) changes it."""
+    """:func:`batch.fusion_code_digest` hashes the code fusion runs: a code edit of one of its
+    modules (here a copy of the package with a statement more in each in turn) changes it."""
     import shutil
 
     pkg = Path(batch.__file__).resolve().parents[1]
@@ -1291,9 +1292,52 @@ def test_fusion_code_digest_changes_with_the_fusion_sources(tmp_path: Path, monk
     assert seen[0] == batch.fusion_code_digest()
     for edited in ("fusion/rule.py", "io/read.py", "nets/model.py", "data/composite.py"):
         with open(copy / edited, "a") as f:
-            f.write("\n")
+            f.write("\n_x = 1\n")
         seen.append(batch.fusion_code_digest())
     assert len(set(seen)) == len(seen), seen
+
+
+def test_fusion_code_digest_ignores_docstrings_comments_and_formatting(tmp_path: Path) -> None:
+    """The digest hashed the sources' text, so a docstring's or a comment's rewording in an
+    upgrade had --skip-existing refuse a whole batch as "other fusion code". It now hashes each
+    module's code (its syntax tree without docstrings): docstrings, comments and formatting
+    leave it as it was; a code edit, a message's wording included, changes it."""
+    import shutil
+
+    pkg = Path(batch.__file__).resolve().parents[1]
+    copy = tmp_path / "bafusion"
+    for sub in ("fusion", "io", "nets", "data"):
+        shutil.copytree(pkg / sub, copy / sub, ignore=shutil.ignore_patterns("__pycache__", "*.json"))
+    before = batch.fusion_code_digest(copy)
+
+    def edit(path: Path, node: ast.AST, words: str, *, extra: str = "") -> None:
+        """Insert ``words`` at the start of the string ``node`` (after its opening quotes)."""
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        line = lines[node.lineno - 1]
+        at = node.col_offset + (3 if line[node.col_offset:].startswith(('"""', "'''")) else 1)
+        lines[node.lineno - 1] = line[:at] + words + line[at:]
+        path.write_text("".join(lines) + extra, encoding="utf-8")
+        ast.parse(path.read_bytes())  # still Python
+
+    def strings(path: Path, docstrings: bool) -> list[ast.Constant]:
+        tree = ast.parse(path.read_bytes())
+        docs = [n.body[0].value for n in ast.walk(tree)
+                if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(n, clean=False)]
+        if docstrings:
+            return docs
+        text = path.read_text(encoding="utf-8")
+        parts = {id(c) for j in ast.walk(tree) if isinstance(j, ast.JoinedStr) for c in ast.walk(j)}
+        return [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value
+                and n not in docs and id(n) not in parts and (ast.get_source_segment(text, n) or "x")[0] in "\"'"]
+
+    rule, model, read = copy / "fusion" / "rule.py", copy / "nets" / "model.py", copy / "io" / "read.py"
+    edit(rule, strings(rule, True)[0], "Reworded. ")  # the module's docstring
+    edit(model, strings(model, True)[-1], "Reworded too. ",  # a function's or class's, a comment, blank lines
+         extra="\n\n# a comment\n\n")
+    read.write_text(read.read_text(encoding="utf-8").replace("\nimport ", "  # said\r\nimport ", 1), encoding="utf-8")
+    assert batch.fusion_code_digest(copy) == before
+    edit(read, strings(read, False)[0], "x")  # a string the code uses (a message) is code
+    assert batch.fusion_code_digest(copy) != before
 
 
 def test_fusion_code_digest_ignores_line_endings_hidden_and_unreadable_files(tmp_path: Path) -> None:
