@@ -278,6 +278,27 @@ def test_no_suggestion_from_the_leading_dashes_alone(capsys: pytest.CaptureFixtu
     assert f"unrecognized arguments: {word}" in err and "did you mean" not in err, err
 
 
+@pytest.mark.parametrize(("argv", "word"), [
+    ([*_FUSE, "--outline"], "--outline"),
+    (["patches", "-o", "p.h5", "--batch", "64"], "--batch"),
+    ([*_FUSE, "--alphamatting"], "--alphamatting"),
+])
+def test_no_suggestion_of_an_unrelated_option(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                              word: str) -> None:
+    """--outline was pointed at --out (a name that begins the typed word counted at any length:
+    "out" is a third of "outline"), --alphamatting at --alpha, and --batch at --patch (one
+    letter apart, but another first letter: another word). A name that begins the typed word
+    now counts as one of its dash-separated words or as at least half of it (--outdir, --tile-size
+    keep theirs: test_a_longer_name_or_an_abbreviation_gets_a_hint), and a name that differs in
+    its first letter alone is none."""
+    from bafusion.cli import main
+
+    with pytest.raises(SystemExit):
+        main(argv)
+    err = capsys.readouterr().err
+    assert f"unrecognized arguments: {word}" in err and "did you mean" not in err, err
+
+
 @pytest.mark.parametrize("argv", [["fus", "a.png"], ["evalute"], ["zzz"], []])
 def test_an_unknown_command_is_refused_as_the_full_parser_refuses_it(capsys: pytest.CaptureFixture[str],
                                                                      argv: list[str]) -> None:

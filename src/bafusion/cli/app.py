@@ -151,18 +151,23 @@ def _abbreviates(short: str, long: str) -> bool:
 def _close_name(word: str, names: Sequence[str]) -> str | None:
     """The name a mistyped ``word`` most likely meant, else ``None``: of the names that are a
     typo away (one edit per four characters of ``word``, at least one: ``fromat``, ``methd``,
-    ``fus``), that ``word`` begins (``prep``: ``prepare``) or that begin ``word`` (``outdir``,
-    ``tile-size``: ``out``, ``tile``), whose last dash-separated words ``word``'s are
-    (``cmap``: ``diff-cmap``), that ``word`` abbreviates or that abbreviate it (``fmt``:
-    ``format``; ``bfloat16``: ``bf16``; see :func:`_abbreviates`), or that difflib finds
-    clearly close (a ratio of 0.75: ``output-dir``), the closest by difflib. difflib alone, at
+    ``fus``), that ``word`` begins (``prep``: ``prepare``) or that begin ``word`` as a word of
+    it or at least half of it (``tile-size``, ``outdir``: ``tile``, ``out``; not ``outline``),
+    whose last dash-separated words ``word``'s are (``cmap``: ``diff-cmap``), that ``word``
+    abbreviates or that abbreviate it (``fmt``: ``format``; ``bfloat16``: ``bf16``; see
+    :func:`_abbreviates`), or that difflib finds clearly close (a ratio of 0.75:
+    ``output-dir``), the closest by difflib; never a name that differs from ``word`` in its
+    first letter alone (``batch``, ``patch``: another word, not a typo). difflib alone, at
     its cutoff of 0.6, pointed ``--cores`` at ``--force`` (three letters of five in common)."""
     import difflib
 
     def near(n: str) -> bool:
         words, name_words = word.split("-"), n.split("-")
+        if len(word) == len(n) > 1 and word[0] != n[0] and word[1:] == n[1:]:  # batch, patch: another word
+            return False
         return (_edits(word, n) <= max(1, len(word) // 4)
-                or (len(word) >= 3 and n.startswith(word)) or (len(n) >= 3 and word.startswith(n))
+                or (len(word) >= 3 and n.startswith(word))
+                or (len(n) >= 3 and word.startswith(n) and (word[len(n):][:1] in ("-", "_") or 2 * len(n) >= len(word)))
                 or (len(name_words) > len(words) and name_words[-len(words):] == words and len(word) >= 3)
                 or _abbreviates(word, n) or _abbreviates(n, word)
                 or difflib.SequenceMatcher(None, word, n).ratio() >= 0.75)
