@@ -830,6 +830,44 @@ def test_run_with_our_variants_reports_table1_wins(tmp_path: Path) -> None:
         assert doc["tiny"][m]["rank"] == {q: ev.rank_of(rows, rivals, q, m)[0] for q in ("QMI", "QCV")}
 
 
+def test_a_mean_counting_exact_pairs_as_100_db_is_marked_in_the_plots_csv_and_mlflow(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ours equal to the truth on p1 (PSNR inf, counted as 100 dB in its mean): the tables mark
+    that mean with a dagger, but the plots CSV and the MLflow metrics carried it bare. The
+    plots CSV gives per method the number of such pairs (n_inf_PSNR, 0 for none, the mean's
+    cell unchanged), and the MLflow run names the capped means in a tag."""
+    src, imgs = _write_set(tmp_path, ["p1", "p2"])
+
+    def fake_ours(a, b, nets, params, names, progress=None):
+        lap = to_uint8(laplacian_fuse(a, b))
+        dm = np.ones(a.shape[:2], bool)
+        return {"Ours": (imgs["p1"][2] if "p1-A" in names[0] else lap, dm), "Ours-initial": (lap, dm)}
+
+    monkeypatch.setattr(ev, "_ours", fake_ours)
+    cfg = ev.parse_config({"methods": ["Ours-initial", "Ours", "GFF-native"], "metrics": ["QG"], "figures": False,
+                           "datasets": [{"name": "tiny", "sources": str(src)}]})
+    ev.run_evaluation(cfg, tmp_path / "out", object(), None, log=lambda s: None, plots=tmp_path / "plots.csv")
+    d = tmp_path / "out" / "tiny"
+    assert ev.CAPPED_MARK in (d / "table1.md").read_text()
+    with open(d / "means.csv", newline="") as fh:
+        means = {r["method"]: r for r in csv.DictReader(fh)}
+    with open(tmp_path / "plots.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        plots = {r["method"]: r for r in reader}
+    assert reader.fieldnames == ["method", "QG", "PSNR", "SSIM", "DM_acc", "n_inf_PSNR"], reader.fieldnames
+    assert plots["tiny/Ours"]["PSNR"] == means["Ours"]["PSNR"] and plots["tiny/Ours"]["n_inf_PSNR"] == "1"
+    assert plots["tiny/Ours-initial"]["n_inf_PSNR"] == "0" and plots["tiny/GFF-native"]["n_inf_PSNR"] == "0"
+    from mlflow.tracking import MlflowClient
+
+    from bafusion.tracking import EXPERIMENT, tracking_uri
+
+    client = MlflowClient(tracking_uri=tracking_uri())
+    run = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.stage = 'evaluate'",
+                             order_by=["attributes.start_time DESC"])[0]
+    assert run.data.metrics["tiny.Ours.PSNR"] == pytest.approx(float(means["Ours"]["PSNR"]))
+    assert json.loads(run.data.tags[ev.CAPPED_TAG]) == {"tiny.Ours.PSNR": 1}
+
+
 def test_our_mean_over_fewer_pairs_is_marked_in_every_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ours with a flat output on p2 (QCB NaN there): its QCB mean over p1 alone is marked in
     table1.md, counted in means.csv, means-sets.csv and metrics.json, and ranked behind the

@@ -664,11 +664,28 @@ truth) as :data:`INF_PSNR_IN_MEANS`; :func:`capped_note` under the table says ho
 def _capped_mark(rows: Rows, m: str, q: str, capped: dict[str, dict[str, int]]) -> str:
     """:data:`CAPPED_MARK` when ``m``'s mean of ``q`` counts infinite values as
     :data:`INF_PSNR_IN_MEANS` (their number recorded in ``capped[q][m]``), else empty."""
-    k = sum(1 for r in rows if r["method"] == m and _finite(r.get(q)) and math.isinf(float(r[q])))
+    k = _inf_pairs(rows, m, q)
     if not k:
         return ""
     capped.setdefault(q, {})[m] = k
     return CAPPED_MARK
+
+
+#: The plots CSV's column ``n_inf_<metric>`` (``n_inf_PSNR``): per method, the number of its pairs
+#: whose value is infinite (PSNR of a fused image equal to the truth), each counted as
+#: :data:`INF_PSNR_IN_MEANS` in the mean beside it (the tables' :data:`CAPPED_MARK`); 0 for none.
+INF_COUNT_PREFIX = "n_inf_"
+
+#: The MLflow tag of the ``evaluate`` run that names the logged means counting such pairs as
+#: :data:`INF_PSNR_IN_MEANS` (the tables' :data:`CAPPED_MARK`): a JSON object, metric key
+#: (``<dataset>.<method>.PSNR``) -> number of pairs; absent where there are none.
+CAPPED_TAG = "psnr_inf_pairs_in_means"
+
+
+def _inf_pairs(rows: Rows, m: str, q: str) -> int:
+    """The number of ``m``'s pairs in ``rows`` whose value of ``q`` is infinite (counted as
+    :data:`INF_PSNR_IN_MEANS` in its mean)."""
+    return sum(1 for r in rows if r["method"] == m and _finite(r.get(q)) and math.isinf(float(r[q])))
 
 
 def capped_note(capped: Mapping[str, Mapping[str, int]]) -> str:
@@ -1578,7 +1595,10 @@ def run_evaluation(
     methods as a CSV for DVC plots (``plots``). Returns the metrics document. A mean over fewer
     pairs than another method's (the metric NaN on some pairs; marked ``(n=k/N)``, never bold,
     in the tables) is left out of the MLflow metrics and the plots CSV (an empty cell): neither
-    can carry its count, and as a bare number it would rank or plot as if comparable.
+    can carry its count, and as a bare number it would rank or plot as if comparable. A mean
+    counting exact pairs as :data:`INF_PSNR_IN_MEANS` (the tables' :data:`CAPPED_MARK`) stays in
+    both; the plots CSV's ``n_inf_PSNR`` (:data:`INF_COUNT_PREFIX`) and the run's tag
+    :data:`CAPPED_TAG` say how many pairs it counts so.
 
     Raises :class:`~bafusion.errors.UserError` before any work when ``out`` is, or holds, a
     dataset's sources or references, or the working directory, and when a dataset's inputs fail
@@ -1607,6 +1627,7 @@ def run_evaluation(
     plot_rows: list[dict[str, Any]] = []
     all_means: dict[str, float] = {}
     logged: dict[str, None] = {}  # the metric names of all_means' keys (QMI, rank.QMI), in order
+    capped: dict[str, int] = {}  # all_means' keys whose mean counts exact pairs as 100 dB: how many
     with tracking.stage_run("evaluate", run_params or {"evaluate": _config_dict(cfg)}) as run:
         with atomic_dir(out) as tmp:
             for ds in cfg.datasets:
@@ -1631,8 +1652,15 @@ def run_evaluation(
                     # a mean over fewer pairs than another method's (never bold in the tables):
                     # left out (an empty cell, which the dots template drops), not a dot that
                     # could stand best; means.csv and table1.md give it with its count
+                    # a mean counting exact pairs as INF_PSNR_IN_MEANS (the tables' †): how many, in
+                    # n_inf_<metric> (always for PSNR: a column of its own, not a mark in the number)
+                    exact = {q: _inf_pairs(rows, m, q) for q in means}
                     plot_rows.append({"method": f"{ds.name}/{m}",
-                                      **{q: v if m in comparable[q] else float("nan") for q, v in means.items()}})
+                                      **{q: v if m in comparable[q] else float("nan") for q, v in means.items()},
+                                      **{f"{INF_COUNT_PREFIX}{q}": k if m in comparable[q] else None
+                                         for q, k in exact.items() if k or q == "PSNR"}})
+                    capped.update({f"{ds.name}.{m}.{q}": k for q, k in exact.items()
+                                   if k and f"{ds.name}.{m}.{q}" in all_means})
                     if m in (OURS, OURS_INITIAL):
                         entry[m] = {q: _json_value(v) for q, v in means.items()}
                         partial = _n_defined(rows, m, qs)
@@ -1652,6 +1680,7 @@ def run_evaluation(
             qs_all: list[str] = []
             for r in plot_rows:
                 qs_all += [k for k in r if k != "method" and k not in qs_all]
+            qs_all.sort(key=lambda k: k.startswith(INF_COUNT_PREFIX))  # the counts after the means
             write_text(plots, rows_to_csv(plot_rows, ["method", *qs_all]))
         # report and plots inside out: recorded, so that a rerun knows them for its own
         write_output_record(out, OUTPUT_MARKERS["evaluate"], [p for p in (report, plots) if p])
@@ -1660,6 +1689,8 @@ def run_evaluation(
                 "removed with the folder it replaced")
         for key, value in metric_directions(logged).items():
             run.set_tag(key, value)
+        if capped:
+            run.set_tag(CAPPED_TAG, json.dumps(capped, sort_keys=True))
         run.log_metrics(all_means)
         run.log_artifact(out / "metrics.json")
         for ds in cfg.datasets:
