@@ -165,6 +165,37 @@ def _dataset(src: Path, ref: Path | None, methods: tuple[str, ...]) -> ev.Datase
     return ev.Dataset(name="tiny", sources=src, reference=ref, reference_methods=methods)
 
 
+@pytest.mark.parametrize("raised", [ValueError("operands could not be broadcast"), UserError("a bad value"),
+                                    MemoryError()])
+def test_a_metric_failing_on_a_pair_names_the_pair_method_and_metric(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raised: BaseException) -> None:
+    """A metric raising inside evaluate_pair gave its own message alone (a traceback deep in
+    metrics.py, no word of which pair, method or metric). It now names the dataset, pair,
+    method and metric, the original exception as its cause: a UserError stays one, any other
+    becomes a MetricError; running out of memory is raised as it is (the command's advice is
+    about memory)."""
+    from bafusion.evaluation import metrics
+
+    src, imgs = _write_set(tmp_path, ["p1", "p2"])
+    cfg = ev.parse_config({"methods": ["Laplacian"], "metrics": ["QMI", "QG"], "figures": False, "save_fused": False})
+    ds = _dataset(src, None, ())
+    pairs = ev.find_pairs(ds)
+
+    def failing(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setitem(metrics._IMPLS, "QG", failing)
+    with pytest.raises(BaseException) as e:
+        ev.evaluate_pair(ds, pairs[1], cfg)
+    if isinstance(raised, MemoryError):
+        assert e.value is raised
+        return
+    assert type(e.value) is (UserError if isinstance(raised, UserError) else ev.MetricError), repr(e.value)
+    assert e.value.__cause__ is raised
+    assert str(e.value).startswith("dataset 'tiny', pair 'p2', method 'Laplacian', metric QG: "), str(e.value)
+    assert str(raised) in str(e.value)
+
+
 def test_missing_fused_image_names_pair_and_method(tmp_path: Path) -> None:
     src, imgs = _write_set(tmp_path, ["p1", "p2"])
     ref = _write_reference(tmp_path, imgs, {"CNN": laplacian_fuse})

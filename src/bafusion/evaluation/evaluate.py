@@ -104,7 +104,7 @@ from typing import Any
 import numpy as np
 
 from bafusion.atomic import atomic_dir, atomic_file, write_text
-from bafusion.errors import InputFileError, UserError
+from bafusion.errors import InputFileError, UserError, is_out_of_memory
 from bafusion.schema import default, defaults, validate_section
 
 __all__ = [
@@ -145,6 +145,9 @@ __all__ = [
     "lossless_references",
     "CAPPED_MARK",
     "capped_note",
+    "INF_COUNT_PREFIX",
+    "CAPPED_TAG",
+    "MetricError",
 ]
 
 OURS = "Ours"
@@ -891,6 +894,33 @@ def truth_metrics(truth: np.ndarray, f: np.ndarray) -> dict[str, float]:
     return {"PSNR": psnr, "SSIM": ssim}
 
 
+class MetricError(RuntimeError):
+    """A metric failed on one pair (a bug, or input the checks let through): the message names
+    the dataset, pair, method and metric; the metric's own exception is its ``__cause__``."""
+
+
+def _measured(where: str, compute: Any, metric: str = "(before the first metric)") -> dict[str, float]:
+    """``compute(stage)`` (values by metric; it may call ``stage`` with each metric's name before
+    computing it, as :func:`~bafusion.evaluation.metrics.compute_all` does; else ``metric`` names
+    what it computes), an exception of which names ``where`` (dataset, pair and method) and the
+    metric: a :class:`UserError` stays one, any other becomes a :class:`MetricError`, the
+    original as the cause. Running out of memory is raised as it is (the command's advice for
+    it is about memory, not this pair)."""
+    current = [metric]
+
+    def stage(name: str) -> None:
+        current[0] = name
+
+    try:
+        return compute(stage)
+    except UserError as e:
+        raise UserError(f"{where}, metric {current[0]}: {e}") from e
+    except Exception as e:
+        if is_out_of_memory(e):
+            raise
+        raise MetricError(f"{where}, metric {current[0]}: {type(e).__name__}: {e}") from e
+
+
 def _check_shape(img: np.ndarray, ref: np.ndarray, dataset: str, pair: str, method: str, path: object) -> None:
     if img.shape[:2] != ref.shape[:2]:
         h, w = img.shape[:2]
@@ -1012,15 +1042,17 @@ def evaluate_pair(
             # and also as computed (lossless_* columns)
             measured = jpeg_reencode(f, quality)[0]
             row["jpeg_quality"] = quality
-            lossless = compute_all(a, b, f, cfg.metrics, cache=cache)
+            where = f"dataset {dataset.name!r}, pair {pair.name!r}, method {m!r} (before the JPEG re-encoding)"
+            lossless = _measured(where, lambda stage: compute_all(a, b, f, cfg.metrics, cache=cache, stage=stage))
             if truth is not None:
-                lossless.update(truth_metrics(truth, f))
+                lossless.update(_measured(where, lambda _: truth_metrics(truth, f), "PSNR/SSIM"))
             row.update({f"{LOSSLESS}{q}": v for q, v in lossless.items()})
-        row.update(compute_all(a, b, measured, cfg.metrics, cache=cache))
+        where = f"dataset {dataset.name!r}, pair {pair.name!r}, method {m!r}"
+        row.update(_measured(where, lambda stage: compute_all(a, b, measured, cfg.metrics, cache=cache, stage=stage)))
         if truth is not None:
-            row.update(truth_metrics(truth, measured))
+            row.update(_measured(where, lambda _: truth_metrics(truth, measured), "PSNR/SSIM"))
         if true_dm is not None and m in dms:
-            row["DM_acc"] = float((dms[m] == true_dm).mean())
+            row.update(_measured(where, lambda _: {"DM_acc": float((dms[m] == true_dm).mean())}, "DM_acc"))
         rows.append(row)
     return peer_rows + rows, fused, (a, b)
 
