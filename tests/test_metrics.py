@@ -33,16 +33,21 @@ CLASSIC_PAIRS = [
 ]
 METHODS = ["NSCT", "GFF", "SR", "NSCT-SR", "DSIFT", "CNN"]
 
-# README's and the module docstring's claims (measured largest differences: QMI 4.2e-15, QG 2.0e-15,
-# QCB 1.9e-14, QNCIE 3.3e-16, QE 7.8e-15, QCV 7.1e-14, QY 6.27e-4 off g03-lab; QP 1.93e-12)
-TOL = {"QMI": 1e-13, "QG": 1e-13, "QY": 6.3e-4, "QCB": 1e-13, "QNCIE": 1e-13, "QE": 1e-13, "QCV": 1e-13, "QP": 2e-12}
+# README's and the module docstring's claims (measured largest differences, numpy 2.4.6 and SciPy
+# 1.17.1: QMI 4.2e-15, QG 2.0e-15, QCB 1.9e-14, QNCIE 3.3e-16, QE 7.8e-15, QCV 7.1e-14, QY 6.27e-4
+# off g03-lab (g04-disk, CNN); QP 1.93e-12 (g07-flowerpot, CNN)). QY and QP were held to 6.3e-4
+# and 2e-12, within 0.5% and 4% of those: their gaps are rounding (MATLAB's noise over flat
+# windows for QY, FFT rounding for QP), which another numpy or SciPy may move by more, so they
+# have a margin (QY 1e-3, 1.6 times; QP 1e-11, 5 times).
+TOL = {"QMI": 1e-13, "QG": 1e-13, "QY": 1e-3, "QCB": 1e-13, "QNCIE": 1e-13, "QE": 1e-13, "QCV": 1e-13, "QP": 1e-11}
 # Over perfectly flat windows the reference QY depends on MATLAB's rounding noise (C1=C2=2e-16).
 # g03-lab has ~7% of its 7x7 windows flat in both sources; there the reference deviates from
-# the exact-arithmetic value by up to 4.1e-3. On all other pairs QY is within 6.3e-4 (worst:
-# g04-disk; ~1e-5 on the Lytro pairs). QE emulates MATLAB's noise (see _BOX8_MATLAB) and needs
-# no exception.
-# g03-lab's QY, as README states it: 0.8e-3 to 1.2e-3 for five methods (largest 1.22e-3, GFF), 4.1e-3 for CNN
-TOL_FLAT = {("g03-lab", "QY"): 1.25e-3, ("g03-lab", "QY", "CNN"): 4.1e-3}
+# the exact-arithmetic value by up to 4.1e-3. On all other pairs QY is within 1e-3 (worst:
+# g04-disk, 6.27e-4; on the Lytro pairs median 7.3e-7, largest 1.2e-4). QE emulates MATLAB's
+# noise (see _BOX8_MATLAB) and needs no exception.
+# g03-lab's QY, as README states it: 0.8e-3 to 1.22e-3 for five methods (largest 1.22e-3, GFF), 4.1e-3 for
+# CNN (4.08e-3); held to 1.5e-3 and 5e-3, a margin as for TOL's QY (they were 1.25e-3 and 4.1e-3)
+TOL_FLAT = {("g03-lab", "QY"): 1.5e-3, ("g03-lab", "QY", "CNN"): 5e-3}
 CHECKED = ("QMI", "QG", "QY", "QCB", "QNCIE", "QE", "QCV")  # QP is slow: a subset below
 
 
@@ -79,7 +84,7 @@ def test_reference_csv_lists_every_pair_and_method(shared_data: Path, dataset: s
 )
 def test_reproduces_reference_values(shared_data: Path, dataset: str, pair: str) -> None:
     """Every (pair, method) of the survey's CSV: QMI, QG, QCB, QNCIE, QE, QCV to 1e-13, QY to
-    6.3e-4 (except the flat-area cases of ``TOL_FLAT``), as README and the module docstring claim."""
+    1e-3 (except the flat-area cases of ``TOL_FLAT``), as README and the module docstring claim."""
     rows = _reference_rows(str(shared_data / "reference" / f"metrics-{dataset}.csv"))
     pa, pb = _source_paths(shared_data, dataset, pair)
     a, b = _read_gray(pa), _read_gray(pb)
@@ -110,7 +115,8 @@ def test_reproduces_reference_values(shared_data: Path, dataset: str, pair: str)
 )
 def test_reproduces_reference_qp(shared_data: Path, dataset: str, pair: str, method: str) -> None:
     """QP (phase congruency, ~1 s per triple) on a few triples of both sets, to the module
-    docstring's 2e-12 (the documented 1e-13 was 19 times too small)."""
+    docstring's 1e-11 (the largest difference is 1.93e-12; the documented 1e-13 was 19 times
+    too small)."""
     rows = _reference_rows(str(shared_data / "reference" / f"metrics-{dataset}.csv"))
     pa, pb = _source_paths(shared_data, dataset, pair)
     f = _read_gray(shared_data / "reference" / dataset / method / f"{pair}.png")
