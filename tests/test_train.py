@@ -2030,3 +2030,29 @@ def test_bn_recalibrate_with_two_ddp_processes_on_cpu(toy_run: dict, tmp_path: P
     assert meta["params"]["bn_recalibrate"] == 64
     bn = next(mod for mod in net.modules() if isinstance(mod, torch.nn.BatchNorm2d))
     assert bn.running_var.min() > 0 and not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+
+
+def test_the_training_code_digest_ignores_docstrings_comments_and_line_endings(tmp_path: Path) -> None:
+    """A checkpoint is resumed only by the code that wrote it; the code's digest hashed the
+    sources' bytes, so an upgrade that only reworded a docstring or a comment (or a Windows
+    checkout's CRLF) refused to resume an interrupted training, hours of it. The digest is now
+    the code's (the syntax tree without docstrings), as fuse-dir's is: such edits keep it, any
+    code change, a message's wording too, changes it."""
+    import hashlib
+
+    from bafusion._version import hash_sources
+
+    def digest(text: str) -> str:
+        f = tmp_path / "m.py"
+        f.write_bytes(text.encode())
+        h = hashlib.sha256()
+        hash_sources(h, [f, tmp_path / "missing.py"])
+        return h.hexdigest()
+
+    base = digest('"""Module."""\n\ndef f(x):\n    """Doc."""\n    return x + 1  # one\n')
+    assert digest('"""Reworded module doc."""\n\n\ndef f( x ):\n    """Other doc."""\n'
+                  '    # a new comment\n    return x + 1\n') == base
+    assert digest('"""Module."""\r\n\r\ndef f(x):\r\n    """Doc."""\r\n    return x + 1\r\n') == base
+    assert digest('"""Module."""\n\ndef f(x):\n    """Doc."""\n    return x + 2\n') != base
+    assert digest('"""Module."""\n\ndef f(x):\n    """Doc."""\n    raise ValueError("other words")\n') != \
+        digest('"""Module."""\n\ndef f(x):\n    """Doc."""\n    raise ValueError("words")\n')

@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from bafusion._version import code_digest
 from bafusion.atomic import folder_lock
 from bafusion.errors import InputFileError, UserError, is_out_of_memory
 from bafusion.io import (IMAGE_SUFFIXES, SourceSet, check_same_sizes, fit_jpeg_exif, icc_fits, image_info,
@@ -801,7 +802,7 @@ def fusion_code_digest(pkg: Path | None = None) -> str:
     :mod:`bafusion.fusion` and :mod:`bafusion.io`, the nets (``nets/model.py``) and the
     defocus model of the stack rule (``data/composite.py``). The version number is no such
     identity: it stayed 0.1.0 across fixes that change outputs. Each module is hashed as its
-    code (:func:`_code_of`: its syntax tree without docstrings), so any change of the code
+    code (:func:`bafusion._version.code_of`: its syntax tree without docstrings), so any change of the code
     changes it, a string the code uses too (a message's wording), while comments, formatting,
     line endings (a Windows checkout's CRLF) and docstrings do not; neither do hidden files
     (an editor's ``.#x.py`` lock) or files that cannot be read.
@@ -829,60 +830,8 @@ def fusion_code_digest(pkg: Path | None = None) -> str:
             continue
         # the name too: a module moved or added is other code
         h.update(f.relative_to(pkg).as_posix().encode() + b"\0")
-        key = hashlib.sha256(data).digest()
-        if key not in _CODE_DIGESTS:  # parsed once per process: fuse-dir asks at each run
-            _CODE_DIGESTS[key] = hashlib.sha256(_code_of(data)).digest()
-        h.update(_CODE_DIGESTS[key])
+        h.update(code_digest(data))
     return h.hexdigest()
-
-
-#: sha256 of a module's source -> sha256 of its code (:func:`_code_of`).
-_CODE_DIGESTS: dict[bytes, bytes] = {}
-
-
-def _code_of(source: bytes) -> bytes:
-    """The code of a Python module's source, as :func:`fusion_code_digest` hashes it: its
-    syntax tree (:func:`ast.parse`) without the docstrings of the module, its classes and
-    functions (a first statement that is a string alone), written out field by field, so
-    that comments, formatting, line endings and docstrings do not count and any other change
-    does (a string constant the code uses, such as a message, is code). Fields that are None
-    or empty lists are left out (not :func:`ast.dump`), so that a field a later Python adds,
-    empty in code that does not use it (3.12's ``type_params`` of every function), changes
-    nothing. A source that does not parse is taken as its text, with CRLF line endings as LF.
-
-    Parameters
-    ----------
-    source : bytes
-        The module's source (its encoding declared as Python reads it).
-
-    Returns
-    -------
-    bytes
-        Its code, a text to hash.
-    """
-    import ast
-
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):  # ValueError: a null byte
-        return b"text\0" + source.replace(b"\r\n", b"\n")
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            first = node.body[0] if node.body else None
-            if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-                    and isinstance(first.value.value, str)):
-                node.body = node.body[1:]
-
-    def dump(v: Any) -> str:
-        if isinstance(v, ast.AST):
-            fields = (f"{k}={dump(x)}" for k in v._fields
-                      if (x := getattr(v, k, None)) is not None and not (isinstance(x, list) and not x))
-            return f"{type(v).__name__}({','.join(fields)})"
-        if isinstance(v, list):
-            return f"[{','.join(dump(x) for x in v)}]"
-        return repr(v)
-
-    return b"ast\0" + dump(tree).encode()
 
 
 def _file_sha256(path: Path) -> str:
