@@ -20,7 +20,8 @@ half-initialised module): then it is the stop, one line and 128 + N.
 The standard output: a failed write (``> /dev/full``) is one line, status 2; a reader gone
 (``| head``) ends quietly with 128 + SIGPIPE; a command whose result is what it prints
 (``count``, ``metrics``, ``preset``) refuses a closed one (``>&-``), status 2, while the commands
-that write files go on, their progress lines lost.
+that write files go on, their progress lines lost. A closed standard error (``2>&-``) is
+/dev/null: the diagnostics go nowhere, not into the result on stdout.
 """
 
 from __future__ import annotations
@@ -378,10 +379,31 @@ def _printable_anything() -> list[object]:
     return changed
 
 
+def _reopen_closed_std_streams() -> None:
+    """Open file descriptors 0, 1 and 2 on /dev/null where they are closed (``2>&-``, a daemon),
+    so that no file the command opens takes their place, and give a closed stderr a stream: with
+    ``sys.stderr`` None, ``print(..., file=sys.stderr)`` printed the command's warnings and errors
+    to the standard output, into its result (``metrics --format json 2>&- > m.json``). A closed
+    stdout stays ``None`` (its refusal by ``count``, ``metrics``, ``preset``: :func:`_run`)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                new = os.open(os.devnull, os.O_RDWR)
+                if new != fd:
+                    os.dup2(new, fd)
+                    os.close(new)
+    if sys.stderr is None:
+        with contextlib.suppress(OSError):
+            sys.stderr = open(os.devnull, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # argv None: the process's own command (the `bafusion` script, python -m bafusion): its exit
     # is this command's too; a caller's (a test, a notebook) process goes on, as it was
     command_line = argv is None
+    _reopen_closed_std_streams()
     if command_line:
         atexit.unregister(_exit_sooner)  # once: the first registered, so the last to run
         atexit.register(_exit_sooner)
