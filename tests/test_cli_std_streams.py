@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import make_tiny_nets
+
 SRC = Path(__file__).resolve().parents[1] / "src"
+PAIRS = ("p", "q")
 
 
 def _env(unbuffered: bool) -> dict[str, str]:
@@ -23,6 +26,63 @@ def _env(unbuffered: bool) -> dict[str, str]:
     if unbuffered:
         env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def _pairs(folder: Path) -> Path:
+    """Two small pairs ``p-A.png``/``p-B.png``, ``q-...`` in ``folder`` (with fuse-set's index.json)."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in PAIRS:
+        for shot in "AB":
+            Image.fromarray(rng.integers(0, 256, (32, 28), dtype=np.uint8)).save(folder / f"{name}-{shot}.png")
+    (folder / "index.json").write_text(json.dumps(list(PAIRS)))
+    return folder
+
+
+#: Each command's line and the outputs it must leave complete.
+CASES = {
+    "fuse": (["fuse", "pairs/p-A.png", "pairs/p-B.png", "-o", "F.png", "--model", "nets", "--device", "cpu"],
+             ["F.png"]),
+    "fuse-dir": (["fuse-dir", "pairs", "out", "--model", "nets", "--device", "cpu", "--threads", "1"],
+                 [f"out/{n}.png" for n in PAIRS]),
+    "fuse-set": (["fuse-set", "--pairs", "pairs", "--models", "nets", "--out", "out", "--device", "cpu",
+                  "--threads", "1"], [f"out/{n}.png" for n in PAIRS]),
+    "evaluate": (["evaluate", "--dataset", "mine=pairs", "--methods", "Laplacian", "--metrics", "QG", "--threads",
+                  "1", "-o", "ev"], ["ev/metrics.json", "ev/mine/table1.md", "ev/mine/metrics.csv",
+                                     *[f"ev/mine/fused/Laplacian/{n}.png" for n in PAIRS]]),
+    "baseline": (["baseline", "pairs/p-A.png", "pairs/p-B.png", "-o", "F.png"], ["F.png"]),
+}
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("command", list(CASES))
+def test_a_full_standard_output_drops_the_lines_and_keeps_the_outputs(tmp_path: Path, command: str,
+                                                                       unbuffered: bool) -> None:
+    """`fuse ... -o F.png > /dev/full` (fuse-dir, baseline) said "F.png: No space left on device"
+    (with PYTHONUNBUFFERED=1) though F.png was written whole: the failed write of its line on
+    stdout was blamed on the output (for fuse-dir, status 2 is documented as a full disk);
+    evaluate and fuse-set stopped at their first per-pair line and discarded the whole output
+    folder. Now the standard output is named, once, the lines are dropped, the work goes on and
+    every output is written; the status is 2."""
+    _pairs(tmp_path / "pairs")
+    make_tiny_nets(tmp_path / "nets")
+    argv, outputs = CASES[command]
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "bafusion", *argv], stdin=subprocess.DEVNULL, stdout=full,
+                           stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=_env(unbuffered), timeout=600)
+    lines = [x for x in r.stderr.splitlines() if "(writing the standard output)" in x]
+    assert r.returncode == 2, r.stderr
+    assert lines == [f"bafusion {command}: error: No space left on device (writing the standard output): what it "
+                     "prints there is dropped from now on; the command goes on and keeps its outputs, and ends with "
+                     "a non-zero status"], r.stderr
+    assert "No space left" not in r.stderr.replace(lines[0], ""), r.stderr  # no output blamed, nothing at exit
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    for out in outputs:
+        assert (tmp_path / out).is_file(), (out, r.stderr)
+        if out.endswith(".png"):
+            with Image.open(tmp_path / out) as im:
+                im.load()  # written whole
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="closes fd 2 in the child (preexec_fn)")

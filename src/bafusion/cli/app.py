@@ -17,11 +17,12 @@ traceback is printed, followed by one line saying so, and the status is 1, unles
 the command to stop (numpy and torch turn a Ctrl-C inside their imports into an ``ImportError`` or a
 half-initialised module): then it is the stop, one line and 128 + N.
 
-The standard output: a failed write (``> /dev/full``) is one line, status 2; a reader gone
-(``| head``) ends quietly with 128 + SIGPIPE; a command whose result is what it prints
-(``count``, ``metrics``, ``preset``) refuses a closed one (``>&-``), status 2, while the commands
-that write files go on, their progress lines lost. A closed standard error (``2>&-``) is
-/dev/null: the diagnostics go nowhere, not into the result on stdout.
+The standard output: a failed write (``> /dev/full``) is one line naming it, status 2; a command
+whose result is what it prints (``count``, ``metrics``, ``preset``) stops there, while the commands
+that write files drop their lines and go on, their outputs kept. A reader gone (``| head``) ends
+quietly with 128 + SIGPIPE; ``count``, ``metrics`` and ``preset`` refuse a closed one (``>&-``),
+status 2, while the commands that write files go on, their progress lines lost. A closed standard
+error (``2>&-``) is /dev/null: the diagnostics go nowhere, not into the result on stdout.
 """
 
 from __future__ import annotations
@@ -574,7 +575,74 @@ def _main(argv: list[str]) -> int:
         # ("interrupted", status 130), aborted with its own message, or the command hung
         print(_numpy_refusal(cmd, limit), file=sys.stderr)
         return 1
-    return _finish_stdout(cmd, _run(cmd, args))
+    return _finish_stdout(cmd, _run_dropping_lost_lines(cmd, args))
+
+
+class _LineSink:
+    """``sys.stdout`` while a command whose products are files runs: a write of its lines
+    (progress, a summary) that fails (``> /dev/full``, a log on a full disk) is said once on
+    stderr, naming the standard output, and the lines are dropped from then on while the work
+    goes on (the failure had been blamed on the output, "F.png: No space left on device", and
+    evaluate and fuse-set discarded their output folder at their first line). A reader gone
+    (``BrokenPipeError``) still stops the command, as any Unix tool."""
+
+    def __init__(self, stream: Any, cmd: str) -> None:
+        self.stream = stream
+        self.cmd = cmd
+        self.failed: OSError | None = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+    def write(self, text: str) -> int:
+        if self.failed is None:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                raise
+            except OSError as e:
+                self._fail(e)
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self.failed is None:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as e:
+                self._fail(e)
+
+    def _fail(self, e: OSError) -> None:
+        with self._lock:
+            if self.failed is not None:
+                return
+            self.failed = e
+        _drop_stdout(self.stream)  # what its buffer holds goes nowhere, also at Python's exit
+        with contextlib.suppress(Exception):
+            print(f"{self.cmd}: error: {os.strerror(e.errno) if e.errno else one_line(e)} (writing the standard "
+                  "output): what it prints there is dropped from now on; the command goes on and keeps its "
+                  "outputs, and ends with a non-zero status", file=sys.stderr, flush=True)
+
+
+def _run_dropping_lost_lines(cmd: str, args: argparse.Namespace) -> int:
+    """:func:`_run`, with the lines of a command whose products are files dropped once the
+    standard output fails (:class:`_LineSink`): its status then 2 where it would have been 0."""
+    if _result_on_stdout(args) is not None or sys.stdout is None:
+        return _run(cmd, args)
+    sink = _LineSink(sys.stdout, cmd)
+    sys.stdout = sink  # type: ignore[assignment]
+    try:
+        rc = _run(cmd, args)
+    finally:
+        if sys.stdout is sink:
+            sys.stdout = sink.stream
+    return 2 if rc == 0 and sink.failed is not None else rc
 
 
 def _result_on_stdout(args: argparse.Namespace) -> str | None:
@@ -684,8 +752,8 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
         return 128 + _SIGPIPE
     except OSError as e:
         if e.filename is None and e.errno in _WRITE_ERRNOS and _stdout_fails():
-            # the standard output (`baseline ... > /dev/full`: its line after the image was written),
-            # not the output file that the lines below would have named
+            # the standard output of count, metrics, preset (the lines of the commands that write
+            # files: _LineSink), not the output file that the lines below would have named
             print(f"{cmd}: error: {os.strerror(e.errno)} (writing the standard output)", file=sys.stderr)
             return 2
         if e.filename is None and e.errno in _MACHINE_ERRNOS:  # h5py's, Pillow's: no file name
@@ -754,11 +822,11 @@ def _command_memory_advice(args: argparse.Namespace) -> str:
     return "free memory, or run it on a machine with more"
 
 
-def _drop_stdout() -> None:
-    """Point stdout at /dev/null, so that Python's flush at exit does not fail on the closed pipe
-    again ("Exception ignored ... BrokenPipeError")."""
+def _drop_stdout(stream: Any = None) -> None:
+    """Point stdout (or ``stream``) at /dev/null, so that Python's flush at exit does not fail on
+    the closed pipe again ("Exception ignored ... BrokenPipeError")."""
     try:
-        fd = sys.stdout.fileno()
+        fd = (sys.stdout if stream is None else stream).fileno()
     except (AttributeError, OSError, ValueError):  # replaced by a test or a notebook: nothing to do
         return
     devnull = os.open(os.devnull, os.O_WRONLY)

@@ -515,8 +515,9 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
         "What cannot be fused (one shot, a name outside the rule, an unreadable file, sizes that differ, shots "
         "of two scenes) is skipped and listed at the end, and camera RAW and HEIC files, which are not read, are "
         f"named there (one line per folder). Exit status: 0 all fused, {EXIT_SKIPPED} some skipped "
-        f"(the others fused), {EXIT_NONE_FUSED} all skipped (nothing fused), 2 bad usage or a full disk (the batch "
-        "stops; rerun with --skip-existing). Only fuse-dir's own outputs of the same IN are replaced: a file in OUT "
+        f"(the others fused), {EXIT_NONE_FUSED} all skipped (nothing fused), 2 bad usage, a full disk (the batch "
+        "stops; rerun with --skip-existing) or a standard output that cannot be written (said on stderr; the batch "
+        "goes on). Only fuse-dir's own outputs of the same IN are replaced: a file in OUT "
         "named like an output that OUT/.bafusion-fuse-dir does not record as fused from this IN (a file of yours, "
         "another folder's outputs) is refused before any work; an output that is a link to a shot is not written "
         "through (its stack is skipped).",
