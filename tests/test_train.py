@@ -1230,6 +1230,27 @@ def test_train_log_holds_the_commands_error_line_as_tee_did(tmp_path: Path) -> N
     assert not (tmp_path / "ck").exists()  # the lock's folder, made for it, is gone with it
 
 
+@pytest.mark.parametrize("closed", [">&-", ">&- <&-"], ids=["stdout", "stdin-and-stdout"])
+def test_train_log_with_stdout_closed_ends_with_the_training(tmp_path: Path, closed: str) -> None:
+    """``train --log`` with stdout closed (``>&-``: a daemon, some cron wrappers) trained to the
+    end, then died with "internal error: OSError: [Errno 29] Illegal seek": the checkpoint lock
+    file was opened on the free descriptor 1, which the log's copy then replaced by its pipe
+    (with stdin closed too, the log itself was on descriptor 1: it kept only its first line).
+    The command now makes its closed descriptors 0-2 /dev/null first: exit 0, the log whole,
+    the lock file gone."""
+    h5 = write_toy_patches(tmp_path / "initial.h5", n_train=12, n_val=6, patch=16, seed=1)
+    log, ck = tmp_path / "logs" / "train.log", tmp_path / "ck"
+    params = {**TOY, "train": {**TOY["train"], "samples_per_epoch": 32}}
+    command = [sys.executable, "-m", "bafusion.cli", "train", "--net", "initial", "--patches", str(h5),
+               "--out", str(tmp_path / "m.pt"), "--params-json", json.dumps(params), "--checkpoints", str(ck),
+               "--log", str(log)]
+    proc = subprocess.run(["bash", "-c", f'exec "$@" {closed}', "bash", *command], capture_output=True, text=True,
+                          env={**os.environ, "BAFUSION_MLFLOW": "0"}, timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "epoch 2/2" in proc.stderr and "epoch 2/2" in log.read_text(), (proc.stderr, log.read_text())
+    assert (tmp_path / "m.pt").is_file() and not (ck / LOCK_FILE).exists()
+
+
 @pytest.mark.parametrize("existing", [False, True])
 def test_a_training_refused_after_taking_the_lock_leaves_no_lock_file(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                       existing: bool) -> None:

@@ -393,8 +393,10 @@ def _reopen_closed_std_streams() -> None:
             with contextlib.suppress(OSError):
                 new = os.open(os.devnull, os.O_RDWR)
                 if new != fd:
-                    os.dup2(new, fd)
+                    os.dup2(new, fd)  # inheritable, as a standard descriptor is
                     os.close(new)
+                else:
+                    os.set_inheritable(fd, True)  # the processes started here get it too
     if sys.stderr is None:
         with contextlib.suppress(OSError):
             sys.stderr = open(os.devnull, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
