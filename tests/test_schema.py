@@ -4,6 +4,7 @@ and how it says so, in Python, in the ``bafusion`` commands, in ``snakemake -n``
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -205,6 +206,45 @@ def test_the_tiny_pipeline_config_draws_no_warning(capsys: pytest.CaptureFixture
     check_params(params, "tiny")
     assert capsys.readouterr().err == ""
     assert params["train"]["milestones"] == [] and validate_params(params, "tiny") == params
+
+
+def test_the_colour_maps_known_without_matplotlib_are_matplotlibs() -> None:
+    """The static list that spares every command reading parameters the import of matplotlib
+    names only matplotlib's own colour maps, each also reversed."""
+    import matplotlib
+
+    from bafusion.schema import MATPLOTLIB_COLOUR_MAPS, colour_map_problem
+
+    known = set(matplotlib.colormaps)
+    assert {"jet", "magma", "viridis", "gray"} <= MATPLOTLIB_COLOUR_MAPS
+    for name in MATPLOTLIB_COLOUR_MAPS:
+        assert name in known and f"{name}_r" in known, name
+    assert colour_map_problem("vanimo_r" if "vanimo_r" in known else "jet_r") is None  # beyond the list: matplotlib's
+    assert "did you mean jet?" in colour_map_problem("jte") and colour_map_problem("magma_r_r")
+
+
+def test_reading_the_parameters_does_not_import_matplotlib(tmp_path: Path) -> None:
+    """Every command reading parameters imported matplotlib to check fuse.diff_cmap: under an
+    unwritable HOME (a container, a service, a read-only cluster home) each printed matplotlib's
+    two lines "mkdir -p failed for path .../matplotlib ... Matplotlib created a temporary cache
+    directory" first (and paid 0.2 s of start-up), although none draws anything."""
+    import subprocess
+    import sys
+
+    unwritable = tmp_path / "home"
+    unwritable.mkdir(mode=0o555)
+    code = ("import sys\n"
+            "from bafusion.cli import main\n"
+            "from bafusion.config import load_preset, validate_params\n"
+            "for name in ('paper', 'real'):\n"
+            "    validate_params(load_preset(name), name)\n"
+            "rc = main(['count'])\n"
+            "print('matplotlib' in sys.modules, rc)\n")
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/proc" if os.geteuid() == 0 else str(unwritable)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=120)
+    assert proc.stdout.splitlines()[-1] == "False 0", proc.stdout + proc.stderr
+    assert "atplotlib" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.slow

@@ -76,6 +76,22 @@ def _resnet_depth(validator: Any, enabled: Any, instance: Any, schema: Mapping[s
 COLOUR_MAP_EXAMPLES = ("magma", "inferno", "viridis", "cividis", "gray", "jet")
 
 
+#: matplotlib's own colour maps in every version the project supports (``matplotlib>=3.8``),
+#: each also reversed (``<name>_r``): a value among them is accepted without importing
+#: matplotlib, which every command reading parameters did (0.2 s, and under an unwritable HOME
+#: two lines of matplotlib's cache warning in every step's log); any other value is looked up
+#: in ``matplotlib.colormaps`` itself. tests/test_schema.py checks the list against matplotlib.
+MATPLOTLIB_COLOUR_MAPS = frozenset((
+    "Accent", "Blues", "BrBG", "BuGn", "BuPu", "CMRmap", "Dark2", "GnBu", "Greens", "Greys", "OrRd", "Oranges",
+    "PRGn", "Paired", "Pastel1", "Pastel2", "PiYG", "PuBu", "PuBuGn", "PuOr", "PuRd", "Purples", "RdBu", "RdGy",
+    "RdPu", "RdYlBu", "RdYlGn", "Reds", "Set1", "Set2", "Set3", "Spectral", "Wistia", "YlGn", "YlGnBu", "YlOrBr",
+    "YlOrRd", "afmhot", "autumn", "binary", "bone", "brg", "bwr", "cividis", "cool", "coolwarm", "copper",
+    "cubehelix", "flag", "gist_earth", "gist_gray", "gist_heat", "gist_ncar", "gist_rainbow", "gist_stern",
+    "gist_yarg", "gnuplot", "gnuplot2", "gray", "hot", "hsv", "inferno", "jet", "magma", "nipy_spectral",
+    "ocean", "pink", "plasma", "prism", "rainbow", "seismic", "spring", "summer", "tab10", "tab20", "tab20b",
+    "tab20c", "terrain", "turbo", "twilight", "twilight_shifted", "viridis", "winter"))
+
+
 def colour_map_problem(name: Any) -> str | None:
     """Why ``name`` is not the name of a matplotlib colour map (``"magma"``, ``"jet"``, ...), or
     None where it is one.
@@ -91,6 +107,8 @@ def colour_map_problem(name: Any) -> str | None:
         ``"'jte' is not a matplotlib colour map (did you mean jet? others: magma, ...)"``; None
         for a known name.
     """
+    if isinstance(name, str) and name.removesuffix("_r") in MATPLOTLIB_COLOUR_MAPS:
+        return None
     import difflib
 
     import matplotlib
