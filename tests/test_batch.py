@@ -920,6 +920,47 @@ def test_fuse_dir_plain_line_of_a_stack_refused_at_once_claims_no_duration(tmp_p
     assert "skipped after" not in err and "bafusion fuse-dir: 1/2 p: fused in " in err, err
 
 
+@pytest.mark.parametrize("terminal", [False, True], ids=["log", "terminal"])
+def test_fuse_dir_stopped_by_a_signal_still_says_why_it_skipped(tmp_path: Path, nets: Path, capsys, monkeypatch,
+                                                                terminal: bool) -> None:
+    """A batch stopped by SIGTERM (SLURM's time limit, ``timeout``) or Ctrl-C: its log said
+    "1/3 a: skipped (why: at the end)", and the end never came: the reasons of the stacks
+    skipped so far and the images outside the naming rule were lost. They are said before the
+    line of the stop."""
+    import signal
+
+    import bafusion.progress as progress
+    from bafusion.cli import app
+
+    src = tmp_path / "in"
+    src.mkdir()
+    a, b = pair(4)
+    Image.fromarray(a).save(src / "a-A.png")
+    Image.fromarray(b[:-8, :-8]).save(src / "a-B.png")  # two sizes: skipped
+    for name, seed in (("b", 1), ("c", 3)):
+        for n, x in zip("AB", pair(seed)):
+            Image.fromarray(x).save(src / f"{name}-{n}.png")
+    Image.fromarray(a).save(src / "lone-A.png")
+    real = batch.fuse_files
+
+    def stopped_at_c(shots, *args, **kwargs):
+        if shots[0].name.startswith("c-"):
+            app._exit_on_sigterm(signal.SIGTERM, None)  # as the signal's handler does
+        return real(shots, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "fuse_files", stopped_at_c)
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: terminal)
+    rc = cli_main(["fuse-dir", str(src), str(tmp_path / "out"), "--model", str(nets), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 128 + signal.SIGTERM, err
+    lines = err.splitlines()
+    stop = next(i for i, line in enumerate(lines) if line.startswith("bafusion fuse-dir: terminated; rerun it with "))
+    said = [line for line in lines[:stop] if line.startswith("bafusion fuse-dir: skipped ")]
+    assert len(said) == 2 and any("a-B.png: size" in line for line in said), err
+    assert any("lone-A.png" in line and "only 1 shot" in line for line in said), err
+    assert (tmp_path / "out" / "b.png").is_file() and not (tmp_path / "out" / "c.png").exists()
+
+
 def test_fuse_names_its_steps_on_a_terminal_and_not_with_no_progress(tmp_path: Path, nets: Path, capsys,
                                                                      monkeypatch) -> None:
     """A camera-size fuse spent most of its minute outside the fusion's bar (reading, the scene

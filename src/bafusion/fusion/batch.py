@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from bafusion._version import code_digest
-from bafusion.atomic import folder_lock
+from bafusion.atomic import folder_lock, stop_requested
 from bafusion.errors import InputFileError, UserError, is_out_of_memory
 from bafusion.io import (IMAGE_SUFFIXES, SourceSet, check_same_sizes, fit_jpeg_exif, icc_fits, image_info,
                          keeps_16_bits, read_source_set, unread_advice, unread_format, written_metadata)
@@ -1304,6 +1304,23 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
             with contextlib.suppress(OSError):
                 out.rmdir()  # only when empty: a run refused (or failed: a full disk) leaves no folder
         raise
+    except BaseException:
+        if stop_requested() is not None:  # a signal stopped the batch: its end, which lists them, never comes
+            _say_skipped(rep, unread_notes(notes, rep))
+        raise
+
+
+def _say_skipped(rep: BatchReport, notes: Sequence[tuple[str, str]]) -> None:
+    """Say on stderr what ``fuse-dir`` lists at its end: the files not read and the stacks
+    skipped so far with their reasons (a batch stopped by a signal: its log's lines said
+    "skipped (why: at the end)")."""
+    from tqdm import tqdm
+
+    lines = [f"bafusion fuse-dir: {where}: {line}" for where, line in notes]
+    lines += [f"bafusion fuse-dir: skipped {what}: {why}" for what, why in skip_lines(rep.skipped)]
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        for line in lines:
+            tqdm.write(line, file=sys.stderr)  # below a bar drawn on a terminal
 
 
 def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path, nets, params, rep: BatchReport,
