@@ -53,6 +53,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,36 @@ def _turn_off(uri: str, error: BaseException, lost: str = "") -> None:
           file=sys.stderr, flush=True)
 
 
+#: A terminal's escape sequence (colour, ...), dropped from the messages quoted into a log.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
+@contextlib.contextmanager
+def _warnings_not_errors() -> Iterator[None]:
+    """Run MLflow's code under the process's warning filters, except that a warning made an
+    error (``PYTHONWARNINGS=error``, ``-W error``, as CI jobs set) is shown as a warning: MLflow's
+    own ``UserWarning`` ("Any type hint is inferred as AnyType", on every logged net) came out
+    as an exception, taken for a failing store (tried 4 times, 4 FAILED logged models, the run
+    FAILED and tracking off). Also a decorator."""
+    with warnings.catch_warnings():
+        kept = list(warnings.filters)
+        if any(f[0] == "error" for f in kept):
+            warnings.resetwarnings()
+            for action, message, category, module, lineno in reversed(kept):
+                warnings.filterwarnings("default" if action == "error" else action, _pattern(message), category,
+                                        _pattern(module), lineno)
+        yield
+
+
+def _pattern(match: Any) -> str:
+    """The pattern of a warning filter's message or module for :func:`warnings.filterwarnings`:
+    a compiled one's own, or one that matches just a plain string (Python's built-in filters:
+    ``__main__``), or ``""`` (any) for None."""
+    if match is None:
+        return ""
+    return match.pattern if hasattr(match, "pattern") else re.escape(str(match)) + r"\Z"
+
+
 def _first_line(error: BaseException) -> str:
     """The first line of ``error``'s message that says what went wrong (its type's name when it
     has none), at most 600 characters, without a final full stop: for a warning line.
@@ -182,7 +213,8 @@ def _first_line(error: BaseException) -> str:
     (``(raised as a result of Query-invoked autoflush; ...)``), and the cause after them
     (``(sqlite3.OperationalError) database or disk is full``): such lines are passed over, the
     first line is kept where every line is one."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    text = _ANSI.sub("", str(error))  # MLflow colours some messages (ESC[1;33m ... ESC[0m)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     said = [line for line in lines if not _is_note(line)]
     problem = (said or lines or [type(error).__name__])[0]
     return (problem[:600] + "..." if len(problem) > 600 else problem).rstrip(".")
@@ -311,6 +343,7 @@ def ensure_db(uri: str | None = None) -> str | None:
         return None
 
 
+@_warnings_not_errors()
 def _ensure_db(uri: str) -> str:
     """:func:`ensure_db`, raising what the store raises."""
     check_reachable(uri)
@@ -649,9 +682,42 @@ def _permanent(error: BaseException) -> bool:
                     "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST", "INVALID_STATE")
 
 
+#: The codes of an ``MlflowException`` of the store (its database, its disk, its server) that a
+#: later try may not meet (no code: ``INTERNAL_ERROR``, also what the sqlite store raises for
+#: "database is locked" or a full disk).
+_STORE_ERROR_CODES = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "IO_ERROR", "REQUEST_LIMIT_EXCEEDED",
+                                "RESOURCE_CONFLICT", "ABORTED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
+
+
+def _of_module(error: BaseException, *modules: str) -> bool:
+    return any(c.__module__.split(".")[0] in modules for c in type(error).__mro__)
+
+
+def _retryable(error: BaseException) -> bool:
+    """A failure of the store that trying again may mend: an ``OSError`` (a disk, a connection),
+    a server that does not answer (:class:`Unreachable`), a database error of sqlite or
+    SQLAlchemy, an ``MlflowException`` of :data:`_STORE_ERROR_CODES`. Not a warning made an
+    error (in its causes either: MLflow wraps what its store's code raises), nor a bug's
+    ``TypeError``, nor the store's final answers (:func:`_permanent`)."""
+    seen: list[BaseException] = []
+    e: BaseException | None = error
+    while e is not None and len(seen) < 16 and all(e is not x for x in seen):
+        if isinstance(e, Warning):
+            return False
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    if _permanent(error):
+        return False
+    if isinstance(error, (OSError, Unreachable)) or _of_module(error, "sqlite3", "sqlalchemy"):
+        return True
+    return _of_module(error, "mlflow") and getattr(error, "error_code", "INTERNAL_ERROR") in _STORE_ERROR_CODES
+
+
+@_warnings_not_errors()
 def _retried(uri: str, fn: Any, *args: Any, **kwargs: Any) -> None:
-    """Call ``fn``; a failure is tried again :data:`RETRIES` times with a doubling wait, then
-    raised. A server is checked to accept a connection before each try (:func:`check_reachable`)."""
+    """Call ``fn``; a failure of the store (:func:`_retryable`) is tried again :data:`RETRIES`
+    times with a doubling wait, then raised; any other is raised at once. A server is checked to
+    accept a connection before each try (:func:`check_reachable`)."""
     from bafusion.atomic import raise_if_stopped
 
     for attempt in range(RETRIES + 1):
@@ -661,7 +727,7 @@ def _retried(uri: str, fn: Any, *args: Any, **kwargs: Any) -> None:
             return
         except Exception as e:  # noqa: BLE001 - the store's failure: tried again, then raised
             raise_if_stopped()
-            if attempt == RETRIES or _permanent(e):
+            if attempt == RETRIES or not _retryable(e):
                 raise
             time.sleep(RETRY_BACKOFF_S * 2**attempt)
 
@@ -694,7 +760,8 @@ class _Run:
         except Exception as e:  # noqa: BLE001 - the store's failure: the work goes on untracked
             self.lost[what] = self.lost.get(what, 0) + count
             self.failed_at = time.strftime("%H:%M:%S UTC", time.gmtime())
-            _turn_off(self.uri, e, lost=(f"still failing after {RETRIES + 1} tries, tracking is now off for the "
+            tried = f"still failing after {RETRIES + 1} tries" if _retryable(e) else "not a failure a retry mends"
+            _turn_off(self.uri, e, lost=(f"{tried}, tracking is now off for the "
                                          f"rest of this process: the MLflow run {self.name!r} ({self.run_id}) "
                                          "misses every metric, tag, artifact and model logged from now on; "
                                          "the step goes on"))
@@ -726,6 +793,7 @@ class _Run:
         ``resumed_by_run_id``. A run this store does not hold (another store) is left alone."""
         self._call("the interrupted run's end", 1, self._end_killed, run_id, "resumed_by_run_id")
 
+    @_warnings_not_errors()
     def end_dead_runs(self) -> None:
         """End as ``KILLED`` the runs of this run's experiment that are still ``RUNNING`` though
         their process is known gone (:func:`bafusion.atomic.process_gone`, by the tags
@@ -841,6 +909,7 @@ class _Run:
               file=sys.stderr, flush=True)
 
 
+@_warnings_not_errors()
 def _open_run(
     uri: str, stage: str, params: Mapping[str, Any] | None, tags: Mapping[str, Any] | None, run_name: str | None
 ) -> _Run:
@@ -951,6 +1020,7 @@ def source_tags(name: str, root: Path | None = None) -> dict[str, str]:
     return tags
 
 
+@_warnings_not_errors()
 def log_torch_model(uri: str, run_id: str, model: Any, name: str, input_example: Any = None) -> str | None:
     """Log ``model`` with ``mlflow.pytorch.log_model`` into the run ``run_id``.
 
@@ -1082,6 +1152,7 @@ def begin_invocation(config: Mapping[str, Any] | None = None, targets: str = "")
         return None
 
 
+@_warnings_not_errors()
 def _begin_invocation(uri: str, config: Mapping[str, Any] | None, targets: str) -> str:
     """:func:`begin_invocation` with the store ``uri``, raising what the store raises."""
     from mlflow.entities import Param, RunStatus, RunTag
@@ -1128,6 +1199,7 @@ def _begin_invocation(uri: str, config: Mapping[str, Any] | None, targets: str) 
     return run_id
 
 
+@_warnings_not_errors()
 def end_invocation(ok: bool) -> None:
     """Close the parent run opened by :func:`begin_invocation` (Snakemake's onsuccess/onerror).
 
