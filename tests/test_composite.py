@@ -303,3 +303,32 @@ def test_testset_holds_colour_pairs_their_truth_and_the_true_decision_map(tmp_pa
         np.testing.assert_array_equal(read_image(out / f"{p['name']}-A.png"), to_uint8(fg * a + blurred[1] * (1 - a)))
         np.testing.assert_array_equal(read_image(out / f"{p['name']}-B.png"), to_uint8(blurred[0] * a + bg * (1 - a)))
     assert index["pairs"][0]["sigma"] != index["pairs"][1]["sigma"]
+
+
+def test_composite_and_testset_say_how_far_they_got_in_a_log(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """With stderr a log (Snakemake's logs/composite/shard-0.log, nohup, SLURM) composite and
+    testset drew no bar and printed nothing else until they ended (about 4 minutes at paper
+    scale): now a plain line, without carriage returns, at most every
+    bafusion.progress.PLAIN_INTERVAL_S seconds and one at the end; a step shorter than that
+    (this one) prints none, and --no-progress none either."""
+    import bafusion.progress as progress
+    from bafusion.data.composite import make_testset, run_shard
+
+    prepared = _tiny_prepared(tmp_path)
+    opts = CompositeOptions(sigma=(1.0, 3.0), seed=7)
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)
+    capsys.readouterr()
+    run_shard(prepared, 0, 2, opts, tmp_path / "quick.h5", progress=True)
+    make_testset(prepared, opts, tmp_path / "quick-testset", progress=True)
+    assert capsys.readouterr().err == ""  # shorter than the interval: a short log
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL_S", 0.0, raising=False)  # as if each pair took longer than it
+    run_shard(prepared, 0, 2, opts, tmp_path / "s0.h5", progress=True)
+    make_testset(prepared, opts, tmp_path / "testset", progress=True)
+    run_shard(prepared, 1, 2, opts, tmp_path / "s1.h5", progress=False)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "composite shard 1" not in err, err
+    lines = err.splitlines()
+    assert any(line.startswith("composite shard 0: 33% 1/3 pair [") and line.endswith("pair/s]") for line in lines), lines
+    assert any(line.startswith("composite shard 0: 100% 3/3 pair [") for line in lines), lines
+    assert lines[-1].startswith("testset: 100% 2/2 pair ["), lines

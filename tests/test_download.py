@@ -406,6 +406,25 @@ def test_no_bar_when_stderr_is_not_a_terminal(server: LocalServer, tmp_path: Pat
     assert "\r" not in capsys.readouterr().err
 
 
+def test_downloads_say_how_far_they_got_in_a_log(server: LocalServer, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """With stderr a log the downloads (the COCO annotations, the alphamatting archives: many
+    minutes) printed nothing until they ended: now a plain line at most every
+    bafusion.progress.PLAIN_INTERVAL_S seconds and one at the end, without carriage returns."""
+    import bafusion.progress as progress
+
+    server.files["f"] = PAYLOAD
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL_S", 0.0, raising=False)  # as if it took longer than it
+    fetch(server.url("f"), tmp_path / "a.bin", checksum=sha256(PAYLOAD), progress=True)
+    fetch_many([FetchJob(server.url("f"), tmp_path / "b.bin", sha256(PAYLOAD))], workers=1, progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err, err
+    lines = err.splitlines()
+    assert any("100% 293k/293k B [" in line for line in lines), lines
+    assert any("100% 1/1 file [" in line for line in lines), lines
+
+
 def test_checksum_parse() -> None:
     assert Checksum.parse("MD5:ABCDEF0123456789abcdef0123456789") == Checksum("md5", "abcdef0123456789abcdef0123456789")
     assert Checksum.parse("a" * 64) == Checksum("sha256", "a" * 64)

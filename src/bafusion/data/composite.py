@@ -54,7 +54,7 @@ from bafusion.io import (
     to_uint8,
     write_image,
 )
-from bafusion.progress import bars_enabled
+from bafusion.progress import bar_options
 from bafusion.schema import maximum
 
 FIT_MODES = ("cover", "stretch")
@@ -160,7 +160,7 @@ def run_shard(prepared: Path, shard: int, shards: int, opts: CompositeOptions, o
             params["realistic"] = real.as_dict()
         h5.attrs["params"] = json.dumps(params)
         h5.attrs["code_version"] = __version__
-        bar = tqdm(total=len(mine) * n_bg, desc=f"composite shard {shard}", unit="pair", disable=not bars_enabled(progress))
+        bar = tqdm(total=len(mine) * n_bg, desc=f"composite shard {shard}", unit="pair", **bar_options(progress))
         for fg_index, fe in mine:
             fg = _load_prepared(prepared, fe, "image")
             matte = _load_prepared(prepared, fe, "matte")
@@ -262,7 +262,7 @@ def make_testset(prepared: Path, opts: CompositeOptions, out: Path, progress: bo
     pairs = []
     with atomic_dir(out) as tmp:
         todo = [(f, b) for f in fgs for b in bgs]
-        for k, (fe, be) in enumerate(tqdm(todo, desc="testset", unit="pair", disable=not bars_enabled(progress))):
+        for k, (fe, be) in enumerate(tqdm(todo, desc="testset", unit="pair", **bar_options(progress))):
             fg = _load_prepared(prepared, fe, "image").astype(np.float64)
             matte = _load_prepared(prepared, fe, "matte")
             h, w = matte.shape

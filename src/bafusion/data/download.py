@@ -76,7 +76,7 @@ from tqdm import tqdm
 from bafusion._version import __version__
 from bafusion.atomic import part_path
 from bafusion.errors import UserError
-from bafusion.progress import bars_enabled
+from bafusion.progress import bar_options
 from bafusion.workspace import home_path
 
 #: Bytes read per chunk while streaming a download.
@@ -279,10 +279,8 @@ def _bar(total: int | None, desc: str, initial: int, enabled: bool) -> tqdm:
         unit="B",
         unit_scale=True,
         unit_divisor=1024,
-        disable=not bars_enabled(enabled),  # never into a log (bafusion.progress)
-        leave=False,
-        mininterval=0.2,
-        file=sys.stderr,
+        # a bar on a terminal; in a log a plain line at times (bafusion.progress)
+        **bar_options(enabled, leave=False, mininterval=0.2, file=sys.stderr),
     )
 
 
@@ -691,9 +689,7 @@ def fetch_many(
         total=len(jobs),
         desc=desc,
         unit="file",
-        disable=not bars_enabled(progress),  # never into a log (bafusion.progress)
-        mininterval=0.2,
-        file=sys.stderr,
+        **bar_options(progress, mininterval=0.2, file=sys.stderr),  # in a log a plain line at times
     ) as bar:
 
         def one(job: FetchJob) -> FetchResult:

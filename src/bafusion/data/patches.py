@@ -72,7 +72,7 @@ from bafusion._version import __version__
 from bafusion.atomic import atomic_file
 from bafusion.errors import InputFileError, UserError
 from bafusion.h5write import h5_output
-from bafusion.progress import bars_enabled
+from bafusion.progress import bar_options
 
 SETS = ("initial", "boundary")
 SPLITS = ("train", "val")
@@ -489,7 +489,7 @@ def _write_patches(shards: _Shards, opts: PatchOptions, out_dir: Path, progress:
             last_matte_id = None
             frac = None
             for pair_id, A, B, matte in tqdm(
-                shards, total=int(all_ids.size), desc="patches", unit="pair", disable=not bars_enabled(progress)
+                shards, total=int(all_ids.size), desc="patches", unit="pair", **bar_options(progress)
             ):
                 h, w = matte.shape
                 if h < p or w < p:

@@ -27,7 +27,7 @@ from bafusion.data.mattes import matte_warning
 from bafusion.data.sources import Background, Foreground, check_foreground, select
 from bafusion.errors import InputFileError, UserError
 from bafusion.io import resize, scaled_size, write_image
-from bafusion.progress import bars_enabled
+from bafusion.progress import bar_options
 
 MANIFEST = "manifest.json"
 
@@ -104,7 +104,7 @@ def run_prepare(data_cfg: dict, opts: PrepareOptions, seed: int, out: Path, prog
         (tmp / "matte").mkdir()
         (tmp / "bg").mkdir()
         fgs = [(f, "train") for f in sel.train_foregrounds] + [(f, "test") for f in sel.test_foregrounds]
-        for fg, split in tqdm(fgs, desc="prepare foregrounds", unit="img", disable=not bars_enabled(progress)):
+        for fg, split in tqdm(fgs, desc="prepare foregrounds", unit="img", **bar_options(progress)):
             img, matte = prepare_foreground(fg, opts.scale)
             write_image(tmp / "fg" / f"{fg.id}.png", img)
             write_image(tmp / "matte" / f"{fg.id}.png", matte)
@@ -120,7 +120,7 @@ def run_prepare(data_cfg: dict, opts: PrepareOptions, seed: int, out: Path, prog
                 }
             )
         bgs = [(b, "train") for b in sel.train_backgrounds] + [(b, "test") for b in sel.test_backgrounds]
-        for bg, split in tqdm(bgs, desc="prepare backgrounds", unit="img", disable=not bars_enabled(progress)):
+        for bg, split in tqdm(bgs, desc="prepare backgrounds", unit="img", **bar_options(progress)):
             entry = prepare_background(bg, tmp / "bg", opts.min_background_side)
             entry["split"] = split
             manifest["backgrounds"].append(entry)
