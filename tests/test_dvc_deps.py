@@ -242,6 +242,10 @@ NOT_DEPS: dict[str, str] = {
                                "whether fuse-set skips a pair or fails: it only matters when memory runs out"),
     "src/bafusion/progress.py": "progress bars and lines on stderr",
     "src/bafusion/tracking.py": "MLflow logging: the tracking store, not the stage's outs",
+    "src/bafusion/checkout.py": ("whether the package runs from its source checkout, and the digest of its code: "
+                                 "the runs' provenance tags, and for an installed package which folders hold the "
+                                 "shipped nets; the pipeline runs from its checkout, where the answer is that "
+                                 "repository whatever the module says"),
     "src/bafusion/atomic.py": "writes to a temporary name and renames: the same bytes",
     "src/bafusion/cli/app.py": "the command dispatcher: exit codes and error lines",
     "src/bafusion/_version.py": ("provenance only: recorded in the outputs (code_version, EXIF Software), which still "

@@ -158,6 +158,9 @@ def test_runs_say_whether_the_code_had_uncommitted_changes(tmp_path: Path, monke
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     _clear_invocation_env(monkeypatch)
     monkeypatch.chdir(repo)
+    from bafusion import checkout
+
+    monkeypatch.setattr(checkout, "source_checkout", lambda: repo.resolve())  # bafusion runs from this checkout
 
     def tags(run_name: str) -> dict[str, str]:
         with tracking.stage_run("prepare", run_name=run_name):
@@ -178,7 +181,107 @@ def test_runs_say_whether_the_code_had_uncommitted_changes(tmp_path: Path, monke
     assert tags("code staged")[tracking.DIRTY_TAG] == "true"
     outside = tmp_path / "photos"
     outside.mkdir()
-    assert tracking.git_dirty(outside) is None and tracking.DIRTY_TAG not in tracking.source_tags("x", outside)
+    monkeypatch.setattr(checkout, "source_checkout", lambda: None)  # an installed bafusion, in photos
+    outside_tags = tracking.source_tags("x", outside)
+    assert tracking.git_dirty(outside) is None and tracking.DIRTY_TAG not in outside_tags
+    assert tracking.PROJECT_DIRTY_TAG not in outside_tags
+
+
+def _git_repo(folder: Path, files: dict[str, str]) -> str:
+    """A git checkout in ``folder`` holding ``files``, committed; its commit."""
+    folder.mkdir(parents=True)
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "c"]):
+        subprocess.run(["git", *cmd], cwd=folder, check=True, env=env)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_runs_name_the_bafusion_code_not_the_commit_of_the_project_they_run_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installed bafusion (a wheel) run in a downstream project that is a git checkout
+    tagged its runs with that project's commit as MLflow's source commit and
+    bafusion.git_dirty=false, and named neither the bafusion version nor its code: the record
+    claimed a clean commit of code it never ran. Now the commit is the code's only when
+    bafusion runs from its own checkout (an editable install); the project's commit is
+    project.git_commit; every run carries bafusion.version and bafusion.code_digest."""
+    from mlflow.tracking import MlflowClient
+
+    from bafusion import __version__, checkout
+
+    downstream = tmp_path / "downstream"
+    project_commit = _git_repo(downstream, {"dvc.yaml": "stages: {}\n"})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    _clear_invocation_env(monkeypatch)
+    monkeypatch.chdir(downstream)
+
+    def tags(run_name: str) -> dict[str, str]:
+        with tracking.stage_run("evaluate", run_name=run_name):
+            pass
+        client = MlflowClient(tracking_uri=uri)
+        exp_id = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+        return next(r for r in client.search_runs([exp_id]) if r.info.run_name == run_name).data.tags
+
+    # an installed bafusion: no commit is its code's
+    monkeypatch.setattr(checkout, "source_checkout", lambda: None)
+    installed = tags("installed")
+    assert "mlflow.source.git.commit" not in installed and "git_commit" not in installed, installed
+    assert tracking.DIRTY_TAG not in installed
+    assert installed[tracking.PROJECT_COMMIT_TAG] == project_commit
+    assert installed[tracking.PROJECT_DIRTY_TAG] == "false"
+    assert installed[tracking.VERSION_TAG] == __version__
+    assert installed[tracking.CODE_DIGEST_TAG] == checkout.code_digest()
+    assert len(installed[tracking.CODE_DIGEST_TAG]) == 64
+
+    # bafusion run from its own checkout (editable), in the downstream project: both, each named
+    own = tmp_path / "bafusion-repo"
+    own_commit = _git_repo(own, {"pyproject.toml": '[project]\nname = "bafusion"\n', "src/bafusion/x.py": ""})
+    monkeypatch.setattr(checkout, "source_checkout", lambda: own.resolve())
+    editable = tags("editable")
+    assert editable["mlflow.source.git.commit"] == editable["git_commit"] == own_commit != project_commit
+    assert editable[tracking.DIRTY_TAG] == "false"
+    assert editable[tracking.PROJECT_COMMIT_TAG] == project_commit
+    # run in the checkout itself (the pipeline in the project's own repo): one commit, said once
+    monkeypatch.chdir(own)
+    assert tracking.PROJECT_COMMIT_TAG not in tags("in the checkout")
+
+    # a checkout without git (an unpacked sdist) inside the downstream repo is not its commit's code
+    unpacked = downstream / "vendor" / "bafusion-0.2.0"
+    (unpacked / "src" / "bafusion").mkdir(parents=True)
+    (unpacked / "pyproject.toml").write_text('[project]\nname = "bafusion"\n')
+    monkeypatch.setattr(checkout, "source_checkout", lambda: unpacked.resolve())
+    monkeypatch.chdir(downstream)
+    vendored = tags("vendored")
+    assert "mlflow.source.git.commit" not in vendored and vendored[tracking.PROJECT_COMMIT_TAG] == project_commit
+
+
+def test_the_source_checkout_is_the_repository_of_the_running_code(tmp_path: Path) -> None:
+    """Only a package at <repo>/src/bafusion under bafusion's own pyproject.toml is a checkout's
+    code: not one installed into site-packages or a --target folder, nor another project's src."""
+    from bafusion import checkout
+
+    repo = Path(__file__).resolve().parents[1]
+    if checkout.PACKAGE_DIR == repo / "src" / "bafusion":  # the tests run on the editable install
+        assert checkout.source_checkout() == repo
+    else:  # on an installed copy (pip install .)
+        assert checkout.source_checkout() is None
+    site = tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "bafusion"
+    site.mkdir(parents=True)
+    assert checkout.source_checkout(site) is None
+    other = tmp_path / "other" / "src" / "bafusion"
+    other.mkdir(parents=True)
+    (tmp_path / "other" / "pyproject.toml").write_text('[project]\nname = "not-bafusion"\n')
+    assert checkout.source_checkout(other) is None
+    (tmp_path / "other" / "pyproject.toml").write_text("not toml [")
+    assert checkout.source_checkout(other) is None
+    (tmp_path / "other" / "pyproject.toml").write_text('[project]\nname = "bafusion"\n')
+    assert checkout.source_checkout(other) == (tmp_path / "other").resolve()
 
 
 def test_stages_of_one_dvc_invocation_share_one_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

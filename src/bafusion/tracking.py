@@ -37,10 +37,13 @@
   ``RUNNING`` whose process is known gone (SIGKILL), tagging them ``ended_by_run_id``
   (:meth:`_Run.end_dead_runs`); one it cannot end is named in a warning line, and the step's
   own run stays tracked.
-- Every run carries MLflow's own source tags (``mlflow.source.git.commit``, ``mlflow.source.name``,
-  ``mlflow.source.type``), so the UI shows the commit it ran, and ``bafusion.git_dirty``
-  (``true`` when the tracked source files had uncommitted changes: the code was not the
-  commit's).
+- Every run carries MLflow's own source tags (``mlflow.source.name``, ``mlflow.source.type``),
+  the bafusion version and a digest of its code (``bafusion.version``, ``bafusion.code_digest``),
+  and, when bafusion runs from its own git checkout (an editable install), the commit it ran
+  (``mlflow.source.git.commit``, shown by the UI) and ``bafusion.git_dirty`` (``true`` when the
+  tracked source files had uncommitted changes: the code was not the commit's). The project a
+  run starts in, when it is another git checkout (or bafusion is installed), is recorded as
+  ``project.git_commit`` and ``project.git_dirty`` (:func:`source_tags`).
 """
 
 from __future__ import annotations
@@ -606,6 +609,14 @@ SOURCE_PATHS = ("src", "workflow", "Snakefile", "dvc.yaml", "pyproject.toml")
 
 #: The tag that says whether a run's code had uncommitted changes (:func:`source_tags`).
 DIRTY_TAG = "bafusion.git_dirty"
+#: The tags of the bafusion code a run ran: its version and the digest of its sources
+#: (:func:`source_tags`, :func:`bafusion.checkout.code_digest`).
+VERSION_TAG = "bafusion.version"
+CODE_DIGEST_TAG = "bafusion.code_digest"
+#: The tags of the project a run ran in (its git commit, and whether its tracked source files had
+#: uncommitted changes) when that is not bafusion's own checkout (:func:`source_tags`).
+PROJECT_COMMIT_TAG = "project.git_commit"
+PROJECT_DIRTY_TAG = "project.git_dirty"
 
 
 def git_dirty(root: Path | None = None) -> bool | None:
@@ -992,32 +1003,71 @@ def stage_run(
 
 
 def source_tags(name: str, root: Path | None = None) -> dict[str, str]:
-    """MLflow's own source tags: the git commit and a source name, shown by the UI.
+    """MLflow's own source tags (the git commit and a source name, shown by the UI) and the
+    identity of the bafusion code that ran.
+
+    The commit is the code's only when this bafusion runs from its own source checkout (an
+    editable install in the repository, :func:`bafusion.checkout.source_checkout`): it is then
+    that checkout's commit, whatever folder the run starts in. An installed bafusion (a wheel,
+    ``pip install .``) is no commit's code; the project it runs in (``root``) is recorded under
+    ``project.git_commit`` and ``project.git_dirty`` instead, also when that project is another
+    git checkout than bafusion's.
 
     Parameters
     ----------
     name
         What ran (``bafusion train_initial``, ``snakemake all``, ``dvc exp run``).
     root
-        The repository; default :func:`repo_root`.
+        The project the run belongs to; default :func:`repo_root`.
 
     Returns
     -------
     dict
-        ``mlflow.source.name``, ``mlflow.source.type`` and, inside a git checkout,
-        ``mlflow.source.git.commit`` (also kept as ``git_commit``) and ``bafusion.git_dirty``
-        (``"true"`` when the tracked source files had uncommitted changes: the run's code is
-        not the commit's, :func:`git_dirty`; else ``"false"``).
+        ``mlflow.source.name``, ``mlflow.source.type``, ``bafusion.version`` (the package's
+        version) and ``bafusion.code_digest`` (:func:`bafusion.checkout.code_digest`: sha256 of
+        the package's code). From bafusion's own git checkout: ``mlflow.source.git.commit``
+        (also kept as ``git_commit``) and ``bafusion.git_dirty`` (``"true"`` when its tracked
+        source files had uncommitted changes: the run's code is not the commit's,
+        :func:`git_dirty`; else ``"false"``). From a project in another git checkout (or any,
+        for an installed bafusion): ``project.git_commit`` and ``project.git_dirty``.
     """
-    tags = {"mlflow.source.name": name, "mlflow.source.type": "LOCAL"}
-    commit = git_commit(root)
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-        tags["git_commit"] = commit
-        dirty = git_dirty(root)
-        if dirty is not None:
-            tags[DIRTY_TAG] = "true" if dirty else "false"
+    from bafusion._version import __version__
+    from bafusion.checkout import code_digest, source_checkout
+
+    tags = {"mlflow.source.name": name, "mlflow.source.type": "LOCAL",
+            VERSION_TAG: __version__, CODE_DIGEST_TAG: code_digest()}
+    checkout = source_checkout()
+    own = _git_toplevel(checkout) if checkout is not None else None
+    if own is not None and own == checkout:  # not a checkout without git inside another repo
+        commit = git_commit(checkout)
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+            tags["git_commit"] = commit
+            dirty = git_dirty(checkout)
+            if dirty is not None:
+                tags[DIRTY_TAG] = "true" if dirty else "false"
+    else:
+        own = None
+    project = root or repo_root()
+    if own is None or _git_toplevel(project) != own:
+        commit = git_commit(project)
+        if commit:
+            tags[PROJECT_COMMIT_TAG] = commit
+            dirty = git_dirty(project)
+            if dirty is not None:
+                tags[PROJECT_DIRTY_TAG] = "true" if dirty else "false"
     return tags
+
+
+def _git_toplevel(folder: Path) -> Path | None:
+    """The top folder of the git work tree ``folder`` is in, resolved; None outside one."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=folder, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    top = out.stdout.strip()
+    return Path(top).resolve() if out.returncode == 0 and top else None
 
 
 @_warnings_not_errors()
