@@ -665,7 +665,8 @@ def test_a_shipped_models_name_is_the_shipped_model_beside_a_folder_of_that_name
                                               r"'default' \(write \./default to mean the folder\)$") as caught:
         nets = bafusion.load_model("default", device="cpu")
     assert len(caught) == 1
-    shipped = {str(root / "default" / "initial.pt") for root in (PACKAGE_DIR / "models", REPO_ROOT / "models")}
+    roots = [PACKAGE_DIR / "models", *([REPO_ROOT / "models"] if REPO_ROOT is not None else [])]
+    shipped = {str(root / "default" / "initial.pt") for root in roots}
     assert nets.sources[0] in shipped, nets.sources
     with pytest.warns(ModelNameWarning) as caught:  # once, though fuse() looks the folder up twice
         bafusion.fuse(np.zeros((40, 36), np.uint8), np.zeros((40, 36), np.uint8), model="default", device="cpu")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -118,26 +119,45 @@ def test_evaluate_reproduces_the_model_card(tmp_path: Path) -> None:
             assert float(r[m]) == pytest.approx(float(card[m]), abs=1e-6), (r["pair"], r["method"], m)
 
 
-@pytest.mark.slow
-def test_wheel_ships_the_model(tmp_path: Path) -> None:
-    """A non-editable install gets the nets too (src/bafusion/models links to models/)."""
+def _build_wheel(tmp_path: Path, symlinks: bool = True, models: bool = True):
+    """Build a wheel (pip wheel, no isolation) from a copy of the source tree; the tree's copy,
+    and pip's result. ``symlinks=False``: a checkout made without symlinks, where
+    src/bafusion/models is a text file holding the link's target; ``models=False``: without
+    models/."""
     import shutil
     import subprocess
     import sys
-    import zipfile
 
     pytest.importorskip("setuptools")
     src = tmp_path / "src-tree"  # build from a copy: setuptools writes build/ into the tree
     src.mkdir()
-    for f in ("pyproject.toml", "README.md", "LICENSE"):
+    for f in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE"):
         shutil.copy(REPO / f, src / f)
     junk = shutil.ignore_patterns("__pycache__", "*.egg-info")
     shutil.copytree(REPO / "src", src / "src", symlinks=True, ignore=junk)
-    shutil.copytree(REPO / "models", src / "models")
+    if not symlinks:
+        link = src / "src" / "bafusion" / "models"
+        target = os.readlink(link)
+        link.unlink()
+        link.write_text(target)  # what git writes for a symlink with core.symlinks=false
+    if models:
+        shutil.copytree(REPO / "models", src / "models")
     r = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
         capture_output=True, text=True, timeout=300,
     )
+    return src, r
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("symlinks", [True, False], ids=["checkout", "checkout-without-symlinks"])
+def test_wheel_ships_the_model(tmp_path: Path, symlinks: bool) -> None:
+    """A non-editable install gets the nets too (src/bafusion/models links to models/). A
+    checkout without symlinks (Git for Windows, a ZIP download) built a wheel without them,
+    silently: setup.py now copies them from models/."""
+    import zipfile
+
+    src, r = _build_wheel(tmp_path, symlinks)
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = tmp_path.glob("bafusion-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -154,3 +174,42 @@ def test_wheel_ships_the_model(tmp_path: Path) -> None:
     metadata = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
     assert "License-Expression: MIT" in metadata.splitlines()
     assert "License-File: LICENSE" in metadata.splitlines()
+
+
+@pytest.mark.slow
+def test_a_wheel_without_the_shipped_nets_is_not_built(tmp_path: Path) -> None:
+    """A checkout with neither the symlink's target nor models/ fails to build, naming the
+    missing model, instead of making a wheel whose `bafusion fuse` finds no nets."""
+    _, r = _build_wheel(tmp_path, symlinks=False, models=False)
+    assert r.returncode != 0
+    assert "the shipped model 'default' is missing" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
+    assert not list(tmp_path.glob("bafusion-*.whl"))
+
+
+def test_an_installed_package_looks_for_nets_only_in_itself_and_the_working_folder(tmp_path: Path) -> None:
+    """bafusion installed with `pip install --target DIR` (or into a venv) looked for nets in
+    the folder three above its modules (DIR's parent, <venv>/lib, $HOME): models/default and
+    data/models there were taken for its nets. Only a package run from its source checkout
+    searches the repository's folders now."""
+    import shutil
+    import subprocess
+    import sys
+
+    target = tmp_path / "target"  # as `pip install --target target` lays it out, without the nets
+    shutil.copytree(REPO / "src" / "bafusion", target / "bafusion",
+                    ignore=shutil.ignore_patterns("__pycache__", "models"))
+    stray = tmp_path / "models" / "default"  # an unrelated folder above the install
+    stray.mkdir(parents=True)
+    for f in ("initial.pt", "boundary.pt"):
+        shutil.copy(MODEL / f, stray / f)
+    work = tmp_path / "work"
+    work.mkdir()
+    code = ("from bafusion.fusion import models; print(models.REPO_ROOT); "
+            "print(models.shipped_models()); print(*models.default_model_dirs(), sep='\\n')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(target)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert lines[:2] == ["None", "[]"], lines
+    assert [Path(d) for d in lines[2:]] == [target.resolve() / "bafusion" / "models" / "default",
+                                            work.resolve() / "data" / "models"]

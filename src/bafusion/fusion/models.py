@@ -12,11 +12,30 @@ from pathlib import Path
 
 import torch
 
+from bafusion import checkout
 from bafusion.errors import UserError
 from bafusion.nets.model import CifarResNet, ModelFileError, fold_batchnorm, load_model
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+#: This package's folder (``<repo>/src/bafusion``, or ``site-packages/bafusion`` when installed).
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+#: The repository when this package runs from its source checkout (an editable install), else
+#: None (:func:`_repo_root`, computed at import).
+REPO_ROOT = checkout.source_checkout(PACKAGE_DIR)
+
+
+def _repo_root() -> Path | None:
+    """The repository whose ``models/`` and ``data/models`` are searched for nets: this package's
+    source checkout (:func:`bafusion.checkout.source_checkout`), else None. For an installed
+    package the folders above it are arbitrary ones (``<venv>/lib``, the parent of a ``pip
+    install --target`` folder, ``$HOME``): nets found there would be unrelated ones."""
+    return checkout.source_checkout(PACKAGE_DIR)
+
+
+def _shipped_roots() -> list[Path]:
+    """The folders that hold the shipped models (``<root>/<name>/``): the package's ``models``,
+    then the checkout's (a checkout made without symlinks has no ``src/bafusion/models``)."""
+    repo = _repo_root()
+    return [PACKAGE_DIR / "models", *([repo / "models"] if repo is not None else [])]
 
 def _how_to_get_models(other: str) -> str:
     """How to get trained nets, shown when none are found; ``other`` says how to name others."""
@@ -220,15 +239,20 @@ def _load_files(initial: str | os.PathLike[str], boundary: str | os.PathLike[str
 def default_model_dirs() -> list[Path]:
     """Where fusion looks for nets without --model, in order: the shipped ``models/default``
     (package, then repository), then the pipeline's ``data/models`` (working directory, then
-    repository).
+    repository). The repository's folders only when the package runs from its source checkout
+    (an editable install): an installed package looks in its own ``models/default`` and the
+    working directory's ``data/models``.
 
     Returns
     -------
     list of pathlib.Path
         The candidate folders, without duplicates; they need not exist.
     """
-    dirs = [PACKAGE_DIR / "models" / "default", REPO_ROOT / "models" / "default", Path.cwd() / "data" / "models"]
-    dirs.append(REPO_ROOT / "data" / "models")
+    repo = _repo_root()
+    dirs = [root / "default" for root in _shipped_roots()]
+    dirs.append(Path.cwd() / "data" / "models")
+    if repo is not None:
+        dirs.append(repo / "data" / "models")
     seen: list[Path] = []
     for d in dirs:
         if d not in seen:
@@ -246,7 +270,7 @@ def shipped_models() -> list[str]:
         both ``initial.pt`` and ``boundary.pt`` (``"default"``, ...).
     """
     names: set[str] = set()
-    for root in (PACKAGE_DIR / "models", REPO_ROOT / "models"):
+    for root in _shipped_roots():
         if root.is_dir():
             names |= {d.name for d in root.iterdir() if (d / "initial.pt").is_file() and (d / "boundary.pt").is_file()}
     return sorted(names)
@@ -254,7 +278,7 @@ def shipped_models() -> list[str]:
 
 def _shipped_model_dir(name: str) -> Path | None:
     """The folder of the shipped model ``name`` (``models/<name>``), or None."""
-    for root in (PACKAGE_DIR / "models", REPO_ROOT / "models"):
+    for root in _shipped_roots():
         if (root / name / "initial.pt").is_file() and (root / name / "boundary.pt").is_file():
             return root / name
     return None
