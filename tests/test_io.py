@@ -1300,6 +1300,31 @@ def test_a_damaged_avif_is_not_called_heic(tmp_path: Path, major: bytes, compati
                 assert "HEIC" not in msg and "unreadable image: " in msg and "AVIF file" in msg, msg
 
 
+def test_tifffile_records_are_dropped_whichever_logger_tifffile_logs_on(tmp_path: Path, caplog) -> None:
+    """tifffile 2023 (the lowest pyproject allows) logs on "tifffile.tifffile", and a filter
+    on the logger "tifffile" does not see what its children propagate: the CLI printed
+    "<tifffile.TiffFile 'z.tif'> contains no pages" twice beside its own error. Records of the
+    whole tifffile hierarchy are dropped inside _tiff_file now, and only there."""
+    import logging
+
+    import tifffile
+
+    from bafusion.io.formats import _tiff_file
+
+    path = tmp_path / "g.tif"
+    tifffile.imwrite(path, np.zeros((4, 4), np.uint8))
+    caplog.set_level(logging.WARNING)
+    names = ("tifffile", "tifffile.tifffile", "tifffile.tiffcomment")
+    logging.getLogger("tifffile.tiffcomment")  # a child logger that exists by then is filtered too
+    with _tiff_file(path):
+        for name in names:
+            logging.getLogger(name).warning("contains no pages")
+    assert [r.name for r in caplog.records] == []
+    for name in names:  # outside, tifffile's records are left alone
+        logging.getLogger(name).warning("outside")
+    assert [r.name for r in caplog.records] == list(names)
+
+
 def test_a_tiff_with_no_pages_is_one_clear_error(tmp_path: Path, capsys, caplog) -> None:
     """A TIFF with no pages (tifffile.TiffWriter closed before any write: a header only) gave
     tifffile's own "<tifffile.TiffFile 'z.tif'> contains no pages" twice on stderr, without the

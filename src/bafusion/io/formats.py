@@ -316,9 +316,14 @@ def _tiff_file(path: Path) -> Iterator:
     once per look at it, without the command's prefix, beside bafusion's own error for it."""
     import tifffile
 
-    log = logging.getLogger("tifffile")
-    if not any(isinstance(f, _QuietTifffile) for f in log.filters):
-        log.addFilter(_QuietTifffile())
+    # A logger's filters see only the records logged on it, not those its children propagate:
+    # tifffile logs on "tifffile" (2024 on) or "tifffile.tifffile" (2023), so each is filtered.
+    names = {"tifffile", "tifffile.tifffile", *(n for n in logging.Logger.manager.loggerDict
+                                                if n.startswith("tifffile."))}
+    for name in sorted(names):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _QuietTifffile) for f in log.filters):
+            log.addFilter(_QuietTifffile())
     _tifffile_quiet.depth = getattr(_tifffile_quiet, "depth", 0) + 1
     try:
         with tifffile.TiffFile(path) as tf:
