@@ -1491,3 +1491,46 @@ def test_a_reader_that_has_gone_stays_quiet_with_a_buffered_stdout(tmp_path: Pat
     err = p.stderr.read().decode()
     assert p.wait(timeout=300) == 141, err
     assert err == "", err
+
+
+def test_outside_the_project_the_errors_say_what_is_missing(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Run outside the project (a wheel's user, in a folder of photos): `preset --apply
+    params.yaml` said only 'params file not found', bare `evaluate` named data/testset without
+    saying how to evaluate a folder of one's own (--dataset), and the missing-nets hint told to
+    run snakemake where there is no Snakefile (the wheel ships none)."""
+    from bafusion import checkout
+
+    work = tmp_path / "photos"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+
+    assert cli_main(["preset", "paper", "--apply", "params.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("bafusion preset: error: params.yaml: params file not found (--apply writes into the pipeline's "
+                   "params file: run in the project folder or pass its path)\n"), err
+
+    assert cli_main(["evaluate", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bafusion evaluate: error: {work / 'data' / 'testset'}: sources folder of dataset "
+                          "'testset' not found (the pipeline's `testset` step writes it in the project folder"), err
+    assert "pass --dataset NAME=PAIRS[,REFERENCE]" in err, err
+
+    pa, pb = work / "a.png", work / "b.png"
+    for p in (pa, pb):
+        Image.fromarray(np.zeros((40, 36), np.uint8)).save(p)
+    # an installed bafusion (no source checkout), no Snakefile around: no snakemake to run
+    monkeypatch.setattr(checkout, "source_checkout", lambda *a: None)
+    assert cli_main(["fuse", str(pa), str(pb), "-o", "F.png", "--model", "data/models"]) == 2
+    err = capsys.readouterr().err
+    assert "snakemake" not in err and "dvc repro" not in err, err
+    assert "pass --model DIR: a folder holding initial.pt and boundary.pt" in err, err
+    assert "a shipped model's name (default, lytro-2026-11)" in err, err
+    # bafusion run from its checkout (editable), elsewhere: the pipeline is there, named
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setattr(checkout, "source_checkout", lambda *a: repo)
+    assert cli_main(["fuse", str(pa), str(pb), "-o", "F.png", "--model", "data/models"]) == 2
+    err = capsys.readouterr().err
+    assert f"`snakemake --cores 2 train_boundary` (or `dvc repro`) in {repo}, which writes" in err, err
+    assert not (work / "F.png").exists()

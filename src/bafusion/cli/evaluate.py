@@ -20,7 +20,7 @@ from bafusion.cli.common import (
     note_params_file_without,
     note_params_yaml_unread,
 )
-from bafusion.errors import UserError
+from bafusion.errors import InputFileError, UserError
 from bafusion.evaluation.evaluate import (
     DEFAULT_METHODS,
     DEFAULT_METRICS,
@@ -162,6 +162,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.dataset and args.figure_pair:
         _check_figure_pair(cfg, args.figure_pair)
     check_report_paths(cfg, args.out, args.report, args.plots)  # before any work: inputs are never overwritten
+    if not args.dataset:  # the configured datasets, read outside the project: say how to name a folder
+        for ds in cfg.datasets:
+            if not ds.sources.is_dir():
+                made = (" (the pipeline's `testset` step writes it in the project folder: run there)"
+                        if ds.name == "testset" else "")
+                raise InputFileError(ds.sources, f"sources folder of dataset {ds.name!r} not found{made}; to evaluate "
+                                     "a folder of pairs <pair>-A.<ext>, <pair>-B.<ext>, pass --dataset "
+                                     "NAME=PAIRS[,REFERENCE]")
     check_datasets(cfg)  # a missing reference image or peer value: before the nets are loaded
     threads = args.threads or section(params, "evaluate")["threads"]
     nets = fusion = None

@@ -230,6 +230,9 @@ def cmd_preset(args: argparse.Namespace) -> int:
     if args.apply and args.format is not None:
         raise UserError("--format chooses how the preset is printed; with --apply it is written into the file")
     if args.apply:
+        if not Path(args.apply).exists():
+            raise InputFileError(args.apply, "params file not found (--apply writes into the pipeline's params file: "
+                                 "run in the project folder or pass its path)")
         from bafusion.cli.params_check import check_params, warn_missing_keys
         from bafusion.schema import validate_params
 

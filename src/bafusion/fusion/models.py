@@ -37,19 +37,41 @@ def _shipped_roots() -> list[Path]:
     repo = _repo_root()
     return [PACKAGE_DIR / "models", *([repo / "models"] if repo is not None else [])]
 
+def _pipeline_folder() -> Path | None:
+    """The pipeline's project folder for the missing-nets hint: the nearest folder at or above
+    the working directory holding a ``Snakefile``, else this package's source checkout (an
+    editable install) when it has one; None for an installed bafusion run elsewhere (a wheel
+    ships no Snakefile)."""
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "Snakefile").is_file():
+            return d
+    repo = _repo_root()
+    return repo if repo is not None and (repo / "Snakefile").is_file() else None
+
+
 def _how_to_get_models(other: str) -> str:
-    """How to get trained nets, shown when none are found; ``other`` says how to name others."""
-    return ("train them with `snakemake --cores 2 train_boundary` (or `dvc repro`), which writes "
+    """How to get trained nets, shown when none are found; ``other`` says how to name others.
+    Training with Snakemake is offered only where the pipeline is (:func:`_pipeline_folder`),
+    naming its folder when that is not the working directory's."""
+    folder = _pipeline_folder()
+    if folder is None:
+        names = ", ".join(shipped_models()) or "none in this install: reinstall bafusion, whose wheel ships them"
+        return (f"{other}: a folder holding initial.pt and boundary.pt (the data/models of a pipeline run, in "
+                f"its project folder), or a shipped model's name ({names})")
+    where = "" if folder == Path.cwd().resolve() else f" in {folder}"
+    return (f"train them with `snakemake --cores 2 train_boundary` (or `dvc repro`){where}, which writes "
             f"data/models/initial.pt and data/models/boundary.pt, or {other}")
 
 
-#: How to get trained nets, as the command line says it (its option ``--model``).
-HOW_TO_GET_MODELS = _how_to_get_models("pass --model DIR")
+#: How to name other nets, as the command line says it (its option ``--model``); the hint
+#: itself is :func:`_how_to_get_models` of it, worded when a message is.
+HOW_TO_GET_MODELS = "pass --model DIR"
 
 # The public functions below word their messages for a Python caller (``device='gpu'``,
 # ``model=DIR``); the command line calls their private forms (_find_model_dir, _load_files(...,
 # "cli")) for its options' names (``--device gpu``, ``--model DIR``, ``--initial``/``--boundary``).
-_PY_MODEL_HINT = _how_to_get_models("pass model=DIR")
+_PY_MODEL_HINT = "pass model=DIR"
 
 
 def _inference_net(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -160,10 +182,11 @@ MAX_PATCH = 4096
 
 def _load_one(path: Path, device: torch.device, role: str | None = None, *, hint: str = HOW_TO_GET_MODELS,
               swap: str = "swap the --initial and --boundary files") -> tuple[CifarResNet, int]:
-    """One net and its patch side; ``hint`` (how to get nets) and ``swap`` (what to do with a net
-    of the other role) end the messages, worded for the caller."""
+    """One net and its patch side; ``hint`` (how to name other nets, in
+    :func:`_how_to_get_models`) and ``swap`` (what to do with a net of the other role) end the
+    messages, worded for the caller."""
     if not path.exists():
-        raise UserError(f"{path}: model file not found ({hint})")
+        raise UserError(f"{path}: model file not found ({_how_to_get_models(hint)})")
     try:
         net, meta = load_model(path, map_location="cpu")
     except ModelFileError as e:  # a file that is there but wrong: how to train one does not help
@@ -229,7 +252,7 @@ def _load_files(initial: str | os.PathLike[str], boundary: str | os.PathLike[str
         flag, hint, swap = "device=", _PY_MODEL_HINT, "the folder's {role}.pt and {other}.pt are swapped (rename them)"
     else:
         flag, swap = "device=", "swap the {role} and {other} arguments"
-        hint = _how_to_get_models("load a model folder or a shipped model with bafusion.load_model")
+        hint = "load a model folder or a shipped model with bafusion.load_model"
     dev = resolve_device(device, flag) if isinstance(device, str) else device
     ni, pi = _load_one(Path(initial), dev, "initial", hint=hint, swap=swap)
     nb, pb = _load_one(Path(boundary), dev, "boundary", hint=hint, swap=swap)
@@ -332,7 +355,8 @@ def find_model_dir(model: str | os.PathLike[str] | None, *, warn: bool = True) -
 
 
 def _find_model_dir(model: str | os.PathLike[str] | None, *, warn: bool = True, hint: str = HOW_TO_GET_MODELS) -> Path:
-    """:func:`find_model_dir`, ``hint`` (how to get nets) ending its messages: the command line's
+    """:func:`find_model_dir`, ``hint`` (how to name other nets, in :func:`_how_to_get_models`)
+    ending its messages: the command line's
     by default (``--model DIR``)."""
     if model is not None:
         d = Path(model)
@@ -356,13 +380,15 @@ def _find_model_dir(model: str | os.PathLike[str] | None, *, warn: bool = True, 
             by_name = f"model={d.name!r}" if hint == _PY_MODEL_HINT else f"--model {d.name}"
             where = "" if d.is_absolute() else f" (relative to the current folder, {Path.cwd()})"
             raise UserError(f"{d}: model folder not found{where}; {d.name!r} is a shipped model: pass {by_name} "
-                            f"to use it (from any folder); for other nets, {hint}")
-        raise UserError(f"{d}: model folder not found ({hint}; shipped models: {', '.join(shipped_models())})")
+                            f"to use it (from any folder); for other nets, {_how_to_get_models(hint)}")
+        raise UserError(f"{d}: model folder not found ({_how_to_get_models(hint)}; shipped models: "
+                        f"{', '.join(shipped_models())})")
     for d in default_model_dirs():
         if (d / "initial.pt").is_file() and (d / "boundary.pt").is_file():
             return d
     looked = ", ".join(str(d) for d in default_model_dirs())
-    raise UserError(f"no trained nets found (looked for initial.pt and boundary.pt in {looked}); {hint}")
+    raise UserError(f"no trained nets found (looked for initial.pt and boundary.pt in {looked}); "
+                    f"{_how_to_get_models(hint)}")
 
 
 def load_nets_from_dir(model: str | os.PathLike[str] | None, device: str = "auto", *, warn: bool = True) -> FusionNets:
