@@ -313,3 +313,22 @@ def test_an_unknown_command_is_refused_as_the_full_parser_refuses_it(capsys: pyt
         main(argv)
     assert (light.value.code, capsys.readouterr().err) == (full.value.code, expected) == (2, expected)
     assert "error: " in expected
+
+
+def test_the_version_has_its_changelog_entry() -> None:
+    """The version stayed 0.1.0 across every build, so pip kept an older build when given a newer
+    one: it is bumped whenever outputs or behaviour change, each number with its entry in
+    CHANGELOG.md, and `bafusion --version` says it."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bafusion import __version__
+
+    changelog = (Path(__file__).resolve().parents[1] / "CHANGELOG.md").read_text(encoding="utf-8")
+    entries = re.findall(r"^## (\S+)", changelog, flags=re.M)
+    assert entries and entries[0] == __version__, (entries, __version__)  # the newest entry first
+    assert __version__ != "0.1.0"
+    r = subprocess.run([sys.executable, "-m", "bafusion", "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and __version__ in r.stdout + r.stderr, (r.stdout, r.stderr)

@@ -1,11 +1,13 @@
 """The package version (ground floor: importing it loads nothing else). The one copy of the
 number: pyproject.toml takes it from here (``dynamic``, ``[tool.setuptools.dynamic]``).
 
-The number alone does not say which code made a result (it stayed 0.1.0 across changes that
-alter outputs): what depends on the code itself hashes its code (:func:`hash_sources`, :func:`code_digest`:
-the syntax tree without docstrings, so a reworded comment or docstring does not count)."""
+The number is bumped whenever outputs or behaviour change (CHANGELOG.md), so that an install of
+a newer build replaces an older one (pip keeps an installed version when given a build of the
+same number). It names a release, not an edited checkout's code: what depends on the code
+itself hashes its code (:func:`hash_sources`, :func:`code_digest`: the syntax tree without
+docstrings, so a reworded comment or docstring does not count)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def hash_sources(h, files) -> None:

@@ -801,8 +801,9 @@ def fusion_code_digest(pkg: Path | None = None) -> str:
     """sha256 of the sources of the code that makes ``fuse-dir``'s outputs: the modules of
     :mod:`bafusion.fusion` and :mod:`bafusion.io`, the nets (``nets/model.py``) and the
     defocus model of the stack rule (``data/composite.py``). The version number is no such
-    identity: it stayed 0.1.0 across fixes that change outputs. Each module is hashed as its
-    code (:func:`bafusion._version.code_of`: its syntax tree without docstrings), so any change of the code
+    identity: it names a release (it stayed 0.1.0 across fixes that changed outputs until 0.2.0),
+    and an edited checkout keeps it. Each module is hashed as its code
+    (:func:`bafusion._version.code_of`: its syntax tree without docstrings), so any change of the code
     changes it, a string the code uses too (a message's wording), while comments, formatting,
     line endings (a Windows checkout's CRLF) and docstrings do not; neither do hidden files
     (an editor's ``.#x.py`` lock) or files that cannot be read.

@@ -288,7 +288,8 @@ def build_model(depth: int = 56, in_channels: int = 2, num_classes: int = 2) -> 
 
 #: The format of the model files :func:`save_model` writes, stored as the description's
 #: integer "format" entry; raised when a change makes files that older code would misread
-#: (``bafusion.__version__`` does not change from release to release, so it cannot say).
+#: (``bafusion.__version__`` names a release of the whole package: most releases leave the
+#: model files as they are, and an older release cannot know what a newer one changed).
 #: A description without the entry (every model written before it existed, the shipped ones
 #: among them) is format 1; :func:`read_model_meta` refuses a newer format than this.
 MODEL_FORMAT = 1
