@@ -916,6 +916,26 @@ def test_the_conda_env_of_the_rules_has_every_pin_of_pyproject() -> None:
     assert sorted(pip) == sorted(deps)
 
 
+def test_the_tools_whose_internals_the_code_uses_are_bounded_below_their_next_major() -> None:
+    # mlflow, dvc and snakemake had no upper bound, yet tracking.py imports MLflow's private
+    # _get_store and _get_latest_schema_revision, params_check.py Snakemake's internal
+    # snakemake.cli.parse_args, and tracking.py reads how DVC runs its stages: a next major
+    # would be installed untested. torch stays pinned exactly (the project's rule).
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    deps = {r.name: r for r in map(Requirement, tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+                                   ["dependencies"])}
+    for name in ("mlflow", "dvc", "snakemake"):
+        spec, installed = deps[name].specifier, version(name)
+        major = int(installed.split(".")[0])
+        assert installed in spec, (name, installed, str(spec))  # the tested version is allowed
+        assert f"{major + 1}.0" not in spec and f"{major + 1}.0.0rc1" not in spec, (name, str(spec))
+    assert str(deps["torch"].specifier) == "==2.13.0"
+
+
 @pytest.mark.parametrize("profile", ["slurm", "slurm-generic"])
 def test_the_slurm_profiles_size_every_rule(profile: str) -> None:
     # evaluate had neither threads nor resources: the 30-minute default limit at paper scale
