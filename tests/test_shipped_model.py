@@ -174,6 +174,10 @@ def test_wheel_ships_the_model(tmp_path: Path, symlinks: bool) -> None:
     metadata = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
     assert "License-Expression: MIT" in metadata.splitlines()
     assert "License-File: LICENSE" in metadata.splitlines()
+    # who made it and what it is (pip show said nothing: no Author, no classifiers)
+    assert "Author: the bafusion authors" in metadata.splitlines()
+    assert "Classifier: Topic :: Scientific/Engineering :: Image Processing" in metadata.splitlines()
+    assert "Classifier: Programming Language :: Python :: 3.11" in metadata.splitlines()
 
 
 @pytest.mark.slow
