@@ -442,7 +442,22 @@ def test_a_sideways_shot_without_orientation_tag_is_named_turned_not_sent_to_ali
     # repeating pattern, e.g. a chessboard moved by one square, can look turned)
     advice, escape = err[0].split("(if it is not turned", 1)
     assert "--align similarity" not in advice and "--force" in escape, err
+    if extra == ["--align", "similarity"]:  # it advised the --align similarity just given, which fails alike
+        assert "--align" not in escape and "align=" not in escape, err
     assert not out.exists()
+
+
+def test_bafusion_fuse_names_a_remedy_it_takes_for_a_turned_shot_when_aligning(nets: Path) -> None:
+    """bafusion.fuse(..., align="similarity") refusing a turned shot advised force=True (fuse has
+    no force) or align='similarity' (given already); it names align="none"."""
+    import bafusion
+    from bafusion.errors import UserError
+
+    a, b = _focus_pair(_texture(62, 128, 128))
+    with pytest.raises(UserError, match="looks turned by 90 degrees") as e:
+        bafusion.fuse(a, np.rot90(b).copy(), model=nets, device="cpu", align="similarity")
+    escape = str(e.value).split("(if it is not turned", 1)[1]
+    assert 'align="none"' in escape and "force" not in escape and "similarity" not in escape, str(e.value)
 
 
 def test_align_auto_says_a_still_shot_is_aligned_when_another_moves(capsys) -> None:

@@ -235,7 +235,8 @@ def fuse(
         from bafusion.fusion.scene import check_turned
 
         # a sideways shot (orientation tag missing): turning it helps, not the alignment
-        check_turned(images, names, [i for i, q in enumerate(al.quality[1:], 1) if q is not None and q < MIN_QUALITY])
+        check_turned(images, names, [i for i, q in enumerate(al.quality[1:], 1) if q is not None and q < MIN_QUALITY],
+                     remedy='fuse them as they are with align="none"')
         check_alignment(al, names, force=None, unaligned='align="none"')  # as fuse --align without --force
         # the full-depth shots registered and cropped as their 8-bit copies were
         images, full = al.images, (al.apply(full) if full is not None and keep_depth else None)

@@ -1502,7 +1502,8 @@ def align_for_fuse(images: list[np.ndarray], names: list[str], model: str, force
     al = align_images(images, model, step=step)
     if not force:
         failing = [i for i, q in enumerate(al.quality[1:], 1) if q is not None and q < MIN_QUALITY]
-        check_turned(images, names, failing)  # a sideways shot: turning it helps, not the alignment
+        # a sideways shot: turning it helps, not the alignment (nor aligning again: only --force)
+        check_turned(images, names, failing, remedy="fuse with --force; force=True in Python")
         check_alignment(al, names)
     from tqdm import tqdm
 

@@ -208,17 +208,24 @@ def turned_by(a: np.ndarray, b: np.ndarray) -> tuple[int, float] | None:
     return best
 
 
-def check_turned(images: Sequence[np.ndarray], names: Sequence[str], suspects: Sequence[int]) -> None:
+#: What :func:`check_turned` tells to do with a shot that is not turned (a repeating pattern can
+#: look turned) where the shots are fused unaligned or with ``--align auto``: aligning may match it.
+TURNED_REMEDY = "fuse with --force, or --align similarity; force=True / align='similarity' in Python"
+
+
+def check_turned(images: Sequence[np.ndarray], names: Sequence[str], suspects: Sequence[int], *,
+                 remedy: str = TURNED_REMEDY) -> None:
     """Refuse the first of the shots ``suspects`` (indices) that looks turned against the first
     shot (:func:`turned_by`) with a :class:`UserError` that says so: aligning it would not help
-    (it registers motion of a few degrees), turning it upright would."""
+    (it registers motion of a few degrees), turning it upright would. ``remedy`` says how to fuse
+    a shot that is not turned (a repeating pattern can look turned) with what the caller already
+    gave: after an alignment that did not match, only ``--force`` (aligning again would not help)."""
     for i in suspects:
         turn = turned_by(images[0], images[i])
         if turn:
             raise UserError(f"{names[i]}: looks turned by {TURNS[turn[0]]} against {names[0]} (correlation "
                             f"{turn[1]:.2f} turned back): its orientation tag may be missing; turn it upright and "
-                            "fuse again (if it is not turned, as a repeating pattern can look, fuse with --force, "
-                            "or --align similarity; force=True / align='similarity' in Python)")
+                            f"fuse again (if it is not turned, as a repeating pattern can look, {remedy})")
 
 
 #: A shot that moves more than this against the first (RMS corner displacement, pixels of the
