@@ -571,6 +571,8 @@ def test_fuse_registers_shots_of_another_size_with_align_and_says_how_without(tm
         err = capsys.readouterr().err
         assert "resampled from 162x130 to 160x128" in err, err
         assert "fused as registered" not in err, err  # it is registered: no line says otherwise
+        # --align auto said it twice: "... as b.png is of another size" and "b.png is 162x130 px, ..."
+        assert sum("of another size" in ln for ln in err.splitlines()) == (mode == "auto"), err
         h, w = np.asarray(Image.open(out)).shape[:2]
         assert 120 <= h <= 128 and 150 <= w <= 160
     turned = ["fuse", str(tmp_path / "a.png"), str(tmp_path / "t.png"), "-o", str(out), "--model", str(nets),

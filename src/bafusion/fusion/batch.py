@@ -208,13 +208,9 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
                     src.full = aligned.apply(src.full)
             elif align == "auto":
                 say("checking whether the shots move")
-                align = _auto_align(judged, names, one_scene, resized, prefix)
+                align = _auto_align(judged, names, one_scene, resized, prefix,
+                                    sizes=[(im.shape[1], im.shape[0]) for im in src.images])
                 if resized and align == "none":  # a shot of another size is registered in any case
-                    h, w = src.images[0].shape[:2]
-                    for i in resized:
-                        hb, wb = src.images[i].shape[:2]
-                        note(f"--align auto: {names[i]} is {wb}x{hb} px, {names[0]} {w}x{h}: a shot of another "
-                             "size is registered onto the first's frame all the same (similarity)")
                     align = "similarity"
             elif motion_hint and one_scene:
                 say("checking whether the shots move")
@@ -303,15 +299,26 @@ def _safe_motion_hints(images: Sequence[np.ndarray], names: Sequence[str]) -> li
 
 
 def _auto_align(images: Sequence[np.ndarray], names: Sequence[str], one_scene: bool,
-                resized: Sequence[int] = (), prefix: str = "bafusion") -> str:
+                resized: Sequence[int] = (), prefix: str = "bafusion",
+                sizes: Sequence[tuple[int, int]] | None = None) -> str:
     """``--align auto``: :func:`auto_alignment`, its lines on stderr after ``prefix``; with a shot
     of another size (``resized``), which is registered in any case, the lines say that the shots
-    are aligned."""
+    are aligned. Where they do not (shots of two scenes fused with ``--force``, a failed
+    estimate, a flat shot), a line per such shot says so, naming its size and the first's from
+    ``sizes`` (``(width, height)`` of each shot as read; the model returned is then still
+    ``"none"``: registering it is the caller's)."""
     from tqdm import tqdm
 
     model, lines = auto_alignment(images, names, one_scene, resized)
     for _, text in lines:
         tqdm.write(f"{prefix}: --align auto: {text}", file=sys.stderr)
+    if resized and model == "none" and sizes and not any(
+            f"as {names[resized[0]]} is of another size" in text for _, text in lines):
+        w, h = sizes[0]
+        for i in resized:  # said once: only where the lines above did not
+            tqdm.write(f"{prefix}: --align auto: {names[i]} is {sizes[i][0]}x{sizes[i][1]} px, {names[0]} {w}x{h}: "
+                       "a shot of another size is registered onto the first's frame all the same (similarity)",
+                       file=sys.stderr)
     return model
 
 
