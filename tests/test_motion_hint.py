@@ -171,16 +171,17 @@ def _product_shot(defocus: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_the_defocus_spread_of_a_registered_product_shot_is_no_motion(capsys) -> None:
-    """The blurred object spreading over the backdrop reads as a magnification: the raw estimate
-    says it moves, the estimate with one shot blurred does not: no hint, --align auto leaves it;
-    the same pair really moved still gets the hint."""
+    """The blurred object spreading over the backdrop reads as a magnification (3.3 px): that
+    estimate, which the shots' detail does not bear out, is now replaced by the translation
+    (bafusion.fusion.align.SUPPORT_PX; before that the blur ladder of shot_motions said
+    "defocus"): no hint, --align auto leaves it; the same pair really moved still gets the hint."""
     a, b = _product_shot(3.0)
-    assert coarse_motion(a, b) > HINT_MOTION_PX  # what the hint used to go by
+    assert coarse_motion(a, b) <= HINT_MOTION_PX
     (sm,) = shot_motions([a, b])
-    assert sm.verdict == "defocus" and sm.blurred <= HINT_MOTION_PX < sm.px
+    assert sm.verdict in ("still", "defocus") and min(sm.px, sm.blurred or sm.px) <= HINT_MOTION_PX, sm
     assert motion_hints([a, b], ["a", "b"]) == []
     assert batch._auto_align([a, b], ["a", "b"], True) == "none"
-    assert "the focus difference, not a motion: fused as registered" in capsys.readouterr().err
+    assert "fused as registered" in capsys.readouterr().err
     (sm,) = shot_motions([a, _moved(b, (4.0, 3.0))])
     assert sm.verdict == "moves" and sm.explains < DEFOCUS_EXPLAINS
 
@@ -196,7 +197,10 @@ def test_a_wide_defocus_spread_is_no_motion_and_focus_breathing_is_one() -> None
 
     a, b = _product_shot(5.0)
     (sm,) = shot_motions([a, b])
-    assert sm.verdict == "defocus" and sm.explains > 3 * DEFOCUS_EXPLAINS and sm.blurred <= HINT_MOTION_PX < sm.px
+    if sm.verdict == "defocus":  # since align.SUPPORT_PX the raw estimate itself may read it still
+        assert sm.explains > 3 * DEFOCUS_EXPLAINS and sm.blurred <= HINT_MOTION_PX < sm.px, sm
+    else:
+        assert sm.verdict == "still" and sm.px <= HINT_MOTION_PX, sm
     a, b = _product_shot(1.0)
     breathing = np.clip(np.round(warp_similarity(b.astype(np.float64), (0.0, 0.0), 1.02)), 0, 255).astype(np.uint8)
     (sm,) = shot_motions([a, breathing])

@@ -238,6 +238,9 @@ def fuse(
         check_turned(images, names, [i for i, q in enumerate(al.quality[1:], 1) if q is not None and q < MIN_QUALITY],
                      remedy='fuse them as they are with align="none"')
         check_alignment(al, names, force=None, unaligned='align="none"')  # as fuse --align without --force
+        for name, why in zip(names, al.replaced):  # an estimate the shots' detail did not bear out
+            if why:
+                warnings.warn(f"{name}: {why}", UserWarning, stacklevel=2)
         # the full-depth shots registered and cropped as their 8-bit copies were
         images, full = al.images, (al.apply(full) if full is not None and keep_depth else None)
     nets = model if isinstance(model, FusionNets) else _cached_nets(model, device)

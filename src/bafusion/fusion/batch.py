@@ -1516,4 +1516,7 @@ def align_for_fuse(images: list[np.ndarray], names: list[str], model: str, force
 
     for line in al.describe(names) if details else ():
         tqdm.write(f"{prefix}: {line}", file=sys.stderr)  # between the lines of a fuse-dir bar, not into it
+    for name, why in zip(names, al.replaced) if not details else ():  # the align lines above say it
+        if why:
+            tqdm.write(f"{prefix}: {name}: {why}", file=sys.stderr)
     return al if alignment else al.images
