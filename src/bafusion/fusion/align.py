@@ -1093,6 +1093,61 @@ def check_alignment(al: Alignment, names: Sequence[str], *, force: str | None = 
                         "fuse the shots as registered" + (f", or {force} to use the estimate anyway" if force else ""))
 
 
+#: ``--align translation`` leaving a shot a match quality below this (the lowest of the 20
+#: registered Lytro pairs, 0.92-0.99) is aligned again by similarity, to see whether the shots
+#: turn or change scale (:func:`translation_shortfalls`) ...
+TRANSLATION_QUALITY = 0.92
+
+#: ... which they do when the similarity raises the match quality by at least this. Measured on
+#: lytro-05 moved by the probe of 2026-12-06: turned 3 deg, 0.64 after translation against 0.98
+#: after similarity; turned 1 deg 0.91 / scaled 1.03 0.82 after translation.
+SIMILARITY_GAIN = 0.05
+
+
+def translation_shortfalls(al: Alignment, images: Sequence[np.ndarray], names: Sequence[str]) -> list[str]:
+    """Lines for the shots that a translation alignment leaves misregistered because they turn
+    or change scale: their match quality after it is below :data:`TRANSLATION_QUALITY` and a
+    similarity alignment raises it by :data:`SIMILARITY_GAIN` or more (its estimate one a
+    hand-held pair shows). The similarity alignment is made only when a shot's quality is that
+    low (bilinear warp: only its match quality is used).
+
+    Parameters
+    ----------
+    al : Alignment
+        The result of :func:`align_images`; nothing is said unless its model is ``translation``.
+    images : sequence of numpy.ndarray
+        The shots ``al`` aligned, as given to it.
+    names : sequence of str
+        The shots' names, for the lines.
+
+    Returns
+    -------
+    list of str
+        One line per such shot, naming it, both match qualities and the similarity's rotation
+        and scale, and suggesting ``--align similarity``; empty when none.
+    """
+    if al.model != "translation":
+        return []
+    low = [i for i, q in enumerate(al.quality[1:], 1) if q is not None and MIN_QUALITY <= q < TRANSLATION_QUALITY]
+    if not low:
+        return []
+    sim = align_images(images, "similarity", order=1)
+    lines = []
+    for i in low:
+        q, qs = al.quality[i], sim.quality[i]
+        if qs is None or qs < q + SIMILARITY_GAIN or sim.implausible[i]:
+            continue
+        m = sim.transforms[i]
+        if sim.sizes and sim.sizes[i] != sim.size:
+            m = m @ np.linalg.inv(size_matrix(sim.sizes[i], sim.size))
+        p = describe_matrix(m)
+        lines.append(f"{names[i]}: match quality {q:.2f} after translation alignment to {names[0]}, {qs:.2f} after a "
+                     f"similarity one (rotation {p['rotation_deg']:+.2f} deg, scale {p['scale']:.4f}, corner motion "
+                     f"{sim.rms_px[i]:.1f} px): the shots turn or change scale, which a translation leaves "
+                     "misregistered; --align similarity registers them")
+    return lines
+
+
 def _is_flat(img: np.ndarray) -> bool:
     """Whether a uint8 shot (or a float one on [0, 1]) has no structure to align on: its gray
     values, subsampled to a long side of about 520 px and blurred at the coarse scale of

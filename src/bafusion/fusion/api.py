@@ -241,6 +241,10 @@ def fuse(
         for name, why in zip(names, al.replaced):  # an estimate the shots' detail did not bear out
             if why:
                 warnings.warn(f"{name}: {why}", UserWarning, stacklevel=2)
+        from bafusion.fusion.align import translation_shortfalls
+
+        for line in translation_shortfalls(al, images, names):  # a turn or scale a translation leaves
+            warnings.warn(line.replace("--align similarity", 'align="similarity"'), UserWarning, stacklevel=2)
         # the full-depth shots registered and cropped as their 8-bit copies were
         images, full = al.images, (al.apply(full) if full is not None and keep_depth else None)
     nets = model if isinstance(model, FusionNets) else _cached_nets(model, device)

@@ -1519,4 +1519,8 @@ def align_for_fuse(images: list[np.ndarray], names: list[str], model: str, force
     for name, why in zip(names, al.replaced) if not details else ():  # the align lines above say it
         if why:
             tqdm.write(f"{prefix}: {name}: {why}", file=sys.stderr)
+    from bafusion.fusion.align import translation_shortfalls
+
+    for line in translation_shortfalls(al, images, names):  # a turn or scale a translation leaves
+        tqdm.write(f"{prefix}: {line}", file=sys.stderr)
     return al if alignment else al.images
