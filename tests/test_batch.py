@@ -1402,6 +1402,130 @@ def test_fusion_code_digest_ignores_line_endings_hidden_and_unreadable_files(tmp
     assert batch.fusion_code_digest(copy) != before
 
 
+#: A fixed source using what changed in Python's syntax trees from 3.11 on (f-strings, nested
+#: ones and their format specs, type hints, match statements, except*, positional-only
+#: parameters, walrus, async). Its code's digest below was computed on 3.11; 3.12.1 and 3.13.0
+#: give the same.
+CODE_SAMPLE = r'''"""Module docstring."""
+from __future__ import annotations
+import os as _os
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Box(Generic[T]):
+    """Class docstring."""
+    items: list[T] = []
+
+    def __init__(self, value: T, *, width: int = 8, **kw: object) -> None:
+        """Method docstring."""
+        self.value = value
+        self.width = width
+
+    async def get(self, /, n: int | None = None) -> T:
+        async with self.lock() as _l:
+            async for _ in self.stream():
+                await self.wait()
+        return self.value
+
+
+def describe(x: float, name: str = "x", spec: str = ">10") -> str:
+    w = 3
+    a = f"{name}={x:.{w}f} ({x!r:>{w}}) {{literal}} {x=} {x = !s:^12}"
+    b = f"{'nested ' + f'{x:{spec}}'} {x:} {x!a}"
+    c = f"plain" f"{x}" "tail" r"raw\d" u"u" + rb"b".decode()
+    d = f"""multi
+{x
+ + 1:08.3f}
+line {name!r}"""
+    e = f"{x:{'>' if x else '<'}{w}}"
+    g = f"{[y for y in range(3)]}{ {1: 2}[1] }{(lambda: 1)}"[:-1]
+    h = f"" + f"{x!r:}" + f"{{}}" + f"{x:{w}}" + f"{x:>{w}.{w}}" + f"{x:%Y-%m {w} }" + f"{x:{w}{w}}z"
+    return a + b + c + d + e + g + h
+
+
+def matcher(cmd):
+    match cmd:
+        case {"op": "fuse", "args": [first, *rest]} if rest:
+            return first
+        case ["go", ("n" | "s") as d]:
+            return d
+        case Box(value=0 | 1.5 | -2j | None | True):
+            return None
+        case str() | bytes():
+            return cmd
+        case _os.sep:
+            return "sep"
+        case [*_]:
+            return list(cmd)
+        case _:
+            raise ValueError(f"unknown {cmd!r}") from None
+
+
+@staticmethod
+def deco(*args, **kwargs):
+    global T
+    try:
+        yield from (i ** 2 for i in args if i)
+    except* ValueError as eg:
+        del eg
+    finally:
+        pass
+    lambda a, /, b=1, *c, d, e=2, **f: (a, b, c, d, e, f)
+    x = [*args, *kwargs]
+    y = {**kwargs, "k": ...}
+    z = {i for i in x} | set()
+    (w := 1)
+    v = x[1:2:3], x[::], x[...]
+    assert v, "msg"
+    while False:
+        continue
+    else:
+        return not (1 < 2 <= 3 is not None in x)
+'''
+CODE_SAMPLE_DIGEST = "e5ff7c4b5d13fa52db992099f86edf06560fe2408a90d75d8e69a54fc15ce8a1"
+
+
+def test_code_digest_is_the_same_on_each_python(monkeypatch) -> None:
+    """The code digests (fuse-dir's record, a training checkpoint's) are meant to name the code
+    whatever Python reads it: a source with f-strings, nested ones, type hints and a match
+    statement keeps the digest 3.11 gives it (pinned, so a later Python's syntax trees that
+    change it are caught), also read as Python 3.12.1 parses it: 3.12.1 ends a format spec
+    that ends with a replacement field (``f"{x:>{w}}"``) with an empty string piece, which
+    gave that code another digest there, so a batch fused on 3.11 was refused as another
+    code's on 3.12."""
+    import hashlib
+
+    from bafusion import _version
+
+    def digest() -> str:
+        return hashlib.sha256(_version.code_of(CODE_SAMPLE.encode())).hexdigest()
+
+    assert digest() == CODE_SAMPLE_DIGEST
+    real_parse, added = ast.parse, []
+
+    def parse_as_3_12_1(source, *args, **kwargs):
+        tree = real_parse(source, *args, **kwargs)
+        if source != CODE_SAMPLE.encode():  # (pytest's own parses)
+            return tree
+        for node in ast.walk(tree):
+            spec = node.format_spec if isinstance(node, ast.FormattedValue) else None
+            if isinstance(spec, ast.JoinedStr) and spec.values and isinstance(spec.values[-1], ast.FormattedValue):
+                spec.values.append(ast.Constant(value=""))
+                added.append(spec)
+            elif (isinstance(spec, ast.JoinedStr) and len(spec.values) > 1  # parsed by 3.12.1 itself
+                  and isinstance(spec.values[-2], ast.FormattedValue) and spec.values[-1].value == ""):
+                added.append(spec)
+        return tree
+
+    monkeypatch.setattr(ast, "parse", parse_as_3_12_1)
+    as_on_3_12_1 = digest()
+    monkeypatch.undo()
+    assert len(added) == 6  # the sample's format specs that end with a replacement field
+    assert as_on_3_12_1 == CODE_SAMPLE_DIGEST
+
+
 @pytest.mark.parametrize("marker", ["none", "empty"])
 def test_fuse_dir_an_output_folder_without_a_record_is_refused_with_advice_that_works(
         tmp_path: Path, nets: Path, capsys, marker: str) -> None:
