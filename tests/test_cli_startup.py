@@ -201,11 +201,18 @@ def test_an_exception_without_a_stop_is_still_a_bug(monkeypatch: pytest.MonkeyPa
     (["fuse", "a.png", "b.png", "-o", "x.png", "--precison", "fp16"], "--precison: did you mean --precision?"),
     (["baseline", "--method", "gfff", "a", "b", "-o", "f.png"], "invalid choice: 'gfff' (choose from 'gff', "
                                                                 "'laplacian'); did you mean 'gff'?"),
+    # a mistyped first letter (the rule that keeps --batch from meaning --patch had dropped these)
+    (["guse", "a.png"], "; did you mean 'fuse'?"),
+    (["fuse", "a.png", "b.png", "-o", "x.png", "--nodel", "x"], "--nodel: did you mean --model?"),
+    (["fuse", "a.png", "b.png", "-o", "x.png", "--rile", "512"], "--rile: did you mean --tile?"),
 ])
 def test_a_mistyped_command_or_option_gets_the_closest_name(capsys: pytest.CaptureFixture[str], argv: list[str],
                                                             hint: str) -> None:
     """`bafusion fus` listed 19 commands without a word of 'fuse'; `count --fromat json` said only
-    'unrecognized arguments' (Python 3.11's argparse suggests nothing)."""
+    'unrecognized arguments' (Python 3.11's argparse suggests nothing). A first letter mistyped
+    (`guse`, `--nodel`) is a typo too: only a word that is itself bafusion's (`--batch`, a
+    parameter: test_no_suggestion_of_an_unrelated_option) is not one of the name one letter
+    away."""
     from bafusion.cli import main
 
     with pytest.raises(SystemExit) as e:
@@ -290,7 +297,8 @@ def test_no_suggestion_of_an_unrelated_option(capsys: pytest.CaptureFixture[str]
     letter apart, but another first letter: another word). A name that begins the typed word
     now counts as one of its dash-separated words or as at least half of it (--outdir, --tile-size
     keep theirs: test_a_longer_name_or_an_abbreviation_gets_a_hint), and a name that differs in
-    its first letter alone is none."""
+    its first letter alone is none when the typed word is itself bafusion's (batch: the
+    parameter train.batch), while a mistyped first letter (--nodel) still gets its hint."""
     from bafusion.cli import main
 
     with pytest.raises(SystemExit):

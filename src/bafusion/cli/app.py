@@ -31,6 +31,7 @@ import argparse
 import atexit
 import contextlib
 import errno
+import functools
 import gc
 import importlib
 import os
@@ -158,15 +159,17 @@ def _close_name(word: str, names: Sequence[str]) -> str | None:
     whose last dash-separated words ``word``'s are (``cmap``: ``diff-cmap``), that ``word``
     abbreviates or that abbreviate it (``fmt``: ``format``; ``bfloat16``: ``bf16``; see
     :func:`_abbreviates`), or that difflib finds clearly close (a ratio of 0.75:
-    ``output-dir``), the closest by difflib; never a name that differs from ``word`` in its
-    first letter alone (``batch``, ``patch``: another word, not a typo). difflib alone, at
-    its cutoff of 0.6, pointed ``--cores`` at ``--force`` (three letters of five in common)."""
+    ``output-dir``), the closest by difflib; not a name that differs from ``word`` in its
+    first letter alone when ``word`` is itself a word of bafusion's (:func:`_known_words`:
+    ``batch``, a parameter, is not a typo of ``patch``), while a first letter mistyped is
+    (``nodel``: ``model``, ``guse``: ``fuse``). difflib alone, at its cutoff of 0.6, pointed
+    ``--cores`` at ``--force`` (three letters of five in common)."""
     import difflib
 
     def near(n: str) -> bool:
         words, name_words = word.split("-"), n.split("-")
-        if len(word) == len(n) > 1 and word[0] != n[0] and word[1:] == n[1:]:  # batch, patch: another word
-            return False
+        if len(word) == len(n) > 1 and word[0] != n[0] and word[1:] == n[1:]:
+            return word.replace("_", "-") not in _known_words()  # batch, patch: another word
         return (_edits(word, n) <= max(1, len(word) // 4)
                 or (len(word) >= 3 and n.startswith(word))
                 or (len(n) >= 3 and word.startswith(n) and (word[len(n):][:1] in ("-", "_") or 2 * len(n) >= len(word)))
@@ -176,6 +179,22 @@ def _close_name(word: str, names: Sequence[str]) -> str | None:
 
     close = difflib.get_close_matches(word, [n for n in names if near(n)], n=1, cutoff=0.0)
     return close[0] if close else None
+
+
+@functools.lru_cache(maxsize=1)
+def _known_words() -> frozenset[str]:
+    """The words that name something in bafusion, dashes for underscores: its commands, and the
+    names of its parameters and of their sections (``batch``, ``fuse``, ``boundary-weight``);
+    read from the parameter schema (no command module is imported: those of some commands
+    import torch, seconds for a one-line error). A typed word of these means that thing, and
+    is no typo of a name one first letter away (:func:`_close_name`)."""
+    words = set(COMMANDS)
+    with contextlib.suppress(Exception):  # for a hint only
+        from bafusion.schema import leaf_keys
+
+        for key in leaf_keys():
+            words.update(part.replace("_", "-") for part in key.split("."))
+    return frozenset(words)
 
 
 def one_line(text: object) -> str:
