@@ -1237,7 +1237,8 @@ def test_train_log_with_stdout_closed_ends_with_the_training(tmp_path: Path, clo
     file was opened on the free descriptor 1, which the log's copy then replaced by its pipe
     (with stdin closed too, the log itself was on descriptor 1: it kept only its first line).
     The command now makes its closed descriptors 0-2 /dev/null first: exit 0, the log whole,
-    the lock file gone."""
+    the lock file gone. The log lacked the lines printed on stdout (``sys.stdout`` is None, so
+    print() dropped them): it holds them too, the result line as well."""
     h5 = write_toy_patches(tmp_path / "initial.h5", n_train=12, n_val=6, patch=16, seed=1)
     log, ck = tmp_path / "logs" / "train.log", tmp_path / "ck"
     params = {**TOY, "train": {**TOY["train"], "samples_per_epoch": 32}}
@@ -1248,6 +1249,8 @@ def test_train_log_with_stdout_closed_ends_with_the_training(tmp_path: Path, clo
                           env={**os.environ, "BAFUSION_MLFLOW": "0"}, timeout=300)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "epoch 2/2" in proc.stderr and "epoch 2/2" in log.read_text(), (proc.stderr, log.read_text())
+    assert re.search(rf"^initial: best val acc [0-9.]+ at epoch [12], model {re.escape(str(tmp_path / 'm.pt'))}$",
+                     log.read_text(), re.M), log.read_text()
     assert (tmp_path / "m.pt").is_file() and not (ck / LOCK_FILE).exists()
 
 

@@ -464,7 +464,9 @@ class _LogCopy:
     (Snakemake removes a job's log before running it, that of a duplicate job refused by the lock
     too), it is written again whole, from what the open file holds, at the next output and at
     :meth:`stop`; a file put at the path by another is left alone. Should the log fail (a
-    full disk) it is said once on stderr, and the output goes on to where it went."""
+    full disk) it is said once on stderr, and the output goes on to where it went. A closed
+    standard output (``>&-``: ``sys.stdout`` is ``None``, descriptor 1 /dev/null) gets a stream
+    on the copy meanwhile, so that what the command prints there is in the log too."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -474,6 +476,7 @@ class _LogCopy:
         self.failed = False
         self.saved: dict[int, int] = {}
         self.threads: list[threading.Thread] = []
+        self.stdout: Any = None  # the stream given to a closed standard output, from start to stop
 
     def start(self) -> None:
         """Empty and open the log, and copy the output into it from now on."""
@@ -497,6 +500,10 @@ class _LogCopy:
                                      name=f"bafusion-log-{fd}")
                 t.start()
                 self.threads.append(t)
+            if sys.stdout is None:  # closed (>&-): its lines went nowhere, the log's copy too
+                self.stdout = open(1, "w", encoding=getattr(sys.stderr, "encoding", None) or "utf-8",  # noqa: SIM115
+                                   errors="backslashreplace", buffering=1, closefd=False)
+                sys.stdout = self.stdout
         except BaseException:
             self.stop()
             raise
@@ -508,6 +515,12 @@ class _LogCopy:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(AttributeError, ValueError, OSError):
                 stream.flush()
+        if self.stdout is not None:  # closed again, as it was
+            if sys.stdout is self.stdout:
+                sys.stdout = None  # type: ignore[assignment]
+            with contextlib.suppress(OSError, ValueError):
+                self.stdout.close()  # (closefd=False: descriptor 1 stays)
+            self.stdout = None
         for fd, saved in self.saved.items():
             os.dup2(saved, fd)  # closes this process's end of the pipe: its thread reads to the end
         for t in self.threads:
