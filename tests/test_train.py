@@ -1254,6 +1254,38 @@ def test_train_log_with_stdout_closed_ends_with_the_training(tmp_path: Path, clo
     assert (tmp_path / "m.pt").is_file() and not (ck / LOCK_FILE).exists()
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+@pytest.mark.parametrize("log", [True, False], ids=["log", "no-log"])
+def test_train_with_a_full_standard_output_keeps_its_outputs_and_ends_with_status_2(tmp_path: Path,
+                                                                                    log: bool) -> None:
+    """`train --log FILE > /dev/full` ended with status 0 and said nothing, its result line lost
+    from stdout (the log's copy dropped the failed writes silently), while the README says of
+    every command that writes files, as `train > /dev/full` does: the failure said once on
+    stderr, the lines dropped, the outputs kept, status 2. With --log it is so too, the lines
+    kept in the log, the error line there as well."""
+    h5 = write_toy_patches(tmp_path / "initial.h5", n_train=12, n_val=6, patch=16, seed=1)
+    logfile, model = tmp_path / "logs" / "train.log", tmp_path / "m.pt"
+    params = {**TOY, "train": {**TOY["train"], "samples_per_epoch": 32}}
+    command = [sys.executable, "-m", "bafusion.cli", "train", "--net", "initial", "--patches", str(h5),
+               "--out", str(model), "--params-json", json.dumps(params), "--checkpoints", str(tmp_path / "ck"),
+               *(["--log", str(logfile)] if log else [])]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "BAFUSION_MLFLOW": "0"}, timeout=300)
+    said = [x for x in proc.stderr.splitlines() if "(writing the standard output)" in x]
+    assert proc.returncode == 2 and len(said) == 1, proc.stderr
+    assert said[0].startswith("bafusion train: error: No space left on device (writing the standard output): what "
+                              "it prints there is dropped from now on"), said
+    assert said[0].endswith("and ends with a non-zero status"), said
+    assert "Traceback" not in proc.stderr and "epoch 2/2" in proc.stderr, proc.stderr
+    assert model.is_file() and model.with_suffix(".json").is_file()
+    if log:
+        text = logfile.read_text()
+        assert f"kept in the log {logfile}" in said[0], said
+        assert re.search(r"^initial: best val acc [0-9.]+ at epoch [12], model ", text, re.M), text
+        assert said[0] in text.splitlines() and "epoch 2/2" in text, text
+
+
 @pytest.mark.parametrize("existing", [False, True])
 def test_a_training_refused_after_taking_the_lock_leaves_no_lock_file(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                       existing: bool) -> None:

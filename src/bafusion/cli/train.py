@@ -397,9 +397,12 @@ def run_cli(args: argparse.Namespace) -> int:
         started = time.time()
         on_stop_say(lambda: _resume_advice(args, started, run))
     if getattr(args, "log", None) and "WORLD_SIZE" not in os.environ:  # the command, not a worker it started
-        with _locked_with_log(args):
+        with _locked_with_log(args) as copy:
             args.log = None
-            return run_cli(args)
+            rc = run_cli(args)
+            copy.end_stdout()
+            # as every command that writes files: its lines lost (kept in the log here), status 2
+            return 2 if rc == 0 and copy.stdout_failed is not None else rc
     cfg = _config_from_args(args)
     if Path(args.out).suffix != ".pt":
         # the description goes to <out>.json: with --out X.json it overwrote the weights
@@ -429,7 +432,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _locked_with_log(args: argparse.Namespace) -> Iterator[None]:
+def _locked_with_log(args: argparse.Namespace) -> Iterator[_LogCopy]:
     """Hold the checkpoint folder's lock (:func:`~bafusion.nets.train.checkpoints_lock`), and
     then only open ``--log`` and copy the command's output into it (:class:`_LogCopy`): a second
     training refused by the lock never touches the running one's log. The lock is marked held
@@ -445,7 +448,7 @@ def _locked_with_log(args: argparse.Namespace) -> Iterator[None]:
         later = at_command_end(copy.stop)
         try:
             os.environ[LOCK_HELD_ENV] = str(checkpoints.resolve())
-            yield
+            yield copy
         finally:
             if not later:
                 copy.stop()
@@ -464,7 +467,10 @@ class _LogCopy:
     (Snakemake removes a job's log before running it, that of a duplicate job refused by the lock
     too), it is written again whole, from what the open file holds, at the next output and at
     :meth:`stop`; a file put at the path by another is left alone. Should the log fail (a
-    full disk) it is said once on stderr, and the output goes on to where it went. A closed
+    full disk) it is said once on stderr, and the output goes on to where it went. Should the
+    standard output fail (``> /dev/full``; not a reader gone) it is said once on stderr, as for
+    every command that writes files, and its lines go on to the log only
+    (:attr:`stdout_failed`, which makes the status 2). A closed
     standard output (``>&-``: ``sys.stdout`` is ``None``, descriptor 1 /dev/null) gets a stream
     on the copy meanwhile, so that what the command prints there is in the log too."""
 
@@ -475,7 +481,9 @@ class _LogCopy:
         self.ident: tuple[int, int] | None = None
         self.failed = False
         self.saved: dict[int, int] = {}
-        self.threads: list[threading.Thread] = []
+        self.threads: dict[int, threading.Thread] = {}
+        #: The first failed write of the standard output (not a reader gone), else None.
+        self.stdout_failed: OSError | None = None
         self.stdout: Any = None  # the stream given to a closed standard output, from start to stop
 
     def start(self) -> None:
@@ -496,10 +504,10 @@ class _LogCopy:
                 r, w = os.pipe()
                 os.dup2(w, fd)
                 os.close(w)
-                t = threading.Thread(target=self._pump, args=(r, self.saved[fd]), daemon=True,
+                t = threading.Thread(target=self._pump, args=(r, self.saved[fd], fd), daemon=True,
                                      name=f"bafusion-log-{fd}")
                 t.start()
-                self.threads.append(t)
+                self.threads[fd] = t
             if sys.stdout is None:  # closed (>&-): its lines went nowhere, the log's copy too
                 self.stdout = open(1, "w", encoding=getattr(sys.stderr, "encoding", None) or "utf-8",  # noqa: SIM115
                                    errors="backslashreplace", buffering=1, closefd=False)
@@ -508,6 +516,27 @@ class _LogCopy:
             self.stop()
             raise
 
+    def end_stdout(self) -> None:
+        """Send the standard output where it went before and copy what is still on its way: once
+        the command's work has returned, so that :attr:`stdout_failed` says whether all of its
+        lines could be written there (the error lines that follow go to stderr, still copied)."""
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            sys.stdout.flush()
+        self._end_closed_stdout()
+        if 1 in self.saved:
+            os.dup2(self.saved[1], 1)  # closes this process's end of the pipe: its thread reads to the end
+            self.threads.pop(1).join(timeout=10)
+            with contextlib.suppress(OSError):
+                os.close(self.saved.pop(1))
+
+    def _end_closed_stdout(self) -> None:
+        if self.stdout is not None:  # closed again, as it was
+            if sys.stdout is self.stdout:
+                sys.stdout = None  # type: ignore[assignment]
+            with contextlib.suppress(OSError, ValueError):
+                self.stdout.close()  # (closefd=False: descriptor 1 stays)
+            self.stdout = None
+
     def stop(self) -> None:
         """Send the output where it went before, copy what is still on its way, close the log."""
         if self.fh is None:
@@ -515,15 +544,10 @@ class _LogCopy:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(AttributeError, ValueError, OSError):
                 stream.flush()
-        if self.stdout is not None:  # closed again, as it was
-            if sys.stdout is self.stdout:
-                sys.stdout = None  # type: ignore[assignment]
-            with contextlib.suppress(OSError, ValueError):
-                self.stdout.close()  # (closefd=False: descriptor 1 stays)
-            self.stdout = None
+        self._end_closed_stdout()
         for fd, saved in self.saved.items():
             os.dup2(saved, fd)  # closes this process's end of the pipe: its thread reads to the end
-        for t in self.threads:
+        for t in self.threads.values():
             t.join(timeout=10)  # (a process started here that still runs holds the pipe open)
         with self.lock:
             self._keep_at_path()
@@ -535,21 +559,41 @@ class _LogCopy:
                 os.close(saved)
         self.saved.clear()
 
-    def _pump(self, r: int, out: int) -> None:
+    def _pump(self, r: int, out: int, fd: int) -> None:
+        failed: OSError | None = None  # the standard output's failure, until its line is whole
         try:
             while True:
                 data = os.read(r, 65536)
                 if not data:
                     return
                 view = memoryview(data)
-                with contextlib.suppress(OSError):  # the console gone: the log goes on
-                    while view:
+                try:
+                    while view and not (fd == 1 and (failed or self.stdout_failed) is not None):
                         view = view[os.write(out, view):]
+                except BrokenPipeError:  # the console gone: the log goes on
+                    pass
+                except OSError as e:
+                    failed = e if fd == 1 and self.stdout_failed is None else None
                 with self.lock:
                     self._write_log(data, out)
+                if failed is not None and data.endswith(b"\n"):  # said after that line, in the log too
+                    self._stdout_fails(failed)
+                    failed = None
         finally:
+            if failed is not None:
+                self._stdout_fails(failed)
             with contextlib.suppress(OSError):
                 os.close(r)
+
+    def _stdout_fails(self, e: OSError) -> None:
+        """Say once, on stderr (and so in the log), that the standard output failed: its lines
+        are dropped from now on, kept in the log, and the status will be 2."""
+        self.stdout_failed = e
+        with contextlib.suppress(OSError):
+            os.write(2, f"bafusion train: error: {os.strerror(e.errno) if e.errno else e} (writing the standard "
+                        f"output): what it prints there is dropped from now on, kept in the log {self.path}; the "
+                        "training goes on and keeps its outputs, and ends with a non-zero status\n"
+                        .encode(errors="replace"))
 
     def _write_log(self, data: bytes, console: int) -> None:
         if self.failed or self.fh is None:  # (stopped: a process started here still writes)
