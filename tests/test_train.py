@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import os
 import re
@@ -99,10 +101,34 @@ def test_mlflow_run_holds_per_epoch_metrics(toy_run: dict) -> None:
     assert run.data.params["train.milestones"] == "[1]" and run.data.params["seed"] == "7"
     assert not {"lr", "epochs", "threads", "train.seed"} & set(run.data.params)
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "samples_per_s"):
-        hist = client.get_metric_history(run.info.run_id, key)
+        hist = client.get_metric_history(run.info.run_id, f"epoch/{key}")
         assert sorted(m.step for m in hist) == [1, 2], key
+    rows = list(csv.DictReader(io.StringIO(toy_run["paths"].plots.read_text())))
+    for key in ("lr", "train_loss", "train_acc", "val_loss", "val_acc"):  # the plots CSV's per-epoch figures
+        hist = sorted(client.get_metric_history(run.info.run_id, f"epoch/{key}"), key=lambda m: m.step)
+        assert [m.value for m in hist] == [pytest.approx(float(r[key])) for r in rows], key
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
     assert "model/initial.pt" in arts
+
+
+def test_mlflow_run_metrics_are_dvcs_under_the_same_names(toy_run: dict) -> None:
+    # MLflow's val_acc was the last epoch's (its per-epoch series' latest value: 0.5321) while
+    # metrics/train_initial.json's val_acc, which dvc metrics show gives, is the best epoch's
+    # (0.7429): one name, two numbers; train_acc/losses likewise, and best_epoch was a tag only
+    from mlflow.tracking import MlflowClient
+
+    from bafusion.tracking import EXPERIMENT
+
+    client = MlflowClient(tracking_uri=toy_run["mlflow_uri"])
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    run = next(r for r in client.search_runs([exp.experiment_id])
+               if r.data.params.get("patches") == str(toy_run["h5"]))
+    dvc = json.loads(toy_run["paths"].metrics.read_text())
+    assert {k: run.data.metrics.get(k) for k in dvc} == {k: pytest.approx(float(v)) for k, v in dvc.items()}
+    assert run.data.metrics["best_val_acc"] == pytest.approx(dvc["val_acc"])  # kept, as before
+    # a name means one number: no plain name holds a series
+    for key in dvc:
+        assert len(client.get_metric_history(run.info.run_id, key)) == 1, key
 
 
 def test_mlflow_run_logs_what_trained_the_weights(tmp_path: Path) -> None:

@@ -25,7 +25,9 @@ Outputs (all written atomically):
 - ``--plots`` (default ``<out stem>.epochs.csv``; ``metrics/plots/train_<net>.csv`` for the
   pipeline's ``--out``): one row per epoch for ``dvc plots``;
 - an MLflow run ``train_<net>`` with the flattened parameters, per-epoch metrics (step =
-  epoch) and the model as an artifact; a resumed run is a new MLflow run, tagged
+  epoch) under ``epoch/`` (``epoch/val_acc``, ``epoch/train_loss``, ...: :data:`EPOCH_PREFIX`), at
+  the end the numbers of ``--report`` under its own names (``val_acc`` is the best epoch's, as
+  ``dvc metrics show`` says; ``last_val_acc`` the last epoch's) and the model as an artifact; a resumed run is a new MLflow run, tagged
   ``resumed_from`` (epoch and step) and ``resumed_run_id`` (the interrupted run's MLflow run).
 
 Resuming: ``last.pt`` is written at every epoch end (and every ``checkpoint_every`` steps
@@ -1293,8 +1295,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             save_model(final, paths.out, _json_safe(meta))
             write_text(paths.metrics, json.dumps(_json_safe(summary), indent=2, sort_keys=True) + "\n")
             _write_csv(paths.plots, history)
-            run.log_metrics({f"best_{k}": float(summary[k]) for k in ("val_acc", "val_loss") if summary[k] is not None
-                             and not math.isnan(summary[k])}, step=cfg.epochs)
+            run.log_metrics(_summary_metrics(summary), step=cfg.epochs)  # the per-epoch series are epoch/*
             run.log_metrics({"train_time_s": train_time,
                              "samples_per_s_overall": samples_seen / train_time if train_time > 0 else 0.0},
                             step=cfg.epochs)
@@ -1444,7 +1445,27 @@ def _agreed(flag: bool, dist: Dist, device: torch.device) -> bool:
     return bool(t.item())
 
 
+#: The prefix of the per-epoch series of a training's MLflow run (``epoch/val_acc``): the plain
+#: names (``val_acc``) hold the numbers of ``metrics/train_<net>.json``, the best epoch's, logged
+#: at the end (:func:`_summary_metrics`). The series had the plain names, so MLflow's ``val_acc``
+#: (its latest value: the last epoch's, 0.53) and ``dvc metrics show``'s (the best epoch's, 0.74)
+#: differed under one name.
+EPOCH_PREFIX = "epoch/"
+
+
 def _epoch_metrics(row: Mapping[str, Any]) -> dict[str, float]:
     keys = ("lr", "train_loss", "train_acc", "val_loss", "val_acc", "samples_per_s", "epoch_time_s",
             "val_acc_context", "val_view_agreement", "bn_recalibrate_s")
-    return {k: float(row[k]) for k in keys if k in row and not (isinstance(row[k], float) and math.isnan(row[k]))}
+    return {EPOCH_PREFIX + k: float(row[k]) for k in keys
+            if k in row and not (isinstance(row[k], float) and math.isnan(row[k]))}
+
+
+def _summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers of ``--report`` (``metrics/train_<net>.json``) under its names, as the MLflow
+    run logs them at its end (a value that is None or NaN, as without validation data, is left
+    out), so that MLflow's ``val_acc`` is ``dvc metrics show``'s; and, as before, ``best_val_acc``
+    and ``best_val_loss`` (the same numbers)."""
+    out = {k: float(v) for k, v in summary.items()
+           if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+    out.update({f"best_{k}": out[k] for k in ("val_acc", "val_loss") if k in out})
+    return out
