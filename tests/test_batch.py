@@ -2346,3 +2346,26 @@ def test_stacks_are_compared_as_case_ignoring_file_systems_compare_names(tmp_pat
     # NTFS ignores case, not the normalization: one file on macOS only
     assert "one file on macOS, whose file names also ignore Unicode normalization (not on Windows)" in skipped[0][1]
     assert "(macOS, Windows)" not in skipped[0][1]
+
+
+def test_the_fuse_set_run_names_the_nets_it_used(tmp_path: Path, nets: Path) -> None:
+    """fuse-set's MLflow run (fuse) logged the fusion params only: which weights made its
+    accuracies was nowhere. It tags each net's sha256, file and patch, and the model folder."""
+    import hashlib
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from bafusion import tracking
+
+    pairs = _pairs_in(tmp_path / "pairs", {"p1": 3})
+    (pairs / "index.json").write_text(json.dumps(["p1"]))
+    assert cli_main(["fuse-set", "--pairs", str(pairs), "--models", str(nets), "--out", str(tmp_path / "out"),
+                     "--device", "cpu", "--no-progress"]) == 0
+    client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    run = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id],
+                             "tags.stage = 'fuse'")[0]
+    for role in ("initial", "boundary"):
+        assert run.data.tags[f"net.{role}.sha256"] == hashlib.sha256((nets / f"{role}.pt").read_bytes()).hexdigest()
+        assert Path(run.data.tags[f"net.{role}.file"]).resolve() == (nets / f"{role}.pt").resolve()
+    assert run.data.tags["model_dir"] == str(nets.resolve())

@@ -1771,3 +1771,42 @@ def test_clashing_method_names_holding_undecodable_bytes_get_distinct_figure_nam
     assert len({v.casefold() for v in parts.values()}) == 3, parts
     assert all(re.fullmatch(r"x_-[0-9a-f]{8}", v) for v in parts.values()), parts
     assert parts == _file_parts(list(reversed(names)))  # the same name, the same part
+
+
+def test_the_evaluate_run_names_the_nets_that_made_ours(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         tiny_nets: Path) -> None:
+    """The evaluate run logged the nets' paths only (params.models, the same data/models/initial.pt
+    in every experiment, whatever weights it held): a Table 1 row could not be told which nets
+    made it. It tags each net's sha256, file and patch, the model folder, and the training run
+    of this store that wrote a file of that sha256 (its tag model.sha256)."""
+    import hashlib
+
+    from mlflow.tracking import MlflowClient
+
+    from bafusion import tracking
+    from bafusion.fusion.api import load_model
+
+    src, _ = _write_set(tmp_path, ["p1"])
+    sha = {k: hashlib.sha256((tiny_nets / f"{k}.pt").read_bytes()).hexdigest() for k in ("initial", "boundary")}
+    with tracking.stage_run("train_initial") as trained:  # a training run that wrote the initial net
+        trained.set_tag(tracking.MODEL_SHA256_TAG, sha["initial"])
+    with tracking.stage_run("train_initial") as other:  # another weights' run
+        other.set_tag(tracking.MODEL_SHA256_TAG, "0" * 64)
+
+    def fake_ours(a, b, nets, params, names, progress=None):
+        lap = to_uint8(laplacian_fuse(a, b))
+        return {"Ours": (lap, np.ones(a.shape[:2], bool)), "Ours-initial": (lap, np.ones(a.shape[:2], bool))}
+
+    monkeypatch.setattr(ev, "_ours", fake_ours)
+    cfg = ev.parse_config({"methods": ["Ours-initial", "Ours", "GFF-native"], "metrics": ["QG"], "figures": False,
+                           "datasets": [{"name": "tiny", "sources": str(src)}]})
+    ev.run_evaluation(cfg, tmp_path / "out", load_model(tiny_nets, device="cpu"), None, log=lambda s: None)
+    client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    run = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id],
+                             "tags.stage = 'evaluate'")[0]
+    tags = run.data.tags
+    assert tags["net.initial.sha256"] == sha["initial"] and tags["net.boundary.sha256"] == sha["boundary"]
+    assert tags["net.initial.file"] == str(tiny_nets.resolve() / "initial.pt")
+    assert tags["model_dir"] == str(tiny_nets.resolve()) and tags["net.initial.patch"] == "12"
+    assert tags["net.initial.train_run_id"] == trained.run_id
+    assert "net.boundary.train_run_id" not in tags  # no training run of this store wrote it

@@ -131,6 +131,20 @@ def test_mlflow_run_metrics_are_dvcs_under_the_same_names(toy_run: dict) -> None
         assert len(client.get_metric_history(run.info.run_id, key)) == 1, key
 
 
+
+def test_the_training_run_tags_the_sha256_of_the_model_it_wrote(toy_run: dict) -> None:
+    # fuse's and evaluate's runs name their nets by sha256 and find the training run by this tag
+    import hashlib
+
+    from mlflow.tracking import MlflowClient
+
+    from bafusion.tracking import EXPERIMENT, MODEL_SHA256_TAG
+
+    client = MlflowClient(tracking_uri=toy_run["mlflow_uri"])
+    run = next(r for r in client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+               if r.data.params.get("patches") == str(toy_run["h5"]))
+    assert run.data.tags[MODEL_SHA256_TAG] == hashlib.sha256(toy_run["paths"].out.read_bytes()).hexdigest()
+
 def test_mlflow_run_logs_what_trained_the_weights(tmp_path: Path) -> None:
     # device, amp and channels_last were logged as "auto" and threads as 0 (the settings, merged
     # last over the resolved values), and no torch version: two runs on other devices, thread

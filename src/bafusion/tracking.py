@@ -660,6 +660,9 @@ class _NullRun:
     def end_dead_runs(self) -> None:
         pass
 
+    def runs_tagged(self, key: str, value: str) -> list[str]:
+        return []
+
 
 #: A failing call of a run is tried again this many times, after ``RETRY_BACKOFF_S`` seconds,
 #: then twice that, ... (a sqlite store locked by another process for a moment, a disk full
@@ -797,6 +800,26 @@ class _Run:
     def log_model(self, model: Any, name: str, input_example: Any = None) -> None:
         """Log a torch net as an MLflow model of this run (see :func:`log_torch_model`)."""
         self._call("model", 1, log_torch_model, self.uri, self.run_id, model, name, input_example)
+
+    @_warnings_not_errors()
+    def runs_tagged(self, key: str, value: str) -> list[str]:
+        """The ids of the runs of this run's experiment, other than this one, whose tag ``key`` is
+        ``value``, the newest first; FINISHED ones before the others. A lookup, never a reason to
+        leave this run untracked: a store that fails it gives ``[]`` (no retries, tracking stays on)."""
+        from bafusion.atomic import raise_if_stopped
+
+        if _broken is not None or "'" in str(value):  # (a digest or an id: no quote to escape)
+            return []
+        try:
+            check_reachable(self.uri)
+            experiment = self.client.get_run(self.run_id).info.experiment_id
+            runs = self.client.search_runs([experiment], filter_string=f"tags.`{key}` = '{value}'",
+                                           order_by=["attributes.start_time DESC"], max_results=100)
+        except Exception:  # noqa: BLE001 - a lookup: nothing found
+            raise_if_stopped()
+            return []
+        runs = [r for r in runs if r.info.run_id != self.run_id]
+        return [r.info.run_id for r in sorted(runs, key=lambda r: r.info.status != "FINISHED")]
 
     def end_interrupted(self, run_id: str) -> None:
         """End the run ``run_id`` of an interrupted step that this run resumes as ``KILLED``,
@@ -1068,6 +1091,54 @@ def _git_toplevel(folder: Path) -> Path | None:
         return None
     top = out.stdout.strip()
     return Path(top).resolve() if out.returncode == 0 and top else None
+
+
+#: The tag of a training run (``train_<net>``) that holds the sha256 of the model file it wrote;
+#: :func:`log_nets` finds the training run of a net by it.
+MODEL_SHA256_TAG = "model.sha256"
+
+
+def log_nets(run: Any, identity: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Tag the run of a step that fused (``fuse``, ``evaluate``) with the nets it used, so that a
+    run (a Table 1 row) names the weights that made it, not only their path (the same
+    ``data/models/initial.pt`` in every experiment, whatever weights it held).
+
+    Parameters
+    ----------
+    run
+        The step's run (:func:`stage_run`'s).
+    identity
+        Per role (``initial``, ``boundary``): ``file`` (as given, ``""`` for nets built in
+        memory), ``sha256`` (of the file, else of the weights) and ``patch``, as
+        :func:`bafusion.fusion.batch.model_identity` gives them.
+
+    Returns
+    -------
+    dict
+        The tags set: ``net.<role>.sha256``, ``net.<role>.patch``, ``net.<role>.file`` (for a
+        file), ``model_dir`` (the folder of both files, resolved, when they share one) and
+        ``net.<role>.train_run_id``: the training run of this store that wrote a file of that
+        sha256 (its tag :data:`MODEL_SHA256_TAG`; the newest finished one), when there is one.
+    """
+    tags: dict[str, str] = {}
+    files = []
+    for role, ident in identity.items():
+        tags[f"net.{role}.sha256"] = str(ident["sha256"])
+        tags[f"net.{role}.patch"] = str(ident["patch"])
+        if ident.get("file"):
+            tags[f"net.{role}.file"] = str(ident["file"])
+            files.append(Path(ident["file"]))
+    folders = {f.resolve().parent for f in files}
+    if files and len(folders) == 1:
+        tags["model_dir"] = str(folders.pop())
+    find = getattr(run, "runs_tagged", None)
+    for role, ident in identity.items():
+        found = find(MODEL_SHA256_TAG, str(ident["sha256"])) if find is not None else []
+        if found:
+            tags[f"net.{role}.train_run_id"] = found[0]
+    for key, value in tags.items():
+        run.set_tag(key, value)
+    return tags
 
 
 @_warnings_not_errors()

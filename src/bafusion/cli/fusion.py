@@ -386,6 +386,7 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
     """``bafusion fuse-set``, logged as the MLflow run ``fuse``."""
     from bafusion import tracking
     from bafusion.dvc_metrics import fuse_metrics
+    from bafusion.fusion.batch import model_identity
 
     params, other = params_from_args(args)
     if args.report:  # before loading the nets: a --report that is one of the files written into --out
@@ -393,6 +394,7 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
                           what="--report file", folder="--out")
     with tracking.stage_run("fuse", {"fuse": asdict(params)}) as run:
         nets = nets_from_args(args, other["device"], args.models)
+        tracking.log_nets(run, model_identity(nets))  # which weights made these numbers
         report = fuse_set(args.pairs, args.out, nets, params, alpha=other["alpha"], diff_cmap=other["diff_cmap"],
                           report_path=args.report,
                           progress=args.progress, say=lambda text: print(f"bafusion fuse-set: {text}", file=sys.stderr),

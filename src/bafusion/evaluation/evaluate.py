@@ -1661,6 +1661,10 @@ def run_evaluation(
     logged: dict[str, None] = {}  # the metric names of all_means' keys (QMI, rank.QMI), in order
     capped: dict[str, int] = {}  # all_means' keys whose mean counts exact pairs as 100 dB: how many
     with tracking.stage_run("evaluate", run_params or {"evaluate": _config_dict(cfg)}) as run:
+        if hasattr(nets, "sources"):  # FusionNets: which weights made Ours' rows, their sha256 and training run
+            from bafusion.fusion.batch import model_identity
+
+            tracking.log_nets(run, model_identity(nets))
         with atomic_dir(out) as tmp:
             for ds in cfg.datasets:
                 if _is_empty_testset(ds):

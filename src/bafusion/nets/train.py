@@ -1308,6 +1308,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 print(f"bafusion train: {net} done: {samples_seen} samples in {train_time:.1f} s, best val acc "
                       f"{best_row['val_acc']:.4f} (epoch {best_epoch})", file=sys.stderr)
             run.set_tag("best_epoch", best_epoch)
+            with open(paths.out, "rb") as f:  # fuse's and evaluate's runs name the nets by it (tracking.log_nets)
+                run.set_tag(tracking.MODEL_SHA256_TAG, hashlib.file_digest(f, "sha256").hexdigest())
             run.log_artifact(paths.out, "model")
             run.log_artifact(paths.out.with_suffix(".json"), "model")
             run.log_artifact(paths.metrics, "metrics")
