@@ -1612,3 +1612,68 @@ def test_the_runs_code_digest_counts_code_not_docstrings_or_line_endings(tmp_pat
     assert checkout.code_digest.__wrapped__(pkg) == base
     (pkg / "n.py").write_bytes(b"")
     assert checkout.code_digest.__wrapped__(pkg) != base
+
+
+SNAKEFILE_STOPPED = """
+from bafusion import tracking
+
+onstart:
+    tracking.ensure_db()
+    tracking.begin_invocation({}, "all")
+    tracking.watch_stop_signals()
+
+onsuccess:
+    tracking.end_invocation(True)
+
+onerror:
+    tracking.end_invocation(False)
+
+rule all:
+    output: "done"
+    shell: "touch started; sleep 60; touch {output}"
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])  # ~30 s each
+def test_a_stopped_snakemake_ends_its_parent_run_killed(tmp_path: Path, signum: int) -> None:
+    """A dvc exp run stopped by SIGTERM (kill to its process group) or Ctrl-C ended its stopped
+    step's run KILLED but the parent run FAILED (onerror: end_invocation(False)). Snakemake's
+    own handlers stay in charge (SIGTERM: finish the running jobs, then fail), and the parent
+    run notes the signal."""
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "Snakefile").write_text(SNAKEFILE_STOPPED)
+    env = {k: v for k, v in os.environ.items() if k not in (tracking.PARENT_ENV, "DVC_STAGE", "DVC_EXP_NAME")}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    snakemake = Path(sys.executable).with_name("snakemake")
+    proc = subprocess.Popen([str(snakemake), "--cores", "1", "--nolock"], cwd=tmp_path, env=env,
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "started").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.2)
+        os.killpg(proc.pid, signum)  # the whole group, as Ctrl-C in a terminal or kill -- -PGID
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0, out
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
+    assert [(r.info.status, r.data.tags.get(tracking.STOPPED_BY_TAG)) for r in runs] == [
+        ("KILLED", signal.Signals(signum).name)], out
+
+
+def test_a_failed_invocation_without_a_stop_signal_ends_its_parent_run_failed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _clear_invocation_env(monkeypatch)
+    monkeypatch.setattr(tracking, "_stopped_by", None)
+    parent = tracking.begin_invocation({}, "all")
+    tracking.end_invocation(False)
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(tracking.tracking_uri()).get_run(parent)
+    assert run.info.status == "FAILED" and tracking.STOPPED_BY_TAG not in run.data.tags

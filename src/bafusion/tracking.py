@@ -69,6 +69,8 @@ PARENT_ENV = "BAFUSION_PARENT_RUN"
 #: Tags of a parent run: marks it, and the key that finds it again under DVC.
 PARENT_TAG = "bafusion.parent"
 INVOCATION_TAG = "bafusion.invocation"
+#: The tag of a parent run ended ``KILLED`` by a stop signal: its name (``SIGTERM``).
+STOPPED_BY_TAG = "bafusion.stopped_by"
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -1320,11 +1322,45 @@ def _begin_invocation(uri: str, config: Mapping[str, Any] | None, targets: str) 
     return run_id
 
 
+#: The stop signal (SIGINT, SIGTERM) this process received since :func:`watch_stop_signals`,
+#: else None: :func:`end_invocation` then ends the parent run ``KILLED``, not ``FAILED``.
+_stopped_by: int | None = None
+
+
+def watch_stop_signals() -> None:
+    """Note a SIGINT (Ctrl-C) or SIGTERM that this process receives from now on, handing it on
+    to the handler it had, so that :func:`end_invocation` ends a stopped invocation's parent
+    run ``KILLED`` as its stopped step's, not ``FAILED`` (a ``dvc exp run`` stopped with
+    Ctrl-C or ``kill``). Called from Snakemake's ``onstart``, after Snakemake put its own
+    handlers in place (its scheduler's ``SIGTERM``: finish the running jobs, then fail; Python's
+    ``SIGINT``: ``KeyboardInterrupt``); both then fail the workflow, and Snakemake calls
+    ``onerror``. A signal that is ignored (``SIG_IGN``: SIGINT of a background job) or has the
+    default action (the process ends, no ``onerror``) is left alone, as is a call outside the
+    main thread (where Python sets no handler)."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if not callable(previous) or getattr(previous, "_bafusion_watch", False):
+            continue
+
+        def noted(signum: int, frame: Any, previous: Any = previous) -> Any:
+            global _stopped_by
+            _stopped_by = signum
+            return previous(signum, frame)
+
+        noted._bafusion_watch = True  # type: ignore[attr-defined]
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(sig, noted)
+
+
 @_warnings_not_errors()
 def end_invocation(ok: bool) -> None:
     """Close the parent run opened by :func:`begin_invocation` (Snakemake's onsuccess/onerror).
 
-    Under DVC the next stage reopens it, so after the last stage it stays FINISHED.
+    ``ok`` False: ``KILLED`` when this process was stopped by SIGINT or SIGTERM since
+    :func:`watch_stop_signals` (tagged ``bafusion.stopped_by``, the signal's name), else
+    ``FAILED``. Under DVC the next stage reopens it, so after the last stage it stays FINISHED.
     """
     run_id = os.environ.get(PARENT_ENV)
     if not (enabled() and run_id):
@@ -1335,7 +1371,12 @@ def end_invocation(ok: bool) -> None:
     uri = tracking_uri()
     try:
         check_reachable(uri)
-        MlflowClient(tracking_uri=uri).set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+        client = MlflowClient(tracking_uri=uri)
+        if not ok and _stopped_by is not None:
+            import signal
+
+            client.set_tag(run_id, STOPPED_BY_TAG, signal.Signals(_stopped_by).name)
+        client.set_terminated(run_id, status="FINISHED" if ok else "KILLED" if _stopped_by is not None else "FAILED")
     except MlflowException as e:  # the runs are a record of the work: never fail the work for them
         print(f"bafusion: could not close the MLflow parent run {run_id}: {str(e).splitlines()[0]}", file=sys.stderr)
     except Exception as e:  # noqa: BLE001 - the store's failure, likewise

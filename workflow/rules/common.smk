@@ -119,6 +119,8 @@ onstart:
     if tracking.enabled() and _runs_jobs():
         tracking.ensure_db()
         tracking.begin_invocation(config, _targets())
+        # Ctrl-C or SIGTERM (a stopped dvc exp run): onerror ends the parent KILLED, not FAILED
+        tracking.watch_stop_signals()
 
 
 onsuccess:
