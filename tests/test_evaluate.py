@@ -1625,11 +1625,14 @@ def test_direction_tags_name_exactly_the_metrics_the_run_logs_ranks_lower(tmp_pa
     client = MlflowClient(tracking_uri=tracking_uri())
     run = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.stage = 'evaluate'",
                              order_by=["attributes.start_time DESC"])[0]
-    assert run.data.tags["higher_is_better"] == "QMI", run.data.tags
+    assert run.data.tags["higher_is_better"] == "QMI, wins.QMI, wins.QCV", run.data.tags
     assert run.data.tags["lower_is_better"] == "QCV, rank.QMI, rank.QCV", run.data.tags
-    logged = {k.split(".", 2)[2] for k in run.data.metrics if k.startswith("t.")}  # t.<method>.<name>
+    assert run.data.tags[ev.COUNTS_TAG] == "pairs, rank_of.QMI, rank_of.QCV", run.data.tags  # no direction
+    # t.<method>.<name>, and t.pairs
+    logged = {k.split(".", 2)[2] if k.count(".") >= 2 else k.split(".", 1)[1] for k in run.data.metrics
+              if k.startswith("t.")}
     assert "rank.QMI" in logged and "PSNR" not in logged, run.data.metrics
-    tagged = {q for k in ("higher_is_better", "lower_is_better") for q in run.data.tags[k].split(", ")}
+    tagged = {q for k in ("higher_is_better", "lower_is_better", ev.COUNTS_TAG) for q in run.data.tags[k].split(", ")}
     assert tagged == logged
 
 
@@ -1810,3 +1813,31 @@ def test_the_evaluate_run_names_the_nets_that_made_ours(tmp_path: Path, monkeypa
     assert tags["model_dir"] == str(tiny_nets.resolve()) and tags["net.initial.patch"] == "12"
     assert tags["net.initial.train_run_id"] == trained.run_id
     assert "net.boundary.train_run_id" not in tags  # no training run of this store wrote it
+
+
+def test_the_evaluate_run_logs_table1s_wins_and_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Table 1's headline numbers, our wins (testset.Ours.wins.QMI), and the counts rank_of and
+    pairs were in metrics.json (dvc exp show) but in no MLflow metric: the MLflow UI could not
+    show or compare them. They are logged under metrics.json's flattened names."""
+    from mlflow.tracking import MlflowClient
+
+    from bafusion.tracking import EXPERIMENT, flatten, tracking_uri
+
+    src, _ = _write_set(tmp_path, ["p1", "p2"])
+
+    def fake_ours(a, b, nets, params, names, progress=None):
+        lap = to_uint8(laplacian_fuse(a, b))
+        return {"Ours": (lap, np.ones(a.shape[:2], bool)), "Ours-initial": (a, np.ones(a.shape[:2], bool))}
+
+    monkeypatch.setattr(ev, "_ours", fake_ours)
+    cfg = ev.parse_config({"methods": ["Ours-initial", "Ours", "GFF-native"], "metrics": ["QG", "QMI"],
+                           "figures": False, "datasets": [{"name": "tiny", "sources": str(src)}]})
+    doc = ev.run_evaluation(cfg, tmp_path / "out", object(), None, log=lambda s: None)
+    client = MlflowClient(tracking_uri=tracking_uri())
+    run = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.stage = 'evaluate'",
+                             order_by=["attributes.start_time DESC"])[0]
+    flat = flatten(doc)
+    wanted = {k: v for k, v in flat.items() if ".wins." in k or ".rank_of." in k or k == "tiny.pairs"}
+    assert len(wanted) == 2 * 2 * 2 + 1, flat  # Ours and Ours-initial: wins and rank_of of QG and QMI; pairs
+    assert {k: run.data.metrics.get(k) for k in wanted} == {k: float(v) for k, v in wanted.items()}
+    assert wanted["tiny.pairs"] == 2 and wanted["tiny.Ours.rank_of.QG"] == 2  # Ours and GFF-native

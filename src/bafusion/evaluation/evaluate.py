@@ -683,6 +683,10 @@ INF_COUNT_PREFIX = "n_inf_"
 #: :data:`INF_PSNR_IN_MEANS` (the tables' :data:`CAPPED_MARK`): a JSON object, metric key
 #: (``<dataset>.<method>.PSNR``) -> number of pairs; absent where there are none.
 CAPPED_TAG = "psnr_inf_pairs_in_means"
+#: The MLflow tag of the ``evaluate`` run that names its logged counts, which have no direction
+#: (``pairs``: ``<dataset>.pairs``; ``rank_of.QMI``: ``<dataset>.<method>.rank_of.QMI``, how many
+#: methods our rank is out of), beside ``higher_is_better`` and ``lower_is_better``.
+COUNTS_TAG = "counts"
 
 
 def _inf_pairs(rows: Rows, m: str, q: str) -> int:
@@ -1622,7 +1626,9 @@ def run_evaluation(
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate every dataset of ``cfg`` into ``out`` (replaced whole on success), log an MLflow
-    run ``evaluate`` with the means as metrics and the tables and figures as artifacts, and
+    run ``evaluate`` with the means, our wins, ranks and ``rank_of`` and each dataset's ``pairs``
+    as metrics (``metrics.json``'s flattened names; :data:`COUNTS_TAG` names the counts) and the
+    tables and figures as artifacts, and
     write the DVC metrics JSON (``out/metrics.json``, copied to ``report``) and the means of all
     methods as a CSV for DVC plots (``plots``). Returns the metrics document. A mean over fewer
     pairs than another method's (the metric NaN on some pairs; marked ``(n=k/N)``, never bold,
@@ -1658,7 +1664,9 @@ def run_evaluation(
     doc: dict[str, Any] = {}
     plot_rows: list[dict[str, Any]] = []
     all_means: dict[str, float] = {}
-    logged: dict[str, None] = {}  # the metric names of all_means' keys (QMI, rank.QMI), in order
+    logged: dict[str, None] = {}  # the metric names of all_means' keys (QMI, rank.QMI, wins.QMI), in order
+    counts: dict[str, float] = {}  # Table 1's counts with no direction (<dataset>.pairs, <dataset>.Ours.rank_of.QMI)
+    counted: dict[str, None] = {}  # their names (pairs, rank_of.QMI), in order
     capped: dict[str, int] = {}  # all_means' keys whose mean counts exact pairs as 100 dB: how many
     with tracking.stage_run("evaluate", run_params or {"evaluate": _config_dict(cfg)}) as run:
         if hasattr(nets, "sources"):  # FusionNets: which weights made Ours' rows, their sha256 and training run
@@ -1677,6 +1685,8 @@ def run_evaluation(
                                                  progress=progress)
                 qs = [*cfg.metrics, *(q for q in TRUTH_METRICS if _has_values(rows, methods, q))]
                 entry: dict[str, Any] = {"pairs": len({r["pair"] for r in rows})}
+                counts[f"{ds.name}.pairs"] = float(entry["pairs"])
+                counted["pairs"] = None
                 comparable = {q: _comparable(rows, methods, q) for q in qs}
                 set_comparable = _set_comparable(ds, rows, methods, cfg.metrics)
                 for m in methods:
@@ -1706,8 +1716,15 @@ def run_evaluation(
                         # those of the ablation table (all methods)
                         rivals = _table1_methods(methods) if m == OURS else methods
                         entry[m]["wins"] = {q: count_wins(rows, rivals, q)[m] for q in cfg.metrics}
+                        for q, k in entry[m]["wins"].items():  # Table 1's win counts, as in metrics.json
+                            all_means[f"{ds.name}.{m}.wins.{q}"] = float(k)
+                            logged[f"wins.{q}"] = None
                         _add_ranks_and_sets(entry[m], ds, rows, methods, m, cfg.metrics, all_means, logged,
                                             set_comparable)
+                        for q, n in entry[m].get("rank_of", {}).items():  # out of how many methods
+                            if n is not None:
+                                counts[f"{ds.name}.{m}.rank_of.{q}"] = float(n)
+                                counted[f"rank_of.{q}"] = None
                 doc[ds.name] = entry
             write_text(tmp / "metrics.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
         if report:
@@ -1725,9 +1742,11 @@ def run_evaluation(
                 "removed with the folder it replaced")
         for key, value in metric_directions(logged).items():
             run.set_tag(key, value)
+        if counted:  # the metrics with no direction, named as the direction tags name theirs
+            run.set_tag(COUNTS_TAG, ", ".join(counted))
         if capped:
             run.set_tag(CAPPED_TAG, json.dumps(capped, sort_keys=True))
-        run.log_metrics(all_means)
+        run.log_metrics({**all_means, **counts})
         run.log_artifact(out / "metrics.json")
         for ds in cfg.datasets:
             d = out / ds.name
