@@ -91,3 +91,44 @@ def test_two_experiments_two_rows_metrics_diff_and_one_parent_run_each(
     assert all(len(r.outputs.model_outputs) == 1 for r in trained)
     assert all(r.data.tags.get("mlflow.source.git.commit") for r in runs)
     assert {r.data.params["patch"] for r in parents.values()} == {"16", "12", "20"}
+
+
+def test_readmes_newest_experiment_recipe_gives_the_newest(tmp_path: Path) -> None:
+    """README's "exp=$(dvc exp ls --name-only | tail -n 1)" gave the last by name (dvc exp ls
+    sorts by name): after zeta, alpha and mid, zeta, the oldest. The recipe now in README gives
+    mid. A small DVC project of its own (the line does not depend on bafusion's stages)."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import time
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    line = next(ln for ln in readme.splitlines() if ln.startswith("exp=$("))
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # this dvc
+    dvc = str(Path(sys.executable).with_name("dvc"))
+
+    def sh(*args: str) -> str:
+        out = subprocess.run(list(args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, (args, out.stdout, out.stderr)
+        return out.stdout
+
+    (tmp_path / "params.yaml").write_text("x: 1\n")
+    (tmp_path / "s.py").write_text("import json\nx = open('params.yaml').read().split(':')[1]\n"
+                                   "json.dump({'y': int(x)}, open('m.json', 'w'))\n")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: python3 s.py\n    deps: [s.py]\n    params: [x]\n"
+                                       "    metrics:\n      - m.json:\n          cache: false\n")
+    sh("git", "init", "-q")
+    sh(dvc, "init", "-q")
+    sh(dvc, "repro", "-q")
+    sh("git", "add", "-A")
+    sh("git", "commit", "-q", "-m", "base")
+    for i, name in enumerate(("zeta", "alpha", "mid")):
+        sh(dvc, "exp", "run", "-q", "-n", name, "-S", f"x={i + 2}")
+        time.sleep(1.1)  # commit times one second apart at least
+    assert sh(dvc, "exp", "ls", "--name-only").split() == ["alpha", "mid", "zeta"]  # by name
+    got = sh("bash", "-c", line + '\nprintf %s "$exp"')
+    assert got == "mid", (line, got)
+    assert re.search(r"\bmid\b", sh(dvc, "metrics", "diff", "HEAD", got))
