@@ -145,6 +145,30 @@ def test_the_training_run_tags_the_sha256_of_the_model_it_wrote(toy_run: dict) -
                if r.data.params.get("patches") == str(toy_run["h5"]))
     assert run.data.tags[MODEL_SHA256_TAG] == hashlib.sha256(toy_run["paths"].out.read_bytes()).hexdigest()
 
+
+def test_the_logged_model_is_tagged_with_its_net_digest_and_best_epoch(toy_run: dict) -> None:
+    # every logged model of a store was a bare initial_net/boundary_net (tags: the source only):
+    # the Models view could not tell one experiment's nets from another's
+    import hashlib
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from bafusion.tracking import EXPERIMENT, MODEL_SHA256_TAG
+
+    client = MlflowClient(tracking_uri=toy_run["mlflow_uri"])
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    run = next(r for r in client.search_runs([exp.experiment_id])
+               if r.data.params.get("patches") == str(toy_run["h5"]))
+    mlflow.set_tracking_uri(toy_run["mlflow_uri"])
+    models = [m for m in mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
+              if m.source_run_id == run.info.run_id]
+    assert [m.name for m in models] == ["initial_net"]
+    tags = models[0].tags
+    assert tags["net"] == "initial" and tags["best_epoch"] == str(toy_run["summary"]["best_epoch"])
+    assert tags[MODEL_SHA256_TAG] == hashlib.sha256(toy_run["paths"].out.read_bytes()).hexdigest()
+    assert float(tags["val_acc"]) == pytest.approx(toy_run["summary"]["val_acc"])
+
 def test_mlflow_run_logs_what_trained_the_weights(tmp_path: Path) -> None:
     # device, amp and channels_last were logged as "auto" and threads as 0 (the settings, merged
     # last over the resolved values), and no torch version: two runs on other devices, thread

@@ -653,7 +653,8 @@ class _NullRun:
     def set_tag(self, key: str, value: Any) -> None:
         pass
 
-    def log_model(self, model: Any, name: str, input_example: Any = None) -> None:
+    def log_model(self, model: Any, name: str, input_example: Any = None,
+                  tags: Mapping[str, Any] | None = None) -> None:
         pass
 
     def end_interrupted(self, run_id: str) -> None:
@@ -799,9 +800,10 @@ class _Run:
     def set_tag(self, key: str, value: Any) -> None:
         self._call("tag", 1, self.client.set_tag, self.run_id, key, str(value))
 
-    def log_model(self, model: Any, name: str, input_example: Any = None) -> None:
+    def log_model(self, model: Any, name: str, input_example: Any = None,
+                  tags: Mapping[str, Any] | None = None) -> None:
         """Log a torch net as an MLflow model of this run (see :func:`log_torch_model`)."""
-        self._call("model", 1, log_torch_model, self.uri, self.run_id, model, name, input_example)
+        self._call("model", 1, log_torch_model, self.uri, self.run_id, model, name, input_example, tags)
 
     @_warnings_not_errors()
     def runs_tagged(self, key: str, value: str) -> list[str]:
@@ -1144,8 +1146,11 @@ def log_nets(run: Any, identity: Mapping[str, Mapping[str, Any]]) -> dict[str, s
 
 
 @_warnings_not_errors()
-def log_torch_model(uri: str, run_id: str, model: Any, name: str, input_example: Any = None) -> str | None:
-    """Log ``model`` with ``mlflow.pytorch.log_model`` into the run ``run_id``.
+def log_torch_model(uri: str, run_id: str, model: Any, name: str, input_example: Any = None,
+                    tags: Mapping[str, Any] | None = None) -> str | None:
+    """Log ``model`` with ``mlflow.pytorch.log_model`` into the run ``run_id``, with the logged
+    model's ``tags`` (e.g. the net, its sha256, the DVC experiment: else every logged model of a
+    store is a bare ``initial_net``/``boundary_net``).
 
     The requirements are given (the installed torch), so MLflow infers nothing and needs no
     network; with an input example MLflow stores it and infers the signature from it. Loading
@@ -1175,6 +1180,7 @@ def log_torch_model(uri: str, run_id: str, model: Any, name: str, input_example:
                 # The pickled module (bafusion.nets.model's class), not a torch.export program: an
                 # exported program is fixed to the example's batch size of 1.
                 serialization_format="pickle",
+                tags={k: str(v) for k, v in (tags or {}).items()} or None,
             )
     finally:
         logging.getLogger("mlflow.pytorch").removeFilter(quiet)

@@ -1309,7 +1309,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                       f"{best_row['val_acc']:.4f} (epoch {best_epoch})", file=sys.stderr)
             run.set_tag("best_epoch", best_epoch)
             with open(paths.out, "rb") as f:  # fuse's and evaluate's runs name the nets by it (tracking.log_nets)
-                run.set_tag(tracking.MODEL_SHA256_TAG, hashlib.file_digest(f, "sha256").hexdigest())
+                model_sha = hashlib.file_digest(f, "sha256").hexdigest()
+            run.set_tag(tracking.MODEL_SHA256_TAG, model_sha)
             run.log_artifact(paths.out, "model")
             run.log_artifact(paths.out.with_suffix(".json"), "model")
             run.log_artifact(paths.metrics, "metrics")
@@ -1317,7 +1318,11 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             # The net as an MLflow model (UI "Models" column, mlflow.pytorch.load_model): one
             # input patch pair, so MLflow stores the example and infers the signature.
             example = np.zeros((1, 2, cfg.patch, cfg.patch), dtype=np.float32)
-            run.log_model(final, f"{net}_net", input_example=example)
+            # Tagged, so that the Models view tells one run's nets from another's (all are <net>_net)
+            model_tags = {"net": net, tracking.MODEL_SHA256_TAG: model_sha, "best_epoch": best_epoch,
+                          "val_acc": best_row["val_acc"],
+                          **({"dvc_exp_name": os.environ["DVC_EXP_NAME"]} if os.environ.get("DVC_EXP_NAME") else {})}
+            run.log_model(final, f"{net}_net", input_example=example, tags=model_tags)
             # Mark the run finished only now that its outputs exist and are logged: a later run
             # does not resume it, while a run killed before this point (even after its last
             # epoch, while MLflow logs: Snakemake then deletes the model) still resumes and only
