@@ -328,7 +328,7 @@ def test_composite_and_testset_say_how_far_they_got_in_a_log(tmp_path: Path, cap
     run_shard(prepared, 1, 2, opts, tmp_path / "s1.h5", progress=False)
     err = capsys.readouterr().err
     assert "\r" not in err and "composite shard 1" not in err, err
-    lines = err.splitlines()
+    lines = [line.split(": ", 1)[1] for line in err.splitlines()]  # after the time and command (test_progress_log)
     assert any(line.startswith("composite shard 0: 33% 1/3 pair [") and line.endswith("pair/s]") for line in lines), lines
     assert any(line.startswith("composite shard 0: 100% 3/3 pair [") for line in lines), lines
     assert lines[-1].startswith("testset: 100% 2/2 pair ["), lines

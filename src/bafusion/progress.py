@@ -5,14 +5,18 @@ file (Snakemake and DVC send each step's output to ``logs/<step>.log``). Bars ar
 when stderr is a terminal; otherwise the long steps print one line per unit of work (training:
 one line per epoch, see :mod:`bafusion.nets.train`; ``fuse-dir``: one per stack), and the
 steps whose units are many and short (``prepare``, ``composite``, ``testset``, ``patches``, the
-downloads) a plain line at most every :data:`PLAIN_INTERVAL_S` seconds (:func:`bar_options`):
-none for a step that ends sooner.
+downloads), a training's epoch and a large pair's fusion a plain line at most every
+:data:`PLAIN_INTERVAL_S` seconds (:func:`bar_options`): none for a step that ends sooner. Each
+plain line starts with the local time and the command (:func:`log_prefix`), so that a log of a
+run of hours says when it was written: ``2026-12-06T15:44:16 bafusion composite: composite shard
+0: 28% 120/432 pair [...]``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from typing import Any
 
 #: Seconds between two plain lines of a step's progress in a log (:func:`bar_options`); the
@@ -20,6 +24,50 @@ from typing import Any
 PLAIN_INTERVAL_S = 30.0
 #: The plain line: ``composite shard 0: 28% 120/432 pair [00:41<01:47, 2.93pair/s]``.
 PLAIN_FORMAT = "{desc}: {percentage:.0f}% {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+
+#: The command whose plain lines these are (:func:`set_command`; ``bafusion`` outside the CLI).
+_command = "bafusion"
+
+
+def set_command(name: str) -> None:
+    """Name the command that runs (``bafusion composite``): its plain lines in a log say it.
+
+    Parameters
+    ----------
+    name : str
+        The command as a user types it, without its arguments.
+    """
+    global _command
+    _command = str(name)
+
+
+def log_prefix() -> str:
+    """What a plain line of progress in a log starts with: the local time (ISO 8601, to the
+    second) and the command, ``2026-12-06T15:44:16 bafusion composite:``.
+
+    Returns
+    -------
+    str
+        The prefix, without a space after it.
+    """
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {_command}:"
+
+
+def in_log(line: str) -> str:
+    """A line of progress that names its command (``bafusion train: initial epoch 3/40 ...``) as
+    printed on stderr: after the local time where stderr is a log, unchanged on a terminal.
+
+    Parameters
+    ----------
+    line : str
+        The line, without its newline.
+
+    Returns
+    -------
+    str
+        ``2026-12-06T15:44:16 bafusion train: ...`` off a terminal, ``line`` on one.
+    """
+    return line if stderr_is_terminal() else f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}"
 
 
 def stderr_is_terminal() -> bool:
@@ -46,7 +94,7 @@ class _PlainLines:
             line = part.strip()
             if line:
                 with contextlib.suppress(OSError, ValueError):  # the log gone: the step goes on
-                    self.stream.write(line + "\n")
+                    self.stream.write(f"{log_prefix()} {line}\n")
                     self.stream.flush()
 
     def flush(self) -> None:
@@ -54,13 +102,16 @@ class _PlainLines:
             self.stream.flush()
 
 
-def bar_options(progress: bool = True, **terminal: Any) -> dict[str, Any]:
+def bar_options(progress: bool = True, *, fractional: bool = False, **terminal: Any) -> dict[str, Any]:
     """The keyword arguments of a ``tqdm`` bar of a long step.
 
     Parameters
     ----------
     progress : bool
         Whether progress is asked for (False: ``--no-progress``/``--quiet``, nothing is shown).
+    fractional : bool
+        The bar advances by fractions of a step: its plain line shows the count with one
+        decimal (``3.4/4``).
     **terminal
         The bar's own options on a terminal (``leave``, ``mininterval``, ``file``, ...).
 
@@ -68,8 +119,8 @@ def bar_options(progress: bool = True, **terminal: Any) -> dict[str, Any]:
     -------
     dict
         On a terminal: ``terminal``, the bar drawn. Elsewhere (a log, a pipe) with ``progress``:
-        options that make tqdm write a plain line (:data:`PLAIN_FORMAT`, no carriage return)
-        at most every :data:`PLAIN_INTERVAL_S` seconds, the first after as long, and one at
+        options that make tqdm write a plain line (:data:`PLAIN_FORMAT` after
+        :func:`log_prefix`, no carriage return) at most every :data:`PLAIN_INTERVAL_S` seconds, the first after as long, and one at
         the end of a step that wrote any. Without ``progress``, or with stderr closed: the
         bar disabled.
     """
@@ -77,5 +128,6 @@ def bar_options(progress: bool = True, **terminal: Any) -> dict[str, Any]:
         return {**terminal, "disable": False}
     if not progress or sys.stderr is None:
         return {**terminal, "disable": True}
-    return {"disable": False, "file": _PlainLines(sys.stderr), "ascii": True, "bar_format": PLAIN_FORMAT,
+    fmt = PLAIN_FORMAT.replace("{n_fmt}", "{n:.1f}") if fractional else PLAIN_FORMAT
+    return {"disable": False, "file": _PlainLines(sys.stderr), "ascii": True, "bar_format": fmt,
             "mininterval": PLAIN_INTERVAL_S, "delay": PLAIN_INTERVAL_S, "miniters": 1, "leave": True}

@@ -586,6 +586,9 @@ def _main(argv: list[str]) -> int:
         subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         subs.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     cmd = f"bafusion {args.command}"
+    from bafusion.progress import set_command
+
+    set_command(cmd)  # named by its plain lines of progress in a log
     if limit is not None and limit < MIN_ADDRESS_SPACE_MIB and COMMANDS.get(args.command) in _TORCH_MODULES:
         # checked once --help and the arguments are through (they need less): below it, the
         # command runs out of memory loading the rest of its libraries or at its first tensor
@@ -596,7 +599,10 @@ def _main(argv: list[str]) -> int:
         # ("interrupted", status 130), aborted with its own message, or the command hung
         print(_numpy_refusal(cmd, limit), file=sys.stderr)
         return 1
-    return _finish_stdout(cmd, _run_dropping_lost_lines(cmd, args))
+    try:
+        return _finish_stdout(cmd, _run_dropping_lost_lines(cmd, args))
+    finally:
+        set_command("bafusion")  # main called in a process that goes on (a test, a notebook)
 
 
 class _LineSink:

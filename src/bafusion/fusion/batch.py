@@ -1338,7 +1338,7 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
     from tqdm import tqdm
 
     from bafusion.io import write_image
-    from bafusion.progress import bars_enabled
+    from bafusion.progress import bars_enabled, in_log
 
     if skip_existing:
         check_skip_existing(out, setup, [out / f"{name}.{ext}" for name in groups])
@@ -1369,7 +1369,7 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
 
     def said(i: int, name: str, what: str) -> None:
         if plain:
-            print(f"bafusion fuse-dir: {i}/{total} {name}: {what}", file=sys.stderr, flush=True)
+            print(in_log(f"bafusion fuse-dir: {i}/{total} {name}: {what}"), file=sys.stderr, flush=True)
 
     def steps(name: str) -> Callable[[str], None] | None:
         # each step of a stack of three or more shots as it starts (a 10-shot stack: a minute and
@@ -1377,7 +1377,7 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
         if not progress:
             return None
         if plain:
-            return lambda text: print(f"bafusion fuse-dir: {name}: {text} ...", file=sys.stderr, flush=True)
+            return lambda text: print(in_log(f"bafusion fuse-dir: {name}: {text} ..."), file=sys.stderr, flush=True)
         return lambda text: tqdm.write(f"bafusion fuse-dir: {name}: {text} ...", file=sys.stderr)
 
     def stages(name: str, shots: Sequence[Path]) -> Callable[[str], None] | None:

@@ -277,8 +277,9 @@ def progress_bar(total: int, pixels: int, progress: bool | None, desc: str = "fu
         Pixels of the pair: below :data:`PROGRESS_MIN_PIXELS` the bar is not shown.
     progress : bool or None
         False: never; True: always (stderr even if not a terminal); None: when stderr is a
-        terminal and the pair is large (so that ``fuse-set``, the pipeline and the logs stay
-        free of bars).
+        terminal and the pair is large, and where it is a log (``fuse-set``, ``evaluate``, the
+        pipeline) a plain line at most every 30 s, none for a pair fused sooner
+        (:func:`bafusion.progress.bar_options`).
     fractional : bool
         Steps are advanced in fractions (the band's tiles, :func:`decide_working`): the count
         is shown with one decimal (``3.4/4``).
@@ -290,10 +291,16 @@ def progress_bar(total: int, pixels: int, progress: bool | None, desc: str = "fu
     """
     from tqdm import tqdm
 
-    from bafusion.progress import stderr_is_terminal
+    from bafusion.progress import bar_options, stderr_is_terminal
 
+    if progress is None and not stderr_is_terminal():  # a log: a plain line now and then
+        bar = tqdm(total=total, desc=desc, unit="step", **bar_options(True, fractional=fractional))
+        # the steps' postfix ("boundary net") redrew the bar at once: a line each in a log
+        set_postfix_str = bar.set_postfix_str
+        bar.set_postfix_str = lambda s="", refresh=True: set_postfix_str(s, refresh=False)  # type: ignore[method-assign]
+        return bar
     if progress is None:
-        show = pixels >= PROGRESS_MIN_PIXELS and stderr_is_terminal()
+        show = pixels >= PROGRESS_MIN_PIXELS
     else:
         show = bool(progress)
     fmt = ("{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]" if fractional

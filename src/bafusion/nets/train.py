@@ -69,7 +69,9 @@ written. A validation sample with NaN logits never counts as correct (the argmax
 index, not a decision), and :func:`bafusion.nets.model.load_model` refuses non-finite weights.
 
 Progress: one line per epoch on stderr (losses, accuracies, samples/s, seconds); tqdm bars only
-when stderr is a terminal (:mod:`bafusion.progress`), so logs stay free of carriage returns.
+when stderr is a terminal (:mod:`bafusion.progress`), so logs stay free of carriage returns: in
+a log a plain line at most every 30 s within an epoch instead, and the lines start with the
+local time.
 
 Devices: ``device: auto`` picks cuda, then mps, then cpu. On CUDA, ``amp: auto`` trains
 under bf16 autocast and ``channels_last: auto`` uses the channels-last memory format;
@@ -122,7 +124,7 @@ from bafusion.nets.model import (
     save_torch,
     torch_part_name,
 )
-from bafusion.progress import bars_enabled
+from bafusion.progress import bar_options, in_log
 from bafusion.schema import default, validate_params
 from bafusion.workspace import home_path
 
@@ -1183,8 +1185,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             epoch_time_done = 0.0
             first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite loss's step
             bar = tqdm(loader, total=len(loader), initial=loader.position, desc=f"{net} epoch {epoch + 1}/{cfg.epochs}",
-                       unit="batch", disable=not (dist.main and bars_enabled(progress)),
-                       mininterval=2.0, leave=False)
+                       unit="batch", **bar_options(dist.main and progress, mininterval=2.0, leave=False))
             for x, y in bar:
                 loss_sum, correct = train_step(train_model, opt, x, y, amp, device, context, cfg.consistency)
                 tot[0] += loss_sum.to(acc_dtype)
@@ -1248,14 +1249,14 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 save_checkpoint(last_path, checkpoint_state(epoch + 1, torch.zeros(3, dtype=torch.float64), 0.0))
                 run.log_metrics(_epoch_metrics(row), step=epoch + 1)
                 _write_csv(paths.checkpoints / LIVE_CURVE, history)  # not --plots: see the module's docstring
-                print(f"bafusion train: {net} epoch {epoch + 1}/{cfg.epochs} lr {lr:.3g} "
-                      f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
-                      f"val loss {val_loss:.4f} acc {val_acc:.4f}"
-                      + (f" (in context {val_extra['val_acc_context']:.4f}, views agree "
-                         f"{val_extra['val_view_agreement']:.4f})" if val_extra else "")
-                      + f" | {row['samples_per_s']:.1f} samples/s, {epoch_time:.1f} s"
-                      + (f" (+ {bn_time:.1f} s re-estimating BatchNorm on {bn_samples} samples)"
-                         if cfg.bn_recalibrate else ""),
+                print(in_log(f"bafusion train: {net} epoch {epoch + 1}/{cfg.epochs} lr {lr:.3g} "
+                             f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
+                             f"val loss {val_loss:.4f} acc {val_acc:.4f}"
+                             + (f" (in context {val_extra['val_acc_context']:.4f}, views agree "
+                                f"{val_extra['val_view_agreement']:.4f})" if val_extra else "")
+                             + f" | {row['samples_per_s']:.1f} samples/s, {epoch_time:.1f} s"
+                             + (f" (+ {bn_time:.1f} s re-estimating BatchNorm on {bn_samples} samples)"
+                                if cfg.bn_recalibrate else "")),
                       file=sys.stderr)
             saved_at = f"the end of epoch {epoch + 1} (step {global_step})"
             if dist.active:

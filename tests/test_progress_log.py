@@ -1,0 +1,112 @@
+"""What the long steps print in a log (bafusion.progress): plain lines that say when and which command."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bafusion.cli import main as cli_main
+
+#: A plain line in a log: the local time to the second, then the command.
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
+
+
+def _stamped(lines: list[str], command: str, rest: str) -> list[str]:
+    pattern = re.compile(rf"{STAMP} {re.escape(command)}: {rest}")
+    return [line for line in lines if pattern.fullmatch(line)]
+
+
+def _one_pair(folder: Path) -> Path:
+    """``folder`` holding one pair ``p`` of 64x64 px shots for fuse-dir: A sharp on the left, B on the right."""
+    from scipy import ndimage
+
+    scene = ndimage.gaussian_filter(np.random.default_rng(3).random((64, 64)), 1.5)
+    scene = (scene - scene.min()) / np.ptp(scene)
+    blur = ndimage.gaussian_filter(scene, 2)
+    folder.mkdir(parents=True)
+    for n, half in zip("AB", (slice(32, None), slice(None, 32))):
+        shot = scene.copy()
+        shot[:, half] = blur[:, half]
+        Image.fromarray(np.round(shot * 255).astype(np.uint8)).save(folder / f"p-{n}.png")
+    return folder
+
+
+def test_plain_lines_in_a_log_start_with_the_time_and_the_command(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A Snakemake step's log (logs/composite/shard-0.log) of a run of hours held lines such as
+    ``composite shard 0: 28% 120/432 pair [...]``: no time, no command. Off a terminal each
+    plain line now starts with the local time and the command; on a terminal the bar and the
+    lines are as they were."""
+    from tqdm import tqdm
+
+    import bafusion.progress as progress
+
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL_S", 0.0, raising=False)
+    monkeypatch.setattr(progress, "_command", "bafusion", raising=False)
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)
+    progress.set_command("bafusion composite")
+    for _ in tqdm(range(3), desc="composite shard 0", unit="pair", **progress.bar_options(True)):
+        pass
+    line = "bafusion train: initial epoch 1/2 lr 0.01"
+    logged = progress.in_log(line)
+    lines = capsys.readouterr().err.splitlines()
+    assert _stamped(lines, "bafusion composite", r"composite shard 0: 33% 1/3 pair \[.*pair/s\]"), lines
+    assert _stamped(lines, "bafusion composite", r"composite shard 0: 100% 3/3 pair \[.*\]"), lines
+    assert re.fullmatch(rf"{STAMP} {line}", logged), logged
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
+    assert progress.in_log(line) == line  # a terminal: unchanged
+    assert "file" not in progress.bar_options(True, leave=False)  # the bar drawn as before
+
+
+def test_fuse_dir_in_a_log_stamps_its_lines_and_says_how_a_long_fusion_goes(tmp_path: Path, tiny_nets: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """fuse-dir's line per stack had no time, and a large pair's fusion (minutes for a camera's
+    shots) printed nothing in a log until it ended: the fusion's bar, drawn only on a terminal,
+    now has the plain lines off one, and both say the time and ``bafusion fuse-dir``."""
+    import bafusion.progress as progress
+
+    src = _one_pair(tmp_path / "in")
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL_S", 0.0, raising=False)  # as if the fusion took longer
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)
+    capsys.readouterr()
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "out"), "--model", str(tiny_nets), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err
+    assert _stamped(lines, "bafusion fuse-dir", r"1/1 p: fused in \d+\.\d s"), lines
+    assert _stamped(lines, "bafusion fuse-dir", r"fusing: 100% \S+ step \[.*\]"), lines
+
+
+def test_train_in_a_log_says_how_far_an_epoch_got_with_the_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A training's epoch at paper scale is hours on a CPU; off a terminal it printed nothing
+    within one (its bar is drawn only on a terminal) and its line per epoch had no time. Now
+    a plain line within the epoch too, both with the time and ``bafusion train``."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from toy_patches import write_toy_patches
+
+    import bafusion.progress as progress
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    h5 = write_toy_patches(tmp_path / "initial.h5", n_train=64, n_val=32, patch=16, seed=1)
+    params = {"seed": 7, "patch": 16, "depth": 8,
+              "train": {"epochs": 1, "batch": 16, "lr": 0.01, "milestones": [1], "gamma": 0.5,
+                        "samples_per_epoch": 64, "device": "cpu", "threads": 1}}
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL_S", 0.0, raising=False)
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)
+    capsys.readouterr()
+    assert cli_main(["train", "--net", "initial", "--patches", str(h5), "--out", str(tmp_path / "m.pt"),
+                     "--checkpoints", str(tmp_path / "ck"), "--metrics", str(tmp_path / "metrics.json"),
+                     "--plots", str(tmp_path / "p.csv"), "--params-json", json.dumps(params)]) == 0
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err
+    assert _stamped(lines, "bafusion train", r"initial epoch 1/1: 100% 4/4 batch \[.*\]"), lines
+    assert _stamped(lines, "bafusion train", r"initial epoch 1/1 lr .* train loss .* s"), lines
