@@ -110,3 +110,53 @@ def test_train_in_a_log_says_how_far_an_epoch_got_with_the_time(tmp_path: Path, 
     assert "\r" not in err
     assert _stamped(lines, "bafusion train", r"initial epoch 1/1: 100% 4/4 batch \[.*\]"), lines
     assert _stamped(lines, "bafusion train", r"initial epoch 1/1 lr .* train loss .* s"), lines
+
+
+def _fuse_dir_on_a_pty(tmp_path: Path, nets: Path, term: str, columns: int) -> str:
+    """What ``bafusion fuse-dir`` writes to stderr when it is a pseudo-terminal of ``columns``
+    columns (0: no size set, as script(1) in a batch job gives) with ``$TERM`` ``term``."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    src = _one_pair(tmp_path / f"in-{term}-{columns}")
+    master, slave = pty.openpty()
+    if columns:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {**os.environ, "TERM": term, "BAFUSION_MLFLOW": "0", "OMP_NUM_THREADS": "1"}
+    env.pop("COLUMNS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "bafusion.cli", "fuse-dir", str(src), str(tmp_path / f"out-{term}-{columns}"),
+                             "--model", str(nets), "--device", "cpu"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=slave, env=env, cwd=tmp_path)
+    os.close(slave)
+    got = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child has ended, the terminal is closed
+            break
+        if not chunk:
+            break
+        got += chunk
+    os.close(master)
+    assert proc.wait(timeout=120) == 0, got.decode(errors="replace")
+    return got.decode(errors="replace").replace("\r\n", "\n")  # the terminal's own CR LF
+
+
+@pytest.mark.parametrize(("term", "columns", "plain"), [("dumb", 100, True), ("xterm", 0, True), ("xterm", 100, False)],
+                         ids=["TERM=dumb", "no-width", "terminal"])
+def test_a_terminal_that_cannot_redraw_a_line_gets_what_a_log_gets(tmp_path: Path, tiny_nets: Path, term: str,
+                                                                    columns: int, plain: bool) -> None:
+    """With TERM=dumb (Emacs' shell, some CI consoles) or on a pseudo-terminal of no width
+    (script(1) in a batch job) fuse-dir drew its carriage-return bar (at 0 columns: nothing) and no
+    line per stack. Such a terminal now gets what a log gets: a line per stack, no bar; a terminal
+    that can draw the bar gets it, as before."""
+    err = _fuse_dir_on_a_pty(tmp_path, tiny_nets, term, columns)
+    if plain:
+        assert re.search(rf"^{STAMP} bafusion fuse-dir: 1/1 p: fused in \d+\.\d s$", err, re.M), err
+        assert "\r" not in err, err
+    else:
+        assert "fuse-dir: 1/1 p: fused in" not in err and "\r" in err, err  # the bar, redrawn

@@ -15,6 +15,7 @@ run of hours says when it was written: ``2026-12-06T15:44:16 bafusion composite:
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from typing import Any
@@ -71,11 +72,21 @@ def in_log(line: str) -> str:
 
 
 def stderr_is_terminal() -> bool:
-    """Whether stderr is an interactive terminal (False for a pipe, a file, a closed stream)."""
+    """Whether stderr is an interactive terminal that can redraw a bar: False for a pipe, a file,
+    a closed stream, and for a terminal with ``TERM=dumb`` (Emacs' shell, some CI consoles:
+    a carriage return does not go back) or of no width (a pseudo-terminal whose size is not set,
+    as script(1) in a batch job gives: tqdm draws nothing there), which get a log's lines."""
     try:
-        return bool(sys.stderr.isatty())
+        if not sys.stderr.isatty():
+            return False
     except (AttributeError, ValueError):  # replaced or closed stream
         return False
+    if os.environ.get("TERM", "").strip().lower() == "dumb":
+        return False
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns > 0
+    except (AttributeError, ValueError, OSError):  # no size to ask for: taken as a terminal
+        return True
 
 
 def bars_enabled(progress: bool = True) -> bool:
