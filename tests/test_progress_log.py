@@ -59,6 +59,10 @@ def test_plain_lines_in_a_log_start_with_the_time_and_the_command(monkeypatch: p
     assert _stamped(lines, "bafusion composite", r"composite shard 0: 33% 1/3 pair \[.*pair/s\]"), lines
     assert _stamped(lines, "bafusion composite", r"composite shard 0: 100% 3/3 pair \[.*\]"), lines
     assert re.fullmatch(rf"{STAMP} {line}", logged), logged
+    plain = progress.bar_options(True)["file"]
+    for _ in range(2):  # the last step's line and the end's, the same (evaluate wrote both)
+        plain.write("\rfusing: 100% 2/2 step [00:30<00:00, 15.28s/step, boundary net]")
+    assert len(capsys.readouterr().err.splitlines()) == 1
     monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
     assert progress.in_log(line) == line  # a terminal: unchanged
     assert "file" not in progress.bar_options(True, leave=False)  # the bar drawn as before

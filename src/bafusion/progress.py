@@ -99,11 +99,13 @@ class _PlainLines:
 
     def __init__(self, stream: Any) -> None:
         self.stream = stream
+        self.last = ""
 
     def write(self, text: str) -> None:
         for part in str(text).split("\r"):
             line = part.strip()
-            if line:
+            if line and line != self.last:  # the end's line, written by the last step's update already
+                self.last = line
                 with contextlib.suppress(OSError, ValueError):  # the log gone: the step goes on
                     self.stream.write(f"{log_prefix()} {line}\n")
                     self.stream.flush()
