@@ -910,7 +910,8 @@ def test_the_conda_env_of_the_rules_has_every_pin_of_pyproject() -> None:
     # 16-bit colour PNGs could not be read in `snakemake --sdm conda`)
     import tomllib
 
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] + project["optional-dependencies"]["pipeline"]  # the rules' MLflow runs
     env = yaml.safe_load((REPO / "workflow" / "envs" / "bafusion.yaml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     assert sorted(pip) == sorted(deps)
@@ -926,8 +927,8 @@ def test_the_tools_whose_internals_the_code_uses_are_bounded_below_their_next_ma
 
     from packaging.requirements import Requirement
 
-    deps = {r.name: r for r in map(Requirement, tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-                                   ["dependencies"])}
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = {r.name: r for r in map(Requirement, project["dependencies"] + project["optional-dependencies"]["pipeline"])}
     for name in ("mlflow", "dvc", "snakemake"):
         spec, installed = deps[name].specifier, version(name)
         major = int(installed.split(".")[0])
@@ -956,8 +957,11 @@ def test_every_third_party_import_of_the_package_is_a_declared_dependency() -> N
     import tomllib
     from importlib.metadata import packages_distributions
 
+    # the pipeline extra's too: tracking.py and params_check.py import MLflow and Snakemake only
+    # where they run (tests/test_pipeline_extra.py)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     declared = {re.split(r"[<>=!~\[ ]", d, maxsplit=1)[0].lower().replace("_", "-").replace(".", "-")
-                for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+                for d in project["dependencies"] + project["optional-dependencies"]["pipeline"]}
     dists = packages_distributions()
     missing = set()
     for f in (REPO / "src" / "bafusion").rglob("*.py"):

@@ -152,7 +152,33 @@ def enabled() -> bool:
     switch = os.environ.get("BAFUSION_MLFLOW", "").strip().lower()
     if switch in ("0", "false", "no", "off"):
         return False
-    return bool(switch) or bool(os.environ.get("MLFLOW_TRACKING_URI")) or project_root() is not None
+    if not (bool(switch) or bool(os.environ.get("MLFLOW_TRACKING_URI")) or project_root() is not None):
+        return False
+    return _mlflow_installed()
+
+
+#: What a command asked to track says when MLflow is not installed (the ``pipeline`` extra).
+_NO_MLFLOW = ("bafusion: warning: MLflow is not installed, so this run is not tracked: pip install "
+             "'bafusion[pipeline]' installs the pipeline's tools (BAFUSION_MLFLOW=0 turns tracking off)")
+
+
+def _mlflow_installed() -> bool:
+    """Whether MLflow can be imported (it comes with the ``pipeline`` extra, not with the fusion
+    tool): where it cannot, say so once (:data:`_NO_MLFLOW`) and track nothing more, as a store
+    that fails (:func:`_turn_off`); the command goes on."""
+    global _broken
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("mlflow") is not None:
+            return True
+    except (ImportError, ValueError):  # a broken or half-removed install: as not installed
+        pass
+    _broken = "MLflow is not installed"
+    os.environ["BAFUSION_MLFLOW"] = "0"  # child processes (Snakemake's jobs) do not look again
+    with contextlib.suppress(OSError, ValueError):
+        print(_NO_MLFLOW, file=sys.stderr, flush=True)
+    return False
 
 
 def _turn_off(uri: str, error: BaseException, lost: str = "") -> None:
