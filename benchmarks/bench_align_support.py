@@ -5,11 +5,13 @@
    of lytro-05-A (gray < 60) in one region, sharp in A, blurred (Gaussian 3 px, spreading over
    the sky) in B. No motion between A and B: every estimate should be about 0.
    ``align_images([A, B], "similarity")`` and the motion hint's verdict (``scene.shot_motions``).
+   With ``--shift``, B's content is also moved by (3, -1.5) px (cubic spline, after the noise):
+   the estimate should then shift the centre by (-3, +1.5) px, and the error from that is given.
 2. The 73 real pairs of ``shared/data/eval`` reduced as the motion hint reduces them (520 px):
    the estimate with the check, and whether the check replaced it (it should not: their motion
    is real or a focus bias under 1.7 px).
 
-Run: OMP_NUM_THREADS=1 python benchmarks/bench_align_support.py [--data ../shared/data] [--part sky|real]
+Run: OMP_NUM_THREADS=1 python benchmarks/bench_align_support.py [--data ../shared/data] [--part sky|real] [--shift]
 """
 
 from __future__ import annotations
@@ -54,13 +56,33 @@ def sky_pairs(data: Path, seed: int = 1):
             yield sn, rn, float(m.mean()), noisy(a), noisy(b)
 
 
-def part_sky(data: Path) -> None:
+SHIFT = (3.0, -1.5)  #: --shift: how B's content moves (x, y), px
+
+
+def part_sky(data: Path, shift: bool = False) -> None:
     from bafusion.fusion.align import align_images
     from bafusion.fusion.scene import shot_motions
 
-    print("| sky | subject region (share) | estimate | replaced | hint verdict |")
-    print("|---|---|---|---|---|")
+    if shift:
+        print("| sky | subject region (share) | shift of the centre (truth (-3, +1.5)) | scale | error (px) | replaced "
+              "| hint |")
+        print("|---|---|---|---|---|---|---|")
+    else:
+        print("| sky | subject region (share) | estimate | replaced | hint verdict |")
+        print("|---|---|---|---|---|")
     for sn, rn, share, a, b in sky_pairs(data):
+        if shift:
+            moved = ndimage.shift(b.astype(float), (SHIFT[1], SHIFT[0], 0), order=3, mode="nearest")
+            b = np.clip(np.round(moved), 0, 255).astype(np.uint8)
+            al = align_images([a, b], "similarity")
+            sm = shot_motions([a, b])[0]
+            m, c = al.transforms[1], np.array([(S - 1) / 2, (S - 1) / 2, 1.0])
+            dx, dy = (m @ c)[:2] - c[:2]
+            why = al.replaced[1] or ""
+            print(f"| {sn} | {rn} ({100 * share:.1f} %) | ({dx:+.2f}, {dy:+.2f}) | {np.hypot(m[0, 0], m[1, 0]):.4f} | "
+                  f"{np.hypot(dx + SHIFT[0], dy + SHIFT[1]):.2f} | {why.split(': ')[-1] if why else 'no'} | "
+                  f"{sm.verdict} {'' if sm.px is None else f'{sm.px:.1f}'} |", flush=True)
+            continue
         al = align_images([a, b], "similarity")
         sm = shot_motions([a, b])[0]
         line = al.describe(["A", "B"])[1].split(": ", 1)[1].split(";")
@@ -97,8 +119,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=os.environ.get("BAFUSION_SHARED_DATA", str(REPO.parent / "shared" / "data")))
     ap.add_argument("--part", choices=("sky", "real"), default="sky")
+    ap.add_argument("--shift", action="store_true", help="--part sky: B really moved by (3, -1.5) px")
     args = ap.parse_args()
-    (part_sky if args.part == "sky" else part_real)(Path(args.data))
+    if args.part == "sky":
+        part_sky(Path(args.data), args.shift)
+    else:
+        part_real(Path(args.data))
     return 0
 
 

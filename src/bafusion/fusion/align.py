@@ -96,19 +96,22 @@ STEP_MIN_PIXELS = 1_000_000
 
 #: An estimate that moves a shot by more than this (RMS corner displacement, pixels) must be
 #: borne out by the shots' detail (:func:`_detail_costs`): it must not match the samples with
-#: the most detail worse than no motion (by more than :data:`SUPPORT_MARGIN`); else its
-#: parameters were not determined by the shots, and the translation refined from its shift
-#: where that detail lies is used instead, or no motion when that fails alike. A small subject
-#: whose focus differs between the shots, over a smooth backdrop (a sky), read as a 1.13 scale
-#: and 43 px of motion on a registered pair: the backdrop, matched up to a gain and an offset,
-#: does not constrain a scale along its gradient, and the robust weights let the subject go
-#: (BENCHMARKS.md, "A small subject over a smooth backdrop").
+#: the most detail worse than no motion, nor worse than the translation fitted where that
+#: detail lies (:data:`DETAIL_NEAR`; started from the estimate's shift there), by more than
+#: :data:`SUPPORT_MARGIN`; else its parameters were not determined by the shots, and that
+#: translation is used instead where it matches the detail better than no motion by the
+#: margin, else no motion. A small subject whose focus differs between the shots, over a
+#: smooth backdrop (a sky), read as a 1.13 scale and 43 px of motion on a registered pair, and
+#: as much where B really moved by 3 px (the invented motion then matched the detail better
+#: than no motion): the backdrop, matched up to a gain and an offset, does not constrain a
+#: scale along its gradient, and the robust weights let the subject go (BENCHMARKS.md, "A
+#: small subject over a smooth backdrop").
 SUPPORT_PX = 1.0
 
-#: ... "worse" by more than this fraction of the misfit. Measured (BENCHMARKS.md): the check
-#: replaces the estimate on all 15 of 18 registered sky pairs whose estimate exceeded 1 px
-#: (2.1-58 px), and on none of the 73 real pairs (at the motion hint's 520 px) nor of 33 known
-#: motions of held-out composites.
+#: ... "worse" (and the translation "better") by more than this fraction of the misfit.
+#: Measured (BENCHMARKS.md): the check replaces the estimate on all 15 of 18 registered sky
+#: pairs whose estimate exceeded 1 px (2.1-58 px), and on none of the 73 real pairs (at the
+#: motion hint's 520 px) nor of 33 known motions of held-out composites.
 SUPPORT_MARGIN = 0.05
 
 #: The share of a level's samples, those of the largest gradient of the reference, on which
@@ -117,6 +120,19 @@ DETAIL_SHARE = 0.1
 
 #: ... and at least this many times their median gradient (on a sky the median is its noise).
 DETAIL_OVER_MEDIAN = 4.0
+
+#: The translation an estimate is judged against (:data:`SUPPORT_PX`) is fitted on the samples
+#: within this many sampling steps of the detail (:func:`_detail_samples`), as far as a defocus
+#: spreads it: the smooth backdrop elsewhere, matched up to a gain and an offset, does not pin a
+#: shift along its gradient (fitted on the whole frame, a sky pair shifted by 3 px read 1.3 px off).
+DETAIL_NEAR = 4
+
+#: ... and only where that detail is compact: its RMS distance from its centroid (weighted by
+#: the squared gradient) at most this share of half the long side. Spread detail determines
+#: a rotation and a scale: on a textured half frame turned by 0.5 deg and magnified 1 % (0.55)
+#: a shift fitted on the detail matched it better than the right estimate. A small subject
+#: (0.4-2.9 % of the frame) spreads 0.2-0.37; a strip across the frame 0.64 (not judged so).
+DETAIL_SPREAD = 0.45
 
 
 #: :func:`estimate_transform`'s iterations, samples and tolerance (:func:`align_images` uses them).
@@ -538,11 +554,12 @@ def _gauss_newton(ref: np.ndarray, mov: np.ndarray, w_norm: np.ndarray, model: s
 
 
 def _detail_samples(ref: np.ndarray, n_to_px: np.ndarray, step: int, ref_clip: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float] | None:
     """The :data:`DETAIL_SHARE` of the samples (every ``step``-th pixel of the level ``ref``,
     outside ``ref_clip``) where the reference has the largest gradient: ``(xs, ys, their
-    normalised coordinates, their centroid weighted by the squared gradient)``, normalised
-    coordinates homogeneous (3, N) and (3,); None where too few."""
+    normalised coordinates, their centroid weighted by the squared gradient, their RMS distance
+    from it so weighted)``, normalised coordinates homogeneous (3, N) and (3,) (half the long
+    side is 1); None where too few."""
     h, w = ref.shape
     ys, xs = np.mgrid[0:h:step, 0:w:step]
     xs, ys = xs.ravel(), ys.ravel()
@@ -559,7 +576,10 @@ def _detail_samples(ref: np.ndarray, n_to_px: np.ndarray, step: int, ref_clip: n
         return None
     xs, ys, wt = xs[top], ys[top], mag[top] ** 2
     pn = np.linalg.inv(n_to_px) @ np.stack([xs, ys, np.ones_like(xs)]).astype(np.float64)
-    return xs, ys, pn, pn @ wt / max(float(wt.sum()), 1e-300)  # where the gradient energy lies
+    wt = wt / max(float(wt.sum()), 1e-300)
+    pc = pn @ wt  # where the gradient energy lies ...
+    spread = math.sqrt(float(np.sum(wt * ((pn[0] - pc[0]) ** 2 + (pn[1] - pc[1]) ** 2))))  # ... and how far it spreads
+    return xs, ys, pn, pc, spread
 
 
 def _detail_costs(ref: np.ndarray, mov: np.ndarray, n_to_px: np.ndarray, xs: np.ndarray, ys: np.ndarray,
@@ -630,9 +650,10 @@ def estimate_transform(reference: np.ndarray, moving: np.ndarray, model: str = "
         first by a Gaussian of ``antialias * stride`` pixels (:data:`_ANTIALIAS`); 0: not.
     check : bool
         An estimate of more than :data:`SUPPORT_PX` that the shots' detail does not bear out
-        (it matches the samples with the most detail worse than no motion,
-        :data:`SUPPORT_MARGIN`) is replaced by the translation refined from its shift where
-        that detail lies, checked alike (no motion when it fails); False: the estimate as fitted.
+        (it matches the samples with the most detail worse than no motion or than the
+        translation fitted where that detail lies, :data:`SUPPORT_MARGIN`) is replaced by that
+        translation where it matches the detail better than no motion, else by no motion;
+        False: the estimate as fitted.
 
     Returns
     -------
@@ -709,21 +730,32 @@ def _estimate(g_ref: np.ndarray, g_mov: np.ndarray, ref_clip: np.ndarray | None,
     samp = _detail_samples(ref_k, n_to_px, stride, ref_c[0])
     if samp is None:
         return est
-    xs, ys, pn, pc = samp
-    costs = _detail_costs(ref_k, mov_k, n_to_px, xs, ys, pn, [w_norm, eye], mov_c[0])
-    if costs is None or costs[0] <= costs[1] * (1 + SUPPORT_MARGIN):
-        return est
-    why = (f"matches the shots' detail worse than no motion (misfit {costs[0]:.3f} against {costs[1]:.3f}: "
-           "a small subject over a smooth backdrop?)")
-    m, outcome = eye, "taken for no motion"
-    if model != "translation":  # the translation refined from the estimate's shift where the detail lies
+    xs, ys, pn, pc, spread = samp
+    shift = None
+    if model != "translation" and spread <= DETAIL_SPREAD:  # compact detail: the shift where it lies
         qc = w_norm @ pc
         local = np.array([[1.0, 0.0, qc[0] / qc[2] - pc[0]], [0.0, 1.0, qc[1] / qc[2] - pc[1]], [0.0, 0.0, 1.0]])
-        shift = _gauss_newton(ref_k, mov_k, local, "translation", n_to_px, iters, stride, tol, ref_c[0], mov_c[0])
-        tc = _detail_costs(ref_k, mov_k, n_to_px, xs, ys, pn, [shift, eye], mov_c[0])
-        if tc is not None and tc[0] <= tc[1] * (1 + SUPPORT_MARGIN):
-            m = to_px(shift)
-            outcome = f"registered by translation instead ({corner_rms(m, shape0):.2f} px)"
+        # fitted where the detail lies and around it (DETAIL_NEAR)
+        near = np.zeros(ref_k.shape, dtype=bool)
+        near[ys, xs] = True
+        near = ndimage.maximum_filter(near, size=2 * DETAIL_NEAR * stride + 1)
+        away = ~near if ref_c[0] is None else (~near | ref_c[0])
+        shift = _gauss_newton(ref_k, mov_k, local, "translation", n_to_px, iters, stride, tol, away, mov_c[0])
+        if not np.all(np.isfinite(shift)):
+            shift = None
+    costs = _detail_costs(ref_k, mov_k, n_to_px, xs, ys, pn, [w_norm, eye] + ([shift] if shift is not None else []),
+                          mov_c[0])
+    if costs is None or costs[0] <= min(costs[1:]) * (1 + SUPPORT_MARGIN):
+        return est
+    # not borne out: the shift where the detail lies, where it matches that detail better than no
+    # motion (by the margin: a focus bias of a few tenths of a pixel does not), else no motion
+    shift_ok = shift is not None and costs[2] < costs[1] * (1 - SUPPORT_MARGIN)
+    why = (f"matches the shots' detail worse than {'a shift' if shift_ok else 'no motion'} (misfit {costs[0]:.3f} "
+           f"against {costs[2] if shift_ok else costs[1]:.3f}: a small subject over a smooth backdrop?)")
+    m, outcome = eye, "taken for no motion"
+    if shift_ok:
+        m = to_px(shift)
+        outcome = f"registered by translation instead ({corner_rms(m, shape0):.2f} px)"
     if notes is not None:
         notes.append(f"the {model} estimate ({corner_rms(est, shape0):.2f} px) {why}: {outcome}")
     return m
