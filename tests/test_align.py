@@ -541,7 +541,18 @@ def test_a_shot_of_another_size_is_registered_onto_the_first_frame(kind: str) ->
     # B's points land on A's: the registered B is B as it was taken in A's frame
     err = np.abs(al.images[1].astype(int) - b[y0:y1, x0:x1])[4:-4, 4:-4].mean()
     assert err < (1.0 if kind == "crop" else 2.0), err
-    assert "resampled from" in al.describe(["A", "B"])[1]
+    # the line says where B's frame lies on A's: a crop as a part of it at scale 1 (it read as a
+    # rescale onto A's size "then" a residual scale that undid it: "scale 1.0458 ... scale 0.9562")
+    line = al.describe(["A", "B"])[1]
+    got = re.search(rf"B -> A: {bs.shape[1]}x{bs.shape[0]} px, its frame lies at x ([-\d.]+)\.\.([-\d.]+), "
+                    rf"y ([-\d.]+)\.\.([-\d.]+) of the first's {w}x{h}, rotation [-+\d.]+ deg, scale ([\d.]+); "
+                    "match quality", line)
+    assert got, line
+    x0b, x1b, y0b, y1b, scale = (float(v) for v in got.groups())
+    want = {"crop": (3, w - 4, 3, h - 4, 1.0), "breathing": (0, w, 0, h, w / bs.shape[1]),
+            "double": (0, w, 0, h, 0.5)}[kind]
+    assert np.allclose((x0b, x1b, y0b, y1b), want[:4], atol=0.6) and abs(scale - want[4]) < 0.005, line
+    assert "resampled from" not in line and "then" not in line, line
 
 
 def test_shots_turned_or_of_another_aspect_ratio_are_not_registered() -> None:
@@ -569,7 +580,8 @@ def test_fuse_registers_shots_of_another_size_with_align_and_says_how_without(tm
     for mode in ("similarity", "auto"):
         assert cli_main([*base, "--align", mode]) == 0, capsys.readouterr().err
         err = capsys.readouterr().err
-        assert "resampled from 162x130 to 160x128" in err, err
+        assert re.search(r"b\.png -> \S*a\.png: 162x130 px, its frame lies at x \S+, y \S+ of the first's 160x128, ",
+                         err), err
         assert "fused as registered" not in err, err  # it is registered: no line says otherwise
         # --align auto said it twice: "... as b.png is of another size" and "b.png is 162x130 px, ..."
         assert sum("of another size" in ln for ln in err.splitlines()) == (mode == "auto"), err

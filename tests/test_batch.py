@@ -1766,7 +1766,7 @@ def test_fuse_dir_with_align_registers_a_shot_of_another_size(tmp_path: Path, ne
     argv[2] = str(tmp_path / "out2")
     assert cli_main([*argv[:-1], "--align", "auto"]) == 0, capsys.readouterr().err  # the details: not --quiet
     err = capsys.readouterr().err
-    assert f"resampled from {2 * N}x{2 * N} to {N}x{N}" in err, err
+    assert f"{2 * N}x{2 * N} px, its frame lies at x " in err and f" of the first's {N}x{N}, " in err, err
     assert (tmp_path / "out2" / "p.png").is_file()
 
 

@@ -302,7 +302,9 @@ class Alignment:
 
     def describe(self, names: Sequence[str] | None = None) -> list[str]:
         """One readable line per shot: its transform to the first (shift of the image centre,
-        rotation and scale about it), motion and quality; then the crop."""
+        rotation and scale about it), motion and quality; for a shot of another size, where its
+        frame lies on the first's (pixel edges: the first spans ``0..W``, ``0..H``; a crop of a
+        few pixels lies inside it at scale 1), its rotation and scale; then the crop."""
         names = list(names) if names else [f"image {i + 1}" for i in range(len(self.transforms))]
         lines = []
         for i, (m, name) in enumerate(zip(self.transforms, names)):
@@ -313,24 +315,33 @@ class Alignment:
                 lines.append(f"align {name} -> {names[0]}: too flat to align (no structure to register by, in it "
                              f"or in {names[0]}): not warped")
                 continue
-            resized = ""
+            tail = ((f"; implausible: {self.implausible[i]}" if self.implausible and self.implausible[i] else "")
+                    + (f"; {self.replaced[i]}" if self.replaced and self.replaced[i] else ""))
             if self.sizes and self.sizes[i] != self.size:
-                sm = size_matrix(self.sizes[i], self.size)
-                m = m @ np.linalg.inv(sm)
-                resized = (f"resampled from {self.sizes[i][0]}x{self.sizes[i][1]} to {self.size[0]}x{self.size[1]} "
-                           f"(scale {sm[0, 0]:.4f}), then ")
+                # where its frame lies on the first's (pixel edges; the first spans 0..W, 0..H):
+                # a crop reads as a part of the first's frame at scale 1, not as a rescale to the
+                # first's size and a residual motion that undoes it
+                bw, bh = self.sizes[i]
+                p = describe_matrix(m)
+                q = m @ np.array([[-0.5, bw - 0.5, -0.5, bw - 0.5], [-0.5, -0.5, bh - 0.5, bh - 0.5], [1.0] * 4])
+                xs, ys = q[0] / q[2] + 0.5, q[1] / q[2] + 0.5
+                lines.append(
+                    f"align {name} -> {names[0]}: {bw}x{bh} px, its frame lies at x {xs.min():.2f}..{xs.max():.2f}, "
+                    f"y {ys.min():.2f}..{ys.max():.2f} of the first's {self.size[0]}x{self.size[1]}, "
+                    f"rotation {p['rotation_deg']:+.3f} deg, scale {p['scale']:.4f}"
+                    + (f", perspective ({m[2, 0]:+.2e}, {m[2, 1]:+.2e})" if self.model == "homography" else "")
+                    + f"; match quality {self.quality[i]:.2f}, resampled onto the first's frame" + tail)
+                continue
             p = describe_matrix(m)
             c = np.array([(self.size[0] - 1) / 2, (self.size[1] - 1) / 2, 1.0])
             mc = m @ c
             dx, dy = mc[0] / mc[2] - c[0], mc[1] / mc[2] - c[1]
             state = "warped" if self.warped[i] else "not resampled (its motion is below the tolerance)"
             lines.append(
-                f"align {name} -> {names[0]}: {resized}shift of the centre ({dx:+.2f}, {dy:+.2f}) px, "
+                f"align {name} -> {names[0]}: shift of the centre ({dx:+.2f}, {dy:+.2f}) px, "
                 f"rotation {p['rotation_deg']:+.3f} deg, scale {p['scale']:.4f}"
                 + (f", perspective ({m[2, 0]:+.2e}, {m[2, 1]:+.2e})" if self.model == "homography" else "")
-                + f"; corner motion {self.rms_px[i]:.2f} px RMS, match quality {self.quality[i]:.2f}, {state}"
-                + (f"; implausible: {self.implausible[i]}" if self.implausible and self.implausible[i] else "")
-                + (f"; {self.replaced[i]}" if self.replaced and self.replaced[i] else "")
+                + f"; corner motion {self.rms_px[i]:.2f} px RMS, match quality {self.quality[i]:.2f}, {state}" + tail
             )
         x0, y0, x1, y1 = self.crop
         lines.append(f"align crop: x {x0}..{x1}, y {y0}..{y1} ({x1 - x0}x{y1 - y0} px, the area every shot covers)")
