@@ -1588,32 +1588,6 @@ def test_the_store_lock_without_fcntl_is_taken_with_msvcrt(tmp_path: Path, monke
     assert events == ["first releases it", "second holds it"]
 
 
-def test_the_runs_code_digest_counts_code_not_docstrings_or_line_endings(tmp_path: Path) -> None:
-    """bafusion.code_digest names the code that ran as fuse-dir's and a training's digests do:
-    a reworded docstring or comment, or CRLF line endings, leave it; any change of the code, a
-    preset's value or a module added changes it."""
-    from bafusion import checkout
-
-    pkg = tmp_path / "bafusion"
-    (pkg / "presets").mkdir(parents=True)
-    (pkg / "m.py").write_bytes(b'"""Doc."""\n\ndef f():\n    """Doc."""\n    return "a"  # note\n')
-    (pkg / "presets" / "p.yaml").write_bytes(b"a: 1\n")
-    base = checkout.code_digest.__wrapped__(pkg)
-    assert len(base) == 64
-    (pkg / "m.py").write_bytes(b'"""Other doc."""\r\n\r\ndef f():\r\n    """Other."""\r\n    return "a"\r\n')
-    assert checkout.code_digest.__wrapped__(pkg) == base
-    (pkg / "m.py").write_bytes(b'def f():\n    return "b"\n')
-    assert checkout.code_digest.__wrapped__(pkg) != base
-    (pkg / "m.py").write_bytes(b'def f():\n    return "a"\n')
-    assert checkout.code_digest.__wrapped__(pkg) == base
-    (pkg / "presets" / "p.yaml").write_bytes(b"a: 2\n")
-    assert checkout.code_digest.__wrapped__(pkg) != base
-    (pkg / "presets" / "p.yaml").write_bytes(b"a: 1\r\n")
-    assert checkout.code_digest.__wrapped__(pkg) == base
-    (pkg / "n.py").write_bytes(b"")
-    assert checkout.code_digest.__wrapped__(pkg) != base
-
-
 SNAKEFILE_STOPPED = """
 from bafusion import tracking
 

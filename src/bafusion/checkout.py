@@ -16,8 +16,6 @@ import hashlib
 import tomllib
 from pathlib import Path
 
-from bafusion import _version
-
 #: This package's folder (``<repo>/src/bafusion`` in a checkout, ``site-packages/bafusion`` when
 #: installed).
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -61,10 +59,8 @@ def source_checkout(package_dir: Path | None = None) -> Path | None:
 def code_digest(package_dir: Path | None = None) -> str:
     """sha256 of this package's code as it runs: every ``.py`` file under the package folder,
     and its presets and schemas (``.yaml``), each with its path (a module moved or added is other
-    code); the shipped nets are not code and are named by the runs' own records. A module counts
-    as its code (:func:`bafusion._version.code_digest`, as fuse-dir's and a training's digests
-    do: comments, formatting and docstrings do not count); line endings do not count (a Windows
-    checkout's CRLF hashes as LF), nor hidden files nor ``__pycache__``.
+    code); the shipped nets are not code and are named by the runs' own records. Line endings do
+    not count (a Windows checkout's CRLF hashes as LF), nor hidden files nor ``__pycache__``.
 
     The version number names a release; this names the code itself, for a record (an MLflow
     run) that must say which code ran when the version alone cannot (an edited checkout).
@@ -91,5 +87,5 @@ def code_digest(package_dir: Path | None = None) -> str:
         except OSError:
             continue
         h.update(f.relative_to(pkg).as_posix().encode() + b"\0")
-        h.update(_version.code_digest(data) if f.suffix == ".py" else data.replace(b"\r\n", b"\n"))
+        h.update(data.replace(b"\r\n", b"\n"))
     return h.hexdigest()
