@@ -1527,6 +1527,7 @@ def test_outside_the_project_the_errors_say_what_is_missing(tmp_path: Path, monk
     assert "snakemake" not in err and "dvc repro" not in err, err
     assert "pass --model DIR: a folder holding initial.pt and boundary.pt" in err, err
     assert "a shipped model's name (default, lytro-2026-11)" in err, err
+    assert err.count("lytro-2026-11") == 1, err  # the shipped models named once, not twice
     # bafusion run from its checkout (editable), elsewhere: the pipeline is there, named
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.setattr(checkout, "source_checkout", lambda *a: repo)

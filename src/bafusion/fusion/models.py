@@ -381,8 +381,9 @@ def _find_model_dir(model: str | os.PathLike[str] | None, *, warn: bool = True, 
             where = "" if d.is_absolute() else f" (relative to the current folder, {Path.cwd()})"
             raise UserError(f"{d}: model folder not found{where}; {d.name!r} is a shipped model: pass {by_name} "
                             f"to use it (from any folder); for other nets, {_how_to_get_models(hint)}")
-        raise UserError(f"{d}: model folder not found ({_how_to_get_models(hint)}; shipped models: "
-                        f"{', '.join(shipped_models())})")
+        # the shipped models' names: said by the hint outside the pipeline, added here inside it
+        names = f"; shipped models: {', '.join(shipped_models())}" if _pipeline_folder() is not None else ""
+        raise UserError(f"{d}: model folder not found ({_how_to_get_models(hint)}{names})")
     for d in default_model_dirs():
         if (d / "initial.pt").is_file() and (d / "boundary.pt").is_file():
             return d
