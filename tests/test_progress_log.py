@@ -164,3 +164,28 @@ def test_a_terminal_that_cannot_redraw_a_line_gets_what_a_log_gets(tmp_path: Pat
         assert "\r" not in err, err
     else:
         assert "fuse-dir: 1/1 p: fused in" not in err and "\r" in err, err  # the bar, redrawn
+
+
+def test_a_download_of_unknown_size_in_a_log_says_no_share_nor_time_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A download whose server sends no size wrote "0%" and "<00:00" left in its log's plain
+    lines, as if nothing were done and it were ending: such a line now says the bytes, the time
+    spent and the rate only; a download of known size keeps its share and time left."""
+    import bafusion.progress as progress
+    from bafusion.data import download
+
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL_S", 0.0, raising=False)
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)
+    progress.set_command("bafusion download-data")
+    for total in (None, 4096):
+        bar = download._bar(total, "x.zip", 0, True)
+        for _ in range(4):
+            bar.update(1024)
+        bar.close()
+        lines = [line for line in capsys.readouterr().err.splitlines() if "x.zip" in line]
+        assert lines, lines
+        if total is None:
+            assert not any("%" in line or "<" in line for line in lines), lines
+            assert _stamped(lines, "bafusion download-data", r"x\.zip: 4\.00k B \[.*B/s\]"), lines
+        else:
+            assert _stamped(lines, "bafusion download-data", r"x\.zip: 100% 4\.00k/4\.00k B \[.*<.*B/s\]"), lines

@@ -25,6 +25,9 @@ from typing import Any
 PLAIN_INTERVAL_S = 30.0
 #: The plain line: ``composite shard 0: 28% 120/432 pair [00:41<01:47, 2.93pair/s]``.
 PLAIN_FORMAT = "{desc}: {percentage:.0f}% {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+#: The plain line of a step whose size is not known (a download without Content-Length):
+#: ``download x.zip: 3.1M B [00:41, 77.4kB/s]``, no share done nor time left.
+PLAIN_FORMAT_UNSIZED = "{desc}: {n_fmt} {unit} [{elapsed}, {rate_fmt}{postfix}]"
 
 #: The command whose plain lines these are (:func:`set_command`; ``bafusion`` outside the CLI).
 _command = "bafusion"
@@ -115,7 +118,8 @@ class _PlainLines:
             self.stream.flush()
 
 
-def bar_options(progress: bool = True, *, fractional: bool = False, **terminal: Any) -> dict[str, Any]:
+def bar_options(progress: bool = True, *, fractional: bool = False, sized: bool = True,
+                **terminal: Any) -> dict[str, Any]:
     """The keyword arguments of a ``tqdm`` bar of a long step.
 
     Parameters
@@ -125,6 +129,9 @@ def bar_options(progress: bool = True, *, fractional: bool = False, **terminal: 
     fractional : bool
         The bar advances by fractions of a step: its plain line shows the count with one
         decimal (``3.4/4``).
+    sized : bool
+        The bar's total is known; False (a download of unknown size): the plain line says the
+        count, the time spent and the rate (:data:`PLAIN_FORMAT_UNSIZED`), no share nor time left.
     **terminal
         The bar's own options on a terminal (``leave``, ``mininterval``, ``file``, ...).
 
@@ -141,6 +148,7 @@ def bar_options(progress: bool = True, *, fractional: bool = False, **terminal: 
         return {**terminal, "disable": False}
     if not progress or sys.stderr is None:
         return {**terminal, "disable": True}
-    fmt = PLAIN_FORMAT.replace("{n_fmt}", "{n:.1f}") if fractional else PLAIN_FORMAT
+    fmt = PLAIN_FORMAT if sized else PLAIN_FORMAT_UNSIZED
+    fmt = fmt.replace("{n_fmt}", "{n:.1f}") if fractional else fmt
     return {"disable": False, "file": _PlainLines(sys.stderr), "ascii": True, "bar_format": fmt,
             "mininterval": PLAIN_INTERVAL_S, "delay": PLAIN_INTERVAL_S, "miniters": 1, "leave": True}

@@ -280,7 +280,7 @@ def _bar(total: int | None, desc: str, initial: int, enabled: bool) -> tqdm:
         unit_scale=True,
         unit_divisor=1024,
         # a bar on a terminal; in a log a plain line at times (bafusion.progress)
-        **bar_options(enabled, leave=False, mininterval=0.2, file=sys.stderr),
+        **bar_options(enabled, sized=total is not None, leave=False, mininterval=0.2, file=sys.stderr),
     )
 
 
