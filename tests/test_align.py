@@ -255,6 +255,12 @@ def test_fuse_with_align_prints_the_transform_and_crops(tmp_path: Path, nets: Pa
     assert x1 - x0 < a.shape[1] and y1 - y0 < a.shape[0]
 
 
+def _unstamped(err: str) -> list[str]:
+    """The lines of ``err`` without the local time a line in a log starts with (fuse-dir's
+    per-stack lines off a terminal: ``2026-12-06T16:57:56 bafusion fuse-dir: 1/1 s: ...``)."""
+    return [re.sub(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d ", "", ln) for ln in err.splitlines()]
+
+
 def test_the_alignment_lines_carry_the_command_prefix_and_keep_quiet_under_quiet(tmp_path: Path, nets: Path,
                                                                                    capsys) -> None:
     """The per-shot lines of --align ("align b.png -> a.png: shift ...", the crop) had no
@@ -275,13 +281,13 @@ def test_the_alignment_lines_carry_the_command_prefix_and_keep_quiet_under_quiet
         argv = [*argv, "--model", str(nets), "--device", "cpu", "--align"]
         for model in ("similarity", "auto"):
             assert cli_main([*argv, model]) == 0
-            err = capsys.readouterr().err.splitlines()
+            err = _unstamped(capsys.readouterr().err)
             assert all(ln.startswith(prefix) for ln in err), err
             assert any(ln.startswith(f"{lead}align ") and "s-B.png -> " in ln for ln in err), err
             assert any(ln.startswith(f"{lead}align crop: ") for ln in err), err
             assert any(ln.startswith(f"{lead}--align auto: ") for ln in err) == (model == "auto"), err
         assert cli_main([*argv, "auto", "--quiet"]) == 0
-        err = capsys.readouterr().err.splitlines()
+        err = _unstamped(capsys.readouterr().err)
         assert not any(ln.startswith(f"{lead}align ") for ln in err), err
         assert any(ln.startswith(f"{lead}--align auto: ") and "aligning (similarity)" in ln for ln in err), err
 
