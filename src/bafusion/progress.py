@@ -107,8 +107,11 @@ class _PlainLines:
     def write(self, text: str) -> None:
         for part in str(text).split("\r"):
             line = part.strip()
-            if line and line != self.last:  # the end's line, written by the last step's update already
-                self.last = line
+            # the end's line says the count of the last step's line again, with another rate
+            # (tqdm's average against the smoothed one): one line per count
+            count = line.split(" [", 1)[0]
+            if line and count != self.last:
+                self.last = count
                 with contextlib.suppress(OSError, ValueError):  # the log gone: the step goes on
                     self.stream.write(f"{log_prefix()} {line}\n")
                     self.stream.flush()
