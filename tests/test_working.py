@@ -130,7 +130,12 @@ def test_guided_filter_moves_a_blurred_boundary_to_the_guide_edge() -> None:
 
 
 def test_progress_bar_only_when_asked_or_on_a_terminal(nets, capsys) -> None:
-    assert progress_bar(3, 10**8, None).disable  # pytest's stderr is not a terminal
+    from bafusion.progress import PLAIN_INTERVAL_S
+
+    # pytest's stderr is not a terminal: as in a log, a plain line at most every 30 s (none for
+    # a fusion done sooner, below), no bar
+    bar = progress_bar(3, 10**8, None)
+    assert not bar.disable and bar.delay == PLAIN_INTERVAL_S > 0 and "\r" not in str(bar.bar_format)
     assert progress_bar(3, 10**8, False).disable
     assert not progress_bar(3, 10, True).disable
     a, b, _ = _scene(96, 128)
