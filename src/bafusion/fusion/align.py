@@ -1150,13 +1150,22 @@ def check_alignment(al: Alignment, names: Sequence[str], *, force: str | None = 
                         "fuse the shots as registered" + (f", or {force} to use the estimate anyway" if force else ""))
 
 
+#: Gauss-Newton iterations, samples a level and convergence tolerance (pixels of a level) of the
+#: motion hint's fit (:func:`bafusion.fusion.scene.coarse_motion`, on the shots reduced to
+#: ``scene.MOTION_SIDE``) and of the turn check of ``--align translation``
+#: (:func:`_quick_similarity`): measured against the registration of the full shots on 73 real
+#: pairs (BENCHMARKS.md, "Do the shots move?").
+MOTION_ITERS = 50
+MOTION_SAMPLES = 20000
+MOTION_TOL = 0.01
+
 #: ``--align translation`` leaving a shot a match quality below this is aligned again by
 #: similarity, to see whether the shots turn or change scale (:func:`translation_shortfalls`).
 #: It is not below every registered pair: of the 20 Lytro pairs (0.92-0.99 after translation),
 #: lytro-19 scores 0.9198 and pays for the second alignment, which tells it nothing (0.9212
 #: after similarity); a shot turned by 1 deg scored 0.91. That alignment is made on the shots
 #: reduced to :data:`QUALITY_SIDE` with the motion hint's fit
-#: (:data:`bafusion.fusion.scene.MOTION_ITERS`) ...
+#: (:data:`MOTION_ITERS`) ...
 TRANSLATION_QUALITY = 0.92
 
 #: ... and they turn or change scale when the similarity raises the match quality by at least
@@ -1172,8 +1181,6 @@ def _quick_similarity(ref: np.ndarray, mov: np.ndarray) -> tuple[np.ndarray, flo
     size scaled onto ``ref``'s frame first), fitted as the motion hint fits
     (:mod:`bafusion.fusion.scene`) and judged there: ``(its residual transform in the reduced
     pixels, its match quality, the factor, the reduced (H, W))``."""
-    from bafusion.fusion.scene import MOTION_ITERS, MOTION_SAMPLES, MOTION_TOL  # scene imports this module
-
     k, _ = _quality_scale(ref.shape, 6.0)
     g0 = _block_mean(_gray(ref), k)
     g = _block_mean(_gray(mov), k)

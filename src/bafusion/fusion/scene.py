@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from bafusion.errors import UserError
+from bafusion.fusion.align import MOTION_ITERS, MOTION_SAMPLES, MOTION_TOL
 from bafusion.io import gray_float
 
 #: Below this correlation two shots are taken for two scenes (BENCHMARKS.md, "One scene?").
@@ -264,13 +265,12 @@ DEFOCUS_SIGMA = 3.0
 DEFOCUS_LADDER = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
 DEFOCUS_EXPLAINS = 1.4
 
-#: Long side (pixels), Gauss-Newton iterations, samples a level and convergence tolerance (pixels
-#: of a level) of :func:`coarse_motion`: measured against the registration of the full shots on 73
-#: real pairs (BENCHMARKS.md, "Do the shots move?").
+#: Long side (pixels) of :func:`coarse_motion`; its Gauss-Newton iterations, samples a level and
+#: convergence tolerance (pixels of a level) are :data:`bafusion.fusion.align.MOTION_ITERS`,
+#: ``MOTION_SAMPLES`` and ``MOTION_TOL`` (there, as the turn check of ``--align translation``
+#: fits as this does, and align does not import this module): measured against the
+#: registration of the full shots on 73 real pairs (BENCHMARKS.md, "Do the shots move?").
 MOTION_SIDE = 520
-MOTION_ITERS = 50
-MOTION_SAMPLES = 20000
-MOTION_TOL = 0.01
 
 
 def _judgeable(shape: tuple[int, ...], side: int) -> bool:
