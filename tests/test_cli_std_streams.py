@@ -122,3 +122,32 @@ def test_closed_standard_streams_are_not_taken_by_the_files_the_command_opens(tm
                    preexec_fn=lambda: [os.close(fd) for fd in (0, 1, 2)])  # noqa: PLW1509 - a test's child only
     *std, own = (tmp_path / "fds").read_text().split()
     assert std == [os.devnull] * 3 and int(own) > 2, (std, own)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="closes fds in the child (preexec_fn)")
+@pytest.mark.parametrize("closed", [(1,), (0, 1, 2)], ids=["stdout", "all"])
+def test_the_processes_a_command_starts_get_its_reopened_standard_streams(tmp_path: Path,
+                                                                         closed: tuple[int, ...]) -> None:
+    """A closed descriptor 0-2 that main reopens on /dev/null is opened in place (the lowest free
+    number), and os.open makes it close-on-exec: the processes the command then starts (train's
+    torchrun launcher) found it closed again, and their first file took its number. Main makes
+    it inheritable, as the standard descriptors are."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("no /proc")
+    child = ("import os, sys\n"
+             "fds = []\n"
+             "for fd in (0, 1, 2):\n"
+             "    try:\n"
+             "        fds.append(os.readlink(f'/proc/self/fd/{fd}'))\n"
+             "    except OSError:\n"
+             "        fds.append('closed')\n"
+             "with open(sys.argv[1], 'w') as fh:\n"
+             "    fh.write(' '.join(fds))\n")
+    code = ("import subprocess, sys\n"
+            "from bafusion.cli import main\n"
+            "main(['--version'])\n"
+            "subprocess.run([sys.executable, '-c', sys.argv[1], sys.argv[2]], check=True)\n")
+    subprocess.run([sys.executable, "-c", code, child, str(tmp_path / "fds")], env=_env(False), timeout=300,
+                   check=True, preexec_fn=lambda: [os.close(fd) for fd in closed])  # noqa: PLW1509
+    fds = (tmp_path / "fds").read_text().split()
+    assert [fds[fd] for fd in closed] == [os.devnull] * len(closed), fds
