@@ -307,6 +307,33 @@ def test_no_suggestion_of_an_unrelated_option(capsys: pytest.CaptureFixture[str]
     assert f"unrecognized arguments: {word}" in err and "did you mean" not in err, err
 
 
+def test_the_option_names_known_to_the_hints_are_the_parsers() -> None:
+    """The hints' list of option names (read without building the parsers, which import torch)
+    is every long option of bafusion's commands and of bafusion itself: an option added or
+    renamed must be added to ``bafusion.cli.app._OPTION_NAMES``."""
+    from bafusion.cli.app import _OPTION_NAMES
+
+    parser = build_parser()
+    parsers = [parser, *next(a for a in parser._actions if a.dest == "command").choices.values()]
+    names = {s[2:] for p in parsers for a in p._actions for s in a.option_strings if s.startswith("--")}
+    assert sorted(names - _OPTION_NAMES) == [] and sorted(_OPTION_NAMES - names) == [], (
+        "missing:", sorted(names - _OPTION_NAMES), "not an option:", sorted(_OPTION_NAMES - names))
+
+
+@pytest.mark.parametrize("word", ["log", "shard", "checksum", "figure-pair"])
+def test_another_commands_option_is_no_typo_of_a_name_one_first_letter_away(word: str) -> None:
+    """An option of another command (``--log``, train's, typed to ``fuse``) is a word of
+    bafusion's, as a parameter's name is (``--batch``: test_no_suggestion_of_an_unrelated_option),
+    and no typo of a name that differs in its first letter alone: the hints knew the commands
+    and the parameters but not the other commands' options. No two of today's names differ so,
+    so the name here is made up (``--log`` and a ``--fog``)."""
+    from bafusion.cli.app import _close_name
+
+    other = ("x" if word[0] != "x" else "y") + word[1:]
+    assert _close_name(word, [other, "zzzzzzzz"]) is None
+    assert _close_name("q" + other[1:], [other]) == other  # a first letter mistyped is still one
+
+
 @pytest.mark.parametrize("argv", [["fus", "a.png"], ["evalute"], ["zzz"], []])
 def test_an_unknown_command_is_refused_as_the_full_parser_refuses_it(capsys: pytest.CaptureFixture[str],
                                                                      argv: list[str]) -> None:

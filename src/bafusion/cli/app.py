@@ -70,6 +70,28 @@ COMMANDS: dict[str, str] = {
     "evaluate": "bafusion.cli.evaluate",
 }
 
+#: The long options of ``bafusion`` and of all its commands, without their ``--`` (checked
+#: against the parsers by tests/test_cli_startup.py): words of bafusion's for
+#: :func:`_known_words`, listed here since building the parsers imports torch.
+_OPTION_NAMES = frozenset("""
+    align allow-gray allow-unverified alpha alphamatting annotations annotations-checksum
+    annotations-url apply backgrounds backgrounds-dir backoff base-url boundary
+    boundary-fine-step boundary-mode boundary-per-pair boundary-step boundary-weight
+    builtin-backgrounds builtin-foregrounds cache categories checkpoints checksum context count
+    dataset dense-margin device diff-cmap exact exclude-categories exposure-fit-step
+    exposure-match ext figure-pair fit flat-level flat-sigma force foregrounds format from-dir
+    fuse-json help high holdout-backgrounds holdout-foregrounds image-base-url images-dir
+    initial initial-grid-step initial-mode initial-step l label-threshold log low manifest
+    match-output-exposure max-failures method methods metrics min-background-side min-defocused
+    min-focused min-region min-sharpness min-side model models net no-compression
+    no-match-output-exposure no-progress no-refine no-resume nproc out output oversample pairs
+    params params-file params-json patch patches pattern per-pair plots precision prepared
+    preset quiet realistic reference-methods report resolution restart-if-changed retries root
+    save-maps scale scale-rule scales seed set sets shard shards sigma skip-existing source
+    split stack-rule summary threads threshold tile timeout tta val-fraction version workers
+    working-above working-band working-min working-refine working-side
+""".split())
+
 
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (``bafusion fuse: error: ...``), exit 2;
@@ -183,12 +205,14 @@ def _close_name(word: str, names: Sequence[str]) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def _known_words() -> frozenset[str]:
-    """The words that name something in bafusion, dashes for underscores: its commands, and the
-    names of its parameters and of their sections (``batch``, ``fuse``, ``boundary-weight``);
-    read from the parameter schema (no command module is imported: those of some commands
-    import torch, seconds for a one-line error). A typed word of these means that thing, and
-    is no typo of a name one first letter away (:func:`_close_name`)."""
-    words = set(COMMANDS)
+    """The words that name something in bafusion, dashes for underscores: its commands, the
+    long options of all of them (:data:`_OPTION_NAMES`: ``--log``, train's, typed to ``fuse``),
+    and the names of its parameters and of their sections (``batch``, ``fuse``,
+    ``boundary-weight``); read from the parameter schema and that list (no command module is
+    imported: those of some commands import torch, seconds for a one-line error). A typed word
+    of these means that thing, and is no typo of a name one first letter away
+    (:func:`_close_name`)."""
+    words = set(COMMANDS) | _OPTION_NAMES
     with contextlib.suppress(Exception):  # for a hint only
         from bafusion.schema import leaf_keys
 
