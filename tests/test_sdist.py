@@ -19,6 +19,8 @@ from conftest import REPO
 #: Tracked files that the sdist leaves out, and why.
 LEFT_OUT = {
     ".ci/run": "the project's CI script",
+    ".ci/lowest.sh": "the lowest dependency versions' check, a developer's tool as .ci/run is",
+    ".ci/lowest_constraints.py": "its helper",
     ".gitignore": "git's",
     ".dvc/.gitignore": "git's",
     "src/bafusion/models": "the symlink to models/, which the sdist carries itself",
