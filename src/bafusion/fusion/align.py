@@ -516,6 +516,19 @@ def _level_matrix(shape0: tuple[int, int], level: int) -> np.ndarray:
     return _norm_matrix(shape0) @ np.array([[f, 0, (f - 1) / 2], [0, f, (f - 1) / 2], [0, 0, 1]])
 
 
+def _sample_grid(shape: tuple[int, int], step: int, clip: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``(xs, ys)``, flat: every ``step``-th pixel of a level of ``shape``, row by row, less
+    those that ``clip`` (boolean, that level's grid) marks."""
+    h, w = shape
+    ys, xs = np.mgrid[0:h:step, 0:w:step]
+    xs, ys = xs.ravel(), ys.ravel()
+    if clip is not None:
+        keep = ~clip[ys, xs]
+        xs, ys = xs[keep], ys[keep]
+    return xs, ys
+
+
 def _gauss_newton(ref: np.ndarray, mov: np.ndarray, w_norm: np.ndarray, model: str, n_to_px: np.ndarray,
                   iters: int, step: int, tol: float = 1e-3, ref_clip: np.ndarray | None = None,
                   mov_clip: np.ndarray | None = None) -> np.ndarray:
@@ -525,11 +538,7 @@ def _gauss_newton(ref: np.ndarray, mov: np.ndarray, w_norm: np.ndarray, model: s
     ``ref_clip`` (boolean, the reference's grid), and those that land on ``mov_clip`` (the
     moving shot's grid), do not enter the fit (:func:`clipped_regions`)."""
     h, w = ref.shape
-    ys, xs = np.mgrid[0:h:step, 0:w:step]
-    xs, ys = xs.ravel(), ys.ravel()
-    if ref_clip is not None:
-        keep = ~ref_clip[ys, xs]
-        xs, ys = xs[keep], ys[keep]
+    xs, ys = _sample_grid(ref.shape, step, ref_clip)
     px = np.stack([xs, ys, np.ones_like(xs)]).astype(np.float64)
     pn = np.linalg.inv(n_to_px) @ px
     r0 = ref[ys, xs]
@@ -577,12 +586,7 @@ def _detail_samples(ref: np.ndarray, n_to_px: np.ndarray, step: int, ref_clip: n
     normalised coordinates, their centroid weighted by the squared gradient, their RMS distance
     from it so weighted)``, normalised coordinates homogeneous (3, N) and (3,) (half the long
     side is 1); None where too few."""
-    h, w = ref.shape
-    ys, xs = np.mgrid[0:h:step, 0:w:step]
-    xs, ys = xs.ravel(), ys.ravel()
-    if ref_clip is not None:
-        keep = ~ref_clip[ys, xs]
-        xs, ys = xs[keep], ys[keep]
+    xs, ys = _sample_grid(ref.shape, step, ref_clip)
     if xs.size < 500:
         return None
     gy, gx = np.gradient(ref)
