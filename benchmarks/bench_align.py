@@ -28,6 +28,13 @@ Run: OMP_NUM_THREADS=1 python benchmarks/bench_align.py [--pairs 1 5 10] [--sim-
                quality of shots over 520 px changed on purpose with the 520-px quality scale
                (``QUALITY_SIDE``), so against an align.py from before it this check can only
                report a mismatch, "NO", for these shots: compare the timing alone then)
+     OMP_NUM_THREADS=1 python benchmarks/bench_align.py --turn-check [--names lytro/lytro-19 real/savic-05 ...]
+               (the turn check of ``--align translation`` (``translation_shortfalls``): per pair, the
+               translation alignment, then the second alignment it makes on a shot left below
+               ``TRANSLATION_QUALITY``, a similarity fitted on the shots reduced to 520 px with the
+               motion hint's fit (``_quick_similarity``, timed whether or not the pair's quality
+               calls for it), against the full-size ``align_images([A, B], "similarity")`` it
+               replaced; the fastest of ``--rounds`` runs of each)
 (shipped model, CPU, one thread; prints a Markdown table)."""
 
 from __future__ import annotations
@@ -103,6 +110,34 @@ def bias(pairs: list[int]) -> int:
     return 0
 
 
+def turn_check(names: list[str], rounds: int) -> int:
+    """Time the turn check's second alignment (:func:`bafusion.fusion.align._quick_similarity`)
+    against the full-size similarity alignment it replaced, after a translation alignment."""
+    from bafusion.fusion.align import TRANSLATION_QUALITY, _quick_similarity
+
+    eval_dir = LYTRO.parent
+    print("| pair | size | translation alignment (s) | its match quality | reduced similarity (s) | its quality | "
+          "full-size similarity (s) | aligned again? |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in names:
+        a, b = (read_image(next(eval_dir.glob(f"{name}-{s}.*"))) for s in "AB")
+        best: dict[str, float] = {}
+        for _ in range(rounds):
+            for key, fn in (("translation", lambda: align_images([a, b], "translation")),
+                            ("reduced", lambda: _quick_similarity(a, b)),
+                            ("full", lambda: align_images([a, b], "similarity"))):
+                t0 = time.perf_counter()
+                out = fn()
+                best[key] = min(best.get(key, float("inf")), time.perf_counter() - t0)
+                if key == "translation":
+                    q = out.quality[1]
+                elif key == "reduced":
+                    qs = out[1]
+        print(f"| {name} | {a.shape[1]}x{a.shape[0]} | {best['translation']:.2f} | {q:.4f} | {best['reduced']:.2f} | "
+              f"{qs:.4f} | {best['full']:.2f} | {'yes' if q < TRANSLATION_QUALITY else 'no'} |", flush=True)
+    return 0
+
+
 def speed(names: list[str], megapixels: float, baseline: str | None, rounds: int) -> int:
     """Time :func:`align_images` (similarity) on real pairs upscaled (Lanczos) to about
     ``megapixels``; with ``baseline``, alternately with that version of the module, checking
@@ -156,12 +191,18 @@ def main() -> int:
                          "so that the original pair is registered, then proceed")
     ap.add_argument("--bias", action="store_true", help="measure the estimator's bias instead (no fusion)")
     ap.add_argument("--speed", action="store_true", help="time the alignment of pairs upscaled to --megapixels")
+    ap.add_argument("--turn-check", action="store_true",
+                    help="time the second alignment of --align translation's turn check against a full-size one")
     ap.add_argument("--names", nargs="+", default=["lytro/lytro-11", "lytro/lytro-18", "real/tsai-06", "real/tsai-07"],
-                    help="--speed: pairs under eval/ (without -A/-B)")
+                    help="--speed, --turn-check: pairs under eval/ (without -A/-B); --turn-check's default: "
+                         "lytro/lytro-19 real/savic-05 real/tsai-03 real/tsai-09")
     ap.add_argument("--megapixels", type=float, default=24.0)
     ap.add_argument("--baseline", help="--speed: another align.py to time alternately and compare with")
     ap.add_argument("--rounds", type=int, default=2, help="--speed: runs of each version (the fastest counts)")
     args = ap.parse_args()
+    if args.turn_check:
+        names = args.names if "--names" in sys.argv else ["lytro/lytro-19", "real/savic-05", "real/tsai-03", "real/tsai-09"]
+        return turn_check(names, args.rounds)
     if args.speed:
         return speed(args.names, args.megapixels, args.baseline, args.rounds)
     if args.bias:
