@@ -100,8 +100,8 @@ STEP_MIN_PIXELS = 1_000_000
 #: detail lies (:data:`DETAIL_NEAR`; started from the estimate's shift there), by more than
 #: :data:`SUPPORT_MARGIN`; else its parameters were not determined by the shots, and that
 #: translation is used instead where it matches the detail better than no motion by the
-#: margin, else no motion (a translation estimate, where the detail is spread, only if no
-#: motion also matches the whole frame better: :data:`DETAIL_SPREAD`). A small subject whose focus differs between the shots, over a
+#: margin, else no motion (where the detail is spread, only if that replacement also matches
+#: the whole frame better: :data:`DETAIL_SPREAD`). A small subject whose focus differs between the shots, over a
 #: smooth backdrop (a sky), read as a 1.13 scale and 43 px of motion on a registered pair, and
 #: as much where B really moved by 3 px (the invented motion then matched the detail better
 #: than no motion): the backdrop, matched up to a gain and an offset, does not constrain a
@@ -128,16 +128,18 @@ DETAIL_OVER_MEDIAN = 4.0
 #: shift along its gradient (fitted on the whole frame, a sky pair shifted by 3 px read 1.3 px off).
 DETAIL_NEAR = 4
 
-#: ... and only where that detail is compact: its RMS distance from its centroid (weighted by
-#: the squared gradient) at most this share of half the long side. Spread detail determines
-#: a rotation and a scale: on a textured half frame turned by 0.5 deg and magnified 1 % (0.55)
-#: a shift fitted on the detail matched it better than the right estimate. A small subject
-#: (0.4-2.9 % of the frame) spreads 0.2-0.37; a strip across the frame 0.64 (not judged so).
-#: A translation estimate that spread detail does not bear out is replaced only where no motion
-#: also matches the whole frame better (:func:`match_quality`): judged on that detail alone, the
-#: real shifts of savic-05, -17 and -20 (1.0-2.6 px, spread 0.53-0.73; the shots also turn)
-#: matched it slightly worse than no motion, and no motion lowered their match quality (0.9493
-#: -> 0.9339 on savic-17); a sky with a strip of subject, registered, read 1.37 px unchecked.
+#: Detail is spread where its RMS distance from its centroid (weighted by the squared gradient)
+#: exceeds this share of half the long side: an estimate that such detail does not bear out is
+#: replaced only where its replacement (that translation, or no motion) also matches the whole
+#: frame better (:func:`match_quality`). Spread detail determines a rotation and a scale: on a
+#: textured half frame turned by 0.5 deg and magnified 1 % (0.55) a shift fitted on the detail
+#: matched it better than the right estimate; judged on that detail alone, the real shifts of
+#: savic-05, -17 and -20 (1.0-2.6 px, spread 0.53-0.73; the shots also turn, ``--align
+#: translation``) matched it slightly worse than no motion, and no motion lowered their match
+#: quality (0.9493 -> 0.9339 on savic-17). A small subject (0.4-2.9 % of the frame) spreads
+#: 0.2-0.37, a strip across the frame 0.64: a strip of subject along a sky, B shifted by 3 px,
+#: read a scale of 1.013 (2.98 px off at the centre) while it was judged against no motion
+#: alone (itself 3 px off); its shift now (0.25 px off). Registered, it read 1.37 px unchecked.
 DETAIL_SPREAD = 0.45
 
 
@@ -673,9 +675,9 @@ def estimate_transform(reference: np.ndarray, moving: np.ndarray, model: str = "
         An estimate of more than :data:`SUPPORT_PX` that the shots' detail does not bear out
         (it matches the samples with the most detail worse than no motion or than the
         translation fitted where that detail lies, :data:`SUPPORT_MARGIN`) is replaced by that
-        translation where it matches the detail better than no motion, else by no motion (a
-        translation estimate, where that detail is spread, only if no motion also matches the
-        whole frame better, :data:`DETAIL_SPREAD`); False: the estimate as fitted.
+        translation where it matches the detail better than no motion, else by no motion (where
+        that detail is spread, only if the replacement also matches the whole frame better,
+        :data:`DETAIL_SPREAD`); False: the estimate as fitted.
 
     Returns
     -------
@@ -754,7 +756,7 @@ def _estimate(g_ref: np.ndarray, g_mov: np.ndarray, ref_clip: np.ndarray | None,
         return est
     xs, ys, pn, pc, spread = samp
     shift = None
-    if model != "translation" and spread <= DETAIL_SPREAD:  # compact detail: the shift where it lies
+    if model != "translation":  # the shift where the detail lies
         qc = w_norm @ pc
         local = np.array([[1.0, 0.0, qc[0] / qc[2] - pc[0]], [0.0, 1.0, qc[1] / qc[2] - pc[1]], [0.0, 0.0, 1.0]])
         # fitted where the detail lies and around it (DETAIL_NEAR)
@@ -769,18 +771,19 @@ def _estimate(g_ref: np.ndarray, g_mov: np.ndarray, ref_clip: np.ndarray | None,
                           mov_c[0])
     if costs is None or costs[0] <= min(costs[1:]) * (1 + SUPPORT_MARGIN):
         return est
-    if model == "translation" and spread > DETAIL_SPREAD:  # spread detail: the whole frame's match decides
-        warped = warp_to_first(g_mov, est, order=1)
-        if (_match_quality(g_ref, warped, ref_clip, _clipped(warped), coverage(est, g_ref.shape))
-                > _match_quality(g_ref, g_mov, ref_clip, mov_clip)):
-            return est
     # not borne out: the shift where the detail lies, where it matches that detail better than no
     # motion (by the margin: a focus bias of a few tenths of a pixel does not), else no motion
     shift_ok = shift is not None and costs[2] < costs[1] * (1 - SUPPORT_MARGIN)
+    if spread > DETAIL_SPREAD:  # spread detail: replaced only where the replacement matches the whole frame better
+        alt = to_px(shift) if shift_ok else eye
+        warped, warped_alt = warp_to_first(g_mov, est, order=1), warp_to_first(g_mov, alt, order=1)
+        if (_match_quality(g_ref, warped, ref_clip, _clipped(warped), coverage(est, g_ref.shape))
+                > _match_quality(g_ref, warped_alt, ref_clip, _clipped(warped_alt), coverage(alt, g_ref.shape))):
+            return est
     why = (f"matches the shots' detail worse than {'a shift' if shift_ok else 'no motion'} (misfit {costs[0]:.3f} "
            f"against {costs[2] if shift_ok else costs[1]:.3f}"
-           + ("; no motion also matches the whole frame better)" if model == "translation" and spread > DETAIL_SPREAD else
-              ": a small subject over a smooth backdrop?)"))
+           + (f"; {'that shift' if shift_ok else 'no motion'} also matches the whole frame better)"
+              if spread > DETAIL_SPREAD else ": a small subject over a smooth backdrop?)"))
     m, outcome = eye, "taken for no motion"
     if shift_ok:
         m = to_px(shift)
