@@ -1318,6 +1318,38 @@ def test_train_log_with_stdout_closed_ends_with_the_training(tmp_path: Path, clo
     assert (tmp_path / "m.pt").is_file() and not (ck / LOCK_FILE).exists()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="a pipe's reader gone: POSIX")
+@pytest.mark.parametrize("log", [True, False], ids=["log", "no-log"])
+def test_train_stops_when_its_reader_goes_away_with_or_without_log(tmp_path: Path, log: bool) -> None:
+    """``bafusion train ... 2>&1 | head -1`` stopped with 141 (SIGPIPE's status, as any Unix
+    tool) at its next line, but with ``--log FILE`` it trained on to the end and exited 0 (the
+    log's copy dropped the console's failed writes). With ``--log`` it stops as without it: 141,
+    no model written, the checkpoint kept to resume, the lock released, the log holding the
+    lines up to there."""
+    h5 = write_toy_patches(tmp_path / "initial.h5", n_train=12, n_val=6, patch=16, seed=1)
+    logfile, ck, model = tmp_path / "logs" / "train.log", tmp_path / "ck", tmp_path / "m.pt"
+    params = {**TOY, "train": {**TOY["train"], "epochs": 3}}
+    command = [sys.executable, "-m", "bafusion.cli", "train", "--net", "initial", "--patches", str(h5),
+               "--out", str(model), "--params-json", json.dumps(params), "--checkpoints", str(ck),
+               *(["--log", str(logfile)] if log else [])]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "BAFUSION_MLFLOW": "0"})
+    try:
+        first = proc.stdout.readline()  # `| head -1`
+        proc.stdout.close()
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert b"train patches" in first, first
+    assert rc == 141, rc
+    assert not model.exists() and (ck / "last.pt").is_file() and not (ck / LOCK_FILE).exists()
+    if log:
+        text = logfile.read_text()
+        assert "train patches" in text and "epoch 1/3" in text and "epoch 3/3" not in text, text
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
 @pytest.mark.parametrize("log", [True, False], ids=["log", "no-log"])
 def test_train_with_a_full_standard_output_keeps_its_outputs_and_ends_with_status_2(tmp_path: Path,

@@ -468,6 +468,9 @@ class _LogCopy:
     too), it is written again whole, from what the open file holds, at the next output and at
     :meth:`stop`; a file put at the path by another is left alone. Should the log fail (a
     full disk) it is said once on stderr, and the output goes on to where it went. Should the
+    reader of the standard output or error go away (``| head -1``), the copy of that stream
+    ends there, so that the command's next write to it fails as it would without the copy:
+    the command stops with 128 + SIGPIPE, its checkpoint kept. Should the
     standard output fail (``> /dev/full``; not a reader gone) it is said once on stderr, as for
     every command that writes files, and its lines go on to the log only
     (:attr:`stdout_failed`, which makes the status 2). A closed
@@ -567,15 +570,18 @@ class _LogCopy:
                 if not data:
                     return
                 view = memoryview(data)
+                gone = False
                 try:
                     while view and not (fd == 1 and (failed or self.stdout_failed) is not None):
                         view = view[os.write(out, view):]
-                except BrokenPipeError:  # the console gone: the log goes on
-                    pass
+                except BrokenPipeError:  # the reader gone (`| head -1`): as without --log, the command
+                    gone = True  # stops at its next write there (status 141), its checkpoint kept
                 except OSError as e:
                     failed = e if fd == 1 and self.stdout_failed is None else None
                 with self.lock:
                     self._write_log(data, out)
+                if gone:  # the pipe closed (below): the command's next write to it fails as the reader's did
+                    return
                 if failed is not None and data.endswith(b"\n"):  # said after that line, in the log too
                     self._stdout_fails(failed)
                     failed = None
