@@ -240,7 +240,7 @@ STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 NOT_DEPS: dict[str, str] = {
     "src/bafusion/errors.py": ("exception classes (the wording of refusals) and is_out_of_memory, which decides "
                                "whether fuse-set skips a pair or fails: it only matters when memory runs out"),
-    "src/bafusion/progress.py": "progress bars and lines on stderr",
+    "src/bafusion/progress.py": "progress bars, and the time and command that start the lines of a step's log",
     "src/bafusion/tracking.py": "MLflow logging: the tracking store, not the stage's outs",
     "src/bafusion/checkout.py": ("whether the package runs from its source checkout, and the digest of its code: "
                                  "the runs' provenance tags, and for an installed package which folders hold the "

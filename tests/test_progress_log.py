@@ -190,3 +190,61 @@ def test_a_download_of_unknown_size_in_a_log_says_no_share_nor_time_left(tmp_pat
             assert _stamped(lines, "bafusion download-data", r"x\.zip: 4\.00k B \[.*B/s\]"), lines
         else:
             assert _stamped(lines, "bafusion download-data", r"x\.zip: 100% 4\.00k/4\.00k B \[.*<.*B/s\]"), lines
+
+
+def test_a_long_commands_lines_in_a_log_carry_the_time_and_the_command(tmp_path: Path, tiny_nets: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A step's log mixed stamped progress lines with unstamped ones: train's start, end and
+    result lines, fuse-set's and evaluate's line per pair, the steps' summaries. Off a terminal
+    these now carry the time and the command too (on stderr and on stdout alike); an error line
+    still starts with the command and the problem, unstamped."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from toy_patches import write_toy_patches
+
+    import bafusion.progress as progress
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)
+    h5 = write_toy_patches(tmp_path / "initial.h5", n_train=32, n_val=16, patch=16, seed=1)
+    params = {"seed": 7, "patch": 16, "depth": 8,
+              "train": {"epochs": 1, "batch": 16, "lr": 0.01, "milestones": [1], "gamma": 0.5,
+                        "samples_per_epoch": 32, "device": "cpu", "threads": 1}}
+    capsys.readouterr()
+    train = ["train", "--net", "initial", "--patches", str(h5), "--checkpoints", str(tmp_path / "ck"),
+             "--params-json", json.dumps(params)]
+    assert cli_main([*train, "--out", str(tmp_path / "m.pt")]) == 0
+    got = capsys.readouterr()
+    err, out = got.err.splitlines(), got.out.splitlines()
+    assert _stamped(err, "bafusion train", r"initial: 32 train patches x 12 = .*"), err
+    assert _stamped(err, "bafusion train", r"initial done: .* best val acc .*"), err
+    assert _stamped(out, "bafusion train", rf"initial: best val acc .* model {re.escape(str(tmp_path / 'm.pt'))}"), out
+    assert cli_main([*train, "--out", str(tmp_path / "m.json")]) == 2
+    assert capsys.readouterr().err.startswith("bafusion train: error: --out "), "the error line as it was"
+
+    pairs = _one_pair(tmp_path / "pairs")
+    (pairs / "index.json").write_text(json.dumps(["p"]))
+    assert cli_main(["fuse-set", "--pairs", str(pairs), "--models", str(tiny_nets), "--out", str(tmp_path / "fs"),
+                     "--device", "cpu"]) == 0
+    got = capsys.readouterr()
+    assert _stamped(got.out.splitlines(), "bafusion fuse-set", r"p: near_boundary_fraction=.*"), got.out
+    assert _stamped(got.err.splitlines(), "bafusion fuse-set", r"p: \d+\.\d{3} s"), got.err
+
+    assert cli_main(["evaluate", "--dataset", f"tiny={pairs}", "--methods", "Laplacian", "--metrics", "QG",
+                     "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert _stamped(out, "bafusion evaluate", r"tiny/p: .*QG.*"), out
+    assert _stamped(out, "bafusion evaluate", rf"evaluation written to {re.escape(str(tmp_path / 'ev'))}"), out
+
+    class Terminal:
+        def isatty(self) -> bool:
+            return True
+
+        def fileno(self) -> int:
+            raise OSError("no size to ask for")
+
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
+    assert progress.stamped("p: QG=0.7") == "p: QG=0.7"  # on a terminal: unchanged
+    assert progress.stamped("p: QG=0.7", Terminal()) == "p: QG=0.7"
+

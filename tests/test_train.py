@@ -40,6 +40,15 @@ TOY = {"seed": 7, "patch": 16, "depth": 8,
                  "samples_per_epoch": 384, "device": "cpu", "threads": 1}}
 
 
+#: The time a line of a log starts with (bafusion.progress.stamped), off a terminal.
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
+
+
+def _unstamped(text: str) -> list[str]:
+    """The lines of ``text`` without the time that starts each in a log (bafusion.progress.stamped)."""
+    return [re.sub(rf"^{STAMP} ", "", line) for line in text.splitlines()]
+
+
 def _paths(root: Path, net: str) -> Paths:
     return Paths(out=root / "models" / f"{net}.pt", checkpoints=root / "checkpoints" / net,
                  metrics=root / "metrics" / f"train_{net}.json", plots=root / "plots" / f"train_{net}.csv")
@@ -440,7 +449,9 @@ def test_boundary_net_trains_on_the_boundary_set_via_cli(tmp_path: Path, monkeyp
     assert json.loads((tmp_path / "m.json").read_text())["train_patches"] == 16
     out, err = capsys.readouterr()
     # was "best val acc 0.8333333333333334"; on stderr, where no `out=$(bafusion train ...)` saw it
-    assert re.fullmatch(r"boundary: best val acc \d\.\d{4} at epoch \d+, model \S+boundary\.pt\n", out), out
+    # off a terminal (here), after the time and the command as the log's other lines
+    assert re.fullmatch(rf"{STAMP} bafusion train: boundary: best val acc \d\.\d{{4}} at epoch \d+, model \S+boundary\.pt\n",
+                        out), out
     assert ", model " not in err
 
 
@@ -754,7 +765,7 @@ def test_a_finished_run_killed_before_its_exit_is_restored_without_training(
     assert "training from scratch" not in err and "epoch 1/2" not in err and "epoch 2/2" not in err, err
     line = (f"bafusion train: the model of the finished run in {paths.checkpoints / 'last.pt'} was restored to "
             f"{paths.out} (best val acc ")
-    assert sum(x.startswith(line) for x in err.splitlines()) == 1, err
+    assert sum(x.startswith(line) for x in _unstamped(err)) == 1, err
     assert "no training needed" in err
     # snakemake -R and dvc repro -f restore too (they delete the outputs as after a kill): the
     # hint leads with what a pipeline user can do (it offered --no-resume first, an option the
@@ -816,7 +827,7 @@ def test_a_finished_run_of_other_cpu_threads_without_outputs_trains_afresh(
     err = capsys.readouterr().err
     assert (f"bafusion train: {paths.checkpoints / 'last.pt'} belongs to a finished run whose outputs are missing, "
             "but its model is not what this run trains (1 CPU thread(s) per process, now 2: that changes the "
-            "weights); training from scratch instead of restoring it") in err.splitlines(), err
+            "weights); training from scratch instead of restoring it") in _unstamped(err), err
     assert "initial epoch 1/1" in err and "restored" not in err, err
     _, meta = load_model(paths.out)
     assert meta["params"]["threads"] == 2 and load_checkpoint(paths.checkpoints / "last.pt")["threads"] == 2
@@ -1313,7 +1324,8 @@ def test_train_log_with_stdout_closed_ends_with_the_training(tmp_path: Path, clo
                           env={**os.environ, "BAFUSION_MLFLOW": "0"}, timeout=300)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "epoch 2/2" in proc.stderr and "epoch 2/2" in log.read_text(), (proc.stderr, log.read_text())
-    assert re.search(rf"^initial: best val acc [0-9.]+ at epoch [12], model {re.escape(str(tmp_path / 'm.pt'))}$",
+    assert re.search(rf"^{STAMP} bafusion train: initial: best val acc [0-9.]+ at epoch [12], model "
+                     rf"{re.escape(str(tmp_path / 'm.pt'))}$",
                      log.read_text(), re.M), log.read_text()
     assert (tmp_path / "m.pt").is_file() and not (ck / LOCK_FILE).exists()
 
@@ -1378,7 +1390,7 @@ def test_train_with_a_full_standard_output_keeps_its_outputs_and_ends_with_statu
     if log:
         text = logfile.read_text()
         assert f"kept in the log {logfile}" in said[0], said
-        assert re.search(r"^initial: best val acc [0-9.]+ at epoch [12], model ", text, re.M), text
+        assert re.search(rf"^{STAMP} bafusion train: initial: best val acc [0-9.]+ at epoch [12], model ", text, re.M), text
         assert said[0] in text.splitlines() and "epoch 2/2" in text, text
 
 
@@ -1634,7 +1646,7 @@ def test_a_resume_with_another_number_of_processes_says_so(toy_run: dict, tmp_pa
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert (f"bafusion train: {tmp_path / 'ck' / 'last.pt'} was written by a run with 1 process(es); this run has 2 "
-            "(the number of processes changes the weights); starting afresh") in res.stderr.splitlines(), res.stderr
+            "(the number of processes changes the weights); starting afresh") in _unstamped(res.stderr), res.stderr
 
 
 def test_model_and_checkpoint_files_keep_their_zip_root_and_their_bytes(tmp_path: Path) -> None:

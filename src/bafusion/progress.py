@@ -9,13 +9,17 @@ downloads), a training's epoch and a large pair's fusion a plain line at most ev
 :data:`PLAIN_INTERVAL_S` seconds (:func:`bar_options`): none for a step that ends sooner. Each
 plain line starts with the local time and the command (:func:`log_prefix`), so that a log of a
 run of hours says when it was written: ``2026-12-06T15:44:16 bafusion composite: composite shard
-0: 28% 120/432 pair [...]``.
+0: 28% 120/432 pair [...]``. So do, in a log, the other lines of a long step that say what it
+did (train's start, end and result, fuse-set's and evaluate's line per pair, a step's summary:
+:func:`stamped`), on stderr and on stdout; error and warning lines do not (they start with the
+command and the problem).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -74,20 +78,57 @@ def in_log(line: str) -> str:
     return line if stderr_is_terminal() else f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}"
 
 
+#: A line that names its command already (``bafusion train: ...``, ``bafusion: ...``).
+_NAMED = re.compile(r"bafusion(?: [\w-]+)?: ")
+
+
+def stamped(line: str, stream: Any = None) -> str:
+    """An informational line of a long command (train's start and end, fuse-set's and evaluate's
+    line per pair, a step's summary) as printed on ``stream`` (default stderr): where that is a
+    log, after the local time and the command, as the plain lines of progress
+    (``2026-12-06T15:44:16 bafusion evaluate: lytro/lytro-01: ...``; a line that names its
+    command already gets the time only); unchanged on a terminal. Not for error lines (they
+    start with the file and the problem) nor for a result printed for another program.
+
+    Parameters
+    ----------
+    line : str
+        The line, without its newline.
+    stream : file-like, optional
+        Where it is printed: ``sys.stderr`` (the default) or ``sys.stdout``.
+
+    Returns
+    -------
+    str
+        The line as printed there.
+    """
+    stream = sys.stderr if stream is None else stream
+    if stderr_is_terminal() if stream is sys.stderr else _is_terminal(stream):
+        return line
+    if _NAMED.match(line):
+        return f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}"
+    return f"{log_prefix()} {line}"
+
+
 def stderr_is_terminal() -> bool:
     """Whether stderr is an interactive terminal that can redraw a bar: False for a pipe, a file,
     a closed stream, and for a terminal with ``TERM=dumb`` (Emacs' shell, some CI consoles:
     a carriage return does not go back) or of no width (a pseudo-terminal whose size is not set,
     as script(1) in a batch job gives: tqdm draws nothing there), which get a log's lines."""
+    return _is_terminal(sys.stderr)
+
+
+def _is_terminal(stream: Any) -> bool:
+    """:func:`stderr_is_terminal` of ``stream``."""
     try:
-        if not sys.stderr.isatty():
+        if not stream.isatty():
             return False
     except (AttributeError, ValueError):  # replaced or closed stream
         return False
     if os.environ.get("TERM", "").strip().lower() == "dumb":
         return False
     try:
-        return os.get_terminal_size(sys.stderr.fileno()).columns > 0
+        return os.get_terminal_size(stream.fileno()).columns > 0
     except (AttributeError, ValueError, OSError):  # no size to ask for: taken as a terminal
         return True
 

@@ -30,6 +30,7 @@ from bafusion.fusion.rule import fuse_stack
 from bafusion.fusion.scene import HINT_MOTION_PX
 from bafusion.fusion.testset import check_report_path, fuse_set, read_pair_index
 from bafusion.preflight import check_device
+from bafusion.progress import stamped
 from bafusion.schema import allowed, default, maximum
 
 # --------------------------------------------------------------------------------------
@@ -397,8 +398,10 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
         tracking.log_nets(run, model_identity(nets))  # which weights made these numbers
         report = fuse_set(args.pairs, args.out, nets, params, alpha=other["alpha"], diff_cmap=other["diff_cmap"],
                           report_path=args.report,
-                          progress=args.progress, say=lambda text: print(f"bafusion fuse-set: {text}", file=sys.stderr),
-                          show=print)
+                          progress=args.progress,
+                          say=lambda text: print(f"bafusion fuse-set: {text}", file=sys.stderr),
+                          timed=lambda text: print(stamped(f"bafusion fuse-set: {text}", sys.stderr), file=sys.stderr),
+                          show=lambda line: print(stamped(line, sys.stdout)))
         run.log_metrics({k: float(v) for k, v in fuse_metrics(report).items()})
     return 0
 
@@ -500,8 +503,8 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
         print(f"bafusion fuse-dir: {where}: {line}", file=sys.stderr)
     for what, why in skip_lines(rep.skipped):  # the images outside the naming rule in one line
         print(f"bafusion fuse-dir: skipped {what}: {why}", file=sys.stderr)
-    print(f"fused {len(rep.fused)} stack(s) into {out}" + (f", {len(rep.existing)} already there" if rep.existing else "")
-          + (f", skipped {len(rep.skipped)} (listed on stderr)" if rep.skipped else ""))
+    print(stamped(f"fused {len(rep.fused)} stack(s) into {out}" + (f", {len(rep.existing)} already there" if rep.existing else "")
+          + (f", skipped {len(rep.skipped)} (listed on stderr)" if rep.skipped else ""), sys.stdout))
     if rep.stopped:
         print(f"bafusion fuse-dir: error: {rep.stopped}", file=sys.stderr)
     return rep.exit_code

@@ -15,6 +15,7 @@ from bafusion.atomic import write_text
 from bafusion.cli.common import (add_threads_argument, non_negative_int, nonempty_path, positive_int, seed_int,
                                  user_path)
 from bafusion.errors import InputFileError, UserError
+from bafusion.progress import stamped
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -116,7 +117,7 @@ def cmd_composite(args: argparse.Namespace) -> int:
         n = run_shard(Path(args.prepared), args.shard, args.shards, opts, Path(args.out), progress=_progress(args))
         dt = time.perf_counter() - t0
         run.log_metrics({"pairs": n, "pairs_per_s": n / dt if dt > 0 else 0.0})
-    print(f"shard {args.shard}/{args.shards}: {n} pairs -> {args.out}")
+    print(stamped(f"shard {args.shard}/{args.shards}: {n} pairs -> {args.out}", sys.stdout))
     return 0
 
 
@@ -124,7 +125,7 @@ def cmd_composite_index(args: argparse.Namespace) -> int:
     from bafusion.data.composite import write_index
 
     index = write_index([Path(f) for f in args.shards], Path(args.out))
-    print(f"{index['pairs']} composited pairs in {len(index['shards'])} shards")
+    print(stamped(f"{index['pairs']} composited pairs in {len(index['shards'])} shards", sys.stdout))
     return 0
 
 
@@ -135,7 +136,7 @@ def cmd_testset(args: argparse.Namespace) -> int:
     with tracking.stage_run("testset", {"composite": _composite_params(opts), "seed": args.seed}) as run:
         index = make_testset(Path(args.prepared), opts, Path(args.out), progress=_progress(args))
         run.log_metric("pairs", len(index["pairs"]))
-    print(f"{len(index['pairs'])} test pairs -> {args.out}")
+    print(stamped(f"{len(index['pairs'])} test pairs -> {args.out}", sys.stdout))
     return 0
 
 
@@ -164,11 +165,11 @@ def cmd_patches(args: argparse.Namespace) -> int:
     if args.summary:
         write_text(args.summary, json.dumps(summary, indent=1, sort_keys=True) + "\n")
     c = summary["counts"]
-    print(
+    print(stamped(
         f"{summary['pairs']} pairs ({summary['val_pairs']} for validation): "
         f"initial {c['initial']['train']}+{c['initial']['val']}, boundary {c['boundary']['train']}+{c['boundary']['val']} "
         f"patches (x{summary['augmentation_factor']} augmented on the fly)"
-    )
+    , sys.stdout))
     return 0
 
 

@@ -33,6 +33,7 @@ from bafusion.nets.train import (
     resolve_nproc,
     train,
 )
+from bafusion.progress import stamped
 from bafusion.schema import maximum
 
 # --------------------------------------------------------------------------------------
@@ -668,8 +669,8 @@ def _train_cli(args: argparse.Namespace, cfg: TrainConfig) -> int:
                     replace_stale=args.restart_if_changed or _pipeline_training(args.net, paths))
     if dist_from_env().main:
         # the result, on stdout as every command's (the progress and the epochs' lines: stderr)
-        print(f"{args.net}: best val acc {summary['val_acc']:.4f} at epoch {summary['best_epoch']}, "
-              f"model {paths.out}")
+        print(stamped(f"{args.net}: best val acc {summary['val_acc']:.4f} at epoch {summary['best_epoch']}, "
+              f"model {paths.out}", sys.stdout))
     return 0
 
 

@@ -193,6 +193,7 @@ def fuse_set(
     progress: bool | None = None,
     say: Callable[[str], None] | None = None,
     show: Callable[[str], None] | None = None,
+    timed: Callable[[str], None] | None = None,
 ) -> dict:
     """Fuse every pair of a test set and score its decision map against the truth.
 
@@ -234,6 +235,10 @@ def fuse_set(
         Called with each pair's line of numbers as it is scored (``p1: dm_accuracy=0.9876,
         ...``), which ``bafusion fuse-set`` prints on stdout; None: not shown (the report
         returned holds them).
+    timed : callable, optional
+        Called with each pair's seconds as it is fused (``p1: 1.234 s``), which ``bafusion
+        fuse-set`` prints on stderr as a line of its log (with the time where that is a log);
+        None (the default): given to ``say``.
 
     Returns
     -------
@@ -290,8 +295,8 @@ def fuse_set(
                     said_once.add(note)
             # Timings go to the log, not the report: DVC tracks the report, and it must be the
             # same for the same inputs.
-            if say is not None:
-                say(f"{name}: {sum(res.seconds.values()):.3f} s")
+            if (timed or say) is not None:
+                (timed or say)(f"{name}: {sum(res.seconds.values()):.3f} s")
             entry: dict = {"near_boundary_fraction": float(res.near_boundary.mean())}
             truth = truth_aif = None
             if pt.is_file():

@@ -124,7 +124,7 @@ from bafusion.nets.model import (
     save_torch,
     torch_part_name,
 )
-from bafusion.progress import bar_options, in_log
+from bafusion.progress import bar_options, in_log, stamped
 from bafusion.schema import default, validate_params
 from bafusion.workspace import home_path
 
@@ -986,16 +986,15 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                                  channels_last=channels_last)
 
     if dist.main:
-        print(f"bafusion train: {net}: {len(train_set)} train patches x 12 = {loader.num_samples} samples, "
+        print(stamped(f"bafusion train: {net}: {len(train_set)} train patches x 12 = {loader.num_samples} samples, "
               f"{loader.epoch_samples} per epoch, {len(val_set)} val patches; {device}, {dist.world_size} "
               f"process(es), batch {cfg.batch}, amp {amp}, channels_last {channels_last}"
               + (f"; BatchNorm statistics re-estimated on {min(cfg.bn_recalibrate, loader.num_samples)} samples "
-                 f"before each validation ({cfg.key('bn_recalibrate')})" if cfg.bn_recalibrate else ""),
-              file=sys.stderr)
+                 f"before each validation ({cfg.key('bn_recalibrate')})" if cfg.bn_recalibrate else ""), sys.stderr), file=sys.stderr)
         line = _batch_over_epoch(net, cfg.batch, loader.epoch_samples, len(train_set), cfg.samples_per_epoch,
                                  dist.world_size, cfg.key)
         if line:  # one short step per epoch: the batch is capped
-            print(line, file=sys.stderr)
+            print(line, file=sys.stderr)  # a warning: as it is
 
     # model, optimizer ---------------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -1009,7 +1008,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             raise UserError(f"{cfg.key('init')}: {e}") from e
         model.load_state_dict(init_net.state_dict())
         if dist.main:
-            print(f"bafusion train: {net} starts from the weights of {cfg.init}", file=sys.stderr)
+            print(stamped(f"bafusion train: {net} starts from the weights of {cfg.init}", sys.stderr), file=sys.stderr)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
@@ -1057,7 +1056,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 raise UserError(f"{paths.checkpoints}: its last.pt {why}: pass --checkpoints DIR for a separate "
                                 "training, or --no-resume (or --restart-if-changed) to replace it")
             if dist.main:
-                print(f"bafusion train: {last_path} {why}; starting afresh", file=sys.stderr)
+                print(stamped(f"bafusion train: {last_path} {why}; starting afresh", sys.stderr), file=sys.stderr)
         elif ck.get("finished") and not restoring:
             # The checkpoint belongs to a run that completed and whose outputs are all there:
             # running the same training again by hand means training again. So does a run whose
@@ -1065,12 +1064,12 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             # differs (a parameter edit retrains; its model would be recorded under settings
             # that did not produce it).
             if dist.main and not_restored:
-                print(f"bafusion train: {last_path} belongs to a finished run whose outputs are missing, but its "
+                print(stamped(f"bafusion train: {last_path} belongs to a finished run whose outputs are missing, but its "
                       f"model is not what this run trains ({not_restored}: that changes the weights); training "
-                      "from scratch instead of restoring it", file=sys.stderr)
+                      "from scratch instead of restoring it", sys.stderr), file=sys.stderr)
             elif dist.main:
-                print(f"bafusion train: {last_path} belongs to a finished run (its model was written); "
-                      "training from scratch", file=sys.stderr)
+                print(stamped(f"bafusion train: {last_path} belongs to a finished run (its model was written); "
+                      "training from scratch", sys.stderr), file=sys.stderr)
         else:
             # An interrupted run resumes; a finished run of this fingerprint whose outputs are
             # gone (killed in the seconds after it marked last.pt finished, while MLflow ended
@@ -1114,7 +1113,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 record["threads"] = record["threads"] if threads == str(record["threads"]) else threads
                 record["device"] = _device_after_resume(ck.get("device"), device)
             if dist.main and not restoring:
-                print(f"bafusion train: resuming {net} from {last_path} ({resumed_from})", file=sys.stderr)
+                print(stamped(f"bafusion train: resuming {net} from {last_path} ({resumed_from})", sys.stderr), file=sys.stderr)
             if dist.main:
                 if best_state is not None:  # best.pt is for a look only: put back what last.pt holds
                     save_checkpoint(best_path, {"format": CHECKPOINT_FORMAT, "fingerprint": fp, "epoch": best_epoch,
@@ -1301,13 +1300,13 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                              "samples_per_s_overall": samples_seen / train_time if train_time > 0 else 0.0},
                             step=cfg.epochs)
             if restoring:
-                print(f"bafusion train: the model of the finished run in {last_path} was restored to {paths.out} "
+                print(stamped(f"bafusion train: the model of the finished run in {last_path} was restored to {paths.out} "
                       f"(best val acc {best_row['val_acc']:.4f}, epoch {best_epoch}); no training needed "
                       f"(to train again, also under snakemake -R or dvc repro -f: delete {paths.checkpoints} first, "
-                      "or run by hand with --no-resume)", file=sys.stderr)
+                      "or run by hand with --no-resume)", sys.stderr), file=sys.stderr)
             else:
-                print(f"bafusion train: {net} done: {samples_seen} samples in {train_time:.1f} s, best val acc "
-                      f"{best_row['val_acc']:.4f} (epoch {best_epoch})", file=sys.stderr)
+                print(stamped(f"bafusion train: {net} done: {samples_seen} samples in {train_time:.1f} s, best val acc "
+                      f"{best_row['val_acc']:.4f} (epoch {best_epoch})", sys.stderr), file=sys.stderr)
             run.set_tag("best_epoch", best_epoch)
             with open(paths.out, "rb") as f:  # fuse's and evaluate's runs name the nets by it (tracking.log_nets)
                 model_sha = hashlib.file_digest(f, "sha256").hexdigest()
