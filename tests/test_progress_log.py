@@ -248,3 +248,26 @@ def test_a_long_commands_lines_in_a_log_carry_the_time_and_the_command(tmp_path:
     assert progress.stamped("p: QG=0.7") == "p: QG=0.7"  # on a terminal: unchanged
     assert progress.stamped("p: QG=0.7", Terminal()) == "p: QG=0.7"
 
+
+def test_prepare_and_the_download_record_write_readable_lines_not_bare_json(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """logs/prepare.log and logs/download/record.log held a bare JSON object (the counts, which
+    nothing reads: the manifest and the record file hold them): each now says what was done in a
+    stamped line, as the other steps' logs, and names the file that records it."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    capsys.readouterr()
+    out = tmp_path / "prepared"
+    assert cli_main(["prepare", "--foregrounds", "2", "--backgrounds", "2", "--holdout-foregrounds", "1",
+                     "--holdout-backgrounds", "1", "--out", str(out), "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sum(1 for f in manifest["foregrounds"] if f["split"] == "train") == 2
+    assert _stamped(lines, "bafusion prepare", r"2 foregrounds and 2 backgrounds for training, 1 and 1 held out for "
+                    rf"the test set -> {re.escape(str(out))} \(listed in {re.escape(str(out / 'manifest.json'))}\)"), lines
+    record = tmp_path / "record.json"
+    assert cli_main(["download-record", "--source", "web", "--out", str(record), f"prepared={out}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    files = json.loads(record.read_text())["folders"]["prepared"]["files"]
+    assert _stamped(lines, "bafusion download-record",
+                    rf"data source web: prepared {files} files -> {re.escape(str(record))}"), lines

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 from bafusion.cli.common import (finite_float, home_path, non_negative_int, nonempty_csv, nonempty_path, positive_int, seed_int,
@@ -13,6 +13,7 @@ from bafusion.data.acquire import (
     COCO_ANNOTATIONS_CHECKSUM,
     COCO_ANNOTATIONS_URL,
     EVAL_SETS,
+    RECORD,
     NetOptions,
     acquire_alphamatting,
     acquire_coco,
@@ -26,6 +27,7 @@ from bafusion.data.download import (
     Checksum,
 )
 from bafusion.errors import UserError
+from bafusion.progress import stamped
 
 # ---------------------------------------------------------------------------------------------
 # Command line
@@ -91,7 +93,8 @@ def cmd_download_alphamatting(args: argparse.Namespace) -> int:
         cache=_outside(args.cache),
         net=_net(args),
     )
-    print(json.dumps({"foregrounds": rec["foregrounds"], "out": args.out}))
+    print(stamped(f"{rec['foregrounds']} foregrounds with their mattes -> {args.out} "
+                  f"(recorded in {Path(args.out) / RECORD})", sys.stdout))
     return 0
 
 
@@ -128,7 +131,8 @@ def cmd_download_coco(args: argparse.Namespace) -> int:
         cache=_outside(args.cache),
         net=_net(args),
     )
-    print(json.dumps({"kept": len(rec["kept"]), "dropped": len(rec["dropped"]), "out": args.out}))
+    print(stamped(f"{len(rec['kept'])} backgrounds kept, {len(rec['dropped'])} dropped -> {args.out} "
+                  f"(recorded in {Path(args.out) / 'selection.json'})", sys.stdout))
     return 0
 
 
@@ -143,7 +147,8 @@ def cmd_download_eval(args: argparse.Namespace) -> int:
         cache=_outside(args.cache),
         net=_net(args),
     )
-    print(json.dumps({"files": rec["files"], "out": args.out}))
+    print(stamped(f"{rec['files']} files of the test sets -> {args.out} (recorded in "
+                  f"{Path(args.out) / RECORD})", sys.stdout))
     return 0
 
 
@@ -167,7 +172,8 @@ class _FoldersAction(argparse.Action):
 def cmd_download_record(args: argparse.Namespace) -> int:
     folders = dict(_named_folder(item) for item in args.folders)
     rec = write_download_record(args.out, args.source, folders)
-    print(json.dumps({k: v["files"] for k, v in rec["folders"].items()}))
+    counted = ", ".join(f"{k} {v['files']} files" for k, v in rec["folders"].items())
+    print(stamped(f"data source {args.source}: {counted or 'nothing downloaded'} -> {args.out}", sys.stdout))
     return 0
 
 

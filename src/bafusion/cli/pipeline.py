@@ -40,7 +40,7 @@ def _csv_list(s: str) -> list[str]:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from bafusion.data.prepare import PrepareOptions, run_prepare
+    from bafusion.data.prepare import MANIFEST, PrepareOptions, run_prepare
 
     if args.source == "dir" and not (args.alphamatting and args.backgrounds_dir):
         missing = " and ".join(f for f, v in (("--alphamatting", args.alphamatting),
@@ -76,7 +76,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             f"{k}_{s}": sum(1 for e in m[k] if e["split"] == s) for k in ("foregrounds", "backgrounds") for s in ("train", "test")
         }
         run.log_metrics(counts)
-    print(json.dumps(counts))
+    # a line of the log, as the other steps' (the counts are the manifest's: MANIFEST in --out)
+    print(stamped(f"{counts['foregrounds_train']} foregrounds and {counts['backgrounds_train']} backgrounds for "
+                  f"training, {counts['foregrounds_test']} and {counts['backgrounds_test']} held out for the test "
+                  f"set -> {args.out} (listed in {Path(args.out) / MANIFEST})", sys.stdout))
     return 0
 
 
