@@ -3,8 +3,10 @@ the real Snakemake workflow and DVC pipeline."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -107,3 +109,18 @@ def downstream(dvc_yaml: Path, stage: str) -> set[str]:
                 result.add(name)
                 changed = True
     return result
+
+
+def shell_commands(output: str) -> dict[str, argparse.Namespace]:
+    """rule name -> its command's arguments as ``bafusion`` parses them, from the output of
+    ``snakemake -n -p``."""
+    from bafusion.cli.app import build_parser
+
+    found: dict[str, argparse.Namespace] = {}
+    for m in re.finditer(r"^(?:local)?rule (\w+):\n(.*?)(?=^(?:local)?rule \w+:|\Z)", output, re.M | re.S):
+        cmd = [ln.strip() for ln in m.group(2).splitlines() if ln.strip().startswith("Shell command: bafusion ")]
+        if cmd:
+            words = shlex.split(cmd[0][len("Shell command: "):])
+            words = words[1:words.index(">")] if ">" in words else words[1:]
+            found[m.group(1)] = build_parser(words[0]).parse_args(words)
+    return found

@@ -1651,3 +1651,73 @@ def test_a_failed_invocation_without_a_stop_signal_ends_its_parent_run_failed(
 
     run = MlflowClient(tracking.tracking_uri()).get_run(parent)
     assert run.info.status == "FAILED" and tracking.STOPPED_BY_TAG not in run.data.tags
+
+
+def test_the_data_steps_log_their_params_under_the_keys_and_values_of_params_yaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runs of ``prepare``, ``patches`` and the ``download*`` steps logged their settings as
+    ``patches.patch``, ``patches.seed``, ``download.retries``, ``download.allow_gray``,
+    ``download.out`` ... (and prepare the other source's paths as ``""``): names and values that
+    params.yaml (``dvc exp show``, the parent run) does not hold. Each step is run on the command
+    line its rule builds (``snakemake -n -p``), its work stubbed; every param of its run is a key
+    of params.yaml, with params.yaml's value as MLflow spells it."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+    from pipeline_project import make_project, run, shell_commands
+
+    import bafusion.cli.download as download_cli
+    import bafusion.data.patches as patches_mod
+    import bafusion.data.prepare as prepare_mod
+
+    folders = {name: tmp_path / name for name in ("am", "bg", "ev", "cache", "imgs")}
+    for folder in folders.values():
+        folder.mkdir()
+    for sub in ("input", "gt"):
+        (folders["am"] / sub).mkdir()
+    overrides = {
+        "seed": 3,
+        "data": {"source": "dir", "dir": {"alphamatting": str(folders["am"]), "backgrounds": str(folders["bg"])}},
+        "download": {
+            "cache": str(folders["cache"]), "net": {"retries": 2, "backoff": 0.5, "timeout": 30, "workers": 3},
+            "alphamatting": {"from_dir": str(folders["am"]),
+                             "checksums": {"input_training_lowres.zip": "sha256:" + "0" * 64}},
+            "coco": {"count": 5, "categories": ["dog", "car"], "colour_only": False, "images_dir": str(folders["imgs"])},
+            "eval": {"from_dir": str(folders["ev"]), "sets": ["lytro"]},
+        },
+    }
+    project = make_project(tmp_path / "p", overrides, git=False)
+    rules = ("prepare", "patches", "download_alphamatting", "download_coco", "download_eval", "download")
+    commands = shell_commands(run(["snakemake", "-n", "-p", "--cores", "1", "--forceall", *rules], project).stdout)
+    assert set(rules) <= set(commands)
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    _clear_invocation_env(monkeypatch)
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(prepare_mod, "run_prepare", lambda *a, **k: {"foregrounds": [], "backgrounds": []})
+    counts = {"train": 0, "val": 0}
+    summary = {"pairs": 0, "val_pairs": 0, "augmentation_factor": 12, "counts": {"initial": counts, "boundary": counts}}
+    monkeypatch.setattr(patches_mod, "run_patches", lambda *a, **k: summary)
+    monkeypatch.setattr(download_cli, "acquire_alphamatting", lambda *a, **k: {"foregrounds": 0})
+    monkeypatch.setattr(download_cli, "acquire_coco", lambda *a, **k: {"kept": [], "dropped": []})
+    monkeypatch.setattr(download_cli, "acquire_eval", lambda *a, **k: {"files": 0})
+    monkeypatch.setattr(download_cli, "write_download_record", lambda *a, **k: {"folders": {}})
+    for rule in rules:
+        assert commands[rule].func(commands[rule]) == 0
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    expected = {k: tracking.spelled(v) for k, v in tracking.flatten(params).items()}
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(tracking.EXPERIMENT)
+    logged = {r.data.tags["stage"]: r.data.params for r in client.search_runs([exp.experiment_id])}
+    assert set(logged) == set(rules)
+    wrong = {rule: {k: v for k, v in logged[rule].items() if expected.get(k) != v} for rule in rules}
+    assert wrong == dict.fromkeys(rules, {})
+    assert logged["patches"]["patch"] == "16" and logged["patches"]["patches.per_pair"] == "6"
+    assert logged["prepare"]["data.dir.alphamatting"] == str(folders["am"])
+    assert logged["download_coco"]["download.coco.categories"] == "['dog', 'car']"
+    assert logged["download_coco"]["download.coco.colour_only"] == "False"
+    assert logged["download_alphamatting"]["download.net.backoff"] == "0.5"
+    assert logged["download_eval"]["download.eval.sets"] == "['lytro']"
+    assert logged["download"] == {"data.source": "dir"}

@@ -5,26 +5,9 @@ parsed by ``bafusion``'s own parser."""
 
 from __future__ import annotations
 
-import argparse
-import re
-import shlex
 from pathlib import Path
 
-from pipeline_project import make_project, run
-
-from bafusion.cli.app import build_parser
-
-
-def _commands(output: str) -> dict[str, argparse.Namespace]:
-    """rule name -> its command's arguments as ``bafusion`` parses them (``snakemake -n -p``)."""
-    found: dict[str, argparse.Namespace] = {}
-    for m in re.finditer(r"^(?:local)?rule (\w+):\n(.*?)(?=^(?:local)?rule \w+:|\Z)", output, re.M | re.S):
-        cmd = [ln.strip() for ln in m.group(2).splitlines() if ln.strip().startswith("Shell command: bafusion ")]
-        if cmd:
-            words = shlex.split(cmd[0][len("Shell command: "):])
-            words = words[1:words.index(">")] if ">" in words else words[1:]
-            found[m.group(1)] = build_parser(words[0]).parse_args(words)
-    return found
+from pipeline_project import make_project, run, shell_commands
 
 
 def test_config_paths_with_quotes_and_dollar_reach_the_commands_as_one_word(tmp_path: Path) -> None:
@@ -46,7 +29,7 @@ def test_config_paths_with_quotes_and_dollar_reach_the_commands_as_one_word(tmp_
     project = make_project(tmp_path / "p", web, git=False)
     out = run(["snakemake", "-n", "-p", "--cores", "1", "download_alphamatting", "download_coco", "download_eval"],
               project).stdout
-    cmds = _commands(out)
+    cmds = shell_commands(out)
     am, coco, ev = cmds["download_alphamatting"], cmds["download_coco"], cmds["download_eval"]
     assert am.from_dir == str(odd / "am") and am.base_url == "http://127.0.0.1:9/it's/"
     assert am.checksum == ["input_training_lowres.zip=sha256:" + "0" * 64]
@@ -58,6 +41,6 @@ def test_config_paths_with_quotes_and_dollar_reach_the_commands_as_one_word(tmp_
 
     dirs = {"alphamatting": str(odd / "dir"), "backgrounds": str(odd / "bg")}
     project = make_project(tmp_path / "q", {"data": {"source": "dir", "dir": dirs}}, git=False)
-    prep = _commands(run(["snakemake", "-n", "-p", "--cores", "1", "prepare"], project).stdout)["prepare"]
+    prep = shell_commands(run(["snakemake", "-n", "-p", "--cores", "1", "prepare"], project).stdout)["prepare"]
     assert prep.alphamatting == str(odd / "dir") and prep.backgrounds_dir == str(odd / "bg") and prep.source == "dir"
     assert not list(tmp_path.rglob("INJECTED"))

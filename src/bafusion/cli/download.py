@@ -64,15 +64,55 @@ def _checksums(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def _logged(stage: str):
-    """Run a ``download-*`` command as the MLflow step ``stage`` (its arguments as params)."""
+def _net_params(args: argparse.Namespace) -> dict:
+    """``download.cache`` and ``download.net.*`` of the options the four commands share."""
+    return {"cache": args.cache,
+            "net": {"retries": args.retries, "backoff": args.backoff, "timeout": args.timeout, "workers": args.workers}}
+
+
+def _alphamatting_run(args: argparse.Namespace) -> tuple[dict, dict]:
+    return ({"download": {**_net_params(args), "alphamatting": {
+                "resolution": args.resolution, "base_url": args.base_url, "from_dir": args.from_dir,
+                "checksums": _checksums(args.checksum)}}},
+            {"allow_unverified": args.allow_unverified})
+
+
+def _coco_run(args: argparse.Namespace) -> tuple[dict, dict]:
+    coco = {"count": args.count, "oversample": args.oversample, "split": args.split, "min_side": args.min_side,
+            "colour_only": not args.allow_gray, "categories": list(_csv(args.categories)),
+            "exclude_categories": list(_csv(args.exclude_categories)), "min_sharpness": args.min_sharpness,
+            "annotations": args.annotations, "annotations_url": args.annotations_url,
+            "annotations_checksum": args.annotations_checksum, "image_base_url": args.image_base_url,
+            "images_dir": args.images_dir}
+    return ({"seed": args.seed, "download": {**_net_params(args), "coco": coco}},
+            {"max_failures": "none" if args.max_failures is None else args.max_failures})
+
+
+def _eval_run(args: argparse.Namespace) -> tuple[dict, dict]:
+    return ({"download": {**_net_params(args), "eval": {
+                "base_url": args.base_url, "from_dir": args.from_dir, "sets": list(_csv(args.sets))}}},
+            {"manifest": args.manifest or "packaged"})
+
+
+def _record_run(args: argparse.Namespace) -> tuple[dict, dict]:
+    return {"data": {"source": args.source}}, {"folders": " ".join(args.folders or []) or "none"}
+
+
+def _logged(stage: str, run_of):
+    """Run a ``download-*`` command as the MLflow step ``stage``. ``run_of(args)`` gives its
+    params, named by params.yaml's keys with the values the rules pass from there
+    (``download.coco.split``, ``download.net.retries``, ``seed``; ``download.coco.count`` is
+    the count the command was given: the rule's when params.yaml's is 0), and tags for the
+    options params.yaml has no key for (``allow_unverified``, ...), besides ``output``: the
+    folder or file written. They were logged as ``download.<option>``, names params.yaml does
+    not hold (``download.retries``, ``download.allow_gray``, ``download.out``)."""
 
     def wrap(fn):
         def cmd(args: argparse.Namespace) -> int:
             from bafusion import tracking
 
-            params = {k: v for k, v in vars(args).items() if not callable(v) and k != "command"}
-            with tracking.stage_run(stage, {"download": params}):
+            params, tags = run_of(args)
+            with tracking.stage_run(stage, params, tags={"output": args.out, **tags}):
                 return fn(args)
 
         cmd.__doc__ = fn.__doc__
@@ -81,7 +121,7 @@ def _logged(stage: str):
     return wrap
 
 
-@_logged("download_alphamatting")
+@_logged("download_alphamatting", _alphamatting_run)
 def cmd_download_alphamatting(args: argparse.Namespace) -> int:
     rec = acquire_alphamatting(
         args.out,
@@ -106,7 +146,7 @@ def _split(s: str) -> str:
     return s
 
 
-@_logged("download_coco")
+@_logged("download_coco", _coco_run)
 def cmd_download_coco(args: argparse.Namespace) -> int:
     flt = CocoFilter(
         split=args.split,
@@ -136,7 +176,7 @@ def cmd_download_coco(args: argparse.Namespace) -> int:
     return 0
 
 
-@_logged("download_eval")
+@_logged("download_eval", _eval_run)
 def cmd_download_eval(args: argparse.Namespace) -> int:
     rec = acquire_eval(
         args.out,
@@ -168,7 +208,7 @@ class _FoldersAction(argparse.Action):
         namespace.folder_paths = [home_path(_named_folder(item)[1]) for item in items]
 
 
-@_logged("download")
+@_logged("download", _record_run)
 def cmd_download_record(args: argparse.Namespace) -> int:
     folders = dict(_named_folder(item) for item in args.folders)
     rec = write_download_record(args.out, args.source, folders)

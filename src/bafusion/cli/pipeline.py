@@ -70,7 +70,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         "dir": {"alphamatting": args.alphamatting, "backgrounds": args.backgrounds_dir},
     }
     opts = PrepareOptions(scale=args.scale, min_background_side=args.min_background_side)
-    with tracking.stage_run("prepare", {"seed": args.seed, "data": data_cfg, "prepare": vars(opts)}) as run:
+    with tracking.stage_run("prepare", _prepare_run_params(args.seed, data_cfg, opts)) as run:
         m = run_prepare(data_cfg, opts, args.seed, Path(args.out), progress=_progress(args))
         counts = {
             f"{k}_{s}": sum(1 for e in m[k] if e["split"] == s) for k in ("foregrounds", "backgrounds") for s in ("train", "test")
@@ -81,6 +81,22 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                   f"training, {counts['foregrounds_test']} and {counts['backgrounds_test']} held out for the test "
                   f"set -> {args.out} (listed in {Path(args.out) / MANIFEST})", sys.stdout))
     return 0
+
+
+def _prepare_run_params(seed: int, data_cfg: dict[str, Any], opts: Any) -> dict[str, Any]:
+    """The MLflow params of ``prepare``, under params.yaml's keys (``seed``, ``data.source``,
+    ``prepare.scale``, ...): of ``data.builtin`` and ``data.dir`` only the source's own, which
+    prepare was given (the other source's, empty here, were logged as ``""`` where params.yaml
+    holds its paths)."""
+    other = "dir" if data_cfg["source"] == "builtin" else "builtin"
+    return {"seed": seed, "data": {k: v for k, v in data_cfg.items() if k != other}, "prepare": vars(opts)}
+
+
+def _patches_run_params(opts: Any) -> dict[str, Any]:
+    """The MLflow params of ``patches``, under params.yaml's keys: ``patch`` and ``seed`` are
+    top-level keys there (they were also logged as ``patches.patch`` and ``patches.seed``)."""
+    return {"patch": opts.patch, "seed": opts.seed,
+            "patches": {k: v for k, v in vars(opts).items() if k not in ("patch", "seed")}}
 
 
 def _composite_opts(args: argparse.Namespace):
@@ -157,7 +173,7 @@ def cmd_patches(args: argparse.Namespace) -> int:
         seed=args.seed,
         context=args.context,
     )
-    with tracking.stage_run("patches", {"patch": opts.patch, "seed": opts.seed, "patches": vars(opts)}) as run:
+    with tracking.stage_run("patches", _patches_run_params(opts)) as run:
         t0 = time.perf_counter()
         summary = run_patches([Path(f) for f in args.shards], opts, Path(args.out), progress=_progress(args),
                               compress=not args.no_compression, threads=args.threads)
