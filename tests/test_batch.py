@@ -2370,3 +2370,40 @@ def test_the_fuse_set_run_names_the_nets_it_used(tmp_path: Path, nets: Path) -> 
         assert run.data.tags[f"net.{role}.sha256"] == hashlib.sha256((nets / f"{role}.pt").read_bytes()).hexdigest()
         assert Path(run.data.tags[f"net.{role}.file"]).resolve() == (nets / f"{role}.pt").resolve()
     assert run.data.tags["model_dir"] == str(nets.resolve())
+
+
+def test_fuse_dir_is_tracked_as_fuse_set_is(tmp_path: Path, nets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fuse-dir logged no MLflow run, while fuse-set and evaluate do under the same switch
+    (tracking.enabled: here the tests' store). Its run ``fuse-dir`` holds fuse-set's params
+    (``fuse.<key>``), the nets it used, the stacks fused, already there and skipped, and its
+    folders as tags; with BAFUSION_MLFLOW=0 none is logged."""
+    import hashlib
+    from dataclasses import asdict
+
+    from mlflow.tracking import MlflowClient
+
+    from bafusion import tracking
+    from bafusion.fusion.params import FusionParams
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    _pairs_in(src, {"good": 1})
+    Image.fromarray(pair(2)[0]).save(src / "alone-A.png")
+    argv = ["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet", "--l", "5"]
+    assert cli_main(argv) == batch.EXIT_SKIPPED
+    client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    exp_id = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    search = f"tags.stage = 'fuse-dir' and tags.output = '{out}'"
+    runs = client.search_runs([exp_id], search)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["input"] == str(src)
+    assert {k: v for k, v in run.data.metrics.items() if k.startswith("stacks_")} == {
+        "stacks_fused": 1, "stacks_existing": 0, "stacks_skipped": 1}
+    assert set(run.data.params) == {f"fuse.{k}" for k in asdict(FusionParams())} and run.data.params["fuse.l"] == "5"
+    for role in ("initial", "boundary"):
+        assert run.data.tags[f"net.{role}.sha256"] == hashlib.sha256((nets / f"{role}.pt").read_bytes()).hexdigest()
+    assert run.data.tags["model_dir"] == str(nets.resolve())
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    assert cli_main([*argv, "--skip-existing"]) == batch.EXIT_SKIPPED
+    assert len(client.search_runs([exp_id], search)) == 1

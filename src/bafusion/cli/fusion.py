@@ -491,14 +491,26 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     if not args.skip_existing:  # with it, fuse_dir says first whether the folder's setup is this one
         check_replaced(src, out, [out / f"{name}.{ext}" for name in groups])
     resolve_device(other["device"], "--device")
-    nets = nets_from_args(args, other["device"], args.model)
+    from bafusion import tracking
     from bafusion.cli.app import on_stop_say
+    from bafusion.fusion.batch import model_identity
 
-    on_stop_say(lambda: f"rerun {'the same command' if args.skip_existing else 'it with --skip-existing'}: the "
-                f"stacks fused into {out} are kept, the others are fused then")
-    rep = fuse_dir(src, out, nets, params, ext=ext, align=args.align or "none", force=args.force,
-                   skip_existing=args.skip_existing,
-                   progress=args.progress is not False, motion_hint=args.align is None)
+    # Logged as fuse-set is, under the same switch (tracking.enabled): the params, the nets used
+    # (their sha256) and the counts; the folders and the options params.yaml has no key for as tags.
+    tags = {"input": src, "output": out, "ext": ext, "align": args.align or "none", "force": args.force,
+            "skip_existing": args.skip_existing}
+    with tracking.stage_run("fuse-dir", {"fuse": asdict(params)}, tags=tags) as run:
+        nets = nets_from_args(args, other["device"], args.model)
+        tracking.log_nets(run, model_identity(nets))
+        on_stop_say(lambda: f"rerun {'the same command' if args.skip_existing else 'it with --skip-existing'}: the "
+                    f"stacks fused into {out} are kept, the others are fused then")
+        rep = fuse_dir(src, out, nets, params, ext=ext, align=args.align or "none", force=args.force,
+                       skip_existing=args.skip_existing,
+                       progress=args.progress is not False, motion_hint=args.align is None)
+        run.log_metrics({"stacks_fused": len(rep.fused), "stacks_existing": len(rep.existing),
+                         "stacks_skipped": len(rep.skipped)})
+        if rep.stopped:
+            run.set_tag("stopped", rep.stopped)
     for where, line in rep.notes:  # RAW and HEIC files not read, where no stack was skipped for them
         print(f"bafusion fuse-dir: {where}: {line}", file=sys.stderr)
     for what, why in skip_lines(rep.skipped):  # the images outside the naming rule in one line
