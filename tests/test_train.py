@@ -155,6 +155,26 @@ def test_the_training_run_tags_the_sha256_of_the_model_it_wrote(toy_run: dict) -
     assert run.data.tags[MODEL_SHA256_TAG] == hashlib.sha256(toy_run["paths"].out.read_bytes()).hexdigest()
 
 
+def test_the_training_run_is_tagged_with_its_metric_schema(toy_run: dict) -> None:
+    """Runs before the best-epoch naming hold the per-epoch series as ``val_acc``, newer ones the
+    best epoch's number: a search on ``metrics.val_acc`` mixed the two. A training run is tagged
+    ``bafusion.metric_schema`` = 2, and README's filter keeps it (and no untagged, older run)."""
+    from mlflow.tracking import MlflowClient
+
+    from bafusion import tracking
+
+    client = MlflowClient(tracking_uri=toy_run["mlflow_uri"])
+    exp_id = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    old = client.create_run(exp_id, run_name="an older training").info.run_id
+    client.log_metric(old, "val_acc", 0.5, step=1)  # as an older bafusion logged its epochs
+    client.set_terminated(old)
+    found = client.search_runs([exp_id], "tags.`bafusion.metric_schema` = '2' and metrics.val_acc > 0")
+    ids = {r.info.run_id for r in found}
+    ours = next(r for r in client.search_runs([exp_id]) if r.data.params.get("patches") == str(toy_run["h5"]))
+    assert ours.data.tags[tracking.METRIC_SCHEMA_TAG] == str(tracking.METRIC_SCHEMA) == "2"
+    assert ours.info.run_id in ids and old not in ids
+
+
 def test_the_logged_model_is_tagged_with_its_net_digest_and_best_epoch(toy_run: dict) -> None:
     # every logged model of a store was a bare initial_net/boundary_net (tags: the source only):
     # the Models view could not tell one experiment's nets from another's

@@ -1127,6 +1127,14 @@ def _git_toplevel(folder: Path) -> Path | None:
 #: :func:`log_nets` finds the training run of a net by it.
 MODEL_SHA256_TAG = "model.sha256"
 
+#: The tag of a training run that says what its metrics' names mean, and its value: 2 since the
+#: per-epoch series are ``epoch/val_acc``, ``epoch/train_loss``, ... and ``val_acc`` etc. the best
+#: epoch's (``metrics/train_<net>.json``'s); older runs, without the tag, hold the per-epoch
+#: series under ``val_acc`` etc. A search ``tags.`bafusion.metric_schema` = '2'`` keeps the runs
+#: whose ``val_acc`` is the best epoch's.
+METRIC_SCHEMA_TAG = "bafusion.metric_schema"
+METRIC_SCHEMA = 2
+
 
 def log_nets(run: Any, identity: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     """Tag the run of a step that fused (``fuse``, ``evaluate``) with the nets it used, so that a

@@ -1165,7 +1165,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                   **{_param_name(cfg, k): v for k, v in record["config"].items()},
                   "resolved": {"device": record["device"], "amp": amp, "channels_last": channels_last,
                                "threads": record["threads"], "torch": record["torch"] or "unknown"}}
-    run_tags = {"net": net, "resumed_from": resumed_from or "none",
+    run_tags = {"net": net, "resumed_from": resumed_from or "none", tracking.METRIC_SCHEMA_TAG: tracking.METRIC_SCHEMA,
                 **({"resumed_run_id": resumed_run_id} if resumed_run_id else {})}
     run_ctx = (tracking.stage_run(f"train_{net}", params=run_params, tags=run_tags)
                if dist.main else contextlib.nullcontext(_NoRun()))
