@@ -24,9 +24,7 @@ def _runs(uri: str) -> dict[str, str]:
     return {r.info.run_name: r.info.status for r in client.search_runs([exp.experiment_id])}
 
 
-def test_stage_run_status_on_success_failure_and_interrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+def test_stage_run_status_on_success_failure_and_interrupt(uri: str) -> None:
     with tracking.stage_run("ok"):
         pass
     with pytest.raises(ValueError):
@@ -78,8 +76,18 @@ def _clear_invocation_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var)
 
 
+@pytest.fixture
+def uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A store of its own for the test (``mlflow.db`` in ``tmp_path``) as ``$MLFLOW_TRACKING_URI``,
+    and no parent run or DVC stage in the environment (:func:`_clear_invocation_env`): its URI."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    _clear_invocation_env(monkeypatch)
+    return store
+
+
 def test_invocation_is_a_parent_run_with_named_children_and_a_loadable_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mlflow
     import mlflow.pytorch
@@ -89,9 +97,6 @@ def test_invocation_is_a_parent_run_with_named_children_and_a_loadable_model(
 
     from bafusion.nets.model import build_model
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    _clear_invocation_env(monkeypatch)
     parent = tracking.begin_invocation({"patch": 16, "train": {"epochs": 1}}, "train_initial")
     assert parent and os.environ[tracking.PARENT_ENV] == parent
     net = build_model(8)
@@ -137,7 +142,9 @@ def test_invocation_is_a_parent_run_with_named_children_and_a_loadable_model(
     assert get_model_info(model.model_uri).signature is not None
 
 
-def test_runs_say_whether_the_code_had_uncommitted_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_runs_say_whether_the_code_had_uncommitted_changes(
+    uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A run of modified (uncommitted) code carried HEAD's commit and nothing else: it read as
     the commit's code. Runs now carry bafusion.git_dirty, true when a tracked source file has
     uncommitted changes (staged or not), false when not; files the runs write (dvc.lock,
@@ -154,9 +161,6 @@ def test_runs_say_whether_the_code_had_uncommitted_changes(tmp_path: Path, monke
            "GIT_COMMITTER_EMAIL": "t@t"}
     for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "c"]):
         subprocess.run(["git", *cmd], cwd=repo, check=True, env=env)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    _clear_invocation_env(monkeypatch)
     monkeypatch.chdir(repo)
     from bafusion import checkout
 
@@ -202,7 +206,7 @@ def _git_repo(folder: Path, files: dict[str, str]) -> str:
 
 
 def test_runs_name_the_bafusion_code_not_the_commit_of_the_project_they_run_in(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An installed bafusion (a wheel) run in a downstream project that is a git checkout
     tagged its runs with that project's commit as MLflow's source commit and
@@ -216,9 +220,6 @@ def test_runs_name_the_bafusion_code_not_the_commit_of_the_project_they_run_in(
 
     downstream = tmp_path / "downstream"
     project_commit = _git_repo(downstream, {"dvc.yaml": "stages: {}\n"})
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    _clear_invocation_env(monkeypatch)
     monkeypatch.chdir(downstream)
 
     def tags(run_name: str) -> dict[str, str]:
@@ -284,9 +285,7 @@ def test_the_source_checkout_is_the_repository_of_the_running_code(tmp_path: Pat
     assert checkout.source_checkout(other) == (tmp_path / "other").resolve()
 
 
-def test_stages_of_one_dvc_invocation_share_one_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+def test_stages_of_one_dvc_invocation_share_one_parent(uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
     ids = {}
     for exp in ("exp-a", "exp-a", "exp-b"):
         for stage in ("patches", "train_initial"):
@@ -615,12 +614,9 @@ def test_onstart_with_a_corrupt_database_only_warns(
 
 @pytest.mark.usefixtures("turned_off_afterwards")
 def test_a_store_failing_mid_run_only_warns_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from mlflow.exceptions import MlflowException
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
 
     def locked(*args: object, **kwargs: object) -> None:
         raise MlflowException("(sqlite3.OperationalError) database is locked\n[SQL: INSERT ...]")
@@ -738,16 +734,13 @@ def test_the_docs_name_only_the_switch_that_exists() -> None:
     assert "never fails the work" in " ".join(readme.split())  # a store that fails
 
 
-def test_logging_a_net_does_not_print_mlflows_pickle_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_logging_a_net_does_not_print_mlflows_pickle_warning(uri: str) -> None:
     # Every training printed "WARNING mlflow.pytorch: Saving pytorch model by Pickle ... can execute
     # arbitrary code" (twice per dvc repro); the README says what the pickle means instead.
     import logging
 
     from bafusion.nets.model import build_model
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    _clear_invocation_env(monkeypatch)
     records: list[logging.LogRecord] = []
 
     class Keep(logging.Handler):
@@ -769,8 +762,9 @@ def test_logging_a_net_does_not_print_mlflows_pickle_warning(tmp_path: Path, mon
 
 
 @pytest.mark.usefixtures("turned_off_afterwards")
-def test_warnings_made_errors_are_no_failing_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_warnings_made_errors_are_no_failing_store(
+    uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Under ``PYTHONWARNINGS=error`` (as CI jobs set) MLflow's own UserWarning when a net is
     logged ("Any type hint is inferred as AnyType", in terminal colours) came out as an
     exception, taken for a failing store: tried 4 times (4 FAILED logged models in the store),
@@ -782,8 +776,6 @@ def test_warnings_made_errors_are_no_failing_store(tmp_path: Path, monkeypatch: 
 
     from bafusion.nets.model import build_model
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setattr(tracking, "RETRY_BACKOFF_S", 0.01)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -803,7 +795,8 @@ def test_warnings_made_errors_are_no_failing_store(tmp_path: Path, monkeypatch: 
 
 @pytest.mark.usefixtures("turned_off_afterwards")
 def test_only_a_failing_store_is_tried_again_and_its_colours_are_not_quoted(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Any exception of an MLflow call was tried 4 times and called the store's failure: a
     warning made an error, a bug's TypeError, each deterministic. Only the store's own errors
     (a disk, a connection, the database, MLflow's of the store) are tried again; and the
@@ -838,8 +831,6 @@ def test_only_a_failing_store_is_tried_again_and_its_colours_are_not_quoted(
     for store in (MlflowException("(sqlite3.OperationalError) database is locked"), OSError(28, "No space left"),
                   ConnectionError("Connection refused"), sqlite3.OperationalError("database is locked")):
         assert calls_of(store) == tracking.RETRIES + 1, store
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with tracking.stage_run("train_initial") as run:
         monkeypatch.setattr(run.client, "log_batch", lambda *a, **k: (_ for _ in ()).throw(wrapped))
         run.log_metrics({"val_acc": 0.5})
@@ -879,15 +870,13 @@ def test_tracking_imports_and_logs_without_fcntl(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("turned_off_afterwards")
 def test_a_store_failing_for_a_moment_loses_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # one "database is locked" (another process writing for a moment) turned tracking off for
     # the rest of a multi-hour training: every later epoch's metrics were lost
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setattr(tracking, "RETRY_BACKOFF_S", 0.01, raising=False)
     with tracking.stage_run("train_initial") as run:
         real = run.client.log_batch
@@ -914,13 +903,11 @@ def test_a_store_failing_for_a_moment_loses_nothing(
 
 @pytest.mark.usefixtures("turned_off_afterwards")
 def test_a_store_failing_for_good_says_what_the_run_misses(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setattr(tracking, "RETRY_BACKOFF_S", 0.01, raising=False)
     calls = []
 
@@ -978,15 +965,12 @@ with tracking.stage_run("evaluate") as run:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times from /proc")
-def test_a_sigkilled_steps_run_is_ended_killed_by_the_next_step(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_sigkilled_steps_run_is_ended_killed_by_the_next_step(uri: str) -> None:
     # SIGKILL (the OOM killer, a node lost) left an evaluate's MLflow run RUNNING for good: the
     # next step's run ends it KILLED, naming itself; runs of live processes, of another host, or
     # without the process tags are left alone, and a PID reused by a later process is seen as such
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     procs = [subprocess.Popen([sys.executable, "-c", _KILLABLE], stdout=subprocess.PIPE, text=True, env=env)
              for _ in range(2)]
@@ -1033,15 +1017,12 @@ else:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times from /proc")
 def test_a_killed_snakemakes_parent_run_is_ended_and_a_reopened_one_is_not(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a Snakemake killed (SIGKILL, or stopped without its onerror) left its parent run RUNNING;
     # a DVC stage's Snakemake reopens the parent of the last one, which has exited: it is its own
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    _clear_invocation_env(monkeypatch)
     env = {k: v for k, v in os.environ.items() if k not in (tracking.PARENT_ENV, "DVC_STAGE", "DVC_EXP_NAME")}
     killed = subprocess.Popen([sys.executable, "-c", _PARENT, "sleep"], stdout=subprocess.PIPE, text=True,
                               env={**env, "MLFLOW_TRACKING_URI": uri})
@@ -1069,7 +1050,7 @@ def test_a_killed_snakemakes_parent_run_is_ended_and_a_reopened_one_is_not(
 
 @pytest.mark.usefixtures("turned_off_afterwards")
 def test_an_old_run_that_cannot_be_ended_leaves_the_step_tracked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # ending the runs that dead processes left RUNNING went through the run's retries and, when
     # one of them could not be updated, turned tracking off for the whole step: housekeeping of
@@ -1080,8 +1061,6 @@ def test_an_old_run_that_cannot_be_ended_leaves_the_step_tracked(
 
     from bafusion import atomic
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setattr(tracking, "RETRY_BACKOFF_S", 0.01, raising=False)
     assert tracking.ensure_db() == uri
     client = MlflowClient(tracking_uri=uri)
@@ -1223,7 +1202,7 @@ def test_the_cleanup_of_dead_runs_has_an_overall_bound(
 
 
 @pytest.mark.slow
-def test_snakemake_touch_records_no_parent_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_snakemake_touch_records_no_parent_run(uri: str, tmp_path: Path) -> None:
     """`snakemake --touch` (the README's step after `dvc pull`) runs no job: it recorded a
     FINISHED parent run "snakemake <target>" of no work beside the real ones."""
     from mlflow.tracking import MlflowClient
@@ -1231,9 +1210,6 @@ def test_snakemake_touch_records_no_parent_run(tmp_path: Path, monkeypatch: pyte
     from pipeline_project import make_project, run
 
     project = make_project(tmp_path / "p", git=False)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    _clear_invocation_env(monkeypatch)
 
     def runs() -> list[tuple[str, str]]:
         client = MlflowClient(tracking_uri=uri)
@@ -1654,7 +1630,7 @@ def test_a_failed_invocation_without_a_stop_signal_ends_its_parent_run_failed(
 
 
 def test_the_data_steps_log_their_params_under_the_keys_and_values_of_params_yaml(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The runs of ``prepare``, ``patches`` and the ``download*`` steps logged their settings as
     ``patches.patch``, ``patches.seed``, ``download.retries``, ``download.allow_gray``,
@@ -1691,9 +1667,6 @@ def test_the_data_steps_log_their_params_under_the_keys_and_values_of_params_yam
     commands = shell_commands(run(["snakemake", "-n", "-p", "--cores", "1", "--forceall", *rules], project).stdout)
     assert set(rules) <= set(commands)
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    _clear_invocation_env(monkeypatch)
     monkeypatch.chdir(project)
     monkeypatch.setattr(prepare_mod, "run_prepare", lambda *a, **k: {"foregrounds": [], "backgrounds": []})
     counts = {"train": 0, "val": 0}
