@@ -904,3 +904,29 @@ def test_from_params_refuses_the_fuse_sections_settings_at_the_top_level() -> No
                                         r".*from_mapping \(fuse.device is a setting .*put it there\)$"):
         FusionParams.from_params({"fuse": None, "l": 4, "device": "cpu"})
     assert FusionParams.from_params({"fuse": {"l": 4, "device": "cpu", "threads": 2, "alpha": 5}}).l == 4
+
+
+def test_nets_are_float32_and_fuse_works_under_a_float64_default_dtype(tmp_path: Path, tiny_nets: Path) -> None:
+    """torch.set_default_dtype(torch.float64) (common in scientific notebooks) before loading
+    made the nets float64 (built under the caller's default, the float32 weights copied in) and
+    fusion, which feeds float32, failed with torch's "Input type (float) and bias type (double)";
+    the nets bafusion builds are float32 whatever the default, the caller's default stays."""
+    import torch
+
+    from bafusion.nets.model import CifarResNet, ResNetSpec, build_model, ensemble
+
+    a, b, pa, pb = _pair(tmp_path)
+    want = bafusion.fuse(a, b, model=bafusion.load_model(tiny_nets, device="cpu"))
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        nets = bafusion.load_model(tiny_nets, device="cpu")
+        for net in (nets.initial, nets.boundary, build_model(8), ensemble([build_model(8), build_model(8)])):
+            assert {p.dtype for p in net.state_dict().values() if p.is_floating_point()} == {torch.float32}
+        assert np.array_equal(bafusion.fuse(a, b, model=nets), want)
+        assert np.array_equal(bafusion.fuse(pa, pb, model=str(tiny_nets), device="cpu"), want)
+        with torch.device("meta"):
+            assert CifarResNet(ResNetSpec(depth=8)).fc.weight.dtype == torch.float32
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(before)

@@ -117,18 +117,25 @@ def weights_arch(state: dict) -> dict | None:
         return None
 
 
+#: The nets' parameters are float32 whatever the caller's default dtype: a notebook's
+#: ``torch.set_default_dtype(torch.float64)`` made them float64, and fusion, which feeds float32
+#: patches, failed in torch ("Input type (float) and bias type (double)"). Passed to each layer,
+#: not set as the default for a while: the default is global to the process (other threads).
+_F32 = torch.float32
+
+
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, groups: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False, groups=groups)
-        self.bn1: nn.Module = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False, groups=groups)
-        self.bn2: nn.Module = nn.BatchNorm2d(cout)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False, groups=groups, dtype=_F32)
+        self.bn1: nn.Module = nn.BatchNorm2d(cout, dtype=_F32)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False, groups=groups, dtype=_F32)
+        self.bn2: nn.Module = nn.BatchNorm2d(cout, dtype=_F32)
         self.shortcut: nn.Module
         if stride != 1 or cin != cout:
             # Option B of the ResNet paper (1x1 projection), the common CIFAR variant in torch.
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False, groups=groups),
-                                          nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False, groups=groups, dtype=_F32),
+                                          nn.BatchNorm2d(cout, dtype=_F32))
         else:
             self.shortcut = nn.Identity()
 
@@ -140,7 +147,8 @@ class BasicBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     """ResNet-(6n+2): 3x3 conv, three stages of n blocks (16/32/64 channels, strides 1/2/2),
-    global average pooling, linear classifier. Total stride of the trunk: 4."""
+    global average pooling, linear classifier. Total stride of the trunk: 4. Float32 whatever
+    torch's default dtype (``_F32``)."""
 
     stride = 4
 
@@ -151,8 +159,8 @@ class CifarResNet(nn.Module):
         w1, w2, w3 = (w * k for w in spec.widths)
         n = spec.blocks_per_stage
         layers: list[nn.Module] = [
-            nn.Conv2d(spec.in_channels, w1, 3, 1, 1, bias=False),  # every member sees the input
-            nn.BatchNorm2d(w1),
+            nn.Conv2d(spec.in_channels, w1, 3, 1, 1, bias=False, dtype=_F32),  # every member sees the input
+            nn.BatchNorm2d(w1, dtype=_F32),
             nn.ReLU(inplace=True),
         ]
         cin = w1
@@ -161,7 +169,7 @@ class CifarResNet(nn.Module):
                 layers.append(BasicBlock(cin, width, stride if i == 0 else 1, groups=k))
                 cin = width
         self.trunk = nn.Sequential(*layers)
-        self.fc = nn.Linear(w3, spec.num_classes)
+        self.fc = nn.Linear(w3, spec.num_classes, dtype=_F32)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
