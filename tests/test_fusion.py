@@ -930,13 +930,11 @@ def test_the_line_under_a_shrunk_figure_says_its_scale_and_the_detail_it_dims_in
 
     import bafusion.fusion.maps as maps
 
-    plt = maps._plt()
-    fig = plt.figure(figsize=(1.0, 1.0), dpi=100)  # 100 x 100 px; the image's panel scale x that
+    fig = maps._figure(figsize=(1.0, 1.0), dpi=100)  # 100 x 100 px; the image's panel scale x that
     ax = fig.add_axes((0.0, 0.0, scale, scale))
     ax.imshow(np.zeros((100, 100)), cmap="gray", vmin=0, vmax=1)
     low = maps.draw_images_to_scale(fig)
     text = " ".join(fig._supxlabel.get_text().split())
-    plt.close(fig)
     assert abs(low - scale) < 1e-9, low
     percent = re.fullmatch(r"shrunk to ([0-9.]+) % of the image size, anti-aliased: (.*)", text)
     assert percent, text
@@ -954,13 +952,11 @@ def _shrink_line(scale: float, **kw) -> str:
     """The line under a 100 x 100 px figure whose one image is drawn at ``scale``."""
     import bafusion.fusion.maps as maps
 
-    plt = maps._plt()
-    fig = plt.figure(figsize=(1.0, 1.0), dpi=100)
+    fig = maps._figure(figsize=(1.0, 1.0), dpi=100)
     ax = fig.add_axes((0.0, 0.0, scale, scale))
     ax.imshow(np.zeros((100, 100)), cmap="gray", vmin=0, vmax=1)
     maps.draw_images_to_scale(fig, **kw)
     text = " ".join(fig._supxlabel.get_text().split())
-    plt.close(fig)
     return text
 
 
@@ -1467,3 +1463,37 @@ def test_cli_fuse_save_maps_keeps_a_write_bug_a_bug(tmp_path: Path, model_dir: P
                    str(tmp_path / "maps"), "--device", "cpu", "--l", "6", "--no-progress"])
     err = capsys.readouterr().err
     assert rc != 2 and "nothing was written" not in err, (rc, err)
+
+
+def test_the_figure_functions_leave_the_callers_matplotlib_backend_and_pyplot_alone(tmp_path: Path,
+                                                                                   tiny_nets: Path) -> None:
+    """figure_maps, save_maps, figure_comparison, figure_differences and save_dataset_figures
+    called matplotlib.use("Agg", force=True): a notebook's backend was Agg for the rest of its
+    session (its plt.show() showed nothing). They draw on an Agg canvas of their own now: the
+    backend set before is the backend after, and pyplot holds no figure of theirs."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from bafusion.evaluation.figures import figure_comparison, figure_differences, save_dataset_figures
+    from bafusion.fusion.maps import figure_maps, save_maps
+
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    r = fusion.fuse_images(a, b, fusion.load_nets_from_dir(tiny_nets, "cpu"), FusionParams(min_region=0.0))
+    before = matplotlib.get_backend()
+    figs = plt.get_fignums()
+    matplotlib.use("svg")
+    try:
+        for draw in (lambda: figure_maps(r, tmp_path / "fig3.png", truth=a, truth_dm=r.decision),
+                     lambda: save_maps(tmp_path / "maps", "x", r, a, b),
+                     lambda: figure_comparison(a, b, {"m": r.fused}, tmp_path / "fig4.png"),
+                     lambda: figure_differences(b, {"m": r.fused}, tmp_path / "diff.png", a=a),
+                     lambda: save_dataset_figures(tmp_path / "ds", "p", a, b, {"m": r.fused})):
+            draw()
+            assert matplotlib.get_backend() == "svg"
+            assert plt.get_fignums() == figs
+        assert Image.open(tmp_path / "fig4.png").format == "PNG"
+        assert (tmp_path / "maps" / "x-fig3.png").stat().st_size and (tmp_path / "ds" / "fig4-p.png").stat().st_size
+    finally:
+        matplotlib.use(before)

@@ -1,4 +1,5 @@
-"""Comparison figures of the evaluation (matplotlib, Agg backend, no display needed).
+"""Comparison figures of the evaluation (matplotlib's Agg canvas, no display needed; the
+caller's backend is left as it is).
 
 * :func:`figure_comparison`: the paper's Fig. 4: the two sources and every method's fused image
   side by side (top row), with a square region framed in red and enlarged below (bottom row).
@@ -22,15 +23,6 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["choose_crop", "figure_comparison", "figure_differences", "save_dataset_figures"]
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def choose_crop(images: Mapping[str, np.ndarray], side: int | None = None) -> tuple[int, int, int]:
@@ -122,9 +114,8 @@ def figure_comparison(
     that thin details may not be visible."""
     from matplotlib.patches import Rectangle
 
-    from bafusion.fusion.maps import displayable
+    from bafusion.fusion.maps import _figure, displayable
 
-    plt = _plt()
     h, w = a.shape[:2]
     if crop is None:
         crop = choose_crop(fused) if fused else (0, 0, min(h, w))
@@ -137,10 +128,8 @@ def figure_comparison(
     groups = math.ceil(n / ncols)
     cw = 2.6
     ratio = h / max(w, 1)
-    fig, axes = plt.subplots(
-        2 * groups, ncols, figsize=(ncols * cw, groups * (cw * ratio + cw + 0.6) + 0.4), dpi=100, squeeze=False,
-        gridspec_kw={"height_ratios": [ratio, 1.0] * groups},
-    )
+    fig = _figure(figsize=(ncols * cw, groups * (cw * ratio + cw + 0.6) + 0.4), dpi=100)
+    axes = fig.subplots(2 * groups, ncols, squeeze=False, gridspec_kw={"height_ratios": [ratio, 1.0] * groups})
     for ax in axes.ravel():
         ax.axis("off")
     for k, (name, img) in enumerate(panels):
@@ -177,9 +166,8 @@ def figure_differences(
     figure: where F took A's pixels the A row is black, where it took B's the B row). Returns
     the ``|B - F|`` maps (uint8). ``full_size``: where the maps are at full size, named under
     the figure where they are shrunk so much that thin details may not be visible."""
-    from bafusion.fusion.maps import difference_map, displayable
+    from bafusion.fusion.maps import _figure, difference_map, displayable
 
-    plt = _plt()
     maps = {m: difference_map(b, f, alpha) for m, f in fused.items()}
     rows_of = [("B", maps)]
     if a is not None:
@@ -190,8 +178,8 @@ def figure_differences(
     groups = math.ceil(n / ncols)
     nrows = groups * len(rows_of)
     cw = 2.6
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cw, nrows * (cw * h / max(w, 1) + 0.5) + 0.4), dpi=100,
-                             squeeze=False)
+    fig = _figure(figsize=(ncols * cw, nrows * (cw * h / max(w, 1) + 0.5) + 0.4), dpi=100)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for r, (src, row_maps) in enumerate(rows_of):

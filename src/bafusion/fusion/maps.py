@@ -1,4 +1,4 @@
-"""Figures of a fusion (matplotlib, Agg backend, no display needed).
+"""Figures of a fusion (matplotlib's Agg canvas, no display needed; the caller's backend is left as it is).
 
 * :func:`figure_maps`: the paper's Fig. 3, one PNG with the score map after the initial net,
   after the boundary refinement, the decision map and the fused image.
@@ -30,13 +30,16 @@ if TYPE_CHECKING:
 DIFF_CMAP = "magma"
 
 
-def _plt():
-    import matplotlib
+def _figure(**kwargs):
+    """A matplotlib ``Figure(**kwargs)`` on an Agg canvas of its own: not through pyplot, so
+    neither the caller's backend (``matplotlib.use("Agg", force=True)`` switched a notebook's
+    for the rest of its session) nor pyplot's list of open figures is touched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def map_to_u8(score: np.ndarray) -> np.ndarray:
@@ -159,7 +162,6 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
     A map larger than its panel is shrunk anti-aliased (:func:`draw_images_to_scale`); where it
     is shrunk so much that thin details may not be visible, the line under the figure says so,
     followed by ``full_size`` (where the maps are at full size: :func:`save_maps` names its files)."""
-    plt = _plt()
     from matplotlib.colors import ListedColormap
 
     images = [
@@ -187,8 +189,8 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
     panel_w = min(side, FIG3_PANEL_HEIGHT * side / aspect)
     panel_h = panel_w * aspect
     bar = 0.45  # inches under each panel for its colour bar and label
-    fig = plt.figure(figsize=(cols * side, rows * (panel_h + bar + 0.3) + (0.3 if title else 0.0)), dpi=100,
-                     layout="constrained")
+    fig = _figure(figsize=(cols * side, rows * (panel_h + bar + 0.3) + (0.3 if title else 0.0)), dpi=100,
+                  layout="constrained")
     fig.get_layout_engine().set(w_pad=0.04, h_pad=0.04, hspace=0.0, wspace=0.02)
     gs = fig.add_gridspec(rows, cols)
     for i, ((img, kind), name) in enumerate(zip(images, names)):
@@ -366,9 +368,10 @@ def save_figure(fig, path: str | os.PathLike[str]) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     fig.clf()
-    import matplotlib.pyplot as plt
+    if getattr(fig.canvas, "manager", None) is not None:  # a figure of pyplot's (a caller's): closed there too
+        import matplotlib.pyplot as plt
 
-    plt.close(fig)
+        plt.close(fig)
     with atomic_file(path) as tmp:
         Path(tmp).write_bytes(buf.getvalue())
 
