@@ -271,3 +271,36 @@ def test_prepare_and_the_download_record_write_readable_lines_not_bare_json(tmp_
     files = json.loads(record.read_text())["folders"]["prepared"]["files"]
     assert _stamped(lines, "bafusion download-record",
                     rf"data source web: prepared {files} files -> {re.escape(str(record))}"), lines
+
+
+def test_fuse_in_a_log_names_each_step_of_a_camera_size_pair_with_the_time(tmp_path: Path, tiny_nets: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``bafusion fuse ... --align similarity 2> log`` of a camera-size pair printed nothing for
+    minutes: its steps (reading, aligning, fusing, writing) were named on a terminal only. In a
+    log each step is now a line after the local time as it starts, for shots of
+    STEP_LINES_MIN_PIXELS or more in all (here lowered to the test's small pair); a smaller
+    pair's log, --no-progress and stdout stay as they were."""
+    import bafusion.cli.fusion as cli_fusion
+    import bafusion.progress as progress
+
+    src = _one_pair(tmp_path / "in")
+    a, b, out = src / "p-A.png", src / "p-B.png", tmp_path / "f.png"
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)
+    args = ["fuse", str(a), str(b), "-o", str(out), "--model", str(tiny_nets), "--device", "cpu",
+            "--align", "similarity"]
+    capsys.readouterr()
+    assert cli_main(args) == 0
+    small = capsys.readouterr()
+    assert " ..." not in small.err, small.err  # 64x64 px shots: short steps, no line for each
+    monkeypatch.setattr(cli_fusion, "STEP_LINES_MIN_PIXELS", 2 * 64 * 64)
+    assert cli_main(args) == 0
+    got = capsys.readouterr()
+    lines = got.err.splitlines()
+    for step in (rf"reading {re.escape(str(a))}, {re.escape(str(b))}", r"aligning the shots \(similarity\)",
+                 r"aligning: shot 2 of 2: .*", "loading the nets", "fusing 2 images", rf"writing {re.escape(str(out))}"):
+        assert _stamped(lines, "bafusion fuse", rf"{step} \.\.\."), (step, lines)
+    for printed in (small.out, got.out):  # stdout: the result's line only
+        assert printed.startswith(f"fused 2 images into {out} (") and len(printed.splitlines()) == 1, printed
+    assert cli_main([*args, "--no-progress"]) == 0
+    assert " ..." not in capsys.readouterr().err

@@ -131,7 +131,8 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
                             f"(default: --params-file's fuse.diff_cmap, else {default('fuse.diff_cmap')})")
     p.add_argument("--no-progress", "--quiet", dest="progress", action="store_const", const=False, default=None,
                    help=progress_help or "no progress bar (default: a bar on stderr for camera-size pairs when it "
-                        "is a terminal; bafusion fuse also names each step there: reading, checking, fusing, writing)")
+                        "is a terminal; bafusion fuse also names each step there, and in a log for 4 megapixels "
+                        "or more after the time: reading, checking, aligning, fusing, writing)")
 
 
 def _origins(args: argparse.Namespace, flags: dict[str, Any], keys: tuple[str, ...]) -> dict[str, str]:
@@ -276,7 +277,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     resolve_device(other["device"], "--device")
     from bafusion.fusion.batch import fused_output, prepare_sources
 
-    say = _stage_lines(args.progress)
+    say = _stage_lines(args.progress, paths)
     # sizes (from the headers first: the error says where an EXIF orientation swapped them),
     # then --align or the one-scene check (and, --align not given, the motion hint)
     src = prepare_sources(paths, align=args.align or "none", force=args.force, motion_hint=args.align is None,
@@ -369,18 +370,26 @@ def _maps_line(folder: Path, stem: str, joint: bool, n: int) -> str:
             f"{', '.join(MAP_KEYS)}; score and dm: white = take A, black = take B)")
 
 
-def _stage_lines(progress: bool | None) -> Callable[[str], None]:
+def _stage_lines(progress: bool | None, paths: list[Path]) -> Callable[[str], None]:
     """``bafusion fuse``'s steps named on stderr ("bafusion fuse: reading a.jpg, b.jpg ..."), each
-    as it starts, where its progress bar would be drawn: stderr a terminal and no --no-progress
-    (:func:`bafusion.progress.bars_enabled`); else silent. Camera-size pairs take a minute, most
-    of it outside the fusion's bar."""
+    as it starts, unless --no-progress: on a terminal between the lines of its progress bar
+    (:func:`bafusion.progress.bars_enabled`); off one (a log) as plain lines after the local
+    time (:func:`bafusion.progress.in_log`) where the shots hold
+    :data:`~bafusion.fusion.batch.STEP_LINES_MIN_PIXELS` or more in all, as fuse-dir's (a smaller
+    pair's steps are short). Camera-size pairs take minutes, most of it outside the fusion's bar:
+    a log of such a fusion printed nothing for the minutes of reading and aligning."""
     from tqdm import tqdm
 
-    from bafusion.progress import bars_enabled
+    from bafusion.fusion.batch import _stack_pixels
+    from bafusion.progress import bars_enabled, in_log
 
-    if not bars_enabled(progress is not False):
+    if progress is False:
         return lambda text: None
-    return lambda text: tqdm.write(f"bafusion fuse: {text} ...", file=sys.stderr)
+    if bars_enabled(True):
+        return lambda text: tqdm.write(f"bafusion fuse: {text} ...", file=sys.stderr)
+    if _stack_pixels(paths) < STEP_LINES_MIN_PIXELS:
+        return lambda text: None
+    return lambda text: print(in_log(f"bafusion fuse: {text} ..."), file=sys.stderr, flush=True)
 
 
 def _cmd_fuse_set(args: argparse.Namespace) -> int:
