@@ -827,7 +827,7 @@ def test_align_with_16_bit_sources_keeps_16_bits(tmp_path: Path, nets: Path, cap
     assert png_depth(tmp_path / "f.png")[0] == 16
 
 
-@pytest.mark.parametrize("case", ["same", "file", "missing", "ext"])
+@pytest.mark.parametrize("case", ["same", "file", "missing", "ext", "webp"])
 def test_fuse_dir_bad_usage_is_one_line_exit_2(tmp_path: Path, nets: Path, capsys, case: str) -> None:
     src = tmp_path / "in"
     src.mkdir()
@@ -836,7 +836,10 @@ def test_fuse_dir_bad_usage_is_one_line_exit_2(tmp_path: Path, nets: Path, capsy
         "same": (src, [], "the OUT folder is also an input"),
         "file": (tmp_path / "afile", [], "is a file, not a folder"),
         "missing": (tmp_path / "o", [], "not a folder"),
-        "ext": (tmp_path / "o", ["--ext", "gif"], "--ext gif"),
+        "ext": (tmp_path / "o", ["--ext", "xyz"], "--ext xyz: use png, tif, bmp or jpg"),
+        # WebP, which fuse-dir reads, was refused as if unknown ("--ext webp: use png, ...")
+        "webp": (tmp_path / "o", ["--ext", "webp"], "--ext webp: WebP is not an output format of bafusion fuse-dir "
+                                                   "(it reads WebP sources): use png, tif, bmp or jpg"),
     }[case]
     s = tmp_path / "nowhere" if case == "missing" else src
     rc = cli_main(["fuse-dir", str(s), str(out), "--model", str(nets), "--device", "cpu", *extra])

@@ -49,6 +49,42 @@ from bafusion.errors import UserError
 IMAGE_OUTPUT_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 
 
+#: Suffixes of formats bafusion reads that an output image may have under another suffix.
+_OUTPUT_SPELLING = {".apng": ".png", ".jpe": ".jpg", ".jfif": ".jpg", ".mpo": ".jpg", ".dib": ".bmp"}
+#: Names of formats bafusion reads and no command writes, by suffix (others: the suffix in capitals).
+_FORMAT_NAMES = {".webp": "WebP", ".avif": "AVIF", ".jp2": "JPEG 2000", ".j2k": "JPEG 2000", ".j2c": "JPEG 2000",
+                 ".jpc": "JPEG 2000", ".jpf": "JPEG 2000", ".jpx": "JPEG 2000", ".pfm": "PFM (float)",
+                 ".rgb": "SGI", ".bw": "SGI", ".pbm": "netpbm", ".pgm": "netpbm", ".ppm": "netpbm", ".pnm": "netpbm"}
+
+
+def read_not_written(suffix: str, command: str) -> str | None:
+    """Why ``command`` refuses an output of ``suffix`` when that is a format bafusion reads (WebP:
+    "WebP is not an output format of bafusion fuse (it reads WebP sources)"), where "unknown
+    image format" was said; None for a suffix of no format it reads.
+
+    Parameters
+    ----------
+    suffix : str
+        The suffix with its dot (``.webp``), in either case.
+    command : str
+        The command as a user types it (``bafusion fuse``).
+
+    Returns
+    -------
+    str or None
+        The reason, without the suffixes to use instead.
+    """
+    from bafusion.io.formats import IMAGE_SUFFIXES  # Pillow: only when refusing
+
+    s = suffix.lower()
+    if s in _OUTPUT_SPELLING:
+        return f"{command} writes this format with the suffix {_OUTPUT_SPELLING[s]}, not {suffix}"
+    if s not in IMAGE_SUFFIXES:
+        return None
+    name = _FORMAT_NAMES.get(s, s[1:].upper())
+    return f"{name} is not an output format of {command} (it reads {name} sources)"
+
+
 @dataclass(frozen=True)
 class OutputSpec:
     """Argument dests of one command: outputs by kind, and the inputs they must not be."""
@@ -538,13 +574,19 @@ def check_output_file(
     *,
     suffixes: Sequence[str] | None = None,
     what: str = "output image",
+    command: str = "bafusion",
 ) -> Path:
-    """Check an output file before any work (see the module docstring); returns its path."""
+    """Check an output file before any work (see the module docstring); returns its path.
+    ``command`` (``bafusion fuse``) is named where the suffix is of a format bafusion reads but
+    that command does not write (:func:`read_not_written`)."""
     p, shown = Path(path), os.fspath(path)
     if p.is_dir():
         raise UserError(f"{shown}: is a folder; the {what} must be a file")
     if suffixes is not None and p.suffix.lower() not in suffixes:
         known = ", ".join(suffixes)
+        why = read_not_written(p.suffix, command) if p.suffix else None
+        if why:
+            raise UserError(f"{shown}: {why}: the {what} must end in {known}")
         raise UserError(f"{shown}: unknown image format {p.suffix or '(no suffix)'!r}: the {what} must end in {known}")
     if os.path.lexists(p) and not (p.is_file() or p.is_symlink()):
         raise UserError(f"{shown}: is not a regular file (a device, fifo or socket): not replaced")
@@ -647,7 +689,8 @@ def check_command(args: argparse.Namespace) -> None:
     inputs = [q for dest in spec.inputs for q in _paths(getattr(args, dest, None))]
     for dest in spec.images:
         for p in _raw(getattr(args, dest, None)):
-            check_output_file(p, inputs, suffixes=IMAGE_OUTPUT_SUFFIXES, what="output image")
+            check_output_file(p, inputs, suffixes=IMAGE_OUTPUT_SUFFIXES, what="output image",
+                              command=f"bafusion {getattr(args, 'command', '')}".rstrip())
     for dest in spec.files:
         for p in _raw(getattr(args, dest, None)):
             check_output_file(p, inputs, what=f"{spec.flag(dest)} file")

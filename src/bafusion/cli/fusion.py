@@ -492,7 +492,10 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
         raise UserError(f"{out}: is a file, not a folder")
     ext = args.ext.lower().lstrip(".")
     if f".{ext}" not in (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg"):
-        raise UserError(f"--ext {args.ext}: use png, tif, bmp or jpg")
+        from bafusion.preflight import read_not_written
+
+        why = read_not_written(f".{ext}", "bafusion fuse-dir") if ext else None
+        raise UserError(f"--ext {args.ext}: {why + ': ' if why else ''}use png, tif, bmp or jpg")
     if out.resolve() == src.resolve():
         raise UserError(f"{out}: the output folder must not be the input folder")
     groups = find_groups(src, exclude=out)[0]
