@@ -17,6 +17,7 @@ from bafusion.nets.augment import (
     AugmentedLoader,
     PatchSplit,
     augment,
+    centre_sources,
     geometric_op,
     load_split,
     to_input,
@@ -30,8 +31,23 @@ torch.set_num_threads(1)
 def _split(n: int = 20, patch: int = 4, seed: int = 0) -> PatchSplit:
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(rng.integers(0, 256, size=(n, 2, patch, patch), dtype=np.uint8))
-    y = torch.from_numpy(rng.integers(0, 2, size=n)).long()
-    return PatchSplit(path=Path("mem"), split="train", kind="initial", patch=patch, x=x, y=y, attrs={})
+    y_block = torch.from_numpy(rng.integers(0, 2, size=(n, 2, 2))).long()
+    return PatchSplit(path=Path("mem"), split="train", kind="initial", patch=patch, x=x, y=y_block[:, 1, 1].clone(),
+                      attrs={}, y_block=y_block)
+
+
+def _label_maps(n: int, side: int, seed: int = 0) -> PatchSplit:
+    """Patches whose channel 0 is 255 where a pixel is focused in A and 0 where not, channel 1
+    the reverse, every one with a random label map (so the four central labels differ between
+    patches): a sample's right label is then channel 0 at its pixel (side//2, side//2), after
+    any variant, the swap included."""
+    rng = np.random.default_rng(seed)
+    lab = rng.integers(0, 2, size=(n, side, side)).astype(np.uint8)
+    x = torch.from_numpy(np.stack([255 * lab, 255 * (1 - lab)], axis=1))
+    c = side // 2
+    y_block = torch.from_numpy(lab[:, c - 1 : c + 1, c - 1 : c + 1].astype(np.int64))
+    return PatchSplit(path=Path("mem"), split="train", kind="initial", patch=side, x=x,
+                      y=torch.from_numpy(lab[:, c, c].astype(np.int64)), attrs={}, y_block=y_block)
 
 
 def test_geometric_variants_are_the_named_ops() -> None:
@@ -77,7 +93,8 @@ def test_epoch_enumerates_every_index_variant_pair_once() -> None:
     assert len(loader) == -(-240 // 7)
     lookup = {}
     for i in range(20):
-        outs, labels = augment(data.x[i : i + 1].expand(12, -1, -1, -1), data.y[i].repeat(12), torch.arange(12))
+        outs, labels = augment(data.x[i : i + 1].expand(12, -1, -1, -1), data.y[i].repeat(12), torch.arange(12),
+                               y_block=data.y_block[i : i + 1].expand(12, -1, -1))
         for v in range(12):
             lookup[(outs[v].numpy().tobytes())] = (i, v, int(labels[v]))
     seen = []
@@ -93,6 +110,60 @@ def test_epoch_enumerates_every_index_variant_pair_once() -> None:
     assert loader.epoch == 1 and loader.position == 0
 
 
+@pytest.mark.parametrize("side", [8, 64, 96, 7])
+def test_each_variant_takes_the_label_of_the_pixel_it_brings_to_the_centre(side: int) -> None:
+    """The label is that of the pixel (p//2, p//2), the one fusion scores with the patch. At
+    even p the turns and flips put a neighbour there: 5 of the 6 geometric variants kept the
+    original centre's label (2.7 % of the paper preset's boundary samples one pixel off).
+    Every combination of the four central labels, every variant; side 96 is patch 64 with 16
+    px of context, side 7 an odd side (whose centre stays: the label stays)."""
+    data = _label_maps(16 * 12, side)
+    c = side // 2
+    combos = torch.tensor([[(k >> b) & 1 for b in range(4)] for k in range(16)]).view(16, 2, 2)
+    block = combos.repeat_interleave(12, 0)  # patch n: central labels combos[n // 12], variant n % 12
+    x = data.x.clone()
+    x[:, 0, c - 1 : c + 1, c - 1 : c + 1] = (255 * block).to(torch.uint8)
+    x[:, 1, c - 1 : c + 1, c - 1 : c + 1] = (255 * (1 - block)).to(torch.uint8)
+    variant = torch.arange(16 * 12) % N_VARIANTS
+    out, yo = augment(x, block[:, 1, 1], variant, y_block=block)
+    want = (out[:, 0, c, c] == 255).long()
+    for v in range(N_VARIANTS):
+        sel = variant == v
+        assert torch.equal(yo[sel], want[sel]), variant_name(v)
+    if side % 2 == 0:  # the old labels (y whatever the variant) were wrong here
+        old = torch.where(variant >= 6, 1 - block[:, 1, 1], block[:, 1, 1])
+        assert not torch.equal(old, want)
+        assert [int(k) for k in centre_sources(variant_table(side))] == [3, 2, 0, 1, 2, 1] * 2
+    else:
+        assert centre_sources(variant_table(side)).tolist() == [3] * 12
+    # the loader (CPU path: grouped by variant) gives every sample the label of its centre pixel
+    loader = AugmentedLoader(_label_maps(40, side, seed=1), batch_size=32, seed=2)
+    n = 0
+    for xb, yb in loader:
+        assert torch.equal(yb, (xb[:, 0, c, c] > 0.5).long())
+        n += len(yb)
+    assert n == 40 * 12
+
+
+def test_a_patch_set_without_y_block_warns_once_and_keeps_y(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A file of an older bafusion (no y_block) still trains, as before, and says once to
+    regenerate it."""
+    p = write_toy_patches(tmp_path / "initial.h5", n_train=9, n_val=4, patch=8)
+    with h5py.File(p, "a") as f:
+        for split in ("train", "val"):
+            del f[split]["y_block"]
+    tr = load_split(p, "train")
+    assert tr.y_block is None
+    for _ in range(3):
+        labels = torch.cat([y for _, y in AugmentedLoader(tr, 4, seed=0)])
+    assert labels.shape == (108,)
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "initial.h5" in err and "y_block" in err and "regenerate" in err, err
+    assert len(err.strip().splitlines()) == 1
+    AugmentedLoader(load_split(p, "val"), 4, augment=False)  # no augmentation, nothing to say
+    assert capsys.readouterr().err == ""
+
+
 def test_subset_per_epoch_and_determinism() -> None:
     data = _split(n=20)
 
@@ -100,6 +171,11 @@ def test_subset_per_epoch_and_determinism() -> None:
         ld = AugmentedLoader(data, batch_size=16, seed=seed, samples_per_epoch=50)
         return [torch.cat([x for x, _ in ld]) for _ in range(n)]
 
+    def labels(seed: int) -> bytes:
+        ld = AugmentedLoader(data, batch_size=16, seed=seed)
+        return torch.cat([y for _, y in ld]).numpy().tobytes()
+
+    assert labels(1) == labels(1)  # the labels (taken from y_block) too
     a, b, c = epochs(1, 2), epochs(1, 2), epochs(2, 1)
     assert a[0].shape[0] == 50 and a[1].shape[0] == 50
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
@@ -156,6 +232,11 @@ def test_load_split_errors_name_the_file(tmp_path: Path) -> None:
     bad.write_bytes(b"this is not hdf5" * 10)
     with pytest.raises(InputFileError, match="corrupt.h5.*HDF5"):
         load_split(bad, "train")
+    p = write_toy_patches(tmp_path / "mixed.h5", n_train=3, n_val=2, patch=8)
+    with h5py.File(p, "a") as f:
+        f["train"]["y_block"][1] = 1 - f["train"]["y_block"][1]
+    with pytest.raises(InputFileError, match=r"mixed\.h5.*y_block\[:, 1, 1\] differs from train/y"):
+        load_split(p, "train")
     p = write_toy_patches(tmp_path / "boundary.h5", n_train=3, n_val=2, patch=8, kind="boundary")
     with pytest.raises(InputFileError, match="boundary.h5.*'boundary'.*expected 'initial'"):
         load_split(p, "train", expect_kind="initial")

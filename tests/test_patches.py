@@ -63,9 +63,11 @@ def test_labels_patches_and_boundary_fractions(shard: Path, tmp_path: Path) -> N
         for split in ("train", "val"):
             d = read_split(tmp_path / "out" / f"{kind}.h5", split)
             assert d["x"].shape[1:] == (2, 16, 16) and d["x"].dtype == np.uint8
-            for x, y, pid, (r, c) in zip(d["x"], d["y"], d["pair"], d["centre"]):
+            assert d["y_block"].shape == (len(d["y"]), 2, 2) and d["y_block"].dtype == np.uint8
+            for x, y, yb, pid, (r, c) in zip(d["x"], d["y"], d["y_block"], d["pair"], d["centre"]):
                 matte, A, B = src[int(pid)]
                 assert y == (matte[r, c] >= 128)  # label = matte at the centre
+                np.testing.assert_array_equal(yb, matte[r - 1 : r + 1, c - 1 : c + 1] >= 128)  # and its 2x2 block
                 assert np.array_equal(x[0], A[r - half : r - half + 16, c - half : c - half + 16])
                 assert np.array_equal(x[1], B[r - half : r - half + 16, c - half : c - half + 16])
                 if kind == "boundary":
@@ -74,6 +76,42 @@ def test_labels_patches_and_boundary_fractions(shard: Path, tmp_path: Path) -> N
     assert summary["counts"]["initial"]["train"] + summary["counts"]["initial"]["val"] == 12 * 12
     # Deliberate sampling: every pair here has enough boundary windows for all 9.
     assert summary["counts"]["boundary"]["train"] + summary["counts"]["boundary"]["val"] == 12 * 9
+
+
+@pytest.mark.parametrize("context", [0, 4])
+def test_augmented_labels_are_the_matte_at_the_pixel_each_variant_centres(shard: Path, tmp_path: Path,
+                                                                           context: int) -> None:
+    """Patch files through training's augmentation: every variant of every patch is labelled by
+    the matte at the image pixel that the variant brings to (s//2, s//2), the pixel fusion
+    scores with the patch. At even patch sizes the turns and flips bring a neighbour of the
+    stored centre there, and its label used to be the centre's."""
+    import torch
+
+    from bafusion.nets.augment import GEOMETRIC, N_VARIANTS, augment, geometric_op, load_split
+
+    opts = PatchOptions(patch=16, per_pair=40, boundary_per_pair=BOUNDARY_SUBSET, seed=4, context=context)
+    run_patches([shard], opts, tmp_path, progress=False)
+    src = _mattes(shard)
+    s = 16 + 2 * context
+    grid = torch.arange(s * s).view(s, s)
+    moved = 0
+    for kind in ("initial", "boundary"):
+        for split in ("train", "val"):
+            d = load_split(tmp_path / f"{kind}.h5", split)
+            assert d.y_block is not None
+            centre = read_split(tmp_path / f"{kind}.h5", split)["centre"]
+            pair = read_split(tmp_path / f"{kind}.h5", split)["pair"]
+            n = len(d)
+            for v in range(N_VARIANTS):
+                _, yo = augment(d.x, d.y, torch.full((n,), v), y_block=d.y_block)
+                r0, c0 = divmod(int(geometric_op(grid, GEOMETRIC[v % 6])[s // 2, s // 2]), s)
+                for k in range(n):
+                    matte = src[int(pair[k])][0]
+                    r, c = centre[k] + np.array([r0, c0]) - s // 2  # crop index i is image row centre - s//2 + i
+                    want = int(matte[r, c] >= 128)
+                    assert int(yo[k]) == (1 - want if v >= 6 else want), (kind, split, k, v)
+                    moved += want != int(d.y[k])
+    assert moved > 0  # some variant moved a pixel of the other label to the centre: the case that was wrong
 
 
 def test_a_matte_at_the_label_threshold_is_focused(tmp_path: Path) -> None:
@@ -227,7 +265,7 @@ def test_uncompressed_patch_set_holds_the_same_data(shard: Path, tmp_path: Path)
         with h5py.File(tmp_path / "gz" / name) as f, h5py.File(tmp_path / "raw" / name) as g:
             assert dict(f.attrs) == dict(g.attrs)
             for split in ("train", "val"):
-                for key in ("x", "y", "pair", "centre"):
+                for key in ("x", "y", "pair", "centre", "y_block"):
                     assert f[split][key].compression == "gzip" and g[split][key].compression is None
                     np.testing.assert_array_equal(f[split][key][()], g[split][key][()])
 
@@ -273,6 +311,7 @@ def test_whole_chunks_and_an_empty_split(shard: Path, tmp_path: Path) -> None:
     for kind, split in (("initial", "val"), ("boundary", "train"), ("boundary", "val")):
         e = read_split(tmp_path / f"{kind}.h5", split)
         assert e["x"].shape == (0, 2, 16, 16) and e["y"].shape == (0,) and e["centre"].shape == (0, 2)
+        assert e["y_block"].shape == (0, 2, 2)
 
 
 def test_a_pair_smaller_than_the_patch_names_prepare_scale_and_patch(tmp_path: Path) -> None:

@@ -276,6 +276,7 @@ def test_changed_parameters_start_afresh(toy_run: dict, tmp_path: Path, capsys: 
     shutil.copy(toy_run["h5"], other)
     with h5py.File(other, "r+") as f:
         f["train"]["y"][0] = 1 - f["train"]["y"][0]
+        f["train"]["y_block"][0] = 1 - f["train"]["y_block"][0]  # the same pixel's label, kept consistent
     train("initial", other, cfg, paths, progress=False, replace_stale=True)
     err = capsys.readouterr().err
     assert "other parameters or another patch set (the patch set); starting afresh" in err, err

@@ -25,7 +25,7 @@ def toy_arrays(n: int, patch: int, rng: np.random.Generator) -> tuple[np.ndarray
 
 def write_toy_patches(path: Path, n_train: int = 256, n_val: int = 128, patch: int = 16, seed: int = 0,
                       kind: str = "initial", context: int = 0) -> Path:
-    """Write a patch set with groups ``train``/``val`` (datasets x, y, pair, centre) and root attributes
+    """Write a patch set with groups ``train``/``val`` (datasets x, y, y_block, pair, centre) and root attributes
     (``context`` > 0: crops of side ``patch + 2 * context``, the texture filling the whole crop)."""
     import h5py
 
@@ -44,6 +44,7 @@ def write_toy_patches(path: Path, n_train: int = 256, n_val: int = 128, patch: i
             g = f.create_group(split)
             g.create_dataset("x", data=x)
             g.create_dataset("y", data=y)
+            g.create_dataset("y_block", data=np.broadcast_to(y[:, None, None], (n, 2, 2)).copy())  # one label per patch
             g.create_dataset("pair", data=rng.integers(0, 5, size=n).astype(np.int64))
             g.create_dataset("centre", data=rng.integers(0, 100, size=(n, 2)).astype(np.int32))
     return path

@@ -4,7 +4,9 @@ For each composited pair:
 
 - ``per_pair`` random centres (uniform over positions whose patch lies inside the image);
   label 1 when the matte at the centre is >= ``label_threshold`` (the centre is focused in
-  A), else 0.
+  A), else 0. The labels of the central 2x2 pixels are stored too (``y_block``): the patch
+  sizes are even, and the training's turns and flips bring one of the centre's neighbours to
+  the centre (:mod:`bafusion.nets.augment`), which then takes that pixel's label.
 - the boundary patches: those whose patch holds at least ``min_focused`` focused and
   ``min_defocused`` defocused pixels (a pixel is focused when its matte value is >=
   ``label_threshold``). Two ways to take them (``boundary_per_pair``):
@@ -48,7 +50,10 @@ composite run holds the same ``params``: the same for any ``composite.shards``.
 Output: ``initial.h5`` (all random patches) and ``boundary.h5`` (the boundary patches),
 each with groups ``train`` and ``val`` holding ``x`` uint8 (N, 2, p, p) (channel 0 = A,
 channel 1 = B; chunked, gzip), ``y`` uint8 (N,), ``pair`` int64 (N,), ``centre`` int32
-(N, 2); root attributes ``patch``, ``seed``, ``kind``, ``params`` (JSON), ``code_version``.
+(N, 2), ``y_block`` uint8 (N, 2, 2) (``y_block[n, i, j]``: the label of image pixel
+``centre[n] + (i - 1, j - 1)``, so ``y == y_block[:, 1, 1]``; files of bafusion before it lack
+it, and training warns and uses ``y`` for every variant); root attributes ``patch``, ``seed``,
+``kind``, ``params`` (JSON), ``code_version``.
 The x12 augmentation (rotations, flips, channel swap) is applied on the fly by
 :mod:`bafusion.nets.augment`, not stored.
 """
@@ -199,6 +204,14 @@ def val_pair_count(n: int, val_fraction: float) -> int:
     return n_val
 
 
+def centre_block(focus: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """(N, 2, 2) uint8: ``focus`` at the central 2x2 pixels of each patch, ``[n, i, j]`` at
+    ``centres[n] + (i - 1, j - 1)`` (``[:, 1, 1]`` is the label ``y``)."""
+    r = np.asarray(centres[:, 0])[:, None, None] + np.array([-1, 0])[None, :, None]
+    c = np.asarray(centres[:, 1])[:, None, None] + np.array([-1, 0])[None, None, :]
+    return focus[r, c].astype(np.uint8)
+
+
 def split_pairs(pair_ids: np.ndarray, val_fraction: float, seed: int) -> set[int]:
     """The validation pairs: a seeded permutation's first round(val_fraction * n) pairs
     (at least one when there are two or more pairs and val_fraction > 0)."""
@@ -263,14 +276,16 @@ class _Appender:
         self.n = 0  # patches submitted
         self.buf: list[np.ndarray] = []  # patches not yet in a full chunk
         self.nbuf = 0
-        self.rest: dict[str, list[np.ndarray]] = {"y": [], "pair": [], "centre": []}
+        self.rest: dict[str, list[np.ndarray]] = {"y": [], "pair": [], "centre": [], "y_block": []}
 
-    def append(self, x: np.ndarray, y: np.ndarray, pair: np.ndarray, centre: np.ndarray) -> None:
+    def append(self, x: np.ndarray, y: np.ndarray, pair: np.ndarray, centre: np.ndarray,
+               y_block: np.ndarray) -> None:
         if len(x) == 0:
             return
         self.rest["y"].append(y)
         self.rest["pair"].append(pair)
         self.rest["centre"].append(centre)
+        self.rest["y_block"].append(y_block)
         self.buf.append(x)
         self.nbuf += len(x)
         if self.nbuf >= CHUNK:
@@ -293,7 +308,8 @@ class _Appender:
             self.buf, self.nbuf = [], 0
         self.writer.drain()
         for name, dtype, shape, chunks in (("y", np.uint8, (), (4096,)), ("pair", np.int64, (), (4096,)),
-                                           ("centre", np.int32, (2,), (4096, 2))):
+                                           ("centre", np.int32, (2,), (4096, 2)),
+                                           ("y_block", np.uint8, (2, 2), (4096, 2, 2))):
             v = np.concatenate(self.rest[name]).astype(dtype) if self.rest[name] else np.zeros((0, *shape), dtype)
             d = self.g.create_dataset(name, shape=(len(v), *shape), maxshape=(None, *shape), dtype=dtype, chunks=chunks, **self.kw)
             if len(v):
@@ -511,7 +527,9 @@ def _write_patches(shards: _Shards, opts: PatchOptions, out_dir: Path, progress:
                 for s, corners in (("initial", rand), ("boundary", bnd)):
                     centres = corners + p // 2
                     y = focus[centres[:, 0], centres[:, 1]].astype(np.uint8)
-                    app[s][split].append(crop(A, B, corners, p, opts.context), y, np.full(len(y), pair_id, np.int64), centres.astype(np.int32))
+                    y_block = centre_block(focus, centres)
+                    app[s][split].append(crop(A, B, corners, p, opts.context), y, np.full(len(y), pair_id, np.int64),
+                                         centres.astype(np.int32), y_block)
                     counts[s][split] += len(y)
                     labels[s][split] += int(y.sum())
             for s in SETS:
@@ -531,7 +549,8 @@ def _write_patches(shards: _Shards, opts: PatchOptions, out_dir: Path, progress:
 
 
 def read_split(path: Path, split: str) -> dict[str, np.ndarray]:
-    """Load one split of a patch set into memory (x, y, pair, centre) with clear errors."""
+    """Load one split of a patch set into memory (x, y, pair, centre, and y_block where the file
+    has it) with clear errors."""
     path = Path(path)
     if not path.exists():
         raise InputFileError(path, "patch set not found")
@@ -540,7 +559,7 @@ def read_split(path: Path, split: str) -> dict[str, np.ndarray]:
             if split not in h5:
                 raise InputFileError(path, f"no '{split}' group (not a bafusion patch set?)")
             g = h5[split]
-            return {k: g[k][()] for k in ("x", "y", "pair", "centre")}
+            return {k: g[k][()] for k in ("x", "y", "pair", "centre", "y_block") if k != "y_block" or k in g}
     except OSError as e:
         raise InputFileError(path, f"unreadable HDF5 file: {e}") from e
     except KeyError as e:

@@ -2,8 +2,9 @@
 
 A patch set (written by ``bafusion patches``) is an HDF5 file with groups ``train`` and ``val``,
 each holding ``x`` uint8 (N, 2, p, p) (channel 0: gray A patch, channel 1: gray B patch),
-``y`` uint8 (N,) (1: the centre pixel is focused in A), ``pair`` int64 (N,) and ``centre``
-int32 (N, 2); root attributes ``patch``, ``seed``, ``kind``, ``params``, ``code_version``.
+``y`` uint8 (N,) (1: the centre pixel is focused in A), ``y_block`` uint8 (N, 2, 2) (the labels
+of the central 2x2 pixels, see below), ``pair`` int64 (N,) and ``centre`` int32 (N, 2); root
+attributes ``patch``, ``seed``, ``kind``, ``params``, ``code_version``.
 
 :func:`load_split` reads one split into memory: onto the GPU when it fits there, else into
 (pinned) host memory, from which each batch is gathered and copied.
@@ -16,6 +17,19 @@ geometric op ``v % 6`` followed, when ``v >= 6``, by the swap. All 12 variants a
 precomputed as index permutations of the ``2*p*p`` values of a patch, so augmenting a
 batch is one ``gather`` on an accelerator (no host synchronisation) and, on the CPU, one
 ``index_select`` per variant present in the batch.
+
+The label follows the pixel. A patch stands for the pixel at index ``(p//2, p//2)`` (the one
+fusion scores with it and the one ``y`` labels). The patch sizes are even, so no pixel is the
+geometric centre: the turns and flips move the pixel at ``(p//2, p//2)`` to ``(p//2 - 1, ...)``
+on one axis or both, and put one of its neighbours in its place. The patch files store the
+labels of the four central pixels, ``y_block[n, i, j]`` for pixel ``(p//2 - 1 + i, p//2 - 1 +
+j)`` (``y == y_block[:, 1, 1]``), and each variant takes the label of the pixel it brings to
+``(p//2, p//2)`` (:func:`centre_sources`), flipped by the swap. With context (crops of side
+``s = p + 2 * context``) the same holds at ``(s//2, s//2)``, the same pixel. A patch set
+written before ``y_block`` existed gives every variant the original ``y`` (a one-line warning
+asks to regenerate it): 1.2 % of the samples at patch 64 on the paper's halved mattes (2.7 %
+of the boundary set's, counted over every position) then carry the label of a pixel next to
+the one they stand for.
 
 :class:`AugmentedLoader` enumerates the ``N * 12`` (patch index, variant) pairs of an epoch
 in an order drawn from a seeded ``torch.Generator``; ``samples_per_epoch`` optionally keeps
@@ -31,6 +45,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,12 +101,30 @@ def variant_table(patch: int, device: torch.device | str = "cpu") -> torch.Tenso
     return torch.stack(rows).to(device)
 
 
+def centre_sources(table: torch.Tensor) -> torch.Tensor:
+    """(12,) int64: for each variant, which of the four central input pixels lands at ``(s//2, s//2)``.
+
+    ``table`` is :func:`variant_table` of side ``s``. Entry ``v`` is ``2 * i + j`` for input
+    pixel ``(s//2 - 1 + i, s//2 - 1 + j)``, an index into ``y_block.reshape(-1, 4)``: 3 (the
+    pixel itself) for the identity and, at odd ``s``, for every variant.
+    """
+    s = math.isqrt(table.shape[1] // 2)
+    src = table[:, (s // 2) * s + s // 2] % (s * s)  # the input pixel (any channel) the output centre takes
+    i = src // s - (s // 2 - 1)
+    j = src % s - (s // 2 - 1)
+    return 2 * i + j
+
+
 def augment(
-    x: torch.Tensor, y: torch.Tensor, variant: torch.Tensor, table: torch.Tensor | None = None
+    x: torch.Tensor, y: torch.Tensor, variant: torch.Tensor, table: torch.Tensor | None = None,
+    y_block: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply per-sample variants to a batch.
 
     ``x`` (B, 2, p, p) of any dtype, ``y`` (B,) labels in {0, 1}, ``variant`` (B,) in ``0..11``.
+    ``y_block`` (B, 2, 2), optional: the labels of the central 2x2 pixels (module docstring);
+    each sample then gets the label of the pixel its variant brings to ``(p//2, p//2)``
+    (:func:`centre_sources`), else ``y`` whatever the variant.
     Returns the transformed batch (same dtype, contiguous) and the labels, flipped (``1 - y``)
     where the variant swaps the channels.
     """
@@ -100,6 +133,8 @@ def augment(
         raise ValueError(f"expected a batch of shape (B, 2, p, p), got {tuple(x.shape)}")
     if table is None or table.shape[1] != 2 * p * p:
         table = variant_table(p, x.device)
+    if y_block is not None and tuple(y_block.shape) != (b, 2, 2):
+        raise ValueError(f"expected y_block of shape ({b}, 2, 2), got {tuple(y_block.shape)}")
     variant = variant.to(device=x.device, dtype=torch.int64)
     flat = x.reshape(b, -1)
     if x.device.type == "cpu":
@@ -118,7 +153,11 @@ def augment(
         # On accelerators one gather (no host synchronisation) is the fastest.
         out = flat.gather(1, table[variant]).view(b, 2, p, p)
     swapped = variant >= len(GEOMETRIC)
-    y = y.to(x.device)
+    if y_block is None:
+        y = y.to(x.device)
+    else:
+        src = centre_sources(table)[variant]
+        y = y_block.to(x.device).reshape(b, 4).gather(1, src[:, None]).squeeze(1).to(y.dtype)
     return out, torch.where(swapped, 1 - y, y)
 
 
@@ -136,7 +175,8 @@ def to_input(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tenso
 class PatchSplit:
     """One split of a patch set held in memory (``x`` uint8 (N,2,s,s), ``y`` int64 (N,)):
     ``s = patch + 2 * context``, the patches with ``context`` pixels of surroundings (0: the
-    patches alone)."""
+    patches alone). ``y_block`` int64 (N,2,2): the labels of the central 2x2 pixels (module
+    docstring), ``None`` for a file written before they were stored."""
 
     path: Path
     split: str
@@ -146,6 +186,7 @@ class PatchSplit:
     y: torch.Tensor
     attrs: dict
     context: int = 0
+    y_block: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -156,7 +197,8 @@ class PatchSplit:
 
     @property
     def nbytes(self) -> int:
-        return self.x.numel() * self.x.element_size() + self.y.numel() * self.y.element_size()
+        extra = 0 if self.y_block is None else self.y_block.numel() * self.y_block.element_size()
+        return self.x.numel() * self.x.element_size() + self.y.numel() * self.y.element_size() + extra
 
 
 def read_attrs(path: str | os.PathLike[str]) -> dict:
@@ -227,6 +269,7 @@ def load_split(
                     raise InputFileError(p, f"group {split!r} has no dataset {name!r}")
             x = np.asarray(g["x"][...])
             y = np.asarray(g["y"][...])
+            y_block = np.asarray(g["y_block"][...]) if "y_block" in g else None
     except OSError as e:
         raise InputFileError(p, f"cannot read split {split!r}: {e}") from e
     if x.ndim != 4 or x.shape[1] != 2 or x.shape[2] != x.shape[3]:
@@ -237,6 +280,14 @@ def load_split(
         raise InputFileError(p, f"{split}/y has shape {y.shape}, expected ({x.shape[0]},)")
     if y.size and (y.min() < 0 or y.max() > 1):
         raise InputFileError(p, f"{split}/y holds labels outside {{0, 1}}")
+    if y_block is not None:
+        if y_block.shape != (x.shape[0], 2, 2):
+            raise InputFileError(p, f"{split}/y_block has shape {y_block.shape}, expected ({x.shape[0]}, 2, 2)")
+        if y_block.size and (y_block.min() < 0 or y_block.max() > 1):
+            raise InputFileError(p, f"{split}/y_block holds labels outside {{0, 1}}")
+        if not np.array_equal(y_block[:, 1, 1], y):
+            raise InputFileError(p, f"{split}/y_block[:, 1, 1] differs from {split}/y (both label the patch's "
+                                    "pixel (p//2, p//2)): a damaged file? Run the patches step again")
     side = int(x.shape[2])
     context = int(attrs.get("context", 0) or 0)  # type: ignore[call-overload]
     patch = side - 2 * context
@@ -251,20 +302,37 @@ def load_split(
     dev = torch.device(device)
     xt = torch.from_numpy(x)
     yt = torch.from_numpy(y.astype(np.int64))
-    nbytes = xt.numel() + yt.numel() * 8
+    bt = None if y_block is None else torch.from_numpy(y_block.astype(np.int64))
+    nbytes = xt.numel() + (yt.numel() + (0 if bt is None else bt.numel())) * 8
     if dev.type == "cuda":
         if _fits_on(dev, nbytes, gpu_fraction):
-            xt, yt = xt.to(dev), yt.to(dev)
+            xt, yt, bt = xt.to(dev), yt.to(dev), None if bt is None else bt.to(dev)
         else:
-            xt, yt = xt.pin_memory(), yt.pin_memory()
+            xt, yt, bt = xt.pin_memory(), yt.pin_memory(), None if bt is None else bt.pin_memory()
     elif dev.type != "cpu" and _fits_on(dev, nbytes):
-        xt, yt = xt.to(dev), yt.to(dev)
-    return PatchSplit(path=p, split=split, kind=kind, patch=patch, x=xt, y=yt, attrs=attrs, context=context)
+        xt, yt, bt = xt.to(dev), yt.to(dev), None if bt is None else bt.to(dev)
+    return PatchSplit(path=p, split=split, kind=kind, patch=patch, x=xt, y=yt, attrs=attrs, context=context,
+                      y_block=bt)
 
 
 # --------------------------------------------------------------------------------------
 # The epoch loader
 # --------------------------------------------------------------------------------------
+
+_warned_no_y_block: set[tuple[str, str]] = set()
+
+
+def _warn_no_y_block(data: PatchSplit) -> None:
+    """Say once per file and split that its turned and flipped samples keep the original label
+    (a patch set written before ``y_block``; harmless at an odd side, where the centre stays)."""
+    side = int(data.x.shape[-1])
+    key = (str(data.path), data.split)
+    if side % 2 or len(data) == 0 or key in _warned_no_y_block:
+        return
+    _warned_no_y_block.add(key)
+    print(f"bafusion: warning: {data.path}: split {data.split!r} has no y_block (written by an older bafusion): its "
+          f"turned and flipped samples keep the original centre's label, that of a pixel next to the one they "
+          f"stand for; regenerate the patch set (the patches step, e.g. dvc repro patches)", file=sys.stderr)
 
 
 class AugmentedLoader:
@@ -315,6 +383,8 @@ class AugmentedLoader:
         self.dtype = dtype
         self.generator = torch.Generator().manual_seed(int(seed))
         self.table = variant_table(int(data.x.shape[-1]), self.device)
+        if augment and data.y_block is None and rank == 0:
+            _warn_no_y_block(data)
         self.epoch = 0
         self.position = 0  # batches of the current epoch already served
         self._epoch_rng: torch.Tensor = self.generator.get_state()
@@ -385,11 +455,13 @@ class AugmentedLoader:
                 idx, var = sel, torch.zeros_like(sel)
             xb = self.data.x[idx]
             yb = self.data.y[idx]
+            bb = self.data.y_block[idx] if self.augment and self.data.y_block is not None else None
             if xb.device != self.device:
                 xb = xb.to(self.device, non_blocking=True)
                 yb = yb.to(self.device, non_blocking=True)
+                bb = None if bb is None else bb.to(self.device, non_blocking=True)
             if self.augment:
-                xb, yb = augment(xb, yb, var.to(self.device), self.table)
+                xb, yb = augment(xb, yb, var.to(self.device), self.table, bb)
             xf = to_input(xb, self.dtype)
             if self.channels_last:
                 xf = xf.contiguous(memory_format=torch.channels_last)

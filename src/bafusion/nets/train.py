@@ -397,6 +397,8 @@ def _hash_patches(h: Any, patches: Path) -> None:
             if split in f and "y" in f[split] and "x" in f[split]:
                 y = np.asarray(f[split]["y"][...])
                 h.update(y.tobytes())
+                if "y_block" in f[split]:  # (absent from older files: their fingerprint as before)
+                    h.update(np.asarray(f[split]["y_block"][...]).tobytes())
                 n = len(y)
                 if n:
                     step = max(1, n // 64)
@@ -980,7 +982,9 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
         g = torch.Generator().manual_seed(cfg.seed + 1)
         keep = torch.randperm(len(val_set), generator=g)[: cfg.val_samples].sort().values
         val_set = dataclasses.replace(val_set, x=val_set.x[keep.to(val_set.x.device)],
-                                      y=val_set.y[keep.to(val_set.y.device)])
+                                      y=val_set.y[keep.to(val_set.y.device)],
+                                      y_block=None if val_set.y_block is None
+                                      else val_set.y_block[keep.to(val_set.y_block.device)])
     val_loader = AugmentedLoader(val_set, max(1, cfg.val_batch // dist.world_size), device, augment=False,
                                  rank=dist.rank, world_size=dist.world_size, even_shards=False,
                                  channels_last=channels_last)
