@@ -49,6 +49,8 @@ def test_paper_preset_holds_the_papers_numbers(tmp_path: Path) -> None:
     assert p["train.epochs"] == 200 and p["train.batch"] == 128
     assert p["train.lr"] == 0.001 and p["train.milestones"] == [80, 120, 160, 180] and p["train.gamma"] == 0.1
     assert p["train.samples_per_epoch"] == 0 and p["train.val_samples"] == 0  # every sample, every epoch
+    assert p["train.keep"] == "last"  # the net after the 200th epoch: the paper chooses no epoch
+    assert load_params(REPO / "params.yaml")["train"]["keep"] == "best"  # the project's default, as before
     for key, value in flatten(load_preset("paper")).items():
         assert key in flatten(load_params(REPO / "params.yaml")), f"preset key {key} is not in params.yaml"
         assert p[key] == value

@@ -1556,6 +1556,96 @@ def test_resume_needs_no_best_pt_and_keeps_the_best_epochs_weights(toy_run: dict
     assert again["epoch"] == 1 and all(torch.equal(v, epoch1["model"][k]) for k, v in again["model"].items())
 
 
+from bafusion.nets.train import evaluate as _REAL_EVALUATE  # noqa: E402 - before any test patches it
+
+
+def _falling_val_acc(monkeypatch: pytest.MonkeyPatch, accs: list[float]) -> None:
+    """Validation accuracies ``accs``, one per epoch, whatever the net does (the losses are real)."""
+    from bafusion.nets import train as train_mod
+
+    real, it = _REAL_EVALUATE, iter(accs)
+
+    def falling(*args, **kwargs):
+        loss, _, n, extra = real(*args, **kwargs)
+        return loss, next(it), n, extra
+
+    monkeypatch.setattr(train_mod, "evaluate", falling)
+
+
+def test_keep_last_writes_the_net_after_the_last_epoch_and_says_so(toy_run: dict, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paper preset wrote the best validation epoch's weights (epoch 1 here), though the
+    paper describes no choice of an epoch: train.keep last writes the net after the last epoch,
+    and the report, the model's .json and the MLflow run name that epoch (saved_epoch) and give
+    its numbers, the best epoch's beside them."""
+    from mlflow.tracking import MlflowClient
+
+    _falling_val_acc(monkeypatch, [0.9, 0.8, 0.7])  # epoch 1 stays the best
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 3, "samples_per_epoch": 64, "keep": "last"}},
+                         "initial")
+    assert cfg.keep == "last" and resolve_config(TOY, "initial").keep == "best"  # the default: as before
+    paths = _paths(tmp_path, "initial")
+    summary = train("initial", toy_run["h5"], cfg, paths, progress=False)
+    assert (summary["best_epoch"], summary["saved_epoch"]) == (1, 3)
+    assert summary["val_acc"] == summary["last_val_acc"] == 0.7 and summary["best_val_acc"] == 0.9
+    assert json.loads(paths.metrics.read_text()) == pytest.approx(summary)
+    last = load_checkpoint(paths.checkpoints / "last.pt")
+    best = load_checkpoint(paths.checkpoints / "best.pt")
+    assert best["epoch"] == 1  # kept to look at
+    net, meta = load_model(paths.out)
+    assert (meta["saved_epoch"], meta["best_epoch"], meta["val_acc"], meta["params"]["keep"]) == (3, 1, 0.7, "last")
+    weights = net.state_dict()
+    assert all(torch.equal(v, last["model"][k]) for k, v in weights.items())
+    assert not all(torch.equal(v, best["model"][k]) for k, v in weights.items())
+    assert "val acc 0.7000 at the last epoch (3, train.keep: last); best val acc 0.9000 at epoch 1" in \
+        capsys.readouterr().err
+    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    run = client.get_run(last["mlflow_run_id"])
+    assert run.data.tags["saved_epoch"] == "3" and run.data.tags["best_epoch"] == "1"
+    assert run.data.metrics["val_acc"] == pytest.approx(0.7) and run.data.metrics["saved_epoch"] == 3
+    assert run.data.metrics["best_val_acc"] == pytest.approx(0.9)
+
+
+def test_keep_last_survives_a_resume_and_a_restore(toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed keep-last run resumed writes the weights an uninterrupted one writes (the last
+    epoch's, not the best one's), and a finished run whose model was deleted restores the same
+    bytes; keep is part of the run's identity, so a keep-best checkpoint is not resumed as keep last."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    params = {**TOY, "train": {**TOY["train"], "epochs": 3, "samples_per_epoch": 64, "keep": "last"}}
+    cfg = resolve_config(params, "initial")
+    _falling_val_acc(monkeypatch, [0.9, 0.8, 0.7])
+    whole = _paths(tmp_path / "whole", "initial")
+    train("initial", toy_run["h5"], cfg, whole, progress=False)
+    _falling_val_acc(monkeypatch, [0.9, 0.8, 0.7])
+    paths = _paths(tmp_path / "killed", "initial")
+    monkeypatch.setenv(ABORT_ENV, "6")  # in epoch 2 (4 steps per epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", toy_run["h5"], cfg, paths, progress=False)
+    monkeypatch.delenv(ABORT_ENV)
+    summary = train("initial", toy_run["h5"], cfg, paths, progress=False)
+    assert "resuming initial" in capsys.readouterr().err
+    assert (summary["saved_epoch"], summary["best_epoch"], summary["val_acc"]) == (3, 1, 0.7)
+    assert paths.out.read_bytes() == whole.out.read_bytes()
+    last = load_checkpoint(paths.checkpoints / "last.pt")["model"]
+    assert all(torch.equal(v, last[k]) for k, v in load_model(paths.out)[0].state_dict().items())
+    want = paths.out.read_bytes()
+    paths.out.unlink()
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    assert "was restored" in capsys.readouterr().err
+    assert paths.out.read_bytes() == want
+    # an interrupted keep-last run is not resumed under keep best (nor the reverse)
+    best = resolve_config({**params, "train": {**params["train"], "keep": "best"}}, "initial")
+    _falling_val_acc(monkeypatch, [0.9, 0.8, 0.7])
+    monkeypatch.setenv(ABORT_ENV, "6")
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", toy_run["h5"], cfg, _paths(tmp_path / "k2", "initial"), progress=False)
+    monkeypatch.delenv(ABORT_ENV)
+    with pytest.raises(UserError, match=r'train\.keep "last" -> "best"'):
+        train("initial", toy_run["h5"], best, _paths(tmp_path / "k2", "initial"), progress=False)
+
+
 def _processes_of(marker: str) -> list[int]:
     """Pids of the processes whose command line holds ``marker`` (Linux /proc)."""
     pids = []

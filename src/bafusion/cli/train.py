@@ -669,8 +669,13 @@ def _train_cli(args: argparse.Namespace, cfg: TrainConfig) -> int:
                     replace_stale=args.restart_if_changed or _pipeline_training(args.net, paths))
     if dist_from_env().main:
         # the result, on stdout as every command's (the progress and the epochs' lines: stderr)
-        print(stamped(f"{args.net}: best val acc {summary['val_acc']:.4f} at epoch {summary['best_epoch']}, "
-              f"model {paths.out}", sys.stdout))
+        if cfg.keep == "last":
+            print(stamped(f"{args.net}: val acc {summary['val_acc']:.4f} at the last epoch {summary['saved_epoch']} "
+                          f"(train.keep: last; best {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}), "
+                          f"model {paths.out}", sys.stdout))
+        else:
+            print(stamped(f"{args.net}: best val acc {summary['val_acc']:.4f} at epoch {summary['best_epoch']}, "
+                          f"model {paths.out}", sys.stdout))
     return 0
 
 

@@ -6,18 +6,21 @@ with the x12 augmentation of :mod:`bafusion.nets.augment`: SGD with momentum, so
 cross-entropy, step decay of the learning rate (``MultiStepLR``), validation after every
 epoch (with ``bn_recalibrate`` > 0, after re-estimating the BatchNorm statistics with the
 weights frozen: :func:`recalibrate_bn`). The final model is the epoch with the best validation
-accuracy, written with :func:`bafusion.nets.model.save_model`.
+accuracy (``keep: best``, the default) or the net after the last epoch (``keep: last``, the
+paper preset's: the paper describes no choice of an epoch), written with
+:func:`bafusion.nets.model.save_model`; its ``.json``, the report and the MLflow run name that
+epoch as ``saved_epoch``.
 
 Outputs (all written atomically):
 
-- ``--out`` (+ ``.json``): the best model and its description;
+- ``--out`` (+ ``.json``): the model (``keep``) and its description;
 - ``--checkpoints`` (default ``<out stem>.checkpoints/`` beside ``--out``; the pipeline's
   ``data/checkpoints/<net>/`` for ``--out data/models/<net>.pt``, :func:`default_paths`): ``last.pt`` (full training state:
   weights, optimizer, scheduler, loader position, RNG states, history, and the weights of the
   best epoch so far), ``best.pt`` (a copy of the latter, to look at; a run never reads it, so
   a damaged or deleted ``best.pt`` costs nothing: a resume writes it again from ``last.pt``,
-  and the model written is always the best epoch's weights, never the last ones under the best
-  epoch's numbers) and ``history.csv`` (the curve so far, rewritten at every
+  and with ``keep: best`` the model written is always the best epoch's weights, never the last
+  ones under the best epoch's numbers; with ``keep: last``, ``last.pt``'s own weights) and ``history.csv`` (the curve so far, rewritten at every
   epoch end to watch a long run; ``--plots`` is written only at the end, with the model and
   the metrics, so a killed run leaves the previous run's outputs in step with each other);
 - ``--report`` (``--metrics``; default ``<out stem>.metrics.json``; ``metrics/train_<net>.json`` for the
@@ -26,8 +29,9 @@ Outputs (all written atomically):
   pipeline's ``--out``): one row per epoch for ``dvc plots``;
 - an MLflow run ``train_<net>`` with the flattened parameters, per-epoch metrics (step =
   epoch) under ``epoch/`` (``epoch/val_acc``, ``epoch/train_loss``, ...: :data:`EPOCH_PREFIX`), at
-  the end the numbers of ``--report`` under its own names (``val_acc`` is the best epoch's, as
-  ``dvc metrics show`` says; ``last_val_acc`` the last epoch's) and the model as an artifact; a resumed run is a new MLflow run, tagged
+  the end the numbers of ``--report`` under its own names (``val_acc`` is the saved epoch's,
+  ``saved_epoch``: the best one with ``keep: best``, as ``dvc metrics show`` says; ``last_val_acc``
+  the last epoch's) and the model as an artifact; a resumed run is a new MLflow run, tagged
   ``resumed_from`` (epoch and step) and ``resumed_run_id`` (the interrupted run's MLflow run).
 
 Resuming: ``last.pt`` is written at every epoch end (and every ``checkpoint_every`` steps
@@ -177,6 +181,9 @@ class TrainConfig:
     # validated, chosen as the best epoch and saved has statistics that match its weights);
     # 0: off, the running averages of the training steps (see :func:`recalibrate_bn`).
     bn_recalibrate: int = default("train.bn_recalibrate")
+    # The weights written (--out): "best", the epoch of the best validation accuracy, or "last",
+    # the net after the last epoch (the paper's: it describes no choice of an epoch).
+    keep: str = default("train.keep")
 
     # Keys that may differ between a checkpoint and the run resuming from it (they are not in
     # its fingerprint). ``checkpoint_every``, ``val_batch`` and ``nproc`` leave the trained
@@ -207,6 +214,7 @@ class TrainConfig:
         self.init = str(self.init)
         self.consistency = float(self.consistency)
         self.bn_recalibrate = int(self.bn_recalibrate)
+        self.keep = str(self.keep)
         # Set by from_params: the net whose ``train.<net>:`` section gave the keys in
         # ``_per_net_keys`` (not a field: not in to_dict, the fingerprint or equality).
         self._net: str | None = None
@@ -1265,33 +1273,42 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             if dist.active:
                 torch.distributed.barrier()
 
-        # final model: the best epoch ----------------------------------------------------
+        # final model: the best epoch, or the last (train.keep) -------------------------------
         if not history:
             raise UserError(f"{last_path}: holds no finished epoch")
         last = history[-1]
         best_row = next((r for r in history if int(r["epoch"]) == best_epoch), last)
+        keep_last = cfg.keep == "last"
+        saved_row = last if keep_last else best_row  # the epoch whose weights are written
+        saved_epoch = int(saved_row["epoch"])
         # Numbers only (DVC metrics: every key a column of dvc exp show); the net and the device
-        # are in the model's .json and the MLflow run.
+        # are in the model's .json and the MLflow run. val_acc, val_loss, train_acc, train_loss:
+        # the saved epoch's (saved_epoch; with keep best, best_epoch); with keep last, the best
+        # epoch's validation numbers beside them as best_val_acc / best_val_loss.
         summary = {
-            "epochs": cfg.epochs, "best_epoch": best_epoch,
-            "val_acc": best_row["val_acc"], "val_loss": best_row["val_loss"],
-            "train_acc": best_row["train_acc"], "train_loss": best_row["train_loss"],
+            "epochs": cfg.epochs, "best_epoch": best_epoch, "saved_epoch": saved_epoch,
+            "val_acc": saved_row["val_acc"], "val_loss": saved_row["val_loss"],
+            "train_acc": saved_row["train_acc"], "train_loss": saved_row["train_loss"],
             "last_val_acc": last["val_acc"], "last_train_acc": last["train_acc"],
+            **({"best_val_acc": best_row["val_acc"], "best_val_loss": best_row["val_loss"]} if keep_last else {}),
             "samples_seen": samples_seen,
             "effective_train_samples": loader.num_samples, "train_patches": len(train_set),
             "val_patches": len(val_set), "world_size": dist.world_size,
-            **{k: best_row[k] for k in ("val_acc_context", "val_view_agreement") if k in best_row},
+            **{k: saved_row[k] for k in ("val_acc_context", "val_view_agreement") if k in saved_row},
         }
         if dist.main:
-            if best_state is None:  # every finished epoch is compared, the first one always wins
+            if not keep_last and best_state is None:  # every finished epoch is compared, the first one always wins
                 raise UserError(f"{last_path}: holds no weights of the best epoch {best_epoch}; "
                                 "rerun with --no-resume to train afresh")
             final = build_model(cfg.depth)
-            final.load_state_dict(best_state)  # never the last weights under the best epoch's numbers
+            # never other weights under the saved epoch's numbers: the model after the last
+            # epoch (also when resumed or restored: last.pt's weights are the last epoch's)
+            final.load_state_dict(_cpu_state(model) if keep_last else best_state)
             meta = {
                 "net": net, "patch": cfg.patch, "depth": cfg.depth, "params": record["config"],
                 **({"context": context} if context else {}),
-                "epochs": cfg.epochs, "best_epoch": best_epoch, "val_acc": best_row["val_acc"],
+                "epochs": cfg.epochs, "best_epoch": best_epoch, "saved_epoch": saved_epoch,
+                "val_acc": saved_row["val_acc"],
                 "samples_seen": samples_seen, "device": record["device"],
                 "world_size": dist.world_size, "input_scale": INPUT_SCALE, "augment_variants": N_VARIANTS,
                 "patches": str(patches), "patches_attrs": {k: v for k, v in train_set.attrs.items() if k != "params"},
@@ -1305,13 +1322,16 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                             step=cfg.epochs)
             if restoring:
                 print(stamped(f"bafusion train: the model of the finished run in {last_path} was restored to {paths.out} "
-                      f"(best val acc {best_row['val_acc']:.4f}, epoch {best_epoch}); no training needed "
+                      f"({_saved_words(cfg.keep, saved_row['val_acc'], saved_epoch)}); no training needed "
                       f"(to train again, also under snakemake -R or dvc repro -f: delete {paths.checkpoints} first, "
                       "or run by hand with --no-resume)", sys.stderr), file=sys.stderr)
             else:
-                print(stamped(f"bafusion train: {net} done: {samples_seen} samples in {train_time:.1f} s, best val acc "
-                      f"{best_row['val_acc']:.4f} (epoch {best_epoch})", sys.stderr), file=sys.stderr)
+                print(stamped(f"bafusion train: {net} done: {samples_seen} samples in {train_time:.1f} s, "
+                      f"{_saved_words(cfg.keep, saved_row['val_acc'], saved_epoch)}"
+                      + (f"; best val acc {best_row['val_acc']:.4f} at epoch {best_epoch}" if keep_last else ""),
+                      sys.stderr), file=sys.stderr)
             run.set_tag("best_epoch", best_epoch)
+            run.set_tag("saved_epoch", saved_epoch)
             with open(paths.out, "rb") as f:  # fuse's and evaluate's runs name the nets by it (tracking.log_nets)
                 model_sha = hashlib.file_digest(f, "sha256").hexdigest()
             run.set_tag(tracking.MODEL_SHA256_TAG, model_sha)
@@ -1324,7 +1344,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             example = np.zeros((1, 2, cfg.patch, cfg.patch), dtype=np.float32)
             # Tagged, so that the Models view tells one run's nets from another's (all are <net>_net)
             model_tags = {"net": net, tracking.MODEL_SHA256_TAG: model_sha, "best_epoch": best_epoch,
-                          "val_acc": best_row["val_acc"],
+                          "saved_epoch": saved_epoch, "val_acc": saved_row["val_acc"],
                           **({"dvc_exp_name": os.environ["DVC_EXP_NAME"]} if os.environ.get("DVC_EXP_NAME") else {})}
             run.log_model(final, f"{net}_net", input_example=example, tags=model_tags)
             # Mark the run finished only now that its outputs exist and are logged: a later run
@@ -1457,7 +1477,7 @@ def _agreed(flag: bool, dist: Dist, device: torch.device) -> bool:
 
 
 #: The prefix of the per-epoch series of a training's MLflow run (``epoch/val_acc``): the plain
-#: names (``val_acc``) hold the numbers of ``metrics/train_<net>.json``, the best epoch's, logged
+#: names (``val_acc``) hold the numbers of ``metrics/train_<net>.json``, the saved epoch's, logged
 #: at the end (:func:`_summary_metrics`). The series had the plain names, so MLflow's ``val_acc``
 #: (its latest value: the last epoch's, 0.53) and ``dvc metrics show``'s (the best epoch's, 0.74)
 #: differed under one name.
@@ -1475,8 +1495,19 @@ def _summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     """The numbers of ``--report`` (``metrics/train_<net>.json``) under its names, as the MLflow
     run logs them at its end (a value that is None or NaN, as without validation data, is left
     out), so that MLflow's ``val_acc`` is ``dvc metrics show``'s; and, as before, ``best_val_acc``
-    and ``best_val_loss`` (the same numbers)."""
+    and ``best_val_loss``: the same numbers where the best epoch is the one saved (``train.keep:
+    best``), the report's own ones with ``keep: last``."""
     out = {k: float(v) for k, v in summary.items()
            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
-    out.update({f"best_{k}": out[k] for k in ("val_acc", "val_loss") if k in out})
+    for k in ("val_acc", "val_loss"):
+        if k in out and f"best_{k}" not in summary:
+            out[f"best_{k}"] = out[k]
     return out
+
+
+def _saved_words(keep: str, val_acc: float, epoch: int) -> str:
+    """What a training wrote, in words: ``best val acc 0.9125 (epoch 3)``, or with ``keep: last``
+    ``val acc 0.8875 at the last epoch (7, train.keep: last)``."""
+    if keep == "last":
+        return f"val acc {val_acc:.4f} at the last epoch ({epoch}, train.keep: last)"
+    return f"best val acc {val_acc:.4f} (epoch {epoch})"
