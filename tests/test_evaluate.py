@@ -585,8 +585,11 @@ def test_a_rerun_without_report_takes_the_report_an_earlier_run_wrote_into_out_f
     record = json.loads((out / "evaluate-record.json").read_text())
     assert sorted(record["sha256"]) == ["plots.csv", "report.json"]
     assert cli_main(base) == 0, capsys.readouterr().err
-    said = capsys.readouterr().out
-    assert f"{out / 'report.json'}: written by an earlier evaluate" in said and f"{out / 'plots.csv'}:" in said
+    said = capsys.readouterr().out.splitlines()
+    # notes: each line starts with the file, also off a terminal (here; they were stamped there)
+    for name in ("report.json", "plots.csv"):
+        assert f"{out / name}: written by an earlier evaluate into {out} (--report or --plots), not asked for now: " \
+            "removed with the folder it replaced" in said, said
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "t"]
     # the user's: a recorded report edited since, a copy of it under another name, a damaged record
     for case in ("edited", "copy", "damaged"):
@@ -724,7 +727,10 @@ def test_an_empty_embedded_test_set_is_noted_and_the_other_datasets_evaluated(
     cfg = {"methods": ["Laplacian"], "metrics": ["QG"],
            "datasets": [{"name": "testset", "sources": str(empty)}, {"name": "tiny", "sources": str(src)}]}
     assert cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(out), "--report", str(report)]) == 0
-    assert "lists no pairs (nothing was held out" in capsys.readouterr().out
+    # a note, as evaluate's others: the line starts with the dataset and the file, also off a
+    # terminal (here; it was stamped with the time and the command there)
+    assert (f"dataset 'testset': {empty / 'index.json'} lists no pairs (nothing was held out: "
+            "data.holdout_foregrounds / holdout_backgrounds); not evaluated") in capsys.readouterr().out.splitlines()
     doc = json.loads(report.read_text())
     assert doc["testset"] == {"pairs": 0} and doc["tiny"]["pairs"] == 1
     assert not (out / "testset").exists() and (out / "tiny" / "metrics.csv").is_file()

@@ -1400,8 +1400,7 @@ def test_fuse_set_from_python_prints_nothing_and_warns_its_notes(tmp_path: Path,
     rc = cli_main(["fuse-set", "--pairs", str(pairs), "--models", str(tiny_nets), "--out", str(tmp_path / "out"),
                    "--device", "cpu"])
     out, err = capsys.readouterr()
-    # off a terminal (here), after the time and the command as the log's other lines
-    assert rc == 0 and re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d bafusion fuse-set: p1: near_boundary_fraction=", out), out
+    assert rc == 0 and out.startswith("p1: near_boundary_fraction="), out  # a result: unstamped off a terminal too
     assert "bafusion fuse-set: " in err and "-2.2 EV" in err and "--match-output-exposure" in err, err
 
 

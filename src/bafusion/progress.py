@@ -9,10 +9,12 @@ downloads), a training's epoch and a large pair's fusion a plain line at most ev
 :data:`PLAIN_INTERVAL_S` seconds (:func:`bar_options`): none for a step that ends sooner. Each
 plain line starts with the local time and the command (:func:`log_prefix`), so that a log of a
 run of hours says when it was written: ``2026-12-06T15:44:16 bafusion composite: composite shard
-0: 28% 120/432 pair [...]``. So do, in a log, the other lines of a long step that say what it
-did (train's start, end and result, fuse-set's and evaluate's line per pair, a step's summary:
-:func:`stamped`), on stderr and on stdout; error and warning lines do not (they start with the
-command and the problem).
+0: 28% 120/432 pair [...]``. So do, where stderr is a log, the other lines on stderr that say
+what a long step does (train's start, resume and end lines, fuse-set's seconds per pair:
+:func:`stamped`); error, warning and note lines do not (they start with the command and the
+problem). Nor does anything printed on stdout: the results there (train's result line,
+fuse-set's and evaluate's line per pair, a step's summary) are for the program that reads them
+(``out=$(bafusion train ...)``, a pipe, a file) and stay the same from run to run.
 """
 
 from __future__ import annotations
@@ -83,19 +85,21 @@ _NAMED = re.compile(r"bafusion(?: [\w-]+)?: ")
 
 
 def stamped(line: str, stream: Any = None) -> str:
-    """An informational line of a long command (train's start and end, fuse-set's and evaluate's
-    line per pair, a step's summary) as printed on ``stream`` (default stderr): where that is a
-    log, after the local time and the command, as the plain lines of progress
-    (``2026-12-06T15:44:16 bafusion evaluate: lytro/lytro-01: ...``; a line that names its
-    command already gets the time only); unchanged on a terminal. Not for error lines (they
-    start with the file and the problem) nor for a result printed for another program.
+    """An informational line of a long command on stderr (train's start and end, fuse-set's
+    seconds per pair) as printed there: where stderr is a log, after the local time and the
+    command, as the plain lines of progress (``2026-12-06T15:44:16 bafusion train: initial done:
+    ...``; a line that names its command already gets the time only); unchanged on a terminal.
+    Not for error, warning or note lines (they start with the command and the problem), nor for
+    a result printed on stdout: that is for the program that reads it (``out=$(bafusion train
+    ...)``, a pipe, a file) and is printed as it is.
 
     Parameters
     ----------
     line : str
         The line, without its newline.
     stream : file-like, optional
-        Where it is printed: ``sys.stderr`` (the default) or ``sys.stdout``.
+        The stream of a log or a terminal it is printed on, ``sys.stderr`` by default (never
+        ``sys.stdout``: results are not stamped).
 
     Returns
     -------

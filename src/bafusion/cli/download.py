@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from bafusion.cli.common import (finite_float, home_path, non_negative_int, nonempty_csv, nonempty_path, positive_int, seed_int,
@@ -27,7 +26,6 @@ from bafusion.data.download import (
     Checksum,
 )
 from bafusion.errors import UserError
-from bafusion.progress import stamped
 
 # ---------------------------------------------------------------------------------------------
 # Command line
@@ -133,8 +131,8 @@ def cmd_download_alphamatting(args: argparse.Namespace) -> int:
         cache=_outside(args.cache),
         net=_net(args),
     )
-    print(stamped(f"{rec['foregrounds']} foregrounds with their mattes -> {args.out} "
-                  f"(recorded in {Path(args.out) / RECORD})", sys.stdout))
+    print(f"{rec['foregrounds']} foregrounds with their mattes -> {args.out} "
+          f"(recorded in {Path(args.out) / RECORD})")
     return 0
 
 
@@ -171,8 +169,8 @@ def cmd_download_coco(args: argparse.Namespace) -> int:
         cache=_outside(args.cache),
         net=_net(args),
     )
-    print(stamped(f"{len(rec['kept'])} backgrounds kept, {len(rec['dropped'])} dropped -> {args.out} "
-                  f"(recorded in {Path(args.out) / 'selection.json'})", sys.stdout))
+    print(f"{len(rec['kept'])} backgrounds kept, {len(rec['dropped'])} dropped -> {args.out} "
+          f"(recorded in {Path(args.out) / 'selection.json'})")
     return 0
 
 
@@ -187,8 +185,8 @@ def cmd_download_eval(args: argparse.Namespace) -> int:
         cache=_outside(args.cache),
         net=_net(args),
     )
-    print(stamped(f"{rec['files']} files of the test sets -> {args.out} (recorded in "
-                  f"{Path(args.out) / RECORD})", sys.stdout))
+    print(f"{rec['files']} files of the test sets -> {args.out} (recorded in "
+          f"{Path(args.out) / RECORD})")
     return 0
 
 
@@ -213,7 +211,7 @@ def cmd_download_record(args: argparse.Namespace) -> int:
     folders = dict(_named_folder(item) for item in args.folders)
     rec = write_download_record(args.out, args.source, folders)
     counted = ", ".join(f"{k} {v['files']} files" for k, v in rec["folders"].items())
-    print(stamped(f"data source {args.source}: {counted or 'nothing downloaded'} -> {args.out}", sys.stdout))
+    print(f"data source {args.source}: {counted or 'nothing downloaded'} -> {args.out}")
     return 0
 
 

@@ -21,7 +21,6 @@ from bafusion.cli.common import (
     note_params_yaml_unread,
 )
 from bafusion.errors import InputFileError, UserError
-from bafusion.progress import stamped
 from bafusion.evaluation.evaluate import (
     DEFAULT_METHODS,
     DEFAULT_METRICS,
@@ -191,8 +190,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if nets is not None:
         run_params["models"] = list(nets.sources)
     run_evaluation(cfg, args.out, nets, fusion, run_params, args.report, args.plots, checked=True,
-                   progress=args.progress, log=lambda line: print(stamped(line, sys.stdout)))
-    print(stamped(f"evaluation written to {args.out}", sys.stdout))
+                   progress=args.progress)
+    print(f"evaluation written to {args.out}")
     return 0
 
 

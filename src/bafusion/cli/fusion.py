@@ -410,7 +410,7 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
                           progress=args.progress,
                           say=lambda text: print(f"bafusion fuse-set: {text}", file=sys.stderr),
                           timed=lambda text: print(stamped(f"bafusion fuse-set: {text}", sys.stderr), file=sys.stderr),
-                          show=lambda line: print(stamped(line, sys.stdout)))
+                          show=print)
         run.log_metrics({k: float(v) for k, v in fuse_metrics(report).items()})
     return 0
 
@@ -527,8 +527,8 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
         print(f"bafusion fuse-dir: {where}: {line}", file=sys.stderr)
     for what, why in skip_lines(rep.skipped):  # the images outside the naming rule in one line
         print(f"bafusion fuse-dir: skipped {what}: {why}", file=sys.stderr)
-    print(stamped(f"fused {len(rep.fused)} stack(s) into {out}" + (f", {len(rep.existing)} already there" if rep.existing else "")
-          + (f", skipped {len(rep.skipped)} (listed on stderr)" if rep.skipped else ""), sys.stdout))
+    print(f"fused {len(rep.fused)} stack(s) into {out}" + (f", {len(rep.existing)} already there" if rep.existing else "")
+          + (f", skipped {len(rep.skipped)} (listed on stderr)" if rep.skipped else ""))
     if rep.stopped:
         print(f"bafusion fuse-dir: error: {rep.stopped}", file=sys.stderr)
     return rep.exit_code

@@ -15,7 +15,6 @@ from bafusion.atomic import write_text
 from bafusion.cli.common import (add_threads_argument, non_negative_int, nonempty_path, positive_int, seed_int,
                                  user_path)
 from bafusion.errors import InputFileError, UserError
-from bafusion.progress import stamped
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -76,10 +75,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             f"{k}_{s}": sum(1 for e in m[k] if e["split"] == s) for k in ("foregrounds", "backgrounds") for s in ("train", "test")
         }
         run.log_metrics(counts)
-    # a line of the log, as the other steps' (the counts are the manifest's: MANIFEST in --out)
-    print(stamped(f"{counts['foregrounds_train']} foregrounds and {counts['backgrounds_train']} backgrounds for "
-                  f"training, {counts['foregrounds_test']} and {counts['backgrounds_test']} held out for the test "
-                  f"set -> {args.out} (listed in {Path(args.out) / MANIFEST})", sys.stdout))
+    # what was done, in words (the counts are the manifest's, MANIFEST in --out: what a program should read)
+    print(f"{counts['foregrounds_train']} foregrounds and {counts['backgrounds_train']} backgrounds for "
+          f"training, {counts['foregrounds_test']} and {counts['backgrounds_test']} held out for the test "
+          f"set -> {args.out} (listed in {Path(args.out) / MANIFEST})")
     return 0
 
 
@@ -136,7 +135,7 @@ def cmd_composite(args: argparse.Namespace) -> int:
         n = run_shard(Path(args.prepared), args.shard, args.shards, opts, Path(args.out), progress=_progress(args))
         dt = time.perf_counter() - t0
         run.log_metrics({"pairs": n, "pairs_per_s": n / dt if dt > 0 else 0.0})
-    print(stamped(f"shard {args.shard}/{args.shards}: {n} pairs -> {args.out}", sys.stdout))
+    print(f"shard {args.shard}/{args.shards}: {n} pairs -> {args.out}")
     return 0
 
 
@@ -144,7 +143,7 @@ def cmd_composite_index(args: argparse.Namespace) -> int:
     from bafusion.data.composite import write_index
 
     index = write_index([Path(f) for f in args.shards], Path(args.out))
-    print(stamped(f"{index['pairs']} composited pairs in {len(index['shards'])} shards", sys.stdout))
+    print(f"{index['pairs']} composited pairs in {len(index['shards'])} shards")
     return 0
 
 
@@ -155,7 +154,7 @@ def cmd_testset(args: argparse.Namespace) -> int:
     with tracking.stage_run("testset", {"composite": _composite_params(opts), "seed": args.seed}) as run:
         index = make_testset(Path(args.prepared), opts, Path(args.out), progress=_progress(args))
         run.log_metric("pairs", len(index["pairs"]))
-    print(stamped(f"{len(index['pairs'])} test pairs -> {args.out}", sys.stdout))
+    print(f"{len(index['pairs'])} test pairs -> {args.out}")
     return 0
 
 
@@ -184,11 +183,10 @@ def cmd_patches(args: argparse.Namespace) -> int:
     if args.summary:
         write_text(args.summary, json.dumps(summary, indent=1, sort_keys=True) + "\n")
     c = summary["counts"]
-    print(stamped(
+    print(
         f"{summary['pairs']} pairs ({summary['val_pairs']} for validation): "
         f"initial {c['initial']['train']}+{c['initial']['val']}, boundary {c['boundary']['train']}+{c['boundary']['val']} "
-        f"patches (x{summary['augmentation_factor']} augmented on the fly)"
-    , sys.stdout))
+        f"patches (x{summary['augmentation_factor']} augmented on the fly)")
     return 0
 
 

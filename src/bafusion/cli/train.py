@@ -33,7 +33,6 @@ from bafusion.nets.train import (
     resolve_nproc,
     train,
 )
-from bafusion.progress import stamped
 from bafusion.schema import maximum
 
 # --------------------------------------------------------------------------------------
@@ -670,12 +669,12 @@ def _train_cli(args: argparse.Namespace, cfg: TrainConfig) -> int:
     if dist_from_env().main:
         # the result, on stdout as every command's (the progress and the epochs' lines: stderr)
         if cfg.keep == "last":
-            print(stamped(f"{args.net}: val acc {summary['val_acc']:.4f} at the last epoch {summary['saved_epoch']} "
-                          f"(train.keep: last; best {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}), "
-                          f"model {paths.out}", sys.stdout))
+            print(f"{args.net}: val acc {summary['val_acc']:.4f} at the last epoch {summary['saved_epoch']} "
+                  f"(train.keep: last; best {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}), "
+                  f"model {paths.out}")
         else:
-            print(stamped(f"{args.net}: best val acc {summary['val_acc']:.4f} at epoch {summary['best_epoch']}, "
-                          f"model {paths.out}", sys.stdout))
+            print(f"{args.net}: best val acc {summary['val_acc']:.4f} at epoch {summary['best_epoch']}, "
+                  f"model {paths.out}")
     return 0
 
 
