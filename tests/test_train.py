@@ -1356,7 +1356,10 @@ def test_train_stops_when_its_reader_goes_away_with_or_without_log(tmp_path: Pat
     tool) at its next line, but with ``--log FILE`` it trained on to the end and exited 0 (the
     log's copy dropped the console's failed writes). With ``--log`` it stops as without it: 141,
     no model written, the checkpoint kept to resume, the lock released, the log holding the
-    lines up to there."""
+    lines up to there. The log also lost the line whose write failed (the last epoch that
+    last.pt holds) and did not say why the run ended: it now ends with that line and one that
+    says the reader went away, the training stopped, and how a rerun resumes from which
+    checkpoint."""
     h5 = write_toy_patches(tmp_path / "initial.h5", n_train=12, n_val=6, patch=16, seed=1)
     logfile, ck, model = tmp_path / "logs" / "train.log", tmp_path / "ck", tmp_path / "m.pt"
     params = {**TOY, "train": {**TOY["train"], "epochs": 3}}
@@ -1379,6 +1382,12 @@ def test_train_stops_when_its_reader_goes_away_with_or_without_log(tmp_path: Pat
     if log:
         text = logfile.read_text()
         assert "train patches" in text and "epoch 1/3" in text and "epoch 3/3" not in text, text
+        last = load_checkpoint(ck / "last.pt")
+        lines = _unstamped(text)
+        assert re.match(rf"bafusion train: initial epoch {last['epoch']}/3 lr ", lines[-2]), text  # its write failed
+        assert lines[-1] == ("bafusion train: stopped: the reader of its standard error went away (a closed pipe, "
+                             f"as `| head`), status 141; rerun the same command: it resumes from {ck / 'last.pt'} "
+                             f"({last['epoch']} epoch(s) done, step {last['global_step']})"), text
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")

@@ -332,6 +332,18 @@ def _resume_advice(args: argparse.Namespace, started: float, run: dict[str, Any]
     return "rerun the same command: no checkpoint was saved yet by this run, so it starts afresh"
 
 
+def _checkpoint_state(args: argparse.Namespace) -> str:
+    """How far the checkpoint of ``args``' training got, ``" (2 epoch(s) done, step 96)"``, for
+    the line that says the run stopped; ``""`` when there is none or it cannot be read."""
+    try:
+        from bafusion.nets.train import load_checkpoint
+
+        ck = load_checkpoint(_paths(args).checkpoints / "last.pt")
+        return f" ({int(ck['epoch'])} epoch(s) done, step {int(ck['global_step'])})"
+    except Exception:  # noqa: BLE001 - advice only
+        return ""
+
+
 def _same_run(args: argparse.Namespace, last: Path, run: dict[str, Any]) -> bool | None:
     """Whether the checkpoint ``last`` is of this run's parameters, patch set and number of
     processes (its fingerprint, as :func:`bafusion.nets.train.train` compares it); ``None``
@@ -389,17 +401,23 @@ def _finished(last: Path) -> bool:
         return False
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def run_cli(args: argparse.Namespace, run: dict[str, Any] | None = None) -> int:
     from bafusion.cli.app import on_stop_say
 
-    run: dict[str, Any] = {}  # what the stop advice needs to know of this run, once known
+    # what the stop advice needs to know of this run, once known (--log's call shares it)
+    run = {} if run is None else run
     if "WORLD_SIZE" not in os.environ or _LAUNCHER_ENV not in os.environ:  # the command, not a worker it started
         started = time.time()
         on_stop_say(lambda: _resume_advice(args, started, run))
     if getattr(args, "log", None) and "WORLD_SIZE" not in os.environ:  # the command, not a worker it started
         with _locked_with_log(args) as copy:
             args.log = None
-            rc = run_cli(args)
+            try:
+                with copy.rescuing():
+                    rc = run_cli(args, run)
+            except BrokenPipeError:  # the console's reader gone (`2>&1 | head -1`): status 141, said in the log
+                copy.say_reader_gone(f"{_resume_advice(args, started, run)}{_checkpoint_state(args)}")
+                raise
             copy.end_stdout()
             # as every command that writes files: its lines lost (kept in the log here), status 2
             return 2 if rc == 0 and copy.stdout_failed is not None else rc
@@ -469,8 +487,10 @@ class _LogCopy:
     :meth:`stop`; a file put at the path by another is left alone. Should the log fail (a
     full disk) it is said once on stderr, and the output goes on to where it went. Should the
     reader of the standard output or error go away (``| head -1``), the copy of that stream
-    ends there, so that the command's next write to it fails as it would without the copy:
-    the command stops with 128 + SIGPIPE, its checkpoint kept. Should the
+    ends there (what was on its way is still logged), so that the command's next write to it
+    fails as it would without the copy: the command stops with 128 + SIGPIPE, its checkpoint
+    kept; the line of that write to stderr is logged too (:meth:`rescuing`), and a last line
+    says why the run stopped (:meth:`say_reader_gone`). Should the
     standard output fail (``> /dev/full``; not a reader gone) it is said once on stderr, as for
     every command that writes files, and its lines go on to the log only
     (:attr:`stdout_failed`, which makes the status 2). A closed
@@ -487,6 +507,8 @@ class _LogCopy:
         self.threads: dict[int, threading.Thread] = {}
         #: The first failed write of the standard output (not a reader gone), else None.
         self.stdout_failed: OSError | None = None
+        #: The descriptors (1, 2) whose reader went away (``| head -1``).
+        self.gone: set[int] = set()
         self.stdout: Any = None  # the stream given to a closed standard output, from start to stop
 
     def start(self) -> None:
@@ -518,6 +540,39 @@ class _LogCopy:
         except BaseException:
             self.stop()
             raise
+
+    @contextlib.contextmanager
+    def rescuing(self) -> Iterator[None]:
+        """Have ``sys.stderr`` put in the log the line whose write failed because the reader of
+        the console went away (:class:`_Rescued`): that line, the training's last (its progress
+        and epochs' lines go to stderr), was missing from the log. Standard output, written at
+        the end only, is left as it is."""
+        proxy = _Rescued(sys.stderr, self) if sys.stderr is not None else None
+        if proxy is not None:
+            sys.stderr = proxy  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            if proxy is not None and sys.stderr is proxy:
+                sys.stderr = proxy.stream
+
+    def log_text(self, text: str) -> None:
+        """Write ``text`` to the log only (the console's reader is gone)."""
+        with self.lock:
+            self._write_log(text.encode(errors="backslashreplace"), self.saved.get(2, 2))
+
+    def say_reader_gone(self, advice: str) -> None:
+        """Say, as the log's last line (and on stderr where its reader is still there), that the
+        training stopped because the console's reader went away, and how to continue (``advice``:
+        the checkpoint kept, how a rerun resumes)."""
+        which = " and ".join(name for fd, name in ((1, "standard output"), (2, "standard error")) if fd in self.gone)
+        line = (f"bafusion train: stopped: the reader of its {which or 'output'} went away (a closed pipe, as "
+                f"`| head`), status 141; {advice}")
+        if 2 in self.gone:
+            self.log_text(line + "\n")
+        else:  # on the console too, and so in the log
+            with contextlib.suppress(OSError, ValueError):
+                print(line, file=sys.stderr, flush=True)
 
     def end_stdout(self) -> None:
         """Send the standard output where it went before and copy what is still on its way: once
@@ -581,6 +636,7 @@ class _LogCopy:
                 with self.lock:
                     self._write_log(data, out)
                 if gone:  # the pipe closed (below): the command's next write to it fails as the reader's did
+                    self._reader_gone(r, out, fd)
                     return
                 if failed is not None and data.endswith(b"\n"):  # said after that line, in the log too
                     self._stdout_fails(failed)
@@ -590,6 +646,20 @@ class _LogCopy:
                 self._stdout_fails(failed)
             with contextlib.suppress(OSError):
                 os.close(r)
+
+    def _reader_gone(self, r: int, console: int, fd: int) -> None:
+        """The reader of the console ``fd`` went away: point ``fd`` at that console, so that the
+        command's next write there fails (EPIPE) as without the copy, and log what was written
+        to the pipe before (its read end ``r`` is closed next, which fails the writes of the
+        processes started here)."""
+        self.gone.add(fd)
+        with contextlib.suppress(OSError):
+            os.dup2(console, fd)
+        with contextlib.suppress(OSError):  # BlockingIOError: all that was on its way is read
+            os.set_blocking(r, False)
+            while data := os.read(r, 65536):
+                with self.lock:
+                    self._write_log(data, console)
 
     def _stdout_fails(self, e: OSError) -> None:
         """Say once, on stderr (and so in the log), that the standard output failed: its lines
@@ -640,6 +710,34 @@ class _LogCopy:
         with contextlib.suppress(OSError):
             self.fh.close()
         self.fh = new
+
+
+class _Rescued:
+    """``sys.stderr`` while ``train --log`` copies the output (:meth:`_LogCopy.rescuing`): a
+    write that fails because the reader of the console went away (``BrokenPipeError``: the
+    copy points descriptor 2 at the console then) puts its text into the log before the error
+    goes on. Each write is flushed, so that the text that failed is that write's only."""
+
+    def __init__(self, stream: Any, copy: _LogCopy) -> None:
+        self.stream = stream
+        self.copy = copy
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+    def write(self, text: str) -> int:
+        try:
+            n = self.stream.write(text)
+            self.stream.flush()
+        except BrokenPipeError:
+            if text and 2 in self.copy.gone:  # with the line's end: print writes it apart, and it never comes
+                self.copy.log_text(text if text.endswith("\n") else text + "\n")
+            raise
+        return n
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
 
 
 def _paths(args: argparse.Namespace) -> Paths:
