@@ -3,7 +3,10 @@
 # test extra, the pipeline's tools with it) at the oldest release its bounds allow
 # (.ci/lowest_constraints.py; torch stays at its pin), the rest resolved by pip as usual, and a
 # fast subset of the tests runs in it: fusion, reading and writing images, the command line's
-# start-up, the metrics. A bound that fails here is too low: raise it in pyproject.toml.
+# start-up, the metrics, the MLflow tracking (test_tracking), the h5py patch sets (test_patches),
+# Snakemake's reading of its command line (snakemake.cli.parse_args) and a dry run
+# (snakemake -n -p), Snakemake's config validation and DVC's -S override writer
+# (dvc.utils.hydra). A bound that fails here is too low: raise it in pyproject.toml.
 # Usage: bash .ci/lowest.sh [pytest args...]   (LOWEST_VENV: the venv's folder, .venv-lowest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,5 +33,11 @@ sys.exit("\n".join(bad) or None)
 PY
 echo "lowest versions installed in $((SECONDS - start)) s"
 "$venv/bin/python" -m pytest -q -p no:cacheprovider -m "not slow" \
-  tests/test_fusion.py tests/test_io.py tests/test_cli_startup.py tests/test_metrics.py "$@"
+  tests/test_fusion.py tests/test_io.py tests/test_cli_startup.py tests/test_metrics.py \
+  tests/test_tracking.py tests/test_patches.py tests/test_workflow_quoting.py \
+  tests/test_schema.py::test_runs_locally_reads_the_executor_and_the_profiles \
+  tests/test_config.py::test_schema_defaults_never_reach_snakemakes_config \
+  tests/test_config.py::test_every_preset_applies_through_dvcs_own_override_parser \
+  tests/test_config.py::test_a_preset_replaces_the_per_net_overrides_whole \
+  tests/test_config.py::test_dvc_exp_run_set_keeps_every_comment_of_params_yaml "$@"
 echo "lowest versions: install and tests took $((SECONDS - start)) s"
