@@ -27,9 +27,9 @@ j)`` (``y == y_block[:, 1, 1]``), and each variant takes the label of the pixel 
 ``(p//2, p//2)`` (:func:`centre_sources`), flipped by the swap. With context (crops of side
 ``s = p + 2 * context``) the same holds at ``(s//2, s//2)``, the same pixel. A patch set
 written before ``y_block`` existed gives every variant the original ``y`` (a one-line warning
-asks to regenerate it): 1.2 % of the samples at patch 64 on the paper's halved mattes (2.7 %
-of the boundary set's, counted over every position) then carry the label of a pixel next to
-the one they stand for.
+asks to regenerate it): counted over every patch position of the paper's 27 halved mattes at
+patch 64, 1.2 % of the samples (2.9 % of those at the boundary net's positions) then carry the
+label of a pixel next to the one they stand for.
 
 :class:`AugmentedLoader` enumerates the ``N * 12`` (patch index, variant) pairs of an epoch
 in an order drawn from a seeded ``torch.Generator``; ``samples_per_epoch`` optionally keeps
