@@ -158,7 +158,8 @@ def test_a_patch_set_without_y_block_warns_once_and_keeps_y(tmp_path: Path, caps
         labels = torch.cat([y for _, y in AugmentedLoader(tr, 4, seed=0)])
     assert labels.shape == (108,)
     err = capsys.readouterr().err
-    assert err.count("warning") == 1 and "initial.h5" in err and "y_block" in err and "regenerate" in err, err
+    assert err.startswith("bafusion train: warning: ") and err.count("warning") == 1, err
+    assert "initial.h5" in err and "y_block" in err and "regenerate" in err, err
     assert len(err.strip().splitlines()) == 1
     AugmentedLoader(load_split(p, "val"), 4, augment=False)  # no augmentation, nothing to say
     assert capsys.readouterr().err == ""

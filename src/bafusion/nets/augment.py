@@ -330,7 +330,7 @@ def _warn_no_y_block(data: PatchSplit) -> None:
     if side % 2 or len(data) == 0 or key in _warned_no_y_block:
         return
     _warned_no_y_block.add(key)
-    print(f"bafusion: warning: {data.path}: split {data.split!r} has no y_block (written by an older bafusion): its "
+    print(f"bafusion train: warning: {data.path}: split {data.split!r} has no y_block (written by an older bafusion): its "
           f"turned and flipped samples keep the original centre's label, that of a pixel next to the one they "
           f"stand for; regenerate the patch set (the patches step, e.g. dvc repro patches)", file=sys.stderr)
 
