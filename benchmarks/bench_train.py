@@ -31,17 +31,22 @@ OUT = Path(__file__).resolve().parent / "out"
 
 
 def write_patches(path: Path, n: int, patch: int, seed: int = 0) -> Path:
+    """A random patch set of ``n`` training patches, written by the patches step's own writer
+    (``x``, ``y``, ``pair``, ``centre`` and the central 2x2 labels ``y_block``, so the loader
+    runs the path real patch sets take: each variant's label gathered from ``y_block``)."""
     import h5py
+
+    from bafusion.data.patches import _Appender, _ChunkWriter
 
     rng = np.random.default_rng(seed)
     with h5py.File(path, "w") as f:
         f.attrs.update({"patch": patch, "seed": seed, "kind": "initial", "params": "{}", "code_version": "bench"})
         for split, m in (("train", n), ("val", 0)):
-            g = f.create_group(split)
-            g.create_dataset("x", data=rng.integers(0, 256, size=(m, 2, patch, patch), dtype=np.uint8))
-            g.create_dataset("y", data=rng.integers(0, 2, size=m).astype(np.uint8))
-            g.create_dataset("pair", data=np.zeros(m, np.int64))
-            g.create_dataset("centre", data=np.zeros((m, 2), np.int32))
+            app = _Appender(f.create_group(split), patch, _ChunkWriter(compress=False, pool=None))
+            y_block = rng.integers(0, 2, size=(m, 2, 2)).astype(np.uint8)
+            app.append(rng.integers(0, 256, size=(m, 2, patch, patch), dtype=np.uint8), y_block[:, 1, 1].copy(),
+                       np.zeros(m, np.int64), np.zeros((m, 2), np.int32), y_block)
+            app.close()
     return path
 
 

@@ -248,3 +248,23 @@ def test_load_split_errors_name_the_file(tmp_path: Path) -> None:
         f.create_group("val")
     with pytest.raises(InputFileError, match="nogroup.h5.*no group 'train'"):
         load_split(nog, "train")
+
+
+def test_the_training_benchmarks_patch_set_has_y_block_and_trains_without_warning(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """benchmarks/bench_train.py wrote patch sets without y_block: the throughput it measured
+    was the old label path's (no gather), and it printed the "regenerate" warning. It now
+    writes them with the patches step's writer, y_block included (y == y_block[:, 1, 1])."""
+    import sys
+
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        from bench_train import write_patches
+    finally:
+        sys.path.remove(bench)
+    data = load_split(write_patches(tmp_path / "b.h5", 40, 8), "train")
+    assert data.y_block is not None and data.y_block.shape == (40, 2, 2)
+    assert torch.equal(data.y_block[:, 1, 1], data.y)
+    assert len(torch.cat([y for _, y in AugmentedLoader(data, 16, seed=0)])) == 40 * 12
+    assert capsys.readouterr().err == ""
