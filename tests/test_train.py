@@ -1618,7 +1618,8 @@ def test_keep_last_survives_a_resume_and_a_restore(toy_run: dict, tmp_path: Path
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A killed keep-last run resumed writes the weights an uninterrupted one writes (the last
     epoch's, not the best one's), and a finished run whose model was deleted restores the same
-    bytes; keep is part of the run's identity, so a keep-best checkpoint is not resumed as keep last."""
+    bytes; an interrupted keep-last run resumed under keep best goes on training and writes the
+    best epoch's weights (keep chooses only what is written, see the test below)."""
     monkeypatch.setenv("BAFUSION_MLFLOW", "0")
     params = {**TOY, "train": {**TOY["train"], "epochs": 3, "samples_per_epoch": 64, "keep": "last"}}
     cfg = resolve_config(params, "initial")
@@ -1642,15 +1643,58 @@ def test_keep_last_survives_a_resume_and_a_restore(toy_run: dict, tmp_path: Path
     train("initial", toy_run["h5"], cfg, paths, progress=False)
     assert "was restored" in capsys.readouterr().err
     assert paths.out.read_bytes() == want
-    # an interrupted keep-last run is not resumed under keep best (nor the reverse)
+    # an interrupted keep-last run resumed under keep best goes on, and writes the best epoch's weights
     best = resolve_config({**params, "train": {**params["train"], "keep": "best"}}, "initial")
     _falling_val_acc(monkeypatch, [0.9, 0.8, 0.7])
     monkeypatch.setenv(ABORT_ENV, "6")
+    k2 = _paths(tmp_path / "k2", "initial")
     with pytest.raises(KeyboardInterrupt):
-        train("initial", toy_run["h5"], cfg, _paths(tmp_path / "k2", "initial"), progress=False)
+        train("initial", toy_run["h5"], cfg, k2, progress=False)
     monkeypatch.delenv(ABORT_ENV)
-    with pytest.raises(UserError, match=r'train\.keep "last" -> "best"'):
-        train("initial", toy_run["h5"], best, _paths(tmp_path / "k2", "initial"), progress=False)
+    capsys.readouterr()
+    summary = train("initial", toy_run["h5"], best, k2, progress=False)
+    err = capsys.readouterr().err
+    assert "resuming initial" in err and "starting afresh" not in err
+    assert (summary["saved_epoch"], summary["best_epoch"], summary["val_acc"]) == (1, 1, 0.9)
+    net, meta = load_model(k2.out)
+    assert (meta["saved_epoch"], meta["params"]["keep"]) == (1, "best")
+    whole_best = load_checkpoint(whole.checkpoints / "best.pt")["model"]  # the same steps: the same best epoch
+    assert all(torch.equal(v, whole_best[k]) for k, v in net.state_dict().items())
+
+
+def test_a_finished_run_restored_under_another_keep_writes_its_weights_without_training(
+        toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.keep was in the run's fingerprint: a finished keep-last run whose outputs were
+    deleted (as dvc repro does when keep changes) trained all its epochs again under keep best,
+    though last.pt holds the best epoch's weights. Now it is restored: no epoch runs, the model
+    is best.pt's weights, saved_epoch the best epoch; and back under keep last, last.pt's own."""
+    from bafusion.nets import train as train_mod
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    params = {**TOY, "train": {**TOY["train"], "epochs": 3, "samples_per_epoch": 64, "keep": "last"}}
+    last_cfg = resolve_config(params, "initial")
+    best_cfg = resolve_config({**params, "train": {**params["train"], "keep": "best"}}, "initial")
+    _falling_val_acc(monkeypatch, [0.9, 0.8, 0.7])  # epoch 1 stays the best
+    paths = _paths(tmp_path, "initial")
+    train("initial", toy_run["h5"], last_cfg, paths, progress=False)
+
+    def no_epoch(*args, **kwargs):
+        raise AssertionError("an epoch was trained again")
+
+    monkeypatch.setattr(train_mod, "evaluate", no_epoch)
+    for cfg, keep, epoch, acc, ckpt in ((best_cfg, "best", 1, 0.9, "best.pt"), (last_cfg, "last", 3, 0.7, "last.pt")):
+        for p in (paths.out, paths.out.with_suffix(".json"), paths.metrics, paths.plots):
+            p.unlink()
+        capsys.readouterr()
+        summary = train("initial", toy_run["h5"], cfg, paths, progress=False)
+        err = capsys.readouterr().err
+        assert "was restored" in err and "starting afresh" not in err, err
+        assert (summary["saved_epoch"], summary["best_epoch"], summary["val_acc"]) == (epoch, 1, acc)
+        net, meta = load_model(paths.out)
+        assert (meta["saved_epoch"], meta["params"]["keep"]) == (epoch, keep)
+        want = load_checkpoint(paths.checkpoints / ckpt)["model"]
+        assert all(torch.equal(v, want[k]) for k, v in net.state_dict().items())
+        assert json.loads(paths.metrics.read_text())["saved_epoch"] == epoch
 
 
 def _processes_of(marker: str) -> list[int]:

@@ -43,6 +43,9 @@ epochs): a resume with another count than the checkpoint's warns that the weight
 So does a resume with another device type, ``compile`` or torch version (recorded in
 ``last.pt`` since this version): the weights go on, the remaining epochs run under the new
 setting, and the final weights may differ in the last bits from an uninterrupted run's.
+``keep`` is not in the fingerprint either (it changes no step, see
+:attr:`TrainConfig.OUTPUT_KEYS`): a run resumed or restored under another ``keep`` writes the
+weights that one asks for.
 The resumed ``last.pt`` keeps the torch versions its epochs ran under (``"1.13.0 then 2.4.1"``;
 none when the checkpoint recorded none), so a restore never takes them for this torch's alone.
 A checkpoint of an interrupted run written for other parameters or another patch set, or by
@@ -196,6 +199,11 @@ class TrainConfig:
     # finished run is restored only under the same device type, thread count (on the CPU) and
     # ``compile`` (see ``_not_restorable``), and with the torch version that wrote the checkpoint.
     RUNTIME_KEYS = ("device", "threads", "checkpoint_every", "compile", "val_batch", "nproc")
+    # Keys that only choose what is written from a run's states, never a step of training:
+    # ``keep`` (last.pt holds both the last weights and the best epoch's). Out of the
+    # fingerprint, so a run resumed or a finished run restored under another ``keep`` goes on
+    # from its checkpoint, and the model written follows this run's ``keep``.
+    OUTPUT_KEYS = ("keep",)
     TOP_LEVEL = ("seed", "patch", "depth")
 
     def __post_init__(self) -> None:
@@ -383,7 +391,8 @@ def fingerprint(cfg: TrainConfig, net: str, patches: Path, world_size: int) -> s
     and a hash of its labels and of a strided sample of its patches)."""
     from bafusion.nets import augment, model
 
-    d = {k: v for k, v in cfg.to_dict().items() if k not in TrainConfig.RUNTIME_KEYS}
+    d = {k: v for k, v in cfg.to_dict().items()
+         if k not in TrainConfig.RUNTIME_KEYS and k not in TrainConfig.OUTPUT_KEYS}
     h = hashlib.sha256()
     h.update(json.dumps({"cfg": d, "net": net, "world": world_size}, sort_keys=True, default=str).encode())
     hash_sources(h, [mod.__file__ or "" for mod in (sys.modules[__name__], augment, model)])
@@ -463,7 +472,7 @@ def _what_changed(ck: Mapping[str, Any], cfg: TrainConfig, net: str, pdigest: st
     if isinstance(old, Mapping):
         new = cfg.to_dict()
         missing = object()
-        keys = (k for k in set(old) | set(new) if k not in TrainConfig.RUNTIME_KEYS)
+        keys = (k for k in set(old) | set(new) if k not in (*TrainConfig.RUNTIME_KEYS, *TrainConfig.OUTPUT_KEYS))
         for name, k in sorted((cfg.key(k), k) for k in keys):
             a, b = old.get(k, missing), new.get(k, missing)
             if a is missing and b is not missing and b == _neutral(cfg, k):
@@ -1115,7 +1124,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 # its outputs record the settings that trained it (runtime keys of this run that do
                 # not change the weights may differ: checkpoint_every, val_batch, nproc's spelling)
                 old_cfg = ck.get("config")
-                record = {"config": {**record["config"], **(old_cfg if isinstance(old_cfg, Mapping) else {})},
+                record = {"config": {**record["config"], **(old_cfg if isinstance(old_cfg, Mapping) else {}),
+                                     **{k: record["config"][k] for k in TrainConfig.OUTPUT_KEYS}},  # this run's keep
                           "device": str(ck.get("device", record["device"])),
                           "threads": ck.get("threads", record["threads"]),
                           "torch": ck.get("torch_version")}  # None: not recorded (an older version's)
