@@ -245,11 +245,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
 
     t_start = time.perf_counter()
     params, other = params_from_args(args)
-    out = Path(args.output)
-    if out.suffix.lower() not in (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg"):
-        raise UserError(f"{out}: output must be .png, .tif, .bmp or .jpg")
-    if out.exists() and out.is_dir():
-        raise UserError(f"{out}: is a folder, not an output file")
+    out = Path(args.output)  # its suffix and a folder in its place: refused by preflight.check_command
     for i, p in enumerate(args.images):  # an unset shell variable; pathlib reads '' as '.': 'not a regular file'
         if p == "":
             raise InputFileError(f"source {i + 1}", "the path is empty (''): no file named")
