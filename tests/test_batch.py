@@ -250,7 +250,7 @@ def test_icc_and_exif_of_the_first_source_are_carried(tmp_path: Path, nets: Path
     else:
         Image.fromarray(stored).save(tmp_path / "a.png", exif=exif.tobytes(), icc_profile=icc)
         Image.fromarray(b8).save(tmp_path / "b.png")
-    for ext in ("png", "jpg", "tif"):
+    for ext in ("png", "jpg", "tif", "webp"):
         out = tmp_path / f"f.{ext}"
         assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out),
                          "--model", str(nets), "--device", "cpu"]) == 0
@@ -283,6 +283,74 @@ def test_the_first_sources_resolution_is_carried(tmp_path: Path, nets: Path, bit
         with Image.open(out) as im:
             assert im.info.get("dpi") is not None, ext
             assert [round(v) for v in im.info["dpi"]] == [300, 300], ext
+
+
+def test_fuse_writes_webp_losslessly_and_lossy_with_quality(tmp_path: Path, nets: Path, capsys) -> None:
+    """``fuse -o f.webp`` was refused ("WebP is not an output format of bafusion fuse"): it
+    writes the fused pixels exactly (those of ``-o f.png``), with the first source's EXIF and
+    ICC profile and a note that the resolution is not written; ``--quality`` writes it lossy
+    and smaller; ``--quality`` for a .png is refused before any work."""
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    a8, b8 = pair(1)
+    Image.fromarray(a8).save(tmp_path / "a.jpg", quality=100, dpi=(300, 300), exif=exif.tobytes(), icc_profile=icc)
+    Image.fromarray(b8).save(tmp_path / "b.jpg", quality=100)
+    srcs = [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg"), "--model", str(nets), "--device", "cpu"]
+    assert cli_main(["fuse", *srcs, "-o", str(tmp_path / "f.png")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "f.webp"
+    assert cli_main(["fuse", *srcs, "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    with Image.open(out) as im, Image.open(tmp_path / "f.png") as ref:
+        assert im.format == "WEBP" and np.array_equal(np.asarray(im), np.asarray(ref))
+        assert im.info.get("icc_profile") == icc and im.getexif().get(0x010F) == "TestCam"
+    assert (f"{out}: the first source's resolution (dpi) is not written (.webp cannot hold it; a .png, .tif or .jpg "
+            "output keeps it)") in err, err
+    lossy = tmp_path / "q.webp"
+    assert cli_main(["fuse", *srcs, "-o", str(lossy), "--quality", "60"]) == 0
+    with Image.open(lossy) as im, Image.open(tmp_path / "f.png") as ref:
+        assert not np.array_equal(np.asarray(im), np.asarray(ref))
+        assert im.getexif().get(0x010F) == "TestCam"
+    assert lossy.stat().st_size < out.stat().st_size
+    capsys.readouterr()
+    assert cli_main(["fuse", *srcs, "-o", str(tmp_path / "g.png"), "--quality", "60"]) == 2
+    assert ("bafusion fuse: error: --quality 60: a .png output takes no quality (only .jpg and .webp outputs are "
+            "written lossily)") in capsys.readouterr().err
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_fuse_to_a_webp_too_wide_for_the_format_is_refused_before_fusing(tmp_path: Path, monkeypatch,
+                                                                        capsys) -> None:
+    """A result wider than a WebP holds (16383 px) failed at the write, after the fusion's minutes."""
+    from bafusion.fusion import rule
+
+    monkeypatch.setattr(rule, "fuse_stack", lambda *a, **k: pytest.fail("fused"))
+    rng = np.random.default_rng(0)
+    for n in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (4, 16384), dtype=np.uint8)).save(tmp_path / f"{n}.png")
+    out = tmp_path / "f.webp"
+    assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out), "--force",
+                     "--model", str(tmp_path / "no-nets"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert (f"{out}: the image is 16384 x 4 pixels and a WebP holds at most 16383 x 16383: write .png or .tif"
+            in err), err
+    assert not out.exists()
+
+
+def test_fuse_to_webp_without_pillow_webp_is_refused_before_any_work(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A Pillow built without libwebp: ``fuse -o f.webp`` says so before reading anything
+    (the sources here do not exist), not "unknown image format" after the fusion."""
+    from PIL import features
+
+    check = features.check
+    monkeypatch.setattr(features, "check", lambda name: False if name == "webp" else check(name))
+    assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "f.webp")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'f.webp'}: this Pillow cannot write WebP (it was built without libwebp" in err, err
+    assert "install a Pillow with WebP support" in err
 
 
 def test_an_exif_too_large_for_a_jpeg_is_shortened_and_said(tmp_path: Path, nets: Path, capsys) -> None:
@@ -535,7 +603,7 @@ def test_the_notes_claim_only_the_metadata_each_output_format_holds(tmp_path: Pa
         Image.fromarray(a8).save(tmp_path / "a.png", exif=exif.tobytes(), icc_profile=srgb)
         Image.fromarray(b8).save(tmp_path / "b.png", icc_profile=other)
     a = tmp_path / "a.png"
-    for ext in ("png", "jpg", "jpeg", "tif", "tiff", "bmp"):
+    for ext in ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp"):
         out = tmp_path / f"f.{ext}"
         assert cli_main(["fuse", str(a), str(tmp_path / "b.png"), "-o", str(out), "--model", str(nets),
                          "--device", "cpu"]) == 0

@@ -127,12 +127,12 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         ([*FUSE, "-o", "afile/sub/F.png"], ["afile is a file, not a folder"]),
         ([*FUSE, "-o", "F.xyz"], ["F.xyz", "unknown image format '.xyz'"]),
         ([*FUSE, "-o", "F"], ["unknown image format"]),
-        # WebP (and other formats bafusion reads) were "unknown image format" as outputs
-        ([*FUSE, "-o", "F.webp"], ["F.webp: WebP is not an output format of bafusion fuse (it reads WebP sources): "
-                                   "the output image must end in .png, .tif, .tiff, .bmp, .jpg, .jpeg"]),
+        # AVIF (and other formats bafusion reads) were "unknown image format" as outputs
+        ([*FUSE, "-o", "F.avif"], ["F.avif: AVIF is not an output format of bafusion fuse (it reads AVIF sources): "
+                                   "the output image must end in .png, .tif, .tiff, .bmp, .jpg, .jpeg, .webp"]),
         ([*FUSE, "-o", "F.GIF"], ["F.GIF: GIF is not an output format of bafusion fuse"]),
         ([*FUSE, "-o", "F.jfif"], ["F.jfif: bafusion fuse writes this format with the suffix .jpg, not .jfif"]),
-        (["baseline", "a.png", "b.png", "-o", "F.webp"], ["WebP is not an output format of bafusion baseline"]),
+        (["baseline", "a.png", "b.png", "-o", "F.avif"], ["AVIF is not an output format of bafusion baseline"]),
         ([*FUSE, "-o", "nets"], ["nets: ", "is a folder"]),
         ([*FUSE, "-o", "F.png", "--save-maps", "afile"], ["afile: is a file, not a folder"]),
         ([*FUSE, "-o", "F.png", "--save-maps", "afile/maps"], ["afile is a file, not a folder"]),

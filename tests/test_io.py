@@ -926,7 +926,11 @@ def test_alpha_to_a_format_without_it_is_a_clear_error(tmp_path: Path, rgb, dtyp
             p = tmp_path / f"ok{img.shape[2]}{suffix}"
             write_image(p, img)
             assert np.array_equal(read_image(p), rgb if img is rgba else rgb[..., 1]), p.name
-        write_image(tmp_path / f"ok{img.shape[2]}.webp", img)  # lossy: written, not compared
+        p = tmp_path / f"ok{img.shape[2]}.webp"  # lossless: read back exactly (gray + alpha as RGBA)
+        write_image(p, img)
+        back = read_image(p)
+        assert np.array_equal(back, rgb) if img is rgba else all(
+            np.array_equal(back[..., c], rgb[..., 1]) for c in range(3)), p.name
     # any other mode a Pillow format cannot write: named, not Pillow's bare OSError
     with pytest.raises(UserError, match=r"x\.xbm: cannot write this image \(shape \(6, 9, 3\)\) as XBM: cannot "
                                         "write mode RGB"):
@@ -1347,3 +1351,78 @@ def test_a_tiff_with_no_pages_is_one_clear_error(tmp_path: Path, capsys, caplog)
     assert [r.getMessage() for r in caplog.records if r.name.startswith("tifffile")] == []
     assert err.splitlines() == [f"bafusion metrics: error: {empty}: TIFF file with no image in it (no pages: an empty "
                                 "or unfinished file)"], err
+
+
+def _photo_like(n: int = 96) -> np.ndarray:
+    """A smooth RGB image with a little noise (what lossy coding is for), uint8."""
+    y, x = np.mgrid[0:n, 0:n]
+    smooth = np.stack([(x + y) * 255 // (2 * n), x * 255 // n, y * 255 // n], axis=-1)
+    noise = np.random.default_rng(5).integers(0, 4, smooth.shape)
+    return np.clip(smooth + noise, 0, 255).astype(np.uint8)
+
+
+def test_a_webp_is_written_losslessly_and_lossy_only_with_a_quality(tmp_path: Path) -> None:
+    """A .webp was written lossy at Pillow's default quality 80 (its pixels not the image's);
+    now losslessly, exactly, and deterministically (also the colour under fully transparent
+    pixels); ``quality`` gives a lossy, smaller file. JPEG keeps its quality 95 by default."""
+    img = _photo_like()
+    rgba = np.dstack([img, np.where(np.arange(96) % 3 == 0, 0, 255).astype(np.uint8)[None].repeat(96, 0)])
+    for x, name in ((img, "rgb"), (rgba, "rgba")):
+        p = tmp_path / f"{name}.webp"
+        write_image(p, x)
+        with Image.open(p) as im:
+            assert im.mode == ("RGBA" if x is rgba else "RGB") and im.info.get("lossless", True)
+            assert np.array_equal(np.asarray(im), x), name  # the colour under alpha 0 too (exact)
+        first = p.read_bytes()
+        write_image(p, x)
+        assert p.read_bytes() == first, "deterministic"
+    lossy = tmp_path / "q.webp"
+    write_image(lossy, img, quality=80)
+    assert not np.array_equal(read_image(lossy), img)
+    assert np.abs(read_image(lossy).astype(int) - img).mean() < 3  # lossy, not another image
+    assert lossy.stat().st_size < (tmp_path / "rgb.webp").stat().st_size / 2
+    # JPEG: quality 95 unless given
+    write_image(tmp_path / "d.jpg", img)
+    write_image(tmp_path / "q95.jpg", img, quality=95)
+    write_image(tmp_path / "q50.jpg", img, quality=50)
+    assert (tmp_path / "d.jpg").read_bytes() == (tmp_path / "q95.jpg").read_bytes()
+    assert (tmp_path / "q50.jpg").stat().st_size < (tmp_path / "d.jpg").stat().st_size
+
+
+@pytest.mark.parametrize("suffix, quality, words", [
+    (".png", 80, "x.png: quality 80: a .png output takes no quality (only .jpg and .webp outputs are written lossily)"),
+    (".tif", 80, "x.tif: quality 80: a .tif output takes no quality"),
+    (".webp", 0, "x.webp: quality 0: give a whole number from 1 to 100"),
+    (".jpg", 101, "x.jpg: quality 101: give a whole number from 1 to 100"),
+])
+def test_a_quality_of_no_use_is_refused_naming_the_file(tmp_path: Path, suffix, quality, words) -> None:
+    with pytest.raises(UserError) as e:
+        write_image(tmp_path / f"x{suffix}", _photo_like(8), quality=quality)
+    assert str(e.value).startswith(str(tmp_path / words.split(":")[0])) and words.split(": ", 1)[1] in str(e.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_webp_larger_than_the_format_holds_is_refused_before_encoding(tmp_path: Path) -> None:
+    from bafusion.io import output_format_problem
+
+    assert output_format_problem("f.webp", shape=(16383, 16383, 3)) is None
+    why = output_format_problem("f.webp", shape=(100, 16384, 3))
+    assert why == "the image is 16384 x 100 pixels and a WebP holds at most 16383 x 16383: write .png or .tif"
+    assert output_format_problem("f.png", shape=(100, 16384, 3)) is None
+    with pytest.raises(UserError, match="a WebP holds at most 16383"):
+        write_image(tmp_path / "x.webp", np.zeros((2, 16384), np.uint8))
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_webp_where_pillow_has_no_webp_is_refused_clearly(tmp_path: Path, monkeypatch) -> None:
+    """Pillow built without libwebp registers no .webp: write_image said "unknown image format
+    '.webp'"; now it says that this Pillow lacks WebP and what to do."""
+    from PIL import features
+
+    check = features.check
+    monkeypatch.setattr(features, "check", lambda name: False if name == "webp" else check(name))
+    with pytest.raises(UserError, match=r"x\.webp: this Pillow cannot write WebP \(it was built without libwebp: "
+                                        r"PIL\.features\.check\('webp'\) is False\); install a Pillow with WebP"):
+        write_image(tmp_path / "x.webp", _photo_like(8))
+    assert not list(tmp_path.iterdir())
+    write_image(tmp_path / "x.png", _photo_like(8))  # other formats as before

@@ -45,8 +45,9 @@ from typing import Any
 
 from bafusion.errors import UserError
 
-#: Suffixes an output image may have (the format follows the suffix).
-IMAGE_OUTPUT_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
+#: Suffixes an output image may have (the format follows the suffix; a .webp is lossless unless
+#: a quality is given, :func:`bafusion.io.write_image`).
+IMAGE_OUTPUT_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg", ".webp")
 
 
 #: Suffixes of formats bafusion reads that an output image may have under another suffix.
@@ -58,14 +59,14 @@ _FORMAT_NAMES = {".webp": "WebP", ".avif": "AVIF", ".jp2": "JPEG 2000", ".j2k": 
 
 
 def read_not_written(suffix: str, command: str) -> str | None:
-    """Why ``command`` refuses an output of ``suffix`` when that is a format bafusion reads (WebP:
-    "WebP is not an output format of bafusion fuse (it reads WebP sources)"), where "unknown
+    """Why ``command`` refuses an output of ``suffix`` when that is a format bafusion reads (AVIF:
+    "AVIF is not an output format of bafusion fuse (it reads AVIF sources)"), where "unknown
     image format" was said; None for a suffix of no format it reads.
 
     Parameters
     ----------
     suffix : str
-        The suffix with its dot (``.webp``), in either case.
+        The suffix with its dot (``.avif``), in either case.
     command : str
         The command as a user types it (``bafusion fuse``).
 
@@ -588,6 +589,12 @@ def check_output_file(
         if why:
             raise UserError(f"{shown}: {why}: the {what} must end in {known}")
         raise UserError(f"{shown}: unknown image format {p.suffix or '(no suffix)'!r}: the {what} must end in {known}")
+    if suffixes is not None and p.suffix.lower() == ".webp":  # a Pillow without WebP: said before any work
+        from bafusion.io.write import output_format_problem
+
+        why = output_format_problem(p)
+        if why:
+            raise UserError(f"{shown}: {why}")
     if os.path.lexists(p) and not (p.is_file() or p.is_symlink()):
         raise UserError(f"{shown}: is not a regular file (a device, fifo or socket): not replaced")
     check_not_input(path, list(inputs), what)

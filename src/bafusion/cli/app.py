@@ -86,7 +86,7 @@ _OPTION_NAMES = frozenset("""
     min-focused min-region min-sharpness min-side model models net no-compression
     no-match-output-exposure no-progress no-refine no-resume nproc out output oversample pairs
     params params-file params-json patch patches pattern per-pair plots precision prepared
-    preset quiet realistic reference-methods report resolution restart-if-changed retries root
+    preset quality quiet realistic reference-methods report resolution restart-if-changed retries root
     save-maps scale scale-rule scales seed set sets shard shards sigma skip-existing source
     split stack-rule summary threads threshold tile timeout tta val-fraction version workers
     working-above working-band working-min working-refine working-side

@@ -246,6 +246,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     params, other = params_from_args(args)
     out = Path(args.output)  # its suffix and a folder in its place: refused by preflight.check_command
+    _check_quality(out, args.quality)
     for i, p in enumerate(args.images):  # an unset shell variable; pathlib reads '' as '.': 'not a regular file'
         if p == "":
             raise InputFileError(f"source {i + 1}", "the path is empty (''): no file named")
@@ -279,6 +280,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     src = prepare_sources(paths, align=args.align or "none", force=args.force, motion_hint=args.align is None,
                           stage=say, prefix="bafusion fuse", details=args.progress is not False)
     images, names = src.images, [str(p) for p in paths]
+    _check_fits(out, images[0].shape)  # a WebP's largest side: before the minutes of fusing
     say("loading the nets")
     nets = nets_from_args(args, other["device"], args.model)
     say(f"fusing {len(paths)} images")
@@ -309,7 +311,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     say(f"writing {out}")
     try:
         bafusion.io.write_image(out, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits, dpi=fused.dpi,
-                                png_colour=fused.png_colour)
+                                png_colour=fused.png_colour, quality=args.quality)
     except OSError as e:
         if not args.save_maps or e.errno is None:  # no errno (Pillow's "cannot write mode X"): a bug, said as one
             raise
@@ -335,6 +337,27 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     if maps_line:
         print(f"bafusion fuse: {maps_line}", file=sys.stderr)
     return 0
+
+
+def _check_quality(out: Path, quality: int | None, flag: str = "--quality") -> None:
+    """Refuse ``--quality`` for an output that takes none (PNG, TIFF, BMP) or out of 1..100,
+    before any work (:func:`bafusion.io.output_format_problem`)."""
+    from bafusion.io import output_format_problem
+
+    why = output_format_problem(out, quality=quality) if quality is not None else None
+    if why and why.startswith(f"quality {quality!r}: "):
+        raise UserError(f"{flag} {quality}: {why.removeprefix(f'quality {quality!r}: ')}")
+    if why:
+        raise UserError(f"{out}: {why}")
+
+
+def _check_fits(out: Path, shape: tuple[int, ...]) -> None:
+    """Refuse an image larger than ``out``'s format holds (WebP: 16383 x 16383) before fusing it."""
+    from bafusion.io import output_format_problem
+
+    why = output_format_problem(out, shape=shape)
+    if why:
+        raise UserError(f"{out}: {why}")
 
 
 def _os_reason(e: OSError) -> str:
@@ -417,7 +440,8 @@ METADATA_EPILOG = (
     "Metadata: the output carries the first source's EXIF (its orientation reset: the pixels are turned; its "
     "Software set to 'bafusion <version>', which wrote the output), ICC "
     "profile and resolution (dpi) where its format holds them: .png, .jpg and 8-bit .tif all three, a 16-bit .tif "
-    "no EXIF, a .bmp the resolution only (stderr says what is not written); a PNG source's gAMA/cHRM/sRGB chunks "
+    "no EXIF, a .webp no resolution, a .bmp the resolution only (stderr says what is not written); a PNG source's "
+    "gAMA/cHRM/sRGB chunks "
     "go to a .png only. The sources' XMP, IPTC and comments are not kept, and colours are not converted (stderr "
     "says when a shot's colour profile differs from the first's).")
 
@@ -438,8 +462,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", type=home_path, help="source images (same size; with --align a shot of another size is "
                    "registered onto the first), A B [C ...]")
     p.add_argument("-o", "--output", "--out", dest="output", type=nonempty_path, required=True,
-                   help="fused image (.png, .tif, .bmp, .jpg); an existing file that is not a source is "
-                   "replaced (atomically), a source is refused")
+                   help="fused image (.png, .tif, .bmp, .jpg, .webp: lossless unless --quality); an existing file "
+                   "that is not a source is replaced (atomically), a source is refused")
+    p.add_argument("--quality", type=int, default=None, metavar="Q",
+                   help="lossy quality 1-100 of a .jpg (default 95) or .webp output (default: lossless, the fused "
+                   "pixels exactly); refused for .png, .tif and .bmp, which are lossless")
     p.add_argument("--model", "--models", dest="model", action=ModelOption, type=nonempty_path, default=None, metavar="DIR",
                    help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name (default, lytro-2026-11)")
     p.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --model)")

@@ -59,7 +59,8 @@ from bafusion._version import code_digest
 from bafusion.atomic import folder_lock, stop_requested
 from bafusion.errors import InputFileError, UserError, is_out_of_memory
 from bafusion.io import (IMAGE_SUFFIXES, SourceSet, check_same_sizes, fit_jpeg_exif, icc_fits, image_info,
-                         keeps_16_bits, read_source_set, unread_advice, unread_format, written_metadata)
+                         keeps_16_bits, output_format_problem, read_source_set, unread_advice, unread_format,
+                         written_metadata)
 
 #: Exit status of ``fuse-dir`` when some groups were skipped (the others fused).
 EXIT_SKIPPED = 3
@@ -433,7 +434,8 @@ def fused_output(src: SourceSet, results, output: Path) -> Fused:
     notes += list(getattr(results, "notes", [])) if joint else [n for r in results for n in r.notes]
     exif, exif_note = fit_jpeg_exif(src.exif, output)
     notes += [exif_note] if exif_note else []
-    lost = unwritten_metadata_note(output, high_depth, src.icc is not None and icc_fits(src.icc, fused), bool(exif))
+    lost = unwritten_metadata_note(output, high_depth, src.icc is not None and icc_fits(src.icc, fused), bool(exif),
+                                   dpi=src.dpi is not None)
     notes += [lost] if lost else []
     png_colour = src.png_colour if Path(output).suffix.lower() == ".png" else None
     if src.png_colour and png_colour is None and not src.icc:
@@ -446,13 +448,15 @@ def fused_output(src: SourceSet, results, output: Path) -> Fused:
                  src.dpi, png_colour)
 
 
-def unwritten_metadata_note(output: Path, high_depth: bool, icc: bool, exif: bool) -> str | None:
+def unwritten_metadata_note(output: Path, high_depth: bool, icc: bool, exif: bool, *,
+                            dpi: bool = False) -> str | None:
     """The line saying that the first source's ICC profile (``icc``: it has one that fits the
-    result) or EXIF (``exif``) is not written, since ``output``'s format cannot hold it
-    (:func:`bafusion.io.written_metadata`: a .bmp holds neither, a 16-bit .tif no EXIF); None
-    when the output holds both."""
+    result), EXIF (``exif``) or resolution (``dpi``) is not written, since ``output``'s format
+    cannot hold it (:func:`bafusion.io.written_metadata`: a .bmp holds neither profile nor
+    EXIF, a 16-bit .tif no EXIF, a .webp no resolution); None when the output holds them all."""
     keeps = written_metadata(output, high_depth)
-    lost = [name for name, has, key in (("ICC profile", icc, "icc"), ("EXIF", exif, "exif"))
+    lost = [name for name, has, key in (("ICC profile", icc, "icc"), ("EXIF", exif, "exif"),
+                                        ("resolution (dpi)", dpi, "dpi"))
             if has and key not in keeps]
     if not lost:
         return None
@@ -461,7 +465,8 @@ def unwritten_metadata_note(output: Path, high_depth: bool, icc: bool, exif: boo
         why = f"a 16-bit {Path(output).suffix} is written without EXIF; a .png output keeps 16 bits and {them}"
     else:
         why = f"{Path(output).suffix} cannot hold {them}; a .png, .tif or .jpg output keeps {them}"
-    return f"{output}: the first source's {' and '.join(lost)} {'is' if len(lost) == 1 else 'are'} not written ({why})"
+    listed = lost[0] if len(lost) == 1 else ", ".join(lost[:-1]) + " and " + lost[-1]
+    return f"{output}: the first source's {listed} {'is' if len(lost) == 1 else 'are'} not written ({why})"
 
 
 def compose_index(full: Sequence[np.ndarray], index: np.ndarray, gains: Sequence | None = None,
@@ -531,6 +536,9 @@ def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str 
     """
     src = prepare_sources(paths, align=align, force=force, motion_hint=motion_hint, prefix=prefix, details=details,
                           stage=stage)
+    too_large = output_format_problem(output, shape=src.images[0].shape)  # a WebP's largest side
+    if too_large:
+        raise UserError(f"{output}: {too_large}")
     results = fuse_shots(src.images, nets, params, [str(p) for p in paths], progress=progress, step=step)
     return fused_output(src, results, output)
 

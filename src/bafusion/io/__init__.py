@@ -66,7 +66,7 @@ read_image``): the modules they live in are the package's own layout, one concer
   :func:`unkept_metadata_note`;
 * :mod:`.write` -- writing: :func:`write_image`, :func:`written_metadata`,
   :func:`keeps_16_bits`, :data:`HIGH_DEPTH_SUFFIXES`, :func:`icc_fits`, :func:`png16_bytes`,
-  :func:`fit_jpeg_exif`, :class:`ExifWarning`.
+  :func:`fit_jpeg_exif`, :class:`ExifWarning`, :func:`output_format_problem`.
 
 The modules import one way (formats <- depth <- info, write <- metadata <- read; convert on
 its own) and nothing of bafusion but ``errors`` and ``atomic``: the package is part of the
@@ -149,6 +149,7 @@ from bafusion.io.write import (
     fit_jpeg_exif,
     icc_fits,
     keeps_16_bits,
+    output_format_problem,
     png16_bytes,
     write_image,
     written_metadata,
@@ -174,5 +175,5 @@ __all__ = [
     "cmyk_notes", "unkept_metadata_note",
     # write
     "write_image", "written_metadata", "keeps_16_bits", "HIGH_DEPTH_SUFFIXES", "icc_fits", "png16_bytes",
-    "fit_jpeg_exif", "ExifWarning",
+    "fit_jpeg_exif", "ExifWarning", "output_format_problem",
 ]

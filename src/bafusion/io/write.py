@@ -28,10 +28,13 @@ from bafusion.io.formats import _quiet_pillow
 
 def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | None = None,
                 icc: bytes | None = None, bits: int | None = None,
-                dpi: tuple[float, float] | None = None, png_colour: bytes | None = None) -> None:
+                dpi: tuple[float, float] | None = None, png_colour: bytes | None = None,
+                quality: int | None = None) -> None:
     """Write a uint8 or uint16 gray or RGB image atomically; the format follows the suffix
     (.png, .jpg, .tif, .webp, .bmp, or another format Pillow writes); a suffix of no format
-    Pillow writes is an error naming the file and those five.
+    Pillow writes is an error naming the file and those five. A WebP is lossless unless
+    ``quality`` is given (the file reads back as ``img``, as a PNG or TIFF does); a JPEG is
+    written at quality 95 unless ``quality`` is given.
 
     Parameters
     ----------
@@ -88,13 +91,20 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         PNG chunks describing colour without an ICC profile (``gAMA``, ``cHRM``, ``sRGB``, as
         :func:`source_png_colour` reads them), written to a PNG right after its header; other
         formats cannot hold them (callers say so).
+    quality : int, optional
+        Lossy quality, 1 to 100, of a JPEG (default 95) or WebP (default: lossless, the
+        pixels exactly; with it, lossy and smaller); refused for the other formats, which
+        are lossless (:func:`output_format_problem`). A WebP has no gray: a gray image is
+        stored as RGB of equal channels (gray + alpha as RGBA).
 
     Raises
     ------
     bafusion.errors.UserError
-        Naming ``path``, before anything is written: a suffix of no format Pillow writes, an
-        image that is not uint8 or uint16, of another shape than above, with alpha for a format
-        that cannot store it, or that Pillow cannot encode in that format.
+        Naming ``path``, before anything is written: a suffix of no format Pillow writes (a
+        ``.webp`` where this Pillow was built without WebP), an image that is not uint8 or
+        uint16, of another shape than above, with alpha for a format that cannot store it,
+        larger than the format holds (WebP: 16383 x 16383), a ``quality`` the format has no
+        use for, or an image Pillow cannot encode in that format.
     OSError
         The file cannot be written (naming ``path``, not its temporary name; a short write is
         ``ENOSPC``). The file is written atomically: on error its temporary file is deleted
@@ -105,6 +115,9 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
     from bafusion.errors import UserError
 
     p = Path(path)
+    why = output_format_problem(p, quality=quality)  # a Pillow without WebP, a quality of no use
+    if why:
+        raise UserError(f"{p}: {why}")
     fmt = Image.registered_extensions().get(p.suffix.lower())
     if fmt is None or fmt not in Image.SAVE:  # Image.SAVE: the formats Pillow writes (registered_extensions loads it)
         use = ", ".join(_USUAL_SUFFIX[f] for f in _WRITTEN_METADATA)
@@ -123,6 +136,9 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         raise UserError(f"{p}: uint8 or uint16 image expected, got {img.dtype}{hint}")
     if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (2, 3, 4))) or img.size == 0:
         raise UserError(f"{p}: gray (H, W) or colour (H, W, 3) image expected, got an array of shape {img.shape}")
+    why = output_format_problem(p, shape=img.shape)
+    if why:
+        raise UserError(f"{p}: {why}")
     if img.ndim == 3 and img.shape[2] in _NO_ALPHA.get(fmt, ()):
         # Pillow raised a bare OSError ('cannot write mode RGBA as JPEG'); the reader drops alpha,
         # but a writer that dropped it in silence would lose what the caller handed it
@@ -155,7 +171,13 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         if png_colour:
             data = _after_ihdr(bytes(data), png_colour)
     else:
-        kwargs: dict = {"compress_level": 6} if fmt == "PNG" else ({"quality": 95} if fmt == "JPEG" else {})
+        kwargs: dict = {"compress_level": 6} if fmt == "PNG" else {}
+        if fmt == "JPEG":
+            kwargs["quality"] = 95 if quality is None else int(quality)
+        elif fmt == "WEBP":
+            # lossless: the pixels exactly, also the colour under fully transparent ones (exact);
+            # Pillow's default was lossy at quality 80. quality: lossy at that quality
+            kwargs.update({"lossless": True, "exact": True} if quality is None else {"quality": int(quality)})
         keeps = written_metadata(p)
         if exif and "exif" in keeps:
             kwargs["exif"] = exif
@@ -190,6 +212,61 @@ _USUAL_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "WEBP": ".webp",
 _WRITTEN_METADATA = {"PNG": frozenset({"icc", "exif", "dpi", "png_colour"}),
                      "JPEG": frozenset({"icc", "exif", "dpi"}), "TIFF": frozenset({"icc", "exif", "dpi"}),
                      "WEBP": frozenset({"icc", "exif"}), "BMP": frozenset({"dpi"})}
+
+
+#: Formats :func:`write_image` writes lossily, whose ``quality`` it takes (default: JPEG 95,
+#: WebP lossless).
+QUALITY_FORMATS = {"JPEG": ".jpg", "WEBP": ".webp"}
+#: The largest width and height a WebP holds (libwebp's limit).
+WEBP_MAX_SIDE = 16383
+
+
+def _webp_supported() -> bool:
+    """Whether this Pillow writes WebP (built with libwebp)."""
+    from PIL import features
+
+    return bool(features.check("webp"))
+
+
+def output_format_problem(path: str | os.PathLike[str], *, quality: int | None = None,
+                          shape: tuple[int, ...] | None = None) -> str | None:
+    """Why :func:`write_image` would refuse to write ``path`` for a reason of its format alone,
+    so that commands can say it before any work: a ``.webp`` where this Pillow was built
+    without WebP (``PIL.features.check('webp')`` is False), a ``quality`` that is no whole
+    number from 1 to 100 or that is given for a format written losslessly (PNG, TIFF, BMP: only
+    JPEG and WebP take one), or an image of ``shape`` larger than the format holds (WebP: 16383 x
+    16383). None when none of these applies (other problems, an unknown suffix among them,
+    :func:`write_image` says itself).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The output file (only its suffix is looked at).
+    quality : int, optional
+        The lossy quality asked for.
+    shape : tuple of int, optional
+        The image's shape, (H, W) or (H, W, C).
+
+    Returns
+    -------
+    str or None
+        The reason, without the file's name.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix == ".webp" and not _webp_supported():
+        return ("this Pillow cannot write WebP (it was built without libwebp: PIL.features.check('webp') is False); "
+                "install a Pillow with WebP support (PyPI's wheels have it) or write .png or .tif")
+    if quality is not None:
+        if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100:
+            return f"quality {quality!r}: give a whole number from 1 to 100"
+        fmt = Image.registered_extensions().get(suffix)
+        if fmt is not None and fmt in Image.SAVE and fmt not in QUALITY_FORMATS:  # unknown: write_image says so
+            return (f"quality {quality}: a {suffix} output takes no quality (only "
+                    f"{' and '.join(QUALITY_FORMATS.values())} outputs are written lossily)")
+    if shape is not None and suffix == ".webp" and max(shape[:2]) > WEBP_MAX_SIDE:
+        return (f"the image is {shape[1]} x {shape[0]} pixels and a WebP holds at most {WEBP_MAX_SIDE} x "
+                f"{WEBP_MAX_SIDE}: write .png or .tif")
+    return None
 
 
 def written_metadata(path: str | os.PathLike[str], high_depth: bool = False) -> frozenset[str]:
