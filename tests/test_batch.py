@@ -895,7 +895,7 @@ def test_align_with_16_bit_sources_keeps_16_bits(tmp_path: Path, nets: Path, cap
     assert png_depth(tmp_path / "f.png")[0] == 16
 
 
-@pytest.mark.parametrize("case", ["same", "file", "missing", "ext", "webp"])
+@pytest.mark.parametrize("case", ["same", "file", "missing", "ext", "avif", "quality"])
 def test_fuse_dir_bad_usage_is_one_line_exit_2(tmp_path: Path, nets: Path, capsys, case: str) -> None:
     src = tmp_path / "in"
     src.mkdir()
@@ -904,15 +904,74 @@ def test_fuse_dir_bad_usage_is_one_line_exit_2(tmp_path: Path, nets: Path, capsy
         "same": (src, [], "the OUT folder is also an input"),
         "file": (tmp_path / "afile", [], "is a file, not a folder"),
         "missing": (tmp_path / "o", [], "not a folder"),
-        "ext": (tmp_path / "o", ["--ext", "xyz"], "--ext xyz: use png, tif, bmp or jpg"),
-        # WebP, which fuse-dir reads, was refused as if unknown ("--ext webp: use png, ...")
-        "webp": (tmp_path / "o", ["--ext", "webp"], "--ext webp: WebP is not an output format of bafusion fuse-dir "
-                                                   "(it reads WebP sources): use png, tif, bmp or jpg"),
+        "ext": (tmp_path / "o", ["--ext", "xyz"], "--ext xyz: use png, tif, bmp, jpg or webp"),
+        # AVIF, which fuse-dir reads, was refused as if unknown ("--ext avif: use png, ...")
+        "avif": (tmp_path / "o", ["--ext", "avif"], "--ext avif: AVIF is not an output format of bafusion fuse-dir "
+                                                   "(it reads AVIF sources): use png, tif, bmp, jpg or webp"),
+        "quality": (tmp_path / "o", ["--ext", "tif", "--quality", "80"],
+                    "--quality 80: a .tif output takes no quality (only .jpg and .webp outputs are written lossily)"),
     }[case]
     s = tmp_path / "nowhere" if case == "missing" else src
     rc = cli_main(["fuse-dir", str(s), str(out), "--model", str(nets), "--device", "cpu", *extra])
     err = capsys.readouterr().err
     assert rc == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_fuse_dir_writes_webp_losslessly_lossy_with_quality_and_records_it(tmp_path: Path, nets: Path,
+                                                                            capsys) -> None:
+    """``fuse-dir --ext webp`` was refused ("WebP is not an output format of bafusion
+    fuse-dir"): its outputs are the --ext png outputs' pixels exactly; ``--quality`` writes them
+    lossy and is recorded, so --skip-existing refuses a folder of another quality."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, seed in (("p1", 3), ("p2", 4)):
+        for n, x in zip("AB", pair(seed)):
+            Image.fromarray(x).save(src / f"{name}-{n}.png")
+    common = ["--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "png"), *common]) == 0
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "webp"), "--ext", "webp", *common]) == 0
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "q"), "--ext", "webp", "--quality", "50", *common]) == 0
+    for name in ("p1", "p2"):
+        ref = np.asarray(Image.open(tmp_path / "png" / f"{name}.png"))
+        with Image.open(tmp_path / "webp" / f"{name}.webp") as im:
+            assert im.format == "WEBP" and np.array_equal(np.asarray(im), ref), name
+        with Image.open(tmp_path / "q" / f"{name}.webp") as im:
+            assert not np.array_equal(np.asarray(im), ref), name
+    import json
+
+    assert json.loads((tmp_path / "q" / batch.OUTPUT_MARKER).read_text())["quality"] == 50
+    assert json.loads((tmp_path / "webp" / batch.OUTPUT_MARKER).read_text())["quality"] is None
+    capsys.readouterr()
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "webp"), "--ext", "webp", "--quality", "50",
+                     "--skip-existing", *common]) == 2
+    assert "another --quality (default -> 50)" in capsys.readouterr().err
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "webp"), "--ext", "webp", "--skip-existing", *common]) == 0
+    assert "2 already there" in capsys.readouterr().out
+
+
+def test_baseline_writes_webp_losslessly(tmp_path: Path) -> None:
+    """``baseline -o F.webp`` was refused as fuse's was; it writes the PNG's pixels exactly."""
+    a8, b8 = pair(1)
+    Image.fromarray(a8).save(tmp_path / "a.png")
+    Image.fromarray(b8).save(tmp_path / "b.png")
+    for ext in ("png", "webp"):
+        assert cli_main(["baseline", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o",
+                         str(tmp_path / f"f.{ext}")]) == 0
+    with Image.open(tmp_path / "f.webp") as im, Image.open(tmp_path / "f.png") as ref:
+        assert im.format == "WEBP" and np.array_equal(np.asarray(im), np.asarray(ref))
+
+
+def test_fuse_dir_webp_without_pillow_webp_is_refused_before_any_work(tmp_path: Path, nets: Path, monkeypatch,
+                                                                      capsys) -> None:
+    from PIL import features
+
+    check = features.check
+    monkeypatch.setattr(features, "check", lambda name: False if name == "webp" else check(name))
+    (tmp_path / "in").mkdir()
+    assert cli_main(["fuse-dir", str(tmp_path / "in"), str(tmp_path / "o"), "--ext", "webp", "--model", str(nets),
+                     "--device", "cpu"]) == 2
+    assert "--ext webp: this Pillow cannot write WebP" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_compose_full_chains_the_decisions_of_a_stack() -> None:

@@ -53,7 +53,7 @@ IMAGE_OUTPUT_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg", ".web
 #: Suffixes of formats bafusion reads that an output image may have under another suffix.
 _OUTPUT_SPELLING = {".apng": ".png", ".jpe": ".jpg", ".jfif": ".jpg", ".mpo": ".jpg", ".dib": ".bmp"}
 #: Names of formats bafusion reads and no command writes, by suffix (others: the suffix in capitals).
-_FORMAT_NAMES = {".webp": "WebP", ".avif": "AVIF", ".jp2": "JPEG 2000", ".j2k": "JPEG 2000", ".j2c": "JPEG 2000",
+_FORMAT_NAMES = {".avif": "AVIF", ".jp2": "JPEG 2000", ".j2k": "JPEG 2000", ".j2c": "JPEG 2000",
                  ".jpc": "JPEG 2000", ".jpf": "JPEG 2000", ".jpx": "JPEG 2000", ".pfm": "PFM (float)",
                  ".rgb": "SGI", ".bw": "SGI", ".pbm": "netpbm", ".pgm": "netpbm", ".ppm": "netpbm", ".pnm": "netpbm"}
 

@@ -514,11 +514,18 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file, not a folder")
     ext = args.ext.lower().lstrip(".")
-    if f".{ext}" not in (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg"):
+    from bafusion.io import output_format_problem
+    from bafusion.preflight import IMAGE_OUTPUT_SUFFIXES
+
+    if f".{ext}" not in IMAGE_OUTPUT_SUFFIXES:
         from bafusion.preflight import read_not_written
 
         why = read_not_written(f".{ext}", "bafusion fuse-dir") if ext else None
-        raise UserError(f"--ext {args.ext}: {why + ': ' if why else ''}use png, tif, bmp or jpg")
+        raise UserError(f"--ext {args.ext}: {why + ': ' if why else ''}use png, tif, bmp, jpg or webp")
+    why = output_format_problem(f"x.{ext}")  # a Pillow without WebP: before any work
+    if why:
+        raise UserError(f"--ext {args.ext}: {why}")
+    _check_quality(Path(f"x.{ext}"), args.quality)
     if out.resolve() == src.resolve():
         raise UserError(f"{out}: the output folder must not be the input folder")
     groups = find_groups(src, exclude=out)[0]
@@ -532,14 +539,15 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
 
     # Logged as fuse-set is, under the same switch (tracking.enabled): the params, the nets used
     # (their sha256) and the counts; the folders and the options params.yaml has no key for as tags.
-    tags = {"input": src, "output": out, "ext": ext, "align": args.align or "none", "force": args.force,
-            "skip_existing": args.skip_existing}
+    tags = {"input": src, "output": out, "ext": ext, "quality": "default" if args.quality is None else args.quality,
+            "align": args.align or "none", "force": args.force, "skip_existing": args.skip_existing}
     with tracking.stage_run("fuse-dir", {"fuse": asdict(params)}, tags=tags) as run:
         nets = nets_from_args(args, other["device"], args.model)
         tracking.log_nets(run, model_identity(nets))
         on_stop_say(lambda: f"rerun {'the same command' if args.skip_existing else 'it with --skip-existing'}: the "
                     f"stacks fused into {out} are kept, the others are fused then")
-        rep = fuse_dir(src, out, nets, params, ext=ext, align=args.align or "none", force=args.force,
+        rep = fuse_dir(src, out, nets, params, ext=ext, quality=args.quality, align=args.align or "none",
+                       force=args.force,
                        skip_existing=args.skip_existing,
                        progress=args.progress is not False, motion_hint=args.align is None)
         run.log_metrics({"stacks_fused": len(rep.fused), "stacks_existing": len(rep.existing),
@@ -577,7 +585,11 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("input", metavar="IN", type=nonempty_path, help="folder of shots")  # '' is not '.'
     p.add_argument("output", metavar="OUT", type=nonempty_path, help="output folder")
-    p.add_argument("--ext", default="png", help="output format: png (default), tif, bmp or jpg")
+    p.add_argument("--ext", default="png", help="output format: png (default), tif, bmp, jpg or webp (lossless "
+                   "unless --quality)")
+    p.add_argument("--quality", type=int, default=None, metavar="Q",
+                   help="lossy quality 1-100 of jpg (default 95) or webp outputs (default: lossless); refused for "
+                   "png, tif and bmp")
     p.add_argument("--model", "--models", dest="model", action=ModelOption, type=nonempty_path, default=None, metavar="DIR",
                    help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name")
     p.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --model)")

@@ -880,18 +880,19 @@ def model_identity(nets) -> dict[str, dict[str, Any]]:
     return out
 
 
-def batch_setup(nets, params, *, ext: str, align: str) -> dict[str, Any]:
+def batch_setup(nets, params, *, ext: str, align: str, quality: int | None = None) -> dict[str, Any]:
     """What makes ``fuse-dir``'s outputs (:data:`SETUP_KEYS`): bafusion's version and the
     digest of its fusion code (``code``: :func:`fusion_code_digest`), the nets
-    (:func:`model_identity`), the fusion parameters, ``--align`` and ``--ext`` (the format: JPEG
-    is lossy, PNG and TIFF keep 16 bits), as JSON values. ``--force`` and the device are not in
-    it (one decides which stacks are fused, not how)."""
+    (:func:`model_identity`), the fusion parameters, ``--align``, ``--ext`` (the format: JPEG
+    is lossy, PNG and TIFF keep 16 bits) and ``--quality`` (None: the format's default, a
+    lossless WebP), as JSON values. ``--force`` and the device are not in it (one decides
+    which stacks are fused, not how)."""
     from dataclasses import asdict
 
     from bafusion._version import __version__
 
     return {"bafusion": __version__, "code": fusion_code_digest(), "model": model_identity(nets),
-            "params": json.loads(json.dumps(asdict(params))), "align": align, "ext": ext}
+            "params": json.loads(json.dumps(asdict(params))), "align": align, "ext": ext, "quality": quality}
 
 
 def read_marker(out: Path) -> dict[str, Any] | None:
@@ -943,9 +944,11 @@ def setup_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[st
                  f"{_short(np_[k]) if k in np_ else '(none)'}" for k in keys[:4]]
         more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
         diffs.append(f"other parameters ({', '.join(shown)}{more})")
-    for key, what in (("align", "--align"), ("ext", "--ext"), ("bafusion", "bafusion version")):
-        if old.get(key) != new.get(key):
-            diffs.append(f"another {what} ({old.get(key)} -> {new.get(key)})")
+    for key, what in (("align", "--align"), ("ext", "--ext"), ("quality", "--quality"),
+                      ("bafusion", "bafusion version")):
+        if old.get(key) != new.get(key):  # quality: None (not given; a record before it: not recorded)
+            was, now = ("default" if v is None and key == "quality" else v for v in (old.get(key), new.get(key)))
+            diffs.append(f"another {what} ({was} -> {now})")
     if old.get("code") != new.get("code"):  # a record without it: a version before the digest
         was = old.get("code")
         by = f" by bafusion {old['bafusion']}" if isinstance(old.get("bafusion"), str) else ""
@@ -1273,10 +1276,12 @@ class BatchReport:
 
 
 def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str = "none", force: bool = False,
-             skip_existing: bool = False, progress: bool = True, motion_hint: bool = False) -> BatchReport:
+             skip_existing: bool = False, progress: bool = True, motion_hint: bool = False,
+             quality: int | None = None) -> BatchReport:
     """Fuse every stack of ``src`` (:func:`find_groups`) into ``out/<name>.<ext>``; a stack that
     cannot be fused is skipped with its reason, the batch goes on. ``align``, ``force`` and
-    ``motion_hint`` as for :func:`fuse_files`.
+    ``motion_hint`` as for :func:`fuse_files`; ``quality``: the lossy quality of a jpg or webp
+    output (:func:`bafusion.io.write_image`; None: JPEG 95, WebP lossless).
 
     ``out/`` :data:`OUTPUT_MARKER` records the setup (:func:`batch_setup`) and the outputs
     written with it, rewritten as each lands. ``skip_existing``: an output that exists and
@@ -1303,7 +1308,10 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
         unread = "; ".join(line for _, line in unread_notes(notes, rep))  # RAW or HEIC files directly in src
         raise UserError(f"{src}: no pair or stack to fuse" + (f": {unread}" if unread else
                         " (name shots <name>-A.<ext>, <name>-B.<ext>, or put each stack in its own sub-folder)"))
-    setup = batch_setup(nets, params, ext=ext, align=align)
+    why = output_format_problem(f"x.{ext}", quality=quality)  # before the folder is made
+    if why:
+        raise UserError(f"--ext {ext}: {why}")
+    setup = batch_setup(nets, params, ext=ext, align=align, quality=quality)
     if skip_existing:  # before the folder is made (refused: nothing left behind); again under the lock
         check_skip_existing(out, setup, [out / f"{name}.{ext}" for name in groups])
     check_replaced(src, out, [out / f"{name}.{ext}" for name in groups])  # again under the lock
@@ -1311,8 +1319,9 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
     try:
         # one run at a time per output folder: each keeps the record of what it wrote
         with output_lock(out):
-            rep = _fuse_dir_locked(src, groups, out, nets, params, rep, setup, ext=ext, align=align, force=force,
-                                   skip_existing=skip_existing, progress=progress, motion_hint=motion_hint)
+            rep = _fuse_dir_locked(src, groups, out, nets, params, rep, setup, ext=ext, quality=quality,
+                                   align=align, force=force, skip_existing=skip_existing, progress=progress,
+                                   motion_hint=motion_hint)
         rep.notes = unread_notes(notes, rep)  # what became of a RAW + JPEG folder's stack, now known
         return rep
     except (UserError, OSError):
@@ -1341,7 +1350,7 @@ def _say_skipped(rep: BatchReport, notes: Sequence[tuple[str, str]]) -> None:
 
 def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path, nets, params, rep: BatchReport,
                      setup: Mapping[str, Any], *, ext: str, align: str, force: bool, skip_existing: bool,
-                     progress: bool, motion_hint: bool) -> BatchReport:
+                     progress: bool, motion_hint: bool, quality: int | None = None) -> BatchReport:
     """:func:`fuse_dir` once ``out`` exists and its lock is held (:func:`output_lock`)."""
     from tqdm import tqdm
 
@@ -1448,7 +1457,7 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
             if stage is not None:
                 stage(f"writing {target}")
             write_image(target, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits,
-                        dpi=fused.dpi, png_colour=fused.png_colour)
+                        dpi=fused.dpi, png_colour=fused.png_colour, quality=quality)
         except UserError as e:
             rep.skipped.append((name, str(e)))
             said(i, name, _skipped(t0, "why: at the end"))
