@@ -690,6 +690,25 @@ def test_a_small_subject_over_a_smooth_sky_is_not_read_as_motion() -> None:
     assert corner_rms(estimate_transform(a, b, "similarity", check=False), a.shape) > 2.0
 
 
+@pytest.mark.parametrize("costs, words", [
+    ((0.00527, 0.00500, 0.00600), "5.4 % worse than no motion (misfit 0.00527 against 0.00500"),
+    # the estimate lost to the shift, which beat no motion by less than the margin: the note named
+    # no motion's misfit alone, which the estimate's may even undercut (here 0.0102 against 0.010)
+    ((0.0102, 0.0100, 0.0097), "5.2 % worse than a shift (misfit 0.0102 against 0.00970; that shift fits it "
+                               "less than 5 % better than no motion's 0.0100"),
+])
+def test_a_replacement_note_shows_by_how_much_the_estimate_misfits(
+        monkeypatch: pytest.MonkeyPatch, costs: tuple[float, ...], words: str) -> None:
+    """A replacement note read "misfit 0.005 against 0.005": three decimals hid the 5 %
+    (SUPPORT_MARGIN) by which the estimate matched the detail worse. The misfits are now given
+    to 3 significant digits, with the share by which the estimate's exceeds the one it lost to."""
+    a, b = _small_subject_over_sky()
+    monkeypatch.setattr(align, "_detail_costs", lambda *args, **kwargs: list(costs))
+    al = align_images([a, b], "similarity")
+    assert words in al.replaced[1] and al.replaced[1].endswith("taken for no motion"), al.replaced
+    assert al.replaced[1] in al.describe(["a", "b"])[1]
+
+
 def test_a_small_subject_over_a_smooth_sky_that_really_moves_is_registered_by_its_shift() -> None:
     """The same pair with B really shifted by (3, -1.5) px read a scale of 0.973 (4.96 px of
     corner motion; a sky variant of the probe's 42 px at scale 1.13): the invented motion matched

@@ -641,6 +641,30 @@ def _detail_costs(ref: np.ndarray, mov: np.ndarray, n_to_px: np.ndarray, xs: np.
     return [float(np.mean(np.log1p((r / c) ** 2))) for r in res]
 
 
+def _misfit_text(x: float) -> str:
+    """A misfit of :func:`_detail_costs` to 3 significant digits, trailing zeros kept
+    (0.00527, 0.00500, 0.279): three decimals read 0.005 for both of two misfits 5 % apart."""
+    return np.format_float_positional(x, precision=3, unique=False, fractional=False, trim="k")
+
+
+def _misfit_words(costs: Sequence[float], shift_ok: bool) -> str:
+    """Why a rejected estimate was rejected, in words (an open parenthesis the caller closes):
+    by what share its misfit of the detail exceeds the best of no motion's and the shift's
+    (``costs`` as :func:`_estimate` passes them: estimate, no motion, shift if any; it was
+    rejected for exceeding it by more than :data:`SUPPORT_MARGIN`), both misfits to 3
+    significant digits; where that best is the shift but it does not beat no motion by the
+    margin (``shift_ok`` False, no motion replaces the estimate), also no motion's misfit."""
+    best = 2 if len(costs) > 2 and costs[2] < costs[1] else 1
+    rival = "a shift" if best == 2 else "no motion"
+    more = f"{100.0 * (costs[0] / costs[best] - 1.0):.1f} % " if costs[best] > 0 else ""
+    words = (f"matches the shots' detail {more}worse than {rival} (misfit {_misfit_text(costs[0])} against "
+             f"{_misfit_text(costs[best])}")
+    if best == 2 and not shift_ok:
+        words += (f"; that shift fits it less than {100 * SUPPORT_MARGIN:g} % better than no motion's "
+                  f"{_misfit_text(costs[1])}")
+    return words
+
+
 def estimate_transform(reference: np.ndarray, moving: np.ndarray, model: str = "similarity",
                        sigma: float = 1.5, iters: int = _ITERS, samples: int = _SAMPLES, tol: float = _TOL,
                        antialias: float = _ANTIALIAS, check: bool = True) -> np.ndarray:
@@ -780,8 +804,7 @@ def _estimate(g_ref: np.ndarray, g_mov: np.ndarray, ref_clip: np.ndarray | None,
         if (_match_quality(g_ref, warped, ref_clip, _clipped(warped), coverage(est, g_ref.shape))
                 > _match_quality(g_ref, warped_alt, ref_clip, _clipped(warped_alt), coverage(alt, g_ref.shape))):
             return est
-    why = (f"matches the shots' detail worse than {'a shift' if shift_ok else 'no motion'} (misfit {costs[0]:.3f} "
-           f"against {costs[2] if shift_ok else costs[1]:.3f}"
+    why = (_misfit_words(costs, shift_ok)
            + (f"; {'that shift' if shift_ok else 'no motion'} also matches the whole frame better)"
               if spread > DETAIL_SPREAD else ": a small subject over a smooth backdrop?)"))
     m, outcome = eye, "taken for no motion"
