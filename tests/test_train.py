@@ -1662,12 +1662,17 @@ def test_keep_last_survives_a_resume_and_a_restore(toy_run: dict, tmp_path: Path
     assert all(torch.equal(v, whole_best[k]) for k, v in net.state_dict().items())
 
 
+@pytest.mark.parametrize("removed", [True, False], ids=["outputs-removed", "outputs-in-place"])
 def test_a_finished_run_restored_under_another_keep_writes_its_weights_without_training(
-        toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+        toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        removed: bool) -> None:
     """train.keep was in the run's fingerprint: a finished keep-last run whose outputs were
     deleted (as dvc repro does when keep changes) trained all its epochs again under keep best,
     though last.pt holds the best epoch's weights. Now it is restored: no epoch runs, the model
-    is best.pt's weights, saved_epoch the best epoch; and back under keep last, last.pt's own."""
+    is best.pt's weights, saved_epoch the best epoch; and back under keep last, last.pt's own.
+    A rerun by hand with only keep changed and the model still in place trained from scratch
+    (the restore needed the outputs gone): it is restored so too; the same keep again, the
+    outputs in place, still trains from scratch."""
     from bafusion.nets import train as train_mod
 
     monkeypatch.setenv("BAFUSION_MLFLOW", "0")
@@ -1683,18 +1688,26 @@ def test_a_finished_run_restored_under_another_keep_writes_its_weights_without_t
 
     monkeypatch.setattr(train_mod, "evaluate", no_epoch)
     for cfg, keep, epoch, acc, ckpt in ((best_cfg, "best", 1, 0.9, "best.pt"), (last_cfg, "last", 3, 0.7, "last.pt")):
-        for p in (paths.out, paths.out.with_suffix(".json"), paths.metrics, paths.plots):
-            p.unlink()
+        if removed:
+            for p in (paths.out, paths.out.with_suffix(".json"), paths.metrics, paths.plots):
+                p.unlink()
         capsys.readouterr()
         summary = train("initial", toy_run["h5"], cfg, paths, progress=False)
         err = capsys.readouterr().err
-        assert "was restored" in err and "starting afresh" not in err, err
+        assert "was restored" in err and "starting afresh" not in err and "from scratch" not in err, err
+        was = "best" if keep == "last" else "last"
+        assert f'train.keep "{was}" -> "{keep}"' in err, err
         assert (summary["saved_epoch"], summary["best_epoch"], summary["val_acc"]) == (epoch, 1, acc)
         net, meta = load_model(paths.out)
         assert (meta["saved_epoch"], meta["params"]["keep"]) == (epoch, keep)
         want = load_checkpoint(paths.checkpoints / ckpt)["model"]
         assert all(torch.equal(v, want[k]) for k, v in net.state_dict().items())
         assert json.loads(paths.metrics.read_text())["saved_epoch"] == epoch
+        assert load_checkpoint(paths.checkpoints / "last.pt")["config"]["keep"] == keep  # what the outputs hold
+    if not removed:  # the same keep, the outputs in place: a rerun by hand trains again, as before
+        with pytest.raises(AssertionError, match="an epoch was trained again"):
+            train("initial", toy_run["h5"], last_cfg, paths, progress=False)
+        assert "belongs to a finished run (its model was written); training from scratch" in capsys.readouterr().err
 
 
 def _processes_of(marker: str) -> list[int]:

@@ -45,7 +45,8 @@ So does a resume with another device type, ``compile`` or torch version (recorde
 setting, and the final weights may differ in the last bits from an uninterrupted run's.
 ``keep`` is not in the fingerprint either (it changes no step, see
 :attr:`TrainConfig.OUTPUT_KEYS`): a run resumed or restored under another ``keep`` writes the
-weights that one asks for.
+weights that one asks for, and a finished run rerun under another ``keep`` than the one its
+outputs were written under is restored so without training, its outputs in place or not.
 The resumed ``last.pt`` keeps the torch versions its epochs ran under (``"1.13.0 then 2.4.1"``;
 none when the checkpoint recorded none), so a restore never takes them for this torch's alone.
 A checkpoint of an interrupted run written for other parameters or another patch set, or by
@@ -53,7 +54,7 @@ other training code (see :func:`fingerprint`; an upgrade: said as such, see :fun
 another's resume state), unless ``replace_stale`` (``--restart-if-changed``, and always for the pipeline's own training,
 ``data/models/<net>.pt`` with ``data/checkpoints/<net>``, so that a parameter edit retrains) or ``--no-resume``: then training starts afresh. Once the run has written its outputs, ``last.pt`` is
 marked ``finished``: a later run by hand, the outputs all there, trains from scratch instead of
-resuming a run that has nothing left to do. A later run of the same fingerprint whose outputs
+resuming a run that has nothing left to do (unless only ``keep`` differs: see above). A later run of the same fingerprint whose outputs
 are missing or whose model does not load (a job killed in the seconds between the mark and its
 exit, whose outputs Snakemake or SLURM then deleted; also ``snakemake -R`` and ``dvc repro -f``,
 which delete them first) writes the finished run's outputs again from ``last.pt``, the same
@@ -1060,10 +1061,13 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     if resume and last_path.exists():
         ck = load_checkpoint(last_path)
         not_restored = ""  # why a finished run of this fingerprint, its outputs missing, trains again
+        kept_otherwise = ""  # the finished run's outputs were written under another keep: as 'train.keep "last" -> "best"'
         if ck.get("fingerprint") == fp and ck.get("finished"):
             missing = dist.main and _outputs_missing(paths)
-            not_restored = _not_restorable(ck, cfg, device) if missing else ""
-            restoring = _agreed(missing and not not_restored, dist, device)  # every process takes part
+            kept_otherwise = _keep_changed(ck, cfg)  # the same on every process (last.pt's)
+            not_restored = _not_restorable(ck, cfg, device) if missing or kept_otherwise else ""
+            # every process takes part
+            restoring = _agreed((missing or bool(kept_otherwise)) and not not_restored, dist, device)
         if ck.get("fingerprint") != fp:
             ck_world = _other_world_size(ck, cfg, net, patches, dist.world_size)
             if ck_world is not None:
@@ -1085,7 +1089,9 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             # differs (a parameter edit retrains; its model would be recorded under settings
             # that did not produce it).
             if dist.main and not_restored:
-                print(stamped(f"bafusion train: {last_path} belongs to a finished run whose outputs are missing, but its "
+                whose = (f"whose outputs were written under another keep ({kept_otherwise})" if kept_otherwise
+                         else "whose outputs are missing")
+                print(stamped(f"bafusion train: {last_path} belongs to a finished run {whose}, but its "
                       f"model is not what this run trains ({not_restored}: that changes the weights); training "
                       "from scratch instead of restoring it", sys.stderr), file=sys.stderr)
             elif dist.main:
@@ -1332,7 +1338,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                             step=cfg.epochs)
             if restoring:
                 print(stamped(f"bafusion train: the model of the finished run in {last_path} was restored to {paths.out} "
-                      f"({_saved_words(cfg.keep, saved_row['val_acc'], saved_epoch)}); no training needed "
+                      f"({_saved_words(cfg.keep, saved_row['val_acc'], saved_epoch)}"
+                      + (f"; {kept_otherwise}" if kept_otherwise else "") + "); no training needed "
                       f"(to train again, also under snakemake -R or dvc repro -f: delete {paths.checkpoints} first, "
                       "or run by hand with --no-resume)", sys.stderr), file=sys.stderr)
             else:
@@ -1376,6 +1383,19 @@ def _outputs_missing(paths: Paths) -> bool:
     except Exception:  # noqa: BLE001 - any damage: written again
         return True
     return False
+
+
+def _keep_changed(ck: Mapping[str, Any], cfg: TrainConfig) -> str:
+    """How this run's ``keep`` differs from the one the finished run in the checkpoint ``ck``
+    last wrote its outputs under, as ``train.keep "last" -> "best"``; ``""`` when they are the
+    same or the checkpoint records none. ``keep`` is out of the fingerprint (it changes no step,
+    :attr:`TrainConfig.OUTPUT_KEYS`), so the outputs are written again from ``last.pt`` under
+    the new one, without training, also where the old ones are still in place."""
+    old = ck.get("config")
+    was = old.get("keep") if isinstance(old, Mapping) else None
+    if not isinstance(was, str) or was == cfg.keep:
+        return ""
+    return f"{cfg.key('keep')} {json.dumps(was)} -> {json.dumps(cfg.keep)}"
 
 
 def _not_restorable(ck: Mapping[str, Any], cfg: TrainConfig, device: torch.device) -> str:
