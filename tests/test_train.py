@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -1388,6 +1389,55 @@ def test_train_stops_when_its_reader_goes_away_with_or_without_log(tmp_path: Pat
         assert lines[-1] == ("bafusion train: stopped: the reader of its standard error went away (a closed pipe, "
                              f"as `| head`), status 141; rerun the same command: it resumes from {ck / 'last.pt'} "
                              f"({last['epoch']} epoch(s) done, step {last['global_step']})"), text
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a pipe's reader gone: POSIX")
+@pytest.mark.parametrize("older", ["finished", "other-params"])
+def test_train_log_stop_line_never_counts_the_epochs_of_an_older_runs_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, older: str) -> None:
+    """``train --log`` stopped by its reader gone before its first save, beside an older run's
+    last.pt (a finished run's: a rerun trains from scratch; or an interrupted run's of other
+    parameters, which --restart-if-changed replaces), said "rerun the same command: no
+    checkpoint was saved yet by this run, so it starts afresh (2 epoch(s) done, step 8)": the
+    older checkpoint's epochs, which a rerun does not go on from. The stop line now gives the
+    epochs only of a checkpoint this run wrote or a rerun resumes."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    h5 = write_toy_patches(tmp_path / "initial.h5", n_train=12, n_val=6, patch=16, seed=1)
+    logfile = tmp_path / "train.log"
+    paths = _paths(tmp_path, "initial")
+    params = {**TOY, "train": {**TOY["train"], "samples_per_epoch": 32}}  # 2 steps per epoch
+    if older == "finished":  # the same parameters, its outputs in place: a rerun trains from scratch
+        train("initial", h5, resolve_config(params, "initial"), paths, progress=False)
+        options: list[str] = []
+    else:  # an interrupted run of another learning rate, replaced by --restart-if-changed
+        monkeypatch.setenv(ABORT_ENV, "3")  # in epoch 2, after epoch 1's save
+        with pytest.raises(KeyboardInterrupt):
+            train("initial", h5, resolve_config({**params, "train": {**params["train"], "lr": 0.02}}, "initial"),
+                  paths, progress=False)
+        monkeypatch.delenv(ABORT_ENV)
+        options = ["--restart-if-changed"]
+    last = paths.checkpoints / "last.pt"
+    then = time.time() - 600  # written well before the run below started
+    os.utime(last, (then, then))
+    before = last.read_bytes()
+    assert load_checkpoint(last)["epoch"] >= 1
+    r, w = os.pipe()
+    os.close(r)  # the console's reader is gone from the start: the first line the copy passes on fails
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bafusion.cli", "train", "--net", "initial", "--patches", str(h5),
+                               "--out", str(paths.out), "--checkpoints", str(paths.checkpoints), "--report",
+                               str(paths.metrics), "--plots", str(paths.plots), "--params-json", json.dumps(params),
+                               "--log", str(logfile), *options],
+                              stdout=w, stderr=w, cwd=tmp_path, timeout=300)
+    finally:
+        os.close(w)
+    assert proc.returncode == 141, proc.returncode
+    assert last.read_bytes() == before  # stopped before this run's first save (at its first or second line)
+    lines = _unstamped(logfile.read_text())
+    stop = lines[-1]
+    assert stop.startswith("bafusion train: stopped: the reader of its standard error went away"), lines
+    assert "rerun the same command: no checkpoint was saved yet by this run, so it starts afresh" in stop, stop
+    assert "epoch(s) done" not in stop, stop
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")

@@ -333,13 +333,24 @@ def _resume_advice(args: argparse.Namespace, started: float, run: dict[str, Any]
     return "rerun the same command: no checkpoint was saved yet by this run, so it starts afresh"
 
 
-def _checkpoint_state(args: argparse.Namespace) -> str:
-    """How far the checkpoint of ``args``' training got, ``" (2 epoch(s) done, step 96)"``, for
-    the line that says the run stopped; ``""`` when there is none or it cannot be read."""
+def _checkpoint_state(args: argparse.Namespace, started: float, run: dict[str, Any] | None = None) -> str:
+    """How far the checkpoint of ``args``' training (begun at time ``started``) got,
+    ``" (2 epoch(s) done, step 96)"``, for the line that says the run stopped, after
+    :func:`_resume_advice`: of a last.pt that this run wrote, or that a rerun resumes from. ``""``
+    when there is none, it cannot be read, or it is an older run's that a rerun does not resume
+    (a finished run's, one that ``--no-resume`` replaces, or one of another fingerprint: ``run``
+    as for :func:`_same_run`): its epochs are not what a rerun goes on from."""
+    last = _paths(args).checkpoints / "last.pt"
+    try:
+        ours = last.stat().st_mtime >= started - _MTIME_SLACK_S
+    except OSError:  # none
+        return ""
+    if not ours and (args.no_resume or _finished(last) or _same_run(args, last, run or {}) is False):
+        return ""
     try:
         from bafusion.nets.train import load_checkpoint
 
-        ck = load_checkpoint(_paths(args).checkpoints / "last.pt")
+        ck = load_checkpoint(last)
         return f" ({int(ck['epoch'])} epoch(s) done, step {int(ck['global_step'])})"
     except Exception:  # noqa: BLE001 - advice only
         return ""
@@ -417,7 +428,7 @@ def run_cli(args: argparse.Namespace, run: dict[str, Any] | None = None) -> int:
                 with copy.rescuing():
                     rc = run_cli(args, run)
             except BrokenPipeError:  # the console's reader gone (`2>&1 | head -1`): status 141, said in the log
-                copy.say_reader_gone(f"{_resume_advice(args, started, run)}{_checkpoint_state(args)}")
+                copy.say_reader_gone(f"{_resume_advice(args, started, run)}{_checkpoint_state(args, started, run)}")
                 raise
             copy.end_stdout()
             # as every command that writes files: its lines lost (kept in the log here), status 2
