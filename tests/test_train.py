@@ -476,6 +476,29 @@ def test_boundary_net_trains_on_the_boundary_set_via_cli(tmp_path: Path, monkeyp
     assert ", model " not in err
 
 
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_train_result_line_words_the_saved_epoch_as_the_end_of_run_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], keep: str) -> None:
+    """With keep last, the end-of-run line said "val acc 0.7000 at the last epoch (3, train.keep:
+    last); best val acc 0.9000 at epoch 1" and the result line "val acc 0.7000 at the last epoch 3
+    (train.keep: last; best 0.9000 at epoch 1)"; with keep best "(epoch 1)" and "at epoch 1": the
+    same fact in two wordings. Both now say it in the same words."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    h5 = write_toy_patches(tmp_path / "initial.h5", n_train=12, n_val=6, patch=16, seed=1)
+    out = tmp_path / "m.pt"
+    params = {**TOY, "train": {**TOY["train"], "samples_per_epoch": 32, "keep": keep}}
+    rc = cli.main(["train", "--net", "initial", "--patches", str(h5), "--out", str(out),
+                   "--params-json", json.dumps(params), "--no-progress"])
+    assert rc == 0
+    stdout, err = capsys.readouterr()
+    summary = json.loads((tmp_path / "m.metrics.json").read_text())
+    words = (f"best val acc {summary['val_acc']:.4f} at epoch {summary['saved_epoch']}" if keep == "best" else
+             f"val acc {summary['val_acc']:.4f} at epoch 2, the last (train.keep: last; best val acc "
+             f"{summary['best_val_acc']:.4f} at epoch {summary['best_epoch']})")
+    assert stdout == f"initial: {words}, model {out}\n", stdout
+    assert _unstamped(err)[-1].endswith(f" s, {words}"), err
+
+
 def _empty_boundary(path: Path) -> Path:
     write_toy_patches(path, n_train=4, n_val=2, patch=16, kind="boundary")
     with h5py.File(path, "a") as f:
@@ -1655,7 +1678,7 @@ def test_keep_last_writes_the_net_after_the_last_epoch_and_says_so(toy_run: dict
     weights = net.state_dict()
     assert all(torch.equal(v, last["model"][k]) for k, v in weights.items())
     assert not all(torch.equal(v, best["model"][k]) for k, v in weights.items())
-    assert "val acc 0.7000 at the last epoch (3, train.keep: last); best val acc 0.9000 at epoch 1" in \
+    assert "val acc 0.7000 at epoch 3, the last (train.keep: last; best val acc 0.9000 at epoch 1)" in \
         capsys.readouterr().err
     client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
     run = client.get_run(last["mlflow_run_id"])

@@ -27,6 +27,7 @@ from bafusion.nets.train import (
     NETS,
     Paths,
     TrainConfig,
+    _saved_words,
     checkpoints_lock,
     default_paths,
     dist_from_env,
@@ -778,13 +779,8 @@ def _train_cli(args: argparse.Namespace, cfg: TrainConfig) -> int:
                     replace_stale=args.restart_if_changed or _pipeline_training(args.net, paths))
     if dist_from_env().main:
         # the result, on stdout as every command's (the progress and the epochs' lines: stderr)
-        if cfg.keep == "last":
-            print(f"{args.net}: val acc {summary['val_acc']:.4f} at the last epoch {summary['saved_epoch']} "
-                  f"(train.keep: last; best {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}), "
-                  f"model {paths.out}")
-        else:
-            print(f"{args.net}: best val acc {summary['val_acc']:.4f} at epoch {summary['best_epoch']}, "
-                  f"model {paths.out}")
+        # in the words of the end-of-run line on stderr
+        print(f"{args.net}: {_saved_words(cfg.keep, summary)}, model {paths.out}")
     return 0
 
 

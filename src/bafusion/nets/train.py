@@ -1338,15 +1338,13 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                             step=cfg.epochs)
             if restoring:
                 print(stamped(f"bafusion train: the model of the finished run in {last_path} was restored to {paths.out} "
-                      f"({_saved_words(cfg.keep, saved_row['val_acc'], saved_epoch)}"
+                      f"({_saved_words(cfg.keep, summary)}"
                       + (f"; {kept_otherwise}" if kept_otherwise else "") + "); no training needed "
                       f"(to train again, also under snakemake -R or dvc repro -f: delete {paths.checkpoints} first, "
                       "or run by hand with --no-resume)", sys.stderr), file=sys.stderr)
             else:
                 print(stamped(f"bafusion train: {net} done: {samples_seen} samples in {train_time:.1f} s, "
-                      f"{_saved_words(cfg.keep, saved_row['val_acc'], saved_epoch)}"
-                      + (f"; best val acc {best_row['val_acc']:.4f} at epoch {best_epoch}" if keep_last else ""),
-                      sys.stderr), file=sys.stderr)
+                      f"{_saved_words(cfg.keep, summary)}", sys.stderr), file=sys.stderr)
             run.set_tag("best_epoch", best_epoch)
             run.set_tag("saved_epoch", saved_epoch)
             with open(paths.out, "rb") as f:  # fuse's and evaluate's runs name the nets by it (tracking.log_nets)
@@ -1535,9 +1533,12 @@ def _summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def _saved_words(keep: str, val_acc: float, epoch: int) -> str:
-    """What a training wrote, in words: ``best val acc 0.9125 (epoch 3)``, or with ``keep: last``
-    ``val acc 0.8875 at the last epoch (7, train.keep: last)``."""
+def _saved_words(keep: str, summary: Mapping[str, Any]) -> str:
+    """What a training wrote, in words, from its ``summary`` (the report): ``best val acc 0.9125
+    at epoch 3``, or with ``keep: last`` ``val acc 0.8875 at epoch 7, the last (train.keep: last;
+    best val acc 0.9125 at epoch 3)``. The end-of-run line on stderr, the restore's and the
+    command's result line on stdout all say it so."""
     if keep == "last":
-        return f"val acc {val_acc:.4f} at the last epoch ({epoch}, train.keep: last)"
-    return f"best val acc {val_acc:.4f} (epoch {epoch})"
+        return (f"val acc {summary['val_acc']:.4f} at epoch {summary['saved_epoch']}, the last (train.keep: last; "
+                f"best val acc {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']})")
+    return f"best val acc {summary['val_acc']:.4f} at epoch {summary['best_epoch']}"  # the saved one
