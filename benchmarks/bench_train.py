@@ -36,6 +36,8 @@ def write_patches(path: Path, n: int, patch: int, seed: int = 0) -> Path:
     runs the path real patch sets take: each variant's label gathered from ``y_block``)."""
     import h5py
 
+    # Internal API (see BENCHMARKS.md): the patches step's own writer, so that the file has the
+    # layout and chunking real patch sets have; tests/test_augment.py runs this function.
     from bafusion.data.patches import _Appender, _ChunkWriter
 
     rng = np.random.default_rng(seed)
