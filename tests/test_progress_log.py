@@ -310,3 +310,22 @@ def test_fuse_in_a_log_names_each_step_of_a_camera_size_pair_with_the_time(tmp_p
         assert printed.startswith(f"fused 2 images into {out} (") and len(printed.splitlines()) == 1, printed
     assert cli_main([*args, "--no-progress"]) == 0
     assert " ..." not in capsys.readouterr().err
+
+
+def test_unstamped_drops_the_time_of_stamped_lines_however_the_bytes_come() -> None:
+    """What ``train --log`` shows on a terminal (bafusion.progress.Unstamped): the time that
+    starts a stamped line is dropped, whether a line comes whole or a byte at a time; other
+    lines, and a time before something else, are shown as written."""
+    from bafusion.progress import Unstamped
+
+    text = (b"2026-12-06T15:44:16 bafusion train: initial epoch 1/2\nplain line\n"
+            b"2026-12-06T15:44:17 bafusion: note\n2026-12-06 a date\n\n2026-12-06T15:44:18 other\n"
+            b"bafusion train: error: x\n2026-12-06T15:44:19 bafusion train: last, no newline")
+    want = (b"bafusion train: initial epoch 1/2\nplain line\nbafusion: note\n2026-12-06 a date\n\n"
+            b"2026-12-06T15:44:18 other\nbafusion train: error: x\nbafusion train: last, no newline")
+    for size in (1, 2, 3, 7, 20, 29, len(text)):
+        u = Unstamped()
+        shown = b"".join(u.feed(text[i:i + size]) for i in range(0, len(text), size)) + u.flush()
+        assert shown == want, (size, shown)
+    u = Unstamped()
+    assert u.feed(b"2026-12") == b"" and u.flush() == b"2026-12"  # held back while it may be a stamp

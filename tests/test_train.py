@@ -1349,6 +1349,51 @@ def test_train_log_holds_the_commands_error_line_as_tee_did(tmp_path: Path) -> N
     assert not (tmp_path / "ck").exists()  # the lock's folder, made for it, is gone with it
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal: POSIX")
+def test_train_log_on_a_terminal_shows_its_lines_unstamped_and_stamps_them_in_the_log(tmp_path: Path) -> None:
+    """``train --log FILE`` run on a terminal showed its stderr lines there after the time, as in
+    a log (``--log`` makes stderr a pipe to copy it into FILE), where without ``--log`` they read
+    ``bafusion train: ...``. The terminal now shows them as without ``--log``; the log file still
+    gets them stamped, as every log."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    h5 = write_toy_patches(tmp_path / "initial.h5", n_train=12, n_val=6, patch=16, seed=1)
+    logfile = tmp_path / "logs" / "train.log"
+    params = {**TOY, "train": {**TOY["train"], "samples_per_epoch": 32}}
+    command = [sys.executable, "-m", "bafusion.cli", "train", "--net", "initial", "--patches", str(h5),
+               "--out", str(tmp_path / "m.pt"), "--params-json", json.dumps(params), "--checkpoints",
+               str(tmp_path / "ck"), "--log", str(logfile)]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal of a width
+    env = {k: v for k, v in os.environ.items() if k != "TERM"}
+    try:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=slave, env={**env, "BAFUSION_MLFLOW": "0"})
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's last writer is gone
+                break
+            if not data:
+                break
+            shown += data
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, shown
+    console = shown.decode().replace("\r\n", "\n").splitlines()
+    for start in ("bafusion train: initial: 12 train patches", "bafusion train: initial epoch 2/2 lr ",
+                  "bafusion train: initial done: "):
+        assert sum(line.startswith(start) for line in console) == 1, shown
+        assert re.search(rf"^{STAMP} {re.escape(start)}", logfile.read_text(), re.M), logfile.read_text()
+    assert not any(re.match(STAMP, line) for line in console), shown
+    assert out.decode().startswith("initial: best val acc "), out
+
+
 @pytest.mark.parametrize("closed", [">&-", ">&- <&-"], ids=["stdout", "stdin-and-stdout"])
 def test_train_log_with_stdout_closed_ends_with_the_training(tmp_path: Path, closed: str) -> None:
     """``train --log`` with stdout closed (``>&-``: a daemon, some cron wrappers) trained to the

@@ -137,6 +137,110 @@ def _is_terminal(stream: Any) -> bool:
         return True
 
 
+def fd_is_terminal(fd: int) -> bool:
+    """:func:`stderr_is_terminal` of the file descriptor ``fd``: the console that ``train --log``
+    copies stderr to (its own stderr is then a pipe).
+
+    Parameters
+    ----------
+    fd : int
+        An open file descriptor.
+
+    Returns
+    -------
+    bool
+        Whether ``fd`` is an interactive terminal that can redraw a bar (not ``TERM=dumb``, of
+        a width).
+    """
+    try:
+        if not os.isatty(fd):
+            return False
+    except OSError:
+        return False
+    if os.environ.get("TERM", "").strip().lower() == "dumb":
+        return False
+    try:
+        return os.get_terminal_size(fd).columns > 0
+    except OSError:  # no size to ask for: taken as a terminal
+        return True
+
+
+#: The time :func:`stamped` and :func:`in_log` put before a line that names its command, in a log.
+STAMP = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (?=bafusion)")
+#: What a stamped line starts with, ``0`` for a digit: a line's start shorter than this that
+#: matches it so far may still be a stamp (:class:`Unstamped`).
+_STAMP_SHAPE = b"0000-00-00T00:00:00 bafusion"
+
+
+class Unstamped:
+    """The lines of a log's stream as a terminal shows them: the time that starts a stamped line
+    (:data:`STAMP`) dropped. ``train --log`` copies its stderr, a pipe, to the log as it is and,
+    through this, to a terminal it was run on: there its lines read as without ``--log``.
+
+    Bytes are fed as they come (:meth:`feed`); a line's start that may still turn out to be a
+    stamp is held back until it is whole enough to tell (at most 28 bytes, never past a newline),
+    and given by :meth:`flush` at the end.
+    """
+
+    def __init__(self) -> None:
+        self.held = b""
+        self.at_start = True
+
+    def feed(self, data: bytes) -> bytes:
+        """The bytes ``data`` without the stamps of the lines that start in them.
+
+        Parameters
+        ----------
+        data : bytes
+            What was written next to the stream.
+
+        Returns
+        -------
+        bytes
+            What to show now (a line's start that may be a stamp is held back).
+        """
+        buf, self.held = self.held + data, b""
+        out: list[bytes] = []
+        i = 0
+        while i < len(buf):
+            if self.at_start:
+                m = STAMP.match(buf, i)
+                if m:
+                    i = m.end()
+                elif _may_be_stamp(buf[i:]):
+                    self.held = buf[i:]
+                    break
+                self.at_start = False
+                continue
+            nl = buf.find(b"\n", i)
+            if nl < 0:
+                out.append(buf[i:])
+                break
+            out.append(buf[i:nl + 1])
+            i = nl + 1
+            self.at_start = True
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """What is still held back (the stream ended on a line's start).
+
+        Returns
+        -------
+        bytes
+            Those bytes, as written.
+        """
+        held, self.held = self.held, b""
+        return held
+
+
+def _may_be_stamp(start: bytes) -> bool:
+    """Whether the line's start ``start`` (shorter than a stamped line's :data:`_STAMP_SHAPE`)
+    may still become one."""
+    if len(start) >= len(_STAMP_SHAPE):
+        return False
+    return all(0x30 <= b <= 0x39 if s == ord("0") else b == s for b, s in zip(start, _STAMP_SHAPE))
+
+
 def bars_enabled(progress: bool = True) -> bool:
     """Whether to draw a progress bar: ``progress`` asked for and stderr a terminal."""
     return bool(progress) and stderr_is_terminal()

@@ -34,6 +34,7 @@ from bafusion.nets.train import (
     resolve_nproc,
     train,
 )
+from bafusion.progress import Unstamped, fd_is_terminal
 from bafusion.schema import maximum
 
 # --------------------------------------------------------------------------------------
@@ -632,12 +633,18 @@ class _LogCopy:
 
     def _pump(self, r: int, out: int, fd: int) -> None:
         failed: OSError | None = None  # the standard output's failure, until its line is whole
+        # stderr's lines are stamped, as in every log (its copy is a pipe); on a terminal they are
+        # shown as without --log: unstamped
+        unstamped = Unstamped() if fd == 2 and fd_is_terminal(out) else None
         try:
             while True:
                 data = os.read(r, 65536)
                 if not data:
+                    if unstamped is not None:
+                        with contextlib.suppress(OSError):
+                            os.write(out, unstamped.flush())
                     return
-                view = memoryview(data)
+                view = memoryview(unstamped.feed(data) if unstamped is not None else data)
                 gone = False
                 try:
                     while view and not (fd == 1 and (failed or self.stdout_failed) is not None):
