@@ -2505,6 +2505,27 @@ def test_the_fuse_set_run_names_the_nets_it_used(tmp_path: Path, nets: Path) -> 
     assert run.data.tags["model_dir"] == str(nets.resolve())
 
 
+def test_the_fuse_set_run_names_its_folders_as_fuse_dirs_does(tmp_path: Path, nets: Path) -> None:
+    """fuse-set's MLflow run (fuse) had no ``output`` tag, while fuse-dir's has its folders as
+    ``input`` and ``output``: which run wrote a folder of fused pairs could not be searched for.
+    It tags both now (the pairs folder as ``input``)."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from bafusion import tracking
+
+    pairs, out = _pairs_in(tmp_path / "pairs", {"p1": 3}), tmp_path / "out"
+    (pairs / "index.json").write_text(json.dumps(["p1"]))
+    assert cli_main(["fuse-set", "--pairs", str(pairs), "--models", str(nets), "--out", str(out),
+                     "--device", "cpu", "--no-progress"]) == 0
+    client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    runs = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id],
+                              f"tags.stage = 'fuse' and tags.output = '{out}'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["input"] == str(pairs)
+
+
 def test_fuse_dir_is_tracked_as_fuse_set_is(tmp_path: Path, nets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """fuse-dir logged no MLflow run, while fuse-set and evaluate do under the same switch
     (tracking.enabled: here the tests' store). Its run ``fuse-dir`` holds fuse-set's params

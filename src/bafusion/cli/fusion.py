@@ -421,7 +421,9 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
     if args.report:  # before loading the nets: a --report that is one of the files written into --out
         check_report_path(args.out, args.report, read_pair_index(Path(args.pairs), allow_empty=True),
                           what="--report file", folder="--out")
-    with tracking.stage_run("fuse", {"fuse": asdict(params)}) as run:
+    # its folders as tags, as fuse-dir's run has them: which run wrote this output folder
+    tags = {"input": Path(args.pairs), "output": Path(args.out)}
+    with tracking.stage_run("fuse", {"fuse": asdict(params)}, tags=tags) as run:
         nets = nets_from_args(args, other["device"], args.models)
         tracking.log_nets(run, model_identity(nets))  # which weights made these numbers
         report = fuse_set(args.pairs, args.out, nets, params, alpha=other["alpha"], diff_cmap=other["diff_cmap"],
