@@ -51,6 +51,24 @@ def _isolated_mlflow(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
 
 
+@pytest.fixture(autouse=True)
+def _tracking_on_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that fails turns tracking off for the rest of the process
+    (``bafusion.tracking._broken``, and ``$BAFUSION_MLFLOW=0`` for its child processes, set in
+    ``os.environ`` directly): a test that breaks the tests' store would turn it off for every
+    test after it, which then passed or failed by their order. Each test starts with tracking
+    as the environment sets it, and both are restored after it."""
+    from bafusion import tracking
+
+    monkeypatch.setattr(tracking, "_broken", None)
+    before = os.environ.get("BAFUSION_MLFLOW")
+    if before is None:  # recorded as unset: monkeypatch removes what the test's store set
+        monkeypatch.setenv("BAFUSION_MLFLOW", "1")
+        monkeypatch.delenv("BAFUSION_MLFLOW")
+    else:
+        monkeypatch.setenv("BAFUSION_MLFLOW", before)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a test module: deterministic, and far faster than two on a shared

@@ -596,6 +596,24 @@ def test_a_corrupt_database_only_warns_and_the_step_is_done(
     assert os.environ["BAFUSION_MLFLOW"] == "0"  # Snakemake's jobs do not try the store again
 
 
+def test_a_test_whose_store_fails_turns_tracking_off_for_itself(capsys: pytest.CaptureFixture[str]) -> None:
+    """Half of a pair with the next test: a test whose store fails (here said directly, as
+    stage_run says a corrupt database) turns tracking off, without any fixture of its own to
+    turn it on again (tests/conftest.py's autouse _tracking_on_again does, after every test)."""
+    tracking._turn_off(tracking.tracking_uri(), RuntimeError("file is not a database"))
+    assert not tracking.enabled() and os.environ["BAFUSION_MLFLOW"] == "0"
+    assert "file is not a database" in capsys.readouterr().err
+
+
+def test_tracking_is_on_again_in_the_test_after_one_whose_store_failed() -> None:
+    """Run after the test above (pytest keeps a file's order): tracking was still off here, and
+    $BAFUSION_MLFLOW was 0, for every later test of the process, whose runs were then not
+    logged (a test of them failed or passed by the order the tests ran in). Each test starts
+    with tracking on (tests/conftest.py: _tracking_on_again)."""
+    assert tracking._broken is None and os.environ.get("BAFUSION_MLFLOW") != "0"
+    assert tracking.enabled()
+
+
 @pytest.mark.usefixtures("turned_off_afterwards")
 def test_onstart_with_a_corrupt_database_only_warns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
