@@ -248,7 +248,7 @@ def test_fuse_with_align_prints_the_transform_and_crops(tmp_path: Path, nets: Pa
     assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out), "--model", str(nets),
                      "--device", "cpu", "--align", "similarity"]) == 0
     err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("bafusion fuse: align")]
+    lines = [ln for ln in _unstamped(err) if ln.startswith("bafusion fuse: align")]  # (after the time in a log)
     assert len(lines) == 3 and "rotation -0.5" in lines[1] and "scale 0.99" in lines[1], err
     x0, x1, y0, y1 = (int(v) for v in re.search(r"x (\d+)\.\.(\d+), y (\d+)\.\.(\d+)", lines[2]).groups())
     assert np.asarray(Image.open(out)).shape == (y1 - y0, x1 - x0, 3)

@@ -23,6 +23,9 @@ from bafusion.fusion.scene import (
     shot_motions,
 )
 
+#: The time a line on stderr starts with in a log (bafusion.progress.stamped), off a terminal.
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
+
 MOVED = math.hypot(4.0, 3.0)  # the corner motion of a (4, 3) px shift: 5 px
 
 
@@ -224,10 +227,13 @@ def test_align_auto_aligns_moving_shots_and_leaves_registered_ones(tmp_path: Pat
                      "--align", "auto"]) == 0
     err = capsys.readouterr().err
     line = next(ln for ln in err.splitlines() if "--align auto:" in ln)
-    assert line.startswith(f"bafusion fuse: --align auto: {pb} moves about") and line.endswith(
+    # what --align did, on stderr: after the time in a log (here: stderr is not a terminal), as the
+    # other lines that say what a step does; they were unstamped
+    assert re.match(rf"{STAMP} bafusion fuse: --align auto: {re.escape(str(pb))} moves about", line) and line.endswith(
         f"px against {pa}: aligning (similarity)"), err
     assert abs(_printed_px(line) - MOVED) <= 0.3
-    assert any(ln.startswith("bafusion fuse: align crop:") for ln in err.splitlines()), err
+    assert any(re.match(rf"{STAMP} bafusion fuse: align crop:", ln) for ln in err.splitlines()), err
+    assert any(re.match(rf"{STAMP} bafusion fuse: align {re.escape(str(pb))} -> ", ln) for ln in err.splitlines()), err
     h, w = np.asarray(Image.open(pa)).shape[:2]
     fh, fw = np.asarray(Image.open(out)).shape[:2]
     assert fh < h and fw < w  # cropped to the area both shots cover
@@ -374,8 +380,9 @@ def test_fuse_dir_lines_about_a_stacks_motion_name_the_stack(tmp_path: Path, net
                          *align]) == 0
         err = capsys.readouterr().err
         moved = [ln for ln in err.splitlines() if "moves about" in ln]
-        lead = "bafusion fuse-dir: moved: --align auto: " if align else "bafusion fuse-dir: moved: "
-        assert len(moved) == 1 and moved[0].startswith(lead + str(src / "moved" / "IMG_b.png")), err
+        # --align auto's line says what it did (after the time in a log); the hint without it is a note
+        lead = rf"{STAMP} bafusion fuse-dir: moved: --align auto: " if align else "bafusion fuse-dir: moved: "
+        assert len(moved) == 1 and re.match(lead + re.escape(str(src / "moved" / "IMG_b.png")), moved[0]), err
         if align:
             assert f"bafusion fuse-dir: still: --align auto: {src / 'still' / 'IMG_b.png'} moves " in err, err
 
@@ -474,7 +481,7 @@ def test_align_auto_says_a_still_shot_is_aligned_when_another_moves(capsys) -> N
     names = ["a.png", "b.png", "c.png"]
     assert batch._auto_align([a, still, moved], names, True) == "similarity"
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "--align auto:" in ln]
-    assert lines[0].startswith("bafusion: --align auto: b.png moves 1.") and lines[0].endswith(
+    assert re.match(rf"{STAMP} bafusion: --align auto: b.png moves 1\.", lines[0]) and lines[0].endswith(
         "not more than 2 px: registered with the others (similarity) and cropped to the area they all cover, as "
         "c.png moves"), lines
     assert lines[1].endswith("c.png moves about 5.0 px against a.png: aligning (similarity)"), lines

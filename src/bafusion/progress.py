@@ -10,8 +10,8 @@ downloads), a training's epoch and a large pair's fusion a plain line at most ev
 plain line starts with the local time and the command (:func:`log_prefix`), so that a log of a
 run of hours says when it was written: ``2026-12-06T15:44:16 bafusion composite: composite shard
 0: 28% 120/432 pair [...]``. So do, where stderr is a log, the other lines on stderr that say
-what a long step does (train's start, resume and end lines, fuse-set's seconds per pair:
-:func:`stamped`); error, warning and note lines do not (they start with the command and the
+what a long step does (train's start, resume and end lines, fuse-set's seconds per pair, what
+``--align`` did with each shot: :func:`stamped`); error, warning and note lines do not (they start with the command and the
 problem). Nor does anything printed on stdout: the results there (train's result line,
 fuse-set's and evaluate's line per pair, a step's summary) are for the program that reads them
 (``out=$(bafusion train ...)``, a pipe, a file) and stay the same from run to run.

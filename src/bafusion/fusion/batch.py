@@ -61,6 +61,7 @@ from bafusion.errors import InputFileError, UserError, is_out_of_memory
 from bafusion.io import (IMAGE_SUFFIXES, SourceSet, check_same_sizes, fit_jpeg_exif, icc_fits, image_info,
                          keeps_16_bits, output_format_problem, read_source_set, unread_advice, unread_format,
                          written_metadata)
+from bafusion.progress import stamped
 
 #: Exit status of ``fuse-dir`` when some groups were skipped (the others fused).
 EXIT_SKIPPED = 3
@@ -159,6 +160,9 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
     def note(text: str) -> None:
         tqdm.write(f"{prefix}: {text}", file=sys.stderr)  # between the lines of a fuse-dir bar, not into it
 
+    def told(text: str) -> None:  # what the alignment did: after the time in a log, as the steps' lines
+        tqdm.write(stamped(f"{prefix}: {text}", sys.stderr), file=sys.stderr)
+
     names = [str(p) for p in paths]
     # the sizes from the headers first: the error says where an EXIF orientation swapped them
     infos = [image_info(p) for p in paths]
@@ -198,10 +202,10 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
                 # a shot moved by a large fraction of the image fails the check before alignment:
                 # aligned, it may match (then it is fused aligned), else the shots are refused
                 say("aligning the shots (similarity), which do not match as they are")
-                aligned = align_despite_scene_check(src.images, names, scores, tell=note,
+                aligned = align_despite_scene_check(src.images, names, scores, tell=told,
                                                     step=stage and (lambda text: say(f"aligning: {text}")))
                 for line in aligned.describe(names) if details else ():
-                    note(line)
+                    told(line)
                 src.images = aligned.images
                 align = "none"  # done
                 if src.full is not None:  # the full-depth shots registered and cropped alike
@@ -311,15 +315,16 @@ def _auto_align(images: Sequence[np.ndarray], names: Sequence[str], one_scene: b
     from tqdm import tqdm
 
     model, lines = auto_alignment(images, names, one_scene, resized)
-    for _, text in lines:
-        tqdm.write(f"{prefix}: --align auto: {text}", file=sys.stderr)
+    for verdict, text in lines:  # what auto decided: after the time in a log; a failure as a warning, unstamped
+        line = f"{prefix}: --align auto: {text}"
+        tqdm.write(line if verdict in AUTO_FAILURES else stamped(line, sys.stderr), file=sys.stderr)
     if resized and model == "none" and sizes and not any(
             f"as {names[resized[0]]} is of another size" in text for _, text in lines):
         w, h = sizes[0]
         for i in resized:  # said once: only where the lines above did not
-            tqdm.write(f"{prefix}: --align auto: {names[i]} is {sizes[i][0]}x{sizes[i][1]} px, {names[0]} {w}x{h}: "
-                       "a shot of another size is registered onto the first's frame all the same (similarity)",
-                       file=sys.stderr)
+            tqdm.write(stamped(f"{prefix}: --align auto: {names[i]} is {sizes[i][0]}x{sizes[i][1]} px, {names[0]} "
+                               f"{w}x{h}: a shot of another size is registered onto the first's frame all the same "
+                               "(similarity)", sys.stderr), file=sys.stderr)
     return model
 
 
@@ -1531,8 +1536,8 @@ def align_for_fuse(images: list[np.ndarray], names: list[str], model: str, force
         check_alignment(al, names)
     from tqdm import tqdm
 
-    for line in al.describe(names) if details else ():
-        tqdm.write(f"{prefix}: {line}", file=sys.stderr)  # between the lines of a fuse-dir bar, not into it
+    for line in al.describe(names) if details else ():  # what it did: after the time in a log
+        tqdm.write(stamped(f"{prefix}: {line}", sys.stderr), file=sys.stderr)  # between a fuse-dir bar's lines
     for name, why in zip(names, al.replaced) if not details else ():  # the align lines above say it
         if why:
             tqdm.write(f"{prefix}: {name}: {why}", file=sys.stderr)
