@@ -1426,3 +1426,26 @@ def test_a_webp_where_pillow_has_no_webp_is_refused_clearly(tmp_path: Path, monk
         write_image(tmp_path / "x.webp", _photo_like(8))
     assert not list(tmp_path.iterdir())
     write_image(tmp_path / "x.png", _photo_like(8))  # other formats as before
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_an_image_with_a_damaged_exif_block_is_read_unturned(tmp_path: Path, fmt: str) -> None:
+    """A PNG whose eXIf chunk is garbage was "unreadable image (SyntaxError: not a TIFF file
+    ...)" to image_info (fuse, fuse-dir, metrics), though read_image read its pixels, and a
+    JPEG with the same block was read: both are now read, as having no orientation."""
+    from bafusion.cli import main
+    from bafusion.io import image_info, read_image
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (40, 30), dtype=np.uint8)
+    p = tmp_path / f"g.{fmt}"
+    Image.fromarray(pixels).save(p, exif=b"Exif\x00\x00" + b"\xff" * 40, **({"quality": 100} if fmt == "jpg" else {}))
+    info = image_info(p)
+    assert (info.width, info.height, info.orientation) == (30, 40, 1)
+    assert image_info(p, decode=True).orientation == 1
+    got = read_image(p)
+    assert got.shape == (40, 30)
+    if fmt == "png":
+        assert np.array_equal(got, pixels)
+    Image.fromarray(pixels).save(tmp_path / "r.png")
+    assert main(["metrics", str(p), str(p), str(tmp_path / "r.png")]) == 0

@@ -25,7 +25,7 @@ from bafusion.io.formats import (
     _quiet_pillow,
     _tiff_file,
     _too_large,
-    header_exif,
+    header_orientation,
     open_image,
 )
 
@@ -253,7 +253,7 @@ def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None, bool] | 
         with _quiet_pillow(), Image.open(path) as im:  # the header only
             fmt, mode = im.format, im.mode
             tiff = _tiff_depth(im) if fmt == "TIFF" else None
-            orientation = int(header_exif(im, path).get(_ORIENTATION, 1) or 1)
+            orientation = header_orientation(im, path)
     except Image.DecompressionBombError as e:
         raise _too_large(path, e) from e
     except UnidentifiedImageError:

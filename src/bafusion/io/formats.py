@@ -390,6 +390,31 @@ def header_exif(im: Image.Image, path: str | os.PathLike[str]) -> Image.Exif:
     return im.getexif()
 
 
+def header_orientation(im: Image.Image, path: str | os.PathLike[str]) -> int:
+    """The EXIF orientation (1 to 8; 1 when none) of ``im`` just opened from ``path``, from
+    :func:`header_exif`; 1 also where the EXIF block cannot be read (damaged), as the pixel
+    reader (:func:`open_image`) then reads the pixels unturned.
+
+    Parameters
+    ----------
+    im : PIL.Image.Image
+        The image, opened (not loaded) from ``path``.
+    path : str or path-like
+        Its file.
+
+    Returns
+    -------
+    int
+        The orientation tag's value (1: as stored).
+    """
+    try:
+        return int(header_exif(im, path).get(_ORIENTATION, 1) or 1)
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - an EXIF Pillow cannot read (SyntaxError "not a TIFF file", ...)
+        return 1
+
+
 def _png_exif_after_pixels(path: Path) -> bool:
     """Whether a PNG has an eXIf or text chunk after its first IDAT (True also when its chunks
     cannot be walked to IEND: then Pillow's reader decides)."""

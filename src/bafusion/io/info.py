@@ -30,7 +30,7 @@ from bafusion.io.formats import (
     _tiff_problem,
     _too_large,
     _unreadable,
-    header_exif,
+    header_orientation,
 )
 
 
@@ -104,7 +104,7 @@ def image_info(path: str | os.PathLike[str], *, decode: bool = False) -> ImageIn
     _check_format(p)
     try:
         with _quiet_pillow(), open(p, "rb") as fh, Image.open(fh) as im:
-            orientation = int(header_exif(im, p).get(_ORIENTATION, 1) or 1)
+            orientation = header_orientation(im, p)
             fmt, mode, (w, h) = str(im.format), im.mode, _stored_size(im)
             try:
                 frames = int(getattr(im, "n_frames", 1) or 1)
