@@ -1541,3 +1541,23 @@ def test_outside_the_project_the_errors_say_what_is_missing(tmp_path: Path, monk
     err = capsys.readouterr().err
     assert f"`snakemake --cores 2 train_boundary` (or `dvc repro`) in {repo}, which writes" in err, err
     assert not (work / "F.png").exists()
+
+
+class _RunsCode:
+    """Pickles as a call of os.system: what a malicious .pt holds."""
+
+    def __reduce__(self) -> tuple:
+        return (os.system, ("echo this must not run",))
+
+
+def test_a_malicious_model_file_names_what_it_holds_without_torchs_unsafe_advice(work: Path, capsys) -> None:
+    """torch 2.13 refuses it ("Weights only load failed. ... Re-running `torch.load` with
+    `weights_only` set to `False` will likely succeed, ... Trying to load unsupported GLOBAL
+    posix.system ..."); the message said only "(UnpicklingError: Weights only load failed)":
+    the filter matched torch 2.6's wording ("WeightsUnpickler error:") alone."""
+    import torch
+
+    torch.save({"x": _RunsCode()}, work / "nets" / "initial.pt")
+    line = _refused([*FUSE, "-o", "F.png"], capsys, work, "nets/initial.pt: unreadable model file",
+                    "not a plain tensor file", "unsupported GLOBAL", ".system")
+    assert "weights_only" not in line and "False" not in line and "trusted" not in line, line

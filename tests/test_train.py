@@ -2513,3 +2513,26 @@ def test_the_training_code_digest_ignores_docstrings_comments_and_line_endings(t
     assert digest('"""Module."""\n\ndef f(x):\n    """Doc."""\n    return x + 2\n') != base
     assert digest('"""Module."""\n\ndef f(x):\n    """Doc."""\n    raise ValueError("other words")\n') != \
         digest('"""Module."""\n\ndef f(x):\n    """Doc."""\n    raise ValueError("words")\n')
+
+
+class _RunsCode:
+    """Pickles as a call of os.system: what a malicious checkpoint holds."""
+
+    def __reduce__(self) -> tuple:
+        return (os.system, ("echo this must not run",))
+
+
+def test_a_malicious_checkpoint_is_refused_without_torchs_unsafe_advice(tmp_path: Path) -> None:
+    """The refusal repeated torch's whole message, its advice to rerun with
+    ``weights_only=False`` ("will likely succeed") included; now what torch refused alone."""
+    p = tmp_path / "last.pt"
+    torch.save({"format": 1, "x": _RunsCode()}, p)
+    with pytest.raises(InputFileError) as e:
+        load_checkpoint(p)
+    text = str(e.value)
+    assert "last.pt: unreadable checkpoint (not a plain tensor file:" in text, text
+    assert "unsupported GLOBAL" in text and ".system" in text and "delete it to start afresh" in text, text
+    assert "weights_only" not in text and "False" not in text and "trusted" not in text, text
+    p.write_bytes(b"")  # the other refusals keep their gist
+    with pytest.raises(InputFileError, match=r"last.pt: unreadable checkpoint \(the file is empty\)"):
+        load_checkpoint(p)

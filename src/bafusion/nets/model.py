@@ -407,15 +407,25 @@ def read_model_meta(path: "str | os.PathLike[str]") -> dict:
     return meta
 
 
-def _load_problem(path: "os.PathLike[str]", e: BaseException) -> str:
-    """The gist of why ``torch.load`` failed, without torch's advice to retry with
-    ``weights_only=False`` (unsafe, and no cure for a damaged file)."""
-    import re
+#: Sentences of torch's weights-only refusal that are advice, not the problem: to retry with
+#: ``weights_only=False`` or to allow the global (either runs whatever code the file holds),
+#: to read torch's documentation, to file an issue with torch. Matched by subject, not by
+#: torch's wording, which changes between versions (2.6's "WeightsUnpickler error:" prefix is
+#: gone from 2.13's "unsupported GLOBAL" refusals).
+_TORCH_ADVICE = re.compile(r"weights.?only|trust|arbitrary code|safe_globals|allowlist|file an issue|documentation|"
+                           r"https?://|PyTorch \d", re.I)
 
+
+def _load_problem(path: "os.PathLike[str]", e: BaseException) -> str:
+    """The gist of why ``torch.load`` failed (for a refusal of ``weights_only=True``: what it
+    refused, e.g. ``unsupported GLOBAL posix.system``), without torch's advice to retry with
+    ``weights_only=False`` (unsafe: it runs the code a malicious file holds, and no cure for a
+    damaged one). For the model loader and the training checkpoints alike."""
     text = str(e)
-    m = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|Check the documentation|$)", text, re.S)
-    if m:
-        detail = f"not a plain tensor file: {m.group(1)}"
+    if "weights only" in text.lower() or "weights_only" in text or "weightsunpickler" in text.lower():
+        text = re.sub(r"WeightsUnpickler error:", "\n", text)
+        kept = [s for s in re.split(r"(?<=[.:!?])\s+|\n+", text) if s.strip() and not _TORCH_ADVICE.search(s)]
+        detail = "not a plain tensor file: " + (" ".join(kept) or "torch's weights-only loader refused it")
     elif isinstance(e, EOFError) or not text.strip():
         detail = "the file is empty" if os.path.getsize(path) == 0 else "unexpected end of file"
     else:

@@ -126,6 +126,7 @@ from bafusion.nets.augment import (
 from bafusion.nets.model import (
     CifarResNet,
     ModelFileError,
+    _load_problem,
     build_model,
     load_model,
     save_model,
@@ -577,7 +578,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        raise InputFileError(path, f"unreadable checkpoint ({e}); delete it to start afresh") from e
+        raise InputFileError(path, f"unreadable checkpoint ({_load_problem(path, e)}); delete it to start afresh") from e
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise InputFileError(path, "not a bafusion training checkpoint; delete it to start afresh")
     return state
