@@ -1561,3 +1561,41 @@ def test_a_malicious_model_file_names_what_it_holds_without_torchs_unsafe_advice
     line = _refused([*FUSE, "-o", "F.png"], capsys, work, "nets/initial.pt: unreadable model file",
                     "not a plain tensor file", "unsupported GLOBAL", ".system")
     assert "weights_only" not in line and "False" not in line and "trusted" not in line, line
+
+
+def _alias_bomb(levels: int) -> str:
+    """A params file whose fuse.scales is ``levels`` lists of nine aliases of the previous one
+    (9**levels values from a few hundred bytes: a "billion laughs")."""
+    lines = ["fuse:", "  scales:", '    - &a ["1", "1", "1", "1", "1", "1", "1", "1", "1"]']
+    names = "abcdefghijklmnop"
+    for prev, name in zip(names[:levels - 1], names[1:levels]):
+        lines.append(f"    - &{name} [{', '.join(['*' + prev] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_params_file_of_nested_aliases_is_refused_at_once(work: Path, capsys) -> None:
+    """A 329-byte file of aliases standing for 9**8 values took 147 s and 1.5 GB, then printed
+    a 254 MB error line (the schema check walked the expanded value, the message showed it)."""
+    import time
+
+    (work / "laughs.yaml").write_text(_alias_bomb(8))
+    t0 = time.perf_counter()
+    line = _refused([*FUSE, "-o", "F.png", "--params", "laughs.yaml"], capsys, work,
+                    "laughs.yaml: invalid YAML: its aliases stand for more than 100000 values", "alias *")
+    assert time.perf_counter() - t0 < 30 and len(line) < 400, line[:1000]
+    # a recursive alias (a list holding itself) is refused too, rather than walked for ever
+    (work / "loop.yaml").write_text("fuse:\n  scales: &s [1, *s]\n")
+    _refused([*FUSE, "-o", "F.png", "--params", "loop.yaml"], capsys, work,
+             "loop.yaml: invalid YAML: alias *s on line 2 is inside the node it names")
+
+
+def test_a_long_wrong_value_is_shown_shortened(work: Path, capsys) -> None:
+    """Fewer aliases (9**4 values, under the cap), or a long list written out: the value the
+    error shows is cut to a few hundred characters, the problem still named."""
+    (work / "few.yaml").write_text(_alias_bomb(4))
+    line = _refused([*FUSE, "-o", "F.png", "--params", "few.yaml"], capsys, work, "few.yaml: fuse.scales: [[",
+                    "...")
+    assert len(line) < 1000, len(line)
+    (work / "long.yaml").write_text("fuse:\n  scales: '" + "x" * 5000 + "'\n")
+    line = _refused([*FUSE, "-o", "F.png", "--params", "long.yaml"], capsys, work, "long.yaml: fuse.scales: 'xxx")
+    assert len(line) < 1000, len(line)

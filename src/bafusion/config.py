@@ -41,11 +41,71 @@ __all__ = ["PRESET_WHOLE_KEYS", "ParamsLoader", "apply_overrides_to_file", "appl
 _FLOAT_12 = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
+#: The most values (scalars, lists and mappings) the aliases (``*name``) of one YAML document
+#: may stand for, counted expanded: a 301-byte file of nested aliases (a "billion laughs")
+#: stood for 43 million values, which the schema check then walked for minutes.
+MAX_ALIAS_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many nodes ``node`` stands for with its aliases expanded (``memo``: by node id)."""
+    stack = [node]
+    while stack:
+        n = stack[-1]
+        if id(n) in memo:
+            stack.pop()
+            continue
+        kids = ([c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode)
+                else list(n.value) if isinstance(n, yaml.SequenceNode) else [])
+        todo = [c for c in kids if id(c) not in memo]
+        if todo:
+            stack.extend(todo)
+            continue
+        memo[id(n)] = 1 + sum(memo[id(c)] for c in kids)
+        stack.pop()
+    return memo[id(node)]
+
+
 class ParamsLoader(yaml.SafeLoader):
     """PyYAML's safe loader that also reads YAML 1.2 floats without a dot (``1e-3``, ``5e-05``)
     as numbers, as DVC (ruamel.yaml) and JSON do, and refuses a key given twice in one
     mapping, as DVC and ruamel.yaml do (PyYAML keeps the last silently: a second ``train:``
-    at the end of params.yaml replaced the whole section, its other keys back to defaults)."""
+    at the end of params.yaml replaced the whole section, its other keys back to defaults).
+
+    Anchors and aliases (merge keys ``<<: *base`` included) are read, but an alias inside the
+    node it names (a recursive structure) is refused, and so is a document whose aliases
+    stand for more than :data:`MAX_ALIAS_VALUES` values."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            anchor = event.anchor
+            if anchor in self.__dict__.get("_open_anchors", ()):
+                raise yaml.composer.ComposerError(
+                    None, None, f"alias *{anchor} on line {event.start_mark.line + 1} is inside the node it names "
+                    "(a recursive structure)", event.start_mark)
+            if anchor in self.anchors:
+                memo: dict[int, int] = self.__dict__.setdefault("_sizes", {})
+                self._alias_values = getattr(self, "_alias_values", 0) + _expanded_size(self.anchors[anchor], memo)
+                if self._alias_values > MAX_ALIAS_VALUES:
+                    raise yaml.composer.ComposerError(
+                        None, None, f"its aliases stand for more than {MAX_ALIAS_VALUES} values (alias *{anchor} on "
+                        f"line {event.start_mark.line + 1}): write the values out", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def compose_sequence_node(self, anchor: str | None) -> yaml.Node:
+        return self._compose_open(anchor, super().compose_sequence_node)
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.Node:
+        return self._compose_open(anchor, super().compose_mapping_node)
+
+    def _compose_open(self, anchor: str | None, compose: Callable[[str | None], yaml.Node]) -> yaml.Node:
+        open_anchors: list[str | None] = self.__dict__.setdefault("_open_anchors", [])
+        open_anchors.append(anchor)
+        try:
+            return compose(anchor)
+        finally:
+            open_anchors.pop()
 
     def flatten_mapping(self, node: yaml.MappingNode) -> None:
         # PyYAML rewrites a node's merge keys in place into the keys they merge (in front of its

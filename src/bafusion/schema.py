@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import reprlib
 import math
 import numbers
 from collections.abc import Iterator, Mapping
@@ -159,13 +160,23 @@ def _key(path: Any) -> str:
     return out
 
 
+#: The most characters of a value an error line shows (a long list, or a long string, would
+#: otherwise fill the terminal, or a log, with one line).
+SHOW_CHARS = 200
+
+
 def _show(value: Any) -> str:
     if isinstance(value, str):
-        return repr(value)
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
+        text = repr(value[:SHOW_CHARS + 1])
+    else:
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError, RecursionError):
+            text = reprlib.repr(value)
+    if len(text) <= SHOW_CHARS:
+        return text
+    digits = f" ({len(text)} digits)" if isinstance(value, int) and text.lstrip("-").isdigit() else ""
+    return f"{text[:SHOW_CHARS]}...{digits}"
 
 
 def _known_keys(schema: Mapping[str, Any]) -> list[str]:
