@@ -1599,3 +1599,19 @@ def test_a_long_wrong_value_is_shown_shortened(work: Path, capsys) -> None:
     (work / "long.yaml").write_text("fuse:\n  scales: '" + "x" * 5000 + "'\n")
     line = _refused([*FUSE, "-o", "F.png", "--params", "long.yaml"], capsys, work, "long.yaml: fuse.scales: 'xxx")
     assert len(line) < 1000, len(line)
+
+
+@pytest.mark.parametrize("where", ["params-json", "params", "model"])
+def test_a_document_nested_too_deeply_is_named_not_called_a_bug(work: Path, capsys, where: str) -> None:
+    """``[[[...]]]`` 100000 deep: RecursionError, which the readers' ``except ValueError``
+    missed: "internal error (a bug in bafusion, not in your input)", exit status 1."""
+    deep = "[" * 100_000 + "]" * 100_000
+    if where == "params-json":
+        argv, words = ["--params-json", '{"l": ' + deep + "}"], ["--params-json: not valid JSON"]
+    elif where == "params":
+        (work / "deep.yaml").write_text("fuse: {l: " + "[" * 20_000 + "]" * 20_000 + "}\n")
+        argv, words = ["--params", "deep.yaml"], ["deep.yaml: invalid YAML"]
+    else:
+        (work / "nets" / "initial.json").write_text(deep)
+        argv, words = [], ["nets/initial.json: unreadable model description"]
+    _refused([*FUSE, "-o", "F.png", *argv], capsys, work, *words, "nested too deeply")

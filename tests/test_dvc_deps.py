@@ -239,7 +239,9 @@ STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 #: why its edits leave the outputs' bytes as they are):
 NOT_DEPS: dict[str, str] = {
     "src/bafusion/errors.py": ("exception classes (the wording of refusals) and is_out_of_memory, which decides "
-                               "whether fuse-set skips a pair or fails: it only matters when memory runs out"),
+                               "whether fuse-set skips a pair or fails: it only matters when memory runs out; "
+                               "json_loads is json.loads that refuses a document nested too deeply as a "
+                               "ValueError: the same values for any document it reads"),
     "src/bafusion/progress.py": "progress bars, and the time and command that start the lines of a step's log",
     "src/bafusion/tracking.py": "MLflow logging: the tracking store, not the stage's outs",
     "src/bafusion/checkout.py": ("whether the package runs from its source checkout, and the digest of its code: "

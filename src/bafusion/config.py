@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from bafusion.errors import InputFileError, UserError
+from bafusion.errors import InputFileError, UserError, json_loads
 from bafusion.schema import defaults, load_schema, validate_params
 from bafusion.tracking import flatten
 
@@ -139,8 +139,18 @@ ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(_FLOAT_
 
 
 def load_yaml(text: str) -> Any:
-    """Parse YAML text with :class:`ParamsLoader` (safe; YAML 1.2 floats are numbers)."""
-    return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 - a SafeLoader subclass
+    """Parse YAML text with :class:`ParamsLoader` (safe; YAML 1.2 floats are numbers).
+
+    Raises
+    ------
+    yaml.YAMLError
+        Not valid YAML, a key given twice, aliases that stand for too many values, or lists
+        and mappings nested too deeply to read (Python's recursion limit).
+    """
+    try:
+        return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise yaml.YAMLError("lists or mappings nested too deeply to read") from None
 
 
 def yaml12_floats(node: Any) -> Any:
@@ -228,7 +238,7 @@ def parse_json_object(text: str, label: str) -> dict[str, Any]:
         Not JSON, or not an object: ``--params-json: not valid JSON: ...``.
     """
     try:
-        value = json.loads(text)
+        value = json_loads(text)
     except ValueError as e:
         raise UserError(f"{label}: not valid JSON: {e}") from e
     if not isinstance(value, dict):

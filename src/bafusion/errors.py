@@ -62,3 +62,21 @@ def is_out_of_memory(e: BaseException) -> bool:
         return False
     size = requested_bytes(e)
     return size is None or 0 <= size < ABSURD_ALLOCATION
+
+
+def json_loads(text: str | bytes) -> object:
+    """``json.loads(text)``, with lists or objects nested too deeply for Python's recursion
+    limit refused as a ``ValueError`` (as any other malformed JSON), not a ``RecursionError``
+    that the readers' ``except ValueError`` misses and the CLI reports as a bug in bafusion.
+
+    Raises
+    ------
+    ValueError
+        Not valid JSON (``json.JSONDecodeError``), or nested too deeply to read.
+    """
+    import json
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("lists or objects nested too deeply to read") from None

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bafusion.errors import UserError
+from bafusion.errors import UserError, json_loads
 
 #: Suffixes an output image may have (the format follows the suffix; a .webp is lossless unless
 #: a quality is given, :func:`bafusion.io.write_image`).
@@ -225,7 +225,7 @@ def _download_holds(kind: str, doc: dict[str, Any]) -> str:
 def _check_marker_kind(shown: str, what: str, folder: Path, marker: str, kind: str) -> None:
     """Refuse ``folder`` when its ``marker`` records another kind of download than ``kind``."""
     try:
-        doc = json.loads((folder / marker).read_text(encoding="utf-8-sig"))
+        doc = json_loads((folder / marker).read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, ValueError):
         return  # unreadable: it vouches alone, as foreign_entries lets it
     recorded = download_kind(doc)
@@ -452,7 +452,7 @@ def recorded_outputs(folder: Path, marker: str) -> list[str] | None:
     if name is None or not (folder / name).is_file():
         return None
     try:
-        listed = json.loads((folder / name).read_text(encoding="utf-8-sig"))["sha256"]
+        listed = json_loads((folder / name).read_text(encoding="utf-8-sig"))["sha256"]
         items = [(str(rel), str(digest)) for rel, digest in listed.items()]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -479,7 +479,7 @@ def foreign_entries(folder: Path, marker: str, own: Iterable[str | os.PathLike[s
     if entries is None:
         return None
     try:
-        doc = json.loads((folder / marker).read_text(encoding="utf-8-sig"))
+        doc = json_loads((folder / marker).read_text(encoding="utf-8-sig"))
         vouched = entries(doc)
         inner = MARKER_INNER[marker](doc) if marker in MARKER_INNER else None
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):

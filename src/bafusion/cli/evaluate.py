@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -20,7 +19,7 @@ from bafusion.cli.common import (
     note_params_file_without,
     note_params_yaml_unread,
 )
-from bafusion.errors import InputFileError, UserError
+from bafusion.errors import InputFileError, UserError, json_loads
 from bafusion.evaluation.evaluate import (
     DEFAULT_METHODS,
     DEFAULT_METRICS,
@@ -281,7 +280,7 @@ def _json_dataset(params_json: str | None, name: str) -> dict[str, Any]:
     a ``datasets`` without ``name`` is refused: --dataset would drop it silently."""
     if not params_json:
         return {}
-    given = json.loads(params_json)
+    given = json_loads(params_json)
     datasets = given.get("datasets") if isinstance(given, dict) else None
     if not datasets:
         return {}

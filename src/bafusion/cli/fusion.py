@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from bafusion.cli.common import ModelOption, add_threads_argument, check_distinct_sources, finite_float, home_path, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread
-from bafusion.errors import InputFileError, UserError
+from bafusion.errors import InputFileError, UserError, json_loads
 from bafusion.fusion.api import ALIGN_MODELS
 from bafusion.fusion.batch import (EXIT_NONE_FUSED, EXIT_SKIPPED, STEP_LINES_MIN_PIXELS, check_output_folder,
                                    check_replaced, find_groups, fuse_dir, skip_lines)
@@ -138,14 +138,12 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
 def _origins(args: argparse.Namespace, flags: dict[str, Any], keys: tuple[str, ...]) -> dict[str, str]:
     """Where each of the fuse ``keys`` came from, by precedence: its flag (``--high``),
     ``--params-json``, the ``--params-file`` (its name), else ``default``."""
-    import json
-
     from bafusion.config import load_params
 
     given_json: dict[str, Any] = {}
     if getattr(args, "params_json", None):
         try:
-            given_json = json.loads(args.params_json)
+            given_json = json_loads(args.params_json)
         except ValueError:
             pass  # (read_params has refused it)
     path = getattr(args, "params_file", None)

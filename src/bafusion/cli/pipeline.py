@@ -14,7 +14,7 @@ from bafusion import tracking
 from bafusion.atomic import write_text
 from bafusion.cli.common import (add_threads_argument, non_negative_int, nonempty_path, positive_int, seed_int,
                                  user_path)
-from bafusion.errors import InputFileError, UserError
+from bafusion.errors import InputFileError, UserError, json_loads
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -102,8 +102,8 @@ def _composite_opts(args: argparse.Namespace):
     from bafusion.data.composite import CompositeOptions, Realism
 
     try:
-        realistic = json.loads(args.realistic or "{}")
-    except json.JSONDecodeError as e:
+        realistic = json_loads(args.realistic or "{}")
+    except ValueError as e:
         raise UserError(f"--realistic must be a JSON object (composite.realistic), got {args.realistic!r}: {e}") from e
     if not isinstance(realistic, dict):
         raise UserError(f"--realistic must be a JSON object (composite.realistic), got {args.realistic!r}")

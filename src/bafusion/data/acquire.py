@@ -63,7 +63,7 @@ from bafusion.data.download import (
     to_url,
 )
 from bafusion.data.sources import dir_foregrounds
-from bafusion.errors import InputFileError, UserError
+from bafusion.errors import InputFileError, UserError, json_loads
 from bafusion.workspace import home_path, resolve
 
 ALPHAMATTING_URL = "http://www.alphamatting.com/datasets/zip/"
@@ -162,7 +162,7 @@ def _annotations_ok(path: Path, *, test_crcs: bool = True) -> None:
         return
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            data = json_loads(f.read())
     except (ValueError, OSError) as e:
         problem = f"{e.__class__.__name__}: {e}"
         raise UserError(f"neither a zip archive nor JSON ({problem}; a web page instead of the file?)") from e
@@ -539,7 +539,7 @@ def load_eval_manifest(path: str | Path | None = None) -> dict[str, Any]:
         else:
             text = Path(home_path(path)).read_text(encoding="utf-8-sig")
             where = str(path)
-        m = json.loads(text)
+        m = json_loads(text)
     except FileNotFoundError as e:
         raise InputFileError(path or EVAL_MANIFEST, "eval manifest not found") from e
     except ValueError as e:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import os
 import urllib.parse
@@ -33,7 +32,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from bafusion.errors import InputFileError, UserError
+from bafusion.errors import InputFileError, UserError, json_loads
 from bafusion.io import gray_float, read_image, resize, scaled_size
 
 #: Sharpness is measured after resizing to at most this long side.
@@ -95,10 +94,10 @@ def load_coco(annotations: str | os.PathLike[str], flt: CocoFilter) -> Any:
 
                 check_zip_sizes(path, [zf.getinfo(member)])  # a zip bomb is refused, naming the archive
                 with zf.open(member) as f:
-                    dataset = json.load(io.TextIOWrapper(f, encoding="utf-8"))
+                    dataset = json_loads(io.TextIOWrapper(f, encoding="utf-8").read())
         else:
             with open(path, encoding="utf-8") as f:
-                dataset = json.load(f)
+                dataset = json_loads(f.read())
     except (ValueError, zipfile.BadZipFile, OSError) as e:
         raise InputFileError(path, f"unreadable COCO annotations ({e.__class__.__name__}: {e})") from e
     if not isinstance(dataset, dict) or "images" not in dataset:

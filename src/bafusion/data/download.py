@@ -75,7 +75,7 @@ from tqdm import tqdm
 
 from bafusion._version import __version__
 from bafusion.atomic import part_path
-from bafusion.errors import UserError
+from bafusion.errors import UserError, json_loads
 from bafusion.progress import bar_options
 from bafusion.workspace import home_path
 
@@ -317,7 +317,7 @@ def _drop_part(part: Path) -> None:
 def _read_meta(part: Path) -> dict[str, object]:
     """The ``.meta`` of ``part`` (empty when missing or unreadable)."""
     try:
-        doc = json.loads(_meta_path(part).read_text(encoding="utf-8-sig"))
+        doc = json_loads(_meta_path(part).read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, ValueError):
         return {}
     return doc if isinstance(doc, dict) else {}

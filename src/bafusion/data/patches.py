@@ -75,7 +75,7 @@ from tqdm import tqdm
 
 from bafusion._version import __version__
 from bafusion.atomic import atomic_file
-from bafusion.errors import InputFileError, UserError
+from bafusion.errors import InputFileError, UserError, json_loads
 from bafusion.h5write import h5_output
 from bafusion.progress import bar_options
 
@@ -416,7 +416,7 @@ def _holds_realistic_draws(h5: h5py.File) -> bool:
     raw = h5.attrs.get("params")
     if raw is not None:
         try:
-            params = json.loads(raw)
+            params = json_loads(raw)
         except (TypeError, ValueError):
             params = None
         if isinstance(params, dict) and "realistic" in params:

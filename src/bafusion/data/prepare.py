@@ -25,7 +25,7 @@ from tqdm import tqdm
 from bafusion.atomic import atomic_dir
 from bafusion.data.mattes import matte_warning
 from bafusion.data.sources import Background, Foreground, check_foreground, select
-from bafusion.errors import InputFileError, UserError
+from bafusion.errors import InputFileError, UserError, json_loads
 from bafusion.io import resize, scaled_size, write_image
 from bafusion.progress import bar_options
 
@@ -140,7 +140,7 @@ def load_manifest(prepared: Path) -> dict[str, Any]:
     if not p.exists():
         raise InputFileError(p, "manifest not found: run the prepare step first")
     try:
-        manifest = json.loads(p.read_text(encoding="utf-8-sig"))
+        manifest = json_loads(p.read_text(encoding="utf-8-sig"))
     except ValueError as e:
         raise InputFileError(p, f"corrupt manifest: {e}") from e
     again = "run the prepare step again"

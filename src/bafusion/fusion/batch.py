@@ -57,7 +57,7 @@ import numpy as np
 
 from bafusion._version import code_digest
 from bafusion.atomic import folder_lock, stop_requested
-from bafusion.errors import InputFileError, UserError, is_out_of_memory
+from bafusion.errors import InputFileError, UserError, is_out_of_memory, json_loads
 from bafusion.io import (IMAGE_SUFFIXES, SourceSet, check_same_sizes, fit_jpeg_exif, icc_fits, image_info,
                          keeps_16_bits, output_format_problem, read_source_set, unread_advice, unread_format,
                          written_metadata)
@@ -904,7 +904,7 @@ def read_marker(out: Path) -> dict[str, Any] | None:
     """The record in ``out`` (:data:`OUTPUT_MARKER`), or None where there is none, or one that
     records no setup (an earlier version's empty file, an unreadable one)."""
     try:
-        doc = json.loads((out / OUTPUT_MARKER).read_text(encoding="utf-8-sig"))
+        doc = json_loads((out / OUTPUT_MARKER).read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     if not isinstance(doc, dict) or any(k not in doc for k in SETUP_KEYS):

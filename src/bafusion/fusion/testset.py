@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from bafusion.atomic import atomic_dir, write_text
-from bafusion.errors import InputFileError, UserError
+from bafusion.errors import InputFileError, UserError, json_loads
 from bafusion.fusion.maps import DIFF_CMAP, check_alpha, check_colour_map
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
@@ -61,7 +61,7 @@ def read_pair_index(folder: str | os.PathLike[str], allow_empty: bool = False) -
     if not idx.is_file():
         raise InputFileError(idx, "pair index not found (run the testset rule first)")
     try:
-        doc = json.loads(idx.read_text(encoding="utf-8-sig"))
+        doc = json_loads(idx.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as e:
         raise InputFileError(idx, f"unreadable JSON: {e}") from e
     items = doc.get("pairs", doc.get("names")) if isinstance(doc, dict) else doc

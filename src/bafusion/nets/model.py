@@ -382,14 +382,15 @@ def read_model_meta(path: "str | os.PathLike[str]") -> dict:
         Naming the .json when it is missing, unreadable, no bafusion model description, or of
         a format newer than :data:`MODEL_FORMAT` (written by a newer bafusion).
     """
-    import json
     from pathlib import Path
+
+    from bafusion.errors import json_loads
 
     jp = Path(path).with_suffix(".json")
     if not jp.exists():
         raise ModelFileError(f"{jp}: missing model description (expected beside {Path(path).name})")
     try:
-        meta = json.loads(jp.read_text(encoding="utf-8-sig"))
+        meta = json_loads(jp.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as e:
         raise ModelFileError(f"{jp}: unreadable model description: {e}") from e
     if not isinstance(meta, dict) or "arch" not in meta:
