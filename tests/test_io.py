@@ -1449,3 +1449,66 @@ def test_an_image_with_a_damaged_exif_block_is_read_unturned(tmp_path: Path, fmt
         assert np.array_equal(got, pixels)
     Image.fromarray(pixels).save(tmp_path / "r.png")
     assert main(["metrics", str(p), str(p), str(tmp_path / "r.png")]) == 0
+
+
+# --------------------------------------------------------------------------------------
+# only the formats read are tried: no EPS (Ghostscript) under a photo's name
+
+_EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 96 96\n0 0 moveto 96 96 lineto stroke\nshowpage\n%%EOF\n")
+
+
+def test_an_eps_file_named_png_is_refused_and_never_reaches_ghostscript(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """An EPS file named eps-A.png was opened by Pillow's EPS reader and handed to Ghostscript
+    (a PostScript interpreter) by fuse, fuse-dir and every reader: "unreadable image
+    (CalledProcessError: Command '['gs', ...]')" where gs failed, a rendered "photo" where it did
+    not. Only the formats read are tried (READ_FORMATS); the file is "not an image format
+    bafusion reads", naming what it is, and Ghostscript is never called."""
+    from PIL import EpsImagePlugin
+
+    from bafusion.cli import main as cli_main
+    from bafusion.io import image_info
+    from bafusion.io.formats import open_image
+
+    calls: list[object] = []
+
+    def ghostscript(*args: object, **kwargs: object) -> None:
+        calls.append(args)
+        raise OSError("Ghostscript was called")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
+    eps = tmp_path / "eps-A.png"
+    eps.write_bytes(_EPS)
+    ok = tmp_path / "eps-B.png"
+    Image.fromarray(np.zeros((96, 96), np.uint8)).save(ok)
+    wanted = "not an image format bafusion reads: the file is EPS (Encapsulated Postscript)"
+    for read in (open_image, lambda p: image_info(p, decode=True), read_image, lambda p: read_source_set([p, ok])):
+        with pytest.raises(InputFileError, match=r"not an image format bafusion reads") as ei:
+            read(eps)
+        assert wanted in str(ei.value) and str(eps) in str(ei.value)
+    assert cli_main(["fuse", str(eps), str(ok), "-o", str(tmp_path / "out.png"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{eps}: {wanted}" in err, err
+    assert calls == []
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_other_formats_pillow_reads_but_bafusion_does_not_are_named(tmp_path: Path) -> None:
+    """An icon (ICO) or a Photoshop file is not read as a photo whatever its name: the error says
+    what the file is; the formats of IMAGE_SUFFIXES are each among those tried (READ_FORMATS)."""
+    from bafusion.io import IMAGE_SUFFIXES
+    from bafusion.io.formats import read_formats
+
+    ico = tmp_path / "icon.jpg"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(ico, format="ICO")
+    with pytest.raises(InputFileError, match=r"not an image format bafusion reads: the file is ICO"):
+        read_image(ico)
+    registered = Image.registered_extensions()
+    tried = set(read_formats())
+    for suffix in IMAGE_SUFFIXES:
+        fmt = registered.get(suffix)
+        if fmt is None:  # AVIF in a Pillow without libavif
+            continue
+        assert (fmt if fmt != "MPO" else "JPEG") in tried, suffix
+    assert "EPS" not in tried and "ICO" not in tried

@@ -36,7 +36,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 
 from bafusion.atomic import atomic_dir
 from bafusion.data.coco import (
@@ -64,6 +63,7 @@ from bafusion.data.download import (
 )
 from bafusion.data.sources import dir_foregrounds
 from bafusion.errors import InputFileError, UserError, json_loads
+from bafusion.io.formats import pillow_open
 from bafusion.workspace import home_path, resolve
 
 ALPHAMATTING_URL = "http://www.alphamatting.com/datasets/zip/"
@@ -334,7 +334,7 @@ def split_problem(split: object) -> str | None:
 
 def _image_ok(path: Path) -> None:
     """Reject a download that is not a complete, decodable image."""
-    with Image.open(path) as im:
+    with pillow_open(path) as im:
         im.load()
 
 

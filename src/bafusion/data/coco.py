@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
 from bafusion.errors import InputFileError, UserError, json_loads
 from bafusion.io import gray_float, read_image, resize, scaled_size
+from bafusion.io.formats import pillow_open
 
 #: Sharpness is measured after resizing to at most this long side.
 ANALYSIS_SIDE = 512
@@ -204,7 +204,7 @@ def measure(path: str | os.PathLike[str], id: str | None = None, meta: dict[str,
     """Decode one image and measure its sharpness and colourfulness (errors name the file)."""
     p = Path(path)
     img = read_image(p, rgb=True)
-    with Image.open(p) as im:
+    with pillow_open(p) as im:
         gray_mode = im.mode in ("L", "LA", "1", "I", "I;16", "F")
     return Ranked(
         id=id or p.stem,

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from bafusion.atomic import atomic_dir
@@ -27,6 +26,7 @@ from bafusion.data.mattes import matte_warning
 from bafusion.data.sources import Background, Foreground, check_foreground, select
 from bafusion.errors import InputFileError, UserError, json_loads
 from bafusion.io import resize, scaled_size, write_image
+from bafusion.io.formats import pillow_open
 from bafusion.progress import bar_options
 
 MANIFEST = "manifest.json"
@@ -53,7 +53,7 @@ def prepare_foreground(fg: Foreground, scale: float) -> tuple[np.ndarray, np.nda
 
 def _plain_rgb_jpeg(path: Path) -> bool:
     try:
-        with Image.open(path) as im:
+        with pillow_open(path) as im:
             return im.format == "JPEG" and im.mode == "RGB" and im.getexif().get(0x0112, 1) == 1
     except OSError:
         return False

@@ -91,10 +91,10 @@ def address_space_note() -> str:
 
 
 def _megapixels(path: Path) -> float:
-    from PIL import Image
+    from bafusion.io.formats import pillow_open
 
     try:
-        with Image.open(path) as im:
+        with pillow_open(path) as im:
             w, h = im.size
     except Exception:  # noqa: BLE001 - an estimate only
         return 0.0

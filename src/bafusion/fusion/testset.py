@@ -151,10 +151,10 @@ def decision_accuracy(dm: np.ndarray, truth: np.ndarray, band: int = 0) -> float
 def _header_size(path: Path) -> tuple[int, int] | None:
     """(height, width) of an image as read (EXIF orientation applied), from its header; None
     when the header cannot be read (reading the image says why)."""
-    from PIL import Image
+    from bafusion.io.formats import pillow_open
 
     try:
-        with Image.open(path) as im:
+        with pillow_open(path) as im:
             w, h = im.size
             turned = int(im.getexif().get(0x0112, 1) or 1) in (5, 6, 7, 8)
     except Exception:  # noqa: BLE001 - the reader's own message comes later

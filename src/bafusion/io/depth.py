@@ -27,6 +27,7 @@ from bafusion.io.formats import (
     _too_large,
     header_orientation,
     open_image,
+    pillow_open,
 )
 
 
@@ -250,7 +251,7 @@ def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None, bool] | 
     at most 8 bits per sample, or one Pillow cannot open (both left to the 8-bit reader), except
     a 16-bit TIFF Pillow cannot identify (:func:`_tiff16_without_pillow`)."""
     try:
-        with _quiet_pillow(), Image.open(path) as im:  # the header only
+        with _quiet_pillow(), pillow_open(path) as im:  # the header only
             fmt, mode = im.format, im.mode
             tiff = _tiff_depth(im) if fmt == "TIFF" else None
             orientation = header_orientation(im, path)

@@ -18,6 +18,7 @@ import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -36,6 +37,83 @@ from bafusion.errors import InputFileError
 IMAGE_SUFFIXES = (".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".bmp", ".dib", ".tif", ".tiff",
                   ".webp", ".avif", ".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx", ".gif", ".tga", ".ppm", ".pgm",
                   ".pbm", ".pnm", ".pfm", ".qoi", ".sgi", ".rgb", ".bw", ".pcx")
+
+
+#: The Pillow formats that are read, whatever a file's suffix (:func:`pillow_open`: ``Image.open(...,
+#: formats=...)``): those of :data:`IMAGE_SUFFIXES` (an MPO is read by Pillow's JPEG reader, APNG by
+#: its PNG reader, PFM by its PPM reader) and HEIF where a plugin (pillow-heif) registers it.
+#: Pillow's other readers are never tried: an EPS file named .png went to Ghostscript, a
+#: PostScript interpreter (an "unreadable image" only where Ghostscript was missing or failed),
+#: and the rest (PSD, FITS, WMF, ICO, ...) are no photo formats :data:`IMAGE_SUFFIXES` names.
+#: Such a file is "not an image format bafusion reads", naming the format it is
+#: (:func:`_foreign_problem`).
+READ_FORMATS = ("BMP", "DIB", "GIF", "JPEG", "PPM", "PNG", "AVIF", "JPEG2000", "PCX", "QOI", "SGI", "TGA", "TIFF",
+                "WEBP", "HEIF")
+
+
+def read_formats() -> tuple[str, ...]:
+    """The formats of :data:`READ_FORMATS` that this Pillow registers, in Pillow's own order of
+    trying them (``Image.ID``: as ``Image.open`` without ``formats`` tries them).
+
+    Returns
+    -------
+    tuple of str
+        Pillow format names (``"PNG"``, ``"JPEG"``, ...).
+    """
+    Image.init()
+    return tuple(f for f in Image.ID if f in READ_FORMATS)
+
+
+def pillow_open(fp: str | os.PathLike[str] | BinaryIO) -> Image.Image:
+    """``Image.open(fp)`` trying only the formats read here (:func:`read_formats`): any other
+    file, such as an EPS file (which Pillow hands to Ghostscript) under any name, raises
+    Pillow's ``UnidentifiedImageError``; :func:`open_image` says which format it is.
+
+    Parameters
+    ----------
+    fp : str, path-like or binary file object
+        The file, as ``Image.open`` takes it.
+
+    Returns
+    -------
+    PIL.Image.Image
+        The image, opened lazily (its header read), as ``Image.open`` returns it.
+    """
+    return Image.open(fp, formats=read_formats())
+
+
+def _foreign_problem(p: Path) -> str | None:
+    """"not an image format bafusion reads" naming what ``p`` is, when its first bytes are those
+    of a Pillow format not in :data:`READ_FORMATS` (an EPS file named .png) and of none read
+    here; None otherwise (a damaged PNG: the reader's own error says why). Looks at the bytes only
+    (each reader's test of the file's start), opens nothing."""
+    try:
+        with open(p, "rb") as fh:
+            prefix = fh.read(16)
+    except OSError:
+        return None
+    Image.init()
+    ours = set(read_formats())
+
+    def accepts(fmt: str) -> bool:
+        accept = Image.OPEN[fmt][1]
+        if accept is None:  # a reader that tests nothing before opening (TGA, IM, ...): tells nothing
+            return False
+        try:
+            found = accept(prefix)
+        except Exception:  # noqa: BLE001 - a reader's test of too few bytes
+            return False
+        return bool(found) and not isinstance(found, str)
+
+    if any(accepts(f) for f in ours if f in Image.OPEN):
+        return None
+    for fmt in Image.ID:
+        if fmt not in ours and fmt in Image.OPEN and accepts(fmt):
+            what = getattr(Image.OPEN[fmt][0], "format_description", None)
+            named = f"{fmt} ({what})" if what and what.lower() != fmt.lower() else fmt
+            return (f"not an image format bafusion reads: the file is {named}, whatever its name says; "
+                    "convert it to PNG, TIFF or JPEG first")
+    return None
 
 
 #: Camera RAW files: read by no reader here (no demosaicing). Many are TIFF inside (NEF, ARW, DNG,
@@ -209,7 +287,7 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     try:
         # through a file object, not the name: Pillow (13.0) memory-maps an uncompressed gray
         # TIFF opened by name and then turns it by its orientation tag into garbled pixels
-        with _quiet_pillow(), open(p, "rb") as fh, Image.open(fh) as im:
+        with _quiet_pillow(), open(p, "rb") as fh, pillow_open(fh) as im:
             im.load()
             return _exif_transposed(im)
     except Image.DecompressionBombError as e:
@@ -218,7 +296,7 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         raise _damaged_or(p, e) from e
     except Exception as e:  # noqa: BLE001 - Pillow's readers: OSError, ValueError, but also TypeError,
         # struct.error, IndexError, ... of a damaged file (a TIFF integer tag stored as text)
-        raise InputFileError(p, _tiff_problem(p) or _heif_problem(p) or _unreadable(e)) from e
+        raise InputFileError(p, _tiff_problem(p) or _heif_problem(p) or _foreign_problem(p) or _unreadable(e)) from e
 
 
 def _damaged_or(p: Path, e: MemoryError) -> BaseException:

@@ -24,6 +24,7 @@ from bafusion.io.formats import (
     _check_format,
     _check_not_empty,
     _damaged_or,
+    _foreign_problem,
     _heif_problem,
     _quiet_pillow,
     _tiff_file,
@@ -31,6 +32,7 @@ from bafusion.io.formats import (
     _too_large,
     _unreadable,
     header_orientation,
+    pillow_open,
 )
 
 
@@ -103,7 +105,7 @@ def image_info(path: str | os.PathLike[str], *, decode: bool = False) -> ImageIn
         raise InputFileError(p, "empty file (0 bytes): not an image")
     _check_format(p)
     try:
-        with _quiet_pillow(), open(p, "rb") as fh, Image.open(fh) as im:
+        with _quiet_pillow(), open(p, "rb") as fh, pillow_open(fh) as im:
             orientation = header_orientation(im, p)
             fmt, mode, (w, h) = str(im.format), im.mode, _stored_size(im)
             try:
@@ -118,12 +120,12 @@ def image_info(path: str | os.PathLike[str], *, decode: bool = False) -> ImageIn
     except UnidentifiedImageError as e:
         info = _tiff_info(p, decode)
         if info is None:
-            raise InputFileError(p, _tiff_problem(p) or _heif_problem(p) or _unreadable(e)) from e
+            raise InputFileError(p, _tiff_problem(p) or _heif_problem(p) or _foreign_problem(p) or _unreadable(e)) from e
         return info
     except MemoryError as e:
         raise _damaged_or(p, e) from e
     except Exception as e:  # noqa: BLE001 - any error of Pillow's readers (as open_image)
-        raise InputFileError(p, _tiff_problem(p) or _heif_problem(p) or _unreadable(e)) from e
+        raise InputFileError(p, _tiff_problem(p) or _heif_problem(p) or _foreign_problem(p) or _unreadable(e)) from e
     gray = mode in _GRAY_MODES
     if fmt == "PNG" and mode == "RGBA":
         # Pillow opens a 16-bit gray + alpha PNG (colour type 4) as RGBA; the reader reads it

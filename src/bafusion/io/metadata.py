@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from bafusion.io.depth import _PNG_MAGIC, _TIFF_MAGIC
-from bafusion.io.formats import _ORIENTATION, _damaged_or, _quiet_pillow, _tiff_file, header_exif
+from bafusion.io.formats import _ORIENTATION, _damaged_or, _quiet_pillow, _tiff_file, header_exif, pillow_open
 from bafusion.io.write import icc_fits, written_metadata
 
 
@@ -89,7 +89,7 @@ def source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes |
 def _source_metadata(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes | None, str | None]:
     """:func:`source_metadata` and the note for the user when EXIF tags (or the block) were dropped."""
     try:
-        with _quiet_pillow(), Image.open(path) as im:
+        with _quiet_pillow(), pillow_open(path) as im:
             icc = im.info.get("icc_profile") or None
             exif = header_exif(im, path)  # (a PNG's eXIf may follow the pixel data)
             if exif and im.format == "TIFF":
@@ -196,7 +196,7 @@ def source_dpi(path: str | os.PathLike[str]) -> tuple[float, float] | None:
         return float(round(v)) if abs(v - round(v)) < 0.013 else float(v)
 
     try:
-        with _quiet_pillow(), Image.open(path) as im:
+        with _quiet_pillow(), pillow_open(path) as im:
             dpi = im.info.get("dpi")
             tags = getattr(im, "tag_v2", None) if im.format == "TIFF" else None
             if tags is not None and not (282 in tags and 283 in tags):
@@ -492,7 +492,7 @@ def cmyk_notes(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
     notes: list[str] = []
     for p in paths:
         try:
-            with _quiet_pillow(), Image.open(p) as im:
+            with _quiet_pillow(), pillow_open(p) as im:
                 cmyk = im.mode == "CMYK"
         except Exception:  # noqa: BLE001 - the reader reports what it cannot open
             continue
@@ -520,7 +520,7 @@ def unkept_metadata_note(paths: Sequence[str | os.PathLike[str]]) -> str | None:
     kinds: list[str] = []
     for p in paths:
         try:
-            with _quiet_pillow(), Image.open(p) as im:
+            with _quiet_pillow(), pillow_open(p) as im:
                 info, tags = im.info, getattr(im, "tag_v2", {})
                 found = [("XMP", bool(info.get("xmp") or info.get("XML:com.adobe.xmp") or 700 in tags)),
                          ("IPTC", 0x0404 in (info.get("photoshop") or {}) or 33723 in tags),
