@@ -2561,3 +2561,34 @@ def test_fuse_dir_is_tracked_as_fuse_set_is(tmp_path: Path, nets: Path, monkeypa
     monkeypatch.setenv("BAFUSION_MLFLOW", "0")
     assert cli_main([*argv, "--skip-existing"]) == batch.EXIT_SKIPPED
     assert len(client.search_runs([exp_id], search)) == 1
+
+
+def test_a_control_character_in_a_stack_name_is_refused_saying_so(tmp_path: Path, nets: Path, capsys) -> None:
+    """The naming rule's ``$`` matched before a final newline: q-A<newline>.png was taken as shot A
+    of q and fused with q-B.png (rc 0, "fused 1 stack(s)"); n<newline>l-A.png and n<newline>l-B.png
+    were said not to follow the rule (they do: '.' did not match the newline) and the raw newline
+    broke the skip line. A stack name holding a control character (a file's directly in IN, a
+    sub-folder's) is now skipped saying so, the character escaped; the rule is matched whole."""
+    src = tmp_path / "in"
+    (src / "t\tab").mkdir(parents=True)
+    a, b = pair(3)
+    for folder, names in ((src, ("q-A\n.png", "q-B.png")), (src, ("n\nl-A.png", "n\nl-B.png")),
+                          (src / "t\tab", ("1.png", "2.png")), (src, ("ok-A.png", "ok-B.png"))):
+        for n, x in zip(names, (a, b)):
+            Image.fromarray(x).save(folder / n)
+    groups, skipped = batch.find_groups(src)
+    assert sorted(groups) == ["ok"], groups
+    why = dict(skipped)
+    assert why[f"{src}/q-A\\n.png"] == f"{batch.CONTROL_NAME} ('\\n'): rename it", skipped
+    assert why[f"{src}/n\\nl-A.png"] == why[f"{src}/n\\nl-B.png"] == f"{batch.CONTROL_NAME} ('\\n'): rename it"
+    assert why[f"{src}/t\\tab"] == f"{batch.CONTROL_NAME} ('\\t'): rename it"
+    assert why[str(src / "q-B.png")] == "stack 'q' has only 1 shot(s)"
+    assert not any("\n" in what or "\n" in reason for what, reason in skipped), skipped
+    out = tmp_path / "out"
+    rc = cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == batch.EXIT_SKIPPED, err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["ok.png"]
+    lines = err.splitlines()
+    assert all(line.startswith("bafusion fuse-dir: ") for line in lines), err
+    assert f"bafusion fuse-dir: skipped {src}/q-A\\n.png: {batch.CONTROL_NAME} ('\\n'): rename it" in lines, err

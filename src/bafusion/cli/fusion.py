@@ -17,7 +17,7 @@ from bafusion.cli.common import ModelOption, add_threads_argument, check_distinc
 from bafusion.errors import InputFileError, UserError, json_loads
 from bafusion.fusion.api import ALIGN_MODELS
 from bafusion.fusion.batch import (EXIT_NONE_FUSED, EXIT_SKIPPED, STEP_LINES_MIN_PIXELS, check_output_folder,
-                                   check_replaced, find_groups, fuse_dir, skip_lines)
+                                   check_replaced, escape_controls, find_groups, fuse_dir, skip_lines)
 from bafusion.fusion.models import resolve_device
 from bafusion.fusion.params import (
     BOUNDARY_MODES,
@@ -557,7 +557,7 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     for where, line in rep.notes:  # RAW and HEIC files not read, where no stack was skipped for them
         print(f"bafusion fuse-dir: {where}: {line}", file=sys.stderr)
     for what, why in skip_lines(rep.skipped):  # the images outside the naming rule in one line
-        print(f"bafusion fuse-dir: skipped {what}: {why}", file=sys.stderr)
+        print(f"bafusion fuse-dir: skipped {escape_controls(what)}: {escape_controls(why)}", file=sys.stderr)
     print(f"fused {len(rep.fused)} stack(s) into {out}" + (f", {len(rep.existing)} already there" if rep.existing else "")
           + (f", skipped {len(rep.skipped)} (listed on stderr)" if rep.skipped else ""))
     if rep.stopped:

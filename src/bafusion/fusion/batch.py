@@ -9,6 +9,10 @@ Naming rule of ``fuse-dir IN OUT`` (documented in the README):
 * every sub-folder of ``IN`` is one stack: its images in file-name order, named after the folder;
 * a group of one shot, and an image in ``IN`` that follows neither rule, is skipped and listed
   (the latter in one line: :func:`skip_lines`);
+* a stack whose name (a sub-folder's, or the file name of an image directly in ``IN``) holds a
+  control character (a newline, a tab, ...) is skipped and listed, the character shown escaped
+  (:data:`CONTROL_NAME`): its output would be named with it, and a newline broke the lines
+  that name it (``q-A<newline>.png`` was taken as shot A of ``q``);
   so is a broken symbolic link (a shot on a card not mounted), with its stack;
 * the fusion of ``<name>`` is written to ``OUT/<name>.<ext>`` (``--ext``, default ``png``); of
   two stacks whose names differ only in case (``P/`` and ``p-A.jpg``) or Unicode normalization
@@ -69,7 +73,9 @@ EXIT_SKIPPED = 3
 #: Exit status of ``fuse-dir`` when every group was skipped: nothing fused, none already there.
 EXIT_NONE_FUSED = 4
 
-_SHOT = re.compile(r"^(?P<name>.+)-(?P<letter>[A-Za-z])$")
+#: A shot's file name (without its suffix) directly in ``IN``, matched whole (``fullmatch``: a
+#: ``$`` matched before a final newline, so ``q-A<newline>.png`` was shot A of ``q``).
+_SHOT = re.compile(r"(?P<name>.+)-(?P<letter>[A-Za-z])", re.DOTALL)
 
 
 @dataclass
@@ -594,6 +600,9 @@ def find_groups(folder: Path, exclude: Path | None = None,
                 continue
             if (p / OUTPUT_MARKER).is_file():  # an earlier run's OUT inside IN (fuse-dir IN IN/fused): its
                 continue  # outputs are no stack (a later fuse-dir IN OUT2 fused them as one)
+            if _controls(p.name):
+                skipped.append((escape_controls(str(p)), f"{CONTROL_NAME} ({_controls(p.name)}): rename it"))
+                continue
             # dot-files (macOS ._1.png resource forks, editors' temporaries) are not shots
             shots = sorted(q for q in p.iterdir()
                            if (q.is_file() or _broken_link(q)) and not q.name.startswith(".")
@@ -615,7 +624,10 @@ def find_groups(folder: Path, exclude: Path | None = None,
             continue
         if not (p.is_file() or _broken_link(p)) or p.suffix.lower() not in IMAGE_SUFFIXES:
             continue
-        m = _SHOT.match(p.stem)
+        if _controls(p.name):
+            skipped.append((escape_controls(str(p)), f"{CONTROL_NAME} ({_controls(p.name)}): rename it"))
+            continue
+        m = _SHOT.fullmatch(p.stem)
         if m is None:
             skipped.append((str(p), _broken_reason(p) if _broken_link(p) else OUTSIDE_RULE))
             continue
@@ -787,6 +799,33 @@ def skip_lines(skipped: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
                     f"their names do not follow the rule <name>-A.<ext>, <name>-B.<ext>, ... ({names}{more}): "
                     f"{LAYOUT_HINT}"))
     return out
+
+
+#: Why a stack is skipped whose name holds control characters (:func:`find_groups`).
+CONTROL_NAME = "name holds a control character, which no output's name takes"
+
+
+def _controls(name: str) -> str:
+    """The control characters of ``name`` (Unicode category Cc: newline, tab, escape, ...),
+    each once, escaped and quoted (``'\\n'``); empty when it holds none."""
+    return ", ".join(repr(c) for c in dict.fromkeys(name) if unicodedata.category(c) == "Cc")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with each control character (Unicode category Cc) written as its escape
+    (``\\n``, ``\\t``, ``\\x1b``), so that a file name holding one stays on its line.
+
+    Parameters
+    ----------
+    text : str
+        A message or a path.
+
+    Returns
+    -------
+    str
+        ``text``, its other characters unchanged.
+    """
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in text)
 
 
 def _broken_link(p: Path) -> bool:
