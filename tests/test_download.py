@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import stat
 import sys
 import threading
@@ -564,6 +565,38 @@ def test_small_members_are_not_held_to_the_ratio(tmp_path: Path) -> None:
     zi = zipfile.ZipFile(z).getinfo("zeros.txt")
     assert zi.file_size / zi.compress_size > MAX_ZIP_RATIO
     assert len(extract_zip(z, tmp_path / "t")) == 1
+
+
+def test_many_small_members_are_held_to_the_ratio_together(tmp_path: Path) -> None:
+    """Only members above RATIO_MIN_BYTES were held to the ratio: 256 members of 1 MiB of zeros
+    each (284 KiB in all) unpacked to 256 MiB, and 16384 of them (about 18 MB) to the 16 GiB
+    cap. The archive's members together, and its small members together, are held to it too
+    once they unpack to more than RATIO_MIN_BYTES; nothing is written."""
+    zeros = {f"top/m{i:03d}.bin": bytes(RATIO_MIN_BYTES) for i in range(8)}
+    z = deflated_zip(tmp_path / "many.zip", zeros)
+    assert all(i.file_size <= RATIO_MIN_BYTES for i in zipfile.ZipFile(z).infolist())
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(UserError, match=r"many\.zip: refusing to extract: its members unpack to 8\.0 MiB from "
+                       r"[\d.]+ KiB, compressed \d+ to 1 together, more than the limit of 200 to 1"):
+        extract_zip(z, work / "target")
+    assert list(work.iterdir()) == []
+    # hidden behind an incompressible member, which keeps the whole archive's ratio low
+    rng = random.Random(0)
+    z = deflated_zip(tmp_path / "mixed.zip", {"noise.bin": rng.randbytes(8 * RATIO_MIN_BYTES), **zeros})
+    with pytest.raises(UserError, match=r"mixed\.zip: refusing to extract: its 8 members of up to 1\.0 MiB unpack "
+                       r"to 8\.0 MiB from [\d.]+ KiB, compressed \d+ to 1 together"):
+        check_zip(z)
+    assert len(extract_zip(z, work / "target", max_ratio=None)) == 9  # the limit is a parameter
+    # an archive of photos (barely compressed) and text (5-10x) is extracted as before
+    text = b"".join(b'{"id": %d, "file_name": "%012d.jpg", "height": 480, "width": 640},\n' % (i, i)
+                    for i in range(40000))
+    z = deflated_zip(tmp_path / "fine.zip", {**{f"p{i:02d}.png": rng.randbytes(300_000) for i in range(20)},
+                                             "ann.json": text})
+    ratio = sum(i.file_size for i in zipfile.ZipFile(z).infolist() if i.filename == "ann.json") / sum(
+        i.compress_size for i in zipfile.ZipFile(z).infolist() if i.filename == "ann.json")
+    assert 5 < ratio < MAX_ZIP_RATIO
+    assert len(extract_zip(z, work / "fine")) == 21
 
 
 def test_coco_annotations_zip_bomb_is_refused(tmp_path: Path) -> None:

@@ -45,7 +45,10 @@ Guarantees:
   written, and so is an archive that would unpack to too much (a zip bomb, from a mirror or a
   ``from_dir`` archive): more than ``max_bytes`` in all (:data:`MAX_UNZIPPED_BYTES`, 16 GiB),
   or a member larger than 1 MiB compressed more than ``max_ratio`` to 1
-  (:data:`MAX_ZIP_RATIO`, 200). The bytes actually written are counted too.
+  (:data:`MAX_ZIP_RATIO`, 200), or members unpacking to more than 1 MiB together compressed
+  more than that in all: the whole archive's, and its members of up to 1 MiB together (256
+  members of 1 MiB of zeros each, 284 KiB in all, unpacked to 256 MiB). The bytes actually
+  written are counted too.
 """
 
 from __future__ import annotations
@@ -740,7 +743,9 @@ MAX_UNZIPPED_BYTES = 16 * 2**30
 #: :data:`RATIO_MIN_BYTES` (200: photos barely compress, COCO's JSON about 5-10x, zip bombs
 #: 1000x and more). Parameter ``max_ratio``; None: no bound.
 MAX_ZIP_RATIO = 200.0
-#: Members up to this size are not held to the ratio (a small file of zeros compresses 1000x).
+#: Members up to this size are not held to the ratio one by one (a small file of zeros
+#: compresses 1000x), nor members of this size in all; more of them together are
+#: (:func:`check_zip_sizes`).
 RATIO_MIN_BYTES = 1 << 20
 
 
@@ -752,8 +757,12 @@ def check_zip_sizes(
     max_ratio: float | None = MAX_ZIP_RATIO,
 ) -> int:
     """Refuse, naming ``archive``, members that unpack to more than ``max_bytes`` in all or
-    whose compression ratio exceeds ``max_ratio`` (members above :data:`RATIO_MIN_BYTES`);
-    returns their total uncompressed size."""
+    whose compression ratio exceeds ``max_ratio``: a member above :data:`RATIO_MIN_BYTES`, all
+    the members together, and the members of up to :data:`RATIO_MIN_BYTES` together (each of
+    these two only when they unpack to more than :data:`RATIO_MIN_BYTES`: many small members,
+    each below the single member's bound, unpacked a 284 KiB archive to 256 MiB); returns their
+    total uncompressed size (the sizes the archive declares; :func:`extract_zip` counts the
+    bytes written)."""
     total = sum(i.file_size for i in infos)
     if max_bytes is not None and total > max_bytes:
         raise UserError(
@@ -767,6 +776,17 @@ def check_zip_sizes(
                 raise UserError(
                     f"{archive}: refusing to extract member {i.filename!r}: compressed {ratio:.0f} to 1, more "
                     f"than the limit of {max_ratio:g} to 1 (max_ratio; a zip bomb?)"
+                )
+        small = [i for i in infos if i.file_size <= RATIO_MIN_BYTES]
+        for what, group in (("its members", infos),
+                            (f"its {len(small)} members of up to {human_bytes(RATIO_MIN_BYTES)}", small)):
+            size, packed = sum(i.file_size for i in group), sum(i.compress_size for i in group)
+            ratio = size / max(packed, 1)
+            if size > RATIO_MIN_BYTES and ratio > max_ratio:
+                raise UserError(
+                    f"{archive}: refusing to extract: {what} unpack to {human_bytes(size)} from "
+                    f"{human_bytes(packed)}, compressed {ratio:.0f} to 1 together, more than the limit of "
+                    f"{max_ratio:g} to 1 (max_ratio; a zip bomb?)"
                 )
     return total
 
