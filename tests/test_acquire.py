@@ -944,3 +944,78 @@ def test_a_path_given_with_a_tilde_needs_no_relative_to(tmp_path: Path, monkeypa
     assert acquire.relative_base("~/photos") == {}
     assert acquire.relative_base("~/photos", None, "https://example.org/x") == {}
     assert acquire.relative_base("~/photos", "photos") == {"relative_to": "sub"}
+
+
+def _am_folder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for sub in ("input", "gt"):
+        (root / sub).mkdir(parents=True)
+        (root / sub / "GT01.png").write_bytes(png_bytes(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))
+    return root
+
+
+@pytest.mark.parametrize("case", ["folder outside", "file outside", "loop", "self loop", "broken", "fifo"])
+def test_download_alphamatting_from_dir_copies_no_link_out_of_the_folder_nor_a_pipe(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], case: str) -> None:
+    """--from-dir copied input/ and gt/ following symbolic links: input/ext -> /elsewhere copied that
+    folder into the data folder and its record (rc 0; input/home -> / would copy the file system),
+    input/loop -> .. and a named pipe gave "internal error (a bug in bafusion, not in your input)".
+    Each is refused before anything is written, naming the entry and what to do."""
+    import os
+
+    from bafusion.cli import main
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    src, out = _am_folder(tmp_path / "am"), tmp_path / "out"
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "private.txt").write_text("not for the data folder")
+    entry, wanted = {
+        "folder outside": (src / "input" / "ext", f"symbolic link to the folder {tmp_path / 'elsewhere'}, outside "
+                                                  f"{src}: links that leave the folder are not copied"),
+        "file outside": (src / "gt" / "notes.txt", f"symbolic link to the file {tmp_path / 'elsewhere' / 'private.txt'}"
+                                                   f", outside {src}: links that leave the folder are not copied"),
+        "loop": (src / "input" / "loop", f"symbolic link to {src.resolve()}, a folder that holds it (a loop)"),
+        "self loop": (src / "gt" / "self", "broken symbolic link, or a loop of links (to self)"),
+        "broken": (src / "gt" / "gone.png", f"broken symbolic link, or a loop of links (to {tmp_path / 'gone.png'})"),
+        "fifo": (src / "input" / "pipe", "a named pipe (FIFO), not a regular file"),
+    }[case]
+    if case == "fifo":
+        os.mkfifo(entry)
+    else:
+        target = {"folder outside": tmp_path / "elsewhere", "file outside": tmp_path / "elsewhere" / "private.txt",
+                  "loop": Path(".."), "self loop": Path("self"), "broken": tmp_path / "gone.png"}[case]
+        entry.symlink_to(target)
+    rc = main(["download-alphamatting", "--from-dir", str(src), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.splitlines() == [f"bafusion download-alphamatting: error: {entry}: {err.split(f'{entry}: ', 1)[1].strip()}"]
+    assert wanted in err and "internal error" not in err, err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_download_alphamatting_from_dir_follows_links_inside_the_folder(tmp_path: Path) -> None:
+    """A link to a file or folder inside the --from-dir folder is copied as what it points to, as
+    before; a file the copy cannot read is an error naming it, not an internal error."""
+    import shutil
+
+    src = _am_folder(tmp_path / "am")
+    (src / "input" / "notes.txt").symlink_to(Path("..") / "gt" / "GT01.png")
+    (src / "gt" / "sub").mkdir()
+    (src / "gt" / "sub" / "inp").symlink_to(Path("..") / ".." / "input")
+    rec = acquire_alphamatting(tmp_path / "out", from_dir=src)
+    out = tmp_path / "out"
+    assert (out / "input" / "notes.txt").read_bytes() == (src / "gt" / "GT01.png").read_bytes()
+    assert not (out / "input" / "notes.txt").is_symlink()
+    assert "gt/sub/inp/GT01.png" in rec["written"] and (out / "gt" / "sub" / "inp" / "notes.txt").is_file()
+
+    def unreadable(a: Path, b: Path) -> None:
+        raise shutil.Error([(str(a / "GT01.png"), str(b / "GT01.png"), "[Errno 13] Permission denied")])
+
+    import bafusion.data.acquire as acq
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(acq.shutil, "copytree", unreadable)
+        with pytest.raises(UserError, match=re.escape(f"{src / 'input' / 'GT01.png'}: cannot be copied ([Errno 13] "
+                                                      "Permission denied)")):
+            acquire_alphamatting(tmp_path / "out2", from_dir=src)
+    assert not (tmp_path / "out2").exists()

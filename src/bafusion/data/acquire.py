@@ -27,6 +27,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import sys
 import zipfile
 import zlib
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 
-from bafusion.atomic import atomic_dir
+from bafusion.atomic import atomic_dir, shown_path
 from bafusion.data.coco import (
     CocoFilter,
     Ranked,
@@ -170,6 +171,68 @@ def _annotations_ok(path: Path, *, test_crcs: bool = True) -> None:
         raise UserError(f"not COCO annotations (JSON {type(data).__name__}, expected an object)")
 
 
+#: What :func:`check_copied_tree` calls a file that is neither a regular file nor a folder.
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def check_copied_tree(src: Path, subs: tuple[str, ...]) -> None:
+    """Refuse, naming the entry, what copying ``src``'s ``subs`` whole (``download-alphamatting
+    --from-dir``, which follows symbolic links) must not copy: a symbolic link to a file or folder
+    outside ``src`` (``input/ext -> /elsewhere`` copied that folder into the data folder and its
+    record; ``input/home -> /`` would copy the whole file system), a broken link or a loop of
+    links, a link to a folder that holds it (``input/loop -> ..``: copied into itself until the
+    path was too long), and a file that is neither a regular file nor a folder (a named pipe,
+    which the copy refused with an internal error). Links inside ``src`` are followed, as
+    before.
+
+    Parameters
+    ----------
+    src : Path
+        The folder given (``--from-dir``).
+    subs : tuple of str
+        Its sub-folders that are copied.
+
+    Raises
+    ------
+    bafusion.errors.InputFileError
+        Naming the first such entry, its target and what to do.
+    """
+    root = src.resolve()
+    todo: list[tuple[Path, frozenset[Path]]] = [(src / sub, frozenset()) for sub in reversed(subs)]
+    while todo:
+        p, holding = todo.pop()
+        if p.is_symlink():
+            try:
+                target = p.resolve(strict=True)
+            except (OSError, RuntimeError) as e:
+                raise InputFileError(p, f"broken symbolic link, or a loop of links (to {os.readlink(p)}): "
+                                        "remove it") from e
+            what = "folder" if target.is_dir() else "file"
+            if target != root and root not in target.parents:
+                raise InputFileError(p, f"symbolic link to the {what} {target}, outside {src}: links that leave the "
+                                        f"folder are not copied; copy the {what} in its place, or remove the link")
+            at = p.parent.resolve()
+            if target == at or target in at.parents:
+                raise InputFileError(p, f"symbolic link to {target}, a folder that holds it (a loop): remove it")
+        try:
+            mode = p.stat().st_mode
+        except OSError as e:
+            raise InputFileError(p, f"cannot be read ({e.strerror or e})") from e
+        if stat.S_ISDIR(mode):
+            here = p.resolve()
+            if here in holding:
+                raise InputFileError(p, f"symbolic link to {here}, a folder that holds it (a loop): remove it")
+            try:
+                entries = sorted(p.iterdir(), reverse=True)
+            except OSError as e:
+                raise InputFileError(p, f"cannot be listed ({e.strerror or e})") from e
+            todo += [(q, holding | {here}) for q in entries]
+        elif not stat.S_ISREG(mode):
+            kind = next((name for test, name in _SPECIAL_FILES if test(mode)), "not a regular file")
+            raise InputFileError(p, f"{kind}, not a regular file: it cannot be copied; remove it")
+
+
 def _written(folder: Path, subs: tuple[str, ...]) -> list[str]:
     """Every file under ``folder``'s ``subs``, as sorted paths relative to ``folder``: what a
     command copied or extracted there, recorded so that a rerun knows them for its own (and a
@@ -248,9 +311,15 @@ def acquire_alphamatting(
             raise InputFileError(src, "alphamatting folder not found")
         if (src / "input").is_dir() and (src / "gt").is_dir():
             fgs = dir_foregrounds(src)  # checks every image has its matte
+            check_copied_tree(src, ("input", "gt"))
             with atomic_dir(out) as tmp:
                 for sub in ("input", "gt"):
-                    shutil.copytree(src / sub, tmp / sub)
+                    try:
+                        shutil.copytree(src / sub, tmp / sub)
+                    except shutil.Error as e:  # a file unreadable, or changed since the check
+                        first = e.args[0][0] if e.args and isinstance(e.args[0], list) and e.args[0] else None
+                        raise UserError(f"{first[0]}: cannot be copied ({shown_path(str(first[2]))})" if first
+                                        else f"{src / sub}: cannot be copied ({e})") from e
                 record = {"kind": KIND_ALPHAMATTING, "source": source, "foregrounds": len(fgs),
                           "resolution": resolution, "written": _written(tmp, ("input", "gt")),
                           **relative_base(source)}
