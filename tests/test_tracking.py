@@ -1503,13 +1503,15 @@ def test_an_empty_store_file_is_built_under_the_temporary_name_too(tmp_path: Pat
     assert not list(tmp_path.glob(".mlflow.db.building*"))
 
 
-@pytest.mark.parametrize("name", ["proj?x", "proj?x#y %41"])
+@pytest.mark.parametrize("name", ["proj?x", "proj?x#y %41", "proj%41"])
 def test_a_project_path_holding_a_question_mark_is_tracked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str], name: str) -> None:
     """``sqlite:///<path>`` with a ``?`` in the project's path: SQLAlchemy took the rest for the
     URI's query, the store was created at ``.../proj`` and renamed into place failed, "No such
     file or directory", and tracking was turned off. Now the URI is SQLite's URI file name with
-    the path percent-encoded: the store is ``mlflow.db`` in the project, its artifacts beside."""
+    the path percent-encoded: the store is ``mlflow.db`` in the project, its artifacts beside.
+    With SQLAlchemy 2.1, which percent-decodes the URL's database part, the URI form encoded
+    once failed the same way, and a ``%41`` in the plain form was read as ``A``."""
     root = tmp_path / name
     root.mkdir()
     (root / "Snakefile").write_text("")
@@ -1528,14 +1530,56 @@ def test_a_project_path_holding_a_question_mark_is_tracked(tmp_path: Path, monke
     assert len(logged) == 1 and logged[0].parent.name == "evaluation"
 
 
-def test_sqlite_path_reads_the_plain_and_the_uri_forms() -> None:
+def test_sqlite_path_reads_the_plain_and_the_uri_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLAlchemy 2.0 takes a URL's database part literally; the URI form's path is encoded once."""
+    monkeypatch.setattr(tracking, "_sqlalchemy_unquotes", lambda: False)
     assert tracking.sqlite_path("sqlite:////a/b/mlflow.db") == Path("/a/b/mlflow.db")
     assert tracking.sqlite_path("sqlite:////a/b/mlflow.db?timeout=20") == Path("/a/b/mlflow.db")
     assert tracking.sqlite_path("sqlite:///file:/a/b%3Fc%23d/m.db?uri=true") == Path("/a/b?c#d/m.db")
     assert tracking.sqlite_uri(Path("/a/b?c/m.db")) == "sqlite:///file:%2Fa%2Fb%3Fc%2Fm.db?uri=true"
     assert tracking.sqlite_path(tracking.sqlite_uri(Path("/a/b?c/m.db"))) == Path("/a/b?c/m.db")
     assert tracking.sqlite_uri(Path("/a/b #c/m.db")) == "sqlite:////a/b #c/m.db"
+    assert tracking.sqlite_uri(Path("/a/b%41/m.db")) == "sqlite:////a/b%41/m.db"
+    assert tracking.sqlite_path("sqlite:////a/b%41/m.db") == Path("/a/b%41/m.db")
     assert tracking.sqlite_path("http://host:5000") is None
+
+
+def test_sqlite_uri_encodes_the_path_twice_where_sqlalchemy_decodes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLAlchemy 2.1 percent-decodes a URL's database part before SQLite decodes the URI form's
+    path: ``sqlite:///file:%2Fa%2Fb%3Fc%2Fm.db?uri=true`` reached SQLite as ``file:/a/b?c/m.db``,
+    the file ``/a/b``; a plain ``/a/b%41`` was opened as ``/a/bA``."""
+    monkeypatch.setattr(tracking, "_sqlalchemy_unquotes", lambda: True)
+    assert tracking.sqlite_uri(Path("/a/b?c/m.db")) == "sqlite:///file:%252Fa%252Fb%253Fc%252Fm.db?uri=true"
+    assert tracking.sqlite_uri(Path("/a/b%41/m.db")) == "sqlite:///file:%252Fa%252Fb%252541%252Fm.db?uri=true"
+    assert tracking.sqlite_uri(Path("/a/b #c/m.db")) == "sqlite:////a/b #c/m.db"
+    for path in ("/a/b?c/m.db", "/a/b%41/m.db", "/a/b?c#d %41/m.db"):
+        assert tracking.sqlite_path(tracking.sqlite_uri(Path(path))) == Path(path)
+    assert tracking.sqlite_path("sqlite:////a/b%41/m.db") == Path("/a/bA/m.db")
+    assert tracking.sqlite_path("sqlite:////a/b%3Fc/m.db?timeout=20") == Path("/a/b?c/m.db")
+    # the URI form encoded once, as before: SQLite reads the path up to its own query
+    assert tracking.sqlite_path("sqlite:///file:%2Fa%2Fb%3Fc%2Fm.db?uri=true") == Path("/a/b")
+
+
+@pytest.mark.parametrize("name", ["proj?x", "proj?x#y %41", "proj%41", "100% crop"])
+def test_the_installed_sqlalchemy_opens_the_store_that_sqlite_uri_names(tmp_path: Path, name: str) -> None:
+    """The file that the installed SQLAlchemy and SQLite open for :func:`tracking.sqlite_uri` is
+    the store named, and :func:`tracking.sqlite_path` reads the URI back to it (SQLAlchemy 2.0
+    and 2.1 read a URL's database part differently, see the two tests above)."""
+    import sqlalchemy
+
+    folder = tmp_path / name
+    folder.mkdir()
+    db = folder / "mlflow.db"
+    uri = tracking.sqlite_uri(db)
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.begin() as con:
+            con.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+    finally:
+        engine.dispose()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name], uri
+    assert [p.name for p in folder.iterdir()] == ["mlflow.db"], uri
+    assert tracking.sqlite_path(uri) == db
 
 
 def test_the_store_lock_without_fcntl_is_taken_with_msvcrt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -49,6 +49,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -107,27 +108,51 @@ def sqlite_uri(db: Path) -> str:
     ``sqlite:///file:<percent-encoded path>?uri=true`` (SQLAlchemy passes it to SQLite, which
     decodes it): in the plain form SQLAlchemy takes ``?`` for the start of the URI's query, so
     a store under ``/home/me/proj?x`` was looked for at ``/home/me/proj`` and tracking was
-    turned off. Other characters (``#``, ``%``, spaces) are taken literally in the plain form.
+    turned off. Other characters (``#``, ``%``, spaces) are taken literally in the plain form,
+    except ``%`` where SQLAlchemy percent-decodes the URL's database part (2.1 does, 2.0 does
+    not, :func:`_sqlalchemy_unquotes`): there a path holding ``%`` takes the URI form too, and
+    the URI form's path is encoded twice, once for SQLAlchemy and once for SQLite (encoded once,
+    SQLAlchemy 2.1 gave SQLite ``file:/home/me/proj?x/...``, read as ``/home/me/proj``).
     The slashes are encoded too: MLflow creates the parent folder of what follows
     ``sqlite:///``, which for ``file:/home/...`` would be a folder ``file:`` in the working
     directory. :func:`sqlite_path` reads both forms back.
     """
     path = os.fspath(db)
-    if "?" not in path:
+    unquotes = _sqlalchemy_unquotes()
+    if "?" not in path and not (unquotes and "%" in path):
         return f"sqlite:///{path}"
-    return f"sqlite:///file:{quote(path, safe='')}?uri=true"
+    encoded = quote(path, safe="")
+    if unquotes:
+        encoded = quote(encoded, safe="")
+    return f"sqlite:///file:{encoded}?uri=true"
 
 
 def sqlite_path(uri: str) -> Path | None:
     """The store file of a ``sqlite:///`` tracking URI, as SQLAlchemy and SQLite read it: the
-    path before the query (``?...``), percent-decoded in SQLite's URI form
-    ``sqlite:///file:<path>?uri=true`` (:func:`sqlite_uri`); ``None`` for another URI."""
+    path before the query (``?...``), percent-decoded where SQLAlchemy decodes it
+    (:func:`_sqlalchemy_unquotes`), and in SQLite's URI form ``sqlite:///file:<path>?uri=true``
+    (:func:`sqlite_uri`) the path before SQLite's own query, percent-decoded; ``None`` for
+    another URI."""
     if not uri.startswith("sqlite:///"):
         return None
     rest, _, query = uri[len("sqlite:///"):].partition("?")
+    if _sqlalchemy_unquotes():
+        rest = unquote(rest)
     if rest.startswith("file:") and "uri=true" in query.split("&"):
-        return Path(unquote(rest[len("file:"):]))
+        return Path(unquote(rest[len("file:"):].partition("?")[0]))
     return Path(rest)
+
+
+@functools.lru_cache(maxsize=None)
+def _sqlalchemy_unquotes() -> bool:
+    """Whether the installed SQLAlchemy percent-decodes the database part of a URL, as 2.1 does
+    (``sqlite:///a%3Fb`` is the file ``a?b``); 2.0 takes it literally. Asked of SQLAlchemy itself;
+    False without SQLAlchemy (no store is opened then)."""
+    try:
+        from sqlalchemy.engine.url import make_url
+    except ImportError:
+        return False
+    return make_url("sqlite:///a%25b").database == "a%b"
 
 
 # A failing store is said in one line by _turn_off: MLflow's own logger printed ~65 lines of
