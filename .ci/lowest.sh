@@ -11,6 +11,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true PIP_DISABLE_PIP_VERSION_CHECK=1
+# the venv's own bafusion (this checkout, installed editable) and nothing from elsewhere: an
+# inherited PYTHONPATH (e.g. another checkout's src) would be tested instead, in the tests'
+# subprocesses too
+unset PYTHONPATH PYTHONHOME PYTHONSTARTUP
+export PYTHONNOUSERSITE=1
 venv=${LOWEST_VENV:-.venv-lowest}
 quiet() { grep -v "is ignored: it is neither a file nor a directory" >&2 || true; }
 start=$SECONDS
@@ -30,6 +35,13 @@ for line in open(sys.argv[1], encoding="utf-8"):
     if Version(version(name)).public != Version(want).public:
         bad.append(f"{name}: {version(name)} installed, {want} wanted")
 sys.exit("\n".join(bad) or None)
+PY
+"$venv/bin/python" - "$PWD/src/bafusion" <<'PY'
+import sys
+from pathlib import Path
+import bafusion
+where = Path(bafusion.__file__).resolve().parent
+sys.exit(None if where == Path(sys.argv[1]).resolve() else f"bafusion is imported from {where}, not {sys.argv[1]}")
 PY
 echo "lowest versions installed in $((SECONDS - start)) s"
 "$venv/bin/python" -m pytest -q -p no:cacheprovider -m "not slow" \
