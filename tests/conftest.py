@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,24 +45,11 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_mlflow(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Never write into the developer's mlflow.db from a test; and a store that failed in a test
-    turns tracking off for that test only: bafusion.tracking's ``_broken`` and the
-    ``$BAFUSION_MLFLOW=0`` it sets for child processes are undone after it (one test's failing
-    store turned tracking off in every later test of the process, which failed too)."""
+def _isolated_mlflow(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never write into the developer's mlflow.db from a test."""
     if "MLFLOW_TRACKING_URI" not in os.environ:
         db = tmp_path_factory.getbasetemp() / "mlflow.db"
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    before = os.environ.get("BAFUSION_MLFLOW")
-    monkeypatch.setenv("BAFUSION_MLFLOW", "")  # records the value from before the test, restored after it
-    if before is None:
-        monkeypatch.delenv("BAFUSION_MLFLOW")
-    else:
-        monkeypatch.setenv("BAFUSION_MLFLOW", before)
-    yield
-    tracking = sys.modules.get("bafusion.tracking")
-    if tracking is not None:
-        tracking._broken = None
 
 
 @pytest.fixture(autouse=True)
