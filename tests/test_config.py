@@ -673,6 +673,26 @@ def test_check_params_refuses_what_the_jobs_refuse_after_the_data_stages(overrid
     check_params(deep_merge(params, {"train": {"consistency": 1.0}, "patches": {"context": 16}}))
 
 
+@pytest.mark.parametrize("train,words", [
+    ({"nproc": 3, "batch": 32}, "train.batch: 32 is not divisible by train.nproc: 3"),
+    ({"nproc": 2, "batch": 15}, "train.batch: 15 is not divisible by train.nproc: 2"),
+    ({"boundary": {"nproc": 3}}, "train.batch: 32 is not divisible by train.boundary.nproc: 3"),
+    ({"nproc": 2, "initial": {"batch": 30}, "boundary": {"batch": 15}},
+     "train.boundary.batch: 15 is not divisible by train.nproc: 2"),
+])
+def test_check_params_refuses_a_batch_the_training_processes_cannot_share(train: dict, words: str) -> None:
+    """train.batch: 32 with train.nproc: 3 was refused only by the training job, after prepare,
+    composite and patches had run: refused before any job, naming both keys and values."""
+    from bafusion.cli.params_check import check_params
+
+    params = deep_merge(load_params(REPO / "params.yaml"), {"train": {"batch": 32}})
+    check_params(deep_merge(params, {"train": {"nproc": 4, "boundary": {"nproc": 2}}}))
+    check_params(deep_merge(params, {"train": {"nproc": "auto", "batch": 15}}))  # known only on the machine
+    with pytest.raises(UserError) as e:
+        check_params(deep_merge(params, {"train": train}), "p.yaml")
+    assert str(e.value).startswith(f"p.yaml: {words} (") and "\n" not in str(e.value), str(e.value)
+
+
 @pytest.mark.parametrize("data,words", [
     ({"holdout_backgrounds": 0}, "data.holdout_foregrounds and data.holdout_backgrounds must both be 0 or both be > 0"),
     ({"builtin": {"foregrounds": ["chelsea", "coffee", "astronaut"]}, "holdout_foregrounds": 5},

@@ -185,6 +185,8 @@ def test_bad_config_fails_snakemake_dry_run(project: Path, override: dict, key: 
     ({"composite": {"sigma": [3.0, 1.0]}}, "composite.sigma must be [lo, hi] with 0 < lo <= hi"),
     ({"fuse": {"low": 0.9, "high": 0.8}}, "need low < high"),
     ({"train": {"consistency": 1.0}, "patches": {"context": 0}}, "train.consistency: 1.0 needs patches.context > 0"),
+    # refused by the training job only, after prepare, composite and patches
+    ({"train": {"nproc": 3}}, "train.batch: 16 is not divisible by train.nproc: 3"),
 ])
 def test_rules_across_keys_fail_snakemake_dry_run(project: Path, override: dict, words: str) -> None:
     """Each key valid alone, the pair not: refused at planning time, as the job would."""

@@ -7,7 +7,8 @@ that sum to at most 1, the realistic degradations' ranges) live, once, in the ty
 the step that needs them. :func:`check_params` builds those objects from the parameters, so a
 value a job would refuse fails before any job starts, in one line that names the source.
 It also refuses what the pipeline's jobs would refuse only after the data stages
-(``patches.label_threshold: 0``, ``train.consistency`` without ``patches.context``) and warns,
+(``patches.label_threshold: 0``, ``train.consistency`` without ``patches.context``, a
+``train.batch`` that ``train.nproc`` does not divide) and warns,
 one line each, of an empty boundary patch set (only ``train_boundary`` and what follows it
 need it) and of milestones the learning rate never reaches. Light on purpose (no torch): the Snakefile runs it
 at every ``snakemake`` call.
@@ -123,8 +124,9 @@ def _net_value(params: Mapping[str, Any], net: str, key: str) -> tuple[str, Any]
 def _check_pipeline(params: Mapping[str, Any]) -> None:
     """What the pipeline's jobs would refuse late, after the data stages, or train on
     uselessly: a label threshold that labels every pixel focused in A (one class for the
-    initial net, an empty boundary set: train_boundary's "the train split is empty") and a
-    consistency term without the surroundings it compares (train)."""
+    initial net, an empty boundary set: train_boundary's "the train split is empty"), a
+    consistency term without the surroundings it compares (train) and a global batch that
+    the training processes cannot share evenly (train, after DDP started)."""
     pat = params.get("patches") or {}
     # (patches.boundary_per_pair: 0 only empties the boundary net's set: a warning, below)
     if pat.get("label_threshold") == 0:
@@ -136,6 +138,13 @@ def _check_pipeline(params: Mapping[str, Any]) -> None:
         if weight and not context:
             raise UserError(f"{key}: {weight} needs patches.context > 0 (the consistency term compares each patch "
                             "with its view in context), got patches.context: 0")
+    for net in ("initial", "boundary"):
+        # (nproc: auto is the number of GPUs of the machine that trains: left to the job)
+        bkey, batch = _net_value(params, net, "batch")
+        nkey, nproc = _net_value(params, net, "nproc")
+        if isinstance(nproc, int) and not isinstance(nproc, bool) and nproc > 0 and int(batch) % nproc:
+            raise UserError(f"{bkey}: {batch} is not divisible by {nkey}: {nproc} (the global batch is split "
+                            "evenly over the training processes)")
 
 
 def _training_warnings(params: Mapping[str, Any]) -> list[str]:
