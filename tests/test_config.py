@@ -711,6 +711,40 @@ def test_check_params_refuses_a_data_selection_the_prepare_job_would_refuse(data
     assert str(e.value).startswith(f"p.yaml: {words}") and "\n" not in str(e.value), str(e.value)
 
 
+def test_check_params_refuses_a_web_hold_out_that_takes_every_downloaded_background() -> None:
+    """`dvc exp run -S data.source=web` on the committed params.yaml (data.backgrounds: 0 = all,
+    holdout_backgrounds: 2, download.coco.count: 0) downloaded 2 COCO backgrounds, then prepare
+    refused to hold out 2 of those 2: refused before any job (no internet needed to check)."""
+    from bafusion.cli.params_check import check_params
+
+    params = deep_merge(load_params(REPO / "params.yaml"), {"data": {"source": "web"}})
+    assert params["data"]["backgrounds"] == 0 and params["download"]["coco"]["count"] == 0
+    with pytest.raises(UserError) as e:
+        check_params(params, "p.yaml")
+    assert str(e.value) == (
+        "p.yaml: data.holdout_backgrounds: cannot hold out 2 of the 2 COCO backgrounds that data.source: web "
+        "downloads (download.coco.count: 0 with data.backgrounds: 0 (data.backgrounds + data.holdout_backgrounds)): "
+        "nothing would be left to train on; set data.backgrounds (the paper's 700) or a download.coco.count above 2"), \
+        str(e.value)
+    with pytest.raises(UserError, match=r"^p\.yaml: data\.holdout_backgrounds: cannot hold out 3 of the 3 COCO "
+                                        r"backgrounds that data\.source: web downloads \(download\.coco\.count: 3\)"):
+        check_params(deep_merge(params, {"data": {"backgrounds": 10, "holdout_backgrounds": 3},
+                                         "download": {"coco": {"count": 3}}}), "p.yaml")
+    for ok in ({"data": {"backgrounds": 10}}, {"download": {"coco": {"count": 3}}},
+               {"data": {"holdout_foregrounds": 0, "holdout_backgrounds": 0}}):
+        check_params(deep_merge(params, ok))
+    # the count the download rule passes (workflow/rules/common.smk calls the same function)
+    from bafusion.config import coco_download_count
+
+    def count(backgrounds: int, holdout: int, coco: int) -> int:
+        return coco_download_count({"data": {"backgrounds": backgrounds, "holdout_backgrounds": holdout},
+                                    "download": {"coco": {"count": coco}}})
+
+    assert coco_download_count(params) == 2
+    assert (count(0, 0, 0), count(5, 1, 0), count(5, 1, 9)) == (700, 6, 9)
+    assert "coco_download_count(" in (REPO / "workflow" / "rules" / "common.smk").read_text()
+
+
 def test_check_params_refuses_a_prepare_scale_that_makes_a_foreground_smaller_than_the_patch() -> None:
     """prepare.scale: 0.01 was accepted; the patches job refused the 5x3 pairs after prepare and
     composite had run, naming neither prepare.scale nor patch."""

@@ -16,7 +16,8 @@ def test_config_paths_with_quotes_and_dollar_reach_the_commands_as_one_word(tmp_
         (odd / sub).mkdir(parents=True)
     (odd / "ann" / "a.json").write_text("{}")
     web = {
-        "data": {"source": "web"},
+        # backgrounds: 3 (+ 1 held out) to download, not the hold-out alone (refused)
+        "data": {"source": "web", "backgrounds": 3},
         "download": {
             "cache": str(odd / "cache"),
             "alphamatting": {"from_dir": str(odd / "am"), "base_url": "http://127.0.0.1:9/it's/",

@@ -31,7 +31,8 @@ from bafusion.errors import InputFileError, UserError, json_loads
 from bafusion.schema import defaults, load_schema, validate_params
 from bafusion.tracking import flatten
 
-__all__ = ["PRESET_WHOLE_KEYS", "ParamsLoader", "apply_overrides_to_file", "apply_preset", "deep_merge", "dvc_set_args",
+__all__ = ["DEFAULT_COCO_COUNT", "PRESET_WHOLE_KEYS", "ParamsLoader", "apply_overrides_to_file", "apply_preset",
+           "coco_download_count", "deep_merge", "dvc_set_args",
            "load_params", "load_preset", "load_yaml", "net_init", "parse_json_object", "preset_names", "read_params", "section", "validate_params",
            "yaml12_floats"]
 
@@ -451,6 +452,32 @@ def net_init(params: Mapping[str, Any], net: str) -> str:
     inherits)."""
     train = params.get("train") or {}
     return str((train.get(net) or {}).get("init") or train.get("init") or "")
+
+
+#: The COCO backgrounds ``data.source: web`` downloads when neither ``download.coco.count``
+#: nor ``data.backgrounds`` says how many (the paper's number).
+DEFAULT_COCO_COUNT = 700
+
+
+def coco_download_count(params: Mapping[str, Any]) -> int:
+    """The number of COCO backgrounds the ``download_coco`` rule keeps for ``data.source: web``
+    (its ``--count``).
+
+    Parameters
+    ----------
+    params : Mapping
+        The whole parameters (``data`` and ``download.coco`` are read).
+
+    Returns
+    -------
+    int
+        ``download.coco.count``; if 0, ``data.backgrounds + data.holdout_backgrounds``; if
+        that is 0 too, :data:`DEFAULT_COCO_COUNT`.
+    """
+    data = params.get("data") or {}
+    coco = (params.get("download") or {}).get("coco") or {}
+    return int(coco.get("count") or 0) or (
+        int(data.get("backgrounds") or 0) + int(data.get("holdout_backgrounds") or 0)) or DEFAULT_COCO_COUNT
 
 
 #: A string written plain inside a flow collection; anything else is double-quoted.

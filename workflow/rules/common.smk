@@ -218,9 +218,8 @@ def download_net_args():
 
 
 def coco_count():
-    """download.coco.count, else the backgrounds prepare will use (train + held out), else 700."""
-    data = config.get("data", {}) or {}
-    coco = (config.get("download", {}) or {}).get("coco", {}) or {}
-    return int(coco.get("count") or 0) or (
-        int(data.get("backgrounds", 0) or 0) + int(data.get("holdout_backgrounds", 0) or 0)
-    ) or 700
+    """download.coco.count, else the backgrounds prepare will use (train + held out), else 700:
+    bafusion.config.coco_download_count, which the parameter check uses too."""
+    from bafusion.config import coco_download_count
+
+    return coco_download_count(config)

@@ -79,10 +79,38 @@ def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None
 def _check_data(params: Mapping[str, Any]) -> None:
     """The ``data`` section's rules that its values alone decide (the hold-out counts, the
     builtin images' names), which the prepare job would refuse only after Snakemake (or DVC)
-    deleted data/prepared: :func:`bafusion.data.sources.check_selection`."""
+    deleted data/prepared: :func:`bafusion.data.sources.check_selection`; and, for
+    ``data.source: web``, a hold-out that takes every background the download keeps, which
+    prepare refused after it: :func:`_check_web_backgrounds`."""
     from bafusion.data.sources import check_selection
 
     check_selection(dict(params.get("data") or {}))
+    _check_web_backgrounds(params)
+
+
+def _check_web_backgrounds(params: Mapping[str, Any]) -> None:
+    """A ``data.holdout_backgrounds`` that takes every background ``data.source: web``
+    downloads (:func:`bafusion.config.coco_download_count`, the download rule's ``--count``):
+    prepare refused it only after the download (the 253 MB annotations and the photos).
+    ``data.backgrounds: 0`` ("all") with ``download.coco.count: 0`` downloads just the
+    held-out ones."""
+    from bafusion.config import DEFAULT_COCO_COUNT, coco_download_count
+
+    data = params.get("data") or {}
+    if data.get("source", "builtin") != "web":
+        return
+    holdout = int(data.get("holdout_backgrounds") or 0)
+    count = coco_download_count(params)
+    if not holdout or holdout < count:
+        return
+    if int(((params.get("download") or {}).get("coco") or {}).get("count") or 0):
+        why = f"download.coco.count: {count}"
+    else:
+        why = (f"download.coco.count: 0 with data.backgrounds: {int(data.get('backgrounds') or 0)} "
+               "(data.backgrounds + data.holdout_backgrounds)")
+    raise UserError(f"data.holdout_backgrounds: cannot hold out {holdout} of the {count} COCO backgrounds that "
+                    f"data.source: web downloads ({why}): nothing would be left to train on; set "
+                    f"data.backgrounds (the paper's {DEFAULT_COCO_COUNT}) or a download.coco.count above {holdout}")
 
 
 def _check_prepared_size(params: Mapping[str, Any]) -> None:
