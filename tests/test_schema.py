@@ -938,6 +938,30 @@ def test_values_that_crash_or_mislead_are_refused(params: dict, message: str) ->
     assert problems(params) == [message]
 
 
+def test_a_checksum_of_the_wrong_length_is_refused_as_the_download_job_refuses_it() -> None:
+    """`sha256:abc` and `md5:abc` passed the schema and `snakemake -n`; only the download job
+    refused them, once running (beside the other download rule): the schema now wants each
+    algorithm's digest length, accepting what the job's Checksum.parse accepts (sha512 too)."""
+    from bafusion.data.download import HEX_DIGITS, Checksum
+    from bafusion.errors import UserError
+
+    rule = "is not a checksum md5:<32 hex digits>, sha1:<40>, sha256:<64> or sha512:<128> (or empty)"
+    assert problems({"download": {"coco": {"annotations_checksum": "sha256:abc"},
+                                  "alphamatting": {"checksums": {"GT01": "md5:abc"}}}}) == [
+        f"download.alphamatting.checksums.GT01: 'md5:abc' {rule}",
+        f"download.coco.annotations_checksum: 'sha256:abc' {rule}"]
+    for algo, n in HEX_DIGITS.items():
+        for digits in (n - 1, n, n + 1, 32, 40, 64, 128):
+            text = f"{algo}:" + "aF" * (digits // 2) + "0" * (digits % 2)
+            try:
+                job = Checksum.parse(text) is not None
+            except UserError:
+                job = False
+            schema = problems({"download": {"coco": {"annotations_checksum": text}}}) == []
+            assert schema == job == (digits == n), (text, schema, job)
+    assert problems({"download": {"coco": {"annotations_checksum": ""}}}) == []
+
+
 def test_numpy_inf_is_refused() -> None:
     import numpy as np
 
