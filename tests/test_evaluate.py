@@ -1847,3 +1847,18 @@ def test_the_evaluate_run_logs_table1s_wins_and_counts(tmp_path: Path, monkeypat
     assert len(wanted) == 2 * 2 * 2 + 1, flat  # Ours and Ours-initial: wins and rank_of of QG and QMI; pairs
     assert {k: run.data.metrics.get(k) for k in wanted} == {k: float(v) for k, v in wanted.items()}
     assert wanted["tiny.pairs"] == 2 and wanted["tiny.Ours.rank_of.QG"] == 2  # Ours and GFF-native
+
+
+def test_an_empty_methods_or_metrics_list_is_the_documented_default() -> None:
+    """evaluate.methods: [] and evaluate.metrics: [] mean the defaults, as an empty
+    evaluate.datasets means the embedded test set; the schema, params.yaml and the README say
+    so (they said it of datasets only, and a researcher who emptied methods got all four)."""
+    from bafusion.schema import default, load_schema
+
+    cfg = ev.parse_config({"methods": [], "metrics": [], "datasets": []})
+    assert cfg.methods == tuple(default("evaluate.methods")) == ("Ours-initial", "Ours", "GFF-native", "Laplacian")
+    assert cfg.metrics == tuple(default("evaluate.metrics")) == ("QMI", "QG", "QY", "QCB")
+    assert [d.name for d in cfg.datasets] == ["testset"]
+    props = load_schema()["properties"]["evaluate"]["properties"]
+    for key in ("methods", "metrics", "datasets"):
+        assert props[key]["description"].startswith("absent or empty: "), key
