@@ -632,3 +632,24 @@ def test_a_patch_set_that_cannot_be_written_is_one_line(shard: Path, tmp_path: P
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [f"bafusion patches: error: {out / 'initial.h5'}: File too large"]
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_boundary_fractions_summing_above_one_are_refused_with_their_values() -> None:
+    """`patches={min_focused: 0.7, min_defocused: 0.4}` was refused as "patches.min_focused and
+    min_defocused must be fractions summing to at most 1", naming neither the values nor the sum
+    (nor min_defocused's section); snakemake -n says it through check_params."""
+    from bafusion.cli.params_check import check_params
+    from bafusion.config import deep_merge, load_params
+
+    with pytest.raises(UserError) as e:
+        PatchOptions(min_focused=0.7, min_defocused=0.4)
+    assert str(e.value) == ("patches.min_focused + patches.min_defocused must be at most 1 (a boundary patch holds "
+                            "both shares of its pixels), got 0.7 + 0.4 = 1.1"), str(e.value)
+    with pytest.raises(UserError, match=r"^patches\.min_defocused must be a fraction in \[0, 1\], got -0\.1$"):
+        PatchOptions(min_defocused=-0.1)
+    PatchOptions(min_focused=0.6, min_defocused=0.4)
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    with pytest.raises(UserError) as e:
+        check_params(deep_merge(params, {"patches": {"min_focused": 0.6, "min_defocused": 0.5}}), "p.yaml")
+    assert str(e.value).startswith("p.yaml: patches.min_focused + patches.min_defocused must be at most 1 ") \
+        and str(e.value).endswith(", got 0.6 + 0.5 = 1.1"), str(e.value)

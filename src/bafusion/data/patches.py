@@ -124,8 +124,13 @@ class PatchOptions:
                 or self.boundary_per_pair < 0):
             raise UserError(f"patches.boundary_per_pair must be a count >= 0 or {BOUNDARY_SUBSET!r} (the random "
                             f"patches that pass the boundary test), got {self.boundary_per_pair!r}")
-        if not (0 <= self.min_focused <= 1 and 0 <= self.min_defocused <= 1 and self.min_focused + self.min_defocused <= 1):
-            raise UserError("patches.min_focused and min_defocused must be fractions summing to at most 1")
+        for name in ("min_focused", "min_defocused"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"patches.{name} must be a fraction in [0, 1], got {getattr(self, name)}")
+        if self.min_focused + self.min_defocused > 1:
+            raise UserError("patches.min_focused + patches.min_defocused must be at most 1 (a boundary patch holds "
+                            f"both shares of its pixels), got {self.min_focused:g} + {self.min_defocused:g} = "
+                            f"{self.min_focused + self.min_defocused:g}")
         if not 0 <= self.val_fraction < 1:
             raise UserError(f"patches.val_fraction must be in [0, 1), got {self.val_fraction}")
         if not isinstance(self.context, int) or self.context < 0 or self.context % 4:
