@@ -1288,6 +1288,107 @@ def test_dense_pass_equals_the_context_view_of_training() -> None:
         context_logits(net, torch.from_numpy(crops), 6)
 
 
+def _calibrated_net(depth: int) -> nn.Module:
+    """A random ResNet whose BatchNorm statistics come from one random batch (so that its
+    logits stay moderate and its probabilities unsaturated, even at depth 56), folded as
+    fusion folds it."""
+    from bafusion.nets.model import fold_batchnorm
+
+    torch.manual_seed(depth)
+    net = build_model(depth)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 1.0  # the running statistics become the batch's
+    with torch.no_grad():
+        net.train()(torch.rand(16, 2, 32, 32))
+    return fold_batchnorm(net.eval())
+
+
+def _previous_dense_whole_image(net, a, b, p, step, margin):
+    """The dense pass of the whole image in one box as it was before box edges got the
+    trunk's reach of context (a frozen copy of the earlier _dense_box on the box of the whole
+    image): the reference that single-box scores must keep, byte for byte."""
+    import torch.nn.functional as F
+
+    from bafusion.fusion.scoring import _interp_axis, _pair_tensor
+
+    x = _pair_tensor(a, b, p, torch.device("cpu"), margin)
+    h, w = a.shape
+    k, mc, m = p // 4, margin // 4, 4 // step
+    gh, gw = -(-(h - 1) // step) + 1, -(-(w - 1) // step) + 1
+    crop = x[:, :, : step * (gh - 1) + p + 4 + 2 * margin, : step * (gw - 1) + p + 4 + 2 * margin]
+    grid = torch.empty((gh, gw))
+    with torch.inference_mode():
+        for r in range(0, 4, step):
+            for c in range(0, 4, step):
+                sub = crop[:, :, r:, c:]
+                feat = net.trunk(sub[:, :, : sub.shape[2] // 4 * 4, : sub.shape[3] // 4 * 4])
+                z = F.avg_pool2d(F.conv2d(feat, net.fc.weight[:, :, None, None], net.fc.bias).float(), k, stride=1)
+                d = (z[0, 1] - z[0, 0])[mc:, mc:]
+                nr, nc = len(range(r // step, gh, m)), len(range(c // step, gw, m))
+                grid[r // step :: m, c // step :: m] = d[:nr, :nc]
+        return torch.sigmoid(_interp_axis(_interp_axis(grid, h, step, 0), w, step, 1)).numpy()
+
+
+@pytest.mark.parametrize(("depth", "p", "shape", "runs"), [(20, 32, (100, 84), ((4, 16), (4, 0), (2, 16))),
+                                                          (56, 16, (60, 52), ((4, 16),))])
+def test_dense_scores_do_not_depend_on_the_tiling(depth, p, shape, runs, monkeypatch) -> None:
+    """fuse.max_tile and the dense boundary mode's tile changed the scores (up to 0.15 in
+    probability, flipped decisions on Lytro pairs with the shipped ResNet-20): every box gave
+    the trunk dense_margin (16) px of context, less than its reach (40 px for ResNet-20, 124
+    for ResNet-56). Now a box edge inside the image gives the trunk its whole reach, clipped
+    to the crop of the whole image: the scores of any tiling, masked or not, are the whole
+    image's (up to float rounding), and an image in one box keeps its scores byte for byte."""
+    from bafusion.fusion import scoring
+
+    net = _calibrated_net(depth)
+    assert scoring.trunk_reach(net) == {20: 40, 56: 124}[depth]
+    rng = np.random.default_rng(depth)
+    a, b = rng.integers(0, 256, (2, *shape), dtype=np.uint8)
+    mask = rng.random(shape) < 0.3
+    for step, margin in runs:
+        whole = score_dense(net, a, b, p, step=step, margin=margin)
+        assert 0.05 < np.mean((whole > 0.1) & (whole < 0.9))  # unsaturated: a change would show
+        np.testing.assert_array_equal(whole, _previous_dense_whole_image(net, a, b, p, step, margin))
+        for side in (16, 44):
+            tiled = score_dense(net, a, b, p, step=step, margin=margin, max_tile=side)
+            np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-6)
+        boxes = score_dense(net, a, b, p, step=step, margin=margin, mask=mask, tile=12)
+        np.testing.assert_allclose(boxes[mask], whole[mask], rtol=0, atol=1e-6)
+        assert np.isnan(boxes[~mask]).all()
+    # The test sees the defect: with only the margin of context at box edges, the tiles differ.
+    monkeypatch.setattr(scoring, "trunk_reach", lambda net: 0)
+    short = score_dense(net, a, b, p, step=4, margin=16, max_tile=16)
+    assert np.abs(short - score_dense(net, a, b, p, step=4, margin=16)).max() > 1e-3
+
+
+def test_trunk_reach_is_how_far_the_dense_trunk_reads() -> None:
+    """trunk_reach: the receptive-field radius rounded up to a multiple of 4 (14 n - 2 px for
+    ResNet-(6n+2)). For ResNet-20 it is exact: the features of a patch's cells change with the
+    input pixel 40 px before the patch and 37 px after it (the last cell's 4 px included), not
+    with the pixels one further out."""
+    from bafusion.fusion.scoring import trunk_reach
+
+    assert [trunk_reach(build_model(d)) for d in (8, 20, 56)] == [12, 40, 124]
+    assert trunk_reach(CellNet()) == 0
+    net = _calibrated_net(20)
+    r, p = trunk_reach(net), 16
+    x = torch.rand(1, 2, p + 2 * r + 16, p + 2 * r + 16)
+    start = r + 8  # the patch's first row and column
+
+    def patch_features(y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            f = net.trunk(y)
+        c = start // 4
+        return f[..., c : c + p // 4, c : c + p // 4]
+
+    ref = patch_features(x)
+    for row, changes in ((start - r - 1, False), (start + p + r - 3, False), (start - r, True), (start + p + r - 4, True)):
+        y = x.clone()
+        y[..., row, start + 4] += 1.0
+        assert bool((patch_features(y) != ref).any()) == changes, row
+
+
 def test_folded_batchnorm_is_the_same_function() -> None:
     """Fusion runs inference copies with BatchNorm folded into the convolutions: the same
     logits up to float rounding, the caller's net untouched."""

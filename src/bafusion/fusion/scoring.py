@@ -19,9 +19,15 @@ exact patches in cache-sized batches (:func:`auto_batch`).
   shift-and-stitch passes (``(4/step)**2`` trunk passes) to score a grid of that step; the logit
   difference is then interpolated bilinearly to every pixel (step 4: one trunk pass; the
   shift-and-stitch passes buy < 0.5 % agreement for 4x the time, see the benchmark). The
-  trunk sees ``dense_margin`` (16) pixels of surroundings around every box it runs on, so a
-  pixel's score does not depend on how the image was cut into boxes: it is
-  :func:`bafusion.nets.model.context_logits` of its patch (tested).
+  image is reflect-padded by ``dense_margin`` (16) pixels beyond its patches; a box that
+  ``max_tile`` (or, for the boundary net, ``tile``) cuts out of it gives the trunk, at its
+  edges inside the image, as much of the surroundings as the trunk reads
+  (:func:`trunk_reach`: 40 px for ResNet-20, 124 for ResNet-56), so a pixel's score does not
+  depend on how the image was cut into boxes: it is its score in one box over the whole
+  image, up to float rounding (differences of about 1e-7 on the CPU, tested), and an image
+  within ``max_tile`` is one box. Where the trunk reads no further than ``dense_margin``
+  (ResNet-8), the score is :func:`bafusion.nets.model.context_logits` of its patch with that
+  context (tested).
 
   A net trained on isolated, zero-padded patches (the paper) learns to use the patch's
   zero-padded edges; the dense pass shows it the image around the patch instead, so its dense
@@ -458,38 +464,112 @@ def _interp_axis(g: torch.Tensor, n: int, step: int, dim: int) -> torch.Tensor:
     return g.index_select(dim, i0) * (1 - frac) + g.index_select(dim, i1) * frac
 
 
+def trunk_reach(net: torch.nn.Module) -> int:
+    """Pixels of surroundings that the trunk of ``net`` reads beyond a patch, rounded up to a
+    multiple of 4: its receptive-field radius (40 for ResNet-20, 124 for ResNet-56, 12 for
+    ResNet-8), computed from its layers (kernel sizes, strides, paddings and dilations).
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        A net with a ``trunk`` (:class:`CifarResNet`, or a sequence of convolutions, pooling
+        and pointwise layers).
+
+    Returns
+    -------
+    int
+        The smallest multiple of 4 such that the trunk's features over a patch's ``p/4 x p/4``
+        cells depend only on the input within that many pixels around the patch.
+
+    Raises
+    ------
+    TypeError
+        A trunk layer whose reach is unknown (a container other than a sequence or a
+        :class:`~bafusion.nets.model.BasicBlock`).
+    """
+    from bafusion.nets.model import BasicBlock
+
+    lo = hi = 0  # output cell i reads input [jump * i + lo, jump * i + hi]
+    jump = 1
+
+    def walk(m: torch.nn.Module) -> None:
+        nonlocal lo, hi, jump
+        if isinstance(m, BasicBlock):
+            walk(m.conv1)  # the shortcut (1x1, conv1's stride) reads within conv1's window
+            walk(m.conv2)
+        elif isinstance(m, (torch.nn.Conv2d, torch.nn.AvgPool2d, torch.nn.MaxPool2d)):
+            def first(v: object) -> int:
+                return int(v[0] if isinstance(v, tuple) else v)  # type: ignore[index]
+
+            k, st, pad = first(m.kernel_size), first(m.stride), first(m.padding)
+            dil = first(getattr(m, "dilation", 1))
+            lo, hi = lo - jump * pad, hi + jump * ((k - 1) * dil - pad)
+            jump *= st
+        elif isinstance(m, torch.nn.Sequential):
+            for c in m:
+                walk(c)
+        elif next(m.children(), None) is not None:
+            raise TypeError(f"cannot tell how far {type(m).__name__} reads (dense scoring)")
+
+    walk(net.trunk)
+    reach = max(-lo, hi - (jump - 1), 0)
+    return -(-reach // 4) * 4
+
+
+def _axis_crop(origin: int, shift: int, points: int, patch: int, margin: int, context: int,
+               full: int) -> tuple[int, int, int]:
+    """Along one axis: the crop [lo, hi) of the padded pair for the patches of ``points``
+    grid points ``origin + shift + 4 i``, and the index of the first of them in the pooled
+    map. The crop reaches ``context`` pixels beyond the patches (and 8 more after them), but
+    no further than the crop of the whole image (padded rows ``s .. full``, cut to whole
+    trunk cells, s the shift's residue mod 4), so a box edge inside the image changes nothing
+    within ``context`` and a box at the image border ends where the whole image's crop ends."""
+    first = origin + shift + margin  # padded row where the first patch starts
+    s = (origin + shift) % 4
+    lo = max(s, first - context)
+    hi = min(s + (full - s) // 4 * 4, first + 4 * (points - 1) + patch + context + 8)
+    return lo, hi, (first - lo) // 4
+
+
 def _dense_box(
-    net: CifarResNet, x: torch.Tensor, r0: int, r1: int, c0: int, c1: int, patch: int, step: int, margin: int = 0
+    net: CifarResNet, x: torch.Tensor, r0: int, r1: int, c0: int, c1: int, patch: int, step: int, margin: int = 0,
+    context: int | None = None, size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Dense logit differences for image pixels [r0, r1) x [c0, c1) from padded pair ``x``
-    (padded by ``margin`` more than :func:`_pad` on every side).
+    (padded by ``margin`` more than :func:`_pad` on every side) of an image of ``size`` (H, W).
 
-    The trunk runs on the crop of ``x`` holding those pixels' patches and ``margin`` pixels
-    around them (so that a box edge does not put zeros next to a patch), once per shift
-    (``(4/step)**2`` shifts); each run gives the patches starting on a step-4 grid; together
-    they fill a grid of the given step, which is interpolated to every pixel."""
+    The trunk runs once per shift (``(4/step)**2`` shifts) on the crop of ``x`` holding the
+    patches of the shift's grid points and ``context`` (at least ``margin``) pixels around
+    them, clipped to the crop of the whole image (:func:`_axis_crop`); each run gives the
+    patches starting on a step-4 grid; together they fill a grid of the given step, which is
+    interpolated to every pixel. With ``context`` at least :func:`trunk_reach` the result
+    does not depend on the box; the box of the whole image reads exactly the whole image's
+    crop (``margin`` pixels of reflect padding around the image's patches)."""
     k = patch // 4
-    mc = margin // 4  # cells of surroundings, dropped after pooling
+    context = margin if context is None else max(context, margin)
+    h, w = size if size is not None else (r1, c1)
     gh = -(-(r1 - 1 - r0) // step) + 1  # grid points 0, step, ..., covering r1 - 1
     gw = -(-(c1 - 1 - c0) // step) + 1
-    need_h = step * (gh - 1) + patch + 4 + 2 * margin
-    need_w = step * (gw - 1) + patch + 4 + 2 * margin
-    crop = x[:, :, r0 : r0 + need_h, c0 : c0 + need_w]
+    full_h = step * (-(-(h - 1) // step)) + patch + 4 + 2 * margin  # the whole image's crop
+    full_w = step * (-(-(w - 1) // step)) + patch + 4 + 2 * margin
     weight = net.fc.weight[:, :, None, None]
     grid = torch.empty((gh, gw), dtype=torch.float32, device=x.device)
     m = 4 // step
     for a in range(0, 4, step):
+        nr = len(range(a // step, gh, m))
+        if not nr:
+            continue
+        rlo, rhi, roff = _axis_crop(r0, a, nr, patch, margin, context, full_h)
         for b in range(0, 4, step):
-            sub = crop[:, :, a:, b:]
-            hs = sub.shape[2] // 4 * 4
-            ws = sub.shape[3] // 4 * 4
-            feat = net.trunk(sub[:, :, :hs, :ws])
+            nc = len(range(b // step, gw, m))
+            if not nc:
+                continue
+            clo, chi, coff = _axis_crop(c0, b, nc, patch, margin, context, full_w)
+            feat = net.trunk(x[:, :, rlo:rhi, clo:chi])
             z = F.conv2d(feat, weight, net.fc.bias).float()  # fc as a 1x1 convolution (before the mean: both linear)
             z = F.avg_pool2d(z, k, stride=1)  # the global pooling over each patch's p/4 x p/4 cells
-            d = _logit_diff(z)[0].float()[mc:, mc:]
-            nr = len(range(a // step, gh, m))
-            nc = len(range(b // step, gw, m))
-            grid[a // step :: m, b // step :: m] = d[:nr, :nc]
+            d = _logit_diff(z)[0].float()
+            grid[a // step :: m, b // step :: m] = d[roff : roff + nr, coff : coff + nc]
     full = _interp_axis(_interp_axis(grid, r1 - r0, step, 0), c1 - c0, step, 1)
     return full
 
@@ -509,14 +589,19 @@ def score_dense(
 ) -> np.ndarray:
     """Dense scores (float32 (H, W) probabilities of class 1).
 
-    ``margin`` (a multiple of 4): pixels of surroundings the trunk sees around every box
-    (reflect-padded at the image border), so that no patch sees the zeros of a box edge; with
-    a margin at least the trunk's receptive field, a pixel's score does not depend on the
-    boxes and equals :func:`bafusion.nets.model.context_logits` of its patch with that context.
+    ``margin`` (a multiple of 4): pixels of reflect padding around the image's patches. At a
+    box edge inside the image the trunk sees the padded image up to :func:`trunk_reach`
+    pixels (at least ``margin``) beyond the box's patches, cut where the crop of the whole
+    image ends, so a pixel's score does not depend on the boxes: it is the score the whole
+    image in one box gives (up to float rounding: about 1e-7 on the CPU). With a net that
+    reads no further than ``margin``, it equals :func:`bafusion.nets.model.context_logits` of
+    its patch with that context.
 
     Without ``mask`` the whole image is scored, in tiles of at most ``max_tile``. With a mask,
     only tiles of side ``tile`` holding masked pixels are scored, consecutive ones in a tile row
     merged into one box and each box cropped to the masked pixels' extent; other pixels are NaN.
+    Both sides are rounded down to a multiple of 4 (at least 4). A box's crop is its side plus
+    the patch side plus up to twice :func:`trunk_reach` and 8 pixels.
 
     Parameters
     ----------
@@ -538,7 +623,7 @@ def score_dense(
     device : torch.device or str
         The net's device.
     margin : int
-        Surroundings (pixels, a multiple of 4, >= 0) the trunk sees around each box.
+        Reflect padding (pixels, a multiple of 4, >= 0) around the image's patches.
 
     Returns
     -------
@@ -558,8 +643,10 @@ def score_dense(
     h, w = gray_a.shape
     x = _pair_tensor(gray_a, gray_b, patch, dev, margin)
     out = np.full((h, w), np.nan, dtype=np.float32)
-    for r0, r1, c0, c1 in _boxes(h, w, mask, tile if mask is not None else max_tile, step):
-        d = _dense_box(net, x, r0, r1, c0, c1, patch, step, margin)
+    context = trunk_reach(net)
+    side = max(4, (tile if mask is not None else max_tile) // 4 * 4)  # box origins on the step-4 grid
+    for r0, r1, c0, c1 in _boxes(h, w, mask, side, step):
+        d = _dense_box(net, x, r0, r1, c0, c1, patch, step, margin, context, (h, w))
         p = torch.sigmoid(d).cpu().numpy()
         if mask is None:
             out[r0:r1, c0:c1] = p
