@@ -67,7 +67,7 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
                    help=f"fp32, or bf16 autocast (faster on AMX CPUs and GPUs) (default {d.precision})")
     g.add_argument("--tile", type=int, default=None, help=f"boundary-net tile side (default {d.tile})")
     g.add_argument("--dense-margin", type=int, default=None,
-                   help=f"pixels of surroundings the dense trunk sees around each box (default {d.dense_margin})")
+                   help=f"pixels of reflect padding around the image for the dense pass (default {d.dense_margin})")
     g.add_argument("--scales", type=nonempty_csv, default=None, metavar="S,S,...",
                    help="multi-scale initial scoring: comma-separated factors in (0, 1] including 1 "
                         f"(default {','.join(str(v) for v in d.scales)})")
