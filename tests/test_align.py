@@ -692,6 +692,8 @@ def test_a_small_subject_over_a_smooth_sky_is_not_read_as_motion() -> None:
 
 @pytest.mark.parametrize("costs, words", [
     ((0.00527, 0.00500, 0.00600), "5.4 % worse than no motion (misfit 0.00527 against 0.00500"),
+    # rounding that carries keeps its zeros (0.0049996 read 0.005)
+    ((0.0053, 0.0049996, 0.0300), "6.0 % worse than no motion (misfit 0.00530 against 0.00500"),
     # the estimate lost to the shift, which beat no motion by less than the margin: the note named
     # no motion's misfit alone, which the estimate's may even undercut (here 0.0102 against 0.010)
     ((0.0102, 0.0100, 0.0097), "5.2 % worse than a shift (misfit 0.0102 against 0.00970; that shift fits it "

@@ -643,8 +643,9 @@ def _detail_costs(ref: np.ndarray, mov: np.ndarray, n_to_px: np.ndarray, xs: np.
 
 def _misfit_text(x: float) -> str:
     """A misfit of :func:`_detail_costs` to 3 significant digits, trailing zeros kept
-    (0.00527, 0.00500, 0.279): three decimals read 0.005 for both of two misfits 5 % apart."""
-    return np.format_float_positional(x, precision=3, unique=False, fractional=False, trim="k")
+    (0.00527, 0.00500, 0.279, also where rounding carries: 0.0049996 is 0.00500): three
+    decimals read 0.005 for both of two misfits 5 % apart."""
+    return f"{x:#.3g}"
 
 
 def _misfit_words(costs: Sequence[float], shift_ok: bool) -> str:
