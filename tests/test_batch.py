@@ -317,8 +317,8 @@ def test_fuse_writes_webp_losslessly_and_lossy_with_quality(tmp_path: Path, nets
     assert lossy.stat().st_size < out.stat().st_size
     capsys.readouterr()
     assert cli_main(["fuse", *srcs, "-o", str(tmp_path / "g.png"), "--quality", "60"]) == 2
-    assert ("bafusion fuse: error: --quality 60: a .png output takes no quality (only .jpg and .webp outputs are "
-            "written lossily)") in capsys.readouterr().err
+    assert (f"bafusion fuse: error: {tmp_path / 'g.png'}: --quality 60: a .png output takes no quality (only .jpg and "
+            ".webp outputs are written lossily)") in capsys.readouterr().err
     assert not (tmp_path / "g.png").exists()
 
 

@@ -337,14 +337,16 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_quality(out: Path, quality: int | None, flag: str = "--quality") -> None:
-    """Refuse ``--quality`` for an output that takes none (PNG, TIFF, BMP) or out of 1..100,
-    before any work (:func:`bafusion.io.output_format_problem`)."""
+def _check_quality(out: Path, quality: int | None, flag: str = "--quality", *, named: bool = True) -> None:
+    """Refuse ``--quality`` for an output that takes none (PNG, TIFF, BMP; naming ``out`` when
+    ``named``: fuse-dir's ``x.<ext>`` names no file) or out of 1..100, before any work
+    (:func:`bafusion.io.output_format_problem`)."""
     from bafusion.io import output_format_problem
 
     why = output_format_problem(out, quality=quality) if quality is not None else None
     if why and why.startswith(f"quality {quality!r}: "):
-        raise UserError(f"{flag} {quality}: {why.removeprefix(f'quality {quality!r}: ')}")
+        file = f"{out}: " if named and "takes no quality" in why else ""  # a number out of range: the option
+        raise UserError(f"{file}{flag} {quality}: {why.removeprefix(f'quality {quality!r}: ')}")
     if why:
         raise UserError(f"{out}: {why}")
 
@@ -525,7 +527,7 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     why = output_format_problem(f"x.{ext}")  # a Pillow without WebP: before any work
     if why:
         raise UserError(f"--ext {args.ext}: {why}")
-    _check_quality(Path(f"x.{ext}"), args.quality)
+    _check_quality(Path(f"x.{ext}"), args.quality, named=False)  # the refusal names --ext's suffix
     if out.resolve() == src.resolve():
         raise UserError(f"{out}: the output folder must not be the input folder")
     groups = find_groups(src, exclude=out)[0]
