@@ -1460,23 +1460,29 @@ def test_train_stops_when_its_reader_goes_away_with_or_without_log(tmp_path: Pat
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a pipe's reader gone: POSIX")
-@pytest.mark.parametrize("older", ["finished", "other-params"])
+@pytest.mark.parametrize("older", ["finished", "other-keep", "other-params"])
 def test_train_log_stop_line_never_counts_the_epochs_of_an_older_runs_checkpoint(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, older: str) -> None:
     """``train --log`` stopped by its reader gone before its first save, beside an older run's
-    last.pt (a finished run's: a rerun trains from scratch; or an interrupted run's of other
-    parameters, which --restart-if-changed replaces), said "rerun the same command: no
-    checkpoint was saved yet by this run, so it starts afresh (2 epoch(s) done, step 8)": the
-    older checkpoint's epochs, which a rerun does not go on from. The stop line now gives the
-    epochs only of a checkpoint this run wrote or a rerun resumes."""
+    last.pt (a finished run's: a rerun trains from scratch, or restores it without training
+    under another train.keep; or an interrupted run's of other parameters, which
+    --restart-if-changed replaces), said "rerun the same command: no checkpoint was saved yet
+    by this run, so it starts afresh (2 epoch(s) done, step 8)": the older checkpoint's epochs,
+    which a rerun does not go on from. The stop line now gives the epochs only of a checkpoint
+    this run wrote or a rerun resumes, and says what a rerun beside a finished run does (it said
+    "starts afresh" where a rerun under another keep restores the model without training)."""
     monkeypatch.setenv("BAFUSION_MLFLOW", "0")
     h5 = write_toy_patches(tmp_path / "initial.h5", n_train=12, n_val=6, patch=16, seed=1)
     logfile = tmp_path / "train.log"
     paths = _paths(tmp_path, "initial")
     params = {**TOY, "train": {**TOY["train"], "samples_per_epoch": 32}}  # 2 steps per epoch
+    options: list[str] = []
     if older == "finished":  # the same parameters, its outputs in place: a rerun trains from scratch
         train("initial", h5, resolve_config(params, "initial"), paths, progress=False)
-        options: list[str] = []
+    elif older == "other-keep":  # finished under keep last: a rerun under keep best restores it
+        train("initial", h5, resolve_config({**params, "train": {**params["train"], "keep": "last"}}, "initial"),
+              paths, progress=False)
+        params = {**params, "train": {**params["train"], "keep": "best"}}
     else:  # an interrupted run of another learning rate, replaced by --restart-if-changed
         monkeypatch.setenv(ABORT_ENV, "3")  # in epoch 2, after epoch 1's save
         with pytest.raises(KeyboardInterrupt):
@@ -1504,7 +1510,15 @@ def test_train_log_stop_line_never_counts_the_epochs_of_an_older_runs_checkpoint
     lines = _unstamped(logfile.read_text())
     stop = lines[-1]
     assert stop.startswith("bafusion train: stopped: the reader of its standard error went away"), lines
-    assert "rerun the same command: no checkpoint was saved yet by this run, so it starts afresh" in stop, stop
+    if older == "finished":
+        assert stop.endswith(f"rerun the same command: no checkpoint was saved yet by this run, so it trains from "
+                             f"scratch ({last} is a finished run's, its outputs in place)"), stop
+    elif older == "other-keep":
+        assert stop.endswith(f"rerun the same command: it writes the model of the finished run in {last} again "
+                             'without training (train.keep "last" -> "best"), unless the device type, CPU threads, '
+                             "compile or torch version differ from that run's (then it trains from scratch)"), stop
+    else:
+        assert "rerun the same command: no checkpoint was saved yet by this run, so it starts afresh" in stop, stop
     assert "epoch(s) done" not in stop, stop
 
 
@@ -2034,6 +2048,11 @@ def test_an_interrupted_train_says_how_to_resume(tmp_path: Path, monkeypatch: py
     last = capsys.readouterr().err.strip().splitlines()[-1]
     if saved:
         assert last == f"bafusion train: interrupted; rerun the same command: it resumes from {ck / 'last.pt'}"
+    elif case == "a finished run's":  # stopped before its parameters were read: what a rerun does is not known yet
+        assert last == ("bafusion train: interrupted; rerun the same command: no checkpoint was saved yet by this run, "
+                        f"so it trains from scratch, or, if {last_pt} is a finished run of the same parameters and "
+                        "settings whose outputs are missing or were written under another train.keep, writes that "
+                        "run's model again without training")
     else:
         assert last == ("bafusion train: interrupted; rerun the same command: no checkpoint was saved yet by this run, "
                         "so it starts afresh")
@@ -2128,6 +2147,11 @@ def test_an_interrupted_train_resumes_only_from_what_a_rerun_resumes(tmp_path: P
     last = capsys.readouterr().err.strip().splitlines()[-1]
     if case == "no-resume, saved by this run":
         assert last == f"bafusion train: interrupted; rerun it without --no-resume: it resumes from {last_pt}"
+    elif case == "a finished run's":  # stopped before its parameters were read: what a rerun does is not known yet
+        assert last == ("bafusion train: interrupted; rerun the same command: no checkpoint was saved yet by this run, "
+                        f"so it trains from scratch, or, if {last_pt} is a finished run of the same parameters and "
+                        "settings whose outputs are missing or were written under another train.keep, writes that "
+                        "run's model again without training")
     else:
         assert last == ("bafusion train: interrupted; rerun the same command: no checkpoint was saved yet by this run, "
                         "so it starts afresh")

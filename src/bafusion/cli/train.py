@@ -309,8 +309,8 @@ _MTIME_SLACK_S = 2.0
 def _resume_advice(args: argparse.Namespace, started: float, run: dict[str, Any] | None = None) -> str:
     """How to continue a stopped training (begun at time ``started``): from its checkpoint, when
     a rerun resumes one. With ``--no-resume`` only a last.pt that this run wrote (an older run's
-    is the one it replaces); never a finished run's (a rerun trains from scratch); nor an older
-    run's of other parameters, another patch set or other training code (``run``: this run's
+    is the one it replaces); never a finished run's (what a rerun does beside it:
+    :func:`_finished_rerun`); nor an older run's of other parameters, another patch set or other training code (``run``: this run's
     ``cfg`` and ``nproc``, once known; :func:`_other_run` says which), which a rerun replaces
     (``--restart-if-changed``, the pipeline's own training) or refuses."""
     paths = _paths(args)
@@ -332,7 +332,35 @@ def _resume_advice(args: argparse.Namespace, started: float, run: dict[str, Any]
     if ours and _finished(last):  # stopped after the outputs were written (MLflow's end, the exit)
         return (f"the run had finished ({last} says so): should its outputs be gone, rerun the same command: "
                 "it writes the model again from it, without training")
+    if ours is False and not args.no_resume and _finished(last) and _same_run(args, last, run or {}) is not False:
+        return _finished_rerun(args, last, run or {})
     return "rerun the same command: no checkpoint was saved yet by this run, so it starts afresh"
+
+
+def _finished_rerun(args: argparse.Namespace, last: Path, run: dict[str, Any]) -> str:
+    """What a rerun does beside an older finished run's ``last`` (of this run's fingerprint, or
+    one not known yet: ``run`` as for :func:`_same_run`): it writes that run's model again
+    without training where its outputs are missing or only ``train.keep`` differs (unless a
+    setting that changes the weights differs: device type, CPU threads, ``compile``, torch
+    version, see :func:`bafusion.nets.train._not_restorable`), else trains from scratch."""
+    unknown = (f"rerun the same command: no checkpoint was saved yet by this run, so it trains from scratch, or, if "
+               f"{last} is a finished run of the same parameters and settings whose outputs are missing or were "
+               "written under another train.keep, writes that run's model again without training")
+    if "cfg" not in run:  # stopped before the parameters were read
+        return unknown
+    try:
+        from bafusion.nets.train import _keep_changed, _outputs_missing, load_checkpoint
+
+        keep, missing = _keep_changed(load_checkpoint(last), run["cfg"]), _outputs_missing(_paths(args))
+    except Exception:  # noqa: BLE001 - advice only
+        return unknown
+    if keep or missing:
+        why = keep or "its outputs are missing"
+        return (f"rerun the same command: it writes the model of the finished run in {last} again without training "
+                f"({why}), unless the device type, CPU threads, compile or torch version differ from that run's "
+                "(then it trains from scratch)")
+    return (f"rerun the same command: no checkpoint was saved yet by this run, so it trains from scratch ({last} is a "
+            "finished run's, its outputs in place)")
 
 
 def _checkpoint_state(args: argparse.Namespace, started: float, run: dict[str, Any] | None = None) -> str:
