@@ -949,6 +949,44 @@ def test_fuse_dir_writes_webp_losslessly_lossy_with_quality_and_records_it(tmp_p
     assert "2 already there" in capsys.readouterr().out
 
 
+def test_fuse_dir_skip_existing_takes_a_jpgs_default_quality_given_as_the_default(tmp_path: Path, nets: Path,
+                                                                                   capsys) -> None:
+    """A jpg folder fused without --quality was refused on a resume with --quality 95 ("another
+    --quality (default -> 95)"), though 95 is the default and writes the same bytes: the record
+    holds a jpg's 95 as the default. Records holding 95 (written before) or no quality (before
+    --quality) are taken as the default too; another quality is still refused."""
+    import json
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for n, x in zip("AB", pair(3)):
+        Image.fromarray(x).save(src / f"p1-{n}.png")
+    out = tmp_path / "out"
+    common = [str(src), str(out), "--ext", "jpg", "--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(["fuse-dir", *common]) == 0
+    first = (out / "p1.jpg").read_bytes()
+    marker = out / batch.OUTPUT_MARKER
+    capsys.readouterr()
+    assert cli_main(["fuse-dir", *common, "--quality", "95", "--skip-existing"]) == 0
+    assert "1 already there" in capsys.readouterr().out
+    assert json.loads(marker.read_text())["quality"] is None
+    assert cli_main(["fuse-dir", *common, "--quality", "95", "--force"]) == 0
+    assert (out / "p1.jpg").read_bytes() == first  # the same bytes: why they are the same setup
+    assert json.loads(marker.read_text())["quality"] is None
+    for recorded in (95, "(no key)"):  # a record of an earlier version
+        doc = json.loads(marker.read_text())
+        if recorded == 95:
+            doc["quality"] = 95
+        else:
+            del doc["quality"]
+        marker.write_text(json.dumps(doc))
+        capsys.readouterr()
+        assert cli_main(["fuse-dir", *common, "--skip-existing"]) == 0, recorded
+        assert "1 already there" in capsys.readouterr().out, recorded
+    assert cli_main(["fuse-dir", *common, "--quality", "90", "--skip-existing"]) == 2
+    assert "another --quality (default -> 90)" in capsys.readouterr().err
+
+
 def test_baseline_writes_webp_losslessly(tmp_path: Path) -> None:
     """``baseline -o F.webp`` was refused as fuse's was; it writes the PNG's pixels exactly."""
     a8, b8 = pair(1)

@@ -929,14 +929,28 @@ def batch_setup(nets, params, *, ext: str, align: str, quality: int | None = Non
     digest of its fusion code (``code``: :func:`fusion_code_digest`), the nets
     (:func:`model_identity`), the fusion parameters, ``--align``, ``--ext`` (the format: JPEG
     is lossy, PNG and TIFF keep 16 bits) and ``--quality`` (None: the format's default, a
-    lossless WebP), as JSON values. ``--force`` and the device are not in it (one decides
-    which stacks are fused, not how)."""
+    lossless WebP; a jpg's default quality given is recorded as None too: the same bytes), as
+    JSON values. ``--force`` and the device are not in it (one decides which stacks are fused,
+    not how)."""
     from dataclasses import asdict
 
     from bafusion._version import __version__
 
     return {"bafusion": __version__, "code": fusion_code_digest(), "model": model_identity(nets),
-            "params": json.loads(json.dumps(asdict(params))), "align": align, "ext": ext, "quality": quality}
+            "params": json.loads(json.dumps(asdict(params))), "align": align, "ext": ext,
+            "quality": _same_quality(ext, quality)}
+
+
+def _same_quality(ext: Any, quality: Any) -> Any:
+    """``quality`` as :func:`batch_setup` records it for outputs of suffix ``ext``: None for a
+    jpg's default (:data:`bafusion.io.write.JPEG_QUALITY`), which writes the bytes that no
+    ``--quality`` writes; else ``quality`` as it is."""
+    from PIL import Image
+
+    from bafusion.io.write import JPEG_QUALITY
+
+    jpeg = isinstance(ext, str) and Image.registered_extensions().get(f".{ext.lower()}") == "JPEG"
+    return None if jpeg and quality == JPEG_QUALITY and not isinstance(quality, bool) else quality
 
 
 def read_marker(out: Path) -> dict[str, Any] | None:
@@ -992,8 +1006,10 @@ def setup_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[st
         diffs.append(f"other parameters ({', '.join(shown)}{more})")
     for key, what in (("align", "--align"), ("ext", "--ext"), ("quality", "--quality"),
                       ("bafusion", "bafusion version")):
-        if old.get(key) != new.get(key):  # quality: None (not given; a record before it: not recorded)
-            was, now = ("default" if v is None and key == "quality" else v for v in (old.get(key), new.get(key)))
+        # quality: None (not given; a record before it: not recorded); a jpg's 95 is its default
+        o, n = ((_same_quality(r.get("ext"), r.get(key)) if key == "quality" else r.get(key)) for r in (old, new))
+        if o != n:
+            was, now = ("default" if v is None and key == "quality" else v for v in (o, n))
             diffs.append(f"another {what} ({was} -> {now})")
     if old.get("code") != new.get("code"):  # a record without it: a version before the digest
         was = old.get("code")

@@ -173,7 +173,7 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
     else:
         kwargs: dict = {"compress_level": 6} if fmt == "PNG" else {}
         if fmt == "JPEG":
-            kwargs["quality"] = 95 if quality is None else int(quality)
+            kwargs["quality"] = JPEG_QUALITY if quality is None else int(quality)
         elif fmt == "WEBP":
             # lossless: the pixels exactly, also the colour under fully transparent ones (exact);
             # Pillow's default was lossy at quality 80. quality: lossy at that quality
@@ -217,6 +217,8 @@ _WRITTEN_METADATA = {"PNG": frozenset({"icc", "exif", "dpi", "png_colour"}),
 #: Formats :func:`write_image` writes lossily, whose ``quality`` it takes (default: JPEG 95,
 #: WebP lossless).
 QUALITY_FORMATS = {"JPEG": ".jpg", "WEBP": ".webp"}
+#: The quality :func:`write_image` writes a JPEG at when given none.
+JPEG_QUALITY = 95
 #: The largest width and height a WebP holds (libwebp's limit).
 WEBP_MAX_SIDE = 16383
 
