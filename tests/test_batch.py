@@ -623,6 +623,30 @@ def test_the_notes_claim_only_the_metadata_each_output_format_holds(tmp_path: Pa
             assert "EXIF is not written" not in err and "EXIF are not written" not in err, (ext, err)
         expected = {"bmp": (False, False), "tif": (True, bits == 8), "tiff": (True, bits == 8)}.get(ext, (True, True))
         assert (icc is not None, has_exif) == expected, ext
+    # a gray result with a gray profile: a .webp stores it as RGB, which that profile does not describe,
+    # so the profile is not written and the notes say so (it was written: an RGB WebP tagged GRAY)
+    gray = srgb[:16] + b"GRAY" + srgb[20:]
+    ga, gb = pair(1, colour=False)
+    for name, g, prof in (("ga.png", ga, gray), ("gb.png", gb, gray[:-4] + b"P3XX")):
+        if bits == 16:
+            (tmp_path / name).write_bytes(png16_bytes(g.astype(np.uint16) * 257, icc=prof))
+        else:
+            Image.fromarray(g).save(tmp_path / name, icc_profile=prof)
+    for ext in ("png", "webp"):
+        out = tmp_path / f"g.{ext}"
+        assert cli_main(["fuse", str(tmp_path / "ga.png"), str(tmp_path / "gb.png"), "-o", str(out), "--model",
+                         str(nets), "--device", "cpu"]) == 0
+        err = capsys.readouterr().err
+        with Image.open(out) as im:
+            mode, icc = im.mode, im.info.get("icc_profile")
+        if ext == "png":
+            assert mode in ("L", "I;16", "I") and icc == gray and "not written" not in err, (mode, err)
+            continue
+        assert mode == "RGB" and icc is None, mode
+        assert (f"the result carries no profile (.webp cannot hold {tmp_path / 'ga.png'}'s: it stores a gray result "
+                "as RGB)") in err, err
+        assert (f"{out}: the first source's ICC profile is not written (.webp cannot hold it: it stores a gray result "
+                "as RGB, which a gray profile does not describe; a .png, .tif or .jpg output keeps it)") in err, err
 
 
 def test_fuse_set_carries_the_metadata_and_says_the_notes_as_fuse(tmp_path: Path, nets: Path, capsys) -> None:
@@ -737,7 +761,7 @@ def test_a_multi_page_source_and_a_gray_source_beside_a_colour_one_are_noted(tmp
 
 def test_an_icc_profile_of_another_colour_space_is_not_carried(tmp_path: Path) -> None:
     """A CMYK or gray source's profile is not stored on an RGB output (nor an RGB one on a gray
-    output); a profile of the output's colour space is."""
+    output); a profile of the output's colour space, as the file stores it, is."""
     from PIL import ImageCms
 
     from bafusion.io import write_image
@@ -764,6 +788,14 @@ def test_an_icc_profile_of_another_colour_space_is_not_carried(tmp_path: Path) -
             write_image(out, img, icc=icc)
             with Image.open(out) as im:
                 assert im.mode in ("RGBA", "LA") and im.info.get("icc_profile") == kept, (i, ext, im.mode)
+    # a .webp stores a gray image as RGB (LA as RGBA): a profile fits it as stored, so a gray one is
+    # not written there (it was: an RGB WebP tagged GRAY, which no colour-managed reader can use)
+    for i, (img, icc, kept) in enumerate([(rgb8, srgb, srgb), (rgb8, gray, None), (g8, gray, None), (g8, srgb, srgb),
+                                          (la, gray, None), (rgba, srgb, srgb)]):
+        out = tmp_path / f"w{i}.webp"
+        write_image(out, img, icc=icc)
+        with Image.open(out) as im:
+            assert im.mode in ("RGB", "RGBA") and im.info.get("icc_profile") == kept, (i, im.mode)
 
 
 def test_fuse_dir_that_fuses_nothing_says_so_in_its_status(tmp_path: Path, nets: Path, capsys) -> None:

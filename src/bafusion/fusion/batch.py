@@ -445,8 +445,10 @@ def fused_output(src: SourceSet, results, output: Path) -> Fused:
     notes += list(getattr(results, "notes", [])) if joint else [n for r in results for n in r.notes]
     exif, exif_note = fit_jpeg_exif(src.exif, output)
     notes += [exif_note] if exif_note else []
-    lost = unwritten_metadata_note(output, high_depth, src.icc is not None and icc_fits(src.icc, fused), bool(exif),
-                                   dpi=src.dpi is not None)
+    fits = src.icc is not None and icc_fits(src.icc, fused)
+    stored = src.icc is not None and icc_fits(src.icc, fused, output)  # a .webp stores a gray result as RGB
+    lost = unwritten_metadata_note(output, high_depth, fits or stored, bool(exif), dpi=src.dpi is not None,
+                                   icc_unfit=fits and not stored)
     notes += [lost] if lost else []
     png_colour = src.png_colour if Path(output).suffix.lower() == ".png" else None
     if src.png_colour and png_colour is None and not src.icc:
@@ -460,22 +462,25 @@ def fused_output(src: SourceSet, results, output: Path) -> Fused:
 
 
 def unwritten_metadata_note(output: Path, high_depth: bool, icc: bool, exif: bool, *,
-                            dpi: bool = False) -> str | None:
+                            dpi: bool = False, icc_unfit: bool = False) -> str | None:
     """The line saying that the first source's ICC profile (``icc``: it has one that fits the
     result), EXIF (``exif``) or resolution (``dpi``) is not written, since ``output``'s format
     cannot hold it (:func:`bafusion.io.written_metadata`: a .bmp holds neither profile nor
-    EXIF, a 16-bit .tif no EXIF, a .webp no resolution); None when the output holds them all."""
+    EXIF, a 16-bit .tif no EXIF, a .webp no resolution), or, for the profile, since ``output``
+    stores the result in another colour space (``icc_unfit``: a .webp stores a gray result as
+    RGB, which a gray profile does not describe); None when the output holds them all."""
     keeps = written_metadata(output, high_depth)
     lost = [name for name, has, key in (("ICC profile", icc, "icc"), ("EXIF", exif, "exif"),
                                         ("resolution (dpi)", dpi, "dpi"))
-            if has and key not in keeps]
+            if has and (key not in keeps or (key == "icc" and icc_unfit))]
     if not lost:
         return None
     them = "it" if len(lost) == 1 else "them"
     if high_depth and Path(output).suffix.lower() in (".tif", ".tiff"):
         why = f"a 16-bit {Path(output).suffix} is written without EXIF; a .png output keeps 16 bits and {them}"
     else:
-        why = f"{Path(output).suffix} cannot hold {them}; a .png, .tif or .jpg output keeps {them}"
+        gray = ": it stores a gray result as RGB, which a gray profile does not describe" if icc and icc_unfit else ""
+        why = f"{Path(output).suffix} cannot hold {them}{gray}; a .png, .tif or .jpg output keeps {them}"
     listed = lost[0] if len(lost) == 1 else ", ".join(lost[:-1]) + " and " + lost[-1]
     return f"{output}: the first source's {listed} {'is' if len(lost) == 1 else 'are'} not written ({why})"
 

@@ -411,8 +411,9 @@ def profile_notes(paths: Sequence[str | os.PathLike[str]], first_icc: bytes | No
     the result is colour (True) or gray (False); a first profile of another colour space is not
     written (:func:`icc_fits`) and the line says the result carries no profile. ``output`` (and
     ``high_depth``, a uint16 result: :func:`written_metadata`): the file the result is written to;
-    the line says what it holds (no profile in a .bmp, no PNG chunks outside a .png); without it,
-    that PNG chunks are carried to a .png only.
+    the line says what it holds (no profile in a .bmp, no gray profile in a .webp, which stores a
+    gray result as RGB, no PNG chunks outside a .png); without it, that PNG chunks are carried to
+    a .png only.
 
     Parameters
     ----------
@@ -438,11 +439,16 @@ def profile_notes(paths: Sequence[str | os.PathLike[str]], first_icc: bytes | No
     carried = f"{first}'s" if label != "none" else "none"
     keeps = written_metadata(output, high_depth) if output is not None else None
     suffix = Path(output).suffix if output is not None else ""
-    if first_icc and rgb is not None and not icc_fits(first_icc, np.zeros((1, 1, 3) if rgb else (1, 1), np.uint8)):
+    like = np.zeros((1, 1, 3) if rgb else (1, 1), np.uint8)
+    fits = bool(first_icc) and rgb is not None and icc_fits(first_icc, like)
+    stored = bool(first_icc) and rgb is not None and icc_fits(first_icc, like, output)  # a .webp: gray as RGB
+    if first_icc and rgb is not None and not fits and not stored:
         space = _ICC_SPACE_NAMES.get(bytes(first_icc[16:20]), repr(bytes(first_icc[16:20]).decode("latin-1")))
         carried = f"no profile: {first}'s {space} profile does not fit {'an RGB' if rgb else 'a gray'} image"
     elif first_icc and keeps is not None and "icc" not in keeps:
         carried = f"no profile ({suffix} cannot hold {first}'s)"
+    elif fits and not stored:
+        carried = f"no profile ({suffix} cannot hold {first}'s: it stores a gray result as RGB)"
     elif label != "none" and not first_icc:
         what = label.removeprefix("a ")
         if keeps is None:

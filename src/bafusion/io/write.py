@@ -145,7 +145,7 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         keep = "img[..., :3]" if img.shape[2] == 4 else "img[..., 0]"
         raise UserError(f"{p}: {fmt} cannot store an alpha channel (image of shape {img.shape}): pass the image "
                         f"without it ({keep}) or write .png or .tif, which keep it")
-    if icc and not icc_fits(icc, img):
+    if icc and not icc_fits(icc, img, p):  # as stored: a gray image is RGB in a .webp
         icc = None
     if exif:
         exif = _exif_sized(exif, img.shape[1], img.shape[0])
@@ -350,11 +350,12 @@ def _exif_sized(exif: bytes, width: int, height: int) -> bytes:
         return exif
 
 
-def icc_fits(icc: bytes, img: np.ndarray) -> bool:
+def icc_fits(icc: bytes, img: np.ndarray, path: str | os.PathLike[str] | None = None) -> bool:
     """Whether the ICC profile ``icc`` describes ``img``'s colour space: its header's data
     colour space (bytes 16-19) is ``'RGB '`` for an RGB or RGBA image, ``'GRAY'`` for a gray
     one (with or without alpha: (H, W), (H, W, 1) or (H, W, 2)); an alpha channel is not part
-    of the colour space.
+    of the colour space. With ``path``, the image as a file of that suffix stores it: a .webp
+    stores a gray image as RGB, so only an RGB profile fits it there.
 
     Parameters
     ----------
@@ -362,6 +363,8 @@ def icc_fits(icc: bytes, img: np.ndarray) -> bool:
         The profile (one shorter than its 128-byte header fits nothing).
     img : ndarray
         The image, (H, W) or (H, W, C).
+    path : str or path-like, optional
+        The file the image is written to (only its suffix is looked at).
 
     Returns
     -------
@@ -369,6 +372,8 @@ def icc_fits(icc: bytes, img: np.ndarray) -> bool:
     """
     space = bytes(icc[16:20]) if len(icc) >= 128 else b""
     channels = 1 if img.ndim == 2 else img.shape[2] if img.ndim == 3 else 0
+    if path is not None and channels in (1, 2) and Path(path).suffix.lower() == ".webp":
+        channels += 2  # Pillow writes L as RGB and LA as RGBA to a WebP
     return space == (b"RGB " if channels in (3, 4) else b"GRAY" if channels in (1, 2) else b"\0")
 
 
