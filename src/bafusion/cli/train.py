@@ -310,8 +310,9 @@ def _resume_advice(args: argparse.Namespace, started: float, run: dict[str, Any]
     """How to continue a stopped training (begun at time ``started``): from its checkpoint, when
     a rerun resumes one. With ``--no-resume`` only a last.pt that this run wrote (an older run's
     is the one it replaces); never a finished run's (what a rerun does beside it:
-    :func:`_finished_rerun`); nor an older run's of other parameters, another patch set or other training code (``run``: this run's
-    ``cfg`` and ``nproc``, once known; :func:`_other_run` says which), which a rerun replaces
+    :func:`_finished_rerun`); nor an older run's of other parameters, another patch set or other
+    training code (``run``: this run's ``cfg`` and ``nproc``, once known; :func:`_other_run` says
+    which), which a rerun replaces
     (``--restart-if-changed``, the pipeline's own training) or refuses."""
     paths = _paths(args)
     last = paths.checkpoints / "last.pt"
