@@ -954,7 +954,7 @@ def _am_folder(root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("case", ["folder outside", "file outside", "loop", "self loop", "broken", "fifo"])
+@pytest.mark.parametrize("case", ["folder outside", "loop", "self loop", "broken", "fifo"])
 def test_download_alphamatting_from_dir_copies_no_link_out_of_the_folder_nor_a_pipe(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], case: str) -> None:
     """--from-dir copied input/ and gt/ following symbolic links: input/ext -> /elsewhere copied that
@@ -971,9 +971,7 @@ def test_download_alphamatting_from_dir_copies_no_link_out_of_the_folder_nor_a_p
     (tmp_path / "elsewhere" / "private.txt").write_text("not for the data folder")
     entry, wanted = {
         "folder outside": (src / "input" / "ext", f"symbolic link to the folder {tmp_path / 'elsewhere'}, outside "
-                                                  f"{src}: links that leave the folder are not copied"),
-        "file outside": (src / "gt" / "notes.txt", f"symbolic link to the file {tmp_path / 'elsewhere' / 'private.txt'}"
-                                                   f", outside {src}: links that leave the folder are not copied"),
+                                                  f"{src}: a folder linked from outside is not copied"),
         "loop": (src / "input" / "loop", f"symbolic link to {src.resolve()}, a folder that holds it (a loop)"),
         "self loop": (src / "gt" / "self", "broken symbolic link, or a loop of links (to self)"),
         "broken": (src / "gt" / "gone.png", f"broken symbolic link, or a loop of links (to {tmp_path / 'gone.png'})"),
@@ -982,7 +980,7 @@ def test_download_alphamatting_from_dir_copies_no_link_out_of_the_folder_nor_a_p
     if case == "fifo":
         os.mkfifo(entry)
     else:
-        target = {"folder outside": tmp_path / "elsewhere", "file outside": tmp_path / "elsewhere" / "private.txt",
+        target = {"folder outside": tmp_path / "elsewhere",
                   "loop": Path(".."), "self loop": Path("self"), "broken": tmp_path / "gone.png"}[case]
         entry.symlink_to(target)
     rc = main(["download-alphamatting", "--from-dir", str(src), "--out", str(out), "--no-progress"])
@@ -991,6 +989,24 @@ def test_download_alphamatting_from_dir_copies_no_link_out_of_the_folder_nor_a_p
     assert err.splitlines() == [f"bafusion download-alphamatting: error: {entry}: {err.split(f'{entry}: ', 1)[1].strip()}"]
     assert wanted in err and "internal error" not in err, err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_download_alphamatting_from_dir_follows_linked_subfolders_and_files_linked_from_anywhere(tmp_path: Path) -> None:
+    """input/ and gt/ linked to where the data lies, and their files linked into a store outside the
+    folder (DVC's symlink cache, git-annex, ``cp -rs``), are copied as before (a first version of
+    the link check refused every link leaving the folder)."""
+    store = _am_folder(tmp_path / "store")
+    src = tmp_path / "am"
+    src.mkdir()
+    (src / "input").symlink_to(store / "input")
+    (src / "gt").mkdir()
+    (src / "gt" / "GT01.png").symlink_to(store / "gt" / "GT01.png")
+    rec = acquire_alphamatting(tmp_path / "out", from_dir=src)
+    out = tmp_path / "out"
+    for sub in ("input", "gt"):
+        assert (out / sub / "GT01.png").read_bytes() == (store / sub / "GT01.png").read_bytes()
+        assert not (out / sub / "GT01.png").is_symlink()
+    assert {"input/GT01.png", "gt/GT01.png"} <= set(rec["written"])
 
 
 def test_download_alphamatting_from_dir_follows_links_inside_the_folder(tmp_path: Path) -> None:

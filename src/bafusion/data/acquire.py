@@ -178,13 +178,14 @@ _SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a soc
 
 def check_copied_tree(src: Path, subs: tuple[str, ...]) -> None:
     """Refuse, naming the entry, what copying ``src``'s ``subs`` whole (``download-alphamatting
-    --from-dir``, which follows symbolic links) must not copy: a symbolic link to a file or folder
-    outside ``src`` (``input/ext -> /elsewhere`` copied that folder into the data folder and its
-    record; ``input/home -> /`` would copy the whole file system), a broken link or a loop of
-    links, a link to a folder that holds it (``input/loop -> ..``: copied into itself until the
-    path was too long), and a file that is neither a regular file nor a folder (a named pipe,
-    which the copy refused with an internal error). Links inside ``src`` are followed, as
-    before.
+    --from-dir``, which follows symbolic links) must not copy: a symbolic link, inside a sub, to
+    a folder outside ``src`` and outside the subs (``input/ext -> /elsewhere`` copied that folder
+    into the data folder and its record; ``input/home -> /`` would copy the whole file system;
+    the layout holds files), a broken link or a loop of links, a link to a folder that holds it
+    (``input/loop -> ..``: copied into itself until the path was too long), and a file that is
+    neither a regular file nor a folder (a named pipe, which the copy refused with an internal
+    error). Followed, as before: the subs themselves linked anywhere, links to files anywhere
+    (a tree of links into DVC's cache, git-annex or ``cp -rs``), links to folders inside ``src``.
 
     Parameters
     ----------
@@ -198,7 +199,7 @@ def check_copied_tree(src: Path, subs: tuple[str, ...]) -> None:
     bafusion.errors.InputFileError
         Naming the first such entry, its target and what to do.
     """
-    root = src.resolve()
+    roots = {src.resolve()} | {(src / sub).resolve() for sub in subs if (src / sub).exists()}
     todo: list[tuple[Path, frozenset[Path]]] = [(src / sub, frozenset()) for sub in reversed(subs)]
     while todo:
         p, holding = todo.pop()
@@ -208,13 +209,14 @@ def check_copied_tree(src: Path, subs: tuple[str, ...]) -> None:
             except (OSError, RuntimeError) as e:
                 raise InputFileError(p, f"broken symbolic link, or a loop of links (to {os.readlink(p)}): "
                                         "remove it") from e
-            what = "folder" if target.is_dir() else "file"
-            if target != root and root not in target.parents:
-                raise InputFileError(p, f"symbolic link to the {what} {target}, outside {src}: links that leave the "
-                                        f"folder are not copied; copy the {what} in its place, or remove the link")
             at = p.parent.resolve()
             if target == at or target in at.parents:
                 raise InputFileError(p, f"symbolic link to {target}, a folder that holds it (a loop): remove it")
+            if (target.is_dir() and p.parent != src
+                    and not any(target == r or r in target.parents for r in roots)):
+                raise InputFileError(p, f"symbolic link to the folder {target}, outside {src}: a folder linked from "
+                                        "outside is not copied (input/ and gt/ hold files); copy or link its files "
+                                        "in its place, or remove the link")
         try:
             mode = p.stat().st_mode
         except OSError as e:
