@@ -1601,13 +1601,16 @@ def test_a_long_wrong_value_is_shown_shortened(work: Path, capsys) -> None:
     assert len(line) < 1000, len(line)
 
 
-@pytest.mark.parametrize("where", ["params-json", "params", "model"])
+@pytest.mark.parametrize("where", ["params-json", "params-json 600 levels", "params", "model"])
 def test_a_document_nested_too_deeply_is_named_not_called_a_bug(work: Path, capsys, where: str) -> None:
     """``[[[...]]]`` 100000 deep: RecursionError, which the readers' ``except ValueError``
-    missed: "internal error (a bug in bafusion, not in your input)", exit status 1."""
+    missed: "internal error (a bug in bafusion, not in your input)", exit status 1. 600 levels
+    parsed, then overflowed in the params' deep merge (``copy.deepcopy``): the same error."""
     deep = "[" * 100_000 + "]" * 100_000
     if where == "params-json":
         argv, words = ["--params-json", '{"l": ' + deep + "}"], ["--params-json: not valid JSON"]
+    elif where == "params-json 600 levels":
+        argv, words = ["--params-json", '{"a": ' * 600 + "1" + "}" * 600], ["--params-json: not valid JSON"]
     elif where == "params":
         (work / "deep.yaml").write_text("fuse: {l: " + "[" * 20_000 + "]" * 20_000 + "}\n")
         argv, words = ["--params", "deep.yaml"], ["deep.yaml: invalid YAML"]

@@ -64,10 +64,18 @@ def is_out_of_memory(e: BaseException) -> bool:
     return size is None or 0 <= size < ABSURD_ALLOCATION
 
 
+#: The deepest nesting of lists and objects :func:`json_loads` returns (no document bafusion
+#: reads nests more than a few levels; 500 to 980 levels parsed, then overflowed the stack in the
+#: code that walks the value, e.g. ``copy.deepcopy`` of ``--params-json``).
+MAX_JSON_DEPTH = 100
+
+
 def json_loads(text: str | bytes) -> object:
-    """``json.loads(text)``, with lists or objects nested too deeply for Python's recursion
-    limit refused as a ``ValueError`` (as any other malformed JSON), not a ``RecursionError``
-    that the readers' ``except ValueError`` misses and the CLI reports as a bug in bafusion.
+    """``json.loads(text)``, with lists or objects nested too deeply refused as a ``ValueError``
+    (as any other malformed JSON), not a ``RecursionError`` that the readers' ``except
+    ValueError`` misses and the CLI reports as a bug in bafusion: deeper than Python's
+    recursion limit, or than :data:`MAX_JSON_DEPTH` (what the readers' own recursive walks
+    could not take).
 
     Raises
     ------
@@ -77,6 +85,14 @@ def json_loads(text: str | bytes) -> object:
     import json
 
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except RecursionError:
         raise ValueError("lists or objects nested too deeply to read") from None
+    todo = [(value, 1)]
+    while todo:
+        v, depth = todo.pop()
+        if isinstance(v, (list, dict)):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"lists or objects nested too deeply to read (more than {MAX_JSON_DEPTH} levels)")
+            todo += [(x, depth + 1) for x in (v.values() if isinstance(v, dict) else v)]
+    return value
