@@ -1483,7 +1483,7 @@ def test_an_eps_file_named_png_is_refused_and_never_reaches_ghostscript(
     eps.write_bytes(_EPS)
     ok = tmp_path / "eps-B.png"
     Image.fromarray(np.zeros((96, 96), np.uint8)).save(ok)
-    wanted = "not an image format bafusion reads: the file is EPS (Encapsulated Postscript)"
+    wanted = "not an image format bafusion reads: its first bytes are those of EPS (Encapsulated Postscript)"
     for read in (open_image, lambda p: image_info(p, decode=True), read_image, lambda p: read_source_set([p, ok])):
         with pytest.raises(InputFileError, match=r"not an image format bafusion reads") as ei:
             read(eps)
@@ -1503,7 +1503,7 @@ def test_other_formats_pillow_reads_but_bafusion_does_not_are_named(tmp_path: Pa
 
     ico = tmp_path / "icon.jpg"
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(ico, format="ICO")
-    with pytest.raises(InputFileError, match=r"not an image format bafusion reads: the file is ICO"):
+    with pytest.raises(InputFileError, match=r"not an image format bafusion reads: its first bytes are those of ICO"):
         read_image(ico)
     registered = Image.registered_extensions()
     tried = set(read_formats())

@@ -111,8 +111,8 @@ def _foreign_problem(p: Path) -> str | None:
         if fmt not in ours and fmt in Image.OPEN and accepts(fmt):
             what = getattr(Image.OPEN[fmt][0], "format_description", None)
             named = f"{fmt} ({what})" if what and what.lower() != fmt.lower() else fmt
-            return (f"not an image format bafusion reads: the file is {named}, whatever its name says; "
-                    "convert it to PNG, TIFF or JPEG first")
+            return (f"not an image format bafusion reads: its first bytes are those of {named}, "
+                    "whatever its name says; convert it to PNG, TIFF or JPEG first")
     return None
 
 
