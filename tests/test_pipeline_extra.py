@@ -26,7 +26,7 @@ def test_the_fusion_tool_installs_without_the_pipelines_tools() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     assert not _names(project["dependencies"]) & PIPELINE_TOOLS, project["dependencies"]
-    assert _names(extras["pipeline"]) == PIPELINE_TOOLS
+    assert _names(extras["pipeline"]) == PIPELINE_TOOLS | {"sqlalchemy"}  # MLflow's store, which tracking.py asks how it reads a URL
     assert "bafusion[pipeline]" in extras["test"]
     readme = (REPO / "README.md").read_text()
     pipeline_cmd, test_cmd = re.findall(r"^python3\.11 -m venv .*$", readme, re.M)[:2]

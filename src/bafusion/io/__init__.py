@@ -104,9 +104,13 @@ from bafusion.io.formats import (
     LISTED_SUFFIXES,
     NO_PAGES,
     RAW_SUFFIXES,
+    READ_FORMATS,
     header_exif,
+    header_orientation,
     list_images,
     open_image,
+    pillow_open,
+    read_formats,
     unread_advice,
     unread_format,
 )
@@ -144,6 +148,9 @@ from bafusion.io.write import (
     _USUAL_SUFFIX,
     _WRITTEN_METADATA,
     HIGH_DEPTH_SUFFIXES,
+    JPEG_QUALITY,
+    QUALITY_FORMATS,
+    WEBP_MAX_SIDE,
     ExifWarning,
     _png_chunk,
     fit_jpeg_exif,
@@ -158,7 +165,8 @@ from bafusion.io.write import (
 #: The public API (the private names imported above are the ones tests and benchmarks use).
 __all__ = [
     # formats
-    "IMAGE_SUFFIXES", "RAW_SUFFIXES", "HEIF_SUFFIXES", "LISTED_SUFFIXES", "NO_PAGES", "list_images",
+    "IMAGE_SUFFIXES", "RAW_SUFFIXES", "READ_FORMATS", "read_formats", "pillow_open", "header_orientation",
+    "JPEG_QUALITY", "QUALITY_FORMATS", "WEBP_MAX_SIDE", "HEIF_SUFFIXES", "LISTED_SUFFIXES", "NO_PAGES", "list_images",
     "unread_format", "unread_advice", "open_image", "header_exif",
     # info
     "ImageInfo", "image_info", "frame_note", "frame_notes", "mix_note", "check_same_sizes",
