@@ -65,7 +65,7 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
                    help=f"how the boundary net scores near-boundary pixels (default {d.boundary_mode})")
     g.add_argument("--precision", choices=allowed("fuse.precision"), default=None,
                    help=f"fp32, or bf16 autocast (faster on AMX CPUs and GPUs) (default {d.precision})")
-    g.add_argument("--tile", type=int, default=None, help=f"boundary-net tile side (default {d.tile})")
+    g.add_argument("--tile", type=int, default=None, help=f"tile side (px) of --boundary-mode dense, the boundary net's tiles (default {d.tile})")
     g.add_argument("--dense-margin", type=int, default=None,
                    help=f"pixels of reflect padding around the image for the dense pass (default {d.dense_margin})")
     g.add_argument("--scales", type=nonempty_csv, default=None, metavar="S,S,...",

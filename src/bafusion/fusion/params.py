@@ -73,10 +73,12 @@ class FusionParams:
     #: Finest grid step of "adaptive" mode (1: exact scores in the cells the boundary crosses;
     #: at most ``boundary_step``); 0: half the coarse step (p/4 by default).
     boundary_fine_step: int = _default("boundary_fine_step")
-    #: Dense mode: pixels of surroundings (multiple of 4) the trunk sees around each box, so
-    #: that a box edge never puts zeros beside a patch; 0: the patches' extent alone.
+    #: Dense mode: pixels of reflect padding (multiple of 4) around the image's patches. A box
+    #: edge inside the image is no longer padded by it: there the trunk sees the image as far as
+    #: it reads (:func:`bafusion.fusion.scoring.trunk_reach`), so the boxes do not change a score.
     dense_margin: int = _default("dense_margin")
-    #: Dense mode: tile side (pixels, multiple of 4) for the boundary net and for large images.
+    #: Tile side (pixels, multiple of 4) of the boundary net's "dense" mode (the tiles holding
+    #: near-boundary pixels); the initial net's boxes are ``max_tile``'s.
     tile: int = _default("tile")
     #: Dense mode: the initial net runs on tiles of at most this side (bounds memory).
     max_tile: int = _default("max_tile")
