@@ -196,6 +196,8 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
             no_mark.append(False)
             continue
         a, depth, sig, sbit = raw
+        raw = None  # its float64 samples: not held while the next source is read
+        a = _compact(a, depth)
         out.append(None)
         top = float(a.max()) if a.size else 0.0
         # PNG sBIT: the samples are scaled to the depth unless they cannot be (see bafusion.io.depth)
@@ -241,10 +243,8 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     if high:
         full = [None if o is None else o.astype(np.uint16) * np.uint16(257) for o in out]
     for i, a, bits, _ in high:
-        b = bits or shared
-        out[i] = scale_to_u8(a, b)
         assert full is not None
-        full[i] = np.clip(np.round(a / float((1 << b) - 1) * 65535.0), 0, 65535).astype(np.uint16)
+        out[i], full[i] = _scaled_both(a, bits or shared)
     exif, icc, exif_note = _source_metadata(paths[0]) if metadata and paths else (None, None, None)
     images = [o for o in out if o is not None]
     rgb = any(a.ndim == 3 and a.shape[2] >= 3 for a in images)
@@ -269,6 +269,37 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits, notes,
                      full_scale, dpi, png_colour, [os.fspath(p) for p in paths] if metadata else [], colour_notes,
                      depths, no_mark)
+
+
+#: Samples per block in which :func:`_scaled_both` scales a deep source (256 K: 2 MiB of
+#: float64 temporaries, where the whole image's took 576 MiB each for a 24-megapixel RGB shot).
+_SCALE_BLOCK = 1 << 18
+
+
+def _compact(a: np.ndarray, depth: int) -> np.ndarray:
+    """A deep source's samples (float64, as :func:`bafusion.io.depth._high_depth_array` reads
+    them) as uint16 when they are what uint16 holds exactly (the integer samples of a file of
+    up to 16 bits): a quarter of the memory while the other sources are read, and the same
+    values to every computation after it (uint16 converts to float64 exactly). Else ``a``."""
+    if depth > 16 or a.dtype.kind != "f" or not a.size or a.min() < 0 or a.max() > 65535:
+        return a
+    u = a.astype(np.uint16)
+    return u if np.array_equal(u, a) else a
+
+
+def _scaled_both(a: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """A deep source's uint8 version (:func:`bafusion.io.depth.scale_to_u8`) and its uint16
+    one on the 16-bit scale (``round(v / (2**bits - 1) * 65535)``, clipped), computed in
+    blocks of rows (:data:`_SCALE_BLOCK` samples): the same values as over the whole image
+    at once, whose float64 temporaries of a 24-megapixel RGB shot took gigabytes."""
+    u8 = np.empty(a.shape, dtype=np.uint8)
+    u16 = np.empty(a.shape, dtype=np.uint16)
+    rows = max(1, _SCALE_BLOCK // max(1, int(np.prod(a.shape[1:]))))
+    for r in range(0, a.shape[0], rows):
+        blk = a[r : r + rows]
+        u8[r : r + rows] = scale_to_u8(blk, bits)
+        u16[r : r + rows] = np.clip(np.round(blk / float((1 << bits) - 1) * 65535.0), 0, 65535).astype(np.uint16)
+    return u8, u16
 
 
 def read_image(path: str | os.PathLike[str], *, rgb: bool = False) -> np.ndarray:
