@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -865,6 +866,31 @@ def test_the_missing_keys_warning_comes_in_the_dvc_stages_that_use_them(capsys: 
         assert "fuse.boundary_weight" in capsys.readouterr().err
     warn_missing_keys(old, "p.yaml", stage="fuse", dvc_yaml=REPO / "absent" / "dvc.yaml")
     assert "fuse.boundary_weight" in capsys.readouterr().err
+
+
+def _alias_bomb(levels: int) -> str:
+    """YAML lines of nested aliases (a "billion laughs"): ``*a{levels}`` stands for 10**(levels+1) values."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_dvc_yaml_of_nested_aliases_is_read_with_the_alias_cap(tmp_path: Path) -> None:
+    """_stage_params read dvc.yaml with yaml.safe_load, past the project's reader (load_yaml:
+    aliases capped at MAX_ALIAS_VALUES): a 516-byte dvc.yaml whose fuse stage's params named
+    ``*a7`` took 67 s (one run, loaded 2-core machine) turning it into a 522-million-character
+    key. It is now not read (as any dvc.yaml that is not valid YAML): every missing key is said,
+    at once; ``*a5`` (a million values) keeps this test short, and read without the cap it
+    named a few huge keys, none of which matched, so the warning was lost."""
+    from bafusion.cli.params_check import missing_keys_warning
+
+    old = without_keys(load_params(REPO / "params.yaml"), "fuse.boundary_weight")
+    bomb = tmp_path / "dvc.yaml"
+    bomb.write_text(_alias_bomb(5) + "stages:\n  fuse:\n    cmd: x\n    params:\n    - params.yaml: [*a5]\n")
+    t0 = time.monotonic()
+    line = missing_keys_warning(old, "fuse", bomb)
+    assert time.monotonic() - t0 < 5
+    assert line is not None and line == missing_keys_warning(old) and "fuse.boundary_weight" in line, line
 
 
 def test_preset_apply_warns_of_the_keys_an_older_params_yaml_lacks(tmp_path: Path,

@@ -830,6 +830,26 @@ def test_a_key_given_twice_fails_snakemake_dry_run(project: Path) -> None:
         out[-2000:]
 
 
+@pytest.mark.slow
+def test_a_params_yaml_of_nested_aliases_fails_snakemake_dry_run_at_once(project: Path) -> None:
+    """Snakemake's reader keeps a params.yaml's aliases shared; common.smk then walked the
+    config (yaml12_floats) before the package's reader (aliases capped) read the file: with
+    ``*a7`` (10**8 values) this test took 107 s, 10 s with the capped read first (one run each,
+    loaded 2-core machine; ``*a8`` ran past a 120 s timeout)."""
+    import time
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 8)]
+    t0 = time.monotonic()
+    p = _dry_run_with(project, {}, lambda text: text + "\n".join(lines) + "\n")
+    took = time.monotonic() - t0
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "params.yaml: invalid YAML: its aliases stand for more than 100000 values" in out, \
+        out[-2000:]
+    assert "Error in file" not in out and 'File "' not in out, out[-2000:]
+    assert took < 60, took
+
+
 def test_the_largest_seed_is_one_every_consumer_takes(tmp_path: Path) -> None:
     """2^64 passed the schema, then the patches job failed (HDF5: object dtype) and the
     training (torch: overflow of seed + 1); the schema's maximum works in both."""

@@ -164,3 +164,24 @@ def test_a_refusal_in_a_dvc_stage_says_dvc_removed_its_outputs(tmp_path: Path) -
     (ws / "metrics" / "fuse.json").write_text("{}\n")
     assert dvc_removed_outputs_note(env, ws) is None
     assert dvc_removed_outputs_note({**env, "DVC_STAGE": "nosuch"}, ws) is None
+
+
+def test_the_removed_outputs_note_reads_dvc_yaml_with_the_projects_reader(tmp_path: Path) -> None:
+    """dvc_removed_outputs_note read dvc.yaml and dvc.lock with yaml.safe_load, past the
+    project's reader (bafusion.config.load_yaml: aliases capped at MAX_ALIAS_VALUES, a key given
+    twice refused, as DVC refuses it): a dvc.yaml beyond the cap is now not read, as one that is
+    not YAML: no note, at once."""
+    from bafusion.config import MAX_ALIAS_VALUES
+    from bafusion.workspace import dvc_removed_outputs_note
+
+    env = {"DVC_STAGE": "fuse", "DVC_ROOT": str(tmp_path)}
+    stage = "stages:\n  fuse:\n    cmd: snakemake fuse\n    outs:\n      - data/fused\n"
+    (tmp_path / "dvc.yaml").write_text(stage)
+    assert dvc_removed_outputs_note(env, tmp_path) is not None  # data/fused is gone: said
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 6)]
+    assert 10 ** 6 > MAX_ALIAS_VALUES
+    (tmp_path / "dvc.yaml").write_text("\n".join(levels) + "\n" + stage)
+    assert dvc_removed_outputs_note(env, tmp_path) is None
+    (tmp_path / "dvc.yaml").write_text(stage + "    outs:\n      - data/other\n")  # `outs` twice: DVC refuses it
+    assert dvc_removed_outputs_note(env, tmp_path) is None

@@ -122,12 +122,14 @@ def dvc_removed_outputs_note(environ: dict[str, str] | None = None, cwd: str | o
     try:
         import yaml
 
+        from bafusion.config import load_yaml  # the project's reader: aliases capped, a key given twice refused
+
         here = Path(cwd if cwd is not None else Path.cwd()).resolve()
         if here != Path(root).resolve():
             return None
         name = stage.rpartition(":")[2]
         outs: list[tuple[str, bool]] = []  # (path, in DVC's cache)
-        stages = (yaml.safe_load((here / "dvc.yaml").read_text(encoding="utf-8-sig")) or {})["stages"]
+        stages = (load_yaml((here / "dvc.yaml").read_text(encoding="utf-8-sig")) or {})["stages"]
         for out in stages[name].get("outs") or []:
             if isinstance(out, str):
                 outs.append((out, True))
@@ -141,7 +143,7 @@ def dvc_removed_outputs_note(environ: dict[str, str] | None = None, cwd: str | o
             return None
         lock = here / "dvc.lock"
         locked = lock.is_file() and name in (
-            (yaml.safe_load(lock.read_text(encoding="utf-8-sig")) or {}).get("stages") or {})
+            (load_yaml(lock.read_text(encoding="utf-8-sig")) or {}).get("stages") or {})
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError, yaml.YAMLError):
         return None
     if not locked:  # never run by DVC: whether there were any is not known

@@ -16,11 +16,8 @@ from bafusion.errors import UserError
 from bafusion.config import load_params, retype_config_overrides, yaml12_floats
 from bafusion.schema import schema_path, validate_params
 
-yaml12_floats(config)  # 5e-05 (as `dvc exp run -S` writes it) is a number, not PyYAML 1.1's string
 _overrides = getattr(getattr(workflow, "config_settings", None), "config", None)
-# --config "train={epochs: 2}": Snakemake reads the nested values as strings; read them as YAML
 _config_args = getattr(getattr(workflow, "config_settings", None), "config_args", None)
-retype_config_overrides(config, _config_args if isinstance(_config_args, (list, tuple)) else None)
 # where the values came from, for the messages: params.yaml, any --configfile, any --config
 _configfiles = getattr(getattr(workflow, "config_settings", None), "configfiles", None) or []
 _source = " + ".join(["params.yaml", *(str(f) for f in _configfiles if str(f) != "params.yaml"),
@@ -39,8 +36,13 @@ def _refuse(e):
 try:
     # a key given twice: Snakemake's reader keeps the last silently (a second `train:` replaced
     # the whole section); the package's reader names it and its lines
+    # (first: its aliases are capped; a params.yaml of nested aliases, which Snakemake's reader
+    # keeps shared, kept yaml12_floats walking 10**9 values for many minutes)
     for _file in dict.fromkeys(["params.yaml", *(str(f) for f in _configfiles)]):
         load_params(_file, validate=False)
+    yaml12_floats(config)  # 5e-05 (as `dvc exp run -S` writes it) is a number, not PyYAML 1.1's string
+    # --config "train={epochs: 2}": Snakemake reads the nested values as strings; read them as YAML
+    retype_config_overrides(config, _config_args if isinstance(_config_args, (list, tuple)) else None)
     validate_params(config, _source)  # also makes a whole float at an integer key an int (seed: 1.0)
     validate(config, schema_path())
     check_params(config, _source)  # rules across keys (fuse.low < fuse.high)
