@@ -1862,3 +1862,31 @@ def test_an_empty_methods_or_metrics_list_is_the_documented_default() -> None:
     props = load_schema()["properties"]["evaluate"]["properties"]
     for key in ("methods", "metrics", "datasets"):
         assert props[key]["description"].startswith("absent or empty: "), key
+
+
+def test_the_jpeg_round_trips_decode_with_the_jpeg_reader_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate's re-encoding (jpeg_reencode) and composite's (_jpeg_roundtrip) opened their own
+    JPEG bytes with Image.open unrestricted, trying every reader Pillow had registered in its
+    order: a plugin a caller registered first (here one that takes any bytes) decoded them.
+    Only the JPEG reader is tried now, as bafusion.io.pillow_open tries only READ_FORMATS."""
+    from PIL import ImageFile
+
+    from bafusion.data.composite import _jpeg_roundtrip
+
+    class Greedy(ImageFile.ImageFile):
+        format = "GREEDY"
+
+        def _open(self) -> None:
+            raise AssertionError("the greedy reader was tried")
+
+    Image.init()
+    monkeypatch.setattr(Image, "ID", ["GREEDY", *Image.ID])
+    monkeypatch.setitem(Image.OPEN, "GREEDY", (Greedy, lambda prefix: True))
+    y, x = np.mgrid[0:24, 0:32]
+    rgb = np.stack([x * 8, y * 10, 255 - x * 8], axis=-1).astype(np.uint8)  # smooth: JPEG keeps it closely
+    out, data = ev.jpeg_reencode(rgb, 90)
+    assert out.shape == rgb.shape and data[:3] == b"\xff\xd8\xff"
+    assert np.abs(out.astype(int) - rgb).mean() < 4
+    for img in (rgb, rgb[..., 0].copy()):
+        back = _jpeg_roundtrip(img, 90)
+        assert back.shape == img.shape and back.dtype == np.uint8

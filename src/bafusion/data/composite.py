@@ -502,7 +502,8 @@ def _jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=int(quality), subsampling=2)
     buf.seek(0)
-    return np.asarray(Image.open(buf).convert("L" if img.ndim == 2 else "RGB")).copy()
+    with Image.open(buf, formats=("JPEG",)) as im:  # only the JPEG reader (bafusion.io.pillow_open's rule)
+        return np.asarray(im.convert("L" if img.ndim == 2 else "RGB")).copy()
 
 
 def _shot(x: np.ndarray, d: ShotDraw, gray: bool, rng: np.random.Generator) -> np.ndarray:

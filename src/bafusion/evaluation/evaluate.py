@@ -424,7 +424,7 @@ def jpeg_reencode(img: np.ndarray, quality: int) -> tuple[np.ndarray, bytes]:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)).save(buf, format="JPEG", quality=int(quality), subsampling="4:2:0")
     data = buf.getvalue()
-    with Image.open(io.BytesIO(data)) as im:
+    with Image.open(io.BytesIO(data), formats=("JPEG",)) as im:  # only the JPEG reader (io.pillow_open's rule)
         im.load()
         out = np.asarray(im)
     return out, data
