@@ -2136,6 +2136,41 @@ def test_fuse_dir_fuses_avif_and_jpeg_2000_shots_as_fuse_does(tmp_path: Path, ne
     assert "fused 2 stack(s)" in capsys.readouterr().out
 
 
+def test_fuse_dir_fuses_heic_shots_where_a_pillow_plugin_reads_them(tmp_path: Path, nets: Path, capsys,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """HEIF is read where a Pillow plugin registers it (bafusion.io.READ_FORMATS; pillow-heif,
+    which bafusion neither needs nor registers itself): read_image read a HEIC then, but fuse-dir
+    passed a folder of them over without a word (no stack, no line: they were neither shots nor
+    "not read"). They are shots there now (bafusion.io.read_suffixes); without the plugin they
+    stay refused (the test after this one)."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    from bafusion.io import read_image, read_suffixes
+
+    # the registration is Pillow's global state: on copies (of the tables Pillow's plugins all
+    # filled first), given back after the test
+    Image.init()
+    for table in ("ID", "OPEN", "EXTENSION", "MIME", "SAVE", "SAVE_ALL", "DECODERS", "ENCODERS"):
+        value = getattr(Image, table)
+        monkeypatch.setattr(Image, table, list(value) if isinstance(value, list) else dict(value))
+    assert ".heic" not in read_suffixes()
+    pillow_heif.register_heif_opener()
+    assert ".heic" in read_suffixes() and ".hif" in read_suffixes()
+    src = tmp_path / "in"
+    (src / "stack").mkdir(parents=True)
+    a, b = pair(1)
+    Image.fromarray(a).save(src / "p-A.heic", quality=95)
+    Image.fromarray(b).save(src / "p-B.HEIC", quality=95)
+    for i, im in enumerate(pair(1)):
+        Image.fromarray(im).save(src / "stack" / f"IMG_000{i}.heic", quality=95)
+    assert read_image(src / "p-A.heic").shape == a.shape
+    out = tmp_path / "out"
+    assert cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]) == 0, \
+        capsys.readouterr()
+    assert (out / "p.png").is_file() and (out / "stack.png").is_file()
+    captured = capsys.readouterr()
+    assert "fused 2 stack(s)" in captured.out and "HEIC" not in captured.err, captured
+
+
 def test_fuse_dir_names_the_camera_raw_and_heic_files_it_does_not_read(tmp_path: Path, nets: Path, capsys) -> None:
     """A folder of RAW (or HEIC) shots said "stack 'raws' has only 0 shot(s)", RAW files beside
     a camera's JPEGs or directly in IN were passed over without a word, and a folder of RAW files

@@ -62,8 +62,8 @@ import numpy as np
 from bafusion._version import code_digest
 from bafusion.atomic import folder_lock, stop_requested
 from bafusion.errors import InputFileError, UserError, is_out_of_memory, json_loads
-from bafusion.io import (IMAGE_SUFFIXES, SourceSet, check_same_sizes, fit_jpeg_exif, icc_fits, image_info,
-                         keeps_16_bits, output_format_problem, read_source_set, unread_advice, unread_format,
+from bafusion.io import (SourceSet, check_same_sizes, fit_jpeg_exif, icc_fits, image_info,
+                         keeps_16_bits, output_format_problem, read_source_set, read_suffixes, unread_advice, unread_format,
                          written_metadata)
 from bafusion.progress import stamped
 
@@ -596,6 +596,7 @@ def find_groups(folder: Path, exclude: Path | None = None,
     skipped: list[tuple[str, str]] = []
     broken: dict[str, list[Path]] = {}  # stack name -> its shots that are broken links
     unread: dict[str, list[Path]] = {}  # stack folder name ("" for folder itself) -> RAW, HEIC files
+    suffixes = read_suffixes()  # HEIC too where a Pillow plugin reads it, as read_image does
     excluded = exclude.resolve() if exclude is not None else None
     for p in sorted(folder.iterdir()):
         if p.name.startswith("."):
@@ -611,7 +612,7 @@ def find_groups(folder: Path, exclude: Path | None = None,
             # dot-files (macOS ._1.png resource forks, editors' temporaries) are not shots
             shots = sorted(q for q in p.iterdir()
                            if (q.is_file() or _broken_link(q)) and not q.name.startswith(".")
-                           and q.suffix.lower() in IMAGE_SUFFIXES)
+                           and q.suffix.lower() in suffixes)
             groups[p.name] = [(q.name, q) for q in shots]
             others = sorted(q for q in p.iterdir() if not q.name.startswith(".") and unread_format(q) and q.is_file())
             if others:
@@ -627,7 +628,7 @@ def find_groups(folder: Path, exclude: Path | None = None,
         if p.is_file() and unread_format(p):
             unread.setdefault("", []).append(p)
             continue
-        if not (p.is_file() or _broken_link(p)) or p.suffix.lower() not in IMAGE_SUFFIXES:
+        if not (p.is_file() or _broken_link(p)) or p.suffix.lower() not in suffixes:
             continue
         if _controls(p.name):
             skipped.append((escape_controls(str(p)), f"{CONTROL_NAME} ({_controls(p.name)}): rename it"))
@@ -1288,7 +1289,7 @@ def check_output_folder(src: Path, out: Path, groups: Mapping[str, Sequence[Path
     if not (out.is_dir() and _inside(src, out)) or (out / OUTPUT_MARKER).is_file():
         return
     foreign = sorted(q.name for q in out.iterdir()
-                     if not q.name.startswith(".") and q.suffix.lower() in IMAGE_SUFFIXES and q.is_file()
+                     if not q.name.startswith(".") and q.suffix.lower() in read_suffixes() and q.is_file()
                      and q.stem not in groups)
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")

@@ -9,7 +9,8 @@ and metadata) -- the same rules for fusion, metrics, baselines, figures and the 
   PNG) only the first is read; :func:`read_source_set` notes it (:func:`frame_note`; also for
   a camera TIFF's thumbnail page, not for an MPO JPEG's previews), ``bafusion metrics`` and
   ``evaluate`` say it too: a focus stack is given as one file per shot.
-* **Not read.** Camera RAW files and HEIC/HEIF ones (without a Pillow plugin for them) are
+* **Not read.** Camera RAW files and HEIC/HEIF ones (without a Pillow plugin for them, which the
+  ``bafusion`` command never registers; a program that registers pillow-heif's reads them) are
   refused by suffix, before Pillow opens them (it read a NEF's or DNG's preview page as the
   shot), and a HEIC by its content, saying what to convert them to (:func:`unread_format`).
 * **Modes.** 8-bit gray (``L``), gray + alpha (``LA``; also at 16 bits, which Pillow opens as
@@ -46,7 +47,7 @@ The names below, imported from :mod:`bafusion.io` itself (``from bafusion.io imp
 read_image``): the modules they live in are the package's own layout, one concern each.
 
 * :mod:`.formats` -- which files are read and opening them: :data:`IMAGE_SUFFIXES`,
-  :data:`RAW_SUFFIXES`, :data:`HEIF_SUFFIXES`, :data:`LISTED_SUFFIXES`, :func:`list_images`,
+  :data:`RAW_SUFFIXES`, :data:`HEIF_SUFFIXES`, :func:`read_suffixes`, :data:`LISTED_SUFFIXES`, :func:`list_images`,
   :func:`unread_format`, :func:`unread_advice`, :func:`open_image`, :func:`header_exif`,
   :data:`NO_PAGES`;
 * :mod:`.info` -- a file's header, before reading: :class:`ImageInfo`, :func:`image_info`,
@@ -111,6 +112,7 @@ from bafusion.io.formats import (
     open_image,
     pillow_open,
     read_formats,
+    read_suffixes,
     unread_advice,
     unread_format,
 )
@@ -165,7 +167,7 @@ from bafusion.io.write import (
 #: The public API (the private names imported above are the ones tests and benchmarks use).
 __all__ = [
     # formats
-    "IMAGE_SUFFIXES", "RAW_SUFFIXES", "READ_FORMATS", "read_formats", "pillow_open", "header_orientation",
+    "IMAGE_SUFFIXES", "RAW_SUFFIXES", "READ_FORMATS", "read_formats", "read_suffixes", "pillow_open", "header_orientation",
     "JPEG_QUALITY", "QUALITY_FORMATS", "WEBP_MAX_SIDE", "HEIF_SUFFIXES", "LISTED_SUFFIXES", "NO_PAGES", "list_images",
     "unread_format", "unread_advice", "open_image", "header_exif",
     # info

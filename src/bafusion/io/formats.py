@@ -124,7 +124,9 @@ RAW_SUFFIXES = (".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", 
                 ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mrw", ".mef", ".mos", ".rwl", ".raw")
 
 #: HEIC/HEIF files (phones, recent cameras: Canon's ``.hif``): read only where a Pillow plugin for
-#: them is registered (pillow-heif's opener, which bafusion does not load itself).
+#: them is registered (pillow-heif's opener, which bafusion does not load itself: the ``bafusion``
+#: command refuses them; a program that registers it reads them with :func:`open_image`, and
+#: ``fuse-dir`` lists them as shots, :func:`read_suffixes`).
 HEIF_SUFFIXES = (".heic", ".heif", ".hif")
 
 #: The brands of an ISO media file's ``ftyp`` box that make it a HEIF image (a HEIC named .jpg).
@@ -142,6 +144,26 @@ _CONVERTERS = {"camera RAW": ("the camera's software", "darktable", "RawTherapee
 def _heif_readable() -> bool:
     """Whether a HEIF reader is registered with Pillow (pillow-heif's ``register_heif_opener``)."""
     return ".heic" in Image.registered_extensions()
+
+
+def read_suffixes() -> tuple[str, ...]:
+    """The suffixes of the photo files read here, as ``fuse-dir`` lists a folder's shots:
+    :data:`IMAGE_SUFFIXES`, and :data:`HEIF_SUFFIXES` where a Pillow plugin for HEIF is
+    registered (pillow-heif's ``register_heif_opener()``, which bafusion does not call itself:
+    a program that uses bafusion as a library may). With the plugin, :func:`open_image` read a
+    HEIC, while ``fuse-dir`` passed a folder of them over without a word.
+
+    Returns
+    -------
+    tuple of str
+        Lower-case suffixes with their dot (``".png"``, ...).
+
+    Examples
+    --------
+    >>> ".png" in read_suffixes() and ".nef" not in read_suffixes()
+    True
+    """
+    return IMAGE_SUFFIXES + HEIF_SUFFIXES if _heif_readable() else IMAGE_SUFFIXES
 
 
 def unread_format(path: str | os.PathLike[str]) -> str | None:
