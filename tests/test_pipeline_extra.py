@@ -44,7 +44,6 @@ def test_a_command_asked_to_track_without_mlflow_says_to_install_the_pipeline_ex
     from bafusion import tracking
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` fails, as where it is not installed
-    monkeypatch.setattr(tracking, "_broken", None)
     monkeypatch.setenv("BAFUSION_MLFLOW", "1")
     monkeypatch.setenv(tracking.PARENT_ENV, "0123456789abcdef")  # as in a Snakemake job of a tracked run
     capsys.readouterr()

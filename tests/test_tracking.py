@@ -551,12 +551,11 @@ def test_main_gives_the_process_its_signal_handlers_back(tmp_path: Path) -> None
 
 
 @pytest.fixture
-def turned_off_afterwards(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A failing store turns tracking off for the process (and sets $BAFUSION_MLFLOW=0 for its
-    children): both are restored after the test."""
-    monkeypatch.setattr(tracking, "_broken", None, raising=False)
-    monkeypatch.setenv("BAFUSION_MLFLOW", "1")
-    monkeypatch.delenv("BAFUSION_MLFLOW")
+def no_invocation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No parent run or DVC stage in the environment (:func:`_clear_invocation_env`), for a test
+    that points ``$MLFLOW_TRACKING_URI`` at a failing store itself. (Tracking turned off by the
+    failing store, and ``$BAFUSION_MLFLOW=0`` set for its children, are restored after every test
+    by tests/conftest.py's autouse ``_tracking_on_again``.)"""
     _clear_invocation_env(monkeypatch)
 
 
@@ -569,7 +568,7 @@ def _one_warning(err: str, store: str) -> str:
     return lines[0]
 
 
-@pytest.mark.usefixtures("turned_off_afterwards")
+@pytest.mark.usefixtures("no_invocation")
 def test_a_corrupt_database_only_warns_and_the_step_is_done(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -614,7 +613,7 @@ def test_tracking_is_on_again_in_the_test_after_one_whose_store_failed() -> None
     assert tracking.enabled()
 
 
-@pytest.mark.usefixtures("turned_off_afterwards")
+@pytest.mark.usefixtures("no_invocation")
 def test_onstart_with_a_corrupt_database_only_warns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -630,7 +629,6 @@ def test_onstart_with_a_corrupt_database_only_warns(
     assert not tracking.enabled() and tracking.PARENT_ENV not in os.environ
 
 
-@pytest.mark.usefixtures("turned_off_afterwards")
 def test_a_store_failing_mid_run_only_warns_once(
     uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -663,7 +661,7 @@ def test_a_store_failing_mid_run_only_warns_once(
             raise ValueError("bad input")
 
 
-@pytest.mark.usefixtures("turned_off_afterwards")
+@pytest.mark.usefixtures("no_invocation")
 def test_a_stop_is_not_taken_for_a_failing_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # a stop signal whose exception was lost (bafusion.atomic) is raised, not warned about
     from bafusion import atomic
@@ -681,7 +679,7 @@ def test_a_stop_is_not_taken_for_a_failing_store(tmp_path: Path, monkeypatch: py
     assert stopped.value.code == 143
 
 
-@pytest.mark.usefixtures("turned_off_afterwards")
+@pytest.mark.usefixtures("no_invocation")
 def test_an_unreachable_server_costs_seconds_not_minutes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -707,7 +705,6 @@ def test_an_unreachable_server_costs_seconds_not_minutes(
 
 def test_the_warning_hides_a_password_in_the_uri(monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(tracking, "_broken", None)
     monkeypatch.setenv("BAFUSION_MLFLOW", "1")
     tracking._turn_off("https://me:s3cret@mlflow.example.org", RuntimeError("401 Unauthorized"))
     line = capsys.readouterr().err
@@ -728,7 +725,6 @@ def test_the_warning_names_the_cause_behind_sqlalchemys_autoflush_note(monkeypat
     error.add_detail("raised as a result of Query-invoked autoflush; consider using a session.no_autoflush block "
                      "if this flush is occurring prematurely")
     assert str(error).startswith("(raised as a result of Query-invoked autoflush")  # the shape met
-    monkeypatch.setattr(tracking, "_broken", None)
     monkeypatch.setenv("BAFUSION_MLFLOW", "1")
     tracking._turn_off("sqlite:////full/ml/mlflow.db", RuntimeError(str(error)))  # as MLflow passes it on
     line = _one_warning(capsys.readouterr().err, "sqlite:////full/ml/mlflow.db")
@@ -779,7 +775,6 @@ def test_logging_a_net_does_not_print_mlflows_pickle_warning(uri: str) -> None:
         logger.removeHandler(handler)
 
 
-@pytest.mark.usefixtures("turned_off_afterwards")
 def test_warnings_made_errors_are_no_failing_store(
     uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -811,7 +806,6 @@ def test_warnings_made_errors_are_no_failing_store(
     assert len(client.search_logged_models(experiment_ids=[got.info.experiment_id])) == 1
 
 
-@pytest.mark.usefixtures("turned_off_afterwards")
 def test_only_a_failing_store_is_tried_again_and_its_colours_are_not_quoted(
     uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -886,7 +880,6 @@ def test_tracking_imports_and_logs_without_fcntl(tmp_path: Path) -> None:
     assert "going on without tracking" not in p.stderr, p.stderr[-2000:]
 
 
-@pytest.mark.usefixtures("turned_off_afterwards")
 def test_a_store_failing_for_a_moment_loses_nothing(
     uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -919,7 +912,6 @@ def test_a_store_failing_for_a_moment_loses_nothing(
     assert [m.step for m in client.get_metric_history(run.run_id, "val_acc")] == [0, 1, 2]
 
 
-@pytest.mark.usefixtures("turned_off_afterwards")
 def test_a_store_failing_for_good_says_what_the_run_misses(
     uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1066,7 +1058,6 @@ def test_a_killed_snakemakes_parent_run_is_ended_and_a_reopened_one_is_not(
     tracking.end_invocation(True)
 
 
-@pytest.mark.usefixtures("turned_off_afterwards")
 def test_an_old_run_that_cannot_be_ended_leaves_the_step_tracked(
     uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1111,7 +1102,7 @@ def test_an_old_run_that_cannot_be_ended_leaves_the_step_tracked(
     assert client.get_run(stuck).info.status == "RUNNING"
 
 
-@pytest.mark.usefixtures("turned_off_afterwards")
+@pytest.mark.usefixtures("no_invocation")
 def test_a_server_that_stops_during_the_cleanup_of_dead_runs_costs_one_try(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1178,7 +1169,7 @@ def test_a_server_that_stops_during_the_cleanup_of_dead_runs_costs_one_try(
     assert tracking.enabled()
 
 
-@pytest.mark.usefixtures("turned_off_afterwards")
+@pytest.mark.usefixtures("no_invocation")
 def test_the_cleanup_of_dead_runs_has_an_overall_bound(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1254,7 +1245,6 @@ def photo_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder.mkdir()
     for var in ("MLFLOW_TRACKING_URI", "BAFUSION_MLFLOW", "DVC_ROOT", tracking.PARENT_ENV):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(tracking, "_broken", None, raising=False)
     monkeypatch.chdir(folder)
     assert not any((d / f).exists() for d in (folder, *folder.parents) for f in ("dvc.yaml", "Snakefile"))
     return folder
@@ -1364,7 +1354,7 @@ def _killed_mid_migration(uri: str, how: str) -> None:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-@pytest.mark.usefixtures("turned_off_afterwards")
+@pytest.mark.usefixtures("no_invocation")
 def test_a_stop_while_the_store_is_created_leaves_no_half_built_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1383,7 +1373,7 @@ def test_a_stop_while_the_store_is_created_leaves_no_half_built_store(
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-@pytest.mark.usefixtures("turned_off_afterwards")
+@pytest.mark.usefixtures("no_invocation")
 def test_a_half_built_store_of_an_older_version_without_runs_is_built_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1400,7 +1390,7 @@ def test_a_half_built_store_of_an_older_version_without_runs_is_built_again(
     assert "was half-built" in err and "held no runs and was built again" in err and "warning" not in err
 
 
-@pytest.mark.usefixtures("turned_off_afterwards")
+@pytest.mark.usefixtures("no_invocation")
 def test_a_half_built_store_with_runs_is_kept_and_the_warning_says_what_to_do(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
