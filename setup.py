@@ -6,10 +6,15 @@ for Windows' default, a GitHub "Download ZIP") has a 12-byte text file there ins
 setuptools built a wheel without the nets, silently: ``bafusion fuse`` then found none. The
 wheel's nets are now copied from ``models/<name>/`` when the package data lacks them, and the
 build fails, naming what is missing, when neither has them.
+
+The long description (the package index's page) is README.md with its relative links made
+plain text (:func:`index_readme`): there they led nowhere (an index shows the text alone), and
+the project publishes no address to make them absolute against.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -50,4 +55,29 @@ class BuildPyWithModels(build_py):
             shutil.copytree(source, target / name, dirs_exist_ok=True)
 
 
-setup(cmdclass={"build_py": BuildPyWithModels})
+#: A Markdown link or image, ``[text](target)`` / ``![alt](target)`` (the text may span lines).
+_LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
+
+
+def index_readme(text: str) -> str:
+    """README.md as the package index shows it: each link to a file of the project (a relative
+    target: ``[BENCHMARKS.md](BENCHMARKS.md)``, a figure ``![Fig. 3](docs/figures/...)``) made
+    text naming the file, which the source distribution holds (MANIFEST.in); links with a
+    scheme (``https:``) and in-page anchors (``#...``) are kept."""
+
+    def plain(m: re.Match[str]) -> str:
+        bang, label, target = m.groups()
+        if re.match(r"[a-z][a-z0-9+.-]*:|#|//", target, re.I):
+            return m.group(0)
+        if bang:
+            return f"{label} (figure: `{target}` in the source distribution)"
+        if label.strip("`") == target:
+            return f"{label} (in the source distribution)"
+        return f"{label} (`{target}` in the source distribution)"
+
+    return _LINK.sub(plain, text)
+
+
+setup(cmdclass={"build_py": BuildPyWithModels},
+      long_description=index_readme((HERE / "README.md").read_text(encoding="utf-8")),
+      long_description_content_type="text/markdown")

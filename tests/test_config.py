@@ -1071,8 +1071,6 @@ def test_the_version_of_pyproject_is_the_package_version(tmp_path: Path) -> None
     # two copies of one number (pyproject.toml for the wheel, _version.py for bafusion
     # --version and the runs' records) were kept equal only by this test: pyproject now takes
     # it from _version.py (dynamic), and the wheel's metadata says the version bafusion does
-    import subprocess
-    import sys
     import tomllib
 
     import bafusion
@@ -1080,7 +1078,17 @@ def test_the_version_of_pyproject_is_the_package_version(tmp_path: Path) -> None
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert "version" not in project and "version" in project["dynamic"]
-    for f in ("pyproject.toml", "README.md", "LICENSE", "src/bafusion/__init__.py", "src/bafusion/_version.py"):
+    assert f"\nVersion: {__version__}\n" in _wheel_metadata(tmp_path)
+    assert bafusion.__version__ == __version__
+
+
+def _wheel_metadata(tmp_path: Path) -> str:
+    """The METADATA a wheel built from the checkout's project files would carry."""
+    import subprocess
+    import sys
+
+    for f in ("pyproject.toml", "setup.py", "README.md", "LICENSE", "src/bafusion/__init__.py",
+              "src/bafusion/_version.py"):
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / f, tmp_path / f)
     (tmp_path / "meta").mkdir()
@@ -1088,9 +1096,35 @@ def test_the_version_of_pyproject_is_the_package_version(tmp_path: Path) -> None
                         "print(build_meta.prepare_metadata_for_build_wheel(sys.argv[1]))", str(tmp_path / "meta")],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    metadata = (tmp_path / "meta" / r.stdout.split()[-1] / "METADATA").read_text()
-    assert f"\nVersion: {__version__}\n" in metadata
-    assert bafusion.__version__ == __version__
+    return (tmp_path / "meta" / r.stdout.split()[-1] / "METADATA").read_text(encoding="utf-8")
+
+
+def test_the_package_index_page_has_no_dead_relative_links(tmp_path: Path) -> None:
+    """README.md is the long description, shown alone on a package index, where its relative
+    links ([CHANGELOG.md](CHANGELOG.md), the figures) led nowhere; the project publishes no
+    address (pyproject.toml: no Project-URL) to make them absolute. The wheel's description
+    names those files as text, held by the source distribution; absolute links stay links."""
+    import email
+    import tomllib
+
+    from test_sdist import LEFT_OUT
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert "urls" not in project  # with an address, absolute links would be the better fix
+    meta = email.message_from_string(_wheel_metadata(tmp_path))
+    assert meta["Description-Content-Type"] == "text/markdown"
+    description = meta.get_payload()
+    links = re.findall(r"\]\(([^)\s]+)\)", description)
+    assert links and all(t.startswith(("https://", "http://", "#")) for t in links), links
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    relative = {t for t in re.findall(r"\]\(([^)\s]+)\)", readme) if not t.startswith(("https://", "http://", "#"))}
+    assert {"CHANGELOG.md", "BENCHMARKS.md", "docs/figures/lytro-05-fig3.png"} <= relative, relative
+    for target in relative:  # each named, and a tracked file that the sdist carries
+        assert f"{target}` in the source distribution" in description or \
+            f"{target} (in the source distribution)" in description or \
+            f"{target}` (in the source distribution)" in description, target
+        assert (REPO / target).is_file() and target not in LEFT_OUT, target
+    assert "[Snakemake](https://snakemake.readthedocs.io)" in description
 
 
 def test_the_license_file_is_the_mit_license_that_pyproject_names() -> None:
