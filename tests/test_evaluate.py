@@ -1291,6 +1291,39 @@ def test_a_dataset_given_on_the_command_line_compares_the_methods_of_its_referen
     assert sorted({r["method"] for r in rows}) == ["CNN", "Laplacian", "MyGFF"]
 
 
+def test_dataset_option_paths_are_relative_to_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`cd sub && bafusion evaluate --dataset mine=pairs,reference` in a project took PAIRS and REF
+    from the project root (--root's default) while --out was the working folder's: "reference
+    folder <project>/reference not found". Paths typed in --dataset are now the working folder's,
+    as every other path option (also with --root elsewhere and for --reference-methods); the
+    parameters' dataset paths (--params-json, as the pipeline passes them) stay the project
+    root's."""
+    project = tmp_path / "project"
+    sub = project / "sub"
+    sub.mkdir(parents=True)
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    _, imgs = _write_set(sub, ["p1", "p2"])
+    _write_reference(sub, imgs, {"MyGFF": gff_fuse})
+    monkeypatch.chdir(sub)
+    base = ["evaluate", "--methods", "Laplacian", "--metrics", "QG"]
+    for extra, out in (([], "e1"), (["--reference-methods", "MyGFF"], "e2"), (["--root", str(tmp_path)], "e3")):
+        rc = cli_main([*base, "--dataset", "mine=pairs,reference", *extra, "--out", out])
+        err = capsys.readouterr().err
+        assert rc == 0, err
+        rows = list(csv.DictReader((sub / out / "mine" / "metrics.csv").open()))
+        assert sorted({(r["pair"], r["method"]) for r in rows}) == [
+            (p, m) for p in ("p1", "p2") for m in ("Laplacian", "MyGFF")], rows
+    # the parameters' datasets: from the project root, not the working folder
+    cfg = {"datasets": [{"name": "mine", "sources": "sub/pairs", "reference": "sub/reference",
+                         "reference_methods": ["MyGFF"]}]}
+    rc = cli_main([*base, "--params-json", json.dumps(cfg), "--out", "e4"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert len(list(csv.DictReader((sub / "e4" / "mine" / "metrics.csv").open()))) == 4
+
+
 def test_a_reference_folder_of_computed_method_names_says_to_rename_them(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """`--dataset mine=PAIRS,<earlier out>/mine/fused` said the folder "holds no method folders"
     though it holds Laplacian/ and Ours/: their names are those of methods computed here. Said

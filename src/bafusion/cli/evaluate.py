@@ -102,9 +102,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         src, _, ref = rest.partition(",")
         if not name or not src:
             raise UserError("--dataset: expected NAME=SOURCES[,REFERENCE]")
-        one: dict[str, Any] = {"name": name, "sources": src}
+        # typed on the command line: from the working folder, as every other path option (they
+        # were taken from --root, the project root, so `--dataset mine=mine,REF` in a sub-folder
+        # looked for <project>/REF); the parameters' dataset paths stay the project root's
+        one: dict[str, Any] = {"name": name, "sources": _typed_path(src)}
         if ref:
-            one["reference"] = ref
+            one["reference"] = _typed_path(ref)
         if args.pattern:
             one["pattern"] = args.pattern
         # A dataset of that name in the parameters keeps its figure settings (its figure_pair
@@ -121,7 +124,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             if computed:
                 raise UserError(f"--reference-methods: {', '.join(map(repr, computed))} computed here, not read from "
                                 f"{ref}: name it in --methods")
-            _check_reference_methods(args.reference_methods, one, args.root)
+            _check_reference_methods(args.reference_methods, one, ref)
         inherited = str(one.get("figure_pair") or "")
         if args.figure_pair:
             one["figure_pair"], inherited = args.figure_pair, ""
@@ -132,9 +135,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     one = section_["datasets"][0] if args.dataset else {}
     if one.get("reference") and not one.get("reference_methods") and not one.get("reference_metrics"):
         # (with a reference_metrics CSV from --params-json, its default stays: the six, then the CSV's)
-        from bafusion.workspace import resolve
-
-        ref_dir = resolve(one["reference"], root)
+        ref_dir = Path(one["reference"])  # absolute; `ref` as typed, for the messages
         if not ref_dir.is_dir():
             raise UserError(f"--dataset {args.dataset}: reference folder {ref_dir} not found (it holds one sub-folder "
                             "of fused images per method, <REF>/<METHOD>/<pair>.<ext>)")
@@ -143,16 +144,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         one["reference_methods"] = [m for m in found if m not in computed]
         if one["reference_methods"]:
             print(f"bafusion evaluate: dataset {one['name']!r}: reference methods {', '.join(one['reference_methods'])}: "
-                  f"the sub-folders of {one['reference']} (<REF>/<METHOD>/<pair>.<ext>; pass "
+                  f"the sub-folders of {ref} (<REF>/<METHOD>/<pair>.<ext>; pass "
                   "--reference-methods M1,M2 to choose)"
                   + (f"; {', '.join(computed)} left out (computed here)" if computed else ""), file=sys.stderr)
         elif computed:  # e.g. an earlier evaluate's fused/ folder: Ours, Laplacian, ...
-            raise UserError(f"--dataset {args.dataset}: the folders of {one['reference']} ({', '.join(computed)}) "
+            raise UserError(f"--dataset {args.dataset}: the folders of {ref} ({', '.join(computed)}) "
                             "have the names of methods computed here, so none is read as a reference method: rename "
                             f"them (e.g. {computed[0]}-old) to compare them, one image per pair in each "
                             "(<REF>/<METHOD>/<pair>.<ext>)")
         else:
-            raise UserError(f"--dataset {args.dataset}: {one['reference']} holds no method folders: the reference "
+            raise UserError(f"--dataset {args.dataset}: {ref} holds no method folders: the reference "
                             "folder holds one sub-folder of fused images per method, <REF>/<METHOD>/<pair>.<ext>")
     cfg = parse_config(section_, root, source="command line" if flagged else "parameters")
     _check_net_options(args, cfg.methods)
@@ -217,22 +218,31 @@ def _option_list(option: str, value: str) -> list[str]:
     return items
 
 
-def _check_reference_methods(value: str, one: dict[str, Any], root: str | None) -> None:
-    """A method of --reference-methods that is no folder of the reference folder is refused naming
-    the option (unless --params-json gives the dataset a reference_metrics CSV: its methods may
-    be there); a missing reference folder is left to the dataset check, which names it."""
-    from bafusion.workspace import project_root, resolve
+def _typed_path(path: str) -> str:
+    """A path of ``--dataset``, absolute: taken from the working folder (``~`` is the home; from a
+    DVC experiment's copy, a path leaving it is the workspace's, see
+    :func:`bafusion.workspace.resolve`), so that the dataset's settings, resolved from ``--root``,
+    keep it."""
+    from bafusion.workspace import resolve
 
+    return str(resolve(path, Path.cwd()))
+
+
+def _check_reference_methods(value: str, one: dict[str, Any], ref: str) -> None:
+    """A method of --reference-methods that is no folder of the reference folder (``one``'s
+    ``reference``, absolute; ``ref`` as typed) is refused naming the option (unless --params-json
+    gives the dataset a reference_metrics CSV: its methods may be there); a missing reference
+    folder is left to the dataset check, which names it."""
     if one.get("reference_metrics"):
         return
-    ref_dir = resolve(one["reference"], Path(root) if root else project_root())
+    ref_dir = Path(one["reference"])
     if not ref_dir.is_dir():
         return
     found = reference_folders(ref_dir)
     unknown = [m for m in one["reference_methods"] if m not in found]
     if unknown:
         raise UserError(f"--reference-methods {value}: {', '.join(map(repr, unknown))} {'is not a method folder' if len(unknown) == 1 else 'are no method folders'} of "
-                        f"{one['reference']} (<REF>/<METHOD>/<pair>.<ext>); its method folders: "
+                        f"{ref} (<REF>/<METHOD>/<pair>.<ext>); its method folders: "
                         f"{', '.join(found) or 'none'}")
 
 
@@ -360,7 +370,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="JSON object overriding the 'evaluate' section")
     p.add_argument("--fuse-json", type=nonempty_json, default=None, help="JSON object overriding the 'fuse' section (fusion parameters)")
     p.add_argument("--dataset", type=nonempty_text, action=_OneDatasetAction, default=None,
-                   metavar="NAME=SOURCES[,REFERENCE]", help="evaluate only this dataset (one --dataset a run)")
+                   metavar="NAME=SOURCES[,REFERENCE]",
+                   help="evaluate only this dataset (one --dataset a run); SOURCES and REFERENCE relative to the "
+                        "working folder, as --out")
     p.add_argument("--pattern", type=nonempty_text, default=None, help="with --dataset: only pairs whose name matches this glob (e.g. 'g??-*')")
     p.add_argument("--figure-pair", type=nonempty_text, default=None, metavar="PAIR",
                    help="with --dataset: the pair of Fig. 4 and the difference maps (default: the figure_pair of "
@@ -383,7 +395,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also write the metrics JSON here (a DVC metrics file)")
     p.add_argument("--plots", type=nonempty_path, default=None,
                    help="write every method's means as CSV here (for DVC plots)")
-    p.add_argument("--root", type=nonempty_path, default=None, help="folder relative dataset paths start from (default: the project root)")
+    p.add_argument("--root", type=nonempty_path, default=None, help="folder the relative paths of the parameters' datasets (params.yaml, --params-file, --params-json) "
+                        "start from (default: the project root); --dataset's are the working folder's")
     p.add_argument("--device", type=nonempty_text, default=None, help="auto, cpu, cuda, cuda:N or mps (default: the fuse section's, else auto)")
     add_threads_argument(p, "torch CPU threads", "--params-file's evaluate.threads, else torch's")
     p.add_argument("--no-progress", "--quiet", dest="progress", action="store_const", const=False, default=None,
