@@ -2668,6 +2668,33 @@ def test_fuse_dir_is_tracked_as_fuse_set_is(tmp_path: Path, nets: Path, monkeypa
     assert len(client.search_runs([exp_id], search)) == 1
 
 
+def test_fuse_dir_tags_the_quality_its_folder_records(tmp_path: Path, nets: Path) -> None:
+    """fuse-dir's MLflow tag ``quality`` was ``--quality`` as given: ``--ext jpg --quality 95``
+    was tagged 95 while OUT's record holds it as the default (None: a jpg's 95 writes the bytes
+    no --quality writes), so two runs that wrote the same folder had different tags. The tag is
+    now the record's quality, "default" where the record holds None."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from bafusion import tracking
+
+    src = tmp_path / "in"
+    _pairs_in(src, {"good": 1})
+    client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    for name, options, tag, recorded in (("jpg95", ["--ext", "jpg", "--quality", "95"], "default", None),
+                                         ("jpg", ["--ext", "jpg"], "default", None),
+                                         ("jpg90", ["--ext", "jpg", "--quality", "90"], "90", 90),
+                                         ("webp", ["--ext", "webp"], "default", None)):
+        out = tmp_path / name
+        assert cli_main(["fuse-dir", str(src), str(out), *options, "--model", str(nets), "--device", "cpu",
+                         "--quiet"]) == 0, name
+        assert json.loads((out / batch.OUTPUT_MARKER).read_text())["quality"] == recorded, name
+        exp_id = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+        runs = client.search_runs([exp_id], f"tags.stage = 'fuse-dir' and tags.output = '{out}'")
+        assert len(runs) == 1 and runs[0].data.tags["quality"] == tag, (name, runs[0].data.tags.get("quality"))
+
+
 def test_a_control_character_in_a_stack_name_is_refused_saying_so(tmp_path: Path, nets: Path, capsys) -> None:
     """The naming rule's ``$`` matched before a final newline: q-A<newline>.png was taken as shot A
     of q and fused with q-B.png (rc 0, "fused 1 stack(s)"); n<newline>l-A.png and n<newline>l-B.png

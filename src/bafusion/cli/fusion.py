@@ -537,11 +537,13 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     resolve_device(other["device"], "--device")
     from bafusion import tracking
     from bafusion.cli.app import on_stop_say
-    from bafusion.fusion.batch import model_identity
+    from bafusion.fusion.batch import _same_quality, model_identity
 
     # Logged as fuse-set is, under the same switch (tracking.enabled): the params, the nets used
     # (their sha256) and the counts; the folders and the options params.yaml has no key for as tags.
-    tags = {"input": src, "output": out, "ext": ext, "quality": "default" if args.quality is None else args.quality,
+    # The quality as OUT's record holds it (a jpg's --quality 95 is its default: the same bytes)
+    quality = _same_quality(ext, args.quality)
+    tags = {"input": src, "output": out, "ext": ext, "quality": "default" if quality is None else quality,
             "align": args.align or "none", "force": args.force, "skip_existing": args.skip_existing}
     with tracking.stage_run("fuse-dir", {"fuse": asdict(params)}, tags=tags) as run:
         nets = nets_from_args(args, other["device"], args.model)
