@@ -45,7 +45,8 @@ def contrast() -> None:
             for im in ax.get_images():
                 if ax.get_title().startswith(("decision", "x")):
                     b = im.get_window_extent(renderer)
-                    drawn.append((gray, (b.x0, height - b.y1, b.x1, height - b.y0), im.get_array().shape[:2]))
+                    x0, x1, y0, y1 = im.get_extent()  # the map's size (its array may be drawn reduced)
+                    drawn.append((gray, (b.x0, height - b.y1, b.x1, height - b.y0), (round(abs(y1 - y0)), round(abs(x1 - x0)))))
         real(fig, path)
 
     maps.save_figure = recording

@@ -955,6 +955,69 @@ def test_a_shrunk_figure_resamples_each_image_once(tmp_path: Path, monkeypatch: 
     assert sorted(made.values()) == [1] * 4, made  # two methods, |B - F| and |A - F|
 
 
+def test_fig3_of_a_camera_size_pair_draws_its_panels_reduced_in_little_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fig. 3 handed each full-size map to matplotlib, which made full-size RGBA copies to
+    resample it onto a ~640 px panel: ``fuse --save-maps`` of a 12-megapixel pair peaked at
+    +907 MiB over ``fuse`` (1773 against 866 MiB), this 7.7-megapixel figure's numpy arrays at
+    471-502 MiB (tracemalloc, two runs). A map at least 4x its panel is now area-averaged by a whole factor to
+    2x the panel first: 114 MiB here. The figure still shows a 1-px column of A in every panel
+    (the decision map averaged as gray, not through its two-step key, which drew it black), and
+    says the scale of the full-size map, not of the array drawn."""
+    import tracemalloc
+
+    import bafusion.fusion.maps as maps
+    from bafusion.fusion.rule import FusionResult
+
+    h, w = 2400, 3200
+    dm = np.zeros((h, w), bool)
+    dm[:, 1601] = True
+    s = dm.astype(np.float32)
+    res = FusionResult(fused=dm.astype(np.uint8) * 255, score_initial=s, score_mean=s, near_boundary=dm,
+                       score_refined=s, decision_raw=dm, decision=dm)
+    renders = record_renders(monkeypatch)
+    shapes, lines = [], []
+    real = maps.draw_images_to_scale
+
+    def drawing(fig, **kw):
+        low = real(fig, **kw)
+        shapes.extend(im.get_array().shape[:2] for ax in fig.axes for im in ax.get_images())
+        lines.append(" ".join(fig._supxlabel.get_text().split()))
+        return low
+
+    monkeypatch.setattr(maps, "draw_images_to_scale", drawing)
+    tracemalloc.start()
+    try:
+        maps.figure_maps(res, tmp_path / "f.png")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 * 2**20, f"{peak / 2**20:.0f} MiB"
+    assert shapes == [(h // 2, w // 2)] * 4, shapes  # drawn reduced by 2 (~5x its panel)
+    gray, boxes = renders[0]
+    assert [lit_lines(gray, box, level=20) for box in boxes] == [(1, 0)] * 4  # the column in each panel
+    scale = min(min((r - left) / w, (b - top) / h) for left, top, r, b in boxes)
+    said = re.search(r"shrunk to ([0-9.]+) %", lines[0])
+    assert said and abs(float(said[1]) - 100.0 * scale) < 0.3, (said, scale)
+
+
+def test_area_reduce_averages_every_pixel_once() -> None:
+    """:func:`bafusion.fusion.maps.area_reduce`: block means, the last row and column of blocks
+    over the pixels there are, NaN as 0, integers rounded; factor 1 keeps the values."""
+    from bafusion.fusion.maps import area_reduce, reduce_factor
+
+    img = np.arange(35, dtype=np.float64).reshape(5, 7)
+    img[0, 0] = np.nan
+    out = area_reduce(img, 3, np.float64)
+    want = np.array([[np.nansum(img[r:r + 3, c:c + 3]) / img[r:r + 3, c:c + 3].size for c in range(0, 7, 3)]
+                     for r in range(0, 5, 3)])
+    assert out.shape == (2, 3) and np.allclose(out, want)
+    rgb = np.stack([np.full((4, 4), 1, np.uint8), np.full((4, 4), 254, np.uint8), np.eye(4, dtype=np.uint8) * 255], -1)
+    assert area_reduce(rgb, 2, np.uint8).tolist() == [[[1, 254, 128], [1, 254, 0]], [[1, 254, 0], [1, 254, 128]]]
+    assert np.array_equal(area_reduce(img, 1, np.float64), np.nan_to_num(img))
+    assert reduce_factor((3072, 4096), (480, 640)) == 3 and reduce_factor((1200, 1600), (480, 640)) == 1
+
+
 @pytest.mark.parametrize("scale", [0.99996, 0.9995, 0.99, 0.975, 0.9524, 0.952, 0.9, 0.5, 0.158, 0.1, 0.03, 0.004])
 def test_the_line_under_a_shrunk_figure_says_its_scale_and_the_detail_it_dims_in_words_that_hold(scale: float) -> None:
     """Drawn at 95.2 % to 100 % the line read 'a detail thinner than 1 image pixels shows

@@ -165,6 +165,51 @@ FIG3_GRID_ABOVE = 1000
 FIG3_PANEL_HEIGHT = 1.5
 
 
+#: Fig. 3's pixels per inch.
+FIG3_DPI = 100
+#: A map at least twice this many times as large as its Fig. 3 panel (in pixels, both ways) is
+#: drawn area-averaged by a whole factor (:func:`reduce_factor`, :func:`area_reduce`) to at least
+#: this many times the panel's pixels; the figure's anti-aliasing shrinks the rest.
+FIG3_OVERSAMPLE = 2
+
+
+def reduce_factor(shape: tuple[int, int], box: tuple[float, float], oversample: float = FIG3_OVERSAMPLE) -> int:
+    """The largest whole factor by which a map of ``shape`` (rows, columns) can be area-averaged
+    (:func:`area_reduce`) and still have ``oversample`` times the pixels of a panel of ``box``
+    (height, width, in screen pixels) both ways; 1 (kept as it is) for a map less than
+    ``2 * oversample`` times its panel."""
+    ratio = min(shape[0] / max(box[0], 1.0), shape[1] / max(box[1], 1.0))
+    return max(1, int(ratio // oversample))
+
+
+def area_reduce(img: np.ndarray, factor: int, dtype: type = np.float32) -> np.ndarray:
+    """``img`` (2-D, or 3-D with channels last) averaged over blocks of ``factor`` x ``factor``
+    pixels (those of the last row and column of blocks over the pixels there are: no pixel is
+    dropped), NaN as 0, as ``dtype`` (rounded for an integer type). The sums run over the
+    ``factor**2`` strided views of ``img``, so no full-size temporary is made. ``factor`` 1:
+    ``img`` as ``dtype`` (NaN as 0), a copy only where that changes it."""
+    img = np.asarray(img)
+    if factor <= 1:
+        out = img.astype(dtype, copy=False)
+        return np.nan_to_num(out, nan=0.0) if np.issubdtype(out.dtype, np.floating) else out
+    h, w = img.shape[:2]
+    oh, ow = -(-h // factor), -(-w // factor)
+    acc = np.zeros((oh, ow, *img.shape[2:]), np.float64)
+    for i in range(factor):
+        for j in range(factor):
+            part = img[i::factor, j::factor]
+            part = np.nan_to_num(part.astype(np.float64)) if np.issubdtype(img.dtype, np.floating) else part
+            acc[:part.shape[0], :part.shape[1]] += part
+    rows = np.minimum(factor, h - np.arange(oh) * factor).astype(np.float64)
+    cols = np.minimum(factor, w - np.arange(ow) * factor).astype(np.float64)
+    count = rows[:, None] * cols[None, :]
+    acc /= count.reshape(count.shape + (1,) * (acc.ndim - 2))
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.round(acc), info.min, info.max).astype(dtype)
+    return acc.astype(dtype)
+
+
 def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str = "",
                 truth: np.ndarray | None = None, truth_dm: np.ndarray | None = None, full_size: str = "") -> None:
     """Fig. 3: initial score map, refined score map, decision map, fused image, in one PNG.
@@ -183,12 +228,13 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
     A map larger than its panel is shrunk anti-aliased (:func:`draw_images_to_scale`); where it
     is shrunk so much that thin details may not be visible, the line under the figure says so,
     followed by ``full_size`` (where the maps are at full size: :func:`save_maps` names its files)."""
-    from matplotlib.colors import ListedColormap
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import ListedColormap, Normalize
 
     images = [
         (result.score_initial, "score"),
         (result.score_refined, "score"),
-        (result.decision.astype(np.float32), "decision"),
+        (result.decision, "decision"),
         (result.fused, None),
     ]
     names = list(FIG3_PANELS)
@@ -197,7 +243,7 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
     rows, cols, side = (2, 2, 6.4) if grid else (1, 4, 3.2)
     cells = None  # (row, column) of each panel; None: in order, row by row
     if truth is not None and truth_dm is not None:
-        images[3:3] = [(np.asarray(truth_dm).astype(np.float32), "decision")]
+        images[3:3] = [(np.asarray(truth_dm), "decision")]
         images.append((np.asarray(truth), None))
         names[3:3] = [FIG3_TRUTH_PANELS[0]]
         names.append(FIG3_TRUTH_PANELS[1])
@@ -210,18 +256,33 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
     panel_w = min(side, FIG3_PANEL_HEIGHT * side / aspect)
     panel_h = panel_w * aspect
     bar = 0.45  # inches under each panel for its colour bar and label
-    fig = _figure(figsize=(cols * side, rows * (panel_h + bar + 0.3) + (0.3 if title else 0.0)), dpi=100,
+    fig = _figure(figsize=(cols * side, rows * (panel_h + bar + 0.3) + (0.3 if title else 0.0)), dpi=FIG3_DPI,
                   layout="constrained")
     fig.get_layout_engine().set(w_pad=0.04, h_pad=0.04, hspace=0.0, wspace=0.02)
     gs = fig.add_gridspec(rows, cols)
+    # a map far larger than its panel is drawn area-averaged to FIG3_OVERSAMPLE x the panel's
+    # pixels (the figure anti-aliases the rest): resampled whole, a 12-megapixel pair's figure
+    # peaked at 1 GiB more (its panels' full-size RGBA copies)
+    factor = reduce_factor((h, w), (panel_h * FIG3_DPI, panel_w * FIG3_DPI))
     for i, ((img, kind), name) in enumerate(zip(images, names)):
         r, c = divmod(i, cols) if cells is None else cells[i]
         ax = fig.add_subplot(gs[r, c])
+        # the extent of the full-size map: the axes, the layout and the scale said are those of
+        # the map, whatever the size of the array drawn
+        extent = (-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5)
         if kind is None:
-            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
-        else:  # the decision map in two steps: its key is two boxes, not a gradient
+            img = area_reduce(img, factor, np.uint8)
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest",
+                      extent=extent)
+        else:
+            # drawn in gray, whose colours are linear in the value, so that a map averaged
+            # before it is coloured is the map's colours averaged: a decision map reduced
+            # through its two-step key drew a pixel of A among 8 of B black
+            ax.imshow(area_reduce(img, factor, np.float32), cmap="gray", vmin=0.0, vmax=1.0,
+                      interpolation="nearest", extent=extent)
+            # the decision map's key in two steps: two boxes, not a gradient
             cmap = "gray" if kind == "score" else ListedColormap(["black", "white"])
-            im = ax.imshow(np.nan_to_num(img), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            im = ScalarMappable(Normalize(0.0, 1.0), cmap)
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
@@ -251,9 +312,11 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
     save_figure(fig, path)
 
 
-def _image_scales(fig) -> list[tuple[object, float]]:
-    """Each image of ``fig`` and the scale it is drawn at (screen pixels per image pixel, the
-    smaller of width and height), after the figure's layout.
+def _image_scales(fig) -> list[tuple[object, float, float]]:
+    """Each image of ``fig``, the scale it is drawn at (screen pixels per image pixel, the
+    smaller of width and height) and the scale its array is resampled at (screen pixels per
+    array pixel), after the figure's layout. An image's pixels are those of its extent: an
+    array drawn reduced (:func:`area_reduce`) over the extent of the full-size map has fewer.
 
     The images are hidden while the layout runs: drawing one resamples the whole image onto its
     panel (seconds for a camera photo), and the layout does not depend on it (an image lies
@@ -271,8 +334,10 @@ def _image_scales(fig) -> list[tuple[object, float]]:
     scales = []
     for im in images:
         h, w = im.get_array().shape[:2]
+        x0, x1, y0, y1 = im.get_extent()
         box = im.get_window_extent(renderer)
-        scales.append((im, min(box.width / max(w, 1), box.height / max(h, 1))))
+        scales.append((im, min(box.width / max(abs(x1 - x0), 1), box.height / max(abs(y1 - y0), 1)),
+                       min(box.width / max(w, 1), box.height / max(h, 1))))
     return scales
 
 
@@ -356,10 +421,10 @@ def draw_images_to_scale(fig, relayout=None, note: str = "", full_size: str = ""
     layout engine. The layout is then kept as measured (a layout engine is switched off), so
     the figure saved has these scales. Returns the smallest scale (1.0 without images)."""
     scales = _image_scales(fig)
-    if any(s < 1.0 for _, s in scales):
+    if any(s < 1.0 for _, s, _ in scales):
         line = fig.supxlabel(" ", fontsize=7)
         for _ in range(3):  # the words depend on the scale and the scale on the line's room: until both settle
-            low = min(s for _, s in scales)
+            low = min(s for _, s, _ in scales)
             text = textwrap.fill(
                 _shrink_text(low, full_size) + (f"; {note}" if note else ""),
                 width=max(30, int(fig.get_figwidth() * 72 / 4.2)), break_on_hyphens=False)  # ~4.2 pt a character at 7 pt
@@ -369,7 +434,7 @@ def draw_images_to_scale(fig, relayout=None, note: str = "", full_size: str = ""
             if relayout is not None:
                 relayout()
             scales = _image_scales(fig)
-    for im, s in scales:
+    for im, _, s in scales:  # the array's own scale: one drawn reduced may be resampled at 1 or more
         im.set_interpolation("nearest" if s >= 1.0 else "hanning")
         im.set_interpolation_stage("rgba")
     if fig.get_layout_engine() is not None:
@@ -380,7 +445,7 @@ def draw_images_to_scale(fig, relayout=None, note: str = "", full_size: str = ""
 
         with matplotlib.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
             fig.set_layout_engine(None)
-    return min((s for _, s in scales), default=1.0)
+    return min((s for _, s, _ in scales), default=1.0)
 
 
 def save_figure(fig, path: str | os.PathLike[str]) -> None:
