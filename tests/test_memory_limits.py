@@ -189,6 +189,31 @@ def test_the_out_of_memory_estimate_counts_the_alignment(monkeypatch) -> None:
     assert f"needs about {aligned} MiB with --align" in reason, reason
 
 
+def test_the_out_of_memory_estimate_counts_save_maps(monkeypatch) -> None:
+    """The estimate (fuse's out-of-memory line) ignored --save-maps, whose maps and Fig. 3 peak
+    after the fusion above it: 960 MiB against the fusion's 848 for a 12 MP pair (785 against
+    642 at 6 MP), beside an estimate of 892 (676). With --save-maps the estimate is the larger
+    of the fusion's and the maps' (980 at 12 MP, 800 at 6 MP) and says so; fuse-dir writes no
+    maps."""
+    from bafusion.fusion import memory
+
+    shots = [Path("a.jpg"), Path("b.jpg")]
+    for mp, measured in ((6.0, 785), (12.0, 960)):
+        monkeypatch.setattr(memory, "_megapixels", lambda path, mp=mp: mp)
+        plain, maps = memory.fuse_need_mib(shots), memory.fuse_need_mib(shots, save_maps=True)
+        assert plain < measured <= maps < 1.1 * measured, (mp, plain, maps)
+        advice = app._memory_advice(argparse.Namespace(command="fuse", images=["a.jpg", "b.jpg"], align=None,
+                                                       save_maps="maps"))
+        assert f"needs about {maps} MiB with --save-maps;" in advice, advice
+        advice = app._memory_advice(argparse.Namespace(command="fuse", images=["a.jpg", "b.jpg"], align="similarity",
+                                                       save_maps="maps"))
+        both = memory.fuse_need_mib(shots, align=True, save_maps=True)
+        assert both == max(maps, memory.fuse_need_mib(shots, align=True)), (both, maps)
+        assert f"needs about {both} MiB with --align and --save-maps;" in advice, advice
+    assert "--save-maps" not in app._memory_advice(argparse.Namespace(command="fuse", images=["a.jpg", "b.jpg"],
+                                                                      align=None, save_maps=None))
+
+
 def test_fuse_dir_out_of_memory_reason_names_the_address_space_limit(monkeypatch) -> None:
     """fuse-dir's skip reason under ``prlimit --as=1300M`` said "a 12-megapixel pair needs about
     892 MiB" and nothing of the 1300 MiB limit (fuse's error says what the limit counts): read

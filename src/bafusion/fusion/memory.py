@@ -28,6 +28,19 @@ ALIGN_MIB_PER_MEGAPIXEL = 89
 #: ... for each shot of a stack beyond two (an estimate, not measured: its full-size source).
 MIB_PER_MEGAPIXEL_SHOT = 16
 
+#: Peak memory of ``--save-maps`` (:func:`bafusion.fusion.maps.save_maps`, after the fusion, with
+#: its sources, result and maps held): the nine map PNGs and Fig. 3 (its panels drawn reduced to
+#: twice the panel, :func:`bafusion.fusion.maps.area_reduce`). Measured as :data:`BASE_MIB`
+#: (``fuse --threads 1 --save-maps``, ``/usr/bin/time -v``, single runs, 2026-12-07): JPEG pairs
+#: made from lytro-05, 785 MiB at 6.0 MP and 960 at 12 MP (the fusion alone 642 and 848), and
+#: 972 MiB for a 4096x3072 pair made from tsai-03 (866 alone): 29 MiB per megapixel over 611,
+#: rounded up to 620 + 30; a pair's peak with --save-maps is the larger of this and the
+#: fusion's. It overestimates small pairs, whose Fig. 3 is small too (the 520x520 lytro-05
+#: pair: 492 MiB, 480 without the maps; 628 predicted). Stacks (a step's maps at a time, each step's result held) are not measured: each
+#: shot beyond two adds :data:`MIB_PER_MEGAPIXEL_SHOT` as for the fusion.
+MAPS_BASE_MIB = 620
+MAPS_MIB_PER_MEGAPIXEL = 30
+
 
 #: Address space (MiB) needed to load torch at all: building the options of ``fuse``, ``fuse-set``,
 #: ``fuse-dir``, ``train`` and ``ensemble`` (their modules import torch), so also their ``--help``
@@ -101,28 +114,34 @@ def _megapixels(path: Path) -> float:
     return w * h / 1e6
 
 
-def fuse_need_mib(shots: Sequence[Path], align: bool = False) -> int | None:
+def fuse_need_mib(shots: Sequence[Path], align: bool = False, save_maps: bool = False) -> int | None:
     """The memory (MiB) that :data:`BASE_MIB` and :data:`MIB_PER_MEGAPIXEL` predict for fusing
     ``shots`` (with ``align``, the larger of that and the alignment's, :data:`ALIGN_BASE_MIB` and
-    :data:`ALIGN_MIB_PER_MEGAPIXEL`), or ``None`` when their size cannot be read."""
+    :data:`ALIGN_MIB_PER_MEGAPIXEL`; with ``save_maps``, the larger of that and the maps',
+    :data:`MAPS_BASE_MIB` and :data:`MAPS_MIB_PER_MEGAPIXEL`), or ``None`` when their size
+    cannot be read."""
     mp = max((_megapixels(Path(p)) for p in shots), default=0.0)
     if mp <= 0:
         return None
     peak = BASE_MIB + MIB_PER_MEGAPIXEL * mp
     if align:
         peak = max(peak, ALIGN_BASE_MIB + ALIGN_MIB_PER_MEGAPIXEL * mp)
+    if save_maps:
+        peak = max(peak, MAPS_BASE_MIB + MAPS_MIB_PER_MEGAPIXEL * mp)
     return int(round(peak + MIB_PER_MEGAPIXEL_SHOT * mp * max(len(shots) - 2, 0)))
 
 
-def fuse_advice(shots: Sequence[Path] = (), align: bool = False) -> str:
+def fuse_advice(shots: Sequence[Path] = (), align: bool = False, save_maps: bool = False) -> str:
     """What lowers the memory of a fusion (``fuse``, ``fuse-dir``, ``fuse-set``, ``evaluate``):
     the full-size images dominate (a pair above ``fuse.working_above`` is decided at
     ``fuse.working_side``, so the nets and their tiles take little), so smaller images or more
-    free memory; with ``shots``, what they need (``align``: aligned, :func:`fuse_need_mib`)."""
-    need = fuse_need_mib(shots, align) if shots else None
+    free memory; with ``shots``, what they need (``align``: aligned, ``save_maps``: with
+    ``--save-maps``, :func:`fuse_need_mib`)."""
+    need = fuse_need_mib(shots, align, save_maps) if shots else None
     mp = max((_megapixels(Path(p)) for p in shots), default=0.0) if shots else 0.0
+    options = " and ".join(o for o, on in (("--align", align), ("--save-maps", save_maps)) if on)
     size = (f"a {mp:.3g}-megapixel {'pair' if len(shots) == 2 else f'stack of {len(shots)}'} needs about "
-            f"{need} MiB{' with --align' if align else ''}; " if need else "")
+            f"{need} MiB{f' with {options}' if options else ''}; " if need else "")
     aligned = (f", ~{ALIGN_MIB_PER_MEGAPIXEL} with --align (the alignment's copies of the shots; "
                "--align none needs less)" if align else "")
     return (f"{size}the full-size images take ~{MIB_PER_MEGAPIXEL} MiB per megapixel{aligned} (the nets' tiles, "
