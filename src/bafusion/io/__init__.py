@@ -152,6 +152,8 @@ from bafusion.io.write import (
     HIGH_DEPTH_SUFFIXES,
     JPEG_QUALITY,
     QUALITY_FORMATS,
+    WEBP_LOSSLESS_EFFORT,
+    WEBP_LOSSLESS_METHOD,
     WEBP_MAX_SIDE,
     ExifWarning,
     _png_chunk,
@@ -168,7 +170,8 @@ from bafusion.io.write import (
 __all__ = [
     # formats
     "IMAGE_SUFFIXES", "RAW_SUFFIXES", "READ_FORMATS", "read_formats", "read_suffixes", "pillow_open", "header_orientation",
-    "JPEG_QUALITY", "QUALITY_FORMATS", "WEBP_MAX_SIDE", "HEIF_SUFFIXES", "LISTED_SUFFIXES", "NO_PAGES", "list_images",
+    "JPEG_QUALITY", "QUALITY_FORMATS", "WEBP_MAX_SIDE", "WEBP_LOSSLESS_METHOD", "WEBP_LOSSLESS_EFFORT",
+    "HEIF_SUFFIXES", "LISTED_SUFFIXES", "NO_PAGES", "list_images",
     "unread_format", "unread_advice", "open_image", "header_exif",
     # info
     "ImageInfo", "image_info", "frame_note", "frame_notes", "mix_note", "check_same_sizes",
