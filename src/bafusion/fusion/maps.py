@@ -225,7 +225,10 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
     pixels on the long side give one row of four panels about 320 px wide; larger ones (camera
     photos) two rows of two panels about 640 px wide; a panel is at most
     :data:`FIG3_PANEL_HEIGHT` times as high as that width (a taller pair's panels are narrower).
-    A map larger than its panel is shrunk anti-aliased (:func:`draw_images_to_scale`); where it
+    A map at least twice :data:`FIG3_OVERSAMPLE` times its panel is first area-averaged by a
+    whole factor to at least :data:`FIG3_OVERSAMPLE` times it (:func:`area_reduce`: matplotlib
+    would resample full-size RGBA copies, a gigabyte for a camera photo), drawn over the full
+    map's extent. A map larger than its panel is shrunk anti-aliased (:func:`draw_images_to_scale`); where it
     is shrunk so much that thin details may not be visible, the line under the figure says so,
     followed by ``full_size`` (where the maps are at full size: :func:`save_maps` names its files)."""
     from matplotlib.cm import ScalarMappable
