@@ -715,22 +715,21 @@ def test_check_params_refuses_a_data_selection_the_prepare_job_would_refuse(data
 def test_check_params_refuses_a_web_hold_out_that_takes_every_downloaded_background() -> None:
     """`dvc exp run -S data.source=web` on the committed params.yaml (data.backgrounds: 0 = all,
     holdout_backgrounds: 2, download.coco.count: 0) downloaded 2 COCO backgrounds, then prepare
-    refused to hold out 2 of those 2: refused before any job (no internet needed to check)."""
+    refused to hold out 2 of those 2; data.backgrounds: 0 meant 700 only without a hold-out. It
+    now means 700 either way (the download keeps 702); a download.coco.count given that the
+    hold-out takes whole is refused before any job (no internet needed to check)."""
     from bafusion.cli.params_check import check_params
 
     params = deep_merge(load_params(REPO / "params.yaml"), {"data": {"source": "web"}})
     assert params["data"]["backgrounds"] == 0 and params["download"]["coco"]["count"] == 0
+    check_params(params, "p.yaml")
     with pytest.raises(UserError) as e:
-        check_params(params, "p.yaml")
-    assert str(e.value) == (
-        "p.yaml: data.holdout_backgrounds: cannot hold out 2 of the 2 COCO backgrounds that data.source: web "
-        "downloads (download.coco.count: 0 with data.backgrounds: 0 (data.backgrounds + data.holdout_backgrounds)): "
-        "nothing would be left to train on; set data.backgrounds (the paper's 700) or a download.coco.count above 2"), \
-        str(e.value)
-    with pytest.raises(UserError, match=r"^p\.yaml: data\.holdout_backgrounds: cannot hold out 3 of the 3 COCO "
-                                        r"backgrounds that data\.source: web downloads \(download\.coco\.count: 3\)"):
         check_params(deep_merge(params, {"data": {"backgrounds": 10, "holdout_backgrounds": 3},
                                          "download": {"coco": {"count": 3}}}), "p.yaml")
+    assert str(e.value) == (
+        "p.yaml: data.holdout_backgrounds: cannot hold out 3 of the 3 COCO backgrounds that data.source: web "
+        "downloads (download.coco.count: 3): nothing would be left to train on; set download.coco.count above 3, "
+        "or to 0 (data.backgrounds + data.holdout_backgrounds)"), str(e.value)
     for ok in ({"data": {"backgrounds": 10}}, {"download": {"coco": {"count": 3}}},
                {"data": {"holdout_foregrounds": 0, "holdout_backgrounds": 0}}):
         check_params(deep_merge(params, ok))
@@ -741,9 +740,39 @@ def test_check_params_refuses_a_web_hold_out_that_takes_every_downloaded_backgro
         return coco_download_count({"data": {"backgrounds": backgrounds, "holdout_backgrounds": holdout},
                                     "download": {"coco": {"count": coco}}})
 
-    assert coco_download_count(params) == 2
-    assert (count(0, 0, 0), count(5, 1, 0), count(5, 1, 9)) == (700, 6, 9)
+    assert coco_download_count(params) == 702
+    assert (count(0, 0, 0), count(0, 2, 0), count(5, 1, 0), count(5, 1, 9), count(0, 2, 9)) == (700, 702, 6, 9, 9)
     assert "coco_download_count(" in (REPO / "workflow" / "rules" / "common.smk").read_text()
+
+
+def test_check_params_refuses_a_web_hold_out_of_every_alphamatting_foreground(tmp_path: Path) -> None:
+    """data.source: web with data.holdout_foregrounds: 27 (every foreground of the
+    alphamatting.com training set) was refused only by prepare, after the download; a
+    download.alphamatting.from_dir copy is counted."""
+    from bafusion.cli.params_check import check_params
+
+    params = deep_merge(load_params(REPO / "params.yaml"), {"data": {"source": "web", "backgrounds": 10}})
+    check_params(deep_merge(params, {"data": {"holdout_foregrounds": 26}}))
+    for n in (27, 40):
+        with pytest.raises(UserError) as e:
+            check_params(deep_merge(params, {"data": {"holdout_foregrounds": n}}), "p.yaml")
+        assert str(e.value) == (
+            f"p.yaml: data.holdout_foregrounds: cannot hold out {n} of the 27 foregrounds of the alphamatting.com "
+            "training set that data.source: web downloads: nothing would be left to train on; hold out fewer "
+            "than 27"), str(e.value)
+    # an extracted copy (input/ + gt/) is copied whole: its own count
+    am = tmp_path / "am"
+    for sub in ("input", "gt"):
+        (am / sub).mkdir(parents=True)
+        for i in range(3):
+            (am / sub / f"GT0{i}.png").write_bytes(b"")  # listed, not read
+    local = deep_merge(params, {"download": {"alphamatting": {"from_dir": str(am)}}})
+    check_params(deep_merge(local, {"data": {"holdout_foregrounds": 2}}))
+    with pytest.raises(UserError, match=rf"^p\.yaml: data\.holdout_foregrounds: cannot hold out 3 of the 3 "
+                                        rf"foregrounds in download\.alphamatting\.from_dir {re.escape(str(am))} that"):
+        check_params(deep_merge(local, {"data": {"holdout_foregrounds": 3}}), "p.yaml")
+    # other sources: the check of their own (builtin) or prepare's (dir)
+    check_params(deep_merge(params, {"data": {"source": "dir", "holdout_foregrounds": 27}}))
 
 
 def test_check_params_refuses_a_prepare_scale_that_makes_a_foreground_smaller_than_the_patch() -> None:

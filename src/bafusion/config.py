@@ -31,7 +31,7 @@ from bafusion.errors import InputFileError, UserError, json_loads
 from bafusion.schema import defaults, load_schema, validate_params
 from bafusion.tracking import flatten
 
-__all__ = ["DEFAULT_COCO_COUNT", "PRESET_WHOLE_KEYS", "ParamsLoader", "apply_overrides_to_file", "apply_preset",
+__all__ = ["ALPHAMATTING_FOREGROUNDS", "DEFAULT_COCO_COUNT", "PRESET_WHOLE_KEYS", "ParamsLoader", "apply_overrides_to_file", "apply_preset",
            "coco_download_count", "deep_merge", "dvc_set_args",
            "load_params", "load_preset", "load_yaml", "net_init", "parse_json_object", "preset_names", "read_params", "section", "validate_params",
            "yaml12_floats"]
@@ -454,9 +454,13 @@ def net_init(params: Mapping[str, Any], net: str) -> str:
     return str((train.get(net) or {}).get("init") or train.get("init") or "")
 
 
-#: The COCO backgrounds ``data.source: web`` downloads when neither ``download.coco.count``
+#: The COCO backgrounds ``data.source: web`` trains on when neither ``download.coco.count``
 #: nor ``data.backgrounds`` says how many (the paper's number).
 DEFAULT_COCO_COUNT = 700
+
+#: The foregrounds of the alphamatting.com training set that ``data.source: web`` downloads
+#: (GT01 to GT27, at either ``download.alphamatting.resolution``).
+ALPHAMATTING_FOREGROUNDS = 27
 
 
 def coco_download_count(params: Mapping[str, Any]) -> int:
@@ -471,13 +475,16 @@ def coco_download_count(params: Mapping[str, Any]) -> int:
     Returns
     -------
     int
-        ``download.coco.count``; if 0, ``data.backgrounds + data.holdout_backgrounds``; if
-        that is 0 too, :data:`DEFAULT_COCO_COUNT`.
+        ``download.coco.count``; if 0, the training backgrounds plus the held-out ones:
+        ``data.backgrounds`` (0 = all: :data:`DEFAULT_COCO_COUNT`) + ``data.holdout_backgrounds``.
+        ``data.backgrounds: 0`` so means, as for every source, all the backgrounds the source
+        has but the held-out ones: the download's ``download.coco.count``, less the held-out,
+        or 700 where ``download.coco.count`` is 0 too.
     """
     data = params.get("data") or {}
     coco = (params.get("download") or {}).get("coco") or {}
     return int(coco.get("count") or 0) or (
-        int(data.get("backgrounds") or 0) + int(data.get("holdout_backgrounds") or 0)) or DEFAULT_COCO_COUNT
+        (int(data.get("backgrounds") or 0) or DEFAULT_COCO_COUNT) + int(data.get("holdout_backgrounds") or 0))
 
 
 #: A string written plain inside a flow collection; anything else is double-quoted.

@@ -80,21 +80,58 @@ def _check_data(params: Mapping[str, Any]) -> None:
     """The ``data`` section's rules that its values alone decide (the hold-out counts, the
     builtin images' names), which the prepare job would refuse only after Snakemake (or DVC)
     deleted data/prepared: :func:`bafusion.data.sources.check_selection`; and, for
-    ``data.source: web``, a hold-out that takes every background the download keeps, which
-    prepare refused after it: :func:`_check_web_backgrounds`."""
+    ``data.source: web``, a hold-out that takes every foreground or background the download
+    keeps, which prepare refused after it: :func:`_check_web_foregrounds`,
+    :func:`_check_web_backgrounds`."""
     from bafusion.data.sources import check_selection
 
     check_selection(dict(params.get("data") or {}))
+    _check_web_foregrounds(params)
     _check_web_backgrounds(params)
+
+
+def _alphamatting_count(params: Mapping[str, Any]) -> tuple[int, str] | None:
+    """The foregrounds the ``download_alphamatting`` rule writes, and where they come from for
+    a message: the alphamatting.com training set's :data:`bafusion.config.ALPHAMATTING_FOREGROUNDS`,
+    or those of the extracted folder ``download.alphamatting.from_dir`` names (copied whole);
+    None where that folder cannot be read here (the download job says why)."""
+    from bafusion.config import ALPHAMATTING_FOREGROUNDS
+    from bafusion.data.sources import dir_foregrounds
+    from bafusion.workspace import resolve
+
+    from_dir = str(((params.get("download") or {}).get("alphamatting") or {}).get("from_dir") or "")
+    if from_dir:
+        src = resolve(from_dir)
+        if (src / "input").is_dir() or (src / "gt").is_dir():  # an extracted copy, not the two archives
+            try:
+                return len(dir_foregrounds(src, shown=from_dir)), f"in download.alphamatting.from_dir {from_dir}"
+            except (UserError, OSError):
+                return None
+    return ALPHAMATTING_FOREGROUNDS, "of the alphamatting.com training set"
+
+
+def _check_web_foregrounds(params: Mapping[str, Any]) -> None:
+    """A ``data.holdout_foregrounds`` that takes every foreground ``data.source: web``
+    downloads (:func:`_alphamatting_count`): prepare refused it only after the download."""
+    data = params.get("data") or {}
+    if data.get("source", "builtin") != "web":
+        return
+    holdout = int(data.get("holdout_foregrounds") or 0)
+    known = _alphamatting_count(params) if holdout else None
+    if known is None or holdout < known[0]:
+        return
+    count, where = known
+    raise UserError(f"data.holdout_foregrounds: cannot hold out {holdout} of the {count} foregrounds {where} that "
+                    f"data.source: web downloads: nothing would be left to train on; hold out fewer than {count}")
 
 
 def _check_web_backgrounds(params: Mapping[str, Any]) -> None:
     """A ``data.holdout_backgrounds`` that takes every background ``data.source: web``
     downloads (:func:`bafusion.config.coco_download_count`, the download rule's ``--count``):
-    prepare refused it only after the download (the 253 MB annotations and the photos).
-    ``data.backgrounds: 0`` ("all") with ``download.coco.count: 0`` downloads just the
-    held-out ones."""
-    from bafusion.config import DEFAULT_COCO_COUNT, coco_download_count
+    prepare refused it only after the download (the 253 MB annotations and the photos). Only
+    a ``download.coco.count`` given can be that small: its 0 downloads the training
+    backgrounds (``data.backgrounds``, 0 = 700) and the held-out ones."""
+    from bafusion.config import coco_download_count
 
     data = params.get("data") or {}
     if data.get("source", "builtin") != "web":
@@ -103,14 +140,10 @@ def _check_web_backgrounds(params: Mapping[str, Any]) -> None:
     count = coco_download_count(params)
     if not holdout or holdout < count:
         return
-    if int(((params.get("download") or {}).get("coco") or {}).get("count") or 0):
-        why = f"download.coco.count: {count}"
-    else:
-        why = (f"download.coco.count: 0 with data.backgrounds: {int(data.get('backgrounds') or 0)} "
-               "(data.backgrounds + data.holdout_backgrounds)")
     raise UserError(f"data.holdout_backgrounds: cannot hold out {holdout} of the {count} COCO backgrounds that "
-                    f"data.source: web downloads ({why}): nothing would be left to train on; set "
-                    f"data.backgrounds (the paper's {DEFAULT_COCO_COUNT}) or a download.coco.count above {holdout}")
+                    f"data.source: web downloads (download.coco.count: {count}): nothing would be left to train "
+                    f"on; set download.coco.count above {holdout}, or to 0 (data.backgrounds + "
+                    "data.holdout_backgrounds)")
 
 
 def _check_prepared_size(params: Mapping[str, Any]) -> None:
