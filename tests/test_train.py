@@ -551,7 +551,8 @@ def test_model_file_problems_found_by_the_probe_are_one_line(tmp_path: Path, toy
         save_model(build_model(8), tmp_path / "n.json")
     assert cli.main([*base, "--out", str(tmp_path / "p.pt"), "--nproc", "3", "--set", "train.batch=32"]) == 2
     err = capsys.readouterr().err
-    assert err.count("must be divisible by the number of processes (3)") == 1 and "Traceback" not in err
+    assert err.count("train.batch: 32 is not divisible by --nproc: 3 (the global batch is split evenly over the "
+                     "training processes)") == 1 and "Traceback" not in err
     src = toy_run["paths"].out
     for i, arch in enumerate(["cifar_resnet", None, [1, 2]]):
         bad = tmp_path / f"bad{i}.pt"
@@ -2336,6 +2337,38 @@ def test_refusals_name_a_per_net_value_by_its_per_net_key(toy_run: dict, tmp_pat
         "train.boundary.compile true, now false"]
 
 
+def test_the_train_job_refuses_an_uneven_batch_in_the_parameter_checks_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    """The parameter check said "train.batch: 32 is not divisible by train.nproc: 3 (...)", the
+    train job (its command before torchrun, and each process after it) "train.batch=32 must be
+    divisible by the number of processes (3)": one message now, from one function."""
+    from bafusion.cli.params_check import check_params
+    from bafusion.config import deep_merge, load_params
+    from bafusion.nets.train import Dist, _train
+
+    repo = Path(__file__).resolve().parents[1]
+    with pytest.raises(UserError) as e:
+        check_params(deep_merge(load_params(repo / "params.yaml"), {"train": {"batch": 32, "nproc": 3}}), "p.yaml")
+    words = str(e.value).removeprefix("p.yaml: ")
+    assert words == ("train.batch: 32 is not divisible by train.nproc: 3 (the global batch is split evenly over the "
+                     "training processes)"), words
+    monkeypatch.chdir(tmp_path)
+    base = ["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--params-json", json.dumps(TOY)]
+    assert cli.main([*base, "--set", "train.batch=32", "--set", "train.nproc=3"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"bafusion train: error: {words}"]
+    # in each torchrun process (the world size: train.nproc auto there)
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "batch": 32, "nproc": 3}}, "initial")
+    with pytest.raises(UserError) as e:
+        _train("initial", tmp_path / "p.h5", cfg, _paths(tmp_path / "run", "initial"), False, False,
+               Dist(rank=0, world_size=3), torch.device("cpu"), None)
+    assert str(e.value) == words
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "batch": 32, "nproc": "auto"}}, "initial")
+    with pytest.raises(UserError) as e:
+        _train("initial", tmp_path / "p.h5", cfg, _paths(tmp_path / "run", "initial"), False, False,
+               Dist(rank=0, world_size=3), torch.device("cpu"), None)
+    assert str(e.value) == words.replace("train.nproc: 3", "train.nproc: auto, 3 processes here")
+
+
 @pytest.mark.skipif(getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
                     reason="the refusal needs a machine without MPS")
 def test_the_command_names_a_per_net_batch_or_device_by_its_per_net_key(tmp_path: Path, capsys: pytest.CaptureFixture,
@@ -2347,7 +2380,8 @@ def test_the_command_names_a_per_net_batch_or_device_by_its_per_net_key(tmp_path
     base = ["train", "--patches", "p.h5", "--out", "m.pt", "--params-json", json.dumps(TOY)]
     assert cli.main([*base, "--net", "initial", "--set", "train.initial.batch=30", "--nproc", "4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["bafusion train: error: train.initial.batch=30 must be divisible by the number of processes (4)"], err
+    assert err == ["bafusion train: error: train.initial.batch: 30 is not divisible by --nproc: 4 (the global batch is "
+                   "split evenly over the training processes)"], err
     assert cli.main([*base, "--net", "boundary", "--set", "train.boundary.device=mps"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("bafusion train: error: train.boundary.device='mps' but MPS"), err

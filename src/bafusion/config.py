@@ -32,7 +32,7 @@ from bafusion.schema import defaults, load_schema, validate_params
 from bafusion.tracking import flatten
 
 __all__ = ["ALPHAMATTING_FOREGROUNDS", "DEFAULT_COCO_COUNT", "PRESET_WHOLE_KEYS", "ParamsLoader", "apply_overrides_to_file", "apply_preset",
-           "coco_download_count", "deep_merge", "dvc_set_args",
+           "batch_split_problem", "coco_download_count", "deep_merge", "dvc_set_args",
            "load_params", "load_preset", "load_yaml", "net_init", "parse_json_object", "preset_names", "read_params", "section", "validate_params",
            "yaml12_floats"]
 
@@ -452,6 +452,39 @@ def net_init(params: Mapping[str, Any], net: str) -> str:
     inherits)."""
     train = params.get("train") or {}
     return str((train.get(net) or {}).get("init") or train.get("init") or "")
+
+
+def batch_split_problem(batch_key: str, batch: int, nproc_key: str, nproc: Any,
+                        processes: int | None = None) -> str | None:
+    """Why the global batch ``train.batch`` cannot be split evenly over the training
+    processes, in the one wording of the parameter check
+    (:func:`bafusion.cli.params_check.check_params`) and the train job (before torchrun, and
+    in each process after it).
+
+    Parameters
+    ----------
+    batch_key, nproc_key : str
+        The keys (or options) that set the batch and the process count, as the message names
+        them (``train.initial.batch``, ``--nproc``).
+    batch : int
+        The global batch.
+    nproc : int or str
+        The process count as given (``auto`` too).
+    processes : int, optional
+        The processes there are (``auto`` resolved, torchrun's world size); default ``nproc``.
+
+    Returns
+    -------
+    str or None
+        ``"train.batch: 32 is not divisible by train.nproc: 3 (...)"``; None when it divides.
+    """
+    n = int(nproc) if processes is None else int(processes)
+    if n <= 1 or int(batch) % n == 0:
+        return None
+    shown = "auto" if nproc in (None, 0) else nproc  # (resolve_nproc's auto)
+    given = f"{shown}" if processes is None or str(shown) == str(processes) else f"{shown}, {processes} processes here"
+    return (f"{batch_key}: {batch} is not divisible by {nproc_key}: {given} (the global batch is split evenly over "
+            "the training processes)")
 
 
 #: The COCO backgrounds ``data.source: web`` trains on when neither ``download.coco.count``

@@ -199,13 +199,16 @@ def _check_pipeline(params: Mapping[str, Any]) -> None:
         if weight and not context:
             raise UserError(f"{key}: {weight} needs patches.context > 0 (the consistency term compares each patch "
                             "with its view in context), got patches.context: 0")
+    from bafusion.config import batch_split_problem
+
     for net in ("initial", "boundary"):
         # (nproc: auto is the number of GPUs of the machine that trains: left to the job)
         bkey, batch = _net_value(params, net, "batch")
         nkey, nproc = _net_value(params, net, "nproc")
-        if isinstance(nproc, int) and not isinstance(nproc, bool) and nproc > 0 and int(batch) % nproc:
-            raise UserError(f"{bkey}: {batch} is not divisible by {nkey}: {nproc} (the global batch is split "
-                            "evenly over the training processes)")
+        if isinstance(nproc, int) and not isinstance(nproc, bool) and nproc > 0:
+            problem = batch_split_problem(bkey, int(batch), nkey, nproc)
+            if problem:
+                raise UserError(problem)
 
 
 def _training_warnings(params: Mapping[str, Any]) -> list[str]:

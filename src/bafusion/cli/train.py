@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from bafusion.atomic import clear_stop, stop_requested
 from bafusion.cli.app import TRAIN_LAUNCHER_ENV, at_command_end
 from bafusion.cli.common import add_threads_argument, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread, seed_int
-from bafusion.config import read_params
+from bafusion.config import batch_split_problem, read_params
 from bafusion.errors import UserError
 from bafusion.nets.train import (
     LOCK_HELD_ENV,
@@ -471,8 +471,9 @@ def run_cli(args: argparse.Namespace, run: dict[str, Any] | None = None) -> int:
                         "beside it as .json)")
     nproc = resolve_nproc(cfg.nproc, cfg.device, cfg.key("nproc"))
     run.update(cfg=cfg, nproc=int(os.environ.get("WORLD_SIZE") or nproc))  # the processes a run has
-    if nproc > 1 and cfg.batch % nproc:  # checked by each child too, after torchrun started them
-        raise UserError(f"{cfg.key('batch')}={cfg.batch} must be divisible by the number of processes ({nproc})")
+    problem = batch_split_problem(cfg.key("batch"), cfg.batch, cfg.key("nproc"), cfg.nproc, nproc)
+    if problem:  # checked by each child too, after torchrun started them
+        raise UserError(problem)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         # Re-launch under torchrun; the children see WORLD_SIZE and train.
         cmd = [sys.executable, "-c", _LAUNCHER, "--standalone", f"--nproc-per-node={nproc}",

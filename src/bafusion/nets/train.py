@@ -115,6 +115,7 @@ from torch import nn
 from bafusion import tracking
 from bafusion._version import hash_sources
 from bafusion.atomic import atomic_file, folder_lock, write_text
+from bafusion.config import batch_split_problem
 from bafusion.errors import InputFileError, UserError
 from bafusion.nets.augment import (
     INPUT_SCALE,
@@ -977,9 +978,9 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
         torch.backends.cudnn.benchmark = False
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    if cfg.batch % dist.world_size:
-        raise UserError(f"{cfg.key('batch')}={cfg.batch} must be divisible by the number of processes "
-                        f"({dist.world_size})")
+    problem = batch_split_problem(cfg.key("batch"), cfg.batch, cfg.key("nproc"), cfg.nproc, dist.world_size)
+    if problem:
+        raise UserError(problem)
     local_batch = cfg.batch // dist.world_size
 
     # data ---------------------------------------------------------------------------
