@@ -1843,6 +1843,51 @@ def test_a_finished_run_restored_under_another_keep_writes_its_weights_without_t
         assert "belongs to a finished run (its model was written); training from scratch" in capsys.readouterr().err
 
 
+def test_the_keep_an_output_was_written_under_is_its_own_not_the_shared_checkpoints(
+        toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """last.pt records the keep of the last run that wrote outputs from it: two trainings of one
+    fingerprint sharing --checkpoints with different --out took the other's keep for their own.
+    A (keep best), then B (keep last) restored from the same last.pt, then A under keep last:
+    "its model was written; training from scratch" (every epoch again, though a.pt held the best
+    epoch's weights, not the last ones asked for); B under keep best, then A under keep last
+    again (a.pt written so): restored 'train.keep "best" -> "last"', a change A never had. Now
+    each --out's own description decides."""
+    from bafusion.nets import train as train_mod
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    params = {**TOY, "train": {**TOY["train"], "epochs": 3, "samples_per_epoch": 64, "keep": "last"}}
+    last_cfg = resolve_config(params, "initial")
+    best_cfg = resolve_config({**params, "train": {**params["train"], "keep": "best"}}, "initial")
+    _falling_val_acc(monkeypatch, [0.9, 0.8, 0.7])  # epoch 1 stays the best
+    shared = tmp_path / "ck"
+    a, b = (dataclasses.replace(_paths(tmp_path / x, "initial"), checkpoints=shared) for x in ("a", "b"))
+    train("initial", toy_run["h5"], best_cfg, a, progress=False)
+
+    def no_epoch(*args, **kwargs):
+        raise AssertionError("an epoch was trained again")
+
+    monkeypatch.setattr(train_mod, "evaluate", no_epoch)
+    last_weights = load_checkpoint(shared / "last.pt")["model"]
+
+    def restored(cfg: TrainConfig, paths: Paths, change: str) -> None:
+        capsys.readouterr()
+        train("initial", toy_run["h5"], cfg, paths, progress=False)
+        err = capsys.readouterr().err
+        assert "was restored" in err and change in err and "from scratch" not in err, err
+        net, meta = load_model(paths.out)
+        assert meta["params"]["keep"] == cfg.keep
+        if cfg.keep == "last":
+            assert all(torch.equal(v, last_weights[k]) for k, v in net.state_dict().items())
+
+    restored(last_cfg, b, "")  # b's outputs are missing: written from last.pt (it says keep last now)
+    restored(last_cfg, a, 'train.keep "best" -> "last"')  # a.pt holds the best epoch's weights
+    restored(best_cfg, b, 'train.keep "last" -> "best"')  # last.pt says keep best now
+    # a.pt was written under keep last: the same keep, the outputs in place, trains again
+    with pytest.raises(AssertionError, match="an epoch was trained again"):
+        train("initial", toy_run["h5"], last_cfg, a, progress=False)
+    assert "belongs to a finished run (its model was written); training from scratch" in capsys.readouterr().err
+
+
 def _processes_of(marker: str) -> list[int]:
     """Pids of the processes whose command line holds ``marker`` (Linux /proc)."""
     pids = []

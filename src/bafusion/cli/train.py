@@ -352,7 +352,7 @@ def _finished_rerun(args: argparse.Namespace, last: Path, run: dict[str, Any]) -
     try:
         from bafusion.nets.train import _keep_changed, _outputs_missing, load_checkpoint
 
-        keep, missing = _keep_changed(load_checkpoint(last), run["cfg"]), _outputs_missing(_paths(args))
+        keep, missing = _keep_changed(load_checkpoint(last), run["cfg"], _paths(args)), _outputs_missing(_paths(args))
     except Exception:  # noqa: BLE001 - advice only
         return unknown
     if keep or missing:

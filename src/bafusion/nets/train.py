@@ -1066,7 +1066,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
         kept_otherwise = ""  # the finished run's outputs were written under another keep: as 'train.keep "last" -> "best"'
         if ck.get("fingerprint") == fp and ck.get("finished"):
             missing = dist.main and _outputs_missing(paths)
-            kept_otherwise = _keep_changed(ck, cfg)  # the same on every process (last.pt's)
+            kept_otherwise = _keep_changed(ck, cfg, paths)  # the same on every process (one --out)
             not_restored = _not_restorable(ck, cfg, device) if missing or kept_otherwise else ""
             # every process takes part
             restoring = _agreed((missing or bool(kept_otherwise)) and not not_restored, dist, device)
@@ -1385,17 +1385,36 @@ def _outputs_missing(paths: Paths) -> bool:
     return False
 
 
-def _keep_changed(ck: Mapping[str, Any], cfg: TrainConfig) -> str:
+def _keep_changed(ck: Mapping[str, Any], cfg: TrainConfig, paths: Paths | None = None) -> str:
     """How this run's ``keep`` differs from the one the finished run in the checkpoint ``ck``
     last wrote its outputs under, as ``train.keep "last" -> "best"``; ``""`` when they are the
-    same or the checkpoint records none. ``keep`` is out of the fingerprint (it changes no step,
+    same or none is recorded. ``keep`` is out of the fingerprint (it changes no step,
     :attr:`TrainConfig.OUTPUT_KEYS`), so the outputs are written again from ``last.pt`` under
-    the new one, without training, also where the old ones are still in place."""
-    old = ck.get("config")
-    was = old.get("keep") if isinstance(old, Mapping) else None
+    the new one, without training, also where the old ones are still in place. With
+    ``paths``, the keep is the one this run's model (``paths.out``'s description) was written
+    under, where it records one: ``last.pt`` records the last run's, which may have written
+    another ``--out`` (two trainings sharing ``--checkpoints``)."""
+    was = _written_keep(paths.out) if paths is not None else None
+    if was is None:
+        old = ck.get("config")
+        was = old.get("keep") if isinstance(old, Mapping) else None
     if not isinstance(was, str) or was == cfg.keep:
         return ""
     return f"{cfg.key('keep')} {json.dumps(was)} -> {json.dumps(cfg.keep)}"
+
+
+def _written_keep(out: Path) -> str | None:
+    """The ``train.keep`` the model ``out`` was written under (its description's
+    ``params.keep``); None where it records none or cannot be read."""
+    from bafusion.errors import json_loads
+
+    try:
+        meta = json_loads(out.with_suffix(".json").read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    params = meta.get("params") if isinstance(meta, dict) else None
+    keep = params.get("keep") if isinstance(params, dict) else None
+    return keep if isinstance(keep, str) else None
 
 
 def _not_restorable(ck: Mapping[str, Any], cfg: TrainConfig, device: torch.device) -> str:
