@@ -1394,6 +1394,32 @@ def test_fuse_dir_size_error_says_an_exif_orientation_was_applied(tmp_path: Path
     assert f"{src / 'p-A.jpg'}'s EXIF orientation 6 was applied (the file stores 80x60)" in line, err
 
 
+@pytest.mark.parametrize("damage", ["[" * 200 + "]" * 200, "{\"bafusion\": ", "\udcff"])
+def test_fuse_dir_refuses_a_damaged_record_naming_it(tmp_path: Path, nets: Path, capsys, damage: str) -> None:
+    """A record nested too deeply to read (more than MAX_JSON_DEPTH levels), or no JSON at all,
+    counted as no record, silently: fuse-dir OTHER OUT replaced it with its own, which forgot
+    the outputs of IN it vouched for (a rerun of IN was then refused: "does not show it fused
+    from"). Refused now, naming the file; the record left as it is."""
+    src, other, out = tmp_path / "in", tmp_path / "other", tmp_path / "out"
+    for folder, name, seed in ((src, "p1", 3), (other, "q1", 4)):
+        folder.mkdir()
+        for n, x in zip("AB", pair(seed)):
+            Image.fromarray(x).save(folder / f"{name}-{n}.png")
+    argv = ["--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(["fuse-dir", str(src), str(out), *argv]) == 0
+    capsys.readouterr()
+    marker = out / batch.OUTPUT_MARKER
+    marker.write_bytes(damage.encode("utf-8", "surrogateescape"))
+    before = marker.read_bytes()
+    assert cli_main(["fuse-dir", str(other), str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"bafusion fuse-dir: error: {marker}: fuse-dir's record is unreadable ("), err
+    assert ("nested too deeply" in err[0]) == damage.startswith("[["), err
+    assert marker.read_bytes() == before and not (out / "q1.png").exists()
+    marker.write_text("")  # an earlier version's empty record: none, as before
+    assert batch.read_marker(out) is None
+
+
 def test_fuse_dir_skip_existing_keeps_only_outputs_of_the_same_setup(tmp_path: Path, nets: Path, capsys) -> None:
     """--skip-existing kept any output that existed: after a change of model or parameters
     (or an upgrade) a batch held the results of two setups, silently, exit 0. The marker now

@@ -45,10 +45,11 @@ def test_a_pair_index(tmp_path: Path) -> None:
         read_pair_index(tmp_path)
 
 
-def test_a_fuse_dir_record_reads_as_none(tmp_path: Path) -> None:
-    """As for any other unreadable record (read_marker's contract)."""
+def test_a_fuse_dir_record(tmp_path: Path) -> None:
+    """It read as no record, silently (fuse-dir then replaced it): refused, naming it."""
     (tmp_path / OUTPUT_MARKER).write_text(DEEP_JSON)
-    assert read_marker(tmp_path) is None
+    with pytest.raises(UserError, match=rf"{OUTPUT_MARKER}: fuse-dir's record is unreadable \(.*{DEEP}"):
+        read_marker(tmp_path)
 
 
 def test_an_eval_manifest(tmp_path: Path) -> None:

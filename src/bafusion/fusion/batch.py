@@ -960,15 +960,36 @@ def _same_quality(ext: Any, quality: Any) -> Any:
 
 
 def read_marker(out: Path) -> dict[str, Any] | None:
-    """The record in ``out`` (:data:`OUTPUT_MARKER`), or None where there is none, or one that
-    records no setup (an earlier version's empty file, an unreadable one)."""
+    """The record in ``out`` (:data:`OUTPUT_MARKER`), or None where there is none (or it cannot
+    be opened), or one that records no setup (an earlier version's empty file, or JSON of
+    another layout). A record that is no JSON (damaged, not UTF-8, nested too deeply to read)
+    is refused, naming it, as the checkpoints and model descriptions are: taken as none, it
+    was replaced by this run's, which forgot the other outputs it vouched for, and files it
+    listed were refused as "not fused from" their input folder."""
+    marker = out / OUTPUT_MARKER
     try:
-        doc = json_loads((out / OUTPUT_MARKER).read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        text = marker.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise _damaged_marker(marker, f"not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except OSError:
         return None
+    if not text.strip():  # the record of versions before the JSON one
+        return None
+    try:
+        doc = json_loads(text)
+    except ValueError as e:
+        raise _damaged_marker(marker, str(e).splitlines()[0] if str(e) else "not JSON") from e
     if not isinstance(doc, dict) or any(k not in doc for k in SETUP_KEYS):
         return None
     return doc
+
+
+def _damaged_marker(marker: Path, why: str) -> UserError:
+    """The refusal of a record (:data:`OUTPUT_MARKER`) that cannot be read: :func:`read_marker`."""
+    return UserError(f"{marker}: fuse-dir's record is unreadable ({why}): it says which files in {marker.parent} are "
+                     "fuse-dir's outputs and what made them; move it away (or delete it) to go on (the outputs it "
+                     "listed are then refused as files of an unknown setup until moved too), or give another "
+                     "output folder")
 
 
 def _short(v: Any) -> str:
