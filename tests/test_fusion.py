@@ -523,6 +523,22 @@ def test_fused_image_is_built_from_the_cleaned_map(monkeypatch: pytest.MonkeyPat
     np.testing.assert_array_equal(res.fused, np.where(want, a, b))
 
 
+def test_fuse_with_map_drops_the_alpha_of_a_and_replicates_a_gray_b() -> None:
+    """Eq. 3 with a colour A beside a gray B: A's alpha is dropped (not its red) and B is
+    replicated to three channels along the channel axis. Only the opposite case (gray A,
+    colour B with alpha) was tested: A's alpha taken as the channels 1: or B repeated along the
+    width passed the tests (a mutation test)."""
+    from bafusion.fusion import fuse_with_map
+
+    rng = np.random.default_rng(5)
+    dm = rng.random((7, 9)) > 0.5
+    a = rng.integers(0, 256, (7, 9, 4), dtype=np.uint8)  # RGBA
+    b = rng.integers(0, 256, (7, 9), dtype=np.uint8)  # gray
+    f = fuse_with_map(a, b, dm)
+    assert f.dtype == np.uint8 and f.shape == (7, 9, 3)
+    np.testing.assert_array_equal(f, np.where(dm[..., None], a[..., :3], b[..., None]))
+
+
 def test_small_region_area_is_rounded_up() -> None:
     """remove_small_regions' docstring: regions with fewer than ceil(min_region * H * W) pixels
     are flipped. At 0.0113 of 20x20 (4.52 px, so 5) an island and a hole of 4 px are flipped,
@@ -551,6 +567,30 @@ def test_small_regions_are_4_connected() -> None:
     np.testing.assert_array_equal(out, np.ones_like(holes))
 
 
+def test_small_region_area_is_rounded_up_even_below_a_half_and_lone_pixels_go_at_two() -> None:
+    """``ceil(min_region * H * W)``, not the nearest integer: at 0.0101 of 20x20 (4.04 px, so
+    5) an island and a hole of 4 px are flipped (rounded to 4 they were kept; the test above,
+    at 4.52 px, rounds up either way). And the smallest area that removes anything is 2: at
+    2 px (0.005 of 20x20) lone pixels are flipped, at 1 px (0.0025) nothing is."""
+    dm = np.zeros((20, 20), bool)
+    dm[2:4, 2:4] = True  # island of 4 px
+    dm[10:15, 2] = True  # island of 5 px
+    dm[:, 12:] = True
+    dm[5:7, 15:17] = False  # hole of 4 px
+    want = np.zeros((20, 20), bool)
+    want[10:15, 2] = True
+    want[:, 12:] = True
+    np.testing.assert_array_equal(remove_small_regions(dm, 0.0101), want)
+    lone = np.zeros((20, 20), bool)
+    lone[:, 10:] = True
+    lone[3, 3] = True  # a lone focused pixel
+    lone[15, 15] = False  # a lone defocused pixel
+    half = np.zeros((20, 20), bool)
+    half[:, 10:] = True
+    np.testing.assert_array_equal(remove_small_regions(lone, 0.005), half)
+    np.testing.assert_array_equal(remove_small_regions(lone, 0.0025), lone)
+
+
 def test_window_mean_reflects_at_the_borders() -> None:
     """Eq. 1 with ``mode="reflect"``: the window is mirrored at the border (a b | b a), so a
     constant map keeps its value at the borders and the corner counts its own pixel 4 times."""
@@ -563,6 +603,20 @@ def test_window_mean_reflects_at_the_borders() -> None:
     assert m[0, 0] == pytest.approx(4 / 9)
     assert m[0, 1] == pytest.approx(2 / 9) and m[1, 0] == pytest.approx(2 / 9)
     assert m[1, 1] == pytest.approx(1 / 9)
+
+
+def test_window_mean_reflects_beyond_the_first_pixel() -> None:
+    """With l = 1 the window reaches one pixel past the border, where "reflect" (a b | b a),
+    "nearest" (a a | a b) and the zero-free "mirror" (b | a b) agree on a corner: the test above
+    could not tell them apart. With l = 2 they differ: reflect reads rows and columns
+    (1, 0, 0, 1, 2) at the corner, so s[0, 0] counts 2 x 2 = 4 times of 25 (nearest: 9,
+    mirror: 1)."""
+    s = np.zeros((6, 6), np.float32)
+    s[0, 0] = 1.0
+    m = fusion.window_mean(s, 2)
+    assert m[0, 0] == pytest.approx(4 / 25)
+    assert m[0, 1] == pytest.approx(4 / 25) and m[1, 1] == pytest.approx(4 / 25)
+    assert m[2, 2] == pytest.approx(1 / 25) and m[0, 2] == pytest.approx(2 / 25)
 
 
 @pytest.mark.parametrize("shape", [(31, 45), (7, 5), (1, 1)])
@@ -616,6 +670,24 @@ def test_params_validation() -> None:
         FusionParams(boundary_mode="fast")
     with pytest.raises(UserError, match=r"unknown key fuse\.bogus "):
         FusionParams.from_mapping({"l": 3, "bogus": 1})
+
+
+@pytest.mark.parametrize(("fields", "key"), [({"low": 0.5, "high": 0.5}, "low < high"),
+                                            ({"threshold": 0.0}, "fuse.threshold"),
+                                            ({"threshold": 1.0}, "fuse.threshold"),
+                                            ({"min_region": 1.0}, "fuse.min_region"),
+                                            ({"l": -1}, "fuse.l"),
+                                            ({"l": 2.5}, "fuse.l")])
+def test_params_refuse_the_limits_of_each_range(fields: dict, key: str) -> None:
+    """The rule's ranges are open where the schema says so: low == high (an empty Eq. 2 band:
+    the boundary net silently never runs), a threshold of 0 or 1 (every pixel to A, or to B),
+    min_region 1 (every region flipped) and a negative or fractional l are refused, by the
+    class and by a mapping (params.yaml's path). Only low > high was tested, so each of these
+    limits could have been moved without a test failing."""
+    with pytest.raises(UserError, match=re.escape(key)):
+        FusionParams(**fields)
+    with pytest.raises(UserError, match=re.escape(key)):
+        FusionParams.from_mapping(fields)
 
 
 def test_mismatched_sizes_name_both(nets: FusionNets) -> None:
