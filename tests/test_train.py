@@ -260,6 +260,32 @@ def test_killed_mid_epoch_and_resumed_equals_uninterrupted(toy_run: dict, tmp_pa
     assert [r["train_loss"] for r in got["history"]] == pytest.approx([r["train_loss"] for r in ref["history"]])
 
 
+def test_a_resume_before_a_milestone_keeps_the_learning_rate_schedule(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed in epoch 2 of 3 with the milestone at 2, resumed from the end of epoch 1: the
+    learning rate still halves after epoch 2 and the weights equal the uninterrupted run's.
+    The test above resumes after its only milestone has passed, so a resume that left the
+    scheduler new (counting its epochs from the resume) passed it (a mutation test)."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    h5 = write_toy_patches(tmp_path / "initial.h5", n_train=48, n_val=16, patch=16, seed=3)
+    params = {**TOY, "train": {**TOY["train"], "epochs": 3, "milestones": [2], "samples_per_epoch": 64}}
+    cfg = resolve_config(params, "initial")
+    cfg.checkpoint_every = 0
+    ref_paths, paths = _paths(tmp_path / "ref", "initial"), _paths(tmp_path / "cut", "initial")
+    train("initial", h5, cfg, ref_paths, progress=False)
+    monkeypatch.setenv(ABORT_ENV, "6")  # 4 steps of 16 an epoch: in epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", h5, cfg, paths, progress=False)
+    assert load_checkpoint(paths.checkpoints / "last.pt")["epoch"] == 1
+    monkeypatch.delenv(ABORT_ENV)
+    train("initial", h5, cfg, paths, progress=False)
+    ref = load_checkpoint(ref_paths.checkpoints / "last.pt")
+    got = load_checkpoint(paths.checkpoints / "last.pt")
+    assert [r["lr"] for r in got["history"]] == [r["lr"] for r in ref["history"]] == [0.01, 0.01, 0.005]
+    for k in ref["model"]:
+        assert torch.equal(ref["model"][k], got["model"][k]), k
+
+
 def test_changed_parameters_start_afresh(toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BAFUSION_MLFLOW", "0")
