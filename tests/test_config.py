@@ -57,6 +57,25 @@ def test_paper_preset_holds_the_papers_numbers(tmp_path: Path) -> None:
         assert p[key] == value
 
 
+def test_paper_preset_holds_the_papers_labels_boundary_set_and_single_pass_rule(tmp_path: Path) -> None:
+    """The paper's values the tests above do not name (Eq. 2's band and the threshold are
+    pinned by test_real_after_paper_is_real_alone_and_the_paper_pins_its_fusion): the label as
+    the matte at the centre >= 0.5, the boundary set as the random patches that pass the
+    >= 10 % / >= 10 % test, the isolated patch and its plain softmax loss, the boundary net's
+    score replacing the initial one, one scale, one pass, no exposure matching, no flat filling,
+    pairs at their own size, Fig. 5's gain 10, a Gaussian blur and nothing else. The paper
+    preset's patches.label_threshold set to 0.4 passed every preset test (a mutation test)."""
+    p = flatten(paper_params(tmp_path))
+    assert p["patches.label_threshold"] == 0.5 and p["patches.boundary_per_pair"] == "subset"
+    assert p["patches.context"] == 0 and p["train.consistency"] == 0
+    assert p["fuse.boundary_weight"] == 1.0 and p["fuse.scales"] == [1.0] and p["fuse.tta"] == "none"
+    assert p["fuse.exposure_match"] == "none" and p["fuse.match_output_exposure"] is False
+    assert p["fuse.flat_level"] == 0 and p["fuse.stack_rule"] == "chain"
+    assert p["fuse.working_side"] == 0 and p["fuse.working_min"] == 0
+    assert p["fuse.alpha"] == 10
+    assert p["composite.realistic.kernel"] == "gaussian" and p["composite.realistic.noise"] == 0.0
+
+
 #: Keys the paper does not state whose value changes a result: the paper preset pins them to the
 #: project's documented values (train.amp to false: the paper's fp32), not to a params.yaml's edits.
 PINNED = {
