@@ -116,6 +116,19 @@ def test_options_refuse_the_sigmas_params_yaml_refuses(sigma: tuple[float, float
     validate_params({"composite": {"sigma": [64.0, 64.0]}}, "params.yaml")
 
 
+def test_options_refuse_a_sigma_of_zero_as_params_yaml_does() -> None:
+    """0 < lo: a sigma of 0 blurs nothing, so with [0, 0] A and B are the same image under
+    opposite labels. The schema refuses it; CompositeOptions' own check of the lower bound was
+    untested (0 <= lo passed every test: a mutation test)."""
+    from bafusion.schema import validate_params
+
+    for sigma in ((0.0, 1.0), (0.0, 0.0)):
+        with pytest.raises(UserError, match="composite.sigma"):
+            validate_params({"composite": {"sigma": list(sigma)}}, "params.yaml")
+        with pytest.raises(UserError, match=r"composite\.sigma must be \[lo, hi\] with 0 < lo"):
+            CompositeOptions(sigma=sigma)
+
+
 def test_composite_index_names_a_bad_shard(tmp_path: Path) -> None:
     good = tmp_path / "good.h5"
     with h5py.File(good, "w") as h5:
@@ -303,6 +316,9 @@ def test_testset_holds_colour_pairs_their_truth_and_the_true_decision_map(tmp_pa
         np.testing.assert_array_equal(read_image(out / f"{p['name']}-A.png"), to_uint8(fg * a + blurred[1] * (1 - a)))
         np.testing.assert_array_equal(read_image(out / f"{p['name']}-B.png"), to_uint8(blurred[0] * a + bg * (1 - a)))
     assert index["pairs"][0]["sigma"] != index["pairs"][1]["sigma"]
+    # the held-out pairs' documented stream key, [seed, 10_000_000 + k, 1] (bafusion.data.patches):
+    # drawn as training pair k's, the test set's sigmas repeated the training set's first ones
+    assert [p["sigma"] for p in index["pairs"]] == [draw_sigma(3, 10_000_000 + k, (1.0, 3.0)) for k in range(2)]
 
 
 def test_composite_and_testset_say_how_far_they_got_in_a_log(tmp_path: Path, capsys: pytest.CaptureFixture[str],
