@@ -53,12 +53,12 @@ The boundary net scores only the near-boundary pixels (``boundary_mode``):
 * ``"grid"``: exact patches on a grid of step ``boundary_step`` (default p/4) over the
   near-boundary pixels; the logit differences are interpolated bilinearly.
 * ``"dense"``: like the initial net, on tiles (``tile`` pixels, merged into row runs and
-  cropped to the near-boundary pixels' extent, with the margin). Several times faster, but
+  cropped to the near-boundary pixels' extent, with the trunk's reach as context). Faster, but
   not faithful: the boundary net must place the centre pixel on the right side of the focus
   edge, which it learnt from the patch's edges; even after the context-consistency
   fine-tuning the shipped boundary net's two views agree on 94.3 % of the validation
-  boundary patches, and dense boundary scoring decides like exact mode on 95.8-98.8 % of the
-  pixels only.
+  boundary patches, and dense boundary scoring decides like exact mode on 95.7-98.8 % of the
+  pixels only (BENCHMARKS.md).
 * ``"exact"``: one patch per near-boundary pixel.
 
 ``benchmarks/bench_fusion.py`` measures the agreement and speed behind the defaults; the
