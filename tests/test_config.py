@@ -17,6 +17,7 @@ from params_edit import without_keys
 from bafusion.cli import main
 from bafusion.config import (
     apply_overrides_to_file,
+    coco_download_count,
     deep_merge,
     dvc_set_args,
     flatten,
@@ -193,8 +194,9 @@ def test_count_names_the_real_problem(tmp_path: Path) -> None:
     background folder was reported as "data.foregrounds is 0 (= all) and the source cannot be
     read (...)", blaming the count."""
     params = load_params(REPO / "params.yaml")
-    web = deep_merge(params, {"data": {"source": "web", "foregrounds": 0, "backgrounds": 700}})
-    with pytest.raises(UserError) as e:
+    web = deep_merge(params, {"data": {"source": "web", "foregrounds": 0, "backgrounds": 700},
+                              "download": {"alphamatting": {"from_dir": str(tmp_path / "am")}}})
+    with pytest.raises(UserError) as e:  # a local copy may hold any number of foregrounds
         count_samples(web)
     msg = str(e.value)
     assert "unknown data.source" not in msg and "'web' downloads the images only when the pipeline runs" in msg
@@ -211,6 +213,29 @@ def test_count_names_the_real_problem(tmp_path: Path) -> None:
     with pytest.raises(UserError) as e:
         count_samples(bad)
     assert str(e.value).startswith(f"data.dir.backgrounds {missing}: background folder not found: cannot count"), str(e.value)
+
+
+def test_count_of_a_web_source_counts_what_the_download_keeps() -> None:
+    """data.backgrounds: 0 means, for data.source: web, the download's backgrounds less the
+    held-out ones (700 where download.coco.count is 0: schema, README), and data.foregrounds: 0
+    the 27 alphamatting.com foregrounds less the held-out ones; `bafusion count` refused to count
+    either ("cannot count data.foregrounds and data.backgrounds (0 = all the source has)")."""
+    web = deep_merge(load_params(REPO / "params.yaml"), {"data": {"source": "web"}})
+    assert web["data"]["foregrounds"] == web["data"]["backgrounds"] == 0
+    c = count_samples(web)  # holds out 2 of each: 25 foregrounds, 702 downloaded backgrounds
+    assert (c["foregrounds"], c["backgrounds"], c["pairs"]) == (25, 700, 25 * 700), c
+    assert "'web' downloads" in c["note"] and c["available"] == {"foregrounds": None, "backgrounds": None}
+    given = count_samples(deep_merge(web, {"download": {"coco": {"count": 50}}}))
+    assert (given["foregrounds"], given["backgrounds"]) == (25, 48)
+    configured = count_samples(deep_merge(web, {"data": {"foregrounds": 10, "backgrounds": 20}}))
+    assert (configured["foregrounds"], configured["backgrounds"]) == (10, 20)
+    # the paper's counts (its preset's source is dir; the same numbers downloaded: no hold-out)
+    paper = count_samples(deep_merge(deep_merge(web, load_preset("paper")), {"data": {"source": "web"}}))
+    assert (paper["foregrounds"], paper["backgrounds"], paper["pairs"]) == (27, 700, 18_900)
+    paper_all = deep_merge(deep_merge(web, load_preset("paper")), {"data": {"source": "web", "foregrounds": 0,
+                                                                            "backgrounds": 0}})
+    assert coco_download_count(paper_all) == 700
+    assert (count_samples(paper_all)["foregrounds"], count_samples(paper_all)["backgrounds"]) == (27, 700)
 
 
 def test_count_of_the_builtin_default_matches_its_sources() -> None:

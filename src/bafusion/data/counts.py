@@ -16,7 +16,9 @@ def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
     """Pairs, base patches and effective (x12 augmented) samples that a configuration makes.
 
     Foreground and background numbers come from ``data.foregrounds``/``data.backgrounds``
-    when set (> 0); otherwise from the source itself (all images it has, less held-out ones).
+    when set (> 0); otherwise from the source itself (all images it has, less held-out ones;
+    for ``data.source: web``, what the download keeps: the 27 alphamatting.com foregrounds and
+    :func:`bafusion.config.coco_download_count` COCO backgrounds, less the held-out ones).
     ``available`` reports what the source really has, when it can be read. With
     ``patches.boundary_per_pair: subset`` the boundary patches are the random ones that pass
     the boundary test: at most the base patches (``boundary_subset`` is then true).
@@ -33,9 +35,17 @@ def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
     note = None
     note_reason = ""
     if data.get("source") == "web":
-        # the pipeline downloads the images (workflow/rules/download.smk): nothing to read here
+        # the pipeline downloads the images (workflow/rules/download.smk): nothing to read here,
+        # but what it downloads is known (a download.alphamatting.from_dir copy's foregrounds are not)
         note_reason = "data.source 'web' downloads the images only when the pipeline runs"
         note = f"{note_reason}; counting from the configured numbers"
+        web_total = _web_downloads(params)
+        for k in ("foregrounds", "backgrounds"):
+            left = None if web_total[k] is None else web_total[k] - int(data.get(f"holdout_{k}", 0) or 0)
+            if not n_cfg[k] and left is not None and left > 0:
+                n_cfg[k] = left  # 0 = all the download keeps but the held-out ones
+                note = (f"{note_reason}; counting from the configured numbers (0: all that the download keeps "
+                        "less the held-out ones)")
     else:
         try:
             unlimited = dict(data, foregrounds=0, backgrounds=0)
@@ -92,3 +102,14 @@ def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
             f"a run here would make {real:,} pairs"
         )
     return out
+
+
+def _web_downloads(params: Mapping[str, Any]) -> dict[str, int | None]:
+    """The foregrounds and backgrounds ``data.source: web`` downloads: the alphamatting.com
+    training set's :data:`bafusion.config.ALPHAMATTING_FOREGROUNDS` (None with a
+    ``download.alphamatting.from_dir``, whose folder may hold others) and
+    :func:`bafusion.config.coco_download_count` COCO backgrounds."""
+    from bafusion.config import ALPHAMATTING_FOREGROUNDS, coco_download_count
+
+    from_dir = ((params.get("download") or {}).get("alphamatting") or {}).get("from_dir")
+    return {"foregrounds": None if from_dir else ALPHAMATTING_FOREGROUNDS, "backgrounds": coco_download_count(params)}
