@@ -307,3 +307,33 @@ def test_every_command_running_numpy_is_refused_under_its_minimum(monkeypatch, c
     assert err.startswith(f"bafusion {argv[0]}: error: the address-space limit"), err
     assert f"of {MIN_ADDRESS_SPACE_NUMPY_MIB - 1} MiB" in err and f"at least {MIN_ADDRESS_SPACE_NUMPY_MIB} MiB" in err
 
+
+
+def test_the_estimate_counts_the_uint16_copies_of_deep_sources(tmp_path: Path, monkeypatch) -> None:
+    """A 24 MP 16-bit RGB TIFF pair peaked at 1542 MiB, 16 % over the 1324 MiB estimated (its
+    uint16 copies, ~11 MiB per megapixel, not counted): a source of more than 8 bits (TIFF,
+    colour and gray PNG) adds them; 8-bit pairs keep their estimate."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    from bafusion.fusion import memory
+    from bafusion.io import png16_bytes
+
+    rgb16 = np.random.default_rng(1).integers(0, 65536, (16, 20, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "a16.tif", rgb16, photometric="rgb")
+    (tmp_path / "a16.png").write_bytes(png16_bytes(rgb16))
+    Image.fromarray(rgb16[..., 0]).save(tmp_path / "g16.png")  # 16-bit gray (Pillow I;16)
+    Image.fromarray((rgb16 >> 8).astype(np.uint8)).save(tmp_path / "a8.png")
+    tifffile.imwrite(tmp_path / "a8.tif", (rgb16 >> 8).astype(np.uint8), photometric="rgb")
+    monkeypatch.setattr(memory, "_megapixels", lambda path: 24.0)
+    plain = round(memory.BASE_MIB + memory.MIB_PER_MEGAPIXEL * 24)
+    deep = round(memory.BASE_MIB + (memory.MIB_PER_MEGAPIXEL + memory.DEEP_MIB_PER_MEGAPIXEL) * 24)
+    assert plain == 1324 and deep == 1588  # the probe's 24 MP pairs: 1290 MiB (JPEG) and 1542 MiB (16-bit TIFF)
+    assert memory.fuse_need_mib([tmp_path / "a8.png", tmp_path / "a8.tif"]) == plain
+    for name in ("a16.tif", "a16.png", "g16.png"):
+        assert memory.fuse_need_mib([tmp_path / "a8.png", tmp_path / name]) == deep, name
+    three = [tmp_path / "a16.tif", tmp_path / "a16.png", tmp_path / "a8.png"]
+    shot = memory.MIB_PER_MEGAPIXEL_SHOT + memory.DEEP_MIB_PER_MEGAPIXEL_SHOT
+    assert memory.fuse_need_mib(three) == round(memory.BASE_MIB + (memory.MIB_PER_MEGAPIXEL
+                                                                   + memory.DEEP_MIB_PER_MEGAPIXEL) * 24 + shot * 24)

@@ -27,6 +27,14 @@ ALIGN_BASE_MIB = 280
 ALIGN_MIB_PER_MEGAPIXEL = 89
 #: ... for each shot of a stack beyond two (an estimate, not measured: its full-size source).
 MIB_PER_MEGAPIXEL_SHOT = 16
+#: Added to :data:`MIB_PER_MEGAPIXEL` when a source has more than 8 bits per sample: the uint16
+#: copies of the sources and of the output (:attr:`bafusion.io.SourceSet.full`). Measured as above
+#: (probeBig, session 32, one run): a 24 MP RGB 16-bit TIFF pair peaked at 1542 MiB, the same
+#: pair as JPEG at 1290 MiB: 10.5 MiB per megapixel more, rounded up to 11.
+DEEP_MIB_PER_MEGAPIXEL = 11
+#: ... for each shot of a stack beyond two of more than 8 bits (computed, not measured: its uint16
+#: RGB copy, 6 bytes a pixel).
+DEEP_MIB_PER_MEGAPIXEL_SHOT = 6
 
 #: Peak memory of ``--save-maps`` (:func:`bafusion.fusion.maps.save_maps`, after the fusion, with
 #: its sources, result and maps held): the nine map PNGs and Fig. 3 (its panels drawn reduced to
@@ -114,21 +122,42 @@ def _megapixels(path: Path) -> float:
     return w * h / 1e6
 
 
+def _deep(path: Path) -> bool:
+    """Whether ``path`` holds more than 8 bits per sample (read as uint16 beside its uint8
+    version), from its header; False when that cannot be told (an estimate only)."""
+    from bafusion.io.depth import _HIGH_MODES, _tiff_depth, png_depth
+    from bafusion.io.formats import pillow_open
+
+    try:
+        with pillow_open(path) as im:
+            fmt, mode = im.format, im.mode
+            tiff = _tiff_depth(im) if fmt == "TIFF" else None
+        if fmt == "PNG":
+            png = png_depth(path)
+            return png is not None and png[0] > 8
+    except Exception:  # noqa: BLE001 - an estimate only
+        return False
+    return (tiff is not None and tiff[0] > 8 and mode != "F") or mode in _HIGH_MODES
+
+
 def fuse_need_mib(shots: Sequence[Path], align: bool = False, save_maps: bool = False) -> int | None:
     """The memory (MiB) that :data:`BASE_MIB` and :data:`MIB_PER_MEGAPIXEL` predict for fusing
     ``shots`` (with ``align``, the larger of that and the alignment's, :data:`ALIGN_BASE_MIB` and
     :data:`ALIGN_MIB_PER_MEGAPIXEL`; with ``save_maps``, the larger of that and the maps',
     :data:`MAPS_BASE_MIB` and :data:`MAPS_MIB_PER_MEGAPIXEL`), or ``None`` when their size
-    cannot be read."""
+    cannot be read. Sources of more than 8 bits per sample add their uint16 copies
+    (:data:`DEEP_MIB_PER_MEGAPIXEL`)."""
     mp = max((_megapixels(Path(p)) for p in shots), default=0.0)
     if mp <= 0:
         return None
-    peak = BASE_MIB + MIB_PER_MEGAPIXEL * mp
+    deep = any(_deep(Path(p)) for p in shots)
+    peak = BASE_MIB + (MIB_PER_MEGAPIXEL + (DEEP_MIB_PER_MEGAPIXEL if deep else 0)) * mp
     if align:
         peak = max(peak, ALIGN_BASE_MIB + ALIGN_MIB_PER_MEGAPIXEL * mp)
     if save_maps:
         peak = max(peak, MAPS_BASE_MIB + MAPS_MIB_PER_MEGAPIXEL * mp)
-    return int(round(peak + MIB_PER_MEGAPIXEL_SHOT * mp * max(len(shots) - 2, 0)))
+    shot = MIB_PER_MEGAPIXEL_SHOT + (DEEP_MIB_PER_MEGAPIXEL_SHOT if deep else 0)
+    return int(round(peak + shot * mp * max(len(shots) - 2, 0)))
 
 
 def fuse_advice(shots: Sequence[Path] = (), align: bool = False, save_maps: bool = False) -> str:
@@ -147,3 +176,4 @@ def fuse_advice(shots: Sequence[Path] = (), align: bool = False, save_maps: bool
     return (f"{size}the full-size images take ~{MIB_PER_MEGAPIXEL} MiB per megapixel{aligned} (the nets' tiles, "
             "--tile and fuse.max_tile, are not what fills it): free memory or downscale the shots, and keep "
             "fuse.working_side on (--working-side 0 fuses at full size and needs far more)")
+
