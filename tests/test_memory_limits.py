@@ -309,6 +309,156 @@ def test_every_command_running_numpy_is_refused_under_its_minimum(monkeypatch, c
 
 
 
+# ---------------------------------------------------------------- a cgroup's memory limit
+
+
+def _png_pair(folder: Path, stem: str = "s", size: int = 40) -> tuple[Path, Path]:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(stem))
+    paths = []
+    for n in "AB":
+        p = folder / f"{stem}-{n}.png"
+        Image.fromarray(rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths[0], paths[1]
+
+
+def _fake_limit(monkeypatch, mib: int, megapixels=lambda path: 24.0) -> None:
+    """A cgroup limit of ``mib`` MiB (:func:`memory_limit` faked), shots of ``megapixels`` by
+    their header, and no MemAvailable warning (this machine's free memory is no test's)."""
+    from bafusion.fusion import memory
+
+    monkeypatch.setattr(memory, "memory_limit", lambda *a, **k: (mib, "/fake/cgroup/memory.max"))
+    monkeypatch.setattr(memory, "_megapixels", megapixels)
+    monkeypatch.setattr(memory, "available_mib", lambda *a, **k: None)
+    monkeypatch.delenv(memory.MEMORY_CHECK_ENV, raising=False)
+
+
+def test_memory_limit_reads_cgroup_v2_and_v1_files(tmp_path: Path) -> None:
+    """The limit of the process's cgroup or of a parent (v2 ``memory.max``; v1
+    ``memory.limit_in_bytes`` of the memory hierarchy, the top one inside a container), none
+    where each says "max" or v1's unlimited, none without a cgroup file."""
+    from bafusion.fusion import memory
+
+    proc, root = tmp_path / "cgroup", tmp_path / "fs"
+    proc.write_text("0::/job/step\n")
+    (root / "job" / "step").mkdir(parents=True)
+    (root / "job" / "step" / "memory.max").write_text("max\n")
+    (root / "job" / "memory.max").write_text(f"{800 << 20}\n")
+    assert memory.memory_limit(str(proc), str(root)) == (800, str(root / "job" / "memory.max"))
+    (root / "job" / "step" / "memory.max").write_text(f"{(600 << 20) + 5}\n")  # the smaller one holds
+    assert memory.memory_limit(str(proc), str(root)) == (600, str(root / "job" / "step" / "memory.max"))
+    (root / "job" / "step" / "memory.max").write_text("max\n")
+    (root / "job" / "memory.max").write_text("max\n")
+    assert memory.memory_limit(str(proc), str(root)) is None
+    # v1 beside a v2 line (hybrid), the host's cgroup path not mounted in the container
+    proc.write_text("5:devices:/docker/abc\n4:memory:/docker/abc\n0::/\n")
+    (root / "memory").mkdir()
+    (root / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert memory.memory_limit(str(proc), str(root)) is None
+    (root / "memory" / "memory.limit_in_bytes").write_text(f"{1 << 30}\n")
+    assert memory.memory_limit(str(proc), str(root)) == (1024, str(root / "memory" / "memory.limit_in_bytes"))
+    assert memory.memory_limit(str(tmp_path / "no-such-file"), str(root)) is None
+
+
+def test_fuse_refuses_a_pair_over_the_cgroup_limit_before_reading_it(tmp_path: Path, tiny_nets: Path, monkeypatch,
+                                                                     capsys) -> None:
+    """Under a cgroup limit (docker --memory=800m) a 24 MP pair printed "fusing 2 images" and
+    was ended by the kernel, exit 137, no message: the estimate was used only after a
+    MemoryError, which a cgroup never raises. It is refused before the shots are read, naming
+    them, the estimate, the limit and what helps; within the margin, or with
+    BAFUSION_MEMORY_CHECK=0, it is fused."""
+    from bafusion.fusion import batch, memory
+
+    a, b = _png_pair(tmp_path / "in")
+    out = tmp_path / "f.png"
+    _fake_limit(monkeypatch, 800)
+    real = batch.prepare_sources
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the shots were read")
+
+    monkeypatch.setattr(batch, "prepare_sources", no_work)
+    argv = ["fuse", str(a), str(b), "-o", str(out), "--model", str(tiny_nets), "--device", "cpu", "--quiet"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    need = round(memory.BASE_MIB + memory.MIB_PER_MEGAPIXEL * 24)
+    assert f"error: {a}, {b}: needs more memory" in err and f"needs about {need} MiB" in err, err
+    assert "the limit is 800 MiB (/fake/cgroup/memory.max" in err and "BAFUSION_MEMORY_CHECK=0" in err, err
+    assert "fuse.working_side" in err and "Traceback" not in err and not out.exists()
+    monkeypatch.setattr(batch, "prepare_sources", real)
+    _fake_limit(monkeypatch, int(need / memory.MEMORY_MARGIN) + 1)  # within the margin: fused
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    _fake_limit(monkeypatch, 800)
+    monkeypatch.setenv(memory.MEMORY_CHECK_ENV, "0")
+    out.unlink()
+    assert cli_main(argv) == 0 and out.is_file(), capsys.readouterr().err
+
+
+def test_fuse_warns_when_less_memory_is_available_than_the_estimate(tmp_path: Path, tiny_nets: Path, monkeypatch,
+                                                                    capsys) -> None:
+    """No cgroup limit, but less available memory (MemAvailable) than the pair needs: a warning,
+    and the fusion goes on (swap, or other processes freeing memory, may hold it)."""
+    from bafusion.fusion import memory
+
+    a, b = _png_pair(tmp_path / "in")
+    monkeypatch.setattr(memory, "memory_limit", lambda *a, **k: None)
+    monkeypatch.setattr(memory, "_megapixels", lambda path: 24.0)
+    monkeypatch.setattr(memory, "available_mib", lambda *a, **k: 500)
+    monkeypatch.setattr(memory, "_resident_mib", lambda: 100)
+    rc = cli_main(["fuse", str(a), str(b), "-o", str(tmp_path / "f.png"), "--model", str(tiny_nets), "--device",
+                   "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "warning: a 24-megapixel pair needs about" in err and "about 600 MiB are available" in err, err
+    monkeypatch.setattr(memory, "available_mib", lambda *a, **k: 4000)
+    assert memory.memory_warning([a, b]) is None
+
+
+def test_fuse_dir_skips_a_stack_over_the_cgroup_limit_and_fuses_the_others(tmp_path: Path, tiny_nets: Path,
+                                                                           monkeypatch, capsys) -> None:
+    """fuse-dir under a cgroup limit: the stack over it is skipped with the reason (the estimate,
+    the limit) before it is read, the others are fused; the kernel ended the whole batch."""
+    from bafusion.fusion import batch
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    for stem in ("p", "q", "r"):
+        _png_pair(src, stem)
+    _fake_limit(monkeypatch, 800, lambda path: 24.0 if path.name.startswith("q-") else 0.001)
+    real = batch.fuse_files
+
+    def fuse_files(paths, *args, **kwargs):
+        assert not paths[0].name.startswith("q-"), "the stack over the limit was read"
+        return real(paths, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "fuse_files", fuse_files)
+    rc = cli_main(["fuse-dir", str(src), str(out), "--model", str(tiny_nets), "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == batch.EXIT_SKIPPED, err
+    assert "skipped q: needs more memory than this process may use" in err and "the limit is 800 MiB" in err, err
+    assert sorted(p.name for p in out.iterdir()) == [batch.OUTPUT_MARKER, "p.png", "r.png"]
+
+
+def test_fuse_set_refuses_a_pair_over_the_cgroup_limit_before_any_work(tmp_path: Path, tiny_nets: Path,
+                                                                       monkeypatch, capsys) -> None:
+    """fuse-set: a pair over the cgroup limit is refused before the first pair is fused (the
+    kernel would end the run at it, the pairs before lost with it)."""
+    import json
+
+    pairs, out = tmp_path / "set", tmp_path / "fused"
+    for stem in ("p1", "p2"):
+        _png_pair(pairs, stem)
+    (pairs / "index.json").write_text(json.dumps({"pairs": ["p1", "p2"]}))
+    _fake_limit(monkeypatch, 800, lambda path: 24.0 if path.name.startswith("p2-") else 0.001)
+    rc = cli_main(["fuse-set", "--pairs", str(pairs), "--model", str(tiny_nets), "--out", str(out), "--device",
+                   "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"pair p2 ({pairs / 'p2-A.png'}, {pairs / 'p2-B.png'}): needs more memory" in err, err
+    assert "the limit is 800 MiB" in err and not out.exists()
+
+
 def test_the_estimate_counts_the_uint16_copies_of_deep_sources(tmp_path: Path, monkeypatch) -> None:
     """A 24 MP 16-bit RGB TIFF pair peaked at 1542 MiB, 16 % over the 1324 MiB estimated (its
     uint16 copies, ~11 MiB per megapixel, not counted): a source of more than 8 bits (TIFF,

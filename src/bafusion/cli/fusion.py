@@ -270,6 +270,15 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
             check_not_input(Path(args.save_maps) / name, paths, "map file")
         maps_line = _maps_line(Path(args.save_maps), out.stem, joint, len(paths))
     resolve_device(other["device"], "--device")
+    from bafusion.fusion.memory import check_memory, memory_warning
+
+    # a cgroup's memory limit (a container, a SLURM job): refused before reading, since over it the
+    # kernel ends the fusion without a word; --align auto counted as the fusion (it may not align)
+    aligned = (args.align or "none") not in ("none", "auto")
+    check_memory(paths, aligned)
+    low = memory_warning(paths, aligned)
+    if low:
+        print(f"bafusion fuse: warning: {low}", file=sys.stderr)
     from bafusion.fusion.batch import fused_output, prepare_sources
 
     say = _stage_lines(args.progress, paths)

@@ -1443,6 +1443,7 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
     """:func:`fuse_dir` once ``out`` exists and its lock is held (:func:`output_lock`)."""
     from tqdm import tqdm
 
+    from bafusion.fusion.memory import memory_problem
     from bafusion.io import write_image
     from bafusion.progress import bars_enabled, in_log
 
@@ -1528,6 +1529,12 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
                 continue
             tqdm.write(f"bafusion fuse-dir: {name}: fused again (--skip-existing keeps an output only when its shots "
                        f"are unchanged): {changed}", file=sys.stderr)
+        # over the cgroup's memory limit the kernel would end the whole batch without a word
+        why = memory_problem(shots, align not in ("none", "auto"))
+        if why:
+            rep.skipped.append((name, why))
+            said(i, name, _skipped(t0, "why: at the end"))
+            continue
         out_of_memory = False
         stage = stages(name, shots)
         try:

@@ -272,6 +272,15 @@ def fuse_set(
     # and their sizes (from the headers), truth maps too: a mismatch found after an hour would lose it
     for name in names:
         _check_pair_sizes(pairs, name)
+    # and the memory limit of the process's cgroup (a container, a SLURM job): over it the kernel
+    # ends the run without a word, at the first pair too large
+    from bafusion.fusion.memory import memory_problem
+
+    for name in names:
+        shots = [pairs / f"{name}-A.png", pairs / f"{name}-B.png"]
+        why = memory_problem(shots)
+        if why:
+            raise UserError(f"pair {name} ({shots[0]}, {shots[1]}): {why}")
     # into a fresh folder that replaces ``out`` at the end: a killed run leaves the earlier
     # results whole, never mixed with new ones
     said_once: set[str] = set()  # notes said once a run (metadata not kept), as fuse-dir says them
