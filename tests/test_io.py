@@ -1539,3 +1539,40 @@ def test_other_formats_pillow_reads_but_bafusion_does_not_are_named(tmp_path: Pa
             continue
         assert (fmt if fmt != "MPO" else "JPEG") in tried, suffix
     assert "EPS" not in tried and "ICO" not in tried
+
+
+def test_a_dropped_alpha_channel_is_noted_once_per_file(tmp_path: Path, capsys, tiny_nets) -> None:
+    """A source with transparency (B's right half transparent) lost it without a word, though
+    fuse notes the other things it drops (XMP, IPTC, colour chunks): a line names each file
+    whose alpha (8-bit RGBA, gray + alpha, 16-bit gray + alpha TIFF) or transparent colour
+    (palette tRNS) is dropped, once; an alpha that is opaque everywhere loses nothing: no line."""
+    import tifffile
+
+    from bafusion.cli import main
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    alpha = np.full((40, 48), 255, np.uint8)
+    Image.fromarray(np.dstack([rgb, alpha])).save(tmp_path / "opaque.png")
+    alpha[:, 24:] = 0
+    Image.fromarray(np.dstack([rgb, alpha])).save(tmp_path / "half.png")
+    Image.fromarray(np.dstack([rgb[..., 0], alpha]), "LA").save(tmp_path / "gray.png")
+    Image.fromarray(rgb).save(tmp_path / "plain.png")
+    pal = Image.fromarray(rgb).convert("P")
+    pal.save(tmp_path / "keyed.png", transparency=0)
+    tifffile.imwrite(tmp_path / "la16.tif", np.dstack([rgb[..., 0], alpha]).astype(np.uint16) * 257,
+                     photometric="minisblack", extrasamples=["unassalpha"])
+    notes = read_source_set([tmp_path / n for n in ("plain.png", "opaque.png", "half.png", "gray.png",
+                                                     "keyed.png", "la16.tif")]).notes
+    dropped = [n for n in notes if "is dropped: its colours" in n]
+    assert dropped == [f"{tmp_path / n}: its alpha channel (transparency) is dropped: its colours are used as on "
+                       "full opacity" for n in ("half.png", "gray.png")] + [
+        f"{tmp_path / 'keyed.png'}: its transparent colour is dropped: its colours are used as on full opacity",
+        f"{tmp_path / 'la16.tif'}: its alpha channel (transparency) is dropped: its colours are used as on full "
+        "opacity"], notes
+    assert not [n for n in read_source_set([tmp_path / "plain.png", tmp_path / "opaque.png"]).notes if "alpha" in n]
+    capsys.readouterr()
+    assert main(["fuse", str(tmp_path / "plain.png"), str(tmp_path / "half.png"), "-o", str(tmp_path / "f.png"),
+                 "--model", str(tiny_nets), "--device", "cpu", "--force", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("alpha channel") == 1 and f"bafusion fuse: {tmp_path / 'half.png'}: its alpha channel" in err, err

@@ -230,6 +230,42 @@ def frame_notes(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
     return notes
 
 
+#: Pillow modes with an alpha channel (the reader drops it: :mod:`bafusion.io`'s docstring).
+_ALPHA_MODES = ("LA", "La", "RGBA", "RGBa", "PA")
+
+
+def _alpha_note(path: str | os.PathLike[str]) -> str | None:
+    """The line for the user when ``path`` holds transparency the reader drops: an alpha channel
+    (8 or 16 bits; one whose every pixel is opaque is no loss and gets no line) or a palette's or
+    PNG's transparent colour (``tRNS``, GIF). None otherwise, or when the header cannot be read
+    (the reader names the file)."""
+    p = Path(path)
+    try:
+        with _quiet_pillow(), open(p, "rb") as fh, pillow_open(fh) as im:
+            mode, keyed = im.mode, "transparency" in im.info
+            if mode in _ALPHA_MODES:
+                band = "A" if "A" in im.getbands() else im.getbands()[-1]
+                low, high = im.getchannel(band).getextrema()
+                if low == high == 255:  # an opaque alpha (16-bit PNGs too: Pillow's high byte)
+                    return None
+    except UnidentifiedImageError:
+        # a 16-bit gray + alpha TIFF, which Pillow cannot identify (read with tifffile, alpha dropped)
+        try:
+            with _tiff_file(p) as tf:
+                mode, keyed = ("LA" if tf.pages.first.extrasamples else ""), False
+        except Exception:  # noqa: BLE001 - the reader says why it cannot read it
+            return None
+    except Exception:  # noqa: BLE001 - the reader says why it cannot read it
+        return None
+    if mode in _ALPHA_MODES:
+        what = "its alpha channel (transparency) is dropped"
+    elif keyed:
+        what = "its transparent colour is dropped"
+    else:
+        return None
+    return f"{os.fspath(path)}: {what}: its colours are used as on full opacity"
+
+
 def mix_note(names: Sequence[str], gray: Sequence[bool]) -> str | None:
     """The line for the user when the sources of one fusion mix gray and colour files: the
     gray ones are used as colour (R = G = B), so the result is gray where it is taken from

@@ -18,7 +18,7 @@ from PIL import Image
 from bafusion.errors import InputFileError
 from bafusion.io.depth import _high_depth_array, common_bits, sbit_scaled, scale_to_u8, source_bits
 from bafusion.io.formats import _check_not_empty, open_image, unread_format
-from bafusion.io.info import frame_notes, mix_note
+from bafusion.io.info import _alpha_note, frame_notes, mix_note
 from bafusion.io.metadata import (
     _source_metadata,
     cmyk_notes,
@@ -78,7 +78,8 @@ class SourceSet:
         Lines for the user, read with the metadata: one per source whose colour profile is not
         the first's (:func:`profile_notes`), one per source of several frames or pages (only
         the first is used: :func:`frame_note`) and one when gray and colour sources are mixed
-        (the result is gray where taken from a gray one: :func:`mix_note`); and, also without
+        (the result is gray where taken from a gray one: :func:`mix_note`), one per source whose
+        transparency (an alpha channel not opaque everywhere, a transparent colour) is dropped; and, also without
         metadata, one per floating-point source whose samples were clipped (:func:`float_to_u8`).
     dpi : (float, float) or None
         The first source's resolution in dots per inch (:func:`source_dpi`).
@@ -148,7 +149,8 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     uint8 ones, so the two agree), and the first source's EXIF and ICC profile, with notes
     (when ``metadata``, see :attr:`SourceSet.notes`): a source whose profile is not the first's,
     one of several frames or pages, gray sources beside colour ones, an unmarked deeper source
-    read on its file's scale beside an 8-bit one although its values would fit fewer bits;
+    read on its file's scale beside an 8-bit one although its values would fit fewer bits, a
+    source whose transparency is dropped;
     always: a float source's clipped samples. Floating-point sources share one scale
     (:func:`float_scale` of the largest value over all of them), as unmarked integer sources
     share one bit depth -- unless a source is an 8-bit file: the unmarked ones of up to 16 bits
@@ -258,6 +260,8 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     if metadata:
         notes += container
         notes += frame_notes(paths)
+        # once per file: a file given twice (refused by fuse) or read for a metric beside its sources
+        notes += list(dict.fromkeys(n for n in map(_alpha_note, paths) if n))
         mixed = mix_note([os.fspath(p) for p in paths], [a.ndim == 2 for a in images])
         notes += [mixed] if mixed else []
     bits = max(significant + [shared for _, _, b, _ in high if b is None], default=8)
