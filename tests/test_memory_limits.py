@@ -487,3 +487,39 @@ def test_the_estimate_counts_the_uint16_copies_of_deep_sources(tmp_path: Path, m
     shot = memory.MIB_PER_MEGAPIXEL_SHOT + memory.DEEP_MIB_PER_MEGAPIXEL_SHOT
     assert memory.fuse_need_mib(three) == round(memory.BASE_MIB + (memory.MIB_PER_MEGAPIXEL
                                                                    + memory.DEEP_MIB_PER_MEGAPIXEL) * 24 + shot * 24)
+
+
+def test_fuse_with_save_maps_is_checked_against_the_limit_with_the_maps_estimate(tmp_path: Path, tiny_nets: Path,
+                                                                                 monkeypatch, capsys) -> None:
+    """``--save-maps`` needs more than the fusion (its estimate counts them since 0.5.0): the
+    cgroup check before any work counted the fusion alone, so a pair whose maps go over the
+    limit was started and then ended by the kernel. A limit between the two estimates lets the
+    plain fusion through and refuses it with --save-maps, naming the maps' estimate."""
+    from bafusion.fusion import batch, memory
+
+    a, b = _png_pair(tmp_path / "in")
+    out = tmp_path / "f.png"
+    mp = 1.0
+    plain = memory.fuse_need_mib([a, b])
+    with_maps = memory.fuse_need_mib([a, b], save_maps=True)
+    assert plain is not None and with_maps is not None
+    _fake_limit(monkeypatch, 0, megapixels=lambda path: mp)
+    plain, with_maps = memory.fuse_need_mib([a, b]), memory.fuse_need_mib([a, b], save_maps=True)
+    assert with_maps > plain * memory.MEMORY_MARGIN * 1.05, (plain, with_maps)
+    limit = int(plain / memory.MEMORY_MARGIN) + 5  # the fusion fits within the margin, the maps do not
+    assert with_maps > limit * memory.MEMORY_MARGIN
+    _fake_limit(monkeypatch, limit, megapixels=lambda path: mp)
+    argv = ["fuse", str(a), str(b), "-o", str(out), "--model", str(tiny_nets), "--device", "cpu", "--quiet"]
+    assert cli_main(argv) == 0 and out.is_file(), capsys.readouterr().err
+    out.unlink()
+    real = batch.prepare_sources
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the shots were read")
+
+    monkeypatch.setattr(batch, "prepare_sources", no_work)
+    assert cli_main([*argv, "--save-maps", str(tmp_path / "maps")]) == 2
+    err = capsys.readouterr().err
+    assert "needs more memory" in err and f"needs about {with_maps} MiB" in err and "--save-maps" in err, err
+    assert not out.exists() and not (tmp_path / "maps").exists()
+    monkeypatch.setattr(batch, "prepare_sources", real)

@@ -290,7 +290,7 @@ def _resident_mib() -> int:
         return 0
 
 
-def memory_problem(shots: Sequence[Path], align: bool = False) -> str | None:
+def memory_problem(shots: Sequence[Path], align: bool = False, save_maps: bool = False) -> str | None:
     """Why ``shots`` cannot be fused within this process's cgroup memory limit
     (:func:`memory_limit`): the estimate (:func:`fuse_need_mib`) is more than
     :data:`MEMORY_MARGIN` times the limit; None when it is not, when there is no limit, when the
@@ -303,6 +303,8 @@ def memory_problem(shots: Sequence[Path], align: bool = False) -> str | None:
         The shots of one fusion.
     align : bool
         They are aligned (the alignment's estimate when it is the larger).
+    save_maps : bool
+        Their maps and Fig. 3 are written (``--save-maps``: their estimate when it is the larger).
 
     Returns
     -------
@@ -313,17 +315,17 @@ def memory_problem(shots: Sequence[Path], align: bool = False) -> str | None:
     limit = memory_limit()
     if limit is None:
         return None
-    need = fuse_need_mib(shots, align)
+    need = fuse_need_mib(shots, align, save_maps)
     if need is None or need <= limit[0] * MEMORY_MARGIN:
         return None
-    return (f"needs more memory than this process may use: {fuse_advice(shots, align)}; the limit is {limit[0]} MiB "
+    return (f"needs more memory than this process may use: {fuse_advice(shots, align, save_maps)}; the limit is {limit[0]} MiB "
             f"({limit[1]}: a container's --memory, SLURM's --mem, systemd's MemoryMax), and the kernel ends a "
             "process over it without a message (SIGKILL, exit status 137); raise the limit, or set "
             f"{MEMORY_CHECK_ENV}=0 to fuse anyway (the estimate is a few per cent above the measured peak of JPEG "
             "pairs, up to ~20 % above for PNG ones)")
 
 
-def memory_warning(shots: Sequence[Path], align: bool = False) -> str | None:
+def memory_warning(shots: Sequence[Path], align: bool = False, save_maps: bool = False) -> str | None:
     """A line for the user when fusing ``shots`` needs more memory (:func:`fuse_need_mib`) than
     the machine has available now (:func:`available_mib`, plus what this process holds
     already): it may swap or run out of memory. None otherwise, or where that is not told. A
@@ -335,6 +337,8 @@ def memory_warning(shots: Sequence[Path], align: bool = False) -> str | None:
         The shots of one fusion.
     align : bool
         They are aligned.
+    save_maps : bool
+        Their maps and Fig. 3 are written (``--save-maps``).
 
     Returns
     -------
@@ -343,15 +347,15 @@ def memory_warning(shots: Sequence[Path], align: bool = False) -> str | None:
     avail = available_mib()
     if avail is None:
         return None
-    need = fuse_need_mib(shots, align)
+    need = fuse_need_mib(shots, align, save_maps)
     have = avail + _resident_mib()
     if need is None or need <= have * MEMORY_MARGIN:
         return None
-    return (f"{fuse_advice(shots, align)}; about {have} MiB are available now (MemAvailable and what this process "
+    return (f"{fuse_advice(shots, align, save_maps)}; about {have} MiB are available now (MemAvailable and what this process "
             "holds): it may swap or run out of memory")
 
 
-def check_memory(shots: Sequence[Path], align: bool = False) -> None:
+def check_memory(shots: Sequence[Path], align: bool = False, save_maps: bool = False) -> None:
     """Refuse, before any work, a fusion of ``shots`` whose estimate exceeds this process's
     cgroup memory limit (:func:`memory_problem`), naming the files.
 
@@ -361,13 +365,15 @@ def check_memory(shots: Sequence[Path], align: bool = False) -> None:
         The shots of one fusion.
     align : bool
         They are aligned.
+    save_maps : bool
+        Their maps and Fig. 3 are written (``--save-maps``).
 
     Raises
     ------
     bafusion.errors.UserError
         Naming the shots, the estimate, the limit and what helps.
     """
-    why = memory_problem(shots, align)
+    why = memory_problem(shots, align, save_maps)
     if why:
         from bafusion.errors import UserError
 
