@@ -12,9 +12,11 @@ from bafusion.errors import UserError
 from bafusion.fusion import FusionParams, fuse_images, load_nets_from_dir
 from bafusion.fusion.working import (
     boundary_band,
+    decision_size,
     guided_filter,
     progress_bar,
     uses_working,
+    working_resolution,
     working_size,
 )
 from bafusion.io import resize
@@ -50,6 +52,47 @@ def test_engages_above_the_threshold_only() -> None:
     # working_side above working_above: only pairs larger than the working size engage.
     assert not uses_working((1500, 2000), FusionParams(working_side=2000, working_above=1024))
     assert working_size((3000, 4000), 640) == (480, 640) and working_size((4000, 3000), 640) == (640, 480)
+
+
+def test_a_wide_pair_keeps_the_short_side_of_a_16_9_frame() -> None:
+    """Scaled by its long side alone, an 8:1 panorama was decided at 640x80 (its subject a
+    few patches high: every pixel from B) and an 8x5000 strip on one row. Up to 16:9 the
+    working size is unchanged (the same outputs); wider pairs keep a 16:9 frame's short side
+    (360 px at 640), never upscaled; a strip narrower than that is decided at its size."""
+    p = FusionParams()  # working_side 640, working_above 1024
+    for hw in [(3000, 4000), (4000, 3000), (1024, 1536), (2000, 3000), (1080, 1920), (2160, 3840),
+               (2250, 4000), (3840, 2160), (1081, 1920), (1600, 1600), (1025, 1025)]:
+        assert working_resolution(hw, 640) == working_size(hw, 640), hw
+        assert uses_working(hw, p) and decision_size(hw, p) == working_size(hw, 640), hw
+    assert working_resolution((1079, 1920), 640) == (360, 641)  # just wider than 16:9: continuous
+    assert decision_size((520, 4160), p) == (360, 2880)  # 8:1, was (80, 640)
+    assert decision_size((4160, 520), p) == (2880, 360)
+    assert decision_size((520, 2080, 3), p) == (360, 1440)  # 4:1, was (160, 640)
+    assert decision_size((360, 3000), p) is None and not uses_working((360, 3000), p)  # decided at its size
+    assert decision_size((8, 5000), p) is None and decision_size((5000, 8), p) is None  # was (1, 640), (640, 1)
+    assert working_resolution((100, 2000), 640) == (100, 2000)  # never upscaled
+    assert working_resolution((1000, 8000), 1280) == (720, 5760)  # the 16:9 short side follows working_side
+
+
+def test_a_wide_pair_is_decided_where_its_subject_shows(nets) -> None:
+    """An 8:1 pair (eight copies of a scene side by side, an ellipse in focus in A) decided
+    with ``working_side`` 128: by its long side alone at 128x16, it took half its pixels from
+    the wrong shot (accuracy 0.59 against the truth); at the 16:9 frame's short side (72 px,
+    576x72) 0.98."""
+    from skimage import data
+
+    h, k = 144, 8
+    g = np.tile(resize(data.camera().astype(np.float32), (h, h)).astype(np.float64), (1, k))
+    yy, xx = np.mgrid[:h, : h * k]
+    focus_a = ((yy - h * 0.5) / (0.3 * h)) ** 2 + (((xx % h) - h * 0.5) / (0.3 * h)) ** 2 < 1
+    bl = ndimage.gaussian_filter(g, 2.5)
+    a = np.clip(np.where(focus_a, g, bl), 0, 255).round().astype(np.uint8)
+    b = np.clip(np.where(focus_a, bl, g), 0, 255).round().astype(np.uint8)
+    p = FusionParams(working_side=128, working_above=0, working_min=0)
+    assert decision_size(a.shape, p) == (72, 576)
+    res = fuse_images(a, b, nets, p)
+    assert (res.decision == focus_a).mean() > 0.9
+    assert abs(res.decision.mean() - focus_a.mean()) < 0.05
 
 
 def test_below_the_threshold_the_result_is_the_plain_path(nets) -> None:

@@ -77,7 +77,8 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
                    help=f"three or more shots: chain (one into the next) or joint (one decision over all "
                         f"shots) (default {d.stack_rule})")
     g.add_argument("--working-side", type=int, default=None,
-                   help="camera-size pairs: long side (px) of the working resolution the decision is made at; "
+                   help="camera-size pairs: long side (px) of the working resolution the decision is made at "
+                        "(a pair wider than 16:9 keeps a 16:9 frame's short side, 9/16 of it); "
                         f"0 = off (default {d.working_side})")
     g.add_argument("--working-above", type=int, default=None,
                    help="use the working resolution only for pairs whose long side exceeds this "

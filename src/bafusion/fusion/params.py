@@ -121,7 +121,9 @@ class FusionParams:
     stack_rule: str = _default("stack_rule")
     #: Camera-size pairs (:mod:`bafusion.fusion.working`): a pair whose long side exceeds
     #: ``working_above`` pixels is decided at a working resolution whose long side is
-    #: ``working_side`` (downscaled, antialiased, where a patch sees the focus cue), the
+    #: ``working_side`` (downscaled, antialiased, where a patch sees the focus cue; a pair
+    #: wider than 16:9 keeps the short side of a 16:9 frame, ``working_side * 9 / 16``, or
+    #: its own if smaller: :func:`bafusion.fusion.working.working_resolution`), the
     #: decision brought to full size and only a band of ``working_band`` full-resolution
     #: pixels around its boundary refined, guided by the full-resolution images
     #: (``working_refine``). 0: off (the paper: every pair at its own size). 640: measured

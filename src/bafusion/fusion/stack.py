@@ -454,7 +454,8 @@ def fuse_stack_joint(
           pairs (``working_band``, ``working_refine``) is *not* applied: it filters one
           score of two sources, and the joint rule's index has no such score, so a
           camera-size stack's boundaries are placed to about one working pixel
-          (``long side / working_side`` full-resolution pixels).
+          (``long side / working_side`` full-resolution pixels up to 16:9,
+          :func:`bafusion.fusion.working.working_resolution`).
     names : sequence of str
         The shots' names, for error messages.
     step : callable, optional

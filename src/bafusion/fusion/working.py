@@ -9,10 +9,16 @@ the near-boundary band) and less sure. A pair whose long side exceeds
 1. **Working resolution.** Both gray sources are downscaled (antialiased, Lanczos) so that
    the long side is ``working_side`` pixels, and the paper's rule runs there unchanged
    (:func:`bafusion.fusion.decide`: initial net, Eq. 1-2, boundary net on the near-boundary
-   band), giving the refined score ``s1`` at working resolution.
+   band), giving the refined score ``s1`` at working resolution. A pair wider than 16:9 (a
+   panorama, :data:`WIDEST_FRAME`) keeps instead the short side of a 16:9 frame,
+   ``working_side * 9 / 16`` (360 px at 640), never more than its own
+   (:func:`working_resolution`): scaled by the long side alone, an 8:1 panorama was decided
+   at 640x80, where its subject is a few patches high (every pixel was taken from B where
+   the 520x520 fusion of the scene takes 17 % from A), and a pair whose working size would
+   be its own is decided at its size.
 2. **Full size.** The logit of ``s1`` is brought to full size (bilinear). Its decision
-   boundary is accurate to about one working pixel, ``k = long side / working_side``
-   full-resolution pixels.
+   boundary is accurate to about one working pixel, ``k = long side / working long side``
+   full-resolution pixels (``long side / working_side`` up to 16:9).
 3. **Boundary band at full resolution.** Only the pixels within ``working_band``
    full-resolution pixels of that boundary (a band whose width does not grow with the
    scale) are refined, tile by tile (bounded memory), by ``working_refine``:
@@ -73,6 +79,42 @@ MAX_UPSCALE = 2.0
 PROGRESS_MIN_PIXELS = 4_000_000
 
 
+#: Widest frame (long side, short side) whose working resolution is set by its long side:
+#: 16:9, the widest of ordinary photos and video frames. A wider pair keeps the short side
+#: such a frame would have (:func:`working_resolution`).
+WIDEST_FRAME = (16, 9)
+
+
+def working_resolution(shape_hw: tuple[int, ...], working_side: int) -> tuple[int, int]:
+    """(h, w) a camera-size pair is decided at (:func:`decide_working`).
+
+    Up to 16:9 (:data:`WIDEST_FRAME`; 4:3, 3:2, 16:9 photos, either way up) the long side is
+    ``working_side`` (:func:`working_size`). A wider pair (a panorama, a strip) is scaled so
+    that its short side is that of a 16:9 frame, ``working_side * 9 / 16`` pixels, but never
+    upscaled: scaled by its long side alone, an 8:1 pair's short side would be 80 px at
+    640, a few patches, and a 64:1 strip's 10 px.
+
+    Parameters
+    ----------
+    shape_hw : tuple of int
+        (H, W, ...) of the sources.
+    working_side : int
+        ``FusionParams.working_side`` (> 0).
+
+    Returns
+    -------
+    tuple of int
+        (h, w), at most (H, W); (H, W) itself when the pair is not shrunk at all.
+    """
+    h, w = shape_hw[:2]
+    long, short = max(h, w), min(h, w)
+    wide, high = WIDEST_FRAME
+    if high * long <= wide * short:  # up to 16:9: by the long side, as always
+        return working_size(shape_hw, working_side)
+    f = min(1.0, working_side * high / wide / short)
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
 def uses_working(shape_hw: tuple[int, ...], params: "FusionParams") -> bool:
     """Whether a pair of this size is decided at the working resolution.
 
@@ -87,11 +129,13 @@ def uses_working(shape_hw: tuple[int, ...], params: "FusionParams") -> bool:
     Returns
     -------
     bool
-        True when ``working_side > 0`` and the long side exceeds both ``working_above`` and
-        ``working_side``.
+        True when ``working_side > 0``, the long side exceeds both ``working_above`` and
+        ``working_side``, and the working resolution (:func:`working_resolution`) is smaller
+        than the pair (a strip narrower than a 16:9 frame's short side is decided at its size).
     """
     long = max(shape_hw[:2])
-    return bool(params.working_side) and not params.exact and long > max(params.working_above, params.working_side)
+    return (bool(params.working_side) and not params.exact and long > max(params.working_above, params.working_side)
+            and working_resolution(shape_hw, params.working_side) != tuple(shape_hw[:2]))
 
 
 def uses_upscale(shape_hw: tuple[int, ...], params: "FusionParams") -> bool:
@@ -111,12 +155,12 @@ def upscale_side(shape_hw: tuple[int, ...], params: "FusionParams") -> float:
 def decision_size(shape_hw: tuple[int, ...], params: "FusionParams") -> tuple[int, int] | None:
     """(h, w) at which a pair of this size is decided, when that is not its own size.
 
-    The working resolution when :func:`uses_working` (long side ``params.working_side``), the
+    The working resolution when :func:`uses_working` (:func:`working_resolution`), the
     upscaled size when :func:`uses_upscale` (long side :func:`upscale_side`), checked in that
     order as :func:`bafusion.fusion.fuse_images` does; None: the pair is decided at its size.
     """
     if uses_working(shape_hw, params):
-        return working_size(shape_hw, params.working_side)
+        return working_resolution(shape_hw, params.working_side)
     if uses_upscale(shape_hw, params):
         return working_size(shape_hw, upscale_side(shape_hw, params))
     return None
@@ -325,8 +369,8 @@ def decide_working(
     nets : FusionNets
         The initial and boundary nets.
     params : FusionParams
-        ``working_side``, ``working_band`` and ``working_refine`` as in the module docstring;
-        the other fields apply at the working resolution.
+        ``working_side`` (:func:`working_resolution`), ``working_band`` and ``working_refine``
+        as in the module docstring; the other fields apply at the working resolution.
     progress : bool or None
         The progress bar (:func:`progress_bar`).
 
@@ -342,8 +386,8 @@ def decide_working(
     from bafusion.fusion.scoring import boundary_steps, score
 
     h, w = ga.shape
-    hs, ws = working_size(ga.shape, params.working_side)
-    k = max(h, w) / params.working_side  # full-resolution pixels per working pixel
+    hs, ws = working_resolution(ga.shape, params.working_side)
+    k = max(h, w) / max(hs, ws)  # full-resolution pixels per working pixel
     t: dict[str, float] = {}
     # four steps: the two nets, the upsampling, the band; the band's tiles (found only after the
     # nets, 0.06 s each against seconds a net) share its step, so the bar never goes back (it
@@ -415,5 +459,7 @@ __all__ = [
     "guided_filter",
     "progress_bar",
     "uses_working",
+    "WIDEST_FRAME",
+    "working_resolution",
     "working_size",
 ]
