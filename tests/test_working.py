@@ -14,6 +14,7 @@ from bafusion.fusion.working import (
     boundary_band,
     decision_size,
     guided_filter,
+    patch_note,
     progress_bar,
     uses_working,
     working_resolution,
@@ -93,6 +94,52 @@ def test_a_wide_pair_is_decided_where_its_subject_shows(nets) -> None:
     res = fuse_images(a, b, nets, p)
     assert (res.decision == focus_a).mean() > 0.9
     assert abs(res.decision.mean() - focus_a.mean()) < 0.05
+
+
+@pytest.mark.parametrize("hw,noted", [((7, 7), True), ((1, 1), True), ((8, 300), True), ((300, 8), True),
+                                      ((40, 40), False), ((20, 20), False)])
+def test_a_pair_narrower_than_a_patch_is_noted(nets, hw, noted) -> None:
+    """A 7x7 pair took every pixel from B, silently: the nets' 32-px patches of a pair less
+    than a patch high or wide (as decided: a 20x20 pair is decided upscaled to 40x40) see
+    mostly the mirrored border. The fusion is made and says so in its notes."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, hw, dtype=np.uint8)
+    b = ndimage.uniform_filter(a, 3)
+    res = fuse_images(a, b, nets, FusionParams(), names=("a.png", "b.png"))
+    assert res.fused.shape == a.shape
+    hit = [n for n in res.notes if "patch" in n]
+    if noted:
+        assert len(hit) == 1 and f"{hw[1]}x{hw[0]} (WxH)" in hit[0] and "a.png and b.png" in hit[0], res.notes
+        assert "32-pixel patch" in hit[0] and "guess" in hit[0]
+    else:
+        assert not hit, res.notes
+    assert patch_note((7, 7), FusionParams(), 32) is not None
+    assert "decided at 14x14" in patch_note((7, 7), FusionParams(), 32)  # upscaled x2, still under a patch
+    assert patch_note((7, 7), FusionParams(working_min=0), 32).count("decided at") == 0
+    assert patch_note((8, 5000), FusionParams(), 32) is not None  # decided at its size, 8 rows
+    assert patch_note((520, 4160), FusionParams(), 32) is None
+
+
+def test_fuse_and_a_joint_stack_say_so_for_a_pair_under_a_patch(nets, tmp_path, capsys) -> None:
+    """``bafusion fuse`` of a 7x7 pair prints the note on stderr (and still writes the fusion);
+    the joint stack rule notes a stack under a patch as well."""
+    from PIL import Image
+
+    from bafusion.cli import main as cli_main
+    from bafusion.fusion.stack import fuse_stack_joint
+
+    rng = np.random.default_rng(1)
+    shots = [rng.integers(0, 256, (7, 7, 3), dtype=np.uint8) for _ in range(3)]
+    for n, x in zip("ab", shots):
+        Image.fromarray(x).save(tmp_path / f"{n}.png")
+    capsys.readouterr()
+    assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "f.png"),
+                     "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "are 7x7 (WxH), decided at 14x14: less than the nets' 32-pixel patch high" in err, err
+    assert (tmp_path / "f.png").is_file()
+    res = fuse_stack_joint(shots, nets, FusionParams(stack_rule="joint"), ["a.png", "b.png", "c.png"])
+    assert [n for n in res.notes if "the 3 shots a.png to c.png are 7x7 (WxH)" in n], res.notes
 
 
 def test_below_the_threshold_the_result_is_the_plain_path(nets) -> None:

@@ -41,6 +41,7 @@ from bafusion.fusion.params import FusionParams
 from bafusion.fusion.working import (
     decide_upscaled,
     decide_working,
+    patch_note,
     progress_bar,
     uses_upscale,
     uses_working,
@@ -106,8 +107,9 @@ class FusionResult:
     notes : list of str
         Lines for the user (``bafusion fuse`` prints them as notes, :func:`bafusion.fuse` issues
         them as :class:`FusionNoteWarning`): B's exposure or colour differs visibly from A's, so
-        seams may show (:func:`bafusion.fusion.exposure.exposure_note`); empty when it does not
-        or when ``match_output_exposure`` brought B to A.
+        seams may show (:func:`bafusion.fusion.exposure.exposure_note`; none when
+        ``match_output_exposure`` brought B to A); the pair is decided at a size less than the
+        nets' patch high or wide (:func:`bafusion.fusion.working.patch_note`). Often empty.
     gains : ndarray or None
         float64 (C,), B's per-channel gains applied before compositing when
         ``match_output_exposure`` is on (``fused`` holds B's pixels times them), else None.
@@ -129,7 +131,8 @@ class FusionResult:
     decision: np.ndarray  #: bool, after small-region removal (True: take A)
     seconds: dict[str, float] = field(default_factory=dict)
     #: Lines for the user: B's exposure or colour differs visibly from A's
-    #: (:func:`bafusion.fusion.exposure.exposure_note`).
+    #: (:func:`bafusion.fusion.exposure.exposure_note`), a pair narrower than the nets' patch
+    #: (:func:`bafusion.fusion.working.patch_note`).
     notes: list[str] = field(default_factory=list)
     #: B's per-channel gains applied before compositing (``match_output_exposure``), else None.
     gains: np.ndarray | None = None
@@ -395,6 +398,8 @@ def _fuse_pair(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionPar
         note = exposure_note(gains, names, OUTPUT_EXPOSURE_OPTION, colour=both_colour)
         notes += [note] if note else []
     t_pre["colour"] = time.perf_counter() - t0
+    note = patch_note(ga.shape, params, nets.patch_initial, names)
+    notes += [note] if note else []
     if uses_working(ga.shape, params):
         s0, mean, near, s1, t = decide_working(ga, gb, nets, params, progress=progress)
     elif uses_upscale(ga.shape, params):

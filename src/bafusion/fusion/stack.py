@@ -73,7 +73,7 @@ from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import STACK_RULES, FusionParams
 from bafusion.fusion.rule import OUTPUT_EXPOSURE_OPTION, FusionResult, check_same_size, dtype_hint
 from bafusion.fusion.scoring import _logit, boundary_steps, score, score_multiscale
-from bafusion.fusion.working import decision_size, resize_gray
+from bafusion.fusion.working import decision_size, patch_note, resize_gray
 from bafusion.io import gray_float, read_image, read_matte, resize, to_gray_u8, to_uint8
 
 #: Truth value of pixels where no shot is right or wrong (mixed or flat).
@@ -281,7 +281,8 @@ class StackResult:
     index_raw: np.ndarray  #: int16, after the boundary net
     index: np.ndarray  #: int16, after small-region removal
     seconds: dict[str, float] = field(default_factory=dict)
-    #: Lines for the user: a shot's exposure or colour differs visibly from the first's.
+    #: Lines for the user: a shot's exposure or colour differs visibly from the first's; the
+    #: stack is narrower than the nets' patch (:func:`bafusion.fusion.working.patch_note`).
     notes: list[str] = field(default_factory=list)
     #: Per shot, the gains applied before compositing (``match_output_exposure``; the first
     #: shot's: None), else None.
@@ -516,6 +517,8 @@ def fuse_stack_joint(
                                  colour=np.asarray(images[0]).ndim == 3 and np.asarray(images[i]).ndim == 3)
             notes += [note] if note else []
     t_pre["colour"] = time.perf_counter() - t0
+    note = patch_note((h, w), params, nets.patch_initial, names)
+    notes += [note] if note else []
     t0 = time.perf_counter()
     index = remove_small_labels(index1, params.min_region)
     fused = compose(images, index)

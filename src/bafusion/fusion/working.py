@@ -62,6 +62,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from bafusion.fusion.models import FusionNets
     from bafusion.fusion.params import FusionParams
 
@@ -164,6 +166,43 @@ def decision_size(shape_hw: tuple[int, ...], params: "FusionParams") -> tuple[in
     if uses_upscale(shape_hw, params):
         return working_size(shape_hw, upscale_side(shape_hw, params))
     return None
+
+
+def patch_note(shape_hw: tuple[int, ...], params: "FusionParams", patch: int,
+               names: "Sequence[str]" = ("A", "B")) -> str | None:
+    """A note for a pair decided at a size narrower than the nets' patch, else None.
+
+    The nets judge ``patch`` x ``patch`` windows (32 px); a pair decided at a height or width
+    below that (a thumbnail of a few pixels, a strip a few rows high; after any upscaling,
+    :func:`decision_size`) gives them windows that are mostly the reflected border, so the
+    decision says little about focus (a 7x7 pair took every pixel from B). The fusion is
+    still made (its pixels are the sources'); the note tells the user.
+
+    Parameters
+    ----------
+    shape_hw : tuple of int
+        (H, W, ...) of the sources.
+    params : FusionParams
+        The fusion's parameters (:func:`decision_size`).
+    patch : int
+        The nets' patch side (:attr:`bafusion.fusion.FusionNets.patch_initial`).
+    names : sequence of str
+        The sources' names (two: "a.png and b.png"; more: "the 5 shots a.png to e.png").
+
+    Returns
+    -------
+    str or None
+        The note, or None when both sides of the decided size are at least ``patch``.
+    """
+    h, w = shape_hw[:2]
+    dh, dw = decision_size(shape_hw, params) or (h, w)
+    if min(dh, dw) >= patch:
+        return None
+    at = "" if (dh, dw) == (h, w) else f", decided at {dw}x{dh}"
+    who = f"{names[0]} and {names[1]}" if len(names) == 2 else f"the {len(names)} shots {names[0]} to {names[-1]}"
+    return (f"{who} are {w}x{h} (WxH){at}: less than the nets' {patch}-pixel patch "
+            f"{'high' if dh < patch else 'wide'}, their patches see mostly the mirrored border, so which "
+            "shot each pixel comes from is a guess, not a measure of focus")
 
 
 def resize_gray(g: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
@@ -448,6 +487,7 @@ def decide_working(
 __all__ = [
     "BAND_TILE",
     "MAX_UPSCALE",
+    "patch_note",
     "PROGRESS_MIN_PIXELS",
     "boundary_band",
     "decide_upscaled",
