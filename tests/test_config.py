@@ -17,7 +17,6 @@ from params_edit import without_keys
 from bafusion.cli import main
 from bafusion.config import (
     apply_overrides_to_file,
-    coco_download_count,
     deep_merge,
     dvc_set_args,
     flatten,
@@ -194,14 +193,9 @@ def test_count_names_the_real_problem(tmp_path: Path) -> None:
     background folder was reported as "data.foregrounds is 0 (= all) and the source cannot be
     read (...)", blaming the count."""
     params = load_params(REPO / "params.yaml")
-    web = deep_merge(params, {"data": {"source": "web", "foregrounds": 0, "backgrounds": 700},
-                              "download": {"alphamatting": {"from_dir": str(tmp_path / "am")}}})
-    with pytest.raises(UserError) as e:  # a local copy may hold any number of foregrounds
-        count_samples(web)
-    msg = str(e.value)
-    assert "unknown data.source" not in msg and "'web' downloads the images only when the pipeline runs" in msg
-    assert "cannot count data.foregrounds " in msg and "data.backgrounds" not in msg, msg
-    c = count_samples(deep_merge(web, {"data": {"foregrounds": 27}}))
+    web = deep_merge(params, {"data": {"source": "web", "foregrounds": 27, "backgrounds": 700,
+                                       "holdout_foregrounds": 0, "holdout_backgrounds": 0}})
+    c = count_samples(web)
     assert c["pairs"] == 27 * 700 and "unknown" not in c["note"] and "'web' downloads" in c["note"]
     missing = str(tmp_path / "nonexistent")
     bad = deep_merge(params, {"data": {"source": "dir", "foregrounds": 0, "backgrounds": 0, "holdout_foregrounds": 0,
@@ -215,27 +209,92 @@ def test_count_names_the_real_problem(tmp_path: Path) -> None:
     assert str(e.value).startswith(f"data.dir.backgrounds {missing}: background folder not found: cannot count"), str(e.value)
 
 
-def test_count_of_a_web_source_counts_what_the_download_keeps() -> None:
-    """data.backgrounds: 0 means, for data.source: web, the download's backgrounds less the
-    held-out ones (700 where download.coco.count is 0: schema, README), and data.foregrounds: 0
-    the 27 alphamatting.com foregrounds less the held-out ones; `bafusion count` refused to count
-    either ("cannot count data.foregrounds and data.backgrounds (0 = all the source has)")."""
-    web = deep_merge(load_params(REPO / "params.yaml"), {"data": {"source": "web"}})
-    assert web["data"]["foregrounds"] == web["data"]["backgrounds"] == 0
-    c = count_samples(web)  # holds out 2 of each: 25 foregrounds, 702 downloaded backgrounds
-    assert (c["foregrounds"], c["backgrounds"], c["pairs"]) == (25, 700, 25 * 700), c
-    assert "'web' downloads" in c["note"] and c["available"] == {"foregrounds": None, "backgrounds": None}
-    given = count_samples(deep_merge(web, {"download": {"coco": {"count": 50}}}))
-    assert (given["foregrounds"], given["backgrounds"]) == (25, 48)
-    configured = count_samples(deep_merge(web, {"data": {"foregrounds": 10, "backgrounds": 20}}))
-    assert (configured["foregrounds"], configured["backgrounds"]) == (10, 20)
-    # the paper's counts (its preset's source is dir; the same numbers downloaded: no hold-out)
-    paper = count_samples(deep_merge(deep_merge(web, load_preset("paper")), {"data": {"source": "web"}}))
-    assert (paper["foregrounds"], paper["backgrounds"], paper["pairs"]) == (27, 700, 18_900)
-    paper_all = deep_merge(deep_merge(web, load_preset("paper")), {"data": {"source": "web", "foregrounds": 0,
-                                                                            "backgrounds": 0}})
-    assert coco_download_count(paper_all) == 700
-    assert (count_samples(paper_all)["foregrounds"], count_samples(paper_all)["backgrounds"]) == (27, 700)
+def _web_download_as_folders(root: Path, params: dict) -> dict:
+    """Folders holding what the download rules write for ``params`` (data.source: web): the 27
+    foregrounds of the alphamatting.com training set (input/ + gt/) and the ``download_coco``
+    rule's ``--count`` backgrounds (empty files: selecting lists them, reads none), as
+    ``data.dir`` of a ``data.source: dir`` that prepare reads exactly so."""
+    from bafusion.config import ALPHAMATTING_FOREGROUNDS, coco_download_count
+
+    for sub in ("input", "gt"):
+        (root / "am" / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(1, ALPHAMATTING_FOREGROUNDS + 1):
+            (root / "am" / sub / f"GT{i:02d}.png").touch()
+    (root / "coco").mkdir(exist_ok=True)
+    for i in range(coco_download_count(params)):
+        (root / "coco" / f"{i:012d}.jpg").touch()
+    return {"alphamatting": str(root / "am"), "backgrounds": str(root / "coco")}
+
+
+@pytest.mark.parametrize("data, coco, want", [
+    ({"foregrounds": 0, "backgrounds": 0, "holdout_foregrounds": 0, "holdout_backgrounds": 0}, 0, (27, 700)),
+    ({"foregrounds": 0, "backgrounds": 0, "holdout_foregrounds": 2, "holdout_backgrounds": 2}, 0, (25, 700)),
+    ({"foregrounds": 10, "backgrounds": 0, "holdout_foregrounds": 2, "holdout_backgrounds": 3}, 0, (10, 700)),
+    ({"foregrounds": 0, "backgrounds": 50, "holdout_foregrounds": 2, "holdout_backgrounds": 2}, 0, (25, 50)),
+    ({"foregrounds": 0, "backgrounds": 0, "holdout_foregrounds": 2, "holdout_backgrounds": 5}, 40, (25, 35)),
+])
+def test_count_of_web_counts_what_the_download_gives_prepare(tmp_path: Path, data: dict, coco: int,
+                                                             want: tuple[int, int]) -> None:
+    """data.source web with data.foregrounds/backgrounds 0 (= all) refused: "cannot count
+    data.foregrounds and data.backgrounds", though the download's numbers are known (27
+    alphamatting.com foregrounds, download.coco.count or data.backgrounds (0 = 700) + the
+    held-out backgrounds). Count now gives what prepare selects from those downloads, held-out
+    ones subtracted: the same as a data.source dir on folders holding what the download writes."""
+    from bafusion.data.sources import select
+
+    params = deep_merge(load_params(REPO / "params.yaml"), {"data": {"source": "web", **data},
+                                                            "download": {"coco": {"count": coco}}})
+    c = count_samples(params)
+    assert (c["foregrounds"], c["backgrounds"]) == want
+    assert c["pairs"] == want[0] * want[1]
+    assert c["available"]["foregrounds"] == 27 - data["holdout_foregrounds"]
+    assert "'web' downloads the images only when the pipeline runs" in c["note"], c["note"]
+    assert "27 foregrounds of the alphamatting.com training set" in c["note"], c["note"]
+    sel = select(dict(params["data"], source="dir", dir=_web_download_as_folders(tmp_path, params)), params["seed"])
+    assert (len(sel.train_foregrounds), len(sel.train_backgrounds)) == want
+    assert c["available"]["backgrounds"] == len(select(
+        dict(params["data"], source="dir", backgrounds=0, dir=_web_download_as_folders(tmp_path, params)),
+        params["seed"]).train_backgrounds)
+
+
+def test_count_of_web_at_the_papers_numbers_is_the_papers(tmp_path: Path) -> None:
+    """The paper's data downloaded (data.source web, every foreground and background, none held
+    out): 27 x 700 pairs, as the paper preset counts with its numbers set."""
+    params = deep_merge(load_params(REPO / "params.yaml"), {"data": {
+        "source": "web", "foregrounds": 0, "backgrounds": 0, "holdout_foregrounds": 0, "holdout_backgrounds": 0}})
+    c = count_samples(params)
+    paper = count_samples(paper_params(tmp_path))
+    assert (c["foregrounds"], c["backgrounds"]) == (paper["foregrounds"], paper["backgrounds"]) == (27, 700)
+    assert c["pairs"] == paper["pairs"] == 18_900
+
+
+def test_count_of_web_says_what_the_download_cannot_give(tmp_path: Path) -> None:
+    """A hold-out of every downloaded foreground is refused as prepare (and the parameter check)
+    refuse it; a download.coco.count below the configured backgrounds is noted with the pairs a
+    run makes; a download.alphamatting.from_dir that cannot be read leaves data.foregrounds 0
+    uncountable, saying why."""
+    params = deep_merge(load_params(REPO / "params.yaml"), {"data": {"source": "web", "foregrounds": 0,
+                                                                     "backgrounds": 0}})
+    with pytest.raises(UserError, match="data.holdout_foregrounds: cannot hold out 27 of the 27 foregrounds of the "
+                                        "alphamatting.com training set that data.source: web downloads"):
+        count_samples(deep_merge(params, {"data": {"holdout_foregrounds": 27}}))
+    c = count_samples(deep_merge(params, {"data": {"backgrounds": 700}, "download": {"coco": {"count": 102}}}))
+    assert c["backgrounds"] == 700 and c["available"]["backgrounds"] == 100
+    assert "(backgrounds: 100 available, 700 configured): a run here would make 2,500 pairs" in c["note"], c["note"]
+    broken = tmp_path / "am"
+    (broken / "input").mkdir(parents=True)
+    (broken / "input" / "GT01.png").touch()  # no gt/: unreadable
+    unreadable = deep_merge(params, {"download": {"alphamatting": {"from_dir": str(broken)}}})
+    with pytest.raises(UserError, match="from_dir cannot be read here.*cannot count data.foregrounds "):
+        count_samples(unreadable)
+    (broken / "gt").mkdir()
+    (broken / "gt" / "GT01.png").touch()
+    (broken / "input" / "GT02.png").touch()
+    (broken / "gt" / "GT02.png").touch()
+    (broken / "input" / "GT03.png").touch()
+    (broken / "gt" / "GT03.png").touch()
+    c = count_samples(unreadable)  # an extracted copy: its 3 foregrounds, 2 held out
+    assert c["foregrounds"] == 1 and f"3 foregrounds in download.alphamatting.from_dir {broken}" in c["note"]
 
 
 def test_count_of_the_builtin_default_matches_its_sources() -> None:

@@ -90,34 +90,17 @@ def _check_data(params: Mapping[str, Any]) -> None:
     _check_web_backgrounds(params)
 
 
-def _alphamatting_count(params: Mapping[str, Any]) -> tuple[int, str] | None:
-    """The foregrounds the ``download_alphamatting`` rule writes, and where they come from for
-    a message: the alphamatting.com training set's :data:`bafusion.config.ALPHAMATTING_FOREGROUNDS`,
-    or those of the extracted folder ``download.alphamatting.from_dir`` names (copied whole);
-    None where that folder cannot be read here (the download job says why)."""
-    from bafusion.config import ALPHAMATTING_FOREGROUNDS
-    from bafusion.data.sources import dir_foregrounds
-    from bafusion.workspace import resolve
-
-    from_dir = str(((params.get("download") or {}).get("alphamatting") or {}).get("from_dir") or "")
-    if from_dir:
-        src = resolve(from_dir)
-        if (src / "input").is_dir() or (src / "gt").is_dir():  # an extracted copy, not the two archives
-            try:
-                return len(dir_foregrounds(src, shown=from_dir)), f"in download.alphamatting.from_dir {from_dir}"
-            except (UserError, OSError):
-                return None
-    return ALPHAMATTING_FOREGROUNDS, "of the alphamatting.com training set"
-
-
 def _check_web_foregrounds(params: Mapping[str, Any]) -> None:
     """A ``data.holdout_foregrounds`` that takes every foreground ``data.source: web``
-    downloads (:func:`_alphamatting_count`): prepare refused it only after the download."""
+    downloads (:func:`bafusion.data.counts.alphamatting_download_count`): prepare refused it
+    only after the download."""
+    from bafusion.data.counts import alphamatting_download_count
+
     data = params.get("data") or {}
     if data.get("source", "builtin") != "web":
         return
     holdout = int(data.get("holdout_foregrounds") or 0)
-    known = _alphamatting_count(params) if holdout else None
+    known = alphamatting_download_count(params) if holdout else None
     if known is None or holdout < known[0]:
         return
     count, where = known

@@ -6,20 +6,84 @@ from collections.abc import Mapping
 from typing import Any
 
 from bafusion.data.patches import AUGMENTATION_FACTOR, BOUNDARY_SUBSET, PatchOptions, val_pair_count
-from bafusion.data.sources import select
+from bafusion.data.sources import check_selection, dir_foregrounds, select
 from bafusion.errors import UserError
 
-__all__ = ["count_samples"]
+__all__ = ["alphamatting_download_count", "count_samples"]
+
+
+def alphamatting_download_count(params: Mapping[str, Any]) -> tuple[int, str] | None:
+    """The foregrounds the ``download_alphamatting`` rule writes for ``data.source: web``.
+
+    Parameters
+    ----------
+    params : Mapping
+        The whole parameters (``download.alphamatting.from_dir`` is read).
+
+    Returns
+    -------
+    tuple of (int, str) or None
+        The number, and where they come from for a message: the alphamatting.com training
+        set's :data:`bafusion.config.ALPHAMATTING_FOREGROUNDS` (``"of the alphamatting.com
+        training set"``), or those of the extracted folder ``download.alphamatting.from_dir``
+        names (copied whole). None where that folder cannot be read here (the download job
+        says why).
+    """
+    from bafusion.config import ALPHAMATTING_FOREGROUNDS
+    from bafusion.workspace import resolve
+
+    from_dir = str(((params.get("download") or {}).get("alphamatting") or {}).get("from_dir") or "")
+    if from_dir:
+        src = resolve(from_dir)
+        if (src / "input").is_dir() or (src / "gt").is_dir():  # an extracted copy, not the two archives
+            try:
+                return len(dir_foregrounds(src, shown=from_dir)), f"in download.alphamatting.from_dir {from_dir}"
+            except (UserError, OSError):
+                return None
+    return ALPHAMATTING_FOREGROUNDS, "of the alphamatting.com training set"
+
+
+def _web_available(params: Mapping[str, Any]) -> tuple[dict[str, int | None], str]:
+    """The training foregrounds and backgrounds ``data.source: web`` gives prepare: what the
+    download rules write (:func:`alphamatting_download_count`,
+    :func:`bafusion.config.coco_download_count`, the ``download_coco`` rule's ``--count``) less
+    the held-out ones; None where it cannot be known here. With the words saying so."""
+    from bafusion.config import DEFAULT_COCO_COUNT, coco_download_count
+
+    data = dict(params.get("data") or {})
+    check_selection(data)
+    am = alphamatting_download_count(params)
+    coco = int(((params.get("download") or {}).get("coco") or {}).get("count") or 0)
+    downloaded = {"foregrounds": am[0] if am else None, "backgrounds": coco_download_count(params)}
+    where = {"foregrounds": am[1] if am else "", "backgrounds": (
+        f"from COCO (download.coco.count {coco})" if coco else
+        f"from COCO (download.coco.count 0: data.backgrounds, 0 = {DEFAULT_COCO_COUNT}, + data.holdout_backgrounds)")}
+    available: dict[str, int | None] = {"foregrounds": None, "backgrounds": None}
+    for k in ("foregrounds", "backgrounds"):
+        n, holdout = downloaded[k], int(data.get(f"holdout_{k}") or 0)
+        if n is None:
+            continue
+        if holdout >= n:
+            raise UserError(f"data.holdout_{k}: cannot hold out {holdout} of the {n} {k} {where[k]} that "
+                            "data.source: web downloads (nothing would be left to train on)")
+        available[k] = n - holdout
+    words = "; ".join(f"{downloaded[k]} {k} {where[k]}" for k in ("foregrounds", "backgrounds")
+                      if downloaded[k] is not None)
+    holdout = {k: int(data.get(f"holdout_{k}") or 0) for k in ("foregrounds", "backgrounds")}
+    held = (f", less the {holdout['foregrounds']} foregrounds and {holdout['backgrounds']} backgrounds held out"
+            if holdout["foregrounds"] else "")
+    return available, f"counting the images it will download ({words}){held}"
 
 
 def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
     """Pairs, base patches and effective (x12 augmented) samples that a configuration makes.
 
     Foreground and background numbers come from ``data.foregrounds``/``data.backgrounds``
-    when set (> 0); otherwise from the source itself (all images it has, less held-out ones;
-    for ``data.source: web``, what the download keeps: the 27 alphamatting.com foregrounds and
-    :func:`bafusion.config.coco_download_count` COCO backgrounds, less the held-out ones).
-    ``available`` reports what the source really has, when it can be read. With
+    when set (> 0); otherwise from the source itself (all images it has, less held-out ones).
+    ``available`` reports what the source really has (less the held-out), when it can be read;
+    for ``data.source: web``, what the download rules will write (less the held-out):
+    :func:`alphamatting_download_count` foregrounds and
+    :func:`bafusion.config.coco_download_count` backgrounds. With
     ``patches.boundary_per_pair: subset`` the boundary patches are the random ones that pass
     the boundary test: at most the base patches (``boundary_subset`` is then true).
     ``effective_samples`` counts every pair; the training loader sees only the pairs that
@@ -35,17 +99,13 @@ def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
     note = None
     note_reason = ""
     if data.get("source") == "web":
-        # the pipeline downloads the images (workflow/rules/download.smk): nothing to read here,
-        # but what it downloads is known (a download.alphamatting.from_dir copy's foregrounds are not)
+        # the pipeline downloads the images (workflow/rules/download.smk): nothing to read
+        # here, but the download rules' counts are known from the parameters
         note_reason = "data.source 'web' downloads the images only when the pipeline runs"
-        note = f"{note_reason}; counting from the configured numbers"
-        web_total = _web_downloads(params)
-        for k in ("foregrounds", "backgrounds"):
-            left = None if web_total[k] is None else web_total[k] - int(data.get(f"holdout_{k}", 0) or 0)
-            if not n_cfg[k] and left is not None and left > 0:
-                n_cfg[k] = left  # 0 = all the download keeps but the held-out ones
-                note = (f"{note_reason}; counting from the configured numbers (0: all that the download keeps "
-                        "less the held-out ones)")
+        available, counted = _web_available(params)
+        note = f"{note_reason}; {counted}"
+        if None in available.values():
+            note_reason += " (download.alphamatting.from_dir cannot be read here)"
     else:
         try:
             unlimited = dict(data, foregrounds=0, backgrounds=0)
@@ -97,19 +157,10 @@ def count_samples(params: Mapping[str, Any]) -> dict[str, Any]:
         for k in ("foregrounds", "backgrounds"):
             real *= min(n[k], int(available[k])) if available[k] is not None else n[k]
         out["note"] = (
-            f"the source has fewer {' and '.join(short)} than configured "
+            (f"{note}; " if note else "")
+            + f"the source has fewer {' and '.join(short)} than configured "
             f"({'; '.join(f'{k}: {available[k]} available, {n_cfg[k]} configured' for k in short)}): "
             f"a run here would make {real:,} pairs"
         )
     return out
 
-
-def _web_downloads(params: Mapping[str, Any]) -> dict[str, int | None]:
-    """The foregrounds and backgrounds ``data.source: web`` downloads: the alphamatting.com
-    training set's :data:`bafusion.config.ALPHAMATTING_FOREGROUNDS` (None with a
-    ``download.alphamatting.from_dir``, whose folder may hold others) and
-    :func:`bafusion.config.coco_download_count` COCO backgrounds."""
-    from bafusion.config import ALPHAMATTING_FOREGROUNDS, coco_download_count
-
-    from_dir = ((params.get("download") or {}).get("alphamatting") or {}).get("from_dir")
-    return {"foregrounds": None if from_dir else ALPHAMATTING_FOREGROUNDS, "backgrounds": coco_download_count(params)}
