@@ -286,6 +286,63 @@ def test_a_resume_before_a_milestone_keeps_the_learning_rate_schedule(tmp_path: 
         assert torch.equal(ref["model"][k], got["model"][k]), k
 
 
+def test_a_resumed_epoch_reports_the_time_and_rate_of_its_samples(toy_run: dict, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed at step 34 in epoch 2 (24 steps an epoch), resumed from the checkpoint at step 30:
+    the resumed epoch counts all its 384 samples (6 steps before the checkpoint, 18 after the
+    resume), so its time is the 6 steps' (last.pt's partial_time) plus the 18 resumed ones, not
+    the 18 alone (which would make its samples/s 24/18 times too high); and the run's
+    train_time_s includes epoch 1 (last.pt's train_time). The steps after the checkpoint that
+    the kill lost (31 to 34) trained nothing kept and count in neither. A clock that moves one
+    second a training step (and never otherwise) makes the figures exact. Mutation testing
+    reported the elapsed-time restores as untested; dropping either one fails this test."""
+    import types
+
+    from mlflow.tracking import MlflowClient
+
+    import bafusion.nets.train as train_module
+    from bafusion.tracking import EXPERIMENT
+
+    clock = [0.0]
+    step = train_module.train_step
+
+    def one_second_step(*args: object, **kwargs: object) -> object:
+        clock[0] += 1.0
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", one_second_step)
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.delenv("BAFUSION_MLFLOW", raising=False)
+    # a seed of its own tells its runs from other tests' in the session's MLflow db
+    cfg = resolve_config({**TOY, "seed": 4343}, "initial")
+    cfg.checkpoint_every = 10
+    paths = _paths(tmp_path, "initial")
+    monkeypatch.setenv(ABORT_ENV, "34")
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", toy_run["h5"], cfg, paths, progress=False)
+    ck = load_checkpoint(paths.checkpoints / "last.pt")
+    assert (ck["epoch"], ck["global_step"], ck["partial_time"], ck["train_time"]) == (1, 30, 6.0, 24.0)
+    monkeypatch.delenv(ABORT_ENV)
+    capsys.readouterr()
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    assert clock[0] == 34 + 18
+    err = capsys.readouterr().err
+    assert "epoch 2/2 lr" in err and "| 16.0 samples/s, 24.0 s" in err, err
+    assert "768 samples in 48.0 s" in err, err
+    got = load_checkpoint(paths.checkpoints / "last.pt")
+    assert [(r["epoch_time_s"], r["samples_per_s"]) for r in got["history"]] == [(24.0, 16.0), (24.0, 16.0)]
+    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    (resumed,) = [r for r in client.search_runs([exp.experiment_id])
+                  if r.data.params.get("seed") == "4343" and r.data.tags.get("resumed_from") != "none"]
+    for key in ("epoch_time_s", "samples_per_s"):
+        hist = {m.step: m.value for m in client.get_metric_history(resumed.info.run_id, f"epoch/{key}")}
+        assert hist == ({1: 24.0, 2: 24.0} if key == "epoch_time_s" else {1: 16.0, 2: 16.0}), key
+    assert resumed.data.metrics["train_time_s"] == 48.0
+    assert resumed.data.metrics["samples_per_s_overall"] == 16.0
+
+
 def test_changed_parameters_start_afresh(toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BAFUSION_MLFLOW", "0")
