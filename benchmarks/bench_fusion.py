@@ -21,14 +21,23 @@ pipeline's ``data/patches``; trained nets are cached in ``benchmarks/out/nets-*.
         --time-configs dense4+dense4 dense4+grid8 dense4+grid8-bf16
     bench_fusion.py --threads 1 --skip agreement speed      # synthetic accuracy vs l
 
+Every run fuses under one stated fuse rule, which the output's ``fuse`` records field by field
+(and its first line prints): ``--fuse-rule paper`` (the paper preset's ``fuse`` section: w = 1,
+no working size, no exposure match) or ``--fuse-rule defaults`` (today's ``FusionParams``
+defaults, the default of the option), with ``--fuse-set KEY=VALUE`` over it; each
+configuration, exact mode and ``l`` go over the rule. Exact mode is cached in
+``benchmarks/out/exact-cache/`` under a key of every setting, the nets, the pair and its size.
+
 With ``--model models/default`` the agreement and synthetic runs use the shipped nets instead,
 and the speed run times ResNet-``--time-depth`` nets of patch ``--time-patch`` (random weights:
 the time does not depend on them) on the near-boundary pixels that the shipped nets mark on
-each full-size pair of ``--time-pairs``. BENCHMARKS.md's "Fusion" tables came from::
+each full-size pair of ``--time-pairs``. BENCHMARKS.md's "Fusion" agreement table (then
+``models/default``, now ``models/lytro-2026-11``; measured with w = 1 before the defaults
+changed, so under the paper's rule) came from::
 
-    bench_fusion.py --model models/default --threads 1 --size 256 --pairs 1 2 3 --retime-exact \
-        --skip synthetic speed --configs default default-bf16 dense4+grid8 dense4+grid16 \
-        dense4+adaptive16-4 dense4+dense4 grid16+grid8
+    bench_fusion.py --model models/lytro-2026-11 --fuse-rule paper --threads 1 --size 256 \
+        --pairs 1 2 3 --retime-exact --skip synthetic speed --configs default default-bf16 \
+        dense4+grid8 dense4+grid16 dense4+adaptive16-4 dense4+dense4 grid16+grid8
     bench_fusion.py --model models/default --threads 2 --skip agreement synthetic \
         --time-pairs 1 2 3 4 5 --time-depth 56 --time-patch 64
 """
@@ -36,10 +45,14 @@ each full-size pair of ``--time-pairs``. BENCHMARKS.md's "Fusion" tables came fr
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -52,11 +65,21 @@ from bafusion.fusion import (
     fuse_images,
     load_nets_from_dir,
 )
+import bafusion
+from bafusion.config import load_preset, load_yaml
 from bafusion.io import read_image, resize
 from bafusion.nets.model import CifarResNet, build_model, fold_batchnorm
 
 HERE = Path(__file__).resolve().parent
 LYTRO = HERE.parent.parent / "shared" / "data" / "eval" / "lytro"
+EXACT_CACHE = HERE / "out" / "exact-cache"
+
+#: ``--fuse-rule``: the fuse section every measurement starts from (a configuration of
+#: :data:`CONFIGS`, ``exact`` and ``l`` go over it). ``paper``: the paper preset's ``fuse``
+#: section (``bafusion preset paper``: w = 1, no working size, no exposure match), which stays
+#: the paper's; ``defaults``: today's :class:`FusionParams` defaults, which change between
+#: releases (``boundary_weight``, ``working_min``, ``exposure_match`` came after the tables).
+FUSE_RULES = ("paper", "defaults")
 
 
 # ---------------------------------------------------------------- synthetic blur data
@@ -178,8 +201,36 @@ def lytro_pair(i: int, size: int | None = None) -> tuple[np.ndarray, np.ndarray]
     return a, b
 
 
+def fuse_rule(rule: str, sets: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fuse section that ``--fuse-rule rule`` and ``--fuse-set KEY=VALUE ...`` name: the
+    paper preset's ``fuse`` section or ``{}`` (the defaults), with each ``KEY=VALUE`` (VALUE
+    read as YAML) over it; checked as ``FusionParams.from_mapping`` checks a section."""
+    if rule not in FUSE_RULES:
+        raise ValueError(f"--fuse-rule {rule!r}: one of {', '.join(FUSE_RULES)}")
+    section = dict(load_preset("paper")["fuse"]) if rule == "paper" else {}
+    for item in sets:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--fuse-set {item!r}: KEY=VALUE, e.g. boundary_weight=0.75")
+        section[key.strip()] = load_yaml(value)
+    FusionParams.from_mapping(section, f"--fuse-rule {rule} --fuse-set")
+    return section
+
+
+def rule_params(section: Mapping[str, Any], **overrides: Any) -> FusionParams:
+    """:class:`FusionParams` of the fuse section ``section`` with ``overrides`` (a configuration
+    of :data:`CONFIGS`, ``l``, ``exact``) over it."""
+    return FusionParams.from_mapping({**section, **overrides})
+
+
+def params_record(params: FusionParams) -> dict[str, Any]:
+    """Every field of ``params``, JSON-ready: what the output states as the settings."""
+    return json.loads(json.dumps(dataclasses.asdict(params)))
+
+
+# Each configuration is a set of overrides over the fuse rule (--fuse-rule, --fuse-set).
 CONFIGS = {
-    "default": dict(),  # FusionParams() as shipped: dense4 + adaptive p/2 -> p/4, margin 16
+    "default": dict(),  # the rule as it is (both rules: dense4 + adaptive p/2 -> p/4, margin 16)
     # the default at the pair's own size: exact mode never upscales small pairs (working_min),
     # so against it the default is compared at the same size
     "default-own-size": dict(working_min=0),
@@ -214,8 +265,6 @@ CONFIGS = {
 
 
 def _nets_digest(nets: FusionNets) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for net in (nets.initial, nets.boundary):
         for k, v in net.state_dict().items():
@@ -224,25 +273,81 @@ def _nets_digest(nets: FusionNets) -> str:
     return h.hexdigest()[:16]
 
 
-def exact_reference(a: np.ndarray, b: np.ndarray, nets: FusionNets, l: int, key: str,  # noqa: E741
-                    retime: bool = False):
-    """Exact-mode fusion (one forward pass per pixel), cached in benchmarks/out/exact-cache/
-    by the nets' weights and ``key``: it is by far the slowest part of the benchmark.
+def _file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _code_digest() -> str:
+    """The installed ``bafusion`` package's Python sources: exact mode is its code."""
+    root = Path(bafusion.__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _array_digest(x: np.ndarray) -> str:
+    h = hashlib.sha256(f"{x.dtype}{x.shape}".encode())
+    h.update(np.ascontiguousarray(x).tobytes())
+    return h.hexdigest()[:16]
+
+
+def exact_cache_key(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionParams, *,
+                    pair: int | str, size: int | None, threads: int) -> tuple[str, dict[str, Any]]:
+    """The exact-mode cache's key: a file name and the document it hashes.
+
+    The document holds everything that decides the cached result and its seconds: every field
+    of ``params`` (the whole rule, not only ``l``), the nets' weights, patch sides and files
+    (SHA-256 of ``nets.sources``), the pair, its size and the input arrays' bytes, the torch
+    threads, torch's version and the ``bafusion`` sources. The name starts with
+    ``p<pair>-s<size>-l<l>`` for the reader; the rest is the document's hash.
+    """
+    doc = {
+        "params": params_record(params),
+        "nets": _nets_digest(nets),
+        "patch": [nets.patch_initial, nets.patch_boundary],
+        "net_files": [_file_digest(s) if s and Path(s).is_file() else s for s in nets.sources],
+        "pair": pair, "size": size, "inputs": [_array_digest(a), _array_digest(b)],
+        "threads": threads, "torch": torch.__version__, "bafusion": _code_digest(),
+    }
+    digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
+    return f"p{pair}-s{size}-l{params.l}-{digest}", doc
+
+
+def exact_reference(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionParams, *,
+                    pair: int | str, size: int | None, retime: bool = False,
+                    cache_dir: Path | None = None):
+    """Exact-mode fusion (one forward pass per pixel) under ``params`` (``exact`` set here),
+    cached in ``cache_dir`` (default benchmarks/out/exact-cache/) under
+    :func:`exact_cache_key`: it is by far the slowest part of the benchmark.
     Returns (result, seconds) with the seconds of the run that made the cache entry
     (``retime``: run it again, so that the speed-ups come from one run)."""
     from types import SimpleNamespace
 
-    path = HERE / "out" / "exact-cache" / f"{_nets_digest(nets)}-{key}.npz"
+    params = dataclasses.replace(params, exact=True)
+    name, doc = exact_cache_key(a, b, nets, params, pair=pair, size=size, threads=torch.get_num_threads())
+    path = (cache_dir or EXACT_CACHE) / f"{name}.npz"
     if path.is_file() and not retime:
         z = np.load(path)
-        ref = SimpleNamespace(**{k: z[k] for k in ("decision", "decision_raw", "score_initial", "fused", "near_boundary")})
-        return ref, float(z["seconds"])
+        if "key" in z.files and json.loads(str(z["key"])) == doc:
+            ref = SimpleNamespace(**{k: z[k] for k in ("decision", "decision_raw", "score_initial", "fused",
+                                                       "near_boundary")})
+            return ref, float(z["seconds"])
     t0 = time.perf_counter()
-    ref = fuse_images(a, b, nets, FusionParams(l=l, exact=True))
+    ref = fuse_images(a, b, nets, params)
     t = time.perf_counter() - t0
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, decision=ref.decision, decision_raw=ref.decision_raw, score_initial=ref.score_initial,
-                        fused=ref.fused, near_boundary=ref.near_boundary, seconds=t)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, decision=ref.decision, decision_raw=ref.decision_raw, score_initial=ref.score_initial,
+                            fused=ref.fused, near_boundary=ref.near_boundary, seconds=t,
+                            key=json.dumps(doc, sort_keys=True))
+    os.replace(tmp, path)
     return ref, t
 
 
@@ -251,11 +356,12 @@ def agreement(args: argparse.Namespace, nets: FusionNets, report: dict) -> None:
     for i in args.pairs:
         a, b = lytro_pair(i, args.size)
         for l in args.ls:
-            ref, t_exact = exact_reference(a, b, nets, l, f"p{i}-s{args.size}-l{l}", retime=args.retime_exact)
+            ref, t_exact = exact_reference(a, b, nets, rule_params(args.rule_section, l=l), pair=i, size=args.size,
+                                           retime=args.retime_exact, cache_dir=Path(args.exact_cache))
             for name in args.configs or list(CONFIGS):
                 cfg = CONFIGS[name]
                 t0 = time.perf_counter()
-                r = fuse_images(a, b, nets, FusionParams(l=l, **cfg))
+                r = fuse_images(a, b, nets, rule_params(args.rule_section, l=l, **cfg))
                 t = time.perf_counter() - t0
                 row = {
                     "pair": i, "l": l, "config": name,
@@ -294,7 +400,7 @@ def synthetic_accuracy(args: argparse.Namespace, nets: FusionNets, report: dict)
             accs, band, band0 = [], [], []
             for a, b, m in pairs:
                 cfg = {"exact": True} if mode == "exact" else {}
-                r = fuse_images(a, b, nets, FusionParams(l=l, **cfg))
+                r = fuse_images(a, b, nets, rule_params(args.rule_section, l=l, **cfg))
                 accs.append(decision_accuracy(r.decision, m))
                 band.append(decision_accuracy(r.decision_raw, m, band=4))
                 band0.append(decision_accuracy(r.score_initial > 0.5, m, band=4))
@@ -334,14 +440,14 @@ def speed(args: argparse.Namespace, report: dict) -> None:
     print(f"ResNet-{args.time_depth} {h}x{w}: trunk pass {t_trunk:.3f} s", flush=True)
     for name in args.time_configs:
         t0 = time.perf_counter()
-        r = fuse_images(a, b, nets, FusionParams(l=args.ls[0], **CONFIGS[name]))
+        r = fuse_images(a, b, nets, rule_params(args.rule_section, l=args.ls[0], **CONFIGS[name]))
         t = time.perf_counter() - t0
         res["configs"][name] = {"seconds": t, "over_trunk": t / t_trunk, "near_fraction": float(r.near_boundary.mean()),
                                 "stages": {k: round(v, 3) for k, v in r.seconds.items()}}
         print(name, json.dumps(res["configs"][name]), flush=True)
     c = args.exact_crop
     t0 = time.perf_counter()
-    ref = fuse_images(a[:c, :c], b[:c, :c], nets, FusionParams(exact=True))
+    ref = fuse_images(a[:c, :c], b[:c, :c], nets, rule_params(args.rule_section, exact=True))
     t_ex = time.perf_counter() - t0
     full_exact = t_ex * h * w / (c * c)
     res["exact_crop"] = {"size": c, "seconds": t_ex, "extrapolated_full_seconds": full_exact,
@@ -375,13 +481,14 @@ def speed_with_model_mask(args: argparse.Namespace, nets: FusionNets, report: di
     # as fusion runs them (FusionNets): BatchNorm folded, channels-last
     ni, nb = fold_batchnorm(build_model(args.time_depth).eval()), fold_batchnorm(build_model(args.time_depth).eval())
     ni, nb = ni.to(memory_format=torch.channels_last), nb.to(memory_format=torch.channels_last)
-    margin = FusionParams().dense_margin
+    base = rule_params(args.rule_section)
+    margin, tile = base.dense_margin, base.tile
     fine = auto_step(p)
     rows = []
     for i in args.time_pairs:
         a, b = lytro_pair(i)
         t0 = time.perf_counter()
-        real = fuse_images(a, b, nets, FusionParams(l=args.ls[0]))
+        real = fuse_images(a, b, nets, rule_params(args.rule_section, l=args.ls[0]))
         t_real = time.perf_counter() - t0
         near = real.near_boundary
         ga, gb = to_gray_u8(a), to_gray_u8(b)
@@ -404,7 +511,7 @@ def speed_with_model_mask(args: argparse.Namespace, nets: FusionNets, report: di
                 _PatchScorer(nb, ga, gb, p, 0, torch.device("cpu")).get(pr, pc)
                 t_adapt = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                score_dense(nb, ga, gb, p, step=4, mask=near, tile=FusionParams().tile, margin=margin)
+                score_dense(nb, ga, gb, p, step=4, mask=near, tile=tile, margin=margin)
                 t_dense = time.perf_counter() - t0
             t0 = time.perf_counter()
             window_mean(s0, args.ls[0])
@@ -429,6 +536,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-h5", default=None,
                     help="train the agreement nets on this folder's initial.h5/boundary.h5 (the pipeline's"
                          " data/patches) instead of synthetic blur data")
+    ap.add_argument("--fuse-rule", choices=FUSE_RULES, default="defaults",
+                    help="the fuse settings every run starts from (each configuration, exact mode and l go over"
+                         " them): 'paper', the paper preset's fuse section (w = 1, no working size, no exposure"
+                         " match: BENCHMARKS.md's agreement tables); 'defaults', today's FusionParams defaults"
+                         " (default: %(default)s). The output's 'fuse' states every setting")
+    ap.add_argument("--fuse-set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="fuse settings over --fuse-rule's, e.g. boundary_weight=0.75 (VALUE read as YAML)")
+    ap.add_argument("--exact-cache", default=str(EXACT_CACHE),
+                    help="folder of the exact-mode cache, keyed by every setting, the nets, pair and size"
+                         " (default: %(default)s)")
     ap.add_argument("--retime-exact", action="store_true",
                     help="run exact mode again even when cached, so that every speed-up is measured in this run")
     ap.add_argument("--configs", nargs="+", default=None, help="configurations of the agreement run (default all)")
@@ -450,9 +567,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", nargs="*", default=[], choices=["agreement", "synthetic", "speed"])
     ap.add_argument("--out", default=str(HERE / "out" / "bench_fusion.json"))
     args = ap.parse_args(argv)
+    try:
+        args.rule_section = fuse_rule(args.fuse_rule, args.fuse_set)
+    except Exception as e:  # noqa: BLE001 - a bad --fuse-set: one line, before any work
+        ap.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
-    report: dict = {"args": vars(args), "threads": torch.get_num_threads()}
+    fuse = {"rule": args.fuse_rule, "set": list(args.fuse_set), "params": params_record(rule_params(args.rule_section)),
+            "configs": {name: CONFIGS[name] for name in (args.configs or CONFIGS)}}
+    print(f"fuse rule {args.fuse_rule}{' with ' + ' '.join(args.fuse_set) if args.fuse_set else ''}: "
+          + json.dumps(fuse["params"]), flush=True)
+    report: dict = {"args": {k: v for k, v in vars(args).items() if k != "rule_section"},
+                    "threads": torch.get_num_threads(), "fuse": fuse}
     nets: FusionNets | None = None
     if not LYTRO.is_dir():
         print(f"Lytro pairs not found at {LYTRO}", file=sys.stderr)
