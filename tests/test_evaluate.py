@@ -1580,6 +1580,60 @@ def test_difference_and_comparison_figures_show_one_pixel_lines_they_shrink(tmp_
             assert lit_lines(gray, box)[0] == 52, (name, box, lit_lines(gray, box))
 
 
+def test_camera_size_difference_and_comparison_figures_draw_their_panels_reduced_in_little_memory(
+        tmp_path: Path, monkeypatch) -> None:
+    """The difference figure and Fig. 4 handed each full-size image to matplotlib, which
+    resampled it onto its ~260 px panel from full-size RGBA copies: for a 12-megapixel pair of
+    six methods the difference figure peaked at +827 MiB, Fig. 4 at +914 MiB (peak RSS); here
+    (two maps of 7.7 megapixels; Fig. 4 of three RGB images) their numpy arrays peaked at 395
+    and 452 MiB (tracemalloc), 48 and 19 MiB now. An image at least 4x its panel is now
+    area-averaged by a whole factor to at least 2x the panel first, as Fig. 3's maps: a 1-px
+    difference still shows in each panel (the gray map averaged in float), and the line under
+    the figure says the scale of the full-size map, not of the array drawn."""
+    import tracemalloc
+
+    import bafusion.fusion.maps as maps
+    from bafusion.evaluation.figures import figure_comparison, figure_differences
+
+    h, w = 2400, 3200
+    f = np.zeros((h, w), np.uint8)
+    f[:, 1601] = 26  # 10 x 26 = 255: a white 1-px column in each difference map
+    zeros = np.zeros_like(f)
+    renders = record_renders(monkeypatch)
+    shapes, lines = [], []
+    real = maps.draw_images_to_scale
+
+    def drawing(fig, **kw):
+        low = real(fig, **kw)
+        shapes.append([im.get_array().shape[:2] for ax in fig.axes for im in ax.get_images()])
+        lines.append(" ".join(fig._supxlabel.get_text().split()))
+        return low
+
+    monkeypatch.setattr(maps, "draw_images_to_scale", drawing)
+    rgb = np.repeat(f[..., None] * 9, 3, axis=2)
+    peaks = []
+    for draw in (lambda: figure_differences(zeros, {"M": f}, tmp_path / "d.png", a=zeros),
+                 lambda: figure_comparison(rgb, rgb, {"M": rgb}, tmp_path / "c.png", crop=(0, 0, 300))):
+        tracemalloc.start()
+        try:
+            draw()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        peaks.append(peak)
+    assert max(peaks) < 120 * 2**20, [f"{p / 2**20:.0f} MiB" for p in peaks]
+    factor = 6  # 3200 / 260 px = 12.3: by 6 to 2.05x the panel
+    assert shapes[0] == [(h // factor, -(-w // factor))] * 2, shapes  # |B - F| and |A - F|
+    assert shapes[1] == [(h // factor, -(-w // factor))] * 3 + [(300, 300)] * 3, shapes  # the crops as they are
+    for (gray, boxes), n, line in zip(renders, (2, 3), lines):
+        # the upper half of each panel: a one-column figure's lower titles reach into the panel above
+        halves = [(left, top, right, (top + bottom) // 2) for left, top, right, bottom in boxes[:n]]
+        assert [lit_lines(gray, box, level=8)[0] for box in halves] == [1] * n, boxes
+        scale = min(min((r - left) / w, (b - top) / h) for left, top, r, b in boxes[:n])
+        said = re.search(r"shrunk to ([0-9.]+) %", line)
+        assert said and abs(float(said[1]) - 100.0 * scale) < 0.3, (said, scale)
+
+
 def test_long_method_names_fit_over_their_panels(tmp_path: Path, monkeypatch) -> None:
     """The difference figure's titles '<method>: |B - F|' at 9 pt over 2.6 in panels: a long
     method name (a reference folder's) ran into the next title, and the lone panel of a third

@@ -45,11 +45,28 @@ def choose_crop(images: Mapping[str, np.ndarray], side: int | None = None) -> tu
     return int(r), int(c), int(s)
 
 
-def _show(ax, img: np.ndarray) -> None:
+def _show(ax, img: np.ndarray, box: tuple[float, float]) -> None:
+    """Draw a uint8 gray or RGB ``img`` into ``ax``, whose panel is at most ``box`` (height,
+    width) screen pixels. An image at least twice :data:`bafusion.fusion.maps.FIG3_OVERSAMPLE`
+    times its panel both ways is area-averaged by a whole factor to at least that many times
+    the panel (:func:`bafusion.fusion.maps.area_reduce`; a gray map in float, so a lone pixel
+    keeps its share of the block, not rounded to a whole level) and drawn over the full
+    image's extent, as Fig. 3's maps: handed whole to matplotlib, each camera-size panel was
+    resampled from full-size RGBA copies (for a 12-megapixel pair of six methods the
+    difference figure peaked at +827 MiB, Fig. 4 with its crop given at +914 MiB); the figure
+    anti-aliases the rest (:func:`_save_fig`)."""
+    from bafusion.fusion.maps import area_reduce, reduce_factor
+
+    h, w = img.shape[:2]
+    factor = reduce_factor((h, w), box)
+    kw: dict = {"interpolation": "nearest"}
+    if factor > 1:  # the axes, the layout and the scale said are those of the full-size image
+        img = area_reduce(img, factor, np.float32 if img.ndim == 2 else np.uint8)
+        kw["extent"] = (-0.5, w - 0.5, h - 0.5, -0.5)
     if img.ndim == 2:
-        ax.imshow(img, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255, **kw)
     else:
-        ax.imshow(img, interpolation="nearest")
+        ax.imshow(img, **kw)
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -138,10 +155,10 @@ def figure_comparison(
         full, zoom = axes[2 * g, j], axes[2 * g + 1, j]
         full.axis("on")
         zoom.axis("on")
-        _show(full, img)
+        _show(full, img, (cw * ratio * fig.dpi, cw * fig.dpi))
         _fit_title(full, displayable(name), 0.92 * cw * fig.dpi)
         full.add_patch(Rectangle((left - 0.5, top - 0.5), side, side, fill=False, edgecolor="red", linewidth=1.2))
-        _show(zoom, img[top : top + side, left : left + side])
+        _show(zoom, img[top : top + side, left : left + side], (cw * fig.dpi, cw * fig.dpi))
         for sp in zoom.spines.values():
             sp.set_edgecolor("red")
     if title:
@@ -187,7 +204,7 @@ def figure_differences(
             g, j = divmod(k, ncols)
             ax = axes[g * len(rows_of) + r, j]
             ax.axis("on")
-            _show(ax, d)
+            _show(ax, d, (cw * h / max(w, 1) * fig.dpi, cw * fig.dpi))
             _fit_title(ax, displayable(m), 0.92 * cw * fig.dpi, suffix="" if a is None else f": |{src} - F|")
     if title:
         fig.suptitle(displayable(title), fontsize=10)
