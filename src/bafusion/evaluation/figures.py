@@ -32,11 +32,28 @@ def choose_crop(images: Mapping[str, np.ndarray], side: int | None = None) -> tu
     Deterministic; the top-left-most window wins ties."""
     from bafusion.io import gray_float
 
-    stack = np.stack([gray_float(im, rounded=True) for im in images.values()])
-    h, w = stack.shape[1:]
+    def grays():  # one image at a time: the stack of a camera-size pair's six results took 1.2 GiB
+        return (gray_float(im, rounded=True) for im in images.values())
+
+    n = len(images)
+    spread = None
+    if n > 1:  # numpy's two-pass std over a stack (axis 0: summed image after image), one image at a time
+        mean = None
+        for g in grays():
+            mean = g.copy() if mean is None else np.add(mean, g, out=mean)
+        mean /= n
+        for g in grays():
+            g -= mean
+            g *= g
+            spread = g if spread is None else np.add(spread, g, out=spread)
+        del mean
+        spread /= n
+        np.sqrt(spread, out=spread)
+    h, w = next(iter(images.values())).shape[:2]
     s = side or max(8, min(h, w) // 4)
     s = min(s, h, w)
-    spread = stack.std(axis=0) if len(stack) > 1 else np.zeros((h, w))
+    if spread is None:
+        spread = np.zeros((h, w))
     # sums over every s x s window by its top-left corner, from the integral image
     ii = np.zeros((h + 1, w + 1))
     ii[1:, 1:] = spread.cumsum(0).cumsum(1)
