@@ -234,19 +234,32 @@ def frame_notes(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
 _ALPHA_MODES = ("LA", "La", "RGBA", "RGBa", "PA")
 
 
-def _alpha_note(path: str | os.PathLike[str]) -> str | None:
+def _alpha_opaque(im: Image.Image) -> bool | None:
+    """Whether the alpha channel of ``im`` (a Pillow mode of :data:`_ALPHA_MODES`) is opaque
+    everywhere (16-bit PNGs too: Pillow's high byte); None for a mode without alpha. Decodes
+    ``im`` if it is not yet loaded."""
+    if im.mode not in _ALPHA_MODES:
+        return None
+    band = "A" if "A" in im.getbands() else im.getbands()[-1]
+    low, high = im.getchannel(band).getextrema()
+    return bool(low == high == 255)
+
+
+def _alpha_note(path: str | os.PathLike[str], opaque: bool | None = None) -> str | None:
     """The line for the user when ``path`` holds transparency the reader drops: an alpha channel
     (8 or 16 bits; one whose every pixel is opaque is no loss and gets no line) or a palette's or
     PNG's transparent colour (``tRNS``, GIF). None otherwise, or when the header cannot be read
-    (the reader names the file)."""
+    (the reader names the file). ``opaque``: :func:`_alpha_opaque` of the image as the reader
+    decoded it, so that a large RGBA source is not decoded a second time to tell."""
     p = Path(path)
     try:
         with _quiet_pillow(), open(p, "rb") as fh, pillow_open(fh) as im:
             mode, keyed = im.mode, "transparency" in im.info
             if mode in _ALPHA_MODES:
-                band = "A" if "A" in im.getbands() else im.getbands()[-1]
-                low, high = im.getchannel(band).getextrema()
-                if low == high == 255:  # an opaque alpha (16-bit PNGs too: Pillow's high byte)
+                if opaque is not None:  # the reader decoded it already
+                    if opaque:
+                        return None
+                elif _alpha_opaque(im):
                     return None
     except UnidentifiedImageError:
         # a 16-bit gray + alpha TIFF, which Pillow cannot identify (read with tifffile, alpha dropped)

@@ -18,7 +18,7 @@ from PIL import Image
 from bafusion.errors import InputFileError
 from bafusion.io.depth import _high_depth_array, common_bits, sbit_scaled, scale_to_u8, source_bits
 from bafusion.io.formats import _check_not_empty, open_image, unread_format
-from bafusion.io.info import _alpha_note, frame_notes, mix_note
+from bafusion.io.info import _alpha_note, _alpha_opaque, frame_notes, mix_note
 from bafusion.io.metadata import (
     _source_metadata,
     cmyk_notes,
@@ -185,12 +185,13 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     floats: list[tuple[int, Path, np.ndarray]] = []  # float sources: scaled alike, below
     depths: list[int | None] = []
     no_mark: list[bool] = []  # per source: more than 8 bits, no significant bits marked
+    opaque: dict[str, bool | None] = {}  # per 8-bit source: its alpha is opaque everywhere (the note, below)
     for p in paths:
         _check_not_empty(p)
     for p in map(Path, paths):
         raw = _high_depth_array(p) if p.is_file() and unread_format(p) is None else None  # else refused below
         if raw is None:
-            low = _read_low(p)
+            low = _read_low(p, opaque)
             if low.dtype != np.uint8:
                 floats.append((len(out), p, low))
             out.append(low if low.dtype == np.uint8 else None)
@@ -261,7 +262,8 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
         notes += container
         notes += frame_notes(paths)
         # once per file: a file given twice (refused by fuse) or read for a metric beside its sources
-        notes += list(dict.fromkeys(n for n in map(_alpha_note, paths) if n))
+        # (told by the reader's decode where it read the file: a large RGBA PNG is not decoded twice)
+        notes += list(dict.fromkeys(n for n in (_alpha_note(p, opaque.get(os.fspath(Path(p)))) for p in paths) if n))
         mixed = mix_note([os.fspath(p) for p in paths], [a.ndim == 2 for a in images])
         notes += [mixed] if mixed else []
     bits = max(significant + [shared for _, _, b, _ in high if b is None], default=8)
@@ -450,11 +452,15 @@ def _read_8bit(path: str | os.PathLike[str]) -> np.ndarray:
     return a if a.dtype == np.uint8 else float_to_u8(a, float_scale(a), path)[0]
 
 
-def _read_low(path: str | os.PathLike[str]) -> np.ndarray:
+def _read_low(path: str | os.PathLike[str], opaque: dict[str, bool | None] | None = None) -> np.ndarray:
     """:func:`_read_8bit` without the float scaling: a 32-bit float file's samples are returned
     as float64, to be scaled with the other float sources read with it
-    (:func:`read_source_set`); NaN or infinite values are refused."""
+    (:func:`read_source_set`); NaN or infinite values are refused. ``opaque``: where given,
+    ``opaque[os.fspath(path)]`` is set to :func:`bafusion.io.info._alpha_opaque` of the decoded
+    image (None without alpha)."""
     im = open_image(path)
+    if opaque is not None:
+        opaque[os.fspath(path)] = _alpha_opaque(im)
     try:
         return _low_array(im, path)
     except (ValueError, OSError) as e:  # Pillow's convert of a mode it has no conversion for
