@@ -523,3 +523,29 @@ def test_fuse_with_save_maps_is_checked_against_the_limit_with_the_maps_estimate
     assert "needs more memory" in err and f"needs about {with_maps} MiB" in err and "--save-maps" in err, err
     assert not out.exists() and not (tmp_path / "maps").exists()
     monkeypatch.setattr(batch, "prepare_sources", real)
+
+
+def test_fuse_set_is_checked_against_the_limit_with_the_maps_estimate(tmp_path: Path, tiny_nets: Path,
+                                                                      monkeypatch, capsys) -> None:
+    """fuse-set writes every pair's maps and Fig. 3 (maps/), which need more than the fusion
+    below 27 MP (628 MiB against 470 for a 520x520 pair), but its cgroup check counted the fusion
+    alone: a limit between the two let the run start, and the kernel would end it at the maps
+    of the first pair. It is checked with the maps' estimate, as fuse --save-maps."""
+    import json
+
+    from bafusion.fusion import memory
+
+    pairs, out = tmp_path / "set", tmp_path / "fused"
+    _png_pair(pairs, "p1")
+    (pairs / "index.json").write_text(json.dumps({"pairs": ["p1"]}))
+    shots = [pairs / "p1-A.png", pairs / "p1-B.png"]
+    _fake_limit(monkeypatch, 0, megapixels=lambda path: 0.27)
+    plain, with_maps = memory.fuse_need_mib(shots), memory.fuse_need_mib(shots, save_maps=True)
+    limit = int(plain / memory.MEMORY_MARGIN) + 5  # the fusion fits within the margin, the maps do not
+    assert plain <= limit * memory.MEMORY_MARGIN < with_maps, (plain, with_maps, limit)
+    _fake_limit(monkeypatch, limit, megapixels=lambda path: 0.27)
+    rc = cli_main(["fuse-set", "--pairs", str(pairs), "--model", str(tiny_nets), "--out", str(out), "--device",
+                   "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pair p1 (" in err and f"needs about {with_maps} MiB with --save-maps" in err, err
+    assert not out.exists()
