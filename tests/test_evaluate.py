@@ -2007,3 +2007,53 @@ def test_the_jpeg_round_trips_decode_with_the_jpeg_reader_only(monkeypatch: pyte
     for img in (rgb, rgb[..., 0].copy()):
         back = _jpeg_roundtrip(img, 90)
         assert back.shape == img.shape and back.dtype == np.uint8
+
+
+@pytest.mark.parametrize("hw, n", [((2400, 3200), 1), ((520, 4160), 2), ((100, 1000), 1)])
+def test_difference_figure_titles_are_clear_of_the_images_above(tmp_path: Path, monkeypatch, hw, n) -> None:
+    """In evaluate's difference figure of one column of a 3200x2400 pair (and of two columns of
+    a 4160x520 strip) one pass of tight_layout left the second row's titles ("M0: |A - F|")
+    wholly behind the first row's images (13 px of 13 here). Measured on the figure as saved,
+    with matplotlib's renderer: no title overlaps another panel (a 1000x100 strip in one column:
+    a later pass cannot fit it and keeps the layout, without matplotlib's warning). A figure clear after one pass
+    (three columns of the pair) is saved byte for byte as with one pass."""
+    import io
+    import warnings
+
+    import bafusion.evaluation.figures as figs
+    import bafusion.fusion.maps as maps
+
+    found: list[float] = []
+    saved: list[bytes] = []
+
+    def measure(fig, path) -> None:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", metadata={"Software": None})
+        saved.append(buf.getvalue())
+        r = fig.canvas.get_renderer()
+        shown = [ax for ax in fig.axes if ax.axison]
+        assert len(shown) >= 2
+        worst = 0.0
+        for ax in shown:
+            t = ax.title.get_window_extent(r)
+            assert t.height > 5, ax.title.get_text()
+            for other in shown:
+                o = other.get_window_extent(r)
+                if other is not ax and min(t.x1, o.x1) > max(t.x0, o.x0):
+                    worst = max(worst, min(t.y1, o.y1) - max(t.y0, o.y0))
+        found.append(worst)
+
+    monkeypatch.setattr(maps, "save_figure", measure)
+    f = np.zeros(hw, np.uint8)
+    as_evaluate = {"title": "p1: 10 x |B - F| and 10 x |A - F|", "full_size": "the maps at full size are "
+                   "diff-p1-<method>.png and diffA-p1-<method>.png beside this figure"}  # save_dataset_figures'
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        figs.figure_differences(f, {f"M{i}": f for i in range(n)}, tmp_path / "d.png", a=f, **as_evaluate)
+    assert not [w for w in said if "Tight layout" in str(w.message)]  # a later pass that cannot fit: no warning
+    assert found[-1] <= 0.0, f"a title lies {found[-1]:.1f} px behind the panel above"
+    wide = {f"M{i}": np.zeros((2400, 3200), np.uint8) for i in range(3)}  # three columns: clear after one pass
+    figs.figure_differences(wide["M0"], wide, tmp_path / "d3.png", a=wide["M0"])
+    monkeypatch.setattr(figs, "LAYOUT_PASSES", 1)
+    figs.figure_differences(wide["M0"], wide, tmp_path / "d3.png", a=wide["M0"])
+    assert found[-2] <= 0.0 and saved[-2] == saved[-1]

@@ -122,13 +122,58 @@ def _fit_title(ax, name: str, width: float, suffix: str = "", fontsize: float = 
     title.set_text("\n".join(x for x in lines if x))
 
 
+def _title_overlap(fig) -> float:
+    """How many display pixels high the largest overlap of an axes' title with another shown
+    axes of ``fig`` is (0.0: none), as laid out now."""
+    renderer = fig.canvas.get_renderer()
+    shown = [ax for ax in fig.axes if ax.axison]
+    for ax in shown:
+        ax.apply_aspect()
+    worst = 0.0
+    for ax in shown:
+        if not ax.title.get_text():
+            continue
+        ax.get_tightbbox(renderer)  # places the title as drawn
+        t = ax.title.get_window_extent(renderer)
+        for other in shown:
+            o = other.bbox
+            if other is not ax and min(t.x1, o.x1) > max(t.x0, o.x0):
+                worst = max(worst, min(t.y1, o.y1) - max(t.y0, o.y0))
+    return max(worst, 0.0)
+
+
+#: Passes of ``tight_layout`` :func:`_tight_layout` makes at most.
+LAYOUT_PASSES = 10
+
+
+def _tight_layout(fig) -> None:
+    """``fig.tight_layout()``, again while an axes' title overlaps another axes (at most
+    :data:`LAYOUT_PASSES` passes). One pass measures each image's axes in the box it has before
+    the pass; a box it then gets of another shape shrinks the image to its aspect and moves its
+    title: in the difference figure of one or a few columns of wide images (a 3200x2400 pair
+    in one column; a 4160x520 strip in two or three), the second row's titles ("M: |A - F|")
+    lay behind the first row's images, up to their full height. A figure whose titles are
+    clear after one pass is laid out as before. A pass after the figure's first that cannot fit
+    it keeps the layout it has, without matplotlib's warning (the first pass's is kept)."""
+    import warnings
+
+    for k in range(LAYOUT_PASSES):
+        if k and _title_overlap(fig) <= 0.0:
+            return
+        with warnings.catch_warnings():
+            if getattr(fig, "_bafusion_laid_out", False):  # a pass that cannot fit leaves the last layout
+                warnings.filterwarnings("ignore", message="Tight layout not applied", category=UserWarning)
+            fig.tight_layout()
+        fig._bafusion_laid_out = True
+
+
 def _save_fig(fig, path: str | os.PathLike[str], full_size: str = "") -> None:
     """Draw the images to scale (anti-aliased where shrunk, :func:`draw_images_to_scale`; after
-    ``tight_layout``; ``full_size``: where the images are at full size, named where thin details
-    may not be visible) and save the figure."""
+    :func:`_tight_layout`; ``full_size``: where the images are at full size, named where thin
+    details may not be visible) and save the figure."""
     from bafusion.fusion.maps import draw_images_to_scale, save_figure
 
-    draw_images_to_scale(fig, relayout=fig.tight_layout, full_size=full_size)
+    draw_images_to_scale(fig, relayout=lambda: _tight_layout(fig), full_size=full_size)
     save_figure(fig, path)
 
 
@@ -180,7 +225,7 @@ def figure_comparison(
             sp.set_edgecolor("red")
     if title:
         fig.suptitle(displayable(title), fontsize=10)
-    fig.tight_layout()
+    _tight_layout(fig)
     _save_fig(fig, path, full_size)
     return crop
 
@@ -225,7 +270,7 @@ def figure_differences(
             _fit_title(ax, displayable(m), 0.92 * cw * fig.dpi, suffix="" if a is None else f": |{src} - F|")
     if title:
         fig.suptitle(displayable(title), fontsize=10)
-    fig.tight_layout()
+    _tight_layout(fig)
     _save_fig(fig, path, full_size)
     return maps
 
