@@ -142,6 +142,34 @@ def test_fuse_and_a_joint_stack_say_so_for_a_pair_under_a_patch(nets, tmp_path, 
     assert [n for n in res.notes if "the 3 shots a.png to c.png are 7x7 (WxH)" in n], res.notes
 
 
+def test_a_chain_stack_under_a_patch_is_noted_once(nets, tmp_path, capsys) -> None:
+    """With the chain stack rule each step of a 7x7 stack noted that its pair was under a patch
+    ("the fusion of a.png and b.png and c.png are 7x7 ..."): a 5-shot stack printed 4 such
+    notes. The stack is noted once, naming its shots, as the joint rule does; by
+    ``bafusion fuse`` too."""
+    from PIL import Image
+
+    from bafusion.cli import main as cli_main
+    from bafusion.fusion import fuse_stack
+
+    rng = np.random.default_rng(2)
+    shots = [rng.integers(0, 256, (7, 7, 3), dtype=np.uint8) for _ in range(5)]
+    names = [f"{c}.png" for c in "abcde"]
+    results = fuse_stack(shots, nets, FusionParams(), names)
+    hit = [n for r in results for n in r.notes if "patch" in n]
+    assert len(hit) == 1 and "the 5 shots a.png to e.png are 7x7 (WxH)" in hit[0], hit
+    pair = [n for r in fuse_stack(shots[:2], nets, FusionParams(), names[:2]) for n in r.notes if "patch" in n]
+    assert pair == [patch_note((7, 7), FusionParams(), 32, names[:2])], pair  # two shots: as fuse_images says
+    for n, x in zip(names[:3], shots):
+        Image.fromarray(x).save(tmp_path / n)
+    capsys.readouterr()
+    assert cli_main(["fuse", *(str(tmp_path / n) for n in names[:3]), "-o", str(tmp_path / "f.png"),
+                     "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("32-pixel patch") == 1 and "3 shots" in err, err
+    assert (tmp_path / "f.png").is_file()
+
+
 def test_below_the_threshold_the_result_is_the_plain_path(nets) -> None:
     a, b, _ = _scene(96, 128)
     plain = fuse_images(a, b, nets, FusionParams(working_side=0))

@@ -369,8 +369,10 @@ def dtype_hint(x: np.ndarray, wide: bool = True) -> str:
 
 
 def _fuse_pair(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionParams | Mapping[str, Any] | None,
-               names: tuple[str, str], progress: bool | None) -> FusionResult:
-    """:func:`fuse_images` on torch's threads as they are set (the command line sets them)."""
+               names: tuple[str, str], progress: bool | None, note_patch: bool = True) -> FusionResult:
+    """:func:`fuse_images` on torch's threads as they are set (the command line sets them).
+    ``note_patch`` False: no :func:`patch_note` (a chain's steps: :func:`fuse_stack` notes the
+    stack once)."""
     params = checked_params(params)
     _check_nets(nets)
     a, b = source_channels(a, names[0]), source_channels(b, names[1])
@@ -398,7 +400,7 @@ def _fuse_pair(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionPar
         note = exposure_note(gains, names, OUTPUT_EXPOSURE_OPTION, colour=both_colour)
         notes += [note] if note else []
     t_pre["colour"] = time.perf_counter() - t0
-    note = patch_note(ga.shape, params, nets.patch_initial, names)
+    note = patch_note(ga.shape, params, nets.patch_initial, names) if note_patch else None
     notes += [note] if note else []
     if uses_working(ga.shape, params):
         s0, mean, near, s1, t = decide_working(ga, gb, nets, params, progress=progress)
@@ -460,7 +462,9 @@ def fuse_stack(
     Returns
     -------
     list of FusionResult
-        One per step; the last one's ``fused`` is the stack's fusion.
+        One per step; the last one's ``fused`` is the stack's fusion. A stack less than the
+        nets' patch high or wide is noted once, in the first step's ``notes``
+        (:func:`bafusion.fusion.working.patch_note`), not by each step.
     """
     if len(images) < 2:
         raise UserError("fusion needs at least two source images")
@@ -476,8 +480,11 @@ def fuse_stack(
     for i in range(1, len(images)):
         if step is not None and len(images) > 2:
             step(f"step {i}/{len(images) - 1}: fusing {short[i]} into {fusion_name(short[:i])}")
-        res = _fuse_pair(cur, images[i], nets, params, (fusion_name(names[:i]), names[i]), progress)
+        res = _fuse_pair(cur, images[i], nets, params, (fusion_name(names[:i]), names[i]), progress, note_patch=False)
         results.append(res)
         cur = res.fused
+    # one note for the stack (its steps all have its size), not one a step: "the 5 shots a.png to e.png"
+    note = patch_note(images[0].shape, params, nets.patch_initial, names)
+    results[0].notes.extend([note] if note else [])
     return results
 
