@@ -1309,8 +1309,9 @@ def check_output_folder(src: Path, out: Path, groups: Mapping[str, Sequence[Path
     shots/fused``, run again with other shots)."""
     if not (out.is_dir() and _inside(src, out)) or (out / OUTPUT_MARKER).is_file():
         return
+    suffixes = read_suffixes()
     foreign = sorted(q.name for q in out.iterdir()
-                     if not q.name.startswith(".") and q.suffix.lower() in read_suffixes() and q.is_file()
+                     if not q.name.startswith(".") and q.suffix.lower() in suffixes and q.is_file()
                      and q.stem not in groups)
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
