@@ -187,8 +187,10 @@ def test_bad_config_fails_snakemake_dry_run(project: Path, override: dict, key: 
     ({"train": {"consistency": 1.0}, "patches": {"context": 0}}, "train.consistency: 1.0 needs patches.context > 0"),
     # refused by the training job only, after prepare, composite and patches
     ({"train": {"nproc": 3}}, "train.batch: 16 is not divisible by train.nproc: 3"),
-    # refused by prepare only, after the download of the 1 (held-out) background
-    ({"data": {"source": "web"}}, "data.holdout_backgrounds: cannot hold out 1 of the 1 COCO backgrounds"),
+    # refused by prepare only, after the download of the 1 (held-out) background; since 0.5.0
+    # data.backgrounds 0 downloads 700 + the held-out ones, so only a download.coco.count given is too small
+    ({"data": {"source": "web"}, "download": {"coco": {"count": 1}}},
+     "data.holdout_backgrounds: cannot hold out 1 of the 1 COCO backgrounds"),
 ])
 def test_rules_across_keys_fail_snakemake_dry_run(project: Path, override: dict, words: str) -> None:
     """Each key valid alone, the pair not: refused at planning time, as the job would."""
