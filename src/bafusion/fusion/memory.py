@@ -198,7 +198,7 @@ def _limit_file(path: Path) -> int | None:
     """The bytes a cgroup's ``memory.max`` / ``memory.limit_in_bytes`` holds; None for none
     (``max``, v1's "unlimited" 2**63 rounded to a page) or a file that cannot be read."""
     try:
-        text = path.read_text().strip()
+        text = path.read_text(encoding="utf-8").strip()
     except (OSError, ValueError):
         return None
     if not text.isdigit() or int(text) >= 1 << 60:
@@ -227,7 +227,7 @@ def memory_limit(proc_cgroup: str | None = None, root: str | None = None) -> tup
     """
     base = Path(CGROUP_ROOT if root is None else root)
     try:
-        lines = Path(PROC_CGROUP if proc_cgroup is None else proc_cgroup).read_text().splitlines()
+        lines = Path(PROC_CGROUP if proc_cgroup is None else proc_cgroup).read_text(encoding="utf-8").splitlines()
     except (OSError, ValueError):
         return None
     found: list[tuple[int, str]] = []
@@ -272,7 +272,7 @@ def available_mib(meminfo: str | None = None) -> int | None:
     int or None
     """
     try:
-        for line in Path(PROC_MEMINFO if meminfo is None else meminfo).read_text().splitlines():
+        for line in Path(PROC_MEMINFO if meminfo is None else meminfo).read_text(encoding="utf-8").splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) >> 10  # kB
     except (OSError, ValueError, IndexError):
@@ -284,7 +284,7 @@ def _resident_mib() -> int:
     """This process's resident memory (MiB): already part of what the estimate counts (Python,
     torch), so not needed again from what is available."""
     try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        pages = int(Path("/proc/self/statm").read_text(encoding="utf-8").split()[1])
         return (pages * os.sysconf("SC_PAGE_SIZE")) >> 20
     except (OSError, ValueError, IndexError, AttributeError):
         return 0
