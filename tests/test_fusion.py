@@ -539,10 +539,9 @@ def test_fuse_with_map_drops_the_alpha_of_a_and_replicates_a_gray_b() -> None:
     np.testing.assert_array_equal(f, np.where(dm[..., None], a[..., :3], b[..., None]))
 
 
-def test_small_region_area_is_rounded_up() -> None:
-    """remove_small_regions' docstring: regions with fewer than ceil(min_region * H * W) pixels
-    are flipped. At 0.0113 of 20x20 (4.52 px, so 5) an island and a hole of 4 px are flipped,
-    an island of 5 px is kept."""
+def _islands_of_4_and_5_and_a_hole_of_4() -> tuple[np.ndarray, np.ndarray]:
+    """A 20x20 map with an island of 4 px, one of 5 px and a hole of 4 px, and the map with the
+    4-px island and hole flipped (what a threshold of 5 px leaves)."""
     dm = np.zeros((20, 20), bool)
     dm[2:4, 2:4] = True  # island of 4 px
     dm[10:15, 2] = True  # island of 5 px
@@ -551,6 +550,14 @@ def test_small_region_area_is_rounded_up() -> None:
     want = np.zeros((20, 20), bool)
     want[10:15, 2] = True
     want[:, 12:] = True
+    return dm, want
+
+
+def test_small_region_area_is_rounded_up() -> None:
+    """remove_small_regions' docstring: regions with fewer than ceil(min_region * H * W) pixels
+    are flipped. At 0.0113 of 20x20 (4.52 px, so 5) an island and a hole of 4 px are flipped,
+    an island of 5 px is kept."""
+    dm, want = _islands_of_4_and_5_and_a_hole_of_4()
     np.testing.assert_array_equal(remove_small_regions(dm, 0.0113), want)
 
 
@@ -572,14 +579,7 @@ def test_small_region_area_is_rounded_up_even_below_a_half_and_lone_pixels_go_at
     5) an island and a hole of 4 px are flipped (rounded to 4 they were kept; the test above,
     at 4.52 px, rounds up either way). And the smallest area that removes anything is 2: at
     2 px (0.005 of 20x20) lone pixels are flipped, at 1 px (0.0025) nothing is."""
-    dm = np.zeros((20, 20), bool)
-    dm[2:4, 2:4] = True  # island of 4 px
-    dm[10:15, 2] = True  # island of 5 px
-    dm[:, 12:] = True
-    dm[5:7, 15:17] = False  # hole of 4 px
-    want = np.zeros((20, 20), bool)
-    want[10:15, 2] = True
-    want[:, 12:] = True
+    dm, want = _islands_of_4_and_5_and_a_hole_of_4()
     np.testing.assert_array_equal(remove_small_regions(dm, 0.0101), want)
     lone = np.zeros((20, 20), bool)
     lone[:, 10:] = True

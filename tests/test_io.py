@@ -1541,6 +1541,19 @@ def test_other_formats_pillow_reads_but_bafusion_does_not_are_named(tmp_path: Pa
     assert "EPS" not in tried and "ICO" not in tried
 
 
+def _alpha_sources(folder: Path, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """opaque.png (RGBA, alpha 255 everywhere), half.png (RGBA, its right half transparent) and
+    gray.png (LA, as half.png) in ``folder``; their colours and the half-transparent alpha."""
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    alpha = np.full((40, 48), 255, np.uint8)
+    Image.fromarray(np.dstack([rgb, alpha])).save(folder / "opaque.png")
+    alpha[:, 24:] = 0
+    Image.fromarray(np.dstack([rgb, alpha])).save(folder / "half.png")
+    Image.fromarray(np.dstack([rgb[..., 0], alpha]), "LA").save(folder / "gray.png")
+    return rgb, alpha
+
+
 def test_a_dropped_alpha_channel_is_noted_once_per_file(tmp_path: Path, capsys, tiny_nets) -> None:
     """A source with transparency (B's right half transparent) lost it without a word, though
     fuse notes the other things it drops (XMP, IPTC, colour chunks): a line names each file
@@ -1550,13 +1563,7 @@ def test_a_dropped_alpha_channel_is_noted_once_per_file(tmp_path: Path, capsys, 
 
     from bafusion.cli import main
 
-    rng = np.random.default_rng(3)
-    rgb = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
-    alpha = np.full((40, 48), 255, np.uint8)
-    Image.fromarray(np.dstack([rgb, alpha])).save(tmp_path / "opaque.png")
-    alpha[:, 24:] = 0
-    Image.fromarray(np.dstack([rgb, alpha])).save(tmp_path / "half.png")
-    Image.fromarray(np.dstack([rgb[..., 0], alpha]), "LA").save(tmp_path / "gray.png")
+    rgb, alpha = _alpha_sources(tmp_path, 3)
     Image.fromarray(rgb).save(tmp_path / "plain.png")
     pal = Image.fromarray(rgb).convert("P")
     pal.save(tmp_path / "keyed.png", transparency=0)
@@ -1584,13 +1591,7 @@ def test_the_alpha_note_does_not_decode_a_source_twice(tmp_path: Path, monkeypat
     machine): the reader's decode tells it. Each file is decoded once; the notes are as before."""
     from PIL import ImageFile
 
-    rng = np.random.default_rng(4)
-    rgb = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
-    alpha = np.full((40, 48), 255, np.uint8)
-    Image.fromarray(np.dstack([rgb, alpha])).save(tmp_path / "opaque.png")
-    alpha[:, 24:] = 0
-    Image.fromarray(np.dstack([rgb, alpha])).save(tmp_path / "half.png")
-    Image.fromarray(np.dstack([rgb[..., 0], alpha]), "LA").save(tmp_path / "gray.png")
+    rgb, alpha = _alpha_sources(tmp_path, 4)
     decoded: list[str] = []
     load = ImageFile.ImageFile.load
 
