@@ -1488,13 +1488,86 @@ def test_dense_scores_do_not_depend_on_the_tiling(depth, p, shape, runs, monkeyp
         for side in (16, 44):
             tiled = score_dense(net, a, b, p, step=step, margin=margin, max_tile=side)
             np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-6)
-        boxes = score_dense(net, a, b, p, step=step, margin=margin, mask=mask, tile=12)
-        np.testing.assert_allclose(boxes[mask], whole[mask], rtol=0, atol=1e-6)
-        assert np.isnan(boxes[~mask]).all()
+        for most in (1024, 24):  # masked boxes merged into one, and several (max_tile 24)
+            boxes = score_dense(net, a, b, p, step=step, margin=margin, mask=mask, tile=12, max_tile=most)
+            np.testing.assert_allclose(boxes[mask], whole[mask], rtol=0, atol=1e-6)
+            assert np.isnan(boxes[~mask]).all()
     # The test sees the defect: with only the margin of context at box edges, the tiles differ.
     monkeypatch.setattr(scoring, "trunk_reach", lambda net: 0)
     short = score_dense(net, a, b, p, step=4, margin=16, max_tile=16)
     assert np.abs(short - score_dense(net, a, b, p, step=4, margin=16)).max() > 1e-3
+
+
+def test_merge_boxes_lets_neighbouring_boxes_share_their_context() -> None:
+    """Since every box gives the trunk its whole reach of context (124 px for ResNet-56),
+    the dense boundary mode's boxes in neighbouring tile rows recomputed each other's
+    surroundings (1.8-2.3x the time with ResNet-56). _merge_boxes merges boxes whose bounding
+    box's crop is smaller than their crops together, up to max_side, and keeps the others."""
+    from bafusion.fusion.scoring import _crop_cost, _merge_boxes
+
+    def merge(boxes, size=(520, 520), patch=64, context=124, max_side=1024):
+        return _merge_boxes(boxes, size, patch, 4, 16, context, max_side)
+
+    # two tile rows one above the other (a 128-px box's crop: 448 px a side): one box
+    assert merge([(0, 128, 0, 128), (128, 256, 0, 128)]) == [(0, 256, 0, 128)]
+    assert _crop_cost(0, 256, 0, 128, (520, 520), 64, 4, 16, 124) < 2 * _crop_cost(0, 128, 0, 128, (520, 520), 64, 4, 16, 124)
+    # a chain: the third box joins the union of the first two
+    assert merge([(0, 128, 200, 260), (128, 256, 200, 260), (256, 384, 200, 260)]) == [(0, 384, 200, 260)]
+    # not beyond max_side (memory), nor where the crops are far apart
+    assert merge([(0, 128, 0, 128), (128, 256, 0, 128)], max_side=128) == [(0, 128, 0, 128), (128, 256, 0, 128)]
+    far = [(0, 128, 0, 128), (1000, 1128, 1000, 1128)]
+    assert merge(far, size=(2000, 2000), patch=32, context=40) == far
+    # random masks: every box inside a merged one, on the step grid, no pair left to merge
+    rng = np.random.default_rng(3)
+    for step, context in ((4, 40), (2, 124), (1, 12)):
+        size = (300, 260)
+        mask = ndimage.binary_dilation(rng.random(size) < 0.002, iterations=3)
+        boxes = fusion.scoring._boxes(*size, mask, 16, step)
+        got = _merge_boxes(boxes, size, 32, step, 16, context, 128)
+        assert len(got) < len(boxes)
+        for r0, r1, c0, c1 in boxes:
+            assert any(a <= r0 and r1 <= b and c <= c0 and c1 <= d for a, b, c, d in got)
+        assert all(r0 % step == 0 and c0 % step == 0 for r0, _, c0, _ in got)
+        cost = [_crop_cost(*g, size, 32, step, 16, context) for g in got]
+        for i in range(len(got)):
+            for j in range(i):
+                u = (min(got[i][0], got[j][0]), max(got[i][1], got[j][1]), min(got[i][2], got[j][2]), max(got[i][3], got[j][3]))
+                if u[1] - u[0] <= 128 and u[3] - u[2] <= 128:
+                    assert _crop_cost(*u, size, 32, step, 16, context) >= cost[i] + cost[j]
+        assert sum(cost) < sum(_crop_cost(*b, size, 32, step, 16, context) for b in boxes)
+
+
+def test_dense_boundary_boxes_share_context_without_changing_the_scores(monkeypatch) -> None:
+    """The masked pixels of two neighbouring tile rows are scored in one trunk pass (two
+    before the merge), with the scores of the boxes as they were and of the whole image, up to
+    float rounding."""
+    from bafusion.fusion import scoring
+
+    net = _calibrated_net(20)
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(0, 256, (2, 100, 84), dtype=np.uint8)
+    mask = np.zeros(a.shape, bool)
+    mask[20:30, 10:40] = mask[36:44, 30:60] = True  # tile rows 0-31 and 32-63
+    calls = []
+    net.trunk.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape[2:])))
+
+    def run(**kw):
+        calls.clear()
+        return score_dense(net, a, b, 32, step=4, margin=16, mask=mask, tile=32, **kw)
+
+    merged = run()
+    assert len(calls) == 1
+    run(max_tile=16)
+    assert len(calls) == 2  # not merged beyond max_tile
+    with monkeypatch.context() as m:
+        m.setattr(scoring, "_merge_boxes", lambda boxes, *args: boxes)
+        separate = run()
+        assert len(calls) == 2
+    whole = score_dense(net, a, b, 32, step=4, margin=16)
+    assert 0.05 < np.mean((whole[mask] > 0.1) & (whole[mask] < 0.9))  # unsaturated: a change would show
+    np.testing.assert_allclose(merged[mask], separate[mask], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(merged[mask], whole[mask], rtol=0, atol=1e-6)
+    assert np.isnan(merged[~mask]).all()
 
 
 def test_trunk_reach_is_how_far_the_dense_trunk_reads() -> None:

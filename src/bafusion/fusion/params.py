@@ -80,7 +80,8 @@ class FusionParams:
     #: Tile side (pixels, multiple of 4) of the boundary net's "dense" mode (the tiles holding
     #: near-boundary pixels); the initial net's boxes are ``max_tile``'s.
     tile: int = _default("tile")
-    #: Dense mode: the initial net runs on tiles of at most this side (bounds memory).
+    #: Dense mode: the initial net runs on tiles of at most this side (bounds memory); the
+    #: boundary net's boxes that share context are merged up to this side.
     max_tile: int = _default("max_tile")
     #: Exact patches per forward pass; 0: auto (:func:`auto_batch`: 65536 / p^2 on CPU, where
     #: small batches stay in cache and run 1.7-3.5x faster per patch than 512 on the project's
