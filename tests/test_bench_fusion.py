@@ -144,3 +144,25 @@ def test_run_states_its_settings(bf, shared_data: Path, tmp_path: Path) -> None:
     report = json.loads((tmp_path / "defaults.json").read_text())
     assert report["fuse"]["params"] == json.loads(json.dumps(dataclasses.asdict(FusionParams())))
     assert len(list(cache.glob("*.npz"))) == 2
+
+
+def test_bench_dense_boxes_times_merged_and_unmerged_boxes_alike(shared_data, tmp_path) -> None:
+    """benchmarks/bench_dense_boxes.py (BENCHMARKS.md, "Merged masked boxes") runs on a small
+    Lytro crop: the merged boxes score the masked pixels as the unmerged ones do, with no
+    more crop pixels, and the script leaves scoring's functions as it found them."""
+    from bafusion.fusion import scoring
+
+    merge, reach = scoring._merge_boxes, scoring.trunk_reach
+    spec = importlib.util.spec_from_file_location("bench_dense_boxes", REPO / "benchmarks" / "bench_dense_boxes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "boxes.json"
+    assert module.main(["--pairs", "1", "--size", "96", "--depth", "8", "--patch", "16", "--rounds", "1",
+                        "--old-context", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text(encoding="utf-8"))["rows"]
+    assert [r["net"] for r in rows] == ["shipped", "resnet8-p16"]
+    for r in rows:
+        assert r["near_fraction"] > 0 and r["max_abs_diff"] <= 1e-6
+        assert r["boxes_merged"] <= r["boxes_unmerged"] and r["crop_px_merged"] <= r["crop_px_unmerged"]
+        assert len(r["seconds_merged"]) == len(r["seconds_unmerged"]) == len(r["seconds_unmerged_16px"]) == 1
+    assert (scoring._merge_boxes, scoring.trunk_reach) == (merge, reach)
