@@ -1607,3 +1607,38 @@ def test_the_alpha_note_does_not_decode_a_source_twice(tmp_path: Path, monkeypat
         f"{tmp_path / n}: its alpha channel (transparency) is dropped: its colours are used as on full opacity"
         for n in ("half.png", "gray.png")], notes
     assert sorted(decoded) == sorted(map(str, paths)), decoded
+
+
+def test_a_non_square_resolution_is_turned_with_the_image(tmp_path: Path) -> None:
+    """A shot stored 20x10 at 300 x 150 dpi with EXIF orientation 6 (or 8, 5, 7) is read
+    turned, 10x20: across it the stored 150 dpi, down it 300. Its resolution was carried as
+    stored, (300, 150), and the carried EXIF's XResolution/YResolution too, so the output
+    printed at half its width and twice its height; orientations that do not turn by 90
+    degrees (1, 3) keep (300, 150). The same for a PNG (pHYs) and an 8-bit TIFF."""
+    from bafusion.io import read_source_set, source_dpi, write_image
+
+    X, Y = 0x011A, 0x011B
+    px = np.random.default_rng(0).integers(0, 255, (10, 20, 3), dtype=np.uint8)
+    got: dict[tuple[str, int], object] = {}
+    for orientation in (1, 3, 5, 6, 7, 8):
+        ex = Image.Exif()
+        ex[0x0112] = orientation
+        ex[X], ex[Y], ex[0x0128] = 300.0, 150.0, 2
+        for suffix in (".jpg", ".png", ".tif"):
+            path = tmp_path / f"o{orientation}{suffix}"
+            Image.fromarray(px).save(path, exif=ex.tobytes(), dpi=(300, 150))
+            got[suffix, orientation] = source_dpi(path)
+    want = {(s, o): (150.0, 300.0) if o in (5, 6, 7, 8) else (300.0, 150.0) for s, o in got}
+    assert got == want
+    s = read_source_set([tmp_path / "o6.jpg"] * 2)
+    assert s.images[0].shape == (20, 10, 3) and s.dpi == (150.0, 300.0)
+    out = tmp_path / "out.jpg"
+    write_image(out, s.images[0], dpi=s.dpi, exif=s.exif)
+    with Image.open(out) as im:
+        ex = im.getexif()
+        assert im.size == (10, 20) and im.info["dpi"] == (150, 300)
+        assert (ex[0x0112], float(ex[X]), float(ex[Y])) == (1, 150.0, 300.0)
+    s3 = read_source_set([tmp_path / "o3.jpg"] * 2)  # turned by 180 degrees: as stored
+    ex3 = Image.Exif()
+    ex3.load(s3.exif)
+    assert s3.dpi == (300.0, 150.0) and (float(ex3[X]), float(ex3[Y])) == (300.0, 150.0)

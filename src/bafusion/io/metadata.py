@@ -19,7 +19,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from bafusion.io.depth import _PNG_MAGIC, _TIFF_MAGIC
-from bafusion.io.formats import _ORIENTATION, _damaged_or, _quiet_pillow, _tiff_file, header_exif, pillow_open
+from bafusion.io.formats import (
+    _ORIENTATION,
+    _damaged_or,
+    _quiet_pillow,
+    _tiff_file,
+    header_exif,
+    header_orientation,
+    pillow_open,
+)
 from bafusion.io.write import icc_fits, written_metadata
 
 
@@ -35,14 +43,32 @@ _DESCRIPTIVE_TAGS = (0x010F, 0x0110, 0x0112, 0x0132, 0x013B, 0x8298)
 _SOFTWARE, _PROCESSING_SOFTWARE = 0x0131, 0x000B
 
 
+#: EXIF orientations that turn the image by 90 degrees (transpose, rotate, transverse): the
+#: stored x axis is the turned image's y axis, so a resolution (x, y) reads (y, x) turned.
+_TURNING = (5, 6, 7, 8)
+
+#: IFD0 XResolution and YResolution.
+_XRES, _YRES = 0x011A, 0x011B
+
+
 def _exif_for_output(exif: Image.Exif) -> None:
     """Make the first source's EXIF (changed in place) the output's: the orientation reset to 1
-    (the pixels are turned on reading), Software naming bafusion, which wrote the output, not
+    (the pixels are turned on reading; XResolution and YResolution swapped where the orientation
+    turned them by 90 degrees), Software naming bafusion, which wrote the output, not
     the camera's firmware or the converter that wrote the source, and no ProcessingSoftware. The
     camera, exposure, date and GPS tags -- why the EXIF is carried -- are kept."""
     from bafusion._version import __version__
 
     if _ORIENTATION in exif:
+        if exif.get(_ORIENTATION) in _TURNING:
+            # the pixels are turned by 90 degrees: the resolution across is the one stored down
+            try:
+                x, y = exif[_XRES], exif[_YRES]
+                float(x), float(y)
+            except (KeyError, TypeError, ValueError):  # absent, or malformed (text: dropped later, said)
+                pass
+            else:
+                exif[_XRES], exif[_YRES] = y, x
         exif[_ORIENTATION] = 1
     exif.pop(_PROCESSING_SOFTWARE, None)
     exif[_SOFTWARE] = f"bafusion {__version__}"
@@ -180,7 +206,10 @@ def source_dpi(path: str | os.PathLike[str]) -> tuple[float, float] | None:
     a TIFF without XResolution/YResolution, which Pillow reads as 1 dpi, and a resolution of
     ResolutionUnit 1, no absolute unit: an aspect ratio only). Values within 0.013 of a whole
     number, half a pixel per metre, are rounded to it (PNG and BMP store whole pixels per metre:
-    300 dpi as 11811 reads 299.9994, 96 dpi as 3780 reads 96.0119).
+    300 dpi as 11811 reads 299.9994, 96 dpi as 3780 reads 96.0119). The resolution is the one
+    of the image as read, turned by its EXIF orientation: where that turns it by 90 degrees
+    (orientations 5 to 8) the stored x and y are swapped (a JPEG stored 300 x 150 dpi with
+    orientation 6 gives (150, 300)).
 
     Parameters
     ----------
@@ -190,7 +219,7 @@ def source_dpi(path: str | os.PathLike[str]) -> tuple[float, float] | None:
     Returns
     -------
     tuple of (float, float) or None
-        (x, y) dots per inch, both finite and positive.
+        (x, y) dots per inch of the turned image, both finite and positive.
     """
     def whole(v: float) -> float:
         return float(round(v)) if abs(v - round(v)) < 0.013 else float(v)
@@ -198,6 +227,7 @@ def source_dpi(path: str | os.PathLike[str]) -> tuple[float, float] | None:
     try:
         with _quiet_pillow(), pillow_open(path) as im:
             dpi = im.info.get("dpi")
+            turned = header_orientation(im, path) in _TURNING
             tags = getattr(im, "tag_v2", None) if im.format == "TIFF" else None
             if tags is not None and not (282 in tags and 283 in tags):
                 dpi = None  # no XResolution/YResolution: Pillow says 1 dpi (its default of 1/1 per inch)
@@ -209,7 +239,7 @@ def source_dpi(path: str | os.PathLike[str]) -> tuple[float, float] | None:
                     exif = Image.Exif()
                 dpi = _exif_dpi(exif)
     except UnidentifiedImageError:
-        dpi = _tiff_dpi(Path(path))
+        dpi, turned = _tiff_dpi(Path(path)), _tiff_turned(Path(path))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
     try:
@@ -218,7 +248,7 @@ def source_dpi(path: str | os.PathLike[str]) -> tuple[float, float] | None:
         return None
     if not (math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0):
         return None
-    return whole(x), whole(y)
+    return (whole(y), whole(x)) if turned else (whole(x), whole(y))
 
 
 def _exif_dpi(exif: Image.Exif) -> tuple[float, float] | None:
@@ -257,6 +287,17 @@ def _tiff_dpi(path: Path) -> tuple[float, float] | None:
             return x * per, y * per
     except Exception:  # noqa: BLE001 - no resolution to carry
         return None
+
+
+def _tiff_turned(path: Path) -> bool:
+    """Whether a TIFF Pillow cannot identify has an Orientation (5 to 8) that turns it by 90
+    degrees, as its reader applies it (tifffile)."""
+    try:
+        with _tiff_file(path) as tf:
+            tag = tf.pages.first.tags.get(_ORIENTATION)
+            return tag is not None and isinstance(tag.value, int) and int(tag.value) in _TURNING
+    except Exception:  # noqa: BLE001 - no orientation: as stored
+        return False
 
 
 #: PNG chunks that describe colour without an ICC profile, carried from a PNG source to PNG outputs.
