@@ -276,3 +276,26 @@ def test_cli_baseline_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert not out.exists()
     with pytest.raises(SystemExit):
         cli.main(["baseline", "--method", "nope", str(pa), str(pa), "-o", str(out)])
+
+
+def test_cli_baseline_keeps_the_first_sources_metadata(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``bafusion baseline`` wrote its result without A's ICC profile, EXIF and resolution: a
+    Display P3 or Adobe RGB pair's baseline showed other colours than its ``fuse`` result, and
+    the camera, date and dpi were lost, silently. Now as ``fuse`` writes them, with its line on
+    a B of another profile."""
+    from PIL import Image, ImageCms
+
+    _, a, b = _multifocus((48, 64, 3))
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    ex = Image.Exif()
+    ex[0x0110], ex[0x0112] = "EOS R5", 1
+    pa, pb = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    Image.fromarray(np.asarray(a, np.uint8)).save(pa, quality=95, icc_profile=icc, exif=ex, dpi=(300, 300))
+    Image.fromarray(np.asarray(b, np.uint8)).save(pb, quality=95)
+    out = tmp_path / "f.jpg"
+    assert cli.main(["baseline", str(pa), str(pb), "-o", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.info.get("icc_profile") == icc
+        assert im.getexif().get(0x0110) == "EOS R5" and im.info.get("dpi") == (300, 300)
+    err = capsys.readouterr().err
+    assert f"bafusion baseline: {pb} has no colour profile and {pa} one" in err

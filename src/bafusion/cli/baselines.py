@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -13,7 +14,16 @@ from bafusion.evaluation.baselines import (
     METHODS,
     fuse,
 )
-from bafusion.io import read_images, to_uint8, write_image
+from bafusion.io import (
+    cmyk_notes,
+    profile_notes,
+    read_images,
+    source_dpi,
+    source_metadata,
+    source_png_colour,
+    to_uint8,
+    write_image,
+)
 
 # command line
 
@@ -30,7 +40,13 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     if a.ndim != b.ndim:  # one gray, one colour: fuse in colour
         a = a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2)
         b = b if b.ndim == 3 else np.repeat(b[:, :, None], 3, axis=2)
-    write_image(args.output, to_uint8(fuse(args.method, a, b)))
+    fused = to_uint8(fuse(args.method, a, b))
+    # the first source's EXIF, ICC profile, resolution and PNG colour chunks, as ``fuse`` writes
+    # them (each where the output's format holds it), and its lines on differing profiles
+    exif, icc = source_metadata(args.a)
+    for note in cmyk_notes([args.a, args.b]) + profile_notes([args.a, args.b], icc, fused.ndim == 3, args.output):
+        print(f"bafusion baseline: {note}", file=sys.stderr)
+    write_image(args.output, fused, exif=exif, icc=icc, dpi=source_dpi(args.a), png_colour=source_png_colour(args.a))
     print(f"fused 2 images into {args.output} with {args.method} "
           f"({time.perf_counter() - t_start:.2f} s with reading and writing)")
     return 0
@@ -41,7 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "baseline",
         help="fuse two images with a native baseline (guided-filter fusion or Laplacian pyramid)",
-        description="Fuse sources A and B with a native baseline method and write the fused image.",
+        description="Fuse sources A and B with a native baseline method and write the fused image (8 bits per "
+                    "sample), with A's EXIF, ICC profile, resolution and PNG colour chunks, as bafusion fuse "
+                    "writes them.",
     )
     p.add_argument("a", metavar="A", type=nonempty_path, help="first source image")
     p.add_argument("b", metavar="B", type=nonempty_path, help="second source image")
