@@ -326,12 +326,14 @@ def _png_pair(folder: Path, stem: str = "s", size: int = 40) -> tuple[Path, Path
     return paths[0], paths[1]
 
 
-def _fake_limit(monkeypatch, mib: int, megapixels=lambda path: 24.0) -> None:
-    """A cgroup limit of ``mib`` MiB (:func:`memory_limit` faked), shots of ``megapixels`` by
+def _fake_limit(monkeypatch, mib: int, megapixels=lambda path: 24.0, swap: int = 0) -> None:
+    """A cgroup limit of ``mib`` MiB (:func:`memory_limit` faked) and ``swap`` MiB of swap beyond
+    it (:func:`swap_room`: none by default, whatever this machine has), shots of ``megapixels`` by
     their header, and no MemAvailable warning (this machine's free memory is no test's)."""
     from bafusion.fusion import memory
 
     monkeypatch.setattr(memory, "memory_limit", lambda *a, **k: (mib, "/fake/cgroup/memory.max"))
+    monkeypatch.setattr(memory, "swap_room", lambda *a, **k: (swap, "/fake/cgroup/memory.swap.max"))
     monkeypatch.setattr(memory, "_megapixels", megapixels)
     monkeypatch.setattr(memory, "available_mib", lambda *a, **k: None)
     monkeypatch.delenv(memory.MEMORY_CHECK_ENV, raising=False)
@@ -547,5 +549,153 @@ def test_fuse_set_is_checked_against_the_limit_with_the_maps_estimate(tmp_path: 
     rc = cli_main(["fuse-set", "--pairs", str(pairs), "--model", str(tiny_nets), "--out", str(out), "--device",
                    "cpu", "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 2 and "pair p1 (" in err and f"needs about {with_maps} MiB with --save-maps" in err, err
-    assert not out.exists()
+    # fuse-set has no --save-maps (it writes the maps always): the reason named that option
+    assert rc == 2 and "pair p1 (" in err and f"needs about {with_maps} MiB with its maps and Fig. 3" in err, err
+    assert "--save-maps" not in err and not out.exists()
+
+
+def test_swap_room_reads_cgroup_v2_and_v1_swap_files(tmp_path: Path) -> None:
+    """The swap a cgroup may use beyond its memory limit: v2 ``memory.swap.max`` (the smallest of
+    the cgroup's and its parents'), v1 ``memory.memsw.limit_in_bytes`` (memory and swap) less
+    the limit, unbounded by the cgroup without one; at most the machine's free swap (none on a
+    machine without swap); None without a memory limit."""
+    from bafusion.fusion import memory
+
+    proc, root, meminfo = tmp_path / "cgroup", tmp_path / "fs", tmp_path / "meminfo"
+    proc.write_text("0::/job/step\n")
+    (root / "job" / "step").mkdir(parents=True)
+    (root / "job" / "memory.max").write_text(f"{800 << 20}\n")
+    meminfo.write_text("MemTotal:       24683772 kB\nSwapTotal:       4194304 kB\nSwapFree:        2048000 kB\n")
+    args = (str(proc), str(root), str(meminfo))
+    assert memory.swap_room(*args) == (2000, f"{meminfo} SwapFree")  # no swap.max: the machine's free swap
+    (root / "job" / "memory.swap.max").write_text(f"{800 << 20}\n")  # docker --memory=800m (--memory-swap 1600m)
+    (root / "job" / "step" / "memory.swap.max").write_text(f"{(300 << 20) + 7}\n")
+    assert memory.swap_room(*args) == (300, str(root / "job" / "step" / "memory.swap.max"))
+    (root / "job" / "step" / "memory.swap.max").write_text("0\n")  # --memory-swap = --memory: no swap
+    assert memory.swap_room(*args)[0] == 0
+    (root / "job" / "step" / "memory.swap.max").write_text("max\n")
+    (root / "job" / "memory.swap.max").write_text("max\n")
+    meminfo.write_text("SwapTotal:             0 kB\nSwapFree:              0 kB\n")  # a machine without swap
+    assert memory.swap_room(*args) == (0, f"{meminfo} SwapFree")
+    meminfo.write_text("SwapFree:        2048000 kB\n")
+    (root / "job" / "memory.max").write_text("max\n")
+    assert memory.swap_room(*args) is None  # no memory limit
+    # v1: memory and swap together
+    proc.write_text("4:memory:/docker/abc\n")
+    (root / "memory").mkdir()
+    (root / "memory" / "memory.limit_in_bytes").write_text(f"{1 << 30}\n")
+    assert memory.swap_room(*args) == (2000, f"{meminfo} SwapFree")  # swap not accounted
+    (root / "memory" / "memory.memsw.limit_in_bytes").write_text(f"{3 << 29}\n")  # 1536 MiB in all
+    assert memory.swap_room(*args) == (512, str(root / "memory" / "memory.memsw.limit_in_bytes"))
+    (root / "memory" / "memory.memsw.limit_in_bytes").write_text("9223372036854771712\n")
+    assert memory.swap_room(*args) == (2000, f"{meminfo} SwapFree")
+
+
+def test_fuse_over_the_limit_but_within_its_swap_warns_and_fuses(tmp_path: Path, tiny_nets: Path, monkeypatch,
+                                                                 capsys) -> None:
+    """A container allowed swap (docker --memory=800m: as much swap again by default) was refused
+    a 24 MP pair that the kernel would have fused, swapping the rest out: the check ignored swap.
+    Over the limit but within the limit and its swap, a warning that it will swap, and the pair
+    is fused; over both, refused, naming the swap."""
+    from bafusion.fusion import memory
+
+    a, b = _png_pair(tmp_path / "in")
+    out = tmp_path / "f.png"
+    need = round(memory.BASE_MIB + memory.MIB_PER_MEGAPIXEL * 24)
+    _fake_limit(monkeypatch, 800, swap=800)
+    argv = ["fuse", str(a), str(b), "-o", str(out), "--model", str(tiny_nets), "--device", "cpu", "--quiet"]
+    assert cli_main(argv) == 0 and out.is_file()
+    err = capsys.readouterr().err
+    assert "warning: a 24-megapixel pair needs about" in err and f"{need} MiB" in err, err
+    assert "memory limit of 800 MiB (/fake/cgroup/memory.max)" in err and "up to 800 MiB" in err, err
+    assert "it will be slow" in err and "needs more memory" not in err, err
+    out.unlink()
+    _fake_limit(monkeypatch, 800, swap=200)  # 1324 MiB > 1.1 x (800 + 200)
+    assert cli_main(argv) == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "needs more memory" in err and "the swap it may use beyond it 200 MiB" in err, err
+    _fake_limit(monkeypatch, 800, swap=0)
+    assert "with no swap to use beyond it" in memory.memory_problem([a, b])
+    assert memory.memory_warning([a, b]) is None  # refused: no warning besides
+
+
+def test_fuse_dir_and_fuse_set_warn_as_fuse_does(tmp_path: Path, tiny_nets: Path, monkeypatch, capsys) -> None:
+    """fuse warned when less memory is available (MemAvailable) than a pair needs, or when it will
+    swap beyond a cgroup limit; fuse-dir and fuse-set said nothing and went on. fuse-dir warns
+    for each such stack (its size and what is available differ), fuse-set once a run, naming
+    the pair that needs the most; both fuse."""
+    import json
+
+    from bafusion.fusion import memory
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    for stem in ("p", "q"):
+        _png_pair(src, stem)
+    monkeypatch.setattr(memory, "memory_limit", lambda *a, **k: None)
+    monkeypatch.setattr(memory, "_megapixels", lambda path: 24.0 if path.name.startswith("q") else 12.0)
+    monkeypatch.setattr(memory, "available_mib", lambda *a, **k: 500)
+    monkeypatch.setattr(memory, "_resident_mib", lambda: 100)
+    rc = cli_main(["fuse-dir", str(src), str(out), "--model", str(tiny_nets), "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 0 and sorted(p.name for p in out.iterdir() if p.suffix == ".png") == ["p.png", "q.png"], err
+    assert "bafusion fuse-dir: q: warning: a 24-megapixel pair needs about" in err, err
+    assert "bafusion fuse-dir: p: warning: a 12-megapixel pair" in err and "about 600 MiB are available" in err, err
+    pairs, fused = tmp_path / "set", tmp_path / "fused"
+    for stem in ("p1", "q2", "p3"):
+        _png_pair(pairs, stem)
+    (pairs / "index.json").write_text(json.dumps({"pairs": ["p1", "q2", "p3"]}))
+    rc = cli_main(["fuse-set", "--pairs", str(pairs), "--model", str(tiny_nets), "--out", str(fused), "--device",
+                   "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0 and (fused / "q2.png").is_file(), err
+    lines = [line for line in err.splitlines() if "warning" in line]
+    assert len(lines) == 1 and lines[0].startswith("bafusion fuse-set: warning: pair q2 ("), err
+    assert "24-megapixel pair needs about" in lines[0] and "with its maps and Fig. 3" in lines[0], lines
+    assert "--save-maps" not in err
+    # a cgroup limit within its swap: the same warning, the run goes on
+    _fake_limit(monkeypatch, 800, megapixels=lambda path: 24.0 if path.name.startswith("q") else 0.001, swap=1600)
+    rc = cli_main(["fuse-set", "--pairs", str(pairs), "--model", str(tiny_nets), "--out", str(fused), "--device",
+                   "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "warning: pair q2 (" in err and "the kernel swaps the rest out" in err, err
+
+
+def test_python_fuse_is_checked_against_the_cgroup_limit_before_reading(tmp_path: Path, tiny_nets: Path,
+                                                                        monkeypatch) -> None:
+    """``bafusion.fuse()`` had no check: under a container's limit a notebook's kernel was ended
+    by the kernel, its state lost, without a word. Over the limit and its swap it is refused
+    (a UserError, before the shots are read), paths by their headers and arrays by their shapes;
+    fitting only with swap, or beyond MemAvailable, a UserWarning; BAFUSION_MEMORY_CHECK=0 fuses."""
+    import numpy as np
+
+    from bafusion import fuse
+    from bafusion.errors import UserError
+    from bafusion.fusion import api, memory
+
+    a, b = _png_pair(tmp_path / "in")
+    real_read, real_megapixels = api._read_sources, memory._megapixels
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("the shots were read")
+
+    _fake_limit(monkeypatch, 800)
+    monkeypatch.setattr(api, "_read_sources", no_read)
+    with pytest.raises(UserError, match=rf"^{a}, {b}: needs more memory than this process may use: a 24-megapixel"):
+        fuse(a, b, model=tiny_nets, device="cpu", align="none")
+    arrays = [np.zeros((40, 48, 3), np.uint8), np.zeros((40, 48, 3), np.uint8)]
+    _fake_limit(monkeypatch, 100, megapixels=real_megapixels)  # 460 MiB for any pair: over 100
+    with pytest.raises(UserError, match=r"^source 1, source 2: needs more memory .* the limit is 100 MiB"):
+        fuse(*arrays, model=tiny_nets, device="cpu", align="none")
+    monkeypatch.setattr(api, "_read_sources", real_read)
+    _fake_limit(monkeypatch, 100, megapixels=real_megapixels, swap=1000)
+    with pytest.warns(UserWarning, match="source 1, source 2: .* the kernel swaps the rest out"):
+        assert fuse(*arrays, model=tiny_nets, device="cpu", align="none").shape == (40, 48, 3)
+    _fake_limit(monkeypatch, 100, megapixels=real_megapixels)
+    monkeypatch.setenv(memory.MEMORY_CHECK_ENV, "0")
+    assert fuse(*arrays, model=tiny_nets, device="cpu", align="none").shape == (40, 48, 3)
+    monkeypatch.delenv(memory.MEMORY_CHECK_ENV)
+    monkeypatch.setattr(memory, "memory_limit", lambda *a, **k: None)
+    monkeypatch.setattr(memory, "available_mib", lambda *a, **k: 10)
+    monkeypatch.setattr(memory, "_resident_mib", lambda: 0)
+    with pytest.warns(UserWarning, match=r"about 10 MiB are available now"):
+        fuse(*arrays, model=tiny_nets, device="cpu", align="none")

@@ -184,6 +184,10 @@ def fuse(
         may show; ``params={"match_output_exposure": True}`` brings it to the first's.
     bafusion.fusion.scene.MotionWarning, bafusion.fusion.scene.AutoAlignWarning
         See ``align``.
+    UserWarning
+        Before the shots are read, as ``bafusion fuse`` says: the fusion fits the cgroup's
+        memory limit only with swap (slow), or needs more memory than the machine has available
+        now (``MemAvailable`` and what this process holds).
 
     Returns
     -------
@@ -201,7 +205,12 @@ def fuse(
         implausible estimate (see ``align``). A source that is neither a
         path nor an array, or an array of another type than uint8 and uint16 (floats: the
         message says how to convert them), is a :class:`bafusion.errors.InputTypeError`, a
-        UserError that is also a :class:`TypeError`.
+        UserError that is also a :class:`TypeError`. Before the shots are read, as ``bafusion
+        fuse``: a fusion whose estimated memory (:func:`bafusion.fusion.memory.fuse_need_mib`,
+        from the files' headers or the arrays' shapes) exceeds by more than 10 % this process's
+        cgroup memory limit (a container's, a SLURM job's) and the swap it may use beyond it,
+        over which the kernel would end the process (a notebook's kernel, its state lost)
+        without a word; ``os.environ["BAFUSION_MEMORY_CHECK"] = "0"`` fuses anyway.
 
     Examples
     --------
@@ -218,6 +227,7 @@ def fuse(
     threads = checked_threads(threads)
     if not isinstance(model, FusionNets):  # the nets are loaded on it: named as this parameter, before the work
         check_device(device, "device=")
+    _check_memory(sources, align)  # a cgroup's limit: before the shots are read
     images, full, names, top = _read_sources(sources)
     for i in range(1, len(images)):
         _check_same_size(sources, images, names, i, align not in (None, "none"))
@@ -409,6 +419,28 @@ def _refuse_mixed_depths(wide: Sequence[str], narrow: Sequence[str]) -> None:
         "alike); give the shots at one depth: all uint16 on one scale (x.astype(np.uint16) * 257 brings uint8 to the "
         "16-bit scale), or all uint8 (bafusion.io.scale_to_u8(x, bits)), or pass the 16-bit shots as files (an "
         "unmarked 16-bit file beside an 8-bit one is read on its full 16-bit scale, as bafusion fuse reads it)")
+
+
+def _check_memory(sources: tuple[str | os.PathLike[str] | np.ndarray, ...], align: str | None) -> None:
+    """Refuse, before the shots are read, a fusion whose estimate exceeds this process's cgroup
+    memory limit and the swap it may use beyond it (:func:`bafusion.fusion.memory.memory_problem`,
+    as ``bafusion fuse`` does: over them the kernel ends the process, a notebook's kernel and its
+    state with it, without a word); warn (:class:`UserWarning`) where it fits only by swapping,
+    or needs more than the machine has available now (:func:`bafusion.fusion.memory.memory_warning`).
+    Sources of another type are left to :func:`_read_sources` to refuse."""
+    if not all(isinstance(s, (np.ndarray, str, os.PathLike)) for s in sources):
+        return
+    from bafusion.fusion.memory import memory_problem, memory_warning
+
+    aligned = align not in (None, "none", "auto")  # "auto" counted as the fusion, as fuse --align auto
+    shots = [s if isinstance(s, np.ndarray) else os.fspath(s) for s in sources]
+    why = memory_problem(shots, aligned)  # type: ignore[arg-type]
+    names = [f"source {i + 1}" if isinstance(s, np.ndarray) else str(s) for i, s in enumerate(sources)]
+    if why:
+        raise UserError(f"{', '.join(names)}: {why}")
+    low = memory_warning(shots, aligned)  # type: ignore[arg-type]
+    if low:
+        warnings.warn(f"{', '.join(names)}: {low}", UserWarning, stacklevel=3)
 
 
 def _read_sources(

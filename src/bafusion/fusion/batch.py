@@ -1444,7 +1444,7 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
     """:func:`fuse_dir` once ``out`` exists and its lock is held (:func:`output_lock`)."""
     from tqdm import tqdm
 
-    from bafusion.fusion.memory import memory_problem
+    from bafusion.fusion.memory import memory_problem, memory_warning
     from bafusion.io import write_image
     from bafusion.progress import bars_enabled, in_log
 
@@ -1536,6 +1536,11 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
             rep.skipped.append((name, why))
             said(i, name, _skipped(t0, "why: at the end"))
             continue
+        # over the limit but within its swap, or more than the machine has available now: as fuse,
+        # a warning for this stack (the stacks differ in size, and what is available changes)
+        low = memory_warning(shots, align not in ("none", "auto"))
+        if low:
+            tqdm.write(f"bafusion fuse-dir: {name}: warning: {low}", file=sys.stderr)
         out_of_memory = False
         stage = stages(name, shots)
         try:

@@ -112,7 +112,15 @@ def address_space_note() -> str:
             "(a container's or cgroup's limit, on resident memory, is what the estimate is for)")
 
 
+def _source(p: object) -> object:
+    """A shot as the estimate reads it: a path, or an array (the Python API's) as it is."""
+    return p if hasattr(p, "shape") else Path(p)  # type: ignore[arg-type]
+
+
 def _megapixels(path: Path) -> float:
+    shape = getattr(path, "shape", None)
+    if shape is not None:  # an array (bafusion.fuse): (H, W) or (H, W, C)
+        return shape[0] * shape[1] / 1e6 if len(shape) >= 2 else 0.0
     from bafusion.io.formats import pillow_open
 
     try:
@@ -126,6 +134,8 @@ def _megapixels(path: Path) -> float:
 def _deep(path: Path) -> bool:
     """Whether ``path`` holds more than 8 bits per sample (read as uint16 beside its uint8
     version), from its header; False when that cannot be told (an estimate only)."""
+    if hasattr(path, "dtype"):  # an array: uint16 has its full-depth copies
+        return getattr(path.dtype, "itemsize", 1) > 1
     from bafusion.io.depth import _HIGH_MODES, _tiff_depth, png_depth
     from bafusion.io.formats import pillow_open
 
@@ -147,11 +157,12 @@ def fuse_need_mib(shots: Sequence[Path], align: bool = False, save_maps: bool = 
     :data:`ALIGN_MIB_PER_MEGAPIXEL`; with ``save_maps``, the larger of that and the maps',
     :data:`MAPS_BASE_MIB` and :data:`MAPS_MIB_PER_MEGAPIXEL`), or ``None`` when their size
     cannot be read. Sources of more than 8 bits per sample add their uint16 copies
-    (:data:`DEEP_MIB_PER_MEGAPIXEL`)."""
-    mp = max((_megapixels(Path(p)) for p in shots), default=0.0)
+    (:data:`DEEP_MIB_PER_MEGAPIXEL`). A shot may be an array (:func:`bafusion.fuse`'s): its
+    shape and dtype for a file's header."""
+    mp = max((_megapixels(_source(p)) for p in shots), default=0.0)
     if mp <= 0:
         return None
-    deep = any(_deep(Path(p)) for p in shots)
+    deep = any(_deep(_source(p)) for p in shots)
     peak = BASE_MIB + (MIB_PER_MEGAPIXEL + (DEEP_MIB_PER_MEGAPIXEL if deep else 0)) * mp
     if align:
         peak = max(peak, ALIGN_BASE_MIB + ALIGN_MIB_PER_MEGAPIXEL * mp)
@@ -161,15 +172,17 @@ def fuse_need_mib(shots: Sequence[Path], align: bool = False, save_maps: bool = 
     return int(round(peak + shot * mp * max(len(shots) - 2, 0)))
 
 
-def fuse_advice(shots: Sequence[Path] = (), align: bool = False, save_maps: bool = False) -> str:
+def fuse_advice(shots: Sequence[Path] = (), align: bool = False, save_maps: bool = False, *,
+                maps_as: str = "--save-maps") -> str:
     """What lowers the memory of a fusion (``fuse``, ``fuse-dir``, ``fuse-set``, ``evaluate``):
     the full-size images dominate (a pair above ``fuse.working_above`` is decided at
     ``fuse.working_side``, so the nets and their tiles take little), so smaller images or more
     free memory; with ``shots``, what they need (``align``: aligned, ``save_maps``: with
-    ``--save-maps``, :func:`fuse_need_mib`)."""
+    ``--save-maps``, :func:`fuse_need_mib`; ``maps_as`` names the maps where the command has no
+    such option: ``fuse-set`` writes them always)."""
     need = fuse_need_mib(shots, align, save_maps) if shots else None
-    mp = max((_megapixels(Path(p)) for p in shots), default=0.0) if shots else 0.0
-    options = " and ".join(o for o, on in (("--align", align), ("--save-maps", save_maps)) if on)
+    mp = max((_megapixels(_source(p)) for p in shots), default=0.0) if shots else 0.0
+    options = " and ".join(o for o, on in (("--align", align), (maps_as, save_maps)) if on)
     size = (f"a {mp:.3g}-megapixel {'pair' if len(shots) == 2 else f'stack of {len(shots)}'} needs about "
             f"{need} MiB{f' with {options}' if options else ''}; " if need else "")
     aligned = (f", ~{ALIGN_MIB_PER_MEGAPIXEL} with --align (the alignment's copies of the shots; "
@@ -206,12 +219,42 @@ def _limit_file(path: Path) -> int | None:
     return int(text)
 
 
+def _levels(proc_cgroup: str | None, root: str | None) -> list[tuple[Path, bool]]:
+    """The memory controller's folders of this process's cgroup and of its parents, each with
+    whether it is cgroup v1's (None of them without a cgroup file)."""
+    base = Path(CGROUP_ROOT if root is None else root)
+    try:
+        lines = Path(PROC_CGROUP if proc_cgroup is None else proc_cgroup).read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError):
+        return []
+    levels: list[tuple[Path, bool]] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, rel = parts
+        if controllers == "":  # v2 (unified): 0::/path
+            where, v1 = base, False
+        elif "memory" in controllers.split(","):  # v1: N:memory:/path
+            where, v1 = base / "memory", True
+            if not where.is_dir():
+                where = base / controllers
+        else:
+            continue
+        rel_path = Path(rel.strip() or "/")
+        # the cgroup and its parents; inside a container (a cgroup namespace, or v1's cgroup of the
+        # host's name not mounted) the limit is on the mount's top folder, which this reaches too
+        levels.extend((where / str(d).lstrip("/"), v1) for d in [rel_path, *rel_path.parents])
+    return levels
+
+
 def memory_limit(proc_cgroup: str | None = None, root: str | None = None) -> tuple[int, str] | None:
     """The memory limit (MiB) of this process's cgroup and the file that sets it: cgroup v2's
     ``memory.max``, v1's ``memory.limit_in_bytes``, the smallest of the process's cgroup and its
     parents' (a limit applies to every cgroup under it); None where there is none (or no cgroup:
     not Linux). Docker's ``--memory``, SLURM's ``--mem`` and systemd's ``MemoryMax`` set it; the
-    kernel ends a process that goes over it with SIGKILL (exit status 137), without a message.
+    kernel ends a process that goes over it and cannot swap the rest (:func:`swap_room`) with
+    SIGKILL (exit status 137), without a message.
 
     Parameters
     ----------
@@ -225,37 +268,65 @@ def memory_limit(proc_cgroup: str | None = None, root: str | None = None) -> tup
     tuple of (int, str), or None
         The limit in MiB (rounded down) and the file it was read from.
     """
-    base = Path(CGROUP_ROOT if root is None else root)
-    try:
-        lines = Path(PROC_CGROUP if proc_cgroup is None else proc_cgroup).read_text(encoding="utf-8").splitlines()
-    except (OSError, ValueError):
-        return None
     found: list[tuple[int, str]] = []
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, rel = parts
-        if controllers == "":  # v2 (unified): 0::/path
-            where, name = base, "memory.max"
-        elif "memory" in controllers.split(","):  # v1: N:memory:/path
-            where, name = base / "memory", "memory.limit_in_bytes"
-            if not where.is_dir():
-                where = base / controllers
-        else:
-            continue
-        rel_path = Path(rel.strip() or "/")
-        # the cgroup and its parents; inside a container (a cgroup namespace, or v1's cgroup of the
-        # host's name not mounted) the limit is on the mount's top folder, which this reaches too
-        for d in [rel_path, *rel_path.parents]:
-            f = where / str(d).lstrip("/") / name
-            limit = _limit_file(f)
-            if limit is not None:
-                found.append((limit, str(f)))
+    for where, v1 in _levels(proc_cgroup, root):
+        f = where / ("memory.limit_in_bytes" if v1 else "memory.max")
+        limit = _limit_file(f)
+        if limit is not None:
+            found.append((limit, str(f)))
     if not found:
         return None
     limit, where_set = min(found)
     return limit >> 20, where_set
+
+
+def _swap_free_mib(meminfo: str | None) -> int:
+    """The machine's free swap (MiB, ``SwapFree`` of ``/proc/meminfo``); 0 where it is not told."""
+    try:
+        for line in Path(PROC_MEMINFO if meminfo is None else meminfo).read_text(encoding="utf-8").splitlines():
+            if line.startswith("SwapFree:"):
+                return int(line.split()[1]) >> 10  # kB
+    except (OSError, ValueError, IndexError):
+        return 0
+    return 0
+
+
+def swap_room(proc_cgroup: str | None = None, root: str | None = None,
+              meminfo: str | None = None) -> tuple[int, str] | None:
+    """The swap (MiB) this process's cgroup may use beyond its memory limit (:func:`memory_limit`),
+    and what sets it: over the limit the kernel first swaps the cgroup's pages out, and ends the
+    process only when that is full too. cgroup v2: ``memory.swap.max`` (the smallest of the
+    cgroup's and its parents'; Docker's ``--memory-swap`` minus ``--memory``, by default as much
+    as ``--memory``); v1: ``memory.memsw.limit_in_bytes`` (memory and swap together) less the
+    memory limit, unbounded where swap is not accounted (no such file); either way at most the
+    machine's free swap (``SwapFree``: 0 on a machine without swap). None where there is no
+    memory limit.
+
+    Parameters
+    ----------
+    proc_cgroup : str, optional
+        The process's cgroup file (default :data:`PROC_CGROUP`).
+    root : str, optional
+        Where the cgroup file system is mounted (default :data:`CGROUP_ROOT`).
+    meminfo : str, optional
+        The file that tells the machine's free swap (default :data:`PROC_MEMINFO`).
+
+    Returns
+    -------
+    tuple of (int, str), or None
+        The swap in MiB (rounded down; 0 for none) and what bounds it (a file, or
+        ``/proc/meminfo SwapFree``).
+    """
+    limit = memory_limit(proc_cgroup, root)
+    if limit is None:
+        return None
+    bounds: list[tuple[int, str]] = [(_swap_free_mib(meminfo), f"{PROC_MEMINFO if meminfo is None else meminfo} SwapFree")]
+    for where, v1 in _levels(proc_cgroup, root):
+        f = where / ("memory.memsw.limit_in_bytes" if v1 else "memory.swap.max")
+        value = _limit_file(f)
+        if value is not None:
+            bounds.append((max((value >> 20) - limit[0], 0) if v1 else value >> 20, str(f)))
+    return min(bounds)
 
 
 def available_mib(meminfo: str | None = None) -> int | None:
@@ -290,12 +361,25 @@ def _resident_mib() -> int:
         return 0
 
 
-def memory_problem(shots: Sequence[Path], align: bool = False, save_maps: bool = False) -> str | None:
+def _over_limit(need: int) -> tuple[tuple[int, str], tuple[int, str]] | None:
+    """This process's cgroup memory limit and the swap it may use beyond it (:func:`memory_limit`,
+    :func:`swap_room`) when ``need`` MiB is more than :data:`MEMORY_MARGIN` times the limit;
+    None when it is not, or when there is no limit."""
+    limit = memory_limit()
+    if limit is None or need <= limit[0] * MEMORY_MARGIN:
+        return None
+    return limit, swap_room() or (0, "")
+
+
+def memory_problem(shots: Sequence[Path], align: bool = False, save_maps: bool = False, *,
+                   maps_as: str = "--save-maps") -> str | None:
     """Why ``shots`` cannot be fused within this process's cgroup memory limit
-    (:func:`memory_limit`): the estimate (:func:`fuse_need_mib`) is more than
-    :data:`MEMORY_MARGIN` times the limit; None when it is not, when there is no limit, when the
-    size cannot be read, or when :data:`MEMORY_CHECK_ENV` is ``0``. The reason names the
-    estimate, the limit and what helps (:func:`fuse_advice`), without the files.
+    (:func:`memory_limit`) and the swap it may use beyond it (:func:`swap_room`): the estimate
+    (:func:`fuse_need_mib`) is more than :data:`MEMORY_MARGIN` times the two together; None when
+    it is not (between the limit and the two, :func:`memory_warning` says it will swap), when
+    there is no limit, when the size cannot be read, or when :data:`MEMORY_CHECK_ENV` is ``0``.
+    The reason names the estimate, the limit, the swap and what helps (:func:`fuse_advice`),
+    without the files.
 
     Parameters
     ----------
@@ -305,6 +389,9 @@ def memory_problem(shots: Sequence[Path], align: bool = False, save_maps: bool =
         They are aligned (the alignment's estimate when it is the larger).
     save_maps : bool
         Their maps and Fig. 3 are written (``--save-maps``: their estimate when it is the larger).
+    maps_as : str
+        What the reason calls those maps (``fuse-set``, which has no ``--save-maps``, writes
+        them always).
 
     Returns
     -------
@@ -312,24 +399,30 @@ def memory_problem(shots: Sequence[Path], align: bool = False, save_maps: bool =
     """
     if os.environ.get(MEMORY_CHECK_ENV, "").strip() == "0":
         return None
-    limit = memory_limit()
-    if limit is None:
-        return None
     need = fuse_need_mib(shots, align, save_maps)
-    if need is None or need <= limit[0] * MEMORY_MARGIN:
+    over = _over_limit(need) if need is not None else None
+    if over is None:
         return None
-    return (f"needs more memory than this process may use: {fuse_advice(shots, align, save_maps)}; the limit is {limit[0]} MiB "
-            f"({limit[1]}: a container's --memory, SLURM's --mem, systemd's MemoryMax), and the kernel ends a "
-            "process over it without a message (SIGKILL, exit status 137); raise the limit, or set "
+    limit, swap = over
+    if need is not None and need <= (limit[0] + swap[0]) * MEMORY_MARGIN:
+        return None
+    swapped = (f" and the swap it may use beyond it {swap[0]} MiB ({swap[1]})" if swap[0] else
+               f", with no swap to use beyond it{f' ({swap[1]})' if swap[1] else ''}")
+    return (f"needs more memory than this process may use: {fuse_advice(shots, align, save_maps, maps_as=maps_as)}; the limit is {limit[0]} MiB "
+            f"({limit[1]}: a container's --memory, SLURM's --mem, systemd's MemoryMax){swapped}, and the kernel ends a "
+            "process over them without a message (SIGKILL, exit status 137); raise the limit, or set "
             f"{MEMORY_CHECK_ENV}=0 to fuse anyway (the estimate is a few per cent above the measured peak of JPEG "
             "pairs, up to ~20 % above for PNG ones)")
 
 
-def memory_warning(shots: Sequence[Path], align: bool = False, save_maps: bool = False) -> str | None:
+def memory_warning(shots: Sequence[Path], align: bool = False, save_maps: bool = False, *,
+                   maps_as: str = "--save-maps") -> str | None:
     """A line for the user when fusing ``shots`` needs more memory (:func:`fuse_need_mib`) than
-    the machine has available now (:func:`available_mib`, plus what this process holds
-    already): it may swap or run out of memory. None otherwise, or where that is not told. A
-    warning only: other processes may free memory, and swap may hold the rest.
+    this process's cgroup memory limit but fits with the swap it may use beyond it
+    (:func:`swap_room`: the kernel swaps the rest out, slowly), or, below the limit or without
+    one, more than the machine has available now (:func:`available_mib`, plus what this process
+    holds already): it may swap or run out of memory. None otherwise, or where that is not told.
+    A warning only: other processes may free memory, and swap may hold the rest.
 
     Parameters
     ----------
@@ -339,19 +432,30 @@ def memory_warning(shots: Sequence[Path], align: bool = False, save_maps: bool =
         They are aligned.
     save_maps : bool
         Their maps and Fig. 3 are written (``--save-maps``).
+    maps_as : str
+        What the line calls those maps (see :func:`memory_problem`).
 
     Returns
     -------
     str or None
     """
+    need = fuse_need_mib(shots, align, save_maps)
+    if need is None:
+        return None
+    over = _over_limit(need)
+    if over is not None:
+        (limit, where), (swap, bound) = over
+        if swap and need <= (limit + swap) * MEMORY_MARGIN:
+            return (f"{fuse_advice(shots, align, save_maps, maps_as=maps_as)}; over this process's memory limit of {limit} MiB ({where}) "
+                    f"the kernel swaps the rest out (up to {swap} MiB, {bound}): it will be slow")
+        return None  # refused (memory_problem), or fused anyway as BAFUSION_MEMORY_CHECK=0 asks
     avail = available_mib()
     if avail is None:
         return None
-    need = fuse_need_mib(shots, align, save_maps)
     have = avail + _resident_mib()
-    if need is None or need <= have * MEMORY_MARGIN:
+    if need <= have * MEMORY_MARGIN:
         return None
-    return (f"{fuse_advice(shots, align, save_maps)}; about {have} MiB are available now (MemAvailable and what this process "
+    return (f"{fuse_advice(shots, align, save_maps, maps_as=maps_as)}; about {have} MiB are available now (MemAvailable and what this process "
             "holds): it may swap or run out of memory")
 
 

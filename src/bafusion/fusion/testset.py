@@ -275,13 +275,25 @@ def fuse_set(
     # and the memory limit of the process's cgroup (a container, a SLURM job): over it the kernel
     # ends the run without a word, at the first pair too large; every pair's maps are written
     # (maps/, after its fusion), whose estimate is the larger below 27 MP (628 MiB at 0.27 MP, 470 without)
-    from bafusion.fusion.memory import memory_problem
+    from bafusion.fusion.memory import fuse_need_mib, memory_problem, memory_warning
 
+    maps_as = "its maps and Fig. 3 (maps/)"  # fuse-set has no --save-maps: it writes them always
+    largest: tuple[int, str] | None = None  # the pair that needs the most, for the one warning below
     for name in names:
         shots = [pairs / f"{name}-A.png", pairs / f"{name}-B.png"]
-        why = memory_problem(shots, save_maps=True)
+        why = memory_problem(shots, save_maps=True, maps_as=maps_as)
         if why:
             raise UserError(f"pair {name} ({shots[0]}, {shots[1]}): {why}")
+        need = fuse_need_mib(shots, save_maps=True)
+        if need is not None and (largest is None or need > largest[0]):
+            largest = (need, name)
+    # over the limit but within its swap, or more than the machine has available now: one warning
+    # a run, for the pair that needs the most (as fuse warns for its pair), and the run goes on
+    if largest is not None and say is not None:
+        shots = [pairs / f"{largest[1]}-A.png", pairs / f"{largest[1]}-B.png"]
+        low = memory_warning(shots, save_maps=True, maps_as=maps_as)
+        if low:
+            say(f"warning: pair {largest[1]} ({shots[0]}, {shots[1]}), the largest: {low}")
     # into a fresh folder that replaces ``out`` at the end: a killed run leaves the earlier
     # results whole, never mixed with new ones
     said_once: set[str] = set()  # notes said once a run (metadata not kept), as fuse-dir says them
