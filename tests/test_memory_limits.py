@@ -329,11 +329,12 @@ def _png_pair(folder: Path, stem: str = "s", size: int = 40) -> tuple[Path, Path
 def _fake_limit(monkeypatch, mib: int, megapixels=lambda path: 24.0, swap: int = 0) -> None:
     """A cgroup limit of ``mib`` MiB (:func:`memory_limit` faked) and ``swap`` MiB of swap beyond
     it (:func:`swap_room`: none by default, whatever this machine has), shots of ``megapixels`` by
-    their header, and no MemAvailable warning (this machine's free memory is no test's)."""
+    their header, decided at the working resolution, and no MemAvailable warning (this machine's free memory is no test's)."""
     from bafusion.fusion import memory
 
     monkeypatch.setattr(memory, "memory_limit", lambda *a, **k: (mib, "/fake/cgroup/memory.max"))
     monkeypatch.setattr(memory, "swap_room", lambda *a, **k: (swap, "/fake/cgroup/memory.swap.max"))
+    monkeypatch.setattr(memory, "_full_size", lambda *a, **k: False)  # decided at the working resolution, as 24 MP is
     monkeypatch.setattr(memory, "_megapixels", megapixels)
     monkeypatch.setattr(memory, "available_mib", lambda *a, **k: None)
     monkeypatch.delenv(memory.MEMORY_CHECK_ENV, raising=False)
@@ -479,6 +480,7 @@ def test_the_estimate_counts_the_uint16_copies_of_deep_sources(tmp_path: Path, m
     Image.fromarray((rgb16 >> 8).astype(np.uint8)).save(tmp_path / "a8.png")
     tifffile.imwrite(tmp_path / "a8.tif", (rgb16 >> 8).astype(np.uint8), photometric="rgb")
     monkeypatch.setattr(memory, "_megapixels", lambda path: 24.0)
+    monkeypatch.setattr(memory, "_full_size", lambda *a, **k: False)
     plain = round(memory.BASE_MIB + memory.MIB_PER_MEGAPIXEL * 24)
     deep = round(memory.BASE_MIB + (memory.MIB_PER_MEGAPIXEL + memory.DEEP_MIB_PER_MEGAPIXEL) * 24)
     assert plain == 1324 and deep == 1588  # the probe's 24 MP pairs: 1290 MiB (JPEG) and 1542 MiB (16-bit TIFF)
@@ -699,3 +701,27 @@ def test_python_fuse_is_checked_against_the_cgroup_limit_before_reading(tmp_path
     monkeypatch.setattr(memory, "_resident_mib", lambda: 0)
     with pytest.warns(UserWarning, match=r"about 10 MiB are available now"):
         fuse(*arrays, model=tiny_nets, device="cpu", align="none")
+
+
+def test_the_estimate_counts_a_decision_at_full_size() -> None:
+    """A pair decided at its full size (up to fuse.working_above, a strip narrower than a 16:9
+    frame's short side, --working-side 0) ran the nets and the maps at that size, which the
+    estimate did not count: 678 MiB measured at 1024x1024 and 683 for a 300x4000 strip, 498 and
+    503 estimated. It adds FULL_SIZE_MIB per megapixel up to one; a pair decided at the working
+    resolution keeps its estimate."""
+    import numpy as np
+
+    from bafusion.fusion import memory
+    from bafusion.fusion.params import FusionParams
+
+    def need(h: int, w: int, params=None) -> int | None:
+        shot = np.zeros((h, w, 3), np.uint8)
+        return memory.fuse_need_mib([shot, shot], **({} if params is None else {"params": params}))
+
+    base, per = memory.BASE_MIB, memory.MIB_PER_MEGAPIXEL
+    assert need(300, 4000) == round(base + per * 1.2 + 200) == 703  # measured 683
+    assert memory.FULL_SIZE_MIB == 200
+    assert need(1024, 1024) == round(base + per * 1.048576 + 200) == 698  # measured 678
+    assert need(520, 520) == round(base + (per + 200) * 0.2704) == 524  # measured 481
+    assert need(3000, 4000) == round(base + per * 12) == 892  # at the working resolution: as before
+    assert need(3000, 4000, FusionParams(working_side=0)) == 892 + 200  # --working-side 0: at full size

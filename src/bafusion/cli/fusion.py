@@ -276,8 +276,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     # a cgroup's memory limit (a container, a SLURM job): refused before reading, since over it the
     # kernel ends the fusion without a word; --align auto counted as the fusion (it may not align)
     aligned = (args.align or "none") not in ("none", "auto")
-    check_memory(paths, aligned, bool(args.save_maps))
-    low = memory_warning(paths, aligned, bool(args.save_maps))
+    check_memory(paths, aligned, bool(args.save_maps), params=params)
+    low = memory_warning(paths, aligned, bool(args.save_maps), params=params)
     if low:
         print(f"bafusion fuse: warning: {low}", file=sys.stderr)
     from bafusion.fusion.batch import fused_output, prepare_sources

@@ -227,7 +227,7 @@ def fuse(
     threads = checked_threads(threads)
     if not isinstance(model, FusionNets):  # the nets are loaded on it: named as this parameter, before the work
         check_device(device, "device=")
-    _check_memory(sources, align)  # a cgroup's limit: before the shots are read
+    _check_memory(sources, align, params)  # a cgroup's limit: before the shots are read
     images, full, names, top = _read_sources(sources)
     for i in range(1, len(images)):
         _check_same_size(sources, images, names, i, align not in (None, "none"))
@@ -421,7 +421,8 @@ def _refuse_mixed_depths(wide: Sequence[str], narrow: Sequence[str]) -> None:
         "unmarked 16-bit file beside an 8-bit one is read on its full 16-bit scale, as bafusion fuse reads it)")
 
 
-def _check_memory(sources: tuple[str | os.PathLike[str] | np.ndarray, ...], align: str | None) -> None:
+def _check_memory(sources: tuple[str | os.PathLike[str] | np.ndarray, ...], align: str | None,
+                  params: FusionParams) -> None:
     """Refuse, before the shots are read, a fusion whose estimate exceeds this process's cgroup
     memory limit and the swap it may use beyond it (:func:`bafusion.fusion.memory.memory_problem`,
     as ``bafusion fuse`` does: over them the kernel ends the process, a notebook's kernel and its
@@ -434,11 +435,11 @@ def _check_memory(sources: tuple[str | os.PathLike[str] | np.ndarray, ...], alig
 
     aligned = align not in (None, "none", "auto")  # "auto" counted as the fusion, as fuse --align auto
     shots = [s if isinstance(s, np.ndarray) else os.fspath(s) for s in sources]
-    why = memory_problem(shots, aligned)  # type: ignore[arg-type]
+    why = memory_problem(shots, aligned, params=params)  # type: ignore[arg-type]
     names = [f"source {i + 1}" if isinstance(s, np.ndarray) else str(s) for i, s in enumerate(sources)]
     if why:
         raise UserError(f"{', '.join(names)}: {why}")
-    low = memory_warning(shots, aligned)  # type: ignore[arg-type]
+    low = memory_warning(shots, aligned, params=params)  # type: ignore[arg-type]
     if low:
         warnings.warn(f"{', '.join(names)}: {low}", UserWarning, stacklevel=3)
 

@@ -1531,14 +1531,14 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
             tqdm.write(f"bafusion fuse-dir: {name}: fused again (--skip-existing keeps an output only when its shots "
                        f"are unchanged): {changed}", file=sys.stderr)
         # over the cgroup's memory limit the kernel would end the whole batch without a word
-        why = memory_problem(shots, align not in ("none", "auto"))
+        why = memory_problem(shots, align not in ("none", "auto"), params=params)
         if why:
             rep.skipped.append((name, why))
             said(i, name, _skipped(t0, "why: at the end"))
             continue
         # over the limit but within its swap, or more than the machine has available now: as fuse,
         # a warning for this stack (the stacks differ in size, and what is available changes)
-        low = memory_warning(shots, align not in ("none", "auto"))
+        low = memory_warning(shots, align not in ("none", "auto"), params=params)
         if low:
             tqdm.write(f"bafusion fuse-dir: {name}: warning: {low}", file=sys.stderr)
         out_of_memory = False

@@ -18,6 +18,19 @@ from pathlib import Path
 BASE_MIB = 460
 MIB_PER_MEGAPIXEL = 36
 
+#: Added for a pair decided at its full size (:func:`bafusion.fusion.working.uses_working` false:
+#: its long side up to ``fuse.working_above``, a strip narrower than a 16:9 frame's short side,
+#: ``--working-side 0``), where the nets and the decision's maps run on the full-size pair:
+#: this many MiB per megapixel up to one megapixel, the whole of it from one on. Measured as
+#: :data:`BASE_MIB` (session 33, one run each, loaded 2-core machine, the default model, JPEG
+#: pairs made from lytro-05): 481 MiB at 520x520 (0.27 MP), 513 at 724x724, 678 at 1024x1024,
+#: and strips 300 px high of 4000, 8000 and 16000 px (1.2, 2.4 and 4.8 MP, decided at full size
+#: since the panorama rule) 683, 671 and 753 MiB, where :data:`BASE_MIB` and
+#: :data:`MIB_PER_MEGAPIXEL` alone predict 470, 479, 498, 503, 546 and 633 (the peaks of the 1024x1024
+#: pair and the strips 19-36 % above these); with this 524, 583, 698, 703, 746 and 833 (3-14 % above).
+#: Beyond 4.8 MP at full size (``--working-side 0`` of a camera photo) not measured.
+FULL_SIZE_MIB = 200
+
 #: Peak memory of the alignment (``--align``): both shots' float64 gray copies and pyramids, the
 #: warped shot, the masks; the fusion's nets are not loaded yet, so the peak of an aligned fusion
 #: is the larger of the two. Measured as above, ``--align similarity`` (with the estimate's
@@ -151,19 +164,51 @@ def _deep(path: Path) -> bool:
     return (tiff is not None and tiff[0] > 8 and mode != "F") or mode in _HIGH_MODES
 
 
-def fuse_need_mib(shots: Sequence[Path], align: bool = False, save_maps: bool = False) -> int | None:
+def _shape(path: object) -> tuple[int, int] | None:
+    """(H, W) of a shot by its header (an array: its shape), None when it cannot be read."""
+    shape = getattr(path, "shape", None)
+    if shape is not None:
+        return (int(shape[0]), int(shape[1])) if len(shape) >= 2 else None
+    from bafusion.io.formats import pillow_open
+
+    try:
+        with pillow_open(path) as im:
+            w, h = im.size
+    except Exception:  # noqa: BLE001 - an estimate only
+        return None
+    return h, w
+
+
+def _full_size(shots: Sequence[Path], params: object = None) -> bool:
+    """Whether the largest of ``shots`` is decided at its full size by ``params`` (None: the
+    defaults), :func:`bafusion.fusion.working.uses_working`; False where its size cannot be read."""
+    shapes = [s for s in (_shape(_source(p)) for p in shots) if s is not None]
+    if not shapes:
+        return False
+    from bafusion.fusion.params import FusionParams
+    from bafusion.fusion.working import uses_working
+
+    return not uses_working(max(shapes, key=lambda s: s[0] * s[1]), params or FusionParams())
+
+
+def fuse_need_mib(shots: Sequence[Path], align: bool = False, save_maps: bool = False, *,
+                  params: object = None) -> int | None:
     """The memory (MiB) that :data:`BASE_MIB` and :data:`MIB_PER_MEGAPIXEL` predict for fusing
     ``shots`` (with ``align``, the larger of that and the alignment's, :data:`ALIGN_BASE_MIB` and
     :data:`ALIGN_MIB_PER_MEGAPIXEL`; with ``save_maps``, the larger of that and the maps',
     :data:`MAPS_BASE_MIB` and :data:`MAPS_MIB_PER_MEGAPIXEL`), or ``None`` when their size
     cannot be read. Sources of more than 8 bits per sample add their uint16 copies
-    (:data:`DEEP_MIB_PER_MEGAPIXEL`). A shot may be an array (:func:`bafusion.fuse`'s): its
-    shape and dtype for a file's header."""
+    (:data:`DEEP_MIB_PER_MEGAPIXEL`), a pair decided at its full size by ``params`` (a
+    :class:`bafusion.fusion.FusionParams`; None: the defaults) its nets' and maps' share
+    (:data:`FULL_SIZE_MIB`). A shot may be an array (:func:`bafusion.fuse`'s): its shape and
+    dtype for a file's header."""
     mp = max((_megapixels(_source(p)) for p in shots), default=0.0)
     if mp <= 0:
         return None
     deep = any(_deep(_source(p)) for p in shots)
     peak = BASE_MIB + (MIB_PER_MEGAPIXEL + (DEEP_MIB_PER_MEGAPIXEL if deep else 0)) * mp
+    if _full_size(shots, params):
+        peak += FULL_SIZE_MIB * min(mp, 1.0)
     if align:
         peak = max(peak, ALIGN_BASE_MIB + ALIGN_MIB_PER_MEGAPIXEL * mp)
     if save_maps:
@@ -173,14 +218,14 @@ def fuse_need_mib(shots: Sequence[Path], align: bool = False, save_maps: bool = 
 
 
 def fuse_advice(shots: Sequence[Path] = (), align: bool = False, save_maps: bool = False, *,
-                maps_as: str = "--save-maps") -> str:
+                maps_as: str = "--save-maps", params: object = None) -> str:
     """What lowers the memory of a fusion (``fuse``, ``fuse-dir``, ``fuse-set``, ``evaluate``):
     the full-size images dominate (a pair above ``fuse.working_above`` is decided at
     ``fuse.working_side``, so the nets and their tiles take little), so smaller images or more
     free memory; with ``shots``, what they need (``align``: aligned, ``save_maps``: with
     ``--save-maps``, :func:`fuse_need_mib`; ``maps_as`` names the maps where the command has no
     such option: ``fuse-set`` writes them always)."""
-    need = fuse_need_mib(shots, align, save_maps) if shots else None
+    need = fuse_need_mib(shots, align, save_maps, params=params) if shots else None
     mp = max((_megapixels(_source(p)) for p in shots), default=0.0) if shots else 0.0
     options = " and ".join(o for o, on in (("--align", align), (maps_as, save_maps)) if on)
     size = (f"a {mp:.3g}-megapixel {'pair' if len(shots) == 2 else f'stack of {len(shots)}'} needs about "
@@ -372,7 +417,7 @@ def _over_limit(need: int) -> tuple[tuple[int, str], tuple[int, str]] | None:
 
 
 def memory_problem(shots: Sequence[Path], align: bool = False, save_maps: bool = False, *,
-                   maps_as: str = "--save-maps") -> str | None:
+                   maps_as: str = "--save-maps", params: object = None) -> str | None:
     """Why ``shots`` cannot be fused within this process's cgroup memory limit
     (:func:`memory_limit`) and the swap it may use beyond it (:func:`swap_room`): the estimate
     (:func:`fuse_need_mib`) is more than :data:`MEMORY_MARGIN` times the two together; None when
@@ -392,6 +437,9 @@ def memory_problem(shots: Sequence[Path], align: bool = False, save_maps: bool =
     maps_as : str
         What the reason calls those maps (``fuse-set``, which has no ``--save-maps``, writes
         them always).
+    params : FusionParams, optional
+        The fusion's parameters (None: the defaults): whether the pair is decided at its full
+        size (:data:`FULL_SIZE_MIB`).
 
     Returns
     -------
@@ -399,7 +447,7 @@ def memory_problem(shots: Sequence[Path], align: bool = False, save_maps: bool =
     """
     if os.environ.get(MEMORY_CHECK_ENV, "").strip() == "0":
         return None
-    need = fuse_need_mib(shots, align, save_maps)
+    need = fuse_need_mib(shots, align, save_maps, params=params)
     over = _over_limit(need) if need is not None else None
     if over is None:
         return None
@@ -408,7 +456,7 @@ def memory_problem(shots: Sequence[Path], align: bool = False, save_maps: bool =
         return None
     swapped = (f" and the swap it may use beyond it {swap[0]} MiB ({swap[1]})" if swap[0] else
                f", with no swap to use beyond it{f' ({swap[1]})' if swap[1] else ''}")
-    return (f"needs more memory than this process may use: {fuse_advice(shots, align, save_maps, maps_as=maps_as)}; the limit is {limit[0]} MiB "
+    return (f"needs more memory than this process may use: {fuse_advice(shots, align, save_maps, maps_as=maps_as, params=params)}; the limit is {limit[0]} MiB "
             f"({limit[1]}: a container's --memory, SLURM's --mem, systemd's MemoryMax){swapped}, and the kernel ends a "
             "process over them without a message (SIGKILL, exit status 137); raise the limit, or set "
             f"{MEMORY_CHECK_ENV}=0 to fuse anyway (the estimate is a few per cent above the measured peak of JPEG "
@@ -416,7 +464,7 @@ def memory_problem(shots: Sequence[Path], align: bool = False, save_maps: bool =
 
 
 def memory_warning(shots: Sequence[Path], align: bool = False, save_maps: bool = False, *,
-                   maps_as: str = "--save-maps") -> str | None:
+                   maps_as: str = "--save-maps", params: object = None) -> str | None:
     """A line for the user when fusing ``shots`` needs more memory (:func:`fuse_need_mib`) than
     this process's cgroup memory limit but fits with the swap it may use beyond it
     (:func:`swap_room`: the kernel swaps the rest out, slowly), or, below the limit or without
@@ -434,19 +482,21 @@ def memory_warning(shots: Sequence[Path], align: bool = False, save_maps: bool =
         Their maps and Fig. 3 are written (``--save-maps``).
     maps_as : str
         What the line calls those maps (see :func:`memory_problem`).
+    params : FusionParams, optional
+        The fusion's parameters (see :func:`memory_problem`).
 
     Returns
     -------
     str or None
     """
-    need = fuse_need_mib(shots, align, save_maps)
+    need = fuse_need_mib(shots, align, save_maps, params=params)
     if need is None:
         return None
     over = _over_limit(need)
     if over is not None:
         (limit, where), (swap, bound) = over
         if swap and need <= (limit + swap) * MEMORY_MARGIN:
-            return (f"{fuse_advice(shots, align, save_maps, maps_as=maps_as)}; over this process's memory limit of {limit} MiB ({where}) "
+            return (f"{fuse_advice(shots, align, save_maps, maps_as=maps_as, params=params)}; over this process's memory limit of {limit} MiB ({where}) "
                     f"the kernel swaps the rest out (up to {swap} MiB, {bound}): it will be slow")
         return None  # refused (memory_problem), or fused anyway as BAFUSION_MEMORY_CHECK=0 asks
     avail = available_mib()
@@ -455,11 +505,12 @@ def memory_warning(shots: Sequence[Path], align: bool = False, save_maps: bool =
     have = avail + _resident_mib()
     if need <= have * MEMORY_MARGIN:
         return None
-    return (f"{fuse_advice(shots, align, save_maps, maps_as=maps_as)}; about {have} MiB are available now (MemAvailable and what this process "
+    return (f"{fuse_advice(shots, align, save_maps, maps_as=maps_as, params=params)}; about {have} MiB are available now (MemAvailable and what this process "
             "holds): it may swap or run out of memory")
 
 
-def check_memory(shots: Sequence[Path], align: bool = False, save_maps: bool = False) -> None:
+def check_memory(shots: Sequence[Path], align: bool = False, save_maps: bool = False, *,
+                 params: object = None) -> None:
     """Refuse, before any work, a fusion of ``shots`` whose estimate exceeds this process's
     cgroup memory limit (:func:`memory_problem`), naming the files.
 
@@ -471,13 +522,15 @@ def check_memory(shots: Sequence[Path], align: bool = False, save_maps: bool = F
         They are aligned.
     save_maps : bool
         Their maps and Fig. 3 are written (``--save-maps``).
+    params : FusionParams, optional
+        The fusion's parameters (see :func:`memory_problem`).
 
     Raises
     ------
     bafusion.errors.UserError
         Naming the shots, the estimate, the limit and what helps.
     """
-    why = memory_problem(shots, align, save_maps)
+    why = memory_problem(shots, align, save_maps, params=params)
     if why:
         from bafusion.errors import UserError
 

@@ -281,17 +281,17 @@ def fuse_set(
     largest: tuple[int, str] | None = None  # the pair that needs the most, for the one warning below
     for name in names:
         shots = [pairs / f"{name}-A.png", pairs / f"{name}-B.png"]
-        why = memory_problem(shots, save_maps=True, maps_as=maps_as)
+        why = memory_problem(shots, save_maps=True, maps_as=maps_as, params=params)
         if why:
             raise UserError(f"pair {name} ({shots[0]}, {shots[1]}): {why}")
-        need = fuse_need_mib(shots, save_maps=True)
+        need = fuse_need_mib(shots, save_maps=True, params=params)
         if need is not None and (largest is None or need > largest[0]):
             largest = (need, name)
     # over the limit but within its swap, or more than the machine has available now: one warning
     # a run, for the pair that needs the most (as fuse warns for its pair), and the run goes on
     if largest is not None and say is not None:
         shots = [pairs / f"{largest[1]}-A.png", pairs / f"{largest[1]}-B.png"]
-        low = memory_warning(shots, save_maps=True, maps_as=maps_as)
+        low = memory_warning(shots, save_maps=True, maps_as=maps_as, params=params)
         if low:
             say(f"warning: pair {largest[1]} ({shots[0]}, {shots[1]}), the largest: {low}")
     # into a fresh folder that replaces ``out`` at the end: a killed run leaves the earlier
