@@ -725,3 +725,39 @@ def test_the_estimate_counts_a_decision_at_full_size() -> None:
     assert need(520, 520) == round(base + (per + 200) * 0.2704) == 524  # measured 481
     assert need(3000, 4000) == round(base + per * 12) == 892  # at the working resolution: as before
     assert need(3000, 4000, FusionParams(working_side=0)) == 892 + 200  # --working-side 0: at full size
+
+
+def test_fuse_checks_the_limit_with_its_own_params(tmp_path: Path, tiny_nets: Path, monkeypatch, capsys) -> None:
+    """--working-side 0 decides a 12 MP pair at its full size (FULL_SIZE_MIB more): the check
+    before the work counts it with the command's parameters, not the defaults."""
+    from bafusion.fusion import memory
+
+    a, b = _png_pair(tmp_path / "in")
+    out = tmp_path / "f.png"
+    real_full_size = memory._full_size
+    _fake_limit(monkeypatch, 900, megapixels=lambda path: 12.0)
+    monkeypatch.setattr(memory, "_full_size", real_full_size)  # by the shape below and the params
+    monkeypatch.setattr(memory, "_shape", lambda path: (3000, 4000))
+    argv = ["fuse", str(a), str(b), "-o", str(out), "--model", str(tiny_nets), "--device", "cpu", "--quiet"]
+    assert cli_main(argv) == 0, capsys.readouterr().err  # 892 MiB at the working resolution: within 1.1 x 900
+    out.unlink()
+    assert cli_main([*argv, "--working-side", "0"]) == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "needs about 1092 MiB" in err and "the limit is 900 MiB" in err, err
+
+
+def test_the_advice_after_running_out_of_memory_loading_torch_does_not_load_it_again(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    """The out-of-memory line of a command whose libraries could not be loaded gives the estimate
+    for its shots: whether they are decided at full size is told by the fusion's module, which
+    loads torch; where that fails the estimate goes without it, and the line is still said."""
+    import sys
+
+    from bafusion.fusion import memory
+
+    a, b = _png_pair(tmp_path / "in")
+    full = memory.fuse_need_mib([a, b])
+    monkeypatch.setitem(sys.modules, "bafusion.fusion.working", None)  # importing it raises ImportError
+    assert memory.fuse_need_mib([a, b]) == round(memory.BASE_MIB + memory.MIB_PER_MEGAPIXEL * 40 * 48 / 1e6)
+    assert full == round(memory.BASE_MIB + (memory.MIB_PER_MEGAPIXEL + memory.FULL_SIZE_MIB) * 40 * 48 / 1e6)
+    assert "needs about" in memory.fuse_advice([a, b])

@@ -185,10 +185,13 @@ def _full_size(shots: Sequence[Path], params: object = None) -> bool:
     shapes = [s for s in (_shape(_source(p)) for p in shots) if s is not None]
     if not shapes:
         return False
-    from bafusion.fusion.params import FusionParams
-    from bafusion.fusion.working import uses_working
+    try:  # loads torch: in the advice of a command that ran out of memory loading it, unknown
+        from bafusion.fusion.params import FusionParams
+        from bafusion.fusion.working import uses_working
 
-    return not uses_working(max(shapes, key=lambda s: s[0] * s[1]), params or FusionParams())
+        return not uses_working(max(shapes, key=lambda s: s[0] * s[1]), params or FusionParams())  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - an estimate only
+        return False
 
 
 def fuse_need_mib(shots: Sequence[Path], align: bool = False, save_maps: bool = False, *,
@@ -266,7 +269,7 @@ def _limit_file(path: Path) -> int | None:
 
 def _levels(proc_cgroup: str | None, root: str | None) -> list[tuple[Path, bool]]:
     """The memory controller's folders of this process's cgroup and of its parents, each with
-    whether it is cgroup v1's (None of them without a cgroup file)."""
+    whether it is cgroup v1's (none without a cgroup file)."""
     base = Path(CGROUP_ROOT if root is None else root)
     try:
         lines = Path(PROC_CGROUP if proc_cgroup is None else proc_cgroup).read_text(encoding="utf-8").splitlines()

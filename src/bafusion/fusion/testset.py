@@ -227,7 +227,8 @@ def fuse_set(
     say : callable, optional
         Called with each line ``bafusion fuse-set`` prints on stderr (after its
         ``bafusion fuse-set:``): the notes of the fusions and of the written files, each pair's
-        seconds, an index that lists no pairs. None (the default, from Python): each note is
+        seconds, an index that lists no pairs, a warning before the work where the largest pair
+        may swap or run out of memory (:func:`bafusion.fusion.memory.memory_warning`). None (the default, from Python): each note is
         issued as a :class:`bafusion.fusion.rule.FusionNoteWarning` (naming
         ``params={"match_output_exposure": True}`` where the command line names its option),
         the rest is not said.
