@@ -147,6 +147,16 @@ def test_snakemake_reads_the_same_schema_file() -> None:
     assert "validate(config, schema_path())" in text and "validate_params(config" in text
 
 
+def test_snakemake_lint_is_clean(tmp_path: Path) -> None:
+    """README: "`snakemake --lint` is clean ... the rule files hold only rules (helpers in
+    workflow/rules/common.smk)". evaluate.smk defined its own helper function, and the lint
+    said "Mixed rules and functions in same snakefile" (exit status 1)."""
+    project = make_project(tmp_path / "p", git=False)
+    p = run(["snakemake", "--lint"], project, check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "Lints for" not in out, out[-3000:]
+
+
 def _files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
 

@@ -225,3 +225,26 @@ def coco_count():
     from bafusion.config import coco_download_count
 
     return coco_download_count(config)
+
+
+def download_eval_input():
+    """download_eval's folder, when an evaluate dataset reads from it (a `sources`, `reference`
+    or `reference_metrics` inside data/download/eval), else nothing: the command reads the
+    dataset folders from --params-json, so without this input nothing ordered download_eval
+    before evaluate (`snakemake download_eval all` could evaluate first) and `snakemake all`
+    was refused; now Snakemake runs download_eval first. No DVC stage runs download_eval: under
+    `dvc repro` the folder has to be there (the Snakefile's check refuses it otherwise). Nor
+    when download.eval has no source (base_url and from_dir empty, the defaults): download_eval
+    would fail, and `-F evaluate` would replace a folder filled by hand; the folder is used as
+    it is (the Snakefile's check refuses it when it is not there)."""
+    from bafusion.cli.params_check import download_eval_has_source, written_by
+    from bafusion.workspace import resolve
+
+    if not download_eval_has_source(config):
+        return []
+    folder = rules.download_eval.output[0]
+    for d in (config.get("evaluate", {}) or {}).get("datasets") or []:
+        if isinstance(d, dict) and any(d.get(k) and written_by(resolve(str(d[k])), [("download_eval", str(folder), True)])
+                                       for k in ("sources", "reference", "reference_metrics")):
+            return [folder]
+    return []
