@@ -45,3 +45,25 @@ def test_config_paths_with_quotes_and_dollar_reach_the_commands_as_one_word(tmp_
     prep = shell_commands(run(["snakemake", "-n", "-p", "--cores", "1", "prepare"], project).stdout)["prepare"]
     assert prep.alphamatting == str(odd / "dir") and prep.backgrounds_dir == str(odd / "bg") and prep.source == "dir"
     assert not list(tmp_path.rglob("INJECTED"))
+
+
+def _threads(output: str) -> dict[str, int]:
+    """rule -> the --threads of its command, from ``snakemake -n -p``'s output (the train rules'
+    ``>&2`` keeps shell_commands from parsing theirs)."""
+    import re
+
+    return {m.group(1): int(m.group(2)) for m in
+            re.finditer(r"^rule (\w+):\n(?:.*\n)*?Shell command: bafusion .* --threads (\d+) ", output, re.M)}
+
+
+def test_fuse_and_evaluate_threads_0_take_the_cores_of_the_run(tmp_path: Path) -> None:
+    """`fuse.threads: 0` and `evaluate.threads: 0` ("torch's": the free cores, as the commands read
+    them by hand) ran the pipeline's fuse and evaluate on 2 threads whatever --cores said (the rules
+    read 0 as 2); they now take all of --cores, as `train.threads: 0` does. A number stays that number."""
+    project = make_project(tmp_path / "p", git=False)
+    zero = ["--config", "fuse={threads: 0}", "evaluate={threads: 0}"]
+    found = _threads(run(["snakemake", "-n", "-p", "--cores", "3", "fuse", "evaluate", *zero], project).stdout)
+    assert (found["fuse"], found["evaluate"]) == (3, 3), found
+    one = ["--config", "fuse={threads: 1}", "evaluate={threads: 2}"]
+    found = _threads(run(["snakemake", "-n", "-p", "--cores", "3", "fuse", "evaluate", *one], project).stdout)
+    assert (found["fuse"], found["evaluate"]) == (1, 2), found

@@ -34,7 +34,7 @@ rule evaluate:
         "logs/evaluate.log",
     benchmark:
         "logs/benchmarks/evaluate.tsv"
-    threads: int(EVALUATE.get("threads") or 2)  # capped by --cores
+    threads: int(EVALUATE.get("threads") or all_cores())  # 0: all of --cores (the command: torch's); capped by --cores
     conda:
         CONDA_ENV
     shell:

@@ -24,7 +24,7 @@ rule fuse:
         "logs/fuse.log",
     benchmark:
         "logs/benchmarks/fuse.tsv"
-    threads: int(FUSE.get("threads") or 2)  # capped by --cores
+    threads: int(FUSE.get("threads") or all_cores())  # 0: all of --cores (the command: the free cores); capped by --cores
     conda:
         CONDA_ENV
     shell:
