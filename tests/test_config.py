@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -1129,6 +1130,44 @@ def test_the_conda_env_of_the_rules_has_every_pin_of_pyproject() -> None:
     env = yaml.safe_load((REPO / "workflow" / "envs" / "bafusion.yaml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     assert sorted(pip) == sorted(deps)
+
+
+@pytest.mark.slow
+def test_the_conda_env_runs_the_work_trees_code_not_a_copy_of_it(tmp_path: Path) -> None:
+    """`snakemake --sdm conda` builds workflow/envs/bafusion.yaml once (its hash covers the env
+    file and the post-deploy script, not src/) and runs bafusion.post-deploy.sh in it, which
+    installed a copy of the package: every edit of src/ made after that was ignored by the
+    rules (and `dvc repro` recorded the new code's hashes beside outputs of the old code). The
+    script now installs the work tree in editable mode. Checked without conda: a bare virtual
+    environment that sees this interpreter's packages (setuptools for --no-build-isolation),
+    the script run in a copy of the project, then an edit of the copy's src/."""
+    import subprocess
+    import sys
+    import sysconfig
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE", "MANIFEST.in"):
+        shutil.copy2(REPO / name, tree / name)
+    for name in ("src", "models", "workflow"):
+        shutil.copytree(REPO / name, tree / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    env = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    py = env / "bin" / "python"
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    (Path(purelib) / "zz_outer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    (env / "bin" / "pip").write_text(f'#!/bin/sh\nexec "{py}" -m pip "$@"\n')
+    (env / "bin" / "pip").chmod(0o755)
+    run_env = {**os.environ, "PATH": f"{env / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", "PIP_NO_INDEX": "1"}
+    deployed = subprocess.run(["bash", str(tree / "workflow" / "envs" / "bafusion.post-deploy.sh")], cwd=tree,
+                              env=run_env, capture_output=True, text=True, timeout=600)
+    assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
+    (tree / "src" / "bafusion" / "_version.py").write_text('__version__ = "9.9.9"\n')
+    shown = subprocess.run([str(py), "-c", "import bafusion._version as v; print(v.__file__, v.__version__)"],
+                           cwd=tmp_path, env=run_env, capture_output=True, text=True, check=True).stdout.split()
+    assert shown == [str(tree / "src" / "bafusion" / "_version.py"), "9.9.9"], shown
 
 
 def test_the_tools_whose_internals_the_code_uses_are_bounded_below_their_next_major() -> None:
