@@ -1642,3 +1642,50 @@ def test_a_non_square_resolution_is_turned_with_the_image(tmp_path: Path) -> Non
     ex3 = Image.Exif()
     ex3.load(s3.exif)
     assert s3.dpi == (300.0, 150.0) and (float(ex3[X]), float(ex3[Y])) == (300.0, 150.0)
+
+
+def test_the_alpha_note_fires_only_where_some_pixel_is_not_opaque(tmp_path: Path) -> None:
+    """The note that transparency is dropped fired for an opaque 16-bit alpha (gray + alpha
+    TIFF, alpha 65535 everywhere) and for a palette's transparent index that no pixel uses:
+    nothing was lost. The readers now tell, from the samples they decode: no line for those (nor
+    for an unused transparent gray value or 16-bit PNG alpha opaque everywhere); a line still
+    for a 16-bit alpha one level under opaque (65534, whose high byte is 255), a used
+    transparent index or value, and a palette's translucent entry in use."""
+    import png
+    import tifffile
+
+    rng = np.random.default_rng(5)
+    g16 = rng.integers(0, 65536, (20, 24), dtype=np.uint16)
+    opaque16 = np.full_like(g16, 65535)
+    under = opaque16.copy()
+    under[3, 4] = 65534
+    for name, alpha in (("la16.tif", opaque16), ("la16u.tif", under)):
+        tifffile.imwrite(tmp_path / name, np.dstack([g16, alpha]), photometric="minisblack",
+                         extrasamples=["unassalpha"])
+    rgb16 = rng.integers(0, 65536, (20, 24, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "rgba16.tif", np.dstack([rgb16, opaque16]), photometric="rgb", extrasamples=[1])
+    for name, alpha in (("la16.png", opaque16), ("la16u.png", under)):
+        with open(tmp_path / name, "wb") as fh:
+            png.Writer(24, 20, greyscale=True, alpha=True, bitdepth=16).write(
+                fh, np.dstack([g16, alpha]).reshape(20, -1).tolist())
+    idx = rng.integers(1, 6, (20, 24), dtype=np.uint8)  # indices 1..5: 0 and 6.. unused
+    pal = Image.fromarray(idx, "P")
+    pal.putpalette(list(range(48)))
+    pal.save(tmp_path / "unused.png", transparency=0)
+    pal.save(tmp_path / "used.png", transparency=3)
+    pal.save(tmp_path / "half_unused.png", transparency=bytes([255] * 6 + [128]))  # index 6: translucent, unused
+    pal.save(tmp_path / "half_used.png", transparency=bytes([255, 255, 128]))  # index 2: translucent, used
+    pal.save(tmp_path / "unused.gif", transparency=0)
+    gray = Image.fromarray(rng.integers(10, 250, (20, 24), dtype=np.uint8))
+    gray.save(tmp_path / "key_unused.png", transparency=5)
+    Image.fromarray(np.where(idx == 1, 5, 100).astype(np.uint8)).save(tmp_path / "key_used.png", transparency=5)
+    quiet = ("la16.tif", "rgba16.tif", "la16.png", "unused.png", "half_unused.png", "unused.gif", "key_unused.png")
+    for name in quiet:
+        notes = read_source_set([tmp_path / name]).notes
+        assert not [n for n in notes if "is dropped: its colours" in n], (name, notes)
+    alpha_line = "its alpha channel (transparency) is dropped: its colours are used as on full opacity"
+    colour_line = "its transparent colour is dropped: its colours are used as on full opacity"
+    for name, line in (("la16u.tif", alpha_line), ("la16u.png", alpha_line), ("used.png", colour_line),
+                       ("half_used.png", colour_line), ("key_used.png", colour_line)):
+        notes = read_source_set([tmp_path / name]).notes
+        assert [n for n in notes if "is dropped: its colours" in n] == [f"{tmp_path / name}: {line}"], (name, notes)

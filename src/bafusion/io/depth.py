@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from bafusion.errors import InputFileError
 from bafusion.io.formats import (
     _ORIENTATION,
+    _alpha_opaque,
     _damaged_or,
     _quiet_pillow,
     _tiff_file,
@@ -143,8 +144,11 @@ def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation](a)) if orientation in ops else a
 
 
-def _read_png16(path: Path) -> np.ndarray:
-    """The raw samples of a 16-bit gray/colour PNG (float64, (H, W) or (H, W, 3), alpha dropped)."""
+def _read_png16(path: Path, opaque: dict[str, bool | None] | None = None) -> np.ndarray:
+    """The raw samples of a 16-bit gray/colour PNG (float64, (H, W) or (H, W, 3), alpha dropped).
+    ``opaque``: where given and the PNG has an alpha channel, ``opaque[os.fspath(path)]`` is set
+    to whether it is opaque everywhere (as :func:`bafusion.io.info._alpha_opaque` tells Pillow's
+    images; exact here, where Pillow sees the high byte)."""
     import png  # pypng: Pillow decodes 16-bit colour PNGs to their high byte only
 
     try:
@@ -156,16 +160,20 @@ def _read_png16(path: Path) -> np.ndarray:
         raise InputFileError(path, f"unreadable 16-bit PNG ({e.__class__.__name__}: {e})") from e
     planes = int(info["planes"])
     a = a.reshape(h, w, planes)
+    if opaque is not None and planes in (2, 4):
+        opaque[os.fspath(path)] = bool(a[..., -1].min() >= (1 << int(info["bitdepth"])) - 1) if a.size else True
     return a[..., 0] if planes <= 2 else a[..., :3]
 
 
 _HIGH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-def _read_tiff_samples(path: Path, depth: int) -> np.ndarray:
+def _read_tiff_samples(path: Path, depth: int, opaque: dict[str, bool | None] | None = None) -> np.ndarray:
     """The samples of a TIFF of more than 8 bits read with tifffile (a scikit-image
     dependency): gray (H, W) or RGB (H, W, 3), float64, alpha and other extra samples dropped,
-    not yet turned by the orientation; a colour space other than RGB or gray is refused."""
+    not yet turned by the orientation; a colour space other than RGB or gray is refused.
+    ``opaque``: where given and the TIFF has an alpha sample (associated or not),
+    ``opaque[os.fspath(path)]`` is set to whether it is opaque everywhere."""
     import tifffile
 
     try:
@@ -181,8 +189,10 @@ def _read_tiff_samples(path: Path, depth: int) -> np.ndarray:
             extra = tuple(page.extrasamples or ())
             # associated (premultiplied) alpha: its sample, and its value of full opacity
             assoc = colours + extra.index(tifffile.EXTRASAMPLE.ASSOCALPHA) if 1 in extra else None
+            # the first alpha sample, associated or not (an unspecified extra sample is no alpha)
+            alpha_at = next((colours + k for k, e in enumerate(extra) if e in (1, 2)), None)
             raw = page.asarray()
-            opaque = float(np.iinfo(raw.dtype).max) if raw.dtype.kind in "ui" else 1.0
+            full = float(np.iinfo(raw.dtype).max) if raw.dtype.kind in "ui" else 1.0
             a = np.asarray(raw, dtype=np.float64)
             del raw
     except InputFileError:
@@ -191,8 +201,10 @@ def _read_tiff_samples(path: Path, depth: int) -> np.ndarray:
         raise InputFileError(path, f"unreadable {depth}-bit TIFF ({e.__class__.__name__}: {e})") from e
     if a.ndim == 3 and planar:  # (samples, H, W); a guess by shape took a 3-4 px tall image for one
         a = np.moveaxis(a, 0, -1)
+    if opaque is not None and alpha_at is not None and a.ndim == 3 and a.shape[2] > alpha_at:
+        opaque[os.fspath(path)] = bool(a[..., alpha_at].min() >= full) if a.size else True
     if assoc is not None and a.ndim == 3 and a.shape[2] > assoc:
-        a = _unpremultiplied(a[..., :colours], a[..., assoc], opaque)
+        a = _unpremultiplied(a[..., :colours], a[..., assoc], full)
     if a.ndim == 3:
         a = a[..., 0] if a.shape[2] <= 2 else a[..., :3]
     if a.ndim != 2 and not (a.ndim == 3 and a.shape[2] == 3):
@@ -215,13 +227,14 @@ def _unpremultiplied(colour: np.ndarray, alpha: np.ndarray, opaque: float) -> np
 _TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, either byte order
 
 
-def _tiff16_without_pillow(path: Path) -> tuple[np.ndarray, int, int | None, bool] | None:
+def _tiff16_without_pillow(path: Path, opaque: dict[str, bool | None] | None = None,
+                           ) -> tuple[np.ndarray, int, int | None, bool] | None:
     """A TIFF of 16-bit samples that Pillow cannot identify, read with tifffile as
     :func:`_high_depth_array` returns it: above all 16-bit gray + alpha (Photoshop's and GIMP's
     gray with transparency; Pillow has no mode for it), read as 16-bit gray, alpha dropped.
     None for anything else (not a TIFF, one tifffile cannot open either, other sample
     formats): the 8-bit reader then says why it is not read (:func:`_tiff_problem`). Pillow's
-    decompression-bomb limit holds here too."""
+    decompression-bomb limit holds here too. ``opaque``: as for :func:`_read_tiff_samples`."""
     try:
         with open(path, "rb") as fh:
             if fh.read(4) not in _TIFF_MAGIC:
@@ -241,15 +254,29 @@ def _tiff16_without_pillow(path: Path) -> tuple[np.ndarray, int, int | None, boo
         e = Image.DecompressionBombError(f"Image size ({h * w} pixels) exceeds limit of {2 * limit} pixels, "
                                          "could be decompression bomb DOS attack.")
         raise _too_large(path, e)
-    return _orient(_read_tiff_samples(path, depth), orientation), depth, (int(m.group(1)) if m else None), False
+    a = _read_tiff_samples(path, depth, opaque)
+    return _orient(a, orientation), depth, (int(m.group(1)) if m else None), False
 
 
-def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None, bool] | None:
+def _pillow_high(path: Path, opaque: dict[str, bool | None] | None = None) -> np.ndarray:
+    """A 16/32-bit gray source as Pillow decodes it (float64); ``opaque``: as for
+    :func:`_high_depth_array` (a transparent gray value, ``tRNS``)."""
+    im = open_image(path)
+    if opaque is not None:
+        opaque[os.fspath(path)] = _alpha_opaque(im)
+    return np.asarray(im, dtype=np.float64)
+
+
+def _high_depth_array(path: Path, opaque: dict[str, bool | None] | None = None,
+                      ) -> tuple[np.ndarray, int, int | None, bool] | None:
     """The raw samples of a source stored with more than 8 bits (gray (H, W) or colour
     (H, W, 3), float64), the file's depth, its marked significant bits and whether they are a
     PNG ``sBIT`` (samples scaled up to the depth by the specification); None for a file of
     at most 8 bits per sample, or one Pillow cannot open (both left to the 8-bit reader), except
-    a 16-bit TIFF Pillow cannot identify (:func:`_tiff16_without_pillow`)."""
+    a 16-bit TIFF Pillow cannot identify (:func:`_tiff16_without_pillow`). ``opaque``: where
+    given, ``opaque[os.fspath(path)]`` is set to whether the transparency the reader drops (an
+    alpha channel, a 16-bit gray PNG's transparent value) leaves every pixel opaque, where it
+    has some (:func:`bafusion.io.info._alpha_opaque`)."""
     try:
         with _quiet_pillow(), pillow_open(path) as im:  # the header only
             fmt, mode = im.format, im.mode
@@ -258,7 +285,7 @@ def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None, bool] | 
     except Image.DecompressionBombError as e:
         raise _too_large(path, e) from e
     except UnidentifiedImageError:
-        return _tiff16_without_pillow(path)
+        return _tiff16_without_pillow(path, opaque)
     except MemoryError as e:
         raise _damaged_or(path, e) from e
     except Exception:  # noqa: BLE001 - any error of Pillow's readers: the 8-bit reader says why
@@ -269,16 +296,16 @@ def _high_depth_array(path: Path) -> tuple[np.ndarray, int, int | None, bool] | 
             return None
         depth, _, sig = png
         if mode in _HIGH_MODES:
-            return np.asarray(open_image(path), dtype=np.float64), depth, sig, True
-        return _orient(_read_png16(path), orientation), depth, sig, True  # colour: Pillow gives the high byte only
+            return _pillow_high(path, opaque), depth, sig, True
+        return _orient(_read_png16(path, opaque), orientation), depth, sig, True  # colour: Pillow gives the high byte only
     if tiff is not None and tiff[0] > 8 and mode != "F":
         depth, sig = tiff
         if mode in _HIGH_MODES:
-            return np.asarray(open_image(path), dtype=np.float64), depth, sig, False
+            return _pillow_high(path, opaque), depth, sig, False
         # Pillow gives colour TIFFs' high byte only
-        return _orient(_read_tiff_samples(path, depth), orientation), depth, sig, False
+        return _orient(_read_tiff_samples(path, depth, opaque), orientation), depth, sig, False
     if mode in _HIGH_MODES:  # other formats of 16/32-bit gray
-        return np.asarray(open_image(path), dtype=np.float64), 16 if mode.startswith("I;16") else 32, None, False
+        return _pillow_high(path, opaque), 16 if mode.startswith("I;16") else 32, None, False
     return None
 
 

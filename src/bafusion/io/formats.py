@@ -562,3 +562,31 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     return sorted(
         p for p in d.iterdir() if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in LISTED_SUFFIXES
     )
+
+
+#: Pillow modes with an alpha channel (the reader drops it: :mod:`bafusion.io`'s docstring).
+_ALPHA_MODES = ("LA", "La", "RGBA", "RGBa", "PA")
+
+
+def _alpha_opaque(im: Image.Image) -> bool | None:
+    """Whether ``im`` is opaque everywhere: its alpha channel (a Pillow mode of
+    :data:`_ALPHA_MODES`; 16-bit PNGs too: Pillow's high byte) is, or no pixel has its
+    transparent colour (``tRNS``, GIF: a palette index of alpha under 255 that some pixel uses, a
+    gray or RGB colour that some pixel has). None for an image without either, or a transparent
+    colour of a mode not told here. Decodes ``im`` if it is not yet loaded."""
+    if im.mode in _ALPHA_MODES:
+        band = "A" if "A" in im.getbands() else im.getbands()[-1]
+        low, high = im.getchannel(band).getextrema()
+        return bool(low == high == 255)
+    key = im.info.get("transparency")
+    if key is None:
+        return None
+    if im.mode == "P":
+        alphas = list(key) if isinstance(key, (bytes, bytearray)) else [255] * int(key) + [0]
+        used = [i for i, n in enumerate(im.histogram()[:256]) if n]
+        return all(alphas[i] >= 255 for i in used if i < len(alphas))
+    if im.mode in ("L", "I", "I;16", "I;16B", "I;16L") and isinstance(key, int):
+        return not bool((np.asarray(im) == key).any())
+    if im.mode == "RGB" and isinstance(key, tuple) and len(key) == 3:
+        return not bool((np.asarray(im) == np.asarray(key, np.uint8)).all(axis=-1).any())
+    return None

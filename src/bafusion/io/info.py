@@ -20,7 +20,9 @@ from PIL import Image, UnidentifiedImageError
 from bafusion.errors import InputFileError
 from bafusion.io.depth import _TIFF_MAGIC, png_depth
 from bafusion.io.formats import (
+    _ALPHA_MODES,
     _ORIENTATION,
+    _alpha_opaque,
     _check_format,
     _check_not_empty,
     _damaged_or,
@@ -230,27 +232,14 @@ def frame_notes(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
     return notes
 
 
-#: Pillow modes with an alpha channel (the reader drops it: :mod:`bafusion.io`'s docstring).
-_ALPHA_MODES = ("LA", "La", "RGBA", "RGBa", "PA")
-
-
-def _alpha_opaque(im: Image.Image) -> bool | None:
-    """Whether the alpha channel of ``im`` (a Pillow mode of :data:`_ALPHA_MODES`) is opaque
-    everywhere (16-bit PNGs too: Pillow's high byte); None for a mode without alpha. Decodes
-    ``im`` if it is not yet loaded."""
-    if im.mode not in _ALPHA_MODES:
-        return None
-    band = "A" if "A" in im.getbands() else im.getbands()[-1]
-    low, high = im.getchannel(band).getextrema()
-    return bool(low == high == 255)
-
-
 def _alpha_note(path: str | os.PathLike[str], opaque: bool | None = None) -> str | None:
     """The line for the user when ``path`` holds transparency the reader drops: an alpha channel
     (8 or 16 bits; one whose every pixel is opaque is no loss and gets no line) or a palette's or
     PNG's transparent colour (``tRNS``, GIF). None otherwise, or when the header cannot be read
     (the reader names the file). ``opaque``: :func:`_alpha_opaque` of the image as the reader
     decoded it, so that a large RGBA source is not decoded a second time to tell."""
+    if opaque:  # the reader decoded it: nothing under full opacity, nothing lost
+        return None
     p = Path(path)
     try:
         with _quiet_pillow(), open(p, "rb") as fh, pillow_open(fh) as im:

@@ -185,11 +185,12 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     floats: list[tuple[int, Path, np.ndarray]] = []  # float sources: scaled alike, below
     depths: list[int | None] = []
     no_mark: list[bool] = []  # per source: more than 8 bits, no significant bits marked
-    opaque: dict[str, bool | None] = {}  # per 8-bit source: its alpha is opaque everywhere (the note, below)
+    # per source: the transparency its reader drops leaves it opaque everywhere (the note, below)
+    opaque: dict[str, bool | None] = {}
     for p in paths:
         _check_not_empty(p)
     for p in map(Path, paths):
-        raw = _high_depth_array(p) if p.is_file() and unread_format(p) is None else None  # else refused below
+        raw = _high_depth_array(p, opaque) if p.is_file() and unread_format(p) is None else None  # else refused below
         if raw is None:
             low = _read_low(p, opaque)
             if low.dtype != np.uint8:
