@@ -350,13 +350,15 @@ def _finished_rerun(args: argparse.Namespace, last: Path, run: dict[str, Any]) -
     if "cfg" not in run:  # stopped before the parameters were read
         return unknown
     try:
-        from bafusion.nets.train import _keep_changed, _outputs_missing, load_checkpoint
+        from bafusion.nets.train import _keep_changed, _outputs_missing, _written_by_another, load_checkpoint
 
-        keep, missing = _keep_changed(load_checkpoint(last), run["cfg"], _paths(args)), _outputs_missing(_paths(args))
+        ck = load_checkpoint(last)
+        keep, missing = _keep_changed(ck, run["cfg"], _paths(args)), _outputs_missing(_paths(args))
+        foreign = _written_by_another(ck, _paths(args))
     except Exception:  # noqa: BLE001 - advice only
         return unknown
-    if keep or missing:
-        why = keep or "its outputs are missing"
+    if keep or missing or foreign:
+        why = keep or foreign or "its outputs are missing"
         return (f"rerun the same command: it writes the model of the finished run in {last} again without training "
                 f"({why}), unless the device type, CPU threads, compile or torch version differ from that run's "
                 "(then it trains from scratch)")

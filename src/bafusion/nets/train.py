@@ -57,7 +57,9 @@ marked ``finished``: a later run by hand, the outputs all there, trains from scr
 resuming a run that has nothing left to do (unless only ``keep`` differs: see above). A later run of the same fingerprint whose outputs
 are missing or whose model does not load (a job killed in the seconds between the mark and its
 exit, whose outputs Snakemake or SLURM then deleted; also ``snakemake -R`` and ``dvc repro -f``,
-which delete them first) writes the finished run's outputs again from ``last.pt``, the same
+which delete them first), or whose ``--out`` holds another training's model (its ``.json``
+records another fingerprint: a hand run of other parameters with its own ``--checkpoints``
+wrote it; a ``.json`` of an earlier version records none and is trusted), writes the finished run's outputs again from ``last.pt``, the same
 bytes, without training, in a new MLflow run tagged ``resumed_from`` ``finished run (model
 restored)``; its ``.json`` and MLflow parameters are the finished run's settings (a
 ``checkpoint_every`` or ``val_batch`` of this run, which do not change the weights, may
@@ -1067,9 +1069,11 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
         if ck.get("fingerprint") == fp and ck.get("finished"):
             missing = dist.main and _outputs_missing(paths)
             kept_otherwise = _keep_changed(ck, cfg, paths)  # the same on every process (one --out)
-            not_restored = _not_restorable(ck, cfg, device) if missing or kept_otherwise else ""
+            # --out holds another training's model (its description records another fingerprint)
+            foreign = _written_by_another(ck, paths)
+            not_restored = _not_restorable(ck, cfg, device) if missing or kept_otherwise or foreign else ""
             # every process takes part
-            restoring = _agreed((missing or bool(kept_otherwise)) and not not_restored, dist, device)
+            restoring = _agreed((missing or bool(kept_otherwise) or bool(foreign)) and not not_restored, dist, device)
         if ck.get("fingerprint") != fp:
             ck_world = _other_world_size(ck, cfg, net, patches, dist.world_size)
             if ck_world is not None:
@@ -1092,6 +1096,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             # that did not produce it).
             if dist.main and not_restored:
                 whose = (f"whose outputs were written under another keep ({kept_otherwise})" if kept_otherwise
+                         else f"whose outputs were replaced ({foreign})" if foreign
                          else "whose outputs are missing")
                 print(stamped(f"bafusion train: {last_path} belongs to a finished run {whose}, but its "
                       f"model is not what this run trains ({not_restored}: that changes the weights); training "
@@ -1324,6 +1329,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             final.load_state_dict(_cpu_state(model) if keep_last else best_state)
             meta = {
                 "net": net, "patch": cfg.patch, "depth": cfg.depth, "params": record["config"],
+                "fingerprint": fp,  # whose model this is: a rerun beside last.pt tells its own (_written_by_another)
                 **({"context": context} if context else {}),
                 "epochs": cfg.epochs, "best_epoch": best_epoch, "saved_epoch": saved_epoch,
                 "val_acc": saved_row["val_acc"],
@@ -1341,7 +1347,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             if restoring:
                 print(stamped(f"bafusion train: the model of the finished run in {last_path} was restored to {paths.out} "
                       f"({_saved_words(cfg.keep, summary)}"
-                      + (f"; {kept_otherwise}" if kept_otherwise else "") + "); no training needed "
+                      + (f"; {kept_otherwise}" if kept_otherwise else "") + (f"; {foreign}" if foreign else "")
+                      + "); no training needed "
                       f"(to train again, also under snakemake -R or dvc repro -f: delete {paths.checkpoints} first, "
                       "or run by hand with --no-resume)", sys.stderr), file=sys.stderr)
             else:
@@ -1394,7 +1401,7 @@ def _keep_changed(ck: Mapping[str, Any], cfg: TrainConfig, paths: Paths | None =
     ``paths``, the keep is the one this run's model (``paths.out``'s description) was written
     under, where it records one: ``last.pt`` records the last run's, which may have written
     another ``--out`` (two trainings sharing ``--checkpoints``)."""
-    was = _written_keep(paths.out) if paths is not None else None
+    was = _written_keep(paths.out, ck.get("fingerprint")) if paths is not None else None
     if was is None:
         old = ck.get("config")
         was = old.get("keep") if isinstance(old, Mapping) else None
@@ -1403,18 +1410,44 @@ def _keep_changed(ck: Mapping[str, Any], cfg: TrainConfig, paths: Paths | None =
     return f"{cfg.key('keep')} {json.dumps(was)} -> {json.dumps(cfg.keep)}"
 
 
-def _written_keep(out: Path) -> str | None:
-    """The ``train.keep`` the model ``out`` was written under (its description's
-    ``params.keep``); None where it records none or cannot be read."""
+def _written_record(out: Path) -> dict[str, Any] | None:
+    """The description (``.json``) of the model ``out``; None where it cannot be read."""
     from bafusion.errors import json_loads
 
     try:
         meta = json_loads(out.with_suffix(".json").read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
-    params = meta.get("params") if isinstance(meta, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
+def _written_keep(out: Path, fp: Any = None) -> str | None:
+    """The ``train.keep`` the model ``out`` was written under (its description's
+    ``params.keep``); None where it records none or cannot be read, or (with ``fp``) where it
+    records a fingerprint other than ``fp``: another training's model, whose keep is not the
+    one ``fp``'s outputs were written under. A description without a fingerprint (written
+    by an earlier version) counts as ``fp``'s."""
+    meta = _written_record(out)
+    if meta is None or (fp is not None and meta.get("fingerprint", fp) != fp):
+        return None
+    params = meta.get("params")
     keep = params.get("keep") if isinstance(params, dict) else None
     return keep if isinstance(keep, str) else None
+
+
+def _written_by_another(ck: Mapping[str, Any], paths: Paths) -> str:
+    """Why the model at ``paths.out`` is not the finished run's in the checkpoint ``ck``: its
+    description records another fingerprint (another training wrote that ``--out``: a hand
+    run of other parameters, with its own ``--checkpoints``), as ``models/initial.pt holds
+    another training's model (fingerprint 1a2b3c4d5e6f, last.pt's 6f5e4d3c2b1a)``; ``""``
+    where it records this one, none (a description written before the fingerprint was
+    recorded: trusted, as before) or cannot be read (then the outputs count as missing,
+    :func:`_outputs_missing`)."""
+    meta = _written_record(paths.out)
+    fp, ck_fp = (meta or {}).get("fingerprint"), ck.get("fingerprint")
+    if not isinstance(fp, str) or not isinstance(ck_fp, str) or fp == ck_fp:
+        return ""
+    return f"{paths.out} holds another training's model (fingerprint {fp[:12]}, last.pt's {ck_fp[:12]})"
 
 
 def _not_restorable(ck: Mapping[str, Any], cfg: TrainConfig, device: torch.device) -> str:
