@@ -44,30 +44,29 @@ def shared_data() -> Path:
     return d
 
 
+def mlflow_test_uri(base: Path) -> str:
+    """The tests' MLflow store under pytest's ``base`` temporary folder (``getbasetemp()``)."""
+    return f"sqlite:///{base / 'mlflow.db'}"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_mlflow(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Never write into the developer's mlflow.db from a test."""
-    if "MLFLOW_TRACKING_URI" not in os.environ:
-        db = tmp_path_factory.getbasetemp() / "mlflow.db"
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-
-
-@pytest.fixture(autouse=True)
-def _tracking_on_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A store that fails turns tracking off for the rest of the process
+    """Never write into the developer's store from a test, nor read its settings: each test
+    starts with the tests' own store and tracking as an unset ``$BAFUSION_MLFLOW`` leaves it
+    (on: the store is given), whatever the developer's shell sets (``BAFUSION_MLFLOW=0`` failed
+    35 of the tracking tests, ``MLFLOW_TRACKING_URI`` sent their runs to the developer's
+    store). A test that wants tracking off, or another store, sets so itself; all is restored
+    after it. A store that fails turns tracking off for the rest of the process
     (``bafusion.tracking._broken``, and ``$BAFUSION_MLFLOW=0`` for its child processes, set in
-    ``os.environ`` directly): a test that breaks the tests' store would turn it off for every
-    test after it, which then passed or failed by their order. Each test starts with tracking
-    as the environment sets it, and both are restored after it."""
+    ``os.environ`` directly): reset here too, so that no test passes or fails by the order."""
     from bafusion import tracking
 
     monkeypatch.setattr(tracking, "_broken", None)
-    before = os.environ.get("BAFUSION_MLFLOW")
-    if before is None:  # recorded as unset: monkeypatch removes what the test's store set
-        monkeypatch.setenv("BAFUSION_MLFLOW", "1")
-        monkeypatch.delenv("BAFUSION_MLFLOW")
-    else:
-        monkeypatch.setenv("BAFUSION_MLFLOW", before)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_test_uri(tmp_path_factory.getbasetemp()))
+    # set, then removed: monkeypatch records it, so that after the test it removes what a failing
+    # store set in os.environ directly, or puts back the developer's value
+    monkeypatch.setenv("BAFUSION_MLFLOW", "1")
+    monkeypatch.delenv("BAFUSION_MLFLOW")
 
 
 @pytest.fixture(scope="module")

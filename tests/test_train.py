@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import mlflow_test_uri
 from toy_patches import write_toy_patches
 
 from bafusion import cli
@@ -65,8 +66,8 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cfg = resolve_config(TOY, "initial")
     paths = _paths(root, "initial")
     with pytest.MonkeyPatch.context() as mp:
-        if "MLFLOW_TRACKING_URI" not in os.environ:
-            mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.getbasetemp() / 'mlflow.db'}")
+        mp.setenv("MLFLOW_TRACKING_URI", mlflow_test_uri(tmp_path_factory.getbasetemp()))
+        mp.delenv("BAFUSION_MLFLOW", raising=False)  # tracked whatever the developer's shell sets
         uri = os.environ["MLFLOW_TRACKING_URI"]
         summary = train("initial", h5, cfg, paths, progress=False)
     return {"root": root, "h5": h5, "cfg": cfg, "paths": paths, "summary": summary, "mlflow_uri": uri}
@@ -1979,6 +1980,53 @@ def test_the_keep_an_output_was_written_under_is_its_own_not_the_shared_checkpoi
     with pytest.raises(AssertionError, match="an epoch was trained again"):
         train("initial", toy_run["h5"], last_cfg, a, progress=False)
     assert "belongs to a finished run (its model was written); training from scratch" in capsys.readouterr().err
+
+
+def test_a_finished_run_whose_out_another_training_replaced_is_restored(
+        toy_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model's description recorded no fingerprint: another training (other parameters, its
+    own --checkpoints) that wrote the same --out under the same keep made a rerun of the first
+    one, beside its finished last.pt, take that model for its own ("its model was written;
+    training from scratch": every epoch again). The description now records the fingerprint:
+    the rerun restores last.pt's model without training, saying why. A description without one
+    (an earlier version's) is still read: trusted as before, its keep still counted."""
+    from bafusion.nets import train as train_mod
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    params = {**TOY, "train": {**TOY["train"], "epochs": 2, "samples_per_epoch": 64}}
+    mine = resolve_config(params, "initial")
+    other = resolve_config({**params, "train": {**params["train"], "lr": 0.02}}, "initial")
+    a = _paths(tmp_path / "a", "initial")
+    b = dataclasses.replace(a, checkpoints=tmp_path / "b" / "checkpoints")
+    train("initial", toy_run["h5"], mine, a, progress=False)
+    fp = load_checkpoint(a.checkpoints / "last.pt")["fingerprint"]
+    assert json.loads(a.out.with_suffix(".json").read_text())["fingerprint"] == fp
+    want = a.out.read_bytes()
+    train("initial", toy_run["h5"], other, b, progress=False)  # over a's --out, the same keep
+    assert a.out.read_bytes() != want
+    assert json.loads(a.out.with_suffix(".json").read_text())["fingerprint"] not in (fp, None)
+
+    def no_epoch(*args, **kwargs):
+        raise AssertionError("an epoch was trained again")
+
+    monkeypatch.setattr(train_mod, "evaluate", no_epoch)
+    capsys.readouterr()
+    train("initial", toy_run["h5"], mine, a, progress=False)
+    err = capsys.readouterr().err
+    assert "was restored" in err and f"{a.out} holds another training's model (fingerprint" in err, err
+    assert "from scratch" not in err, err
+    assert a.out.read_bytes() == want
+    assert json.loads(a.out.with_suffix(".json").read_text())["fingerprint"] == fp
+    # an earlier version's description, without a fingerprint: read as before (its keep counts)
+    meta = json.loads(a.out.with_suffix(".json").read_text())
+    del meta["fingerprint"]
+    a.out.with_suffix(".json").write_text(json.dumps({**meta, "params": {**meta["params"], "keep": "last"}}))
+    capsys.readouterr()
+    train("initial", toy_run["h5"], mine, a, progress=False)
+    err = capsys.readouterr().err
+    assert "was restored" in err and 'train.keep "last" -> "best"' in err and "another training" not in err, err
+    with pytest.raises(AssertionError, match="an epoch was trained again"):  # this run's own outputs: as before
+        train("initial", toy_run["h5"], mine, a, progress=False)
 
 
 def _processes_of(marker: str) -> list[int]:
