@@ -1285,8 +1285,9 @@ def test_the_version_of_pyproject_is_the_package_version(tmp_path: Path) -> None
     assert bafusion.__version__ == __version__
 
 
-def _wheel_metadata(tmp_path: Path) -> str:
-    """The METADATA a wheel built from the checkout's project files would carry."""
+def _wheel_metadata(tmp_path: Path, readme: str | None = None) -> str:
+    """The METADATA a wheel built from the checkout's project files would carry (with
+    ``readme`` as README.md's text when given)."""
     import subprocess
     import sys
 
@@ -1294,6 +1295,8 @@ def _wheel_metadata(tmp_path: Path) -> str:
               "src/bafusion/_version.py"):
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / f, tmp_path / f)
+    if readme is not None:
+        (tmp_path / "README.md").write_text(readme, encoding="utf-8")
     (tmp_path / "meta").mkdir()
     r = subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
                         "print(build_meta.prepare_metadata_for_build_wheel(sys.argv[1]))", str(tmp_path / "meta")],
@@ -1325,9 +1328,38 @@ def test_the_package_index_page_has_no_dead_relative_links(tmp_path: Path) -> No
     for target in relative:  # each named, and a tracked file that the sdist carries
         assert f"{target}` in the source distribution" in description or \
             f"{target} (in the source distribution)" in description or \
-            f"{target}` (in the source distribution)" in description, target
+            f"{target}` (in the source distribution)" in description or \
+            f"{target} in the source distribution" in description, target
         assert (REPO / target).is_file() and target not in LEFT_OUT, target
     assert "[Snakemake](https://snakemake.readthedocs.io)" in description
+    assert "(in the source distribution))" not in description  # no nested brackets
+
+
+def test_the_package_index_page_nests_no_brackets_and_keeps_code_as_written(tmp_path: Path) -> None:
+    """The index page's note on a relative link, "X (in the source distribution)", nested
+    brackets where the link sat in parentheses ("(see X (in the source distribution))"), and a
+    relative link inside a fenced code block or a code span was rewritten too, changing the
+    command shown. Inside parentheses the note now has no bracket of its own; code is kept."""
+    import email
+
+    readme = (
+        "# T\n\nSee [BENCHMARKS.md](BENCHMARKS.md) for speed (or [the card](models/default/README.md)\n"
+        "and [CHANGELOG.md](CHANGELOG.md), \"Fixed\"). A figure (![Fig. 3](docs/f.png)).\n\n"
+        "Outside: [CHANGELOG.md](CHANGELOG.md). Code: `x [a](a.md) (`, then (see [the card](m/README.md) here).\n\n"
+        "```markdown\nWrite [BENCHMARKS.md](BENCHMARKS.md) as a link (kept).\n```\n\n"
+        "~~~~\n![Fig](docs/f.png)\n```\nstill code [x](x.md)\n~~~~\n\n"
+        "After the fence, (a [CHANGELOG.md](CHANGELOG.md)).\n")
+    description = email.message_from_string(_wheel_metadata(tmp_path, readme)).get_payload()
+    assert "See BENCHMARKS.md (in the source distribution) for speed (or the card, " \
+        "`models/default/README.md` in the source distribution,\nand CHANGELOG.md in the source " \
+        "distribution, \"Fixed\"). A figure (Fig. 3, figure `docs/f.png` in the source distribution)." \
+        in description, description
+    assert "Outside: CHANGELOG.md (in the source distribution). Code: `x [a](a.md) (`, then (see the " \
+        "card, `m/README.md` in the source distribution, here)." in description, description
+    assert "```markdown\nWrite [BENCHMARKS.md](BENCHMARKS.md) as a link (kept).\n```\n" in description
+    assert "~~~~\n![Fig](docs/f.png)\n```\nstill code [x](x.md)\n~~~~\n" in description
+    assert "After the fence, (a CHANGELOG.md in the source distribution)." in description
+    assert "(in the source distribution))" not in description
 
 
 def test_the_license_file_is_the_mit_license_that_pyproject_names() -> None:
