@@ -15,11 +15,11 @@ Run: ``.venv/bin/python benchmarks/bench_fusion.py`` (about 10 minutes on 2 core
 in ``bafusion.fusion``'s docstring came from (``benchmarks/out/patches`` a copy of the
 pipeline's ``data/patches``; trained nets are cached in ``benchmarks/out/nets-*.pt``)::
 
-    bench_fusion.py --threads 1 --train-h5 benchmarks/out/patches --size 256 --pairs 1 2 3 \
-        --train-steps 400 --skip synthetic --configs dense4+dense4 dense4+grid8 \
+    bench_fusion.py --fuse-rule paper --threads 1 --train-h5 benchmarks/out/patches --size 256 \
+        --pairs 1 2 3 --train-steps 400 --skip synthetic --configs dense4+dense4 dense4+grid8 \
         dense4+adaptive8-2 dense4+exact dense4+grid8-bf16 \
         --time-configs dense4+dense4 dense4+grid8 dense4+grid8-bf16
-    bench_fusion.py --threads 1 --skip agreement speed      # synthetic accuracy vs l
+    bench_fusion.py --fuse-rule paper --threads 1 --skip agreement speed   # synthetic accuracy vs l
 
 Every run fuses under one stated fuse rule, which the output's ``fuse`` records field by field
 (and its first line prints): ``--fuse-rule paper`` (the paper preset's ``fuse`` section: w = 1,
@@ -31,15 +31,21 @@ configuration, exact mode and ``l`` go over the rule. Exact mode is cached in
 With ``--model models/default`` the agreement and synthetic runs use the shipped nets instead,
 and the speed run times ResNet-``--time-depth`` nets of patch ``--time-patch`` (random weights:
 the time does not depend on them) on the near-boundary pixels that the shipped nets mark on
-each full-size pair of ``--time-pairs``. BENCHMARKS.md's "Fusion" agreement table (then
-``models/default``, now ``models/lytro-2026-11``; measured with w = 1 before the defaults
-changed, so under the paper's rule) came from::
+each full-size pair of ``--time-pairs``. BENCHMARKS.md's "Fusion" agreement table and its
+ResNet-56 time table (both with the nets then ``models/default``, now ``models/lytro-2026-11``;
+measured with w = 1 before the defaults changed, so under the paper's rule) came from::
 
     bench_fusion.py --model models/lytro-2026-11 --fuse-rule paper --threads 1 --size 256 \
         --pairs 1 2 3 --retime-exact --skip synthetic speed --configs default default-bf16 \
         dense4+grid8 dense4+grid16 dense4+adaptive16-4 dense4+dense4 grid16+grid8
-    bench_fusion.py --model models/default --threads 2 --skip agreement synthetic \
-        --time-pairs 1 2 3 4 5 --time-depth 56 --time-patch 64
+    bench_fusion.py --model models/lytro-2026-11 --fuse-rule paper --threads 2 \
+        --skip agreement synthetic --time-pairs 1 2 3 4 5 --time-depth 56 --time-patch 64
+
+and its agreement of today's nets under today's default ``boundary_weight`` 0.75 (99.22 / 99.32 /
+99.75 % on 2026-12-07, "Weighing the boundary net's vote") from::
+
+    bench_fusion.py --model models/default --fuse-rule defaults --threads 1 --size 256 \
+        --pairs 1 2 3 --skip synthetic speed --configs default-own-size
 """
 
 from __future__ import annotations

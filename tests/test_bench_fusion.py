@@ -67,6 +67,33 @@ def test_documented_agreement_command_names_the_paper_rule(bf) -> None:
             assert "models/lytro-2026-11" in cmd, cmd
 
 
+def _documented_commands() -> list[tuple[str, str]]:
+    """Every ``bench_fusion.py`` command the documents give, one line each, with its source:
+    the Markdown files' code spans and the script docstring's indented lines (with their
+    backslash continuations)."""
+    out = []
+    for md in [REPO / "BENCHMARKS.md", REPO / "README.md", *sorted((REPO / "models").glob("*/README.md"))]:
+        for m in re.findall(r"`((?:\S*/)?bench_fusion\.py [^`]*)`", md.read_text(encoding="utf-8")):
+            out.append((str(md.relative_to(REPO)), " ".join(m.split())))
+    doc = SCRIPT.read_text(encoding="utf-8").replace("\\\n", " ")
+    out += [(SCRIPT.name, " ".join(m.split("#")[0].split())) for m in re.findall(r"(?m)^ +(bench_fusion\.py .*)$", doc)]
+    return out
+
+
+def test_every_documented_command_names_its_fuse_rule() -> None:
+    """The option's default rule is today's defaults, which change between releases: the
+    ResNet-56 time table's command and the w = 0.75 agreement line named no rule (the former
+    also today's ``models/default``, whose near-boundary pixels are not the table's)."""
+    cmds = _documented_commands()
+    assert len(cmds) >= 5, cmds
+    for source, cmd in cmds:
+        assert re.search(r"--fuse-rule (paper|defaults)\b", cmd), (source, cmd)
+    speed = [c for _, c in cmds if "--time-depth 56" in c]
+    assert speed and all("--model models/lytro-2026-11 --fuse-rule paper" in c for c in speed), speed
+    weighed = [c for _, c in cmds if "default-own-size" in c]
+    assert weighed and all("--model models/default --fuse-rule defaults" in c for c in weighed), weighed
+
+
 def test_exact_cache_key_holds_every_setting(bf) -> None:
     """The exact-mode cache was keyed by the nets' weights, pair, size and l only: an exact
     result under w = 1 was reused for a run under w = 0.75 (or another exposure match, working

@@ -35,7 +35,7 @@ exact patches in cache-sized batches (:func:`auto_batch`).
   (``train.consistency`` on ``patches.context`` crops: both views in the loss, and a term
   that makes them agree; the shipped nets) are patch classifiers whose dense scores follow
   their patch scores: with them the default (``boundary_weight`` 0.75) decides like exact
-  mode on 99.03-99.71 % of the pixels of three Lytro pairs at 256x256 (99.31-99.72 % at
+  mode on 99.22-99.75 % of the pixels of three Lytro pairs at 256x256 (99.31-99.72 % at
   w = 1; at full size measured only with the previous nets, ``lytro-2026-11``, and w = 1:
   98.8-99.8 %; BENCHMARKS.md).
 
