@@ -49,6 +49,39 @@ def test_shipped_nets_load_with_weights_only(net: str) -> None:
     assert meta["net"] == net
 
 
+def test_loading_the_shipped_nets_does_not_import_torch_dynamo() -> None:
+    """The weights check built its shape probe on the meta device with the random
+    initialisation, whose kaiming_normal_ goes through torch's Python reference there and
+    imports torch._dynamo on its first call: about 1.0 of the 1.45 s of CPU that loading the two
+    shipped nets took in every bafusion fuse (BENCHMARKS.md, "Where a camera-size fusion's
+    time goes"). A fresh process, so that no other test has imported it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from bafusion.fusion import load_nets_from_dir\n"
+            f"load_nets_from_dir({str(MODEL)!r}, 'cpu')\n"
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("net", ["initial", "boundary"])
+def test_a_net_built_without_initialisation_loads_the_same_weights(net: str) -> None:
+    """init=False (the weights check's meta probe) leaves the shapes as they are, so the check
+    compares the same shapes; a net loaded by load_model holds exactly the file's tensors."""
+    from bafusion.nets.model import CifarResNet, load_model
+
+    loaded, _meta = load_model(MODEL / f"{net}.pt")
+    with torch.device("meta"):
+        bare, full = CifarResNet(loaded.spec, init=False), CifarResNet(loaded.spec)
+    assert {k: v.shape for k, v in bare.state_dict().items()} == {k: v.shape for k, v in full.state_dict().items()}
+    state = torch.load(MODEL / f"{net}.pt", map_location="cpu", weights_only=True)
+    got = loaded.state_dict()
+    assert set(got) == set(state)
+    assert all(torch.equal(got[k], state[k]) for k in state)
+
+
 def test_default_model_dir_is_the_shipped_one() -> None:
     assert fusion.find_model_dir(None).resolve() == MODEL.resolve()
 

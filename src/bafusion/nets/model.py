@@ -148,11 +148,15 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-(6n+2): 3x3 conv, three stages of n blocks (16/32/64 channels, strides 1/2/2),
     global average pooling, linear classifier. Total stride of the trunk: 4. Float32 whatever
-    torch's default dtype (``_F32``)."""
+    torch's default dtype (``_F32``). ``init=False`` skips the random initialisation of the
+    convolutions and BatchNorm layers (a net whose weights are loaded or only whose shapes are
+    wanted: on the meta device, ``kaiming_normal_`` goes through torch's Python reference
+    implementation, whose first call imports ``torch._dynamo``, about a second of every
+    ``bafusion fuse``)."""
 
     stride = 4
 
-    def __init__(self, spec: ResNetSpec) -> None:
+    def __init__(self, spec: ResNetSpec, *, init: bool = True) -> None:
         super().__init__()
         self.spec = spec
         k = spec.members
@@ -170,7 +174,7 @@ class CifarResNet(nn.Module):
                 cin = width
         self.trunk = nn.Sequential(*layers)
         self.fc = nn.Linear(w3, spec.num_classes, dtype=_F32)
-        for m in self.modules():
+        for m in self.modules() if init else ():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
@@ -451,8 +455,8 @@ def _check_weights_fit(spec: ResNetSpec, state: dict, p: "os.PathLike[str]") -> 
                 shown = spec.to_dict()[field]
                 raise ModelFileError(f"{jp}: arch.{field} {shown} does not match the weights in {p}, which are of "
                                      f"{field} {got[field]}: restore the description written with them")
-    with torch.device("meta"):
-        probe = CifarResNet(spec)
+    with torch.device("meta"):  # shapes only: no initialisation (on meta it imports torch._dynamo, ~1 s)
+        probe = CifarResNet(spec, init=False)
     want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
     for k, shape in want.items():
         v = state.get(k)

@@ -1,0 +1,172 @@
+"""Where a camera-size ``bafusion fuse`` spends its time, phase by phase, with the defaults.
+
+The pairs are lytro-05 (``--pair``) cropped to 4:3 / 3:2 and upscaled (Lanczos) to 4000x3000
+(12 MP) and 6000x4000 (24 MP), with mild noise (sigma 2 gray levels, seeded) and saved as JPEG
+quality 92, as a camera writes them (``benchmarks/out/phases/``). Each size is fused by
+``bafusion fuse A B -o F.jpg`` with the built-in defaults, in a fresh child process whose
+functions of each phase are wrapped to record, per phase: wall seconds, the process's CPU
+seconds and the main thread's CPU seconds (process CPU above the main thread's means other
+threads worked: torch's pool, a codec). On a shared machine the wall seconds follow the load;
+the CPU seconds (and their shares) do not, or much less.
+
+It also times loading the shipped nets (:func:`bafusion.fusion.load_nets_from_dir`) in fresh
+processes, ``--repeats`` times each, alternating: as now (the weights check's meta-device
+probe built without initialisation) and as before (the probe initialised, which on the meta
+device imports ``torch._dynamo``).
+
+    python benchmarks/bench_phases.py                 # both sizes, 3 repeats of the nets' load
+    python benchmarks/bench_phases.py --sizes 12      # the 12 MP pair only
+
+Writes ``benchmarks/out/bench_phases.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+OUT = HERE / "out"
+SHARED = Path(os.environ.get("BAFUSION_SHARED_DATA", REPO.parent / "shared" / "data"))
+SIZES = {"12": ((4000, 3000), (0, 65, 520, 455)), "24": ((6000, 4000), (0, 87, 520, 434))}
+
+# The child: `bafusion fuse` in-process with each phase's function wrapped (module attributes,
+# looked up at call time by the code that calls them).
+CHILD = r'''
+import json, os, sys, time
+T = lambda: (time.perf_counter(), time.process_time(), time.thread_time())
+t0 = T()
+import torch
+rows = [("import torch", t0, T())]
+out_json, argv = sys.argv[1], sys.argv[2:]
+import bafusion.cli.fusion as cf, bafusion.fusion.batch as fb, bafusion.fusion.rule as fr
+import bafusion.fusion.working as fw, bafusion.fusion.scene as fs, bafusion.io as bio
+import bafusion.fusion.decide, bafusion.fusion.scoring
+fd = sys.modules["bafusion.fusion.decide"]
+def wrap(mod, name, label):
+    f = getattr(mod, name)
+    def w(*a, **k):
+        s = T()
+        try:
+            return f(*a, **k)
+        finally:
+            rows.append((label, s, T()))
+    setattr(mod, name, w)
+for mod, name, label in [
+        (fb, "read_source_set", "read and decode"), (fs, "check_one_scene", "one-scene check"),
+        (fb, "_safe_motion_hints", "motion hint"), (fb, "_auto_align", "--align auto's decision"),
+        (fb, "align_for_fuse", "alignment"), (cf, "nets_from_args", "loading the nets"),
+        (fr, "to_gray_u8", "gray conversion"), (fr, "match_exposure", "exposure matching"),
+        (fr, "colour_gains", "colour gains"), (fw, "resize_gray", "resize to the working size"),
+        (fd, "decide", "nets at the working size"), (fw, "_upsample", "upsampling the maps"),
+        (fw, "boundary_band", "boundary band"), (fw, "guided_filter", "band refinement (guided filter)"),
+        (fr, "remove_small_regions", "small-region removal"), (fr, "fuse_with_map", "composite"),
+        (bio, "write_image", "writing (JPEG encoding)"), (cf, "fuse_stack", "fusing in all")]:
+    wrap(mod, name, label)
+from bafusion.cli import main
+s = T()
+rc = main(argv)
+rows.append(("main() in all", s, T()))
+agg = {}
+for label, a, b in rows:
+    d = agg.setdefault(label, {"calls": 0, "wall": 0.0, "cpu": 0.0, "thread_cpu": 0.0, "start": a[0] - t0[0]})
+    d["calls"] += 1
+    d["wall"] += b[0] - a[0]; d["cpu"] += b[1] - a[1]; d["thread_cpu"] += b[2] - a[2]
+json.dump({"rc": rc, "torch_threads": torch.get_num_threads(), "phases": agg}, open(out_json, "w"))
+'''
+
+LOAD = r'''
+import json, sys, time
+old = sys.argv[1] == "before"
+import torch
+from bafusion.nets import model as m
+if old:  # the probe as before: initialised (kaiming_normal_ on the meta device)
+    init = m.CifarResNet.__init__
+    m.CifarResNet.__init__ = lambda self, spec, *, init_=True, **k: init(self, spec)
+from bafusion.fusion import load_nets_from_dir
+c, w = time.process_time(), time.perf_counter()
+load_nets_from_dir(sys.argv[2], "cpu")
+print(json.dumps({"cpu": time.process_time() - c, "wall": time.perf_counter() - w,
+                  "dynamo": "torch._dynamo" in sys.modules}))
+'''
+
+
+def make_pair(size: str, pair: str, folder: Path) -> tuple[Path, Path]:
+    import numpy as np
+    from PIL import Image
+
+    (w, h), box = SIZES[size]
+    rng = np.random.default_rng(0)
+    paths = []
+    for s in "AB":
+        p = folder / f"{pair}-{size}mp-{s}.jpg"
+        if not p.is_file():
+            im = Image.open(SHARED / "eval" / "lytro" / f"{pair}-{s}.jpg").convert("RGB")
+            a = np.asarray(im.crop(box).resize((w, h), Image.LANCZOS), dtype=np.float32)
+            a = np.clip(a + rng.normal(0, 2.0, a.shape).astype(np.float32), 0, 255).astype(np.uint8)
+            Image.fromarray(a).save(p, quality=92)
+        paths.append(p)
+    return paths[0], paths[1]
+
+
+def env() -> dict:
+    e = dict(os.environ, PYTHONPATH=str(REPO / "src"), DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true")
+    return e
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", nargs="*", default=["12", "24"], choices=sorted(SIZES))
+    ap.add_argument("--pair", default="lytro-05")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per way of loading the nets")
+    args = ap.parse_args()
+    if not (SHARED / "eval" / "lytro").is_dir():
+        print(f"bench_phases: the Lytro pairs are not at {SHARED / 'eval' / 'lytro'} (set BAFUSION_SHARED_DATA)",
+              file=sys.stderr)
+        return 2
+    folder = OUT / "phases"
+    folder.mkdir(parents=True, exist_ok=True)
+    result: dict = {"load_before": os.getloadavg(), "cores": os.cpu_count(), "fuse": {}, "load_nets": {}}
+    for size in args.sizes:
+        a, b = make_pair(size, args.pair, folder)
+        js = folder / f"phases-{size}mp.json"
+        subprocess.run([sys.executable, "-c", CHILD, str(js), "fuse", str(a), str(b), "-o",
+                        str(folder / f"fused-{size}mp.jpg"), "--no-progress"], check=True, env=env())
+        result["fuse"][size] = {**json.loads(js.read_text()), "load_after": os.getloadavg()}
+    model = REPO / "src" / "bafusion" / "models" / "default"
+    for _ in range(args.repeats):
+        for way in ("before", "after"):
+            p = subprocess.run([sys.executable, "-c", LOAD, way, str(model)], capture_output=True, text=True,
+                               check=True, env=env())
+            result["load_nets"].setdefault(way, []).append(json.loads(p.stdout.strip().splitlines()[-1]))
+    result["load_after"] = os.getloadavg()
+    (OUT / "bench_phases.json").write_text(json.dumps(result, indent=1))
+    lines = [f"load average before {result['load_before'][0]:.1f}, after {result['load_after'][0]:.1f}; "
+             f"{result['cores']} cores", ""]
+    for size, r in result["fuse"].items():
+        ph = r["phases"]
+        total = ph["main() in all"]["cpu"] + ph["import torch"]["cpu"]
+        lines += [f"### {size} MP (torch threads {r['torch_threads']})", "",
+                  "| phase | calls | wall s | CPU s | main-thread CPU s | share of CPU |", "|---|---:|---:|---:|---:|---:|"]
+        for label, d in sorted(ph.items(), key=lambda kv: kv[1]["start"]):
+            lines.append(f"| {label} | {d['calls']} | {d['wall']:.2f} | {d['cpu']:.2f} | {d['thread_cpu']:.2f} | "
+                         f"{100 * d['cpu'] / total:.0f} % |")
+        lines.append("")
+    lines += ["### Loading the shipped nets (fresh processes, median)", "", "| probe | CPU s | wall s | imports torch._dynamo |",
+              "|---|---:|---:|---|"]
+    for way, rs in result["load_nets"].items():
+        lines.append(f"| {way} | {statistics.median(r['cpu'] for r in rs):.2f} | "
+                     f"{statistics.median(r['wall'] for r in rs):.2f} | {rs[0]['dynamo']} |")
+    (OUT / "bench_phases.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
