@@ -12,9 +12,13 @@ the CPU seconds (and their shares) do not, or much less.
 It also times loading the shipped nets (:func:`bafusion.fusion.load_nets_from_dir`) in fresh
 processes, ``--repeats`` times each, alternating: as now (the weights check's meta-device
 probe built without initialisation) and as before (the probe initialised, which on the meta
-device imports ``torch._dynamo``).
+device imports ``torch._dynamo``). And small-region removal
+(:func:`bafusion.fusion.remove_small_regions`) on a 6000x4000 map (a wavy boundary, and the same
+with 2000 flipped pixels, seeded), now (one labelling and count per class) against before
+(skimage's ``remove_small_objects`` then ``remove_small_holes``), in this process after a
+call of each, ``--repeats`` times alternating; the maps are compared too.
 
-    python benchmarks/bench_phases.py                 # both sizes, 3 repeats of the nets' load
+    python benchmarks/bench_phases.py                 # both sizes, 7 repeats of the nets' load
     python benchmarks/bench_phases.py --sizes 12      # the 12 MP pair only
 
 Writes ``benchmarks/out/bench_phases.json`` and ``.md``.
@@ -115,6 +119,47 @@ def make_pair(size: str, pair: str, folder: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def small_regions(repeats: int) -> dict:
+    """CPU seconds (median) of the small-region removal now and before, on two 24 MP maps."""
+    import inspect
+    import math
+    import time
+    import warnings
+
+    import numpy as np
+    from skimage.morphology import remove_small_holes, remove_small_objects
+
+    sys.path.insert(0, str(REPO / "src"))
+    from bafusion.fusion import remove_small_regions
+
+    def before(dm: np.ndarray, min_region: float) -> np.ndarray:
+        area = math.ceil(min_region * dm.size)
+        out = dm.astype(bool)
+        for fn, old in ((remove_small_objects, "min_size"), (remove_small_holes, "area_threshold")):
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Only one label was provided")
+                kw = {"max_size": area - 1} if "max_size" in inspect.signature(fn).parameters else {old: area}
+                out = fn(out, **kw, connectivity=1)
+        return out
+
+    h, w = 4000, 6000
+    yy, xx = np.mgrid[0:h, 0:w]
+    clean = xx < w / 2 + 400 * np.sin(yy / 500.0)
+    specks = clean.copy()
+    specks.flat[np.random.default_rng(1).integers(0, clean.size, 2000)] ^= True
+    out: dict = {}
+    for name, dm in (("clean", clean), ("2000 specks", specks)):
+        same = np.array_equal(remove_small_regions(dm, 0.01), before(dm, 0.01))
+        times: dict = {"before": [], "now": []}
+        for _ in range(repeats):
+            for way, f in (("before", before), ("now", remove_small_regions)):
+                c = time.process_time()
+                f(dm, 0.01)
+                times[way].append(time.process_time() - c)
+        out[name] = {"same": same, **{k: statistics.median(v) for k, v in times.items()}}
+    return out
+
+
 def env() -> dict:
     e = dict(os.environ, PYTHONPATH=str(REPO / "src"), DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true")
     return e
@@ -124,7 +169,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", nargs="*", default=["12", "24"], choices=sorted(SIZES))
     ap.add_argument("--pair", default="lytro-05")
-    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per way of loading the nets")
+    ap.add_argument("--repeats", type=int, default=7,
+                    help="fresh processes per way of loading the nets; timings per way of small-region removal")
     args = ap.parse_args()
     if not (SHARED / "eval" / "lytro").is_dir():
         print(f"bench_phases: the Lytro pairs are not at {SHARED / 'eval' / 'lytro'} (set BAFUSION_SHARED_DATA)",
@@ -145,6 +191,7 @@ def main() -> int:
             p = subprocess.run([sys.executable, "-c", LOAD, way, str(model)], capture_output=True, text=True,
                                check=True, env=env())
             result["load_nets"].setdefault(way, []).append(json.loads(p.stdout.strip().splitlines()[-1]))
+    result["small_regions"] = small_regions(args.repeats)
     result["load_after"] = os.getloadavg()
     (OUT / "bench_phases.json").write_text(json.dumps(result, indent=1))
     lines = [f"load average before {result['load_before'][0]:.1f}, after {result['load_after'][0]:.1f}; "
@@ -163,6 +210,10 @@ def main() -> int:
     for way, rs in result["load_nets"].items():
         lines.append(f"| {way} | {statistics.median(r['cpu'] for r in rs):.2f} | "
                      f"{statistics.median(r['wall'] for r in rs):.2f} | {rs[0]['dynamo']} |")
+    lines += ["", "### Small-region removal, 6000x4000 map (CPU s, median)", "",
+              "| map | before (skimage) | now | same map |", "|---|---:|---:|---|"]
+    for name, r in result["small_regions"].items():
+        lines.append(f"| {name} | {r['before']:.2f} | {r['now']:.2f} | {r['same']} |")
     (OUT / "bench_phases.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

