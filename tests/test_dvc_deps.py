@@ -309,3 +309,25 @@ def test_the_modules_left_out_of_the_deps_exist_and_are_not_listed() -> None:
     assert all((REPO / f).is_file() for f in NOT_DEPS), [f for f in NOT_DEPS if not (REPO / f).is_file()]
     listed = {(stage, d) for stage, spec in STAGES.items() for d in spec.get("deps", []) if d in NOT_DEPS}
     assert not listed, sorted(listed)
+
+
+@pytest.mark.slow
+def test_the_download_stage_is_not_rerun_for_network_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The download stage listed the whole `download` section: a longer download.net.timeout or
+    another download.cache made `dvc repro` run it again, although those decide how the files
+    are fetched, not which (download_net in common.smk: no Snakemake rerun trigger either). It
+    lists download.alphamatting and download.coco: a change there still reruns it."""
+    from pipeline_project import make_project, run
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    project = make_project(tmp_path / "p", {"download": {"cache": str(tmp_path / "cache")}})
+    run(["dvc", "repro", "download"], project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["download"]["net"] = {"retries": 1, "backoff": 0.5, "timeout": 7, "workers": 3}
+    params["download"]["cache"] = str(tmp_path / "cache2")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert run(["dvc", "status", "download"], project).stdout.strip() == "Data and pipelines are up to date."
+    params["download"]["coco"]["count"] = 5
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["dvc", "status", "download"], project).stdout
+    assert "modified:" in out and "download.coco" in out, out

@@ -5,8 +5,11 @@ parsed by ``bafusion``'s own parser."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
+from conftest import shared_data_dir
 from pipeline_project import make_project, run, shell_commands
 
 
@@ -67,3 +70,68 @@ def test_fuse_and_evaluate_threads_0_take_the_cores_of_the_run(tmp_path: Path) -
     one = ["--config", "fuse={threads: 1}", "evaluate={threads: 2}"]
     found = _threads(run(["snakemake", "-n", "-p", "--cores", "3", "fuse", "evaluate", *one], project).stdout)
     assert (found["fuse"], found["evaluate"]) == (1, 2), found
+
+
+def _local_coco(folder: Path, n: int = 12) -> tuple[Path, Path]:
+    """A COCO annotations JSON (test_coco's) and its photos (colour noise, as big as the JSON
+    says): download_coco's inputs without the network."""
+    import numpy as np
+    from PIL import Image
+    from test_coco import coco_dataset
+
+    imgs = folder / "train2017"
+    imgs.mkdir(parents=True)
+    data = coco_dataset(n)
+    rng = np.random.default_rng(0)
+    for rec in data["images"]:
+        arr = rng.integers(0, 256, (rec["height"], rec["width"], 3), dtype=np.uint8)
+        Image.fromarray(arr).save(imgs / rec["file_name"], quality=90)
+    ann = folder / "instances_train2017.json"
+    ann.write_text(json.dumps(data))
+    return ann, imgs
+
+
+@pytest.mark.slow
+def test_network_settings_of_the_downloads_are_no_rerun_trigger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """download.net.* and download.cache decide how the files are fetched, not which; as plain
+    params of the download rules a changed timeout reran the downloads (Snakemake's "Params have
+    changed") and, under data.source: web, everything after them. They are now no rerun trigger
+    (a params function Snakemake does not compare: download_net) but still reach the commands,
+    while a key that decides the files (download.coco.count, the alphamatting from_dir) still
+    reruns its rule. (Without the fix the net change planned both downloads again.)"""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    ann, imgs = _local_coco(tmp_path / "coco")
+    am = shared_data_dir() / "train" / "alphamatting"
+    coco = {"count": 2, "annotations": str(ann), "annotations_checksum": "", "images_dir": str(imgs)}
+    download = {"cache": str(tmp_path / "cache"), "coco": coco}
+    rules = ["download_coco"]
+    if am.is_dir():  # the probe's reproduction: the real alphamatting images as a from_dir copy
+        download["alphamatting"] = {"from_dir": str(am)}
+        rules.append("download_alphamatting")
+    project = make_project(tmp_path / "p", {"download": download}, git=False)
+    run(["snakemake", "--cores", "1", *rules], project)
+
+    def plan(change: dict) -> tuple[str, dict]:
+        out = run(["snakemake", "-n", "-p", "--cores", "1", *rules, "--config", f"download={json.dumps(change)}"],
+                  project).stdout
+        return out, shell_commands(out)
+
+    net = {"net": {"retries": 1, "backoff": 0.5, "timeout": 7, "workers": 3}, "cache": str(tmp_path / "cache2")}
+    out, cmds = plan(net)
+    assert "Nothing to be done" in out and not cmds, out
+    # the new values reach the commands (a run asked for, -R, uses them; the targets before -R,
+    # which takes several values)
+    out = run(["snakemake", "-n", "-p", "--cores", "1", *rules, "-R", *rules, "--config",
+               f"download={json.dumps(net)}"], project).stdout
+    cmds = shell_commands(out)
+    assert set(cmds) == set(rules), out
+    for cmd in cmds.values():
+        assert (cmd.retries, cmd.backoff, cmd.timeout, cmd.workers) == (1, 0.5, 7, 3), cmd
+        assert cmd.cache == str(tmp_path / "cache2")
+    # what decides the files still reruns its rule
+    out, cmds = plan({"coco": {"count": 3}})
+    assert set(cmds) == {"download_coco"} and cmds["download_coco"].count == 3, out
+    assert "Params have changed since last execution" in out, out
+    if am.is_dir():
+        out, cmds = plan({"alphamatting": {"from_dir": str(tmp_path / "elsewhere")}})
+        assert set(cmds) == {"download_alphamatting"}, out

@@ -205,6 +205,7 @@ def init_input(net):
 
 
 def download_net_args():
+    """download.cache and download.net.* as the options of the `bafusion download-*` commands."""
     download = config.get("download", {}) or {}
     net = download.get("net", {}) or {}
     cache = download.get("cache") or ""
@@ -217,6 +218,18 @@ def download_net_args():
     if cache:
         args.append(f"--cache {shlex.quote(str(cache))}")  # a path with ' or $(...) stays one argument
     return " ".join(args)
+
+
+def download_net(wildcards, threads):
+    """download_net_args(), as a params function of the download rules that takes `threads`: such
+    a param is "derived" (from the job's threads, resources, input or output) and Snakemake leaves it
+    out of the params it records and compares (snakemake/snakemake#3154), so a change of the network
+    settings is no rerun trigger. They decide how the files are fetched, not which (checksums where
+    published; a COCO photo that fails even so is replaced by the next candidate, under any
+    settings); as a plain param a longer timeout reran the downloads and, under data.source: web,
+    everything after them (prepare ... evaluate). What decides the files (sources, counts,
+    checksums, from_dir, ...) stays plain params. `threads` itself is not used."""
+    return download_net_args()
 
 
 def coco_count():

@@ -26,13 +26,15 @@ DL_AM = DOWNLOAD.get("alphamatting", {}) or {}
 DL_COCO = DOWNLOAD.get("coco", {}) or {}
 DL_EVAL = DOWNLOAD.get("eval", {}) or {}
 DL_WEB = (config.get("data", {}) or {}).get("source") == "web"
-# Each rule's values once, passed as params and, whole, as `settings` (see settings_json).
+# Each rule's values once, passed as params and, whole, as `settings` (see settings_json): a change
+# of any of them reruns the rule (and what follows). The network settings (download.cache,
+# download.net.*) are not among them: they decide how the files are fetched, not which, and reach
+# the commands through the params function download_net, which Snakemake does not compare.
 AM_PARAMS = dict(
     resolution=DL_AM.get("resolution", "lowres"),
     base_url=DL_AM.get("base_url") or "http://www.alphamatting.com/datasets/zip/",
     from_dir=DL_AM.get("from_dir") or "",
     checksums=" ".join(f"--checksum {shlex.quote(f'{k}={v}')}" for k, v in (DL_AM.get("checksums") or {}).items()),
-    net=download_net_args(),
 )
 COCO_PARAMS = dict(
     n=coco_count(),
@@ -50,13 +52,11 @@ COCO_PARAMS = dict(
     annotations_checksum=DL_COCO.get("annotations_checksum", "md5:f4bbac642086de4f52a3fdda2de5fa2c") or "",
     image_base_url=DL_COCO.get("image_base_url") or "",
     images_dir=DL_COCO.get("images_dir") or "",
-    net=download_net_args(),
 )
 EVAL_PARAMS = dict(
     base_url=DL_EVAL.get("base_url") or "",
     from_dir=DL_EVAL.get("from_dir") or "",
     sets=",".join(DL_EVAL.get("sets") or ["lytro", "classic"]),
-    net=download_net_args(),
 )
 
 
@@ -66,6 +66,7 @@ rule download_alphamatting:
     params:
         **AM_PARAMS,
         settings=settings_json(AM_PARAMS),
+        net=download_net,  # no rerun trigger: see download_net
     log:
         "logs/download/alphamatting.log",
     threads: 1
@@ -83,6 +84,7 @@ rule download_coco:
     params:
         **COCO_PARAMS,
         settings=settings_json(COCO_PARAMS),
+        net=download_net,  # no rerun trigger: see download_net
     log:
         "logs/download/coco.log",
     threads: int((DOWNLOAD.get("net", {}) or {}).get("workers", 8))
@@ -104,6 +106,7 @@ rule download_eval:
     params:
         **EVAL_PARAMS,
         settings=settings_json(EVAL_PARAMS),
+        net=download_net,  # no rerun trigger: see download_net
     log:
         "logs/download/eval.log",
     threads: 1
