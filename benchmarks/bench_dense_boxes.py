@@ -15,7 +15,8 @@ patched to keep the boxes), interleaved in ``--rounds`` rounds, the fastest of e
 (``--old-context``: also the boxes as before 0.4.0, unmerged with ``dense_margin`` as their
 context, ``trunk_reach`` patched) and reports the boxes, the trunk's crop pixels, the seconds and the largest difference
 between the two scorings on the masked pixels (float rounding only: the scores do not depend
-on the boxes). Writes ``benchmarks/out/bench_dense_boxes.json``.
+on the boxes). ``--tile``: the boxes' tile side (default the rule's ``fuse.tile``). Writes
+``benchmarks/out/bench_dense_boxes.json``.
 
     python benchmarks/bench_dense_boxes.py --pairs 1 2 5 --threads 1 --old-context
 """
@@ -23,6 +24,7 @@ on the boxes). Writes ``benchmarks/out/bench_dense_boxes.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--depth", type=int, default=56)
     ap.add_argument("--patch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tile", type=int, default=0, help="the boxes' tile side (0: the rule's fuse.tile)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--old-context", action="store_true",
                     help="also time the boxes as before 0.4.0 (unmerged, the 16-px margin as context)")
@@ -68,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     section = fuse_rule("defaults")
     params = rule_params(section)
+    if args.tile:
+        params = dataclasses.replace(params, tile=args.tile)
     shipped = load_nets_from_dir(args.model, "cpu")
     torch.manual_seed(0)
     deep = fold_batchnorm(build_model(args.depth).eval()).to(memory_format=torch.channels_last)
@@ -114,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"threads": args.threads, "rounds": args.rounds, "rows": rows}, indent=1))
+    Path(args.out).write_text(json.dumps({"threads": args.threads, "rounds": args.rounds, "tile": params.tile, "rows": rows},
+                                         indent=1))
     return 0
 
 
