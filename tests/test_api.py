@@ -930,3 +930,95 @@ def test_nets_are_float32_and_fuse_works_under_a_float64_default_dtype(tmp_path:
         assert torch.get_default_dtype() == torch.float64
     finally:
         torch.set_default_dtype(before)
+
+
+def test_fuse_warns_what_the_command_line_says_of_the_files_colours(tmp_path: Path, tiny_nets: Path) -> None:
+    """``bafusion.fuse`` was silent where ``bafusion fuse`` says that B's colour profile differs
+    from A's, that a CMYK file is converted without colour management and that gray and colour
+    shots are mixed (it read the files without their notes). Each is a FusionNoteWarning now, the
+    profile line saying that colours are not converted (not what a written file carries); lines
+    on what an output file keeps (the sources' XMP) are not issued for an array."""
+    import warnings
+
+    from PIL import ImageCms
+
+    from bafusion.fusion.rule import FusionNoteWarning
+
+    a, b, pa, pb = _pair(tmp_path)
+    kw = {"model": str(tiny_nets), "device": "cpu", "align": "none"}
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(a).save(pa, icc_profile=srgb[:-4] + b"P3XX")  # a distinct RGB profile
+    Image.fromarray(b).save(pb, icc_profile=srgb)
+
+    def notes(*sources: object) -> list[str]:
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            bafusion.fuse(*sources, **kw)
+        assert all(w.category is FusionNoteWarning for w in got), [str(w.message) for w in got]
+        return [str(w.message) for w in got]
+
+    assert notes(pa, pb) == [f"{pb} has a different colour profile from {pa} (both 'sRGB built-in', of different "
+                             "contents); colours are not converted (the fused array holds each shot's values as "
+                             "stored)"]
+    ca = tmp_path / "c.jpg"
+    Image.fromarray(a).convert("CMYK").save(ca, quality=95)
+    Image.fromarray(b).save(pb)
+    assert notes(ca, pb) == [f"{ca} is CMYK: converted to RGB without colour management (its colours are "
+                             "approximate)"]
+    ga = tmp_path / "g.png"
+    Image.fromarray(a[..., 0]).save(ga)
+    mixed = "is gray and {} colour: the result is gray where it is taken from it"
+    (text,) = notes(ga, pb)
+    assert text.startswith(f"{ga} " + mixed.format(pb)), text
+    (text,) = notes(a[..., 0], pb)  # an array among the sources: named as the API names it
+    assert text.startswith("source 1 " + mixed.format(pb)), text
+    (text,) = notes(pa, b[..., 0])
+    assert text.startswith(f"source 2 is gray and {pa} colour"), text
+    xa = tmp_path / "x.jpg"
+    Image.fromarray(a).save(xa, quality=95, xmp=b"<x:xmpmeta xmlns:x='adobe:ns:meta/'/>")
+    Image.fromarray(b).save(pb)
+    assert cli_notes(xa, pb, tiny_nets, tmp_path)  # the command line says its XMP is not kept
+    assert notes(xa, pb) == []  # the array keeps nothing: not said
+
+
+def cli_notes(pa: Path, pb: Path, nets: Path, tmp_path: Path) -> list[str]:
+    """The lines ``bafusion fuse`` prints on stderr for the pair, written to a PNG."""
+    proc = subprocess.run([sys.executable, "-m", "bafusion", "fuse", str(pa), str(pb), "-o", str(tmp_path / "f.png"),
+                           "--model", str(nets), "--device", "cpu", "--align", "none", "--no-progress"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return [line for line in proc.stderr.splitlines() if line.startswith("bafusion fuse: ")]
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif"])
+def test_the_fused_array_written_with_output_metadata_is_what_bafusion_fuse_writes(
+        tmp_path: Path, tiny_nets: Path, suffix: str) -> None:
+    """The docstring's ``write_image("fused.png", fuse("near.jpg", "far.jpg"))`` wrote the fusion
+    without the first shot's ICC profile (a Display P3 pair shown desaturated), EXIF and
+    resolution, and no public function gave them. ``write_image(out, fused,
+    **output_metadata(first))`` writes the file ``bafusion fuse`` writes, byte for byte."""
+    from PIL import ImageCms
+
+    from bafusion.io import output_metadata, write_image
+
+    a, b, _, _ = _pair(tmp_path)
+    pa, pb = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Maker", "Cam 1"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()[:-4] + b"P3XX"
+    Image.fromarray(a).save(pa, quality=95, subsampling="4:2:2", exif=exif, icc_profile=icc, dpi=(300, 300))
+    Image.fromarray(b).save(pb, quality=95)
+    out = tmp_path / f"cli{suffix}"
+    proc = subprocess.run([sys.executable, "-m", "bafusion", "fuse", str(pa), str(pb), "-o", str(out), "--model",
+                           str(tiny_nets), "--device", "cpu", "--align", "none"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    with pytest.warns(UserWarning):  # B's other profile
+        fused = bafusion.fuse(pa, pb, model=str(tiny_nets), device="cpu", align="none")
+    plain, like = tmp_path / f"plain{suffix}", tmp_path / f"like{suffix}"
+    write_image(plain, fused)
+    write_image(like, fused, **output_metadata(pa))
+    assert like.read_bytes() == out.read_bytes()
+    with Image.open(like) as im, Image.open(plain) as bare:
+        assert im.info.get("icc_profile") == icc and "icc_profile" not in bare.info
+        assert im.getexif().get(0x0110) == "Cam 1" and 0x0110 not in bare.getexif()
+        assert tuple(map(round, im.info["dpi"])) == (300, 300)

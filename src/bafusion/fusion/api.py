@@ -181,7 +181,15 @@ def fuse(
     bafusion.fusion.rule.FusionNoteWarning
         For each note of the fusion (:attr:`bafusion.FusionResult.notes`, the command line's
         notes): a shot whose exposure or colour differs visibly from the first's, so that seams
-        may show; ``params={"match_output_exposure": True}`` brings it to the first's.
+        may show; ``params={"match_output_exposure": True}`` brings it to the first's. And, before
+        the fusion, for each line ``bafusion fuse`` says of the files as it reads them that
+        concerns the pixels (:meth:`bafusion.io.SourceSet.array_notes`): a file whose colour
+        profile (or PNG colour chunks) differs from the first file's, or that has one where it has
+        none (colours are not converted: the array holds each shot's values as stored); a CMYK
+        file converted to RGB without colour management; a file of several frames or pages (the
+        first is used); transparency dropped; gray sources beside colour ones (the result is gray
+        where taken from them). Not those on what an output file keeps: the array carries no
+        metadata (see Examples).
     bafusion.fusion.scene.MotionWarning, bafusion.fusion.scene.AutoAlignWarning
         See ``align``.
     UserWarning
@@ -214,8 +222,15 @@ def fuse(
 
     Examples
     --------
+    The array carries no metadata: written with :func:`bafusion.io.output_metadata` of the first
+    shot, the file holds what ``bafusion fuse`` writes of it (EXIF, ICC profile, resolution,
+    PNG colour chunks, a JPEG's chroma subsampling); without, colour-managed viewers show a Display
+    P3 or Adobe RGB pair's fusion as sRGB (desaturated), and the camera, date and GPS are lost.
+
     >>> from bafusion import fuse, write_image  # doctest: +SKIP
-    >>> write_image("fused.png", fuse("near.jpg", "far.jpg"))  # doctest: +SKIP
+    >>> from bafusion.io import output_metadata  # doctest: +SKIP
+    >>> fused = fuse("near.jpg", "far.jpg")  # doctest: +SKIP
+    >>> write_image("fused.jpg", fused, **output_metadata("near.jpg"))  # doctest: +SKIP
     """
     if len(sources) == 1 and isinstance(sources[0], (list, tuple)):
         raise UserError("fuse() takes the shots as separate arguments: fuse(a, b) or fuse(*shots), not one list")
@@ -228,7 +243,8 @@ def fuse(
     if not isinstance(model, FusionNets):  # the nets are loaded on it: named as this parameter, before the work
         check_device(device, "device=")
     _check_memory(sources, align, params)  # a cgroup's limit: before the shots are read
-    images, full, names, top = _read_sources(sources)
+    images, full, names, top, notes = _read_sources(sources)
+    _warn_notes(notes)  # the read's: CMYK converted, colour profiles that differ, gray beside colour, ...
     for i in range(1, len(images)):
         _check_same_size(sources, images, names, i, align not in (None, "none"))
     if align is None:
@@ -446,11 +462,15 @@ def _check_memory(sources: tuple[str | os.PathLike[str] | np.ndarray, ...], alig
 
 def _read_sources(
     sources: tuple[str | os.PathLike[str] | np.ndarray, ...],
-) -> tuple[list[np.ndarray], list[np.ndarray] | None, list[str], int]:
+) -> tuple[list[np.ndarray], list[np.ndarray] | None, list[str], int, list[str]]:
     """The uint8 images the decision is made on, their full-depth uint16 versions when any
-    source has more than 8 bits (else None), the sources' names for messages, and the largest
+    source has more than 8 bits (else None), the sources' names for messages, the largest
     value of the full-depth scale (where ``match_output_exposure``'s gains clip: 4095 for
-    12-bit data, which they would otherwise push beyond its bits).
+    12-bit data, which they would otherwise push beyond its bits), and the notes of the read
+    that concern the fused array, as ``bafusion fuse`` says them on stderr
+    (:meth:`bafusion.io.SourceSet.array_notes`: a CMYK file converted, files whose colour
+    profiles differ, a file's first frame only, transparency dropped; gray sources beside colour
+    ones, arrays included), not those on what an output file keeps.
 
     uint16 arrays follow the rule of unmarked 16-bit files (:func:`bafusion.io.common_bits`):
     the decision sees them scaled from the smallest of 8, 10, 12, 14, 16 bits that holds their
@@ -475,7 +495,7 @@ def _read_sources(
         if not isinstance(s, np.ndarray) and os.fspath(s) in ("", b""):  # pathlib reads '' as '.': 'not a regular file'
             raise InputFileError(f"source {i + 1}", "the path is empty (''): no file named")
     paths = [s for s in sources if not isinstance(s, np.ndarray)]
-    src = read_source_set(paths, metadata=False) if paths else None
+    src = read_source_set(paths) if paths else None  # with the notes, as bafusion fuse reads them
     read8 = iter(src.images) if src else iter(())
     read16 = iter(src.full) if src and src.full is not None else None
     names = [f"source {i + 1}" if isinstance(s, np.ndarray) else str(s) for i, s in enumerate(sources)]
@@ -522,4 +542,13 @@ def _read_sources(
         if files_deep and bits != 16:  # beside files read to the 16-bit scale: that scale
             own = np.clip(np.round(own / top * 65535.0), 0, 65535).astype(np.uint16)
         full.append(own)
-    return images, (full if deep else None), names, 65535 if files_deep else int(top)
+    notes = src.array_notes() if src else []
+    if arrays:  # gray beside colour said of every source, the arrays too (the files' line alone named files only)
+        from bafusion.io import mix_note
+
+        files = mix_note([n for i, n in enumerate(names) if i not in arrays],
+                         [a.ndim == 2 for i, a in enumerate(images) if i not in arrays])
+        notes = [n for n in notes if n != files]
+        mixed = mix_note(names, [a.ndim == 2 for a in images])
+        notes += [mixed] if mixed else []
+    return images, (full if deep else None), names, 65535 if files_deep else int(top), notes

@@ -56,7 +56,10 @@ OUTPUT_EXPOSURE_PARAM = 'params={"match_output_exposure": True}'
 class FusionNoteWarning(UserWarning):
     """Issued by :func:`bafusion.fuse` for each of the fusion's notes (:attr:`FusionResult.notes`,
     what ``bafusion fuse`` prints as a note): a shot whose exposure or colour differs visibly
-    from the first's, so that seams may show; by :func:`bafusion.fusion.fuse_set` called from
+    from the first's, so that seams may show; and for each line ``bafusion fuse`` says of the
+    files as it reads them that concerns the pixels (colour profiles that differ, a CMYK file
+    converted, gray beside colour, ...: :meth:`bafusion.io.SourceSet.array_notes`); by
+    :func:`bafusion.fusion.fuse_set` called from
     Python for each note ``bafusion fuse-set`` prints (those of the written files too). The text is the note, naming the parameter that
     helps as the Python API takes it (``params={"match_output_exposure": True}``) rather than
     the command line's option. Filter it with :mod:`warnings`."""

@@ -61,9 +61,10 @@ read_image``): the modules they live in are the package's own layout, one concer
   :data:`SENSOR_BITS`;
 * :mod:`.read` -- reading: :func:`read_image`, :func:`read_images`, :func:`read_source_set`,
   :class:`SourceSet`, :func:`read_matte`, :func:`float_scale`, :func:`float_to_u8`;
-* :mod:`.metadata` -- EXIF, ICC profile, resolution and PNG colour chunks of a source, and the
-  notes on them: :func:`source_metadata`, :func:`source_dpi`, :func:`source_png_colour`,
-  :func:`icc_name`, :func:`png_colour_name`, :func:`profile_notes`, :func:`cmyk_notes`,
+* :mod:`.metadata` -- EXIF, ICC profile, resolution and PNG colour chunks of a source (all of
+  them for :func:`write_image`: :func:`output_metadata`), and the notes on them:
+  :func:`source_metadata`, :func:`source_dpi`, :func:`source_png_colour`, :func:`icc_name`,
+  :func:`png_colour_name`, :func:`profile_notes`, :func:`cmyk_notes`,
   :func:`unkept_metadata_note`;
 * :mod:`.write` -- writing: :func:`write_image`, :func:`written_metadata`,
   :func:`keeps_16_bits`, :data:`HIGH_DEPTH_SUFFIXES`, :func:`icc_fits`, :func:`png16_bytes`,
@@ -129,6 +130,7 @@ from bafusion.io.info import (
 from bafusion.io.metadata import (
     cmyk_notes,
     icc_name,
+    output_metadata,
     png_colour_name,
     profile_notes,
     source_dpi,
@@ -185,7 +187,7 @@ __all__ = [
     "SourceSet", "read_image", "read_images", "read_source_set", "read_matte", "float_scale", "float_to_u8",
     # metadata
     "source_metadata", "source_dpi", "source_png_colour", "icc_name", "png_colour_name", "profile_notes",
-    "cmyk_notes", "unkept_metadata_note",
+    "cmyk_notes", "unkept_metadata_note", "output_metadata",
     # write
     "write_image", "written_metadata", "keeps_16_bits", "HIGH_DEPTH_SUFFIXES", "icc_fits", "png16_bytes",
     "fit_jpeg_exif", "ExifWarning", "output_format_problem",

@@ -1,7 +1,8 @@
 """What a source carries besides its pixels, for the output and for the notes to the user.
 
 The first source's EXIF (for the output: :func:`source_metadata`) and ICC profile, its
-resolution (:func:`source_dpi`) and PNG colour chunks (:func:`source_png_colour`); names of
+resolution (:func:`source_dpi`) and PNG colour chunks (:func:`source_png_colour`), all of them
+as :func:`write_image`'s keyword arguments (:func:`output_metadata`); names of
 profiles and chunks (:func:`icc_name`, :func:`png_colour_name`); the notes when sources differ in
 colour description (:func:`profile_notes`), are CMYK (:func:`cmyk_notes`) or hold metadata no
 output keeps (:func:`unkept_metadata_note`).
@@ -14,6 +15,7 @@ import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -343,6 +345,31 @@ def source_png_colour(path: str | os.PathLike[str]) -> bytes | None:
     return out or None
 
 
+def output_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What ``bafusion fuse`` writes of the first source into its output, as keyword arguments
+    of :func:`write_image`: ``write_image("fused.jpg", fuse("near.jpg", "far.jpg"),
+    **output_metadata("near.jpg"))`` writes the array :func:`bafusion.fuse` returns with
+    near.jpg's EXIF (orientation reset to 1, Software naming bafusion: :func:`source_metadata`),
+    ICC profile, resolution (:func:`source_dpi`) and PNG colour chunks
+    (:func:`source_png_colour`), each where the output's format holds it
+    (:func:`written_metadata`). Without the profile, colour-managed viewers show a wide-gamut
+    (Display P3, Adobe RGB) shot's fusion as sRGB: desaturated.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The source file whose metadata the output carries (the first shot).
+
+    Returns
+    -------
+    dict
+        ``exif``, ``icc`` (bytes or None), ``dpi`` ((x, y) or None) and ``png_colour`` (bytes
+        or None).
+    """
+    exif, icc = source_metadata(path)
+    return {"exif": exif, "icc": icc, "dpi": source_dpi(path), "png_colour": source_png_colour(path)}
+
+
 def _tiff_icc(path: Path) -> bytes | None:
     """The ICC profile (tag 34675) of a TIFF Pillow cannot identify, read with tifffile; None
     when it has none or is no TIFF tifffile reads."""
@@ -444,7 +471,7 @@ _ICC_SPACE_NAMES = {b"CMYK": "CMYK", b"GRAY": "gray", b"RGB ": "RGB"}
 
 def profile_notes(paths: Sequence[str | os.PathLike[str]], first_icc: bytes | None,
                   rgb: bool | None = None, output: str | os.PathLike[str] | None = None,
-                  high_depth: bool = False) -> list[str]:
+                  high_depth: bool = False, *, array: bool = False) -> list[str]:
     """One line per source after the first whose colour description (ICC profile, else PNG
     ``sRGB`` chunk, else ``gAMA``/``cHRM`` chunks) differs from the first's, or that has one
     where the first has none or the reverse: the result of a fusion carries the first source's
@@ -454,7 +481,8 @@ def profile_notes(paths: Sequence[str | os.PathLike[str]], first_icc: bytes | No
     ``high_depth``, a uint16 result: :func:`written_metadata`): the file the result is written to;
     the line says what it holds (no profile in a .bmp, no gray profile in a .webp, which stores a
     gray result as RGB, no PNG chunks outside a .png); without it, that PNG chunks are carried to
-    a .png only.
+    a .png only. ``array``: the result is an array, not a file (:func:`bafusion.fuse`): the line
+    says that colours are not converted and nothing of what a file would carry.
 
     Parameters
     ----------
@@ -468,6 +496,9 @@ def profile_notes(paths: Sequence[str | os.PathLike[str]], first_icc: bytes | No
         The file the result is written to.
     high_depth : bool
         The result is uint16.
+    array : bool
+        The result is an array (``output`` is not looked at): ``"...; colours are not converted
+        (the fused array holds each shot's values as stored)"``.
 
     Returns
     -------
@@ -518,7 +549,11 @@ def profile_notes(paths: Sequence[str | os.PathLike[str]], first_icc: bytes | No
             what = f"{lab} and {first} no colour description"
         else:
             what = f"a different colour description from {first} ({lab}; {first}: {label})"
-        notes.append(f"{os.fspath(p)} has {what}; the result carries {carried} (colours are not converted)")
+        if array:
+            notes.append(f"{os.fspath(p)} has {what}; colours are not converted (the fused array holds each shot's "
+                         "values as stored)")
+        else:
+            notes.append(f"{os.fspath(p)} has {what}; the result carries {carried} (colours are not converted)")
     return notes
 
 

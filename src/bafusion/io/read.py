@@ -102,6 +102,10 @@ class SourceSet:
         read by (PNG ``sBIT``, OME-TIFF ``SignificantBits``): its bit depth is taken from the
         largest value of all such sources (:func:`bafusion.io.depth.common_bits`), or, beside
         an 8-bit source, from its file (its full scale, for files of up to 16 bits).
+    file_notes : list of str
+        The lines of :attr:`notes` on what an output file keeps, not on the pixels (the
+        sources' XMP, IPTC or comments not kept, a malformed EXIF): :meth:`array_notes` leaves
+        them out.
     """
 
     images: list[np.ndarray]
@@ -117,6 +121,7 @@ class SourceSet:
     colour_notes: list[str] = field(default_factory=list)
     depths: list[int | None] = field(default_factory=list)
     unmarked: list[bool] = field(default_factory=list)
+    file_notes: list[str] = field(default_factory=list)
 
     def notes_for(self, output: str | os.PathLike[str], high_depth: bool = False) -> list[str]:
         """:attr:`notes` with the colour-description lines (:attr:`colour_notes`) saying what
@@ -127,6 +132,20 @@ class SourceSet:
         told = profile_notes(self.paths, self.icc, rgb, output, high_depth)
         first = self.notes.index(self.colour_notes[0]) if self.colour_notes[0] in self.notes else len(self.notes)
         rest = [n for n in self.notes if n not in self.colour_notes]
+        return rest[:first] + told + rest[first:]
+
+    def array_notes(self) -> list[str]:
+        """:attr:`notes` for a result returned as an array, not written (:func:`bafusion.fuse`):
+        those on the pixels (CMYK converted, frames, gray beside colour, transparency dropped,
+        depth, clipping), the colour-description lines saying that colours are not converted
+        (:func:`profile_notes` with ``array``), without :attr:`file_notes`."""
+        rest = [n for n in self.notes if n not in self.file_notes]
+        if not self.colour_notes:
+            return rest
+        rgb = any(a.ndim == 3 and a.shape[2] >= 3 for a in self.images)
+        told = profile_notes(self.paths, self.icc, rgb, array=True)
+        first = rest.index(self.colour_notes[0]) if self.colour_notes[0] in rest else len(rest)
+        rest = [n for n in rest if n not in self.colour_notes]
         return rest[:first] + told + rest[first:]
 
     def bits_for(self, output: str | os.PathLike[str]) -> int:
@@ -275,7 +294,7 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     png_colour = source_png_colour(paths[0]) if metadata and paths else None
     return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits, notes,
                      full_scale, dpi, png_colour, [os.fspath(p) for p in paths] if metadata else [], colour_notes,
-                     depths, no_mark)
+                     depths, no_mark, [n for n in (unkept, exif_note) if n])
 
 
 #: Samples per block in which :func:`_scaled_both` scales a deep source (256 K: 2 MiB of

@@ -34,7 +34,9 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
     (.png, .jpg, .tif, .webp, .bmp, or another format Pillow writes); a suffix of no format
     Pillow writes is an error naming the file and those five. A WebP is lossless unless
     ``quality`` is given (the file reads back as ``img``, as a PNG or TIFF does); a JPEG is
-    written at quality 95 unless ``quality`` is given.
+    written at quality 95 unless ``quality`` is given. :func:`output_metadata` gives the
+    metadata ``bafusion fuse`` carries from the first source: ``write_image(out, fused,
+    **output_metadata("near.jpg"))``.
 
     Parameters
     ----------
