@@ -2750,3 +2750,34 @@ def test_a_control_character_in_a_stack_name_is_refused_saying_so(tmp_path: Path
     lines = err.splitlines()
     assert all(line.startswith("bafusion fuse-dir: ") for line in lines), err
     assert f"bafusion fuse-dir: skipped {src}/q-A\\n.png: {batch.CONTROL_NAME} ('\\n'): rename it" in lines, err
+
+
+def test_a_jpeg_output_keeps_the_first_jpegs_chroma_subsampling(tmp_path: Path, nets: Path) -> None:
+    """A JPEG output was always 4:2:0, also from 4:4:4 or 4:2:2 JPEG shots (a fused JPEG visibly
+    worse in colour detail than its sources). ``fuse``, ``fuse-dir --ext jpg`` and ``baseline``
+    write the first source's subsampling when it is a JPEG, else 4:4:4 (PNG shots)."""
+    from PIL import JpegImagePlugin
+
+    def sampling(path: Path) -> int:
+        with Image.open(path) as im:
+            return JpegImagePlugin.get_sampling(im)
+
+    a8, b8 = pair(1)
+    common = ["--model", str(nets), "--device", "cpu", "--quiet"]
+    for name, number in (("4:4:4", 0), ("4:2:2", 1), ("4:2:0", 2)):
+        src = tmp_path / name.replace(":", "")
+        src.mkdir()
+        Image.fromarray(a8).save(src / "p-A.jpg", quality=95, subsampling=name)
+        Image.fromarray(b8).save(src / "p-B.jpg", quality=95, subsampling="4:2:0")
+        out = tmp_path / f"f{number}.jpg"
+        assert cli_main(["fuse", str(src / "p-A.jpg"), str(src / "p-B.jpg"), "-o", str(out), *common]) == 0
+        assert sampling(out) == number, name
+        assert cli_main(["fuse-dir", str(src), str(tmp_path / f"dir{number}"), "--ext", "jpg", *common]) == 0
+        assert sampling(tmp_path / f"dir{number}" / "p.jpg") == number, name
+        assert cli_main(["baseline", str(src / "p-A.jpg"), str(src / "p-B.jpg"), "-o", str(tmp_path / "base.jpg"),
+                         "--method", "laplacian"]) == 0
+        assert sampling(tmp_path / "base.jpg") == number, name
+    Image.fromarray(a8).save(tmp_path / "a.png")
+    Image.fromarray(b8).save(tmp_path / "b.png")
+    assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "p.jpg"), *common]) == 0
+    assert sampling(tmp_path / "p.jpg") == 0

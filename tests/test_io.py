@@ -1689,3 +1689,33 @@ def test_the_alpha_note_fires_only_where_some_pixel_is_not_opaque(tmp_path: Path
                        ("half_used.png", colour_line), ("key_used.png", colour_line)):
         notes = read_source_set([tmp_path / name]).notes
         assert [n for n in notes if "is dropped: its colours" in n] == [f"{tmp_path / name}: {line}"], (name, notes)
+
+
+def test_a_colour_jpeg_is_written_4_4_4_or_with_the_subsampling_given(tmp_path: Path) -> None:
+    """A JPEG was always written 4:2:0 (Pillow's default), halving the colour resolution both
+    ways (saturated 1-pixel colour lines: 8.8 dB against 37.2 for 4:4:4 at quality 95,
+    benchmarks/bench_subsampling.py). write_image writes 4:4:4 unless given ``subsampling``;
+    source_subsampling reads a JPEG's, None for other files; a name it does not take is refused,
+    naming the file, before anything is written."""
+    from PIL import JpegImagePlugin
+
+    from bafusion.io import JPEG_SUBSAMPLING, source_subsampling
+
+    img = _photo_like(8)
+
+    def sampling(path: Path) -> int:
+        with Image.open(path) as im:
+            return JpegImagePlugin.get_sampling(im)
+
+    write_image(tmp_path / "d.jpg", img)
+    assert JPEG_SUBSAMPLING == "4:4:4" and sampling(tmp_path / "d.jpg") == 0
+    for name, number in (("4:4:4", 0), ("4:2:2", 1), ("4:2:0", 2)):
+        write_image(tmp_path / "s.jpg", img, subsampling=name)
+        assert sampling(tmp_path / "s.jpg") == number and source_subsampling(tmp_path / "s.jpg") == name
+    write_image(tmp_path / "g.jpg", img[..., 0], subsampling="4:2:0")  # gray: none, not refused
+    assert source_subsampling(tmp_path / "g.jpg") is None
+    write_image(tmp_path / "p.png", img, subsampling="4:2:0")  # not used by a PNG
+    assert source_subsampling(tmp_path / "p.png") is None
+    with pytest.raises(UserError, match=r"x\.jpg: subsampling must be one of '4:4:4', '4:2:2', '4:2:0' or None, got 2"):
+        write_image(tmp_path / "x.jpg", img, subsampling=2)  # type: ignore[arg-type]
+    assert not (tmp_path / "x.jpg").exists()

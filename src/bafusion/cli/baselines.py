@@ -21,6 +21,7 @@ from bafusion.io import (
     source_dpi,
     source_metadata,
     source_png_colour,
+    source_subsampling,
     to_uint8,
     write_image,
 )
@@ -41,12 +42,13 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
         a = a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2)
         b = b if b.ndim == 3 else np.repeat(b[:, :, None], 3, axis=2)
     fused = to_uint8(fuse(args.method, a, b))
-    # the first source's EXIF, ICC profile, resolution and PNG colour chunks, as ``fuse`` writes
+    # the first source's EXIF, ICC profile, resolution, PNG colour chunks and JPEG subsampling, as ``fuse`` writes
     # them (each where the output's format holds it), and its lines on differing profiles
     exif, icc = source_metadata(args.a)
     for note in cmyk_notes([args.a, args.b]) + profile_notes([args.a, args.b], icc, fused.ndim == 3, args.output):
         print(f"bafusion baseline: {note}", file=sys.stderr)
-    write_image(args.output, fused, exif=exif, icc=icc, dpi=source_dpi(args.a), png_colour=source_png_colour(args.a))
+    write_image(args.output, fused, exif=exif, icc=icc, dpi=source_dpi(args.a), png_colour=source_png_colour(args.a),
+                subsampling=source_subsampling(args.a))
     print(f"fused 2 images into {args.output} with {args.method} "
           f"({time.perf_counter() - t_start:.2f} s with reading and writing)")
     return 0
@@ -58,8 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "baseline",
         help="fuse two images with a native baseline (guided-filter fusion or Laplacian pyramid)",
         description="Fuse sources A and B with a native baseline method and write the fused image (8 bits per "
-                    "sample), with A's EXIF, ICC profile, resolution and PNG colour chunks, as bafusion fuse "
-                    "writes them.",
+                    "sample), with A's EXIF, ICC profile, resolution, PNG colour chunks and JPEG chroma "
+                    "subsampling, as bafusion fuse writes them.",
     )
     p.add_argument("a", metavar="A", type=nonempty_path, help="first source image")
     p.add_argument("b", metavar="B", type=nonempty_path, help="second source image")

@@ -319,7 +319,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     say(f"writing {out}")
     try:
         bafusion.io.write_image(out, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits, dpi=fused.dpi,
-                                png_colour=fused.png_colour, quality=args.quality)
+                                png_colour=fused.png_colour, quality=args.quality, subsampling=fused.subsampling)
     except OSError as e:
         if not args.save_maps or e.errno is None:  # no errno (Pillow's "cannot write mode X"): a bug, said as one
             raise
@@ -454,7 +454,8 @@ METADATA_EPILOG = (
     "profile and resolution (dpi) where its format holds them: .png, .jpg and 8-bit .tif all three, a 16-bit .tif "
     "no EXIF, a .webp no resolution, a .bmp the resolution only (stderr says what is not written); a PNG source's "
     "gAMA/cHRM/sRGB chunks "
-    "go to a .png only. The sources' XMP, IPTC and comments are not kept, and colours are not converted (stderr "
+    "go to a .png only; a .jpg has the first source's chroma subsampling when it is a JPEG, else 4:4:4. The "
+    "sources' XMP, IPTC and comments are not kept, and colours are not converted (stderr "
     "says when a shot's colour profile differs from the first's).")
 
 

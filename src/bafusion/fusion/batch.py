@@ -83,7 +83,8 @@ class Fused:
     """A fusion of files: the image to write (uint8, or uint16 for sources of more than 8 bits),
     the first source's metadata (EXIF, ICC profile; ``dpi``: its resolution), notes for the user
     (one line each), the fusion's seconds and the significant bits of the image (the sources'
-    most); ``png_colour``: its PNG gAMA/cHRM/sRGB chunks (for a PNG output only)."""
+    most); ``png_colour``: its PNG gAMA/cHRM/sRGB chunks (for a PNG output only); ``subsampling``:
+    its JPEG chroma subsampling (:func:`bafusion.io.source_subsampling`, for a JPEG output)."""
 
     image: np.ndarray
     exif: bytes | None
@@ -93,6 +94,7 @@ class Fused:
     bits: int = 8
     dpi: tuple[float, float] | None = None
     png_colour: bytes | None = None
+    subsampling: str | None = None
 
 
 def compose_full(full: Sequence[np.ndarray], decisions: Sequence[np.ndarray],
@@ -458,7 +460,7 @@ def fused_output(src: SourceSet, results, output: Path) -> Fused:
                      f"written ({Path(output).suffix} cannot hold it; a .png output keeps it)")
     secs = sum(results.seconds.values()) if joint else sum(sum(r.seconds.values()) for r in results)
     return Fused(fused, exif, src.icc, notes, secs, src.bits_for(output) if fused.dtype == np.uint16 else 8,
-                 src.dpi, png_colour)
+                 src.dpi, png_colour, src.subsampling)
 
 
 def unwritten_metadata_note(output: Path, high_depth: bool, icc: bool, exif: bool, *,
@@ -1559,7 +1561,7 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
             if stage is not None:
                 stage(f"writing {target}")
             write_image(target, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits,
-                        dpi=fused.dpi, png_colour=fused.png_colour, quality=quality)
+                        dpi=fused.dpi, png_colour=fused.png_colour, quality=quality, subsampling=fused.subsampling)
         except UserError as e:
             rep.skipped.append((name, str(e)))
             said(i, name, _skipped(t0, "why: at the end"))

@@ -61,14 +61,14 @@ read_image``): the modules they live in are the package's own layout, one concer
   :data:`SENSOR_BITS`;
 * :mod:`.read` -- reading: :func:`read_image`, :func:`read_images`, :func:`read_source_set`,
   :class:`SourceSet`, :func:`read_matte`, :func:`float_scale`, :func:`float_to_u8`;
-* :mod:`.metadata` -- EXIF, ICC profile, resolution and PNG colour chunks of a source (all of
-  them for :func:`write_image`: :func:`output_metadata`), and the notes on them:
-  :func:`source_metadata`, :func:`source_dpi`, :func:`source_png_colour`, :func:`icc_name`,
-  :func:`png_colour_name`, :func:`profile_notes`, :func:`cmyk_notes`,
-  :func:`unkept_metadata_note`;
-* :mod:`.write` -- writing: :func:`write_image`, :func:`written_metadata`,
-  :func:`keeps_16_bits`, :data:`HIGH_DEPTH_SUFFIXES`, :func:`icc_fits`, :func:`png16_bytes`,
-  :func:`fit_jpeg_exif`, :class:`ExifWarning`, :func:`output_format_problem`.
+* :mod:`.metadata` -- EXIF, ICC profile, resolution, PNG colour chunks and JPEG chroma
+  subsampling of a source (all of them for :func:`write_image`: :func:`output_metadata`), and the
+  notes on them: :func:`source_metadata`, :func:`source_dpi`, :func:`source_png_colour`,
+  :func:`source_subsampling`, :func:`icc_name`, :func:`png_colour_name`, :func:`profile_notes`,
+  :func:`cmyk_notes`, :func:`unkept_metadata_note`;
+* :mod:`.write` -- writing: :func:`write_image`, :data:`JPEG_QUALITY`, :data:`JPEG_SUBSAMPLING`,
+  :func:`written_metadata`, :func:`keeps_16_bits`, :data:`HIGH_DEPTH_SUFFIXES`, :func:`icc_fits`,
+  :func:`png16_bytes`, :func:`fit_jpeg_exif`, :class:`ExifWarning`, :func:`output_format_problem`.
 
 The modules import one way (formats <- depth <- info, write <- metadata <- read; convert on
 its own) and nothing of bafusion but ``errors`` and ``atomic``: the package is part of the
@@ -136,6 +136,7 @@ from bafusion.io.metadata import (
     source_dpi,
     source_metadata,
     source_png_colour,
+    source_subsampling,
     unkept_metadata_note,
 )
 from bafusion.io.read import (
@@ -153,6 +154,7 @@ from bafusion.io.write import (
     _WRITTEN_METADATA,
     HIGH_DEPTH_SUFFIXES,
     JPEG_QUALITY,
+    JPEG_SUBSAMPLING,
     QUALITY_FORMATS,
     WEBP_LOSSLESS_EFFORT,
     WEBP_LOSSLESS_METHOD,
@@ -172,7 +174,7 @@ from bafusion.io.write import (
 __all__ = [
     # formats
     "IMAGE_SUFFIXES", "RAW_SUFFIXES", "READ_FORMATS", "read_formats", "read_suffixes", "pillow_open", "header_orientation",
-    "JPEG_QUALITY", "QUALITY_FORMATS", "WEBP_MAX_SIDE", "WEBP_LOSSLESS_METHOD", "WEBP_LOSSLESS_EFFORT",
+    "JPEG_QUALITY", "JPEG_SUBSAMPLING", "QUALITY_FORMATS", "WEBP_MAX_SIDE", "WEBP_LOSSLESS_METHOD", "WEBP_LOSSLESS_EFFORT",
     "HEIF_SUFFIXES", "LISTED_SUFFIXES", "NO_PAGES", "list_images",
     "unread_format", "unread_advice", "open_image", "header_exif",
     # info
@@ -187,7 +189,7 @@ __all__ = [
     "SourceSet", "read_image", "read_images", "read_source_set", "read_matte", "float_scale", "float_to_u8",
     # metadata
     "source_metadata", "source_dpi", "source_png_colour", "icc_name", "png_colour_name", "profile_notes",
-    "cmyk_notes", "unkept_metadata_note", "output_metadata",
+    "cmyk_notes", "unkept_metadata_note", "source_subsampling", "output_metadata",
     # write
     "write_image", "written_metadata", "keeps_16_bits", "HIGH_DEPTH_SUFFIXES", "icc_fits", "png16_bytes",
     "fit_jpeg_exif", "ExifWarning", "output_format_problem",

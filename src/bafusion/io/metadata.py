@@ -1,8 +1,9 @@
 """What a source carries besides its pixels, for the output and for the notes to the user.
 
 The first source's EXIF (for the output: :func:`source_metadata`) and ICC profile, its
-resolution (:func:`source_dpi`) and PNG colour chunks (:func:`source_png_colour`), all of them
-as :func:`write_image`'s keyword arguments (:func:`output_metadata`); names of
+resolution (:func:`source_dpi`), PNG colour chunks (:func:`source_png_colour`) and JPEG chroma
+subsampling (:func:`source_subsampling`), all of them as :func:`write_image`'s keyword
+arguments (:func:`output_metadata`); names of
 profiles and chunks (:func:`icc_name`, :func:`png_colour_name`); the notes when sources differ in
 colour description (:func:`profile_notes`), are CMYK (:func:`cmyk_notes`) or hold metadata no
 output keeps (:func:`unkept_metadata_note`).
@@ -345,15 +346,49 @@ def source_png_colour(path: str | os.PathLike[str]) -> bytes | None:
     return out or None
 
 
+#: JPEG chroma subsampling by the number :func:`PIL.JpegImagePlugin.get_sampling` gives (the
+#: names :func:`write_image`'s ``subsampling`` takes).
+_SAMPLING_NAMES = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
+
+
+def source_subsampling(path: str | os.PathLike[str]) -> str | None:
+    """The chroma subsampling of a colour JPEG: ``"4:4:4"``, ``"4:2:2"`` or ``"4:2:0"``
+    (:func:`PIL.JpegImagePlugin.get_sampling`); None for another format, a gray or CMYK JPEG, a
+    sampling of another kind (4:1:1, 4:4:0) or a file that cannot be opened. A JPEG output
+    of a fusion is written with the first source's (:func:`output_metadata`): a 4:4:4 camera
+    JPEG's colour detail is not halved.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The image file.
+
+    Returns
+    -------
+    str or None
+    """
+    from PIL import JpegImagePlugin
+
+    try:
+        with _quiet_pillow(), pillow_open(path) as im:
+            if im.format not in ("JPEG", "MPO"):
+                return None
+            return _SAMPLING_NAMES.get(JpegImagePlugin.get_sampling(im))
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - the reader reports what it cannot open
+        return None
+
+
 def output_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What ``bafusion fuse`` writes of the first source into its output, as keyword arguments
     of :func:`write_image`: ``write_image("fused.jpg", fuse("near.jpg", "far.jpg"),
     **output_metadata("near.jpg"))`` writes the array :func:`bafusion.fuse` returns with
     near.jpg's EXIF (orientation reset to 1, Software naming bafusion: :func:`source_metadata`),
-    ICC profile, resolution (:func:`source_dpi`) and PNG colour chunks
-    (:func:`source_png_colour`), each where the output's format holds it
-    (:func:`written_metadata`). Without the profile, colour-managed viewers show a wide-gamut
-    (Display P3, Adobe RGB) shot's fusion as sRGB: desaturated.
+    ICC profile, resolution (:func:`source_dpi`), PNG colour chunks (:func:`source_png_colour`)
+    and, for a JPEG output, its chroma subsampling (:func:`source_subsampling`), each where the
+    output's format holds it (:func:`written_metadata`). Without the profile, colour-managed
+    viewers show a wide-gamut (Display P3, Adobe RGB) shot's fusion as sRGB: desaturated.
 
     Parameters
     ----------
@@ -363,11 +398,12 @@ def output_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``exif``, ``icc`` (bytes or None), ``dpi`` ((x, y) or None) and ``png_colour`` (bytes
-        or None).
+        ``exif``, ``icc`` (bytes or None), ``dpi`` ((x, y) or None), ``png_colour`` (bytes or
+        None) and ``subsampling`` (str or None).
     """
     exif, icc = source_metadata(path)
-    return {"exif": exif, "icc": icc, "dpi": source_dpi(path), "png_colour": source_png_colour(path)}
+    return {"exif": exif, "icc": icc, "dpi": source_dpi(path), "png_colour": source_png_colour(path),
+            "subsampling": source_subsampling(path)}
 
 
 def _tiff_icc(path: Path) -> bytes | None:

@@ -25,6 +25,7 @@ from bafusion.io.metadata import (
     profile_notes,
     source_dpi,
     source_png_colour,
+    source_subsampling,
     unkept_metadata_note,
 )
 
@@ -106,6 +107,9 @@ class SourceSet:
         The lines of :attr:`notes` on what an output file keeps, not on the pixels (the
         sources' XMP, IPTC or comments not kept, a malformed EXIF): :meth:`array_notes` leaves
         them out.
+    subsampling : str or None
+        The first source's JPEG chroma subsampling (:func:`source_subsampling`), for a JPEG
+        output.
     """
 
     images: list[np.ndarray]
@@ -122,6 +126,7 @@ class SourceSet:
     depths: list[int | None] = field(default_factory=list)
     unmarked: list[bool] = field(default_factory=list)
     file_notes: list[str] = field(default_factory=list)
+    subsampling: str | None = None
 
     def notes_for(self, output: str | os.PathLike[str], high_depth: bool = False) -> list[str]:
         """:attr:`notes` with the colour-description lines (:attr:`colour_notes`) saying what
@@ -292,9 +297,10 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     full_scale = any((b or shared) >= 16 and depth >= 16 for _, _, b, depth in high)
     dpi = source_dpi(paths[0]) if metadata and paths else None
     png_colour = source_png_colour(paths[0]) if metadata and paths else None
+    subsampling = source_subsampling(paths[0]) if metadata and paths else None
     return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits, notes,
                      full_scale, dpi, png_colour, [os.fspath(p) for p in paths] if metadata else [], colour_notes,
-                     depths, no_mark, [n for n in (unkept, exif_note) if n])
+                     depths, no_mark, [n for n in (unkept, exif_note) if n], subsampling)
 
 
 #: Samples per block in which :func:`_scaled_both` scales a deep source (256 K: 2 MiB of
