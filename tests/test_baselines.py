@@ -299,3 +299,4 @@ def test_cli_baseline_keeps_the_first_sources_metadata(tmp_path: Path, capsys: p
         assert im.getexif().get(0x0110) == "EOS R5" and im.info.get("dpi") == (300, 300)
     err = capsys.readouterr().err
     assert f"bafusion baseline: {pb} has no colour profile and {pa} one" in err
+    assert f"bafusion baseline: {pb} states no resolution, {pa} 300 dpi: the output states {pa}'s" in err

@@ -1719,3 +1719,26 @@ def test_a_colour_jpeg_is_written_4_4_4_or_with_the_subsampling_given(tmp_path: 
     with pytest.raises(UserError, match=r"x\.jpg: subsampling must be one of '4:4:4', '4:2:2', '4:2:0' or None, got 2"):
         write_image(tmp_path / "x.jpg", img, subsampling=2)  # type: ignore[arg-type]
     assert not (tmp_path / "x.jpg").exists()
+
+
+def test_a_shot_of_another_resolution_than_the_first_is_said(tmp_path: Path) -> None:
+    """Shots of 300 and 72 dpi were fused silently into a 300 dpi output (A's), where a differing
+    colour profile, depth or gray/colour gets a line: dpi_notes says it, among the notes of
+    read_source_set (what bafusion fuse prints); not among those for an array
+    (SourceSet.array_notes: an array states no resolution)."""
+    from bafusion.io import dpi_notes
+
+    img = _photo_like(16)
+    files = {}
+    for name, dpi in (("a300", (300, 300)), ("b72", (72, 72)), ("c300", (300, 300)), ("d", None), ("e", (300, 150))):
+        files[name] = tmp_path / f"{name}.png"
+        Image.fromarray(img).save(files[name], **({"dpi": dpi} if dpi else {}))
+    a, b, c, d, e = files.values()
+    line = f"{b} states 72 dpi, {a} 300 dpi: the output states {a}'s"
+    assert dpi_notes([a, b, c]) == [line]
+    assert dpi_notes([a, d, e]) == [f"{d} states no resolution, {a} 300 dpi: the output states {a}'s",
+                                    f"{e} states 300x150 dpi, {a} 300 dpi: the output states {a}'s"]
+    assert dpi_notes([d, a]) == [f"{a} states 300 dpi, {d} no resolution: the output states none"]
+    assert dpi_notes([a, c]) == [] and dpi_notes([d, d]) == [] and dpi_notes([a]) == []
+    src = read_source_set([a, b])
+    assert line in src.notes and line in src.notes_for(tmp_path / "f.jpg") and line not in src.array_notes()

@@ -16,6 +16,7 @@ from bafusion.evaluation.baselines import (
 )
 from bafusion.io import (
     cmyk_notes,
+    dpi_notes,
     profile_notes,
     read_images,
     source_dpi,
@@ -45,7 +46,8 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     # the first source's EXIF, ICC profile, resolution, PNG colour chunks and JPEG subsampling, as ``fuse`` writes
     # them (each where the output's format holds it), and its lines on differing profiles
     exif, icc = source_metadata(args.a)
-    for note in cmyk_notes([args.a, args.b]) + profile_notes([args.a, args.b], icc, fused.ndim == 3, args.output):
+    for note in (cmyk_notes([args.a, args.b]) + profile_notes([args.a, args.b], icc, fused.ndim == 3, args.output)
+                 + dpi_notes([args.a, args.b])):
         print(f"bafusion baseline: {note}", file=sys.stderr)
     write_image(args.output, fused, exif=exif, icc=icc, dpi=source_dpi(args.a), png_colour=source_png_colour(args.a),
                 subsampling=source_subsampling(args.a))

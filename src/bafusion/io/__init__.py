@@ -65,7 +65,7 @@ read_image``): the modules they live in are the package's own layout, one concer
   subsampling of a source (all of them for :func:`write_image`: :func:`output_metadata`), and the
   notes on them: :func:`source_metadata`, :func:`source_dpi`, :func:`source_png_colour`,
   :func:`source_subsampling`, :func:`icc_name`, :func:`png_colour_name`, :func:`profile_notes`,
-  :func:`cmyk_notes`, :func:`unkept_metadata_note`;
+  :func:`cmyk_notes`, :func:`dpi_notes`, :func:`unkept_metadata_note`;
 * :mod:`.write` -- writing: :func:`write_image`, :data:`JPEG_QUALITY`, :data:`JPEG_SUBSAMPLING`,
   :func:`written_metadata`, :func:`keeps_16_bits`, :data:`HIGH_DEPTH_SUFFIXES`, :func:`icc_fits`,
   :func:`png16_bytes`, :func:`fit_jpeg_exif`, :class:`ExifWarning`, :func:`output_format_problem`.
@@ -129,6 +129,7 @@ from bafusion.io.info import (
 )
 from bafusion.io.metadata import (
     cmyk_notes,
+    dpi_notes,
     icc_name,
     output_metadata,
     png_colour_name,
@@ -189,7 +190,7 @@ __all__ = [
     "SourceSet", "read_image", "read_images", "read_source_set", "read_matte", "float_scale", "float_to_u8",
     # metadata
     "source_metadata", "source_dpi", "source_png_colour", "icc_name", "png_colour_name", "profile_notes",
-    "cmyk_notes", "unkept_metadata_note", "source_subsampling", "output_metadata",
+    "cmyk_notes", "dpi_notes", "unkept_metadata_note", "source_subsampling", "output_metadata",
     # write
     "write_image", "written_metadata", "keeps_16_bits", "HIGH_DEPTH_SUFFIXES", "icc_fits", "png16_bytes",
     "fit_jpeg_exif", "ExifWarning", "output_format_problem",

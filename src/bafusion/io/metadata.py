@@ -5,7 +5,7 @@ resolution (:func:`source_dpi`), PNG colour chunks (:func:`source_png_colour`) a
 subsampling (:func:`source_subsampling`), all of them as :func:`write_image`'s keyword
 arguments (:func:`output_metadata`); names of
 profiles and chunks (:func:`icc_name`, :func:`png_colour_name`); the notes when sources differ in
-colour description (:func:`profile_notes`), are CMYK (:func:`cmyk_notes`) or hold metadata no
+colour description (:func:`profile_notes`) or resolution (:func:`dpi_notes`), are CMYK (:func:`cmyk_notes`) or hold metadata no
 output keeps (:func:`unkept_metadata_note`).
 """
 
@@ -590,6 +590,48 @@ def profile_notes(paths: Sequence[str | os.PathLike[str]], first_icc: bytes | No
                          "values as stored)")
         else:
             notes.append(f"{os.fspath(p)} has {what}; the result carries {carried} (colours are not converted)")
+    return notes
+
+
+def _dpi_text(dpi: tuple[float, float] | None) -> str:
+    if dpi is None:
+        return "no resolution"
+    x, y = dpi
+    return f"{x:g} dpi" if math.isclose(x, y, rel_tol=1e-3) else f"{x:g}x{y:g} dpi"
+
+
+def dpi_notes(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """One line per source after the first whose resolution (:func:`source_dpi`) differs from
+    the first's, or that states one where the first states none or the reverse: an output
+    states the first source's resolution (or none), as every other metadata of the first, and
+    the user is told, as for a differing colour profile (a 72 dpi shot beside a 300 dpi one is
+    printed at the first's size).
+
+    Parameters
+    ----------
+    paths : sequence of str or path-like
+        The source files, the first the one whose resolution an output carries.
+
+    Returns
+    -------
+    list of str
+        ``"<file> states 72 dpi, <first> 300 dpi: the output states <first>'s"`` (``no
+        resolution``, ``300x150 dpi``; ``the output states none`` when the first states none).
+    """
+    if len(paths) < 2:
+        return []
+    first = os.fspath(paths[0])
+    mine = source_dpi(paths[0])
+    notes: list[str] = []
+    for p in paths[1:]:
+        theirs = source_dpi(p)
+        same = (mine is None and theirs is None) or (
+            mine is not None and theirs is not None
+            and all(math.isclose(u, v, rel_tol=1e-3) for u, v in zip(mine, theirs)))
+        if same:
+            continue
+        told = f"{first}'s" if mine is not None else "none"
+        notes.append(f"{os.fspath(p)} states {_dpi_text(theirs)}, {first} {_dpi_text(mine)}: the output states {told}")
     return notes
 
 

@@ -22,6 +22,7 @@ from bafusion.io.info import _alpha_note, _alpha_opaque, frame_notes, mix_note
 from bafusion.io.metadata import (
     _source_metadata,
     cmyk_notes,
+    dpi_notes,
     profile_notes,
     source_dpi,
     source_png_colour,
@@ -105,8 +106,8 @@ class SourceSet:
         an 8-bit source, from its file (its full scale, for files of up to 16 bits).
     file_notes : list of str
         The lines of :attr:`notes` on what an output file keeps, not on the pixels (the
-        sources' XMP, IPTC or comments not kept, a malformed EXIF): :meth:`array_notes` leaves
-        them out.
+        sources' XMP, IPTC or comments not kept, a malformed EXIF, a source's resolution that
+        differs from the first's: :func:`dpi_notes`): :meth:`array_notes` leaves them out.
     subsampling : str or None
         The first source's JPEG chroma subsampling (:func:`source_subsampling`), for a JPEG
         output.
@@ -282,6 +283,8 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     unkept = unkept_metadata_note(paths) if metadata else None
     notes += [unkept] if unkept else []
     notes += [exif_note] if exif_note else []
+    resolutions = dpi_notes(paths) if metadata else []
+    notes += resolutions
     notes += clipped
     if metadata:
         notes += container
@@ -300,7 +303,7 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     subsampling = source_subsampling(paths[0]) if metadata and paths else None
     return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits, notes,
                      full_scale, dpi, png_colour, [os.fspath(p) for p in paths] if metadata else [], colour_notes,
-                     depths, no_mark, [n for n in (unkept, exif_note) if n], subsampling)
+                     depths, no_mark, [n for n in (unkept, exif_note) if n] + resolutions, subsampling)
 
 
 #: Samples per block in which :func:`_scaled_both` scales a deep source (256 K: 2 MiB of
