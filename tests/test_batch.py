@@ -2779,5 +2779,6 @@ def test_a_jpeg_output_keeps_the_first_jpegs_chroma_subsampling(tmp_path: Path, 
         assert sampling(tmp_path / "base.jpg") == number, name
     Image.fromarray(a8).save(tmp_path / "a.png")
     Image.fromarray(b8).save(tmp_path / "b.png")
-    assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "p.jpg"), *common]) == 0
+    argv = ["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "p.jpg"), *common]
+    assert cli_main(argv) == 0
     assert sampling(tmp_path / "p.jpg") == 0

@@ -175,7 +175,8 @@ from bafusion.io.write import (
 __all__ = [
     # formats
     "IMAGE_SUFFIXES", "RAW_SUFFIXES", "READ_FORMATS", "read_formats", "read_suffixes", "pillow_open", "header_orientation",
-    "JPEG_QUALITY", "JPEG_SUBSAMPLING", "QUALITY_FORMATS", "WEBP_MAX_SIDE", "WEBP_LOSSLESS_METHOD", "WEBP_LOSSLESS_EFFORT",
+    "JPEG_QUALITY", "JPEG_SUBSAMPLING", "QUALITY_FORMATS", "WEBP_MAX_SIDE", "WEBP_LOSSLESS_METHOD",
+    "WEBP_LOSSLESS_EFFORT",
     "HEIF_SUFFIXES", "LISTED_SUFFIXES", "NO_PAGES", "list_images",
     "unread_format", "unread_advice", "open_image", "header_exif",
     # info

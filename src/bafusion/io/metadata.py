@@ -3,10 +3,10 @@
 The first source's EXIF (for the output: :func:`source_metadata`) and ICC profile, its
 resolution (:func:`source_dpi`), PNG colour chunks (:func:`source_png_colour`) and JPEG chroma
 subsampling (:func:`source_subsampling`), all of them as :func:`write_image`'s keyword
-arguments (:func:`output_metadata`); names of
-profiles and chunks (:func:`icc_name`, :func:`png_colour_name`); the notes when sources differ in
-colour description (:func:`profile_notes`) or resolution (:func:`dpi_notes`), are CMYK (:func:`cmyk_notes`) or hold metadata no
-output keeps (:func:`unkept_metadata_note`).
+arguments (:func:`output_metadata`); names of profiles and chunks (:func:`icc_name`,
+:func:`png_colour_name`); the notes when sources differ in colour description
+(:func:`profile_notes`) or resolution (:func:`dpi_notes`), are CMYK (:func:`cmyk_notes`) or hold
+metadata no output keeps (:func:`unkept_metadata_note`).
 """
 
 from __future__ import annotations
