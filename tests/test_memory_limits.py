@@ -761,3 +761,28 @@ def test_the_advice_after_running_out_of_memory_loading_torch_does_not_load_it_a
     assert memory.fuse_need_mib([a, b]) == round(memory.BASE_MIB + memory.MIB_PER_MEGAPIXEL * 40 * 48 / 1e6)
     assert full == round(memory.BASE_MIB + (memory.MIB_PER_MEGAPIXEL + memory.FULL_SIZE_MIB) * 40 * 48 / 1e6)
     assert "needs about" in memory.fuse_advice([a, b])
+
+
+def test_python_fuse_leaves_a_source_it_cannot_size_to_the_reader(tmp_path: Path, tiny_nets: Path,
+                                                                   monkeypatch) -> None:
+    """Under a cgroup limit, ``bafusion.fuse()`` refused a readable shot beside a missing file,
+    a folder or a float array for memory (the estimate of the readable one), before the reader
+    could say what was wrong with the other (no such file; floats: how to convert them). Those
+    are now the reader's errors; two good shots over the limit are still refused for memory."""
+    import numpy as np
+
+    from bafusion import fuse
+    from bafusion.errors import InputTypeError, UserError
+    from bafusion.fusion import memory
+
+    a, b = _png_pair(tmp_path / "in")
+    _fake_limit(monkeypatch, 100, megapixels=memory._megapixels)  # 460 MiB for any pair: over 100
+    for other in (tmp_path / "missing.png", tmp_path):
+        with pytest.raises(UserError) as err:
+            fuse(a, other, model=tiny_nets, device="cpu", align="none")
+        assert "needs more memory" not in str(err.value) and str(other) in str(err.value), err.value
+    good = np.zeros((40, 48, 3), np.uint8)
+    with pytest.raises(InputTypeError, match="float"):
+        fuse(good, good.astype(np.float32), model=tiny_nets, device="cpu", align="none")
+    with pytest.raises(UserError, match="needs more memory"):
+        fuse(a, b, model=tiny_nets, device="cpu", align="none")

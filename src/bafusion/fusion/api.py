@@ -444,10 +444,17 @@ def _check_memory(sources: tuple[str | os.PathLike[str] | np.ndarray, ...], alig
     as ``bafusion fuse`` does: over them the kernel ends the process, a notebook's kernel and its
     state with it, without a word); warn (:class:`UserWarning`) where it fits only by swapping,
     or needs more than the machine has available now (:func:`bafusion.fusion.memory.memory_warning`).
-    Sources of another type are left to :func:`_read_sources` to refuse."""
+    Sources of another type, arrays the reader refuses (not uint8 or uint16, not (H, W) or
+    (H, W, C)) and paths whose size cannot be read (missing, a folder, not an image) are left to
+    :func:`_read_sources` to refuse, in its words: the readable one beside them is not refused
+    for memory first."""
     if not all(isinstance(s, (np.ndarray, str, os.PathLike)) for s in sources):
         return
-    from bafusion.fusion.memory import memory_problem, memory_warning
+    from bafusion.fusion.memory import _shape, memory_problem, memory_warning
+
+    if any(s.dtype not in (np.uint8, np.uint16) or s.ndim not in (2, 3) if isinstance(s, np.ndarray)
+           else _shape(Path(s)) is None for s in sources):
+        return
 
     aligned = align not in (None, "none", "auto")  # "auto" counted as the fusion, as fuse --align auto
     shots = [s if isinstance(s, np.ndarray) else os.fspath(s) for s in sources]
