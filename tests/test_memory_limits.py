@@ -786,3 +786,31 @@ def test_python_fuse_leaves_a_source_it_cannot_size_to_the_reader(tmp_path: Path
         fuse(good, good.astype(np.float32), model=tiny_nets, device="cpu", align="none")
     with pytest.raises(UserError, match="needs more memory"):
         fuse(a, b, model=tiny_nets, device="cpu", align="none")
+
+
+def test_the_out_of_memory_line_counts_the_commands_own_params(tmp_path: Path, tiny_nets: Path, monkeypatch,
+                                                                capsys) -> None:
+    """fuse's out-of-memory line and fuse-dir's skip reason gave the estimate by the default
+    params: with --working-side 0 a 12 MP pair was said to need 892 MiB where the check before
+    the work (its own params) says 1092. Both now give the run's estimate."""
+    from bafusion.fusion import batch, memory
+
+    src = tmp_path / "in"
+    a, b = _png_pair(src)
+    monkeypatch.setattr(memory, "memory_limit", lambda *a, **k: None)
+    monkeypatch.setattr(memory, "available_mib", lambda *a, **k: None)
+    monkeypatch.setattr(memory, "_megapixels", lambda path: 12.0)
+    monkeypatch.setattr(memory, "_shape", lambda path: (3000, 4000))
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 137. MiB for an array")
+
+    monkeypatch.setattr(batch, "prepare_sources", out_of_memory)  # fuse
+    monkeypatch.setattr(batch, "fuse_files", out_of_memory)  # fuse-dir
+    common = ["--model", str(tiny_nets), "--device", "cpu", "--quiet", "--working-side", "0"]
+    assert cli_main(["fuse", str(a), str(b), "-o", str(tmp_path / "f.png"), *common]) == 1
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "needs about 1092 MiB" in err, err
+    rc = cli_main(["fuse-dir", str(src), str(tmp_path / "out"), *common])
+    err = capsys.readouterr().err
+    assert rc == batch.EXIT_NONE_FUSED and "skipped s: out of memory" in err and "needs about 1092 MiB" in err, err

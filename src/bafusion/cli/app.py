@@ -864,7 +864,8 @@ def _command_memory_advice(args: argparse.Namespace) -> str:
         shots = [Path(p) for p in getattr(args, "images", None) or []] if command == "fuse" else []
         # --align auto may align (its estimate is the larger one): the peak it may reach
         advice = fuse_advice(shots, align=(getattr(args, "align", None) or "none") != "none",
-                             save_maps=command == "fuse" and bool(getattr(args, "save_maps", None)))
+                             save_maps=command == "fuse" and bool(getattr(args, "save_maps", None)),
+                             params=getattr(args, "fusion_params", None))  # fuse's, once read (--working-side 0)
         if command == "evaluate":
             advice += "; --dataset NAME=... with --pattern evaluates fewer pairs, --methods fewer methods"
         return advice

@@ -244,6 +244,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
 
     t_start = time.perf_counter()
     params, other = params_from_args(args)
+    args.fusion_params = params  # for the out-of-memory line's estimate (cli.app)
     out = Path(args.output)  # its suffix and a folder in its place: refused by preflight.check_command
     _check_quality(out, args.quality)
     for i, p in enumerate(args.images):  # an unset shell variable; pathlib reads '' as '.': 'not a regular file'

@@ -1326,16 +1326,16 @@ def check_output_folder(src: Path, out: Path, groups: Mapping[str, Sequence[Path
 _DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
-def out_of_memory_reason(e: BaseException, shots: Sequence[Path], align: bool = False) -> str:
+def out_of_memory_reason(e: BaseException, shots: Sequence[Path], align: bool = False, params=None) -> str:
     """Why a stack was skipped for a ``MemoryError`` ``e``: numpy's words (the array it failed
     to allocate) and what the stack needs (:func:`bafusion.fusion.memory.fuse_advice`; ``align``:
-    aligned), and, where an address-space limit is set, what it counts
-    (:func:`bafusion.fusion.memory.address_space_note`: without it, "needs about 892 MiB" beside
-    a limit of 1300 MiB read as a contradiction)."""
+    aligned; ``params``: the run's, which tell whether it is decided at full size), and, where
+    an address-space limit is set, what it counts (:func:`bafusion.fusion.memory.address_space_note`:
+    without it, "needs about 892 MiB" beside a limit of 1300 MiB read as a contradiction)."""
     from bafusion.fusion.memory import address_space_note, fuse_advice
 
     what = " ".join(str(e).split())[:200] or type(e).__name__
-    return "; ".join(x for x in (f"out of memory ({what}): {fuse_advice(shots, align)}", address_space_note()) if x)
+    return "; ".join(x for x in (f"out of memory ({what}): {fuse_advice(shots, align, params=params)}", address_space_note()) if x)
 
 
 def _free_memory() -> None:
@@ -1580,7 +1580,7 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
             if not is_out_of_memory(e):
                 raise
             # this stack is too large for the memory left: the others may fit
-            rep.skipped.append((name, out_of_memory_reason(e, shots, align != "none")))
+            rep.skipped.append((name, out_of_memory_reason(e, shots, align != "none", params)))
             out_of_memory = True
         if out_of_memory:
             # here, past the except: its traceback held the failed stack's arrays until it ended
