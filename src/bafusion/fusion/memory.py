@@ -27,7 +27,7 @@ MIB_PER_MEGAPIXEL = 36
 #: and strips 300 px high of 4000, 8000 and 16000 px (1.2, 2.4 and 4.8 MP, decided at full size
 #: since the panorama rule) 683, 671 and 753 MiB, where :data:`BASE_MIB` and
 #: :data:`MIB_PER_MEGAPIXEL` alone predict 470, 479, 498, 503, 546 and 633 (the peaks of the 1024x1024
-#: pair and the strips 19-36 % above these); with this 524, 583, 698, 703, 746 and 833 (3-14 % above).
+#: pair and the strips 19-36 % above these); with this 524, 584, 698, 703, 746 and 833 (3-14 % above).
 #: Beyond 4.8 MP at full size (``--working-side 0`` of a camera photo) not measured.
 FULL_SIZE_MIB = 200
 

@@ -275,7 +275,8 @@ def fuse_set(
         _check_pair_sizes(pairs, name)
     # and the memory limit of the process's cgroup (a container, a SLURM job): over it the kernel
     # ends the run without a word, at the first pair too large; every pair's maps are written
-    # (maps/, after its fusion), whose estimate is the larger below 27 MP (628 MiB at 0.27 MP, 470 without)
+    # (maps/, after its fusion), whose estimate is the larger below 27 MP at the working resolution, below
+    # 0.78 MP at full size (FULL_SIZE_MIB): 628 MiB at 0.27 MP (520x520), 524 without
     from bafusion.fusion.memory import fuse_need_mib, memory_problem, memory_warning
 
     maps_as = "its maps and Fig. 3 (maps/)"  # fuse-set has no --save-maps: it writes them always
