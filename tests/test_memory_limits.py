@@ -814,3 +814,28 @@ def test_the_out_of_memory_line_counts_the_commands_own_params(tmp_path: Path, t
     rc = cli_main(["fuse-dir", str(src), str(tmp_path / "out"), *common])
     err = capsys.readouterr().err
     assert rc == batch.EXIT_NONE_FUSED and "skipped s: out of memory" in err and "needs about 1092 MiB" in err, err
+
+
+def test_the_estimate_reads_a_large_photos_header_without_pillows_raw_warning(tmp_path: Path, tiny_nets: Path,
+                                                                             monkeypatch) -> None:
+    """The reader silences Pillow's decompression-bomb warning of a photo between
+    Image.MAX_IMAGE_PIXELS and twice that (a 102 MP camera's); the memory estimate, which now
+    reads every stack's headers in fuse-dir, fuse-set and bafusion.fuse() (with or without a
+    limit), let it out as a raw Python warning with a source line. It is silenced there too."""
+    import warnings
+
+    from PIL import Image
+
+    from bafusion.fusion import memory
+
+    src = tmp_path / "in"
+    _png_pair(src)  # 40x48
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 48 - 1)  # over it, under twice it: a warning
+    monkeypatch.setattr(memory, "memory_limit", lambda *a, **k: None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = cli_main(["fuse-dir", str(src), str(tmp_path / "out"), "--model", str(tiny_nets), "--device", "cpu",
+                       "--quiet"])
+    assert rc == 0
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)], \
+        [str(w.message) for w in caught]

@@ -134,10 +134,10 @@ def _megapixels(path: Path) -> float:
     shape = getattr(path, "shape", None)
     if shape is not None:  # an array (bafusion.fuse): (H, W) or (H, W, C)
         return shape[0] * shape[1] / 1e6 if len(shape) >= 2 else 0.0
-    from bafusion.io.formats import pillow_open
+    from bafusion.io.formats import _quiet_pillow, pillow_open
 
     try:
-        with pillow_open(path) as im:
+        with _quiet_pillow(), pillow_open(path) as im:  # a 100 MP photo: no raw bomb warning
             w, h = im.size
     except Exception:  # noqa: BLE001 - an estimate only
         return 0.0
@@ -150,10 +150,10 @@ def _deep(path: Path) -> bool:
     if hasattr(path, "dtype"):  # an array: uint16 has its full-depth copies
         return getattr(path.dtype, "itemsize", 1) > 1
     from bafusion.io.depth import _HIGH_MODES, _tiff_depth, png_depth
-    from bafusion.io.formats import pillow_open
+    from bafusion.io.formats import _quiet_pillow, pillow_open
 
     try:
-        with pillow_open(path) as im:
+        with _quiet_pillow(), pillow_open(path) as im:
             fmt, mode = im.format, im.mode
             tiff = _tiff_depth(im) if fmt == "TIFF" else None
         if fmt == "PNG":
@@ -169,10 +169,10 @@ def _shape(path: object) -> tuple[int, int] | None:
     shape = getattr(path, "shape", None)
     if shape is not None:
         return (int(shape[0]), int(shape[1])) if len(shape) >= 2 else None
-    from bafusion.io.formats import pillow_open
+    from bafusion.io.formats import _quiet_pillow, pillow_open
 
     try:
-        with pillow_open(path) as im:
+        with _quiet_pillow(), pillow_open(path) as im:
             w, h = im.size
     except Exception:  # noqa: BLE001 - an estimate only
         return None
