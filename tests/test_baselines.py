@@ -300,3 +300,25 @@ def test_cli_baseline_keeps_the_first_sources_metadata(tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     assert f"bafusion baseline: {pb} has no colour profile and {pa} one" in err
     assert f"bafusion baseline: {pb} states no resolution, {pa} 300 dpi: the output states {pa}'s" in err
+
+
+def test_cli_baseline_says_what_its_output_format_cannot_hold(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """``baseline`` now writes A's metadata as ``fuse`` does, but to a .bmp it dropped A's ICC
+    profile and EXIF silently, where ``fuse`` says so on stderr: now the same line."""
+    from PIL import Image, ImageCms
+
+    _, a, b = _multifocus((48, 64, 3))
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    ex = Image.Exif()
+    ex[0x0110] = "EOS R5"
+    pa, pb = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    Image.fromarray(np.asarray(a, np.uint8)).save(pa, quality=95, icc_profile=icc, exif=ex)
+    Image.fromarray(np.asarray(b, np.uint8)).save(pb, quality=95, icc_profile=icc)
+    out = tmp_path / "f.bmp"
+    assert cli.main(["baseline", str(pa), str(pb), "-o", str(out)]) == 0 and out.is_file()
+    err = capsys.readouterr().err
+    assert (f"bafusion baseline: {out}: the first source's ICC profile and EXIF are not written (.bmp cannot "
+            "hold them") in err, err
+    assert cli.main(["baseline", str(pa), str(pb), "-o", str(tmp_path / "f.png")]) == 0
+    assert "not written" not in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from bafusion.evaluation.baselines import (
 from bafusion.io import (
     cmyk_notes,
     dpi_notes,
+    fit_jpeg_exif,
+    icc_fits,
+    png_colour_name,
     profile_notes,
     read_images,
     source_dpi,
@@ -46,10 +50,25 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     # the first source's EXIF, ICC profile, resolution, PNG colour chunks and JPEG subsampling, as ``fuse`` writes
     # them (each where the output's format holds it), and its lines on differing profiles
     exif, icc = source_metadata(args.a)
-    for note in (cmyk_notes([args.a, args.b]) + profile_notes([args.a, args.b], icc, fused.ndim == 3, args.output)
-                 + dpi_notes([args.a, args.b])):
+    dpi, png_colour = source_dpi(args.a), source_png_colour(args.a)
+    notes = (cmyk_notes([args.a, args.b]) + profile_notes([args.a, args.b], icc, fused.ndim == 3, args.output)
+             + dpi_notes([args.a, args.b]))
+    # and, as fuse says them, what the output's format cannot hold (a .bmp: no EXIF nor profile)
+    from bafusion.fusion.batch import unwritten_metadata_note
+
+    exif, exif_note = fit_jpeg_exif(exif, args.output)
+    fits = icc is not None and icc_fits(icc, fused)
+    stored = icc is not None and icc_fits(icc, fused, args.output)
+    lost = unwritten_metadata_note(Path(args.output), False, fits or stored, bool(exif), dpi=dpi is not None,
+                                   icc_unfit=fits and not stored)
+    notes += [n for n in (exif_note, lost) if n]
+    if png_colour and Path(args.output).suffix.lower() != ".png" and not icc:
+        notes.append(f"{args.output}: the first source's PNG colour description ({png_colour_name(png_colour)}) is "
+                     f"not written ({Path(args.output).suffix} cannot hold it; a .png output keeps it)")
+    for note in notes:
         print(f"bafusion baseline: {note}", file=sys.stderr)
-    write_image(args.output, fused, exif=exif, icc=icc, dpi=source_dpi(args.a), png_colour=source_png_colour(args.a),
+    write_image(args.output, fused, exif=exif, icc=icc, dpi=dpi,
+                png_colour=png_colour if Path(args.output).suffix.lower() == ".png" else None,
                 subsampling=source_subsampling(args.a))
     print(f"fused 2 images into {args.output} with {args.method} "
           f"({time.perf_counter() - t_start:.2f} s with reading and writing)")
