@@ -1742,3 +1742,39 @@ def test_a_shot_of_another_resolution_than_the_first_is_said(tmp_path: Path) -> 
     assert dpi_notes([a, c]) == [] and dpi_notes([d, d]) == [] and dpi_notes([a]) == []
     src = read_source_set([a, b])
     assert line in src.notes and line in src.notes_for(tmp_path / "f.jpg") and line not in src.array_notes()
+
+
+def test_the_alpha_note_of_a_low_bit_gray_png_and_a_malformed_transparent_colour(tmp_path: Path) -> None:
+    """Pillow decodes a 2 or 4-bit gray PNG on the 8-bit scale (2 bits: 0, 85, 170, 255) but
+    keeps its transparent gray raw (3 for white): compared as such, a transparent value that
+    pixels use was taken for unused and the note was silent. An 8-bit RGB PNG whose tRNS holds
+    a value over 255 (malformed; no pixel can have it) made the reader fail with an
+    OverflowError instead of reading the file."""
+    import struct
+    import zlib
+
+    import png
+
+    h, w = 6, 8
+    for bits in (2, 4):
+        top = (1 << bits) - 1
+        v = np.tile(np.arange(w) % (top + 1), (h, 1))
+        v[0, -1] = top
+        for name, key in ((f"g{bits}_used.png", top), (f"g{bits}_unused.png", None)):
+            rows = np.where(v == top, top - 1, v) if key is None else v  # unused: no pixel of value top
+            with open(tmp_path / name, "wb") as fh:
+                png.Writer(w, h, greyscale=True, bitdepth=bits, transparent=top).write(fh, rows.tolist())
+    line = "its transparent colour is dropped: its colours are used as on full opacity"
+    for bits in (2, 4):
+        used, unused = tmp_path / f"g{bits}_used.png", tmp_path / f"g{bits}_unused.png"
+        assert [n for n in read_source_set([used]).notes if "is dropped" in n] == [f"{used}: {line}"]
+        assert not [n for n in read_source_set([unused]).notes if "is dropped" in n]
+    p = tmp_path / "rgb_bad_key.png"
+    Image.fromarray(np.full((h, w, 3), 7, np.uint8)).save(p, transparency=(10, 20, 30))
+    b = bytearray(p.read_bytes())
+    i = b.index(b"tRNS")
+    b[i + 4:i + 10] = struct.pack(">HHH", 300, 20, 30)
+    b[i + 10:i + 14] = struct.pack(">I", zlib.crc32(bytes(b[i:i + 10])))
+    p.write_bytes(bytes(b))
+    got = read_source_set([p])
+    assert (got.images[0] == 7).all() and not [n for n in got.notes if "is dropped" in n]

@@ -568,12 +568,32 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
 _ALPHA_MODES = ("LA", "La", "RGBA", "RGBa", "PA")
 
 
-def _alpha_opaque(im: Image.Image) -> bool | None:
+def _png_low_gray_scale(path: str | os.PathLike[str] | None) -> int:
+    """The factor by which Pillow scales the samples of a 1, 2 or 4-bit gray PNG to 8 bits
+    (2 bits: 0, 85, 170, 255), which it does not apply to the file's transparent gray value
+    (``tRNS``, raw: 3 for white at 2 bits); 1 for any other file, or one whose header cannot be
+    read (the reader names it)."""
+    if path is None:
+        return 1
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(26)  # signature, IHDR length and type, width, height, depth, colour type
+    except OSError:
+        return 1
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return 1
+    depth, colour_type = head[24], head[25]
+    return 255 // ((1 << depth) - 1) if colour_type == 0 and depth in (1, 2, 4) else 1
+
+
+def _alpha_opaque(im: Image.Image, path: str | os.PathLike[str] | None = None) -> bool | None:
     """Whether ``im`` is opaque everywhere: its alpha channel (a Pillow mode of
     :data:`_ALPHA_MODES`; 16-bit PNGs too: Pillow's high byte) is, or no pixel has its
     transparent colour (``tRNS``, GIF: a palette index of alpha under 255 that some pixel uses, a
-    gray or RGB colour that some pixel has). None for an image without either, or a transparent
-    colour of a mode not told here. Decodes ``im`` if it is not yet loaded."""
+    gray or RGB colour that some pixel has; ``path``, the file ``im`` was read from, tells the
+    transparent gray of a 1, 2 or 4-bit gray PNG on the scale Pillow decodes it to:
+    :func:`_png_low_gray_scale`). None for an image without either, or a transparent colour of
+    a mode not told here. Decodes ``im`` if it is not yet loaded."""
     if im.mode in _ALPHA_MODES:
         band = "A" if "A" in im.getbands() else im.getbands()[-1]
         low, high = im.getchannel(band).getextrema()
@@ -586,7 +606,9 @@ def _alpha_opaque(im: Image.Image) -> bool | None:
         used = [i for i, n in enumerate(im.histogram()[:256]) if n]
         return all(alphas[i] >= 255 for i in used if i < len(alphas))
     if im.mode in ("L", "I", "I;16", "I;16B", "I;16L") and isinstance(key, int):
-        return not bool((np.asarray(im) == key).any())
+        scale = _png_low_gray_scale(path) if im.mode == "L" else 1
+        return not bool((np.asarray(im) == key * scale).any())
     if im.mode == "RGB" and isinstance(key, tuple) and len(key) == 3:
-        return not bool((np.asarray(im) == np.asarray(key, np.uint8)).all(axis=-1).any())
+        # int64: a (malformed) 16-bit value in an 8-bit file's tRNS, which no pixel has
+        return not bool((np.asarray(im) == np.asarray(key, np.int64)).all(axis=-1).any())
     return None

@@ -489,7 +489,7 @@ def _read_low(path: str | os.PathLike[str], opaque: dict[str, bool | None] | Non
     image (None without alpha)."""
     im = open_image(path)
     if opaque is not None:
-        opaque[os.fspath(path)] = _alpha_opaque(im)
+        opaque[os.fspath(path)] = _alpha_opaque(im, path)
     try:
         return _low_array(im, path)
     except (ValueError, OSError) as e:  # Pillow's convert of a mode it has no conversion for
