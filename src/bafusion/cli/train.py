@@ -341,7 +341,8 @@ def _resume_advice(args: argparse.Namespace, started: float, run: dict[str, Any]
 def _finished_rerun(args: argparse.Namespace, last: Path, run: dict[str, Any]) -> str:
     """What a rerun does beside an older finished run's ``last`` (of this run's fingerprint, or
     one not known yet: ``run`` as for :func:`_same_run`): it writes that run's model again
-    without training where its outputs are missing or only ``train.keep`` differs (unless a
+    without training where its outputs are missing, replaced by another training's model
+    (:func:`bafusion.nets.train._written_by_another`) or only ``train.keep`` differs (unless a
     setting that changes the weights differs: device type, CPU threads, ``compile``, torch
     version, see :func:`bafusion.nets.train._not_restorable`), else trains from scratch."""
     unknown = (f"rerun the same command: no checkpoint was saved yet by this run, so it trains from scratch, or, if "
