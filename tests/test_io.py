@@ -1712,6 +1712,14 @@ def test_a_colour_jpeg_is_written_4_4_4_or_with_the_subsampling_given(tmp_path: 
     for name, number in (("4:4:4", 0), ("4:2:2", 1), ("4:2:0", 2)):
         write_image(tmp_path / "s.jpg", img, subsampling=name)
         assert sampling(tmp_path / "s.jpg") == number and source_subsampling(tmp_path / "s.jpg") == name
+    # a 4:2:2 portrait shot turned by its orientation is 4:4:0 as read: 4:2:2 would halve its
+    # colour both ways; 4:2:0 is halved both ways whichever way it is turned
+    for orientation, name, told in ((6, "4:2:2", None), (8, "4:2:2", None), (3, "4:2:2", "4:2:2"),
+                                    (6, "4:2:0", "4:2:0"), (6, "4:4:4", "4:4:4")):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(img).save(tmp_path / "o.jpg", quality=95, subsampling=name, exif=exif.tobytes())
+        assert source_subsampling(tmp_path / "o.jpg") == told, (orientation, name)
     write_image(tmp_path / "g.jpg", img[..., 0], subsampling="4:2:0")  # gray: none, not refused
     assert source_subsampling(tmp_path / "g.jpg") is None
     write_image(tmp_path / "p.png", img, subsampling="4:2:0")  # not used by a PNG

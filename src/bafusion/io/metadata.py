@@ -354,8 +354,11 @@ _SAMPLING_NAMES = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
 def source_subsampling(path: str | os.PathLike[str]) -> str | None:
     """The chroma subsampling of a colour JPEG: ``"4:4:4"``, ``"4:2:2"`` or ``"4:2:0"``
     (:func:`PIL.JpegImagePlugin.get_sampling`); None for another format, a gray or CMYK JPEG, a
-    sampling of another kind (4:1:1, 4:4:0) or a file that cannot be opened. A JPEG output
-    of a fusion is written with the first source's (:func:`output_metadata`): a 4:4:4 camera
+    sampling of another kind (4:1:1, 4:4:0) or a file that cannot be opened; None too for a
+    4:2:2 JPEG whose EXIF orientation turns it by 90 degrees (orientations 5 to 8, a portrait
+    shot of a 4:2:2 camera): as read, turned, its colour is halved vertically (4:4:0), not
+    horizontally, and written 4:2:2 it would be halved both ways. A JPEG output of a fusion is
+    written with the first source's (:func:`output_metadata`; None: 4:4:4): a 4:4:4 camera
     JPEG's colour detail is not halved.
 
     Parameters
@@ -373,7 +376,10 @@ def source_subsampling(path: str | os.PathLike[str]) -> str | None:
         with _quiet_pillow(), pillow_open(path) as im:
             if im.format not in ("JPEG", "MPO"):
                 return None
-            return _SAMPLING_NAMES.get(JpegImagePlugin.get_sampling(im))
+            name = _SAMPLING_NAMES.get(JpegImagePlugin.get_sampling(im))
+            if name == "4:2:2" and header_orientation(im, path) in _TURNING:  # read turned: 4:4:0
+                return None
+            return name
     except MemoryError:
         raise
     except Exception:  # noqa: BLE001 - the reader reports what it cannot open
