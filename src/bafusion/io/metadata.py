@@ -394,7 +394,9 @@ def output_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     ICC profile, resolution (:func:`source_dpi`), PNG colour chunks (:func:`source_png_colour`)
     and, for a JPEG output, its chroma subsampling (:func:`source_subsampling`), each where the
     output's format holds it (:func:`written_metadata`). Without the profile, colour-managed
-    viewers show a wide-gamut (Display P3, Adobe RGB) shot's fusion as sRGB: desaturated.
+    viewers show a wide-gamut (Display P3, Adobe RGB) shot's fusion as sRGB: desaturated. Not
+    the significant bits of a uint16 fusion (PNG ``sBIT``, which ``bafusion fuse`` writes from
+    all the shots: :func:`write_image`'s ``bits``), which are no metadata of the first shot.
 
     Parameters
     ----------
