@@ -955,6 +955,7 @@ def test_fuse_warns_what_the_command_line_says_of_the_files_colours(tmp_path: Pa
             warnings.simplefilter("always")
             bafusion.fuse(*sources, **kw)
         assert all(w.category is FusionNoteWarning for w in got), [str(w.message) for w in got]
+        assert all(w.filename == __file__ for w in got), [w.filename for w in got]  # stacklevel: the caller's line
         return [str(w.message) for w in got]
 
     assert notes(pa, pb) == [f"{pb} has a different colour profile from {pa} (both 'sRGB built-in', of different "
