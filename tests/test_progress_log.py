@@ -22,15 +22,15 @@ def _stamped(lines: list[str], command: str, rest: str) -> list[str]:
     return [line for line in lines if pattern.fullmatch(line)]
 
 
-def _one_pair(folder: Path) -> Path:
-    """``folder`` holding one pair ``p`` of 64x64 px shots for fuse-dir: A sharp on the left, B on the right."""
+def _one_pair(folder: Path, side: int = 64) -> Path:
+    """``folder`` holding one pair ``p`` of ``side`` px square shots for fuse-dir: A sharp on the left, B on the right."""
     from scipy import ndimage
 
-    scene = ndimage.gaussian_filter(np.random.default_rng(3).random((64, 64)), 1.5)
+    scene = ndimage.gaussian_filter(np.random.default_rng(3).random((side, side)), 1.5)
     scene = (scene - scene.min()) / np.ptp(scene)
     blur = ndimage.gaussian_filter(scene, 2)
     folder.mkdir(parents=True)
-    for n, half in zip("AB", (slice(32, None), slice(None, 32))):
+    for n, half in zip("AB", (slice(side // 2, None), slice(None, side // 2))):
         shot = scene.copy()
         shot[:, half] = blur[:, half]
         Image.fromarray(np.round(shot * 255).astype(np.uint8)).save(folder / f"p-{n}.png")
@@ -329,3 +329,93 @@ def test_unstamped_drops_the_time_of_stamped_lines_however_the_bytes_come() -> N
         assert shown == want, (size, shown)
     u = Unstamped()
     assert u.feed(b"2026-12") == b"" and u.flush() == b"2026-12"  # held back while it may be a stamp
+
+
+def _working_params(folder: Path) -> Path:
+    """A params file that decides the test's 128x128 px pair at a working size (64x64 px), as a
+    camera-size pair is decided at 640 px (``fuse.working_above`` 0)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "params.yaml"
+    path.write_text("fuse:\n  working_side: 64\n  working_above: 0\n  working_min: 0\n")
+    return path
+
+
+def test_fuse_in_a_log_names_each_step_of_a_camera_size_pairs_fusion(tmp_path: Path, tiny_nets: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A 24 MP pair's log printed nothing for 48 s (load ~12) from "fusing 2 images" to
+    "writing": the exposure matching and the fusing bar each ended within the 30 s before a
+    bar's first plain line, and the small regions and the composite (4 s) had none. Each step
+    that takes seconds at camera size is now a line after the local time as it starts (the
+    pair here, 128x128 px, counted as camera-size: PROGRESS_MIN_PIXELS and
+    STEP_LINES_MIN_PIXELS lowered; decided at a working size as a camera's pair is)."""
+    import bafusion.cli.fusion as cli_fusion
+    import bafusion.fusion.rule as rule
+    import bafusion.progress as progress
+
+    src = _one_pair(tmp_path / "in", 128)
+    out = tmp_path / "f.png"
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)
+    monkeypatch.setattr(cli_fusion, "STEP_LINES_MIN_PIXELS", 2 * 128 * 128)
+    monkeypatch.setattr(rule, "PROGRESS_MIN_PIXELS", 128 * 128, raising=False)
+    capsys.readouterr()
+    assert cli_main(["fuse", str(src / "p-A.png"), str(src / "p-B.png"), "-o", str(out), "--model", str(tiny_nets),
+                     "--device", "cpu", "--params", str(_working_params(tmp_path))]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    said = [line.split("bafusion fuse: ", 1)[1] for line in lines
+            if re.fullmatch(rf"{STAMP} bafusion fuse: .* \.\.\.", line)]
+    fusing = said.index("fusing 2 images ...")
+    want = ["matching the exposures", "the nets at 64x64 px", "the maps at full size, 128x128 px",
+            r"refining the boundary band, \d+ tiles?", "removing small regions and compositing", re.escape(f"writing {out}")]
+    assert len(said) == fusing + 1 + len(want), lines
+    for got, step in zip(said[fusing + 1:], want):
+        assert re.fullmatch(rf"{step} \.\.\.", got), (step, lines)
+
+
+def test_the_fusing_bar_counts_each_step_by_its_measured_cost_up_to_the_small_regions(
+        tiny_nets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal the fusing bar of a 24 MP pair counted its four steps alike: after the
+    first (2.3 s of 24.9) it said 6 s were left for 19, and it sat full for the small regions
+    and the composite (3.8 s). Now one bar holds the five steps, each advancing it by its
+    share of the measured time (working.FUSING_STEP_SECONDS), and it fills when they end."""
+    import bafusion.fusion.rule as rule
+    import bafusion.fusion.working as working
+    from bafusion.fusion import FusionParams, fuse_images, load_nets_from_dir
+
+    bars: list[object] = []
+
+    class Bar:  # what the bar was told, and how far it was at each step's start
+        def __init__(self, total: int, desc: str) -> None:
+            self.total, self.desc, self.n, self.seen = total, desc, 0.0, []
+
+        def __enter__(self) -> "Bar":
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            bars.append(self)
+
+        def update(self, n: float = 1) -> None:
+            self.n += n
+
+        def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+            self.seen.append((re.split(r" at |, ", s)[0], self.n / self.total))
+
+    def fake(total: int, pixels: int, progress: bool | None, desc: str = "fusing", **kw: object) -> Bar:
+        return Bar(total, desc)
+
+    monkeypatch.setattr(rule, "progress_bar", fake)
+    monkeypatch.setattr(working, "progress_bar", fake)
+    src = _one_pair(Path(tiny_nets).parent / "in", 128)
+    a, b = (np.asarray(Image.open(src / f"p-{n}.png")) for n in "AB")
+    fuse_images(a, b, load_nets_from_dir(tiny_nets, "cpu"), FusionParams(working_side=64, working_above=0, working_min=0))
+    (bar,) = [x for x in bars if x.desc == "fusing"]
+    shares = dict(bar.seen)
+    assert shares["boundary net"] < 0.2 and 0.5 < shares["small regions"] < 1, bar.seen  # was 0.25, and no step
+    seconds = dict(working.FUSING_STEP_SECONDS)
+    total, before = sum(seconds.values()), 0.0
+    want = []
+    for name, s in working.FUSING_STEP_SECONDS:
+        want.append((name, pytest.approx(before / total)))
+        before += s
+    assert bar.seen == want  # after the initial net 2.3/24.9 = 9 % done, not 25 %; 85 % at the small regions
+    assert bar.n == pytest.approx(bar.total)

@@ -506,7 +506,8 @@ def fuse_shots(images: Sequence[np.ndarray], nets, params, names: Sequence[str],
                step: Callable[[str], None] | None = None):
     """Fuse registered uint8 shots by ``params.stack_rule``: a list of per-step results
     (pairs, and stacks under ``chain``) or a :class:`bafusion.fusion.stack.StackResult` (``joint``);
-    ``step`` is called with a line naming each step of a stack of three or more as it starts."""
+    ``step`` is called with a line naming each step of a stack of three or more as it starts, and
+    each step of a camera-size pair's fusion (:func:`bafusion.fusion.fuse_stack`)."""
     from bafusion.fusion.rule import fuse_stack
 
     if len(images) > 2 and params.stack_rule == "joint":

@@ -22,6 +22,7 @@ Focal stacks: ``A B C ...`` are fused one into the next, ``F1 = fuse(A, B)``,
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +38,8 @@ from bafusion.fusion.exposure import MATCH_STEPS, apply_gains, colour_gains, exp
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.working import (
+    FUSING_STEP_SECONDS,
+    PROGRESS_MIN_PIXELS,
     decide_upscaled,
     decide_working,
     patch_note,
@@ -375,10 +378,13 @@ def dtype_hint(x: np.ndarray, wide: bool = True) -> str:
 
 
 def _fuse_pair(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionParams | Mapping[str, Any] | None,
-               names: tuple[str, str], progress: bool | None, note_patch: bool = True) -> FusionResult:
+               names: tuple[str, str], progress: bool | None, note_patch: bool = True,
+               step: Callable[[str], None] | None = None) -> FusionResult:
     """:func:`fuse_images` on torch's threads as they are set (the command line sets them).
     ``note_patch`` False: no :func:`patch_note` (a chain's steps: :func:`fuse_stack` notes the
-    stack once)."""
+    stack once). ``step``: called with a line naming each step that takes seconds at camera
+    size as it starts (matching the exposures, the nets, the full-size maps, the band, the small
+    regions), for pairs of :data:`~bafusion.fusion.working.PROGRESS_MIN_PIXELS` or more."""
     params = checked_params(params)
     _check_nets(nets)
     a, b = source_channels(a, names[0]), source_channels(b, names[1])
@@ -389,11 +395,14 @@ def _fuse_pair(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionPar
     both_colour = a.ndim == 3 and b.ndim == 3  # a gray shot beside a colour one: noted apart
     a, b = _match_channels(a, b)
     t_pre: dict[str, float] = {}  # counted in the fusing time: a camera-size pair's seconds
+    # a log heard nothing from "fusing" to "writing" (48 s for a 24 MP pair under load): each step said
+    say = step if step is not None and a.shape[0] * a.shape[1] >= PROGRESS_MIN_PIXELS else (lambda text: None)
     t0 = time.perf_counter()
     ga, gb = to_gray_u8(a), to_gray_u8(b)
     t_pre["gray"] = time.perf_counter() - t0
     if params.exposure_match == "linear":  # the nets score B at A's exposure
         t0 = time.perf_counter()
+        say("matching the exposures")
         with progress_bar(MATCH_STEPS, ga.size, progress, desc="matching exposure") as bar:  # as the fusion's bar
             gb = match_exposure(ga, gb, step=params.exposure_fit_step, bar=bar)
         t_pre["exposure"] = time.perf_counter() - t0
@@ -408,21 +417,31 @@ def _fuse_pair(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionPar
     t_pre["colour"] = time.perf_counter() - t0
     note = patch_note(ga.shape, params, nets.patch_initial, names) if note_patch else None
     notes += [note] if note else []
-    if uses_working(ga.shape, params):
-        s0, mean, near, s1, t = decide_working(ga, gb, nets, params, progress=progress)
-    elif uses_upscale(ga.shape, params):
-        with progress_bar(2, ga.size, progress) as bar:  # shown only when asked for: the pair is small
-            bar.set_postfix_str("initial net (upscaled)")
-            s0, mean, near, s1, t = decide_upscaled(ga, gb, nets, params, bar=bar)
-    else:
-        with progress_bar(2, ga.size, progress) as bar:  # shown for large pairs fused at full size
-            bar.set_postfix_str("initial net")
-            s0, mean, near, s1, t = decide(ga, gb, nets, params, bar=bar)
-    t0 = time.perf_counter()
-    dm_raw = s1 > params.threshold
-    dm = remove_small_regions(dm_raw, params.min_region)
-    fused = fuse_with_map(a, b, dm)
-    t["post"] = time.perf_counter() - t0
+    with contextlib.ExitStack() as held:
+        bar = None
+        if uses_working(ga.shape, params):
+            # one bar for the decision and the small regions (a 24 MP pair's last 4 s), each step
+            # advancing it by its share of the time (working.FUSING_STEP_SECONDS)
+            bar = held.enter_context(progress_bar(len(FUSING_STEP_SECONDS), ga.size, progress, fractional=True))
+            s0, mean, near, s1, t = decide_working(ga, gb, nets, params, bar=bar, step=say)
+        elif uses_upscale(ga.shape, params):
+            with progress_bar(2, ga.size, progress) as bar2:  # shown only when asked for: the pair is small
+                bar2.set_postfix_str("initial net (upscaled)")
+                s0, mean, near, s1, t = decide_upscaled(ga, gb, nets, params, bar=bar2)
+        else:
+            with progress_bar(2, ga.size, progress) as bar2:  # shown for large pairs fused at full size
+                bar2.set_postfix_str("initial net")
+                s0, mean, near, s1, t = decide(ga, gb, nets, params, bar=bar2)
+        t0 = time.perf_counter()
+        say("removing small regions and compositing")
+        if bar is not None:
+            bar.set_postfix_str("small regions")
+        dm_raw = s1 > params.threshold
+        dm = remove_small_regions(dm_raw, params.min_region)
+        fused = fuse_with_map(a, b, dm)
+        t["post"] = time.perf_counter() - t0
+        if bar is not None:
+            bar.update(bar.total - bar.n)
     return FusionResult(fused, s0, mean, near, s1, dm_raw, dm, {**t_pre, **t}, notes,
                         gains if params.match_output_exposure else None)
 
@@ -463,7 +482,11 @@ def fuse_stack(
     step : callable, optional
         Called with a line naming each step as it starts ("step 2/9: fusing c.png into the
         fusion of a.png and b.png"; the shots by file name), for three or more shots: a long
-        stack said nothing from its start to its end.
+        stack said nothing from its start to its end; and, for shots of
+        :data:`~bafusion.fusion.working.PROGRESS_MIN_PIXELS` or more, with each step of a pair's
+        fusion that takes seconds at camera size ("matching the exposures", "the nets at
+        640x427 px", "the maps at full size, 6000x4000 px", "refining the boundary band, 89
+        tiles", "removing small regions and compositing").
 
     Returns
     -------
@@ -486,7 +509,8 @@ def fuse_stack(
     for i in range(1, len(images)):
         if step is not None and len(images) > 2:
             step(f"step {i}/{len(images) - 1}: fusing {short[i]} into {fusion_name(short[:i])}")
-        res = _fuse_pair(cur, images[i], nets, params, (fusion_name(names[:i]), names[i]), progress, note_patch=False)
+        res = _fuse_pair(cur, images[i], nets, params, (fusion_name(names[:i]), names[i]), progress, note_patch=False,
+                         step=step)
         results.append(res)
         cur = res.fused
     # one note for the stack (its steps all have its size), not one a step: "the 5 shots a.png to e.png"

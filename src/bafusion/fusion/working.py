@@ -50,6 +50,7 @@ and BENCHMARKS.md ("Camera resolution").
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -62,7 +63,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from bafusion.fusion.models import FusionNets
     from bafusion.fusion.params import FusionParams
@@ -79,6 +80,62 @@ MAX_UPSCALE = 2.0
 #: Pixels above which a fusion shows a progress bar (when stderr is a terminal): about
 #: 4 megapixels, a few seconds on a 2-core CPU.
 PROGRESS_MIN_PIXELS = 4_000_000
+
+#: The steps of a camera-size pair's fusing bar (:func:`decide_working`, then the small
+#: regions and the composite of :func:`bafusion.fusion.fuse_images`) with the seconds each took
+#: for a 24 MP pair (6000x4000, 90 photos tiled, one focus boundary; a pseudo-terminal, one
+#: torch thread, one run under load ~12, session 33's probe): the bar advances by these shares,
+#: so its time left is right from the first step. Counted alike, the first step (2.3 s of 24.9)
+#: promised 6 s for the 19 s left, and the bar sat full for the last 3.8 s.
+FUSING_STEP_SECONDS = (("initial net", 2.3), ("boundary net", 8.7), ("full size", 6.4), ("band", 3.7),
+                       ("small regions", 3.8))
+
+
+def fusing_weights(post: bool = True) -> list[float]:
+    """What each step of the fusing bar (:data:`FUSING_STEP_SECONDS`) advances it by, in
+    steps of the average cost: they sum to the number of steps.
+
+    Parameters
+    ----------
+    post : bool
+        With the small regions and the composite (the bar of :func:`bafusion.fusion.fuse_images`,
+        five steps); False: :func:`decide_working`'s own bar, four steps.
+
+    Returns
+    -------
+    list of float
+        One weight a step, in order.
+    """
+    w = [s for _, s in FUSING_STEP_SECONDS][: 5 if post else 4]
+    return [len(w) * x / sum(w) for x in w]
+
+
+class _WeightedBar:
+    """A tqdm bar's stand-in whose steps advance it by their weights: ``update(1)`` ends the
+    current step, ``update(f)`` a fraction ``f`` of it (the band's tiles)."""
+
+    def __init__(self, bar, weights: Sequence[float]) -> None:
+        self.bar, self.weights = bar, list(weights)
+        self.k, self.frac = 0, 0.0
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.bar.set_postfix_str(s, refresh=refresh)
+
+    def update(self, n: float = 1) -> None:
+        while n > 1e-12 and self.k < len(self.weights):
+            take = min(n, 1.0 - self.frac)
+            n -= take
+            self.frac += take
+            if self.frac >= 1.0 - 1e-9:  # the step's end: exactly at the sum of the weights so far
+                self.k, self.frac = self.k + 1, 0.0
+                self.bar.update(sum(self.weights[: self.k]) - self.bar.n)
+            else:
+                self.bar.update(self.weights[self.k] * take)
+
+    def end_step(self) -> None:
+        """The current step done, whatever fraction of it was counted."""
+        if self.k < len(self.weights):
+            self.update(1.0 - self.frac)
 
 
 #: Widest frame (long side, short side) whose working resolution is set by its long side:
@@ -398,6 +455,9 @@ def decide_working(
     nets: "FusionNets",
     params: "FusionParams",
     progress: bool | None = None,
+    *,
+    bar=None,
+    step: "Callable[[str], None] | None" = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
     """Steps 1-3 of the fusion rule at the working resolution, refined at full resolution.
 
@@ -411,7 +471,17 @@ def decide_working(
         ``working_side`` (:func:`working_resolution`), ``working_band`` and ``working_refine``
         as in the module docstring; the other fields apply at the working resolution.
     progress : bool or None
-        The progress bar (:func:`progress_bar`).
+        The progress bar (:func:`progress_bar`): four steps, each advancing it by its share of
+        the time (:func:`fusing_weights`).
+    bar : tqdm bar, optional
+        A bar of five steps to advance instead (``progress`` unused): the first four by
+        :func:`fusing_weights` with the small regions, whose step the caller ends
+        (:func:`bafusion.fusion.fuse_images`, so that the bar is not full before they are).
+    step : callable, optional
+        Called with a line naming each step as it starts (``"the nets at 640x427 px"``, ``"the
+        maps at full size, 6000x4000 px"``, ``"refining the boundary band, 89 tiles"``): a log
+        says where a camera-size pair's tens of seconds go, where the bar prints a line at most
+        every 30 s.
 
     Returns
     -------
@@ -431,14 +501,19 @@ def decide_working(
     # four steps: the two nets, the upsampling, the band; the band's tiles (found only after the
     # nets, 0.06 s each against seconds a net) share its step, so the bar never goes back (it
     # went from 3/4 to 3/38, 75 % to 8 %, with the nets' rate promising minutes for the tiles)
-    with progress_bar(4, h * w, progress, fractional=True) as bar:
+    say = step if step is not None else (lambda text: None)
+    with (contextlib.nullcontext(bar) if bar is not None else
+          progress_bar(4, h * w, progress, fractional=True)) as outer:
+        bar = _WeightedBar(outer, fusing_weights(post=outer.total == len(FUSING_STEP_SECONDS)))
         t0 = time.perf_counter()
+        say(f"the nets at {ws}x{hs} px")
         bar.set_postfix_str(f"initial net at {ws}x{hs}")
         sa, sb = resize_gray(ga, (hs, ws)), resize_gray(gb, (hs, ws))
         s0w, meanw, _nearw, s1w, _ = decide(sa, sb, nets, replace(params, working_side=0, working_above=0), bar=bar)
         t["working"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        say(f"the maps at full size, {w}x{h} px")
         bar.set_postfix_str("full size")
         z = _upsample(_logit(s1w), (h, w))
         t_logit = math.log(params.threshold / (1 - params.threshold))
@@ -451,6 +526,7 @@ def decide_working(
         bar.update(1)
 
         tiles = _tiles(band, BAND_TILE) if params.working_refine != "none" else []
+        say(f"refining the boundary band, {len(tiles)} tile{'' if len(tiles) == 1 else 's'}")
         bar.set_postfix_str(f"band, {len(tiles)} tiles")
         radius = max(1, round(2 * k))
         pb = nets.patch_boundary
@@ -479,7 +555,7 @@ def decide_working(
             out[tsel] = np.clip(q[r0 - R0 : r1 - R0, c0 - C0 : c1 - C0][tsel], 0, 1)
             if i < len(tiles):
                 bar.update(1.0 / len(tiles))
-        bar.update(bar.total - bar.n)  # the last tile (or none) completes the band's step, exactly
+        bar.end_step()  # the last tile (or none) completes the band's step, exactly
         t["band"] = time.perf_counter() - t0
     return s0, mean, band, s1, t
 
@@ -496,6 +572,8 @@ __all__ = [
     "upscale_side",
     "uses_upscale",
     "decide_working",
+    "FUSING_STEP_SECONDS",
+    "fusing_weights",
     "guided_filter",
     "progress_bar",
     "uses_working",
