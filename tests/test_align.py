@@ -499,11 +499,16 @@ def test_align_images_names_its_steps_the_levels_and_channels_of_camera_size_sho
     levels = len(align._pyramid(np.zeros((900, 1200))))
     assert said == [
         "shot 2 of 2: estimating its motion (similarity)",
-        "shot 2 of 2: estimating its motion (similarity), blurring and reducing both shots",
+        "shot 2 of 2: estimating its motion (similarity), blurring and reducing the first shot",
+        "shot 2 of 2: estimating its motion (similarity), blurring and reducing the second shot",
         f"shot 2 of 2: estimating its motion (similarity), level {levels} of {levels} (1200x900 px)",
+        # the check of an estimate of more than SUPPORT_PX and the coverage: 21 and 27 s without a
+        # word after the last level and the last channel at 24 MP (load ~12)
+        "shot 2 of 2: estimating its motion (similarity), checking it against the shots' detail",
         "shot 2 of 2: resampling (quintic spline), channel 1 of 3",
         "shot 2 of 2: resampling (quintic spline), channel 2 of 3",
         "shot 2 of 2: resampling (quintic spline), channel 3 of 3",
+        "shot 2 of 2: finding the area it covers",
         "shot 2 of 2: judging the match",
     ], said
     small = _texture(9, 96, 120)  # below STEP_MIN_PIXELS: one line a step, no levels nor channels

@@ -628,6 +628,35 @@ def test_uint8_gray_equals_matlab_order_on_every_colour() -> None:
         assert np.abs(gray_float(rgb) - seq).max() < 1e-12
 
 
+def test_gray_float_by_blocks_of_rows_is_the_one_piece_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gray_float made a shot's whole float64 colour copy (576 MB at 24 MP, three times for
+    ``--align``); it converts a block of rows at a time now, and must give the same bits as the
+    one-piece product (shapes that split into uneven blocks, RGBA, float input)."""
+    import bafusion.io.convert as convert
+
+    rng = np.random.default_rng(5)
+    shots = [rng.integers(0, 256, (1001, 757, 3), dtype=np.uint8), rng.integers(0, 256, (1001, 757, 4), dtype=np.uint8),
+             rng.integers(0, 256, (3, 2, 3), dtype=np.uint8), rng.random((37, 53, 3)) * 255,
+             rng.integers(0, 256, (0, 5, 3), dtype=np.uint8)]
+    for block in (convert._DOT_BLOCK_BYTES, 3 * 8 * 757 * 7, 1):  # as shipped, 7 rows, one row
+        monkeypatch.setattr(convert, "_DOT_BLOCK_BYTES", block)
+        for x in shots:
+            got = gray_float(x)
+            assert got.dtype == np.float64 and got.shape == x.shape[:2]
+            assert np.array_equal(got, x[..., :3].astype(np.float64) @ RGB2GRAY), (block, x.shape)
+    import tracemalloc
+
+    x = rng.integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+    monkeypatch.setattr(convert, "_DOT_BLOCK_BYTES", 1 << 20)
+    tracemalloc.start()
+    try:
+        gray_float(x)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 12e6, peak  # the 8 MB result and a block, not the 24 MB float64 colour copy
+
+
 def test_gray_of_gray_alpha_and_bad_shapes(rgb) -> None:
     g = rgb[..., 0]
     assert to_gray_u8(g) is not g and np.array_equal(to_gray_u8(g), g)

@@ -432,7 +432,9 @@ def corner_rms(m: np.ndarray, shape: tuple[int, ...], other: np.ndarray | None =
 def _gray(img: np.ndarray) -> np.ndarray:
     a = np.asarray(img)
     g = gray_float(a) if a.ndim == 2 or a.shape[2] in (1, 3, 4) else a[..., 0].astype(np.float64)
-    return g / (255.0 if a.dtype == np.uint8 else 1.0)
+    if a.dtype == np.uint8:
+        g /= 255.0  # in place: the same values, without another 192 MB at 24 MP
+    return g
 
 
 def clipped_regions(img: np.ndarray) -> np.ndarray | None:
@@ -731,9 +733,12 @@ def _estimate(g_ref: np.ndarray, g_mov: np.ndarray, ref_clip: np.ndarray | None,
     coarser levels take a fraction of a second)."""
     from skimage.registration import phase_cross_correlation
 
-    if step is not None and g_ref.size >= STEP_MIN_PIXELS:
-        step("blurring and reducing both shots")
+    big = step is not None and g_ref.size >= STEP_MIN_PIXELS
+    if big:  # a step each: both in one were 35-47 s without a word at 24 MP (load ~12)
+        step("blurring and reducing the first shot")
     ref_p = _pyramid(ndimage.gaussian_filter(g_ref, sigma) if sigma > 0 else g_ref)
+    if big:
+        step("blurring and reducing the second shot")
     mov_p = _pyramid(ndimage.gaussian_filter(g_mov, sigma) if sigma > 0 else g_mov)
     shape0 = ref_p[0].shape
     top = len(ref_p) - 1
@@ -773,6 +778,8 @@ def _estimate(g_ref: np.ndarray, g_mov: np.ndarray, ref_clip: np.ndarray | None,
     est = to_px(w_norm)
     if not check or corner_rms(est, shape0) <= SUPPORT_PX or not np.all(np.isfinite(est)):
         return est
+    if step is not None and g_ref.size >= STEP_MIN_PIXELS:
+        step("checking it against the shots' detail")
     # the finest level's samples with the most detail must bear the estimate out (SUPPORT_PX)
     n_to_px = np.linalg.inv(_level_matrix(shape0, 0))
     eye = np.eye(3)
@@ -1037,8 +1044,12 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
         (similarity)"``, ``"shot 2 of 2: estimating its motion (similarity), level 7 of 7
         (6000x4000 px)"``, ``"shot 2 of 2: resampling (quintic spline), channel 1 of 3"``,
         ``"shot 2 of 2: judging the match"``: a 24-megapixel pair takes a minute or more (the
-        levels and channels of at least :data:`STEP_MIN_PIXELS` are named; measured at 24 MP on a
-        loaded CPU, none of the steps took more than 14 s).
+        levels and channels of at least :data:`STEP_MIN_PIXELS` are named, and for such shots
+        the blurring of each, the check of an estimate against their detail and the area a
+        warped shot covers). Measured on a 24 MP pair moved by (9, 14) px (one run, a 2-core
+        CPU under load ~12, so several times its idle time): the steps took 2-33 s each, the
+        longest the second shot's blurring and reducing with the coarse levels' fit; the
+        quintic warp's channels 22-29 s each; 3 min 20 s in all.
 
     Returns
     -------
@@ -1127,6 +1138,8 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
             out.append(warp_to_first(im, m, (h, w), order=order, step=sub) if pre is None else
                        _to_frame(im, m @ pre, (h, w), order, sub))
             clips.append(False)
+            if h * w >= STEP_MIN_PIXELS:
+                say(i, "finding the area it covers")
             common &= coverage(transforms[-1], (h, w), (size[1], size[0]))
     crop = (0, 0, w, h) if common.all() else largest_rectangle(common)
     x0, y0, x1, y1 = crop
