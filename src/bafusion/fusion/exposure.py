@@ -89,14 +89,36 @@ def fit_exposure(ga: np.ndarray, gb: np.ndarray, sigma: float = SIGMA, step: int
         bar.update(1)
     m = int(2 * sigma)
     if min(ga.shape) > 4 * m:
-        la, lb = la[m:-m, m:-m], lb[m:-m, m:-m]
+        la, lb = _cropped_in_place(la, m), _cropped_in_place(lb, m)
     la, lb = la.ravel(), lb.ravel()
-    sa, sb = float(la.std()), float(lb.std())
+    # numpy's std, mean and the correlation's mean, the same sums in the same order (so the same
+    # bits), each shot's deviations made once, in place, and one square buffer: a 24 MP pair's
+    # std made its own deviations, and the correlation made them again
+    n = la.size
+    ma, mb = la.mean(), lb.mean()
+    la -= ma
+    lb -= mb
+    sq = np.multiply(la, la)
+    sa = float(np.sqrt(sq.sum() / n))
+    sb = float(np.sqrt(np.multiply(lb, lb, out=sq).sum() / n))
     if sa < 1e-6 or sb < 1e-6:
         return 1.0, 0.0, 0.0
-    corr = float(((la - la.mean()) * (lb - lb.mean())).mean() / (sa * sb))
+    corr = float(np.multiply(la, lb, out=sq).mean() / (sa * sb))
     gain = sa / sb
-    return gain, float(la.mean() - gain * lb.mean()), corr
+    return gain, float(ma - gain * mb), corr
+
+
+def _cropped_in_place(x: np.ndarray, m: int) -> np.ndarray:
+    """``x[m:-m, m:-m]`` as a contiguous array in ``x``'s own memory (``x`` is overwritten):
+    its rows moved forward one at a time. ``ravel`` of the cropped view copied each shot's
+    low-pass (192 MB at 24 MP, about 0.5 s of CPU each)."""
+    h, w = x.shape
+    hc, wc = h - 2 * m, w - 2 * m
+    flat = x.reshape(-1)
+    for r in range(hc):  # row r's crop lies at or after its destination: moved forward, in order
+        src = (r + m) * w + m
+        flat[r * wc:(r + 1) * wc] = flat[src:src + wc]
+    return flat[: hc * wc].reshape(hc, wc)
 
 
 #: Steps of the ``bar`` of :func:`match_exposure`: the two low-pass filters, the mapping.
