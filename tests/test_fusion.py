@@ -628,6 +628,102 @@ def test_small_region_removal_gives_skimages_maps(seed: int) -> None:
                                               _skimage_small_regions(dm, min_region))
 
 
+def _unsure_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 100x100 map (min_region 0.01 = 100 px, unsure_region 0.03 = 300 px): A on the left
+    half, B on the right; in B's half an island of A of 2 % (200 px) where the initial net was
+    unsure (s0 0.55), one of 2 % where it was confident (s0 0.98), one under 1 % (64 px, s0
+    0.99); in A's half a hole of B of 2 % where it was unsure (s0 0.4). Returns the map, s0 and
+    the map expected with unsure_region 0.03, unsure_confidence 0.75."""
+    dm = np.zeros((100, 100), bool)
+    s0 = np.full((100, 100), 0.02)
+    dm[:, :50] = True
+    s0[:, :50] = 0.98
+    dm[5:15, 60:80] = True  # unsure island of A, 200 px
+    s0[5:15, 60:80] = 0.55
+    dm[40:50, 60:80] = True  # confident island of A, 200 px
+    s0[40:50, 60:80] = 0.98
+    dm[80:88, 60:68] = True  # island under min_region, 64 px, confident
+    s0[80:88, 60:68] = 0.99
+    dm[60:70, 10:30] = False  # unsure hole of B, 200 px
+    s0[60:70, 10:30] = 0.4
+    want = np.zeros((100, 100), bool)
+    want[:, :50] = True
+    want[40:50, 60:80] = True  # the confident island stays
+    return dm, s0, want
+
+
+def test_unsure_regions_are_removed_and_confident_ones_kept() -> None:
+    """``fuse.unsure_region`` 0.03: regions of 2 % whose mean |2 s0 - 1| is under 0.75 (an
+    island of A, conf 0.1, and a hole of B, conf 0.2) are flipped, a confident island of 2 %
+    (conf 0.96) is kept, and an island under min_region (1 %) goes as today, however confident.
+    Without the option (today's rule) both unsure regions stay."""
+    from bafusion.fusion.rule import clean_decision, remove_unsure_regions
+
+    dm, s0, want = _unsure_scene()
+    on = FusionParams(min_region=0.01, unsure_region=0.03, unsure_confidence=0.75)
+    np.testing.assert_array_equal(clean_decision(dm, s0, on), want)
+    today = remove_small_regions(dm, 0.01)
+    assert today[5:15, 60:80].all() and not today[60:70, 10:30].any()  # kept today: 200 px > 100
+    assert not today[80:88, 60:68].any()  # under 1 %: gone today too
+    np.testing.assert_array_equal(remove_unsure_regions(today, s0, 0.03, 0.75), want)
+    # a stricter level keeps the unsure hole (conf 0.2) and removes the island (conf 0.1)
+    strict = remove_unsure_regions(today, s0, 0.03, 0.15)
+    assert not strict[5:15, 60:80].any()  # the island (conf 0.1 < 0.15) is removed
+    assert not strict[60:70, 10:30].any()  # the hole (conf 0.2 >= 0.15) stays B
+    # regions at or above unsure_region (300 px) stay whatever their confidence
+    np.testing.assert_array_equal(remove_unsure_regions(today, s0, 0.02, 0.75), today)
+
+
+def test_unsure_region_off_is_todays_rule_byte_for_byte() -> None:
+    """Off (the default, unsure_region 0) and an unsure_region not above min_region give
+    exactly ``remove_small_regions``' map, on random maps and scores."""
+    from bafusion.fusion.rule import clean_decision
+
+    assert FusionParams().unsure_region == 0
+    rng = np.random.default_rng(3)
+    dm, s0, _ = _unsure_scene()
+    maps = [(dm, s0)] + [(ndimage.gaussian_filter(rng.random((70, 90)), 2.0) > 0.5, rng.random((70, 90)))
+                         for _ in range(4)]
+    for m, s in maps:
+        today = remove_small_regions(m, 0.01)
+        for p in (FusionParams(), FusionParams(unsure_region=0.01), FusionParams(unsure_region=0.005)):
+            got = clean_decision(m, s, p)
+            assert got.dtype == today.dtype and got.tobytes() == today.tobytes()
+
+
+def test_fuse_images_applies_the_unsure_region_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fuse_images`` with ``unsure_region`` builds its decision and fused image by the rule
+    (the unsure island and hole of :func:`_unsure_scene` flipped, the confident island kept);
+    off, the fused image is today's; ``{"unsure_region": ...}`` as a mapping is accepted."""
+    import bafusion.fusion.rule as rule
+
+    dm, s0, want = _unsure_scene()
+    s1 = np.where(dm, 0.9, 0.1).astype(np.float32)
+
+    def fake_decide(ga, gb, nets, params, bar=None):
+        return s0.astype(np.float32), s1, np.zeros(s1.shape, bool), s1, {}
+
+    monkeypatch.setattr(rule, "decide", fake_decide)
+    nets = FusionNets(build_model(8), build_model(8), 8, 8, torch.device("cpu"))
+    a = np.full((100, 100), 200, np.uint8)
+    b = np.full((100, 100), 50, np.uint8)
+    on = fuse_images(a, b, nets, P(exposure_match="none", unsure_region=0.03))
+    np.testing.assert_array_equal(on.decision, want)
+    np.testing.assert_array_equal(on.fused, np.where(want, a, b))
+    off = fuse_images(a, b, nets, P(exposure_match="none"))
+    np.testing.assert_array_equal(off.decision, remove_small_regions(dm, 0.01))
+    assert not np.array_equal(off.decision, on.decision)
+
+
+@pytest.mark.parametrize("bad", [{"unsure_region": 1.0}, {"unsure_region": -0.1}, {"unsure_confidence": 0.0},
+                                 {"unsure_confidence": 1.5}])
+def test_unsure_region_params_are_checked(bad: dict) -> None:
+    """The schema's ranges: unsure_region in [0, 1), unsure_confidence in (0, 1]; an error names the key."""
+    key = next(iter(bad))
+    with pytest.raises(UserError, match=f"fuse.{key}"):
+        FusionParams(**bad)
+
+
 def test_window_mean_reflects_at_the_borders() -> None:
     """Eq. 1 with ``mode="reflect"``: the window is mirrored at the border (a b | b a), so a
     constant map keeps its value at the borders and the corner counts its own pixel 4 times."""

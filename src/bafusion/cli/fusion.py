@@ -48,6 +48,13 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
     g.add_argument(
         "--min-region", type=float, default=None, help=f"small-region area, fraction of the image (default {d.min_region})"
     )
+    g.add_argument("--unsure-region", type=float, default=None,
+                   help="confidence-aware small-region removal: regions from --min-region up to this fraction of "
+                        "the image are removed where the initial net was unsure of them (try 0.03); 0 = off "
+                        f"(default {d.unsure_region:g})")
+    g.add_argument("--unsure-confidence", type=float, default=None,
+                   help="confidence-aware small-region removal: the mean |2 s0 - 1| below which such a region is "
+                        f"removed (default {d.unsure_confidence:g})")
     g.add_argument("--no-refine", dest="refine", action="store_const", const=False, default=None,
                    help="skip the boundary net (ablation)")
     g.add_argument("--exact", action="store_const", const=True, default=None,
@@ -184,7 +191,9 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
     base = section(params, "fuse")
     flags = {
         "l": args.l, "low": args.low, "high": args.high, "threshold": args.threshold,
-        "min_region": args.min_region, "refine": args.refine, "exact": args.exact,
+        "min_region": args.min_region, "refine": args.refine,
+        "unsure_region": getattr(args, "unsure_region", None),
+        "unsure_confidence": getattr(args, "unsure_confidence", None), "exact": args.exact,
         "initial_mode": args.initial_mode, "initial_step": args.initial_step,
         "initial_grid_step": args.initial_grid_step, "boundary_step": args.boundary_step, "tile": args.tile,
         "boundary_mode": args.boundary_mode, "boundary_fine_step": args.boundary_fine_step,

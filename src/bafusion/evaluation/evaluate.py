@@ -942,15 +942,15 @@ def _ours(a: np.ndarray, b: np.ndarray, nets: Any, params: Any, names: tuple[str
     ``progress``: the fusion's progress bar (:func:`bafusion.fusion.working.progress_bar`)."""
     from bafusion.fusion.rule import (
         _match_channels,
+        clean_decision,
         fuse_images,
         fuse_with_map,
-        remove_small_regions,
     )
 
     res = fuse_images(a, b, nets, replace(params, refine=True), names,  # on the threads the command line set
                       progress=progress)
     ma, mb = _match_channels(a, b)
-    dm0 = remove_small_regions(res.score_initial > params.threshold, params.min_region)
+    dm0 = clean_decision(res.score_initial > params.threshold, res.score_initial, params)
     return {OURS: (res.fused, res.decision), OURS_INITIAL: (fuse_with_map(ma, mb, dm0), dm0)}
 
 

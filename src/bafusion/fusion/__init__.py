@@ -40,6 +40,7 @@ _API: dict[str, tuple[str, str]] = {
     "fuse_stack": ("bafusion.fusion.rule", "fuse_stack"),
     "fuse_with_map": ("bafusion.fusion.rule", "fuse_with_map"),
     "remove_small_regions": ("bafusion.fusion.rule", "remove_small_regions"),
+    "remove_unsure_regions": ("bafusion.fusion.rule", "remove_unsure_regions"),
     "auto_batch": ("bafusion.fusion.scoring", "auto_batch"),
     "auto_step": ("bafusion.fusion.scoring", "auto_step"),
     "boundary_steps": ("bafusion.fusion.scoring", "boundary_steps"),

@@ -49,6 +49,17 @@ class FusionParams:
     threshold: float = _default("threshold")
     #: Regions (4-connected) smaller than this fraction of the image are removed.
     min_region: float = _default("min_region")
+    #: Confidence-aware small-region removal (:func:`bafusion.fusion.rule.remove_unsure_regions`):
+    #: regions (4-connected islands and holes) from ``min_region`` up to this fraction of the
+    #: image are removed too, but only where the initial net was unsure of them, its mean
+    #: ``|2 * s0 - 1|`` below ``unsure_confidence``: wrong islands on flat surfaces go, cells
+    #: cut small by a sharp thin structure (a fence) stay. 0 (or not above ``min_region``):
+    #: off (the paper, and the default). Pairs and the chain stack rule; the joint stack rule
+    #: does not use it. The value 0.03: BENCHMARKS.md, "Confidence-aware small-region removal".
+    unsure_region: float = _default("unsure_region")
+    #: Confidence-aware small-region removal: a region below ``unsure_region`` whose mean
+    #: initial-net confidence ``|2 * s0 - 1|`` is below this is removed.
+    unsure_confidence: float = _default("unsure_confidence")
     #: Use the boundary net at all (False: the initial net's map alone, for ablations).
     refine: bool = _default("refine")
     #: Reference mode: one forward pass per pixel patch.

@@ -9,7 +9,10 @@ Steps, every constant a field of :class:`FusionParams`:
    score is replaced by the *boundary* net's score, giving ``s1``.
 4. ``dm = s1 > threshold`` (0.5; a tie goes to B).
 5. Small regions are removed: focused islands and defocused holes with fewer than
-   ``ceil(min_region * H * W)`` pixels (4-connected) are flipped.
+   ``ceil(min_region * H * W)`` pixels (4-connected) are flipped. Optionally (``unsure_region``
+   above ``min_region``; off by default and in the paper preset) so are those with fewer than
+   ``ceil(unsure_region * H * W)`` pixels where the initial net was unsure, its mean
+   ``|2 * s0 - 1|`` below ``unsure_confidence`` (:func:`remove_unsure_regions`).
 6. Eq. 3: ``F = dm * A + (1 - dm) * B``, in colour when a source is RGB (a gray source is then
    replicated to three channels), in gray when both are gray; alpha is dropped. The output is
    uint8 and equals A exactly where ``dm = 1`` and B where ``dm = 0``.
@@ -188,6 +191,93 @@ def remove_small_regions(dm: np.ndarray, min_region: float) -> np.ndarray:
     if area <= 1:
         return dm.copy()
     return _flip_small(dm, area)
+
+
+def remove_unsure_regions(dm: np.ndarray, score_initial: np.ndarray, unsure_region: float,
+                          unsure_confidence: float) -> np.ndarray:
+    """Flip the small regions the initial net is unsure of: focused islands and defocused holes
+    with fewer than ``ceil(unsure_region * H * W)`` pixels whose mean confidence
+    ``|2 * s0 - 1|`` is below ``unsure_confidence`` (``fuse.unsure_region``,
+    ``fuse.unsure_confidence``; off by default and in the paper preset).
+
+    Applied after :func:`remove_small_regions`, so regions under ``min_region`` are gone already
+    whatever their confidence. A larger region that is still small is flipped only where the
+    nets' votes in it were uninformed (a wrong island on a flat or low-texture surface, where
+    both shots look alike) and kept where they were confident (a cell of background seen
+    through a sharp fence, cut small by the thin structure). Islands first, then the holes of
+    what is left, 4-connected, as :func:`remove_small_regions`.
+
+    Parameters
+    ----------
+    dm : ndarray of bool, (H, W)
+        Decision map after small-region removal (True: take A).
+    score_initial : ndarray of float, (H, W)
+        The initial net's score s0 in [0, 1] (1: focused in A), at the map's size
+        (:attr:`FusionResult.score_initial`).
+    unsure_region : float
+        Fraction of the image in [0, 1): regions with fewer than ``ceil(unsure_region * H * W)``
+        pixels are candidates. 0 (or not above ``min_region``): nothing more is removed.
+    unsure_confidence : float
+        In (0, 1]: a candidate whose mean ``|2 * s0 - 1|`` is below this is flipped.
+
+    Returns
+    -------
+    ndarray of bool, (H, W)
+        A new map; equal to ``dm`` where no region qualifies.
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        ``score_initial`` of another height and width than ``dm``.
+    """
+    from scipy import ndimage
+
+    out = np.array(dm, dtype=bool)  # a copy
+    area = math.ceil(unsure_region * out.size)
+    if area <= 1:
+        return out
+    s0 = np.asarray(score_initial)
+    if s0.shape != out.shape:
+        raise UserError(f"score_initial of shape {s0.shape} for a decision map of shape {out.shape}")
+    conf = np.abs(2.0 * s0.astype(np.float64) - 1.0).ravel()
+    four = ndimage.generate_binary_structure(2, 1)
+    for value in (True, False):  # the islands first, then the holes of what is left
+        labels, n = ndimage.label(out if value else ~out, four)
+        if n == 0:
+            continue
+        flat = labels.ravel()
+        count = np.bincount(flat, minlength=n + 1)
+        mean = np.bincount(flat, weights=conf, minlength=n + 1) / np.maximum(count, 1)
+        flip = (count < area) & (mean < unsure_confidence)
+        flip[0] = False  # label 0: the other class
+        if flip.any():
+            out[flip[labels]] = not value
+    return out
+
+
+def clean_decision(dm_raw: np.ndarray, score_initial: np.ndarray, params: FusionParams) -> np.ndarray:
+    """The rule's step 5: :func:`remove_small_regions` (``min_region``), then, where
+    ``params.unsure_region`` is above ``min_region``, :func:`remove_unsure_regions`.
+
+    Parameters
+    ----------
+    dm_raw : ndarray of bool, (H, W)
+        The binarised score (True: take A).
+    score_initial : ndarray of float, (H, W)
+        The initial net's score s0 at the map's size.
+    params : FusionParams
+        ``min_region``, ``unsure_region`` and ``unsure_confidence`` are read.
+
+    Returns
+    -------
+    ndarray of bool, (H, W)
+        The decision map; with ``unsure_region`` 0 (the default) exactly
+        ``remove_small_regions(dm_raw, params.min_region)``.
+    """
+    dm = remove_small_regions(dm_raw, params.min_region)
+    if params.unsure_region > params.min_region:
+        dm = remove_unsure_regions(dm, score_initial, params.unsure_region, params.unsure_confidence)
+    return dm
 
 
 def fuse_with_map(a: np.ndarray, b: np.ndarray, dm: np.ndarray) -> np.ndarray:
@@ -437,7 +527,7 @@ def _fuse_pair(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionPar
         if bar is not None:
             bar.set_postfix_str("small regions")
         dm_raw = s1 > params.threshold
-        dm = remove_small_regions(dm_raw, params.min_region)
+        dm = clean_decision(dm_raw, s0, params)
         fused = fuse_with_map(a, b, dm)
         t["post"] = time.perf_counter() - t0
         if bar is not None:
