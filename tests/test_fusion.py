@@ -715,6 +715,30 @@ def test_fuse_images_applies_the_unsure_region_rule(monkeypatch: pytest.MonkeyPa
     assert not np.array_equal(off.decision, on.decision)
 
 
+def test_unsure_region_from_the_command_line_and_set(tmp_path: Path) -> None:
+    """``--unsure-region`` / ``--unsure-confidence`` reach the rule (over a params file's
+    ``fuse`` section), and ``--set fuse.unsure_region=...`` is read and checked by the schema."""
+    import argparse
+
+    from bafusion.cli.fusion import _add_param_args, params_from_args
+    from bafusion.config import read_params
+    from bafusion.schema import ParamsError
+
+    ap = argparse.ArgumentParser()
+    _add_param_args(ap)
+    f = tmp_path / "p.yaml"
+    f.write_text("fuse: {unsure_region: 0.02, unsure_confidence: 0.5}\n")
+    p, _ = params_from_args(ap.parse_args(["--params-file", str(f)]))
+    assert (p.unsure_region, p.unsure_confidence) == (0.02, 0.5)
+    p, _ = params_from_args(ap.parse_args(["--params-file", str(f), "--unsure-region", "0.03",
+                                           "--unsure-confidence", "0.6"]))
+    assert (p.unsure_region, p.unsure_confidence) == (0.03, 0.6)
+    got = FusionParams.from_params(read_params(f, overrides=["fuse.unsure_region=0.04"]))
+    assert (got.unsure_region, got.unsure_confidence) == (0.04, 0.5)
+    with pytest.raises(ParamsError, match="fuse.unsure_region"):
+        read_params(f, overrides=["fuse.unsure_region=1.5"])
+
+
 @pytest.mark.parametrize("bad", [{"unsure_region": 1.0}, {"unsure_region": -0.1}, {"unsure_confidence": 0.0},
                                  {"unsure_confidence": 1.5}])
 def test_unsure_region_params_are_checked(bad: dict) -> None:
