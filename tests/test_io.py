@@ -657,6 +657,36 @@ def test_gray_float_by_blocks_of_rows_is_the_one_piece_product(monkeypatch: pyte
     assert peak < 12e6, peak  # the 8 MB result and a block, not the 24 MB float64 colour copy
 
 
+def test_gray_float_by_blocks_is_the_one_piece_product_in_any_memory_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shot not in C order (Fortran order: scipy.io.loadmat's arrays, ``numpy.asfortranarray``)
+    whose height left a last block of one row: astype laid that row out otherwise and matmul took
+    BLAS's path for it, so its bits differed from the one-piece product's (1048 rows of 2000 px,
+    349 a block: the last row differed by 1e-13). Every order of the axes in memory, reversed and
+    strided views, heights that leave one row over, blocks of one row asked for."""
+    import itertools
+
+    import bafusion.io.convert as convert
+
+    rng = np.random.default_rng(7)
+    cases = [(1048, 2000, 3, None)]  # as shipped: 349 rows a block, one row over
+    for perm in itertools.permutations(range(3)):
+        for h, w, c in [(2, 5, 3), (9, 4, 3), (35, 11, 4), (101, 37, 3)]:
+            cases.append((h, w, c, perm))
+    for h, w, c, perm in cases:
+        if perm is None:
+            shot = np.asfortranarray(rng.integers(0, 256, (h, w, c), dtype=np.uint8))
+            blocks = (convert._DOT_BLOCK_BYTES,)
+        else:
+            stored = rng.integers(0, 256, tuple((h, w, c)[i] for i in perm), dtype=np.uint8)
+            shot = stored.transpose(np.argsort(perm))  # (h, w, c), its axes in memory in perm's order
+            blocks = (convert._DOT_BLOCK_BYTES, 3 * 8 * w * 2, 1)  # one piece, two rows, one row
+        for block in blocks:
+            monkeypatch.setattr(convert, "_DOT_BLOCK_BYTES", block)
+            for x in (shot, shot[::-1], shot[:, ::-2]):
+                want = x[..., :3].astype(np.float64) @ RGB2GRAY
+                assert np.array_equal(gray_float(x), want), (block, perm, x.shape, x.strides)
+
+
 def test_gray_of_gray_alpha_and_bad_shapes(rgb) -> None:
     g = rgb[..., 0]
     assert to_gray_u8(g) is not g and np.array_equal(to_gray_u8(g), g)

@@ -90,9 +90,16 @@ def _rgb_dot(a: np.ndarray) -> np.ndarray:
     if a.ndim != 3 or a.shape[0] == 0:
         return a[..., :3].astype(np.float64) @ RGB2GRAY
     out = np.empty(a.shape[:-1], dtype=np.float64)
-    rows = max(1, _DOT_BLOCK_BYTES // max(1, a.shape[1] * 3 * 8))
-    for r in range(0, a.shape[0], rows):
-        np.matmul(a[r:r + rows, :, :3].astype(np.float64), RGB2GRAY, out=out[r:r + rows])
+    h = a.shape[0]
+    # two rows or more a block: a block of one row from an image whose rows are not its slowest
+    # axis (Fortran order) is laid out otherwise by astype, and matmul took BLAS's path for it
+    # (its last row's bits differed from the one-piece product's)
+    rows = max(2, _DOT_BLOCK_BYTES // max(1, a.shape[1] * 3 * 8))
+    r = 0
+    while r < h:
+        n = rows + 1 if h - r == rows + 1 else rows  # no last block of one row
+        np.matmul(a[r:r + n, :, :3].astype(np.float64), RGB2GRAY, out=out[r:r + n])
+        r += n
     return out
 
 
