@@ -214,6 +214,24 @@ def test_a_fit_on_block_means_is_an_option_close_to_the_full_one() -> None:
     assert load_preset("paper")["fuse"]["exposure_fit_step"] == 1
 
 
+def test_a_fit_on_blocks_of_17_px_or_more_is_a_fit_not_nan() -> None:
+    """``exposure_fit_step`` takes 1-64 (params schema), and at 17 or more the block means' sigma
+    (8 / N) left a border of ``int(2 * sigma)`` = 0 px: ``x[0:-0]`` is empty, the fit was NaN and
+    match_exposure mapped B to black (all zeros: the nets scored a black shot). No border then: the
+    fit of the whole block means, near the full-resolution fit."""
+    a, b, _ = _scene()
+    ga, gb = _u8(a), _u8(0.6 * b + 20)
+    full, matched = fit_exposure(ga, gb), match_exposure(ga, gb)
+    big_a, big_b = (np.repeat(np.repeat(x, 2, axis=0), 2, axis=1) for x in (ga, gb))  # 512 px: blocks of 64
+    for x, y, step in ((ga, gb, 17), (ga, gb, 32), (big_a, big_b, 64)):
+        gain, offset, corr = fit_exposure(x, y, step=step)
+        assert np.isfinite([gain, offset, corr]).all(), step
+        assert gain == pytest.approx(full[0], rel=0.02) and offset == pytest.approx(full[1], abs=2.0), step
+        assert corr > 0.99, step
+    for step in (17, 32):
+        assert np.abs(match_exposure(ga, gb, step=step).astype(int) - matched).max() <= 1, step
+
+
 def test_a_sharp_shot_and_its_blurred_copy_have_one_exposure() -> None:
     """The gains were taken over pixels from 3 to 252 in both shots: a sharp shot's blacks,
     lifted by the blur in the other, were left out of one sum only, and a Lytro pair of one

@@ -88,7 +88,7 @@ def fit_exposure(ga: np.ndarray, gb: np.ndarray, sigma: float = SIGMA, step: int
     if bar is not None:
         bar.update(1)
     m = int(2 * sigma)
-    if min(ga.shape) > 4 * m:
+    if m > 0 and min(ga.shape) > 4 * m:  # m = 0 (blocks of 17 px or more): no border (x[0:-0] was empty, a NaN fit)
         la, lb = _cropped_in_place(la, m), _cropped_in_place(lb, m)
     la, lb = la.ravel(), lb.ravel()
     # numpy's std, mean and the correlation's mean, the same sums in the same order (so the same
