@@ -1648,8 +1648,12 @@ def test_a_stopped_snakemake_ends_its_parent_run_killed(tmp_path: Path, signum: 
     env = {k: v for k, v in os.environ.items() if k not in (tracking.PARENT_ENV, "DVC_STAGE", "DVC_EXP_NAME")}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     snakemake = Path(sys.executable).with_name("snakemake")
+    # Ctrl-C's default disposition in the child, as a terminal's foreground job has it: a test run
+    # started in the background by a non-interactive shell (nohup ... &) inherits SIGINT ignored,
+    # and then neither Snakemake nor its job's shell sees the signal (exit 0)
     proc = subprocess.Popen([str(snakemake), "--cores", "1", "--nolock"], cwd=tmp_path, env=env,
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (tmp_path / "started").exists():
