@@ -302,6 +302,55 @@ def test_a_bad_device_is_named_as_the_parameter_not_the_cli_option(tmp_path: Pat
             bafusion.fuse(a, b, model=str(tiny_nets), device=device)
 
 
+def test_device_none_is_refused_before_the_shots_are_read(tmp_path: Path, tiny_nets: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """device is a name (annotated str): device=None passed the check (None is the command
+    line's unset option), load_model returned nets with device None and fuse read the shots,
+    then failed in the fusion with "AttributeError: 'NoneType' object has no attribute 'type'"."""
+    import bafusion.fusion.api as api
+    from bafusion.fusion import load_nets, resolve_device
+
+    a, b, _, _ = _pair(tmp_path)
+    for device in (None, 0):
+        want = rf"^device={device!r}: not a device"
+        with pytest.raises(UserError, match=want):
+            bafusion.load_model(tiny_nets, device=device)
+        with pytest.raises(UserError, match=want):
+            load_nets(tiny_nets / "initial.pt", tiny_nets / "boundary.pt", device=device)
+        with pytest.raises(UserError, match=want):
+            resolve_device(device)
+        monkeypatch.setattr(api, "_read_sources", lambda *_: pytest.fail("read the shots before refusing"))
+        with pytest.raises(UserError, match=want):
+            bafusion.fuse(a, b, model=str(tiny_nets), device=device)
+        monkeypatch.undo()
+
+
+def test_fusion_nets_built_with_a_device_name_fuse(tmp_path: Path) -> None:
+    """FusionNets "built directly" (its docstring) with device="cpu", as load_model takes it,
+    printed device=cpu but every fusion failed with "AttributeError: 'str' object has no
+    attribute 'type'" ("auto": torch's RuntimeError naming no parameter). A name is resolved as
+    load_model resolves it; one that is no device is refused as there."""
+    import torch
+
+    from bafusion.fusion import FusionNets, resolve_device
+    from bafusion.nets.model import build_model
+
+    a, b, _, _ = _pair(tmp_path)
+    torch.manual_seed(0)
+    initial, boundary = build_model(8), build_model(8)
+    want = fuse_images(a, b, FusionNets(initial, boundary, 8, 8, torch.device("cpu"))).fused
+    nets = FusionNets(initial, boundary, 8, 8, "cpu")
+    assert nets.device == torch.device("cpu")
+    assert np.array_equal(fuse_images(a, b, nets).fused, want)
+    assert np.array_equal(bafusion.fuse(a, b, model=nets, align="none"), want)
+    nets = FusionNets(initial, boundary, 8, 8, "auto")  # CUDA where there is one: same shape, not same bytes
+    assert nets.device == resolve_device("auto")
+    assert fuse_images(a, b, nets).fused.shape == want.shape
+    for device in ("gpu", None):
+        with pytest.raises(UserError, match=rf"^device={device!r}: not a device"):
+            FusionNets(initial, boundary, 8, 8, device)
+
+
 def test_the_model_loaders_of_bafusion_fusion_name_python_arguments_not_cli_options(tiny_nets: Path) -> None:
     """load_nets, load_nets_from_dir and resolve_device, called from Python, said "swap the
     --initial and --boundary files", "--device gpu: not a device" and "or pass --model DIR":

@@ -660,12 +660,17 @@ def check_output_dir(
 def check_device(name: str | None, flag: str = "--device") -> None:
     """Refuse a device this machine lacks: ``auto``, ``cpu``, ``cuda[:N]`` (with N GPUs
     present) or ``mps`` (where Metal is available). ``flag`` names what gave it: an option
-    (``--device cuda:1: ...``), or a Python parameter ending in ``=`` (``device='cuda:1': ...``)."""
-    if name is None or name == "auto":
+    (``--device cuda:1: ...``), or a Python parameter ending in ``=`` (``device='cuda:1': ...``).
+    None (an option not given) passes, but not as a Python parameter: there it names no device."""
+    shown = f"{flag}{name!r}" if flag.endswith("=") else f"{flag} {name}"
+    if name is None and not flag.endswith("="):
+        return
+    if not isinstance(name, str):
+        raise UserError(f"{shown}: not a device (use auto, cpu, cuda, cuda:N or mps)")
+    if name == "auto":
         return
     import torch
 
-    shown = f"{flag}{name!r}" if flag.endswith("=") else f"{flag} {name}"
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError, TypeError):

@@ -99,7 +99,8 @@ class FusionNets:
     patch_initial: int
     #: Patch side (pixels) the boundary net was trained on.
     patch_boundary: int
-    #: The :class:`torch.device` both nets run on.
+    #: The :class:`torch.device` both nets run on (given as a name, ``"cpu"``, ``"auto"``,
+    #: ``"cuda:1"``, it is resolved as :func:`resolve_device` resolves it).
     device: torch.device
     #: The files the nets came from (initial, boundary), as given; ``("", "")`` when built
     #: from nets in memory. Shown by ``repr`` and recorded in the outputs' markers (the files
@@ -107,6 +108,10 @@ class FusionNets:
     sources: tuple[str, str] = ("", "")
 
     def __post_init__(self) -> None:
+        # a device name ("cpu", "auto", "cuda:1") as load_model takes it: the fusion reads
+        # device.type, which a str lacks (AttributeError deep in the first fusion)
+        if not isinstance(self.device, torch.device):
+            self.device = resolve_device(self.device, "device=")
         # Inference copies: BatchNorm folded into the convolutions (1.3-1.4x faster on CPU,
         # same function up to float rounding) and channels-last convolutions (1.3-1.6x faster
         # on batches of small patches, measured). The caller's nets are left untouched.
@@ -163,6 +168,9 @@ def resolve_device(device: str = "auto", flag: str = "device=") -> torch.device:
         A name that is not a device, or a device this machine lacks (no CUDA, no GPU N, no
         Metal).
     """
+    if not isinstance(device, str):  # None, a number: check_device lets None pass (an unset option)
+        shown = f"{flag}{device!r}" if flag.endswith("=") else f"{flag} {device}"
+        raise UserError(f"{shown}: not a device (use auto, cpu, cuda, cuda:N or mps)")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     from bafusion.preflight import check_device
@@ -253,7 +261,7 @@ def _load_files(initial: str | os.PathLike[str], boundary: str | os.PathLike[str
     else:
         flag, swap = "device=", "swap the {role} and {other} arguments"
         hint = "load a model folder or a shipped model with bafusion.load_model"
-    dev = resolve_device(device, flag) if isinstance(device, str) else device
+    dev = device if isinstance(device, torch.device) else resolve_device(device, flag)
     ni, pi = _load_one(Path(initial), dev, "initial", hint=hint, swap=swap)
     nb, pb = _load_one(Path(boundary), dev, "boundary", hint=hint, swap=swap)
     return FusionNets(ni, nb, pi, pb, dev, (str(initial), str(boundary)))
