@@ -1837,6 +1837,27 @@ def test_folded_batchnorm_is_the_same_function() -> None:
     assert not any(isinstance(m, nn.BatchNorm2d) for m in nets.initial.modules())
 
 
+def test_fusion_nets_rebuilt_from_loaded_nets_score_the_same() -> None:
+    """FusionNets folds the nets it is given: given the nets of another FusionNets (moved to
+    another device with dataclasses.replace(nets, device=...), or built from nets.initial),
+    fold_batchnorm failed with "AttributeError: 'Identity' object has no attribute 'weight'"
+    (mypy: fold's BatchNorm2d argument may be any module). A folded net is kept as it is."""
+    import dataclasses
+
+    from bafusion.nets.model import fold_batchnorm
+
+    torch.manual_seed(0)
+    net = build_model(8).eval()
+    nets = FusionNets(net, net, 32, 32, torch.device("cpu"))
+    x = torch.rand(4, 2, 32, 32)
+    with torch.no_grad():
+        want = nets.initial(x)
+        for again in (dataclasses.replace(nets, device=torch.device("cpu")),
+                      FusionNets(nets.initial, nets.boundary, 32, 32, torch.device("cpu"))):
+            assert torch.equal(again.initial(x), want)
+        assert torch.equal(fold_batchnorm(nets.initial)(x), want)
+
+
 def test_batch_size_changes_speed_not_scores() -> None:
     from bafusion.fusion import auto_batch
 
