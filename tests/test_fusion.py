@@ -795,6 +795,22 @@ def test_focal_stack_is_fused_one_into_the_next(nets: FusionNets, scene) -> None
     assert np.array_equal(res[1].fused, fuse_images(two, b, nets).fused)
 
 
+def test_a_stack_with_fewer_names_than_shots_names_the_others_by_their_place(nets: FusionNets, scene) -> None:
+    """fuse_stack and fuse_stack_joint with fewer names than shots (the chain rule named such a
+    shot "image <n>" in the dtype check) failed with IndexError: list index out of range at the
+    size check, before any fusion."""
+    from bafusion.fusion.stack import fuse_stack_joint
+
+    a, b, _ = scene
+    want = fuse_stack([a, b, b], nets)[-1].fused
+    assert np.array_equal(fuse_stack([a, b, b], nets, names=["a.png"])[-1].fused, want)
+    joint = fuse_stack_joint([a, b, b], nets, names=["a.png"])
+    assert np.array_equal(joint.fused, fuse_stack_joint([a, b, b], nets).fused)
+    for call in (fuse_stack, fuse_stack_joint):
+        with pytest.raises(UserError, match=r"^image 3: size 10x10 \(WxH\) differs from 136x120 of a\.png"):
+            call([a, b, b[:10, :10]], nets, names=["a.png", "b.png"])
+
+
 def test_low_not_below_high_names_where_each_value_came_from(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`fuse --params p.yaml --high 0.5` said "FusionParams: fuse.low, fuse.high: need low < high,
     got low=0.9, high=0.5": an internal class name, and not where the values came from."""

@@ -566,7 +566,8 @@ def fuse_stack(
     params : FusionParams or mapping, optional
         As for :func:`fuse_images` (None: the defaults).
     names : sequence of str
-        The shots' names, for error messages.
+        The shots' names, for error messages and step lines; a shot without one (fewer names
+        than shots) is ``image <n>``.
     progress : bool or None
         As for :func:`fuse_images`.
     step : callable, optional
@@ -587,10 +588,11 @@ def fuse_stack(
     """
     if len(images) < 2:
         raise UserError("fusion needs at least two source images")
-    names = list(names) or [f"image {i + 1}" for i in range(len(images))]
+    # the shots without a name (fewer names than shots) are named by their place
+    names = [*names[: len(images)], *(f"image {i + 1}" for i in range(len(names), len(images)))]
     params = checked_params(params)
     _check_nets(nets)
-    images = [source_channels(im, names[i] if i < len(names) else f"image {i + 1}") for i, im in enumerate(images)]
+    images = [source_channels(im, names[i]) for i, im in enumerate(images)]
     for i in range(1, len(images)):
         check_same_size(images[0], images[i], names[0], names[i])
     results = []

@@ -458,7 +458,8 @@ def fuse_stack_joint(
           (``long side / working_side`` full-resolution pixels up to 16:9,
           :func:`bafusion.fusion.working.working_resolution`).
     names : sequence of str
-        The shots' names, for error messages.
+        The shots' names, for error messages; a shot without one (fewer names than shots) is
+        ``image <n>``.
     step : callable, optional
         Called with a line naming each step of the pairwise scoring as it starts ("step 1/9:
         scoring a.png against the 9 shots after it"; by file name), for three or more shots:
@@ -472,7 +473,8 @@ def fuse_stack_joint(
     n = len(images)
     if n < 2:
         raise UserError("fusion needs at least two source images")
-    names = list(names) or [f"image {i + 1}" for i in range(n)]
+    # the shots without a name (fewer names than shots) are named by their place, as fuse_stack names them
+    names = [*names[:n], *(f"image {i + 1}" for i in range(len(names), n))]
     for i in range(1, n):
         check_same_size(images[0], images[i], names[0], names[i])
     for nm, im in zip(names, images):
