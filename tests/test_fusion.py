@@ -189,6 +189,21 @@ def P(**kw) -> FusionParams:
     return FusionParams(**{"flat_level": 0, "working_min": 0, "boundary_weight": 1.0, **kw})
 
 
+def test_decision_accuracy_refuses_a_map_read_from_an_image() -> None:
+    """decision_accuracy(dm, truth) compared the values: a decision map read from fuse-set's
+    maps/<pair>-dm.png (0 and 255) against a bool truth gave 0.95 for a perfect map, silently,
+    and maps of two sizes failed with numpy's broadcast ValueError. 0/1 numbers are maps."""
+    truth = np.eye(20, dtype=bool)
+    assert decision_accuracy(truth.astype(np.uint8), truth) == 1.0
+    assert decision_accuracy(truth, truth.astype(np.float32), band=2) == 1.0
+    with pytest.raises(UserError, match=r"dm must be a map of True/False \(or 0/1\), got uint8 0\.\.255; .*dm > 127"):
+        decision_accuracy(truth.astype(np.uint8) * 255, truth)
+    with pytest.raises(UserError, match=r"truth must be a map"):
+        decision_accuracy(truth, truth * 0.5, band=2)
+    with pytest.raises(UserError, match=r"dm is \(20, 20\) but truth is \(21, 21\)"):
+        decision_accuracy(truth, np.eye(21, dtype=bool))
+
+
 def test_decision_accuracy_and_boundary_refinement(nets: FusionNets, scene) -> None:
     a, b, m = scene
     res = fuse_images(a, b, nets, P())

@@ -120,6 +120,19 @@ def check_report_path(out: str | os.PathLike[str], report_path: str | os.PathLik
                     f"fuse-set writes into {folder}; give the {what} another path")
 
 
+def _boolean_map(m: np.ndarray, name: str) -> np.ndarray:
+    """``m`` as a bool array: bool as it is, 0/1 numbers as False/True; other values refused
+    (compared with a bool map, 255 equals neither True nor False: a wrong share, silently)."""
+    m = np.asarray(m)
+    if m.dtype == bool:
+        return m
+    if m.dtype.kind not in "iuf" or not np.isin(m, (0, 1)).all():
+        values = f"{m.min()}..{m.max()}" if m.size and m.dtype.kind in "iuf" else "values"
+        raise UserError(f"decision_accuracy: {name} must be a map of True/False (or 0/1), got {m.dtype} {values}"
+                        + (f"; a map read from an image holds 0 and 255: pass {name} > 127" if m.dtype.kind in "iuf" else ""))
+    return m.astype(bool)
+
+
 def decision_accuracy(dm: np.ndarray, truth: np.ndarray, band: int = 0) -> float:
     """Share of pixels where ``dm`` equals ``truth`` (bool); with ``band`` > 0 only pixels
     within ``band`` pixels (city-block distance) of the true boundary count.
@@ -127,9 +140,9 @@ def decision_accuracy(dm: np.ndarray, truth: np.ndarray, band: int = 0) -> float
     Parameters
     ----------
     dm : ndarray of bool, (H, W)
-        Decision map (True: take A).
+        Decision map (True: take A); 0/1 numbers are taken as False/True.
     truth : ndarray of bool, (H, W)
-        The true map (True: A is in focus).
+        The true map (True: A is in focus); 0/1 numbers alike.
     band : int
         Half-width (pixels) of the band around the true boundary; 0: the whole image.
 
@@ -137,7 +150,16 @@ def decision_accuracy(dm: np.ndarray, truth: np.ndarray, band: int = 0) -> float
     -------
     float
         The share in [0, 1]; NaN when ``band`` > 0 and ``truth`` has no boundary (one class).
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        Maps of different sizes, or one holding other values than True/False or 0/1 (a map
+        read from an image file holds 0 and 255: pass ``map > 127``).
     """
+    dm, truth = _boolean_map(dm, "dm"), _boolean_map(truth, "truth")
+    if dm.shape != truth.shape:
+        raise UserError(f"decision_accuracy: dm is {dm.shape} but truth is {truth.shape}: the maps must have one size")
     if band > 0:
         grow = ndimage.binary_dilation(truth, iterations=band) & ~ndimage.binary_erosion(
             truth, iterations=band, border_value=1
