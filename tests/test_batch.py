@@ -1202,8 +1202,8 @@ def test_fuse_dir_names_the_steps_of_each_stack_on_a_terminal_as_fuse_does(tmp_p
                                                                              monkeypatch) -> None:
     """fuse-dir named none of a stack's steps before and after its fusion: a camera-size pair
     with --align sat 93 s behind a frozen bar, and its write 15-30 s more. On a terminal it
-    names reading, aligning (and the alignment's own steps) and writing, as fuse does; a log
-    keeps its one line per stack."""
+    names reading, aligning (and the alignment's own steps) and writing, as fuse does (in a log:
+    the next test)."""
     import bafusion.progress as progress
 
     src = _pairs_in(tmp_path / "in", {"p": 3})
@@ -1222,11 +1222,44 @@ def test_fuse_dir_names_the_steps_of_each_stack_on_a_terminal_as_fuse_does(tmp_p
     assert -1 not in at and at == sorted(at), err
     assert cli_main(["fuse-dir", str(src), str(tmp_path / "out2"), "--model", str(nets), "--device", "cpu"]) == 0
     assert "bafusion fuse-dir: p: checking that the shots show one scene ..." in capsys.readouterr().err
-    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)  # a log: one line per stack
-    assert cli_main(["fuse-dir", str(src), str(tmp_path / "out3"), "--model", str(nets), "--device", "cpu",
-                     "--align", "similarity"]) == 0
+
+
+def test_fuse_dir_in_a_log_names_a_camera_size_stacks_reading_and_aligning_with_the_time(
+        tmp_path: Path, nets: Path, capsys, monkeypatch) -> None:
+    """In a log (``fuse-dir IN OUT --align auto 2> log``) a camera-size stack's reading, scene check
+    and alignment said nothing: a 24 MP pair's log stood still for minutes between its
+    stack's line and its fusion's step lines (the steps around the fusion were named on a
+    terminal only). Where its shots hold STEP_LINES_MIN_PIXELS or more (here lowered to the test's
+    pair) each of those steps is now a plain line after the local time, as ``fuse`` prints them
+    in a log; a smaller stack keeps its one line per stack, and --no-progress prints none."""
+    import re
+
+    import bafusion.progress as progress
+
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d "
+    src = _pairs_in(tmp_path / "in", {"p": 3})
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)  # a log
+    args = ["--model", str(nets), "--device", "cpu", "--align", "similarity"]
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "small"), *args]) == 0
     err = capsys.readouterr().err
-    assert "bafusion fuse-dir: 1/1 p: fused in " in err and " ...\n" not in err, err
+    assert "bafusion fuse-dir: 1/1 p: fused in " in err and " ...\n" not in err, err  # small: one line
+    monkeypatch.setattr(batch, "STEP_LINES_MIN_PIXELS", 2 * N * N)  # the pair counts as camera-size
+    out = tmp_path / "out"
+    assert cli_main(["fuse-dir", str(src), str(out), *args]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    steps = [re.escape(f"reading {src / 'p-A.png'}, {src / 'p-B.png'}"), re.escape("aligning the shots (similarity)"),
+             re.escape("aligning: shot 2 of 2: estimating its motion (similarity)") + ".*",
+             re.escape("aligning: shot 2 of 2: judging the match"), re.escape(f"writing {out / 'p.png'}")]
+    at = []
+    for step in steps:
+        found = [i for i, line in enumerate(lines)
+                 if re.fullmatch(rf"{stamp}bafusion fuse-dir: p: {step} \.\.\.", line)]
+        assert found, (step, lines)
+        at.append(found[0])
+    assert at == sorted(at), lines
+    assert [x for x in lines if re.fullmatch(rf"{stamp}bafusion fuse-dir: 1/1 p: fused in .*", x)], lines
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "quiet"), *args, "--no-progress"]) == 0
+    assert " ...\n" not in capsys.readouterr().err
 
 
 def test_fuse_dir_names_the_steps_around_a_fusion_only_for_stacks_of_some_size(tmp_path: Path, nets: Path, capsys,

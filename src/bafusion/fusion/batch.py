@@ -1494,17 +1494,25 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
     def stages(name: str, shots: Sequence[Path]) -> Callable[[str], None] | None:
         # each step of a stack before and after its fusion (reading, checking, aligning and the
         # alignment's own steps, writing) as it starts, as ``fuse`` names them: between the lines
-        # of the bar, so only where it is drawn (a log keeps its line per stack); a camera-size
+        # of the bar where it is drawn; a camera-size
         # pair spends minutes aligning and half a minute writing, a small stack about a second
         # or less on each step but aligning (measured: STEP_LINES_MIN_PIXELS): only its
-        # alignment is named (4.7-9.7 s for a pair of 0.27-1 MP shots, measured there), in one line
-        if bar.disable:
+        # alignment is named (4.7-9.7 s for a pair of 0.27-1 MP shots, measured there), in one line.
+        # In a log (no bar) a camera-size stack's steps are plain lines after the time, as fuse
+        # prints them there: its log said nothing for the minutes of reading and aligning (a 24 MP
+        # pair with --align auto) before its fusion's step lines; a small stack keeps its one line
+        if not progress:
             return None
+        big = _stack_pixels(shots) >= STEP_LINES_MIN_PIXELS
+        if plain:
+            if not big:
+                return None
+            return lambda text: print(in_log(f"bafusion fuse-dir: {name}: {text} ..."), file=sys.stderr, flush=True)
 
         def line(text: str) -> None:
             tqdm.write(f"bafusion fuse-dir: {name}: {text} ...", file=sys.stderr)
 
-        if _stack_pixels(shots) >= STEP_LINES_MIN_PIXELS:
+        if big:
             return line
         return lambda text: line(text) if text.startswith("aligning the shots") else None
 
