@@ -377,7 +377,7 @@ def test_the_fusing_bar_counts_each_step_by_its_measured_cost_up_to_the_small_re
     """On a terminal the fusing bar of a 24 MP pair counted its four steps alike: after the
     first (2.3 s of 24.9) it said 6 s were left for 19, and it sat full for the small regions
     and the composite (3.8 s). Now one bar holds the five steps, each advancing it by its
-    share of the measured time (working.FUSING_STEP_SECONDS), and it fills when they end."""
+    share of the measured time (working.FUSING_STEP_COST), and it fills when they end."""
     import bafusion.fusion.rule as rule
     import bafusion.fusion.working as working
     from bafusion.fusion import FusionParams, fuse_images, load_nets_from_dir
@@ -410,12 +410,62 @@ def test_the_fusing_bar_counts_each_step_by_its_measured_cost_up_to_the_small_re
     fuse_images(a, b, load_nets_from_dir(tiny_nets, "cpu"), FusionParams(working_side=64, working_above=0, working_min=0))
     (bar,) = [x for x in bars if x.desc == "fusing"]
     shares = dict(bar.seen)
-    assert shares["boundary net"] < 0.2 and 0.5 < shares["small regions"] < 1, bar.seen  # was 0.25, and no step
-    seconds = dict(working.FUSING_STEP_SECONDS)
-    total, before = sum(seconds.values()), 0.0
+    assert shares["boundary net"] < 0.5 and 0.5 < shares["small regions"] < 1, bar.seen  # was 0.25, and no step
+    seconds = working.fusing_step_seconds(128 * 128, 64 * 64)  # the pair's size (the next test)
+    total, before = sum(seconds), 0.0
     want = []
-    for name, s in working.FUSING_STEP_SECONDS:
+    for (name, _, _), s in zip(working.FUSING_STEP_COST, seconds):
         want.append((name, pytest.approx(before / total)))
         before += s
-    assert bar.seen == want  # after the initial net 2.3/24.9 = 9 % done, not 25 %; 85 % at the small regions
+    assert bar.seen == want
     assert bar.n == pytest.approx(bar.total)
+
+
+def test_the_fusing_bars_shares_follow_the_pairs_size(tiny_nets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fusing bar's steps were weighed by one 24 MP pair's shares of the time at every
+    size, while the nets run at the working resolution whatever the size and the other steps
+    grow with the pixels: measured, the nets took 78 % of a 4 MP pair's fusing CPU and 34 % of a
+    24 MP pair's, and the 4 MP pair's bar said 12-16 s were left after the nets when 3 s were. The
+    weights now follow the pair's full and working sizes (working.FUSING_STEP_COST): of two
+    pairs decided at the same working size, the one of four times the pixels has its bar
+    further from its end when the nets are done."""
+    import bafusion.fusion.rule as rule
+    import bafusion.fusion.working as working
+    from bafusion.fusion import FusionParams, fuse_images, load_nets_from_dir
+
+    bars: list[object] = []
+
+    class Bar:
+        def __init__(self, total: int, desc: str) -> None:
+            self.total, self.desc, self.n, self.seen = total, desc, 0.0, {}
+
+        def __enter__(self) -> "Bar":
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            bars.append(self)
+
+        def update(self, n: float = 1) -> None:
+            self.n += n
+
+        def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+            self.seen.setdefault(re.split(r" at |, ", s)[0], self.n / self.total)
+
+    monkeypatch.setattr(rule, "progress_bar", lambda total, pixels, progress, desc="fusing", **kw: Bar(total, desc))
+    monkeypatch.setattr(working, "progress_bar", lambda total, pixels, progress, desc="fusing", **kw: Bar(total, desc))
+    nets = load_nets_from_dir(tiny_nets, "cpu")
+    params = FusionParams(working_side=64, working_above=0, working_min=0)
+    at = {}
+    for side in (128, 256):
+        src = _one_pair(Path(tiny_nets).parent / f"in{side}", side)
+        a, b = (np.asarray(Image.open(src / f"p-{n}.png")) for n in "AB")
+        bars.clear()
+        fuse_images(a, b, nets, params)
+        (bar,) = [x for x in bars if x.desc == "fusing"]
+        at[side] = bar.seen["full size"]  # the nets' share: how far the bar is when they end
+        seconds = working.fusing_step_seconds(side * side, 64 * 64)
+        assert at[side] == pytest.approx(sum(seconds[:2]) / sum(seconds)), (side, bar.seen)
+    assert at[256] < at[128] - 0.05, at  # four times the pixels: the nets a smaller share (was the same)
+    # and at camera sizes, as measured: a 4 MP pair decided at 640x427 px spends most in the nets
+    w4, w24 = (working.fusing_weights(True, p, 640 * 427) for p in (2448 * 1632, 6000 * 4000))
+    assert sum(w4[:2]) / 5 > 0.5 > sum(w24[:2]) / 5, (w4, w24)

@@ -273,9 +273,10 @@ def test_the_working_bar_never_goes_back(nets, capsys, monkeypatch) -> None:
     fractions: every redraw shows as much or more done, ending at 5.0/5."""
     import tqdm
 
-    class EveryRedraw(tqdm.tqdm):  # a redraw for every update (tqdm skips those within 0.1 s)
+    class EveryRedraw(tqdm.tqdm):  # a redraw for every update (tqdm skips those within 0.1 s, and with
+        # miniters 1 those that advance it by less than a step since the last redraw: a fraction)
         def __init__(self, *args, **kwargs):
-            super().__init__(*args, **{**kwargs, "mininterval": 0, "miniters": 1})
+            super().__init__(*args, **{**kwargs, "mininterval": 0, "miniters": 0})
 
     from bafusion.fusion import working
 

@@ -41,7 +41,7 @@ from bafusion.fusion.exposure import MATCH_STEPS, apply_gains, colour_gains, exp
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.working import (
-    FUSING_STEP_SECONDS,
+    FUSING_STEP_COST,
     PROGRESS_MIN_PIXELS,
     decide_upscaled,
     decide_working,
@@ -511,8 +511,8 @@ def _fuse_pair(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionPar
         bar = None
         if uses_working(ga.shape, params):
             # one bar for the decision and the small regions (a 24 MP pair's last 4 s), each step
-            # advancing it by its share of the time (working.FUSING_STEP_SECONDS)
-            bar = held.enter_context(progress_bar(len(FUSING_STEP_SECONDS), ga.size, progress, fractional=True))
+            # advancing it by its share of the time for the pair's size (working.FUSING_STEP_COST)
+            bar = held.enter_context(progress_bar(len(FUSING_STEP_COST), ga.size, progress, fractional=True))
             s0, mean, near, s1, t = decide_working(ga, gb, nets, params, bar=bar, step=say)
         elif uses_upscale(ga.shape, params):
             with progress_bar(2, ga.size, progress) as bar2:  # shown only when asked for: the pair is small

@@ -82,31 +82,58 @@ MAX_UPSCALE = 2.0
 PROGRESS_MIN_PIXELS = 4_000_000
 
 #: The steps of a camera-size pair's fusing bar (:func:`decide_working`, then the small
-#: regions and the composite of :func:`bafusion.fusion.fuse_images`) with the seconds each took
-#: for a 24 MP pair (6000x4000, 90 photos tiled, one focus boundary; a pseudo-terminal, one
-#: torch thread, one run under load ~12, session 33's probe): the bar advances by these shares,
-#: so its time left is right from the first step. Counted alike, the first step (2.3 s of 24.9)
-#: promised 6 s for the 19 s left, and the bar sat full for the last 3.8 s.
-FUSING_STEP_SECONDS = (("initial net", 2.3), ("boundary net", 8.7), ("full size", 6.4), ("band", 3.7),
-                       ("small regions", 3.8))
+#: regions and the composite of :func:`bafusion.fusion.fuse_images`), each with its CPU seconds
+#: per megapixel of the working resolution (the nets run there: 640 px long side by default,
+#: whatever the pair's size) and per megapixel at full size (the reduction to the working size,
+#: the maps, the band, the small regions): ``(name, per working MP, per full-size MP)``. The bar
+#: advances by each step's share of the time these give for the pair's size
+#: (:func:`fusing_step_seconds`). Fitted (non-negative least squares) to the CPU seconds of
+#: lytro-05 upscaled to 4, 12 and 24 MP (JPEG q92, the defaults, one torch thread, five runs;
+#: BENCHMARKS.md "Where a camera-size fusion's time goes"): the nets took 78 % of a 4 MP pair's
+#: fusing CPU and 34 % of a 24 MP pair's; with one 24 MP pair's shares for every size (0.6.0) a
+#: 4 MP pair's bar said 12-16 s were left after the nets when 3 s were (now 4-6 s).
+FUSING_STEP_COST = (("initial net", 1.00, 0.017), ("boundary net", 3.9, 0.0), ("full size", 0.0, 0.058),
+                    ("band", 0.42, 0.039), ("small regions", 0.0, 0.041))
 
 
-def fusing_weights(post: bool = True) -> list[float]:
-    """What each step of the fusing bar (:data:`FUSING_STEP_SECONDS`) advances it by, in
-    steps of the average cost: they sum to the number of steps.
+def fusing_step_seconds(pixels: float, working_pixels: float) -> list[float]:
+    """The CPU seconds each step of the fusing bar (:data:`FUSING_STEP_COST`) takes for a pair
+    of ``pixels`` pixels decided at ``working_pixels``, as measured on one core.
+
+    Parameters
+    ----------
+    pixels : float
+        Pixels of one shot at full size (height times width).
+    working_pixels : float
+        Pixels of one shot at the working resolution (:func:`working_resolution`).
+
+    Returns
+    -------
+    list of float
+        One figure a step, in order.
+    """
+    return [per_working * working_pixels / 1e6 + per_full * pixels / 1e6 for _, per_working, per_full in FUSING_STEP_COST]
+
+
+def fusing_weights(post: bool = True, pixels: float = 6000 * 4000, working_pixels: float = 640 * 427) -> list[float]:
+    """What each step of the fusing bar (:data:`FUSING_STEP_COST`) advances it by, in steps of
+    the average cost: they sum to the number of steps.
 
     Parameters
     ----------
     post : bool
         With the small regions and the composite (the bar of :func:`bafusion.fusion.fuse_images`,
         five steps); False: :func:`decide_working`'s own bar, four steps.
+    pixels, working_pixels : float
+        Pixels of one shot at full size and at the working resolution (:func:`fusing_step_seconds`);
+        by default a 24 MP pair's (6000x4000 decided at 640x427).
 
     Returns
     -------
     list of float
         One weight a step, in order.
     """
-    w = [s for _, s in FUSING_STEP_SECONDS][: 5 if post else 4]
+    w = fusing_step_seconds(pixels, working_pixels)[: 5 if post else 4]
     return [len(w) * x / sum(w) for x in w]
 
 
@@ -504,7 +531,8 @@ def decide_working(
     say = step if step is not None else (lambda text: None)
     with (contextlib.nullcontext(bar) if bar is not None else
           progress_bar(4, h * w, progress, fractional=True)) as outer:
-        bar = _WeightedBar(outer, fusing_weights(post=outer.total == len(FUSING_STEP_SECONDS)))
+        bar = _WeightedBar(outer, fusing_weights(post=outer.total == len(FUSING_STEP_COST), pixels=h * w,
+                                                  working_pixels=hs * ws))
         t0 = time.perf_counter()
         say(f"the nets at {ws}x{hs} px")
         bar.set_postfix_str(f"initial net at {ws}x{hs}")
@@ -572,7 +600,8 @@ __all__ = [
     "upscale_side",
     "uses_upscale",
     "decide_working",
-    "FUSING_STEP_SECONDS",
+    "FUSING_STEP_COST",
+    "fusing_step_seconds",
     "fusing_weights",
     "guided_filter",
     "progress_bar",
