@@ -469,3 +469,41 @@ def test_the_fusing_bars_shares_follow_the_pairs_size(tiny_nets: Path, monkeypat
     # and at camera sizes, as measured: a 4 MP pair decided at 640x427 px spends most in the nets
     w4, w24 = (working.fusing_weights(True, p, 640 * 427) for p in (2448 * 1632, 6000 * 4000))
     assert sum(w4[:2]) / 5 > 0.5 > sum(w24[:2]) / 5, (w4, w24)
+
+
+def test_fuse_set_in_a_log_names_each_step_of_a_camera_size_pair(tmp_path: Path, tiny_nets: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """``fuse-set --pairs P -o OUT 2> log`` of a 12 MP pair printed its first line 60 s after
+    it started (the fusing bar's first plain line; the reading and the exposure matching said
+    nothing) and nothing for the 40 s of its maps after its seconds' line. A pair whose shots
+    hold STEP_LINES_MIN_PIXELS or more (here lowered to the test's pair) now names its steps as
+    they start, after the local time: reading, the fusion's steps as fuse names them, writing
+    its maps; a smaller pair says what it said, and --no-progress none of them."""
+    import bafusion.fusion.batch as batch
+    import bafusion.fusion.rule as rule
+    import bafusion.progress as progress
+
+    src = _one_pair(tmp_path / "in", 128)
+    (src / "index.json").write_text('["p"]')
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)
+    args = ["fuse-set", "--pairs", str(src), "--model", str(tiny_nets), "--device", "cpu",
+            "--params", str(_working_params(tmp_path))]
+    capsys.readouterr()
+    assert cli_main([*args, "-o", str(tmp_path / "small")]) == 0
+    assert " ...\n" not in capsys.readouterr().err  # a small pair: its seconds' line only
+    monkeypatch.setattr(batch, "STEP_LINES_MIN_PIXELS", 2 * 128 * 128)
+    monkeypatch.setattr(rule, "PROGRESS_MIN_PIXELS", 128 * 128, raising=False)
+    assert cli_main([*args, "-o", str(tmp_path / "out")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    said = [line.split("bafusion fuse-set: p: ", 1)[1] for line in lines
+            if re.fullmatch(rf"{STAMP} bafusion fuse-set: p: .* \.\.\.", line)]
+    want = ["reading", "matching the exposures", "the nets at 64x64 px", "the maps at full size, 128x128 px",
+            r"refining the boundary band, \d+ tiles?", "removing small regions and compositing",
+            re.escape("writing its maps and p.png")]
+    assert len(said) == len(want), lines
+    for got, step in zip(said, want):
+        assert re.fullmatch(rf"{step} \.\.\.", got), (step, lines)
+    assert _stamped(lines, "bafusion fuse-set", r"p: [\d.]+ s")  # the seconds' line, between them
+    assert cli_main([*args, "-o", str(tmp_path / "quiet"), "--no-progress"]) == 0
+    assert " ...\n" not in capsys.readouterr().err

@@ -417,18 +417,27 @@ def _stage_lines(progress: bool | None, paths: list[Path]) -> Callable[[str], No
     :data:`~bafusion.fusion.batch.STEP_LINES_MIN_PIXELS` or more in all, as fuse-dir's (a smaller
     pair's steps are short). Camera-size pairs take minutes, most of it outside the fusion's bar:
     a log of such a fusion printed nothing for the minutes of reading and aligning."""
+    from bafusion.fusion.batch import _stack_pixels
+    from bafusion.progress import bars_enabled
+
+    if progress is not False and not bars_enabled(True) and _stack_pixels(paths) < STEP_LINES_MIN_PIXELS:
+        return lambda text: None
+    return _step_lines("bafusion fuse", progress)
+
+
+def _step_lines(command: str, progress: bool | None) -> Callable[[str], None]:
+    """A long step named on stderr as it starts (``bafusion fuse-set: p1: reading ...``), unless
+    ``progress`` is False: on a terminal between the lines of a progress bar, off one (a log)
+    as a plain line after the local time (:func:`bafusion.progress.in_log`)."""
     from tqdm import tqdm
 
-    from bafusion.fusion.batch import _stack_pixels
     from bafusion.progress import bars_enabled, in_log
 
     if progress is False:
         return lambda text: None
     if bars_enabled(True):
-        return lambda text: tqdm.write(f"bafusion fuse: {text} ...", file=sys.stderr)
-    if _stack_pixels(paths) < STEP_LINES_MIN_PIXELS:
-        return lambda text: None
-    return lambda text: print(in_log(f"bafusion fuse: {text} ..."), file=sys.stderr, flush=True)
+        return lambda text: tqdm.write(f"{command}: {text} ...", file=sys.stderr)
+    return lambda text: print(in_log(f"{command}: {text} ..."), file=sys.stderr, flush=True)
 
 
 def _cmd_fuse_set(args: argparse.Namespace) -> int:
@@ -451,6 +460,7 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
                           progress=args.progress,
                           say=lambda text: print(f"bafusion fuse-set: {text}", file=sys.stderr),
                           timed=lambda text: print(stamped(f"bafusion fuse-set: {text}", sys.stderr), file=sys.stderr),
+                          step=_step_lines("bafusion fuse-set", args.progress),
                           show=print)
         run.log_metrics({k: float(v) for k, v in fuse_metrics(report).items()})
     return 0

@@ -392,6 +392,7 @@ def fuse_images(
     names: tuple[str, str] = ("A", "B"),
     progress: bool | None = None,
     threads: int | str | None = None,
+    step: Callable[[str], None] | None = None,
 ) -> FusionResult:
     """Fuse two registered sources by the paper's rule (section 2, Eqs. 1-3).
 
@@ -419,6 +420,12 @@ def fuse_images(
         (:func:`bafusion.threads.auto_threads`: on a 2-core CPU with another process running, two
         threads wait for each other and run several times slower than one). The fused image does
         not depend on it.
+    step : callable, optional
+        Called with a line naming each step that takes seconds at camera size as it starts
+        ("matching the exposures", "the nets at 640x427 px", "the maps at full size, 6000x4000
+        px", "refining the boundary band, 89 tiles", "removing small regions and compositing"),
+        for pairs of :data:`~bafusion.fusion.working.PROGRESS_MIN_PIXELS` or more (as
+        :func:`fuse_stack` names them).
 
     Returns
     -------
@@ -442,7 +449,7 @@ def fuse_images(
 
     threads = checked_threads(threads)
     with torch_threads(threads):
-        return _fuse_pair(a, b, nets, params, names, progress)
+        return _fuse_pair(a, b, nets, params, names, progress, step=step)
 
 
 def dtype_hint(x: np.ndarray, wide: bool = True) -> str:

@@ -203,6 +203,17 @@ def _check_pair_sizes(pairs: Path, name: str) -> None:
         raise InputFileError(pt, _truth_size_message(st, sa, pa))
 
 
+def _pair_steps(name: str, shots: list[Path], step: Callable[[str], None] | None) -> Callable[[str], None]:
+    """``step`` for pair ``name``'s lines (``p1: reading``), where its shots hold
+    :data:`~bafusion.fusion.batch.STEP_LINES_MIN_PIXELS` or more in all; else nothing said (a
+    small pair's steps are short, as ``fuse`` and ``fuse-dir`` judge them)."""
+    from bafusion.fusion.batch import STEP_LINES_MIN_PIXELS, _stack_pixels
+
+    if step is None or _stack_pixels(shots) < STEP_LINES_MIN_PIXELS:
+        return lambda text: None
+    return lambda text: step(f"{name}: {text}")
+
+
 def fuse_set(
     pairs: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -216,6 +227,7 @@ def fuse_set(
     say: Callable[[str], None] | None = None,
     show: Callable[[str], None] | None = None,
     timed: Callable[[str], None] | None = None,
+    step: Callable[[str], None] | None = None,
 ) -> dict:
     """Fuse every pair of a test set and score its decision map against the truth.
 
@@ -262,6 +274,14 @@ def fuse_set(
         Called with each pair's seconds as it is fused (``p1: 1.234 s``), which ``bafusion
         fuse-set`` prints on stderr as a line of its log (with the time where that is a log);
         None (the default): given to ``say``.
+    step : callable, optional
+        Called with a line naming each step of a pair whose shots hold
+        :data:`~bafusion.fusion.batch.STEP_LINES_MIN_PIXELS` or more in all as it starts
+        (``p1: reading ...``, the fusion's steps as ``fuse`` names them, ``p1: matching the
+        exposures``, ..., and ``p1: writing its maps and p1.png``), which ``bafusion fuse-set``
+        prints on stderr (with the time where that is a log): a 12 MP pair's log said nothing for
+        the minute before its fusing bar's first line, nor for the 40 s of its maps. None (the
+        default): not said.
 
     Returns
     -------
@@ -324,9 +344,12 @@ def fuse_set(
     with atomic_dir(out) as tmp:
         for name in names:
             pa, pb, pt = pairs / f"{name}-A.png", pairs / f"{name}-B.png", pairs / f"{name}-dm.png"
+            said = _pair_steps(name, [pa, pb], step)
+            said("reading")
             src = read_source_set([pa, pb])  # the images as read_images reads them, and A's metadata
             a, b = src.images
-            res = fuse_images(a, b, nets, params, (str(pa), str(pb)), progress=progress)  # the command line's threads
+            # the command line's threads; each step of a camera-size pair named
+            res = fuse_images(a, b, nets, params, (str(pa), str(pb)), progress=progress, step=said)
             # A's EXIF, ICC profile, resolution and PNG colour chunks, and the notes, as fuse writes and says
             # them (the 8-bit fusion: a test set's 16-bit pairs are scored and written in 8 bits, as before)
             fused = fused_output(replace(src, full=None), [res], out / f"{name}.png")
@@ -366,6 +389,7 @@ def fuse_set(
                 if truth_aif.shape[:2] != a.shape[:2]:
                     raise InputFileError(paif, f"all-in-focus truth size {truth_aif.shape[1]}x{truth_aif.shape[0]} "
                                          f"(WxH) differs from {a.shape[1]}x{a.shape[0]} of {pa}")
+            said(f"writing its maps and {name}.png")  # a 12 MP pair's: 40 s
             save_maps(tmp / "maps", name, res, a, b, alpha=alpha, diff_cmap=diff_cmap, truth=truth_aif,
                       truth_dm=truth if truth_aif is not None else None)
             write_image(tmp / f"{name}.png", res.fused, exif=fused.exif, icc=fused.icc, dpi=fused.dpi,
