@@ -3,9 +3,10 @@
 A tqdm bar redraws its line with carriage returns: readable on a terminal, clutter in a log
 file (Snakemake and DVC send each step's output to ``logs/<step>.log``). Bars are drawn only
 when stderr is a terminal; otherwise the long steps print one line per unit of work (training:
-one line per epoch, see :mod:`bafusion.nets.train`; ``fuse-dir``: one per stack), and the
-steps whose units are many and short (``prepare``, ``composite``, ``testset``, ``patches``, the
-downloads), a training's epoch and a large pair's fusion a plain line at most every
+one line per epoch, see :mod:`bafusion.nets.train`; ``fuse-dir``: one per stack; ``fuse``,
+``fuse-dir`` and ``fuse-set``: one per step of camera-size shots), and the steps whose units
+are many and short (``prepare``, ``composite``, ``testset``, ``patches``, the downloads), a
+training's epoch and a large pair's fusion a plain line at most every
 :data:`PLAIN_INTERVAL_S` seconds (:func:`bar_options`): none for a step that ends sooner. Each
 plain line starts with the local time and the command (:func:`log_prefix`), so that a log of a
 run of hours says when it was written: ``2026-12-06T15:44:16 bafusion composite: composite shard

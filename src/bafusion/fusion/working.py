@@ -112,7 +112,8 @@ def fusing_step_seconds(pixels: float, working_pixels: float) -> list[float]:
     list of float
         One figure a step, in order.
     """
-    return [per_working * working_pixels / 1e6 + per_full * pixels / 1e6 for _, per_working, per_full in FUSING_STEP_COST]
+    return [per_working * working_pixels / 1e6 + per_full * pixels / 1e6
+            for _, per_working, per_full in FUSING_STEP_COST]
 
 
 def fusing_weights(post: bool = True, pixels: float = 6000 * 4000, working_pixels: float = 640 * 427) -> list[float]:
