@@ -1811,6 +1811,43 @@ def test_a_shot_of_another_resolution_than_the_first_is_said(tmp_path: Path) -> 
     assert line in src.notes and line in src.notes_for(tmp_path / "f.jpg") and line not in src.array_notes()
 
 
+def test_adobe_rgb_stated_only_in_exif_is_compared_between_shots(tmp_path: Path) -> None:
+    """A camera set to Adobe RGB writes no ICC profile in its JPEGs: its EXIF says ColorSpace
+    0xFFFF (uncalibrated) with the interoperability index R03 (some cameras: ColorSpace 2).
+    Such a shot beside an sRGB one (ColorSpace 1, R98) was fused in silence, as the same
+    colours; now it is said, and what the result carries: the first's EXIF, where the output's
+    format holds EXIF (a .bmp does not)."""
+    from bafusion.io import profile_notes
+
+    img = _photo_like(16)
+
+    def shot(name: str, space: int, index: str | None) -> Path:
+        sub: dict = {0xA001: space}
+        if index:
+            sub[0xA005] = {0x0001: index}
+        ex = Image.Exif()
+        ex[0x8769] = sub
+        Image.fromarray(img).save(tmp_path / name, exif=ex.tobytes())
+        return tmp_path / name
+
+    adobe, srgb, adobe2 = shot("adobe.jpg", 0xFFFF, "R03"), shot("srgb.jpg", 1, "R98"), shot("adobe2.jpg", 2, None)
+    uncal = shot("uncal.jpg", 0xFFFF, None)  # uncalibrated, no option file named: not Adobe RGB
+    assert profile_notes([adobe, srgb], None, True, tmp_path / "f.jpg") == [
+        f"{srgb} has no colour description and {adobe} Adobe RGB stated in its EXIF; the result carries "
+        f"{adobe}'s EXIF, which states Adobe RGB (colours are not converted)"]
+    assert profile_notes([adobe, srgb], None, True, tmp_path / "f.bmp") == [
+        f"{srgb} has no colour description and {adobe} Adobe RGB stated in its EXIF; the result carries no colour "
+        f"description (.bmp cannot hold {adobe}'s EXIF, which states Adobe RGB) (colours are not converted)"]
+    line = (f"{adobe} has Adobe RGB stated in its EXIF and {srgb} no colour description; the result carries none "
+            "(colours are not converted)")
+    assert profile_notes([srgb, adobe], None, True, tmp_path / "f.jpg") == [line]
+    assert profile_notes([adobe, adobe2], None, True) == [] and profile_notes([srgb, uncal], None, True) == []
+    src = read_source_set([srgb, adobe])
+    assert line in src.notes_for(tmp_path / "f.jpg")
+    assert (f"{adobe} has Adobe RGB stated in its EXIF and {srgb} no colour description; colours are not converted "
+            "(the fused array holds each shot's values as stored)") in src.array_notes()
+
+
 def test_the_alpha_note_of_a_low_bit_gray_png_and_a_malformed_transparent_colour(tmp_path: Path) -> None:
     """Pillow decodes a 2 or 4-bit gray PNG on the 8-bit scale (2 bits: 0, 85, 170, 255) but
     keeps its transparent gray raw (3 for white): compared as such, a transparent value that

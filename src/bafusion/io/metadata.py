@@ -473,10 +473,45 @@ def png_colour_name(chunks: bytes) -> str:
 
 def _colour_description(path: str | os.PathLike[str], icc: bytes | None) -> tuple[tuple | None, str]:
     """A source's colour description (its ICC profile, else its PNG ``sRGB`` chunk, else its
-    ``gAMA``/``cHRM`` chunks) as a comparable key and a label; (None, 'none') without one."""
+    ``gAMA``/``cHRM`` chunks, else Adobe RGB stated in its EXIF: :func:`_exif_adobe_rgb`) as a
+    comparable key and a label; (None, 'none') without one (an EXIF stating sRGB, or none, is
+    the untagged default: sRGB)."""
     if icc:
         return ("icc", _icc_key(icc)), f"the colour profile {icc_name(icc)}"
-    return _png_colour_label(source_png_colour(path))
+    key, label = _png_colour_label(source_png_colour(path))
+    if key is None and _exif_adobe_rgb(path):
+        return ("exif", "Adobe RGB"), _EXIF_ADOBE_LABEL
+    return key, label
+
+
+#: The label of a colour description that is Adobe RGB stated in EXIF (:func:`_exif_adobe_rgb`).
+_EXIF_ADOBE_LABEL = "Adobe RGB stated in its EXIF"
+
+
+def _exif_adobe_rgb(path: str | os.PathLike[str]) -> bool:
+    """Whether a file's EXIF states Adobe RGB without an ICC profile, as cameras set to Adobe RGB
+    write their JPEGs: ColorSpace (0xA001) 0xFFFF, uncalibrated, with the interoperability index
+    ``R03`` (DCF's Adobe RGB option file), or ColorSpace 2 (written by some cameras for Adobe
+    RGB). Colour-managed viewers show such a shot in Adobe RGB; one beside an sRGB shot was fused
+    unsaid. False when the file or its EXIF cannot be read."""
+    try:
+        with _quiet_pillow(), pillow_open(path) as im:
+            exif = header_exif(im, path)
+            if not exif or 0x8769 not in exif:
+                return False
+            space = exif.get_ifd(0x8769).get(0xA001)
+            if space == 2:
+                return True
+            if space != 0xFFFF:
+                return False
+            index = exif.get_ifd(0xA005).get(0x0001)
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - an EXIF Pillow cannot read: no colour space stated
+        return False
+    if isinstance(index, bytes):
+        index = index.decode("latin-1")
+    return isinstance(index, str) and index.strip("\0 ").upper() == "R03"
 
 
 def icc_name(icc: bytes) -> str:
@@ -517,7 +552,8 @@ def profile_notes(paths: Sequence[str | os.PathLike[str]], first_icc: bytes | No
                   rgb: bool | None = None, output: str | os.PathLike[str] | None = None,
                   high_depth: bool = False, *, array: bool = False) -> list[str]:
     """One line per source after the first whose colour description (ICC profile, else PNG
-    ``sRGB`` chunk, else ``gAMA``/``cHRM`` chunks) differs from the first's, or that has one
+    ``sRGB`` chunk, else ``gAMA``/``cHRM`` chunks, else Adobe RGB stated in its EXIF, as cameras
+    set to Adobe RGB write JPEGs without a profile) differs from the first's, or that has one
     where the first has none or the reverse: the result of a fusion carries the first source's
     description (or none), and colours are not converted, so the user is told. ``rgb``: whether
     the result is colour (True) or gray (False); a first profile of another colour space is not
@@ -565,6 +601,13 @@ def profile_notes(paths: Sequence[str | os.PathLike[str]], first_icc: bytes | No
         carried = f"no profile ({suffix} cannot hold {first}'s)"
     elif fits and not stored:
         carried = f"no profile ({suffix} cannot hold {first}'s: it stores a gray result as RGB)"
+    elif key == ("exif", "Adobe RGB"):  # carried in the EXIF, where the output holds it
+        if keeps is None:
+            carried = f"{first}'s EXIF, which states Adobe RGB, where its format holds EXIF"
+        elif "exif" in keeps:
+            carried = f"{first}'s EXIF, which states Adobe RGB"
+        else:
+            carried = f"no colour description ({suffix} cannot hold {first}'s EXIF, which states Adobe RGB)"
     elif label != "none" and not first_icc:
         what = label.removeprefix("a ")
         if keeps is None:
