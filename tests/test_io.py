@@ -823,6 +823,50 @@ for limit in (full - 1, full - 100, full - 3000):
 """
 
 
+@pytest.mark.parametrize("bits", [None, 12, 16])
+def test_a_16_bit_tiff_carries_the_exif_and_names_bafusion(tmp_path: Path, bits: int | None) -> None:
+    """A 16-bit TIFF (written by tifffile) carried no EXIF: a raw converter's 16-bit export lost
+    its camera, exposure, date and GPS in the fusion, and the file said Software 'tifffile.py'.
+    It now holds the EXIF's camera tags in its first IFD, its Exif (with the Interoperability
+    IFD: an Adobe RGB shot's R03) and GPS sub-IFDs, and Software as the EXIF states it
+    (bafusion's without EXIF); read back by Pillow, tifffile and source_metadata (which took
+    the Interoperability IFD's offset from a TIFF source as it stood, pointing into the output's
+    block at whatever lay there), its pixels unchanged."""
+    import tifffile
+
+    from bafusion._version import __version__
+    from bafusion.io import source_metadata
+
+    ex = Image.Exif()
+    ex[0x010F], ex[0x0110], ex[0x0131], ex[0x0132] = "Canon", "EOS R5", "bafusion 9", "2026:01:02 03:04:05"
+    ex[0x8769] = {0x829A: 0.01, 0x8827: 400, 0xA001: 0xFFFF, 0xA005: {0x0001: "R03"}}
+    ex[0x8825] = {0x0001: "N", 0x0002: (52.0, 13.0, 30.5)}
+    img = np.random.default_rng(0).integers(0, 65536, (6, 7, 3)).astype(np.uint16)
+    out = tmp_path / "f.tif"
+    write_image(out, img, exif=ex.tobytes(), bits=bits, dpi=(300, 300))
+    with Image.open(out) as im:
+        got = im.getexif()
+        assert (got.get(0x010F), got.get(0x0110), got.get(0x0131), got.get(0x0132)) == (
+            "Canon", "EOS R5", "bafusion 9", "2026:01:02 03:04:05")
+        assert got.get_ifd(0x8769).get(0x829A) == 0.01 and got.get_ifd(0x8769).get(0x8827) == 400
+        assert got.get_ifd(0xA005).get(0x0001) == "R03"
+        assert got.get_ifd(0x8825) == {0x0001: "N", 0x0002: (52.0, 13.0, 30.5)}
+    with tifffile.TiffFile(out) as tf:
+        assert tf.pages.first.tags["ExifTag"].value["ExposureTime"] == 0.01
+        assert tf.is_ome == bool(bits)
+        back = tf.asarray()
+    if bits is None:
+        assert np.array_equal(back, img)
+    carried, _ = source_metadata(out)  # the fusion of a fusion: its EXIF carried on, R03 with it
+    again = Image.Exif()
+    again.load(carried)
+    assert again.get_ifd(0xA005).get(0x0001) == "R03" and again.get_ifd(0x8769).get(0x829A) == 0.01
+    write_image(tmp_path / "plain.tif", img, bits=bits)
+    with tifffile.TiffFile(tmp_path / "plain.tif") as tf:
+        assert tf.pages.first.tags["Software"].value == f"bafusion {__version__}"
+        assert "ExifTag" not in tf.pages.first.tags
+
+
 def test_write_of_a_16_bit_tiff_fails_when_its_last_bytes_are_lost(tmp_path: Path) -> None:
     """A 16-bit TIFF is written by tifffile straight to the file (not copied into memory), its
     image data by numpy's ``tofile`` through a C ``FILE`` whose closing flush is not checked: a

@@ -471,9 +471,8 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
 METADATA_EPILOG = (
     "Metadata: the output carries the first source's EXIF (its orientation reset: the pixels are turned; its "
     "Software set to 'bafusion <version>', which wrote the output), ICC "
-    "profile and resolution (dpi) where its format holds them: .png, .jpg and 8-bit .tif all three, a 16-bit .tif "
-    "no EXIF, a .webp no resolution, a .bmp the resolution only (stderr says what is not written); a PNG source's "
-    "gAMA/cHRM/sRGB chunks "
+    "profile and resolution (dpi) where its format holds them: .png, .jpg and .tif all three, a .webp no "
+    "resolution, a .bmp the resolution only (stderr says what is not written); a PNG source's gAMA/cHRM/sRGB chunks "
     "go to a .png only; a .jpg has the first source's chroma subsampling when it is a JPEG, else 4:4:4. The "
     "sources' XMP, IPTC and comments are not kept, and colours are not converted (stderr "
     "says when a shot's colour profile differs from the first's).")

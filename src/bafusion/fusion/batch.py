@@ -468,7 +468,7 @@ def unwritten_metadata_note(output: Path, high_depth: bool, icc: bool, exif: boo
     """The line saying that the first source's ICC profile (``icc``: it has one that fits the
     result), EXIF (``exif``) or resolution (``dpi``) is not written, since ``output``'s format
     cannot hold it (:func:`bafusion.io.written_metadata`: a .bmp holds neither profile nor
-    EXIF, a 16-bit .tif no EXIF, a .webp no resolution), or, for the profile, since ``output``
+    EXIF, a .webp no resolution), or, for the profile, since ``output``
     stores the result in another colour space (``icc_unfit``: a .webp stores a gray result as
     RGB, which a gray profile does not describe); None when the output holds them all."""
     keeps = written_metadata(output, high_depth)
@@ -478,11 +478,8 @@ def unwritten_metadata_note(output: Path, high_depth: bool, icc: bool, exif: boo
     if not lost:
         return None
     them = "it" if len(lost) == 1 else "them"
-    if high_depth and Path(output).suffix.lower() in (".tif", ".tiff"):
-        why = f"a 16-bit {Path(output).suffix} is written without EXIF; a .png output keeps 16 bits and {them}"
-    else:
-        gray = ": it stores a gray result as RGB, which a gray profile does not describe" if icc and icc_unfit else ""
-        why = f"{Path(output).suffix} cannot hold {them}{gray}; a .png, .tif or .jpg output keeps {them}"
+    gray = ": it stores a gray result as RGB, which a gray profile does not describe" if icc and icc_unfit else ""
+    why = f"{Path(output).suffix} cannot hold {them}{gray}; a .png, .tif or .jpg output keeps {them}"
     listed = lost[0] if len(lost) == 1 else ", ".join(lost[:-1]) + " and " + lost[-1]
     return f"{output}: the first source's {listed} {'is' if len(lost) == 1 else 'are'} not written ({why})"
 

@@ -83,9 +83,20 @@ def _tiff_exif(tags: Image.Exif) -> Image.Exif:
         if tag in tags:
             new[tag] = tags[tag]
     for ifd in (0x8769, 0x8825):  # the Exif and GPS sub-IFDs
-        sub = tags.get_ifd(ifd) if ifd in tags else {}
+        sub = dict(tags.get_ifd(ifd)) if ifd in tags else {}
+        if ifd == 0x8769 and 0xA005 in sub:
+            # the Interoperability IFD (an Adobe RGB shot's R03) as its tags: its offset is the
+            # source file's, and pointed into the output's block at whatever lay there
+            try:
+                interop = dict(tags.get_ifd(0xA005))
+            except Exception:  # noqa: BLE001 - an unreadable one: left out
+                interop = {}
+            if interop:
+                sub[0xA005] = interop
+            else:
+                del sub[0xA005]
         if sub:
-            new[ifd] = dict(sub)
+            new[ifd] = sub
     return new
 
 

@@ -51,8 +51,8 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         image scaled to 8 bits (callers warn, see :func:`keeps_16_bits`).
     exif, icc : bytes, optional
         EXIF block and ICC profile to store where the format allows (PNG: ``eXIf`` and
-        ``iCCP``; JPEG, WebP and 8-bit TIFF: both; 16-bit TIFF: the ICC profile only; BMP:
-        neither). Without them the file is byte-identical to what it was before they existed.
+        ``iCCP``; JPEG, WebP and TIFF: both, a 16-bit TIFF its camera tags, Exif and GPS
+        sub-IFDs, written after tifffile's image; BMP: neither). Without them the file is byte-identical to what it was before they existed.
         EXIF over 65,533 bytes, more than a JPEG's APP1 segment holds, is shortened for a
         JPEG as ``fuse`` and ``fuse-dir`` shorten it (:func:`fit_jpeg_exif`: its MakerNote
         dropped, then its largest tags; left out when Pillow cannot rewrite it), with an
@@ -169,7 +169,7 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         img = _u16_to_u8_table()[img]  # scale_to_u8(img, 16) by table: no float64 copy (8 bytes a sample)
     if img.dtype == np.uint16 and fmt == "TIFF":
         # tifffile writes straight to the file (the image, of 100+ MB, is not copied into memory)
-        _write_checked(p, lambda fh: _write_tiff16(fh, img, icc, bits, dpi))
+        _write_checked(p, lambda fh: _write_tiff16(fh, img, icc, bits, dpi, exif))
         return
     # encoded in memory, then written with Python's file I/O, which raises on a short write
     # (ENOSPC): Pillow writes a JPEG of quality >= 95 in one write() straight to the file's
@@ -309,16 +309,16 @@ def output_format_problem(path: str | os.PathLike[str], *, quality: int | None =
 def written_metadata(path: str | os.PathLike[str], high_depth: bool = False) -> frozenset[str]:
     """The metadata :func:`write_image` stores in a file of ``path``'s suffix: ``'icc'`` (the ICC
     profile, when it fits the image: :func:`icc_fits`), ``'exif'``, ``'dpi'`` and
-    ``'png_colour'`` (PNG ``gAMA``/``cHRM``/``sRGB`` chunks). ``high_depth``: a uint16 image,
-    which a TIFF holds without EXIF. A BMP holds the resolution only, a WebP no resolution, other
-    formats none of them.
+    ``'png_colour'`` (PNG ``gAMA``/``cHRM``/``sRGB`` chunks). ``high_depth``: a uint16 image
+    (the same answer: a 16-bit TIFF holds EXIF too). A BMP holds the resolution only, a WebP no
+    resolution, other formats none of them.
 
     Parameters
     ----------
     path : str or path-like
         The output file (only its suffix is looked at).
     high_depth : bool
-        The image is uint16.
+        The image is uint16 (no longer changes the answer).
 
     Returns
     -------
@@ -328,8 +328,6 @@ def written_metadata(path: str | os.PathLike[str], high_depth: bool = False) -> 
     """
     fmt = Image.registered_extensions().get(Path(path).suffix.lower())
     keeps = _WRITTEN_METADATA.get(fmt or "", frozenset())
-    if high_depth and fmt == "TIFF":
-        keeps = keeps - {"exif"}
     return keeps
 
 
@@ -343,7 +341,7 @@ def _write_checked(p: Path, write: Callable[[BinaryIO], int]) -> None:
 
     with atomic_file(p) as tmp:
         try:
-            with open(tmp, "wb") as fh:
+            with open(tmp, "w+b") as fh:  # (read back: a 16-bit TIFF's EXIF pointers are set after)
                 size = write(fh)
                 fh.flush()
                 written = os.fstat(fh.fileno()).st_size
@@ -576,11 +574,114 @@ def png16_bytes(img: np.ndarray, *, exif: bytes | None = None, icc: bytes | None
     return data[:ihdr_end] + extra + data[ihdr_end:]
 
 
+#: IFD0 tags of an EXIF block a 16-bit TIFF carries as its own (:func:`_tiff16_exif`): Make, Model,
+#: Orientation, DateTime, Artist, Copyright, each with its TIFF type for tifffile.
+_TIFF16_IFD0_TAGS = {0x010F: "s", 0x0110: "s", 0x0112: "H", 0x0132: "s", 0x013B: "s", 0x8298: "s"}
+
+#: The EXIF and GPS sub-IFD pointer tags.
+_EXIF_POINTERS = (0x8769, 0x8825)
+
+
+def _tiff16_exif(exif: bytes | None) -> tuple[list[tuple], dict[int, dict], str]:
+    """What a 16-bit TIFF (written by tifffile, which writes no EXIF) carries of an EXIF block:
+    tifffile ``extratags`` of its descriptive IFD0 tags (:data:`_TIFF16_IFD0_TAGS`), its Exif
+    (with the Interoperability IFD) and GPS sub-IFDs as dicts (:func:`_append_sub_ifds` writes
+    them), and the Software to write (the block's: ``bafusion <version>`` from
+    :func:`bafusion.io.source_metadata`; bafusion's when it has none, not tifffile's
+    ``tifffile.py``). A block Pillow cannot read or write back gives the sub-IFDs none."""
+    from bafusion._version import __version__
+
+    software = f"bafusion {__version__}"
+    if not exif:
+        return [], {}, software
+    try:
+        with _quiet_pillow():
+            ex = Image.Exif()
+            ex.load(exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+            tags: list[tuple] = []
+            for tag, dtype in _TIFF16_IFD0_TAGS.items():
+                value = ex.get(tag)
+                if dtype == "s" and isinstance(value, (str, bytes)) and value:
+                    data = value.encode("utf-8", "replace") if isinstance(value, str) else value
+                    tags.append((tag, "s", 0, data.rstrip(b"\0"), True))
+                elif dtype == "H" and isinstance(value, int) and 1 <= value <= 8:
+                    tags.append((tag, "H", 1, value, True))
+            if isinstance(ex.get(0x0131), str) and ex[0x0131].strip("\0 "):
+                software = ex[0x0131].strip("\0")
+            subs: dict[int, dict] = {}
+            for tag in _EXIF_POINTERS:
+                sub = dict(ex.get_ifd(tag)) if tag in ex else {}
+                if tag == 0x8769 and 0xA005 in sub:
+                    sub[0xA005] = dict(ex.get_ifd(0xA005))  # the Interoperability IFD, as a dict
+                    if not sub[0xA005]:
+                        del sub[0xA005]
+                if sub:
+                    subs[tag] = sub
+            if subs:
+                _sub_ifds_bytes(subs, 8)  # one Pillow cannot write back: none of them
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - Pillow's EXIF reader or writer: a malformed block
+        return [], {}, software
+    return tags, subs, software
+
+
+def _sub_ifds_bytes(subs: dict[int, dict], start: int) -> tuple[bytes, dict[int, int]]:
+    """Little-endian bytes to place at file offset ``start`` holding the sub-IFDs ``subs``
+    (pointer tag: dict of tags, as Pillow's EXIF writer writes them) and the file offset of each."""
+    ex = Image.Exif()
+    ex.endian = "<"  # as tifffile writes (Pillow's default is big-endian)
+    for tag, sub in subs.items():
+        ex[tag] = sub
+    with _quiet_pillow():
+        block = ex.tobytes(start)  # b"Exif\0\0", an 8-byte little-endian header, then the IFD at ``start``
+    data = block[6 + 8:]
+    (count,) = struct.unpack_from("<H", data, 0)
+    offsets = {}
+    for i in range(count):
+        tag, _, _, value = struct.unpack_from("<HHLL", data, 2 + 12 * i)
+        offsets[tag] = value
+    return data, offsets
+
+
+def _append_sub_ifds(fh: BinaryIO, subs: dict[int, dict]) -> int:
+    """Append the sub-IFDs ``subs`` to the little-endian classic TIFF written to ``fh`` and make
+    its first IFD's placeholders (a LONG 0 of the code after each pointer tag, which tifffile
+    does not write: no tag lies between them) the pointers to them; the file's new size."""
+    fh.seek(0, os.SEEK_END)
+    start = fh.tell()
+    if start & 1:  # IFDs start on a word boundary
+        fh.write(b"\0")
+        start += 1
+    data, offsets = _sub_ifds_bytes(subs, start)
+    fh.write(data)
+    fh.seek(4)
+    (ifd0,) = struct.unpack("<L", fh.read(4))
+    fh.seek(ifd0)
+    (count,) = struct.unpack("<H", fh.read(2))
+    entries = fh.read(12 * count)
+    for i in range(count):
+        (code,) = struct.unpack_from("<H", entries, 12 * i)
+        if code - 1 in offsets:
+            fh.seek(ifd0 + 2 + 12 * i)
+            fh.write(struct.pack("<HHLL", code - 1, 4, 1, offsets[code - 1]))  # LONG, one
+    fh.seek(0, os.SEEK_END)
+    return start + len(data)
+
+
+#: tifffile writes a BigTIFF from this many bytes of image data (``imwrite``'s own threshold).
+_BIGTIFF_BYTES = 2**32 - 2**25
+
+
 def _write_tiff16(fh: BinaryIO, img: np.ndarray, icc: bytes | None, bits: int | None = None,
-                  dpi: tuple[float, float] | None = None) -> int:
-    """Write a 16-bit TIFF of ``img`` (uint16 on the 16-bit scale) to ``fh``; the end of its
-    image data (the size the file has at least). ``dpi``: XResolution/YResolution in dots per
-    inch (else tifffile's 1/1, unit none).
+                  dpi: tuple[float, float] | None = None, exif: bytes | None = None) -> int:
+    """Write a 16-bit TIFF of ``img`` (uint16 on the 16-bit scale) to ``fh`` (opened for
+    reading too); the end of what was written (the size the file has at least). ``dpi``:
+    XResolution/YResolution in dots per inch (else tifffile's 1/1, unit none). ``exif``: the
+    EXIF block whose camera tags the file carries (:func:`_tiff16_exif`): Make, Model, DateTime,
+    Artist, Copyright and Orientation in its first IFD, its Exif and GPS sub-IFDs appended after
+    the image (not in a BigTIFF, of 4 GB of pixels or more), Software as the block states it
+    (else ``bafusion <version>``; tifffile's own is ``tifffile.py``).
 
     With ``bits`` below 16 the file holds the ``bits``-bit values (``round(x / 65535 *
     (2**bits - 1))``, as a 12-bit camera's 16-bit TIFF holds 0..4095) and marks them as an
@@ -596,6 +697,14 @@ def _write_tiff16(fh: BinaryIO, img: np.ndarray, icc: bytes | None, bits: int | 
     import tifffile
 
     extratags = [(34675, "B", len(icc), icc, True)] if icc else []
+    ifd0_tags, subs, software = _tiff16_exif(exif)
+    bigtiff = img.nbytes >= _BIGTIFF_BYTES
+    if bigtiff:
+        subs = {}  # Pillow writes classic TIFF IFDs only
+    # the pointers, set after the image is written (:func:`_append_sub_ifds`): tifffile writes no
+    # ExifTag nor GPSTag, so each is a placeholder of the next code, where the pointer sorts
+    extratags += ifd0_tags + [(tag + 1, "I", 1, 0, True) for tag in subs]
+    common = {"software": software, "bigtiff": bigtiff, "byteorder": "<"}
     if dpi:
         layout_res: dict = {"resolution": (float(dpi[0]), float(dpi[1])), "resolutionunit": "INCH"}
     else:
@@ -613,11 +722,12 @@ def _write_tiff16(fh: BinaryIO, img: np.ndarray, icc: bytes | None, bits: int | 
         if layout:
             metadata["axes"] = "YXS"
         offset, count = tifffile.imwrite(fh, img, photometric=photometric, ome=True, metadata=metadata,
-                                         extratags=extratags, returnoffset=True, **layout, **layout_res)
+                                         extratags=extratags, returnoffset=True, **common, **layout, **layout_res)
     else:
         offset, count = tifffile.imwrite(fh, img, photometric=photometric, metadata=None, extratags=extratags,
-                                         returnoffset=True, **layout, **layout_res)
-    return int(offset) + int(count)
+                                         returnoffset=True, **common, **layout, **layout_res)
+    end = int(offset) + int(count)
+    return max(end, _append_sub_ifds(fh, subs)) if subs else end
 
 
 @functools.lru_cache(maxsize=16)
