@@ -867,6 +867,26 @@ def test_a_16_bit_tiff_carries_the_exif_and_names_bafusion(tmp_path: Path, bits:
         assert "ExifTag" not in tf.pages.first.tags
 
 
+def test_an_8_bit_tiff_keeps_the_interoperability_ifd(tmp_path: Path) -> None:
+    """Pillow's TIFF writer, given an EXIF block, wrote the Exif sub-IFD's Interoperability
+    pointer with its offset within the block: in the TIFF it pointed at whatever lay there, so
+    an Adobe RGB shot's fusion (ColorSpace uncalibrated, R03) lost its R03. It is now written
+    whole, with the other tags, the GPS sub-IFD and the resolution."""
+    ex = Image.Exif()
+    ex[0x010F] = "Canon"
+    ex[0x8769] = {0xA001: 0xFFFF, 0x829A: 0.01, 0xA005: {0x0001: "R03"}}
+    ex[0x8825] = {0x0001: "N", 0x0002: (52.0, 13.0, 30.5)}
+    img = _photo_like(16)
+    write_image(tmp_path / "f.tif", img, exif=ex.tobytes(), dpi=(300, 300))
+    with Image.open(tmp_path / "f.tif") as im:
+        got = im.getexif()
+        assert got.get(0x010F) == "Canon" and got.get_ifd(0x8769).get(0x829A) == 0.01
+        assert got.get_ifd(0xA005) == {0x0001: "R03"}
+        assert got.get_ifd(0x8825) == {0x0001: "N", 0x0002: (52.0, 13.0, 30.5)}
+        assert [round(v) for v in im.info["dpi"]] == [300, 300]
+        assert np.array_equal(np.asarray(im), img)
+
+
 def test_write_of_a_16_bit_tiff_fails_when_its_last_bytes_are_lost(tmp_path: Path) -> None:
     """A 16-bit TIFF is written by tifffile straight to the file (not copied into memory), its
     image data by numpy's ``tofile`` through a C ``FILE`` whose closing flush is not checked: a

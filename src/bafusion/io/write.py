@@ -197,6 +197,10 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         keeps = written_metadata(p)
         if exif and "exif" in keeps:
             kwargs["exif"] = exif
+            info = _tiff8_exif_info(exif) if fmt == "TIFF" else None
+            if info is not None:  # Pillow's TIFF writer copies an Interoperability IFD's offset as it stands
+                kwargs["tiffinfo"] = info
+                del kwargs["exif"]
         if icc and "icc" in keeps:
             kwargs["icc_profile"] = icc
         if dpi and "dpi" in keeps:
@@ -667,6 +671,36 @@ def _append_sub_ifds(fh: BinaryIO, subs: dict[int, dict]) -> int:
             fh.write(struct.pack("<HHLL", code - 1, 4, 1, offsets[code - 1]))  # LONG, one
     fh.seek(0, os.SEEK_END)
     return start + len(data)
+
+
+def _tiff8_exif_info(exif: bytes) -> dict | None:
+    """The tags of an EXIF block with an Interoperability IFD (an Adobe RGB camera's ``R03``)
+    as Pillow's TIFF writer writes them whole (``tiffinfo``): its Exif sub-IFD with the
+    Interoperability IFD as a dict, and its GPS sub-IFD. Given the block itself, Pillow writes
+    the Interoperability pointer's offset within the block, which in the TIFF points at
+    whatever lies there. None for a block without one (written as given) or one Pillow cannot
+    read."""
+    try:
+        with _quiet_pillow():
+            ex = Image.Exif()
+            ex.load(exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+            if 0x8769 not in ex or 0xA005 not in ex.get_ifd(0x8769):
+                return None
+            info: dict = dict(ex.items())
+            sub = dict(ex.get_ifd(0x8769))
+            interop = dict(ex.get_ifd(0xA005))
+            if interop:
+                sub[0xA005] = interop
+            else:
+                del sub[0xA005]
+            info[0x8769] = sub
+            if 0x8825 in ex:
+                info[0x8825] = dict(ex.get_ifd(0x8825))
+            return info
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - a block Pillow cannot read: written as given
+        return None
 
 
 #: tifffile writes a BigTIFF from this many bytes of image data (``imwrite``'s own threshold).
