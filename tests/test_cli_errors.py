@@ -460,7 +460,7 @@ def test_evaluate_takes_no_progress_as_the_other_commands_do(work: Path, monkeyp
         seen.append(progress)
         raise Reached
 
-    monkeypatch.setattr(rule, "fuse_images", fuse_images)
+    monkeypatch.setattr(rule, "_fuse_pair", fuse_images)
     (work / "ds").mkdir()
     for s in "ab":
         (work / "ds" / f"p-{s.upper()}.png").write_bytes((work / f"{s}.png").read_bytes())

@@ -1495,8 +1495,8 @@ def test_cli_fuse_set_refuses_bad_indexes_before_work_and_writes_strict_json(
     calls = []
     from bafusion.fusion import testset as ts
 
-    real = ts.fuse_images
-    monkeypatch.setattr(ts, "fuse_images", lambda *x, **k: calls.append(1) or real(*x, **k))
+    real = ts._fuse_pair
+    monkeypatch.setattr(ts, "_fuse_pair", lambda *x, **k: calls.append(1) or real(*x, **k))
     assert cli_main(base) == 2
     err = capsys.readouterr().err
     assert "p2-dm.png: truth map size 44x40 (WxH) differs from 88x80" in err and calls == [], err
@@ -1528,7 +1528,7 @@ def test_cli_fuse_set_killed_leaves_the_earlier_results_whole(
     assert cli_main([*base, "--pairs", str(tmp_path / "first")]) == 0
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert Path("p1.png") in before and Path("accuracy.json") in before
-    fused = testset.fuse_images
+    fused = testset._fuse_pair
     calls = []
 
     def killed_at_the_second(*args: object, **kwargs: object) -> object:
@@ -1537,7 +1537,7 @@ def test_cli_fuse_set_killed_leaves_the_earlier_results_whole(
             raise KeyboardInterrupt
         return fused(*args, **kwargs)
 
-    monkeypatch.setattr(testset, "fuse_images", killed_at_the_second)
+    monkeypatch.setattr(testset, "_fuse_pair", killed_at_the_second)
     assert cli_main([*base, "--pairs", str(tmp_path / "second")]) == 130
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
@@ -1927,7 +1927,7 @@ def test_fuse_set_refuses_a_report_that_is_one_of_its_own_files_in_out(
     def reached(*args: object, **kwargs: object) -> None:
         raise AssertionError("the work started although the report path was refused")
 
-    monkeypatch.setattr(fusion.testset, "fuse_images", reached)
+    monkeypatch.setattr(fusion.testset, "_fuse_pair", reached)
     monkeypatch.setattr(fusion.testset, "atomic_dir", reached)
     report = out / target
     rc = cli_main(["fuse-set", "--pairs", str(pairs), "--models", str(tiny_nets), "--out", str(out), "--device",

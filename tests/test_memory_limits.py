@@ -703,6 +703,40 @@ def test_python_fuse_is_checked_against_the_cgroup_limit_before_reading(tmp_path
         fuse(*arrays, model=tiny_nets, device="cpu", align="none")
 
 
+def test_python_fuse_images_is_checked_against_the_cgroup_limit(tiny_nets: Path, monkeypatch) -> None:
+    """``bafusion.fuse_images`` (the lower-level call, on arrays) had no check where
+    ``bafusion.fuse`` has one: over the cgroup limit and its swap the kernel ended the notebook
+    unsaid. It is refused now (a UserError naming the pair, before any work), warned when it
+    fits only with swap, and fused with BAFUSION_MEMORY_CHECK=0; the command line's fusions
+    (fuse-set, evaluate) do not check each pair again."""
+    import numpy as np
+
+    from bafusion import fuse_images, load_model
+    from bafusion.errors import UserError
+    from bafusion.fusion import memory, rule
+
+    nets = load_model(tiny_nets, device="cpu")
+    a, b = np.zeros((40, 48, 3), np.uint8), np.full((40, 48, 3), 9, np.uint8)
+    real_megapixels = memory._megapixels
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the pair was fused")
+
+    _fake_limit(monkeypatch, 100, megapixels=real_megapixels)  # 460 MiB for any pair: over 100
+    real_pair, rule._fuse_pair = rule._fuse_pair, no_work
+    try:
+        with pytest.raises(UserError, match=r"^near, far: needs more memory .* the limit is 100 MiB"):
+            fuse_images(a, b, nets, names=("near", "far"))
+    finally:
+        rule._fuse_pair = real_pair
+    _fake_limit(monkeypatch, 100, megapixels=real_megapixels, swap=1000)
+    with pytest.warns(UserWarning, match="A, B: .* the kernel swaps the rest out"):
+        assert fuse_images(a, b, nets).fused.shape == (40, 48, 3)
+    _fake_limit(monkeypatch, 100, megapixels=real_megapixels)
+    monkeypatch.setenv(memory.MEMORY_CHECK_ENV, "0")
+    assert fuse_images(a, b, nets).fused.shape == (40, 48, 3)
+
+
 def test_the_estimate_counts_a_decision_at_full_size() -> None:
     """A pair decided at its full size (up to fuse.working_above, a strip narrower than a 16:9
     frame's short side, --working-side 0) ran the nets and the maps at that size, which the

@@ -941,14 +941,14 @@ def _ours(a: np.ndarray, b: np.ndarray, nets: Any, params: Any, names: tuple[str
     """Both of our variants from one fusion run: {method: (fused uint8, decision map)};
     ``progress``: the fusion's progress bar (:func:`bafusion.fusion.working.progress_bar`)."""
     from bafusion.fusion.rule import (
+        _fuse_pair,
         _match_channels,
         clean_decision,
-        fuse_images,
         fuse_with_map,
     )
 
-    res = fuse_images(a, b, nets, replace(params, refine=True), names,  # on the threads the command line set
-                      progress=progress)
+    # fuse_images without its memory check (the command line checks once a run), on its threads
+    res = _fuse_pair(a, b, nets, replace(params, refine=True), names, progress=progress)
     ma, mb = _match_channels(a, b)
     dm0 = clean_decision(res.score_initial > params.threshold, res.score_initial, params)
     return {OURS: (res.fused, res.decision), OURS_INITIAL: (fuse_with_map(ma, mb, dm0), dm0)}

@@ -436,7 +436,17 @@ def fuse_images(
     ------
     bafusion.errors.UserError
         Sources of different sizes (naming both), not uint8 arrays of those shapes, a bad
-        parameter, ``nets`` that are not loaded nets.
+        parameter, ``nets`` that are not loaded nets. As :func:`bafusion.fuse`, before any work:
+        a pair whose estimated memory (:func:`bafusion.fusion.memory.fuse_need_mib`, from the
+        arrays' shapes) exceeds by more than 10 % this process's cgroup memory limit and the
+        swap it may use beyond it (the kernel would end the process, a notebook's kernel and its
+        state, without a word); ``os.environ["BAFUSION_MEMORY_CHECK"] = "0"`` fuses anyway.
+
+    Warns
+    -----
+    UserWarning
+        As :func:`bafusion.fuse`: the pair fits the cgroup's memory limit only with swap (slow),
+        or needs more memory than the machine has available now.
 
     Notes
     -----
@@ -448,8 +458,32 @@ def fuse_images(
     from bafusion.threads import checked_threads, torch_threads
 
     threads = checked_threads(threads)
+    params = checked_params(params)
+    _check_pair_memory(a, b, names, params)
     with torch_threads(threads):
         return _fuse_pair(a, b, nets, params, names, progress, step=step)
+
+
+def _check_pair_memory(a: object, b: object, names: tuple[str, str], params: FusionParams) -> None:
+    """:func:`fuse_images`'s memory check, as :func:`bafusion.fuse`'s for arrays: a
+    :class:`UserError` naming the pair over the cgroup limit and its swap
+    (:func:`bafusion.fusion.memory.memory_problem`), a :class:`UserWarning` where it fits only
+    by swapping or beyond what is available (:func:`bafusion.fusion.memory.memory_warning`).
+    Arrays :func:`_fuse_pair` refuses (not uint8, not (H, W) or (H, W, C)) are left to it. The
+    command line's fusions (and ``evaluate``'s, ``fuse-set``'s) call :func:`_fuse_pair`, checked
+    once a file or a run."""
+    import warnings
+
+    if not all(isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim in (2, 3) for x in (a, b)):
+        return
+    from bafusion.fusion.memory import memory_problem, memory_warning
+
+    why = memory_problem([a, b], params=params)  # type: ignore[list-item]
+    if why:
+        raise UserError(f"{names[0]}, {names[1]}: {why}")
+    low = memory_warning([a, b], params=params)  # type: ignore[list-item]
+    if low:
+        warnings.warn(f"{names[0]}, {names[1]}: {low}", UserWarning, stacklevel=3)
 
 
 def dtype_hint(x: np.ndarray, wide: bool = True) -> str:

@@ -25,8 +25,8 @@ from bafusion.fusion.rule import (
     OUTPUT_EXPOSURE_OPTION,
     OUTPUT_EXPOSURE_PARAM,
     FusionNoteWarning,
+    _fuse_pair,
     checked_params,
-    fuse_images,
 )
 from bafusion.io import read_image, read_source_set, to_gray_u8, write_image
 
@@ -348,8 +348,9 @@ def fuse_set(
             said("reading")
             src = read_source_set([pa, pb])  # the images as read_images reads them, and A's metadata
             a, b = src.images
-            # the command line's threads; each step of a camera-size pair named
-            res = fuse_images(a, b, nets, params, (str(pa), str(pb)), progress=progress, step=said)
+            # fuse_images without its memory check (fuse-set checks once a run), on the command line's threads;
+            # each step of a camera-size pair named
+            res = _fuse_pair(a, b, nets, params, (str(pa), str(pb)), progress=progress, step=said)
             # A's EXIF, ICC profile, resolution and PNG colour chunks, and the notes, as fuse writes and says
             # them (the 8-bit fusion: a test set's 16-bit pairs are scored and written in 8 bits, as before)
             fused = fused_output(replace(src, full=None), [res], out / f"{name}.png")
