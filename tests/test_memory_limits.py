@@ -591,6 +591,16 @@ def test_swap_room_reads_cgroup_v2_and_v1_swap_files(tmp_path: Path) -> None:
     assert memory.swap_room(*args) == (512, str(root / "memory" / "memory.memsw.limit_in_bytes"))
     (root / "memory" / "memory.memsw.limit_in_bytes").write_text("9223372036854771712\n")
     assert memory.swap_room(*args) == (2000, f"{meminfo} SwapFree")
+    # v1 memory.swappiness 0 (docker --memory-swappiness=0): the limit's reclaim swaps nothing, so
+    # the kernel ends the process at the limit; it was counted as 2000 MiB of swap (warned, not refused)
+    (root / "memory" / "memory.swappiness").write_text("0\n")
+    assert memory.swap_room(*args) == (0, str(root / "memory" / "memory.swappiness"))
+    (root / "memory" / "docker" / "abc").mkdir(parents=True)  # the cgroup's own folder: its own says
+    (root / "memory" / "docker" / "abc" / "memory.swappiness").write_text("60\n")
+    assert memory.swap_room(*args) == (2000, f"{meminfo} SwapFree")
+    (root / "memory" / "docker" / "abc" / "memory.swappiness").write_text("0\n")
+    (root / "memory" / "memory.swappiness").write_text("60\n")
+    assert memory.swap_room(*args)[0] == 0
 
 
 def test_fuse_over_the_limit_but_within_its_swap_warns_and_fuses(tmp_path: Path, tiny_nets: Path, monkeypatch,

@@ -346,9 +346,11 @@ def swap_room(proc_cgroup: str | None = None, root: str | None = None,
     process only when that is full too. cgroup v2: ``memory.swap.max`` (the smallest of the
     cgroup's and its parents'; Docker's ``--memory-swap`` minus ``--memory``, by default as much
     as ``--memory``); v1: ``memory.memsw.limit_in_bytes`` (memory and swap together) less the
-    memory limit, unbounded where swap is not accounted (no such file); either way at most the
-    machine's free swap (``SwapFree``: 0 on a machine without swap). None where there is no
-    memory limit.
+    memory limit, unbounded where swap is not accounted (no such file), and none where the
+    cgroup's ``memory.swappiness`` is 0 (v1's limit reclaim then swaps nothing: the kernel ends
+    the process at the limit, swap or not; that of the process's own cgroup, or of the nearest
+    parent that has the file, as inside a container); either way at most the machine's free
+    swap (``SwapFree``: 0 on a machine without swap). None where there is no memory limit.
 
     Parameters
     ----------
@@ -369,11 +371,19 @@ def swap_room(proc_cgroup: str | None = None, root: str | None = None,
     if limit is None:
         return None
     bounds: list[tuple[int, str]] = [(_swap_free_mib(meminfo), f"{PROC_MEMINFO if meminfo is None else meminfo} SwapFree")]
+    swappiness_read = False
     for where, v1 in _levels(proc_cgroup, root):
         f = where / ("memory.memsw.limit_in_bytes" if v1 else "memory.swap.max")
         value = _limit_file(f)
         if value is not None:
             bounds.append((max((value >> 20) - limit[0], 0) if v1 else value >> 20, str(f)))
+        if v1 and not swappiness_read:  # the cgroup's own (the nearest that has one): its pages' reclaim
+            s = where / "memory.swappiness"
+            swappiness = _limit_file(s)
+            if swappiness is not None:
+                swappiness_read = True
+                if swappiness == 0:
+                    bounds.append((0, str(s)))
     return min(bounds)
 
 
