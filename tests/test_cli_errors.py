@@ -469,6 +469,44 @@ def test_evaluate_takes_no_progress_as_the_other_commands_do(work: Path, monkeyp
     assert rc != 0 and seen == [progress], (rc, seen)
 
 
+def test_evaluate_without_threads_takes_the_free_cores_as_fuse_does(work: Path, monkeypatch) -> None:
+    """``bafusion evaluate`` without --threads (evaluate.threads 0, as the pipeline's evaluate now
+    runs it for 0: Snakemake sets torch's threads to the job's, all of --cores) took torch's
+    threads whatever the load, where fuse lowers them to the free cores: on 2 cores at a load of
+    12, a 520x520 fusion took 20-30 s on 2 threads against 2.4-2.7 s on 1. It now lowers them as
+    fuse does; --threads N is N."""
+    import torch
+
+    import bafusion.fusion.rule as rule
+    import bafusion.threads
+
+    class Reached(Exception):  # stops the command where our fusion starts
+        pass
+
+    seen: list[int] = []
+
+    def fuse_pair(*args: object, **kwargs: object) -> None:
+        seen.append(torch.get_num_threads())
+        raise Reached
+
+    monkeypatch.setattr(rule, "_fuse_pair", fuse_pair)
+    monkeypatch.setattr(bafusion.threads, "auto_threads", lambda: 1)  # a loaded machine
+    (work / "ds").mkdir()
+    for s in "ab":
+        (work / "ds" / f"p-{s.upper()}.png").write_bytes((work / f"{s}.png").read_bytes())
+    argv = ["evaluate", "--dataset", "tiny=ds", "--methods", "Ours", "--metrics", "QG", "--model", "nets",
+            "--device", "cpu", "--out", "ev", "--no-progress"]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert cli_main(argv) != 0  # stopped in our fusion
+        torch.set_num_threads(2)
+        assert cli_main([*argv, "--threads", "2"]) != 0
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 2], seen
+
+
 def test_metrics_on_images_too_small_names_the_files(work: Path, capsys) -> None:
     # QY's 11x11 window: the one line said "QY needs images of at least 11x11 pixels" and no file.
     rng = np.random.default_rng(1)

@@ -30,15 +30,17 @@ rule evaluate:
         cfg=section_json("evaluate"),
         fuse=section_json("fuse"),
         settings=settings_json({"evaluate": EVALUATE, "fuse": config.get("fuse", {}) or {}}),  # see settings_json
+        # --threads of a number; none for 0: the command lowers the job's threads to the free cores (see fuse.smk)
+        threads=lambda wildcards, threads: f" --threads {threads}" if EVALUATE.get("threads") else "",
     log:
         "logs/evaluate.log",
     benchmark:
         "logs/benchmarks/evaluate.tsv"
-    threads: int(EVALUATE.get("threads") or all_cores())  # 0: all of --cores (the command: torch's); capped by --cores
+    threads: int(EVALUATE.get("threads") or all_cores())  # 0: all of --cores, of which the command takes the free ones; capped by --cores
     conda:
         CONDA_ENV
     shell:
         "bafusion evaluate --initial {input.initial} --boundary {input.boundary}"
         " --params-json {params.cfg:q} --fuse-json {params.fuse:q}"
         " --out {output.evaluation} --report {output.metrics} --plots {output.plots}"
-        " --threads {threads} > {log} 2>&1"
+        "{params.threads} > {log} 2>&1"

@@ -20,14 +20,19 @@ rule fuse:
         metrics="metrics/fuse.json",
     params:
         cfg=section_json("fuse"),
+        # --threads of a number; none for 0: the command then takes torch's threads, which Snakemake
+        # sets to the job's (OMP_NUM_THREADS: all of --cores), lowered to the cores the load leaves
+        # free (given as --threads, every core of a DVC stage's --cores all ran whatever the load).
+        # A function of threads: a derived param, no rerun trigger (as common.smk's download_net)
+        threads=lambda wildcards, threads: f" --threads {threads}" if FUSE.get("threads") else "",
     log:
         "logs/fuse.log",
     benchmark:
         "logs/benchmarks/fuse.tsv"
-    threads: int(FUSE.get("threads") or all_cores())  # 0: all of --cores (the command: the free cores); capped by --cores
+    threads: int(FUSE.get("threads") or all_cores())  # 0: all of --cores, of which the command takes the free ones; capped by --cores
     conda:
         CONDA_ENV
     shell:
         "bafusion fuse-set --pairs {input.pairs} --initial {input.initial} --boundary {input.boundary}"
         " --out {output.fused} --report {output.metrics} --params-json {params.cfg:q}"
-        " --threads {threads} > {log} 2>&1"
+        "{params.threads} > {log} 2>&1"

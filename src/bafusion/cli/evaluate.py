@@ -178,8 +178,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         from bafusion.fusion.params import FusionParams
 
-        if threads:
-            torch.set_num_threads(int(threads))
+        if not threads:  # torch's, lowered to the free cores: two threads collapse when a core is busy
+            from bafusion.threads import auto_threads
+
+            threads = min(torch.get_num_threads(), auto_threads())
+        torch.set_num_threads(int(threads))
         fusion = FusionParams.from_params(params, source="fuse parameters")
         device = args.device or section_.get("device") or section(params, "fuse")["device"]
         from bafusion.preflight import check_device
@@ -398,7 +401,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--root", type=nonempty_path, default=None, help="folder the relative paths of the parameters' datasets (params.yaml, --params-file, --params-json) "
                         "start from (default: the project root); --dataset's are the working folder's")
     p.add_argument("--device", type=nonempty_text, default=None, help="auto, cpu, cuda, cuda:N or mps (default: the fuse section's, else auto)")
-    add_threads_argument(p, "torch CPU threads", "--params-file's evaluate.threads, else torch's")
+    add_threads_argument(p, "torch CPU threads", "--params-file's evaluate.threads, else torch's, lowered to the "
+                         "cores the load average leaves free, at least 1")
     p.add_argument("--no-progress", "--quiet", dest="progress", action="store_const", const=False, default=None,
                    help="no progress bars (by default a fusion of 4 megapixels or more shows one on a terminal)")
     p.set_defaults(func=_cmd_evaluate)
