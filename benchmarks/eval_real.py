@@ -123,6 +123,17 @@ def print_summary(s: dict[str, Any], metrics: tuple[str, ...]) -> None:
                     print(f"{sname:6s} {m:13s} " + " ".join(f"{e[m]['lossless'][q]:>{w}.4f}" for q in metrics))
 
 
+def print_storage(s: dict[str, Any], ds: ev.Dataset, cfg: ev.EvalConfig, pairs: list[ev.Pair]) -> None:
+    """How ours and the best peers were stored when measured, over all pairs (table1.md's
+    'Scored as' column): a best peer stored at a higher quality than ours is ahead partly by storage."""
+    if not (ds.jpeg_quality or ds.reference_jpeg_quality) or "all" not in s:
+        return
+    labels = ev.storage_labels(ds, cfg, pairs)
+    shown = [m for m in (ev.OURS, ev.OURS_INITIAL) if m in s["all"]]
+    shown += [m for m, _ in s["all"].get("best_peer", {}).values() if m not in shown]
+    print("\nscored as (all pairs): " + "; ".join(f"{m}: {labels[m]}" for m in dict.fromkeys(shown) if m in labels))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="folder with initial.pt and boundary.pt (default: the shipped model)")
@@ -175,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nreal: {npairs} pairs, model {model}, fuse overrides {overrides or 'none'}, "
           f"{seconds:.0f} s on {args.threads} thread(s); mean, rank/number of methods (Table 1: the peers and one of ours)")
     print_summary(s, cfg.metrics)
+    print_storage(s, ds, cfg, ev.find_pairs(ds))
     print(f"\nwritten to {out} (table1.md, metrics.csv, means-sets.csv, summary.json)")
     return 0
 

@@ -1043,7 +1043,13 @@ def test_peer_metrics_jpeg_storage_and_sets(tmp_path: Path) -> None:
     mean_qmi = {m: float(np.mean([by_hand[n]["QMI"] + off[n] for n in by_hand]))
                 for m, off in (("P1", {"aa-01": 0.25, "bb-01": 0.25}), ("P2", {"aa-01": 0.25, "bb-01": -0.5}),
                                ("Ours", {"aa-01": 0.0, "bb-01": 0.0}))}
-    line = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in main.splitlines() if ln.startswith("| ")}
+    # with jpeg_quality each row says how it was stored when measured (column 'Scored as')
+    scored = {ln.split("|")[1].strip(): ln.split("|")[2].strip() for ln in main.splitlines() if ln.startswith("| ")}
+    assert scored["P1"] == scored["P2"] == "published files (quality not stated)"
+    assert scored["Ours"] == "JPEG q75 (aa), q92 (bb), re-encoded here"
+    assert scored["*Ours, lossless*"] == "as computed (PNG, lossless), before re-encoding"
+    line = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[3:-1]] for ln in main.splitlines() if ln.startswith("| ")}
+    assert line["*Ours, lossless*"][0] == f"*{np.mean([plain[n]['QMI'] for n in plain]):.4f}*"
     assert line["P1"][0] == f"**{mean_qmi['P1']:.4f}** (1)"  # aa-01: P1 and P2 tie (nobody wins)
     assert line["P2"][0] == f"{mean_qmi['P2']:.4f} (0)" and line["P2"][2] == "n/a (0)"
     assert line["Ours"][0] == f"{mean_qmi['Ours']:.4f} (0)" and line["Ours"][2].endswith("(2)")
@@ -1092,6 +1098,9 @@ def test_jpeg_quality_beside_lossless_reference_files_says_it_is_not_like_for_li
     assert "quality 80 on 2 pair(s)" in head
     assert "reference folder (CNN, JP) are measured as stored, not re-encoded" in head
     assert "**Not like for like:** the stored results of CNN (2 pair(s)) are lossless files" in head
+    rows = (out / "tiny" / "table1.md").read_text().split("| Method")[1]  # each row says how it was stored
+    assert "| CNN | stored PNG, lossless |" in rows and "| JP | stored JPEG |" in rows
+    assert "| Laplacian | JPEG q80, re-encoded here |" in rows
     # JPEG references only: no warning, and the header says like for like
     import shutil
 
@@ -1269,6 +1278,10 @@ def test_real_dataset_config_finds_41_pairs_and_30_peers(shared_data: Path) -> N
         ev._check_peer_rows(ds, pairs)
         assert ds.sets == ("savic", "tsai", "stand")
         assert [ds.quality_for(n) for n in ("savic-01", "tsai-11", "stand-08")] == [75, 75, 92]
+        # the peers' published qualities of SOURCES.md, said per row of the tables
+        assert [ds.reference_quality_for(m, n) for m, n in (("DPRL", "savic-01"), ("DPRL", "stand-08"), ("ASR", "tsai-11"),
+                                                             ("ASR", "stand-08"), ("ECNN", "stand-08"), ("SFMD", "stand-01"),
+                                                             ("IFCNN", "stand-02"))] == [95, 95, 75, 92, 75, 75, 75]
 
 
 def test_a_dataset_given_on_the_command_line_compares_the_methods_of_its_reference_folder(
@@ -2057,3 +2070,108 @@ def test_difference_figure_titles_are_clear_of_the_images_above(tmp_path: Path, 
     monkeypatch.setattr(figs, "LAYOUT_PASSES", 1)
     figs.figure_differences(wide["M0"], wide, tmp_path / "d3.png", a=wide["M0"])
     assert found[-2] <= 0.0 and saved[-2] == saved[-1]
+
+
+# --------------------------------------------------------------------------------------
+# Which storage each row was scored at: the 'Scored as' column, our lossless row aside
+# --------------------------------------------------------------------------------------
+
+
+def test_an_aside_row_is_shown_but_takes_no_win_no_bold_and_no_rank() -> None:
+    """``table_markdown(..., aside=rows)``: our output before re-encoding, better than every
+    method here, is shown in italics with its mean only; the ranked rows read as without it."""
+    rows = [{"pair": p, "method": m, "QMI": v} for p, vals in (("p1", (1.0, 0.5)), ("p2", (0.9, 0.6)))
+            for m, v in zip(("X", "Y"), vals)]
+    aside = [{"pair": "p1", "method": "Y, lossless", "QMI": 2.0}, {"pair": "p2", "method": "Y, lossless", "QMI": 3.0}]
+    plain = ev.table_markdown(rows, ["X", "Y"], ["QMI"])
+    text = ev.table_markdown(rows, ["X", "Y"], ["QMI"], aside=aside)
+    assert text.startswith(plain.rstrip("\n"))  # the ranked rows are unchanged: X keeps its bold and wins
+    assert "| X | **0.9500** (2) |" in text and "| *Y, lossless* | *2.5000* |" in text
+    assert ev.ASIDE_NOTE in text and ev.ASIDE_NOTE not in plain
+    labelled = ev.table_markdown(rows, ["X", "Y"], ["QMI"], {"X": "JPEG ~q95, published files", "Y": "JPEG q75"}, aside)
+    assert labelled.splitlines()[:2] == ["| Method | Scored as | QMI ↑ |", "|---|---|---:|"]
+    assert "| X | JPEG ~q95, published files | **0.9500** (2) |" in labelled and "| *Y, lossless* | | *2.5000* |" in labelled
+
+
+def test_table1_says_which_storage_each_row_was_scored_at(tmp_path: Path) -> None:
+    """The real pairs' Table 1 compared ours, re-encoded at q75, with DPRL's published files at
+    ~q95 without saying so in the table: the gap read as fusion. With ``reference_jpeg_quality``
+    each row says its storage (per set too), the header names the peers stored above or below
+    our quality, and our lossless output stands in italics beside the ranked rows."""
+    src, imgs = _write_set(tmp_path, ["aa-01", "bb-01"])
+    peers = tmp_path / "peers.csv"
+    peers.write_text("pair,method,QG\n" + "".join(f"{n},{m},{v}\n" for n in imgs for m, v in
+                                                   (("HI", 0.9), ("MID", 0.5), ("LO", 0.1), ("UNK", 0.2))))
+    out = tmp_path / "out"
+    cfg = {"methods": ["Laplacian"], "metrics": ["QG"], "figures": False,
+           "datasets": [{"name": "tiny", "sources": str(src), "reference_metrics": str(peers),
+                         "reference_methods": ["HI", "MID", "LO", "UNK"], "sets": ["aa", "bb"],
+                         "jpeg_quality": {"aa": 75, "bb": 92},
+                         "reference_jpeg_quality": {"HI": 95, "LO": 75, "MID": {"aa": 75, "bb": 92}}}]}
+    assert cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(out), "--no-progress"]) == 0
+    table = (out / "tiny" / "table1.md").read_text()
+    head, main = table.split("| Method")[0], "| Method" + table.split("| Method")[1]
+
+    def cells(part: str) -> dict[str, list[str]]:
+        return {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in part.splitlines()
+                if ln.startswith("| ") and not ln.startswith("| Method")}
+
+    lossless = [float(r["lossless_QG"]) for r in csv.DictReader((out / "tiny" / "metrics.csv").open())
+                if r["method"] == "Laplacian"]
+    t1 = cells(main.split("\n## ")[0])
+    assert t1["HI"][:2] == ["JPEG ~q95, published files", "**0.9000** (2)"]
+    assert t1["MID"][0] == "JPEG ~q75 (aa), ~q92 (bb), published files"
+    assert t1["LO"][0] == "JPEG ~q75, published files" and t1["UNK"][0] == "published files (quality not stated)"
+    assert t1["Laplacian"][0] == "JPEG q75 (aa), q92 (bb), re-encoded here"
+    assert t1["*Laplacian, lossless*"] == ["as computed (PNG, lossless), before re-encoding", f"*{np.mean(lossless):.4f}*"]
+    assert ev.ASIDE_NOTE in main
+    bb = cells(table.split("## Set bb (1 pairs)")[1].split("\n## ")[0])
+    assert bb["MID"][0] == "JPEG ~q92, published files" and bb["Laplacian"][0] == "JPEG q92, re-encoded here"
+    assert bb["LO"][0] == "JPEG ~q75, published files" and bb["*Laplacian, lossless*"][1] == f"*{lossless[1]:.4f}*"
+    assert "Stored at a higher quality than our output is measured at: HI (2 of 2 pairs)." in head
+    assert "Stored at a lower quality: LO (1 of 2 pairs)." in head and "MID" not in head
+    # without either storage key the table is as before: no column, no aside row
+    del cfg["datasets"][0]["jpeg_quality"], cfg["datasets"][0]["reference_jpeg_quality"]
+    assert cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(out), "--no-progress"]) == 0
+    table = (out / "tiny" / "table1.md").read_text()
+    assert "Scored as" not in table and "lossless*" not in table and "Storage differs" not in table
+
+
+def test_reference_jpeg_quality_is_checked(tmp_path: Path) -> None:
+    peers = tmp_path / "peers.csv"
+    peers.write_text("pair,method,QMI\np1,P1,1.0\n")
+    base = {"name": "x", "sources": str(tmp_path), "reference_metrics": str(peers)}
+    with pytest.raises(UserError, match=r"reference_jpeg_quality: \['P2'\] not among the dataset's reference methods"):
+        ev.parse_config({"datasets": [{**base, "reference_jpeg_quality": {"P2": 90}}]})
+    # a method of the CSV left out of a narrowed reference_methods: accepted (the config states them all)
+    peers.write_text("pair,method,QMI\np1,P1,1.0\np1,P3,0.5\n")
+    narrowed = ev.parse_config({"datasets": [{**base, "reference_methods": ["P1"], "reference_jpeg_quality": {"P3": 90}}]})
+    assert narrowed.datasets[0].reference_quality_for("P1", "p1") is None
+    with pytest.raises(UserError, match="reference_jpeg_quality"):
+        ev.parse_config({"datasets": [{**base, "reference_jpeg_quality": {"P1": 101}}]})
+    with pytest.raises(UserError, match="reference_jpeg_quality"):
+        ev.parse_config({"datasets": [{**base, "reference_jpeg_quality": 90}]})
+    ds = ev.parse_config({"datasets": [{**base, "reference_jpeg_quality": {"*": {"p": 80, "p1": 70}}}]}).datasets[0]
+    assert ds.reference_quality_for("P1", "p1") == 70 and ds.reference_quality_for("P1", "p2") == 80
+    assert ds.reference_quality_for("P1", "q1") is None
+    assert ev.parse_config({"datasets": [base]}).datasets[0].reference_quality_for("P1", "p1") is None
+
+
+def test_eval_real_says_how_ours_and_the_best_peers_were_stored(shared_data: Path, capsys: pytest.CaptureFixture) -> None:
+    """benchmarks/eval_real.py printed 'best peer ... DPRL' beside our means without saying that
+    DPRL's files are stored at ~q95 and ours re-encoded at q75 / q92: it now prints each one's storage."""
+    if not (shared_data / "eval" / "real").is_dir():
+        pytest.skip(f"no eval/real in {shared_data}")
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_real.py"
+    spec = importlib.util.spec_from_file_location("eval_real_under_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    cfg = mod.load_config(shared_data)
+    ds = cfg.datasets[0]
+    s = {"all": {"pairs": 41, "Ours": {}, "best_peer": {"QMI": ["DPRL", 0.99], "QG": ["DPRL", 0.7], "QCB": ["QB", 0.74]}}}
+    mod.print_storage(s, ds, cfg, ev.find_pairs(ds))
+    assert capsys.readouterr().out.strip() == (
+        "scored as (all pairs): Ours: JPEG q75 (savic, tsai), q92 (stand), re-encoded here; "
+        "DPRL: JPEG ~q95, published files; QB: JPEG ~q75 (savic, tsai), ~q92 (stand), published files")

@@ -20,8 +20,9 @@ metrics of :mod:`bafusion.evaluation.metrics` (default QMI, QG, QY, QCB; QP is s
   method of the CSV is taken from the CSV, any other from the ``reference`` folder.
 
 Per dataset, ``evaluate.datasets`` entries take ``name``, ``sources`` and optionally
-``reference``, ``reference_methods``, ``reference_metrics``, ``jpeg_quality``, ``sets``,
-``pattern``, ``pairs``, ``figure_pair``, ``crop``. Like-for-like storage, ``jpeg_quality``: one
+``reference``, ``reference_methods``, ``reference_metrics``, ``jpeg_quality``,
+``reference_jpeg_quality``, ``sets``, ``pattern``, ``pairs``, ``figure_pair``, ``crop``.
+Like-for-like storage, ``jpeg_quality``: one
 quality (1-100) for every pair, or ``{pair-name prefix: quality}`` (the longest matching prefix
 counts; pairs matched by none are measured as computed). The output of every method computed
 here (ours and the native baselines) is then re-encoded as JPEG in memory with Pillow at that
@@ -32,7 +33,13 @@ stored, not re-encoded: where those files are lossless (PNG, TIFF, BMP) the comp
 like for like, and a warning and the header of table1.md say so (:func:`lossless_references`). The values of the output as computed are kept in the
 ``lossless_<metric>`` columns of metrics.csv / means.csv, in a *Lossless output* section of
 table1.md and under ``lossless`` in metrics.json; the header of table1.md says which qualities
-were applied. ``sets``: pair-name prefixes (e.g. ``[savic, tsai, stand]``); table1.md then has
+were applied. ``reference_jpeg_quality``: the quality at which the reference methods' files are
+stored, as known or estimated (``{method or "*": quality or {prefix: quality}}``; ``*`` for every
+method not named); it changes no value. With either key, Table 1, the per-set tables and the
+ablation have a *Scored as* column saying how each row's images were stored when measured
+(:func:`storage_labels`), Table 1 and the per-set tables show our output before re-encoding in
+italics beside the ranked rows (no wins, bold or rank: :data:`ASIDE_NOTE`), and the header names
+the peers stored at a higher or a lower quality than ours. ``sets``: pair-name prefixes (e.g. ``[savic, tsai, stand]``); table1.md then has
 our rank per metric on each set and on all pairs, and Table 1 per set; ``means-sets.csv`` the
 means per set. Our rank (also without ``sets``): the competition rank of the mean among the
 methods of Table 1 ("2nd of 31": one method has a strictly better mean), ``Ours-initial``
@@ -40,8 +47,9 @@ ranked in place of ``Ours``.
 
 The ``real`` dataset (41 pairs of MFIFB's savic, tsai and stand sets in ``../shared/data``,
 against the published values of 30 methods) is configured in ``benchmarks/eval_real.yaml`` and
-as a commented example in ``params.yaml``; its peers' files are JPEG at quality ~75 (savic,
-tsai) and ~92 (stand), hence ``jpeg_quality: {savic: 75, tsai: 75, stand: 92}``. It is a
+as a commented example in ``params.yaml``; most of its peers' files are JPEG at quality ~75
+(savic, tsai) and ~92 (stand), hence ``jpeg_quality: {savic: 75, tsai: 75, stand: 92}``; DPRL's
+are ~95 and ECNN's, IFCNN's and SFMD's ~75 on every pair (its ``reference_jpeg_quality``). It is a
 development set for choosing configurations; never train on it.
 
 On pairs with an all-in-focus truth (``<pair>-truth.<ext>``, the embedded set), PSNR and SSIM of
@@ -141,6 +149,8 @@ __all__ = [
     "rank_of",
     "ordinal",
     "dataset_notes",
+    "storage_labels",
+    "ASIDE_NOTE",
     "LOSSLESS_SUFFIXES",
     "lossless_references",
     "CAPPED_MARK",
@@ -201,21 +211,38 @@ class Dataset:
     reference_metrics: Path | None = None
     #: (pair-name prefix, JPEG quality): our output is measured after re-encoding at that quality.
     jpeg_quality: tuple[tuple[str, int], ...] = ()
+    #: (reference method or ``*``, ((pair-name prefix, JPEG quality), ...)): the quality at which a
+    #: reference method's published files are stored, as known or estimated (said in the tables'
+    #: *Scored as* column; the values are not changed).
+    reference_jpeg_quality: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
     #: Pair-name prefixes of sub-sets with their own tables (means, wins, our ranks).
     sets: tuple[str, ...] = tuple(default("evaluate.datasets.sets"))
 
     def quality_for(self, pair: str) -> int | None:
         """The JPEG quality at which this pair's computed outputs are measured (the longest
         matching prefix of ``jpeg_quality``), or None: measured as computed (lossless)."""
-        best: tuple[int, int] | None = None
-        for prefix, q in self.jpeg_quality:
-            if pair.startswith(prefix) and (best is None or len(prefix) > best[0]):
-                best = (len(prefix), q)
-        return None if best is None else best[1]
+        return _longest_prefix(self.jpeg_quality, pair)
+
+    def reference_quality_for(self, method: str, pair: str) -> int | None:
+        """The JPEG quality of reference method ``method``'s published file of ``pair`` as
+        ``reference_jpeg_quality`` states it (the method's entry, else ``*``'s; the longest
+        matching prefix), or None: not stated."""
+        table = dict(self.reference_jpeg_quality)
+        items = table.get(method, table.get("*"))
+        return None if items is None else _longest_prefix(items, pair)
 
     def has_peers(self) -> bool:
         """Whether the table has peers (a reference folder or a reference metrics CSV)."""
         return self.reference is not None or self.reference_metrics is not None
+
+
+def _longest_prefix(items: Sequence[tuple[str, int]], pair: str) -> int | None:
+    """The quality of the longest prefix of ``items`` that ``pair`` starts with, or None."""
+    best: tuple[int, int] | None = None
+    for prefix, q in items:
+        if pair.startswith(prefix) and (best is None or len(prefix) > best[0]):
+            best = (len(prefix), q)
+    return None if best is None else best[1]
 
 
 @dataclass(frozen=True)
@@ -294,6 +321,17 @@ def parse_config(section: Mapping[str, Any] | None, root: Path = Path("."), sour
         clash = [m for m in ref_methods if m in (OURS, OURS_INITIAL, *NATIVE_METHODS)]
         if clash:
             raise UserError(f"evaluate.datasets[{i}]: reference method(s) {clash} have the name of a method computed here")
+        ref_quality = tuple(sorted((str(m), _parse_quality(q)) for m, q in (d.get("reference_jpeg_quality") or {}).items()))
+        # a method it names must be one the dataset can compare (a typo would say nothing); one
+        # left out of a narrowed reference_methods is fine (the file states the whole CSV's)
+        known = {*ref_methods, *(peers.methods if peers is not None else ())}
+        ref_dir = _resolve(ref, root) if ref else None
+        if ref_dir is not None and ref_dir.is_dir():
+            known |= {f.name for f in ref_dir.iterdir() if f.is_dir()}
+        unknown = [m for m, _ in ref_quality if m != "*" and m not in known]
+        if unknown:
+            raise UserError(f"evaluate.datasets[{i}].reference_jpeg_quality: {unknown} not among the dataset's "
+                            f"reference methods {list(ref_methods)} (use '*' for every method not named)")
         if not ref:
             unknown = [m for m in ref_methods if peers is not None and m not in peers.methods]
             if unknown:
@@ -313,6 +351,7 @@ def parse_config(section: Mapping[str, Any] | None, root: Path = Path("."), sour
                 crop=crop,  # type: ignore[arg-type]
                 reference_metrics=ref_metrics,
                 jpeg_quality=_parse_quality(d.get("jpeg_quality")),
+                reference_jpeg_quality=ref_quality,
                 sets=tuple(d["sets"]),
             )
         )
@@ -628,14 +667,23 @@ PARTIAL_NOTE = (
 """The note under a table that has a :func:`partial_mark`."""
 
 
-def table_markdown(rows: Rows, methods: Sequence[str], metrics: Sequence[str]) -> str:
+def table_markdown(rows: Rows, methods: Sequence[str], metrics: Sequence[str],
+                   storage: Mapping[str, str] | None = None, aside: Rows = ()) -> str:
     """A Markdown table, one row per method and one column per metric: the mean, in
     parentheses the win count (:func:`count_wins`), the best mean in bold (lower for QCV). A
     mean over fewer than the table's pairs is marked ``(n=k/N)`` (:func:`partial_mark`), with a
     note under the table; it is never bold when another mean is over more pairs
-    (:func:`best_methods`)."""
-    header = "| Method | " + " | ".join(f"{m} {'↓' if m in LOWER_IS_BETTER else '↑'}" for m in metrics) + " |"
-    lines = [header, "|---|" + "---:|" * len(metrics)]
+    (:func:`best_methods`).
+
+    ``storage`` (method -> text, :func:`storage_labels`) adds a *Scored as* column after the
+    method: how each method's images were stored when they were measured. ``aside``: rows of
+    further methods (e.g. our output before JPEG re-encoding) shown in italics under the others,
+    with their means only: they take no part in the wins and the bold (:data:`ASIDE_NOTE`)."""
+    cols_head = ["Method", *(["Scored as"] if storage is not None else [])]
+    header = "| " + " | ".join(cols_head) + " | " + " | ".join(
+        f"{m} {'↓' if m in LOWER_IS_BETTER else '↑'}" for m in metrics) + " |"
+    lines = [header, "|" + "---|" * len(cols_head) + "---:|" * len(metrics)]
+    label = (lambda m: f" {storage[m]} |" if storage.get(m) else " |") if storage is not None else (lambda m: "")
     npairs = _npairs(rows)
     cols = {}
     for q in metrics:
@@ -651,13 +699,30 @@ def table_markdown(rows: Rows, methods: Sequence[str], metrics: Sequence[str]) -
             mark = partial_mark(counts[m], npairs)
             partial = partial or bool(mark)
             cells.append(f"**{s}**{mark} ({wins[m]})" if m in best else f"{s}{mark} ({wins[m]})")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append(f"| {m} |{label(m)} " + " | ".join(cells) + " |")
+    aside_methods = list(dict.fromkeys(str(r["method"]) for r in aside))
+    for m in aside_methods:
+        cells = []
+        for q in metrics:
+            cells.append(_fmt(q, mean_values(aside, [m], q)[m]) + _capped_mark(aside, m, q, capped))
+            mark = partial_mark(defined_counts(aside, [m], q)[m], npairs)
+            partial = partial or bool(mark)
+            cells[-1] = f"*{cells[-1]}*{mark}"
+        lines.append(f"| *{m}* |{label(m)} " + " | ".join(cells) + " |")
+    if aside_methods:
+        lines += ["", ASIDE_NOTE]
     if partial:
         lines += ["", PARTIAL_NOTE]
     if capped:
         lines += ["", capped_note(capped)]
     return "\n".join(lines) + "\n"
 
+
+ASIDE_NOTE = (
+    "Rows in italics: shown beside the table, not part of it: no win count, never bold, not ranked "
+    "(our output before the JPEG re-encoding that the table measures: what storage alone is worth)."
+)
+"""The note under a table with ``aside`` rows (:func:`table_markdown`)."""
 
 CAPPED_MARK = "†"
 """The mark after a mean that counts an infinite value (a PSNR of a fused image equal to the
@@ -770,20 +835,40 @@ def table1_document(
     metrics: Sequence[str],
     sets: Sequence[str] = (),
     notes: Sequence[str] = (),
+    storage: Mapping[str, Mapping[str, str]] | None = None,
 ) -> str:
     """``table1.md``: Table 1 (our final method and the baselines), our rank per metric (per
     set when ``sets`` are given), Table 1 per set, the ablation with both of our variants, the
     values of our output before JPEG re-encoding (where it was re-encoded), and, where a truth
-    exists, PSNR / SSIM / decision-map accuracy. ``notes`` are paragraphs for the header."""
+    exists, PSNR / SSIM / decision-map accuracy. ``notes`` are paragraphs for the header.
+
+    ``storage``: per set name (``"all"`` and each of ``sets``) the *Scored as* text of each
+    method (:func:`storage_labels`). With it, Table 1, the per-set tables and the ablation have
+    a *Scored as* column, and Table 1 and the per-set tables show, in italics under the ranked
+    rows, our methods' values before JPEG re-encoding (``<method>, lossless``; not ranked)."""
     npairs = len({r["pair"] for r in rows})
     main = _table1_methods(methods)
+
+    def aside(sr: Rows) -> list[dict[str, Any]]:
+        if storage is None:
+            return []
+        return [{**r, "method": f"{r['method']}, lossless"} for r in _lossless_rows(sr, metrics) if r["method"] in main]
+
+    def labels(sname: str, sr: Rows) -> Mapping[str, str] | None:
+        if storage is None:
+            return None
+        lab = dict(storage.get(sname, {}))
+        for r in aside(sr):
+            lab.setdefault(r["method"], "as computed (PNG, lossless), before re-encoding")
+        return lab
+
     parts = [
         f"# Table 1: {dataset} ({npairs} pairs)\n",
         "Mean over the pairs; in parentheses the number of pairs on which the method is strictly "
         "better than every other method of the same table (a tie for the best value counts for "
         "nobody); bold: the best mean. ↑ higher is better, ↓ lower is better.\n",
         *(f"{n}\n" for n in notes),
-        table_markdown(rows, main, metrics),
+        table_markdown(rows, main, metrics, labels("all", rows), aside(rows)),
     ]
     ours = [m for m in (OURS, OURS_INITIAL) if m in methods]
     if ours and len(main) > 1:
@@ -814,13 +899,14 @@ def table1_document(
         sr = set_rows(rows, sname)
         if not sr:
             continue
-        parts += [f"\n## Set {sname} ({len({r['pair'] for r in sr})} pairs)\n", table_markdown(sr, main, metrics)]
+        parts += [f"\n## Set {sname} ({len({r['pair'] for r in sr})} pairs)\n",
+                  table_markdown(sr, main, metrics, labels(sname, sr), aside(sr))]
     if OURS in methods and OURS_INITIAL in methods:
         parts += [
             "\n## Ablation: with and without boundary refinement\n",
             f"{OURS_INITIAL}: the initial net's decision map (no boundary net). Wins are counted "
             "among all methods below.\n",
-            table_markdown(rows, list(methods), metrics),
+            table_markdown(rows, list(methods), metrics, None if storage is None else storage.get("all", {})),
         ]
     lossless = _lossless_rows(rows, metrics)
     if lossless:
@@ -1375,10 +1461,125 @@ def dataset_notes(ds: Dataset, cfg: EvalConfig, pairs: Sequence[Pair]) -> list[s
         if stored:
             note += (" **Not like for like:** " + _lossless_reference_text(stored) + "; compare them with the "
                      "section *Lossless output*.")
-        else:
+        elif not ds.reference_jpeg_quality:
             note += " Like for like where the peers' files are JPEG at about these qualities."
         notes.append(note)
+    if ds.reference_jpeg_quality:
+        higher, lower = _storage_differences(ds, pairs)
+        n = len(pairs)
+        text = ("**Storage differs between rows** (column *Scored as*; the peers' qualities as the dataset's "
+                "`reference_jpeg_quality` states them): a method's values include the loss of the files it was "
+                "measured on, so compare rows stored alike.")
+        if higher:
+            text += (" Stored at a higher quality than our output is measured at: "
+                     + ", ".join(f"{m} ({k} of {n} pairs)" for m, k in higher.items()) + ".")
+        if lower:
+            text += (" Stored at a lower quality: " + ", ".join(f"{m} ({k} of {n} pairs)" for m, k in lower.items()) + ".")
+        if not higher and not lower:
+            text += " Every peer with a stated quality is stored at the quality our output is measured at."
+        if any(ds.quality_for(p.name) is not None for p in pairs):
+            text += " The italic rows are our output before re-encoding (lossless)."
+        notes.append(text)
     return notes
+
+
+def _where(ds: Dataset, names: Sequence[str], table: Sequence[str]) -> str:
+    """The pairs ``names`` (of the table's pairs ``table``) in words: the sets that hold exactly
+    them (``savic, tsai``), else their number."""
+    group = set(names)
+    sets = [s for s in ds.sets if any(n.startswith(s) for n in table) and all(n in group for n in table if n.startswith(s))]
+    if sets and group == {n for n in table if any(n.startswith(s) for s in sets)}:
+        return ", ".join(sets)
+    return f"{len(names)} pair(s)"
+
+
+def _quality_text(ds: Dataset, qualities: Mapping[str, int | None], approx: bool, none_text: str) -> str:
+    """``JPEG q75 (savic, tsai), q92 (stand)`` from {pair: quality} (``~q75`` when ``approx``);
+    pairs without a quality read ``none_text``."""
+    groups: dict[int | None, list[str]] = {}
+    for name, q in qualities.items():
+        groups.setdefault(q, []).append(name)
+    table = list(qualities)
+    jpeg = [q for q in groups if q is not None]
+    jpeg.sort(key=lambda q: table.index(groups[q][0]))
+    one = len(groups) == 1
+    parts = [("JPEG " if i == 0 else "") + f"{'~' if approx else ''}q{q}" + ("" if one else f" ({_where(ds, groups[q], table)})")
+             for i, q in enumerate(jpeg)]
+    if None in groups:
+        parts.append(none_text + ("" if one else f" ({_where(ds, groups[None], table)})"))
+    return ", ".join(parts)
+
+
+def storage_labels(ds: Dataset, cfg: EvalConfig, pairs: Sequence[Pair]) -> dict[str, str]:
+    """The *Scored as* text of each method of ``ds``'s tables over ``pairs``: how the images
+    measured were stored. The methods computed here: ``JPEG q75 (savic, tsai), q92 (stand),
+    re-encoded here`` (``jpeg_quality``; the sets, or a number of pairs, where qualities differ),
+    or ``as computed (PNG, lossless)``; peers of the ``reference_metrics`` CSV: the quality of
+    their published files as ``reference_jpeg_quality`` states it (``JPEG ~q95, published
+    files``), else ``published files (quality not stated)``; methods read from the
+    ``reference`` folder: the stored files' format (with the stated quality of a JPEG).
+
+    Parameters
+    ----------
+    ds : Dataset
+        The dataset (its ``jpeg_quality``, ``reference_jpeg_quality`` and ``sets``).
+    cfg : EvalConfig
+        The evaluation (the methods computed here).
+    pairs : sequence of Pair
+        The pairs of the table (all, or one set's).
+
+    Returns
+    -------
+    dict
+        Method name -> text, for every method of the dataset's tables.
+    """
+    from bafusion.evaluation.baselines import find_method_result
+
+    csv_methods = set(read_peer_metrics(ds.reference_metrics).methods) if ds.reference_metrics is not None else set()
+    out: dict[str, str] = {}
+    for m in _method_order(cfg, ds):
+        if m in cfg.methods:
+            qs = {p.name: ds.quality_for(p.name) for p in pairs}
+            text = _quality_text(ds, qs, False, "as computed (PNG, lossless)")
+            out[m] = text + (", re-encoded here" if any(q is not None for q in qs.values()) else "")
+        elif m in csv_methods:
+            qs = {p.name: ds.reference_quality_for(m, p.name) for p in pairs}
+            out[m] = (_quality_text(ds, qs, True, "quality not stated") + ", published files"
+                      if any(q is not None for q in qs.values()) else "published files (quality not stated)")
+        elif ds.reference is not None:
+            kinds = {}
+            for p in pairs:
+                f = find_method_result(ds.reference, m, p.name)
+                suffix = "" if f is None else f.suffix.lower()
+                q = ds.reference_quality_for(m, p.name)
+                kinds[p.name] = (f"{suffix[1:].upper()}, lossless" if suffix in LOSSLESS_SUFFIXES
+                                 else f"JPEG ~q{q}" if q is not None else "JPEG" if suffix in (".jpg", ".jpeg") else "?")
+            groups: dict[str, list[str]] = {}
+            for name, k in kinds.items():
+                groups.setdefault(k, []).append(name)
+            table = list(kinds)
+            out[m] = "stored " + (next(iter(groups)) if len(groups) == 1 else ", ".join(
+                f"{k} ({_where(ds, v, table)})" for k, v in groups.items()))
+    return out
+
+
+def _storage_differences(ds: Dataset, pairs: Sequence[Pair]) -> tuple[dict[str, int], dict[str, int]]:
+    """Per peer with a stated ``reference_jpeg_quality``: the number of pairs whose published
+    file is stored at a higher quality than the one our output is measured at (a lossless
+    measurement counts as above every quality), and the number stored at a lower one."""
+    higher: dict[str, int] = {}
+    lower: dict[str, int] = {}
+    for m in ds.reference_methods:
+        for p in pairs:
+            theirs, ours = ds.reference_quality_for(m, p.name), ds.quality_for(p.name)
+            if theirs is None:
+                continue
+            ours_level = 101 if ours is None else ours
+            if theirs > ours_level:
+                higher[m] = higher.get(m, 0) + 1
+            elif theirs < ours_level:
+                lower[m] = lower.get(m, 0) + 1
+    return higher, lower
 
 
 LOSSLESS_SUFFIXES: frozenset[str] = frozenset({".png", ".tif", ".tiff", ".bmp"})
@@ -1502,8 +1703,12 @@ def evaluate_dataset(
                                   **{f"n_{q}": _defined_pairs(sr, m, q) for q in counted}})
         write_text(out / "means-sets.csv",
                    rows_to_csv(set_means, ["set", "method", "n", *cols, *(f"n_{q}" for q in counted)]))
+    labels = None
+    if ds.jpeg_quality or ds.reference_jpeg_quality:  # storage differs between rows: say it in each
+        labels = {sname: storage_labels(ds, cfg, [p for p in pairs if p.name in {r["pair"] for r in set_rows(rows, sname)}])
+                  for sname in _set_names(ds.sets)}
     write_text(out / "table1.md", table1_document(ds.name, rows, methods, [*cfg.metrics], ds.sets,
-                                                  dataset_notes(ds, cfg, pairs)))
+                                                  dataset_notes(ds, cfg, pairs), labels))
     return rows, methods
 
 
