@@ -883,3 +883,42 @@ def test_the_estimate_reads_a_large_photos_header_without_pillows_raw_warning(tm
     assert rc == 0
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)], \
         [str(w.message) for w in caught]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_named_pipe_as_a_shot_is_refused_not_waited_for(tmp_path: Path, tiny_nets: Path) -> None:
+    """``bafusion fuse pipe.png b.png`` (and ``bafusion.fuse()``) hung for good: the memory
+    estimate opened the named pipe to read its header, which waits for a writer, before the
+    reader could say that it is not a regular file. The estimate now leaves it to the reader."""
+    import threading
+
+    from bafusion import fuse
+    from bafusion.errors import UserError
+
+    a, b = _png_pair(tmp_path / "in")
+    pipe = tmp_path / "in" / "pipe.png"
+    os.mkfifo(pipe)
+    out = tmp_path / "f.png"
+    results: dict[str, object] = {}
+
+    def run() -> None:
+        results["cli"] = cli_main(["fuse", str(pipe), str(b), "-o", str(out), "--model", str(tiny_nets),
+                                   "--device", "cpu", "--quiet"])
+        try:
+            fuse(a, pipe, model=tiny_nets, device="cpu", align="none")
+        except UserError as e:
+            results["api"] = str(e)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)
+    hung = worker.is_alive()
+    while worker.is_alive():  # a reader waiting on the pipe: give it a writer, so the test ends
+        try:
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader waiting at this moment
+            pass
+        worker.join(0.1)
+    assert not hung, "a shot that is a named pipe was waited for"
+    assert results["cli"] == 2 and not out.exists()
+    assert f"{pipe}: not a regular file" in str(results.get("api")), results

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -130,12 +131,24 @@ def _source(p: object) -> object:
     return p if hasattr(p, "shape") else Path(p)  # type: ignore[arg-type]
 
 
+def _regular_file(path: object) -> bool:
+    """Whether ``path`` is a regular file (a link to one too), whose header may be read: opening a
+    named pipe (FIFO) waits for a writer, and ``bafusion fuse pipe.png b.png`` (and
+    ``bafusion.fuse()``) hung in the estimate, before the reader could say "not a regular file"."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)  # type: ignore[arg-type]
+    except (OSError, TypeError, ValueError):
+        return False
+
+
 def _megapixels(path: Path) -> float:
     shape = getattr(path, "shape", None)
     if shape is not None:  # an array (bafusion.fuse): (H, W) or (H, W, C)
         return shape[0] * shape[1] / 1e6 if len(shape) >= 2 else 0.0
     from bafusion.io.formats import _quiet_pillow, pillow_open
 
+    if not _regular_file(path):  # the reader names it
+        return 0.0
     try:
         with _quiet_pillow(), pillow_open(path) as im:  # a 100 MP photo: no raw bomb warning
             w, h = im.size
@@ -152,6 +165,8 @@ def _deep(path: Path) -> bool:
     from bafusion.io.depth import _HIGH_MODES, _tiff_depth, png_depth
     from bafusion.io.formats import _quiet_pillow, pillow_open
 
+    if not _regular_file(path):
+        return False
     try:
         with _quiet_pillow(), pillow_open(path) as im:
             fmt, mode = im.format, im.mode
@@ -171,6 +186,8 @@ def _shape(path: object) -> tuple[int, int] | None:
         return (int(shape[0]), int(shape[1])) if len(shape) >= 2 else None
     from bafusion.io.formats import _quiet_pillow, pillow_open
 
+    if not _regular_file(path):
+        return None
     try:
         with _quiet_pillow(), pillow_open(path) as im:
             w, h = im.size
