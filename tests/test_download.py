@@ -277,6 +277,36 @@ def test_failed_transfer_keeps_its_bytes_for_the_next_run(server: LocalServer, t
     assert dest.read_bytes() == PAYLOAD and not (tmp_path / "big.bin.part").exists()
 
 
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGXFSZ"), reason="RLIMIT_FSIZE and SIGXFSZ (POSIX)")
+def test_a_failed_write_of_the_part_names_it_and_is_not_retried(server: LocalServer, tmp_path: Path) -> None:
+    """A write of the ``.part`` that fails on this machine (a full disk; here a file-size limit)
+    was taken for a transfer error: retried with back-off and reported as "transfer interrupted
+    ... (OSError: [Errno 28] No space left on device); ... a rerun resumes from there", or, when
+    it failed in the flush at close, raised without a file name, which the command said as its
+    output folder's ("am: No space left on device") when the full disk was the cache's. It is
+    now an OSError naming the part, not retried, and the part is deleted."""
+    import errno
+    import resource
+    import signal
+
+    server.files["big.bin"] = PAYLOAD
+    dest = tmp_path / "big.bin"
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write beyond the limit: EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, old_limit[1]))
+    try:
+        with pytest.raises(OSError) as e:
+            fetch(server.url("big.bin"), dest, checksum=sha256(PAYLOAD), retries=3, backoff=0.01, progress=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert e.value.errno == errno.EFBIG and e.value.filename == str(part_path(dest)), repr(e.value)
+    assert server.requests_for("big.bin") == [None]  # not retried
+    assert not dest.exists() and not part_path(dest).exists()
+    fetch(server.url("big.bin"), dest, checksum=sha256(PAYLOAD), progress=False)  # room again: fetched
+    assert dest.read_bytes() == PAYLOAD
+
+
 def test_server_ignoring_range_restarts_from_zero(server: LocalServer, tmp_path: Path) -> None:
     server.files["big.bin"] = PAYLOAD
     server.honour_range = False

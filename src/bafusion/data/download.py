@@ -73,6 +73,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from tqdm import tqdm
 
@@ -473,7 +474,9 @@ def _attempt(
                                      "refused, nothing was kept")
         received = 0
         t0 = time.monotonic()
-        with open(part, "ab" if start else "wb") as f, \
+        # unbuffered: a write that fails (a full disk) fails in _write_part, never later in a
+        # flush at close, where it was taken for a transfer error or named no file
+        with open(part, "ab" if start else "wb", buffering=0) as f, \
                 _bar(total, bar_desc or "", start, progress and bar_desc is not None) as bar:
             try:
                 while True:
@@ -487,7 +490,7 @@ def _attempt(
                         _drop_part(part)
                         raise DownloadError(url, f"the server sent more than {limit[1]} ({limit[0]} bytes); "
                                                  "the download was deleted")
-                    f.write(chunk)
+                    _write_part(f, chunk, part)
                     received += len(chunk)
                     bar.update(len(chunk))
                     # not once the body is complete: its last chunk came in, however late
@@ -495,6 +498,8 @@ def _attempt(
                     slow = None if complete else _too_slow(received, time.monotonic() - t0, timeout, min_rate)
                     if slow:
                         raise _Retryable(f"too slow: {slow}")
+            except _PartWriteError:
+                raise  # this machine's disk, not the transfer: not retried
             except (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException, OSError) as e:
                 raise _Retryable(f"transfer interrupted after {start + received} bytes ({e.__class__.__name__}: {e})") from e
         size = start + received
@@ -504,6 +509,27 @@ def _attempt(
             _drop_part(part)
             raise _Retryable(f"received {size} bytes, more than the announced {total}; restarting")
         return start, size
+
+
+class _PartWriteError(OSError):
+    """A write of a download's ``.part`` file failed (a full disk, a quota): this machine's
+    problem, not the transfer's. It names the file, is not retried, and the part is deleted (its
+    bytes would keep the disk full). It was taken for a transfer error ("transfer interrupted
+    ... No space left on device; a rerun resumes from there") and retried, or, failing in the
+    flush at close, said as the output folder's ("am: No space left on device") when the disk
+    that was full was the download cache's."""
+
+
+def _write_part(f: BinaryIO, chunk: bytes, part: Path) -> None:
+    """Write all of ``chunk`` to the unbuffered file ``f`` (``part``), whose writes may be
+    partial; a failure is a :class:`_PartWriteError` naming ``part``."""
+    view = memoryview(chunk)
+    while view:
+        try:
+            n = f.write(view)
+        except OSError as e:
+            raise _PartWriteError(e.errno, e.strerror or str(e), os.fspath(part)) from e
+        view = view[n or 0:]
 
 
 def _too_slow(received: int, elapsed: float, grace: float, min_rate: float | None) -> str | None:
