@@ -307,6 +307,32 @@ def test_a_failed_write_of_the_part_names_it_and_is_not_retried(server: LocalSer
     assert dest.read_bytes() == PAYLOAD
 
 
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGXFSZ"), reason="RLIMIT_FSIZE and SIGXFSZ (POSIX)")
+def test_a_local_copy_that_fails_for_its_disk_names_the_part_not_the_source(tmp_path: Path) -> None:
+    """A ``file://`` URL or a folder copied into a full cache said "<source>: cannot copy
+    <source>: [Errno 28] No space left on device: ...", leading with the source that was not at
+    fault. It names the part as a failed download's write does; nothing is left."""
+    import errno
+    import resource
+    import signal
+
+    src = tmp_path / "src" / "big.bin"
+    src.parent.mkdir()
+    src.write_bytes(PAYLOAD)
+    dest = tmp_path / "cache" / "big.bin"
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, old_limit[1]))
+    try:
+        with pytest.raises(OSError) as e:
+            fetch(src.as_uri(), dest, checksum=sha256(PAYLOAD), progress=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert e.value.errno == errno.EFBIG and e.value.filename == str(part_path(dest)), repr(e.value)
+    assert not dest.exists() and not part_path(dest).exists()
+
+
 def test_server_ignoring_range_restarts_from_zero(server: LocalServer, tmp_path: Path) -> None:
     server.files["big.bin"] = PAYLOAD
     server.honour_range = False

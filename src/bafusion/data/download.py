@@ -54,6 +54,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import json
@@ -511,6 +512,12 @@ def _attempt(
         return start, size
 
 
+#: The errors of a copy that only its destination's disk gives (full, a quota, a file-size limit,
+#: read-only): a local source copied from a ``file://`` URL or a folder said "<source>: cannot copy
+#: <source>: [Errno 28] No space left on device: ...", as if the source were at fault.
+_PART_WRITE_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG, errno.EROFS})
+
+
 class _PartWriteError(OSError):
     """A write of a download's ``.part`` file failed (a full disk, a quota): this machine's
     problem, not the transfer's. It names the file, is not retried, and the part is deleted (its
@@ -612,6 +619,8 @@ def fetch(
         except OSError as e:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
+            if e.errno in _PART_WRITE_ERRNOS:  # the copy's disk, not the source: named as a download's
+                raise _PartWriteError(e.errno, e.strerror or str(e), os.fspath(part)) from e
             raise DownloadError(url, f"cannot copy {src}: {e}") from e
         resumed, got = 0, part.stat().st_size
     else:
