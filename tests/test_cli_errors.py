@@ -90,6 +90,27 @@ def test_an_output_link_into_a_folder_that_cannot_be_written_is_refused_before_a
              "link.png: cannot write in /proc")
 
 
+@pytest.mark.parametrize("argv", [["prepare", "-o"], ["evaluate", "--dataset", "d=src", "--out"],
+                                  ["download-eval", "--from-dir", "src", "-o"]])
+@pytest.mark.parametrize("linked", [False, True])
+def test_an_output_folder_replaced_whole_that_is_a_mount_point_is_refused_before_any_work(
+        work: Path, capsys, monkeypatch, argv: list[str], linked: bool) -> None:
+    """``--out /out``, a mount point (a container's volume, ``docker run -v ./out:/out``, a
+    drive): the folder written beside it, on the file system above, cannot be renamed onto it;
+    evaluate did all its work and then failed with "/out: Device or resource busy". Refused
+    before any work, naming a folder inside it (mount points simulated: os.path.ismount)."""
+    mount = work / "mnt"
+    mount.mkdir()
+    (work / "src").mkdir()
+    monkeypatch.setattr(os.path, "ismount", lambda p: os.path.abspath(p) == str(mount))
+    out = "link" if linked else "mnt"
+    if linked:
+        (work / "link").symlink_to(mount)
+    line = _refused([*argv, out], capsys, work, f"{out}: the --out folder is replaced whole",
+                    "it is a mount point", f"a new folder inside it, such as {os.path.join(out, 'out')}")
+    assert (str(mount) in line) == linked, line
+
+
 @pytest.mark.parametrize("second, words", [
     ("a.png", ["a.png is given twice (sources 1 and 2)"]),
     ("./a.png", ["a.png and ./a.png are the same file (sources 1 and 2)"]),

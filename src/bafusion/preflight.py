@@ -610,6 +610,18 @@ def _link_target(p: Path) -> Path:
         return p
 
 
+def _check_not_mount_point(shown: str, what: str, p: Path) -> None:
+    """Refuse a folder replaced whole that is a mount point (a drive, a container's volume
+    ``docker run -v ./out:/out``), the folder a link ``p`` points to too: it cannot be renamed, nor
+    can a folder written beside it, on the file system above, be renamed onto it. The command
+    did all its work and then failed with "Device or resource busy"."""
+    target = _link_target(p) if p.is_symlink() else p
+    if target.is_dir() and os.path.ismount(target):
+        raise UserError(f"{shown}: the {what} is replaced whole (written beside it, then renamed into place), and "
+                        f"it is a mount point{f' ({target})' if target != p else ''}, which cannot be replaced: give a "
+                        f"new folder inside it, such as {os.path.join(shown, 'out')}")
+
+
 def check_output_dir(
     path: str | os.PathLike[str],
     inputs: Iterable[str | os.PathLike[str]] = (),
@@ -636,6 +648,7 @@ def check_output_dir(
             if os.path.lexists(q) and _contains(p, q):
                 held = "the working directory" if q == Path.cwd() else f"the input {q}"
                 raise UserError(f"{shown}: the {what} is replaced whole and holds {held}: choose another folder")
+        _check_not_mount_point(shown, what, p)
         if marker and p.is_dir() and not (p / marker).is_file() and any(p.iterdir()):
             raise UserError(f"{shown}: the {what} is replaced whole and holds files that are no earlier output of "
                             f"this command (no {marker}); they would be deleted: remove the folder or choose another")
