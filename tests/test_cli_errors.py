@@ -111,6 +111,23 @@ def test_an_output_folder_replaced_whole_that_is_a_mount_point_is_refused_before
     assert (str(mount) in line) == linked, line
 
 
+@pytest.mark.parametrize("linked", [False, True])
+def test_an_output_file_that_is_a_mount_point_is_refused_before_any_work(work: Path, capsys, monkeypatch,
+                                                                          linked: bool) -> None:
+    """``fuse -o /out.png``, a file bound there (``docker run -v ./f.png:/out.png``): the file
+    written beside it cannot be renamed onto it; the fusion ran and then failed with
+    "Device or resource busy". Refused before any work (mount points simulated: os.path.ismount)."""
+    bound = work / "bound.png"
+    bound.write_bytes(b"")
+    monkeypatch.setattr(os.path, "ismount", lambda p: os.path.abspath(p) == str(bound))
+    out = "link.png" if linked else "bound.png"
+    if linked:
+        (work / "link.png").symlink_to(bound)
+    line = _refused([*FUSE, "-o", out], capsys, work, f"{out}: the output image is written beside it",
+                    "it is a mount point", "write to a new path")
+    assert (str(bound) in line) == linked, line
+
+
 @pytest.mark.parametrize("second, words", [
     ("a.png", ["a.png is given twice (sources 1 and 2)"]),
     ("./a.png", ["a.png and ./a.png are the same file (sources 1 and 2)"]),

@@ -598,6 +598,11 @@ def check_output_file(
     if os.path.lexists(p) and not (p.is_file() or p.is_symlink()):
         raise UserError(f"{shown}: is not a regular file (a device, fifo or socket): not replaced")
     check_not_input(path, list(inputs), what)
+    target = _link_target(p) if p.is_symlink() else p
+    if target.is_file() and os.path.ismount(target):  # a file bound onto it (docker run -v ./f.png:/out.png)
+        raise UserError(f"{shown}: the {what} is written beside it, then renamed into place, and it is a mount point"
+                        f"{f' ({target})' if target != p else ''} (a file bound there), which cannot be replaced: "
+                        "write to a new path, or bind the folder that holds it instead")
     # a symbolic link: the file it points to is replaced (bafusion.atomic.atomic_file), in its folder
     _check_can_create_in(shown, _link_target(p).parent if p.is_symlink() else p.parent)
     return p
