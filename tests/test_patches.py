@@ -653,3 +653,35 @@ def test_boundary_fractions_summing_above_one_are_refused_with_their_values() ->
         check_params(deep_merge(params, {"patches": {"min_focused": 0.6, "min_defocused": 0.5}}), "p.yaml")
     assert str(e.value).startswith("p.yaml: patches.min_focused + patches.min_defocused must be at most 1 ") \
         and str(e.value).endswith(", got 0.6 + 0.5 = 1.1"), str(e.value)
+
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="named pipes")
+@pytest.mark.parametrize("command", ["patches", "train"])
+@pytest.mark.parametrize("kind", ["pipe", "folder"])
+def test_a_named_pipe_or_folder_as_the_hdf5_input_is_refused_not_waited_for(tmp_path: Path, command: str,
+                                                                            kind: str) -> None:
+    """``bafusion patches pipe.h5`` and ``bafusion train --patches pipe.h5`` hung for good: h5py
+    opened the named pipe, which waits for a writer (holding the GIL: run in a process of its own
+    here). A folder given as a shard was said in h5py's words ("file read failed: time = ...,
+    buf = 0x7ffd..."). Both are now refused by name."""
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "in.h5"
+    if kind == "pipe":
+        os.mkfifo(src)
+    else:
+        src.mkdir()
+    argv = (["patches", str(src), "-o", str(tmp_path / "out"), "--no-progress"] if command == "patches" else
+            ["train", "--net", "initial", "--patches", str(src), "-o", str(tmp_path / "m" / "i.pt"), "--no-progress"])
+    env = {**os.environ, "BAFUSION_MLFLOW": "0"}
+    try:
+        done = subprocess.run([sys.executable, "-m", "bafusion", *argv], capture_output=True, text=True, timeout=120,
+                              env=env, cwd=tmp_path)
+    except subprocess.TimeoutExpired:
+        pytest.fail("an HDF5 input that is a named pipe was waited for")
+    why = "not a regular file (a named pipe" if kind == "pipe" else "is a folder, not a"
+    assert done.returncode == 2 and f"error: {src}: {why}" in done.stderr and "Unable to" not in done.stderr, \
+        done.stderr

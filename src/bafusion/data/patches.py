@@ -340,6 +340,12 @@ class _Shards:
             for f in map(Path, shard_files):
                 if not f.exists():
                     raise InputFileError(f, "composite shard missing: run the composite step first")
+                if f.is_dir():  # h5py's own text names the time and a buffer address
+                    raise InputFileError(f, "is a folder, not a composite shard (pass its .h5 files, e.g. "
+                                            "data/composite/shard-*.h5)")
+                if not f.is_file():  # a named pipe: opening it waited for a writer for good
+                    raise InputFileError(f, "not a regular file (a named pipe, a device or a socket), not a "
+                                            "composite shard")
                 try:
                     self.h5.append(self.stack.enter_context(h5py.File(f, "r")))
                 except OSError as e:

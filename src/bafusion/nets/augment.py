@@ -210,6 +210,8 @@ def read_attrs(path: str | os.PathLike[str]) -> dict:
         raise InputFileError(p, "patch set not found (run the 'patches' step first)")
     if p.is_dir():  # h5py's own text names the time and a buffer address
         raise InputFileError(p, "is a folder, not a patch set file (pass the .h5 file, e.g. data/patches/initial.h5)")
+    if not p.is_file():  # a named pipe: opening it waited for a writer for good
+        raise InputFileError(p, "not a regular file (a named pipe, a device or a socket), not a patch set file")
     try:
         with h5py.File(p, "r") as f:
             return {k: _plain(v) for k, v in f.attrs.items()}
