@@ -325,6 +325,29 @@ def test_device_none_is_refused_before_the_shots_are_read(tmp_path: Path, tiny_n
         monkeypatch.undo()
 
 
+def test_a_torch_device_is_taken_as_before(tmp_path: Path, tiny_nets: Path) -> None:
+    """Refusing device=None (a non-str) refused a torch.device too: load_model(device=
+    torch.device("cpu")), fuse(..., device=torch.device("cpu")) and resolve_device(torch.device(
+    "cpu")) said "device=device(type='cpu'): not a device" (they took one before; load_nets
+    documents it). A torch.device is checked as its name: one this machine lacks is refused."""
+    import torch
+
+    from bafusion.fusion import load_nets, resolve_device
+
+    a, b, _, _ = _pair(tmp_path)
+    cpu = torch.device("cpu")
+    assert resolve_device(cpu) == cpu
+    assert bafusion.load_model(tiny_nets, device=cpu).device == cpu
+    assert load_nets(tiny_nets / "initial.pt", tiny_nets / "boundary.pt", device=cpu).device == cpu
+    want = bafusion.fuse(a, b, model=str(tiny_nets), device="cpu", align="none")
+    assert np.array_equal(bafusion.fuse(a, b, model=str(tiny_nets), device=cpu, align="none"), want)
+    absent = torch.device("cuda", torch.cuda.device_count()) if torch.cuda.is_available() else torch.device("cuda")
+    for call in (lambda: resolve_device(absent), lambda: bafusion.load_model(tiny_nets, device=absent),
+                 lambda: bafusion.fuse(a, b, model=str(tiny_nets), device=absent)):
+        with pytest.raises(UserError, match=r"^device=device\(type='cuda'.*: (CUDA is not available|this machine has)"):
+            call()
+
+
 def test_fusion_nets_built_with_a_device_name_fuse(tmp_path: Path) -> None:
     """FusionNets "built directly" (its docstring) with device="cpu", as load_model takes it,
     printed device=cpu but every fusion failed with "AttributeError: 'str' object has no

@@ -679,12 +679,17 @@ def check_device(name: str | None, flag: str = "--device") -> None:
     """Refuse a device this machine lacks: ``auto``, ``cpu``, ``cuda[:N]`` (with N GPUs
     present) or ``mps`` (where Metal is available). ``flag`` names what gave it: an option
     (``--device cuda:1: ...``), or a Python parameter ending in ``=`` (``device='cuda:1': ...``).
-    None (an option not given) passes, but not as a Python parameter: there it names no device."""
+    None (an option not given) passes, but not as a Python parameter: there it names no device;
+    a :class:`torch.device` (from Python) is checked as its name."""
     shown = f"{flag}{name!r}" if flag.endswith("=") else f"{flag} {name}"
     if name is None and not flag.endswith("="):
         return
     if not isinstance(name, str):
-        raise UserError(f"{shown}: not a device (use auto, cpu, cuda, cuda:N or mps)")
+        import torch
+
+        if not isinstance(name, torch.device):
+            raise UserError(f"{shown}: not a device (use auto, cpu, cuda, cuda:N or mps)")
+        name = str(name)
     if name == "auto":
         return
     import torch

@@ -86,9 +86,9 @@ def load_model(model: str | os.PathLike[str] | None = None, device: str = "auto"
         the working directory that holds neither net file does not hide it, ``"./default"``
         names the folder). None: the shipped ``default`` model, else the pipeline's
         ``data/models``.
-    device : str
+    device : str or torch.device
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda[:N]"`` or ``"mps"`` (Apple
-        Metal).
+        Metal); a :class:`torch.device` is checked and used as it is.
 
     Returns
     -------
@@ -132,9 +132,9 @@ def fuse(
     params : FusionParams or mapping, optional
         The fusion rule's parameters; a mapping of its fields (``{"l": 4}``, a ``fuse``
         section) is checked like ``params.yaml``'s; None: the defaults (``FusionParams()``).
-    device : str
+    device : str or torch.device
         Where the nets run when ``model`` is not loaded yet: ``"auto"``, ``"cpu"``,
-        ``"cuda[:N]"`` or ``"mps"``.
+        ``"cuda[:N]"`` or ``"mps"``, or a :class:`torch.device`.
     align : {None, "none", "auto", "translation", "similarity", "homography"}
         Register every shot to the first before fusing (handheld brackets:
         ``"similarity"``); the result is then cropped to the area every shot covers.

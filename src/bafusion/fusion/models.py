@@ -150,9 +150,9 @@ def resolve_device(device: str = "auto", flag: str = "device=") -> torch.device:
 
     Parameters
     ----------
-    device : str
+    device : str or torch.device
         ``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda[:N]"`` or ``"mps"``
-        (Apple Metal).
+        (Apple Metal); a :class:`torch.device` is checked and returned as it is.
     flag : str
         What gave it, for the message: a Python parameter ending in ``=`` (``device='gpu': not
         a device ...``, the default) or a command-line option (``"--device"``: ``--device gpu:
@@ -168,6 +168,11 @@ def resolve_device(device: str = "auto", flag: str = "device=") -> torch.device:
         A name that is not a device, or a device this machine lacks (no CUDA, no GPU N, no
         Metal).
     """
+    if isinstance(device, torch.device):  # as load_nets takes one: checked, used as it is
+        from bafusion.preflight import check_device
+
+        check_device(device, flag)
+        return device
     if not isinstance(device, str):  # None, a number: check_device lets None pass (an unset option)
         shown = f"{flag}{device!r}" if flag.endswith("=") else f"{flag} {device}"
         raise UserError(f"{shown}: not a device (use auto, cpu, cuda, cuda:N or mps)")
@@ -410,8 +415,9 @@ def load_nets_from_dir(model: str | os.PathLike[str] | None, device: str = "auto
     ----------
     model : str, path or None
         As for :func:`find_model_dir`.
-    device : str
-        ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or ``"mps"`` (:func:`resolve_device`).
+    device : str or torch.device
+        ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or ``"mps"`` (:func:`resolve_device`); a
+        :class:`torch.device` is used as it is.
     warn : bool
         As for :func:`find_model_dir`.
 
