@@ -552,6 +552,12 @@ def test_fuse_with_map_drops_the_alpha_of_a_and_replicates_a_gray_b() -> None:
     f = fuse_with_map(a, b, dm)
     assert f.dtype == np.uint8 and f.shape == (7, 9, 3)
     np.testing.assert_array_equal(f, np.where(dm[..., None], a[..., :3], b[..., None]))
+    # a map or a source of another size: numpy's broadcast ValueError named no size
+    with pytest.raises(UserError, match=r"^fuse_with_map: the map is \(5, 5\) \(H, W\) but the sources are \(7, 9, 4\) "
+                                        r"and \(7, 9\)"):
+        fuse_with_map(a, b, np.ones((5, 5), bool))
+    with pytest.raises(UserError, match=r"the map is \(7, 9\) \(H, W\) but the sources are \(7, 9, 4\) and \(9, 7\)"):
+        fuse_with_map(a, b.T, dm)
 
 
 def _islands_of_4_and_5_and_a_hole_of_4() -> tuple[np.ndarray, np.ndarray]:
@@ -808,6 +814,20 @@ def test_focal_stack_is_fused_one_into_the_next(nets: FusionNets, scene) -> None
     two = fuse_images(a, b, nets).fused
     assert np.array_equal(res[0].fused, two)
     assert np.array_equal(res[1].fused, fuse_images(two, b, nets).fused)
+
+
+def test_fuse_images_refuses_names_that_are_not_two_names(nets: FusionNets, scene) -> None:
+    """fuse_images(a, b, nets, names=None) or names=("x",) failed with a raw TypeError /
+    IndexError at the size check (rule.py), naming no parameter; a str gave its first two
+    letters as the names. Now an InputTypeError naming ``names``; paths are names."""
+    from bafusion.errors import InputTypeError
+
+    a, b, _ = scene
+    for names in (None, ("x",), ("a", "b", "c"), "ab", ("a", 2)):
+        with pytest.raises(InputTypeError, match=r"^names: expected the two sources' names"):
+            fuse_images(a, b, nets, names=names)  # type: ignore[arg-type]
+    with pytest.raises(UserError, match=r"^right\.png: size 10x10 \(WxH\) differs from 136x120 of left\.png"):
+        fuse_images(a, b[:10, :10], nets, names=(Path("left.png"), Path("right.png")))  # type: ignore[arg-type]
 
 
 def test_a_stack_with_fewer_names_than_shots_names_the_others_by_their_place(nets: FusionNets, scene) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -299,8 +300,17 @@ def fuse_with_map(a: np.ndarray, b: np.ndarray, dm: np.ndarray) -> np.ndarray:
     ndarray
         uint8, or uint16 when a source is uint16 (its values kept), (H, W, 3) if a source is
         colour, else (H, W).
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        A map or a source of another height or width (the message names the shapes).
     """
-    a, b = _match_channels(np.asarray(a), np.asarray(b))
+    a, b, dm = np.asarray(a), np.asarray(b), np.asarray(dm)
+    if not a.shape[:2] == b.shape[:2] == dm.shape:  # numpy's broadcast error named no size
+        raise UserError(f"fuse_with_map: the map is {dm.shape} (H, W) but the sources are {a.shape} and {b.shape}: "
+                        "the map must have the sources' height and width")
+    a, b = _match_channels(a, b)
     sel = dm if a.ndim == 2 else dm[..., None]
     wide = [x.dtype == np.uint16 for x in (a, b)]
     if any(wide):  # was cast to uint8: the 16-bit values wrapped (65535 -> 255, 256 -> 0)
@@ -408,7 +418,7 @@ def fuse_images(
         Every constant of the rule; the defaults are the shipped configuration. A mapping of
         its fields (``{"l": 4}``) is checked like ``params.yaml``'s; None: the defaults.
     names : tuple of str
-        The sources' names, for error messages.
+        The two sources' names, for error messages.
     progress : bool or None
         A progress bar on stderr. None: when stderr is a terminal and the pair has 4
         megapixels or more; True: always; False: never.
@@ -436,7 +446,7 @@ def fuse_images(
     ------
     bafusion.errors.UserError
         Sources of different sizes (naming both), not uint8 arrays of those shapes, a bad
-        parameter, ``nets`` that are not loaded nets. As :func:`bafusion.fuse`, before any work:
+        parameter, ``nets`` that are not loaded nets, ``names`` that are not two str. As :func:`bafusion.fuse`, before any work:
         a pair whose estimated memory (:func:`bafusion.fusion.memory.fuse_need_mib`, from the
         arrays' shapes) exceeds by more than 10 % this process's cgroup memory limit and the
         swap it may use beyond it (the kernel would end the process, a notebook's kernel and its
@@ -457,11 +467,15 @@ def fuse_images(
     """
     from bafusion.threads import checked_threads, torch_threads
 
+    # names=None or one name failed with TypeError/IndexError at the size check, naming nothing
+    if isinstance(names, str) or not isinstance(names, Sequence) or len(names) != 2 \
+            or not all(isinstance(n, (str, os.PathLike)) for n in names):
+        raise InputTypeError(f"names: expected the two sources' names, a tuple of two str (for messages), got {names!r}")
     threads = checked_threads(threads)
     params = checked_params(params)
     _check_pair_memory(a, b, names, params)
     with torch_threads(threads):
-        return _fuse_pair(a, b, nets, params, names, progress, step=step)
+        return _fuse_pair(a, b, nets, params, (str(names[0]), str(names[1])), progress, step=step)
 
 
 def _check_pair_memory(a: object, b: object, names: tuple[str, str], params: FusionParams) -> None:
