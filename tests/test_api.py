@@ -325,6 +325,29 @@ def test_device_none_is_refused_before_the_shots_are_read(tmp_path: Path, tiny_n
         monkeypatch.undo()
 
 
+def test_a_model_that_is_no_folder_name_or_nets_is_named(tmp_path: Path, tiny_nets: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_model(5), fuse(a, b, model=5) and load_nets_from_dir(5) failed with pathlib's "TypeError:
+    expected str, bytes or os.PathLike object, not int" (fuse after reading the shots), naming
+    no parameter, as every other wrong-typed argument of fuse is named."""
+    import bafusion.fusion.api as api
+    from bafusion.errors import InputTypeError
+
+    a, b, _, _ = _pair(tmp_path)
+    with pytest.raises(InputTypeError, match=r"^model: expected a model folder, a shipped model's name \(a str or "
+                                             r"path\), got int$"):
+        bafusion.load_model(5)  # type: ignore[arg-type]
+    with pytest.raises(InputTypeError, match=r"^model: expected .*\(a str or path\), got int$"):
+        load_nets_from_dir(5)  # type: ignore[arg-type]
+    nets = bafusion.load_model(tiny_nets, device="cpu")
+    with pytest.raises(InputTypeError, match=r"got FusionNets; loaded nets already: pass them to fuse as model="):
+        bafusion.load_model(nets)  # type: ignore[arg-type]
+    monkeypatch.setattr(api, "_read_sources", lambda *_: pytest.fail("read the shots before refusing"))
+    with pytest.raises(InputTypeError, match=r"^model: expected a model folder, a shipped model's name or loaded "
+                                             r"nets \(bafusion\.load_model\(\.\.\.\)\), got int$"):
+        bafusion.fuse(a, b, model=5)  # type: ignore[arg-type]
+
+
 def test_a_torch_device_is_taken_as_before(tmp_path: Path, tiny_nets: Path) -> None:
     """Refusing device=None (a non-str) refused a torch.device too: load_model(device=
     torch.device("cpu")), fuse(..., device=torch.device("cpu")) and resolve_device(torch.device(

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from bafusion.errors import InputFileError, InputTypeError, UserError
-from bafusion.fusion.models import FusionNets, find_model_dir, load_nets_from_dir
+from bafusion.fusion.models import FusionNets, _check_model_type, find_model_dir, load_nets_from_dir
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.rule import _fuse_pair, check_same_size, checked_params, dtype_hint, fuse_stack, source_channels
 from bafusion.io import read_source_set, scale_to_u8
@@ -99,8 +99,10 @@ def load_model(model: str | os.PathLike[str] | None = None, device: str = "auto"
     ------
     bafusion.errors.UserError
         No such folder, a missing or invalid model file (the message names it), a device
-        this machine lacks (``device='cuda:1': ...``).
+        this machine lacks (``device='cuda:1': ...``); a ``model`` that is neither a str nor
+        a path (a :class:`bafusion.errors.InputTypeError`).
     """
+    _check_model_type(model)
     check_device(device, "device=")  # named as this parameter, not as the command line's --device
     return _load_nets(model, device)
 
@@ -211,7 +213,7 @@ def fuse(
         (a device this machine lacks: ``device='cuda:1': ...``), uint16 arrays beside an 8-bit
         source (see ``keep_depth``); with ``align``, shots that are not one scene or an
         implausible estimate (see ``align``). A source that is neither a
-        path nor an array, or an array of another type than uint8 and uint16 (floats: the
+        path nor an array, a ``model`` that is neither a folder, a name nor loaded nets, or an array of another type than uint8 and uint16 (floats: the
         message says how to convert them), is a :class:`bafusion.errors.InputTypeError`, a
         UserError that is also a :class:`TypeError`. Before the shots are read, as ``bafusion
         fuse``: a fusion whose estimated memory (:func:`bafusion.fusion.memory.fuse_need_mib`,
@@ -240,6 +242,7 @@ def fuse(
         raise UserError(f"align must be None or one of {', '.join(ALIGN_MODELS)}, got {align!r}")
     params = checked_params(params)  # a mapping, e.g. {"l": 4}, is checked like params.yaml's
     threads = checked_threads(threads)
+    _check_model_type(model, nets_too=True)  # before the shots are read (pathlib's TypeError named no parameter)
     if not isinstance(model, FusionNets):  # the nets are loaded on it: named as this parameter, before the work
         check_device(device, "device=")
     _check_memory(sources, align, params)  # a cgroup's limit: before the shots are read

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from bafusion import checkout
-from bafusion.errors import UserError
+from bafusion.errors import InputTypeError, UserError
 from bafusion.nets.model import CifarResNet, ModelFileError, fold_batchnorm, load_model
 
 #: This package's folder (``<repo>/src/bafusion``, or ``site-packages/bafusion`` when installed).
@@ -362,9 +362,23 @@ def find_model_dir(model: str | os.PathLike[str] | None, *, warn: bool = True) -
     ------
     bafusion.errors.UserError
         ``model`` is a file, or neither a folder nor a shipped model's name; with ``model=None``,
-        no default folder holds both files.
+        no default folder holds both files; neither a str nor a path (a
+        :class:`bafusion.errors.InputTypeError`).
     """
+    _check_model_type(model)
     return _find_model_dir(model, warn=warn, hint=_PY_MODEL_HINT)
+
+
+def _check_model_type(model: object, nets_too: bool = False) -> None:
+    """Refuse a ``model`` argument that names no model: not None, a str or a path (nor, with
+    ``nets_too``, loaded :class:`FusionNets`); pathlib's "TypeError: expected str, bytes or
+    os.PathLike object, not int" named no parameter."""
+    if model is None or isinstance(model, (str, os.PathLike)) or (nets_too and isinstance(model, FusionNets)):
+        return
+    what = "a model folder, a shipped model's name" + (" or loaded nets (bafusion.load_model(...))" if nets_too else
+                                                       " (a str or path)")
+    hint = "; loaded nets already: pass them to fuse as model=" if isinstance(model, FusionNets) else ""
+    raise InputTypeError(f"model: expected {what}, got {type(model).__name__}{hint}")
 
 
 def _find_model_dir(model: str | os.PathLike[str] | None, *, warn: bool = True, hint: str = HOW_TO_GET_MODELS) -> Path:
