@@ -1033,7 +1033,7 @@ def _ours(a: np.ndarray, b: np.ndarray, nets: Any, params: Any, names: tuple[str
         fuse_with_map,
     )
 
-    # fuse_images without its memory check (the command line checks once a run), on its threads
+    # fuse_images without its memory check (evaluate is not checked: README), on the command line's threads
     res = _fuse_pair(a, b, nets, replace(params, refine=True), names, progress=progress)
     ma, mb = _match_channels(a, b)
     dm0 = clean_decision(res.score_initial > params.threshold, res.score_initial, params)

@@ -484,8 +484,8 @@ def _check_pair_memory(a: object, b: object, names: tuple[str, str], params: Fus
     (:func:`bafusion.fusion.memory.memory_problem`), a :class:`UserWarning` where it fits only
     by swapping or beyond what is available (:func:`bafusion.fusion.memory.memory_warning`).
     Arrays :func:`_fuse_pair` refuses (not uint8, not (H, W) or (H, W, C)) are left to it. The
-    command line's fusions (and ``evaluate``'s, ``fuse-set``'s) call :func:`_fuse_pair`, checked
-    once a file or a run."""
+    command line's fusions (and ``evaluate``'s, ``fuse-set``'s) call :func:`_fuse_pair`: ``fuse``
+    and ``fuse-set`` check once a file or a run, ``evaluate`` not at all (README)."""
     import warnings
 
     if not all(isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim in (2, 3) for x in (a, b)):

@@ -52,7 +52,9 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
     exif, icc : bytes, optional
         EXIF block and ICC profile to store where the format allows (PNG: ``eXIf`` and
         ``iCCP``; JPEG, WebP and TIFF: both, a 16-bit TIFF its camera tags, Exif and GPS
-        sub-IFDs, written after tifffile's image; BMP: neither). Without them the file is byte-identical to what it was before they existed.
+        sub-IFDs, written after tifffile's image, not in a BigTIFF; BMP: neither). Without them
+        the file is byte-identical to what it was before they existed, but for a 16-bit TIFF,
+        whose Software tag is now ``bafusion <version>``, not tifffile's ``tifffile.py``.
         EXIF over 65,533 bytes, more than a JPEG's APP1 segment holds, is shortened for a
         JPEG as ``fuse`` and ``fuse-dir`` shorten it (:func:`fit_jpeg_exif`: its MakerNote
         dropped, then its largest tags; left out when Pillow cannot rewrite it), with an
