@@ -922,3 +922,35 @@ def test_a_named_pipe_as_a_shot_is_refused_not_waited_for(tmp_path: Path, tiny_n
     assert not hung, "a shot that is a named pipe was waited for"
     assert results["cli"] == 2 and not out.exists()
     assert f"{pipe}: not a regular file" in str(results.get("api")), results
+
+
+def test_fuse_set_and_evaluate_do_not_check_each_pair_again(tmp_path: Path, tiny_nets: Path, monkeypatch) -> None:
+    """``bafusion.fuse_images`` checks its pair against the cgroup limit; ``fuse-set`` (checked
+    once a run, before any work, for every pair by its headers) and ``evaluate``'s fusion call the
+    unchecked ``_fuse_pair``, so that a run says its warning once, not again for each pair (through
+    fuse_images each pair would be checked again: a warning per pair when the run fits only with
+    swap). A guard of a9407d1's split, which a merge of fuse-set's step lines had to keep."""
+    import json
+
+    import numpy as np
+
+    from bafusion import load_model
+    from bafusion.evaluation import evaluate
+    from bafusion.fusion import rule
+    from bafusion.fusion.params import FusionParams
+
+    checked: list[tuple[str, str]] = []
+    monkeypatch.setattr(rule, "_check_pair_memory", lambda a, b, names, params: checked.append(names))
+    pairs, fused = tmp_path / "set", tmp_path / "fused"
+    for stem in ("p1", "p2"):
+        _png_pair(pairs, stem)
+    (pairs / "index.json").write_text(json.dumps({"pairs": ["p1", "p2"]}))
+    rc = cli_main(["fuse-set", "--pairs", str(pairs), "--model", str(tiny_nets), "--out", str(fused), "--device",
+                   "cpu", "--no-progress"])
+    assert rc == 0 and (fused / "p2.png").is_file()
+    a, b = np.zeros((40, 48, 3), np.uint8), np.full((40, 48, 3), 9, np.uint8)
+    got = evaluate._ours(a, b, load_model(tiny_nets, device="cpu"), FusionParams(), ("a", "b"))
+    assert got[evaluate.OURS][0].shape == (40, 48, 3)
+    assert checked == [], checked
+    rule.fuse_images(a, b, load_model(tiny_nets, device="cpu"))  # the spy sees fuse_images' own check
+    assert checked == [("A", "B")], checked
