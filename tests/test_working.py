@@ -328,6 +328,52 @@ def test_auto_threads_leaves_busy_cores_alone() -> None:
     assert 1 <= auto_threads() <= 4096
 
 
+def test_auto_threads_keeps_to_the_cgroups_cpu_quota(tmp_path, monkeypatch) -> None:
+    """A container limited to 2 CPUs (docker --cpus 2: a CFS quota, which neither the affinity
+    mask nor torch's default thread count shows) of an idle 8-core machine got 8 threads from
+    auto_threads, throttled each period; now the quota's whole CPUs, cgroup v2 and v1, the
+    smallest of the cgroup's and its parents', at least one, and the load counted against the
+    CPUs the machine's processes share (a busy 64-core host leaves a 4-CPU container its 4)."""
+    import os
+
+    import bafusion.threads as th
+
+    v2 = tmp_path / "v2"
+    (v2 / "job" / "step").mkdir(parents=True)
+    (v2 / "cpu.max").write_text("max 100000\n")
+    (v2 / "job" / "cpu.max").write_text("250000 100000\n")  # 2.5 CPUs: 2 threads, not 3
+    (v2 / "job" / "step" / "cpu.max").write_text("max 100000\n")
+    (tmp_path / "cg2").write_text("0::/job/step\n")
+    v1 = tmp_path / "v1"
+    (v1 / "cpu,cpuacct" / "docker" / "abc").mkdir(parents=True)
+    (v1 / "cpu,cpuacct" / "docker" / "abc" / "cpu.cfs_quota_us").write_text("150000\n")
+    (v1 / "cpu,cpuacct" / "docker" / "abc" / "cpu.cfs_period_us").write_text("100000\n")
+    (v1 / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "cpu,cpuacct" / "cpu.cfs_period_us").write_text("100000\n")
+    (tmp_path / "cg1").write_text("5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n")
+    (tmp_path / "none").write_text("0::/\n")
+    assert th.cpu_quota(str(tmp_path / "cg2"), str(v2)) == 2.5
+    assert th.cpu_quota(str(tmp_path / "cg1"), str(v1)) == 1.5
+    assert th.cpu_quota(str(tmp_path / "none"), str(v2)) is None  # "max": no limit
+    assert th.cpu_quota(str(tmp_path / "missing"), str(v2)) is None
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(th, "PROC_CGROUP", str(tmp_path / "cg2"))
+    monkeypatch.setattr(th, "CGROUP_ROOT", str(v2))
+    assert th.available_cores() == 2
+    assert th.auto_threads(load=0.0) == 2  # was 8 on the 2.5 CPUs
+    assert th.auto_threads(load=7.0) == 1
+    monkeypatch.setattr(th, "PROC_CGROUP", str(tmp_path / "cg1"))
+    monkeypatch.setattr(th, "CGROUP_ROOT", str(v1))
+    assert th.available_cores() == 1 and th.auto_threads(load=0.0) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr(th, "PROC_CGROUP", str(tmp_path / "cg2"))
+    monkeypatch.setattr(th, "CGROUP_ROOT", str(v2))
+    assert th.auto_threads(load=30.0) == 2  # the host's load leaves 34 of its 64 CPUs: the quota's 2
+    monkeypatch.setattr(th, "PROC_CGROUP", str(tmp_path / "none"))
+    assert th.available_cores() == 64 and th.auto_threads(load=30.0) == 34  # no quota: as before
+
+
 def test_progress_bar_of_a_large_pair_fused_at_full_size(nets, capsys) -> None:
     a, b, _ = _scene(96, 128)
     capsys.readouterr()

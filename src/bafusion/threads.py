@@ -4,22 +4,109 @@ Torch's intra-op threads wait for each other at every layer: when another proces
 of the cores, a two-thread fusion on a 2-core CPU spends most of its time waiting and runs
 several times *slower* than one thread (measured: ``benchmarks/bench_camera.py``,
 BENCHMARKS.md "Camera resolution"). :func:`auto_threads` therefore gives torch only the cores
-that other processes leave free, by the 1-minute load average, and at least one.
+that other processes leave free, by the 1-minute load average, and at least one, and never
+more than the CPUs its cgroup's CPU quota allows (:func:`cpu_quota`: a container's
+``--cpus``, a Kubernetes CPU limit, systemd's ``CPUQuota``), which torch's own default count
+(the machine's cores) and the affinity mask do not see.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+#: Where :func:`cpu_quota` reads the process's cgroup and the cgroup file system's mount (tests
+#: point them at a fake tree), as :mod:`bafusion.fusion.memory` does for the memory limit.
+PROC_CGROUP = "/proc/self/cgroup"
+CGROUP_ROOT = "/sys/fs/cgroup"
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+def _quota_file(where: Path, v1: bool) -> float | None:
+    """The CPUs one cgroup folder's CFS bandwidth limit allows: v2's ``cpu.max`` ("quota
+    period", or "max ..." for none), v1's ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us`` (-1
+    for none); None for none or a file that cannot be read."""
+    try:
+        if v1:
+            quota = int((where / "cpu.cfs_quota_us").read_text(encoding="utf-8").strip())
+            period = int((where / "cpu.cfs_period_us").read_text(encoding="utf-8").strip())
+        else:
+            text = (where / "cpu.max").read_text(encoding="utf-8").split()
+            if not text or text[0] == "max":
+                return None
+            quota, period = int(text[0]), int(text[1]) if len(text) > 1 else 100_000
+    except (OSError, ValueError, IndexError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def cpu_quota(proc_cgroup: str | None = None, root: str | None = None) -> float | None:
+    """The CPUs this process's cgroup may use by its CPU bandwidth limit: cgroup v2's ``cpu.max``,
+    v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, the smallest of the process's cgroup and
+    its parents'. Docker's ``--cpus``, a Kubernetes CPU limit and systemd's ``CPUQuota`` set it;
+    neither ``os.cpu_count()`` nor the affinity mask shows it, nor torch's default thread count
+    (the machine's cores): more threads than it allows are throttled each period, and torch's
+    threads, which wait for each other at every layer, collapse as on a busy CPU.
+
+    Parameters
+    ----------
+    proc_cgroup : str, optional
+        The process's cgroup file (default :data:`PROC_CGROUP`).
+    root : str, optional
+        Where the cgroup file system is mounted (default :data:`CGROUP_ROOT`).
+
+    Returns
+    -------
+    float or None
+        CPUs (1.5 for ``150000 100000``); None where there is no limit (or no cgroup: not Linux).
+    """
+    base = Path(CGROUP_ROOT if root is None else root)
+    try:
+        lines = Path(PROC_CGROUP if proc_cgroup is None else proc_cgroup).read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError):
+        return None
+    found: list[float] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, rel = parts
+        if controllers == "":  # v2 (unified): 0::/path
+            where, v1 = base, False
+        elif "cpu" in controllers.split(","):  # v1: N:cpu,cpuacct:/path
+            where, v1 = base / "cpu", True
+            if not where.is_dir():
+                where = base / controllers
+        else:
+            continue
+        rel_path = Path(rel.strip() or "/")
+        # the cgroup and its parents; inside a container the limit is on the mount's top folder
+        for d in [rel_path, *rel_path.parents]:
+            q = _quota_file(where / str(d).lstrip("/"), v1)
+            if q is not None:
+                found.append(q)
+    return min(found) if found else None
+
+
+def _affinity() -> int:
+    """CPUs of this process's affinity mask (``os.cpu_count()`` where the OS has none)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on: its affinity mask where the OS has one, at most the
+    whole CPUs its cgroup's CPU quota allows (:func:`cpu_quota`, rounded down: a thread more
+    than the quota is throttled), at least one."""
+    cores = _affinity()
+    quota = cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.floor(quota)))
+    return cores
 
 
 def auto_threads(cores: int | None = None, load: float | None = None) -> int:
@@ -28,7 +115,9 @@ def auto_threads(cores: int | None = None, load: float | None = None) -> int:
     Parameters
     ----------
     cores : int, optional
-        Cores available (default :func:`available_cores`).
+        Cores available, all free of load but ``load`` (default: the affinity mask's CPUs, less
+        ``load``, at most :func:`available_cores`: the load average counts the machine's
+        runnable processes, which share the CPUs it may run on, not its cgroup's CPU quota).
     load : float, optional
         Runnable processes, e.g. the 1-minute load average (default ``os.getloadavg()[0]``;
         0 where the OS has none).
@@ -37,15 +126,19 @@ def auto_threads(cores: int | None = None, load: float | None = None) -> int:
     -------
     int
         ``max(1, min(cores, round(cores - load)))``: 2 on an idle 2-core CPU, 1 as soon as
-        about one other process runs on it.
+        about one other process runs on it; in a container limited to 4 CPUs of an idle 64-core
+        machine, 4.
     """
-    cores = available_cores() if cores is None else int(cores)
+    if cores is None:
+        cpus, cores = _affinity(), available_cores()
+    else:
+        cpus = cores = int(cores)
     if load is None:
         try:
             load = os.getloadavg()[0]
         except (AttributeError, OSError):
             load = 0.0
-    return max(1, min(cores, int(round(cores - float(load)))))
+    return max(1, min(cores, int(round(cpus - float(load)))))
 
 
 def checked_threads(threads: object, name: str = "threads=") -> int | str | None:
@@ -96,4 +189,4 @@ def torch_threads(threads: int | str | None = None) -> Iterator[int]:
             torch.set_num_threads(before)
 
 
-__all__ = ["auto_threads", "available_cores", "checked_threads", "torch_threads"]
+__all__ = ["auto_threads", "available_cores", "checked_threads", "cpu_quota", "torch_threads"]

@@ -427,9 +427,9 @@ def fuse_images(
         setting restored afterwards. None: torch's setting as it is (what the caller set with
         :func:`torch.set_num_threads`). ``"auto"``: as ``bafusion fuse`` without ``--threads``:
         torch's setting, lowered to the cores the 1-minute load average leaves free at this call
-        (:func:`bafusion.threads.auto_threads`: on a 2-core CPU with another process running, two
-        threads wait for each other and run several times slower than one). The fused image does
-        not depend on it.
+        and to a container's CPU quota (:func:`bafusion.threads.auto_threads`: on a 2-core CPU
+        with another process running, two threads wait for each other and run several times
+        slower than one). The fused image does not depend on it.
     step : callable, optional
         Called with a line naming each step that takes seconds at camera size as it starts
         ("matching the exposures", "the nets at 640x427 px", "the maps at full size, 6000x4000
