@@ -374,6 +374,22 @@ def test_auto_threads_keeps_to_the_cgroups_cpu_quota(tmp_path, monkeypatch) -> N
     assert th.available_cores() == 64 and th.auto_threads(load=30.0) == 34  # no quota: as before
 
 
+@pytest.mark.parametrize("w,h,shown", [(2448, 1632, True), (2304, 1728, True), (2272, 1704, True),
+                                         (2560, 1440, True), (1920, 1080, False), (2048, 1536, False)])
+def test_a_cameras_4_megapixel_pair_gets_the_bar(w: int, h: int, shown: bool, monkeypatch) -> None:
+    """Pairs a camera sells as 4 MP got no progress bar on a terminal: 2448x1632 is 3,995,136 px,
+    2272x1704 3.87 MP, under the 4,000,000 the bar started at; Full HD and 3 MP still get none."""
+    import bafusion.progress
+    from bafusion.fusion.working import progress_bar
+
+    monkeypatch.setattr(bafusion.progress, "stderr_is_terminal", lambda: True)
+    bar = progress_bar(5, w * h, None)
+    try:
+        assert bar.disable is (not shown)
+    finally:
+        bar.close()
+
+
 def test_progress_bar_of_a_large_pair_fused_at_full_size(nets, capsys) -> None:
     a, b, _ = _scene(96, 128)
     capsys.readouterr()

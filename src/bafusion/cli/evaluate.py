@@ -404,5 +404,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_threads_argument(p, "torch CPU threads", "--params-file's evaluate.threads, else torch's, lowered to the "
                          "cores the load average leaves free, at least 1")
     p.add_argument("--no-progress", "--quiet", dest="progress", action="store_const", const=False, default=None,
-                   help="no progress bars (by default a fusion of 4 megapixels or more shows one on a terminal)")
+                   help="no progress bars (by default a fusion of a camera's 4 megapixels or more, from 3.5 MP, shows one on a terminal)")
     p.set_defaults(func=_cmd_evaluate)
