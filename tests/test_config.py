@@ -581,10 +581,9 @@ def test_typed_objects_take_their_defaults_from_the_schema() -> None:
 
 
 #: The keys whose schema default is not params.yaml's value, on purpose (README, "One reader,
-#: one place for defaults"): the pipeline's thread counts on a shared 2-core machine, and the
+#: one place for defaults"): the training's thread count on a shared 2-core machine, and the
 #: quick run's test-time augmentation (an option, off by default: README, "Test-time augmentation").
-DEFAULTS_NOT_PARAMS_YAMLS = {"train.threads": (0, 1), "fuse.threads": (0, 2), "evaluate.threads": (0, 2),
-                             "fuse.tta": ("none", "swap")}
+DEFAULTS_NOT_PARAMS_YAMLS = {"train.threads": (0, 1), "fuse.tta": ("none", "swap")}
 
 
 def test_the_schema_defaults_are_params_yamls_quick_run() -> None:

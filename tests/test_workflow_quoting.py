@@ -70,8 +70,12 @@ def test_fuse_and_evaluate_threads_0_take_the_free_cores_of_the_run(tmp_path: Pa
     `--cores all` whatever the load (on 2 cores at a load of 12, a 520x520 fusion took 20-30 s on 2
     threads against 2.4-2.7 s on 1). For 0 the job now has all of --cores and its command no
     --threads: it takes torch's threads, which Snakemake sets to the job's (OMP_NUM_THREADS),
-    lowered to the free cores. A number stays that number."""
+    lowered to the free cores. A number stays that number. params.yaml's own were 2 (both cores
+    of the 2-core machine whatever the load, a 520x520 fusion 23-33 s against 5-6 s on 1 thread at
+    a load of 10): now 0, as the schema's."""
     project = make_project(tmp_path / "p", git=False)
+    found = _threads(run(["snakemake", "-n", "-p", "--cores", "3", "fuse", "evaluate"], project).stdout)
+    assert (found["fuse"], found["evaluate"]) == ((3, None), (3, None)), found  # params.yaml's
     zero = ["--config", "fuse={threads: 0}", "evaluate={threads: 0}"]
     found = _threads(run(["snakemake", "-n", "-p", "--cores", "3", "fuse", "evaluate", *zero], project).stdout)
     assert (found["fuse"], found["evaluate"]) == ((3, None), (3, None)), found
