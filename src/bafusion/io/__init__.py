@@ -67,6 +67,7 @@ read_image``): the modules they live in are the package's own layout, one concer
   :func:`source_subsampling`, :func:`icc_name`, :func:`png_colour_name`, :func:`profile_notes`,
   :func:`cmyk_notes`, :func:`dpi_notes`, :func:`unkept_metadata_note`;
 * :mod:`.write` -- writing: :func:`write_image`, :data:`JPEG_QUALITY`, :data:`JPEG_SUBSAMPLING`,
+  :data:`PNG_COMPRESS_LEVEL`,
   :func:`written_metadata`, :func:`keeps_16_bits`, :data:`HIGH_DEPTH_SUFFIXES`, :func:`icc_fits`,
   :func:`png16_bytes`, :func:`fit_jpeg_exif`, :class:`ExifWarning`, :func:`output_format_problem`.
 
@@ -156,6 +157,7 @@ from bafusion.io.write import (
     HIGH_DEPTH_SUFFIXES,
     JPEG_QUALITY,
     JPEG_SUBSAMPLING,
+    PNG_COMPRESS_LEVEL,
     QUALITY_FORMATS,
     WEBP_LOSSLESS_EFFORT,
     WEBP_LOSSLESS_METHOD,
@@ -175,8 +177,8 @@ from bafusion.io.write import (
 __all__ = [
     # formats
     "IMAGE_SUFFIXES", "RAW_SUFFIXES", "READ_FORMATS", "read_formats", "read_suffixes", "pillow_open", "header_orientation",
-    "JPEG_QUALITY", "JPEG_SUBSAMPLING", "QUALITY_FORMATS", "WEBP_MAX_SIDE", "WEBP_LOSSLESS_METHOD",
-    "WEBP_LOSSLESS_EFFORT",
+    "JPEG_QUALITY", "JPEG_SUBSAMPLING", "PNG_COMPRESS_LEVEL", "QUALITY_FORMATS", "WEBP_MAX_SIDE",
+    "WEBP_LOSSLESS_METHOD", "WEBP_LOSSLESS_EFFORT",
     "HEIF_SUFFIXES", "LISTED_SUFFIXES", "NO_PAGES", "list_images",
     "unread_format", "unread_advice", "open_image", "header_exif",
     # info

@@ -186,7 +186,7 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         if png_colour:
             data = _after_ihdr(bytes(data), png_colour)
     else:
-        kwargs: dict = {"compress_level": 6} if fmt == "PNG" else {}
+        kwargs: dict = {"compress_level": PNG_COMPRESS_LEVEL} if fmt == "PNG" else {}
         if fmt == "JPEG":
             kwargs["quality"] = JPEG_QUALITY if quality is None else int(quality)
             kwargs["subsampling"] = JPEG_SUBSAMPLING if subsampling is None else subsampling
@@ -241,6 +241,15 @@ _WRITTEN_METADATA = {"PNG": frozenset({"icc", "exif", "dpi", "png_colour"}),
 QUALITY_FORMATS = {"JPEG": ".jpg", "WEBP": ".webp"}
 #: The quality :func:`write_image` writes a JPEG at when given none.
 JPEG_QUALITY = 95
+#: zlib's level (0-9) of an 8-bit PNG :func:`write_image` writes (Pillow; the pixels are the
+#: same at any level). ``benchmarks/bench_png.py`` (BENCHMARKS.md, "PNG compression level";
+#: 6000x4000 RGB, CPU seconds, two runs each, load 10-14 on 2 cores): the development set's
+#: photos tiled took 3.24 s at level 6 (Pillow's default, which this was), 1.36 at 3, 1.06 at
+#: 1, for 19.8, 20.9 (+6 %) and 21.9 MB; lytro-05 upscaled (smooth) 1.9, 0.95 and 0.70 s for
+#: 6.2, 7.6 (+23 %) and 8.2 MB; the same with camera-like noise (sigma 2 levels) 8.4, 2.8 and
+#: 1.9 s for 33.3, 37.8 (+14 %) and 39.2 MB. Level 3: a third to a half of level 6's time for
+#: 6-23 % more bytes; level 1 saves another 20-30 % of the time for as many bytes again.
+PNG_COMPRESS_LEVEL = 3
 #: The chroma subsampling :func:`write_image` writes a colour JPEG with when given none (a fusion
 #: of JPEG shots keeps the first's: :func:`source_subsampling`). Measured by
 #: ``benchmarks/bench_subsampling.py`` (BENCHMARKS.md, "JPEG chroma subsampling"): on 8 lossless
