@@ -328,6 +328,44 @@ def test_auto_threads_leaves_busy_cores_alone() -> None:
     assert 1 <= auto_threads() <= 4096
 
 
+def test_auto_threads_does_not_count_the_processs_own_earlier_fusions(monkeypatch) -> None:
+    """threads="auto" read at each call counted the process's own last fusions in the 1-minute
+    load average as other processes': on an idle 2-core machine a loop of fusions on 2 threads
+    brought the load near 2 and the next call took 1 thread. own_load() now estimates that part
+    from the earlier "auto" blocks (CPU seconds a second, decayed as the kernel decays the load)
+    and auto_threads() takes it off; another process's load is still counted."""
+    import math
+    import os
+    import time
+
+    import torch
+
+    import bafusion.threads as th
+
+    monkeypatch.setattr(th, "_blocks", [])
+    monkeypatch.setattr(th, "_affinity", lambda: 2)
+    monkeypatch.setattr(th, "cpu_quota", lambda: None)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.99, 1.9, 1.5))
+    assert th.own_load() == 0.0 and th.auto_threads() == 1  # another's load of 2: one thread
+    now = time.monotonic()
+    th._blocks.append((now - 300.0, now, 600.0))  # this process fused on 2 CPUs for the last 5 minutes
+    assert math.isclose(th.own_load(now), 2 * (1 - math.exp(-5)), rel_tol=1e-9)
+    assert th.auto_threads() == 2  # the load is its own
+    assert math.isclose(th.own_load(now + 180), th.own_load(now) * math.exp(-3), rel_tol=1e-9)
+    monkeypatch.setattr(th, "_blocks", [(now - 480.0, now - 180.0, 600.0)])  # 3 minutes ago: 5 % of it left
+    assert th.auto_threads() == 1
+    # a block of torch_threads("auto") records itself; None and a number do not
+    monkeypatch.setattr(th, "_blocks", [])
+    with th.torch_threads(None):
+        pass
+    with th.torch_threads(1):
+        pass
+    assert th._blocks == []
+    with th.torch_threads("auto") as n:
+        torch.ones(64, 64) @ torch.ones(64, 64)
+    assert n >= 1 and len(th._blocks) == 1 and th._blocks[0][1] >= th._blocks[0][0] and th._blocks[0][2] >= 0
+
+
 def test_auto_threads_keeps_to_the_cgroups_cpu_quota(tmp_path, monkeypatch) -> None:
     """A container limited to 2 CPUs (docker --cpus 2: a CFS quota, which neither the affinity
     mask nor torch's default thread count shows) of an idle 8-core machine got 8 threads from

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +24,14 @@ from pathlib import Path
 #: point them at a fake tree), as :mod:`bafusion.fusion.memory` does for the memory limit.
 PROC_CGROUP = "/proc/self/cgroup"
 CGROUP_ROOT = "/sys/fs/cgroup"
+
+#: The 1-minute load average's time constant (s): the kernel's average of the runnable tasks
+#: weighs a task that ran ``t`` seconds ago by ``exp(-t / 60)``.
+LOAD_TIME_CONSTANT = 60.0
+#: This process's recent :func:`torch_threads` ``"auto"`` blocks: (start, end, CPU seconds of the
+#: process), monotonic clock; :func:`own_load` reads them.
+_blocks: list[tuple[float, float, float]] = []
+_blocks_lock = threading.Lock()
 
 
 def _quota_file(where: Path, v1: bool) -> float | None:
@@ -109,6 +119,37 @@ def available_cores() -> int:
     return cores
 
 
+def own_load(now: float | None = None) -> float:
+    """This process's own part of the 1-minute load average, left by its earlier
+    :func:`torch_threads` ``"auto"`` blocks (the Python API's fusions with ``threads="auto"``):
+    each block's CPU seconds a second, weighed as the kernel weighs the load (exponentially,
+    :data:`LOAD_TIME_CONSTANT`). Without it a loop of fusions read its own last fusions as
+    other processes' load: on an idle 4-core machine where torch takes the 4 cores, a minute of
+    fusing on 4 threads brings the load average near 4 (by the kernel's formula), and the next
+    call got 1 thread. On a busy machine the process's threads run less than they are
+    runnable, so this counts less than their share, never more.
+
+    Parameters
+    ----------
+    now : float, optional
+        The :func:`time.monotonic` time to estimate at (default: now).
+
+    Returns
+    -------
+    float
+        Runnable tasks of the load average (0 before any ``"auto"`` block).
+    """
+    now = time.monotonic() if now is None else now
+    total = 0.0
+    with _blocks_lock:
+        for start, end, cpu in _blocks:
+            if end > start:
+                tau = LOAD_TIME_CONSTANT
+                total += cpu / (end - start) * (math.exp(-max(0.0, now - end) / tau)
+                                                - math.exp(-max(0.0, now - start) / tau))
+    return max(0.0, total)
+
+
 def auto_threads(cores: int | None = None, load: float | None = None) -> int:
     """Threads for torch: the cores that the current load leaves free, at least one.
 
@@ -119,8 +160,9 @@ def auto_threads(cores: int | None = None, load: float | None = None) -> int:
         ``load``, at most :func:`available_cores`: the load average counts the machine's
         runnable processes, which share the CPUs it may run on, not its cgroup's CPU quota).
     load : float, optional
-        Runnable processes, e.g. the 1-minute load average (default ``os.getloadavg()[0]``;
-        0 where the OS has none).
+        Runnable processes, e.g. the 1-minute load average (default ``os.getloadavg()[0]``,
+        less this process's own earlier fusions' part, :func:`own_load`; 0 where the OS has
+        none).
 
     Returns
     -------
@@ -135,7 +177,7 @@ def auto_threads(cores: int | None = None, load: float | None = None) -> int:
         cpus = cores = int(cores)
     if load is None:
         try:
-            load = os.getloadavg()[0]
+            load = max(0.0, os.getloadavg()[0] - own_load())
         except (AttributeError, OSError):
             load = 0.0
     return max(1, min(cores, int(round(cpus - float(load)))))
@@ -170,23 +212,31 @@ def torch_threads(threads: int | str | None = None) -> Iterator[int]:
     restored after it. None: torch's setting as it is (nothing changed, as a caller that set
     :func:`torch.set_num_threads` expects); ``"auto"``: as ``bafusion fuse`` without
     ``--threads``: torch's current setting, lowered to :func:`auto_threads` (the cores the
-    1-minute load average leaves free, read at each call). Yields the number in use."""
+    1-minute load average leaves free, read at each call, less this process's earlier
+    ``"auto"`` blocks' part, :func:`own_load`). Yields the number in use."""
     import torch
 
     before = torch.get_num_threads()
+    auto = isinstance(threads, str) and threads == "auto"
     if threads is None:
         n = before
-    elif isinstance(threads, str) and threads == "auto":
+    elif auto:
         n = min(before, auto_threads())
     else:
         n = int(threads)
     if n != before:
         torch.set_num_threads(n)
+    start, cpu = time.monotonic(), time.process_time()
     try:
         yield n
     finally:
+        if auto:  # its load is this process's own at the next "auto" call (own_load)
+            end = time.monotonic()
+            with _blocks_lock:
+                _blocks[:] = [b for b in _blocks if end - b[1] < 10 * LOAD_TIME_CONSTANT][-63:]
+                _blocks.append((start, end, time.process_time() - cpu))
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
 
 
-__all__ = ["auto_threads", "available_cores", "checked_threads", "cpu_quota", "torch_threads"]
+__all__ = ["auto_threads", "available_cores", "checked_threads", "cpu_quota", "own_load", "torch_threads"]

@@ -176,8 +176,9 @@ def fuse(
         restored afterwards. None: torch's setting as it is (what the caller set with
         :func:`torch.set_num_threads`). ``"auto"``: as ``bafusion fuse`` without ``--threads``:
         torch's setting, lowered to the cores the 1-minute load average leaves free at this call
-        and to a container's CPU quota (:func:`bafusion.threads.auto_threads`). The fused image
-        does not depend on it.
+        (but for the part this process's earlier ``"auto"`` calls left in it) and to a
+        container's CPU quota (:func:`bafusion.threads.auto_threads`). The fused image does not
+        depend on it.
 
     Warns
     -----

@@ -427,7 +427,8 @@ def fuse_images(
         setting restored afterwards. None: torch's setting as it is (what the caller set with
         :func:`torch.set_num_threads`). ``"auto"``: as ``bafusion fuse`` without ``--threads``:
         torch's setting, lowered to the cores the 1-minute load average leaves free at this call
-        and to a container's CPU quota (:func:`bafusion.threads.auto_threads`: on a 2-core CPU
+        (but for the part this process's earlier ``"auto"`` calls left in it) and to a
+        container's CPU quota (:func:`bafusion.threads.auto_threads`: on a 2-core CPU
         with another process running, two threads wait for each other and run several times
         slower than one). The fused image does not depend on it.
     step : callable, optional
