@@ -90,19 +90,34 @@ def test_an_output_link_into_a_folder_that_cannot_be_written_is_refused_before_a
              "link.png: cannot write in /proc")
 
 
+def _simulate_mount_point(monkeypatch: pytest.MonkeyPatch, path: Path, table: bool) -> None:
+    """Make ``path`` a mount point: listed in the mount table (``table``; os.path.ismount says
+    False, as for a bind mount from the same file system), or, without a readable
+    /proc/self/mountinfo, by os.path.ismount."""
+    import bafusion.preflight as preflight
+
+    if table:
+        monkeypatch.setattr(preflight, "_mount_points", lambda: frozenset({os.path.realpath(path)}))
+    else:
+        monkeypatch.setattr(preflight, "_mount_points", lambda: None)
+        monkeypatch.setattr(os.path, "ismount", lambda p: os.path.realpath(p) == os.path.realpath(path))
+
+
 @pytest.mark.parametrize("argv", [["prepare", "-o"], ["evaluate", "--dataset", "d=src", "--out"],
                                   ["download-eval", "--from-dir", "src", "-o"]])
 @pytest.mark.parametrize("linked", [False, True])
+@pytest.mark.parametrize("table", [True, False])
 def test_an_output_folder_replaced_whole_that_is_a_mount_point_is_refused_before_any_work(
-        work: Path, capsys, monkeypatch, argv: list[str], linked: bool) -> None:
+        work: Path, capsys, monkeypatch, argv: list[str], linked: bool, table: bool) -> None:
     """``--out /out``, a mount point (a container's volume, ``docker run -v ./out:/out``, a
-    drive): the folder written beside it, on the file system above, cannot be renamed onto it;
-    evaluate did all its work and then failed with "/out: Device or resource busy". Refused
-    before any work, naming a folder inside it (mount points simulated: os.path.ismount)."""
+    drive, a bind mount from the same file system, which os.path.ismount misses): the folder
+    written beside it, on the file system above, cannot be renamed onto it; evaluate did all its
+    work and then failed with "/out: Device or resource busy". Refused before any work, naming a
+    folder inside it (mount points simulated: the mount table, or os.path.ismount without one)."""
     mount = work / "mnt"
     mount.mkdir()
     (work / "src").mkdir()
-    monkeypatch.setattr(os.path, "ismount", lambda p: os.path.abspath(p) == str(mount))
+    _simulate_mount_point(monkeypatch, mount, table)
     out = "link" if linked else "mnt"
     if linked:
         (work / "link").symlink_to(mount)
@@ -112,20 +127,57 @@ def test_an_output_folder_replaced_whole_that_is_a_mount_point_is_refused_before
 
 
 @pytest.mark.parametrize("linked", [False, True])
+@pytest.mark.parametrize("table", [True, False])
 def test_an_output_file_that_is_a_mount_point_is_refused_before_any_work(work: Path, capsys, monkeypatch,
-                                                                          linked: bool) -> None:
+                                                                          linked: bool, table: bool) -> None:
     """``fuse -o /out.png``, a file bound there (``docker run -v ./f.png:/out.png``): the file
     written beside it cannot be renamed onto it; the fusion ran and then failed with
-    "Device or resource busy". Refused before any work (mount points simulated: os.path.ismount)."""
+    "Device or resource busy". Refused before any work (mount points simulated: the mount
+    table, or os.path.ismount without one)."""
     bound = work / "bound.png"
     bound.write_bytes(b"")
-    monkeypatch.setattr(os.path, "ismount", lambda p: os.path.abspath(p) == str(bound))
+    _simulate_mount_point(monkeypatch, bound, table)
     out = "link.png" if linked else "bound.png"
     if linked:
         (work / "link.png").symlink_to(bound)
     line = _refused([*FUSE, "-o", out], capsys, work, f"{out}: the output image is written beside it",
                     "it is a mount point", "write to a new path")
     assert (str(bound) in line) == linked, line
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_an_output_on_an_overlay_of_other_file_systems_is_no_mount_point(tmp_path: Path, monkeypatch,
+                                                                          kind: str) -> None:
+    """An overlay whose layers lie on other file systems (xino=off: a live system's squashfs
+    under a tmpfs, Apptainer's writable tmpfs): its files report their layer's st_dev, their
+    folder the overlay's, so os.path.ismount takes every file there for a mount point, and
+    ``fuse -o out.png`` there was refused ("it is a mount point"; reproduced with mount -t
+    overlay); a folder with a device of its own that is not mounted (a btrfs subvolume) alike.
+    Only the mount table says what is mounted (os.path.ismount simulated: True for all)."""
+    import bafusion.preflight as preflight
+
+    monkeypatch.setattr(preflight, "_mount_points", lambda: frozenset({"/", os.path.realpath(tmp_path / "elsewhere")}))
+    monkeypatch.setattr(os.path, "ismount", lambda p: True)
+    if kind == "file":
+        (tmp_path / "out.png").write_bytes(b"")
+        assert preflight.check_output_file(tmp_path / "out.png") == tmp_path / "out.png"
+    else:
+        (tmp_path / "out").mkdir()
+        assert preflight.check_output_dir(tmp_path / "out", replaced=True) == tmp_path / "out"
+
+
+def test_the_mount_table_is_read_with_its_escapes(tmp_path: Path, monkeypatch) -> None:
+    """/proc/self/mountinfo's mount points (its fifth field), with a space, tab, newline or
+    backslash in a name written as an octal escape; None where it cannot be read."""
+    import bafusion.preflight as preflight
+
+    table = tmp_path / "mountinfo"
+    table.write_bytes(b"27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+                      b"40 27 0:38 / /mnt/my\\040drive\\134x rw,relatime shared:1 - tmpfs tmpfs rw\n")
+    monkeypatch.setattr(preflight, "_MOUNTINFO", str(table))
+    assert preflight._mount_points() == frozenset({"/", "/mnt/my drive\\x"})
+    monkeypatch.setattr(preflight, "_MOUNTINFO", str(tmp_path / "none"))
+    assert preflight._mount_points() is None
 
 
 @pytest.mark.parametrize("second, words", [

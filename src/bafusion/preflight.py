@@ -599,7 +599,7 @@ def check_output_file(
         raise UserError(f"{shown}: is not a regular file (a device, fifo or socket): not replaced")
     check_not_input(path, list(inputs), what)
     target = _link_target(p) if p.is_symlink() else p
-    if target.is_file() and os.path.ismount(target):  # a file bound onto it (docker run -v ./f.png:/out.png)
+    if target.is_file() and _is_mount_point(target):  # a file bound onto it (docker run -v ./f.png:/out.png)
         raise UserError(f"{shown}: the {what} is written beside it, then renamed into place, and it is a mount point"
                         f"{f' ({target})' if target != p else ''} (a file bound there), which cannot be replaced: "
                         "write to a new path, or bind the folder that holds it instead")
@@ -615,13 +615,45 @@ def _link_target(p: Path) -> Path:
         return p
 
 
+_MOUNTINFO = "/proc/self/mountinfo"
+
+
+def _mount_points() -> frozenset[str] | None:
+    """The mount points of this process's mount namespace, as ``/proc/self/mountinfo`` lists
+    them (Linux; its octal escapes of space, tab, newline and backslash undone), or None where
+    it cannot be read."""
+    try:
+        with open(_MOUNTINFO, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    points = set()
+    for line in data.splitlines():
+        fields = line.split(b" ")
+        if len(fields) > 4:
+            points.add(os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])))
+    return frozenset(points)
+
+
+def _is_mount_point(p: Path) -> bool:
+    """Whether ``p`` is a mount point: listed in ``/proc/self/mountinfo`` where it can be read,
+    else :func:`os.path.ismount`. ``os.path.ismount`` compares ``st_dev`` with the parent
+    folder's, which takes every file of an overlay whose layers lie on other file systems for a
+    mount point (a file reports its layer's device, its folder the overlay's: ``fuse -o`` there
+    was refused), and misses a bind mount from the same file system."""
+    points = _mount_points()
+    if points is None:
+        return os.path.ismount(p)
+    return os.path.realpath(p) in points
+
+
 def _check_not_mount_point(shown: str, what: str, p: Path) -> None:
     """Refuse a folder replaced whole that is a mount point (a drive, a container's volume
     ``docker run -v ./out:/out``), the folder a link ``p`` points to too: it cannot be renamed, nor
     can a folder written beside it, on the file system above, be renamed onto it. The command
     did all its work and then failed with "Device or resource busy"."""
     target = _link_target(p) if p.is_symlink() else p
-    if target.is_dir() and os.path.ismount(target):
+    if target.is_dir() and _is_mount_point(target):
         raise UserError(f"{shown}: the {what} is replaced whole (written beside it, then renamed into place), and "
                         f"it is a mount point{f' ({target})' if target != p else ''}, which cannot be replaced: give a "
                         f"new folder inside it, such as {os.path.join(shown, 'out')}")
