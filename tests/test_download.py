@@ -333,6 +333,35 @@ def test_a_local_copy_that_fails_for_its_disk_names_the_part_not_the_source(tmp_
     assert not dest.exists() and not part_path(dest).exists()
 
 
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGXFSZ"), reason="RLIMIT_FSIZE and SIGXFSZ (POSIX)")
+def test_fetch_many_raises_a_failed_write_of_a_part_naming_it(server: LocalServer, tmp_path: Path) -> None:
+    """fetch_many (download-eval, download-coco) collected a failed write of a ``.part`` (a full
+    cache disk; here a file-size limit) as a failure of its URL: "N of M eval files failed;
+    first: <url>: _PartWriteError: [Errno 28] ...", leading with the URL that was not at fault
+    and a private class name, and went on with the other files, which failed alike. It raises
+    fetch's OSError naming the part, and the files not yet started are not tried."""
+    import errno
+    import resource
+    import signal
+
+    for i in range(6):
+        server.files[f"f{i}"] = PAYLOAD
+    jobs = [FetchJob(server.url(f"f{i}"), tmp_path / f"f{i}", sha256(PAYLOAD)) for i in range(6)]
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write beyond the limit: EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, old_limit[1]))
+    try:
+        with pytest.raises(OSError) as e:
+            fetch_many(jobs, workers=1, retries=3, backoff=0.01, progress=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert not isinstance(e.value, UserError), repr(e.value)
+    assert e.value.errno == errno.EFBIG and e.value.filename == str(part_path(jobs[0].dest)), repr(e.value)
+    assert sum(len(server.requests_for(f"f{i}")) for i in range(6)) < 6  # the others left undone
+    assert not any(part_path(j.dest).exists() or j.dest.exists() for j in jobs)
+
+
 def test_server_ignoring_range_restarts_from_zero(server: LocalServer, tmp_path: Path) -> None:
     server.files["big.bin"] = PAYLOAD
     server.honour_range = False

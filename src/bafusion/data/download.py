@@ -715,7 +715,9 @@ def fetch_many(
     max_bytes: int | None = MAX_DOWNLOAD_BYTES,
     min_rate: float | None = MIN_RATE,
 ) -> FetchSummary:
-    """Fetch many (small) files with a thread pool; failures are collected, not raised.
+    """Fetch many (small) files with a thread pool; failures are collected, not raised, but for
+    a failed write on this machine's disk (a full disk, a quota: :func:`fetch`'s ``OSError``
+    naming the ``.part``), which is raised, the files not yet started left undone.
     Each file is bounded by its job's ``size``, else ``max_bytes`` (see :func:`fetch`).
 
     One progress bar counts files (with ETA) and shows the bytes and the byte rate.
@@ -754,6 +756,10 @@ def fetch_many(
                 except UserError as e:
                     with lock:
                         summary.failed.append((job.url, getattr(e, "problem", str(e))))
+                except _PartWriteError:  # this machine's disk (full): the files not yet started would fail alike
+                    for other in futures:
+                        other.cancel()
+                    raise
                 except OSError as e:
                     with lock:
                         summary.failed.append((job.url, f"{e.__class__.__name__}: {e}"))
