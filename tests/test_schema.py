@@ -106,6 +106,16 @@ def test_patch_message_explains_the_grid() -> None:
     assert problems({"patch": 0}) and problems({"depth": 2}) and problems({"depth": True})
 
 
+def test_a_bad_reference_jpeg_quality_is_said_in_words() -> None:
+    """A quality out of 1..100 in ``reference_jpeg_quality`` (a method's or ``*``'s, a number or
+    per prefix) said "101 is not valid under any of the given schemas" (jsonschema's anyOf)."""
+    for value, shown in ((101, "101"), ({"savic": 0}, '{"savic": 0}')):
+        ds = {"name": "x", "sources": "y", "reference_jpeg_quality": {"DPRL": value}}
+        assert problems({"evaluate": {"datasets": [ds]}}) == [
+            f"evaluate.datasets[0].reference_jpeg_quality.DPRL: {shown} is not a JPEG quality 1..100 or "
+            "{pair-name prefix: quality}"]
+
+
 def test_load_params_and_commands_refuse_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(deep_merge(PARAMS, {"composite": {"fit": "bogus"}})))
