@@ -37,8 +37,9 @@ were applied. ``reference_jpeg_quality``: the quality at which the reference met
 stored, as known or estimated (``{method or "*": quality or {prefix: quality}}``; ``*`` for every
 method not named); it changes no value. With either key, Table 1, the per-set tables and the
 ablation have a *Scored as* column saying how each row's images were stored when measured
-(:func:`storage_labels`), Table 1 and the per-set tables show our output before re-encoding in
-italics beside the ranked rows (no wins, bold or rank: :data:`ASIDE_NOTE`), and the header names
+(:func:`storage_labels`), Table 1 and the per-set tables show the output of the methods computed
+here (ours, native baselines) before re-encoding in italics beside the ranked rows (no wins, bold
+or rank: :data:`ASIDE_NOTE`), and the header names
 the peers stored at a higher or a lower quality than ours. ``sets``: pair-name prefixes (e.g. ``[savic, tsai, stand]``); table1.md then has
 our rank per metric on each set and on all pairs, and Table 1 per set; ``means-sets.csv`` the
 means per set. Our rank (also without ``sets``): the competition rank of the mean among the
@@ -720,7 +721,8 @@ def table_markdown(rows: Rows, methods: Sequence[str], metrics: Sequence[str],
 
 ASIDE_NOTE = (
     "Rows in italics: shown beside the table, not part of it: no win count, never bold, not ranked "
-    "(our output before the JPEG re-encoding that the table measures: what storage alone is worth)."
+    "(the output of the methods computed here before the JPEG re-encoding that the table measures: what "
+    "storage alone is worth)."
 )
 """The note under a table with ``aside`` rows (:func:`table_markdown`)."""
 
@@ -845,7 +847,8 @@ def table1_document(
     ``storage``: per set name (``"all"`` and each of ``sets``) the *Scored as* text of each
     method (:func:`storage_labels`). With it, Table 1, the per-set tables and the ablation have
     a *Scored as* column, and Table 1 and the per-set tables show, in italics under the ranked
-    rows, our methods' values before JPEG re-encoding (``<method>, lossless``; not ranked)."""
+    rows, the values of the methods computed here (ours, native baselines) before JPEG re-encoding
+    (``<method>, lossless``; not ranked)."""
     npairs = len({r["pair"] for r in rows})
     main = _table1_methods(methods)
 
@@ -1478,7 +1481,7 @@ def dataset_notes(ds: Dataset, cfg: EvalConfig, pairs: Sequence[Pair]) -> list[s
         if not higher and not lower:
             text += " Every peer with a stated quality is stored at the quality our output is measured at."
         if any(ds.quality_for(p.name) is not None for p in pairs):
-            text += " The italic rows are our output before re-encoding (lossless)."
+            text += " The italic rows are the output of the methods computed here before re-encoding (lossless)."
         notes.append(text)
     return notes
 
