@@ -121,6 +121,10 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
                    help="test-time augmentation: the nets also score the pair with A and B exchanged (swap), "
                         "turned and mirrored (dihedral: 8 views) or both (all: 16), and the scores are averaged; "
                         f"each view costs one scoring; none = the paper (default {d.tta})")
+    g.add_argument("--score-position", choices=allowed("fuse.score_position"), default=None,
+                   help="where a patch's score is placed: pixel = its pixel (p//2, p//2), the paper; centre = its "
+                        "geometric centre, half a pixel up and left; auto = centre for nets trained with bafusion "
+                        f"0.2.0's labels (their .json records a patch set of bafusion < 0.3.0) (default {d.score_position})")
     g.add_argument("--params", "--params-file", dest="params_file", type=nonempty_path, default=None, metavar="FILE",
                    help="YAML file whose 'fuse' section sets the defaults (params.yaml)")
     g.add_argument("--params-json", type=nonempty_json, default=None,
@@ -208,6 +212,7 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
         "exposure_fit_step": getattr(args, "exposure_fit_step", None),
         "flat_level": getattr(args, "flat_level", None), "flat_sigma": getattr(args, "flat_sigma", None),
         "tta": getattr(args, "tta", None),
+        "score_position": getattr(args, "score_position", None),
         "boundary_weight": getattr(args, "boundary_weight", None),
     }
     if getattr(args, "scales", None):

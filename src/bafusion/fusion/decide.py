@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
-from bafusion.fusion.scoring import _logit, boundary_steps, score, score_multiscale
+from bafusion.fusion.scoring import _logit, at_centre, boundary_steps, score, score_multiscale
 
 __all__ = ["blend_scores", "decide", "fill_flat", "window_mean"]
 
@@ -155,7 +155,8 @@ def decide(
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=params.precision == "bf16")
     t0 = time.perf_counter()
     with amp:
-        s0 = score_multiscale(nets.initial, ga, gb, nets.patch_initial, params, device=dev)
+        s0 = score_multiscale(nets.initial, ga, gb, nets.patch_initial, params, device=dev,
+                              centre=at_centre(params.score_position, nets.label_positions[0]))
     t["initial"] = time.perf_counter() - t0
     if bar is not None:
         bar.update(1)
@@ -170,7 +171,8 @@ def decide(
     if params.refine and near.any():
         bstep = boundary_steps(params, nets.patch_boundary)[0]
         with amp:
-            sb = score(nets.boundary, ga, gb, nets.patch_boundary, params, bstep, mask=near, device=dev)
+            sb = score(nets.boundary, ga, gb, nets.patch_boundary, params, bstep, mask=near, device=dev,
+                       centre=at_centre(params.score_position, nets.label_positions[1]))
         s1[near] = blend_scores(sb[near], s0[near], params.boundary_weight)
         if fill:  # the boundary net's scores on flat pixels are no better informed
             s1 = fill_flat(s1, ga, gb, params.flat_level, params.flat_sigma)

@@ -106,6 +106,11 @@ class FusionNets:
     #: from nets in memory. Shown by ``repr`` and recorded in the outputs' markers (the files
     #: and their sha256: ``fuse-dir``, ``fuse-set``).
     sources: tuple[str, str] = ("", "")
+    #: Where each net's training labels sit in its patch (initial, boundary):
+    #: ``"pixel"``, the pixel ``(p//2, p//2)`` (today's labels, and the default for nets built
+    #: in memory), or ``"centre"``, on average the patch's geometric centre (bafusion 0.2.0's
+    #: labels: :func:`label_position`). ``fuse.score_position: auto`` follows it.
+    label_positions: tuple[str, str] = ("pixel", "pixel")
 
     def __post_init__(self) -> None:
         # a device name ("cpu", "auto", "cuda:1") as load_model takes it: the fusion reads
@@ -193,6 +198,44 @@ def resolve_device(device: str = "auto", flag: str = "device=") -> torch.device:
 MAX_PATCH = 4096
 
 
+def label_position(meta: dict) -> str:
+    """Where the training labels of the net described by ``meta`` (its ``.json``) sit in its patch.
+
+    bafusion before 0.3.0 wrote patch files with one label per patch, and training gave it to
+    all 12 augmented variants, though 5 of the 6 turns and flips bring a neighbour of the
+    labelled pixel to ``(p//2, p//2)``: averaged over the variants the label is the geometric
+    centre's, half a pixel up and left of that pixel. 0.3.0's files hold the central 2 x 2
+    labels (``y_block``) and each variant takes its own pixel's. A net's description records the
+    patch file's attributes (``patches_attrs``, with the ``code_version`` that wrote it; every
+    build called itself 0.1.0 until 0.2.0).
+
+    Parameters
+    ----------
+    meta : dict
+        The model description (the ``.json`` beside the ``.pt``).
+
+    Returns
+    -------
+    str
+        ``"centre"`` when ``patches_attrs.code_version`` is below 0.3.0 and the stored crop
+        side (patch + 2 * context) is even (at an odd side the centre stays put); else
+        ``"pixel"`` (today's labels, or nothing recorded).
+    """
+    attrs = meta.get("patches_attrs")
+    if not isinstance(attrs, dict):
+        return "pixel"
+    version = str(attrs.get("code_version", ""))
+    try:
+        major, minor = (int(v) for v in version.split(".")[:2])
+    except ValueError:
+        return "pixel"
+    patch = attrs.get("patch", meta.get("patch"))
+    context = attrs.get("context", meta.get("context", 0)) or 0
+    if not isinstance(patch, int) or not isinstance(context, int) or (patch + 2 * context) % 2:
+        return "pixel"
+    return "centre" if (major, minor) < (0, 3) else "pixel"
+
+
 def _load_one(path: Path, device: torch.device, role: str | None = None, *, hint: str = HOW_TO_GET_MODELS,
               swap: str = "swap the --initial and --boundary files") -> tuple[CifarResNet, int]:
     """One net and its patch side; ``hint`` (how to name other nets, in
@@ -224,6 +267,18 @@ def _load_one(path: Path, device: torch.device, role: str | None = None, *, hint
                               or not abs(float(scale) - 1.0 / 255.0) <= 1e-9):
         raise UserError(f"{path.with_suffix('.json')}: input_scale {scale!r} differs from fusion's 1/255")
     return net.to(device).eval(), patch
+
+
+def _label_position_of(path: Path) -> str:
+    """:func:`label_position` of the model file ``path`` (its ``.json``; ``"pixel"`` when unreadable,
+    which :func:`_load_one` has already refused)."""
+    import json
+
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return "pixel"
+    return label_position(meta) if isinstance(meta, dict) else "pixel"
 
 
 def load_nets(
@@ -269,7 +324,8 @@ def _load_files(initial: str | os.PathLike[str], boundary: str | os.PathLike[str
     dev = device if isinstance(device, torch.device) else resolve_device(device, flag)
     ni, pi = _load_one(Path(initial), dev, "initial", hint=hint, swap=swap)
     nb, pb = _load_one(Path(boundary), dev, "boundary", hint=hint, swap=swap)
-    return FusionNets(ni, nb, pi, pb, dev, (str(initial), str(boundary)))
+    labels = (_label_position_of(Path(initial)), _label_position_of(Path(boundary)))
+    return FusionNets(ni, nb, pi, pb, dev, (str(initial), str(boundary)), labels)
 
 
 def default_model_dirs() -> list[Path]:

@@ -27,6 +27,8 @@ SCALE_RULES: tuple[str, ...] = allowed("fuse.scale_rule")
 STACK_RULES: tuple[str, ...] = allowed("fuse.stack_rule")
 #: How the band of a camera-size pair is refined (:attr:`FusionParams.working_refine`, :mod:`bafusion.fusion.working`).
 WORKING_REFINES: tuple[str, ...] = allowed("fuse.working_refine")
+#: Where a patch's score is placed (:attr:`FusionParams.score_position`).
+SCORE_POSITIONS: tuple[str, ...] = allowed("fuse.score_position")
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,17 @@ class FusionParams:
     #: mirrored (8 views, the paper's training augmentations); "all": both (16 views).
     #: "none": the pair as it is (the paper). Costs one scoring per view.
     tta: str = _default("tta")
+    #: Where each net's patch score is placed (:func:`bafusion.fusion.scoring.score`): "pixel",
+    #: the pixel ``(p//2, p//2)`` the patch stands for (the paper; nets trained with today's
+    #: labels, which label that pixel in every turned and flipped sample); "centre", the
+    #: patch's geometric centre, half a pixel up and left of it (each score map averaged over
+    #: 2 x 2 pixels, the pixel and its right, lower and lower-right neighbours, in each net's
+    #: own view), for nets trained with bafusion 0.2.0's labels, which gave 5 of the 6 turns
+    #: and flips the label of a pixel next to the one brought to ``(p//2, p//2)`` (on average
+    #: the geometric centre's); "auto": "centre" for each net whose model description records
+    #: a patch set written before 0.3.0 (:func:`bafusion.fusion.models.label_position`), else
+    #: "pixel". BENCHMARKS.md, "Where a patch's score is placed".
+    score_position: str = _default("score_position")
 
     def __post_init__(self) -> None:
         # Types and ranges: the schema's (bafusion/schemas/params.schema.yaml, section fuse);

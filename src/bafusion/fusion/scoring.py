@@ -782,6 +782,64 @@ def _unview(x: np.ndarray, k: int, mirror: bool) -> np.ndarray:
     return np.ascontiguousarray(np.fliplr(x) if mirror else x)
 
 
+def centre_scores(s: np.ndarray) -> np.ndarray:
+    """A score map moved from each patch's pixel ``(p//2, p//2)`` to its geometric centre: each
+    pixel's score is the mean of its own and its right, lower and lower-right neighbours' (the
+    last row and column repeated), i.e. the bilinear value half a pixel down and right of it,
+    where the patch of a net that labels the geometric centre stands (:attr:`FusionParams.score_position`).
+
+    Parameters
+    ----------
+    s : ndarray of float, (H, W)
+        Scores; NaN where not scored (the mean is NaN where any of the four is).
+
+    Returns
+    -------
+    ndarray of float32, (H, W)
+    """
+    x = np.pad(np.asarray(s, dtype=np.float64), ((0, 1), (0, 1)), mode="edge")
+    return ((x[:-1, :-1] + x[1:, :-1] + x[:-1, 1:] + x[1:, 1:]) / 4.0).astype(np.float32)
+
+
+def at_centre(position: str, labels: str) -> bool:
+    """Whether a net's scores go to the patch's geometric centre (:func:`centre_scores`):
+    ``position`` is :attr:`FusionParams.score_position` (``"pixel"``, ``"centre"``, ``"auto"``),
+    ``labels`` where the net's training labels sit (:attr:`FusionNets.label_positions
+    <bafusion.fusion.models.FusionNets.label_positions>`, ``"pixel"`` or ``"centre"``).
+
+    Parameters
+    ----------
+    position : str
+        The parameter's value.
+    labels : str
+        The net's label position.
+
+    Returns
+    -------
+    bool
+        True for ``"centre"``, and for ``"auto"`` with labels at the centre.
+    """
+    if position not in ("auto", "pixel", "centre"):
+        raise UserError(f"score_position must be auto, pixel or centre, got {position!r}")
+    return position == "centre" or (position == "auto" and labels == "centre")
+
+
+def _score_placed(net, gray_a, gray_b, patch, params, step, mask, device, centre: bool) -> np.ndarray:
+    """:func:`_score_view`, moved to the patches' geometric centres when ``centre``: the pixels
+    right of and below ``mask``'s are scored too, then :func:`centre_scores`."""
+    if not centre:
+        return _score_view(net, gray_a, gray_b, patch, params, step, mask, device)
+    grown = None
+    if mask is not None:
+        grown = np.array(mask, dtype=bool)
+        grown[1:, :] |= grown[:-1, :].copy()
+        grown[:, 1:] |= grown[:, :-1].copy()
+    out = centre_scores(_score_view(net, gray_a, gray_b, patch, params, step, grown, device))
+    if mask is not None:
+        out[~np.asarray(mask, dtype=bool)] = np.nan
+    return out
+
+
 def score(
     net: CifarResNet,
     gray_a: np.ndarray,
@@ -791,6 +849,7 @@ def score(
     step: int,
     mask: np.ndarray | None = None,
     device: torch.device | str = "cpu",
+    centre: bool = False,
 ) -> np.ndarray:
     """Exact or dense scores, as ``params.exact`` says, averaged over the test-time
     augmentation views of ``params.tta``.
@@ -821,6 +880,10 @@ def score(
         The pixels to score; None: every pixel.
     device : torch.device or str
         The net's device.
+    centre : bool
+        Place each patch's score at its geometric centre (:func:`centre_scores`, in each view's
+        own frame), for a net trained with bafusion 0.2.0's labels (:func:`at_centre`); False:
+        at its pixel ``(p//2, p//2)``, the paper.
 
     Returns
     -------
@@ -829,12 +892,12 @@ def score(
     """
     views = TTA_VIEWS[params.tta]
     if len(views) == 1:
-        return _score_view(net, gray_a, gray_b, patch, params, step, mask, device)
+        return _score_placed(net, gray_a, gray_b, patch, params, step, mask, device, centre)
     total = None
     for k, mirror, swap in views:
         va, vb = _view(gray_a, k, mirror), _view(gray_b, k, mirror)
         vm = None if mask is None else _view(mask, k, mirror)
-        s = _score_view(net, vb if swap else va, va if swap else vb, patch, params, step, vm, device)
+        s = _score_placed(net, vb if swap else va, va if swap else vb, patch, params, step, vm, device, centre)
         s = _unview(s, k, mirror).astype(np.float64)
         if swap:
             s = 1.0 - s
@@ -928,6 +991,7 @@ def score_multiscale(
     patch: int,
     params: FusionParams,
     device: torch.device | str = "cpu",
+    centre: bool = False,
 ) -> np.ndarray:
     """The initial net's scores at every scale of ``params.scales``, combined by
     ``params.scale_rule``; with one scale exactly :func:`score`.
@@ -946,6 +1010,8 @@ def score_multiscale(
         ``initial_step``, and what :func:`score` reads; with ``exact`` only the full scale.
     device : torch.device or str
         The net's device.
+    centre : bool
+        :func:`score`'s, at every scale (in that scale's pixels).
 
     Returns
     -------
@@ -953,7 +1019,7 @@ def score_multiscale(
         Probabilities of class 1 in [0, 1]. Scales at which the pair's short side falls below
         the patch side or ``params.scale_min_side`` are skipped.
     """
-    s_full = score(net, gray_a, gray_b, patch, params, params.initial_step, device=device)
+    s_full = score(net, gray_a, gray_b, patch, params, params.initial_step, device=device, centre=centre)
     scales = [s for s in params.scales if s < 1.0] if not params.exact else []
     if not scales:
         return s_full
@@ -964,7 +1030,7 @@ def score_multiscale(
         if min(hs, ws) < max(patch, params.scale_min_side):
             continue  # too small: a patch would see most of the scene at this scale
         sa, sb = _downscale(gray_a, (hs, ws)), _downscale(gray_b, (hs, ws))
-        z = _logit(score(net, sa, sb, patch, params, params.initial_step, device=device))
+        z = _logit(score(net, sa, sb, patch, params, params.initial_step, device=device, centre=centre))
         up = F.interpolate(torch.from_numpy(z)[None, None], size=(h, w), mode="bilinear", align_corners=False)
         logits.append(up[0, 0].numpy())
     if len(logits) == 1:

@@ -72,7 +72,7 @@ from bafusion.fusion.exposure import apply_gains, colour_gains, exposure_note, m
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import STACK_RULES, FusionParams
 from bafusion.fusion.rule import OUTPUT_EXPOSURE_OPTION, FusionResult, check_same_size, dtype_hint
-from bafusion.fusion.scoring import _logit, boundary_steps, score, score_multiscale
+from bafusion.fusion.scoring import _logit, at_centre, boundary_steps, score, score_multiscale
 from bafusion.fusion.working import decision_size, patch_note, resize_gray
 from bafusion.io import gray_float, read_image, read_matte, resize, to_gray_u8, to_uint8
 
@@ -367,7 +367,8 @@ def _joint_decide(
             step(i)
         for j in range(i + 1, n):
             with amp:
-                sij = score_multiscale(nets.initial, grays[i], grays[j], nets.patch_initial, params, device=dev)
+                sij = score_multiscale(nets.initial, grays[i], grays[j], nets.patch_initial, params, device=dev,
+                                       centre=at_centre(params.score_position, nets.label_positions[0]))
             if fill:  # as fuse_images fills s0 (bafusion.fusion.decide.decide)
                 sij = fill_flat(sij, grays[i], grays[j], params.flat_level, params.flat_sigma)
             zij = _logit(sij)
@@ -403,7 +404,8 @@ def _joint_decide(
             a, b = divmod(int(code), n)
             mask = near & (pair_code == code)
             with amp:
-                s1 = score(nets.boundary, grays[a], grays[b], nets.patch_boundary, params, bstep, mask=mask, device=dev)
+                s1 = score(nets.boundary, grays[a], grays[b], nets.patch_boundary, params, bstep, mask=mask, device=dev,
+                           centre=at_centre(params.score_position, nets.label_positions[1]))
             if params.boundary_weight < 1:  # both nets' votes, as the pair rule (decide.blend_scores)
                 s1 = np.where(mask, blend_scores(s1, _sigmoid(z[a, b]), params.boundary_weight), s1)
             if fill:  # the pair's filled initial score, rescored on the mask, filled again (as decide)

@@ -522,7 +522,7 @@ def decide_working(
         ``working`` (the decision at working resolution), ``band`` (the full-size step).
     """
     from bafusion.fusion.decide import blend_scores, decide
-    from bafusion.fusion.scoring import boundary_steps, score
+    from bafusion.fusion.scoring import at_centre, boundary_steps, score
 
     h, w = ga.shape
     hs, ws = working_resolution(ga.shape, params.working_side)
@@ -575,7 +575,8 @@ def decide_working(
                 ring = ndimage.binary_dilation(sel, iterations=radius) if radius else sel
                 bstep = boundary_steps(params, pb)[0]
                 with amp:
-                    sbn = score(nets.boundary, ta, tb, pb, params, bstep, mask=ring, device=nets.device)
+                    sbn = score(nets.boundary, ta, tb, pb, params, bstep, mask=ring, device=nets.device,
+                                centre=at_centre(params.score_position, nets.label_positions[1]))
                 # The boundary net's vote weighed with the initial net's, as at any size
                 # (``boundary_weight``; 1 replaces, the paper's rule).
                 src[ring] = blend_scores(sbn[ring], s0[R0:R1, C0:C1][ring], params.boundary_weight)
