@@ -381,3 +381,94 @@ def test_the_fit_gives_the_same_bits_with_no_copy_of_the_low_pass() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 26e6, peak  # the two low-passes and one buffer (8 MB each, 23.5 MB), not 31 MB as before
+
+
+# --- noise matching (fuse.noise_match, match_noise) ---------------------------------------
+
+
+def test_the_noise_estimate_reads_each_shots_noise_without_a_bias() -> None:
+    """White noise of std 3 beside a clean shot: 3 (the flattest pixels judged on other rows
+    than those measured; judged and measured on the same rows it read 2.1), either order."""
+    from bafusion.fusion.exposure import estimate_noise
+
+    rng = np.random.default_rng(0)
+    flat = np.full((256, 256), 128, np.uint8)
+    noisy = _u8(128 + rng.normal(0.0, 3.0, flat.shape))
+    sa, sb = estimate_noise(flat, noisy)
+    assert sa == 0.0 and sb == pytest.approx(3.0, abs=0.15)
+    assert estimate_noise(noisy, flat) == (sb, sa)
+    # the in-focus texture of one shot (B's sharp brick) is not read as noise: the scene's
+    # shots read alike, well within what the matching takes for equal noise
+    from bafusion.fusion.exposure import NOISE_MIN_DIFF
+
+    a, b, _ = _scene()
+    sa, sb = estimate_noise(_u8(a), _u8(b))
+    assert abs(sa - sb) < NOISE_MIN_DIFF / 2 and max(sa, sb) < 1.0, (sa, sb)
+
+
+def test_noise_matching_leaves_shots_of_equal_noise_alone() -> None:
+    from bafusion.fusion.exposure import estimate_noise, match_noise
+
+    a, b, _ = _scene()
+    ga, gb = _u8(a), _u8(b)
+    out_a, out_b, _ = match_noise(ga, gb)
+    assert out_a is ga and out_b is gb
+    rng = np.random.default_rng(1)
+    na, nb = _u8(a + rng.normal(0, 4, a.shape)), _u8(b + rng.normal(0, 4, b.shape))
+    out_a, out_b, (sa, sb) = match_noise(na, nb)
+    assert out_a is na and out_b is nb and sa > 3 and sb > 3
+    # B noisier: A gets the matching noise, B is left as it is; seeded (the same every call)
+    nb = _u8(b + rng.normal(0, 6, b.shape))
+    out_a, out_b, (sa, sb) = match_noise(ga, nb)
+    assert out_b is nb and not np.array_equal(out_a, ga) and sb > 5 > 1 > sa
+    assert np.array_equal(match_noise(ga, nb)[0], out_a)
+    assert estimate_noise(out_a, nb)[0] == pytest.approx(sb, abs=0.6)  # A now as noisy as B
+
+
+def test_noise_matching_restores_the_decision_of_a_noisy_defocused_shot() -> None:
+    """B with noise of std 6: the noise read as detail and B won parts of A's in-focus disc
+    (accuracy 0.939 against 0.992 clean); with noise_match 0.985. The fused pixels stay the
+    sources' own, and a pair of equal noise gets the same output as without the option."""
+    a, b, truth = _scene()
+    nets = load_nets_from_dir(None, "cpu")
+    ga, gb = _u8(a), _u8(b + np.random.default_rng(1).normal(0, 6, b.shape))
+    base = dict(flat_level=0, working_min=0)
+    acc = {}
+    for on in (False, True):
+        r = fuse_images(ga, gb, nets, FusionParams(**base, noise_match=on))
+        acc[on] = decision_accuracy(r.decision, truth)
+        dm = r.decision
+        assert np.array_equal(r.fused[dm], ga[dm]) and np.array_equal(r.fused[~dm], gb[~dm])
+    clean = decision_accuracy(fuse_images(_u8(a), _u8(b), nets, FusionParams(**base)).decision, truth)
+    assert acc[True] > acc[False] + 0.03, acc
+    assert acc[True] > clean - 0.015, (acc, clean)
+    off = fuse_images(_u8(a), _u8(b), nets, FusionParams(**base))
+    on = fuse_images(_u8(a), _u8(b), nets, FusionParams(**base, noise_match=True))
+    assert np.array_equal(off.fused, on.fused) and np.array_equal(off.score_refined, on.score_refined)
+
+
+def test_noise_matching_is_off_by_default_and_in_the_paper_preset() -> None:
+    from bafusion.config import load_preset
+
+    assert load_preset("paper")["fuse"]["noise_match"] is False
+    assert FusionParams().noise_match is False
+    assert FusionParams.from_mapping({"noise_match": True}).noise_match is True
+
+
+def test_fuse_noise_match_option_reaches_the_fusion(tmp_path) -> None:
+    """``bafusion fuse --noise-match`` changes the decision of a pair with noise in B; without
+    it (and with ``--no-noise-match``) the output is byte for byte the default's."""
+    from PIL import Image
+
+    from bafusion.cli import main as cli_main
+
+    a, b, _ = _scene()
+    Image.fromarray(_u8(a)).save(tmp_path / "a.png")
+    Image.fromarray(_u8(b + np.random.default_rng(1).normal(0, 6, b.shape))).save(tmp_path / "b.png")
+    common = ["--device", "cpu", "--no-progress", "--working-min", "0", "--flat-level", "0"]
+    out = {}
+    for name, extra in (("plain", []), ("on", ["--noise-match"]), ("off", ["--no-noise-match"])):
+        assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o",
+                         str(tmp_path / f"{name}.png"), *common, *extra]) == 0
+        out[name] = (tmp_path / f"{name}.png").read_bytes()
+    assert out["plain"] == out["off"] and out["on"] != out["plain"]

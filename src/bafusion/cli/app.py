@@ -83,8 +83,8 @@ _OPTION_NAMES = frozenset("""
     fuse-json help high holdout-backgrounds holdout-foregrounds image-base-url images-dir
     initial initial-grid-step initial-mode initial-step l label-threshold log low manifest
     match-output-exposure max-failures method methods metrics min-background-side min-defocused
-    min-focused min-region min-sharpness min-side model models net no-compression
-    no-match-output-exposure no-progress no-refine no-resume nproc out output oversample pairs
+    min-focused min-region min-sharpness min-side model models net no-compression noise-match
+    no-match-output-exposure no-noise-match no-progress no-refine no-resume nproc out output oversample pairs
     params params-file params-json patch patches pattern per-pair plots precision prepared
     preset quality quiet realistic reference-methods report resolution restart-if-changed retries root
     save-maps scale scale-rule scales score-position seed set sets shard shards sigma skip-existing source

@@ -104,6 +104,10 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
     g.add_argument("--exposure-fit-step", type=int, default=None, metavar="N",
                    help="exposure matching: fit the gain on N x N block means (4: 16x fewer pixels, about 10x faster on a "
                         f"camera-size pair as measured in BENCHMARKS.md; the gain moves in its 4th digit); 1 = full resolution (default {d.exposure_fit_step})")
+    g.add_argument("--noise-match", action=argparse.BooleanOptionalAction, default=None,
+                   help="where one shot is clearly noisier than the other (another ISO, in-camera denoising), add "
+                        "seeded matching noise to the cleaner shot before the nets score, so that noise does not read "
+                        f"as focus; the fused pixels stay the sources' own (default {'on' if d.noise_match else 'off'})")
     g.add_argument("--match-output-exposure", action=argparse.BooleanOptionalAction, default=None,
                    help="bring B's pixels to A's exposure and colour (per-channel gains) before compositing, so "
                         "that shots of different exposure or white balance leave no seam; off: the sources' own "
@@ -209,6 +213,7 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
         "working_min": getattr(args, "working_min", None),
         "exposure_match": getattr(args, "exposure_match", None),
         "match_output_exposure": getattr(args, "match_output_exposure", None),
+        "noise_match": getattr(args, "noise_match", None),
         "exposure_fit_step": getattr(args, "exposure_fit_step", None),
         "flat_level": getattr(args, "flat_level", None), "flat_sigma": getattr(args, "flat_sigma", None),
         "tta": getattr(args, "tta", None),

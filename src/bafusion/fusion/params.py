@@ -177,6 +177,13 @@ class FusionParams:
     #: the 4th digit, so the matched B of a pair that differs in exposure may move by a gray
     #: level at some levels (:func:`bafusion.fusion.exposure.fit_exposure`).
     exposure_fit_step: int = _default("exposure_fit_step")
+    #: Noise matching before scoring (:func:`bafusion.fusion.exposure.match_noise`): where one
+    #: shot carries clearly more sensor noise than the other (estimated on the gray pair), seeded
+    #: noise brings the cleaner shot's gray to the same level, so that noise does not read as
+    #: focus. The fused pixels stay the sources' own; shots of equal noise are left as they are.
+    #: Pairs and the chain stack rule; the joint stack rule does not use it. False: off (the
+    #: paper, and the default; BENCHMARKS.md, "Noise matching").
+    noise_match: bool = _default("noise_match")
     #: Flat-region filling (:func:`bafusion.fusion.decide.fill_flat`): gray levels of
     #: difference between A and B (smoothed |A - B|, after exposure matching) at which a pixel
     #: keeps half its own score; flatter pixels take the score of their neighbourhood, so

@@ -38,7 +38,7 @@ import numpy as np
 
 from bafusion.errors import InputFileError, InputTypeError, UserError
 from bafusion.fusion.decide import decide
-from bafusion.fusion.exposure import MATCH_STEPS, apply_gains, colour_gains, exposure_note, match_exposure
+from bafusion.fusion.exposure import MATCH_STEPS, apply_gains, colour_gains, exposure_note, match_exposure, match_noise
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.working import (
@@ -552,6 +552,11 @@ def _fuse_pair(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionPar
         with progress_bar(MATCH_STEPS, ga.size, progress, desc="matching exposure") as bar:  # as the fusion's bar
             gb = match_exposure(ga, gb, step=params.exposure_fit_step, bar=bar)
         t_pre["exposure"] = time.perf_counter() - t0
+    if params.noise_match:  # the nets score both shots at one noise level
+        t0 = time.perf_counter()
+        say("matching the noise levels")
+        ga, gb, _ = match_noise(ga, gb)
+        t_pre["noise"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     gains = colour_gains(a, b)
     notes = []
