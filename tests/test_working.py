@@ -342,28 +342,30 @@ def test_auto_threads_does_not_count_the_processs_own_earlier_fusions(monkeypatc
 
     import bafusion.threads as th
 
-    monkeypatch.setattr(th, "_blocks", [])
+    monkeypatch.setattr(th, "_own", [0.0, 0.0])
     monkeypatch.setattr(th, "_affinity", lambda: 2)
     monkeypatch.setattr(th, "cpu_quota", lambda: None)
     monkeypatch.setattr(os, "getloadavg", lambda: (1.99, 1.9, 1.5))
     assert th.own_load() == 0.0 and th.auto_threads() == 1  # another's load of 2: one thread
     now = time.monotonic()
-    th._blocks.append((now - 300.0, now, 600.0))  # this process fused on 2 CPUs for the last 5 minutes
+    th._record(now - 300.0, now, 600.0)  # this process fused on 2 CPUs for the last 5 minutes
     assert math.isclose(th.own_load(now), 2 * (1 - math.exp(-5)), rel_tol=1e-9)
     assert th.auto_threads() == 2  # the load is its own
     assert math.isclose(th.own_load(now + 180), th.own_load(now) * math.exp(-3), rel_tol=1e-9)
-    monkeypatch.setattr(th, "_blocks", [(now - 480.0, now - 180.0, 600.0)])  # 3 minutes ago: 5 % of it left
+    monkeypatch.setattr(th, "_own", [0.0, 0.0])
+    th._record(now - 480.0, now - 180.0, 600.0)  # 3 minutes ago: 5 % of it left
     assert th.auto_threads() == 1
     # a block of torch_threads("auto") records itself; None and a number do not
-    monkeypatch.setattr(th, "_blocks", [])
+    blocks: list = []
+    monkeypatch.setattr(th, "_record", lambda *block: blocks.append(block))
     with th.torch_threads(None):
         pass
     with th.torch_threads(1):
         pass
-    assert th._blocks == []
+    assert blocks == []
     with th.torch_threads("auto") as n:
         torch.ones(64, 64) @ torch.ones(64, 64)
-    assert n >= 1 and len(th._blocks) == 1 and th._blocks[0][1] >= th._blocks[0][0] and th._blocks[0][2] >= 0
+    assert n >= 1 and len(blocks) == 1 and blocks[0][1] >= blocks[0][0] and blocks[0][2] >= 0
 
 
 def test_auto_threads_keeps_to_the_cgroups_cpu_quota(tmp_path, monkeypatch) -> None:
@@ -458,3 +460,27 @@ def test_the_exposure_matching_bar_has_steps(nets, capsys) -> None:
     bar = Bar()
     match_exposure(a if a.ndim == 2 else a[..., 0], b if b.ndim == 2 else b[..., 0], bar=bar)
     assert bar.n == 3
+
+
+def test_own_load_keeps_a_loop_of_many_short_fusions(monkeypatch) -> None:
+    """own_load() kept only the last 64 "auto" blocks: a loop of short fusions (0.3 s each on 4
+    CPUs, 200 of them in the last minute) was credited with its last 19 s, 1.1 of the 2.5 runnable
+    tasks that the kernel's formula gives its minute, and the next call took threads from itself.
+    The blocks are now summed as they end into one decayed total: every block counts."""
+    import math
+    import types
+
+    import bafusion.threads as th
+
+    clock = {"wall": 1000.0, "cpu": 0.0}
+    monkeypatch.setattr(th, "time", types.SimpleNamespace(monotonic=lambda: clock["wall"],
+                                                          process_time=lambda: clock["cpu"]))
+    monkeypatch.setattr(th, "_own", [0.0, 0.0])
+    monkeypatch.setattr(th, "auto_threads", lambda *a, **k: 4)
+    for _ in range(200):
+        with th.torch_threads("auto"):
+            clock["wall"] += 0.3
+            clock["cpu"] += 1.2
+    expected = 4 * (1 - math.exp(-60 / th.LOAD_TIME_CONSTANT))  # 2.53
+    assert math.isclose(th.own_load(), expected, rel_tol=1e-6), th.own_load()
+    assert math.isclose(th.own_load(clock["wall"] + 60), expected * math.exp(-1), rel_tol=1e-6)

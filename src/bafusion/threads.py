@@ -28,10 +28,28 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 #: The 1-minute load average's time constant (s): the kernel's average of the runnable tasks
 #: weighs a task that ran ``t`` seconds ago by ``exp(-t / 60)``.
 LOAD_TIME_CONSTANT = 60.0
-#: This process's recent :func:`torch_threads` ``"auto"`` blocks: (start, end, CPU seconds of the
-#: process), monotonic clock; :func:`own_load` reads them.
-_blocks: list[tuple[float, float, float]] = []
-_blocks_lock = threading.Lock()
+#: This process's own part of the load average left by its finished :func:`torch_threads`
+#: ``"auto"`` blocks, as [tasks, at]: the tasks at monotonic time ``at`` (the last block's end),
+#: which decay as ``exp(-(t - at) / LOAD_TIME_CONSTANT)`` (:func:`_record`, :func:`own_load`).
+_own: list[float] = [0.0, 0.0]
+_own_lock = threading.Lock()
+
+
+def _record(start: float, end: float, cpu: float) -> None:
+    """Adds a finished ``"auto"`` block, ``cpu`` CPU seconds of the process between the monotonic
+    times ``start`` and ``end``, to :data:`_own`: its CPU seconds a second, weighed as the kernel
+    weighs the load. The total is one number decayed at each block, so a loop of any number of
+    short fusions counts them all (a list of the last 64 blocks forgot all but their last
+    seconds), in constant time and memory."""
+    if end <= start:
+        return
+    tau = LOAD_TIME_CONSTANT
+    with _own_lock:
+        tasks, at = _own
+        t = max(at, end)
+        tasks = tasks * math.exp(-(t - at) / tau) + cpu / (end - start) * (
+            math.exp(-(t - end) / tau) - math.exp(-(t - start) / tau))
+        _own[:] = [max(0.0, tasks), t]
 
 
 def _quota_file(where: Path, v1: bool) -> float | None:
@@ -127,12 +145,15 @@ def own_load(now: float | None = None) -> float:
     other processes' load: on an idle 4-core machine where torch takes the 4 cores, a minute of
     fusing on 4 threads brings the load average near 4 (by the kernel's formula), and the next
     call got 1 thread. On a busy machine the process's threads run less than they are
-    runnable, so this counts less than their share, never more.
+    runnable, so this counts less than their share; the CPU seconds are the process's, so its
+    other threads' work during a block (another thread's fusion at the same time) is counted
+    too, and two such blocks at once count each other's.
 
     Parameters
     ----------
     now : float, optional
-        The :func:`time.monotonic` time to estimate at (default: now).
+        The :func:`time.monotonic` time to estimate at (default: now; a time before the last
+        block's end gives the estimate at that end).
 
     Returns
     -------
@@ -140,14 +161,9 @@ def own_load(now: float | None = None) -> float:
         Runnable tasks of the load average (0 before any ``"auto"`` block).
     """
     now = time.monotonic() if now is None else now
-    total = 0.0
-    with _blocks_lock:
-        for start, end, cpu in _blocks:
-            if end > start:
-                tau = LOAD_TIME_CONSTANT
-                total += cpu / (end - start) * (math.exp(-max(0.0, now - end) / tau)
-                                                - math.exp(-max(0.0, now - start) / tau))
-    return max(0.0, total)
+    with _own_lock:
+        tasks, at = _own
+    return max(0.0, tasks * math.exp(-max(0.0, now - at) / LOAD_TIME_CONSTANT))
 
 
 def auto_threads(cores: int | None = None, load: float | None = None) -> int:
@@ -231,10 +247,7 @@ def torch_threads(threads: int | str | None = None) -> Iterator[int]:
         yield n
     finally:
         if auto:  # its load is this process's own at the next "auto" call (own_load)
-            end = time.monotonic()
-            with _blocks_lock:
-                _blocks[:] = [b for b in _blocks if end - b[1] < 10 * LOAD_TIME_CONSTANT][-63:]
-                _blocks.append((start, end, time.process_time() - cpu))
+            _record(start, time.monotonic(), time.process_time() - cpu)
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
 
