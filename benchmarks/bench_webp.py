@@ -5,7 +5,8 @@
 ``quality`` (0-100, here the effort, not a loss) trade encoding time against size; the result
 decodes to the same pixels whatever they are. This times Pillow's encoding (in memory, no file
 I/O; CPU seconds of this process and wall seconds) of camera-size RGB images for each pair of
-``--methods`` and ``--qualities``, and bafusion's PNG (``compress_level`` 6) for comparison,
+``--methods`` and ``--qualities``, and PNG at ``compress_level`` 6 for comparison (bafusion's
+until 2026-12-07, now :data:`bafusion.io.PNG_COMPRESS_LEVEL`: ``bench_png.py``),
 checks that each WebP decodes to the image exactly, and writes ``benchmarks/out/bench_webp.csv``,
 ``.json`` and ``bench_webp.png`` (seconds against size, one point per setting).
 

@@ -337,7 +337,7 @@ def save_dataset_figures(
     written.append(d / f"diff-{_safe(pair)}.png")
     for m, dm in maps.items():
         p = d / f"diff-{_safe(pair)}-{part[m]}.png"
-        write_image(p, dm)  # the same bytes as Pillow's default PNG (zlib level 6)
+        write_image(p, dm)  # zlib level bafusion.io.PNG_COMPRESS_LEVEL, as every 8-bit PNG output
         written.append(p)
     for m, f in fused.items():
         p = d / f"diffA-{_safe(pair)}-{part[m]}.png"
