@@ -215,13 +215,14 @@ def test_joint_rule_matches_the_shots_exposures_before_scoring(shipped, one_torc
     shots = list(st.shots)
     shots[1] = np.clip(np.round(shots[1] * 1.4), 0, 255).astype(np.uint8)
     acc = {}
-    for mode in ("none", "linear"):  # at the stack's own size, to see exposure matching alone
+    for mode in ("none", "linear", "linear_clip"):  # at the stack's own size, to see exposure matching alone
         res = fuse_stack_joint(shots, shipped, FusionParams(stack_rule="joint", exposure_match=mode, working_min=0,
                                                                 boundary_weight=1.0))
         acc[mode] = stack_accuracy(res.index, st.truth)
         assert np.array_equal(res.fused, compose(shots, res.index))
     assert acc["linear"] >= acc["none"] + 0.02, acc  # measured 0.9894 vs 0.9488
     assert acc["linear"] > 0.98, acc
+    assert acc["linear_clip"] > acc["none"] + 0.02, acc  # linear_clip also clips the other shots where it clips
 
 
 @pytest.fixture(scope="module")

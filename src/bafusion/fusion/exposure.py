@@ -27,7 +27,7 @@ from scipy import ndimage
 from bafusion.errors import UserError
 
 __all__ = ["apply_gains", "colour_gains", "estimate_noise", "exposure_note", "fit_exposure", "match_exposure",
-           "match_noise"]
+           "match_noise", "match_pair"]
 
 #: Gaussian sigma (px) of the low-pass copies the gain and offset are fitted on.
 SIGMA = 8.0
@@ -148,17 +148,75 @@ def match_exposure(ga: np.ndarray, gb: np.ndarray, sigma: float = SIGMA, step: i
     """
     gain, offset, corr = fit_exposure(ga, gb, sigma, step, bar=bar)
     level = (gain - 1.0) * float(gb.mean()) + offset
-    if corr < MIN_CORRELATION or (abs(gain - 1.0) < SAME_GAIN and abs(level) < SAME_LEVEL):
-        out = gb
-    elif gb.dtype != np.uint8:
-        out = np.clip(np.round(gain * gb.astype(np.float64) + offset), 0, 255).astype(np.uint8)
-    else:
-        # uint8: a table of the 256 levels (the same arithmetic, so the same bits), not 24 MP of float64
-        out = np.clip(np.round(gain * np.arange(256, dtype=np.float64) + offset), 0, 255).astype(np.uint8)[gb]
+    out = gb if _alike_or_unreliable(gain, level, corr) else _mapped(gb, gain, offset)
     if bar is not None:
         bar.update(1)
     return out
 
+
+def _alike_or_unreliable(gain: float, level: float, corr: float) -> bool:
+    return corr < MIN_CORRELATION or (abs(gain - 1.0) < SAME_GAIN and abs(level) < SAME_LEVEL)
+
+
+def _mapped(g: np.ndarray, gain: float, offset: float) -> np.ndarray:
+    """``round(gain * g + offset)`` clipped to [0, 255], uint8."""
+    if g.dtype != np.uint8:
+        return np.clip(np.round(gain * g.astype(np.float64) + offset), 0, 255).astype(np.uint8)
+    # uint8: a table of the 256 levels (the same arithmetic, so the same bits), not 24 MP of float64
+    return np.clip(np.round(gain * np.arange(256, dtype=np.float64) + offset), 0, 255).astype(np.uint8)[g]
+
+
+def match_pair(ga: np.ndarray, gb: np.ndarray, mode: str, sigma: float = SIGMA, step: int = 1,
+               bar: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """The two grays the nets score (:attr:`FusionParams.exposure_match`).
+
+    Parameters
+    ----------
+    ga, gb : ndarray
+        uint8 gray sources, (H, W), of one size.
+    mode : str
+        ``"none"``: both as they are. ``"linear"``: B mapped onto A's exposure
+        (:func:`match_exposure`). ``"linear_clip"``: the same, and where B is the brighter
+        shot, A clipped at the level B's white (255) is mapped to, as if A had been taken at
+        B's exposure: B's clipped highlights have no detail left, and mapped down they are a
+        flat plateau of gray beside A's texture there, which the nets read as A in focus
+        (held-out composites with B 1 EV brighter, clipped: decision accuracy 0.84 with
+        ``linear``, 0.90 with ``linear_clip``, 0.93 with ``none``; BENCHMARKS.md, "Exposure
+        matching"). A brighter A needs nothing more: B mapped up clips at 255 by itself.
+    sigma, step
+        See :func:`fit_exposure`.
+    bar : tqdm bar, optional
+        Advanced by :data:`MATCH_STEPS` in all.
+
+    Returns
+    -------
+    tuple of ndarray
+        uint8 ``(ga, gb)``; each the input itself where it is left as it is (``"none"``,
+        shots exposed alike, an unreliable fit: see :func:`match_exposure`).
+    """
+    gb, top = _matched_b(ga, gb, mode, sigma, step, bar)
+    return (np.minimum(ga, np.uint8(top)) if top < 255 else ga), gb
+
+
+def _matched_b(ga: np.ndarray, gb: np.ndarray, mode: str, sigma: float = SIGMA, step: int = 1,
+               bar: Any = None) -> tuple[np.ndarray, int]:
+    """B as :func:`match_pair` gives it, and the level A is clipped at (255: not clipped)."""
+    if mode == "none":
+        if bar is not None:
+            bar.update(MATCH_STEPS)
+        return gb, 255
+    if mode not in ("linear", "linear_clip"):
+        raise UserError(f"exposure matching: unknown mode {mode!r} (none, linear or linear_clip)")
+    gain, offset, corr = fit_exposure(ga, gb, sigma, step, bar=bar)
+    level = (gain - 1.0) * float(gb.mean()) + offset
+    top = 255
+    if not _alike_or_unreliable(gain, level, corr):
+        gb = _mapped(gb, gain, offset)
+        if mode == "linear_clip":  # where B's white lands
+            top = int(_mapped(np.array([255], np.uint8), gain, offset)[0])
+    if bar is not None:
+        bar.update(1)
+    return gb, top
 
 
 #: Noise matching (:attr:`FusionParams.noise_match`): Immerkaer's Laplacian-difference mask,

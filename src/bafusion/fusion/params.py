@@ -164,7 +164,10 @@ class FusionParams:
     #: Exposure matching before scoring (:mod:`bafusion.fusion.exposure`): "linear" maps the
     #: gray B onto A's exposure by a gain and an offset fitted on low-passed copies, so that a
     #: brighter shot does not read as the sharper one; the fused pixels stay the sources'
-    #: own. "none": the paper (the nets see the pair as it is).
+    #: own. "linear_clip": the same, and a darker A clipped where a brighter B's white
+    #: lands, so that B's clipped highlights do not read as out of focus
+    #: (:func:`bafusion.fusion.exposure.match_pair`). "none": the paper (the nets see the
+    #: pair as it is).
     exposure_match: str = _default("exposure_match")
     #: The fused pixels: B's brought to A's exposure and colour by per-channel gains
     #: (:func:`bafusion.fusion.exposure.colour_gains`) before ``F = DM*A + (1-DM)*B``, so that

@@ -38,7 +38,8 @@ import numpy as np
 
 from bafusion.errors import InputFileError, InputTypeError, UserError
 from bafusion.fusion.decide import decide
-from bafusion.fusion.exposure import MATCH_STEPS, apply_gains, colour_gains, exposure_note, match_exposure, match_noise
+from bafusion.fusion.exposure import (MATCH_STEPS, apply_gains, colour_gains, exposure_note, match_noise,
+                                       match_pair)
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.working import (
@@ -546,11 +547,11 @@ def _fuse_pair(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionPar
     t0 = time.perf_counter()
     ga, gb = to_gray_u8(a), to_gray_u8(b)
     t_pre["gray"] = time.perf_counter() - t0
-    if params.exposure_match == "linear":  # the nets score B at A's exposure
+    if params.exposure_match != "none":  # the nets score A and B at one exposure
         t0 = time.perf_counter()
         say("matching the exposures")
         with progress_bar(MATCH_STEPS, ga.size, progress, desc="matching exposure") as bar:  # as the fusion's bar
-            gb = match_exposure(ga, gb, step=params.exposure_fit_step, bar=bar)
+            ga, gb = match_pair(ga, gb, params.exposure_match, step=params.exposure_fit_step, bar=bar)
         t_pre["exposure"] = time.perf_counter() - t0
     if params.noise_match:  # the nets score both shots at one noise level
         t0 = time.perf_counter()

@@ -68,7 +68,7 @@ from scipy import ndimage
 from bafusion.data.composite import defocus, fit_background
 from bafusion.errors import InputFileError, InputTypeError, UserError
 from bafusion.fusion.decide import blend_scores, fill_flat, window_mean
-from bafusion.fusion.exposure import apply_gains, colour_gains, exposure_note, match_exposure
+from bafusion.fusion.exposure import _matched_b, apply_gains, colour_gains, exposure_note
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import STACK_RULES, FusionParams
 from bafusion.fusion.rule import OUTPUT_EXPOSURE_OPTION, FusionResult, check_same_size, dtype_hint
@@ -436,7 +436,7 @@ def fuse_stack_joint(
         As for :func:`bafusion.fusion.fuse_images`. Of the fields that act around the
         scoring, the joint rule honours:
 
-        * ``exposure_match`` ("linear"): every shot's gray is mapped onto the first shot's
+        * ``exposure_match`` ("linear", "linear_clip"): every shot's gray is mapped onto the first shot's
           exposure (:func:`bafusion.fusion.exposure.match_exposure`; the chain maps each
           new shot onto the running fusion, which starts as the first shot) before any
           scoring; the fused pixels are the shots' own.
@@ -487,9 +487,14 @@ def fuse_stack_joint(
     t0 = time.perf_counter()
     grays = [to_gray_u8(_rgb(im, False)) for im in images]
     t_pre["gray"] = time.perf_counter() - t0
-    if params.exposure_match == "linear":  # the nets score every shot at the first one's exposure
+    if params.exposure_match != "none":  # the nets score every shot at the first one's exposure
         t0 = time.perf_counter()
-        grays = [grays[0]] + [match_exposure(grays[0], g, step=params.exposure_fit_step) for g in grays[1:]]
+        matched = [_matched_b(grays[0], g, params.exposure_match, step=params.exposure_fit_step) for g in grays[1:]]
+        # linear_clip: every shot clipped where the brightest one's white lands (a pair's A: match_pair)
+        top = min(t for _, t in matched)
+        grays = [grays[0]] + [g for g, _ in matched]
+        if top < 255:
+            grays = [np.minimum(g, np.uint8(top)) for g in grays]
         t_pre["exposure"] = time.perf_counter() - t0
     h, w = grays[0].shape
     size = decision_size((h, w), params)
