@@ -5,8 +5,10 @@ The pairs are lytro-05 (``--pair``) cropped to 4:3 / 3:2 and upscaled (Lanczos) 
 quality 92, as a camera writes them (``benchmarks/out/phases/``). Each size is fused by
 ``bafusion fuse A B -o F.jpg`` with the built-in defaults, in a fresh child process whose
 functions of each phase are wrapped to record, per phase: wall seconds, the process's CPU
-seconds and the main thread's CPU seconds (process CPU above the main thread's means other
-threads worked: torch's pool, a codec). On a shared machine the wall seconds follow the load;
+seconds and the calling threads' CPU seconds (process CPU above them means other threads
+worked: torch's pool, a codec). Calls of a phase that overlap in time (the steps run side by
+side on ``--threads``, :func:`bafusion.threads.side_by_side`) count once, from the first start
+to the last end. On a shared machine the wall seconds follow the load;
 the CPU seconds (and their shares) do not, or much less.
 
 It also times loading the shipped nets (:func:`bafusion.fusion.load_nets_from_dir`) in fresh
@@ -20,6 +22,10 @@ call of each, ``--repeats`` times alternating; the maps are compared too.
 
     python benchmarks/bench_phases.py                 # both sizes, 7 repeats of the nets' load
     python benchmarks/bench_phases.py --sizes 12      # the 12 MP pair only
+    python benchmarks/bench_phases.py --sizes 12 --threads 1 2 --rounds 2 --phases-only
+        # one thread against two (alternating, twice): the wall seconds of each phase and their ratio
+    python benchmarks/bench_phases.py --sizes 12 24 --rounds 0 --side-by-side 5 --phases-only
+        # the steps run side by side, in one process, one thread against two (5 times each, alternating)
 
 Writes ``benchmarks/out/bench_phases.json`` and ``.md``.
 """
@@ -78,10 +84,22 @@ s = T()
 rc = main(argv)
 rows.append(("main() in all", s, T()))
 agg = {}
-for label, a, b in rows:
-    d = agg.setdefault(label, {"calls": 0, "wall": 0.0, "cpu": 0.0, "thread_cpu": 0.0, "start": a[0] - t0[0]})
-    d["calls"] += 1
-    d["wall"] += b[0] - a[0]; d["cpu"] += b[1] - a[1]; d["thread_cpu"] += b[2] - a[2]
+# calls of one label that overlap in time (side by side on the pool's threads) count once: the
+# wall and process CPU seconds of each group of overlapping calls, from its first start to its
+# last end; thread CPU is each calling thread's own, summed
+for label in dict.fromkeys(r[0] for r in rows):
+    calls = sorted((a, b) for lab, a, b in rows if lab == label)
+    d = agg[label] = {"calls": len(calls), "wall": 0.0, "cpu": 0.0, "thread_cpu": 0.0, "start": calls[0][0][0] - t0[0]}
+    group = None
+    for call in calls + [None]:
+        if group is not None and (call is None or call[0][0] >= group[1][0]):
+            d["wall"] += group[1][0] - group[0][0]; d["cpu"] += group[1][1] - group[0][1]
+            group = None
+        if call is None:
+            break
+        a, b = call
+        d["thread_cpu"] += b[2] - a[2]
+        group = (a, b) if group is None else (group[0], max(group[1], b))
 json.dump({"rc": rc, "torch_threads": torch.get_num_threads(), "phases": agg}, open(out_json, "w"))
 '''
 
@@ -160,8 +178,41 @@ def small_regions(repeats: int) -> dict:
     return out
 
 
-def env() -> dict:
-    e = dict(os.environ, PYTHONPATH=str(REPO / "src"), DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true")
+def side_by_side_steps(a: Path, b: Path, repeats: int) -> dict:
+    """Wall and CPU seconds (medians) of the steps run side by side, with one thread and with two
+    (torch's setting, as ``--threads``), alternating, in this process: reading the pair, its two
+    gray conversions, exposure matching's fit (its two low-pass filters); the results compared."""
+    import time
+
+    sys.path.insert(0, str(REPO / "src"))
+    from bafusion.fusion.exposure import fit_exposure
+    from bafusion.io import read_source_set, to_gray_u8
+    from bafusion.threads import side_by_side, torch_threads
+
+    src = read_source_set([a, b])
+    gray = side_by_side([lambda: to_gray_u8(src.images[0]), lambda: to_gray_u8(src.images[1])], threads=1)
+    steps = {"read and decode": lambda: [x.tobytes() for x in read_source_set([a, b]).images],
+             "gray conversion": lambda: [g.tobytes() for g in side_by_side([lambda: to_gray_u8(src.images[0]),
+                                                                           lambda: to_gray_u8(src.images[1])])],
+             "exposure fit": lambda: fit_exposure(*gray)}
+    out: dict = {}
+    for name, step in steps.items():
+        times: dict = {1: [], 2: []}
+        results = {}
+        for _ in range(repeats):
+            for n in (1, 2):
+                with torch_threads(n):
+                    w, c = time.perf_counter(), time.process_time()
+                    results[n] = step()
+                    times[n].append((time.perf_counter() - w, time.process_time() - c))
+        out[name] = {"same": results[1] == results[2],
+                     **{f"wall{n}": statistics.median(t[0] for t in ts) for n, ts in times.items()},
+                     **{f"cpu{n}": statistics.median(t[1] for t in ts) for n, ts in times.items()}}
+    return out
+
+
+def env(src: Path | None = None) -> dict:
+    e = dict(os.environ, PYTHONPATH=str(src or REPO / "src"), DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true")
     return e
 
 
@@ -171,6 +222,17 @@ def main() -> int:
     ap.add_argument("--pair", default="lytro-05")
     ap.add_argument("--repeats", type=int, default=7,
                     help="fresh processes per way of loading the nets; timings per way of small-region removal")
+    ap.add_argument("--threads", type=int, nargs="*", default=[],
+                    help="fuse each size with --threads N for each N given, in turn (default: fuse's own choice)")
+    ap.add_argument("--rounds", type=int, default=1, help="fusions per size (and per --threads), alternating; "
+                    "0: none (with --side-by-side)")
+    ap.add_argument("--phases-only", action="store_true", help="only the fusions' phases (not the nets' load "
+                    "nor the small-region removal)")
+    ap.add_argument("--side-by-side", type=int, default=0, metavar="N",
+                    help="also time the steps run side by side (the read, the gray conversions, exposure's fit) "
+                         "in this process, N times with one thread and with two, alternating")
+    ap.add_argument("--src", type=Path, default=None, help="the package source folder to time (default: this "
+                    "checkout's src; another checkout's for a before/after)")
     args = ap.parse_args()
     if not (SHARED / "eval" / "lytro").is_dir():
         print(f"bench_phases: the Lytro pairs are not at {SHARED / 'eval' / 'lytro'} (set BAFUSION_SHARED_DATA)",
@@ -181,10 +243,28 @@ def main() -> int:
     result: dict = {"load_before": os.getloadavg(), "cores": os.cpu_count(), "fuse": {}, "load_nets": {}}
     for size in args.sizes:
         a, b = make_pair(size, args.pair, folder)
-        js = folder / f"phases-{size}mp.json"
-        subprocess.run([sys.executable, "-c", CHILD, str(js), "fuse", str(a), str(b), "-o",
-                        str(folder / f"fused-{size}mp.jpg"), "--no-progress"], check=True, env=env())
-        result["fuse"][size] = {**json.loads(js.read_text()), "load_after": os.getloadavg()}
+        for _ in range(args.rounds):
+            for threads in args.threads or [None]:
+                key = size if threads is None else f"{size} MP, --threads {threads}"
+                js = folder / f"phases-{size}mp.json"
+                fused = folder / f"fused-{size}mp{'' if threads is None else f'-t{threads}'}.jpg"
+                subprocess.run([sys.executable, "-c", CHILD, str(js), "fuse", str(a), str(b), "-o", str(fused),
+                                "--no-progress", *([] if threads is None else ["--threads", str(threads)])],
+                               check=True, env=env(args.src))
+                r = {**json.loads(js.read_text()), "load_after": os.getloadavg(), "bytes": fused.read_bytes()}
+                result["fuse"].setdefault(key, []).append(r)
+        if args.threads:  # the same bytes with any number of threads
+            outs = {r.pop("bytes") for rs in result["fuse"].values() for r in rs if "bytes" in r}
+            result["same_bytes"] = result.get("same_bytes", True) and len(outs) == 1
+        for rs in result["fuse"].values():
+            for r in rs:
+                r.pop("bytes", None)
+    if args.side_by_side:
+        for size in args.sizes:
+            result.setdefault("side_by_side", {})[size] = side_by_side_steps(*make_pair(size, args.pair, folder),
+                                                                             args.side_by_side)
+    if args.phases_only:
+        return _report(result, phases_only=True)
     model = REPO / "src" / "bafusion" / "models" / "default"
     for _ in range(args.repeats):
         for way in ("before", "after"):
@@ -192,19 +272,49 @@ def main() -> int:
                                check=True, env=env())
             result["load_nets"].setdefault(way, []).append(json.loads(p.stdout.strip().splitlines()[-1]))
     result["small_regions"] = small_regions(args.repeats)
+    return _report(result)
+
+
+def _report(result: dict, phases_only: bool = False) -> int:
     result["load_after"] = os.getloadavg()
     (OUT / "bench_phases.json").write_text(json.dumps(result, indent=1))
     lines = [f"load average before {result['load_before'][0]:.1f}, after {result['load_after'][0]:.1f}; "
              f"{result['cores']} cores", ""]
-    for size, r in result["fuse"].items():
-        ph = r["phases"]
-        total = ph["main() in all"]["cpu"] + ph["import torch"]["cpu"]
-        lines += [f"### {size} MP (torch threads {r['torch_threads']})", "",
-                  "| phase | calls | wall s | CPU s | main-thread CPU s | share of CPU |", "|---|---:|---:|---:|---:|---:|"]
-        for label, d in sorted(ph.items(), key=lambda kv: kv[1]["start"]):
-            lines.append(f"| {label} | {d['calls']} | {d['wall']:.2f} | {d['cpu']:.2f} | {d['thread_cpu']:.2f} | "
-                         f"{100 * d['cpu'] / total:.0f} % |")
+    for key, rs in result["fuse"].items():
+        for k, r in enumerate(rs, 1):
+            ph = r["phases"]
+            total = ph["main() in all"]["cpu"] + ph["import torch"]["cpu"]
+            name = f"{key} MP" if key in SIZES else key
+            lines += [f"### {name}{f', round {k}' if len(rs) > 1 else ''} (torch threads {r['torch_threads']})", "",
+                      "| phase | calls | wall s | CPU s | calling threads' CPU s | share of CPU |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            for label, d in sorted(ph.items(), key=lambda kv: kv[1]["start"]):
+                lines.append(f"| {label} | {d['calls']} | {d['wall']:.2f} | {d['cpu']:.2f} | {d['thread_cpu']:.2f} | "
+                             f"{100 * d['cpu'] / total:.0f} % |")
+            lines.append("")
+    keys = list(result["fuse"])
+    if len(keys) > 1:  # wall seconds per phase, each way's median over the rounds, and their ratio to the first
+        med = {k: {lab: statistics.median(r["phases"][lab]["wall"] for r in result["fuse"][k] if lab in r["phases"])
+                   for lab in result["fuse"][k][0]["phases"]} for k in keys}
+        lines += ["### Wall seconds per phase (median over the rounds) and ratio to the first column", "",
+                  "| phase | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+        for lab in med[keys[0]]:
+            cells = [f"{med[k][lab]:.2f}" + ("" if k == keys[0] or not med[keys[0]][lab] else
+                                             f" ({med[k][lab] / med[keys[0]][lab]:.2f}x)") for k in keys if lab in med[k]]
+            lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+        lines += ["", f"fused files the same bytes: {result.get('same_bytes')}", ""]
+    for size, steps in result.get("side_by_side", {}).items():
+        lines += [f"### Steps side by side, {size} MP, in one process (median wall and CPU s, one thread and two alternating)",
+                  "", "| step | wall, 1 thread | wall, 2 threads | ratio | CPU, 1 | CPU, 2 | same results |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
+        for name, r in steps.items():
+            lines.append(f"| {name} | {r['wall1']:.2f} | {r['wall2']:.2f} | {r['wall2'] / r['wall1']:.2f} | "
+                         f"{r['cpu1']:.2f} | {r['cpu2']:.2f} | {r['same']} |")
         lines.append("")
+    if phases_only:
+        (OUT / "bench_phases.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return 0
     lines += ["### Loading the shipped nets (fresh processes, median)", "", "| probe | CPU s | wall s | imports torch._dynamo |",
               "|---|---:|---:|---|"]
     for way, rs in result["load_nets"].items():

@@ -8,17 +8,24 @@ that other processes leave free, by the 1-minute load average, and at least one,
 more than the CPUs its cgroup's CPU quota allows (:func:`cpu_quota`: a container's
 ``--cpus``, a Kubernetes CPU limit, systemd's ``CPUQuota``), which torch's own default count
 (the machine's cores) and the affinity mask do not see.
+
+The same setting bounds the numpy/scipy/Pillow steps of a fusion that run side by side
+(:func:`side_by_side`, :func:`work_threads`): the two decodes, the two gray conversions,
+exposure matching's two low-pass filters and the band's guided-filter tiles, each the same bits
+with one thread or several (measured: BENCHMARKS.md, "Where a camera-size fusion's time goes").
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 #: Where :func:`cpu_quota` reads the process's cgroup and the cgroup file system's mount (tests
 #: point them at a fake tree), as :mod:`bafusion.fusion.memory` does for the memory limit.
@@ -252,4 +259,77 @@ def torch_threads(threads: int | str | None = None) -> Iterator[int]:
             torch.set_num_threads(before)
 
 
-__all__ = ["auto_threads", "available_cores", "checked_threads", "cpu_quota", "own_load", "torch_threads"]
+
+
+def work_threads() -> int:
+    """Threads the numpy/scipy/Pillow steps of a fusion may use side by side
+    (:func:`side_by_side`): the command's thread setting, that is torch's (``bafusion fuse
+    --threads`` and ``fuse.threads`` set it, :func:`torch_threads` for the Python API), or 1
+    where torch is not loaded (a command that does not run the nets, e.g. ``metrics``).
+
+    Returns
+    -------
+    int
+        ``torch.get_num_threads()`` where torch is imported, else 1; at least 1.
+    """
+    torch = sys.modules.get("torch")
+    return max(1, int(torch.get_num_threads())) if torch is not None else 1
+
+
+def side_by_side(calls: Sequence[Callable[[], Any]], threads: int | None = None,
+                 done: Callable[[int], None] | None = None) -> list[Any]:
+    """Run independent calls on up to ``threads`` threads at once, their results in order.
+
+    For steps whose work releases the GIL (numpy, scipy.ndimage filters, Pillow's decoders)
+    and whose results do not depend on the order they run in: each call computes what it
+    would compute alone, so the results are the same bits with one thread or several.
+
+    Parameters
+    ----------
+    calls : sequence of callables
+        Called without arguments.
+    threads : int, optional
+        At most this many at once (default :func:`work_threads`, the command's thread
+        setting); 1 (or a single call): one after the other in this thread, as a loop would.
+    done : callable, optional
+        Called in this thread with each call's index, in order, once its result is there (a
+        progress bar's step).
+
+    Returns
+    -------
+    list
+        The calls' results, in the order of ``calls``.
+
+    Raises
+    ------
+    Exception
+        The first call's (in order) exception; the calls already started are waited for,
+        those not started are cancelled.
+    """
+    calls = list(calls)
+    n = min(len(calls), work_threads() if threads is None else max(1, int(threads)))
+    out: list[Any] = []
+    if n <= 1:
+        for i, call in enumerate(calls):
+            out.append(call())
+            if done is not None:
+                done(i)
+        return out
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="bafusion") as pool:
+        futures = [pool.submit(call) for call in calls]
+        try:
+            for i, f in enumerate(futures):
+                out.append(f.result())
+                if done is not None:
+                    done(i)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return out
+
+
+__all__ = ["auto_threads", "available_cores", "checked_threads", "cpu_quota", "own_load", "side_by_side",
+           "torch_threads", "work_threads"]

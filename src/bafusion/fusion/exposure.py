@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from bafusion.errors import UserError
+from bafusion.threads import side_by_side
 
 __all__ = ["apply_gains", "colour_gains", "estimate_noise", "exposure_note", "fit_exposure", "match_exposure",
            "match_noise", "match_pair"]
@@ -70,6 +71,12 @@ def fit_exposure(ga: np.ndarray, gb: np.ndarray, sigma: float = SIGMA, step: int
     bar : tqdm bar, optional
         Advanced by one after each low-pass filter (two steps).
 
+    Notes
+    -----
+    The two low-pass filters run side by side on up to the command's threads
+    (:func:`bafusion.threads.side_by_side`: torch's setting, ``--threads``); the result is the
+    same bits with any number.
+
     Returns
     -------
     tuple of float
@@ -82,12 +89,11 @@ def fit_exposure(ga: np.ndarray, gb: np.ndarray, sigma: float = SIGMA, step: int
     # filtering a float64 copy), without the copy
     if step > 1 and min(ga.shape) >= 8 * step:
         ga, gb, sigma = _block_mean(ga, step), _block_mean(gb, step), sigma / step
-    la = ndimage.gaussian_filter(ga, sigma, output=np.float64)
-    if bar is not None:
-        bar.update(1)
-    lb = ndimage.gaussian_filter(gb, sigma, output=np.float64)
-    if bar is not None:
-        bar.update(1)
+    # the two low-passes side by side on the command's threads (scipy releases the GIL): each
+    # is the same filter of its own shot, so the same bits as one after the other
+    la, lb = side_by_side([lambda: ndimage.gaussian_filter(ga, sigma, output=np.float64),
+                           lambda: ndimage.gaussian_filter(gb, sigma, output=np.float64)],
+                          done=None if bar is None else (lambda i: bar.update(1)))
     m = int(2 * sigma)
     if m > 0 and min(ga.shape) > 4 * m:  # m = 0 (blocks of 17 px or more): no border (x[0:-0] was empty, a NaN fit)
         la, lb = _cropped_in_place(la, m), _cropped_in_place(lb, m)

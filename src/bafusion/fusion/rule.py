@@ -53,6 +53,7 @@ from bafusion.fusion.working import (
     uses_working,
 )
 from bafusion.io import to_gray_u8
+from bafusion.threads import side_by_side
 
 
 #: How the note of a visible exposure difference names the option that matches the pixels.
@@ -545,7 +546,7 @@ def _fuse_pair(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionPar
     # a log heard nothing from "fusing" to "writing" (48 s for a 24 MP pair under load): each step said
     say = step if step is not None and a.shape[0] * a.shape[1] >= PROGRESS_MIN_PIXELS else (lambda text: None)
     t0 = time.perf_counter()
-    ga, gb = to_gray_u8(a), to_gray_u8(b)
+    ga, gb = side_by_side([lambda: to_gray_u8(a), lambda: to_gray_u8(b)])  # on the command's threads
     t_pre["gray"] = time.perf_counter() - t0
     if params.exposure_match != "none":  # the nets score A and B at one exposure
         t0 = time.perf_counter()

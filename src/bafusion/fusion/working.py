@@ -62,6 +62,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from bafusion.threads import side_by_side
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
@@ -563,13 +565,16 @@ def decide_working(
         pb = nets.patch_boundary
         margin = 2 * radius + pb + 8
         amp = torch.autocast(nets.device.type, dtype=torch.bfloat16, enabled=params.precision == "bf16")
-        for i, (r0, r1, c0, c1) in enumerate(tiles, 1):
+        boundary = params.working_refine == "boundary" and params.refine
+
+        def refine(tile: tuple[int, int, int, int]) -> None:
+            r0, r1, c0, c1 = tile
             R0, R1, C0, C1 = max(0, r0 - margin), min(h, r1 + margin), max(0, c0 - margin), min(w, c1 + margin)
             sel = np.zeros((R1 - R0, C1 - C0), dtype=bool)
             sel[r0 - R0 : r1 - R0, c0 - C0 : c1 - C0] = band[r0:r1, c0:c1]
             src = s1_up[R0:R1, C0:C1].copy()
             ta, tb = ga[R0:R1, C0:C1], gb[R0:R1, C0:C1]
-            if params.working_refine == "boundary" and params.refine:
+            if boundary:
                 # The boundary net on the band pixels of this tile and a ring around them,
                 # so that the guided filter sees rescored pixels on both sides.
                 ring = ndimage.binary_dilation(sel, iterations=radius) if radius else sel
@@ -585,8 +590,12 @@ def decide_working(
             out = s1[r0:r1, c0:c1]
             tsel = band[r0:r1, c0:c1]
             out[tsel] = np.clip(q[r0 - R0 : r1 - R0, c0 - C0 : c1 - C0][tsel], 0, 1)
-            if i < len(tiles):
-                bar.update(1.0 / len(tiles))
+
+        # The guided tiles side by side on the command's threads (numpy and scipy release the
+        # GIL): each reads the upsampled score and writes its own tile of s1, so the same bits
+        # in any order. The boundary net's tiles one after the other: torch's threads run them.
+        side_by_side([lambda t=t: refine(t) for t in tiles], threads=1 if boundary else None,
+                     done=lambda i: bar.update(1.0 / len(tiles)) if i + 1 < len(tiles) else None)
         bar.end_step()  # the last tile (or none) completes the band's step, exactly
         t["band"] = time.perf_counter() - t0
     return s0, mean, band, s1, t

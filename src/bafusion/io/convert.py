@@ -24,6 +24,8 @@ to uint8), :func:`resize` (Lanczos) and :func:`scaled_size`.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from PIL import Image
 
@@ -173,6 +175,7 @@ def to_gray_u8(img: np.ndarray) -> np.ndarray:
 
 
 _GRAY_TABLE: np.ndarray | None = None
+_GRAY_TABLE_LOCK = threading.Lock()
 
 #: Colour images of at least this many pixels are converted by :func:`_gray_by_table`; smaller
 #: ones by the sum (the same bits), so that a small image does not pay for building the table.
@@ -184,7 +187,11 @@ def _gray_table() -> np.ndarray:
     ``r << 16 | g << 8 | b`` (16 MB, built once: the same float64 operations in the same order
     as :func:`_matlab_sum`, so the same bits; compared on every colour in tests/test_io.py)."""
     global _GRAY_TABLE
-    if _GRAY_TABLE is None:
+    if _GRAY_TABLE is not None:
+        return _GRAY_TABLE
+    with _GRAY_TABLE_LOCK:  # two shots converted side by side (bafusion.threads.side_by_side): built once
+        if _GRAY_TABLE is not None:
+            return _GRAY_TABLE
         v = np.arange(256, dtype=np.float64)
         c = RGB2GRAY
         table = np.empty((256, 256, 256), np.uint8)

@@ -1,0 +1,231 @@
+"""The numpy/scipy/Pillow steps of a fusion side by side on the command's threads
+(:func:`bafusion.threads.side_by_side`): the two decodes, the two gray conversions, exposure
+matching's two low-pass filters and the band's guided-filter tiles. Each test checks that the
+work is dispatched to the pool with two threads (and stays in the calling thread with one) and
+that the results are the same bits either way; timings: BENCHMARKS.md (``bench_phases.py``)."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from bafusion.errors import InputFileError
+from bafusion.threads import side_by_side, torch_threads, work_threads
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _where() -> str:
+    return threading.current_thread().name
+
+
+def test_side_by_side_keeps_the_order_and_raises_the_first_error_in_order() -> None:
+    main = _where()
+    for threads in (1, 2, 3):
+        seen: list[str] = []
+        done: list[int] = []
+        out = side_by_side([lambda i=i: (seen.append(_where()), i * i)[1] for i in range(5)], threads=threads,
+                           done=done.append)
+        assert out == [0, 1, 4, 9, 16] and done == [0, 1, 2, 3, 4]
+        if threads == 1:
+            assert set(seen) == {main}  # one thread: a plain loop in the caller's thread
+        else:
+            assert main not in seen and all(n.startswith("bafusion") for n in seen)
+    ev = threading.Event()
+
+    def late() -> None:  # the second call fails first in time: the first (in order) is raised
+        ev.wait(5)
+        raise ValueError("first")
+
+    def early() -> None:
+        ev.set()
+        raise KeyError("second")
+
+    with pytest.raises(ValueError, match="first"):
+        side_by_side([late, early], threads=2)
+    assert side_by_side([], threads=2) == []
+
+
+def test_the_thread_setting_is_torchs() -> None:
+    assert work_threads() == 1  # one_torch_thread
+    with torch_threads(3):
+        assert work_threads() == 3
+        assert threading.current_thread().name not in side_by_side([_where, _where])  # threads=None: torch's
+
+
+def test_exposure_matchings_low_passes_run_side_by_side_with_the_same_bits(monkeypatch) -> None:
+    import bafusion.fusion.exposure as ex
+
+    rng = np.random.default_rng(3)
+    g = ndimage.gaussian_filter(rng.normal(128, 40, (300, 400)), 3)
+    ga = np.clip(g, 0, 255).astype(np.uint8)
+    gb = np.clip(0.8 * g + 10 + rng.normal(0, 3, g.shape), 0, 255).astype(np.uint8)
+    calls: list[str] = []
+
+    class Recording:
+        @staticmethod
+        def gaussian_filter(*a, **k):
+            calls.append(_where())
+            return ndimage.gaussian_filter(*a, **k)
+
+    monkeypatch.setattr(ex, "ndimage", Recording)
+    fits, matched = {}, {}
+    for threads in (1, 2):
+        calls.clear()
+        with torch_threads(threads):
+            fits[threads] = ex.fit_exposure(ga, gb)
+            matched[threads] = ex.match_exposure(ga, gb)
+        where = set(calls)
+        assert len(calls) == 4
+        if threads == 1:
+            assert where == {threading.current_thread().name}
+        else:
+            assert threading.current_thread().name not in where, "the two filters ran in the caller's thread"
+    assert fits[1] == fits[2] and abs(fits[1][0] - 1.25) < 0.05  # the same floats, bit for bit
+    assert matched[1].tobytes() == matched[2].tobytes()
+
+
+def test_the_gray_conversions_and_the_bands_tiles_run_side_by_side_with_the_same_bits(monkeypatch) -> None:
+    """A 1200x1600 pair decided at 256 px: its band spans several 512-px tiles."""
+    import bafusion.fusion.rule as rule
+    import bafusion.fusion.working as working
+    from bafusion.fusion import FusionParams, fuse_images, load_nets_from_dir
+    from bafusion.io import resize
+
+    h, w = 1200, 1600
+    rng = np.random.default_rng(5)
+    g = resize(np.clip(ndimage.gaussian_filter(rng.normal(128, 60, (150, 200)), 1), 0, 255).astype(np.uint8), (h, w))
+    g = np.stack([g, np.roll(g, 7, 0), np.roll(g, 5, 1)], -1)
+    yy, xx = np.mgrid[:h, :w]
+    focus = (((yy - h / 2) / (0.35 * h)) ** 2 + ((xx - w / 2) / (0.35 * w)) ** 2 < 1)[..., None]
+    blur = ndimage.gaussian_filter(g.astype(np.float64), (3, 3, 0))
+    a = np.where(focus, g, blur).round().astype(np.uint8)
+    b = np.where(focus, blur, g).round().astype(np.uint8)
+    nets = load_nets_from_dir(None, "cpu")
+    params = FusionParams(working_side=256, working_above=512)
+    tiles: list[str] = []
+    grays: list[str] = []
+    gf, gray = working.guided_filter, rule.to_gray_u8
+    monkeypatch.setattr(working, "guided_filter", lambda *x, **k: (tiles.append(_where()), gf(*x, **k))[1])
+    monkeypatch.setattr(rule, "to_gray_u8", lambda x: (grays.append(_where()), gray(x))[1])
+    res = {}
+    for threads in (1, 2):
+        tiles.clear()
+        grays.clear()
+        res[threads] = fuse_images(a, b, nets, params, threads=threads)
+        assert len(tiles) >= 3 and len(grays) == 2
+        main = threading.current_thread().name
+        if threads == 1:
+            assert set(tiles) == set(grays) == {main}
+        else:
+            assert main not in tiles and main not in grays, "the tiles or the gray conversions ran in the caller's thread"
+    one, two = res[1], res[2]
+    for name in ("fused", "score_initial", "score_mean", "near_boundary", "score_refined", "decision_raw", "decision"):
+        x, y = getattr(one, name), getattr(two, name)
+        assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), name
+    assert 0.2 < one.decision.mean() < 0.8  # a decision with a boundary, not one source
+
+
+def _jpeg(path: Path, seed: int, shape: tuple[int, int] = (64, 80)) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(path, quality=90)
+    return path
+
+
+def test_the_sources_are_decoded_side_by_side_as_alone(tmp_path: Path, monkeypatch) -> None:
+    import bafusion.io.read as rd
+
+    deep = tmp_path / "deep.png"  # a 16-bit source between two JPEGs: read alone, in its place
+    Image.fromarray((np.arange(64 * 80, dtype=np.uint16).reshape(64, 80) * 13)).save(deep)
+    paths = [_jpeg(tmp_path / "a.jpg", 1), deep, _jpeg(tmp_path / "c.jpg", 2), _jpeg(tmp_path / "d.jpg", 3)]
+    decodes: list[str] = []
+    running = [0]
+    deep_beside: list[int] = []  # decodes running while the deep source was read
+    low, high = rd._read_low, rd._high_depth_array
+
+    def read_low(*x, **k):
+        decodes.append(_where())
+        running[0] += 1
+        try:
+            return low(*x, **k)
+        finally:
+            running[0] -= 1
+
+    def high_depth(p, *x, **k):
+        if Path(p).name == "deep.png":
+            deep_beside.append(running[0])
+        return high(p, *x, **k)
+
+    monkeypatch.setattr(rd, "_read_low", read_low)
+    monkeypatch.setattr(rd, "_high_depth_array", high_depth)
+    filters = list(warnings.filters)
+    sets = {}
+    for threads in (1, 2):
+        decodes.clear()
+        with torch_threads(threads):
+            sets[threads] = rd.read_source_set(paths)
+        assert len(decodes) == 3
+        main = threading.current_thread().name
+        assert (set(decodes) == {main}) if threads == 1 else (main not in decodes)
+        assert warnings.filters == filters  # no filter of the decoders' threads left behind
+    one, two = sets[1], sets[2]
+    assert [x.tobytes() for x in one.images] == [x.tobytes() for x in two.images]
+    assert [x.tobytes() for x in one.full] == [x.tobytes() for x in two.full]
+    assert (one.bits, one.notes, one.depths, one.unmarked) == (two.bits, two.notes, two.depths, two.unmarked)
+    assert one.depths == [8, 16, 8, 8]
+    assert deep_beside == [0, 0]  # the deep source read alone, after the decode before it
+    # errors in the order of the paths: the first bad file is named, whatever ends first
+    with torch_threads(2), pytest.raises(InputFileError, match="nothere.jpg"):
+        rd.read_source_set([paths[0], tmp_path / "nothere.jpg", tmp_path / "broken.jpg"])
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with torch_threads(2), pytest.raises(InputFileError, match="broken.jpg"):
+        rd.read_source_set([tmp_path / "broken.jpg", tmp_path / "nothere.jpg"])
+
+    # a later JPEG refused at its header (too large) while an earlier one's decode fails: the earlier named
+    big = _jpeg(tmp_path / "big.jpg", 4, (200, 200))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 80)  # the others' size: big.jpg is 7.8x it
+    with torch_threads(2), pytest.raises(InputFileError, match="broken.jpg"):
+        rd.read_source_set([tmp_path / "broken.jpg", big])
+    with torch_threads(2), pytest.raises(InputFileError, match="big.jpg.*too large"):
+        rd.read_source_set([paths[0], big])
+
+
+def test_a_reading_thread_of_a_quieted_caller_changes_no_warning_filter() -> None:
+    """Python's warning filters are one list for all threads: ``catch_warnings`` entered and
+    left by two threads at once restores the other's list. A decoder's thread
+    (:func:`_quieted_by_caller`) leaves the list its caller's :func:`_quiet_pillow` made."""
+    from bafusion.io.formats import _quiet_pillow, _quieted_by_caller
+
+    def filters_inside() -> object:
+        with _quiet_pillow():
+            return warnings.filters
+
+    before = warnings.filters
+    with _quiet_pillow():
+        held = warnings.filters
+        assert held is not before  # the caller's own list
+        seen = side_by_side([_quieted_by_caller(filters_inside)] * 2, threads=2)
+        assert all(s is held for s in seen)
+        assert side_by_side([filters_inside], threads=2)[0] is not held  # a plain thread makes its own
+    assert warnings.filters is before
+
+
+def test_two_shots_converted_to_gray_side_by_side_build_the_table_once(monkeypatch) -> None:
+    import bafusion.io.convert as cv
+
+    monkeypatch.setattr(cv, "_GRAY_TABLE", None)
+    built: list[int] = []
+    to_u8 = cv.to_uint8
+    monkeypatch.setattr(cv, "to_uint8", lambda x: (built.append(1), to_u8(x))[1])  # 16 calls a table
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (1024, 1024, 3), dtype=np.uint8) for _ in range(2))
+    ga, gb = side_by_side([lambda: cv.to_gray_u8(a), lambda: cv.to_gray_u8(b)], threads=2)
+    assert len(built) == 16
+    for x, g in ((a, ga), (b, gb)):  # the table's bits are the weighted sum's
+        assert g.tobytes() == to_u8(cv._matlab_sum(x)).tobytes()
