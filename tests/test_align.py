@@ -501,6 +501,9 @@ def test_align_images_names_its_steps_the_levels_and_channels_of_camera_size_sho
         "shot 2 of 2: estimating its motion (similarity)",
         "shot 2 of 2: estimating its motion (similarity), blurring and reducing the first shot",
         "shot 2 of 2: estimating its motion (similarity), blurring and reducing the second shot",
+        # the top's correlation and the levels under STEP_MIN_PIXELS: 5.2 s of CPU without a word
+        # with the second shot's blurring at 24 MP (33 s under load), 3 s of it theirs
+        "shot 2 of 2: estimating its motion (similarity), the coarse levels, up to 600x450 px",
         f"shot 2 of 2: estimating its motion (similarity), level {levels} of {levels} (1200x900 px)",
         # the check of an estimate of more than SUPPORT_PX and the coverage: 21 and 27 s without a
         # word after the last level and the last channel at 24 MP (load ~12)

@@ -740,6 +740,10 @@ def _estimate(g_ref: np.ndarray, g_mov: np.ndarray, ref_clip: np.ndarray | None,
     if big:
         step("blurring and reducing the second shot")
     mov_p = _pyramid(ndimage.gaussian_filter(g_mov, sigma) if sigma > 0 else g_mov)
+    coarse = [lv for lv in ref_p if lv.size < STEP_MIN_PIXELS]
+    if big and coarse:  # the top's phase correlation and the levels not named below: 3 s of CPU at
+        # 24 MP, which the second shot's blurring had been heard to take (33 s under load)
+        step(f"the coarse levels, up to {coarse[0].shape[1]}x{coarse[0].shape[0]} px")
     shape0 = ref_p[0].shape
     top = len(ref_p) - 1
     s = np.zeros(2)  # a flat shot (nothing to correlate) starts from the identity
