@@ -180,8 +180,9 @@ def small_regions(repeats: int) -> dict:
 
 def side_by_side_steps(a: Path, b: Path, repeats: int) -> dict:
     """Wall and CPU seconds (medians) of the steps run side by side, with one thread and with two
-    (torch's setting, as ``--threads``), alternating, in this process: reading the pair, its two
-    gray conversions, exposure matching's fit (its two low-pass filters); the results compared."""
+    (torch's setting, as ``--threads``), alternating, in this process: the pair's two gray
+    conversions, exposure matching's fit (its two low-pass filters); the results compared. (The
+    read is not among them: its two decodes side by side were dropped, BENCHMARKS.md.)"""
     import time
 
     sys.path.insert(0, str(REPO / "src"))
@@ -191,8 +192,7 @@ def side_by_side_steps(a: Path, b: Path, repeats: int) -> dict:
 
     src = read_source_set([a, b])
     gray = side_by_side([lambda: to_gray_u8(src.images[0]), lambda: to_gray_u8(src.images[1])], threads=1)
-    steps = {"read and decode": lambda: [x.tobytes() for x in read_source_set([a, b]).images],
-             "gray conversion": lambda: [g.tobytes() for g in side_by_side([lambda: to_gray_u8(src.images[0]),
+    steps = {"gray conversion": lambda: [g.tobytes() for g in side_by_side([lambda: to_gray_u8(src.images[0]),
                                                                            lambda: to_gray_u8(src.images[1])])],
              "exposure fit": lambda: fit_exposure(*gray)}
     out: dict = {}
@@ -229,7 +229,7 @@ def main() -> int:
     ap.add_argument("--phases-only", action="store_true", help="only the fusions' phases (not the nets' load "
                     "nor the small-region removal)")
     ap.add_argument("--side-by-side", type=int, default=0, metavar="N",
-                    help="also time the steps run side by side (the read, the gray conversions, exposure's fit) "
+                    help="also time the steps run side by side (the gray conversions, exposure's fit) "
                          "in this process, N times with one thread and with two, alternating")
     ap.add_argument("--src", type=Path, default=None, help="the package source folder to time (default: this "
                     "checkout's src; another checkout's for a before/after)")

@@ -1,21 +1,18 @@
-"""The numpy/scipy/Pillow steps of a fusion side by side on the command's threads
-(:func:`bafusion.threads.side_by_side`): the two decodes, the two gray conversions, exposure
-matching's two low-pass filters and the band's guided-filter tiles. Each test checks that the
+"""The numpy/scipy steps of a fusion side by side on the command's threads
+(:func:`bafusion.threads.side_by_side`): the two gray conversions, exposure matching's two
+low-pass filters and the band's guided-filter tiles (the shots are read one after the other:
+BENCHMARKS.md, "Side by side on --threads"). Each test checks that the
 work is dispatched to the pool with two threads (and stays in the calling thread with one) and
 that the results are the same bits either way; timings: BENCHMARKS.md (``bench_phases.py``)."""
 
 from __future__ import annotations
 
 import threading
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from scipy import ndimage
 
-from bafusion.errors import InputFileError
 from bafusion.threads import side_by_side, torch_threads, work_threads
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -130,90 +127,6 @@ def test_the_gray_conversions_and_the_bands_tiles_run_side_by_side_with_the_same
         x, y = getattr(one, name), getattr(two, name)
         assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), name
     assert 0.2 < one.decision.mean() < 0.8  # a decision with a boundary, not one source
-
-
-def _jpeg(path: Path, seed: int, shape: tuple[int, int] = (64, 80)) -> Path:
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(path, quality=90)
-    return path
-
-
-def test_the_sources_are_decoded_side_by_side_as_alone(tmp_path: Path, monkeypatch) -> None:
-    import bafusion.io.read as rd
-
-    deep = tmp_path / "deep.png"  # a 16-bit source between two JPEGs: read alone, in its place
-    Image.fromarray((np.arange(64 * 80, dtype=np.uint16).reshape(64, 80) * 13)).save(deep)
-    paths = [_jpeg(tmp_path / "a.jpg", 1), deep, _jpeg(tmp_path / "c.jpg", 2), _jpeg(tmp_path / "d.jpg", 3)]
-    decodes: list[str] = []
-    running = [0]
-    deep_beside: list[int] = []  # decodes running while the deep source was read
-    low, high = rd._read_low, rd._high_depth_array
-
-    def read_low(*x, **k):
-        decodes.append(_where())
-        running[0] += 1
-        try:
-            return low(*x, **k)
-        finally:
-            running[0] -= 1
-
-    def high_depth(p, *x, **k):
-        if Path(p).name == "deep.png":
-            deep_beside.append(running[0])
-        return high(p, *x, **k)
-
-    monkeypatch.setattr(rd, "_read_low", read_low)
-    monkeypatch.setattr(rd, "_high_depth_array", high_depth)
-    filters = list(warnings.filters)
-    sets = {}
-    for threads in (1, 2):
-        decodes.clear()
-        with torch_threads(threads):
-            sets[threads] = rd.read_source_set(paths)
-        assert len(decodes) == 3
-        main = threading.current_thread().name
-        assert (set(decodes) == {main}) if threads == 1 else (main not in decodes)
-        assert warnings.filters == filters  # no filter of the decoders' threads left behind
-    one, two = sets[1], sets[2]
-    assert [x.tobytes() for x in one.images] == [x.tobytes() for x in two.images]
-    assert [x.tobytes() for x in one.full] == [x.tobytes() for x in two.full]
-    assert (one.bits, one.notes, one.depths, one.unmarked) == (two.bits, two.notes, two.depths, two.unmarked)
-    assert one.depths == [8, 16, 8, 8]
-    assert deep_beside == [0, 0]  # the deep source read alone, after the decode before it
-    # errors in the order of the paths: the first bad file is named, whatever ends first
-    with torch_threads(2), pytest.raises(InputFileError, match="nothere.jpg"):
-        rd.read_source_set([paths[0], tmp_path / "nothere.jpg", tmp_path / "broken.jpg"])
-    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    with torch_threads(2), pytest.raises(InputFileError, match="broken.jpg"):
-        rd.read_source_set([tmp_path / "broken.jpg", tmp_path / "nothere.jpg"])
-
-    # a later JPEG refused at its header (too large) while an earlier one's decode fails: the earlier named
-    big = _jpeg(tmp_path / "big.jpg", 4, (200, 200))
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 80)  # the others' size: big.jpg is 7.8x it
-    with torch_threads(2), pytest.raises(InputFileError, match="broken.jpg"):
-        rd.read_source_set([tmp_path / "broken.jpg", big])
-    with torch_threads(2), pytest.raises(InputFileError, match="big.jpg.*too large"):
-        rd.read_source_set([paths[0], big])
-
-
-def test_a_reading_thread_of_a_quieted_caller_changes_no_warning_filter() -> None:
-    """Python's warning filters are one list for all threads: ``catch_warnings`` entered and
-    left by two threads at once restores the other's list. A decoder's thread
-    (:func:`_quieted_by_caller`) leaves the list its caller's :func:`_quiet_pillow` made."""
-    from bafusion.io.formats import _quiet_pillow, _quieted_by_caller
-
-    def filters_inside() -> object:
-        with _quiet_pillow():
-            return warnings.filters
-
-    before = warnings.filters
-    with _quiet_pillow():
-        held = warnings.filters
-        assert held is not before  # the caller's own list
-        seen = side_by_side([_quieted_by_caller(filters_inside)] * 2, threads=2)
-        assert all(s is held for s in seen)
-        assert side_by_side([filters_inside], threads=2)[0] is not held  # a plain thread makes its own
-    assert warnings.filters is before
 
 
 def test_two_shots_converted_to_gray_side_by_side_build_the_table_once(monkeypatch) -> None:

@@ -9,8 +9,8 @@ more than the CPUs its cgroup's CPU quota allows (:func:`cpu_quota`: a container
 ``--cpus``, a Kubernetes CPU limit, systemd's ``CPUQuota``), which torch's own default count
 (the machine's cores) and the affinity mask do not see.
 
-The same setting bounds the numpy/scipy/Pillow steps of a fusion that run side by side
-(:func:`side_by_side`, :func:`work_threads`): the two decodes, the two gray conversions,
+The same setting bounds the numpy/scipy steps of a fusion that run side by side
+(:func:`side_by_side`, :func:`work_threads`): the two gray conversions,
 exposure matching's two low-pass filters and the band's guided-filter tiles, each the same bits
 with one thread or several (measured: BENCHMARKS.md, "Where a camera-size fusion's time goes").
 """
@@ -262,7 +262,7 @@ def torch_threads(threads: int | str | None = None) -> Iterator[int]:
 
 
 def work_threads() -> int:
-    """Threads the numpy/scipy/Pillow steps of a fusion may use side by side
+    """Threads the numpy/scipy steps of a fusion may use side by side
     (:func:`side_by_side`): the command's thread setting, that is torch's (``bafusion fuse
     --threads`` and ``fuse.threads`` set it, :func:`torch_threads` for the Python API), or 1
     where torch is not loaded (a command that does not run the nets, e.g. ``metrics``).
@@ -280,7 +280,7 @@ def side_by_side(calls: Sequence[Callable[[], Any]], threads: int | None = None,
                  done: Callable[[int], None] | None = None) -> list[Any]:
     """Run independent calls on up to ``threads`` threads at once, their results in order.
 
-    For steps whose work releases the GIL (numpy, scipy.ndimage filters, Pillow's decoders)
+    For steps whose work releases the GIL (numpy, scipy.ndimage filters)
     and whose results do not depend on the order they run in: each call computes what it
     would compute alone, so the results are the same bits with one thread or several.
 

@@ -136,7 +136,7 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
                    help="JSON object of fusion parameters (the 'fuse' section; overrides --params-file)")
     p.add_argument("--device", type=nonempty_text, default=None,
                    help=f"auto, cpu, cuda, cuda:N or mps (default: --params-file's fuse.device, else {default('fuse.device')})")
-    add_threads_argument(p, "CPU threads for torch and for the decodes, filters and band tiles run side by side", "--params-file's fuse.threads, else torch's, lowered to the "
+    add_threads_argument(p, "CPU threads for torch and for the gray conversions, filters and band tiles run side by side", "--params-file's fuse.threads, else torch's, lowered to the "
                          "cores the load average leaves free, at least 1")
     if maps:  # the difference maps' gain: only for commands that write maps (not fuse-dir)
         p.add_argument("--alpha", type=finite_float(), default=None,  # inf: NaN maps; 0 and below: refused later

@@ -59,9 +59,13 @@ DEEP_MIB_PER_MEGAPIXEL_SHOT = 6
 #: 972 MiB for a 4096x3072 pair made from tsai-03 (866 alone): 29 MiB per megapixel over 611,
 #: rounded up to 620 + 30; a pair's peak with --save-maps is the larger of this and the
 #: fusion's. It overestimates small pairs, whose Fig. 3 is small too (the 520x520 lytro-05
-#: pair: 492 MiB, 480 without the maps; 628 predicted). Stacks (a step's maps at a time, each step's result held) are not measured: each
+#: pair: 492 MiB, 480 without the maps; 658 predicted). Stacks (a step's maps at a time, each step's result held) are not measured: each
 #: shot beyond two adds :data:`MIB_PER_MEGAPIXEL_SHOT` as for the fusion.
-MAPS_BASE_MIB = 620
+#: Raised from 620 for ``--threads 2`` (session 34: gray conversions, exposure matching's
+#: filters and the band's tiles side by side, :func:`bafusion.threads.side_by_side`): the 12 MP
+#: lytro-05 pair with ``--save-maps`` peaked at 978 and 991 MiB with two threads, 878 and 893
+#: with one (single runs, alternating, load 12-17; 980 predicted before, 1010 now).
+MAPS_BASE_MIB = 650
 MAPS_MIB_PER_MEGAPIXEL = 30
 
 

@@ -16,16 +16,14 @@ import os
 import struct
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bafusion.errors import InputFileError
-
-_T = TypeVar("_T")
 
 
 #: The suffixes ``fuse-dir`` takes for shots (and for images in an output folder): the photo formats
@@ -263,35 +261,11 @@ def _quiet_pillow() -> Iterator[None]:
     (90 to 179 megapixels by default: a 102 MP camera's shot is no attack; above, Pillow
     raises and the file is "image too large to read") and the ``UserWarning`` of damaged
     EXIF ("Truncated File Read", "Corrupt EXIF data": what Pillow reads of it is kept). Each
-    was a raw Python warning with a source line on stderr.
-
-    In a thread that reads for a caller holding this context (:func:`_quieted_by_caller`,
-    :func:`bafusion.io.read.read_source_set`'s decodes side by side), the caller's filters
-    apply and nothing is changed: Python's warning filters are one list for all threads, and
-    ``catch_warnings`` entered and left by two threads at once restores the other's list (the
-    filters below would stay after both)."""
-    if getattr(_pillow_quiet, "by_caller", False):
-        yield
-        return
+    was a raw Python warning with a source line on stderr."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
         yield
-
-
-_pillow_quiet = threading.local()
-
-
-def _quieted_by_caller(call: Callable[[], _T]) -> Callable[[], _T]:
-    """``call`` for another thread whose caller holds :func:`_quiet_pillow` until it ends:
-    :func:`_quiet_pillow` inside it changes no filters."""
-    def run() -> _T:
-        _pillow_quiet.by_caller = True
-        try:
-            return call()
-        finally:
-            _pillow_quiet.by_caller = False
-    return run
 
 
 def _check_not_empty(path: str | os.PathLike[str]) -> None:

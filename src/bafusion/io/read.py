@@ -7,10 +7,8 @@ Also :func:`read_matte` and the scale of floating-point sources (:func:`float_sc
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from PIL import Image
 
 from bafusion.errors import InputFileError
 from bafusion.io.depth import _high_depth_array, common_bits, sbit_scaled, scale_to_u8, source_bits
-from bafusion.io.formats import _check_not_empty, _quiet_pillow, _quieted_by_caller, open_image, unread_format
+from bafusion.io.formats import _check_not_empty, open_image, unread_format
 from bafusion.io.info import _alpha_note, _alpha_opaque, frame_notes, mix_note
 from bafusion.io.metadata import (
     _source_metadata,
@@ -31,7 +29,6 @@ from bafusion.io.metadata import (
     source_subsampling,
     unkept_metadata_note,
 )
-from bafusion.threads import work_threads
 
 
 def read_matte(path: str | os.PathLike[str]) -> np.ndarray:
@@ -207,74 +204,43 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
         Naming the file when one is missing, not a file, of a format not read here, or not a
         readable image.
     """
-    n_paths = len(paths)
-    out: list[np.ndarray | None] = [None] * n_paths
+    out: list[np.ndarray | None] = []
     high: list[tuple[int, np.ndarray, int | None, int]] = []
     significant: list[int] = []  # the marked sources' significant bits (not the bits scaled from)
     floats: list[tuple[int, Path, np.ndarray]] = []  # float sources: scaled alike, below
-    depths: list[int | None] = [None] * n_paths
-    no_mark: list[bool] = [False] * n_paths  # per source: more than 8 bits, no significant bits marked
+    depths: list[int | None] = []
+    no_mark: list[bool] = []  # per source: more than 8 bits, no significant bits marked
     # per source: the transparency its reader drops leaves it opaque everywhere (the note, below)
     opaque: dict[str, bool | None] = {}
     for p in paths:
         _check_not_empty(p)
-
-    def low_read(i: int, low: np.ndarray) -> None:
-        if low.dtype != np.uint8:
-            floats.append((i, Path(paths[i]), low))
-        out[i] = low if low.dtype == np.uint8 else None
-        depths[i] = 8 if low.dtype == np.uint8 else None
-
-    # The 8-bit sources (a camera's JPEGs) are decoded side by side on the command's threads
-    # (bafusion.threads.work_threads; Pillow's decoders release the GIL), each as alone: the
-    # same arrays. A source that may be deep (any but a JPEG) is read alone, after the decodes
-    # before it end (its float64 samples are the largest memory of the read), and errors come in
-    # the order of the paths.
-    threads = work_threads() if n_paths > 1 else 1
-    pending: list[tuple[int, Future[np.ndarray]]] = []
-
-    def settle() -> None:
-        for i, f in pending:
-            low_read(i, f.result())
-        pending.clear()
-
-    with contextlib.ExitStack() as held:
-        pool = None
-        if threads > 1:
-            held.enter_context(_quiet_pillow())  # entered before the pool: left after its threads end
-            pool = held.enter_context(ThreadPoolExecutor(min(threads, n_paths), thread_name_prefix="bafusion-read"))
-        for i, p in enumerate(map(Path, paths)):
-            if pending and not _is_jpeg(p):
-                settle()  # a source that may be deep is read after the decodes before it end
-            try:
-                raw = _high_depth_array(p, opaque) if p.is_file() and unread_format(p) is None else None  # else refused below
-            except BaseException:
-                settle()  # an earlier source's error first
-                raise
-            if raw is None:
-                if pool is None:
-                    low_read(i, _read_low(p, opaque))
-                else:
-                    pending.append((i, pool.submit(_quieted_by_caller(lambda p=p: _read_low(p, opaque)))))
-                continue
-            settle()
-            a, depth, sig, sbit = raw
-            raw = None  # its float64 samples: not held while the next source is read
-            a = _compact(a, depth)
-            top = float(a.max()) if a.size else 0.0
-            # PNG sBIT: the samples are scaled to the depth unless they cannot be (see bafusion.io.depth)
-            scaled = sbit and sig is not None and 0 < sig < depth and top <= (1 << sig) - 1 and sbit_scaled(a, sig)
-            bits = source_bits(top, depth, sig, scaled=scaled)
-            high.append((i, a, bits, depth))
-            depths[i] = depth
-            no_mark[i] = bits is None
-            if bits is not None and sig is not None:
-                # the mark holds when the values are sig-bit ones or (PNG) on the sBIT grid; values
-                # beyond sig bits off that grid have the file's depth (an output written with sig
-                # bits lost their levels: an OME-TIFF marked 12 whose values exceed 12 bits)
-                holds = bits == sig or (sbit and sbit_scaled(a, sig))
-                significant.append(sig if holds else depth)
-        settle()
+    for p in map(Path, paths):
+        raw = _high_depth_array(p, opaque) if p.is_file() and unread_format(p) is None else None  # else refused below
+        if raw is None:
+            low = _read_low(p, opaque)
+            if low.dtype != np.uint8:
+                floats.append((len(out), p, low))
+            out.append(low if low.dtype == np.uint8 else None)
+            depths.append(8 if low.dtype == np.uint8 else None)
+            no_mark.append(False)
+            continue
+        a, depth, sig, sbit = raw
+        raw = None  # its float64 samples: not held while the next source is read
+        a = _compact(a, depth)
+        out.append(None)
+        top = float(a.max()) if a.size else 0.0
+        # PNG sBIT: the samples are scaled to the depth unless they cannot be (see bafusion.io.depth)
+        scaled = sbit and sig is not None and 0 < sig < depth and top <= (1 << sig) - 1 and sbit_scaled(a, sig)
+        bits = source_bits(top, depth, sig, scaled=scaled)
+        high.append((len(out) - 1, a, bits, depth))
+        depths.append(depth)
+        no_mark.append(bits is None)
+        if bits is not None and sig is not None:
+            # the mark holds when the values are sig-bit ones or (PNG) on the sBIT grid; values
+            # beyond sig bits off that grid have the file's depth (an output written with sig
+            # bits lost their levels: an OME-TIFF marked 12 whose values exceed 12 bits)
+            holds = bits == sig or (sbit and sbit_scaled(a, sig))
+            significant.append(sig if holds else depth)
     clipped: list[str] = []
     if floats:  # one scale for all float sources, from their largest value (as integer ones: one depth)
         scale = float_scale(max((float(a.max()) for _, _, a in floats if a.size), default=0.0))
@@ -338,16 +304,6 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     return SourceSet(images, None if full is None else [f for f in full if f is not None], exif, icc, bits, notes,
                      full_scale, dpi, png_colour, [os.fspath(p) for p in paths] if metadata else [], colour_notes,
                      depths, no_mark, [n for n in (unkept, exif_note) if n] + resolutions, subsampling)
-
-
-def _is_jpeg(path: Path) -> bool:
-    """Whether ``path`` starts as a JPEG file does (8 bits per sample as Pillow reads it: never a
-    deep source); False where it cannot be read."""
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(3) == b"\xff\xd8\xff"
-    except OSError:
-        return False
 
 
 #: Samples per block in which :func:`_scaled_both` scales a deep source (256 K: 2 MiB of
