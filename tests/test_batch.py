@@ -1200,6 +1200,33 @@ def test_fuse_names_its_steps_on_a_terminal_and_not_with_no_progress(tmp_path: P
     assert "bafusion fuse: aligning: shot 2 of 2: estimating its motion (translation) ..." in err, err
 
 
+def test_a_pairs_steps_are_named_by_the_camera_size_threshold_as_it_is_at_the_call(nets: Path, monkeypatch) -> None:
+    """The fusion's step lines ("matching the exposures ...") are said for pairs of
+    working.PROGRESS_MIN_PIXELS or more as that constant is when the pair is fused. rule.py held
+    a copy of it, taken when it was first imported (bafusion.fusion imports its modules lazily):
+    a test that lowered the constant and then ran the first fusion of the process
+    (``test_fuse_names_its_steps_on_a_terminal_and_not_with_no_progress``) left the copy at 1, and
+    every later fuse-dir in that process named the steps of its 80x80 pairs
+    (``pytest tests/test_batch.py -k steps``: both ``names_the_steps`` tests failed; alone or in
+    the whole suite, where an earlier test had imported rule, they passed)."""
+    from bafusion.fusion import fuse_stack, load_nets_from_dir, working
+
+    a, b = pair(3)
+    loaded = load_nets_from_dir(nets, "cpu")
+    params = {"exposure_match": "linear"}
+
+    def said() -> list[str]:
+        lines: list[str] = []
+        fuse_stack([a, b], loaded, params, ("a", "b"), progress=False, step=lines.append)
+        return lines
+
+    assert working.PROGRESS_MIN_PIXELS > N * N and said() == []  # a small pair: no step lines
+    monkeypatch.setattr(working, "PROGRESS_MIN_PIXELS", N * N)  # the pair counts as camera size
+    assert said()[:1] == ["matching the exposures"]
+    monkeypatch.undo()
+    assert said() == []  # and no longer, once the constant is back
+
+
 def test_fuse_dir_names_the_steps_of_each_stack_on_a_terminal_as_fuse_does(tmp_path: Path, nets: Path, capsys,
                                                                              monkeypatch) -> None:
     """fuse-dir named none of a stack's steps before and after its fusion: a camera-size pair

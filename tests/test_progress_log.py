@@ -350,14 +350,14 @@ def test_fuse_in_a_log_names_each_step_of_a_camera_size_pairs_fusion(tmp_path: P
     pair here, 128x128 px, counted as camera-size: PROGRESS_MIN_PIXELS and
     STEP_LINES_MIN_PIXELS lowered; decided at a working size as a camera's pair is)."""
     import bafusion.cli.fusion as cli_fusion
-    import bafusion.fusion.rule as rule
+    import bafusion.fusion.working as working
     import bafusion.progress as progress
 
     src = _one_pair(tmp_path / "in", 128)
     out = tmp_path / "f.png"
     monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)
     monkeypatch.setattr(cli_fusion, "STEP_LINES_MIN_PIXELS", 2 * 128 * 128)
-    monkeypatch.setattr(rule, "PROGRESS_MIN_PIXELS", 128 * 128, raising=False)
+    monkeypatch.setattr(working, "PROGRESS_MIN_PIXELS", 128 * 128)
     capsys.readouterr()
     assert cli_main(["fuse", str(src / "p-A.png"), str(src / "p-B.png"), "-o", str(out), "--model", str(tiny_nets),
                      "--device", "cpu", "--params", str(_working_params(tmp_path))]) == 0
@@ -481,7 +481,7 @@ def test_fuse_set_in_a_log_names_each_step_of_a_camera_size_pair(tmp_path: Path,
     they start, after the local time: reading, the fusion's steps as fuse names them, writing
     its maps; a smaller pair says what it said, and --no-progress none of them."""
     import bafusion.fusion.batch as batch
-    import bafusion.fusion.rule as rule
+    import bafusion.fusion.working as working
     import bafusion.progress as progress
 
     src = _one_pair(tmp_path / "in", 128)
@@ -493,7 +493,7 @@ def test_fuse_set_in_a_log_names_each_step_of_a_camera_size_pair(tmp_path: Path,
     assert cli_main([*args, "-o", str(tmp_path / "small")]) == 0
     assert " ...\n" not in capsys.readouterr().err  # a small pair: its seconds' line only
     monkeypatch.setattr(batch, "STEP_LINES_MIN_PIXELS", 2 * 128 * 128)
-    monkeypatch.setattr(rule, "PROGRESS_MIN_PIXELS", 128 * 128, raising=False)
+    monkeypatch.setattr(working, "PROGRESS_MIN_PIXELS", 128 * 128)
     assert cli_main([*args, "-o", str(tmp_path / "out")]) == 0
     lines = capsys.readouterr().err.splitlines()
     said = [line.split("bafusion fuse-set: p: ", 1)[1] for line in lines

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from bafusion.errors import InputFileError, InputTypeError, UserError
+from bafusion.fusion import working as _working
 from bafusion.fusion.decide import decide
 from bafusion.fusion.exposure import (MATCH_STEPS, apply_gains, colour_gains, exposure_note, match_noise,
                                        match_pair)
@@ -44,7 +45,6 @@ from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
 from bafusion.fusion.working import (
     FUSING_STEP_COST,
-    PROGRESS_MIN_PIXELS,
     decide_upscaled,
     decide_working,
     patch_note,
@@ -544,7 +544,10 @@ def _fuse_pair(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionPar
     a, b = _match_channels(a, b)
     t_pre: dict[str, float] = {}  # counted in the fusing time: a camera-size pair's seconds
     # a log heard nothing from "fusing" to "writing" (48 s for a 24 MP pair under load): each step said
-    say = step if step is not None and a.shape[0] * a.shape[1] >= PROGRESS_MIN_PIXELS else (lambda text: None)
+    # working's constant as it is now: a copy taken at this module's (lazy) first import kept a
+    # value a caller had lowered for a while (a test's monkeypatch) for the rest of the process
+    camera_size = a.shape[0] * a.shape[1] >= _working.PROGRESS_MIN_PIXELS
+    say = step if step is not None and camera_size else (lambda text: None)
     t0 = time.perf_counter()
     ga, gb = side_by_side([lambda: to_gray_u8(a), lambda: to_gray_u8(b)])  # on the command's threads
     t_pre["gray"] = time.perf_counter() - t0
