@@ -402,7 +402,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "start from (default: the project root); --dataset's are the working folder's")
     p.add_argument("--device", type=nonempty_text, default=None, help="auto, cpu, cuda, cuda:N or mps (default: the fuse section's, else auto)")
     add_threads_argument(p, "torch CPU threads", "--params-file's evaluate.threads, else torch's, lowered to the "
-                         "cores the load average leaves free, at least 1")
+                         "cores the load average leaves free and the whole CPUs of a cgroup CPU quota, at least 1")
     p.add_argument("--no-progress", "--quiet", dest="progress", action="store_const", const=False, default=None,
                    help="no progress bars (by default a fusion of a camera's 4 megapixels or more, from 3.5 MP, shows one on a terminal)")
     p.set_defaults(func=_cmd_evaluate)

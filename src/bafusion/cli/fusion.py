@@ -108,7 +108,8 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
     g.add_argument("--noise-match", action=argparse.BooleanOptionalAction, default=None,
                    help="where one shot is clearly noisier than the other (another ISO, in-camera denoising), add "
                         "seeded matching noise to the cleaner shot before the nets score, so that noise does not read "
-                        f"as focus; the fused pixels stay the sources' own (default {'on' if d.noise_match else 'off'})")
+                        "as focus; the fused pixels stay the sources' own; pairs and the chain stack rule, not the joint "
+                        f"rule (default {'on' if d.noise_match else 'off'})")
     g.add_argument("--match-output-exposure", action=argparse.BooleanOptionalAction, default=None,
                    help="bring B's pixels to A's exposure and colour (per-channel gains) before compositing, so "
                         "that shots of different exposure or white balance leave no seam; off: the sources' own "
@@ -137,7 +138,7 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
     p.add_argument("--device", type=nonempty_text, default=None,
                    help=f"auto, cpu, cuda, cuda:N or mps (default: --params-file's fuse.device, else {default('fuse.device')})")
     add_threads_argument(p, "CPU threads for torch and for the gray conversions, filters and band tiles run side by side", "--params-file's fuse.threads, else torch's, lowered to the "
-                         "cores the load average leaves free, at least 1")
+                         "cores the load average leaves free and the whole CPUs of a cgroup CPU quota, at least 1")
     if maps:  # the difference maps' gain: only for commands that write maps (not fuse-dir)
         p.add_argument("--alpha", type=finite_float(), default=None,  # inf: NaN maps; 0 and below: refused later
                        help=f"difference-map gain alpha*|B-F|, more than 0 and at most {maximum('fuse.alpha'):g} "
@@ -543,7 +544,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--boundary", type=nonempty_path, default=None, help="boundary-net file (instead of --model)")
     q.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True, help="output folder")
     q.add_argument("--report", type=nonempty_path, default=None, help="also write the accuracy JSON here (e.g. a DVC metrics file)")
-    _add_param_args(q)
+    _add_param_args(q, progress_help=(
+        "no progress bar and no step lines (default: a bar on stderr for camera-size pairs when it is a terminal; "
+        f"each step of a pair of {STEP_LINES_MIN_PIXELS / 1e6:g} megapixels or more in all named as it starts, there "
+        "and in a log after the time: reading, the fusion's steps, writing its maps and the PNG)"))
     q.set_defaults(func=_cmd_fuse_set)
 
     _register_fuse_dir(subparsers)
@@ -655,6 +659,7 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
         "no progress bar and no lines per stack (default: on a terminal a bar over the stacks, each stack's own "
         f"fusion bar from {PROGRESS_MIN_PIXELS / 1e6:g} megapixels a shot, the steps of a stack of three or more "
         "shots, and the steps around a stack's fusion (reading, checking, aligning, writing) where its shots hold "
-        f"{STEP_LINES_MIN_PIXELS / 1e6:g} megapixels or more in all (in a smaller one, its aligning only); without a terminal one line per stack and the "
-        "steps of a stack of three or more shots)"))
+        f"{STEP_LINES_MIN_PIXELS / 1e6:g} megapixels or more in all (in a smaller one, its aligning only); without a terminal one line per stack, the "
+        "steps of a stack of three or more shots, and those steps around the fusion of a stack of "
+        f"{STEP_LINES_MIN_PIXELS / 1e6:g} megapixels or more in all, after the local time)"))
     p.set_defaults(func=_cmd_fuse_dir)
