@@ -239,6 +239,8 @@ NOISE_MIN_DIFF = 1.5
 NOISE_MIN_RATIO = 2.0
 #: Seed of the matching noise (the same pair gives the same decision every run).
 NOISE_SEED = 20261207
+#: Columns per block of the estimate's filtering (memory, not the result).
+_NOISE_BLOCK = 256
 
 
 def estimate_noise(ga: np.ndarray, gb: np.ndarray) -> tuple[float, float]:
@@ -260,19 +262,37 @@ def estimate_noise(ga: np.ndarray, gb: np.ndarray) -> tuple[float, float]:
     """
     if min(ga.shape) < 3:
         return 0.0, 0.0
-    ha, hb = (np.abs(ndimage.convolve(g.astype(np.float64), _NOISE_MASK, mode="reflect"))[1:-1, 1:-1]
+    # The responses of integer shots are integers below 2**24: exact in float32, which halves
+    # the two full-size maps; the sums and filters below are float64 as before (same values).
+    wide = np.float32 if all(g.dtype.kind in "ub" and g.dtype.itemsize <= 2 for g in (ga, gb)) else np.float64
+    ha, hb = (np.abs(ndimage.convolve(g, _NOISE_MASK, output=wide, mode="reflect"))[1:-1, 1:-1]
               for g in (ga, gb))
     # Where the pair is flat is judged on the rows 0 mod 6 and the noise measured on the rows 3
     # mod 6: their 3 x 3 windows share no pixel, so the choice of pixels does not prefer those
     # whose noise happens to be low (on the same rows, white noise of std 3 read as 2.1).
     rows = np.arange(ha.shape[0]) % 6
-    judge = (rows == 0)[:, None] * np.ones((1, ha.shape[1]))
-    local = (ndimage.gaussian_filter((ha + hb) * judge, NOISE_FLAT_SIGMA)
-             / np.maximum(ndimage.gaussian_filter(judge, NOISE_FLAT_SIGMA), 1e-12))[rows == 3]
-    if local.size == 0:  # fewer than 6 rows: the estimate on every row
-        ma, mb, local = ha, hb, ha + hb
+    measured = rows == 3
+    if not measured.any():  # fewer than 6 rows: the estimate on every row
+        ma, mb = ha.astype(np.float64), hb.astype(np.float64)
+        local = ma + mb
     else:
-        ma, mb = ha[rows == 3], hb[rows == 3]
+        ma, mb = ha[measured].astype(np.float64), hb[measured].astype(np.float64)
+        # gaussian_filter((ha + hb) * judge) / gaussian_filter(judge) on the measured rows, the
+        # same numbers in blocks of columns (the filter runs along the rows first, then along
+        # the columns, each line on its own): a camera pair's full-size float64 copies (~46 MiB
+        # per megapixel at 12 MP, more than the whole fusion's 36) are not made.
+        judge = (rows == 0).astype(np.float64)[:, None]
+        local = np.empty((int(measured.sum()), ha.shape[1]))
+        for c0 in range(0, ha.shape[1], _NOISE_BLOCK):
+            c1 = min(c0 + _NOISE_BLOCK, ha.shape[1])
+            x = (ha[:, c0:c1].astype(np.float64) + hb[:, c0:c1]) * judge
+            local[:, c0:c1] = ndimage.gaussian_filter1d(x, NOISE_FLAT_SIGMA, axis=0)[measured]
+        ndimage.gaussian_filter1d(local, NOISE_FLAT_SIGMA, axis=1, output=local)
+        # the judged rows' weight: the same in every column
+        den = ndimage.gaussian_filter(np.broadcast_to(judge, (judge.shape[0], min(ha.shape[1], 8))).copy(),
+                                      NOISE_FLAT_SIGMA)[measured][:, :1]
+        local /= np.maximum(den, 1e-12)
+    del ha, hb
     flat = local <= np.quantile(local, NOISE_FLAT_FRACTION)
     # Immerkaer's estimate: the mean |response| of white noise of std s is 6 s sqrt(2 / pi)
     out = [float(np.sqrt(np.pi / 2.0) * h[flat].mean() / 6.0) for h in (ma, mb)]
@@ -307,11 +327,19 @@ def match_noise(ga: np.ndarray, gb: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     if hi - lo < NOISE_MIN_DIFF or hi < NOISE_MIN_RATIO * lo:
         return ga, gb, (sa, sb)
     extra = float(np.sqrt(hi * hi - lo * lo))
-    noise = np.random.default_rng(NOISE_SEED).normal(0.0, extra, ga.shape)
+    # in blocks of rows (the generator's stream is the same as in one draw): no full-size
+    # float64 copies of the shot and of the noise
+    rng = np.random.default_rng(NOISE_SEED)
+    clean = ga if sa < sb else gb
+    out = np.empty_like(clean, dtype=np.uint8)
+    rows = max(1, _NOISE_BLOCK * 256 // max(1, clean.shape[1]))
+    for r0 in range(0, clean.shape[0], rows):
+        part = clean[r0:r0 + rows].astype(np.float64) + rng.normal(0.0, extra, clean[r0:r0 + rows].shape)
+        out[r0:r0 + rows] = np.clip(np.round(part), 0, 255)
     if sa < sb:
-        ga = np.clip(np.round(ga.astype(np.float64) + noise), 0, 255).astype(np.uint8)
+        ga = out
     else:
-        gb = np.clip(np.round(gb.astype(np.float64) + noise), 0, 255).astype(np.uint8)
+        gb = out
     return ga, gb, (sa, sb)
 
 
