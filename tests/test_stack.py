@@ -425,3 +425,17 @@ def test_joint_rule_weighs_both_nets_in_the_band(shipped, one_torch_thread, stac
     changed = (paper.index_raw != half.index_raw).sum()
     assert changed > 0  # the weight reaches the band
     assert stack_accuracy(half.index, stack_200.truth) > 0.98
+
+
+def test_joint_rule_says_it_does_not_match_noise(tiny_nets) -> None:
+    """``noise_match`` is the pair rule's (and the chain's); the joint rule scored the shots as
+    they are and said nothing, so ``fuse a b c --stack-rule joint --noise-match`` silently gave
+    the output without it. Now a note says so; the fusion is unchanged."""
+    _, nets = tiny_nets
+    rng = np.random.default_rng(3)
+    shots = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
+    off = fuse_stack_joint(shots, nets, FusionParams(stack_rule="joint", working_min=0))
+    on = fuse_stack_joint(shots, nets, FusionParams(stack_rule="joint", working_min=0, noise_match=True))
+    assert np.array_equal(off.fused, on.fused)
+    assert not any("noise_match" in n for n in off.notes)
+    assert any("noise_match" in n and "joint" in n for n in on.notes), on.notes

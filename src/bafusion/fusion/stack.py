@@ -528,6 +528,9 @@ def fuse_stack_joint(
     t_pre["colour"] = time.perf_counter() - t0
     note = patch_note((h, w), params, nets.patch_initial, names)
     notes += [note] if note else []
+    if params.noise_match:  # asked for, and not done: said, not silently dropped
+        notes.append("fuse.noise_match (--noise-match) is not used by the joint stack rule: the shots were "
+                     "scored at their own noise levels (the chain rule, --stack-rule chain, matches each pair's)")
     t0 = time.perf_counter()
     index = remove_small_labels(index1, params.min_region)
     fused = compose(images, index)
