@@ -225,6 +225,35 @@ def test_joint_rule_matches_the_shots_exposures_before_scoring(shipped, one_torc
     assert acc["linear_clip"] > acc["none"] + 0.02, acc  # linear_clip also clips the other shots where it clips
 
 
+def test_joint_rule_linear_clip_clips_every_gray_where_the_brightest_shots_white_lands(monkeypatch) -> None:
+    """linear_clip in the joint rule: with one shot brighter (clipped) and one darker than the
+    first, every gray the nets score (the first shot's and the darker one's mapped up too) is
+    clipped at the level the brighter shot's white is mapped to; with linear, none is."""
+    import bafusion.fusion.stack as stack
+
+    rng = np.random.default_rng(4)
+    g = np.clip((ndimage.gaussian_filter(rng.normal(0, 1, (160, 160)), 4) * 400) + 120, 0, 255)
+    shots = [np.clip(np.round(g * k), 0, 255).astype(np.uint8) for k in (1.0, 0.7, 1.6)]
+    seen: dict[str, list[np.ndarray]] = {}
+
+    class Scored(Exception):
+        pass
+
+    def spy(grays, *a, **k):
+        seen[mode] = grays
+        raise Scored
+
+    monkeypatch.setattr(stack, "_joint_decide", spy)
+    for mode in ("linear", "linear_clip"):
+        with pytest.raises(Scored):
+            fuse_stack_joint(shots, None, FusionParams(stack_rule="joint", exposure_match=mode, working_min=0))
+    top = int(seen["linear_clip"][2].max())
+    assert 140 < top < 180, top  # 255 / 1.6
+    assert int(seen["linear"][0].max()) > top + 40 and int(seen["linear"][1].max()) > top + 40
+    for gl, gc in zip(seen["linear"], seen["linear_clip"]):
+        assert np.array_equal(gc, np.minimum(gl, top))
+
+
 @pytest.fixture(scope="module")
 def stack_200():
     """A 3-layer stack of made-up textures, 200 px: small enough to be decided upscaled."""
