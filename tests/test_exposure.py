@@ -565,3 +565,31 @@ def test_noise_matching_makes_no_full_size_float64_copies() -> None:
         tracemalloc.stop()
     assert out_b is gb and not np.array_equal(out_a, ga) and sb > sa  # it fired
     assert peak < 24 * ga.size, peak / ga.size  # measured 16 bytes a pixel here (48 before; 13 and 46 at 12 MP)
+
+
+def test_noise_matching_sees_the_grays_linear_clip_gives(monkeypatch) -> None:
+    """The pair rule runs noise matching after exposure matching: with linear_clip it gets A
+    clipped where the brighter B's white lands and B mapped onto A's exposure."""
+    import bafusion.fusion.rule as rule
+
+    rng = np.random.default_rng(6)
+    g = np.clip(ndimage.gaussian_filter(rng.normal(0, 1, (160, 200)), 4) * 400 + 120, 0, 255)
+    a = np.clip(np.round(g), 0, 255).astype(np.uint8)
+    b = np.clip(np.round(g * 1.6), 0, 255).astype(np.uint8)
+    seen = []
+
+    class Seen(Exception):
+        pass
+
+    def spy(ga, gb, *x, **k):
+        seen.append((ga, gb))
+        raise Seen
+
+    monkeypatch.setattr(rule, "match_noise", spy)
+    with pytest.raises(Seen):
+        fuse_images(a, b, load_nets_from_dir(None, "cpu"),
+                    FusionParams(exposure_match="linear_clip", noise_match=True, working_min=0))
+    ga, gb = seen[0]
+    top = int(gb.max())
+    assert 140 < top < 180, top  # B's 255 mapped down by about 1/1.6
+    assert int(a.max()) > top + 40 and np.array_equal(ga, np.minimum(a, top))
