@@ -8,20 +8,7 @@
 configfile: "params.yaml"
 report: "workflow/report/workflow.rst"
 
-import os
 import sys
-
-# The rules run this checkout's code (its src/ first on their PYTHONPATH): a conda environment
-# built by another checkout and shared through one --conda-prefix (or any environment where
-# bafusion is installed from elsewhere) ran that checkout's code, installed there editable, under
-# this checkout's name, its params and its dvc.yaml deps (src/ files) -- unsaid. The environment
-# still gives the dependencies. Here, not in workflow/rules/common.smk, which every DVC stage
-# depends on: where the code is found changes no output in the checkout's own environment, and
-# in a shared one it makes the code that runs the code the stages' src/ deps name.
-# (update(), not a subscript: --lint takes a subscripted environment variable for one the user must set)
-_CHECKOUT_SRC = os.path.join(workflow.basedir, "src")
-if os.path.isdir(_CHECKOUT_SRC) and os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] != _CHECKOUT_SRC:
-    os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (_CHECKOUT_SRC, os.environ.get("PYTHONPATH")) if p))
 
 
 include: "workflow/rules/common.smk"

@@ -1167,26 +1167,6 @@ def test_the_conda_env_of_the_rules_has_every_pin_of_pyproject() -> None:
     assert sorted(pip) == sorted(deps + build)
 
 
-def test_the_rules_run_the_checkouts_code_whatever_environment_installed_bafusion(tmp_path: Path) -> None:
-    """A conda environment built by one checkout and shared by another through one
-    --conda-prefix (Snakemake reuses an environment of the same env file) holds the first
-    checkout's editable install: the second's rules ran the first's code, under the second's
-    params and dvc.yaml deps, unsaid. The Snakefile now puts its own src/ first on the rules'
-    PYTHONPATH. Checked with this interpreter's environment, whose editable install is this
-    repository's: a project copy's rule imports bafusion from the copy."""
-    from pipeline_project import make_project, run
-
-    project = make_project(tmp_path / "p", git=False)
-    (project / "which.smk").write_text(
-        'include: "Snakefile"\n\n'
-        "rule which_bafusion:\n"
-        '    output: "which.txt"\n'
-        "    shell: \"python -c 'import bafusion; print(bafusion.__file__)' > {output}\"\n")
-    run(["snakemake", "-s", "which.smk", "--cores", "1", "which.txt"], project)
-    imported = Path((project / "which.txt").read_text().strip())
-    assert imported == project / "src" / "bafusion" / "__init__.py", imported
-
-
 @pytest.mark.slow
 def test_the_conda_env_runs_the_work_trees_code_not_a_copy_of_it(tmp_path: Path) -> None:
     """`snakemake --sdm conda` builds workflow/envs/bafusion.yaml once (its hash covers the env
