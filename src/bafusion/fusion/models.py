@@ -275,7 +275,7 @@ def _label_position_of(path: Path) -> str:
     import json
 
     try:
-        meta = json.loads(path.with_suffix(".json").read_text())
+        meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "pixel"
     return label_position(meta) if isinstance(meta, dict) else "pixel"
