@@ -8,7 +8,29 @@
 configfile: "params.yaml"
 report: "workflow/report/workflow.rst"
 
+import os
 import sys
+
+# This checkout's code runs the pipeline: its src/ first on sys.path (this Snakemake process:
+# the params checks, the MLflow parent run) and on the jobs' PYTHONPATH. A conda environment
+# built by another checkout and shared through one --conda-prefix (Snakemake names it by the env
+# files, not the checkout), a virtual environment shared by checkouts, or the project copy of a
+# `dvc exp run --temp`/`--queue` (the environment's editable install is the workspace's) ran
+# that other checkout's code, installed there editable, under this checkout's name, its params
+# and its dvc.yaml deps (src/ files) -- unsaid. The environment still gives the dependencies.
+# The runs' source commit follows the imported code (bafusion.tracking.source_tags): this
+# checkout's commit (in a DVC experiment's copy, the git repository DVC makes there: HEAD is the
+# experiment's baseline, its uncommitted code applied). Here, not in workflow/rules/common.smk,
+# which every DVC stage depends on: where the code is found changes no output in the checkout's
+# own environment, and in a shared one it makes the code that runs the code the stages' src/
+# deps name. (update(), not a subscript: --lint takes a subscripted environment variable for
+# one the user must set)
+_CHECKOUT_SRC = os.path.join(workflow.basedir, "src")
+if os.path.isdir(_CHECKOUT_SRC):
+    if sys.path[:1] != [_CHECKOUT_SRC]:
+        sys.path.insert(0, _CHECKOUT_SRC)
+    if os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] != _CHECKOUT_SRC:
+        os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (_CHECKOUT_SRC, os.environ.get("PYTHONPATH")) if p))
 
 
 include: "workflow/rules/common.smk"

@@ -16,7 +16,9 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-COPY = ("Snakefile", "dvc.yaml", "params.yaml", "workflow", "src", ".dvcignore")
+#: pyproject.toml: the copy is a bafusion checkout (bafusion.checkout.source_checkout), as every real
+#: one and a DVC experiment's temporary copy are: its runs record its commit as the code's.
+COPY = ("Snakefile", "dvc.yaml", "params.yaml", "workflow", "src", ".dvcignore", "pyproject.toml")
 
 #: Small enough to run every stage in seconds on 2 cores.
 TINY: dict[str, Any] = {

@@ -1167,6 +1167,47 @@ def test_the_conda_env_of_the_rules_has_every_pin_of_pyproject() -> None:
     assert sorted(pip) == sorted(deps + build)
 
 
+def test_the_rules_run_the_checkouts_code_and_record_its_commit_whatever_environment_installed_bafusion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conda environment built by one checkout and shared by another through one
+    --conda-prefix (Snakemake reuses an environment of the same env file), a virtual environment
+    shared by checkouts, or the copy a `dvc exp run --temp` runs in, holds another checkout's
+    editable install: the rules ran that code, under this checkout's params and dvc.yaml deps,
+    and the runs recorded that checkout's commit, unsaid. The Snakefile now puts its own src/
+    first on sys.path (the Snakemake process: checks, the parent run) and on the jobs'
+    PYTHONPATH, and the runs' mlflow.source.git.commit is this checkout's. Checked with this
+    interpreter's environment, whose editable install is this repository's: in a project copy
+    (a git checkout of its own) a job imports bafusion from the copy and its source tags carry
+    the copy's commit, and so does the parent run the Snakemake process opens."""
+    from mlflow.tracking import MlflowClient
+    from pipeline_project import make_project, run
+
+    from bafusion import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    project = make_project(tmp_path / "p")
+    commit = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert commit != tracking.git_commit(REPO)
+    (project / "which.py").write_text(
+        "import bafusion\nfrom bafusion import tracking\n"
+        "print(bafusion.__file__, tracking.source_tags('x').get('mlflow.source.git.commit'))\n")
+    (project / "which.smk").write_text(
+        'include: "Snakefile"\n\n'
+        "rule which_bafusion:\n"
+        '    output: "which.txt"\n'
+        '    shell: "python which.py > {output}"\n')
+    run(["snakemake", "-s", "which.smk", "--cores", "1", "which.txt"], project)
+    imported, job_commit = (project / "which.txt").read_text().split()
+    assert Path(imported) == project / "src" / "bafusion" / "__init__.py", imported
+    assert job_commit == commit
+    client = MlflowClient(uri)
+    parents = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
+    assert [r.info.run_name for r in parents] == ["snakemake which.txt"]
+    assert parents[0].data.tags.get("mlflow.source.git.commit") == commit, parents[0].data.tags
+
+
 @pytest.mark.slow
 def test_the_conda_env_runs_the_work_trees_code_not_a_copy_of_it(tmp_path: Path) -> None:
     """`snakemake --sdm conda` builds workflow/envs/bafusion.yaml once (its hash covers the env

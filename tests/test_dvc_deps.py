@@ -254,8 +254,9 @@ NOT_DEPS: dict[str, str] = {
                                  "name the version that made them; a bump alone re-runs nothing. Its hash_sources "
                                  "hashes the sources that are deps themselves (a checkpoint's or fuse-dir's record "
                                  "of the code)"),
-    "Snakefile": ("glue: names params.yaml and includes the rule files (it calls no bafusion code: "
-                  "test_the_snakefile_calls_no_bafusion_code; the config is rewritten in common.smk, a dep)"),
+    "Snakefile": ("glue: names params.yaml, includes the rule files and puts its checkout's src/ first on the "
+                  "path, so that the code that runs is the one the stages' src/ deps name (it calls no bafusion "
+                  "code: test_the_snakefile_calls_no_bafusion_code; the config is rewritten in common.smk, a dep)"),
     "workflow/rules/checks.smk": "parse-time refusals of cli/params_check.py that need the rules: they change no value",
     "src/bafusion/cli/params_check.py": "the Snakefile's parse-time refusals and warnings: they change no value",
     # package __init__ files: docstrings and re-exports of the modules that are deps

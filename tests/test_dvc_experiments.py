@@ -31,11 +31,15 @@ def test_two_experiments_two_rows_metrics_diff_and_one_parent_run_each(
     # The metric and plot files are git-tracked (not under the ignored data/): commit them.
     tracked = run(["git", "status", "--porcelain", "--untracked-files=all", "metrics"], project).stdout
     assert "metrics/train_initial.json" in tracked and "metrics/plots/train_initial.csv" in tracked
+    first = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-q", "-m", "baseline"], project)
+    baseline_commit = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
 
-    for patch in (12, 20):
-        run(["dvc", "exp", "run", "-S", f"patch={patch}", TARGET], project)
+    # the first in a temporary copy (.dvc/tmp/exps/...: a git repository DVC makes, HEAD at the
+    # baseline), the second in the workspace
+    for patch, where in ((12, ["--temp"]), (20, [])):
+        run(["dvc", "exp", "run", *where, "-S", f"patch={patch}", TARGET], project)
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     rows = _rows(shown)
@@ -89,7 +93,13 @@ def test_two_experiments_two_rows_metrics_diff_and_one_parent_run_each(
         assert sorted(children[f"dvc exp {n}"]) == ["patches", "train_initial"]
     trained = [r for r in runs if r.info.run_name == "train_initial"]
     assert all(len(r.outputs.model_outputs) == 1 for r in trained)
-    assert all(r.data.tags.get("mlflow.source.git.commit") for r in runs)
+    # Every run ran the project's own code (the Snakefile puts its src/ first, whatever
+    # environment installed bafusion: here this repository's editable install) and records the
+    # project's commit: dvc repro's the first, each experiment's its baseline (also in the copy).
+    for r in runs:
+        parent = parents[r.data.tags.get("mlflow.parentRunId", r.info.run_id)].info.run_name
+        assert r.data.tags.get("mlflow.source.git.commit") == (first if parent == "dvc repro" else baseline_commit), (
+            parent, r.info.run_name, r.data.tags)
     assert {r.data.params["patch"] for r in parents.values()} == {"16", "12", "20"}
 
 
