@@ -95,11 +95,13 @@ def test_two_experiments_two_rows_metrics_diff_and_one_parent_run_each(
     assert all(len(r.outputs.model_outputs) == 1 for r in trained)
     # Every run ran the project's own code (the Snakefile puts its src/ first, whatever
     # environment installed bafusion: here this repository's editable install) and records the
-    # project's commit: dvc repro's the first, each experiment's its baseline (also in the copy).
+    # project's commit: dvc repro's the first, each experiment's its baseline (also in the copy,
+    # whose runs no longer name the workspace, $DVC_ROOT, as a project of its own).
     for r in runs:
         parent = parents[r.data.tags.get("mlflow.parentRunId", r.info.run_id)].info.run_name
         assert r.data.tags.get("mlflow.source.git.commit") == (first if parent == "dvc repro" else baseline_commit), (
             parent, r.info.run_name, r.data.tags)
+        assert "project.git_commit" not in r.data.tags, (parent, r.info.run_name, r.data.tags)
     assert {r.data.params["patch"] for r in parents.values()} == {"16", "12", "20"}
 
 

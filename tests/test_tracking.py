@@ -262,6 +262,39 @@ def test_runs_name_the_bafusion_code_not_the_commit_of_the_project_they_run_in(
     assert "mlflow.source.git.commit" not in vendored and vendored[tracking.PROJECT_COMMIT_TAG] == project_commit
 
 
+def test_a_dvc_experiments_copy_records_its_own_commit_not_the_workspaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dvc exp run --temp`/`--queue` runs the stages in a copy of the project, a git repository
+    DVC checks out at the experiment's baseline (the experiment's changes applied), and sets
+    $DVC_ROOT to the workspace (where the runs are stored). The source tags took the project
+    from $DVC_ROOT: a run of the copy's code also carried the workspace's commit and its
+    uncommitted changes (project.git_commit, project.git_dirty), which are not the experiment's
+    (a queued one runs after the workspace moved on). Now the project is the one the run runs
+    in: the copy."""
+    from bafusion import checkout
+
+    files = {"dvc.yaml": "stages: {}\n", "pyproject.toml": '[project]\nname = "bafusion"\n',
+             "src/bafusion/x.py": ""}
+    workspace_commit = _git_repo(tmp_path / "workspace", {**files, "later.txt": "moved on\n"})
+    (tmp_path / "workspace" / "src" / "bafusion" / "x.py").write_text("x = 2\n")  # uncommitted
+    copy = tmp_path / "workspace" / ".dvc" / "tmp" / "exps" / "tmp1"
+    copy_commit = _git_repo(copy, files)
+    assert copy_commit != workspace_commit
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "workspace"))
+    assert tracking.repo_root() == (tmp_path / "workspace").resolve()  # the runs' store stays the workspace's
+
+    monkeypatch.setattr(checkout, "source_checkout", lambda: copy.resolve())  # the Snakefile's src/ first
+    tags = tracking.source_tags("x")
+    assert tags["mlflow.source.git.commit"] == copy_commit and tags[tracking.DIRTY_TAG] == "false"
+    assert tracking.PROJECT_COMMIT_TAG not in tags and tracking.PROJECT_DIRTY_TAG not in tags, tags
+
+    monkeypatch.setattr(checkout, "source_checkout", lambda: None)  # an installed bafusion, in the copy
+    tags = tracking.source_tags("x")
+    assert tags[tracking.PROJECT_COMMIT_TAG] == copy_commit and tags[tracking.PROJECT_DIRTY_TAG] == "false", tags
+
+
 def test_the_source_checkout_is_the_repository_of_the_running_code(tmp_path: Path) -> None:
     """Only a package at <repo>/src/bafusion under bafusion's own pyproject.toml is a checkout's
     code: not one installed into site-packages or a --target folder, nor another project's src."""

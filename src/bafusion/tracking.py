@@ -82,6 +82,12 @@ def project_root(start: Path | None = None) -> Path | None:
     None outside any project (a folder of photos)."""
     if os.environ.get("DVC_ROOT"):
         return Path(os.environ["DVC_ROOT"]).resolve()
+    return _nearest_project(start)
+
+
+def _nearest_project(start: Path | None = None) -> Path | None:
+    """The nearest folder at or above ``start`` (default: the working directory) holding
+    ``dvc.yaml`` or ``Snakefile``, whatever ``$DVC_ROOT`` says; None outside any project."""
     here = (start or Path.cwd()).resolve()
     for d in (here, *here.parents):
         if (d / "dvc.yaml").exists() or (d / "Snakefile").exists():
@@ -1096,7 +1102,13 @@ def source_tags(name: str, root: Path | None = None) -> dict[str, str]:
     name
         What ran (``bafusion train_initial``, ``snakemake all``, ``dvc exp run``).
     root
-        The project the run belongs to; default :func:`repo_root`.
+        The project the run belongs to; default: the one it runs in, the nearest folder at or
+        above the working directory holding ``dvc.yaml`` or ``Snakefile`` (else the working
+        directory). Not ``$DVC_ROOT`` (:func:`repo_root`, where the runs are stored): in the
+        temporary copy a ``dvc exp run --temp``/``--queue`` runs in, DVC sets it to the
+        workspace, whose commit and uncommitted changes are not the experiment's (a queued one
+        runs after the workspace moved on); the copy is a git repository that DVC checks out at
+        the experiment's baseline, the experiment's changes applied.
 
     Returns
     -------
@@ -1126,7 +1138,7 @@ def source_tags(name: str, root: Path | None = None) -> dict[str, str]:
                 tags[DIRTY_TAG] = "true" if dirty else "false"
     else:
         own = None
-    project = root or repo_root()
+    project = root or _nearest_project() or Path.cwd().resolve()
     if own is None or _git_toplevel(project) != own:
         commit = git_commit(project)
         if commit:
