@@ -3,10 +3,13 @@ the numpydoc sections of every public function and class."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import inspect
 import re
+
+import pytest
 
 import bafusion
 import bafusion.fusion
@@ -35,6 +38,39 @@ def test_dir_of_bafusion_fusion_shows_only_its_public_api() -> None:
     from bafusion.fusion import decide  # a public name that is also a submodule stays the function
 
     assert callable(decide) and decide.__name__ == "decide"
+
+
+def _type_checking_imports(module: object) -> dict[str, tuple[str, str]]:
+    """What a lazy package's module-level ``if TYPE_CHECKING:`` block imports: public name ->
+    (module, attribute), read from its source (the block never runs)."""
+    tree = ast.parse(inspect.getsource(module))  # type: ignore[arg-type]
+    out: dict[str, tuple[str, str]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom) and imp.level == 0, ast.unparse(imp)
+                for alias in imp.names:
+                    # ``import x as x``: a name a py.typed package's checkers count as re-exported
+                    assert alias.asname == alias.name, ast.unparse(imp)
+                    assert alias.name not in out, alias.name
+                    out[alias.name] = (imp.module or "", alias.name)
+    return out
+
+
+@pytest.mark.parametrize("name", ["bafusion", "bafusion.fusion"])
+def test_type_checkers_see_the_lazy_api_as_loaded(name: str) -> None:
+    """The lazy ``__getattr__`` of bafusion and bafusion.fusion made every public name ``Any`` to
+    users' type checkers (mypy, pyright: ``bafusion.fuse(1, 2, 3)`` passed). Each package imports
+    its :data:`_API` under ``if TYPE_CHECKING:``, for checkers only; the block must name exactly
+    ``__all__`` (but ``__version__``, a real import), each from where ``__getattr__`` loads it, so
+    that the two cannot drift apart."""
+    module = importlib.import_module(name)
+    seen = _type_checking_imports(module)
+    lazy = set(module.__all__) - {"__version__"}
+    assert set(seen) == lazy, sorted(set(seen) ^ lazy)
+    for public, (mod, attr) in module._API.items():
+        expected = tuple(mod.rsplit(".", 1)) if attr is None else (mod, attr)  # a module: from its package
+        assert seen[public] == expected, (public, seen[public], expected)
 
 
 # --------------------------------------------------------------------------------------------

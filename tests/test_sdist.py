@@ -77,3 +77,5 @@ def test_the_sdist_holds_the_test_suite_and_the_pipeline(tmp_path: Path) -> None
     for name in ("default", "lytro-2026-11"):
         for f in ("initial.pt", "boundary.pt", "initial.json", "boundary.json"):
             assert f"bafusion/models/{name}/{f}" in names, (name, f)
+    # PEP 561's marker: without it users' type checkers skipped bafusion's annotations
+    assert "bafusion/py.typed" in names

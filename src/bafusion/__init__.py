@@ -39,6 +39,21 @@ _API: dict[str, tuple[str, str | None]] = {
 
 __all__ = ["__version__", *_API]
 
+if _typing.TYPE_CHECKING:
+    # What type checkers (mypy, pyright) see of the names __getattr__ loads on first use: without
+    # it each was Any to them. Never run; tests/test_public_api_docs.py checks that it imports
+    # _API's names from _API's modules.
+    from bafusion.evaluation import metrics as metrics
+    from bafusion.fusion.api import fuse as fuse
+    from bafusion.fusion.api import load_model as load_model
+    from bafusion.fusion.models import FusionNets as FusionNets
+    from bafusion.fusion.params import FusionParams as FusionParams
+    from bafusion.fusion.rule import FusionResult as FusionResult
+    from bafusion.fusion.rule import fuse_images as fuse_images
+    from bafusion.io import read_image as read_image
+    from bafusion.io import read_images as read_images
+    from bafusion.io import write_image as write_image
+
 
 def __getattr__(name: str) -> _typing.Any:
     from importlib import import_module

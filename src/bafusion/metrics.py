@@ -6,7 +6,11 @@ puts it in its place in :data:`sys.modules`), as ``from bafusion import metrics`
 """
 
 import sys
+from typing import TYPE_CHECKING
 
 from bafusion.evaluation import metrics as _metrics
+
+if TYPE_CHECKING:  # what type checkers see of ``from bafusion.metrics import qg``: the module's API
+    from bafusion.evaluation.metrics import *  # noqa: F403
 
 sys.modules[__name__] = _metrics

@@ -58,6 +58,43 @@ _API: dict[str, tuple[str, str]] = {
 
 __all__ = sorted(_API)
 
+if _typing.TYPE_CHECKING:
+    # What type checkers (mypy, pyright) see of the names __getattr__ loads on first use: without
+    # it each was Any to them. Never run; tests/test_public_api_docs.py checks that it imports
+    # _API's names from _API's modules.
+    from bafusion.fusion.api import fuse as fuse
+    from bafusion.fusion.api import load_model as load_model
+    from bafusion.fusion.decide import decide as decide
+    from bafusion.fusion.decide import window_mean as window_mean
+    from bafusion.fusion.models import FusionNets as FusionNets
+    from bafusion.fusion.models import default_model_dirs as default_model_dirs
+    from bafusion.fusion.models import find_model_dir as find_model_dir
+    from bafusion.fusion.models import load_nets as load_nets
+    from bafusion.fusion.models import load_nets_from_dir as load_nets_from_dir
+    from bafusion.fusion.models import resolve_device as resolve_device
+    from bafusion.fusion.models import shipped_models as shipped_models
+    from bafusion.fusion.params import FusionParams as FusionParams
+    from bafusion.fusion.rule import FusionResult as FusionResult
+    from bafusion.fusion.rule import check_same_size as check_same_size
+    from bafusion.fusion.rule import fuse_images as fuse_images
+    from bafusion.fusion.rule import fuse_stack as fuse_stack
+    from bafusion.fusion.rule import fuse_with_map as fuse_with_map
+    from bafusion.fusion.rule import remove_small_regions as remove_small_regions
+    from bafusion.fusion.rule import remove_unsure_regions as remove_unsure_regions
+    from bafusion.fusion.scoring import auto_batch as auto_batch
+    from bafusion.fusion.scoring import auto_step as auto_step
+    from bafusion.fusion.scoring import boundary_steps as boundary_steps
+    from bafusion.fusion.scoring import combine_scales as combine_scales
+    from bafusion.fusion.scoring import score as score
+    from bafusion.fusion.scoring import score_adaptive as score_adaptive
+    from bafusion.fusion.scoring import score_dense as score_dense
+    from bafusion.fusion.scoring import score_exact as score_exact
+    from bafusion.fusion.scoring import score_grid as score_grid
+    from bafusion.fusion.scoring import score_multiscale as score_multiscale
+    from bafusion.fusion.testset import decision_accuracy as decision_accuracy
+    from bafusion.fusion.testset import fuse_set as fuse_set
+    from bafusion.fusion.testset import read_pair_index as read_pair_index
+
 
 def __getattr__(name: str) -> _typing.Any:
     try:
