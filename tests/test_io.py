@@ -3,6 +3,7 @@ bit depths, EXIF orientation, gray conversion, writing."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -1975,3 +1976,39 @@ def test_an_8_bit_png_is_written_at_zlib_level_3_with_the_same_pixels(tmp_path: 
     assert first_idat[0] & 0x0F == 8 and (first_idat[1] >> 6) == 1, first_idat[:2].hex()  # deflate, levels 2-5
     with Image.open(out) as im:
         assert np.array_equal(np.asarray(im), img)
+
+
+def test_write_image_refuses_metadata_arguments_of_the_wrong_type_naming_them(tmp_path: Path, rgb) -> None:
+    """``write_image(..., dpi=300)`` raised Pillow's TypeError "'int' object is not
+    subscriptable" and ``exif="abc"`` a TypeError from deep in Pillow's encoder, naming neither
+    the file nor the argument. Each is refused before anything is written, naming both: an
+    InputTypeError (a UserError and a TypeError) for a wrong type, a UserError for a resolution
+    of no meaning; the right types are written as before."""
+    from bafusion.errors import InputTypeError
+
+    bad_types = [({"dpi": 300}, r"dpi must be \(x, y\) dots per inch, a pair of numbers, or None, got 300"),
+                 ({"dpi": (300,)}, r"dpi must be .* got \(300,\)"),
+                 ({"dpi": ("300", "300")}, r"dpi must be .* a pair of numbers"),
+                 ({"dpi": "300"}, r"dpi must be .* got '300'"),
+                 ({"exif": "abc"}, r"exif must be bytes or None, got str"),
+                 ({"exif": Image.Exif()}, r"exif must be bytes or None, got Exif \(Image\.Exif: pass its \.tobytes\(\)\)"),
+                 ({"icc": "sRGB"}, r"icc must be bytes or None, got str"),
+                 ({"png_colour": 1}, r"png_colour must be bytes or None, got int"),
+                 ({"bits": "12"}, r"bits must be a whole number .* got '12'"),
+                 ({"bits": 12.0}, r"bits must be a whole number .* got 12\.0")]
+    for suffix in (".png", ".jpg", ".tif", ".bmp"):
+        out = tmp_path / f"o{suffix}"
+        for kwargs, message in bad_types:
+            with pytest.raises(TypeError, match=re.escape(str(out)) + ": " + message) as e:
+                write_image(out, rgb, **kwargs)
+            assert isinstance(e.value, InputTypeError), kwargs
+        for dpi in ((0, 300), (300, -1), (float("nan"), 300), (float("inf"), 300)):
+            with pytest.raises(UserError, match=re.escape(f"{out}: dpi must be (x, y) dots per inch, two finite "
+                                                          f"numbers above 0, got {dpi!r}")):
+                write_image(out, rgb, dpi=dpi)
+        assert not out.exists() and list(tmp_path.iterdir()) == [], suffix
+    # the right types, numpy's numbers among them, are written
+    for dpi in ((300, 150), [72.0, 72.0], (np.float64(300.0), np.int64(300))):
+        write_image(tmp_path / "ok.png", rgb, dpi=dpi, exif=bytearray(Image.Exif().tobytes()))
+        assert read_image(tmp_path / "ok.png").shape == rgb.shape
+    write_image(tmp_path / "ok16.png", rgb.astype(np.uint16) * 16, bits=np.int64(12))

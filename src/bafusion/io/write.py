@@ -117,6 +117,12 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         larger than the format holds (WebP: 16383 x 16383), a ``quality`` the format has no
         use for, a ``subsampling`` not named above, or an image Pillow cannot encode in that
         format.
+    bafusion.errors.InputTypeError
+        Naming ``path`` and the argument, before anything is written: ``exif``, ``icc`` or
+        ``png_colour`` that is not bytes (a str, an ``Image.Exif``), ``bits`` that is not a
+        whole number, ``dpi`` that is not a pair of numbers (``dpi=300``); Pillow raised its
+        own TypeError, or wrote an unreadable chunk. A :class:`~bafusion.errors.UserError`
+        (and :class:`TypeError`).
     OSError
         The file cannot be written (naming ``path``, not its temporary name; a short write is
         ``ENOSPC``). The file is written atomically: on error its temporary file is deleted
@@ -127,6 +133,7 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
     from bafusion.errors import UserError
 
     p = Path(path)
+    _check_metadata_arguments(p, exif=exif, icc=icc, bits=bits, dpi=dpi, png_colour=png_colour)
     why = output_format_problem(p, quality=quality)  # a Pillow without WebP, a quality of no use
     if why:
         raise UserError(f"{p}: {why}")
@@ -225,6 +232,30 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         return len(data)
 
     _write_checked(p, write)
+
+
+def _check_metadata_arguments(p: Path, *, exif: object, icc: object, bits: object, dpi: object,
+                              png_colour: object) -> None:
+    """Refuses, naming ``p`` and the argument, metadata arguments of :func:`write_image` of the
+    wrong type or value: Pillow raised a TypeError naming neither (``dpi=300``: "'int' object
+    is not subscriptable"), or failed deep in its encoder (``exif="abc"``)."""
+    from bafusion.errors import InputTypeError, UserError
+
+    for name, value in (("exif", exif), ("icc", icc), ("png_colour", png_colour)):
+        if value is not None and not isinstance(value, (bytes, bytearray)):
+            hint = " (Image.Exif: pass its .tobytes())" if isinstance(value, Image.Exif) else ""
+            raise InputTypeError(f"{p}: {name} must be bytes or None, got {type(value).__name__}{hint}")
+    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, (int, np.integer))):
+        raise InputTypeError(f"{p}: bits must be a whole number (the significant bits, e.g. 12) or None, got "
+                             f"{bits!r}")
+    if dpi is None:
+        return
+    pair = tuple(dpi) if isinstance(dpi, (tuple, list, np.ndarray)) else None
+    if pair is None or len(pair) != 2 or not all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in pair):
+        raise InputTypeError(f"{p}: dpi must be (x, y) dots per inch, a pair of numbers, or None, got {dpi!r}")
+    if not all(np.isfinite(v) and v > 0 for v in pair):
+        raise UserError(f"{p}: dpi must be (x, y) dots per inch, two finite numbers above 0, got {dpi!r}")
 
 
 #: The usual suffix of each format of :data:`_WRITTEN_METADATA`: the ones :func:`write_image`
