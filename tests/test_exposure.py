@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -593,3 +595,23 @@ def test_noise_matching_sees_the_grays_linear_clip_gives(monkeypatch) -> None:
     top = int(gb.max())
     assert 140 < top < 180, top  # B's 255 mapped down by about 1/1.6
     assert int(a.max()) > top + 40 and np.array_equal(ga, np.minimum(a, top))
+
+
+def test_colour_gains_refuses_shots_of_other_channels_or_sizes() -> None:
+    """``colour_gains(rgb, gray)`` raised IndexError (index 1 is out of bounds for axis 2), and
+    ``colour_gains(gray, rgb)`` returned one gain of A's gray against B's red; shots of two sizes
+    raised numpy's broadcast error or, one row against many, broadcast silently. Refused, naming
+    both shapes; alpha is still ignored and gray (H, W) is (H, W, 1)."""
+    from bafusion.errors import UserError
+    from bafusion.fusion.exposure import colour_gains
+
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(20, 200, (40, 40, 3), dtype=np.uint8)
+    gray = rgb[..., 1].copy()
+    for a, b in ((rgb, gray), (gray, rgb), (rgb, rgb[:32]), (gray, gray[:1]), (gray[0], gray[0])):
+        with pytest.raises(UserError, match=r"colour_gains needs two images of one size and channel count .*got "
+                           + re.escape(f"{a.shape} and {b.shape}")):
+            colour_gains(a, b)
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    assert colour_gains(rgba, rgb).tolist() == colour_gains(rgb, rgb).tolist() == [1.0, 1.0, 1.0]
+    assert colour_gains(gray, gray[..., None]).tolist() == [1.0]

@@ -399,8 +399,18 @@ def colour_gains(a: np.ndarray, b: np.ndarray, step: int = 4) -> np.ndarray:
         float64 (C,), one gain per channel, always finite: 1 where a channel has too few
         usable pixels or is black (all zero) in B (no signal to scale: 0/0 or x/0), 0 where
         it is black in A alone (B's channel brought to A's black).
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        ``a`` and ``b`` differ in size or in channels (alpha ignored): a colour and a gray
+        shot (an IndexError at the second channel), or shots of two sizes.
     """
-    a, b = _colour(a)[::step, ::step], _colour(b)[::step, ::step]
+    ca, cb = _colour(a), _colour(b)
+    if ca.shape != cb.shape or ca.ndim != 3:
+        raise UserError(f"colour_gains needs two images of one size and channel count (alpha ignored), got "
+                        f"{np.shape(a)} and {np.shape(b)}: gray (H, W) or colour (H, W, 3) each")
+    a, b = ca[::step, ::step], cb[::step, ::step]
     top = 65535.0 if a.dtype == np.uint16 or b.dtype == np.uint16 else 255.0
     fa = a.astype(np.float64) * (top / (65535.0 if a.dtype == np.uint16 else 255.0))
     fb = b.astype(np.float64) * (top / (65535.0 if b.dtype == np.uint16 else 255.0))
