@@ -414,6 +414,28 @@ def test_auto_threads_keeps_to_the_cgroups_cpu_quota(tmp_path, monkeypatch) -> N
     assert th.available_cores() == 64 and th.auto_threads(load=30.0) == 34  # no quota: as before
 
 
+def test_one_walk_of_the_cgroup_hierarchy_serves_the_cpu_quota_and_the_memory_limit(tmp_path) -> None:
+    """threads.cpu_quota and fusion.memory's limits each walked /proc/self/cgroup with a copy of
+    one loop; both now read bafusion.cgroup.controller_levels: v2's folders, or v1's of the named
+    controller (root/cpu, else root/<the line's controllers>), the cgroup's own first."""
+    from bafusion.cgroup import controller_levels
+    from bafusion.fusion import memory
+
+    root = tmp_path / "fs"
+    (root / "cpu,cpuacct").mkdir(parents=True)
+    (root / "memory").mkdir()
+    cg = tmp_path / "cgroup"
+    cg.write_text("5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n0::/user.slice\n")
+    v2 = [(root / "user.slice", False), (root, False)]
+    assert controller_levels("cpu", str(cg), str(root)) == [
+        (root / "cpu,cpuacct" / "docker" / "abc", True), (root / "cpu,cpuacct" / "docker", True),
+        (root / "cpu,cpuacct", True), *v2]
+    memory_levels = [(root / "memory" / "docker" / "abc", True), (root / "memory" / "docker", True),
+                     (root / "memory", True), *v2]
+    assert controller_levels("memory", str(cg), str(root)) == memory._levels(str(cg), str(root)) == memory_levels
+    assert controller_levels("cpu", str(tmp_path / "missing"), str(root)) == []
+
+
 @pytest.mark.parametrize("w,h,shown", [(2448, 1632, True), (2304, 1728, True), (2272, 1704, True),
                                          (2560, 1440, True), (1920, 1080, False), (2048, 1536, False)])
 def test_a_cameras_4_megapixel_pair_gets_the_bar(w: int, h: int, shown: bool, monkeypatch) -> None:

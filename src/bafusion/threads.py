@@ -27,10 +27,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bafusion import cgroup
+from bafusion.cgroup import controller_levels
+
 #: Where :func:`cpu_quota` reads the process's cgroup and the cgroup file system's mount (tests
 #: point them at a fake tree), as :mod:`bafusion.fusion.memory` does for the memory limit.
-PROC_CGROUP = "/proc/self/cgroup"
-CGROUP_ROOT = "/sys/fs/cgroup"
+PROC_CGROUP = cgroup.PROC_CGROUP
+CGROUP_ROOT = cgroup.CGROUP_ROOT
 
 #: The 1-minute load average's time constant (s): the kernel's average of the runnable tasks
 #: weighs a task that ran ``t`` seconds ago by ``exp(-t / 60)``.
@@ -97,31 +100,9 @@ def cpu_quota(proc_cgroup: str | None = None, root: str | None = None) -> float 
     float or None
         CPUs (1.5 for ``150000 100000``); None where there is no limit (or no cgroup: not Linux).
     """
-    base = Path(CGROUP_ROOT if root is None else root)
-    try:
-        lines = Path(PROC_CGROUP if proc_cgroup is None else proc_cgroup).read_text(encoding="utf-8").splitlines()
-    except (OSError, ValueError):
-        return None
-    found: list[float] = []
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, rel = parts
-        if controllers == "":  # v2 (unified): 0::/path
-            where, v1 = base, False
-        elif "cpu" in controllers.split(","):  # v1: N:cpu,cpuacct:/path
-            where, v1 = base / "cpu", True
-            if not where.is_dir():
-                where = base / controllers
-        else:
-            continue
-        rel_path = Path(rel.strip() or "/")
-        # the cgroup and its parents; inside a container the limit is on the mount's top folder
-        for d in [rel_path, *rel_path.parents]:
-            q = _quota_file(where / str(d).lstrip("/"), v1)
-            if q is not None:
-                found.append(q)
+    found = [q for where, v1 in controller_levels("cpu", PROC_CGROUP if proc_cgroup is None else proc_cgroup,
+                                                   CGROUP_ROOT if root is None else root)
+             if (q := _quota_file(where, v1)) is not None]
     return min(found) if found else None
 
 

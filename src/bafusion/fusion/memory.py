@@ -8,6 +8,9 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from bafusion import cgroup
+from bafusion.cgroup import controller_levels
+
 #: Peak memory of ``bafusion fuse`` for a pair decided at the working resolution (pairs above
 #: ``fuse.working_above``): a base (Python, torch, the nets) and MiB per megapixel of the pair
 #: (its full-size sources, as float64, and the output). Measured with ``/usr/bin/time -v``
@@ -263,8 +266,8 @@ def fuse_advice(shots: Sequence[Path] = (), align: bool = False, save_maps: bool
 
 #: Where :func:`memory_limit` reads the process's cgroup (``/proc/self/cgroup``) and the cgroup
 #: file system's mount (tests point them at a fake tree).
-PROC_CGROUP = "/proc/self/cgroup"
-CGROUP_ROOT = "/sys/fs/cgroup"
+PROC_CGROUP = cgroup.PROC_CGROUP
+CGROUP_ROOT = cgroup.CGROUP_ROOT
 #: ``/proc/meminfo``, read by :func:`available_mib`.
 PROC_MEMINFO = "/proc/meminfo"
 #: The environment variable that, set to ``0``, fuses even where :func:`check_memory` refuses.
@@ -290,31 +293,10 @@ def _limit_file(path: Path) -> int | None:
 
 def _levels(proc_cgroup: str | None, root: str | None) -> list[tuple[Path, bool]]:
     """The memory controller's folders of this process's cgroup and of its parents, each with
-    whether it is cgroup v1's (none without a cgroup file)."""
-    base = Path(CGROUP_ROOT if root is None else root)
-    try:
-        lines = Path(PROC_CGROUP if proc_cgroup is None else proc_cgroup).read_text(encoding="utf-8").splitlines()
-    except (OSError, ValueError):
-        return []
-    levels: list[tuple[Path, bool]] = []
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, rel = parts
-        if controllers == "":  # v2 (unified): 0::/path
-            where, v1 = base, False
-        elif "memory" in controllers.split(","):  # v1: N:memory:/path
-            where, v1 = base / "memory", True
-            if not where.is_dir():
-                where = base / controllers
-        else:
-            continue
-        rel_path = Path(rel.strip() or "/")
-        # the cgroup and its parents; inside a container (a cgroup namespace, or v1's cgroup of the
-        # host's name not mounted) the limit is on the mount's top folder, which this reaches too
-        levels.extend((where / str(d).lstrip("/"), v1) for d in [rel_path, *rel_path.parents])
-    return levels
+    whether it is cgroup v1's (none without a cgroup file): :func:`bafusion.cgroup.controller_levels`
+    on this module's :data:`PROC_CGROUP` and :data:`CGROUP_ROOT`."""
+    return controller_levels("memory", PROC_CGROUP if proc_cgroup is None else proc_cgroup,
+                             CGROUP_ROOT if root is None else root)
 
 
 def memory_limit(proc_cgroup: str | None = None, root: str | None = None) -> tuple[int, str] | None:
