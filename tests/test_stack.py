@@ -468,3 +468,33 @@ def test_joint_rule_says_it_does_not_match_noise(tiny_nets) -> None:
     assert np.array_equal(off.fused, on.fused)
     assert not any("noise_match" in n for n in off.notes)
     assert any("noise_match" in n and "joint" in n for n in on.notes), on.notes
+
+
+def test_joint_rule_brighter_maps_every_shot_onto_the_brightest_one(monkeypatch) -> None:
+    """``exposure_match: brighter`` in the joint rule: the brightest shot (the highest mean gray,
+    here the third, 1.6x and clipped) is kept and the others are mapped up onto its exposure, so
+    they clip where it does; with linear every shot goes onto the first one's exposure."""
+    import bafusion.fusion.stack as stack
+
+    rng = np.random.default_rng(4)
+    g = np.clip((ndimage.gaussian_filter(rng.normal(0, 1, (160, 160)), 4) * 400) + 120, 0, 255)
+    shots = [np.clip(np.round(g * k), 0, 255).astype(np.uint8) for k in (1.0, 0.7, 1.6)]
+    seen: dict[str, list[np.ndarray]] = {}
+
+    class Scored(Exception):
+        pass
+
+    def spy(grays, *a, **k):
+        seen[mode] = grays
+        raise Scored
+
+    monkeypatch.setattr(stack, "_joint_decide", spy)
+    for mode in ("linear", "brighter"):
+        with pytest.raises(Scored):
+            fuse_stack_joint(shots, None, FusionParams(stack_rule="joint", exposure_match=mode, working_min=0))
+    assert seen["brighter"][2] is not None and np.array_equal(seen["brighter"][2], shots[2])
+    clipped = shots[2] == 255
+    for x in seen["brighter"][:2]:
+        assert abs(float(x[~clipped].mean()) - float(shots[2][~clipped].mean())) < 3
+        assert (x[clipped] >= 250).mean() > 0.9
+    assert np.array_equal(seen["linear"][0], shots[0])

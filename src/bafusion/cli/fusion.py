@@ -100,7 +100,8 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
                         f"(web-size copies of photos); 0 = off, the paper (default {d.working_min})")
     g.add_argument("--exposure-match", choices=allowed("fuse.exposure_match"), default=None,
                    help="map B onto A's exposure before the nets score the pair (shots of different brightness): "
-                        f"linear, linear_clip (also clip a darker A where a brighter B's clipped white lands) "
+                        f"linear, linear_clip (also clip a darker A where a brighter B's clipped white lands), "
+                        f"brighter (the darker shot mapped up onto the brighter one, fitted where neither clips) "
                         f"or none (default {d.exposure_match})")
     g.add_argument("--exposure-fit-step", type=int, default=None, metavar="N",
                    help="exposure matching: fit the gain on N x N block means (4: 16x fewer pixels, about 10x faster on a "

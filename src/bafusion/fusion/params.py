@@ -166,7 +166,9 @@ class FusionParams:
     #: brighter shot does not read as the sharper one; the fused pixels stay the sources'
     #: own. "linear_clip": the same, and a darker A clipped where a brighter B's white
     #: lands, so that B's clipped highlights do not read as out of focus
-    #: (:func:`bafusion.fusion.exposure.match_pair`). "none": the paper (the nets see the
+    #: (:func:`bafusion.fusion.exposure.match_pair`). "brighter": both at the brighter shot's
+    #: exposure (the darker one mapped up, so it clips where the brighter one does), the gain
+    #: fitted where neither shot clips. "none": the paper (the nets see the
     #: pair as it is).
     exposure_match: str = _default("exposure_match")
     #: The fused pixels: B's brought to A's exposure and colour by per-channel gains

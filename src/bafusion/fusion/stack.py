@@ -439,7 +439,8 @@ def fuse_stack_joint(
         * ``exposure_match`` ("linear", "linear_clip"): every shot's gray is mapped onto the first shot's
           exposure (:func:`bafusion.fusion.exposure.match_exposure`; the chain maps each
           new shot onto the running fusion, which starts as the first shot) before any
-          scoring; the fused pixels are the shots' own.
+          scoring; the fused pixels are the shots' own. "brighter": every shot onto the
+          exposure of the brightest one (the highest mean gray), fitted where neither clips.
         * ``flat_level`` > 0 (:func:`bafusion.fusion.decide.fill_flat`, sigma
           ``flat_sigma``): each pairwise initial score is filled with the pair's grays
           before its logit enters the sums; in the band, each leading pair's score (its
@@ -489,10 +490,15 @@ def fuse_stack_joint(
     t_pre["gray"] = time.perf_counter() - t0
     if params.exposure_match != "none":  # the nets score every shot at the first one's exposure
         t0 = time.perf_counter()
-        matched = [_matched_b(grays[0], g, params.exposure_match, step=params.exposure_fit_step) for g in grays[1:]]
+        # brighter: every shot mapped onto the brightest one's exposure (the highest mean gray),
+        # as a pair's darker shot is (match_pair); the others: onto the first shot's
+        ref = int(np.argmax([float(g.mean()) for g in grays])) if params.exposure_match == "brighter" else 0
+        matched = [(g, 255) if i == ref else _matched_b(grays[ref], g, params.exposure_match,
+                                                       step=params.exposure_fit_step)
+                   for i, g in enumerate(grays)]
         # linear_clip: every shot clipped where the brightest one's white lands (a pair's A: match_pair)
         top = min(t for _, t in matched)
-        grays = [grays[0]] + [g for g, _ in matched]
+        grays = [g for g, _ in matched]
         if top < 255:
             grays = [np.minimum(g, np.uint8(top)) for g in grays]
         t_pre["exposure"] = time.perf_counter() - t0
