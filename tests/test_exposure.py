@@ -93,7 +93,7 @@ def test_the_paper_preset_keeps_it_off() -> None:
     from bafusion.config import load_preset
 
     assert load_preset("paper")["fuse"]["exposure_match"] == "none"
-    assert FusionParams().exposure_match in ("none", "linear", "linear_clip", "brighter")
+    assert FusionParams().exposure_match in ("none", "linear", "linear_clip", "brighter", "auto")
 
 
 def test_the_fusing_time_counts_the_gray_conversion_and_exposure_matching(monkeypatch, tiny_nets) -> None:
@@ -661,3 +661,23 @@ def test_brighter_maps_the_darker_shot_up_so_a_brighter_b_that_clips_is_not_read
     dark = _re_exposed(_u8(b), -0.7)
     ga, gb = match_pair(a, dark, "brighter")
     assert ga is a and gb.mean() > dark.mean() + 10
+
+
+def test_auto_takes_brighter_only_where_one_shot_clips_clearly_more() -> None:
+    """``exposure_match: auto``: the page scene with B 0.7 EV brighter (31 % of B clipped, A
+    none) is matched as by ``brighter``; the same scene with A 0.7 and B 0.9 EV brighter (both
+    clip, alike, as the real pairs' shots do) and a darker B (nothing clips) as by ``linear``."""
+    from bafusion.fusion.exposure import auto_mode, match_pair
+
+    a, b, _ = _page_scene("brick")
+    cases = {"brighter": (a, _re_exposed(_u8(b), 0.7)),
+             "linear": (_re_exposed(a, 0.7), _re_exposed(_u8(b), 0.9))}
+    cases["linear, darker B"] = (a, _re_exposed(_u8(b), -0.7))
+    for want, (x, y) in cases.items():
+        mode = want.split(",")[0]
+        assert auto_mode(x, y) == mode, want
+        got, ref = match_pair(x, y, "auto"), match_pair(x, y, mode)
+        assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1]), want
+    both = cases["linear"]
+    assert (both[0] >= 250).mean() > 0.1 and (both[1] >= 250).mean() > 0.1
+    assert not np.array_equal(match_pair(*both, "brighter")[0], match_pair(*both, "linear")[0])

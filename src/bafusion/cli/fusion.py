@@ -101,8 +101,8 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
     g.add_argument("--exposure-match", choices=allowed("fuse.exposure_match"), default=None,
                    help="map B onto A's exposure before the nets score the pair (shots of different brightness): "
                         f"linear, linear_clip (also clip a darker A where a brighter B's clipped white lands), "
-                        f"brighter (the darker shot mapped up onto the brighter one, fitted where neither clips) "
-                        f"or none (default {d.exposure_match})")
+                        f"brighter (the darker shot mapped up onto the brighter one, fitted where neither clips), "
+                        f"auto (brighter where one shot clips clearly more, else linear) or none (default {d.exposure_match})")
     g.add_argument("--exposure-fit-step", type=int, default=None, metavar="N",
                    help="exposure matching: fit the gain on N x N block means (4: 16x fewer pixels, about 10x faster on a "
                         f"camera-size pair as measured in BENCHMARKS.md; the gain moves in its 4th digit); 1 = full resolution (default {d.exposure_fit_step})")

@@ -168,7 +168,8 @@ class FusionParams:
     #: lands, so that B's clipped highlights do not read as out of focus
     #: (:func:`bafusion.fusion.exposure.match_pair`). "brighter": both at the brighter shot's
     #: exposure (the darker one mapped up, so it clips where the brighter one does), the gain
-    #: fitted where neither shot clips. "none": the paper (the nets see the
+    #: fitted where neither shot clips. "auto": "brighter" where one shot clips clearly more
+    #: than the other, "linear" elsewhere. "none": the paper (the nets see the
     #: pair as it is).
     exposure_match: str = _default("exposure_match")
     #: The fused pixels: B's brought to A's exposure and colour by per-channel gains

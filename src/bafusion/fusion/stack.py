@@ -68,7 +68,7 @@ from scipy import ndimage
 from bafusion.data.composite import defocus, fit_background
 from bafusion.errors import InputFileError, InputTypeError, UserError
 from bafusion.fusion.decide import blend_scores, fill_flat, window_mean
-from bafusion.fusion.exposure import _matched_b, apply_gains, colour_gains, exposure_note
+from bafusion.fusion.exposure import _matched_b, apply_gains, auto_mode, colour_gains, exposure_note
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import STACK_RULES, FusionParams
 from bafusion.fusion.rule import OUTPUT_EXPOSURE_OPTION, FusionResult, check_same_size, dtype_hint
@@ -440,7 +440,8 @@ def fuse_stack_joint(
           exposure (:func:`bafusion.fusion.exposure.match_exposure`; the chain maps each
           new shot onto the running fusion, which starts as the first shot) before any
           scoring; the fused pixels are the shots' own. "brighter": every shot onto the
-          exposure of the brightest one (the highest mean gray), fitted where neither clips.
+          exposure of the brightest one (the highest mean gray), fitted where neither clips;
+          "auto": "brighter" where one shot clips clearly more than another, else "linear".
         * ``flat_level`` > 0 (:func:`bafusion.fusion.decide.fill_flat`, sigma
           ``flat_sigma``): each pairwise initial score is filled with the pair's grays
           before its logit enters the sums; in the band, each leading pair's score (its
@@ -492,9 +493,9 @@ def fuse_stack_joint(
         t0 = time.perf_counter()
         # brighter: every shot mapped onto the brightest one's exposure (the highest mean gray),
         # as a pair's darker shot is (match_pair); the others: onto the first shot's
-        ref = int(np.argmax([float(g.mean()) for g in grays])) if params.exposure_match == "brighter" else 0
-        matched = [(g, 255) if i == ref else _matched_b(grays[ref], g, params.exposure_match,
-                                                       step=params.exposure_fit_step)
+        mode = auto_mode(*grays) if params.exposure_match == "auto" else params.exposure_match
+        ref = int(np.argmax([float(g.mean()) for g in grays])) if mode == "brighter" else 0
+        matched = [(g, 255) if i == ref else _matched_b(grays[ref], g, mode, step=params.exposure_fit_step)
                    for i, g in enumerate(grays)]
         # linear_clip: every shot clipped where the brightest one's white lands (a pair's A: match_pair)
         top = min(t for _, t in matched)
