@@ -489,9 +489,11 @@ def test_joint_rule_brighter_maps_every_shot_onto_the_brightest_one(monkeypatch)
         raise Scored
 
     monkeypatch.setattr(stack, "_joint_decide", spy)
-    for mode in ("linear", "brighter"):
+    for mode in ("linear", "brighter", "auto"):
         with pytest.raises(Scored):
             fuse_stack_joint(shots, None, FusionParams(stack_rule="joint", exposure_match=mode, working_min=0))
+    for x, y in zip(seen["auto"], seen["brighter"]):  # auto: one shot clips clearly more, so brighter
+        assert np.array_equal(x, y)
     assert seen["brighter"][2] is not None and np.array_equal(seen["brighter"][2], shots[2])
     clipped = shots[2] == 255
     for x in seen["brighter"][:2]:
