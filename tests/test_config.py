@@ -513,7 +513,7 @@ def test_real_after_paper_is_real_alone_and_the_paper_pins_its_fusion(tmp_path: 
                                "train": {"nproc": 4}, "patches": {"min_focused": 0.2}})
     real = apply_preset(edited, load_preset("real"))
     assert apply_preset(apply_preset(edited, load_preset("paper")), load_preset("real")) == real
-    assert real["fuse"]["working_side"] == 640 and real["fuse"]["exposure_match"] == "linear"
+    assert real["fuse"]["working_side"] == 640 and real["fuse"]["exposure_match"] == "auto"
     assert real["train"]["nproc"] == 1 and real["patches"]["min_focused"] == 0.1
     f, g = tmp_path / "p.yaml", tmp_path / "q.yaml"
     for path in (f, g):
