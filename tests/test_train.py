@@ -2775,3 +2775,25 @@ def test_a_malicious_checkpoint_is_refused_without_torchs_unsafe_advice(tmp_path
     p.write_bytes(b"")  # the other refusals keep their gist
     with pytest.raises(InputFileError, match=r"last.pt: unreadable checkpoint \(the file is empty\)"):
         load_checkpoint(p)
+
+
+def test_a_hand_run_says_the_milestones_it_never_reaches(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A short run of the paper preset's schedule (80/120/160/180 of 200) by hand, with
+    train.epochs cut to 3, trained at its first learning rate throughout without a word; the
+    pipeline's params check says so, and now the command does too (before any work), naming
+    the key as params.yaml spells it. Milestones before the last epoch draw no warning."""
+    missing = str(tmp_path / "missing.h5")  # refused after the warning: no training needed here
+    for train_section, said in (({"epochs": 3, "milestones": [80, 120, 160, 180]},
+                                 "train.milestones: 80, 120, 160, 180 not before the last epoch (train.epochs: 3)"),
+                                ({"epochs": 3, "milestones": [2], "initial": {"milestones": [1, 3]}},
+                                 "train.initial.milestones: 3 not before the last epoch (train.epochs: 3)"),
+                                ({"epochs": 3, "milestones": [1, 2]}, None)):
+        params = {**TOY, "train": {**TOY["train"], **train_section}}
+        rc = cli.main(["train", "--net", "initial", "--patches", missing, "--out", str(tmp_path / "x.pt"),
+                       "--params-json", json.dumps(params), "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "missing.h5: patch set not found" in err, err
+        if said:
+            assert f"bafusion train: warning: {said}: the learning rate never drops there" in err, err
+        else:
+            assert "never drops" not in err, err

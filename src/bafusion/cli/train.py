@@ -280,6 +280,17 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
+def _late_milestones(cfg: TrainConfig) -> str:
+    """The milestones the learning rate never reaches (at or after the last epoch), said as the
+    pipeline's params check says them, or "" (a short run of the paper preset's 80/120/160/180
+    trains at its first rate throughout)."""
+    late = [m for m in cfg.milestones if m >= cfg.epochs]
+    if not late:
+        return ""
+    return (f"{cfg.key('milestones')}: {', '.join(map(str, late))} not before the last epoch "
+            f"({cfg.key('epochs')}: {cfg.epochs}): the learning rate never drops there")
+
+
 def _relaunch_argv(args: argparse.Namespace, nproc: int, threads: int) -> list[str]:
     # (No --nproc: the children see WORLD_SIZE and never re-launch; and torchrun's argument
     # parser would take "--nproc" for an abbreviation of its own --nproc-per-node.)
@@ -472,6 +483,11 @@ def run_cli(args: argparse.Namespace, run: dict[str, Any] | None = None) -> int:
         # the description goes to <out>.json: with --out X.json it overwrote the weights
         raise UserError(f"--out {args.out}: give the model file a .pt suffix (its description is written "
                         "beside it as .json)")
+    if "WORLD_SIZE" not in os.environ and not _pipeline_training(args.net, _paths(args)):
+        # the pipeline's params check says it before the jobs run (bafusion.cli.params_check)
+        late = _late_milestones(cfg)
+        if late:
+            print(f"bafusion train: warning: {late}", file=sys.stderr)
     nproc = resolve_nproc(cfg.nproc, cfg.device, cfg.key("nproc"))
     run.update(cfg=cfg, nproc=int(os.environ.get("WORLD_SIZE") or nproc))  # the processes a run has
     problem = batch_split_problem(cfg.key("batch"), cfg.batch, cfg.key("nproc"), cfg.nproc, nproc)
