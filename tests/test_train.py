@@ -2797,3 +2797,40 @@ def test_a_hand_run_says_the_milestones_it_never_reaches(tmp_path: Path, capsys:
             assert f"bafusion train: warning: {said}: the learning rate never drops there" in err, err
         else:
             assert "never drops" not in err, err
+
+
+def test_the_model_description_says_what_trained_it(toy_run: dict, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model's .json named the patch file by its path and its patch code's version only:
+    nothing of the bafusion, torch, CPU threads or training code that trained the weights (all of
+    which change them), nor which patch set the path held. It now records them under
+    ``trained_with`` and ``patches_digest``; a resumed run records the versions its epochs ran
+    under ("0.1.0 then <now>", as last.pt does), and a restore writes the same bytes again."""
+    from bafusion._version import __version__
+    from bafusion.nets.train import patches_digest, training_code_digest
+
+    meta = json.loads(toy_run["paths"].out.with_suffix(".json").read_text())
+    assert meta["trained_with"] == {"bafusion": __version__, "torch": str(torch.__version__), "threads": 1,
+                                    "code_digest": training_code_digest()}
+    assert meta["patches_digest"] == patches_digest(toy_run["h5"])
+    assert load_checkpoint(toy_run["paths"].checkpoints / "last.pt")["bafusion_version"] == __version__
+    # a run interrupted under another bafusion, resumed under this one
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    cfg = resolve_config(TOY, "initial")
+    paths = _paths(tmp_path, "initial")
+    monkeypatch.setenv(ABORT_ENV, "30")  # in epoch 2: resumed from the end of epoch 1
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", toy_run["h5"], cfg, paths, progress=False)
+    last = paths.checkpoints / "last.pt"
+    ck = load_checkpoint(last)
+    torch.save({**ck, "bafusion_version": "0.1.0"}, last)
+    monkeypatch.delenv(ABORT_ENV)
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    meta = json.loads(paths.out.with_suffix(".json").read_text())
+    assert meta["trained_with"]["bafusion"] == f"0.1.0 then {__version__}"
+    assert load_checkpoint(last)["bafusion_version"] == f"0.1.0 then {__version__}"
+    # restored (outputs deleted after a kill): the same description, byte for byte
+    want = paths.out.with_suffix(".json").read_bytes()
+    paths.out.unlink()
+    train("initial", toy_run["h5"], cfg, paths, progress=False)
+    assert paths.out.with_suffix(".json").read_bytes() == want

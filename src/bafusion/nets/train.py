@@ -115,7 +115,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bafusion import tracking
-from bafusion._version import hash_sources
+from bafusion._version import __version__, hash_sources
 from bafusion.atomic import atomic_file, folder_lock, write_text
 from bafusion.config import batch_split_problem
 from bafusion.errors import InputFileError, UserError
@@ -1061,7 +1061,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     # What produces the model written: this run's settings, or a restored run's (its runtime keys
     # may differ from this run's: those that do not change the weights, see _not_restorable).
     record: dict[str, Any] = {"config": cfg.to_dict(), "device": str(device), "threads": torch.get_num_threads(),
-                              "torch": str(torch.__version__)}
+                              "torch": str(torch.__version__), "bafusion": __version__}
     if resume and last_path.exists():
         ck = load_checkpoint(last_path)
         not_restored = ""  # why a finished run of this fingerprint, its outputs missing, trains again
@@ -1141,9 +1141,11 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                                      **{k: record["config"][k] for k in TrainConfig.OUTPUT_KEYS}},  # this run's keep
                           "device": str(ck.get("device", record["device"])),
                           "threads": ck.get("threads", record["threads"]),
-                          "torch": ck.get("torch_version")}  # None: not recorded (an older version's)
+                          "torch": ck.get("torch_version"),  # None: not recorded (an older version's)
+                          "bafusion": ck.get("bafusion_version")}  # likewise
             else:  # the epochs so far ran under the checkpoint's torch, threads, device: last.pt goes on saying so
                 record["torch"] = _torch_after_resume(ck.get("torch_version"))
+                record["bafusion"] = _after_resume(ck.get("bafusion_version"), __version__)
                 threads = _after_resume(ck.get("threads"), str(record["threads"]))
                 record["threads"] = record["threads"] if threads == str(record["threads"]) else threads
                 record["device"] = _device_after_resume(ck.get("device"), device)
@@ -1186,6 +1188,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             "threads": record["threads"],  # changes the weights on the CPU, see RUNTIME_KEYS
             "device": record["device"],  # so does the device: a finished run is restored on its own only
             **({"torch_version": record["torch"]} if record["torch"] else {}),  # and torch's version
+            **({"bafusion_version": record["bafusion"]} if record["bafusion"] else {}),  # the model's .json says it
             "world_size": dist.world_size,  # in the fingerprint: said when a resume differs in it
             "mlflow_run_id": mlflow_run_id,  # a resumed run's MLflow run names it (resumed_run_id)
         }
@@ -1336,6 +1339,11 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 "samples_seen": samples_seen, "device": record["device"],
                 "world_size": dist.world_size, "input_scale": INPUT_SCALE, "augment_variants": N_VARIANTS,
                 "patches": str(patches), "patches_attrs": {k: v for k, v in train_set.attrs.items() if k != "params"},
+                "patches_digest": pdigest,  # the patch set's identity (its path alone says little once copied)
+                # what trained the weights (a resumed run's: "0.6.0 then 0.7.0", "4 then 2"; a restored
+                # run's, those of the run that trained it, "unknown" where its last.pt records none)
+                "trained_with": {"bafusion": record["bafusion"] or "unknown", "torch": record["torch"] or "unknown",
+                                 "threads": record["threads"], "code_digest": code_digest},
             }
             save_model(final, paths.out, _json_safe(meta))
             write_text(paths.metrics, json.dumps(_json_safe(summary), indent=2, sort_keys=True) + "\n")
