@@ -985,6 +985,11 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
         raise UserError(problem)
     local_batch = cfg.batch // dist.world_size
 
+    # the checkpoint to resume, read before the patch set (which can take minutes to load): an
+    # unreadable one is refused at once
+    last_path = paths.checkpoints / "last.pt"
+    resume_state = load_checkpoint(last_path) if resume and last_path.exists() else None
+
     # data ---------------------------------------------------------------------------
     train_set = load_split(patches, "train", device, expect_kind=net, expect_patch=cfg.patch)
     if len(train_set) == 0:
@@ -1044,7 +1049,6 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     fp = fingerprint(cfg, net, patches, dist.world_size)
     pdigest = patches_digest(patches)
     code_digest = training_code_digest()
-    last_path = paths.checkpoints / "last.pt"
     best_path = paths.checkpoints / "best.pt"
     start_epoch, global_step, samples_seen, train_time = 0, 0, 0, 0.0
     history: list[dict[str, Any]] = []
@@ -1062,8 +1066,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     # may differ from this run's: those that do not change the weights, see _not_restorable).
     record: dict[str, Any] = {"config": cfg.to_dict(), "device": str(device), "threads": torch.get_num_threads(),
                               "torch": str(torch.__version__), "bafusion": __version__}
-    if resume and last_path.exists():
-        ck = load_checkpoint(last_path)
+    if resume_state is not None:
+        ck = resume_state
         not_restored = ""  # why a finished run of this fingerprint, its outputs missing, trains again
         kept_otherwise = ""  # the finished run's outputs were written under another keep: as 'train.keep "last" -> "best"'
         if ck.get("fingerprint") == fp and ck.get("finished"):
