@@ -2858,3 +2858,31 @@ def test_an_unreadable_checkpoint_is_refused_before_the_patch_set_is_loaded(
     cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 32}}, "initial")
     train("initial", toy_run["h5"], cfg, paths, resume=False, progress=False)
     assert read == ["train", "val"]
+
+
+def test_nproc_processes_share_the_cores_the_cpu_quota_allows_not_the_machines(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train --nproc 2 with train.threads 0 (all cores) gave each process OMP_NUM_THREADS of
+    os.cpu_count() // 2: the machine's cores, 32 a process in a container limited to 4 CPUs of a
+    64-core machine. It takes the cores fuse's threads take now (threads.available_cores: the
+    affinity mask, at most the cgroup's CPU quota)."""
+    import bafusion.cli.train as cli_train
+    import bafusion.threads as threads
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(threads, "_affinity", lambda: 64)
+    monkeypatch.setattr(threads, "cpu_quota", lambda *a, **k: 4.0)
+    launched: list[dict[str, str]] = []
+    monkeypatch.setattr(cli_train, "_launch", lambda cmd, env: launched.append(env) or 0)
+    params = {**TOY, "train": {**TOY["train"], "threads": 0}}
+    args = cli.build_parser().parse_args(["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt",
+                                          "--params-json", json.dumps(params), "--nproc", "2"])
+    assert cli_train.run_cli(args) == 0
+    assert [e["OMP_NUM_THREADS"] for e in launched] == ["2"]
+    monkeypatch.setattr(threads, "cpu_quota", lambda *a, **k: None)  # no quota: the affinity mask
+    monkeypatch.setattr(threads, "_affinity", lambda: 6)
+    assert cli_train.run_cli(args) == 0
+    assert [e["OMP_NUM_THREADS"] for e in launched] == ["2", "3"]

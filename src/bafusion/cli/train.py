@@ -36,6 +36,7 @@ from bafusion.nets.train import (
 )
 from bafusion.progress import Unstamped, fd_is_terminal
 from bafusion.schema import maximum
+from bafusion.threads import available_cores
 
 # --------------------------------------------------------------------------------------
 # The multi-process launch
@@ -498,7 +499,11 @@ def run_cli(args: argparse.Namespace, run: dict[str, Any] | None = None) -> int:
         cmd = [sys.executable, "-c", _LAUNCHER, "--standalone", f"--nproc-per-node={nproc}",
                "-m", "bafusion.cli", *_relaunch_argv(args, nproc, cfg.threads)]
         env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (cfg.threads or os.cpu_count() or 1) // nproc)))
+        # train.threads 0 (all cores): the cores this process may run on, shared by the processes
+        # (bafusion.threads.available_cores: the affinity mask, at most the cgroup's CPU quota, as
+        # fuse's threads; os.cpu_count() counted the machine's cores, 32 a process for 2 processes in a
+        # container limited to 4 CPUs of a 64-core machine, each throttled)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (cfg.threads or available_cores()) // nproc)))
         checkpoints = _paths(args).checkpoints
         held = os.environ.get(LOCK_HELD_ENV) == str(checkpoints.resolve())  # by --log's (_locked_with_log)
         with checkpoints_lock(checkpoints) if not held else contextlib.nullcontext():
