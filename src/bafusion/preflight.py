@@ -127,7 +127,7 @@ _NETS = ("initial", "boundary", "model", "models", "params_file")
 #: Outputs and inputs of every command (commands not listed write nothing or edit on purpose,
 #: like ``preset --apply``).
 COMMAND_OUTPUTS: dict[str, OutputSpec] = {
-    "fuse": OutputSpec(images=("output",), dirs=("save_maps",), inputs=("images", *_NETS)),
+    "fuse": OutputSpec(images=("output",), dirs=("save_maps", "save_registered"), inputs=("images", *_NETS)),
     "fuse-set": OutputSpec(replaced_dirs=("out",), files=("report",), inputs=("pairs", *_NETS),
                            read_folders=("pairs",)),
     "fuse-dir": OutputSpec(dirs=("output",), inputs=("input", *_NETS), positional=("output",)),

@@ -87,8 +87,8 @@ _OPTION_NAMES = frozenset("""
     no-match-output-exposure no-noise-match no-progress no-refine no-resume nproc out output oversample pairs
     params params-file params-json patch patches pattern per-pair plots precision prepared
     preset quality quiet realistic reference-methods report resolution restart-if-changed retries root
-    save-maps scale scale-rule scales score-position seed set sets shard shards sigma skip-existing source
-    split stack-rule summary threads threshold tile timeout tta unsure-confidence unsure-region
+    save-maps save-registered scale scale-rule scales score-position seed set sets shard shards sigma
+    skip-existing source split stack-rule summary threads threshold tile timeout tta unsure-confidence unsure-region
     val-fraction version workers
     working-above working-band working-min working-refine working-side
 """.split())

@@ -293,6 +293,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         for name in maps:
             check_not_input(Path(args.save_maps) / name, paths, "map file")
         maps_line = _maps_line(Path(args.save_maps), out.stem, joint, len(paths))
+    registered = _registered_names(args, out, paths)
     resolve_device(other["device"], "--device")
     from bafusion.fusion.memory import check_memory, memory_warning
 
@@ -348,6 +349,9 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
             raise
         raise UserError(f"{out}: {_os_reason(e)}: not written; nothing was written (the maps are written after "
                         "the fused image)") from e
+    if registered:  # the sources as fused (registered and cropped with --align): what bafusion metrics measures F against
+        say(f"writing the registered sources to {args.save_registered}")
+        _write_registered(src, registered, out)
     if args.save_maps:
         say(f"writing maps to {args.save_maps}")  # nine PNGs and Fig. 3 a step: a camera-size pair's 20-60 s
         folder = Path(args.save_maps)
@@ -368,6 +372,42 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     if maps_line:
         print(f"bafusion fuse: {maps_line}", file=sys.stderr)
     return 0
+
+
+def _registered_names(args: argparse.Namespace, out: Path, paths: list[Path]) -> list[Path]:
+    """The files ``--save-registered DIR`` writes, ``DIR/<output stem>-registered<i>.png`` for
+    each source (none without the option); none may be a source, checked before the work."""
+    if not args.save_registered:
+        return []
+    from bafusion.preflight import check_not_input
+
+    names = [Path(args.save_registered) / f"{out.stem}-registered{i}.png" for i in range(1, len(paths) + 1)]
+    for name in names:
+        check_not_input(name, paths, "registered source")
+        if name.exists() and name.is_dir():
+            raise UserError(f"{name}: a folder is in the way of --save-registered's file")
+    return names
+
+
+def _write_registered(src: Any, names: list[Path], out: Path) -> None:
+    """Write the sources as ``fuse`` fused them to the PNGs ``names`` (:func:`_registered_names`):
+    with ``--align`` (or ``--align auto`` that aligned) registered onto the first's frame and
+    cropped to the fused image's area, lossless and at the depth the fusion was composed at (the
+    full-depth shots on the 16-bit scale, marked with their bits), so that ``bafusion metrics
+    REGISTERED1 REGISTERED2 OUT`` scores the fused image against the pair it was made of.
+    Unaligned, they are the sources' pixels (turned by their EXIF orientation)."""
+    import bafusion.io
+
+    shots = src.full if src.full is not None else src.images
+    for name, img in zip(names, shots):
+        try:
+            name.parent.mkdir(parents=True, exist_ok=True)
+            bafusion.io.write_image(name, img, bits=src.bits_for(name) if img.dtype.itemsize > 1 else None)
+        except OSError as e:
+            if e.errno is None:
+                raise
+            raise UserError(f"{name}: {_os_reason(e)}: the registered source not written; the fused image {out} "
+                            "was written") from e
 
 
 def _check_quality(out: Path, quality: int | None, flag: str = "--quality", *, named: bool = True) -> None:
@@ -517,6 +557,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --model)")
     p.add_argument("--boundary", type=nonempty_path, default=None, help="boundary-net file (instead of --model)")
     p.add_argument("--save-maps", type=nonempty_path, default=None, metavar="DIR", help="write score/decision/difference maps and figures here")
+    p.add_argument("--save-registered", type=nonempty_path, default=None, metavar="DIR",
+                   help="write the sources as fused to DIR/<output stem>-registered1.png, -registered2.png, ... "
+                   "(lossless, at the fusion's depth): with --align (or auto that aligned) registered and cropped "
+                   "like the output, so that `bafusion metrics DIR/X-registered1.png DIR/X-registered2.png X.png` "
+                   "scores the fused image against the pair it was made of")
     p.add_argument("--align", choices=ALIGN_MODELS, default=None,
                    help="translation, similarity (handheld brackets), homography: register every shot to the "
                    "first before fusing; the result is cropped to the largest rectangle every shot covers, and "

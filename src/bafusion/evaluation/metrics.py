@@ -129,7 +129,8 @@ def check_same_size(a: ArrayLike, b: ArrayLike, f: ArrayLike, names: Sequence[st
     bafusion.errors.UserError
         "image sizes differ: A is WxH (WxH) but B is WxH", for the first that differs. When F
         alone is smaller than A and B both ways (the output of ``bafusion fuse --align``,
-        cropped to the area every registered shot covers), the message says so.
+        cropped to the area every registered shot covers), the message says so, and names
+        ``fuse --save-registered``, which writes the registered sources to measure it against.
     """
     shapes = [np.shape(x)[:2] for x in (a, b, f)]
     for i in (1, 2):
@@ -139,7 +140,9 @@ def check_same_size(a: ArrayLike, b: ArrayLike, f: ArrayLike, names: Sequence[st
             if i == 2 and h1 <= h0 and w1 <= w0:  # A and B agree (checked first): F is a crop
                 cropped = (f"; {names[2]} is smaller than the sources: a fusion made with --align (or --align auto"
                            " that aligned) is cropped to the area every registered shot covers, and bafusion"
-                           " metrics cannot measure it against the sources as they were before registration")
+                           " metrics cannot measure it against the sources as they were before registration:"
+                           " fuse with --save-registered DIR writes the registered, cropped sources it was made of,"
+                           " to measure it against")
             raise UserError(
                 f"image sizes differ: {names[0]} is {w0}x{h0} (WxH) but {names[i]} is {w1}x{h1}{cropped}"
             )
