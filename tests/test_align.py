@@ -851,9 +851,10 @@ def test_save_registered_writes_the_pair_an_aligned_fusion_was_made_of_for_bafus
     Image.fromarray(b).save(tmp_path / "b.png")
     out, reg = tmp_path / "f.png", tmp_path / "reg"
     argv = ["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out), "--model", str(nets),
-            "--device", "cpu", "--align", "auto", "--save-registered", str(reg)]
-    assert cli_main(argv) == 0, capsys.readouterr().err
-    capsys.readouterr()
+            "--device", "cpu", "--align", "auto", "--save-registered", str(reg), "--save-maps", str(reg)]
+    assert cli_main(argv) == 0, capsys.readouterr().err  # the maps' folder may be the registered sources'
+    assert f"registered sources: {reg / 'f-registered1.png'}, {reg / 'f-registered2.png'}" in capsys.readouterr().err
+    assert (reg / "f-dm.png").is_file()
     f = np.asarray(Image.open(out))
     r1, r2 = (np.asarray(Image.open(reg / f"f-registered{i}.png")) for i in (1, 2))
     al = align_images([a, b], "similarity")

@@ -239,6 +239,8 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         (["fuse", "a.png", "b.png"], ["-o/--output", "required"]),
         ([*FUSE, "-o", "F.png", "--l", "x"], ["--l", "invalid int"]),
         ([*FUSE, "-o", "F.png", "--save-maps", "./F.png"], ["./F.png", "-o/--output", "--save-maps", "its own path"]),
+        ([*FUSE, "-o", "F.png", "--save-registered", "F.png"], ["-o/--output", "--save-registered", "its own path"]),
+        ([*FUSE, "-o", "F.png", "--save-registered", "afile"], ["afile: is a file, not a folder"]),
         (["train", "--net", "initial", "--patches", "p.h5", "--out", "m.pt", "--metrics", "m.pt"],
          ["m.pt: given both as --out and as --report/--metrics"]),
         # "the --metrics file": README's table leads with --report, the spelling the user typed

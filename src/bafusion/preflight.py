@@ -794,9 +794,16 @@ def check_command(args: argparse.Namespace) -> None:
             command = getattr(args, "command", "")
             check_output_dir(p, inputs, replaced=True, marker=OUTPUT_MARKERS.get(command),
                              what=f"{spec.flag(dest)} folder", own=own, kind=MARKER_KINDS.get(command))
+    # folders written into may be one (fuse --save-maps d --save-registered d: their files' names differ)
+    folders: list[tuple[str, str]] = []
+    for dest in spec.dirs:
+        for p in _raw(getattr(args, dest, None)):
+            if not any(same_file(Path(p), Path(q)) for q, _ in folders):
+                folders.append((p, spec.flag(dest)))
     check_outputs_distinct(
-        [(p, spec.flag(dest)) for dest in (*spec.images, *spec.files, *spec.dirs, *spec.replaced_dirs)
-         for p in _raw(getattr(args, dest, None))]
+        [(p, spec.flag(dest)) for dest in (*spec.images, *spec.files) for p in _raw(getattr(args, dest, None))]
+        + folders
+        + [(p, spec.flag(dest)) for dest in spec.replaced_dirs for p in _raw(getattr(args, dest, None))]
         + [(os.path.join(p, name), f"{spec.flag(dest)} folder's {name}") for dest in spec.dirs
            for p in _raw(getattr(args, dest, None)) for name in spec.dir_files])
     device = getattr(args, "device", None)

@@ -371,6 +371,9 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
           f"{time.perf_counter() - t_start:.2f} s in all with reading, loading the nets and writing)")
     if maps_line:
         print(f"bafusion fuse: {maps_line}", file=sys.stderr)
+    if registered:
+        print(f"bafusion fuse: registered sources: {', '.join(map(str, registered))} (bafusion metrics scores "
+              f"{out} against them)", file=sys.stderr)
     return 0
 
 
