@@ -1074,6 +1074,45 @@ def test_joint_stack_index_composes_the_full_depth_sources():
             assert (out[r, c] == want).all()
 
 
+def test_fuse_dir_resumed_bar_counts_the_kept_outputs_apart(tmp_path: Path, nets: Path, capsys, monkeypatch) -> None:
+    """A batch resumed with --skip-existing drew its bar from the outputs kept as if fused: 150
+    of 200 kept in a blink, then "151/200 [00:12<00:00, 151.57stack/s]" while 49 stacks were
+    left, and tqdm's dynamic miniters, fed by that burst, redrew it only every ~16 stacks. Now the
+    kept outputs are counted from the start and the bar shows every fused stack, at the fused
+    stacks' own rate (here slower than one a second: each takes over a second)."""
+    import re
+    import time
+
+    import bafusion.progress as progress
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(12):
+        for n, x in zip("AB", pair(k % 3 + 1)):
+            Image.fromarray(x).save(src / f"p{k:02d}-{n}.png")
+    out = tmp_path / "out"
+    argv = ["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu"]
+    assert cli_main([*argv, "--quiet"]) == 0
+    for k in (9, 10, 11):  # a batch killed after 9 of its 12 stacks
+        (out / f"p{k:02d}.png").unlink()
+    real = batch.fuse_files
+
+    def slow(*args, **kwargs):
+        time.sleep(1.1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "fuse_files", slow)
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
+    capsys.readouterr()
+    assert cli_main([*argv, "--skip-existing"]) == 0
+    o, err = capsys.readouterr()
+    assert "fused 3 stack(s)" in o and "9 already there" in o, o
+    shown = [(int(n), rate) for n, rate in re.findall(r"(\d+)/12 \[[^<\]]*<[^,\]]*, *([^\]]+)\]", err)]
+    assert {n for n, _ in shown} >= {10, 11, 12}, err  # a redraw for each fused stack
+    fast = [(n, rate) for n, rate in shown if n > 9 and not rate.endswith("s/stack")]
+    assert not fast, (fast, err)  # no rate of a stack a second or more: the kept ones are not in it
+
+
 def test_fuse_dir_no_progress_and_no_terminal_draw_no_bar(tmp_path: Path, nets: Path, capsys, monkeypatch) -> None:
     """--no-progress is honoured by fuse-dir, and without a terminal no bar is drawn either,
     but one plain line per stack."""

@@ -1324,6 +1324,16 @@ def check_output_folder(src: Path, out: Path, groups: Mapping[str, Sequence[Path
 _DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
+def _kept(target: Path, src: Path, shots: Sequence[Path], out: Path, inputs: Iterable[Path], written: set[str],
+          sources: Mapping[str, Any], skip_existing: bool) -> bool:
+    """Whether ``fuse-dir --skip-existing`` keeps ``target`` as it is (the test of its loop,
+    made before it to count the bar's outputs already there): listed as written with this
+    setup and fused from these shots, unchanged since."""
+    return (skip_existing and target.is_file() and target.name in written
+            and link_problem(target, src, out, inputs) is None
+            and sources_changed(sources.get(target.name), shots_record(src, shots)) is None)
+
+
 def out_of_memory_reason(e: BaseException, shots: Sequence[Path], align: bool = False, params=None) -> str:
     """Why a stack was skipped for a ``MemoryError`` ``e``: numpy's words (the array it failed
     to allocate) and what the stack needs (:func:`bafusion.fusion.memory.fuse_advice`; ``align``:
@@ -1468,8 +1478,14 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
     # the record first: a stopped run leaves outputs that it describes (inside IN it also marks
     # the folder as fuse-dir's for later runs: check_output_folder)
     write_marker(out, setup, written, device, sources)
-    bar = tqdm(groups.items(), total=len(groups), unit="stack", file=sys.stderr, disable=not bars_enabled(progress),
-               desc="fuse-dir")
+    # --skip-existing: the outputs kept are counted from the start (``initial``), not as
+    # iterations: a resumed batch's bar took the kept ones, done in a blink, for its rate (150 of
+    # 200 kept: "151/200 [00:12<00:00, 151.57stack/s]" while 49 stacks were left), and tqdm's
+    # dynamic miniters, fed by that burst, then redrew it only every ~16 stacks; one redraw per stack
+    kept_before = {name for name, shots in groups.items()
+                   if _kept(out / f"{name}.{ext}", src, shots, out, inputs, written, sources, skip_existing)}
+    bar = tqdm(total=len(groups), initial=len(kept_before), miniters=1, unit="stack", file=sys.stderr,
+               disable=not bars_enabled(progress), desc="fuse-dir")
     # without a terminal (nohup, cron, a Snakemake log) no bar is drawn: one plain line per
     # stack instead, so that a long batch's log shows how far it got (none with --no-progress)
     plain = bool(progress) and bar.disable
@@ -1518,7 +1534,16 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
         dt = time.perf_counter() - t0
         return f"skipped after {dt:.1f} s ({why})" if dt >= 0.05 else f"skipped ({why})"
 
-    for i, (name, shots) in enumerate(bar, 1):
+    def advancing() -> Iterator[tuple[str, Sequence[Path]]]:
+        try:
+            for item in groups.items():
+                yield item  # the bar advances once the stack is done (fused, skipped, or kept unforeseen)
+                if item[0] not in kept_before:
+                    bar.update(1)
+        finally:
+            bar.close()
+
+    for i, (name, shots) in enumerate(advancing(), 1):
         target = out / f"{name}.{ext}"
         t0 = time.perf_counter()
         why = link_problem(target, src, out, inputs)
