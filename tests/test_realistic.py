@@ -199,7 +199,9 @@ def test_draws_are_seeded_and_within_the_ranges() -> None:
 @pytest.mark.parametrize(
     "bad",
     [{"kernel": "box"}, {"exposure": -1}, {"jpeg": [0, 200]}, {"jpeg": 80}, {"gamma": 1.5}, {"bogus": 1}]
-    + [{k: float("inf")} for k in ("exposure", "noise", "shift")],  # inf was an OverflowError traceback
+    + [{k: float("inf")} for k in ("exposure", "noise", "shift")]  # inf was an OverflowError traceback
+    # finite but huge: exposure 1e300 was an OverflowError ("internal error"), shift 1e20 a segfault
+    + [{"exposure": 1e300}, {"exposure": 16.5}, {"shift": 1e20}, {"shift": 4097}],
 )
 def test_bad_realism_is_refused_naming_the_key(bad: dict) -> None:
     with pytest.raises(UserError, match="composite.realistic"):
@@ -273,3 +275,24 @@ def test_a_recorded_stop_ends_the_shard_at_the_next_pair(tmp_path: Path, monkeyp
         atomic.clear_stop()
     assert e.value.code == 143 and len(made) == 1
     assert not (tmp_path / "s.h5").exists() and not list(tmp_path.glob("s.h5.part*")) and not list(tmp_path.glob(".s.h5.part-*"))
+
+
+def test_the_largest_exposure_and_shift_are_the_schemas_and_composite() -> None:
+    """``composite.realistic.exposure: 1e300`` passed the schema and ``snakemake -n``, then the
+    composite job died in ``2.0 ** u`` (OverflowError, from about 2048 stops); ``shift: 1e20``
+    killed the job with a segmentation fault in the warp. Both are bounded, in the schema and in
+    :class:`Realism`, by the same numbers, and the largest value composites."""
+    from bafusion.data.composite import MAX_EXPOSURE_STOPS, MAX_SHIFT_PX
+    from bafusion.schema import maximum, problems
+
+    assert maximum("composite.realistic.exposure") == MAX_EXPOSURE_STOPS
+    assert maximum("composite.realistic.shift") == MAX_SHIFT_PX
+    assert problems({"composite": {"realistic": {"exposure": 1e300, "shift": 1e20}}}) == [
+        "composite.realistic.exposure: 1e+300 is not a number <= 16",
+        "composite.realistic.shift: 1e+20 is not a number <= 4096"]
+    r = Realism(exposure=MAX_EXPOSURE_STOPS, shift=MAX_SHIFT_PX)
+    fg = np.full((40, 40, 3), 200, np.uint8)
+    alpha = np.zeros((40, 40), np.float32)
+    alpha[:, :20] = 1
+    a, b = composite_realistic(fg, alpha, fg // 2, 1.5, r, draw_realism(0, 7, r), gray=True)
+    assert a.shape == b.shape == (40, 40) and a.dtype == b.dtype == np.uint8

@@ -295,6 +295,13 @@ def make_testset(prepared: Path, opts: CompositeOptions, out: Path, progress: bo
 # --------------------------------------------------------------------------------------
 
 KERNELS = ("gaussian", "disc", "mixed")
+#: Largest ``composite.realistic.exposure`` (stops): each shot's gain is at most ``2 ** 8`` or at
+#: least ``2 ** -8`` there, which turns an 8-bit shot white or black; beyond it no shot changes
+#: any more, and from about 2048 stops the gain overflowed (an "internal error").
+MAX_EXPOSURE_STOPS = 16.0
+#: Largest ``composite.realistic.shift`` (px): beyond any composited pair's side (B is moved off
+#: itself); from about 9.2e18 (an int64) the warp crashed the process (a segmentation fault).
+MAX_SHIFT_PX = 4096.0
 
 
 @dataclass(frozen=True)
@@ -359,6 +366,12 @@ class Realism:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v or not math.isfinite(v):
                 raise UserError(f"composite.realistic.{name} must be a finite number >= 0, got {v!r}")
+        if self.exposure > MAX_EXPOSURE_STOPS:
+            raise UserError(f"composite.realistic.exposure must be at most {MAX_EXPOSURE_STOPS:g} stops (a shot's gain "
+                            f"2 ** +-8 already turns it white or black), got {self.exposure!r}")
+        if self.shift > MAX_SHIFT_PX:
+            raise UserError(f"composite.realistic.shift must be at most {MAX_SHIFT_PX:g} px (B's misregistration; "
+                            f"more moves B off any pair), got {self.shift!r}")
         if self.gamma >= 1 or self.white_balance >= 1 or self.scale >= 0.5 or self.residual >= 1:
             raise UserError(
                 "composite.realistic: gamma, white_balance and residual must be < 1 and scale < 0.5, got "
