@@ -980,6 +980,34 @@ def test_values_that_crash_or_mislead_are_refused(params: dict, message: str) ->
     assert problems(params) == [message]
 
 
+@pytest.mark.parametrize("key", ["lr", "weight_decay"])
+def test_a_learning_rate_or_weight_decay_above_float32_is_refused(key: str) -> None:
+    """``train.lr: 1e300`` (and ``weight_decay``) passed the schema and ``snakemake -n``; the
+    first SGD step then died with an "internal error" (torch takes them as float32 factors:
+    "value cannot be converted to type float without overflow"). The bound is float32's
+    largest number: torch's SGD takes it (the training then diverges, which the trainer
+    says), and refuses the next double."""
+    import math
+
+    import numpy as np
+    import torch
+
+    top = float(np.finfo(np.float32).max)
+    assert problems({"train": {key: top}}) == [] == problems({"train": {"initial": {key: top}}})
+    (found,) = problems({"train": {"boundary": {key: 1e300}}})
+    assert found.startswith(f"train.boundary.{key}: 1e+300 is not a number ") and "3.4028234663852886e+38" in found
+    assert problems({"train": {key: float("inf")}}) == [f"train.{key}: inf is not a finite number"]  # the x-rule aside
+    for value, ok in ((top, True), (math.nextafter(top, math.inf), False)):
+        p = torch.nn.Parameter(torch.ones(2))
+        opt = torch.optim.SGD([p], **({"lr": value} if key == "lr" else {"lr": 0.01, "weight_decay": value}))
+        p.sum().backward()
+        if ok:
+            opt.step()
+        else:
+            with pytest.raises(RuntimeError, match="overflow"):
+                opt.step()
+
+
 def test_a_checksum_of_the_wrong_length_is_refused_as_the_download_job_refuses_it() -> None:
     """`sha256:abc` and `md5:abc` passed the schema and `snakemake -n`; only the download job
     refused them, once running (beside the other download rule): the schema now wants each

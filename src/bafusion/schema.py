@@ -204,14 +204,16 @@ def _problem(err: Any) -> str:
         return f"unknown key{'s' if len(extra) > 1 else ''} {names} (known{' in ' + key if key else ''}: {', '.join(known)})"
     if v == "required":
         return f"{key or 'top level'}: {err.message}"
+    if v == "type" and _non_finite(value):  # said so also where the key has an x-rule
+        if math.isinf(value):
+            return f"{key or 'params'}: {float(value)!r} is not a finite number"
+        return f"{key or 'params'}: {_show(value)} is not a number"
     rule = schema.get("x-rule")
     if rule is None:
         if v == "enum":
             rule = "one of " + " | ".join(_show(x) if not isinstance(x, str) else x for x in err.validator_value)
         elif v == "const":
             rule = _show(err.validator_value)
-        elif v == "type" and _non_finite(value) and math.isinf(value):
-            return f"{key or 'params'}: {float(value)!r} is not a finite number"
         elif v == "type":
             t = err.validator_value
             rule = " or ".join(_TYPE_WORDS.get(x, x) for x in ([t] if isinstance(t, str) else t))
