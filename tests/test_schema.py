@@ -1008,6 +1008,15 @@ def test_a_learning_rate_or_weight_decay_above_float32_is_refused(key: str) -> N
                 opt.step()
 
 
+def test_a_pair_given_twice_in_a_dataset_is_refused() -> None:
+    """``evaluate.datasets[].pairs: [g01-clock, g01-clock, g02-pepsi]`` was evaluated: the table
+    said 2 pairs, but the mean (and the wins) counted g01-clock twice."""
+    ds = {"name": "classic", "sources": "s", "pairs": ["g01-clock", "g01-clock", "g02-pepsi"]}
+    assert problems({"evaluate": {"datasets": [ds]}}) == [
+        'evaluate.datasets[0].pairs: ["g01-clock", "g01-clock", "g02-pepsi"] is not a list without repeated items']
+    assert problems({"evaluate": {"datasets": [{**ds, "pairs": ["g01-clock", "g02-pepsi"]}]}}) == []
+
+
 def test_a_checksum_of_the_wrong_length_is_refused_as_the_download_job_refuses_it() -> None:
     """`sha256:abc` and `md5:abc` passed the schema and `snakemake -n`; only the download job
     refused them, once running (beside the other download rule): the schema now wants each
