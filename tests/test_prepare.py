@@ -181,6 +181,28 @@ def test_a_builtin_name_that_is_no_shipped_image_is_refused(tmp_path: Path, name
     assert not (tmp_path / "p").exists()
 
 
+@pytest.mark.parametrize("what", ["foregrounds", "backgrounds"])
+def test_a_builtin_image_given_twice_is_refused(tmp_path: Path, what: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``data.builtin.foregrounds: [astronaut, astronaut, coffee, chelsea]`` with one held out
+    was prepared: "3 foregrounds for training, 1 held out", astronaut in both splits at seeds 0,
+    1 and 3 (the held-out test image trained on). Refused by the schema and by prepare."""
+    from bafusion.cli import main
+    from bafusion.data.sources import check_selection
+    from bafusion.schema import problems
+
+    names = ["astronaut", "astronaut", "coffee", "chelsea"] if what == "foregrounds" else ["brick", "grass", "brick"]
+    assert problems({"data": {"builtin": {what: names}}}) == [
+        f"data.builtin.{what}: {json.dumps(names)} is not a list without repeated items"]
+    with pytest.raises(UserError) as e:
+        check_selection({"source": "builtin", "holdout_foregrounds": 1, "holdout_backgrounds": 1, "builtin": {what: names}})
+    assert str(e.value).startswith(f"data.builtin.{what}: {names[0]} given more than once ("), str(e.value)
+    rc = main(["prepare", "--source", "builtin", f"--builtin-{what}", ",".join(names), "--holdout-foregrounds", "1",
+               "--holdout-backgrounds", "1", "--out", str(tmp_path / "p"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{names[0]} given more than once" in err, err
+    assert not (tmp_path / "p").exists()
+
+
 def test_every_builtin_image_loads_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 

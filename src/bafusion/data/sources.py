@@ -264,8 +264,8 @@ def _builtin_known(name: str) -> bool:
 
 def check_selection(data_cfg: dict) -> None:
     """The rules of ``params.yaml``'s ``data`` section that the values alone decide (no image
-    read): the two hold-out counts both 0 or both > 0, builtin names that scikit-image has, and
-    a hold-out that leaves builtin images to train on. :func:`select` runs it first; the
+    read): the two hold-out counts both 0 or both > 0, builtin names that scikit-image has, each
+    given once, and a hold-out that leaves builtin images to train on. :func:`select` runs it first; the
     parameter check (:func:`bafusion.cli.params_check.check_params`) runs it before any job.
 
     Raises
@@ -285,6 +285,10 @@ def check_selection(data_cfg: dict) -> None:
         unknown = [n for n in names if not _builtin_known(str(n))]
         if unknown:
             raise UserError(f"data.builtin.{what}: {_unknown_builtin(unknown[0])}")
+        repeated = list(dict.fromkeys(str(n) for i, n in enumerate(names) if n in names[:i]))
+        if repeated:  # one image in both splits (a held-out test image trained on), or weighed twice
+            raise UserError(f"data.builtin.{what}: {', '.join(repeated)} given more than once (the copies could land "
+                            "in the training and the held-out split both; each image is one item)")
         if holdout[what] >= len(names) and holdout[what] > 0:
             listed = f"data.builtin.{what}" if b.get(what) else f"the builtin set: data.builtin.{what} is empty"
             raise UserError(f"data.holdout_{what}: cannot hold out {holdout[what]} of {len(names)} {what} ({listed}): "
