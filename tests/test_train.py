@@ -728,6 +728,25 @@ def test_warm_start_from_a_model_file(toy_run: dict, tmp_path: Path) -> None:
         train("initial", toy_run["h5"], other, _paths(tmp_path / "other", "initial"), progress=False)
 
 
+def test_a_warm_start_of_another_depth_fails_the_params_check(tmp_path: Path) -> None:
+    """``depth: 8`` with ``train.init`` a ResNet-20 passed ``snakemake -n``; the train job
+    refused it ("architecture ... does not match the expected") only once running, after
+    prepare, composite and patches. The params check reads the model's .json (no torch)."""
+    from bafusion.cli.params_check import check_init_files
+
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"weights")
+    model.with_suffix(".json").write_text(json.dumps({"arch": {"arch": "cifar_resnet", "depth": 20}}))
+    check_init_files({"depth": 20, "train": {"init": str(model)}})
+    check_init_files({"train": {"init": str(model)}})  # no depth given: left to the job
+    with pytest.raises(UserError) as e:
+        check_init_files({"depth": 8, "train": {"boundary": {"init": str(model)}}}, "p.yaml")
+    assert str(e.value) == (f"p.yaml: train.boundary.init {model}: a net of depth 20 (its .json), not of depth: 8 "
+                            "(a warm start is a model of the same depth)")
+    model.with_suffix(".json").write_text("{not json")
+    check_init_files({"depth": 8, "train": {"init": str(model)}})  # unreadable: the job says what is wrong
+
+
 def test_a_warm_start_model_given_with_a_tilde_is_the_home_folders(toy_run: dict, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """train.init: ~/m.pt was refused by the params check ("model file not found") and opened as

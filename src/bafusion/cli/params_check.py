@@ -229,7 +229,10 @@ def check_init_files(params: Mapping[str, Any], source: str = "params.yaml",
     it, and ``train_initial`` rewrites it while ``train_boundary`` reads it). The boundary net
     may start from the initial net's model (``train.boundary.init: data/models/initial.pt``)
     under Snakemake, not in a DVC stage (``stage``: ``$DVC_STAGE``): the ``train_boundary``
-    stage does not depend on ``train_initial``'s model in dvc.yaml.
+    stage does not depend on ``train_initial``'s model in dvc.yaml. And refuse one whose
+    description (``<model>.json``'s ``arch.depth``) is of another depth than ``params``'
+    ``depth`` (where ``params`` has one): the train job refused it only once running, after
+    the data stages.
 
     Raises
     ------
@@ -267,6 +270,25 @@ def check_init_files(params: Mapping[str, Any], source: str = "params.yaml",
                             "to warm-start from it")
         if not Path(home_path(path)).is_file():  # ~/m.pt: the home's, as the trainer reads it
             raise UserError(f"{source}: {key} {path}: model file not found (the warm start of the {net} net)")
+        depth = _described_depth(Path(home_path(path))) if "depth" in params else None
+        want = int(params.get("depth", 0))
+        if depth is not None and depth != want:
+            # the train job refused it only once running, after prepare, composite and patches
+            raise UserError(f"{source}: {key} {path}: a net of depth {depth} (its .json), not of depth: {want} (a warm "
+                            "start is a model of the same depth)")
+
+
+def _described_depth(model: Path) -> int | None:
+    """The ResNet depth a model file's description (``<model>.json``, ``arch.depth``) states, or
+    None where it states none or cannot be read (the train job says what is wrong then). Read
+    as JSON: no torch here."""
+    import json
+
+    try:
+        depth = json.loads(model.with_suffix(".json").read_text(encoding="utf-8-sig"))["arch"]["depth"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+    return depth if isinstance(depth, int) and not isinstance(depth, bool) else None
 
 
 #: Rules that no DVC stage runs (dvc.yaml: no stage's target or --allowed-rules): what only
