@@ -414,6 +414,35 @@ def test_timeout_is_retried(server: LocalServer, tmp_path: Path) -> None:
     assert len(server.requests_for("a.bin")) == 2
 
 
+def test_a_timeout_longer_than_a_day_is_refused_before_any_connection(server: LocalServer, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``download.net.timeout: 1e10`` (``--timeout 1e10``) passed the schema and the option, and
+    the first connection died in ``socket.settimeout`` (OverflowError, "internal error": Python's
+    sockets take at most about 9.2e9 s). A day is the most, in the schema, the option and fetch."""
+    import socket
+
+    from bafusion.cli import main
+    from bafusion.data.download import MAX_TIMEOUT
+    from bafusion.schema import maximum, problems
+
+    with socket.socket() as sock:
+        sock.settimeout(MAX_TIMEOUT)  # taken
+        with pytest.raises(OverflowError):
+            sock.settimeout(1e10)
+    assert maximum("download.net.timeout") == MAX_TIMEOUT
+    assert problems({"download": {"net": {"timeout": 1e10}}}) == ["download.net.timeout: 10000000000.0 is not a number <= 86400"]
+    server.files["a.bin"] = b"hello"
+    with pytest.raises(UserError, match=r"download timeout must be more than 0 and at most 86400 s \(a day\), got 10000000000\.0"):
+        fetch(server.url("a.bin"), tmp_path / "a.bin", timeout=1e10, progress=False)
+    assert server.requests_for("a.bin") == [] and not (tmp_path / "a.bin").exists()
+    fetch(server.url("a.bin"), tmp_path / "a.bin", timeout=MAX_TIMEOUT, progress=False)
+    assert (tmp_path / "a.bin").read_bytes() == b"hello"
+    with pytest.raises(SystemExit) as e:  # argparse's usage error
+        main(["download-eval", "--out", str(tmp_path / "e"), "--base-url", server.url(""), "--timeout", "1e10"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--timeout: must be at most 86400, got 1e10" in err and "internal error" not in err, err
+
+
 def test_file_url_and_plain_path(tmp_path: Path) -> None:
     src = tmp_path / "src dir" / "f.bin"
     src.parent.mkdir()

@@ -90,9 +90,10 @@ def seed_int(s: str) -> int:
     return v
 
 
-def finite_float(minimum: float = -math.inf, *, above: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite number of at least ``minimum`` (more than it when ``above``);
-    ``nan`` and ``inf`` are refused with the option's name, not passed on to fail later."""
+def finite_float(minimum: float = -math.inf, *, above: bool = False, maximum: float = math.inf) -> Callable[[str], float]:
+    """An argparse type: a finite number of at least ``minimum`` (more than it when ``above``)
+    and at most ``maximum``; ``nan`` and ``inf`` are refused with the option's name, not passed
+    on to fail later."""
 
     def parse(s: str) -> float:
         try:
@@ -103,6 +104,8 @@ def finite_float(minimum: float = -math.inf, *, above: bool = False) -> Callable
             raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
         if v < minimum or (above and v == minimum):
             raise argparse.ArgumentTypeError(f"must be {'more than' if above else 'at least'} {minimum:g}, got {s}")
+        if v > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum:g}, got {s}")
         return v
 
     parse.__name__ = "number"

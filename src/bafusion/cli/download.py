@@ -23,6 +23,7 @@ from bafusion.data.acquire import (
 )
 from bafusion.data.coco import CocoFilter
 from bafusion.data.download import (
+    MAX_TIMEOUT,
     Checksum,
 )
 from bafusion.errors import UserError
@@ -229,7 +230,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     net.add_argument(
         "--backoff", type=finite_float(0.0), default=1.0, help="seconds before the first retry, doubling (default %(default)s)"
     )
-    net.add_argument("--timeout", type=finite_float(0.0, above=True), default=60.0, help="socket timeout in seconds, and the grace after which a download must average 1 KiB/s "
+    net.add_argument("--timeout", type=finite_float(0.0, above=True, maximum=MAX_TIMEOUT), default=60.0, help="socket timeout in seconds, and the grace after which a download must average 1 KiB/s "
                      "(bafusion.data.download.MIN_RATE) (default %(default)s)")
     net.add_argument("--workers", type=positive_int, default=8, help="parallel downloads of small files (default %(default)s)")
     net.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")

@@ -94,6 +94,9 @@ HASH_ALGORITHMS = ("sha256", "md5", "sha1", "sha512")
 HEX_DIGITS = {"sha256": 64, "md5": 32, "sha1": 40, "sha512": 128}
 #: Longest wait between two attempts, in seconds.
 MAX_BACKOFF = 120.0
+#: Longest ``timeout`` (seconds): a day. Python's sockets take at most about 9.2e9 s; a longer
+#: one (``download.net.timeout: 1e10``) was an OverflowError at the first connection.
+MAX_TIMEOUT = 86400.0
 #: Most bytes one download may hold when its size is not known in advance (4 GiB: the largest
 #: file the pipeline fetches, COCO's annotations, is 241 MiB). Parameter ``max_bytes``.
 MAX_DOWNLOAD_BYTES = 4 * 2**30
@@ -588,6 +591,8 @@ def fetch(
     ``size`` (the expected bytes, when known), else ``max_bytes``, bounds the download, and
     ``min_rate`` (bytes/s) its time, as the module docstring says.
     """
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise UserError(f"download timeout must be more than 0 and at most {MAX_TIMEOUT:g} s (a day), got {timeout!r}")
     ck = Checksum.parse(checksum)
     limit = _limit(size, max_bytes)
     dest = Path(dest)
