@@ -1691,6 +1691,22 @@ def test_a_training_refused_after_taking_the_lock_leaves_no_lock_file(tmp_path: 
     assert sorted(p.name for p in ck.iterdir()) == ["last.pt"]  # the lock file goes with the lock
 
 
+def test_a_training_diverged_by_the_consistency_weight_names_it(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train.consistency: 1e30`` diverged at step 2 and the message said only "train again with
+    a lower train.lr"; it names the consistency weight too."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    h5 = write_toy_patches(tmp_path / "ctx.h5", n_train=64, n_val=32, context=4)
+    params = {**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 32, "consistency": 1e38}}
+    paths = _paths(tmp_path, "initial")
+    capsys.readouterr()
+    assert cli.main(["train", "--net", "initial", "--patches", str(h5), "--out", str(paths.out),
+                     "--params-json", json.dumps(params), "--checkpoints", str(paths.checkpoints),
+                     "--metrics", str(paths.metrics), "--plots", str(paths.plots), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "train again with a lower train.lr or train.consistency (1e+38); " in err, err
+
+
 @pytest.mark.parametrize("every", [0, 1])
 def test_diverging_training_stops_before_saving_the_diverged_state(toy_run: dict, tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture,

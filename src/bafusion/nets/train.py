@@ -831,9 +831,10 @@ def _finite(loss_sum: torch.Tensor, model: nn.Module) -> bool:
 
 
 def _diverged(net: str, epoch: int, first_bad: torch.Tensor, step: int, lr: float, last_path: Path,
-              saved_at: str | None, dist: Dist, lr_key: str = "train.lr") -> UserError:
+              saved_at: str | None, dist: Dist, lr_key: str = "train.lr", also: str = "") -> UserError:
     """The error of a training whose loss or weights became NaN or infinite (every process
-    raises it: the losses it saw were summed over all of them)."""
+    raises it: the losses it saw were summed over all of them). ``also``: another setting to
+    lower, said after the learning rate (``" or train.consistency (1e+30)"``)."""
     if dist.active:
         bad = torch.where(first_bad < 0, torch.full_like(first_bad, step), first_bad)
         torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MIN)
@@ -844,8 +845,15 @@ def _diverged(net: str, epoch: int, first_bad: torch.Tensor, step: int, lr: floa
     kept = (f"{last_path} keeps {saved_at}, the last finite state," if saved_at
             else "no checkpoint of this training was written,")
     return UserError(f"{net}: training diverged: the loss or the weights became NaN or infinite in epoch {epoch} "
-                     f"at step {first} (learning rate {lr:.3g}); train again with a lower {lr_key}; {kept} and no "
+                     f"at step {first} (learning rate {lr:.3g}); train again with a lower {lr_key}{also}; {kept} and no "
                      "model was written")
+
+
+def _diverged_also(cfg: TrainConfig) -> str:
+    """The other weight of the loss a diverged training names beside the learning rate: the
+    consistency term's, when on (``train.consistency: 1e30`` diverged at step 2, and the
+    message named only ``train.lr``)."""
+    return f" or {cfg.key('consistency')} ({cfg.consistency:g})" if cfg.consistency > 0 else ""
 
 
 def _better(acc: float, best: float, n_val: int) -> bool:
@@ -1243,7 +1251,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                         torch.distributed.all_reduce(part)
                     if not _finite(part[0], model):  # never save a diverged state over the last good one
                         raise _diverged(net, epoch + 1, first_bad, global_step, lr, last_path, saved_at, dist,
-                                        cfg.key("lr"))
+                                        cfg.key("lr"), _diverged_also(cfg))
                     if dist.main:
                         save_checkpoint(last_path, checkpoint_state(epoch, part, time.perf_counter() - t0))
                     saved_at = f"step {global_step} (in epoch {epoch + 1})"
@@ -1255,7 +1263,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             epoch_time = time.perf_counter() - t0
             if not _finite(tot[0], model):  # before anything is saved: the checkpoints keep the last good state
                 raise _diverged(net, epoch + 1, first_bad, global_step, lr, last_path, saved_at, dist,
-                                cfg.key("lr"))
+                                cfg.key("lr"), _diverged_also(cfg))
             n_epoch = int(tot[2].item())
             samples_seen += n_epoch
             train_time += epoch_time
