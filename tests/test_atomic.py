@@ -94,9 +94,11 @@ def test_a_failed_rename_into_place_puts_the_earlier_output_back(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The earlier output is moved aside before the new folder is renamed into place; when that
     rename fails (a full or read-only parent, EXDEV), the earlier output is put back, not
-    deleted with the temporary folder, and the error is raised."""
+    deleted with the temporary folder, and the error is raised. (Where the system cannot swap the
+    two folders in one step: :func:`bafusion.atomic.exchange`, made to say so here.)"""
     import bafusion.atomic as atomic
 
+    monkeypatch.setattr(atomic, "exchange", lambda a, b: False)
     out = tmp_path / "out"
     out.mkdir()
     (out / "a").write_text("earlier")
@@ -771,3 +773,89 @@ def test_an_earlier_output_that_cannot_be_removed_is_named_once_and_again_by_a_l
     finally:
         for p in tmp_path.rglob("maps"):
             p.chmod(0o755)
+
+
+def _exchange_works(tmp_path: Path) -> bool:
+    """Whether this system swaps two folders in one step (Linux ``renameat2``, a file system that
+    takes ``RENAME_EXCHANGE``)."""
+    from bafusion.atomic import exchange
+
+    a, b = tmp_path / "probe-a", tmp_path / "probe-b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x").write_text("a")
+    try:
+        return exchange(a, b) and (b / "x").read_text() == "a" and not (a / "x").exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(a)
+        shutil.rmtree(b)
+
+
+def test_a_folder_output_killed_while_replaced_leaves_the_old_or_the_new_one(tmp_path: Path) -> None:
+    """The earlier output was renamed away and then the new one renamed in: a SIGKILL between
+    the two left neither in place (the earlier one hidden in the temporary folder, removed by the
+    next run). Where the system swaps two folders in one step (Linux), nothing lies between: the
+    process here is killed at its first plain rename of the earlier output away."""
+    import subprocess
+    import sys
+
+    if not _exchange_works(tmp_path):
+        pytest.skip("this system or file system cannot swap two folders in one step (renameat2)")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_text("earlier")
+    code = ("import os, signal, sys\nfrom pathlib import Path\nimport bafusion.atomic as atomic\n"
+            "real = os.replace\n"
+            "def replace(src, dst):\n"
+            "    real(src, dst)\n"
+            "    if Path(src) == Path(sys.argv[1]):  # the earlier output renamed away: killed here\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)\n"
+            "atomic.os.replace = replace\n"
+            "with atomic.atomic_dir(sys.argv[1]) as tmp:\n    (tmp / 'a').write_text('new')\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], check=False)
+    assert (out / "a").read_text() == "new"  # killed between two renames: no out at all
+    assert proc.returncode == 0  # never killed: no rename of the earlier output away
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the earlier one removed
+
+
+def test_a_file_system_that_cannot_swap_falls_back_to_two_renames(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``renameat2`` refused with EINVAL (a file system without ``RENAME_EXCHANGE``) or missing
+    (not Linux): the folder is still replaced, by two renames."""
+    import errno
+
+    import bafusion.atomic as atomic
+
+    calls: list[tuple[bytes, bytes, int]] = []
+
+    def refusing(olddir, old, newdir, new, flags):
+        calls.append((old, new, flags))
+        import ctypes
+
+        ctypes.set_errno(errno.EINVAL)
+        return -1
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_text("earlier")
+    for func in (refusing, None):
+        monkeypatch.setattr(atomic, "_renameat2", func)
+        with atomic_dir(out) as tmp:
+            (tmp / "a").write_text(f"new {func is None}")
+        assert (out / "a").read_text() == f"new {func is None}"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert len(calls) == 1 and calls[0][2] == 2  # RENAME_EXCHANGE asked for, refused
+
+
+def test_exchange_names_both_paths_when_it_fails_otherwise(tmp_path: Path) -> None:
+    """A failure that is not "cannot swap here" (a path missing) is an OSError naming both."""
+    from bafusion.atomic import exchange
+
+    if not _exchange_works(tmp_path):
+        pytest.skip("this system or file system cannot swap two folders in one step (renameat2)")
+    (tmp_path / "a").mkdir()
+    with pytest.raises(FileNotFoundError) as e:
+        exchange(tmp_path / "a", tmp_path / "missing")
+    assert e.value.filename == str(tmp_path / "a") and e.value.filename2 == str(tmp_path / "missing")

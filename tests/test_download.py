@@ -581,6 +581,42 @@ def test_extract_zip_strips_top_folder(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["input"]
 
 
+def test_extract_zip_replaces_a_folder_in_one_step_where_it_can(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The earlier folder was renamed away, then the new one in: a SIGKILL between the two left
+    neither. Where the system swaps two folders in one step (Linux ``renameat2``), the earlier
+    folder is never renamed away (here, such a rename is the kill); elsewhere (the swap refused)
+    the two renames replace it as before."""
+    import bafusion.atomic as atomic
+    import bafusion.data.download as download
+
+    target = tmp_path / "input"
+    extract_zip(make_zip(tmp_path / "a.zip", {"GT01.png": b"1"}), target)
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if not atomic.exchange(probe, target) or not atomic.exchange(probe, target):  # there and back
+        pytest.skip("this system or file system cannot swap two folders in one step (renameat2)")
+    probe.rmdir()
+    real = os.replace
+
+    class Killed(BaseException):
+        pass
+
+    def replace(src, dst):
+        if Path(src) == target:
+            raise Killed
+        return real(src, dst)
+
+    monkeypatch.setattr(download.os, "replace", replace)
+    extract_zip(make_zip(tmp_path / "b.zip", {"GT02.png": b"2"}), target)
+    assert sorted(p.name for p in target.iterdir()) == ["GT02.png"]
+    monkeypatch.undo()
+    monkeypatch.setattr(download, "exchange", lambda a, b: False)  # a file system that cannot swap
+    extract_zip(make_zip(tmp_path / "c.zip", {"GT03.png": b"3"}), target)
+    assert sorted(p.name for p in target.iterdir()) == ["GT03.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "b.zip", "c.zip", "input"]
+
+
 def test_members_that_hold_more_than_they_declare_are_refused(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """The module docstring: the bytes actually written are counted too. CPython's zipfile stops

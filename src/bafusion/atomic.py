@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 try:
@@ -479,7 +480,12 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     a name of their own, ``.<name>.part-<random>`` beside ``path``, marked by
     :data:`PART_MARKER`: a folder of the user's (``<name>.part``, ``<name>.old``) is never
     touched (the fixed names deleted them), and the leftovers of a killed run are removed by the
-    next run (:func:`remove_stale_parts`)."""
+    next run (:func:`remove_stale_parts`).
+
+    An earlier output is swapped with the new one in one step where the system can
+    (:func:`exchange`: Linux); elsewhere it is renamed away and the new one renamed in, and a
+    SIGKILL or a power cut between those two renames leaves neither in place (the earlier one
+    stays in the temporary folder until the next run removes it)."""
     final = Path(os.path.abspath(path))  # a chdir inside the block changes nothing
     if final.is_symlink():
         final = final.resolve()
@@ -493,6 +499,10 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise_if_stopped()
         if final.exists():
             old = wrap / (final.name + ".old")
+            if exchange(tmp, final):  # one step: the earlier output now lies in tmp, removed below
+                with contextlib.suppress(OSError):  # named as the earlier output, if left (read-only)
+                    os.replace(tmp, old)
+                return
             os.replace(final, old)
             try:
                 os.replace(tmp, final)
@@ -503,6 +513,77 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.replace(tmp, final)
     finally:
         _remove_part(wrap)
+
+
+#: ``renameat2``'s flag that swaps two paths (Linux 3.15, glibc 2.28; <linux/fs.h>).
+_RENAME_EXCHANGE = 2
+#: ``AT_FDCWD``: paths relative to the working directory (<fcntl.h>, Linux).
+_AT_FDCWD = -100
+#: What ``renameat2`` fails with where it cannot swap (a kernel or C library without it, a file
+#: system that does not support the flag, such as some FUSE and network file systems): the
+#: caller falls back to two renames.
+_NO_EXCHANGE_ERRNOS = frozenset(e for e in (getattr(errno, n, None) for n in ("EINVAL", "ENOSYS", "EOPNOTSUPP",
+                                                                                "ENOTSUP")) if e is not None)
+#: libc's ``renameat2``, ``None`` where there is none (not Linux, an older glibc, musl before
+#: 1.2.5), or ``False`` before the first look.
+_renameat2: Any = False
+
+
+def _libc_renameat2() -> Any:
+    """libc's ``renameat2`` through ctypes, looked up once; ``None`` where there is none."""
+    global _renameat2
+    if _renameat2 is False:
+        _renameat2 = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                func = ctypes.CDLL(None, use_errno=True).renameat2
+            except (OSError, AttributeError, ImportError):
+                pass
+            else:
+                func.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+                func.restype = ctypes.c_int
+                _renameat2 = func
+    return _renameat2
+
+
+def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Swap the files or folders ``a`` and ``b`` in one step, where the system can: Linux's
+    ``renameat2`` with ``RENAME_EXCHANGE``. A folder output replaced by two renames (the earlier
+    one away, the new one in) was lost, old and new, by a SIGKILL or a power cut between them;
+    swapped, either the old or the new one is in place at every moment.
+
+    Parameters
+    ----------
+    a, b : path
+        Two existing paths on one file system.
+
+    Returns
+    -------
+    bool
+        True when swapped; False, nothing changed, where the system cannot swap (not Linux, a C
+        library without ``renameat2``, a file system that refuses the flag: ``EINVAL``,
+        ``EOPNOTSUPP``): the caller renames instead.
+
+    Raises
+    ------
+    OSError
+        Any other failure of ``renameat2`` (a path missing, no permission, two file systems),
+        naming both paths.
+    """
+    func = _libc_renameat2()
+    if func is None:
+        return False
+    import ctypes
+
+    src, dst = os.fsencode(a), os.fsencode(b)
+    if func(_AT_FDCWD, src, _AT_FDCWD, dst, _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _NO_EXCHANGE_ERRNOS:
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
 
 
 def displayable(text: str) -> str:

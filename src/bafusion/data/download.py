@@ -79,7 +79,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from bafusion._version import __version__
-from bafusion.atomic import part_path
+from bafusion.atomic import exchange, part_path
 from bafusion.errors import UserError, json_loads
 from bafusion.progress import bar_options
 from bafusion.workspace import home_path
@@ -938,7 +938,9 @@ def extract_zip(
                             raise UserError(f"{archive}: refusing to extract: members hold more than they declare")
                         dst.write(chunk)
                 out.append(target / rel)
-        if target.exists():
+        if target.exists() and exchange(tmp, target):  # one step (Linux): never neither in place
+            shutil.rmtree(tmp, ignore_errors=True)  # the earlier folder, swapped into tmp
+        elif target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
             os.replace(tmp, target)
