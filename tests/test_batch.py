@@ -1464,6 +1464,33 @@ def test_fuse_dir_lists_broken_links_and_does_not_fuse_their_stacks(tmp_path: Pa
     assert sorted(p.name for p in out.iterdir()) == [batch.OUTPUT_MARKER, "p.png"]
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
+def test_fuse_dir_lists_named_pipes_and_does_not_fuse_their_stacks(tmp_path: Path, nets: Path, capsys) -> None:
+    """A named pipe named like a shot was passed over without a word: a pair with one was
+    "stack 'q' has only 1 shot(s)", naming the other shot; a stack folder with one was fused
+    without it, exit 0. Each is now named "not a regular file", as fuse names it, and its stack
+    is not fused (status 3); the pipe is never opened (it would hang, waiting for a writer)."""
+    src = tmp_path / "in"
+    (src / "s").mkdir(parents=True)
+    a, b = pair(5)
+    Image.fromarray(a).save(src / "p-A.png")
+    Image.fromarray(b).save(src / "p-B.png")
+    Image.fromarray(b).save(src / "q-B.png")
+    os.mkfifo(src / "q-A.png")
+    Image.fromarray(a).save(src / "s" / "1.png")
+    Image.fromarray(b).save(src / "s" / "2.png")
+    os.mkfifo(src / "s" / "3.png")
+    out = tmp_path / "out"
+    argv = ["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]
+    assert cli_main(argv) == batch.EXIT_SKIPPED
+    o, err = capsys.readouterr()
+    assert "fused 1 stack(s)" in o, o
+    for fifo, stack in ((src / "q-A.png", "q"), (src / "s" / "3.png", "s")):
+        assert (f"skipped {fifo}: not a regular file (a named pipe, a device or a socket): stack {stack!r} not fused"
+                in err), err
+    assert sorted(p.name for p in out.iterdir()) == [batch.OUTPUT_MARKER, "p.png"]
+
+
 def test_fuse_decodes_each_source_png_once(tmp_path: Path, nets: Path, pillow_decodes: dict[str, int]) -> None:
     """A PNG's header was read by Pillow's getexif(), which decodes the whole image when no
     eXIf chunk precedes the pixel data: fuse of two PNGs decoded each 5 times (3 before the

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -633,6 +634,39 @@ def test_a_pair_with_one_shot_is_refused_and_a_gray_shot_beside_a_colour_one_is_
         with pytest.raises(InputFileError, match=rf"dataset 't', pair 'p2': source {missing} missing"):
             ev.find_pairs(ds)
         (src / lone).unlink()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
+def test_a_named_pipe_or_a_broken_link_as_a_pairs_file_is_named_so_not_missing(tmp_path: Path, capsys) -> None:
+    """A named pipe p1-A.png was left out of the files, and evaluate said "source A missing",
+    naming the folder, of a file that is there; a broken link so too, and a truth or decision
+    map of either kind was passed over without a word. Each is now named, with its problem, by
+    ``bafusion evaluate`` before any work (fuse names a pipe "not a regular file" too)."""
+    src = tmp_path / "pairs"
+    src.mkdir()
+    a, b, _, _ = _pair(np.random.default_rng(5))
+    Image.fromarray(b).save(src / "p1-B.png")
+    os.mkfifo(src / "p1-A.png")
+    ds = ev.Dataset(name="t", sources=src)
+    not_regular = "not a regular file (a named pipe, a device or a socket)"
+    with pytest.raises(InputFileError, match=re.escape(f"{src / 'p1-A.png'}: dataset 't', pair 'p1': source A: "
+                                                       f"{not_regular}")):
+        ev.find_pairs(ds)
+    argv = ["evaluate", "--dataset", f"t={src}", "--methods", "Laplacian", "--metrics", "QG", "--root",
+            str(tmp_path), "--out", str(tmp_path / "ev")]
+    assert cli_main(argv) == 2
+    assert f"{src / 'p1-A.png'}: dataset 't', pair 'p1': source A: {not_regular}" in capsys.readouterr().err
+    (src / "p1-A.png").unlink()
+    (src / "p1-A.png").symlink_to(tmp_path / "card" / "p1-A.png")
+    with pytest.raises(InputFileError, match=re.escape(f"source A: broken link (to {tmp_path / 'card' / 'p1-A.png'})")):
+        ev.find_pairs(ds)
+    (src / "p1-A.png").unlink()
+    Image.fromarray(a).save(src / "p1-A.png")
+    os.mkfifo(src / "p1-dm.png")
+    with pytest.raises(InputFileError, match=re.escape(f"pair 'p1': decision map: {not_regular}")):
+        ev.find_pairs(ds)
+    (src / "p1-dm.png").unlink()
+    assert [p.name for p in ev.find_pairs(ds)] == ["p1"]
 
 
 def test_pairs_are_found_by_fuse_dirs_rules_and_two_files_for_one_source_are_refused(tmp_path: Path) -> None:

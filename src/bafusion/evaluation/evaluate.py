@@ -474,12 +474,27 @@ def _image_files(folder: Path) -> dict[str, list[Path]]:
     """The images of ``folder`` by file-name stem, by ``fuse-dir``'s rules
     (:func:`bafusion.fusion.batch.find_groups`): a suffix of :data:`IMAGE_EXTENSIONS` in either
     case (``.Jpg``); dot-files (macOS ``._p1-A.jpg`` resource forks, editors' temporaries) are
-    no images."""
+    no images, nor are folders. A named pipe, a device, a socket or a broken link so named is
+    kept, for :func:`find_pairs` to refuse naming it (:func:`_not_regular`): left out, it made
+    its pair's "source A missing", naming no file."""
     files: dict[str, list[Path]] = {}
     for p in sorted(folder.iterdir()):
-        if not p.name.startswith(".") and p.suffix[1:].lower() in IMAGE_EXTENSIONS and p.is_file():
+        if not p.name.startswith(".") and p.suffix[1:].lower() in IMAGE_EXTENSIONS and not p.is_dir():
             files.setdefault(p.stem, []).append(p)
     return files
+
+
+def _not_regular(p: Path) -> str | None:
+    """Why ``p`` (an entry of :func:`_image_files`) is no file to read: a broken link (naming
+    its target) or not a regular file (a named pipe, a device, a socket); None for a file."""
+    if p.is_file():
+        return None
+    if p.is_symlink() and not p.exists():
+        try:
+            return f"broken link (to {os.readlink(p)})"
+        except OSError:  # gone meanwhile
+            return "broken link"
+    return "not a regular file (a named pipe, a device or a socket)"
 
 
 def _find_file(files: Mapping[str, Sequence[Path]], stems: Sequence[str], folder: Path, what: str) -> Path | None:
@@ -503,7 +518,8 @@ def find_pairs(ds: Dataset) -> list[Pair]:
     it), so that a table never loses a pair silently nor takes one of two files by chance; so
     are two pairs whose names differ only in case or Unicode normalization (``P`` and ``p``,
     :func:`bafusion.fusion.batch.same_file_key`), whose outputs would be one file on macOS and
-    Windows."""
+    Windows. A pair's file (source, truth, decision map) that is a named pipe, a device, a socket
+    or a broken link is refused naming it (:func:`_not_regular`)."""
     src = ds.sources
     if not src.is_dir():
         raise InputFileError(src, f"sources folder of dataset {ds.name!r} not found")
@@ -543,7 +559,12 @@ def find_pairs(ds: Dataset) -> list[Pair]:
         if pa is None or pb is None:
             raise InputFileError(src, f"{where}: source {'A' if pa is None else 'B'} missing")
         truth = _find_file(files, (f"{n}-truth",), src, f"{where}: truth")
-        pairs.append(Pair(n, pa, pb, truth, _find_file(files, (f"{n}-dm",), src, f"{where}: decision map")))
+        dm = _find_file(files, (f"{n}-dm",), src, f"{where}: decision map")
+        for what, f in (("source A", pa), ("source B", pb), ("truth", truth), ("decision map", dm)):
+            why = _not_regular(f) if f is not None else None
+            if why:  # before any work: a named pipe hung the reading, waiting for a writer
+                raise InputFileError(f, f"{where}: {what}: {why}")
+        pairs.append(Pair(n, pa, pb, truth, dm))
     return pairs
 
 

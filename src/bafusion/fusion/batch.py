@@ -581,7 +581,8 @@ def find_groups(folder: Path, exclude: Path | None = None,
         Stack name to its shots in order; (file, reason) of what cannot be fused. A broken
         symbolic link (its target gone: a card not mounted) named like a shot, or like a stack
         folder (no suffix), is listed with its target, and its stack is not fused (it was left
-        out silently: the stack fused without that shot, or not at all, unsaid).
+        out silently: the stack fused without that shot, or not at all, unsaid); so is a named
+        pipe, a device or a socket named like a shot ("not a regular file").
 
     Camera RAW and HEIC files (:func:`bafusion.io.unread_format`), which were passed over without
     a word (a folder of RAW shots: "stack 'x' has only 0 shot(s)"), are named, one line per folder
@@ -594,7 +595,7 @@ def find_groups(folder: Path, exclude: Path | None = None,
     groups: dict[str, list[tuple[str, Path]]] = {}
     folders: set[str] = set()
     skipped: list[tuple[str, str]] = []
-    broken: dict[str, list[Path]] = {}  # stack name -> its shots that are broken links
+    broken: dict[str, list[Path]] = {}  # stack name -> its shots that are broken links or no regular files
     unread: dict[str, list[Path]] = {}  # stack folder name ("" for folder itself) -> RAW, HEIC files
     suffixes = read_suffixes()  # HEIC too where a Pillow plugin reads it, as read_image does
     excluded = exclude.resolve() if exclude is not None else None
@@ -611,14 +612,14 @@ def find_groups(folder: Path, exclude: Path | None = None,
                 continue
             # dot-files (macOS ._1.png resource forks, editors' temporaries) are not shots
             shots = sorted(q for q in p.iterdir()
-                           if (q.is_file() or _broken_link(q)) and not q.name.startswith(".")
+                           if (q.is_file() or _unusable(q)) and not q.name.startswith(".")
                            and q.suffix.lower() in suffixes)
             groups[p.name] = [(q.name, q) for q in shots]
             others = sorted(q for q in p.iterdir() if not q.name.startswith(".") and unread_format(q) and q.is_file())
             if others:
                 unread[p.name] = others
             folders.add(p.name)
-            broken_shots = [q for q in shots if _broken_link(q)]
+            broken_shots = [q for q in shots if _unusable(q)]
             if broken_shots:
                 broken[p.name] = broken_shots
             continue
@@ -628,27 +629,27 @@ def find_groups(folder: Path, exclude: Path | None = None,
         if p.is_file() and unread_format(p):
             unread.setdefault("", []).append(p)
             continue
-        if not (p.is_file() or _broken_link(p)) or p.suffix.lower() not in suffixes:
+        if not (p.is_file() or _unusable(p)) or p.suffix.lower() not in suffixes:
             continue
         if _controls(p.name):
             skipped.append((escape_controls(str(p)), f"{CONTROL_NAME} ({_controls(p.name)}): rename it"))
             continue
         m = _SHOT.fullmatch(p.stem)
         if m is None:
-            skipped.append((str(p), _broken_reason(p) if _broken_link(p) else OUTSIDE_RULE))
+            skipped.append((str(p), _unusable_reason(p) if _unusable(p) else OUTSIDE_RULE))
             continue
         if m["name"] in folders:
             skipped.append((str(p), f"stack {m['name']!r} is also a sub-folder: rename one of them"))
             continue
         groups.setdefault(m["name"], []).append((m["letter"].upper(), p))
-        if _broken_link(p):
+        if _unusable(p):
             broken.setdefault(m["name"], []).append(p)
     out: dict[str, list[Path]] = {}
     for name in sorted(groups):
         shots = [p for _, p in sorted(groups[name])]
         letters = [k for k, _ in sorted(groups[name])]
         if name in broken:
-            skipped.extend((str(q), f"{_broken_reason(q)}: stack {name!r} not fused") for q in broken[name])
+            skipped.extend((str(q), f"{_unusable_reason(q)}: stack {name!r} not fused") for q in broken[name])
         elif len(set(letters)) != len(letters):
             skipped.append((", ".join(map(str, shots)), f"stack {name!r} has two shots with one letter"))
         elif len(shots) < 2:
@@ -837,6 +838,22 @@ def escape_controls(text: str) -> str:
 def _broken_link(p: Path) -> bool:
     """Whether ``p`` is a symbolic link whose target does not exist (or a loop of links)."""
     return p.is_symlink() and not p.exists()
+
+
+#: Why a shot that is a named pipe, a device or a socket is not read (fuse's reader says so too).
+_NOT_REGULAR = "not a regular file (a named pipe, a device or a socket)"
+
+
+def _unusable(p: Path) -> bool:
+    """Whether ``p``, named like a shot, cannot be read as one: a broken link (:func:`_broken_link`)
+    or not a regular file (a named pipe, a device, a socket: passed over without a word, its
+    stack fused without it or skipped for too few shots; read, a pipe hangs)."""
+    return _broken_link(p) or (p.exists() and not p.is_file() and not p.is_dir())
+
+
+def _unusable_reason(p: Path) -> str:
+    """Why :func:`_unusable` ``p`` is not read: its broken link's target, or :data:`_NOT_REGULAR`."""
+    return _broken_reason(p) if _broken_link(p) else _NOT_REGULAR
 
 
 def _broken_reason(p: Path) -> str:
