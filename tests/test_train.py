@@ -1766,6 +1766,53 @@ def test_nan_logits_are_never_counted_correct(toy_run: dict) -> None:
     assert _better(float("nan"), float("nan"), 0)  # no validation data: the latest epoch
 
 
+def test_a_model_save_killed_between_its_two_files_is_refused_not_misread(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """save_model renamed the .pt into place, then wrote the .json: killed between the two, the new
+    weights loaded with the earlier description (its patch side, input scale: the architecture
+    alike, nothing said). The .json now goes first and records the .pt's hash; whichever rename
+    the kill stops, what loads is the earlier pair, or nothing (the pair refused, named)."""
+    import bafusion.atomic as atomic
+
+    out = tmp_path / "m.pt"
+    torch.manual_seed(0)
+    save_model(build_model(8), out, {"patch": 32, "net": "initial"})
+    earlier = load_model(out)[0].state_dict()
+
+    class Killed(BaseException):
+        pass
+
+    real = os.replace
+    for kill_at in (1, 2):  # the first rename of the pair, the second
+        calls = []
+
+        def replace(src, dst, kill_at=kill_at, calls=calls):
+            calls.append(dst)
+            if len(calls) == kill_at:
+                raise Killed
+            return real(src, dst)
+
+        monkeypatch.setattr(atomic.os, "replace", replace)
+        torch.manual_seed(kill_at)
+        with pytest.raises(Killed):
+            save_model(build_model(8), out, {"patch": 16, "net": "initial"})
+        monkeypatch.undo()
+        if kill_at == 1:  # nothing renamed: the earlier pair, whole
+            net, meta = load_model(out)
+            assert meta["patch"] == 32
+            assert all(torch.equal(v, earlier[k]) for k, v in net.state_dict().items())
+        else:  # one of the two renamed: the pair refused, not the weights with another's description
+            with pytest.raises(ModelFileError, match=r"m\.json: describes other weights than those in m\.pt"):
+                load_model(out)
+    save_model(build_model(8), out, {"patch": 16, "net": "initial"})  # written whole: loads
+    assert load_model(out)[1]["patch"] == 16
+    meta = json.loads(out.with_suffix(".json").read_text())
+    meta["weights_sha256"] = "abc"
+    out.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="'weights_sha256' is 'abc', not a SHA-256"):
+        load_model(out)
+
+
 def test_a_model_with_non_finite_weights_is_refused(toy_run: dict, tmp_path: Path) -> None:
     """A model of a diverged training (NaN weights) loaded, and fuse output source B."""
     src = toy_run["paths"].out

@@ -310,6 +310,12 @@ def build_model(depth: int = 56, in_channels: int = 2, num_classes: int = 2) -> 
 MODEL_FORMAT = 1
 
 
+#: The description's entry holding the SHA-256 (hex) of the .pt's bytes it was written with
+#: (:func:`save_model`); :func:`load_model` refuses a .pt of another hash. A description without
+#: it (written before 0.7.0, the shipped ones among them) is not checked.
+WEIGHTS_SHA256 = "weights_sha256"
+
+
 class ModelFileError(RuntimeError):
     """A model file is missing, unreadable, or of another architecture."""
 
@@ -358,8 +364,15 @@ def save_torch(obj: object, tmp: "str | os.PathLike[str]", final: "str | os.Path
 
 def save_model(net: CifarResNet, path: "str | os.PathLike[str]", meta: dict | None = None) -> None:
     """Write ``path`` (a .pt state_dict) and ``path`` with suffix .json, each atomically; the
-    description records ``meta``, the architecture ("arch") and the file format ("format":
-    :data:`MODEL_FORMAT`). The .pt's bytes do not depend on ``meta``."""
+    description records ``meta``, the architecture ("arch"), the file format ("format":
+    :data:`MODEL_FORMAT`) and the SHA-256 of the .pt's bytes ("weights_sha256"). The .pt's
+    bytes do not depend on ``meta``.
+
+    The .json is renamed into place first, then the .pt: a run killed between the two leaves the
+    new description beside the earlier weights, which :func:`load_model` refuses by the hash (the
+    .pt renamed first left the new weights with the earlier description, unsaid when of the same
+    architecture: its patch side or input scale used for other weights)."""
+    import hashlib
     import json
     from pathlib import Path
 
@@ -376,7 +389,9 @@ def save_model(net: CifarResNet, path: "str | os.PathLike[str]", meta: dict | No
     info["format"] = MODEL_FORMAT
     with atomic_file(p, name=torch_part_name(p)) as tmp:
         save_torch({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp, p)
-    write_text(p.with_suffix(".json"), json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+        with open(tmp, "rb") as f:
+            info[WEIGHTS_SHA256] = hashlib.file_digest(f, "sha256").hexdigest()
+        write_text(p.with_suffix(".json"), json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_model_meta(path: "str | os.PathLike[str]") -> dict:
@@ -470,6 +485,28 @@ def _check_weights_fit(spec: ResNetSpec, state: dict, p: "os.PathLike[str]") -> 
                                  "description")
 
 
+def _check_weights_hash(meta: dict, p: "os.PathLike[str]") -> None:
+    """Refuse weights in ``p`` whose SHA-256 is not the one their description records
+    (:data:`WEIGHTS_SHA256`): a :func:`save_model` killed between its two renames, or one of the
+    pair replaced. Not checked for a description without it."""
+    import hashlib
+    from pathlib import Path
+
+    want = meta.get(WEIGHTS_SHA256)
+    if want is None:
+        return
+    jp = Path(p).with_suffix(".json")
+    if not isinstance(want, str) or not re.fullmatch(r"[0-9a-f]{64}", want):
+        raise ModelFileError(f"{jp}: '{WEIGHTS_SHA256}' is {want!r}, not a SHA-256 (64 hex digits): not a bafusion "
+                             "model description")
+    with open(p, "rb") as f:
+        got = hashlib.file_digest(f, "sha256").hexdigest()
+    if got != want:
+        raise ModelFileError(f"{jp}: describes other weights than those in {Path(p).name} (its {WEIGHTS_SHA256} "
+                             f"{want[:12]}..., the file's {got[:12]}...): a save interrupted between the two files, "
+                             "or one of them replaced; restore the pair written together, or train again")
+
+
 def load_model(
     path: "str | os.PathLike[str]", expect: ResNetSpec | None = None, map_location: str | torch.device = "cpu"
 ) -> tuple[CifarResNet, dict]:
@@ -478,7 +515,9 @@ def load_model(
     Raises :class:`ModelFileError` naming the file when it is missing, unreadable, of an
     unknown architecture, of another architecture than ``expect``, when its weights do
     not fit the architecture its description names, or when any of them is NaN or infinite
-    (a diverged training: its logits are NaN, and fusion took one source everywhere).
+    (a diverged training: its logits are NaN, and fusion took one source everywhere), or when
+    its description records the hash of other weights (:data:`WEIGHTS_SHA256`: a save killed
+    between its two files).
     """
     from pathlib import Path
 
@@ -514,6 +553,7 @@ def load_model(
         raise ModelFileError(f"{p}: {len(bad)} of {len(state)} weight tensors hold NaN or infinite values "
                              f"(first: {bad[0]}): a diverged training; train it again (a lower train.lr)")
     _check_weights_fit(spec, state, p)
+    _check_weights_hash(meta, p)
     net = CifarResNet(spec)
     try:
         net.load_state_dict(state)
