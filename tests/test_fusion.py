@@ -982,6 +982,31 @@ def test_cli_fuse_says_what_was_written_when_a_write_fails(tmp_path: Path, model
                 f"(f-score-initial.png, f-score-mean.png), the others not; the fused image {out} was written") in err, err
 
 
+@pytest.mark.parametrize("shots", [2, 3])
+def test_cli_fuse_refuses_map_names_too_long_before_the_fusion(tmp_path: Path, model_dir: Path, scene, capsys,
+                                                              monkeypatch: pytest.MonkeyPatch, shots: int) -> None:
+    """The maps are named after the output (``<stem>-score-refined.png``, a stack's
+    ``<stem>-step01-score-refined.png``): an output name that fits but whose maps' names are
+    longer than the 255 bytes a name may have failed with "File name too long" only after the
+    fusion, the fused image written. Now refused before the work, naming the longest map."""
+    import bafusion.cli.fusion
+
+    pa, pb = _write_pair(tmp_path, scene)
+    pc = tmp_path / "c.png"
+    pc.write_bytes(pb.read_bytes())
+    stem = "f" * (256 - (len("-step01") if shots > 2 else 0) - len("-score-initial.png"))  # its maps' names: 256 bytes
+    out, maps = tmp_path / f"{stem}.png", tmp_path / "maps"
+    fused = []
+    monkeypatch.setattr(bafusion.cli.fusion, "fuse_stack", lambda *a, **k: fused.append(1))
+    rc = cli_main(["fuse", str(pa), str(pb), *([str(pc)] if shots > 2 else []), "-o", str(out), "--model", str(model_dir),
+                   "--save-maps", str(maps), "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    longest = f"{stem}{'-step01' if shots > 2 else ''}-score-initial.png"
+    assert rc == 2 and not fused and not out.exists()
+    assert (f"bafusion fuse: error: {maps / longest}: the map file's name is 256 bytes, longer than the 255 a file "
+            f"name may have there; the maps are named after the output, {out.name}: give it a shorter name") in err, err
+
+
 def test_cli_fuse_writes_output_and_maps(tmp_path: Path, model_dir: Path, scene, capsys) -> None:
     pa, pb = _write_pair(tmp_path, scene)
     out = tmp_path / "f.png"

@@ -559,6 +559,28 @@ def _check_can_create_in(target: str, start: Path) -> None:
         os.unlink(probe)
 
 
+def _name_max(folder: str | os.PathLike[str]) -> int:
+    """The longest file name, in bytes, that the file system of ``folder`` (or of its nearest
+    existing folder above) takes: ``pathconf``'s ``NAME_MAX``, 255 where it cannot be asked
+    (Windows, a folder that cannot be read)."""
+    try:
+        n = os.pathconf(_nearest_existing(Path(folder)), "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # AttributeError: no os.pathconf (Windows)
+        return 255
+    return n if isinstance(n, int) and n > 0 else 255
+
+
+def check_name_length(p: str | os.PathLike[str], what: str, hint: str = "") -> None:
+    """Raise a :class:`~bafusion.errors.UserError` naming ``p`` when its name is longer than its
+    folder's file system takes (:func:`_name_max`): found only when the file was written, after
+    the work ("File name too long"). ``hint`` ends the message (what to shorten)."""
+    name = os.fsencode(Path(p).name)
+    limit = _name_max(Path(os.path.abspath(p)).parent)
+    if len(name) > limit:
+        raise UserError(f"{os.fspath(p)}: the {what}'s name is {len(name)} bytes, longer than the {limit} a file name "
+                        f"may have there{'; ' + hint if hint else ''}")
+
+
 def check_not_input(p: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], what: str) -> None:
     """Raise when ``p`` names one of ``inputs`` (however spelled)."""
     for q in inputs:

@@ -283,7 +283,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         # The maps' names are known before the work: none may be a source.
         from bafusion.fusion.maps import MAP_KEYS
         from bafusion.fusion.stack import STACK_MAP_KEYS
-        from bafusion.preflight import check_not_input
+        from bafusion.preflight import check_name_length, check_not_input
 
         if joint:
             maps = [f"{out.stem}-{key}.png" for key in STACK_MAP_KEYS]
@@ -292,6 +292,9 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
             maps = [f"{stem}-{key}.png" for stem in stems for key in MAP_KEYS]
         for name in maps:
             check_not_input(Path(args.save_maps) / name, paths, "map file")
+        # the longest map name: refused now, not after the fusion ("File name too long")
+        check_name_length(Path(args.save_maps) / max(maps, key=lambda n: len(os.fsencode(n))), "map file",
+                          f"the maps are named after the output, {out.name}: give it a shorter name")
         maps_line = _maps_line(Path(args.save_maps), out.stem, joint, len(paths))
     registered = _registered_names(args, out, paths)
     resolve_device(other["device"], "--device")
