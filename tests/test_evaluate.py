@@ -774,6 +774,40 @@ def test_an_empty_embedded_test_set_is_noted_and_the_other_datasets_evaluated(
     assert cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(out)]) == 2
 
 
+@pytest.mark.parametrize("failing", ["report", "plots"])
+def test_a_report_that_cannot_be_written_after_out_says_out_was_written(tmp_path: Path, capsys,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      failing: str) -> None:
+    """--report and --plots are written after --out is replaced: a full disk there said only
+    "report.json: No space left on device", as if nothing had been written. The error now says
+    which were not written and that --out was (written whole)."""
+    import errno
+
+    src, _ = _write_set(tmp_path, ["p1"])
+    out, report, plots = tmp_path / "ev", tmp_path / "report.json", tmp_path / "plots.csv"
+    real = Path.write_text
+    victim = report if failing == "report" else plots
+
+    def full_disk(self, *args, **kwargs):
+        if self.name == victim.name:  # the temporary file of atomic_file, named as the output
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    rc = cli_main(["evaluate", "--dataset", f"t={src}", "--methods", "Laplacian", "--metrics", "QG", "--root",
+                   str(tmp_path), "--out", str(out), "--report", str(report), "--plots", str(plots)])
+    err = capsys.readouterr().err
+    assert rc == 2 and (out / "metrics.json").is_file()
+    if failing == "report":
+        assert not report.exists() and not plots.exists()
+        assert (f"bafusion evaluate: error: {report}: {os.strerror(errno.ENOSPC)}: {report} and {plots} not written; "
+                f"{out} was written whole (its metrics.json holds the report's numbers)") in err, err
+    else:
+        assert report.is_file() and not plots.exists()
+        assert (f"bafusion evaluate: error: {plots}: {os.strerror(errno.ENOSPC)}: {plots} not written; {out} was "
+                f"written whole, as was {report}") in err, err
+
+
 def test_end_to_end_on_two_tiny_pairs(tmp_path: Path) -> None:
     src, imgs = _write_set(tmp_path, ["p1", "p2"])
     # "published" results: GFF is the native GFF's image (ties with GFF-native everywhere),

@@ -1607,6 +1607,32 @@ def test_cli_fuse_set_on_an_empty_test_set_fuses_nothing(tmp_path: Path, model_d
     assert rep == {"pairs": 0}
 
 
+def test_cli_fuse_set_says_out_was_written_when_its_report_cannot_be(tmp_path: Path, model_dir: Path, capsys,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """--report is written after --out is replaced: a full disk there said only "fuse.json: No
+    space left on device", as if nothing had been written. It now says --out was written whole."""
+    import errno
+    import os
+
+    pairs, out, report = tmp_path / "pairs", tmp_path / "fused", tmp_path / "fuse.json"
+    pairs.mkdir()
+    (pairs / "index.json").write_text(json.dumps({"pairs": []}))
+    real = Path.write_text
+
+    def full_disk(self, *args, **kwargs):
+        if self.name == report.name:  # the temporary file of atomic_file, named as the output
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    rc = cli_main(["fuse-set", "--pairs", str(pairs), "--models", str(model_dir), "--out", str(out),
+                   "--report", str(report)])
+    err = capsys.readouterr().err
+    assert rc == 2 and (out / "accuracy.json").is_file() and not report.exists()
+    assert (f"bafusion fuse-set: error: {report}: {os.strerror(errno.ENOSPC)}: the report not written; {out} was "
+            "written whole (the fused images, maps/ and accuracy.json)") in err, err
+
+
 def test_cli_fuse_set_reruns_with_its_report_inside_out(tmp_path: Path, model_dir: Path, capsys) -> None:
     """A --report inside --out made the rerun refuse the folder ('holds files this command did
     not write: fuse.json'): the report is fuse-set's own, written after --out is replaced."""

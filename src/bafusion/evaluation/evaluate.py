@@ -1956,14 +1956,23 @@ def run_evaluation(
                                 counted[f"rank_of.{q}"] = None
                 doc[ds.name] = entry
             write_text(tmp / "metrics.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        if report:
-            write_text(report, json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        if plots:
-            qs_all: list[str] = []
-            for r in plot_rows:
-                qs_all += [k for k in r if k != "method" and k not in qs_all]
-            qs_all.sort(key=lambda k: k.startswith(INF_COUNT_PREFIX))  # the counts after the means
-            write_text(plots, rows_to_csv(plot_rows, ["method", *qs_all]))
+        written: list[str] = []  # after out: a full disk was said only of the file that failed
+        try:
+            if report:
+                write_text(report, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+                written.append(os.fspath(report))
+            if plots:
+                qs_all: list[str] = []
+                for r in plot_rows:
+                    qs_all += [k for k in r if k != "method" and k not in qs_all]
+                qs_all.sort(key=lambda k: k.startswith(INF_COUNT_PREFIX))  # the counts after the means
+                write_text(plots, rows_to_csv(plot_rows, ["method", *qs_all]))
+        except OSError as e:
+            lost = [os.fspath(p) for p in (report, plots) if p and os.fspath(p) not in written]
+            copy = " (its metrics.json holds the report's numbers)" if report and not written else ""
+            raise OSError(e.errno, f"{e.strerror or e}: {' and '.join(lost)} not written; {out} was written whole{copy}"
+                                   + (f", as was {written[0]}" if written else ""), e.filename or lost[0], None,
+                          e.filename2) from e
         # report and plots inside out: recorded, so that a rerun knows them for its own
         write_output_record(out, OUTPUT_MARKERS["evaluate"], [p for p in (report, plots) if p])
         for rel in earlier:

@@ -406,6 +406,11 @@ def fuse_set(
     if report_path:  # the DVC metrics file: numbers only (settings are DVC params)
         from bafusion.dvc_metrics import fuse_metrics
 
-        write_text(report_path, json.dumps(fuse_metrics(report), indent=2, sort_keys=True) + "\n")
+        try:
+            write_text(report_path, json.dumps(fuse_metrics(report), indent=2, sort_keys=True) + "\n")
+        except OSError as e:  # a full disk: said only of the report, as if nothing had been written
+            raise OSError(e.errno, f"{e.strerror or e}: the report not written; {out} was written whole "
+                                   f"(the fused images, maps/ and {ACCURACY})", e.filename or os.fspath(report_path), None,
+                          e.filename2) from e
     return report
 
