@@ -736,6 +736,116 @@ def test_fuse_images_applies_the_unsure_region_rule(monkeypatch: pytest.MonkeyPa
     assert not np.array_equal(off.decision, on.decision)
 
 
+def _ring_and_notch_map() -> np.ndarray:
+    """A 20x20 map (min_region 0.05: 20 px), A on the left half, B on the right. In A's half a
+    hole of B, a 16-px ring (rows 3-7, columns 2-6) around a 9-px island of A: removing the
+    island first makes the hole 25 px, kept; removing the hole first leaves A's half whole.
+    Across the boundary, a 4-px notch of B in A's half (rows 13-14, columns 8-9) touching a
+    4-px island of A in B's half (columns 10-11): they border large regions of both classes."""
+    dm = np.zeros((20, 20), bool)
+    dm[:, :10] = True
+    dm[3:8, 2:7] = False
+    dm[4:7, 3:6] = True
+    dm[13:15, 8:10] = False
+    dm[13:15, 10:12] = True
+    return dm
+
+
+def test_symmetric_small_regions_give_the_swapped_pair_the_complementary_map() -> None:
+    """``fuse.symmetric_regions``: islands and holes judged on the same map, so the swapped
+    pair's map (``~dm``) gives exactly the complement. The islands-then-holes rule does not:
+    on the ring around an island it keeps a 25-px hole of B for (A, B) and none for (B, A).
+    The symmetric rule gives the ring and its island to the region around them, and leaves
+    the notch and island that border both classes as they were. On random maps of every
+    density the symmetric result is the complement for the swapped map, and equal to the
+    islands-then-holes one wherever no small island touches a small hole."""
+    dm = _ring_and_notch_map()
+    seq = remove_small_regions(dm, 0.05)
+    assert not np.array_equal(remove_small_regions(~dm, 0.05), ~seq)  # what the option is for
+    assert not seq[3:8, 2:7].any()  # islands first: the ring and its island make a 25-px hole, kept
+    sym = remove_small_regions(dm, 0.05, symmetric=True)
+    np.testing.assert_array_equal(remove_small_regions(~dm, 0.05, symmetric=True), ~sym)
+    want = np.zeros((20, 20), bool)
+    want[:, :10] = True
+    want[13:15, 8:10] = False  # the notch and the island across the boundary: as they were
+    want[13:15, 10:12] = True
+    np.testing.assert_array_equal(sym, want)
+    rng = np.random.default_rng(7)
+    differ = 0
+    for density in (0.02, 0.3, 0.5, 0.7, 0.98):
+        for _ in range(4):
+            noise = rng.random((37, 53)) < density
+            blobs = ndimage.gaussian_filter(rng.random((37, 53)), 2.0) > 0.5
+            for m in (noise, blobs, noise ^ blobs):
+                for min_region in (0.0, 0.002, 0.01, 0.05):
+                    got = remove_small_regions(m, min_region, symmetric=True)
+                    np.testing.assert_array_equal(remove_small_regions(~m, min_region, symmetric=True), ~got)
+                    differ += not np.array_equal(got, remove_small_regions(m, min_region))
+    assert differ > 0  # the random maps include island-beside-hole cases
+
+
+def test_symmetric_small_regions_on_a_map_without_touching_small_regions_is_the_usual_map() -> None:
+    """Where no small island touches a small hole the two orders agree, and so does the
+    symmetric rule: the islands, holes at the border and lone pixels of the other tests."""
+    dm = np.zeros((50, 50), bool)
+    dm[5:35, 5:35] = True
+    dm[15:17, 15:17] = False
+    dm[44:46, 44:46] = True
+    dm[0, 20:23] = True  # an island at the border
+    dm[30:34, 0:2] = False  # a hole at the border
+    for min_region in (0.0, 0.0005, 0.01, 0.1):
+        np.testing.assert_array_equal(remove_small_regions(dm, min_region, symmetric=True),
+                                      remove_small_regions(dm, min_region))
+    dm2, want = _islands_of_4_and_5_and_a_hole_of_4()
+    np.testing.assert_array_equal(remove_small_regions(dm2, 0.0113, symmetric=True), want)
+
+
+def test_symmetric_regions_reach_the_rule_and_the_unsure_removal_and_are_off_in_the_paper_preset(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``symmetric_regions`` is off by default and in the paper preset; on, ``fuse_images``
+    decides by the symmetric rule (its decision for the ring map of
+    :func:`_ring_and_notch_map` is the complement of the swapped map's), the unsure-region
+    removal is symmetric too, and ``--symmetric-regions`` / a params file set it."""
+    import argparse
+
+    import bafusion.fusion.rule as rule
+    from bafusion.cli.fusion import _add_param_args, params_from_args
+    from bafusion.config import load_preset
+    from bafusion.fusion.rule import remove_unsure_regions
+
+    assert FusionParams().symmetric_regions is False
+    assert load_preset("paper")["fuse"]["symmetric_regions"] is False
+    dm = _ring_and_notch_map()
+    maps = {}
+    for swap in (False, True):
+        m = ~dm if swap else dm
+        s1 = np.where(m, 0.9, 0.1).astype(np.float32)
+        monkeypatch.setattr(rule, "decide",
+                            lambda ga, gb, nets, params, bar=None, s1=s1: (s1, s1, np.zeros(s1.shape, bool), s1, {}))
+        nets = FusionNets(build_model(8), build_model(8), 8, 8, torch.device("cpu"))
+        a = np.full((20, 20), 200, np.uint8)
+        b = np.full((20, 20), 50, np.uint8)
+        for on in (False, True):
+            maps[swap, on] = fuse_images(a, b, nets, P(exposure_match="none", min_region=0.05,
+                                                       symmetric_regions=on)).decision
+    np.testing.assert_array_equal(maps[True, True], ~maps[False, True])
+    np.testing.assert_array_equal(maps[False, True], remove_small_regions(dm, 0.05, symmetric=True))
+    assert not np.array_equal(maps[True, False], ~maps[False, False])
+    # the unsure removal (min_region 0 here: the ring and the island are its candidates)
+    s0 = np.full(dm.shape, 0.5)
+    got = remove_unsure_regions(dm, s0, 0.05, 0.75, symmetric=True)
+    np.testing.assert_array_equal(remove_unsure_regions(~dm, 1 - s0, 0.05, 0.75, symmetric=True), ~got)
+    np.testing.assert_array_equal(got, remove_small_regions(dm, 0.05, symmetric=True))
+    assert not np.array_equal(remove_unsure_regions(dm, s0, 0.05, 0.75), got)
+    ap = argparse.ArgumentParser()
+    _add_param_args(ap)
+    assert params_from_args(ap.parse_args(["--symmetric-regions"]))[0].symmetric_regions is True
+    f = tmp_path / "p.yaml"
+    f.write_text("fuse: {symmetric_regions: true}\n")
+    assert params_from_args(ap.parse_args(["--params-file", str(f)]))[0].symmetric_regions is True
+    assert params_from_args(ap.parse_args(["--params-file", str(f), "--no-symmetric-regions"]))[0].symmetric_regions is False
+
+
 def test_unsure_region_from_the_command_line_and_set(tmp_path: Path) -> None:
     """``--unsure-region`` / ``--unsure-confidence`` reach the rule (over a params file's
     ``fuse`` section), and ``--set fuse.unsure_region=...`` is read and checked by the schema."""

@@ -88,7 +88,7 @@ _OPTION_NAMES = frozenset("""
     params params-file params-json patch patches pattern per-pair plots precision prepared
     preset quality quiet realistic reference-methods report resolution restart-if-changed retries root
     save-maps save-registered scale scale-rule scales score-position seed set sets shard shards sigma
-    skip-existing source split stack-rule summary threads threshold tile timeout tta unsure-confidence unsure-region
+    skip-existing source split stack-rule summary symmetric-regions no-symmetric-regions threads threshold tile timeout tta unsure-confidence unsure-region
     val-fraction version workers
     working-above working-band working-min working-refine working-side
 """.split())

@@ -55,6 +55,10 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
     g.add_argument("--unsure-confidence", type=float, default=None,
                    help="confidence-aware small-region removal: the mean |2 s0 - 1| below which such a region is "
                         f"removed (default {d.unsure_confidence:g})")
+    g.add_argument("--symmetric-regions", action=argparse.BooleanOptionalAction, default=None,
+                   help="small-region removal judges the islands and the holes on the same map, so that fusing B, A "
+                        "gives the complementary decision of A, B; off: the islands first, then the holes "
+                        f"(default {'on' if d.symmetric_regions else 'off'})")
     g.add_argument("--no-refine", dest="refine", action="store_const", const=False, default=None,
                    help="skip the boundary net (ablation)")
     g.add_argument("--exact", action="store_const", const=True, default=None,
@@ -205,6 +209,7 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
         "min_region": args.min_region, "refine": args.refine,
         "unsure_region": getattr(args, "unsure_region", None),
         "unsure_confidence": getattr(args, "unsure_confidence", None), "exact": args.exact,
+        "symmetric_regions": getattr(args, "symmetric_regions", None),
         "initial_mode": args.initial_mode, "initial_step": args.initial_step,
         "initial_grid_step": args.initial_grid_step, "boundary_step": args.boundary_step, "tile": args.tile,
         "boundary_mode": args.boundary_mode, "boundary_fine_step": args.boundary_fine_step,

@@ -62,6 +62,15 @@ class FusionParams:
     #: Confidence-aware small-region removal: a region below ``unsure_region`` whose mean
     #: initial-net confidence ``|2 * s0 - 1|`` is below this is removed.
     unsure_confidence: float = _default("unsure_confidence")
+    #: Small-region removal judged alike for both shots (:func:`bafusion.fusion.remove_small_regions`,
+    #: ``symmetric=True``): islands and holes are found on the same map and each group of
+    #: touching small regions takes the class of the regions around it (a group between regions
+    #: of both classes stays as it was), so fusing (B, A) gives the complementary decision of
+    #: (A, B). False: the islands first, then the holes of what is left (the paper's
+    #: post-processing as the project has always done it, and the default). Pairs and the
+    #: chain stack rule; the joint stack rule does not use it (BENCHMARKS.md, "Symmetric
+    #: small-region removal").
+    symmetric_regions: bool = _default("symmetric_regions")
     #: Use the boundary net at all (False: the initial net's map alone, for ablations).
     refine: bool = _default("refine")
     #: Reference mode: one forward pass per pixel patch.

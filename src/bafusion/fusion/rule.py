@@ -12,7 +12,10 @@ Steps, every constant a field of :class:`FusionParams`:
    ``ceil(min_region * H * W)`` pixels (4-connected) are flipped. Optionally (``unsure_region``
    above ``min_region``; off by default and in the paper preset) so are those with fewer than
    ``ceil(unsure_region * H * W)`` pixels where the initial net was unsure, its mean
-   ``|2 * s0 - 1|`` below ``unsure_confidence`` (:func:`remove_unsure_regions`).
+   ``|2 * s0 - 1|`` below ``unsure_confidence`` (:func:`remove_unsure_regions`). The islands
+   go first, then the holes of what is left; optionally (``symmetric_regions``, off by default
+   and in the paper preset) both are judged on the same map, so that swapping A and B gives
+   the complementary decision.
 6. Eq. 3: ``F = dm * A + (1 - dm) * B``, in colour when a source is RGB (a gray source is then
    replicated to three channels), in gray when both are gray; alpha is dropped. The output is
    uint8 and equals A exactly where ``dm = 1`` and B where ``dm = 0``.
@@ -175,7 +178,46 @@ def _flip_small(dm: np.ndarray, area: int) -> np.ndarray:
     return out
 
 
-def remove_small_regions(dm: np.ndarray, min_region: float) -> np.ndarray:
+def _flip_symmetric(dm: np.ndarray, candidate: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+    """The symmetric small-region rule (``fuse.symmetric_regions``): the candidate regions of
+    both classes are judged on ``dm`` itself (``candidate(labels, n)``: a bool per label of a
+    4-connected labelling of one class, label 0 the other class). Each group of touching
+    candidates (4-connected) takes the class of the other regions around it; a group bordering
+    regions of both classes, or none, is left as it was. Nothing depends on which class is
+    True, so ``_flip_symmetric(~dm) == ~_flip_symmetric(dm)``: swapping the shots gives the
+    complementary map (islands-then-holes, :func:`_flip_small`, does not where an island and a
+    hole touch)."""
+    from scipy import ndimage
+
+    dm = np.asarray(dm, dtype=bool)
+    four = ndimage.generate_binary_structure(2, 1)
+    small = np.zeros(dm.shape, dtype=bool)
+    for value in (True, False):
+        labels, n = ndimage.label(dm if value else ~dm, four)
+        pick = np.asarray(candidate(labels, n), dtype=bool).copy()
+        pick[0] = False  # label 0: the other class
+        if pick.any():
+            small |= pick[labels]
+    out = dm.copy()
+    if not small.any():
+        return out
+    groups, n = ndimage.label(small, four)
+    near = np.zeros((2, n + 1), dtype=bool)  # [class False, class True] of the regions around a group
+    whole = slice(None)
+    for axis in (0, 1):
+        for here, there in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):
+            p = (here, whole) if axis == 0 else (whole, here)
+            q = (there, whole) if axis == 0 else (whole, there)
+            g = groups[p]
+            edge = (g > 0) & ~small[q]
+            near[dm[q][edge].astype(np.intp), g[edge]] = True
+    to_true, to_false = near[1] & ~near[0], near[0] & ~near[1]
+    out[to_true[groups]] = True
+    out[to_false[groups]] = False
+    return out
+
+
+def remove_small_regions(dm: np.ndarray, min_region: float, symmetric: bool = False) -> np.ndarray:
     """Flip focused islands and defocused holes smaller than ``min_region * H * W`` pixels.
 
     Parameters
@@ -185,6 +227,13 @@ def remove_small_regions(dm: np.ndarray, min_region: float) -> np.ndarray:
     min_region : float
         Fraction of the image in [0, 1); regions (4-connected) with fewer than
         ``ceil(min_region * H * W)`` pixels are flipped. 0: nothing is removed.
+    symmetric : bool
+        False (the default and the paper preset): the islands first, then the holes of what is
+        left (skimage's ``remove_small_objects`` then ``remove_small_holes``). True
+        (``fuse.symmetric_regions``): islands and holes judged on ``dm`` alike, each group of
+        touching small regions taking the class of the regions around it, a group between
+        regions of both classes left as it was; the map of the swapped pair (``~dm``) then
+        gives exactly the complementary result.
 
     Returns
     -------
@@ -193,11 +242,13 @@ def remove_small_regions(dm: np.ndarray, min_region: float) -> np.ndarray:
     area = math.ceil(min_region * dm.size)
     if area <= 1:
         return dm.copy()
+    if symmetric:
+        return _flip_symmetric(dm, lambda labels, n: np.bincount(labels.ravel(), minlength=n + 1) < area)
     return _flip_small(dm, area)
 
 
 def remove_unsure_regions(dm: np.ndarray, score_initial: np.ndarray, unsure_region: float,
-                          unsure_confidence: float) -> np.ndarray:
+                          unsure_confidence: float, symmetric: bool = False) -> np.ndarray:
     """Flip the small regions the initial net is unsure of: focused islands and defocused holes
     with fewer than ``ceil(unsure_region * H * W)`` pixels whose mean confidence
     ``|2 * s0 - 1|`` is below ``unsure_confidence`` (``fuse.unsure_region``,
@@ -222,6 +273,9 @@ def remove_unsure_regions(dm: np.ndarray, score_initial: np.ndarray, unsure_regi
         pixels are candidates. 0 (or not above ``min_region``): nothing more is removed.
     unsure_confidence : float
         In (0, 1]: a candidate whose mean ``|2 * s0 - 1|`` is below this is flipped.
+    symmetric : bool
+        As for :func:`remove_small_regions`: True judges the islands and holes on ``dm`` alike
+        (``fuse.symmetric_regions``).
 
     Returns
     -------
@@ -243,15 +297,21 @@ def remove_unsure_regions(dm: np.ndarray, score_initial: np.ndarray, unsure_regi
     if s0.shape != out.shape:
         raise UserError(f"score_initial of shape {s0.shape} for a decision map of shape {out.shape}")
     conf = np.abs(2.0 * s0.astype(np.float64) - 1.0).ravel()
+
+    def unsure(labels: np.ndarray, n: int) -> np.ndarray:
+        flat = labels.ravel()
+        count = np.bincount(flat, minlength=n + 1)
+        mean = np.bincount(flat, weights=conf, minlength=n + 1) / np.maximum(count, 1)
+        return (count < area) & (mean < unsure_confidence)
+
+    if symmetric:
+        return _flip_symmetric(out, unsure)
     four = ndimage.generate_binary_structure(2, 1)
     for value in (True, False):  # the islands first, then the holes of what is left
         labels, n = ndimage.label(out if value else ~out, four)
         if n == 0:
             continue
-        flat = labels.ravel()
-        count = np.bincount(flat, minlength=n + 1)
-        mean = np.bincount(flat, weights=conf, minlength=n + 1) / np.maximum(count, 1)
-        flip = (count < area) & (mean < unsure_confidence)
+        flip = unsure(labels, n)
         flip[0] = False  # label 0: the other class
         if flip.any():
             out[flip[labels]] = not value
@@ -269,17 +329,18 @@ def clean_decision(dm_raw: np.ndarray, score_initial: np.ndarray, params: Fusion
     score_initial : ndarray of float, (H, W)
         The initial net's score s0 at the map's size.
     params : FusionParams
-        ``min_region``, ``unsure_region`` and ``unsure_confidence`` are read.
+        ``min_region``, ``unsure_region``, ``unsure_confidence`` and ``symmetric_regions`` are read.
 
     Returns
     -------
     ndarray of bool, (H, W)
         The decision map; with ``unsure_region`` 0 (the default) exactly
-        ``remove_small_regions(dm_raw, params.min_region)``.
+        ``remove_small_regions(dm_raw, params.min_region, params.symmetric_regions)``.
     """
-    dm = remove_small_regions(dm_raw, params.min_region)
+    dm = remove_small_regions(dm_raw, params.min_region, params.symmetric_regions)
     if params.unsure_region > params.min_region:
-        dm = remove_unsure_regions(dm, score_initial, params.unsure_region, params.unsure_confidence)
+        dm = remove_unsure_regions(dm, score_initial, params.unsure_region, params.unsure_confidence,
+                                   params.symmetric_regions)
     return dm
 
 
