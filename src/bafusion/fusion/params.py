@@ -68,7 +68,8 @@ class FusionParams:
     #: of both classes stays as it was), so fusing (B, A) gives the complementary decision of
     #: (A, B). False: the islands first, then the holes of what is left (the paper's
     #: post-processing as the project has always done it, and the default). Pairs and the
-    #: chain stack rule; the joint stack rule does not use it (BENCHMARKS.md, "Symmetric
+    #: chain stack rule; the joint stack rule judges every shot's regions on one map whatever
+    #: this says (:func:`bafusion.fusion.stack.remove_small_labels`; BENCHMARKS.md, "Symmetric
     #: small-region removal").
     symmetric_regions: bool = _default("symmetric_regions")
     #: Use the boundary net at all (False: the initial net's map alone, for ablations).
