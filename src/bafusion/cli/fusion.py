@@ -359,7 +359,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
                         "the fused image)") from e
     if registered:  # the sources as fused (registered and cropped with --align): what bafusion metrics measures F against
         say(f"writing the registered sources to {args.save_registered}")
-        _write_registered(src, registered, out)
+        _write_registered(src, registered, out, full=fused.image.dtype.itemsize > 1)
     if args.save_maps:
         say(f"writing maps to {args.save_maps}")  # nine PNGs and Fig. 3 a step: a camera-size pair's 20-60 s
         folder = Path(args.save_maps)
@@ -400,16 +400,19 @@ def _registered_names(args: argparse.Namespace, out: Path, paths: list[Path]) ->
     return names
 
 
-def _write_registered(src: Any, names: list[Path], out: Path) -> None:
+def _write_registered(src: Any, names: list[Path], out: Path, *, full: bool) -> None:
     """Write the sources as ``fuse`` fused them to the PNGs ``names`` (:func:`_registered_names`):
     with ``--align`` (or ``--align auto`` that aligned) registered onto the first's frame and
-    cropped to the fused image's area, lossless and at the depth the fusion was composed at (the
-    full-depth shots on the 16-bit scale, marked with their bits), so that ``bafusion metrics
-    REGISTERED1 REGISTERED2 OUT`` scores the fused image against the pair it was made of.
-    Unaligned, they are the sources' pixels (turned by their EXIF orientation)."""
+    cropped to the fused image's area, lossless and at the depth the fusion was composed at
+    (``full``: the output holds the full-depth composition, and the full-depth shots are written
+    on the 16-bit scale, marked with their bits; else the 8-bit shots, which an 8-bit output of
+    deeper sources, a .jpg, is composed from: registered apart, the full-depth ones round
+    otherwise), so that ``bafusion metrics REGISTERED1 REGISTERED2 OUT`` scores the fused image
+    against the pair it was made of. Unaligned, they are the sources' pixels (turned by their
+    EXIF orientation)."""
     import bafusion.io
 
-    shots = src.full if src.full is not None else src.images
+    shots = src.full if full and src.full is not None else src.images
     for name, img in zip(names, shots):
         try:
             name.parent.mkdir(parents=True, exist_ok=True)
