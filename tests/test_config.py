@@ -1494,3 +1494,33 @@ def test_count_says_when_the_batchnorm_statistics_are_re_estimated(tmp_path: Pat
     assert main(["count", "--params", str(f)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("BatchNorm:"))
     assert "1,024 (initial net) / 2,048 (boundary net) augmented training samples before each validation" in line, line
+
+
+def test_patch_sets_larger_than_the_free_space_are_said_at_the_start(monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``patches.per_pair: 1000000`` passed ``snakemake -n`` in silence (48 pairs: ~98 GB of
+    patches, computed); the size before gzip is now compared with the free space of the disk
+    the patch sets go to, and said (the patches job refuses where its estimate with gzip does
+    not fit, tests/test_patches.py)."""
+    import collections
+
+    from bafusion.cli.params_check import check_params
+    from bafusion.data import patches
+
+    usage = collections.namedtuple("usage", "total used free")
+    free = {"bytes": 50 * 2**30}
+    monkeypatch.setattr(patches.shutil, "disk_usage", lambda p: usage(10**12, 0, free["bytes"]))
+    params = load_params(REPO / "params.yaml")
+    pairs = count_samples(params)["pairs"]
+    check_params(params, "p.yaml")
+    assert capsys.readouterr().err == ""
+    params["patches"]["per_pair"] = 1_000_000
+    check_params(params, "p.yaml")
+    (line,) = capsys.readouterr().err.splitlines()
+    raw = (pairs * 1_000_000 + pairs * params["patches"]["boundary_per_pair"]) * (2 * 32 * 32 + 21)
+    assert line.startswith(f"warning: p.yaml: patches.per_pair: 1000000 makes {pairs * 1_000_000:,} initial and up to "
+                           f"{pairs * params['patches']['boundary_per_pair']:,} boundary patches for {pairs:,} pairs: "
+                           f"about {raw / 2**30:.1f} GiB before gzip, more than the 50.0 GiB free on the disk of "), line
+    free["bytes"] = raw
+    check_params(params, "p.yaml")
+    assert capsys.readouterr().err == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import h5py
@@ -685,3 +686,65 @@ def test_a_named_pipe_or_folder_as_the_hdf5_input_is_refused_not_waited_for(tmp_
     why = "not a regular file (a named pipe" if kind == "pipe" else "is a folder, not a"
     assert done.returncode == 2 and f"error: {src}: {why}" in done.stderr and "Unable to" not in done.stderr, \
         done.stderr
+
+
+def _free(monkeypatch: pytest.MonkeyPatch, free: int) -> list[Path]:
+    """Make the patches step see ``free`` bytes free on every disk; the folders it asked about."""
+    import collections
+    import shutil
+
+    from bafusion.data import patches
+
+    asked: list[Path] = []
+    usage = collections.namedtuple("usage", "total used free")
+
+    def disk_usage(path: object) -> object:
+        asked.append(Path(str(path)))
+        return usage(10 * free, 9 * free, free)
+
+    monkeypatch.setattr(patches.shutil, "disk_usage", disk_usage)
+    assert shutil.disk_usage is disk_usage  # (patches' shutil is the module)
+    return asked
+
+
+def test_patch_sets_that_do_not_fit_on_the_disk_are_refused_before_writing(shard: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """patches.per_pair had no bound and the job no disk check: per_pair 1,000,000 for 48 pairs
+    would have written ~98 GB until the disk was full. The estimate (12 pairs x (12 random + 9
+    boundary) patches of 2x16x16 bytes and 21 bytes of labels = 134,316 bytes, times the share
+    gzip keeps of 12 of the first pair's patches: overlapping crops of noise, about 80%) is
+    compared with the free space before any file is written."""
+    asked = _free(monkeypatch, 100_000)
+    out = tmp_path / "new" / "pt"
+    opts = PatchOptions(patch=16, per_pair=12, boundary_per_pair=9, seed=1)
+    with pytest.raises(UserError) as e:
+        run_patches([shard], opts, out, progress=False)
+    text = str(e.value)
+    assert re.fullmatch(re.escape(f"{out}: the patch sets would take about ") + r"1\d\d\.\d KiB \(144 initial and 108 "
+                        r"boundary patches of 2x16x16 bytes, gzip keeps \d\d% of a sample of the first pair's "
+                        r"patches\), more than the 97\.7 KiB free on the disk of " + re.escape(str(tmp_path)) +
+                        r": lower patches\.per_pair \(--per-pair\) or patches\.boundary_per_pair \(--boundary-per-pair\), or free space", text), text
+    assert asked == [tmp_path]  # the nearest existing folder of the output's
+    assert not out.exists()
+    _free(monkeypatch, 10**9)
+    run_patches([shard], opts, out, progress=False)
+    assert (out / "initial.h5").is_file()
+
+
+def test_the_free_space_check_counts_what_gzip_keeps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flat pairs deflate to a small share of their bytes: a disk that holds the compressed
+    sets but not the raw ones is no reason to refuse; without compression it is."""
+    shard = tmp_path / "flat.h5"
+    with h5py.File(shard, "w") as h5:
+        g = h5.create_group("fg0")
+        g["matte"] = np.tile(np.uint8([0, 255]).repeat(20), (40, 1))
+        g["A"] = np.full((4, 40, 40), 100, np.uint8)
+        g["B"] = np.full((4, 40, 40), 150, np.uint8)
+        g["pair"] = np.arange(4, dtype=np.int64)
+        g["sigma"] = np.ones(4, np.float32)
+    opts = PatchOptions(patch=16, per_pair=100, boundary_per_pair=0)
+    raw = 400 * (2 * 16 * 16 + 21)  # 213,200 bytes
+    _free(monkeypatch, raw // 2)
+    run_patches([shard], opts, tmp_path / "gz", progress=False)
+    with pytest.raises(UserError, match=r"400 initial patches of 2x16x16 bytes, without compression\), more than"):
+        run_patches([shard], opts, tmp_path / "raw", progress=False, compress=False)

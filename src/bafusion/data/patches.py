@@ -61,6 +61,8 @@ The x12 augmentation (rotations, flips, channel swap) is applied on the fly by
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -91,6 +93,10 @@ PATCH_STREAM_REALISTIC = 5
 #: ``boundary_per_pair`` value that takes the boundary set as the subset of the random patches
 #: that pass the boundary test (the paper's), instead of a number of patches drawn for it.
 BOUNDARY_SUBSET = "subset"
+#: Bytes each patch takes besides its pixels: ``y`` (1), ``pair`` (8), ``centre`` (8), ``y_block`` (4).
+LABEL_BYTES = 21
+#: Patches of the first pair deflated before anything is written, to estimate the files' size.
+SIZE_SAMPLE = 256
 
 
 @dataclass(frozen=True)
@@ -352,6 +358,8 @@ class _Shards:
                     raise InputFileError(f, f"unreadable HDF5 file: {e}") from e
                 self.files.append(f)
             rows: list[tuple[int, int, str, int]] = []  # (pair id, file, group, row)
+            #: (pairs, matte shape) of every group: how many patches of a size fit in them
+            self.positions: list[tuple[int, tuple[int, ...]]] = []
             #: pair ids whose shard holds realistic draws (their centres use PATCH_STREAM_REALISTIC)
             self.realistic_ids: set[int] = set()
             for i, (f, h5) in enumerate(zip(self.files, self.h5)):
@@ -372,6 +380,7 @@ class _Shards:
                         raise InputFileError(f, f"group {name!r} is damaged or not a composite group ({e}): "
                                              "run the composite step again") from e
                     rows.extend((int(pid), i, name, k) for k, pid in enumerate(ids))
+                    self.positions += [(len(ids), shape_m)]
                 try:
                     realistic = _holds_realistic_draws(h5)
                 except (OSError, KeyError, AttributeError) as e:
@@ -387,6 +396,11 @@ class _Shards:
         except BaseException:
             self.stack.close()
             raise
+
+    def patch_positions(self, p: int) -> list[tuple[int, int]]:
+        """``(pairs, positions)`` of every group: the top-left corners a ``p`` x ``p`` patch
+        may take in each of its pairs (0 for a pair smaller than the patch)."""
+        return [(n, max(0, shape[0] - p + 1) * max(0, shape[1] - p + 1)) for n, shape in self.positions]
 
     @property
     def ids(self) -> np.ndarray:
@@ -457,6 +471,98 @@ def _all_pair_ids(shard_files: list[Path]) -> np.ndarray:
     return np.concatenate(ids) if ids else np.zeros(0, np.int64)
 
 
+def free_space(folder: str | os.PathLike[str]) -> tuple[Path, int]:
+    """Where the files of ``folder`` would go and the bytes free there.
+
+    Parameters
+    ----------
+    folder : str or path-like
+        An output folder, which may not exist yet.
+
+    Returns
+    -------
+    tuple of (Path, int)
+        The nearest existing folder (``folder`` itself or a parent) and its file system's free
+        bytes (:func:`shutil.disk_usage`).
+    """
+    p = Path(os.path.abspath(folder))
+    while not p.exists() and p.parent != p:
+        p = p.parent
+    return p, shutil.disk_usage(p).free
+
+
+def size_text(n: float) -> str:
+    """Bytes for a message, in binary units: ``97.7 KiB``, ``71.7 GiB`` (as
+    :func:`bafusion.data.download.human_bytes`, up to TiB)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def patch_bytes(opts: PatchOptions) -> int:
+    """Bytes one patch takes uncompressed: two ``patch + 2 * context`` wide uint8 channels and
+    its labels (:data:`LABEL_BYTES`)."""
+    s = opts.patch + 2 * opts.context
+    return 2 * s * s + LABEL_BYTES
+
+
+def _sample_ratio(shards: _Shards, opts: PatchOptions) -> float:
+    """The share of its bytes a chunk of patches keeps once deflated as the files store it,
+    measured on ``per_pair`` (at most :data:`SIZE_SAMPLE`) random patches of the first pair (a
+    stream of its own: the files do not change)."""
+    pair_id, A, B, _ = next(iter(shards))
+    p = opts.patch
+    if A.shape[0] < p or A.shape[1] < p:
+        return 1.0  # refused by the write itself, naming the pair
+    rng = np.random.default_rng([int(opts.seed), int(pair_id), 11])
+    # as many as a pair gives, up to the sample: a chunk of the files holds 64 consecutive patches,
+    # of one pair or (per_pair below 64) of several, and overlapping crops of one pair deflate better
+    x = crop(A, B, random_corners(rng, A.shape[:2], p, min(SIZE_SAMPLE, opts.per_pair)), p, opts.context)
+    raw = x.nbytes
+    packed = sum(len(zlib.compress(np.ascontiguousarray(x[k : k + CHUNK]).tobytes(), GZIP_LEVEL))
+                 for k in range(0, len(x), CHUNK))
+    return min(1.0, packed / raw)
+
+
+def check_free_space(shards: _Shards, opts: PatchOptions, out_dir: Path, compress: bool = True) -> None:
+    """Refuse, before anything is written, patch sets that would not fit on ``out_dir``'s disk.
+
+    The size is estimated from the counts (``per_pair`` random patches a pair; for a count of
+    boundary patches, that count or the positions a pair has, whichever is fewer; the subset's
+    are not counted, they may be none) times :func:`patch_bytes`, times the share gzip keeps on
+    a sample of the first pair's patches (:func:`_sample_ratio`) when ``compress``. On one
+    shard of the builtin composites (18 pairs) it was 1.15-1.31x the bytes then written (patch
+    32, 40 + 40 and 400 + 10 a pair; patch 64 with context 16): the boundary patches deflate
+    better than the random ones sampled. ``patches.per_pair`` has no bound (1,000,000 for 48
+    pairs would have written ~98 GB before the disk was full).
+
+    Raises
+    ------
+    UserError
+        Naming ``out_dir``, the estimate and the free space, when the estimate exceeds it.
+    """
+    groups = shards.patch_positions(opts.patch)
+    n_init = sum(n for n, _ in groups) * opts.per_pair
+    n_bnd = 0 if opts.boundary_per_pair == BOUNDARY_SUBSET else sum(
+        n * min(int(opts.boundary_per_pair), pos) for n, pos in groups)
+    raw = (n_init + n_bnd) * patch_bytes(opts)
+    where, free = free_space(out_dir)
+    if raw <= free:  # (gzip keeps at most about all of it: no sample needed)
+        return
+    ratio = _sample_ratio(shards, opts) if compress else 1.0
+    need = int(raw * ratio)
+    if need <= free:
+        return
+    s = opts.patch + 2 * opts.context
+    how = (f"gzip keeps {ratio:.0%} of a sample of the first pair's patches" if compress else "without compression")
+    raise UserError(f"{out_dir}: the patch sets would take about {size_text(need)} ({n_init:,} initial"
+                    f"{f' and {n_bnd:,} boundary' if n_bnd else ''} patches of 2x{s}x{s} bytes, {how}), more than "
+                    f"the {size_text(free)} free on the disk of {where}: lower patches.per_pair (--per-pair)"
+                    f"{' or patches.boundary_per_pair (--boundary-per-pair)' if n_bnd else ''}, or free space")
+
+
 def run_patches(shard_files: list[Path], opts: PatchOptions, out_dir: Path, progress: bool = True,
                 compress: bool = True, threads: int = 1) -> dict[str, Any]:
     """Write ``initial.h5`` and ``boundary.h5`` into ``out_dir``; return counts.
@@ -465,7 +571,9 @@ def run_patches(shard_files: list[Path], opts: PatchOptions, out_dir: Path, prog
     ``benchmarks/device_train.py``): the same patches, labels and attributes; at patch 64 with
     16 px of context, about 1.8x the disk and written about 6x faster (BENCHMARKS.md).
     ``threads`` > 1 deflates the patch chunks on that many threads while the pairs are read
-    and cropped; the files are byte-identical for any ``threads``.
+    and cropped; the files are byte-identical for any ``threads``. Patch sets that would not
+    fit on the disk of ``out_dir`` are refused before anything is written
+    (:func:`check_free_space`).
     """
     if not isinstance(threads, int) or threads < 1:
         raise UserError(f"threads must be a positive integer, got {threads!r}")
@@ -486,6 +594,7 @@ def _write_patches(shards: _Shards, opts: PatchOptions, out_dir: Path, progress:
     all_ids = shards.ids
     if all_ids.size == 0:
         raise UserError("no composited pairs found in " + ", ".join(str(f) for f in shards.files))
+    check_free_space(shards, opts, out_dir, compress)
     val_pairs = split_pairs(all_ids, opts.val_fraction, opts.seed)
     counts = {s: {sp: 0 for sp in SPLITS} for s in SETS}
     labels = {s: {sp: 0 for sp in SPLITS} for s in SETS}
