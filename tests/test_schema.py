@@ -1090,3 +1090,25 @@ def test_the_warm_start_rules_input_given_with_a_tilde_is_the_home_folders(tmp_p
     inputs = next(line for line in block.splitlines() if line.strip().startswith("input:"))
     assert str(home / "m.pt") in inputs and "~" not in inputs, inputs
     assert not (project / "~").exists()
+
+
+def test_a_scale_confidence_above_float32_is_refused() -> None:
+    """``fuse.scale_confidence: 1e300`` with ``scale_rule: fill`` printed numpy's "RuntimeWarning:
+    overflow encountered in cast" in every fusion (the confidence is compared with float32
+    logits). The bound is float32's largest number, which compares without a warning."""
+    import warnings
+
+    import numpy as np
+
+    from bafusion.fusion.scoring import combine_scales
+
+    top = float(np.finfo(np.float32).max)
+    assert problems({"fuse": {"scale_confidence": top}}) == []
+    (found,) = problems({"fuse": {"scale_confidence": 1e300}})
+    assert found.startswith("fuse.scale_confidence: 1e+300 is not a number ") and "3.4028234663852886e+38" in found
+    z = [np.float32([[3.0, -1.0]]), np.float32([[1.0, 1.0]])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert combine_scales(z, "fill", top).tolist() == [[2.0, 0.0]]  # never confident: the mean
+        with pytest.raises(RuntimeWarning, match="overflow"):
+            combine_scales(z, "fill", 1e300)
