@@ -1496,6 +1496,43 @@ def test_count_says_when_the_batchnorm_statistics_are_re_estimated(tmp_path: Pat
     assert "1,024 (initial net) / 2,048 (boundary net) augmented training samples before each validation" in line, line
 
 
+def _three_foregrounds(**over: object) -> dict:
+    """params.yaml with three builtin foregrounds, one held out: two to train on."""
+    params = load_params(REPO / "params.yaml")
+    params["data"]["builtin"]["foregrounds"] = ["chelsea", "coffee", "astronaut"]
+    params["data"]["holdout_foregrounds"] = 1
+    return deep_merge(params, over)
+
+
+def test_composite_shards_beyond_the_foregrounds_are_not_run() -> None:
+    """``composite.shards: 1000`` with 6 training foregrounds ran 994 shard jobs with no pair
+    (each ~1.5 s, writing an empty HDF5): the shards split the foregrounds whole, and the pairs
+    are the same for any number, so the pipeline runs one a foreground, and says so."""
+    from bafusion.data.composite import shard_jobs
+
+    assert count_samples(_three_foregrounds())["foregrounds"] == 2
+    n, note = shard_jobs(_three_foregrounds(composite={"shards": 1000}), "p.yaml")
+    assert (n, note) == (2, "p.yaml: composite.shards: 1000 is more than the 2 training foregrounds the shards split "
+                            "(whole foregrounds each): 2 shard jobs, the same pairs")
+    assert shard_jobs(_three_foregrounds(composite={"shards": 2})) == (2, None)
+    assert shard_jobs(_three_foregrounds(composite={"shards": 1})) == (1, None)
+    unreadable = _three_foregrounds(composite={"shards": 1000}, data={"source": "dir", "dir": {
+        "alphamatting": "/nonexistent/am", "backgrounds": "/nonexistent/bg"}})
+    assert shard_jobs(unreadable) == (1000, None)  # not counted here: as given
+
+
+def test_the_pipeline_runs_one_composite_job_a_foreground(tmp_path: Path) -> None:
+    """The Snakefile's shard jobs follow :func:`bafusion.data.composite.shard_jobs` (a dry run:
+    no job runs)."""
+    from pipeline_project import make_project, run
+
+    project = make_project(tmp_path / "p", {"composite": {"shards": 1000}}, git=False)
+    done = run(["snakemake", "-n", "--cores", "1", "composite"], project)
+    assert re.search(r"^composite_shard\s+2$", done.stdout, re.M), done.stdout
+    assert ("note: params.yaml: composite.shards: 1000 is more than the 2 training foregrounds the shards split "
+            "(whole foregrounds each): 2 shard jobs, the same pairs") in done.stderr.splitlines()
+
+
 def test_patch_sets_larger_than_the_free_space_are_said_at_the_start(monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """``patches.per_pair: 1000000`` passed ``snakemake -n`` in silence (48 pairs: ~98 GB of

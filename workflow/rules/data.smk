@@ -1,9 +1,17 @@
 import json
+import sys
 
 # Data: prepare -> composite (sharded by foreground) -> patches; testset from held-out images.
 
 DATA = config.get("data", {}) or {}
-SHARDS = range(int(param("composite.shards")))
+# composite.shards, at most the training foregrounds (the shards split them whole; more would
+# run empty jobs): said in a note when fewer, once per snakemake call
+from bafusion.data.composite import shard_jobs
+
+_SHARD_COUNT, _SHARD_NOTE = shard_jobs(config, _source)
+if _SHARD_NOTE and getattr(workflow, "is_main_process", True):
+    print(f"note: {_SHARD_NOTE}", file=sys.stderr)
+SHARDS = range(_SHARD_COUNT)
 # composite.realistic (real-camera degradations) travels as one JSON argument; {} = the paper's pairs.
 REALISTIC = json.dumps(config["composite"].get("realistic") or {}, sort_keys=True)
 # data.source: web downloads (workflow/rules/download.smk) into folders that prepare then

@@ -129,6 +129,49 @@ def _load_prepared(prepared: Path, entry: dict[str, Any], key: str) -> np.ndarra
     return read_matte(p) if key == "matte" else read_image(p, rgb=True)
 
 
+def shard_jobs(params: dict[str, Any], source: str = "params.yaml") -> tuple[int, str | None]:
+    """The composite shard jobs the pipeline runs: ``composite.shards``, at most the training
+    foregrounds the prepare step keeps.
+
+    The shards split the training foregrounds round-robin, whole foregrounds each
+    (:func:`shard_foregrounds`), and the pairs and the patch sets are the same for any number
+    of shards: shards beyond the foregrounds hold no pair (``shards: 1000`` with 6 foregrounds
+    ran 994 empty jobs, each writing an empty HDF5 file). The foregrounds are counted as
+    prepare selects them (:func:`bafusion.data.sources.select`: the source's, less the held-out,
+    at most ``data.foregrounds``); where they cannot be counted before the run (``data.source:
+    web``, a folder not readable here), ``composite.shards`` as it is.
+
+    Parameters
+    ----------
+    params : dict
+        The whole parameters (``composite.shards``, ``seed``, the ``data`` section).
+    source : str
+        Where they came from; starts the note.
+
+    Returns
+    -------
+    tuple of (int, str or None)
+        The number of shard jobs, and a note saying why it is fewer than ``composite.shards``
+        (None when it is not).
+    """
+    from bafusion.data.sources import select
+    from bafusion.schema import default
+
+    shards = int((params.get("composite") or {}).get("shards") or default("composite.shards"))
+    data = dict(params.get("data") or {})
+    if data.get("source", "builtin") not in ("builtin", "dir"):
+        return shards, None
+    try:
+        fgs = len(select(data, int(params.get("seed", 0))).train_foregrounds)
+    except (UserError, OSError, ValueError):
+        return shards, None
+    if fgs < 1 or shards <= fgs:
+        return shards, None
+    plural = "s" if fgs > 1 else ""
+    return fgs, (f"{source}: composite.shards: {shards} is more than the {fgs} training foreground{plural} the "
+                 f"shards split (whole foregrounds each): {fgs} shard job{plural}, the same pairs")
+
+
 def shard_foregrounds(manifest: dict[str, Any], shard: int, shards: int) -> list[tuple[int, dict[str, Any]]]:
     if shards < 1:
         raise UserError(f"shards must be at least 1, got {shards}")
