@@ -2287,3 +2287,31 @@ def test_the_figure_functions_leave_the_callers_matplotlib_backend_and_pyplot_al
         assert (tmp_path / "maps" / "x-fig3.png").stat().st_size and (tmp_path / "ds" / "fig4-p.png").stat().st_size
     finally:
         matplotlib.use(before)
+
+
+def test_a_fine_step_above_the_boundary_step_is_refused_or_said() -> None:
+    """``fuse: {boundary_step: 2, boundary_fine_step: 32}`` ran silently as a step-2 grid
+    everywhere (the fine step clamped to the coarse one: lytro-01 fused in 18.4 s against 3.9 s,
+    probeConfig's measure): refused, the values named. With ``boundary_step: 0`` (auto, half the
+    boundary net's patch) the clamp depends on the net: said once, with the step it runs."""
+    import warnings
+
+    from bafusion.fusion.scoring import boundary_steps
+
+    with pytest.raises(UserError, match=r"^fuse\.boundary_fine_step: 32 is above fuse\.boundary_step: 2: the adaptive "
+                                        r"boundary mode .* \(it ran as 2, no refinement\); swapped\?"):
+        FusionParams(boundary_step=2, boundary_fine_step=32)
+    with pytest.raises(UserError, match="boundary_fine_step: 32 is above"):
+        FusionParams.from_params({"fuse": {"boundary_step": 2, "boundary_fine_step": 32}})
+    FusionParams(boundary_step=2, boundary_fine_step=32, boundary_mode="grid")  # not read there
+    assert boundary_steps(FusionParams(boundary_step=32, boundary_fine_step=2), 32) == (32, 2)
+    auto = FusionParams(boundary_fine_step=32)
+    with pytest.warns(UserWarning, match=r"^fuse\.boundary_fine_step: 32 is above the boundary net's grid step 16 "
+                                         r"\(fuse\.boundary_step: 0, auto: half its patch 32\): the adaptive mode runs "
+                                         r"it as 16"):
+        assert boundary_steps(auto, 32) == (16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert boundary_steps(auto, 64) == (32, 32)  # fine = coarse: no refinement, as asked
+        assert boundary_steps(FusionParams(), 32) == (16, 8)
+

@@ -242,9 +242,16 @@ class FusionParams:
         for name, value in values.items():
             if value is not getattr(self, name):
                 object.__setattr__(self, name, value)
-        # The one check across keys, which the schema cannot say.
+        # The checks across keys, which the schema cannot say.
         if not self.low < self.high:
             raise UserError(low_high_problem(self.low, self.high))
+        fine, coarse = self.boundary_fine_step, self.boundary_step
+        if self.boundary_mode == "adaptive" and not self.exact and coarse and fine > coarse:
+            # (scoring.boundary_steps ran it as the coarse step: a step-`coarse` grid everywhere)
+            raise UserError(f"fuse.boundary_fine_step: {fine} is above fuse.boundary_step: {coarse}: the adaptive "
+                            f"boundary mode refines its step-{coarse} grid down to the fine step, which cannot be "
+                            f"coarser (it ran as {coarse}, no refinement); swapped? set boundary_fine_step at most "
+                            f"{coarse}, or 0 (half the coarse step)")
         object.__setattr__(self, "scales", tuple(sorted({float(v) for v in self.scales}, reverse=True)))
 
     @classmethod

@@ -130,6 +130,13 @@ def boundary_steps(params: "FusionParams", patch: int) -> tuple[int, int]:
     if params.boundary_mode == "adaptive":
         coarse = params.boundary_step or 2 * base
         fine = params.boundary_fine_step or max(1, coarse // 2)
+        if fine > coarse and not params.exact:  # (a boundary_step given: refused by FusionParams)
+            import warnings
+
+            warnings.warn(f"fuse.boundary_fine_step: {fine} is above the boundary net's grid step {coarse} "
+                          f"(fuse.boundary_step: 0, auto: half its patch {patch}): the adaptive mode runs it as "
+                          f"{coarse}, no refinement; set boundary_fine_step below {coarse}, or 0 (half the coarse "
+                          "step)", UserWarning, stacklevel=1)  # (its own line: said once, whoever asks)
         return coarse, min(fine, coarse)
     return params.boundary_step or base, params.boundary_fine_step
 
