@@ -2012,3 +2012,28 @@ def test_write_image_refuses_metadata_arguments_of_the_wrong_type_naming_them(tm
         write_image(tmp_path / "ok.png", rgb, dpi=dpi, exif=bytearray(Image.Exif().tobytes()))
         assert read_image(tmp_path / "ok.png").shape == rgb.shape
     write_image(tmp_path / "ok16.png", rgb.astype(np.uint16) * 16, bits=np.int64(12))
+
+
+def test_write_image_takes_the_dpi_pillow_reads_from_a_tiff(tmp_path: Path, rgb) -> None:
+    """Pillow gives a TIFF's resolution as IFDRational values (``Image.open(tif).info["dpi"]``),
+    which are numbers (``numbers.Rational``) but neither int nor float: write_image's argument
+    check refused them as "not a pair of numbers" (printed ``(300.0, 150.0)``), and a Fraction too,
+    though every writer takes them. They are written as any other dpi."""
+    from fractions import Fraction
+
+    from PIL.TiffImagePlugin import IFDRational
+
+    from bafusion.io.metadata import source_dpi
+
+    Image.fromarray(rgb).save(tmp_path / "s.tif", dpi=(300, 150))
+    with Image.open(tmp_path / "s.tif") as im:
+        pillows = im.info["dpi"]
+    assert isinstance(pillows[0], IFDRational), type(pillows[0])
+    for img, suffixes in ((rgb, (".png", ".jpg", ".tif", ".bmp")), (rgb.astype(np.uint16) * 257, (".png", ".tif"))):
+        for suffix in suffixes:
+            for dpi in (pillows, (Fraction(300), Fraction(150))):
+                out = tmp_path / f"o{img.dtype}{suffix}"
+                write_image(out, img, dpi=dpi)
+                assert source_dpi(out) == (300.0, 150.0), (suffix, dpi)
+    with pytest.raises(UserError, match="two finite numbers above 0"):
+        write_image(tmp_path / "z.png", rgb, dpi=(Fraction(0), Fraction(300)))

@@ -10,6 +10,8 @@ and EXIF fitted to the output (its image size; shortened for a JPEG: :func:`fit_
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import os
 import struct
 import warnings
@@ -251,10 +253,12 @@ def _check_metadata_arguments(p: Path, *, exif: object, icc: object, bits: objec
     if dpi is None:
         return
     pair = tuple(dpi) if isinstance(dpi, (tuple, list, np.ndarray)) else None
+    # numbers.Real: also Pillow's own dpi of a TIFF (IFDRational, as Image.open gives it in
+    # .info["dpi"]), a Fraction, numpy's numbers
     if pair is None or len(pair) != 2 or not all(
-            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in pair):
+            isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) for v in pair):
         raise InputTypeError(f"{p}: dpi must be (x, y) dots per inch, a pair of numbers, or None, got {dpi!r}")
-    if not all(np.isfinite(v) and v > 0 for v in pair):
+    if not all(math.isfinite(float(v)) and float(v) > 0 for v in pair):
         raise UserError(f"{p}: dpi must be (x, y) dots per inch, two finite numbers above 0, got {dpi!r}")
 
 
