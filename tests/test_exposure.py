@@ -681,3 +681,20 @@ def test_auto_takes_brighter_only_where_one_shot_clips_clearly_more() -> None:
     both = cases["linear"]
     assert (both[0] >= 250).mean() > 0.1 and (both[1] >= 250).mean() > 0.1
     assert not np.array_equal(match_pair(*both, "brighter")[0], match_pair(*both, "linear")[0])
+
+
+def test_colour_gains_ignores_the_alpha_of_a_gray_shot() -> None:
+    """``colour_gains`` ignores alpha, but kept the alpha of a gray + alpha (H, W, 2) shot as a
+    second channel: two gains for (LA, LA), the alpha's among them, and (LA, gray) refused as of
+    other channel counts. Gray + alpha is gray: one gain, as for the gray alone."""
+    from bafusion.fusion.exposure import colour_gains
+
+    rng = np.random.default_rng(7)
+    a = rng.integers(20, 200, (40, 40), dtype=np.uint8)
+    b = np.clip(a.astype(np.int32) * 3 // 4, 0, 255).astype(np.uint8)
+    opaque = np.full_like(a, 255)
+    want = colour_gains(a, b)
+    assert want.shape == (1,) and abs(want[0] - 4 / 3) < 0.05, want
+    for x, y in ((np.dstack([a, opaque]), np.dstack([b, opaque])), (np.dstack([a, opaque]), b),
+                 (a, np.dstack([b, opaque // 2]))):
+        assert np.array_equal(colour_gains(x, y), want), (x.shape, y.shape)

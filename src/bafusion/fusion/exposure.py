@@ -445,6 +445,8 @@ def _colour(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim == 2:
         return x[..., None]
+    if x.ndim == 3 and x.shape[2] == 2:  # gray + alpha: the gray (its alpha was taken for a channel)
+        return x[..., :1]
     return x[..., :3]
 
 
@@ -477,8 +479,8 @@ def colour_gains(a: np.ndarray, b: np.ndarray, step: int = 4) -> np.ndarray:
     Parameters
     ----------
     a, b : ndarray
-        The sources, uint8 or uint16, (H, W) or (H, W, 3/4), of one size and channel count
-        (alpha ignored).
+        The sources, uint8 or uint16, (H, W) or (H, W, 2/3/4), of one size and channel count
+        (alpha ignored: (H, W, 2) is gray).
     step : int
         Subsampling of rows and columns.
 
