@@ -2141,6 +2141,32 @@ def test_a_killed_fuse_dirs_journal_is_read_up_to_its_torn_line_and_folded_in(tm
     assert batch.read_marker(out)["outputs"] == ["q.png", "r.png"] and batch.read_marker(out)["sources"]["p.png"] == {}
 
 
+def test_an_interrupted_fuse_dir_logs_its_counts_to_mlflow(tmp_path: Path, nets: Path, capsys, monkeypatch) -> None:
+    """A fuse-dir stopped by Ctrl-C (or SIGTERM) ended its MLflow run KILLED with only its
+    duration: no stacks_fused, though stacks were fused and listed in OUT's record. The counts
+    of what it did before the stop are logged."""
+    from mlflow.tracking import MlflowClient
+
+    from bafusion import tracking
+
+    src, out = _three_pairs(tmp_path)
+    real = batch.fuse_files
+
+    def stopped(paths, *args, **kwargs):
+        if paths[0].name.startswith("r-"):
+            raise KeyboardInterrupt
+        return real(paths, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "fuse_files", stopped)
+    assert cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]) == 130
+    client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    runs = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id],
+                              f"tags.stage = 'fuse-dir' and tags.output = '{out}'")
+    assert len(runs) == 1 and runs[0].info.status == "KILLED"
+    assert {k: v for k, v in runs[0].data.metrics.items() if k.startswith("stacks_")} == {
+        "stacks_fused": 2, "stacks_existing": 0, "stacks_skipped": 0}
+
+
 def test_an_interrupted_fuse_dir_says_to_rerun_with_skip_existing(tmp_path: Path, nets: Path, capsys,
                                                                    monkeypatch) -> None:
     src, out = _three_pairs(tmp_path)

@@ -642,7 +642,7 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     resolve_device(other["device"], "--device")
     from bafusion import tracking
     from bafusion.cli.app import on_stop_say
-    from bafusion.fusion.batch import _same_quality, model_identity
+    from bafusion.fusion.batch import BatchReport, _same_quality, model_identity
 
     # Logged as fuse-set is, under the same switch (tracking.enabled): the params, the nets used
     # (their sha256) and the counts; the folders and the options params.yaml has no key for as tags.
@@ -655,12 +655,16 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
         tracking.log_nets(run, model_identity(nets))
         on_stop_say(lambda: f"rerun {'the same command' if args.skip_existing else 'it with --skip-existing'}: the "
                     f"stacks fused into {out} are kept, the others are fused then")
-        rep = fuse_dir(src, out, nets, params, ext=ext, quality=args.quality, align=args.align or "none",
-                       force=args.force,
-                       skip_existing=args.skip_existing,
-                       progress=args.progress is not False, motion_hint=args.align is None)
-        run.log_metrics({"stacks_fused": len(rep.fused), "stacks_existing": len(rep.existing),
-                         "stacks_skipped": len(rep.skipped)})
+        # filled as the batch goes: a batch stopped by a signal logs what it did too (its run, KILLED,
+        # had only its duration, though stacks were fused and listed in OUT's record)
+        rep = BatchReport()
+        try:
+            fuse_dir(src, out, nets, params, ext=ext, quality=args.quality, align=args.align or "none",
+                     force=args.force, skip_existing=args.skip_existing, progress=args.progress is not False,
+                     motion_hint=args.align is None, report=rep)
+        finally:
+            run.log_metrics({"stacks_fused": len(rep.fused), "stacks_existing": len(rep.existing),
+                             "stacks_skipped": len(rep.skipped)})
         if rep.stopped:
             run.set_tag("stopped", rep.stopped)
     for where, line in rep.notes:  # RAW and HEIC files not read, where no stack was skipped for them

@@ -1550,7 +1550,7 @@ class BatchReport:
 
 def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str = "none", force: bool = False,
              skip_existing: bool = False, progress: bool = True, motion_hint: bool = False,
-             quality: int | None = None) -> BatchReport:
+             quality: int | None = None, report: BatchReport | None = None) -> BatchReport:
     """Fuse every stack of ``src`` (:func:`find_groups`) into ``out/<name>.<ext>``; a stack that
     cannot be fused is skipped with its reason, the batch goes on. ``align``, ``force`` and
     ``motion_hint`` as for :func:`fuse_files`; ``quality``: the lossy quality of a jpg or webp
@@ -1564,6 +1564,10 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
     replaced and the record starts anew (it keeps the outputs of the same setup). A second
     run into ``out`` while one runs there is refused (:func:`output_lock`).
 
+    ``report``: an empty :class:`BatchReport` filled as the batch goes (and returned), so that a
+    caller knows what a batch stopped by a signal (``KeyboardInterrupt``, ``SystemExit``) did
+    before it stopped: ``bafusion fuse-dir`` logs its counts to MLflow then too.
+
     Returns
     -------
     BatchReport
@@ -1573,7 +1577,8 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
     notes: list[tuple[str, list[Path], str | None]] = []
     groups, skipped = find_groups(src, exclude=out, notes=notes)
     check_output_folder(src, out, groups)
-    rep = BatchReport(skipped=list(skipped))
+    rep = report if report is not None else BatchReport()
+    rep.skipped.extend(skipped)
     if not groups and skipped:  # every stack dropped before fusing (one shot, a name outside the rule): listed, status 4
         rep.notes = unread_notes(notes, rep)
         return rep
