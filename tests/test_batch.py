@@ -467,7 +467,8 @@ def test_sources_of_different_colour_profiles_are_noted(tmp_path: Path, nets: Pa
         (src / f"p-{n}.png").write_bytes((tmp_path / f"{shot}.png").read_bytes())
     assert cli_main(["fuse-dir", str(src), str(tmp_path / "out"), "--model", str(nets), "--device", "cpu",
                      "--quiet"]) == 0
-    assert f"bafusion fuse-dir: {src / 'p-B.png'} has a different colour profile" in capsys.readouterr().err
+    # after the stack's name, as its motion and alignment lines ("bafusion fuse-dir: p: ...")
+    assert f"bafusion fuse-dir: p: {src / 'p-B.png'} has a different colour profile" in capsys.readouterr().err
 
 
 def test_png_colour_chunks_and_profiles_not_written_are_noted_truly(tmp_path: Path, nets: Path, capsys) -> None:
@@ -2165,6 +2166,22 @@ def test_an_interrupted_fuse_dir_logs_its_counts_to_mlflow(tmp_path: Path, nets:
     assert len(runs) == 1 and runs[0].info.status == "KILLED"
     assert {k: v for k, v in runs[0].data.metrics.items() if k.startswith("stacks_")} == {
         "stacks_fused": 2, "stacks_existing": 0, "stacks_skipped": 0}
+
+
+def test_fuse_dirs_notes_of_a_stack_start_with_its_name(tmp_path: Path, tiny_nets: Path, capsys) -> None:
+    """fuse-dir's lines about a stack's motion started with its name ("p: p-B.png: moves about
+    2.3 px"), its exposure notes with the shot's path alone ("p-B.png differs from p-A.png by
+    about -0.2 EV"): every note of a stack follows its name."""
+    rng = np.random.default_rng(5)
+    a8 = ndimage.uniform_filter(rng.integers(20, 160, (48, 40, 3)).astype(np.uint8), (3, 3, 1))
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(a8).save(src / "p-A.png")
+    Image.fromarray(np.clip(np.round(a8 * 1.4), 0, 255).astype(np.uint8)).save(src / "p-B.png")
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "out"), "--model", str(tiny_nets), "--device", "cpu",
+                     "--min-region", "0"]) == 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if "differs from" in x]
+    assert lines and all(x.startswith(f"bafusion fuse-dir: p: {src / 'p-B.png'} differs from") for x in lines), lines
 
 
 def test_an_interrupted_fuse_dir_says_to_rerun_with_skip_existing(tmp_path: Path, nets: Path, capsys,

@@ -1825,8 +1825,10 @@ def _fuse_groups(src: Path, groups: Mapping[str, Sequence[Path]], out: Path, net
                            f"and rerun with --skip-existing (the {len(written)} output(s) written are kept)")
             break
         for note in fused.notes:
+            # after the stack's name, as the lines of its fusion ("p8: p8-B.png: moves about 2.3 px"):
+            # its exposure and colour notes were prefixed with the shot's path alone
             if note not in said_once:  # a line without a file name (metadata not kept): once a run
-                tqdm.write(f"bafusion fuse-dir: {note}", file=sys.stderr)
+                tqdm.write(f"bafusion fuse-dir: {name}: {note}", file=sys.stderr)
             if note.startswith("the sources' "):
                 said_once.add(note)
         rep.fused.append(name)
