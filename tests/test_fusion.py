@@ -1661,6 +1661,44 @@ def test_cli_fuse_set_refuses_bad_indexes_before_work_and_writes_strict_json(
     assert "p2-B.png: size 88x79 (WxH) differs from 88x80" in capsys.readouterr().err and calls == []
 
 
+def test_cli_fuse_set_refuses_a_damaged_shot_or_truth_before_any_pair_is_fused(
+    tmp_path: Path, model_dir: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A truncated or damaged PNG (a shot, a true decision map, an all-in-focus truth) was found
+    only on reaching its pair: the pairs fused before it were lost with the run (its fresh
+    folder is dropped, --out not written). Every listed file is decoded before any fusion now,
+    and an all-in-focus truth of another size is refused then too (it was, after its pair)."""
+    from bafusion.fusion import testset as ts
+
+    pairs = tmp_path / "testset"
+    pairs.mkdir()
+    rng = np.random.default_rng(11)
+    for name in ("p1", "p2"):
+        a, b, m = composite(rng, 48, 56, rgb=True)
+        Image.fromarray(a).save(pairs / f"{name}-A.png")
+        Image.fromarray(b).save(pairs / f"{name}-B.png")
+        Image.fromarray(np.where(m, 255, 0).astype(np.uint8)).save(pairs / f"{name}-dm.png")
+        Image.fromarray(a).save(pairs / f"{name}-truth.png")
+    (pairs / "index.json").write_text(json.dumps(["p1", "p2"]))
+    out = tmp_path / "fused"
+    base = ["fuse-set", "--pairs", str(pairs), "--models", str(model_dir), "--out", str(out), "--device", "cpu"]
+    calls = []
+    real = ts._fuse_pair
+    monkeypatch.setattr(ts, "_fuse_pair", lambda *x, **k: calls.append(1) or real(*x, **k))
+    for damaged in ("p2-B.png", "p2-dm.png", "p2-truth.png"):
+        good = (pairs / damaged).read_bytes()
+        (pairs / damaged).write_bytes(good[: len(good) * 2 // 3])  # cut short, as a card or copy can leave it
+        assert cli_main(base) == 2
+        err = capsys.readouterr().err
+        assert f"{damaged}: unreadable image" in err and "truncated" in err and "Traceback" not in err, err
+        assert calls == [] and not out.exists()
+        (pairs / damaged).write_bytes(good)
+    Image.fromarray(np.zeros((40, 44, 3), np.uint8)).save(pairs / "p2-truth.png")
+    assert cli_main(base) == 2
+    assert "p2-truth.png: all-in-focus truth size 44x40 (WxH) differs from 56x48" in capsys.readouterr().err
+    assert calls == []
+
+
 def test_cli_fuse_set_killed_leaves_the_earlier_results_whole(
     tmp_path: Path, model_dir: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:

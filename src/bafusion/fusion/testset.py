@@ -170,37 +170,36 @@ def decision_accuracy(dm: np.ndarray, truth: np.ndarray, band: int = 0) -> float
     return float((dm == truth).mean())
 
 
-def _header_size(path: Path) -> tuple[int, int] | None:
-    """(height, width) of an image as read (EXIF orientation applied), from its header; None
-    when the header cannot be read (reading the image says why)."""
-    from bafusion.io.formats import pillow_open
-
-    try:
-        with pillow_open(path) as im:
-            w, h = im.size
-            turned = int(im.getexif().get(0x0112, 1) or 1) in (5, 6, 7, 8)
-    except Exception:  # noqa: BLE001 - the reader's own message comes later
-        return None
-    return (w, h) if turned else (h, w)
-
-
 def _truth_size_message(truth_hw: tuple[int, ...], a_hw: tuple[int, ...], pa: Path) -> str:
     return (f"truth map size {truth_hw[1]}x{truth_hw[0]} (WxH) differs from {a_hw[1]}x{a_hw[0]} of {pa}: a "
             "decision map has the size of its pair")
 
 
-def _check_pair_sizes(pairs: Path, name: str) -> None:
-    """Refuse, before any work, a pair whose B or truth map is not the size of its A."""
-    pa, pb, pt = pairs / f"{name}-A.png", pairs / f"{name}-B.png", pairs / f"{name}-dm.png"
-    sa, sb = _header_size(pa), _header_size(pb)
-    if sa is None:
-        return
-    if sb is not None and sb != sa:
-        raise InputFileError(pb, f"size {sb[1]}x{sb[0]} (WxH) differs from {sa[1]}x{sa[0]} of {pa}: the sources "
+def _check_pair_files(pairs: Path, name: str) -> None:
+    """Refuse, before any work, a pair whose shot, true decision map or all-in-focus truth (read
+    where there is a decision map) is no readable image or is not the size of its A. Each file is
+    decoded (:func:`bafusion.io.image_info` with ``decode``): a truncated or damaged PNG was found
+    only on reaching its pair, and the pairs fused before it were lost with the run, which
+    replaces ``out`` only at its end."""
+    from bafusion.io import image_info
+
+    pa, pb, pt, paif = (pairs / f"{name}-{k}.png" for k in ("A", "B", "dm", "truth"))
+    ia = image_info(pa, decode=True)
+    sa = (ia.height, ia.width)
+    ib = image_info(pb, decode=True)
+    if (ib.height, ib.width) != sa:
+        raise InputFileError(pb, f"size {ib.width}x{ib.height} (WxH) differs from {sa[1]}x{sa[0]} of {pa}: the sources "
                                  "must have the same size")
-    st = _header_size(pt) if pt.is_file() else None
-    if st is not None and st != sa:
-        raise InputFileError(pt, _truth_size_message(st, sa, pa))
+    if not pt.is_file():
+        return
+    it = image_info(pt, decode=True)
+    if (it.height, it.width) != sa:
+        raise InputFileError(pt, _truth_size_message((it.height, it.width), sa, pa))
+    if paif.is_file():
+        ii = image_info(paif, decode=True)
+        if (ii.height, ii.width) != sa:
+            raise InputFileError(paif, f"all-in-focus truth size {ii.width}x{ii.height} (WxH) differs from "
+                                       f"{sa[1]}x{sa[0]} of {pa}")
 
 
 def _pair_steps(name: str, shots: list[Path], step: Callable[[str], None] | None) -> Callable[[str], None]:
@@ -312,9 +311,10 @@ def fuse_set(
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise InputFileError(pairs / "index.json", f"listed pairs lack their shots: {', '.join(missing[:3])}{more}")
-    # and their sizes (from the headers), truth maps too: a mismatch found after an hour would lose it
+    # and that each decodes, of its pair's size (truth maps too): a damaged file or a mismatch found
+    # after an hour would lose it
     for name in names:
-        _check_pair_sizes(pairs, name)
+        _check_pair_files(pairs, name)
     # and the memory limit of the process's cgroup (a container, a SLURM job): over it the kernel
     # ends the run without a word, at the first pair too large; every pair's maps are written
     # (maps/, after its fusion), whose estimate is the larger below 27 MP at the working resolution, below
