@@ -703,6 +703,34 @@ def test_pairs_are_found_by_fuse_dirs_rules_and_two_files_for_one_source_are_ref
         assert sorted({r["pair"] for r in csv.DictReader(f)}) == ["p1", "p2", "p3"]
 
 
+def test_pairs_of_every_format_fuse_dir_takes_are_found_and_an_unread_source_is_named(tmp_path: Path) -> None:
+    """A dataset's pairs were found by fuse-dir's rules but only among PNG, JPEG, TIFF and BMP:
+    a pair of WebP shots (or .jfif, GIF) was no pair, one with a WebP B was refused as "source B
+    missing" beside p1-B.webp, and a camera RAW B was "missing" too, without the advice fuse gives."""
+    src = tmp_path / "pairs"
+    src.mkdir()
+    a, b, _, _ = _pair(np.random.default_rng(6))
+    Image.fromarray(a).save(src / "p1-A.webp", lossless=True)
+    Image.fromarray(b).save(src / "p1-B.WEBP", lossless=True)
+    Image.fromarray(a).save(src / "p2-A.jpg", quality=95)
+    Image.fromarray(b).save(src / "p2-B.jfif", format="JPEG", quality=95)
+    Image.fromarray(a).save(src / "p3-A.png")
+    Image.fromarray(b).save(src / "p3-B.gif")
+    ds = ev.Dataset(name="t", sources=src)
+    assert [(p.name, p.a.name, p.b.name) for p in ev.find_pairs(ds)] == [
+        ("p1", "p1-A.webp", "p1-B.WEBP"), ("p2", "p2-A.jpg", "p2-B.jfif"), ("p3", "p3-A.png", "p3-B.gif")]
+    (src / "p3-B.gif").rename(src / "p3-B.dng")
+    with pytest.raises(InputFileError, match=r"pair 'p3': source B missing \(p3-B\.dng: camera RAW, which bafusion "
+                                             r"does not read: convert it to TIFF"):
+        ev.find_pairs(ds)
+    (src / "p3-B.dng").rename(src / "p3-B.xcf")
+    with pytest.raises(InputFileError, match=r"pair 'p3': source B missing \(p3-B\.xcf is there, of a format not read"):
+        ev.find_pairs(ds)
+    (src / "p3-B.xcf").unlink()
+    with pytest.raises(InputFileError, match=r"pair 'p3': source B missing$"):
+        ev.find_pairs(ds)
+
+
 def test_config_errors_name_the_setting(tmp_path: Path) -> None:
     from bafusion.errors import UserError
 

@@ -174,7 +174,6 @@ TRUTH_METRICS: tuple[str, ...] = ("PSNR", "SSIM", "DM_acc")
 """Values against the all-in-focus truth / the true decision map (where the dataset has them)."""
 LOWER_IS_BETTER: frozenset[str] = frozenset({"QCV"})
 """Metrics for which a smaller value is better; all others: larger is better."""
-IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "tif", "tiff", "bmp")
 LOSSLESS = "lossless_"
 """Column prefix of the values of a computed method's output before JPEG re-encoding
 (``jpeg_quality``): ``lossless_QMI`` etc."""
@@ -472,14 +471,20 @@ def jpeg_reencode(img: np.ndarray, quality: int) -> tuple[np.ndarray, bytes]:
 
 def _image_files(folder: Path) -> dict[str, list[Path]]:
     """The images of ``folder`` by file-name stem, by ``fuse-dir``'s rules
-    (:func:`bafusion.fusion.batch.find_groups`): a suffix of :data:`IMAGE_EXTENSIONS` in either
-    case (``.Jpg``); dot-files (macOS ``._p1-A.jpg`` resource forks, editors' temporaries) are
-    no images, nor are folders. A named pipe, a device, a socket or a broken link so named is
-    kept, for :func:`find_pairs` to refuse naming it (:func:`_not_regular`): left out, it made
-    its pair's "source A missing", naming no file."""
+    (:func:`bafusion.fusion.batch.find_groups`): a suffix of the photo formats it takes
+    (:func:`bafusion.io.read_suffixes`) in either case (``.Jpg``); dot-files (macOS
+    ``._p1-A.jpg`` resource forks, editors' temporaries) are no images, nor are folders. Only
+    PNG, JPEG, TIFF and BMP were taken: a pair of WebP (GIF, ``.jfif``, ...) shots, which
+    ``fuse`` and ``fuse-dir`` read, was no pair, and one with such a B was refused as "source B
+    missing". A named pipe, a device, a socket or a broken link so named is kept, for
+    :func:`find_pairs` to refuse naming it (:func:`_not_regular`): left out, it made its pair's
+    "source A missing", naming no file."""
+    from bafusion.io import read_suffixes
+
+    suffixes = read_suffixes()
     files: dict[str, list[Path]] = {}
     for p in sorted(folder.iterdir()):
-        if not p.name.startswith(".") and p.suffix[1:].lower() in IMAGE_EXTENSIONS and not p.is_dir():
+        if not p.name.startswith(".") and p.suffix.lower() in suffixes and not p.is_dir():
             files.setdefault(p.stem, []).append(p)
     return files
 
@@ -506,6 +511,23 @@ def _find_file(files: Mapping[str, Sequence[Path]], stems: Sequence[str], folder
         raise InputFileError(folder, f"{what}: {len(found)} files, {', '.join(f.name for f in found)}: "
                                      "keep one (rename or remove the others)")
     return found[0] if found else None
+
+
+def _unread_hint(folder: Path, stems: Sequence[str]) -> str:
+    """What a pair's missing source says of a file of ``folder`` named like it (a stem of
+    ``stems``) in a format not read (a camera RAW ``p1-B.dng``, an ``.xcf``): the file and what to
+    do, so that "source B missing" does not stand beside the file; "" when there is none."""
+    from bafusion.io import unread_advice, unread_format
+
+    others = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.stem in stems and p.is_file())
+    if not others:
+        return ""
+    names = ", ".join(p.name for p in others)
+    kinds = [k for k in map(unread_format, others) if k]
+    if len(kinds) == len(others):
+        return f" ({names}: {' and '.join(dict.fromkeys(kinds))}, which bafusion does not read: " \
+               f"{unread_advice(kinds, them=len(others) > 1)})"
+    return f" ({names} is there, of a format not read: give it as PNG, JPEG, TIFF or another format fuse-dir takes)"
 
 
 def find_pairs(ds: Dataset) -> list[Pair]:
@@ -557,7 +579,8 @@ def find_pairs(ds: Dataset) -> list[Pair]:
         where = f"dataset {ds.name!r}, pair {n!r}"
         pa, pb = (_find_file(files, (f"{n}-{k}", f"{n}-{k.lower()}"), src, f"{where}: source {k}") for k in "AB")
         if pa is None or pb is None:
-            raise InputFileError(src, f"{where}: source {'A' if pa is None else 'B'} missing")
+            k = "A" if pa is None else "B"
+            raise InputFileError(src, f"{where}: source {k} missing" + _unread_hint(src, (f"{n}-{k}", f"{n}-{k.lower()}")))
         truth = _find_file(files, (f"{n}-truth",), src, f"{where}: truth")
         dm = _find_file(files, (f"{n}-dm",), src, f"{where}: decision map")
         for what, f in (("source A", pa), ("source B", pb), ("truth", truth), ("decision map", dm)):
