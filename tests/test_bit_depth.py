@@ -646,3 +646,25 @@ def test_reading_a_deep_pair_holds_no_float64_copies_of_it(tmp_path: Path) -> No
         raw = tifffile.imread(p).astype(np.float64)
         assert np.array_equal(u8, np.clip(np.round(raw / 65535.0 * 255.0), 0, 255).astype(np.uint8))
         assert np.array_equal(u16, np.clip(np.round(raw / 65535.0 * 65535.0), 0, 65535).astype(np.uint16))
+
+
+@pytest.mark.parametrize("maxval", [1023, 4095, 65535])
+def test_a_deep_pgm_is_read_on_the_scale_its_maxval_marks_also_when_dark(tmp_path: Path, maxval: int) -> None:
+    """A PGM of maxval over 255 (Pillow: mode I, every maxval decoded onto 0..65535) was taken
+    for unmarked 32-bit values and scaled from its largest value: a dark frame (largest value
+    a fifth of maxval) read 4x too bright alone, beside a JPEG and beside another PGM. Its
+    maxval marks its scale: the samples are value / maxval of full white."""
+    rng = np.random.default_rng(9)
+    g8 = rng.integers(0, 256, (24, 32), dtype=np.uint8)
+    dark8 = np.round(g8 / 5.0).astype(np.uint8)  # at most 51 of 255
+    values = np.round(dark8.astype(np.float64) / 255 * maxval).astype(">u2")
+    pgm = tmp_path / "dark.pgm"
+    pgm.write_bytes(f"P5\n32 24\n{maxval}\n".encode() + values.tobytes())
+    jpg = tmp_path / "a.jpg"
+    Image.fromarray(g8).save(jpg, quality=95)
+    assert np.abs(read_image(pgm).astype(int) - dark8).max() <= 1
+    assert np.abs(read_images([jpg, pgm])[1].astype(int) - dark8).max() <= 1
+    assert np.abs(read_images([pgm, pgm])[0].astype(int) - dark8).max() <= 1
+    src = bafusion.io.read_source_set([jpg, pgm])
+    assert src.bits == 16 and src.full_scale and src.unmarked == [False, False]
+    assert np.abs(src.full[1].astype(int) - np.round(values / maxval * 65535)).max() <= 1

@@ -304,6 +304,13 @@ def _high_depth_array(path: Path, opaque: dict[str, bool | None] | None = None,
             return _pillow_high(path, opaque), depth, sig, False
         # Pillow gives colour TIFFs' high byte only
         return _orient(_read_tiff_samples(path, depth, opaque), orientation), depth, sig, False
+    if fmt == "PPM" and mode == "I":
+        # a netpbm gray file of maxval over 255 (PGM, PFM aside): Pillow decodes every maxval onto
+        # 0..65535 (65535 as stored, others scaled by value / maxval * 65535), so the samples are on
+        # the 16-bit scale, which the file marks: read so, also when dark (taken as unmarked 32-bit
+        # values, a dark 10- or 16-bit PGM was read by its largest value, 4x too bright, beside a
+        # JPEG too)
+        return _pillow_high(path, opaque), 16, 16, False
     if mode in _HIGH_MODES:  # other formats of 16/32-bit gray
         return _pillow_high(path, opaque), 16 if mode.startswith("I;16") else 32, None, False
     return None
