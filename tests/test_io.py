@@ -468,6 +468,12 @@ def test_a_size_error_says_where_the_exif_orientation_swapped_width_and_height(t
     assert main(["metrics", str(tmp_path / "a.jpg"), str(tmp_path / "b.png"), str(tmp_path / "b.png")]) == 2
     err = capsys.readouterr().err
     assert "image sizes differ" in err and want in err and len(err.strip().splitlines()) == 1
+    # the tag was applied: "its orientation tag may be missing" beside it said nothing true (the
+    # pixels turned upright by software that kept the tag); an untagged swap still says "missing"
+    assert "may be wrong" in str(e.value) and "its orientation tag may be missing" not in str(e.value)
+    Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 0, 2))).save(tmp_path / "t.png")  # 6x9, untagged
+    with pytest.raises(InputFileError, match=r"9x6 \(WxH\) differs from 6x9 .*its orientation tag may be missing$"):
+        check_same_sizes([image_info(tmp_path / "t.png"), image_info(tmp_path / "b.png")])
 
 
 

@@ -341,12 +341,16 @@ def check_same_sizes(infos: Sequence[ImageInfo], remedy: str | None = None) -> N
             raise InputFileError(
                 b.path, f"size {b.width}x{b.height} (WxH) differs from {a.width}x{a.height} of {a.path}: the "
                 "sources must have the same size" + orientation_clause(b) + orientation_clause(a)
-                + size_remedy((a.width, a.height), (b.width, b.height), remedy))
+                + size_remedy((a.width, a.height), (b.width, b.height), remedy,
+                              tagged=bool(orientation_clause(b) or orientation_clause(a))))
 
 
-def size_remedy(first: tuple[int, int], other: tuple[int, int], remedy: str | None = None) -> str:
+def size_remedy(first: tuple[int, int], other: tuple[int, int], remedy: str | None = None, *,
+                tagged: bool = False) -> str:
     """What a size error adds: ``"; the shot looks turned by 90 degrees: its orientation tag
-    may be missing"`` when the sizes ``(width, height)`` are swapped, else ``"; " + remedy``
+    may be missing"`` when the sizes ``(width, height)`` are swapped (with ``tagged``, where an
+    orientation tag of one of the files swapped them: that a tag may be wrong, as software that
+    turns the pixels upright and keeps the tag leaves it, or one missing), else ``"; " + remedy``
     (or nothing).
 
     Parameters
@@ -355,6 +359,9 @@ def size_remedy(first: tuple[int, int], other: tuple[int, int], remedy: str | No
         The two sizes, ``(width, height)``.
     remedy : str, optional
         What to add when the sizes are not swapped.
+    tagged : bool
+        An EXIF orientation applied to one of the files swapped its width and height
+        (:func:`orientation_clause` says so beside the clause).
 
     Returns
     -------
@@ -362,5 +369,8 @@ def size_remedy(first: tuple[int, int], other: tuple[int, int], remedy: str | No
         The clause, starting with ``"; "``, or ``""``.
     """
     if other == first[::-1]:
+        if tagged:  # "its tag may be missing" beside "its EXIF orientation 6 was applied" said nothing true
+            return ("; the shot looks turned by 90 degrees: an orientation tag applied may be wrong (software that "
+                    "turned the pixels upright and kept the tag), or one missing")
         return "; the shot looks turned by 90 degrees: its orientation tag may be missing"
     return f"; {remedy}" if remedy else ""
