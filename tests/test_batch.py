@@ -1114,6 +1114,59 @@ def test_fuse_dir_resumed_bar_counts_the_kept_outputs_apart(tmp_path: Path, nets
     assert not fast, (fast, err)  # no rate of a stack a second or more: the kept ones are not in it
 
 
+def test_fuse_dir_bar_counts_as_kept_exactly_the_outputs_the_loop_keeps(tmp_path: Path, nets: Path, capsys,
+                                                                       monkeypatch) -> None:
+    """The bar's outputs counted as kept from the start (``batch._kept``, before the loop) are
+    those the loop then keeps, case by case: an output unchanged (kept), one missing, one whose
+    shot changed since, one a stopped run left unlisted in the record (a partial output), one
+    replaced by a link to a shot of IN (skipped); the bar ends at the total, every stack counted
+    once. Without --skip-existing none is counted as kept."""
+    import json
+    import os
+
+    import tqdm as tqdm_module
+
+    import bafusion.progress as progress
+
+    bars: list = []
+
+    class Recording(tqdm_module.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if kwargs.get("desc") == "fuse-dir":
+                bars.append(self)
+
+    monkeypatch.setattr(tqdm_module, "tqdm", Recording)
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(5):
+        for n, x in zip("AB", pair(k + 1)):
+            Image.fromarray(x).save(src / f"p{k}-{n}.png")
+    out = tmp_path / "out"
+    argv = ["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu"]
+    assert cli_main(argv) == 0
+    (out / "p1.png").unlink()  # missing: fused
+    shot = src / "p2-B.png"  # changed since: fused again
+    os.utime(shot, ns=(shot.stat().st_atime_ns, shot.stat().st_mtime_ns + 10**9))
+    marker = out / batch.OUTPUT_MARKER  # p3: a partial output, not listed as written: fused again
+    doc = json.loads(marker.read_text())
+    doc["outputs"] = [o for o in doc["outputs"] if o != "p3.png"]
+    marker.write_text(json.dumps(doc))
+    (out / "p4.png").unlink()  # a link to a shot of IN: not written through, skipped
+    (out / "p4.png").symlink_to(src / "p4-A.png")
+    bars.clear()
+    capsys.readouterr()
+    assert cli_main([*argv, "--skip-existing"]) == batch.EXIT_SKIPPED
+    o = capsys.readouterr().out
+    assert "fused 3 stack(s)" in o and "1 already there" in o, o
+    assert len(bars) == 1 and bars[0].initial == 1 and bars[0].n == bars[0].total == 5, bars
+    (out / "p4.png").unlink()
+    bars.clear()
+    assert cli_main(argv) == 0  # without --skip-existing: nothing counted as kept
+    assert len(bars) == 1 and bars[0].initial == 0 and bars[0].n == bars[0].total == 5
+
+
 def test_fuse_dir_no_progress_and_no_terminal_draw_no_bar(tmp_path: Path, nets: Path, capsys, monkeypatch) -> None:
     """--no-progress is honoured by fuse-dir, and without a terminal no bar is drawn either,
     but one plain line per stack."""
