@@ -287,6 +287,55 @@ def test_a_resume_before_a_milestone_keeps_the_learning_rate_schedule(tmp_path: 
         assert torch.equal(ref["model"][k], got["model"][k]), k
 
 
+def test_the_epoch_line_says_the_whole_trainings_elapsed_time_and_time_left(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each epoch's line ends with the whole training's progress: epochs done, wall time
+    elapsed, and the remaining epochs at the mean wall time of the epochs this process ran,
+    validation included (the bar showed the current epoch's time left only). A clock that moves
+    one second a training step and two a validation: 26 s an epoch of 24 steps. Killed at step 34
+    (checkpoint at step 30, 6 s into epoch 2), the resumed process counts its own time elapsed
+    (18 steps + validation) and says so, and its estimate takes epoch 2 whole (6 + 18 + 2 s)."""
+    import types
+
+    import bafusion.nets.train as train_module
+
+    clock = [0.0]
+    step, evaluate = train_module.train_step, train_module.evaluate
+
+    def one_second_step(*args: object, **kwargs: object) -> object:
+        clock[0] += 1.0
+        return step(*args, **kwargs)
+
+    def two_second_validation(*args: object, **kwargs: object) -> object:
+        clock[0] += 2.0
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", one_second_step)
+    monkeypatch.setattr(train_module, "evaluate", two_second_validation)
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    h5 = write_toy_patches(tmp_path / "patches.h5", n_train=192, n_val=96, patch=16, seed=1)
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 3}}, "initial")
+    cfg.checkpoint_every = 10
+    paths = _paths(tmp_path / "fresh", "initial")
+    train("initial", h5, cfg, paths, progress=False)
+    tails = [line.rsplit(" | ", 1)[1] for line in _unstamped(capsys.readouterr().err) if " epoch " in line and " lr " in line]
+    assert tails == ["1/3 epochs, 0:00:26 elapsed, about 0:00:52 left",
+                     "2/3 epochs, 0:00:52 elapsed, about 0:00:26 left",
+                     "3/3 epochs, 0:01:18 elapsed"], tails
+    paths = _paths(tmp_path / "resumed", "initial")
+    monkeypatch.setenv(ABORT_ENV, "34")
+    with pytest.raises(KeyboardInterrupt):
+        train("initial", h5, cfg, paths, progress=False)
+    monkeypatch.delenv(ABORT_ENV)
+    capsys.readouterr()
+    train("initial", h5, cfg, paths, progress=False)
+    tails = [line.rsplit(" | ", 1)[1] for line in _unstamped(capsys.readouterr().err) if " epoch " in line and " lr " in line]
+    assert tails == ["2/3 epochs, 0:00:20 elapsed since the resume, about 0:00:26 left",
+                     "3/3 epochs, 0:00:46 elapsed since the resume"], tails
+    assert train_module._clock(90061.4) == "25:01:01"
+
+
 def test_a_resumed_epoch_reports_the_time_and_rate_of_its_samples(toy_run: dict, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1055,7 +1104,10 @@ def test_progress_is_one_line_per_epoch_without_bars_when_stderr_is_not_a_termin
     lines = [ln for ln in p.stderr.splitlines() if re.search(r" epoch \d+/\d+ ", ln)]
     assert len(lines) == 2, p.stderr
     for i, ln in enumerate(lines, 1):
-        assert f"initial epoch {i}/2" in ln and "train loss" in ln and "val loss" in ln and ln.endswith(" s"), ln
+        assert f"initial epoch {i}/2" in ln and "train loss" in ln and "val loss" in ln, ln
+        # then the whole training's epochs, elapsed time and, but for the last, the time left
+        assert re.search(rf" s \| {i}/2 epochs, \d+:\d\d:\d\d elapsed" + (r", about \d+:\d\d:\d\d left$" if i < 2 else "$"),
+                         ln), ln
 
 
 def test_val_batch_does_not_change_the_metrics_or_plots(toy_run: dict, tmp_path: Path,

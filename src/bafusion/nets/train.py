@@ -78,7 +78,8 @@ the diverged state: ``last.pt`` and ``best.pt`` keep the last finite one and no 
 written. A validation sample with NaN logits never counts as correct (the argmax of NaNs is an
 index, not a decision), and :func:`bafusion.nets.model.load_model` refuses non-finite weights.
 
-Progress: one line per epoch on stderr (losses, accuracies, samples/s, seconds); tqdm bars only
+Progress: one line per epoch on stderr (losses, accuracies, samples/s, seconds, and for the whole
+training the epochs done, the time elapsed and about how long the rest will take); tqdm bars only
 when stderr is a terminal (:mod:`bafusion.progress`), so logs stay free of carriage returns: in
 a log a plain line at most every 30 s within an epoch instead, and the lines start with the
 local time.
@@ -856,6 +857,26 @@ def _diverged_also(cfg: TrainConfig) -> str:
     return f" or {cfg.key('consistency')} ({cfg.consistency:g})" if cfg.consistency > 0 else ""
 
 
+def _clock(seconds: float) -> str:
+    """``H:MM:SS`` (hours past 24 as they are): the run-wide times of the epoch line."""
+    s = max(0, round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _run_progress(done: int, total: int, elapsed: float, epoch_walls: Sequence[float], resumed: bool) -> str:
+    """The whole training's part of an epoch's line: epochs done of all, the wall time since
+    training started in this process, and the time the remaining epochs will take at the mean
+    wall time of the epochs this process ran (their training, BatchNorm re-estimate, validation
+    and checkpoint; a resumed epoch with the time its part before the kill took, restored from
+    the checkpoint). ``3/10 epochs, 0:05:12 elapsed, about 0:12:08 left``; after a resume the
+    elapsed time is this process's, and says so (the time between the kill and the resume is no
+    training's)."""
+    line = f"{done}/{total} epochs, {_clock(elapsed)} elapsed" + (" since the resume" if resumed else "")
+    if done < total and epoch_walls:
+        line += f", about {_clock((total - done) * sum(epoch_walls) / len(epoch_walls))} left"
+    return line
+
+
 def _better(acc: float, best: float, n_val: int) -> bool:
     """Whether an epoch of validation accuracy ``acc`` over ``n_val`` samples beats ``best``
     (NaN: none yet). Without validation data the latest epoch is the best we know; a NaN
@@ -1225,6 +1246,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             run.end_interrupted(resumed_run_id)
         for row in history:  # a resumed run repeats the earlier epochs so it holds the whole curve
             run.log_metrics(_epoch_metrics(row), step=int(row["epoch"]))
+        run_t0 = time.perf_counter()  # the whole training's elapsed time and time left (_run_progress)
+        epoch_walls: list[float] = []
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             lr = opt.param_groups[0]["lr"]
@@ -1260,7 +1283,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 torch.distributed.all_reduce(tot)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            epoch_time = time.perf_counter() - t0
+            t_trained = time.perf_counter()
+            epoch_time = t_trained - t0
             if not _finite(tot[0], model):  # before anything is saved: the checkpoints keep the last good state
                 raise _diverged(net, epoch + 1, first_bad, global_step, lr, last_path, saved_at, dist,
                                 cfg.key("lr"), _diverged_also(cfg))
@@ -1298,6 +1322,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 save_checkpoint(last_path, checkpoint_state(epoch + 1, torch.zeros(3, dtype=torch.float64), 0.0))
                 run.log_metrics(_epoch_metrics(row), step=epoch + 1)
                 _write_csv(paths.checkpoints / LIVE_CURVE, history)  # not --plots: see the module's docstring
+                now = time.perf_counter()
+                epoch_walls.append(epoch_time + now - t_trained)
                 print(in_log(f"bafusion train: {net} epoch {epoch + 1}/{cfg.epochs} lr {lr:.3g} "
                              f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
                              f"val loss {val_loss:.4f} acc {val_acc:.4f}"
@@ -1305,7 +1331,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                                 f"{val_extra['val_view_agreement']:.4f})" if val_extra else "")
                              + f" | {row['samples_per_s']:.1f} samples/s, {epoch_time:.1f} s"
                              + (f" (+ {bn_time:.1f} s re-estimating BatchNorm on {bn_samples} samples)"
-                                if cfg.bn_recalibrate else "")),
+                                if cfg.bn_recalibrate else "")
+                             + f" | {_run_progress(epoch + 1, cfg.epochs, now - run_t0, epoch_walls, resumed_from is not None)}"),
                       file=sys.stderr)
             saved_at = f"the end of epoch {epoch + 1} (step {global_step})"
             if dist.active:
