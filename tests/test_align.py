@@ -929,3 +929,44 @@ def test_save_registered_writes_the_8_bit_shots_an_8_bit_output_of_16_bit_source
     f = np.asarray(Image.open(out))
     assert json.loads(capsys.readouterr().out) == pytest.approx(
         dict(compute_all(src.images[0], src.images[1], f, names)), abs=1e-12)
+
+
+def test_fuse_dir_save_registered_writes_each_stacks_pair_as_fused_for_bafusion_metrics(tmp_path: Path, nets: Path,
+                                                                                        capsys) -> None:
+    """fuse-dir had no --save-registered (fuse had): a stack it aligned could not be scored. Now
+    each stack fused gets DIR/<name>-registered1.png, -2.png: for a moved pair that --align auto
+    aligns, the shots align_images registers and crops, of the output's size, which bafusion
+    metrics takes beside it; for a registered pair, its shots' pixels. With --skip-existing a stack
+    whose files there are missing is fused again (the other is kept), and a folder inside IN,
+    which the next run would read for stacks, is refused before any work."""
+    a, b = _focus_pair(_texture(46, 160, 192))
+    moved = warp_to_first(b, similarity_matrix((5.0, -3.5), 0.8, 1.0, center=_centre(a)))
+    still_a, still_b = _focus_pair(_texture(47, 160, 192))
+    src, out, reg = tmp_path / "in", tmp_path / "out", tmp_path / "reg"
+    src.mkdir()
+    for name, img in (("m-A", a), ("m-B", moved), ("s-A", still_a), ("s-B", still_b)):
+        Image.fromarray(img).save(src / f"{name}.png")
+    argv = ["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--align", "auto",
+            "--save-registered", str(reg)]
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    assert f"registered sources: {reg / '<name>-registered1.png'}, -registered2.png, ..." in capsys.readouterr().err
+    al = align_images([a, moved], "similarity")
+    r1, r2, f = (np.asarray(Image.open(p)) for p in (reg / "m-registered1.png", reg / "m-registered2.png", out / "m.png"))
+    assert al.warped[1] and f.shape == r1.shape == al.images[0].shape and f.shape[0] < 160
+    assert np.array_equal(r1, al.images[0]) and np.array_equal(r2, al.images[1])
+    assert np.array_equal(np.asarray(Image.open(reg / "s-registered1.png")), still_a)
+    assert np.array_equal(np.asarray(Image.open(reg / "s-registered2.png")), still_b)
+    assert cli_main(["metrics", str(reg / "m-registered1.png"), str(reg / "m-registered2.png"), str(out / "m.png"),
+                     "--metrics", "QG", "--format", "json"]) == 0
+    assert 0.3 < json.loads(capsys.readouterr().out)["QG"] <= 1
+    (reg / "m-registered2.png").unlink()
+    assert cli_main([*argv, "--skip-existing"]) == 0
+    rerun = capsys.readouterr()
+    assert f"m: fused again: its registered source {reg / 'm-registered2.png'} (--save-registered) is missing" in rerun.err
+    assert f"fused 1 stack(s) into {out}, 1 already there" in rerun.out, rerun.out
+    assert np.array_equal(np.asarray(Image.open(reg / "m-registered2.png")), al.images[1])
+    inside, other = src / "sub", tmp_path / "out2"
+    assert cli_main(["fuse-dir", str(src), str(other), "--model", str(nets), "--device", "cpu",
+                     "--save-registered", str(inside)]) == 2
+    assert "the --save-registered folder is" in capsys.readouterr().err
+    assert not other.exists() and not inside.exists()

@@ -130,7 +130,7 @@ COMMAND_OUTPUTS: dict[str, OutputSpec] = {
     "fuse": OutputSpec(images=("output",), dirs=("save_maps", "save_registered"), inputs=("images", *_NETS)),
     "fuse-set": OutputSpec(replaced_dirs=("out",), files=("report",), inputs=("pairs", *_NETS),
                            read_folders=("pairs",)),
-    "fuse-dir": OutputSpec(dirs=("output",), inputs=("input", *_NETS), positional=("output",)),
+    "fuse-dir": OutputSpec(dirs=("output", "save_registered"), inputs=("input", *_NETS), positional=("output",)),
     "baseline": OutputSpec(images=("output",), inputs=("a", "b")),
     "evaluate": OutputSpec(replaced_dirs=("out",), files=("report", "plots"), inputs=("root", *_NETS)),
     "train": OutputSpec(files=("out", "metrics", "plots", "log"), dirs=("checkpoints",), inputs=("patches", "params"),

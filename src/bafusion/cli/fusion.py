@@ -390,9 +390,10 @@ def _registered_names(args: argparse.Namespace, out: Path, paths: list[Path]) ->
     each source (none without the option); none may be a source, checked before the work."""
     if not args.save_registered:
         return []
+    from bafusion.fusion.batch import registered_paths
     from bafusion.preflight import check_not_input
 
-    names = [Path(args.save_registered) / f"{out.stem}-registered{i}.png" for i in range(1, len(paths) + 1)]
+    names = registered_paths(Path(args.save_registered), out.stem, len(paths))
     for name in names:
         check_not_input(name, paths, "registered source")
         if name.exists() and name.is_dir():
@@ -410,18 +411,15 @@ def _write_registered(src: Any, names: list[Path], out: Path, *, full: bool) -> 
     otherwise), so that ``bafusion metrics REGISTERED1 REGISTERED2 OUT`` scores the fused image
     against the pair it was made of. Unaligned, they are the sources' pixels (turned by their
     EXIF orientation)."""
-    import bafusion.io
+    from bafusion.fusion.batch import write_registered
 
-    shots = src.full if full and src.full is not None else src.images
-    for name, img in zip(names, shots):
-        try:
-            name.parent.mkdir(parents=True, exist_ok=True)
-            bafusion.io.write_image(name, img, bits=src.bits_for(name) if img.dtype.itemsize > 1 else None)
-        except OSError as e:
-            if e.errno is None:
-                raise
-            raise UserError(f"{name}: {_os_reason(e)}: the registered source not written; the fused image {out} "
-                            "was written") from e
+    try:
+        write_registered(src, names, full=full)
+    except OSError as e:
+        if e.errno is None:
+            raise
+        raise UserError(f"{e.filename}: {_os_reason(e)}: the registered source not written; the fused image {out} "
+                        "was written") from e
 
 
 def _check_quality(out: Path, quality: int | None, flag: str = "--quality", *, named: bool = True) -> None:
@@ -639,6 +637,10 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     check_output_folder(src, out, groups)  # before the nets load; fuse_dir checks again
     if not args.skip_existing:  # with it, fuse_dir says first whether the folder's setup is this one
         check_replaced(src, out, [out / f"{name}.{ext}" for name in groups])
+    if args.save_registered is not None:  # before the nets load; fuse_dir checks again
+        from bafusion.fusion.batch import check_registered_folder
+
+        check_registered_folder(src, out, groups, Path(args.save_registered))
     resolve_device(other["device"], "--device")
     from bafusion import tracking
     from bafusion.cli.app import on_stop_say
@@ -661,7 +663,8 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
         try:
             fuse_dir(src, out, nets, params, ext=ext, quality=args.quality, align=args.align or "none",
                      force=args.force, skip_existing=args.skip_existing, progress=args.progress is not False,
-                     motion_hint=args.align is None, report=rep)
+                     motion_hint=args.align is None, report=rep,
+                     save_registered=None if args.save_registered is None else Path(args.save_registered))
         finally:
             run.log_metrics({"stacks_fused": len(rep.fused), "stacks_existing": len(rep.existing),
                              "stacks_skipped": len(rep.skipped)})
@@ -673,6 +676,10 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
         print(f"bafusion fuse-dir: skipped {escape_controls(what)}: {escape_controls(why)}", file=sys.stderr)
     print(f"fused {len(rep.fused)} stack(s) into {out}" + (f", {len(rep.existing)} already there" if rep.existing else "")
           + (f", skipped {len(rep.skipped)} (listed on stderr)" if rep.skipped else ""))
+    if args.save_registered is not None and rep.fused:
+        print(f"bafusion fuse-dir: registered sources: {Path(args.save_registered) / '<name>-registered1.png'}, "
+              f"-registered2.png, ... for each stack fused (bafusion metrics scores {out / f'<name>.{ext}'} "
+              "against them)", file=sys.stderr)
     if rep.stopped:
         print(f"bafusion fuse-dir: error: {rep.stopped}", file=sys.stderr)
     return rep.exit_code
@@ -712,6 +719,11 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
                    f"(similarity) only the stacks whose shots move more than {HINT_MOTION_PX:g} px; none: take "
                    "them as registered; not given: as none, plus a hint on stderr for the stacks that move")
     p.add_argument("--force", action="store_true", help="fuse even shots that do not look like one scene")
+    p.add_argument("--save-registered", type=nonempty_path, default=None, metavar="DIR",
+                   help="as for bafusion fuse, for each stack fused: its shots as fused to DIR/<name>-registered1.png, "
+                   "-registered2.png, ... (lossless, at the fusion's depth; with --align registered and cropped like "
+                   "OUT/<name>.<ext>), which bafusion metrics scores it against; DIR may be OUT, not IN nor a "
+                   "sub-folder of IN; with --skip-existing a stack whose files there are missing is fused again")
     p.add_argument("--skip-existing", action="store_true",
                    help="leave stacks whose output exists (resume a batch); OUT/.bafusion-fuse-dir records the "
                    "model, parameters, --align, --ext, version and fusion code (a digest of its sources) that made "

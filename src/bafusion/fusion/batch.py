@@ -84,7 +84,9 @@ class Fused:
     the first source's metadata (EXIF, ICC profile; ``dpi``: its resolution), notes for the user
     (one line each), the fusion's seconds and the significant bits of the image (the sources'
     most); ``png_colour``: its PNG gAMA/cHRM/sRGB chunks (for a PNG output only); ``subsampling``:
-    its JPEG chroma subsampling (:func:`bafusion.io.source_subsampling`, for a JPEG output)."""
+    its JPEG chroma subsampling (:func:`bafusion.io.source_subsampling`, for a JPEG output);
+    ``sources``: the shots as fused (registered and cropped by an alignment), kept only when
+    asked (:func:`fuse_files`' ``keep_sources``: ``--save-registered``)."""
 
     image: np.ndarray
     exif: bytes | None
@@ -95,6 +97,60 @@ class Fused:
     dpi: tuple[float, float] | None = None
     png_colour: bytes | None = None
     subsampling: str | None = None
+    sources: SourceSet | None = None
+
+
+def registered_paths(folder: Path, stem: str, n: int) -> list[Path]:
+    """The files ``--save-registered`` writes for the ``n`` shots of an output named ``stem``
+    (``fuse``'s output file, a ``fuse-dir`` stack): ``folder/<stem>-registered1.png``,
+    ``-registered2.png``, ...
+
+    Parameters
+    ----------
+    folder : Path
+        The option's folder.
+    stem : str
+        The output's stem (``fuse -o f.png``: ``f``; a ``fuse-dir`` stack's name).
+    n : int
+        The number of shots.
+
+    Returns
+    -------
+    list of Path
+    """
+    return [Path(folder) / f"{stem}-registered{i}.png" for i in range(1, n + 1)]
+
+
+def write_registered(src: SourceSet, names: Sequence[Path], *, full: bool = True) -> None:
+    """Write the shots as fused to the PNGs ``names`` (:func:`registered_paths`): with an
+    alignment registered onto the first's frame and cropped to the fused image's area, lossless
+    and at the depth the fusion was composed at (the full-depth shots on the 16-bit scale,
+    marked with their bits), so that ``bafusion metrics REGISTERED1 REGISTERED2 OUT`` scores the
+    fused image against the pair it was made of. Unaligned, they are the sources' pixels (turned
+    by their EXIF orientation). Each is written atomically; the folder is made. An ``OSError``
+    with an errno names the file in ``filename``.
+
+    Parameters
+    ----------
+    src : SourceSet
+        The shots as fused (:class:`Fused`' ``sources``, :func:`prepare_sources`).
+    names : sequence of Path
+        One file per shot.
+    full : bool
+        The output holds the full-depth composition (its image is 16-bit): the full-depth shots
+        are written; else the 8-bit shots, which an 8-bit output of deeper sources is composed from.
+    """
+    from bafusion.io import write_image
+
+    shots = src.full if full and src.full is not None else src.images
+    for name, img in zip(names, shots, strict=True):
+        try:
+            Path(name).parent.mkdir(parents=True, exist_ok=True)
+            write_image(name, img, bits=src.bits_for(name) if img.dtype.itemsize > 1 else None)
+        except OSError as e:
+            if e.errno is None:  # no errno (Pillow's "cannot write mode X"): a bug, said as one
+                raise
+            raise OSError(e.errno, e.strerror, os.fspath(name)) from e
 
 
 def compose_full(full: Sequence[np.ndarray], decisions: Sequence[np.ndarray],
@@ -517,7 +573,7 @@ def fuse_shots(images: Sequence[np.ndarray], nets, params, names: Sequence[str],
 def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str = "none",
                force: bool = False, motion_hint: bool = False, progress: bool | None = None,
                prefix: str = "bafusion", details: bool = True, step: Callable[[str], None] | None = None,
-               stage: Callable[[str], None] | None = None) -> Fused:
+               stage: Callable[[str], None] | None = None, keep_sources: bool = False) -> Fused:
     """Read, check, align (optionally) and fuse the shots of one scene (:func:`prepare_sources`,
     :func:`fuse_shots`, :func:`fused_output`).
 
@@ -545,6 +601,9 @@ def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str 
     stage : callable, optional
         Called with a line naming each step before the fusion as it starts: reading, checking,
         aligning and the alignment's own steps (:func:`prepare_sources`).
+    keep_sources : bool
+        Keep the shots as fused in the result's ``sources`` (:func:`write_registered`); not
+        kept by default, so that they are freed once fused.
 
     Returns
     -------
@@ -556,7 +615,10 @@ def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str 
     if too_large:
         raise UserError(f"{output}: {too_large}")
     results = fuse_shots(src.images, nets, params, [str(p) for p in paths], progress=progress, step=step)
-    return fused_output(src, results, output)
+    fused = fused_output(src, results, output)
+    if keep_sources:
+        fused.sources = src
+    return fused
 
 
 def find_groups(folder: Path, exclude: Path | None = None,
@@ -1493,18 +1555,54 @@ def check_output_folder(src: Path, out: Path, groups: Mapping[str, Sequence[Path
                         "choose another output folder")
 
 
+def check_registered_folder(src: Path, out: Path, groups: Mapping[str, Sequence[Path]], folder: Path) -> None:
+    """Refuse (a :class:`UserError`, before any work) a ``fuse-dir --save-registered`` folder
+    whose files would be a stack's shot (however spelled), that lies in ``src`` outside ``out``
+    (the next run would take its PNGs for shots outside the naming rule), or where a folder is
+    in the way of one of its files (:func:`registered_paths`).
+
+    Parameters
+    ----------
+    src, out : Path
+        ``fuse-dir``'s input and output folders.
+    groups : mapping
+        The stacks (:func:`find_groups`).
+    folder : Path
+        The ``--save-registered`` folder.
+    """
+    from bafusion.preflight import check_not_input
+
+    try:
+        where, here, there = folder.resolve(), src.resolve(), out.resolve()
+    except (OSError, RuntimeError):
+        where = here = there = None
+    # IN and its sub-folders are read for stacks (find_groups), but for OUT
+    if where is not None and where != there and here in (where, where.parent):
+        raise UserError(f"{folder}: the --save-registered folder is {src} or one of its sub-folders, which the next "
+                        "run reads for stacks: its PNGs would be taken for shots; choose a folder outside it (the "
+                        "output folder may be it)")
+    shots = [q for qs in groups.values() for q in qs]
+    for name, qs in groups.items():
+        for p in registered_paths(folder, name, len(qs)):
+            check_not_input(p, shots, "registered source")
+            if p.is_dir():
+                raise UserError(f"{p}: a folder is in the way of --save-registered's file")
+
+
 #: Write errors after which every later output fails too: :func:`fuse_dir` stops the batch.
 _DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
 def _kept(target: Path, src: Path, shots: Sequence[Path], out: Path, inputs: Iterable[Path], written: set[str],
-          sources: Mapping[str, Any], skip_existing: bool) -> bool:
+          sources: Mapping[str, Any], skip_existing: bool, registered: Sequence[Path] = ()) -> bool:
     """Whether ``fuse-dir --skip-existing`` keeps ``target`` as it is (the test of its loop,
     made before it to count the bar's outputs already there): listed as written with this
-    setup and fused from these shots, unchanged since."""
+    setup and fused from these shots, unchanged since, and its ``registered`` files
+    (``--save-registered``) there."""
     return (skip_existing and target.is_file() and target.name in written
             and link_problem(target, src, out, inputs) is None
-            and sources_changed(sources.get(target.name), shots_record(src, shots)) is None)
+            and sources_changed(sources.get(target.name), shots_record(src, shots)) is None
+            and all(p.is_file() for p in registered))
 
 
 def out_of_memory_reason(e: BaseException, shots: Sequence[Path], align: bool = False, params=None) -> str:
@@ -1550,11 +1648,15 @@ class BatchReport:
 
 def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str = "none", force: bool = False,
              skip_existing: bool = False, progress: bool = True, motion_hint: bool = False,
-             quality: int | None = None, report: BatchReport | None = None) -> BatchReport:
+             quality: int | None = None, report: BatchReport | None = None,
+             save_registered: Path | None = None) -> BatchReport:
     """Fuse every stack of ``src`` (:func:`find_groups`) into ``out/<name>.<ext>``; a stack that
     cannot be fused is skipped with its reason, the batch goes on. ``align``, ``force`` and
     ``motion_hint`` as for :func:`fuse_files`; ``quality``: the lossy quality of a jpg or webp
-    output (:func:`bafusion.io.write_image`; None: JPEG 95, WebP lossless).
+    output (:func:`bafusion.io.write_image`; None: JPEG 95, WebP lossless). ``save_registered``
+    (``--save-registered``): also write each fused stack's shots as fused to
+    ``save_registered/<name>-registered1.png``, ... (:func:`write_registered`), after its output;
+    with ``skip_existing`` a stack whose files there are missing is fused again.
 
     ``out/`` :data:`OUTPUT_MARKER` records the setup (:func:`batch_setup`) and the outputs
     written with it, rewritten as each lands. ``skip_existing``: an output that exists and
@@ -1593,13 +1695,15 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
     if skip_existing:  # before the folder is made (refused: nothing left behind); again under the lock
         check_skip_existing(out, setup, [out / f"{name}.{ext}" for name in groups])
     check_replaced(src, out, [out / f"{name}.{ext}" for name in groups])  # again under the lock
+    if save_registered is not None:
+        check_registered_folder(src, out, groups, save_registered)
     created = not out.exists()
     try:
         # one run at a time per output folder: each keeps the record of what it wrote
         with output_lock(out):
             rep = _fuse_dir_locked(src, groups, out, nets, params, rep, setup, ext=ext, quality=quality,
                                    align=align, force=force, skip_existing=skip_existing, progress=progress,
-                                   motion_hint=motion_hint)
+                                   motion_hint=motion_hint, save_registered=save_registered)
         rep.notes = unread_notes(notes, rep)  # what became of a RAW + JPEG folder's stack, now known
         return rep
     except (UserError, OSError):
@@ -1628,7 +1732,8 @@ def _say_skipped(rep: BatchReport, notes: Sequence[tuple[str, str]]) -> None:
 
 def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path, nets, params, rep: BatchReport,
                      setup: Mapping[str, Any], *, ext: str, align: str, force: bool, skip_existing: bool,
-                     progress: bool, motion_hint: bool, quality: int | None = None) -> BatchReport:
+                     progress: bool, motion_hint: bool, quality: int | None = None,
+                     save_registered: Path | None = None) -> BatchReport:
     """:func:`fuse_dir` once ``out`` exists and its lock is held (:func:`output_lock`)."""
     if skip_existing:
         check_skip_existing(out, setup, [out / f"{name}.{ext}" for name in groups])
@@ -1675,7 +1780,8 @@ def _fuse_groups(src: Path, groups: Mapping[str, Sequence[Path]], out: Path, net
     # 200 kept: "151/200 [00:12<00:00, 151.57stack/s]" while 49 stacks were left), and tqdm's
     # dynamic miniters, fed by that burst, then redrew it only every ~16 stacks; one redraw per stack
     kept_before = {name for name, shots in groups.items()
-                   if _kept(out / f"{name}.{ext}", src, shots, out, inputs, written, sources, skip_existing)}
+                   if _kept(out / f"{name}.{ext}", src, shots, out, inputs, written, sources, skip_existing,
+                            registered_paths(save_registered, name, len(shots)) if save_registered is not None else ())}
     bar = tqdm(total=len(groups), initial=len(kept_before), miniters=1, unit="stack", file=sys.stderr,
                disable=not bars_enabled(progress), desc="fuse-dir")
     # without a terminal (nohup, cron, a Snakemake log) no bar is drawn: one plain line per
@@ -1744,17 +1850,21 @@ def _fuse_groups(src: Path, groups: Mapping[str, Sequence[Path]], out: Path, net
             said(i, name, _skipped(t0, "why: at the end"))
             continue
         record = shots_record(src, shots)  # before the fusion: a shot changed meanwhile reads as changed later
+        registered = registered_paths(save_registered, name, len(shots)) if save_registered is not None else []
         if skip_existing and target.is_file() and target.name in written:
             was = sources.get(target.name)
             # (an earlier version's record, which lists outputs without their shots, is of other
             # fusion code: refused by check_skip_existing, so none of its outputs is kept here)
             changed = sources_changed(was, record)
-            if changed is None:
+            missing = next((p for p in registered if not p.is_file()), None)
+            if changed is None and missing is None:
                 rep.existing.append(name)
                 said(i, name, "already there")
                 continue
             tqdm.write(f"bafusion fuse-dir: {name}: fused again (--skip-existing keeps an output only when its shots "
-                       f"are unchanged): {changed}", file=sys.stderr)
+                       f"are unchanged): {changed}" if changed is not None else
+                       f"bafusion fuse-dir: {name}: fused again: its registered source {missing} "
+                       "(--save-registered) is missing", file=sys.stderr)
         # over the cgroup's memory limit the kernel would end the whole batch without a word
         why = memory_problem(shots, align not in ("none", "auto"), params=params)
         if why:
@@ -1775,7 +1885,7 @@ def _fuse_groups(src: Path, groups: Mapping[str, Sequence[Path]], out: Path, net
             fused = fuse_files(shots, nets, params, output=target, align=align, force=force,
                                motion_hint=motion_hint, progress=None if progress else False,
                                prefix=f"bafusion fuse-dir: {name}", details=bool(progress), step=steps(name),
-                               stage=stage)
+                               stage=stage, keep_sources=bool(registered))
             # the record first says that fuse-dir writes this output from these shots (a run stopped
             # while writing it leaves a file the next run may replace) and no longer lists it as written
             _write_record(out, lambda: journal.fusing(target.name, record))
@@ -1785,6 +1895,18 @@ def _fuse_groups(src: Path, groups: Mapping[str, Sequence[Path]], out: Path, net
                 stage(f"writing {target}")
             write_image(target, fused.image, exif=fused.exif, icc=fused.icc, bits=fused.bits,
                         dpi=fused.dpi, png_colour=fused.png_colour, quality=quality, subsampling=fused.subsampling)
+            if registered:  # after the output, as fuse writes them; what bafusion metrics scores it against
+                if stage is not None:
+                    stage(f"writing the registered sources to {save_registered}")
+                try:
+                    write_registered(fused.sources, registered, full=fused.image.dtype.itemsize > 1)
+                except OSError as e:
+                    if e.errno in _DISK_FULL or e.errno is None:
+                        raise
+                    raise UserError(f"{e.filename}: cannot write the registered source: {os.strerror(e.errno)}; its output "
+                                    f"{target} was written") from e
+                finally:
+                    fused.sources = None  # freed before the next stack
         except UserError as e:
             rep.skipped.append((name, str(e)))
             said(i, name, _skipped(t0, "why: at the end"))
