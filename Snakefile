@@ -31,6 +31,10 @@ if os.path.isdir(_CHECKOUT_SRC):
         sys.path.insert(0, _CHECKOUT_SRC)
     if os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] != _CHECKOUT_SRC:
         os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (_CHECKOUT_SRC, os.environ.get("PYTHONPATH")) if p))
+    # and names it: a job whose Python ignores PYTHONPATH (python -E, -I) or cannot see the checkout
+    # (a container) imports the environment's bafusion; the job's bafusion command refuses that
+    # code where it differs from this checkout's, warns where it cannot tell (bafusion.checkout)
+    os.environ.update(BAFUSION_CHECKOUT_SRC=_CHECKOUT_SRC)
 
 
 include: "workflow/rules/common.smk"

@@ -1561,3 +1561,58 @@ def test_patch_sets_larger_than_the_free_space_are_said_at_the_start(monkeypatch
     free["bytes"] = raw
     check_params(params, "p.yaml")
     assert capsys.readouterr().err == ""
+
+
+def test_other_code_problem_refuses_other_code_warns_where_it_cannot_tell_and_passes_the_checkouts(
+        tmp_path: Path) -> None:
+    """A pipeline job names its checkout's src/ (BAFUSION_CHECKOUT_SRC, set by the Snakefile): a
+    bafusion imported from elsewhere with other code is refused, naming both folders; one with
+    the same code (a copy, a wheel of the commit) passes; a checkout the job cannot read (a
+    container without it) is warned about; outside the pipeline (unset) nothing is checked."""
+    from bafusion.checkout import CHECKOUT_SRC_ENV, other_code_problem
+
+    def package(root: Path, code: str) -> Path:
+        (root / "bafusion").mkdir(parents=True)
+        (root / "bafusion" / "__init__.py").write_text(code)
+        return root / "bafusion"
+
+    checkout = package(tmp_path / "repo" / "src", "x = 1\n")
+    env = {CHECKOUT_SRC_ENV: str(checkout.parent)}
+    assert other_code_problem({}, checkout) is None
+    assert other_code_problem(env, checkout) is None
+    assert other_code_problem(env, package(tmp_path / "copy", "x = 1\n")) is None
+    installed = package(tmp_path / "site-packages", "x = 2\n")
+    text, refused = other_code_problem(env, installed)
+    assert refused and str(installed.resolve()) in text and str(checkout.resolve()) in text, text
+    text, refused = other_code_problem({CHECKOUT_SRC_ENV: str(tmp_path / "unmounted" / "src")}, installed)
+    assert not refused and str(installed.resolve()) in text and str(tmp_path / "unmounted" / "src" / "bafusion") in text
+
+
+def test_a_pipeline_job_that_imports_other_bafusion_code_than_its_checkouts_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Snakefile puts its checkout's src/ first on the jobs' PYTHONPATH, but `python -I`
+    (or -E) ignores it: the job imported this interpreter's editable install (this repository)
+    and ran it under the project's dvc.yaml deps without a word. The Snakefile now names its
+    checkout (BAFUSION_CHECKOUT_SRC) and the job's bafusion command refuses code that differs
+    from it, naming both folders; the same command with PYTHONPATH honoured runs."""
+    from pipeline_project import make_project, run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    project = make_project(tmp_path / "p", git=False)
+    with open(project / "src" / "bafusion" / "__init__.py", "a") as f:
+        f.write("# the project's own edit\n")
+    (project / "jobs.smk").write_text(
+        'include: "Snakefile"\n\n'
+        "rule isolated:\n"
+        '    output: "isolated.txt"\n'
+        '    shell: "python -I -m bafusion preset paper > {output}"\n\n'
+        "rule honoured:\n"
+        '    output: "honoured.txt"\n'
+        '    shell: "python -m bafusion preset paper > {output}"\n')
+    ok = run(["snakemake", "-s", "jobs.smk", "--cores", "1", "honoured.txt"], project)
+    assert "seed" in (project / "honoured.txt").read_text() and "imported bafusion from" not in ok.stderr
+    refused = run(["snakemake", "-s", "jobs.smk", "--cores", "1", "isolated.txt"], project, check=False)
+    assert refused.returncode != 0
+    mine, theirs = REPO / "src" / "bafusion", (project / "src" / "bafusion").resolve()
+    assert (f"bafusion preset: error: this pipeline job imported bafusion from {mine}, not from its checkout's "
+            f"{theirs}") in refused.stderr, refused.stderr[-3000:]

@@ -89,3 +89,63 @@ def code_digest(package_dir: Path | None = None) -> str:
         h.update(f.relative_to(pkg).as_posix().encode() + b"\0")
         h.update(data.replace(b"\r\n", b"\n"))
     return h.hexdigest()
+
+
+#: The environment variable in which the Snakefile names its checkout's ``src/`` folder for the
+#: pipeline's jobs (:func:`other_code_problem`).
+CHECKOUT_SRC_ENV = "BAFUSION_CHECKOUT_SRC"
+
+
+def other_code_problem(environ: dict[str, str] | None = None,
+                       package_dir: Path | None = None) -> tuple[str, bool] | None:
+    """What is wrong when a pipeline job runs bafusion code other than its checkout's.
+
+    The Snakefile names its checkout's ``src/`` in :data:`CHECKOUT_SRC_ENV` and puts it first on
+    the jobs' ``PYTHONPATH``; a job whose Python ignores ``PYTHONPATH`` (``python -E``/``-I``)
+    or cannot see the checkout (a container without it mounted) imports the bafusion that its
+    environment installed instead, and its outputs were recorded against the checkout's
+    ``src/`` (dvc.yaml's deps, the params checked) though that code did not make them. The
+    package folders are compared, resolved: this one is the checkout's, or the variable is
+    unset (no pipeline job): None. Otherwise :func:`code_digest` of both: the same code (a
+    wheel of the same commit, a copy) is no problem; other code is refused (``True``); a
+    checkout whose ``src/bafusion`` the job cannot read is warned about (``False``): which code
+    the deps name cannot be told there.
+
+    Parameters
+    ----------
+    environ : dict, optional
+        The environment; default: ``os.environ``.
+    package_dir : Path, optional
+        The package folder imported; default: this one (:data:`PACKAGE_DIR`).
+
+    Returns
+    -------
+    tuple of (str, bool) or None
+        The message (naming both folders) and whether to refuse, or None.
+    """
+    import os
+
+    env = os.environ if environ is None else environ
+    named = env.get(CHECKOUT_SRC_ENV, "")
+    if not named:
+        return None
+    pkg = (PACKAGE_DIR if package_dir is None else Path(package_dir)).resolve()
+    theirs = Path(named) / PROJECT_NAME
+    try:
+        theirs = theirs.resolve()
+    except (OSError, RuntimeError):
+        pass
+    if theirs == pkg:
+        return None
+    fix = (f"run the jobs with the checkout's code: a Python that reads PYTHONPATH (not python -E or -I), the "
+           f"checkout visible to the job (a container: mount it), or the checkout installed in the job's "
+           f"environment (pip install -e {Path(named).parent})")
+    if not (theirs / "__init__.py").is_file():
+        return (f"this pipeline job imported bafusion from {pkg}, not from its checkout's {theirs} ({CHECKOUT_SRC_ENV}), "
+                f"which it cannot read: its outputs may be of other code than the checkout's src/ that dvc.yaml "
+                f"records as their deps; {fix}", False)
+    if code_digest(pkg) == code_digest(theirs):
+        return None
+    return (f"this pipeline job imported bafusion from {pkg}, not from its checkout's {theirs} ({CHECKOUT_SRC_ENV}), "
+            f"and that code differs from the checkout's: its outputs would be recorded against the checkout's src/ "
+            f"(dvc.yaml's deps) though other code made them; {fix}", True)

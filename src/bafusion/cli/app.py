@@ -614,6 +614,16 @@ def _main(argv: list[str]) -> int:
     from bafusion.progress import set_command
 
     set_command(cmd)  # named by its plain lines of progress in a log
+    from bafusion.checkout import other_code_problem
+
+    # a pipeline job (the Snakefile names its checkout) that imported another bafusion: python -E
+    # or -I ignores the PYTHONPATH the Snakefile sets, a container may not see the checkout
+    problem = other_code_problem()
+    if problem is not None:
+        text, refused = problem
+        print(f"{cmd}: {'error' if refused else 'warning'}: {text}", file=sys.stderr, flush=True)
+        if refused:
+            return 2
     if limit is not None and limit < MIN_ADDRESS_SPACE_MIB and COMMANDS.get(args.command) in _TORCH_MODULES:
         # checked once --help and the arguments are through (they need less): below it, the
         # command runs out of memory loading the rest of its libraries or at its first tensor
