@@ -1758,7 +1758,7 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
     try:
         return _fuse_groups(src, groups, out, nets, params, rep, journal, written, sources, inputs, ext=ext,
                             align=align, force=force, skip_existing=skip_existing, progress=progress,
-                            motion_hint=motion_hint, quality=quality)
+                            motion_hint=motion_hint, quality=quality, save_registered=save_registered)
     finally:
         journal.close()
 
@@ -1766,7 +1766,7 @@ def _fuse_dir_locked(src: Path, groups: Mapping[str, Sequence[Path]], out: Path,
 def _fuse_groups(src: Path, groups: Mapping[str, Sequence[Path]], out: Path, nets, params, rep: BatchReport,
                  journal: _Journal, written: set[str], sources: dict[str, Any], inputs: set[Path], *, ext: str,
                  align: str, force: bool, skip_existing: bool, progress: bool, motion_hint: bool,
-                 quality: int | None) -> BatchReport:
+                 quality: int | None, save_registered: Path | None = None) -> BatchReport:
     """:func:`_fuse_dir_locked`'s loop over the stacks, the record open as ``journal``."""
     from tqdm import tqdm
 
