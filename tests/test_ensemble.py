@@ -191,3 +191,42 @@ def test_cli_reads_the_older_patch_size_key(tmp_path: Path) -> None:
     save_model(b, tmp_path / "b.pt", {"patch": 12})
     assert cli_main(["ensemble", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--out", str(tmp_path / "e.pt")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["patch"] == 12
+
+
+def test_an_ensemble_of_the_shipped_nets_keeps_their_label_position(tmp_path: Path) -> None:
+    """The shipped nets were trained with bafusion 0.2.0's labels (``fuse.score_position: auto``
+    moves their scores to the patch's centre): an ensemble of them is too, though its own
+    description records no patch file, only its members' descriptions."""
+    from bafusion.fusion.models import _label_position_of, load_nets
+
+    repo = Path(__file__).resolve().parents[1]
+    members = [repo / "models" / m / "initial.pt" for m in ("default", "lytro-2026-11")]
+    assert {_label_position_of(m) for m in members} == {"centre"}
+    out = tmp_path / "model" / "initial.pt"
+    assert cli_main(["ensemble", *map(str, members), "--out", str(out)]) == 0
+    assert _label_position_of(out) == "centre"
+    nets = load_nets(out, repo / "models" / "default" / "boundary.pt", "cpu")
+    assert nets.label_positions == ("centre", "centre")
+
+
+def test_cli_refuses_members_whose_labels_sit_in_different_places(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = _members(2)
+    old = {"patch": 12, "context": 4, "patches_attrs": {"code_version": "0.1.0", "patch": 12, "context": 4}}
+    save_model(a, tmp_path / "a.pt", old)
+    save_model(b, tmp_path / "b.pt", {**old, "patches_attrs": {**old["patches_attrs"], "code_version": "0.6.0"}})
+    assert cli_main(["ensemble", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--out", str(tmp_path / "e.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "labels sit in different places" in err and "a.pt: centre" in err and "b.pt: pixel" in err, err
+    assert not (tmp_path / "e.pt").exists()
+    # both of today's labels: an ensemble of them places its scores at the pixel, as they do
+    save_model(a, tmp_path / "a.pt", {**old, "patches_attrs": {**old["patches_attrs"], "code_version": "0.6.0"}})
+    assert cli_main(["ensemble", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--out", str(tmp_path / "e.pt")]) == 0
+    from bafusion.fusion.models import _label_position_of, label_position
+
+    assert _label_position_of(tmp_path / "e.pt") == "pixel"
+    # an ensemble written before the check, of members that differ: as before the fix, "pixel"
+    mixed = {"patch": 12, "ensemble_of": [{"file": "a.pt", "meta": old},
+                                          {"file": "b.pt", "meta": json.loads((tmp_path / "b.json").read_text())}]}
+    assert label_position(mixed) == "pixel"
+    assert label_position({**mixed, "ensemble_of": [mixed["ensemble_of"][0]] * 2}) == "centre"

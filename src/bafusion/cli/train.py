@@ -884,6 +884,15 @@ def run_ensemble(args: argparse.Namespace) -> int:
         values = {str(meta.get(key)) for meta in metas}
         if len(values) > 1:
             raise UserError(f"{', '.join(args.members)}: the members differ in '{key}' ({sorted(values)})")
+    from bafusion.fusion.models import label_position
+
+    positions = [label_position(meta) for meta in metas]
+    if len(set(positions)) > 1:  # fuse.score_position auto places all of one net's scores in one place
+        listed = ", ".join(f"{m}: {p}" for m, p in zip(args.members, positions))
+        raise UserError(f"the members' training labels sit in different places in the patch ({listed}; "
+                        "'centre': patch files written before bafusion 0.3.0, fusion.models.label_position): "
+                        "an ensemble averages their logits, so no one placement of its scores "
+                        "(fuse.score_position) fits all of them; ensemble nets trained on patch files of one kind")
     try:
         net = ensemble(nets)
     except ValueError as e:

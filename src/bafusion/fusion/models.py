@@ -207,7 +207,12 @@ def label_position(meta: dict) -> str:
     centre's, half a pixel up and left of that pixel. 0.3.0's files hold the central 2 x 2
     labels (``y_block``) and each variant takes its own pixel's. A net's description records the
     patch file's attributes (``patches_attrs``, with the ``code_version`` that wrote it; every
-    build called itself 0.1.0 until 0.2.0).
+    build called itself 0.1.0 until 0.2.0). An ensemble's description (``bafusion ensemble``)
+    records its members' descriptions (``ensemble_of``), not a patch file of its own: its labels
+    sit where its members' do, all in one place (``bafusion ensemble`` refuses members whose
+    labels sit in different places: the ensemble averages their logits, so no one placement
+    fits all of them); an ensemble written before that check, of members that differ, counts
+    as ``"pixel"``.
 
     Parameters
     ----------
@@ -218,9 +223,15 @@ def label_position(meta: dict) -> str:
     -------
     str
         ``"centre"`` when ``patches_attrs.code_version`` is below 0.3.0 and the stored crop
-        side (patch + 2 * context) is even (at an odd side the centre stays put); else
-        ``"pixel"`` (today's labels, or nothing recorded).
+        side (patch + 2 * context) is even (at an odd side the centre stays put), or for an
+        ensemble whose members are all ``"centre"``; else ``"pixel"`` (today's labels, or
+        nothing recorded).
     """
+    members = meta.get("ensemble_of")
+    if "patches_attrs" not in meta and isinstance(members, list) and members:
+        found = {label_position(m["meta"]) if isinstance(m, dict) and isinstance(m.get("meta"), dict) else "pixel"
+                 for m in members}
+        return found.pop() if len(found) == 1 else "pixel"
     attrs = meta.get("patches_attrs")
     if not isinstance(attrs, dict):
         return "pixel"
