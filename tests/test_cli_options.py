@@ -158,7 +158,7 @@ def test_train_threads_0_is_torchs_default_and_said_in_the_help(capsys) -> None:
     with pytest.raises(SystemExit) as e:
         cli_main(_argv("train", "--threads", "-1"))
     assert e.value.code == 2
-    assert "--threads -1: give 0 (torch's default: all cores) or a positive number of CPU threads" in \
+    assert "--threads -1: give 0 (torch's default: all cores, at most those it may use) or a positive number of CPU threads" in \
         capsys.readouterr().err
 
 

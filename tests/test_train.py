@@ -3020,3 +3020,29 @@ def test_nproc_processes_share_the_cores_the_cpu_quota_allows_not_the_machines(
     monkeypatch.setattr(threads, "_affinity", lambda: 6)
     assert cli_train.run_cli(args) == 0
     assert [e["OMP_NUM_THREADS"] for e in launched] == ["2", "3"]
+
+
+def test_threads_0_takes_the_cores_the_cpu_quota_allows_not_torchs_default(
+        toy_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A single-process training with train.threads 0 ran on torch's default count (the machine's
+    cores: 64 threads in a container limited to 4 CPUs of a 64-core machine, each throttled); it
+    takes at most threads.available_cores() now, as --nproc's processes do, and records the
+    count. Unconstrained it keeps torch's count (physical cores, at most the affinity mask's)."""
+    import bafusion.threads as threads
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(threads, "_affinity", lambda: 64)
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "threads": 0, "epochs": 1, "samples_per_epoch": 32,
+                                           "milestones": []}}, "initial")
+    try:
+        for quota, want in ((1.0, 1), (None, 2)):  # torch's "default" 2: cut to the quota's 1; kept without one
+            monkeypatch.setattr(threads, "cpu_quota", lambda *a, q=quota, **k: q)
+            torch.set_num_threads(2)
+            paths = _paths(tmp_path / str(quota), "initial")
+            train("initial", toy_run["h5"], cfg, paths, resume=False, progress=False)
+            _, meta = load_model(paths.out)
+            assert meta["trained_with"]["threads"] == want, (quota, meta["trained_with"])
+            assert load_checkpoint(paths.checkpoints / "last.pt")["threads"] == want
+    finally:
+        torch.set_num_threads(1)

@@ -235,7 +235,7 @@ def register(subparsers: Any) -> None:
                    help="override seed, the seed of the weights' initialisation, the sample order and the "
                         "augmentation (default: the parameters' seed, else 0), e.g. for the members of an ensemble")
     add_threads_argument(p, "torch CPU threads per process", "train.threads",
-                         zero="torch's default: all cores")
+                         zero="torch's default: all cores, at most those it may use")
     p.add_argument("--nproc", default=None, help="override train.nproc (processes; 'auto' = number of GPUs)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start afresh")
     p.add_argument("--restart-if-changed", action="store_true",

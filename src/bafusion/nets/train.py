@@ -179,7 +179,7 @@ class TrainConfig:
     compile: bool = default("train.compile")
     deterministic: bool = default("train.deterministic")
     nproc: int | str = default("train.nproc")
-    threads: int = default("train.threads")  # 0: torch's default
+    threads: int = default("train.threads")  # 0: torch's default, at most threads.available_cores()
     checkpoint_every: int = default("train.checkpoint_every")  # steps; 0: only at epoch ends
     init: str = default("train.init")  # warm start: a model file (.pt with its .json) of the same depth
     # Weight of the context-consistency term; needs a patch set with surroundings
@@ -985,6 +985,17 @@ def _train_locked(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resum
                   dist: Dist, tqdm: Any, replace_stale: bool = False) -> dict[str, Any]:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    elif not (os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")):
+        # train.threads 0: torch's default (its current setting: the machine's physical cores in a
+        # fresh process), at most the cores this process may run on (threads.available_cores: the
+        # affinity mask and the cgroup's CPU quota, which torch's count does not see: 64 threads
+        # in a container limited to 4 CPUs of a 64-core machine, each throttled), as --nproc's
+        # processes share them. Unconstrained, torch's count is at most the mask's CPUs (physical
+        # cores <= logical ones): unchanged. A count the environment gives torch is kept.
+        from bafusion.threads import available_cores
+
+        if (n := min(torch.get_num_threads(), available_cores())) != torch.get_num_threads():
+            torch.set_num_threads(n)
     device = pick_device(cfg.device, dist.local_rank, cfg.key("device"))
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal gradients of a well-fit net slow the CPU down ~2x
