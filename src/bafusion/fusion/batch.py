@@ -942,9 +942,9 @@ OUTPUT_MARKER = ".bafusion-fuse-dir"
 #: run, or one the record does not name, is not read), then ``{"op": "fusing", "name": <output>,
 #: "sources": <shots_record>}`` before an output is written (it is no longer listed as written)
 #: and ``{"op": "fused", "name": <output>}`` once it is. Version 0.7.0 rewrote the whole record
-#: twice per stack instead: its time grew with the outputs listed (measured, one run on a loaded
-#: 2-core machine: 10 ms a write at 200 outputs, 212 ms at 5000), so a batch's with the square of
-#: its stacks (~18 min of record writes in a 5000-stack batch; the journal's: 0.5 s). The run's end
+#: twice per stack instead: its time grew with the outputs listed (BENCHMARKS.md, one run on a
+#: loaded 2-core machine: 17 ms a write at 200 outputs, 205 ms at 5000), so a batch's with the square
+#: of its stacks (~17 min of record writes in a 5000-stack batch; the journal's: 0.7 s). The run's end
 #: writes the record whole again and removes the journal (:func:`compact_record`); so does the
 #: start of the next run after one killed or stopped by a signal (whose end writes nothing).
 JOURNAL_FILE = ".bafusion-fuse-dir.journal"
@@ -1659,7 +1659,8 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
     with ``skip_existing`` a stack whose files there are missing is fused again.
 
     ``out/`` :data:`OUTPUT_MARKER` records the setup (:func:`batch_setup`) and the outputs
-    written with it, rewritten as each lands. ``skip_existing``: an output that exists and
+    written with it: written whole at a run's start and end, and in between completed by a line
+    per output started and written in :data:`JOURNAL_FILE`. ``skip_existing``: an output that exists and
     that the record lists is kept; one it does not list (left by a run of another setup that
     was stopped) is fused again; a record of another setup, or none beside existing outputs,
     is refused before any work (:func:`check_skip_existing`). Without it every output is
