@@ -2327,15 +2327,17 @@ def test_the_figure_functions_leave_the_callers_matplotlib_backend_and_pyplot_al
         matplotlib.use(before)
 
 
-def test_a_fine_step_above_the_boundary_step_is_refused_or_said() -> None:
+def test_a_fine_step_above_the_boundary_step_is_refused_or_said(monkeypatch: pytest.MonkeyPatch) -> None:
     """``fuse: {boundary_step: 2, boundary_fine_step: 32}`` ran silently as a step-2 grid
     everywhere (the fine step clamped to the coarse one: lytro-01 fused in 18.4 s against 3.9 s,
     probeConfig's measure): refused, the values named. With ``boundary_step: 0`` (auto, half the
     boundary net's patch) the clamp depends on the net: said once, with the step it runs."""
     import warnings
 
+    from bafusion.fusion import scoring
     from bafusion.fusion.scoring import boundary_steps
 
+    monkeypatch.setattr(scoring, "_SAID", set())  # (said once a process: not by an earlier test)
     with pytest.raises(UserError, match=r"^fuse\.boundary_fine_step: 32 is above fuse\.boundary_step: 2: the adaptive "
                                         r"boundary mode .* \(it ran as 2, no refinement\); swapped\?"):
         FusionParams(boundary_step=2, boundary_fine_step=32)
@@ -2354,14 +2356,41 @@ def test_a_fine_step_above_the_boundary_step_is_refused_or_said() -> None:
         assert boundary_steps(FusionParams(), 32) == (16, 8)
 
 
-def test_a_max_tile_below_what_the_net_reads_around_a_box_is_said() -> None:
+def test_the_max_tile_and_fine_step_warnings_are_said_once_a_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fuse-dir said both warnings once per stack (3 stacks: each 3 times, checked with
+    ``--boundary-fine-step 16 --params-json '{"max_tile": 32}'`` and ResNet-8 nets at patch 16):
+    Python's once-per-line registry is reset whenever a warnings filter changes, as every image
+    read does (bafusion.io.formats). Said once a process, whatever happens between."""
+    import warnings
+
+    from bafusion.fusion import scoring
+    from bafusion.fusion.scoring import boundary_steps, score
+
+    monkeypatch.setattr(scoring, "_SAID", set())
+    net = build_model(8).eval()
+    a, b = np.random.default_rng(0).integers(0, 256, (2, 64, 64), dtype=np.uint8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Python's own: once per line and text
+        for _ in range(3):  # three stacks
+            boundary_steps(FusionParams(boundary_fine_step=32), 32)
+            score(net, a, b, 16, FusionParams(max_tile=8), 4)
+            with warnings.catch_warnings():  # as reading the next stack's images does
+                warnings.simplefilter("ignore", DeprecationWarning)
+    said = [str(w.message).split(":")[0] for w in caught]
+    assert sorted(said) == ["fuse.boundary_fine_step", "fuse.max_tile"], said
+    assert {Path(w.filename).name for w in caught} == {"scoring.py"}  # the line that asks, as before
+
+
+def test_a_max_tile_below_what_the_net_reads_around_a_box_is_said(monkeypatch: pytest.MonkeyPatch) -> None:
     """``fuse.max_tile: 32`` (schema minimum 4) fused lytro-01 in 26.7 s against 5.0 s (one run
     each, loaded machine; 4: over 300 s), the same bytes, in silence: each box's crop holds the
     patch and twice the trunk's reach around it. Said, naming the key, the net's need and the cost."""
     import warnings
 
+    from bafusion.fusion import scoring
     from bafusion.fusion.scoring import score, trunk_reach
 
+    monkeypatch.setattr(scoring, "_SAID", set())  # (said once a process: not by an earlier test)
     net = build_model(8).eval()
     assert trunk_reach(net) == 12  # ResNet-8: boxes need 16 + 2 * 12 + 8 = 48 px around them
     rng = np.random.default_rng(0)

@@ -85,6 +85,8 @@ from bafusion.nets.model import CifarResNet
 
 #: Rows/columns of padding beyond the last patch start: room for grid steps up to this.
 MAX_GRID_STEP = 32
+#: The texts :func:`_warn_once` has said in this process.
+_SAID: set[str] = set()
 
 
 def auto_step(patch: int) -> int:
@@ -131,12 +133,10 @@ def boundary_steps(params: "FusionParams", patch: int) -> tuple[int, int]:
         coarse = params.boundary_step or 2 * base
         fine = params.boundary_fine_step or max(1, coarse // 2)
         if fine > coarse and not params.exact:  # (a boundary_step given: refused by FusionParams)
-            import warnings
-
-            warnings.warn(f"fuse.boundary_fine_step: {fine} is above the boundary net's grid step {coarse} "
-                          f"(fuse.boundary_step: 0, auto: half its patch {patch}): the adaptive mode runs it as "
-                          f"{coarse}, no refinement; set boundary_fine_step below {coarse}, or 0 (half the coarse "
-                          "step)", UserWarning, stacklevel=1)  # (its own line: said once, whoever asks)
+            _warn_once(f"fuse.boundary_fine_step: {fine} is above the boundary net's grid step {coarse} "
+                       f"(fuse.boundary_step: 0, auto: half its patch {patch}): the adaptive mode runs it as "
+                       f"{coarse}, no refinement; set boundary_fine_step below {coarse}, or 0 (half the coarse "
+                       "step)")
         return coarse, min(fine, coarse)
     return params.boundary_step or base, params.boundary_fine_step
 
@@ -958,13 +958,23 @@ def _warn_small_max_tile(net: CifarResNet, shape: tuple[int, ...], patch: int, m
     over = patch + 2 * reach + 8
     if max_tile >= over:
         return
+    times = (max_tile + over) ** 2 / max_tile**2
+    _warn_once(f"fuse.max_tile: {max_tile} is below the {over} px the net reads around each box (its patch "
+               f"{patch}, twice its reach {reach}, 8): the net computes about {times:.0f}x the pixels of each box, a "
+               f"far slower fusion for a crop not much smaller; raise fuse.max_tile to {over} or more")
+
+
+def _warn_once(text: str) -> None:
+    """A :class:`UserWarning` of ``text``, once per process whichever net, view or stack asks.
+    Python's own once-per-line registry is reset whenever a warnings filter changes, and every
+    image read changes one (:mod:`bafusion.io.formats`): fuse-dir said each of these once per
+    stack."""
+    if text in _SAID:
+        return
+    _SAID.add(text)
     import warnings
 
-    times = (max_tile + over) ** 2 / max_tile**2
-    warnings.warn(f"fuse.max_tile: {max_tile} is below the {over} px the net reads around each box (its patch "
-                  f"{patch}, twice its reach {reach}, 8): the net computes about {times:.0f}x the pixels of each box, a "
-                  f"far slower fusion for a crop not much smaller; raise fuse.max_tile to {over} or more",
-                  UserWarning, stacklevel=1)  # (its own line: said once, whichever net or view)
+    warnings.warn(text, UserWarning, stacklevel=2)  # (the line that asks, in this module)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
