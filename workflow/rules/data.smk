@@ -8,7 +8,9 @@ DATA = config.get("data", {}) or {}
 # run empty jobs): said in a note when fewer, once per snakemake call
 from bafusion.data.composite import shard_jobs
 
-_SHARD_COUNT, _SHARD_NOTE = shard_jobs(config, _source)
+# param() first: a composite.shards missing (no default) ends Snakemake with one line naming it
+_SHARD_COUNT, _SHARD_NOTE = shard_jobs({**config, "composite": {**(config.get("composite") or {}),
+                                                                "shards": param("composite.shards")}}, _source)
 if _SHARD_NOTE and getattr(workflow, "is_main_process", True):
     print(f"note: {_SHARD_NOTE}", file=sys.stderr)
 SHARDS = range(_SHARD_COUNT)
