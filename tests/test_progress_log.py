@@ -114,7 +114,7 @@ def test_train_in_a_log_says_how_far_an_epoch_got_with_the_time(tmp_path: Path, 
     lines = err.splitlines()
     assert "\r" not in err
     assert _stamped(lines, "bafusion train", r"initial epoch 1/1: 100% 4/4 batch \[.*\]"), lines
-    assert _stamped(lines, "bafusion train", r"initial epoch 1/1 lr .* train loss .* s"), lines
+    assert _stamped(lines, "bafusion train", r"initial epoch 1/1 lr .* train loss .* s \| 1/1 epochs, \d+:\d\d:\d\d elapsed"), lines
 
 
 def _fuse_dir_on_a_pty(tmp_path: Path, nets: Path, term: str, columns: int) -> str:
