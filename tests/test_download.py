@@ -1155,3 +1155,23 @@ def test_a_redirect_to_another_scheme_is_refused(bad_server: _Misbehaving, tmp_p
     up = handler.redirect_request(urllib.request.Request("http://example.invalid/a"), io.BytesIO(), 301, "Moved", {},
                                   "https://example.invalid/a")
     assert up is not None and up.full_url == "https://example.invalid/a"
+
+
+def test_the_retry_wait_stays_at_its_bound_however_many_attempts(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``backoff * 2**attempt`` was computed with Python's integer power: from the 1025th
+    attempt (``download.net.retries`` has no bound) it raised OverflowError ("int too large to
+    convert to float"), an internal error instead of the download's own. The wait now stays at
+    MAX_BACKOFF, and the failure after the last attempt is the usual DownloadError."""
+    from bafusion.data import download
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise download._Retryable("connection reset")
+
+    waits: list[float] = []
+    monkeypatch.setattr(download, "_attempt", fail)
+    monkeypatch.setattr(download.time, "sleep", waits.append)
+    with pytest.raises(DownloadError, match="failed after 1201 attempts: connection reset"):
+        fetch("http://127.0.0.1:9/a.bin", tmp_path / "a.bin", retries=1200, backoff=1.0, progress=False)
+    assert len(waits) == 1200 and waits[:8] == [1, 2, 4, 8, 16, 32, 64, 120]
+    assert set(waits[7:]) == {download.MAX_BACKOFF}

@@ -562,6 +562,14 @@ def _limit(size: int | None, max_bytes: int | None) -> tuple[int, str] | None:
     return None
 
 
+def _retry_wait(backoff: float, attempt: int) -> float:
+    """Seconds to wait before the retry after failed attempt ``attempt`` (0 for the first):
+    ``backoff * 2**attempt``, at most :data:`MAX_BACKOFF`. The power is taken as a float of at
+    most 2**1023: ``backoff * 2**attempt`` as Python's integer raised OverflowError ("int too
+    large to convert to float") from attempt 1024 on (``download.net.retries`` has no bound)."""
+    return min(MAX_BACKOFF, max(0.0, backoff) * 2.0 ** min(attempt, 1023))
+
+
 def fetch(
     url: str,
     dest: str | os.PathLike[str],
@@ -659,7 +667,7 @@ def fetch(
                         hint = ""
                         _drop_part(part)
                     raise DownloadError(url, f"failed after {attempt + 1} attempts: {e}{hint}") from None
-                time.sleep(min(MAX_BACKOFF, max(0.0, backoff) * (2**attempt)))
+                time.sleep(_retry_wait(backoff, attempt))
                 attempt += 1
             except BaseException:
                 # Keep the bytes of an interrupted run (KeyboardInterrupt, or SystemExit: the
