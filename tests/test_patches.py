@@ -144,6 +144,31 @@ def test_a_matte_at_the_label_threshold_is_focused(tmp_path: Path) -> None:
     assert summary["counts"]["boundary"]["train"] + summary["counts"]["boundary"]["val"] == 4 * 5
 
 
+
+@pytest.mark.parametrize("threshold, level", [(1e-300, 1), (3.9e-12, 1), (1e-11, 1), (1 / 255, 1), (128 / 255, 128),
+                                              (0.5, 128), (1.0, 255), (0.0, 0)])
+def test_any_label_threshold_above_zero_leaves_a_matte_of_zero_defocused(tmp_path: Path, threshold: float,
+                                                                         level: int) -> None:
+    """``patches.label_threshold`` below about 3.9e-12 (accepted by the schema) gave the uint8
+    threshold ceil(t * 255 - 1e-9) = 0: every pixel focused in A and every patch labelled 1,
+    what check_params refuses for 0 itself. A matte of 0 is below any threshold above 0."""
+    assert PatchOptions(label_threshold=threshold).threshold_u8 == level
+    if threshold != 3.9e-12:
+        return
+    shard = tmp_path / "half.h5"  # left half matte 0, right half 1 of 255
+    with h5py.File(shard, "w") as h5:
+        g = h5.create_group("fg0")
+        g["matte"] = np.tile(np.uint8([0, 1]).repeat(20), (40, 1))
+        g["A"] = np.zeros((2, 40, 40), np.uint8)
+        g["B"] = np.zeros((2, 40, 40), np.uint8)
+        g["pair"] = np.arange(2, dtype=np.int64)
+        g["sigma"] = np.ones(2, np.float32)
+    opts = PatchOptions(patch=16, per_pair=50, boundary_per_pair=0, val_fraction=0, label_threshold=threshold)
+    run_patches([shard], opts, tmp_path / "out", progress=False)
+    d = read_split(tmp_path / "out" / "initial.h5", "train")
+    np.testing.assert_array_equal(d["y"], (d["centre"][:, 1] >= 20).astype(np.uint8))
+    assert 0 < d["y"].sum() < d["y"].size
+
 def test_train_and_validation_pairs_are_disjoint(shard: Path, tmp_path: Path) -> None:
     run_patches([shard], PatchOptions(patch=16, per_pair=5, boundary_per_pair=5, val_fraction=0.25), tmp_path, progress=False)
     for kind in ("initial", "boundary"):

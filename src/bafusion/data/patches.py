@@ -150,8 +150,12 @@ class PatchOptions:
 
     @property
     def threshold_u8(self) -> int:
-        """Matte values (uint8) at or above this count as focused in A."""
-        return int(np.ceil(self.label_threshold * 255.0 - 1e-9))
+        """Matte values (uint8) at or above this count as focused in A: the least ``v`` with
+        ``v / 255 >= label_threshold`` (within 1e-9 of a level, so that ``128 / 255`` is 128);
+        at least 1 for any threshold above 0 (a matte of 0 is 0 < label_threshold: below
+        about 3.9e-12 the tolerance alone made it 0, every pixel focused, as for 0 itself)."""
+        v = int(np.ceil(self.label_threshold * 255.0 - 1e-9))
+        return max(v, 1) if self.label_threshold > 0 else v
 
 
 def window_fraction(mask: np.ndarray, p: int) -> np.ndarray:
