@@ -736,10 +736,11 @@ def test_patch_sets_that_do_not_fit_on_the_disk_are_refused_before_writing(shard
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """patches.per_pair had no bound and the job no disk check: per_pair 1,000,000 for 48 pairs
     would have written ~98 GB until the disk was full. The estimate (12 pairs x (12 random + 9
-    boundary) patches of 2x16x16 bytes and 21 bytes of labels = 134,316 bytes, times the share
-    gzip keeps of 12 of the first pair's patches: overlapping crops of noise, about 80%) is
-    compared with the free space before any file is written."""
-    asked = _free(monkeypatch, 100_000)
+    boundary) patches of 2x16x16 bytes and 21 bytes of labels = 134,316 bytes, times the shares
+    gzip keeps of 12 of the first pair's random patches and of 9 of its boundary ones:
+    overlapping crops of noise, about 80%) is compared with the free space before any file is
+    written."""
+    asked = _free(monkeypatch, 80_000)
     out = tmp_path / "new" / "pt"
     opts = PatchOptions(patch=16, per_pair=12, boundary_per_pair=9, seed=1)
     with pytest.raises(UserError) as e:
@@ -747,7 +748,7 @@ def test_patch_sets_that_do_not_fit_on_the_disk_are_refused_before_writing(shard
     text = str(e.value)
     assert re.fullmatch(re.escape(f"{out}: the patch sets would take about ") + r"1\d\d\.\d KiB \(144 initial and 108 "
                         r"boundary patches of 2x16x16 bytes, gzip keeps \d\d% of a sample of the first pair's "
-                        r"patches\), more than the 97\.7 KiB free on the disk of " + re.escape(str(tmp_path)) +
+                        r"random patches and \d\d% of its boundary ones\), more than the 78\.1 KiB free on the disk of " + re.escape(str(tmp_path)) +
                         r": lower patches\.per_pair \(--per-pair\) or patches\.boundary_per_pair \(--boundary-per-pair\), or free space", text), text
     assert asked == [tmp_path]  # the nearest existing folder of the output's
     assert not out.exists()
@@ -802,3 +803,32 @@ def test_a_pairs_patches_are_cropped_in_bounded_blocks(tmp_path: Path, monkeypat
     run_patches([shard], opts, tmp_path / "whole", progress=False, compress=False)
     for name in ("initial.h5", "boundary.h5"):
         assert (tmp_path / "blocks" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
+def test_the_free_space_estimate_counts_the_boundary_patches_the_files_get(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a count of boundary patches above what a pair's boundary can give, the estimate
+    counted every position of the pair (15,225 at patch 16 on 120x160) where only those that
+    pass the boundary test are drawn from; and it took the share gzip keeps of the random
+    patches for the boundary ones too, which, many drawn from one pair's boundary, overlap
+    and deflate far better. Both made it several times the bytes written (measured on the
+    builtin composites: 3.2x at 2000 boundary patches a pair, 6.8x at 20,000) and refused
+    patch sets that fit. Now the count is the one the files get, and each set has its share."""
+    shard = tmp_path / "s.h5"
+    _write_shard(shard, h=120, w=160)
+    opts = PatchOptions(patch=16, per_pair=10, boundary_per_pair=20_000, seed=1)
+    _free(monkeypatch, 1000)
+    with pytest.raises(UserError) as e:
+        run_patches([shard], opts, tmp_path / "a", progress=False, compress=False)
+    _free(monkeypatch, 10**9)
+    summary = run_patches([shard], opts, tmp_path / "a", progress=False, compress=False)
+    n_bnd = sum(summary["counts"]["boundary"].values())
+    assert n_bnd < 12 * 15_225 and f"(120 initial and {n_bnd:,} boundary patches of 2x16x16 bytes" in str(e.value), \
+        (n_bnd, str(e.value))
+    opts = PatchOptions(patch=16, per_pair=10, boundary_per_pair=1000, seed=1)
+    summary = run_patches([shard], opts, tmp_path / "b", progress=False)
+    written = sum(f.stat().st_size for f in (tmp_path / "b").glob("*.h5"))  # 1.0 MiB; 5.4 MiB estimated before
+    _free(monkeypatch, 2 * written)
+    run_patches([shard], opts, tmp_path / "c", progress=False)
+    for name in ("initial.h5", "boundary.h5"):
+        assert (tmp_path / "c" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()

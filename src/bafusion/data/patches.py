@@ -377,6 +377,7 @@ class _Shards:
             rows: list[tuple[int, int, str, int]] = []  # (pair id, file, group, row)
             #: (pairs, matte shape) of every group: how many patches of a size fit in them
             self.positions: list[tuple[int, tuple[int, ...]]] = []
+            self._groups: list[tuple[Path, h5py.File, str]] = []  # (file, its handle, group) of each position
             #: pair ids whose shard holds realistic draws (their centres use PATCH_STREAM_REALISTIC)
             self.realistic_ids: set[int] = set()
             for i, (f, h5) in enumerate(zip(self.files, self.h5)):
@@ -398,6 +399,7 @@ class _Shards:
                                              "run the composite step again") from e
                     rows.extend((int(pid), i, name, k) for k, pid in enumerate(ids))
                     self.positions += [(len(ids), shape_m)]
+                    self._groups.append((f, h5, name))
                 try:
                     realistic = _holds_realistic_draws(h5)
                 except (OSError, KeyError, AttributeError) as e:
@@ -418,6 +420,23 @@ class _Shards:
         """``(pairs, positions)`` of every group: the top-left corners a ``p`` x ``p`` patch
         may take in each of its pairs (0 for a pair smaller than the patch)."""
         return [(n, max(0, shape[0] - p + 1) * max(0, shape[1] - p + 1)) for n, shape in self.positions]
+
+    def boundary_positions(self, opts: PatchOptions) -> list[tuple[int, int]]:
+        """``(pairs, positions)`` of every group: the top-left corners of its pairs whose patch
+        passes the boundary test (:func:`passes_boundary_test` on the group's matte), among which
+        a count of boundary patches is drawn (:func:`boundary_corners`). Reads every matte."""
+        out = []
+        for (n, shape), (f, h5, name) in zip(self.positions, self._groups):
+            if shape[0] < opts.patch or shape[1] < opts.patch:
+                out.append((n, 0))
+                continue
+            try:
+                matte = h5[name]["matte"][()]
+            except (OSError, ValueError) as e:
+                raise InputFileError(f, f"group {name!r}: unreadable matte ({e}): run the composite step again") from e
+            frac = window_fraction(matte >= opts.threshold_u8, opts.patch)
+            out.append((n, int(np.count_nonzero(passes_boundary_test(frac, opts.min_focused, opts.min_defocused)))))
+        return out
 
     @property
     def ids(self) -> np.ndarray:
@@ -525,35 +544,61 @@ def patch_bytes(opts: PatchOptions) -> int:
     return 2 * s * s + LABEL_BYTES
 
 
-def _sample_ratio(shards: _Shards, opts: PatchOptions) -> float:
-    """The share of its bytes a chunk of patches keeps once deflated as the files store it,
-    measured on ``per_pair`` (at most :data:`SIZE_SAMPLE`) random patches of the first pair (a
-    stream of its own: the files do not change)."""
-    pair_id, A, B, _ = next(iter(shards))
+def _deflated_share(x: np.ndarray) -> float:
+    """The share of its bytes ``x`` (patches) keeps deflated as the files store it, chunk by chunk."""
+    if not len(x):
+        return 1.0
+    packed = sum(len(zlib.compress(np.ascontiguousarray(x[k : k + CHUNK]).tobytes(), GZIP_LEVEL))
+                 for k in range(0, len(x), CHUNK))
+    return min(1.0, packed / x.nbytes)
+
+
+def _sample_ratio(shards: _Shards, opts: PatchOptions, boundary: bool = False) -> tuple[float, float]:
+    """The share of its bytes a chunk of patches keeps once deflated as the files store it, for
+    the random patches and for the boundary ones (``boundary``; else the random share again),
+    measured on the first pair (streams of their own: the files do not change).
+
+    The random share: on ``per_pair`` (at most :data:`SIZE_SAMPLE`) random patches. The
+    boundary share: a count of boundary patches is drawn as the files draw it (that count among
+    the passing positions, in their order) and :data:`SIZE_SAMPLE` consecutive ones from its
+    middle are deflated: the more of a pair's positions are drawn, the more consecutive crops
+    overlap and the better they deflate (with the random patches' share for both sets, 2000
+    boundary patches a pair were estimated at 3.2x the bytes written, :func:`check_free_space`)."""
+    pair_id, A, B, matte = next(iter(shards))
     p = opts.patch
     if A.shape[0] < p or A.shape[1] < p:
-        return 1.0  # refused by the write itself, naming the pair
+        return 1.0, 1.0  # refused by the write itself, naming the pair
     rng = np.random.default_rng([int(opts.seed), int(pair_id), 11])
     # as many as a pair gives, up to the sample: a chunk of the files holds 64 consecutive patches,
     # of one pair or (per_pair below 64) of several, and overlapping crops of one pair deflate better
-    x = crop(A, B, random_corners(rng, A.shape[:2], p, min(SIZE_SAMPLE, opts.per_pair)), p, opts.context)
-    raw = x.nbytes
-    packed = sum(len(zlib.compress(np.ascontiguousarray(x[k : k + CHUNK]).tobytes(), GZIP_LEVEL))
-                 for k in range(0, len(x), CHUNK))
-    return min(1.0, packed / raw)
+    rand = _deflated_share(crop(A, B, random_corners(rng, A.shape[:2], p, min(SIZE_SAMPLE, opts.per_pair)), p,
+                                opts.context))
+    if not boundary or opts.boundary_per_pair == BOUNDARY_SUBSET:
+        return rand, rand
+    frac = window_fraction(matte >= opts.threshold_u8, p)
+    corners = boundary_corners(np.random.default_rng([int(opts.seed), int(pair_id), 12]), frac,
+                               int(opts.boundary_per_pair), opts.min_focused, opts.min_defocused)
+    if not len(corners):
+        return rand, rand
+    k = max(0, (len(corners) - SIZE_SAMPLE) // 2)
+    return rand, _deflated_share(crop(A, B, corners[k : k + SIZE_SAMPLE], p, opts.context))
 
 
 def check_free_space(shards: _Shards, opts: PatchOptions, out_dir: Path, compress: bool = True) -> None:
     """Refuse, before anything is written, patch sets that would not fit on ``out_dir``'s disk.
 
     The size is estimated from the counts (``per_pair`` random patches a pair; for a count of
-    boundary patches, that count or the positions a pair has, whichever is fewer; the subset's
-    are not counted, they may be none) times :func:`patch_bytes`, times the share gzip keeps on
-    a sample of the first pair's patches (:func:`_sample_ratio`) when ``compress``. On one
-    shard of the builtin composites (18 pairs) it was 1.15-1.31x the bytes then written (patch
-    32, 40 + 40 and 400 + 10 a pair; patch 64 with context 16): the boundary patches deflate
-    better than the random ones sampled. ``patches.per_pair`` has no bound (1,000,000 for 48
-    pairs would have written ~98 GB before the disk was full).
+    boundary patches, that count or the positions of a pair that pass the boundary test,
+    whichever is fewer: the count the files get; the subset's are not counted, they may be
+    none) times :func:`patch_bytes`, times the shares gzip keeps of samples of the first pair's
+    random and boundary patches (:func:`_sample_ratio`) when ``compress``. On shard 0 of 4 of
+    the builtin composites (16 pairs; one run each) it was 1.03-1.23x the bytes then written
+    (patch 32: 40 random + 40, 400, 2000 or 20,000 boundary patches a pair, 400 + 10; patch 64
+    with context 16: 40 + 40 and 40 + 2000). Counted with all the positions of a pair and the
+    random patches' share for both sets, as before, it was 1.12-1.32x for 10-40 boundary
+    patches a pair and 2.45x, 3.17x and 6.79x for 400, 2000 and 20,000 at patch 32 (3.23x for
+    2000 at patch 64). ``patches.per_pair`` has no bound (1,000,000 for 48 pairs would have
+    written ~98 GB before the disk was full).
 
     Raises
     ------
@@ -562,18 +607,26 @@ def check_free_space(shards: _Shards, opts: PatchOptions, out_dir: Path, compres
     """
     groups = shards.patch_positions(opts.patch)
     n_init = sum(n for n, _ in groups) * opts.per_pair
-    n_bnd = 0 if opts.boundary_per_pair == BOUNDARY_SUBSET else sum(
-        n * min(int(opts.boundary_per_pair), pos) for n, pos in groups)
+    subset = opts.boundary_per_pair == BOUNDARY_SUBSET
+    n_bnd = 0 if subset else sum(n * min(int(opts.boundary_per_pair), pos) for n, pos in groups)
     raw = (n_init + n_bnd) * patch_bytes(opts)
     where, free = free_space(out_dir)
-    if raw <= free:  # (gzip keeps at most about all of it: no sample needed)
+    if raw <= free:  # (an upper bound: gzip keeps at most about all of it, and fewer positions may pass)
         return
-    ratio = _sample_ratio(shards, opts) if compress else 1.0
-    need = int(raw * ratio)
+    if n_bnd:  # those that pass the boundary test: reads the mattes
+        n_bnd = sum(n * min(int(opts.boundary_per_pair), pos) for n, pos in shards.boundary_positions(opts))
+    r_init, r_bnd = _sample_ratio(shards, opts, boundary=n_bnd > 0) if compress else (1.0, 1.0)
+    need = int(n_init * patch_bytes(opts) * r_init + n_bnd * patch_bytes(opts) * r_bnd)
     if need <= free:
         return
     s = opts.patch + 2 * opts.context
-    how = (f"gzip keeps {ratio:.0%} of a sample of the first pair's patches" if compress else "without compression")
+    if not compress:
+        how = "without compression"
+    elif n_bnd:
+        how = (f"gzip keeps {r_init:.0%} of a sample of the first pair's random patches and {r_bnd:.0%} of its "
+               "boundary ones")
+    else:
+        how = f"gzip keeps {r_init:.0%} of a sample of the first pair's patches"
     raise UserError(f"{out_dir}: the patch sets would take about {size_text(need)} ({n_init:,} initial"
                     f"{f' and {n_bnd:,} boundary' if n_bnd else ''} patches of 2x{s}x{s} bytes, {how}), more than "
                     f"the {size_text(free)} free on the disk of {where}: lower patches.per_pair (--per-pair)"
