@@ -1563,6 +1563,42 @@ def test_patch_sets_larger_than_the_free_space_are_said_at_the_start(monkeypatch
     assert capsys.readouterr().err == ""
 
 
+
+def test_the_patch_space_warning_counts_the_patch_files_the_job_replaces(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    """Snakemake (and dvc repro) deletes the patches job's outputs before it runs, so the patch
+    files already in data/patches are space the job gets: the warning said a rerun did not fit
+    where the old files made room for it. A file with another link (a DVC cache's) frees
+    nothing and does not count."""
+    import collections
+
+    from bafusion.cli.params_check import _patch_space_warnings
+    from bafusion.data import patches
+
+    params = load_params(REPO / "params.yaml")
+    params["patches"]["per_pair"] = 100_000
+    c = count_samples(params)
+    raw = (c["base_patches"] + c["boundary_patches_at_most"]) * (2 * 32 * 32 + 21)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(patches.shutil, "disk_usage", lambda p: usage(10**12, 0, raw - 2**20))
+    folder = tmp_path / "data" / "patches"
+    (line,) = _patch_space_warnings(params, str(folder))
+    assert "more than the " in line and "which the job replaces" not in line, line
+    folder.mkdir(parents=True)
+    with open(folder / "initial.h5", "wb") as f:  # sparse: 2 MiB as the size, nothing on the disk
+        f.truncate(2 * 2**20)
+    assert _patch_space_warnings(params, str(folder)) == []
+    os.link(folder / "initial.h5", tmp_path / "cache-copy")
+    (line,) = _patch_space_warnings(params, str(folder))
+    assert "which the job replaces" not in line, line
+    os.unlink(tmp_path / "cache-copy")
+    (folder / "boundary.h5").write_bytes(b"x" * 1000)
+    monkeypatch.setattr(patches.shutil, "disk_usage", lambda p: usage(10**12, 0, raw - 3 * 2**20))
+    (line,) = _patch_space_warnings(params, str(folder))
+    assert line.endswith(" free on the disk of " + str(folder) + " (and 2.0 MiB of the patch files there, "
+                         "which the job replaces); the patches job refuses to start where its estimate with gzip "
+                         "does not fit"), line
+
 def test_other_code_problem_refuses_other_code_warns_where_it_cannot_tell_and_passes_the_checkouts(
         tmp_path: Path) -> None:
     """A pipeline job names its checkout's src/ (BAFUSION_CHECKOUT_SRC, set by the Snakefile): a

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -222,8 +223,9 @@ def _patch_space_warnings(params: Mapping[str, Any], folder: str = "data/patches
     (``patches.per_pair`` has no bound: 1,000,000 for 48 pairs is ~98 GB): said at the start,
     not refused, since gzip's share is known only from the pairs; the patches job refuses
     before writing when its estimate does not fit
-    (:func:`bafusion.data.patches.check_free_space`). Nothing where the pairs cannot be counted
-    here."""
+    (:func:`bafusion.data.patches.check_free_space`). The patch files already in ``folder``
+    count as free (:func:`_replaced_bytes`: the job's outputs are deleted before it runs).
+    Nothing where the pairs cannot be counted here."""
     from bafusion.data.counts import count_samples
     from bafusion.data.patches import PatchOptions, free_space, patch_bytes, size_text
 
@@ -237,12 +239,30 @@ def _patch_space_warnings(params: Mapping[str, Any], folder: str = "data/patches
     bnd = 0 if c.get("boundary_subset") else int(c["boundary_patches_at_most"])
     raw = (int(c["base_patches"]) + bnd) * patch_bytes(PatchOptions(patch=int(params["patch"]), context=context))
     where, free = free_space(folder)
-    if raw <= free:
+    replaced = _replaced_bytes(folder)
+    if raw <= free + replaced:
         return []
+    also = f" (and {size_text(replaced)} of the patch files there, which the job replaces)" if replaced else ""
     return [f"patches.per_pair: {c['patches_per_pair']} makes {c['base_patches']:,} initial"
             f"{f' and up to {bnd:,} boundary' if bnd else ''} patches for {c['pairs']:,} pairs: about "
-            f"{size_text(raw)} before gzip, more than the {size_text(free)} free on the disk of {where}; the "
+            f"{size_text(raw)} before gzip, more than the {size_text(free)} free on the disk of {where}{also}; the "
             "patches job refuses to start where its estimate with gzip does not fit"]
+
+
+def _replaced_bytes(folder: str) -> int:
+    """Bytes the patches job's outputs in ``folder`` hold now that deleting them frees: Snakemake
+    (and ``dvc repro``) deletes a job's outputs before the job runs, so their space is free to
+    it. Only regular files of one link count: a link (a DVC cache's symlink or hard link) frees
+    nothing. (A reflinked copy frees nothing either, and cannot be told: counted.)"""
+    total = 0
+    for name in ("initial.h5", "boundary.h5", "summary.json"):
+        try:
+            st = os.lstat(os.path.join(folder, name))
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            total += st.st_size
+    return total
 
 
 def check_init_files(params: Mapping[str, Any], source: str = "params.yaml",
