@@ -689,6 +689,36 @@ def test_the_installed_command_prints_no_traceback(work: Path) -> None:
     assert _digest(work / "a.png") == before
 
 
+def test_a_fusion_warning_is_one_line_of_the_command(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fuse --boundary-fine-step 8`` with nets of patch 12 (auto grid step 4): the fusion's
+    warning (bafusion.fusion.scoring, as fuse.max_tile's) reached the command's stderr in
+    Python's format, the module's path, line number and source line (``.../scoring.py:136:
+    UserWarning: ...`` and ``_warn_once(f"...``); every other warning of a command is one line
+    ``bafusion <cmd>: warning: ...``. A real process (pytest records warnings); in a caller's
+    ``catch_warnings(record=True)`` the command's warning is still recorded, not printed."""
+    import warnings
+
+    from bafusion.fusion import rule, scoring
+
+    options = ["--boundary-fine-step", "8", "--threads", "1"]
+    argv = [*FUSE, "-o", "F.png", *options]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "BAFUSION_MLFLOW": "0"}
+    r = subprocess.run([sys.executable, "-m", "bafusion", *argv], capture_output=True, text=True, env=env,
+                       cwd=work, timeout=300)
+    assert r.returncode == 0, r.stderr
+    said = [line for line in r.stderr.splitlines() if "boundary_fine_step" in line]
+    assert said == ["bafusion fuse: warning: fuse.boundary_fine_step: 8 is above the boundary net's grid step 4 "
+                    "(fuse.boundary_step: 0, auto: half its patch 12): the adaptive mode runs it as 4, no "
+                    "refinement; set boundary_fine_step below 4, or 0 (half the coarse step)"], r.stderr
+    assert "UserWarning" not in r.stderr and "scoring.py" not in r.stderr and "_warn_once" not in r.stderr
+    monkeypatch.setattr(cli_fusion, "fuse_stack", rule.fuse_stack)  # (the fixture's guard off: it fuses)
+    monkeypatch.setattr(scoring, "_SAID", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli_main([*FUSE, "-o", "G.png", *options]) == 0
+    assert [str(w.message) for w in caught if "boundary_fine_step" in str(w.message)] == [said[0].split("warning: ", 1)[1]]
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "pickle"])
 def test_a_damaged_model_file_is_named_without_torchs_unsafe_advice(work: Path, capsys, damage: str) -> None:
     import pickle

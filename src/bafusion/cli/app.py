@@ -635,9 +635,39 @@ def _main(argv: list[str]) -> int:
         print(_numpy_refusal(cmd, limit), file=sys.stderr)
         return 1
     try:
-        return _finish_stdout(cmd, _run_dropping_lost_lines(cmd, args))
+        with _own_warnings_said(cmd):
+            return _finish_stdout(cmd, _run_dropping_lost_lines(cmd, args))
     finally:
         set_command("bafusion")  # main called in a process that goes on (a test, a notebook)
+
+
+@contextlib.contextmanager
+def _own_warnings_said(cmd: str) -> Any:
+    """While a command runs, a ``UserWarning`` that bafusion's own code issues (the fusion's
+    ``fuse.max_tile`` and ``fuse.boundary_fine_step`` warnings of :mod:`bafusion.fusion.scoring`,
+    which library callers get as warnings) is said as the command's other warnings are, one line
+    ``bafusion <cmd>: warning: <text>``: Python's format printed the module's path, line number
+    and source line. Other warnings (torch's, ...) keep Python's format; so does a warning
+    recorded by a caller (``warnings.catch_warnings(record=True)``, ``pytest.warns``): only
+    Python's own printing is replaced, and the previous one is restored after."""
+    import warnings
+
+    package = str(Path(__file__).resolve().parents[1]) + os.sep
+    previous = warnings.showwarning
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        mine = issubclass(category, UserWarning) and str(Path(filename).resolve()).startswith(package)
+        # a caller's catch_warnings(record=True) (pytest's too) puts its list's append there
+        recorded = getattr(warnings._showwarnmsg_impl, "__module__", None) != "warnings"  # type: ignore[attr-defined]
+        if not mine or recorded:
+            previous(message, category, filename, lineno, file, line)
+            return
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            print(f"{cmd}: warning: {one_line(message)}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():  # restores showwarning (and the filters) after
+        warnings.showwarning = show
+        yield
 
 
 class _LineSink:
