@@ -302,7 +302,8 @@ WEBP_MAX_SIDE = 16383
 #: more slowly. ``benchmarks/bench_webp.py`` (BENCHMARKS.md, "Lossless WebP"; two 6.9-megapixel
 #: RGB images, CPU seconds of the encoding, two runs on a loaded machine): Pillow's default
 #: (method 4, quality 80) took 2.8-4.5 s, 2.5-3.3x PNG's; quality 40 gives files within 0.03 %
-#: of its size in 0.55x its time (1.4-1.9x PNG's, 36 % smaller than PNG); quality 25 and under,
+#: of its size in 0.55x its time (3.4-4.8x a level-3 PNG's, 39-44 % smaller; 1.4-1.9x a level-6
+#: PNG's, 36 % smaller); quality 25 and under,
 #: 2-11 % larger in about PNG's time; method 0, 0.4 s but 20-48 % larger.
 WEBP_LOSSLESS_METHOD = 4
 WEBP_LOSSLESS_EFFORT = 40
