@@ -18,6 +18,7 @@ from PIL import Image
 import bafusion.cli.baselines as cli_baselines
 import bafusion.cli.fusion as cli_fusion
 import bafusion.fusion.models as fusion_models
+import bafusion.fusion.rule as fusion_rule
 from bafusion.cli import main as cli_main
 from bafusion.nets.model import build_model, save_model
 
@@ -43,7 +44,7 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     def reached(*args: object, **kwargs: object) -> None:
         raise AssertionError("the work started although the command line was refused")
 
-    monkeypatch.setattr(cli_fusion, "fuse_stack", reached)
+    monkeypatch.setattr(fusion_rule, "fuse_stack", reached)
     monkeypatch.setattr(cli_baselines, "fuse", reached)
     return tmp_path
 
@@ -641,7 +642,7 @@ def test_an_internal_error_keeps_its_traceback_and_says_so(work: Path, capsys, m
     def bug(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(cli_fusion, "fuse_stack", bug)
+    monkeypatch.setattr(fusion_rule, "fuse_stack", bug)
     rc = cli_main([*FUSE, "-o", "F.png"])
     err = capsys.readouterr().err
     assert rc == 1
@@ -659,7 +660,7 @@ def test_out_of_memory_is_one_line_not_a_bug_report(work: Path, capsys, monkeypa
     def short(*args: object, **kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr(cli_fusion, "fuse_stack", short)
+    monkeypatch.setattr(fusion_rule, "fuse_stack", short)
     rc = cli_main([*FUSE, "-o", "F.png"])
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err and "a bug" not in err, err
@@ -671,7 +672,7 @@ def test_an_os_error_naming_a_file_is_one_line(work: Path, capsys, monkeypatch) 
     def denied(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied", "F.png.part")
 
-    monkeypatch.setattr(cli_fusion, "fuse_stack", denied)
+    monkeypatch.setattr(fusion_rule, "fuse_stack", denied)
     _refused([*FUSE, "-o", "F.png"], capsys, work, "F.png.part: Permission denied")
 
 
@@ -914,7 +915,7 @@ def test_an_os_error_of_the_disk_without_a_file_name_is_one_line(work: Path, cap
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(code, "Unable to synchronously write data (file write failed: errno = ...)")
 
-    monkeypatch.setattr(cli_fusion, "fuse_stack", full)
+    monkeypatch.setattr(fusion_rule, "fuse_stack", full)
     if code in (errno.EACCES, errno.EIO):  # an input's read fails so too: the output is not blamed
         said = f"bafusion fuse: error: {os.strerror(code)} (reading the inputs or writing F.png)"
     else:
@@ -1396,7 +1397,7 @@ def test_out_of_memory_advice_is_the_commands_own(work: Path, capsys, monkeypatc
     def short(*args: object, **kwargs: object) -> None:
         raise MemoryError("Unable to allocate 275. MiB for an array with shape (3000, 4000, 3) and data type float64")
 
-    monkeypatch.setattr(cli_fusion, "fuse_stack", short)
+    monkeypatch.setattr(fusion_rule, "fuse_stack", short)
     assert cli_main([*FUSE, "-o", "F.png"]) == 1
     err = capsys.readouterr().err
     assert "train.batch" not in err and "max_tile /" not in err

@@ -80,6 +80,39 @@ def test_light_commands_do_not_import_torch(argv: list[str]) -> None:
     assert out.splitlines()[-1] == "False", out
 
 
+def test_a_refused_input_file_of_fuse_does_not_import_torch(tmp_path: Path) -> None:
+    """``bafusion fuse`` checks its shots from their headers (there, an image read here, one size)
+    before importing torch: its refusals came after those seconds (~6 s on a loaded 2-core machine;
+    about 1 s now). ``fuse --help`` and a mistyped option of fuse-dir/fuse-set do not import it either."""
+    from PIL import Image
+
+    Image.new("RGB", (32, 24)).save(tmp_path / "a.png")
+    Image.new("RGB", (24, 32)).save(tmp_path / "turned.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    cases = {
+        "missing.png": "missing.png: file not found",
+        "bad.png": "bad.png: unreadable image",
+        "turned.png": "size 24x32 (WxH) differs from 32x24",
+    }
+    for name, said in cases.items():
+        argv = ["fuse", str(tmp_path / "a.png"), str(tmp_path / name), "-o", str(tmp_path / "f.png"),
+                "--save-maps", str(tmp_path / "maps"), "--device", "cpu"]
+        code = (
+            "import sys\n"
+            "from bafusion.cli import main\n"
+            f"status = main({argv!r})\n"
+            "print(status, 'torch' in sys.modules)\n"
+        )
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+        assert said in p.stderr, p.stderr
+        assert p.stdout.split() == ["2", "False"], (name, p.stdout, p.stderr)
+    for argv in (["fuse", "--help"], ["fuse-dir", "--bogus"], ["fuse-set", "--help"]):
+        out = _run("import sys\nfrom bafusion.cli import main\ntry:\n"
+                   f"    main({argv!r})\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)\n")
+        assert out.splitlines()[-1] == "False", (argv, out)
+
+
 def test_full_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     from bafusion.cli import main
 

@@ -1099,7 +1099,7 @@ def test_cli_fuse_refuses_map_names_too_long_before_the_fusion(tmp_path: Path, m
     ``<stem>-step01-score-refined.png``): an output name that fits but whose maps' names are
     longer than the 255 bytes a name may have failed with "File name too long" only after the
     fusion, the fused image written. Now refused before the work, naming the longest map."""
-    import bafusion.cli.fusion
+    import bafusion.fusion.rule
 
     pa, pb = _write_pair(tmp_path, scene)
     pc = tmp_path / "c.png"
@@ -1107,7 +1107,7 @@ def test_cli_fuse_refuses_map_names_too_long_before_the_fusion(tmp_path: Path, m
     stem = "f" * (256 - (len("-step01") if shots > 2 else 0) - len("-score-initial.png"))  # its maps' names: 256 bytes
     out, maps = tmp_path / f"{stem}.png", tmp_path / "maps"
     fused = []
-    monkeypatch.setattr(bafusion.cli.fusion, "fuse_stack", lambda *a, **k: fused.append(1))
+    monkeypatch.setattr(bafusion.fusion.rule, "fuse_stack", lambda *a, **k: fused.append(1))  # imported by fuse when it fuses
     rc = cli_main(["fuse", str(pa), str(pb), *([str(pc)] if shots > 2 else []), "-o", str(out), "--model", str(model_dir),
                    "--save-maps", str(maps), "--device", "cpu", "--no-progress"])
     err = capsys.readouterr().err

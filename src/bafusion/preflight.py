@@ -744,7 +744,7 @@ def check_device(name: str | None, flag: str = "--device") -> None:
         if not isinstance(name, torch.device):
             raise UserError(f"{shown}: not a device (use auto, cpu, cuda, cuda:N or mps)")
         name = str(name)
-    if name == "auto":
+    if name in ("auto", "cpu"):  # without torch (seconds to import): a fuse's bad shot is refused at once
         return
     import torch
 

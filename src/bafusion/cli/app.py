@@ -5,7 +5,8 @@ more subparsers and sets ``func`` (called with the parsed namespace, returning a
 through ``set_defaults``. ``COMMANDS`` says which module registers each command: a command
 line that names one builds the parser of that module alone, so ``bafusion metrics`` or
 ``bafusion preset`` does not import torch and refuses a mistyped option at once (the modules of
-``fuse``, ``train`` and ``evaluate`` import torch themselves; BENCHMARKS.md, "Start-up"). ``bafusion --help`` and unknown commands load every module.
+``train`` and ``evaluate`` import torch themselves; that of ``fuse``, ``fuse-dir`` and ``fuse-set``
+imports it once the command line and ``fuse``'s shots' headers are checked; BENCHMARKS.md, "Start-up"). ``bafusion --help`` and unknown commands load every module.
 
 Errors: every user error of every command exits with status 2 and one line
 ``bafusion <cmd>: error: <what>: <why>`` on stderr, without a traceback. That covers argparse's

@@ -1,5 +1,7 @@
 """``bafusion fuse``, ``fuse-set`` and ``fuse-dir``: argument parsing only; the work is done
-by :mod:`bafusion.fusion`."""
+by :mod:`bafusion.fusion`. The module imports no torch (seconds to import): a command's checks
+of its command line and of its input files' headers (``fuse``: :func:`_cmd_fuse`) run before
+torch is imported, so a refusal comes at once."""
 
 from __future__ import annotations
 
@@ -11,24 +13,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from bafusion.cli.common import ModelOption, add_threads_argument, check_distinct_sources, finite_float, home_path, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread
 from bafusion.errors import InputFileError, UserError, json_loads
-from bafusion.fusion.api import ALIGN_MODELS
 from bafusion.fusion.batch import (EXIT_NONE_FUSED, EXIT_SKIPPED, STEP_LINES_MIN_PIXELS, check_output_folder,
                                    check_replaced, escape_controls, find_groups, fuse_dir, skip_lines)
-from bafusion.fusion.models import resolve_device
 from bafusion.fusion.params import (
+    ALIGN_MODELS,
     BOUNDARY_MODES,
+    HINT_MOTION_PX,
+    PROGRESS_MIN_PIXELS,
     SCALE_RULES,
     STACK_RULES,
     WORKING_REFINES,
     FusionParams,
 )
-from bafusion.fusion.rule import fuse_stack
-from bafusion.fusion.scene import HINT_MOTION_PX
-from bafusion.fusion.testset import check_report_path, fuse_set, read_pair_index
 from bafusion.preflight import check_device
 from bafusion.progress import stamped
 from bafusion.schema import allowed, default, maximum
@@ -186,7 +184,8 @@ def _origins(args: argparse.Namespace, flags: dict[str, Any], keys: tuple[str, .
 def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
     """FusionParams from --params-file's 'fuse' section, overridden by --params-json, then by
     explicit flags (absent keys: the schema's defaults); also returns the other settings
-    (device, alpha, diff_cmap). Sets torch's threads (--threads, else fuse.threads, else the free cores)."""
+    (device, alpha, diff_cmap, threads: --threads, else fuse.threads, 0 for the free cores). Imports no
+    torch: :func:`set_threads` sets torch's threads, once the command's checks are done."""
     from bafusion.config import read_params, section
 
     note_params_yaml_unread(getattr(args, "command", None) or "fuse", "--params-file",
@@ -254,14 +253,22 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
         check_colour_map(args.diff_cmap, "--diff-cmap")
     fusion = FusionParams.from_mapping(merged, source="command line",  # file and JSON are checked: the flags
                                        origins=_origins(args, flags, ("low", "high")))
-    threads = args.threads or base["threads"]
+    other["threads"] = int(args.threads or base["threads"] or 0)
+    return fusion, other
+
+
+def set_threads(other: dict) -> None:
+    """Set torch's threads from :func:`params_from_args`' ``other["threads"]`` (0: torch's
+    default lowered to the free cores). Imports torch: called once the command's quick checks pass."""
+    import torch
+
+    threads = other["threads"]
     if not threads:
         from bafusion.threads import auto_threads
 
         # No more threads than the free cores: two threads collapse when a core is busy.
         threads = min(torch.get_num_threads(), auto_threads())
     torch.set_num_threads(int(threads))
-    return fusion, other
 
 
 def _cmd_fuse(args: argparse.Namespace) -> int:
@@ -281,6 +288,11 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     if len(paths) < 2:
         raise UserError("give at least two source images")
     check_distinct_sources(args.images)
+    from bafusion.fusion.batch import check_source_headers
+
+    # the files from their headers (there, readable, of a format read here, one size) before torch
+    # is imported (--save-maps' names, the nets): a refusal at once, not after that import's seconds
+    check_source_headers(paths, align=args.align or "none")
     joint = params.stack_rule == "joint" and len(paths) > 2
     maps_line = ""
     maps: list[str] = []  # the map files --save-maps writes
@@ -302,6 +314,9 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
                           f"the maps are named after the output, {out.name}: give it a shorter name")
         maps_line = _maps_line(Path(args.save_maps), out.stem, joint, len(paths))
     registered = _registered_names(args, out, paths)
+    set_threads(other)
+    from bafusion.fusion.models import resolve_device
+
     resolve_device(other["device"], "--device")
     from bafusion.fusion.memory import check_memory, memory_warning
 
@@ -333,6 +348,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         def write_maps() -> None:
             save_stack_maps(Path(args.save_maps), out.stem, stack)
     else:
+        from bafusion.fusion.rule import fuse_stack
+
         results = fuse_stack(images, nets, params, names, progress=args.progress, step=say)
         fused = fused_output(src, results, out)
 
@@ -511,7 +528,10 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
     from bafusion.dvc_metrics import fuse_metrics
     from bafusion.fusion.batch import model_identity
 
+    from bafusion.fusion.testset import check_report_path, fuse_set, read_pair_index
+
     params, other = params_from_args(args)
+    set_threads(other)
     if args.report:  # before loading the nets: a --report that is one of the files written into --out
         check_report_path(args.out, args.report, read_pair_index(Path(args.pairs), allow_empty=True),
                           what="--report file", folder="--out")
@@ -613,6 +633,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     params, other = params_from_args(args)
+    set_threads(other)
     src, out = Path(args.input), Path(args.output)
     if not src.is_dir():
         raise UserError(f"{src}: not a folder")
@@ -641,6 +662,8 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
         from bafusion.fusion.batch import check_registered_folder
 
         check_registered_folder(src, out, groups, Path(args.save_registered))
+    from bafusion.fusion.models import resolve_device
+
     resolve_device(other["device"], "--device")
     from bafusion import tracking
     from bafusion.cli.app import on_stop_say
@@ -729,7 +752,6 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
                    "model, parameters, --align, --ext, version and fusion code (a digest of its sources) that made "
                    "the outputs, and a folder of another setup (an upgrade too; or of none recorded) is refused; "
                    "a stack whose shots changed since (it records each output's shots) is fused again")
-    from bafusion.fusion.working import PROGRESS_MIN_PIXELS
 
     _add_param_args(p, maps=False, progress_help=(
         "no progress bar and no lines per stack (default: on a terminal a bar over the stacks, each stack's own "

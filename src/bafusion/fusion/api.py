@@ -15,7 +15,7 @@ import numpy as np
 
 from bafusion.errors import InputFileError, InputTypeError, UserError
 from bafusion.fusion.models import FusionNets, _check_model_type, find_model_dir, load_nets_from_dir
-from bafusion.fusion.params import FusionParams
+from bafusion.fusion.params import ALIGN_MODELS, FusionParams
 from bafusion.fusion.rule import _fuse_pair, check_same_size, checked_params, dtype_hint, fuse_stack, source_channels
 from bafusion.io import read_source_set, scale_to_u8
 from bafusion.preflight import check_device
@@ -23,7 +23,6 @@ from bafusion.threads import checked_threads, torch_threads
 
 __all__ = ["fuse", "load_model"]
 
-ALIGN_MODELS = ("none", "auto", "translation", "similarity", "homography")
 
 
 def _load_nets(model: str | os.PathLike[str] | None, device: str, warn: bool = True) -> FusionNets:

@@ -228,12 +228,7 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
         tqdm.write(stamped(f"{prefix}: {text}", sys.stderr), file=sys.stderr)
 
     names = [str(p) for p in paths]
-    # the sizes from the headers first: the error says where an EXIF orientation swapped them
-    infos = [image_info(p) for p in paths]
-    if align == "none":
-        check_same_sizes(infos, remedy="use --align similarity (or auto) to register shots of different sizes")
-    else:  # --align registers a shot of another size (align.MAX_ASPECT_DIFF), not a turned or another frame
-        check_alignable_sizes(infos)
+    check_source_headers(paths, align=align)
     say(f"reading {', '.join(names)}" if len(names) <= 3 else f"reading {len(names)} images")
     src = read_source_set(paths)
     resized = [i for i in range(1, len(src.images)) if src.images[i].shape[:2] != src.images[0].shape[:2]]
@@ -294,6 +289,36 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
             say("aligning the full-depth shots alike")
             src.full = al.apply(src.full)
     return src
+
+
+def check_source_headers(paths: Sequence[Path], *, align: str = "none") -> None:
+    """Check the shots from their headers alone, as :func:`prepare_sources` does first: each is
+    there, a regular file, of a format read here and with a readable header
+    (:func:`bafusion.io.image_info`), and they have one size (``align`` ``none``,
+    :func:`bafusion.io.check_same_sizes`: the error says where an EXIF orientation swapped a
+    file's width and height) or sizes ``--align`` registers (:func:`check_alignable_sizes`).
+    Milliseconds, and no torch: ``bafusion fuse`` calls it before importing torch, so a bad
+    file is refused at once.
+
+    Parameters
+    ----------
+    paths : sequence of Path
+        The shots.
+    align : str
+        The ``--align`` value (``none``, ``auto`` or a model).
+
+    Raises
+    ------
+    bafusion.errors.InputFileError
+        Naming the file that is missing, no regular file, or not an image read here.
+    bafusion.errors.UserError
+        Shots of sizes that cannot be fused.
+    """
+    infos = [image_info(p) for p in paths]
+    if align == "none":
+        check_same_sizes(infos, remedy="use --align similarity (or auto) to register shots of different sizes")
+    else:  # --align registers a shot of another size (align.MAX_ASPECT_DIFF), not a turned or another frame
+        check_alignable_sizes(infos)
 
 
 def align_despite_scene_check(images: Sequence[np.ndarray], names: Sequence[str],

@@ -30,6 +30,22 @@ WORKING_REFINES: tuple[str, ...] = allowed("fuse.working_refine")
 #: Where a patch's score is placed (:attr:`FusionParams.score_position`).
 SCORE_POSITIONS: tuple[str, ...] = allowed("fuse.score_position")
 
+# Constants of other modules that the command line's parser shows (kept here, the ground floor,
+# so that building it imports neither scipy nor torch; re-exported where they are documented):
+#: What ``--align`` / ``align=`` take: no alignment, ``auto``, or a model of
+#: :data:`bafusion.fusion.align.MODELS` (:mod:`bafusion.fusion.align`).
+ALIGN_MODELS: tuple[str, ...] = ("none", "auto", "translation", "similarity", "homography")
+#: A shot that moves more than this against the first (RMS corner displacement, pixels of the
+#: shots, :func:`bafusion.fusion.scene.coarse_motion`) gets a hint to fuse with ``--align``
+#: (BENCHMARKS.md, "Do the shots move?"); :data:`bafusion.fusion.scene.HINT_MOTION_PX`.
+HINT_MOTION_PX = 2.0
+#: Pixels from which a fusion shows a progress bar (when stderr is a terminal): a camera's
+#: "4 megapixels" and up, a few seconds on a 2-core CPU. The sizes sold as 4 MP fall on both
+#: sides of 4,000,000 (2272x1704 = 3.87 MP, 2304x1728 = 3.98, 2448x1632 = 3.995; 2560x1440,
+#: 3.69, for 16:9): at 4,000,000 most of them got no bar, so 3.5 MP (1920x1080, 2.1, none);
+#: :data:`bafusion.fusion.working.PROGRESS_MIN_PIXELS`.
+PROGRESS_MIN_PIXELS = 3_500_000
+
 
 @dataclass(frozen=True)
 class FusionParams:

@@ -32,6 +32,7 @@ from scipy import ndimage
 
 from bafusion.errors import UserError
 from bafusion.fusion.align import MOTION_ITERS, MOTION_SAMPLES, MOTION_TOL
+from bafusion.fusion.params import HINT_MOTION_PX as _HINT_MOTION_PX
 from bafusion.io import gray_float
 
 #: Below this correlation two shots are taken for two scenes (BENCHMARKS.md, "One scene?").
@@ -231,8 +232,8 @@ def check_turned(images: Sequence[np.ndarray], names: Sequence[str], suspects: S
 
 #: A shot that moves more than this against the first (RMS corner displacement, pixels of the
 #: shots, :func:`coarse_motion`) gets a hint to fuse with ``--align`` (BENCHMARKS.md, "Do the
-#: shots move?").
-HINT_MOTION_PX = 2.0
+#: shots move?"). Defined in :mod:`bafusion.fusion.params`, which the command line's parser reads.
+HINT_MOTION_PX = _HINT_MOTION_PX
 
 #: ... and at least this many pixels of the reduced copies the motion is measured on, three times
 #: the largest difference of :func:`coarse_motion` from the registration of the full shots on the

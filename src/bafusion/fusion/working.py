@@ -58,10 +58,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
+from bafusion.fusion.params import PROGRESS_MIN_PIXELS as _PROGRESS_MIN_PIXELS
 from bafusion.threads import side_by_side
 
 if TYPE_CHECKING:
@@ -83,7 +82,8 @@ MAX_UPSCALE = 2.0
 #: "4 megapixels" and up, a few seconds on a 2-core CPU. The sizes sold as 4 MP fall on both
 #: sides of 4,000,000 (2272x1704 = 3.87 MP, 2304x1728 = 3.98, 2448x1632 = 3.995; 2560x1440,
 #: 3.69, for 16:9): at 4,000,000 most of them got no bar, so 3.5 MP (1920x1080, 2.1, none).
-PROGRESS_MIN_PIXELS = 3_500_000
+#: Defined in :mod:`bafusion.fusion.params`, which the command line's parser reads.
+PROGRESS_MIN_PIXELS = _PROGRESS_MIN_PIXELS
 
 #: The steps of a camera-size pair's fusing bar (:func:`decide_working`, then the small
 #: regions and the composite of :func:`bafusion.fusion.fuse_images`), each with its CPU seconds
@@ -360,6 +360,9 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 def _upsample(m: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """Bilinear (half-pixel centres) resize of a float map to ``size_hw``, float32."""
+    import torch  # here, not at the top: the command line reads this module's constants without torch
+    import torch.nn.functional as F
+
     t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
     return F.interpolate(t, size=size_hw, mode="bilinear", align_corners=False)[0, 0].numpy()
 
@@ -564,6 +567,8 @@ def decide_working(
         radius = max(1, round(2 * k))
         pb = nets.patch_boundary
         margin = 2 * radius + pb + 8
+        import torch
+
         amp = torch.autocast(nets.device.type, dtype=torch.bfloat16, enabled=params.precision == "bf16")
         boundary = params.working_refine == "boundary" and params.refine
 
