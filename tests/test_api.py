@@ -1118,3 +1118,27 @@ def test_the_fused_array_written_with_output_metadata_is_what_bafusion_fuse_writ
         assert im.info.get("icc_profile") == icc and "icc_profile" not in bare.info
         assert im.getexif().get(0x0110) == "Cam 1" and 0x0110 not in bare.getexif()
         assert tuple(map(round, im.info["dpi"])) == (300, 300)
+
+
+def test_an_arrays_dropped_alpha_is_warned_as_a_files_is_said() -> None:
+    """``fuse_images``/``fuse``/``fuse_stack`` dropped an (H, W, 4) or (H, W, 2) array's alpha without
+    the line a file's gets; now a FusionNoteWarning names the source, unless the alpha is opaque
+    everywhere (no loss, as for a file)."""
+    import warnings
+
+    from bafusion.fusion.rule import FusionNoteWarning, source_channels
+
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    opaque = np.full((6, 5, 1), 255, np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert source_channels(np.concatenate([rgb, opaque], axis=2), "A").shape == (6, 5, 3)
+        assert source_channels(np.concatenate([rgb[..., :1], opaque.astype(np.uint16) * 257], axis=2).astype(np.uint16),
+                               "A").shape == (6, 5)
+    seen = opaque.copy()
+    seen[0, 0] = 254
+    for s, name in ((np.concatenate([rgb, seen], axis=2), "B"), (np.concatenate([rgb[..., :1], seen], axis=2), "source 2")):
+        with pytest.warns(FusionNoteWarning) as got:
+            source_channels(s, name)
+        assert [str(w.message) for w in got] == [
+            f"{name}: its alpha channel (transparency) is dropped: its colours are used as on full opacity"]

@@ -515,6 +515,30 @@ def test_a_multi_page_or_gray_beside_colour_source_is_noted_before_the_work(tmp_
     assert all(f"bafusion evaluate: {n}" in err for n in notes), err
 
 
+def test_a_cmyk_source_or_one_whose_alpha_is_dropped_is_noted_before_the_work(tmp_path: Path, capsys) -> None:
+    """evaluate converted a CMYK source and dropped a source's transparency without a line (fuse
+    says both, naming the file); an opaque alpha (no loss) gets none."""
+    src, imgs = _write_set(tmp_path, ["p1", "p2"])
+    a = imgs["p1"][0]
+    alpha = np.full(a.shape[:2], 255, np.uint8)
+    Image.fromarray(np.dstack([a, alpha]), "RGBA").save(src / "p1-A.png")  # opaque: nothing lost
+    alpha[:3] = 40
+    Image.fromarray(np.dstack([imgs["p2"][0], alpha]), "RGBA").save(src / "p2-A.png")
+    (src / "p1-B.png").unlink()
+    Image.fromarray(imgs["p1"][1]).convert("CMYK").save(src / "p1-B.jpg", quality=95)
+    ds = ev.Dataset(name="tiny", sources=src)
+    notes = ev.source_notes(ds, ev.find_pairs(ds))
+    assert notes == [
+        f"dataset 'tiny', pair 'p1': {src / 'p1-B.jpg'} is CMYK: converted to RGB without colour management "
+        "(its colours are approximate)",
+        f"dataset 'tiny', pair 'p2': {src / 'p2-A.png'}: its alpha channel (transparency) is dropped: its colours "
+        "are used as on full opacity"], notes
+    ev.run_evaluation(ev.EvalConfig(datasets=(ds,), methods=("Laplacian",), metrics=("QG",), figures=False),
+                      tmp_path / "ev", log=lambda s: None)
+    err = capsys.readouterr().err
+    assert all(f"bafusion evaluate: {n}" in err for n in notes), err
+
+
 def test_out_folder_holding_the_sources_or_references_is_refused_and_they_stay(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -808,3 +808,24 @@ def test_cli_names_a_cropped_fused_image_as_an_aligned_fusion(tmp_path: Path,
     assert "image sizes differ" in err and "--align" not in err
     with pytest.raises(UserError, match="--align"):
         M.check_same_size(np.zeros((40, 40)), np.zeros((40, 40)), np.zeros((40, 39)))
+
+
+def test_metrics_says_a_dropped_alpha_and_a_cmyk_conversion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``bafusion metrics`` dropped a source's transparency and converted a CMYK file without a
+    line (fuse says both, naming the file); now its stderr names them as fuse does, and an
+    opaque alpha (no loss) gets no line."""
+    from PIL import Image
+
+    x, a, b = _multifocus()
+    rgb = lambda g: np.dstack([g, g, g]).astype(np.uint8)  # noqa: E731
+    alpha = np.full(a.shape, 255, np.uint8)
+    alpha[:4] = 0
+    Image.fromarray(np.dstack([rgb(a), alpha]), "RGBA").save(tmp_path / "a.png")
+    Image.fromarray(rgb(b)).convert("CMYK").save(tmp_path / "b.jpg", quality=95)
+    Image.fromarray(np.dstack([rgb(x), np.full(a.shape, 255, np.uint8)]), "RGBA").save(tmp_path / "f.png")
+    assert cli.main(["metrics", *(str(tmp_path / n) for n in ("a.png", "b.jpg", "f.png")), "--metrics", "QG"]) == 0
+    err = capsys.readouterr().err
+    assert (f"bafusion metrics: {tmp_path / 'a.png'}: its alpha channel (transparency) is dropped: its colours are "
+            "used as on full opacity") in err, err
+    assert f"bafusion metrics: {tmp_path / 'b.jpg'} is CMYK: converted to RGB without colour management" in err, err
+    assert "f.png" not in err, err  # opaque everywhere: nothing lost

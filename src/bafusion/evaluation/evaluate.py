@@ -1381,13 +1381,17 @@ def _check_sources(ds: Dataset, pairs: Sequence[Pair], metrics: Sequence[str] = 
 def source_notes(ds: Dataset, pairs: Sequence[Pair]) -> list[str]:
     """Lines for the user about a dataset's sources, from their headers: a source of several
     frames or pages (only the first is used: :func:`bafusion.io.frame_note`), a gray source
-    beside a colour one (used as colour: :func:`bafusion.io.mix_note`)."""
-    from bafusion.io import frame_note, image_info, mix_note
+    beside a colour one (used as colour: :func:`bafusion.io.mix_note`), a CMYK source (converted
+    without colour management: :func:`bafusion.io.cmyk_notes`), a source whose transparency is
+    dropped (as ``bafusion fuse`` says them)."""
+    from bafusion.io import cmyk_notes, frame_note, image_info, mix_note
+    from bafusion.io.info import _alpha_note
 
     notes = []
     for p in pairs:
         infos = [image_info(p.a), image_info(p.b)]
-        for line in [*map(frame_note, infos), mix_note([i.path for i in infos], [i.gray for i in infos])]:
+        for line in [*map(frame_note, infos), mix_note([i.path for i in infos], [i.gray for i in infos]),
+                     *cmyk_notes([p.a, p.b]), *map(_alpha_note, (p.a, p.b))]:
             if line:
                 notes.append(f"dataset {ds.name!r}, pair {p.name!r}: {line}")
     return notes

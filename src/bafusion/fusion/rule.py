@@ -71,6 +71,8 @@ class FusionNoteWarning(UserWarning):
     from the first's, so that seams may show; and for each line ``bafusion fuse`` says of the
     files as it reads them that concerns the pixels (colour profiles that differ, a CMYK file
     converted, gray beside colour, ...: :meth:`bafusion.io.SourceSet.array_notes`); by
+    :func:`fuse_images`, :func:`fuse_stack` and :func:`bafusion.fuse` for an array source whose
+    alpha, not opaque everywhere, is dropped (as a file's line says it); by
     :func:`bafusion.fusion.fuse_set` called from
     Python for each note ``bafusion fuse-set`` prints (those of the written files too). The text is the note, naming the parameter that
     helps as the Python API takes it (``params={"match_output_exposure": True}``) rather than
@@ -398,11 +400,19 @@ def _match_channels(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def source_channels(s: np.ndarray, name: str) -> np.ndarray:
     """A source array as (H, W) gray or (H, W, 3) colour: (H, W, 1) is gray, the alpha of
-    (H, W, 2) and (H, W, 4) is dropped (as from a file); anything else (or an empty array) is a
-    :class:`UserError` naming ``name`` and the shape."""
+    (H, W, 2) and (H, W, 4) is dropped (as from a file: a :class:`FusionNoteWarning` naming
+    ``name`` when that alpha is not opaque everywhere, as a file's line says it); anything else
+    (or an empty array) is a :class:`UserError` naming ``name`` and the shape."""
     if not isinstance(s, np.ndarray):
         hint = " (a PIL image: pass numpy.asarray(image))" if hasattr(s, "getbands") else ""
         raise UserError(f"{name}: expected a numpy array, got {type(s).__name__}{hint}")
+    if s.ndim == 3 and s.shape[2] in (2, 4) and s.dtype in (np.uint8, np.uint16) and s.size \
+            and int(s[..., -1].min()) < np.iinfo(s.dtype).max:  # other dtypes are refused by the callers
+        import warnings
+
+        # the words of a file's line (bafusion.io's alpha note): an array got none
+        warnings.warn(f"{name}: its alpha channel (transparency) is dropped: its colours are used as on full "
+                      "opacity", FusionNoteWarning, stacklevel=3)
     if s.ndim == 3 and s.shape[2] in (1, 2):
         s = s[..., 0]  # gray, or gray + alpha (alpha dropped, as from a file)
     elif s.ndim == 3 and s.shape[2] == 4:

@@ -188,7 +188,8 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     metadata : bool
         Read the first source's EXIF, ICC profile, resolution and PNG colour chunks, and make
         the notes on profiles, frames, gray/colour mixes and unkept metadata; False: images
-        (and the clipping notes) only.
+        and the notes on their pixels only (clipped float samples, CMYK converted,
+        transparency dropped).
     sources : int, optional
         How many of ``paths``, from the first, are the fusion's sources (default: all); only
         they decide whether an 8-bit source is among them (the files after them, e.g. a fused
@@ -279,7 +280,7 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     rgb = any(a.ndim == 3 and a.shape[2] >= 3 for a in images)
     notes = profile_notes(paths, icc, rgb) if metadata and len(paths) > 1 else []
     colour_notes = list(notes)
-    notes += cmyk_notes(paths) if metadata else []
+    notes += cmyk_notes(paths)  # on the pixels: also without metadata (bafusion metrics says it)
     unkept = unkept_metadata_note(paths) if metadata else None
     notes += [unkept] if unkept else []
     notes += [exif_note] if exif_note else []
@@ -289,9 +290,11 @@ def read_source_set(paths: Sequence[str | os.PathLike[str]], metadata: bool = Tr
     if metadata:
         notes += container
         notes += frame_notes(paths)
-        # once per file: a file given twice (refused by fuse) or read for a metric beside its sources
-        # (told by the reader's decode where it read the file: a large RGBA PNG is not decoded twice)
-        notes += list(dict.fromkeys(n for n in (_alpha_note(p, opaque.get(os.fspath(Path(p)))) for p in paths) if n))
+    # on the pixels, also without metadata; once per file: a file given twice (refused by fuse) or
+    # read for a metric beside its sources (told by the reader's decode where it read the file: a
+    # large RGBA PNG is not decoded twice)
+    notes += list(dict.fromkeys(n for n in (_alpha_note(p, opaque.get(os.fspath(Path(p)))) for p in paths) if n))
+    if metadata:
         mixed = mix_note([os.fspath(p) for p in paths], [a.ndim == 2 for a in images])
         notes += [mixed] if mixed else []
     bits = max(significant + [shared for _, _, b, _ in high if b is None], default=8)
