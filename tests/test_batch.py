@@ -3103,3 +3103,27 @@ def test_a_jpeg_output_keeps_the_first_jpegs_chroma_subsampling(tmp_path: Path, 
     argv = ["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "p.jpg"), *common]
     assert cli_main(argv) == 0
     assert sampling(tmp_path / "p.jpg") == 0
+
+
+def test_an_image_without_a_file_extension_is_listed_not_passed_over(tmp_path: Path) -> None:
+    """fuse-dir took shots by their suffix and passed over an image whose extension was lost
+    (``p-C``, a stack folder's ``3``) without a word: the stacks fused without it. Now it is
+    listed as skipped, with the extension its bytes call for; other files without one (a
+    README, a dot-file) are still not."""
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 20, 3), dtype=np.uint8))
+    for n in ("p-A.png", "p-B.png", "p-C"):
+        img.save(tmp_path / n, format="PNG")
+    (tmp_path / "README").write_text("shots of the garden\n")
+    (tmp_path / "s").mkdir()
+    for n in ("1.png", "2.png"):
+        img.save(tmp_path / "s" / n)
+    img.save(tmp_path / "s" / "3", format="JPEG")
+    img.save(tmp_path / "s" / ".hidden", format="PNG")
+    groups, skipped = batch.find_groups(tmp_path)
+    assert {k: [q.name for q in v] for k, v in groups.items()} == {"p": ["p-A.png", "p-B.png"], "s": ["1.png", "2.png"]}
+    assert sorted(skipped) == [
+        (str(tmp_path / "p-C"), "a PNG image without a file extension, and fuse-dir takes shots by theirs: rename it "
+                                "p-C.png to fuse it"),
+        (str(tmp_path / "s" / "3"), "a JPEG image without a file extension, and fuse-dir takes shots by theirs: "
+                                    "rename it 3.jpg to fuse it")]
+    assert batch.skip_lines(skipped) == skipped  # listed one by one, as fuse-dir prints them

@@ -669,7 +669,9 @@ def find_groups(folder: Path, exclude: Path | None = None,
         symbolic link (its target gone: a card not mounted) named like a shot, or like a stack
         folder (no suffix), is listed with its target, and its stack is not fused (it was left
         out silently: the stack fused without that shot, or not at all, unsaid); so is a named
-        pipe, a device or a socket named like a shot ("not a regular file").
+        pipe, a device or a socket named like a shot ("not a regular file"). So is an image
+        file without a suffix (its extension lost: ``lytro-01-A``), directly in ``folder`` or in
+        a stack folder, told by its first bytes (it was passed over without a word).
 
     Camera RAW and HEIC files (:func:`bafusion.io.unread_format`), which were passed over without
     a word (a folder of RAW shots: "stack 'x' has only 0 shot(s)"), are named, one line per folder
@@ -702,6 +704,10 @@ def find_groups(folder: Path, exclude: Path | None = None,
                            if (q.is_file() or _unusable(q)) and not q.name.startswith(".")
                            and q.suffix.lower() in suffixes)
             groups[p.name] = [(q.name, q) for q in shots]
+            for q in sorted(p.iterdir()):  # an image whose extension was lost: said, not passed over
+                why = None if q.name.startswith(".") else _image_without_suffix(q)
+                if why:
+                    skipped.append((str(q), why))
             others = sorted(q for q in p.iterdir() if not q.name.startswith(".") and unread_format(q) and q.is_file())
             if others:
                 unread[p.name] = others
@@ -717,6 +723,9 @@ def find_groups(folder: Path, exclude: Path | None = None,
             unread.setdefault("", []).append(p)
             continue
         if not (p.is_file() or _unusable(p)) or p.suffix.lower() not in suffixes:
+            why = _image_without_suffix(p)  # an image whose extension was lost: said, not passed over
+            if why:
+                skipped.append((str(p), why))
             continue
         if _controls(p.name):
             skipped.append((escape_controls(str(p)), f"{CONTROL_NAME} ({_controls(p.name)}): rename it"))
@@ -893,6 +902,24 @@ def skip_lines(skipped: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
                     f"their names do not follow the rule <name>-A.<ext>, <name>-B.<ext>, ... ({names}{more}): "
                     f"{LAYOUT_HINT}"))
     return out
+
+
+def _image_without_suffix(p: Path) -> str | None:
+    """Why ``p``, a regular file without a suffix (``lytro-01-A``: its extension lost in a copy),
+    is skipped when its first bytes are an image's (Pillow identifies it): fuse-dir takes shots
+    by their suffix and passed it over without a word. None for other files (a README)."""
+    if p.suffix or not p.is_file():  # is_file: no pipe opened (it would wait for a writer)
+        return None
+    from bafusion.io.formats import _quiet_pillow, pillow_open
+
+    try:
+        with _quiet_pillow(), pillow_open(p) as im:
+            fmt = str(im.format or "")
+    except Exception:  # noqa: BLE001 - not an image Pillow knows: not a shot
+        return None
+    ext = {"JPEG": "jpg", "TIFF": "tif", "MPO": "jpg"}.get(fmt, fmt.lower())
+    return (f"a {fmt} image without a file extension, and fuse-dir takes shots by theirs: rename it "
+            f"{p.name}.{ext} to fuse it")
 
 
 #: Why a stack is skipped whose name holds control characters (:func:`find_groups`).
