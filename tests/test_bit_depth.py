@@ -668,3 +668,29 @@ def test_a_deep_pgm_is_read_on_the_scale_its_maxval_marks_also_when_dark(tmp_pat
     src = bafusion.io.read_source_set([jpg, pgm])
     assert src.bits == 16 and src.full_scale and src.unmarked == [False, False]
     assert np.abs(src.full[1].astype(int) - np.round(values / maxval * 65535)).max() <= 1
+
+
+@pytest.mark.parametrize("plain", [False, True])
+@pytest.mark.parametrize("maxval", [1023, 65535])
+def test_a_deep_colour_ppm_is_read_at_its_depth_as_a_16_bit_png_is(tmp_path: Path, maxval: int, plain: bool) -> None:
+    """A colour PPM of maxval over 255 (P6, or plain P3) is decoded by Pillow onto 8 bits (mode
+    RGB): two 16-bit PPMs became an 8-bit fusion without a line, while 16-bit PNGs and TIFFs (and
+    deep gray PGMs) are read and fused at 16 bits. Now its samples are read on the 16-bit scale its
+    maxval marks, as the PGM's; a file cut short is refused naming it."""
+    rng = np.random.default_rng(4)
+    values = rng.integers(0, maxval + 1, (6, 5, 3))
+    ppm = tmp_path / "c.ppm"
+    if plain:
+        ppm.write_bytes(f"P3\n# a comment\n5 6\n{maxval}\n".encode() + " ".join(map(str, values.ravel())).encode() + b"\n")
+    else:
+        ppm.write_bytes(f"P6\n5 6\n{maxval}\n".encode() + values.astype(">u2").tobytes())
+    full = np.round(values / maxval * 65535).astype(np.uint16)
+    png = tmp_path / "c.png"
+    png.write_bytes(bafusion.io.png16_bytes(full))
+    src, ref = bafusion.io.read_source_set([ppm, ppm]), bafusion.io.read_source_set([png, png])
+    assert (src.bits, src.depths, src.full_scale) == (ref.bits, ref.depths, ref.full_scale) == (16, [16, 16], True)
+    assert np.array_equal(src.full[0], full) and np.array_equal(src.images[0], ref.images[0])
+    if not plain:
+        ppm.write_bytes(ppm.read_bytes()[:-7])
+        with pytest.raises(InputFileError, match=r"c\.ppm: damaged PPM: 86 of its 90 samples"):
+            bafusion.io.read_source_set([ppm, png])

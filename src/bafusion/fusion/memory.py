@@ -169,7 +169,7 @@ def _deep(path: Path) -> bool:
     version), from its header; False when that cannot be told (an estimate only)."""
     if hasattr(path, "dtype"):  # an array: uint16 has its full-depth copies
         return getattr(path.dtype, "itemsize", 1) > 1
-    from bafusion.io.depth import _HIGH_MODES, _tiff_depth, png_depth
+    from bafusion.io.depth import _HIGH_MODES, _ppm_colour_maxval, _tiff_depth, png_depth
     from bafusion.io.formats import _quiet_pillow, pillow_open
 
     if not _regular_file(path):
@@ -178,6 +178,8 @@ def _deep(path: Path) -> bool:
         with _quiet_pillow(), pillow_open(path) as im:
             fmt, mode = im.format, im.mode
             tiff = _tiff_depth(im) if fmt == "TIFF" else None
+            if _ppm_colour_maxval(im) is not None:  # a 16-bit colour PPM (Pillow's mode: RGB)
+                return True
         if fmt == "PNG":
             png = png_depth(path)
             return png is not None and png[0] > 8

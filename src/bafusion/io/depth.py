@@ -168,6 +168,41 @@ def _read_png16(path: Path, opaque: dict[str, bool | None] | None = None) -> np.
 _HIGH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
+def _ppm_colour_maxval(im: Image.Image) -> int | None:
+    """The maxval of a netpbm colour file (PPM, P6 or plain P3) of more than 8 bits, from the
+    header Pillow read (its tile's arguments); None for other files. Pillow decodes such a file
+    onto 8 bits (mode RGB): read whole by :func:`_read_ppm16`."""
+    if im.format != "PPM" or im.mode != "RGB" or len(im.tile) != 1:
+        return None
+    tile = im.tile[0]
+    args = tile.args if isinstance(tile.args, tuple) else (tile.args,)
+    maxval = args[-1] if args else None
+    return maxval if tile.codec_name in ("ppm", "ppm_plain") and isinstance(maxval, int) and maxval > 255 else None
+
+
+def _read_ppm16(path: Path, offset: int, maxval: int, plain: bool, size: tuple[int, int]) -> np.ndarray:
+    """The samples of a colour PPM of maxval over 255 (binary P6: two bytes a sample, big-endian;
+    plain P3: decimal numbers) as float64 (H, W, 3) on the 16-bit scale, each ``round(v / maxval
+    * 65535)`` (values over maxval taken as maxval), as Pillow decodes a gray PGM of such a maxval
+    (:func:`_high_depth_array`)."""
+    w, h = size
+    n = w * h * 3
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+        if plain:
+            text = b"\n".join(line.split(b"#", 1)[0] for line in data.splitlines())
+            v = np.array(text.split()[:n], dtype=np.int64)
+        else:
+            v = np.frombuffer(data[: 2 * min(n, len(data) // 2)], dtype=">u2").astype(np.int64)
+    except (OSError, ValueError) as e:
+        raise InputFileError(path, f"unreadable {maxval}-maxval PPM ({e.__class__.__name__}: {e})") from e
+    if v.size < n:
+        raise InputFileError(path, f"damaged PPM: {v.size} of its {n} samples (the file is cut short)")
+    return np.minimum(np.round(np.minimum(v, maxval) / maxval * 65535), 65535).reshape(h, w, 3)
+
+
 def _read_tiff_samples(path: Path, depth: int, opaque: dict[str, bool | None] | None = None) -> np.ndarray:
     """The samples of a TIFF of more than 8 bits read with tifffile (a scikit-image
     dependency): gray (H, W) or RGB (H, W, 3), float64, alpha and other extra samples dropped,
@@ -282,6 +317,9 @@ def _high_depth_array(path: Path, opaque: dict[str, bool | None] | None = None,
             fmt, mode = im.format, im.mode
             tiff = _tiff_depth(im) if fmt == "TIFF" else None
             orientation = header_orientation(im, path)
+            ppm = _ppm_colour_maxval(im)
+            if ppm is not None:
+                ppm_tile, ppm_size = im.tile[0], im.size
     except Image.DecompressionBombError as e:
         raise _too_large(path, e) from e
     except UnidentifiedImageError:
@@ -311,6 +349,12 @@ def _high_depth_array(path: Path, opaque: dict[str, bool | None] | None = None,
         # values, a dark 10- or 16-bit PGM was read by its largest value, 4x too bright, beside a
         # JPEG too)
         return _pillow_high(path, opaque), 16, 16, False
+    if ppm is not None:
+        # a colour PPM of maxval over 255: Pillow decodes it onto 8 bits (a 16-bit PPM became an
+        # 8-bit fusion, unsaid); read onto the 16-bit scale as the gray PGM above, 16-bit as a
+        # 16-bit PNG or TIFF is
+        return (_read_ppm16(path, ppm_tile.offset, ppm, ppm_tile.codec_name == "ppm_plain", ppm_size),
+                16, 16, False)
     if mode in _HIGH_MODES:  # other formats of 16/32-bit gray
         return _pillow_high(path, opaque), 16 if mode.startswith("I;16") else 32, None, False
     return None
