@@ -476,6 +476,27 @@ def test_a_size_error_says_where_the_exif_orientation_swapped_width_and_height(t
         check_same_sizes([image_info(tmp_path / "t.png"), image_info(tmp_path / "b.png")])
 
 
+def test_a_turned_shot_beside_an_applied_180_degree_orientation_does_not_say_the_tag_is_missing(
+        tmp_path: Path, rgb) -> None:
+    """A file whose EXIF orientation 3 (180 degrees) was applied, beside a shot turned by 90
+    degrees, got "its orientation tag may be missing" (fuse, and --align's "the shot looks turned"
+    of align.size_problem): it has one, and it may be the wrong one. Now the error names the
+    applied tag and says a tag may be wrong or missing."""
+    from bafusion.fusion.batch import check_alignable_sizes
+    from bafusion.io import check_same_sizes, image_info
+
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    Image.fromarray(rgb).save(tmp_path / "a.jpg", exif=exif.tobytes())  # 9x6, turned 180 degrees when read
+    Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 0, 2))).save(tmp_path / "t.png")  # 6x9, untagged
+    applied = f"{tmp_path / 'a.jpg'}'s EXIF orientation 3 was applied (it keeps the stored 9x6)"
+    for check in (check_same_sizes, check_alignable_sizes):
+        with pytest.raises(InputFileError) as e:
+            check([image_info(tmp_path / "t.png"), image_info(tmp_path / "a.jpg")])
+        said = str(e.value)
+        assert applied in said and "wrong" in said and "its orientation tag may be missing" not in said, said
+
+
 
 @pytest.mark.parametrize("orientation", [1, 3, 5, 6, 7, 8])
 def test_image_info_of_a_turned_tiff_is_the_size_as_read(tmp_path: Path, orientation: int) -> None:

@@ -190,11 +190,13 @@ def size_problem(first: tuple[int, int], other: tuple[int, int]) -> str | None:
     """Why a shot of size ``other`` ``(width, height)`` cannot be registered onto a first shot
     of size ``first``, or None when it can (same size, or an aspect ratio within
     :data:`MAX_ASPECT_DIFF`): a frame turned by 90 degrees (width and height swapped), or
-    another aspect ratio."""
+    another aspect ratio. The sizes alone do not tell whether a file has an orientation tag:
+    the turned frame's tag "may be missing or wrong" (a tag of 180 degrees, applied, was said
+    to be missing; :func:`bafusion.fusion.batch.check_alignable_sizes` names an applied one)."""
     if other == first:
         return None
     if other == first[::-1]:
-        return "the shot looks turned by 90 degrees: its orientation tag may be missing"
+        return "the shot looks turned by 90 degrees: an orientation tag may be missing or wrong"
     ra, rb = first[0] / first[1], other[0] / other[1]
     if abs(rb / ra - 1) > MAX_ASPECT_DIFF:
         return (f"its aspect ratio ({rb:.3f}) differs from the first's ({ra:.3f}) by more than "

@@ -226,7 +226,7 @@ def check_turned(images: Sequence[np.ndarray], names: Sequence[str], suspects: S
         turn = turned_by(images[0], images[i])
         if turn:
             raise UserError(f"{names[i]}: looks turned by {TURNS[turn[0]]} against {names[0]} (correlation "
-                            f"{turn[1]:.2f} turned back): its orientation tag may be missing; turn it upright and "
+                            f"{turn[1]:.2f} turned back): its orientation tag may be missing or wrong; turn it upright and "
                             f"fuse again (if it is not turned, as a repeating pattern can look, {remedy})")
 
 
