@@ -330,6 +330,43 @@ def test_a_reference_result_stored_twice_is_refused_before_any_fusion(tmp_path: 
     assert str(e.value.path) == str(ref / "CNN")
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
+def test_a_named_pipe_or_a_broken_link_as_a_reference_result_is_named_so_not_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A named pipe CNN/p2.png in the reference folder was left out (``is_file()``), and evaluate
+    said "1 fused image(s) of method(s) 'CNN' missing: CNN/p2.*" of a file that is there; a
+    broken link so too. Each is now named, with its problem, before any fusion, as a pair's
+    source is (and ``read_method_results`` names it rather than open a pipe, which hangs)."""
+    from bafusion.evaluation.baselines import read_method_results
+
+    src, imgs = _write_set(tmp_path, ["p1", "p2"])
+    ref = _write_reference(tmp_path, imgs, {"CNN": laplacian_fuse})
+    (ref / "CNN" / "p2.png").unlink()
+    os.mkfifo(ref / "CNN" / "p2.png")
+    fused = []
+    monkeypatch.setattr("bafusion.evaluation.baselines.laplacian_fuse",
+                        lambda a, b: fused.append(1) or laplacian_fuse(a, b))
+    not_regular = "not a regular file (a named pipe, a device or a socket)"
+    want = f"{ref / 'CNN' / 'p2.png'}: dataset 'tiny': the fused image of pair 'p2' by method 'CNN' is {not_regular}"
+    cfg = {"methods": ["Laplacian"], "metrics": ["QG"], "figures": False,
+           "datasets": [{"name": "tiny", "sources": str(src), "reference": str(ref), "reference_methods": ["CNN"]}]}
+    out = tmp_path / "evaluation"
+    assert cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert want in err and "missing" not in err and "Traceback" not in err, err
+    assert not fused and not out.exists()
+    with pytest.raises(InputFileError, match=re.escape(f"the fused image of pair 'p2' by method 'CNN' is {not_regular}")):
+        read_method_results(ref, "CNN", "p2")
+    (ref / "CNN" / "p2.png").unlink()
+    (ref / "CNN" / "p2.png").symlink_to(tmp_path / "card" / "p2.png")
+    ds = _dataset(src, ref, ("CNN",))
+    with pytest.raises(InputFileError, match=re.escape(f"dataset 'tiny': the fused image of pair 'p2' by method 'CNN' "
+                                                       f"is a broken link (to {tmp_path / 'card' / 'p2.png'})")) as e:
+        ev.check_dataset(ds, ev.parse_config({"methods": ["Laplacian"], "metrics": ["QG"], "figures": False}))
+    assert str(e.value.path) == str(ref / "CNN" / "p2.png")
+
+
 def test_reference_results_stored_twice_are_listed_with_their_count(tmp_path: Path) -> None:
     """Every pair's result stored twice (an earlier evaluate's fused/Ours, PNG and JPEG, copied as
     a reference) was named one pair a run: the refusal names the first, a few more and their

@@ -252,12 +252,16 @@ def find_method_result(root: str | os.PathLike[str], method: str, pair: str) -> 
 
 
 def _method_result_files(folder: Path, pair: str) -> list[Path]:
-    """Every ``<folder>/<pair>.<ext>`` of :func:`find_method_result` (one file counted once)."""
+    """Every ``<folder>/<pair>.<ext>`` of :func:`find_method_result` (one file counted once):
+    a file, or an entry that is no file to read but for a folder (a named pipe, a device, a
+    socket, a broken link), which the reader names for what it is
+    (:func:`bafusion.io.formats._not_regular`): left out, it made the result "missing"."""
     found: list[Path] = []
     for ext in IMAGE_EXTENSIONS:
         for name in dict.fromkeys((f"{pair}.{ext}", f"{pair}.{ext.upper()}")):
             path = folder / name
-            if path.is_file() and not any(_same(path, f) for f in found):  # p1.png, p1.PNG: one file on macOS
+            if (path.is_file() or (os.path.lexists(path) and not path.is_dir())) \
+                    and not any(_same(path, f) for f in found):  # p1.png, p1.PNG: one file on macOS
                 found.append(path)
     return found
 
@@ -265,8 +269,25 @@ def _method_result_files(folder: Path, pair: str) -> list[Path]:
 def _same(p: Path, q: Path) -> bool:
     try:
         return p.samefile(q)
-    except OSError:
-        return False
+    except OSError:  # a broken link: the link itself
+        try:
+            a, b = os.lstat(p), os.lstat(q)
+        except OSError:
+            return False
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _not_regular_result(path: Path, method: str, pair: str) -> None:
+    """Raise an :class:`InputFileError` naming ``path`` (pair ``pair``'s result by ``method``)
+    when it is no file to read: a named pipe, a device, a socket (read, a pipe hangs) or a
+    broken link, said as evaluate says it of a source
+    (:func:`bafusion.io.formats._not_regular`)."""
+    from bafusion.io.formats import _not_regular
+
+    why = _not_regular(path)
+    if why:
+        article = "a " if why.startswith("broken") else ""
+        raise InputFileError(path, f"the fused image of pair {pair!r} by method {method!r} is {article}{why}")
 
 
 def read_method_results(
@@ -299,13 +320,15 @@ def read_method_results(
     ------
     bafusion.errors.InputFileError
         Naming the pair, the method and the folder searched when no such file exists (or it
-        cannot be decoded); naming the files when there are two (:func:`find_method_result`).
+        cannot be decoded); naming the files when there are two (:func:`find_method_result`);
+        naming the entry when it is a named pipe, a device, a socket or a broken link.
     bafusion.errors.UserError
         With ``sources``: naming the files, for an unmarked deeper result beside an 8-bit source.
     """
     folder = Path(root) / method
     path = find_method_result(root, method, pair)
     if path is not None:
+        _not_regular_result(path, method, pair)
         if sources is None:
             return read_image(path)
         from bafusion.evaluation.metrics import read_metric_files

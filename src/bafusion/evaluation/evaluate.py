@@ -491,15 +491,11 @@ def _image_files(folder: Path) -> dict[str, list[Path]]:
 
 def _not_regular(p: Path) -> str | None:
     """Why ``p`` (an entry of :func:`_image_files`) is no file to read: a broken link (naming
-    its target) or not a regular file (a named pipe, a device, a socket); None for a file."""
-    if p.is_file():
-        return None
-    if p.is_symlink() and not p.exists():
-        try:
-            return f"broken link (to {os.readlink(p)})"
-        except OSError:  # gone meanwhile
-            return "broken link"
-    return "not a regular file (a named pipe, a device or a socket)"
+    its target) or not a regular file (a named pipe, a device, a socket); None for a file
+    (:func:`bafusion.io.formats._not_regular`, which the reference results are named by too)."""
+    from bafusion.io.formats import _not_regular as why
+
+    return why(p)
 
 
 def _find_file(files: Mapping[str, Sequence[Path]], stems: Sequence[str], folder: Path, what: str) -> Path | None:
@@ -1242,9 +1238,10 @@ def _check_reference_images(ds: Dataset, pairs: Sequence[Pair]) -> None:
     the fused image of a pair: one line with the first few missing files and their count (it
     was found only on reaching that pair, after fusing the ones before); or has two of one pair
     (``p1.png`` and ``p1.jpg``: :func:`~bafusion.evaluation.baselines.find_method_result`), or
-    one of another size than its pair's sources (naming the file)."""
+    one of another size than its pair's sources (naming the file), or one that is a named pipe,
+    a device, a socket or a broken link (naming it: it was "missing")."""
     from bafusion.evaluation.baselines import IMAGE_EXTENSIONS as RESULT_EXTENSIONS
-    from bafusion.evaluation.baselines import find_method_result
+    from bafusion.evaluation.baselines import _not_regular_result, find_method_result
 
     if ds.reference is None:
         return
@@ -1260,7 +1257,16 @@ def _check_reference_images(ds: Dataset, pairs: Sequence[Pair]) -> None:
             lacking = [f"{m}/ (folder missing)"]
             n += len(pairs)
         else:
-            lacking = [f"{m}/{p.name}.*" for p in pairs if find_method_result(ds.reference, m, p.name) is None]
+            lacking = []
+            for p in pairs:
+                f = find_method_result(ds.reference, m, p.name)
+                if f is None:
+                    lacking.append(f"{m}/{p.name}.*")
+                    continue
+                try:  # a named pipe, a device, a socket, a broken link: named, not "missing"
+                    _not_regular_result(f, m, p.name)
+                except InputFileError as e:
+                    raise InputFileError(e.path, f"dataset {ds.name!r}: {e.problem}") from None
             n += len(lacking)
         missing += lacking
         methods += [repr(m)] if lacking else []

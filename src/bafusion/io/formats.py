@@ -268,6 +268,21 @@ def _quiet_pillow() -> Iterator[None]:
         yield
 
 
+def _not_regular(p: Path) -> str | None:
+    """Why ``p``, an entry named like an image to read, is no file to read: a broken link
+    (naming its target) or not a regular file (a named pipe, a device, a socket: read, a pipe
+    hangs); None for a file. evaluate names a pair's file (a source, a truth) and a reference
+    method's result so."""
+    if p.is_file():
+        return None
+    if p.is_symlink() and not p.exists():
+        try:
+            return f"broken link (to {os.readlink(p)})"
+        except OSError:  # gone meanwhile
+            return "broken link"
+    return "not a regular file (a named pipe, a device or a socket)"
+
+
 def _check_not_empty(path: str | os.PathLike[str]) -> None:
     """An empty path is named so (pathlib reads '' as '.', which was '.: not a regular file')."""
     if os.fspath(path) in ("", b""):
