@@ -1699,6 +1699,36 @@ def test_cli_fuse_set_refuses_a_damaged_shot_or_truth_before_any_pair_is_fused(
     assert calls == []
 
 
+def test_cli_fuse_set_refuses_map_names_too_long_before_any_pair_is_fused(
+    tmp_path: Path, model_dir: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fuse-set names each pair's maps after it (``maps/<pair>-score-initial.png``): a pair whose
+    shots' names fit but whose maps' names are longer than the 255 bytes a name may have failed
+    with "File name too long" after its fusion (the pairs fused before it lost with the run's
+    folder). Refused before any work now, as ``fuse --save-maps`` refuses its maps' names."""
+    from bafusion.fusion import testset as ts
+
+    pairs = tmp_path / "testset"
+    pairs.mkdir()
+    rng = np.random.default_rng(11)
+    long_name = "p" * (256 - len("-score-initial.png"))  # its shots' names 244 bytes, its maps' 256
+    for name in ("p1", long_name):
+        a, b, _ = composite(rng, 48, 56, rgb=True)
+        Image.fromarray(a).save(pairs / f"{name}-A.png")
+        Image.fromarray(b).save(pairs / f"{name}-B.png")
+    (pairs / "index.json").write_text(json.dumps(["p1", long_name]))
+    out = tmp_path / "fused"
+    calls = []
+    monkeypatch.setattr(ts, "_fuse_pair", lambda *x, **k: calls.append(1))
+    rc = cli_main(["fuse-set", "--pairs", str(pairs), "--models", str(model_dir), "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and calls == [] and not out.exists(), err
+    assert (f"{out / 'maps' / (long_name + '-score-initial.png')}: the map file's name is 256 bytes, longer than the "
+            f"255 a file name may have there; the maps are named after the pair, {long_name!r} of "
+            f"{pairs / 'index.json'}: give it a shorter name") in err, err
+    assert "Traceback" not in err
+
+
 def test_cli_fuse_set_killed_leaves_the_earlier_results_whole(
     tmp_path: Path, model_dir: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:

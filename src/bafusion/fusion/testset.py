@@ -311,6 +311,15 @@ def fuse_set(
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise InputFileError(pairs / "index.json", f"listed pairs lack their shots: {', '.join(missing[:3])}{more}")
+    if names:  # the longest map name (maps/<pair>-score-initial.png): refused now, not after the pair's fusion
+        from bafusion.fusion.maps import MAP_KEYS
+        from bafusion.preflight import check_name_length
+
+        pair = max(names, key=lambda n: len(os.fsencode(n)))
+        key = max(MAP_KEYS, key=len)
+        check_name_length(out / "maps" / f"{pair}-{key}.png", "map file",
+                          f"the maps are named after the pair, {pair!r} of {pairs / 'index.json'}: give it a shorter "
+                          "name (its files and its entry in index.json)")
     # and that each decodes, of its pair's size (truth maps too): a damaged file or a mismatch found
     # after an hour would lose it
     for name in names:
