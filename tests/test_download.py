@@ -10,6 +10,7 @@ import io
 import json
 import os
 import random
+import re
 import stat
 import sys
 import threading
@@ -615,6 +616,33 @@ def test_extract_zip_replaces_a_folder_in_one_step_where_it_can(tmp_path: Path,
     extract_zip(make_zip(tmp_path / "c.zip", {"GT03.png": b"3"}), target)
     assert sorted(p.name for p in target.iterdir()) == ["GT03.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "b.zip", "c.zip", "input"]
+
+
+@pytest.mark.parametrize("swap", [True, False])
+def test_extract_zip_onto_a_file_is_refused_naming_it_and_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: bool
+) -> None:
+    """A ``target`` that is a plain file was swapped away (``renameat2``) or renamed away and
+    left hidden beside it as ``.<target>.extract-*`` (``.old-*``), the folder put in its place
+    without a word (``shutil.rmtree(..., ignore_errors=True)`` of a file does nothing). Refused
+    before anything is extracted now, naming it; the file and its folder are as they were."""
+    import bafusion.data.download as download
+
+    if not swap:
+        monkeypatch.setattr(download, "exchange", lambda a, b: False)  # a file system that cannot swap
+    z = make_zip(tmp_path / "a.zip", {"GT01.png": b"1"})
+    work = tmp_path / "work"
+    work.mkdir()
+    target = work / "input"
+    target.write_bytes(b"mine")
+    with pytest.raises(UserError, match=re.escape(f"{target}: is a file, not a folder: {z} is extracted into a folder")):
+        extract_zip(z, target)
+    assert target.read_bytes() == b"mine" and sorted(p.name for p in work.iterdir()) == ["input"]
+    target.unlink()
+    target.symlink_to(tmp_path / "gone")
+    with pytest.raises(UserError, match=re.escape(f"{target}: is a broken link, not a folder")):
+        extract_zip(z, target)
+    assert sorted(p.name for p in work.iterdir()) == ["input"] and target.is_symlink()
 
 
 def test_members_that_hold_more_than_they_declare_are_refused(tmp_path: Path,

@@ -908,9 +908,16 @@ def extract_zip(
     Every member is checked first (see :func:`check_zip`); extraction goes to a temporary
     folder beside ``target``, renamed into place only when complete. With
     ``strip_single_top``, an archive whose members all live in one top folder is extracted
-    without it. ``members`` selects members by name. Returns the extracted files.
+    without it. ``members`` selects members by name. Returns the extracted files. A ``target``
+    that is not a folder (a file, a link to one, a broken link) is refused before anything is
+    extracted, naming it: it was swapped away, left hidden beside it as
+    ``.<target>.extract-*``.
     """
     archive, target = Path(archive), Path(target)
+    if os.path.lexists(target) and not target.is_dir():
+        kind = "a broken link" if target.is_symlink() and not target.exists() else "a file"
+        raise UserError(f"{target}: is {kind}, not a folder: {archive} is extracted into a folder there, which "
+                        "would replace it; remove it or extract elsewhere")
     infos = check_zip(archive, max_bytes=max_bytes, max_ratio=max_ratio)
     infos = [i for i in infos if not i.is_dir() and (members is None or members(i.filename))]
     budget = sum(i.file_size for i in infos)  # what the members say they hold; counted below
@@ -947,12 +954,12 @@ def extract_zip(
                         dst.write(chunk)
                 out.append(target / rel)
         if target.exists() and exchange(tmp, target):  # one step (Linux): never neither in place
-            shutil.rmtree(tmp, ignore_errors=True)  # the earlier folder, swapped into tmp
+            _remove_earlier(tmp)  # the earlier folder, swapped into tmp
         elif target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
             os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_earlier(old)
         else:
             os.replace(tmp, target)
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
@@ -967,6 +974,16 @@ def extract_zip(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _remove_earlier(path: Path) -> None:
+    """Remove ``path``, the earlier ``target`` that :func:`extract_zip` replaced: a folder, or
+    a file put there meanwhile (``shutil.rmtree`` left a file in place without a word)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def read_zip_member(
