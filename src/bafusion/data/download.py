@@ -79,7 +79,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from bafusion._version import __version__
-from bafusion.atomic import exchange, part_path
+from bafusion.atomic import exchange, part_path, sync_tree
 from bafusion.errors import UserError, json_loads
 from bafusion.progress import bar_options
 from bafusion.workspace import home_path
@@ -953,6 +953,7 @@ def extract_zip(
                             raise UserError(f"{archive}: refusing to extract: members hold more than they declare")
                         dst.write(chunk)
                 out.append(target / rel)
+        sync_tree(tmp, target)  # on the disk before it is in place (a power cut: the earlier folder or this one)
         if target.exists() and exchange(tmp, target):  # one step (Linux): never neither in place
             _remove_earlier(tmp)  # the earlier folder, swapped into tmp
         elif target.exists():

@@ -990,9 +990,10 @@ OUTPUT_MARKER = ".bafusion-fuse-dir"
 
 #: Beside :data:`OUTPUT_MARKER` while a fuse-dir run writes (and after one killed or stopped): one JSON
 #: line per change of the record, appended with one ``write`` (unbuffered: in the kernel before
-#: the run goes on, so a SIGKILL at any point leaves every whole line; as the outputs and the
-#: record's atomic rename, not flushed to the disk: an ``fsync`` per line cost ~5 ms on a
-#: loaded disk, measured, two per stack, as much as 0.7.0's rewrites at 200 outputs):
+#: the run goes on, so a SIGKILL at any point leaves every whole line; not flushed to the disk,
+#: where the outputs and the record are before their rename (:func:`bafusion.atomic.sync_file`):
+#: an ``fsync`` per line cost ~5 ms on a loaded disk, measured, two per stack, as much as 0.7.0's
+#: rewrites at 200 outputs):
 #: ``{"journal": <token>}`` first (the record names the token: a journal of another
 #: run, or one the record does not name, is not read), then ``{"op": "fusing", "name": <output>,
 #: "sources": <shots_record>}`` before an output is written (it is no longer listed as written)
