@@ -938,3 +938,49 @@ def test_a_folder_is_flushed_once_before_it_is_swapped_into_place(tmp_path: Path
     events.clear()
     write_text(tmp_path / "alone.txt", "x")  # outside a folder being written: flushed on its own again
     assert events == ["fsync"]
+
+
+@pytest.mark.parametrize("swap", ["exdev", "none"])
+def test_an_earlier_folder_that_cannot_be_renamed_is_replaced_in_place(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch, swap: str) -> None:
+    """A folder of an overlay file system's lower layer (a container image's, without
+    ``redirect_dir``) cannot be renamed: ``renameat2`` and ``rename`` both fail with EXDEV
+    (checked on a real overlay mount: the swap, then the fallback's first rename, failed "Invalid
+    cross-device link" after the work). Simulated here: the earlier folder is removed where it
+    is and the new one renamed in; nothing is left beside it."""
+    import ctypes
+    import errno
+
+    import bafusion.atomic as atomic
+
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "a").write_text("earlier")
+
+    def exdev(olddir, old, newdir, new, flags):
+        ctypes.set_errno(errno.EXDEV)
+        return -1
+
+    monkeypatch.setattr(atomic, "_renameat2", exdev if swap == "exdev" else None)
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(src) == out:  # the earlier folder, renamed away: what an overlay refuses
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), os.fspath(src), None, os.fspath(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with atomic_dir(out) as tmp:
+        (tmp / "b").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["b"] and (out / "b").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    # another failure of the swap is still an error, the earlier output in place
+    def eacces(olddir, old, newdir, new, flags):
+        ctypes.set_errno(errno.EACCES)
+        return -1
+
+    monkeypatch.setattr(atomic, "_renameat2", eacces)
+    with pytest.raises(PermissionError):
+        with atomic_dir(out) as tmp:
+            (tmp / "c").write_text("newer")
+    assert sorted(p.name for p in out.iterdir()) == ["b"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]

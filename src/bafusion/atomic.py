@@ -591,8 +591,11 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     An earlier output is swapped with the new one in one step where the system can
     (:func:`exchange`: Linux); elsewhere it is renamed away and the new one renamed in, and a
     SIGKILL or a power cut between those two renames leaves neither in place (the earlier one
-    stays in the temporary folder until the next run removes it). The new folder's files are
-    flushed to the disk before it is swapped in (:func:`sync_tree`)."""
+    stays in the temporary folder until the next run removes it). An earlier output that
+    cannot be renamed at all (``EXDEV``: a folder of an overlay's lower layer, a container
+    image's) is removed where it is and the new one renamed in (:func:`_replace_unmovable`; it
+    failed after the work). The new folder's files are flushed to the disk before it is
+    swapped in (:func:`sync_tree`)."""
     final = Path(os.path.abspath(path))  # a chdir inside the block changes nothing
     if final.is_symlink():
         final = final.resolve()
@@ -612,11 +615,24 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         sync_tree(tmp, final)
         if final.exists():
             old = wrap / (final.name + ".old")
-            if exchange(tmp, final):  # one step: the earlier output now lies in tmp, removed below
+            try:
+                swapped = exchange(tmp, final)
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+                _replace_unmovable(tmp, final, e)
+                return
+            if swapped:  # one step: the earlier output now lies in tmp, removed below
                 with contextlib.suppress(OSError):  # named as the earlier output, if left (read-only)
                     os.replace(tmp, old)
                 return
-            os.replace(final, old)
+            try:
+                os.replace(final, old)
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+                _replace_unmovable(tmp, final, e)
+                return
             try:
                 os.replace(tmp, final)
             except BaseException:
@@ -626,6 +642,21 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.replace(tmp, final)
     finally:
         _remove_part(wrap)
+
+
+def _replace_unmovable(tmp: Path, final: Path, error: OSError) -> None:
+    """Put the new folder ``tmp`` in place of the earlier output ``final``, which cannot be
+    renamed at all (``error``: ``EXDEV``, "Invalid cross-device link", beside itself: a folder
+    of an overlay file system's lower layer, such as one of a container's image, where the
+    overlay has no ``redirect_dir``): the swap and the two renames both fail so, after the
+    work. The earlier folder is removed where it is (an overlay hides it), then the new one
+    renamed in: a kill or a power cut between leaves neither in place, or a part of the earlier
+    one (as the two renames elsewhere leave neither), the new one in its temporary folder. A
+    mount point is not removed: ``error``, naming ``final``, is raised instead."""
+    if os.path.ismount(final):
+        raise OSError(error.errno, error.strerror, os.fspath(final)) from error
+    shutil.rmtree(final)
+    os.replace(tmp, final)
 
 
 #: ``renameat2``'s flag that swaps two paths (Linux 3.15, glibc 2.28; <linux/fs.h>).
