@@ -984,3 +984,53 @@ def test_an_earlier_folder_that_cannot_be_renamed_is_replaced_in_place(tmp_path:
         with atomic_dir(out) as tmp:
             (tmp / "c").write_text("newer")
     assert sorted(p.name for p in out.iterdir()) == ["b"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_on_macos_a_folder_is_swapped_in_one_step_with_renamex_np(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS has no ``renameat2``: its folders were replaced by two renames (a SIGKILL between
+    lost both). ``renamex_np(from, to, RENAME_SWAP)`` swaps in one step; simulated here (this
+    machine is no Mac): looked up in the C library on ``darwin``, called with the flag 2, and a
+    file system that refuses it (``ENOTSUP``) falls back to two renames."""
+    import ctypes
+    import errno
+    import sys
+
+    import bafusion.atomic as atomic
+
+    calls: list[tuple[bytes, bytes, int]] = []
+    refuse = [False]
+
+    class RenamexNp:
+        argtypes: object = None
+        restype: object = None
+
+        def __call__(self, old: bytes, new: bytes, flags: int) -> int:
+            calls.append((old, new, flags))
+            if refuse[0]:
+                ctypes.set_errno(errno.ENOTSUP)
+                return -1
+            side = old + b".swap"
+            os.rename(old, side)
+            os.rename(new, old)
+            os.rename(side, new)
+            return 0
+
+    class Libc:
+        def __init__(self, name: object, use_errno: bool = False) -> None:
+            assert name is None and use_errno
+            self.renamex_np = RenamexNp()  # no renameat2 attribute: as macOS's libSystem
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(ctypes, "CDLL", Libc)
+    monkeypatch.setattr(atomic, "_renameat2", False)  # looked up again
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_text("earlier")
+    for refused in (False, True):
+        refuse[0] = refused
+        with atomic_dir(out) as tmp:
+            (tmp / "a").write_text(f"new {refused}")
+        assert (out / "a").read_text() == f"new {refused}" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert [flags for _, _, flags in calls] == [2, 2] and calls[0][1] == os.fsencode(out)
+    assert isinstance(atomic._renameat2, type(lambda: 0))  # the wrapper, not renameat2

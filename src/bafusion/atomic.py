@@ -589,7 +589,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     next run (:func:`remove_stale_parts`).
 
     An earlier output is swapped with the new one in one step where the system can
-    (:func:`exchange`: Linux); elsewhere it is renamed away and the new one renamed in, and a
+    (:func:`exchange`: Linux, macOS); elsewhere it is renamed away and the new one renamed in, and a
     SIGKILL or a power cut between those two renames leaves neither in place (the earlier one
     stays in the temporary folder until the next run removes it). An earlier output that
     cannot be renamed at all (``EXDEV``: a folder of an overlay's lower layer, a container
@@ -668,33 +668,49 @@ _AT_FDCWD = -100
 #: caller falls back to two renames.
 _NO_EXCHANGE_ERRNOS = frozenset(e for e in (getattr(errno, n, None) for n in ("EINVAL", "ENOSYS", "EOPNOTSUPP",
                                                                                 "ENOTSUP")) if e is not None)
-#: libc's ``renameat2``, ``None`` where there is none (not Linux, an older glibc, musl before
-#: 1.2.5), or ``False`` before the first look.
+#: ``renamex_np``'s flag that swaps two paths (macOS 10.12; <stdio.h>).
+_RENAME_SWAP = 2
+#: libc's ``renameat2`` (on macOS ``renamex_np`` with :data:`_RENAME_SWAP`, called as
+#: ``renameat2``), ``None`` where there is none (another system, an older glibc, musl before
+#: 1.2.5, macOS before 10.12), or ``False`` before the first look.
 _renameat2: Any = False
 
 
 def _libc_renameat2() -> Any:
-    """libc's ``renameat2`` through ctypes, looked up once; ``None`` where there is none."""
+    """libc's ``renameat2`` through ctypes, looked up once; ``None`` where there is none. On
+    macOS, ``renamex_np(from, to, RENAME_SWAP)`` (APFS and HFS+ swap; another file system
+    refuses with ``ENOTSUP``) in its place, taking ``renameat2``'s arguments: the working
+    directory's paths only (:data:`_AT_FDCWD`), any flags meaning the swap."""
     global _renameat2
     if _renameat2 is False:
         _renameat2 = None
-        if sys.platform.startswith("linux"):
+        linux, mac = sys.platform.startswith("linux"), sys.platform == "darwin"
+        if linux or mac:
             try:
                 import ctypes
 
-                func = ctypes.CDLL(None, use_errno=True).renameat2
+                func = getattr(ctypes.CDLL(None, use_errno=True), "renameat2" if linux else "renamex_np")
             except (OSError, AttributeError, ImportError):
                 pass
             else:
-                func.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
-                func.restype = ctypes.c_int
-                _renameat2 = func
+                if linux:
+                    func.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+                    func.restype = ctypes.c_int
+                    _renameat2 = func
+                else:
+                    func.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint)
+                    func.restype = ctypes.c_int
+
+                    def swap(_olddir: int, old: bytes, _newdir: int, new: bytes, _flags: int) -> int:
+                        return int(func(old, new, _RENAME_SWAP))
+
+                    _renameat2 = swap
     return _renameat2
 
 
 def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Swap the files or folders ``a`` and ``b`` in one step, where the system can: Linux's
-    ``renameat2`` with ``RENAME_EXCHANGE``. A folder output replaced by two renames (the earlier
+    ``renameat2`` with ``RENAME_EXCHANGE``, macOS's ``renamex_np`` with ``RENAME_SWAP``. A folder output replaced by two renames (the earlier
     one away, the new one in) was lost, old and new, by a SIGKILL or a power cut between them;
     swapped, either the old or the new one is in place at every moment.
 
@@ -706,9 +722,9 @@ def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     Returns
     -------
     bool
-        True when swapped; False, nothing changed, where the system cannot swap (not Linux, a C
-        library without ``renameat2``, a file system that refuses the flag: ``EINVAL``,
-        ``EOPNOTSUPP``): the caller renames instead.
+        True when swapped; False, nothing changed, where the system cannot swap (neither Linux
+        nor macOS, a C library without ``renameat2``, a file system that refuses the flag:
+        ``EINVAL``, ``EOPNOTSUPP``, ``ENOTSUP``): the caller renames instead.
 
     Raises
     ------
