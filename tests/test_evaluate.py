@@ -1554,6 +1554,29 @@ def test_missing_reference_methods_error_says_which_key_selects_them(tmp_path: P
             in err), err
 
 
+def test_a_method_folder_beside_the_default_six_is_said_to_be_left_out(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """A dataset of the parameters whose reference folder holds the paper's six and one's own
+    method (REF/Mine/) compared the six only, without a word: Mine was in no table. A note on
+    stderr names the folder and the key that selects it; none when reference_methods is chosen."""
+    src, imgs = _write_set(tmp_path, ["p1"])
+    ref = _write_reference(tmp_path, imgs, {m: laplacian_fuse for m in (*ev.REFERENCE_METHODS, "Mine", "Ours")})
+    out = tmp_path / "ev"
+    cfg = {"methods": ["Laplacian"], "metrics": ["QG"], "figures": False,
+           "datasets": [{"name": "mine", "sources": str(src), "reference": str(ref)}]}
+    assert cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert (f"note: dataset 'mine': Mine in {ref} not compared: the methods read from the reference folder are the "
+            "dataset's reference_methods (the default: the paper's six); list them in its reference_methods to "
+            "compare them") in err, err
+    assert "Mine" not in {r["method"] for r in csv.DictReader((out / "mine" / "metrics.csv").open())}
+    cfg["datasets"][0]["reference_methods"] = ["GFF", "Mine"]
+    assert cli_main(["evaluate", "--params-json", json.dumps(cfg), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "not compared" not in err, err
+    assert {r["method"] for r in csv.DictReader((out / "mine" / "metrics.csv").open())} == {"Laplacian", "GFF", "Mine"}
+
+
 @pytest.mark.parametrize("which", ["truth", "dm"])
 def test_a_truth_or_map_of_another_size_fails_before_any_fusion(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, which: str

@@ -1332,6 +1332,19 @@ def _check_reference_sizes(ds: Dataset, pairs: Sequence[Pair], methods: Sequence
                                         f"{info.width}x{info.height} (WxH) but the sources are {src.width}x{src.height}")
 
 
+def _unlisted_reference_folders(ds: Dataset) -> list[str]:
+    """The method folders of ``ds``'s reference folder (:func:`reference_folders`) that it does
+    not compare because its ``reference_methods`` are the default (the paper's six, then a
+    ``reference_metrics`` CSV's methods) and do not name them: a researcher's own method put
+    beside the six (``<reference>/Mine/``) was left out of every table without a word. Folders
+    named as a method computed here are not counted. Empty when ``reference_methods`` was
+    chosen (the command line's ``--dataset NAME=PAIRS,REF`` takes every folder)."""
+    if ds.reference is None or ds.reference_methods[:len(REFERENCE_METHODS)] != REFERENCE_METHODS:
+        return []
+    computed = (OURS, OURS_INITIAL, *NATIVE_METHODS)
+    return [m for m in reference_folders(ds.reference) if m not in ds.reference_methods and m not in computed]
+
+
 def reference_folders(reference: Path) -> list[str]:
     """The method folders of a ``reference`` root (its sub-folders, but dot-folders): the paper's
     six first, in their order, then the others by name."""
@@ -1702,6 +1715,11 @@ def evaluate_dataset(
     pairs = find_pairs(ds) if checked else check_dataset(ds, cfg)
     for note in source_notes(ds, pairs):  # before the work, where they are not lost among the pairs' lines
         print(f"bafusion evaluate: {note}", file=sys.stderr)
+    unlisted = _unlisted_reference_folders(ds)
+    if unlisted:  # one's own method's folder beside the paper's six: left out of every table in silence
+        print(f"bafusion evaluate: note: dataset {ds.name!r}: {', '.join(unlisted)} in {ds.reference} not compared: "
+              "the methods read from the reference folder are the dataset's reference_methods (the default: the "
+              "paper's six); list them in its reference_methods to compare them", file=sys.stderr)
     stored = lossless_references(ds, pairs)
     if stored:
         print(f"bafusion evaluate: warning: dataset {ds.name!r}: not like for like: {_lossless_reference_text(stored)}; "
