@@ -207,6 +207,27 @@ def test_a_result_stored_twice_is_refused_naming_both_files(tmp_path: Path) -> N
     assert B.find_method_result(tmp_path, "OLD", "p1") == tmp_path / "OLD" / "p1.png"
 
 
+@pytest.mark.parametrize("name", ["p1.webp", "p1.Png", "p1.jfif", "p1.gif"])
+def test_a_result_in_any_format_of_the_pairs_is_read(tmp_path: Path, name: str) -> None:
+    """A method's results as WebP (GIF, .jfif, a suffix in mixed case), formats a dataset's pairs
+    are read in, were "missing" beside the file: only png, jpg, jpeg, tif, tiff and bmp in lower
+    or upper case were looked for."""
+    from PIL import Image
+
+    (tmp_path / "Mine").mkdir()
+    img = np.arange(72, dtype=np.uint8).reshape(8, 9)
+    fmt = {".webp": "WEBP", ".png": "PNG", ".jfif": "JPEG", ".gif": "GIF"}[Path(name).suffix.lower()]
+    Image.fromarray(img).save(tmp_path / "Mine" / name, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    assert B.find_method_result(tmp_path, "Mine", "p1") == tmp_path / "Mine" / name
+    got = B.read_method_results(tmp_path, "Mine", "p1")
+    gray = got if got.ndim == 2 else got[..., 0]  # WebP and GIF keep a gray image as RGB (palette)
+    assert gray.shape == (8, 9) and (got.ndim == 2 or (got == gray[..., None]).all())
+    assert fmt == "JPEG" or np.array_equal(gray, img)
+    assert B.find_method_result(tmp_path, "Mine", "p2") is None
+    with pytest.raises(InputFileError, match=r"no fused image of pair 'p2' by method 'Mine'"):
+        B.read_method_results(tmp_path, "Mine", "p2")
+
+
 def test_read_method_results_beside_the_sources_follows_the_metrics_rule(tmp_path: Path) -> None:
     """A peer's dark 16-bit result without marked significant bits (largest value below 16384)
     was read alone by its largest value, as 14-bit data, 4 times too bright, beside 8-bit

@@ -41,7 +41,9 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "tif", "tiff", "bmp")
-"""Extensions tried, in order, by :func:`read_method_results`."""
+"""The common extensions of a method's results, named in messages. :func:`read_method_results`
+reads every photo format ``fuse-dir`` and a dataset's pairs take (:func:`bafusion.io.read_suffixes`:
+WebP, GIF, ``.jfif``, ... too), in that order, the suffix in any case."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,8 +235,8 @@ def fuse(method: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def find_method_result(root: str | os.PathLike[str], method: str, pair: str) -> Path | None:
-    """The file ``<root>/<method>/<pair>.<ext>`` (ext png, jpg, jpeg, tif, tiff or bmp, in either
-    case) that :func:`read_method_results` reads, or None.
+    """The file ``<root>/<method>/<pair>.<ext>`` (ext any photo format a dataset's pairs take,
+    :func:`bafusion.io.read_suffixes`, in any case) that :func:`read_method_results` reads, or None.
 
     Raises
     ------
@@ -256,13 +258,21 @@ def _method_result_files(folder: Path, pair: str) -> list[Path]:
     a file, or an entry that is no file to read but for a folder (a named pipe, a device, a
     socket, a broken link), which the reader names for what it is
     (:func:`bafusion.io.formats._not_regular`): left out, it made the result "missing"."""
+    from bafusion.io import read_suffixes
+
+    # every format a dataset's pairs take (only png, jpg, jpeg, tif, tiff and bmp were: a method's
+    # WebP results were "missing" beside the files), the suffix in any case (p1.Png was missing)
+    suffixes = read_suffixes()
+    try:
+        names = [p for p in folder.iterdir() if p.stem == pair and p.suffix.lower() in suffixes
+                 and not p.name.startswith(".")]
+    except OSError:  # no folder: nothing found, said by the callers
+        return []
     found: list[Path] = []
-    for ext in IMAGE_EXTENSIONS:
-        for name in dict.fromkeys((f"{pair}.{ext}", f"{pair}.{ext.upper()}")):
-            path = folder / name
-            if (path.is_file() or (os.path.lexists(path) and not path.is_dir())) \
-                    and not any(_same(path, f) for f in found):  # p1.png, p1.PNG: one file on macOS
-                found.append(path)
+    for path in sorted(names, key=lambda p: (suffixes.index(p.suffix.lower()), p.name)):
+        if (path.is_file() or (os.path.lexists(path) and not path.is_dir())) \
+                and not any(_same(path, f) for f in found):  # p1.png, p1.PNG: one file on macOS
+            found.append(path)
     return found
 
 
@@ -296,7 +306,7 @@ def read_method_results(
     pair: str,
     sources: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
 ) -> np.ndarray:
-    """Read ``<root>/<method>/<pair>.<ext>`` (ext png, jpg, jpeg, tif, tiff or bmp) as uint8.
+    """Read ``<root>/<method>/<pair>.<ext>`` (ext png, jpg, tif, webp, ...: as a dataset's pairs) as uint8.
 
     Parameters
     ----------
@@ -339,7 +349,7 @@ def read_method_results(
     else:
         problem = (
             f"no fused image of pair {pair!r} by method {method!r} "
-            f"(looked for {pair}.{{{','.join(IMAGE_EXTENSIONS)}}})"
+            f"(looked for {pair}.{{{','.join(IMAGE_EXTENSIONS)},...}}, any format a dataset's pairs take)"
         )
     raise InputFileError(folder, problem)
 

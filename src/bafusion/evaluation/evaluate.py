@@ -1275,7 +1275,7 @@ def _check_reference_images(ds: Dataset, pairs: Sequence[Pair]) -> None:
         raise InputFileError(
             ds.reference, f"dataset {ds.name!r}: {n} fused image(s) of method(s) {', '.join(methods)} missing: "
             + ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            + f" (* = {', '.join(RESULT_EXTENSIONS)}); the methods read from the reference folder are the dataset's "
+            + f" (* = {', '.join(RESULT_EXTENSIONS)} or another format of the pairs); the methods read from the reference folder are the dataset's "
             f"reference_methods, here {', '.join(ds.reference_methods)}"
             + (" (the default: the paper's six)" if ds.reference_methods == REFERENCE_METHODS else "")
             + ", each in <reference>/<METHOD>/<pair>.<ext>; "
