@@ -371,6 +371,28 @@ def test_a_torch_device_is_taken_as_before(tmp_path: Path, tiny_nets: Path) -> N
             call()
 
 
+def test_fusion_nets_refuse_a_net_that_is_no_cifar_resnet() -> None:
+    """FusionNets took any module (one's own scorer) or a callable, and the first fusion failed
+    deep in the dense pass ("AttributeError: 'Mine' object has no attribute 'trunk'"; a function:
+    "... no attribute 'to'"). Refused when built, naming the net and what it must be."""
+    import torch
+
+    from bafusion.errors import InputTypeError
+    from bafusion.fusion import FusionNets
+    from bafusion.nets.model import build_model
+
+    class Mine(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=(2, 3))
+
+    good = build_model(8)
+    for initial, boundary, role, kind in ((Mine(), good, "initial", "Mine"), (good, lambda x: x, "boundary", "function")):
+        with pytest.raises(InputTypeError, match=rf"^FusionNets {role}: expected a bafusion\.nets\.model\.CifarResNet "
+                                                 rf"\(the fusion's dense pass runs its trunk and fc\), got \S*{kind}: "):
+            FusionNets(initial, boundary, 8, 8, "cpu")
+    assert FusionNets(good, good, 8, 8, "cpu").patch_initial == 8
+
+
 def test_fusion_nets_built_with_a_device_name_fuse(tmp_path: Path) -> None:
     """FusionNets "built directly" (its docstring) with device="cpu", as load_model takes it,
     printed device=cpu but every fusion failed with "AttributeError: 'str' object has no

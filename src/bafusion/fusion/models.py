@@ -87,7 +87,10 @@ class FusionNets:
     Made by :func:`bafusion.load_model` (:func:`load_nets`, :func:`load_nets_from_dir`) and
     passed to :func:`bafusion.fuse_images` and the other fusion functions. Built directly, it
     keeps inference copies of the nets given (BatchNorm folded into the convolutions, moved to
-    ``device``, channels-last, eval mode); the caller's nets are left untouched.
+    ``device``, channels-last, eval mode); the caller's nets are left untouched. Each net must be
+    a :class:`bafusion.nets.model.CifarResNet` (:func:`bafusion.nets.model.build_model`, trained
+    or loaded): the fusion's dense pass runs its trunk and classifier directly, so another
+    module or a callable is refused (an :class:`bafusion.errors.InputTypeError`).
     """
 
     #: The initial net (step 1: scores every pixel), :class:`bafusion.nets.model.CifarResNet`.
@@ -117,6 +120,17 @@ class FusionNets:
         # device.type, which a str lacks (AttributeError deep in the first fusion)
         if not isinstance(self.device, torch.device):
             self.device = resolve_device(self.device, "device=")
+        # Any module (one's own scorer, a callable) was taken, and the first fusion failed deep in
+        # the dense pass: "AttributeError: 'Mine' object has no attribute 'trunk'" (a function:
+        # "... no attribute 'to'"). The fusion reads a CifarResNet's trunk (total stride 4) and fc.
+        for role in ("initial", "boundary"):
+            net = getattr(self, role)
+            if not isinstance(getattr(net, "_orig_mod", net), CifarResNet):  # torch.compile's wrapper: its net
+                raise InputTypeError(
+                    f"FusionNets {role}: expected a bafusion.nets.model.CifarResNet (the fusion's dense pass runs its "
+                    f"trunk and fc), got {type(net).__module__}.{type(net).__qualname__}: build one with "
+                    "bafusion.nets.model.build_model(depth) and train it (bafusion train), or load trained nets "
+                    "with bafusion.load_model")
         # Inference copies: BatchNorm folded into the convolutions (1.3-1.4x faster on CPU,
         # same function up to float rounding) and channels-last convolutions (1.3-1.6x faster
         # on batches of small patches, measured). The caller's nets are left untouched.
