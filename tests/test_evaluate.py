@@ -576,6 +576,23 @@ def test_a_cmyk_source_or_one_whose_alpha_is_dropped_is_noted_before_the_work(tm
     assert all(f"bafusion evaluate: {n}" in err for n in notes), err
 
 
+def test_a_pairs_third_shot_is_said_to_be_unused(tmp_path: Path, capsys) -> None:
+    """A dataset of focal stacks (p1-A, p1-B, p1-C, as fuse-dir reads them) was evaluated on A and
+    B alone without a word: p1-C was dropped in silence. A note names it; -truth, -dm and another
+    pair's files are no such shot."""
+    src, imgs = _write_set(tmp_path, ["p1", "p2"])
+    Image.fromarray(imgs["p1"][0]).save(src / "p1-C.png")
+    Image.fromarray(imgs["p1"][0]).save(src / "p1-d.jpg")
+    Image.fromarray(imgs["p1"][0]).save(src / "p3-C.png")  # no pair p3 (index.json)
+    ds = ev.Dataset(name="tiny", sources=src)
+    notes = ev.source_notes(ds, ev.find_pairs(ds))
+    assert notes == ["dataset 'tiny', pair 'p1': p1-C.png, p1-d.jpg not used: evaluate compares the fusions of two "
+                     "sources, p1-A.png and p1-B.png (fuse-dir would fuse every shot of the stack)"], notes
+    ev.run_evaluation(ev.EvalConfig(datasets=(ds,), methods=("Laplacian",), metrics=("QG",), figures=False),
+                      tmp_path / "ev", log=lambda s: None)
+    assert f"bafusion evaluate: {notes[0]}" in capsys.readouterr().err
+
+
 def test_out_folder_holding_the_sources_or_references_is_refused_and_they_stay(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -1402,10 +1402,20 @@ def source_notes(ds: Dataset, pairs: Sequence[Pair]) -> list[str]:
     frames or pages (only the first is used: :func:`bafusion.io.frame_note`), a gray source
     beside a colour one (used as colour: :func:`bafusion.io.mix_note`), a CMYK source (converted
     without colour management: :func:`bafusion.io.cmyk_notes`), a source whose transparency is
-    dropped (as ``bafusion fuse`` says them)."""
+    dropped (as ``bafusion fuse`` says them); and a pair's shots beyond A and B (``p1-C.png``, a
+    focal stack's), which are not used."""
+    from bafusion.fusion.batch import _SHOT  # fuse-dir's <name>-<letter>
     from bafusion.io import cmyk_notes, frame_note, image_info, mix_note
     from bafusion.io.info import _alpha_note
 
+    # a third shot (p1-C.png beside p1-A and p1-B, a focal stack as fuse-dir reads it) was left
+    # out without a word: the table compares the fusions of A and B only
+    more: dict[str, list[str]] = {}
+    names = {p.name for p in pairs}
+    for stem, files in (_image_files(ds.sources).items() if ds.sources.is_dir() else ()):
+        m = _SHOT.fullmatch(stem)
+        if m is not None and m["letter"] not in "ABab" and m["name"] in names:
+            more.setdefault(m["name"], []).extend(f.name for f in files)
     notes = []
     for p in pairs:
         infos = [image_info(p.a), image_info(p.b)]
@@ -1413,6 +1423,10 @@ def source_notes(ds: Dataset, pairs: Sequence[Pair]) -> list[str]:
                      *cmyk_notes([p.a, p.b]), *map(_alpha_note, (p.a, p.b))]:
             if line:
                 notes.append(f"dataset {ds.name!r}, pair {p.name!r}: {line}")
+        if p.name in more:
+            notes.append(f"dataset {ds.name!r}, pair {p.name!r}: {', '.join(sorted(more[p.name]))} not used: evaluate "
+                         f"compares the fusions of two sources, {p.a.name} and {p.b.name} (fuse-dir would fuse "
+                         "every shot of the stack)")
     return notes
 
 
