@@ -1079,6 +1079,38 @@ def test_a_mean_counting_exact_pairs_as_100_db_is_marked_in_the_plots_csv_and_ml
     assert json.loads(run.data.tags[ev.CAPPED_TAG]) == {"tiny.Ours.PSNR": 1}
 
 
+def test_a_method_named_with_characters_mlflow_refuses_keeps_the_run_tracked(tmp_path: Path) -> None:
+    """A reference method named NSCT+SR or Mine(v2) made MLflow refuse the run's whole batch of
+    metrics ("Invalid value 'tiny.Mine+GF(v2).QG' ..."): tracking went off, the run 'evaluate'
+    kept no metric and was marked FAILED. Such names are logged with '_' for each refused
+    character (a clash gets the name's hash), and a tag maps them."""
+    src, imgs = _write_set(tmp_path, ["p1"])
+    ref = _write_reference(tmp_path, imgs, {"Mine+GF(v2)": gff_fuse,
+                                             "Mine_GF_v2_": lambda a, b: (a.astype(float) + b) / 2})
+    cfg = ev.parse_config({"methods": ["Laplacian"], "metrics": ["QG"], "figures": False,
+                           "datasets": [{"name": "tiny", "sources": str(src), "reference": str(ref),
+                                         "reference_methods": ["Mine+GF(v2)", "Mine_GF_v2_"]}]})
+    ev.run_evaluation(cfg, tmp_path / "out", log=lambda s: None)
+    from mlflow.tracking import MlflowClient
+
+    from bafusion.tracking import EXPERIMENT, tracking_uri
+
+    client = MlflowClient(tracking_uri=tracking_uri())
+    run = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.stage = 'evaluate'",
+                             order_by=["attributes.start_time DESC"])[0]
+    assert run.info.status == "FINISHED" and "bafusion.incomplete" not in run.data.tags, run.data.tags
+    import hashlib
+
+    clash = "tiny.Mine_GF_v2_.QG-" + hashlib.sha256(b"tiny.Mine+GF(v2).QG").hexdigest()[:8]
+    assert json.loads(run.data.tags["renamed_metrics"])["tiny.Mine+GF(v2).QG"] == clash
+    with open(tmp_path / "out" / "tiny" / "means.csv", newline="") as fh:
+        means = {r["method"]: float(r["QG"]) for r in csv.DictReader(fh)}
+    assert len(set(means.values())) == 3, means
+    assert run.data.metrics[clash] == pytest.approx(means["Mine+GF(v2)"])
+    assert run.data.metrics["tiny.Mine_GF_v2_.QG"] == pytest.approx(means["Mine_GF_v2_"])
+    assert run.data.metrics["tiny.Laplacian.QG"] == pytest.approx(means["Laplacian"])
+
+
 def test_our_mean_over_fewer_pairs_is_marked_in_every_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ours with a flat output on p2 (QCB NaN there): its QCB mean over p1 alone is marked in
     table1.md, counted in means.csv, means-sets.csv and metrics.json, and ranked behind the

@@ -794,6 +794,33 @@ CAPPED_TAG = "psnr_inf_pairs_in_means"
 #: (``pairs``: ``<dataset>.pairs``; ``rank_of.QMI``: ``<dataset>.<method>.rank_of.QMI``, how many
 #: methods our rank is out of), beside ``higher_is_better`` and ``lower_is_better``.
 COUNTS_TAG = "counts"
+#: The MLflow tag of the ``evaluate`` run that maps each metric name MLflow refuses to the name it
+#: is logged under (:func:`_mlflow_metric_names`).
+_RENAMED_TAG = "renamed_metrics"
+
+
+def _mlflow_metric_names(metrics: Mapping[str, float]) -> tuple[dict[str, float], dict[str, str]]:
+    """``metrics`` under names MLflow takes, and the renamed ones (given name -> logged name).
+
+    MLflow refuses a metric name with a character other than letters, digits, ``_``, ``-``, ``.``,
+    space, ``:`` and ``/``: one reference method named so (``NSCT+SR``, ``Mine(v2)``), or a
+    dataset, failed the run's whole batch, and tracking went off with every metric of the run
+    lost. Each such character becomes ``_``; a name that then equals another gets ``-`` and the
+    first 8 hex digits of the SHA-256 of the name as given, as the figures' file names do."""
+    import hashlib
+    import re
+
+    bad = re.compile(r"[^\w\-. :/]")
+    out: dict[str, float] = {}
+    renamed: dict[str, str] = {}
+    for k, v in metrics.items():
+        safe = bad.sub("_", k)
+        if safe != k:
+            if safe in metrics or safe in out:
+                safe += "-" + hashlib.sha256(k.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+            renamed[k] = safe
+        out[safe] = v
+    return out, renamed
 
 
 def _inf_pairs(rows: Rows, m: str, q: str) -> int:
@@ -2049,7 +2076,10 @@ def run_evaluation(
             run.set_tag(COUNTS_TAG, ", ".join(counted))
         if capped:
             run.set_tag(CAPPED_TAG, json.dumps(capped, sort_keys=True))
-        run.log_metrics({**all_means, **counts})
+        to_log, renamed = _mlflow_metric_names({**all_means, **counts})
+        if renamed:
+            run.set_tag(_RENAMED_TAG, json.dumps(renamed, sort_keys=True))
+        run.log_metrics(to_log)
         run.log_artifact(out / "metrics.json")
         for ds in cfg.datasets:
             d = out / ds.name
