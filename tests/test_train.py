@@ -336,6 +336,55 @@ def test_the_epoch_line_says_the_whole_trainings_elapsed_time_and_time_left(tmp_
     assert train_module._clock(90061.4) == "25:01:01"
 
 
+def test_a_terminals_epoch_bar_says_the_whole_trainings_time_left(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal the epoch's tqdm bar said only the epoch's time left (the epoch line says
+    the whole training's). It now ends with ``training: about H:MM:SS left``: the epoch's
+    remaining steps at the bar's rate, then the later epochs at the mean wall time of those
+    ended (26 s: 24 one-second steps and a two-second validation), or, in the first epoch, at
+    its steps' time (24 s). A clock that moves one second a step, for the training and tqdm
+    alike, makes each redraw's figure exact. A log's plain lines are not changed (the test
+    above and tests/test_progress_log.py)."""
+    import re
+    import types
+
+    import tqdm.std
+
+    import bafusion.nets.train as train_module
+    from bafusion import progress
+
+    clock = [0.0]
+    step, evaluate = train_module.train_step, train_module.evaluate
+
+    def one_second_step(*args: object, **kwargs: object) -> object:
+        clock[0] += 1.0
+        return step(*args, **kwargs)
+
+    def two_second_validation(*args: object, **kwargs: object) -> object:
+        clock[0] += 2.0
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", one_second_step)
+    monkeypatch.setattr(train_module, "evaluate", two_second_validation)
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
+    h5 = write_toy_patches(tmp_path / "patches.h5", n_train=192, n_val=96, patch=16, seed=1)
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 3}}, "initial")
+    train("initial", h5, cfg, _paths(tmp_path / "run", "initial"), progress=True)
+    err = capsys.readouterr().err
+    draws = re.findall(r"initial epoch (\d)/3:.*?\| (\d+)/24 \[[^]]*training: about (\d+):(\d\d):(\d\d) left\]", err)
+    seen: dict[int, int] = {}
+    for epoch, n, h, m, sec in draws:
+        e, done, left = int(epoch), int(n), int(h) * 3600 + int(m) * 60 + int(sec)
+        after = 3 - e  # epochs after this one
+        assert left == 24 - done + after * (24 if e == 1 else 26), (epoch, n, left)
+        seen[e] = seen.get(e, 0) + 1
+    assert sorted(seen) == [1, 2, 3], err  # each epoch's bar said it at least once
+    # the epoch line is unchanged
+    assert "1/3 epochs, 0:00:26 elapsed, about 0:00:52 left" in err
+
+
 def test_a_resumed_epoch_reports_the_time_and_rate_of_its_samples(toy_run: dict, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:

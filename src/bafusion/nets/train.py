@@ -80,7 +80,8 @@ index, not a decision), and :func:`bafusion.nets.model.load_model` refuses non-f
 
 Progress: one line per epoch on stderr (losses, accuracies, samples/s, seconds, and for the whole
 training the epochs done, the time elapsed and about how long the rest will take); tqdm bars only
-when stderr is a terminal (:mod:`bafusion.progress`), so logs stay free of carriage returns: in
+when stderr is a terminal (:mod:`bafusion.progress`; the bar ends with the whole training's time
+left, ``training: about 1:23:45 left``, beside tqdm's for the epoch), so logs stay free of carriage returns: in
 a log a plain line at most every 30 s within an epoch instead, and the lines start with the
 local time.
 
@@ -137,7 +138,7 @@ from bafusion.nets.model import (
     save_torch,
     torch_part_name,
 )
-from bafusion.progress import bar_options, in_log, stamped
+from bafusion.progress import bar_options, bars_enabled, in_log, stamped
 from bafusion.schema import default, validate_params
 from bafusion.workspace import home_path
 
@@ -877,6 +878,42 @@ def _run_progress(done: int, total: int, elapsed: float, epoch_walls: Sequence[f
     return line
 
 
+def _run_left(n: float, total: int, rate: float | None, epochs_after: int,
+              epoch_walls: Sequence[float]) -> float | None:
+    """The seconds the whole training has left as a terminal's epoch bar says them: the epoch's
+    remaining steps (``total - n``) at the bar's rate (steps a second), then the ``epochs_after``
+    epochs after it at the mean wall time of the epochs this process ran (the epoch line's
+    estimate, :func:`_run_progress`), or, before one of them ended, at this epoch's steps' time
+    (its validation not known yet). None while the bar has no rate yet."""
+    if not rate or rate <= 0 or not math.isfinite(rate):
+        return None
+    per_epoch = sum(epoch_walls) / len(epoch_walls) if epoch_walls else total / rate
+    return max(0.0, total - n) / rate + epochs_after * per_epoch
+
+
+def _run_bar(tqdm: Any, epochs_after: Callable[[], int], epoch_walls: Sequence[float]) -> Any:
+    """A tqdm bar class for a training's epoch on a terminal: its bar ends with the whole
+    training's time left (``[00:41<00:50, 2.93batch/s, training: about 1:23:45 left]``, see
+    :func:`_run_left`) where tqdm's own says the epoch's only. ``epochs_after`` gives the
+    epochs after the bar's, ``epoch_walls`` (read at each redraw) the wall times of the epochs
+    ended so far. Only for a bar drawn on a terminal: a log's plain lines keep their format."""
+
+    class RunBar(tqdm):  # type: ignore[misc, valid-type]
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            d = super().format_dict
+            n, total, rate, elapsed = d.get("n"), d.get("total"), d.get("rate"), d.get("elapsed")
+            if not rate and elapsed and n is not None and n > (d.get("initial") or 0):
+                rate = (n - (d.get("initial") or 0)) / elapsed  # before tqdm's smoothed rate
+            left = _run_left(n or 0, total or 0, rate, epochs_after(), epoch_walls) if total else None
+            if left is not None:
+                post = d.get("postfix")
+                d = {**d, "postfix": (f"{post}, " if post else "") + f"training: about {_clock(left)} left"}
+            return d
+
+    return RunBar
+
+
 def _better(acc: float, best: float, n_val: int) -> bool:
     """Whether an epoch of validation accuracy ``acc`` over ``n_val`` samples beats ``best``
     (NaN: none yet). Without validation data the latest epoch is the best we know; a NaN
@@ -1259,6 +1296,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             run.log_metrics(_epoch_metrics(row), step=int(row["epoch"]))
         run_t0 = time.perf_counter()  # the whole training's elapsed time and time left (_run_progress)
         epoch_walls: list[float] = []
+        run_bar = _run_bar(tqdm, lambda: cfg.epochs - epoch - 1, epoch_walls)
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             lr = opt.param_groups[0]["lr"]
@@ -1267,8 +1305,10 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             t0 = time.perf_counter() - epoch_time_done
             epoch_time_done = 0.0
             first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite loss's step
-            bar = tqdm(loader, total=len(loader), initial=loader.position, desc=f"{net} epoch {epoch + 1}/{cfg.epochs}",
-                       unit="batch", **bar_options(dist.main and progress, mininterval=2.0, leave=False))
+            # on a terminal the bar says the whole training's time left too (tqdm's: the epoch's)
+            bar_cls = run_bar if bars_enabled(dist.main and progress) else tqdm
+            bar = bar_cls(loader, total=len(loader), initial=loader.position, desc=f"{net} epoch {epoch + 1}/{cfg.epochs}",
+                          unit="batch", **bar_options(dist.main and progress, mininterval=2.0, leave=False))
             for x, y in bar:
                 loss_sum, correct = train_step(train_model, opt, x, y, amp, device, context, cfg.consistency)
                 tot[0] += loss_sum.to(acc_dtype)
