@@ -336,6 +336,41 @@ def test_the_epoch_line_says_the_whole_trainings_elapsed_time_and_time_left(tmp_
     assert train_module._clock(90061.4) == "25:01:01"
 
 
+def test_runs_of_other_seeds_are_validated_on_the_same_val_samples(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train.val_samples``' subset was drawn from ``seed + 1``, so the members of an ensemble
+    (``train --seed N``) were each validated on other patches: their val_acc, which picks the
+    epoch kept, could not be compared. It is drawn from ``train.val_seed`` (1): the same
+    patches for every seed, seed 0's subset as before (0 + 1); another val_seed, another subset."""
+    import bafusion.nets.train as train_module
+    from bafusion.nets.augment import load_split
+
+    seen: list[torch.Tensor] = []
+    evaluate = train_module.evaluate
+
+    def watched(model: object, loader: object, *args: object, **kwargs: object) -> object:
+        seen.append(loader.data.x.clone())  # type: ignore[attr-defined]
+        return evaluate(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", watched)
+    h5 = write_toy_patches(tmp_path / "patches.h5", n_train=48, n_val=64, patch=16, seed=3)
+
+    def validated(seed: int, **keys: object) -> torch.Tensor:
+        seen.clear()
+        params = {**TOY, "seed": seed, "train": {**TOY["train"], "epochs": 1, "milestones": [], "samples_per_epoch": 32,
+                                                 "val_samples": 16, **keys}}
+        train("initial", h5, resolve_config(params, "initial"), _paths(tmp_path / f"run{seed}-{len(keys)}", "initial"),
+              progress=False)
+        return seen[0]
+
+    zero, five, other = validated(0), validated(5), validated(0, val_seed=7)
+    assert zero.shape[0] == 16 and torch.equal(zero, five)
+    assert not torch.equal(zero, other)
+    whole = load_split(h5, "val", torch.device("cpu"))
+    before = torch.randperm(64, generator=torch.Generator().manual_seed(0 + 1))[:16].sort().values
+    assert torch.equal(zero, whole.x[before])  # seed 0: the subset seed + 1 drew
+
+
 def test_a_terminals_epoch_bar_says_the_whole_trainings_time_left(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """On a terminal the epoch's tqdm bar said only the epoch's time left (the epoch line says

@@ -74,7 +74,7 @@ def add_threads_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup, w
 
 
 #: The largest seed, as params.yaml's schema allows (``seed``): a signed 64-bit integer (an HDF5
-#: attribute of the patch sets; the trainer seeds torch generators with seed + 1).
+#: attribute of the patch sets; the trainer seeds torch generators with it).
 SEED_MAX = 2**63 - 1
 
 

@@ -173,6 +173,9 @@ class TrainConfig:
     nesterov: bool = default("train.nesterov")
     samples_per_epoch: int = default("train.samples_per_epoch")  # 0: all N*12 augmented samples every epoch
     val_samples: int = default("train.val_samples")  # 0: the whole validation split
+    # The seed of the val_samples subset, apart from ``seed``: the members of an ensemble
+    # (``train --seed N``) are validated on the same patches (0.8.0 drew it from seed + 1).
+    val_seed: int = default("train.val_seed")
     val_batch: int = default("train.val_batch")
     device: str = default("train.device")
     amp: str | bool = default("train.amp")
@@ -223,8 +226,8 @@ class TrainConfig:
         self.lr, self.gamma, self.momentum, self.weight_decay = (
             float(self.lr), float(self.gamma), float(self.momentum), float(self.weight_decay))
         self.milestones = [int(m) for m in self.milestones]
-        self.samples_per_epoch, self.val_samples, self.val_batch = (
-            int(self.samples_per_epoch), int(self.val_samples), int(self.val_batch))
+        self.samples_per_epoch, self.val_samples, self.val_batch, self.val_seed = (
+            int(self.samples_per_epoch), int(self.val_samples), int(self.val_batch), int(self.val_seed))
         self.threads, self.checkpoint_every = int(self.threads), int(self.checkpoint_every)
         self.init = str(self.init)
         self.consistency = float(self.consistency)
@@ -1082,8 +1085,10 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                              samples_per_epoch=cfg.samples_per_epoch, rank=dist.rank,
                              world_size=dist.world_size, channels_last=channels_last)
     if cfg.val_samples and cfg.val_samples < len(val_set):
-        # a fixed, seeded subset of the validation split
-        g = torch.Generator().manual_seed(cfg.seed + 1)
+        # a fixed subset of the validation split, the same for every seed (train.val_seed: 1, as
+        # seed + 1 drew it for seed 0): runs of other seeds, an ensemble's members, are compared
+        # on the same patches
+        g = torch.Generator().manual_seed(cfg.val_seed)
         keep = torch.randperm(len(val_set), generator=g)[: cfg.val_samples].sort().values
         val_set = dataclasses.replace(val_set, x=val_set.x[keep.to(val_set.x.device)],
                                       y=val_set.y[keep.to(val_set.y.device)],
