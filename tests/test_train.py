@@ -336,6 +336,38 @@ def test_the_epoch_line_says_the_whole_trainings_elapsed_time_and_time_left(tmp_
     assert train_module._clock(90061.4) == "25:01:01"
 
 
+def test_an_omp_num_threads_above_the_cores_is_kept_with_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``train.threads: 0`` a thread count that ``OMP_NUM_THREADS`` gives torch is kept; it
+    was kept silently where it exceeds the cores the process may use (its affinity mask, its
+    cgroup's CPU quota, which torch does not see: on a 2-core machine ``taskset -c 0 env
+    OMP_NUM_THREADS=4`` gives torch 2 threads on 1 CPU). It is still kept, with one warning line
+    naming the variable, its value, the threads, the cores and the quota; none where they fit."""
+    import bafusion.threads
+
+    h5 = write_toy_patches(tmp_path / "patches.h5", n_train=48, n_val=16, patch=16, seed=3)
+    cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 1, "milestones": [], "samples_per_epoch": 32,
+                                           "threads": 0}}, "initial")
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setattr(bafusion.threads, "cpu_quota", lambda: 1.5)
+    try:
+        torch.set_num_threads(3)  # as torch read OMP_NUM_THREADS=3 at its start
+        monkeypatch.setattr(bafusion.threads, "available_cores", lambda: 1)
+        train("initial", h5, cfg, _paths(tmp_path / "over", "initial"), progress=False)
+        assert torch.get_num_threads() == 3  # kept
+        warned = [line for line in capsys.readouterr().err.splitlines() if "OMP_NUM_THREADS" in line]
+        assert warned == ["bafusion train: warning: OMP_NUM_THREADS=3 gives torch 3 CPU thread(s), more than the 1 "
+                          "core(s) this process may use (the affinity mask and the CPU quota 1.5): kept as set, but "
+                          "the threads past them are throttled; unset OMP_NUM_THREADS (train.threads 0 then takes "
+                          "the cores) or set train.threads"], warned
+        monkeypatch.setattr(bafusion.threads, "available_cores", lambda: 3)
+        train("initial", h5, cfg, _paths(tmp_path / "fits", "initial"), progress=False)
+        assert "OMP_NUM_THREADS" not in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_runs_of_other_seeds_are_validated_on_the_same_val_samples(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """``train.val_samples``' subset was drawn from ``seed + 1``, so the members of an ensemble

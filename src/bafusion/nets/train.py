@@ -1036,6 +1036,8 @@ def _train_locked(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resum
 
         if (n := min(torch.get_num_threads(), available_cores())) != torch.get_num_threads():
             torch.set_num_threads(n)
+    elif dist.main:
+        _warn_threads_over_cores()
     device = pick_device(cfg.device, dist.local_rank, cfg.key("device"))
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal gradients of a well-fit net slow the CPU down ~2x
@@ -1049,6 +1051,28 @@ def _train_locked(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resum
     finally:
         if dist.active and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _warn_threads_over_cores() -> None:
+    """With ``train.threads: 0``, a thread count the environment gives torch (``OMP_NUM_THREADS``,
+    ``MKL_NUM_THREADS``) is kept; a warning line where the local processes' threads together
+    exceed the cores they may run on (:func:`bafusion.threads.available_cores`: the affinity
+    mask and the cgroup's CPU quota, which torch does not see; torch caps such a count at the
+    machine's cores only): the threads past them are throttled, and torch's, which wait for
+    each other at every layer, slow down all together."""
+    from bafusion.threads import available_cores, cpu_quota
+
+    n, cores = torch.get_num_threads(), available_cores()
+    procs = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    if n * procs <= cores:
+        return
+    var = next(v for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if os.environ.get(v))
+    quota = cpu_quota()
+    where = "the affinity mask" + (f" and the CPU quota {quota:g}" if quota is not None else "; no CPU quota")
+    each = f" in each of {procs} processes" if procs > 1 else ""
+    print(f"bafusion train: warning: {var}={os.environ[var]} gives torch {n} CPU thread(s){each}, more than the "
+          f"{cores} core(s) this process may use ({where}): kept as set, but the threads past them are throttled; "
+          f"unset {var} (train.threads 0 then takes the cores) or set train.threads", file=sys.stderr)
 
 
 def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool, progress: bool,
