@@ -295,7 +295,9 @@ def test_the_epoch_line_says_the_whole_trainings_elapsed_time_and_time_left(tmp_
     validation included (the bar showed the current epoch's time left only). A clock that moves
     one second a training step and two a validation: 26 s an epoch of 24 steps. Killed at step 34
     (checkpoint at step 30, 6 s into epoch 2), the resumed process counts its own time elapsed
-    (18 steps + validation) and says so, and its estimate takes epoch 2 whole (6 + 18 + 2 s)."""
+    (18 steps + validation) and says so, and its estimate takes epoch 2 whole (6 + 18 + 2 s).
+    last.pt and the MLflow run hold the epochs' whole wall time (``wall_time``, ``wall_time_s``),
+    resumed or not; the model's ``.json`` holds no time (its bytes must not depend on the clock)."""
     import types
 
     import bafusion.nets.train as train_module
@@ -323,6 +325,14 @@ def test_the_epoch_line_says_the_whole_trainings_elapsed_time_and_time_left(tmp_
     assert tails == ["1/3 epochs, 0:00:26 elapsed, about 0:00:52 left",
                      "2/3 epochs, 0:00:52 elapsed, about 0:00:26 left",
                      "3/3 epochs, 0:01:18 elapsed"], tails
+    # the training's wall time, 3 x 26 s: in last.pt and the MLflow run, not in the model's .json
+    from mlflow.tracking import MlflowClient
+
+    ck = load_checkpoint(paths.checkpoints / "last.pt")
+    assert ck["wall_time"] == 78.0 and ck["train_time"] == 72.0
+    logged = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"]).get_run(ck["mlflow_run_id"]).data.metrics
+    assert logged["wall_time_s"] == 78.0 and logged["train_time_s"] == 72.0
+    assert not [k for k in json.loads(paths.out.with_suffix(".json").read_text()) if "time" in k]
     paths = _paths(tmp_path / "resumed", "initial")
     monkeypatch.setenv(ABORT_ENV, "34")
     with pytest.raises(KeyboardInterrupt):
@@ -333,6 +343,8 @@ def test_the_epoch_line_says_the_whole_trainings_elapsed_time_and_time_left(tmp_
     tails = [line.rsplit(" | ", 1)[1] for line in _unstamped(capsys.readouterr().err) if " epoch " in line and " lr " in line]
     assert tails == ["2/3 epochs, 0:00:20 elapsed since the resume, about 0:00:26 left",
                      "3/3 epochs, 0:00:46 elapsed since the resume"], tails
+    # the epochs' whole wall time across the kill: 26 + (6 + 18 + 2) + 26 s (the lost steps 31-34 not counted)
+    assert load_checkpoint(paths.checkpoints / "last.pt")["wall_time"] == 78.0
     assert train_module._clock(90061.4) == "25:01:01"
 
 

@@ -31,7 +31,9 @@ Outputs (all written atomically):
   epoch) under ``epoch/`` (``epoch/val_acc``, ``epoch/train_loss``, ...: :data:`EPOCH_PREFIX`), at
   the end the numbers of ``--report`` under its own names (``val_acc`` is the saved epoch's,
   ``saved_epoch``: the best one with ``keep: best``, as ``dvc metrics show`` says; ``last_val_acc``
-  the last epoch's) and the model as an artifact; a resumed run is a new MLflow run, tagged
+  the last epoch's), the training's time (``train_time_s``, the steps', and ``wall_time_s``, the
+  epochs' whole, validation included; both in ``last.pt`` too, never in the model's ``.json``,
+  whose bytes do not depend on the clock) and the model as an artifact; a resumed run is a new MLflow run, tagged
   ``resumed_from`` (epoch and step) and ``resumed_run_id`` (the interrupted run's MLflow run).
 
 Resuming: ``last.pt`` is written at every epoch end (and every ``checkpoint_every`` steps
@@ -1157,6 +1159,10 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     code_digest = training_code_digest()
     best_path = paths.checkpoints / "best.pt"
     start_epoch, global_step, samples_seen, train_time = 0, 0, 0, 0.0
+    # the finished epochs' wall time: their steps, BatchNorm re-estimate, validation and
+    # bookkeeping, summed over the runs that trained them (a resume adds to last.pt's; not in the model's .json, which must not
+    # depend on the clock: in last.pt and the MLflow run's wall_time_s)
+    wall_time = 0.0
     history: list[dict[str, Any]] = []
     best_acc, best_epoch = math.nan, -1
     acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
@@ -1229,6 +1235,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             global_step = int(ck["global_step"])
             samples_seen = int(ck["samples_seen"])
             train_time = float(ck["train_time"])
+            wall_time = float(ck.get("wall_time", math.nan))  # NaN: a checkpoint that did not record it
             history = list(ck["history"])
             best_acc, best_epoch = float(ck["best_acc"]), int(ck["best_epoch"])
             best_state = ck.get("best_model")
@@ -1293,6 +1300,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             "model": _cpu_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "loader": loader.state_dict(), "rng": _rng_state(device), "epoch": epoch,
             "global_step": global_step, "samples_seen": samples_seen, "train_time": train_time,
+            "wall_time": wall_time,
             "history": history, "best_acc": best_acc, "best_epoch": best_epoch, "best_model": best_state,
             "partial": partial.cpu().double(), "partial_time": partial_time,
             "threads": record["threads"],  # changes the weights on the CPU, see RUNTIME_KEYS
@@ -1394,6 +1402,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             improved = _better(val_acc, best_acc, n_val)
             if improved:
                 best_acc, best_epoch = val_acc, epoch + 1
+            wall_time += epoch_time + time.perf_counter() - t_trained
             if dist.main:
                 if improved:
                     best_state = _cpu_state(model)
@@ -1468,7 +1477,7 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             write_text(paths.metrics, json.dumps(_json_safe(summary), indent=2, sort_keys=True) + "\n")
             _write_csv(paths.plots, history)
             run.log_metrics(_summary_metrics(summary), step=cfg.epochs)  # the per-epoch series are epoch/*
-            run.log_metrics({"train_time_s": train_time,
+            run.log_metrics({"train_time_s": train_time, **({"wall_time_s": wall_time} if math.isfinite(wall_time) else {}),
                              "samples_per_s_overall": samples_seen / train_time if train_time > 0 else 0.0},
                             step=cfg.epochs)
             if restoring:
