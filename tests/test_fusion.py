@@ -1092,6 +1092,50 @@ def test_cli_fuse_says_what_was_written_when_a_write_fails(tmp_path: Path, model
                 f"(f-score-initial.png, f-score-mean.png), the others not; the fused image {out} was written") in err, err
 
 
+def test_cli_fuse_maps_line_names_the_registered_sources_in_the_same_folder_apart(
+        tmp_path: Path, model_dir: Path, scene, capsys) -> None:
+    """``--save-maps D --save-registered D``: the maps line's ``f-*.png`` matched the registered
+    sources too (11 files for the 9 it counted); it now names them as not maps."""
+    pa, pb = _write_pair(tmp_path, scene)
+    out, d = tmp_path / "f.png", tmp_path / "d"
+    assert cli_main(["fuse", str(pa), str(pb), "-o", str(out), "--model", str(model_dir), "--save-maps", str(d),
+                     "--save-registered", str(d), "--device", "cpu", "--l", "6", "--no-progress"]) == 0
+    line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("bafusion fuse: maps: "))
+    assert len(list(d.glob("f-*.png"))) == 11
+    assert line.startswith(f"bafusion fuse: maps: 9 files in {d} (f-*.png: ") and line.endswith(
+        "; f-registered1.png, f-registered2.png: the registered sources, not maps)"), line
+    # in another folder they are not named there
+    assert cli_main(["fuse", str(pa), str(pb), "-o", str(out), "--model", str(model_dir), "--save-maps", str(d),
+                     "--save-registered", str(tmp_path / "r"), "--device", "cpu", "--l", "6", "--no-progress"]) == 0
+    assert "registered sources, not maps" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("maps", [False, True])
+def test_cli_fuse_registered_write_error_says_the_maps_were_not_written(
+        tmp_path: Path, model_dir: Path, scene, capsys, monkeypatch: pytest.MonkeyPatch, maps: bool) -> None:
+    """The registered sources are written before the maps: a failing write said only that the
+    fused image was written, and left the user to guess about the maps (not written)."""
+    import errno
+
+    import bafusion.fusion.batch
+
+    def full_disk(src, names, *, full=True):
+        raise OSError(errno.ENOSPC, "No space left on device", str(names[0]))
+
+    monkeypatch.setattr(bafusion.fusion.batch, "write_registered", full_disk)
+    pa, pb = _write_pair(tmp_path, scene)
+    out, reg = tmp_path / "f.png", tmp_path / "reg"
+    rc = cli_main(["fuse", str(pa), str(pb), "-o", str(out), "--model", str(model_dir), "--save-registered", str(reg),
+                   *(["--save-maps", str(tmp_path / "maps")] if maps else []), "--device", "cpu", "--l", "6",
+                   "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and out.is_file() and not (tmp_path / "maps").exists()
+    said = (f"bafusion fuse: error: {reg / 'f-registered1.png'}: No space left on device: the registered source not "
+            f"written; the fused image {out} was written")
+    assert (said + "; the maps were not (they are written after the registered sources)" if maps
+            else said + "\n") in err, err
+
+
 @pytest.mark.parametrize("shots", [2, 3])
 def test_cli_fuse_refuses_map_names_too_long_before_the_fusion(tmp_path: Path, model_dir: Path, scene, capsys,
                                                               monkeypatch: pytest.MonkeyPatch, shots: int) -> None:

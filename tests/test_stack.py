@@ -387,6 +387,23 @@ def test_stack_rules_on_the_command_line_with_save_maps(tiny_nets, tmp_path: Pat
         in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("rule", ["joint", "chain"])
+def test_symmetric_regions_with_the_joint_rule_gets_a_note(tiny_nets, tmp_path: Path, capsys, rule: str) -> None:
+    """``--stack-rule joint --symmetric-regions`` said nothing, though the flag changes nothing
+    there (the joint rule judges its index map's regions alike already): now a note says so."""
+    d, _ = tiny_nets
+    paths = _write_shots(tmp_path, 3)
+    assert cli_main(["fuse", *paths, "-o", str(tmp_path / "f.png"), "--model", str(d), "--stack-rule", rule,
+                     "--symmetric-regions", "--device", "cpu", "--no-progress"]) == 0
+    note = ("bafusion fuse: note: --symmetric-regions changes nothing with --stack-rule joint: the joint rule judges "
+            "every region of its shot-index map alike already (it is for a pair and the chain rule's steps)")
+    assert (note in capsys.readouterr().err) == (rule == "joint")
+    # a pair is fused by the pair rule, whichever the stack rule: no note
+    assert cli_main(["fuse", *paths[:2], "-o", str(tmp_path / "p.png"), "--model", str(d), "--stack-rule", "joint",
+                     "--symmetric-regions", "--device", "cpu", "--no-progress"]) == 0
+    assert "note: --symmetric-regions" not in capsys.readouterr().err
+
+
 def test_command_line_refuses_bad_stacks(tiny_nets, tmp_path: Path, capsys) -> None:
     d, _ = tiny_nets
     (tmp_path / "x").mkdir()

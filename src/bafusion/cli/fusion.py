@@ -55,7 +55,8 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
                         f"removed (default {d.unsure_confidence:g})")
     g.add_argument("--symmetric-regions", action=argparse.BooleanOptionalAction, default=None,
                    help="small-region removal judges the islands and the holes on the same map, so that fusing B, A "
-                        "gives the complementary decision of A, B; off: the islands first, then the holes "
+                        "gives the complementary decision of A, B; off: the islands first, then the holes (a pair "
+                        "and the chain rule's steps: --stack-rule joint judges its regions alike already) "
                         f"(default {'on' if d.symmetric_regions else 'off'})")
     g.add_argument("--no-refine", dest="refine", action="store_const", const=False, default=None,
                    help="skip the boundary net (ablation)")
@@ -312,8 +313,15 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         # the longest map name: refused now, not after the fusion ("File name too long")
         check_name_length(Path(args.save_maps) / max(maps, key=lambda n: len(os.fsencode(n))), "map file",
                           f"the maps are named after the output, {out.name}: give it a shorter name")
-        maps_line = _maps_line(Path(args.save_maps), out.stem, joint, len(paths))
     registered = _registered_names(args, out, paths)
+    if args.save_maps:
+        # the registered sources beside the maps: named apart, not counted by the maps' <stem>-*.png
+        beside = [p.name for p in registered if _same_folder(p.parent, Path(args.save_maps))]
+        maps_line = _maps_line(Path(args.save_maps), out.stem, joint, len(paths), beside)
+    if joint and getattr(args, "symmetric_regions", None):
+        print("bafusion fuse: note: --symmetric-regions changes nothing with --stack-rule joint: the joint rule "
+              "judges every region of its shot-index map alike already (it is for a pair and the chain rule's "
+              "steps)", file=sys.stderr)
     set_threads(other)
     from bafusion.fusion.models import resolve_device
 
@@ -376,7 +384,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
                         "the fused image)") from e
     if registered:  # the sources as fused (registered and cropped with --align): what bafusion metrics measures F against
         say(f"writing the registered sources to {args.save_registered}")
-        _write_registered(src, registered, out, full=fused.image.dtype.itemsize > 1)
+        _write_registered(src, registered, out, full=fused.image.dtype.itemsize > 1, maps=bool(args.save_maps))
     if args.save_maps:
         say(f"writing maps to {args.save_maps}")  # nine PNGs and Fig. 3 a step: a camera-size pair's 20-60 s
         folder = Path(args.save_maps)
@@ -418,7 +426,7 @@ def _registered_names(args: argparse.Namespace, out: Path, paths: list[Path]) ->
     return names
 
 
-def _write_registered(src: Any, names: list[Path], out: Path, *, full: bool) -> None:
+def _write_registered(src: Any, names: list[Path], out: Path, *, full: bool, maps: bool = False) -> None:
     """Write the sources as ``fuse`` fused them to the PNGs ``names`` (:func:`_registered_names`):
     with ``--align`` (or ``--align auto`` that aligned) registered onto the first's frame and
     cropped to the fused image's area, lossless and at the depth the fusion was composed at
@@ -427,7 +435,8 @@ def _write_registered(src: Any, names: list[Path], out: Path, *, full: bool) -> 
     deeper sources, a .jpg, is composed from: registered apart, the full-depth ones round
     otherwise), so that ``bafusion metrics REGISTERED1 REGISTERED2 OUT`` scores the fused image
     against the pair it was made of. Unaligned, they are the sources' pixels (turned by their
-    EXIF orientation)."""
+    EXIF orientation). A failing write says what was written: the fused image, and (``maps``:
+    ``--save-maps`` given) not the maps, which are written after these."""
     from bafusion.fusion.batch import write_registered
 
     try:
@@ -436,7 +445,8 @@ def _write_registered(src: Any, names: list[Path], out: Path, *, full: bool) -> 
         if e.errno is None:
             raise
         raise UserError(f"{e.filename}: {_os_reason(e)}: the registered source not written; the fused image {out} "
-                        "was written") from e
+                        "was written" + ("; the maps were not (they are written after the registered sources)"
+                                         if maps else "")) from e
 
 
 def _check_quality(out: Path, quality: int | None, flag: str = "--quality", *, named: bool = True) -> None:
@@ -477,18 +487,31 @@ def _file_id(p: Path) -> tuple[int, int] | None:
     return st.st_ino, st.st_mtime_ns
 
 
-def _maps_line(folder: Path, stem: str, joint: bool, n: int) -> str:
+def _maps_line(folder: Path, stem: str, joint: bool, n: int, beside: list[str] | None = None) -> str:
     """The line ``fuse --save-maps`` ends with on stderr: how many files it wrote where, their
-    names and what white means (the README's table gives every file's scale)."""
+    names and what white means (the README's table gives every file's scale). ``beside``: the
+    names of the registered sources (``--save-registered``) written to the same folder, which a
+    pair's or the joint rule's ``<stem>-*.png`` matches too: said not to be maps."""
     from bafusion.fusion.maps import MAP_KEYS
     from bafusion.fusion.stack import STACK_MAP_KEYS
 
+    stems = [stem] if joint or n == 2 else [f"{stem}-step{i + 1:02d}" for i in range(n - 1)]
+    others = [name for name in beside or () if any(name.startswith(f"{s}-") for s in stems)]
+    also = f"; {', '.join(others)}: the registered sources, not maps" if others else ""
     if joint:
         return (f"maps: {len(STACK_MAP_KEYS)} files in {folder} ({stem}-*.png: {', '.join(STACK_MAP_KEYS)}; "
-                f"index: shot 1 black ... shot {n} white)")
-    stems = [stem] if n == 2 else [f"{stem}-step{i + 1:02d}" for i in range(n - 1)]
+                f"index: shot 1 black ... shot {n} white{also})")
     return (f"maps: {len(MAP_KEYS) * len(stems)} files in {folder} ({', '.join(f'{s}-*.png' for s in stems)}: "
-            f"{', '.join(MAP_KEYS)}; score and dm: white = take A, black = take B)")
+            f"{', '.join(MAP_KEYS)}; score and dm: white = take A, black = take B{also})")
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one folder (the same file once both exist; else their
+    absolute, resolved paths)."""
+    try:
+        return a.samefile(b)
+    except OSError:
+        return a.resolve() == b.resolve()
 
 
 def _stage_lines(progress: bool | None, paths: list[Path]) -> Callable[[str], None]:

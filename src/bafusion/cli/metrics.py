@@ -96,7 +96,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "on the images (0/0, e.g. QCB, QP, QCV on constant images, and QE on most of them: "
             "as in MATLAB, QE of an all-black triple is 1.0) is written as null "
             "(JSON) or an empty field (CSV), with a warning on stderr naming it. Of a file of several "
-            "frames or pages only the first is read (said on stderr)."
+            "frames or pages only the first is read (said on stderr). A and B must be the shots F was "
+            "made of: metrics does not register them, so score a fusion made with --align against the "
+            "registered, cropped shots that bafusion fuse --save-registered DIR writes."
         ),
     )
     p.add_argument("a", metavar="A", type=nonempty_path, help="first source image")
