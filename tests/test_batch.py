@@ -1976,6 +1976,19 @@ def _three_pairs(tmp_path: Path) -> tuple[Path, Path]:
     return src, out
 
 
+def _fail_at(monkeypatch: pytest.MonkeyPatch, stack: str, error: BaseException) -> None:
+    """Make fuse-dir's ``fuse_files`` raise ``error`` for the stack ``stack`` (its shots
+    ``<stack>-A.png``, ...) and fuse the others as before."""
+    real = batch.fuse_files
+
+    def failing(paths, *args, **kwargs):
+        if paths[0].name.startswith(f"{stack}-"):
+            raise error
+        return real(paths, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "fuse_files", failing)
+
+
 @pytest.mark.parametrize("error", [
     MemoryError("Unable to allocate 275. MiB for an array with shape (3000, 4000, 3)"),
     RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
@@ -1986,14 +1999,7 @@ def test_fuse_dir_skips_a_stack_that_runs_out_of_memory_and_goes_on(tmp_path: Pa
     """A MemoryError in one stack (a camera-size pair under a memory limit) stopped the whole
     batch (exit 1, nothing fused): it is skipped with its reason, the others are fused, exit 3."""
     src, out = _three_pairs(tmp_path)
-    real = batch.fuse_files
-
-    def short_of_memory(paths, *args, **kwargs):
-        if paths[0].name.startswith("q-"):
-            raise error
-        return real(paths, *args, **kwargs)
-
-    monkeypatch.setattr(batch, "fuse_files", short_of_memory)
+    _fail_at(monkeypatch, "q", error)
     rc = cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"])
     o, err = capsys.readouterr()
     assert rc == batch.EXIT_SKIPPED, err
@@ -2009,15 +2015,8 @@ def test_fuse_dir_frees_an_out_of_memory_stack_once_its_exception_is_gone(tmp_pa
     import sys
 
     src, out = _three_pairs(tmp_path)
-    real = batch.fuse_files
     handling: list[object] = []
-
-    def short_of_memory(paths, *args, **kwargs):
-        if paths[0].name.startswith("q-"):
-            raise MemoryError("Unable to allocate 275. MiB")
-        return real(paths, *args, **kwargs)
-
-    monkeypatch.setattr(batch, "fuse_files", short_of_memory)
+    _fail_at(monkeypatch, "q", MemoryError("Unable to allocate 275. MiB"))
     monkeypatch.setattr(batch, "_free_memory", lambda: handling.append(sys.exc_info()[0]))
     rc = cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"])
     assert rc == batch.EXIT_SKIPPED, capsys.readouterr().err
@@ -2204,14 +2203,7 @@ def test_an_interrupted_fuse_dir_logs_its_counts_to_mlflow(tmp_path: Path, nets:
     from bafusion import tracking
 
     src, out = _three_pairs(tmp_path)
-    real = batch.fuse_files
-
-    def stopped(paths, *args, **kwargs):
-        if paths[0].name.startswith("r-"):
-            raise KeyboardInterrupt
-        return real(paths, *args, **kwargs)
-
-    monkeypatch.setattr(batch, "fuse_files", stopped)
+    _fail_at(monkeypatch, "r", KeyboardInterrupt())
     assert cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"]) == 130
     client = MlflowClient(tracking_uri=tracking.tracking_uri())
     runs = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id],
@@ -2240,14 +2232,7 @@ def test_fuse_dirs_notes_of_a_stack_start_with_its_name(tmp_path: Path, tiny_net
 def test_an_interrupted_fuse_dir_says_to_rerun_with_skip_existing(tmp_path: Path, nets: Path, capsys,
                                                                    monkeypatch) -> None:
     src, out = _three_pairs(tmp_path)
-    real = batch.fuse_files
-
-    def stopped(paths, *args, **kwargs):
-        if paths[0].name.startswith("q-"):
-            raise KeyboardInterrupt
-        return real(paths, *args, **kwargs)
-
-    monkeypatch.setattr(batch, "fuse_files", stopped)
+    _fail_at(monkeypatch, "q", KeyboardInterrupt())
     rc = cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"])
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 130

@@ -522,6 +522,21 @@ def _page_scene(fg_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return _u8(a), b, alpha >= 0.5
 
 
+def _accuracies(a: np.ndarray, b: np.ndarray, truth: np.ndarray, modes: tuple[str, ...]) -> dict[str, float]:
+    """The shipped nets' decision accuracy on ``a``, ``b`` against ``truth`` under each
+    ``exposure_match`` of ``modes`` (no flat fill, no working size, w = 1), each fused image
+    checked to be the sources' own pixels (only the scoring input changes)."""
+    nets = load_nets_from_dir(None, "cpu")
+    acc = {}
+    for mode in modes:
+        r = fuse_images(a, b, nets, FusionParams(exposure_match=mode, flat_level=0, working_min=0,
+                                                 boundary_weight=1.0))
+        acc[mode] = decision_accuracy(r.decision, truth)
+        dm = r.decision
+        assert np.array_equal(r.fused[dm], a[dm]) and np.array_equal(r.fused[~dm], b[~dm])
+    return acc
+
+
 @pytest.mark.parametrize("fg_name", ["brick", "coins"])
 def test_linear_clip_keeps_a_brighter_clipped_b_from_reading_as_out_of_focus(fg_name: str) -> None:
     """B 0.7 EV brighter in linear light, its page clipped (30 % of B at 254 or more). ``linear``
@@ -533,14 +548,7 @@ def test_linear_clip_keeps_a_brighter_clipped_b_from_reading_as_out_of_focus(fg_
 
     a, b, truth = _page_scene(fg_name)
     bright = _re_exposed(_u8(b), 0.7)
-    nets = load_nets_from_dir(None, "cpu")
-    acc = {}
-    for mode in ("linear", "linear_clip"):
-        r = fuse_images(a, bright, nets, FusionParams(exposure_match=mode, flat_level=0, working_min=0,
-                                                      boundary_weight=1.0))
-        acc[mode] = decision_accuracy(r.decision, truth)
-        dm = r.decision  # only the scoring input changes: the pixels are the sources'
-        assert np.array_equal(r.fused[dm], a[dm]) and np.array_equal(r.fused[~dm], bright[~dm])
+    acc = _accuracies(a, bright, truth, ("linear", "linear_clip"))
     assert acc["linear_clip"] > acc["linear"] + 0.08 and acc["linear_clip"] > 0.92, acc
     for x, y in ((a, _re_exposed(_u8(b), -0.7)), (_re_exposed(a, 0.7), _u8(b))):  # B darker, A brighter
         got, lin = match_pair(x, y, "linear_clip"), match_pair(x, y, "linear")
@@ -678,14 +686,7 @@ def test_brighter_maps_the_darker_shot_up_so_a_brighter_b_that_clips_is_not_read
     assert gb is bright and not np.array_equal(ga, a)
     page = (~truth) & (bright == 255)  # where B's page clips, A mapped up clips too (mostly)
     assert (ga[page] >= 250).mean() > 0.9, (ga[page] >= 250).mean()
-    nets = load_nets_from_dir(None, "cpu")
-    acc = {}
-    for mode in ("linear", "brighter"):
-        r = fuse_images(a, bright, nets, FusionParams(exposure_match=mode, flat_level=0, working_min=0,
-                                                      boundary_weight=1.0))
-        acc[mode] = decision_accuracy(r.decision, truth)
-        dm = r.decision  # only the scoring input changes: the pixels are the sources'
-        assert np.array_equal(r.fused[dm], a[dm]) and np.array_equal(r.fused[~dm], bright[~dm])
+    acc = _accuracies(a, bright, truth, ("linear", "brighter"))
     assert acc["brighter"] > acc["linear"] + 0.1 and acc["brighter"] > 0.97, acc
     dark = _re_exposed(_u8(b), -0.7)
     ga, gb = match_pair(a, dark, "brighter")

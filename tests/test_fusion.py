@@ -422,21 +422,26 @@ def test_small_region_removal() -> None:
     assert np.array_equal(remove_small_regions(dm, 0.0), dm)
 
 
-def test_a_score_at_the_threshold_goes_to_b(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Step 4, ``dm = s1 > threshold``: a pixel scored exactly at the threshold takes B."""
+def _scored_as(monkeypatch: pytest.MonkeyPatch, s1: np.ndarray,
+               s0: np.ndarray | None = None) -> tuple[FusionNets, np.ndarray, np.ndarray]:
+    """Untrained nets whose scores are replaced (``rule.decide``): the initial score ``s0``
+    (default ``s1``) and the refined ``s1``; and flat sources of ``s1``'s size, A at 200, B at
+    50, so that the fused image shows plainly where A is taken."""
     import bafusion.fusion.rule as rule
 
+    first = s1 if s0 is None else s0.astype(np.float32)
+    monkeypatch.setattr(rule, "decide", lambda ga, gb, nets, params, bar=None:
+                        (first, s1, np.zeros(s1.shape, bool), s1, {}))
+    nets = FusionNets(build_model(8), build_model(8), 8, 8, torch.device("cpu"))
+    return nets, np.full(s1.shape, 200, np.uint8), np.full(s1.shape, 50, np.uint8)
+
+
+def test_a_score_at_the_threshold_goes_to_b(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step 4, ``dm = s1 > threshold``: a pixel scored exactly at the threshold takes B."""
     s1 = np.full((16, 16), 0.5, np.float32)  # the tie
     s1[:, :4] = 0.9
     s1[:, -4:] = 0.1
-
-    def fake_decide(ga, gb, nets, params, bar=None):
-        return s1, s1, np.zeros(s1.shape, bool), s1, {}
-
-    monkeypatch.setattr(rule, "decide", fake_decide)
-    nets = FusionNets(build_model(8), build_model(8), 8, 8, torch.device("cpu"))
-    a = np.full((16, 16), 200, np.uint8)
-    b = np.full((16, 16), 50, np.uint8)
+    nets, a, b = _scored_as(monkeypatch, s1)
     res = fuse_images(a, b, nets, P(min_region=0.0, exposure_match="none"))
     want = np.zeros((16, 16), bool)
     want[:, :4] = True
@@ -489,19 +494,10 @@ def test_band_excludes_its_limits_at_the_source_size_and_upscaled(monkeypatch: p
 def test_threshold_param_sets_the_binarisation(monkeypatch: pytest.MonkeyPatch) -> None:
     """``fuse.threshold`` is the binarisation threshold of step 4 (``dm = s1 > threshold``):
     at 0.3 a pixel scored 0.4 takes A, one scored 0.2 takes B (at 0.5, 0.4 would take B)."""
-    import bafusion.fusion.rule as rule
-
     s1 = np.full((16, 16), 0.2, np.float32)
     s1[:, :6] = 0.4
     s1[:, 6:10] = 0.6
-
-    def fake_decide(ga, gb, nets, params, bar=None):
-        return s1, s1, np.zeros(s1.shape, bool), s1, {}
-
-    monkeypatch.setattr(rule, "decide", fake_decide)
-    nets = FusionNets(build_model(8), build_model(8), 8, 8, torch.device("cpu"))
-    a = np.full((16, 16), 200, np.uint8)
-    b = np.full((16, 16), 50, np.uint8)
+    nets, a, b = _scored_as(monkeypatch, s1)
     want = np.zeros((16, 16), bool)
     want[:, :10] = True
     res = fuse_images(a, b, nets, P(min_region=0.0, exposure_match="none", threshold=0.3))
@@ -516,20 +512,11 @@ def test_fused_image_is_built_from_the_cleaned_map(monkeypatch: pytest.MonkeyPat
     """Step 5 (Eq. 3) composites F from the map after small-region removal: a 4 px island of A
     in B's side and a 4 px hole of B in A's side (below min_region, 16 px of 40x40) take the
     surrounding source in the fused image too, not only in ``decision``."""
-    import bafusion.fusion.rule as rule
-
     s1 = np.full((40, 40), 0.1, np.float32)
     s1[:, :20] = 0.9
     s1[30:32, 30:32] = 0.9  # island of A
     s1[5:7, 5:7] = 0.1  # hole of B
-
-    def fake_decide(ga, gb, nets, params, bar=None):
-        return s1, s1, np.zeros(s1.shape, bool), s1, {}
-
-    monkeypatch.setattr(rule, "decide", fake_decide)
-    nets = FusionNets(build_model(8), build_model(8), 8, 8, torch.device("cpu"))
-    a = np.full((40, 40), 200, np.uint8)
-    b = np.full((40, 40), 50, np.uint8)
+    nets, a, b = _scored_as(monkeypatch, s1)
     res = fuse_images(a, b, nets, P(min_region=0.01, exposure_match="none"))
     want = np.zeros((40, 40), bool)
     want[:, :20] = True
@@ -716,18 +703,9 @@ def test_fuse_images_applies_the_unsure_region_rule(monkeypatch: pytest.MonkeyPa
     """``fuse_images`` with ``unsure_region`` builds its decision and fused image by the rule
     (the unsure island and hole of :func:`_unsure_scene` flipped, the confident island kept);
     off, the fused image is today's; ``{"unsure_region": ...}`` as a mapping is accepted."""
-    import bafusion.fusion.rule as rule
-
     dm, s0, want = _unsure_scene()
     s1 = np.where(dm, 0.9, 0.1).astype(np.float32)
-
-    def fake_decide(ga, gb, nets, params, bar=None):
-        return s0.astype(np.float32), s1, np.zeros(s1.shape, bool), s1, {}
-
-    monkeypatch.setattr(rule, "decide", fake_decide)
-    nets = FusionNets(build_model(8), build_model(8), 8, 8, torch.device("cpu"))
-    a = np.full((100, 100), 200, np.uint8)
-    b = np.full((100, 100), 50, np.uint8)
+    nets, a, b = _scored_as(monkeypatch, s1, s0)
     on = fuse_images(a, b, nets, P(exposure_match="none", unsure_region=0.03))
     np.testing.assert_array_equal(on.decision, want)
     np.testing.assert_array_equal(on.fused, np.where(want, a, b))

@@ -225,10 +225,11 @@ def test_joint_rule_matches_the_shots_exposures_before_scoring(shipped, one_torc
     assert acc["linear_clip"] > acc["none"] + 0.02, acc  # linear_clip also clips the other shots where it clips
 
 
-def test_joint_rule_linear_clip_clips_every_gray_where_the_brightest_shots_white_lands(monkeypatch) -> None:
-    """linear_clip in the joint rule: with one shot brighter (clipped) and one darker than the
-    first, every gray the nets score (the first shot's and the darker one's mapped up too) is
-    clipped at the level the brighter shot's white is mapped to; with linear, none is."""
+def _joint_grays(monkeypatch: pytest.MonkeyPatch,
+                 modes: tuple[str, ...]) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
+    """Three shots of one texture, the second 0.7x and the third 1.6x the first (clipped), and
+    the grays the joint rule's nets would score under each ``exposure_match`` of ``modes``
+    (``_joint_decide`` stopped there)."""
     import bafusion.fusion.stack as stack
 
     rng = np.random.default_rng(4)
@@ -244,9 +245,17 @@ def test_joint_rule_linear_clip_clips_every_gray_where_the_brightest_shots_white
         raise Scored
 
     monkeypatch.setattr(stack, "_joint_decide", spy)
-    for mode in ("linear", "linear_clip"):
+    for mode in modes:
         with pytest.raises(Scored):
             fuse_stack_joint(shots, None, FusionParams(stack_rule="joint", exposure_match=mode, working_min=0))
+    return shots, seen
+
+
+def test_joint_rule_linear_clip_clips_every_gray_where_the_brightest_shots_white_lands(monkeypatch) -> None:
+    """linear_clip in the joint rule: with one shot brighter (clipped) and one darker than the
+    first, every gray the nets score (the first shot's and the darker one's mapped up too) is
+    clipped at the level the brighter shot's white is mapped to; with linear, none is."""
+    shots, seen = _joint_grays(monkeypatch, ("linear", "linear_clip"))
     top = int(seen["linear_clip"][2].max())
     assert 140 < top < 180, top  # 255 / 1.6
     assert int(seen["linear"][0].max()) > top + 40 and int(seen["linear"][1].max()) > top + 40
@@ -491,24 +500,7 @@ def test_joint_rule_brighter_maps_every_shot_onto_the_brightest_one(monkeypatch)
     """``exposure_match: brighter`` in the joint rule: the brightest shot (the highest mean gray,
     here the third, 1.6x and clipped) is kept and the others are mapped up onto its exposure, so
     they clip where it does; with linear every shot goes onto the first one's exposure."""
-    import bafusion.fusion.stack as stack
-
-    rng = np.random.default_rng(4)
-    g = np.clip((ndimage.gaussian_filter(rng.normal(0, 1, (160, 160)), 4) * 400) + 120, 0, 255)
-    shots = [np.clip(np.round(g * k), 0, 255).astype(np.uint8) for k in (1.0, 0.7, 1.6)]
-    seen: dict[str, list[np.ndarray]] = {}
-
-    class Scored(Exception):
-        pass
-
-    def spy(grays, *a, **k):
-        seen[mode] = grays
-        raise Scored
-
-    monkeypatch.setattr(stack, "_joint_decide", spy)
-    for mode in ("linear", "brighter", "auto"):
-        with pytest.raises(Scored):
-            fuse_stack_joint(shots, None, FusionParams(stack_rule="joint", exposure_match=mode, working_min=0))
+    shots, seen = _joint_grays(monkeypatch, ("linear", "brighter", "auto"))
     for x, y in zip(seen["auto"], seen["brighter"]):  # auto: one shot clips clearly more, so brighter
         assert np.array_equal(x, y)
     assert seen["brighter"][2] is not None and np.array_equal(seen["brighter"][2], shots[2])

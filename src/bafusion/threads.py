@@ -90,10 +90,8 @@ def cpu_quota(proc_cgroup: str | None = None, root: str | None = None) -> float 
 
     Parameters
     ----------
-    proc_cgroup : str, optional
-        The process's cgroup file (default :data:`PROC_CGROUP`).
-    root : str, optional
-        Where the cgroup file system is mounted (default :data:`CGROUP_ROOT`).
+    proc_cgroup, root : str, optional
+        As for :func:`bafusion.cgroup.controller_levels` (default :data:`PROC_CGROUP`, :data:`CGROUP_ROOT`).
 
     Returns
     -------

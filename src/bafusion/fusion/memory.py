@@ -311,10 +311,8 @@ def memory_limit(proc_cgroup: str | None = None, root: str | None = None) -> tup
 
     Parameters
     ----------
-    proc_cgroup : str, optional
-        The process's cgroup file (default :data:`PROC_CGROUP`).
-    root : str, optional
-        Where the cgroup file system is mounted (default :data:`CGROUP_ROOT`).
+    proc_cgroup, root : str, optional
+        As for :func:`bafusion.cgroup.controller_levels` (default :data:`PROC_CGROUP`, :data:`CGROUP_ROOT`).
 
     Returns
     -------
@@ -359,10 +357,8 @@ def swap_room(proc_cgroup: str | None = None, root: str | None = None,
 
     Parameters
     ----------
-    proc_cgroup : str, optional
-        The process's cgroup file (default :data:`PROC_CGROUP`).
-    root : str, optional
-        Where the cgroup file system is mounted (default :data:`CGROUP_ROOT`).
+    proc_cgroup, root : str, optional
+        As for :func:`bafusion.cgroup.controller_levels` (default :data:`PROC_CGROUP`, :data:`CGROUP_ROOT`).
     meminfo : str, optional
         The file that tells the machine's free swap (default :data:`PROC_MEMINFO`).
 
