@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -240,6 +242,63 @@ def torch_threads(threads: int | str | None = None) -> Iterator[int]:
 
 
 
+#: Guards :func:`quiet_warnings`' changes to :data:`warnings.filters`.
+_filters_lock = threading.Lock()
+
+
+def _filters_changed() -> None:
+    """Tell the warnings machinery that :data:`warnings.filters` changed (as
+    :func:`warnings.filterwarnings` does): the once-per-place registries are read anew."""
+    changed = getattr(warnings, "_filters_mutated", None) or getattr(warnings, "_filters_mutated_lock_held", None)
+    if changed is not None:
+        changed()
+
+
+@contextmanager
+def quiet_warnings(*filters: dict[str, Any]) -> Iterator[None]:
+    """Ignore some warnings for a block, safely beside other threads.
+
+    :class:`warnings.catch_warnings` saves the process's whole filter list and puts it back at
+    its end: two such blocks of two threads that overlap without nesting (a model loaded in one
+    thread while another reads an image) put back the list of the block that started last,
+    holding the other block's filters, which then stayed for the rest of the process (a
+    ``simplefilter("ignore")`` of the model loader's silenced every warning of a service after
+    it; measured with ``fuse()`` and ``load_model()`` from a 4-thread pool). This inserts its
+    filters and removes exactly those at its end, whatever other blocks did meanwhile.
+
+    Parameters
+    ----------
+    *filters : dict
+        Each the ``message``, ``category`` and ``module`` of one "ignore" filter, as
+        :func:`warnings.filterwarnings` takes them (``message`` a regular expression matched
+        case-insensitively at the start, ``category`` default :class:`Warning`, ``module`` a
+        regular expression matched at the start of the warning's module name).
+
+    Yields
+    ------
+    None
+    """
+    added = []
+    for f in filters:
+        message, module = f.get("message", ""), f.get("module", "")
+        added.append(("ignore", re.compile(message, re.I) if message else None, f.get("category", Warning),
+                      re.compile(module) if module else None, 0))
+    with _filters_lock:
+        for item in added:
+            warnings.filters.insert(0, item)
+        _filters_changed()
+    try:
+        yield
+    finally:
+        with _filters_lock:
+            for item in added:  # this block's own, found by identity: a user's equal filter stays
+                for i, f in enumerate(warnings.filters):
+                    if f is item:
+                        del warnings.filters[i]
+                        break
+            _filters_changed()
+
+
 def work_threads() -> int:
     """Threads the numpy/scipy steps of a fusion may use side by side
     (:func:`side_by_side`): the command's thread setting, that is torch's (``bafusion fuse
@@ -310,5 +369,5 @@ def side_by_side(calls: Sequence[Callable[[], Any]], threads: int | None = None,
     return out
 
 
-__all__ = ["auto_threads", "available_cores", "checked_threads", "cpu_quota", "own_load", "side_by_side",
-           "torch_threads", "work_threads"]
+__all__ = ["auto_threads", "available_cores", "checked_threads", "cpu_quota", "own_load", "quiet_warnings",
+           "side_by_side", "torch_threads", "work_threads"]

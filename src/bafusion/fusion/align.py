@@ -43,7 +43,6 @@ is a failed one, as on a scene with one-dimensional structure; shots without str
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -750,8 +749,10 @@ def _estimate(g_ref: np.ndarray, g_mov: np.ndarray, ref_clip: np.ndarray | None,
     top = len(ref_p) - 1
     s = np.zeros(2)  # a flat shot (nothing to correlate) starts from the identity
     if np.ptp(ref_p[top]) > 1e-9 and np.ptp(mov_p[top]) > 1e-9:
-        with warnings.catch_warnings():  # its error estimate (unused) warns on a nearly empty shot
-            warnings.filterwarnings("ignore", "Could not determine RMS error", UserWarning)
+        from bafusion.threads import quiet_warnings  # not catch_warnings: safe beside other threads' blocks
+
+        # its error estimate (unused) warns on a nearly empty shot
+        with quiet_warnings({"message": "Could not determine RMS error", "category": UserWarning}):
             try:
                 s, _, _ = phase_cross_correlation(ref_p[top], mov_p[top], upsample_factor=10)
             except Exception:  # noqa: BLE001 - start from the identity

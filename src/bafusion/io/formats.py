@@ -15,7 +15,6 @@ import logging
 import os
 import struct
 import threading
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -262,9 +261,9 @@ def _quiet_pillow() -> Iterator[None]:
     raises and the file is "image too large to read") and the ``UserWarning`` of damaged
     EXIF ("Truncated File Read", "Corrupt EXIF data": what Pillow reads of it is kept). Each
     was a raw Python warning with a source line on stderr."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+    from bafusion.threads import quiet_warnings  # not catch_warnings: safe beside other threads' blocks
+
+    with quiet_warnings({"category": Image.DecompressionBombWarning}, {"category": UserWarning, "module": r"PIL\."}):
         yield
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -537,8 +536,13 @@ def load_model(
     if expect is not None and spec != expect:
         raise ModelFileError(f"{p}: architecture {spec.to_dict()} does not match the expected {expect.to_dict()}")
     try:
-        with warnings.catch_warnings():  # torch's warnings about the file's pickle protocol
-            warnings.simplefilter("ignore")
+        # torch's warnings about the file's pickle protocol (raised in torch, or at this line):
+        # not catch_warnings, whose "ignore" leaked from a load beside another thread's block
+        # and silenced every warning of the process after it; nor other modules' warnings,
+        # another thread's fusion notes meanwhile
+        from bafusion.threads import quiet_warnings
+
+        with quiet_warnings({"module": r"(torch|bafusion\.nets\.model)(\.|$)"}):
             state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
         raise ModelFileError(
