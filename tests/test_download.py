@@ -609,7 +609,7 @@ def test_extract_zip_replaces_a_folder_in_one_step_where_it_can(tmp_path: Path,
         return real(src, dst)
 
     monkeypatch.setattr(download.os, "replace", replace)
-    flushed = []  # the new folder flushed to the disk before it is swapped in (one syncfs on Linux)
+    flushed = []  # the new folder flushed to the disk before it is swapped in (sync_tree)
     monkeypatch.setattr(download, "sync_tree", lambda folder, final: flushed.append(sorted(os.listdir(folder))))
     extract_zip(make_zip(tmp_path / "b.zip", {"GT02.png": b"2"}), target)
     assert sorted(p.name for p in target.iterdir()) == ["GT02.png"] and flushed == [["GT02.png"]]
