@@ -1048,3 +1048,83 @@ def test_on_macos_a_folder_is_swapped_in_one_step_with_renamex_np(tmp_path: Path
         assert (out / "a").read_text() == f"new {refused}" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert [flags for _, _, flags in calls] == [2, 2] and calls[0][1] == os.fsencode(out)
     assert isinstance(atomic._renameat2, type(lambda: 0))  # the wrapper, not renameat2
+
+
+def _overlay_lower_layer(monkeypatch: pytest.MonkeyPatch, out: Path) -> None:
+    """Make ``out`` a folder that cannot be renamed (EXDEV for the swap and for a rename of
+    ``out`` away), as one of an overlay's lower layer (checked on a real overlay mount)."""
+    import ctypes
+    import errno
+
+    import bafusion.atomic as atomic
+
+    def exdev(olddir, old, newdir, new, flags):
+        ctypes.set_errno(errno.EXDEV)
+        return -1
+
+    monkeypatch.setattr(atomic, "_renameat2", exdev)
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(src) == out:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), os.fspath(src), None, os.fspath(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+
+
+def test_an_unrenamable_earlier_folder_that_cannot_be_emptied_is_kept_whole(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """An earlier folder that cannot be renamed (EXDEV: an overlay's lower layer) is removed in
+    place before the new one is renamed in; one with a sub-folder this process may not empty
+    was half removed first, then the error, and the new output removed with its temporary
+    folder: both lost. Now it is refused before anything is removed, naming the folder that
+    blocks, the earlier output whole. (No permission is simulated: root may remove anything.)"""
+    import errno
+
+    import bafusion.atomic as atomic
+
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "x").write_text("earlier")
+    (out / "ro").mkdir()
+    (out / "ro" / "y").write_text("earlier")
+    _overlay_lower_layer(monkeypatch, out)
+    real_access = os.access
+    monkeypatch.setattr(atomic.os, "access", lambda p, mode: Path(p) != out / "ro" and real_access(p, mode))
+    with pytest.raises(OSError) as e:
+        with atomic_dir(out) as tmp:
+            (tmp / "b").write_text("new")
+    assert e.value.errno == errno.EXDEV and e.value.filename == str(out) and str(out / "ro") in str(e.value)
+    assert (out / "a" / "x").read_text() == "earlier" and (out / "ro" / "y").read_text() == "earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_an_unrenamable_earlier_folder_replaced_in_place_keeps_the_new_output_when_the_rename_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the new folder cannot be renamed in after the earlier one (an overlay's lower
+    layer's) was removed in place (a full disk here), the new output was removed with its
+    temporary folder: the earlier output and the run's work both lost. It is kept beside as
+    ``<out>.new-<pid>`` and named in the error."""
+    import errno
+
+    import bafusion.atomic as atomic
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_text("earlier")
+    _overlay_lower_layer(monkeypatch, out)
+    exdev_replace = atomic.os.replace
+
+    def replace(src, dst):
+        if Path(dst) == out:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(src), None, os.fspath(dst))
+        return exdev_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with pytest.raises(OSError) as e:
+        with atomic_dir(out) as tmp:
+            (tmp / "b").write_text("new")
+    kept = tmp_path / f"out.new-{os.getpid()}"
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(out) and str(kept) in str(e.value)
+    assert (kept / "b").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out.new-%d" % os.getpid()]

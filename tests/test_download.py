@@ -614,7 +614,7 @@ def test_extract_zip_replaces_a_folder_in_one_step_where_it_can(tmp_path: Path,
     extract_zip(make_zip(tmp_path / "b.zip", {"GT02.png": b"2"}), target)
     assert sorted(p.name for p in target.iterdir()) == ["GT02.png"] and flushed == [["GT02.png"]]
     monkeypatch.undo()
-    monkeypatch.setattr(download, "exchange", lambda a, b: False)  # a file system that cannot swap
+    monkeypatch.setattr(atomic, "exchange", lambda a, b: False)  # a file system that cannot swap
     extract_zip(make_zip(tmp_path / "c.zip", {"GT03.png": b"3"}), target)
     assert sorted(p.name for p in target.iterdir()) == ["GT03.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "b.zip", "c.zip", "input"]
@@ -628,10 +628,10 @@ def test_extract_zip_onto_a_file_is_refused_naming_it_and_leaves_nothing_behind(
     left hidden beside it as ``.<target>.extract-*`` (``.old-*``), the folder put in its place
     without a word (``shutil.rmtree(..., ignore_errors=True)`` of a file does nothing). Refused
     before anything is extracted now, naming it; the file and its folder are as they were."""
-    import bafusion.data.download as download
+    import bafusion.atomic as atomic
 
     if not swap:
-        monkeypatch.setattr(download, "exchange", lambda a, b: False)  # a file system that cannot swap
+        monkeypatch.setattr(atomic, "exchange", lambda a, b: False)  # a file system that cannot swap
     z = make_zip(tmp_path / "a.zip", {"GT01.png": b"1"})
     work = tmp_path / "work"
     work.mkdir()
@@ -1205,3 +1205,35 @@ def test_the_retry_wait_stays_at_its_bound_however_many_attempts(tmp_path: Path,
         fetch("http://127.0.0.1:9/a.bin", tmp_path / "a.bin", retries=1200, backoff=1.0, progress=False)
     assert len(waits) == 1200 and waits[:8] == [1, 2, 4, 8, 16, 32, 64, 120]
     assert set(waits[7:]) == {download.MAX_BACKOFF}
+
+
+def test_extract_zip_replaces_an_earlier_folder_that_cannot_be_renamed(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A target folder of an overlay's lower layer (a container image's) cannot be renamed:
+    the swap and the rename away both fail with EXDEV (simulated here), which extract_zip
+    raised after extracting. It is removed in place and the new folder renamed in, as
+    atomic_dir does (:func:`bafusion.atomic.replace_folder`); nothing is left beside it."""
+    import ctypes
+    import errno
+
+    import bafusion.atomic as atomic
+
+    target = tmp_path / "input"
+    extract_zip(make_zip(tmp_path / "a.zip", {"GT01.png": b"1"}), target)
+
+    def exdev(olddir, old, newdir, new, flags):
+        ctypes.set_errno(errno.EXDEV)
+        return -1
+
+    monkeypatch.setattr(atomic, "_renameat2", exdev)
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(src) == target:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), os.fspath(src), None, os.fspath(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    extract_zip(make_zip(tmp_path / "b.zip", {"GT02.png": b"2"}), target)
+    assert sorted(p.name for p in target.iterdir()) == ["GT02.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "b.zip", "input"]

@@ -601,35 +601,75 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             _pending_dirs.discard(pending)
         raise_if_stopped()
         sync_tree(tmp, final)
-        if final.exists():
-            old = wrap / (final.name + ".old")
-            try:
-                swapped = exchange(tmp, final)
-            except OSError as e:
-                if e.errno != errno.EXDEV:
-                    raise
-                _replace_unmovable(tmp, final, e)
-                return
-            if swapped:  # one step: the earlier output now lies in tmp, removed below
-                with contextlib.suppress(OSError):  # named as the earlier output, if left (read-only)
-                    os.replace(tmp, old)
-                return
-            try:
-                os.replace(final, old)
-            except OSError as e:
-                if e.errno != errno.EXDEV:
-                    raise
-                _replace_unmovable(tmp, final, e)
-                return
-            try:
-                os.replace(tmp, final)
-            except BaseException:
-                os.replace(old, final)  # the earlier output back in place, not deleted with the rest
-                raise
-        else:
-            os.replace(tmp, final)
+        old = wrap / (final.name + ".old")
+        if replace_folder(tmp, final, old) == tmp:  # swapped: the earlier output now lies in tmp, removed below
+            with contextlib.suppress(OSError):  # named as the earlier output, if left (read-only)
+                os.replace(tmp, old)
     finally:
         _remove_part(wrap)
+
+
+def replace_folder(new: Path, final: Path, old: Path) -> Path | None:
+    """Put the folder ``new`` in place of ``final`` (of :func:`atomic_dir`, of
+    :func:`bafusion.data.download.extract_zip`), ``new`` and ``old`` beside it on its file system.
+
+    An earlier ``final`` is swapped with ``new`` in one step where the system can
+    (:func:`exchange`); elsewhere renamed to ``old`` and ``new`` renamed in (put back when that
+    fails). One that cannot be renamed at all (``EXDEV``: a folder of an overlay's lower layer)
+    is removed where it is and ``new`` renamed in (:func:`_replace_unmovable`).
+
+    Parameters
+    ----------
+    new : Path
+        The new folder, complete (and flushed: :func:`sync_tree`).
+    final : Path
+        Where it goes.
+    old : Path
+        A free name for the earlier ``final`` when it is renamed away.
+
+    Returns
+    -------
+    Path or None
+        Where the earlier ``final`` lies now, for the caller to remove: ``new`` (swapped) or
+        ``old``; None where there was none or it is removed.
+
+    Raises
+    ------
+    OSError
+        A rename's failure (the earlier ``final`` left in place); see :func:`_replace_unmovable`.
+    """
+    if not final.exists():
+        os.replace(new, final)
+        return None
+    try:
+        if exchange(new, final):
+            return new
+        os.replace(final, old)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        _replace_unmovable(new, final, e)
+        return None
+    try:
+        os.replace(new, final)
+    except BaseException:
+        os.replace(old, final)  # the earlier output back in place, not deleted with the rest
+        raise
+    return old
+
+
+def _unremovable(folder: Path) -> str | None:
+    """The first folder (``folder``'s parent, ``folder`` or one inside it) whose entries this
+    process may not remove (no write or search permission), named; None where all may be."""
+    for top in (folder.parent, folder):
+        if not os.access(top, os.W_OK | os.X_OK):
+            return os.fspath(top)
+    for root, dirs, _files in os.walk(folder):
+        for name in dirs:
+            inner = os.path.join(root, name)
+            if not os.path.islink(inner) and not os.access(inner, os.W_OK | os.X_OK):
+                return inner
+    return None
 
 
 def _replace_unmovable(tmp: Path, final: Path, error: OSError) -> None:
@@ -639,12 +679,33 @@ def _replace_unmovable(tmp: Path, final: Path, error: OSError) -> None:
     overlay has no ``redirect_dir``): the swap and the two renames both fail so, after the
     work. The earlier folder is removed where it is (an overlay hides it), then the new one
     renamed in: a kill or a power cut between leaves neither in place, or a part of the earlier
-    one (as the two renames elsewhere leave neither), the new one in its temporary folder. A
-    mount point is not removed: ``error``, naming ``final``, is raised instead."""
+    one (as the two renames elsewhere leave neither), the new one in its temporary folder.
+
+    Refused, ``error`` raised naming ``final`` with the earlier output untouched, for a mount
+    point and for a folder with one inside that this process may not empty (no write
+    permission: :func:`_unremovable`; removed, it was left half removed). Where the removal or
+    the rename fails all the same, the new folder is kept beside ``final`` as
+    ``<final>.new-<pid>`` and named in the error (it was removed with its temporary folder, so
+    that both outputs were lost)."""
     if os.path.ismount(final):
         raise OSError(error.errno, error.strerror, os.fspath(final)) from error
-    shutil.rmtree(final)
-    os.replace(tmp, final)
+    blocked = _unremovable(final)
+    if blocked is not None:
+        raise OSError(error.errno, f"{error.strerror} (a folder of an overlay's lower layer cannot be renamed), and "
+                      f"it cannot be removed either (no write permission on {blocked})", os.fspath(final)) from error
+    try:
+        shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as e:
+        kept = final.with_name(f"{final.name}.new-{os.getpid()}")
+        try:
+            os.replace(tmp, kept)
+        except OSError:
+            raise e from error
+        why = e.strerror or str(e)
+        where = f": {e.filename}" if e.filename is not None else ""
+        raise OSError(e.errno, f"{why}{where} (replacing the earlier output, which cannot be renamed: a folder of an "
+                      f"overlay's lower layer); the new output is kept at {kept}", os.fspath(final)) from e
 
 
 #: ``renameat2``'s flag that swaps two paths (Linux 3.15, glibc 2.28; <linux/fs.h>).

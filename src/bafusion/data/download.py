@@ -79,7 +79,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from bafusion._version import __version__
-from bafusion.atomic import exchange, part_path, sync_tree
+from bafusion.atomic import part_path, replace_folder, sync_tree
 from bafusion.errors import UserError, json_loads
 from bafusion.progress import bar_options
 from bafusion.workspace import home_path
@@ -954,15 +954,11 @@ def extract_zip(
                         dst.write(chunk)
                 out.append(target / rel)
         sync_tree(tmp, target)  # on the disk before it is in place (a power cut: the earlier folder or this one)
-        if target.exists() and exchange(tmp, target):  # one step (Linux): never neither in place
-            _remove_earlier(tmp)  # the earlier folder, swapped into tmp
-        elif target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            _remove_earlier(old)
-        else:
-            os.replace(tmp, target)
+        # one step where the system can swap (never neither in place); an earlier folder that cannot be
+        # renamed (EXDEV: an overlay's lower layer, a container image's) removed in place
+        earlier = replace_folder(tmp, target, target.with_name(f".{target.name}.old-{os.getpid()}"))
+        if earlier is not None:
+            _remove_earlier(earlier)
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"{archive}: corrupt zip archive ({e.__class__.__name__}: {e}); if it is a cached "
