@@ -1073,13 +1073,16 @@ def _overlay_lower_layer(monkeypatch: pytest.MonkeyPatch, out: Path) -> None:
     monkeypatch.setattr(atomic.os, "replace", replace)
 
 
+@pytest.mark.parametrize("blocks", ["permission", "mount"])
 def test_an_unrenamable_earlier_folder_that_cannot_be_emptied_is_kept_whole(tmp_path: Path,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                           monkeypatch: pytest.MonkeyPatch,
+                                                                           blocks: str) -> None:
     """An earlier folder that cannot be renamed (EXDEV: an overlay's lower layer) is removed in
     place before the new one is renamed in; one with a sub-folder this process may not empty
     was half removed first, then the error, and the new output removed with its temporary
-    folder: both lost. Now it is refused before anything is removed, naming the folder that
-    blocks, the earlier output whole. (No permission is simulated: root may remove anything.)"""
+    folder: both lost (and a file system mounted inside was emptied). Now it is refused before
+    anything is removed, naming the folder that blocks, the earlier output whole. (Simulated:
+    root may remove anything, and this test mounts nothing.)"""
     import errno
 
     import bafusion.atomic as atomic
@@ -1090,8 +1093,12 @@ def test_an_unrenamable_earlier_folder_that_cannot_be_emptied_is_kept_whole(tmp_
     (out / "ro").mkdir()
     (out / "ro" / "y").write_text("earlier")
     _overlay_lower_layer(monkeypatch, out)
-    real_access = os.access
-    monkeypatch.setattr(atomic.os, "access", lambda p, mode: Path(p) != out / "ro" and real_access(p, mode))
+    if blocks == "permission":
+        real_access = os.access
+        monkeypatch.setattr(atomic.os, "access", lambda p, mode: Path(p) != out / "ro" and real_access(p, mode))
+    else:
+        real_ismount = os.path.ismount
+        monkeypatch.setattr(atomic.os.path, "ismount", lambda p: Path(p) == out / "ro" or real_ismount(p))
     with pytest.raises(OSError) as e:
         with atomic_dir(out) as tmp:
             (tmp / "b").write_text("new")

@@ -659,16 +659,22 @@ def replace_folder(new: Path, final: Path, old: Path) -> Path | None:
 
 
 def _unremovable(folder: Path) -> str | None:
-    """The first folder (``folder``'s parent, ``folder`` or one inside it) whose entries this
-    process may not remove (no write or search permission), named; None where all may be."""
+    """Why ``folder`` cannot be removed whole: the first folder (``folder``'s parent, ``folder``
+    or one inside it) whose entries this process may not remove (no write or search
+    permission), or a mount point inside it (``shutil.rmtree`` empties the file system mounted
+    there, then fails), named; None where none is found."""
     for top in (folder.parent, folder):
         if not os.access(top, os.W_OK | os.X_OK):
-            return os.fspath(top)
+            return f"no write permission on {top}"
     for root, dirs, _files in os.walk(folder):
         for name in dirs:
             inner = os.path.join(root, name)
-            if not os.path.islink(inner) and not os.access(inner, os.W_OK | os.X_OK):
-                return inner
+            if os.path.islink(inner):
+                continue
+            if os.path.ismount(inner):
+                return f"{inner} is a mount point"
+            if not os.access(inner, os.W_OK | os.X_OK):
+                return f"no write permission on {inner}"
     return None
 
 
@@ -682,8 +688,9 @@ def _replace_unmovable(tmp: Path, final: Path, error: OSError) -> None:
     one (as the two renames elsewhere leave neither), the new one in its temporary folder.
 
     Refused, ``error`` raised naming ``final`` with the earlier output untouched, for a mount
-    point and for a folder with one inside that this process may not empty (no write
-    permission: :func:`_unremovable`; removed, it was left half removed). Where the removal or
+    point and for a folder with one inside, or one that this process may not empty (no write
+    permission: :func:`_unremovable`; removed, it was left half removed, and a file system
+    mounted inside emptied). Where the removal or
     the rename fails all the same, the new folder is kept beside ``final`` as
     ``<final>.new-<pid>`` and named in the error (it was removed with its temporary folder, so
     that both outputs were lost)."""
@@ -692,7 +699,7 @@ def _replace_unmovable(tmp: Path, final: Path, error: OSError) -> None:
     blocked = _unremovable(final)
     if blocked is not None:
         raise OSError(error.errno, f"{error.strerror} (a folder of an overlay's lower layer cannot be renamed), and "
-                      f"it cannot be removed either (no write permission on {blocked})", os.fspath(final)) from error
+                      f"it cannot be removed either ({blocked})", os.fspath(final)) from error
     try:
         shutil.rmtree(final)
         os.replace(tmp, final)
