@@ -620,6 +620,20 @@ def test_metrics_default_set_on_small_images_names_the_metrics_that_fit(work: Pa
     assert cli_main(["metrics", "sa.png", "sb.png", "sf.png", "--metrics", "QMI,QG,QCB,QNCIE,QP,QE,QCV"]) == 0
 
 
+def test_metrics_on_images_too_small_for_several_names_each_minimum(work: Path, capsys) -> None:
+    # A 7x7 triple was refused for QY alone ("QY needs images of at least 11x11 pixels"): QE's 8x8
+    # minimum was not said, so a user who then asked for QE was refused a second time.
+    rng = np.random.default_rng(1)
+    for name in ("sa.png", "sb.png", "sf.png"):
+        Image.fromarray(rng.integers(0, 256, (7, 7), dtype=np.uint8)).save(work / name)
+    _refused(["metrics", "sa.png", "sb.png", "sf.png"], capsys, work,
+             "sa.png, sb.png, sf.png: QY needs images of at least 11x11 pixels and QE of at least 8x8, got 7x7 "
+             "(of the default eight, --metrics QMI,QG,QCB,QNCIE,QP,QCV compute on this size)")
+    _refused(["metrics", "sa.png", "sb.png", "sf.png", "--metrics", "QE,QG"], capsys, work,
+             "sa.png, sb.png, sf.png: QE needs images of at least 8x8 pixels, got 7x7")
+    assert cli_main(["metrics", "sa.png", "sb.png", "sf.png", "--metrics", "QMI,QG,QCB,QNCIE,QP,QCV"]) == 0
+
+
 def test_an_existing_output_is_replaced_and_sources_kept(work: Path, capsys, monkeypatch) -> None:
     monkeypatch.undo()  # the real work this time
     monkeypatch.chdir(work)  # after undo(): a plain os.chdir left every later test of the session in this tmp folder

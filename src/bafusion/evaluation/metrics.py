@@ -1386,10 +1386,18 @@ def compute_all(
     ------
     UserError
         For an unknown metric name, images of different sizes, or of a type or values
-        refused (module docstring).
+        refused (module docstring), or smaller than a metric asked for needs
+        (:data:`MIN_SIDE`: every such metric named, before any is computed).
     """
     names = _parse_metric_names(metrics)
     ga, gb, gf = _prepare(a, b, f)
+    # every metric the images are too small for, at once: QY's refusal of a 7x7 triple did not
+    # say that QE needs 8x8, so asking for QE next was refused again
+    small = [n for n in names if min(ga.shape) < MIN_SIDE.get(n, 0)]
+    if small:
+        need = " and ".join(f"{n} {'needs images ' if i == 0 else ''}of at least {MIN_SIDE[n]}x{MIN_SIDE[n]}"
+                            + (" pixels" if i == 0 else "") for i, n in enumerate(small))
+        raise UserError(f"{need}, got {ga.shape[1]}x{ga.shape[0]}")
     memo = _memo_for(cache, ga, gb)
     values: dict[str, float] = {}
     for name in names:
