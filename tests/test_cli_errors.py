@@ -16,13 +16,14 @@ import pytest
 from PIL import Image
 
 import bafusion.cli.baselines as cli_baselines
-import bafusion.cli.fusion as cli_fusion
 import bafusion.fusion.models as fusion_models
 import bafusion.fusion.rule as fusion_rule
 from bafusion.cli import main as cli_main
 from bafusion.nets.model import build_model, save_model
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+#: The fusion that the ``work`` fixture replaces with a guard (a test that fuses puts it back).
+_FUSE_STACK = fusion_rule.fuse_stack
 
 
 def _digest(p: Path) -> str:
@@ -726,7 +727,7 @@ def test_a_fusion_warning_is_one_line_of_the_command(work: Path, monkeypatch: py
                     "(fuse.boundary_step: 0, auto: half its patch 12): the adaptive mode runs it as 4, no "
                     "refinement; set boundary_fine_step below 4, or 0 (half the coarse step)"], r.stderr
     assert "UserWarning" not in r.stderr and "scoring.py" not in r.stderr and "_warn_once" not in r.stderr
-    monkeypatch.setattr(cli_fusion, "fuse_stack", rule.fuse_stack)  # (the fixture's guard off: it fuses)
+    monkeypatch.setattr(rule, "fuse_stack", _FUSE_STACK)  # (the fixture's guard off: it fuses)
     monkeypatch.setattr(scoring, "_SAID", set())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
