@@ -233,7 +233,8 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
         # a device from the parameters (the pipeline's fuse.device) was blamed on "--device", not given
         (["fuse", "a.png", "b.png", "--model", "nets", "-o", "F.png", "--params-json", '{"device": "mps"}'],
          ["fuse.device mps: MPS"]),
-        (["fuse-set", "--pairs", ".", "--models", "nets", "--out", "fs", "--params-json", '{"device": "mps"}'],
+        # (fuse-set checks the index and the pairs' files first: its device is checked after them)
+        (["fuse-set", "--pairs", "nopairs", "--models", "nets", "--out", "fs", "--params-json", '{"device": "mps"}'],
          ["fuse.device mps: MPS"]),
         (["fuse-dir", ".", "out", "--model", "nets", "--params-json", '{"device": "mps"}'], ["fuse.device mps: MPS"]),
         (["fuse", "a.png", "b.png", "-o", "F.png"], ["no trained nets found"]),
@@ -411,6 +412,8 @@ def test_baseline_never_overwrites_a_source(work: Path, capsys) -> None:
 )
 def test_every_command_refuses_bad_input_in_one_line(work: Path, capsys, monkeypatch, argv, words) -> None:
     monkeypatch.setattr(fusion_models, "default_model_dirs", lambda: [work / "none"])
+    if "nopairs" in argv:
+        _no_pairs(work)
     _refused(argv, capsys, work, *words)
 
 
@@ -811,7 +814,7 @@ def test_a_model_file_given_as_the_folder_is_named_a_file(work: Path, capsys) ->
 @pytest.mark.parametrize("argv", [
     ["fuse", "a.png", "b.png", "-o", "F.png", "--device", "cpu"],
     ["fuse-dir", ".", "out", "--device", "cpu"],
-    ["fuse-set", "--pairs", ".", "--out", "fs", "--device", "cpu"],
+    ["fuse-set", "--pairs", "nopairs", "--out", "fs", "--device", "cpu"],
     ["evaluate", "--dataset", "x=evd", "--out", "ev4", "--methods", "Ours", "--metrics", "QG", "--device", "cpu"],
 ])
 @pytest.mark.parametrize(("model", "said"), [("--models", "no/such/folder"), ("--model", "nets")])
@@ -820,6 +823,7 @@ def test_net_files_and_a_model_folder_together_are_refused(work: Path, capsys, a
     """--initial/--boundary silently won over --model/--models, even over a folder that does not
     exist: the user's model was not used, without a word (fuse-dir recorded nets not asked for)."""
     _evd(work)
+    _no_pairs(work)
     default = Path(bafusion_models_dir()) / "default"
     # the option is named as typed: evaluate and fuse-set said --models to a user who typed --model
     _refused([*argv, "--initial", str(default / "initial.pt"), "--boundary", str(default / "boundary.pt"), model,
@@ -1087,6 +1091,13 @@ def test_a_seed_outside_params_yaml_range_is_refused_on_the_command_line(work: P
     assert build_parser(command).parse_args([*argv, "--seed", str(2**63 - 1)]).seed == 2**63 - 1
 
 
+def _no_pairs(work: Path) -> None:
+    """``nopairs/``: a test set whose index lists no pairs, for fuse-set's checks after its pairs'
+    (the device, the nets), which it checks before them."""
+    (work / "nopairs").mkdir()
+    (work / "nopairs" / "index.json").write_text("[]")
+
+
 def _evd(work: Path) -> None:
     """``evd/``: one pair ``g01-clock-A.png``, ``-B.png`` (a dataset for ``--dataset x=evd``)."""
     (work / "evd").mkdir()
@@ -1237,20 +1248,21 @@ def test_every_option_of_every_command_has_help() -> None:
 
 
 @pytest.mark.parametrize(("argv", "said"), [
-    (["fuse-set", "--pairs", "nope", "--models", "nomodels", "--out", "o", "--device", "cpu"], "--models DIR"),
+    (["fuse-set", "--pairs", "nopairs", "--models", "nomodels", "--out", "o", "--device", "cpu"], "--models DIR"),
     (["evaluate", "--dataset", "x=evd", "--out", "ev4", "--models", "nomodels", "--device", "cpu"], "--models DIR"),
     ([*FUSE[:3], "--model", "nomodels", "--device", "cpu", "-o", "F.png"], "--model DIR"),
 ])
 def test_a_missing_model_folder_names_the_commands_own_option(work: Path, capsys, argv: list[str], said: str) -> None:
     """fuse-set and evaluate said "pass --model DIR", an option they do not have (theirs is --models)."""
     _evd(work)
+    _no_pairs(work)
     err = _refused(argv, capsys, work, "nomodels: model folder not found", said)
     assert ("--model DIR" in err) == (said == "--model DIR")
 
 
 @pytest.mark.parametrize(("argv", "option"), [
     (["evaluate", "--dataset", "x=evd", "--out", "ev4", "--models", "models/default", "--device", "cpu"], "--models"),
-    (["fuse-set", "--pairs", "evd", "--models", "../models/default", "--out", "o", "--device", "cpu"], "--models"),
+    (["fuse-set", "--pairs", "nopairs", "--models", "../models/default", "--out", "o", "--device", "cpu"], "--models"),
     ([*FUSE[:3], "--model", "models/lytro-2026-11", "--device", "cpu", "-o", "F.png"], "--model"),
 ])
 def test_a_shipped_models_repository_path_outside_the_repository_points_at_its_name(
@@ -1259,6 +1271,7 @@ def test_a_shipped_models_repository_path_outside_the_repository_points_at_its_n
     """README's `--models models/default`, run outside the repository root, said first "train
     them with `snakemake ...`"; it now says that the name alone uses the shipped model."""
     _evd(work)
+    _no_pairs(work)
     name = Path(argv[argv.index(option) + 1]).name
     err = _refused(argv, capsys, work, "model folder not found (relative to the current folder, ",
                    f"{name!r} is a shipped model: pass {option} {name} to use it (from any folder)")

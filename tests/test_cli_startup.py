@@ -113,6 +113,52 @@ def test_a_refused_input_file_of_fuse_does_not_import_torch(tmp_path: Path) -> N
         assert out.splitlines()[-1] == "False", (argv, out)
 
 
+def test_a_refused_input_of_fuse_dir_fuse_set_or_a_device_does_not_import_torch(tmp_path: Path) -> None:
+    """fuse-dir and fuse-set set torch's threads before checking their inputs, and a --device other
+    than cpu or auto was checked (importing torch) by the command line's preflight before fuse's
+    shots: their refusals of a missing or empty folder, a missing index or shot, pairs of two sizes
+    came after torch's import (5-8 s on a loaded 2-core machine; about 1 s now). metrics and
+    evaluate refused bad inputs without torch already: kept so."""
+    import json
+
+    from PIL import Image
+
+    Image.new("RGB", (32, 24)).save(tmp_path / "a.png")
+    (tmp_path / "empty").mkdir()
+    for folder, size_b in (("pairs", (24, 32)), ("lacking", None)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "index.json").write_text(json.dumps(["p1"]))
+        Image.new("RGB", (32, 24)).save(tmp_path / folder / "p1-A.png")
+        if size_b:
+            Image.new("RGB", size_b).save(tmp_path / folder / "p1-B.png")
+    for name in ("sa.png", "sb.png", "sf.png"):
+        Image.new("L", (7, 7)).save(tmp_path / name)
+    t = str(tmp_path)
+    cases = [
+        (["fuse", f"{t}/a.png", f"{t}/missing.png", "-o", f"{t}/f.png", "--device", "cuda"], "missing.png: file not found"),
+        (["fuse-dir", f"{t}/nodir", f"{t}/o1"], "nodir: not a folder"),
+        (["fuse-dir", f"{t}/nodir", f"{t}/o1", "--device", "cuda:7"], "nodir: not a folder"),
+        (["fuse-dir", f"{t}/empty", f"{t}/o2", "--device", "cpu"], "empty: no pair or stack to fuse"),
+        (["fuse-set", "--pairs", f"{t}/empty", "--out", f"{t}/o3"], "empty/index.json: pair index not found"),
+        (["fuse-set", "--pairs", f"{t}/lacking", "--out", f"{t}/o4", "--device", "cuda"],
+         "lacking/index.json: listed pairs lack their shots"),
+        (["fuse-set", "--pairs", f"{t}/pairs", "--out", f"{t}/o5"], "p1-B.png: size 24x32 (WxH) differs from 32x24"),
+        (["metrics", f"{t}/sa.png", f"{t}/sb.png", f"{t}/sf.png"], "QY needs images of at least 11x11"),
+        (["evaluate", "--dataset", f"x={t}/nodir", "--out", f"{t}/ev"], "sources folder of dataset 'x' not found"),
+    ]
+    for argv, said in cases:
+        code = (
+            "import sys\n"
+            "from bafusion.cli import main\n"
+            f"status = main({argv!r})\n"
+            "print(status, 'torch' in sys.modules)\n"
+        )
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "BAFUSION_MLFLOW": "0"})
+        assert said in p.stderr, (argv, p.stderr)
+        assert p.stdout.split() == ["2", "False"], (argv, p.stdout, p.stderr)
+
+
 def test_full_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     from bafusion.cli import main
 

@@ -703,7 +703,8 @@ def test_fuse_flags_over_json_over_file_over_defaults(tmp_path: Path) -> None:
     try:
         p, other = params_from_args(ap.parse_args(["--params-file", str(f)]))
         assert (p.l, p.tile, p.low, other) == (3, 64, FusionParams().low,
-                                               {"device": "cpu", "alpha": 4.0, "diff_cmap": "cividis", "threads": 1})
+                                               {"device": "cpu", "alpha": 4.0, "diff_cmap": "cividis", "threads": 1,
+                                                "device_from": "fuse.device"})
         p, _ = params_from_args(ap.parse_args(["--params-file", str(f), "--params-json", '{"l": 5, "low": 0.1}']))
         assert (p.l, p.tile, p.low) == (5, 64, 0.1)
         p, other = params_from_args(ap.parse_args(["--params-file", str(f), "--params-json", '{"l": 5}', "--l", "7",

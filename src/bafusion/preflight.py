@@ -27,7 +27,9 @@ Every command's output paths are listed once, in :data:`COMMAND_OUTPUTS` (by the
 * two outputs that are one path (``fuse -o X --save-maps X``, ``patches --out sh --summary
   sh/initial.h5``): the second would overwrite the first;
 * a ``--device`` this machine does not have (evaluate's is checked by evaluate, only where a
-  method it evaluates runs the nets: otherwise it is not used, and said so).
+  method it evaluates runs the nets: otherwise it is not used, and said so; fuse's, fuse-dir's
+  and fuse-set's by the command once its input files are checked: a device other than cpu or
+  auto imports torch, seconds before a missing file's refusal).
 """
 
 from __future__ import annotations
@@ -829,7 +831,9 @@ def check_command(args: argparse.Namespace) -> None:
         + [(os.path.join(p, name), f"{spec.flag(dest)} folder's {name}") for dest in spec.dirs
            for p in _raw(getattr(args, dest, None)) for name in spec.dir_files])
     device = getattr(args, "device", None)
-    if isinstance(device, str) and getattr(args, "command", None) != "evaluate":
+    # evaluate and the fusion commands check theirs once their inputs are (it imports torch, seconds
+    # before a missing file's refusal), naming where it came from (--device or a parameter)
+    if isinstance(device, str) and getattr(args, "command", None) not in ("evaluate", "fuse", "fuse-dir", "fuse-set"):
         check_device(device)
 
 

@@ -6,7 +6,8 @@ through ``set_defaults``. ``COMMANDS`` says which module registers each command:
 line that names one builds the parser of that module alone, so ``bafusion metrics`` or
 ``bafusion preset`` does not import torch and refuses a mistyped option at once (the modules of
 ``train`` and ``evaluate`` import torch themselves; that of ``fuse``, ``fuse-dir`` and ``fuse-set``
-imports it once the command line and ``fuse``'s shots' headers are checked; BENCHMARKS.md, "Start-up"). ``bafusion --help`` and unknown commands load every module.
+imports it once the command line and the inputs are checked: ``fuse``'s shots' headers, ``fuse-dir``'s
+folder, ``fuse-set``'s index and pairs' headers, then a ``--device`` other than cpu or auto; BENCHMARKS.md, "Start-up"). ``bafusion --help`` and unknown commands load every module.
 
 Errors: every user error of every command exits with status 2 and one line
 ``bafusion <cmd>: error: <what>: <why>`` on stderr, without a traceback. That covers argparse's

@@ -185,8 +185,9 @@ def _origins(args: argparse.Namespace, flags: dict[str, Any], keys: tuple[str, .
 def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
     """FusionParams from --params-file's 'fuse' section, overridden by --params-json, then by
     explicit flags (absent keys: the schema's defaults); also returns the other settings
-    (device, alpha, diff_cmap, threads: --threads, else fuse.threads, 0 for the free cores). Imports no
-    torch: :func:`set_threads` sets torch's threads, once the command's checks are done."""
+    (device, device_from: the option or key that gave it, alpha, diff_cmap, threads: --threads, else
+    fuse.threads, 0 for the free cores). Imports no torch: :func:`check_device_of` checks the device
+    and :func:`set_threads` sets torch's threads, once the command's checks of its inputs are done."""
     from bafusion.config import read_params, section
 
     note_params_yaml_unread(getattr(args, "command", None) or "fuse", "--params-file",
@@ -239,9 +240,10 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
         "alpha": getattr(args, "alpha", None) if getattr(args, "alpha", None) is not None else float(base["alpha"]),
         "diff_cmap": getattr(args, "diff_cmap", None) or base["diff_cmap"],
     }
-    # before any work, naming where the device came from (the pipeline passes fuse.device in
-    # --params-json: "--device cuda" named an option nobody gave)
-    check_device(other["device"], "--device" if args.device else "fuse.device")
+    # named by where it came from (the pipeline passes fuse.device in --params-json: "--device
+    # cuda" named an option nobody gave); checked by check_device_of once the command's inputs
+    # are (a device other than auto or cpu imports torch: seconds before a bad file's refusal)
+    other["device_from"] = "--device" if args.device else "fuse.device"
     if args.threads is not None and not 1 <= args.threads <= maximum("fuse.threads"):
         raise UserError(f"--threads {args.threads}: give a positive number of CPU threads, at most "
                         f"{maximum('fuse.threads')} (omit it for the default)")
@@ -256,6 +258,13 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
                                        origins=_origins(args, flags, ("low", "high")))
     other["threads"] = int(args.threads or base["threads"] or 0)
     return fusion, other
+
+
+def check_device_of(other: dict) -> None:
+    """Refuse :func:`params_from_args`' device where this machine lacks it, naming the option or
+    key that gave it (:func:`bafusion.preflight.check_device`). A device other than auto or cpu
+    imports torch: called once the command's inputs are checked, before the nets load."""
+    check_device(other["device"], other["device_from"])
 
 
 def set_threads(other: dict) -> None:
@@ -294,6 +303,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     # the files from their headers (there, readable, of a format read here, one size) before torch
     # is imported (--save-maps' names, the nets): a refusal at once, not after that import's seconds
     check_source_headers(paths, align=args.align or "none")
+    check_device_of(other)
     joint = params.stack_rule == "joint" and len(paths) > 2
     maps_line = ""
     maps: list[str] = []  # the map files --save-maps writes
@@ -551,13 +561,17 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
     from bafusion.dvc_metrics import fuse_metrics
     from bafusion.fusion.batch import model_identity
 
-    from bafusion.fusion.testset import check_report_path, fuse_set, read_pair_index
+    from bafusion.fusion.testset import check_pair_files, check_report_path, fuse_set, read_pair_index
 
     params, other = params_from_args(args)
-    set_threads(other)
+    # the index and the pairs' files from their headers (listed, there, images, one size) before
+    # torch is imported (the device, the nets): a refusal at once; fuse_set checks them decoded
+    names = read_pair_index(Path(args.pairs), allow_empty=True)
     if args.report:  # before loading the nets: a --report that is one of the files written into --out
-        check_report_path(args.out, args.report, read_pair_index(Path(args.pairs), allow_empty=True),
-                          what="--report file", folder="--out")
+        check_report_path(args.out, args.report, names, what="--report file", folder="--out")
+    check_pair_files(Path(args.pairs), names, decode=False)
+    check_device_of(other)
+    set_threads(other)
     # its folders as tags, as fuse-dir's run has them: which run wrote this output folder
     tags = {"input": Path(args.pairs), "output": Path(args.out)}
     with tracking.stage_run("fuse", {"fuse": asdict(params)}, tags=tags) as run:
@@ -656,7 +670,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     params, other = params_from_args(args)
-    set_threads(other)
     src, out = Path(args.input), Path(args.output)
     if not src.is_dir():
         raise UserError(f"{src}: not a folder")
@@ -677,14 +690,20 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     _check_quality(Path(f"x.{ext}"), args.quality, named=False)  # the refusal names --ext's suffix
     if out.resolve() == src.resolve():
         raise UserError(f"{out}: the output folder must not be the input folder")
-    groups = find_groups(src, exclude=out)[0]
+    notes: list[tuple[str, list[Path], str | None]] = []
+    groups, skipped = find_groups(src, exclude=out, notes=notes)
     check_output_folder(src, out, groups)  # before the nets load; fuse_dir checks again
+    from bafusion.fusion.batch import check_some_stack
+
+    check_some_stack(src, groups, skipped, notes)  # an empty folder: before torch's import; fuse_dir checks again
     if not args.skip_existing:  # with it, fuse_dir says first whether the folder's setup is this one
         check_replaced(src, out, [out / f"{name}.{ext}" for name in groups])
     if args.save_registered is not None:  # before the nets load; fuse_dir checks again
         from bafusion.fusion.batch import check_registered_folder
 
         check_registered_folder(src, out, groups, Path(args.save_registered))
+    check_device_of(other)  # the inputs first: a device other than cpu and auto imports torch
+    set_threads(other)
     from bafusion.fusion.models import resolve_device
 
     resolve_device(other["device"], "--device")

@@ -1741,10 +1741,7 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
     if not groups and skipped:  # every stack dropped before fusing (one shot, a name outside the rule): listed, status 4
         rep.notes = unread_notes(notes, rep)
         return rep
-    if not groups:
-        unread = "; ".join(line for _, line in unread_notes(notes, rep))  # RAW or HEIC files directly in src
-        raise UserError(f"{src}: no pair or stack to fuse" + (f": {unread}" if unread else
-                        " (name shots <name>-A.<ext>, <name>-B.<ext>, or put each stack in its own sub-folder)"))
+    check_some_stack(src, groups, skipped, notes)
     why = output_format_problem(f"x.{ext}", quality=quality)  # before the folder is made
     if why:
         raise UserError(f"--ext {ext}: {why}")
@@ -1772,6 +1769,37 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
         if stop_requested() is not None:  # a signal stopped the batch: its end, which lists them, never comes
             _say_skipped(rep, unread_notes(notes, rep))
         raise
+
+
+def check_some_stack(src: Path, groups: Mapping[str, Sequence[Path]], skipped: Sequence[tuple[str, str]],
+                     notes: Sequence[tuple[str, Sequence[Path], str | None]]) -> None:
+    """Refuse an input folder that holds no stack to fuse and no image skipped (an empty folder,
+    one of RAW files only): :func:`find_groups`' ``groups``, ``skipped`` and ``notes`` of ``src``.
+    A folder whose images were all skipped (one shot alone, names outside the rule) is no error:
+    :func:`fuse_dir` lists them (exit status 4). Reads nothing: ``bafusion fuse-dir`` calls it
+    before importing torch, so the refusal comes at once.
+
+    Parameters
+    ----------
+    src : Path
+        The input folder.
+    groups : mapping of str to sequence of Path
+        Its stacks (:func:`find_groups`).
+    skipped : sequence of (str, str)
+        The images it skipped, with the reason.
+    notes : sequence of (str, sequence of Path, str or None)
+        The files it did not read (RAW, HEIC), named in the refusal.
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        ``<src>: no pair or stack to fuse``, with the files not read or how to name the shots.
+    """
+    if groups or skipped:
+        return
+    unread = "; ".join(line for _, line in unread_notes(notes, BatchReport()))  # RAW or HEIC files directly in src
+    raise UserError(f"{src}: no pair or stack to fuse" + (f": {unread}" if unread else
+                    " (name shots <name>-A.<ext>, <name>-B.<ext>, or put each stack in its own sub-folder)"))
 
 
 def _say_skipped(rep: BatchReport, notes: Sequence[tuple[str, str]]) -> None:

@@ -1,5 +1,9 @@
 """Fusing a test set of synthetic pairs with ground truth (``bafusion fuse-set``): the
 decision-map accuracy of every pair and the maps.
+
+The module imports no torch (the fusion's modules are imported where a pair is fused):
+``bafusion fuse-set`` reads the index and checks the pairs' files (:func:`check_pair_files`)
+before that import's seconds, so a refusal comes at once.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
@@ -19,16 +23,11 @@ from scipy import ndimage
 from bafusion.atomic import atomic_dir, write_text
 from bafusion.errors import InputFileError, UserError, json_loads
 from bafusion.fusion.maps import DIFF_CMAP, check_alpha, check_colour_map
-from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
-from bafusion.fusion.rule import (
-    OUTPUT_EXPOSURE_OPTION,
-    OUTPUT_EXPOSURE_PARAM,
-    FusionNoteWarning,
-    _fuse_pair,
-    checked_params,
-)
 from bafusion.io import read_image, read_source_set, to_gray_u8, write_image
+
+if TYPE_CHECKING:
+    from bafusion.fusion.models import FusionNets
 
 
 #: The report in the output folder (it marks an earlier fuse-set output, which may be replaced).
@@ -170,33 +169,71 @@ def decision_accuracy(dm: np.ndarray, truth: np.ndarray, band: int = 0) -> float
     return float((dm == truth).mean())
 
 
+def _fuse_pair(*args: Any, **kwargs: Any) -> Any:
+    """:func:`bafusion.fusion.rule._fuse_pair` (imported here on the first pair: it imports torch)."""
+    from bafusion.fusion.rule import _fuse_pair as fuse_pair
+
+    return fuse_pair(*args, **kwargs)
+
+
 def _truth_size_message(truth_hw: tuple[int, ...], a_hw: tuple[int, ...], pa: Path) -> str:
     return (f"truth map size {truth_hw[1]}x{truth_hw[0]} (WxH) differs from {a_hw[1]}x{a_hw[0]} of {pa}: a "
             "decision map has the size of its pair")
 
 
-def _check_pair_files(pairs: Path, name: str) -> None:
-    """Refuse, before any work, a pair whose shot, true decision map or all-in-focus truth (read
-    where there is a decision map) is no readable image or is not the size of its A. Each file is
-    decoded (:func:`bafusion.io.image_info` with ``decode``): a truncated or damaged PNG was found
-    only on reaching its pair, and the pairs fused before it were lost with the run, which
-    replaces ``out`` only at its end."""
+def check_pair_files(pairs: str | os.PathLike[str], names: list[str], *, decode: bool = True) -> None:
+    """Refuse, before any work, a test set whose listed pairs lack a shot (all of them named),
+    or a pair whose shot, true decision map or all-in-focus truth (read where there is a decision
+    map) is no readable image or is not the size of its A. :func:`fuse_set` checks so first:
+    a missing or damaged file found only on reaching its pair lost the pairs fused before it
+    (the run replaces ``out`` only at its end).
+
+    Parameters
+    ----------
+    pairs : str or path
+        The pair folder.
+    names : list of str
+        Its pairs (:func:`read_pair_index`).
+    decode : bool
+        Decode each file too (:func:`bafusion.io.image_info`: a truncated PNG is caught), as
+        :func:`fuse_set` does; False: from the headers alone (milliseconds, and no torch:
+        ``bafusion fuse-set`` checks so before importing it).
+
+    Raises
+    ------
+    bafusion.errors.InputFileError
+        Naming ``index.json`` and the missing shots, or the file that is unreadable or of
+        another size than its pair's A.
+    """
+    pairs = Path(pairs)
+    missing = [str(p) for name in names for p in (pairs / f"{name}-A.png", pairs / f"{name}-B.png") if not p.is_file()]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise InputFileError(pairs / "index.json", f"listed pairs lack their shots: {', '.join(missing[:3])}{more}")
+    for name in names:
+        _check_pair_files(pairs, name, decode=decode)
+
+
+def _check_pair_files(pairs: Path, name: str, decode: bool = True) -> None:
+    """Refuse a pair whose shot, true decision map or all-in-focus truth (read where there is a
+    decision map) is no readable image or is not the size of its A; each file decoded with
+    ``decode`` (:func:`check_pair_files`)."""
     from bafusion.io import image_info
 
     pa, pb, pt, paif = (pairs / f"{name}-{k}.png" for k in ("A", "B", "dm", "truth"))
-    ia = image_info(pa, decode=True)
+    ia = image_info(pa, decode=decode)
     sa = (ia.height, ia.width)
-    ib = image_info(pb, decode=True)
+    ib = image_info(pb, decode=decode)
     if (ib.height, ib.width) != sa:
         raise InputFileError(pb, f"size {ib.width}x{ib.height} (WxH) differs from {sa[1]}x{sa[0]} of {pa}: the sources "
                                  "must have the same size")
     if not pt.is_file():
         return
-    it = image_info(pt, decode=True)
+    it = image_info(pt, decode=decode)
     if (it.height, it.width) != sa:
         raise InputFileError(pt, _truth_size_message((it.height, it.width), sa, pa))
     if paif.is_file():
-        ii = image_info(paif, decode=True)
+        ii = image_info(paif, decode=decode)
         if (ii.height, ii.width) != sa:
             raise InputFileError(paif, f"all-in-focus truth size {ii.width}x{ii.height} (WxH) differs from "
                                        f"{sa[1]}x{sa[0]} of {pa}")
@@ -289,6 +326,7 @@ def fuse_set(
     """
     from bafusion.fusion.batch import fused_output
     from bafusion.fusion.maps import save_maps
+    from bafusion.fusion.rule import OUTPUT_EXPOSURE_OPTION, OUTPUT_EXPOSURE_PARAM, FusionNoteWarning, checked_params
     from bafusion.preflight import check_output_dir
 
     pairs, out = Path(pairs), Path(out)
@@ -306,11 +344,9 @@ def fuse_set(
         say(f"{pairs / 'index.json'} lists no pairs: nothing to fuse")
     # fuse-set fuses pairs, where the stack rule plays no part: kept out of the report.
     report: dict = {"params": {k: v for k, v in asdict(params).items() if k != "stack_rule"}, "device": str(nets.device), "models": list(nets.sources), "pairs": {}}
-    # every pair's shots before any work: a missing one found after an hour would lose it
-    missing = [str(p) for name in names for p in (pairs / f"{name}-A.png", pairs / f"{name}-B.png") if not p.is_file()]
-    if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise InputFileError(pairs / "index.json", f"listed pairs lack their shots: {', '.join(missing[:3])}{more}")
+    # every pair's shots before any work, and that each decodes, of its pair's size (truth maps
+    # too): a missing or damaged file or a mismatch found after an hour would lose it
+    check_pair_files(pairs, names)
     if names:  # the longest map name (maps/<pair>-score-initial.png): refused now, not after the pair's fusion
         from bafusion.fusion.maps import MAP_KEYS
         from bafusion.preflight import check_name_length
@@ -320,10 +356,6 @@ def fuse_set(
         check_name_length(out / "maps" / f"{pair}-{key}.png", "map file",
                           f"the maps are named after the pair, {pair!r} of {pairs / 'index.json'}: give it a shorter "
                           "name (its files and its entry in index.json)")
-    # and that each decodes, of its pair's size (truth maps too): a damaged file or a mismatch found
-    # after an hour would lose it
-    for name in names:
-        _check_pair_files(pairs, name)
     # and the memory limit of the process's cgroup (a container, a SLURM job): over it the kernel
     # ends the run without a word, at the first pair too large; every pair's maps are written
     # (maps/, after its fusion), whose estimate is the larger below 27 MP at the working resolution, below
