@@ -633,7 +633,8 @@ def test_report_and_plots_inside_out_are_its_own_outputs_on_a_rerun(
         if report == "m/report.json":  # the earlier run's report.json: its own, replaced with the folder
             assert not (out / "report.json").exists()
             assert f"{out / 'report.json'}: written by an earlier evaluate" in capsys.readouterr().out
-        assert json.loads((out / report).read_text()) == json.loads((out / "metrics.json").read_text())
+        numbers = {k: v for k, v in json.loads((out / "metrics.json").read_text()).items() if k != "provenance"}
+        assert json.loads((out / report).read_text()) == numbers  # the report: numbers only
         assert (out / "plots.csv").read_text().startswith("method,QG")
     for mine in (out / "notes.txt", out / "m" / "notes.txt"):
         mine.write_text("mine")
@@ -975,6 +976,7 @@ def test_end_to_end_on_two_tiny_pairs(tmp_path: Path) -> None:
         diff, np.clip(np.round(10 * np.abs(_gray(b) - _gray(to_uint8(gff_fuse(a, b))))), 0, 255).astype(np.uint8)
     )
     doc = json.loads((out / "metrics.json").read_text())
+    assert doc.pop("provenance")["nets"] is None  # no variant of ours: no nets; the report: numbers only
     assert doc == json.loads(report.read_text()) and doc["tiny"]["pairs"] == 2
     with open(plots, newline="") as fh:
         assert [r["method"] for r in csv.DictReader(fh)] == ["tiny/GFF", "tiny/AVG", "tiny/GFF-native", "tiny/Laplacian"]
@@ -2404,3 +2406,70 @@ def test_eval_real_says_how_ours_and_the_best_peers_were_stored(shared_data: Pat
     assert capsys.readouterr().out.strip() == (
         "scored as (all pairs): Ours: JPEG q75 (savic, tsai), q92 (stand), re-encoded here; "
         "DPRL: JPEG ~q95, published files; QB: JPEG ~q75 (savic, tsai), ~q92 (stand), published files")
+
+
+def _evaluate_in(folder: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> None:
+    """``bafusion evaluate --model nets ...`` run in ``folder`` (relative paths), our fusion a
+    Laplacian stand-in (the nets are loaded and identified as for a real run)."""
+    def fake_ours(a, b, nets, params, names, progress=None):
+        lap = to_uint8(laplacian_fuse(a, b))
+        return {"Ours": (lap, np.ones(a.shape[:2], bool)), "Ours-initial": (lap, np.ones(a.shape[:2], bool))}
+
+    monkeypatch.setattr(ev, "_ours", fake_ours)
+    monkeypatch.chdir(folder)
+    assert cli_main(["evaluate", "--model", "nets", "--dataset", "tiny=pairs", "--methods", "Ours,Laplacian",
+                     "--metrics", "QG", "--device", "cpu", "--out", "ev", "--report", "report.json",
+                     *extra]) == 0
+
+
+def test_the_output_folder_says_which_nets_and_parameters_made_ours(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """table1.md, metrics.csv and metrics.json of `evaluate --model mymodel` and of another
+    model differed only in their numbers: which nets made "Ours" was on no file (only in an
+    MLflow run's params, and outside a project there is none). metrics.json records it under
+    ``provenance`` (bafusion's version, the model as given, each net's file as given and sha256,
+    the fusion parameters and those changed), table1.md in a line; the DVC metrics file
+    (--report) stays numbers only; two clones in other folders write the same bytes."""
+    import shutil
+
+    from bafusion._version import __version__
+    from conftest import make_tiny_nets
+
+    work = tmp_path / "a"
+    make_tiny_nets(work / "nets")
+    _write_set(work, ["p1", "p2"])
+    shutil.copytree(work, tmp_path / "b")  # a clone elsewhere
+    _evaluate_in(work, monkeypatch, "--fuse-json", '{"l": 4}')
+    doc = json.loads((work / "ev" / "metrics.json").read_text())
+    sha = {k: json.loads((work / "nets" / f"{k}.json").read_text())["weights_sha256"] for k in ("initial", "boundary")}
+    assert doc["provenance"] == {
+        "bafusion": __version__, "model": "nets",
+        "nets": {k: {"file": f"nets/{k}.pt", "sha256": sha[k], "patch": 12} for k in ("initial", "boundary")},
+        "fuse": doc["provenance"]["fuse"], "fuse_changed": {"l": 4},
+    }
+    assert doc["provenance"]["fuse"]["l"] == 4 and len(doc["provenance"]["fuse"]) > 10
+    report = json.loads((work / "report.json").read_text())
+    assert "provenance" not in report and report == {k: v for k, v in doc.items() if k != "provenance"}
+    table = (work / "ev" / "tiny" / "table1.md").read_text()
+    line = next(ln for ln in table.splitlines() if ln.startswith("**Made by**"))
+    assert line == (f"**Made by** bafusion {__version__}; Ours: model `nets`, nets initial `nets/initial.pt` (sha256 "
+                    f"`{sha['initial']}`), boundary `nets/boundary.pt` (sha256 `{sha['boundary']}`); fusion parameters: "
+                    "the defaults but l=4 (metrics.json, `provenance`).")
+    # the same run in another folder: the same files (no clock, no absolute path)
+    _evaluate_in(tmp_path / "b", monkeypatch, "--fuse-json", '{"l": 4}')
+    for rel in ("ev/metrics.json", "ev/tiny/table1.md", "report.json"):
+        assert (tmp_path / "b" / rel).read_bytes() == (work / rel).read_bytes(), rel
+    # other nets: other records
+    make_tiny_nets(tmp_path / "b" / "nets", patch=16)
+    _evaluate_in(tmp_path / "b", monkeypatch)
+    other = json.loads((tmp_path / "b" / "ev" / "metrics.json").read_text())["provenance"]
+    assert other["nets"]["initial"]["patch"] == 16 and other["fuse_changed"] == {}
+    assert "fusion parameters: the defaults (metrics.json" in (tmp_path / "b" / "ev" / "tiny" / "table1.md").read_text()
+
+
+def test_a_dataset_named_as_the_provenance_key_is_refused(tmp_path: Path) -> None:
+    """metrics.json's ``provenance`` sits beside the datasets' entries: a dataset of that name
+    would be overwritten by it (and its folder taken for no dataset's)."""
+    src, _ = _write_set(tmp_path, ["p1"])
+    with pytest.raises(UserError, match="dataset name 'provenance' is taken"):
+        ev.parse_config({"datasets": [{"name": "provenance", "sources": str(src)}]})
+

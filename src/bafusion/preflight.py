@@ -174,8 +174,15 @@ def _testset_entries(doc: Any) -> set[str]:
     return {f"{p['name']}-{k}.png" for p in doc["pairs"] for k in ("A", "B", "truth", "dm")}
 
 
+#: The key of evaluate's ``metrics.json`` (the one in its output folder; not the DVC metrics
+#: file, numbers only) that records what made the output: bafusion's version, the nets of
+#: ``Ours`` (as given, and their sha256) and the fusion parameters. No dataset takes the name.
+EVALUATE_PROVENANCE = "provenance"
+
+
 def _evaluate_entries(doc: Any) -> set[str]:
-    return {str(name) for name in doc}  # a folder per dataset (none for an empty test set)
+    # a folder per dataset (none for an empty test set); the provenance is no folder
+    return {str(name) for name in doc if name != EVALUATE_PROVENANCE}
 
 
 def _download_entries(doc: Any) -> set[str]:

@@ -193,7 +193,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if nets is not None:
         run_params["models"] = list(nets.sources)
     run_evaluation(cfg, args.out, nets, fusion, run_params, args.report, args.plots, checked=True,
-                   progress=args.progress)
+                   progress=args.progress, model=args.models if nets is not None else None)
     print(f"evaluation written to {args.out}")
     return 0
 

@@ -75,7 +75,11 @@ old one only when everything succeeded:
   (and ``<pair>.jpg``, the re-encoded image that was measured, with ``jpeg_quality``);
 * ``metrics.json``: our two variants' means per dataset, and their win counts (``Ours``: among
   the methods of Table 1; ``Ours-initial``: among all methods, as in the ablation table), their
-  ranks (``rank`` out of ``rank_of``), per-set means and ranks (``sets``) and ``lossless`` means.
+  ranks (``rank`` out of ``rank_of``), per-set means and ranks (``sets``) and ``lossless`` means;
+  and under ``provenance`` what made the output: bafusion's version, the model as given, the nets
+  of ``Ours`` (file as given, sha256 of the file, patch side) and the fusion parameters (all, and
+  those that differ from the defaults), which each ``table1.md`` says in a line under its title.
+  The DVC metrics file (``--report``) is this file without ``provenance``: numbers only.
 
 Win counting (Table 1's parenthesised numbers): on a pair, a method *wins* a metric when its
 value is strictly better than the value of every other method in the table that has a finite
@@ -114,6 +118,7 @@ import numpy as np
 
 from bafusion.atomic import atomic_dir, atomic_file, write_text
 from bafusion.errors import InputFileError, UserError, is_out_of_memory
+from bafusion.preflight import EVALUATE_PROVENANCE
 from bafusion.schema import default, defaults, validate_section
 
 __all__ = [
@@ -139,6 +144,7 @@ __all__ = [
     "evaluate_pair",
     "evaluate_dataset",
     "run_evaluation",
+    "evaluation_provenance",
     "check_dataset",
     "check_datasets",
     "source_notes",
@@ -304,6 +310,9 @@ def parse_config(section: Mapping[str, Any] | None, root: Path = Path("."), sour
         name = str(d["name"])
         if name in seen:
             raise UserError(f"evaluate.datasets[{i}]: dataset name {name!r} is repeated")
+        if name == EVALUATE_PROVENANCE:  # metrics.json's key beside the datasets' (what made the output)
+            raise UserError(f"evaluate.datasets[{i}]: dataset name {name!r} is taken (metrics.json records under it "
+                            "what made the output): name the dataset otherwise")
         seen.add(name)
         crop = tuple(int(v) for v in d["crop"]) if d.get("crop") else None
         ref = d.get("reference")
@@ -1744,13 +1753,15 @@ def _fig4_full_size(ds: Dataset, cfg: EvalConfig, pair: Pair, out: Path, shown: 
 
 def evaluate_dataset(
     ds: Dataset, cfg: EvalConfig, out: Path, nets: Any = None, fusion_params: Any = None, log: Any = print,
-    checked: bool = False, progress: bool | None = None,
+    checked: bool = False, progress: bool | None = None, provenance: Mapping[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Evaluate one dataset into ``out`` (its folder): metrics.csv, means.csv (and means-sets.csv
     with ``sets``), table1.md, figures/ and fused/. Returns the rows and the method order. Its
     inputs are checked first (:func:`check_dataset`): a missing reference image or peer value
     fails before any pair is fused; ``checked`` says the caller has checked them (each source
-    is decoded by the check: once is enough); ``progress`` as :func:`evaluate_pair` takes it."""
+    is decoded by the check: once is enough); ``progress`` as :func:`evaluate_pair` takes it.
+    ``provenance``: what made the output (as :func:`run_evaluation` records it in metrics.json),
+    said in a line under table1.md's title."""
     from bafusion.evaluation.figures import save_dataset_figures
 
     pairs = find_pairs(ds) if checked else check_dataset(ds, cfg)
@@ -1823,8 +1834,10 @@ def evaluate_dataset(
     if ds.jpeg_quality or ds.reference_jpeg_quality:  # storage differs between rows: say it in each
         labels = {sname: storage_labels(ds, cfg, [p for p in pairs if p.name in {r["pair"] for r in set_rows(rows, sname)}])
                   for sname in _set_names(ds.sets)}
-    write_text(out / "table1.md", table1_document(ds.name, rows, methods, [*cfg.metrics], ds.sets,
-                                                  dataset_notes(ds, cfg, pairs), labels))
+    notes = dataset_notes(ds, cfg, pairs)
+    if provenance is not None:
+        notes.insert(0, _provenance_line(provenance))
+    write_text(out / "table1.md", table1_document(ds.name, rows, methods, [*cfg.metrics], ds.sets, notes, labels))
     return rows, methods
 
 
@@ -1945,6 +1958,7 @@ def run_evaluation(
     log: Any = print,
     checked: bool = False,
     progress: bool | None = None,
+    model: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every dataset of ``cfg`` into ``out`` (replaced whole on success), log an MLflow
     run ``evaluate`` with the means, our wins, ranks and ``rank_of`` and each dataset's ``pairs``
@@ -1964,7 +1978,11 @@ def run_evaluation(
     :func:`check_datasets` -- unless ``checked`` says the caller ran it on ``cfg`` already (the
     command does, before loading the nets): each source is decoded by the check, once.
     ``progress``: our fusion's progress bar, as :func:`evaluate_pair` takes it (False:
-    ``--no-progress``)."""
+    ``--no-progress``). ``model``: the model the nets were named by, as given (``--model DIR``,
+    a shipped model's name; None: the nets' files, or nets built in memory), recorded with the
+    nets' files and sha256, the fusion parameters and bafusion's version under ``provenance``
+    in ``out/metrics.json`` (:func:`evaluation_provenance`; not in ``report``, numbers only,
+    unless ``report`` is ``out/metrics.json`` itself) and in a line of each ``table1.md``."""
     from bafusion import tracking
     from bafusion.preflight import OUTPUT_MARKERS, check_output_dir, recorded_outputs, same_file, write_output_record
 
@@ -1989,11 +2007,10 @@ def run_evaluation(
     counts: dict[str, float] = {}  # Table 1's counts with no direction (<dataset>.pairs, <dataset>.Ours.rank_of.QMI)
     counted: dict[str, None] = {}  # their names (pairs, rank_of.QMI), in order
     capped: dict[str, int] = {}  # all_means' keys whose mean counts exact pairs as 100 dB: how many
+    provenance = evaluation_provenance(cfg, nets, fusion_params, model)
     with tracking.stage_run("evaluate", run_params or {"evaluate": _config_dict(cfg)}) as run:
-        if hasattr(nets, "sources"):  # FusionNets: which weights made Ours' rows, their sha256 and training run
-            from bafusion.fusion.batch import model_identity
-
-            tracking.log_nets(run, model_identity(nets))
+        if provenance["nets"] is not None:  # which weights made Ours' rows, their sha256 and training run
+            tracking.log_nets(run, provenance["nets"])
         with atomic_dir(out) as tmp:
             for ds in cfg.datasets:
                 if _is_empty_testset(ds):
@@ -2003,7 +2020,7 @@ def run_evaluation(
                     doc[ds.name] = {"pairs": 0}
                     continue
                 rows, methods = evaluate_dataset(ds, cfg, tmp / ds.name, nets, fusion_params, log, checked=True,
-                                                 progress=progress)
+                                                 progress=progress, provenance=provenance)
                 qs = [*cfg.metrics, *(q for q in TRUTH_METRICS if _has_values(rows, methods, q))]
                 entry: dict[str, Any] = {"pairs": len({r["pair"] for r in rows})}
                 counts[f"{ds.name}.pairs"] = float(entry["pairs"])
@@ -2047,11 +2064,15 @@ def run_evaluation(
                                 counts[f"{ds.name}.{m}.rank_of.{q}"] = float(n)
                                 counted[f"rank_of.{q}"] = None
                 doc[ds.name] = entry
-            write_text(tmp / "metrics.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
+            write_text(tmp / "metrics.json", json.dumps({**doc, EVALUATE_PROVENANCE: provenance}, indent=2,
+                                                        sort_keys=True) + "\n")
         written: list[str] = []  # after out: a full disk was said only of the file that failed
         try:
+            # the DVC metrics file: numbers only (each is a column of dvc exp show), no provenance;
+            # --report out/metrics.json is that file, written whole above
             if report:
-                write_text(report, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+                if not same_file(Path(report), out / "metrics.json"):
+                    write_text(report, json.dumps(doc, indent=2, sort_keys=True) + "\n")
                 written.append(os.fspath(report))
             if plots:
                 qs_all: list[str] = []
@@ -2092,6 +2113,76 @@ def run_evaluation(
                 for p in sorted(figs.glob("*.png")):
                     run.log_artifact(p, f"evaluation/{ds.name}/figures")
     return doc
+
+
+def evaluation_provenance(cfg: EvalConfig, nets: Any = None, fusion_params: Any = None,
+                          model: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """What makes an evaluation's output, as ``metrics.json`` records it under ``provenance``
+    (:func:`run_evaluation`): JSON values, no clock, the paths as given (a relative one stays
+    relative, so that the pipeline's ``data/evaluation`` is the same in every clone).
+
+    Parameters
+    ----------
+    cfg
+        The evaluation's configuration: the nets and fusion parameters count only when it
+        computes one of our variants (``Ours``, ``Ours-initial``).
+    nets
+        The :class:`~bafusion.fusion.FusionNets` that make our variants, or None.
+    fusion_params
+        Their :class:`~bafusion.fusion.FusionParams`, or None.
+    model
+        The model the nets were named by, as given (``--model DIR``, a shipped model's name), or
+        None (the nets' files were given, or the nets were built in memory).
+
+    Returns
+    -------
+    dict
+        ``bafusion`` (the version), ``model`` (as given, or None), ``nets`` (per role
+        ``initial`` and ``boundary``: ``file`` as loaded, ``""`` for nets built in memory,
+        ``sha256`` of the file, which the model's ``.json`` records as ``weights_sha256``, else
+        of the weights, and ``patch``; :func:`bafusion.fusion.batch.model_identity`), ``fuse``
+        (every fusion parameter) and ``fuse_changed`` (those that differ from the defaults,
+        ``{}`` for none); the last four None when no variant of ours is computed.
+
+    Examples
+    --------
+    >>> evaluation_provenance(parse_config({"methods": ["Laplacian"]}))["nets"] is None
+    True
+    """
+    from bafusion._version import __version__
+
+    doc: dict[str, Any] = {"bafusion": __version__, "model": None, "nets": None, "fuse": None, "fuse_changed": None}
+    if OURS not in cfg.methods and OURS_INITIAL not in cfg.methods:
+        return doc
+    if model is not None:
+        doc["model"] = os.fspath(model)
+    if hasattr(nets, "sources"):  # FusionNets
+        from bafusion.fusion.batch import model_identity
+
+        doc["nets"] = model_identity(nets)
+    if fusion_params is not None:
+        from bafusion.fusion.params import FusionParams
+
+        given = json.loads(json.dumps(asdict(fusion_params)))
+        defaults_ = json.loads(json.dumps(asdict(FusionParams())))
+        doc["fuse"] = given
+        doc["fuse_changed"] = {k: v for k, v in given.items() if defaults_.get(k) != v}
+    return doc
+
+
+def _provenance_line(prov: Mapping[str, Any]) -> str:
+    """The line of ``table1.md`` that says what made it (:func:`evaluation_provenance`)."""
+    text = f"**Made by** bafusion {prov['bafusion']}"
+    nets = prov.get("nets")
+    if nets is not None:
+        text += f"; {OURS}: " + (f"model `{prov['model']}`, " if prov.get("model") is not None else "") + "nets " + ", ".join(
+            f"{role} " + (f"`{n['file']}`" if n.get("file") else "(built in memory, sha256 of the weights)")
+            + f" (sha256 `{n['sha256']}`)" for role, n in nets.items())
+    changed = prov.get("fuse_changed")
+    if changed is not None:
+        text += ("; fusion parameters: the defaults" if not changed else
+                 "; fusion parameters: the defaults but " + ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(changed.items())))
+    return text + f" (metrics.json, `{EVALUATE_PROVENANCE}`)."
 
 
 def metric_directions(names: Iterable[str]) -> dict[str, str]:
