@@ -2473,3 +2473,30 @@ def test_a_dataset_named_as_the_provenance_key_is_refused(tmp_path: Path) -> Non
     with pytest.raises(UserError, match="dataset name 'provenance' is taken"):
         ev.parse_config({"datasets": [{"name": "provenance", "sources": str(src)}]})
 
+
+def test_the_truth_table_is_over_the_pairs_with_a_truth_and_says_why_a_mean_is_over_fewer() -> None:
+    """With a truth for one pair of three, every PSNR/SSIM/DM_acc cell said ``(n=1/3)`` and the
+    note blamed NaN ("e.g. on a flat output"); the two others had no ``-truth``/``-dm`` file. The
+    truth table is over the pairs that have one and says how many; a pair with a truth but no
+    true map leaves DM_acc ``(n=1/2)`` under a note that names the files."""
+    def row(p, m, truth=False, dm=False):
+        r = {"pair": p, "method": m, "QMI": 1.0 + (m == "Ours") / 4}
+        if truth:
+            r.update(PSNR=30.0 + (m == "Ours"), SSIM=0.5 + (m == "Ours") / 4)
+        if dm and m.startswith("Ours"):
+            r["DM_acc"] = 0.75
+        return r
+
+    methods = ["Laplacian", "Ours"]
+    rows = [row(p, m, truth=p == "p1", dm=p == "p1") for p in ("p1", "p2", "p3") for m in methods]
+    truth = ev.table1_document("d", rows, methods, ["QMI"]).split("## Against the all-in-focus truth")[1]
+    assert "(n=" not in truth and ev.PARTIAL_NOTE not in truth and ev.TRUTH_PARTIAL_NOTE not in truth
+    assert ("Over the 1 of the 3 pairs that have a truth or a true map (PSNR, SSIM: the 1 pair(s) with a "
+            "`<pair>-truth` file; DM_acc: the 1 pair(s) with a `<pair>-dm` file); the others have neither.") in truth
+    assert "| Ours | **31.00** (1) | **0.7500** (1) | **0.7500** (1) |" in truth  # bold: over the same pair as Laplacian's
+    # a truth for p1 and p2, a true map for p1 only
+    rows = [row(p, m, truth=p != "p3", dm=p == "p1") for p in ("p1", "p2", "p3") for m in methods]
+    truth = ev.table1_document("d", rows, methods, ["QMI"]).split("## Against the all-in-focus truth")[1]
+    assert "(n=1/2)" in truth and "(n=2/" not in truth and "(n=1/3)" not in truth
+    assert ev.TRUTH_PARTIAL_NOTE in truth and ev.PARTIAL_NOTE not in truth and "`<pair>-dm`" in ev.TRUTH_PARTIAL_NOTE
+    assert "Over the 2 of the 3 pairs" in truth and "DM_acc: the 1 pair(s) with a `<pair>-dm` file" in truth

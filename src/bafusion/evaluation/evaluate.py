@@ -138,6 +138,7 @@ __all__ = [
     "defined_counts",
     "partial_mark",
     "PARTIAL_NOTE",
+    "TRUTH_PARTIAL_NOTE",
     "best_methods",
     "table_markdown",
     "truth_metrics",
@@ -716,9 +717,17 @@ PARTIAL_NOTE = (
 )
 """The note under a table that has a :func:`partial_mark`."""
 
+TRUTH_PARTIAL_NOTE = (
+    "(n=k/N): mean over the k of the N pairs of this table where the metric has a value: the pair has the "
+    "file it needs (`<pair>-truth` for PSNR and SSIM, `<pair>-dm` for DM_acc) and the value is defined; a "
+    "mean over fewer pairs than another's is never bold and ranks behind it."
+)
+"""The note under the truth table (PSNR, SSIM, DM_acc) when it has a :func:`partial_mark`: a
+pair without the metric's file has no value, as a NaN has none."""
+
 
 def table_markdown(rows: Rows, methods: Sequence[str], metrics: Sequence[str],
-                   storage: Mapping[str, str] | None = None, aside: Rows = ()) -> str:
+                   storage: Mapping[str, str] | None = None, aside: Rows = (), partial_note: str = PARTIAL_NOTE) -> str:
     """A Markdown table, one row per method and one column per metric: the mean, in
     parentheses the win count (:func:`count_wins`), the best mean in bold (lower for QCV). A
     mean over fewer than the table's pairs is marked ``(n=k/N)`` (:func:`partial_mark`), with a
@@ -728,7 +737,9 @@ def table_markdown(rows: Rows, methods: Sequence[str], metrics: Sequence[str],
     ``storage`` (method -> text, :func:`storage_labels`) adds a *Scored as* column after the
     method: how each method's images were stored when they were measured. ``aside``: rows of
     further methods (e.g. our output before JPEG re-encoding) shown in italics under the others,
-    with their means only: they take no part in the wins and the bold (:data:`ASIDE_NOTE`)."""
+    with their means only: they take no part in the wins and the bold (:data:`ASIDE_NOTE`).
+    ``partial_note``: the note under a table with a ``(n=k/N)`` mark (:data:`TRUTH_PARTIAL_NOTE`
+    for the truth table)."""
     cols_head = ["Method", *(["Scored as"] if storage is not None else [])]
     header = "| " + " | ".join(cols_head) + " | " + " | ".join(
         f"{m} {'↓' if m in LOWER_IS_BETTER else '↑'}" for m in metrics) + " |"
@@ -762,7 +773,7 @@ def table_markdown(rows: Rows, methods: Sequence[str], metrics: Sequence[str],
     if aside_methods:
         lines += ["", ASIDE_NOTE]
     if partial:
-        lines += ["", PARTIAL_NOTE]
+        lines += ["", partial_note]
     if capped:
         lines += ["", capped_note(capped)]
     return "\n".join(lines) + "\n"
@@ -1013,13 +1024,27 @@ def table1_document(
         ]
     truth = [q for q in TRUTH_METRICS if _has_values(rows, methods, q)]
     if truth:
+        # a pair's row has a truth metric only where the pair has its file (-truth: PSNR, SSIM;
+        # -dm: DM_acc): the table is over the pairs with one, not (n=1/3) as if NaN on the others
+        order = list(dict.fromkeys(r["pair"] for r in rows))
+        having = {q: [p for p in order if any(r["pair"] == p and r.get(q) is not None for r in rows)] for q in truth}
+        tpairs = [p for p in order if any(p in having[q] for q in truth)]
+        trows = [r for r in rows if r["pair"] in tpairs]
+        files = {q: "`<pair>-dm`" if q == "DM_acc" else "`<pair>-truth`" for q in truth}
+        counts = "; ".join(dict.fromkeys(
+            f"{', '.join(x for x in truth if files[x] == files[q])}: the {len(having[q])} pair(s) with a {files[q]} file"
+            for q in truth))
         parts += [
             "\n## Against the all-in-focus truth\n",
             "PSNR (dB) and SSIM of the fused image against the truth"
             + ("; DM_acc: share of pixels where the decision map equals the true map (our methods "
                "only, as the others make no binary decision map)" if "DM_acc" in truth else "")
+            + (f". Over the {len(tpairs)} of the {npairs} pairs that have a truth or a true map ({counts})"
+               + ("; the others have neither" if len(tpairs) < npairs else "")
+               if len(tpairs) < npairs or any(len(having[q]) < len(tpairs) for q in truth) else "")
             + ".\n",
-            table_markdown(rows, [m for m in methods if any(_finite(r.get(q)) for q in truth for r in rows if r["method"] == m)], truth),
+            table_markdown(trows, [m for m in methods if any(_finite(r.get(q)) for q in truth for r in rows if r["method"] == m)],
+                           truth, partial_note=TRUTH_PARTIAL_NOTE),
         ]
     return "\n".join(parts)
 
