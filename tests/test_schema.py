@@ -1112,3 +1112,46 @@ def test_a_scale_confidence_above_float32_is_refused() -> None:
         assert combine_scales(z, "fill", top).tolist() == [[2.0, 0.0]]  # never confident: the mean
         with pytest.raises(RuntimeWarning, match="overflow"):
             combine_scales(z, "fill", 1e300)
+
+
+def test_a_new_or_replaced_image_of_a_configured_dataset_reruns_evaluate(tmp_path: Path) -> None:
+    """evaluate.datasets' folders reach the command through --params-json only: Snakemake's
+    inputs of evaluate did not list their files, so one's own method's results added to the
+    reference folder (or a pair fixed) left `snakemake evaluate` with "Nothing to be done" and
+    Table 1 stale. The files are inputs of the rule now (the embedded test set's folder, which a
+    rule writes, is its output); here as the DVC stage runs it (--rerun-triggers mtime,
+    --allowed-rules evaluate), every upstream output in place."""
+    import time
+
+    from PIL import Image
+
+    mine = tmp_path / "mine"
+    img = Image.new("RGB", (16, 16))
+    for f in ("pairs/p1-A.png", "pairs/p1-B.png", "ref/Max/p1.png"):
+        (mine / f).parent.mkdir(parents=True, exist_ok=True)
+        img.save(mine / f)
+    project = make_project(tmp_path / "p", {"evaluate": {"datasets": [
+        {"name": "mine", "sources": str(mine / "pairs"), "reference": str(mine / "ref"), "reference_methods": ["Max"]}]}},
+        git=False)
+    for d in ("data/fused", "data/testset", "data/evaluation"):
+        (project / d).mkdir(parents=True)
+    for f in ("data/models/initial.pt", "data/models/initial.json", "data/models/boundary.pt",
+              "data/models/boundary.json", "metrics/evaluate.json", "metrics/plots/evaluate.csv",
+              "logs/benchmarks/evaluate.tsv"):
+        (project / f).parent.mkdir(parents=True, exist_ok=True)
+        (project / f).write_text("{}")
+    t = time.time()
+    for p in [*mine.rglob("*"), *(project / "data").rglob("*"), *(project / "metrics").rglob("*")]:
+        os.utime(p, (t - 100, t - 100))
+    for p in (project / "data/evaluation", project / "metrics/evaluate.json", project / "metrics/plots/evaluate.csv",
+              project / "logs/benchmarks/evaluate.tsv"):
+        os.utime(p, (t - 10, t - 10))  # the outputs after every input
+    argv = ["snakemake", "evaluate", "-n", "--cores", "1", "--rerun-triggers", "mtime", "--allowed-rules", "evaluate"]
+    p = run(argv, project, check=False)
+    assert "Nothing to be done" in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]
+    for f in (mine / "ref" / "Max" / "p1.png", mine / "pairs" / "p1-B.png"):  # a result replaced, a pair fixed
+        os.utime(f, (t, t))
+        p = run(argv, project, check=False)
+        out = p.stdout + p.stderr
+        assert "rule evaluate:" in out and str(f) in out, out[-3000:]
+        os.utime(f, (t - 100, t - 100))

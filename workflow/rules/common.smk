@@ -261,3 +261,48 @@ def download_eval_input():
                                        for k in ("sources", "reference", "reference_metrics")):
             return [folder]
     return []
+
+
+def evaluate_dataset_files(wildcards):
+    """The files of the evaluate datasets' folders (`sources`, the method folders of `reference`,
+    `reference_metrics`) that no other step writes, as inputs of evaluate, so that a new or replaced image
+    (one's own method's results added to `reference`, a pair fixed in `sources`) reruns it (the
+    command reads the folders from --params-json: Snakemake saw only the parameters, and Table 1
+    stayed as it was). A folder a rule writes (data/testset, download_eval's) is that rule's
+    output, an input already. Evaluated when the DAG is built (every rule known); paths inside
+    the project relative, others as resolved. DVC cannot list them: dvc.yaml's templating
+    interpolates no list into deps (see its evaluate stage)."""
+    from bafusion.cli.params_check import pipeline_outputs, written_by
+    from bafusion.workspace import resolve
+
+    outputs = pipeline_outputs(workflow.rules)
+    here = os.path.realpath(".")
+    files = []
+
+    def listed(folder, kind="file"):  # its files (kind "file") or sub-folders ("dir"), but dot-names
+        try:
+            return sorted(f for f in folder.iterdir() if not f.name.startswith(".")
+                          and (f.is_file() if kind == "file" else f.is_dir()))
+        except OSError:  # not there: the checks (checks.smk) and the command name it
+            return []
+
+    for d in (config.get("evaluate", {}) or {}).get("datasets") or []:
+        if not isinstance(d, dict):
+            continue
+        for key in ("sources", "reference", "reference_metrics"):
+            if not d.get(key):
+                continue
+            path = resolve(str(d[key]))
+            if written_by(path, outputs):
+                continue
+            if key == "sources":
+                files += listed(path)
+            elif key == "reference":
+                files += [f for m in listed(path, "dir") for f in listed(m)]  # <REF>/<METHOD>/<pair>.<ext>
+            elif path.is_file():
+                files.append(path)
+    out = []
+    for f in files:
+        real = os.path.realpath(f)
+        out.append(os.path.relpath(real, here) if real.startswith(here + os.sep) else str(f))
+    return list(dict.fromkeys(out))
