@@ -1113,6 +1113,30 @@ def test_a_method_named_with_characters_mlflow_refuses_keeps_the_run_tracked(tmp
     assert run.data.metrics["tiny.Laplacian.QG"] == pytest.approx(means["Laplacian"])
 
 
+def test_a_dataset_named_with_characters_mlflow_refuses_keeps_the_run_tracked(tmp_path: Path) -> None:
+    """A dataset named Lytro(2) failed the MLflow run's params at its start (its key
+    "evaluate.datasets.Lytro(2).sources"): tracking went off, the run 'evaluate' kept no param nor
+    metric and stayed RUNNING, though its metrics were renamed for MLflow. Its params are keyed
+    as its metrics are, its name as given among them."""
+    from mlflow.tracking import MlflowClient
+
+    from bafusion.tracking import EXPERIMENT, tracking_uri
+
+    src, _ = _write_set(tmp_path, ["p1"])
+    cfg = ev.parse_config({"methods": ["Laplacian"], "metrics": ["QG"], "figures": False,
+                           "datasets": [{"name": "Lytro(2)", "sources": str(src)}, {"name": "plain", "sources": str(src)}]})
+    ev.run_evaluation(cfg, tmp_path / "out", log=lambda s: None)
+    client = MlflowClient(tracking_uri=tracking_uri())
+    run = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.stage = 'evaluate'",
+                             order_by=["attributes.start_time DESC"])[0]
+    assert run.info.status == "FINISHED" and "bafusion.incomplete" not in run.data.tags, run.data.tags
+    params = run.data.params
+    assert params["evaluate.datasets.Lytro_2_.name"] == "Lytro(2)" and params["evaluate.datasets.Lytro_2_.sources"] == str(src)
+    assert params["evaluate.datasets.plain.sources"] == str(src) and "evaluate.datasets.plain.name" not in params
+    assert json.loads(run.data.tags["renamed_metrics"])["Lytro(2).Laplacian.QG"] == "Lytro_2_.Laplacian.QG"
+    assert "Lytro_2_.Laplacian.QG" in run.data.metrics and "plain.Laplacian.QG" in run.data.metrics
+
+
 def test_our_mean_over_fewer_pairs_is_marked_in_every_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ours with a flat output on p2 (QCB NaN there): its QCB mean over p1 alone is marked in
     table1.md, counted in means.csv, means-sets.csv and metrics.json, and ranked behind the

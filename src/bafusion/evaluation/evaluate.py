@@ -2289,6 +2289,14 @@ def _add_ranks_and_sets(
 
 
 def _config_dict(cfg: EvalConfig) -> dict[str, Any]:
+    """``cfg`` as the MLflow run ``evaluate`` logs it, its datasets by name (``evaluate.datasets.
+    lytro.sources``). A dataset named with a character MLflow refuses in a param's name
+    (``Lytro (2019)``) failed the run's params at its start, and the run went untracked: such a
+    name is keyed as :func:`_mlflow_metric_names` logs its metrics (``Lytro _2019_``), with its
+    ``name`` as given among its params."""
     d = asdict(cfg)
-    d["datasets"] = {ds.name: {k: str(v) for k, v in asdict(ds).items() if k != "name"} for ds in cfg.datasets}
+    keys, _ = _mlflow_metric_names(dict.fromkeys((ds.name for ds in cfg.datasets), 0.0))
+    d["datasets"] = {key: {**({"name": ds.name} if key != ds.name else {}),
+                           **{k: str(v) for k, v in asdict(ds).items() if k != "name"}}
+                     for key, ds in zip(keys, cfg.datasets)}
     return d
