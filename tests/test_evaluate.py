@@ -2524,3 +2524,36 @@ def test_the_truth_table_is_over_the_pairs_with_a_truth_and_says_why_a_mean_is_o
     assert "(n=1/2)" in truth and "(n=2/" not in truth and "(n=1/3)" not in truth
     assert ev.TRUTH_PARTIAL_NOTE in truth and ev.PARTIAL_NOTE not in truth and "`<pair>-dm`" in ev.TRUTH_PARTIAL_NOTE
     assert "Over the 2 of the 3 pairs" in truth and "DM_acc: the 1 pair(s) with a `<pair>-dm` file" in truth
+
+
+def test_a_renamed_metrics_map_too_long_for_a_tag_is_an_artifact(tmp_path: Path) -> None:
+    """A dataset named with a character MLflow refuses renames every metric of it; the tag
+    renamed_metrics, longer than MLflow's 8000 characters of a tag value, was cut to invalid JSON
+    (MLflow warns only). Such a map is logged as the artifact renamed_metrics.json, whole, and
+    the tag names it."""
+    from mlflow.tracking import MlflowClient
+
+    from bafusion.tracking import EXPERIMENT, tracking_uri
+
+    src, imgs = _write_set(tmp_path, ["p1"])
+    refs = {f"R{k}": laplacian_fuse for k in range(4)}
+    ref = _write_reference(tmp_path, imgs, refs)
+    name = "t(" + "x" * 200 + ")"  # its metric names stay within MLflow's 250 characters
+    cfg = ev.parse_config({"methods": ["Laplacian", "GFF-native"], "metrics": ["QMI", "QG", "QY", "QCB"],
+                           "figures": False, "datasets": [{"name": name, "sources": str(src), "reference": str(ref),
+                                                           "reference_methods": list(refs)}]})
+    ev.run_evaluation(cfg, tmp_path / "out", log=lambda s: None)
+    client = MlflowClient(tracking_uri=tracking_uri())
+    run = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.stage = 'evaluate'",
+                             order_by=["attributes.start_time DESC"])[0]
+    assert run.info.status == "FINISHED" and "bafusion.incomplete" not in run.data.tags, run.data.tags
+    safe = "t_" + "x" * 200 + "_"
+    want = {f"{name}.{m}.{q}": f"{safe}.{m}.{q}" for m in ("Laplacian", "GFF-native", *refs)
+            for q in ("QMI", "QG", "QY", "QCB")}
+    assert len(json.dumps(want)) > 8000  # too long for a tag
+    got = json.loads(Path(client.download_artifacts(run.info.run_id, "renamed_metrics.json", str(tmp_path))).read_text())
+    assert run.data.tags["renamed_metrics"] == (f"{len(got)} names, too many for a tag: see the artifact "
+                                                "renamed_metrics.json"), run.data.tags["renamed_metrics"]
+    assert want.items() <= got.items() and got[f"{name}.pairs"] == f"{safe}.pairs", sorted(set(got) - set(want))
+    assert all(k.startswith(f"{name}.") and v == safe + k[len(name):] for k, v in got.items())
+    assert all(v in run.data.metrics for v in got.values())

@@ -843,6 +843,28 @@ def _mlflow_metric_names(metrics: Mapping[str, float]) -> tuple[dict[str, float]
     return out, renamed
 
 
+#: The most characters of a tag's value MLflow keeps (``mlflow.utils.validation.MAX_TAG_VAL_LENGTH``:
+#: a longer one is cut, with a warning only).
+_TAG_MAX = 8000
+
+
+def _tag_renamed(run: Any, renamed: Mapping[str, str]) -> None:
+    """Tag ``run`` with :data:`_RENAMED_TAG`, the map of :func:`_mlflow_metric_names`' renamed
+    metrics. A map longer than :data:`_TAG_MAX` characters (a dataset named with a refused
+    character renames every metric of it) was cut by MLflow to invalid JSON: it is logged as
+    the artifact ``renamed_metrics.json``, and the tag names it."""
+    import tempfile
+
+    text = json.dumps(dict(renamed), sort_keys=True)
+    if len(text) > _TAG_MAX:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{_RENAMED_TAG}.json"
+            path.write_text(text + "\n", encoding="utf-8")
+            run.log_artifact(path)
+        text = f"{len(renamed)} names, too many for a tag: see the artifact {_RENAMED_TAG}.json"
+    run.set_tag(_RENAMED_TAG, text)
+
+
 def _inf_pairs(rows: Rows, m: str, q: str) -> int:
     """The number of ``m``'s pairs in ``rows`` whose value of ``q`` is infinite (counted as
     :data:`INF_PSNR_IN_MEANS` in its mean)."""
@@ -2124,7 +2146,7 @@ def run_evaluation(
             run.set_tag(CAPPED_TAG, json.dumps(capped, sort_keys=True))
         to_log, renamed = _mlflow_metric_names({**all_means, **counts})
         if renamed:
-            run.set_tag(_RENAMED_TAG, json.dumps(renamed, sort_keys=True))
+            _tag_renamed(run, renamed)
         run.log_metrics(to_log)
         run.log_artifact(out / "metrics.json")
         for ds in cfg.datasets:
