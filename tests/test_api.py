@@ -393,6 +393,26 @@ def test_fusion_nets_refuse_a_net_that_is_no_cifar_resnet() -> None:
     assert FusionNets(good, good, 8, 8, "cpu").patch_initial == 8
 
 
+def test_fusion_nets_take_a_data_parallel_net_for_the_net_it_wraps() -> None:
+    """A CifarResNet wrapped by torch.nn.DataParallel (one's own training loop on several GPUs)
+    was refused for its wrapper (and before that failed the first fusion: "'DataParallel' object
+    has no attribute 'trunk'"); it is taken for the net it wraps and fuses as that net does."""
+    import numpy as np
+    import torch
+
+    from bafusion.fusion import FusionNets, fuse_images
+    from bafusion.nets.model import build_model
+
+    torch.manual_seed(5)
+    initial, boundary = build_model(8), build_model(8)
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 256, (24, 28, 3), dtype=np.uint8), rng.integers(0, 256, (24, 28, 3), dtype=np.uint8)
+    want = fuse_images(a, b, FusionNets(initial, boundary, 8, 8, "cpu")).fused
+    wrapped = FusionNets(torch.nn.DataParallel(initial), torch.nn.DataParallel(boundary), 8, 8, "cpu")
+    assert not isinstance(wrapped.initial, torch.nn.DataParallel) and "ResNet-8" in repr(wrapped)
+    assert np.array_equal(fuse_images(a, b, wrapped).fused, want)
+
+
 def test_fusion_nets_built_with_a_device_name_fuse(tmp_path: Path) -> None:
     """FusionNets "built directly" (its docstring) with device="cpu", as load_model takes it,
     printed device=cpu but every fusion failed with "AttributeError: 'str' object has no
