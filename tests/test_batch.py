@@ -3112,3 +3112,17 @@ def test_an_image_without_a_file_extension_is_listed_not_passed_over(tmp_path: P
         (str(tmp_path / "s" / "3"), "a JPEG image without a file extension, and fuse-dir takes shots by theirs: "
                                     "rename it 3.jpg to fuse it")]
     assert batch.skip_lines(skipped) == skipped  # listed one by one, as fuse-dir prints them
+
+
+def test_an_image_without_a_file_extension_outside_the_naming_rule_is_not_told_to_take_one_only(tmp_path: Path) -> None:
+    """An image without a suffix directly in IN whose name is outside the rule (``photo``) was told
+    "rename it photo.png to fuse it": so renamed, it is skipped as outside the naming rule. Its
+    reason names the rule too; in a stack folder (``s/3``) the extension alone is what it lacks."""
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 20, 3), dtype=np.uint8))
+    img.save(tmp_path / "photo", format="PNG")
+    (tmp_path / "s").mkdir()
+    img.save(tmp_path / "s" / "photo", format="PNG")
+    skipped = dict(batch.find_groups(tmp_path)[1])
+    said = skipped[str(tmp_path / "photo")]
+    assert "rename it photo.png to fuse it" not in said and "<name>-A.png" in said, said
+    assert skipped[str(tmp_path / "s" / "photo")].endswith("rename it photo.png to fuse it")

@@ -726,7 +726,7 @@ def find_groups(folder: Path, exclude: Path | None = None,
             unread.setdefault("", []).append(p)
             continue
         if not (p.is_file() or _unusable(p)) or p.suffix.lower() not in suffixes:
-            why = _image_without_suffix(p)  # an image whose extension was lost: said, not passed over
+            why = _image_without_suffix(p, top=True)  # an image whose extension was lost: said, not passed over
             if why:
                 skipped.append((str(p), why))
             continue
@@ -907,10 +907,13 @@ def skip_lines(skipped: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
-def _image_without_suffix(p: Path) -> str | None:
+def _image_without_suffix(p: Path, top: bool = False) -> str | None:
     """Why ``p``, a regular file without a suffix (``lytro-01-A``: its extension lost in a copy),
     is skipped when its first bytes are an image's (Pillow identifies it): fuse-dir takes shots
-    by their suffix and passed it over without a word. None for other files (a README)."""
+    by their suffix and passed it over without a word. None for other files (a README).
+    ``top``: ``p`` is directly in the input folder, where a name outside the rule
+    ``<name>-A.<ext>`` is no shot with an extension either (``photo``: renamed ``photo.png`` it
+    would be skipped as outside the rule), which the reason then says."""
     if p.suffix or not p.is_file():  # is_file: no pipe opened (it would wait for a writer)
         return None
     from bafusion.io.formats import _quiet_pillow, pillow_open
@@ -921,6 +924,10 @@ def _image_without_suffix(p: Path) -> str | None:
     except Exception:  # noqa: BLE001 - not an image Pillow knows: not a shot
         return None
     ext = {"JPEG": "jpg", "TIFF": "tif", "MPO": "jpg"}.get(fmt, fmt.lower())
+    if top and _SHOT.fullmatch(p.name) is None:
+        return (f"a {fmt} image without a file extension, and fuse-dir takes shots by theirs and, directly in "
+                f"the input folder, by names of the rule <name>-A.<ext>, <name>-B.<ext>, ...: name it so, "
+                f"<name>-A.{ext}, or move it to a stack's sub-folder as {p.name}.{ext}, to fuse it")
     return (f"a {fmt} image without a file extension, and fuse-dir takes shots by theirs: rename it "
             f"{p.name}.{ext} to fuse it")
 
