@@ -1184,3 +1184,28 @@ def test_an_arrays_dropped_alpha_is_warned_as_a_files_is_said() -> None:
             source_channels(s, name)
         assert [str(w.message) for w in got] == [
             f"{name}: its alpha channel (transparency) is dropped: its colours are used as on full opacity"]
+
+
+@pytest.mark.parametrize("call", ["fuse", "fuse_images", "fuse_stack"])
+def test_an_arrays_dropped_alpha_is_warned_at_the_callers_line(tiny_nets: Path, call: str) -> None:
+    """The alpha warning pointed into bafusion (api.py, rule.py: "images = [source_channels(...")
+    where the other notes of bafusion.fuse point at the caller's line: a filter by module or a
+    look at the line shown found bafusion's code. Now it is the caller's file, for each entry point."""
+    import bafusion.fusion as fusion
+    from bafusion.fusion.rule import FusionNoteWarning
+
+    nets = load_nets_from_dir(tiny_nets, "cpu")
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (40, 48, 4), dtype=np.uint8)
+    a[..., 3] = 255
+    a[0, 0, 3] = 0
+    b = a[..., :3].copy()
+    with pytest.warns(FusionNoteWarning, match="alpha channel") as got:
+        if call == "fuse":
+            bafusion.fuse(a, b, model=nets)
+        elif call == "fuse_images":
+            fusion.fuse_images(a, b, nets)
+        else:
+            fusion.fuse_stack([a, b], nets)
+    said = [w for w in got if "alpha channel" in str(w.message)]
+    assert [w.filename for w in said] == [__file__], [(w.filename, w.lineno) for w in said]

@@ -410,9 +410,12 @@ def source_channels(s: np.ndarray, name: str) -> np.ndarray:
             and int(s[..., -1].min()) < np.iinfo(s.dtype).max:  # other dtypes are refused by the callers
         import warnings
 
-        # the words of a file's line (bafusion.io's alpha note): an array got none
+        from bafusion.fusion.models import _user_stacklevel
+
+        # the words of a file's line (bafusion.io's alpha note): an array got none. At the caller's
+        # line (fuse_images, fuse_stack and bafusion.fuse reach here through 2-3 frames of the package)
         warnings.warn(f"{name}: its alpha channel (transparency) is dropped: its colours are used as on full "
-                      "opacity", FusionNoteWarning, stacklevel=3)
+                      "opacity", FusionNoteWarning, stacklevel=_user_stacklevel())
     if s.ndim == 3 and s.shape[2] in (1, 2):
         s = s[..., 0]  # gray, or gray + alpha (alpha dropped, as from a file)
     elif s.ndim == 3 and s.shape[2] == 4:
