@@ -649,8 +649,11 @@ def _own_warnings_said(cmd: str) -> Any:
     ``fuse.max_tile`` and ``fuse.boundary_fine_step`` warnings of :mod:`bafusion.fusion.scoring`,
     which library callers get as warnings) is said as the command's other warnings are, one line
     ``bafusion <cmd>: warning: <text>``: Python's format printed the module's path, line number
-    and source line. Other warnings (torch's, ...) keep Python's format; so does a warning
-    recorded by a caller (``warnings.catch_warnings(record=True)``, ``pytest.warns``): only
+    and source line. A warning is bafusion's by the file it is attributed to: one that torch
+    issues from its C++ code at a line of bafusion (``torch.from_numpy`` of a read-only array:
+    "The given NumPy array is not writable, ...") is said so too, as are those a library's
+    ``stacklevel`` puts there. Other warnings (torch's Python ones from its own files, ...) keep
+    Python's format; so does a warning recorded by a caller (``warnings.catch_warnings(record=True)``, ``pytest.warns``): only
     Python's own printing is replaced, and the previous one is restored after."""
     import warnings
 
