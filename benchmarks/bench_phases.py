@@ -47,7 +47,7 @@ SHARED = Path(os.environ.get("BAFUSION_SHARED_DATA", REPO.parent / "shared" / "d
 SIZES = {"12": ((4000, 3000), (0, 65, 520, 455)), "24": ((6000, 4000), (0, 87, 520, 434))}
 
 # The child: `bafusion fuse` in-process with each phase's function wrapped (module attributes,
-# looked up at call time by the code that calls them).
+# looked up at call time by the code that calls them: `fuse` imports rule.fuse_stack when it fuses).
 CHILD = r'''
 import json, os, sys, time
 T = lambda: (time.perf_counter(), time.process_time(), time.thread_time())
@@ -72,12 +72,12 @@ for mod, name, label in [
         (fb, "read_source_set", "read and decode"), (fs, "check_one_scene", "one-scene check"),
         (fb, "_safe_motion_hints", "motion hint"), (fb, "_auto_align", "--align auto's decision"),
         (fb, "align_for_fuse", "alignment"), (cf, "nets_from_args", "loading the nets"),
-        (fr, "to_gray_u8", "gray conversion"), (fr, "match_exposure", "exposure matching"),
+        (fr, "to_gray_u8", "gray conversion"), (fr, "match_pair", "exposure matching"),
         (fr, "colour_gains", "colour gains"), (fw, "resize_gray", "resize to the working size"),
         (fd, "decide", "nets at the working size"), (fw, "_upsample", "upsampling the maps"),
         (fw, "boundary_band", "boundary band"), (fw, "guided_filter", "band refinement (guided filter)"),
         (fr, "remove_small_regions", "small-region removal"), (fr, "fuse_with_map", "composite"),
-        (bio, "write_image", "writing (JPEG encoding)"), (cf, "fuse_stack", "fusing in all")]:
+        (bio, "write_image", "writing (JPEG encoding)"), (fr, "fuse_stack", "fusing in all")]:
     wrap(mod, name, label)
 from bafusion.cli import main
 s = T()
