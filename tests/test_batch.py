@@ -3126,3 +3126,17 @@ def test_an_image_without_a_file_extension_outside_the_naming_rule_is_not_told_t
     said = skipped[str(tmp_path / "photo")]
     assert "rename it photo.png to fuse it" not in said and "<name>-A.png" in said, said
     assert skipped[str(tmp_path / "s" / "photo")].endswith("rename it photo.png to fuse it")
+
+
+def test_an_image_without_a_file_extension_is_told_a_suffix_read_for_its_format(tmp_path: Path) -> None:
+    """The suffix told was Pillow's format name in lower case: a JPEG 2000 file was told
+    "rename it p-C.jpeg2000", a suffix fuse-dir does not read (it reads .jp2). Now a suffix read
+    for that format."""
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 20, 3), dtype=np.uint8))
+    try:
+        img.save(tmp_path / "p-C", format="JPEG2000")
+    except (OSError, KeyError):
+        pytest.skip("this Pillow writes no JPEG 2000")
+    (why,) = [w for _, w in batch.find_groups(tmp_path)[1]]
+    assert why.endswith("rename it p-C.jp2 to fuse it"), why
+

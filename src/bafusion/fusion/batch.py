@@ -923,7 +923,12 @@ def _image_without_suffix(p: Path, top: bool = False) -> str | None:
             fmt = str(im.format or "")
     except Exception:  # noqa: BLE001 - not an image Pillow knows: not a shot
         return None
-    ext = {"JPEG": "jpg", "TIFF": "tif", "MPO": "jpg"}.get(fmt, fmt.lower())
+    from PIL import Image
+
+    # a suffix read here for its format (JPEG2000: jp2, not "jpeg2000")
+    known = [e[1:] for e, f in Image.registered_extensions().items() if f == fmt and e in read_suffixes()]
+    ext = {"JPEG": "jpg", "TIFF": "tif", "MPO": "jpg"}.get(fmt) or (
+        fmt.lower() if fmt.lower() in known or not known else known[0])
     if top and _SHOT.fullmatch(p.name) is None:
         return (f"a {fmt} image without a file extension, and fuse-dir takes shots by theirs and, directly in "
                 f"the input folder, by names of the rule <name>-A.<ext>, <name>-B.<ext>, ...: name it so, "
