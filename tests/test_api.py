@@ -782,6 +782,63 @@ def test_fuse_and_fuse_images_take_threads_and_restore_torchs(tiny_nets: Path, m
         torch.set_num_threads(before)
 
 
+_FORK_SCRIPT = """
+import json, multiprocessing as mp, sys, warnings
+import numpy as np, torch
+import bafusion
+
+nets = bafusion.load_model(sys.argv[1], device="cpu")
+rng = np.random.default_rng(0)
+a, b = (rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(2))
+
+
+def job(threads):
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        fused = bafusion.fuse(a, b, model=nets, align="none", threads=threads)
+    return fused, torch.get_num_threads(), [str(w.message) for w in said if w.category is RuntimeWarning]
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    ref = job(None)[0]  # the parent's fusion on 2 threads: torch's OpenMP pool started
+    with mp.get_context("fork").Pool(2) as pool:
+        got = pool.map_async(job, [None, 2]).get(timeout=float(sys.argv[2]))  # hung forever before
+    print(json.dumps({"same": [bool(np.array_equal(f, ref)) for f, _, _ in got], "threads": [n for _, n, _ in got],
+                      "said": [s for _, _, s in got], "parent": torch.get_num_threads()}))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32" or not hasattr(__import__("os"), "register_at_fork"),
+                    reason="no fork")
+def test_fuse_in_fork_started_pool_workers_after_a_fusion_in_the_parent(tiny_nets: Path, tmp_path: Path) -> None:
+    """``multiprocessing.Pool`` (fork, Python 3.11's default on Linux) workers calling ``fuse()``
+    after one ``fuse()`` in the parent on 2 torch threads waited forever in the convolution
+    (torch's OpenMP pool does not survive a fork): torch gets 1 thread in a forked child, and
+    ``threads=2`` there is lowered to 1 with a warning; the fused image is the parent's."""
+    import json
+    import os
+    import signal
+
+    script = tmp_path / "fork_pool.py"
+    script.write_text(_FORK_SCRIPT, encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, str(script), str(tiny_nets), "60"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the pool's workers too
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, err[-3000:]
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["same"] == [True, True] and got["threads"] == [1, 1] and got["parent"] == 2, got
+    assert got["said"][0] == [], got
+    (said,) = got["said"][1]
+    assert said.startswith("threads=2: this process was forked from one that had loaded torch") and \
+        'multiprocessing.get_context("spawn")' in said, said
+
+
 def test_a_shipped_models_name_is_the_shipped_model_beside_a_folder_of_that_name_without_nets(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """load_model('default') where the working directory has a folder 'default' (an output

@@ -13,6 +13,9 @@ The same setting bounds the numpy/scipy steps of a fusion that run side by side
 (:func:`side_by_side`, :func:`work_threads`): the two gray conversions,
 exposure matching's two low-pass filters and the band's guided-filter tiles, each the same bits
 with one thread or several (measured: BENCHMARKS.md, "Where a camera-size fusion's time goes").
+
+A process forked from one that had imported torch runs torch on one thread
+(:func:`_after_fork_in_child`, :func:`torch_threads`): torch's OpenMP threads do not survive a fork.
 """
 
 from __future__ import annotations
@@ -210,6 +213,50 @@ def checked_threads(threads: object, name: str = "threads=") -> int | str | None
     return n
 
 
+#: Set in a process forked (:func:`os.fork`, a worker of a fork-started ``multiprocessing.Pool``,
+#: Python 3.11's default on Linux) from one that had imported torch (:func:`_after_fork_in_child`).
+_forked_after_torch = False
+#: Whether :func:`torch_threads` has said in this process that it runs torch on one thread.
+_said_fork = False
+
+
+def _after_fork_in_child() -> None:
+    """In a child forked from a process that had imported torch: torch on one intra-op thread,
+    as torch's own DataLoader sets its workers. Torch's OpenMP thread pool (GNU libgomp) does not
+    survive a fork: the child's first convolution on several threads waited forever once the
+    parent had run one on several (pytorch/pytorch#17199; measured: ``fuse()`` in the workers of
+    ``multiprocessing.Pool(2)`` after one ``fuse()`` in the parent on 2 threads never returned,
+    on 1 thread it fused the same bytes). Registered with :func:`os.register_at_fork` when this
+    module is imported (the Python API's fusions import it)."""
+    global _forked_after_torch, _said_fork
+    _said_fork = False  # a new process: its own warning
+    torch = sys.modules.get("torch")
+    if torch is None or not callable(getattr(torch, "set_num_threads", None)):
+        return
+    _forked_after_torch = True
+    try:
+        torch.set_num_threads(1)
+    except Exception:  # noqa: BLE001 - a fork handler must not fail the fork
+        pass
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning issued here at the first frame outside the
+    bafusion package and :mod:`contextlib` (the user's line that called the fusion)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    import contextlib
+
+    skip = (package, os.path.abspath(contextlib.__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):
+        frame, level = frame.f_back, level + 1
+    return level if frame is not None else 2
+
+
 @contextmanager
 def torch_threads(threads: int | str | None = None) -> Iterator[int]:
     """Torch's intra-op threads set to ``threads`` for a block, and torch's previous setting
@@ -217,7 +264,15 @@ def torch_threads(threads: int | str | None = None) -> Iterator[int]:
     :func:`torch.set_num_threads` expects); ``"auto"``: as ``bafusion fuse`` without
     ``--threads``: torch's current setting, lowered to :func:`auto_threads` (the cores the
     1-minute load average leaves free, read at each call, less this process's earlier
-    ``"auto"`` blocks' part, :func:`own_load`). Yields the number in use."""
+    ``"auto"`` blocks' part, :func:`own_load`). Yields the number in use.
+
+    In a process forked from one that had imported torch (a worker of a fork-started
+    ``multiprocessing.Pool``), torch is set to one thread at the fork (:func:`_after_fork_in_child`),
+    and more than one (``threads=2``, or a ``torch.set_num_threads(2)`` of the child's) is
+    lowered to one, with a :class:`RuntimeWarning` once a process: torch's OpenMP threads do not
+    survive a fork, and a fusion on several would wait forever. Spawn or forkserver workers
+    (``multiprocessing.get_context("spawn")``) get the threads asked for."""
+    global _said_fork
     import torch
 
     before = torch.get_num_threads()
@@ -228,6 +283,16 @@ def torch_threads(threads: int | str | None = None) -> Iterator[int]:
         n = min(before, auto_threads())
     else:
         n = int(threads)
+    if n > 1 and _forked_after_torch:
+        if not _said_fork:
+            _said_fork = True
+            asked = f"threads={threads!r}" if threads is not None else f"torch.set_num_threads({n})"
+            warnings.warn(f"{asked}: this process was forked from one that had loaded torch, whose OpenMP threads do "
+                          "not survive a fork (a fusion on several threads can wait forever, "
+                          "pytorch/pytorch#17199): fusing on 1 thread; start the worker processes with "
+                          "multiprocessing.get_context(\"spawn\") or \"forkserver\" to use more",
+                          RuntimeWarning, stacklevel=_user_stacklevel())
+        n = 1
     if n != before:
         torch.set_num_threads(n)
     start, cpu = time.monotonic(), time.process_time()
