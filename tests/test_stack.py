@@ -413,6 +413,29 @@ def test_symmetric_regions_with_the_joint_rule_gets_a_note(tiny_nets, tmp_path: 
     assert "note: --symmetric-regions" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("rule", ["joint", "chain"])
+def test_fuse_dir_symmetric_regions_with_the_joint_rule_gets_a_note(tiny_nets, tmp_path: Path, capsys,
+                                                                   rule: str) -> None:
+    """``fuse-dir --stack-rule joint --symmetric-regions`` said nothing (``fuse`` says that the
+    flag changes nothing for the joint rule's stacks): a note, once, naming the stacks of 3+ shots."""
+    d, _ = tiny_nets
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, n in (("x", 3), ("y", 2), ("z", 3)):
+        for i, p in enumerate(_write_shots(tmp_path, n)):
+            Path(p).rename(src / f"{name}-{'ABC'[i]}.png")
+    args = ["--model", str(d), "--stack-rule", rule, "--symmetric-regions", "--device", "cpu", "--no-progress"]
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "out"), *args]) == 0
+    note = ("bafusion fuse-dir: note: --symmetric-regions changes nothing with --stack-rule joint for the 2 stack(s) "
+            "of 3 or more shots: the joint rule judges every region of its shot-index map alike already (it is for "
+            "the pairs and the chain rule's steps)")
+    assert capsys.readouterr().err.count(note) == (rule == "joint")
+    for p in (src / "x-C.png", src / "z-C.png"):  # pairs only: the flag is for them, no note
+        p.unlink()
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "out2"), *args]) == 0
+    assert "note: --symmetric-regions" not in capsys.readouterr().err
+
+
 def test_command_line_refuses_bad_stacks(tiny_nets, tmp_path: Path, capsys) -> None:
     d, _ = tiny_nets
     (tmp_path / "x").mkdir()

@@ -692,6 +692,11 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
         raise UserError(f"{out}: the output folder must not be the input folder")
     notes: list[tuple[str, list[Path], str | None]] = []
     groups, skipped = find_groups(src, exclude=out, notes=notes)
+    stacks = sum(len(shots) > 2 for shots in groups.values())
+    if stacks and params.stack_rule == "joint" and getattr(args, "symmetric_regions", None):  # as fuse says it
+        print(f"bafusion fuse-dir: note: --symmetric-regions changes nothing with --stack-rule joint for the {stacks} "
+              "stack(s) of 3 or more shots: the joint rule judges every region of its shot-index map alike already "
+              "(it is for the pairs and the chain rule's steps)", file=sys.stderr)
     check_output_folder(src, out, groups)  # before the nets load; fuse_dir checks again
     from bafusion.fusion.batch import check_some_stack
 
