@@ -221,7 +221,9 @@ def fuse(
         from the files' headers or the arrays' shapes) exceeds by more than 10 % this process's
         cgroup memory limit (a container's, a SLURM job's) and the swap it may use beyond it,
         over which the kernel would end the process (a notebook's kernel, its state lost)
-        without a word; ``os.environ["BAFUSION_MEMORY_CHECK"] = "0"`` fuses anyway.
+        without a word; ``os.environ["BAFUSION_MEMORY_CHECK"] = "0"`` fuses anyway. Each call
+        checks its own fusion as if it ran alone: fusions run at once from several threads of
+        one process are not added up (:func:`bafusion.fusion.memory.memory_problem`).
 
     Examples
     --------

@@ -440,6 +440,13 @@ def memory_problem(shots: Sequence[Path], align: bool = False, save_maps: bool =
     The reason names the estimate, the limit, the swap and what helps (:func:`fuse_advice`),
     without the files.
 
+    It judges one fusion at a time, against the whole limit: the estimate is that of a process
+    running this fusion alone (Python, torch and the nets in its base). Fusions that run at once
+    in one process (threads of a service calling :func:`bafusion.fuse`) are each checked as if
+    alone, and what the process holds besides (a notebook's arrays) is not counted: several
+    that each fit can together pass the limit, and the kernel ends the process. Keep them
+    within it yourself (fewer at once, or a process each, each under its own limit).
+
     Parameters
     ----------
     shots : sequence of path
