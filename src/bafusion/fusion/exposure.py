@@ -207,7 +207,9 @@ def _unclipped_low_pass(ga: np.ndarray, gb: np.ndarray, clipped: np.ndarray,
     weight = ndimage.gaussian_filter(unclipped.astype(np.float64), sigma, output=np.float64)
     lows = []
     for g in (ga, gb):
-        low = ndimage.gaussian_filter(np.where(unclipped, g, 0).astype(np.float64), sigma, output=np.float64)
+        # filtered from the shot's own type into float64 (ndimage computes in float64 either way):
+        # no float64 copy of it beside the other low-pass, the weight and this output
+        low = ndimage.gaussian_filter(np.where(unclipped, g, 0), sigma, output=np.float64)
         np.divide(low, weight, out=low, where=weight > 0)
         lows.append(low)
     keep = weight >= CLIP_WEIGHT
