@@ -109,3 +109,53 @@ def test_quiet_warnings_removes_only_its_own_filters() -> None:
     second.__exit__(None, None, None)
     assert [str(w.message) for w in seen] == ["other"]
     assert warnings.filters == before
+
+
+def _module_pattern(f: tuple) -> str | None:
+    """The module of a filter of :data:`warnings.filters` (a pattern or, Python's own, a str)."""
+    return getattr(f[3], "pattern", f[3])
+
+
+def test_a_quiet_block_overlapping_another_threads_catch_warnings_leaves_nothing_ignored() -> None:
+    """Another thread's ``catch_warnings`` block, entered during a quiet block and left after it,
+    puts back the list it copied, with the quiet block's filter in it (removing cannot reach a
+    list put back later): that filter stayed and ignored Pillow's UserWarnings for the rest of
+    the process. It now ignores nothing once its block has ended (and goes at the next block);
+    during its block it ignores only its own thread's warnings."""
+    from bafusion.threads import quiet_warnings
+
+    inside, copied, left = threading.Event(), threading.Event(), threading.Event()
+    shown_there: list[str] = []
+
+    def quiet() -> None:
+        with quiet_warnings({"category": UserWarning, "module": r"PIL\."}):
+            inside.set()
+            assert copied.wait(30)
+        left.set()
+
+    def other() -> None:
+        assert inside.wait(30)
+        with warnings.catch_warnings(record=True) as seen:  # copies the list, the quiet filter in it
+            warnings.simplefilter("always")
+            mine = next(f for f in warnings.filters if _module_pattern(f) == r"PIL\.")
+            warnings.filters.remove(mine)
+            warnings.filters.insert(0, mine)  # the quiet block's filter first again
+            warnings.warn_explicit("Corrupt EXIF data", UserWarning, "TiffImagePlugin.py", 1, module="PIL.X")
+            copied.set()
+            assert left.wait(30)
+        shown_there.extend(str(w.message) for w in seen)
+
+    with warnings.catch_warnings():  # this test's own list, put back after
+        threads = [threading.Thread(target=quiet), threading.Thread(target=other)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert shown_there == ["Corrupt EXIF data"]  # not the quiet block's thread: shown
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.filters[:] = [f for f in warnings.filters if f[0] == "ignore"]  # whatever is left
+            warnings.warn_explicit("Corrupt EXIF data", UserWarning, "TiffImagePlugin.py", 1, module="PIL.X")
+        assert [str(w.message) for w in seen] == ["Corrupt EXIF data"]
+        with quiet_warnings({"message": "unrelated"}):
+            pass
+        assert not any(_module_pattern(f) == r"PIL\." for f in warnings.filters)  # dropped

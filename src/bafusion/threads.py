@@ -319,9 +319,40 @@ def _filters_changed() -> None:
         changed()
 
 
+class _QuietMessage:
+    """The ``message`` of one :func:`quiet_warnings` filter (the warnings machinery calls its
+    ``match``): matches as ``pattern`` (None: any message) in the thread of its block while the
+    block runs, and nothing in other threads or once the block has ended. A copy of the filter
+    list that another thread's :class:`warnings.catch_warnings` took during the block, and puts
+    back after it, keeps the filter: inert, and dropped by the next block."""
+
+    __slots__ = ("active", "pattern", "thread")
+
+    def __init__(self, pattern: re.Pattern[str] | None) -> None:
+        self.pattern = pattern
+        self.thread = threading.get_ident()
+        self.active = True
+
+    def match(self, text: str) -> object:
+        if not self.active or threading.get_ident() != self.thread:
+            return None
+        return True if self.pattern is None else self.pattern.match(text)
+
+    def __repr__(self) -> str:
+        return (f"<bafusion.threads.quiet_warnings {self.pattern.pattern if self.pattern else 'any'!r}, thread "
+                f"{self.thread}{'' if self.active else ', ended'}>")
+
+
+def _drop_ended() -> None:
+    """Remove from :data:`warnings.filters` the filters of :func:`quiet_warnings` blocks that
+    have ended (put back by another thread's ``catch_warnings``). Called with the lock held."""
+    warnings.filters[:] = [f for f in warnings.filters
+                           if not (isinstance(f[1], _QuietMessage) and not f[1].active)]
+
+
 @contextmanager
 def quiet_warnings(*filters: dict[str, Any]) -> Iterator[None]:
-    """Ignore some warnings for a block, safely beside other threads.
+    """Ignore some warnings of this thread for a block, safely beside other threads.
 
     :class:`warnings.catch_warnings` saves the process's whole filter list and puts it back at
     its end: two such blocks of two threads that overlap without nesting (a model loaded in one
@@ -329,7 +360,10 @@ def quiet_warnings(*filters: dict[str, Any]) -> Iterator[None]:
     holding the other block's filters, which then stayed for the rest of the process (a
     ``simplefilter("ignore")`` of the model loader's silenced every warning of a service after
     it; measured with ``fuse()`` and ``load_model()`` from a 4-thread pool). This inserts its
-    filters and removes exactly those at its end, whatever other blocks did meanwhile.
+    filters and removes exactly those at its end; they ignore only the warnings of the thread
+    that runs the block, and only while it runs, so that one left in a list another thread's
+    ``catch_warnings`` block copied meanwhile and put back after (which removing cannot reach)
+    ignores nothing (it is dropped at the next block's start or end).
 
     Parameters
     ----------
@@ -346,9 +380,10 @@ def quiet_warnings(*filters: dict[str, Any]) -> Iterator[None]:
     added = []
     for f in filters:
         message, module = f.get("message", ""), f.get("module", "")
-        added.append(("ignore", re.compile(message, re.I) if message else None, f.get("category", Warning),
-                      re.compile(module) if module else None, 0))
+        added.append(("ignore", _QuietMessage(re.compile(message, re.I) if message else None),
+                      f.get("category", Warning), re.compile(module) if module else None, 0))
     with _filters_lock:
+        _drop_ended()
         for item in added:
             warnings.filters.insert(0, item)
         _filters_changed()
@@ -356,11 +391,9 @@ def quiet_warnings(*filters: dict[str, Any]) -> Iterator[None]:
         yield
     finally:
         with _filters_lock:
-            for item in added:  # this block's own, found by identity: a user's equal filter stays
-                for i, f in enumerate(warnings.filters):
-                    if f is item:
-                        del warnings.filters[i]
-                        break
+            for item in added:
+                item[1].active = False
+            _drop_ended()  # this block's own, and any left before: a user's equal filter stays
             _filters_changed()
 
 
