@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -343,3 +345,47 @@ def test_cli_baseline_says_what_its_output_format_cannot_hold(tmp_path: Path,
             "hold them") in err, err
     assert cli.main(["baseline", str(pa), str(pb), "-o", str(tmp_path / "f.png")]) == 0
     assert "not written" not in capsys.readouterr().err
+
+
+def test_a_method_folder_is_listed_once_for_many_lookups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every find_method_result listed the method's whole folder, so N pairs took N listings of
+    N names (2000 pairs: 7 s). The folder is listed once while it stays as it was; a name added
+    or removed is seen (its mtime changes), and a folder changed within the file system's clock
+    tick is listed again rather than read stale."""
+    folder = tmp_path / "M"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"p{i}.png").write_bytes(b"")
+    old = time.time_ns() - 60 * 10**9
+    os.utime(folder, ns=(old, old))  # a folder not changed in the last seconds
+    listings: list[str] = []
+    real_listdir, real_scandir = os.listdir, os.scandir
+
+    def listdir(path: object = ".") -> list[str]:
+        listings.append(os.fspath(path))  # type: ignore[arg-type]
+        return real_listdir(path)  # type: ignore[arg-type]
+
+    def scandir(path: object = ".") -> object:
+        listings.append(os.fspath(path))  # type: ignore[arg-type]
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    monkeypatch.setattr(os, "scandir", scandir)
+    getattr(B, "_LISTINGS", {}).clear()  # listings of an earlier test's folders
+    for i in range(40):
+        assert B.find_method_result(tmp_path, "M", f"p{i}") == folder / f"p{i}.png"
+    assert B.find_method_result(tmp_path, "M", "p40") is None
+    assert len(listings) == 1
+    # a result added (and its twin) is seen: the folder's mtime changed
+    (folder / "p40.PNG").write_bytes(b"")
+    (folder / "p3.jpg").write_bytes(b"")
+    os.utime(folder, ns=(old + 1, old + 1))
+    assert B.find_method_result(tmp_path, "M", "p40") == folder / "p40.PNG"
+    with pytest.raises(InputFileError, match=r"p3\.png, p3\.jpg"):
+        B.find_method_result(tmp_path, "M", "p3")
+    assert len(listings) == 2
+    # a folder changed just now is not kept: a change within its mtime's tick would go unseen
+    (folder / "p3.jpg").unlink()
+    for _ in range(3):
+        assert B.find_method_result(tmp_path, "M", "p3") == folder / "p3.png"
+    assert len(listings) == 5
