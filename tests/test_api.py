@@ -413,6 +413,35 @@ def test_fusion_nets_take_a_data_parallel_net_for_the_net_it_wraps() -> None:
     assert np.array_equal(fuse_images(a, b, wrapped).fused, want)
 
 
+def test_fusion_nets_take_a_compiled_net_for_the_net_it_wraps() -> None:
+    """A CifarResNet wrapped by torch.compile (an OptimizedModule, its net in ``_orig_mod``) was
+    kept as it was: not folded, not copied (the caller's net was set to eval mode in place), and
+    the dense pass, reading its trunk and fc, ran it uncompiled anyway. It is taken for the net
+    it wraps (also inside DataParallel), folded, and fuses as that net does."""
+    import numpy as np
+    import torch
+
+    from bafusion.fusion import FusionNets, fuse_images
+    from bafusion.nets.model import CifarResNet, build_model
+
+    torch.manual_seed(6)
+    initial, boundary = build_model(8), build_model(8)
+    try:
+        compiled_i, compiled_b = torch.compile(initial), torch.compile(boundary)
+    except Exception as e:  # pragma: no cover - a torch without a working torch.compile here
+        pytest.skip(f"torch.compile unavailable: {e}")
+    assert compiled_i._orig_mod is initial  # compiling is lazy: nothing compiled until called
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 256, (24, 28, 3), dtype=np.uint8), rng.integers(0, 256, (24, 28, 3), dtype=np.uint8)
+    want = fuse_images(a, b, FusionNets(initial, boundary, 8, 8, "cpu")).fused
+    nets = FusionNets(compiled_i, torch.nn.DataParallel(compiled_b), 8, 8, "cpu")
+    for got in (nets.initial, nets.boundary):
+        assert type(got) is CifarResNet and not hasattr(got, "_orig_mod")
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in got.modules())  # folded
+    assert compiled_i.training and initial.training and compiled_b.training  # the caller's nets untouched
+    assert "ResNet-8" in repr(nets) and np.array_equal(fuse_images(a, b, nets).fused, want)
+
+
 def test_fusion_nets_built_with_a_device_name_fuse(tmp_path: Path) -> None:
     """FusionNets "built directly" (its docstring) with device="cpu", as load_model takes it,
     printed device=cpu but every fusion failed with "AttributeError: 'str' object has no

@@ -89,9 +89,9 @@ class FusionNets:
     keeps inference copies of the nets given (BatchNorm folded into the convolutions, moved to
     ``device``, channels-last, eval mode); the caller's nets are left untouched. Each net must be
     a :class:`bafusion.nets.model.CifarResNet` (:func:`bafusion.nets.model.build_model`, trained
-    or loaded; one wrapped by ``torch.nn.DataParallel`` or ``DistributedDataParallel`` is taken
-    for the net it wraps): the fusion's dense pass runs its trunk and classifier directly, so
-    another module or a callable is refused (an :class:`bafusion.errors.InputTypeError`).
+    or loaded; one wrapped by ``torch.nn.DataParallel``, ``DistributedDataParallel`` or
+    ``torch.compile`` is taken for the net it wraps): the fusion's dense pass runs its trunk and
+    classifier directly, so another module or a callable is refused (an :class:`bafusion.errors.InputTypeError`).
     """
 
     #: The initial net (step 1: scores every pixel), :class:`bafusion.nets.model.CifarResNet`.
@@ -126,12 +126,20 @@ class FusionNets:
         # "... no attribute 'to'"). The fusion reads a CifarResNet's trunk (total stride 4) and fc.
         for role in ("initial", "boundary"):
             net = getattr(self, role)
-            if isinstance(net, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
-                # a net of one's own training loop, wrapped to train on several GPUs: refused for its
-                # wrapper (and before that check "'DataParallel' object has no attribute 'trunk'"); its net
-                net = net.module
-                setattr(self, role, net)
-            if not isinstance(getattr(net, "_orig_mod", net), CifarResNet):  # torch.compile's wrapper: its net
+            while True:
+                if isinstance(net, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+                    # a net of one's own training loop, wrapped to train on several GPUs: refused for its
+                    # wrapper (and before that check "'DataParallel' object has no attribute 'trunk'"); its net
+                    net = net.module
+                elif isinstance(getattr(net, "_orig_mod", None), torch.nn.Module):
+                    # torch.compile's wrapper (OptimizedModule): kept, it was neither folded nor copied (the
+                    # caller's compiled net was set to eval mode in place), and the dense pass, reading its
+                    # trunk and fc, ran the net uncompiled anyway; its net, folded as any
+                    net = net._orig_mod
+                else:
+                    break
+            setattr(self, role, net)
+            if not isinstance(net, CifarResNet):
                 raise InputTypeError(
                     f"FusionNets {role}: expected a bafusion.nets.model.CifarResNet (the fusion's dense pass runs its "
                     f"trunk and fc), got {type(net).__module__}.{type(net).__qualname__}: build one with "
