@@ -348,6 +348,51 @@ def test_the_epoch_line_says_the_whole_trainings_elapsed_time_and_time_left(tmp_
     assert train_module._clock(90061.4) == "25:01:01"
 
 
+def test_the_wall_time_counts_each_epochs_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``wall_time_s`` (MLflow) and a finished run's ``last.pt`` ``wall_time``, the epochs'
+    whole time, "bookkeeping" included, left out each epoch's own checkpoint saves and MLflow
+    logging (timed before them). A clock that moves one second a training step, two a
+    validation and five a checkpoint save: the wall time is the steps' + 2 x 2 s + 5 s a save
+    made in the epochs (the last one, marking the run finished, comes after)."""
+    import types
+
+    import bafusion.nets.train as train_module
+
+    clock = [0.0]
+    step, evaluate, save = train_module.train_step, train_module.evaluate, train_module.save_checkpoint
+    saves: list[float] = []
+
+    def one_second_step(*args: object, **kwargs: object) -> object:
+        clock[0] += 1.0
+        return step(*args, **kwargs)
+
+    def two_second_validation(*args: object, **kwargs: object) -> object:
+        clock[0] += 2.0
+        return evaluate(*args, **kwargs)
+
+    def five_second_save(*args: object, **kwargs: object) -> object:
+        clock[0] += 5.0
+        saves.append(clock[0])
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", one_second_step)
+    monkeypatch.setattr(train_module, "evaluate", two_second_validation)
+    monkeypatch.setattr(train_module, "save_checkpoint", five_second_save)
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    h5 = write_toy_patches(tmp_path / "patches.h5", n_train=192, n_val=96, patch=16, seed=1)
+    cfg = resolve_config(TOY, "initial")
+    cfg.checkpoint_every = 0
+    paths = _paths(tmp_path / "run", "initial")
+    train("initial", h5, cfg, paths, progress=False)
+    from mlflow.tracking import MlflowClient
+
+    ck = load_checkpoint(paths.checkpoints / "last.pt")
+    logged = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"]).get_run(ck["mlflow_run_id"]).data.metrics
+    assert ck["finished"] and len(saves) >= 3  # last.pt at each epoch's end, and finished
+    want = logged["train_time_s"] + 2 * 2.0 + 5.0 * (len(saves) - 1)
+    assert logged["wall_time_s"] == want and ck["wall_time"] == want, (logged, ck["wall_time"], saves)
+
+
 def test_an_omp_num_threads_above_the_cores_is_kept_with_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """With ``train.threads: 0`` a thread count that ``OMP_NUM_THREADS`` gives torch is kept; it

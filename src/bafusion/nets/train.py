@@ -32,8 +32,8 @@ Outputs (all written atomically):
   the end the numbers of ``--report`` under its own names (``val_acc`` is the saved epoch's,
   ``saved_epoch``: the best one with ``keep: best``, as ``dvc metrics show`` says; ``last_val_acc``
   the last epoch's), the training's time (``train_time_s``, the steps', and ``wall_time_s``, the
-  epochs' whole, validation included; both in ``last.pt`` too, never in the model's ``.json``,
-  whose bytes do not depend on the clock) and the model as an artifact; a resumed run is a new MLflow run, tagged
+  epochs' whole, validation, checkpoints and logging included; both in ``last.pt`` too, never
+  in the model's ``.json``, whose bytes do not depend on the clock) and the model as an artifact; a resumed run is a new MLflow run, tagged
   ``resumed_from`` (epoch and step) and ``resumed_run_id`` (the interrupted run's MLflow run).
 
 Resuming: ``last.pt`` is written at every epoch end (and every ``checkpoint_every`` steps
@@ -1160,8 +1160,10 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
     best_path = paths.checkpoints / "best.pt"
     start_epoch, global_step, samples_seen, train_time = 0, 0, 0, 0.0
     # the finished epochs' wall time: their steps, BatchNorm re-estimate, validation and
-    # bookkeeping, summed over the runs that trained them (a resume adds to last.pt's; not in the model's .json, which must not
-    # depend on the clock: in last.pt and the MLflow run's wall_time_s)
+    # bookkeeping (checkpoints, MLflow logging, the live curve), summed over the runs that trained
+    # them (a resume adds to last.pt's, which lacks the saving and logging of the epoch it is
+    # written at, the number being in it; the finished run's last.pt has all); not in the model's
+    # .json, which must not depend on the clock: in last.pt and the MLflow run's wall_time_s
     wall_time = 0.0
     history: list[dict[str, Any]] = []
     best_acc, best_epoch = math.nan, -1
@@ -1402,7 +1404,8 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
             improved = _better(val_acc, best_acc, n_val)
             if improved:
                 best_acc, best_epoch = val_acc, epoch + 1
-            wall_time += epoch_time + time.perf_counter() - t_trained
+            t_book = time.perf_counter()
+            wall_time += epoch_time + t_book - t_trained
             if dist.main:
                 if improved:
                     best_state = _cpu_state(model)
@@ -1412,6 +1415,9 @@ def _train(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool
                 run.log_metrics(_epoch_metrics(row), step=epoch + 1)
                 _write_csv(paths.checkpoints / LIVE_CURVE, history)  # not --plots: see the module's docstring
                 now = time.perf_counter()
+                # the epoch's checkpoints and logging, left out of wall_time until now (and so
+                # of last.pt's, which is saved above: a resume misses the last epoch's)
+                wall_time += now - t_book
                 epoch_walls.append(epoch_time + now - t_trained)
                 print(in_log(f"bafusion train: {net} epoch {epoch + 1}/{cfg.epochs} lr {lr:.3g} "
                              f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
