@@ -1155,3 +1155,28 @@ def test_a_new_or_replaced_image_of_a_configured_dataset_reruns_evaluate(tmp_pat
         out = p.stdout + p.stderr
         assert "rule evaluate:" in out and str(f) in out, out[-3000:]
         os.utime(f, (t - 100, t - 100))
+
+
+def test_a_file_named_with_braces_in_a_configured_dataset_does_not_fail_the_dag(tmp_path: Path) -> None:
+    """The evaluate rule's inputs list the configured datasets' files, and Snakemake formats an
+    input function's paths with the job's wildcards: a file p{x}-A.png in a dataset's folder
+    failed every DAG holding evaluate (`snakemake -n`, the default target) with "Wildcards in
+    input files cannot be determined from output files". Its folder is the input instead."""
+    from PIL import Image
+
+    mine = tmp_path / "mine"
+    (mine / "ref" / "Max").mkdir(parents=True)
+    img = Image.new("RGB", (16, 16))
+    for f in ("p{x}-A.png", "p{x}-B.png", "p1-A.png", "p1-B.png"):
+        img.save(mine / f)
+    img.save(mine / "ref" / "Max" / "p{x}.png")
+    project = make_project(tmp_path / "p", {"evaluate": {"datasets": [
+        {"name": "mine", "sources": str(mine), "reference": str(mine / "ref"), "reference_methods": ["Max"]}]}},
+        git=False)
+    p = run(["snakemake", "evaluate", "-n", "--cores", "1"], project, check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "WildcardError" not in out, out[-3000:]
+    inputs = [line.split("input: ", 1)[1].split(", ") for line in out.splitlines() if "input: data/fused, " in line]
+    assert len(inputs) == 1, out[-3000:]
+    assert {str(mine / "p1-A.png"), str(mine), str(mine / "ref" / "Max")} <= set(inputs[0]), inputs
+    assert not any("{" in f for f in inputs[0]), inputs

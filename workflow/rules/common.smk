@@ -270,8 +270,10 @@ def evaluate_dataset_files(wildcards):
     command reads the folders from --params-json: Snakemake saw only the parameters, and Table 1
     stayed as it was). A folder a rule writes (data/testset, download_eval's) is that rule's
     output, an input already. Evaluated when the DAG is built (every rule known); paths inside
-    the project relative, others as resolved. DVC cannot list them: dvc.yaml's templating
-    interpolates no list into deps (see its evaluate stage)."""
+    the project relative, others as resolved; one Snakemake would take for a wildcard pattern
+    (p{x}.png) given as its folder (whose mtime changes as a file is added, removed or renamed).
+    DVC cannot list them: dvc.yaml's templating interpolates no list into deps (see its evaluate
+    stage)."""
     from bafusion.cli.params_check import pipeline_outputs, written_by
     from bafusion.workspace import resolve
 
@@ -301,8 +303,15 @@ def evaluate_dataset_files(wildcards):
                 files += [f for m in listed(path, "dir") for f in listed(m)]  # <REF>/<METHOD>/<pair>.<ext>
             elif path.is_file():
                 files.append(path)
+    from snakemake.io import contains_wildcard
+
     out = []
     for f in files:
         real = os.path.realpath(f)
-        out.append(os.path.relpath(real, here) if real.startswith(here + os.sep) else str(f))
+        path = os.path.relpath(real, here) if real.startswith(here + os.sep) else str(f)
+        if contains_wildcard(path):  # p{x}.png: Snakemake takes {x} for a wildcard and fails the whole DAG
+            path = os.path.dirname(path)  # its folder instead (its mtime: a file added, removed or renamed)
+            if contains_wildcard(path):
+                continue
+        out.append(path)
     return list(dict.fromkeys(out))
