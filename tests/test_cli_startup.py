@@ -133,6 +133,11 @@ def test_a_refused_input_of_fuse_dir_fuse_set_or_a_device_does_not_import_torch(
             Image.new("RGB", size_b).save(tmp_path / folder / "p1-B.png")
     for name in ("sa.png", "sb.png", "sf.png"):
         Image.new("L", (7, 7)).save(tmp_path / name)
+    long_name = "p" * (256 - len("-score-initial.png"))  # its shots' names fit (244 bytes), its maps' not (256)
+    (tmp_path / "long").mkdir()
+    (tmp_path / "long" / "index.json").write_text(json.dumps([long_name]))
+    for k in ("A", "B"):
+        Image.new("RGB", (32, 24)).save(tmp_path / "long" / f"{long_name}-{k}.png")
     t = str(tmp_path)
     cases = [
         (["fuse", f"{t}/a.png", f"{t}/missing.png", "-o", f"{t}/f.png", "--device", "cuda"], "missing.png: file not found"),
@@ -143,6 +148,8 @@ def test_a_refused_input_of_fuse_dir_fuse_set_or_a_device_does_not_import_torch(
         (["fuse-set", "--pairs", f"{t}/lacking", "--out", f"{t}/o4", "--device", "cuda"],
          "lacking/index.json: listed pairs lack their shots"),
         (["fuse-set", "--pairs", f"{t}/pairs", "--out", f"{t}/o5"], "p1-B.png: size 24x32 (WxH) differs from 32x24"),
+        (["fuse-set", "--pairs", f"{t}/long", "--out", f"{t}/o6", "--device", "cuda"],
+         "-score-initial.png: the map file's name is 256 bytes"),
         (["metrics", f"{t}/sa.png", f"{t}/sb.png", f"{t}/sf.png"], "QY needs images of at least 11x11"),
         (["evaluate", "--dataset", f"x={t}/nodir", "--out", f"{t}/ev"], "sources folder of dataset 'x' not found"),
     ]

@@ -561,7 +561,7 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
     from bafusion.dvc_metrics import fuse_metrics
     from bafusion.fusion.batch import model_identity
 
-    from bafusion.fusion.testset import check_pair_files, check_report_path, fuse_set, read_pair_index
+    from bafusion.fusion.testset import check_map_names, check_pair_files, check_report_path, fuse_set, read_pair_index
 
     params, other = params_from_args(args)
     # the index and the pairs' files from their headers (listed, there, images, one size) before
@@ -570,6 +570,7 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
     if args.report:  # before loading the nets: a --report that is one of the files written into --out
         check_report_path(args.out, args.report, names, what="--report file", folder="--out")
     check_pair_files(Path(args.pairs), names, decode=False)
+    check_map_names(Path(args.pairs), Path(args.out), names)  # maps/<pair>-score-initial.png too long
     check_device_of(other)
     set_threads(other)
     # its folders as tags, as fuse-dir's run has them: which run wrote this output folder

@@ -214,6 +214,38 @@ def check_pair_files(pairs: str | os.PathLike[str], names: list[str], *, decode:
         _check_pair_files(pairs, name, decode=decode)
 
 
+def check_map_names(pairs: str | os.PathLike[str], out: str | os.PathLike[str], names: list[str]) -> None:
+    """Refuse, before any work, a pair whose maps' names (``maps/<pair>-score-initial.png``, the
+    longest) are longer than a file name may be in ``out``: they failed with "File name too long"
+    after the pair's fusion. Reads no image: ``bafusion fuse-set`` checks so before importing
+    torch, :func:`fuse_set` before decoding the pairs.
+
+    Parameters
+    ----------
+    pairs : str or path
+        The pair folder (named in the refusal, with its ``index.json``).
+    out : str or path
+        The output folder, where ``maps/`` is written.
+    names : list of str
+        Its pairs (:func:`read_pair_index`).
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        Naming the longest map file, its length and the pair to rename.
+    """
+    if not names:
+        return
+    from bafusion.fusion.maps import MAP_KEYS
+    from bafusion.preflight import check_name_length
+
+    pair = max(names, key=lambda n: len(os.fsencode(n)))
+    key = max(MAP_KEYS, key=len)
+    check_name_length(Path(out) / "maps" / f"{pair}-{key}.png", "map file",
+                      f"the maps are named after the pair, {pair!r} of {Path(pairs) / 'index.json'}: give it a shorter "
+                      "name (its files and its entry in index.json)")
+
+
 def _check_pair_files(pairs: Path, name: str, decode: bool = True) -> None:
     """Refuse a pair whose shot, true decision map or all-in-focus truth (read where there is a
     decision map) is no readable image or is not the size of its A; each file decoded with
@@ -344,18 +376,11 @@ def fuse_set(
         say(f"{pairs / 'index.json'} lists no pairs: nothing to fuse")
     # fuse-set fuses pairs, where the stack rule plays no part: kept out of the report.
     report: dict = {"params": {k: v for k, v in asdict(params).items() if k != "stack_rule"}, "device": str(nets.device), "models": list(nets.sources), "pairs": {}}
-    # every pair's shots before any work, and that each decodes, of its pair's size (truth maps
-    # too): a missing or damaged file or a mismatch found after an hour would lose it
+    # the maps' names before the pairs are decoded (milliseconds, not the set's decoding), then every
+    # pair's shots, and that each decodes, of its pair's size (truth maps too): a missing or damaged
+    # file or a mismatch found after an hour would lose it
+    check_map_names(pairs, out, names)
     check_pair_files(pairs, names)
-    if names:  # the longest map name (maps/<pair>-score-initial.png): refused now, not after the pair's fusion
-        from bafusion.fusion.maps import MAP_KEYS
-        from bafusion.preflight import check_name_length
-
-        pair = max(names, key=lambda n: len(os.fsencode(n)))
-        key = max(MAP_KEYS, key=len)
-        check_name_length(out / "maps" / f"{pair}-{key}.png", "map file",
-                          f"the maps are named after the pair, {pair!r} of {pairs / 'index.json'}: give it a shorter "
-                          "name (its files and its entry in index.json)")
     # and the memory limit of the process's cgroup (a container, a SLURM job): over it the kernel
     # ends the run without a word, at the first pair too large; every pair's maps are written
     # (maps/, after its fusion), whose estimate is the larger below 27 MP at the working resolution, below
