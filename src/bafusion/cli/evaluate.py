@@ -395,7 +395,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, default="data/evaluation",
                    help="output folder (replaced whole; default data/evaluation)")
     p.add_argument("--report", type=nonempty_path, default=None,
-                   help="also write the metrics JSON here (a DVC metrics file)")
+                   help="also write the metrics JSON here, without its provenance (a DVC metrics file: numbers only)")
     p.add_argument("--plots", type=nonempty_path, default=None,
                    help="write every method's means as CSV here (for DVC plots)")
     p.add_argument("--root", type=nonempty_path, default=None, help="folder the relative paths of the parameters' datasets (params.yaml, --params-file, --params-json) "

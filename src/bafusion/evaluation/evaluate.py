@@ -1953,7 +1953,8 @@ def check_report_paths(
     reference image, its reference metrics), lies inside a dataset's sources or reference
     folder, or names a file the evaluation writes into ``out`` (``metrics.json``, the record of
     a report and plots inside it, ``evaluate-record.json``, anything in ``<out>/<dataset>/``).
-    ``report`` may be ``<out>/metrics.json``: it is a copy of that file."""
+    ``report`` may be ``<out>/metrics.json`` (then that file, ``provenance`` included; elsewhere
+    the report is ``metrics.json`` without its ``provenance``)."""
     from bafusion.preflight import OUTPUT_RECORDS, check_not_input, same_file
 
     folders = [(ds, p) for ds in cfg.datasets for p in (ds.sources, ds.reference) if p is not None]
@@ -2011,7 +2012,8 @@ def run_evaluation(
     run ``evaluate`` with the means, our wins, ranks and ``rank_of`` and each dataset's ``pairs``
     as metrics (``metrics.json``'s flattened names; :data:`COUNTS_TAG` names the counts) and the
     tables and figures as artifacts, and
-    write the DVC metrics JSON (``out/metrics.json``, copied to ``report``) and the means of all
+    write the metrics JSON (``out/metrics.json``; ``report``, the DVC metrics file, gets it without
+    its ``provenance``: numbers only) and the means of all
     methods as a CSV for DVC plots (``plots``). Returns the metrics document. A mean over fewer
     pairs than another method's (the metric NaN on some pairs; marked ``(n=k/N)``, never bold,
     in the tables) is left out of the MLflow metrics and the plots CSV (an empty cell): neither
