@@ -51,6 +51,31 @@ def _unstamped(text: str) -> list[str]:
     return [re.sub(rf"^{STAMP} ", "", line) for line in text.splitlines()]
 
 
+def _fake_train_clock(monkeypatch: pytest.MonkeyPatch, validation_s: float | None = 2.0) -> list[float]:
+    """A clock for train's ``time.perf_counter`` that moves 1 s a training step and
+    ``validation_s`` a validation (None: validation takes no time); returns it (``clock[0]``)."""
+    import types
+
+    import bafusion.nets.train as train_module
+
+    clock = [0.0]
+    step, evaluate = train_module.train_step, train_module.evaluate
+
+    def one_second_step(*args: object, **kwargs: object) -> object:
+        clock[0] += 1.0
+        return step(*args, **kwargs)
+
+    def timed_validation(*args: object, **kwargs: object) -> object:
+        clock[0] += validation_s or 0.0
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", one_second_step)
+    if validation_s is not None:
+        monkeypatch.setattr(train_module, "evaluate", timed_validation)
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    return clock
+
+
 def _paths(root: Path, net: str) -> Paths:
     return Paths(out=root / "models" / f"{net}.pt", checkpoints=root / "checkpoints" / net,
                  metrics=root / "metrics" / f"train_{net}.json", plots=root / "plots" / f"train_{net}.csv")
@@ -298,24 +323,10 @@ def test_the_epoch_line_says_the_whole_trainings_elapsed_time_and_time_left(tmp_
     (18 steps + validation) and says so, and its estimate takes epoch 2 whole (6 + 18 + 2 s).
     last.pt and the MLflow run hold the epochs' whole wall time (``wall_time``, ``wall_time_s``),
     resumed or not; the model's ``.json`` holds no time (its bytes must not depend on the clock)."""
-    import types
 
     import bafusion.nets.train as train_module
 
-    clock = [0.0]
-    step, evaluate = train_module.train_step, train_module.evaluate
-
-    def one_second_step(*args: object, **kwargs: object) -> object:
-        clock[0] += 1.0
-        return step(*args, **kwargs)
-
-    def two_second_validation(*args: object, **kwargs: object) -> object:
-        clock[0] += 2.0
-        return evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_step", one_second_step)
-    monkeypatch.setattr(train_module, "evaluate", two_second_validation)
-    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    clock = _fake_train_clock(monkeypatch)
     h5 = write_toy_patches(tmp_path / "patches.h5", n_train=192, n_val=96, patch=16, seed=1)
     cfg = resolve_config({**TOY, "train": {**TOY["train"], "epochs": 3}}, "initial")
     cfg.checkpoint_every = 10
@@ -354,31 +365,19 @@ def test_the_wall_time_counts_each_epochs_checkpoints(tmp_path: Path, monkeypatc
     logging (timed before them). A clock that moves one second a training step, two a
     validation and five a checkpoint save: the wall time is the steps' + 2 x 2 s + 5 s a save
     made in the epochs (the last one, marking the run finished, comes after)."""
-    import types
 
     import bafusion.nets.train as train_module
 
-    clock = [0.0]
-    step, evaluate, save = train_module.train_step, train_module.evaluate, train_module.save_checkpoint
+    clock = _fake_train_clock(monkeypatch)
+    save = train_module.save_checkpoint
     saves: list[float] = []
-
-    def one_second_step(*args: object, **kwargs: object) -> object:
-        clock[0] += 1.0
-        return step(*args, **kwargs)
-
-    def two_second_validation(*args: object, **kwargs: object) -> object:
-        clock[0] += 2.0
-        return evaluate(*args, **kwargs)
 
     def five_second_save(*args: object, **kwargs: object) -> object:
         clock[0] += 5.0
         saves.append(clock[0])
         return save(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_step", one_second_step)
-    monkeypatch.setattr(train_module, "evaluate", two_second_validation)
     monkeypatch.setattr(train_module, "save_checkpoint", five_second_save)
-    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     h5 = write_toy_patches(tmp_path / "patches.h5", n_train=192, n_val=96, patch=16, seed=1)
     cfg = resolve_config(TOY, "initial")
     cfg.checkpoint_every = 0
@@ -470,27 +469,12 @@ def test_a_terminals_epoch_bar_says_the_whole_trainings_time_left(tmp_path: Path
     alike, makes each redraw's figure exact. A log's plain lines are not changed (the test
     above and tests/test_progress_log.py)."""
     import re
-    import types
 
     import tqdm.std
 
-    import bafusion.nets.train as train_module
     from bafusion import progress
 
-    clock = [0.0]
-    step, evaluate = train_module.train_step, train_module.evaluate
-
-    def one_second_step(*args: object, **kwargs: object) -> object:
-        clock[0] += 1.0
-        return step(*args, **kwargs)
-
-    def two_second_validation(*args: object, **kwargs: object) -> object:
-        clock[0] += 2.0
-        return evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_step", one_second_step)
-    monkeypatch.setattr(train_module, "evaluate", two_second_validation)
-    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    clock = _fake_train_clock(monkeypatch)
     monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])
     monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
     h5 = write_toy_patches(tmp_path / "patches.h5", n_train=192, n_val=96, patch=16, seed=1)
@@ -520,22 +504,12 @@ def test_a_resumed_epoch_reports_the_time_and_rate_of_its_samples(toy_run: dict,
     the kill lost (31 to 34) trained nothing kept and count in neither. A clock that moves one
     second a training step (and never otherwise) makes the figures exact. Mutation testing
     reported the elapsed-time restores as untested; dropping either one fails this test."""
-    import types
 
     from mlflow.tracking import MlflowClient
 
-    import bafusion.nets.train as train_module
     from bafusion.tracking import EXPERIMENT
 
-    clock = [0.0]
-    step = train_module.train_step
-
-    def one_second_step(*args: object, **kwargs: object) -> object:
-        clock[0] += 1.0
-        return step(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_step", one_second_step)
-    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    clock = _fake_train_clock(monkeypatch, validation_s=None)
     monkeypatch.delenv("BAFUSION_MLFLOW", raising=False)
     # a seed of its own tells its runs from other tests' in the session's MLflow db
     cfg = resolve_config({**TOY, "seed": 4343}, "initial")
