@@ -1135,3 +1135,48 @@ def test_an_unrenamable_earlier_folder_replaced_in_place_keeps_the_new_output_wh
     kept = tmp_path / f"out.new-{os.getpid()}"
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(out) and str(kept) in str(e.value)
     assert (kept / "b").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out.new-%d" % os.getpid()]
+
+
+def test_on_macos_a_file_is_flushed_with_f_fullfsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS's ``fsync`` only hands the data to the drive, whose cache a power cut loses: there
+    ``fcntl(fd, F_FULLFSYNC)`` flushes it (Apple's fsync(2)). Simulated here (this machine is
+    no Mac): a ``fcntl`` with ``F_FULLFSYNC`` is used, and ``fsync`` only where it is refused
+    (``ENOTSUP``: some network file systems); its ``EIO`` is raised, naming the output."""
+    import errno
+    import types
+
+    import bafusion.atomic as atomic
+
+    calls: list[str] = []
+    refuse: list[int | None] = [None]
+
+    def fake_fcntl(fd: int, cmd: int) -> int:
+        assert cmd == 51
+        calls.append("F_FULLFSYNC")
+        if refuse[0] is not None:
+            raise OSError(refuse[0], os.strerror(refuse[0]))
+        return 0
+
+    fake = types.SimpleNamespace(F_FULLFSYNC=51, fcntl=fake_fcntl, flock=atomic.fcntl.flock,
+                                 LOCK_EX=atomic.fcntl.LOCK_EX, LOCK_NB=atomic.fcntl.LOCK_NB,
+                                 LOCK_UN=atomic.fcntl.LOCK_UN)
+    monkeypatch.setattr(atomic, "fcntl", fake)
+    real_fsync = os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    out = tmp_path / "out.txt"
+    with atomic_file(out) as tmp:
+        tmp.write_text("new")
+    assert calls == ["F_FULLFSYNC"] and out.read_text() == "new"
+    calls.clear()
+    refuse[0] = errno.ENOTSUP
+    with atomic_file(out) as tmp:
+        tmp.write_text("newer")
+    assert calls == ["F_FULLFSYNC", "fsync"] and out.read_text() == "newer"
+    calls.clear()
+    refuse[0] = errno.EIO
+    with pytest.raises(OSError) as e:
+        with atomic_file(out) as tmp:
+            tmp.write_text("lost")
+    assert calls == ["F_FULLFSYNC"] and e.value.errno == errno.EIO and e.value.filename == str(out)
+    assert out.read_text() == "newer"
+

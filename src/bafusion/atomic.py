@@ -420,8 +420,27 @@ _NO_SYNC_ERRNOS = frozenset(e for e in (getattr(errno, n, None) for n in ("EINVA
                             if e is not None)
 
 
+def _flush_fd(fd: int) -> None:
+    """Flush the open file ``fd`` to the disk: on macOS ``fcntl(fd, F_FULLFSYNC)``, where its
+    ``fsync`` only hands the data to the drive, whose cache a power cut loses (Apple's fsync(2));
+    ``fsync`` where the system has no ``F_FULLFSYNC`` or the file system refuses it (some network
+    and FUSE file systems, ``ENOTSUP``/``EINVAL``: Apple's own SQLite falls back so too). Its
+    ``EIO`` or a full disk is raised as it is."""
+    full = getattr(fcntl, "F_FULLFSYNC", None) if fcntl is not None else None
+    if full is not None:
+        try:
+            fcntl.fcntl(fd, full)
+            return
+        except OSError as e:
+            if e.errno == errno.EIO or e.errno in _DISK_FULL:
+                raise  # the data did not reach the disk: no fsync hides that
+            # refused here: the plain fsync below (its error, if any, is the one raised)
+    os.fsync(fd)
+
+
 def sync_file(tmp: str | os.PathLike[str], final: str | os.PathLike[str] | None = None) -> None:
-    """Flush the written and closed file ``tmp`` to the disk (``fsync``), once, before it is
+    """Flush the written and closed file ``tmp`` to the disk (``fsync``; ``F_FULLFSYNC`` on macOS:
+    :func:`_flush_fd`), once, before it is
     renamed into place: the rename alone is no promise that the data is on the disk, and after
     a power cut or a crash of the system (not of the process: the kernel still holds the data
     then) a file system may show the new name with an empty or partly written file (XFS; ext4
@@ -440,7 +459,7 @@ def sync_file(tmp: str | os.PathLike[str], final: str | os.PathLike[str] | None 
     except (IsADirectoryError, PermissionError):  # a writer made a folder, or a file it cannot open: not flushed
         return
     try:
-        os.fsync(fd)
+        _flush_fd(fd)
     except OSError as e:
         if e.errno not in _NO_SYNC_ERRNOS:
             raise OSError(e.errno, e.strerror, os.fspath(final if final is not None else tmp)) from e
