@@ -1180,3 +1180,100 @@ def test_on_macos_a_file_is_flushed_with_f_fullfsync(tmp_path: Path, monkeypatch
     assert calls == ["F_FULLFSYNC"] and e.value.errno == errno.EIO and e.value.filename == str(out)
     assert out.read_text() == "newer"
 
+
+_KILLED_WHILE_REPLACED = """
+import ctypes, errno, os, shutil, signal, sys
+from pathlib import Path
+import bafusion.atomic as atomic
+out, how, step = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+def kill():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def exdev(olddir, old, newdir, new, flags):
+    ctypes.set_errno(errno.EXDEV)
+    return -1
+
+atomic._renameat2 = exdev if how == "exdev" else None  # an overlay's lower layer, or no swap at all
+real_replace, real_rmtree = os.replace, shutil.rmtree
+
+def replace(src, dst):
+    if how == "exdev" and Path(src) == out:  # the earlier folder cannot be renamed
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), os.fspath(src), None, os.fspath(dst))
+    real_replace(src, dst)
+    if (step == "after_rename_away" and Path(src) == out) or (step == "after_rename_in" and Path(dst) == out):
+        kill()
+
+def rmtree(path, *args, **kwargs):
+    if Path(path) == out and step == "before_removal":
+        kill()
+    if Path(path) == out and step == "mid_removal":
+        os.remove(out / "a")
+        kill()
+    real_rmtree(path, *args, **kwargs)
+    if Path(path) == out and step == "after_removal":
+        kill()
+
+os.replace, shutil.rmtree = replace, rmtree
+if step == "before_replacement":  # the new folder complete, the earlier one not touched yet
+    atomic.sync_tree = lambda folder, final: kill()
+with atomic.atomic_dir(out) as tmp:
+    (tmp / "a").write_text("new")
+    (tmp / "b").write_text("new")
+"""
+
+
+@pytest.mark.parametrize("how,step", [("exdev", "before_replacement"), ("exdev", "before_removal"), ("exdev", "mid_removal"), ("exdev", "after_removal"),
+                                      ("exdev", "after_rename_in"), ("renames", "after_rename_away"),
+                                      ("renames", "before_replacement"), ("renames", "after_rename_in")])
+def test_a_folder_output_killed_at_any_step_of_its_replacement_is_whole_after_the_next_run(
+        tmp_path: Path, how: str, step: str) -> None:
+    """An earlier folder that cannot be renamed (EXDEV: an overlay's lower layer) is removed in
+    place, then the new one renamed in; where the system cannot swap, the earlier one is renamed
+    away, then the new one in. A SIGKILL between (or during the removal) left neither output in
+    place, or a part of the earlier one, and the next run removed the complete new one with the
+    killed run's temporary folder. The new one is now marked ready (flushed) before anything is
+    touched, and the next run puts it in place: the output is the earlier one whole (killed before
+    it was touched) or the new one, never neither. Each step is killed for real (SIGKILL in a
+    child process); the next run's sweep is :func:`remove_stale_parts`, as :func:`atomic_dir`'s."""
+    import subprocess
+    import sys
+
+    from bafusion.atomic import remove_stale_parts
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("a", "c"):
+        (out / name).write_text("earlier")
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WHILE_REPLACED, str(out), how, step], check=False)
+    assert proc.returncode == -9  # killed at that step
+    remove_stale_parts(out)  # the next run
+    if step == "before_replacement":
+        assert {p.name: p.read_text() for p in out.iterdir()} == {"a": "earlier", "c": "earlier"}
+    else:
+        assert {p.name: p.read_text() for p in out.iterdir()} == {"a": "new", "b": "new"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the killed run's temporary folder removed
+
+
+def test_a_killed_replacement_whose_output_was_written_since_is_left_alone(tmp_path: Path) -> None:
+    """The next run puts the new output of a killed replacement in place only where the output
+    is missing or is the earlier one half removed: an output put there since (by another run, by
+    hand) is kept, and the killed run's temporary folder removed as before."""
+    import subprocess
+    import sys
+
+    from bafusion.atomic import remove_stale_parts
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_text("earlier")
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WHILE_REPLACED, str(out), "exdev", "mid_removal"], check=False)
+    assert proc.returncode == -9
+    import shutil
+
+    shutil.rmtree(out)
+    out.mkdir()
+    (out / "z").write_text("the user's")
+    remove_stale_parts(out)
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"z": "the user's"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

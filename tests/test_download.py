@@ -582,6 +582,34 @@ def test_extract_zip_strips_top_folder(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["input"]
 
 
+def test_extract_zips_temporary_folder_left_by_a_killed_run_is_removed_by_the_next_and_only_it(tmp_path: Path) -> None:
+    """A run killed (SIGKILL) while extracting left its temporary folder
+    ``.<target>.extract-<pid>-<thread>``, unmarked, which no later run removed (one per killed
+    run, each as big as the archive). It is now ``.<target>.part-*``, marked as bafusion's
+    (:func:`bafusion.atomic.part_folder`), and the next extraction there removes it; a folder of
+    the same pattern without the marker (the user's) is kept."""
+    import subprocess
+    import sys
+
+    z = make_zip(tmp_path / "a.zip", {"GT01.png": b"1", "sub/GT02.png": b"2"})
+    work = tmp_path / "work"
+    work.mkdir()
+    target = work / "input"
+    code = ("import os, signal, sys\nimport bafusion.data.download as d\n"
+            "d.sync_tree = lambda folder, final: os.kill(os.getpid(), signal.SIGKILL)  # killed once all is extracted\n"
+            "d.extract_zip(sys.argv[1], sys.argv[2])\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(z), str(target)], check=False)
+    assert proc.returncode == -9
+    (left,) = work.iterdir()  # the killed run's temporary folder, holding what it extracted
+    assert left.name.startswith(".input.") and (left / "input" / "GT01.png").read_bytes() == b"1"
+    mine = work / ".input.part-mine"
+    mine.mkdir()
+    (mine / "keep").write_text("x")
+    extract_zip(make_zip(tmp_path / "b.zip", {"GT03.png": b"3"}), target)
+    assert sorted(p.name for p in target.iterdir()) == ["GT03.png"]
+    assert sorted(p.name for p in work.iterdir()) == [".input.part-mine", "input"] and (mine / "keep").is_file()
+
+
 def test_extract_zip_replaces_a_folder_in_one_step_where_it_can(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The earlier folder was renamed away, then the new one in: a SIGKILL between the two left

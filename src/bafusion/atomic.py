@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import json
 import os
 import re
 import shutil
@@ -70,6 +71,17 @@ def raise_if_stopped() -> None:
 #: file (naming a process of this host, PID namespace and boot that is gone, see
 #: :func:`_is_stale`), never a folder of the user's that happens to match the name.
 PART_MARKER = ".bafusion-part"
+#: The file that a temporary folder of :func:`atomic_dir` (or of
+#: :func:`bafusion.data.download.extract_zip`) holds once its new output is complete and flushed,
+#: where :func:`replace_folder` cannot swap it in one step, before it removes or renames the
+#: earlier output: the output's name and the identity (device, inode) of the new folder. A run
+#: killed while the earlier output was away or being removed is completed by the next one
+#: (:func:`_roll_forward`).
+READY_MARKER = ".bafusion-ready"
+#: The file written beside :data:`READY_MARKER` before an earlier output that cannot be renamed
+#: is removed in place (:func:`_replace_unmovable`): a part of it may be gone. It holds that
+#: output's identity and its entries' names (:func:`_half_removed`).
+REMOVING_MARKER = ".bafusion-removing"
 
 
 #: Whether ``os.kill(pid, 0)`` terminates the process instead of asking whether it runs (Windows:
@@ -123,6 +135,8 @@ def _remove_part(wrap: Path) -> None:
 
     handler = {"onexc": record} if sys.version_info >= (3, 12) else {"onerror": record}
     try:
+        with contextlib.suppress(FileNotFoundError):  # first: a new output half removed is never put in place
+            (wrap / READY_MARKER).unlink()
         for entry in wrap.iterdir():
             if entry.name == PART_MARKER:
                 continue
@@ -326,11 +340,126 @@ def _remove_stale(pattern: str, folder: Path) -> list[Path]:
     with contextlib.suppress(OSError):  # an unreadable folder: nothing removed
         for wrap in folder.glob(pattern):
             if _is_stale(wrap):
+                if not _roll_forward(wrap):
+                    continue  # the complete new output of a killed run that could not be put in place: kept
                 _remove_part(wrap)
                 removed.append(wrap)
             else:
                 _note_kept(wrap)
     return removed
+
+
+def _file_id(path: Path) -> list[int] | None:
+    """``[st_dev, st_ino]`` of ``path`` (not followed), ``None`` where there is none."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino]
+
+
+def _write_flushed(path: Path, text: str, final: Path) -> None:
+    """Write ``text`` to the marker ``path`` of a temporary folder and flush it, and the folder's
+    names, to the disk (:func:`sync_file`): it is there before what it announces begins."""
+    path.write_text(text, encoding="utf-8")
+    sync_file(path, final)
+    if os.name != "nt":  # Windows opens no folder to flush
+        sync_file(path.parent, final)
+
+
+def _mark_ready(new: Path, final: Path) -> None:
+    """Write :data:`READY_MARKER` into ``new``'s temporary folder (one holding
+    :data:`PART_MARKER`; none elsewhere): ``new`` is complete and goes in place of ``final``."""
+    wrap = new.parent
+    if not (wrap / PART_MARKER).is_file():
+        return
+    _write_flushed(wrap / READY_MARKER, json.dumps({"name": final.name, "new": _file_id(new)}), final)
+
+
+def _mark_removing(new: Path, final: Path) -> None:
+    """Write :data:`REMOVING_MARKER` beside :data:`READY_MARKER` (none where ``new``'s folder
+    holds none): ``final``, the earlier output, is about to be removed in place; its identity and
+    its entries' names tell it, half removed, from a folder put there since (whose inode may be
+    the same, reused)."""
+    wrap = new.parent
+    if not (wrap / READY_MARKER).is_file():
+        return
+    text = json.dumps({"old": _file_id(final), "names": sorted(os.listdir(final))})
+    _write_flushed(wrap / REMOVING_MARKER, text, final)
+
+
+def _half_removed(wrap: Path, final: Path) -> bool:
+    """Whether ``final`` is the earlier output that the killed run of ``wrap`` was removing in
+    place (:data:`REMOVING_MARKER`): the same folder, holding none but its own entries' names."""
+    try:
+        removing = json.loads((wrap / REMOVING_MARKER).read_text(encoding="utf-8"))
+        old_id, names = removing["old"], set(removing["names"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if old_id is None or final.is_symlink() or not final.is_dir() or _file_id(final) != old_id:
+        return False
+    try:
+        return set(os.listdir(final)) <= names
+    except OSError:
+        return False
+
+
+#: The outputs this process has named as not put in place (:func:`_note_not_rolled`): once each.
+_said_not_rolled: set[str] = set()
+
+
+def _note_not_rolled(new: Path, final: Path, why: str) -> None:
+    """Say once on stderr that the complete new output ``new`` of a killed run is kept, not put
+    in place of ``final``, and why."""
+    if str(new) in _said_not_rolled:
+        return
+    _said_not_rolled.add(str(new))
+    print(f"bafusion: warning: {final}: a run killed while it replaced this output left the new one, complete, at "
+          f"{new}; it cannot be put in place ({why}): move it there by hand", file=sys.stderr)
+
+
+def _roll_forward(wrap: Path) -> bool:
+    """Complete the replacement of an output begun by a killed run, from its stale temporary
+    folder ``wrap``: where it holds :data:`READY_MARKER` and the new output it names (the same
+    folder: not the earlier output swapped in its place), and the output is missing (killed
+    between the earlier one renamed or removed and the new one renamed in) or is the earlier
+    one half removed in place (:data:`REMOVING_MARKER`, the same folder), the new one is put in
+    place (and the rest of the earlier one removed), said on stderr. A kill before the earlier
+    output was touched, or an output put there since by another, is left as it is. Returns
+    whether ``wrap`` may be removed: ``False`` where the new output cannot be put in place
+    (named on stderr: :func:`_note_not_rolled`), which is then kept."""
+    try:
+        ready = json.loads((wrap / READY_MARKER).read_text(encoding="utf-8"))
+        name, new_id = ready["name"], ready["new"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or name.startswith(".bafusion-"):
+        return True
+    new, final = wrap / name, wrap.parent / name
+    if new.is_symlink() or not new.is_dir() or new_id is None or _file_id(new) != new_id:
+        return True  # put in place already (or swapped: the earlier output lies there)
+    state = "missing"
+    if os.path.lexists(final):
+        state = "half removed"
+        if not _half_removed(wrap, final):
+            return True  # the earlier output whole, or another's output since: the new one goes
+        blocked = _unremovable(final)
+        if blocked is not None:
+            _note_not_rolled(new, final, f"the rest of the earlier output cannot be removed: {blocked}")
+            return False
+        try:
+            shutil.rmtree(final)
+        except OSError as e:
+            _note_not_rolled(new, final, f"the rest of the earlier output cannot be removed: {e.strerror or e}")
+            return False
+    try:
+        os.replace(new, final)
+    except OSError as e:
+        _note_not_rolled(new, final, e.strerror or str(e))
+        return False
+    print(f"bafusion: note: {final}: a run killed while it replaced this output had left it {state}; its new "
+          "output, complete, is put in place now", file=sys.stderr)
+    return True
 
 
 #: The longest name part of a temporary folder ``.<name>.part-<random>``, in bytes: a longer
@@ -410,6 +539,35 @@ def _new_part(final: Path) -> Path:
             raise OSError(e.errno, e.strerror, os.fspath(final)) from e
         raise
     return wrap
+
+
+@contextlib.contextmanager
+def part_folder(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a new temporary folder ``.<name>.part-<random>`` beside ``final``, marked by
+    :data:`PART_MARKER` as this process's (as :func:`atomic_dir`'s), after removing the
+    leftovers of killed runs of this host there (:func:`remove_stale_parts`: a replacement left
+    half done is completed); it is removed, with what it holds, when the block ends. For a
+    writer that builds the new output inside itself and puts it in place with
+    :func:`replace_folder` (:func:`bafusion.data.download.extract_zip`).
+
+    Parameters
+    ----------
+    final : path
+        The output, whose folder holds the temporary folder.
+
+    Yields
+    ------
+    Path
+        The temporary folder (on ``final``'s file system, so that a rename out of it works).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(final)
+    wrap = _new_part(final)
+    try:
+        yield wrap
+    finally:
+        _remove_part(wrap)
 
 
 #: What ``fsync`` fails with where a file system cannot flush (some FUSE and special file systems;
@@ -596,13 +754,15 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     next run (:func:`remove_stale_parts`).
 
     An earlier output is swapped with the new one in one step where the system can
-    (:func:`exchange`: Linux, macOS); elsewhere it is renamed away and the new one renamed in, and a
-    SIGKILL or a power cut between those two renames leaves neither in place (the earlier one
-    stays in the temporary folder until the next run removes it). An earlier output that
-    cannot be renamed at all (``EXDEV``: a folder of an overlay's lower layer, a container
-    image's) is removed where it is and the new one renamed in (:func:`_replace_unmovable`; it
-    failed after the work). The new folder's files are flushed to the disk before it is
-    swapped in (:func:`sync_tree`)."""
+    (:func:`exchange`: Linux, macOS); elsewhere it is renamed away and the new one renamed in. An
+    earlier output that cannot be renamed at all (``EXDEV``: a folder of an overlay's lower
+    layer, a container image's) is removed where it is and the new one renamed in
+    (:func:`_replace_unmovable`; it failed after the work). A SIGKILL between those two steps
+    leaves neither in place (or a part of the earlier one) until the next write there of a
+    process of this host, which puts the new one, complete and marked ready
+    (:data:`READY_MARKER`), in place (:func:`_roll_forward`; the next run removed it with the
+    temporary folder). After a power cut (another boot) the temporary folder is kept and named.
+    The new folder's files are flushed to the disk before it is swapped in (:func:`sync_tree`)."""
     final = Path(os.path.abspath(path))  # a chdir inside the block changes nothing
     if final.is_symlink():
         final = final.resolve()
@@ -663,10 +823,12 @@ def replace_folder(new: Path, final: Path, old: Path) -> Path | None:
     try:
         if exchange(new, final):
             return new
+        _mark_ready(new, final)  # two steps from here: a kill between them is completed by the next run
         os.replace(final, old)
     except OSError as e:
         if e.errno != errno.EXDEV:
             raise
+        _mark_ready(new, final)
         _replace_unmovable(new, final, e)
         return None
     try:
@@ -704,7 +866,8 @@ def _replace_unmovable(tmp: Path, final: Path, error: OSError) -> None:
     overlay has no ``redirect_dir``): the swap and the two renames both fail so, after the
     work. The earlier folder is removed where it is (an overlay hides it), then the new one
     renamed in: a kill or a power cut between leaves neither in place, or a part of the earlier
-    one (as the two renames elsewhere leave neither), the new one in its temporary folder.
+    one (as the two renames elsewhere leave neither), the new one in its temporary folder, which
+    the next run puts in place (:data:`REMOVING_MARKER`, :func:`_roll_forward`).
 
     Refused, ``error`` raised naming ``final`` with the earlier output untouched, for a mount
     point and for a folder with one inside, or one that this process may not empty (no write
@@ -720,6 +883,7 @@ def _replace_unmovable(tmp: Path, final: Path, error: OSError) -> None:
         raise OSError(error.errno, f"{error.strerror} (a folder of an overlay's lower layer cannot be renamed), and "
                       f"it cannot be removed either ({blocked})", os.fspath(final)) from error
     try:
+        _mark_removing(tmp, final)  # a kill from here on: the next run puts tmp in place
         shutil.rmtree(final)
         os.replace(tmp, final)
     except OSError as e:

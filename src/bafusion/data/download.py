@@ -79,7 +79,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from bafusion._version import __version__
-from bafusion.atomic import part_path, replace_folder, sync_tree
+from bafusion.atomic import part_folder, part_path, replace_folder, sync_tree
 from bafusion.errors import UserError, json_loads
 from bafusion.progress import bar_options
 from bafusion.workspace import home_path
@@ -912,6 +912,11 @@ def extract_zip(
     that is not a folder (a file, a link to one, a broken link) is refused before anything is
     extracted, naming it: it was swapped away, left hidden beside it as
     ``.<target>.extract-*``.
+
+    The temporary folder, ``.<target>.part-<random>`` beside ``target``, is marked as
+    bafusion's (:func:`bafusion.atomic.part_folder`): one left by a killed run is removed by the
+    next extraction there (a run of this host whose process is gone), and one killed while the
+    earlier ``target`` was away is completed by it (:func:`bafusion.atomic.replace_folder`).
     """
     archive, target = Path(archive), Path(target)
     if os.path.lexists(target) and not target.is_dir():
@@ -927,49 +932,46 @@ def extract_zip(
         tops = {n.split("/", 1)[0] for n in names}
         if len(tops) == 1 and all("/" in n for n in names):
             prefix = tops.pop() + "/"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.extract-{os.getpid()}-{threading.get_ident()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     out: list[Path] = []
     current = ""  # the member being extracted, for the messages
-    try:
-        tmp.mkdir()
-        root = tmp.resolve()
-        with zipfile.ZipFile(archive) as zf:
-            for info, name in zip(infos, names):
-                current = info.filename
-                rel = name[len(prefix):]
-                if not rel:
-                    continue
-                dest = (root / rel).resolve()
-                if root not in dest.parents:  # belt and braces after _member_problem
-                    raise UserError(f"{archive}: refusing to extract member {info.filename!r}: lands outside the target")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(dest, "xb") as dst:
-                    while chunk := src.read(1 << 20):
-                        budget -= len(chunk)
-                        if budget < 0:
-                            raise UserError(f"{archive}: refusing to extract: members hold more than they declare")
-                        dst.write(chunk)
-                out.append(target / rel)
-        sync_tree(tmp, target)  # on the disk before it is in place (a power cut: the earlier folder or this one)
-        # one step where the system can swap (never neither in place); an earlier folder that cannot be
-        # renamed (EXDEV: an overlay's lower layer, a container image's) removed in place
-        earlier = replace_folder(tmp, target, target.with_name(f".{target.name}.old-{os.getpid()}"))
-        if earlier is not None:
-            _remove_earlier(earlier)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{archive}: corrupt zip archive ({e.__class__.__name__}: {e}); if it is a cached "
-                        f"download, delete {archive} and run again: it is fetched anew") from e
-    except (FileExistsError, NotADirectoryError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        # named by the member, not by the temporary folder's path it had
-        raise UserError(f"{archive}: member {current!r} occurs twice, or as a file and as a folder") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    # marked as bafusion's (as atomic_dir's): one left by a killed run is removed by the next
+    # (an unmarked `.<target>.extract-<pid>-<thread>` of versions before 2026-12-07 stayed for good)
+    with part_folder(target) as wrap:
+        tmp = wrap / target.name
+        try:
+            tmp.mkdir()
+            root = tmp.resolve()
+            with zipfile.ZipFile(archive) as zf:
+                for info, name in zip(infos, names):
+                    current = info.filename
+                    rel = name[len(prefix):]
+                    if not rel:
+                        continue
+                    dest = (root / rel).resolve()
+                    if root not in dest.parents:  # belt and braces after _member_problem
+                        raise UserError(f"{archive}: refusing to extract member {info.filename!r}: lands outside "
+                                        "the target")
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src, open(dest, "xb") as dst:
+                        while chunk := src.read(1 << 20):
+                            budget -= len(chunk)
+                            if budget < 0:
+                                raise UserError(f"{archive}: refusing to extract: members hold more than they declare")
+                            dst.write(chunk)
+                    out.append(target / rel)
+            sync_tree(tmp, target)  # on the disk before it is in place (a power cut: the earlier folder or this one)
+            # one step where the system can swap (never neither in place); an earlier folder that cannot be
+            # renamed (EXDEV: an overlay's lower layer, a container image's) removed in place; a kill while
+            # the earlier folder is away: the next run puts this one in place (atomic's READY_MARKER)
+            earlier = replace_folder(tmp, target, wrap / f"{target.name}.old")
+            if earlier is not None:
+                _remove_earlier(earlier)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+            raise UserError(f"{archive}: corrupt zip archive ({e.__class__.__name__}: {e}); if it is a cached "
+                            f"download, delete {archive} and run again: it is fetched anew") from e
+        except (FileExistsError, NotADirectoryError) as e:
+            # named by the member, not by the temporary folder's path it had
+            raise UserError(f"{archive}: member {current!r} occurs twice, or as a file and as a folder") from e
     return out
 
 
