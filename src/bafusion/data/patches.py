@@ -285,11 +285,22 @@ class _ChunkWriter:
             x.id.write_direct_chunk((start,) + (0,) * (x.ndim - 1), data)
 
 
+#: Rows per HDF5 chunk of the label datasets (``y``, ``pair``, ``centre``, ``y_block``).
+LABEL_CHUNK = 4096
+#: The label datasets of a split group: (name, dtype, shape of a row).
+_LABELS: tuple[tuple[str, type, tuple[int, ...]], ...] = (
+    ("y", np.uint8, ()), ("pair", np.int64, ()), ("centre", np.int32, (2,)), ("y_block", np.uint8, (2, 2)))
+
+
 class _Appender:
     """Grow the datasets of one split group as patches arrive.
 
-    ``x`` goes to the :class:`_ChunkWriter` chunk by chunk; ``y``, ``pair`` and ``centre`` are
-    small: kept in memory and written by :meth:`close`.
+    ``x`` goes to the :class:`_ChunkWriter` chunk by chunk; the labels (``y``, ``pair``,
+    ``centre``, ``y_block``) are written as they arrive, a whole number of chunks of
+    :data:`LABEL_CHUNK` rows at a time (the last, partial one by :meth:`close`): each chunk is
+    written once, whole, and stored as before. Held until :meth:`close` (versions before
+    2026-12-07), they took ~25 bytes a patch (tracemalloc; ~1.2 GB for 48,000,000 patches,
+    extrapolated: BENCHMARKS.md).
     """
 
     def __init__(self, g: h5py.Group, p: int, writer: _ChunkWriter) -> None:  # p: the stored side
@@ -299,19 +310,25 @@ class _Appender:
         self.g, self.kw, self.writer = g, kw, writer
         self.chunk = (CHUNK, 2, p, p)
         self.x = g.create_dataset("x", shape=(0, 2, p, p), maxshape=(None, 2, p, p), dtype=np.uint8, chunks=self.chunk, **kw)
+        self.labels = {name: g.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                                              chunks=(LABEL_CHUNK, *shape), **kw)
+                       for name, dtype, shape in _LABELS}
         self.n = 0  # patches submitted
         self.buf: list[np.ndarray] = []  # patches not yet in a full chunk
         self.nbuf = 0
-        self.rest: dict[str, list[np.ndarray]] = {"y": [], "pair": [], "centre": [], "y_block": []}
+        self.rest: dict[str, list[np.ndarray]] = {name: [] for name, _, _ in _LABELS}  # labels not yet written
+        self.nrest = 0
+        self.nlabels = 0  # label rows written
 
     def append(self, x: np.ndarray, y: np.ndarray, pair: np.ndarray, centre: np.ndarray,
                y_block: np.ndarray) -> None:
         if len(x) == 0:
             return
-        self.rest["y"].append(y)
-        self.rest["pair"].append(pair)
-        self.rest["centre"].append(centre)
-        self.rest["y_block"].append(y_block)
+        for name, v in (("y", y), ("pair", pair), ("centre", centre), ("y_block", y_block)):
+            self.rest[name].append(v)
+        self.nrest += len(y)
+        if self.nrest >= LABEL_CHUNK:
+            self._write_labels(whole=True)
         self.buf.append(x)
         self.nbuf += len(x)
         if self.nbuf >= CHUNK:
@@ -323,9 +340,26 @@ class _Appender:
             self.buf = [allx[full:]] if full < len(allx) else []
             self.nbuf = len(allx) - full
 
+    def _write_labels(self, whole: bool) -> None:
+        """Write the labels held: their whole chunks (``whole``), or all (the last, partial chunk)."""
+        k = (self.nrest // LABEL_CHUNK) * LABEL_CHUNK if whole else self.nrest
+        if not k:
+            return
+        # the patch chunks queued so far stored first: the files' layout does not depend on how
+        # many the deflate threads hold back (without it, --threads 3 wrote other bytes than 1)
+        self.writer.drain()
+        for name, dtype, _ in _LABELS:
+            v = np.concatenate(self.rest[name]).astype(dtype, copy=False)
+            self.rest[name] = [v[k:].copy()] if k < len(v) else []
+            d = self.labels[name]
+            d.resize(self.nlabels + k, axis=0)
+            d[self.nlabels :] = v[:k]
+        self.nlabels += k
+        self.nrest -= k
+
     def close(self) -> None:
         """Queue the last, partial chunk (zero-padded, as HDF5 pads edge chunks), store every
-        queued chunk and write the labels."""
+        queued chunk and write the last labels."""
         if self.nbuf:
             block = np.zeros(self.chunk, np.uint8)
             block[: self.nbuf] = np.concatenate(self.buf)
@@ -333,15 +367,7 @@ class _Appender:
             self.n += self.nbuf
             self.buf, self.nbuf = [], 0
         self.writer.drain()
-        for name, dtype, shape, chunks in (("y", np.uint8, (), (4096,)), ("pair", np.int64, (), (4096,)),
-                                           ("centre", np.int32, (2,), (4096, 2)),
-                                           ("y_block", np.uint8, (2, 2), (4096, 2, 2))):
-            # (without a copy, and the pieces let go: the labels of every patch are held until here)
-            v = np.concatenate(self.rest[name]).astype(dtype, copy=False) if self.rest[name] else np.zeros((0, *shape), dtype)
-            self.rest[name] = []
-            d = self.g.create_dataset(name, shape=(len(v), *shape), maxshape=(None, *shape), dtype=dtype, chunks=chunks, **self.kw)
-            if len(v):
-                d[...] = v
+        self._write_labels(whole=False)
 
 
 class _Shards:
