@@ -7,15 +7,18 @@ BENCHMARKS.md "Camera resolution"). :func:`auto_threads` therefore gives torch o
 that other processes leave free, by the 1-minute load average, and at least one, and never
 more than the CPUs its cgroup's CPU quota allows (:func:`cpu_quota`: a container's
 ``--cpus``, a Kubernetes CPU limit, systemd's ``CPUQuota``), which torch's own default count
-(the machine's cores) and the affinity mask do not see.
+(the cores of the affinity mask: 2 on a 2-core machine, 1 under ``taskset -c 0``) and the
+affinity mask do not see.
 
 The same setting bounds the numpy/scipy steps of a fusion that run side by side
 (:func:`side_by_side`, :func:`work_threads`): the two gray conversions,
 exposure matching's two low-pass filters and the band's guided-filter tiles, each the same bits
 with one thread or several (measured: BENCHMARKS.md, "Where a camera-size fusion's time goes").
 
-A process forked from one that had imported torch runs torch on one thread
+A process forked from one that had imported torch and this module runs torch on one thread
 (:func:`_after_fork_in_child`, :func:`torch_threads`): torch's OpenMP threads do not survive a fork.
+A process forked before this module was imported is not seen: its fusion on several threads can
+wait forever where the parent ran torch on several.
 """
 
 from __future__ import annotations
@@ -214,7 +217,8 @@ def checked_threads(threads: object, name: str = "threads=") -> int | str | None
 
 
 #: Set in a process forked (:func:`os.fork`, a worker of a fork-started ``multiprocessing.Pool``,
-#: Python 3.11's default on Linux) from one that had imported torch (:func:`_after_fork_in_child`).
+#: Python 3.11's default on Linux) from one that had imported torch and this module
+#: (:func:`_after_fork_in_child`).
 _forked_after_torch = False
 #: Whether :func:`torch_threads` has said in this process that it runs torch on one thread.
 _said_fork = False
@@ -266,8 +270,9 @@ def torch_threads(threads: int | str | None = None) -> Iterator[int]:
     1-minute load average leaves free, read at each call, less this process's earlier
     ``"auto"`` blocks' part, :func:`own_load`). Yields the number in use.
 
-    In a process forked from one that had imported torch (a worker of a fork-started
-    ``multiprocessing.Pool``), torch is set to one thread at the fork (:func:`_after_fork_in_child`),
+    In a process forked from one that had imported torch and this module (a worker of a
+    fork-started ``multiprocessing.Pool`` started after ``bafusion.fuse``, ``fuse_images`` or
+    ``load_model`` was used), torch is set to one thread at the fork (:func:`_after_fork_in_child`),
     and more than one (``threads=2``, or a ``torch.set_num_threads(2)`` of the child's) is
     lowered to one, with a :class:`RuntimeWarning` once a process: torch's OpenMP threads do not
     survive a fork, and a fusion on several would wait forever. Spawn or forkserver workers

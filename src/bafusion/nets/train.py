@@ -1028,12 +1028,12 @@ def _train_locked(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resum
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     elif not (os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")):
-        # train.threads 0: torch's default (its current setting: the machine's physical cores in a
-        # fresh process), at most the cores this process may run on (threads.available_cores: the
-        # affinity mask and the cgroup's CPU quota, which torch's count does not see: 64 threads
-        # in a container limited to 4 CPUs of a 64-core machine, each throttled), as --nproc's
-        # processes share them. Unconstrained, torch's count is at most the mask's CPUs (physical
-        # cores <= logical ones): unchanged. A count the environment gives torch is kept.
+        # train.threads 0: torch's default (its current setting: in a fresh process MKL's count of
+        # the affinity mask's cores, 1 under taskset -c 0 on a 2-core machine), at most the cores
+        # this process may run on (threads.available_cores: the affinity mask and the cgroup's CPU
+        # quota, which torch's count does not see: 64 threads in a container limited to 4 CPUs of a
+        # 64-core machine, each throttled), as --nproc's processes share them. Unconstrained,
+        # torch's count is at most the mask's CPUs (physical cores <= logical ones): unchanged. A count the environment gives torch is kept.
         from bafusion.threads import available_cores
 
         if (n := min(torch.get_num_threads(), available_cores())) != torch.get_num_threads():
