@@ -1414,6 +1414,113 @@ def test_a_hangup_stops_the_command_as_sigterm_does(tmp_path: Path, signum: int,
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary folder
 
 
+_SLOW_CLEANUP = """
+import signal, sys, time
+from pathlib import Path
+from bafusion import atomic
+from bafusion.cli import app
+
+def work(args):
+    out = Path(sys.argv[1])
+    try:
+        with atomic.atomic_dir(out / "result") as tmp:
+            (tmp / "half.txt").write_text("half")
+            print("ready", flush=True)
+            time.sleep(60)
+    except BaseException:
+        print("cleaning", flush=True)  # as a stopped step's MLflow run is ended: a second or two under load
+        time.sleep(3)
+        (out / "run-ended").write_text("KILLED")
+        raise
+    return 0
+
+def parser(command=None):
+    p = app.Parser(prog="bafusion")
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("evaluate").set_defaults(func=work)
+    return p
+
+app.build_parser = parser
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal, even from a background job
+sys.exit(app.main(["evaluate"]))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("repeats", [1, 2])
+def test_a_second_ctrl_c_while_the_command_cleans_up_is_held(tmp_path: Path, repeats: int) -> None:
+    """A second Ctrl-C pressed while the command cleaned up after the first (an impatient
+    double press) raised inside that cleanup: fuse-dir's MLflow run stayed RUNNING (found with
+    two SIGINTs 0.02 s apart to `fuse-dir` with BAFUSION_MLFLOW=1). The first repeat is held,
+    and a line says that the command is still stopping; a further one stops it at once."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_CLEANUP, str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout.readline().strip() == "cleaning"
+    for _ in range(repeats):
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    held = ("bafusion evaluate: still stopping (cleaning up); press Ctrl-C again to stop at once, leaving what is "
+            "not cleaned up to its next run")
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [held, "bafusion evaluate: interrupted"], err
+    # held: the cleanup ran to its end; stopped at once by a third Ctrl-C: it did not
+    assert (tmp_path / "run-ended").exists() == (repeats == 1)
+    assert not (tmp_path / "result").exists()
+
+
+_LOST_STOP = """
+import os, signal, sys, time
+from bafusion.cli import app
+
+class Lost:
+    def __del__(self):  # as h5py's: the KeyboardInterrupt of a signal handled here is only printed, and lost
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)
+
+def work(args):
+    Lost()
+    print("lost", flush=True)
+    time.sleep(60)
+    return 0
+
+def parser(command=None):
+    p = app.Parser(prog="bafusion")
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("evaluate").set_defaults(func=work)
+    return p
+
+app.build_parser = parser
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal, even from a background job
+sys.exit(app.main(["evaluate"]))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_ctrl_c_after_one_whose_stop_was_lost_is_not_held(tmp_path: Path) -> None:
+    """A repeated Ctrl-C is held while the command cleans up after the first, but not when the
+    first one's KeyboardInterrupt was lost (raised inside a ``__del__``): the command went on
+    working, and the next Ctrl-C stops it."""
+    import signal
+
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = subprocess.Popen([sys.executable, "-c", _LOST_STOP], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "lost"
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert (proc.returncode, err.strip().splitlines()) == (130, ["bafusion evaluate: interrupted"]), err
+
+
 def test_out_of_memory_advice_is_the_commands_own(work: Path, capsys, monkeypatch) -> None:
     """The advice "a smaller fuse.max_tile / train.batch" was given to every command: fuse has
     no such flag, train.batch is train's, and what fills the memory of a fusion is the

@@ -301,12 +301,43 @@ def _stop_line(cmd: str, said: str) -> str:
     return f"{cmd}: {said}" + (f"; {advice}" if advice else "")
 
 
+#: The command that :func:`main` runs (named by the line of a held repeated stop), whether a stop
+#: signal of it was held (:func:`_held_repeat`), and whether the exception of its stop was lost
+#: (raised inside a ``__del__`` or a weakref callback: :func:`_quiet_stop_hook`).
+_running_cmd = "bafusion"
+_repeat_held = False
+_stop_exception_lost = False
+
+
+def _held_repeat(signum: int) -> bool:
+    """Whether the stop signal ``signum`` repeats a stop under way and is held: the first
+    repeat is, with a line saying that the command is still stopping; a second one is not (it
+    stops the command at once). A second Ctrl-C pressed while the command cleaned up after the
+    first (ending its MLflow run, removing its temporary outputs) raised in the middle of that
+    cleanup and left the run RUNNING. Never held when the first stop's exception was lost: the
+    command did not stop, and this signal stops it."""
+    global _repeat_held
+    if stop_requested() is None or _stop_exception_lost or _repeat_held:
+        return False
+    _repeat_held = True
+    again = "press Ctrl-C" if signum == signal.SIGINT else "send the signal"
+    line = (f"{_running_cmd}: still stopping (cleaning up); {again} again to stop at once, leaving what is not "
+            "cleaned up to its next run\n")
+    with contextlib.suppress(OSError):  # not print: the stream may be in the middle of a write
+        os.write(2, line.encode(errors="replace"))
+    return True
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
+    if _held_repeat(signum):
+        return
     request_stop(signum)
     raise SystemExit(128 + signum)
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    if _held_repeat(signum):
+        return
     request_stop(signum)
     raise KeyboardInterrupt
 
@@ -321,6 +352,8 @@ def _quiet_stop_hook(previous: object) -> object:
         exc_type = getattr(unraisable, "exc_type", None)
         if (stop_requested() is not None and isinstance(exc_type, type)
                 and issubclass(exc_type, (KeyboardInterrupt, SystemExit))):
+            global _stop_exception_lost
+            _stop_exception_lost = True  # a repeated signal stops the command (_held_repeat)
             return
         previous(unraisable)  # type: ignore[operator]
 
@@ -459,11 +492,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     clear_stop()
     on_stop_say(None)
     _finished_outputs.clear()
+    global _running_cmd, _repeat_held, _stop_exception_lost
+    _repeat_held = _stop_exception_lost = False
     replaced = install_sigterm_handler()
     previous_hook = sys.unraisablehook
     sys.unraisablehook = _quiet_stop_hook(previous_hook)  # type: ignore[assignment]
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = f"bafusion {command_of(argv) or ''}".rstrip()
+    _running_cmd = cmd
     # stdout to a file (nohup, cron, a Snakemake log) is block-buffered: the one line per pair of
     # evaluate and fuse-set showed up at the end of a long run; line by line while the command runs
     stdout, line_buffered = sys.stdout, getattr(sys.stdout, "line_buffering", None)
