@@ -70,8 +70,8 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -79,7 +79,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from bafusion._version import __version__
-from bafusion.atomic import part_folder, part_path, replace_folder, sync_tree
+from bafusion.atomic import part_folder, part_path, raise_if_stopped, replace_folder, sync_tree
 from bafusion.errors import UserError, json_loads
 from bafusion.progress import bar_options
 from bafusion.workspace import home_path
@@ -497,6 +497,9 @@ def _attempt(
                     _write_part(f, chunk, part)
                     received += len(chunk)
                     bar.update(len(chunk))
+                    # a worker thread of fetch_many is not interrupted by the signal (the main
+                    # thread is): its download stops here, its .part kept for the rerun
+                    raise_if_stopped()
                     # not once the body is complete: its last chunk came in, however late
                     complete = total is not None and start + received >= total
                     slow = None if complete else _too_slow(received, time.monotonic() - t0, timeout, min_rate)
@@ -715,6 +718,21 @@ class FetchJob:
     size: int | None = None
 
 
+@contextlib.contextmanager
+def _cancelled_when_stopped() -> Iterator[dict[Future[FetchResult], FetchJob]]:
+    """The futures of :func:`fetch_many`, those not started cancelled when the command is
+    stopped (Ctrl-C, SIGTERM): the pool's exit waited for every queued download, so a stopped
+    ``download-eval`` went on fetching all its files without a word (the running ones stop at
+    their next chunk, :func:`_attempt`)."""
+    futures: dict[Future[FetchResult], FetchJob] = {}
+    try:
+        yield futures
+    except (KeyboardInterrupt, SystemExit):
+        for fut in futures:
+            fut.cancel()
+        raise
+
+
 def fetch_many(
     jobs: Sequence[FetchJob],
     *,
@@ -760,8 +778,9 @@ def fetch_many(
                 min_rate=min_rate,
             )
 
-        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="fetch") as pool:
-            futures = {pool.submit(one, job): job for job in jobs}
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="fetch") as pool, \
+                _cancelled_when_stopped() as futures:
+            futures.update({pool.submit(one, job): job for job in jobs})
             for fut in as_completed(futures):
                 job = futures[fut]
                 try:
