@@ -371,17 +371,14 @@ def check_alignable_sizes(infos) -> None:
     frame when its aspect ratio is close (:func:`bafusion.fusion.align.size_problem`); a shot
     turned by 90 degrees or of another aspect ratio is an error naming both files and sizes."""
     from bafusion.fusion.align import size_problem
-    from bafusion.io import orientation_clause
-    from bafusion.io.info import _kept_orientation_clause
+    from bafusion.io.info import _orientation_clauses
 
     a = infos[0]
     for b in infos[1:]:
         why = size_problem((a.width, a.height), (b.width, b.height))
         if why:
-            turned = (b.width, b.height) == (a.height, a.width)  # a tag applied (180 degrees) may be the wrong one
-            kept = _kept_orientation_clause(b) + _kept_orientation_clause(a) if turned else ""
             raise InputFileError(b.path, f"size {b.width}x{b.height} (WxH) differs from {a.width}x{a.height} of "
-                                 f"{a.path}: {why}" + orientation_clause(b) + orientation_clause(a) + kept)
+                                 f"{a.path}: {why}" + _orientation_clauses(b, a))
 
 
 def _safe_motion_hints(images: Sequence[np.ndarray], names: Sequence[str]) -> list[str]:

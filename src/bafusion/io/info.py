@@ -338,37 +338,28 @@ def check_same_sizes(infos: Sequence[ImageInfo], remedy: str | None = None) -> N
     a = infos[0]
     for b in infos[1:]:
         if (b.width, b.height) != (a.width, a.height):
-            turned = (b.width, b.height) == (a.height, a.width)
-            kept = _kept_orientation_clause(b) + _kept_orientation_clause(a) if turned else ""
+            clauses = _orientation_clauses(b, a)
             raise InputFileError(
                 b.path, f"size {b.width}x{b.height} (WxH) differs from {a.width}x{a.height} of {a.path}: the "
-                "sources must have the same size" + orientation_clause(b) + orientation_clause(a) + kept
-                + size_remedy((a.width, a.height), (b.width, b.height), remedy,
-                              tagged=bool(orientation_clause(b) or orientation_clause(a) or kept)))
+                "sources must have the same size" + clauses
+                + size_remedy((a.width, a.height), (b.width, b.height), remedy, tagged=bool(clauses)))
 
 
-def _kept_orientation_clause(info: ImageInfo) -> str:
-    """``''`` or, for a file whose EXIF orientation was applied without swapping its width and
+def _orientation_clauses(b: ImageInfo, a: ImageInfo) -> str:
+    """What an error of ``b``'s size against ``a``'s adds about their EXIF orientations:
+    :func:`orientation_clause` of ``b`` and of ``a``, then, where the sizes are swapped (WxH
+    against HxW), for each of them whose orientation was applied without swapping its width and
     height (2, 3 = turned 180 degrees, 4), ``"; <file>'s EXIF orientation 3 was applied (it
-    keeps the stored 160x120)"``: what the error of a shot turned by 90 degrees adds, where the
-    tag present may be the wrong one ("its orientation tag may be missing" said of a file that
-    has one, applied, was not true).
-
-    Parameters
-    ----------
-    info : ImageInfo
-        The file's header.
-
-    Returns
-    -------
-    str
-        The clause, or ``""`` (no orientation applied, or one that swapped the sizes: that is
-        :func:`orientation_clause`'s).
-    """
-    if info.orientation in (None, 1) or (info.width, info.height) != info.stored:
-        return ""
-    w, h = info.stored
-    return f"; {info.path}'s EXIF orientation {info.orientation} was applied (it keeps the stored {w}x{h})"
+    keeps the stored 160x120)"``: the tag present may be the wrong one ("its orientation tag may
+    be missing" said of a file that has one, applied, was not true). ``""`` when none applies."""
+    clauses = orientation_clause(b) + orientation_clause(a)
+    if (b.width, b.height) == (a.height, a.width):
+        for info in (b, a):
+            if info.orientation not in (None, 1) and (info.width, info.height) == info.stored:
+                w, h = info.stored
+                clauses += (f"; {info.path}'s EXIF orientation {info.orientation} was applied (it keeps the "
+                            f"stored {w}x{h})")
+    return clauses
 
 
 def size_remedy(first: tuple[int, int], other: tuple[int, int], remedy: str | None = None, *,
@@ -388,7 +379,7 @@ def size_remedy(first: tuple[int, int], other: tuple[int, int], remedy: str | No
     tagged : bool
         An EXIF orientation was applied to one of the files: one that swapped its width and
         height (:func:`orientation_clause` says so beside the clause) or another
-        (:func:`_kept_orientation_clause`).
+        (:func:`_orientation_clauses`).
 
     Returns
     -------
