@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from overlay_layer import overlay_lower_layer
 
 from bafusion.atomic import atomic_dir, atomic_file, write_text
 
@@ -970,20 +971,7 @@ def test_an_earlier_folder_that_cannot_be_renamed_is_replaced_in_place(tmp_path:
     out = tmp_path / "out"
     (out / "sub").mkdir(parents=True)
     (out / "sub" / "a").write_text("earlier")
-
-    def exdev(olddir, old, newdir, new, flags):
-        ctypes.set_errno(errno.EXDEV)
-        return -1
-
-    monkeypatch.setattr(atomic, "_renameat2", exdev if swap == "exdev" else None)
-    real = os.replace
-
-    def replace(src, dst):
-        if Path(src) == out:  # the earlier folder, renamed away: what an overlay refuses
-            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), os.fspath(src), None, os.fspath(dst))
-        return real(src, dst)
-
-    monkeypatch.setattr(atomic.os, "replace", replace)
+    overlay_lower_layer(monkeypatch, out, swap=swap == "exdev")
     with atomic_dir(out) as tmp:
         (tmp / "b").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["b"] and (out / "b").read_text() == "new"
@@ -1050,29 +1038,6 @@ def test_on_macos_a_folder_is_swapped_in_one_step_with_renamex_np(tmp_path: Path
     assert isinstance(atomic._renameat2, type(lambda: 0))  # the wrapper, not renameat2
 
 
-def _overlay_lower_layer(monkeypatch: pytest.MonkeyPatch, out: Path) -> None:
-    """Make ``out`` a folder that cannot be renamed (EXDEV for the swap and for a rename of
-    ``out`` away), as one of an overlay's lower layer (checked on a real overlay mount)."""
-    import ctypes
-    import errno
-
-    import bafusion.atomic as atomic
-
-    def exdev(olddir, old, newdir, new, flags):
-        ctypes.set_errno(errno.EXDEV)
-        return -1
-
-    monkeypatch.setattr(atomic, "_renameat2", exdev)
-    real = os.replace
-
-    def replace(src, dst):
-        if Path(src) == out:
-            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), os.fspath(src), None, os.fspath(dst))
-        return real(src, dst)
-
-    monkeypatch.setattr(atomic.os, "replace", replace)
-
-
 @pytest.mark.parametrize("blocks", ["permission", "mount"])
 def test_an_unrenamable_earlier_folder_that_cannot_be_emptied_is_kept_whole(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch,
@@ -1092,7 +1057,7 @@ def test_an_unrenamable_earlier_folder_that_cannot_be_emptied_is_kept_whole(tmp_
     (out / "a" / "x").write_text("earlier")
     (out / "ro").mkdir()
     (out / "ro" / "y").write_text("earlier")
-    _overlay_lower_layer(monkeypatch, out)
+    overlay_lower_layer(monkeypatch, out)
     if blocks == "permission":
         real_access = os.access
         monkeypatch.setattr(atomic.os, "access", lambda p, mode: Path(p) != out / "ro" and real_access(p, mode))
@@ -1120,7 +1085,7 @@ def test_an_unrenamable_earlier_folder_replaced_in_place_keeps_the_new_output_wh
     out = tmp_path / "out"
     out.mkdir()
     (out / "a").write_text("earlier")
-    _overlay_lower_layer(monkeypatch, out)
+    overlay_lower_layer(monkeypatch, out)
     exdev_replace = atomic.os.replace
 
     def replace(src, dst):

@@ -80,6 +80,20 @@ def test_light_commands_do_not_import_torch(argv: list[str]) -> None:
     assert out.splitlines()[-1] == "False", out
 
 
+def _main_in_a_fresh_process(argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    """``bafusion.cli.main(argv)`` run in a new interpreter (only ``src`` on its path, ``env`` added),
+    which prints its exit status and whether torch was imported: stdout ``"2 False"`` for a refusal
+    made before torch."""
+    code = (
+        "import sys\n"
+        "from bafusion.cli import main\n"
+        f"status = main({argv!r})\n"
+        "print(status, 'torch' in sys.modules)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", **env})
+
+
 def test_a_refused_input_file_of_fuse_does_not_import_torch(tmp_path: Path) -> None:
     """``bafusion fuse`` checks its shots from their headers (there, an image read here, one size)
     before importing torch: its refusals came after those seconds (~6 s on a loaded 2-core machine;
@@ -97,14 +111,7 @@ def test_a_refused_input_file_of_fuse_does_not_import_torch(tmp_path: Path) -> N
     for name, said in cases.items():
         argv = ["fuse", str(tmp_path / "a.png"), str(tmp_path / name), "-o", str(tmp_path / "f.png"),
                 "--save-maps", str(tmp_path / "maps"), "--device", "cpu"]
-        code = (
-            "import sys\n"
-            "from bafusion.cli import main\n"
-            f"status = main({argv!r})\n"
-            "print(status, 'torch' in sys.modules)\n"
-        )
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+        p = _main_in_a_fresh_process(argv)
         assert said in p.stderr, p.stderr
         assert p.stdout.split() == ["2", "False"], (name, p.stdout, p.stderr)
     for argv in (["fuse", "--help"], ["fuse-dir", "--bogus"], ["fuse-set", "--help"]):
@@ -154,14 +161,7 @@ def test_a_refused_input_of_fuse_dir_fuse_set_or_a_device_does_not_import_torch(
         (["evaluate", "--dataset", f"x={t}/nodir", "--out", f"{t}/ev"], "sources folder of dataset 'x' not found"),
     ]
     for argv, said in cases:
-        code = (
-            "import sys\n"
-            "from bafusion.cli import main\n"
-            f"status = main({argv!r})\n"
-            "print(status, 'torch' in sys.modules)\n"
-        )
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "BAFUSION_MLFLOW": "0"})
+        p = _main_in_a_fresh_process(argv, BAFUSION_MLFLOW="0")
         assert said in p.stderr, (argv, p.stderr)
         assert p.stdout.split() == ["2", "False"], (argv, p.stdout, p.stderr)
 

@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from overlay_layer import overlay_lower_layer
 
 from bafusion.data.download import (
     MAX_ZIP_RATIO,
@@ -1284,27 +1285,9 @@ def test_extract_zip_replaces_an_earlier_folder_that_cannot_be_renamed(tmp_path:
     the swap and the rename away both fail with EXDEV (simulated here), which extract_zip
     raised after extracting. It is removed in place and the new folder renamed in, as
     atomic_dir does (:func:`bafusion.atomic.replace_folder`); nothing is left beside it."""
-    import ctypes
-    import errno
-
-    import bafusion.atomic as atomic
-
     target = tmp_path / "input"
     extract_zip(make_zip(tmp_path / "a.zip", {"GT01.png": b"1"}), target)
-
-    def exdev(olddir, old, newdir, new, flags):
-        ctypes.set_errno(errno.EXDEV)
-        return -1
-
-    monkeypatch.setattr(atomic, "_renameat2", exdev)
-    real = os.replace
-
-    def replace(src, dst):
-        if Path(src) == target:
-            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), os.fspath(src), None, os.fspath(dst))
-        return real(src, dst)
-
-    monkeypatch.setattr(atomic.os, "replace", replace)
+    overlay_lower_layer(monkeypatch, target)
     extract_zip(make_zip(tmp_path / "b.zip", {"GT02.png": b"2"}), target)
     assert sorted(p.name for p in target.iterdir()) == ["GT02.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "b.zip", "input"]

@@ -65,6 +65,37 @@ def composite(rng: np.random.Generator, h: int, w: int, rgb: bool = False, sigma
     return np.where(mm, sharp, soft), np.where(mm, soft, sharp), m
 
 
+def _write_test_set(pairs: Path, names: list[str], rng: np.random.Generator, h: int = 48, w: int = 56, *,
+                    rgb: bool = True, dm: bool = False, truth: bool = False, wrap: bool = False) -> list[tuple]:
+    """A fuse-set test set in the new folder ``pairs``: per name, in order, a :func:`composite`
+    pair saved as ``<name>-A.png`` and ``<name>-B.png``, with ``dm`` its true decision map (0/255)
+    as ``<name>-dm.png``, with ``truth`` A as ``<name>-truth.png``; and ``index.json`` listing the
+    names (as ``{"pairs": [...]}`` with ``wrap``). Returns the composites' (A, B, M)."""
+    pairs.mkdir()
+    made = []
+    for name in names:
+        a, b, m = composite(rng, h, w, rgb=rgb)
+        Image.fromarray(a).save(pairs / f"{name}-A.png")
+        Image.fromarray(b).save(pairs / f"{name}-B.png")
+        if dm:
+            Image.fromarray(m.astype(np.uint8) * 255).save(pairs / f"{name}-dm.png")
+        if truth:
+            Image.fromarray(a).save(pairs / f"{name}-truth.png")
+        made.append((a, b, m))
+    (pairs / "index.json").write_text(json.dumps({"pairs": list(names)} if wrap else list(names)))
+    return made
+
+
+def _write_noise_pair(pairs: Path) -> Path:
+    """The new folder ``pairs`` holding one pair ``p1`` of 20x24 gray noise (seed 0) and its index."""
+    pairs.mkdir()
+    rng = np.random.default_rng(0)
+    for s in ("A", "B"):
+        Image.fromarray(rng.integers(0, 256, (24, 20), dtype=np.uint8)).save(pairs / f"p1-{s}.png")
+    (pairs / "index.json").write_text(json.dumps({"pairs": ["p1"]}))
+    return pairs
+
+
 def _train(kind: str, seed: int, steps: int = 240, batch: int = 32) -> nn.Module:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -1603,14 +1634,7 @@ def test_cli_without_models_says_how_to_get_them(tmp_path: Path, scene, monkeypa
 
 def test_cli_fuse_set_reports_accuracy(tmp_path: Path, model_dir: Path) -> None:
     pairs = tmp_path / "testset"
-    pairs.mkdir()
-    rng = np.random.default_rng(5)
-    for name in ("p1", "p2"):
-        a, b, m = composite(rng, 80, 88, rgb=True)
-        Image.fromarray(a).save(pairs / f"{name}-A.png")
-        Image.fromarray(b).save(pairs / f"{name}-B.png")
-        Image.fromarray(m.astype(np.uint8) * 255).save(pairs / f"{name}-dm.png")
-    (pairs / "index.json").write_text(json.dumps({"pairs": ["p1", "p2"]}))
+    _write_test_set(pairs, ["p1", "p2"], np.random.default_rng(5), 80, 88, dm=True, wrap=True)
     params = tmp_path / "params.yaml"
     params.write_text("fuse:\n  l: 6\n  min_region: 0.01\n  device: cpu\n  alpha: 10\n  flat_level: 0\n  working_min: 0\n")
     out = tmp_path / "fused"
@@ -1693,15 +1717,7 @@ def test_cli_fuse_set_refuses_a_damaged_shot_or_truth_before_any_pair_is_fused(
     from bafusion.fusion import testset as ts
 
     pairs = tmp_path / "testset"
-    pairs.mkdir()
-    rng = np.random.default_rng(11)
-    for name in ("p1", "p2"):
-        a, b, m = composite(rng, 48, 56, rgb=True)
-        Image.fromarray(a).save(pairs / f"{name}-A.png")
-        Image.fromarray(b).save(pairs / f"{name}-B.png")
-        Image.fromarray(np.where(m, 255, 0).astype(np.uint8)).save(pairs / f"{name}-dm.png")
-        Image.fromarray(a).save(pairs / f"{name}-truth.png")
-    (pairs / "index.json").write_text(json.dumps(["p1", "p2"]))
+    _write_test_set(pairs, ["p1", "p2"], np.random.default_rng(11), dm=True, truth=True)
     out = tmp_path / "fused"
     base = ["fuse-set", "--pairs", str(pairs), "--models", str(model_dir), "--out", str(out), "--device", "cpu"]
     calls = []
@@ -1731,14 +1747,8 @@ def test_cli_fuse_set_refuses_map_names_too_long_before_any_pair_is_fused(
     from bafusion.fusion import testset as ts
 
     pairs = tmp_path / "testset"
-    pairs.mkdir()
-    rng = np.random.default_rng(11)
     long_name = "p" * (256 - len("-score-initial.png"))  # its shots' names 244 bytes, its maps' 256
-    for name in ("p1", long_name):
-        a, b, _ = composite(rng, 48, 56, rgb=True)
-        Image.fromarray(a).save(pairs / f"{name}-A.png")
-        Image.fromarray(b).save(pairs / f"{name}-B.png")
-    (pairs / "index.json").write_text(json.dumps(["p1", long_name]))
+    _write_test_set(pairs, ["p1", long_name], np.random.default_rng(11))
     out = tmp_path / "fused"
     calls = []
     monkeypatch.setattr(ts, "_fuse_pair", lambda *x, **k: calls.append(1))
@@ -1761,13 +1771,7 @@ def test_cli_fuse_set_killed_leaves_the_earlier_results_whole(
 
     rng = np.random.default_rng(5)
     for sub, names in (("first", ["p1"]), ("second", ["q1", "q2"])):
-        pairs = tmp_path / sub
-        pairs.mkdir()
-        for name in names:
-            a, b, _ = composite(rng, 48, 48, rgb=False)
-            Image.fromarray(a).save(pairs / f"{name}-A.png")
-            Image.fromarray(b).save(pairs / f"{name}-B.png")
-        (pairs / "index.json").write_text(json.dumps(names))
+        _write_test_set(tmp_path / sub, names, rng, 48, 48, rgb=False)
     out = tmp_path / "fused"
     base = ["fuse-set", "--models", str(model_dir), "--out", str(out), "--device", "cpu"]
     assert cli_main([*base, "--pairs", str(tmp_path / "first")]) == 0
@@ -2184,12 +2188,7 @@ def test_fuse_set_refuses_a_report_that_is_one_of_its_own_files_in_out(
     --out (its marker) with the numbers-only report; --report out/maps failed after the work.
     A --report that is (or lies in) a file fuse-set writes into --out is refused before any
     work, in one line naming both; nothing in --out changes."""
-    pairs = tmp_path / "pairs"
-    pairs.mkdir()
-    rng = np.random.default_rng(0)
-    for s in ("A", "B"):
-        Image.fromarray(rng.integers(0, 256, (24, 20), dtype=np.uint8)).save(pairs / f"p1-{s}.png")
-    (pairs / "index.json").write_text(json.dumps({"pairs": ["p1"]}))
+    pairs = _write_noise_pair(tmp_path / "pairs")
     out = tmp_path / "fused"
     out.mkdir()
     (out / "accuracy.json").write_text(json.dumps({"pairs": {}}))  # an earlier run's, on an empty test set
@@ -2217,12 +2216,7 @@ def test_fuse_set_from_python_takes_a_mapping_of_params_and_str_paths(tmp_path: 
     """fuse_set(pairs, out, nets, {"l": 4}) failed with a raw "TypeError: asdict() should be
     called on dataclass instances" (fuse, fuse_images and fuse_stack take a mapping), and
     read_pair_index("pairs") with "unsupported operand type(s) for /" (fuse_set takes str)."""
-    pairs = tmp_path / "pairs"
-    pairs.mkdir()
-    rng = np.random.default_rng(0)
-    for s in ("A", "B"):
-        Image.fromarray(rng.integers(0, 256, (24, 20), dtype=np.uint8)).save(pairs / f"p1-{s}.png")
-    (pairs / "index.json").write_text(json.dumps({"pairs": ["p1"]}))
+    pairs = _write_noise_pair(tmp_path / "pairs")
     assert fusion.read_pair_index(str(pairs)) == ["p1"]
     nets = fusion.load_nets_from_dir(tiny_nets, "cpu")
     report = fusion.fuse_set(str(pairs), str(tmp_path / "out"), nets, {"l": 4, "flat_level": 0})
@@ -2237,12 +2231,7 @@ def test_fuse_set_from_python_checks_alpha_before_any_work(tmp_path: Path, tiny_
     """fuse_set(..., alpha=0) from Python wrote all-black difference maps (1e308: overflowed
     ones), where --alpha is refused: it is refused up front with the command line's words,
     naming the Python parameter, before any pair is fused or out is created."""
-    pairs = tmp_path / "pairs"
-    pairs.mkdir()
-    rng = np.random.default_rng(0)
-    for s in ("A", "B"):
-        Image.fromarray(rng.integers(0, 256, (24, 20), dtype=np.uint8)).save(pairs / f"p1-{s}.png")
-    (pairs / "index.json").write_text(json.dumps({"pairs": ["p1"]}))
+    pairs = _write_noise_pair(tmp_path / "pairs")
     nets = fusion.load_nets_from_dir(tiny_nets, "cpu")
     shown = f"{alpha!r}" if isinstance(alpha, str) else f"{alpha:g}"
     why = {"0": "must be more than 0 .0 would write all black", "-1": "must be more than 0",
@@ -2307,13 +2296,7 @@ def test_fuse_set_draws_the_truth_into_fig3(tmp_path: Path, model_dir: Path, mon
     import bafusion.fusion.maps as maps
 
     pairs = tmp_path / "testset"
-    pairs.mkdir()
-    a, b, m = composite(np.random.default_rng(5), 48, 56, rgb=True)
-    Image.fromarray(a).save(pairs / "p1-A.png")
-    Image.fromarray(b).save(pairs / "p1-B.png")
-    Image.fromarray(m.astype(np.uint8) * 255).save(pairs / "p1-dm.png")
-    Image.fromarray(a).save(pairs / "p1-truth.png")
-    (pairs / "index.json").write_text(json.dumps({"pairs": ["p1"]}))
+    [(a, _, m)] = _write_test_set(pairs, ["p1"], np.random.default_rng(5), dm=True, truth=True, wrap=True)
     seen = []
     monkeypatch.setattr(maps, "figure_maps", lambda res, path, title="", **kw: seen.append(kw))
     params = tmp_path / "params.yaml"
