@@ -520,46 +520,59 @@ def coco_download_count(params: Mapping[str, Any]) -> int:
         (int(data.get("backgrounds") or 0) or DEFAULT_COCO_COUNT) + int(data.get("holdout_backgrounds") or 0))
 
 
-#: A string written plain inside a flow collection; anything else is double-quoted.
-_PLAIN = re.compile(r"^[A-Za-z0-9_./][A-Za-z0-9_./+-]*$")
-
-
 def _yaml_node(value: Any, old: Any) -> Any:
-    """``value`` as params.yaml writes it: a list of scalars in flow style (``[80, 120]``), a
-    list of mappings as a block list of flow mappings (``evaluate.datasets``); the comment
-    lines that followed the list it replaces (``# - {name: lytro, ...}``) are kept."""
+    """``value`` as ``dvc exp run -S`` writes it into params.yaml (ruamel.yaml's defaults): lists
+    and mappings in block style, ``[]`` and ``{}`` in flow style; a list or mapping it replaces
+    is refilled in place, keeping its style (``initial: {init: ''}``) and the comment lines that
+    followed it (``# - {name: lytro, ...}``). A string that PyYAML (Snakemake's reader) would
+    not read back where ruamel.yaml writes it plain (YAML 1.1's ``no``, ``12:30``; ``g??-*`` in
+    a flow list) is single-quoted."""
     from ruamel.yaml.comments import CommentedMap, CommentedSeq
-    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
-    def flow(v: Any) -> Any:
-        # In a flow collection, ruamel.yaml leaves `g??-*` plain, which PyYAML (Snakemake's
-        # reader) cannot parse, and `no` plain, which PyYAML reads as false: anything beyond a
-        # plain path or word that PyYAML reads back as the same string is quoted.
-        if isinstance(v, str) and not (_PLAIN.match(v) and load_yaml(v) == v):
-            return DoubleQuotedScalarString(v)
-        if isinstance(v, Mapping):
-            m = CommentedMap((k, flow(x)) for k, x in v.items())
-            m.fa.set_flow_style()
-            return m
-        if isinstance(v, (list, tuple)):
-            q = CommentedSeq(flow(x) for x in v)
-            q.fa.set_flow_style()
-            return q
+    def node(v: Any, flow: bool) -> Any:
+        if isinstance(v, str):
+            return _pyyaml_safe(v, flow)
+        if isinstance(v, (Mapping, list, tuple)):
+            c = (CommentedMap((k, node(x, flow)) for k, x in v.items()) if isinstance(v, Mapping)
+                 else CommentedSeq(node(x, flow) for x in v))
+            if flow:
+                c.fa.set_flow_style()
+            return c
         return v
 
-    if isinstance(value, Mapping):  # a key of PRESET_WHOLE_KEYS: `initial: {init: ""}`
-        return flow(value)
-    if not isinstance(value, (list, tuple)):
-        return value
-    items = [flow(item) for item in value]
-    if isinstance(old, CommentedSeq) and items:  # in place: its style and the comments after it stay
+    refill = isinstance(old, CommentedSeq if isinstance(value, (list, tuple)) else CommentedMap) and value
+    new = node(value, bool(refill and old.fa.flow_style()))
+    if not refill:
+        return new
+    if isinstance(old, CommentedSeq):
         del old[:]
-        old.extend(items)
-        return old
-    seq = CommentedSeq(items)
-    if not any(isinstance(item, Mapping) for item in value):  # also `[]`: an emptied block
-        seq.fa.set_flow_style()  # list cannot be written in block style
-    return seq
+        old.extend(new)
+    else:
+        old.clear()
+        old.update(new)
+    return old
+
+
+def _pyyaml_safe(text: str, flow: bool) -> Any:
+    """``text``, or ``text`` single-quoted where ruamel.yaml writes it plain (in a flow
+    collection with ``flow``) and PyYAML does not read that back as ``text``."""
+    import io
+
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedSeq
+    from ruamel.yaml.scalarstring import SingleQuotedScalarString
+
+    buf = io.StringIO()
+    value: Any = text
+    if flow:
+        value = CommentedSeq([text])
+        value.fa.set_flow_style()
+    YAML().dump({"k": value}, buf)
+    try:
+        same = load_yaml(buf.getvalue()) == {"k": [text] if flow else text}
+    except yaml.YAMLError:  # `g??-*` in a flow list: unreadable as written
+        same = False
+    return text if same else SingleQuotedScalarString(text)
 
 
 def _keep_end_comments(parent: Any, key: str, old: Any) -> None:
@@ -614,8 +627,9 @@ def apply_overrides_to_file(path: str | os.PathLike[str], overrides: Mapping[str
         raise InputFileError(p, "params file not found" if not p.exists() else "params file is not a file")
     ry = YAML()
     ry.preserve_quotes = True
-    ry.width = 4096  # long values (URLs) stay on their line
-    ry.indent(mapping=2, sequence=4, offset=2)  # params.yaml's block lists: "    - {...}"
+    # ruamel.yaml's default indents and line width, as `dvc exp run -S` writes the file: one
+    # written by either is left as it is by the other, but for the values each changes
+    ry.default_flow_style = False
     # read first as every other reader does, for the same message: ruamel.yaml's first line of
     # a key given twice was "while constructing a mapping", not "duplicate key 'train' on line 170"
     _read_mapping(p, empty_ok=True)
