@@ -332,10 +332,6 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         print("bafusion fuse: note: --symmetric-regions changes nothing with --stack-rule joint: the joint rule "
               "judges every region of its shot-index map alike already (it is for a pair and the chain rule's "
               "steps)", file=sys.stderr)
-    set_threads(other)
-    from bafusion.fusion.models import resolve_device
-
-    resolve_device(other["device"], "--device")
     from bafusion.fusion.memory import check_memory, memory_warning
 
     # a cgroup's memory limit (a container, a SLURM job): refused before reading, since over it the
@@ -354,6 +350,14 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
                           stage=say, prefix="bafusion fuse", details=args.progress is not False)
     images, names = src.images, [str(p) for p in paths]
     _check_fits(out, images[0].shape)  # a WebP's largest side: before the minutes of fusing
+    # torch (seconds to import) only now: a shot whose header reads but whose pixels do not
+    # decode (a truncated PNG or JPEG, a damaged zlib stream), shots of two scenes or a failed
+    # alignment are refused without it. The reading and the checks above run no torch: its
+    # threads (set_threads) are not theirs (bafusion.threads.work_threads: the fusion's steps)
+    set_threads(other)
+    from bafusion.fusion.models import resolve_device
+
+    resolve_device(other["device"], "--device")
     say("loading the nets")
     nets = nets_from_args(args, other["device"], args.model)
     say(f"fusing {len(paths)} images")

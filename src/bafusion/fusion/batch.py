@@ -214,8 +214,7 @@ def prepare_sources(paths: Sequence[Path], *, align: str = "none", force: bool =
     """
     from tqdm import tqdm
 
-    from bafusion.fusion.rule import check_same_size
-    from bafusion.fusion.scene import MIN_CORRELATION, check_one_scene, check_turned, shared_reductions
+    from bafusion.fusion.scene import MIN_CORRELATION, check_one_scene, check_same_size, check_turned, shared_reductions
 
     if len(paths) < 2:
         raise UserError("give at least two source images")

@@ -46,6 +46,8 @@ from bafusion.fusion.exposure import (MATCH_STEPS, apply_gains, colour_gains, ex
                                        match_pair)
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
+# defined without torch (fuse reads and checks its shots before importing it: batch.prepare_sources), public here
+from bafusion.fusion.scene import check_same_size as check_same_size
 from bafusion.fusion.working import (
     FUSING_STEP_COST,
     decide_upscaled,
@@ -442,32 +444,6 @@ def _check_nets(nets: FusionNets) -> None:
     if not isinstance(nets, FusionNets):
         raise UserError(f"nets must be the loaded nets (bafusion.load_model(...), e.g. load_model(\"default\")), got "
                         f"{type(nets).__name__}; bafusion.fuse() takes a model name")
-
-
-def check_same_size(a: np.ndarray, b: np.ndarray, name_a: str = "A", name_b: str = "B") -> None:
-    """Sources of different sizes are an error naming both sizes and both files.
-
-    Parameters
-    ----------
-    a, b : ndarray
-        The sources, (H, W) or (H, W, C): only height and width are compared.
-    name_a, name_b : str
-        Their names (file names) for the message.
-
-    Raises
-    ------
-    bafusion.errors.InputFileError
-        Different heights or widths (a :class:`bafusion.errors.UserError`, naming ``name_b``
-        first, both sizes as WxH).
-    """
-    if a.shape[:2] != b.shape[:2]:
-        ha, wa = a.shape[:2]
-        hb, wb = b.shape[:2]
-        raise InputFileError(
-            name_b, f"size {wb}x{hb} (WxH) differs from {wa}x{ha} of {name_a}: the sources must have the same size"
-        )
-
-
 
 
 def fuse_images(

@@ -30,10 +30,34 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from bafusion.errors import UserError
+from bafusion.errors import InputFileError, UserError
 from bafusion.fusion.align import MOTION_ITERS, MOTION_SAMPLES, MOTION_TOL
 from bafusion.fusion.params import HINT_MOTION_PX as _HINT_MOTION_PX
 from bafusion.io import gray_float
+
+def check_same_size(a: np.ndarray, b: np.ndarray, name_a: str = "A", name_b: str = "B") -> None:
+    """Sources of different sizes are an error naming both sizes and both files.
+
+    Parameters
+    ----------
+    a, b : ndarray
+        The sources, (H, W) or (H, W, C): only height and width are compared.
+    name_a, name_b : str
+        Their names (file names) for the message.
+
+    Raises
+    ------
+    bafusion.errors.InputFileError
+        Different heights or widths (a :class:`bafusion.errors.UserError`, naming ``name_b``
+        first, both sizes as WxH).
+    """
+    if a.shape[:2] != b.shape[:2]:
+        ha, wa = a.shape[:2]
+        hb, wb = b.shape[:2]
+        raise InputFileError(
+            name_b, f"size {wb}x{hb} (WxH) differs from {wa}x{ha} of {name_a}: the sources must have the same size"
+        )
+
 
 #: Below this correlation two shots are taken for two scenes (BENCHMARKS.md, "One scene?").
 MIN_CORRELATION = 0.55
