@@ -801,6 +801,25 @@ def test_an_icc_profile_of_another_colour_space_is_not_carried(tmp_path: Path) -
             assert im.mode in ("RGB", "RGBA") and im.info.get("icc_profile") == kept, (i, im.mode)
 
 
+def test_header_skips_stops_at_the_first_stack_that_may_be_fused(tmp_path: Path) -> None:
+    """fuse-dir's check before torch (batch.header_skips): every stack with fuse_dir's reason when
+    each fails from its headers; None as soon as one passes (the others not read) or may be kept."""
+    good = [tmp_path / "g-A.png", tmp_path / "g-B.png"]
+    bad = [tmp_path / "b-A.png", tmp_path / "b-B.png"]
+    odd = [tmp_path / "o-A.png", tmp_path / "o-B.png"]
+    for p in (*good, bad[1], odd[0]):
+        Image.new("RGB", (16, 12)).save(p)
+    bad[0].write_bytes(b"not an image")
+    Image.new("RGB", (32, 24)).save(odd[1])  # twice the size: --align scales it onto the first's frame
+    failing = batch.header_skips({"b": bad, "o": odd})
+    assert [name for name, _ in failing] == ["b", "o"]
+    assert "b-A.png: unreadable image" in failing[0][1] and "size 32x24 (WxH) differs from 16x12" in failing[1][1]
+    assert batch.header_skips({"b": bad, "g": good, "o": odd}) is None
+    assert batch.header_skips({"o": odd}, align="similarity") is None  # --align registers another size
+    assert batch.header_skips({"b": bad, "o": odd}, kept=lambda name: name == "o") is None
+    assert batch.header_skips({"b": bad, "o": odd}, kept=lambda name: False) == failing
+
+
 def test_fuse_dir_that_fuses_nothing_says_so_in_its_status(tmp_path: Path, nets: Path, capsys) -> None:
     src = tmp_path / "in"
     src.mkdir()

@@ -155,6 +155,44 @@ def test_a_shot_whose_pixels_do_not_decode_is_refused_by_fuse_without_torch(tmp_
         assert p.stdout.split() == ["2", "False"], (name, p.stdout, p.stderr)
 
 
+def test_fuse_dir_of_which_nothing_can_be_fused_lists_it_without_torch(tmp_path: Path) -> None:
+    """A folder whose every image is skipped (one shot, a name outside the rule) or whose every
+    stack fails from its shots' headers (unreadable, sizes that differ) was listed, exit 4, only
+    after torch's import and the nets' load (7.8-28 s on a 2-core machine at load 9-10; 0.7-4.5 s now).
+    Same lines, same status, no output folder made; the line naming the input folder says why
+    nothing was fused."""
+    from PIL import Image
+
+    t = tmp_path
+    for folder in ("alone", "headers"):
+        (t / folder).mkdir()
+    Image.new("RGB", (32, 24)).save(t / "alone" / "x-A.png")
+    Image.new("RGB", (32, 24)).save(t / "alone" / "IMG_1.png")
+    (t / "headers" / "p-A.png").write_bytes(b"not an image")
+    Image.new("RGB", (32, 24)).save(t / "headers" / "p-B.png")
+    Image.new("RGB", (32, 24)).save(t / "headers" / "lone-A.png")
+    (t / "headers" / "s").mkdir()
+    Image.new("RGB", (32, 24)).save(t / "headers" / "s" / "1.png")
+    Image.new("RGB", (24, 24)).save(t / "headers" / "s" / "2.png")
+    cases = [
+        ("alone", ["x-A.png: stack 'x' has only 1 shot(s)", "IMG_1.png: name does not follow the rule"], "skipped 2"),
+        ("headers", ["skipped p: ", "p-A.png: unreadable image", "lone-A.png: stack 'lone' has only 1 shot(s)",
+                     "skipped s: ", "2.png: size 24x24 (WxH) differs from 32x24"], "skipped 3"),
+    ]
+    for folder, lines, count in cases:
+        argv = ["fuse-dir", f"{t}/{folder}", f"{t}/out-{folder}", "--device", "cpu"]
+        code = ("import sys\nfrom bafusion.cli import main\n"
+                f"status = main({argv!r})\nprint(status, 'torch' in sys.modules)\n")
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "BAFUSION_MLFLOW": "0"})
+        for said in lines:
+            assert said in p.stderr, (folder, said, p.stderr)
+        assert f"{t}/{folder}: nothing to fuse: each of its stacks and images was skipped" in p.stderr, p.stderr
+        assert f"fused 0 stack(s) into {t}/out-{folder}, {count} (listed on stderr)" in p.stdout, p.stdout
+        assert p.stdout.split()[-2:] == ["4", "False"], (folder, p.stdout, p.stderr)
+        assert not (t / f"out-{folder}").exists()
+
+
 def test_a_refused_input_of_fuse_dir_fuse_set_or_a_device_does_not_import_torch(tmp_path: Path) -> None:
     """fuse-dir and fuse-set set torch's threads before checking their inputs, and a --device other
     than cpu or auto was checked (importing torch) by the command line's preflight before fuse's

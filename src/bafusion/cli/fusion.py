@@ -712,7 +712,16 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
         from bafusion.fusion.batch import check_registered_folder
 
         check_registered_folder(src, out, groups, Path(args.save_registered))
+    from bafusion.fusion.batch import BatchReport, header_skips
+
+    # every image skipped (one shot, names outside the rule; no stack: []) or every stack's shots
+    # unreadable from their headers (missing, damaged, sizes that differ): listed as fuse_dir lists
+    # them, exit 4, without loading the nets (7.8-28 s at load 9-10), nor torch unless --device needs it
+    failing = header_skips(groups, align=args.align or "none",
+                           kept=lambda name: args.skip_existing and (out / f"{name}.{ext}").exists())
     check_device_of(other)  # the inputs first: a device other than cpu and auto imports torch
+    if failing is not None:
+        return _say_batch(BatchReport(skipped=[*skipped, *failing]), src, out, args, notes)
     set_threads(other)
     from bafusion.fusion.models import resolve_device
 
@@ -745,13 +754,30 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
                              "stacks_skipped": len(rep.skipped)})
         if rep.stopped:
             run.set_tag("stopped", rep.stopped)
+    return _say_batch(rep, src, out, args)
+
+
+def _say_batch(rep: Any, src: Path, out: Path, args: argparse.Namespace,
+               notes: list[tuple[str, list[Path], str | None]] | None = None) -> int:
+    """``fuse-dir``'s end: the files not read, the stacks skipped with their reasons and the
+    counts, then its exit status (:attr:`bafusion.fusion.batch.BatchReport.exit_code`). ``notes``:
+    :func:`~bafusion.fusion.batch.find_groups`' files not read, for a batch that fused nothing
+    (said before the nets load, where its report holds no notes yet)."""
+    if notes is not None:
+        from bafusion.fusion.batch import unread_notes
+
+        rep.notes = unread_notes(notes, rep)
     for where, line in rep.notes:  # RAW and HEIC files not read, where no stack was skipped for them
         print(f"bafusion fuse-dir: {where}: {line}", file=sys.stderr)
     for what, why in skip_lines(rep.skipped):  # the images outside the naming rule in one line
         print(f"bafusion fuse-dir: skipped {escape_controls(what)}: {escape_controls(why)}", file=sys.stderr)
     print(f"fused {len(rep.fused)} stack(s) into {out}" + (f", {len(rep.existing)} already there" if rep.existing else "")
           + (f", skipped {len(rep.skipped)} (listed on stderr)" if rep.skipped else ""))
+    if notes is not None:
+        print(f"bafusion fuse-dir: {src}: nothing to fuse: each of its stacks and images was skipped (listed above), so "
+              "the nets were not loaded", file=sys.stderr)
     if args.save_registered is not None and rep.fused:
+        ext = args.ext.lower().lstrip(".")
         print(f"bafusion fuse-dir: registered sources: {Path(args.save_registered) / '<name>-registered1.png'}, "
               f"-registered2.png, ... for each stack fused (bafusion metrics scores {out / f'<name>.{ext}'} "
               "against them)", file=sys.stderr)

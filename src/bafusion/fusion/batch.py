@@ -1810,6 +1810,43 @@ def check_some_stack(src: Path, groups: Mapping[str, Sequence[Path]], skipped: S
                     " (name shots <name>-A.<ext>, <name>-B.<ext>, or put each stack in its own sub-folder)"))
 
 
+def header_skips(groups: Mapping[str, Sequence[Path]], *, align: str = "none",
+                 kept: Callable[[str], bool] | None = None) -> list[tuple[str, str]] | None:
+    """The stacks of ``groups`` that :func:`fuse_dir` would skip for what their shots' headers
+    say (:func:`check_source_headers`: missing, unreadable, of a format not read here, sizes
+    that cannot be fused), as ``(stack, reason)`` in the words :func:`fuse_dir` lists them; None
+    as soon as one stack passes, or may be kept (``kept(name)`` true: ``--skip-existing`` with
+    its output there), so that a batch with something to fuse costs one stack's headers.
+    ``bafusion fuse-dir`` calls it before importing torch: a folder of which nothing can be
+    fused is said without loading the nets (exit status :data:`EXIT_NONE_FUSED`, as before).
+
+    Parameters
+    ----------
+    groups : mapping of str to sequence of Path
+        The stacks (:func:`find_groups`).
+    align : str
+        The ``--align`` value (:func:`check_source_headers`).
+    kept : callable, optional
+        Whether a stack's output may be kept rather than fused (not read then).
+
+    Returns
+    -------
+    list of (str, str) or None
+        Every stack with its reason when each fails; None when one may be fused or kept.
+    """
+    out: list[tuple[str, str]] = []
+    for name, shots in groups.items():
+        if kept is not None and kept(name):
+            return None
+        try:
+            check_source_headers(shots, align=align)
+        except UserError as e:
+            out.append((name, str(e)))
+            continue
+        return None
+    return out
+
+
 def _say_skipped(rep: BatchReport, notes: Sequence[tuple[str, str]]) -> None:
     """Say on stderr what ``fuse-dir`` lists at its end: the files not read and the stacks
     skipped so far with their reasons (a batch stopped by a signal: its log's lines said
