@@ -155,6 +155,33 @@ def test_a_shot_whose_pixels_do_not_decode_is_refused_by_fuse_without_torch(tmp_
         assert p.stdout.split() == ["2", "False"], (name, p.stdout, p.stderr)
 
 
+def test_a_pair_file_whose_pixels_do_not_decode_is_refused_by_fuse_set_without_torch(tmp_path: Path) -> None:
+    """fuse-set checked its pairs' files from their headers before importing torch and decoded
+    them (fuse_set's check) only after it and the nets' load: a truncated shot or truth map was
+    refused seconds later. They are decoded before torch now, and fuse_set is told so."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for k in ("A", "B", "dm"):
+        size = (24, 32) if k == "dm" else (24, 32, 3)
+        Image.fromarray((rng.random(size) * 255).astype(np.uint8)).save(tmp_path / f"p1-{k}.png")
+    (tmp_path / "index.json").write_text(json.dumps(["p1"]))
+    for name in ("p1-B.png", "p1-dm.png"):
+        whole = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(whole[:len(whole) // 2])
+        argv = ["fuse-set", "--pairs", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "cpu"]
+        code = ("import sys\nfrom bafusion.cli import main\n"
+                f"status = main({argv!r})\nprint(status, 'torch' in sys.modules)\n")
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "BAFUSION_MLFLOW": "0"})
+        assert f"{name}: unreadable image (OSError: image file is truncated)" in p.stderr, (name, p.stderr)
+        assert p.stdout.split() == ["2", "False"], (name, p.stdout, p.stderr)
+        (tmp_path / name).write_bytes(whole)
+
+
 def test_fuse_dir_of_which_nothing_can_be_fused_lists_it_without_torch(tmp_path: Path) -> None:
     """A folder whose every image is skipped (one shot, a name outside the rule) or whose every
     stack fails from its shots' headers (unreadable, sizes that differ) was listed, exit 4, only

@@ -568,13 +568,15 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
     from bafusion.fusion.testset import check_map_names, check_pair_files, check_report_path, fuse_set, read_pair_index
 
     params, other = params_from_args(args)
-    # the index and the pairs' files from their headers (listed, there, images, one size) before
-    # torch is imported (the device, the nets): a refusal at once; fuse_set checks them decoded
+    # the index and the pairs' files (listed, there, images that decode, one size) before torch
+    # is imported (the device, the nets): a truncated PNG was refused only after that import;
+    # fuse_set then checks them from their headers only (files_checked), not decoding them twice
     names = read_pair_index(Path(args.pairs), allow_empty=True)
     if args.report:  # before loading the nets: a --report that is one of the files written into --out
         check_report_path(args.out, args.report, names, what="--report file", folder="--out")
-    check_pair_files(Path(args.pairs), names, decode=False)
+    check_pair_files(Path(args.pairs), names, decode=False)  # the headers: a missing shot before the decoding's seconds
     check_map_names(Path(args.pairs), Path(args.out), names)  # maps/<pair>-score-initial.png too long
+    check_pair_files(Path(args.pairs), names)  # decoded
     check_device_of(other)
     set_threads(other)
     # its folders as tags, as fuse-dir's run has them: which run wrote this output folder
@@ -588,7 +590,7 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
                           say=lambda text: print(f"bafusion fuse-set: {text}", file=sys.stderr),
                           timed=lambda text: print(stamped(f"bafusion fuse-set: {text}", sys.stderr), file=sys.stderr),
                           step=_step_lines("bafusion fuse-set", args.progress),
-                          show=print)
+                          show=print, files_checked=True)
         run.log_metrics({k: float(v) for k, v in fuse_metrics(report).items()})
     return 0
 

@@ -2,8 +2,8 @@
 decision-map accuracy of every pair and the maps.
 
 The module imports no torch (the fusion's modules are imported where a pair is fused):
-``bafusion fuse-set`` reads the index and checks the pairs' files (:func:`check_pair_files`)
-before that import's seconds, so a refusal comes at once.
+``bafusion fuse-set`` reads the index and checks the pairs' files, decoded
+(:func:`check_pair_files`), before that import's seconds, so a refusal comes without them.
 """
 
 from __future__ import annotations
@@ -296,6 +296,7 @@ def fuse_set(
     show: Callable[[str], None] | None = None,
     timed: Callable[[str], None] | None = None,
     step: Callable[[str], None] | None = None,
+    files_checked: bool = False,
 ) -> dict:
     """Fuse every pair of a test set and score its decision map against the truth.
 
@@ -350,6 +351,11 @@ def fuse_set(
         prints on stderr (with the time where that is a log): a 12 MP pair's log said nothing for
         the minute before its fusing bar's first line, nor for the 40 s of its maps. None (the
         default): not said.
+    files_checked : bool
+        The pairs' files were checked decoded already (:func:`check_pair_files`, as ``bafusion
+        fuse-set`` does before importing torch): checked here from their headers only (there,
+        images, of their pair's size), not decoded a second time. False (the default): every
+        file is decoded before the first pair is fused.
 
     Returns
     -------
@@ -380,7 +386,7 @@ def fuse_set(
     # pair's shots, and that each decodes, of its pair's size (truth maps too): a missing or damaged
     # file or a mismatch found after an hour would lose it
     check_map_names(pairs, out, names)
-    check_pair_files(pairs, names)
+    check_pair_files(pairs, names, decode=not files_checked)
     # and the memory limit of the process's cgroup (a container, a SLURM job): over it the kernel
     # ends the run without a word, at the first pair too large; every pair's maps are written
     # (maps/, after its fusion), whose estimate is the larger below 27 MP at the working resolution, below
