@@ -35,6 +35,7 @@ from bafusion.fusion.align import MOTION_ITERS, MOTION_SAMPLES, MOTION_TOL
 from bafusion.fusion.params import HINT_MOTION_PX as _HINT_MOTION_PX
 from bafusion.io import gray_float
 
+
 def check_same_size(a: np.ndarray, b: np.ndarray, name_a: str = "A", name_b: str = "B") -> None:
     """Sources of different sizes are an error naming both sizes and both files.
 
