@@ -5,6 +5,11 @@
 # pillow, tifffile, tqdm, pyyaml: /work/.library/device/KINDS.md). The image's Python is 3.12.
 # Usage: bash benchmarks/device_wheels.sh [DIR]   (default .device/wheels)
 set -euo pipefail
+usage="Usage: bash benchmarks/device_wheels.sh [DIR]   (default .device/wheels)"
+case "${1:-}" in
+  -h|--help) echo "$usage"; exit 0 ;;
+  -*) echo "device_wheels.sh: unknown option $1; $usage" >&2; exit 2 ;;
+esac
 dir=${1:-.device/wheels}
 mkdir -p "$dir"
 plat=()

@@ -119,3 +119,23 @@ def test_small_learning_rates_reach_the_trainer_as_numbers(tmp_path: Path) -> No
         net="initial")
     cfg = device_train.train_config(a, 10, 64)
     assert cfg.lr == 1e-5 and cfg.milestones == [4, 6, 8, 9] and cfg.init == "" and cfg.samples_per_epoch == 64
+
+
+def test_device_wheels_help_prints_usage_and_downloads_nothing(tmp_path: Path) -> None:
+    """``bash benchmarks/device_wheels.sh --help`` says how to call it and exits 0; before, it took
+    ``--help`` for the download folder (``mkdir -p --help`` printed mkdir's help, then pip was run
+    with ``-d --help``). ``python3`` here is a stand-in that fails, so nothing is downloaded."""
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python3").write_text("#!/bin/sh\necho python3 was run >&2\nexit 7\n")
+    (fake / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for flag in ("--help", "-h"):
+        r = subprocess.run(["bash", str(REPO / "benchmarks" / "device_wheels.sh"), flag], cwd=tmp_path,
+                           capture_output=True, text=True, env=env, timeout=60, check=False)
+        assert r.returncode == 0, r.stderr
+        assert "Usage: bash benchmarks/device_wheels.sh [DIR]" in r.stdout
+        assert "python3 was run" not in r.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]
