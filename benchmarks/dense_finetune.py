@@ -53,7 +53,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--boundary-from", default=None, help="model folder whose boundary net is copied beside")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True,
+                    help="output folder (a model folder: initial.pt + .json, log.json, and state.pt to resume from)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
