@@ -2498,6 +2498,17 @@ def test_a_dataset_named_as_the_provenance_key_is_refused(tmp_path: Path) -> Non
         ev.parse_config({"datasets": [{"name": "provenance", "sources": str(src)}]})
 
 
+def test_a_command_line_dataset_named_as_the_provenance_key_names_the_option(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--dataset provenance=PAIRS`` was refused as ``evaluate.datasets[0]: dataset name
+    'provenance' is taken``: a setting the user never wrote. The refusal names the option as given."""
+    src, _ = _write_set(tmp_path, ["p1"])
+    rc = cli_main(["evaluate", "--methods", "Laplacian", "--dataset", f"provenance={src}", "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--dataset provenance={src}: dataset name 'provenance' is taken" in err, err
+    assert "evaluate.datasets[0]" not in err and not (tmp_path / "ev").exists()
+
+
 def test_the_truth_table_is_over_the_pairs_with_a_truth_and_says_why_a_mean_is_over_fewer() -> None:
     """With a truth for one pair of three, every PSNR/SSIM/DM_acc cell said ``(n=1/3)`` and the
     note blamed NaN ("e.g. on a flat output"); the two others had no ``-truth``/``-dm`` file. The

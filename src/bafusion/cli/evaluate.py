@@ -33,6 +33,7 @@ from bafusion.evaluation.evaluate import (
     reference_folders,
     run_evaluation,
 )
+from bafusion.preflight import EVALUATE_PROVENANCE
 from bafusion.schema import maximum
 
 # --------------------------------------------------------------------------------------
@@ -102,6 +103,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         src, _, ref = rest.partition(",")
         if not name or not src:
             raise UserError("--dataset: expected NAME=SOURCES[,REFERENCE]")
+        if name == EVALUATE_PROVENANCE:  # parse_config's refusal named evaluate.datasets[0], never written
+            raise UserError(f"--dataset {args.dataset}: dataset name {name!r} is taken (metrics.json records under it "
+                            "what made the output): name the dataset otherwise")
         # typed on the command line: from the working folder, as every other path option (they
         # were taken from --root, the project root, so `--dataset mine=mine,REF` in a sub-folder
         # looked for <project>/REF); the parameters' dataset paths stay the project root's
