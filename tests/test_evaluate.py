@@ -2509,6 +2509,31 @@ def test_a_command_line_dataset_named_as_the_provenance_key_names_the_option(
     assert "evaluate.datasets[0]" not in err and not (tmp_path / "ev").exists()
 
 
+def test_lossless_webp_gif_and_tiff_references_are_counted_by_their_coding_not_their_suffix(tmp_path: Path) -> None:
+    """lossless_references took PNG, TIFF and BMP only, by suffix: a peer's lossless WebP or GIF
+    results, measured as stored beside our JPEG-re-encoded output, raised no "not like for like".
+    A WebP counts when VP8L-coded, a GIF always (LZW: the palette's pixels exactly), a TIFF unless
+    JPEG-compressed; a lossy WebP and a JPEG do not."""
+    src, imgs = _write_set(tmp_path, ["p1", "p2"])
+    ref = _write_reference(tmp_path, imgs, {m: laplacian_fuse for m in ("WL", "WY", "GI", "TJ", "TR", "JP")})
+    for n in imgs:
+        for m, save in (("WL", dict(format="WEBP", lossless=True)), ("WY", dict(format="WEBP", quality=80)),
+                        ("GI", dict(format="GIF")), ("TJ", dict(format="TIFF", compression="jpeg")),
+                        ("TR", dict(format="TIFF", compression="tiff_lzw")), ("JP", dict(format="JPEG"))):
+            png = ref / m / f"{n}.png"
+            ext = {"WEBP": ".webp", "GIF": ".gif", "TIFF": ".tif", "JPEG": ".jpg"}[save["format"]]
+            Image.open(png).convert("L" if m == "GI" else "RGB").save(png.with_suffix(ext), **save)
+            png.unlink()
+    ds = ev.Dataset(name="tiny", sources=src, reference=ref, reference_methods=("WL", "WY", "GI", "TJ", "TR", "JP"),
+                    jpeg_quality=(("", 80),))
+    pairs = ev.find_pairs(ds)
+    assert ev.lossless_references(ds, pairs) == {"WL": 2, "GI": 2, "TR": 2}
+    assert ev.stored_lossless(ref / "WL" / "p1.webp") and not ev.stored_lossless(ref / "WY" / "p1.webp")
+    labels = ev.storage_labels(ds, ev.parse_config({"methods": ["Laplacian"]}), pairs)
+    assert labels["WL"] == "stored WEBP, lossless" and labels["GI"] == "stored GIF, lossless", labels
+    assert "lossless" not in labels["WY"] + labels["TJ"] + labels["JP"], labels
+
+
 def test_the_truth_table_is_over_the_pairs_with_a_truth_and_says_why_a_mean_is_over_fewer() -> None:
     """With a truth for one pair of three, every PSNR/SSIM/DM_acc cell said ``(n=1/3)`` and the
     note blamed NaN ("e.g. on a flat output"); the two others had no ``-truth``/``-dm`` file. The

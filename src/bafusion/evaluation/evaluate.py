@@ -29,7 +29,7 @@ here (ours and the native baselines) is then re-encoded as JPEG in memory with P
 quality, chroma subsampling 4:2:0, decoded, and *that* image is measured (all metrics, truth
 values too): Table 1, the means, wins, ranks and ``metrics.json`` are like for like with peers
 whose published files are lossy JPEG. Methods read from a ``reference`` folder are measured as
-stored, not re-encoded: where those files are lossless (PNG, TIFF, BMP) the comparison is not
+stored, not re-encoded: where those files are lossless (PNG, TIFF, BMP, GIF, lossless WebP, ...: :func:`stored_lossless`) the comparison is not
 like for like, and a warning and the header of table1.md say so (:func:`lossless_references`). The values of the output as computed are kept in the
 ``lossless_<metric>`` columns of metrics.csv / means.csv, in a *Lossless output* section of
 table1.md and under ``lossless`` in metrics.json; the header of table1.md says which qualities
@@ -161,6 +161,7 @@ __all__ = [
     "ASIDE_NOTE",
     "LOSSLESS_SUFFIXES",
     "lossless_references",
+    "stored_lossless",
     "CAPPED_MARK",
     "capped_note",
     "INF_COUNT_PREFIX",
@@ -1719,7 +1720,7 @@ def storage_labels(ds: Dataset, cfg: EvalConfig, pairs: Sequence[Pair]) -> dict[
                 f = find_method_result(ds.reference, m, p.name)
                 suffix = "" if f is None else f.suffix.lower()
                 q = ds.reference_quality_for(m, p.name)
-                kinds[p.name] = (f"{suffix[1:].upper()}, lossless" if suffix in LOSSLESS_SUFFIXES
+                kinds[p.name] = (f"{suffix[1:].upper()}, lossless" if f is not None and stored_lossless(f)
                                  else f"JPEG ~q{q}" if q is not None else "JPEG" if suffix in (".jpg", ".jpeg") else "?")
             groups: dict[str, list[str]] = {}
             for name, k in kinds.items():
@@ -1749,14 +1750,82 @@ def _storage_differences(ds: Dataset, pairs: Sequence[Pair]) -> tuple[dict[str, 
     return higher, lower
 
 
-LOSSLESS_SUFFIXES: frozenset[str] = frozenset({".png", ".tif", ".tiff", ".bmp"})
-"""Suffixes of reference results taken as lossless files (:func:`lossless_references`)."""
+LOSSLESS_SUFFIXES: frozenset[str] = frozenset({".png", ".apng", ".tif", ".tiff", ".bmp", ".dib", ".webp", ".gif",
+                                                ".ppm", ".pgm", ".pbm", ".pnm", ".pfm", ".qoi", ".tga", ".sgi", ".rgb",
+                                                ".bw", ".pcx"})
+"""Suffixes of reference results that may be lossless files (:func:`lossless_references`); a
+WebP is one when it is VP8L-coded, a TIFF when it is not JPEG-compressed (:func:`stored_lossless`).
+JPEG, JPEG 2000 and AVIF files are taken as lossy (their lossless modes are not told apart)."""
+
+
+def _webp_lossless(path: Path) -> bool:
+    """Whether a WebP file is lossless: its image data is a ``VP8L`` chunk (lossy data is ``VP8 ``,
+    with an ``ALPH`` chunk beside it for an alpha channel). The RIFF chunks are walked, an
+    animation's ``ANMF`` frames entered: the first image chunk tells."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+                return False
+            while True:
+                chunk = fh.read(8)
+                if len(chunk) < 8:
+                    return False
+                fourcc, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+                if fourcc == b"VP8L":
+                    return True
+                if fourcc == b"VP8 ":
+                    return False
+                # an animation frame: its 16-byte header, then the frame's own chunks
+                fh.seek(16 if fourcc == b"ANMF" else size + (size & 1), os.SEEK_CUR)
+    except OSError:
+        return False
+
+
+def stored_lossless(path: str | os.PathLike[str]) -> bool:
+    """Whether a stored result holds its pixels without a lossy coding: a PNG, BMP, netpbm, QOI,
+    TGA, SGI or PCX file; a TIFF unless JPEG-compressed; a WebP coded lossless (``VP8L``, told from
+    its RIFF chunks, not its name: ``.webp`` is either); a GIF, whose LZW coding is lossless (a
+    colour result stored as GIF is limited to its palette of at most 256 colours, a loss of its
+    own, but no JPEG-like loss: it is counted, as the gray results that GIF stores exactly).
+    JPEG, JPEG 2000 and AVIF files count as lossy.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+
+    Returns
+    -------
+    bool
+        True for a lossless file.
+
+    Examples
+    --------
+    >>> stored_lossless("result.jpg")
+    False
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in LOSSLESS_SUFFIXES:
+        return False
+    if suffix == ".webp":
+        return _webp_lossless(p)
+    if suffix in (".tif", ".tiff"):
+        try:
+            from PIL import Image
+
+            with Image.open(p) as im:
+                return str(im.info.get("compression", "raw")).lower() not in ("jpeg", "tiff_jpeg", "webp")
+        except (OSError, ValueError, SyntaxError):  # unreadable: said by the reader, not here
+            return True
+    return True
 
 
 def lossless_references(ds: Dataset, pairs: Sequence[Pair]) -> dict[str, int]:
     """With ``jpeg_quality``: per method read from the ``reference`` folder, the number of the
     re-encoded pairs (:meth:`Dataset.quality_for`) whose stored result is a lossless file
-    (:data:`LOSSLESS_SUFFIXES`). Those results are measured as stored while the output of the
+    (:func:`stored_lossless`: PNG, BMP, GIF, lossless WebP, TIFF but JPEG-compressed, ...). Those results are measured as stored while the output of the
     methods computed here is measured after JPEG re-encoding: not like for like. Methods with
     no such pair are left out."""
     from bafusion.evaluation.baselines import find_method_result
@@ -1772,7 +1841,7 @@ def lossless_references(ds: Dataset, pairs: Sequence[Pair]) -> dict[str, int]:
         for p in pairs:
             if ds.quality_for(p.name) is not None:
                 f = find_method_result(ds.reference, m, p.name)
-                k += f is not None and f.suffix.lower() in LOSSLESS_SUFFIXES
+                k += f is not None and stored_lossless(f)
         if k:
             out[m] = k
     return out
@@ -1780,7 +1849,7 @@ def lossless_references(ds: Dataset, pairs: Sequence[Pair]) -> dict[str, int]:
 
 def _lossless_reference_text(stored: Mapping[str, int]) -> str:
     return ("the stored results of " + ", ".join(f"{m} ({k} pair(s))" for m, k in stored.items())
-            + " are lossless files (PNG, TIFF or BMP), measured as stored, without the JPEG loss that the "
+            + " are lossless files (e.g. PNG, TIFF, BMP, GIF, lossless WebP), measured as stored, without the JPEG loss that the "
             "output of the methods computed here is measured with (jpeg_quality)")
 
 
