@@ -1114,20 +1114,24 @@ def test_a_scale_confidence_above_float32_is_refused() -> None:
             combine_scales(z, "fill", 1e300)
 
 
-def test_a_new_or_replaced_image_of_a_configured_dataset_reruns_evaluate(tmp_path: Path) -> None:
-    """evaluate.datasets' folders reach the command through --params-json only: Snakemake's
-    inputs of evaluate did not list their files, so one's own method's results added to the
-    reference folder (or a pair fixed) left `snakemake evaluate` with "Nothing to be done" and
-    Table 1 stale. The files are inputs of the rule now (the embedded test set's folder, which a
-    rule writes, is its output); here as the DVC stage runs it (--rerun-triggers mtime,
-    --allowed-rules evaluate), every upstream output in place."""
+def test_any_change_to_a_configured_datasets_files_reruns_evaluate_as_the_dvc_stage_runs_it(tmp_path: Path) -> None:
+    """evaluate.datasets' folders reach the command through --params-json only. Their files were
+    the rule's inputs, which under --rerun-triggers mtime (the DVC stage's command) saw only a
+    newer mtime: a removed image, one copied in with its old mtime (`cp -p`), a renamed one, or
+    an edit to a file named with braces (which stood for its folder) left "Nothing to be done"
+    and Table 1 stale. The rule's input is now a listing of the files (name, size, mtime),
+    rewritten when it changes: each such change reruns evaluate, and nothing else does. Here as
+    the DVC stage runs it (--rerun-triggers mtime, --allowed-rules evaluate), every upstream
+    output in place; "evaluate ran" is simulated by making its outputs newer than its inputs."""
+    import shutil
     import time
 
     from PIL import Image
 
     mine = tmp_path / "mine"
     img = Image.new("RGB", (16, 16))
-    for f in ("pairs/p1-A.png", "pairs/p1-B.png", "ref/Max/p1.png"):
+    for f in ("pairs/p1-A.png", "pairs/p1-B.png", "pairs/p{x}-A.png", "pairs/p{x}-B.png", "ref/Max/p1.png",
+              "ref/Max/p2.png", "ref/Max/p{x}.png"):
         (mine / f).parent.mkdir(parents=True, exist_ok=True)
         img.save(mine / f)
     project = make_project(tmp_path / "p", {"evaluate": {"datasets": [
@@ -1135,33 +1139,56 @@ def test_a_new_or_replaced_image_of_a_configured_dataset_reruns_evaluate(tmp_pat
         git=False)
     for d in ("data/fused", "data/testset", "data/evaluation"):
         (project / d).mkdir(parents=True)
+    outputs = [project / f for f in ("data/evaluation", "metrics/evaluate.json", "metrics/plots/evaluate.csv",
+                                     "logs/benchmarks/evaluate.tsv")]
     for f in ("data/models/initial.pt", "data/models/initial.json", "data/models/boundary.pt",
-              "data/models/boundary.json", "metrics/evaluate.json", "metrics/plots/evaluate.csv",
-              "logs/benchmarks/evaluate.tsv"):
+              "data/models/boundary.json", *outputs[1:]):
         (project / f).parent.mkdir(parents=True, exist_ok=True)
         (project / f).write_text("{}")
-    t = time.time()
+    base = time.time() - 10_000  # every simulated time in the past: a rewritten listing is newer
     for p in [*mine.rglob("*"), *(project / "data").rglob("*"), *(project / "metrics").rglob("*")]:
-        os.utime(p, (t - 100, t - 100))
-    for p in (project / "data/evaluation", project / "metrics/evaluate.json", project / "metrics/plots/evaluate.csv",
-              project / "logs/benchmarks/evaluate.tsv"):
-        os.utime(p, (t - 10, t - 10))  # the outputs after every input
+        os.utime(p, (base, base))
+    listing = project / "data" / "evaluate-inputs.json"
+
+    def evaluated(step: int) -> None:  # the listing, then the outputs, as after a run
+        if listing.exists():
+            os.utime(listing, (base + 20 * step + 5,) * 2)
+        for p in outputs:
+            os.utime(p, (base + 20 * step + 10,) * 2)
+
+    def touched(f: Path, step: int) -> None:  # after the last run, before the next
+        os.utime(f, (base + 20 * step + 1,) * 2)
+
     argv = ["snakemake", "evaluate", "-n", "--cores", "1", "--rerun-triggers", "mtime", "--allowed-rules", "evaluate"]
+    evaluated(0)
     p = run(argv, project, check=False)
     assert "Nothing to be done" in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]
-    for f in (mine / "ref" / "Max" / "p1.png", mine / "pairs" / "p1-B.png"):  # a result replaced, a pair fixed
-        os.utime(f, (t, t))
+    changes = [
+        ("a result replaced", lambda k: touched(mine / "ref" / "Max" / "p1.png", k)),
+        ("a pair fixed", lambda k: touched(mine / "pairs" / "p1-B.png", k)),
+        ("a result removed", lambda k: (mine / "ref" / "Max" / "p2.png").unlink()),
+        ("a pair copied in with its mtime", lambda k: [shutil.copy2(mine / "pairs" / f"p1-{s}.png",
+                                                                    mine / "pairs" / f"p3-{s}.png") for s in "AB"]),
+        ("a result renamed", lambda k: (mine / "ref" / "Max" / "p1.png").rename(mine / "ref" / "Max" / "p3.png")),
+        ("a file named with braces edited", lambda k: touched(mine / "pairs" / "p{x}-A.png", k)),
+    ]
+    for step, (what, change) in enumerate(changes, 1):
+        change(step)
         p = run(argv, project, check=False)
         out = p.stdout + p.stderr
-        assert "rule evaluate:" in out and str(f) in out, out[-3000:]
-        os.utime(f, (t - 100, t - 100))
+        assert "rule evaluate:" in out, (what, out[-3000:])
+        evaluated(step)
+        p = run(argv, project, check=False)  # after the run: nothing to do
+        assert "Nothing to be done" in p.stdout + p.stderr, (what, (p.stdout + p.stderr)[-3000:])
+    assert "p{x}-A.png" in listing.read_text() and "p3-A.png" in listing.read_text()  # by name, braces and all
 
 
 def test_a_file_named_with_braces_in_a_configured_dataset_does_not_fail_the_dag(tmp_path: Path) -> None:
-    """The evaluate rule's inputs list the configured datasets' files, and Snakemake formats an
+    """The evaluate rule's inputs listed the configured datasets' files, and Snakemake formats an
     input function's paths with the job's wildcards: a file p{x}-A.png in a dataset's folder
     failed every DAG holding evaluate (`snakemake -n`, the default target) with "Wildcards in
-    input files cannot be determined from output files". Its folder is the input instead."""
+    input files cannot be determined from output files". The files are listed in
+    data/evaluate-inputs.json now, by name, and no input path holds a brace."""
     from PIL import Image
 
     mine = tmp_path / "mine"
@@ -1178,5 +1205,8 @@ def test_a_file_named_with_braces_in_a_configured_dataset_does_not_fail_the_dag(
     assert p.returncode == 0 and "WildcardError" not in out, out[-3000:]
     inputs = [line.split("input: ", 1)[1].split(", ") for line in out.splitlines() if "input: data/fused, " in line]
     assert len(inputs) == 1, out[-3000:]
-    assert {str(mine / "p1-A.png"), str(mine), str(mine / "ref" / "Max")} <= set(inputs[0]), inputs
-    assert not any("{" in f for f in inputs[0]), inputs
+    assert "data/evaluate-inputs.json" in inputs[0] and not any("{" in f for f in inputs[0]), inputs
+    listed = json.loads((project / "data" / "evaluate-inputs.json").read_text())["datasets"][0]
+    assert listed["sources"]["path"] == str(mine) and set(listed["sources"]["files"]) == {
+        "p{x}-A.png", "p{x}-B.png", "p1-A.png", "p1-B.png"}
+    assert set(listed["reference"]["files"]) == {"Max/p{x}.png"}

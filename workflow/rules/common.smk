@@ -263,55 +263,94 @@ def download_eval_input():
     return []
 
 
-def evaluate_dataset_files(wildcards):
-    """The files of the evaluate datasets' folders (`sources`, the method folders of `reference`,
-    `reference_metrics`) that no other step writes, as inputs of evaluate, so that a new or replaced image
-    (one's own method's results added to `reference`, a pair fixed in `sources`) reruns it (the
-    command reads the folders from --params-json: Snakemake saw only the parameters, and Table 1
-    stayed as it was). A folder a rule writes (data/testset, download_eval's) is that rule's
-    output, an input already. Evaluated when the DAG is built (every rule known); paths inside
-    the project relative, others as resolved; one Snakemake would take for a wildcard pattern
-    (p{x}.png) given as its folder (whose mtime changes as a file is added, removed or renamed).
-    DVC cannot list them: dvc.yaml's templating interpolates no list into deps (see its evaluate
-    stage)."""
+#: The listing of the evaluate datasets' files (evaluate_inputs_listing), evaluate's input.
+EVALUATE_INPUTS = "data/evaluate-inputs.json"
+
+
+def evaluate_inputs_listing(wildcards):
+    """EVALUATE_INPUTS, an input of evaluate, rewritten here (when the DAG is built) whenever it
+    would change: per configured dataset its folders as resolved and, for those no rule writes
+    (`sources`, the method folders of `reference`, `reference_metrics`), every file's name, size
+    and mtime. The command reads the folders from --params-json, so Snakemake saw only the
+    parameters, and Table 1 stayed as it was on a new or replaced image (one's own method's
+    results added to `reference`, a pair fixed in `sources`).
+    The files themselves were the inputs before: under --rerun-triggers mtime (the DVC stages'
+    flag) a removed file, a file copied in with its old mtime (`cp -p`, `rsync -a`), a renamed
+    one or another folder configured reran nothing (only newer mtimes count there), a file named
+    with braces (p{x}.png: Snakemake takes {x} for a wildcard) stood for its folder, whose mtime
+    no edit inside changes, and 30,000 files made a 3.8 MB input line. The listing sees every
+    such change, under any rerun triggers; unchanged, it is not rewritten, so nothing reruns.
+    Made, it takes the newest mtime of what it lists (the files, their folders): a project that
+    evaluated before reruns only for what changed since. A folder a rule writes (data/testset,
+    download_eval's) is that rule's output, an input already; a folder not there is listed as
+    missing (the checks, checks.smk, and the command name it). DVC cannot list the folders:
+    dvc.yaml's templating interpolates no list into deps (see its evaluate stage)."""
     from bafusion.cli.params_check import pipeline_outputs, written_by
     from bafusion.workspace import resolve
 
     outputs = pipeline_outputs(workflow.rules)
-    here = os.path.realpath(".")
-    files = []
+    newest = [0]
 
-    def listed(folder, kind="file"):  # its files (kind "file") or sub-folders ("dir"), but dot-names
+    def stat(path):
         try:
-            return sorted(f for f in folder.iterdir() if not f.name.startswith(".")
-                          and (f.is_file() if kind == "file" else f.is_dir()))
-        except OSError:  # not there: the checks (checks.smk) and the command name it
-            return []
+            st = os.stat(path)
+        except OSError:
+            return None
+        newest[0] = max(newest[0], st.st_mtime_ns)
+        return st
 
+    def files(folder, depth):  # {name: [size, mtime_ns]} of the files (depth 1: of the sub-folders), dot-names out
+        if stat(folder) is None:
+            return None
+        found = {}
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            return None
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if depth and e.is_dir():
+                for name, v in (files(e.path, depth - 1) or {}).items():
+                    found[f"{e.name}/{name}"] = v
+            elif not depth and e.is_file():
+                st = stat(e.path)
+                if st is not None:
+                    found[e.name] = [st.st_size, st.st_mtime_ns]
+        return found
+
+    listing = []
     for d in (config.get("evaluate", {}) or {}).get("datasets") or []:
         if not isinstance(d, dict):
             continue
+        entry = {"name": str(d.get("name"))}
         for key in ("sources", "reference", "reference_metrics"):
             if not d.get(key):
                 continue
             path = resolve(str(d[key]))
-            if written_by(path, outputs):
-                continue
-            if key == "sources":
-                files += listed(path)
-            elif key == "reference":
-                files += [f for m in listed(path, "dir") for f in listed(m)]  # <REF>/<METHOD>/<pair>.<ext>
-            elif path.is_file():
-                files.append(path)
-    from snakemake.io import contains_wildcard
-
-    out = []
-    for f in files:
-        real = os.path.realpath(f)
-        path = os.path.relpath(real, here) if real.startswith(here + os.sep) else str(f)
-        if contains_wildcard(path):  # p{x}.png: Snakemake takes {x} for a wildcard and fails the whole DAG
-            path = os.path.dirname(path)  # its folder instead (its mtime: a file added, removed or renamed)
-            if contains_wildcard(path):
-                continue
-        out.append(path)
-    return list(dict.fromkeys(out))
+            writer = written_by(path, outputs)
+            item = {"path": str(path)}
+            if writer:
+                item["written_by"] = writer[0]
+            elif key == "reference_metrics":
+                st = stat(path)
+                item["file"] = None if st is None else [st.st_size, st.st_mtime_ns]
+            else:
+                item["files"] = files(path, 1 if key == "reference" else 0)  # <REF>/<METHOD>/<pair>.<ext>
+            entry[key] = item
+        listing.append(entry)
+    text = json.dumps({"datasets": listing}, indent=1, sort_keys=True) + "\n"
+    try:
+        with open(EVALUATE_INPUTS, encoding="utf-8") as fh:
+            old = fh.read()
+    except OSError:
+        old = None
+    if old != text:
+        os.makedirs(os.path.dirname(EVALUATE_INPUTS), exist_ok=True)
+        tmp = f"{EVALUATE_INPUTS}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        if old is None:  # made: as old as what it lists (see the docstring)
+            os.utime(tmp, ns=(newest[0], newest[0]))
+        os.replace(tmp, EVALUATE_INPUTS)
+    return [EVALUATE_INPUTS]

@@ -20,7 +20,7 @@ rule evaluate:
         initial_meta=rules.train_initial.output.meta,
         boundary_meta=rules.train_boundary.output.meta,
         downloaded=download_eval_input(),
-        datasets=evaluate_dataset_files,  # the configured datasets' files: a new or replaced image reruns it
+        datasets=evaluate_inputs_listing,  # the configured datasets' files listed: an image added, removed or replaced reruns it
     output:
         evaluation=report(directory("data/evaluation"), patterns=["{dataset}/{file}.csv", "{dataset}/figures/{file}.png"],
                           caption="../report/evaluation.rst", category="Evaluation (Table 1, Fig. 4, Fig. 5)",
