@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -1180,6 +1181,20 @@ def rmtree(path, *args, **kwargs):
         kill()
 
 os.replace, shutil.rmtree = replace, rmtree
+if hasattr(atomic, "_remove_in_place"):  # the earlier output removed in place, its token last
+    real_remove = atomic._remove_in_place
+
+    def remove_in_place(path, token):
+        if Path(path) == out and step == "before_removal":
+            kill()
+        if Path(path) == out and step == "mid_removal":
+            os.remove(out / "a")
+            kill()
+        real_remove(path, token)
+        if Path(path) == out and step == "after_removal":
+            kill()
+
+    atomic._remove_in_place = remove_in_place
 if step == "before_replacement":  # the new folder complete, the earlier one not touched yet
     atomic.sync_tree = lambda folder, final: kill()
 with atomic.atomic_dir(out) as tmp:
@@ -1242,3 +1257,84 @@ def test_a_killed_replacement_whose_output_was_written_since_is_left_alone(tmp_p
     remove_stale_parts(out)
     assert {p.name: p.read_text() for p in out.iterdir()} == {"z": "the user's"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _killed_after_the_removal_in_place(out: Path, step: str = "after_removal") -> Path:
+    """Run :data:`_KILLED_WHILE_REPLACED` (EXDEV) on ``out`` (holding ``a``), killed at ``step``;
+    its temporary folder."""
+    import subprocess
+    import sys
+
+    out.mkdir()
+    (out / "a").write_text("earlier")
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WHILE_REPLACED, str(out), "exdev", step], check=False)
+    assert proc.returncode == -9
+    (wrap,) = [p for p in out.parent.iterdir() if p.name.startswith(".out.part-")]
+    return wrap
+
+
+def test_a_folder_made_at_the_path_since_with_the_inode_reused_and_the_earlier_names_is_left_alone(
+        tmp_path: Path) -> None:
+    """A run killed once the earlier output (EXDEV) was removed in place leaves the output
+    missing; a folder made there since (a backup of the earlier output put back, another run's
+    newer output) often has the removed folder's inode again (ext4 reuses it at once: 2 runs of
+    3 here) and the earlier output's names, and the next run took it for the earlier output half
+    removed: removed it and put the killed run's output in its place. The earlier output is now
+    told by a token put into it before its removal and removed last. The reuse is made sure of
+    here by writing the new folder's identity into the marker."""
+    from bafusion.atomic import REMOVING_MARKER, _file_id, remove_stale_parts
+
+    out = tmp_path / "out"
+    wrap = _killed_after_the_removal_in_place(out)
+    assert not out.exists() and (wrap / REMOVING_MARKER).is_file()
+    out.mkdir()
+    (out / "a").write_text("the user's, put back")
+    marker = json.loads((wrap / REMOVING_MARKER).read_text())
+    marker["old"] = _file_id(out)  # the inode reused
+    (wrap / REMOVING_MARKER).write_text(json.dumps(marker))
+    remove_stale_parts(out)
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"a": "the user's, put back"}
+
+
+@pytest.mark.parametrize("step", ["before_removal", "mid_removal", "after_removal"])
+def test_the_token_of_an_earlier_output_removed_in_place_never_stays(tmp_path: Path, step: str) -> None:
+    """The token put into the earlier output before its removal in place goes with it: killed
+    before, during or after the removal, the next run leaves the new output alone, without it."""
+    from bafusion.atomic import remove_stale_parts
+
+    out = tmp_path / "out"
+    _killed_after_the_removal_in_place(out, step)
+    remove_stale_parts(out)
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"a": "new", "b": "new"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_two_runs_completing_one_killed_replacement_at_once_never_lose_both(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs that start at once both find the earlier output half removed by a killed run
+    (EXDEV). One that went on after the other had put the new output in place removed that (as
+    the rest of the earlier output) and then failed to rename it in: neither output was left.
+    The completion is now done under a lock of the killed run's marker; here the other run
+    (another open file, as another process's) does it while this one checks the folder."""
+    import bafusion.atomic as atomic
+
+    out = tmp_path / "out"
+    wrap = _killed_after_the_removal_in_place(out, "mid_removal")
+    real = atomic._unremovable
+    calls: list[Path] = []
+    other: list[bool] = []
+
+    def unremovable(folder: Path) -> str | None:
+        calls.append(folder)
+        if len(calls) == 1:  # the other run completes it first (and removes the folder: _remove_stale)
+            other.append(atomic._roll_forward(wrap))
+            if other[0]:
+                atomic._remove_part(wrap)
+        return real(folder)
+
+    monkeypatch.setattr(atomic, "_unremovable", unremovable)
+    atomic.remove_stale_parts(out)
+    assert out.is_dir() and {p.name: p.read_text() for p in out.iterdir()} == {"a": "new", "b": "new"}
+    assert other == [False]  # the other found it under way
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+

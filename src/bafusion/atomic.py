@@ -80,7 +80,8 @@ PART_MARKER = ".bafusion-part"
 READY_MARKER = ".bafusion-ready"
 #: The file written beside :data:`READY_MARKER` before an earlier output that cannot be renamed
 #: is removed in place (:func:`_replace_unmovable`): a part of it may be gone. It holds that
-#: output's identity and its entries' names (:func:`_half_removed`).
+#: output's identity, its entries' names and the name of a token file put into it, removed last
+#: (:func:`_mark_removing`, :func:`_half_removed`).
 REMOVING_MARKER = ".bafusion-removing"
 
 
@@ -376,32 +377,65 @@ def _mark_ready(new: Path, final: Path) -> None:
     _write_flushed(wrap / READY_MARKER, json.dumps({"name": final.name, "new": _file_id(new)}), final)
 
 
-def _mark_removing(new: Path, final: Path) -> None:
+def _mark_removing(new: Path, final: Path) -> str | None:
     """Write :data:`REMOVING_MARKER` beside :data:`READY_MARKER` (none where ``new``'s folder
-    holds none): ``final``, the earlier output, is about to be removed in place; its identity and
-    its entries' names tell it, half removed, from a folder put there since (whose inode may be
-    the same, reused)."""
+    holds none): ``final``, the earlier output, is about to be removed in place; then put the
+    file it names, ``.bafusion-removing-<random>`` (the token), into ``final`` itself, which
+    :func:`_remove_in_place` removes last. Its identity, its entries' names and the token tell
+    it, half removed, from a folder put there since: the inode of a folder made at once after
+    the removal is often the same, reused (ext4), and a copy of the earlier output (a backup put
+    back, another run's newer output) has its names. Returns the token's name (``None``: no
+    marker written)."""
     wrap = new.parent
     if not (wrap / READY_MARKER).is_file():
-        return
-    text = json.dumps({"old": _file_id(final), "names": sorted(os.listdir(final))})
+        return None
+    token = f"{REMOVING_MARKER}-{os.urandom(8).hex()}"
+    text = json.dumps({"old": _file_id(final), "names": sorted(os.listdir(final)), "token": token})
     _write_flushed(wrap / REMOVING_MARKER, text, final)
+    (final / token).write_bytes(b"")
+    return token
 
 
-def _half_removed(wrap: Path, final: Path) -> bool:
+def _remove_in_place(folder: Path, token: str | None) -> None:
+    """Remove ``folder`` (the earlier output, which cannot be renamed), its file ``token``
+    (:func:`_mark_removing`) last but the folder itself: until then a kill leaves it known as
+    half removed (:func:`_half_removed`)."""
+    if token is None:
+        shutil.rmtree(folder)
+        return
+    for entry in os.scandir(folder):
+        if entry.name == token:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(folder / token)
+    folder.rmdir()
+
+
+def _half_removed(wrap: Path, final: Path) -> tuple[bool, str | None]:
     """Whether ``final`` is the earlier output that the killed run of ``wrap`` was removing in
-    place (:data:`REMOVING_MARKER`): the same folder, holding none but its own entries' names."""
+    place (:data:`REMOVING_MARKER`): the same folder, holding none but its own entries' names,
+    and the marker's token (:func:`_mark_removing`), or nothing at all (killed between the
+    token's removal and the folder's); and the token's name. A folder put there since, even
+    with the inode reused and the earlier output's names, holds no token."""
     try:
         removing = json.loads((wrap / REMOVING_MARKER).read_text(encoding="utf-8"))
-        old_id, names = removing["old"], set(removing["names"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+        old_id, names, token = removing["old"], set(removing["names"]), removing["token"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False, None
+    if not isinstance(token, str) or not token.startswith(REMOVING_MARKER + "-") or Path(token).name != token:
+        return False, None
     if old_id is None or final.is_symlink() or not final.is_dir() or _file_id(final) != old_id:
-        return False
+        return False, None
     try:
-        return set(os.listdir(final)) <= names
+        held = set(os.listdir(final))
     except OSError:
-        return False
+        return False, None
+    token_held = token in held and os.path.isfile(final / token) and not os.path.islink(final / token)
+    return (token_held or not held) and held <= names | {token}, token
 
 
 #: The outputs this process has named as not put in place (:func:`_note_not_rolled`): once each.
@@ -427,12 +461,51 @@ def _roll_forward(wrap: Path) -> bool:
     place (and the rest of the earlier one removed), said on stderr. A kill before the earlier
     output was touched, or an output put there since by another, is left as it is. Returns
     whether ``wrap`` may be removed: ``False`` where the new output cannot be put in place
-    (named on stderr: :func:`_note_not_rolled`), which is then kept."""
+    (named on stderr: :func:`_note_not_rolled`), which is then kept, as it is where another
+    process is completing it at the same time (:func:`_rolling`: without it, one that had found
+    the earlier output half removed went on to remove the new one that the other had put in
+    place meanwhile, leaving neither)."""
+    with _rolling(wrap) as mine:
+        if not mine:
+            return False  # another process puts it in place now (and removes the folder)
+        try:
+            ready = json.loads((wrap / READY_MARKER).read_text(encoding="utf-8"))
+            name, new_id = ready["name"], ready["new"]
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            return True
+        return _roll_forward_held(wrap, name, new_id)
+
+
+@contextlib.contextmanager
+def _rolling(wrap: Path) -> Iterator[bool]:
+    """Hold the exclusive lock (``flock``, not waited for) of ``wrap``'s :data:`READY_MARKER`
+    while its replacement is completed (:func:`_roll_forward`); yields ``False`` where another
+    process holds it. Where there is no marker, no ``fcntl`` (Windows) or no lock on the file
+    system, ``True`` without a lock."""
+    if fcntl is None:
+        yield True
+        return
     try:
-        ready = json.loads((wrap / READY_MARKER).read_text(encoding="utf-8"))
-        name, new_id = ready["name"], ready["new"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return True
+        fd = os.open(wrap / READY_MARKER, os.O_RDONLY)
+    except OSError:
+        yield True  # none: nothing is rolled forward
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        except OSError as e:
+            if e.errno not in NO_LOCK_ERRNOS:
+                raise
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _roll_forward_held(wrap: Path, name: Any, new_id: Any) -> bool:
+    """:func:`_roll_forward` once its lock is held and :data:`READY_MARKER` read."""
     if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or name.startswith(".bafusion-"):
         return True
     new, final = wrap / name, wrap.parent / name
@@ -441,14 +514,15 @@ def _roll_forward(wrap: Path) -> bool:
     state = "missing"
     if os.path.lexists(final):
         state = "half removed"
-        if not _half_removed(wrap, final):
+        half, token = _half_removed(wrap, final)
+        if not half:
             return True  # the earlier output whole, or another's output since: the new one goes
         blocked = _unremovable(final)
         if blocked is not None:
             _note_not_rolled(new, final, f"the rest of the earlier output cannot be removed: {blocked}")
             return False
         try:
-            shutil.rmtree(final)
+            _remove_in_place(final, token)
         except OSError as e:
             _note_not_rolled(new, final, f"the rest of the earlier output cannot be removed: {e.strerror or e}")
             return False
@@ -883,8 +957,8 @@ def _replace_unmovable(tmp: Path, final: Path, error: OSError) -> None:
         raise OSError(error.errno, f"{error.strerror} (a folder of an overlay's lower layer cannot be renamed), and "
                       f"it cannot be removed either ({blocked})", os.fspath(final)) from error
     try:
-        _mark_removing(tmp, final)  # a kill from here on: the next run puts tmp in place
-        shutil.rmtree(final)
+        token = _mark_removing(tmp, final)  # a kill from here on: the next run puts tmp in place
+        _remove_in_place(final, token)
         os.replace(tmp, final)
     except OSError as e:
         kept = final.with_name(f"{final.name}.new-{os.getpid()}")
