@@ -1338,3 +1338,24 @@ def test_two_runs_completing_one_killed_replacement_at_once_never_lose_both(
     assert other == [False]  # the other found it under way
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
+
+def test_a_kept_folder_of_an_earlier_boot_holding_a_new_output_marked_ready_says_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A power cut while the earlier output was away (or removed in place) leaves the output
+    missing and the new one, complete and marked ready, in a temporary folder of an earlier boot,
+    which is kept and named with "remove it by hand": done as told, the only copy left was lost.
+    The note now says that the folder holds the new output and that it goes in place first."""
+    import socket
+
+    from bafusion.atomic import PART_MARKER, READY_MARKER, _file_id, _marker_text, remove_stale_parts
+
+    fields = dict(f.split("=", 1) for f in _marker_text(os.getpid()).split()[2:])
+    wrap = tmp_path / ".out.part-x"
+    (wrap / "out").mkdir(parents=True)
+    (wrap / "out" / "a").write_text("new")
+    (wrap / PART_MARKER).write_text(f"{socket.gethostname()} {_dead_pid()} pidns={fields['pidns']} boot=another-boot\n")
+    (wrap / READY_MARKER).write_text(json.dumps({"name": "out", "new": _file_id(wrap / "out")}))
+    assert remove_stale_parts(tmp_path / "out") == []
+    err = capsys.readouterr().err
+    assert f"it holds that run's new output, complete, at {wrap / 'out'}: where {tmp_path / 'out'} is missing" in err
+    assert (wrap / "out" / "a").read_text() == "new"

@@ -331,7 +331,25 @@ def _note_kept(wrap: Path) -> None:
     except OSError:
         age = ""
     print(f"bafusion: note: {wrap}: the temporary folder of a write by {who}{age} is not removed (whether that "
-          "run still goes on cannot be told from here): remove it by hand once no run writes there", file=sys.stderr)
+          f"run still goes on cannot be told from here): remove it by hand once no run writes there{_ready_note(wrap)}",
+          file=sys.stderr)
+
+def _ready_note(wrap: Path) -> str:
+    """For :func:`_note_kept`: where the kept folder ``wrap`` holds a new output marked ready
+    (:data:`READY_MARKER`: a power cut, or a run of another container, while the earlier output
+    was away or being removed), that it is there and goes in place of a missing output before
+    the folder is removed (removed as told, it was the only copy left); else ``""``."""
+    try:
+        name = json.loads((wrap / READY_MARKER).read_text(encoding="utf-8"))["name"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return ""
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+        return ""
+    new = wrap / name
+    if new.is_symlink() or not new.is_dir():
+        return ""
+    return (f"; it holds that run's new output, complete, at {new}: where {wrap.parent / name} is missing or partly "
+            "removed, move it there first")
 
 
 def _remove_stale(pattern: str, folder: Path) -> list[Path]:
