@@ -1359,3 +1359,32 @@ def test_a_kept_folder_of_an_earlier_boot_holding_a_new_output_marked_ready_says
     err = capsys.readouterr().err
     assert f"it holds that run's new output, complete, at {wrap / 'out'}: where {tmp_path / 'out'} is missing" in err
     assert (wrap / "out" / "a").read_text() == "new"
+
+
+@pytest.mark.parametrize("marker", [".bafusion-ready", ".bafusion-removing"])
+def test_a_damaged_marker_of_a_killed_replacement_changes_nothing_and_fails_no_run(tmp_path: Path, marker: str) -> None:
+    """A marker of a killed replacement that cannot be read as written (cut short, garbage, other
+    types, nested too deep for the JSON reader: a RecursionError, which no sweep caught, failed
+    the run) puts nothing in place: the output found there is kept and the killed run's
+    temporary folder removed, as a run killed before it touched the earlier output."""
+    from bafusion.atomic import PART_MARKER, READY_MARKER, REMOVING_MARKER, _file_id, _marker_text, remove_stale_parts
+
+    out = tmp_path / "out"
+    for i, text in enumerate(['{"name": "out", "ne', "\x00\xff garbage", "[" * 100_000, '["out"]', '"out"', "5",
+                              '{"name": 5, "new": [1, 2]}', '{"name": "out", "new": "x"}', '{"old": 1, "names": [[1]]}',
+                              '{"old": null, "names": 3, "token": []}']):
+        out.mkdir()
+        (out / "a").write_text("earlier")
+        wrap = tmp_path / f".out.part-{i}"
+        (wrap / "out").mkdir(parents=True)
+        (wrap / "out" / "a").write_text("new")
+        (wrap / PART_MARKER).write_text(_marker_text(_dead_pid()))
+        (wrap / READY_MARKER).write_text(json.dumps({"name": "out", "new": _file_id(wrap / "out")}))
+        (wrap / REMOVING_MARKER).write_text(json.dumps({"old": _file_id(out), "names": ["a"], "token": "x"}))
+        (wrap / marker).write_bytes(text.encode("utf-8", "surrogateescape"))
+        assert remove_stale_parts(out) == [wrap], text[:30]
+        assert {p.name: p.read_text() for p in out.iterdir()} == {"a": "earlier"}, text[:30]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+        import shutil
+
+        shutil.rmtree(out)

@@ -442,7 +442,7 @@ def _half_removed(wrap: Path, final: Path) -> tuple[bool, str | None]:
     try:
         removing = json.loads((wrap / REMOVING_MARKER).read_text(encoding="utf-8"))
         old_id, names, token = removing["old"], set(removing["names"]), removing["token"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return False, None
     if not isinstance(token, str) or not token.startswith(REMOVING_MARKER + "-") or Path(token).name != token:
         return False, None
