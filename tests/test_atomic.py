@@ -1388,3 +1388,35 @@ def test_a_damaged_marker_of_a_killed_replacement_changes_nothing_and_fails_no_r
         import shutil
 
         shutil.rmtree(out)
+
+
+def test_on_macos_a_folder_asks_the_drive_for_one_whole_flush_not_one_a_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``F_FULLFSYNC`` flushes the drive's whole cache: one for each file of a folder output
+    (sync_tree: thousands of files for prepare or fuse-set) asked the drive for as many whole
+    flushes. The files and folders are now each flushed with ``fsync`` and the cache once, at the
+    end. Simulated (no Mac here), as test_on_macos_a_file_is_flushed_with_f_fullfsync."""
+    import types
+
+    import bafusion.atomic as atomic
+
+    calls: list[str] = []
+
+    def fake_fcntl(fd: int, cmd: int) -> int:
+        assert cmd == 51
+        calls.append("F_FULLFSYNC")
+        return 0
+
+    fake = types.SimpleNamespace(F_FULLFSYNC=51, fcntl=fake_fcntl, flock=atomic.fcntl.flock,
+                                 LOCK_EX=atomic.fcntl.LOCK_EX, LOCK_NB=atomic.fcntl.LOCK_NB,
+                                 LOCK_UN=atomic.fcntl.LOCK_UN)
+    monkeypatch.setattr(atomic, "fcntl", fake)
+    real_fsync = os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    with atomic_dir(tmp_path / "out") as tmp:
+        for i in range(20):
+            (tmp / f"{i}.png").write_bytes(b"x")
+        (tmp / "sub").mkdir()
+    assert calls.count("F_FULLFSYNC") == 1 and calls[-1] == "F_FULLFSYNC", calls
+    assert calls.count("fsync") == 20 + 2  # each file, each folder
+    assert sorted(p.name for p in (tmp_path / "out").iterdir())[:2] == ["0.png", "1.png"]
