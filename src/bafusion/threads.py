@@ -15,10 +15,14 @@ The same setting bounds the numpy/scipy steps of a fusion that run side by side
 exposure matching's two low-pass filters and the band's guided-filter tiles, each the same bits
 with one thread or several (measured: BENCHMARKS.md, "Where a camera-size fusion's time goes").
 
-A process forked from one that had imported torch and this module runs torch on one thread
+A process forked from one that had imported torch runs torch on one thread
 (:func:`_after_fork_in_child`, :func:`torch_threads`): torch's OpenMP threads do not survive a fork.
-A process forked before this module was imported is not seen: its fusion on several threads can
-wait forever where the parent ran torch on several.
+Where the parent had imported this module, its at-fork handler sees the fork; where it had not (it
+ran torch itself and only its fork-started ``multiprocessing`` workers import bafusion), this
+module sees at its import in the worker that torch came from the parent
+(:func:`_torch_inherited`). A process forked with :func:`os.fork` itself, from a parent that had not
+imported this module, is not seen: its fusion on several threads can wait forever where the
+parent ran torch on several.
 """
 
 from __future__ import annotations
@@ -231,7 +235,9 @@ def _after_fork_in_child() -> None:
     parent had run one on several (pytorch/pytorch#17199; measured: ``fuse()`` in the workers of
     ``multiprocessing.Pool(2)`` after one ``fuse()`` in the parent on 2 threads never returned,
     on 1 thread it fused the same bytes). Registered with :func:`os.register_at_fork` when this
-    module is imported (the Python API's fusions import it)."""
+    module is imported (the Python API's fusions import it); called at that import in a
+    fork-started worker that found torch loaded by its parent, which had not imported this module
+    (:func:`_torch_inherited`)."""
     global _forked_after_torch, _said_fork
     _said_fork = False  # a new process: its own warning
     torch = sys.modules.get("torch")
@@ -244,8 +250,57 @@ def _after_fork_in_child() -> None:
         pass
 
 
+def _torch_ranges(maps: str, path: str) -> set[str]:
+    """The address ranges (``start-end``) at which a ``/proc/PID/maps`` text maps the file ``path``."""
+    found = set()
+    for line in maps.splitlines():
+        fields = line.split(None, 5)
+        if len(fields) == 6 and fields[5] == path:
+            found.add(fields[0])
+    return found
+
+
+def _torch_inherited() -> bool:
+    """Whether this process is a fork-started ``multiprocessing`` worker (a ``Pool``'s,
+    ``ProcessPoolExecutor``'s or ``Process``'s of the fork start method, Python 3.11's default on
+    Linux) that found torch loaded, by its parent before the fork: torch in :data:`sys.modules`,
+    and its extension module mapped at the same addresses in the parent (``/proc/PID/maps``; a
+    parent that never loaded torch, or loaded it after the fork while the worker loaded its own,
+    maps it elsewhere or not at all). Where the maps cannot be read (no ``/proc``), a fork-started
+    worker with torch loaded counts as inherited. False in any other process: the main process, a
+    spawn or forkserver worker (torch loaded in a fresh interpreter, or the fork server's), a child
+    of :func:`os.fork` itself.
+
+    Called when this module is imported: the at-fork handler (:func:`_after_fork_in_child`) does
+    not run in the worker of a parent that had not imported this module (the parent ran torch itself
+    and only the worker imported bafusion), where a fusion on several threads waited forever."""
+    torch = sys.modules.get("torch")
+    process = sys.modules.get("multiprocessing.process")
+    if torch is None or process is None:
+        return False
+    parent = process.parent_process()
+    if parent is None:
+        return False
+    method = getattr(process.current_process(), "_start_method", None)
+    if method is None:  # multiprocessing.Process of the default context: the method it was started with
+        method = sys.modules["multiprocessing"].get_start_method(allow_none=True)
+    if method != "fork":
+        return False
+    try:
+        path = os.path.realpath(torch._C.__file__)
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            mine = _torch_ranges(f.read(), path)
+        with open(f"/proc/{int(parent.pid)}/maps", encoding="utf-8", errors="replace") as f:
+            theirs = _torch_ranges(f.read(), path)
+    except (AttributeError, TypeError, ValueError, OSError):
+        return True
+    return not mine or bool(mine & theirs)
+
+
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
     os.register_at_fork(after_in_child=_after_fork_in_child)
+    if _torch_inherited():  # a worker forked from a process that had torch but not this module
+        _after_fork_in_child()
 
 
 def _user_stacklevel() -> int:
@@ -270,9 +325,10 @@ def torch_threads(threads: int | str | None = None) -> Iterator[int]:
     1-minute load average leaves free, read at each call, less this process's earlier
     ``"auto"`` blocks' part, :func:`own_load`). Yields the number in use.
 
-    In a process forked from one that had imported torch and this module (a worker of a
-    fork-started ``multiprocessing.Pool`` started after ``bafusion.fuse``, ``fuse_images`` or
-    ``load_model`` was used), torch is set to one thread at the fork (:func:`_after_fork_in_child`),
+    In a process forked from one that had imported torch (a worker of a fork-started
+    ``multiprocessing.Pool``), torch is set to one thread at the fork where the parent had
+    imported this module (``bafusion.fuse``, ``fuse_images`` or ``load_model`` used there), else
+    when the worker imports it (:func:`_after_fork_in_child`, :func:`_torch_inherited`),
     and more than one (``threads=2``, or a ``torch.set_num_threads(2)`` of the child's) is
     lowered to one, with a :class:`RuntimeWarning` once a process: torch's OpenMP threads do not
     survive a fork, and a fusion on several would wait forever. Spawn or forkserver workers
