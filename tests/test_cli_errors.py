@@ -1475,6 +1475,33 @@ def test_a_second_ctrl_c_while_the_command_cleans_up_is_held(tmp_path: Path, rep
     assert not (tmp_path / "result").exists()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_repeated_stop_of_a_train_worker_is_held_without_a_word(tmp_path: Path) -> None:
+    """A worker of ``train --nproc N`` gets SIGTERM twice when SLURM (or systemd) stops the job:
+    SLURM signals every process of the job, and the launcher sends the workers its own. The
+    second is held, as the command's, but the worker does not say so (each of them printed
+    'still stopping ...; send the signal again', and a worker ends without a word: the command
+    speaks for it)."""
+    import signal
+    import time
+
+    from bafusion.cli.app import TRAIN_LAUNCHER_ENV
+
+    env = {**os.environ, "PYTHONPATH": str(SRC), TRAIN_LAUNCHER_ENV: str(os.getpid())}
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_CLEANUP, str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout.readline().strip() == "cleaning"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "still stopping" not in err, err
+    assert (tmp_path / "run-ended").exists()  # held: the cleanup ran to its end
+    assert not (tmp_path / "result").exists()
+
+
 _LOST_STOP = """
 import os, signal, sys, time
 from bafusion.cli import app

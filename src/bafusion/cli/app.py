@@ -315,11 +315,16 @@ def _held_repeat(signum: int) -> bool:
     stops the command at once). A second Ctrl-C pressed while the command cleaned up after the
     first (ending its MLflow run, removing its temporary outputs) raised in the middle of that
     cleanup and left the run RUNNING. Never held when the first stop's exception was lost: the
-    command did not stop, and this signal stops it."""
+    command did not stop, and this signal stops it. A worker of ``train --nproc N`` holds it
+    without a word: SLURM and systemd send SIGTERM to every process of the job, and the launcher
+    sends its own to the workers, so each worker printed the line, telling to signal it again
+    (the command speaks for its workers; the launcher kills the ones left after a grace time)."""
     global _repeat_held
     if stop_requested() is None or _stop_exception_lost or _repeat_held:
         return False
     _repeat_held = True
+    if TRAIN_LAUNCHER_ENV in os.environ:
+        return True
     again = "press Ctrl-C" if signum == signal.SIGINT else "send the signal"
     line = (f"{_running_cmd}: still stopping (cleaning up); {again} again to stop at once, leaving what is not "
             "cleaned up to its next run\n")
