@@ -542,6 +542,44 @@ def test_a_stopped_fetch_many_fetches_no_more(server: LocalServer, tmp_path: Pat
     assert all((tmp_path / f"f{i}").read_bytes() == PAYLOAD for i in range(6))
 
 
+def test_a_stopped_fetch_many_does_not_wait_to_retry(server: LocalServer, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A download of fetch_many waiting to retry (the server answered 503) when the command was
+    stopped went on through every wait and attempt left: its worker thread is not interrupted
+    by the signal, and the pool's exit waits for it (30 s here, with backoff 2 and 4 retries;
+    minutes against a server that does not answer). The stop ends the wait."""
+    import signal
+
+    import bafusion.data.download as download
+    from bafusion import atomic
+
+    for i in range(3):
+        server.files[f"f{i}"] = PAYLOAD
+    server.fail["f1"] = [503] * 10
+    jobs = [FetchJob(server.url(f"f{i}"), tmp_path / f"f{i}", sha256(PAYLOAD)) for i in range(3)]
+    real = download.as_completed
+
+    def stopped_after_the_first(fs):  # type: ignore[no-untyped-def]
+        for fut in real(fs):
+            yield fut
+            deadline = time.monotonic() + 10
+            while not server.requests_for("f1") and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)  # f1 failed and waits to retry
+            atomic.request_stop(signal.SIGINT)  # as the command's Ctrl-C handler does, then raises
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(download, "as_completed", stopped_after_the_first)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fetch_many(jobs, workers=1, retries=4, backoff=2.0, progress=False)
+    finally:
+        atomic.clear_stop()
+    assert [p for p, _ in server.requests] == ["f0", "f1"]  # no retry of f1, nor f2
+    assert time.monotonic() - t0 < 10
+
+
 def test_fetch_many_summary(server: LocalServer, tmp_path: Path) -> None:
     for i in range(4):
         server.files[f"f{i}"] = bytes([i]) * 1000
@@ -1272,7 +1310,7 @@ def test_the_retry_wait_stays_at_its_bound_however_many_attempts(tmp_path: Path,
 
     waits: list[float] = []
     monkeypatch.setattr(download, "_attempt", fail)
-    monkeypatch.setattr(download.time, "sleep", waits.append)
+    monkeypatch.setattr(download, "_wait_unless_stopped", waits.append)
     with pytest.raises(DownloadError, match="failed after 1201 attempts: connection reset"):
         fetch("http://127.0.0.1:9/a.bin", tmp_path / "a.bin", retries=1200, backoff=1.0, progress=False)
     assert len(waits) == 1200 and waits[:8] == [1, 2, 4, 8, 16, 32, 64, 120]

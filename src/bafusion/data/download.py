@@ -573,6 +573,18 @@ def _retry_wait(backoff: float, attempt: int) -> float:
     return min(MAX_BACKOFF, max(0.0, backoff) * 2.0 ** min(attempt, 1023))
 
 
+def _wait_unless_stopped(seconds: float) -> None:
+    """Sleep ``seconds``, ended by the command's stop (Ctrl-C, SIGTERM:
+    :func:`bafusion.atomic.raise_if_stopped` raises it) as soon as it comes: a worker thread of
+    :func:`fetch_many`, which the signal does not interrupt, waiting to retry a download held
+    the stopped command through every wait and attempt left (30 s with ``--backoff 2`` and a
+    server answering 503, minutes against one that does not answer)."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, 0.1))
+        raise_if_stopped()
+
+
 def fetch(
     url: str,
     dest: str | os.PathLike[str],
@@ -643,8 +655,15 @@ def fetch(
         resumed, got, attempt = 0, 0, 0
         initial = part.stat().st_size if part.exists() else 0
         restarted_after_mismatch = False
+        pause = 0.0  # before a retry: _retry_wait's
         while True:
             try:
+                # a worker thread of fetch_many is not interrupted by the signal (the main thread
+                # is): its retries, and their waits, end when the command is stopped
+                raise_if_stopped()
+                if pause:
+                    _wait_unless_stopped(pause)
+                    pause = 0.0
                 resumed, got = _attempt(url, part, timeout, label if progress else None, progress, headers or {},
                                         ck is not None, limit, min_rate)
                 if resumed and not restarted_after_mismatch:
@@ -670,7 +689,7 @@ def fetch(
                         hint = ""
                         _drop_part(part)
                     raise DownloadError(url, f"failed after {attempt + 1} attempts: {e}{hint}") from None
-                time.sleep(_retry_wait(backoff, attempt))
+                pause = _retry_wait(backoff, attempt)
                 attempt += 1
             except BaseException:
                 # Keep the bytes of an interrupted run (KeyboardInterrupt, or SystemExit: the
