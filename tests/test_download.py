@@ -513,7 +513,7 @@ def test_a_stopped_fetch_many_fetches_no_more(server: LocalServer, tmp_path: Pat
 
     for i in range(6):
         server.files[f"f{i}"] = PAYLOAD
-    server.delay["f1"] = [0.3]  # f1 is running when the stop comes
+    server.delay["f1"] = [1.0]  # f1 is running when the stop comes (1 s: a loaded machine still stops it first)
     jobs = [FetchJob(server.url(f"f{i}"), tmp_path / f"f{i}", sha256(PAYLOAD)) for i in range(6)]
     real = download.as_completed
 
