@@ -820,6 +820,38 @@ def test_header_skips_stops_at_the_first_stack_that_may_be_fused(tmp_path: Path)
     assert batch.header_skips({"b": bad, "o": odd}, kept=lambda name: False) == failing
 
 
+def test_fuse_dir_skip_existing_refuses_another_setups_record_when_nothing_can_be_fused(
+        tmp_path: Path, nets: Path, capsys) -> None:
+    """fuse-dir lists a folder of which nothing can be fused before loading the nets (exit 4);
+    with --skip-existing that came before OUT's record was checked: into a folder of another
+    setup, or whose record is unreadable, it said exit 4 where README says such a folder is
+    refused before any work (exit 2), as it is when a stack can be fused."""
+    import json
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for n, x in zip("AB", pair(3)):
+        Image.fromarray(x).save(src / f"p1-{n}.png")
+    argv = ["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet", "--l", "8"]
+    assert cli_main(argv) == 0
+    broken = tmp_path / "broken"  # nothing in it can be fused: one shot unreadable
+    broken.mkdir()
+    (broken / "q-A.png").write_bytes(b"not an image")
+    Image.fromarray(pair(4)[1]).save(broken / "q-B.png")
+    capsys.readouterr()
+    argv[1] = str(broken)
+    assert cli_main([*argv, "--skip-existing", "--l", "6"]) == 2
+    assert "holds outputs of other parameters (l: 8 -> 6)" in capsys.readouterr().err
+    assert cli_main([*argv, "--skip-existing"]) == batch.EXIT_NONE_FUSED  # the same setup: listed, as before
+    assert "q-A.png: unreadable image" in capsys.readouterr().err
+    marker = out / batch.OUTPUT_MARKER
+    marker.write_text(json.dumps(json.loads(marker.read_text()))[:-5])
+    assert cli_main([*argv, "--skip-existing"]) == 2
+    assert "fuse-dir's record is unreadable" in capsys.readouterr().err
+    assert cli_main(argv) == 2  # without --skip-existing too (check_replaced reads it)
+    assert "fuse-dir's record is unreadable" in capsys.readouterr().err
+
+
 def test_fuse_dir_that_fuses_nothing_says_so_in_its_status(tmp_path: Path, nets: Path, capsys) -> None:
     src = tmp_path / "in"
     src.mkdir()

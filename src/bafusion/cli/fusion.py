@@ -719,8 +719,13 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     # every image skipped (one shot, names outside the rule; no stack: []) or every stack's shots
     # unreadable from their headers (missing, damaged, sizes that differ): listed as fuse_dir lists
     # them, exit 4, without loading the nets (7.8-28 s at load 9-10), nor torch unless --device needs it
-    failing = header_skips(groups, align=args.align or "none",
-                           kept=lambda name: args.skip_existing and (out / f"{name}.{ext}").exists())
+    # With --skip-existing, a record in OUT (of another setup, or unreadable) is refused by fuse_dir
+    # before any work, as documented; telling its setup takes the nets (their sha256): that way, then
+    from bafusion.fusion.batch import OUTPUT_MARKER
+
+    recorded = args.skip_existing and bool(groups) and os.path.lexists(out / OUTPUT_MARKER)
+    failing = None if recorded else header_skips(
+        groups, align=args.align or "none", kept=lambda name: args.skip_existing and (out / f"{name}.{ext}").exists())
     check_device_of(other)  # the inputs first: a device other than cpu and auto imports torch
     if failing is not None:
         return _say_batch(BatchReport(skipped=[*skipped, *failing]), src, out, args, notes)
