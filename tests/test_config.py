@@ -1491,6 +1491,26 @@ def test_dvc_exp_run_set_changes_only_the_value_in_params_yaml(key: str, line: s
     assert new[new.index("#"):] == old[old.index("#"):]
 
 
+def test_params_yaml_has_no_trailing_whitespace_for_an_editor_to_trim(tmp_path: Path) -> None:
+    """DVC's writer put the COCO annotations URL, too long for its line, on the next line after
+    ``annotations_url: `` and a trailing space; an editor that trims trailing whitespace (or
+    ``git diff --check``) removed it, and the next ``dvc exp run -S`` put it back (a line changed
+    but the value's, test_dvc_exp_run_set_changes_only_the_value_in_params_yaml failing). As a
+    block scalar (``|-``) it has none, DVC's writer keeps it, and it reads as the same string."""
+    from dvc.utils.hydra import apply_overrides
+
+    from bafusion.config import load_yaml
+
+    text = (REPO / "params.yaml").read_bytes().replace(b"\r\n", b"\n").decode()
+    assert [n for n, line in enumerate(text.splitlines(), 1) if line != line.rstrip()] == []
+    url = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
+    assert load_yaml(text)["download"]["coco"]["annotations_url"] == url
+    f = tmp_path / "params.yaml"
+    f.write_text(text)
+    apply_overrides(str(f), [f"seed={load_yaml(text)['seed']}"])  # DVC rewrites every value, none changed
+    assert f.read_text() == text
+
+
 def test_count_note_tells_the_available_number_from_the_configured_one() -> None:
     """With 700 backgrounds configured and fewer in the source, the note read "the source has
     fewer backgrounds than configured (backgrounds: 128)", as if 128 were the configured value;
