@@ -147,10 +147,7 @@ def test_a_shot_whose_pixels_do_not_decode_is_refused_by_fuse_without_torch(tmp_
     }
     for name, said in cases.items():
         argv = ["fuse", str(tmp_path / "a.png"), str(tmp_path / name), "-o", str(tmp_path / "f.png"), "--device", "cpu"]
-        code = ("import sys\nfrom bafusion.cli import main\n"
-                f"status = main({argv!r})\nprint(status, 'torch' in sys.modules)\n")
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+        p = _main_in_a_fresh_process(argv)
         assert said in p.stderr, (name, p.stderr)
         assert p.stdout.split() == ["2", "False"], (name, p.stdout, p.stderr)
 
@@ -173,10 +170,7 @@ def test_a_pair_file_whose_pixels_do_not_decode_is_refused_by_fuse_set_without_t
         whole = (tmp_path / name).read_bytes()
         (tmp_path / name).write_bytes(whole[:len(whole) // 2])
         argv = ["fuse-set", "--pairs", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "cpu"]
-        code = ("import sys\nfrom bafusion.cli import main\n"
-                f"status = main({argv!r})\nprint(status, 'torch' in sys.modules)\n")
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "BAFUSION_MLFLOW": "0"})
+        p = _main_in_a_fresh_process(argv, BAFUSION_MLFLOW="0")
         assert f"{name}: unreadable image (OSError: image file is truncated)" in p.stderr, (name, p.stderr)
         assert p.stdout.split() == ["2", "False"], (name, p.stdout, p.stderr)
         (tmp_path / name).write_bytes(whole)
@@ -208,10 +202,7 @@ def test_fuse_dir_of_which_nothing_can_be_fused_lists_it_without_torch(tmp_path:
     ]
     for folder, lines, count in cases:
         argv = ["fuse-dir", f"{t}/{folder}", f"{t}/out-{folder}", "--device", "cpu"]
-        code = ("import sys\nfrom bafusion.cli import main\n"
-                f"status = main({argv!r})\nprint(status, 'torch' in sys.modules)\n")
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "BAFUSION_MLFLOW": "0"})
+        p = _main_in_a_fresh_process(argv, BAFUSION_MLFLOW="0")
         for said in lines:
             assert said in p.stderr, (folder, said, p.stderr)
         assert f"{t}/{folder}: nothing to fuse: each of its stacks and images was skipped" in p.stderr, p.stderr
