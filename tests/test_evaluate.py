@@ -2534,6 +2534,50 @@ def test_lossless_webp_gif_and_tiff_references_are_counted_by_their_coding_not_t
     assert "lossless" not in labels["WY"] + labels["TJ"] + labels["JP"], labels
 
 
+def _tiff_with_tags(path: Path, tags: dict[int, int], bigtiff: bool = False) -> Path:
+    """An uncompressed 4x4 gray TIFF (tifffile) with the given SHORT/LONG tags of its first IFD
+    rewritten in place (compression 259, width 256, height 257)."""
+    import struct
+
+    import tifffile
+
+    tifffile.imwrite(path, np.zeros((4, 4), np.uint8), bigtiff=bigtiff)
+    b = bytearray(path.read_bytes())
+    order = "<" if b[:2] == b"II" else ">"
+    offset = struct.unpack(order + ("Q" if bigtiff else "I"), b[8:16] if bigtiff else b[4:8])[0]
+    count_fmt, size, at = ("Q", 20, 12) if bigtiff else ("H", 12, 8)
+    n = struct.unpack(order + count_fmt, b[offset:offset + struct.calcsize(count_fmt)])[0]
+    first = offset + struct.calcsize(count_fmt)
+    seen = set()
+    for i in range(n):
+        e = first + i * size
+        tag, kind = struct.unpack(order + "HH", b[e:e + 4])
+        if tag in tags:
+            b[e + at:e + at + (2 if kind == 3 else 4)] = struct.pack(order + ("H" if kind == 3 else "I"), tags[tag])
+            seen.add(tag)
+    assert seen == set(tags), (seen, tags)
+    path.write_bytes(bytes(b))
+    return path
+
+
+def test_a_tiff_is_lossless_by_its_compression_tag_whatever_pillow_can_open(tmp_path: Path) -> None:
+    """stored_lossless asked Pillow for a TIFF's compression and took a file Pillow could not open
+    as lossless: a JPEG 2000- or JPEG XL-compressed TIFF (codes Pillow does not know) counted as
+    lossless, though the docstring calls JPEG 2000 lossy; a header claiming a huge image raised
+    Pillow's DecompressionBombError out of it. The compression tag of the first IFD is read
+    directly now (classic and BigTIFF); unknown or lossy codes count as lossy."""
+    for code, lossless in ((1, True), (5, True), (8, True), (32773, True), (7, False), (6, False),
+                           (34712, False), (50002, False), (50001, False), (34676, False)):
+        for big in (False, True):
+            f = _tiff_with_tags(tmp_path / f"c{code}{'-big' if big else ''}.tif", {259: code}, bigtiff=big)
+            assert ev.stored_lossless(f) is lossless, (code, big)
+    huge = _tiff_with_tags(tmp_path / "huge.tif", {256: 60000, 257: 60000})  # a damaged header's size
+    assert ev.stored_lossless(huge) is True
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes((tmp_path / "c7.tif").read_bytes()[:12])  # no IFD: unreadable, said by the reader
+    assert ev.stored_lossless(cut) is True
+
+
 def test_the_truth_table_is_over_the_pairs_with_a_truth_and_says_why_a_mean_is_over_fewer() -> None:
     """With a truth for one pair of three, every PSNR/SSIM/DM_acc cell said ``(n=1/3)`` and the
     note blamed NaN ("e.g. on a flat output"); the two others had no ``-truth``/``-dm`` file. The

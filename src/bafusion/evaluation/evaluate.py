@@ -1754,7 +1754,7 @@ LOSSLESS_SUFFIXES: frozenset[str] = frozenset({".png", ".apng", ".tif", ".tiff",
                                                 ".ppm", ".pgm", ".pbm", ".pnm", ".pfm", ".qoi", ".tga", ".sgi", ".rgb",
                                                 ".bw", ".pcx"})
 """Suffixes of reference results that may be lossless files (:func:`lossless_references`); a
-WebP is one when it is VP8L-coded, a TIFF when it is not JPEG-compressed (:func:`stored_lossless`).
+WebP is one when it is VP8L-coded, a TIFF when uncompressed or coded losslessly (:func:`stored_lossless`).
 JPEG, JPEG 2000 and AVIF files are taken as lossy (their lossless modes are not told apart)."""
 
 
@@ -1782,9 +1782,57 @@ def _webp_lossless(path: Path) -> bool:
         return False
 
 
+#: TIFF compression codes (tag 259) that store the pixels exactly: none, CCITT RLE / T.4 / T.6,
+#: LZW, Adobe Deflate, JBIG, CCIRLEW, PackBits, ThunderScan, Deflate, LZMA, Zstandard (both codes),
+#: PNG. JPEG (old and new), JPEG 2000, JPEG XL, JPEG XR, WebP, LERC, SGILog and other codes count
+#: as lossy (where such a coding has a lossless mode, it is not told apart).
+_TIFF_LOSSLESS_CODES = frozenset({1, 2, 3, 4, 5, 8, 9, 10, 32771, 32773, 32809, 32946, 34925, 34926, 50000, 34933})
+
+
+def _tiff_compression(path: Path) -> int | None:
+    """The compression code (tag 259) of a TIFF's first image, read from its header and first
+    IFD alone (classic and BigTIFF); 1 (none) when the tag is absent; None for a file that is
+    no TIFF or is cut short."""
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+            order = {b"II": "<", b"MM": ">"}.get(head[:2])
+            if order is None or len(head) < 8:
+                return None
+            version = struct.unpack(order + "H", head[2:4])[0]
+            if version == 42:
+                offset, count_fmt, entry_size, value_at = struct.unpack(order + "I", head[4:8])[0], "H", 12, 8
+            elif version == 43 and len(head) == 16:  # BigTIFF
+                offset, count_fmt, entry_size, value_at = struct.unpack(order + "Q", head[8:16])[0], "Q", 20, 12
+            else:
+                return None
+            fh.seek(offset)
+            raw = fh.read(struct.calcsize(count_fmt))
+            if len(raw) < struct.calcsize(count_fmt):
+                return None
+            count = struct.unpack(order + count_fmt, raw)[0]
+            entries = fh.read(min(count, 4096) * entry_size)
+            for i in range(0, len(entries) - entry_size + 1, entry_size):
+                tag, kind = struct.unpack(order + "HH", entries[i:i + 4])
+                if tag == 259:
+                    value = entries[i + value_at:i + entry_size]
+                    if kind == 3:  # SHORT
+                        return struct.unpack(order + "H", value[:2])[0]
+                    if kind == 4:  # LONG
+                        return struct.unpack(order + "I", value[:4])[0]
+                    return None
+            return 1 if len(entries) == min(count, 4096) * entry_size else None
+    except (OSError, OverflowError, ValueError):
+        return None
+
+
 def stored_lossless(path: str | os.PathLike[str]) -> bool:
     """Whether a stored result holds its pixels without a lossy coding: a PNG, BMP, netpbm, QOI,
-    TGA, SGI or PCX file; a TIFF unless JPEG-compressed; a WebP coded lossless (``VP8L``, told from
+    TGA, SGI or PCX file; a TIFF whose first image is uncompressed or coded losslessly (LZW, Deflate,
+    PackBits, ...: its compression tag, read from the header; JPEG-, JPEG 2000-, WebP-compressed ones
+    count as lossy); a WebP coded lossless (``VP8L``, told from
     its RIFF chunks, not its name: ``.webp`` is either); a GIF, whose LZW coding is lossless (a
     colour result stored as GIF is limited to its palette of at most 256 colours, a loss of its
     own, but no JPEG-like loss: it is counted, as the gray results that GIF stores exactly).
@@ -1811,21 +1859,16 @@ def stored_lossless(path: str | os.PathLike[str]) -> bool:
         return False
     if suffix == ".webp":
         return _webp_lossless(p)
-    if suffix in (".tif", ".tiff"):
-        try:
-            from PIL import Image
-
-            with Image.open(p) as im:
-                return str(im.info.get("compression", "raw")).lower() not in ("jpeg", "tiff_jpeg", "webp")
-        except (OSError, ValueError, SyntaxError):  # unreadable: said by the reader, not here
-            return True
+    if suffix in (".tif", ".tiff"):  # the first image's compression tag, read from the header alone
+        code = _tiff_compression(p)
+        return code is None or code in _TIFF_LOSSLESS_CODES  # unreadable (None): said by the reader, not here
     return True
 
 
 def lossless_references(ds: Dataset, pairs: Sequence[Pair]) -> dict[str, int]:
     """With ``jpeg_quality``: per method read from the ``reference`` folder, the number of the
     re-encoded pairs (:meth:`Dataset.quality_for`) whose stored result is a lossless file
-    (:func:`stored_lossless`: PNG, BMP, GIF, lossless WebP, TIFF but JPEG-compressed, ...). Those results are measured as stored while the output of the
+    (:func:`stored_lossless`: PNG, BMP, GIF, lossless WebP, TIFF uncompressed or coded losslessly, ...). Those results are measured as stored while the output of the
     methods computed here is measured after JPEG re-encoding: not like for like. Methods with
     no such pair are left out."""
     from bafusion.evaluation.baselines import find_method_result
