@@ -1210,3 +1210,24 @@ def test_a_file_named_with_braces_in_a_configured_dataset_does_not_fail_the_dag(
     assert listed["sources"]["path"] == str(mine) and set(listed["sources"]["files"]) == {
         "p{x}-A.png", "p{x}-B.png", "p1-A.png", "p1-B.png"}
     assert set(listed["reference"]["files"]) == {"Max/p{x}.png"}
+
+
+def test_the_evaluate_listing_leaves_no_temporary_file_when_its_write_fails(tmp_path: Path) -> None:
+    """data/evaluate-inputs.json was written through `<listing>.<pid>.tmp`, a name that repeats
+    across the nodes of a shared disk and stayed behind when the rename failed. It is now a
+    temporary of its own (mkstemp), removed on failure: here the rename meets a folder in the
+    listing's place, and the DAG fails without leaving a temporary beside it."""
+    from PIL import Image
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    img = Image.new("RGB", (16, 16))
+    for f in ("p1-A.png", "p1-B.png"):
+        img.save(mine / f)
+    project = make_project(tmp_path / "p", {"evaluate": {"datasets": [{"name": "mine", "sources": str(mine)}]}},
+                           git=False)
+    (project / "data" / "evaluate-inputs.json").mkdir(parents=True)  # the rename cannot replace it
+    p = run(["snakemake", "evaluate", "-n", "--cores", "1"], project, check=False)
+    assert p.returncode != 0, (p.stdout + p.stderr)[-3000:]
+    left = sorted(f.name for f in (project / "data").iterdir())
+    assert left == ["evaluate-inputs.json"], left

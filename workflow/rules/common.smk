@@ -347,10 +347,17 @@ def evaluate_inputs_listing(wildcards):
         old = None
     if old != text:
         os.makedirs(os.path.dirname(EVALUATE_INPUTS), exist_ok=True)
-        tmp = f"{EVALUATE_INPUTS}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        if old is None:  # made: as old as what it lists (see the docstring)
-            os.utime(tmp, ns=(newest[0], newest[0]))
-        os.replace(tmp, EVALUATE_INPUTS)
+        import tempfile  # a name of its own (pids repeat across the nodes of a shared disk), removed on failure
+
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(EVALUATE_INPUTS), prefix=".evaluate-inputs.", suffix=".tmp")
+        try:
+            with open(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            if old is None:  # made: as old as what it lists (see the docstring)
+                os.utime(tmp, ns=(newest[0], newest[0]))
+            os.replace(tmp, EVALUATE_INPUTS)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     return [EVALUATE_INPUTS]
