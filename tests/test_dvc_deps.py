@@ -332,3 +332,107 @@ def test_the_download_stage_is_not_rerun_for_network_settings(tmp_path: Path, mo
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "status", "download"], project).stdout
     assert "modified:" in out and "download.coco" in out, out
+
+
+# --- params: each stage lists the keys that can change its outputs ------------------------------
+
+#: Keys of the train, fuse and evaluate sections that no stage lists, and why. Any other key
+#: of these sections the schema knows is listed by its stages (a new key cannot be forgotten:
+#: test_the_stages_list_every_key_of_their_sections).
+UNLISTED = {
+    "train.val_batch": "the validation is the same in any batch: the weights, the best epoch and the metrics do not "
+                       "change (nets/train.py, _not_restorable)",
+    "train.checkpoint_every": "a mid-epoch save reads the state, never changes it (nets/train.py, _not_restorable)",
+    "fuse.save_maps": "not read by the pipeline: its fuse always writes data/fused/maps/",
+    "fuse.threads": "the fused images are the same on any number of threads (README)",
+    "evaluate.threads": "as fuse.threads",
+    "evaluate.device": "optional, absent from params.yaml (DVC refuses a listed key the file lacks); absent, "
+                       "evaluate runs on fuse.device, which is listed",
+}
+#: stage -> (top-level keys, sections whose keys it lists, per-net override section)
+LISTED = {
+    "train_initial": (["seed", "patch", "depth"], ["train"], "train.initial"),
+    "train_boundary": (["seed", "patch", "depth"], ["train"], "train.boundary"),
+    "fuse": ([], ["fuse"], None),
+    "evaluate": ([], ["evaluate", "fuse"], None),
+}
+
+
+def _covers(declared: str, key: str) -> bool:
+    """Whether DVC sees a change of ``key`` through the declared param ``declared`` (the key
+    itself, a section holding it, or a key inside it)."""
+    return declared == key or key.startswith(declared + ".") or declared.startswith(key + ".")
+
+
+@pytest.mark.parametrize("net,other", [("initial", "boundary"), ("boundary", "initial")])
+def test_a_training_stage_does_not_list_the_other_nets_overrides(net: str, other: str) -> None:
+    """Both training stages listed the whole `train` section, the per-net overrides included:
+    `dvc exp run -S +train.boundary.lr=0.001` re-ran train_initial too, which in a --queue /
+    --temp copy (no data/checkpoints/) trained the initial net again from scratch for a
+    byte-identical initial.pt. Each lists its own train.<net> and none of train.<other>."""
+    declared = STAGES[f"train_{net}"]["params"]
+    assert f"train.{net}" in declared, declared
+    assert not [d for d in declared if _covers(d, f"train.{other}")], declared
+
+
+def test_the_stages_list_every_key_of_their_sections() -> None:
+    """The train, fuse and evaluate stages list their sections key by key: every key the
+    params schema knows there but those of UNLISTED, in the schema's order, each in the
+    committed params.yaml (DVC refuses to run a stage whose listed key the file lacks)."""
+    from bafusion.config import load_params
+    from bafusion.schema import _has, leaf_keys
+
+    keys = list(leaf_keys())
+    assert set(UNLISTED) <= set(keys), sorted(set(UNLISTED) - set(keys))
+    params = load_params(REPO / "params.yaml")
+    for stage, (top, sections, own) in LISTED.items():
+        want = top + [k for s in sections for k in keys if k.startswith(s + ".") and k not in UNLISTED]
+        want += [own] if own else []
+        got = STAGES[stage]["params"]
+        assert got == want, (f"dvc.yaml stage {stage}: list {[k for k in want if k not in got]} (in this order: the "
+                             f"schema's), or name a key in UNLISTED with the reason; not {[k for k in got if k not in want]}")
+        assert [k for k in want if not _has(params, k)] == [], stage
+    listed = {k for spec in STAGES.values() for k in spec.get("params", []) if isinstance(k, str)}
+    assert not [k for k in UNLISTED if any(_covers(d, k) for d in listed)]
+
+
+@pytest.mark.slow
+def test_dvc_reruns_only_the_stages_whose_listed_keys_changed(tmp_path: Path) -> None:
+    """DVC's own reading of the stages' params (dvc.yaml's, the commands replaced by `echo`):
+    after a change of one key, `dvc status` names the stages that `dvc exp run -S` re-runs
+    first. A per-net override re-runs that net's training alone; a key of UNLISTED nothing."""
+    import json
+    import subprocess
+
+    from pipeline_project import env
+
+    stages = {name: {"cmd": "echo", "params": spec["params"]} for name, spec in STAGES.items() if spec.get("params")}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    base = (REPO / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(base)
+
+    def dvc(*args: str) -> str:
+        return subprocess.run(["dvc", *args], cwd=tmp_path, env=env(), check=True, capture_output=True,
+                               text=True).stdout
+
+    dvc("init", "--no-scm", "-q")
+    dvc("repro", "-q")
+    cases = {
+        "train.boundary.lr": (0.001, {"train_boundary"}),
+        "train.initial.epochs": (2, {"train_initial"}),
+        "train.lr": (0.02, {"train_initial", "train_boundary"}),
+        "train.threads": (2, {"train_initial", "train_boundary"}),  # it changes the weights on the CPU
+        "fuse.l": (4, {"fuse", "evaluate"}),
+        "evaluate.alpha": (5, {"evaluate"}),
+        **{k: (v, set()) for k, v in (("train.val_batch", 128), ("train.checkpoint_every", 7),
+                                      ("fuse.save_maps", True), ("fuse.threads", 1), ("evaluate.threads", 1))},
+    }
+    for key, (value, want) in cases.items():
+        params = yaml.safe_load(base)
+        *path, last = key.split(".")
+        node = params
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        assert set(json.loads(dvc("status", "--json"))) == want, key
