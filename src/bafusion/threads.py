@@ -260,13 +260,30 @@ def _torch_ranges(maps: str, path: str) -> set[str]:
     return found
 
 
+def _shared_dirty(smaps: str, path: str) -> int:
+    """The kB of the mappings of the file ``path`` in a ``/proc/PID/smaps`` text that are written
+    (its relocated data, its GOT made read-only after loading) and shared with another process
+    (``Shared_Dirty``): pages a fork left shared with the parent, which a library loaded by this
+    process itself after the fork does not have (its own copies, ``Private_Dirty``)."""
+    total, inside = 0, False
+    for line in smaps.splitlines():
+        fields = line.split(None, 5)
+        if fields and not fields[0].endswith(":"):  # a mapping's first line: range perms offset dev inode path
+            inside = len(fields) == 6 and fields[5] == path
+        elif inside and len(fields) >= 2 and fields[0] == "Shared_Dirty:":
+            total += int(fields[1])
+    return total
+
+
 def _torch_inherited() -> bool:
     """Whether this process is a fork-started ``multiprocessing`` worker (a ``Pool``'s,
     ``ProcessPoolExecutor``'s or ``Process``'s of the fork start method, Python 3.11's default on
     Linux) that found torch loaded, by its parent before the fork: torch in :data:`sys.modules`,
     and its extension module mapped at the same addresses in the parent (``/proc/PID/maps``; a
-    parent that never loaded torch, or loaded it after the fork while the worker loaded its own,
-    maps it elsewhere or not at all). Where the maps cannot be read (no ``/proc``), a fork-started
+    parent that never loaded torch maps it nowhere) with its written pages shared with another
+    process (:func:`_shared_dirty`: a parent that loaded torch after the fork while the worker loaded
+    its own can map it at the same addresses, each with its own pages). Where the maps cannot be
+    read (no ``/proc``, the parent gone), a fork-started
     worker with torch loaded counts as inherited. False in any other process: the main process, a
     spawn or forkserver worker (torch loaded in a fresh interpreter, or the fork server's), a child
     of :func:`os.fork` itself.
@@ -292,9 +309,15 @@ def _torch_inherited() -> bool:
             mine = _torch_ranges(f.read(), path)
         with open(f"/proc/{int(parent.pid)}/maps", encoding="utf-8", errors="replace") as f:
             theirs = _torch_ranges(f.read(), path)
+        if not mine or not mine & theirs:
+            return not mine
+        # The same addresses: inherited, or loaded by each after the fork from the same layout (a
+        # Process forked before the parent's `import torch` that imports torch first maps it where the
+        # parent does, measured 5 runs of 5); the pages written at loading tell them apart.
+        with open("/proc/self/smaps", encoding="utf-8", errors="replace") as f:
+            return _shared_dirty(f.read(), path) > 0
     except (AttributeError, TypeError, ValueError, OSError):
         return True
-    return not mine or bool(mine & theirs)
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
