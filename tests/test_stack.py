@@ -532,3 +532,20 @@ def test_joint_rule_brighter_maps_every_shot_onto_the_brightest_one(monkeypatch)
         assert abs(float(x[~clipped].mean()) - float(shots[2][~clipped].mean())) < 3
         assert (x[clipped] >= 250).mean() > 0.9
     assert np.array_equal(seen["linear"][0], shots[0])
+
+
+def test_joint_rule_says_it_does_not_remove_unsure_regions(tiny_nets) -> None:
+    """``unsure_region`` is the pair rule's (and the chain's); the joint rule removed only the
+    regions under ``min_region`` and said nothing, so ``fuse a b c --stack-rule joint
+    --unsure-region 0.03`` silently gave the output without it. Now a note says so (as for
+    ``noise_match``); the fusion is unchanged, and an ``unsure_region`` not above ``min_region``
+    (off) gets no note."""
+    _, nets = tiny_nets
+    rng = np.random.default_rng(3)
+    shots = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
+    off = fuse_stack_joint(shots, nets, FusionParams(stack_rule="joint", working_min=0))
+    on = fuse_stack_joint(shots, nets, FusionParams(stack_rule="joint", working_min=0, unsure_region=0.03))
+    below = fuse_stack_joint(shots, nets, FusionParams(stack_rule="joint", working_min=0, unsure_region=0.005))
+    assert np.array_equal(off.fused, on.fused)
+    assert not any("unsure_region" in n for n in off.notes + below.notes)
+    assert any("unsure_region" in n and "joint" in n and "0.03" in n for n in on.notes), on.notes

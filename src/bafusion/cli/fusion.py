@@ -48,7 +48,8 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
     )
     g.add_argument("--unsure-region", type=float, default=None,
                    help="confidence-aware small-region removal: regions from --min-region up to this fraction of "
-                        "the image are removed where the initial net was unsure of them (try 0.03); 0 = off "
+                        "the image are removed where the initial net was unsure of them (try 0.03); pairs and the chain stack "
+                        "rule, not the joint rule; 0 = off "
                         f"(default {d.unsure_region:g})")
     g.add_argument("--unsure-confidence", type=float, default=None,
                    help="confidence-aware small-region removal: the mean |2 s0 - 1| below which such a region is "

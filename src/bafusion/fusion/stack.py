@@ -538,6 +538,10 @@ def fuse_stack_joint(
     if params.noise_match:  # asked for, and not done: said, not silently dropped
         notes.append("fuse.noise_match (--noise-match) is not used by the joint stack rule: the shots were "
                      "scored at their own noise levels (the chain rule, --stack-rule chain, matches each pair's)")
+    if params.unsure_region > params.min_region:  # as noise_match: asked for, and not done
+        notes.append(f"fuse.unsure_region (--unsure-region {params.unsure_region:g}) is not used by the joint stack "
+                     f"rule: only the regions under fuse.min_region ({params.min_region:g}) were removed (the chain "
+                     "rule, --stack-rule chain, removes the unsure ones in each pair's decision)")
     t0 = time.perf_counter()
     index = remove_small_labels(index1, params.min_region)
     fused = compose(images, index)
