@@ -263,7 +263,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--categories", default="", help="comma-separated COCO category names; an image needs one")
     p.add_argument("--exclude-categories", default="", help="comma-separated COCO category names to avoid")
     p.add_argument("--min-sharpness", type=finite_float(0.0), default=0.0, help="absolute floor for the Laplacian variance")
-    p.add_argument("--max-failures", type=non_negative_int, default=None, help="failed image downloads tolerated")
+    p.add_argument("--max-failures", type=non_negative_int, default=None, help="failed image downloads tolerated (default: a tenth of the "
+                   "candidates, count x oversample, plus 10)")
     p.add_argument("--annotations", type=user_path, default="", help="local override: annotations zip or COCO JSON")
     p.add_argument("--annotations-url", default=COCO_ANNOTATIONS_URL,
                    help="where the COCO annotations zip is fetched from when --annotations is not given (default %(default)s)")

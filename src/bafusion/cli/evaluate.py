@@ -404,7 +404,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write every method's means as CSV here (for DVC plots)")
     p.add_argument("--root", type=nonempty_path, default=None, help="folder the relative paths of the parameters' datasets (params.yaml, --params-file, --params-json) "
                         "start from (default: the project root); --dataset's are the working folder's")
-    p.add_argument("--device", type=nonempty_text, default=None, help="auto, cpu, cuda, cuda:N or mps (default: the fuse section's, else auto)")
+    p.add_argument("--device", type=nonempty_text, default=None, help="auto, cpu, cuda, cuda:N or mps (default: the evaluate section's device, else the "
+                        "fuse section's, else auto)")
     add_threads_argument(p, "torch CPU threads", "--params-file's evaluate.threads, else torch's, lowered to the "
                          "cores the load average leaves free and the whole CPUs of a cgroup CPU quota, at least 1")
     p.add_argument("--no-progress", "--quiet", dest="progress", action="store_const", const=False, default=None,

@@ -69,9 +69,12 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
     g.add_argument("--initial-grid-step", type=int, default=None,
                    help=f"grid step of the 'grid' initial mode (default {d.initial_grid_step})")
     g.add_argument("--boundary-step", type=int, default=None,
-                   help=f"grid step of the boundary net; the coarse step in adaptive mode (default {d.boundary_step})")
+                   help="grid step of the boundary net (grid mode; the coarse step in adaptive mode): 1 to 32, a power "
+                        "of two; 0 = auto: p/4 in grid mode, p/2 in adaptive mode, p the boundary net's patch side "
+                        f"(default {d.boundary_step})")
     g.add_argument("--boundary-fine-step", type=int, default=None,
-                   help=f"finest grid step of the adaptive boundary mode (default {d.boundary_fine_step})")
+                   help="finest grid step of the adaptive boundary mode, at most --boundary-step; 0 = auto: half the "
+                        f"coarse step (default {d.boundary_fine_step})")
     g.add_argument("--boundary-mode", choices=BOUNDARY_MODES, default=None,
                    help=f"how the boundary net scores near-boundary pixels (default {d.boundary_mode})")
     g.add_argument("--precision", choices=allowed("fuse.precision"), default=None,
