@@ -549,3 +549,25 @@ def test_joint_rule_says_it_does_not_remove_unsure_regions(tiny_nets) -> None:
     assert np.array_equal(off.fused, on.fused)
     assert not any("unsure_region" in n for n in off.notes + below.notes)
     assert any("unsure_region" in n and "joint" in n and "0.03" in n for n in on.notes), on.notes
+
+
+@pytest.mark.parametrize(("extra", "rule", "said"), [
+    ([], "chain", "they set the difference maps that --save-maps writes, and it is not given"),
+    (["--save-maps", "maps"], "joint", "the joint stack rule's maps (--save-maps) hold no difference map"),
+    (["--save-maps", "maps"], "chain", None),
+])
+def test_fuse_alpha_and_diff_cmap_that_change_nothing_get_a_note(tiny_nets, tmp_path: Path, capsys, extra: list,
+                                                                  rule: str, said: str | None) -> None:
+    """``fuse --alpha 20 --diff-cmap jet`` set the difference maps' gain and colours, but without
+    ``--save-maps`` (or with the joint rule, whose maps hold no difference map) nothing used them,
+    and nothing was said: now a note says so; with ``--save-maps`` and a pair's rule, none."""
+    d, _ = tiny_nets
+    paths = _write_shots(tmp_path, 3)
+    extra = [str(tmp_path / x) if x == "maps" else x for x in extra]
+    assert cli_main(["fuse", *paths, "-o", str(tmp_path / "f.png"), "--model", str(d), "--stack-rule", rule,
+                     "--alpha", "20", "--diff-cmap", "jet", *extra, "--device", "cpu", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    if said is None:
+        assert "change nothing" not in err, err
+    else:
+        assert f"bafusion fuse: note: --alpha 20 and --diff-cmap jet change nothing: {said}" in err, err

@@ -149,10 +149,13 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
                          "cores the load average leaves free and the whole CPUs of a cgroup CPU quota, at least 1")
     if maps:  # the difference maps' gain: only for commands that write maps (not fuse-dir)
         p.add_argument("--alpha", type=finite_float(), default=None,  # inf: NaN maps; 0 and below: refused later
-                       help=f"difference-map gain alpha*|B-F|, more than 0 and at most {maximum('fuse.alpha'):g} "
-                            f"(default {default('fuse.alpha'):g})")
+                       help=f"difference-map gain alpha*|B-F|, more than 0 and at most {maximum('fuse.alpha'):g}, of the "
+                            "maps written (bafusion fuse: with --save-maps, and not for --stack-rule joint's maps, "
+                            f"which hold no difference map) (default: --params-file's fuse.alpha, else "
+                            f"{default('fuse.alpha'):g})")
         p.add_argument("--diff-cmap", type=nonempty_text, default=None, metavar="NAME",
-                       help="matplotlib colour map of the pseudo-colour difference map (<stem>-diff-colour.png): "
+                       help="matplotlib colour map of the pseudo-colour difference map (<stem>-diff-colour.png; "
+                            "bafusion fuse: with --save-maps, as --alpha): "
                             "magma, viridis, cividis, gray, ...; jet = the paper's "
                             f"(default: --params-file's fuse.diff_cmap, else {default('fuse.diff_cmap')})")
     p.add_argument("--no-progress", "--quiet", dest="progress", action="store_const", const=False, default=None,
@@ -332,6 +335,14 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         # the registered sources beside the maps: named apart, not counted by the maps' <stem>-*.png
         beside = [p.name for p in registered if _same_folder(p.parent, Path(args.save_maps))]
         maps_line = _maps_line(Path(args.save_maps), out.stem, joint, len(paths), beside)
+    unused_maps = [f"{flag} {value}" for flag, value in (("--alpha", f"{args.alpha:g}" if args.alpha is not None else None),
+                                                          ("--diff-cmap", args.diff_cmap)) if value is not None]
+    if unused_maps and (not args.save_maps or joint):  # they set the difference maps, which are not written
+        one = len(unused_maps) == 1
+        why = ("the joint stack rule's maps (--save-maps) hold no difference map" if args.save_maps
+               else f"{'it sets' if one else 'they set'} the difference maps that --save-maps writes, and it is not given")
+        print(f"bafusion fuse: note: {' and '.join(unused_maps)} change{'s' if one else ''} nothing: {why}",
+              file=sys.stderr)
     if joint and getattr(args, "symmetric_regions", None):
         print("bafusion fuse: note: --symmetric-regions changes nothing with --stack-rule joint: the joint rule "
               "judges every region of its shot-index map alike already (it is for a pair and the chain rule's "
