@@ -1941,3 +1941,28 @@ def test_a_document_nested_too_deeply_is_named_not_called_a_bug(work: Path, caps
         (work / "nets" / "initial.json").write_text(deep)
         argv, words = [], ["nets/initial.json: unreadable model description"]
     _refused([*FUSE, "-o", "F.png", *argv], capsys, work, *words, "nested too deeply")
+
+
+@pytest.mark.parametrize("given, said", [
+    (["--exact", "--scales", "1,0.5", "--initial-mode", "grid", "--boundary-mode", "dense", "--working-min", "256"],
+     "--initial-mode, --boundary-mode, --scales, --working-min change nothing with --exact"),
+    (["--params-json", '{"exact": true}', "--tile", "64"], "--tile changes nothing with fuse.exact: true"),
+    (["--exact", "--boundary-mode", "exact"], None),  # the exact boundary mode is what --exact does
+    (["--scales", "1,0.5", "--initial-mode", "grid"], None),  # not exact: they apply
+])
+def test_options_that_exact_mode_does_not_read_get_a_note(work: Path, capsys, given: list, said: str | None) -> None:
+    """``fuse --exact --scales 1,0.5 --initial-mode grid --boundary-mode dense`` fused (minutes)
+    in exact mode, one patch per pixel at the pair's own size, the three options ignored in
+    silence (bafusion.fusion.scoring: exact scores every pixel, one scale; working.uses_working and
+    uses_upscale: not with exact). Now one line names the options given that exact mode does not read."""
+    from bafusion.cli.app import build_parser
+    from bafusion.cli.fusion import params_from_args
+
+    args = build_parser("fuse").parse_args([*FUSE, "-o", "F.png", *given])
+    params, _ = params_from_args(args)
+    err = capsys.readouterr().err
+    if said is None:
+        assert "change" not in err, err
+    else:
+        assert params.exact
+        assert f"bafusion fuse: note: {said}: exact mode scores one patch per pixel" in err, err

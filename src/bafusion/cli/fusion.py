@@ -62,7 +62,10 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
     g.add_argument("--no-refine", dest="refine", action="store_const", const=False, default=None,
                    help="skip the boundary net (ablation)")
     g.add_argument("--exact", action="store_const", const=True, default=None,
-                   help="reference mode: one forward pass per pixel patch (slow)")
+                   help="reference mode: one forward pass per pixel patch (slow), at the pair's own size: the "
+                        "scoring options (--initial-mode, --initial-step, --initial-grid-step, --boundary-mode, "
+                        "--boundary-step, --boundary-fine-step, --tile, --dense-margin, --scales, --scale-rule) and "
+                        "the working resolution (--working-*) do not apply")
     g.add_argument("--initial-mode", choices=allowed("fuse.initial_mode"), default=None,
                    help=f"initial net: one dense trunk pass, or exact patches on a grid (default {d.initial_mode})")
     g.add_argument("--initial-step", type=int, default=None, help=f"dense grid step of the initial net (default {d.initial_step})")
@@ -189,6 +192,14 @@ def _origins(args: argparse.Namespace, flags: dict[str, Any], keys: tuple[str, .
     return out
 
 
+#: The fuse keys that exact mode (``fuse.exact``, ``--exact``) does not read: the scoring's modes,
+#: steps and tiles, the scales and the working resolution (:func:`bafusion.fusion.scoring.score`,
+#: :func:`bafusion.fusion.working.uses_working`, :func:`~bafusion.fusion.working.uses_upscale`).
+_EXACT_IGNORES = ("initial_mode", "initial_step", "initial_grid_step", "boundary_mode", "boundary_step",
+                 "boundary_fine_step", "tile", "dense_margin", "scales", "scale_rule", "working_side",
+                 "working_above", "working_band", "working_refine", "working_min")
+
+
 def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
     """FusionParams from --params-file's 'fuse' section, overridden by --params-json, then by
     explicit flags (absent keys: the schema's defaults); also returns the other settings
@@ -263,6 +274,15 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
         check_colour_map(args.diff_cmap, "--diff-cmap")
     fusion = FusionParams.from_mapping(merged, source="command line",  # file and JSON are checked: the flags
                                        origins=_origins(args, flags, ("low", "high")))
+    if fusion.exact:  # exact mode scores every pixel at the pair's size: these flags were ignored in silence
+        unused = [f"--{k.replace('_', '-')}" for k in _EXACT_IGNORES
+                  if flags.get(k) is not None and not (k == "boundary_mode" and flags[k] == "exact")]
+        if unused:
+            exact_from = "--exact" if flags["exact"] else "fuse.exact: true"
+            print(f"bafusion {getattr(args, 'command', None) or 'fuse'}: note: {', '.join(unused)} "
+                  f"change{'s' if len(unused) == 1 else ''} nothing with {exact_from}: exact mode scores one patch "
+                  "per pixel with both nets at the pair's own size (no dense pass, grid, other scales nor working "
+                  "resolution)", file=sys.stderr)
     other["threads"] = int(args.threads or base["threads"] or 0)
     return fusion, other
 
