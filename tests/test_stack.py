@@ -571,3 +571,18 @@ def test_fuse_alpha_and_diff_cmap_that_change_nothing_get_a_note(tiny_nets, tmp_
         assert "change nothing" not in err, err
     else:
         assert f"bafusion fuse: note: --alpha 20 and --diff-cmap jet change nothing: {said}" in err, err
+
+
+def test_joint_rule_says_it_does_not_use_low(tiny_nets) -> None:
+    """The joint rule's band is where no shot holds ``high`` of its window: ``low`` is not read
+    (for two shots the band is the pair rule's for ``low = 1 - high``), so ``--low 0.05`` with
+    ``--stack-rule joint`` changed nothing, in silence. Now a note says so when ``low`` is not
+    ``1 - high``; the defaults (0.2, 0.8) get none, and the fusion is unchanged."""
+    _, nets = tiny_nets
+    rng = np.random.default_rng(3)
+    shots = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
+    off = fuse_stack_joint(shots, nets, FusionParams(stack_rule="joint", working_min=0))
+    on = fuse_stack_joint(shots, nets, FusionParams(stack_rule="joint", working_min=0, low=0.05))
+    assert np.array_equal(off.fused, on.fused) and np.array_equal(off.near_boundary, on.near_boundary)
+    assert not any("fuse.low" in n for n in off.notes), off.notes
+    assert any("fuse.low (--low 0.05)" in n and "joint" in n for n in on.notes), on.notes

@@ -40,7 +40,7 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
     d = FusionParams()
     g = p.add_argument_group("fusion parameters (defaults: --params-file section 'fuse', else built in)")
     g.add_argument("--l", type=int, default=None, help=f"Eq. 1 window half-size (default {d.l})")
-    g.add_argument("--low", type=float, default=None, help=f"Eq. 2 lower bound (default {d.low})")
+    g.add_argument("--low", type=float, default=None, help=f"Eq. 2 lower bound; --stack-rule joint uses 1 - --high (default {d.low})")
     g.add_argument("--high", type=float, default=None, help=f"Eq. 2 upper bound (default {d.high})")
     g.add_argument("--threshold", type=float, default=None, help=f"binarisation threshold (default {d.threshold})")
     g.add_argument(

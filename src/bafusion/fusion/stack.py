@@ -538,6 +538,10 @@ def fuse_stack_joint(
     if params.noise_match:  # asked for, and not done: said, not silently dropped
         notes.append("fuse.noise_match (--noise-match) is not used by the joint stack rule: the shots were "
                      "scored at their own noise levels (the chain rule, --stack-rule chain, matches each pair's)")
+    if not math.isclose(params.low, 1.0 - params.high, abs_tol=1e-9):  # the band reads high alone
+        notes.append(f"fuse.low (--low {params.low:g}) is not used by the joint stack rule: its near-boundary band "
+                     f"is where no shot holds fuse.high ({params.high:g}) of its window, which for two shots is "
+                     f"low = 1 - high = {1.0 - params.high:g} (the chain rule, --stack-rule chain, uses both bounds)")
     if params.unsure_region > params.min_region:  # as noise_match: asked for, and not done
         notes.append(f"fuse.unsure_region (--unsure-region {params.unsure_region:g}) is not used by the joint stack "
                      f"rule: only the regions under fuse.min_region ({params.min_region:g}) were removed (the chain "
