@@ -630,6 +630,12 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The ``--model`` option's help of fuse, fuse-set and fuse-dir (the shipped models' names; where
+#: the nets come from without it: :func:`bafusion.fusion.models.default_model_dirs`).
+MODEL_HELP = ("folder with initial.pt and boundary.pt (+ .json), or a shipped model by name: default or "
+              "lytro-2026-11 (not given: the shipped models/default, else the pipeline's data/models)")
+
+
 #: What ``fuse``'s and ``fuse-dir``'s outputs keep of the sources' metadata (their --help epilog;
 #: :func:`bafusion.io.written_metadata`, the README's Metadata paragraph).
 METADATA_EPILOG = (
@@ -664,7 +670,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="lossy quality 1-100 of a .jpg (default 95) or .webp output (default: lossless, the fused "
                    "pixels exactly); refused for .png, .tif and .bmp, which are lossless")
     p.add_argument("--model", "--models", dest="model", action=ModelOption, type=nonempty_path, default=None, metavar="DIR",
-                   help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name (default, lytro-2026-11)")
+                   help=MODEL_HELP)
     p.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --model)")
     p.add_argument("--boundary", type=nonempty_path, default=None, help="boundary-net file (instead of --model)")
     p.add_argument("--save-maps", type=nonempty_path, default=None, metavar="DIR", help="write score/decision/difference maps and figures here")
@@ -696,7 +702,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--pairs", type=nonempty_path, required=True, help="folder with index.json and the pairs")
     q.add_argument("--model", "--models", dest="models", action=ModelOption, type=nonempty_path, default=None, metavar="DIR",
-                   help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name")
+                   help=MODEL_HELP)
     q.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --model)")
     q.add_argument("--boundary", type=nonempty_path, default=None, help="boundary-net file (instead of --model)")
     q.add_argument("-o", "--output", "--out", dest="out", type=nonempty_path, required=True, help="output folder")
@@ -854,7 +860,7 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
                    help="lossy quality 1-100 of jpg (default 95) or webp outputs (default: lossless); refused for "
                    "png, tif and bmp")
     p.add_argument("--model", "--models", dest="model", action=ModelOption, type=nonempty_path, default=None, metavar="DIR",
-                   help="folder with initial.pt and boundary.pt (+ .json), or a shipped model by name")
+                   help=MODEL_HELP)
     p.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --model)")
     p.add_argument("--boundary", type=nonempty_path, default=None, help="boundary-net file (instead of --model)")
     p.add_argument("--align", choices=ALIGN_MODELS, default=None,
