@@ -1966,3 +1966,16 @@ def test_options_that_exact_mode_does_not_read_get_a_note(work: Path, capsys, gi
     else:
         assert params.exact
         assert f"bafusion fuse: note: {said}: exact mode scores one patch per pixel" in err, err
+
+
+@pytest.mark.parametrize("rule", ["joint", "chain", None])
+def test_fuse_set_says_that_stack_rule_changes_nothing(work: Path, capsys, rule: str | None) -> None:
+    """``fuse-set --stack-rule joint`` was taken and ignored in silence: fuse-set fuses pairs,
+    which the pair rule fuses whatever the stack rule (FusionParams.stack_rule: "Two shots: the
+    pair rule either way"). Now a note says so, before the pairs are read (here: none there)."""
+    argv = ["fuse-set", "--pairs", "nopairs", "--models", "nets", "--out", "fs", "--device", "cpu"]
+    rc = cli_main([*argv, *(["--stack-rule", rule] if rule else [])])
+    err = capsys.readouterr().err
+    assert rc == 2 and "nopairs" in err, err
+    note = f"bafusion fuse-set: note: --stack-rule {rule} changes nothing: fuse-set fuses pairs"
+    assert (note in err) == (rule is not None), err

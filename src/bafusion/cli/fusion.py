@@ -603,6 +603,9 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
     from bafusion.fusion.testset import check_map_names, check_pair_files, check_report_path, fuse_set, read_pair_index
 
     params, other = params_from_args(args)
+    if args.stack_rule is not None:  # (a params file's fuse.stack_rule: the pipeline's, for fuse-dir and fuse)
+        print(f"bafusion fuse-set: note: --stack-rule {args.stack_rule} changes nothing: fuse-set fuses pairs, and "
+              "the stack rule is for three or more shots", file=sys.stderr)
     # the index and the pairs' files (listed, there, images that decode, one size) before torch
     # is imported (the device, the nets): a truncated PNG was refused only after that import;
     # fuse_set then checks them from their headers only (files_checked), not decoding them twice
