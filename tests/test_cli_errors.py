@@ -1979,3 +1979,27 @@ def test_fuse_set_says_that_stack_rule_changes_nothing(work: Path, capsys, rule:
     assert rc == 2 and "nopairs" in err, err
     note = f"bafusion fuse-set: note: --stack-rule {rule} changes nothing: fuse-set fuses pairs"
     assert (note in err) == (rule is not None), err
+
+
+@pytest.mark.parametrize("given, said", [
+    (["--no-refine", "--boundary-mode", "dense", "--tile", "64", "--boundary-weight", "1"],
+     "--boundary-mode, --tile, --boundary-weight change nothing with --no-refine"),
+    (["--params-json", '{"refine": false}', "--working-refine", "boundary"],
+     "--working-refine changes nothing with fuse.refine: false"),
+    (["--no-refine", "--working-refine", "none"], None),  # none: no boundary net either way
+    (["--boundary-mode", "dense", "--tile", "64"], None),  # refined: they apply
+])
+def test_boundary_options_without_the_boundary_net_get_a_note(work: Path, capsys, given: list,
+                                                              said: str | None) -> None:
+    """``fuse --no-refine --boundary-mode dense --boundary-weight 1`` ran without the boundary
+    net (bafusion.fusion.decide: ``if params.refine``), its options ignored in silence: a note."""
+    from bafusion.cli.app import build_parser
+    from bafusion.cli.fusion import params_from_args
+
+    args = build_parser("fuse").parse_args([*FUSE, "-o", "F.png", *given])
+    params_from_args(args)
+    err = capsys.readouterr().err
+    if said is None:
+        assert "change" not in err, err
+    else:
+        assert f"bafusion fuse: note: {said}: the boundary net is not run" in err, err

@@ -60,7 +60,9 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
                         "and the chain rule's steps: --stack-rule joint judges its regions alike already) "
                         f"(default {'on' if d.symmetric_regions else 'off'})")
     g.add_argument("--no-refine", dest="refine", action="store_const", const=False, default=None,
-                   help="skip the boundary net (ablation)")
+                   help="skip the boundary net (ablation): the initial net's map alone; --boundary-mode, "
+                        "--boundary-step, --boundary-fine-step, --tile, --boundary-weight and --working-refine "
+                        "boundary do not apply")
     g.add_argument("--exact", action="store_const", const=True, default=None,
                    help="reference mode: one forward pass per pixel patch (slow), at the pair's own size: the "
                         "scoring options (--initial-mode, --initial-step, --initial-grid-step, --boundary-mode, "
@@ -200,6 +202,12 @@ _EXACT_IGNORES = ("initial_mode", "initial_step", "initial_grid_step", "boundary
                  "working_above", "working_band", "working_refine", "working_min")
 
 
+#: The fuse keys of the boundary net, not read without it (``fuse.refine: false``, ``--no-refine``;
+#: ``working_refine`` only as ``boundary``, which then refines as ``guided``).
+_NO_REFINE_IGNORES = ("boundary_mode", "boundary_step", "boundary_fine_step", "tile", "boundary_weight",
+                      "working_refine")
+
+
 def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
     """FusionParams from --params-file's 'fuse' section, overridden by --params-json, then by
     explicit flags (absent keys: the schema's defaults); also returns the other settings
@@ -284,6 +292,14 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
                   "per pixel with both nets at the pair's own size (no dense pass, grid, other scales nor working "
                   "resolution)", file=sys.stderr)
     other["threads"] = int(args.threads or base["threads"] or 0)
+    if not fusion.refine and not fusion.exact:  # the boundary net's options, with no boundary net
+        unused = [f"--{k.replace('_', '-')}" for k in _NO_REFINE_IGNORES
+                  if flags.get(k) is not None and (k != "working_refine" or flags[k] == "boundary")]
+        if unused:
+            refine_from = "--no-refine" if flags["refine"] is not None else "fuse.refine: false"
+            print(f"bafusion {getattr(args, 'command', None) or 'fuse'}: note: {', '.join(unused)} "
+                  f"change{'s' if len(unused) == 1 else ''} nothing with {refine_from}: the boundary net is not "
+                  "run (the initial net's map alone)", file=sys.stderr)
     return fusion, other
 
 
