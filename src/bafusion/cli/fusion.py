@@ -39,7 +39,8 @@ from bafusion.schema import allowed, default, maximum
 def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help: str | None = None) -> None:
     d = FusionParams()
     g = p.add_argument_group("fusion parameters (defaults: --params-file section 'fuse', else built in)")
-    g.add_argument("--l", type=int, default=None, help=f"Eq. 1 window half-size (default {d.l})")
+    g.add_argument("--l", type=int, default=None, help="Eq. 1 window half-size, px at the resolution the pair is decided at (the working or "
+                   f"upscaled one where --working-side or --working-min apply) (default {d.l})")
     g.add_argument("--low", type=float, default=None, help=f"Eq. 2 lower bound; --stack-rule joint uses 1 - --high (default {d.low})")
     g.add_argument("--high", type=float, default=None, help=f"Eq. 2 upper bound (default {d.high})")
     g.add_argument("--threshold", type=float, default=None, help=f"binarisation threshold (default {d.threshold})")
@@ -132,7 +133,8 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
                         "score follows the textured neighbourhood (blank page, sky); 0 = off, the paper "
                         f"(default {d.flat_level:g})")
     g.add_argument("--flat-sigma", type=float, default=None,
-                   help=f"flat-region filling: Gaussian sigma (px) of that neighbourhood (default {d.flat_sigma:g})")
+                   help="flat-region filling: Gaussian sigma of that neighbourhood, px at the resolution the pair is "
+                        f"decided at, as --l (default {d.flat_sigma:g})")
     g.add_argument("--boundary-weight", type=float, default=None,
                    help="near-boundary pixels: weight of the boundary net's vote (log-odds) against the initial "
                         f"net's; 1 = the paper, the boundary net alone (default {d.boundary_weight:g})")
