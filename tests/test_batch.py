@@ -3191,3 +3191,26 @@ def test_an_image_without_a_file_extension_is_told_a_suffix_read_for_its_format(
     (why,) = [w for _, w in batch.find_groups(tmp_path)[1]]
     assert why.endswith("rename it p-C.jp2 to fuse it"), why
 
+
+
+def test_save_registered_folder_deeper_inside_in_is_refused(tmp_path: Path) -> None:
+    """``fuse-dir IN OUT --save-registered IN/sub/x`` was taken (only IN and its direct
+    sub-folders were refused, though --help says "not IN nor a sub-folder of IN"): it made IN/sub,
+    which every later run read as a stack of no shots, skipped, exit 3. Now refused before any
+    work; a folder inside OUT, itself inside IN, is still allowed (OUT is not read for stacks)."""
+    from bafusion.errors import UserError
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shots = []
+    for s in "AB":
+        Image.fromarray(np.full((8, 8), 9, np.uint8)).save(src / f"p-{s}.png")
+        shots.append(src / f"p-{s}.png")
+    groups = {"p": shots}
+    out = tmp_path / "out"
+    for folder in (src, src / "sub", src / "sub" / "x", src / "sub" / "x" / "y"):
+        with pytest.raises(UserError, match="the --save-registered folder is"):
+            batch.check_registered_folder(src, out, groups, folder)
+    inner_out = src / "fused"
+    for folder in (inner_out, inner_out / "reg", tmp_path / "reg"):
+        batch.check_registered_folder(src, inner_out, groups, folder)  # not refused

@@ -1640,8 +1640,10 @@ def check_registered_folder(src: Path, out: Path, groups: Mapping[str, Sequence[
         where, here, there = folder.resolve(), src.resolve(), out.resolve()
     except (OSError, RuntimeError):
         where = here = there = None
-    # IN and its sub-folders are read for stacks (find_groups), but for OUT
-    if where is not None and where != there and here in (where, where.parent):
+    # IN and its sub-folders are read for stacks (find_groups), but for OUT; a folder deeper in IN
+    # is not read, but the sub-folder of IN it is made in is (a stack of no shots: skipped, exit 3)
+    if (where is not None and where != there and there not in where.parents
+            and (here == where or here in where.parents)):
         raise UserError(f"{folder}: the --save-registered folder is {src} or one of its sub-folders, which the next "
                         "run reads for stacks: its PNGs would be taken for shots; choose a folder outside it (the "
                         "output folder may be it)")
