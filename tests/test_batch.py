@@ -3214,3 +3214,22 @@ def test_save_registered_folder_deeper_inside_in_is_refused(tmp_path: Path) -> N
     inner_out = src / "fused"
     for folder in (inner_out, inner_out / "reg", tmp_path / "reg"):
         batch.check_registered_folder(src, inner_out, groups, folder)  # not refused
+
+
+def test_the_folder_out_lies_in_is_no_stack(tmp_path: Path) -> None:
+    """``fuse-dir IN IN/a/b`` made IN/a, which the next run (``--skip-existing`` too) read as a
+    stack of no shots: "skipped IN/a: stack 'a' has only 0 shot(s)", exit 3 for a batch that
+    had fused everything. A sub-folder of IN that holds OUT and no shot is no stack now; one
+    that holds shots beside OUT is still one."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for s in "AB":
+        Image.fromarray(np.full((8, 8), 9, np.uint8)).save(src / f"p-{s}.png")
+    out = src / "a" / "b"
+    out.mkdir(parents=True)
+    groups, skipped = batch.find_groups(src, exclude=out)
+    assert set(groups) == {"p"} and not skipped, (groups, skipped)
+    for s in "AB":
+        Image.fromarray(np.full((8, 8), 9, np.uint8)).save(src / "a" / f"{s}.png")
+    groups, _ = batch.find_groups(src, exclude=out)
+    assert set(groups) == {"p", "a"}, groups

@@ -702,6 +702,8 @@ def find_groups(folder: Path, exclude: Path | None = None,
             shots = sorted(q for q in p.iterdir()
                            if (q.is_file() or _unusable(q)) and not q.name.startswith(".")
                            and q.suffix.lower() in suffixes)
+            if not shots and excluded is not None and p.resolve() in excluded.parents:
+                continue  # the folder OUT lies in (fuse-dir IN IN/a/b): no stack (it was one of 0 shots, exit 3)
             groups[p.name] = [(q.name, q) for q in shots]
             for q in sorted(p.iterdir()):  # an image whose extension was lost: said, not passed over
                 why = None if q.name.startswith(".") else _image_without_suffix(q)
