@@ -403,7 +403,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plots", type=nonempty_path, default=None,
                    help="write every method's means as CSV here (for DVC plots)")
     p.add_argument("--root", type=nonempty_path, default=None, help="folder the relative paths of the parameters' datasets (params.yaml, --params-file, --params-json) "
-                        "start from (default: the project root); --dataset's are the working folder's")
+                        "start from (default: the project root, the nearest folder at or above the working folder that "
+                        "holds dvc.yaml or Snakefile, else the working folder); --dataset's are the working folder's")
     p.add_argument("--device", type=nonempty_text, default=None, help="auto, cpu, cuda, cuda:N or mps (default: the evaluate section's device, else the "
                         "fuse section's, else auto)")
     add_threads_argument(p, "torch CPU threads", "--params-file's evaluate.threads, else torch's, lowered to the "
