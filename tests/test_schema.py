@@ -1231,3 +1231,29 @@ def test_the_evaluate_listing_leaves_no_temporary_file_when_its_write_fails(tmp_
     assert p.returncode != 0, (p.stdout + p.stderr)[-3000:]
     left = sorted(f.name for f in (project / "data").iterdir())
     assert left == ["evaluate-inputs.json"], left
+
+
+def test_the_evaluate_listing_has_the_permission_bits_of_a_plain_file(tmp_path: Path) -> None:
+    """The listing's temporary was made by tempfile.mkstemp, whose file is mode 600 whatever the
+    umask: data/evaluate-inputs.json became unreadable to the other users of a shared project
+    (their `snakemake` then took it for absent and wrote it as old as what it lists). It has the
+    mode a plain open() gives, the umask's, as bafusion.atomic's files."""
+    import stat
+
+    from PIL import Image
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    img = Image.new("RGB", (16, 16))
+    for f in ("p1-A.png", "p1-B.png"):
+        img.save(mine / f)
+    project = make_project(tmp_path / "p", {"evaluate": {"datasets": [{"name": "mine", "sources": str(mine)}]}},
+                           git=False)
+    mask = os.umask(0o022)
+    try:
+        p = run(["snakemake", "evaluate", "-n", "--cores", "1"], project, check=False)
+    finally:
+        os.umask(mask)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    listing = project / "data" / "evaluate-inputs.json"
+    assert stat.S_IMODE(listing.stat().st_mode) == 0o644, oct(listing.stat().st_mode)

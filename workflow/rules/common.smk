@@ -347,9 +347,12 @@ def evaluate_inputs_listing(wildcards):
         old = None
     if old != text:
         os.makedirs(os.path.dirname(EVALUATE_INPUTS), exist_ok=True)
-        import tempfile  # a name of its own (pids repeat across the nodes of a shared disk), removed on failure
+        import secrets  # a name of its own (pids repeat across the nodes of a shared disk), removed on failure;
 
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(EVALUATE_INPUTS), prefix=".evaluate-inputs.", suffix=".tmp")
+        # made as a plain open() makes a file, the umask's mode (mkstemp's is 600: the other users of a
+        # shared project could not read the listing)
+        tmp = os.path.join(os.path.dirname(EVALUATE_INPUTS), f".evaluate-inputs.{secrets.token_hex(8)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with open(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
