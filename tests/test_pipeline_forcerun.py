@@ -79,3 +79,42 @@ def test_a_param_changed_to_a_value_another_param_has_reruns_the_rule(tmp_path: 
         out = p.stdout + p.stderr
         assert f"rule {rule}:" in out and "Params have changed" in out, (keys, out[-3000:])
     (project / "params.yaml").write_text(good)
+
+
+def test_a_per_net_train_override_reruns_only_its_nets_training(tmp_path: Path) -> None:
+    """Each training rule's params carry the train keys its net reads (train.* and its own
+    train.<net> override), as the DVC stages list them: both passed the whole train section,
+    and `snakemake -n` after a change of train.boundary.lr planned train_initial too (a second
+    training, in a workspace without its finished checkpoint)."""
+    import json
+    import shlex
+
+    import yaml
+
+    from bafusion.nets.train import TrainConfig
+
+    project = make_project(tmp_path / "p", git=False)
+    targets = ["train_initial", "train_boundary"]
+    run(["snakemake", "--cores", "2", *targets], project)
+    good = (project / "params.yaml").read_text()
+    assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "2", *targets], project).stdout
+    for net, other in (("boundary", "initial"), ("initial", "boundary")):
+        params = yaml.safe_load(good)
+        params["train"][net] = {**(params["train"].get(net) or {}), "lr": 0.05}
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        p = run(["snakemake", "-n", "-p", "--cores", "2", *targets], project)
+        out = p.stdout + p.stderr
+        assert p.returncode == 0 and f"rule train_{net}:" in out and "Params have changed" in out, (net, out[-3000:])
+        assert f"rule train_{other}:" not in out, (net, out[-3000:])
+        # the command still gets the override, and the trainer merges it over train.*
+        line = next(ln for ln in out.splitlines() if f"bafusion train --net {net} " in ln)
+        words = shlex.split(line)
+        cfg = TrainConfig.from_params(json.loads(words[words.index("--params-json") + 1]), net)
+        assert (cfg.lr, cfg.batch, cfg.epochs) == (0.05, 16, 1), (net, line)
+    # a key of both nets reruns both
+    params = yaml.safe_load(good)
+    params["train"]["lr"] = 0.05
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["snakemake", "-n", "--cores", "2", *targets], project).stdout
+    assert all(f"rule {t}:" in out for t in targets), out[-3000:]
+    (project / "params.yaml").write_text(good)

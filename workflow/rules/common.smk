@@ -187,10 +187,21 @@ def all_cores():
         return os.cpu_count() or 1
 
 
-def train_config_json():
-    """seed, patch, depth and the train section: what `bafusion train --params-json` reads."""
+TRAIN_NETS = ("initial", "boundary")  # bafusion.nets.train.NETS (not imported: it loads torch)
+
+
+def train_config_json(net):
+    """seed, patch, depth and the train section, less the other net's override (train.boundary
+    for the initial net): what `bafusion train --net <net> --params-json` reads (TrainConfig.from_params
+    takes train.* and then train.<net> only). As the rule's params, a change of train.boundary.lr
+    reruns train_boundary only, as the DVC stages list their keys; with the whole section both
+    trainings reran after any change under train."""
     keys = ("seed", "patch", "depth", "train")
-    return json.dumps({k: config[k] for k in keys if k in config}, sort_keys=True)
+    values = {k: config[k] for k in keys if k in config}
+    train = values.get("train")
+    if isinstance(train, dict):
+        values["train"] = {k: v for k, v in train.items() if k == net or k not in TRAIN_NETS}
+    return json.dumps(values, sort_keys=True)
 
 
 def init_input(net):

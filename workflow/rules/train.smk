@@ -1,6 +1,7 @@
 # Training: the initial net on all patches, the boundary net on the boundary subset only.
 # Both read the top-level seed/patch/depth and the `train:` section of the config (params.yaml),
-# passed whole as JSON so that `--config` overrides reach the trainer too.
+# passed as JSON so that `--config` overrides reach the trainer too; each rule's JSON leaves out the
+# other net's override (train.boundary for train_initial), so a change there reruns that net only.
 # A killed job resumes from data/checkpoints/<net>/last.pt (not an output: it survives the
 # deletion of incomplete outputs, and a checkpoint of other parameters is ignored). A finished
 # run marks its checkpoint finished: a rerun of it (killed before its exit, or -R/--forcerun,
@@ -26,7 +27,7 @@ rule train_initial:
         plots=report("metrics/plots/train_initial.csv", caption="../report/training.rst", category="Training",
                      labels={"net": "initial", "file": "per-epoch curve"}),
     params:
-        cfg=train_config_json(),
+        cfg=train_config_json("initial"),
         checkpoints="data/checkpoints/initial",
     log:
         "logs/train_initial.log",
@@ -52,7 +53,7 @@ rule train_boundary:
         plots=report("metrics/plots/train_boundary.csv", caption="../report/training.rst", category="Training",
                      labels={"net": "boundary", "file": "per-epoch curve"}),
     params:
-        cfg=train_config_json(),
+        cfg=train_config_json("boundary"),
         checkpoints="data/checkpoints/boundary",
     log:
         "logs/train_boundary.log",
