@@ -586,3 +586,35 @@ def test_joint_rule_says_it_does_not_use_low(tiny_nets) -> None:
     assert np.array_equal(off.fused, on.fused) and np.array_equal(off.near_boundary, on.near_boundary)
     assert not any("fuse.low" in n for n in off.notes), off.notes
     assert any("fuse.low (--low 0.05)" in n and "joint" in n for n in on.notes), on.notes
+
+
+def test_joint_rule_low_note_not_for_a_default_low_nobody_gave(tiny_nets) -> None:
+    """``--stack-rule joint --high 0.9`` alone: ``low`` is its default (0.2), which nobody gave,
+    and the note named it as if given ("fuse.low (--low 0.2) is not used"). A ``low`` equal to the
+    default gets no note (a params file that holds the default neither); another one still does."""
+    _, nets = tiny_nets
+    rng = np.random.default_rng(3)
+    shots = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
+    high = fuse_stack_joint(shots, nets, FusionParams(stack_rule="joint", working_min=0, high=0.9))
+    both = fuse_stack_joint(shots, nets, FusionParams(stack_rule="joint", working_min=0, high=0.9, low=0.3))
+    assert not any("fuse.low" in n for n in high.notes), high.notes
+    assert any("fuse.low (--low 0.3)" in n for n in both.notes), both.notes
+
+
+def test_fuse_dir_says_a_joint_rule_parameter_note_once(tiny_nets, tmp_path: Path, capsys) -> None:
+    """The joint rule's notes on the parameters (fuse.low, fuse.unsure_region, fuse.noise_match)
+    are the same for every stack: fuse-dir said each once per stack (a wall of them for a
+    folder of stacks); now once a run, as the other notes without a file name."""
+    d, _ = tiny_nets
+    src = tmp_path / "in"
+    for name in ("a", "b", "c"):
+        (src / name).mkdir(parents=True)
+        _write_shots(src / name, 3)
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "out"), "--model", str(d), "--stack-rule", "joint",
+                     "--low", "0.05", "--device", "cpu", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("fuse.low (--low 0.05) is not used by the joint stack rule") == 1, err
+    assert "bafusion fuse-dir: note: fuse.low (--low 0.05) is not used" in err, err
+    assert cli_main(["fuse", *_write_shots(src / "a", 3), "-o", str(tmp_path / "f.png"), "--model", str(d),
+                     "--stack-rule", "joint", "--low", "0.05", "--device", "cpu", "--no-progress"]) == 0
+    assert "bafusion fuse: note: fuse.low (--low 0.05) is not used" in capsys.readouterr().err

@@ -436,8 +436,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
                 save_maps(Path(args.save_maps), stem, res, cur, images[i + 1], alpha=other["alpha"],
                           diff_cmap=other["diff_cmap"])
                 cur = res.fused
-    for note in fused.notes:
-        print(f"bafusion fuse: {note}", file=sys.stderr)
+    for note in fused.notes:  # the joint rule's on a setting it does not use (fuse.low, ...): a note
+        print(f"bafusion fuse: {'note: ' if note.startswith('fuse.') else ''}{note}", file=sys.stderr)
     import bafusion.io
 
     # the fused image first, then the maps: a failing write says what was written and what not

@@ -2083,9 +2083,10 @@ def _fuse_groups(src: Path, groups: Mapping[str, Sequence[Path]], out: Path, net
         for note in fused.notes:
             # after the stack's name, as the lines of its fusion ("p8: p8-B.png: moves about 2.3 px"):
             # its exposure and colour notes were prefixed with the shot's path alone
+            setting = note.startswith("fuse.")  # the joint rule's on a setting it does not use: every stack's
             if note not in said_once:  # a line without a file name (metadata not kept): once a run
-                tqdm.write(f"bafusion fuse-dir: {name}: {note}", file=sys.stderr)
-            if note.startswith("the sources' "):
+                tqdm.write(f"bafusion fuse-dir: {'note' if setting else name}: {note}", file=sys.stderr)
+            if setting or note.startswith("the sources' "):
                 said_once.add(note)
         rep.fused.append(name)
         written.add(target.name)

@@ -538,7 +538,9 @@ def fuse_stack_joint(
     if params.noise_match:  # asked for, and not done: said, not silently dropped
         notes.append("fuse.noise_match (--noise-match) is not used by the joint stack rule: the shots were "
                      "scored at their own noise levels (the chain rule, --stack-rule chain, matches each pair's)")
-    if not math.isclose(params.low, 1.0 - params.high, abs_tol=1e-9):  # the band reads high alone
+    # the band reads high alone; a low at its default (--high alone, a params file's 0.2) was not asked for
+    if (not math.isclose(params.low, 1.0 - params.high, abs_tol=1e-9)
+            and not math.isclose(params.low, FusionParams.low, abs_tol=1e-9)):
         notes.append(f"fuse.low (--low {params.low:g}) is not used by the joint stack rule: its near-boundary band "
                      f"is where no shot holds fuse.high ({params.high:g}) of its window, which for two shots is "
                      f"low = 1 - high = {1.0 - params.high:g} (the chain rule, --stack-rule chain, uses both bounds)")
