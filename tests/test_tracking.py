@@ -1783,3 +1783,42 @@ def test_the_data_steps_log_their_params_under_the_keys_and_values_of_params_yam
     assert logged["download_alphamatting"]["download.net.backoff"] == "0.5"
     assert logged["download_eval"]["download.eval.sets"] == "['lytro']"
     assert logged["download"] == {"data.source": "dir"}
+
+
+@pytest.mark.parametrize("fails", ["log_metric", "set_terminated"])
+@pytest.mark.parametrize(("signum", "stop"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)])
+def test_a_stopped_run_whose_store_fails_at_its_end_still_ends_killed(
+    uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    fails: str, signum: int, stop: type[BaseException],
+) -> None:
+    """A store that failed for a moment (a sqlite lock) while a stopped step ended its run:
+    `_retried` raised the stop again at the first failure (the stop was requested), out of
+    the run's end, so neither the retry nor `set_terminated` ran and the run stayed RUNNING.
+    The stop was raised already: the end is tried again and the run ends KILLED; the stop
+    still comes out of the step, its own."""
+    from mlflow.exceptions import MlflowException
+
+    from bafusion import atomic
+
+    monkeypatch.setattr(tracking, "RETRY_BACKOFF_S", 0.01)
+    calls: list[str] = []
+    the_stop = stop() if stop is KeyboardInterrupt else SystemExit(128 + signum)
+    with pytest.raises(stop) as raised:
+        try:
+            with tracking.stage_run("stopped") as run:
+                real = getattr(run.client, fails)
+
+                def locked_once(*args: object, **kwargs: object) -> object:
+                    calls.append(fails)
+                    if len(calls) == 1:
+                        raise MlflowException("(sqlite3.OperationalError) database is locked")
+                    return real(*args, **kwargs)
+
+                monkeypatch.setattr(run.client, fails, locked_once)
+                atomic.request_stop(signum)  # as the command's handler does, then raises
+                raise the_stop
+        finally:
+            atomic.clear_stop()
+    assert raised.value is the_stop  # the step's own stop, not one raised again by the end
+    assert len(calls) == 2  # tried again
+    assert _runs(uri) == {"stopped": "KILLED"}

@@ -56,6 +56,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -222,9 +223,7 @@ def _turn_off(uri: str, error: BaseException, lost: str = "") -> None:
     the store again, each waiting for it. A stop signal whose exception the store's code lost
     (see :mod:`bafusion.atomic`) is raised again instead.
     """
-    from bafusion.atomic import raise_if_stopped
-
-    raise_if_stopped()
+    _raise_lost_stop()
     global _broken
     if _broken is not None:
         return
@@ -787,21 +786,54 @@ def _retryable(error: BaseException) -> bool:
     return _of_module(error, "mlflow") and getattr(error, "error_code", "INTERNAL_ERROR") in _STORE_ERROR_CODES
 
 
+#: Tries again of a failing call while a stopped step ends its run (:func:`_ending_after_stop`):
+#: the user waits for the stop (a second Ctrl-C is held meanwhile, a third stops at once).
+STOPPED_RETRIES = 1
+
+#: Per thread: ``ended`` is True while a step whose stop (Ctrl-C, SIGTERM) was raised ends its
+#: run (:func:`_ending_after_stop`).
+_stop_state = threading.local()
+
+
+@contextlib.contextmanager
+def _ending_after_stop() -> Iterator[None]:
+    """While a step whose stop was raised ends its run (:func:`stage_run`): a failure of the
+    store is that failure, not the stop's exception lost inside the store's code, so it is not
+    raised as the stop again (:func:`_raise_lost_stop`): raised, it left the run's end undone and
+    the run RUNNING. It is tried again :data:`STOPPED_RETRIES` times, not :data:`RETRIES`."""
+    before = getattr(_stop_state, "ended", False)
+    _stop_state.ended = True
+    try:
+        yield
+    finally:
+        _stop_state.ended = before
+
+
+def _raise_lost_stop() -> None:
+    """Raise the stop requested (:func:`bafusion.atomic.raise_if_stopped`): an exception of the
+    store's code after a stop may be the stop's own, lost in it (see :mod:`bafusion.atomic`).
+    Not while a stopped step ends its run (:func:`_ending_after_stop`): the stop was raised."""
+    from bafusion.atomic import raise_if_stopped
+
+    if not getattr(_stop_state, "ended", False):
+        raise_if_stopped()
+
+
 @_warnings_not_errors()
 def _retried(uri: str, fn: Any, *args: Any, **kwargs: Any) -> None:
     """Call ``fn``; a failure of the store (:func:`_retryable`) is tried again :data:`RETRIES`
-    times with a doubling wait, then raised; any other is raised at once. A server is checked to
-    accept a connection before each try (:func:`check_reachable`)."""
-    from bafusion.atomic import raise_if_stopped
-
-    for attempt in range(RETRIES + 1):
+    times with a doubling wait (:data:`STOPPED_RETRIES` while a stopped step ends its run), then
+    raised; any other is raised at once. A server is checked to accept a connection before each
+    try (:func:`check_reachable`)."""
+    retries = STOPPED_RETRIES if getattr(_stop_state, "ended", False) else RETRIES
+    for attempt in range(retries + 1):
         try:
             check_reachable(uri)  # a server that is down: seconds, not MLflow's minutes of retries
             fn(*args, **kwargs)
             return
         except Exception as e:  # noqa: BLE001 - the store's failure: tried again, then raised
-            raise_if_stopped()
-            if attempt == RETRIES or not _retryable(e):
+            _raise_lost_stop()
+            if attempt == retries or not _retryable(e):
                 raise
             time.sleep(RETRY_BACKOFF_S * 2**attempt)
 
@@ -834,7 +866,8 @@ class _Run:
         except Exception as e:  # noqa: BLE001 - the store's failure: the work goes on untracked
             self.lost[what] = self.lost.get(what, 0) + count
             self.failed_at = time.strftime("%H:%M:%S UTC", time.gmtime())
-            tried = f"still failing after {RETRIES + 1} tries" if _retryable(e) else "not a failure a retry mends"
+            tries = (STOPPED_RETRIES if getattr(_stop_state, "ended", False) else RETRIES) + 1
+            tried = f"still failing after {tries} tries" if _retryable(e) else "not a failure a retry mends"
             _turn_off(self.uri, e, lost=(f"{tried}, tracking is now off for the "
                                          f"rest of this process: the MLflow run {self.name!r} ({self.run_id}) "
                                          "misses every metric, tag, artifact and model logged from now on; "
@@ -1077,7 +1110,8 @@ def stage_run(
         # Ctrl-C, or SIGTERM turned into SystemExit by the CLI (bafusion.cli): the job was
         # stopped, not broken; either way the run does not stay RUNNING.
         killed = isinstance(e, (KeyboardInterrupt, SystemExit))
-        handle.end(t0, "KILLED" if killed else "FAILED")
+        with _ending_after_stop() if killed else contextlib.nullcontext():
+            handle.end(t0, "KILLED" if killed else "FAILED")
         raise
     handle.end(t0, "FINISHED")
 
