@@ -5,6 +5,7 @@ LocalServer``)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -513,18 +514,27 @@ def test_a_stopped_fetch_many_fetches_no_more(server: LocalServer, tmp_path: Pat
 
     for i in range(6):
         server.files[f"f{i}"] = PAYLOAD
-    server.delay["f1"] = [1.0]  # f1 is running when the stop comes (1 s: a loaded machine still stops it first)
     jobs = [FetchJob(server.url(f"f{i}"), tmp_path / f"f{i}", sha256(PAYLOAD)) for i in range(6)]
     real = download.as_completed
+    real_write = download._write_part
+    in_f1 = threading.Event()
+
+    def write_then_wait_in_f1(f, chunk, part):  # type: ignore[no-untyped-def]
+        real_write(f, chunk, part)
+        if part.name == "f1.part":  # f1 is running, some bytes kept, when the stop comes
+            in_f1.set()
+            deadline = time.monotonic() + 10
+            while atomic.stop_requested() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
 
     def stopped_after_the_first(fs):  # type: ignore[no-untyped-def]
         for fut in real(fs):
             yield fut
-            deadline = time.monotonic() + 10
-            while not server.requests_for("f1") and time.monotonic() < deadline:
-                time.sleep(0.01)
+            in_f1.wait(10)
             atomic.request_stop(signal.SIGINT)  # as the command's Ctrl-C handler does, then raises
             raise KeyboardInterrupt
+
+    monkeypatch.setattr(download, "_write_part", write_then_wait_in_f1)
 
     monkeypatch.setattr(download, "as_completed", stopped_after_the_first)
     try:
@@ -536,6 +546,7 @@ def test_a_stopped_fetch_many_fetches_no_more(server: LocalServer, tmp_path: Pat
     kept = (tmp_path / "f1.part").stat().st_size
     assert (tmp_path / "f0").exists() and not (tmp_path / "f1").exists() and 0 < kept < len(PAYLOAD)
     monkeypatch.setattr(download, "as_completed", real)
+    monkeypatch.setattr(download, "_write_part", real_write)
     s = fetch_many(jobs, workers=1, retries=0, progress=False)
     assert (len(s.downloaded), len(s.skipped), s.failed) == (5, 1, [])
     assert server.requests_for("f1")[-1] == f"bytes={kept}-"
@@ -1329,3 +1340,97 @@ def test_extract_zip_replaces_an_earlier_folder_that_cannot_be_renamed(tmp_path:
     extract_zip(make_zip(tmp_path / "b.zip", {"GT02.png": b"2"}), target)
     assert sorted(p.name for p in target.iterdir()) == ["GT02.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "b.zip", "input"]
+
+
+class _Stalling:
+    """A server on 127.0.0.1 that accepts, reads the request, sends ``answer`` (nothing, or the
+    headers of a 1000-byte file and its first 10 bytes) and then stalls, the connection open,
+    until closed."""
+
+    def __init__(self, answer: bytes) -> None:
+        import socket
+
+        self.answer = answer
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.requests = 0
+        self.held: list[object] = []
+        self.done = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.done.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+            with contextlib.suppress(OSError):
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    got = conn.recv(4096)
+                    if not got:
+                        break
+                    data += got
+                self.requests += 1
+                conn.sendall(self.answer)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/{path}"
+
+    def close(self) -> None:
+        self.done.set()
+        self.listener.close()
+        for conn in self.held:
+            with contextlib.suppress(OSError):
+                conn.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("stalls", ["before the headers", "in the body"])
+def test_a_stop_ends_a_stalled_download_of_fetch_many_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stalls: str
+) -> None:
+    """Ctrl-C (or SIGTERM) while a download of fetch_many waited on a server that accepted and
+    then sent nothing: its worker thread, which the signal does not interrupt, waited in the
+    socket's read for the whole ``timeout`` (60 s by default; --timeout up to a day), and the
+    pool's exit waited for it. The stop now shuts its connection down: the command ends at
+    once, nothing renamed into place."""
+    import signal
+
+    import bafusion.data.download as download
+    from bafusion import atomic
+
+    timeout = 60.0
+    body = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10
+    server = _Stalling(b"" if stalls == "before the headers" else body)
+    good = LocalServer()
+    good.__enter__()
+    good.files["f0"] = PAYLOAD
+    jobs = [FetchJob(good.url("f0"), tmp_path / "f0", sha256(PAYLOAD)), FetchJob(server.url("f1"), tmp_path / "f1")]
+    real = download.as_completed
+    stopped_at: list[float] = []
+
+    def stopped_in_the_stall(fs):  # type: ignore[no-untyped-def]
+        for fut in real(fs):
+            yield fut
+            deadline = time.monotonic() + 20
+            part = part_path(tmp_path / "f1")
+            while time.monotonic() < deadline and not (
+                    server.requests and (stalls == "before the headers" or (part.exists() and part.stat().st_size))):
+                time.sleep(0.01)
+            time.sleep(0.3)  # in the read
+            stopped_at.append(time.monotonic())
+            atomic.request_stop(signal.SIGINT)  # as the command's Ctrl-C handler does, then raises
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(download, "as_completed", stopped_in_the_stall)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fetch_many(jobs, workers=1, retries=3, timeout=timeout, progress=False)
+        took = time.monotonic() - stopped_at[0]
+    finally:
+        atomic.clear_stop()
+        server.close()
+        good.__exit__(None, None, None)
+    assert server.requests == 1
+    assert took < timeout / 4, f"the stop took {took:.1f} s, the timeout is {timeout:g} s"
+    assert (tmp_path / "f0").read_bytes() == PAYLOAD and not (tmp_path / "f1").exists()

@@ -32,6 +32,11 @@ Guarantees:
   ``min_rate`` (:data:`MIN_RATE`, 1 KiB/s) is stopped as too slow (retried like a dropped
   connection), so one attempt takes at most ``timeout + size / min_rate`` seconds (with the
   ``timeout`` of one read on top); ``timeout`` alone bounds only one read.
+- A stop of the command (Ctrl-C, SIGTERM: :func:`bafusion.atomic.request_stop`) ends the
+  downloads of :func:`fetch_many` at once: the queued ones are cancelled, and the connections
+  of the running ones shut down, so a read waiting on a server that stopped sending ends then,
+  not after ``timeout`` (:func:`_abort_connections`); a connection still being set up (a
+  server that does not answer the TCP handshake) waits up to ``timeout``.
 - A redirect is followed only to the same scheme or to https (http to https is fine); one
   that changes to another (https to http, http to ftp) is refused naming both URLs.
 - HTTP 5xx, 408 and 429 answers and network errors are retried ``retries`` times, waiting
@@ -55,6 +60,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import http.client
 import json
@@ -68,6 +74,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import weakref
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -79,7 +86,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from bafusion._version import __version__
-from bafusion.atomic import part_folder, part_path, raise_if_stopped, replace_folder, sync_tree
+from bafusion.atomic import part_folder, part_path, raise_if_stopped, replace_folder, stop_requested, sync_tree
 from bafusion.errors import UserError, json_loads
 from bafusion.progress import bar_options
 from bafusion.workspace import home_path
@@ -393,7 +400,65 @@ class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)  # type: ignore[arg-type]
 
 
-_OPENER = urllib.request.build_opener(_SameSchemeRedirects)
+#: The sockets of the HTTP(S) connections open now, shut down by :func:`_abort_connections`.
+_connections: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+_connections_lock = threading.Lock()
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut ``sock`` down both ways: a read of it waiting in another thread returns at once (no
+    more bytes, or an error). Its own ``socket.shutdown``: an ``SSLSocket``'s would drop its TLS
+    state under that read. A socket closed already (its descriptor -1, never another file's) is
+    left."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _abort_connections() -> None:
+    """Shut down every open download connection (:func:`_stoppable`) when the command is
+    stopped: a worker thread of :func:`fetch_many`, which the signal does not interrupt, waited
+    in a read of a server that had stopped sending for the whole ``timeout`` (60 s by default,
+    up to a day), and the stopped command waited for it. Its read ends at once, and the stop
+    (recorded before, :func:`bafusion.atomic.request_stop`) is raised by the worker
+    (:func:`_attempt`): nothing is renamed into place. A connection that opens later is shut
+    down as it opens."""
+    with _connections_lock:
+        for sock in list(_connections):
+            _shut(sock)
+
+
+@functools.lru_cache(maxsize=None)
+def _stoppable(connection: type) -> type:
+    """``connection`` (``http.client.HTTPConnection`` or ``HTTPSConnection``) whose open socket
+    is known to :func:`_abort_connections`; one opened after the stop is shut down at once."""
+
+    class Stoppable(connection):  # type: ignore[misc, valid-type]
+        def connect(self) -> None:
+            super().connect()
+            with _connections_lock:
+                _connections.add(self.sock)
+                if stop_requested() is not None:
+                    _shut(self.sock)
+
+    Stoppable.__name__ = Stoppable.__qualname__ = f"Stoppable{connection.__name__}"
+    return Stoppable
+
+
+class _StoppableHTTP(urllib.request.HTTPHandler):
+    def do_open(self, http_class: type, req: urllib.request.Request, **kwargs: object) -> object:  # type: ignore[override]
+        return super().do_open(_stoppable(http_class), req, **kwargs)
+
+
+_HANDLERS: list[type] = [_SameSchemeRedirects, _StoppableHTTP]
+if hasattr(urllib.request, "HTTPSHandler"):  # Python built with ssl
+
+    class _StoppableHTTPS(urllib.request.HTTPSHandler):
+        def do_open(self, http_class: type, req: urllib.request.Request, **kwargs: object) -> object:  # type: ignore[override]
+            return super().do_open(_stoppable(http_class), req, **kwargs)
+
+    _HANDLERS.append(_StoppableHTTPS)
+
+_OPENER = urllib.request.build_opener(*_HANDLERS)
 
 
 def _attempt(
@@ -436,6 +501,7 @@ def _attempt(
             raise _Retryable(f"HTTP {e.code} {e.reason}") from e
         raise DownloadError(url, f"HTTP {e.code} {e.reason}") from e
     except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException) as e:
+        raise_if_stopped()  # its connection shut down by the stop (_abort_connections)
         reason = getattr(e, "reason", e)
         raise _Retryable(f"{e.__class__.__name__}: {reason}") from e
     with resp:
@@ -508,7 +574,10 @@ def _attempt(
             except _PartWriteError:
                 raise  # this machine's disk, not the transfer: not retried
             except (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException, OSError) as e:
+                raise_if_stopped()  # its connection shut down by the stop (_abort_connections)
                 raise _Retryable(f"transfer interrupted after {start + received} bytes ({e.__class__.__name__}: {e})") from e
+        # the end of a body of unknown length may be the stop's shutdown (_abort_connections)
+        raise_if_stopped()
         size = start + received
         if total is not None and size < total:
             raise _Retryable(f"connection closed after {size} of {total} bytes")
@@ -742,13 +811,16 @@ def _cancelled_when_stopped() -> Iterator[dict[Future[FetchResult], FetchJob]]:
     """The futures of :func:`fetch_many`, those not started cancelled when the command is
     stopped (Ctrl-C, SIGTERM): the pool's exit waited for every queued download, so a stopped
     ``download-eval`` went on fetching all its files without a word (the running ones stop at
-    their next chunk, :func:`_attempt`)."""
+    their next chunk, :func:`_attempt`, or at once where they wait on a server that stopped
+    sending: their connections are shut down, :func:`_abort_connections`)."""
     futures: dict[Future[FetchResult], FetchJob] = {}
     try:
         yield futures
     except (KeyboardInterrupt, SystemExit):
         for fut in futures:
             fut.cancel()
+        if stop_requested() is not None:  # the running ones stop now (their threads see the stop)
+            _abort_connections()
         raise
 
 
