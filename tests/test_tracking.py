@@ -1822,3 +1822,38 @@ def test_a_stopped_run_whose_store_fails_at_its_end_still_ends_killed(
     assert raised.value is the_stop  # the step's own stop, not one raised again by the end
     assert len(calls) == 2  # tried again
     assert _runs(uri) == {"stopped": "KILLED"}
+
+
+def test_a_stopped_run_whose_store_keeps_failing_is_said_and_tried_briefly(
+    uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The store still failing when a stopped step ends its run: the end is tried
+    STOPPED_RETRIES + 1 times per call (not RETRIES + 1: the user waits for the stop), a line
+    says that the run may show RUNNING, and the step's stop comes out (not the store's error,
+    nor the stop raised again at the first failure, which skipped the line)."""
+    from mlflow.exceptions import MlflowException
+
+    from bafusion import atomic
+
+    monkeypatch.setattr(tracking, "RETRY_BACKOFF_S", 0.01)
+    calls: list[int] = []
+    the_stop = KeyboardInterrupt()
+
+    def locked(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        raise MlflowException("(sqlite3.OperationalError) database is locked")
+
+    with pytest.raises(KeyboardInterrupt) as raised:
+        try:
+            with tracking.stage_run("stopped") as run:
+                monkeypatch.setattr(run.client, "set_terminated", locked)
+                atomic.request_stop(signal.SIGINT)
+                raise the_stop
+        finally:
+            atomic.clear_stop()
+    assert raised.value is the_stop
+    assert len(calls) == 2 * (tracking.STOPPED_RETRIES + 1)  # the end, then the incomplete run's end
+    err = capsys.readouterr().err
+    assert f"still failing after {tracking.STOPPED_RETRIES + 1} tries" in err
+    assert "the store still fails, so MLflow may show it RUNNING" in err
+    assert _runs(uri) == {"stopped": "RUNNING"}
