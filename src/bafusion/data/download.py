@@ -445,16 +445,18 @@ def _stoppable(connection: type) -> type:
 
 
 class _StoppableHTTP(urllib.request.HTTPHandler):
-    def do_open(self, http_class: type, req: urllib.request.Request, **kwargs: object) -> object:  # type: ignore[override]
-        return super().do_open(_stoppable(http_class), req, **kwargs)
+    def do_open(self, http_class: type, req: urllib.request.Request,  # type: ignore[override]
+                **kwargs: object) -> object:
+        return super().do_open(_stoppable(http_class), req, **kwargs)  # type: ignore[arg-type]
 
 
 _HANDLERS: list[type] = [_SameSchemeRedirects, _StoppableHTTP]
 if hasattr(urllib.request, "HTTPSHandler"):  # Python built with ssl
 
     class _StoppableHTTPS(urllib.request.HTTPSHandler):
-        def do_open(self, http_class: type, req: urllib.request.Request, **kwargs: object) -> object:  # type: ignore[override]
-            return super().do_open(_stoppable(http_class), req, **kwargs)
+        def do_open(self, http_class: type, req: urllib.request.Request,  # type: ignore[override]
+                    **kwargs: object) -> object:
+            return super().do_open(_stoppable(http_class), req, **kwargs)  # type: ignore[arg-type]
 
     _HANDLERS.append(_StoppableHTTPS)
 
