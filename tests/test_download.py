@@ -1434,3 +1434,33 @@ def test_a_stop_ends_a_stalled_download_of_fetch_many_at_once(
     assert server.requests == 1
     assert took < timeout / 4, f"the stop took {took:.1f} s, the timeout is {timeout:g} s"
     assert (tmp_path / "f0").read_bytes() == PAYLOAD and not (tmp_path / "f1").exists()
+
+
+def test_a_stopped_fetch_keeps_its_part_whatever_its_shut_connection_raised(
+    server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop shuts the connections of fetch_many down (_abort_connections); an https
+    connection's read then fails with an ssl.SSLError, which _attempt does not catch: fetch
+    took it for a final error and deleted the bytes kept for the rerun. A stop requested keeps
+    them, whatever the attempt raised."""
+    import signal
+    import ssl
+
+    import bafusion.data.download as download
+    from bafusion import atomic
+
+    server.files["f"] = PAYLOAD
+    dest = tmp_path / "f"
+    part_path(dest).write_bytes(PAYLOAD[:1000])  # an earlier run's bytes (a checksum: resumable)
+
+    def shut_down(*args: object, **kwargs: object) -> tuple[int, int]:
+        atomic.request_stop(signal.SIGTERM)  # the command's handler, while this worker reads
+        raise ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
+
+    monkeypatch.setattr(download, "_attempt", shut_down)
+    try:
+        with pytest.raises((ssl.SSLError, SystemExit)):
+            fetch(server.url("f"), dest, checksum=sha256(PAYLOAD), retries=0, progress=False)
+    finally:
+        atomic.clear_stop()
+    assert part_path(dest).read_bytes() == PAYLOAD[:1000] and not dest.exists()

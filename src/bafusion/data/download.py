@@ -765,7 +765,11 @@ def fetch(
             except BaseException:
                 # Keep the bytes of an interrupted run (KeyboardInterrupt, or SystemExit: the
                 # CLI turns SIGTERM into one) for resuming; final errors leave nothing behind.
-                stopped = isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit))
+                # The same after the error of a connection that the stop shut down
+                # (_abort_connections: an https answer's read may fail with an ssl.SSLError, which
+                # _attempt does not catch).
+                stopped = (isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit))
+                           or stop_requested() is not None)
                 if not stopped or (ck is None and _if_range(part, url) is None):
                     _drop_part(part)
                 raise
