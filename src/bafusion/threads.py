@@ -37,7 +37,8 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, SupportsIndex, cast
 
 from bafusion import cgroup
 from bafusion.cgroup import controller_levels
@@ -211,7 +212,7 @@ def checked_threads(threads: object, name: str = "threads=") -> int | str | None
     if threads is None or (isinstance(threads, str) and threads == "auto"):
         return threads
     try:
-        n = None if isinstance(threads, bool) else operator.index(threads)  # numpy integers too, not 1.5
+        n = None if isinstance(threads, bool) else operator.index(cast(SupportsIndex, threads))  # numpy integers too, not 1.5
     except TypeError:
         n = None
     if n is None or not 1 <= n <= top:
@@ -333,7 +334,8 @@ def _user_stacklevel() -> int:
     import contextlib
 
     skip = (package, os.path.abspath(contextlib.__file__))
-    frame, level = sys._getframe(1), 1
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):
         frame, level = frame.f_back, level + 1
     return level if frame is not None else 2
@@ -430,7 +432,7 @@ class _QuietMessage:
 def _drop_ended() -> None:
     """Remove from :data:`warnings.filters` the filters of :func:`quiet_warnings` blocks that
     have ended (put back by another thread's ``catch_warnings``). Called with the lock held."""
-    warnings.filters[:] = [f for f in warnings.filters
+    cast("list[Any]", warnings.filters)[:] = [f for f in warnings.filters
                            if not (isinstance(f[1], _QuietMessage) and not f[1].active)]
 
 
@@ -469,7 +471,7 @@ def quiet_warnings(*filters: dict[str, Any]) -> Iterator[None]:
     with _filters_lock:
         _drop_ended()
         for item in added:
-            warnings.filters.insert(0, item)
+            cast("list[Any]", warnings.filters).insert(0, item)
         _filters_changed()
     try:
         yield
