@@ -1286,7 +1286,8 @@ def test_a_folder_made_at_the_path_since_with_the_inode_reused_and_the_earlier_n
 
     out = tmp_path / "out"
     wrap = _killed_after_the_removal_in_place(out)
-    assert not out.exists() and (wrap / REMOVING_MARKER).is_file()
+    assert out.is_dir() and not any(out.iterdir()) and (wrap / REMOVING_MARKER).is_file()  # emptied, not removed
+    out.rmdir()
     out.mkdir()
     (out / "a").write_text("the user's, put back")
     marker = json.loads((wrap / REMOVING_MARKER).read_text())
@@ -1294,6 +1295,27 @@ def test_a_folder_made_at_the_path_since_with_the_inode_reused_and_the_earlier_n
     (wrap / REMOVING_MARKER).write_text(json.dumps(marker))
     remove_stale_parts(out)
     assert {p.name: p.read_text() for p in out.iterdir()} == {"a": "the user's, put back"}
+
+
+@pytest.mark.parametrize("step", ["before_removal", "mid_removal", "after_removal"])
+def test_an_output_left_partly_removed_by_a_killed_run_and_removed_by_the_user_since_stays_removed(
+        tmp_path: Path, step: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run killed while it removed the earlier output in place (EXDEV) left it partly removed;
+    the user removed the rest, and the next write into the folder (of any output there) put the
+    killed run's new output back in its place. The earlier folder is now emptied and the new one
+    renamed over it in one step, so that a kill never leaves the output missing: missing, it was
+    removed since, and stays so (said on stderr); the killed run's temporary folder is removed."""
+    import shutil
+
+    from bafusion.atomic import remove_stale_parts_in
+
+    out = tmp_path / "out"
+    _killed_after_the_removal_in_place(out, step)
+    shutil.rmtree(out)  # the user's removal
+    remove_stale_parts_in(tmp_path)  # the next write there
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+    assert "it was removed since: the killed run's new output is not put in its place" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("step", ["before_removal", "mid_removal", "after_removal"])

@@ -415,9 +415,13 @@ def _mark_removing(new: Path, final: Path) -> str | None:
 
 
 def _remove_in_place(folder: Path, token: str | None) -> None:
-    """Remove ``folder`` (the earlier output, which cannot be renamed), its file ``token``
-    (:func:`_mark_removing`) last but the folder itself: until then a kill leaves it known as
-    half removed (:func:`_half_removed`)."""
+    """Empty ``folder`` (the earlier output, which cannot be renamed), its file ``token``
+    (:func:`_mark_removing`) last: until then a kill leaves it known as half removed
+    (:func:`_half_removed`). The empty folder itself is left for :func:`_rename_over` to
+    replace in one step: removed here, a kill before the new output was renamed in left the
+    output missing, which the next run could not tell from an output the user removed since
+    (it put the killed run's output back in its place). Without ``token`` (no marker) it is
+    removed whole."""
     if token is None:
         shutil.rmtree(folder)
         return
@@ -430,7 +434,23 @@ def _remove_in_place(folder: Path, token: str | None) -> None:
             os.unlink(entry.path)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(folder / token)
-    folder.rmdir()
+
+
+def _rename_over(new: Path, final: Path) -> None:
+    """Rename the folder ``new`` to ``final``, an empty folder (:func:`_remove_in_place`) or
+    none: over the empty folder in one step (``rename`` replaces an empty folder on POSIX), so
+    that a kill leaves either it or the new output; where the system refuses that (Windows; an
+    overlay mounted without working extended attributes fails with ``EIO``, and its ``rmdir``
+    too), the empty folder is removed first (a kill between those two leaves the output missing,
+    which the next run takes for removed by the user: the output is then not done, as after a
+    kill between two renames before)."""
+    try:
+        os.replace(new, final)
+    except OSError:
+        if not final.is_dir() or final.is_symlink():
+            raise
+        final.rmdir()
+        os.replace(new, final)
 
 
 def _half_removed(wrap: Path, final: Path) -> tuple[bool, str | None]:
@@ -530,6 +550,12 @@ def _roll_forward_held(wrap: Path, name: Any, new_id: Any) -> bool:
     if new.is_symlink() or not new.is_dir() or new_id is None or _file_id(new) != new_id:
         return True  # put in place already (or swapped: the earlier output lies there)
     state = "missing"
+    if not os.path.lexists(final) and os.path.lexists(wrap / REMOVING_MARKER):
+        # the earlier output was being emptied in place, and the empty folder is renamed over
+        # (_rename_over): a kill leaves it, so a missing output was removed by the user since
+        print(f"bafusion: note: {final}: a run killed while it replaced this output had left it partly removed, "
+              "and it was removed since: the killed run's new output is not put in its place", file=sys.stderr)
+        return True
     if os.path.lexists(final):
         state = "half removed"
         half, token = _half_removed(wrap, final)
@@ -545,7 +571,7 @@ def _roll_forward_held(wrap: Path, name: Any, new_id: Any) -> bool:
             _note_not_rolled(new, final, f"the rest of the earlier output cannot be removed: {e.strerror or e}")
             return False
     try:
-        os.replace(new, final)
+        _rename_over(new, final)
     except OSError as e:
         _note_not_rolled(new, final, e.strerror or str(e))
         return False
@@ -965,10 +991,11 @@ def _replace_unmovable(tmp: Path, final: Path, error: OSError) -> None:
     renamed at all (``error``: ``EXDEV``, "Invalid cross-device link", beside itself: a folder
     of an overlay file system's lower layer, such as one of a container's image, where the
     overlay has no ``redirect_dir``): the swap and the two renames both fail so, after the
-    work. The earlier folder is removed where it is (an overlay hides it), then the new one
-    renamed in: a kill or a power cut between leaves neither in place, or a part of the earlier
-    one (as the two renames elsewhere leave neither), the new one in its temporary folder, which
-    the next run puts in place (:data:`REMOVING_MARKER`, :func:`_roll_forward`).
+    work. The earlier folder is emptied where it is (an overlay hides its files), then the new
+    one renamed over it in one step (:func:`_rename_over`): a kill or a power cut between leaves
+    a part of the earlier one, or it empty, the new one in its temporary folder, which the next
+    run puts in place (:data:`REMOVING_MARKER`, :func:`_roll_forward`); an output missing then
+    was removed by the user since, and stays so.
 
     Refused, ``error`` raised naming ``final`` with the earlier output untouched, for a mount
     point and for a folder with one inside, or one that this process may not empty (no write
@@ -986,7 +1013,7 @@ def _replace_unmovable(tmp: Path, final: Path, error: OSError) -> None:
     try:
         token = _mark_removing(tmp, final)  # a kill from here on: the next run puts tmp in place
         _remove_in_place(final, token)
-        os.replace(tmp, final)
+        _rename_over(tmp, final)
     except OSError as e:
         kept = final.with_name(f"{final.name}.new-{os.getpid()}")
         try:
