@@ -1442,3 +1442,48 @@ def test_on_macos_a_folder_asks_the_drive_for_one_whole_flush_not_one_a_file(
     assert calls.count("F_FULLFSYNC") == 1 and calls[-1] == "F_FULLFSYNC", calls
     assert calls.count("fsync") == 20 + 2  # each file, each folder
     assert sorted(p.name for p in (tmp_path / "out").iterdir())[:2] == ["0.png", "1.png"]
+
+
+def test_a_killed_replacement_is_not_completed_between_another_writers_two_renames(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the system cannot swap, a writer renames the earlier output away, then its new one
+    in. Another run that completed a killed run's replacement (killed once its new output was
+    marked ready, before it touched the output) between those two renames found the output
+    missing and put the killed run's output in its place: the writer's rename in, and its
+    putting back of the earlier output, failed ("Directory not empty"), and the writer's new
+    output and the earlier one were lost. The completion now waits for the writer's lock of the
+    folder; here it runs in another thread, started between the writer's two renames."""
+    import subprocess
+    import threading
+    import time
+
+    import bafusion.atomic as atomic
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_text("earlier")
+    wrap = tmp_path / ".out.part-killed"
+    (wrap / "out").mkdir(parents=True)
+    (wrap / "out" / "a").write_text("the killed run's")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (wrap / atomic.PART_MARKER).write_text(atomic._marker_text(dead.pid))
+    (wrap / atomic.READY_MARKER).write_text(json.dumps({"name": "out", "new": atomic._file_id(wrap / "out")}))
+    monkeypatch.setattr(atomic, "_renameat2", None)  # no swap
+    monkeypatch.setattr(atomic, "remove_stale_parts", lambda final: [])  # the writer swept before that run died
+    real = os.replace
+    other: list[threading.Thread] = []
+
+    def replace(src: object, dst: object) -> None:
+        real(src, dst)  # type: ignore[arg-type]
+        if Path(src) == out and not other:  # the earlier output renamed away: another run sweeps now
+            other.append(threading.Thread(target=atomic._roll_forward, args=(wrap,)))
+            other[0].start()
+            other[0].join(timeout=1.0)  # done at once without the lock
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with atomic.atomic_dir(out) as tmp:
+        (tmp / "a").write_text("the writer's")
+    other[0].join(timeout=30)
+    assert not other[0].is_alive()
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"a": "the writer's"}

@@ -511,7 +511,35 @@ def _roll_forward(wrap: Path) -> bool:
             name, new_id = ready["name"], ready["new"]
         except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return True
-        return _roll_forward_held(wrap, name, new_id)
+        with _replacing(wrap.parent):  # not between another writer's two renames (replace_folder)
+            return _roll_forward_held(wrap, name, new_id)
+
+
+@contextlib.contextmanager
+def _replacing(folder: Path) -> Iterator[None]:
+    """Hold the exclusive lock (``flock``, waited for) of the folder ``folder``, the outputs'
+    own, while an output in it is replaced in more than one step (:func:`replace_folder`) or a
+    killed run's replacement is completed (:func:`_roll_forward`): a completion that looked
+    while another writer had renamed the earlier output away found it missing and put the
+    killed run's output in its place, and the writer's new output, and the earlier one, were
+    lost (its rename in and its putting back both failed, "Directory not empty"). Held briefly
+    (renames; the rest of a half removed earlier output). Where the folder cannot be locked (no
+    ``fcntl``: Windows; a file system without locks, or NFS, which locks only files open for
+    writing) nothing is held, as before."""
+    if fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -950,20 +978,29 @@ def replace_folder(new: Path, final: Path, old: Path) -> Path | None:
     try:
         if exchange(new, final):
             return new
-        _mark_ready(new, final)  # two steps from here: a kill between them is completed by the next run
-        os.replace(final, old)
     except OSError as e:
         if e.errno != errno.EXDEV:
             raise
-        _mark_ready(new, final)
-        _replace_unmovable(new, final, e)
+        with _replacing(final.parent):
+            _mark_ready(new, final)
+            _replace_unmovable(new, final, e)
         return None
-    try:
-        os.replace(new, final)
-    except BaseException:
-        os.replace(old, final)  # the earlier output back in place, not deleted with the rest
-        raise
-    return old
+    with _replacing(final.parent):  # no completion of a killed run's replacement in between (_roll_forward)
+        try:
+            _mark_ready(new, final)  # two steps from here: a kill between them is completed by the next run
+            os.replace(final, old)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            _mark_ready(new, final)
+            _replace_unmovable(new, final, e)
+            return None
+        try:
+            os.replace(new, final)
+        except BaseException:
+            os.replace(old, final)  # the earlier output back in place, not deleted with the rest
+            raise
+        return old
 
 
 def _unremovable(folder: Path) -> str | None:
