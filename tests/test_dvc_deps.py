@@ -427,6 +427,7 @@ def test_dvc_reruns_only_the_stages_whose_listed_keys_changed(tmp_path: Path) ->
                                       ("fuse.save_maps", True), ("fuse.threads", 1), ("evaluate.threads", 1))},
     }
     for key, (value, want) in cases.items():
+        want = want | {"check"}  # it lists the whole file: test_the_check_stage_refuses_any_invalid_key
         params = yaml.safe_load(base)
         *path, last = key.split(".")
         node = params
@@ -435,3 +436,53 @@ def test_dvc_reruns_only_the_stages_whose_listed_keys_changed(tmp_path: Path) ->
         node[last] = value
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         assert set(json.loads(dvc("status", "--json"))) == want, key
+
+
+def test_the_check_stage_lists_the_whole_params_file_and_runs_first() -> None:
+    """Keys no stage lists (download.net.*, download.cache, download.eval.*, fuse.threads, ...)
+    were checked by no `dvc exp run`: `-S download.net.retries=-5` ran nothing and exited 0.
+    The check stage lists the whole params.yaml and is the first stage (DVC plans the
+    stages in dvc.yaml's order: it runs before any stage deletes its outputs)."""
+    assert list(STAGES)[0] == "check", list(STAGES)
+    check = STAGES["check"]
+    assert check["params"] == [{"params.yaml": None}], check["params"]
+    assert not check.get("outs"), "no outs: no stage waits for it, a change of a key reruns nothing else"
+    words = check["cmd"].split()
+    assert words[0] == "snakemake" and "--dry-run" in words, check["cmd"]
+
+
+@pytest.mark.slow
+def test_the_check_stage_refuses_any_invalid_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check stage's own command (a Snakemake dry run) under `dvc repro`: an invalid value of
+    a key no other stage lists (download.net.retries) fails it, naming the key; and a file that
+    lacks a key another stage lists (train.lr, set per net only) is refused there, before DVC
+    reached train_initial, which it refused only after deleting data/models/initial.pt."""
+    from pipeline_project import make_project, run
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    project = make_project(tmp_path / "p", git=False)
+    run(["dvc", "init", "--no-scm", "-q"], project)
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"check": STAGES["check"]}}))
+    run(["dvc", "repro", "check"], project)
+    base = yaml.safe_load((project / "params.yaml").read_text())
+
+    def repro(edit) -> str:
+        params = yaml.safe_load(yaml.safe_dump(base))
+        edit(params)
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        p = run(["dvc", "repro", "check"], project, check=False)
+        assert p.returncode != 0, p.stdout + p.stderr
+        return p.stdout + p.stderr
+
+    out = repro(lambda p: p["download"]["net"].update(retries=-5))
+    assert "download.net.retries: -5" in out, out
+
+    def per_net_lr(p: dict) -> None:
+        lr = p["train"].pop("lr")
+        p["train"]["initial"]["lr"] = p["train"]["boundary"]["lr"] = lr
+
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"check": STAGES["check"],
+                                                                 "train_initial": {"cmd": "echo",
+                                                                                   "params": ["train.lr"]}}}))
+    out = repro(per_net_lr)
+    assert "lacks keys that dvc.yaml's stages list: train.lr (stage train_initial)" in out, out

@@ -1,11 +1,16 @@
 # Included by the Snakefile after `rule all`. Refusals only: this file changes no value a rule
 # passes (the config is read and rewritten in common.smk, a dep of every DVC stage).
-from bafusion.cli.params_check import (check_devices, check_evaluate_inputs, check_init_files, pipeline_outputs,
-                                       planned_rules, plans_jobs, runs_locally, snakemake_args, upstream_rules)
+from bafusion.cli.params_check import (check_devices, check_dvc_params, check_evaluate_inputs, check_init_files,
+                                       pipeline_outputs, planned_rules, plans_jobs, runs_locally, snakemake_args,
+                                       upstream_rules)
 
 # What needs the rules' outputs, checked before any rule is planned as well.
 # (After `rule all`: a run's targets are followed to the rules they need.)
 try:
+    # dvc.yaml's check stage (run first by `dvc repro` / `dvc exp run`): a key a stage lists that the
+    # file lacks, which DVC refuses only after deleting that stage's outputs
+    if os.environ.get("DVC_STAGE", "").rpartition(":")[2] == "check":
+        check_dvc_params(config, _source)
     _outputs = pipeline_outputs(workflow.rules)
     # snakemake's command line as Snakemake reads it (its profiles included): what follows only
     # matters for a run that plans jobs (not --unlock, --cleanup-metadata, --report, --list-*,

@@ -37,7 +37,8 @@ from typing import Any
 from bafusion.errors import UserError
 from bafusion.workspace import home_path
 
-__all__ = ["check_devices", "check_evaluate_inputs", "check_init_files", "check_params", "download_eval_has_source",
+__all__ = ["check_devices", "check_dvc_params", "check_evaluate_inputs", "check_init_files", "check_params",
+           "download_eval_has_source",
            "missing_keys_warning", "pipeline_outputs", "planned_rules", "plans_jobs", "run_lock", "runs_locally",
            "snakemake_args", "upstream_rules", "warn_missing_keys", "written_by"]
 
@@ -712,6 +713,54 @@ def _stage_params(stage: str, dvc_yaml: str | Path) -> list[str] | None:
                         return None
                     keys += [str(n) for n in names]
     return keys
+
+
+def check_dvc_params(params: Mapping[str, Any], source: str = "params.yaml", dvc_yaml: str | Path = "dvc.yaml") -> None:
+    """Refuse a params file that lacks a key a stage of ``dvc_yaml`` lists (for the DVC stage
+    that checks the whole file, ``check``, which ``dvc repro`` and ``dvc exp run`` run first).
+    Plain ``snakemake`` takes the library default for such a key, but DVC refuses the stage, one
+    key per run, and only once it has deleted that stage's outputs: a file that set a train key
+    per net only (``train.initial.lr`` and ``train.boundary.lr``, no ``train.lr``) lost
+    data/models/initial.pt and metrics/train_initial.json to "Parameters 'train.lr' are missing
+    from 'params.yaml'". Here every such key is named at once, with the value to add, before any
+    stage runs.
+
+    Raises
+    ------
+    UserError
+        ``<source>: train.lr missing (stages train_initial, train_boundary list it; DVC refuses ...)``,
+        one line.
+    """
+    from bafusion.config import load_yaml
+    from bafusion.schema import _has, default
+
+    try:
+        stages = (load_yaml(Path(dvc_yaml).read_text(encoding="utf-8-sig")) or {}).get("stages") or {}
+    except OSError:
+        return
+    listed: dict[str, list[str]] = {}
+    for name, spec in stages.items() if isinstance(stages, Mapping) else ():
+        for entry in (spec.get("params") or []) if isinstance(spec, Mapping) else []:
+            keys = [entry] if isinstance(entry, str) else [
+                str(k) for f, names in (entry.items() if isinstance(entry, Mapping) else ())
+                if Path(str(f)).name == "params.yaml" for k in (names or [])]
+            for key in keys:
+                listed.setdefault(key, []).append(str(name))
+    missing = [k for k in listed if not _has(params, k)]
+    if not missing:
+        return
+
+    def value(key: str) -> str:
+        try:
+            return f"add {key}: {_show(default(key))} (the library default)"
+        except KeyError:
+            return f"add {key}"
+
+    said = "; ".join(f"{k} (stage{'s' if len(listed[k]) > 1 else ''} {', '.join(listed[k])})" for k in missing)
+    raise UserError(f"{source} lacks keys that dvc.yaml's stages list: {said}. DVC refuses such a stage after "
+                    f"deleting its outputs; plain snakemake would use the library defaults. "
+                    f"{'; '.join(value(k) for k in missing)} (a per-net override, train.initial / train.boundary, "
+                    "still wins over a train key)")
 
 
 def missing_keys_warning(params: Mapping[str, Any], stage: str | None = None,
