@@ -118,3 +118,29 @@ def test_a_per_net_train_override_reruns_only_its_nets_training(tmp_path: Path) 
     out = run(["snakemake", "-n", "--cores", "2", *targets], project).stdout
     assert all(f"rule {t}:" in out for t in targets), out[-3000:]
     (project / "params.yaml").write_text(good)
+
+
+def test_train_checkpoint_every_reaches_the_trainer_but_reruns_no_training(tmp_path: Path) -> None:
+    """train.checkpoint_every (a mid-epoch save: the weights are the same; no DVC stage lists
+    it) was in the training rules' compared params: a change of it alone made `snakemake` rerun
+    both trainings and, after them, fuse and evaluate. It is passed through a derived params
+    function now (train_params in common.smk): no rerun, and a run that does train still gets it."""
+    import json
+    import shlex
+
+    import yaml
+
+    project = make_project(tmp_path / "p", git=False)
+    targets = ["train_initial", "train_boundary"]
+    run(["snakemake", "--cores", "2", *targets], project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["checkpoint_every"] = 7
+    params["train"]["initial"] = {**(params["train"].get("initial") or {}), "checkpoint_every": 3}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "2", *targets], project).stdout
+    out = run(["snakemake", *targets, "-n", "-p", "--cores", "2", "--forcerun", *targets], project).stdout
+    for net, every in (("initial", 3), ("boundary", 7)):
+        line = next(ln for ln in out.splitlines() if f"bafusion train --net {net} " in ln)
+        words = shlex.split(line)
+        cfg = json.loads(words[words.index("--params-json") + 1])
+        assert (cfg["train"].get(net) or {}).get("checkpoint_every", cfg["train"]["checkpoint_every"]) == every, line

@@ -190,18 +190,43 @@ def all_cores():
 TRAIN_NETS = ("initial", "boundary")  # bafusion.nets.train.NETS (not imported: it loads torch)
 
 
-def train_config_json(net):
+#: Train keys that leave the weights as they are (nets/train.py; dvc.yaml's training stages leave
+#: them out too): passed to the trainer, but no rerun trigger (train_config_json(net, compared=True)).
+TRAIN_UNCOMPARED = ("checkpoint_every",)
+
+
+def train_config_json(net, compared=False):
     """seed, patch, depth and the train section, less the other net's override (train.boundary
     for the initial net): what `bafusion train --net <net> --params-json` reads (TrainConfig.from_params
     takes train.* and then train.<net> only). As the rule's params, a change of train.boundary.lr
     reruns train_boundary only, as the DVC stages list their keys; with the whole section both
-    trainings reran after any change under train."""
+    trainings reran after any change under train. ``compared``: also less TRAIN_UNCOMPARED (in
+    train.* and train.<net>), the rule's plain param that decides a rerun."""
     keys = ("seed", "patch", "depth", "train")
     values = {k: config[k] for k in keys if k in config}
     train = values.get("train")
     if isinstance(train, dict):
-        values["train"] = {k: v for k, v in train.items() if k == net or k not in TRAIN_NETS}
+        train = {k: v for k, v in train.items() if k == net or k not in TRAIN_NETS}
+        if compared:
+            train = {k: v for k, v in train.items() if k not in TRAIN_UNCOMPARED}
+            if isinstance(train.get(net), dict):
+                train[net] = {k: v for k, v in train[net].items() if k not in TRAIN_UNCOMPARED}
+        values["train"] = train
     return json.dumps(values, sort_keys=True)
+
+
+def train_params(net):
+    """train_config_json(net) whole, as a params function of a training rule that takes
+    `threads`: such a param is "derived" and Snakemake leaves it out of the params it compares
+    (snakemake/snakemake#3154, as download_net), so a change of train.checkpoint_every alone (a
+    mid-epoch save: the weights are the same) reran both trainings, and after them fuse and
+    evaluate; the rule's plain param train_config_json(net, compared=True) decides a rerun.
+    `threads` itself is not used."""
+
+    def params(wildcards, threads):
+        return train_config_json(net)
+
+    return params
 
 
 def init_input(net):

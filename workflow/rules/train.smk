@@ -1,7 +1,8 @@
 # Training: the initial net on all patches, the boundary net on the boundary subset only.
 # Both read the top-level seed/patch/depth and the `train:` section of the config (params.yaml),
 # passed as JSON so that `--config` overrides reach the trainer too; each rule's JSON leaves out the
-# other net's override (train.boundary for train_initial), so a change there reruns that net only.
+# other net's override (train.boundary for train_initial), so a change there reruns that net only;
+# train.checkpoint_every reaches the trainer but reruns neither (train_params in common.smk).
 # A killed job resumes from data/checkpoints/<net>/last.pt (not an output: it survives the
 # deletion of incomplete outputs, and a checkpoint of other parameters is ignored). A finished
 # run marks its checkpoint finished: a rerun of it (killed before its exit, or -R/--forcerun,
@@ -27,7 +28,8 @@ rule train_initial:
         plots=report("metrics/plots/train_initial.csv", caption="../report/training.rst", category="Training",
                      labels={"net": "initial", "file": "per-epoch curve"}),
     params:
-        cfg=train_config_json("initial"),
+        settings=train_config_json("initial", compared=True),  # what reruns it
+        cfg=train_params("initial"),  # what the trainer reads: settings + train.checkpoint_every
         checkpoints="data/checkpoints/initial",
     log:
         "logs/train_initial.log",
@@ -53,7 +55,8 @@ rule train_boundary:
         plots=report("metrics/plots/train_boundary.csv", caption="../report/training.rst", category="Training",
                      labels={"net": "boundary", "file": "per-epoch curve"}),
     params:
-        cfg=train_config_json("boundary"),
+        settings=train_config_json("boundary", compared=True),  # what reruns it
+        cfg=train_params("boundary"),  # what the trainer reads: settings + train.checkpoint_every
         checkpoints="data/checkpoints/boundary",
     log:
         "logs/train_boundary.log",
