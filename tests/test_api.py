@@ -1463,3 +1463,21 @@ def test_an_arrays_dropped_alpha_is_warned_at_the_callers_line(tiny_nets: Path, 
             fusion.fuse_stack([a, b], nets)
     said = [w for w in got if "alpha channel" in str(w.message)]
     assert [w.filename for w in said] == [__file__], [(w.filename, w.lineno) for w in said]
+
+
+def test_loading_and_fusing_leave_the_callers_torch_random_numbers_alone(tiny_nets: Path) -> None:
+    """A user who seeds torch, then loads the nets or fuses, draws the numbers the seed gives:
+    building each net before its weights were loaded drew its random init from torch's global
+    generator (``torch.rand`` after ``load_model`` gave 0.717 for seed 0, not 0.496)."""
+    import torch
+
+    torch.manual_seed(0)
+    want = torch.rand(4)
+    rng = np.random.default_rng(2)
+    a, b = rng.integers(0, 256, (24, 20), dtype=np.uint8), rng.integers(0, 256, (24, 20), dtype=np.uint8)
+    for call in (lambda: bafusion.load_model("default", device="cpu"),
+                 lambda: bafusion.load_model(tiny_nets, device="cpu"),
+                 lambda: bafusion.fuse(a, b, model=tiny_nets, align="none")):
+        torch.manual_seed(0)
+        call()
+        assert torch.equal(torch.rand(4), want)

@@ -558,7 +558,10 @@ def load_model(
                              f"(first: {bad[0]}): a diverged training; train it again (a lower train.lr)")
     _check_weights_fit(spec, state, p)
     _check_weights_hash(meta, p)
-    net = CifarResNet(spec)
+    # every weight and buffer comes from the file: no random init, and the layers' own draws in
+    # a forked generator (building the net moved the caller's seeded torch RNG)
+    with torch.random.fork_rng(devices=[]):
+        net = CifarResNet(spec, init=False)
     try:
         net.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError) as e:
