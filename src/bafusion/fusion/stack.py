@@ -4,19 +4,23 @@
 background (the furthest), layers 1..n-1 are alphamatting foregrounds cut out by their
 ground-truth mattes, placed at random in front of it, each nearer than the last. Shot ``k``
 is focused on layer ``k``; layer ``j`` is blurred in it by ``sigma_step * |k - j|`` (the
-defocus grows with the depth distance; Gaussian, or a disc of radius ``2 * sigma``). The
-layers are composited front to back with their sharp mattes, as the paper composites its
-training pairs (``A = FG * GT + blur(BG) * (1 - GT)``): each pixel is the mix
-``sum_j w_j * layer_j`` with visibility weights ``w_j = alpha_j * prod_{m > j} (1 - alpha_m)``
-(``alpha_0 = 1``), whatever the shot, so a layer's blur never bleeds over a nearer one and
-every pixel belongs to the layers that own it in the all-in-focus image.
+defocus grows with the depth distance; Gaussian, or a disc of radius ``2 * sigma``). Each
+shot composites the layers back to front with premultiplied blurred mattes: a layer blurred
+in that shot is ``defocus(alpha_j * layer_j)`` over ``(1 - defocus(alpha_j))`` of what lies
+behind, so an out-of-focus layer bleeds over the layers behind it (and, far out of focus,
+lets them show through its own area), as a real lens's defocused foreground does. The
+all-in-focus scene, which the truth refers to, is the mix ``sum_j w_j * layer_j`` with the
+sharp mattes' visibility weights ``w_j = alpha_j * prod_{m > j} (1 - alpha_m)``
+(``alpha_0 = 1``).
 
 **Truth** (:attr:`SyntheticStack.truth`): per pixel, the index of the shot focused on the
 layer that owns the pixel, ``argmax_j w_j``, or :data:`AMBIGUOUS` (-1) where the truth is
 not decidable:
 
-- *mixed pixels*: the largest weight is below ``mixed`` (0.9): a soft matte edge (hair,
-  fur) where two layers are blended and no shot holds the all-in-focus value;
+- *mixed pixels*: the owning layer's visibility weight in its own shot (with the blurred
+  mattes of the nearer layers in front of it) is below ``mixed`` (0.9): a soft matte edge
+  (hair, fur) where two layers are blended, or the rim where a nearer layer's blur covers
+  it, so no shot holds the all-in-focus value;
 - *flat pixels*: every shot equals the truth's shot there to within ``flat`` gray levels
   (mean absolute difference over a ``flat_window`` square): any choice gives the same fused
   pixel, so it is neither right nor wrong.
