@@ -182,6 +182,27 @@ def test_compose_takes_each_pixel_from_its_shot_and_matches_channels() -> None:
     assert np.array_equal(out[idx == 2], rgb[::-1][idx == 2])
 
 
+def test_compose_holds_no_copy_of_the_whole_stack() -> None:
+    """compose stacked every shot, (N, H, W, 3), to pick from: a 15-shot stack of 24 MP held a
+    1 GiB copy beside the shots; it now fills one output shot by shot (same pixels)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(1)
+    shots = [rng.integers(0, 256, (100, 100, 3), dtype=np.uint8) for _ in range(16)]
+    idx = rng.integers(0, 16, (100, 100)).astype(np.int16)
+    want = np.stack(shots)[idx, np.arange(100)[:, None], np.arange(100)[None, :]]
+    tracemalloc.start()
+    try:
+        out = compose(shots, idx)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(out, want)
+    assert peak < 4 * shots[0].nbytes, (peak, shots[0].nbytes)  # was > 16 shots' worth
+    with pytest.raises(ValueError, match="out of range"):
+        compose(shots[:2], idx)
+
+
 def test_chain_index_names_the_shot_of_every_fused_pixel(shipped, made_up_stack) -> None:
     shots = made_up_stack.shots
     results = fuse_stack(shots, shipped, FusionParams(min_region=0.0))

@@ -337,9 +337,16 @@ def compose(images: Sequence[np.ndarray], index: np.ndarray) -> np.ndarray:
     """Each pixel from the image ``index`` says (uint8; alpha dropped, gray shots replicated
     when any shot is colour, as for a pair)."""
     colour = any(np.asarray(i).ndim == 3 for i in images)
-    st = np.stack([_rgb(i, colour) for i in images])
-    sel = index[None, ..., None] if st.ndim == 4 else index[None]
-    return np.take_along_axis(st, sel.astype(np.intp), 0)[0].astype(np.uint8)
+    index = np.asarray(index)
+    if index.size and (int(index.min()) < 0 or int(index.max()) >= len(images)):
+        raise ValueError(f"shot index out of range 0..{len(images) - 1}: {int(index.min())}..{int(index.max())}")
+    # shot by shot into one output: no (N, H, W, 3) copy of the stack (15 shots of 24 MP: 1 GiB)
+    out = np.empty(_rgb(images[0], colour).shape, np.uint8)
+    for k, im in enumerate(images):
+        sel = index == k
+        if sel.any():
+            out[sel] = _rgb(im, colour)[sel]
+    return out
 
 
 def _nearest(m: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
