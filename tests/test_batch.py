@@ -3233,3 +3233,30 @@ def test_the_folder_out_lies_in_is_no_stack(tmp_path: Path) -> None:
         Image.fromarray(np.full((8, 8), 9, np.uint8)).save(src / "a" / f"{s}.png")
     groups, _ = batch.find_groups(src, exclude=out)
     assert set(groups) == {"p", "a"}, groups
+
+
+def test_fuse_dir_skips_a_stack_whose_output_name_is_too_long_and_fuses_the_others(
+        tmp_path: Path, nets: Path, capsys) -> None:
+    """A sub-folder stack named with 253 bytes (its output <name>.png 257) stopped the whole batch
+    with "File name too long", exit 2, nothing fused; a 249-byte pair name with --save-registered
+    (<name>-registered2.png, 265 bytes) failed only after its fusion. Such a stack is now skipped
+    before any work, naming the output and its length, and the others are fused."""
+    src = _pairs_in(tmp_path / "in", {"ok": 3})
+    long_dir = src / ("S" * 253)
+    long_dir.mkdir()
+    for i, x in enumerate(pair(4), 1):
+        Image.fromarray(x).save(long_dir / f"{i}.png")
+    out = tmp_path / "out"
+    rc = cli_main(["fuse-dir", str(src), str(out), "--model", str(nets), "--device", "cpu", "--quiet"])
+    o, err = capsys.readouterr()
+    assert rc == batch.EXIT_SKIPPED, err
+    assert (out / "ok.png").is_file() and "fused 1 stack(s)" in o
+    assert "the output's name is 257 bytes, longer than the 255" in err
+    # --save-registered: refused before the fusion, so no output is left for a stack called skipped
+    src2 = _pairs_in(tmp_path / "in2", {"M" * 249: 5})
+    out2, reg = tmp_path / "out2", tmp_path / "reg"
+    rc = cli_main(["fuse-dir", str(src2), str(out2), "--model", str(nets), "--device", "cpu", "--quiet",
+                   "--save-registered", str(reg)])
+    err = capsys.readouterr().err
+    assert rc == batch.EXIT_NONE_FUSED, err
+    assert "-registered2.png: the output's name is 265 bytes" in err and not out2.exists()
