@@ -1170,6 +1170,27 @@ def test_cli_fuse_refuses_map_names_too_long_before_the_fusion(tmp_path: Path, m
             f"name may have there; the maps are named after the output, {out.name}: give it a shorter name") in err, err
 
 
+
+def test_cli_fuse_refuses_registered_names_too_long_before_the_fusion(tmp_path: Path, model_dir: Path, scene, capsys,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """--save-registered names its files after the output (``<stem>-registered2.png``): an output
+    name that fits but whose registered names do not failed with "File name too long" only after
+    the fusion, the fused image written. Now refused before the work, naming the longest."""
+    import bafusion.fusion.rule
+
+    pa, pb = _write_pair(tmp_path, scene)
+    stem = "r" * (256 - len("-registered2.png"))  # -registered2.png: 256 bytes
+    out, reg = tmp_path / f"{stem}.png", tmp_path / "reg"
+    fused = []
+    monkeypatch.setattr(bafusion.fusion.rule, "fuse_stack", lambda *a, **k: fused.append(1))
+    rc = cli_main(["fuse", str(pa), str(pb), "-o", str(out), "--model", str(model_dir),
+                   "--save-registered", str(reg), "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and not fused and not out.exists(), err
+    assert (f"bafusion fuse: error: {reg / (stem + '-registered2.png')}: the registered source's name is 256 bytes, "
+            f"longer than the 255 a file name may have there; the registered sources are named after the output, "
+            f"{out.name}: give it a shorter name") in err, err
+
 def test_cli_fuse_writes_output_and_maps(tmp_path: Path, model_dir: Path, scene, capsys) -> None:
     pa, pb = _write_pair(tmp_path, scene)
     out = tmp_path / "f.png"

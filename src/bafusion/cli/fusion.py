@@ -484,9 +484,12 @@ def _registered_names(args: argparse.Namespace, out: Path, paths: list[Path]) ->
     if not args.save_registered:
         return []
     from bafusion.fusion.batch import registered_paths
-    from bafusion.preflight import check_not_input
+    from bafusion.preflight import check_name_length, check_not_input
 
     names = registered_paths(Path(args.save_registered), out.stem, len(paths))
+    # the longest name (the last): refused now, not after the fusion ("File name too long")
+    check_name_length(names[-1], "registered source",
+                      f"the registered sources are named after the output, {out.name}: give it a shorter name")
     for name in names:
         check_not_input(name, paths, "registered source")
         if name.exists() and name.is_dir():
