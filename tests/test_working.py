@@ -506,3 +506,36 @@ def test_own_load_keeps_a_loop_of_many_short_fusions(monkeypatch) -> None:
     expected = 4 * (1 - math.exp(-60 / th.LOAD_TIME_CONSTANT))  # 2.53
     assert math.isclose(th.own_load(), expected, rel_tol=1e-6), th.own_load()
     assert math.isclose(th.own_load(clock["wall"] + 60), expected * math.exp(-1), rel_tol=1e-6)
+
+
+def test_a_scale_skipped_for_the_pairs_size_is_noted_once(nets, tmp_path, capsys) -> None:
+    """A ``--scales`` factor at which the pair would fall under ``fuse.scale_min_side`` is skipped
+    (:func:`bafusion.fusion.score_multiscale`); that was silent at run time. It is a note now:
+    in the fusion's notes (a chain stack's once), and ``bafusion fuse`` prints it once."""
+    from PIL import Image
+
+    from bafusion.cli import main as cli_main
+    from bafusion.fusion import fuse_stack
+
+    params = FusionParams(scales=(1.0, 0.5), working_min=0)
+    rng = np.random.default_rng(3)
+    shots = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
+    for c, x in zip("ab", shots):
+        Image.fromarray(x).save(tmp_path / f"{c}.png")
+    capsys.readouterr()
+    assert cli_main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "f.png"),
+                     "--device", "cpu", "--scales", "1,0.5", "--working-min", "0"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: fuse.scales (--scales): scale 0.5 skipped for a 48x40 (WxH) pair") == 1, err
+    res = fuse_images(shots[0], shots[1], nets, params)
+    hits = [n for r in fuse_stack(shots, nets, params, ["a", "b", "c"]) for n in r.notes if "skipped" in n]
+    assert len(hits) == 1, hits
+
+    from bafusion.fusion.working import scales_note
+
+    assert [n for n in res.notes if "skipped" in n] == [scales_note((40, 48), params, 32)], res.notes
+    note = scales_note((300, 400), params, 32)  # 150 px short side at 0.5: under 256
+    assert note is not None and "0.5 skipped" in note and "400x300" in note and "256 px" in note, note
+    assert scales_note((600, 800), params, 32) is None  # 300 px at 0.5: used
+    assert scales_note((300, 400), FusionParams(working_min=0), 32) is None  # the default: one scale
+    assert scales_note((300, 400), FusionParams(scales=(1.0, 0.5), exact=True), 32) is None  # exact: one scale

@@ -54,6 +54,7 @@ from bafusion.fusion.working import (
     decide_working,
     patch_note,
     progress_bar,
+    scales_note,
     uses_upscale,
     uses_working,
 )
@@ -623,6 +624,8 @@ def _fuse_pair(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionPar
     t_pre["colour"] = time.perf_counter() - t0
     note = patch_note(ga.shape, params, nets.patch_initial, names) if note_patch else None
     notes += [note] if note else []
+    note = scales_note(ga.shape, params, nets.patch_initial) if note_patch else None  # a chain: once, by fuse_stack
+    notes += [note] if note else []
     with contextlib.ExitStack() as held:
         bar = None
         if uses_working(ga.shape, params):
@@ -723,6 +726,8 @@ def fuse_stack(
         cur = res.fused
     # one note for the stack (its steps all have its size), not one a step: "the 5 shots a.png to e.png"
     note = patch_note(images[0].shape, params, nets.patch_initial, names)
+    results[0].notes.extend([note] if note else [])
+    note = scales_note(images[0].shape, params, nets.patch_initial)
     results[0].notes.extend([note] if note else [])
     return results
 

@@ -77,7 +77,7 @@ from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import STACK_RULES, FusionParams
 from bafusion.fusion.rule import OUTPUT_EXPOSURE_OPTION, FusionResult, check_same_size, dtype_hint
 from bafusion.fusion.scoring import _logit, at_centre, boundary_steps, score, score_multiscale
-from bafusion.fusion.working import decision_size, patch_note, resize_gray
+from bafusion.fusion.working import decision_size, patch_note, resize_gray, scales_note
 from bafusion.io import gray_float, read_image, read_matte, resize, to_gray_u8, to_uint8
 
 #: Truth value of pixels where no shot is right or wrong (mixed or flat).
@@ -545,6 +545,8 @@ def fuse_stack_joint(
             notes += [note] if note else []
     t_pre["colour"] = time.perf_counter() - t0
     note = patch_note((h, w), params, nets.patch_initial, names)
+    notes += [note] if note else []
+    note = scales_note((h, w), params, nets.patch_initial)
     notes += [note] if note else []
     if params.noise_match:  # asked for, and not done: said, not silently dropped
         notes.append("fuse.noise_match (--noise-match) is not used by the joint stack rule: the shots were "

@@ -294,6 +294,46 @@ def patch_note(shape_hw: tuple[int, ...], params: "FusionParams", patch: int,
             "shot each pixel comes from is a guess, not a measure of focus")
 
 
+def scales_note(shape_hw: tuple[int, ...], params: "FusionParams", patch: int) -> str | None:
+    """A note naming the scales of ``params.scales`` that the multi-scale scoring skips for a
+    pair of this size, else None.
+
+    :func:`bafusion.fusion.score_multiscale` scores the pair at a scale below 1 only while the
+    downscaled pair, at the size it is decided at (:func:`decision_size`), keeps a short side of
+    at least ``params.scale_min_side`` (and the nets' ``patch``); a scale given and skipped was
+    silent. The text names no file, so that a batch says it once a size (it starts with
+    ``fuse.``, as the notes on settings do).
+
+    Parameters
+    ----------
+    shape_hw : tuple of int
+        (H, W, ...) of the sources.
+    params : FusionParams
+        The fusion's parameters: ``scales``, ``scale_min_side``, ``exact`` (one scale) and
+        those of :func:`decision_size`.
+    patch : int
+        The initial net's patch side.
+
+    Returns
+    -------
+    str or None
+        The note, or None when every scale is used (or only the full one is given).
+    """
+    if params.exact:
+        return None
+    h, w = shape_hw[:2]
+    dh, dw = decision_size(shape_hw, params) or (h, w)
+    side = max(patch, params.scale_min_side)
+    skipped = [s for s in params.scales if s < 1.0 and min(max(1, round(dh * s)), max(1, round(dw * s))) < side]
+    if not skipped:
+        return None
+    at = f"{w}x{h}" + ("" if (dh, dw) == (h, w) else f", decided at {dw}x{dh}")
+    listed = ", ".join(f"{s:g}" for s in skipped)
+    return (f"fuse.scales (--scales): scale{'s' if len(skipped) > 1 else ''} {listed} skipped for a {at} (WxH) pair: "
+            f"there its short side would be under fuse.scale_min_side ({side} px), so the initial net judged it "
+            f"at the other scales only")
+
+
 def resize_gray(g: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """A gray source resized to the size it is decided at: Lanczos (antialiased when
     shrinking) in float, clipped to [0, 255], float32."""
@@ -610,6 +650,7 @@ __all__ = [
     "BAND_TILE",
     "MAX_UPSCALE",
     "patch_note",
+    "scales_note",
     "PROGRESS_MIN_PIXELS",
     "boundary_band",
     "decide_upscaled",
