@@ -358,3 +358,75 @@ def test_on_windows_a_tilde_word_in_params_and_data_sources_is_not_a_home_folder
         check_init_files({"train": {"init": "~m.pt"}})  # found here, not in C:\Users
         assert home_path(Path("~/x")) == f"{home}/x"
     assert count == 1
+
+
+def test_the_output_suffixes_taken_are_named_in_the_help(capsys) -> None:
+    """``fuse-dir --ext jpeg`` and ``tiff`` (and fuse's ``-o x.jpeg``) work, but the help named
+    only png, tif, bmp, jpg and webp."""
+    from bafusion.preflight import IMAGE_OUTPUT_SUFFIXES
+
+    args = _parse(["fuse-dir", "in", "out", "--ext", "jpeg"])
+    assert args.ext == "jpeg"
+    ext_help = next(a.help for a in _subparser("fuse-dir")._actions if "--ext" in a.option_strings)
+    out_help = next(a.help for a in _subparser("fuse")._actions if "--output" in a.option_strings)
+    for suffix in IMAGE_OUTPUT_SUFFIXES:
+        assert f" {suffix[1:]}" in ext_help.replace("(", " ").replace("/", " "), (suffix, ext_help)
+        assert suffix in out_help, (suffix, out_help)
+
+
+def _subparser(cmd: str) -> argparse.ArgumentParser:
+    subs = next(a for a in build_parser(cmd)._actions if isinstance(a, argparse._SubParsersAction))
+    return subs.choices[cmd]
+
+
+@pytest.mark.parametrize("cmd", ["fuse", "fuse-set", "fuse-dir"])
+def test_the_device_and_threads_help_name_params_json_which_sets_them(cmd: str, tmp_path) -> None:
+    """--device's and --threads' help named only --params-file's fuse.device and fuse.threads as
+    their default, though --params-json's 'fuse' object sets them too (and overrides the file's)."""
+    from bafusion.cli.fusion import params_from_args
+
+    (tmp_path / "p.yaml").write_text("fuse:\n  device: cuda\n  threads: 3\n")
+    args = _parse([*BASE[cmd], *([] if cmd == "fuse-dir" else ["-o", "o"]), "--params-file", str(tmp_path / "p.yaml"),
+                   "--params-json", '{"device": "cpu", "threads": 2}'])
+    _, other = params_from_args(args)
+    assert (other["device"], other["threads"]) == ("cpu", 2)
+    helps = {a.dest: a.help for a in _subparser(cmd)._actions}
+    assert "default: --params-json's, else --params-file's fuse.device" in helps["device"], helps["device"]
+    assert "default: --params-json's, else --params-file's fuse.threads" in helps["threads"], helps["threads"]
+
+
+def test_an_unsure_region_at_or_below_min_region_is_noted(capsys) -> None:
+    """``--unsure-region`` takes the regions from ``--min-region`` up to it: at or below
+    ``--min-region`` it changes nothing (bafusion.fusion.rule.clean_decision), and said nothing."""
+    from bafusion.cli.fusion import params_from_args
+
+    params_from_args(_parse(["fuse", "a.png", "b.png", "-o", "f.png", "--unsure-region", "0.01"]))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "note: --unsure-region 0.01 changes nothing: it is at or below fuse.min_region (0.01)" in err, err
+    params_from_args(_parse(["fuse-dir", "in", "out", "--unsure-region", "0.03", "--min-region", "0.05"]))
+    assert "--unsure-region 0.03 changes nothing: it is at or below --min-region (0.05)" in capsys.readouterr().err
+    for given in (["--unsure-region", "0.03"], ["--unsure-region", "0"], []):
+        params_from_args(_parse(["fuse", "a.png", "b.png", "-o", "f.png", *given]))
+        assert "unsure" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cmd", ["fuse", "fuse-set", "fuse-dir"])
+def test_every_fuse_key_is_a_flag_or_named_in_the_help_with_the_way_to_set_it(cmd: str) -> None:
+    """fuse.scale_confidence, scale_min_side, max_tile and batch_size have no flag, and the help
+    did not say how to set them: its fusion group names them, with --params-json, which sets them."""
+    import dataclasses
+
+    from bafusion.cli.fusion import params_from_args
+    from bafusion.fusion.params import FusionParams
+
+    parser = _subparser(cmd)
+    group = next(g for g in parser._action_groups if g.title.startswith("fusion parameters"))
+    dests = {a.dest for a in parser._actions}
+    unflagged = [f.name for f in dataclasses.fields(FusionParams) if f.name not in dests]
+    assert unflagged, "every key has a flag: drop the group's description"
+    for key in unflagged:
+        assert f"fuse.{key}" in (group.description or ""), (key, group.description)
+    assert "--params-json" in group.description
+    params, _ = params_from_args(_parse([*BASE[cmd], *([] if cmd == "fuse-dir" else ["-o", "o"]),
+                                         "--params-json", '{"max_tile": 512, "scale_min_side": 128}']))
+    assert (params.max_tile, params.scale_min_side) == (512, 128)

@@ -544,3 +544,21 @@ def test_the_version_has_its_changelog_entry() -> None:
     assert __version__ != "0.1.0"
     r = subprocess.run([sys.executable, "-m", "bafusion", "--version"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and __version__ in r.stdout + r.stderr, (r.stdout, r.stderr)
+
+
+def test_initial_without_boundary_is_refused_before_torch(tmp_path: Path) -> None:
+    """``--initial`` without ``--boundary`` (and the files beside ``--model``) were refused by
+    the nets' loading, after torch's import (seconds); fuse, fuse-dir and fuse-set refuse them
+    with the other mistakes of the command line now."""
+    from PIL import Image
+
+    for c in "ab":
+        Image.new("RGB", (32, 24)).save(tmp_path / f"p-{c.upper()}.png")
+    (tmp_path / "init.pt").write_bytes(b"x")
+    shots = [str(tmp_path / "p-A.png"), str(tmp_path / "p-B.png")]
+    for argv in (["fuse", *shots, "-o", str(tmp_path / "f.png"), "--initial", str(tmp_path / "init.pt")],
+                 ["fuse-dir", str(tmp_path), str(tmp_path / "out"), "--boundary", str(tmp_path / "init.pt")],
+                 ["fuse-set", "--pairs", str(tmp_path), "-o", str(tmp_path / "out"), "--initial", str(tmp_path / "init.pt")]):
+        p = _main_in_a_fresh_process([*argv, "--device", "cpu"])
+        assert "--initial and --boundary go together" in p.stderr, (argv, p.stderr)
+        assert p.stdout.split() == ["2", "False"], (argv, p.stdout, p.stderr)

@@ -242,6 +242,18 @@ def _model_option(args: argparse.Namespace) -> str:
     return typed or ("--models" if "models" in vars(args) else "--model")
 
 
+def check_net_options(args: argparse.Namespace, folder: str | None) -> None:
+    """Refuse ``--initial`` without ``--boundary`` (or the reverse), and the net files given with
+    a model ``folder``, from the command line alone: the fusion commands call it before torch is
+    imported (:func:`nets_from_args`, which checks it again, runs after that import's seconds)."""
+    if args.initial or args.boundary:
+        if not (args.initial and args.boundary):
+            raise UserError("--initial and --boundary go together")
+        if folder is not None:
+            raise UserError(f"--initial/--boundary and {_model_option(args)} {folder} both name the nets: give the two net "
+                            f"files or the model folder, not both")
+
+
 def nets_from_args(args: argparse.Namespace, device: str, folder: str | None) -> FusionNets:
     """The nets named by ``--initial`` and ``--boundary`` (both or neither), else those of the
     model ``folder`` (``--model``/``--models``; None: the default places); a file given as
@@ -249,12 +261,8 @@ def nets_from_args(args: argparse.Namespace, device: str, folder: str | None) ->
     won, and the folder was not even looked at)."""
     from bafusion.fusion.models import _load_files
 
+    check_net_options(args, folder)
     if args.initial or args.boundary:
-        if not (args.initial and args.boundary):
-            raise UserError("--initial and --boundary go together")
-        if folder is not None:
-            raise UserError(f"--initial/--boundary and {_model_option(args)} {folder} both name the nets: give the two net "
-                            f"files or the model folder, not both")
         return _load_files(args.initial, args.boundary, device, "cli")  # worded for the command line
     try:
         return _load_saying_the_shipped_model(args, folder, device)

@@ -9,11 +9,11 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from bafusion.cli.common import ModelOption, add_threads_argument, check_distinct_sources, finite_float, home_path, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread
+from bafusion.cli.common import ModelOption, add_threads_argument, check_distinct_sources, check_net_options, finite_float, home_path, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread
 from bafusion.errors import InputFileError, UserError, json_loads
 from bafusion.fusion.batch import (EXIT_NONE_FUSED, EXIT_SKIPPED, STEP_LINES_MIN_PIXELS, check_output_folder,
                                    check_replaced, escape_controls, find_groups, fuse_dir, skip_lines)
@@ -36,9 +36,16 @@ from bafusion.schema import allowed, default, maximum
 # --------------------------------------------------------------------------------------
 
 
+#: Where the options outside the fuse flags (--device, --threads, --alpha, --diff-cmap) take their
+#: default from: :func:`params_from_args` reads them from the 'fuse' section as --params-json
+#: overrides --params-file's, as the flags' defaults.
+_FROM_PARAMS = "--params-json's, else --params-file's"
+
+
 def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help: str | None = None) -> None:
     d = FusionParams()
-    g = p.add_argument_group("fusion parameters (defaults: --params-file section 'fuse', else built in)")
+    g = p.add_argument_group("fusion parameters (defaults: --params-json, else --params-file section 'fuse', else "
+                             "built in)")
     g.add_argument("--l", type=int, default=None, help="Eq. 1 window half-size, px at the resolution the pair is decided at (the working or "
                    f"upscaled one where --working-side or --working-min apply) (default {d.l})")
     g.add_argument("--low", type=float, default=None, help=f"Eq. 2 lower bound; --stack-rule joint uses 1 - --high (default {d.low})")
@@ -151,21 +158,29 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
                    help="YAML file whose 'fuse' section sets the defaults (params.yaml)")
     g.add_argument("--params-json", type=nonempty_json, default=None,
                    help="JSON object of fusion parameters (the 'fuse' section; overrides --params-file)")
+    # the fuse keys with no flag (tuning: the dense pass's tiles, the exact batches, the scales' finer
+    # settings): named, with the way to set them, so that the help says every key can be set
+    dests = {a.dest for a in p._actions}
+    unflagged = [f.name for f in fields(FusionParams) if f.name not in dests]
+    if unflagged:
+        example = unflagged[0]
+        g.description = (f"{', '.join(f'fuse.{k}' for k in unflagged)}: no flag; set them with --params-json "
+                         f"(e.g. --params-json '{{\"{example}\": {getattr(d, example)!r}}}') or --params-file")
     p.add_argument("--device", type=nonempty_text, default=None,
-                   help=f"auto, cpu, cuda, cuda:N or mps (default: --params-file's fuse.device, else {default('fuse.device')})")
-    add_threads_argument(p, "CPU threads for torch and for the gray conversions, filters and band tiles run side by side", "--params-file's fuse.threads, else torch's, lowered to the "
+                   help=f"auto, cpu, cuda, cuda:N or mps (default: {_FROM_PARAMS} fuse.device, else {default('fuse.device')})")
+    add_threads_argument(p, "CPU threads for torch and for the gray conversions, filters and band tiles run side by side", f"{_FROM_PARAMS} fuse.threads, else torch's, lowered to the "
                          "cores the load average leaves free and the whole CPUs of a cgroup CPU quota, at least 1")
     if maps:  # the difference maps' gain: only for commands that write maps (not fuse-dir)
         p.add_argument("--alpha", type=finite_float(), default=None,  # inf: NaN maps; 0 and below: refused later
                        help=f"difference-map gain alpha*|B-F|, more than 0 and at most {maximum('fuse.alpha'):g}, of the "
                             "maps written (bafusion fuse: with --save-maps, and not for --stack-rule joint's maps, "
-                            f"which hold no difference map) (default: --params-file's fuse.alpha, else "
+                            f"which hold no difference map) (default: {_FROM_PARAMS} fuse.alpha, else "
                             f"{default('fuse.alpha'):g})")
         p.add_argument("--diff-cmap", type=nonempty_text, default=None, metavar="NAME",
                        help="matplotlib colour map of the pseudo-colour difference map (<stem>-diff-colour.png; "
                             "bafusion fuse: with --save-maps, as --alpha): "
                             "magma, viridis, cividis, gray, ...; jet = the paper's "
-                            f"(default: --params-file's fuse.diff_cmap, else {default('fuse.diff_cmap')})")
+                            f"(default: {_FROM_PARAMS} fuse.diff_cmap, else {default('fuse.diff_cmap')})")
     p.add_argument("--no-progress", "--quiet", dest="progress", action="store_const", const=False, default=None,
                    help=progress_help or "no progress bar (default: a bar on stderr for camera-size pairs when it "
                         "is a terminal; bafusion fuse also names each step there, and in a log for 4 megapixels "
@@ -303,6 +318,14 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
             print(f"bafusion {getattr(args, 'command', None) or 'fuse'}: note: {', '.join(unused)} "
                   f"change{'s' if len(unused) == 1 else ''} nothing with {refine_from}: the boundary net is not "
                   "run (the initial net's map alone)", file=sys.stderr)
+    if 0 < fusion.unsure_region <= fusion.min_region:  # remove_unsure_regions' range is empty (rule.clean_decision)
+        src = _origins(args, flags, ("unsure_region", "min_region"))
+        named = {k: (f"--{k.replace('_', '-')}" if v.startswith("--") and v != "--params-json" else f"fuse.{k}")
+                 for k, v in src.items()}
+        print(f"bafusion {getattr(args, 'command', None) or 'fuse'}: note: {named['unsure_region']} "
+              f"{fusion.unsure_region:g} changes nothing: it is at or below {named['min_region']} "
+              f"({fusion.min_region:g}), and the confidence-aware removal takes the regions from that size up to "
+              "it (give it more than the small-region area, or 0 for off)", file=sys.stderr)
     return fusion, other
 
 
@@ -334,6 +357,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
 
     t_start = time.perf_counter()
     params, other = params_from_args(args)
+    check_net_options(args, args.model)  # before torch's import, as the other mistakes of the command line
     args.fusion_params = params  # for the out-of-memory line's estimate (cli.app)
     out = Path(args.output)  # its suffix and a folder in its place: refused by preflight.check_command
     _check_quality(out, args.quality)
@@ -625,6 +649,7 @@ def _cmd_fuse_set(args: argparse.Namespace) -> int:
     from bafusion.fusion.testset import check_map_names, check_pair_files, check_report_path, fuse_set, read_pair_index
 
     params, other = params_from_args(args)
+    check_net_options(args, args.models)  # before torch's import
     if args.stack_rule is not None:  # (a params file's fuse.stack_rule: the pipeline's, for fuse-dir and fuse)
         print(f"bafusion fuse-set: note: --stack-rule {args.stack_rule} changes nothing: fuse-set fuses pairs, and "
               "the stack rule is for three or more shots", file=sys.stderr)
@@ -689,11 +714,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", type=home_path, help="source images (same size; with --align a shot of another size is "
                    "registered onto the first), A B [C ...]")
     p.add_argument("-o", "--output", "--out", dest="output", type=nonempty_path, required=True,
-                   help="fused image (.png, .tif, .bmp, .jpg, .webp: lossless unless --quality); an existing file "
+                   help="fused image (.png, .tif/.tiff, .bmp, .jpg/.jpeg, .webp: lossless unless --quality); an existing file "
                    "that is not a source is replaced (atomically), a source is refused")
     p.add_argument("--quality", type=int, default=None, metavar="Q",
-                   help="lossy quality 1-100 of a .jpg (default 95) or .webp output (default: lossless, the fused "
-                   "pixels exactly); refused for .png, .tif and .bmp, which are lossless")
+                   help="lossy quality 1-100 of a .jpg/.jpeg (default 95) or .webp output (default: lossless, the fused "
+                   "pixels exactly); refused for .png, .tif/.tiff and .bmp, which are lossless")
     p.add_argument("--model", "--models", dest="model", action=ModelOption, type=nonempty_path, default=None, metavar="DIR",
                    help=MODEL_HELP)
     p.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --model)")
@@ -743,6 +768,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     params, other = params_from_args(args)
+    check_net_options(args, args.model)  # before torch's import
     src, out = Path(args.input), Path(args.output)
     if not src.is_dir():
         raise UserError(f"{src}: not a folder")
@@ -756,7 +782,7 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
         from bafusion.preflight import read_not_written
 
         why = read_not_written(f".{ext}", "bafusion fuse-dir") if ext else None
-        raise UserError(f"--ext {args.ext}: {why + ': ' if why else ''}use png, tif, bmp, jpg or webp")
+        raise UserError(f"--ext {args.ext}: {why + ': ' if why else ''}use png, tif (tiff), bmp, jpg (jpeg) or webp")
     why = output_format_problem(f"x.{ext}")  # a Pillow without WebP: before any work
     if why:
         raise UserError(f"--ext {args.ext}: {why}")
@@ -879,11 +905,11 @@ def _register_fuse_dir(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("input", metavar="IN", type=nonempty_path, help="folder of shots")  # '' is not '.'
     p.add_argument("output", metavar="OUT", type=nonempty_path, help="output folder")
-    p.add_argument("--ext", default="png", help="output format: png (default), tif, bmp, jpg or webp (lossless "
-                   "unless --quality)")
+    p.add_argument("--ext", default="png", help="output format: png (default), tif (or tiff), bmp, jpg (or jpeg) or webp "
+                   "(lossless unless --quality)")
     p.add_argument("--quality", type=int, default=None, metavar="Q",
-                   help="lossy quality 1-100 of jpg (default 95) or webp outputs (default: lossless); refused for "
-                   "png, tif and bmp")
+                   help="lossy quality 1-100 of jpg/jpeg (default 95) or webp outputs (default: lossless); refused for "
+                   "png, tif/tiff and bmp")
     p.add_argument("--model", "--models", dest="model", action=ModelOption, type=nonempty_path, default=None, metavar="DIR",
                    help=MODEL_HELP)
     p.add_argument("--initial", type=nonempty_path, default=None, help="initial-net file (instead of --model)")
