@@ -3260,3 +3260,23 @@ def test_fuse_dir_skips_a_stack_whose_output_name_is_too_long_and_fuses_the_othe
     err = capsys.readouterr().err
     assert rc == batch.EXIT_NONE_FUSED, err
     assert "-registered2.png: the output's name is 265 bytes" in err and not out2.exists()
+
+
+
+def test_the_folder_an_earlier_out_lies_in_is_no_stack_for_another_out(tmp_path: Path) -> None:
+    """After ``fuse-dir IN IN/a/b``, ``fuse-dir IN OUT2`` read IN/a (which holds only the earlier
+    run's output folder) as a stack of no shots: "skipped IN/a: stack 'a' has only 0 shot(s)",
+    exit 3. A sub-folder without shots that holds an output folder (its record), at any depth,
+    is no stack; an empty one still is, as before."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for s in "AB":
+        Image.fromarray(np.full((8, 8), 9, np.uint8)).save(src / f"p-{s}.png")
+    for earlier in (src / "a" / "b", src / "c" / "d" / "e"):
+        earlier.mkdir(parents=True)
+        Image.fromarray(np.full((8, 8), 9, np.uint8)).save(earlier / "p.png")
+        (earlier / batch.OUTPUT_MARKER).write_text("{}")
+    (src / "empty").mkdir()
+    groups, skipped = batch.find_groups(src, exclude=tmp_path / "out2")
+    assert set(groups) == {"p"}, groups
+    assert [Path(f).name for f, _ in skipped] == ["empty"], skipped

@@ -645,6 +645,17 @@ def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str 
     return fused
 
 
+def _holds_output_folder(folder: Path) -> bool:
+    """Whether a folder below ``folder`` (at any depth, hidden ones left out) holds
+    :data:`OUTPUT_MARKER`: an earlier run's output folder nested in it (``fuse-dir IN IN/a/b``
+    leaves IN/a holding only IN/a/b), which makes ``folder`` no stack of 0 shots."""
+    for root, dirs, _ in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if root != str(folder) and os.path.isfile(os.path.join(root, OUTPUT_MARKER)):
+            return True
+    return False
+
+
 def find_groups(folder: Path, exclude: Path | None = None,
                 notes: list[tuple[str, list[Path], str | None]] | None = None,
                 ) -> tuple[dict[str, list[Path]], list[tuple[str, str]]]:
@@ -704,6 +715,8 @@ def find_groups(folder: Path, exclude: Path | None = None,
                            and q.suffix.lower() in suffixes)
             if not shots and excluded is not None and p.resolve() in excluded.parents:
                 continue  # the folder OUT lies in (fuse-dir IN IN/a/b): no stack (it was one of 0 shots, exit 3)
+            if not shots and _holds_output_folder(p):
+                continue  # the folder an earlier run's OUT lies in (IN/a of fuse-dir IN IN/a/b), for another OUT
             groups[p.name] = [(q.name, q) for q in shots]
             for q in sorted(p.iterdir()):  # an image whose extension was lost: said, not passed over
                 why = None if q.name.startswith(".") else _image_without_suffix(q)
