@@ -17,7 +17,7 @@ the sources differ. The coarse estimate of each moved pair is recorded too. PSNR
 truth is in the CSV only: the truth lies in A's frame, so unaligned B pixels cost PSNR at any
 motion by construction, and it says nothing about when aligning pays.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_motion_hint.py --part estimate [--data ../shared/data] [--fuse-time lytro-05]
+    OMP_NUM_THREADS=1 python benchmarks/bench_motion_hint.py --part estimate [--data ../shared/data] [--fuse-time lytro-05] [--max-pairs 2]
     OMP_NUM_THREADS=1 python benchmarks/bench_motion_hint.py --part fuse [--pairs 6] [--motions 0 1 2 3 4 6]
     OMP_NUM_THREADS=1 python benchmarks/bench_motion_hint.py --part auto [--pairs 10] [--kinds misregistration all]
     python benchmarks/bench_motion_hint.py --part figure [--figure-pair savic-08]
@@ -99,11 +99,18 @@ def camera_size(pairs: tuple[str, ...] = ("lytro-05", "lytro-01", "lytro-13")) -
               f"hint: {'yes' if hint else 'no'} ({time.perf_counter() - t:.2f} s for both)")
 
 
-def part_estimate(data: Path, out: Path, fuse_pair: str | None = None) -> None:
+def part_estimate(data: Path, out: Path, fuse_pair: str | None = None, max_pairs: int = 0) -> None:
     from bench_scene import pairs
 
     rows = []
-    for name, fa, fb in pairs(data / "eval"):
+    found = pairs(data / "eval")
+    if max_pairs:  # a quick check: the first pairs of every set (lytro, classic, real), no camera-size pair
+        kept: dict[str, int] = {}
+        for name, *_ in found:
+            kept[name.split("/")[0]] = kept.get(name.split("/")[0], 0) + 1
+            kept[name] = kept[name.split("/")[0]]  # its place in its set
+        found = [p for p in found if kept[p[0]] <= max_pairs]
+    for name, fa, fb in found:
         a, b = read_images([fa, fb])
         t = time.perf_counter()
         full = corner_rms(estimate_transform(a, b, "similarity"), a.shape)
@@ -125,17 +132,22 @@ def part_estimate(data: Path, out: Path, fuse_pair: str | None = None) -> None:
     print(f"hint time: median {np.median([r['hint_s'] for r in rows]):.3f} s, max {max(r['hint_s'] for r in rows):.3f} s")
     if fuse_pair:
         fuse_time(rows, data, fuse_pair)
-    camera_size()
+    if max_pairs:
+        print(f"--max-pairs {max_pairs}: the first {max_pairs} pair(s) of each set; the camera-size check not run")
+    else:
+        camera_size()
     print("Settings: long side / iterations / samples / tolerance; max abs diff against the registration of the full shots "
           "(Full), g09-newspaper left out (its full registration fails: 59 px, see hints).")
     print("| set | pairs | full (min / median / max px, median s) | " + " | ".join(f"{s}/{i}/{n}/{t:g}: max abs diff px, median s" for s, i, n, t in SETTINGS) + " |")
     for group in ("lytro", "classic", "real/savic", "real/tsai", "real/stand", ""):
         sel = [r for r in rows if r["pair"].startswith(group)]
+        if not sel:  # (--max-pairs: a set may have none of the pairs kept)
+            continue
         f = [r["full"] for r in sel]
         cells = [f"{np.min(f):.2f} / {np.median(f):.2f} / {np.max(f):.2f}, {np.median([r['full_s'] for r in sel]):.3f} s"]
         for s, i, n, tol in SETTINGS:
             key = f"{s}/{i}/{n}/{tol:g}"
-            d = [abs(r[key] - r["full"]) for r in sel if "newspaper" not in r["pair"]]
+            d = [abs(r[key] - r["full"]) for r in sel if "newspaper" not in r["pair"]] or [float("nan")]
             cells.append(f"{max(d):.2f}, {np.median([r[key + '_s'] for r in sel]):.3f} s")
         print(f"| {group or 'all'} | {len(sel)} | " + " | ".join(cells) + " |")
 
@@ -374,6 +386,9 @@ def main() -> int:
     ap.add_argument("--kinds", nargs="+", default=["misregistration", "all"], help="held-out kinds of --part auto")
     ap.add_argument("--data", default=os.environ.get("BAFUSION_SHARED_DATA", str(REPO.parent / "shared" / "data")))
     ap.add_argument("--pairs", type=int, default=6)
+    ap.add_argument("--max-pairs", type=int, default=0, metavar="N",
+                    help="--part estimate: only the first N pairs of each set (lytro, classic, real) and no "
+                    "camera-size check, a quick run; 0 = every pair (default)")
     ap.add_argument("--fuse-time", default="lytro-05", help="pair whose fusion is timed against the hint ('' none)")
     ap.add_argument("--motions", type=float, nargs="+", default=[0, 1, 2, 3, 4, 6])
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out"))
@@ -383,7 +398,7 @@ def main() -> int:
         if not (Path(args.data) / "eval").is_dir():
             print(f"{args.data}/eval: not found", file=sys.stderr)
             return 2
-        part_estimate(Path(args.data), out, args.fuse_time)
+        part_estimate(Path(args.data), out, args.fuse_time, args.max_pairs)
     elif args.part == "fuse":
         part_fuse(args, out)
     elif args.part == "auto":

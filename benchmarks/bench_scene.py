@@ -1,7 +1,10 @@
 """Measure the one-scene check (:mod:`bafusion.fusion.scene`) on the real pairs of shared/data/eval (none
 may be refused) and on mismatched pairs of the same size (all should be); writes a CSV.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_scene.py [--data ../shared/data] [--out benchmarks/out/scene.csv]
+    OMP_NUM_THREADS=1 python benchmarks/bench_scene.py [--data DATA] [--out CSV]
+
+The defaults are the repository's: ../shared/data beside it ($BAFUSION_SHARED_DATA if set) and
+benchmarks/out/scene.csv in it, from any working folder.
 """
 
 from __future__ import annotations
@@ -31,14 +34,25 @@ def pairs(root: Path) -> list[tuple[str, Path, Path]]:
     return out
 
 
+#: The repository: the defaults are found from it, not from the working folder.
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; its defaults relative to the repository (the shared data beside it)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=os.environ.get("BAFUSION_SHARED_DATA", str(REPO.parent / "shared" / "data")),
+                    help="shared data folder holding eval/ (default: $BAFUSION_SHARED_DATA, else ../shared/data "
+                    "beside the repository)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "scene.csv"), help="CSV written")
+    return ap
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=os.environ.get("BAFUSION_SHARED_DATA", "../shared/data"))
-    ap.add_argument("--out", default="benchmarks/out/scene.csv")
-    args = ap.parse_args()
+    args = build_parser().parse_args()
     root = Path(args.data) / "eval"
     if not root.is_dir():
-        print(f"{root}: not found", file=sys.stderr)
+        print(f"{root}: not found (give --data, or set BAFUSION_SHARED_DATA)", file=sys.stderr)
         return 2
     ps = pairs(root)
     imgs = {name: read_images([a, b]) for name, a, b in ps}

@@ -517,3 +517,24 @@ def test_align_auto_says_the_same_of_a_still_shot_that_is_not_resampled(tmp_path
     assert line.endswith("not resampled (its motion is below the tolerance)"), line
     assert "kept as it is" not in err, err
     assert "aligned all the same" not in err, err
+
+
+def test_bench_scene_defaults_are_the_repositorys_from_any_working_folder(tmp_path, monkeypatch) -> None:
+    """benchmarks/bench_scene.py's --data and --out defaults were ../shared/data and
+    benchmarks/out/scene.csv of the working folder (run from elsewhere: "eval: not found", or a
+    CSV written anywhere); they are found from the repository now (bench_motion_hint's
+    --part estimate reads its pairs through it)."""
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    bench = str(repo / "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        import bench_scene
+    finally:
+        sys.path.remove(bench)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BAFUSION_SHARED_DATA", raising=False)
+    args = bench_scene.build_parser().parse_args([])
+    assert Path(args.data) == repo.parent / "shared" / "data", args.data
+    assert Path(args.out) == repo / "benchmarks" / "out" / "scene.csv", args.out
