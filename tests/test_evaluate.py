@@ -2509,6 +2509,19 @@ def test_a_command_line_dataset_named_as_the_provenance_key_names_the_option(
     assert "evaluate.datasets[0]" not in err and not (tmp_path / "ev").exists()
 
 
+@pytest.mark.parametrize("name", [".hidden", "a/b"])
+def test_a_command_line_dataset_name_the_schema_refuses_names_the_option(
+        tmp_path: Path, capsys: pytest.CaptureFixture, name: str) -> None:
+    """``--dataset .hidden=PAIRS`` (or ``a/b=PAIRS``) was refused as ``command line:
+    evaluate.datasets[0].name: ...``, a setting the user never wrote (only the provenance name
+    named the option). The refusal names ``--dataset`` as given, before any work."""
+    src, _ = _write_set(tmp_path, ["p1"])
+    rc = cli_main(["evaluate", "--methods", "Laplacian", "--dataset", f"{name}={src}", "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--dataset {name}={src}: {name!r} is not a dataset name" in err, err
+    assert "evaluate.datasets[0]" not in err and not (tmp_path / "ev").exists()
+
+
 def test_lossless_webp_gif_and_tiff_references_are_counted_by_their_coding_not_their_suffix(tmp_path: Path) -> None:
     """lossless_references took PNG, TIFF and BMP only, by suffix: a peer's lossless WebP or GIF
     results, measured as stored beside our JPEG-re-encoded output, raised no "not like for like".

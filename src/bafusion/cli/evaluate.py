@@ -106,6 +106,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if name == EVALUATE_PROVENANCE:  # parse_config's refusal named evaluate.datasets[0], never written
             raise UserError(f"--dataset {args.dataset}: dataset name {name!r} is taken (metrics.json records under it "
                             "what made the output): name the dataset otherwise")
+        _check_dataset_name(args.dataset, name)
         # typed on the command line: from the working folder, as every other path option (they
         # were taken from --root, the project root, so `--dataset mine=mine,REF` in a sub-folder
         # looked for <project>/REF); the parameters' dataset paths stay the project root's
@@ -223,6 +224,20 @@ def _option_list(option: str, value: str) -> list[str]:
         if m in items[:i]:
             raise UserError(f"{option} {value}: {m!r} given twice: name each once")
     return items
+
+
+def _check_dataset_name(given: str, name: str) -> None:
+    """The NAME of ``--dataset NAME=...`` checked as the schema's ``evaluate.datasets.name``
+    (no ``/``, not starting with ``.``), refused naming ``--dataset`` as given: parse_config
+    refused it as ``command line: evaluate.datasets[0].name: ...``, a setting the user never wrote."""
+    import re
+
+    from bafusion.schema import _node
+
+    node = _node("evaluate.datasets.name")
+    if not re.search(str(node["pattern"]), name):
+        raise UserError(f"--dataset {given}: {name!r} is not {node.get('x-rule', 'a dataset name')}: name the dataset "
+                        "otherwise")
 
 
 def _typed_path(path: str) -> str:
