@@ -1262,3 +1262,31 @@ def test_the_evaluate_listing_has_the_permission_bits_of_a_plain_file(tmp_path: 
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     listing = project / "data" / "evaluate-inputs.json"
     assert stat.S_IMODE(listing.stat().st_mode) == 0o644, oct(listing.stat().st_mode)
+
+
+def test_the_evaluate_listing_lists_only_what_evaluate_reads(tmp_path: Path) -> None:
+    """data/evaluate-inputs.json listed every file of a dataset's folders: a pair not matching its
+    `pattern` and a method folder not among its `reference_methods` (files evaluate never reads)
+    changed the listing, and evaluate reran for them. It lists the pairs matching `pattern` and
+    the files of the methods compared; the other method folders by name only, where evaluate's
+    note names them (the default methods), else not at all."""
+    from PIL import Image
+
+    mine = tmp_path / "mine"
+    img = Image.new("RGB", (16, 16))
+    for f in ("pairs/p1-A.png", "pairs/p1-B.png", "pairs/P2-truth.png", "pairs/q1-A.png", "pairs/q1-B.png",
+              "pairs/notes.txt", "ref/Max/p1.png", "ref/Max/q1.png", "ref/Other/p1.png",
+              "six/NSCT/p1.png", "six/NSCT/q1.png", "six/Mine/p1.png"):
+        (mine / f).parent.mkdir(parents=True, exist_ok=True)
+        img.save(mine / f, format="PNG")
+    project = make_project(tmp_path / "p", {"evaluate": {"datasets": [
+        {"name": "chosen", "sources": str(mine / "pairs"), "reference": str(mine / "ref"), "reference_methods": ["Max"],
+         "pattern": "p*"},
+        {"name": "default", "sources": str(mine / "pairs"), "reference": str(mine / "six"), "pattern": "p*"}]}},
+        git=False)
+    p = run(["snakemake", "evaluate", "-n", "--cores", "1"], project, check=False)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    chosen, default = json.loads((project / "data" / "evaluate-inputs.json").read_text())["datasets"]
+    assert set(chosen["sources"]["files"]) == {"p1-A.png", "p1-B.png", "P2-truth.png"}, chosen
+    assert set(chosen["reference"]["files"]) == {"Max/p1.png"}, chosen
+    assert default["reference"]["files"] == {"Mine/": [], "NSCT/p1.png": default["reference"]["files"]["NSCT/p1.png"]}

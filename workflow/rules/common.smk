@@ -306,8 +306,10 @@ EVALUATE_INPUTS = "data/evaluate-inputs.json"
 def evaluate_inputs_listing(wildcards):
     """EVALUATE_INPUTS, an input of evaluate, rewritten here (when the DAG is built) whenever it
     would change: per configured dataset its folders as resolved and, for those no rule writes
-    (`sources`, the method folders of `reference`, `reference_metrics`), every file's name, size
-    and mtime. The command reads the folders from --params-json, so Snakemake saw only the
+    (`sources`, the method folders of `reference`, `reference_metrics`), the name, size and mtime
+    of every file evaluate reads (read_by_evaluate: the pairs matching `pattern`, the method
+    folders compared; the others by name where evaluate's note names them: every file of them
+    reran it). The command reads the folders from --params-json, so Snakemake saw only the
     parameters, and Table 1 stayed as it was on a new or replaced image (one's own method's
     results added to `reference`, a pair fixed in `sources`).
     The files themselves were the inputs before: under --rerun-triggers mtime (the DVC stages'
@@ -335,7 +337,9 @@ def evaluate_inputs_listing(wildcards):
         newest[0] = max(newest[0], st.st_mtime_ns)
         return st
 
-    def files(folder, depth):  # {name: [size, mtime_ns]} of the files (depth 1: of the sub-folders), dot-names out
+    def files(folder, depth, keep=lambda name: True, methods=None):
+        # {name: [size, mtime_ns]} of the files `keep` takes (depth 1: of the method folders; those not in
+        # `methods`, when given, by name only, [] for their files), dot-names out
         if stat(folder) is None:
             return None
         found = {}
@@ -347,13 +351,55 @@ def evaluate_inputs_listing(wildcards):
             if e.name.startswith("."):
                 continue
             if depth and e.is_dir():
-                for name, v in (files(e.path, depth - 1) or {}).items():
+                if methods is not None and e.name not in methods:
+                    found[f"{e.name}/"] = []  # evaluate reads only its name (its note on folders not compared)
+                    continue
+                for name, v in (files(e.path, depth - 1, keep) or {}).items():
                     found[f"{e.name}/{name}"] = v
-            elif not depth and e.is_file():
+            elif not depth and e.is_file() and keep(e.name):
                 st = stat(e.path)
                 if st is not None:
                     found[e.name] = [st.st_size, st.st_mtime_ns]
         return found
+
+    def noted(d):  # evaluate names the reference folders it does not compare (_unlisted_reference_folders)
+        from bafusion.evaluation.evaluate import REFERENCE_METHODS
+
+        chosen = tuple(str(m) for m in d.get("reference_methods") or ())
+        return not chosen or chosen[:len(REFERENCE_METHODS)] == REFERENCE_METHODS
+
+    def read_by_evaluate(d):
+        """(keep a source file, keep a reference file, the reference methods whose files are read
+        or None for all): what evaluate reads (bafusion.evaluation.evaluate.find_pairs and
+        read_method_results): the files of the pairs matching `pattern` (case-insensitively here,
+        a superset), every file with an index.json (the test set's names); the method folders of
+        `reference_methods` (by default the paper's six, and every folder with a reference_metrics
+        CSV, whose methods it does not read here); the other folders by name only, and only with
+        the default methods or chosen ones starting with the six (evaluate's note names them)."""
+        import fnmatch
+
+        from bafusion.evaluation.evaluate import REFERENCE_METHODS
+
+        pattern = str(d.get("pattern") or "*").casefold()
+        src = resolve(str(d["sources"])) if d.get("sources") else None
+        if pattern == "*" or (src is not None and os.path.isfile(os.path.join(src, "index.json"))):
+            keep_src = keep_ref = lambda name: True
+        else:
+            def stem(name):
+                return name.rsplit(".", 1)[0].casefold()
+
+            def keep_src(name):  # <pair>-A.<ext>, <pair>-truth.<ext>, ...; index.json (read when there)
+                return name == "index.json" or ("-" in stem(name) and fnmatch.fnmatchcase(stem(name).rsplit("-", 1)[0], pattern))
+
+            def keep_ref(name):  # <pair>.<ext>
+                return fnmatch.fnmatchcase(stem(name), pattern)
+        if d.get("reference_methods"):
+            methods = {str(m) for m in d["reference_methods"]}
+        elif d.get("reference_metrics"):
+            methods = None
+        else:
+            methods = set(REFERENCE_METHODS)
+        return keep_src, keep_ref, methods
 
     listing = []
     for d in (config.get("evaluate", {}) or {}).get("datasets") or []:
@@ -372,7 +418,14 @@ def evaluate_inputs_listing(wildcards):
                 st = stat(path)
                 item["file"] = None if st is None else [st.st_size, st.st_mtime_ns]
             else:
-                item["files"] = files(path, 1 if key == "reference" else 0)  # <REF>/<METHOD>/<pair>.<ext>
+                keep_src, keep_ref, methods = read_by_evaluate(d)
+                if key == "reference":  # <REF>/<METHOD>/<pair>.<ext>
+                    found = files(path, 1, keep_ref, methods)
+                    if found is not None and methods is not None and not noted(d):  # the other folders: not read at all
+                        found = {k: v for k, v in found.items() if not k.endswith("/")}
+                    item["files"] = found
+                else:
+                    item["files"] = files(path, 0, keep_src)
             entry[key] = item
         listing.append(entry)
     text = json.dumps({"datasets": listing}, indent=1, sort_keys=True) + "\n"
