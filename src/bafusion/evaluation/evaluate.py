@@ -1755,7 +1755,12 @@ LOSSLESS_SUFFIXES: frozenset[str] = frozenset({".png", ".apng", ".tif", ".tiff",
                                                 ".bw", ".pcx"})
 """Suffixes of reference results that may be lossless files (:func:`lossless_references`); a
 WebP is one when it is VP8L-coded, a TIFF when uncompressed or coded losslessly (:func:`stored_lossless`).
-JPEG, JPEG 2000 and AVIF files are taken as lossy (their lossless modes are not told apart)."""
+JPEG, JPEG 2000 and AVIF files are taken as lossy: their lossless modes cannot be told from the
+file's header. A lossless JPEG 2000 file's COD marker says the reversible 5/3 wavelet and its QCD
+no quantization, but so do a rate- or dB-limited one's (Pillow's ``quality_layers`` with its
+default reversible transform truncates the same 5/3 code stream: lossy, headers alike); a lossless
+AVIF is told by its AV1 frame header's quantizer, not by its boxes (and Pillow writes none: even
+``quality=100, subsampling="4:4:4"`` differs by up to 3 levels)."""
 
 
 def _webp_lossless(path: Path) -> bool:
@@ -1836,7 +1841,8 @@ def stored_lossless(path: str | os.PathLike[str]) -> bool:
     its RIFF chunks, not its name: ``.webp`` is either); a GIF, whose LZW coding is lossless (a
     colour result stored as GIF is limited to its palette of at most 256 colours, a loss of its
     own, but no JPEG-like loss: it is counted, as the gray results that GIF stores exactly).
-    JPEG, JPEG 2000 and AVIF files count as lossy.
+    JPEG, JPEG 2000 and AVIF files count as lossy (their lossless modes cannot be told from the
+    header: :data:`LOSSLESS_SUFFIXES`).
 
     Parameters
     ----------
