@@ -369,16 +369,14 @@ def evaluate_inputs_listing(wildcards):
         return not chosen or chosen[:len(REFERENCE_METHODS)] == REFERENCE_METHODS
 
     def read_by_evaluate(d):
-        """(keep a source file, keep a reference file, the reference methods whose files are read
-        or None for all): what evaluate reads (bafusion.evaluation.evaluate.find_pairs and
+        """(keep a source file, keep a reference file) and, compared(d), the reference methods whose
+        files are read (None: all): what evaluate reads (bafusion.evaluation.evaluate.find_pairs and
         read_method_results): the files of the pairs matching `pattern` (case-insensitively here,
         a superset), every file with an index.json (the test set's names); the method folders of
         `reference_methods` (by default the paper's six, and every folder with a reference_metrics
         CSV, whose methods it does not read here); the other folders by name only, and only with
         the default methods or chosen ones starting with the six (evaluate's note names them)."""
         import fnmatch
-
-        from bafusion.evaluation.evaluate import REFERENCE_METHODS
 
         pattern = str(d.get("pattern") or "*").casefold()
         src = resolve(str(d["sources"])) if d.get("sources") else None
@@ -393,13 +391,14 @@ def evaluate_inputs_listing(wildcards):
 
             def keep_ref(name):  # <pair>.<ext>
                 return fnmatch.fnmatchcase(stem(name), pattern)
+        return keep_src, keep_ref
+
+    def compared(d):  # the method folders whose files evaluate reads (None: every one)
+        from bafusion.evaluation.evaluate import REFERENCE_METHODS  # (1 s to import: only with a reference)
+
         if d.get("reference_methods"):
-            methods = {str(m) for m in d["reference_methods"]}
-        elif d.get("reference_metrics"):
-            methods = None
-        else:
-            methods = set(REFERENCE_METHODS)
-        return keep_src, keep_ref, methods
+            return {str(m) for m in d["reference_methods"]}
+        return None if d.get("reference_metrics") else set(REFERENCE_METHODS)
 
     listing = []
     for d in (config.get("evaluate", {}) or {}).get("datasets") or []:
@@ -418,8 +417,9 @@ def evaluate_inputs_listing(wildcards):
                 st = stat(path)
                 item["file"] = None if st is None else [st.st_size, st.st_mtime_ns]
             else:
-                keep_src, keep_ref, methods = read_by_evaluate(d)
+                keep_src, keep_ref = read_by_evaluate(d)
                 if key == "reference":  # <REF>/<METHOD>/<pair>.<ext>
+                    methods = compared(d)
                     found = files(path, 1, keep_ref, methods)
                     if found is not None and methods is not None and not noted(d):  # the other folders: not read at all
                         found = {k: v for k, v in found.items() if not k.endswith("/")}
