@@ -1287,6 +1287,57 @@ def test_the_evaluate_listing_lists_only_what_evaluate_reads(tmp_path: Path) -> 
     p = run(["snakemake", "evaluate", "-n", "--cores", "1"], project, check=False)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     chosen, default = json.loads((project / "data" / "evaluate-inputs.json").read_text())["datasets"]
-    assert set(chosen["sources"]["files"]) == {"p1-A.png", "p1-B.png", "P2-truth.png"}, chosen
+    assert set(chosen["sources"]["files"]) == {"p1-A.png", "p1-B.png"}, chosen  # P2: evaluate's pattern is case-sensitive
     assert set(chosen["reference"]["files"]) == {"Max/p1.png"}, chosen
     assert default["reference"]["files"] == {"Mine/": [], "NSCT/p1.png": default["reference"]["files"]["NSCT/p1.png"]}
+
+
+def test_the_evaluate_listing_lists_every_file_evaluate_reads(tmp_path: Path) -> None:
+    """The listing's `pattern` matched the names case-folded, said to be a superset of evaluate's
+    case-sensitive fnmatchcase: it was not, and a change to a pair evaluate compares reran nothing:
+    `[!a]*` takes A1 (evaluate) but not a1 (the listing), `?1` takes ß1 but not ss1. A method
+    folder of `reference_methods` named with a dot (.D) or nested (sub/N), and a result that is a
+    broken link (evaluate refuses it, naming it), were not listed either. Every file evaluate's own
+    find_pairs and find_method_result take is listed; a pair outside the pattern is not, nor, with
+    a reference_metrics CSV, the files of a folder outside the paper's six (evaluate reads the CSV's
+    methods from the CSV: they were all listed)."""
+    from PIL import Image
+
+    from bafusion.evaluation import evaluate as ev
+    from bafusion.evaluation.baselines import find_method_result
+
+    mine = tmp_path / "mine"
+    img = Image.new("RGB", (16, 16))
+    for f in ("pairs/A1-A.png", "pairs/A1-B.png", "pairs/\u00df1-A.png", "pairs/\u00df1-B.png", "pairs/p1-A.png",
+              "pairs/p1-B.png", "pairs/a2-A.png", "pairs/a2-B.png", "ref/M/A1.png", "ref/M/\u00df1.png", "ref/M/a2.png",
+              "ref/.D/A1.png", "ref/sub/N/A1.png", "six/NSCT/A1.png", "six/NSCT/\u00df1.png", "six/NSCT/p1.png",
+              "six/Peer/A1.png", "six/Mine/A1.png"):
+        (mine / f).parent.mkdir(parents=True, exist_ok=True)
+        img.save(mine / f, format="PNG")
+    (mine / "ref" / "M" / "p1.png").symlink_to(mine / "gone.png")
+    (mine / "peers.csv").write_text("pair,method,QMI\n" + "".join(f"{n},Peer,1.0\n" for n in ("A1", "\u00df1", "p1")))
+    datasets = [
+        {"name": "neg", "sources": str(mine / "pairs"), "reference": str(mine / "ref"),
+         "reference_methods": ["M", ".D", "sub/N"], "pattern": "[!a]*"},
+        {"name": "one", "sources": str(mine / "pairs"), "reference": str(mine / "ref"), "reference_methods": ["M"],
+         "pattern": "?1"},
+        {"name": "csv", "sources": str(mine / "pairs"), "reference": str(mine / "six"),
+         "reference_metrics": str(mine / "peers.csv"), "pattern": "?1"}]
+    project = make_project(tmp_path / "p", {"evaluate": {"datasets": datasets}}, git=False)
+    p = run(["snakemake", "evaluate", "-n", "--cores", "1"], project, check=False)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    listing = json.loads((project / "data" / "evaluate-inputs.json").read_text())["datasets"]
+    cfg = ev.parse_config({"datasets": datasets})
+    for ds, listed in zip(cfg.datasets, listing):
+        pairs = ev.find_pairs(ds)
+        assert {pr.name for pr in pairs} == {"A1", "\u00df1", "p1"}, ds.name
+        read = {f.name for pr in pairs for f in (pr.a, pr.b)}
+        assert read <= set(listed["sources"]["files"]), (ds.name, listed)
+        assert ds.reference is not None
+        peers = ev.read_peer_metrics(ds.reference_metrics).methods if ds.reference_metrics is not None else ()
+        read = {f.relative_to(ds.reference).as_posix() for m in ds.reference_methods if m not in peers for pr in pairs
+                if (f := find_method_result(ds.reference, m, pr.name)) is not None}  # as evaluate_pair reads them
+        assert len(read) == {"neg": 5, "one": 3, "csv": 3}[ds.name], read  # M, NSCT: A1, ß1, p1 (M's a link); .D, sub/N: A1
+        assert read <= set(listed["reference"]["files"]), (ds.name, read - set(listed["reference"]["files"]))
+        assert not {n for n in [*listed["sources"]["files"], *listed["reference"]["files"]] if "a2" in n}, listed
+    assert set(listing[2]["reference"]["files"]) == {"Mine/", "Peer/", "NSCT/A1.png", "NSCT/\u00df1.png", "NSCT/p1.png"}

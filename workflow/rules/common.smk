@@ -337,9 +337,11 @@ def evaluate_inputs_listing(wildcards):
         newest[0] = max(newest[0], st.st_mtime_ns)
         return st
 
-    def files(folder, depth, keep=lambda name: True, methods=None):
-        # {name: [size, mtime_ns]} of the files `keep` takes (depth 1: of the method folders; those not in
-        # `methods`, when given, by name only, [] for their files), dot-names out
+    def files(folder, keep=lambda name: True, methods=None):
+        # {name: [size, mtime_ns]} of the files `keep` takes, dot-names out; an entry that is no file (a
+        # broken link, a named pipe) as itself: evaluate refuses it, naming it. With `methods` (a
+        # reference folder): those of each <METHOD>/ of `methods` (by its path, as evaluate reads it: also
+        # a dot-named or a nested one), and the other sub-folders by name only, [] for their files
         if stat(folder) is None:
             return None
         found = {}
@@ -350,16 +352,19 @@ def evaluate_inputs_listing(wildcards):
         for e in entries:
             if e.name.startswith("."):
                 continue
-            if depth and e.is_dir():
-                if methods is not None and e.name not in methods:
+            if methods is not None:
+                if e.is_dir() and e.name not in methods:
                     found[f"{e.name}/"] = []  # evaluate reads only its name (its note on folders not compared)
-                    continue
-                for name, v in (files(e.path, depth - 1, keep) or {}).items():
-                    found[f"{e.name}/{name}"] = v
-            elif not depth and e.is_file() and keep(e.name):
+            elif not e.is_dir() and keep(e.name):
                 st = stat(e.path)
+                if st is None:  # a broken link: its own size and mtime
+                    with contextlib.suppress(OSError):
+                        st = os.lstat(e.path)
                 if st is not None:
                     found[e.name] = [st.st_size, st.st_mtime_ns]
+        for m in sorted(methods or ()):
+            for name, v in (files(os.path.join(folder, m), keep) or {}).items():
+                found[f"{m}/{name}"] = v
         return found
 
     def noted(d):  # evaluate names the reference folders it does not compare (_unlisted_reference_folders)
@@ -370,21 +375,23 @@ def evaluate_inputs_listing(wildcards):
 
     def read_by_evaluate(d):
         """(keep a source file, keep a reference file) and, compared(d), the reference methods whose
-        files are read (None: all): what evaluate reads (bafusion.evaluation.evaluate.find_pairs and
-        read_method_results): the files of the pairs matching `pattern` (case-insensitively here,
-        a superset), every file with an index.json (the test set's names); the method folders of
-        `reference_methods` (by default the paper's six, and every folder with a reference_metrics
-        CSV, whose methods it does not read here); the other folders by name only, and only with
-        the default methods or chosen ones starting with the six (evaluate's note names them)."""
+        files are read: what evaluate reads (bafusion.evaluation.evaluate.find_pairs and
+        read_method_results): the files of the pairs matching `pattern` (as find_pairs matches it,
+        fnmatch.fnmatchcase: case-sensitive; <pair> is the stem's part before its last '-', a superset
+        of find_pairs' <pair>-<letter>), every file with an index.json (the test set's names); the
+        method folders of `reference_methods`, by default the paper's six (also with a
+        reference_metrics CSV, whose methods evaluate takes from the CSV, never from a folder); the
+        other folders by name only, and only with the default methods or chosen ones starting with
+        the six (evaluate's note names them)."""
         import fnmatch
 
-        pattern = str(d.get("pattern") or "*").casefold()
+        pattern = str(d.get("pattern") or "*")
         src = resolve(str(d["sources"])) if d.get("sources") else None
         if pattern == "*" or (src is not None and os.path.isfile(os.path.join(src, "index.json"))):
             keep_src = keep_ref = lambda name: True
         else:
             def stem(name):
-                return name.rsplit(".", 1)[0].casefold()
+                return name.rsplit(".", 1)[0]
 
             def keep_src(name):  # <pair>-A.<ext>, <pair>-truth.<ext>, ...; index.json (read when there)
                 return name == "index.json" or ("-" in stem(name) and fnmatch.fnmatchcase(stem(name).rsplit("-", 1)[0], pattern))
@@ -393,12 +400,12 @@ def evaluate_inputs_listing(wildcards):
                 return fnmatch.fnmatchcase(stem(name), pattern)
         return keep_src, keep_ref
 
-    def compared(d):  # the method folders whose files evaluate reads (None: every one)
-        from bafusion.evaluation.evaluate import REFERENCE_METHODS  # (1 s to import: only with a reference)
-
+    def compared(d):  # the method folders whose files evaluate reads (<REF>/<METHOD>/)
         if d.get("reference_methods"):
             return {str(m) for m in d["reference_methods"]}
-        return None if d.get("reference_metrics") else set(REFERENCE_METHODS)
+        from bafusion.evaluation.evaluate import REFERENCE_METHODS  # (1 s to import: only with a reference)
+
+        return set(REFERENCE_METHODS)  # with a reference_metrics CSV too: its methods are read from it
 
     listing = []
     for d in (config.get("evaluate", {}) or {}).get("datasets") or []:
@@ -419,13 +426,12 @@ def evaluate_inputs_listing(wildcards):
             else:
                 keep_src, keep_ref = read_by_evaluate(d)
                 if key == "reference":  # <REF>/<METHOD>/<pair>.<ext>
-                    methods = compared(d)
-                    found = files(path, 1, keep_ref, methods)
-                    if found is not None and methods is not None and not noted(d):  # the other folders: not read at all
+                    found = files(path, keep_ref, compared(d))
+                    if found is not None and not noted(d):  # the other folders: not read at all
                         found = {k: v for k, v in found.items() if not k.endswith("/")}
                     item["files"] = found
                 else:
-                    item["files"] = files(path, 0, keep_src)
+                    item["files"] = files(path, keep_src)
             entry[key] = item
         listing.append(entry)
     text = json.dumps({"datasets": listing}, indent=1, sort_keys=True) + "\n"
