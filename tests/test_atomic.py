@@ -1487,3 +1487,101 @@ def test_a_killed_replacement_is_not_completed_between_another_writers_two_renam
     other[0].join(timeout=30)
     assert not other[0].is_alive()
     assert {p.name: p.read_text() for p in out.iterdir()} == {"a": "the writer's"}
+
+
+_locks_listed = os.path.isfile("/proc/locks")
+
+
+@pytest.mark.skipif(not _locks_listed, reason="needs /proc/locks (Linux)")
+def test_a_folder_locked_by_the_process_that_runs_the_writer_is_not_waited_for(tmp_path: Path) -> None:
+    """`flock FOLDER command` (util-linux: the lock held while its command runs) around a run
+    that replaces an output in FOLDER where the system cannot swap: the replacement waited for
+    the folder's lock (_replacing), which the run's own parent holds till the run ends, for
+    ever. The holder runs this run: not waited for, said once. Here the test process is the
+    parent that holds the lock (the child does not inherit its descriptor, as under Snakemake's
+    subprocesses)."""
+    import fcntl
+    import subprocess
+    import sys
+
+    folder = tmp_path / "p"
+    folder.mkdir()
+    child = ("import sys; from pathlib import Path; import bafusion.atomic as a; a._renameat2 = None\n"
+             "out = Path(sys.argv[1])\n"
+             "for i in range(3):\n"
+             "    with a.atomic_dir(out) as t:\n"
+             "        (t / 'x').write_text(str(i))\n"
+             "print((out / 'x').read_text())\n")
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        done = subprocess.run([sys.executable, "-c", child, str(folder / "out")], capture_output=True, text=True,
+                              timeout=60)
+    finally:
+        os.close(fd)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2"
+    assert done.stderr.count(f"{folder}: this folder is locked (flock) by process {os.getpid()}, which runs this "
+                             "one") == 1, done.stderr
+
+
+@pytest.mark.skipif(not _locks_listed, reason="needs /proc/locks (Linux)")
+def test_a_folder_locked_by_a_descriptor_of_the_writing_process_itself_is_not_waited_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller of this process that holds the folder's flock on a descriptor of its own: the
+    replacement waited for it for ever (the same process, another open file)."""
+    import fcntl
+    import threading
+
+    import bafusion.atomic as atomic
+
+    monkeypatch.setattr(atomic, "_renameat2", None)  # no swap
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(tmp_path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def write() -> None:
+        with atomic_dir(out) as tmp:
+            (tmp / "x").write_text("new")
+
+    writer = threading.Thread(target=write, daemon=True)
+    try:
+        writer.start()
+        writer.join(timeout=30)
+        assert not writer.is_alive()
+    finally:
+        os.close(fd)  # a waiting writer goes on then
+        writer.join(timeout=30)
+    assert (out / "x").read_text() == "new"
+
+
+@pytest.mark.skipif(not _locks_listed, reason="needs /proc/locks (Linux)")
+def test_a_folder_locked_by_another_process_is_still_waited_for_and_the_wait_said(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The lock of another run (not one that runs this one) is waited for, as 99f1622 made it,
+    and a long wait is said on stderr, naming the holder."""
+    import subprocess
+    import sys
+    import time
+
+    import bafusion.atomic as atomic
+
+    monkeypatch.setattr(atomic, "_renameat2", None)  # no swap
+    monkeypatch.setattr(atomic, "_REPLACING_NOTE_S", 0.2)
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
+                               "os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); "
+                               "time.sleep(1.5)", str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with atomic_dir(out) as tmp:
+            (tmp / "x").write_text("new")
+        waited = time.monotonic() - t0
+    finally:
+        holder.wait(timeout=30)
+    assert waited >= 0.8, waited
+    assert (out / "x").read_text() == "new"
+    assert f"{tmp_path}: waiting for this folder's lock (flock), held by process {holder.pid}" in capsys.readouterr().err

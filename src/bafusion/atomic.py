@@ -21,6 +21,7 @@ import socket
 import stat
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -525,7 +526,13 @@ def _replacing(folder: Path) -> Iterator[None]:
     lost (its rename in and its putting back both failed, "Directory not empty"). Held briefly
     (renames; the rest of a half removed earlier output). Where the folder cannot be locked (no
     ``fcntl``: Windows; a file system without locks, or NFS, which locks only files open for
-    writing) nothing is held, as before."""
+    writing) nothing is held, as before.
+
+    Not waited for where the lock's holder is this process (not one of its own
+    :func:`_replacing` blocks: another thread's is waited for) or one that runs it
+    (:func:`_held_by_this_run`): ``flock FOLDER command``, util-linux's lock of a folder around a
+    command, made the command wait for ever at its first such replacement. Said on stderr when
+    the wait lasts (:data:`_REPLACING_NOTE_S`), naming the holders (:func:`_flock_holders`)."""
     if fcntl is None:
         yield
         return
@@ -535,11 +542,101 @@ def _replacing(folder: Path) -> Iterator[None]:
         yield
         return
     try:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        yield
+        return
+    key = (st.st_dev, st.st_ino)
+    with _replacing_guard:  # before the lock is tried: another thread of ours that sees it held waits
+        _replacing_here[key] = _replacing_here.get(key, 0) + 1
+    try:
+        start, said = time.monotonic(), False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass
+            except OSError:
+                break  # no locks here: nothing held, as before
+            else:
+                break
+            holders = _flock_holders(fd)
+            if _held_by_this_run(key, holders):
+                if str(folder) not in _said_flocked:
+                    _said_flocked.add(str(folder))
+                    print(f"bafusion: note: {folder}: this folder is locked (flock) by process {min(holders)}, which "
+                          "runs this one (flock FOLDER command?): its outputs are replaced without waiting for "
+                          "that lock", file=sys.stderr)
+                break
+            if not said and time.monotonic() - start >= _REPLACING_NOTE_S:
+                said = True
+                who = f" by process {', '.join(map(str, sorted(holders)))}" if holders else ""
+                print(f"bafusion: note: {folder}: waiting for this folder's lock (flock), held{who}: another run "
+                      "replaces an output here", file=sys.stderr)
+            time.sleep(_REPLACING_POLL_S)
         yield
     finally:
+        with _replacing_guard:
+            _replacing_here[key] -= 1
+            if not _replacing_here[key]:
+                del _replacing_here[key]
         os.close(fd)
+
+
+#: Seconds between tries of a folder's lock (:func:`_replacing`), and before the wait is said.
+_REPLACING_POLL_S = 0.05
+_REPLACING_NOTE_S = 10.0
+#: The folders (device, inode) whose lock this process's :func:`_replacing` blocks hold or try,
+#: with how many (threads), and the lock that guards it.
+_replacing_here: dict[tuple[int, int], int] = {}
+_replacing_guard = threading.Lock()
+#: The folders this process said it replaces outputs in without their lock (:func:`_replacing`): once each.
+_said_flocked: set[str] = set()
+
+
+def _flock_holders(fd: int) -> set[int]:
+    """The processes holding a ``flock`` of the file or folder open as ``fd``, as /proc/locks
+    names them (Linux: ``1: FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> 0 EOF``, the
+    holder's own PID namespace's numbers; a waiter's line has ``->``); empty where unknown."""
+    try:
+        st = os.fstat(fd)
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return set()
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == want and fields[4].isdigit():
+            pids.add(int(fields[4]))
+    return pids
+
+
+def _held_by_this_run(key: tuple[int, int], holders: set[int]) -> bool:
+    """Whether the lock of the folder ``key`` (device, inode), held by ``holders``
+    (:func:`_flock_holders`), is held by a process that would wait for this one's end: one of
+    its ancestors (``flock FOLDER command``: util-linux's flock holds the lock while its command
+    runs), or this process itself where no other thread of it is in a :func:`_replacing` block
+    of that folder (a descriptor of its own, opened by its caller)."""
+    if not holders:
+        return False
+    with _replacing_guard:
+        others = _replacing_here.get(key, 0) > 1  # the caller's own block counts one
+    if os.getpid() in holders and not others:
+        return True
+    pid, seen = os.getppid(), 0
+    while pid > 1 and seen < 256:
+        if pid in holders:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])  # the 4th field: the parent
+        except (OSError, IndexError, ValueError):
+            return False
+        seen += 1
+    return False
 
 
 @contextlib.contextmanager
