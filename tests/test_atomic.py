@@ -1585,3 +1585,43 @@ def test_a_folder_locked_by_another_process_is_still_waited_for_and_the_wait_sai
     assert waited >= 0.8, waited
     assert (out / "x").read_text() == "new"
     assert f"{tmp_path}: waiting for this folder's lock (flock), held by process {holder.pid}" in capsys.readouterr().err
+
+
+def test_a_killed_replacement_completed_while_another_writer_puts_its_output_in_a_missing_place_loses_neither(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The output is missing (a run killed between its two renames, its new output marked
+    ready); a writer that started before that run died finds it missing and renames its own in.
+    Another run completing the killed run's replacement between the writer's look and its
+    rename put the killed run's output there first: the writer's rename failed ("Directory not
+    empty") after its work, and its output was deleted. The writer's look and rename now hold
+    the folder's lock too: the completion waits, finds the writer's output and leaves it."""
+    import subprocess
+    import threading
+
+    import bafusion.atomic as atomic
+
+    out = tmp_path / "out"
+    wrap = tmp_path / ".out.part-killed"
+    (wrap / "out").mkdir(parents=True)
+    (wrap / "out" / "a").write_text("the killed run's")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (wrap / atomic.PART_MARKER).write_text(atomic._marker_text(dead.pid))
+    (wrap / atomic.READY_MARKER).write_text(json.dumps({"name": "out", "new": atomic._file_id(wrap / "out")}))
+    monkeypatch.setattr(atomic, "remove_stale_parts", lambda final: [])  # the writer swept before that run died
+    real = os.replace
+    other: list[threading.Thread] = []
+
+    def replace(src: object, dst: object) -> None:
+        if Path(dst) == out and Path(src).parent != wrap and not other:  # the writer's rename in: another run sweeps
+            other.append(threading.Thread(target=atomic._roll_forward, args=(wrap,)))
+            other[0].start()
+            other[0].join(timeout=1.0)  # done at once without the lock
+        real(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with atomic.atomic_dir(out) as tmp:
+        (tmp / "a").write_text("the writer's")
+    other[0].join(timeout=30)
+    assert not other[0].is_alive()
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"a": "the writer's"}

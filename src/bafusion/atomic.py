@@ -1070,8 +1070,10 @@ def replace_folder(new: Path, final: Path, old: Path) -> Path | None:
         A rename's failure (the earlier ``final`` left in place); see :func:`_replace_unmovable`.
     """
     if not final.exists():
-        os.replace(new, final)
-        return None
+        with _replacing(final.parent):  # a killed run's replacement completed meanwhile (_roll_forward) is swapped
+            if not final.exists():
+                os.replace(new, final)
+                return None
     try:
         if exchange(new, final):
             return new
