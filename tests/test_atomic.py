@@ -1625,3 +1625,36 @@ def test_a_killed_replacement_completed_while_another_writer_puts_its_output_in_
     other[0].join(timeout=30)
     assert not other[0].is_alive()
     assert {p.name: p.read_text() for p in out.iterdir()} == {"a": "the writer's"}
+
+
+def test_a_folder_lock_whose_holder_cannot_be_named_is_waited_for_a_bounded_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Where the holder of the folder's lock cannot be named (macOS has no /proc/locks; a process
+    of another container), `flock FOLDER command` around the run cannot be told from another
+    run's brief hold: the wait is bounded (_REPLACING_UNKNOWN_S), said, not for ever."""
+    import subprocess
+    import sys
+    import time
+
+    import bafusion.atomic as atomic
+
+    monkeypatch.setattr(atomic, "_renameat2", None)  # no swap
+    monkeypatch.setattr(atomic, "_flock_holders", lambda fd: set())  # as on macOS
+    monkeypatch.setattr(atomic, "_REPLACING_UNKNOWN_S", 0.5, raising=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
+                               "os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); "
+                               "time.sleep(15)", str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with atomic_dir(out) as tmp:
+            (tmp / "x").write_text("new")
+        waited = time.monotonic() - t0
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert 0.4 <= waited < 10, waited
+    assert (out / "x").read_text() == "new"
+    assert f"{tmp_path}: this folder's lock (flock) is held by a process that cannot be named" in capsys.readouterr().err

@@ -532,7 +532,9 @@ def _replacing(folder: Path) -> Iterator[None]:
     :func:`_replacing` blocks: another thread's is waited for) or one that runs it
     (:func:`_held_by_this_run`): ``flock FOLDER command``, util-linux's lock of a folder around a
     command, made the command wait for ever at its first such replacement. Said on stderr when
-    the wait lasts (:data:`_REPLACING_NOTE_S`), naming the holders (:func:`_flock_holders`)."""
+    the wait lasts (:data:`_REPLACING_NOTE_S`), naming the holders (:func:`_flock_holders`); a
+    holder that cannot be named (no /proc/locks: macOS) is waited for :data:`_REPLACING_UNKNOWN_S`
+    at most."""
     if fcntl is None:
         yield
         return
@@ -569,6 +571,11 @@ def _replacing(folder: Path) -> Iterator[None]:
                           "runs this one (flock FOLDER command?): its outputs are replaced without waiting for "
                           "that lock", file=sys.stderr)
                 break
+            if not holders and time.monotonic() - start >= _REPLACING_UNKNOWN_S:
+                print(f"bafusion: note: {folder}: this folder's lock (flock) is held by a process that cannot be "
+                      f"named (no /proc/locks, or one of another machine or container) for {_REPLACING_UNKNOWN_S:.0f} "
+                      "s: its output is replaced without waiting for that lock", file=sys.stderr)
+                break
             if not said and time.monotonic() - start >= _REPLACING_NOTE_S:
                 said = True
                 who = f" by process {', '.join(map(str, sorted(holders)))}" if holders else ""
@@ -587,6 +594,11 @@ def _replacing(folder: Path) -> Iterator[None]:
 #: Seconds between tries of a folder's lock (:func:`_replacing`), and before the wait is said.
 _REPLACING_POLL_S = 0.05
 _REPLACING_NOTE_S = 10.0
+#: Seconds a lock whose holder cannot be named (:func:`_flock_holders`: macOS has no /proc/locks,
+#: where ``flock FOLDER command`` around the run cannot be told) is waited for at most: the
+#: lock of a replacement is held for its renames only (or the removal in place of the rest of an
+#: earlier output that cannot be renamed).
+_REPLACING_UNKNOWN_S = 60.0
 #: The folders (device, inode) whose lock this process's :func:`_replacing` blocks hold or try,
 #: with how many (threads), and the lock that guards it.
 _replacing_here: dict[tuple[int, int], int] = {}
