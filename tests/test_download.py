@@ -1464,3 +1464,42 @@ def test_a_stopped_fetch_keeps_its_part_whatever_its_shut_connection_raised(
     finally:
         atomic.clear_stop()
     assert part_path(dest).read_bytes() == PAYLOAD[:1000] and not dest.exists()
+
+
+def test_a_stop_during_the_connect_shuts_the_connection_as_it_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop came while a worker of fetch_many was still connecting: its socket, not yet
+    known, was not shut down by _abort_connections. It is shut down as its connect ends, so its
+    request fails at once instead of waiting on a server that sends nothing for ``timeout``."""
+    import http.client
+    import signal
+
+    import bafusion.data.download as download
+    from bafusion import atomic
+
+    timeout = 30.0
+    server = _Stalling(b"")
+    real_connect = http.client.HTTPConnection.connect
+    stopped_at: list[float] = []
+
+    def stopped_while_connecting(self):  # type: ignore[no-untyped-def]
+        real_connect(self)
+        # the main thread's stop, before this socket is known: the handler's record, then the
+        # shutdown of the connections known (fetch_many's _cancelled_when_stopped)
+        stopped_at.append(time.monotonic())
+        atomic.request_stop(signal.SIGTERM)
+        download._abort_connections()
+
+    monkeypatch.setattr(http.client.HTTPConnection, "connect", stopped_while_connecting)
+    try:
+        with pytest.raises(SystemExit):
+            fetch_many([FetchJob(server.url("f1"), tmp_path / "f1")], workers=1, retries=3, timeout=timeout,
+                       progress=False)
+        took = time.monotonic() - stopped_at[0]
+    finally:
+        atomic.clear_stop()
+        server.close()
+    assert len(stopped_at) == 1  # no retry
+    assert took < timeout / 4, f"the stop took {took:.1f} s, the timeout is {timeout:g} s"
+    assert not (tmp_path / "f1").exists()
