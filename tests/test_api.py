@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -1481,3 +1482,42 @@ def test_loading_and_fusing_leave_the_callers_torch_random_numbers_alone(tiny_ne
         torch.manual_seed(0)
         call()
         assert torch.equal(torch.rand(4), want)
+
+
+def test_a_load_in_another_thread_leaves_the_callers_random_numbers_alone(
+    tiny_nets: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load_model in a worker thread while the caller draws: a load that saved torch's global
+    generator, built its net and put the saved state back (``torch.random.fork_rng``) rewound
+    the caller's draws made meanwhile, which then came again (the same "random" numbers twice).
+    The net is built on the meta device (no draws, nothing to put back), its weights all read
+    from the file."""
+    import threading
+
+    import torch
+
+    from bafusion.nets import model as model_mod
+
+    in_build, go_on = threading.Event(), threading.Event()
+
+    class HeldInItsBuild(model_mod.CifarResNet):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            if next(self.parameters()).device.type != "meta":  # the net itself, built on the CPU
+                in_build.set()
+                go_on.wait(10)
+
+    monkeypatch.setattr(model_mod, "CifarResNet", HeldInItsBuild)
+    torch.manual_seed(0)
+    want = [torch.rand(1).item(), torch.rand(1).item()]
+    torch.manual_seed(0)
+    loaded: list[object] = []
+    worker = threading.Thread(target=lambda: loaded.append(bafusion.load_model(tiny_nets, device="cpu")))
+    worker.start()
+    while not in_build.is_set() and worker.is_alive():
+        time.sleep(0.01)
+    got = [torch.rand(1).item()]  # while the worker builds its net (if it builds one on the CPU)
+    go_on.set()
+    worker.join(20)
+    got.append(torch.rand(1).item())
+    assert loaded and got == want

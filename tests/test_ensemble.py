@@ -230,3 +230,38 @@ def test_cli_refuses_members_whose_labels_sit_in_different_places(tmp_path: Path
                                           {"file": "b.pt", "meta": json.loads((tmp_path / "b.json").read_text())}]}
     assert label_position(mixed) == "pixel"
     assert label_position({**mixed, "ensemble_of": [mixed["ensemble_of"][0]] * 2}) == "centre"
+
+
+@pytest.mark.parametrize(("depth", "members"), [(8, 1), (20, 1), (56, 1), (8, 3), (20, 2)])
+def test_a_loaded_net_holds_every_tensor_of_its_file_and_nothing_else(tmp_path: Path, depth: int,
+                                                                      members: int) -> None:
+    """load_model builds the net on the meta device and allocates its memory uninitialised
+    (``to_empty``): the strict load must fill every parameter and buffer. So each depth and
+    ensemble size has none outside its state_dict (a non-persistent buffer would stay
+    uninitialised), and the loaded tensors, BatchNorm's running statistics and batch counts
+    included, are the file's, on the CPU and float32."""
+    torch.manual_seed(depth + members)
+    nets = [build_model(depth) for _ in range(members)]
+    for i, net in enumerate(nets):
+        with torch.no_grad():
+            for m in net.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.2, 0.2)
+                    m.running_var.uniform_(0.5, 1.5)
+                    m.num_batches_tracked.fill_(7 + i)
+        net.eval()
+    net = nets[0] if members == 1 else ensemble(nets)
+    every = {k for k, _ in net.named_parameters()} | {k for k, _ in net.named_buffers()}
+    assert set(net.state_dict()) == every
+    save_model(net, tmp_path / "n.pt", {"patch": 12})
+    loaded, _ = load_model(tmp_path / "n.pt")
+    state = torch.load(tmp_path / "n.pt", map_location="cpu", weights_only=True)
+    tensors = dict(loaded.named_parameters()) | dict(loaded.named_buffers())
+    assert set(tensors) == set(state)
+    for k, v in state.items():
+        assert torch.equal(tensors[k], v), k
+        assert tensors[k].device.type == "cpu" and tensors[k].dtype == v.dtype, k
+    assert all(p.requires_grad for p in loaded.parameters())
+    x = torch.rand(3, 2, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))

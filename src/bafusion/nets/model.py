@@ -558,10 +558,14 @@ def load_model(
                              f"(first: {bad[0]}): a diverged training; train it again (a lower train.lr)")
     _check_weights_fit(spec, state, p)
     _check_weights_hash(meta, p)
-    # every weight and buffer comes from the file: no random init, and the layers' own draws in
-    # a forked generator (building the net moved the caller's seeded torch RNG)
-    with torch.random.fork_rng(devices=[]):
+    # Every weight and buffer comes from the file (a strict load; the net has no buffer that its
+    # state_dict leaves out): built on the meta device, the net draws nothing from torch's global
+    # generator (a CPU build moved the caller's seeded draws), and its memory, allocated where a
+    # plain build puts it (torch's default device), is filled by the load. Not a forked
+    # generator: its saved state, put back, rewound the draws of the caller's other threads.
+    with torch.device("meta"):
         net = CifarResNet(spec, init=False)
+    net.to_empty(device=torch.empty(0).device)
     try:
         net.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError) as e:
