@@ -1472,26 +1472,27 @@ def test_a_stop_during_the_connect_shuts_the_connection_as_it_opens(
     """The stop came while a worker of fetch_many was still connecting: its socket, not yet
     known, was not shut down by _abort_connections. It is shut down as its connect ends, so its
     request fails at once instead of waiting on a server that sends nothing for ``timeout``."""
-    import http.client
     import signal
+    import socket
 
     import bafusion.data.download as download
     from bafusion import atomic
 
     timeout = 30.0
     server = _Stalling(b"")
-    real_connect = http.client.HTTPConnection.connect
+    real_create = socket.create_connection
     stopped_at: list[float] = []
 
-    def stopped_while_connecting(self):  # type: ignore[no-untyped-def]
-        real_connect(self)
+    def stopped_while_connecting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        sock = real_create(*args, **kwargs)
         # the main thread's stop, before this socket is known: the handler's record, then the
         # shutdown of the connections known (fetch_many's _cancelled_when_stopped)
         stopped_at.append(time.monotonic())
         atomic.request_stop(signal.SIGTERM)
         download._abort_connections()
+        return sock
 
-    monkeypatch.setattr(http.client.HTTPConnection, "connect", stopped_while_connecting)
+    monkeypatch.setattr(socket, "create_connection", stopped_while_connecting)
     try:
         with pytest.raises(SystemExit):
             fetch_many([FetchJob(server.url("f1"), tmp_path / "f1")], workers=1, retries=3, timeout=timeout,
@@ -1501,5 +1502,45 @@ def test_a_stop_during_the_connect_shuts_the_connection_as_it_opens(
         atomic.clear_stop()
         server.close()
     assert len(stopped_at) == 1  # no retry
+    assert took < timeout / 4, f"the stop took {took:.1f} s, the timeout is {timeout:g} s"
+    assert not (tmp_path / "f1").exists()
+
+
+def test_a_stop_ends_a_download_stalled_in_its_tls_handshake_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An https server that accepts the connection and never answers the TLS handshake: the
+    connection's socket became known to _abort_connections only once the handshake was done, so
+    a stop waited for the whole ``timeout``. Its socket is known as soon as it is connected."""
+    import signal
+
+    import bafusion.data.download as download
+    from bafusion import atomic
+
+    timeout = 30.0
+    server = _Stalling(b"")  # reads the ClientHello, waiting for a blank line it never has
+    stopped_at: list[float] = []
+
+    def stop_in_the_handshake() -> None:  # the main thread's stop (the handler, then fetch_many's)
+        deadline = time.monotonic() + 20
+        while not server.held and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # in the handshake
+        stopped_at.append(time.monotonic())
+        atomic.request_stop(signal.SIGINT)
+        download._abort_connections()
+
+    stopper = threading.Thread(target=stop_in_the_handshake)
+    stopper.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fetch_many([FetchJob(server.url("f1").replace("http:", "https:"), tmp_path / "f1")], workers=1,
+                       retries=3, timeout=timeout, progress=False)
+        took = time.monotonic() - stopped_at[0]
+    finally:
+        stopper.join()
+        atomic.clear_stop()
+        server.close()
+    assert len(server.held) == 1  # no retry
     assert took < timeout / 4, f"the stop took {took:.1f} s, the timeout is {timeout:g} s"
     assert not (tmp_path / "f1").exists()

@@ -35,8 +35,9 @@ Guarantees:
 - A stop of the command (Ctrl-C, SIGTERM: :func:`bafusion.atomic.request_stop`) ends the
   downloads of :func:`fetch_many` at once: the queued ones are cancelled, and the connections
   of the running ones shut down, so a read waiting on a server that stopped sending ends then,
-  not after ``timeout`` (:func:`_abort_connections`); a connection still being set up (a
-  server that does not answer the TCP handshake) waits up to ``timeout``.
+  not after ``timeout`` (:func:`_abort_connections`), as does one in its TLS handshake; a
+  connection still being made (a server that does not answer the TCP handshake) waits up to
+  ``timeout``.
 - A redirect is followed only to the same scheme or to https (http to https is fine); one
   that changes to another (https to http, http to ftp) is refused naming both URLs.
 - HTTP 5xx, 408 and 429 answers and network errors are retried ``retries`` times, waiting
@@ -430,18 +431,60 @@ def _abort_connections() -> None:
 @functools.lru_cache(maxsize=None)
 def _stoppable(connection: type) -> type:
     """``connection`` (``http.client.HTTPConnection`` or ``HTTPSConnection``) whose open socket
-    is known to :func:`_abort_connections`; one opened after the stop is shut down at once."""
+    is known to :func:`_abort_connections`; one opened after the stop is shut down at once. The
+    socket is known as soon as it is connected, before a proxy's tunnel and the TLS handshake (a
+    server that accepted and never answered the handshake held a stop for the whole
+    ``timeout``), and the TLS socket that takes it over once it is set up."""
 
     class Stoppable(connection):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            create = getattr(self, "_create_connection")
+
+            def known(*args: object, **kwargs: object) -> socket.socket:
+                sock = create(*args, **kwargs)
+                _known(sock)
+                return sock  # type: ignore[no-any-return]
+
+            setattr(self, "_create_connection", known)
+            context = getattr(self, "_context", None)
+            if context is not None:  # https: the TLS socket of the handshake
+                setattr(self, "_context", _KnownTLS(context))
+
         def connect(self) -> None:
             super().connect()
-            with _connections_lock:
-                _connections.add(self.sock)
-                if stop_requested() is not None:
-                    _shut(self.sock)
+            _known(self.sock)
 
     Stoppable.__name__ = Stoppable.__qualname__ = f"Stoppable{connection.__name__}"
     return Stoppable
+
+
+class _KnownTLS:
+    """An ``ssl.SSLContext`` whose ``wrap_socket`` makes the TLS socket known
+    (:func:`_known`) before its handshake: the connected socket it takes over is detached (its
+    descriptor -1, no use to :func:`_shut`) before the handshake starts."""
+
+    def __init__(self, context: object) -> None:
+        self._context = context
+
+    def wrap_socket(self, sock: socket.socket, *args: object, **kwargs: object) -> socket.socket:
+        handshake = kwargs.pop("do_handshake_on_connect", True)
+        tls = self._context.wrap_socket(sock, *args, do_handshake_on_connect=False, **kwargs)  # type: ignore[attr-defined]
+        _known(tls)
+        if handshake:
+            tls.do_handshake()
+        return tls  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._context, name)
+
+
+def _known(sock: socket.socket) -> None:
+    """Make ``sock`` known to :func:`_abort_connections`; shut it down at once after the stop."""
+    with _connections_lock:
+        _connections.add(sock)
+        if stop_requested() is not None:
+            _shut(sock)
 
 
 class _StoppableHTTP(urllib.request.HTTPHandler):
