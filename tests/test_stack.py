@@ -417,6 +417,70 @@ def test_stack_rules_on_the_command_line_with_save_maps(tiny_nets, tmp_path: Pat
         in capsys.readouterr().err
 
 
+_STEP_MAPS = ("fused", "score_initial", "score_mean", "near_boundary", "score_refined", "decision_raw")
+
+
+@pytest.mark.parametrize("entry", ["fuse", "fuse-dir", "api"])
+def test_stacks_hold_no_maps_that_nothing_reads(tiny_nets, tmp_path: Path, monkeypatch, entry: str) -> None:
+    """The chain kept every step's full-size maps (about 18 bytes a pixel a step) to the end and
+    the joint rule its N logit sums at full size (twice), though ``fuse``, ``fuse-dir`` and
+    :func:`bafusion.fuse` read only the last fusion, each step's decision and gains (the 16-bit
+    composition, chain_index) and the joint rule's index: at 5.3 MP the chain's peak grew
+    ~115 MB a shot. Now only those are held; ``--save-maps`` keeps everything (its test above);
+    the fused pixels are the same."""
+    import bafusion
+    import bafusion.fusion.api as api
+    import bafusion.fusion.batch as batch
+
+    d, nets = tiny_nets
+    n = 5
+    paths = _write_shots(tmp_path, n)
+    shots = [np.asarray(Image.open(p)) for p in paths]
+    full = fuse_stack(shots, nets)
+    held: dict[str, object] = {}
+    if entry == "api":
+        real_chain, real_joint = api.fuse_stack, bafusion.fusion.stack.fuse_stack_joint
+        monkeypatch.setattr(api, "fuse_stack", lambda *a, **k: held.setdefault("chain", real_chain(*a, **k)))
+        monkeypatch.setattr(bafusion.fusion.stack, "fuse_stack_joint",
+                            lambda *a, **k: held.setdefault("joint", real_joint(*a, **k)))
+    else:
+        real = batch.fused_output
+
+        def spy(src, results, output):
+            held["joint" if not isinstance(results, list) else "chain"] = results
+            return real(src, results, output)
+        monkeypatch.setattr(batch, "fused_output", spy)
+    got = {}
+    for rule in ("chain", "joint"):
+        out = tmp_path / "out" / f"{rule}.png"
+        out.parent.mkdir(exist_ok=True)
+        if entry == "api":
+            got[rule] = bafusion.fuse(*paths, model=d, device="cpu", params={"stack_rule": rule})
+        elif entry == "fuse":
+            assert cli_main(["fuse", *paths, "-o", str(out), "--model", str(d), "--stack-rule", rule,
+                             "--device", "cpu"]) == 0
+            got[rule] = np.asarray(Image.open(out))
+        else:
+            src = tmp_path / "in" / rule / "st"  # a sub-folder: one stack, its shots in name order
+            src.mkdir(parents=True)
+            for i, p in enumerate(paths):
+                (src / f"{i}.png").write_bytes(Path(p).read_bytes())
+            assert cli_main(["fuse-dir", str(src.parent), str(tmp_path / "out" / rule),
+                             "--model", str(d), "--stack-rule", rule, "--device", "cpu"]) == 0
+            got[rule] = np.asarray(Image.open(tmp_path / "out" / rule / "st.png"))
+    chain = held["chain"]
+    assert len(chain) == n - 1
+    for r in chain[:-1]:  # the earlier steps: their decision, gains and notes only
+        assert [k for k in _STEP_MAPS if getattr(r, k) is not None] == [], entry
+        assert r.decision is not None
+    assert all(getattr(chain[-1], k) is not None for k in _STEP_MAPS)
+    assert held["joint"].scores is None and held["joint"].shots == n
+    # the same pixels as with every map kept
+    assert np.array_equal(got["chain"], full[-1].fused)
+    assert np.array_equal(chain_index(chain), chain_index(full))
+    assert np.array_equal(got["joint"], fuse_stack_joint(shots, nets, FusionParams(stack_rule="joint")).fused)
+
+
 @pytest.mark.parametrize("rule", ["joint", "chain"])
 def test_symmetric_regions_with_the_joint_rule_gets_a_note(tiny_nets, tmp_path: Path, capsys, rule: str) -> None:
     """``--stack-rule joint --symmetric-regions`` said nothing, though the flag changes nothing

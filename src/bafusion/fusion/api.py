@@ -286,14 +286,15 @@ def fuse(
         from bafusion.fusion.stack import fuse_stack_joint
 
         with torch_threads(threads):
-            res = fuse_stack_joint(images, nets, params, names, step=_step_lines(progress, images[0]))
+            res = fuse_stack_joint(images, nets, params, names, step=_step_lines(progress, images[0]),
+                                   keep_scores=False)
         _warn_notes(res.notes)
         return compose_index(full, res.index, res.gains, top) if deep else res.fused  # match_output_exposure's gains
     with torch_threads(threads):
         if len(images) == 2:
             results = [_fuse_pair(images[0], images[1], nets, params, (names[0], names[1]), progress)]
         else:
-            results = fuse_stack(images, nets, params, names, progress=progress)
+            results = fuse_stack(images, nets, params, names, progress=progress, keep_maps=False)
     _warn_notes([n for r in results for n in r.notes])
     if deep:
         from bafusion.fusion.batch import compose_full

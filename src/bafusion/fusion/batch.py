@@ -582,7 +582,8 @@ def compose_index(full: Sequence[np.ndarray], index: np.ndarray, gains: Sequence
 def fuse_shots(images: Sequence[np.ndarray], nets, params, names: Sequence[str], progress: bool | None = None,
                step: Callable[[str], None] | None = None):
     """Fuse registered uint8 shots by ``params.stack_rule``: a list of per-step results
-    (pairs, and stacks under ``chain``) or a :class:`bafusion.fusion.stack.StackResult` (``joint``);
+    (pairs, and stacks under ``chain``) or a :class:`bafusion.fusion.stack.StackResult` (``joint``),
+    holding only what :func:`fused_output` reads (``keep_maps`` / ``keep_scores`` False);
     ``step`` is called with a line naming each step of a stack of three or more as it starts, and
     each step of a camera-size pair's fusion (:func:`bafusion.fusion.fuse_stack`)."""
     from bafusion.fusion.rule import fuse_stack
@@ -590,8 +591,8 @@ def fuse_shots(images: Sequence[np.ndarray], nets, params, names: Sequence[str],
     if len(images) > 2 and params.stack_rule == "joint":
         from bafusion.fusion.stack import fuse_stack_joint
 
-        return fuse_stack_joint(images, nets, params, names, step=step)
-    return fuse_stack(images, nets, params, names, progress=progress, step=step)
+        return fuse_stack_joint(images, nets, params, names, step=step, keep_scores=False)
+    return fuse_stack(images, nets, params, names, progress=progress, step=step, keep_maps=False)
 
 
 def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str = "none",

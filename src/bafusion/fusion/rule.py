@@ -667,9 +667,17 @@ def fusion_name(names: Sequence[str]) -> str:
     return f"the fusion of {', '.join(names[:-1])} and {names[-1]}"
 
 
+def _slim(res: FusionResult) -> FusionResult:
+    """``res`` with only what a stack's fusion reads of an earlier step (:func:`fuse_stack`'s
+    ``keep_maps`` False): its decision, gains, seconds and notes; the maps None."""
+    return FusionResult(None, None, None, None, None, None, res.decision, res.seconds,  # type: ignore[arg-type]
+                        res.notes, res.gains)
+
+
 def fuse_stack(
     images: Sequence[np.ndarray], nets: FusionNets, params: FusionParams | Mapping[str, Any] | None = None,
     names: Sequence[str] = (), progress: bool | None = None, step: Callable[[str], None] | None = None,
+    keep_maps: bool = True,
 ) -> list[FusionResult]:
     """Fuse a focal stack one into the next (the "chain" stack rule).
 
@@ -697,6 +705,15 @@ def fuse_stack(
         fusion that takes seconds at camera size ("matching the exposures", "the nets at
         640x427 px", "the maps at full size, 6000x4000 px", "refining the boundary band, 89
         tiles", "removing small regions and compositing").
+    keep_maps : bool
+        Keep every step's maps (the default). False: each step before the last keeps only its
+        ``decision``, ``gains``, ``seconds`` and ``notes`` (what the stack's fusion, its
+        shot-index map :func:`bafusion.fusion.stack.chain_index` and a 16-bit composition
+        read); its ``fused``, score maps, ``near_boundary`` and ``decision_raw`` are None,
+        freed once the step is done instead of held to the end (about 18 bytes a pixel a
+        step: 8 shots of 5.3 MP peaked at 1287 MiB with them, 835 MiB without; BENCHMARKS.md,
+        "Memory of a stack"). ``bafusion fuse`` (without ``--save-maps``), ``fuse-dir`` and
+        :func:`bafusion.fuse` fuse so.
 
     Returns
     -------
@@ -722,8 +739,10 @@ def fuse_stack(
             step(f"step {i}/{len(images) - 1}: fusing {short[i]} into {fusion_name(short[:i])}")
         res = _fuse_pair(cur, images[i], nets, params, (fusion_name(names[:i]), names[i]), progress, note_patch=False,
                          step=step)
-        results.append(res)
-        cur = res.fused
+        cur = res.fused  # the next step's A
+        # not kept: this step's maps freed now, not held through the next steps (and `res` let go)
+        results.append(res if keep_maps or i == len(images) - 1 else _slim(res))
+        del res
     # one note for the stack (its steps all have its size), not one a step: "the 5 shots a.png to e.png"
     note = patch_note(images[0].shape, params, nets.patch_initial, names)
     results[0].notes.extend([note] if note else [])

@@ -279,7 +279,9 @@ class StackResult:
     """The joint rule's maps; ``index`` says which shot each fused pixel comes from."""
 
     fused: np.ndarray  #: uint8
-    scores: np.ndarray  #: float32 (N, H, W): each shot's sum of pairwise logits
+    #: float32 (N, H, W): each shot's sum of pairwise logits; None where not kept
+    #: (:func:`fuse_stack_joint`'s ``keep_scores`` False: the command line's, which reads none)
+    scores: np.ndarray | None
     index_initial: np.ndarray  #: int16, argmax of ``scores``
     near_boundary: np.ndarray  #: bool, the band the boundary net rescored
     index_raw: np.ndarray  #: int16, after the boundary net
@@ -291,6 +293,8 @@ class StackResult:
     #: Per shot, the gains applied before compositing (``match_output_exposure``; the first
     #: shot's: None), else None.
     gains: list | None = None
+    #: The number of shots (0: not given; then ``scores``' first axis).
+    shots: int = 0
 
 
 def chain_index(results: Sequence[FusionResult]) -> np.ndarray:
@@ -433,7 +437,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 def fuse_stack_joint(
     images: Sequence[np.ndarray], nets: FusionNets, params: FusionParams = FusionParams(), names: Sequence[str] = (),
-    step: Callable[[str], None] | None = None,
+    step: Callable[[str], None] | None = None, keep_scores: bool = True,
 ) -> StackResult:
     """The joint stack rule (module docstring) on two or more registered uint8 shots.
 
@@ -479,6 +483,10 @@ def fuse_stack_joint(
         Called with a line naming each step of the pairwise scoring as it starts ("step 1/9:
         scoring a.png against the 9 shots after it"; by file name), for three or more shots:
         a long stack said nothing from its start to its end.
+    keep_scores : bool
+        Return the logit sums (``StackResult.scores``, N float32 maps at the shots' size: 4N
+        bytes a pixel) (the default). False: ``scores`` is None, and a stack decided at
+        another size never brings them to full size (the command line's: it reads none).
 
     Returns
     -------
@@ -529,9 +537,15 @@ def fuse_stack_joint(
     else:
         scores, index0, near, index1, t = _joint_decide([resize_gray(g, size) for g in grays], nets, params, said)
         t0 = time.perf_counter()
-        scores = np.stack([resize(s, (h, w)) for s in scores]).astype(np.float32)
+        if keep_scores:  # filled map by map: one full-size copy, not a list of them stacked into a second
+            small, scores = scores, np.empty((n, h, w), np.float32)
+            for k in range(n):
+                scores[k] = resize(small[k], (h, w))
+            del small
         index0, near, index1 = (_nearest(m, (h, w)) for m in (index0, near, index1))
         t["resize"] = time.perf_counter() - t0
+    if not keep_scores:
+        scores = None
     t0 = time.perf_counter()
     colour = any(np.asarray(i).ndim == 3 for i in images)
     gains = [None] + [colour_gains(_rgb(images[0], colour), _rgb(im, colour)) for im in images[1:]]
@@ -566,7 +580,7 @@ def fuse_stack_joint(
     fused = compose(images, index)
     t["post"] = time.perf_counter() - t0
     return StackResult(fused, scores, index0, near, index1, index, {**t_pre, **t}, notes,
-                       gains if params.match_output_exposure else None)
+                       gains if params.match_output_exposure else None, n)
 
 
 #: The files :func:`save_stack_maps` writes, ``<stem>-<key>.png``.
@@ -585,7 +599,7 @@ def save_stack_maps(folder: str | Path, stem: str, result: StackResult) -> list[
     from bafusion.fusion.maps import pseudo_colour
     from bafusion.io import write_image
 
-    n = result.scores.shape[0]
+    n = result.shots or result.scores.shape[0]
     d = Path(folder)
     maps = {
         "index-initial": index_to_u8(result.index_initial, n),
