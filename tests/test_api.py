@@ -107,8 +107,8 @@ def test_fuse_progress_of_a_joint_stack_says_its_steps(tmp_path: Path, tiny_nets
     assert capsys.readouterr().err == ""
     loud = bafusion.fuse(pa, pb, c, model=nets, params=joint, progress=True)
     err = capsys.readouterr().err
-    assert "step 1/2: scoring a.png against the 2 shots after it ...\n" in err, err
-    assert "step 2/2: scoring b.png against the shot after it ...\n" in err, err
+    assert "step 1/2: scoring a.png against the 2 shots after it (pair scorings 1-2 of 3) ...\n" in err, err
+    assert "step 2/2: scoring b.png against the shot after it (pair scoring 3 of 3) ...\n" in err, err
     assert np.array_equal(quiet, loud)
 
 

@@ -2688,8 +2688,10 @@ def test_a_stack_names_each_step_as_it_fuses(tmp_path: Path, nets: Path, capsys,
     what = "fusing" if rule == "chain" else "scoring"
     chain = ["step 1/3: fusing f1.png into f0.png", "step 2/3: fusing f2.png into the fusion of f0.png and f1.png",
              "step 3/3: fusing f3.png into the fusion of f0.png, f1.png and f2.png"]
-    joint = ["step 1/3: scoring f0.png against the 3 shots after it", "step 2/3: scoring f1.png against the 2 shots "
-             "after it", "step 3/3: scoring f2.png against the shot after it"]
+    # the joint rule's steps shrink (3, 2, 1 of the 6 pair scorings): each line says which it runs
+    joint = ["step 1/3: scoring f0.png against the 3 shots after it (pair scorings 1-3 of 6)",
+             "step 2/3: scoring f1.png against the 2 shots after it (pair scorings 4-5 of 6)",
+             "step 3/3: scoring f2.png against the shot after it (pair scoring 6 of 6)"]
     steps = chain if rule == "chain" else joint
     for terminal, quiet in ((True, []), (False, []), (True, ["--quiet"])):
         monkeypatch.setattr(progress, "stderr_is_terminal", lambda: terminal)

@@ -158,7 +158,7 @@ def fuse(
         A progress bar on stderr (None: for camera-size pairs on a terminal). Three or more
         shots by the joint stack rule (``params.stack_rule="joint"``), which draws no bar: a
         line on stderr as each step of its scoring starts ("step 1/2: scoring a.jpg against
-        the 2 shots after it ..."), on the same terms.
+        the 2 shots after it (pair scorings 1-2 of 3) ..."), on the same terms.
     keep_depth : bool
         When a source has more than 8 bits per sample (a uint16 array, or a file read as
         such), return the uint16 fusion: every pixel is one source's full-depth pixel, chosen

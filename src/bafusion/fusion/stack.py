@@ -481,8 +481,9 @@ def fuse_stack_joint(
         ``image <n>``.
     step : callable, optional
         Called with a line naming each step of the pairwise scoring as it starts ("step 1/9:
-        scoring a.png against the 9 shots after it"; by file name), for three or more shots:
-        a long stack said nothing from its start to its end.
+        scoring a.png against the 9 shots after it (pair scorings 1-9 of 45)"; by file name,
+        with the scorings it runs: the steps shrink, step k of N shots runs N - k of the
+        N(N-1)/2), for three or more shots: a long stack said nothing from its start to its end.
     keep_scores : bool
         Return the logit sums (``StackResult.scores``, N float32 maps at the shots' size: 4N
         bytes a pixel) (the default). False: ``scores`` is None, and a stack decided at
@@ -528,10 +529,16 @@ def fuse_stack_joint(
     if step is not None and n > 2:
         short = [Path(nm).name for nm in names]
 
+        total = n * (n - 1) // 2
+
         def said(i: int) -> None:
+            # step i holds n - 1 - i of the n(n-1)/2 pair scorings: "step 4/7" of 8 shots starts
+            # after 18 of 28 (64 %), so the line says which scorings it runs
             later = n - 1 - i
+            first = i * (n - 1) - i * (i - 1) // 2 + 1
             step(f"step {i + 1}/{n - 1}: scoring {short[i]} against "
-                 + (f"the {later} shots after it" if later > 1 else "the shot after it"))
+                 + (f"the {later} shots after it (pair scorings {first}-{first + later - 1} of {total})"
+                    if later > 1 else f"the shot after it (pair scoring {total} of {total})"))
     if size is None:
         scores, index0, near, index1, t = _joint_decide(grays, nets, params, said)
     else:
