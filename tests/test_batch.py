@@ -3282,3 +3282,27 @@ def test_the_folder_an_earlier_out_lies_in_is_no_stack_for_another_out(tmp_path:
     groups, skipped = batch.find_groups(src, exclude=tmp_path / "out2")
     assert set(groups) == {"p"}, groups
     assert [Path(f).name for f, _ in skipped] == ["empty"], skipped
+
+
+def test_a_folder_holding_an_out_and_unread_images_is_still_listed(tmp_path: Path) -> None:
+    """A sub-folder without shots that holds an earlier run's output folder (or this run's) is no
+    stack, but one that also holds camera RAW files (or an image whose extension was lost) was
+    dropped in silence, its files unnamed; it is skipped naming them, as without the output."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for s in "AB":
+        Image.fromarray(np.full((8, 8), 9, np.uint8)).save(src / f"p-{s}.png")
+    for folder, nested in ((src / "raw", "old"), (src / "lost", "old"), (src / "here", "out")):
+        (folder / nested).mkdir(parents=True)
+        if nested == "old":
+            (folder / nested / batch.OUTPUT_MARKER).write_text("{}")
+    for c in "12":
+        (src / "raw" / f"x{c}.cr2").write_bytes(b"II*\x00" + bytes(100))
+        (src / "here" / f"x{c}.cr2").write_bytes(b"II*\x00" + bytes(100))
+    Image.fromarray(np.full((8, 8), 9, np.uint8)).save(src / "lost" / "shot1", format="PNG")
+    groups, skipped = batch.find_groups(src, exclude=src / "here" / "out")
+    assert set(groups) == {"p"}, groups
+    why = dict(skipped)
+    assert "x1.cr2, x2.cr2" in why[str(src / "raw")], skipped
+    assert "x1.cr2, x2.cr2" in why[str(src / "here")], skipped
+    assert str(src / "lost" / "shot1") in why, skipped

@@ -657,6 +657,18 @@ def _holds_output_folder(folder: Path) -> bool:
     return False
 
 
+def _unread_images_in(folder: Path) -> bool:
+    """Whether ``folder`` holds, directly, an image that is no shot but is named when its stack
+    is skipped: a camera RAW or HEIC file (:func:`bafusion.io.unread_format`) or an image whose
+    extension was lost (:func:`_image_without_suffix`); hidden files left out."""
+    for q in folder.iterdir():
+        if q.name.startswith("."):
+            continue
+        if (unread_format(q) and q.is_file()) or _image_without_suffix(q):
+            return True
+    return False
+
+
 def find_groups(folder: Path, exclude: Path | None = None,
                 notes: list[tuple[str, list[Path], str | None]] | None = None,
                 ) -> tuple[dict[str, list[Path]], list[tuple[str, str]]]:
@@ -671,7 +683,9 @@ def find_groups(folder: Path, exclude: Path | None = None,
         A sub-folder that is not a stack (the output folder, when it lies inside ``folder``;
         :func:`fuse_dir` refuses one that holds other images: :func:`check_output_folder`).
         A sub-folder holding :data:`OUTPUT_MARKER` (an earlier run's output folder) is no
-        stack either.
+        stack either, nor one without shots that holds ``exclude`` or such a folder at any
+        depth (``fuse-dir IN IN/a/b``: ``IN/a``), unless it also holds images bafusion does not
+        read (RAW, HEIC, an extension lost: :func:`_unread_images_in`), which are named.
 
     Returns
     -------
@@ -714,10 +728,12 @@ def find_groups(folder: Path, exclude: Path | None = None,
             shots = sorted(q for q in p.iterdir()
                            if (q.is_file() or _unusable(q)) and not q.name.startswith(".")
                            and q.suffix.lower() in suffixes)
-            if not shots and excluded is not None and p.resolve() in excluded.parents:
-                continue  # the folder OUT lies in (fuse-dir IN IN/a/b): no stack (it was one of 0 shots, exit 3)
-            if not shots and _holds_output_folder(p):
-                continue  # the folder an earlier run's OUT lies in (IN/a of fuse-dir IN IN/a/b), for another OUT
+            if (not shots and ((excluded is not None and p.resolve() in excluded.parents) or _holds_output_folder(p))
+                    and not _unread_images_in(p)):
+                # the folder this run's OUT lies in (fuse-dir IN IN/a/b), or an earlier run's (IN/a, for
+                # another OUT): no stack (it was one of 0 shots, exit 3); one that also holds images
+                # bafusion does not read (RAW, an extension lost) is still listed, naming them
+                continue
             groups[p.name] = [(q.name, q) for q in shots]
             for q in sorted(p.iterdir()):  # an image whose extension was lost: said, not passed over
                 why = None if q.name.startswith(".") else _image_without_suffix(q)
