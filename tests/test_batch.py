@@ -3261,7 +3261,27 @@ def test_fuse_dir_skips_a_stack_whose_output_name_is_too_long_and_fuses_the_othe
                    "--save-registered", str(reg)])
     err = capsys.readouterr().err
     assert rc == batch.EXIT_NONE_FUSED, err
-    assert "-registered2.png: the output's name is 265 bytes" in err and not out2.exists()
+    assert "-registered2.png: the registered source's name is 265 bytes" in err and not out2.exists()
+
+
+def test_a_stack_skipped_for_its_long_name_is_named_by_its_folder_or_its_shots(tmp_path: Path) -> None:
+    """The skipped line of a stack whose output name is too long named a stack of three shots
+    in IN itself by IN (the shots' folder), and a sub-folder's stack of two by its two shots: a
+    stack is named by its folder, or by its shots when they lie in IN, as find_groups names them."""
+    src = tmp_path / "in"
+    src.mkdir()
+    top, sub = "T" * 249, "S" * 253  # top: its <name>-registered3.png is 265 bytes
+    for c in "ABC":
+        Image.fromarray(np.full((8, 8), 9, np.uint8)).save(src / f"{top}-{c}.png")
+    (src / sub).mkdir()
+    for c in "12":
+        Image.fromarray(np.full((8, 8), 9, np.uint8)).save(src / sub / f"{c}.png")
+    groups, _ = batch.find_groups(src)
+    skips = dict(batch._long_name_skips(groups, src, tmp_path / "out", "png", tmp_path / "reg"))
+    assert not groups, groups
+    assert set(skips) == {", ".join(str(src / f"{top}-{c}.png") for c in "ABC"), str(src / sub)}, skips
+    assert skips[str(src / sub)] == (f"{tmp_path / 'out' / (sub + '.png')}: the output's name is 257 bytes, longer "
+                                     "than the 255 a file name may have there; shorten the stack's name")
 
 
 

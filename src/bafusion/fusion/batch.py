@@ -1777,7 +1777,7 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
         raise UserError(f"{src}: not a folder")
     notes: list[tuple[str, list[Path], str | None]] = []
     groups, skipped = find_groups(src, exclude=out, notes=notes)
-    skipped = skipped + _long_name_skips(groups, out, ext, save_registered)  # drops them from groups
+    skipped = skipped + _long_name_skips(groups, src, out, ext, save_registered)  # drops them from groups
     check_output_folder(src, out, groups)
     rep = report if report is not None else BatchReport()
     rep.skipped.extend(skipped)
@@ -1814,30 +1814,30 @@ def fuse_dir(src: Path, out: Path, nets, params, *, ext: str = "png", align: str
         raise
 
 
-def _long_name_skips(groups: dict[str, list[Path]], out: Path, ext: str,
+def _long_name_skips(groups: dict[str, list[Path]], src: Path, out: Path, ext: str,
                      save_registered: Path | None) -> list[tuple[str, str]]:
     """Take out of ``groups`` the stacks whose output ``out/<name>.<ext>`` (or, with
     ``--save-registered``, a ``<name>-registeredN.png``) would be longer than a file name may be
-    there, and return them as skipped with the reason: a sub-folder of 253 bytes or more stopped
-    the whole batch ("File name too long") before any stack was fused, and a long name with
-    --save-registered failed after its fusion."""
-    from bafusion.preflight import _name_max
+    there (:func:`bafusion.preflight.check_name_length`, as fuse refuses its own), and return
+    them as skipped with the reason: a sub-folder of 253 bytes or more stopped the whole batch
+    ("File name too long") before any stack was fused, and a long name with --save-registered
+    failed after its fusion. A stack is named by its folder, or its shots in ``src`` itself."""
+    from bafusion.preflight import check_name_length
 
     skips: list[tuple[str, str]] = []
-    limit = _name_max(out)
-    reg_limit = _name_max(save_registered) if save_registered is not None else 0
     for name in list(groups):
         shots = groups[name]
-        files = [(out, f"{name}.{ext}", limit)]
+        files = [(out / f"{name}.{ext}", "output")]
         if save_registered is not None:
-            files.append((save_registered, f"{name}-registered{len(shots)}.png", reg_limit))
-        for folder, fname, most in files:
-            size = len(os.fsencode(fname))
-            if size > most:
+            files.append((save_registered / f"{name}-registered{len(shots)}.png", "registered source"))
+        for target, what in files:
+            try:
+                check_name_length(target, what, "shorten the stack's name")
+            except UserError as e:
                 del groups[name]
-                skips.append((", ".join(map(str, shots)) if len(shots) < 3 else str(Path(shots[0]).parent),
-                              f"{folder / fname}: the output's name is {size} bytes, longer than the {most} "
-                              f"a file name may have there; shorten the stack's name"))
+                folder = Path(shots[0]).parent
+                where = str(folder) if os.path.abspath(folder) != os.path.abspath(src) else ", ".join(map(str, shots))
+                skips.append((where, str(e)))
                 break
     return skips
 
