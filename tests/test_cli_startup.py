@@ -562,3 +562,23 @@ def test_initial_without_boundary_is_refused_before_torch(tmp_path: Path) -> Non
         p = _main_in_a_fresh_process([*argv, "--device", "cpu"])
         assert "--initial and --boundary go together" in p.stderr, (argv, p.stderr)
         assert p.stdout.split() == ["2", "False"], (argv, p.stdout, p.stderr)
+
+
+def test_evaluate_refuses_initial_without_boundary_before_torch(tmp_path: Path) -> None:
+    """evaluate refused ``--initial`` without ``--boundary`` (and the net files beside
+    ``--models``) only in the nets' loading, after torch's import ('2 True'), where fuse, fuse-dir
+    and fuse-set refuse them before it."""
+    from PIL import Image
+
+    (tmp_path / "pairs").mkdir()
+    for c in "AB":
+        Image.new("RGB", (32, 24)).save(tmp_path / "pairs" / f"p-{c}.png")
+    (tmp_path / "init.pt").write_bytes(b"x")
+    common = ["evaluate", "--dataset", f"d={tmp_path / 'pairs'}", "--out", str(tmp_path / "out"),
+              "--methods", "Ours", "--device", "cpu"]
+    for extra, said in ((["--initial", str(tmp_path / "init.pt")], "--initial and --boundary go together"),
+                        (["--initial", str(tmp_path / "init.pt"), "--boundary", str(tmp_path / "init.pt"),
+                          "--models", str(tmp_path)], "both name the nets")):
+        p = _main_in_a_fresh_process([*common, *extra])
+        assert said in p.stderr, (extra, p.stderr)
+        assert p.stdout.split() == ["2", "False"], (extra, p.stdout, p.stderr)

@@ -11,6 +11,7 @@ from typing import Any
 from bafusion.cli.common import (
     ModelOption,
     add_threads_argument,
+    check_net_options,
     nets_from_args,
     nonempty_csv,
     nonempty_json,
@@ -275,8 +276,11 @@ def _check_net_options(args: argparse.Namespace, methods: tuple[str, ...] | list
     always passes --initial and --boundary) a note on stderr says they are not used. --device
     (which device runs the nets) was ignored in silence too: a note says it is not used, also
     with --methods (not refused: scripts pass --device cpu whatever the methods, and it chooses
-    no files)."""
+    no files). Where the nets are used, ``--initial`` without ``--boundary`` (or with
+    ``--models``) is refused here, before torch's import (:func:`check_net_options`), as fuse
+    refuses it."""
     if OURS in methods or OURS_INITIAL in methods:
+        check_net_options(args, args.models)
         return
     given = [o for o, v in (("--models", args.models), ("--initial", args.initial), ("--boundary", args.boundary))
              if v is not None]
