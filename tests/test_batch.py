@@ -3326,3 +3326,29 @@ def test_a_folder_holding_an_out_and_unread_images_is_still_listed(tmp_path: Pat
     assert "x1.cr2, x2.cr2" in why[str(src / "raw")], skipped
     assert "x1.cr2, x2.cr2" in why[str(src / "here")], skipped
     assert str(src / "lost" / "shot1") in why, skipped
+
+
+def test_a_scale_skipped_is_noted_once_a_size_by_fuse_dir_and_once_a_run_by_fuse_set(
+        tmp_path: Path, nets: Path, capsys) -> None:
+    """A --scales factor skipped for the pairs' size (working.scales_note) names no file: fuse-dir
+    says it once for each size of its stacks (not once a stack), as a 'note:' line, and fuse-set
+    once for its pairs of one size (not once a pair)."""
+    import json
+
+    src = _pairs_in(tmp_path / "in", {"p1": 3, "p2": 4, "p3": 5})  # N x N
+    (src / "small").mkdir()
+    for i, x in enumerate(pair(6), 1):
+        Image.fromarray(x[:48, :64]).save(src / "small" / f"{i}.png")
+    scales = ["--scales", "1,0.5", "--working-min", "0", "--device", "cpu", "--no-progress"]
+    capsys.readouterr()
+    assert cli_main(["fuse-dir", str(src), str(tmp_path / "out"), "--model", str(nets), *scales]) == 0
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "fuse.scales (--scales)" in line]
+    assert len(said) == 2, err
+    assert said[0].startswith(f"bafusion fuse-dir: note: fuse.scales (--scales): scale 0.5 skipped for a {N}x{N} "), said
+    assert said[1].startswith("bafusion fuse-dir: note: fuse.scales (--scales): scale 0.5 skipped for a 64x48 "), said
+    (src / "index.json").write_text(json.dumps(["p1", "p2", "p3"]))
+    assert cli_main(["fuse-set", "--pairs", str(src), "--models", str(nets), "--out", str(tmp_path / "set"),
+                     *scales]) == 0
+    err = capsys.readouterr().err
+    assert err.count(f"fuse.scales (--scales): scale 0.5 skipped for a {N}x{N} (WxH) pair") == 1, err
