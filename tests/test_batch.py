@@ -990,10 +990,10 @@ def test_fuse_dir_bad_usage_is_one_line_exit_2(tmp_path: Path, nets: Path, capsy
         "same": (src, [], "the OUT folder is also an input"),
         "file": (tmp_path / "afile", [], "is a file, not a folder"),
         "missing": (tmp_path / "o", [], "not a folder"),
-        "ext": (tmp_path / "o", ["--ext", "xyz"], "--ext xyz: use png, tif, bmp, jpg or webp"),
+        "ext": (tmp_path / "o", ["--ext", "xyz"], "--ext xyz: use png, tif (tiff), bmp, jpg (jpeg) or webp"),
         # AVIF, which fuse-dir reads, was refused as if unknown ("--ext avif: use png, ...")
         "avif": (tmp_path / "o", ["--ext", "avif"], "--ext avif: AVIF is not an output format of bafusion fuse-dir "
-                                                   "(it reads AVIF sources): use png, tif, bmp, jpg or webp"),
+                                                   "(it reads AVIF sources): use png, tif (tiff), bmp, jpg (jpeg) or webp"),
         "quality": (tmp_path / "o", ["--ext", "tif", "--quality", "80"],
                     "--quality 80: a .tif output takes no quality (only .jpg and .webp outputs are written lossily)"),
     }[case]
