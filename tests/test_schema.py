@@ -169,8 +169,8 @@ def test_snakemake_lint_is_clean(tmp_path: Path) -> None:
 
 def _files(folder: Path) -> list[Path]:
     """The files a job wrote under ``folder``: all but data/evaluate-inputs.json, the listing of
-    the evaluate datasets that any DAG holding evaluate writes when it is built (an earlier
-    test's dry run in the shared project), before a job runs."""
+    the evaluate datasets that a run (not a dry run) of a DAG holding evaluate writes when the DAG
+    is built, before a job runs."""
     return [p for p in folder.rglob("*") if p.is_file() and p.name != "evaluate-inputs.json"] if folder.exists() else []
 
 
@@ -1119,6 +1119,47 @@ def test_a_scale_confidence_above_float32_is_refused() -> None:
             combine_scales(z, "fill", 1e300)
 
 
+#: evaluate's outputs, and its benchmark (a missing or older one reruns it too).
+EVALUATE_OUTPUTS = ("data/evaluation", "metrics/evaluate.json", "metrics/plots/evaluate.csv", "logs/benchmarks/evaluate.tsv")
+#: `snakemake evaluate` as the DVC stage runs it, dry.
+EVALUATE_DRY_RUN = ["snakemake", "evaluate", "-n", "--cores", "1", "--rerun-triggers", "mtime", "--allowed-rules", "evaluate"]
+
+
+def _evaluated_project(tmp_path: Path, dataset: dict) -> Path:
+    """A project configured with ``dataset``, every output up to evaluate's in place, all made
+    10,000 s ago, and evaluate's outputs made now: evaluated after its dataset's files were last
+    changed. Its listing is not there yet."""
+    import time
+
+    project = make_project(tmp_path / "p", {"evaluate": {"datasets": [dataset]}}, git=False)
+    for d in ("data/fused", "data/testset", "data/evaluation"):
+        (project / d).mkdir(parents=True)
+    for f in ("data/models/initial.pt", "data/models/initial.json", "data/models/boundary.pt",
+              "data/models/boundary.json", *EVALUATE_OUTPUTS[1:]):
+        (project / f).parent.mkdir(parents=True, exist_ok=True)
+        (project / f).write_text("{}")
+    base = time.time() - 10_000
+    for p in [*(project / "data").rglob("*"), *(project / "metrics").rglob("*")]:
+        os.utime(p, (base, base))
+    now = time.time()
+    for f in EVALUATE_OUTPUTS:
+        os.utime(project / f, (now, now))
+    return project
+
+
+def _evaluated(project: Path) -> bool:
+    """"evaluate ran", if it was to run (said so): a run, `snakemake evaluate --touch` as the DVC
+    stage runs it, which rewrites the listing when it changed and then, if evaluate is to run,
+    makes its outputs newer (its benchmark, which --touch leaves, made as new)."""
+    p = run(["snakemake", "evaluate", "--touch", "--cores", "1", "--rerun-triggers", "mtime", "--allowed-rules",
+             "evaluate"], project)
+    ran = "rule evaluate:" in p.stdout + p.stderr
+    if ran:
+        t = (project / EVALUATE_OUTPUTS[1]).stat().st_mtime_ns
+        os.utime(project / EVALUATE_OUTPUTS[3], ns=(t, t))
+    return ran
+
+
 def test_any_change_to_a_configured_datasets_files_reruns_evaluate_as_the_dvc_stage_runs_it(tmp_path: Path) -> None:
     """evaluate.datasets' folders reach the command through --params-json only. Their files were
     the rule's inputs, which under --rerun-triggers mtime (the DVC stage's command) saw only a
@@ -1127,7 +1168,7 @@ def test_any_change_to_a_configured_datasets_files_reruns_evaluate_as_the_dvc_st
     and Table 1 stale. The rule's input is now a listing of the files (name, size, mtime),
     rewritten when it changes: each such change reruns evaluate, and nothing else does. Here as
     the DVC stage runs it (--rerun-triggers mtime, --allowed-rules evaluate), every upstream
-    output in place; "evaluate ran" is simulated by making its outputs newer than its inputs."""
+    output in place; "evaluate ran" is simulated by a run with --touch (see _evaluated)."""
     import shutil
     import time
 
@@ -1139,35 +1180,19 @@ def test_any_change_to_a_configured_datasets_files_reruns_evaluate_as_the_dvc_st
               "ref/Max/p2.png", "ref/Max/p{x}.png"):
         (mine / f).parent.mkdir(parents=True, exist_ok=True)
         img.save(mine / f)
-    project = make_project(tmp_path / "p", {"evaluate": {"datasets": [
-        {"name": "mine", "sources": str(mine / "pairs"), "reference": str(mine / "ref"), "reference_methods": ["Max"]}]}},
-        git=False)
-    for d in ("data/fused", "data/testset", "data/evaluation"):
-        (project / d).mkdir(parents=True)
-    outputs = [project / f for f in ("data/evaluation", "metrics/evaluate.json", "metrics/plots/evaluate.csv",
-                                     "logs/benchmarks/evaluate.tsv")]
-    for f in ("data/models/initial.pt", "data/models/initial.json", "data/models/boundary.pt",
-              "data/models/boundary.json", *outputs[1:]):
-        (project / f).parent.mkdir(parents=True, exist_ok=True)
-        (project / f).write_text("{}")
     base = time.time() - 10_000  # every simulated time in the past: a rewritten listing is newer
-    for p in [*mine.rglob("*"), *(project / "data").rglob("*"), *(project / "metrics").rglob("*")]:
+    for p in mine.rglob("*"):
         os.utime(p, (base, base))
+    project = _evaluated_project(tmp_path, {"name": "mine", "sources": str(mine / "pairs"), "reference": str(mine / "ref"),
+                                            "reference_methods": ["Max"]})
     listing = project / "data" / "evaluate-inputs.json"
-
-    def evaluated(step: int) -> None:  # the listing, then the outputs, as after a run
-        if listing.exists():
-            os.utime(listing, (base + 20 * step + 5,) * 2)
-        for p in outputs:
-            os.utime(p, (base + 20 * step + 10,) * 2)
+    p = run(EVALUATE_DRY_RUN, project, check=False)
+    assert "Nothing to be done" in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]
+    assert not _evaluated(project) and listing.exists()  # made as old as what it lists: nothing reruns
 
     def touched(f: Path, step: int) -> None:  # after the last run, before the next
         os.utime(f, (base + 20 * step + 1,) * 2)
 
-    argv = ["snakemake", "evaluate", "-n", "--cores", "1", "--rerun-triggers", "mtime", "--allowed-rules", "evaluate"]
-    evaluated(0)
-    p = run(argv, project, check=False)
-    assert "Nothing to be done" in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]
     changes = [
         ("a result replaced", lambda k: touched(mine / "ref" / "Max" / "p1.png", k)),
         ("a pair fixed", lambda k: touched(mine / "pairs" / "p1-B.png", k)),
@@ -1179,13 +1204,49 @@ def test_any_change_to_a_configured_datasets_files_reruns_evaluate_as_the_dvc_st
     ]
     for step, (what, change) in enumerate(changes, 1):
         change(step)
-        p = run(argv, project, check=False)
+        p = run(EVALUATE_DRY_RUN, project, check=False)
         out = p.stdout + p.stderr
         assert "rule evaluate:" in out, (what, out[-3000:])
-        evaluated(step)
-        p = run(argv, project, check=False)  # after the run: nothing to do
+        assert _evaluated(project), what
+        p = run(EVALUATE_DRY_RUN, project, check=False)  # after the run: nothing to do
         assert "Nothing to be done" in p.stdout + p.stderr, (what, (p.stdout + p.stderr)[-3000:])
     assert "p{x}-A.png" in listing.read_text() and "p3-A.png" in listing.read_text()  # by name, braces and all
+
+
+def test_a_dry_run_leaves_the_evaluate_listing_alone(tmp_path: Path) -> None:
+    """A dry run rewrote data/evaluate-inputs.json: pairs added, `snakemake -n evaluate`, removed
+    again, and the listing read as at the last run, but its newer mtime reran evaluate for nothing.
+    A dry run writes a listing that differs to .snakemake/evaluate-inputs.dry-run.json and takes
+    that as the input, so it still shows evaluate to run; only a run rewrites the listing."""
+    from PIL import Image
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    img = Image.new("RGB", (16, 16))
+    for f in ("p1-A.png", "p1-B.png"):
+        img.save(mine / f)
+    project = _evaluated_project(tmp_path, {"name": "mine", "sources": str(mine)})
+    listing = project / "data" / "evaluate-inputs.json"
+    _evaluated(project)
+    made = listing.read_text(), listing.stat().st_mtime_ns
+    for f in ("p2-A.png", "p2-B.png"):
+        img.save(mine / f)
+    p = run(EVALUATE_DRY_RUN, project, check=False)
+    out = p.stdout + p.stderr
+    assert "rule evaluate:" in out, out[-3000:]
+    (inputs,) = [line.split("input: ", 1)[1].split(", ") for line in out.splitlines() if "input: data/fused, " in line]
+    assert inputs[-1] == ".snakemake/evaluate-inputs.dry-run.json", inputs
+    assert "p2-A.png" in (project / inputs[-1]).read_text()
+    assert (listing.read_text(), listing.stat().st_mtime_ns) == made  # left alone
+    for f in ("p2-A.png", "p2-B.png"):
+        (mine / f).unlink()
+    p = run(EVALUATE_DRY_RUN, project, check=False)  # as at the last run
+    out = p.stdout + p.stderr
+    assert "Nothing to be done" in out, out[-3000:]
+    assert (listing.read_text(), listing.stat().st_mtime_ns) == made
+    img.save(mine / "p2-A.png")
+    img.save(mine / "p2-B.png")
+    assert _evaluated(project) and "p2-A.png" in listing.read_text()  # a run rewrites it
 
 
 def test_a_file_named_with_braces_in_a_configured_dataset_does_not_fail_the_dag(tmp_path: Path) -> None:
@@ -1193,7 +1254,8 @@ def test_a_file_named_with_braces_in_a_configured_dataset_does_not_fail_the_dag(
     input function's paths with the job's wildcards: a file p{x}-A.png in a dataset's folder
     failed every DAG holding evaluate (`snakemake -n`, the default target) with "Wildcards in
     input files cannot be determined from output files". The files are listed in
-    data/evaluate-inputs.json now, by name, and no input path holds a brace."""
+    data/evaluate-inputs.json now, by name, and no input path holds a brace (a dry run's listing,
+    .snakemake/evaluate-inputs.dry-run.json, here; a run's, data/evaluate-inputs.json)."""
     from PIL import Image
 
     mine = tmp_path / "mine"
@@ -1210,18 +1272,23 @@ def test_a_file_named_with_braces_in_a_configured_dataset_does_not_fail_the_dag(
     assert p.returncode == 0 and "WildcardError" not in out, out[-3000:]
     inputs = [line.split("input: ", 1)[1].split(", ") for line in out.splitlines() if "input: data/fused, " in line]
     assert len(inputs) == 1, out[-3000:]
-    assert "data/evaluate-inputs.json" in inputs[0] and not any("{" in f for f in inputs[0]), inputs
-    listed = json.loads((project / "data" / "evaluate-inputs.json").read_text())["datasets"][0]
-    assert listed["sources"]["path"] == str(mine) and set(listed["sources"]["files"]) == {
-        "p{x}-A.png", "p{x}-B.png", "p1-A.png", "p1-B.png"}
-    assert set(listed["reference"]["files"]) == {"Max/p{x}.png"}
+    assert ".snakemake/evaluate-inputs.dry-run.json" in inputs[0] and not any("{" in f for f in inputs[0]), inputs
+    p = run(["snakemake", "evaluate", "--touch", "--cores", "1"], project, check=False)  # a run
+    assert p.returncode == 0 and "WildcardError" not in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]
+    for listing in (".snakemake/evaluate-inputs.dry-run.json", "data/evaluate-inputs.json"):
+        listed = json.loads((project / listing).read_text())["datasets"][0]
+        assert listed["sources"]["path"] == str(mine) and set(listed["sources"]["files"]) == {
+            "p{x}-A.png", "p{x}-B.png", "p1-A.png", "p1-B.png"}, listing
+        assert set(listed["reference"]["files"]) == {"Max/p{x}.png"}, listing
 
 
-def test_the_evaluate_listing_leaves_no_temporary_file_when_its_write_fails(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("how", "listing"), [("--touch", "data/evaluate-inputs.json"),
+                                              ("-n", ".snakemake/evaluate-inputs.dry-run.json")])
+def test_the_evaluate_listing_leaves_no_temporary_file_when_its_write_fails(tmp_path: Path, how: str, listing: str) -> None:
     """data/evaluate-inputs.json was written through `<listing>.<pid>.tmp`, a name that repeats
     across the nodes of a shared disk and stayed behind when the rename failed. It is now a
     temporary of its own (mkstemp), removed on failure: here the rename meets a folder in the
-    listing's place, and the DAG fails without leaving a temporary beside it."""
+    listing's place (a run's; a dry run's), and the DAG fails without leaving a temporary beside it."""
     from PIL import Image
 
     mine = tmp_path / "mine"
@@ -1231,14 +1298,16 @@ def test_the_evaluate_listing_leaves_no_temporary_file_when_its_write_fails(tmp_
         img.save(mine / f)
     project = make_project(tmp_path / "p", {"evaluate": {"datasets": [{"name": "mine", "sources": str(mine)}]}},
                            git=False)
-    (project / "data" / "evaluate-inputs.json").mkdir(parents=True)  # the rename cannot replace it
-    p = run(["snakemake", "evaluate", "-n", "--cores", "1"], project, check=False)
-    assert p.returncode != 0, (p.stdout + p.stderr)[-3000:]
-    left = sorted(f.name for f in (project / "data").iterdir())
-    assert left == ["evaluate-inputs.json"], left
+    (project / listing).mkdir(parents=True)  # the rename cannot replace it
+    p = run(["snakemake", "evaluate", how, "--cores", "1"], project, check=False)
+    assert p.returncode != 0 and f"{Path(listing).name}'" in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]
+    left = sorted(f.name for f in (project / listing).parent.iterdir() if "evaluate-inputs" in f.name)
+    assert left == [Path(listing).name], left
 
 
-def test_the_evaluate_listing_has_the_permission_bits_of_a_plain_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("how", "listing"), [("--touch", "data/evaluate-inputs.json"),
+                                              ("-n", ".snakemake/evaluate-inputs.dry-run.json")])
+def test_the_evaluate_listing_has_the_permission_bits_of_a_plain_file(tmp_path: Path, how: str, listing: str) -> None:
     """The listing's temporary was made by tempfile.mkstemp, whose file is mode 600 whatever the
     umask: data/evaluate-inputs.json became unreadable to the other users of a shared project
     (their `snakemake` then took it for absent and wrote it as old as what it lists). It has the
@@ -1256,12 +1325,12 @@ def test_the_evaluate_listing_has_the_permission_bits_of_a_plain_file(tmp_path: 
                            git=False)
     mask = os.umask(0o022)
     try:
-        p = run(["snakemake", "evaluate", "-n", "--cores", "1"], project, check=False)
+        p = run(["snakemake", "evaluate", how, "--cores", "1"], project, check=False)
     finally:
         os.umask(mask)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
-    listing = project / "data" / "evaluate-inputs.json"
-    assert stat.S_IMODE(listing.stat().st_mode) == 0o644, oct(listing.stat().st_mode)
+    mode = (project / listing).stat().st_mode
+    assert stat.S_IMODE(mode) == 0o644, oct(mode)
 
 
 def test_the_evaluate_listing_lists_only_what_evaluate_reads(tmp_path: Path) -> None:
@@ -1286,7 +1355,7 @@ def test_the_evaluate_listing_lists_only_what_evaluate_reads(tmp_path: Path) -> 
         git=False)
     p = run(["snakemake", "evaluate", "-n", "--cores", "1"], project, check=False)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
-    chosen, default = json.loads((project / "data" / "evaluate-inputs.json").read_text())["datasets"]
+    chosen, default = json.loads((project / ".snakemake" / "evaluate-inputs.dry-run.json").read_text())["datasets"]
     assert set(chosen["sources"]["files"]) == {"p1-A.png", "p1-B.png"}, chosen  # P2: evaluate's pattern is case-sensitive
     assert set(chosen["reference"]["files"]) == {"Max/p1.png"}, chosen
     assert default["reference"]["files"] == {"Mine/": [], "NSCT/p1.png": default["reference"]["files"]["NSCT/p1.png"]}
@@ -1326,7 +1395,7 @@ def test_the_evaluate_listing_lists_every_file_evaluate_reads(tmp_path: Path) ->
     project = make_project(tmp_path / "p", {"evaluate": {"datasets": datasets}}, git=False)
     p = run(["snakemake", "evaluate", "-n", "--cores", "1"], project, check=False)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
-    listing = json.loads((project / "data" / "evaluate-inputs.json").read_text())["datasets"]
+    listing = json.loads((project / ".snakemake" / "evaluate-inputs.dry-run.json").read_text())["datasets"]
     cfg = ev.parse_config({"datasets": datasets})
     for ds, listed in zip(cfg.datasets, listing):
         pairs = ev.find_pairs(ds)

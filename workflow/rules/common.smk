@@ -301,6 +301,8 @@ def download_eval_input():
 
 #: The listing of the evaluate datasets' files (evaluate_inputs_listing), evaluate's input.
 EVALUATE_INPUTS = "data/evaluate-inputs.json"
+#: The listing a dry run takes as evaluate's input when EVALUATE_INPUTS would change (evaluate_inputs_listing).
+EVALUATE_INPUTS_DRY_RUN = ".snakemake/evaluate-inputs.dry-run.json"
 
 
 def evaluate_inputs_listing(wildcards):
@@ -318,11 +320,16 @@ def evaluate_inputs_listing(wildcards):
     with braces (p{x}.png: Snakemake takes {x} for a wildcard) stood for its folder, whose mtime
     no edit inside changes, and 30,000 files made a 3.8 MB input line. The listing sees every
     such change, under any rerun triggers; unchanged, it is not rewritten, so nothing reruns.
+    Only a run rewrites it: a dry run (-n) or a command that runs nothing (--dag, --summary, ...)
+    leaves it alone, writes a listing that differs to EVALUATE_INPUTS_DRY_RUN (with the mtime the
+    run would give it) and takes that as the input, so it still shows evaluate to run. A dry run
+    rewrote the listing: after a change undone before the run (files added, `snakemake -n`,
+    removed again), the listing read as at the last run, but its newer mtime reran evaluate.
     Made, it takes the newest mtime of what it lists (the files, their folders): a project that
-    evaluated before reruns only for what changed since. A folder a rule writes (data/testset,
-    download_eval's) is that rule's output, an input already; a folder not there is listed as
-    missing (the checks, checks.smk, and the command name it). DVC cannot list the folders:
-    dvc.yaml's templating interpolates no list into deps (see its evaluate stage)."""
+    evaluated before reruns only for what changed since. A folder a rule writes (data/testset, download_eval's) is that rule's output, an input
+    already; a folder not there is listed as missing (the checks, checks.smk, and the command name
+    it). DVC cannot list the folders: dvc.yaml's templating interpolates no list into deps (see
+    its evaluate stage)."""
     from bafusion.cli.params_check import pipeline_outputs, written_by
     from bafusion.workspace import resolve
 
@@ -440,22 +447,27 @@ def evaluate_inputs_listing(wildcards):
             old = fh.read()
     except OSError:
         old = None
-    if old != text:
-        os.makedirs(os.path.dirname(EVALUATE_INPUTS), exist_ok=True)
-        import secrets  # a name of its own (pids repeat across the nodes of a shared disk), removed on failure;
+    if old == text:
+        return [EVALUATE_INPUTS]
+    # only a run rewrites the listing: a dry run (-n; also --dag, --summary, ..., which execute nothing)
+    # writes its own, with the mtime the listing would get, and takes it as the input
+    running = getattr(workflow, "executor_plugin", None) is not None and not workflow.dryrun
+    path = EVALUATE_INPUTS if running else EVALUATE_INPUTS_DRY_RUN
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    import secrets  # a name of its own (pids repeat across the nodes of a shared disk), removed on failure;
 
-        # made as a plain open() makes a file, the umask's mode (mkstemp's is 600: the other users of a
-        # shared project could not read the listing)
-        tmp = os.path.join(os.path.dirname(EVALUATE_INPUTS), f".evaluate-inputs.{secrets.token_hex(8)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with open(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            if old is None:  # made: as old as what it lists (see the docstring)
-                os.utime(tmp, ns=(newest[0], newest[0]))
-            os.replace(tmp, EVALUATE_INPUTS)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    return [EVALUATE_INPUTS]
+    # made as a plain open() makes a file, the umask's mode (mkstemp's is 600: the other users of a
+    # shared project could not read the listing)
+    tmp = os.path.join(os.path.dirname(path), f".evaluate-inputs.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        if old is None:  # made: as old as what it lists (see the docstring)
+            os.utime(tmp, ns=(newest[0], newest[0]))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return [path]
