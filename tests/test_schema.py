@@ -1128,7 +1128,7 @@ EVALUATE_DRY_RUN = ["snakemake", "evaluate", "-n", "--cores", "1", "--rerun-trig
 def _evaluated_project(tmp_path: Path, dataset: dict) -> Path:
     """A project configured with ``dataset``, every output up to evaluate's in place, all made
     10,000 s ago, and evaluate's outputs made now: evaluated after its dataset's files were last
-    changed. Its listing is not there yet."""
+    changed, their ctimes (which os.utime sets to now) included. Its listing is not there yet."""
     import time
 
     project = make_project(tmp_path / "p", {"evaluate": {"datasets": [dataset]}}, git=False)
@@ -1247,6 +1247,37 @@ def test_a_dry_run_leaves_the_evaluate_listing_alone(tmp_path: Path) -> None:
     img.save(mine / "p2-A.png")
     img.save(mine / "p2-B.png")
     assert _evaluated(project) and "p2-A.png" in listing.read_text()  # a run rewrites it
+
+
+def test_a_file_copied_in_with_its_old_mtime_before_the_listing_was_made_reruns_evaluate(tmp_path: Path) -> None:
+    """The listing, made (a project that evaluated before it existed), took the newest mtime of
+    what it lists: a pair replaced after the last run by `cp -p` (its old mtime kept, its folder's
+    mtime unchanged) left it older than evaluate's outputs, and Table 1 stale. It takes the newest
+    mtime or ctime: the copy's ctime is when it was copied. (Without the copy, the same project
+    reruns nothing: test_any_change_to_a_configured_datasets_files_reruns_evaluate_...)"""
+    import subprocess
+    import time
+
+    from PIL import Image
+
+    mine, old = tmp_path / "mine", tmp_path / "old"
+    mine.mkdir()
+    old.mkdir()
+    for f in ("p1-A.png", "p1-B.png"):
+        Image.new("RGB", (16, 16)).save(mine / f)
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(old / "p1-B.png")
+    base = time.time() - 10_000
+    for p in [*old.rglob("*"), *mine.rglob("*"), mine]:
+        os.utime(p, (base, base))
+    project = _evaluated_project(tmp_path, {"name": "mine", "sources": str(mine)})  # up to date (see the docstring)
+    time.sleep(0.1)  # past the kernel's coarse clock (ctimes) tick
+    subprocess.run(["cp", "-p", str(old / "p1-B.png"), str(mine / "p1-B.png")], check=True)
+    assert (mine / "p1-B.png").stat().st_mtime == mine.stat().st_mtime == base
+    p = run(EVALUATE_DRY_RUN, project, check=False)
+    assert "rule evaluate:" in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]
+    assert _evaluated(project)  # a run makes it, and evaluate runs
+    p = run(EVALUATE_DRY_RUN, project, check=False)
+    assert "Nothing to be done" in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]
 
 
 def test_a_file_named_with_braces_in_a_configured_dataset_does_not_fail_the_dag(tmp_path: Path) -> None:

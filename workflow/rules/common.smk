@@ -325,8 +325,10 @@ def evaluate_inputs_listing(wildcards):
     run would give it) and takes that as the input, so it still shows evaluate to run. A dry run
     rewrote the listing: after a change undone before the run (files added, `snakemake -n`,
     removed again), the listing read as at the last run, but its newer mtime reran evaluate.
-    Made, it takes the newest mtime of what it lists (the files, their folders): a project that
-    evaluated before reruns only for what changed since. A folder a rule writes (data/testset, download_eval's) is that rule's output, an input
+    Made, it takes the newest mtime or ctime of what it lists (the files, their folders): a project
+    that evaluated before reruns only for what changed since, a file copied in with its old mtime
+    (`cp -p`, which the mtime alone missed) included, and a chmod or chown since (one rerun more).
+    A folder a rule writes (data/testset, download_eval's) is that rule's output, an input
     already; a folder not there is listed as missing (the checks, checks.smk, and the command name
     it). DVC cannot list the folders: dvc.yaml's templating interpolates no list into deps (see
     its evaluate stage)."""
@@ -341,7 +343,7 @@ def evaluate_inputs_listing(wildcards):
             st = os.stat(path)
         except OSError:
             return None
-        newest[0] = max(newest[0], st.st_mtime_ns)
+        newest[0] = max(newest[0], st.st_mtime_ns, st.st_ctime_ns)  # ctime: `cp -p` keeps an old mtime
         return st
 
     def files(folder, keep=lambda name: True, methods=None):
