@@ -495,6 +495,26 @@ def test_the_estimate_counts_the_uint16_copies_of_deep_sources(tmp_path: Path, m
                                                                    + memory.DEEP_MIB_PER_MEGAPIXEL) * 24 + shot * 24)
 
 
+def test_a_stack_with_save_maps_is_estimated_with_every_steps_maps_held(tmp_path: Path, monkeypatch) -> None:
+    """``fuse --save-maps`` of a chain stack holds every step's maps to the end (``keep_maps``,
+    about 18 bytes a pixel a step): session 38's probe measured 672 / 1246 / 2066 MiB at 3 / 8 /
+    15 shots of 2304x2304 (BENCHMARKS.md "Memory of a stack"), 116 MiB a shot. The estimate added
+    the fusion's 16 MiB a megapixel a shot (85 MiB): 1913 MiB for the 15, under the measured
+    peak. Without ``--save-maps`` the earlier steps' maps are let go, and the estimate stays."""
+    from bafusion.fusion import memory
+
+    monkeypatch.setattr(memory, "_megapixels", lambda path: 2304 * 2304 / 1e6)
+    monkeypatch.setattr(memory, "_full_size", lambda *a, **k: False)
+    monkeypatch.setattr(memory, "_deep", lambda path: False)
+    for n, measured in ((3, 672), (8, 1246), (15, 2066)):
+        shots = [tmp_path / f"{i}.png" for i in range(n)]
+        assert memory.fuse_need_mib(shots, save_maps=True) >= measured, n
+    # the plain estimate is the fusion's (its per-shot share unchanged)
+    mp = 2304 * 2304 / 1e6
+    assert memory.fuse_need_mib(shots) == round(memory.BASE_MIB + memory.MIB_PER_MEGAPIXEL * mp
+                                                + memory.MIB_PER_MEGAPIXEL_SHOT * mp * 13)
+
+
 def test_fuse_with_save_maps_is_checked_against_the_limit_with_the_maps_estimate(tmp_path: Path, tiny_nets: Path,
                                                                                  monkeypatch, capsys) -> None:
     """``--save-maps`` needs more than the fusion (its estimate counts them since 0.5.0): the

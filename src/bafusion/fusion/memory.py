@@ -45,6 +45,13 @@ ALIGN_BASE_MIB = 280
 ALIGN_MIB_PER_MEGAPIXEL = 89
 #: ... for each shot of a stack beyond two (an estimate, not measured: its full-size source).
 MIB_PER_MEGAPIXEL_SHOT = 16
+#: ... for each shot of a stack beyond two with ``--save-maps``, under which the chain holds every
+#: step's maps to the end (:func:`bafusion.fusion.fuse_stack`'s ``keep_maps``: the fused image,
+#: three float32 score maps, three bool maps). Measured as :data:`BASE_MIB` (session 38's probe,
+#: BENCHMARKS.md "Memory of a stack": the chain holding them, ``fuse --threads 1``, one run each):
+#: 672 / 1246 / 2066 MiB at 3 / 8 / 15 shots of 2304x2304 (5.3 MP), 116 MiB a shot, 21.9 MiB per
+#: megapixel, rounded up to 22 (with 16, 15 such shots were put at 1913 MiB).
+MAPS_MIB_PER_MEGAPIXEL_SHOT = 22
 #: Added to :data:`MIB_PER_MEGAPIXEL` when a source has more than 8 bits per sample: the uint16
 #: copies of the sources and of the output (:attr:`bafusion.io.SourceSet.full`). Measured as above
 #: (probeBig, session 32, one run): a 24 MP RGB 16-bit TIFF pair peaked at 1542 MiB, the same
@@ -62,8 +69,8 @@ DEEP_MIB_PER_MEGAPIXEL_SHOT = 6
 #: 972 MiB for a 4096x3072 pair made from tsai-03 (866 alone): 29 MiB per megapixel over 611,
 #: rounded up to 620 + 30; a pair's peak with --save-maps is the larger of this and the
 #: fusion's. It overestimates small pairs, whose Fig. 3 is small too (the 520x520 lytro-05
-#: pair: 492 MiB, 480 without the maps; 658 predicted). Stacks (a step's maps at a time, each step's result held) are not measured: each
-#: shot beyond two adds :data:`MIB_PER_MEGAPIXEL_SHOT` as for the fusion.
+#: pair: 492 MiB, 480 without the maps; 658 predicted). A stack's shots beyond two each add
+#: :data:`MAPS_MIB_PER_MEGAPIXEL_SHOT` (every step's maps held), not :data:`MIB_PER_MEGAPIXEL_SHOT`.
 #: Raised from 620 for ``--threads 2`` (session 34: gray conversions, exposure matching's
 #: filters and the band's tiles side by side, :func:`bafusion.threads.side_by_side`): the 12 MP
 #: lytro-05 pair with ``--save-maps`` peaked at 978 and 991 MiB with two threads, 878 and 893
@@ -226,7 +233,8 @@ def fuse_need_mib(shots: Sequence[Path], align: bool = False, save_maps: bool = 
     ``shots`` (with ``align``, the larger of that and the alignment's, :data:`ALIGN_BASE_MIB` and
     :data:`ALIGN_MIB_PER_MEGAPIXEL`; with ``save_maps``, the larger of that and the maps',
     :data:`MAPS_BASE_MIB` and :data:`MAPS_MIB_PER_MEGAPIXEL`), or ``None`` when their size
-    cannot be read. Sources of more than 8 bits per sample add their uint16 copies
+    cannot be read. Each shot of a stack beyond two adds :data:`MIB_PER_MEGAPIXEL_SHOT` (with
+    ``save_maps``: :data:`MAPS_MIB_PER_MEGAPIXEL_SHOT`, every step's maps held). Sources of more than 8 bits per sample add their uint16 copies
     (:data:`DEEP_MIB_PER_MEGAPIXEL`), a pair decided at its full size by ``params`` (a
     :class:`bafusion.fusion.FusionParams`; None: the defaults) its nets' and maps' share
     (:data:`FULL_SIZE_MIB`). A shot may be an array (:func:`bafusion.fuse`'s): its shape and
@@ -242,7 +250,7 @@ def fuse_need_mib(shots: Sequence[Path], align: bool = False, save_maps: bool = 
         peak = max(peak, ALIGN_BASE_MIB + ALIGN_MIB_PER_MEGAPIXEL * mp)
     if save_maps:
         peak = max(peak, MAPS_BASE_MIB + MAPS_MIB_PER_MEGAPIXEL * mp)
-    shot = MIB_PER_MEGAPIXEL_SHOT + (DEEP_MIB_PER_MEGAPIXEL_SHOT if deep else 0)
+    shot = (MAPS_MIB_PER_MEGAPIXEL_SHOT if save_maps else MIB_PER_MEGAPIXEL_SHOT) + (DEEP_MIB_PER_MEGAPIXEL_SHOT if deep else 0)
     return int(round(peak + shot * mp * max(len(shots) - 2, 0)))
 
 
