@@ -280,7 +280,8 @@ class StackResult:
 
     fused: np.ndarray  #: uint8
     #: float32 (N, H, W): each shot's sum of pairwise logits; None where not kept
-    #: (:func:`fuse_stack_joint`'s ``keep_scores`` False: the command line's, which reads none)
+    #: (:func:`fuse_stack_joint`'s ``keep_scores`` False: ``bafusion fuse``'s, ``fuse-dir``'s and
+    #: :func:`bafusion.fuse`'s, which read none)
     scores: np.ndarray | None
     index_initial: np.ndarray  #: int16, argmax of ``scores``
     near_boundary: np.ndarray  #: bool, the band the boundary net rescored
@@ -487,7 +488,8 @@ def fuse_stack_joint(
     keep_scores : bool
         Return the logit sums (``StackResult.scores``, N float32 maps at the shots' size: 4N
         bytes a pixel) (the default). False: ``scores`` is None, and a stack decided at
-        another size never brings them to full size (the command line's: it reads none).
+        another size never brings them to full size (``bafusion fuse``, ``fuse-dir`` and
+        :func:`bafusion.fuse` fuse so: they read none).
 
     Returns
     -------
