@@ -43,15 +43,30 @@ FULL_SIZE_MIB = 200
 #: rounded up to 280 + 89.
 ALIGN_BASE_MIB = 280
 ALIGN_MIB_PER_MEGAPIXEL = 89
-#: ... for each shot of a stack beyond two (an estimate, not measured: its full-size source).
-MIB_PER_MEGAPIXEL_SHOT = 16
-#: ... for each shot of a stack beyond two with ``--save-maps``, under which the chain holds every
-#: step's maps to the end (:func:`bafusion.fusion.fuse_stack`'s ``keep_maps``: the fused image,
-#: three float32 score maps, three bool maps). Measured as :data:`BASE_MIB` (session 38's probe,
-#: BENCHMARKS.md "Memory of a stack": the chain holding them, ``fuse --threads 1``, one run each):
-#: 672 / 1246 / 2066 MiB at 3 / 8 / 15 shots of 2304x2304 (5.3 MP), 116 MiB a shot, 21.9 MiB per
-#: megapixel, rounded up to 22 (with 16, 15 such shots were put at 1913 MiB).
-MAPS_MIB_PER_MEGAPIXEL_SHOT = 22
+#: ... for each shot of a stack beyond two: its full-size source and, of each earlier step, what
+#: the fusion reads (the chain's decision, gains and notes, :func:`bafusion.fusion.rule.fuse_stack`
+#: ``keep_maps=False``; the joint rule's logit sums at the working size). Measured as
+#: :data:`BASE_MIB` (session 38, one run each, loaded 2-core machine; shots of a focus sweep
+#: upscaled to 2304x2304 PNG, 5.3 MP): the chain 683 MiB at 3 shots and 835 at 8 (+30 MiB a shot,
+#: 5.7 MiB per megapixel), the joint rule 843 at 8; rounded up to 8 (694 and 906 predicted, 2-8 %
+#: above; 16 before, an estimate: 1161 at 8 shots, 39 % above).
+MIB_PER_MEGAPIXEL_SHOT = 8
+#: With ``--save-maps`` the chain keeps every step's full-size maps (the fused image, three float32
+#: score maps, three bool maps: about 18 bytes a pixel) to write them, and writes each step's maps
+#: and Fig. 3: for each shot beyond two this many MiB per megapixel, in place of
+#: :data:`MIB_PER_MEGAPIXEL_SHOT`, and :data:`MAPS_STACK_MIB_PER_MEGAPIXEL` once. Measured as
+#: :data:`MIB_PER_MEGAPIXEL_SHOT` (``fuse --stack-rule chain --threads 1 --save-maps``): 1050 MiB at
+#: 3 shots, 1667 at 8 and 2462 at 15 (+124 MiB a shot from 3 to 8, +113 from 8 to 15: 22.2 MiB
+#: per megapixel over the twelve; the chain keeping every map without writing them, before
+#: session 38: 672 / 1246 / 2066 MiB at 3 / 8 / 15), rounded up to 24 (127 MiB a shot at 5.3 MP). The joint rule keeps no per-step maps (its --save-maps peak is not
+#: measured; the chain's bounds it).
+MAPS_MIB_PER_MEGAPIXEL_SHOT = 24
+#: ... added once to a stack's estimate with ``--save-maps``: the first two of these shots alone
+#: peaked at 939 MiB with ``--save-maps``, above the pair's :data:`MAPS_BASE_MIB` and
+#: :data:`MAPS_MIB_PER_MEGAPIXEL` (809 at 5.3 MP; measured on JPEG pairs, not examined here).
+#: With it 1096, 1733 and 2625 MiB predicted at 3, 8 and 15 shots, 4-7 % above the measured
+#: 1050, 1667 and 2462. One size only (5.3 MP) measured.
+MAPS_STACK_MIB_PER_MEGAPIXEL = 30
 #: Added to :data:`MIB_PER_MEGAPIXEL` when a source has more than 8 bits per sample: the uint16
 #: copies of the sources and of the output (:attr:`bafusion.io.SourceSet.full`). Measured as above
 #: (probeBig, session 32, one run): a 24 MP RGB 16-bit TIFF pair peaked at 1542 MiB, the same
@@ -69,8 +84,7 @@ DEEP_MIB_PER_MEGAPIXEL_SHOT = 6
 #: 972 MiB for a 4096x3072 pair made from tsai-03 (866 alone): 29 MiB per megapixel over 611,
 #: rounded up to 620 + 30; a pair's peak with --save-maps is the larger of this and the
 #: fusion's. It overestimates small pairs, whose Fig. 3 is small too (the 520x520 lytro-05
-#: pair: 492 MiB, 480 without the maps; 658 predicted). A stack's shots beyond two each add
-#: :data:`MAPS_MIB_PER_MEGAPIXEL_SHOT` (every step's maps held), not :data:`MIB_PER_MEGAPIXEL_SHOT`.
+#: pair: 492 MiB, 480 without the maps; 658 predicted). Stacks: :data:`MAPS_MIB_PER_MEGAPIXEL_SHOT`.
 #: Raised from 620 for ``--threads 2`` (session 34: gray conversions, exposure matching's
 #: filters and the band's tiles side by side, :func:`bafusion.threads.side_by_side`): the 12 MP
 #: lytro-05 pair with ``--save-maps`` peaked at 978 and 991 MiB with two threads, 878 and 893
@@ -233,12 +247,13 @@ def fuse_need_mib(shots: Sequence[Path], align: bool = False, save_maps: bool = 
     ``shots`` (with ``align``, the larger of that and the alignment's, :data:`ALIGN_BASE_MIB` and
     :data:`ALIGN_MIB_PER_MEGAPIXEL`; with ``save_maps``, the larger of that and the maps',
     :data:`MAPS_BASE_MIB` and :data:`MAPS_MIB_PER_MEGAPIXEL`), or ``None`` when their size
-    cannot be read. Each shot of a stack beyond two adds :data:`MIB_PER_MEGAPIXEL_SHOT` (with
-    ``save_maps``: :data:`MAPS_MIB_PER_MEGAPIXEL_SHOT`, every step's maps held). Sources of more than 8 bits per sample add their uint16 copies
+    cannot be read. Sources of more than 8 bits per sample add their uint16 copies
     (:data:`DEEP_MIB_PER_MEGAPIXEL`), a pair decided at its full size by ``params`` (a
     :class:`bafusion.fusion.FusionParams`; None: the defaults) its nets' and maps' share
-    (:data:`FULL_SIZE_MIB`). A shot may be an array (:func:`bafusion.fuse`'s): its shape and
-    dtype for a file's header."""
+    (:data:`FULL_SIZE_MIB`); each shot of a stack beyond two :data:`MIB_PER_MEGAPIXEL_SHOT` (with
+    ``save_maps``, :data:`MAPS_MIB_PER_MEGAPIXEL_SHOT`, and :data:`MAPS_STACK_MIB_PER_MEGAPIXEL`
+    once). A shot may be an array (:func:`bafusion.fuse`'s): its shape and dtype for a file's
+    header."""
     mp = max((_megapixels(_source(p)) for p in shots), default=0.0)
     if mp <= 0:
         return None
@@ -250,8 +265,12 @@ def fuse_need_mib(shots: Sequence[Path], align: bool = False, save_maps: bool = 
         peak = max(peak, ALIGN_BASE_MIB + ALIGN_MIB_PER_MEGAPIXEL * mp)
     if save_maps:
         peak = max(peak, MAPS_BASE_MIB + MAPS_MIB_PER_MEGAPIXEL * mp)
-    shot = (MAPS_MIB_PER_MEGAPIXEL_SHOT if save_maps else MIB_PER_MEGAPIXEL_SHOT) + (DEEP_MIB_PER_MEGAPIXEL_SHOT if deep else 0)
-    return int(round(peak + shot * mp * max(len(shots) - 2, 0)))
+    extra = max(len(shots) - 2, 0)
+    shot = (MAPS_MIB_PER_MEGAPIXEL_SHOT if save_maps else MIB_PER_MEGAPIXEL_SHOT) + (
+        DEEP_MIB_PER_MEGAPIXEL_SHOT if deep else 0)
+    if save_maps and extra:
+        peak += MAPS_STACK_MIB_PER_MEGAPIXEL * mp
+    return int(round(peak + shot * mp * extra))
 
 
 def fuse_advice(shots: Sequence[Path] = (), align: bool = False, save_maps: bool = False, *,
