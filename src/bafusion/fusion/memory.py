@@ -58,8 +58,9 @@ MIB_PER_MEGAPIXEL_SHOT = 8
 #: :data:`MIB_PER_MEGAPIXEL_SHOT` (``fuse --stack-rule chain --threads 1 --save-maps``): 1050 MiB at
 #: 3 shots, 1667 at 8 and 2462 at 15 (+124 MiB a shot from 3 to 8, +113 from 8 to 15: 22.2 MiB
 #: per megapixel over the twelve; the chain keeping every map without writing them, before
-#: session 38: 672 / 1246 / 2066 MiB at 3 / 8 / 15), rounded up to 24 (127 MiB a shot at 5.3 MP). The joint rule keeps no per-step maps (its --save-maps peak is not
-#: measured; the chain's bounds it).
+#: session 38: 672 / 1246 / 2066 MiB at 3 / 8 / 15), rounded up to 24 (127 MiB a shot at 5.3 MP).
+#: The joint rule keeps no per-step maps and writes five: 875 MiB at 8 shots with ``--save-maps``;
+#: the estimate, which does not know the rule, is the chain's (twice that).
 MAPS_MIB_PER_MEGAPIXEL_SHOT = 24
 #: ... added once to a stack's estimate with ``--save-maps``: the first two of these shots alone
 #: peaked at 939 MiB with ``--save-maps``, above the pair's :data:`MAPS_BASE_MIB` and
