@@ -198,6 +198,9 @@ SNAKEFILE_NOT_FOLLOWED: dict[str, str] = {
     "bafusion.workspace.dvc_removed_outputs_note": "the note a refusal adds under dvc repro",
     "bafusion.errors": "exception classes",
     "bafusion.tracking": "MLflow logging of the invocation",
+    "bafusion.evaluation.evaluate.REFERENCE_METHODS": "the paper's six method names, read for the listing of "
+                                                      "evaluate's inputs (data/evaluate-inputs.json), which only "
+                                                      "the evaluate rule takes",
 }
 
 
