@@ -1730,7 +1730,8 @@ def test_a_path_the_standard_output_cannot_encode_does_not_fail_the_command(monk
     """``bafusion fuse ... -o 日本.png > log.txt`` on Windows (stdout cp1252) and ``-o Ádám.png``
     in a legacy POSIX locale (a surrogate) wrote the output, then failed on its final line:
     status 1, "internal error: UnicodeEncodeError". Such characters are now printed escaped;
-    the stream is as it was once the command returns."""
+    the stream is as it was once the command returns. A name's bytes undecodable in the locale
+    are written as those bytes (``\\xc3\\x81``), not as the surrogates that stand for them."""
     import io
 
     import bafusion.cli.pipeline as pipeline
@@ -1744,7 +1745,7 @@ def test_a_path_the_standard_output_cannot_encode_does_not_fail_the_command(monk
     monkeypatch.setattr(sys, "stdout", out)
     assert cli_main(["count"]) == 0
     out.flush()
-    assert out.buffer.getvalue() == b"fused 2 images into \\u65e5\\u672c.png and Ad\\udcc3\\udc81m.png\n"
+    assert out.buffer.getvalue() == b"fused 2 images into \\u65e5\\u672c.png and Ad\\xc3\\x81m.png\n"
     assert out.errors == "strict"
 
 

@@ -169,3 +169,32 @@ def test_an_output_naming_a_file_undecodable_in_the_locale_is_written(tmp_path: 
             "assert any(0xd800 <= ord(c) <= 0xdfff for c in name), ascii(name)\n"
             "write_text('m.csv', 'pair,method\\n' + name + ',\\u65e5\\u672c\\n')\n")
     _csv_written_in_legacy_locale(code, tmp_path, "pair,method\nÁdám,日本\n")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX file name of bytes that are no UTF-8")
+@pytest.mark.parametrize("locale", ["C.UTF-8", "C"])
+def test_a_name_undecodable_in_the_locale_reads_the_same_on_both_streams(tmp_path: Path, locale: str) -> None:
+    """A file name holding the byte FD (no UTF-8) was printed as ``\\udcfd`` on stderr (its
+    ``backslashreplace``) and as the raw byte on a C-locale stdout (``surrogateescape``): two
+    spellings of one name, neither the byte's. Both streams now write it ``\\xfd``."""
+    import numpy as np
+    from PIL import Image
+
+    folder = os.fsencode(tmp_path) + b"/d\xfd"
+    os.mkdir(folder)
+    for name in (b"a\xfd.png", b"b.png"):
+        Image.fromarray(np.arange(24 * 20, dtype=np.uint8).reshape(24, 20) % 251).save(
+            os.fsdecode(folder + b"/" + name))
+    with open(folder + b"/bad\xfd.png", "wb") as f:
+        f.write(b"no image")
+    env = {**os.environ, "LC_ALL": locale, "LANG": locale, "BAFUSION_MLFLOW": "0",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env.pop("PYTHONIOENCODING", None)
+    fused = subprocess.run([sys.executable, "-m", "bafusion", "baseline", b"d\xfd/a\xfd.png", b"d\xfd/b.png",
+                            "-o", b"d\xfd/F\xfd.png"], cwd=tmp_path, env=env, capture_output=True, timeout=300)
+    assert fused.returncode == 0, fused.stderr
+    assert fused.stdout.startswith(b"fused 2 images into d\\xfd/F\\xfd.png with gff"), fused.stdout
+    bad = subprocess.run([sys.executable, "-m", "bafusion", "metrics", *[b"d\xfd/bad\xfd.png"] * 3],
+                         cwd=tmp_path, env=env, capture_output=True, timeout=300)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith(b"bafusion metrics: error: d\\xfd/bad\\xfd.png: unreadable image"), bad.stderr

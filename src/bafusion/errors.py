@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+import codecs
 import re
+
+
+#: The name of the codec error handler (``errors=``) that writes a file name's byte undecodable in
+#: the locale (``os.fsdecode`` gives it as a lone surrogate, U+DC80-U+DCFF) as the byte, ``\\xfd``,
+#: and any other character the encoding lacks as ``backslashreplace`` does (``\\u65e5``): the
+#: command's standard output and error use it (:func:`bafusion.cli.app.main`), so that a name
+#: reads the same on both streams in every locale (``\\udcfd`` on stderr and the raw byte on a
+#: C-locale stdout before).
+READABLE_ERRORS = "bafusion-readable"
+
+
+def _readable(e: UnicodeError) -> tuple[str, int]:
+    """The :data:`READABLE_ERRORS` handler: the replacement of ``e``'s unencodable characters."""
+    if not isinstance(e, UnicodeEncodeError):
+        raise e
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+                   else c.encode("ascii", "backslashreplace").decode("ascii")
+                   for c in e.object[e.start:e.end]), e.end
+
+
+codecs.register_error(READABLE_ERRORS, _readable)
 
 
 class UserError(Exception):

@@ -47,7 +47,7 @@ from typing import Any
 
 from bafusion._version import __version__
 from bafusion.atomic import clear_stop, request_stop, shown_path, stop_requested
-from bafusion.errors import UserError, is_out_of_memory
+from bafusion.errors import READABLE_ERRORS, UserError, is_out_of_memory
 
 COMMAND_MODULES: tuple[str, ...] = (
     "bafusion.cli.pipeline",
@@ -449,18 +449,22 @@ def _exit_sooner() -> None:
     gc.freeze()
 
 
-def _printable_anything() -> list[object]:
+def _printable_anything() -> list[tuple[object, str]]:
     """Have stdout and stderr write a character their encoding lacks as a ``\\x..`` escape
-    (``backslashreplace``) instead of raising: a path printed by a command (``fused ... into
-    日本.png``, a file name undecodable in the locale) to a cp1252 or ASCII stdout (Windows' redirected
-    output, a legacy POSIX locale) failed the command with "internal error" after its work was
-    done. Returns the streams changed (those that were ``strict``), for the caller to restore."""
+    instead of raising: a path printed by a command (``fused ... into 日本.png``, a file name
+    undecodable in the locale) to a cp1252 or ASCII stdout (Windows' redirected output, a legacy
+    POSIX locale) failed the command with "internal error" after its work was done. The handler is
+    :data:`bafusion.errors.READABLE_ERRORS`: a name's byte undecodable in the locale is written as
+    that byte, ``\\xfd``, on both streams (stderr's ``backslashreplace`` wrote ``\\udcfd``, a
+    C-locale stdout's ``surrogateescape`` the raw byte), another character as ``\\u65e5``.
+    Returns the streams changed, each with its ``errors`` before, for the caller to restore."""
     changed = []
     for stream in (sys.stdout, sys.stderr):
-        if getattr(stream, "errors", None) == "strict":
+        errors = getattr(stream, "errors", None)
+        if errors in ("strict", "backslashreplace", "surrogateescape"):
             with contextlib.suppress(AttributeError, ValueError, OSError):
-                stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
-                changed.append(stream)
+                stream.reconfigure(errors=READABLE_ERRORS)  # type: ignore[union-attr]
+                changed.append((stream, errors))
     return changed
 
 
@@ -483,7 +487,7 @@ def _reopen_closed_std_streams() -> None:
                     os.set_inheritable(fd, True)  # the processes started here get it too
     if sys.stderr is None:
         with contextlib.suppress(OSError):
-            sys.stderr = open(os.devnull, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+            sys.stderr = open(os.devnull, "w", encoding="utf-8", errors=READABLE_ERRORS)  # noqa: SIM115
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -550,9 +554,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if line_buffered is False:
             with contextlib.suppress(AttributeError, ValueError, OSError):
                 stdout.reconfigure(line_buffering=False)
-        for stream in strict:
+        for stream, errors in strict:
             with contextlib.suppress(AttributeError, ValueError, OSError):
-                stream.reconfigure(errors="strict")
+                stream.reconfigure(errors=errors)  # type: ignore[attr-defined]
         _mains_running -= 1
         while _at_end:
             with contextlib.suppress(Exception):

@@ -21,7 +21,7 @@ from bafusion.atomic import clear_stop, stop_requested
 from bafusion.cli.app import TRAIN_LAUNCHER_ENV, at_command_end
 from bafusion.cli.common import add_threads_argument, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread, seed_int
 from bafusion.config import batch_split_problem, read_params
-from bafusion.errors import UserError
+from bafusion.errors import READABLE_ERRORS, UserError
 from bafusion.nets.train import (
     LOCK_HELD_ENV,
     NETS,
@@ -603,7 +603,7 @@ class _LogCopy:
                 self.threads[fd] = t
             if sys.stdout is None:  # closed (>&-): its lines went nowhere, the log's copy too
                 self.stdout = open(1, "w", encoding=getattr(sys.stderr, "encoding", None) or "utf-8",  # noqa: SIM115
-                                   errors="backslashreplace", buffering=1, closefd=False)
+                                   errors=READABLE_ERRORS, buffering=1, closefd=False)
                 sys.stdout = self.stdout
         except BaseException:
             self.stop()
@@ -627,7 +627,7 @@ class _LogCopy:
     def log_text(self, text: str) -> None:
         """Write ``text`` to the log only (the console's reader is gone)."""
         with self.lock:
-            self._write_log(text.encode(errors="backslashreplace"), self.saved.get(2, 2))
+            self._write_log(text.encode(errors=READABLE_ERRORS), self.saved.get(2, 2))
 
     def say_reader_gone(self, advice: str) -> None:
         """Say, as the log's last line (and on stderr where its reader is still there), that the
