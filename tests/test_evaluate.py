@@ -1536,6 +1536,45 @@ def test_a_dataset_given_on_the_command_line_compares_the_methods_of_its_referen
     assert sorted({r["method"] for r in rows}) == ["CNN", "Laplacian", "MyGFF"]
 
 
+def test_a_dataset_folder_named_with_a_comma_can_be_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`--dataset mine=p,q` of the folder p,q was read as SOURCES p and REFERENCE q, refused as
+    "reference folder .../q not found", and no spelling gave the folder. --dataset is now split
+    at the last comma: a value ending in a comma has no reference (`mine=p,q,`), `mine=p,q,REF`
+    has one, and `mine=p,q` is refused saying how to write it; a REFERENCE named with a comma is
+    refused saying that it cannot be given so."""
+    from bafusion.cli.evaluate import split_dataset
+
+    assert split_dataset("mine=p,q,") == ("mine", "p,q", "")
+    assert split_dataset("mine=p,q,r") == ("mine", "p,q", "r")
+    assert split_dataset("mine=p") == ("mine", "p", "")
+    assert split_dataset("mine=a=b,c") == ("mine", "a=b", "c")
+    _, imgs = _write_set(tmp_path, ["p1"])
+    (tmp_path / "pairs").rename(tmp_path / "p,q")
+    _write_reference(tmp_path, imgs, {"MyGFF": gff_fuse})
+    monkeypatch.chdir(tmp_path)
+    base = ["evaluate", "--methods", "Laplacian", "--metrics", "QG"]
+    for value, out, methods in (("mine=p,q,", "e1", ["Laplacian"]), ("mine=p,q,reference", "e2", ["Laplacian", "MyGFF"])):
+        rc = cli_main([*base, "--dataset", value, "--out", out])
+        err = capsys.readouterr().err
+        assert rc == 0, err
+        rows = list(csv.DictReader((tmp_path / out / "mine" / "metrics.csv").open()))
+        assert sorted({r["method"] for r in rows}) == methods, rows
+    assert cli_main([*base, "--dataset", "mine=p,q", "--out", "e3"]) == 2
+    err = capsys.readouterr().err
+    assert ("--dataset mine=p,q: p,q is one folder, but --dataset splits SOURCES from REFERENCE at the last comma "
+            "('p', 'q'): to evaluate p,q without a reference folder, end the value with a comma, --dataset mine=p,q, "
+            "(with one: --dataset mine=p,q,REF)") in err, err
+    (tmp_path / "reference").rename(tmp_path / "ref,x")
+    (tmp_path / "p,q").rename(tmp_path / "pairs")
+    assert cli_main([*base, "--dataset", "mine=pairs,ref,x", "--out", "e4"]) == 2
+    err = capsys.readouterr().err
+    assert ("--dataset mine=pairs,ref,x: --dataset splits SOURCES from REFERENCE at the last comma ('pairs,ref', 'x'), "
+            "so a REFERENCE named with a comma (ref,x) cannot be given: give it through a link") in err, err
+    assert not any((tmp_path / e).exists() for e in ("e3", "e4"))
+
+
 def test_dataset_option_paths_are_relative_to_the_working_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

@@ -79,7 +79,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.figure_pair and not args.dataset:
         raise UserError("--figure-pair works with --dataset NAME=SOURCES (the configured datasets take "
                         "'figure_pair' in params.yaml)")
-    if args.reference_methods and not (args.dataset and args.dataset.partition("=")[2].partition(",")[2]):
+    if args.reference_methods and not (args.dataset and split_dataset(args.dataset)[2]):
         raise UserError("--reference-methods works with --dataset NAME=SOURCES,REFERENCE: it chooses among the "
                         "method folders of REFERENCE (a configured dataset takes 'reference_methods' in params.yaml)")
     flagged = bool(args.methods or args.metrics or args.dataset)
@@ -100,10 +100,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                             f"{'is no metric' if len(unknown) == 1 else 'are no metrics'}: choose among "
                             f"{', '.join(METRICS)}")
     if args.dataset:
-        name, _, rest = args.dataset.partition("=")
-        src, _, ref = rest.partition(",")
+        name, src, ref = split_dataset(args.dataset)
         if not name or not src:
             raise UserError("--dataset: expected NAME=SOURCES[,REFERENCE]")
+        _check_comma_split(args.dataset, name, src, ref)
         if name == EVALUATE_PROVENANCE:  # parse_config's refusal named evaluate.datasets[0], never written
             raise UserError(f"--dataset {args.dataset}: dataset name {name!r} is taken (metrics.json records under it "
                             "what made the output): name the dataset otherwise")
@@ -241,6 +241,45 @@ def _check_dataset_name(given: str, name: str) -> None:
                         "otherwise")
 
 
+def split_dataset(value: str) -> tuple[str, str, str]:
+    """Split ``--dataset NAME=SOURCES[,REFERENCE]``.
+
+    Parameters
+    ----------
+    value : str
+        The option's value: split at its first ``=`` and at the last comma after it, so that a
+        SOURCES folder may be named with commas (``mine=a,b,REF``); a value ending in a comma gives
+        no reference (``mine=a,b,``: the folder ``a,b``, no REFERENCE).
+
+    Returns
+    -------
+    tuple of str
+        NAME, SOURCES and REFERENCE ("" for none), as typed.
+    """
+    name, _, rest = value.partition("=")
+    src, comma, ref = rest.rpartition(",")
+    return (name, src, ref) if comma else (name, rest, "")
+
+
+def _check_comma_split(given: str, name: str, src: str, ref: str) -> None:
+    """Refuse ``--dataset`` where its split at the last comma (:func:`split_dataset`) names
+    folders that do not exist but another reading of the commas does, saying how to write it:
+    the folder ``a,b`` was read as SOURCES ``a`` and REFERENCE ``b``, refused as "reference
+    folder b not found", with no way to name it."""
+    if not ref or (Path(_typed_path(src)).is_dir() and Path(_typed_path(ref)).is_dir()):
+        return
+    whole = f"{src},{ref}"
+    if Path(_typed_path(whole)).is_dir():
+        raise UserError(f"--dataset {given}: {whole} is one folder, but --dataset splits SOURCES from REFERENCE at "
+                        f"the last comma ({src!r}, {ref!r}): to evaluate {whole} without a reference folder, end "
+                        f"the value with a comma, --dataset {name}={whole}, (with one: --dataset {name}={whole},REF)")
+    first, _, rest = whole.partition(",")
+    if "," in rest and Path(_typed_path(first)).is_dir() and Path(_typed_path(rest)).is_dir():
+        raise UserError(f"--dataset {given}: --dataset splits SOURCES from REFERENCE at the last comma ({src!r}, "
+                        f"{ref!r}), so a REFERENCE named with a comma ({rest}) cannot be given: give it through a "
+                        "link (or a copy) named without one")
+
+
 def _typed_path(path: str) -> str:
     """A path of ``--dataset``, absolute: taken from the working folder (``~`` is the home; from a
     DVC experiment's copy, a path leaving it is the workspace's, see
@@ -301,7 +340,7 @@ def _check_methods(methods: list[str], dataset: str | None) -> None:
     computed = (OURS_INITIAL, OURS, *NATIVE_METHODS)
     for m in methods:
         if m not in computed:
-            ref = dataset.partition(",")[2] if dataset else ""
+            ref = split_dataset(dataset)[2] if dataset else ""
             there = (f"; {Path(ref) / m} exists, so it is compared already: leave it out of --methods"
                      if ref and (Path(ref) / m).is_dir() else "")
             raise UserError(
@@ -398,7 +437,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", type=nonempty_text, action=_OneDatasetAction, default=None,
                    metavar="NAME=SOURCES[,REFERENCE]",
                    help="evaluate only this dataset (one --dataset a run); SOURCES and REFERENCE relative to the "
-                        "working folder, as --out")
+                        "working folder, as --out; split at the last comma, so SOURCES may hold commas: a value "
+                        "ending in a comma has no REFERENCE (NAME=a,b, evaluates the folder a,b)")
     p.add_argument("--pattern", type=nonempty_text, default=None, help="with --dataset: only pairs whose name matches this glob (e.g. 'g??-*')")
     p.add_argument("--figure-pair", type=nonempty_text, default=None, metavar="PAIR",
                    help="with --dataset: the pair of Fig. 4 and the difference maps (default: the figure_pair of "
