@@ -9,7 +9,8 @@ and compare the two JSON files::
     python benchmarks/compare_io.py new src benchmarks/out/io-new.json
     python benchmarks/compare_io.py --compare benchmarks/out/io-old.json benchmarks/out/io-new.json
 
-Covers every image under ``../shared/data`` (``BAFUSION_SHARED_DATA``): read as fusion reads
+Covers every image under ``$BAFUSION_SHARED_DATA`` (default ``shared/data`` beside the checkout,
+wherever it is run from, as the other benchmarks): read as fusion reads
 it, as the data stages read it (RGB), as the metrics read it; its float gray (also of a float
 version), its rounded gray, its uint8 gray; the alphamatting mattes; random uint8 and float
 arrays of ten shapes; and the baselines' uint8 fusions of every evaluation pair.
@@ -26,6 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    """``$BAFUSION_SHARED_DATA``, else ``shared/data`` beside the checkout (it was ``../shared/data``
+    from the working folder, so a run from elsewhere hashed no image and said nothing)."""
+    return Path(os.environ.get("BAFUSION_SHARED_DATA", REPO.parent / "shared" / "data"))
+
 
 def _h(a: np.ndarray) -> str:
     a = np.ascontiguousarray(a)
@@ -40,7 +49,7 @@ def dump(which: str, src: str) -> dict[str, str]:
 
     assert io.__file__.startswith(str(Path(src).resolve())), io.__file__
     new = which == "new"
-    root = Path(os.environ.get("BAFUSION_SHARED_DATA", "../shared/data"))
+    root = data_root()
     out: dict[str, str] = {}
     for p in sorted(q for q in root.rglob("*") if q.suffix.lower() in io.IMAGE_SUFFIXES):
         k = str(p.relative_to(root))
