@@ -2460,3 +2460,30 @@ def test_a_max_tile_below_what_the_net_reads_around_a_box_is_said(monkeypatch: p
         fast = score(net, a, b, 16, FusionParams(max_tile=48), 4)
         score(net, a[:8, :8], b[:8, :8], 16, FusionParams(max_tile=8), 4)  # one box: max_tile changes nothing
     np.testing.assert_allclose(slow, fast, atol=1e-5)
+
+
+@pytest.mark.parametrize("command", ["fuse", "evaluate"])
+def test_an_in_process_command_leaves_torchs_threads_as_they_were(
+        tmp_path: Path, tiny_nets: Path, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    """``main(["fuse", ..., "--threads", "1"])`` in a process that goes on (a notebook, the
+    tests) left torch on one thread for the rest of it (evaluate likewise): main now sets back
+    what the command set."""
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    rng = np.random.default_rng(0)
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    for side in "AB":
+        Image.fromarray(rng.integers(0, 256, (20, 24), dtype=np.uint8)).save(pairs / f"p-{side}.png")
+    before = torch.get_num_threads()
+    asked = 2 if before == 1 else 1
+    if command == "fuse":
+        argv = ["fuse", str(pairs / "p-A.png"), str(pairs / "p-B.png"), "-o", str(tmp_path / "F.png")]
+    else:
+        argv = ["evaluate", "--dataset", f"mine={pairs}", "--methods", "Ours", "--metrics", "QG",
+                "--out", str(tmp_path / "ev")]
+    seen = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real(n))[1])
+    assert cli_main([*argv, "--models", str(tiny_nets), "--threads", str(asked)]) == 0
+    assert seen[0] == asked  # the command ran on the threads asked for ...
+    assert torch.get_num_threads() == before  # ... and torch is as it was

@@ -225,6 +225,35 @@ def test_the_logged_model_is_tagged_with_its_net_digest_and_best_epoch(toy_run: 
     assert tags[MODEL_SHA256_TAG] == hashlib.sha256(toy_run["paths"].out.read_bytes()).hexdigest()
     assert float(tags["val_acc"]) == pytest.approx(toy_run["summary"]["val_acc"])
 
+@pytest.mark.parametrize("flush", [False, True])
+def test_train_leaves_torchs_threads_and_denormal_flushing_as_they_were(
+        toy_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flush: bool) -> None:
+    """A training set torch's threads (train.threads) and turned on its flushing of denormals,
+    and left both so for the rest of the process: a notebook's, and the tests' after an
+    in-process ``main(["train", ...])``. Both are as they were once it returns."""
+    from bafusion.nets.train import _flush_denormal_on
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    before = torch.get_num_threads()
+    asked = 2 if before == 1 else 1
+    torch.set_flush_denormal(flush)
+    try:
+        assert _flush_denormal_on() is flush
+        seen = []
+        real = torch.set_flush_denormal
+        monkeypatch.setattr(torch, "set_flush_denormal", lambda on: (seen.append(on), real(on))[1])
+        rc = cli.main(["train", "--net", "initial", "--patches", str(toy_run["h5"]), "-o", str(tmp_path / "m.pt"),
+                       "--checkpoints", str(tmp_path / "ck"), "--params-json",
+                       json.dumps({**TOY, "train": {**TOY["train"], "epochs": 1, "samples_per_epoch": 32,
+                                                     "threads": asked}})])
+        assert rc == 0 and (tmp_path / "m.pt").is_file()
+        assert seen[:1] == [True]  # the training flushed denormals ...
+        assert torch.get_num_threads() == before and _flush_denormal_on() is flush  # ... and put both back
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(before)
+
+
 def test_mlflow_run_logs_what_trained_the_weights(tmp_path: Path) -> None:
     # device, amp and channels_last were logged as "auto" and threads as 0 (the settings, merged
     # last over the resolved values), and no torch version: two runs on other devices, thread

@@ -170,6 +170,20 @@ def note_params_yaml_unread(command: str, option: str, *given: object, rest: str
               f"./params.yaml is not read (pass {option} params.yaml to use it)", file=sys.stderr)
 
 
+def set_torch_threads(threads: int) -> None:
+    """Set torch's CPU threads to ``threads`` for the command (imports torch), and have
+    :func:`bafusion.cli.app.main` set them back as they were once it returns: called in a process
+    that goes on (a notebook's or the tests' ``main([...])``), ``fuse --threads 1`` left torch on
+    one thread for the rest of it."""
+    import torch
+
+    from bafusion.cli.app import at_command_end
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    at_command_end(lambda: torch.set_num_threads(before))
+
+
 def check_distinct_sources(images: Sequence[str]) -> None:
     """Refuse (a :class:`UserError`, before any work) two sources of ``fuse`` that are one file,
     however spelled (``a.jpg a.jpg``, ``./a.jpg``, a symlink or a hard link to it: resolved paths,

@@ -19,6 +19,7 @@ from bafusion.cli.common import (
     nonempty_text,
     note_params_file_without,
     note_params_yaml_unread,
+    set_torch_threads,
 )
 from bafusion.errors import InputFileError, UserError, json_loads
 from bafusion.evaluation.evaluate import (
@@ -188,7 +189,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             from bafusion.threads import auto_threads
 
             threads = min(torch.get_num_threads(), auto_threads())
-        torch.set_num_threads(int(threads))
+        set_torch_threads(int(threads))
         fusion = FusionParams.from_params(params, source="fuse parameters")
         device = args.device or section_.get("device") or section(params, "fuse")["device"]
         from bafusion.preflight import check_device

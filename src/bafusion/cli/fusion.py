@@ -13,7 +13,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from bafusion.cli.common import ModelOption, add_threads_argument, check_distinct_sources, check_net_options, finite_float, home_path, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread
+from bafusion.cli.common import ModelOption, add_threads_argument, check_distinct_sources, check_net_options, finite_float, home_path, nets_from_args, nonempty_csv, nonempty_json, nonempty_path, nonempty_text, note_params_yaml_unread, set_torch_threads
 from bafusion.errors import InputFileError, UserError, json_loads
 from bafusion.fusion.batch import (EXIT_NONE_FUSED, EXIT_SKIPPED, STEP_LINES_MIN_PIXELS, check_output_folder,
                                    check_replaced, escape_controls, find_groups, fuse_dir, skip_lines)
@@ -347,7 +347,7 @@ def set_threads(other: dict) -> None:
 
         # No more threads than the free cores: two threads collapse when a core is busy.
         threads = min(torch.get_num_threads(), auto_threads())
-    torch.set_num_threads(int(threads))
+    set_torch_threads(int(threads))
 
 
 def _cmd_fuse(args: argparse.Namespace) -> int:

@@ -1023,8 +1023,28 @@ def train(net: str, patches: str | os.PathLike[str], cfg: TrainConfig, paths: Pa
         return _train_locked(net, patches, cfg, paths, resume, progress, dist, tqdm, replace_stale)
 
 
+def _flush_denormal_on() -> bool:
+    """Whether torch flushes denormal floats to zero (:func:`torch.set_flush_denormal`, which
+    has no getter): a denormal times one comes out zero."""
+    return torch.tensor([1e-40], dtype=torch.float32).mul(1.0).item() == 0.0
+
+
 def _train_locked(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool, progress: bool,
                   dist: Dist, tqdm: Any, replace_stale: bool = False) -> dict[str, Any]:
+    # torch's threads and denormal flushing are the process's: set for the training, then as
+    # they were (a caller's process goes on: a notebook, the tests' in-process commands)
+    threads, flush = torch.get_num_threads(), _flush_denormal_on()
+    try:
+        return _train_configured(net, patches, cfg, paths, resume, progress, dist, tqdm, replace_stale)
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        if _flush_denormal_on() != flush:
+            torch.set_flush_denormal(flush)
+
+
+def _train_configured(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool, progress: bool,
+                      dist: Dist, tqdm: Any, replace_stale: bool = False) -> dict[str, Any]:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     elif not (os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")):
