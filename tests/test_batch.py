@@ -3352,3 +3352,5 @@ def test_a_scale_skipped_is_noted_once_a_size_by_fuse_dir_and_once_a_run_by_fuse
                      *scales]) == 0
     err = capsys.readouterr().err
     assert err.count(f"fuse.scales (--scales): scale 0.5 skipped for a {N}x{N} (WxH) pair") == 1, err
+    # as a 'note:' line too (it was "bafusion fuse-set: fuse.scales ...")
+    assert f"bafusion fuse-set: note: fuse.scales (--scales): scale 0.5 skipped for a {N}x{N} " in err, err

@@ -428,8 +428,8 @@ def fuse_set(
             fused = fused_output(replace(src, full=None), [res], out / f"{name}.png")
             for note in fused.notes:
                 if note not in said_once:  # a line without a file name (metadata not kept): once a run
-                    if say is not None:
-                        say(note)
+                    if say is not None:  # a note on a setting as fuse and fuse-dir say it, "note: fuse.scales ..."
+                        say(f"note: {note}" if note.startswith("fuse.") else note)
                     else:  # from Python: a warning, as bafusion.fuse issues its notes
                         warnings.warn(note.replace(OUTPUT_EXPOSURE_OPTION, OUTPUT_EXPOSURE_PARAM), FusionNoteWarning,
                                       stacklevel=2)
