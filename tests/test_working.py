@@ -537,5 +537,11 @@ def test_a_scale_skipped_for_the_pairs_size_is_noted_once(nets, tmp_path, capsys
     note = scales_note((300, 400), params, 32)  # 150 px short side at 0.5: under 256
     assert note is not None and "0.5 skipped" in note and "400x300" in note and "256 px" in note, note
     assert scales_note((600, 800), params, 32) is None  # 300 px at 0.5: used
+    # a net's patch side larger than fuse.scale_min_side is the limit: named, not scale_min_side
+    # (the note said "under fuse.scale_min_side (64 px)" of a 32 px setting)
+    note = scales_note((100, 120), FusionParams(scales=(1.0, 0.5), working_min=0, scale_min_side=32), 64)
+    assert note is not None and ("short side would be under the initial net's patch side (64 px; "
+                                 "fuse.scale_min_side, 32 px, is less)") in note, note
+    assert "under fuse.scale_min_side (256 px)" in scales_note((300, 400), params, 32)
     assert scales_note((300, 400), FusionParams(working_min=0), 32) is None  # the default: one scale
     assert scales_note((300, 400), FusionParams(scales=(1.0, 0.5), exact=True), 32) is None  # exact: one scale

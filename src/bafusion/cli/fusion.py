@@ -98,7 +98,8 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
     g.add_argument("--scales", type=nonempty_csv, default=None, metavar="S,S,...",
                    help="multi-scale initial scoring: comma-separated factors in (0, 1] including 1; a scale at "
                         "which the pair, as decided, would have a short side under fuse.scale_min_side "
-                        f"({d.scale_min_side} px) is skipped (default {','.join(str(v) for v in d.scales)})")
+                        f"({d.scale_min_side} px), or under the initial net's patch side where that is larger, is "
+                        f"skipped (default {','.join(str(v) for v in d.scales)})")
     g.add_argument("--scale-rule", choices=SCALE_RULES, default=None,
                    help=f"how the scales' scores combine (default {d.scale_rule})")
     g.add_argument("--stack-rule", choices=STACK_RULES, default=None,

@@ -300,8 +300,8 @@ def scales_note(shape_hw: tuple[int, ...], params: "FusionParams", patch: int) -
 
     :func:`bafusion.fusion.score_multiscale` scores the pair at a scale below 1 only while the
     downscaled pair, at the size it is decided at (:func:`decision_size`), keeps a short side of
-    at least ``params.scale_min_side`` (and the nets' ``patch``); a scale given and skipped was
-    silent. The text names no file, so that a batch says it once a size (it starts with
+    at least ``params.scale_min_side`` (and the nets' ``patch``: the note names whichever is the
+    larger, the limit that skips it); a scale given and skipped was silent. The text names no file, so that a batch says it once a size (it starts with
     ``fuse.``, as the notes on settings do).
 
     Parameters
@@ -329,9 +329,11 @@ def scales_note(shape_hw: tuple[int, ...], params: "FusionParams", patch: int) -
         return None
     at = f"{w}x{h}" + ("" if (dh, dw) == (h, w) else f", decided at {dw}x{dh}")
     listed = ", ".join(f"{s:g}" for s in skipped)
+    # the limit that skips them: fuse.scale_min_side, or the nets' patch side where it is larger
+    limit = (f"fuse.scale_min_side ({side} px)" if params.scale_min_side >= patch else
+             f"the initial net's patch side ({patch} px; fuse.scale_min_side, {params.scale_min_side} px, is less)")
     return (f"fuse.scales (--scales): scale{'s' if len(skipped) > 1 else ''} {listed} skipped for a {at} (WxH) pair: "
-            f"there its short side would be under fuse.scale_min_side ({side} px), so the initial net judged it "
-            f"at the other scales only")
+            f"there its short side would be under {limit}, so the initial net judged it at the other scales only")
 
 
 def resize_gray(g: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
