@@ -646,14 +646,34 @@ def fuse_files(paths: Sequence[Path], nets, params, *, output: Path, align: str 
     return fused
 
 
+#: The most folders :func:`_holds_output_folder` reads below a sub-folder without shots: it read
+#: every one, so a shot-less tree of 20,000 empty folders took ~0.9 s of each fuse-dir (warm
+#: cache, a loaded 2-core machine; more on a cold or network disk). Read breadth first, an earlier
+#: output nested a few levels down (``fuse-dir IN IN/a/b``) is found long before the bound; past it,
+#: the folder is a stack of 0 shots, listed as skipped (as every folder without shots or output is).
+OUTPUT_SEARCH_FOLDERS = 1000
+
+
 def _holds_output_folder(folder: Path) -> bool:
-    """Whether a folder below ``folder`` (at any depth, hidden ones left out) holds
-    :data:`OUTPUT_MARKER`: an earlier run's output folder nested in it (``fuse-dir IN IN/a/b``
-    leaves IN/a holding only IN/a/b), which makes ``folder`` no stack of 0 shots."""
-    for root, dirs, _ in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        if root != str(folder) and os.path.isfile(os.path.join(root, OUTPUT_MARKER)):
-            return True
+    """Whether a folder below ``folder`` (at any depth, hidden ones left out, the nearest first and
+    at most :data:`OUTPUT_SEARCH_FOLDERS` of them) holds :data:`OUTPUT_MARKER`: an earlier run's
+    output folder nested in it (``fuse-dir IN IN/a/b`` leaves IN/a holding only IN/a/b), which
+    makes ``folder`` no stack of 0 shots."""
+    from collections import deque
+
+    queue, read = deque([(os.fspath(folder), True)]), 0
+    while queue and read < OUTPUT_SEARCH_FOLDERS + 1:  # ``folder`` itself, then the bound's folders
+        path, top = queue.popleft()
+        read += 1
+        try:
+            with os.scandir(path) as entries:
+                for e in entries:
+                    if e.name == OUTPUT_MARKER and not top and e.is_file():
+                        return True
+                    if not e.name.startswith(".") and e.is_dir(follow_symlinks=False):  # as os.walk: a
+                        queue.append((e.path, False))  # linked folder is not entered
+        except OSError:  # unreadable: as os.walk, passed over
+            continue
     return False
 
 
