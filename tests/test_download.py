@@ -1459,11 +1459,47 @@ def test_a_stopped_fetch_keeps_its_part_whatever_its_shut_connection_raised(
 
     monkeypatch.setattr(download, "_attempt", shut_down)
     try:
-        with pytest.raises((ssl.SSLError, SystemExit)):
+        # the stop is what fetch raises (the command says "terminated"), not the error of the
+        # connection it shut down (an ssl.SSLError came out: a network error, or a bug, was said)
+        with pytest.raises(SystemExit) as stopped:
             fetch(server.url("f"), dest, checksum=sha256(PAYLOAD), retries=0, progress=False)
     finally:
         atomic.clear_stop()
+    assert stopped.value.code == 143
+    assert isinstance(stopped.value.__context__, ssl.SSLEOFError)  # kept for a traceback
     assert part_path(dest).read_bytes() == PAYLOAD[:1000] and not dest.exists()
+
+
+def test_a_full_disk_after_a_stop_reports_the_stop_and_deletes_the_part(
+    server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk filled up as the command was stopped: fetch raised the disk's error (a
+    _PartWriteError naming the .part), not the stop, and kept the .part for a rerun, whose
+    bytes keep the disk full (without a stop a full disk deletes it: the rerun fails on it
+    again). The stop is raised; the part is deleted as after any full disk."""
+    import errno
+    import signal
+
+    import bafusion.data.download as download
+    from bafusion import atomic
+
+    server.files["f"] = PAYLOAD
+    dest = tmp_path / "f"
+    real_write = download._write_part
+
+    def full_after_the_stop(f, chunk, part):  # type: ignore[no-untyped-def]
+        real_write(f, chunk[:100], part)  # some bytes on the disk, then it is full
+        atomic.request_stop(signal.SIGINT)
+        raise download._PartWriteError(errno.ENOSPC, "No space left on device", os.fspath(part))
+
+    monkeypatch.setattr(download, "_write_part", full_after_the_stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fetch(server.url("f"), dest, checksum=sha256(PAYLOAD), retries=2, progress=False)
+    finally:
+        atomic.clear_stop()
+    assert not part_path(dest).exists() and not dest.exists()
+    assert len(server.requests) == 1
 
 
 def test_a_stop_during_the_connect_shuts_the_connection_as_it_opens(

@@ -37,7 +37,9 @@ Guarantees:
   of the running ones shut down, so a read waiting on a server that stopped sending ends then,
   not after ``timeout`` (:func:`_abort_connections`), as does one in its TLS handshake; a
   connection still being made (a server that does not answer the TCP handshake) waits up to
-  ``timeout``.
+  ``timeout``. :func:`fetch` then raises the stop (``KeyboardInterrupt``, ``SystemExit``), not
+  the error of the connection it shut down, and keeps the ``.part`` for the rerun (but after
+  a full disk, whose ``.part`` is deleted, stop or not).
 - A redirect is followed only to the same scheme or to https (http to https is fine); one
   that changes to another (https to http, http to ftp) is refused naming both URLs.
 - HTTP 5xx, 408 and 429 answers and network errors are retried ``retries`` times, waiting
@@ -805,16 +807,23 @@ def fetch(
                     raise DownloadError(url, f"failed after {attempt + 1} attempts: {e}{hint}") from None
                 pause = _retry_wait(backoff, attempt)
                 attempt += 1
-            except BaseException:
+            except BaseException as e:
                 # Keep the bytes of an interrupted run (KeyboardInterrupt, or SystemExit: the
                 # CLI turns SIGTERM into one) for resuming; final errors leave nothing behind.
                 # The same after the error of a connection that the stop shut down
                 # (_abort_connections: an https answer's read may fail with an ssl.SSLError, which
-                # _attempt does not catch).
-                stopped = (isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit))
-                           or stop_requested() is not None)
-                if not stopped or (ck is None and _if_range(part, url) is None):
+                # _attempt does not catch), but for a full disk (_PartWriteError), whose part is
+                # deleted, stop or not: its bytes would keep the disk full.
+                signal_raised = isinstance(e, (KeyboardInterrupt, SystemExit))
+                stopped = signal_raised or stop_requested() is not None
+                if not stopped or isinstance(e, _PartWriteError) or (ck is None and _if_range(part, url) is None):
                     _drop_part(part)
+                if stopped and not signal_raised:
+                    # the stop is what is raised (the command says it was stopped), not the error
+                    # it caused (a shut connection's, said as a network error or a bug), nor one
+                    # that came with it (a full disk: the rerun meets it again); that error is
+                    # kept as the stop's __context__
+                    raise_if_stopped()
                 raise
     digest = ""
     if ck is not None:
