@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.request
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -1580,3 +1580,166 @@ def test_a_stop_ends_a_download_stalled_in_its_tls_handshake_at_once(
     assert len(server.held) == 1  # no retry
     assert took < timeout / 4, f"the stop took {took:.1f} s, the timeout is {timeout:g} s"
     assert not (tmp_path / "f1").exists()
+
+
+def _self_signed_cert(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (and its key), made with the ``cryptography``
+    package or else the ``openssl`` command; the test is skipped where neither is there."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    try:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        import shutil
+        import subprocess
+
+        if shutil.which("openssl") is None:
+            pytest.skip("neither the cryptography package nor the openssl command to make a certificate")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+        return cert, key
+    import ipaddress
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(private.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(private, hashes.SHA256())
+    )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    return cert, key
+
+
+class _TLSServer:
+    """An https server on 127.0.0.1 with a self-signed certificate, serving ``body``. The first
+    connections, as many as ``damaged``, answer the request with a TLS record that does not
+    decrypt (bytes damaged on the way), so the client's read of the headers ends in an
+    ``ssl.SSLError`` (bad record MAC). ``handshakes`` counts the connections that completed a
+    handshake, ``connections`` all that were accepted."""
+
+    def __init__(self, folder: Path, body: bytes, damaged: int = 0) -> None:
+        import socket
+        import ssl
+
+        self.cert, key = _self_signed_cert(folder)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(self.cert, key)
+        self.body, self.damaged = body, damaged
+        self.connections = self.handshakes = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)  # its accept sees close()'s done (a closed socket does not end it)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import socket
+        import ssl
+
+        while not self.done.is_set():
+            try:
+                raw, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            raw.settimeout(10)
+            try:
+                conn = self.context.wrap_socket(raw, server_side=True)
+            except (OSError, ssl.SSLError):  # a client that refused the certificate
+                raw.close()
+                continue
+            self.handshakes += 1
+            with contextlib.suppress(OSError):
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    got = conn.recv(4096)
+                    if not got:
+                        break
+                    data += got
+                if self.damaged:
+                    self.damaged -= 1
+                    # a record damaged on the way (a flaky link, a middlebox): its MAC fails
+                    socket.socket.sendall(conn, b"\x17\x03\x03\x00\x20" + bytes(range(32)))
+                    time.sleep(0.2)
+                    conn.close()
+                    continue
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(self.body)
+                             + self.body)
+                conn.unwrap()
+            conn.close()
+
+    def url(self, path: str) -> str:
+        return f"https://127.0.0.1:{self.listener.getsockname()[1]}/{path}"
+
+    def close(self) -> None:
+        self.done.set()
+        self.listener.close()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def trusting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], None]]:
+    """Make https connections trust the certificate given (as a system's CA store would)."""
+    import ssl
+
+    def trust(cert: Path) -> None:
+        monkeypatch.setattr(ssl, "_create_default_https_context", lambda: ssl.create_default_context(cafile=str(cert)))
+
+    yield trust
+
+
+def test_a_tls_record_damaged_before_the_headers_is_retried(tmp_path: Path, trusting) -> None:  # type: ignore[no-untyped-def]
+    """A TLS record that does not decrypt (damaged on the way) while the headers were awaited:
+    its ssl.SSLError came out of fetch as it was, not retried, and the .part of an earlier run
+    was deleted, where the same in the body, or a plain http connection's trouble, is retried
+    (a network error). It is retried now."""
+    server = _TLSServer(tmp_path, PAYLOAD, damaged=1)
+    trusting(server.cert)
+    dest = tmp_path / "f"
+    try:
+        res = fetch(server.url("f"), dest, checksum=sha256(PAYLOAD), retries=2, backoff=0, progress=False)
+    finally:
+        server.close()
+    assert res.status == "downloaded" and dest.read_bytes() == PAYLOAD
+    assert server.handshakes == 2
+
+
+def test_a_certificate_that_fails_verification_is_not_retried(tmp_path: Path) -> None:
+    """A certificate the client does not trust (self-signed here; a wrong host name, an expired
+    one) fails again on every attempt: it was retried as a network error, ``retries`` times
+    with their waits (15 s by default), then said as "failed after 5 attempts". It fails at
+    once now, naming the certificate's trouble."""
+    server = _TLSServer(tmp_path, PAYLOAD)
+    dest = tmp_path / "f"
+    try:
+        with pytest.raises(DownloadError, match=r"TLS error, not retried.*certificate verify failed") as failed:
+            fetch(server.url("f"), dest, retries=3, backoff=0, progress=False)
+    finally:
+        server.close()
+    assert "attempts" not in str(failed.value)
+    assert server.connections == 1 and server.handshakes == 0
+    assert _nothing_left(dest)
+
+
+def test_https_to_a_plain_http_server_is_not_retried(server: LocalServer, tmp_path: Path) -> None:
+    """An https URL whose port serves plain http: the handshake fails ("wrong version number")
+    on every attempt; it was retried as a network error. It fails at once now."""
+    server.files["f"] = PAYLOAD
+    with pytest.raises(DownloadError, match=r"TLS error, not retried") as failed:
+        fetch(server.url("f").replace("http:", "https:"), tmp_path / "f", retries=3, backoff=0, progress=False)
+    assert "attempts" not in str(failed.value)
+    assert _nothing_left(tmp_path / "f")

@@ -44,6 +44,9 @@ Guarantees:
   that changes to another (https to http, http to ftp) is refused naming both URLs.
 - HTTP 5xx, 408 and 429 answers and network errors are retried ``retries`` times, waiting
   ``backoff * 2**attempt`` seconds (at most ``MAX_BACKOFF``); other 4xx answers fail at once.
+  So do TLS errors of the two ends (:func:`_transient_tls`): a certificate that fails
+  verification, a handshake the server refuses or cannot speak (plain http on the port); those
+  of the network (a connection cut, a record damaged after the handshake) are retried.
 - A file already present whose checksum matches is not fetched again ("skipped"). Without a
   checksum, the caller's ``validate`` (a zip, JSON or image check) must accept the download
   before it is renamed into place, and an existing file before it is skipped.
@@ -93,6 +96,11 @@ from bafusion.atomic import part_folder, part_path, raise_if_stopped, replace_fo
 from bafusion.errors import UserError, json_loads
 from bafusion.progress import bar_options
 from bafusion.workspace import home_path
+
+try:
+    import ssl
+except ImportError:  # Python built without ssl: no https
+    ssl = None  # type: ignore[assignment]
 
 #: Bytes read per chunk while streaming a download.
 CHUNK = 1 << 16
@@ -508,6 +516,31 @@ if hasattr(urllib.request, "HTTPSHandler"):  # Python built with ssl
 _OPENER = urllib.request.build_opener(*_HANDLERS)
 
 
+#: The exceptions of the TLS layer (none where Python was built without ``ssl``).
+_SSL_ERRORS: tuple[type[BaseException], ...] = (ssl.SSLError,) if ssl is not None else ()
+
+
+def _transient_tls(error: BaseException, handshake: bool) -> bool:
+    """Whether the TLS ``error`` (an ``ssl.SSLError``) is trouble of the network, which another
+    attempt may not meet (retried, as other network errors are), rather than of the two ends,
+    which it meets again: the connection cut or closed (``SSLEOFError``, ``SSLZeroReturnError``,
+    ``SSLSyscallError``) is retried; a certificate that fails verification (self-signed, expired,
+    for another host) and an alert of the server (a handshake it refused: a protocol version or
+    cipher not shared, a certificate it wants) are not. Another ``SSLError`` is retried after the
+    ``handshake`` (a record that does not decrypt: bytes damaged on the way), not in it (a plain
+    http server on the port: "wrong version number")."""
+    if ssl is None or not isinstance(error, ssl.SSLError):
+        return True
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return False
+    if isinstance(error, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError, ssl.SSLWantReadError,
+                          ssl.SSLWantWriteError)):
+        return True
+    if "ALERT" in str(getattr(error, "reason", None) or ""):
+        return False
+    return not handshake
+
+
 def _attempt(
     url: str, part: Path, timeout: float, bar_desc: str | None, progress: bool, headers: dict[str, str],
     checked: bool = False, limit: tuple[int, str] | None = None, min_rate: float | None = MIN_RATE,
@@ -547,9 +580,14 @@ def _attempt(
         if e.code in RETRY_STATUS:
             raise _Retryable(f"HTTP {e.code} {e.reason}") from e
         raise DownloadError(url, f"HTTP {e.code} {e.reason}") from e
-    except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException) as e:
+    except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException,
+            *_SSL_ERRORS) as e:
         raise_if_stopped()  # its connection shut down by the stop (_abort_connections)
         reason = getattr(e, "reason", e)
+        # an SSLError wrapped in a URLError came in the handshake (or the request's sending), a
+        # bare one while the headers were read (it was not caught: not retried, the part deleted)
+        if isinstance(reason, _SSL_ERRORS) and not _transient_tls(reason, handshake=reason is not e):
+            raise DownloadError(url, f"TLS error, not retried (another attempt meets it again): {reason}") from e
         raise _Retryable(f"{e.__class__.__name__}: {reason}") from e
     with resp:
         status = getattr(resp, "status", 200) or 200
