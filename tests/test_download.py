@@ -1516,7 +1516,7 @@ def test_a_stop_during_the_connect_shuts_the_connection_as_it_opens(
 
     timeout = 30.0
     server = _Stalling(b"")
-    real_create = socket.create_connection
+    real_create = download._create_connection
     stopped_at: list[float] = []
 
     def stopped_while_connecting(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -1528,7 +1528,7 @@ def test_a_stop_during_the_connect_shuts_the_connection_as_it_opens(
         download._abort_connections()
         return sock
 
-    monkeypatch.setattr(socket, "create_connection", stopped_while_connecting)
+    monkeypatch.setattr(download, "_create_connection", stopped_while_connecting)
     try:
         with pytest.raises(SystemExit):
             fetch_many([FetchJob(server.url("f1"), tmp_path / "f1")], workers=1, retries=3, timeout=timeout,
@@ -1743,3 +1743,101 @@ def test_https_to_a_plain_http_server_is_not_retried(server: LocalServer, tmp_pa
         fetch(server.url("f").replace("http:", "https:"), tmp_path / "f", retries=3, backoff=0, progress=False)
     assert "attempts" not in str(failed.value)
     assert _nothing_left(tmp_path / "f")
+
+
+class _Unanswered:
+    """A 127.0.0.1 port whose TCP handshake is never answered, as a host behind a firewall that
+    drops it: a listener of backlog 0 that accepts nothing, its queue filled by one connection,
+    so the SYN of the next is dropped. Skips the test where a probe's connect is answered."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(0)
+        self.port = self.listener.getsockname()[1]
+        self.fill = [socket.create_connection(("127.0.0.1", self.port), timeout=5)]
+        probe = socket.socket()
+        probe.settimeout(0.5)
+        try:
+            probe.connect(("127.0.0.1", self.port))
+        except TimeoutError:
+            pass
+        else:
+            self.close()
+            pytest.skip("a full backlog does not drop a connect here")
+        finally:
+            probe.close()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{path}"
+
+    def close(self) -> None:
+        for sock in self.fill:
+            sock.close()
+        self.listener.close()
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_stop_ends_a_connect_that_is_never_answered_at_once(tmp_path: Path, scheme: str) -> None:
+    """A server whose host drops the TCP handshake: a worker of fetch_many waited in the connect
+    for the whole ``timeout`` after a stop (its socket, not yet connected, was beyond
+    _abort_connections, and the signal does not interrupt a worker thread). The stop ends the
+    connect now."""
+    import signal
+
+    import bafusion.data.download as download
+    from bafusion import atomic
+
+    timeout = 12.0
+    server = _Unanswered()
+    stopped_at: list[float] = []
+
+    def stop_in_the_connect() -> None:  # the main thread's stop (the handler, then fetch_many's)
+        time.sleep(0.5)
+        stopped_at.append(time.monotonic())
+        atomic.request_stop(signal.SIGTERM)
+        download._abort_connections()
+
+    stopper = threading.Thread(target=stop_in_the_connect)
+    stopper.start()
+    try:
+        with pytest.raises(SystemExit):
+            fetch_many([FetchJob(server.url("f1").replace("http:", f"{scheme}:"), tmp_path / "f1")], workers=1,
+                       retries=3, timeout=timeout, progress=False)
+        took = time.monotonic() - stopped_at[0]
+    finally:
+        stopper.join()
+        atomic.clear_stop()
+        server.close()
+    assert took < timeout / 4, f"the stop took {took:.1f} s, the timeout is {timeout:g} s"
+    assert _nothing_left(tmp_path / "f1")
+
+
+def test_a_connect_that_is_never_answered_still_times_out(tmp_path: Path) -> None:
+    """Without a stop, the connect made so that a stop ends it keeps its ``timeout``: retried,
+    then said as a timeout."""
+    server = _Unanswered()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DownloadError, match=r"failed after 2 attempts: URLError: timed out"):
+            fetch(server.url("f"), tmp_path / "f", retries=1, backoff=0, timeout=0.5, progress=False)
+    finally:
+        server.close()
+    assert 0.9 < time.monotonic() - t0 < 5
+    assert _nothing_left(tmp_path / "f")
+
+
+def test_a_refused_connect_is_a_network_error_at_once(tmp_path: Path) -> None:
+    """A port nothing listens on: the connect is refused at once (not after ``timeout``), told by
+    its own error, and retried like other network errors."""
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match=r"failed after 2 attempts: URLError: .*Connection refused"):
+        fetch(f"http://127.0.0.1:{port}/f", tmp_path / "f", retries=1, backoff=0, timeout=30, progress=False)
+    assert time.monotonic() - t0 < 5

@@ -35,9 +35,9 @@ Guarantees:
 - A stop of the command (Ctrl-C, SIGTERM: :func:`bafusion.atomic.request_stop`) ends the
   downloads of :func:`fetch_many` at once: the queued ones are cancelled, and the connections
   of the running ones shut down, so a read waiting on a server that stopped sending ends then,
-  not after ``timeout`` (:func:`_abort_connections`), as does one in its TLS handshake; a
-  connection still being made (a server that does not answer the TCP handshake) waits up to
-  ``timeout``. :func:`fetch` then raises the stop (``KeyboardInterrupt``, ``SystemExit``), not
+  not after ``timeout`` (:func:`_abort_connections`), as does one in its TLS handshake or
+  still being made (a server that does not answer the TCP handshake, :func:`_connect`); the
+  name's lookup (DNS) is not ended so. :func:`fetch` then raises the stop (``KeyboardInterrupt``, ``SystemExit``), not
   the error of the connection it shut down, and keeps the ``.part`` for the rerun (but after
   a full disk, whose ``.part`` is deleted, stop or not).
 - A redirect is followed only to the same scheme or to https (http to https is fine); one
@@ -71,6 +71,7 @@ import hashlib
 import http.client
 import json
 import os
+import selectors
 import shutil
 import socket
 import stat
@@ -444,17 +445,18 @@ def _stoppable(connection: type) -> type:
     is known to :func:`_abort_connections`; one opened after the stop is shut down at once. The
     socket is known as soon as it is connected, before a proxy's tunnel and the TLS handshake (a
     server that accepted and never answered the handshake held a stop for the whole
-    ``timeout``), and the TLS socket that takes it over once it is set up."""
+    ``timeout``), and the TLS socket that takes it over once it is set up; its connect is
+    :func:`_create_connection`'s, which the stop ends."""
 
     class Stoppable(connection):  # type: ignore[misc, valid-type]
         def __init__(self, *args: object, **kwargs: object) -> None:
             super().__init__(*args, **kwargs)
-            create = getattr(self, "_create_connection")
 
             def known(*args: object, **kwargs: object) -> socket.socket:
-                sock = create(*args, **kwargs)
+                # not http.client's socket.create_connection: a connect the stop cannot end
+                sock = _create_connection(*args, **kwargs)  # type: ignore[arg-type]
                 _known(sock)
-                return sock  # type: ignore[no-any-return]
+                return sock
 
             setattr(self, "_create_connection", known)
             context = getattr(self, "_context", None)
@@ -467,6 +469,68 @@ def _stoppable(connection: type) -> type:
 
     Stoppable.__name__ = Stoppable.__qualname__ = f"Stoppable{connection.__name__}"
     return Stoppable
+
+
+#: What a non-blocking ``connect`` answers while the connection is being made.
+_CONNECTING = frozenset(e for e in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY,
+                                    getattr(errno, "WSAEWOULDBLOCK", None)) if e is not None)
+#: Longest wait (seconds) of a connect between two looks at the stop (:func:`_connect`).
+_CONNECT_POLL_S = 0.05
+
+
+def _connect(sock: socket.socket, where: object, timeout: float | None) -> None:
+    """Connect ``sock`` to ``where`` within ``timeout`` seconds (``None``: no bound), ended by the
+    command's stop (:func:`bafusion.atomic.raise_if_stopped` raises it) within
+    :data:`_CONNECT_POLL_S`: a server whose host drops the TCP handshake (a firewall, a full
+    backlog) held a stopped command for the whole ``timeout`` (60 s by default, up to a day),
+    the connect of a worker thread of :func:`fetch_many` being beyond the signal's reach, and its
+    socket, not yet returned, beyond :func:`_abort_connections`'. ``sock`` is left with
+    ``timeout`` set, as ``socket.create_connection`` leaves it."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    sock.setblocking(False)
+    err = sock.connect_ex(where)  # type: ignore[arg-type]
+    if err and err not in _CONNECTING:
+        raise OSError(err, os.strerror(err))
+    if err:
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_WRITE)  # ready once connected, or failed
+            while True:
+                raise_if_stopped()
+                left = _CONNECT_POLL_S if deadline is None else min(_CONNECT_POLL_S, deadline - time.monotonic())
+                if left <= 0:
+                    raise TimeoutError("timed out")
+                if selector.select(left):
+                    break
+        raise_if_stopped()
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+    sock.settimeout(timeout)
+
+
+def _create_connection(address: tuple[str, int], timeout: object = socket._GLOBAL_DEFAULT_TIMEOUT,  # type: ignore[attr-defined]
+                       source_address: tuple[str, int] | None = None) -> socket.socket:
+    """``socket.create_connection`` (each address of the host in turn, the first error raised
+    where none connects), whose connects the stop ends (:func:`_connect`)."""
+    host, port = address
+    seconds = socket.getdefaulttimeout() if timeout is socket._GLOBAL_DEFAULT_TIMEOUT else timeout  # type: ignore[attr-defined]
+    errors: list[OSError] = []
+    for family, kind, proto, _name, where in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            if source_address:
+                sock.bind(source_address)
+            _connect(sock, where, seconds)  # type: ignore[arg-type]
+            return sock
+        except OSError as e:
+            sock.close()
+            errors.append(e)
+        except BaseException:
+            sock.close()
+            raise
+    if errors:
+        raise errors[0]
+    raise OSError(f"getaddrinfo of {host!r} returns no address")
 
 
 class _KnownTLS:
