@@ -1658,3 +1658,113 @@ def test_a_folder_lock_whose_holder_cannot_be_named_is_waited_for_a_bounded_time
     assert 0.4 <= waited < 10, waited
     assert (out / "x").read_text() == "new"
     assert f"{tmp_path}: this folder's lock (flock) is held by a process that cannot be named" in capsys.readouterr().err
+
+
+def _local_or_skip(folder: Path) -> None:
+    """Skip where ``folder`` is not on a local file system (the marker's lock is not trusted there)."""
+    from bafusion import atomic
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        if atomic.fcntl is None or not atomic._local_fs(fd):
+            pytest.skip("the temporary folder is not on a local file system (ext4, XFS, Btrfs, tmpfs ...)")
+    finally:
+        os.close(fd)
+
+
+_WRITER = """
+import sys, os, signal
+from bafusion.atomic import atomic_dir
+with atomic_dir(sys.argv[1]) as tmp:
+    (tmp / "half").write_text("half")
+    print(os.getpid(), flush=True)
+    if sys.argv[2] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    sys.stdin.readline()  # holds its folder until told to finish
+    (tmp / "half").write_text("done")
+"""
+
+
+def _reboot_marker(wrap: Path, **changes: str) -> None:
+    """Rewrite ``wrap``'s marker in place (its inode, and a lock held on it, kept) with ``changes``
+    to its fields (``pid``, ``boot``, ...)."""
+    from bafusion.atomic import PART_MARKER
+
+    host, pid, *rest = (wrap / PART_MARKER).read_text().split()
+    fields = {"pid": pid, **dict(f.split("=", 1) for f in rest)}
+    fields.update(changes)
+    pid = fields.pop("pid")
+    with open(wrap / PART_MARKER, "r+", encoding="utf-8") as f:
+        f.truncate(0)
+        f.write(" ".join([host, pid, *(f"{k}={v}" for k, v in fields.items())]) + "\n")
+
+
+def test_a_leftover_of_an_earlier_boot_is_recovered_when_its_marker_is_unlocked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run killed (a power cut) leaves its temporary folder; after the reboot the marker's
+    boot id is another, and the folder was only named ("another container or an earlier boot"),
+    never removed: a boot id cannot tell a reboot from another kernel sharing the file system.
+    Its writer held the marker's flock, which no process holds now on this local file system:
+    the writer is gone, and the folder is removed."""
+    import subprocess
+    import sys
+
+    from bafusion.atomic import PART_MARKER, remove_stale_parts
+
+    _local_or_skip(tmp_path)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", _WRITER, str(out), "kill"], capture_output=True, text=True)
+    assert proc.returncode == -9
+    [wrap] = tmp_path.glob(".out.part-*")
+    assert " lock=flock" in (wrap / PART_MARKER).read_text()
+    _reboot_marker(wrap, boot="an-earlier-boot", pidns="4026531836")  # the boot before the power cut
+    assert remove_stale_parts(out) == [wrap]
+    assert not wrap.exists() and "not removed" not in capsys.readouterr().err
+
+
+def test_a_leftover_whose_marker_is_locked_is_kept_whatever_it_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A writer that runs holds its marker's lock: its folder is kept, and not named as a
+    leftover, whatever process, namespace or boot the marker names (a run of another container
+    on this machine; a marker naming a process that is gone, removed under a live writer before,
+    were the lock not looked at)."""
+    import subprocess
+    import sys
+
+    from bafusion.atomic import remove_stale_parts
+
+    _local_or_skip(tmp_path)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(out), "hold"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == str(proc.pid)
+        [wrap] = tmp_path.glob(".out.part-*")
+        _reboot_marker(wrap, pid=str(_dead_pid()))  # by the process identity alone: gone
+        assert remove_stale_parts(out) == [] and (wrap / "out" / "half").read_text() == "half"
+        _reboot_marker(wrap, boot="another-boot")  # another container's or boot's: kept, and not named
+        assert remove_stale_parts(out) == [] and wrap.is_dir()
+        assert "not removed" not in capsys.readouterr().err
+    finally:
+        proc.communicate("go\n", timeout=60)
+    assert proc.returncode == 0 and (out / "half").read_text() == "done"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_marker_without_the_lock_field_is_judged_by_its_process(tmp_path: Path) -> None:
+    """A marker of an earlier version, or of a file system not local (no ``lock=flock``): nobody
+    holds its lock, which does not make its writer gone; the process identity decides, as before
+    (an earlier boot: kept)."""
+    import socket
+
+    from bafusion.atomic import PART_MARKER, _marker_text, remove_stale_parts
+
+    out = tmp_path / "out"
+    fields = dict(f.split("=", 1) for f in _marker_text(os.getpid()).split()[2:])
+    assert "lock" not in fields
+    wrap = tmp_path / ".out.part-x"
+    wrap.mkdir()
+    (wrap / PART_MARKER).write_text(f"{socket.gethostname()} {_dead_pid()} pidns={fields['pidns']} boot=another\n")
+    assert remove_stale_parts(out) == [] and wrap.is_dir()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import glob
 import json
 import os
@@ -69,8 +70,9 @@ def raise_if_stopped() -> None:
 
 #: The file that marks a temporary folder of :func:`atomic_dir` or :func:`atomic_file` as
 #: bafusion's own: a leftover of a killed run is removed by a later run only when it holds this
-#: file (naming a process of this host, PID namespace and boot that is gone, see
-#: :func:`_is_stale`), never a folder of the user's that happens to match the name.
+#: file (naming a process of this host, PID namespace and boot that is gone, or, on a local file
+#: system, no longer locked by its writer, see :func:`_is_stale`), never a folder of the user's
+#: that happens to match the name.
 PART_MARKER = ".bafusion-part"
 #: The file that a temporary folder of :func:`atomic_dir` (or of
 #: :func:`bafusion.data.download.extract_zip`) holds once its new output is complete and flushed,
@@ -127,7 +129,17 @@ def _remove_part(wrap: Path) -> None:
     meanwhile leaves a folder that is still known as bafusion's own). What cannot be removed
     (an earlier output with a read-only sub-folder) stays, with its marker, for a later run to
     try again, and is named once on stderr (:func:`_note_unremoved`): it was kept, hidden and
-    unsaid, for good. One removed meanwhile by another run is no error."""
+    unsaid, for good. One removed meanwhile by another run is no error. The marker's lock, where
+    this process holds it (:func:`_write_marker`), is let go last: what is left is then a later
+    run's to remove."""
+    try:
+        _remove_part_locked(wrap)
+    finally:
+        _release_marker(wrap)
+
+
+def _remove_part_locked(wrap: Path) -> None:
+    """:func:`_remove_part`, the marker's lock (if this process holds it) still held."""
     failed: list[OSError] = []
 
     def record(_func: object, _path: object, exc: object) -> None:
@@ -253,10 +265,119 @@ def process_gone(named: dict[str, str]) -> bool:
     return "-" not in (start, now) and start != now
 
 
-def _marker_text(pid: int) -> str:
+def _marker_text(pid: int, locked: bool = False) -> str:
     """The content of :data:`PART_MARKER` for process ``pid`` of this process's host, PID
-    namespace and boot: ``<host> <pid> pidns=<inode> boot=<id>`` (``-`` for one unknown)."""
-    return " ".join([socket.gethostname(), str(pid), *(f"{k}={v}" for k, v in _identity().items())]) + "\n"
+    namespace and boot: ``<host> <pid> pidns=<inode> boot=<id>`` (``-`` for one unknown), and
+    ``lock=flock`` where ``locked``: the writer holds the marker's ``flock`` on a local file
+    system for as long as the folder is its (:func:`_marker_held`)."""
+    fields = {**_identity(), **({"lock": "flock"} if locked else {})}
+    return " ".join([socket.gethostname(), str(pid), *(f"{k}={v}" for k, v in fields.items())]) + "\n"
+
+
+#: ``statfs`` magic numbers of the file systems that one kernel alone mounts (ext2/3/4, XFS,
+#: Btrfs, tmpfs, F2FS, ZFS): every process that sees a file there sees its ``flock`` locks.
+#: Not a network or shared one (NFS, SMB, FUSE, 9p, virtiofs, Lustre, GFS2, Ceph), whose other
+#: kernels' locks are not all seen, nor overlayfs (a lock taken through it is not seen through
+#: its upper folder's own path).
+_LOCAL_FS_MAGIC = frozenset({0xEF53, 0x58465342, 0x9123683E, 0x01021994, 0xF2F52010, 0x2FC12FC1})
+
+
+def _local_fs(fd: int) -> bool:
+    """Whether the open file ``fd`` lies on a file system of :data:`_LOCAL_FS_MAGIC` (Linux's
+    ``fstatfs``, through ctypes); ``False`` where that cannot be told (another system)."""
+    fstatfs = _libc_fstatfs()
+    if fstatfs is None:
+        return False
+    import ctypes
+
+    buf = ctypes.create_string_buffer(512)  # struct statfs, its f_type first (a long)
+    if fstatfs(fd, buf) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buf).value in _LOCAL_FS_MAGIC
+
+
+@functools.lru_cache(maxsize=None)
+def _libc_fstatfs() -> Any:
+    """Linux libc's ``fstatfs`` through ctypes, looked up once; ``None`` elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).fstatfs
+    except (OSError, AttributeError):
+        return None
+
+
+#: The open :data:`PART_MARKER` of each temporary folder of this process whose ``flock`` it holds
+#: (:func:`_write_marker`), closed by :func:`_remove_part`, and the lock that guards it.
+_marker_fds: dict[str, int] = {}
+_marker_fds_guard = threading.Lock()
+
+
+def _write_marker(wrap: Path) -> None:
+    """Write :data:`PART_MARKER` into the new temporary folder ``wrap``, its ``flock`` taken
+    (exclusive) before any content, and held until :func:`_remove_part` (or this process's
+    end: a kill, a reboot, releases it) where the file system is local (:func:`_local_fs`):
+    then ``lock=flock`` in it tells another run that an unlocked marker's writer is gone
+    (:func:`_marker_held`). A marker read before its content (empty) names no process: never
+    stale (:func:`_read_marker`)."""
+    fd = os.open(wrap / PART_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    locked = False
+    try:
+        if fcntl is not None and _local_fs(fd):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
+            except OSError:
+                pass  # no locks here: the marker says none, the process's identity tells
+        view = memoryview(_marker_text(os.getpid(), locked).encode("utf-8"))
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        raise
+    if locked:
+        with _marker_fds_guard:
+            _marker_fds[str(wrap)] = fd
+    else:
+        os.close(fd)
+
+
+def _release_marker(wrap: Path) -> None:
+    """Close the marker of ``wrap`` that this process holds locked (:func:`_write_marker`), if any."""
+    with _marker_fds_guard:
+        fd = _marker_fds.pop(str(wrap), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _marker_held(wrap: Path, fields: dict[str, str]) -> bool | None:
+    """Whether the writer of the temporary folder ``wrap``, whose marker's ``fields`` say it
+    holds the marker's ``flock`` (``lock=flock``), still runs: ``True`` while the lock is held,
+    ``False`` once it is free (the writer is gone: ended, killed, or the machine rebooted since;
+    a process ID or boot id cannot tell a reboot from another kernel sharing the file system,
+    a lock on a local file system can: no other kernel mounts it); ``None`` where this cannot
+    be told (no such field, no ``fcntl``, a file system not local here, a marker that cannot
+    be opened)."""
+    if fields.get("lock") != "flock" or fcntl is None:
+        return None
+    try:
+        fd = os.open(wrap / PART_MARKER, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        if not _local_fs(fd):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared: two runs that look never see each other
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        return False
+    finally:
+        os.close(fd)  # the lock taken, if any, with it
 
 
 def _read_marker(wrap: Path) -> tuple[str, int, dict[str, str]] | None:
@@ -275,13 +396,18 @@ def _read_marker(wrap: Path) -> tuple[str, int, dict[str, str]] | None:
 
 def _is_stale(wrap: Path) -> bool:
     """Whether ``wrap`` is a temporary folder of this module left by a process that no longer
-    runs: it holds :data:`PART_MARKER` naming this host, PID namespace and boot, and a process
-    that ``os.kill`` does not find. A marker of the older form ``<host> <pid>`` (versions of
+    runs: it holds :data:`PART_MARKER` whose lock no process holds on a local file system
+    (:func:`_marker_held`: whatever host, namespace and boot it names; one held: a run in
+    progress), else naming this host, PID namespace and boot, and a process that ``os.kill``
+    does not find. A marker of the older form ``<host> <pid>`` (versions of
     2026-12-04) cannot tell a process of another PID namespace from a dead one: it is kept."""
     read = _read_marker(wrap)
     if read is None:
         return False
     host, owner, fields = read
+    held = _marker_held(wrap, fields)  # a lock on a local file system: whatever the host, namespace, boot
+    if held is not None:
+        return not held
     # another host, namespace or boot, or the older form: not known gone
     return process_gone({**fields, "host": host, "pid": str(owner)})
 
@@ -300,6 +426,8 @@ def _kept_owner(wrap: Path) -> str | None:
     if read is None:
         return None
     host, owner, fields = read
+    if _marker_held(wrap, fields):
+        return None  # its writer holds the marker's lock: a run in progress
     if host != socket.gethostname():
         return f"host {host} (process {owner})"
     if not fields:
@@ -787,7 +915,7 @@ def _new_part(final: Path) -> Path:
     except OSError as e:
         raise OSError(e.errno, e.strerror, os.fspath(final)) from e
     try:
-        (wrap / PART_MARKER).write_text(_marker_text(os.getpid()), encoding="utf-8")
+        _write_marker(wrap)
     except BaseException as e:
         _remove_part(wrap)
         if isinstance(e, OSError):
@@ -973,9 +1101,11 @@ def atomic_file(path: str | os.PathLike[str], *, name: str | None = None) -> Ite
     A run killed inside the block leaves its folder (holding :data:`PART_MARKER`); the next
     write of this module into that folder by a process of this host and PID namespace removes
     it, and every other leftover of a dead run of theirs there (:func:`remove_stale_parts_in`),
-    once per folder and process. One left by another machine or container (PID namespace), or
-    by a version before 2026-12-05 (a marker without the namespace), stays until removed by hand
-    (the sweep names it on stderr, once per process: :func:`_note_kept`).
+    once per folder and process; on a local file system also one of another container or boot
+    whose marker's lock is free (:func:`_marker_held`). One left by another machine, or elsewhere
+    by another container (PID namespace) or boot, or by a version before 2026-12-05 (a marker
+    without the namespace), stays until removed by hand (the sweep names it on stderr, once per
+    process: :func:`_note_kept`).
 
     A file or folder ``<name>.part`` beside ``path`` (the fixed temporary name of versions before
     2026-12-04, left only by a run killed with SIGKILL or a crash) is never touched nor named: it
@@ -1025,7 +1155,9 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     leaves neither in place (or a part of the earlier one) until the next write there of a
     process of this host, which puts the new one, complete and marked ready
     (:data:`READY_MARKER`), in place (:func:`_roll_forward`; the next run removed it with the
-    temporary folder). After a power cut (another boot) the temporary folder is kept and named.
+    temporary folder). After a power cut (another boot) the temporary folder is kept and named,
+    but on a local file system, where its marker's lock, ended with its process, tells that its
+    run is gone (:func:`_marker_held`): there it is completed and removed as any dead run's.
     The new folder's files are flushed to the disk before it is swapped in (:func:`sync_tree`)."""
     final = Path(os.path.abspath(path))  # a chdir inside the block changes nothing
     if final.is_symlink():
