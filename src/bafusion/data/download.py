@@ -581,7 +581,11 @@ _OPENER = urllib.request.build_opener(*_HANDLERS)
 
 
 #: The exceptions of the TLS layer (none where Python was built without ``ssl``).
-_SSL_ERRORS: tuple[type[BaseException], ...] = (ssl.SSLError,) if ssl is not None else ()
+_SSL_ERRORS: tuple[type[Exception], ...] = (ssl.SSLError,) if ssl is not None else ()
+#: The transfer's errors of a request's opening (:func:`_attempt`): retried, but for TLS errors
+#: of the two ends (:func:`_transient_tls`).
+_OPEN_ERRORS: tuple[type[Exception], ...] = (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError,
+                                             http.client.HTTPException, *_SSL_ERRORS)
 
 
 def _transient_tls(error: BaseException, handshake: bool) -> bool:
@@ -644,8 +648,7 @@ def _attempt(
         if e.code in RETRY_STATUS:
             raise _Retryable(f"HTTP {e.code} {e.reason}") from e
         raise DownloadError(url, f"HTTP {e.code} {e.reason}") from e
-    except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException,
-            *_SSL_ERRORS) as e:
+    except _OPEN_ERRORS as e:
         raise_if_stopped()  # its connection shut down by the stop (_abort_connections)
         reason = getattr(e, "reason", e)
         # an SSLError wrapped in a URLError came in the handshake (or the request's sending), a
