@@ -489,3 +489,29 @@ def test_the_check_stage_refuses_any_invalid_key(tmp_path: Path, monkeypatch: py
                                                                                    "params": ["train.lr"]}}}))
     out = repro(per_net_lr)
     assert "lacks keys that dvc.yaml's stages list: train.lr (stage train_initial)" in out, out
+
+
+@pytest.mark.slow
+def test_the_check_stage_prints_only_problems_and_leaves_no_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check stage's dry run printed Snakemake's whole job plan (its banner, "Job stats",
+    "Reasons", "This was a dry-run") on every `dvc repro` / `dvc exp run`: Snakemake 9.x quiets
+    nothing of a dry run for `--quiet all`; and it wrote .snakemake/iocache. The Snakefile ends
+    the check stage's run once its checks have passed (checks.smk): `dvc repro check` prints
+    DVC's own lines only, creates no .snakemake/, and a bad value still fails it, naming the key."""
+    from pipeline_project import make_project, run
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    project = make_project(tmp_path / "p", git=False)
+    run(["dvc", "init", "--no-scm", "-q"], project)
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"check": STAGES["check"]}}))
+    p = run(["dvc", "repro", "check"], project)
+    out = p.stdout + p.stderr
+    assert "Running stage 'check'" in out, out
+    for said in ("SNAKEMAKE", "Building DAG", "Job stats", "Reasons:", "This was a dry-run", "rule download"):
+        assert said not in out, (said, out)
+    assert not (project / ".snakemake").exists(), sorted(p.name for p in (project / ".snakemake").rglob("*"))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["download"]["net"]["retries"] = -5
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    p = run(["dvc", "repro", "check"], project, check=False)
+    assert p.returncode != 0 and "download.net.retries: -5" in p.stdout + p.stderr, p.stdout + p.stderr

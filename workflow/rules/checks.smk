@@ -38,3 +38,12 @@ try:
             check_devices(config, _source)
 except UserError as _e:
     _refuse(_e)
+
+# dvc.yaml's check stage (a dry run of `download`) ends here, its checks passed: Snakemake prints
+# a dry run's job plan whatever --quiet says (9.x: `--quiet all` quiets all but a dry run) and
+# writes .snakemake/iocache, and every `dvc repro` / `dvc exp run` printed that plan. The plan
+# itself checks nothing more of params.yaml (its values are checked above and in common.smk,
+# before any job is planned), so the stage prints only problems and leaves no .snakemake/.
+if (os.environ.get("DVC_STAGE", "").rpartition(":")[2] == "check" and getattr(workflow, "is_main_process", True)
+        and getattr(_args, "dryrun", False)):
+    sys.exit(0)
