@@ -201,6 +201,8 @@ SNAKEFILE_NOT_FOLLOWED: dict[str, str] = {
     "bafusion.evaluation.evaluate.REFERENCE_METHODS": "the paper's six method names, read for the listing of "
                                                       "evaluate's inputs (data/evaluate-inputs.json), which only "
                                                       "the evaluate rule takes",
+    "bafusion.evaluation.evaluate.read_peer_metrics": "the methods of a reference_metrics CSV, read for the same "
+                                                      "listing (their folders are not listed)",
 }
 
 

@@ -1440,4 +1440,78 @@ def test_the_evaluate_listing_lists_every_file_evaluate_reads(tmp_path: Path) ->
         assert len(read) == {"neg": 5, "one": 3, "csv": 3}[ds.name], read  # M, NSCT: A1, ß1, p1 (M's a link); .D, sub/N: A1
         assert read <= set(listed["reference"]["files"]), (ds.name, read - set(listed["reference"]["files"]))
         assert not {n for n in [*listed["sources"]["files"], *listed["reference"]["files"]] if "a2" in n}, listed
-    assert set(listing[2]["reference"]["files"]) == {"Mine/", "Peer/", "NSCT/A1.png", "NSCT/\u00df1.png", "NSCT/p1.png"}
+    # Peer: the CSV's method, read from it (test_the_evaluate_listing_leaves_out_the_folders_of_the_reference_metrics_methods)
+    assert set(listing[2]["reference"]["files"]) == {"Mine/", "NSCT/A1.png", "NSCT/\u00df1.png", "NSCT/p1.png"}
+
+
+def test_a_test_set_dataset_with_a_pattern_is_listed_alike_before_and_after_the_test_set_is_made(tmp_path: Path) -> None:
+    """A dataset whose `sources` is the test set (rule testset) and that sets a `pattern`: before
+    the testset rule had run, data/testset/index.json was not there and the listing kept only the
+    reference files matching `pattern`; after it, every file (evaluate takes the test set's names
+    from its index.json, whatever the pattern). The listing changed once the test set was made,
+    and evaluate ran once more than needed. The test set's folder is listed as one with an index."""
+    from PIL import Image
+
+    ref = tmp_path / "ref"
+    img = Image.new("RGB", (16, 16))
+    for f in ("NSCT/p1.png", "NSCT/q1.png"):
+        (ref / f).parent.mkdir(parents=True, exist_ok=True)
+        img.save(ref / f)
+    project = make_project(tmp_path / "p", {"evaluate": {"datasets": [
+        {"name": "t", "sources": "data/testset", "reference": str(ref), "pattern": "p*"}]}}, git=False)
+    listings = []
+    for made in (False, True):
+        if made:  # as the testset rule leaves it
+            (project / "data" / "testset").mkdir(parents=True)
+            (project / "data" / "testset" / "index.json").write_text("[]\n")
+        p = run(["snakemake", "evaluate", "-n", "--cores", "1"], project, check=False)
+        assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+        listings.append((project / ".snakemake" / "evaluate-inputs.dry-run.json").read_text())
+    assert listings[0] == listings[1], listings
+    assert set(json.loads(listings[0])["datasets"][0]["reference"]["files"]) == {"NSCT/p1.png", "NSCT/q1.png"}
+
+
+def test_the_evaluate_listing_leaves_out_the_folders_of_the_reference_metrics_methods(tmp_path: Path) -> None:
+    """With a reference_metrics CSV, evaluate reads the CSV's methods from the CSV, never from a
+    folder (one of the paper's six too), and its note on folders not compared does not name
+    them: the listing still held their folders' files (and their names), so a change there reran
+    evaluate for nothing. A method of the six that the CSV lacks is still read from its folder."""
+    from PIL import Image
+
+    mine = tmp_path / "mine"
+    img = Image.new("RGB", (16, 16))
+    for f in ("pairs/p1-A.png", "pairs/p1-B.png", "six/NSCT/p1.png", "six/DSIFT/p1.png", "six/Peer/p1.png"):
+        (mine / f).parent.mkdir(parents=True, exist_ok=True)
+        img.save(mine / f, format="PNG")
+    (mine / "peers.csv").write_text("pair,method,QMI\np1,NSCT,1.0\np1,Peer,1.0\n")
+    project = make_project(tmp_path / "p", {"evaluate": {"datasets": [
+        {"name": "csv", "sources": str(mine / "pairs"), "reference": str(mine / "six"),
+         "reference_metrics": str(mine / "peers.csv")}]}}, git=False)
+    p = run(["snakemake", "evaluate", "-n", "--cores", "1"], project, check=False)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    (listed,) = json.loads((project / ".snakemake" / "evaluate-inputs.dry-run.json").read_text())["datasets"]
+    assert set(listed["reference"]["files"]) == {"DSIFT/p1.png"}, listed
+
+
+def test_a_jobs_own_reading_of_the_workflow_leaves_the_evaluate_listing_alone(tmp_path: Path) -> None:
+    """A cluster executor's job reads the workflow again (`--mode remote --target-jobs evaluate:`)
+    and rebuilt the listing: it rescanned every file and, where a file had changed since the main
+    process planned the job, rewrote data/evaluate-inputs.json. The main process's listing is the
+    job's input as it is: a job's reading neither rewrites it nor writes a dry run's."""
+    from PIL import Image
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    img = Image.new("RGB", (16, 16))
+    for f in ("p1-A.png", "p1-B.png"):
+        img.save(mine / f)
+    project = _evaluated_project(tmp_path, {"name": "mine", "sources": str(mine)})
+    listing = project / "data" / "evaluate-inputs.json"
+    _evaluated(project)
+    made = listing.read_text(), listing.stat().st_mtime_ns
+    for f in ("p2-A.png", "p2-B.png"):  # after the main process planned the job
+        img.save(mine / f)
+    run(["snakemake", "--mode", "remote", "--target-jobs", "evaluate:", "--touch", "--cores", "1",
+         "--allowed-rules", "evaluate"], project, check=False)
+    assert (listing.read_text(), listing.stat().st_mtime_ns) == made
+    assert not (project / ".snakemake" / "evaluate-inputs.dry-run.json").exists()

@@ -320,7 +320,8 @@ def evaluate_inputs_listing(wildcards):
     with braces (p{x}.png: Snakemake takes {x} for a wildcard) stood for its folder, whose mtime
     no edit inside changes, and 30,000 files made a 3.8 MB input line. The listing sees every
     such change, under any rerun triggers; unchanged, it is not rewritten, so nothing reruns.
-    Only a run rewrites it: a dry run (-n) or a command that runs nothing (--dag, --summary, ...)
+    Only a run's main process rewrites it (a job's own reading of the workflow, under a cluster
+    executor, takes it as it is): a dry run (-n) or a command that runs nothing (--dag, --summary, ...)
     leaves it alone, writes a listing that differs to EVALUATE_INPUTS_DRY_RUN (with the mtime the
     run would give it) and takes that as the input, so it still shows evaluate to run. A dry run
     rewrote the listing: after a change undone before the run (files added, `snakemake -n`,
@@ -332,6 +333,11 @@ def evaluate_inputs_listing(wildcards):
     already; a folder not there is listed as missing (the checks, checks.smk, and the command name
     it). DVC cannot list the folders: dvc.yaml's templating interpolates no list into deps (see
     its evaluate stage)."""
+    if not getattr(workflow, "is_main_process", True):
+        # a job's own reading of the workflow (a cluster executor's job, --mode remote): the main
+        # process listed the files when it planned the job and made the listing the job's input; a job
+        # rewrote it (a file changed since, paths as this node mounts them) and scanned every file again
+        return [EVALUATE_INPUTS]
     from bafusion.cli.params_check import pipeline_outputs, written_by
     from bafusion.workspace import resolve
 
@@ -346,11 +352,12 @@ def evaluate_inputs_listing(wildcards):
         newest[0] = max(newest[0], st.st_mtime_ns, st.st_ctime_ns)  # ctime: `cp -p` keeps an old mtime
         return st
 
-    def files(folder, keep=lambda name: True, methods=None):
+    def files(folder, keep=lambda name: True, methods=None, skipped=()):
         # {name: [size, mtime_ns]} of the files `keep` takes, dot-names out; an entry that is no file (a
         # broken link, a named pipe) as itself: evaluate refuses it, naming it. With `methods` (a
         # reference folder): those of each <METHOD>/ of `methods` (by its path, as evaluate reads it: also
-        # a dot-named or a nested one), and the other sub-folders by name only, [] for their files
+        # a dot-named or a nested one), the other sub-folders by name only, [] for their files, but those of
+        # `skipped` (a reference_metrics CSV's methods: evaluate reads neither their files nor their names)
         if stat(folder) is None:
             return None
         found = {}
@@ -362,7 +369,7 @@ def evaluate_inputs_listing(wildcards):
             if e.name.startswith("."):
                 continue
             if methods is not None:
-                if e.is_dir() and e.name not in methods:
+                if e.is_dir() and e.name not in methods and e.name not in skipped:
                     found[f"{e.name}/"] = []  # evaluate reads only its name (its note on folders not compared)
             elif not e.is_dir() and keep(e.name):
                 st = stat(e.path)
@@ -388,15 +395,20 @@ def evaluate_inputs_listing(wildcards):
         read_method_results): the files of the pairs matching `pattern` (as find_pairs matches it,
         fnmatch.fnmatchcase: case-sensitive; <pair> is the stem's part before its last '-', a superset
         of find_pairs' <pair>-<letter>), every file with an index.json (the test set's names); the
-        method folders of `reference_methods`, by default the paper's six (also with a
-        reference_metrics CSV, whose methods evaluate takes from the CSV, never from a folder); the
+        method folders of `reference_methods`, by default the paper's six, less a reference_metrics
+        CSV's methods (evaluate takes them from the CSV, never from a folder: csv_methods); the
         other folders by name only, and only with the default methods or chosen ones starting with
         the six (evaluate's note names them)."""
         import fnmatch
 
         pattern = str(d.get("pattern") or "*")
         src = resolve(str(d["sources"])) if d.get("sources") else None
-        if pattern == "*" or (src is not None and os.path.isfile(os.path.join(src, "index.json"))):
+        # the test set's folder (the testset rule's output) always has an index.json, there yet or
+        # not; before the testset rule had made it, the reference files were filtered by `pattern`,
+        # after it they were not, and evaluate ran once more for a changed listing (no "rule <name>"
+        # and a colon on one line here: `snakemake --lint` takes it for a rule beside functions)
+        testset = src is not None and os.path.realpath(src) == os.path.realpath(str(rules.testset.output[0]))
+        if pattern == "*" or testset or (src is not None and os.path.isfile(os.path.join(src, "index.json"))):
             keep_src = keep_ref = lambda name: True
         else:
             def stem(name):
@@ -409,12 +421,24 @@ def evaluate_inputs_listing(wildcards):
                 return fnmatch.fnmatchcase(stem(name), pattern)
         return keep_src, keep_ref
 
+    def csv_methods(d):  # a reference_metrics CSV's methods: evaluate reads them from it, never from a folder
+        if not d.get("reference_metrics"):
+            return set()
+        import csv as csv_module  # (csv: the helper above)
+
+        from bafusion.evaluation.evaluate import read_peer_metrics
+
+        try:
+            return set(read_peer_metrics(resolve(str(d["reference_metrics"]))).methods)
+        except (UserError, OSError, ValueError, csv_module.Error):  # not there, unreadable: evaluate refuses it, naming it
+            return set()
+
     def compared(d):  # the method folders whose files evaluate reads (<REF>/<METHOD>/)
         if d.get("reference_methods"):
-            return {str(m) for m in d["reference_methods"]}
+            return {str(m) for m in d["reference_methods"]} - csv_methods(d)
         from bafusion.evaluation.evaluate import REFERENCE_METHODS  # (1 s to import: only with a reference)
 
-        return set(REFERENCE_METHODS)  # with a reference_metrics CSV too: its methods are read from it
+        return set(REFERENCE_METHODS) - csv_methods(d)  # the CSV's other methods: read from it too
 
     listing = []
     for d in (config.get("evaluate", {}) or {}).get("datasets") or []:
@@ -435,7 +459,7 @@ def evaluate_inputs_listing(wildcards):
             else:
                 keep_src, keep_ref = read_by_evaluate(d)
                 if key == "reference":  # <REF>/<METHOD>/<pair>.<ext>
-                    found = files(path, keep_ref, compared(d))
+                    found = files(path, keep_ref, compared(d), csv_methods(d))
                     if found is not None and not noted(d):  # the other folders: not read at all
                         found = {k: v for k, v in found.items() if not k.endswith("/")}
                     item["files"] = found
