@@ -350,7 +350,8 @@ UNLISTED = {
     "fuse.threads": "the fused images are the same on any number of threads (README)",
     "evaluate.threads": "as fuse.threads",
     "evaluate.device": "optional, absent from params.yaml (DVC refuses a listed key the file lacks); absent, "
-                       "evaluate runs on fuse.device, which is listed",
+                       "evaluate runs on fuse.device, which is listed; a device can change the last bits, so "
+                       "README says to run `dvc repro -f -s evaluate` after setting it",
 }
 #: stage -> (top-level keys, sections whose keys it lists, per-net override section)
 LISTED = {
@@ -429,7 +430,8 @@ def test_dvc_reruns_only_the_stages_whose_listed_keys_changed(tmp_path: Path) ->
         "evaluate.alpha": (5, {"evaluate"}),
         "train.val_batch": (128, {"train_initial", "train_boundary"}),  # the validation loss's last digits can change
         **{k: (v, set()) for k, v in (("train.checkpoint_every", 7),
-                                      ("fuse.save_maps", True), ("fuse.threads", 1), ("evaluate.threads", 1))},
+                                      ("fuse.save_maps", True), ("fuse.threads", 1), ("evaluate.threads", 1),
+                                      ("evaluate.device", "cpu"))},  # README: rerun it by hand
     }
     for key, (value, want) in cases.items():
         want = want | {"check"}  # it lists the whole file: test_the_check_stage_refuses_any_invalid_key
@@ -517,3 +519,17 @@ def test_the_check_stage_prints_only_problems_and_leaves_no_state(tmp_path: Path
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     p = run(["dvc", "repro", "check"], project, check=False)
     assert p.returncode != 0 and "download.net.retries: -5" in p.stdout + p.stderr, p.stdout + p.stderr
+
+
+def test_the_readme_forces_a_stage_alone() -> None:
+    """README told `dvc repro -f evaluate` after setting evaluate.device: with a target and no
+    `-s`, DVC forces every stage before it too (DVC 3.67: `dvc repro -f b` after `a` -> `b` ran
+    `a` and `b`), so the trainings ran again for a device of evaluate. A forced re-run of one
+    stage is `dvc repro -f -s <stage>`; the README says so wherever it names one, and the
+    evaluate.device advice is there."""
+    readme = (REPO / "README.md").read_text()
+    forced = re.findall(r"dvc repro -f\s+(?!-)([a-z_]+)", readme)
+    assert forced == [], forced
+    words = " ".join(readme.split())
+    assert "changing `evaluate.device` later re-runs no stage but `check`" in words
+    assert "run `dvc repro -f -s evaluate` after it" in words
