@@ -533,3 +533,28 @@ def test_the_readme_forces_a_stage_alone() -> None:
     words = " ".join(readme.split())
     assert "changing `evaluate.device` later re-runs no stage but `check`" in words
     assert "run `dvc repro -f -s evaluate` after it" in words
+
+
+@pytest.mark.slow
+def test_dvc_repro_of_check_and_a_stage_runs_check_first(tmp_path: Path) -> None:
+    """`dvc repro <stage>` does not run the check stage (no stage depends on it): README tells
+    `dvc repro check <stage>`, which runs check first, in either order of the two targets, and
+    stops there when it fails (DVC's own planning, the commands replaced by shell tests)."""
+    import subprocess
+
+    from pipeline_project import env, ran_stages
+
+    stages = {"check": {"cmd": "test ! -e bad"}, "a": {"cmd": "echo a > a.txt", "outs": ["a.txt"]},
+              "b": {"cmd": "cat a.txt > b.txt", "deps": ["a.txt"], "outs": ["b.txt"]}}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+
+    def dvc(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["dvc", *args], cwd=tmp_path, env=env(), capture_output=True, text=True)
+
+    assert dvc("init", "--no-scm", "-q").returncode == 0
+    assert dvc("repro", "-q").returncode == 0
+    (tmp_path / "bad").touch()
+    for targets in (["check", "b"], ["b", "check"]):
+        p = dvc("repro", "-f", *targets)
+        assert p.returncode != 0 and ran_stages(p.stdout + p.stderr) == ["check"], (targets, p.stdout + p.stderr)
+    assert "name both, `dvc repro check <stage>`, which runs `check` first" in " ".join((REPO / "README.md").read_text().split())
