@@ -2064,3 +2064,30 @@ def test_write_image_takes_the_dpi_pillow_reads_from_a_tiff(tmp_path: Path, rgb)
                 assert source_dpi(out) == (300.0, 150.0), (suffix, dpi)
     with pytest.raises(UserError, match="two finite numbers above 0"):
         write_image(tmp_path / "z.png", rgb, dpi=(Fraction(0), Fraction(300)))
+
+
+@pytest.mark.parametrize("colour", [255, 0])
+def test_a_matte_held_in_the_alpha_channel_is_read_from_it(tmp_path: Path, rgb, colour: int) -> None:
+    # a transparent PNG of one colour whose alpha is the matte (what matting tools export) was read
+    # as its uniform colour: all foreground (white) or all background (black), trained on with a warning
+    g = rgb[..., 0]
+    flat = np.full(g.shape, colour, np.uint8)
+    Image.fromarray(np.dstack([flat, flat, flat, g]), "RGBA").save(tmp_path / "m.png")
+    assert np.array_equal(read_matte(tmp_path / "m.png"), g)
+    Image.fromarray(np.dstack([flat, g]), "LA").save(tmp_path / "la.png")
+    assert np.array_equal(read_matte(tmp_path / "la.png"), g)
+
+
+def test_a_matte_with_gray_values_and_another_alpha_is_refused(tmp_path: Path, rgb) -> None:
+    g, other = rgb[..., 0], rgb[..., 1]
+    Image.fromarray(np.dstack([g, g, g, np.full(g.shape, 255, np.uint8)]), "RGBA").save(tmp_path / "opaque.png")
+    assert np.array_equal(read_matte(tmp_path / "opaque.png"), g)  # opaque alpha: the gray is the matte
+    Image.fromarray(np.dstack([g, g, g, g]), "RGBA").save(tmp_path / "same.png")
+    assert np.array_equal(read_matte(tmp_path / "same.png"), g)  # both the same: no doubt
+    Image.fromarray(np.dstack([g, g, g, other]), "RGBA").save(tmp_path / "two.png")
+    with pytest.raises(InputFileError, match=r"two\.png: matte holds gray values and a transparency \(alpha\) "
+                                             r"channel that differ"):
+        read_matte(tmp_path / "two.png")
+    Image.fromarray(np.dstack([rgb, other]), "RGBA").save(tmp_path / "cutout.png")
+    with pytest.raises(InputFileError, match=r"cutout\.png: matte is not gray .*transparency \(alpha\) channel"):
+        read_matte(tmp_path / "cutout.png")

@@ -34,7 +34,10 @@ from bafusion.io.metadata import (
 def read_matte(path: str | os.PathLike[str]) -> np.ndarray:
     """An alpha matte as uint8 (H, W), read by :func:`read_image`. RGB mattes (alphamatting
     stores R=G=B) take the R channel; a matte whose channels differ is an error, since it would
-    not be a matte.
+    not be a matte. A file with transparency (an alpha channel not opaque everywhere, a
+    transparent colour) holds its matte there when its gray is one value everywhere (a white or
+    black image whose alpha is the matte, as matting tools export a matte) or equals the alpha;
+    gray values and an alpha that differ are an error (which of the two is the matte?).
 
     Parameters
     ----------
@@ -48,14 +51,38 @@ def read_matte(path: str | os.PathLike[str]) -> np.ndarray:
     Raises
     ------
     bafusion.errors.InputFileError
-        Naming the file: as :func:`read_image`, or a colour matte whose channels differ.
+        Naming the file: as :func:`read_image`, a colour matte whose channels differ, or gray
+        values beside an alpha channel that differs from them.
     """
     a = read_image(path)
+    alpha = _matte_alpha(path, a.shape[:2])
     if a.ndim == 3:
         if not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
-            raise InputFileError(path, "matte is not gray (its R, G and B channels differ)")
+            also = (": it has a transparency (alpha) channel too; if that is the matte, save the alpha alone as a "
+                    "gray image" if alpha is not None else "")
+            raise InputFileError(path, f"matte is not gray (its R, G and B channels differ){also}")
         a = a[..., 0].copy()
-    return a
+    if alpha is None:
+        return a
+    if a.size and int(a.min()) != int(a.max()) and not np.array_equal(a, alpha):
+        raise InputFileError(path, "matte holds gray values and a transparency (alpha) channel that differ: which is "
+                                   "the matte is not clear; save the matte as a gray image without alpha")
+    return alpha
+
+
+def _matte_alpha(path: str | os.PathLike[str], shape: tuple[int, ...]) -> np.ndarray | None:
+    """The 8-bit alpha of the matte file ``path`` (EXIF orientation applied, as the reader
+    applies it) when it has transparency somewhere (:func:`bafusion.io.info._alpha_opaque`)
+    and ``shape`` (height, width) as read; None for an opaque file, one without alpha, or one
+    Pillow does not open (read otherwise: its alpha is not told here)."""
+    try:
+        with open_image(path) as im:
+            if _alpha_opaque(im, path) is not False:
+                return None
+            alpha = np.asarray(im.convert("RGBA").getchannel("A"), dtype=np.uint8).copy()
+    except (OSError, ValueError, InputFileError):
+        return None
+    return alpha if alpha.shape == tuple(shape) else None
 
 
 @dataclass
