@@ -867,3 +867,24 @@ def test_labels_are_written_as_the_patches_come_not_held_to_the_end(tmp_path: Pa
         assert np.array_equal(g["y"][()], g["y_block"][:, 1, 1])
         for (r, c), pid, y in zip(g["centre"][::97], g["pair"][::97], g["y"][::97]):
             assert y == (mattes[int(pid)][r, c] >= 128)
+
+
+def test_an_empty_boundary_set_is_warned_about_with_its_cause(tmp_path: Path) -> None:
+    # mattes of one value give no boundary patch: the set was written empty without a word, and
+    # train --net boundary refused it later ("the train split is empty")
+    p = tmp_path / "shard-0.h5"
+    _write_shard(p)
+    with h5py.File(p, "r+") as h5:
+        for k in h5:
+            h5[k]["matte"][...] = 0
+    opts = PatchOptions(patch=16, per_pair=6, boundary_per_pair=6, seed=1)
+    with pytest.warns(UserWarning, match=r"the boundary patch set is empty: no 16x16 window of the 10 training pairs holds "
+                                         r"at least 10% focused .* and 10% defocused pixels .*train --net boundary refuses"):
+        summary = run_patches([p], opts, tmp_path / "out", progress=False)
+    assert summary["counts"]["boundary"] == {"train": 0, "val": 0}
+    _write_shard(p)  # blob mattes: boundary patches, no warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_patches([p], opts, tmp_path / "out2", progress=False)

@@ -341,3 +341,21 @@ def test_a_rerun_with_jpeg_backgrounds_is_not_refused(tmp_path: Path, capsys: py
     assert main(argv) == 2
     assert "did not write: bg/MY-NOTES.txt;" in capsys.readouterr().err
     assert (tmp_path / "prep" / "bg" / "MY-NOTES.txt").read_text() == "mine"
+
+
+def test_mattes_all_of_one_value_are_refused_before_any_composite(tmp_path: Path) -> None:
+    # mattes all 0 (or all 255) went through prepare, composite and patches with a warning each: the
+    # boundary set came out empty and train_boundary refused it, after the initial net had trained
+    # on patches of one class
+    am = _alphamatting(tmp_path / "am")
+    for i, v in enumerate((0, 255)):
+        Image.fromarray(np.full((80, 100), v, np.uint8)).save(am / "gt" / f"GT{i:02d}.png")
+    with pytest.raises(UserError, match=r"every training matte is one value everywhere \(.*GT00\.png: 0, .*GT01\.png: "
+                                        r"255\): no composite holds a boundary"):
+        run_prepare(_dir_cfg(am, _bgs(tmp_path / "bg")), PrepareOptions(), 0, tmp_path / "out" / "p", progress=False)
+    _assert_no_output(tmp_path / "out" / "p")
+    m = np.zeros((80, 100), np.uint8)
+    m[:, :50] = 255
+    Image.fromarray(m).save(am / "gt" / "GT01.png")  # one matte with a boundary: trained on, the other warned about
+    run_prepare(_dir_cfg(am, _bgs(tmp_path / "bg")), PrepareOptions(), 0, tmp_path / "p", progress=False)
+    assert (tmp_path / "p" / "manifest.json").is_file()

@@ -63,6 +63,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -758,6 +759,8 @@ def _write_patches(shards: _Shards, opts: PatchOptions, out_dir: Path, progress:
             for s in SETS:
                 for sp in SPLITS:
                     app[s][sp].close()
+    if counts["boundary"]["train"] == 0 and opts.boundary_per_pair != 0:
+        warnings.warn(empty_boundary_warning(opts, int(all_ids.size) - len(val_pairs)), stacklevel=3)
     summary = {
         "pairs": int(all_ids.size),
         "val_pairs": len(val_pairs),
@@ -769,6 +772,28 @@ def _write_patches(shards: _Shards, opts: PatchOptions, out_dir: Path, progress:
         "effective_samples": {s: {sp: counts[s][sp] * AUGMENTATION_FACTOR for sp in SPLITS} for s in SETS},
     }
     return summary
+
+
+def empty_boundary_warning(opts: PatchOptions, train_pairs: int) -> str:
+    """The line said when the boundary set has no training patch (``patches.boundary_per_pair``
+    not 0): its cause, mattes of one value or on one side of the label threshold (the prepare
+    step warns about each), and what then refuses it.
+
+    Parameters
+    ----------
+    opts : PatchOptions
+        The patch step's options (patch, fractions, label threshold).
+    train_pairs : int
+        The number of training pairs.
+
+    Returns
+    -------
+    str
+    """
+    return (f"the boundary patch set is empty: no {opts.patch}x{opts.patch} window of the {train_pairs} training pairs "
+            f"holds at least {opts.min_focused:.0%} focused (matte at or above patches.label_threshold "
+            f"{opts.label_threshold:g}) and {opts.min_defocused:.0%} defocused pixels (are the mattes of one value? "
+            "the prepare step warns about each): train --net boundary refuses it")
 
 
 def read_split(path: Path, split: str) -> dict[str, np.ndarray]:

@@ -73,6 +73,27 @@ def prepare_background(bg: Background, out_dir: Path, min_side: int) -> dict[str
     return {"id": bg.id, "image": f"bg/{name}", "height": h, "width": w, "origin": bg.origin}
 
 
+def no_boundary_message(uniform: list[str]) -> str:
+    """The refusal of training foregrounds whose mattes are all of one value (``uniform``, each
+    ``"<file>: <value>"``): no composite of theirs holds a boundary between a focused and a
+    defocused region, whatever ``patches.label_threshold``, so the boundary net's patch set would
+    be empty and the initial net's labels of one class per pair.
+
+    Parameters
+    ----------
+    uniform : list of str
+        The training mattes, ``"<file>: <value>"`` each (the first five are named).
+
+    Returns
+    -------
+    str
+    """
+    named = ", ".join(uniform[:5]) + (f", ... ({len(uniform)} in all)" if len(uniform) > 5 else "")
+    return (f"every training matte is one value everywhere ({named}): no composite holds a boundary between focused "
+            "and defocused pixels, so the boundary net would have no patch to train on (mattes are 0..255, "
+            "255 = foreground; the alpha channel of a one-colour image is read as its matte)")
+
+
 def run_prepare(data_cfg: dict, opts: PrepareOptions, seed: int, out: Path, progress: bool = True) -> dict[str, Any]:
     """Resolve the data source, write the prepared folder ``out``, return the manifest."""
     if not 0 < opts.scale <= 4:
@@ -104,8 +125,11 @@ def run_prepare(data_cfg: dict, opts: PrepareOptions, seed: int, out: Path, prog
         (tmp / "matte").mkdir()
         (tmp / "bg").mkdir()
         fgs = [(f, "train") for f in sel.train_foregrounds] + [(f, "test") for f in sel.test_foregrounds]
+        uniform: list[str] = []  # training mattes of one value: "file: value"
         for fg, split in tqdm(fgs, desc="prepare foregrounds", unit="img", **bar_options(progress)):
             img, matte = prepare_foreground(fg, opts.scale)
+            if split == "train" and matte.size and int(matte.min()) == int(matte.max()):
+                uniform.append(f"{fg.matte_origin or fg.origin}: {int(matte.min())}")
             write_image(tmp / "fg" / f"{fg.id}.png", img)
             write_image(tmp / "matte" / f"{fg.id}.png", matte)
             manifest["foregrounds"].append(
@@ -119,6 +143,8 @@ def run_prepare(data_cfg: dict, opts: PrepareOptions, seed: int, out: Path, prog
                     "split": split,
                 }
             )
+        if len(uniform) == len(sel.train_foregrounds):
+            raise UserError(no_boundary_message(uniform))
         bgs = [(b, "train") for b in sel.train_backgrounds] + [(b, "test") for b in sel.test_backgrounds]
         for bg, split in tqdm(bgs, desc="prepare backgrounds", unit="img", **bar_options(progress)):
             entry = prepare_background(bg, tmp / "bg", opts.min_background_side)
