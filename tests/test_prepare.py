@@ -359,3 +359,16 @@ def test_mattes_all_of_one_value_are_refused_before_any_composite(tmp_path: Path
     Image.fromarray(m).save(am / "gt" / "GT01.png")  # one matte with a boundary: trained on, the other warned about
     run_prepare(_dir_cfg(am, _bgs(tmp_path / "bg")), PrepareOptions(), 0, tmp_path / "p", progress=False)
     assert (tmp_path / "p" / "manifest.json").is_file()
+
+
+def test_a_matte_named_in_another_case_is_named_in_the_refusal(tmp_path: Path) -> None:
+    # "foreground has no matte (expected gt/GT01.png)" left the user staring at gt/gt01.png
+    am = _alphamatting(tmp_path / "am")
+    (am / "gt" / "GT01.png").rename(am / "gt" / "gt01.png")
+    with pytest.raises(InputFileError, match=r"input/GT01\.png: foreground has no matte \(expected .*gt/GT01\.png; "
+                                             r".*gt/gt01\.png differs in case only: names must match exactly\)"):
+        select(_dir_cfg(am, _bgs(tmp_path / "bg")), 0)
+    (am / "input" / "GT01.png").rename(am / "input" / "Gt01.png")
+    (am / "gt" / "GT00.png").rename(am / "gt" / "gt00.png")
+    with pytest.raises(InputFileError, match=r"input/GT00\.png: .*gt/gt00\.png differs in case only"):
+        select(_dir_cfg(am, _bgs(tmp_path / "bg")), 0)

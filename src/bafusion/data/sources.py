@@ -170,6 +170,15 @@ def _shown_as(root: Path, shown: str | Path | None) -> Callable[[Path], str]:
     return lambda p: str(Path(shown) / p.relative_to(root))
 
 
+def _case_clause(stem: str, others: dict[str, Path], own: dict[str, Path]) -> str:
+    """``"; <file> differs in case only: names must match exactly"`` where ``others`` (the
+    other folder's files by id) holds a file whose id is ``stem`` in other letter case and
+    that pairs with no file of ``own`` (ids are compared exactly: ``GT01.png`` and
+    ``gt01.png`` are no pair); else ``""``."""
+    near = [p for s, p in sorted(others.items()) if s.casefold() == stem.casefold() and s not in own]
+    return f"; {near[0]} differs in case only: names must match exactly" if near else ""
+
+
 def dir_foregrounds(root: str | Path, shown: str | Path | None = None) -> list[Foreground]:
     """``root/input/<id>.<ext>`` with ``root/gt/<id>.<ext>``. A foreground without a matte
     (or a matte without a foreground), or two files with one id, is an error naming the file.
@@ -187,10 +196,11 @@ def dir_foregrounds(root: str | Path, shown: str | Path | None = None) -> list[F
         raise InputFileError(inp, "no foreground images found")
     for stem, p in sorted(images.items()):
         if stem not in mattes:
-            raise InputFileError(p, f"foreground has no matte (expected {gt / (stem + '.png')})")
+            raise InputFileError(p, f"foreground has no matte (expected {gt / (stem + '.png')}"
+                                    f"{_case_clause(stem, mattes, images)})")
     for stem, p in sorted(mattes.items()):
         if stem not in images:
-            raise InputFileError(p, f"matte has no foreground image in {inp}")
+            raise InputFileError(p, f"matte has no foreground image in {inp}{_case_clause(stem, images, mattes)}")
     return [
         Foreground(
             id=stem,
