@@ -350,6 +350,33 @@ def test_a_pair_smaller_than_the_patch_names_prepare_scale_and_patch(tmp_path: P
     assert str(e.value).startswith("pair 0: image 20x12 is smaller than patch: 16") and "prepare.scale" in str(e.value)
 
 
+def test_every_foreground_smaller_than_the_patch_is_named_before_any_patch(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # own data with small foregrounds: the job named only the first pair ("pair 4: image ..."), not
+    # its foreground, after the pairs before it were cut, and not the other small foregrounds
+    p = tmp_path / "s.h5"
+    _write_shard(p, n_fg=3, n_bg=2, h=40, w=50)
+    with h5py.File(p, "r+") as h5:  # fg1 and fg2 small
+        for name in ("fg1", "fg2"):
+            g = h5[name]
+            for k in ("A", "B"):
+                a = g[k][:, :12, :20]
+                del g[k]
+                g[k] = a
+            m = g["matte"][:12, :20]
+            del g["matte"]
+            g["matte"] = m
+    import bafusion.data.patches as patches_mod
+
+    monkeypatch.setattr(patches_mod, "random_corners", lambda *a: pytest.fail("a patch was cut"))
+    with pytest.raises(UserError) as e:
+        run_patches([p], PatchOptions(patch=16, per_pair=2, boundary_per_pair=2), tmp_path / "out", progress=False)
+    msg = str(e.value)
+    assert msg.startswith("pair 2: image 20x12 is smaller than patch: 16") and "prepare.scale" in msg
+    assert "foreground 'fg1' (pairs 2-3 of s.h5)" in msg and "also foreground 'fg2' (pairs 4-5 of s.h5): 20x12" in msg
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_threads_must_be_positive(shard: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="threads"):
         run_patches([shard], PatchOptions(patch=16), tmp_path / "out", progress=False, threads=0)

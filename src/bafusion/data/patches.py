@@ -465,6 +465,20 @@ class _Shards:
             out.append((n, int(np.count_nonzero(passes_boundary_test(frac, opts.min_focused, opts.min_defocused)))))
         return out
 
+    def smaller_than(self, p: int) -> list[tuple[str, list[int], Path, tuple[int, ...]]]:
+        """``(group, its pair ids ascending, file, matte shape)`` of every group whose pairs are
+        smaller than a ``p`` x ``p`` patch (a group is a foreground, named by its id), in the
+        order of their first pair id; read from the files' indexes, no image read."""
+        pids: dict[tuple[int, str], list[int]] = {}
+        for pid, i, name, _ in self.rows:
+            pids.setdefault((i, name), []).append(pid)
+        out = []
+        for (n, shape), (f, _, name) in zip(self.positions, self._groups):
+            if n and (shape[0] < p or shape[1] < p):
+                i = self.files.index(f)
+                out.append((name, pids[(i, name)], f, shape))
+        return sorted(out, key=lambda g: g[1][0])
+
     @property
     def ids(self) -> np.ndarray:
         """Every pair id, ascending."""
@@ -691,6 +705,9 @@ def _write_patches(shards: _Shards, opts: PatchOptions, out_dir: Path, progress:
     all_ids = shards.ids
     if all_ids.size == 0:
         raise UserError("no composited pairs found in " + ", ".join(str(f) for f in shards.files))
+    small = shards.smaller_than(p)
+    if small:
+        raise UserError(_small_message(small, p))
     check_free_space(shards, opts, out_dir, compress)
     val_pairs = split_pairs(all_ids, opts.val_fraction, opts.seed)
     counts = {s: {sp: 0 for sp in SPLITS} for s in SETS}
@@ -772,6 +789,23 @@ def _write_patches(shards: _Shards, opts: PatchOptions, out_dir: Path, progress:
         "effective_samples": {s: {sp: counts[s][sp] * AUGMENTATION_FACTOR for sp in SPLITS} for s in SETS},
     }
     return summary
+
+
+def _small_message(small: list[tuple[str, list[int], Path, tuple[int, ...]]], p: int) -> str:
+    """The refusal of the foregrounds (:meth:`_Shards.smaller_than`) whose pairs are smaller
+    than the patch ``p``: the first pair, then every such foreground by its id, pairs and shard."""
+
+    def where(name: str, ids: list[int], f: Path) -> str:
+        span = f"pair {ids[0]}" if len(ids) == 1 else f"pairs {ids[0]}-{ids[-1]}"
+        return f"foreground {name!r} ({span} of {f.name})"
+
+    name, ids, f, (h, w) = small[0]
+    others = "".join(f"; also {where(n, i, g)}: {sw}x{sh}" for n, i, g, (sh, sw) in small[1:6])
+    if len(small) > 6:
+        others += f"; ... ({len(small)} foregrounds in all)"
+    return (f"pair {ids[0]}: image {w}x{h} is smaller than patch: {p}, as is every pair of {where(name, ids, f)} (a pair "
+            "takes the size of its prepared foreground, the source's times prepare.scale): raise prepare.scale or lower "
+            f"patch{others}")
 
 
 def empty_boundary_warning(opts: PatchOptions, train_pairs: int) -> str:
