@@ -372,3 +372,17 @@ def test_a_matte_named_in_another_case_is_named_in_the_refusal(tmp_path: Path) -
     (am / "gt" / "GT00.png").rename(am / "gt" / "gt00.png")
     with pytest.raises(InputFileError, match=r"input/GT00\.png: .*gt/gt00\.png differs in case only"):
         select(_dir_cfg(am, _bgs(tmp_path / "bg")), 0)
+
+
+def test_a_foreground_turned_by_its_exif_orientation_says_so(tmp_path: Path) -> None:
+    # a phone JPEG (EXIF orientation 6) beside a matte of its stored pixels: "matte size 100x80
+    # differs from the image size 80x100", with nothing saying the image was turned
+    am = _alphamatting(tmp_path / "am")
+    (am / "input" / "GT01.png").unlink()
+    ex = Image.Exif()
+    ex[0x0112] = 6
+    Image.fromarray(np.zeros((80, 100, 3), np.uint8)).save(am / "input" / "GT01.jpg", exif=ex.tobytes())
+    with pytest.raises(InputFileError, match=r"GT01\.jpg: matte size 100x80 differs from the image size 80x100 .*"
+                                             r"GT01\.jpg's EXIF orientation 6 was applied \(the file stores 100x80\)"):
+        run_prepare(_dir_cfg(am, _bgs(tmp_path / "bg")), PrepareOptions(), 0, tmp_path / "out" / "p", progress=False)
+    _assert_no_output(tmp_path / "out" / "p")

@@ -82,6 +82,9 @@ class Foreground:
     load_matte: Callable[[], np.ndarray] = field(repr=False, compare=False)
     #: The matte's file, where it has one (named by the checks of the matte).
     matte_origin: str | None = None
+    #: The image and matte files as read (where they have files): a size error reads their
+    #: headers to say where an EXIF orientation turned one.
+    files: tuple[Path, Path] | None = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,7 @@ def dir_foregrounds(root: str | Path, shown: str | Path | None = None) -> list[F
             load_image=lambda p=images[stem]: read_image(p, rgb=True),
             load_matte=lambda p=mattes[stem]: read_matte(p),
             matte_origin=origin(mattes[stem]),
+            files=(images[stem], mattes[stem]),
         )
         for stem in sorted(images)
     ]
@@ -237,9 +241,23 @@ def check_foreground(fg: Foreground) -> tuple[np.ndarray, np.ndarray]:
         raise InputFileError(
             fg.origin,
             f"matte size {matte.shape[1]}x{matte.shape[0]} differs from the image size "
-            f"{img.shape[1]}x{img.shape[0]} (matte of foreground {fg.id!r})",
+            f"{img.shape[1]}x{img.shape[0]} (matte of foreground {fg.id!r}){_turned(fg)}",
         )
     return img, matte
+
+
+def _turned(fg: Foreground) -> str:
+    """What a size error adds where an EXIF orientation swapped the width and height of the
+    image or matte file of ``fg`` (:func:`~bafusion.io.orientation_clause`), ``""`` otherwise
+    or where a header cannot be read (both files were just read)."""
+    from bafusion.io import image_info, orientation_clause
+
+    if fg.files is None:
+        return ""
+    try:
+        return "".join(orientation_clause(image_info(p)) for p in fg.files)
+    except (InputFileError, OSError):
+        return ""
 
 
 @dataclass(frozen=True)
