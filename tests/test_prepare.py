@@ -386,3 +386,27 @@ def test_a_foreground_turned_by_its_exif_orientation_says_so(tmp_path: Path) -> 
                                              r"GT01\.jpg's EXIF orientation 6 was applied \(the file stores 100x80\)"):
         run_prepare(_dir_cfg(am, _bgs(tmp_path / "bg")), PrepareOptions(), 0, tmp_path / "out" / "p", progress=False)
     _assert_no_output(tmp_path / "out" / "p")
+
+
+def test_backgrounds_in_subfolders_are_named_not_searched(tmp_path: Path) -> None:
+    # backgrounds sorted into category folders: "holds no images" with the images in plain
+    # sight, or, beside a few at the top, hundreds left out without a word
+    bg = tmp_path / "bg"
+    _bgs(bg / "indoor", 2)
+    _bgs(bg / "outdoor", 3)
+    am = _alphamatting(tmp_path / "am")
+    with pytest.raises(InputFileError, match=r"bg: background folder holds no images \(\.png, \.jpg, \.\.\.\); its "
+                                             r"subfolders \(indoor, outdoor\) are not searched: 5 images there"):
+        run_prepare(_dir_cfg(am, bg), PrepareOptions(), 0, tmp_path / "p", progress=False)
+    _img(bg / "top.jpg", 90, 120)
+    with pytest.warns(UserWarning, match=r"bg: 5 images in its subfolders \(indoor, outdoor\) are not used: "
+                                         r"the folder is not searched"):
+        m = run_prepare(_dir_cfg(am, bg), PrepareOptions(), 0, tmp_path / "p", progress=False)
+    assert [b["id"] for b in m["backgrounds"]] == ["top"]
+    import warnings
+
+    from bafusion.data.composite import shard_jobs
+
+    with warnings.catch_warnings():  # the workflow's parse, in every job, leaves it to the prepare job
+        warnings.simplefilter("error")
+        assert shard_jobs({"data": _dir_cfg(am, bg), "composite": {"shards": 4}})[0] == 2  # the 2 foregrounds

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,9 @@ def shard_jobs(params: dict[str, Any], source: str = "params.yaml") -> tuple[int
     if data.get("source", "builtin") not in ("builtin", "dir"):
         return shards, None
     try:
-        fgs = len(select(data, int(params.get("seed", 0))).train_foregrounds)
+        with warnings.catch_warnings():  # read at every parse of the workflow: the prepare job says them
+            warnings.simplefilter("ignore")
+            fgs = len(select(data, int(params.get("seed", 0))).train_foregrounds)
     except (UserError, OSError, ValueError):
         return shards, None
     if fgs < 1 or shards <= fgs:

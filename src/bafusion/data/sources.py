@@ -11,6 +11,8 @@ lazily, so listing a paper-scale folder costs nothing.
 
 from __future__ import annotations
 
+import os
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -225,10 +227,33 @@ def dir_backgrounds(folder: str | Path, shown: str | Path | None = None) -> list
     if not d.is_dir():
         raise InputFileError(d, "background folder not found")
     files = list_images(d)
+    below = _subfolder_images(d)
+    where = f"its subfolders ({', '.join(sorted(below)[:5])}{', ...' if len(below) > 5 else ''})"
     if not files:
-        raise InputFileError(d, "background folder holds no images (.png, .jpg, ...)")
+        more = f"; {where} are not searched: {sum(below.values())} images there" if below else ""
+        raise InputFileError(d, f"background folder holds no images (.png, .jpg, ...){more}")
+    if below:
+        n = sum(below.values())
+        warnings.warn(f"{shown if shown is not None else d}: {n} image{'s' if n != 1 else ''} in {where} "
+                      f"{'are' if n != 1 else 'is'} not used: the folder is not searched into subfolders", stacklevel=2)
     return [Background(id=p.stem, origin=origin(p), load_image=lambda p=p: read_image(p, rgb=True), path=p)
             for p in files]
+
+
+def _subfolder_images(d: Path) -> dict[str, int]:
+    """How many images (:func:`~bafusion.io.list_images`) each subfolder of ``d`` holds at its
+    top, for those that hold some (one level down: what a folder of category folders holds)."""
+    out: dict[str, int] = {}
+    with os.scandir(d) as entries:  # the file type from the listing: no stat per file of a large folder
+        subs = [e.name for e in entries if not e.name.startswith(".") and e.is_dir()]
+    for name in subs:
+        try:
+            n = len(list_images(d / name))
+        except OSError:
+            continue
+        if n:
+            out[name] = n
+    return out
 
 
 def check_foreground(fg: Foreground) -> tuple[np.ndarray, np.ndarray]:
