@@ -410,3 +410,23 @@ def test_backgrounds_in_subfolders_are_named_not_searched(tmp_path: Path) -> Non
     with warnings.catch_warnings():  # the workflow's parse, in every job, leaves it to the prepare job
         warnings.simplefilter("error")
         assert shard_jobs({"data": _dir_cfg(am, bg), "composite": {"shards": 4}})[0] == 2  # the 2 foregrounds
+
+
+def test_small_backgrounds_are_all_named_before_any_foreground_is_prepared(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # the first small background was refused once every foreground had been prepared (minutes for a
+    # large set), and the next run stopped at the next one
+    import bafusion.data.prepare as prep
+
+    bg = _bgs(tmp_path / "bg", 4)
+    _img(bg / "000000000001.jpg", 50, 120)
+    _img(bg / "000000000003.jpg", 90, 40)
+    monkeypatch.setattr(prep, "prepare_foreground", lambda *a: pytest.fail("a foreground was prepared"))
+    with pytest.raises(UserError, match=r"2 backgrounds are smaller than prepare\.min_background_side=64: "
+                                        r".*000000000001\.jpg \(120x50\), .*000000000003\.jpg \(40x90\)"):
+        run_prepare(_dir_cfg(_alphamatting(tmp_path / "am"), bg), PrepareOptions(), 0, tmp_path / "p", progress=False)
+    _assert_no_output(tmp_path / "p")
+    (bg / "000000000001.jpg").unlink()  # one: named as the file's error, as before
+    with pytest.raises(InputFileError, match=r"000000000003\.jpg: background is 40x90, smaller than "
+                                             r"prepare\.min_background_side=64$"):
+        run_prepare(_dir_cfg(tmp_path / "am", bg), PrepareOptions(), 0, tmp_path / "p", progress=False)

@@ -73,6 +73,43 @@ def prepare_background(bg: Background, out_dir: Path, min_side: int) -> dict[str
     return {"id": bg.id, "image": f"bg/{name}", "height": h, "width": w, "origin": bg.origin}
 
 
+def check_background_sizes(bgs: list[Background], min_side: int) -> None:
+    """Refuse, before any image is prepared, the backgrounds of files whose shorter side (from
+    their headers) is below ``min_side``, naming them all (the first five, and a count);
+    backgrounds without a file (builtin) are checked when read (:func:`prepare_background`).
+
+    Parameters
+    ----------
+    bgs : list of Background
+        The backgrounds to prepare.
+    min_side : int
+        ``prepare.min_background_side``.
+
+    Raises
+    ------
+    InputFileError
+        Naming the file where one background is small.
+    UserError
+        Naming each small background and its size where several are.
+    """
+    from bafusion.io import image_info
+
+    small: list[tuple[str, int, int]] = []
+    for bg in bgs:
+        if bg.path is None:
+            continue
+        info = image_info(bg.path)
+        if min(info.width, info.height) < min_side:
+            small.append((bg.origin, info.width, info.height))
+    if len(small) == 1:
+        origin, w, h = small[0]
+        raise InputFileError(origin, f"background is {w}x{h}, smaller than prepare.min_background_side={min_side}")
+    if small:
+        named = ", ".join(f"{o} ({w}x{h})" for o, w, h in small[:5]) + (", ..." if len(small) > 5 else "")
+        raise UserError(f"{len(small)} backgrounds are smaller than prepare.min_background_side={min_side}: {named}: "
+                        "remove them from the folder or lower prepare.min_background_side")
+
+
 def no_boundary_message(uniform: list[str]) -> str:
     """The refusal of training foregrounds whose mattes are all of one value (``uniform``, each
     ``"<file>: <value>"``): no composite of theirs holds a boundary between a focused and a
@@ -113,6 +150,7 @@ def run_prepare(data_cfg: dict, opts: PrepareOptions, seed: int, out: Path, prog
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise UserError(f"background ids are not unique (same file name with different extensions?): {dup[:5]}")
+    check_background_sizes(sel.train_backgrounds + sel.test_backgrounds, opts.min_background_side)
     manifest: dict[str, Any] = {
         "source": data_cfg.get("source", "builtin"),
         "scale": opts.scale,
