@@ -400,6 +400,25 @@ def test_the_stages_list_every_key_of_their_sections() -> None:
     assert not [k for k in UNLISTED if any(_covers(d, k) for d in listed)]
 
 
+def test_the_fuse_and_evaluate_rules_compare_what_their_stages_list() -> None:
+    """The fuse and evaluate rules leave out of their compared params (common.smk's UNCOMPARED)
+    the keys their DVC stages leave out (UNLISTED), but evaluate.device, which Snakemake compares
+    (DVC only cannot list an optional key): the rules passed their sections whole as compared
+    params, and a change of fuse.threads reran fuse and evaluate under `snakemake`
+    (test_pipeline_forcerun runs it)."""
+    import ast
+    import re
+
+    found = re.search(r"^UNCOMPARED = (\{.*?^\})", (REPO / "workflow" / "rules" / "common.smk").read_text(), re.M | re.S)
+    assert found, "common.smk: UNCOMPARED = {...} not found"
+    uncompared = ast.literal_eval(found.group(1))
+    for stage in ("fuse", "evaluate"):
+        sections = LISTED[stage][1]
+        want = {k for k in UNLISTED if k.split(".")[0] in sections and k != "evaluate.device"}
+        got = {f"{section}.{key}" for section, keys in uncompared[stage].items() for key in keys}
+        assert got == want, (stage, sorted(got ^ want))
+
+
 @pytest.mark.slow
 def test_dvc_reruns_only_the_stages_whose_listed_keys_changed(tmp_path: Path) -> None:
     """DVC's own reading of the stages' params (dvc.yaml's, the commands replaced by `echo`):

@@ -178,6 +178,35 @@ def section_json(name):
     return json.dumps(config.get(name, {}) or {}, sort_keys=True)
 
 
+#: Keys of the fuse and evaluate sections that leave a rule's outputs as they are (dvc.yaml's fuse and
+#: evaluate stages leave them out too: tests/test_dvc_deps.py's UNLISTED): passed to the command, but no
+#: rerun trigger (section_values(name, rule), section_param). fuse.threads and evaluate.threads: the same
+#: images on any number; fuse.save_maps: not read by the pipeline. A change of fuse.threads reran fuse and
+#: evaluate under `snakemake` (the DVC stages' --rerun-triggers mtime do not compare params).
+UNCOMPARED = {
+    "fuse": {"fuse": ("threads", "save_maps")},
+    "evaluate": {"evaluate": ("threads",), "fuse": ("threads", "save_maps")},
+}
+
+
+def section_values(name, rule=None):
+    """A top-level section of the config as a dict; with ``rule``, less that rule's UNCOMPARED keys."""
+    values = dict(config.get(name, {}) or {})
+    left_out = UNCOMPARED.get(rule or "", {}).get(name, ())
+    return {k: v for k, v in values.items() if k not in left_out}
+
+
+def section_param(name):
+    """section_json(name) whole, as a params function taking `threads` (a "derived" param, which
+    Snakemake leaves out of the params it compares, as train_params): the command gets every key,
+    the plain `settings` param (the compared values) decides a rerun."""
+
+    def params(wildcards, threads):
+        return section_json(name)
+
+    return params
+
+
 def all_cores():
     """--cores when given; under a cluster executor (no --cores) this machine's CPU count,
     which a profile's set-threads overrides."""

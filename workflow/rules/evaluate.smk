@@ -28,9 +28,10 @@ rule evaluate:
         metrics="metrics/evaluate.json",
         plots="metrics/plots/evaluate.csv",
     params:
-        cfg=section_json("evaluate"),
-        fuse=section_json("fuse"),
-        settings=settings_json({"evaluate": EVALUATE, "fuse": config.get("fuse", {}) or {}}),  # see settings_json
+        cfg=section_param("evaluate"),  # the sections whole, for the command; no rerun trigger (section_param)
+        fuse=section_param("fuse"),
+        # what reruns it (see settings_json): not the keys that leave its outputs as they are (UNCOMPARED)
+        settings=settings_json({s: section_values(s, rule="evaluate") for s in ("evaluate", "fuse")}),
         # --threads of a number; none for 0: the command lowers the job's threads to the free cores (see fuse.smk)
         threads=lambda wildcards, threads: f" --threads {threads}" if EVALUATE.get("threads") else "",
     log:

@@ -19,7 +19,8 @@ rule fuse:
                      category="Fusion of the test pairs (Fig. 3)", labels={"pair": "{pair}"}),
         metrics="metrics/fuse.json",
     params:
-        cfg=section_json("fuse"),
+        cfg=section_param("fuse"),  # every fuse key, for the command; no rerun trigger (section_param)
+        settings=settings_json(section_values("fuse", rule="fuse")),  # what reruns it: not fuse.threads, save_maps
         # --threads of a number; none for 0: the command then takes torch's threads, which Snakemake
         # sets to the job's (OMP_NUM_THREADS: all of --cores), lowered to the cores the load leaves
         # free (given as --threads, every core of a DVC stage's --cores all ran whatever the load).
