@@ -1982,6 +1982,32 @@ def test_fuse_set_says_that_stack_rule_changes_nothing(work: Path, capsys, rule:
     assert (note in err) == (rule is not None), err
 
 
+@pytest.mark.parametrize("command, given, said", [
+    ("fuse", ["--params-json", '{"save_maps": true}'], "(--params-json) changes nothing: no command reads it; give --save-maps DIR"),
+    ("fuse", ["--params-file", "sm.yaml"], "(sm.yaml) changes nothing: no command reads it; give --save-maps DIR"),
+    ("fuse", ["--params-json", '{"save_maps": true}', "--save-maps", "maps"], None),  # the flag writes them
+    ("fuse", ["--params-json", '{"save_maps": false}'], None),
+    ("fuse-set", ["--params-json", '{"save_maps": true}'], "changes nothing: no command reads it; fuse-set writes every pair's maps"),
+    ("fuse-dir", ["--params-file", "sm.yaml"], "changes nothing: no command reads it; fuse-dir writes no maps"),
+])
+def test_fuse_save_maps_key_gets_a_note(work: Path, capsys, command: str, given: list, said: str | None) -> None:
+    """fuse.save_maps is a key of the schema that no command reads: `bafusion fuse --params-file P`
+    with `save_maps: true` wrote no maps and said nothing (reproduced: F.png alone). A note now."""
+    from bafusion.cli.app import build_parser
+    from bafusion.cli.fusion import params_from_args
+
+    (work / "sm.yaml").write_text("fuse:\n  save_maps: true\n")
+    argv = {"fuse": [*FUSE, "-o", "F.png"], "fuse-set": ["fuse-set", "--pairs", "p", "--models", "nets", "-o", "o"],
+            "fuse-dir": ["fuse-dir", "in", "out", "--model", "nets"]}[command]
+    args = build_parser(command).parse_args([*argv, *given])
+    params_from_args(args)
+    err = capsys.readouterr().err
+    if said is None:
+        assert "save_maps" not in err, err
+    else:
+        assert f"bafusion {command}: note: fuse.save_maps: true " in err and said in err, err
+
+
 @pytest.mark.parametrize("given, said", [
     (["--no-refine", "--boundary-mode", "dense", "--tile", "64", "--boundary-weight", "1"],
      "--boundary-mode, --tile, --boundary-weight change nothing with --no-refine"),

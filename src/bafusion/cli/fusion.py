@@ -250,6 +250,16 @@ def params_from_args(args: argparse.Namespace) -> tuple[FusionParams, dict]:
 
     note_params_file_without(getattr(args, "command", None) or "fuse", params_file, ("fuse",))
     base = section(params, "fuse")
+    command = getattr(args, "command", None) or "fuse"
+    # fuse.save_maps: a key of the schema that no command reads (set true, it was dropped in silence: no maps)
+    if base.get("save_maps") is True and not (command == "fuse" and getattr(args, "save_maps", None)):
+        in_json = getattr(args, "params_json", None) and "save_maps" in json_loads(args.params_json)
+        given = "--params-json" if in_json else str(params_file)
+        how = {"fuse": "give --save-maps DIR to write the maps",
+               "fuse-set": "fuse-set writes every pair's maps into <out>/maps/ always",
+               "fuse-dir": "fuse-dir writes no maps (bafusion fuse --save-maps DIR writes a pair's)"}.get(command, "")
+        print(f"bafusion {command}: note: fuse.save_maps: true ({given}) changes nothing: no command reads it"
+              f"{'; ' + how if how else ''}", file=sys.stderr)
     flags = {
         "l": args.l, "low": args.low, "high": args.high, "threshold": args.threshold,
         "min_region": args.min_region, "refine": args.refine,
