@@ -2008,6 +2008,44 @@ def test_fuse_save_maps_key_gets_a_note(work: Path, capsys, command: str, given:
         assert f"bafusion {command}: note: fuse.save_maps: true " in err and said in err, err
 
 
+@pytest.mark.parametrize("sources, rule", [(["a.png", "b.png"], "joint"), (["a.png", "b.png"], "chain"),
+                                           (["a.png", "b.png"], None), (["a.png", "b.png", "a2.png"], "joint")])
+def test_fuse_says_that_stack_rule_changes_nothing_for_a_pair(work: Path, capsys, sources: list,
+                                                              rule: str | None) -> None:
+    """``fuse a.png b.png --stack-rule joint`` was taken and ignored in silence, as fuse-set's was:
+    two sources are fused by the pair rule. A note says so (not for three shots, where it applies)."""
+    import shutil
+
+    shutil.copy(work / "a.png", work / "a2.png")
+    # --quality on a .png output: refused after the note, before any work
+    rc = cli_main(["fuse", *sources, "--model", "nets", "--device", "cpu", "-o", "F.png", "--quality", "90",
+                   *(["--stack-rule", rule] if rule else [])])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--quality" in err, err
+    note = f"bafusion fuse: note: --stack-rule {rule} changes nothing: two sources are fused by the pair rule"
+    assert (note in err) == (rule is not None and len(sources) == 2), err
+
+
+@pytest.mark.parametrize("stack, rule", [(False, "joint"), (False, None), (True, "joint")])
+def test_fuse_dir_says_that_stack_rule_changes_nothing_for_pairs(work: Path, capsys, stack: bool,
+                                                                 rule: str | None) -> None:
+    """``fuse-dir IN OUT --stack-rule joint`` on a folder of pairs ignored the rule in silence: a note
+    (not where a stack of three or more shots is there to use it)."""
+    import shutil
+
+    (work / "in").mkdir()
+    for letter in "ABC" if stack else "AB":
+        shutil.copy(work / "a.png", work / "in" / f"p-{letter}.png")
+    (work / "out").mkdir()
+    shutil.copy(work / "b.png", work / "out" / "p.png")  # a file of the user's: refused after the note, before any work
+    rc = cli_main(["fuse-dir", "in", "out", "--model", "nets", "--device", "cpu",
+                   *(["--stack-rule", rule] if rule else [])])
+    err = capsys.readouterr().err
+    assert rc == 2 and "p.png" in err, err
+    note = f"bafusion fuse-dir: note: --stack-rule {rule} changes nothing: in holds pairs only"
+    assert (note in err) == (rule is not None and not stack), err
+
+
 @pytest.mark.parametrize("given, said", [
     (["--no-refine", "--boundary-mode", "dense", "--tile", "64", "--boundary-weight", "1"],
      "--boundary-mode, --tile, --boundary-weight change nothing with --no-refine"),

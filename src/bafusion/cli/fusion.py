@@ -368,6 +368,9 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
 
     t_start = time.perf_counter()
     params, other = params_from_args(args)
+    if args.stack_rule is not None and len(args.images) == 2:  # as fuse-set says it
+        print(f"bafusion fuse: note: --stack-rule {args.stack_rule} changes nothing: two sources are fused by the "
+              "pair rule, and the stack rule is for three or more shots", file=sys.stderr)
     check_net_options(args, args.model)  # before torch's import, as the other mistakes of the command line
     args.fusion_params = params  # for the out-of-memory line's estimate (cli.app)
     out = Path(args.output)  # its suffix and a folder in its place: refused by preflight.check_command
@@ -807,6 +810,9 @@ def _cmd_fuse_dir(args: argparse.Namespace) -> int:
     notes: list[tuple[str, list[Path], str | None]] = []
     groups, skipped = find_groups(src, exclude=out, notes=notes)
     stacks = sum(len(shots) > 2 for shots in groups.values())
+    if args.stack_rule is not None and groups and not stacks:  # as fuse-set says it
+        print(f"bafusion fuse-dir: note: --stack-rule {args.stack_rule} changes nothing: {src} holds pairs only, "
+              "which the pair rule fuses, and the stack rule is for stacks of three or more shots", file=sys.stderr)
     if stacks and params.stack_rule == "joint" and getattr(args, "symmetric_regions", None):  # as fuse says it
         print(f"bafusion fuse-dir: note: --symmetric-regions changes nothing with --stack-rule joint for the {stacks} "
               "stack(s) of 3 or more shots: the joint rule judges every region of its shot-index map alike already "
