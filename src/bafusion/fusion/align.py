@@ -21,6 +21,13 @@ defocus of 2 px and up to 0.38 px at 4 px, with a scale within 0.07 % of 1; the 
 estimate finds on the Lytro pairs (scales up to 0.45 % off 1) is mostly real where it is large
 (refocusing magnifies; BENCHMARKS.md), so aligning a Lytro pair moves its B.
 
+Stacks: the third and later shots are estimated against the shot before them (the last one
+estimated with a plausible motion) and that motion composed with the earlier shot's, so every
+transform still maps onto the first's frame: estimated against the first, a shot focused far
+from it drifted with the focus distance (synthetic handheld stacks, BENCHMARKS.md "Handheld
+stacks": the 5th shot up to 1.12 px off, the 8th of 8 up to 1.67 px; chained 0.65 and 0.59);
+a pair is as before.
+
 Transforms are 3x3 matrices in pixel coordinates (x right, y down, pixel centres at integers)
 that map a point of a shot to the same point of the first shot. :func:`warp_to_first` resamples
 a shot onto the first's grid (quintic spline in :func:`align_images`, dtype kept). Crop: the fused result covers
@@ -1027,6 +1034,12 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
                  step: Callable[[str], None] | None = None) -> Alignment:
     """Register every shot to the first and crop all to the area every shot covers.
 
+    The second shot is estimated against the first; each later one against the shot before it
+    (the last one whose estimate was plausible; a flat shot is skipped), and its transform is
+    that motion composed with the earlier shot's: neighbours in a focus stack are focused alike,
+    the first and the last are not (see the module docstring). Each shot's match quality is
+    still judged against the first.
+
     Parameters
     ----------
     images : sequence of ndarray
@@ -1115,6 +1128,12 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
     g0 = _gray(images[0])
     clip0 = _clipped(g0)
     clips: list[np.ndarray | None | bool] = [clip0]  # False: not found yet
+    # a stack's shot is estimated against the shot before it (the last one estimated, with a
+    # plausible motion), its motion composed onto the first's frame: against the first, a shot
+    # focused far from it drifts (BENCHMARKS.md, "Handheld stacks": up to 1.12 px off at the 5th
+    # shot, 1.67 at the 8th; chained 0.65, 0.59); a pair's second shot is against the first
+    g_ref, clip_ref, m_ref, ref = g0, clip0, eye.copy(), 0
+    dropped = False  # the first's gray copy, made again for the match quality
     for i, (im, f, size) in enumerate(zip(images[1:], flat[1:], sizes[1:]), 1):
         clip: np.ndarray | None | bool = False
         # a shot of another size is scaled onto the first's frame first (its residual motion is
@@ -1124,10 +1143,17 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
         if f:  # a flat shot has nothing to register by: any estimate would be noise
             m = eye.copy()
         else:
-            sub = say(i, estimating, told=i == 1)
+            sub = say(i, estimating if ref == 0 else f"{estimating} against shot {ref + 1}", told=i == 1)
             g = _gray(im) if pre is None else _gray(_to_frame(im, pre, (h, w), 3))
             clip = _clipped(g)
-            m = _estimate(g0, g, clip0, clip, model, sigma, step=sub, notes=notes)
+            m = m_ref @ _estimate(g_ref, g, clip_ref, clip, model, sigma, step=sub, notes=notes)
+            if notes and ref:
+                notes[0] += f" (its motion against shot {ref + 1}, composed with that shot's registration)"
+            if implausible_motion(m, (h, w)) is None:  # the next shot's reference
+                g_ref, clip_ref, m_ref, ref = g, clip, m, i
+                if i < n - 1 and not dropped:  # a stack's: not held beside two others (192 MB at 24 MP)
+                    del g0
+                    dropped = True
             del g
         replaced.append(notes[0] if notes else None)
         d = corner_rms(m, (h, w))
@@ -1148,6 +1174,9 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
             if h * w >= STEP_MIN_PIXELS:
                 say(i, "finding the area it covers")
             common &= coverage(transforms[-1], (h, w), (size[1], size[0]))
+    del g_ref
+    if dropped:
+        g0 = _gray(images[0])
     crop = (0, 0, w, h) if common.all() else largest_rectangle(common)
     x0, y0, x1, y1 = crop
     # two flat shots have nothing to judge by (as :func:`bafusion.fusion.scene.scene_correlation`);
