@@ -210,6 +210,29 @@ def area_reduce(img: np.ndarray, factor: int, dtype: type = np.float32) -> np.nd
     return acc.astype(dtype)
 
 
+def _panel_inches(shape: tuple[int, int]) -> tuple[float, float, float]:
+    """The side of a Fig. 3 column and the width and height of a panel (inches) for maps of
+    ``shape`` (rows, columns): :func:`figure_maps`'s layout."""
+    h, w = shape
+    side = 6.4 if max(h, w) > FIG3_GRID_ABOVE else 3.2
+    aspect = h / max(w, 1)
+    # each panel fits a box side wide and FIG3_PANEL_HEIGHT x side high: the width alone made a
+    # 64 x 1200 pair's panels 640 x 12000 px (and a 24 x 3000 strip a 205-megapixel figure)
+    panel_w = min(side, FIG3_PANEL_HEIGHT * side / aspect)
+    return side, panel_w, panel_w * aspect
+
+
+def fig3_factor(shape: tuple[int, int]) -> int:
+    """The whole factor by which :func:`figure_maps` area-averages maps of ``shape`` (rows,
+    columns) before drawing them (:func:`reduce_factor` of its panel; with or without a truth,
+    the panels have one size). 1: drawn as they are, and matplotlib resamples the full-size
+    maps itself, at about 55 bytes a pixel more than the figure of reduced ones (a 2304x2304
+    pair's figure +292 MiB, a 2560x2560 one's, reduced by 2, +31 MiB): what
+    :data:`bafusion.fusion.memory.FIG3_FULL_MIB_PER_MEGAPIXEL` counts."""
+    _, panel_w, panel_h = _panel_inches(shape)
+    return reduce_factor(shape, (panel_h * FIG3_DPI, panel_w * FIG3_DPI))
+
+
 def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str = "",
                 truth: np.ndarray | None = None, truth_dm: np.ndarray | None = None, full_size: str = "") -> None:
     """Fig. 3: initial score map, refined score map, decision map, fused image, in one PNG.
@@ -243,7 +266,8 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
     names = list(FIG3_PANELS)
     h, w = result.decision.shape
     grid = max(h, w) > FIG3_GRID_ABOVE
-    rows, cols, side = (2, 2, 6.4) if grid else (1, 4, 3.2)
+    rows, cols = (2, 2) if grid else (1, 4)
+    side, panel_w, panel_h = _panel_inches((h, w))
     cells = None  # (row, column) of each panel; None: in order, row by row
     if truth is not None and truth_dm is not None:
         images[3:3] = [(np.asarray(truth_dm), "decision")]
@@ -253,11 +277,6 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
         rows, cols = (2, 3) if grid else (1, 6)
         if grid:  # each result above its truth
             cells = [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]
-    aspect = h / max(w, 1)
-    # each panel fits a box side wide and FIG3_PANEL_HEIGHT x side high: the width alone made a
-    # 64 x 1200 pair's panels 640 x 12000 px (and a 24 x 3000 strip a 205-megapixel figure)
-    panel_w = min(side, FIG3_PANEL_HEIGHT * side / aspect)
-    panel_h = panel_w * aspect
     bar = 0.45  # inches under each panel for its colour bar and label
     fig = _figure(figsize=(cols * side, rows * (panel_h + bar + 0.3) + (0.3 if title else 0.0)), dpi=FIG3_DPI,
                   layout="constrained")
@@ -266,7 +285,7 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
     # a map far larger than its panel is drawn area-averaged to FIG3_OVERSAMPLE x the panel's
     # pixels (the figure anti-aliases the rest): resampled whole, a 12-megapixel pair's figure
     # peaked at 1 GiB more (its panels' full-size RGBA copies)
-    factor = reduce_factor((h, w), (panel_h * FIG3_DPI, panel_w * FIG3_DPI))
+    factor = fig3_factor((h, w))
     for i, ((img, kind), name) in enumerate(zip(images, names)):
         r, c = divmod(i, cols) if cells is None else cells[i]
         ax = fig.add_subplot(gs[r, c])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bafusion import cgroup
@@ -54,20 +54,25 @@ MIB_PER_MEGAPIXEL_SHOT = 8
 #: With ``--save-maps`` the chain keeps every step's full-size maps (the fused image, three float32
 #: score maps, three bool maps: about 18 bytes a pixel) to write them, and writes each step's maps
 #: and Fig. 3: for each shot beyond two this many MiB per megapixel, in place of
-#: :data:`MIB_PER_MEGAPIXEL_SHOT`, and :data:`MAPS_STACK_MIB_PER_MEGAPIXEL` once. Measured as
+#: :data:`MIB_PER_MEGAPIXEL_SHOT`. Measured as
 #: :data:`MIB_PER_MEGAPIXEL_SHOT` (``fuse --stack-rule chain --threads 1 --save-maps``): 1050 MiB at
 #: 3 shots, 1667 at 8 and 2462 at 15 (+124 MiB a shot from 3 to 8, +113 from 8 to 15: 22.2 MiB
 #: per megapixel over the twelve; the chain keeping every map without writing them, before
 #: session 38: 672 / 1246 / 2066 MiB at 3 / 8 / 15), rounded up to 24 (127 MiB a shot at 5.3 MP).
-#: The joint rule keeps no per-step maps and writes five: 875 MiB at 8 shots with ``--save-maps``;
-#: the estimate, which does not know the rule, is the chain's (twice that).
+#: With the pair's estimate (:data:`MAPS_BASE_MIB`, :data:`FIG3_FULL_MIB_PER_MEGAPIXEL`: these
+#: shots' Fig. 3 is drawn unreduced) 1149, 1786 and 2678 MiB predicted, 7-9 % above (session 38
+#: added 30 MiB per megapixel once for the pair's peak, 919 MiB, above its estimate then: the
+#: unreduced Fig. 3, now counted by the pair's estimate). The joint rule keeps no per-step maps:
+#: :data:`JOINT_MAPS_MIB_PER_MEGAPIXEL`.
 MAPS_MIB_PER_MEGAPIXEL_SHOT = 24
-#: ... added once to a stack's estimate with ``--save-maps``: the first two of these shots alone
-#: peaked at 939 MiB with ``--save-maps``, above the pair's :data:`MAPS_BASE_MIB` and
-#: :data:`MAPS_MIB_PER_MEGAPIXEL` (809 at 5.3 MP; measured on JPEG pairs, not examined here).
-#: With it 1096, 1733 and 2625 MiB predicted at 3, 8 and 15 shots, 4-7 % above the measured
-#: 1050, 1667 and 2462. One size only (5.3 MP) measured.
-MAPS_STACK_MIB_PER_MEGAPIXEL = 30
+#: With ``--save-maps`` and the joint rule (``--stack-rule joint``, three or more shots), added once
+#: to the stack's estimate without maps: it writes five maps of the whole stack
+#: (:func:`bafusion.fusion.stack.save_stack_maps`: gray index maps, the band, the index in colour),
+#: no per-step maps nor Fig. 3. Measured as :data:`MIB_PER_MEGAPIXEL_SHOT` (session 38): 8 shots
+#: of 5.3 MP peaked at 875 MiB with ``--save-maps``, 843 without: 6 MiB per megapixel, rounded up
+#: to 8 (948 MiB predicted, 8 % above; the chain's estimate, which it had before session 39,
+#: 1733); 3 shots with ``--save-maps``: 701 MiB (session 39, one run), 736 predicted (1096 before).
+JOINT_MAPS_MIB_PER_MEGAPIXEL = 8
 #: Added to :data:`MIB_PER_MEGAPIXEL` when a source has more than 8 bits per sample: the uint16
 #: copies of the sources and of the output (:attr:`bafusion.io.SourceSet.full`). Measured as above
 #: (probeBig, session 32, one run): a 24 MP RGB 16-bit TIFF pair peaked at 1542 MiB, the same
@@ -92,6 +97,18 @@ DEEP_MIB_PER_MEGAPIXEL_SHOT = 6
 #: with one (single runs, alternating, load 12-17; 980 predicted before, 1010 now).
 MAPS_BASE_MIB = 650
 MAPS_MIB_PER_MEGAPIXEL = 30
+#: Added to :data:`MAPS_MIB_PER_MEGAPIXEL` where Fig. 3 draws the maps as they are
+#: (:func:`bafusion.fusion.maps.fig3_factor` 1: a map less than four times its 640 px panel both
+#: ways, up to 2559x2559 or 2559x1919), since matplotlib then resamples the full-size maps itself.
+#: The JPEG pairs above were reduced by 2 or more. Measured as :data:`MAPS_BASE_MIB` (session 39,
+#: ``fuse --threads 1 --save-maps``, one run each, loaded 2-core machine; PNG pairs upscaled from a
+#: synthetic stack): 2304x2304 (5.3 MP) 919 MiB, 2550x2550 (6.5 MP, the largest drawn unreduced)
+#: 1075 MiB, where 809 and 845 were predicted (12-21 % below); 1800x1350 (2.4 MP) 621 MiB
+#: (723 predicted). 36 MiB per megapixel at 6.5 MP over :data:`MAPS_BASE_MIB` and
+#: :data:`MAPS_MIB_PER_MEGAPIXEL`, rounded up to 40 (1105 and 1021 MiB predicted, 3 and 11 % above).
+#: Figure alone (:func:`bafusion.fusion.maps.figure_maps` of made-up maps): +292 MiB at 2304x2304,
+#: +31 MiB at 2560x2560 (reduced by 2).
+FIG3_FULL_MIB_PER_MEGAPIXEL = 40
 
 
 #: Address space (MiB) needed to load torch at all: building the options of ``fuse``, ``fuse-set``,
@@ -252,9 +269,11 @@ def fuse_need_mib(shots: Sequence[Path], align: bool = False, save_maps: bool = 
     (:data:`DEEP_MIB_PER_MEGAPIXEL`), a pair decided at its full size by ``params`` (a
     :class:`bafusion.fusion.FusionParams`; None: the defaults) its nets' and maps' share
     (:data:`FULL_SIZE_MIB`); each shot of a stack beyond two :data:`MIB_PER_MEGAPIXEL_SHOT` (with
-    ``save_maps``, :data:`MAPS_MIB_PER_MEGAPIXEL_SHOT`, and :data:`MAPS_STACK_MIB_PER_MEGAPIXEL`
-    once). A shot may be an array (:func:`bafusion.fuse`'s): its shape and dtype for a file's
-    header."""
+    ``save_maps``, :data:`MAPS_MIB_PER_MEGAPIXEL_SHOT`; where Fig. 3 draws the maps unreduced, :data:`FIG3_FULL_MIB_PER_MEGAPIXEL` more per
+    megapixel). A stack of three or more shots that ``params`` fuses by the joint rule
+    (``stack_rule: joint``) writes five maps of the whole stack and no per-step maps nor Fig. 3:
+    with ``save_maps``, :data:`JOINT_MAPS_MIB_PER_MEGAPIXEL` once instead. A shot may be an
+    array (:func:`bafusion.fuse`'s): its shape and dtype for a file's header."""
     mp = max((_megapixels(_source(p)) for p in shots), default=0.0)
     if mp <= 0:
         return None
@@ -264,14 +283,36 @@ def fuse_need_mib(shots: Sequence[Path], align: bool = False, save_maps: bool = 
         peak += FULL_SIZE_MIB * min(mp, 1.0)
     if align:
         peak = max(peak, ALIGN_BASE_MIB + ALIGN_MIB_PER_MEGAPIXEL * mp)
-    if save_maps:
-        peak = max(peak, MAPS_BASE_MIB + MAPS_MIB_PER_MEGAPIXEL * mp)
     extra = max(len(shots) - 2, 0)
-    shot = (MAPS_MIB_PER_MEGAPIXEL_SHOT if save_maps else MIB_PER_MEGAPIXEL_SHOT) + (
+    joint = extra > 0 and _stack_rule(params) == "joint"
+    if save_maps and joint:
+        peak += JOINT_MAPS_MIB_PER_MEGAPIXEL * mp
+    elif save_maps:
+        per_mp = MAPS_MIB_PER_MEGAPIXEL + (FIG3_FULL_MIB_PER_MEGAPIXEL if _fig3_unreduced(shots) else 0)
+        peak = max(peak, MAPS_BASE_MIB + per_mp * mp)
+    maps_chain = save_maps and not joint
+    shot = (MAPS_MIB_PER_MEGAPIXEL_SHOT if maps_chain else MIB_PER_MEGAPIXEL_SHOT) + (
         DEEP_MIB_PER_MEGAPIXEL_SHOT if deep else 0)
-    if save_maps and extra:
-        peak += MAPS_STACK_MIB_PER_MEGAPIXEL * mp
     return int(round(peak + shot * mp * extra))
+
+
+def _stack_rule(params: object) -> str:
+    """The stack rule of ``params`` (a :class:`bafusion.fusion.FusionParams` or a mapping of its
+    fields; None: the defaults, the chain)."""
+    rule = params.get("stack_rule") if isinstance(params, Mapping) else getattr(params, "stack_rule", None)
+    return str(rule or "chain")
+
+
+def _fig3_unreduced(shots: Sequence[Path]) -> bool:
+    """Whether Fig. 3 of the largest of ``shots`` draws its maps as they are
+    (:func:`bafusion.fusion.maps.fig3_factor` 1), so that matplotlib resamples them at full size
+    (:data:`FIG3_FULL_MIB_PER_MEGAPIXEL`); False where no size can be read."""
+    shapes = [s for s in (_shape(_source(p)) for p in shots) if s is not None]
+    if not shapes:
+        return False
+    from bafusion.fusion.maps import fig3_factor
+
+    return fig3_factor(max(shapes, key=lambda s: s[0] * s[1])) == 1
 
 
 def fuse_advice(shots: Sequence[Path] = (), align: bool = False, save_maps: bool = False, *,
