@@ -12,24 +12,24 @@ from PIL import Image
 
 
 def record_renders(monkeypatch: pytest.MonkeyPatch) -> list[tuple[np.ndarray, list[tuple[int, int, int, int]]]]:
-    """Make ``bafusion.fusion.maps.save_figure`` (every figure of Fig. 3, Fig. 4 and the
-    difference figures goes through it) first render the figure to PNG as it saves it, and
+    """Make ``bafusion.fusion.maps.figure_bytes`` (every figure of Fig. 3, Fig. 4 and the
+    difference figures goes through it, :func:`bafusion.fusion.maps.save_figure` too) first render the figure to PNG as it saves it, and
     append (the gray pixels, each image's box (left, top, right, bottom)) to the list returned."""
     import bafusion.fusion.maps as maps
 
-    real = maps.save_figure
+    real = maps.figure_bytes
     renders: list = []
 
-    def recording(fig, path):
+    def recording(fig):
         buf = io.BytesIO()
         fig.savefig(buf, format="png", metadata={"Software": None})
         r, height = fig.canvas.get_renderer(), fig.bbox.height
         boxes = [(round(b.x0), round(height - b.y1), round(b.x1), round(height - b.y0))
                  for ax in fig.axes for im in ax.get_images() for b in [im.get_window_extent(r)]]
         renders.append((np.asarray(Image.open(buf).convert("L")).astype(int), boxes))
-        real(fig, path)
+        return real(fig)
 
-    monkeypatch.setattr(maps, "save_figure", recording)
+    monkeypatch.setattr(maps, "figure_bytes", recording)
     return renders
 
 

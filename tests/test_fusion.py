@@ -1067,7 +1067,6 @@ def test_cli_fuse_says_what_was_written_when_a_write_fails(tmp_path: Path, model
     what was written and what was not."""
     import errno
 
-    import bafusion.fusion.maps
     import bafusion.io
 
     pa, pb = _write_pair(tmp_path, scene)
@@ -1085,7 +1084,8 @@ def test_cli_fuse_says_what_was_written_when_a_write_fails(tmp_path: Path, model
     if failing == "output":
         monkeypatch.setattr(bafusion.io, "write_image", full_disk(bafusion.io.write_image))
     else:
-        monkeypatch.setattr(bafusion.fusion.maps, "write_image", full_disk(bafusion.fusion.maps.write_image))
+        # the maps are encoded first, then written (bafusion.fusion.maps.write_rendered)
+        monkeypatch.setattr(bafusion.io, "write_bytes", full_disk(bafusion.io.write_bytes))
     rc = cli_main(["fuse", str(pa), str(pb), "-o", str(out), "--model", str(model_dir), "--save-maps", str(maps),
                    "--device", "cpu", "--l", "6", "--no-progress"])
     err = capsys.readouterr().err
@@ -1355,7 +1355,7 @@ def test_fig3_says_what_its_grays_mean(tmp_path: Path, monkeypatch: pytest.Monke
     import bafusion.fusion.maps as maps
 
     figs = []
-    monkeypatch.setattr(maps, "save_figure", lambda fig, path: figs.append(fig))
+    monkeypatch.setattr(maps, "figure_bytes", lambda fig: figs.append(fig) or b"")
     maps.figure_maps(_uniform_result(), tmp_path / "f.png")
     fig = figs[0]
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
@@ -1406,7 +1406,7 @@ def test_fig3_shows_a_one_pixel_column_and_row_of_a_map_it_shrinks(tmp_path: Pat
                          near_boundary=dm[:60, :80], score_refined=s[:60, :80], decision_raw=dm[:60, :80],
                          decision=dm[:60, :80])
     figs = []
-    monkeypatch.setattr(maps, "save_figure", lambda fig, path: figs.append(fig))
+    monkeypatch.setattr(maps, "figure_bytes", lambda fig: figs.append(fig) or b"")
     maps.figure_maps(small, tmp_path / "h.png")
     assert {im.get_interpolation() for ax in figs[0].axes for im in ax.get_images()} == {"nearest"}
     assert not figs[0]._supxlabel  # no line about shrinking
@@ -1568,7 +1568,7 @@ def test_the_line_under_a_shrunk_figure_says_when_thin_details_may_not_be_visibl
                                        "thin details may not be visible at this size")  # no full_size: no pointer
     # Fig. 3 of a map shrunk that much names the full-size maps save_maps writes beside it
     figs = []
-    monkeypatch.setattr(maps, "save_figure", lambda fig, path: figs.append(fig))
+    monkeypatch.setattr(maps, "figure_bytes", lambda fig: figs.append(fig) or b"")
     dm = np.zeros((1000, 1000), bool)
     s = dm.astype(np.float32)
     res = FusionResult(fused=np.zeros((1000, 1000), np.uint8), score_initial=s, score_mean=s, near_boundary=dm,
@@ -2302,7 +2302,7 @@ def test_fig3_of_a_pair_with_truth_shows_it_beside_the_result(tmp_path: Path, mo
     import bafusion.fusion.maps as maps
 
     figs = []
-    monkeypatch.setattr(maps, "save_figure", lambda fig, path: figs.append(fig))
+    monkeypatch.setattr(maps, "figure_bytes", lambda fig: figs.append(fig) or b"")
     res = _uniform_result()
     truth_dm = np.zeros(res.decision.shape, bool)
     truth_dm[:, :40] = True
@@ -2319,7 +2319,7 @@ def test_fuse_set_draws_the_truth_into_fig3(tmp_path: Path, model_dir: Path, mon
     pairs = tmp_path / "testset"
     [(a, _, m)] = _write_test_set(pairs, ["p1"], np.random.default_rng(5), dm=True, truth=True, wrap=True)
     seen = []
-    monkeypatch.setattr(maps, "figure_maps", lambda res, path, title="", **kw: seen.append(kw))
+    monkeypatch.setattr(maps, "figure_maps_bytes", lambda res, title="", **kw: seen.append(kw) or b"")
     params = tmp_path / "params.yaml"
     params.write_text("fuse:\n  device: cpu\n  flat_level: 0\n  working_min: 0\n")
     assert cli_main(["fuse-set", "--pairs", str(pairs), "--models", str(model_dir), "--out", str(tmp_path / "f"),

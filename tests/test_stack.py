@@ -420,6 +420,47 @@ def test_stack_rules_on_the_command_line_with_save_maps(tiny_nets, tmp_path: Pat
 _STEP_MAPS = ("fused", "score_initial", "score_mean", "near_boundary", "score_refined", "decision_raw")
 
 
+def test_a_chain_with_save_maps_encodes_each_steps_maps_as_it_is_done(tiny_nets, tmp_path: Path, monkeypatch) -> None:
+    """``fuse --save-maps`` of a chain held every step's full-size maps (about 18 bytes a pixel a
+    step) to write them after the fused image: 8 shots of 5.3 MP peaked at 1664 MiB, twice the
+    fusion without the maps (BENCHMARKS.md "Memory of a stack"). Each step's maps are now
+    encoded as PNG as the step is done and its arrays let go (only the last step's kept), and
+    written after the fused image: every file byte for byte what ``save_maps`` writes from the
+    steps' whole results."""
+    import bafusion.fusion.batch as batch
+    from bafusion.fusion.maps import MAP_KEYS, save_maps
+
+    d, nets = tiny_nets
+    n = 4
+    paths = _write_shots(tmp_path, n)
+    shots = [np.asarray(Image.open(p)) for p in paths]
+    held: dict[str, object] = {}
+    real = batch.fused_output
+
+    def spy(src, results, output):
+        held["chain"] = results
+        return real(src, results, output)
+
+    monkeypatch.setattr(batch, "fused_output", spy)
+    out = tmp_path / "st.png"
+    assert cli_main(["fuse", *paths, "-o", str(out), "--model", str(d), "--stack-rule", "chain",
+                     "--save-maps", str(tmp_path / "maps"), "--device", "cpu"]) == 0
+    chain = held["chain"]
+    assert len(chain) == n - 1
+    for r in chain[:-1]:
+        assert [k for k in _STEP_MAPS if getattr(r, k) is not None] == []
+    full = fuse_stack(shots, nets)  # every step's maps held, written by save_maps as before
+    cur = shots[0]
+    for i, res in enumerate(full):
+        save_maps(tmp_path / "want", f"st-step{i + 1:02d}", res, cur, shots[i + 1])
+        cur = res.fused
+    names = sorted(p.name for p in (tmp_path / "maps").iterdir())
+    assert names == sorted(f"st-step{i + 1:02d}-{k}.png" for i in range(n - 1) for k in MAP_KEYS)
+    for name in names:
+        assert (tmp_path / "maps" / name).read_bytes() == (tmp_path / "want" / name).read_bytes(), name
+    assert np.array_equal(np.asarray(Image.open(out)), full[-1].fused)
+
+
 @pytest.mark.parametrize("entry", ["fuse", "fuse-dir", "api"])
 def test_stacks_hold_no_maps_that_nothing_reads(tiny_nets, tmp_path: Path, monkeypatch, entry: str) -> None:
     """The chain kept every step's full-size maps (about 18 bytes a pixel a step) to the end and

@@ -364,8 +364,6 @@ def set_threads(other: dict) -> None:
 def _cmd_fuse(args: argparse.Namespace) -> int:
     import time
 
-    from bafusion.fusion.maps import save_maps
-
     t_start = time.perf_counter()
     params, other = params_from_args(args)
     if args.stack_rule is not None and len(args.images) == 2:  # as fuse-set says it
@@ -464,20 +462,30 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         def write_maps() -> None:
             save_stack_maps(Path(args.save_maps), out.stem, stack)
     else:
+        from bafusion.fusion.maps import render_maps, write_rendered
         from bafusion.fusion.rule import fuse_stack
 
-        # each step's maps held to the end only for --save-maps (about 18 bytes a pixel a step)
-        results = fuse_stack(images, nets, params, names, progress=args.progress, step=say,
-                             keep_maps=bool(args.save_maps))
+        # --save-maps of a stack: each step's maps encoded as PNG as the step is done (a tenth of
+        # its maps' arrays, about 18 bytes a pixel, which were held to the end: 8 shots of 5.3 MP
+        # peaked at 1664 MiB, BENCHMARKS.md "Memory of a stack"), written after the fused image;
+        # a pair's encoded after the fused image is written, as before
+        rendered: list[tuple[Path, bytes]] = []
+        stack = len(paths) > 2
+
+        def encode_maps(i: int, res: Any) -> None:
+            if stack:
+                say(f"encoding the maps of step {i + 1}/{len(paths) - 1} and its Fig. 3")
+            rendered.extend(render_maps(Path(args.save_maps), f"{out.stem}-step{i + 1:02d}" if stack else out.stem,
+                                        res, images[i + 1], alpha=other["alpha"], diff_cmap=other["diff_cmap"]))
+
+        results = fuse_stack(images, nets, params, names, progress=args.progress, step=say, keep_maps=False,
+                             on_step=encode_maps if args.save_maps and stack else None)
         fused = fused_output(src, results, out)
 
         def write_maps() -> None:
-            cur = images[0]
-            for i, res in enumerate(results):
-                stem = out.stem if len(results) == 1 else f"{out.stem}-step{i + 1:02d}"
-                save_maps(Path(args.save_maps), stem, res, cur, images[i + 1], alpha=other["alpha"],
-                          diff_cmap=other["diff_cmap"])
-                cur = res.fused
+            if not stack:
+                encode_maps(0, results[0])
+            write_rendered(rendered)
     for note in fused.notes:  # the joint rule's on a setting it does not use (fuse.low, ...): a note
         print(f"bafusion fuse: {'note: ' if note.startswith('fuse.') else ''}{note}", file=sys.stderr)
     import bafusion.io
@@ -496,7 +504,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         say(f"writing the registered sources to {args.save_registered}")
         _write_registered(src, registered, out, full=fused.image.dtype.itemsize > 1, maps=bool(args.save_maps))
     if args.save_maps:
-        say(f"writing maps to {args.save_maps}")  # nine PNGs and Fig. 3 a step: a camera-size pair's 20-60 s
+        say(f"writing maps to {args.save_maps}")  # a pair's nine PNGs and Fig. 3: 20-60 s at camera size
         folder = Path(args.save_maps)
         before = {name: _file_id(folder / name) for name in maps}
         try:

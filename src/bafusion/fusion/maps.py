@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bafusion.atomic import atomic_file, displayable
-from bafusion.io import write_image
+from bafusion.io import image_bytes
 
 if TYPE_CHECKING:
     from bafusion.fusion.rule import FusionResult
@@ -235,7 +235,15 @@ def fig3_factor(shape: tuple[int, int]) -> int:
 
 def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str = "",
                 truth: np.ndarray | None = None, truth_dm: np.ndarray | None = None, full_size: str = "") -> None:
-    """Fig. 3: initial score map, refined score map, decision map, fused image, in one PNG.
+    """Write Fig. 3 of ``result`` to the PNG ``path`` (atomically): :func:`figure_maps_bytes`."""
+    data = figure_maps_bytes(result, title, truth, truth_dm, full_size)
+    with atomic_file(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def figure_maps_bytes(result: "FusionResult", title: str = "", truth: np.ndarray | None = None,
+                      truth_dm: np.ndarray | None = None, full_size: str = "") -> bytes:
+    """Fig. 3 as PNG bytes (:func:`figure_maps` writes them to a file): initial score map, refined score map, decision map, fused image, in one PNG.
 
     With ``truth`` (the all-in-focus image) and ``truth_dm`` (the true decision map, bool, True
     = A) of a test-set composite, the true decision map stands right of the decision map and
@@ -331,7 +339,7 @@ def figure_maps(result: "FusionResult", path: str | os.PathLike[str], title: str
     if title:
         fig.suptitle(displayable(title), fontsize=10)
     draw_images_to_scale(fig, note="gray in a decision map: A and B both in the pixel", full_size=full_size)
-    save_figure(fig, path)
+    return figure_bytes(fig)
 
 
 def _image_scales(fig) -> list[tuple[object, float, float]]:
@@ -470,9 +478,9 @@ def draw_images_to_scale(fig, relayout=None, note: str = "", full_size: str = ""
     return min((s for _, s, _ in scales), default=1.0)
 
 
-def save_figure(fig, path: str | os.PathLike[str]) -> None:
-    """Render a matplotlib figure to PNG (no software tag, so the bytes depend only on the
-    content), close it, and write the file atomically."""
+def figure_bytes(fig) -> bytes:
+    """Render a matplotlib figure to PNG bytes (no software tag, so the bytes depend only on the
+    content) and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     fig.clf()
@@ -480,8 +488,15 @@ def save_figure(fig, path: str | os.PathLike[str]) -> None:
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+    return buf.getvalue()
+
+
+def save_figure(fig, path: str | os.PathLike[str]) -> None:
+    """Render a matplotlib figure to PNG (:func:`figure_bytes`), close it, and write the file
+    atomically."""
+    data = figure_bytes(fig)
     with atomic_file(path) as tmp:
-        Path(tmp).write_bytes(buf.getvalue())
+        Path(tmp).write_bytes(data)
 
 #: The files :func:`save_maps` writes, ``<stem>-<key>.png``.
 MAP_KEYS = ("score-initial", "score-mean", "near-boundary", "score-refined", "dm-raw", "dm",
@@ -519,10 +534,37 @@ def save_maps(
       magenta, 255: pale yellow); the paper preset's ``jet`` (0: dark blue, 128: green,
       255: dark red).
     * ``fig3``: the paper's Fig. 3 (:func:`figure_maps`), which has titles and colour bars.
+
+    The files are encoded first (:func:`render_maps`), then written (:func:`write_rendered`).
+    """
+    return write_rendered(render_maps(folder, stem, result, b, alpha=alpha, truth=truth, truth_dm=truth_dm,
+                                      diff_cmap=diff_cmap))
+
+
+def render_maps(
+    folder: str | os.PathLike[str],
+    stem: str,
+    result: "FusionResult",
+    b: np.ndarray,
+    alpha: float = 10.0,
+    truth: np.ndarray | None = None,
+    truth_dm: np.ndarray | None = None,
+    diff_cmap: str = DIFF_CMAP,
+) -> list[tuple[Path, bytes]]:
+    """The files :func:`save_maps` writes, each path with its PNG bytes, encoded in memory;
+    nothing is written (:func:`write_rendered` writes them). The arguments are
+    :func:`save_maps`'s (``b``: the pair's second source). ``bafusion fuse --save-maps`` of a
+    chain stack encodes each step's maps as the step is done and lets its arrays go: the
+    compressed files are about a tenth of the step's maps (about 18 bytes a pixel), which it
+    held to the end before (BENCHMARKS.md, "Memory of a stack").
+
+    Returns
+    -------
+    list of (Path, bytes)
+        ``<folder>/<stem>-<key>.png`` for :data:`MAP_KEYS`, in that order.
     """
     check_colour_map(diff_cmap, "diff_cmap")
     d = Path(folder)
-    d.mkdir(parents=True, exist_ok=True)
     raw = {
         "score-initial": map_to_u8(result.score_initial),
         "score-mean": map_to_u8(result.score_mean),
@@ -539,14 +581,40 @@ def save_maps(
     diff = difference_map(b, result.fused, alpha)
     raw["diff-gray"] = diff
     raw["diff-colour"] = pseudo_colour(diff, diff_cmap)
-    written = []
-    for key, img in raw.items():
+    files = []
+    for key in list(raw):
         p = d / f"{stem}-{key}.png"
-        write_image(p, img)
+        files.append((p, image_bytes(p, raw.pop(key))))  # each map let go once encoded
+    fig3 = figure_maps_bytes(result, title=stem, truth=truth, truth_dm=truth_dm,
+                             full_size=f"the maps at full size are {stem}-score-initial.png, {stem}-score-refined.png "
+                                       f"and {stem}-dm.png beside this figure")
+    files.append((d / f"{stem}-fig3.png", fig3))
+    return files
+
+
+def write_rendered(files: list[tuple[Path, bytes]]) -> list[Path]:
+    """Write the files :func:`render_maps` encoded, in order (each atomically,
+    :func:`bafusion.io.write_bytes`), making their folders; the paths written.
+
+    Parameters
+    ----------
+    files : list of (Path, bytes)
+        What :func:`render_maps` returned (of one or more pairs).
+
+    Returns
+    -------
+    list of Path
+
+    Raises
+    ------
+    OSError
+        A file cannot be written (naming it): those before it are written, it and those after not.
+    """
+    from bafusion.io import write_bytes
+
+    written = []
+    for p, data in files:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(p, data)
         written.append(p)
-    p = d / f"{stem}-fig3.png"
-    figure_maps(result, p, title=stem, truth=truth, truth_dm=truth_dm,
-                full_size=f"the maps at full size are {stem}-score-initial.png, {stem}-score-refined.png and "
-                          f"{stem}-dm.png beside this figure")
-    written.append(p)
     return written

@@ -51,20 +51,19 @@ ALIGN_MIB_PER_MEGAPIXEL = 89
 #: 5.7 MiB per megapixel), the joint rule 843 at 8; rounded up to 8 (694 and 906 predicted, 2-8 %
 #: above; 16 before, an estimate: 1161 at 8 shots, 39 % above).
 MIB_PER_MEGAPIXEL_SHOT = 8
-#: With ``--save-maps`` the chain keeps every step's full-size maps (the fused image, three float32
-#: score maps, three bool maps: about 18 bytes a pixel) to write them, and writes each step's maps
-#: and Fig. 3: for each shot beyond two this many MiB per megapixel, in place of
-#: :data:`MIB_PER_MEGAPIXEL_SHOT`. Measured as
-#: :data:`MIB_PER_MEGAPIXEL_SHOT` (``fuse --stack-rule chain --threads 1 --save-maps``): 1050 MiB at
-#: 3 shots, 1667 at 8 and 2462 at 15 (+124 MiB a shot from 3 to 8, +113 from 8 to 15: 22.2 MiB
-#: per megapixel over the twelve; the chain keeping every map without writing them, before
-#: session 38: 672 / 1246 / 2066 MiB at 3 / 8 / 15), rounded up to 24 (127 MiB a shot at 5.3 MP).
-#: With the pair's estimate (:data:`MAPS_BASE_MIB`, :data:`FIG3_FULL_MIB_PER_MEGAPIXEL`: these
-#: shots' Fig. 3 is drawn unreduced) 1149, 1786 and 2678 MiB predicted, 7-9 % above (session 38
-#: added 30 MiB per megapixel once for the pair's peak, 919 MiB, above its estimate then: the
-#: unreduced Fig. 3, now counted by the pair's estimate). The joint rule keeps no per-step maps:
+#: With ``--save-maps`` the chain encodes each step's maps and Fig. 3 as PNG as the step is done
+#: and lets the step's arrays go (:func:`bafusion.fusion.maps.render_maps`; since session 39: it
+#: held every step's maps, about 18 bytes a pixel, to the end), so each shot beyond two adds what
+#: it adds without the maps (:data:`MIB_PER_MEGAPIXEL_SHOT`) and its step's encoded files: this
+#: many MiB per megapixel in all, in place of :data:`MIB_PER_MEGAPIXEL_SHOT`. Measured as
+#: :data:`MIB_PER_MEGAPIXEL_SHOT` (``fuse --stack-rule chain --threads 1 --save-maps``, session 39,
+#: one run each): 950 MiB at 3 shots and 1128 at 8 (+36 MiB a shot, 6.7 MiB per megapixel; the
+#: files of a step 0.87 bytes a pixel for these upscaled shots, 1.77 for a real photo pair,
+#: tsai-04), so 8 and 2 for the files: 10 (1075 and 1340 MiB predicted over the pair's 1022,
+#: 13 and 19 % above). Before: 1050, 1664 (1667 in session 38) and 2462 MiB at 3, 8 and 15 shots,
+#: +124 MiB a shot from 3 to 8. The joint rule keeps no per-step maps:
 #: :data:`JOINT_MAPS_MIB_PER_MEGAPIXEL`.
-MAPS_MIB_PER_MEGAPIXEL_SHOT = 24
+MAPS_MIB_PER_MEGAPIXEL_SHOT = 10
 #: With ``--save-maps`` and the joint rule (``--stack-rule joint``, three or more shots), added once
 #: to the stack's estimate without maps: it writes five maps of the whole stack
 #: (:func:`bafusion.fusion.stack.save_stack_maps`: gray index maps, the band, the index in colour),

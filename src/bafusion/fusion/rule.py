@@ -679,7 +679,7 @@ def _slim(res: FusionResult) -> FusionResult:
 def fuse_stack(
     images: Sequence[np.ndarray], nets: FusionNets, params: FusionParams | Mapping[str, Any] | None = None,
     names: Sequence[str] = (), progress: bool | None = None, step: Callable[[str], None] | None = None,
-    keep_maps: bool = True,
+    keep_maps: bool = True, on_step: Callable[[int, FusionResult], None] | None = None,
 ) -> list[FusionResult]:
     """Fuse a focal stack one into the next (the "chain" stack rule).
 
@@ -714,8 +714,14 @@ def fuse_stack(
         read); its ``fused``, score maps, ``near_boundary`` and ``decision_raw`` are None,
         freed once the step is done instead of held to the end (about 18 bytes a pixel a
         step: 8 shots of 5.3 MP peaked at 1287 MiB with them, 835 MiB without; BENCHMARKS.md,
-        "Memory of a stack"). ``bafusion fuse`` (without ``--save-maps``), ``fuse-dir`` and
-        :func:`bafusion.fuse` fuse so.
+        "Memory of a stack"). ``bafusion fuse`` (with ``--save-maps`` too, its maps encoded
+        by ``on_step``), ``fuse-dir`` and :func:`bafusion.fuse` fuse so.
+    on_step : callable, optional
+        Called with each step's index (0: the first two shots) and its whole result, every map
+        held, as the step is done, before ``keep_maps`` False lets its maps go: ``bafusion fuse
+        --save-maps`` encodes the step's maps then (:func:`bafusion.fusion.maps.render_maps`)
+        instead of holding every step's maps to the end (8 shots of 5.3 MP: 1664 MiB peak
+        before, BENCHMARKS.md "Memory of a stack").
 
     Returns
     -------
@@ -742,6 +748,8 @@ def fuse_stack(
         res = _fuse_pair(cur, images[i], nets, params, (fusion_name(names[:i]), names[i]), progress, note_patch=False,
                          step=step)
         cur = res.fused  # the next step's A
+        if on_step is not None:
+            on_step(i - 1, res)
         # not kept: this step's maps freed now, not held through the next steps (and `res` let go)
         results.append(res if keep_maps or i == len(images) - 1 else _slim(res))
         del res

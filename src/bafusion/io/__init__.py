@@ -66,7 +66,8 @@ read_image``): the modules they live in are the package's own layout, one concer
   notes on them: :func:`source_metadata`, :func:`source_dpi`, :func:`source_png_colour`,
   :func:`source_subsampling`, :func:`icc_name`, :func:`png_colour_name`, :func:`profile_notes`,
   :func:`cmyk_notes`, :func:`dpi_notes`, :func:`unkept_metadata_note`;
-* :mod:`.write` -- writing: :func:`write_image`, :data:`JPEG_QUALITY`, :data:`JPEG_SUBSAMPLING`,
+* :mod:`.write` -- writing: :func:`write_image`, :func:`image_bytes` and :func:`write_bytes` (its
+  encoding and its writing apart), :data:`JPEG_QUALITY`, :data:`JPEG_SUBSAMPLING`,
   :data:`PNG_COMPRESS_LEVEL`,
   :func:`written_metadata`, :func:`keeps_16_bits`, :data:`HIGH_DEPTH_SUFFIXES`, :func:`icc_fits`,
   :func:`png16_bytes`, :func:`fit_jpeg_exif`, :class:`ExifWarning`, :func:`output_format_problem`.
@@ -166,9 +167,11 @@ from bafusion.io.write import (
     _png_chunk,
     fit_jpeg_exif,
     icc_fits,
+    image_bytes,
     keeps_16_bits,
     output_format_problem,
     png16_bytes,
+    write_bytes,
     write_image,
     written_metadata,
 )
@@ -195,6 +198,6 @@ __all__ = [
     "source_metadata", "source_dpi", "source_png_colour", "icc_name", "png_colour_name", "profile_notes",
     "cmyk_notes", "dpi_notes", "unkept_metadata_note", "source_subsampling", "output_metadata",
     # write
-    "write_image", "written_metadata", "keeps_16_bits", "HIGH_DEPTH_SUFFIXES", "icc_fits", "png16_bytes",
+    "write_image", "image_bytes", "write_bytes", "written_metadata", "keeps_16_bits", "HIGH_DEPTH_SUFFIXES", "icc_fits", "png16_bytes",
     "fit_jpeg_exif", "ExifWarning", "output_format_problem",
 ]

@@ -130,6 +130,17 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         ``ENOSPC``). The file is written atomically: on error its temporary file is deleted
         and a file already at ``path`` is left as it was.
     """
+    _write_checked(Path(path), _writer(path, img, exif=exif, icc=icc, bits=bits, dpi=dpi, png_colour=png_colour,
+                                       quality=quality, subsampling=subsampling))
+
+
+def _writer(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | None = None,
+            icc: bytes | None = None, bits: int | None = None,
+            dpi: tuple[float, float] | None = None, png_colour: bytes | None = None,
+            quality: int | None = None, subsampling: str | None = None) -> Callable[[BinaryIO], int]:
+    """:func:`write_image`'s checks (raising as it does, before anything is written) and its
+    encoding: what writes the file's bytes to an open file and returns their count (a
+    compressed format encoded in memory here already; a 16-bit TIFF written straight)."""
     import io
 
     from bafusion.errors import UserError
@@ -175,13 +186,12 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         exif = _exif_sized(exif, img.shape[1], img.shape[0])
         if fmt == "JPEG" and len(exif) > _JPEG_MAX_EXIF:
             exif, note = fit_jpeg_exif(exif, p, what="the EXIF given")
-            warnings.warn(str(note), ExifWarning, stacklevel=2)
+            warnings.warn(str(note), ExifWarning, stacklevel=3)  # write_image's caller
     if img.dtype == np.uint16 and not keeps_16_bits(p):
         img = _u16_to_u8_table()[img]  # scale_to_u8(img, 16) by table: no float64 copy (8 bytes a sample)
     if img.dtype == np.uint16 and fmt == "TIFF":
         # tifffile writes straight to the file (the image, of 100+ MB, is not copied into memory)
-        _write_checked(p, lambda fh: _write_tiff16(fh, img, icc, bits, dpi, exif))
-        return
+        return lambda fh: _write_tiff16(fh, img, icc, bits, dpi, exif)
     # encoded in memory, then written with Python's file I/O, which raises on a short write
     # (ENOSPC): Pillow writes a JPEG of quality >= 95 in one write() straight to the file's
     # descriptor and ignores a short one, so a full disk left a cut-off JPEG reported as written.
@@ -233,7 +243,7 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, exif: bytes | 
         fh.write(data)
         return len(data)
 
-    _write_checked(p, write)
+    return write
 
 
 def _check_metadata_arguments(p: Path, *, exif: object, icc: object, bits: object, dpi: object,
@@ -818,3 +828,57 @@ def _to_bits_table(bits: int) -> np.ndarray:
     ``round(v / (2**bits - 1) * 65535)``, so values from ``bits``-bit sources come back exactly."""
     x = np.arange(1 << 16, dtype=np.float64)
     return np.round(x / 65535.0 * float((1 << bits) - 1)).astype(np.uint16)
+
+
+def image_bytes(path: str | os.PathLike[str], img: np.ndarray) -> bytes:
+    """The bytes :func:`write_image` writes to ``path`` for ``img`` (the format by the suffix,
+    no metadata), encoded in memory; nothing is written. With :func:`write_bytes` later, the
+    same file as :func:`write_image` now: ``bafusion fuse --save-maps`` encodes a stack's maps so
+    as each step is done (compressed PNG, about a tenth of the maps' arrays) and writes them
+    after the fused image.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file the bytes are for (its suffix: the format; errors name it).
+    img : ndarray
+        As for :func:`write_image`.
+
+    Returns
+    -------
+    bytes
+
+    Raises
+    ------
+    bafusion.errors.UserError
+        As :func:`write_image`, for an image or suffix it refuses.
+    """
+    import io
+
+    buf = io.BytesIO()
+    _writer(path, img)(buf)
+    return buf.getvalue()
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` (:func:`image_bytes`) to ``path`` as :func:`write_image` writes a file:
+    atomically, a short write reported as ``ENOSPC``, an error naming ``path``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to write.
+    data : bytes
+        Its content.
+
+    Raises
+    ------
+    OSError
+        The file cannot be written (naming ``path``); a file already there is left as it was.
+    """
+
+    def write(fh: BinaryIO) -> int:
+        fh.write(data)
+        return len(data)
+
+    _write_checked(Path(path), write)
