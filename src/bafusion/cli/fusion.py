@@ -113,10 +113,11 @@ def _add_param_args(p: argparse.ArgumentParser, maps: bool = True, progress_help
                    help="use the working resolution only for pairs whose long side exceeds this "
                         f"(default {d.working_above})")
     g.add_argument("--working-band", type=int, default=None,
-                   help="half-width (full-resolution px) of the boundary band refined at full size "
-                        f"(default {d.working_band})")
+                   help="half-width (full-resolution px) of the boundary band refined at full size; pairs and the chain "
+                        f"stack rule, not the joint rule (default {d.working_band})")
     g.add_argument("--working-refine", choices=WORKING_REFINES, default=None,
-                   help=f"how that band is refined (default {d.working_refine})")
+                   help=f"how that band is refined; pairs and the chain stack rule, not the joint rule "
+                        f"(default {d.working_refine})")
     g.add_argument("--working-min", type=int, default=None,
                    help="small pairs: those whose long side (px) is below this are decided upscaled to it "
                         f"(web-size copies of photos); 0 = off, the paper (default {d.working_min})")

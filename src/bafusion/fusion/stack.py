@@ -584,6 +584,13 @@ def fuse_stack_joint(
         notes.append(f"fuse.unsure_region (--unsure-region {params.unsure_region:g}) is not used by the joint stack "
                      f"rule: only the regions under fuse.min_region ({params.min_region:g}) were removed (the chain "
                      "rule, --stack-rule chain, removes the unsure ones in each pair's decision)")
+    # the working resolution's band refinement is the pair rule's (the docstring): asked for, and not done
+    asked = [f"fuse.{k} (--{k.replace('_', '-')} {getattr(params, k)})" for k in ("working_refine", "working_band")
+             if getattr(params, k) != getattr(FusionParams, k)]
+    if size is not None and size[0] < h and asked:
+        notes.append(f"{' and '.join(asked)} {'is' if len(asked) == 1 else 'are'} not used by the joint stack rule: "
+                     f"its shot-index map, decided at {size[1]} x {size[0]} px, is brought to full size as it is (the "
+                     "chain rule, --stack-rule chain, refines each pair's boundary band at full size)")
     t0 = time.perf_counter()
     index = remove_small_labels(index1, params.min_region)
     fused = compose(images, index)
