@@ -417,6 +417,29 @@ def test_stack_rules_on_the_command_line_with_save_maps(tiny_nets, tmp_path: Pat
         in capsys.readouterr().err
 
 
+def test_save_stack_maps_of_a_hand_built_result(tmp_path: Path) -> None:
+    """A StackResult built by hand without ``shots`` (and without scores) was an AttributeError
+    on None; now a clear error before any file, and with ``shots`` the maps are written."""
+    from bafusion.fusion.stack import StackResult, save_stack_maps
+
+    idx = np.zeros((8, 8), np.int16)
+    idx[:, 4:] = 2
+    near = np.zeros((8, 8), bool)
+    bare = StackResult(np.zeros((8, 8, 3), np.uint8), None, idx, near, idx, idx)
+    with pytest.raises(UserError, match="how many shots"):
+        save_stack_maps(tmp_path, "hand", bare)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UserError, match=r"names shots 0..2, outside 0..1 of a stack of 2 shots"):
+        save_stack_maps(tmp_path, "hand", StackResult(bare.fused, None, idx, near, idx, idx, shots=2))
+    assert list(tmp_path.iterdir()) == []
+    written = save_stack_maps(tmp_path, "hand", StackResult(bare.fused, None, idx, near, idx, idx, shots=5))
+    assert [p.name for p in written] == [f"hand-{k}.png" for k in STACK_MAP_KEYS]
+    assert set(np.unique(np.asarray(Image.open(tmp_path / "hand-index.png")))) == {0, 128}  # shot 2 of 0..4
+    scored = StackResult(bare.fused, np.zeros((3, 8, 8), np.float32), idx, near, idx, idx)  # n from the scores
+    save_stack_maps(tmp_path, "scored", scored)
+    assert set(np.unique(np.asarray(Image.open(tmp_path / "scored-index.png")))) == {0, 255}
+
+
 _STEP_MAPS = ("fused", "score_initial", "score_mean", "near_boundary", "score_refined", "decision_raw")
 
 

@@ -611,11 +611,28 @@ def index_to_u8(index: np.ndarray, n: int) -> np.ndarray:
 def save_stack_maps(folder: str | Path, stem: str, result: StackResult) -> list[Path]:
     """Write ``<stem>-<key>.png`` for :data:`STACK_MAP_KEYS` into ``folder`` (atomically):
     the index maps as gray (``index-initial``, ``index-raw``, ``index``: shot 0 black, the last
-    white), the band the boundary net rescored, and the final index in pseudo-colour."""
+    white), the band the boundary net rescored, and the final index in pseudo-colour.
+
+    The gray levels need the number of shots: ``result.shots``, or where that is 0 (not given)
+    the first axis of ``result.scores``. A result with neither (built by hand, or with
+    ``keep_scores`` False and ``shots`` left at 0) is refused with a :class:`UserError`
+    before anything is written; so is an index map naming a shot beyond that number.
+    """
     from bafusion.fusion.maps import pseudo_colour
     from bafusion.io import write_image
 
-    n = result.shots or result.scores.shape[0]
+    if result.shots:
+        n = int(result.shots)
+    elif result.scores is not None:
+        n = int(result.scores.shape[0])
+    else:
+        raise UserError("save_stack_maps: the StackResult does not say how many shots it has (shots is 0 and scores "
+                        "None), which the index maps' gray levels need: give StackResult(..., shots=N)")
+    for key, m in (("index_initial", result.index_initial), ("index_raw", result.index_raw), ("index", result.index)):
+        m = np.asarray(m)
+        if m.size and (int(m.min()) < 0 or int(m.max()) >= n):
+            raise UserError(f"save_stack_maps: StackResult.{key} names shots {int(m.min())}..{int(m.max())}, "
+                            f"outside 0..{n - 1} of a stack of {n} shots")
     d = Path(folder)
     maps = {
         "index-initial": index_to_u8(result.index_initial, n),
