@@ -284,6 +284,77 @@ def test_joint_rule_linear_clip_clips_every_gray_where_the_brightest_shots_white
         assert np.array_equal(gc, np.minimum(gl, top))
 
 
+def _chain_grays(monkeypatch: pytest.MonkeyPatch, nets: FusionNets, shots: list[np.ndarray],
+                 params: FusionParams) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (A, B) grays the nets score at each step of :func:`fuse_stack` (the steps run on)."""
+    import bafusion.fusion.rule as rule
+
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    for name in ("decide", "decide_upscaled", "decide_working"):
+        def spy(ga, gb, *a, _real=getattr(rule, name), **k):
+            seen.append((ga.copy(), gb.copy()))
+            return _real(ga, gb, *a, **k)
+
+        monkeypatch.setattr(rule, name, spy)
+    fuse_stack(shots, nets, params)
+    return seen
+
+
+def _drifting(gains: tuple[float, ...]) -> list[np.ndarray]:
+    """One smooth texture (its mean 110, no pixel clipped at the highest gain) times each gain."""
+    rng = np.random.default_rng(4)
+    g = ndimage.gaussian_filter(rng.normal(0, 1, (96, 96)), 4)
+    g = 110 + 60 * g / np.abs(g).max()
+    return [np.clip(np.round(g * k), 0, 255).astype(np.uint8) for k in gains]
+
+
+@pytest.mark.parametrize("mode", ["linear", "linear_clip", "auto"])
+def test_chain_scores_every_step_at_the_middle_shots_exposure(tiny_nets, monkeypatch, mode: str) -> None:
+    """A steady exposure drift (one scene, x0.8 -> x1.2 over five shots): each step of the chain
+    scores its A (the fusion so far, a patchwork of the earlier shots) and its B at the middle
+    shot's exposure. Before, B was fitted to the fusion so far, and step 1 scored shot 1 (x0.8)
+    against shot 2 brought down to it: 22.8 gray levels (mean) below the middle shot."""
+    _, nets = tiny_nets
+    shots = _drifting((0.8, 0.9, 1.0, 1.1, 1.2))
+    seen = _chain_grays(monkeypatch, nets, shots, FusionParams(exposure_match=mode, working_min=0))
+    assert len(seen) == 4
+    mid = shots[2].astype(np.float64)
+    for i, (ga, gb) in enumerate(seen, start=1):
+        for g in (ga, gb):
+            assert g.shape == mid.shape and np.abs(g - mid).mean() < 1.0, (i, np.abs(g - mid).mean())
+
+
+def test_chain_brighter_scores_every_step_at_the_brightest_shots_exposure(tiny_nets, monkeypatch) -> None:
+    """``brighter`` (and ``auto`` where it takes it): the reference is the brightest shot, here
+    the second of four, as in the joint rule; the grays the nets score are all at its exposure."""
+    _, nets = tiny_nets
+    shots = _drifting((0.9, 1.3, 1.0, 0.8))
+    seen = _chain_grays(monkeypatch, nets, shots, FusionParams(exposure_match="brighter", working_min=0))
+    ref = shots[1].astype(np.float64)
+    for i, (ga, gb) in enumerate(seen, start=1):
+        for g in (ga, gb):
+            assert np.abs(g - ref).mean() < 1.0, (i, np.abs(g - ref).mean())
+
+
+def test_chain_without_exposure_matching_is_the_pairs_one_into_the_next(tiny_nets, monkeypatch) -> None:
+    """``exposure_match: none`` (the paper preset's): each step scores the fusion so far and the
+    next shot as they are, the stack's fusion the pair fusions chained; two shots under any mode
+    are the pair fusion, bit for bit."""
+    _, nets = tiny_nets
+    shots = _drifting((0.8, 0.9, 1.0, 1.1, 1.2))
+    p = FusionParams(exposure_match="none", working_min=0)
+    cur = shots[0]
+    for i, step in enumerate(fuse_stack(shots, nets, p), start=1):
+        want = fuse_images(cur, shots[i], nets, p)
+        assert np.array_equal(step.fused, want.fused) and np.array_equal(step.decision, want.decision)
+        cur = want.fused
+    seen = _chain_grays(monkeypatch, nets, shots, p)
+    assert np.array_equal(seen[0][0], shots[0]) and np.array_equal(seen[0][1], shots[1])
+    for mode in ("linear", "auto"):
+        p = FusionParams(exposure_match=mode, working_min=0)
+        assert np.array_equal(fuse_stack(shots[:2], nets, p)[-1].fused, fuse_images(shots[0], shots[1], nets, p).fused)
+
+
 @pytest.fixture(scope="module")
 def stack_200():
     """A 3-layer stack of made-up textures, 200 px: small enough to be decided upscaled."""

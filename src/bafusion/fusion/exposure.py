@@ -19,6 +19,8 @@ Measured in ``benchmarks/realistic_validation.py`` and on the real development p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,7 @@ from bafusion.errors import UserError
 from bafusion.threads import side_by_side
 
 __all__ = ["apply_gains", "auto_mode", "colour_gains", "estimate_noise", "exposure_note", "fit_exposure", "match_exposure",
-           "match_noise", "match_pair"]
+           "match_noise", "match_pair", "StackExposure", "stack_exposure"]
 
 #: Gaussian sigma (px) of the low-pass copies the gain and offset are fitted on.
 SIGMA = 8.0
@@ -336,23 +338,94 @@ def match_pair(ga: np.ndarray, gb: np.ndarray, mode: str, sigma: float = SIGMA, 
 def _matched_b(ga: np.ndarray, gb: np.ndarray, mode: str, sigma: float = SIGMA, step: int = 1,
                bar: Any = None) -> tuple[np.ndarray, int]:
     """B as :func:`match_pair` gives it, and the level A is clipped at (255: not clipped)."""
+    fit, top = _fit_b(ga, gb, mode, sigma, step, bar)
+    return (gb if fit is None else _mapped(gb, *fit)), top
+
+
+def _fit_b(ga: np.ndarray, gb: np.ndarray, mode: str, sigma: float = SIGMA, step: int = 1,
+           bar: Any = None) -> tuple[tuple[float, float] | None, int]:
+    """The map :func:`_matched_b` applies to B, ``(gain, offset)`` (None: B left as it is), and
+    the level A is clipped at (255: not clipped)."""
     if mode == "none":
         if bar is not None:
             bar.update(MATCH_STEPS)
-        return gb, 255
+        return None, 255
     if mode not in ("linear", "linear_clip", "brighter"):
         raise UserError(f"exposure matching: unknown mode {mode!r} (none, linear, linear_clip or brighter)")
     # brighter: the caller passes the brighter shot as A (fuse_stack_joint: the brightest)
     gain, offset, corr = fit_exposure(ga, gb, sigma, step, bar=bar, unclipped=mode == "brighter")
     level = (gain - 1.0) * float(gb.mean()) + offset
     top = 255
+    fit = None
     if not _alike_or_unreliable(gain, level, corr):
-        gb = _mapped(gb, gain, offset)
+        fit = (gain, offset)
         if mode == "linear_clip":  # where B's white lands
             top = int(_mapped(np.array([255], np.uint8), gain, offset)[0])
     if bar is not None:
         bar.update(1)
-    return gb, top
+    return fit, top
+
+
+@dataclass(frozen=True)
+class StackExposure:
+    """How the chain stack rule brings every shot's gray to one exposure before scoring
+    (:func:`stack_exposure`): shot ``reference``'s; ``fits[k]`` is the ``(gain, offset)`` that
+    maps shot ``k``'s gray onto it (None: left as it is), and every gray is clipped at ``top``
+    (255: not clipped; ``linear_clip``)."""
+
+    reference: int
+    mode: str
+    fits: tuple[tuple[float, float] | None, ...]
+    top: int = 255
+
+    def gray(self, k: int, g: np.ndarray) -> np.ndarray:
+        """Shot ``k``'s uint8 gray ``g`` at the reference's exposure (``g`` itself where nothing changes)."""
+        fit = self.fits[k]
+        g = g if fit is None else _mapped(g, *fit)
+        return np.minimum(g, np.uint8(self.top)) if self.top < 255 else g
+
+
+def stack_exposure(grays: Sequence[np.ndarray], mode: str, step: int = 1) -> StackExposure:
+    """The exposure every shot of a chain-fused stack is scored at (:func:`bafusion.fusion.fuse_stack`).
+
+    One fixed reference, not the fusion so far: each step's A, a patchwork of the earlier
+    shots' pixels, is scored as the composite of their grays mapped onto the reference, and its
+    B as the new shot's gray mapped onto it. Fitting each new shot to the running fusion made
+    a steady drift of the exposure across a stack cost the chain accuracy (synthetic focus
+    sweeps, shots x0.9 -> x1.1: BENCHMARKS.md, "Exposure drift across a stack").
+
+    Parameters
+    ----------
+    grays : sequence of ndarray
+        The shots' uint8 grays, (H, W), in the stack's order; two or more.
+    mode : str
+        :attr:`FusionParams.exposure_match`: ``"linear"`` and ``"linear_clip"`` map every shot
+        onto the middle shot's exposure (shot ``(N - 1) // 2``: under a steady drift its
+        exposure is the nearest to the farthest shot's); ``"brighter"`` onto the brightest shot's
+        (the highest mean gray), fitted where neither clips, as a pair's darker shot is mapped
+        up; ``"auto"`` takes ``"brighter"`` where one shot clips clearly more than another
+        (:func:`auto_mode`), else ``"linear"``; ``"none"``: every gray as it is.
+    step : int
+        See :func:`fit_exposure`.
+
+    Returns
+    -------
+    StackExposure
+        The reference, the mode taken and each shot's fit; ``linear_clip``: every gray clipped
+        where the brightest mapped white lands (as the joint rule does).
+    """
+    n = len(grays)
+    if mode == "auto":
+        mode = auto_mode(*grays)
+    if mode == "none":
+        return StackExposure(0, mode, (None,) * n)
+    ref = int(np.argmax([float(g.mean()) for g in grays])) if mode == "brighter" else (n - 1) // 2
+    fits, tops = [], []
+    for k, g in enumerate(grays):
+        fit, top = (None, 255) if k == ref else _fit_b(grays[ref], g, mode, step=step)
+        fits.append(fit)
+        tops.append(top)
+    return StackExposure(ref, mode, tuple(fits), min(tops))
 
 
 #: Noise matching (:attr:`FusionParams.noise_match`): Immerkaer's Laplacian-difference mask,

@@ -43,7 +43,7 @@ from bafusion.errors import InputFileError, InputTypeError, UserError
 from bafusion.fusion import working as _working
 from bafusion.fusion.decide import decide
 from bafusion.fusion.exposure import (MATCH_STEPS, apply_gains, colour_gains, exposure_note, match_noise,
-                                       match_pair)
+                                       match_pair, stack_exposure)
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import FusionParams
 # defined without torch (fuse reads and checks its shots before importing it: batch.prepare_sources), public here
@@ -580,12 +580,15 @@ def dtype_hint(x: np.ndarray, wide: bool = True) -> str:
 
 def _fuse_pair(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionParams | Mapping[str, Any] | None,
                names: tuple[str, str], progress: bool | None, note_patch: bool = True,
-               step: Callable[[str], None] | None = None) -> FusionResult:
+               step: Callable[[str], None] | None = None,
+               grays: tuple[np.ndarray, np.ndarray] | None = None) -> FusionResult:
     """:func:`fuse_images` on torch's threads as they are set (the command line sets them).
     ``note_patch`` False: no :func:`patch_note` (a chain's steps: :func:`fuse_stack` notes the
     stack once). ``step``: called with a line naming each step that takes seconds at camera
     size as it starts (matching the exposures, the nets, the full-size maps, the band, the small
-    regions), for pairs of :data:`~bafusion.fusion.working.PROGRESS_MIN_PIXELS` or more."""
+    regions), for pairs of :data:`~bafusion.fusion.working.PROGRESS_MIN_PIXELS` or more.
+    ``grays``: the (A, B) grays the nets score, already at one exposure (a chain's step of three or
+    more shots: :func:`fuse_stack` maps every shot onto one reference); no exposure matching then."""
     params = checked_params(params)
     _check_nets(nets)
     a, b = source_channels(a, names[0]), source_channels(b, names[1])
@@ -602,9 +605,12 @@ def _fuse_pair(a: np.ndarray, b: np.ndarray, nets: FusionNets, params: FusionPar
     camera_size = a.shape[0] * a.shape[1] >= _working.PROGRESS_MIN_PIXELS
     say = step if step is not None and camera_size else (lambda text: None)
     t0 = time.perf_counter()
-    ga, gb = side_by_side([lambda: to_gray_u8(a), lambda: to_gray_u8(b)])  # on the command's threads
+    if grays is None:
+        ga, gb = side_by_side([lambda: to_gray_u8(a), lambda: to_gray_u8(b)])  # on the command's threads
+    else:  # a chain's step: the grays matched already, onto the stack's reference shot
+        ga, gb = grays
     t_pre["gray"] = time.perf_counter() - t0
-    if params.exposure_match != "none":  # the nets score A and B at one exposure
+    if params.exposure_match != "none" and grays is None:  # the nets score A and B at one exposure
         t0 = time.perf_counter()
         say("matching the exposures")
         with progress_bar(MATCH_STEPS, ga.size, progress, desc="matching exposure") as bar:  # as the fusion's bar
@@ -684,7 +690,18 @@ def fuse_stack(
     """Fuse a focal stack one into the next (the "chain" stack rule).
 
     ``F1 = fuse(I1, I2)``, ``Fk = fuse(F(k-1), I(k+1))``; the joint rule is
-    :func:`bafusion.fusion.stack.fuse_stack_joint`. All sizes are checked before any work.
+    :func:`bafusion.fusion.stack.fuse_stack_joint`. All sizes and dtypes are checked before any work.
+
+    Exposure matching (``params.exposure_match`` other than "none") of three or more shots maps
+    every shot's gray onto one reference before any step (:func:`bafusion.fusion.exposure.stack_exposure`:
+    the middle shot's exposure, or with ``brighter`` the brightest shot's); each step scores its A
+    as the composite of the matched grays of the shots it took and its B as the new shot's matched
+    gray. Each new shot used to be fitted to the fusion so far, a patchwork of the earlier
+    shots' exposures, which cost accuracy under a steady exposure drift across the stack
+    (BENCHMARKS.md, "Exposure drift across a stack"). Two shots are the pair fusion, bit for
+    bit; with "none" (the paper preset's) each step is :func:`fuse_images` of the fusion so far
+    and the next shot, as before. The fused pixels are the shots' own (or, with
+    ``match_output_exposure``, brought to A's exposure per step, as before).
 
     Parameters
     ----------
@@ -704,7 +721,8 @@ def fuse_stack(
         fusion of a.png and b.png"; the shots by file name), for three or more shots: a long
         stack said nothing from its start to its end; and, for shots of
         :data:`~bafusion.fusion.working.PROGRESS_MIN_PIXELS` or more, with each step of a pair's
-        fusion that takes seconds at camera size ("matching the exposures", "the nets at
+        fusion that takes seconds at camera size ("matching the exposures": for three or more
+        shots once, before step 1, "matching the exposures of the 5 shots"; "the nets at
         640x427 px", "the maps at full size, 6000x4000 px", "refining the boundary band, 89
         tiles", "removing small regions and compositing").
     keep_maps : bool
@@ -739,14 +757,34 @@ def fuse_stack(
     images = [source_channels(im, names[i]) for i, im in enumerate(images)]
     for i in range(1, len(images)):
         check_same_size(images[0], images[i], names[0], names[i])
+    for x, name in zip(images, names):  # every shot before any work, as its step would (_fuse_pair)
+        if x.dtype != np.uint8:
+            raise InputTypeError(f"{name}: sources must be uint8 images, got {x.dtype}{dtype_hint(x, wide=False)}")
     results = []
     cur = images[0]
     short = [Path(n).name for n in names]
+    # three or more shots: every gray scored at one fixed reference's exposure (exposure.stack_exposure),
+    # not each new shot fitted to the running fusion (a patchwork of the earlier shots' exposures)
+    fixed, t_match, cur_gray = None, 0.0, None
+    if params.exposure_match != "none" and len(images) > 2:
+        t0 = time.perf_counter()
+        if step is not None and images[0].shape[0] * images[0].shape[1] >= _working.PROGRESS_MIN_PIXELS:
+            step(f"matching the exposures of the {len(images)} shots")
+        fixed = stack_exposure([to_gray_u8(im) for im in images], params.exposure_match, step=params.exposure_fit_step)
+        cur_gray = fixed.gray(0, to_gray_u8(images[0]))
+        t_match = time.perf_counter() - t0
     for i in range(1, len(images)):
         if step is not None and len(images) > 2:
             step(f"step {i}/{len(images) - 1}: fusing {short[i]} into {fusion_name(short[:i])}")
+        grays = None
+        if fixed is not None:
+            grays = (cur_gray, fixed.gray(i, to_gray_u8(images[i])))
         res = _fuse_pair(cur, images[i], nets, params, (fusion_name(names[:i]), names[i]), progress, note_patch=False,
-                         step=step)
+                         step=step, grays=grays)
+        if fixed is not None:  # the next step's A, scored as the composite of the matched grays
+            cur_gray = np.where(res.decision, cur_gray, grays[1])
+            if i == 1:
+                res.seconds["exposure"] = res.seconds.get("exposure", 0.0) + t_match
         cur = res.fused  # the next step's A
         if on_step is not None:
             on_step(i - 1, res)

@@ -453,8 +453,8 @@ def fuse_stack_joint(
         scoring, the joint rule honours:
 
         * ``exposure_match`` ("linear", "linear_clip"): every shot's gray is mapped onto the first shot's
-          exposure (:func:`bafusion.fusion.exposure.match_exposure`; the chain maps each
-          new shot onto the running fusion, which starts as the first shot) before any
+          exposure (:func:`bafusion.fusion.exposure.match_exposure`; the chain maps every shot
+          onto the middle shot's, :func:`bafusion.fusion.exposure.stack_exposure`) before any
           scoring; the fused pixels are the shots' own. "brighter": every shot onto the
           exposure of the brightest one (the highest mean gray), fitted where neither clips;
           "auto": "brighter" where one shot clips clearly more than another, else "linear".
