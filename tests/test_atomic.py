@@ -1768,3 +1768,64 @@ def test_a_marker_without_the_lock_field_is_judged_by_its_process(tmp_path: Path
     wrap.mkdir()
     (wrap / PART_MARKER).write_text(f"{socket.gethostname()} {_dead_pid()} pidns={fields['pidns']} boot=another\n")
     assert remove_stale_parts(out) == [] and wrap.is_dir()
+
+
+def test_a_python_without_ctypes_writes_with_a_marker_that_says_no_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Python built without ``ctypes`` (no libffi): looking up ``fstatfs`` raised its
+    ``ImportError`` out of every :func:`atomic_dir` and :func:`atomic_file`. The file system
+    cannot be told local then: the marker says no lock, and the write goes on."""
+    import sys
+
+    from bafusion import atomic
+
+    monkeypatch.setitem(sys.modules, "ctypes", None)  # import ctypes: ImportError
+    atomic._libc_fstatfs.cache_clear()
+    markers: list[str] = []
+    try:
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "a").write_text("a")
+            markers += [m.read_text() for m in tmp_path.glob(f".out.part-*/{atomic.PART_MARKER}")]
+        with atomic_file(tmp_path / "f") as f:
+            f.write_text("f")
+    finally:
+        atomic._libc_fstatfs.cache_clear()
+    assert (tmp_path / "out" / "a").read_text() == "a" and (tmp_path / "f").read_text() == "f"
+    assert len(markers) == 1 and "lock=" not in markers[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "out"]
+
+
+def test_the_marker_lock_is_not_held_by_a_program_the_killed_writer_started(tmp_path: Path) -> None:
+    """The marker's descriptor, which holds its lock, is not passed to a program the writer
+    starts (``O_CLOEXEC``, even where the program keeps every inheritable descriptor): a program
+    left running after the writer was killed would hold the lock, its folder kept for as long as
+    a run in progress."""
+    import subprocess
+    import sys
+
+    from bafusion.atomic import remove_stale_parts
+
+    _local_or_skip(tmp_path)
+    out = tmp_path / "out"
+    writer = """
+import os, signal, subprocess, sys
+from pathlib import Path
+from bafusion.atomic import atomic_dir
+with atomic_dir(Path(sys.argv[1])) as tmp:
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline()"], close_fds=False)
+    print(child.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", writer, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        child = int(proc.stdout.readline())
+        assert proc.wait(timeout=60) == -9
+        os.kill(child, 0)  # still runs, holding the writer's stdin
+        [wrap] = tmp_path.glob(".out.part-*")
+        assert remove_stale_parts(out) == [wrap] and not wrap.exists()
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()  # the child's stdin: it ends

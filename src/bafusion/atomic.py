@@ -298,14 +298,16 @@ def _local_fs(fd: int) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _libc_fstatfs() -> Any:
-    """Linux libc's ``fstatfs`` through ctypes, looked up once; ``None`` elsewhere."""
+    """Linux libc's ``fstatfs`` through ctypes, looked up once; ``None`` elsewhere, and where
+    Python has no ``ctypes`` (built without libffi: its ``ImportError`` failed every write of
+    :func:`atomic_dir` and :func:`atomic_file`; the marker then says no lock, as elsewhere)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         import ctypes
 
         return ctypes.CDLL(None, use_errno=True).fstatfs
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, ImportError):
         return None
 
 
