@@ -1629,13 +1629,18 @@ class _TLSServer:
     ``ssl.SSLError`` (bad record MAC). ``handshakes`` counts the connections that completed a
     handshake, ``connections`` all that were accepted."""
 
-    def __init__(self, folder: Path, body: bytes, damaged: int = 0) -> None:
+    def __init__(self, folder: Path, body: bytes, damaged: int = 0, client_cert: bool = False) -> None:
         import socket
         import ssl
 
         self.cert, key = _self_signed_cert(folder)
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(self.cert, key)
+        self.names: list[str | None] = []  # the host name each client sent (SNI)
+        self.context.sni_callback = lambda _sock, name, _context: self.names.append(name)  # type: ignore[func-returns-value]
+        if client_cert:  # a client certificate wanted: TLS 1.3 says so by an alert after the client's handshake
+            self.context.verify_mode = ssl.CERT_REQUIRED
+            self.context.load_verify_locations(self.cert)
         self.body, self.damaged = body, damaged
         self.connections = self.handshakes = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -1657,10 +1662,12 @@ class _TLSServer:
                 return
             self.connections += 1
             raw.settimeout(10)
+            conn = self.context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
             try:
-                conn = self.context.wrap_socket(raw, server_side=True)
-            except (OSError, ssl.SSLError):  # a client that refused the certificate
-                raw.close()
+                conn.do_handshake()
+            except (OSError, ssl.SSLError):  # a client that refused the certificate, or that we refused
+                time.sleep(0.3)  # our alert read by the client before the close (its request unread: a reset)
+                conn.close()
                 continue
             self.handshakes += 1
             with contextlib.suppress(OSError):
@@ -1841,3 +1848,44 @@ def test_a_refused_connect_is_a_network_error_at_once(tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match=r"failed after 2 attempts: URLError: .*Connection refused"):
         fetch(f"http://127.0.0.1:{port}/f", tmp_path / "f", retries=1, backoff=0, timeout=30, progress=False)
     assert time.monotonic() - t0 < 5
+
+
+def test_a_certificate_for_another_host_is_refused_and_the_host_name_sent(tmp_path: Path, trusting) -> None:  # type: ignore[no-untyped-def]
+    """The TLS socket's handshake is made by _KnownTLS (known to the stop before it): the host
+    name is still sent (SNI) and checked against the certificate. A certificate trusted, but
+    for 127.0.0.1, fails for ``localhost``, at once (not retried); for 127.0.0.1 it is fetched."""
+    import socket
+
+    if "127.0.0.1" not in {a[4][0] for a in socket.getaddrinfo("localhost", 80, 0, socket.SOCK_STREAM)}:
+        pytest.skip("localhost is not 127.0.0.1 here")
+    server = _TLSServer(tmp_path, PAYLOAD)
+    trusting(server.cert)
+    try:
+        with pytest.raises(DownloadError, match=r"TLS error, not retried.*[Hh]ostname mismatch") as failed:
+            fetch(server.url("f").replace("127.0.0.1", "localhost"), tmp_path / "f", retries=3, backoff=0,
+                  progress=False)
+        assert "attempts" not in str(failed.value) and _nothing_left(tmp_path / "f")
+        assert server.connections == 1 and server.names == ["localhost"]
+        fetch(server.url("g"), tmp_path / "g", retries=0, progress=False)
+    finally:
+        server.close()
+    assert (tmp_path / "g").read_bytes() == PAYLOAD and server.handshakes == 1
+
+
+def test_a_servers_alert_after_the_handshake_is_not_retried(tmp_path: Path, trusting) -> None:  # type: ignore[no-untyped-def]
+    """A server that wants a client certificate (TLS 1.3: its alert comes after the client's
+    handshake, in the read of the headers) refuses every attempt: an alert of the server fails
+    at once, where another TLS error of that read (a damaged record) is retried."""
+    import ssl
+
+    server = _TLSServer(tmp_path, PAYLOAD, client_cert=True)
+    trusting(server.cert)
+    try:
+        with pytest.raises(DownloadError, match=r"TLS error, not retried.*ALERT") as failed:
+            fetch(server.url("f"), tmp_path / "f", retries=3, backoff=0, progress=False)
+    finally:
+        server.close()
+    if ssl.HAS_TLSv1_3:
+        assert isinstance(failed.value.__cause__, ssl.SSLError) and "ALERT_CERTIFICATE_REQUIRED" in str(failed.value)
+    assert "attempts" not in str(failed.value) and server.connections == 1
+    assert _nothing_left(tmp_path / "f")

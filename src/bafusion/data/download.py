@@ -652,9 +652,12 @@ def _attempt(
         raise_if_stopped()  # its connection shut down by the stop (_abort_connections)
         reason = getattr(e, "reason", e)
         # an SSLError wrapped in a URLError came in the handshake (or the request's sending), a
-        # bare one while the headers were read (it was not caught: not retried, the part deleted)
-        if isinstance(reason, _SSL_ERRORS) and not _transient_tls(reason, handshake=reason is not e):
-            raise DownloadError(url, f"TLS error, not retried (another attempt meets it again): {reason}") from e
+        # bare one while the headers were read (it was not caught: not retried, the part deleted);
+        # a bare one's own ``reason`` is a string (its OpenSSL reason), never the error: it was
+        # never judged, a server's alert there (a client certificate wanted) retried
+        tls = e.reason if isinstance(e, urllib.error.URLError) else e
+        if isinstance(tls, _SSL_ERRORS) and not _transient_tls(tls, handshake=tls is not e):
+            raise DownloadError(url, f"TLS error, not retried (another attempt meets it again): {tls}") from e
         raise _Retryable(f"{e.__class__.__name__}: {reason}") from e
     with resp:
         status = getattr(resp, "status", 200) or 200
