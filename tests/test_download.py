@@ -1889,3 +1889,57 @@ def test_a_servers_alert_after_the_handshake_is_not_retried(tmp_path: Path, trus
         assert isinstance(failed.value.__cause__, ssl.SSLError) and "ALERT_CERTIFICATE_REQUIRED" in str(failed.value)
     assert "attempts" not in str(failed.value) and server.connections == 1
     assert _nothing_left(tmp_path / "f")
+
+
+def test_each_address_of_the_host_is_tried_in_turn_with_its_own_timeout(
+    server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connect that a stop ends (_create_connection) stands in for socket.create_connection:
+    a host of several addresses (IPv6 and IPv4, several servers) is tried address by address,
+    each with the whole ``timeout``, the first that connects used; where none does, the first
+    error is raised."""
+    import socket
+
+    server.files["f"] = PAYLOAD
+    port = int(server.url("f").split(":")[2].split("/")[0])
+    unanswered = _Unanswered()
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        refused = free.getsockname()[1]
+    real = socket.getaddrinfo
+    answers: list[int] = []
+
+    def several(host: str, _port: int, *args: object, **kwargs: object) -> list:  # type: ignore[type-arg]
+        assert host == "several.test"
+        return [a for p in answers for a in real("127.0.0.1", p, *args, **kwargs)]  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", several)
+    url = f"http://several.test:{port}/f"
+    try:
+        answers[:] = [refused, unanswered.port, port]  # refused at once, then silent for the timeout, then the server
+        t0 = time.monotonic()
+        assert fetch(url, tmp_path / "f", retries=0, timeout=0.5, progress=False).status == "downloaded"
+        assert 0.45 < time.monotonic() - t0 < 5 and (tmp_path / "f").read_bytes() == PAYLOAD
+        answers[:] = [refused, unanswered.port]
+        with pytest.raises(DownloadError, match=r"Connection refused"):
+            fetch(url, tmp_path / "g", retries=0, timeout=0.5, progress=False)
+        answers[:] = []
+        with pytest.raises(DownloadError, match=r"returns no address"):
+            fetch(url, tmp_path / "h", retries=0, timeout=0.5, progress=False)
+    finally:
+        unanswered.close()
+    assert _nothing_left(tmp_path / "g") and _nothing_left(tmp_path / "h")
+
+
+def test_the_connect_binds_the_source_address(server: LocalServer) -> None:
+    """socket.create_connection's ``source_address`` (http.client's) is bound before the connect."""
+    import bafusion.data.download as download
+
+    import socket
+
+    port = int(server.url("f").split(":")[2].split("/")[0])
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        source = free.getsockname()
+    with download._create_connection(("127.0.0.1", port), 5, source) as sock:
+        assert sock.getsockname() == source and sock.getpeername()[1] == port and sock.gettimeout() == 5
