@@ -1943,3 +1943,28 @@ def test_the_connect_binds_the_source_address(server: LocalServer) -> None:
         source = free.getsockname()
     with download._create_connection(("127.0.0.1", port), 5, source) as sock:
         assert sock.getsockname() == source and sock.getpeername()[1] == port and sock.gettimeout() == 5
+
+
+@pytest.mark.parametrize(("reason", "handshake", "retried"), [
+    ("TLSV13_ALERT_CERTIFICATE_REQUIRED", False, False),  # a refusal: another attempt meets it again
+    ("TLSV1_ALERT_PROTOCOL_VERSION", True, False),
+    ("SSLV3_ALERT_HANDSHAKE_FAILURE", True, False),
+    ("SSLV3_ALERT_BAD_RECORD_MAC", False, True),  # the server could not decrypt our record: damaged on the way
+    ("SSLV3_ALERT_BAD_RECORD_MAC", True, True),
+    ("TLSV1_ALERT_DECRYPTION_FAILED", False, True),
+    ("TLSV1_ALERT_RECORD_OVERFLOW", False, True),
+    ("TLSV1_ALERT_INTERNAL_ERROR", True, True),  # the server's own trouble (overloaded)
+    ("DECRYPTION_FAILED_OR_BAD_RECORD_MAC", False, True),  # the same damage found here
+    ("WRONG_VERSION_NUMBER", True, False),  # plain http on the port
+])
+def test_the_tls_retry_policy_of_a_servers_alerts(reason: str, handshake: bool, retried: bool) -> None:
+    """A server's alert is a refusal (not retried), but for those of a record damaged on the way
+    and of the server's internal error, retried as the same damage found by the client is: all
+    alerts were final."""
+    import ssl
+
+    from bafusion.data.download import _transient_tls
+
+    error = ssl.SSLError(1, f"[SSL: {reason}] ({reason.lower()})")
+    error.reason = reason  # as OpenSSL's errors carry it
+    assert _transient_tls(error, handshake=handshake) is retried

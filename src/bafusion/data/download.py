@@ -588,13 +588,20 @@ _OPEN_ERRORS: tuple[type[Exception], ...] = (urllib.error.URLError, TimeoutError
                                              http.client.HTTPException, *_SSL_ERRORS)
 
 
+#: The OpenSSL reasons of a peer's alerts that are retried (:func:`_transient_tls`): a record
+#: that its MAC or length says was damaged on the way, and the server's internal error.
+_TRANSIENT_TLS_ALERTS = ("ALERT_BAD_RECORD_MAC", "ALERT_DECRYPTION_FAILED", "ALERT_RECORD_OVERFLOW",
+                         "ALERT_INTERNAL_ERROR")
+
+
 def _transient_tls(error: BaseException, handshake: bool) -> bool:
     """Whether the TLS ``error`` (an ``ssl.SSLError``) is trouble of the network, which another
     attempt may not meet (retried, as other network errors are), rather than of the two ends,
     which it meets again: the connection cut or closed (``SSLEOFError``, ``SSLZeroReturnError``,
     ``SSLSyscallError``) is retried; a certificate that fails verification (self-signed, expired,
     for another host) and an alert of the server (a handshake it refused: a protocol version or
-    cipher not shared, a certificate it wants) are not. Another ``SSLError`` is retried after the
+    cipher not shared, a certificate it wants) are not, but for its alerts of a record damaged on
+    the way and of its internal error (:data:`_TRANSIENT_TLS_ALERTS`), retried. Another ``SSLError`` is retried after the
     ``handshake`` (a record that does not decrypt: bytes damaged on the way), not in it (a plain
     http server on the port: "wrong version number")."""
     if ssl is None or not isinstance(error, ssl.SSLError):
@@ -604,8 +611,12 @@ def _transient_tls(error: BaseException, handshake: bool) -> bool:
     if isinstance(error, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError, ssl.SSLWantReadError,
                           ssl.SSLWantWriteError)):
         return True
-    if "ALERT" in str(getattr(error, "reason", None) or ""):
-        return False
+    reason = str(getattr(error, "reason", None) or "")
+    if "ALERT" in reason:
+        # but the alerts of bytes damaged on the way (the server could not decrypt ours) and of
+        # the server's own trouble (internal_error: overloaded, a back end not ready), which
+        # another attempt may not meet, as the same damage found here is retried
+        return any(alert in reason for alert in _TRANSIENT_TLS_ALERTS)
     return not handshake
 
 
