@@ -2091,3 +2091,95 @@ def test_a_matte_with_gray_values_and_another_alpha_is_refused(tmp_path: Path, r
     Image.fromarray(np.dstack([rgb, other]), "RGBA").save(tmp_path / "cutout.png")
     with pytest.raises(InputFileError, match=r"cutout\.png: matte is not gray .*transparency \(alpha\) channel"):
         read_matte(tmp_path / "cutout.png")
+
+
+def _u16_to_u8(v: np.ndarray, full: float = 65535.0) -> np.ndarray:
+    return np.clip(np.round(v.astype(np.float64) / full * 255.0), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_a_16_bit_matte_is_read_on_its_full_scale(tmp_path: Path, suffix: str) -> None:
+    # read by the camera-depth rule (the smallest of 8/10/12/14/16 bits holding its largest
+    # value), a 16-bit matte of at most 3000 (4.6 % opacity) was read with 3000 as 12-bit 4095:
+    # largest 187, 59 % of it "foreground" (>= 128) where none of it is
+    import tifffile
+
+    g = np.random.default_rng(3).integers(0, 256, (20, 30), dtype=np.uint8)
+    soft = (g.astype(np.float64) / 255 * 3000).astype(np.uint16)
+    full = np.random.default_rng(4).integers(0, 65536, (20, 30), dtype=np.uint16)
+    for name, v in (("soft", soft), ("full", full), ("g257", g.astype(np.uint16) * 257), ("zero", 0 * soft)):
+        for layout, arr in (("gray", v), ("rgb", np.dstack([v, v, v]))):
+            f = tmp_path / f"{name}-{layout}{suffix}"
+            if suffix == ".tif":
+                tifffile.imwrite(f, arr)
+            else:
+                write_image(f, arr)
+            m = read_matte(f)
+            assert m.dtype == np.uint8 and m.shape == (20, 30)
+            assert np.array_equal(m, _u16_to_u8(v)), (name, layout)
+    assert int(read_matte(tmp_path / f"soft-gray{suffix}").max()) == 12
+    assert np.array_equal(read_matte(tmp_path / f"g257-gray{suffix}"), g)
+    Image.fromarray(g).save(tmp_path / "g8.png")  # 8 bits: read_image's reading, unchanged
+    assert np.array_equal(read_matte(tmp_path / "g8.png"), g)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_a_deep_matte_marking_its_bits_is_read_from_them(tmp_path: Path, suffix: str) -> None:
+    v12 = np.random.default_rng(5).integers(0, 4096, (20, 30)).astype(np.uint16)
+    # on the 16-bit scale, marked 12: PNG sBIT 12 (samples scaled up), OME-TIFF SignificantBits 12 (0..4095 stored)
+    write_image(tmp_path / f"m{suffix}", np.round(v12 / 4095 * 65535).astype(np.uint16), bits=12)
+    assert np.array_equal(read_matte(tmp_path / f"m{suffix}"), _u16_to_u8(v12, 4095.0))
+
+
+@pytest.mark.parametrize("top", [1, 255])
+def test_a_deep_matte_of_8_bit_values_is_refused(tmp_path: Path, top: int) -> None:
+    # 0..255 (or a 0/1 mask) saved as uint16: on the 16-bit scale it is background everywhere
+    v = (np.arange(600).reshape(20, 30) % (top + 1)).astype(np.uint16)
+    write_image(tmp_path / "m.png", v)
+    with pytest.raises(InputFileError, match=rf"m\.png: matte values are 0\.\.{top} in a 16-bit file, whose scale "
+                                             r"is 0\.\.65535 .*save a 0\.\.255 matte as an 8-bit image"):
+        read_matte(tmp_path / "m.png")
+    png = pytest.importorskip("png")
+    with open(tmp_path / "la.png", "wb") as fh:  # the same values as a white image's 16-bit alpha
+        png.Writer(30, 20, greyscale=True, alpha=True, bitdepth=16).write(
+            fh, np.dstack([np.full_like(v, 65535), v]).reshape(20, 60).tolist())
+    with pytest.raises(InputFileError, match=rf"la\.png: matte alpha values are 0\.\.{top} in a 16-bit file"):
+        read_matte(tmp_path / "la.png")
+
+
+def test_a_16_bit_alpha_matte_is_read_at_full_depth(tmp_path: Path) -> None:
+    # Pillow decodes a 16-bit PNG's alpha to its high byte (truncated: 1 off the gray's rounding,
+    # so a gray + alpha PNG whose gray equals its alpha was refused as "gray and alpha differ"),
+    # and does not open a 16-bit gray + alpha TIFF: its alpha was dropped, its white read as the matte
+    import png
+    import tifffile
+
+    from bafusion.io import _png_chunk
+
+    a = np.random.default_rng(6).integers(0, 65536, (20, 30), dtype=np.uint16)
+    white = np.full_like(a, 65535)
+    want = _u16_to_u8(a)
+    assert not np.array_equal(want, (a >> 8).astype(np.uint8))  # truncation differs here
+
+    def write_png(name: str, planes: list[np.ndarray]) -> Path:
+        with open(tmp_path / name, "wb") as fh:
+            png.Writer(30, 20, greyscale=len(planes) == 2, alpha=True, bitdepth=16).write(
+                fh, np.dstack(planes).reshape(20, 30 * len(planes)).tolist())
+        return tmp_path / name
+
+    for f in (write_png("la.png", [white, a]), write_png("same.png", [a, a]), write_png("black.png", [0 * a, a]),
+              write_png("rgba.png", [white, white, white, a])):
+        assert np.array_equal(read_matte(f), want), f.name
+    tifffile.imwrite(tmp_path / "la.tif", np.dstack([white, a]), photometric="minisblack",
+                     extrasamples=["unassalpha"])
+    tifffile.imwrite(tmp_path / "rgba.tif", np.dstack([white, white, white, a]), photometric="rgb",
+                     extrasamples=["unassalpha"])
+    for f in (tmp_path / "la.tif", tmp_path / "rgba.tif"):
+        assert np.array_equal(read_matte(f), want), f.name
+    soft = write_png("soft.png", [white, (a // 22).astype(np.uint16)])  # at most 2978
+    assert np.array_equal(read_matte(soft), _u16_to_u8(a // 22))
+    ex = Image.Exif()  # EXIF orientation 6 (an eXIf chunk before IEND): the alpha turned as the gray is
+    ex[0x0112] = 6
+    data = (tmp_path / "same.png").read_bytes()
+    (tmp_path / "turned.png").write_bytes(data[:-12] + _png_chunk(b"eXIf", ex.tobytes()[6:]) + data[-12:])
+    assert np.array_equal(read_matte(tmp_path / "turned.png"), np.rot90(want, -1))

@@ -360,6 +360,73 @@ def _high_depth_array(path: Path, opaque: dict[str, bool | None] | None = None,
     return None
 
 
+def _deep_alpha(path: str | os.PathLike[str]) -> tuple[np.ndarray, float] | None:
+    """The alpha channel of a PNG or TIFF of more than 8 bits per sample at its full depth,
+    which the image readers drop and Pillow truncates (a 16-bit PNG's alpha decoded to its high
+    byte) or does not read (16-bit gray + alpha TIFF): for :func:`bafusion.io.read_matte`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+
+    Returns
+    -------
+    tuple of (ndarray, float), or None
+        The alpha samples (float64, (H, W), the file's orientation applied as the readers apply
+        it) and their value of full opacity (65535 for 16-bit samples, the integer maximum of
+        deeper ones, 1.0 for floating-point ones); None for a file of at most 8 bits per sample
+        (Pillow's alpha is exact there), one without an alpha channel, of another format, or
+        one not read (the image reader says why).
+    """
+    path = Path(path)
+    try:
+        depth = png_depth(path)
+    except OSError:
+        return None
+    if depth is not None:  # a PNG: 16-bit gray + alpha (colour type 4) or RGBA (6)
+        if depth[0] <= 8 or depth[1] not in (4, 6):
+            return None
+        try:
+            with _quiet_pillow(), pillow_open(path) as im:
+                orientation = header_orientation(im, path)
+            import png  # pypng, as _read_png16
+
+            with open(path, "rb") as fh:
+                w, h, rows, info = png.Reader(file=fh).read()
+                a = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows])
+        except Exception:  # noqa: BLE001 - pypng's own errors: the image reader said why
+            return None
+        alpha = a.reshape(h, w, int(info["planes"]))[..., -1].astype(np.float64)
+        return _orient(alpha, orientation), float((1 << int(info["bitdepth"])) - 1)
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) not in _TIFF_MAGIC:
+                return None
+        import tifffile
+
+        with _tiff_file(path) as tf:
+            page = tf.pages.first
+            if int(page.bitspersample) <= 8:
+                return None
+            colours = 3 if tifffile.PHOTOMETRIC(page.photometric) == tifffile.PHOTOMETRIC.RGB else 1
+            extra = tuple(page.extrasamples or ())
+            at = next((colours + k for k, e in enumerate(extra) if e in (1, 2)), None)  # associated or not
+            if at is None:
+                return None
+            tag = page.tags.get(_ORIENTATION)
+            orientation = int(tag.value) if tag is not None and isinstance(tag.value, int) else 1
+            planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
+            raw = page.asarray()
+            full = float(np.iinfo(raw.dtype).max) if raw.dtype.kind in "ui" else 1.0
+    except Exception:  # noqa: BLE001 - tifffile's many error types: the image reader said why
+        return None
+    a = np.moveaxis(raw, 0, -1) if planar and raw.ndim == 3 else raw
+    if a.ndim != 3 or a.shape[2] <= at:
+        return None
+    return _orient(a[..., at].astype(np.float64), orientation), full
+
+
 def source_bits(values_max: float, depth: int, sig: int | None, *, scaled: bool = False) -> int | None:
     """The bits a marked source is scaled from (see above); None for an unmarked one.
 

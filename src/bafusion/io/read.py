@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from bafusion.errors import InputFileError
-from bafusion.io.depth import _high_depth_array, common_bits, sbit_scaled, scale_to_u8, source_bits
+from bafusion.io.depth import _deep_alpha, _high_depth_array, common_bits, sbit_scaled, scale_to_u8, source_bits
 from bafusion.io.formats import _check_not_empty, open_image, unread_format
 from bafusion.io.info import _alpha_note, _alpha_opaque, frame_notes, mix_note
 from bafusion.io.metadata import (
@@ -32,12 +32,18 @@ from bafusion.io.metadata import (
 
 
 def read_matte(path: str | os.PathLike[str]) -> np.ndarray:
-    """An alpha matte as uint8 (H, W), read by :func:`read_image`. RGB mattes (alphamatting
-    stores R=G=B) take the R channel; a matte whose channels differ is an error, since it would
-    not be a matte. A file with transparency (an alpha channel not opaque everywhere, a
+    """An alpha matte as uint8 (H, W), 255 = foreground. Files of at most 8 bits per sample
+    (and floating-point ones) are read by :func:`read_image`; a file of more than 8 bits is
+    read on its own full scale (a 16-bit file's 65535 = foreground, rounded to 8 bits,
+    ``round(v / 65535 * 255)``), or from the significant bits it marks (PNG ``sBIT``, OME-TIFF
+    ``SignificantBits``), not by the camera-depth rule of :func:`read_image`, which reads a
+    faint 16-bit matte as if its largest value were full. RGB mattes (alphamatting stores
+    R=G=B) take the R channel; a matte whose channels differ is an error, since it would not
+    be a matte. A file with transparency (an alpha channel not opaque everywhere, a
     transparent colour) holds its matte there when its gray is one value everywhere (a white or
     black image whose alpha is the matte, as matting tools export a matte) or equals the alpha;
-    gray values and an alpha that differ are an error (which of the two is the matte?).
+    gray values and an alpha that differ are an error (which of the two is the matte?). A
+    16-bit alpha is read at its full depth, rounded to 8 bits as the gray is.
 
     Parameters
     ----------
@@ -51,11 +57,13 @@ def read_matte(path: str | os.PathLike[str]) -> np.ndarray:
     Raises
     ------
     bafusion.errors.InputFileError
-        Naming the file: as :func:`read_image`, a colour matte whose channels differ, or gray
-        values beside an alpha channel that differs from them.
+        Naming the file: as :func:`read_image`, a colour matte whose channels differ, gray
+        values beside an alpha channel that differs from them, or a matte of more than 8 bits
+        per sample that marks no significant bits and holds values 0..1 to 0..255 only (8-bit
+        values in a deeper file: read on its scale it would be background everywhere).
     """
-    a = read_image(path)
-    alpha = _matte_alpha(path, a.shape[:2])
+    a, problem = _matte_samples(path)
+    alpha, alpha_problem = _matte_alpha(path, a.shape[:2])
     if a.ndim == 3:
         if not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
             also = (": it has a transparency (alpha) channel too; if that is the matte, save the alpha alone as a "
@@ -63,26 +71,71 @@ def read_matte(path: str | os.PathLike[str]) -> np.ndarray:
             raise InputFileError(path, f"matte is not gray (its R, G and B channels differ){also}")
         a = a[..., 0].copy()
     if alpha is None:
+        if problem:
+            raise InputFileError(path, problem)
         return a
     if a.size and int(a.min()) != int(a.max()) and not np.array_equal(a, alpha):
         raise InputFileError(path, "matte holds gray values and a transparency (alpha) channel that differ: which is "
                                    "the matte is not clear; save the matte as a gray image without alpha")
+    if alpha_problem:
+        raise InputFileError(path, alpha_problem)
     return alpha
 
 
-def _matte_alpha(path: str | os.PathLike[str], shape: tuple[int, ...]) -> np.ndarray | None:
+def _matte_samples(path: str | os.PathLike[str]) -> tuple[np.ndarray, str | None]:
+    """The samples of the matte file ``path`` as uint8 (gray (H, W) or colour (H, W, 3)) read
+    as :func:`read_matte` says, and the problem of a deep file whose unmarked values are those
+    of 8 bits (:func:`_deep_matte_problem`; None else)."""
+    p = Path(path)
+    raw = _high_depth_array(p) if p.is_file() and unread_format(p) is None else None
+    if raw is None:  # at most 8 bits per sample, floating point, or refused: read_image's reading
+        return read_image(path), None
+    a, depth, sig, sbit = raw
+    top = float(a.max()) if a.size else 0.0
+    # PNG sBIT: the samples are scaled to the depth unless they cannot be (see bafusion.io.depth)
+    scaled = sbit and sig is not None and 0 < sig < depth and top <= (1 << sig) - 1 and sbit_scaled(a, sig)
+    bits = source_bits(top, depth, sig, scaled=scaled)
+    problem = _deep_matte_problem(top, float((1 << depth) - 1), depth) if bits is None else None
+    return scale_to_u8(a, bits or depth), problem
+
+
+def _deep_matte_problem(top: float, full: float, depth: int, what: str = "values") -> str | None:
+    """The problem of a matte read on a deep file's full scale ``full`` (``depth`` bits) whose
+    largest value ``top`` is 1 to 255: 8-bit values (or a 0/1 mask) stored in a deeper file,
+    background everywhere on its scale. None otherwise (an all-zero matte is left to the
+    checks of its use)."""
+    if full <= 255 or not 1 <= top <= 255:
+        return None
+    scale = f"0..{int(full)} ({int(full)} = foreground)"
+    return (f"matte {what} are 0..{top:g} in a {depth}-bit file, whose scale is {scale}: read so it is background "
+            f"everywhere; save a 0..255 matte as an 8-bit image, or scale it to 0..{int(full)}")
+
+
+def _matte_alpha(path: str | os.PathLike[str], shape: tuple[int, ...]) -> tuple[np.ndarray | None, str | None]:
     """The 8-bit alpha of the matte file ``path`` (EXIF orientation applied, as the reader
     applies it) when it has transparency somewhere (:func:`bafusion.io.info._alpha_opaque`)
     and ``shape`` (height, width) as read; None for an opaque file, one without alpha, or one
-    Pillow does not open (read otherwise: its alpha is not told here)."""
+    Pillow does not open (read otherwise: its alpha is not told here). The alpha of a file of
+    more than 8 bits per sample is read at its full depth (:func:`bafusion.io.depth._deep_alpha`:
+    Pillow truncates a 16-bit PNG's to its high byte and does not open a 16-bit gray + alpha
+    TIFF) and rounded to 8 bits; the problem beside it: :func:`_deep_matte_problem` of that
+    alpha (None else)."""
+    deep = _deep_alpha(path)
+    if deep is not None:
+        samples, full = deep
+        if samples.shape != tuple(shape) or not samples.size or samples.min() >= full:
+            return None, None
+        top = float(samples.max())
+        alpha = np.clip(np.round(samples / full * 255.0), 0, 255).astype(np.uint8)
+        return alpha, _deep_matte_problem(top, full, int(full).bit_length(), "alpha values")
     try:
         with open_image(path) as im:
             if _alpha_opaque(im, path) is not False:
-                return None
+                return None, None
             alpha = np.asarray(im.convert("RGBA").getchannel("A"), dtype=np.uint8).copy()
     except (OSError, ValueError, InputFileError):
-        return None
-    return alpha if alpha.shape == tuple(shape) else None
+        return None, None
+    return (alpha if alpha.shape == tuple(shape) else None), None
 
 
 @dataclass
