@@ -1749,6 +1749,42 @@ def test_a_path_the_standard_output_cannot_encode_does_not_fail_the_command(monk
     assert out.errors == "strict"
 
 
+@pytest.mark.parametrize("encoding", ["ascii", "utf-8"])
+def test_a_surrogateescape_stdout_writes_a_names_own_bytes(monkeypatch, encoding: str) -> None:
+    """A stdout whose handler is ``surrogateescape`` (Python's in the C or POSIX locale, in UTF-8
+    mode, or by ``PYTHONIOENCODING``) wrote a name's undecodable bytes as they are, the file's
+    own name for a script reading the output back; it was given the readable handler, which
+    wrote the text ``\\xc3\\x81`` (no file's name). Its bytes are kept, a character the
+    encoding lacks is still escaped (``surrogateescape`` failed on it), and the stream's handler
+    is as it was once the command returns, also when it fails."""
+    import io
+
+    import bafusion.cli.pipeline as pipeline
+    from bafusion.errors import UserError
+
+    def prints_paths(args: object) -> int:
+        print("fused 2 images into \u65e5\u672c.png and Ad\udcc3\udc81m.png")
+        return 0
+
+    def fails(args: object) -> int:
+        print("Ad\udcc3\udc81m.png")
+        raise UserError("no")
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="surrogateescape")
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(pipeline, "cmd_count", prints_paths)
+    assert cli_main(["count"]) == 0
+    out.flush()
+    japan = "\u65e5\u672c".encode() if encoding == "utf-8" else b"\\u65e5\\u672c"
+    assert out.buffer.getvalue() == b"fused 2 images into " + japan + b".png and Ad\xc3\x81m.png\n"
+    assert out.errors == "surrogateescape"
+    monkeypatch.setattr(pipeline, "cmd_count", fails)
+    assert cli_main(["count"]) == 2
+    out.flush()
+    assert out.buffer.getvalue().endswith(b"\nAd\xc3\x81m.png\n")
+    assert out.errors == "surrogateescape"
+
+
 def _stdout_case(tmp_path: Path, command: str) -> list[str]:
     """Two sources a.png, b.png in ``tmp_path`` and the command line of ``command``."""
     rng = np.random.default_rng(0)

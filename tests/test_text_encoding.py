@@ -172,11 +172,18 @@ def test_an_output_naming_a_file_undecodable_in_the_locale_is_written(tmp_path: 
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a POSIX file name of bytes that are no UTF-8")
-@pytest.mark.parametrize("locale", ["C.UTF-8", "C"])
-def test_a_name_undecodable_in_the_locale_reads_the_same_on_both_streams(tmp_path: Path, locale: str) -> None:
+@pytest.mark.parametrize("locale,env_more", [
+    ("C.UTF-8", {}), ("C", {}),  # stdout UTF-8, surrogateescape (Python's in these locales)
+    ("C", {"PYTHONUTF8": "0"}),  # ASCII, surrogateescape
+    ("C.UTF-8", {"PYTHONIOENCODING": "utf-8:strict"}),  # strict, as in a UTF-8 locale such as en_US.UTF-8
+])
+def test_a_name_undecodable_in_the_locale_on_stdout_and_stderr(
+        tmp_path: Path, locale: str, env_more: dict[str, str]) -> None:
     """A file name holding the byte FD (no UTF-8) was printed as ``\\udcfd`` on stderr (its
-    ``backslashreplace``) and as the raw byte on a C-locale stdout (``surrogateescape``): two
-    spellings of one name, neither the byte's. Both streams now write it ``\\xfd``."""
+    ``backslashreplace``) and on a strict stdout: both now write it ``\\xfd``. A stdout whose
+    handler is ``surrogateescape`` (Python's in the C, POSIX and C.UTF-8 locales and in UTF-8
+    mode) writes the name's own bytes, as it did before main set the readable handler on it too:
+    a script reading the output back gets the file's path (the text ``\\xfd`` named no file)."""
     import numpy as np
     from PIL import Image
 
@@ -190,10 +197,16 @@ def test_a_name_undecodable_in_the_locale_reads_the_same_on_both_streams(tmp_pat
     env = {**os.environ, "LC_ALL": locale, "LANG": locale, "BAFUSION_MLFLOW": "0",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     env.pop("PYTHONIOENCODING", None)
+    env.pop("PYTHONUTF8", None)
+    env.update(env_more)
     fused = subprocess.run([sys.executable, "-m", "bafusion", "baseline", b"d\xfd/a\xfd.png", b"d\xfd/b.png",
                             "-o", b"d\xfd/F\xfd.png"], cwd=tmp_path, env=env, capture_output=True, timeout=300)
     assert fused.returncode == 0, fused.stderr
-    assert fused.stdout.startswith(b"fused 2 images into d\\xfd/F\\xfd.png with gff"), fused.stdout
+    if not env_more.get("PYTHONIOENCODING"):  # the name's bytes: the path a script reads back is the file's
+        assert fused.stdout.startswith(b"fused 2 images into d\xfd/F\xfd.png with gff"), fused.stdout
+        assert (tmp_path / os.fsdecode(fused.stdout.split(b" into ")[1].split(b" with ")[0])).is_file()
+    else:
+        assert fused.stdout.startswith(b"fused 2 images into d\\xfd/F\\xfd.png with gff"), fused.stdout
     bad = subprocess.run([sys.executable, "-m", "bafusion", "metrics", *[b"d\xfd/bad\xfd.png"] * 3],
                          cwd=tmp_path, env=env, capture_output=True, timeout=300)
     assert bad.returncode == 2

@@ -9,9 +9,9 @@ import re
 #: The name of the codec error handler (``errors=``) that writes a file name's byte undecodable in
 #: the locale (``os.fsdecode`` gives it as a lone surrogate, U+DC80-U+DCFF) as the byte, ``\\xfd``,
 #: and any other character the encoding lacks as ``backslashreplace`` does (``\\u65e5``): the
-#: command's standard output and error use it (:func:`bafusion.cli.app.main`), so that a name
-#: reads the same on both streams in every locale (``\\udcfd`` on stderr and the raw byte on a
-#: C-locale stdout before).
+#: command's standard output and error use it (:func:`bafusion.cli.app.main`; a stream whose own
+#: handler is ``surrogateescape`` takes :data:`NAME_BYTES_ERRORS`), so that a name reads the same
+#: on both streams (stderr wrote ``\\udcfd``).
 READABLE_ERRORS = "bafusion-readable"
 
 
@@ -25,6 +25,27 @@ def _readable(e: UnicodeError) -> tuple[str, int]:
 
 
 codecs.register_error(READABLE_ERRORS, _readable)
+
+
+#: The codec error handler of a stream whose own is ``surrogateescape`` (Python's standard output
+#: in the C or POSIX locale, in UTF-8 mode, or as ``PYTHONIOENCODING`` asks): a file name's byte
+#: undecodable in the locale is written as that byte, as ``surrogateescape`` writes it, so that a
+#: path printed to a file or a pipe is the file's own name for a script that reads it back (the
+#: text ``\\xfd`` named no file); any other character the encoding lacks is written as
+#: ``backslashreplace`` does (``surrogateescape`` failed on it, an ASCII stdout on ``日本.png``).
+NAME_BYTES_ERRORS = "bafusion-name-bytes"
+
+
+def _name_bytes(e: UnicodeError) -> tuple[bytes, int]:
+    """The :data:`NAME_BYTES_ERRORS` handler: the replacement of ``e``'s unencodable characters."""
+    if not isinstance(e, UnicodeEncodeError):
+        raise e
+    return b"".join(bytes([ord(c) - 0xDC00]) if 0xDC80 <= ord(c) <= 0xDCFF
+                    else c.encode("ascii", "backslashreplace")
+                    for c in e.object[e.start:e.end]), e.end
+
+
+codecs.register_error(NAME_BYTES_ERRORS, _name_bytes)
 
 
 class UserError(Exception):

@@ -47,7 +47,7 @@ from typing import Any
 
 from bafusion._version import __version__
 from bafusion.atomic import clear_stop, request_stop, shown_path, stop_requested
-from bafusion.errors import READABLE_ERRORS, UserError, is_out_of_memory
+from bafusion.errors import NAME_BYTES_ERRORS, READABLE_ERRORS, UserError, is_out_of_memory
 
 COMMAND_MODULES: tuple[str, ...] = (
     "bafusion.cli.pipeline",
@@ -455,15 +455,19 @@ def _printable_anything() -> list[tuple[object, str]]:
     undecodable in the locale) to a cp1252 or ASCII stdout (Windows' redirected output, a legacy
     POSIX locale) failed the command with "internal error" after its work was done. The handler is
     :data:`bafusion.errors.READABLE_ERRORS`: a name's byte undecodable in the locale is written as
-    that byte, ``\\xfd``, on both streams (stderr's ``backslashreplace`` wrote ``\\udcfd``, a
-    C-locale stdout's ``surrogateescape`` the raw byte), another character as ``\\u65e5``.
+    that byte, ``\\xfd`` (stderr's ``backslashreplace`` wrote ``\\udcfd``), another character as
+    ``\\u65e5``. A stream whose own handler is ``surrogateescape`` (stdout in the C or POSIX locale, in UTF-8 mode,
+    or as ``PYTHONIOENCODING`` asks) takes :data:`bafusion.errors.NAME_BYTES_ERRORS`: the name's
+    bytes as they are, so that a script reading the output to a file or a pipe gets the file's
+    path (the text ``\\xfd`` named no file), and ``\\u65e5`` of a character its encoding lacks.
     Returns the streams changed, each with its ``errors`` before, for the caller to restore."""
     changed = []
     for stream in (sys.stdout, sys.stderr):
         errors = getattr(stream, "errors", None)
         if errors in ("strict", "backslashreplace", "surrogateescape"):
             with contextlib.suppress(AttributeError, ValueError, OSError):
-                stream.reconfigure(errors=READABLE_ERRORS)  # type: ignore[union-attr]
+                stream.reconfigure(  # type: ignore[union-attr]
+                    errors=NAME_BYTES_ERRORS if errors == "surrogateescape" else READABLE_ERRORS)
                 changed.append((stream, errors))
     return changed
 
