@@ -1063,3 +1063,31 @@ def test_fuse_set_and_evaluate_do_not_check_each_pair_again(tmp_path: Path, tiny
     assert checked == [], checked
     rule.fuse_images(a, b, load_model(tiny_nets, device="cpu"))  # the spy sees fuse_images' own check
     assert checked == [("A", "B")], checked
+
+
+def test_the_fig3_estimate_reads_a_shots_size_turned_by_its_exif_orientation(tmp_path: Path) -> None:
+    """An 8-megapixel portrait phone shot stored landscape (3264x2448) with EXIF orientation 6 is
+    fused, and its maps drawn, turned (2448 wide, 3264 high): Fig. 3 draws maps of that shape
+    unreduced (:func:`bafusion.fusion.maps.fig3_factor` 1, 2 for the stored 2448x3264), so its
+    estimate with ``--save-maps`` is that of the same pixels stored portrait, not the
+    landscape's (890 MiB where 1209 were due: the stored size was read, unturned)."""
+    from PIL import Image
+
+    from bafusion.fusion import memory
+    from bafusion.fusion.maps import fig3_factor
+
+    assert fig3_factor((3264, 2448)) == 1 and fig3_factor((2448, 3264)) == 2
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: turned 90 degrees clockwise to be seen
+    stored, portrait, landscape = [], [], []
+    for i in range(2):
+        Image.new("RGB", (3264, 2448)).save(tmp_path / f"t{i}.jpg", exif=exif.tobytes())
+        Image.new("RGB", (2448, 3264)).save(tmp_path / f"p{i}.jpg")
+        Image.new("RGB", (3264, 2448)).save(tmp_path / f"l{i}.jpg")
+        stored.append(tmp_path / f"t{i}.jpg")
+        portrait.append(tmp_path / f"p{i}.jpg")
+        landscape.append(tmp_path / f"l{i}.jpg")
+    turned = memory.fuse_need_mib(stored, save_maps=True)
+    assert turned == memory.fuse_need_mib(portrait, save_maps=True)
+    assert turned is not None and turned > memory.fuse_need_mib(landscape, save_maps=True)  # type: ignore[operator]
+    assert memory._shape(stored[0]) == (3264, 2448)

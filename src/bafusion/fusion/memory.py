@@ -97,16 +97,18 @@ DEEP_MIB_PER_MEGAPIXEL_SHOT = 6
 MAPS_BASE_MIB = 650
 MAPS_MIB_PER_MEGAPIXEL = 30
 #: Added to :data:`MAPS_MIB_PER_MEGAPIXEL` where Fig. 3 draws the maps as they are
-#: (:func:`bafusion.fusion.maps.fig3_factor` 1: a map less than four times its 640 px panel both
-#: ways, up to 2559x2559 or 2559x1919), since matplotlib then resamples the full-size maps itself.
+#: (:func:`bafusion.fusion.maps.fig3_factor` 1: a map less than four times its panel both ways,
+#: the panel 640 px wide and up to 960 high: up to 2559x2559 or 2560x1919, a portrait one up to
+#: 2559x3840, 9.8 MP, W x H; the shot's size as fused, turned by its EXIF orientation), since
+#: matplotlib then resamples the full-size maps itself.
 #: The JPEG pairs above were reduced by 2 or more. Measured as :data:`MAPS_BASE_MIB` (session 39,
 #: ``fuse --threads 1 --save-maps``, one run each, loaded 2-core machine; PNG pairs upscaled from a
-#: synthetic stack): 2304x2304 (5.3 MP) 919 MiB, 2550x2550 (6.5 MP, the largest drawn unreduced)
+#: synthetic stack): 2304x2304 (5.3 MP) 919 MiB, 2550x2550 (6.5 MP, near the largest square drawn unreduced)
 #: 1075 MiB, where 809 and 845 were predicted (12-21 % below); 1800x1350 (2.4 MP) 621 MiB
 #: (723 predicted). 36 MiB per megapixel at 6.5 MP over :data:`MAPS_BASE_MIB` and
 #: :data:`MAPS_MIB_PER_MEGAPIXEL`, rounded up to 40 (1105 and 1021 MiB predicted, 3 and 11 % above).
 #: Figure alone (:func:`bafusion.fusion.maps.figure_maps` of made-up maps): +292 MiB at 2304x2304,
-#: +31 MiB at 2560x2560 (reduced by 2).
+#: +31 MiB at 2560x2560 (reduced by 2). Portrait maps above 6.5 MP (up to 9.8) not measured.
 FIG3_FULL_MIB_PER_MEGAPIXEL = 40
 
 
@@ -227,17 +229,22 @@ def _deep(path: Path) -> bool:
 
 
 def _shape(path: object) -> tuple[int, int] | None:
-    """(H, W) of a shot by its header (an array: its shape), None when it cannot be read."""
+    """(H, W) of a shot as it is fused, by its header: turned by its EXIF orientation (a portrait
+    phone shot stored landscape with orientation 6 is fused, and its maps drawn, portrait: Fig. 3
+    draws a 2448x3264 map unreduced, a 3264x2448 one halved); an array: its shape. None when it
+    cannot be read."""
     shape = getattr(path, "shape", None)
     if shape is not None:
         return (int(shape[0]), int(shape[1])) if len(shape) >= 2 else None
-    from bafusion.io.formats import _quiet_pillow, pillow_open
+    from bafusion.io.formats import _quiet_pillow, header_orientation, pillow_open
 
     if not _regular_file(path):
         return None
     try:
         with _quiet_pillow(), pillow_open(path) as im:
             w, h = im.size
+            if header_orientation(im, path) in (5, 6, 7, 8):  # turned by 90 degrees as read
+                w, h = h, w
     except Exception:  # noqa: BLE001 - an estimate only
         return None
     return h, w
