@@ -236,7 +236,8 @@ def test_train_leaves_torchs_threads_and_denormal_flushing_as_they_were(
     monkeypatch.setenv("BAFUSION_MLFLOW", "0")
     before = torch.get_num_threads()
     asked = 2 if before == 1 else 1
-    torch.set_flush_denormal(flush)
+    if not torch.set_flush_denormal(flush) and flush:
+        pytest.skip("this CPU does not flush denormals")
     try:
         assert _flush_denormal_on() is flush
         seen = []
@@ -252,6 +253,24 @@ def test_train_leaves_torchs_threads_and_denormal_flushing_as_they_were(
     finally:
         torch.set_flush_denormal(False)
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("flush", [False, True])
+def test_the_denormal_probe_reads_the_cpu_whatever_the_default_device(flush: bool) -> None:
+    """train's probe of torch's denormal flushing (which it sets back after the training) made
+    its tensor on torch's default device: a GPU's under a notebook's
+    ``torch.set_default_device("cuda")`` (not the CPU flushing it sets back), and under "meta"
+    it failed ("Tensor.item() cannot be called on meta tensors")."""
+    from bafusion.nets.train import _flush_denormal_on
+
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU does not flush denormals")
+    try:
+        torch.set_flush_denormal(flush)
+        with torch.device("meta"):
+            assert _flush_denormal_on() is flush
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def test_mlflow_run_logs_what_trained_the_weights(tmp_path: Path) -> None:

@@ -1025,8 +1025,10 @@ def train(net: str, patches: str | os.PathLike[str], cfg: TrainConfig, paths: Pa
 
 def _flush_denormal_on() -> bool:
     """Whether torch flushes denormal floats to zero (:func:`torch.set_flush_denormal`, which
-    has no getter): a denormal times one comes out zero."""
-    return torch.tensor([1e-40], dtype=torch.float32).mul(1.0).item() == 0.0
+    has no getter): a denormal times one comes out zero. On the CPU whatever torch's default
+    device (a notebook's ``torch.set_default_device("cuda")`` read the GPU's arithmetic, a
+    ``"meta"`` one failed)."""
+    return torch.tensor([1e-40], dtype=torch.float32, device="cpu").mul(1.0).item() == 0.0
 
 
 def _train_locked(net: str, patches: Path, cfg: TrainConfig, paths: Paths, resume: bool, progress: bool,
