@@ -577,3 +577,25 @@ def test_dvc_repro_of_check_and_a_stage_runs_check_first(tmp_path: Path) -> None
         p = dvc("repro", "-f", *targets)
         assert p.returncode != 0 and ran_stages(p.stdout + p.stderr) == ["check"], (targets, p.stdout + p.stderr)
     assert "name both, `dvc repro check <stage>`, which runs `check` first" in " ".join((REPO / "README.md").read_text().split())
+
+
+def test_only_the_check_stages_own_command_ends_at_the_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Snakefile ends the check stage's dry run once its checks pass (checks.smk), read from
+    DVC_STAGE, which DVC sets to `check` in any stage of that name (`<dvc.yaml>:check` in another
+    dvc.yaml), a user's own too: there `snakemake -n evaluate` printed nothing and exited 0, its
+    job plan unshown. Only the stage's own command (a dry run of `download`) ends there."""
+    import shlex
+    import shutil
+
+    from pipeline_project import make_project, run
+
+    project = make_project(tmp_path / "p", git=False)
+    for stage in ("check", "analysis/dvc.yaml:check"):
+        monkeypatch.setenv("DVC_STAGE", stage)
+        p = run(["snakemake", "-n", "evaluate", "--cores", "1"], project)
+        assert "rule evaluate:" in p.stdout + p.stderr and "This was a dry-run" in p.stdout + p.stderr, (stage, p.stderr[-3000:])
+    monkeypatch.setenv("DVC_STAGE", "check")
+    shutil.rmtree(project / ".snakemake")  # made by the dry runs above
+    p = run(shlex.split(STAGES["check"]["cmd"]), project)
+    assert "rule download" not in p.stdout + p.stderr and "dry-run" not in p.stdout + p.stderr, p.stdout + p.stderr
+    assert not (project / ".snakemake").exists()

@@ -44,6 +44,9 @@ except UserError as _e:
 # writes .snakemake/iocache, and every `dvc repro` / `dvc exp run` printed that plan. The plan
 # itself checks nothing more of params.yaml (its values are checked above and in common.smk,
 # before any job is planned), so the stage prints only problems and leaves no .snakemake/.
+# Only the stage's own command (a dry run of `download` alone): DVC_STAGE is `check` in any DVC
+# stage of that name, also one of the user's own (another dvc.yaml), and a `snakemake -n evaluate`
+# there printed nothing and exited 0, its plan (the one thing it was asked for) unshown.
 if (os.environ.get("DVC_STAGE", "").rpartition(":")[2] == "check" and getattr(workflow, "is_main_process", True)
-        and getattr(_args, "dryrun", False)):
+        and getattr(_args, "dryrun", False) and list(getattr(_args, "targets", None) or ()) == ["download"]):
     sys.exit(0)
