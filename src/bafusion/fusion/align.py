@@ -22,7 +22,7 @@ estimate finds on the Lytro pairs (scales up to 0.45 % off 1) is mostly real whe
 (refocusing magnifies; BENCHMARKS.md), so aligning a Lytro pair moves its B.
 
 Stacks: the third and later shots are estimated against the shot before them (the last one
-estimated with a plausible motion) and that motion composed with the earlier shot's, so every
+estimated with a plausible motion that matches its own reference as one scene) and that motion composed with the earlier shot's, so every
 transform still maps onto the first's frame: estimated against the first, a shot focused far
 from it drifted with the focus distance (synthetic handheld stacks, BENCHMARKS.md "Handheld
 stacks": the 5th shot up to 1.12 px off, the 8th of 8 up to 1.67 px; chained 0.65 and 0.59);
@@ -1029,13 +1029,32 @@ def _match_quality(g_a: np.ndarray, g_b: np.ndarray, clip_a: np.ndarray | None, 
     return float(ga @ gb / den) if den > 1e-12 else 0.0
 
 
+def _one_scene(g_ref: np.ndarray, g: np.ndarray, clip_ref: np.ndarray | None, clip: np.ndarray | None,
+               m: np.ndarray) -> bool:
+    """Whether the shot of gray copy ``g``, moved by ``m`` (its pixels to ``g_ref``'s, both on the
+    first's frame), matches ``g_ref`` as one scene (:func:`match_quality` at least
+    :data:`MIN_QUALITY`), judged on both block-mean reduced as :func:`match_quality` reduces them
+    (a fraction of a second at 24 MP): :func:`align_images` estimates a stack's next shot against
+    it only then."""
+    k, sig = _quality_scale(g_ref.shape, 6.0)
+    a, b = _block_mean(g_ref, k), _block_mean(g, k)
+    off = -(k - 1) / (2 * k)  # a reduced pixel's centre is its block's
+    to_r = np.array([[1 / k, 0, off], [0, 1 / k, off], [0, 0, 1.0]])
+    m_r = to_r @ m @ np.linalg.inv(to_r)
+    ca = None if clip_ref is None else _block_mean(clip_ref, k) > 0
+    w = warp_to_first(b, m_r, a.shape, order=1)
+    cb = None if clip is None else warp_to_first(_block_mean(clip, k), m_r, a.shape, order=1) > 0
+    return _match_quality(a, w, ca, cb, coverage(m_r, a.shape, b.shape), sig) >= MIN_QUALITY
+
+
 def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sigma: float = 1.5,
                  tolerance: float = IDENTITY_TOLERANCE_PX, order: int = 5,
                  step: Callable[[str], None] | None = None) -> Alignment:
     """Register every shot to the first and crop all to the area every shot covers.
 
     The second shot is estimated against the first; each later one against the shot before it
-    (the last one whose estimate was plausible; a flat shot is skipped), and its transform is
+    (the last one whose estimate was plausible and that matched its own reference as one scene,
+    :func:`_one_scene`; a flat shot is skipped), and its transform is
     that motion composed with the earlier shot's: neighbours in a focus stack are focused alike,
     the first and the last are not (see the module docstring). Each shot's match quality is
     still judged against the first.
@@ -1146,12 +1165,18 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
             sub = say(i, estimating if ref == 0 else f"{estimating} against shot {ref + 1}", told=i == 1)
             g = _gray(im) if pre is None else _gray(_to_frame(im, pre, (h, w), 3))
             clip = _clipped(g)
-            m = m_ref @ _estimate(g_ref, g, clip_ref, clip, model, sigma, step=sub, notes=notes)
+            est = _estimate(g_ref, g, clip_ref, clip, model, sigma, step=sub, notes=notes)
+            m = m_ref @ est
+            m = m / m[2, 2]  # composed homographies: normalised as each estimate is
             if notes and ref:
                 notes[0] += f" (its motion against shot {ref + 1}, composed with that shot's registration)"
-            if implausible_motion(m, (h, w)) is None:  # the next shot's reference
+            # the next shot's reference: a plausible motion of a shot that matches its own reference
+            # as one scene (a stray shot fused with --force, taken for no motion, set the shots after
+            # it 19 and 33 px off, 1.1 and 2.0 px estimated against the first)
+            if (implausible_motion(m, (h, w)) is None and i < n - 1
+                    and _one_scene(g_ref, g, clip_ref, clip, est)):
                 g_ref, clip_ref, m_ref, ref = g, clip, m, i
-                if i < n - 1 and not dropped:  # a stack's: not held beside two others (192 MB at 24 MP)
+                if not dropped:  # a stack's: not held beside two others (192 MB at 24 MP)
                     del g0
                     dropped = True
             del g
