@@ -3337,6 +3337,38 @@ def test_the_search_for_an_earlier_out_in_a_folder_without_shots_is_bounded(
     assert [(Path(f).name, "only 0 shot(s)" in why) for f, why in skipped] == [("archive", True)], skipped
 
 
+def test_the_bounded_search_for_an_earlier_out_does_not_depend_on_the_listing_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search reads at most OUTPUT_SEARCH_FOLDERS folders below a folder without shots, a
+    level's folders in the order the file system listed them: an earlier output among more
+    folders than that on one level was found or not (the folder no stack, or a stack of 0 shots:
+    exit status 3) by the file system's order (ext4's hash, another on another disk). They are
+    read by name."""
+    wide = tmp_path / "in" / "archive"
+    for i in range(batch.OUTPUT_SEARCH_FOLDERS + 10):
+        (wide / f"d{i:04d}").mkdir(parents=True)
+    (wide / "a-old").mkdir()  # fuse-dir IN IN/archive/a-old: first by name
+    (wide / "a-old" / batch.OUTPUT_MARKER).write_text("{}")
+    scandir = os.scandir
+    found = {}
+    for order in ("listed", "reversed"):
+        class Listing:  # os.scandir, its entries in the order given
+            def __init__(self, path: str) -> None:
+                with scandir(path) as it:
+                    entries = list(it)
+                self.entries = sorted(entries, key=lambda e: e.name, reverse=order == "reversed")
+
+            def __enter__(self) -> list:
+                return self.entries
+
+            def __exit__(self, *exc: object) -> None:
+                return None
+
+        monkeypatch.setattr(os, "scandir", Listing)
+        found[order] = batch._holds_output_folder(wide)
+    assert found == {"listed": True, "reversed": True}, found
+
+
 def test_a_folder_holding_an_out_and_unread_images_is_still_listed(tmp_path: Path) -> None:
     """A sub-folder without shots that holds an earlier run's output folder (or this run's) is no
     stack, but one that also holds camera RAW files (or an image whose extension was lost) was

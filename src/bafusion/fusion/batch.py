@@ -656,9 +656,9 @@ OUTPUT_SEARCH_FOLDERS = 1000
 
 def _holds_output_folder(folder: Path) -> bool:
     """Whether a folder below ``folder`` (at any depth, hidden ones left out, the nearest first and
-    at most :data:`OUTPUT_SEARCH_FOLDERS` of them) holds :data:`OUTPUT_MARKER`: an earlier run's
-    output folder nested in it (``fuse-dir IN IN/a/b`` leaves IN/a holding only IN/a/b), which
-    makes ``folder`` no stack of 0 shots."""
+    at most :data:`OUTPUT_SEARCH_FOLDERS` of them, those of a level by name) holds
+    :data:`OUTPUT_MARKER`: an earlier run's output folder nested in it (``fuse-dir IN IN/a/b``
+    leaves IN/a holding only IN/a/b), which makes ``folder`` no stack of 0 shots."""
     from collections import deque
 
     queue, read = deque([(os.fspath(folder), True)]), 0
@@ -667,13 +667,17 @@ def _holds_output_folder(folder: Path) -> bool:
         read += 1
         try:
             with os.scandir(path) as entries:
+                found = []
                 for e in entries:
                     if e.name == OUTPUT_MARKER and not top and e.is_file():
                         return True
                     if not e.name.startswith(".") and e.is_dir(follow_symlinks=False):  # as os.walk: a
-                        queue.append((e.path, False))  # linked folder is not entered
+                        found.append(e.path)  # linked folder is not entered
         except OSError:  # unreadable: as os.walk, passed over
             continue
+        # by name, not in the file system's order: which folders the bound reaches (and so
+        # whether an output past it is found) is the same on every machine
+        queue.extend((p, False) for p in sorted(found))
     return False
 
 
