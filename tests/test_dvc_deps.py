@@ -599,3 +599,37 @@ def test_only_the_check_stages_own_command_ends_at_the_checks(tmp_path: Path, mo
     p = run(shlex.split(STAGES["check"]["cmd"]), project)
     assert "rule download" not in p.stdout + p.stderr and "dry-run" not in p.stdout + p.stderr, p.stdout + p.stderr
     assert not (project / ".snakemake").exists()
+
+
+@pytest.mark.slow
+def test_a_key_newly_listed_in_dvc_yaml_needs_a_forced_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README said `dvc repro check <stage>` runs check first and stops there on a problem. DVC
+    runs check only when its deps changed, and takes no dvc.yaml as a dep: after dvc.yaml alone
+    made a stage list a key params.yaml lacks, `dvc repro check <stage>` skipped check, deleted
+    the stage's outputs and then refused the key (DVC 3.67). `dvc repro -f -s check` refuses it
+    first, naming it, the outputs kept; README says so."""
+    from pipeline_project import make_project, ran_stages, run
+
+    monkeypatch.setenv("BAFUSION_MLFLOW", "0")
+    project = make_project(tmp_path / "p", git=False)
+    run(["dvc", "init", "--no-scm", "-q"], project)
+
+    def stages(*keys: str) -> None:
+        b = {"cmd": "echo b > b.txt", "params": ["fuse.l", *keys], "outs": ["b.txt"]}
+        (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"check": STAGES["check"], "b": b}}))
+
+    stages()
+    run(["dvc", "repro", "-q"], project)
+    stages("fuse.no_such_key")
+    p = run(["dvc", "repro", "check", "b"], project, check=False)
+    assert p.returncode != 0 and ran_stages(p.stdout + p.stderr) == [], p.stdout + p.stderr
+    assert not (project / "b.txt").exists()  # DVC's order, which the README's advice is for
+    stages()
+    run(["dvc", "repro", "-q"], project)
+    stages("fuse.no_such_key")
+    p = run(["dvc", "repro", "-f", "-s", "check"], project, check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "lacks keys that dvc.yaml's stages list: fuse.no_such_key (stage b)" in out, out
+    assert (project / "b.txt").exists()
+    words = " ".join((REPO / "README.md").read_text().split())
+    assert "not after an edit of `dvc.yaml` alone (DVC refuses `dvc.yaml` as a dep): after making a stage list a key, run `dvc repro -f -s check` first" in words
