@@ -1493,6 +1493,35 @@ def test_the_evaluate_listing_leaves_out_the_folders_of_the_reference_metrics_me
     assert set(listed["reference"]["files"]) == {"DSIFT/p1.png"}, listed
 
 
+def test_a_reference_metrics_csv_a_rule_writes_leaves_the_listing_alike_before_and_after(tmp_path: Path) -> None:
+    """A reference_metrics CSV that download_eval writes (inside data/download/eval) and a reference
+    folder of one's own: before the rule had made the CSV, the listing held the files of the CSV's
+    methods' folders; after it, not (evaluate reads those methods from the CSV). The listing changed
+    once the CSV was made and evaluate ran once more than needed. Now a rule's CSV leaves out no
+    folder, there yet or not."""
+    from PIL import Image
+
+    mine = tmp_path / "mine"
+    img = Image.new("RGB", (16, 16))
+    for f in ("pairs/p1-A.png", "pairs/p1-B.png", "six/NSCT/p1.png", "six/DSIFT/p1.png"):
+        (mine / f).parent.mkdir(parents=True, exist_ok=True)
+        img.save(mine / f, format="PNG")
+    (mine / "eval").mkdir()  # download_eval's source: it makes data/download/eval
+    project = make_project(tmp_path / "p", {"download": {"eval": {"from_dir": str(mine / "eval")}}, "evaluate": {"datasets": [
+        {"name": "csv", "sources": str(mine / "pairs"), "reference": str(mine / "six"),
+         "reference_metrics": "data/download/eval/peers.csv"}]}}, git=False)
+    listings = []
+    for made in (False, True):
+        if made:  # as download_eval leaves it
+            (project / "data" / "download" / "eval").mkdir(parents=True)
+            (project / "data" / "download" / "eval" / "peers.csv").write_text("pair,method,QMI\np1,NSCT,1.0\n")
+        p = run(["snakemake", "evaluate", "-n", "--cores", "1"], project, check=False)
+        assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+        listings.append(json.loads((project / ".snakemake" / "evaluate-inputs.dry-run.json").read_text()))
+    assert listings[0] == listings[1], listings
+    assert set(listings[0]["datasets"][0]["reference"]["files"]) == {"NSCT/p1.png", "DSIFT/p1.png"}, listings[0]
+
+
 def test_a_jobs_own_reading_of_the_workflow_leaves_the_evaluate_listing_alone(tmp_path: Path) -> None:
     """A cluster executor's job reads the workflow again (`--mode remote --target-jobs evaluate:`)
     and rebuilt the listing: it rescanned every file and, where a file had changed since the main

@@ -453,12 +453,17 @@ def evaluate_inputs_listing(wildcards):
     def csv_methods(d):  # a reference_metrics CSV's methods: evaluate reads them from it, never from a folder
         if not d.get("reference_metrics"):
             return set()
+        path = resolve(str(d["reference_metrics"]))
+        if written_by(path, outputs):
+            # a rule's CSV (download_eval's): none, as before that rule made it; its methods left out once
+            # it was there changed the listing, and evaluate ran once more (their folders' files: a superset)
+            return set()
         import csv as csv_module  # (csv: the helper above)
 
         from bafusion.evaluation.evaluate import read_peer_metrics
 
         try:
-            return set(read_peer_metrics(resolve(str(d["reference_metrics"]))).methods)
+            return set(read_peer_metrics(path).methods)
         except (UserError, OSError, ValueError, csv_module.Error):  # not there, unreadable: evaluate refuses it, naming it
             return set()
 
