@@ -430,3 +430,28 @@ def test_small_backgrounds_are_all_named_before_any_foreground_is_prepared(tmp_p
     with pytest.raises(InputFileError, match=r"000000000003\.jpg: background is 40x90, smaller than "
                                              r"prepare\.min_background_side=64$"):
         run_prepare(_dir_cfg(tmp_path / "am", bg), PrepareOptions(), 0, tmp_path / "p", progress=False)
+
+
+def test_the_one_value_refusal_counts_the_training_mattes_only(tmp_path: Path) -> None:
+    # held-out (testset) foregrounds neither count towards the refusal nor save it
+    from bafusion.data.sources import select
+
+    am = _alphamatting(tmp_path / "am", n=3)
+    bg = _bgs(tmp_path / "bg")
+    cfg = _dir_cfg(am, bg, holdout_foregrounds=1, holdout_backgrounds=1)
+    sel = select(cfg, 0)
+    (held,) = [f.id for f in sel.test_foregrounds]
+    train = [f.id for f in sel.train_foregrounds]
+    boundary = np.asarray(Image.open(am / "gt" / f"{held}.png"))
+    for i in train + [held]:  # all of one value: refused, the held-out one named nowhere
+        Image.fromarray(np.full((80, 100), 0, np.uint8)).save(am / "gt" / f"{i}.png")
+    with pytest.raises(UserError, match=r"every training matte is one value everywhere") as e:
+        run_prepare(cfg, PrepareOptions(), 0, tmp_path / "p1", progress=False)
+    assert f"{held}.png" not in str(e.value) and all(f"{i}.png: 0" in str(e.value) for i in train)
+    Image.fromarray(boundary).save(am / "gt" / f"{held}.png")  # a boundary in the held-out matte only: refused
+    with pytest.raises(UserError, match=r"every training matte is one value everywhere"):
+        run_prepare(cfg, PrepareOptions(), 0, tmp_path / "p2", progress=False)
+    Image.fromarray(np.full((80, 100), 255, np.uint8)).save(am / "gt" / f"{held}.png")
+    Image.fromarray(boundary).save(am / "gt" / f"{train[0]}.png")  # one training matte with a boundary: prepared
+    m = run_prepare(cfg, PrepareOptions(), 0, tmp_path / "p3", progress=False)
+    assert [f["split"] for f in m["foregrounds"]].count("test") == 1
