@@ -412,6 +412,28 @@ def test_backgrounds_in_subfolders_are_named_not_searched(tmp_path: Path) -> Non
         assert shard_jobs({"data": _dir_cfg(am, bg), "composite": {"shards": 4}})[0] == 2  # the 2 foregrounds
 
 
+def test_the_parameter_check_at_every_parse_does_not_warn_of_subfolder_backgrounds(tmp_path: Path) -> None:
+    # check_params (run at every parse of the workflow: snakemake -n, every job's process) counts
+    # the samples through select: the subfolder warning came out there too, as a bare Python
+    # warning naming sources.py, not only from the prepare job
+    import warnings
+
+    from bafusion.cli.params_check import check_params
+    from bafusion.config import deep_merge, load_params
+
+    bg = tmp_path / "bg"
+    _bgs(bg, 2)
+    _bgs(bg / "indoor", 2)
+    am = _alphamatting(tmp_path / "am")
+    params = deep_merge(load_params(Path(__file__).resolve().parents[1] / "params.yaml"),
+                        {"data": _dir_cfg(am, bg, holdout_foregrounds=0, holdout_backgrounds=0)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_params(params, "p.yaml")
+    with pytest.warns(UserWarning, match=r"2 images in its subfolders \(indoor\) are not used"):
+        run_prepare(params["data"], PrepareOptions(), 0, tmp_path / "p", progress=False)
+
+
 def test_small_backgrounds_are_all_named_before_any_foreground_is_prepared(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     # the first small background was refused once every foreground had been prepared (minutes for a

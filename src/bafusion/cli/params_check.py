@@ -30,6 +30,7 @@ import contextlib
 import os
 import stat
 import sys
+import warnings
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,11 @@ def _patch_space_warnings(params: Mapping[str, Any], folder: str = "data/patches
     if "patch" not in params:
         return []
     try:
-        c = count_samples(params)
+        # read at every parse of the workflow: what listing the source warns about (images in a
+        # background folder's subfolders) is said once, by the prepare job
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c = count_samples(params)
     except (UserError, OSError, ValueError, TypeError):
         return []
     context = int((params.get("patches") or {}).get("context") or 0)
