@@ -1058,3 +1058,68 @@ def test_a_stacks_composed_homographies_are_normalised() -> None:
     assert [m[2, 2] for m in al.transforms] == [1.0] * len(shots)
     errs = [corner_rms(al.transforms[k], (160, 160), truth[k]) for k in range(1, len(shots))]
     assert max(errs) < 1.0, errs
+def _deep_stack(seed: int, n: int = 8, size: int = 160, sigma_step: float = 2.5) -> list[np.ndarray]:
+    """An ``n``-shot synthetic focal stack (textured discs at ``n`` depths over a textured
+    backdrop, defocus growing by ``sigma_step`` px a layer), each shot moved by a known
+    similarity (a few px, under a degree, the scale growing through the stack)."""
+    from bafusion.fusion.stack import StackOptions, synthetic_stack
+
+    mg = 16
+    fgs = [(_texture(seed * 10 + j, 120, 100), _disc_matte(120, 100)) for j in range(n - 1)]
+    st = synthetic_stack(fgs, _texture(seed + 99, size + 2 * mg, size + 2 * mg),
+                         StackOptions(layers=n, size=size + 2 * mg, sigma_step=sigma_step), seed)
+    rng = np.random.default_rng(seed)
+    c = (size - 1) / 2
+    off = similarity_matrix((mg, mg))
+    shots = [st.shots[0][mg:mg + size, mg:mg + size]]
+    for k in range(1, n):
+        m = similarity_matrix(tuple(rng.uniform(-3, 3, 2)), float(rng.uniform(-0.6, 0.6)), 1 + 0.02 * k / (n - 1),
+                              center=(c, c))
+        shots.append(warp_to_first(st.shots[k], np.linalg.inv(off @ m), (size, size), order=5))
+    return shots
+
+
+def test_a_deep_stack_is_one_scene_though_its_far_shots_match_the_first_poorly() -> None:
+    """A stack of 8 shots, defocus growing by 2.5 px a layer: the far shots' match quality with
+    the first falls below MIN_QUALITY (it falls with the focus distance), and the stack was
+    refused as two scenes naming only the first such shot. Each shot is now judged against the
+    shot it was registered against as well (0.9 or more here), and refused only when both fail."""
+    from bafusion.fusion.align import MIN_QUALITY, check_alignment
+
+    shots = _deep_stack(0)
+    al = align_images(shots, "similarity")
+    names = [f"s{k}.png" for k in range(len(shots))]
+    assert min(al.quality[1:]) < MIN_QUALITY, al.quality  # the case: the far shots fail against the first
+    check_alignment(al, names)  # does not raise
+    assert al.reference == [0, 0, 1, 2, 3, 4, 5, 6], al.reference
+    assert min(al.quality_ref[1:]) > 0.8, al.quality_ref
+    assert al.not_one_scene() == []
+
+
+def test_another_scene_in_a_deep_stack_is_still_refused_and_every_such_shot_named() -> None:
+    """A different photo inserted as shot 5 of the deep stack (and another as shot 8) is still
+    refused: it matches neither the first nor the shot it was registered against; every such
+    shot is named, and the shot after the odd one is registered against the one before it."""
+    from bafusion.errors import UserError
+    from bafusion.fusion.align import check_alignment
+
+    shots = _deep_stack(0)
+    other = _deep_stack(3)
+    odd = shots[:4] + [other[4]] + shots[4:6] + [other[6]] + shots[6:]
+    names = [f"s{k}.png" for k in range(len(odd))]
+    al = align_images(odd, "similarity")
+    assert al.not_one_scene() == [4, 7], (al.quality, al.quality_ref)
+    assert al.reference[5] == 3 and al.reference[8] == 6, al.reference  # the odd shots are nobody's reference
+    with pytest.raises(UserError, match=r"^2 shots do not look like the same scene as s0\.png \(below 0\.5\): "
+                                        r"s4\.png \(match quality -?0\.\d\d after similarity alignment, -?0\.\d\d "
+                                        r"with s3\.png, the shot it was registered against\); s7\.png .*; use --force"):
+        check_alignment(al, names)
+    # a photo whose estimate is plausible (those above are not): without the match with its
+    # reference it was the next shot's reference, and that shot misregistered
+    one = shots[:4] + [_texture(77, 160, 160)] + shots[4:]
+    al = align_images(one, "similarity")
+    assert al.implausible[4] is None and al.not_one_scene() == [4], (al.quality, al.quality_ref)
+    assert al.reference[5] == 3 and al.quality_ref[5] > 0.8, (al.reference, al.quality_ref)
+    with pytest.raises(UserError, match=r"^s4\.png: does not look like the same scene as s0\.png \(match quality "
+                                        r"-?0\.\d\d after similarity alignment, -?0\.\d\d with s3\.png, .*below 0\.5\)"):
+        check_alignment(al, [f"s{k}.png" for k in range(len(one))])

@@ -39,7 +39,12 @@ the shots at a coarse scale (Gaussian of 6 px per 520 px of long side, on shots 
 most 520 px: the same at any resolution) on the common area (:attr:`Alignment.quality`)
 is high for two shots of one scene, however differently focused, and near zero for two scenes; below
 :data:`MIN_QUALITY` the shots are refused (``--force`` fuses them anyway). The threshold was
-measured on the 20 Lytro pairs against mismatched Lytro pairs (BENCHMARKS.md).
+measured on the 20 Lytro pairs against mismatched Lytro pairs (BENCHMARKS.md). A stack's shot is
+also judged against the shot it was estimated against (:attr:`Alignment.quality_ref`) and
+refused only when both are below (:meth:`Alignment.not_one_scene`): with the first, the quality
+falls with the focus distance (a synthetic handheld stack of 8 shots, defocus 2.5 px a layer:
+0.45 and 0.41 at the 7th and 8th shots), with the neighbour it stayed 0.96-0.99; a photo of
+another scene put in the stack matched neither (0.04).
 
 Plausible motion: an estimate beyond what a hand-held focus pair shows (:data:`MAX_SCALE`,
 :data:`MAX_ROTATION_DEG`, :data:`MAX_SHIFT`; :func:`implausible_motion`, :attr:`Alignment.implausible`)
@@ -281,6 +286,15 @@ class Alignment:
         For each shot whose estimate the shots' detail did not bear out (:data:`SUPPORT_PX`:
         a small subject over a smooth backdrop), why and what was used instead (the
         translation estimate, or no motion); else None (the first's is None).
+    reference : list of int
+        The shot (index) each shot's motion was estimated against: the first (0) for a pair's
+        second shot, a flat one and the first itself; a stack's later shots the one before them
+        that was estimated plausibly and matches its own reference (:func:`align_images`).
+    quality_ref : list of float or None
+        Match quality of each shot with its :attr:`reference`, in that shot's frame on the
+        reduced shots (:func:`_pair_quality`); :attr:`quality` where the reference is the first,
+        or where the estimate was implausible. A shot is refused only when both are below
+        :data:`MIN_QUALITY` (:meth:`not_one_scene`).
     """
 
     model: str
@@ -298,6 +312,19 @@ class Alignment:
     #: Interpolation the shots were resampled with (:func:`warp_to_first`'s ``order``).
     order: int = 5
     replaced: list[str | None] = field(default_factory=list)
+    reference: list[int] = field(default_factory=list)
+    quality_ref: list[float | None] = field(default_factory=list)
+
+    def not_one_scene(self) -> list[int]:
+        """The shots (indices, the first's 0) that do not look like the same scene: their
+        match quality is below :data:`MIN_QUALITY` both with the first (:attr:`quality`) and
+        with the shot they were estimated against (:attr:`quality_ref`; the first for a pair).
+        A stack's shots are judged against their neighbour too, as the quality with the first
+        falls with the focus distance (a synthetic handheld stack of 8 shots, defocus growing by
+        2.5 px a layer: 0.45 and 0.41 with the first at the 7th and 8th, BENCHMARKS.md)."""
+        refs = self.quality_ref or self.quality
+        return [i for i in range(1, len(self.quality)) if self.quality[i] is not None
+                and self.quality[i] < MIN_QUALITY and (refs[i] is None or refs[i] < MIN_QUALITY)]
 
     def apply(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The same registration and crop applied to other copies of the shots, of their sizes
@@ -318,7 +345,8 @@ class Alignment:
 
     def describe(self, names: Sequence[str] | None = None) -> list[str]:
         """One readable line per shot: its transform to the first (shift of the image centre,
-        rotation and scale about it), motion and quality; for a shot of another size, where its
+        rotation and scale about it), motion and quality (a stack's later shot's with the shot it
+        was estimated against too); for a shot of another size, where its
         frame lies on the first's (pixel edges: the first spans ``0..W``, ``0..H``; a crop of a
         few pixels lies inside it at scale 1), its rotation and scale; then the crop."""
         names = list(names) if names else [f"image {i + 1}" for i in range(len(self.transforms))]
@@ -331,6 +359,11 @@ class Alignment:
                 lines.append(f"align {name} -> {names[0]}: too flat to align (no structure to register by, in it "
                              f"or in {names[0]}): not warped")
                 continue
+            # a stack's shot: its match with the shot it was estimated against too (not_one_scene)
+            ref = self.reference[i] if self.reference else 0
+            mq = f"match quality {self.quality[i]:.2f}" + (
+                f" ({self.quality_ref[i]:.2f} with {names[ref]}, the shot it was estimated against)"
+                if ref and self.quality_ref[i] is not None else "")
             tail = ((f"; implausible: {self.implausible[i]}" if self.implausible and self.implausible[i] else "")
                     + (f"; {self.replaced[i]}" if self.replaced and self.replaced[i] else ""))
             if self.sizes and self.sizes[i] != self.size:
@@ -346,7 +379,7 @@ class Alignment:
                     f"y {ys.min():.2f}..{ys.max():.2f} of the first's {self.size[0]}x{self.size[1]}, "
                     f"rotation {p['rotation_deg']:+.3f} deg, scale {p['scale']:.4f}"
                     + (f", perspective ({m[2, 0]:+.2e}, {m[2, 1]:+.2e})" if self.model == "homography" else "")
-                    + f"; match quality {self.quality[i]:.2f}, resampled onto the first's frame" + tail)
+                    + f"; {mq}, resampled onto the first's frame" + tail)
                 continue
             p = describe_matrix(m)
             c = np.array([(self.size[0] - 1) / 2, (self.size[1] - 1) / 2, 1.0])
@@ -357,7 +390,7 @@ class Alignment:
                 f"align {name} -> {names[0]}: shift of the centre ({dx:+.2f}, {dy:+.2f}) px, "
                 f"rotation {p['rotation_deg']:+.3f} deg, scale {p['scale']:.4f}"
                 + (f", perspective ({m[2, 0]:+.2e}, {m[2, 1]:+.2e})" if self.model == "homography" else "")
-                + f"; corner motion {self.rms_px[i]:.2f} px RMS, match quality {self.quality[i]:.2f}, {state}" + tail
+                + f"; corner motion {self.rms_px[i]:.2f} px RMS, {mq}, {state}" + tail
             )
         x0, y0, x1, y1 = self.crop
         lines.append(f"align crop: x {x0}..{x1}, y {y0}..{y1} ({x1 - x0}x{y1 - y0} px, the area every shot covers)")
@@ -1029,35 +1062,19 @@ def _match_quality(g_a: np.ndarray, g_b: np.ndarray, clip_a: np.ndarray | None, 
     return float(ga @ gb / den) if den > 1e-12 else 0.0
 
 
-def _one_scene(g_ref: np.ndarray, g: np.ndarray, clip_ref: np.ndarray | None, clip: np.ndarray | None,
-               m: np.ndarray) -> bool:
-    """Whether the shot of gray copy ``g``, moved by ``m`` (its pixels to ``g_ref``'s, both on the
-    first's frame), matches ``g_ref`` as one scene (:func:`match_quality` at least
-    :data:`MIN_QUALITY`), judged on both block-mean reduced as :func:`match_quality` reduces them
-    (a fraction of a second at 24 MP): :func:`align_images` estimates a stack's next shot against
-    it only then."""
-    k, sig = _quality_scale(g_ref.shape, 6.0)
-    a, b = _block_mean(g_ref, k), _block_mean(g, k)
-    off = -(k - 1) / (2 * k)  # a reduced pixel's centre is its block's
-    to_r = np.array([[1 / k, 0, off], [0, 1 / k, off], [0, 0, 1.0]])
-    m_r = to_r @ m @ np.linalg.inv(to_r)
-    ca = None if clip_ref is None else _block_mean(clip_ref, k) > 0
-    w = warp_to_first(b, m_r, a.shape, order=1)
-    cb = None if clip is None else warp_to_first(_block_mean(clip, k), m_r, a.shape, order=1) > 0
-    return _match_quality(a, w, ca, cb, coverage(m_r, a.shape, b.shape), sig) >= MIN_QUALITY
-
-
 def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sigma: float = 1.5,
                  tolerance: float = IDENTITY_TOLERANCE_PX, order: int = 5,
                  step: Callable[[str], None] | None = None) -> Alignment:
     """Register every shot to the first and crop all to the area every shot covers.
 
     The second shot is estimated against the first; each later one against the shot before it
-    (the last one whose estimate was plausible and that matched its own reference as one scene,
-    :func:`_one_scene`; a flat shot is skipped), and its transform is
+    (the last one whose estimate was plausible and that matched its own reference as one scene;
+    a flat shot is skipped), and its transform is
     that motion composed with the earlier shot's: neighbours in a focus stack are focused alike,
     the first and the last are not (see the module docstring). Each shot's match quality is
-    still judged against the first.
+    judged against the first (:attr:`Alignment.quality`) and against the shot it was estimated
+    against (:attr:`Alignment.quality_ref`); a shot that matches its reference below
+    :data:`MIN_QUALITY` is not the next one's reference (a shot of another scene in the stack).
 
     Parameters
     ----------
@@ -1153,6 +1170,8 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
     # shot, 1.67 at the 8th; chained 0.65, 0.59); a pair's second shot is against the first
     g_ref, clip_ref, m_ref, ref = g0, clip0, eye.copy(), 0
     dropped = False  # the first's gray copy, made again for the match quality
+    reference = [0] * n  # the shot each was estimated against
+    q_ref: list[float | None] = [None] * n  # its match quality with that shot (a stack's shots)
     for i, (im, f, size) in enumerate(zip(images[1:], flat[1:], sizes[1:]), 1):
         clip: np.ndarray | None | bool = False
         # a shot of another size is scaled onto the first's frame first (its residual motion is
@@ -1165,16 +1184,20 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
             sub = say(i, estimating if ref == 0 else f"{estimating} against shot {ref + 1}", told=i == 1)
             g = _gray(im) if pre is None else _gray(_to_frame(im, pre, (h, w), 3))
             clip = _clipped(g)
-            est = _estimate(g_ref, g, clip_ref, clip, model, sigma, step=sub, notes=notes)
-            m = m_ref @ est
+            m_rel = _estimate(g_ref, g, clip_ref, clip, model, sigma, step=sub, notes=notes)
+            m = m_ref @ m_rel
             m = m / m[2, 2]  # composed homographies: normalised as each estimate is
             if notes and ref:
                 notes[0] += f" (its motion against shot {ref + 1}, composed with that shot's registration)"
-            # the next shot's reference: a plausible motion of a shot that matches its own reference
-            # as one scene (a stray shot fused with --force, taken for no motion, set the shots after
-            # it 19 and 33 px off, 1.1 and 2.0 px estimated against the first)
-            if (implausible_motion(m, (h, w)) is None and i < n - 1
-                    and _one_scene(g_ref, g, clip_ref, clip, est)):
+            reference[i] = ref
+            plausible = implausible_motion(m, (h, w)) is None
+            if plausible and (ref or i < n - 1):  # judged against its reference: a stack's shots only
+                if h * w >= STEP_MIN_PIXELS:
+                    say(i, f"judging the match with shot {ref + 1}")
+                q_ref[i] = _pair_quality(g_ref, clip_ref, g, m_rel)
+            # the next shot's reference: a plausible estimate that matches its own reference (a
+            # shot of another scene in the stack would misregister the next)
+            if plausible and i < n - 1 and (q_ref[i] is None or q_ref[i] >= MIN_QUALITY):
                 g_ref, clip_ref, m_ref, ref = g, clip, m, i
                 if not dropped:  # a stack's: not held beside two others (192 MB at 24 MP)
                     del g0
@@ -1214,9 +1237,26 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
         say(i, "judging the match")
         g = _gray(o)
         quality.append(_match_quality(g0, g, clip0, _clipped(g) if clip is False else clip, common))
+    # against the first where that is the shot it was estimated against (a pair's second shot)
+    quality_ref = [quality[i] if reference[i] == 0 or q_ref[i] is None else q_ref[i] for i in range(n)]
     cropped = [o[y0:y1, x0:x1] for o in out]
     return Alignment(model, transforms, rms, warped, quality, crop, cropped, time.perf_counter() - t0, (w, h),
-                     implausible, flat, sizes, order, replaced)
+                     implausible, flat, sizes, order, replaced, reference, quality_ref)
+
+
+def _pair_quality(g_ref: np.ndarray, clip_ref: np.ndarray | None, g_mov: np.ndarray, m: np.ndarray) -> float:
+    """The match quality (:func:`match_quality`) of a shot with the shot it was estimated
+    against, in that shot's frame: ``g_mov`` (gray) warped by ``m`` (its pixels to ``g_ref``'s),
+    on the area it covers. Both are block-mean reduced first, by the factor :func:`match_quality`
+    judges them at, and the reduced copy is warped (bilinear): a fraction of a second at 24 MP."""
+    k, s = _quality_scale(g_ref.shape, 6.0)
+    r, mv = _block_mean(g_ref, k), _block_mean(g_mov, k)
+    if k > 1:  # reduced pixel p's centre is full pixel k * p + (k - 1) / 2
+        d = np.array([[k, 0.0, (k - 1) / 2], [0.0, k, (k - 1) / 2], [0.0, 0.0, 1.0]])
+        m = np.linalg.inv(d) @ m @ d
+        clip_ref = None if clip_ref is None else _block_mean(clip_ref, k) > 0
+    w = warp_to_first(mv, m, r.shape, order=1)
+    return _match_quality(r, w, clip_ref, _clipped(w), coverage(m, r.shape), s)
 
 
 def check_alignment(al: Alignment, names: Sequence[str], *, force: str | None = "--force",
@@ -1239,14 +1279,22 @@ def check_alignment(al: Alignment, names: Sequence[str], *, force: str | None = 
     Raises
     ------
     bafusion.errors.UserError
-        Naming the first shot that fails, the problem and what to do instead.
+        Naming every shot that is not one scene with the first (:meth:`Alignment.not_one_scene`),
+        else the first whose estimate fails; the problem and what to do instead.
     """
-    bad = [(n, q) for n, q in zip(names[1:], al.quality[1:]) if q is not None and q < MIN_QUALITY]
+    bad = al.not_one_scene()
     if bad:
-        n, q = bad[0]
-        raise UserError(f"{n}: does not look like the same scene as {names[0]} (match quality {q:.2f} after "
-                        f"{al.model} alignment, below {MIN_QUALITY}); "
-                        + (f"use {force} to fuse anyway" if force else f"use {unaligned} to fuse them as they are"))
+        refs = al.quality_ref or al.quality
+        whys = [f"match quality {al.quality[i]:.2f} after {al.model} alignment"
+                + (f", {refs[i]:.2f} with {names[al.reference[i]]}, the shot it was registered against"
+                   if al.reference and al.reference[i] and refs[i] is not None else "")
+                for i in bad]
+        remedy = f"use {force} to fuse anyway" if force else f"use {unaligned} to fuse them as they are"
+        if len(bad) == 1:
+            raise UserError(f"{names[bad[0]]}: does not look like the same scene as {names[0]} ({whys[0]}, below "
+                            f"{MIN_QUALITY}); {remedy}")
+        raise UserError(f"{len(bad)} shots do not look like the same scene as {names[0]} (below {MIN_QUALITY}): "
+                        + "; ".join(f"{names[i]} ({why})" for i, why in zip(bad, whys)) + f"; {remedy}")
     odd = [(n, why) for n, why in zip(names[1:], al.implausible[1:]) if why]
     if odd:
         n, why = odd[0]

@@ -263,11 +263,10 @@ def fuse(
         from bafusion.fusion.align import align_images, check_alignment
 
         al = aligned or align_images(images, align)
-        from bafusion.fusion.align import MIN_QUALITY
         from bafusion.fusion.scene import check_turned
 
         # a sideways shot (orientation tag missing): turning it helps, not the alignment
-        check_turned(images, names, [i for i, q in enumerate(al.quality[1:], 1) if q is not None and q < MIN_QUALITY],
+        check_turned(images, names, al.not_one_scene(),
                      remedy='fuse them as they are with align="none"')
         check_alignment(al, names, force=None, unaligned='align="none"')  # as fuse --align without --force
         for name, why in zip(names, al.replaced):  # an estimate the shots' detail did not bear out

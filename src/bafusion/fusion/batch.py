@@ -347,10 +347,11 @@ def align_despite_scene_check(images: Sequence[np.ndarray], names: Sequence[str]
     # a sideways shot (orientation tag missing): turning it helps, not the alignment
     check_turned(judged or images, names, [i for i, c in enumerate(scores, 1) if c is not None and c < MIN_CORRELATION])
     al = align_images(images, "similarity", step=step)
-    for n, c, q, why in zip(names[1:], scores, al.quality[1:], al.implausible[1:]):
+    bad = set(al.not_one_scene())
+    for i, (n, c, q, why) in enumerate(zip(names[1:], scores, al.quality[1:], al.implausible[1:]), 1):
         if c is None or c >= MIN_CORRELATION:
             continue
-        if (q is not None and q < MIN_QUALITY) or why:
+        if i in bad or why:
             after = (f"match quality {q:.2f} after similarity alignment, below {MIN_QUALITY}" if not why else
                      f"and the similarity alignment failed: {why}")
             raise UserError(f"{n}: does not look like the same scene as {names[0]} (correlation {c:.2f} at a coarse "
@@ -2188,13 +2189,11 @@ def align_for_fuse(images: list[np.ndarray], names: list[str], model: str, force
     they are (a line says so). ``step`` is told each step of the alignment as it starts
     (:func:`bafusion.fusion.align.align_images`)."""
     from bafusion.fusion.align import align_images, check_alignment
-
-    from bafusion.fusion.align import MIN_QUALITY
     from bafusion.fusion.scene import check_turned
 
     al = align_images(images, model, step=step)
     if not force:
-        failing = [i for i, q in enumerate(al.quality[1:], 1) if q is not None and q < MIN_QUALITY]
+        failing = al.not_one_scene()
         # a sideways shot: turning it helps, not the alignment (nor aligning again: only --force)
         check_turned(images, names, failing, remedy="fuse with --force; force=True in Python")
         check_alignment(al, names)
