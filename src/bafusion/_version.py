@@ -7,7 +7,7 @@ same number). It names a release, not an edited checkout's code: what depends on
 itself hashes its code (:func:`hash_sources`, :func:`code_digest`: the syntax tree without
 docstrings, so a reworded comment or docstring does not count)."""
 
-__version__ = "0.11.0"
+__version__ = "0.12.0"
 
 
 def hash_sources(h, files) -> None:
