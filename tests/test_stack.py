@@ -355,6 +355,43 @@ def test_chain_without_exposure_matching_is_the_pairs_one_into_the_next(tiny_net
         assert np.array_equal(fuse_stack(shots[:2], nets, p)[-1].fused, fuse_images(shots[0], shots[1], nets, p).fused)
 
 
+def test_chain_scores_each_steps_a_as_the_composite_of_the_matched_grays(tiny_nets, monkeypatch) -> None:
+    """Step i+1's A gray is step i's decision applied to step i's two scored grays (the shots it
+    took, at the reference's exposure), not the first shot's gray alone nor the last B's: the
+    drifting-texture tests above hold for either, their shots being one texture. The fused
+    pixels are the shots' own, as they are."""
+    import bafusion.fusion.rule as rule
+
+    _, nets = tiny_nets
+    rng = np.random.default_rng(7)
+    shots = []
+    for k, gain in enumerate((0.8, 0.9, 1.0, 1.1)):  # a texture of its own per shot, a shared layout
+        g = ndimage.gaussian_filter(rng.normal(0, 1, (96, 96)), 2 + k) + ndimage.gaussian_filter(
+            np.random.default_rng(1).normal(0, 1, (96, 96)), 6)
+        shots.append(np.clip(np.round((110 + 50 * g / np.abs(g).max()) * gain), 0, 255).astype(np.uint8))
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    for name in ("decide", "decide_upscaled", "decide_working"):
+        def spy(ga, gb, *a, _real=getattr(rule, name), **k):
+            seen.append((ga.copy(), gb.copy()))
+            return _real(ga, gb, *a, **k)
+
+        monkeypatch.setattr(rule, name, spy)
+    # the tiny nets' decisions all one way: each step takes its A's left half and B's right half
+    half = np.zeros((96, 96), bool)
+    half[:, :40] = True
+    monkeypatch.setattr(rule, "clean_decision", lambda dm_raw, s0, params: half.copy())
+    results = fuse_stack(shots, nets, FusionParams(exposure_match="linear", noise_match=False, working_min=0))
+    assert len(seen) == 3
+    mixed = 0
+    for i in range(2):
+        want = np.where(results[i].decision, seen[i][0], seen[i][1])
+        assert np.array_equal(seen[i + 1][0], want), i
+        mixed += not (np.array_equal(want, seen[i][0]) or np.array_equal(want, seen[i][1]))
+    assert mixed  # a step took pixels of both: the composite is not one of its grays
+    assert np.array_equal(results[-1].fused[:, :40], shots[0][:, :40])
+    assert np.array_equal(results[-1].fused[:, 40:], shots[3][:, 40:])
+
+
 @pytest.fixture(scope="module")
 def stack_200():
     """A 3-layer stack of made-up textures, 200 px: small enough to be decided upscaled."""
