@@ -392,6 +392,27 @@ def test_chain_scores_each_steps_a_as_the_composite_of_the_matched_grays(tiny_ne
     assert np.array_equal(results[-1].fused[:, 40:], shots[3][:, 40:])
 
 
+@pytest.mark.parametrize("mode", ["linear", "linear_clip", "auto", "brighter"])
+@pytest.mark.parametrize("level", [0, 128, 255])
+def test_stack_exposure_passes_over_a_flat_reference(mode: str, level: int) -> None:
+    """A flat shot (black, gray or white: a dropped frame, a lens cap) as the middle (or, with
+    ``brighter``, the brightest) shot: no fit onto it is reliable, which left every shot at its
+    own exposure (shots x0.8 and x1.2 of one scene scored 1.5x apart; before this change the
+    chain matched the last shot onto the fusion so far). The reference is the nearest shot
+    with a reliable fit instead, and the two others are matched onto one exposure."""
+    from bafusion.fusion.exposure import stack_exposure
+
+    shots = _drifting((0.8, 1.0, 1.2))
+    flat = np.full_like(shots[0], level)
+    grays = [shots[0], flat, shots[2]]
+    s = stack_exposure(grays, mode)
+    assert s.reference != 1
+    g0, g2 = (s.gray(k, grays[k]).astype(np.float64) for k in (0, 2))
+    assert np.abs(g0 - g2).mean() < 1.0, (s, np.abs(g0 - g2).mean())
+    # a usable middle is kept: the flat shot elsewhere changes nothing of the choice
+    assert stack_exposure([flat, shots[1], shots[2]], "linear").reference == 1
+
+
 @pytest.fixture(scope="module")
 def stack_200():
     """A 3-layer stack of made-up textures, 200 px: small enough to be decided upscaled."""

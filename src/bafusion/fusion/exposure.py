@@ -338,18 +338,19 @@ def match_pair(ga: np.ndarray, gb: np.ndarray, mode: str, sigma: float = SIGMA, 
 def _matched_b(ga: np.ndarray, gb: np.ndarray, mode: str, sigma: float = SIGMA, step: int = 1,
                bar: Any = None) -> tuple[np.ndarray, int]:
     """B as :func:`match_pair` gives it, and the level A is clipped at (255: not clipped)."""
-    fit, top = _fit_b(ga, gb, mode, sigma, step, bar)
+    fit, top, _ = _fit_b(ga, gb, mode, sigma, step, bar)
     return (gb if fit is None else _mapped(gb, *fit)), top
 
 
 def _fit_b(ga: np.ndarray, gb: np.ndarray, mode: str, sigma: float = SIGMA, step: int = 1,
-           bar: Any = None) -> tuple[tuple[float, float] | None, int]:
-    """The map :func:`_matched_b` applies to B, ``(gain, offset)`` (None: B left as it is), and
-    the level A is clipped at (255: not clipped)."""
+           bar: Any = None) -> tuple[tuple[float, float] | None, int, bool]:
+    """The map :func:`_matched_b` applies to B, ``(gain, offset)`` (None: B left as it is), the
+    level A is clipped at (255: not clipped), and whether the fit is reliable (its correlation
+    :data:`MIN_CORRELATION` or more; "none": True)."""
     if mode == "none":
         if bar is not None:
             bar.update(MATCH_STEPS)
-        return None, 255
+        return None, 255, True
     if mode not in ("linear", "linear_clip", "brighter"):
         raise UserError(f"exposure matching: unknown mode {mode!r} (none, linear, linear_clip or brighter)")
     # brighter: the caller passes the brighter shot as A (fuse_stack_joint: the brightest)
@@ -363,7 +364,12 @@ def _fit_b(ga: np.ndarray, gb: np.ndarray, mode: str, sigma: float = SIGMA, step
             top = int(_mapped(np.array([255], np.uint8), gain, offset)[0])
     if bar is not None:
         bar.update(1)
-    return fit, top
+    return fit, top, corr >= MIN_CORRELATION
+
+
+#: :func:`stack_exposure`: the shots tried as the reference, nearest the middle (or brightest)
+#: first, where no other shot's fit onto the one before is reliable (a flat shot: a dropped frame).
+REFERENCE_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -413,19 +419,40 @@ def stack_exposure(grays: Sequence[np.ndarray], mode: str, step: int = 1) -> Sta
     StackExposure
         The reference, the mode taken and each shot's fit; ``linear_clip``: every gray clipped
         where the brightest mapped white lands (as the joint rule does).
+
+    Notes
+    -----
+    A reference onto which no other shot's fit is reliable (a flat shot, black, gray or
+    white: a dropped frame; every fit's correlation below :data:`MIN_CORRELATION`) would leave
+    every shot at its own exposure; the next shot nearest the middle (``brighter``: the next
+    brightest) is tried instead, up to :data:`REFERENCE_TRIES` shots, the first one's fits
+    kept where none has a reliable fit.
     """
     n = len(grays)
     if mode == "auto":
         mode = auto_mode(*grays)
     if mode == "none":
         return StackExposure(0, mode, (None,) * n)
-    ref = int(np.argmax([float(g.mean()) for g in grays])) if mode == "brighter" else (n - 1) // 2
-    fits, tops = [], []
-    for k, g in enumerate(grays):
-        fit, top = (None, 255) if k == ref else _fit_b(grays[ref], g, mode, step=step)
-        fits.append(fit)
-        tops.append(top)
-    return StackExposure(ref, mode, tuple(fits), min(tops))
+    if mode == "brighter":  # the brightest first (ties: the earlier shot, as argmax)
+        means = [float(g.mean()) for g in grays]
+        order = sorted(range(n), key=lambda k: (-means[k], k))
+    else:  # the middle, (N - 1) // 2, then its neighbours, the earlier first
+        mid = (n - 1) // 2
+        order = sorted(range(n), key=lambda k: (abs(k - mid), k))
+    first = None
+    for ref in order[:REFERENCE_TRIES]:
+        fits, tops, reliable = [], [], False
+        for k, g in enumerate(grays):
+            fit, top, ok = (None, 255, False) if k == ref else _fit_b(grays[ref], g, mode, step=step)
+            fits.append(fit)
+            tops.append(top)
+            reliable |= ok
+        found = StackExposure(ref, mode, tuple(fits), min(tops))
+        if reliable:
+            return found
+        first = first or found
+    assert first is not None  # two or more shots: one tried at least
+    return first
 
 
 #: Noise matching (:attr:`FusionParams.noise_match`): Immerkaer's Laplacian-difference mask,

@@ -694,7 +694,8 @@ def fuse_stack(
 
     Exposure matching (``params.exposure_match`` other than "none") of three or more shots maps
     every shot's gray onto one reference before any step (:func:`bafusion.fusion.exposure.stack_exposure`:
-    the middle shot's exposure, or with ``brighter`` the brightest shot's); each step scores its A
+    the middle shot's exposure, or with ``brighter`` the brightest shot's; a flat one there, onto
+    which no fit is reliable, passed over for the next); each step scores its A
     as the composite of the matched grays of the shots it took and its B as the new shot's matched
     gray. Each new shot used to be fitted to the fusion so far, a patchwork of the earlier
     shots' exposures, which cost accuracy under a steady exposure drift across the stack
