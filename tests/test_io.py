@@ -2183,3 +2183,33 @@ def test_a_16_bit_alpha_matte_is_read_at_full_depth(tmp_path: Path) -> None:
     data = (tmp_path / "same.png").read_bytes()
     (tmp_path / "turned.png").write_bytes(data[:-12] + _png_chunk(b"eXIf", ex.tobytes()[6:]) + data[-12:])
     assert np.array_equal(read_matte(tmp_path / "turned.png"), np.rot90(want, -1))
+
+
+def test_a_gray_matte_with_a_transparent_colour_is_read_as_its_gray(tmp_path: Path, rgb) -> None:
+    # a gray matte saved with one colour made transparent (tRNS: black keyed out) was refused as
+    # 'gray values and a transparency (alpha) channel that differ': its transparency only marks
+    # gray values, it adds nothing to them; it was read as its gray before mattes read alpha
+    g = rgb[..., 0].copy()
+    g[:4] = 0  # some pixels of the keyed colour
+    Image.fromarray(g, "L").save(tmp_path / "l.png", transparency=0)
+    Image.fromarray(np.dstack([g, g, g]), "RGB").save(tmp_path / "rgb.png", transparency=(0, 0, 0))
+    Image.fromarray(g, "L").convert("P").save(tmp_path / "p.png", transparency=0)
+    Image.fromarray(g.astype(np.uint16) * 257).save(tmp_path / "i16.png", transparency=0)
+    for name in ("l.png", "rgb.png", "p.png", "i16.png"):
+        with Image.open(tmp_path / name) as im:
+            assert "transparency" in im.info, name  # the file keeps its transparent colour
+        assert np.array_equal(read_matte(tmp_path / name), g), name
+    # a 16-bit key marks one 16-bit value: 1 keyed, 0 not, both 0 at 8 bits (still the gray)
+    deep = g.astype(np.uint16) * 257
+    deep[:2] = 1
+    Image.fromarray(deep).save(tmp_path / "i16_low.png", transparency=1)
+    assert np.array_equal(read_matte(tmp_path / "i16_low.png"), g)
+    # a palette of one colour whose entries' alphas are the matte (a quantized white RGBA matte)
+    # is read from its alpha: it does not mark gray values
+    a = np.zeros(g.shape, np.uint8)
+    a[:, g.shape[1] // 2:] = 255
+    pal = Image.fromarray(np.where(a > 0, 1, 0).astype(np.uint8), "P")
+    pal.putpalette([255, 255, 255] * 2)
+    pal.save(tmp_path / "pal.png", transparency=bytes([0, 255]))
+    assert np.array_equal(read_matte(tmp_path / "pal.png"), a)
+

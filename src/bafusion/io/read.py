@@ -17,7 +17,7 @@ from PIL import Image
 
 from bafusion.errors import InputFileError
 from bafusion.io.depth import _deep_alpha, _high_depth_array, common_bits, sbit_scaled, scale_to_u8, source_bits
-from bafusion.io.formats import _check_not_empty, open_image, unread_format
+from bafusion.io.formats import _ALPHA_MODES, _check_not_empty, open_image, unread_format
 from bafusion.io.info import _alpha_note, _alpha_opaque, frame_notes, mix_note
 from bafusion.io.metadata import (
     _source_metadata,
@@ -43,7 +43,11 @@ def read_matte(path: str | os.PathLike[str]) -> np.ndarray:
     transparent colour) holds its matte there when its gray is one value everywhere (a white or
     black image whose alpha is the matte, as matting tools export a matte) or equals the alpha;
     gray values and an alpha that differ are an error (which of the two is the matte?). A
-    16-bit alpha is read at its full depth, rounded to 8 bits as the gray is.
+    transparent colour (``tRNS``) that only marks gray values (a gray or RGB key, which marks
+    one value of the file at its depth; palette entries when every pixel of one gray has one
+    alpha), such as a gray matte saved with black made transparent, adds nothing to the gray:
+    the gray is the matte, as in a file without it. A 16-bit alpha is read at its full depth,
+    rounded to 8 bits as the gray is.
 
     Parameters
     ----------
@@ -63,14 +67,14 @@ def read_matte(path: str | os.PathLike[str]) -> np.ndarray:
         values in a deeper file: read on its scale it would be background everywhere).
     """
     a, problem = _matte_samples(path)
-    alpha, alpha_problem = _matte_alpha(path, a.shape[:2])
+    alpha, alpha_problem, keyed = _matte_alpha(path, a.shape[:2])
     if a.ndim == 3:
         if not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
             also = (": it has a transparency (alpha) channel too; if that is the matte, save the alpha alone as a "
                     "gray image" if alpha is not None else "")
             raise InputFileError(path, f"matte is not gray (its R, G and B channels differ){also}")
         a = a[..., 0].copy()
-    if alpha is None:
+    if alpha is None or keyed == "key" or (keyed == "palette" and _keyed_by_gray(a, alpha)):
         if problem:
             raise InputFileError(path, problem)
         return a
@@ -111,7 +115,9 @@ def _deep_matte_problem(top: float, full: float, depth: int, what: str = "values
             f"everywhere; save a 0..255 matte as an 8-bit image, or scale it to 0..{int(full)}")
 
 
-def _matte_alpha(path: str | os.PathLike[str], shape: tuple[int, ...]) -> tuple[np.ndarray | None, str | None]:
+def _matte_alpha(
+    path: str | os.PathLike[str], shape: tuple[int, ...]
+) -> tuple[np.ndarray | None, str | None, str | None]:
     """The 8-bit alpha of the matte file ``path`` (EXIF orientation applied, as the reader
     applies it) when it has transparency somewhere (:func:`bafusion.io.info._alpha_opaque`)
     and ``shape`` (height, width) as read; None for an opaque file, one without alpha, or one
@@ -119,23 +125,33 @@ def _matte_alpha(path: str | os.PathLike[str], shape: tuple[int, ...]) -> tuple[
     more than 8 bits per sample is read at its full depth (:func:`bafusion.io.depth._deep_alpha`:
     Pillow truncates a 16-bit PNG's to its high byte and does not open a 16-bit gray + alpha
     TIFF) and rounded to 8 bits; the problem beside it: :func:`_deep_matte_problem` of that
-    alpha (None else)."""
+    alpha (None else); and what the transparency is when it is a transparent colour (``tRNS``)
+    rather than an alpha channel: ``"key"`` (a gray or RGB value, transparent wherever the
+    file holds it), ``"palette"`` (alphas of palette entries), None else."""
     deep = _deep_alpha(path)
     if deep is not None:
         samples, full = deep
         if samples.shape != tuple(shape) or not samples.size or samples.min() >= full:
-            return None, None
+            return None, None, None
         top = float(samples.max())
         alpha = np.clip(np.round(samples / full * 255.0), 0, 255).astype(np.uint8)
-        return alpha, _deep_matte_problem(top, full, int(full).bit_length(), "alpha values")
+        return alpha, _deep_matte_problem(top, full, int(full).bit_length(), "alpha values"), None
     try:
         with open_image(path) as im:
             if _alpha_opaque(im, path) is not False:
-                return None, None
+                return None, None, None
+            keyed = None if im.mode in _ALPHA_MODES else "palette" if im.mode == "P" else "key"
             alpha = np.asarray(im.convert("RGBA").getchannel("A"), dtype=np.uint8).copy()
     except (OSError, ValueError, InputFileError):
-        return None, None
-    return (alpha if alpha.shape == tuple(shape) else None), None
+        return None, None, None
+    return (alpha if alpha.shape == tuple(shape) else None), None, keyed
+
+
+def _keyed_by_gray(gray: np.ndarray, alpha: np.ndarray) -> bool:
+    """Whether ``alpha`` is a function of ``gray`` (every pixel of one gray value has one
+    alpha): a transparent colour that only marks gray values."""
+    pairs = gray.astype(np.uint16) << 8 | alpha
+    return bool(np.unique(pairs).size == np.unique(gray).size)
 
 
 @dataclass
