@@ -17,7 +17,7 @@ from PIL import Image
 
 from bafusion.errors import InputFileError
 from bafusion.io.depth import _deep_alpha, _high_depth_array, common_bits, sbit_scaled, scale_to_u8, source_bits
-from bafusion.io.formats import _ALPHA_MODES, _check_not_empty, open_image, unread_format
+from bafusion.io.formats import _ALPHA_MODES, _check_not_empty, _quiet_pillow, open_image, pillow_open, unread_format
 from bafusion.io.info import _alpha_note, _alpha_opaque, frame_notes, mix_note
 from bafusion.io.metadata import (
     _source_metadata,
@@ -127,7 +127,8 @@ def _matte_alpha(
     TIFF) and rounded to 8 bits; the problem beside it: :func:`_deep_matte_problem` of that
     alpha (None else); and what the transparency is when it is a transparent colour (``tRNS``)
     rather than an alpha channel: ``"key"`` (a gray or RGB value, transparent wherever the
-    file holds it), ``"palette"`` (alphas of palette entries), None else."""
+    file holds it), ``"palette"`` (alphas of palette entries), None else. A file whose header
+    tells no transparency (no alpha mode, no ``tRNS``) is not decoded again."""
     deep = _deep_alpha(path)
     if deep is not None:
         samples, full = deep
@@ -136,6 +137,12 @@ def _matte_alpha(
         top = float(samples.max())
         alpha = np.clip(np.round(samples / full * 255.0), 0, 255).astype(np.uint8)
         return alpha, _deep_matte_problem(top, full, int(full).bit_length(), "alpha values"), None
+    try:
+        with _quiet_pillow(), pillow_open(path) as im:  # the header: no second decoding of an opaque file
+            if im.mode not in _ALPHA_MODES and "transparency" not in im.info:
+                return None, None, None
+    except Exception:  # noqa: BLE001 - open_image below says what it says; the reader has named the file
+        pass
     try:
         with open_image(path) as im:
             if _alpha_opaque(im, path) is not False:
