@@ -1123,3 +1123,38 @@ def test_another_scene_in_a_deep_stack_is_still_refused_and_every_such_shot_name
     with pytest.raises(UserError, match=r"^s4\.png: does not look like the same scene as s0\.png \(match quality "
                                         r"-?0\.\d\d after similarity alignment, -?0\.\d\d with s3\.png, .*below 0\.5\)"):
         check_alignment(al, [f"s{k}.png" for k in range(len(one))])
+
+
+def test_align_auto_says_a_deep_stacks_far_shot_matches_the_shot_it_was_registered_against() -> None:
+    """``--align auto`` on a deep stack whose far shots fail the coarse one-scene check against
+    the first: they are accepted as they match the shot they were registered against, and the
+    line said they matched "after similarity alignment (match quality -0.16)", a quality with
+    the first below MIN_QUALITY (s7). It gives that with the shot registered against too. A
+    photo of another scene put in is refused, both qualities given."""
+    import re
+
+    from bafusion.errors import UserError
+    from bafusion.fusion.align import MIN_QUALITY
+    from bafusion.fusion.batch import align_despite_scene_check
+    from bafusion.fusion.scene import check_one_scene
+
+    shots = _deep_stack(0)
+    names = [f"s{k}.png" for k in range(len(shots))]
+    scores = check_one_scene(shots, names, True)
+    lines: list[str] = []
+    al = align_despite_scene_check(shots, names, scores, tell=lines.append)
+    said = {ln.split()[2]: ln for ln in lines}
+    assert "s7.png" in said and al.quality[7] < MIN_QUALITY, (lines, al.quality)
+    for i in range(1, len(shots)):
+        if f"s{i}.png" not in said:
+            continue
+        m = re.search(r"after similarity alignment \(match quality (-?[\d.]+) after similarity alignment"
+                      r"(?:, ([\d.]+) with (s\d\.png), the shot it was registered against)?\): aligned$", said[f"s{i}.png"])
+        assert m, said[f"s{i}.png"]
+        assert float(m[1]) >= MIN_QUALITY or (float(m[2]) >= MIN_QUALITY and m[3] == names[al.reference[i]]), said
+    odd = shots[:4] + [_texture(77, 160, 160)] + shots[4:]
+    names = [f"s{k}.png" for k in range(len(odd))]
+    with pytest.raises(UserError, match=r"^s4\.png: does not look like the same scene as s0\.png \(correlation -?0\.\d\d "
+                                        r"at a coarse scale, below 0\.55; match quality -?0\.\d\d after similarity "
+                                        r"alignment, -?0\.\d\d with s3\.png, the shot it was registered against, below 0\.5\)"):
+        align_despite_scene_check(odd, names, check_one_scene(odd, names, True), tell=lines.append)

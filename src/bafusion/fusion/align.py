@@ -326,6 +326,17 @@ class Alignment:
         return [i for i in range(1, len(self.quality)) if self.quality[i] is not None
                 and self.quality[i] < MIN_QUALITY and (refs[i] is None or refs[i] < MIN_QUALITY)]
 
+    def match_text(self, i: int, names: Sequence[str]) -> str:
+        """Shot ``i``'s match quality for a message: with the first after the alignment and,
+        for a stack's shot estimated against another (:attr:`reference`), with that one too
+        (``"match quality 0.38 after similarity alignment, 0.92 with b.png, the shot it was
+        registered against"``); ``names`` the shots' names, the first's first."""
+        refs = self.quality_ref or self.quality
+        ref = self.reference[i] if self.reference else 0
+        return (f"match quality {self.quality[i]:.2f} after {self.model} alignment"
+                + (f", {refs[i]:.2f} with {names[ref]}, the shot it was registered against"
+                   if ref and refs[i] is not None else ""))
+
     def apply(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The same registration and crop applied to other copies of the shots, of their sizes
         (the full-depth uint16 versions of 8-bit shots that were aligned): each shot resampled
@@ -1111,8 +1122,8 @@ def align_images(images: Sequence[np.ndarray], model: str = "similarity", *, sig
     -------
     Alignment
         Transforms, motions, match qualities, crop box and the registered, cropped shots.
-        The refusal of shots that are not one scene is the caller's (compare
-        :attr:`Alignment.quality` with :data:`MIN_QUALITY`), as is that of an estimate no
+        The refusal of shots that are not one scene is the caller's
+        (:meth:`Alignment.not_one_scene`), as is that of an estimate no
         hand-held pair shows (:attr:`Alignment.implausible`). A shot that, or whose first, has
         no structure (:func:`bafusion.fusion.scene.is_flat`) is not estimated nor warped
         (:attr:`Alignment.flat`); with both flat its quality is None (nothing to judge by).
@@ -1261,8 +1272,9 @@ def _pair_quality(g_ref: np.ndarray, clip_ref: np.ndarray | None, g_mov: np.ndar
 
 def check_alignment(al: Alignment, names: Sequence[str], *, force: str | None = "--force",
                     unaligned: str = "--align none") -> None:
-    """Refuse an alignment whose shots are not one scene (:attr:`Alignment.quality` below
-    :data:`MIN_QUALITY`) or whose estimate no hand-held focus pair shows
+    """Refuse an alignment whose shots are not one scene (:meth:`Alignment.not_one_scene`: match
+    quality below :data:`MIN_QUALITY` with the first and with the shot each was estimated
+    against) or whose estimate no hand-held focus pair shows
     (:attr:`Alignment.implausible`), as ``fuse --align`` and :func:`bafusion.fuse` do.
 
     Parameters
@@ -1284,11 +1296,7 @@ def check_alignment(al: Alignment, names: Sequence[str], *, force: str | None = 
     """
     bad = al.not_one_scene()
     if bad:
-        refs = al.quality_ref or al.quality
-        whys = [f"match quality {al.quality[i]:.2f} after {al.model} alignment"
-                + (f", {refs[i]:.2f} with {names[al.reference[i]]}, the shot it was registered against"
-                   if al.reference and al.reference[i] and refs[i] is not None else "")
-                for i in bad]
+        whys = [al.match_text(i, names) for i in bad]
         remedy = f"use {force} to fuse anyway" if force else f"use {unaligned} to fuse them as they are"
         if len(bad) == 1:
             raise UserError(f"{names[bad[0]]}: does not look like the same scene as {names[0]} ({whys[0]}, below "

@@ -329,7 +329,9 @@ def align_despite_scene_check(images: Sequence[np.ndarray], names: Sequence[str]
     :func:`bafusion.fusion.scene.check_one_scene`): a shot moved by a large fraction of the
     image (a 28 px shift and 2 degrees on 440 px read 0.54) does not match before alignment. The
     shots are aligned (similarity) and accepted when the alignment's match quality passes
-    :data:`bafusion.fusion.align.MIN_QUALITY` (:func:`bafusion.fusion.align.check_alignment`);
+    :data:`bafusion.fusion.align.MIN_QUALITY` with the first or, a stack's shot, with the shot it
+    was registered against (:meth:`bafusion.fusion.align.Alignment.not_one_scene`,
+    :func:`bafusion.fusion.align.check_alignment`);
     else refused, the message giving both numbers. Returns the
     :class:`bafusion.fusion.align.Alignment`; a line (``auto`` names the option) to ``tell``,
     by default stderr after ``bafusion: ``, says why it aligned; ``step`` is told each step of the
@@ -348,20 +350,21 @@ def align_despite_scene_check(images: Sequence[np.ndarray], names: Sequence[str]
     check_turned(judged or images, names, [i for i, c in enumerate(scores, 1) if c is not None and c < MIN_CORRELATION])
     al = align_images(images, "similarity", step=step)
     bad = set(al.not_one_scene())
-    for i, (n, c, q, why) in enumerate(zip(names[1:], scores, al.quality[1:], al.implausible[1:]), 1):
+    for i, (n, c, why) in enumerate(zip(names[1:], scores, al.implausible[1:]), 1):
         if c is None or c >= MIN_CORRELATION:
             continue
         if i in bad or why:
-            after = (f"match quality {q:.2f} after similarity alignment, below {MIN_QUALITY}" if not why else
+            after = (f"{al.match_text(i, names)}, below {MIN_QUALITY}" if not why else
                      f"and the similarity alignment failed: {why}")
             raise UserError(f"{n}: does not look like the same scene as {names[0]} (correlation {c:.2f} at a coarse "
                             f"scale, below {MIN_CORRELATION}; {after}); "
                             + (f"use {force} to fuse anyway" if force else f"use {unaligned} to fuse them as they are"))
     check_alignment(al, names, force=force, unaligned=unaligned)
-    for n, c, q in zip(names[1:], scores, al.quality[1:]):
+    for i, (n, c) in enumerate(zip(names[1:], scores), 1):
         if c is not None and c < MIN_CORRELATION:
+            # a stack's far shot passes with the shot it was registered against (not_one_scene)
             line = (f"{auto}: {n} does not match {names[0]} as it is (correlation {c:.2f}, below "
-                    f"{MIN_CORRELATION}), but does after similarity alignment (match quality {q:.2f}): aligned")
+                    f"{MIN_CORRELATION}), but does after similarity alignment ({al.match_text(i, names)}): aligned")
             tell(line) if tell else tqdm.write(f"bafusion: {line}", file=sys.stderr)
     return al
 
