@@ -1041,7 +1041,9 @@ def test_a_stray_shot_in_a_stack_is_not_the_next_shots_reference() -> None:
     shots[2] = _texture(777, 160, 160).astype(shots[0].dtype)  # another scene
     assert shots[2].shape == shots[0].shape
     al = align_images(shots, "similarity")
-    assert al.quality[2] is not None and al.quality[2] < align.MIN_QUALITY  # refused without --force
+    assert al.quality[2] is not None and al.quality[2] < align.MIN_QUALITY
+    # refused without --force: it matches neither the first nor shot 2, its reference
+    assert al.reference[2] == 1 and al.not_one_scene() == [2], (al.quality, al.quality_ref)
     errs = [corner_rms(al.transforms[k], (160, 160), truth[k]) for k in (1, 3, 4)]
     assert max(errs) < 1.0, errs
     assert al.implausible[3] is None and al.implausible[4] is None
@@ -1058,6 +1060,8 @@ def test_a_stacks_composed_homographies_are_normalised() -> None:
     assert [m[2, 2] for m in al.transforms] == [1.0] * len(shots)
     errs = [corner_rms(al.transforms[k], (160, 160), truth[k]) for k in range(1, len(shots))]
     assert max(errs) < 1.0, errs
+
+
 def _deep_stack(seed: int, n: int = 8, size: int = 160, sigma_step: float = 2.5) -> list[np.ndarray]:
     """An ``n``-shot synthetic focal stack (textured discs at ``n`` depths over a textured
     backdrop, defocus growing by ``sigma_step`` px a layer), each shot moved by a known
