@@ -413,6 +413,42 @@ def test_stack_exposure_passes_over_a_flat_reference(mode: str, level: int) -> N
     assert stack_exposure([flat, shots[1], shots[2]], "linear").reference == 1
 
 
+@pytest.mark.parametrize("mode", ["linear", "linear_clip", "auto", "brighter"])
+@pytest.mark.parametrize("level", [0, 128, 255])
+def test_joint_rule_passes_over_a_flat_reference(monkeypatch, mode: str, level: int) -> None:
+    """The joint rule's twin of test_stack_exposure_passes_over_a_flat_reference: a flat shot
+    (black, gray or white: a dropped frame, a lens cap) first (with ``brighter``, white as the
+    brightest) left every shot at its own exposure (no fit onto it is reliable): shots x0.8 and
+    x1.2 of one scene scored 45.6 gray levels apart (mean). The next shot is the reference
+    instead, and the two are scored at one exposure; a usable first shot is kept."""
+    import bafusion.fusion.stack as stack
+
+    shots = _drifting((0.8, 1.0, 1.2))
+    flat = np.full_like(shots[0], level)
+    seen: list[list[np.ndarray]] = []
+
+    class Scored(Exception):
+        pass
+
+    def spy(grays, *a, **k):
+        seen.append(grays)
+        raise Scored
+
+    monkeypatch.setattr(stack, "_joint_decide", spy)
+    # brighter: a flat black or gray shot is not the brightest (no flaw there), a white one is
+    stacks = ([flat, shots[0], shots[2]], [shots[0], flat, shots[2]], [shots[0], shots[1], shots[2]])
+    for st in stacks:
+        with pytest.raises(Scored):
+            fuse_stack_joint(st, None, FusionParams(stack_rule="joint", exposure_match=mode, working_min=0))
+    gap = np.abs(seen[0][1].astype(np.float64) - seen[0][2].astype(np.float64)).mean()
+    assert gap < 1.0, gap
+    # the flat shot elsewhere changes nothing of the others' grays (the first shot is kept)
+    others = [g for g, f in zip(seen[1], stacks[1]) if f is not flat]
+    assert np.abs(others[0].astype(np.float64) - others[1].astype(np.float64)).mean() < 1.0
+    if mode in ("linear", "linear_clip"):  # shot 0 is the reference: its gray as it is
+        assert np.array_equal(seen[1][0], seen[2][0]) and np.array_equal(seen[2][0], shots[0])
+
+
 @pytest.fixture(scope="module")
 def stack_200():
     """A 3-layer stack of made-up textures, 200 px: small enough to be decided upscaled."""

@@ -367,15 +367,15 @@ def _fit_b(ga: np.ndarray, gb: np.ndarray, mode: str, sigma: float = SIGMA, step
     return fit, top, corr >= MIN_CORRELATION
 
 
-#: :func:`stack_exposure`: the shots tried as the reference, nearest the middle (or brightest)
-#: first, where no other shot's fit onto the one before is reliable (a flat shot: a dropped frame).
+#: :func:`stack_exposure`: the shots tried as the reference, nearest the middle (the joint rule:
+#: the first shot; or the brightest) first, where no other shot's fit onto the one before is reliable (a flat shot: a dropped frame).
 REFERENCE_TRIES = 3
 
 
 @dataclass(frozen=True)
 class StackExposure:
-    """How the chain stack rule brings every shot's gray to one exposure before scoring
-    (:func:`stack_exposure`): shot ``reference``'s; ``fits[k]`` is the ``(gain, offset)`` that
+    """How a stack rule (the chain's or the joint's) brings every shot's gray to one exposure
+    before scoring (:func:`stack_exposure`): shot ``reference``'s; ``fits[k]`` is the ``(gain, offset)`` that
     maps shot ``k``'s gray onto it (None: left as it is), and every gray is clipped at ``top``
     (255: not clipped; ``linear_clip``)."""
 
@@ -391,8 +391,10 @@ class StackExposure:
         return np.minimum(g, np.uint8(self.top)) if self.top < 255 else g
 
 
-def stack_exposure(grays: Sequence[np.ndarray], mode: str, step: int = 1) -> StackExposure:
-    """The exposure every shot of a chain-fused stack is scored at (:func:`bafusion.fusion.fuse_stack`).
+def stack_exposure(grays: Sequence[np.ndarray], mode: str, step: int = 1, *,
+                   around: int | None = None) -> StackExposure:
+    """The exposure every shot of a stack is scored at: the chain rule's (:func:`bafusion.fusion.fuse_stack`),
+    and with ``around=0`` the joint rule's (:func:`bafusion.fusion.stack.fuse_stack_joint`).
 
     One fixed reference, not the fusion so far: each step's A, a patchwork of the earlier
     shots' pixels, is scored as the composite of their grays mapped onto the reference, and its
@@ -413,20 +415,24 @@ def stack_exposure(grays: Sequence[np.ndarray], mode: str, step: int = 1) -> Sta
         (:func:`auto_mode`), else ``"linear"``; ``"none"``: every gray as it is.
     step : int
         See :func:`fit_exposure`.
+    around : int, optional
+        The shot to map onto under ``"linear"`` and ``"linear_clip"`` (and ``"auto"`` where it
+        takes ``"linear"``) in place of the middle one, its nearest shots the next tried (see
+        Notes): the joint rule passes 0, the first shot. ``"brighter"`` ignores it.
 
     Returns
     -------
     StackExposure
         The reference, the mode taken and each shot's fit; ``linear_clip``: every gray clipped
-        where the brightest mapped white lands (as the joint rule does).
+        where the brightest mapped white lands.
 
     Notes
     -----
     A reference onto which no other shot's fit is reliable (a flat shot, black, gray or
     white: a dropped frame; every fit's correlation below :data:`MIN_CORRELATION`) would leave
-    every shot at its own exposure; the next shot nearest the middle (``brighter``: the next
-    brightest) is tried instead, up to :data:`REFERENCE_TRIES` shots, the first one's fits
-    kept where none has a reliable fit.
+    every shot at its own exposure; the next shot nearest the middle (or ``around``; ties: the
+    earlier shot; ``brighter``: the next brightest) is tried instead, up to
+    :data:`REFERENCE_TRIES` shots, the first one's fits kept where none has a reliable fit.
     """
     n = len(grays)
     if mode == "auto":
@@ -436,8 +442,8 @@ def stack_exposure(grays: Sequence[np.ndarray], mode: str, step: int = 1) -> Sta
     if mode == "brighter":  # the brightest first (ties: the earlier shot, as argmax)
         means = [float(g.mean()) for g in grays]
         order = sorted(range(n), key=lambda k: (-means[k], k))
-    else:  # the middle, (N - 1) // 2, then its neighbours, the earlier first
-        mid = (n - 1) // 2
+    else:  # the middle, (N - 1) // 2 (or around), then its neighbours, the earlier first
+        mid = (n - 1) // 2 if around is None else around
         order = sorted(range(n), key=lambda k: (abs(k - mid), k))
     first = None
     for ref in order[:REFERENCE_TRIES]:

@@ -46,7 +46,8 @@ shots instead of a chain of pairwise fusions:
    surviving region; the fused image takes each pixel from the shot of its index.
 
 Around the scoring it honours the pair rule's options (details: :func:`fuse_stack_joint`):
-``exposure_match`` (every shot's gray mapped onto the first shot's exposure before scoring),
+``exposure_match`` (every shot's gray mapped onto the first shot's exposure before scoring; a
+flat first shot, a dropped frame, passed over for the next),
 ``flat_level`` (flat-region filling of each pairwise score, and of each leading pair's score
 in the band), and ``working_min`` / ``working_side`` (small stacks decided upscaled,
 camera-size stacks at the working resolution, the index brought back by nearest neighbour;
@@ -72,7 +73,7 @@ from scipy import ndimage
 from bafusion.data.composite import defocus, fit_background
 from bafusion.errors import InputFileError, InputTypeError, UserError
 from bafusion.fusion.decide import blend_scores, fill_flat, window_mean
-from bafusion.fusion.exposure import _matched_b, apply_gains, auto_mode, colour_gains, exposure_note
+from bafusion.fusion.exposure import apply_gains, colour_gains, exposure_note, stack_exposure
 from bafusion.fusion.models import FusionNets
 from bafusion.fusion.params import STACK_RULES, FusionParams
 from bafusion.fusion.rule import OUTPUT_EXPOSURE_OPTION, FusionResult, check_same_size, dtype_hint
@@ -458,6 +459,10 @@ def fuse_stack_joint(
           scoring; the fused pixels are the shots' own. "brighter": every shot onto the
           exposure of the brightest one (the highest mean gray), fitted where neither clips;
           "auto": "brighter" where one shot clips clearly more than another, else "linear".
+          A flat shot there (black, gray or white: a dropped frame), onto which no other
+          shot's fit is reliable, is passed over for the next shot (``brighter``: the next
+          brightest; :func:`bafusion.fusion.exposure.stack_exposure` with ``around=0``), as
+          the chain passes over a flat middle shot.
         * ``flat_level`` > 0 (:func:`bafusion.fusion.decide.fill_flat`, sigma
           ``flat_sigma``): each pairwise initial score is filled with the pair's grays
           before its logit enters the sums; in the band, each leading pair's score (its
@@ -514,16 +519,11 @@ def fuse_stack_joint(
     if params.exposure_match != "none":  # the nets score every shot at the first one's exposure
         t0 = time.perf_counter()
         # brighter: every shot mapped onto the brightest one's exposure (the highest mean gray),
-        # as a pair's darker shot is (match_pair); the others: onto the first shot's
-        mode = auto_mode(*grays) if params.exposure_match == "auto" else params.exposure_match
-        ref = int(np.argmax([float(g.mean()) for g in grays])) if mode == "brighter" else 0
-        matched = [(g, 255) if i == ref else _matched_b(grays[ref], g, mode, step=params.exposure_fit_step)
-                   for i, g in enumerate(grays)]
-        # linear_clip: every shot clipped where the brightest one's white lands (a pair's A: match_pair)
-        top = min(t for _, t in matched)
-        grays = [g for g, _ in matched]
-        if top < 255:
-            grays = [np.minimum(g, np.uint8(top)) for g in grays]
+        # as a pair's darker shot is (match_pair); the others: onto the first shot's; a flat one
+        # there (a dropped frame), onto which no fit is reliable, passed over for the next
+        # (stack_exposure); linear_clip: every shot clipped where the brightest one's white lands
+        fixed = stack_exposure(grays, params.exposure_match, step=params.exposure_fit_step, around=0)
+        grays = [fixed.gray(k, g) for k, g in enumerate(grays)]
         t_pre["exposure"] = time.perf_counter() - t0
     h, w = grays[0].shape
     size = decision_size((h, w), params)
